@@ -1,0 +1,1 @@
+"""The ``asr`` command line: one module per subcommand, each with ``add_arguments`` and ``run``."""

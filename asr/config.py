@@ -1,0 +1,277 @@
+"""Typed, strict configuration: dataclasses loaded from YAML with ``--set a.b=c`` overrides.
+
+Every configurable part of the toolkit is a dataclass with typed fields and defaults. This module
+turns nested plain data (from YAML, or overrides) into those dataclasses and back, and refuses
+anything it does not understand:
+
+* an unknown key is an error naming its full path, with a did-you-mean hint;
+* a value of the wrong type is an error naming the path, the expected type and the value;
+* ``--set a.b=c`` values are parsed as YAML scalars (``3``, ``0.5``, ``true``, ``[1, 2]``, ``null``)
+  and then checked against the field type, so ``--set optim.lr=1e-3`` becomes a float.
+
+Supported field types: ``bool``, ``int``, ``float`` (ints accepted), ``str``, ``pathlib.Path``,
+``Literal[...]``, ``X | None``, ``list[X]``, ``tuple[X, ...]``, ``dict[str, X]`` and nested
+dataclasses (a missing nested section takes its defaults; ``null`` is allowed only for optional
+ones).
+
+Example:
+    >>> cfg = load_config(ExperimentConfig, "recipes/mini_tts/conformer_transducer.yaml",
+    ...                   overrides=["train.max_steps=100"])
+    >>> save_config(cfg, exp_dir / "config.yaml")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+__all__ = [
+    "ConfigError",
+    "apply_overrides",
+    "from_dict",
+    "load_config",
+    "parse_override",
+    "save_config",
+    "to_dict",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value or key that does not fit its dataclass schema."""
+
+
+def _where(path: str) -> str:
+    return path if path else "<root>"
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    """Checks and converts ``value`` to type ``tp``; raises ConfigError naming ``path``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{_where(path)}: null is not allowed (expected {_type_name(tp)})")
+        errors = []
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, path)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"{_where(path)}: {value!r} matches none of {_type_name(tp)}: {errors}")
+    if value is None:
+        raise ConfigError(f"{_where(path)}: null is not allowed (expected {_type_name(tp)})")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{_where(path)}: {value!r} is not one of {list(args)}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    if origin in (list, tuple) or tp in (list, tuple):
+        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+            raise ConfigError(f"{_where(path)}: expected a list, got {value!r}")
+        items = list(value)
+        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(items) != len(args):
+                raise ConfigError(f"{_where(path)}: expected {len(args)} items, got {len(items)}")
+            return tuple(_convert(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(items, args)))
+        item_type = args[0] if args else Any
+        converted = [_convert(v, item_type, f"{path}[{i}]") for i, v in enumerate(items)]
+        return tuple(converted) if (origin is tuple or tp is tuple) else converted
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{_where(path)}: expected a mapping, got {value!r}")
+        key_type, value_type = args if args else (Any, Any)
+        return {
+            _convert(k, key_type, f"{path}.<key>"): _convert(v, value_type, f"{path}.{k}")
+            for k, v in value.items()
+        }
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{_where(path)}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{_where(path)}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{_where(path)}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{_where(path)}: expected a string, got {value!r}")
+    if tp is Path:
+        if isinstance(value, (str, Path)):
+            return Path(value)
+        raise ConfigError(f"{_where(path)}: expected a path, got {value!r}")
+    raise ConfigError(f"{_where(path)}: unsupported field type {_type_name(tp)}")
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any] | None, path: str = "") -> T:
+    """Builds dataclass ``cls`` from nested plain data, strictly.
+
+    Args:
+        cls: a dataclass type.
+        data: mapping of field names to values; ``None`` or missing keys take the defaults.
+        path: dotted location of ``data`` in the whole config, used in error messages.
+
+    Raises:
+        ConfigError: on an unknown key (with a did-you-mean hint), a missing required field or a
+            value of the wrong type.
+    """
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    if data is None:
+        data = {}
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+        data = to_dict(data)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{_where(path)}: expected a mapping for {cls.__name__}, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), list(fields), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        prefix = f"{path}." if path else ""
+        raise ConfigError(
+            f"unknown key '{prefix}{key}' for {cls.__name__}{hint} "
+            f"(known keys: {', '.join(sorted(fields))})"
+        )
+    kwargs = {}
+    for name, f in fields.items():
+        sub = f"{path}.{name}" if path else name
+        if name in data:
+            kwargs[name] = _convert(data[name], hints[name], sub)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"missing required key '{sub}' for {cls.__name__}")
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as err:  # __post_init__ validation
+        raise ConfigError(f"{_where(path)}: {err}") from err
+
+
+def to_dict(cfg: Any) -> Any:
+    """Turns a (nested) config dataclass into plain YAML-safe data."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, Mapping):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    if isinstance(cfg, Path):
+        return str(cfg)
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parses ``"a.b.c=value"`` into (["a", "b", "c"], value), the value read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.path=value")
+    key, raw = text.split("=", 1)
+    keys = key.strip().split(".")
+    if not all(keys):
+        raise ConfigError(f"override {text!r} has an empty key component")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: value is not valid YAML: {err}") from err
+    return keys, value
+
+
+def apply_overrides(data: Mapping[str, Any] | None, overrides: Iterable[str]) -> dict[str, Any]:
+    """Returns a copy of nested ``data`` with each ``a.b=c`` override applied.
+
+    Keys are not checked here; :func:`from_dict` checks them against the schema afterwards, so a
+    misspelt override fails with the same did-you-mean error as a misspelt YAML key.
+    """
+    result: dict[str, Any] = _deep_copy(dict(data or {}))
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = result
+        for i, key in enumerate(keys[:-1]):
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(
+                    f"override {text!r}: '{'.'.join(keys[: i + 1])}' is a value, not a section"
+                )
+            node = child
+        node[keys[-1]] = value
+    return result
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, Mapping):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data
+
+
+def load_config(
+    cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = ()
+) -> T:
+    """Loads dataclass ``cls`` from a YAML file (or defaults) plus ``--set`` style overrides.
+
+    Raises:
+        ConfigError: naming the file and key on any schema violation.
+        FileNotFoundError: when ``path`` does not exist.
+    """
+    data: Any = {}
+    if path is not None:
+        path = Path(path)
+        with path.open(encoding="utf-8") as f:
+            try:
+                data = yaml.safe_load(f) or {}
+            except yaml.YAMLError as err:
+                raise ConfigError(f"{path}: invalid YAML: {err}") from err
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    try:
+        return from_dict(cls, apply_overrides(data, overrides))
+    except ConfigError as err:
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}{err}") from err
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Writes the resolved config as YAML (atomically: temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    tmp.replace(path)

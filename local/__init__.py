@@ -1,0 +1,1 @@
+"""Importable, tested data helpers that the egs/ stage scripts call."""

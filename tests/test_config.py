@@ -1,0 +1,132 @@
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from asr.config import (
+    ConfigError,
+    apply_overrides,
+    from_dict,
+    load_config,
+    parse_override,
+    save_config,
+    to_dict,
+)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.98)
+    schedule: Literal["noam", "cosine"] = "noam"
+
+
+@dataclass(frozen=True)
+class CTCSection:
+    weight: float = 0.3
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    max_steps: int = 100
+    use_amp: bool = False
+    exp_dir: Path = Path("exp")
+    chunk_sizes: list[int] = field(default_factory=lambda: [16, 32])
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ctc: CTCSection | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def test_defaults_fill_missing_keys_and_nested_sections():
+    cfg = from_dict(Experiment, {"name": "x"})
+    assert cfg == Experiment(name="x")
+    assert cfg.optim.lr == 1e-3 and cfg.ctc is None
+
+
+def test_unknown_key_is_an_error_with_did_you_mean_and_full_path():
+    with pytest.raises(ConfigError, match=r"unknown key 'optim\.lrr'.*did you mean 'lr'"):
+        from_dict(Experiment, {"name": "x", "optim": {"lrr": 0.1}})
+    with pytest.raises(ConfigError, match=r"unknown key 'max_step'.*did you mean 'max_steps'"):
+        from_dict(Experiment, {"name": "x", "max_step": 3})
+
+
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        ({"name": "x", "max_steps": "ten"}, r"max_steps: expected an integer"),
+        ({"name": "x", "max_steps": 1.5}, r"max_steps: expected an integer"),
+        ({"name": "x", "use_amp": "yes"}, r"use_amp: expected true/false"),
+        ({"name": "x", "optim": {"schedule": "step"}}, r"optim\.schedule: 'step' is not one of"),
+        ({"name": "x", "chunk_sizes": [16, "a"]}, r"chunk_sizes\[1\]: expected an integer"),
+        ({"name": "x", "optim": {"betas": [0.9]}}, r"optim\.betas: expected 2 items"),
+        ({"name": "x", "optim": None}, r"optim: null is not allowed"),
+        ({}, r"missing required key 'name'"),
+    ],
+)
+def test_wrong_types_name_the_field(data, match):
+    with pytest.raises(ConfigError, match=match):
+        from_dict(Experiment, data)
+
+
+def test_overrides_coerce_types_and_create_optional_sections():
+    data = apply_overrides(
+        {"name": "x", "optim": {"lr": 0.1}},
+        ["optim.lr=2e-4", "max_steps=7", "use_amp=true", "chunk_sizes=[8, 16]", "ctc.weight=0.5",
+         "exp_dir=/tmp/e", "extra.a=1"],
+    )
+    cfg = from_dict(Experiment, data)
+    assert cfg.optim.lr == pytest.approx(2e-4) and isinstance(cfg.optim.lr, float)
+    assert cfg.max_steps == 7 and cfg.use_amp is True
+    assert cfg.chunk_sizes == [8, 16]
+    assert cfg.ctc == CTCSection(weight=0.5)
+    assert cfg.exp_dir == Path("/tmp/e")
+    assert cfg.extra == {"a": 1.0}
+
+
+def test_override_errors():
+    with pytest.raises(ConfigError, match="must look like"):
+        parse_override("optim.lr")
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        apply_overrides({"name": "x"}, ["name.first=1"])
+    with pytest.raises(ConfigError, match=r"unknown key 'optim\.lx'"):
+        from_dict(Experiment, apply_overrides({"name": "x"}, ["optim.lx=1"]))
+    assert parse_override("a.b=null") == (["a", "b"], None)
+
+
+def test_optional_section_can_be_disabled_with_null():
+    cfg = from_dict(Experiment, apply_overrides({"name": "x", "ctc": {"weight": 1.0}}, ["ctc=null"]))
+    assert cfg.ctc is None
+
+
+def test_yaml_round_trip_and_file_errors(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("name: demo\noptim:\n  lr: 1.0e-3\n  betas: [0.8, 0.9]\nctc:\n  weight: 0.2\n")
+    cfg = load_config(Experiment, path, overrides=["max_steps=5"])
+    assert cfg.optim.betas == (0.8, 0.9) and cfg.max_steps == 5 and cfg.ctc.weight == 0.2
+    saved = tmp_path / "out" / "config.yaml"
+    save_config(cfg, saved)
+    assert load_config(Experiment, saved) == cfg
+    assert to_dict(cfg)["exp_dir"] == "exp"
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: demo\noptimm: {}\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown key 'optimm'.*did you mean 'optim'"):
+        load_config(Experiment, bad)
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(Experiment, tmp_path / "list.yaml")
+
+
+def test_post_init_validation_is_reported_as_config_error():
+    @dataclass(frozen=True)
+    class Positive:
+        value: int = 1
+
+        def __post_init__(self):
+            if self.value <= 0:
+                raise ValueError(f"value must be > 0, got {self.value}")
+
+    with pytest.raises(ConfigError, match="value must be > 0"):
+        from_dict(Positive, {"value": -1})

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Idempotent set-up on a fresh machine that has only Python 3.11:
+#   1. Debian packages for corpus synthesis (espeak-ng, flite, sox) when missing,
+#   2. a virtual environment (default .venv, or $ASR_VENV) reused when present,
+#   3. `pip install -e .[dev]`, skipped when setup.cfg has not changed since the last install.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+VENV=${ASR_VENV:-$ROOT/.venv}
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+
+log() { echo "[setup] $*" >&2; }
+
+missing=()
+for bin in espeak-ng flite sox; do
+  command -v "$bin" >/dev/null 2>&1 || missing+=("$bin")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends espeak-ng flite sox libsndfile1 >/dev/null
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating virtual environment at $VENV"
+  "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip setuptools wheel
+fi
+
+# Reinstall only when the dependency list changed or this checkout is not the one installed.
+stamp="$VENV/.asr-setup-stamp"
+want="$(sha256sum setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1) $ROOT"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  log "installing asr and its dependencies into $VENV (torch is a large download the first time)"
+  "$VENV/bin/pip" install -q --progress-bar off -e ".[dev]"
+  echo "$want" > "$stamp"
+else
+  log "environment at $VENV is up to date"
+fi
