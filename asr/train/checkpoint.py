@@ -1,0 +1,190 @@
+"""Checkpoints that are written atomically and load without unpickling code.
+
+A training checkpoint is one ``torch.save`` file holding only tensors and plain Python containers /
+scalars, so it loads with ``torch.load(weights_only=True)``: a file from the network cannot run code.
+Writes go to a temporary file in the same directory, are fsync'ed and then renamed over the target,
+so a crash mid-write never leaves a truncated ``checkpoint-N.pt`` behind. A truncated or foreign file
+fails with :class:`CheckpointError` naming the file.
+
+Model weights for distribution are written as safetensors (see :func:`save_weights`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)\.pt$")
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that is missing, truncated, or not one of ours."""
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` atomically (temp file, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+        _fsync_dir(path.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """Loads a file written by :func:`atomic_torch_save` with ``weights_only=True``.
+
+    Raises:
+        CheckpointError: if the file is missing, truncated, or holds anything but tensors and
+            plain containers (which would need unpickling code).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for truncated / foreign files
+        raise CheckpointError(
+            f"cannot load checkpoint {path} ({path.stat().st_size} bytes): it is truncated, "
+            f"corrupt or not a weights-only checkpoint: {type(err).__name__}: {err}"
+        ) from err
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """RNG states of python, numpy and torch (CPU + CUDA) as weights-only-safe values."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": _to_plain(random.getstate()),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    random.setstate(_to_tuple(state["python"]))
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _to_tuple(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_to_tuple(v) for v in value)
+    return value
+
+
+def checkpoint_path(exp_dir: str | Path, step: int) -> Path:
+    return Path(exp_dir) / f"checkpoint-{step}.pt"
+
+
+def list_checkpoints(exp_dir: str | Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every ``checkpoint-N.pt`` in ``exp_dir``, sorted by step."""
+    exp_dir = Path(exp_dir)
+    if not exp_dir.is_dir():
+        return []
+    found = []
+    for p in exp_dir.iterdir():
+        m = CHECKPOINT_PATTERN.match(p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(exp_dir: str | Path) -> Path | None:
+    ckpts = list_checkpoints(exp_dir)
+    return ckpts[-1][1] if ckpts else None
+
+
+def remove_old_checkpoints(exp_dir: str | Path, keep_last: int) -> None:
+    """Deletes all but the newest ``keep_last`` step checkpoints (``keep_last <= 0`` keeps all)."""
+    if keep_last <= 0:
+        return
+    for _, path in list_checkpoints(exp_dir)[:-keep_last]:
+        path.unlink(missing_ok=True)
+        logger.debug("removed old checkpoint %s", path)
+
+
+def save_weights(state_dict: Mapping[str, torch.Tensor], path: str | Path,
+                 metadata: Mapping[str, str] | None = None) -> None:
+    """Writes model weights as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    try:
+        save_file(tensors, str(tmp), metadata=dict(metadata or {}))
+        tmp.replace(path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Reads safetensors weights; raises CheckpointError naming the file if it is unreadable."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} does not exist")
+    try:
+        return load_file(str(path))
+    except Exception as err:
+        raise CheckpointError(f"cannot read safetensors weights {path}: {err}") from err

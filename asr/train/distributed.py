@@ -1,0 +1,78 @@
+"""Process-group helpers for ``torchrun`` (gloo on CPU, nccl on GPU) that degrade to one process."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands in the job.
+
+    Attributes:
+        rank: global rank (0 when not distributed).
+        world_size: number of processes (1 when not distributed).
+        local_rank: rank on this node, selects the GPU.
+        device: the device this process computes on.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed(device: str = "auto") -> DistInfo:
+    """Initialises the default process group when launched by ``torchrun`` (WORLD_SIZE > 1).
+
+    Args:
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda was requested but CUDA is not available")
+    dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if use_cuda else "gloo"
+        dist.init_process_group(backend=backend)
+        logger.info("initialised %s process group: rank %d of %d", backend, rank, world_size)
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def all_reduce_sum(value: float, info: DistInfo) -> float:
+    """Sum of ``value`` over all processes (the value itself when not distributed)."""
+    if not info.distributed:
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return float(t.item())
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        dist.barrier()
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

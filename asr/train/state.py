@@ -1,0 +1,95 @@
+"""Training configuration and the resumable progress record."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How long and how to train.
+
+    Attributes:
+        max_epochs: number of passes over the training data.
+        max_steps: stop after this many optimizer steps (0: no limit).
+        log_interval: steps between TensorBoard scalars / progress-bar updates.
+        valid_interval: steps between mid-epoch validations (0: only at the end of each epoch).
+        checkpoint_interval: steps between ``checkpoint-N.pt`` writes (0: only per epoch).
+        keep_last: how many step checkpoints to keep (0 keeps all).
+        average_period: steps between updates of the running parameter average (0: off).
+        use_amp: mixed precision on CUDA (losses stay float32); ignored on CPU.
+        amp_dtype: ``bfloat16`` (no loss scaling needed) or ``float16`` (with a GradScaler).
+        accum_grad: batches accumulated per optimizer step.
+        seed: base random seed (each rank adds its rank).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        num_workers: DataLoader workers (0 makes resumption bit-exact: all randomness is in the
+            main process' RNG state, which checkpoints capture).
+    """
+
+    max_epochs: int = 10
+    max_steps: int = 0
+    log_interval: int = 10
+    valid_interval: int = 0
+    checkpoint_interval: int = 500
+    keep_last: int = 5
+    average_period: int = 100
+    use_amp: bool = True
+    amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"
+    accum_grad: int = 1
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_epochs <= 0:
+            raise ValueError(f"max_epochs must be > 0, got {self.max_epochs}")
+        if self.accum_grad <= 0:
+            raise ValueError(f"accum_grad must be > 0, got {self.accum_grad}")
+
+
+@dataclass
+class EpochRecord:
+    """Per-epoch summary kept in the checkpoint and plotted."""
+
+    epoch: int
+    train_loss: float
+    valid_loss: float | None = None
+    valid_wer: float | None = None
+
+
+@dataclass
+class Progress:
+    """Where training is: everything besides module/optimizer state needed to resume exactly.
+
+    Attributes:
+        epoch: current epoch (1-based).
+        step: optimizer steps taken so far.
+        batches_in_epoch: batches of the current epoch already consumed (the sampler position).
+        history: finished epochs.
+        loss_sum / utts_sum: running training loss of the current epoch.
+    """
+
+    epoch: int = 1
+    step: int = 0
+    batches_in_epoch: int = 0
+    loss_sum: float = 0.0
+    utts_sum: float = 0.0
+    history: list[EpochRecord] = field(default_factory=list)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = asdict(self)
+        state["history"] = [asdict(r) for r in self.history]
+        return state
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> Progress:
+        history = [EpochRecord(**r) for r in state.get("history", [])]
+        return cls(
+            epoch=int(state["epoch"]),
+            step=int(state["step"]),
+            batches_in_epoch=int(state["batches_in_epoch"]),
+            loss_sum=float(state.get("loss_sum", 0.0)),
+            utts_sum=float(state.get("utts_sum", 0.0)),
+            history=history,
+        )

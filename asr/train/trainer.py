@@ -1,0 +1,318 @@
+"""The training loop: plain PyTorch, DDP through ``torchrun``, AMP on GPU, exact resume.
+
+The trainer knows nothing about speech: it drives any module whose ``forward(batch)`` returns an
+object with ``loss`` (scalar, SUMMED over utterances), ``num_utterances`` and ``metrics`` (floats),
+as :class:`asr.model.ASRModel` does. Batches come from a callable ``train_batches(epoch, skip)``
+that yields the batches of ``epoch`` after dropping the first ``skip``; that position plus the RNG
+states is what makes a resumed run continue exactly where the killed one stopped.
+
+Gradient normalisation: each step's loss is divided by the number of utterances in the GLOBAL
+batch (summed over ranks) and multiplied by the world size, so DDP's gradient averaging yields the
+same gradient as one process seeing the whole global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from asr.train.averaging import RunningAverage
+from asr.train.checkpoint import (
+    atomic_torch_save,
+    capture_rng_state,
+    checkpoint_path,
+    latest_checkpoint,
+    remove_old_checkpoints,
+    restore_rng_state,
+    safe_torch_load,
+)
+from asr.train.distributed import DistInfo, all_reduce_sum, barrier
+from asr.train.optim import OptimConfig, Scheduler, build_optimizer
+from asr.train.plot import plot_history
+from asr.train.state import EpochRecord, Progress, TrainConfig
+from asr.types import Batch
+
+logger = logging.getLogger(__name__)
+
+BatchSource = Callable[[int, int], Iterable[Batch]]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (or the module itself)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+class Trainer:
+    """Runs epochs of optimisation with checkpoints, validation, logs and a progress plot.
+
+    Args:
+        model: module with ``forward(batch) -> output`` (see module docstring); moved to the
+            device and wrapped in DDP when distributed.
+        optim_cfg: optimizer and learning-rate schedule.
+        train_cfg: loop settings.
+        exp_dir: where checkpoints, TensorBoard logs and ``training.png`` go.
+        train_batches: ``(epoch, skip) -> batches`` of this rank.
+        valid_batches: ``() -> batches`` for the validation loss (or None).
+        evaluate: ``(model) -> WER in percent`` run on rank 0 after each epoch (or None).
+        dist: this process' place in the job.
+        extra_state: plain data stored in every checkpoint (e.g. the resolved config).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optim_cfg: OptimConfig,
+        train_cfg: TrainConfig,
+        exp_dir: str | Path,
+        train_batches: BatchSource,
+        valid_batches: Callable[[], Iterable[Batch]] | None = None,
+        evaluate: Callable[[nn.Module], float | None] | None = None,
+        dist: DistInfo | None = None,
+        extra_state: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.cfg = train_cfg
+        self.dist = dist or DistInfo()
+        self.exp_dir = Path(exp_dir)
+        self.train_batches = train_batches
+        self.valid_batches = valid_batches
+        self.evaluate = evaluate
+        self.extra_state = dict(extra_state or {})
+        self.device = self.dist.device
+        model = model.to(self.device)
+        self.optimizer = build_optimizer(model, optim_cfg)
+        self.scheduler = Scheduler(self.optimizer, optim_cfg)
+        self.grad_clip = optim_cfg.grad_clip
+        self.averager = (
+            RunningAverage(model, train_cfg.average_period) if train_cfg.average_period > 0 else None
+        )
+        if self.dist.distributed:
+            model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.model = model
+        self.amp = train_cfg.use_amp and self.device.type == "cuda"
+        self.amp_dtype = torch.bfloat16 if train_cfg.amp_dtype == "bfloat16" else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
+        self.progress = Progress()
+        self._writer = None
+
+    # ----------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        rng = capture_rng_state()
+        if self.dist.distributed:
+            gathered: list[Any] = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(gathered, rng)
+            rng_per_rank = gathered
+        else:
+            rng_per_rank = [rng]
+        return {
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "progress": self.progress.state_dict(),
+            "averager": self.averager.state_dict() if self.averager else None,
+            "rng_per_rank": rng_per_rank,
+            "extra": self.extra_state,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.progress = Progress.from_state_dict(state["progress"])
+        if self.averager is not None and state.get("averager"):
+            self.averager.load_state_dict(state["averager"])
+        rngs = state["rng_per_rank"]
+        if len(rngs) == self.dist.world_size:
+            restore_rng_state(rngs[self.dist.rank])
+        else:
+            logger.warning(
+                "checkpoint was written by %d processes, resuming with %d: RNG streams restart "
+                "from the seed, so the run continues but not bit-exactly", len(rngs),
+                self.dist.world_size,
+            )
+
+    def save(self, path: Path) -> None:
+        state = self.state_dict()  # collective when distributed: every rank must call it
+        if self.dist.is_main:
+            atomic_torch_save(state, path)
+            logger.info("saved %s", path)
+        barrier(self.dist)
+
+    def resume(self, path: str | Path | None = None) -> bool:
+        """Loads ``path`` or the newest ``checkpoint-N.pt`` in exp_dir; returns whether it did."""
+        path = Path(path) if path else latest_checkpoint(self.exp_dir)
+        if path is None:
+            return False
+        self.load_state_dict(safe_torch_load(path, map_location=self.device))
+        logger.info(
+            "resumed from %s at epoch %d, step %d (%d batches into the epoch)", path,
+            self.progress.epoch, self.progress.step, self.progress.batches_in_epoch,
+        )
+        return True
+
+    # ------------------------------------------------------------------------------------ loop
+    @property
+    def writer(self):
+        if self._writer is None and self.dist.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.exp_dir / "tensorboard"))
+        return self._writer
+
+    def _autocast(self):
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+
+    def _set_step(self) -> None:
+        set_step = getattr(unwrap(self.model), "set_step", None)
+        if callable(set_step):
+            set_step(self.progress.step)
+
+    def _finished(self) -> bool:
+        return 0 < self.cfg.max_steps <= self.progress.step
+
+    def fit(self) -> Progress:
+        """Trains until ``max_epochs`` or ``max_steps``; returns the final progress."""
+        self.exp_dir.mkdir(parents=True, exist_ok=True)
+        while self.progress.epoch <= self.cfg.max_epochs and not self._finished():
+            self._train_epoch()
+            if self._finished() and self.progress.batches_in_epoch > 0:
+                break  # stopped mid-epoch by max_steps: no end-of-epoch bookkeeping
+            self._end_epoch()
+        if self._writer is not None:
+            self._writer.flush()
+        return self.progress
+
+    def _train_epoch(self) -> None:
+        from tqdm import tqdm
+
+        p = self.progress
+        self.model.train()
+        batches = self.train_batches(p.epoch, p.batches_in_epoch)
+        bar = tqdm(batches, desc=f"epoch {p.epoch}", disable=not self.dist.is_main,
+                   initial=p.batches_in_epoch, unit="batch", dynamic_ncols=True)
+        for batch in bar:
+            self._set_step()
+            loss_value, num_utts, metrics = self._forward_backward(batch)
+            p.batches_in_epoch += 1
+            p.loss_sum += loss_value
+            p.utts_sum += num_utts
+            if p.batches_in_epoch % self.cfg.accum_grad != 0:
+                continue
+            self._optimizer_step()
+            p.step += 1
+            if self.averager is not None:
+                self.averager.update(unwrap(self.model), p.step)
+            if p.step % self.cfg.log_interval == 0:
+                self._log_step(loss_value / max(num_utts, 1.0), metrics, num_utts, bar)
+            if self.cfg.valid_interval > 0 and p.step % self.cfg.valid_interval == 0:
+                self._log_valid(self._validate())
+            if self.cfg.checkpoint_interval > 0 and p.step % self.cfg.checkpoint_interval == 0:
+                self.save(checkpoint_path(self.exp_dir, p.step))
+                if self.dist.is_main:
+                    remove_old_checkpoints(self.exp_dir, self.cfg.keep_last)
+            if self._finished():
+                break
+        bar.close()
+
+    def _forward_backward(self, batch: Batch) -> tuple[float, float, dict[str, float]]:
+        batch = batch.to(self.device)
+        with self._autocast():
+            out = self.model(batch)
+        global_utts = all_reduce_sum(out.num_utterances, self.dist)
+        scale = self.dist.world_size / max(global_utts, 1.0) / self.cfg.accum_grad
+        loss = out.loss.float()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite training loss {loss.item()} at step {self.progress.step} "
+                f"(cuts: {', '.join(batch.cut_ids[:4])}...)"
+            )
+        self.scaler.scale(loss * scale).backward()
+        return float(loss.detach()), float(out.num_utterances), dict(out.metrics)
+
+    def _optimizer_step(self) -> None:
+        if self.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            if not math.isfinite(float(norm)):
+                logger.warning("non-finite gradient norm at step %d", self.progress.step)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+
+    def _log_step(self, loss: float, metrics: Mapping[str, float], num_utts: float, bar) -> None:
+        lr = self.scheduler.get_last_lr()
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
+        if self.writer is not None:
+            step = self.progress.step
+            self.writer.add_scalar("train/loss", loss, step)
+            self.writer.add_scalar("train/lr", lr, step)
+            for name, value in metrics.items():
+                self.writer.add_scalar(f"train/{name}", value / max(num_utts, 1.0), step)
+
+    @torch.no_grad()
+    def _validate(self) -> float | None:
+        if self.valid_batches is None:
+            return None
+        model = unwrap(self.model)
+        was_training = model.training
+        model.eval()
+        loss_sum, utts = 0.0, 0.0
+        for batch in self.valid_batches():
+            with self._autocast():
+                out = model(batch.to(self.device))
+            loss_sum += float(out.loss.float())
+            utts += float(out.num_utterances)
+        model.train(was_training)
+        loss_sum = all_reduce_sum(loss_sum, self.dist)
+        utts = all_reduce_sum(utts, self.dist)
+        return loss_sum / utts if utts > 0 else None
+
+    def _log_valid(self, valid_loss: float | None) -> None:
+        if valid_loss is not None and self.writer is not None:
+            self.writer.add_scalar("valid/loss", valid_loss, self.progress.step)
+            logger.info("step %d: valid loss %.4f", self.progress.step, valid_loss)
+
+    def _end_epoch(self) -> None:
+        p = self.progress
+        train_loss = all_reduce_sum(p.loss_sum, self.dist) / max(all_reduce_sum(p.utts_sum, self.dist), 1.0)
+        valid_loss = self._validate()
+        self._log_valid(valid_loss)
+        wer = None
+        if self.evaluate is not None and self.dist.is_main:
+            wer = self.evaluate(unwrap(self.model))
+            if wer is not None and self.writer is not None:
+                self.writer.add_scalar("valid/wer", wer, p.step)
+        p.history.append(EpochRecord(p.epoch, train_loss, valid_loss, wer))
+        logger.info(
+            "epoch %d done: train loss %.4f, valid loss %s, dev WER %s", p.epoch, train_loss,
+            "n/a" if valid_loss is None else f"{valid_loss:.4f}",
+            "n/a" if wer is None else f"{wer:.2f}%",
+        )
+        p.epoch += 1
+        p.batches_in_epoch = 0
+        p.loss_sum = p.utts_sum = 0.0
+        # The epoch checkpoint is a step checkpoint (what resume() looks for) plus a hard link
+        # named after the epoch for averaging and decoding by epoch.
+        path = checkpoint_path(self.exp_dir, p.step)
+        self.save(path)
+        if self.dist.is_main:
+            epoch_path = self.exp_dir / f"epoch-{p.epoch - 1}.pt"
+            epoch_path.unlink(missing_ok=True)
+            os.link(path, epoch_path)
+            remove_old_checkpoints(self.exp_dir, self.cfg.keep_last)
+            plot_history(p.history, self.exp_dir / "training.png")

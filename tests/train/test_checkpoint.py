@@ -1,0 +1,127 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from asr.train.averaging import RunningAverage, average_checkpoints, average_state_dicts
+from asr.train.checkpoint import (
+    CheckpointError,
+    atomic_torch_save,
+    capture_rng_state,
+    checkpoint_path,
+    latest_checkpoint,
+    list_checkpoints,
+    load_weights,
+    remove_old_checkpoints,
+    restore_rng_state,
+    safe_torch_load,
+    save_weights,
+)
+from asr.train.optim import OptimConfig, Scheduler, build_optimizer, lr_factor
+
+
+def test_atomic_save_round_trip_and_no_temp_left(tmp_path):
+    obj = {"model": {"w": torch.arange(6.0).view(2, 3)}, "step": 7, "names": ["a", "b"]}
+    path = tmp_path / "checkpoint-7.pt"
+    atomic_torch_save(obj, path)
+    loaded = safe_torch_load(path)
+    assert torch.equal(loaded["model"]["w"], obj["model"]["w"]) and loaded["step"] == 7
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-7.pt"]
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / "checkpoint-1.pt"
+    atomic_torch_save({"w": torch.randn(100, 100)}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="checkpoint-1.pt.*truncated"):
+        safe_torch_load(path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        safe_torch_load(tmp_path / "nope.pt")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_checkpoint_with_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"x": _Evil()}, path)
+    with pytest.raises(CheckpointError, match="weights-only"):
+        safe_torch_load(path)
+
+
+def test_rng_state_round_trip_through_weights_only_file(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    atomic_torch_save({"rng": capture_rng_state()}, tmp_path / "rng.pt")
+    expected = (random.random(), np.random.rand(), torch.rand(3))
+    random.random(), np.random.rand(), torch.rand(5)  # advance all generators
+    restore_rng_state(safe_torch_load(tmp_path / "rng.pt")["rng"])
+    got = (random.random(), np.random.rand(), torch.rand(3))
+    assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2])
+
+
+def test_checkpoint_listing_and_pruning(tmp_path):
+    for step in (10, 200, 30):
+        atomic_torch_save({"step": step}, checkpoint_path(tmp_path, step))
+    (tmp_path / "checkpoint-x.pt").write_text("not ours")
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [10, 30, 200]
+    assert latest_checkpoint(tmp_path).name == "checkpoint-200.pt"
+    remove_old_checkpoints(tmp_path, keep_last=2)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [30, 200]
+
+
+def test_safetensors_weights_round_trip(tmp_path):
+    sd = {"a": torch.randn(3, 4), "b": torch.arange(5)}
+    save_weights(sd, tmp_path / "model.safetensors", metadata={"wer": "3.1"})
+    out = load_weights(tmp_path / "model.safetensors")
+    assert torch.equal(out["a"], sd["a"]) and torch.equal(out["b"], sd["b"])
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(CheckpointError, match="bad.safetensors"):
+        load_weights(tmp_path / "bad.safetensors")
+
+
+def test_average_checkpoints_is_elementwise_mean(tmp_path):
+    sds = [{"w": torch.full((2,), float(i)), "n": torch.tensor(i)} for i in (1, 2, 6)]
+    for i, sd in enumerate(sds):
+        atomic_torch_save({"model": sd}, tmp_path / f"c{i}.pt")
+    avg = average_checkpoints(tmp_path / f"c{i}.pt" for i in range(3))
+    assert torch.allclose(avg["w"], torch.full((2,), 3.0, dtype=torch.float64))
+    assert avg["n"].item() == 6  # integer tensors come from the last
+    with pytest.raises(ValueError, match="differ in keys"):
+        average_state_dicts([{"a": torch.zeros(1)}, {"b": torch.zeros(1)}])
+
+
+def test_running_average_equals_mean_of_sampled_models():
+    model = torch.nn.Linear(2, 2)
+    avg = RunningAverage(model, period=2)
+    snapshots = []
+    for step in range(1, 9):
+        with torch.no_grad():
+            model.weight.add_(float(step))
+        if avg.update(model, step):
+            snapshots.append(model.weight.detach().clone().double())
+    expected = torch.stack(snapshots).mean(0)
+    assert torch.allclose(avg.averaged_state_dict(model)["weight"].double(), expected, atol=1e-5)
+
+
+def test_schedules_and_resumable_scheduler():
+    cfg = OptimConfig(lr=1e-3, warmup_steps=10, schedule="noam")
+    assert lr_factor(cfg, 0) == pytest.approx(0.1)
+    assert lr_factor(cfg, 9) == pytest.approx(1.0)
+    assert lr_factor(cfg, 39) == pytest.approx(0.5)
+    cos = OptimConfig(lr=1e-3, warmup_steps=0, schedule="cosine", total_steps=100, min_lr=1e-5)
+    assert lr_factor(cos, 99) == pytest.approx(0.01)
+    model = torch.nn.Linear(2, 2)
+    opt = build_optimizer(model, cfg)
+    assert [g["weight_decay"] for g in opt.param_groups] == [cfg.weight_decay, 0.0]
+    sched = Scheduler(opt, cfg)
+    for _ in range(15):
+        sched.step()
+    other = Scheduler(build_optimizer(model, cfg), cfg)
+    other.load_state_dict(sched.state_dict())
+    assert other.get_last_lr() == pytest.approx(sched.get_last_lr())

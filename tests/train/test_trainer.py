@@ -1,0 +1,168 @@
+"""Trainer: exact resume after a stop mid-epoch, DDP gradient equivalence, logs and plot."""
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from asr.train.checkpoint import list_checkpoints, safe_torch_load
+from asr.train.optim import OptimConfig
+from asr.train.state import TrainConfig
+from asr.train.trainer import Trainer
+from asr.types import Batch
+
+
+@dataclass
+class _Out:
+    loss: torch.Tensor
+    num_utterances: int
+    metrics: dict = field(default_factory=dict)
+
+
+class ToyModel(nn.Module):
+    """Regresses per-utterance mean features onto token counts; dropout exercises the RNG."""
+
+    def __init__(self):
+        super().__init__()
+        self.noise = 0.01
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Dropout(0.3), nn.Linear(16, 1))
+
+    def forward(self, batch: Batch) -> _Out:
+        mask = (torch.arange(batch.feats.shape[1])[None] < batch.feat_lens[:, None]).float()
+        pooled = (batch.feats * mask[..., None]).sum(1) / batch.feat_lens[:, None].float()
+        noise = self.noise * torch.randn_like(pooled)  # stands in for on-the-fly augmentation
+        pred = self.net(pooled + noise).squeeze(-1)
+        loss = ((pred - batch.token_lens.float()) ** 2).sum()
+        return _Out(loss, batch.batch_size, {"sq_err": float(loss.detach())})
+
+
+def make_batch(generator: torch.Generator, batch_size: int = 3) -> Batch:
+    feat_lens = torch.randint(3, 8, (batch_size,), generator=generator)
+    feats = torch.randn(batch_size, int(feat_lens.max()), 4, generator=generator)
+    token_lens = torch.randint(1, 4, (batch_size,), generator=generator)
+    tokens = torch.ones(batch_size, int(token_lens.max()), dtype=torch.long)
+    return Batch(feats, feat_lens, tokens, token_lens)
+
+
+def batches(epoch: int, skip: int, num_batches: int = 7):
+    g = torch.Generator().manual_seed(1000 + epoch)  # the sampler's order is a function of epoch
+    for i in range(num_batches):
+        b = make_batch(g)
+        if i >= skip:
+            yield b
+
+
+def run(exp_dir, max_steps=0, resume=False, checkpoint_interval=2):
+    torch.manual_seed(0)
+    model = ToyModel()
+    trainer = Trainer(
+        model,
+        OptimConfig(lr=1e-2, warmup_steps=3),
+        TrainConfig(max_epochs=2, max_steps=max_steps, checkpoint_interval=checkpoint_interval,
+                    log_interval=1, average_period=2, keep_last=0),
+        exp_dir,
+        train_batches=batches,
+        valid_batches=lambda: batches(99, 0, 2),
+        evaluate=lambda m: 12.5,
+    )
+    if resume:
+        assert trainer.resume()
+    trainer.fit()
+    return trainer
+
+
+def test_stop_mid_epoch_and_resume_equals_uninterrupted(tmp_path):
+    full = run(tmp_path / "full")
+    partial = run(tmp_path / "resumed", max_steps=3 + 7 - 7 + 2)  # stops at step 5: mid epoch 1
+    assert partial.progress.step == 5 and partial.progress.epoch == 1
+    # A fresh process state: scramble the global RNG before resuming.
+    torch.manual_seed(12345)
+    resumed = run(tmp_path / "resumed", resume=True)
+    assert resumed.progress.step == full.progress.step == 14
+    for (name, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert torch.equal(
+        full.averager.average["net.0.weight"], resumed.averager.average["net.0.weight"]
+    )
+    assert [r.train_loss for r in full.progress.history] == [
+        r.train_loss for r in resumed.progress.history
+    ]
+
+
+def test_outputs_checkpoints_logs_and_plot(tmp_path):
+    trainer = run(tmp_path)
+    steps = [s for s, _ in list_checkpoints(tmp_path)]
+    assert steps == sorted(set(range(2, 15, 2)) | {7, 14})
+    assert (tmp_path / "epoch-1.pt").is_file() and (tmp_path / "epoch-2.pt").is_file()
+    state = safe_torch_load(tmp_path / "epoch-2.pt")
+    assert state["progress"]["step"] == 14
+    assert [r.valid_wer for r in trainer.progress.history] == [12.5, 12.5]
+    assert all(r.valid_loss is not None for r in trainer.progress.history)
+    png = tmp_path / "training.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_non_finite_loss_names_the_cuts(tmp_path):
+    class NanModel(ToyModel):
+        def forward(self, batch):
+            out = super().forward(batch)
+            return _Out(out.loss * float("nan"), out.num_utterances)
+
+    def nan_batches(epoch, skip):
+        b = make_batch(torch.Generator().manual_seed(0))
+        yield Batch(b.feats, b.feat_lens, b.tokens, b.token_lens, cut_ids=["cutA", "cutB", "cutC"])
+
+    trainer = Trainer(NanModel(), OptimConfig(), TrainConfig(max_epochs=1), tmp_path, nan_batches)
+    with pytest.raises(FloatingPointError, match="cutA"):
+        trainer.fit()
+
+
+DDP_SCRIPT = r'''
+import os, sys, torch
+sys.path.insert(0, os.environ["TEST_DIR"])
+from test_trainer import ToyModel, make_batch
+from asr.train.distributed import setup_distributed, cleanup_distributed
+from asr.train.optim import OptimConfig
+from asr.train.state import TrainConfig
+from asr.train.trainer import Trainer
+from asr.types import Batch
+info = setup_distributed("cpu")
+torch.manual_seed(0)
+model = ToyModel().eval()  # no dropout: the two runs must see identical functions
+full = make_batch(torch.Generator().manual_seed(7), batch_size=4)
+idx = [0, 1, 2, 3] if info.world_size == 1 else [2 * info.rank, 2 * info.rank + 1]
+T = int(full.feat_lens[idx].max())
+part = Batch(full.feats[idx, :T], full.feat_lens[idx], full.tokens[idx], full.token_lens[idx])
+trainer = Trainer(model, OptimConfig(), TrainConfig(max_epochs=1), os.environ["OUT_DIR"],
+                  lambda e, s: [], dist=info)
+trainer.model.train()
+unwrapped = trainer.model.module if info.distributed else trainer.model
+unwrapped.net[2].p = 0.0
+unwrapped.noise = 0.0  # per-rank random streams differ from one process' stream
+trainer._forward_backward(part)
+grads = {n: p.grad for n, p in unwrapped.named_parameters()}
+if info.rank == 0:
+    torch.save(grads, os.path.join(os.environ["OUT_DIR"], f"grads_{info.world_size}.pt"))
+cleanup_distributed()
+'''
+
+
+def test_two_process_torchrun_gives_the_same_gradients_as_one_process(tmp_path):
+    script = tmp_path / "ddp_check.py"
+    script.write_text(DDP_SCRIPT)
+    env = dict(os.environ, TEST_DIR=str(Path(__file__).parent), OUT_DIR=str(tmp_path),
+               OMP_NUM_THREADS="1")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    for nproc in (1, 2):
+        subprocess.run(torchrun + [f"--nproc-per-node={nproc}", str(script)], env=env, check=True,
+                       capture_output=True, timeout=180)
+    one = torch.load(tmp_path / "grads_1.pt")
+    two = torch.load(tmp_path / "grads_2.pt")
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6)
