@@ -1,0 +1,94 @@
+"""``asr prepare``: LibriSpeech-layout corpus -> lhotse manifests -> stored fbank features.
+
+Examples::
+
+    asr prepare manifests --corpus-dir download/LibriSpeech --output-dir data/manifests \\
+        --parts train-clean-5 dev-clean-2
+    asr prepare fbank --manifest-dir data/manifests --output-dir data/fbank \\
+        --parts train-clean-5 dev-clean-2 --speed-perturb
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+HELP = "prepare data: lhotse manifests from a LibriSpeech-layout corpus, then fbank features"
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="prepare_command", metavar="STEP", required=True)
+
+    man = sub.add_parser("manifests", help="validate the corpus and write recordings/supervisions/cuts")
+    man.add_argument("--corpus-dir", type=Path, required=True,
+                     help="directory containing the part directories (e.g. download/LibriSpeech)")
+    man.add_argument("--output-dir", type=Path, default=Path("data/manifests"))
+    man.add_argument("--parts", nargs="+", required=True, help="part directory names")
+    man.add_argument("--num-jobs", type=int, default=1)
+    man.add_argument("--normalize-text", choices=("none", "lower"), default="none")
+    man.set_defaults(_prepare=_run_manifests)
+
+    fb = sub.add_parser("fbank", help="compute and store 80-bin fbank features (lilcom)")
+    fb.add_argument("--manifest-dir", type=Path, default=Path("data/manifests"))
+    fb.add_argument("--output-dir", type=Path, default=Path("data/fbank"))
+    fb.add_argument("--parts", nargs="+", required=True, help="part names")
+    fb.add_argument("--speed-perturb", action="store_true",
+                    help="add 0.9/1.1 speed-perturbed copies of the parts whose name starts "
+                         "with 'train' (see --perturb-parts)")
+    fb.add_argument("--perturb-parts", nargs="+", default=None,
+                    help="with --speed-perturb: exactly which parts to perturb")
+    fb.add_argument("--num-jobs", type=int, default=1)
+    fb.add_argument("--num-mel-bins", type=int, default=80)
+    fb.add_argument("--overwrite", action="store_true", help="recompute existing outputs")
+    fb.set_defaults(_prepare=_run_fbank)
+
+
+def _run_manifests(args: argparse.Namespace) -> int:
+    from asr.data.librispeech import prepare_manifests
+
+    paths = prepare_manifests(args.corpus_dir, args.output_dir, args.parts,
+                              num_jobs=args.num_jobs, normalize_text=args.normalize_text)
+    for part, path in paths.items():
+        print(f"{part}\t{path}")
+    return 0
+
+
+def _run_fbank(args: argparse.Namespace) -> int:
+    import torch
+
+    from asr.data.fbank import compute_fbank_for_parts
+    from asr.features.fbank import FbankConfig
+
+    torch.set_num_threads(1)  # parallelism comes from --num-jobs processes
+    perturb: list[str] = []
+    if args.speed_perturb:
+        perturb = args.perturb_parts or [p for p in args.parts if p.startswith("train")]
+        if not perturb:
+            logger.warning("--speed-perturb: no part name starts with 'train'; nothing perturbed")
+    elif args.perturb_parts:
+        raise SystemExit("--perturb-parts needs --speed-perturb")
+    paths = compute_fbank_for_parts(
+        args.manifest_dir,
+        args.output_dir,
+        args.parts,
+        perturb_parts=perturb,
+        cfg=FbankConfig(num_mel_bins=args.num_mel_bins),
+        num_jobs=args.num_jobs,
+        overwrite=args.overwrite,
+    )
+    for part, path in paths.items():
+        print(f"{part}\t{path}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from asr.data.librispeech import CorpusError
+
+    try:
+        return args._prepare(args)
+    except (CorpusError, FileNotFoundError) as err:
+        logger.error("%s", err)
+        return 1

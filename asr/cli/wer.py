@@ -1,0 +1,65 @@
+"""``asr wer REF HYP``: score hypotheses against references (Kaldi ``text`` files)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+HELP = "compute WER (or CER) between two Kaldi text files ('utt_id TEXT' lines)"
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("ref", help="reference text file: 'utt_id TEXT' per line")
+    parser.add_argument("hyp", help="hypothesis text file: 'utt_id TEXT' per line")
+    parser.add_argument("--cer", action="store_true", help="score characters instead of words")
+    parser.add_argument("--report", help="write an error report (alignments, frequent errors) here")
+    parser.add_argument("--recogs", help="write 'utt_id:\\tref=[...]' / 'hyp=[...]' lines here")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail when a reference has no hypothesis (default: score it as empty, with a warning)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the summary line; utterances missing from HYP count as empty (all deleted)."""
+    from asr.metrics.wer import (
+        compute_cer,
+        compute_wer,
+        read_kaldi_text,
+        write_error_report,
+        write_recognitions,
+    )
+
+    try:
+        refs = read_kaldi_text(args.ref)
+        hyps = read_kaldi_text(args.hyp)
+    except (OSError, ValueError) as err:
+        logger.error("asr wer: %s", err)
+        return 2
+    extra = sorted(set(hyps) - set(refs))
+    if extra:
+        logger.error("asr wer: %d ids of %s are not in %s, e.g. %s", len(extra), args.hyp,
+                     args.ref, extra[:3])
+        return 2
+    missing = [utt for utt in refs if utt not in hyps]
+    if missing:
+        if args.strict:
+            logger.error("asr wer: %d ids of %s have no hypothesis in %s, e.g. %s",
+                         len(missing), args.ref, args.hyp, missing[:3])
+            return 2
+        logger.warning("%d utterances have no hypothesis; scored as empty, e.g. %s",
+                       len(missing), missing[:3])
+    utt_ids = list(refs)
+    score = compute_cer if args.cer else compute_wer
+    result = score([refs[u] for u in utt_ids], [hyps.get(u, "") for u in utt_ids], utt_ids)
+    print(result.stats.summary(result.metric))
+    if args.report:
+        write_error_report(args.report, result)
+        logger.info("wrote %s", args.report)
+    if args.recogs:
+        write_recognitions(args.recogs, result)
+        logger.info("wrote %s", args.recogs)
+    return 0

@@ -1,0 +1,136 @@
+"""Typed configuration of the data pipeline (manifests, sampling, features, augmentation).
+
+SpecAugment: Park et al., "SpecAugment: A Simple Data Augmentation Method for Automatic Speech
+Recognition", Interspeech 2019. Speed perturbation: Ko et al., Interspeech 2015.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from asr.features.fbank import FbankConfig
+
+__all__ = ["DataConfig", "NoiseConfig", "SpecAugmentConfig"]
+
+
+@dataclass(frozen=True)
+class SpecAugmentConfig:
+    """SpecAugment (lhotse's implementation), applied per utterance to its valid frames only.
+
+    Attributes:
+        enabled: apply SpecAugment to training batches (never to evaluation batches).
+        time_warp_factor: maximum warp in frames; 0 disables time warping.
+        num_freq_masks: frequency masks per utterance.
+        max_freq_mask_width: maximum mel bins per frequency mask (``F`` in the paper).
+        num_time_masks: time masks per utterance.
+        max_time_mask_width: maximum frames per time mask (``T`` in the paper).
+        max_time_mask_fraction: cap of each time mask as a fraction of the utterance length
+            (``p`` in the paper).
+        probability: probability of augmenting a given utterance.
+    """
+
+    enabled: bool = True
+    time_warp_factor: int = 80
+    num_freq_masks: int = 2
+    max_freq_mask_width: int = 27
+    num_time_masks: int = 10
+    max_time_mask_width: int = 100
+    max_time_mask_fraction: float = 0.15
+    probability: float = 0.9
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.probability <= 1.0:
+            raise ValueError(f"spec_augment.probability must be in [0, 1], got {self.probability}")
+        if min(self.num_freq_masks, self.num_time_masks, self.time_warp_factor) < 0:
+            raise ValueError("spec_augment mask counts and time_warp_factor must be >= 0")
+        if min(self.max_freq_mask_width, self.max_time_mask_width) <= 0:
+            raise ValueError("spec_augment mask widths must be > 0")
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """Additive noise from a lhotse CutSet (lhotse ``CutMix``), training only.
+
+    Attributes:
+        cuts_path: noise CutSet manifest; ``None`` disables noise. With precomputed features the
+            noise cuts need features too (lhotse then mixes in the feature domain).
+        snr_db: (low, high) SNR range in dB, sampled uniformly per utterance.
+        probability: probability of mixing noise into a given utterance.
+    """
+
+    cuts_path: Path | None = None
+    snr_db: tuple[float, float] = (10.0, 20.0)
+    probability: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.snr_db[0] > self.snr_db[1]:
+            raise ValueError(f"noise.snr_db must be (low, high), got {self.snr_db}")
+        if not 0.0 <= self.probability <= 1.0:
+            raise ValueError(f"noise.probability must be in [0, 1], got {self.probability}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the cuts are and how batches are made.
+
+    Attributes:
+        manifest_dir: directory holding the cut manifests.
+        train_cuts: training cut manifest file names (in ``manifest_dir``), concatenated lazily.
+        dev_cuts: validation cut manifest file names.
+        max_duration: total seconds of audio per batch (per rank).
+        num_buckets: duration buckets of the ``DynamicBucketingSampler``.
+        shuffle: shuffle training cuts (evaluation is never shuffled).
+        drop_last: drop the last incomplete training batch (evaluation keeps it).
+        num_workers: DataLoader worker processes.
+        on_the_fly_feats: compute fbank from audio in the DataLoader instead of reading stored
+            features.
+        speed_perturb: on-the-fly speed perturbation (0.9 / 1.0 / 1.1 equally likely) of training
+            cuts; needs ``on_the_fly_feats`` because perturbing drops stored features.
+        spec_augment: SpecAugment settings.
+        noise: additive noise settings.
+        min_cut_duration: training cuts shorter than this (seconds) are dropped.
+        max_cut_duration: training cuts longer than this (seconds) are dropped.
+        seed: seed of the sampler shuffling and of the data augmentation RNGs.
+        fbank: feature options (the same ones streaming inference uses).
+    """
+
+    manifest_dir: Path = Path("data/fbank")
+    train_cuts: tuple[str, ...] = ("librispeech_cuts_train-clean-100.jsonl.gz",)
+    dev_cuts: tuple[str, ...] = ("librispeech_cuts_dev-clean.jsonl.gz",)
+    max_duration: float = 200.0
+    num_buckets: int = 30
+    shuffle: bool = True
+    drop_last: bool = True
+    num_workers: int = 2
+    on_the_fly_feats: bool = False
+    speed_perturb: bool = False
+    spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    min_cut_duration: float = 0.5
+    max_cut_duration: float = 20.0
+    seed: int = 42
+    fbank: FbankConfig = field(default_factory=FbankConfig)
+
+    def __post_init__(self) -> None:
+        if self.max_duration <= 0:
+            raise ValueError(f"data.max_duration must be > 0 seconds, got {self.max_duration}")
+        if self.num_buckets < 1:
+            raise ValueError(f"data.num_buckets must be >= 1, got {self.num_buckets}")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if not 0 <= self.min_cut_duration <= self.max_cut_duration:
+            raise ValueError(
+                "data needs 0 <= min_cut_duration <= max_cut_duration, got "
+                f"{self.min_cut_duration} and {self.max_cut_duration}"
+            )
+        if self.max_cut_duration > self.max_duration:
+            raise ValueError(
+                f"data.max_cut_duration ({self.max_cut_duration}) exceeds data.max_duration "
+                f"({self.max_duration}): such cuts could never be batched"
+            )
+        if self.speed_perturb and not self.on_the_fly_feats:
+            raise ValueError(
+                "data.speed_perturb=true needs data.on_the_fly_feats=true (speed perturbation "
+                "drops stored features); for stored features use `asr prepare fbank --speed-perturb`"
+            )

@@ -1,0 +1,258 @@
+"""CutSet -> :class:`asr.types.Batch`: features, augmentation, tokens (lhotse map-style dataset).
+
+The sampler yields CutSets; :class:`AsrDataset` turns one into a padded batch. Training batches
+go through cut transforms (speed perturbation, Ko et al. Interspeech 2015, via lhotse
+``PerturbSpeed``; additive noise via lhotse ``CutMix``) before feature extraction and SpecAugment
+(Park et al., Interspeech 2019, lhotse ``SpecAugment``) after it; evaluation batches get none.
+
+Features are either read from storage (lhotse ``PrecomputedFeatures``) or computed from audio by
+lhotse ``OnTheFlyFeatures`` with the extractor of :func:`asr.features.fbank.make_lhotse_fbank`,
+the same one that stored them. Padding frames are zeros (lhotse pads with log(1e-10), we reset
+them so ``Batch.feats`` is zero beyond ``feat_lens`` as documented).
+
+Example:
+    >>> cuts = load_cuts(cfg.manifest_dir, cfg.train_cuts)
+    >>> loader = make_dataloader(cuts, cfg, tokenizer, train=True)
+    >>> for batch in loader:  # asr.types.Batch
+    ...     enc, enc_lens = encoder(batch.feats, batch.feat_lens)
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from asr.data.config import DataConfig
+from asr.data.filtering import (
+    FilterStats,
+    TextEncoder,
+    conv2d_subsampled_length,
+    cut_text,
+    filter_cuts,
+)
+from asr.data.sampler import make_sampler, resolve_rank_world_size
+from asr.features.fbank import make_lhotse_fbank
+from asr.types import TOKEN_PAD_ID, Batch
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "AsrDataset",
+    "TextEncoder",
+    "load_cuts",
+    "load_train_cuts",
+    "make_dataloader",
+    "pad_tokens",
+]
+
+#: Speed factors of on-the-fly perturbation; with probability 2/3 one of them is applied, so
+#: 0.9, 1.0 and 1.1 are equally likely.
+ON_THE_FLY_SPEED_FACTORS = (0.9, 1.1)
+
+
+def pad_tokens(token_seqs: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
+    """Pads token id lists with ``TOKEN_PAD_ID``.
+
+    Returns:
+        tokens (B, U) int64 and token_lens (B,) int64, ``U = max(token_lens)`` (0 if all empty).
+    """
+    lens = torch.tensor([len(seq) for seq in token_seqs], dtype=torch.int64)
+    max_len = int(lens.max()) if len(token_seqs) else 0
+    tokens = torch.full((len(token_seqs), max_len), TOKEN_PAD_ID, dtype=torch.int64)
+    for i, seq in enumerate(token_seqs):
+        tokens[i, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.int64)
+    return tokens, lens
+
+
+class AsrDataset(torch.utils.data.Dataset):
+    """Map-style dataset indexed by CutSets (lhotse style): ``dataset[cuts] -> Batch``.
+
+    Args:
+        encoder: tokenizer with ``encode(text) -> list[int]``.
+        input_strategy: lhotse ``BatchIO`` (``PrecomputedFeatures`` or ``OnTheFlyFeatures``)
+            mapping a CutSet to (feats (B, T, F), feat_lens (B,)).
+        cut_transforms: CutSet -> CutSet callables applied before feature extraction.
+        spec_augment: lhotse ``SpecAugment`` applied to each utterance's valid frames, or None.
+        rng: the RNG shared by the random cut transforms (reseeded per DataLoader worker).
+    """
+
+    def __init__(
+        self,
+        encoder: TextEncoder,
+        input_strategy: Callable,
+        cut_transforms: Sequence[Callable] = (),
+        spec_augment: Callable[[Tensor], Tensor] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.input_strategy = input_strategy
+        self.cut_transforms = list(cut_transforms)
+        self.spec_augment = spec_augment
+        self.rng = rng or random.Random(0)
+
+    @classmethod
+    def from_config(cls, cfg: DataConfig, encoder: TextEncoder, train: bool) -> AsrDataset:
+        """Builds the training (``train=True``: augmentation as configured) or evaluation dataset."""
+        from lhotse.dataset import CutMix, OnTheFlyFeatures, PerturbSpeed, PrecomputedFeatures
+        from lhotse.dataset import SpecAugment as LhotseSpecAugment
+
+        rng = random.Random(cfg.seed)
+        if cfg.on_the_fly_feats:
+            # Per-utterance extraction: lhotse's batched path zero-pads the waveforms, which
+            # changes the last frame of all but the longest utterance (Kaldi reflects the edge).
+            input_strategy = OnTheFlyFeatures(make_lhotse_fbank(cfg.fbank), use_batch_extract=False)
+        else:
+            input_strategy = PrecomputedFeatures()
+        transforms: list[Callable] = []
+        spec_augment = None
+        if train and cfg.speed_perturb:
+            transforms.append(
+                PerturbSpeed(factors=list(ON_THE_FLY_SPEED_FACTORS), p=2 / 3, randgen=rng,
+                             preserve_id=True)
+            )
+        if train and cfg.noise.cuts_path is not None:
+            from lhotse import CutSet
+
+            noise = CutSet.from_file(cfg.noise.cuts_path).to_eager()
+            if len(noise) == 0:
+                raise ValueError(f"data.noise.cuts_path {cfg.noise.cuts_path} holds no cuts")
+            transforms.append(
+                CutMix(noise, snr=tuple(cfg.noise.snr_db), p=cfg.noise.probability,
+                       pad_to_longest=False, preserve_id=True, seed=rng)
+            )
+        sa = cfg.spec_augment
+        if train and sa.enabled:
+            spec_augment = LhotseSpecAugment(
+                time_warp_factor=sa.time_warp_factor,
+                num_feature_masks=sa.num_freq_masks,
+                features_mask_size=sa.max_freq_mask_width,
+                num_frame_masks=sa.num_time_masks,
+                frames_mask_size=sa.max_time_mask_width,
+                max_frames_mask_fraction=sa.max_time_mask_fraction,
+                p=sa.probability,
+            )
+        return cls(encoder, input_strategy, transforms, spec_augment, rng)
+
+    def reseed(self, seed: int, python_random: bool = True) -> None:
+        """Reseeds the cut-transform RNG and, optionally, Python's (used by SpecAugment)."""
+        self.rng.seed(seed)
+        if python_random:
+            random.seed(seed)
+
+    def __getitem__(self, cuts) -> Batch:
+        """Turns a CutSet into a Batch (cuts sorted by decreasing duration).
+
+        Returns:
+            Batch with feats (B, T, F) float32 zero-padded, feat_lens (B,), tokens (B, U)
+            padded with ``TOKEN_PAD_ID``, token_lens (B,), texts and cut_ids.
+        """
+        if len(cuts) == 0:
+            raise ValueError("AsrDataset got an empty CutSet")
+        for cut in cuts:
+            if not cut.supervisions:
+                raise ValueError(f"cut {cut.id!r} has no supervision (nothing to transcribe)")
+        for transform in self.cut_transforms:
+            cuts = transform(cuts)
+        cuts = cuts.sort_by_duration(ascending=False)
+        feats, feat_lens = self.input_strategy(cuts)[:2]
+        feats = feats.to(torch.float32)
+        feat_lens = feat_lens.to(torch.int64)
+        if self.spec_augment is not None:
+            feats = feats.clone()
+            for i, length in enumerate(feat_lens.tolist()):
+                feats[i : i + 1, :length] = self.spec_augment(feats[i : i + 1, :length])
+        frame_ids = torch.arange(feats.shape[1]).unsqueeze(0)
+        feats = feats.masked_fill((frame_ids >= feat_lens.unsqueeze(1)).unsqueeze(2), 0.0)
+        texts = [cut_text(cut) for cut in cuts]
+        tokens, token_lens = pad_tokens([self.encoder.encode(text) for text in texts])
+        return Batch(
+            feats=feats,
+            feat_lens=feat_lens,
+            tokens=tokens,
+            token_lens=token_lens,
+            texts=texts,
+            cut_ids=[cut.id for cut in cuts],
+        )
+
+
+def load_cuts(manifest_dir: str | Path, names: Sequence[str]):
+    """Opens cut manifests ``manifest_dir/name`` lazily, concatenated in order.
+
+    Raises:
+        FileNotFoundError: naming the first missing manifest.
+    """
+    from lhotse import CutSet, combine
+
+    if not names:
+        raise ValueError(f"no cut manifest names given for {manifest_dir}")
+    paths = [Path(manifest_dir) / name for name in names]
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"cut manifest {path} does not exist")
+    lazy = [CutSet.from_jsonl_lazy(path) for path in paths]
+    return lazy[0] if len(lazy) == 1 else combine(*lazy)
+
+
+def load_train_cuts(
+    cfg: DataConfig,
+    encoder: TextEncoder,
+    output_length: Callable[[int], int] = conv2d_subsampled_length,
+) -> tuple[object, FilterStats]:
+    """Training cuts of ``cfg`` filtered by duration range and tokens-vs-frames (lazy)."""
+    cuts = load_cuts(cfg.manifest_dir, cfg.train_cuts)
+    return filter_cuts(
+        cuts,
+        encoder,
+        output_length=output_length,
+        min_duration=cfg.min_cut_duration,
+        max_duration=cfg.max_cut_duration,
+        frame_shift=cfg.fbank.frame_shift,
+    )
+
+
+def _seed_worker(worker_id: int, base_seed: int) -> None:
+    seed = base_seed + worker_id
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    info = torch.utils.data.get_worker_info()
+    if info is not None and isinstance(info.dataset, AsrDataset):
+        info.dataset.reseed(seed)
+    else:
+        random.seed(seed)
+
+
+def make_dataloader(
+    cuts,
+    cfg: DataConfig,
+    encoder: TextEncoder,
+    train: bool,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> torch.utils.data.DataLoader:
+    """DataLoader of :class:`~asr.types.Batch` over ``cuts`` (sampler + dataset from ``cfg``).
+
+    The sampler is reachable as ``loader.sampler`` (``set_epoch``, ``state_dict``); each worker's
+    RNGs are seeded from ``cfg.seed``, the rank and the worker id.
+    """
+    rank, world_size = resolve_rank_world_size(rank, world_size)
+    sampler = make_sampler(cuts, cfg, train=train, rank=rank, world_size=world_size)
+    dataset = AsrDataset.from_config(cfg, encoder, train=train)
+    base_seed = cfg.seed + 1000 * rank
+    if cfg.num_workers == 0:
+        dataset.reseed(base_seed, python_random=False)  # leave the caller's global RNG alone
+    return torch.utils.data.DataLoader(
+        dataset,
+        sampler=sampler,
+        batch_size=None,
+        num_workers=cfg.num_workers,
+        persistent_workers=False,
+        worker_init_fn=functools.partial(_seed_worker, base_seed=base_seed),
+    )

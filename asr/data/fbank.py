@@ -1,0 +1,141 @@
+"""Compute and store fbank features for CutSets (lilcom-compressed chunked archives).
+
+Speed perturbation (Ko et al., "Audio augmentation for speech recognition", Interspeech 2015)
+adds copies of each training cut resampled by factors 0.9 and 1.1 (ids suffixed ``_sp0.9`` /
+``_sp1.1``), tripling the training data as in icefall's LibriSpeech recipe. Features are computed
+with :func:`asr.features.fbank.make_lhotse_fbank` so stored and on-the-fly features are identical.
+
+Output per part: ``<output_dir>/<prefix>_cuts_<part>.jsonl.gz`` (cuts with features attached) and
+the archive ``<output_dir>/<prefix>_feats_<part>.lca`` (or one archive per job under
+``<prefix>_feats_<part>/`` when ``num_jobs > 1``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Sequence
+from pathlib import Path
+
+from asr.data.librispeech import PREFIX, cuts_path
+from asr.features.fbank import FbankConfig, make_lhotse_fbank
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SPEED_FACTORS", "compute_fbank_for_cuts", "compute_fbank_for_parts", "speed_perturb_cuts"]
+
+#: Extra speed factors added to training data (1.0, the original, is always kept).
+SPEED_FACTORS = (0.9, 1.1)
+
+
+def speed_perturb_cuts(cuts, factors: Sequence[float] = SPEED_FACTORS):
+    """Returns ``cuts`` followed by one speed-perturbed copy per factor (lazy, ids suffixed).
+
+    Args:
+        cuts: a lhotse ``CutSet`` without features (speed perturbation drops features).
+        factors: speed factors (> 1 is faster and shorter).
+    """
+    perturbed = cuts
+    for factor in factors:
+        if factor <= 0:
+            raise ValueError(f"speed factor must be > 0, got {factor}")
+        perturbed = perturbed + cuts.perturb_speed(factor)
+    return perturbed
+
+
+def compute_fbank_for_cuts(
+    cuts,
+    storage_path: str | Path,
+    cfg: FbankConfig | None = None,
+    num_jobs: int = 1,
+    progress_bar: bool = True,
+):
+    """Computes fbank features for every cut and stores them with ``LilcomChunkyWriter``.
+
+    Args:
+        cuts: a lhotse ``CutSet`` (audio attached).
+        storage_path: archive path (``num_jobs == 1``) or directory for per-job archives.
+        cfg: feature options; defaults to ``FbankConfig()``.
+        num_jobs: worker processes.
+        progress_bar: show a tqdm progress bar.
+
+    Returns:
+        the eager ``CutSet`` with features attached.
+    """
+    from lhotse import LilcomChunkyWriter
+
+    cfg = cfg or FbankConfig()
+    bad = [c.id for c in cuts if c.sampling_rate != cfg.sample_rate]
+    if bad:
+        raise ValueError(
+            f"{len(bad)} cuts (e.g. {bad[0]!r}) are not at {cfg.sample_rate} Hz; "
+            "resample them (CutSet.resample) or change FbankConfig.sample_rate"
+        )
+    return cuts.compute_and_store_features(
+        extractor=make_lhotse_fbank(cfg),
+        storage_path=str(storage_path),
+        num_jobs=num_jobs,
+        storage_type=LilcomChunkyWriter,
+        progress_bar=progress_bar,
+    )
+
+
+def compute_fbank_for_parts(
+    manifest_dir: str | Path,
+    output_dir: str | Path,
+    parts: Sequence[str],
+    perturb_parts: Collection[str] = (),
+    cfg: FbankConfig | None = None,
+    num_jobs: int = 1,
+    prefix: str = PREFIX,
+    overwrite: bool = False,
+) -> dict[str, Path]:
+    """Reads ``<manifest_dir>/<prefix>_cuts_<part>.jsonl.gz``, stores features, writes new cuts.
+
+    Args:
+        manifest_dir: directory with the CutSets written by
+            :func:`asr.data.librispeech.prepare_manifests`.
+        output_dir: where feature archives and the cuts with features go.
+        parts: part names.
+        perturb_parts: parts that get 0.9/1.1 speed-perturbed copies (usually the training ones).
+        cfg: feature options.
+        num_jobs: worker processes.
+        prefix: manifest name prefix.
+        overwrite: recompute parts whose output cuts already exist (otherwise they are skipped).
+
+    Returns:
+        part -> path of its cuts with features.
+
+    Raises:
+        FileNotFoundError: naming the missing input CutSet.
+    """
+    from lhotse import CutSet
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    unknown = set(perturb_parts) - set(parts)
+    if unknown:
+        raise ValueError(f"perturb_parts {sorted(unknown)} are not among parts {list(parts)}")
+    results = {}
+    for part in parts:
+        src = cuts_path(manifest_dir, part, prefix)
+        dst = cuts_path(output_dir, part, prefix)
+        results[part] = dst
+        if dst.is_file() and not overwrite:
+            logger.info("%s exists: skipping part %s", dst, part)
+            continue
+        if not src.is_file():
+            raise FileNotFoundError(f"input cuts {src} for part {part!r} do not exist")
+        cuts = CutSet.from_file(src)
+        if part in perturb_parts:
+            logger.info("%s: adding speed perturbation copies %s", part, SPEED_FACTORS)
+            cuts = speed_perturb_cuts(cuts)
+        storage = output_dir / (
+            f"{prefix}_feats_{part}" if num_jobs > 1 else f"{prefix}_feats_{part}.lca"
+        )
+        logger.info("%s: computing fbank into %s", part, storage)
+        with_feats = compute_fbank_for_cuts(cuts, storage, cfg, num_jobs=num_jobs)
+        tmp = dst.with_name(dst.name + ".tmp.jsonl.gz")
+        with_feats.to_file(tmp)
+        tmp.replace(dst)
+        logger.info("%s: wrote %d cuts to %s", part, len(with_feats), dst)
+    return results

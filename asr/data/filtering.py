@@ -1,0 +1,167 @@
+"""Dropping utterances a model cannot (or should not) train on.
+
+A transducer or CTC model emits at most one token per encoder frame on the paths the pruned
+RNN-T loss keeps (Kuang et al., "Pruned RNN-T for fast, memory-efficient ASR training", 2022),
+so an utterance with more tokens than encoder frames after subsampling has no valid alignment and
+gives an infinite or meaningless loss. Empty transcripts and durations outside a range are dropped
+too. Each reason is counted, logged and returned so a caller can report it.
+
+Lazy CutSets: :func:`filter_cuts` makes one counting pass over the cuts (reading the manifest and
+tokenizing once), then returns ``cuts.filter(...)``, which stays lazy for a lazy input (the check
+is redone, without counting, when it is iterated); eager inputs give an eager result.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FilterStats", "TextEncoder", "conv2d_subsampled_length", "filter_cuts", "drop_reason"]
+
+
+class TextEncoder(Protocol):
+    """Anything that turns a transcript into token ids (tokenizers implement it)."""
+
+    def encode(self, text: str) -> list[int]: ...
+
+
+def conv2d_subsampled_length(num_frames: int) -> int:
+    """Frames after the conv2d x4 subsampling front end: ``((T - 1) // 2 - 1) // 2``, at least 0.
+
+    Same formula as ``asr.encoders.subsampling.subsampled_length``.
+    """
+    return max(0, ((num_frames - 1) // 2 - 1) // 2)
+
+
+@dataclass(frozen=True)
+class FilterStats:
+    """How many cuts :func:`filter_cuts` kept and dropped, per reason.
+
+    Attributes:
+        kept: cuts kept.
+        empty_text: dropped: transcript empty (or encoding to no tokens).
+        too_short: dropped: duration below ``min_duration``.
+        too_long: dropped: duration above ``max_duration``.
+        too_many_tokens: dropped: more tokens than encoder frames.
+    """
+
+    kept: int = 0
+    empty_text: int = 0
+    too_short: int = 0
+    too_long: int = 0
+    too_many_tokens: int = 0
+
+    @property
+    def dropped(self) -> int:
+        return self.empty_text + self.too_short + self.too_long + self.too_many_tokens
+
+    @property
+    def total(self) -> int:
+        return self.kept + self.dropped
+
+
+def cut_text(cut) -> str:
+    """The cut's transcript: its supervisions' texts joined by spaces."""
+    return " ".join(s.text.strip() for s in cut.supervisions if s.text and s.text.strip())
+
+
+def _num_input_frames(cut, frame_shift: float) -> int:
+    if cut.has_features:
+        return cut.num_frames
+    from lhotse.utils import compute_num_frames
+
+    return compute_num_frames(cut.duration, frame_shift, cut.sampling_rate)
+
+
+def drop_reason(
+    cut,
+    encoder: TextEncoder,
+    output_length: Callable[[int], int] = conv2d_subsampled_length,
+    min_duration: float = 0.0,
+    max_duration: float = float("inf"),
+    frame_shift: float = 0.01,
+) -> str | None:
+    """Why ``cut`` should be dropped ("empty_text", "too_short", "too_long",
+    "too_many_tokens"), or ``None`` to keep it. Arguments as in :func:`filter_cuts`."""
+    text = cut_text(cut)
+    if not text:
+        return "empty_text"
+    if cut.duration < min_duration:
+        return "too_short"
+    if cut.duration > max_duration:
+        return "too_long"
+    num_tokens = len(encoder.encode(text))
+    if num_tokens == 0:
+        return "empty_text"
+    if num_tokens > output_length(_num_input_frames(cut, frame_shift)):
+        return "too_many_tokens"
+    return None
+
+
+@dataclass(frozen=True)
+class _Keep:
+    """Picklable predicate (lazy CutSets may be sent to DataLoader workers)."""
+
+    encoder: TextEncoder
+    output_length: Callable[[int], int]
+    min_duration: float
+    max_duration: float
+    frame_shift: float
+
+    def reason(self, cut) -> str | None:
+        return drop_reason(
+            cut, self.encoder, self.output_length, self.min_duration, self.max_duration,
+            self.frame_shift,
+        )
+
+    def __call__(self, cut) -> bool:
+        return self.reason(cut) is None
+
+
+def filter_cuts(
+    cuts,
+    encoder: TextEncoder,
+    output_length: Callable[[int], int] = conv2d_subsampled_length,
+    min_duration: float = 0.0,
+    max_duration: float = float("inf"),
+    frame_shift: float = 0.01,
+):
+    """Drops cuts with empty text, duration out of range or more tokens than encoder frames.
+
+    Args:
+        cuts: a lhotse ``CutSet`` (lazy or eager).
+        encoder: tokenizer with ``encode(text) -> list[int]``.
+        output_length: encoder frames for a number of input feature frames.
+        min_duration: minimum duration in seconds (inclusive).
+        max_duration: maximum duration in seconds (inclusive).
+        frame_shift: feature frame shift in seconds, for cuts without stored features.
+
+    Returns:
+        ``(kept_cuts, stats)``; see the module docstring for laziness.
+    """
+    keep = _Keep(encoder, output_length, min_duration, max_duration, frame_shift)
+    counts = {"kept": 0, "empty_text": 0, "too_short": 0, "too_long": 0, "too_many_tokens": 0}
+    examples: dict[str, str] = {}
+    kept = []
+    for cut in cuts:
+        why = keep.reason(cut)
+        if why is None:
+            counts["kept"] += 1
+            if not cuts.is_lazy:
+                kept.append(cut)
+        else:
+            counts[why] += 1
+            examples.setdefault(why, cut.id)
+    stats = FilterStats(**counts)
+    for why, cut_id in examples.items():
+        logger.warning("dropped %d cuts: %s (e.g. %s)", counts[why], why, cut_id)
+    logger.info("kept %d of %d cuts (dropped %d)", stats.kept, stats.total, stats.dropped)
+    if cuts.is_lazy:
+        return cuts.filter(keep), stats
+    from lhotse import CutSet
+
+    return CutSet.from_cuts(kept), stats

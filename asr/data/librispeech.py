@@ -1,0 +1,218 @@
+"""LibriSpeech-layout corpora -> validated lhotse manifests and CutSets.
+
+The LibriSpeech layout (Panayotov et al., "LibriSpeech: an ASR corpus based on public domain audio
+books", ICASSP 2015) is::
+
+    <corpus_dir>/<part>/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac
+    <corpus_dir>/<part>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt
+
+where each ``.trans.txt`` line is ``<speaker>-<chapter>-<utt> TRANSCRIPT``. Part names
+(``train-clean-100``, ``train-clean-5``, ``dev-clean-2``, ``test-clean``, ...) are just directory
+names here, so synthetic corpora with any part names work.
+
+lhotse's own recipe (:func:`lhotse.recipes.prepare_librispeech`) writes the recording and
+supervision manifests, but it silently skips a transcript line whose flac is missing and crashes
+with an unhelpful message on a malformed line. :func:`validate_librispeech_tree` runs first and
+raises :class:`CorpusError` naming the file and line number instead.
+
+Example:
+    >>> paths = prepare_manifests("download/LibriSpeech", "data/manifests",
+    ...                           parts=["train-clean-5", "dev-clean-2"])
+    >>> paths["dev-clean-2"]
+    PosixPath('data/manifests/librispeech_cuts_dev-clean-2.jsonl.gz')
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CorpusError",
+    "PartSummary",
+    "cuts_path",
+    "prepare_manifests",
+    "validate_librispeech_tree",
+]
+
+PREFIX = "librispeech"
+_UTT_ID = re.compile(r"^(\d+)-(\d+)-(\d+)$")
+_TRANS_NAME = re.compile(r"^(\d+)-(\d+)\.trans\.txt$")
+
+
+class CorpusError(ValueError):
+    """A corpus file that does not follow the LibriSpeech layout (names the file and line)."""
+
+
+@dataclass(frozen=True)
+class PartSummary:
+    """What :func:`validate_librispeech_tree` found in one part.
+
+    Attributes:
+        part: part (directory) name.
+        num_utterances: transcript lines (each with an existing flac).
+        num_speakers: distinct speaker directories with transcripts.
+        num_unreferenced_flacs: flac files that no transcript line mentions (ignored by lhotse).
+    """
+
+    part: str
+    num_utterances: int
+    num_speakers: int
+    num_unreferenced_flacs: int
+
+
+def cuts_path(output_dir: str | Path, part: str, prefix: str = PREFIX) -> Path:
+    """Path of the CutSet manifest of ``part``: ``<output_dir>/<prefix>_cuts_<part>.jsonl.gz``."""
+    return Path(output_dir) / f"{prefix}_cuts_{part}.jsonl.gz"
+
+
+def _part_dir(corpus_dir: Path, part: str) -> Path:
+    part_dir = corpus_dir / part
+    if part_dir.is_dir():
+        return part_dir
+    hint = ""
+    if (corpus_dir / "LibriSpeech" / part).is_dir():
+        hint = f"; did you mean --corpus-dir {corpus_dir / 'LibriSpeech'}?"
+    raise CorpusError(f"part directory {part_dir} does not exist{hint}")
+
+
+def _check_trans_file(trans_path: Path, part_dir: Path, seen: dict[str, str]) -> int:
+    """Checks one ``.trans.txt`` file; returns its number of utterances."""
+    match = _TRANS_NAME.match(trans_path.name)
+    if match is None:
+        raise CorpusError(
+            f"{trans_path}: file name must be '<speaker>-<chapter>.trans.txt' with numeric ids"
+        )
+    speaker, chapter = match.groups()
+    expected_dir = part_dir / speaker / chapter
+    if trans_path.parent != expected_dir:
+        raise CorpusError(f"{trans_path}: must be located in {expected_dir}")
+    count = 0
+    with trans_path.open(encoding="utf-8") as f:
+        for line_no, raw in enumerate(f, start=1):
+            where = f"{trans_path}:{line_no}"
+            fields = raw.strip().split(maxsplit=1)
+            if not fields:
+                raise CorpusError(f"{where}: empty line (expected '<speaker>-<chapter>-<utt> TEXT')")
+            utt_id = fields[0]
+            id_match = _UTT_ID.match(utt_id)
+            if id_match is None:
+                raise CorpusError(
+                    f"{where}: bad utterance id {utt_id!r} (expected '<speaker>-<chapter>-<utt>' "
+                    "with numeric fields)"
+                )
+            if id_match.groups()[:2] != (speaker, chapter):
+                raise CorpusError(
+                    f"{where}: utterance id {utt_id!r} does not belong to speaker {speaker} "
+                    f"chapter {chapter} of this file"
+                )
+            if len(fields) < 2 or not fields[1].strip():
+                raise CorpusError(f"{where}: utterance {utt_id!r} has no transcript text")
+            if utt_id in seen:
+                raise CorpusError(f"{where}: duplicate utterance id {utt_id!r} (first in {seen[utt_id]})")
+            flac = trans_path.parent / f"{utt_id}.flac"
+            if not flac.is_file():
+                raise CorpusError(f"{where}: audio file {flac} for utterance {utt_id!r} is missing")
+            seen[utt_id] = where
+            count += 1
+    return count
+
+
+def validate_librispeech_tree(corpus_dir: str | Path, parts: Sequence[str]) -> list[PartSummary]:
+    """Checks the LibriSpeech layout of ``parts`` under ``corpus_dir`` before lhotse reads them.
+
+    Args:
+        corpus_dir: directory that contains the part directories (e.g. ``download/LibriSpeech``).
+        parts: part directory names.
+
+    Returns:
+        one :class:`PartSummary` per part, in order.
+
+    Raises:
+        CorpusError: naming the file (and line) for a missing part directory, a part without
+            transcripts, a badly named or misplaced ``.trans.txt``, an empty line, a malformed
+            utterance id, an id not matching the file's speaker-chapter, a line without text,
+            a duplicate id, or a transcript line whose flac is missing.
+    """
+    corpus_dir = Path(corpus_dir)
+    if not parts:
+        raise CorpusError("no dataset parts given")
+    summaries = []
+    for part in parts:
+        part_dir = _part_dir(corpus_dir, part)
+        trans_files = sorted(part_dir.rglob("*.trans.txt"))
+        if not trans_files:
+            raise CorpusError(f"{part_dir}: no '*.trans.txt' transcript files found")
+        seen: dict[str, str] = {}
+        speakers = set()
+        for trans_path in trans_files:
+            if _check_trans_file(trans_path, part_dir, seen):
+                speakers.add(trans_path.parent.parent.name)
+        flacs = {p.stem for p in part_dir.rglob("*.flac")}
+        unreferenced = len(flacs - set(seen))
+        if unreferenced:
+            logger.warning("%s: %d flac files have no transcript line", part_dir, unreferenced)
+        summaries.append(PartSummary(part, len(seen), len(speakers), unreferenced))
+        logger.info("%s: %d utterances, %d speakers", part_dir, len(seen), len(speakers))
+    return summaries
+
+
+def prepare_manifests(
+    corpus_dir: str | Path,
+    output_dir: str | Path,
+    parts: Sequence[str],
+    num_jobs: int = 1,
+    normalize_text: str = "none",
+) -> dict[str, Path]:
+    """Validates the corpus, writes lhotse manifests and per-utterance CutSets.
+
+    Writes ``librispeech_{recordings,supervisions}_<part>.jsonl.gz`` with lhotse's LibriSpeech
+    recipe (which reuses manifests already present in ``output_dir``), then
+    ``librispeech_cuts_<part>.jsonl.gz``: one cut per supervision (``trim_to_supervisions``),
+    without features.
+
+    Args:
+        corpus_dir: directory containing the part directories.
+        output_dir: where the manifests are written (created if needed).
+        parts: part directory names.
+        num_jobs: threads lhotse uses to read audio headers.
+        normalize_text: "none" (keep the corpus text) or "lower" (lhotse's lower-casing).
+
+    Returns:
+        part -> path of its CutSet manifest.
+
+    Raises:
+        CorpusError: see :func:`validate_librispeech_tree`.
+    """
+    from lhotse import CutSet
+    from lhotse.recipes import prepare_librispeech
+
+    if normalize_text not in ("none", "lower"):
+        raise ValueError(f"normalize_text must be 'none' or 'lower', got {normalize_text!r}")
+    validate_librispeech_tree(corpus_dir, parts)
+    output_dir = Path(output_dir)
+    manifests = prepare_librispeech(
+        corpus_dir,
+        dataset_parts=list(parts),
+        output_dir=output_dir,
+        normalize_text=normalize_text,
+        num_jobs=num_jobs,
+    )
+    paths = {}
+    for part in parts:
+        if part not in manifests:
+            raise RuntimeError(f"lhotse prepared no manifests for part {part!r} in {output_dir}")
+        cuts = CutSet.from_manifests(
+            recordings=manifests[part]["recordings"],
+            supervisions=manifests[part]["supervisions"],
+        ).trim_to_supervisions(keep_overlapping=False).to_eager()
+        path = cuts_path(output_dir, part)
+        cuts.to_file(path)
+        logger.info("wrote %d cuts to %s", len(cuts), path)
+        paths[part] = path
+    return paths

@@ -1,0 +1,95 @@
+"""Duration-bucketed, DDP-aware batch sampling (lhotse ``DynamicBucketingSampler``).
+
+Cuts are streamed, assigned to ``num_buckets`` duration buckets estimated from the data, and
+batches are filled from one bucket up to ``max_duration`` seconds, so utterances of similar length
+are batched together and padding stays small (the dynamic-bucketing idea of lhotse, Żelasko et al.,
+"Lhotse: a speech data representation library for the modern deep learning ecosystem", 2021).
+
+Distributed training: every rank iterates the same (identically shuffled, seeded) stream and keeps
+every ``world_size``-th batch starting at ``rank``, so ranks never share a cut and together cover
+the data. ``rank``/``world_size`` default to ``torch.distributed`` when it is initialised.
+
+Resuming: ``sampler.state_dict()`` records the epoch, the seed and how many batches were already
+yielded; after ``sampler.load_state_dict(state)`` the next iteration fast-forwards past those
+batches (lhotse re-reads the cut stream to do so), so a resumed epoch does not repeat data. Store
+the state in the checkpoint and call ``sampler.set_epoch(epoch)`` at the start of every epoch.
+With DataLoader workers the sampler runs ahead of the training loop by the prefetched batches
+(``num_workers * prefetch_factor``), so a resumed epoch skips those few unconsumed batches.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+from asr.data.config import DataConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["make_sampler", "resolve_rank_world_size"]
+
+
+def resolve_rank_world_size(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """Returns explicit values, else ``torch.distributed``'s when initialised, else (0, 1).
+
+    Raises:
+        ValueError: when ``rank`` is not in ``[0, world_size)``.
+    """
+    import torch.distributed as dist
+
+    initialised = dist.is_available() and dist.is_initialized()
+    if world_size is None:
+        world_size = dist.get_world_size() if initialised else 1
+    if rank is None:
+        rank = dist.get_rank() if initialised else 0
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank} world_size={world_size}")
+    return rank, world_size
+
+
+def make_sampler(
+    cuts,
+    cfg: DataConfig,
+    train: bool,
+    rank: int | None = None,
+    world_size: int | None = None,
+):
+    """Builds a ``DynamicBucketingSampler`` yielding CutSets of at most ``cfg.max_duration`` s.
+
+    Args:
+        cuts: a lhotse ``CutSet`` (lazy or eager).
+        cfg: data configuration (max_duration, num_buckets, shuffle, drop_last, seed).
+        train: training sampling (``cfg.shuffle``/``cfg.drop_last``) or evaluation sampling
+            (no shuffling, last batch kept).
+        rank: this process's rank; see :func:`resolve_rank_world_size`.
+        world_size: number of processes.
+
+    With ``cfg.num_buckets == 1`` (or a single cut) lhotse's ``DynamicCutSampler`` (same
+    constraints, no bucketing) is used; a CutSet with fewer cuts than buckets gets one bucket
+    per cut.
+
+    Returns:
+        the sampler; iterate it (or pass it as a DataLoader ``sampler`` with ``batch_size=None``).
+    """
+    from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler
+
+    rank, world_size = resolve_rank_world_size(rank, world_size)
+    num_buckets = cfg.num_buckets
+    # lhotse needs at least one cut per bucket to estimate the bucket boundaries; peeking at
+    # the first num_buckets cuts is cheap even for a lazy CutSet.
+    num_cuts = sum(1 for _ in itertools.islice(cuts, num_buckets))
+    if num_cuts < num_buckets:
+        logger.info("only %d cuts: using %d buckets instead of %d", num_cuts, num_cuts, num_buckets)
+        num_buckets = num_cuts
+    common = dict(
+        max_duration=cfg.max_duration,
+        shuffle=cfg.shuffle if train else False,
+        drop_last=cfg.drop_last if train else False,
+        rank=rank,
+        world_size=world_size,
+        seed=cfg.seed,
+    )
+    logger.debug("sampler: rank %d of %d, train=%s, %d buckets", rank, world_size, train, num_buckets)
+    if num_buckets <= 1:
+        return DynamicCutSampler(cuts, **common)
+    return DynamicBucketingSampler(cuts, num_buckets=num_buckets, **common)

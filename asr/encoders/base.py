@@ -1,0 +1,142 @@
+"""Encoder interfaces, the encoder config and the factory.
+
+One :class:`EncoderConfig` serves both encoders (``kind: conformer | transformer``); fields a kind
+does not use (the convolution settings for the Transformer) are ignored. The size presets
+``recipes/presets/encoder_{tiny,s,m,l}.yaml`` are files of this config.
+
+Time units: ``chunk_size`` and ``right_context`` count *encoder* frames (after 4x subsampling,
+40 ms each for 10 ms features).
+
+Shape legend: B batch, T input frames, T' encoder frames, F feature bins, D output dims.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+__all__ = ["Encoder", "EncoderConfig", "StreamingEncoder", "build_encoder"]
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Configuration of a Conformer or Transformer encoder.
+
+    Attributes:
+        kind: which encoder to build.
+        d_model: model dims D (even, divisible by ``num_heads``).
+        num_layers: number of blocks.
+        num_heads: attention heads.
+        ff_dim: hidden size of the feed-forward modules.
+        conv_kernel_size: odd depthwise kernel size (Conformer only).
+        causal: causal depthwise convolution (Conformer only); required for streaming.
+        subsampling_channels: channels of the Conv2d subsampling.
+        dropout: dropout of residual branches and after subsampling.
+        attention_dropout: dropout on attention weights.
+        chunk_size: default chunk (encoder frames) for eval ``forward`` and streaming;
+            ``<= 0`` means full context.
+        left_chunks: default left context in chunks; ``< 0`` unlimited (not streamable).
+        dynamic_chunk_training: in training mode, pick chunk size / left context per batch.
+        dynamic_chunk_sizes: chunk sizes drawn from in dynamic chunk training.
+        dynamic_left_chunks: left contexts (chunks, ``< 0`` unlimited) drawn from.
+        full_context_prob: probability of a full-context batch in dynamic chunk training.
+    """
+
+    kind: Literal["conformer", "transformer"] = "conformer"
+    d_model: int = 256
+    num_layers: int = 12
+    num_heads: int = 4
+    ff_dim: int = 1024
+    conv_kernel_size: int = 31
+    causal: bool = True
+    subsampling_channels: int = 256
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    chunk_size: int = 0
+    left_chunks: int = -1
+    dynamic_chunk_training: bool = False
+    dynamic_chunk_sizes: tuple[int, ...] = (4, 8, 16, 32)
+    dynamic_left_chunks: tuple[int, ...] = (2, 4, 8, -1)
+    full_context_prob: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.d_model <= 0 or self.d_model % 2 != 0:
+            raise ValueError(f"d_model={self.d_model}: expected a positive even number")
+        if self.num_heads <= 0 or self.d_model % self.num_heads != 0:
+            raise ValueError(
+                f"num_heads={self.num_heads}: expected a positive divisor of d_model={self.d_model}"
+            )
+        if self.num_layers < 0 or self.ff_dim <= 0 or self.subsampling_channels <= 0:
+            raise ValueError("num_layers must be >= 0, ff_dim and subsampling_channels > 0")
+        if self.conv_kernel_size < 1 or self.conv_kernel_size % 2 == 0:
+            raise ValueError(f"conv_kernel_size={self.conv_kernel_size}: expected odd >= 1")
+        for name in ("dropout", "attention_dropout", "full_context_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}={getattr(self, name)}: expected within [0, 1]")
+        if self.dynamic_chunk_training and (
+            not self.dynamic_chunk_sizes or any(c <= 0 for c in self.dynamic_chunk_sizes)
+        ):
+            raise ValueError(
+                f"dynamic_chunk_sizes={self.dynamic_chunk_sizes}: expected positive chunk sizes"
+            )
+        if self.dynamic_chunk_training and not self.dynamic_left_chunks:
+            raise ValueError("dynamic_left_chunks: expected at least one value")
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Maps features to encoder frames."""
+
+    @property
+    def output_dim(self) -> int:
+        """D."""
+        ...
+
+    def forward(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, T, F) features, (B,) lengths -> (B, T', D) encoder frames, (B,) lengths."""
+        ...
+
+
+@runtime_checkable
+class StreamingEncoder(Encoder, Protocol):
+    """An encoder that can continue streams chunk by chunk from a cached state."""
+
+    @property
+    def chunk_size(self) -> int:
+        """Encoder frames per streaming chunk."""
+        ...
+
+    @property
+    def right_context(self) -> int:
+        """Encoder frames of look-ahead beyond a chunk (0: none)."""
+        ...
+
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Any:
+        """State of ``batch_size`` fresh streams."""
+        ...
+
+    def frames_needed(self, state: Any, chunk_size: int | None = None) -> Tensor:
+        """(B,) new feature frames each stream needs for its next full chunk."""
+        ...
+
+    def forward_chunk(
+        self, feats: Tensor, feat_lens: Tensor, state: Any
+    ) -> tuple[Tensor, Tensor, Any]:
+        """(B, T, F) new frames, (B,) counts, state -> (B, T', D), (B,) counts, new state."""
+        ...
+
+
+def build_encoder(cfg: EncoderConfig, input_dim: int) -> StreamingEncoder:
+    """Builds the encoder ``cfg.kind`` for ``input_dim`` feature bins."""
+    if cfg.kind == "conformer":
+        from asr.encoders.conformer import Conformer
+
+        return Conformer(cfg, input_dim)
+    if cfg.kind == "transformer":
+        from asr.encoders.transformer import Transformer
+
+        return Transformer(cfg, input_dim)
+    raise ValueError(f"EncoderConfig.kind={cfg.kind!r}: expected 'conformer' or 'transformer'")

@@ -1,0 +1,246 @@
+"""The layer stack shared by the Conformer and Transformer encoders: masks, dynamic chunk
+training and chunk-by-chunk streaming on a cached state.
+
+Dynamic chunk training follows Zhang et al. (2020, "Unified Streaming and Non-streaming Two-pass
+End-to-end Model for Speech Recognition"): in training mode each batch draws its chunk size from
+``EncoderConfig.dynamic_chunk_sizes`` (or full context with probability ``full_context_prob``) and
+its left context from ``dynamic_left_chunks``, so one model serves several latencies. The draw uses
+``torch``'s global generator (seeded runs are reproducible).
+
+Streaming contract (``forward_chunk``): feed each stream the next feature frames. To reproduce the
+full ``forward(..., chunk_size=c, left_chunks=l)`` exactly, start from
+``init_state(..., left_chunks=l, chunk_size=c)`` and feed ``frames_needed(state, c)`` frames per
+call (``4c + 3`` at the start, ``4c`` afterwards), and whatever is left at the end. All frames
+produced by one call form one chunk (they see each other), plus the valid cached frames.
+
+Shape legend: B batch, T input frames, T' encoder frames, F feature bins, C cached frames,
+D model dims.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+
+from asr.encoders.attention import (
+    RelativePositions,
+    chunk_attention_mask,
+    streaming_attention_mask,
+)
+from asr.encoders.base import EncoderConfig
+from asr.encoders.layers import LayerState
+from asr.encoders.subsampling import (
+    Conv2dSubsampling,
+    SubsamplingState,
+    frames_needed,
+)
+from asr.streaming.state import state_field
+
+__all__ = ["ChunkedEncoder", "EncoderState", "StreamingLayer"]
+
+
+@dataclass(frozen=True)
+class EncoderState:
+    """Streaming state of a :class:`ChunkedEncoder` for B streams.
+
+    Attributes:
+        subsampling: pending input frames of the subsampling.
+        layers: one cache per layer.
+        attn_cache_len: (B,) valid cached attention frames (at most C, the cache size).
+        processed_frames: (B,) encoder frames emitted so far.
+    """
+
+    subsampling: SubsamplingState
+    layers: tuple[LayerState, ...]
+    attn_cache_len: Tensor = state_field(batch_dim=0)
+    processed_frames: Tensor = state_field(batch_dim=0)
+
+
+class StreamingLayer(Protocol):
+    """One encoder block that can run on a full sequence or continue a stream."""
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor,
+        rel_pos: RelativePositions,
+        valid: Tensor,
+        state: LayerState | None = None,
+        num_new: Tensor | None = None,
+    ) -> tuple[Tensor, LayerState | None]: ...
+
+    def init_state(
+        self, batch_size: int, cache_size: int, device: torch.device, dtype: torch.dtype
+    ) -> LayerState: ...
+
+
+class ChunkedEncoder(nn.Module):
+    """Conv2d subsampling, a stack of rel-pos attention layers, an optional final LayerNorm.
+
+    Args:
+        cfg: encoder config.
+        input_dim: feature bins F.
+        layers: the blocks (each a :class:`StreamingLayer`).
+        final_norm: apply a LayerNorm to the output (pre-norm stacks need one).
+    """
+
+    def __init__(
+        self, cfg: EncoderConfig, input_dim: int, layers: list[nn.Module], final_norm: bool
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.input_dim = input_dim
+        self.subsampling = Conv2dSubsampling(input_dim, cfg.d_model, cfg.subsampling_channels)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(layers)
+        self.final_norm = nn.LayerNorm(cfg.d_model) if final_norm else nn.Identity()
+
+    @property
+    def output_dim(self) -> int:
+        return self.cfg.d_model
+
+    @property
+    def chunk_size(self) -> int:
+        return self.cfg.chunk_size
+
+    @property
+    def right_context(self) -> int:
+        return 0
+
+    def _chunking(self, chunk_size: int | None, left_chunks: int | None) -> tuple[int, int]:
+        """Explicit arguments win; then dynamic draws in training; then config defaults."""
+        cfg = self.cfg
+        if chunk_size is None and self.training and cfg.dynamic_chunk_training:
+            if float(torch.rand(())) < cfg.full_context_prob:
+                chunk_size = 0
+            else:
+                chunk_size = cfg.dynamic_chunk_sizes[_draw(len(cfg.dynamic_chunk_sizes))]
+            if left_chunks is None:
+                left_chunks = cfg.dynamic_left_chunks[_draw(len(cfg.dynamic_left_chunks))]
+        chunk_size = cfg.chunk_size if chunk_size is None else chunk_size
+        left_chunks = cfg.left_chunks if left_chunks is None else left_chunks
+        return chunk_size, left_chunks
+
+    def forward(
+        self,
+        feats: Tensor,
+        feat_lens: Tensor,
+        chunk_size: int | None = None,
+        left_chunks: int | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Encodes whole utterances under a chunk mask.
+
+        Args:
+            feats: (B, T, F) features, zero-padded beyond ``feat_lens``.
+            feat_lens: (B,) valid frames.
+            chunk_size: encoder frames per chunk (``<= 0``: full context); default: a dynamic
+                draw in training with dynamic chunk training, else ``cfg.chunk_size``.
+            left_chunks: chunks of left context (``< 0``: unlimited); default as above.
+
+        Returns:
+            (B, T', D) encoder frames (zero beyond the lengths) and (B,) lengths T'.
+        """
+        x, enc_lens = self.subsampling(feats, feat_lens)
+        chunk_size, left_chunks = self._chunking(chunk_size, left_chunks)
+        num_frames = x.shape[1]
+        valid = torch.arange(num_frames, device=x.device)[None, :] < enc_lens[:, None]
+        mask = chunk_attention_mask(num_frames, chunk_size, left_chunks, x.device)
+        mask = mask[None] & valid[:, None, :]
+        rel_pos = RelativePositions.build(num_frames, 0, self.cfg.d_model, x.device)
+        x = self.dropout(x)
+        for layer in self.layers:
+            x, _ = layer(x, mask, rel_pos, valid)
+        x = self.final_norm(x)
+        return x.masked_fill(~valid[:, :, None], 0.0), enc_lens
+
+    def init_state(
+        self,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        left_chunks: int | None = None,
+        chunk_size: int | None = None,
+    ) -> EncoderState:
+        """State of fresh streams caching ``left_chunks * chunk_size`` attention frames.
+
+        Raises:
+            ValueError: when the chunking is not streamable (no chunks, unlimited left context,
+                or a non-causal convolution).
+        """
+        chunk_size = self.cfg.chunk_size if chunk_size is None else chunk_size
+        left_chunks = self.cfg.left_chunks if left_chunks is None else left_chunks
+        if chunk_size <= 0 or left_chunks < 0:
+            raise ValueError(
+                f"streaming needs chunk_size > 0 and left_chunks >= 0, got chunk_size="
+                f"{chunk_size}, left_chunks={left_chunks} (set EncoderConfig or pass them)"
+            )
+        if self.cfg.kind == "conformer" and not self.cfg.causal:
+            raise ValueError("streaming a Conformer needs EncoderConfig.causal=true")
+        device = torch.device(device)
+        cache_size = left_chunks * chunk_size
+        zeros = torch.zeros(batch_size, dtype=torch.long, device=device)
+        return EncoderState(
+            subsampling=self.subsampling.init_state(batch_size, device, dtype),
+            layers=tuple(
+                layer.init_state(batch_size, cache_size, device, dtype) for layer in self.layers
+            ),
+            attn_cache_len=zeros,
+            processed_frames=zeros.clone(),
+        )
+
+    def frames_needed(self, state: EncoderState, chunk_size: int | None = None) -> Tensor:
+        """(B,) new feature frames each stream needs for its next full chunk."""
+        chunk_size = self.cfg.chunk_size if chunk_size is None else chunk_size
+        return frames_needed(chunk_size) - state.subsampling.cache_len
+
+    def forward_chunk(
+        self, feats: Tensor, feat_lens: Tensor, state: EncoderState
+    ) -> tuple[Tensor, Tensor, EncoderState]:
+        """Continues B streams with their next feature frames.
+
+        Args:
+            feats: (B, T, F) new frames per stream, zero-padded beyond ``feat_lens``.
+            feat_lens: (B,) new frames per stream (may differ, may be 0).
+            state: state from :meth:`init_state` or the previous call.
+
+        Returns:
+            (B, T', D) new encoder frames (zero beyond the counts), (B,) counts, new state.
+        """
+        x, num_new, sub_state = self.subsampling.forward_chunk(feats, feat_lens, state.subsampling)
+        num_queries = x.shape[1]
+        if num_queries == 0:
+            empty = x.new_zeros(x.shape[0], 0, self.cfg.d_model)
+            return empty, num_new, _replace_subsampling(state, sub_state)
+        cache_size = state.layers[0].key.shape[2] if state.layers else 0
+        valid = torch.arange(num_queries, device=x.device)[None, :] < num_new[:, None]
+        mask = streaming_attention_mask(state.attn_cache_len, cache_size, num_new, num_queries)
+        rel_pos = RelativePositions.build(num_queries, cache_size, self.cfg.d_model, x.device)
+        new_layers = []
+        for layer, layer_state in zip(self.layers, state.layers):
+            x, layer_state = layer(x, mask, rel_pos, valid, layer_state, num_new)
+            new_layers.append(layer_state)
+        x = self.final_norm(x).masked_fill(~valid[:, :, None], 0.0)
+        new_state = EncoderState(
+            subsampling=sub_state,
+            layers=tuple(new_layers),
+            attn_cache_len=(state.attn_cache_len + num_new).clamp(max=cache_size),
+            processed_frames=state.processed_frames + num_new,
+        )
+        return x, num_new, new_state
+
+
+def _replace_subsampling(state: EncoderState, sub_state: SubsamplingState) -> EncoderState:
+    return EncoderState(
+        subsampling=sub_state,
+        layers=state.layers,
+        attn_cache_len=state.attn_cache_len,
+        processed_frames=state.processed_frames,
+    )
+
+
+def _draw(num_choices: int) -> int:
+    """Uniform index from torch's global generator (keeps seeded runs reproducible)."""
+    return int(torch.randint(num_choices, ()))

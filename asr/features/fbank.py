@@ -1,0 +1,199 @@
+"""Kaldi-compatible log-mel filterbank features: ONE configuration for training and streaming.
+
+The features are the classic Kaldi ``compute-fbank-feats`` log mel energies (Davis & Mermelstein,
+"Comparison of parametric representations for monosyllabic word recognition", 1980; Povey et al.,
+"The Kaldi speech recognition toolkit", 2011): pre-emphasis, Povey window, power spectrum, 80
+triangular mel filters, natural log. They are computed by lhotse's ``Fbank`` extractor so that
+precomputed (stored) features, on-the-fly training features and :func:`compute_fbank` used by
+``asr transcribe`` are produced by exactly the same code; they match
+``torchaudio.compliance.kaldi.fbank`` with the same options to ~1e-4.
+
+``snip_edges`` choice: we use ``snip_edges=False`` (Kaldi's "centre frames" mode), as lhotse and
+icefall do. The signal is reflected at both edges so the frame count depends only on the number of
+samples ``N`` and the hop ``H``: ``T = (N + H // 2) // H`` (see :func:`num_frames`), which is what
+lhotse assumes when converting durations to frame counts. With ``snip_edges=True`` lhotse warns and
+cut durations no longer agree with the stored number of frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:  # pragma: no cover
+    import lhotse
+
+__all__ = ["FbankConfig", "compute_fbank", "make_lhotse_fbank", "num_frames"]
+
+
+@dataclass(frozen=True)
+class FbankConfig:
+    """Log-mel filterbank options (Kaldi names and semantics).
+
+    Attributes:
+        sample_rate: expected audio sampling rate in Hz; other rates are resampled by
+            :func:`compute_fbank`.
+        num_mel_bins: number of triangular mel filters F (the feature dimension).
+        frame_length_ms: analysis window length in milliseconds.
+        frame_shift_ms: hop between frames in milliseconds.
+        dither: standard deviation of the Gaussian noise added to samples (on the [-1, 1] float
+            scale); 0 gives deterministic features (the default, as for stored features).
+        snip_edges: Kaldi's snip_edges; False (reflect the edges) is the only mode in which
+            durations and frame counts agree, see the module docstring.
+        low_freq: lowest mel filter edge in Hz.
+        high_freq: highest mel filter edge in Hz; a value <= 0 is an offset from Nyquist.
+        preemph_coeff: pre-emphasis coefficient.
+        window_type: Kaldi window name ("povey", "hanning", "hamming", ...).
+        remove_dc_offset: subtract each frame's mean before windowing.
+        round_to_power_of_two: pad the FFT size to a power of two.
+        energy_floor: floor applied to mel energies before the log.
+    """
+
+    sample_rate: int = 16000
+    num_mel_bins: int = 80
+    frame_length_ms: float = 25.0
+    frame_shift_ms: float = 10.0
+    dither: float = 0.0
+    snip_edges: bool = False
+    low_freq: float = 20.0
+    high_freq: float = -400.0
+    preemph_coeff: float = 0.97
+    window_type: str = "povey"
+    remove_dc_offset: bool = True
+    round_to_power_of_two: bool = True
+    energy_floor: float = 1e-10
+
+    def __post_init__(self) -> None:
+        if self.sample_rate <= 0:
+            raise ValueError(f"FbankConfig.sample_rate must be > 0, got {self.sample_rate}")
+        if self.num_mel_bins <= 0:
+            raise ValueError(f"FbankConfig.num_mel_bins must be > 0, got {self.num_mel_bins}")
+        if not 0 < self.frame_shift_ms <= self.frame_length_ms:
+            raise ValueError(
+                "FbankConfig needs 0 < frame_shift_ms <= frame_length_ms, got "
+                f"frame_shift_ms={self.frame_shift_ms}, frame_length_ms={self.frame_length_ms}"
+            )
+        if self.dither < 0:
+            raise ValueError(f"FbankConfig.dither must be >= 0, got {self.dither}")
+
+    @property
+    def frame_shift(self) -> float:
+        """Frame shift in seconds."""
+        return self.frame_shift_ms / 1000.0
+
+    @property
+    def hop_samples(self) -> int:
+        """Frame shift in samples at ``sample_rate``."""
+        return round(self.frame_shift_ms * self.sample_rate / 1000.0)
+
+    @property
+    def window_samples(self) -> int:
+        """Window length in samples at ``sample_rate``."""
+        return round(self.frame_length_ms * self.sample_rate / 1000.0)
+
+    def torchaudio_kwargs(self) -> dict[str, object]:
+        """Keyword arguments giving the same features with ``torchaudio.compliance.kaldi.fbank``."""
+        return {
+            "sample_frequency": float(self.sample_rate),
+            "num_mel_bins": self.num_mel_bins,
+            "frame_length": self.frame_length_ms,
+            "frame_shift": self.frame_shift_ms,
+            "dither": self.dither,
+            "snip_edges": self.snip_edges,
+            "low_freq": self.low_freq,
+            "high_freq": self.high_freq,
+            "preemphasis_coefficient": self.preemph_coeff,
+            "window_type": self.window_type,
+            "remove_dc_offset": self.remove_dc_offset,
+            "round_to_power_of_two": self.round_to_power_of_two,
+            "use_energy": False,
+            "use_log_fbank": True,
+            "use_power": True,
+        }
+
+
+def num_frames(num_samples: int, cfg: FbankConfig) -> int:
+    """Number of feature frames for ``num_samples`` samples at ``cfg.sample_rate``.
+
+    ``(N + H // 2) // H`` for ``snip_edges=False``; ``1 + (N - W) // H`` (0 if ``N < W``) for
+    ``snip_edges=True``, with ``H`` the hop and ``W`` the window in samples.
+    """
+    hop = cfg.hop_samples
+    if cfg.snip_edges:
+        window = cfg.window_samples
+        return 0 if num_samples < window else 1 + (num_samples - window) // hop
+    return (num_samples + hop // 2) // hop
+
+
+def make_lhotse_fbank(cfg: FbankConfig | None = None) -> lhotse.Fbank:
+    """Builds the lhotse ``Fbank`` feature extractor for ``cfg`` (CPU)."""
+    import lhotse
+
+    cfg = cfg or FbankConfig()
+    return lhotse.Fbank(
+        lhotse.FbankConfig(
+            sampling_rate=cfg.sample_rate,
+            frame_length=cfg.frame_length_ms / 1000.0,
+            frame_shift=cfg.frame_shift_ms / 1000.0,
+            round_to_power_of_two=cfg.round_to_power_of_two,
+            remove_dc_offset=cfg.remove_dc_offset,
+            preemph_coeff=cfg.preemph_coeff,
+            window_type=cfg.window_type,
+            dither=cfg.dither,
+            snip_edges=cfg.snip_edges,
+            energy_floor=cfg.energy_floor,
+            low_freq=cfg.low_freq,
+            high_freq=cfg.high_freq,
+            num_filters=cfg.num_mel_bins,
+        )
+    )
+
+
+def compute_fbank(
+    samples: Tensor | np.ndarray,
+    sample_rate: int,
+    cfg: FbankConfig | None = None,
+    extractor: lhotse.Fbank | None = None,
+) -> Tensor:
+    """Computes log-mel features of one mono waveform, resampling it when needed.
+
+    Args:
+        samples: (N,) or (1, N) float waveform in [-1, 1].
+        sample_rate: sampling rate of ``samples`` in Hz.
+        cfg: feature options (defaults to ``FbankConfig()``).
+        extractor: an extractor made by :func:`make_lhotse_fbank` for ``cfg``, to reuse across calls.
+
+    Returns:
+        (T, F) float32 features, ``T = num_frames(N', cfg)`` where ``N'`` is the length after
+        resampling to ``cfg.sample_rate``. Inputs shorter than one window are zero-padded to one
+        window first (their few frames then differ from Kaldi's reflected edges).
+
+    Raises:
+        ValueError: for multi-channel input or a non-positive ``sample_rate``.
+    """
+    cfg = cfg or FbankConfig()
+    wave = torch.as_tensor(samples, dtype=torch.float32)
+    if wave.dim() == 2 and wave.shape[0] == 1:
+        wave = wave[0]
+    if wave.dim() != 1:
+        raise ValueError(f"compute_fbank expects a mono (N,) waveform, got shape {tuple(wave.shape)}")
+    if sample_rate <= 0:
+        raise ValueError(f"compute_fbank: sample_rate must be > 0, got {sample_rate}")
+    if sample_rate != cfg.sample_rate:
+        import torchaudio.functional
+
+        wave = torchaudio.functional.resample(wave, sample_rate, cfg.sample_rate)
+    total = num_frames(wave.numel(), cfg)
+    if total == 0:
+        return torch.zeros(0, cfg.num_mel_bins)
+    if wave.numel() < cfg.window_samples:
+        # lhotse's edge reflection fails for some inputs shorter than one window; such tiny
+        # inputs (< 25 ms) are zero-padded to one window and the first ``total`` frames kept.
+        wave = torch.nn.functional.pad(wave, (0, cfg.window_samples - wave.numel()))
+    extractor = extractor or make_lhotse_fbank(cfg)
+    feats = torch.as_tensor(extractor.extract(wave, cfg.sample_rate), dtype=torch.float32)
+    return feats[:total]

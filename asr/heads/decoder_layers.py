@@ -1,0 +1,177 @@
+"""Pre-norm Transformer decoder layers shared by the AED and CIF heads.
+
+Vaswani et al. 2017, "Attention Is All You Need" (multi-head attention, sinusoidal positions);
+Xiong et al. 2020, "On Layer Normalization in the Transformer Architecture" (pre-norm).
+
+A layer is self-attention (optionally causal, optionally continuing a key/value cache),
+cross-attention to the encoder output, and a feed-forward block, each as
+``x + dropout(block(norm(x)))``. Self-attention keys/values are returned so that incremental
+decoding can keep them in an explicit cache (see :class:`asr.heads.aed.AEDCache`).
+
+Masks are boolean with True = may attend.
+
+Shape legend: B batch, L query positions, S key positions, D model dims, H heads, K = D / H.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "DecoderLayer",
+    "MultiHeadAttention",
+    "causal_mask",
+    "lengths_to_mask",
+    "sinusoidal_positions",
+]
+
+
+def lengths_to_mask(lengths: Tensor, max_len: int | None = None) -> Tensor:
+    """(B,) lengths -> (B, max_len) bool, True at valid positions."""
+    if max_len is None:
+        max_len = int(lengths.max().item()) if lengths.numel() else 0
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def causal_mask(length: int, device: torch.device | None = None) -> Tensor:
+    """(L, L) bool lower-triangular mask: position i attends to positions <= i."""
+    return torch.ones(length, length, dtype=torch.bool, device=device).tril()
+
+
+def sinusoidal_positions(
+    length: int,
+    dim: int,
+    offset: int = 0,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """(length, dim) sinusoidal encodings of positions ``offset .. offset + length - 1``."""
+    if dim % 2:
+        raise ValueError(f"sinusoidal positions need an even dimension, got {dim}")
+    positions = torch.arange(offset, offset + length, device=device, dtype=torch.float32)
+    inv_freq = torch.exp(
+        torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim)
+    )
+    angles = positions[:, None] * inv_freq[None, :]
+    table = torch.stack([angles.sin(), angles.cos()], dim=-1).reshape(length, dim)
+    return table.to(dtype)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head scaled dot-product attention with separate key/value projection.
+
+    Args:
+        d_model: model dimension D.
+        num_heads: number of heads H (must divide D).
+        dropout: attention-probability dropout (training only).
+    """
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = d_model // num_heads
+        self.dropout = dropout
+        self.query = nn.Linear(d_model, d_model)
+        self.key = nn.Linear(d_model, d_model)
+        self.value = nn.Linear(d_model, d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def _split(self, x: Tensor) -> Tensor:
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def project_key_value(self, source: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, S, D) -> keys, values each (B, H, S, K)."""
+        return self._split(self.key(source)), self._split(self.value(source))
+
+    def attend(self, query: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None) -> Tensor:
+        """Attends ``query`` (B, L, D) to projected ``keys``/``values`` (B, H, S, K).
+
+        Args:
+            mask: bool broadcastable to (B, L, S), True = may attend. A query row with no
+                allowed key (e.g. an utterance with zero positions) attends everywhere instead
+                of producing NaN; such rows are padding and must be ignored by the caller.
+
+        Returns:
+            (B, L, D)
+        """
+        q = self._split(self.query(query))
+        attn_mask = None
+        if mask is not None:
+            mask = mask | ~mask.any(dim=-1, keepdim=True)
+            attn_mask = mask.unsqueeze(1)  # broadcast over heads
+        context = F.scaled_dot_product_attention(
+            q,
+            keys,
+            values,
+            attn_mask=attn_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        batch, _, length, _ = context.shape
+        return self.out(
+            context.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
+        )
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm decoder layer: self-attention, cross-attention to memory, feed-forward.
+
+    Args:
+        d_model: model dimension D.
+        num_heads: attention heads.
+        ffn_dim: hidden size of the feed-forward block.
+        dropout: residual, attention and feed-forward dropout.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, ffn_dim: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.self_norm = nn.LayerNorm(d_model)
+        self.self_attn = MultiHeadAttention(d_model, num_heads, dropout)
+        self.cross_norm = nn.LayerNorm(d_model)
+        self.cross_attn = MultiHeadAttention(d_model, num_heads, dropout)
+        self.ffn_norm = nn.LayerNorm(d_model)
+        self.ffn = nn.Sequential(
+            nn.Linear(d_model, ffn_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn_dim, d_model)
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor,
+        memory_mask: Tensor,
+        self_mask: Tensor | None = None,
+        past_key_value: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Runs the layer on ``x``, optionally continuing cached self-attention keys/values.
+
+        Args:
+            x: (B, L, D) decoder inputs (the new positions only when a cache is given).
+            memory: (B, S, D) encoder output.
+            memory_mask: (B, S) bool, True at valid encoder frames.
+            self_mask: bool broadcastable to (B, L, P + L) over the P cached and L new
+                positions; None = attend to all.
+            past_key_value: keys, values (B, H, P, K) of earlier positions, or None.
+
+        Returns:
+            x: (B, L, D) outputs; keys, values: (B, H, P + L, K) for the cache.
+        """
+        normed = self.self_norm(x)
+        keys, values = self.self_attn.project_key_value(normed)
+        if past_key_value is not None:
+            keys = torch.cat([past_key_value[0], keys], dim=2)
+            values = torch.cat([past_key_value[1], values], dim=2)
+        x = x + self.dropout(self.self_attn.attend(normed, keys, values, self_mask))
+        normed = self.cross_norm(x)
+        mem_keys, mem_values = self.cross_attn.project_key_value(memory)
+        x = x + self.dropout(
+            self.cross_attn.attend(normed, mem_keys, mem_values, memory_mask.unsqueeze(1))
+        )
+        x = x + self.dropout(self.ffn(self.ffn_norm(x)))
+        return x, keys, values

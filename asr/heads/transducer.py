@@ -1,0 +1,255 @@
+"""Transducer head: predictor + joiner, trained with the full RNN-T, pruned RNN-T or TDT loss.
+
+* ``loss="full"``: Graves 2012 (arXiv:1211.3711), torchaudio's loss on the full
+  ``(B, T, U + 1, V)`` joiner output (:mod:`asr.losses.rnnt`).
+* ``loss="pruned"``: Kuang et al. 2022 (arXiv:2206.13236, :mod:`asr.losses.pruned_rnnt`):
+  ``simple_scale * simple_loss + pruned_scale * pruned_loss``. The simple loss uses two extra
+  linear layers (encoder -> V, predictor -> V) as the additive "trivial joiner"; the real joiner
+  runs only on the ``prune_range`` band chosen from the simple loss' occupations.
+* ``loss="tdt"``: Xu et al. 2023 (arXiv:2304.06795, :mod:`asr.losses.tdt`); the joiner emits
+  ``V + len(durations)`` logits.
+
+Warm-up (pruned loss only): the head holds the current training step, set by the trainer with
+:meth:`TransducerHead.set_step` before each batch. With ``f = min(step / warm_step, 1)``::
+
+    simple_scale = 1 - f * (1 - simple_loss_scale)   # 1.0 at step 0 -> simple_loss_scale
+    pruned_scale = 0.1 + 0.9 * f                      # 0.1 at step 0 -> 1.0
+
+so early on, when the band chosen from a random simple joiner is poor, the simple loss dominates.
+The step is a plain attribute, not a buffer: the trainer owns it and sets it after a resume.
+
+Utterances whose loss is not finite (no alignment fits: ``T_b = 0``, or a pruned band too
+narrow, ``T_b * (prune_range - 1) < U_b``) are dropped from the sum and counted in
+``metrics["num_infinite"]``.
+
+Shapes: B batch, T frames, U tokens, D encoder dim, P predictor dim, J joiner dim, V vocab
+(incl. blank 0), R prune_range.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from asr.heads.joiner import Joiner
+from asr.heads.predictor import LstmPredictor, StatelessPredictor
+from asr.losses.pruned_rnnt import (
+    do_rnnt_pruning,
+    get_pruning_ranges,
+    rnnt_loss_pruned,
+    rnnt_loss_simple,
+)
+from asr.losses.rnnt import rnnt_loss
+from asr.losses.tdt import NEG, tdt_loss
+from asr.types import LossOutput
+
+__all__ = ["TransducerConfig", "TransducerHead"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TransducerConfig:
+    """Configuration of :class:`TransducerHead`.
+
+    Attributes:
+        loss: ``full`` (torchaudio RNN-T), ``pruned`` (ours) or ``tdt``.
+        predictor: ``stateless`` (embedding + causal conv) or ``lstm``.
+        pred_dim: predictor output size P.
+        context_size: tokens seen by the stateless predictor.
+        lstm_hidden_dim, lstm_num_layers: LSTM predictor sizes.
+        predictor_dropout: LSTM predictor dropout.
+        joiner_dim: J. joiner_activation: ``tanh`` or ``relu``.
+        prune_range: R, symbols per frame kept by the pruned loss (>= 2).
+        lm_only_scale, am_only_scale: smoothing of the simple loss.
+        simple_loss_scale: final weight of the simple loss (after ``warm_step`` steps).
+        warm_step: warm-up steps (0 disables warm-up).
+        durations: TDT durations (token durations may include 0; blank never takes 0).
+        sigma: TDT logit under-normalisation (0 = off).
+        clamp: torchaudio gradient clamp for the full loss (-1 = off).
+        backend: mutual-information backend ``auto`` | ``torch`` | ``triton``.
+        blank_id: blank index.
+    """
+
+    loss: Literal["full", "pruned", "tdt"] = "pruned"
+    predictor: Literal["stateless", "lstm"] = "stateless"
+    pred_dim: int = 256
+    context_size: int = 2
+    lstm_hidden_dim: int = 320
+    lstm_num_layers: int = 1
+    predictor_dropout: float = 0.1
+    joiner_dim: int = 256
+    joiner_activation: Literal["tanh", "relu"] = "tanh"
+    prune_range: int = 5
+    lm_only_scale: float = 0.25
+    am_only_scale: float = 0.0
+    simple_loss_scale: float = 0.5
+    warm_step: int = 2000
+    durations: tuple[int, ...] = (0, 1, 2, 3, 4)
+    sigma: float = 0.0
+    clamp: float = -1.0
+    backend: Literal["auto", "torch", "triton"] = "auto"
+    blank_id: int = 0
+
+    def __post_init__(self) -> None:
+        if self.prune_range < 2:
+            raise ValueError(f"prune_range must be >= 2, got {self.prune_range}")
+        if self.warm_step < 0:
+            raise ValueError(f"warm_step must be >= 0, got {self.warm_step}")
+        if self.loss == "tdt" and (
+            not self.durations or min(self.durations) < 0 or max(self.durations) < 1
+        ):
+            raise ValueError(
+                f"durations must be non-negative with at least one >= 1, got {self.durations}"
+            )
+
+
+class TransducerHead(nn.Module):
+    """Predictor + joiner (+ simple-loss projections for ``loss="pruned"``).
+
+    Args:
+        cfg: head configuration.
+        enc_dim: encoder output size D.
+        vocab_size: V including blank.
+    """
+
+    def __init__(self, cfg: TransducerConfig, enc_dim: int, vocab_size: int) -> None:
+        super().__init__()
+        if not 0 <= cfg.blank_id < vocab_size:
+            raise ValueError(f"blank_id={cfg.blank_id} is outside the vocabulary of {vocab_size}")
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.step = 0
+        if cfg.predictor == "stateless":
+            self.predictor: nn.Module = StatelessPredictor(
+                vocab_size, cfg.pred_dim, cfg.context_size, cfg.blank_id
+            )
+        else:
+            self.predictor = LstmPredictor(
+                vocab_size,
+                cfg.pred_dim,
+                cfg.lstm_hidden_dim,
+                cfg.lstm_num_layers,
+                cfg.predictor_dropout,
+            )
+        num_durations = len(cfg.durations) if cfg.loss == "tdt" else 0
+        self.joiner = Joiner(
+            enc_dim, cfg.pred_dim, cfg.joiner_dim, vocab_size, num_durations, cfg.joiner_activation
+        )
+        if cfg.loss == "pruned":
+            self.simple_am_proj = nn.Linear(enc_dim, vocab_size)
+            self.simple_lm_proj = nn.Linear(cfg.pred_dim, vocab_size)
+
+    @property
+    def blank_id(self) -> int:
+        return self.cfg.blank_id
+
+    @property
+    def durations(self) -> tuple[int, ...]:
+        """Durations of the TDT duration logits; ``()`` for RNN-T heads."""
+        return tuple(self.cfg.durations) if self.cfg.loss == "tdt" else ()
+
+    def set_step(self, step: int) -> None:
+        """Sets the training step that drives the pruned-loss warm-up."""
+        self.step = int(step)
+
+    def loss_scales(self) -> tuple[float, float]:
+        """``(simple_scale, pruned_scale)`` at the current step (see the module docstring)."""
+        warm = self.cfg.warm_step
+        frac = 1.0 if warm == 0 else min(self.step / warm, 1.0)
+        return 1.0 - frac * (1.0 - self.cfg.simple_loss_scale), 0.1 + 0.9 * frac
+
+    def predict(self, tokens: Tensor) -> Tensor:
+        """Predictor outputs for ``[blank] + tokens``: (B, U) -> (B, U + 1, P)."""
+        state = self.predictor.init_state(tokens.shape[0], tokens.device)
+        start = torch.full_like(tokens[:, :1], self.blank_id)
+        pred, _ = self.predictor(torch.cat([start, tokens], dim=1), state)
+        return pred
+
+    def loss(self, enc: Tensor, enc_lens: Tensor, tokens: Tensor, token_lens: Tensor) -> LossOutput:
+        """Transducer loss SUMMED over utterances.
+
+        Args:
+            enc: (B, T, D) encoder output. enc_lens: (B,) valid frames.
+            tokens: (B, U) padded with 0. token_lens: (B,) valid tokens.
+        """
+        tokens = tokens.to(torch.int64)
+        pred = self.predict(tokens)
+        metrics: dict[str, float] = {}
+        if self.cfg.loss == "pruned":
+            per_utt = self._pruned_loss(enc, enc_lens, pred, tokens, token_lens, metrics)
+        elif self.cfg.loss == "full":
+            logits = self.joiner(enc, pred)
+            per_utt = rnnt_loss(
+                logits, tokens, enc_lens, token_lens, self.blank_id, self.cfg.clamp, "none"
+            )
+            metrics["rnnt_loss"] = 0.0
+        else:
+            logits = self.joiner(enc, pred)
+            per_utt = tdt_loss(
+                logits,
+                tokens,
+                enc_lens,
+                token_lens,
+                self.cfg.durations,
+                self.blank_id,
+                self.cfg.sigma,
+                "none",
+            )
+            per_utt = torch.where(per_utt >= -NEG / 2, torch.full_like(per_utt, torch.inf), per_utt)
+            metrics["tdt_loss"] = 0.0
+        finite = torch.isfinite(per_utt)
+        loss = torch.where(finite, per_utt, torch.zeros_like(per_utt)).sum()
+        for key in ("rnnt_loss", "tdt_loss"):
+            if key in metrics:
+                metrics[key] = float(loss.detach())
+        metrics["num_infinite"] = float((~finite).sum())
+        if not bool(finite.all()):
+            logger.warning(
+                "%d utterance(s) with infinite transducer loss dropped", int((~finite).sum())
+            )
+        return LossOutput(loss=loss, num_utterances=enc.shape[0], metrics=metrics)
+
+    def _pruned_loss(
+        self,
+        enc: Tensor,
+        enc_lens: Tensor,
+        pred: Tensor,
+        tokens: Tensor,
+        token_lens: Tensor,
+        metrics: dict[str, float],
+    ) -> Tensor:
+        """Per-utterance ``simple_scale * simple + pruned_scale * pruned``; fills ``metrics``."""
+        cfg = self.cfg
+        am = self.simple_am_proj(enc)
+        lm = self.simple_lm_proj(pred)
+        simple, (px_grad, py_grad) = rnnt_loss_simple(
+            am,
+            lm,
+            tokens,
+            enc_lens,
+            token_lens,
+            cfg.lm_only_scale,
+            cfg.am_only_scale,
+            self.blank_id,
+            cfg.backend,
+            "none",
+            return_grad=True,
+        )
+        ranges = get_pruning_ranges(px_grad, py_grad, enc_lens, token_lens, cfg.prune_range)
+        enc_band, pred_band = do_rnnt_pruning(
+            self.joiner.project_encoder(enc), self.joiner.project_predictor(pred), ranges
+        )
+        logits = self.joiner.join(enc_band, pred_band)  # (B, T, R, V)
+        pruned = rnnt_loss_pruned(
+            logits, tokens, ranges, enc_lens, token_lens, self.blank_id, cfg.backend, "none"
+        )
+        simple_scale, pruned_scale = self.loss_scales()
+        finite = torch.isfinite(simple) & torch.isfinite(pruned)
+        metrics["simple_loss"] = float(torch.where(finite, simple, 0.0).detach().sum())
+        metrics["pruned_loss"] = float(torch.where(finite, pruned, 0.0).detach().sum())
+        return simple_scale * simple + pruned_scale * pruned

@@ -1,0 +1,325 @@
+"""Pruned RNN-T loss (Kuang et al. 2022, "Pruned RNN-T for fast, memory-efficient ASR training",
+arXiv:2206.13236), implemented on our mutual-information recursion (no k2).
+
+Pipeline (what :class:`asr.heads.transducer.TransducerHead` runs):
+
+1. :func:`rnnt_loss_simple`: the "trivial joiner" ``logits[t, u] = am[t] + lm[u]`` normalised
+   jointly over the vocabulary, evaluated on the FULL ``(T, U + 1)`` lattice without ever
+   materialising ``(B, T, U + 1, V)``: the normaliser is
+   ``log(exp(am - max) @ exp(lm - max)^T) + maxes`` (a batched matmul). ``lm_only_scale`` and
+   ``am_only_scale`` mix in the lm-only / am-only log-probs for smoothing. With
+   ``return_grad=True`` it also returns the arc occupations (d total / d px, d total / d py).
+2. :func:`get_pruning_ranges`: per frame, the start ``s_begin[t]`` of the window of
+   ``prune_range`` symbol positions holding the most node occupation, made valid for the lattice:
+   ``s_begin[0] = 0``, the window of the last frame contains ``U_b``, ``0 <= s_begin <=
+   max(0, U_b + 1 - R)``, non-decreasing, and consecutive windows overlap
+   (``s_begin[t + 1] - s_begin[t] <= R - 1``). Result ``ranges (B, T, R)``.
+3. :func:`do_rnnt_pruning`: gather the PROJECTED encoder / predictor outputs on the band, so the
+   real joiner runs on ``(B, T, R, J)`` instead of ``(B, T, U + 1, J)``.
+4. :func:`rnnt_loss_pruned`: log-softmax of the band logits, scattered into the ``px / py`` arc
+   tensors of the full lattice (-inf off the band; these have no V dimension, so they are cheap),
+   then the same recursion.
+
+Topology: the standard one of torchaudio (a symbol stays on its frame, one blank per frame, the
+path ends with the blank leaving ``(U_b, T_b - 1)``); ``px[b, :, t] = -inf`` for ``t >= T_b``.
+Per-utterance lengths are ``frame_lens`` (T_b) and ``token_lens`` (U_b). If
+``T_b * (R - 1) < U_b`` no valid band exists and that utterance's pruned loss is ``inf``.
+Shapes: B batch, T frames, U tokens, V vocab incl. blank (blank_id 0), R prune_range, J joiner dim.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from asr.losses.mutual_information import (
+    mutual_information_recursion,
+    mutual_information_with_grad,
+)
+
+__all__ = [
+    "simple_lattice_logprobs",
+    "rnnt_loss_simple",
+    "get_pruning_ranges",
+    "do_rnnt_pruning",
+    "pruned_lattice_logprobs",
+    "rnnt_loss_pruned",
+    "gather_log_softmax",
+]
+
+
+class _GatherLogSoftmax(torch.autograd.Function):
+    """``log_softmax(logits[..., :C])`` at ``index`` only, with ONE full-size tensor in backward."""
+
+    @staticmethod
+    def forward(ctx, logits, index, num_classes):  # type: ignore[override]
+        norm = torch.logsumexp(logits[..., :num_classes], dim=-1, keepdim=True)
+        ctx.save_for_backward(logits, norm, index)
+        ctx.num_classes = num_classes
+        return torch.gather(logits, -1, index) - norm
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        logits, norm, index = ctx.saved_tensors
+        grad = torch.zeros_like(logits)
+        classes = grad[..., : ctx.num_classes]
+        torch.sub(logits[..., : ctx.num_classes], norm, out=classes)
+        classes.exp_().mul_(-grad_out.sum(-1, keepdim=True))
+        grad.scatter_add_(-1, index, grad_out)
+        return grad, None, None
+
+
+def gather_log_softmax(logits: Tensor, index: Tensor, num_classes: int | None = None) -> Tensor:
+    """``torch.log_softmax(logits[..., :C], -1).gather(-1, index)`` without the full log-softmax.
+
+    Args:
+        logits: (..., N). index: (..., K) int64 in ``[0, C)``. num_classes: C (default N); the
+            columns from C on (e.g. TDT duration logits) get no gradient from this function.
+
+    Returns:
+        (..., K) log-probabilities.
+    """
+    classes = logits.shape[-1] if num_classes is None else num_classes
+    return _GatherLogSoftmax.apply(logits, index, classes)
+
+
+def _reduce(per_utt: Tensor, reduction: str) -> Tensor:
+    if reduction == "sum":
+        return per_utt.sum()
+    if reduction == "mean":
+        return per_utt.mean()
+    if reduction == "none":
+        return per_utt
+    raise ValueError(f"reduction must be sum|mean|none, got {reduction!r}")
+
+
+def _frame_mask(frame_lens: Tensor, num_frames: int) -> Tensor:
+    """(B, T) True on valid frames."""
+    return torch.arange(num_frames, device=frame_lens.device)[None, :] < frame_lens[:, None]
+
+
+def simple_lattice_logprobs(
+    am: Tensor,
+    lm: Tensor,
+    tokens: Tensor,
+    frame_lens: Tensor,
+    lm_only_scale: float = 0.0,
+    am_only_scale: float = 0.0,
+    blank_id: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Arc log-probs of the additive joiner ``am[:, :, None] + lm[:, None]`` (log-softmax over V).
+
+    Args:
+        am: (B, T, V) encoder-side logits. lm: (B, U + 1, V) predictor-side logits.
+        tokens: (B, U) token ids. frame_lens: (B,) T_b.
+        lm_only_scale / am_only_scale: weights of the lm-only / am-only normalised log-probs
+            mixed in: ``(1 - lm - am) * joint + lm * lm_only + am * am_only``.
+
+    Returns:
+        ``px (B, U, T + 1)`` (``-inf`` for ``t >= T_b``) and ``py (B, U + 1, T)``.
+    """
+    batch, num_frames, _ = am.shape
+    num_tokens = tokens.shape[1]
+    if lm.shape[:2] != (batch, num_tokens + 1) or lm.shape[2] != am.shape[2]:
+        raise ValueError(
+            f"lm has shape {tuple(lm.shape)}, expected ({batch}, {num_tokens + 1}, {am.shape[2]})"
+        )
+    am_max = am.detach().amax(dim=2, keepdim=True)  # (B, T, 1)
+    lm_max = lm.detach().amax(dim=2, keepdim=True)  # (B, U+1, 1)
+    prod = torch.matmul(torch.exp(am - am_max), torch.exp(lm - lm_max).transpose(1, 2))
+    tiny = torch.finfo(prod.dtype).tiny
+    norm = prod.clamp_min(tiny).log() + am_max + lm_max.transpose(1, 2)  # (B, T, U+1)
+
+    index = tokens.to(torch.int64)
+    am_sym = torch.gather(am, 2, index[:, None, :].expand(batch, num_frames, num_tokens))  # (B,T,U)
+    lm_sym = torch.gather(lm[:, :num_tokens], 2, index[:, :, None]).squeeze(2)  # (B, U)
+    px = am_sym.transpose(1, 2) + lm_sym[:, :, None] - norm[:, :, :num_tokens].transpose(1, 2)
+    py = am[:, :, blank_id][:, None, :] + lm[:, :, blank_id][:, :, None] - norm.transpose(1, 2)
+
+    if lm_only_scale != 0.0 or am_only_scale != 0.0:
+        joint_scale = 1.0 - lm_only_scale - am_only_scale
+        lm_lse = lm.logsumexp(dim=2)  # (B, U+1)
+        am_lse = am.logsumexp(dim=2)  # (B, T)
+        px_lm = (lm_sym - lm_lse[:, :num_tokens])[:, :, None]
+        py_lm = (lm[:, :, blank_id] - lm_lse)[:, :, None]
+        px_am = (am_sym - am_lse[:, :, None]).transpose(1, 2)
+        py_am = (am[:, :, blank_id] - am_lse)[:, None, :]
+        px = joint_scale * px + lm_only_scale * px_lm + am_only_scale * px_am
+        py = joint_scale * py + lm_only_scale * py_lm + am_only_scale * py_am
+
+    valid = _frame_mask(frame_lens, num_frames)[:, None, :]  # (B, 1, T)
+    px = px.masked_fill(~valid, float("-inf"))
+    px = torch.cat([px, px.new_full((batch, num_tokens, 1), float("-inf"))], dim=2)
+    return px, py
+
+
+def rnnt_loss_simple(
+    am: Tensor,
+    lm: Tensor,
+    tokens: Tensor,
+    frame_lens: Tensor,
+    token_lens: Tensor,
+    lm_only_scale: float = 0.0,
+    am_only_scale: float = 0.0,
+    blank_id: int = 0,
+    backend: str = "auto",
+    reduction: str = "sum",
+    return_grad: bool = False,
+) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
+    """RNN-T loss of the additive "trivial joiner" over the full lattice (float32 or float64).
+
+    Args:
+        am: (B, T, V); lm: (B, U + 1, V); tokens: (B, U); frame_lens, token_lens: (B,).
+        backend: mutual-information backend (``auto | torch | triton``).
+        return_grad: also return the detached arc occupations ``(px_grad (B, U, T + 1),
+            py_grad (B, U + 1, T))`` used by :func:`get_pruning_ranges`.
+
+    Returns:
+        the loss (reduced per ``reduction``), and optionally the occupations.
+    """
+    with torch.autocast(device_type=am.device.type, enabled=False):
+        if am.dtype not in (torch.float32, torch.float64):
+            am, lm = am.float(), lm.float()
+        px, py = simple_lattice_logprobs(
+            am, lm, tokens, frame_lens, lm_only_scale, am_only_scale, blank_id
+        )
+        if not return_grad:
+            total = mutual_information_recursion(px, py, token_lens, frame_lens, backend)
+            return _reduce(-total, reduction)
+        total, px_grad, py_grad = mutual_information_with_grad(
+            px, py, token_lens, frame_lens, backend
+        )
+        loss = _reduce(-total, reduction)
+    return loss, (px_grad, py_grad)
+
+
+@torch.no_grad()
+def get_pruning_ranges(
+    px_grad: Tensor,
+    py_grad: Tensor,
+    frame_lens: Tensor,
+    token_lens: Tensor,
+    prune_range: int,
+) -> Tensor:
+    """Per-frame symbol windows ``ranges (B, T, R)`` from the simple loss' arc occupations.
+
+    Args:
+        px_grad: (B, U, T + 1); py_grad: (B, U + 1, T) arc occupations.
+        frame_lens, token_lens: (B,) T_b, U_b.
+        prune_range: R >= 2 (R = 1 allows no symbol emission).
+
+    Returns:
+        int64 ``ranges[b, t] = s_begin[b, t] + arange(R)``; values may exceed ``U_b`` only when
+        ``R > U_b + 1`` (those positions are masked by the pruned loss).
+    """
+    if prune_range < 2:
+        raise ValueError(f"prune_range must be >= 2, got {prune_range}")
+    batch, num_rows, num_frames = py_grad.shape  # num_rows = U + 1
+    device = py_grad.device
+    occupation = py_grad.clone()
+    occupation[:, :-1] += px_grad[:, :, :num_frames]
+    cumulative = torch.cat([occupation.new_zeros(batch, 1, num_frames), occupation.cumsum(1)], 1)
+    num_starts = max(1, num_rows + 1 - prune_range)
+    starts = torch.arange(num_starts, device=device)
+    ends = (starts + prune_range).clamp(max=num_rows)
+    window = cumulative[:, ends] - cumulative[:, starts]  # (B, num_starts, T)
+    upper = (token_lens.to(device) + 1 - prune_range).clamp(min=0)  # (B,)
+    window = window.masked_fill(starts[None, :, None] > upper[:, None, None], float("-inf"))
+    s_begin = window.argmax(dim=1)  # (B, T)
+
+    t_index = torch.arange(num_frames, device=device)[None, :]
+    last = (frame_lens.to(device) - 1).clamp(min=0)[:, None]
+    s_begin = torch.where(t_index >= last, upper[:, None], s_begin)
+    s_begin[:, 0] = torch.where(last[:, 0] == 0, upper, torch.zeros_like(upper))
+    s_begin = torch.cummax(s_begin, dim=1).values
+    # Windows must overlap: s_begin[t] >= s_begin[t'] - (R - 1) * (t' - t) for every t' > t.
+    step = prune_range - 1
+    shifted = s_begin - step * t_index
+    reverse_max = torch.flip(torch.cummax(torch.flip(shifted, [1]), dim=1).values, [1])
+    s_begin = reverse_max + step * t_index
+    return s_begin[:, :, None] + torch.arange(prune_range, device=device)
+
+
+def do_rnnt_pruning(enc_proj: Tensor, pred_proj: Tensor, ranges: Tensor) -> tuple[Tensor, Tensor]:
+    """Gathers projected encoder / predictor outputs on the band.
+
+    Args:
+        enc_proj: (B, T, J); pred_proj: (B, U + 1, J); ranges: (B, T, R).
+
+    Returns:
+        ``(enc_pruned, pred_pruned)``, both (B, T, R, J) (``enc_pruned`` is an expanded view).
+    """
+    batch, num_frames, prune_range = ranges.shape
+    joiner_dim = pred_proj.shape[-1]
+    index = ranges.clamp(max=pred_proj.shape[1] - 1).reshape(batch, num_frames * prune_range)
+    pred_pruned = torch.gather(pred_proj, 1, index[:, :, None].expand(-1, -1, joiner_dim))
+    pred_pruned = pred_pruned.reshape(batch, num_frames, prune_range, joiner_dim)
+    enc_pruned = enc_proj[:, :, None, :].expand(batch, num_frames, prune_range, enc_proj.shape[-1])
+    return enc_pruned, pred_pruned
+
+
+def pruned_lattice_logprobs(
+    logits: Tensor,
+    tokens: Tensor,
+    ranges: Tensor,
+    frame_lens: Tensor,
+    token_lens: Tensor,
+    blank_id: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Arc log-probs of the full lattice from band logits (``-inf`` off the band).
+
+    Args:
+        logits: (B, T, R, V) joiner outputs on the band. tokens: (B, U). ranges: (B, T, R).
+
+    Returns:
+        ``px (B, U, T + 1)`` and ``py (B, U + 1, T)``.
+    """
+    batch, num_frames, _, _ = logits.shape
+    num_tokens = tokens.shape[1]
+    padded_tokens = torch.cat([tokens.to(torch.int64), tokens.new_zeros(batch, 1).long()], dim=1)
+    symbols = torch.gather(padded_tokens, 1, ranges.clamp(max=num_tokens).flatten(1))
+    symbols = symbols.reshape(ranges.shape)
+    index = torch.stack([symbols, torch.full_like(symbols, blank_id)], dim=-1)
+    sym_lp, blank_lp = gather_log_softmax(logits, index).unbind(-1)  # (B, T, R) each
+
+    frame_ok = _frame_mask(frame_lens, num_frames)[:, :, None]
+    lens = token_lens.to(ranges.device)[:, None, None]
+    px_ok = frame_ok & (ranges < lens)
+    py_ok = frame_ok & (ranges <= lens)
+    neg_inf = float("-inf")
+    px_full = logits.new_full((batch, num_tokens + 1, num_frames + 1), neg_inf)
+    px_index = torch.where(px_ok, ranges, num_tokens).transpose(1, 2)
+    px_src = sym_lp.masked_fill(~px_ok, neg_inf).transpose(1, 2)
+    px = px_full.scatter(1, px_index, px_src)[:, :num_tokens]
+    py_full = logits.new_full((batch, num_tokens + 2, num_frames), neg_inf)
+    py_index = torch.where(py_ok, ranges, num_tokens + 1).transpose(1, 2)
+    py_src = blank_lp.masked_fill(~py_ok, neg_inf).transpose(1, 2)
+    py = py_full.scatter(1, py_index, py_src)[:, : num_tokens + 1]
+    return px, py
+
+
+def rnnt_loss_pruned(
+    logits: Tensor,
+    tokens: Tensor,
+    ranges: Tensor,
+    frame_lens: Tensor,
+    token_lens: Tensor,
+    blank_id: int = 0,
+    backend: str = "auto",
+    reduction: str = "sum",
+) -> Tensor:
+    """RNN-T loss restricted to the band ``ranges`` (computed in float32, or float64 if given).
+
+    Args:
+        logits: (B, T, R, V) real-joiner outputs on the band (from :func:`do_rnnt_pruning`).
+        tokens: (B, U); ranges: (B, T, R); frame_lens, token_lens: (B,).
+
+    Returns:
+        the negative log-likelihood of the paths inside the band, reduced per ``reduction``.
+    """
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        if logits.dtype not in (torch.float32, torch.float64):
+            logits = logits.float()
+        px, py = pruned_lattice_logprobs(logits, tokens, ranges, frame_lens, token_lens, blank_id)
+        total = mutual_information_recursion(px, py, token_lens, frame_lens, backend)
+    return _reduce(-total, reduction)

@@ -1,0 +1,63 @@
+"""Full RNN-T loss (Graves 2012, "Sequence Transduction with Recurrent Neural Networks",
+arXiv:1211.3711) through ``torchaudio.functional.rnnt_loss``.
+
+This is the reference the pruned loss and the TDT loss are tested against, and the speed/memory
+peer of ``tools/bench/rnnt_loss.py``. torchaudio only accepts float32/float16 logits, so the
+logits are cast to float32 (losses are computed in float32 even under autocast).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["rnnt_loss"]
+
+
+def rnnt_loss(
+    logits: Tensor,
+    tokens: Tensor,
+    frame_lens: Tensor,
+    token_lens: Tensor,
+    blank_id: int = 0,
+    clamp: float = -1.0,
+    reduction: str = "sum",
+) -> Tensor:
+    """Negative log-likelihood of the standard RNN-T lattice.
+
+    Args:
+        logits: (B, T, U + 1, V) joiner outputs (unnormalised; log-softmax is fused).
+        tokens: (B, U) int token ids, padded beyond ``token_lens``.
+        frame_lens: (B,) valid frames T_b. token_lens: (B,) valid tokens U_b.
+        blank_id: blank index (0 everywhere in this toolkit).
+        clamp: gradient clamp passed to torchaudio (``-1`` disables it).
+        reduction: ``"sum"`` (default, the heads' convention), ``"mean"`` or ``"none"``.
+
+    Returns:
+        scalar for ``sum``/``mean``, else (B,).
+    """
+    if logits.dim() != 4:
+        raise ValueError(f"logits must be (B, T, U+1, V), got shape {tuple(logits.shape)}")
+    if logits.shape[2] != tokens.shape[1] + 1:
+        raise ValueError(
+            f"logits U+1 dimension is {logits.shape[2]}, expected tokens.shape[1] + 1 = "
+            f"{tokens.shape[1] + 1}"
+        )
+    import torchaudio.functional as taf
+
+    # torchaudio insists that the padded sizes equal the longest lengths: trim extra padding.
+    max_frames = int(frame_lens.max()) if frame_lens.numel() else 0
+    max_tokens = int(token_lens.max()) if token_lens.numel() else 0
+    logits = logits[:, :max_frames, : max_tokens + 1]
+    tokens = tokens[:, :max_tokens]
+
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        return taf.rnnt_loss(
+            logits.float().contiguous(),
+            tokens.to(torch.int32).contiguous(),
+            frame_lens.to(torch.int32),
+            token_lens.to(torch.int32),
+            blank=blank_id,
+            clamp=clamp,
+            reduction=reduction,
+        )

@@ -1,0 +1,180 @@
+"""Generic batching of streaming states: one stack / unstack / select for every state type.
+
+A *State* is a frozen dataclass whose fields are
+
+* tensors that carry a batch dimension, declared ONCE with :func:`state_field` (its metadata key
+  ``"batch_dim"``);
+* nested State dataclasses, or tuples of them (e.g. one state per layer);
+* ``None`` (an absent optional cache: it stays ``None``);
+* plain Python values (ints, strings) that are the same for every stream, e.g. a cache size.
+
+Per-stream progress (frames processed, number of valid cached frames) is stored in ordinary
+``(B,)`` tensor fields, so streams at different positions can share one batch: the models read
+those counts to mask what is not valid.
+
+Shape legend: B batch (streams).
+
+Example:
+    >>> @dataclass(frozen=True)
+    ... class CacheState:
+    ...     keys: Tensor = state_field(batch_dim=1)  # (L, B, T, D)
+    ...     cache_len: Tensor = state_field(batch_dim=0)  # (B,)
+    >>> batched = stack_states([stream_a, stream_b])
+    >>> stream_a2, stream_b2 = unstack_states(batched)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "BATCH_DIM_KEY",
+    "state_batch_size",
+    "select_states",
+    "stack_states",
+    "state_field",
+    "unstack_states",
+]
+
+#: Field metadata key that declares the batch dimension of a tensor field.
+BATCH_DIM_KEY = "batch_dim"
+
+S = TypeVar("S")
+
+
+def state_field(batch_dim: int, **kwargs: Any) -> Any:
+    """A dataclass field for a tensor whose dimension ``batch_dim`` indexes streams.
+
+    Args:
+        batch_dim: the batch (stream) dimension of the tensor stored in this field.
+        **kwargs: passed on to :func:`dataclasses.field` (e.g. ``default=None``).
+    """
+    metadata = dict(kwargs.pop("metadata", {}) or {})
+    metadata[BATCH_DIM_KEY] = batch_dim
+    return dataclasses.field(metadata=metadata, **kwargs)
+
+
+def _check_state(state: Any) -> None:
+    if not (dataclasses.is_dataclass(state) and not isinstance(state, type)):
+        raise TypeError(f"expected a State dataclass instance, got {type(state).__name__}")
+
+
+def _batch_dim(state: Any, f: dataclasses.Field) -> int:
+    if BATCH_DIM_KEY not in f.metadata:
+        raise TypeError(
+            f"{type(state).__name__}.{f.name} is a tensor but declares no batch dimension; "
+            f"declare it with state_field(batch_dim=...)"
+        )
+    return int(f.metadata[BATCH_DIM_KEY])
+
+
+def _is_state(value: Any) -> bool:
+    return dataclasses.is_dataclass(value) and not isinstance(value, type)
+
+
+def state_batch_size(state: Any) -> int:
+    """Number of streams in ``state`` (read from its first batched tensor)."""
+    _check_state(state)
+    for f in dataclasses.fields(state):
+        value = getattr(state, f.name)
+        if isinstance(value, Tensor):
+            return value.shape[_batch_dim(state, f)]
+        if _is_state(value):
+            return state_batch_size(value)
+        if isinstance(value, tuple) and value and _is_state(value[0]):
+            return state_batch_size(value[0])
+    raise ValueError(f"{type(state).__name__} holds no batched tensor")
+
+
+def _map_fields(states: Sequence[Any], tensor_fn, name: str) -> Any:
+    """Builds one state from aligned ``states`` applying ``tensor_fn(tensors, batch_dim)``."""
+    first = states[0]
+    _check_state(first)
+    for other in states[1:]:
+        if type(other) is not type(first):
+            raise TypeError(
+                f"{name}: cannot combine {type(first).__name__} with {type(other).__name__}"
+            )
+    values = {}
+    for f in dataclasses.fields(first):
+        items = [getattr(s, f.name) for s in states]
+        where = f"{type(first).__name__}.{f.name}"
+        head = items[0]
+        if isinstance(head, Tensor):
+            dim = _batch_dim(first, f)
+            try:
+                values[f.name] = tensor_fn(items, dim)
+            except RuntimeError as err:
+                raise ValueError(f"{name}: field {where}: {err}") from err
+        elif _is_state(head):
+            values[f.name] = _map_fields(items, tensor_fn, name)
+        elif isinstance(head, tuple) and head and _is_state(head[0]):
+            if any(len(item) != len(head) for item in items):
+                raise ValueError(f"{name}: field {where} has tuples of different lengths")
+            values[f.name] = tuple(
+                _map_fields([item[i] for item in items], tensor_fn, name) for i in range(len(head))
+            )
+        else:
+            if any(item is not head and item != head for item in items):
+                raise ValueError(
+                    f"{name}: unbatched field {where} differs between states: {items!r}"
+                )
+            values[f.name] = head
+    return type(first)(**{f.name: values[f.name] for f in dataclasses.fields(first) if f.init})
+
+
+def stack_states(states: Sequence[S]) -> S:
+    """Concatenates states along their batch dimensions (bit-exact, any batch sizes).
+
+    Args:
+        states: states of the same type; each may hold one or several streams.
+
+    Returns:
+        One state holding all streams in order.
+
+    Raises:
+        ValueError: on an empty list, mismatching shapes or differing unbatched values.
+    """
+    if len(states) == 0:
+        raise ValueError("stack_states: got an empty list of states")
+    if len(states) == 1:
+        return states[0]
+    return _map_fields(list(states), lambda items, dim: torch.cat(items, dim=dim), "stack_states")
+
+
+def unstack_states(state: S) -> list[S]:
+    """Splits a batched state into one state per stream (each keeps a batch dimension of 1).
+
+    The results are views of ``state``'s tensors; states are never modified in place.
+    """
+    batch_size = state_batch_size(state)
+    return [
+        _map_fields([state], lambda items, dim, i=i: items[0].narrow(dim, i, 1), "unstack_states")
+        for i in range(batch_size)
+    ]
+
+
+def select_states(state: S, indices: Sequence[int] | Tensor) -> S:
+    """Selects (and reorders / repeats) streams of a batched state.
+
+    Args:
+        state: a batched state.
+        indices: stream indices, a list or a 1-D int tensor.
+    """
+    batch_size = state_batch_size(state)
+    index = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+    if index.numel() and (int(index.min()) < -batch_size or int(index.max()) >= batch_size):
+        raise IndexError(
+            f"select_states: indices {index.tolist()} out of range for {batch_size} streams"
+        )
+    index = index % max(batch_size, 1)
+
+    def take(items: list[Tensor], dim: int) -> Tensor:
+        return items[0].index_select(dim, index.to(items[0].device))
+
+    return _map_fields([state], take, "select_states")

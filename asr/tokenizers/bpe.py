@@ -1,0 +1,206 @@
+"""Sentencepiece BPE tokenizer (Sennrich et al. 2016, "Neural Machine Translation of Rare Words
+with Subword Units"; Kudo & Richardson 2018, "SentencePiece").
+
+The model is trained with ``<blk>`` at id 0, ``<sos/eos>`` at id 1 and ``<unk>`` at id 2 (no
+sentencepiece bos/eos/pad of its own), full character coverage and the identity normaliser, so
+``decode(encode(text)) == text`` for whitespace-normalised text of seen characters (unseen ones
+encode to ``<unk>``, which sentencepiece decodes as `` ⁇ ``). Training reads
+the sentences in the given order with one thread, which makes the model bytes reproducible.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from asr.tokenizers.base import (
+    BLANK_ID,
+    BLANK_PIECE,
+    BPE_MODEL_FILE,
+    SOS_EOS_ID,
+    SOS_EOS_PIECE,
+    SPECIAL_PIECES,
+    TOKENS_FILE,
+    UNK_ID,
+    check_ids,
+    write_tokens_file,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class BpeTokenizer:
+    """A trained sentencepiece model with the special ids of :mod:`asr.tokenizers.base`.
+
+    Args:
+        model_proto: the serialized sentencepiece model (the bytes of ``bpe.model``).
+        source: where the bytes came from, for error messages.
+    """
+
+    def __init__(self, model_proto: bytes, source: str = "<bytes>") -> None:
+        import sentencepiece as spm
+
+        self._proto = bytes(model_proto)
+        self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
+        found = tuple(self._sp.id_to_piece(i) for i in range(min(3, self._sp.get_piece_size())))
+        if found != SPECIAL_PIECES or self._sp.unk_id() != UNK_ID:
+            raise ValueError(
+                f"{source}: sentencepiece model must have {list(SPECIAL_PIECES)} at ids 0, 1, 2 "
+                f"(unk_id 2), got {list(found)} (unk_id {self._sp.unk_id()}); train it with train_bpe"
+            )
+        self._skip = frozenset((BLANK_ID, SOS_EOS_ID))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> BpeTokenizer:
+        """Load ``bpe.model``."""
+        path = Path(path)
+        return cls(path.read_bytes(), source=str(path))
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._sp.get_piece_size())
+
+    @property
+    def blank_id(self) -> int:
+        return BLANK_ID
+
+    @property
+    def sos_id(self) -> int:
+        return SOS_EOS_ID
+
+    @property
+    def eos_id(self) -> int:
+        return SOS_EOS_ID
+
+    @property
+    def unk_id(self) -> int:
+        return UNK_ID
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._sp.encode(text))
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [list(ids) for ids in self._sp.encode(list(texts))]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        kept = [i for i in check_ids(ids, self.vocab_size) if i not in self._skip]
+        return str(self._sp.decode(kept))
+
+    def id_to_piece(self, token_id: int) -> str:
+        check_ids([token_id], self.vocab_size)
+        return str(self._sp.id_to_piece(int(token_id)))
+
+    def pieces(self) -> list[str]:
+        """All pieces in id order."""
+        return [self.id_to_piece(i) for i in range(self.vocab_size)]
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        _atomic_write(directory / BPE_MODEL_FILE, self._proto)
+        write_tokens_file(directory / TOKENS_FILE, self.pieces())
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def train_bpe(
+    texts: Iterable[str],
+    output_dir: str | Path,
+    vocab_size: int,
+    *,
+    force: bool = False,
+    model_type: str = "bpe",
+    max_sentence_length: int = 10000,
+    num_threads: int = 1,
+) -> BpeTokenizer:
+    """Train a sentencepiece model and save ``bpe.model`` + ``tokens.txt`` in ``output_dir``.
+
+    Idempotent: when ``output_dir/bpe.model`` exists (and ``force`` is false) it is loaded
+    instead of retrained; its vocabulary size must then equal ``vocab_size``.
+
+    Args:
+        texts: training sentences (normalised transcripts, see :mod:`asr.tokenizers.base`),
+            read in this order.
+        output_dir: directory for the model files (created if needed).
+        vocab_size: V, the total number of ids including ``<blk>``, ``<sos/eos>`` and ``<unk>``.
+        force: retrain even when the model exists.
+        model_type: sentencepiece model type (``"bpe"`` or ``"unigram"``).
+        max_sentence_length: longest sentence in bytes kept for training.
+        num_threads: sentencepiece training threads (1 keeps the model bytes reproducible).
+
+    Returns:
+        The trained (or existing) tokenizer.
+
+    Raises:
+        ValueError: for a bad ``vocab_size``, no training text, an existing model of another
+            size, or a vocabulary too large for the text (sentencepiece's message is kept).
+    """
+    output_dir = Path(output_dir)
+    model_path = output_dir / BPE_MODEL_FILE
+    if vocab_size <= len(SPECIAL_PIECES):
+        raise ValueError(f"vocab_size must be > {len(SPECIAL_PIECES)}, got {vocab_size}")
+    if model_path.is_file() and not force:
+        tokenizer = BpeTokenizer.from_file(model_path)
+        if tokenizer.vocab_size != vocab_size:
+            raise ValueError(
+                f"{model_path} exists with vocab_size {tokenizer.vocab_size}, requested "
+                f"{vocab_size}; use force=True (--force) to retrain"
+            )
+        logger.info("%s exists, skipping BPE training (use force to retrain)", model_path)
+        if not (output_dir / TOKENS_FILE).is_file():
+            write_tokens_file(output_dir / TOKENS_FILE, tokenizer.pieces())
+        return tokenizer
+
+    sentences = [t.strip() for t in texts]
+    sentences = [t for t in sentences if t]
+    if not sentences:
+        raise ValueError(f"no training text for the BPE model in {output_dir}")
+    proto = _train_proto(sentences, vocab_size, model_type, max_sentence_length, num_threads)
+    tokenizer = BpeTokenizer(proto, source=str(model_path))
+    tokenizer.save(output_dir)
+    logger.info(
+        "trained %s model with vocab_size %d on %d sentences -> %s",
+        model_type, vocab_size, len(sentences), model_path,
+    )
+    return tokenizer
+
+
+def _train_proto(
+    sentences: list[str], vocab_size: int, model_type: str, max_sentence_length: int,
+    num_threads: int,
+) -> bytes:
+    import sentencepiece as spm
+
+    buffer = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences),
+            model_writer=buffer,
+            model_type=model_type,
+            vocab_size=vocab_size,
+            character_coverage=1.0,
+            user_defined_symbols=[BLANK_PIECE, SOS_EOS_PIECE],
+            unk_id=UNK_ID,
+            bos_id=-1,
+            eos_id=-1,
+            pad_id=-1,
+            normalization_rule_name="identity",
+            input_sentence_size=len(sentences) + 1,
+            shuffle_input_sentence=False,
+            max_sentence_length=max_sentence_length,
+            num_threads=num_threads,
+            minloglevel=0 if logger.isEnabledFor(logging.DEBUG) else 2,
+        )
+    except RuntimeError as err:
+        raise ValueError(
+            f"sentencepiece could not train a {model_type} model of vocab_size {vocab_size} "
+            f"on {len(sentences)} sentences: {err}"
+        ) from err
+    return buffer.getvalue()

@@ -1,0 +1,123 @@
+"""Character tokenizer: one id per character, a word-boundary symbol for spaces.
+
+Ids: ``<blk>`` 0, ``<sos/eos>`` 1, ``<unk>`` 2, the space symbol ``▁`` 3, then the training
+characters in code-point order. Runs of whitespace are one space and leading/trailing
+whitespace is dropped, so ``decode(encode(text)) == " ".join(text.split())`` for seen characters;
+unseen characters encode to ``<unk>``, which decodes to the text ``<unk>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from asr.tokenizers.base import (
+    BLANK_ID,
+    SOS_EOS_ID,
+    SPECIAL_PIECES,
+    TOKENS_FILE,
+    UNK_ID,
+    check_ids,
+    read_tokens_file,
+    write_tokens_file,
+)
+
+#: The piece standing for a space between words (as in sentencepiece).
+SPACE_PIECE = "\u2581"
+
+
+class CharTokenizer:
+    """Character-level tokenizer.
+
+    Args:
+        pieces: all pieces in id order: ``SPECIAL_PIECES``, ``SPACE_PIECE``, then characters.
+    """
+
+    def __init__(self, pieces: Sequence[str]) -> None:
+        pieces = list(pieces)
+        expected = [*SPECIAL_PIECES, SPACE_PIECE]
+        if pieces[: len(expected)] != expected:
+            raise ValueError(f"char tokenizer pieces must start with {expected}, got {pieces[:4]}")
+        chars = pieces[len(expected):]
+        bad = [p for p in chars if len(p) != 1 or p.isspace() or p == SPACE_PIECE]
+        if bad or len(set(chars)) != len(chars):
+            raise ValueError(
+                f"char tokenizer pieces after {SPACE_PIECE!r} must be distinct single "
+                f"non-space characters, got bad={bad[:5]} ({len(chars)} characters)"
+            )
+        self._pieces = pieces
+        self._ids = {piece: i for i, piece in enumerate(pieces) if i > UNK_ID}
+        self._space_id = len(SPECIAL_PIECES)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> CharTokenizer:
+        """Load ``tokens.txt``."""
+        return cls(read_tokens_file(Path(path)))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._pieces)
+
+    @property
+    def blank_id(self) -> int:
+        return BLANK_ID
+
+    @property
+    def sos_id(self) -> int:
+        return SOS_EOS_ID
+
+    @property
+    def eos_id(self) -> int:
+        return SOS_EOS_ID
+
+    @property
+    def unk_id(self) -> int:
+        return UNK_ID
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = []
+        for word in text.split():
+            if ids:
+                ids.append(self._space_id)
+            ids.extend(self._ids.get(ch, UNK_ID) for ch in word)
+        return ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self.encode(text) for text in texts]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        out = []
+        for token_id in check_ids(ids, self.vocab_size):
+            if token_id in (BLANK_ID, SOS_EOS_ID):
+                continue
+            out.append(" " if token_id == self._space_id else self._pieces[token_id])
+        return " ".join("".join(out).split())
+
+    def id_to_piece(self, token_id: int) -> str:
+        check_ids([token_id], self.vocab_size)
+        return self._pieces[int(token_id)]
+
+    def pieces(self) -> list[str]:
+        """All pieces in id order."""
+        return list(self._pieces)
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_tokens_file(directory / TOKENS_FILE, self._pieces)
+
+
+def build_char_tokenizer(texts: Iterable[str]) -> CharTokenizer:
+    """Build a character tokenizer from every non-space character of ``texts``.
+
+    Raises:
+        ValueError: when ``texts`` hold no character, or hold ``▁`` (reserved for spaces).
+    """
+    chars: set[str] = set()
+    for text in texts:
+        chars.update(ch for ch in text if not ch.isspace())
+    if not chars:
+        raise ValueError("no characters in the training texts of the char tokenizer")
+    if SPACE_PIECE in chars:
+        raise ValueError(f"training text contains {SPACE_PIECE!r}, which is reserved for spaces")
+    return CharTokenizer([*SPECIAL_PIECES, SPACE_PIECE, *sorted(chars)])

@@ -1,0 +1,85 @@
+"""Read training sentences for tokenizers from transcript files.
+
+The format is chosen by the path (first matching rule):
+
+* a directory: every ``*.trans.txt`` below it, in sorted path order (a LibriSpeech tree);
+* ``*.jsonl.gz`` / ``*.jsonl``: a lhotse manifest of supervisions or cuts; the ``text`` of every
+  supervision, in manifest order;
+* ``*.trans.txt`` or a file named ``text``: ``utt_id TEXT`` lines (LibriSpeech / Kaldi); the
+  first field is dropped;
+* anything else: plain text, one sentence per line.
+
+Empty sentences are skipped; the text is returned as written (no case change).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+
+def transcript_kind(path: Path) -> str:
+    """``"dir"``, ``"lhotse"``, ``"kaldi"`` or ``"plain"``, by the rules of this module."""
+    name = path.name
+    if path.is_dir():
+        return "dir"
+    if name.endswith((".jsonl.gz", ".jsonl")):
+        return "lhotse"
+    if name.endswith(".trans.txt") or name == "text":
+        return "kaldi"
+    return "plain"
+
+
+def read_transcripts(paths: Iterable[str | Path]) -> list[str]:
+    """All sentences of ``paths``, in order (see the module docstring for the formats).
+
+    Raises:
+        FileNotFoundError: for a path that does not exist.
+        ValueError: for a directory without ``*.trans.txt`` files.
+    """
+    sentences: list[str] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise FileNotFoundError(f"transcript file {path} does not exist")
+        sentences.extend(s for s in _iter_path(path) if s)
+    return sentences
+
+
+def _iter_path(path: Path) -> Iterator[str]:
+    kind = transcript_kind(path)
+    if kind == "dir":
+        files = sorted(path.rglob("*.trans.txt"))
+        if not files:
+            raise ValueError(f"directory {path} holds no *.trans.txt files")
+        for file in files:
+            yield from _iter_kaldi(file)
+    elif kind == "lhotse":
+        yield from _iter_lhotse(path)
+    elif kind == "kaldi":
+        yield from _iter_kaldi(path)
+    else:
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                yield " ".join(line.split())
+
+
+def _iter_kaldi(path: Path) -> Iterator[str]:
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            fields = line.split(maxsplit=1)
+            if len(fields) == 2:
+                yield " ".join(fields[1].split())
+
+
+def _iter_lhotse(path: Path) -> Iterator[str]:
+    from lhotse import load_manifest_lazy
+
+    for item in load_manifest_lazy(path):
+        supervisions = getattr(item, "supervisions", None)
+        if supervisions is None:
+            supervisions = [item]
+        for sup in supervisions:
+            text = getattr(sup, "text", None)
+            if text:
+                yield " ".join(text.split())

@@ -1,0 +1,185 @@
+"""Bookkeeping of a synthesized corpus: the ``synthesis.json`` manifest and incremental runs.
+
+The manifest records the settings (seed, sentence options and pool digest, voices) and, per part,
+its size, speakers, sentence slice ``[start, count]`` of the shuffled pool and audio hours. A new
+run with the same settings skips completed parts and gives new parts sentences after every slice
+already used, so parts stay disjoint across runs; other settings need ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from local.parts import PARTS, ROLE_ORDER
+from local.sentences import SentencePool
+from local.voices import SAMPLE_RATE, Voice
+
+MANIFEST_NAME = "synthesis.json"
+MANIFEST_FORMAT = "asr-synthetic-librispeech/1"
+
+
+def settings_of(
+    seed: int,
+    top_words: int | None,
+    min_words: int,
+    max_words: int,
+    pool: SentencePool,
+    voices: Sequence[Voice],
+) -> dict[str, Any]:
+    """The settings that must match for a corpus to be extended or reused (JSON-ready)."""
+    return {
+        "seed": seed,
+        "top_words": top_words or None,
+        "min_words": min_words,
+        "max_words": max_words,
+        "sentence_sources": list(pool.sources),
+        "sentence_pool_sha256": pool.digest,
+        "voices": [asdict(v) for v in sorted(voices, key=lambda v: v.speaker_id)],
+    }
+
+
+def load_manifest(corpus_dir: Path) -> dict[str, Any] | None:
+    """Read ``<corpus_dir>/synthesis.json``; ``None`` when absent.
+
+    Raises:
+        ValueError: the file is not a manifest of this format.
+    """
+    path = corpus_dir / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"{path}: format {data.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+    return data
+
+
+def reuse_existing(
+    corpus_dir: Path, settings: dict[str, Any], sizes: dict[str, int], overwrite: bool
+) -> dict[str, dict[str, Any]]:
+    """Decide what an existing corpus directory means for a new run.
+
+    Args:
+        corpus_dir: ``<root>/LibriSpeech``.
+        settings: :func:`settings_of` of the new run.
+        sizes: requested utterances per part.
+        overwrite: delete the manifest's parts, the requested parts and the manifest first.
+
+    Returns:
+        Manifest entries of the parts to keep: every completed part synthesized with the same
+        settings (requested or not); requested parts among them are skipped.
+
+    Raises:
+        FileExistsError: different settings, a different size for a completed part, or a part
+            directory that is not a completed synthesis (e.g. real LibriSpeech), without
+            ``overwrite``.
+    """
+    manifest = load_manifest(corpus_dir)
+    if overwrite:
+        stale = set(sizes) | set((manifest or {}).get("parts", {}))
+        for part in stale:
+            shutil.rmtree(corpus_dir / part, ignore_errors=True)
+        (corpus_dir / MANIFEST_NAME).unlink(missing_ok=True)
+        return {}
+    existing = dict((manifest or {}).get("parts", {}))
+    if manifest is not None and manifest["settings"] != settings:
+        changed = sorted(k for k in settings if manifest["settings"].get(k) != settings[k])
+        raise FileExistsError(
+            f"{corpus_dir / MANIFEST_NAME} was synthesized with different settings "
+            f"({', '.join(changed)}); pass overwrite=True (--overwrite) or another root"
+        )
+    for part, count in sizes.items():
+        done = part in existing and (corpus_dir / part / ".completed").is_file()
+        if done and existing[part]["num_utts"] != count:
+            raise FileExistsError(
+                f"{corpus_dir / part} has {existing[part]['num_utts']} utterances, {count} "
+                "requested; pass overwrite=True (--overwrite) or another root"
+            )
+        if not done:
+            existing.pop(part, None)
+            if (corpus_dir / part).exists():
+                raise FileExistsError(
+                    f"{corpus_dir / part} exists but is not a completed synthesis; remove it or "
+                    "pass overwrite=True (--overwrite)"
+                )
+    return existing
+
+
+def allocate(
+    sizes: dict[str, int], kept: dict[str, dict[str, Any]], pool_size: int, top_words: int | None
+) -> dict[str, tuple[int, int]]:
+    """Disjoint ``(start, count)`` slices of the shuffled pool for the parts not in ``kept``.
+
+    New parts start after the last slice of ``kept`` and are ordered test, dev, train (then by
+    name), so test sentences do not depend on the training size.
+
+    Raises:
+        ValueError: the pool has too few sentences.
+    """
+    start = max((info["sentences"][0] + info["sentences"][1] for info in kept.values()), default=0)
+    new = sorted((p for p in sizes if p not in kept), key=lambda p: (ROLE_ORDER[PARTS[p].role], p))
+    slices = {}
+    for part in new:
+        slices[part] = (start, sizes[part])
+        start += sizes[part]
+    if start > pool_size:
+        raise ValueError(
+            f"{start} distinct sentences needed but the pool has {pool_size} "
+            f"(top_words={top_words}); request fewer utterances or raise top_words"
+        )
+    return slices
+
+
+def part_info(
+    part: str,
+    speaker_ids: Sequence[int],
+    chapter_ids: Sequence[int],
+    num_samples: int,
+    sentences: tuple[int, int],
+) -> dict[str, Any]:
+    """Manifest entry of one synthesized part (ids given per utterance)."""
+    return {
+        "num_utts": len(speaker_ids),
+        "hours": round(num_samples / SAMPLE_RATE / 3600.0, 4),
+        "role": PARTS[part].role,
+        "speakers": sorted(set(speaker_ids)),
+        "num_chapters": len(set(chapter_ids)),
+        "sentences": list(sentences),
+        "acoustics": asdict(PARTS[part].acoustics),
+    }
+
+
+def write_manifest(
+    corpus_dir: Path,
+    settings: dict[str, Any],
+    parts: dict[str, dict[str, Any]],
+    pool: SentencePool,
+    synthesized: int,
+    elapsed: float,
+    jobs: int,
+) -> None:
+    """Write ``synthesis.json`` atomically (settings, pool statistics, parts, last run)."""
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "settings": settings,
+        "sentence_pool": {
+            "size": len(pool.sentences),
+            "candidates": pool.num_candidates,
+            "vocabulary_size": len(pool.vocabulary),
+        },
+        "parts": dict(sorted(parts.items())),
+        "last_run": {
+            "synthesized": synthesized,
+            "elapsed_s": round(elapsed, 2),
+            "num_jobs": jobs,
+        },
+    }
+    path = corpus_dir / MANIFEST_NAME
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,170 @@
+"""English sentence pool for the synthetic corpus, built from text shipped in Debian packages.
+
+Source: the ``fortunes`` Debian package (``apt-get install fortunes``, 850 kB, pulls
+``fortunes-min``) installs about 2.6 MB of English quotations, proverbs and jokes in
+``/usr/share/games/fortunes``: entries separated by ``%`` lines, attributions on ``-- Author``
+lines. We read a fixed, sorted list of its general-interest files (technical jargon, ASCII art and
+the cruder files are left out), drop attributions, split sentences, normalise them with
+:mod:`local.text_norm` and keep those with ``min_words..max_words`` words.
+
+Vocabulary restriction: a tiny model learns a corpus in minutes only when its vocabulary is small,
+so with ``top_words=N`` a sentence is kept only when all its words are among the N most frequent
+words of the source (counted over all safe sentences; ties broken alphabetically). With the default
+files, N=1000 keeps about 1,600 distinct sentences, N=1500 about 2,300, N=2000 about 3,000 and no
+restriction about 10,900.
+
+The pool is sorted and deduplicated, so it depends only on the text files and the options; a
+seeded shuffle (:func:`shuffle_pool`) then decides which sentence goes where.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import random
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from local.text_norm import normalize_sentence, split_sentences
+
+logger = logging.getLogger(__name__)
+
+FORTUNES_DIR = Path("/usr/share/games/fortunes")
+# General-interest files of the Debian `fortunes` package (1:1.99.1), in a fixed order.
+FORTUNES_FILES: tuple[str, ...] = (
+    "art", "cookie", "education", "food", "fortunes", "goedel", "humorists", "kids", "law",
+    "literature", "love", "magic", "medicine", "miscellaneous", "news", "people", "pets",
+    "platitudes", "politics", "riddles", "science", "songs-poems", "sports", "wisdom", "work",
+)  # fmt: skip
+_ENTRY_SEPARATOR = re.compile(r"^%\s*$", flags=re.MULTILINE)
+_ATTRIBUTION = re.compile(r"^\s*--")
+
+
+@dataclass(frozen=True)
+class SentencePool:
+    """A sorted, deduplicated set of normalised sentences.
+
+    Attributes:
+        sentences: upper-case transcripts, sorted, unique.
+        vocabulary: the allowed words (all words of ``sentences`` when unrestricted), sorted.
+        num_candidates: distinct safe sentences of the right length before the vocabulary filter.
+        sources: the text files read.
+    """
+
+    sentences: tuple[str, ...]
+    vocabulary: tuple[str, ...]
+    num_candidates: int
+    sources: tuple[str, ...]
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the sentences (identifies the pool in the corpus manifest)."""
+        return hashlib.sha256("\n".join(self.sentences).encode("utf-8")).hexdigest()
+
+
+def default_sources() -> tuple[Path, ...]:
+    """The default text files (from the Debian ``fortunes`` package).
+
+    Raises:
+        FileNotFoundError: when a file is missing, naming it and the package to install.
+    """
+    paths = tuple(FORTUNES_DIR / name for name in FORTUNES_FILES)
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"sentence source files missing: {', '.join(missing[:3])}"
+            f"{' ...' if len(missing) > 3 else ''}; install the Debian package 'fortunes' "
+            "(apt-get install -y fortunes) or pass your own text files"
+        )
+    return paths
+
+
+def read_raw_sentences(path: Path) -> list[str]:
+    """Read one text file and split it into raw sentences.
+
+    Fortune files (entries between ``%`` lines) and plain text (line-wrapped paragraphs) both
+    work; lines starting with ``--`` (attributions) are dropped.
+
+    Args:
+        path: a UTF-8 text file.
+
+    Returns:
+        Raw sentences in file order.
+    """
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    sentences: list[str] = []
+    for entry in _ENTRY_SEPARATOR.split(text):
+        lines = [line for line in entry.splitlines() if not _ATTRIBUTION.match(line)]
+        sentences.extend(split_sentences("\n".join(lines)))
+    return sentences
+
+
+@functools.lru_cache(maxsize=64)
+def _normalized_sentences(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
+    """Safe normalised sentences of one file (cached per file version: mtime and size)."""
+    del mtime_ns, size  # cache key only
+    normalized = (normalize_sentence(raw) for raw in read_raw_sentences(Path(path)))
+    return tuple(s for s in normalized if s is not None)
+
+
+def build_pool(
+    sources: Sequence[Path],
+    min_words: int = 4,
+    max_words: int = 16,
+    top_words: int | None = 1500,
+) -> SentencePool:
+    """Build the sentence pool from text files.
+
+    Args:
+        sources: text files (see :func:`read_raw_sentences`).
+        min_words: shortest sentence kept, in words.
+        max_words: longest sentence kept, in words.
+        top_words: keep only sentences whose words are all among this many most frequent words
+            of the sources; ``None`` or 0 keeps every sentence.
+
+    Returns:
+        The pool.
+
+    Raises:
+        ValueError: on empty sources or inconsistent limits.
+    """
+    if not sources:
+        raise ValueError("no sentence sources given: expected at least one text file")
+    if not 1 <= min_words <= max_words:
+        raise ValueError(f"expected 1 <= min_words <= max_words, got {min_words} and {max_words}")
+    if top_words is not None and top_words < 0:
+        raise ValueError(f"top_words must be >= 0 or None, got {top_words}")
+    normalized: list[str] = []
+    for path in sources:
+        stat = Path(path).stat()
+        normalized.extend(_normalized_sentences(str(path), stat.st_mtime_ns, stat.st_size))
+    counts = Counter(word for sentence in normalized for word in sentence.split())
+    candidates = sorted({s for s in normalized if min_words <= len(s.split()) <= max_words})
+    if top_words:
+        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        allowed = {word for word, _ in ranked[:top_words]}
+        kept = [s for s in candidates if all(w in allowed for w in s.split())]
+    else:
+        kept = candidates
+    vocabulary = tuple(sorted({w for s in kept for w in s.split()}))
+    logger.info(
+        "sentence pool: %d sentences (%d before the top-%s word filter), %d distinct words",
+        len(kept), len(candidates), top_words or "all", len(vocabulary),
+    )  # fmt: skip
+    return SentencePool(
+        sentences=tuple(kept),
+        vocabulary=vocabulary,
+        num_candidates=len(candidates),
+        sources=tuple(str(p) for p in sources),
+    )
+
+
+def shuffle_pool(pool: SentencePool, seed: int) -> list[str]:
+    """The pool's sentences in a seeded random order (same seed, same order)."""
+    order = list(pool.sentences)
+    random.Random(f"sentences-{seed}").shuffle(order)
+    return order

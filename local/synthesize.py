@@ -1,0 +1,456 @@
+"""Synthetic LibriSpeech: a corpus in the exact LibriSpeech layout spoken by Debian TTS voices.
+
+LibriSpeech cannot be downloaded here, so this module writes a stand-in that every LibriSpeech
+tool reads unchanged (lhotse's ``prepare_librispeech`` included)::
+
+    <root>/LibriSpeech/<part>/<speaker>/<chapter>/<speaker>-<chapter>-<utt:04d>.flac  16 kHz mono
+    <root>/LibriSpeech/<part>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt
+    <root>/LibriSpeech/<part>/.completed             (lhotse's download step then skips the part)
+    <root>/LibriSpeech/synthesis.json                (what was generated, with which settings)
+
+Design:
+
+* Parts use LibriSpeech names (:data:`local.parts.PARTS`): ``train-clean-5``, ``dev-clean-2`` (mini
+  LibriSpeech), ``test-clean`` and a few others. ``*-other`` parts get harsher acoustics.
+* Sentences (:mod:`local.sentences`) come from the Debian ``fortunes`` package, normalised to
+  upper-case ``A-Z'`` words (:mod:`local.text_norm`), 4-16 words, deduplicated, optionally limited
+  to the ``top_words`` most frequent words (1500 in the ``mini_tts`` preset) so a tiny model can
+  learn the corpus in minutes. The pool is shuffled with the seed and cut into consecutive,
+  disjoint slices: test parts first, then dev, then train, so no sentence is in two parts and
+  the test sentences do not change when the training size does.
+* Speakers (:mod:`local.voices`) are 16 voice identities of espeak-ng and flite; 3 are held out:
+  test parts use only those, train and dev parts only the other 13. Utterance ``i`` of a part
+  goes to speaker ``i mod S``; each speaker has one chapter per 50 of its utterances, with chapter
+  id ``speaker * 100 + part_code * 10 + k``.
+* Per utterance a random generator seeded from ``(seed, crc32(part), index)`` draws the speaking
+  rate and pitch, leading/trailing silence, optional reverberation (synthetic exponential-decay
+  room response), coloured noise at a random SNR and the peak level (:mod:`local.audio_effects`),
+  so the same seed gives byte-identical FLAC files whatever the number of worker processes.
+* Utterances are synthesized by a process pool (``num_jobs``) with a tqdm progress bar.
+* Re-running with the same settings skips completed parts; new parts can be added to an existing
+  corpus (they take sentences after those already used); different settings need ``overwrite``
+  (:mod:`local.corpus_state`).
+
+Usage::
+
+    python -m local.synthesize --root data --preset mini_tts --num-jobs 2
+    asr synthesize --root data --num-utts train-clean-5=200 test-clean=20 --seed 1
+
+or from Python: ``synthesize_corpus(Path("data"), {"train-clean-5": 200, "test-clean": 20})``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import os
+import sys
+import time
+import zlib
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from local.audio_effects import (
+    add_noise,
+    add_reverb,
+    normalize_peak,
+    pad_silence,
+    to_pcm16,
+    trim_silence,
+)
+from local.corpus_state import allocate, part_info, reuse_existing, settings_of, write_manifest
+from local.parts import PARTS
+from local.sentences import build_pool, default_sources, shuffle_pool
+from local.text_norm import tts_text
+from local.voices import SAMPLE_RATE, VOICES, Voice, available_voices, render
+
+logger = logging.getLogger(__name__)
+
+UTTS_PER_CHAPTER = 50
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Default sizes and sentence options of a named corpus."""
+
+    num_utts: dict[str, int]
+    top_words: int | None
+
+
+PRESETS: dict[str, Preset] = {
+    # ~1.7 h of speech, ~1500-word vocabulary: a tiny model learns it in minutes on 2 cores.
+    "mini_tts": Preset({"train-clean-5": 1500, "dev-clean-2": 100, "test-clean": 100}, 1500),
+    # Unrestricted vocabulary (~12k words), more data, plus the harder *-other test set.
+    "large": Preset(
+        {"train-clean-5": 6000, "dev-clean-2": 300, "test-clean": 300, "test-other": 300}, None
+    ),
+}
+
+
+@dataclass(frozen=True)
+class UtterancePlan:
+    """Everything a worker needs to synthesize and write one utterance."""
+
+    part: str
+    index: int  # position in the part, seeds the utterance's generator
+    utt_id: str  # "<speaker>-<chapter>-<utt:04d>"
+    speaker_id: int
+    chapter_id: int
+    voice: Voice
+    transcript: str
+    path: Path  # the .flac file
+    seed: int
+
+
+@dataclass(frozen=True)
+class SynthesisResult:
+    """Summary of :func:`synthesize_corpus`.
+
+    Attributes:
+        corpus_dir: ``<root>/LibriSpeech``.
+        num_utts: utterances per part (all parts now in the corpus, skipped ones included).
+        hours: audio hours per part.
+        synthesized: utterances synthesized by this call (0 when everything was up to date).
+        elapsed_s: wall-clock seconds of the synthesis.
+    """
+
+    corpus_dir: Path
+    num_utts: dict[str, int]
+    hours: dict[str, float]
+    synthesized: int
+    elapsed_s: float
+
+    @property
+    def utts_per_second(self) -> float:
+        return self.synthesized / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+def utterance_rng(seed: int, part: str, index: int) -> np.random.Generator:
+    """The generator of utterance ``index`` of ``part``: independent of order and process."""
+    return np.random.default_rng([seed, zlib.crc32(part.encode("utf-8")), index])
+
+
+def synthesize_utterance(plan: UtterancePlan) -> int:
+    """Synthesize, post-process and write one utterance as 16-bit FLAC.
+
+    Returns:
+        The number of samples written.
+    """
+    rng = utterance_rng(plan.seed, plan.part, plan.index)
+    acoustics = PARTS[plan.part].acoustics
+    rate = rng.uniform(*acoustics.rate)
+    spread = (
+        acoustics.espeak_pitch if plan.voice.engine == "espeak-ng" else acoustics.flite_semitones
+    )
+    pitch = rng.uniform(-spread, spread)
+    samples = render(plan.voice, tts_text(plan.transcript), rate, pitch)
+    samples = trim_silence(samples, SAMPLE_RATE)
+    samples = pad_silence(
+        samples, SAMPLE_RATE, rng.uniform(*acoustics.lead_s), rng.uniform(*acoustics.trail_s)
+    )
+    if rng.random() < acoustics.reverb_prob:
+        rt60, drr = rng.uniform(*acoustics.rt60_s), rng.uniform(*acoustics.drr_db)
+        samples = add_reverb(samples, rng, SAMPLE_RATE, rt60, drr)
+    samples = add_noise(
+        samples, rng, rng.uniform(*acoustics.snr_db), rng.uniform(*acoustics.noise_color)
+    )
+    pcm = to_pcm16(normalize_peak(samples, rng.uniform(*acoustics.peak_db)))
+    tmp = plan.path.with_name(plan.path.name + ".tmp")
+    sf.write(tmp, pcm, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    os.replace(tmp, plan.path)
+    return len(pcm)
+
+
+def plan_part(
+    part: str, sentences: Sequence[str], voices: Sequence[Voice], corpus_dir: Path, seed: int
+) -> list[UtterancePlan]:
+    """Assign speakers, chapters and utterance ids to the sentences of one part.
+
+    Utterance ``i`` goes to ``voices[i % S]`` (sorted by speaker id); a speaker's ``j``-th
+    utterance is in its chapter ``k = min(j // 50, 9)``.
+    """
+    spec = PARTS[part]
+    speakers = sorted(voices, key=lambda v: v.speaker_id)
+    plans = []
+    for index, transcript in enumerate(sentences):
+        voice = speakers[index % len(speakers)]
+        within = index // len(speakers)
+        chapter_k = min(within // UTTS_PER_CHAPTER, 9)
+        number = within - chapter_k * UTTS_PER_CHAPTER
+        if number > 9999:
+            raise ValueError(f"part {part!r}: more than 10000 utterances in one chapter")
+        chapter = voice.speaker_id * 100 + spec.code * 10 + chapter_k
+        utt_id = f"{voice.speaker_id}-{chapter}-{number:04d}"
+        path = corpus_dir / part / str(voice.speaker_id) / str(chapter) / f"{utt_id}.flac"
+        plans.append(
+            UtterancePlan(
+                part, index, utt_id, voice.speaker_id, chapter, voice, transcript, path, seed
+            )
+        )
+    return plans
+
+
+def write_transcripts(plans: Sequence[UtterancePlan]) -> None:
+    """Write one ``<speaker>-<chapter>.trans.txt`` per chapter, lines sorted by utterance id."""
+    chapters: dict[Path, list[UtterancePlan]] = {}
+    for plan in plans:
+        chapters.setdefault(plan.path.parent, []).append(plan)
+    for chapter_dir, items in chapters.items():
+        name = f"{items[0].speaker_id}-{items[0].chapter_id}.trans.txt"
+        lines = sorted(f"{p.utt_id} {p.transcript}\n" for p in items)
+        (chapter_dir / name).write_text("".join(lines), encoding="utf-8")
+
+
+def _run_plans(plans: Sequence[UtterancePlan], num_jobs: int, progress: bool) -> list[int]:
+    bar = tqdm(total=len(plans), desc="synthesize", unit="utt", disable=not progress)
+    try:
+        if num_jobs <= 1:
+            lengths = []
+            for plan in plans:
+                lengths.append(synthesize_utterance(plan))
+                bar.update()
+            return lengths
+        context = multiprocessing.get_context("spawn")  # safe even if the caller holds threads
+        with ProcessPoolExecutor(num_jobs, mp_context=context) as pool:
+            lengths = []
+            chunk = max(1, min(16, len(plans) // (4 * num_jobs)))
+            for length in pool.map(synthesize_utterance, plans, chunksize=chunk):
+                lengths.append(length)
+                bar.update()
+            return lengths
+    finally:
+        bar.close()
+
+
+def _validate_sizes(num_utts: Mapping[str, int]) -> dict[str, int]:
+    if not num_utts:
+        raise ValueError("num_utts is empty: expected sizes like {'train-clean-5': 100}")
+    sizes = {}
+    for part, count in num_utts.items():
+        if part not in PARTS:
+            raise ValueError(f"unknown part {part!r}: expected one of {', '.join(PARTS)}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"num_utts[{part!r}] must be a positive int, got {count!r}")
+        sizes[part] = count
+    return sizes
+
+
+def _voices_by_role(voices: Sequence[Voice], parts: Sequence[str]) -> dict[str, list[Voice]]:
+    if not voices:
+        raise ValueError(
+            "no TTS voices available: install espeak-ng and flite (apt-get install -y espeak-ng "
+            "flite) or pass voices"
+        )
+    ids = [v.speaker_id for v in voices]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"speaker ids must be unique, got {sorted(ids)}")
+    by_role = {
+        "train": [v for v in voices if not v.held_out],
+        "dev": [v for v in voices if not v.held_out],
+        "test": [v for v in voices if v.held_out],
+    }
+    for part in parts:
+        role = PARTS[part].role
+        if not by_role[role]:
+            kind = "held-out" if role == "test" else "training (not held-out)"
+            raise ValueError(
+                f"part {part!r} needs {kind} voices but none of the given voices is one"
+            )
+    return by_role
+
+
+def synthesize_corpus(
+    root: Path,
+    num_utts: Mapping[str, int],
+    seed: int = 0,
+    num_jobs: int = 1,
+    top_words: int | None = 1500,
+    min_words: int = 4,
+    max_words: int = 16,
+    sources: Sequence[Path] | None = None,
+    voices: Sequence[Voice] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> SynthesisResult:
+    """Synthesize a LibriSpeech-layout corpus under ``<root>/LibriSpeech``.
+
+    Args:
+        root: output directory (the LibriSpeech ``--dl-dir``).
+        num_utts: utterances per part, e.g. ``{"train-clean-5": 1500, "test-clean": 100}``;
+            part names from :data:`PARTS`.
+        seed: corpus seed: sentence choice and every per-utterance variation.
+        num_jobs: worker processes.
+        top_words: keep only sentences made of the N most frequent source words (None/0: all).
+        min_words: shortest sentence, words.
+        max_words: longest sentence, words.
+        sources: sentence text files (default: the Debian ``fortunes`` package).
+        voices: speakers (default: every voice of :data:`local.voices.VOICES` installed here).
+        overwrite: delete parts and manifest of a previous synthesis first.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        A :class:`SynthesisResult`.
+
+    Raises:
+        ValueError: unknown part, bad size, no voices for a part, too few sentences.
+        FileExistsError: the output exists with other settings (and ``overwrite`` is False).
+    """
+    sizes = _validate_sizes(num_utts)
+    voices = available_voices(VOICES) if voices is None else tuple(voices)
+    by_role = _voices_by_role(voices, list(sizes))
+    pool = build_pool(
+        list(sources) if sources else default_sources(), min_words, max_words, top_words
+    )
+    settings = settings_of(seed, top_words, min_words, max_words, pool, voices)
+    corpus_dir = Path(root) / "LibriSpeech"
+    corpus_dir.mkdir(parents=True, exist_ok=True)
+    kept = reuse_existing(corpus_dir, settings, sizes, overwrite)
+    slices = allocate(sizes, kept, len(pool.sentences), top_words)
+    order = shuffle_pool(pool, seed)
+    parts_info = dict(kept)
+    plans_by_part = {}
+    for part, (start, count) in slices.items():
+        plans_by_part[part] = plan_part(
+            part, order[start : start + count], by_role[PARTS[part].role], corpus_dir, seed
+        )
+        for plan in plans_by_part[part]:
+            plan.path.parent.mkdir(parents=True, exist_ok=True)
+    all_plans = [plan for plans in plans_by_part.values() for plan in plans]
+    if kept:
+        logger.info("already synthesized with these settings: %s", ", ".join(sorted(kept)))
+    started = time.perf_counter()
+    lengths = _run_plans(all_plans, num_jobs, progress)
+    elapsed = time.perf_counter() - started
+    offset = 0
+    for part, plans in plans_by_part.items():
+        write_transcripts(plans)
+        part_lengths = lengths[offset : offset + len(plans)]
+        offset += len(plans)
+        parts_info[part] = part_info(
+            part,
+            [p.speaker_id for p in plans],
+            [p.chapter_id for p in plans],
+            sum(part_lengths),
+            slices[part],
+        )
+        (corpus_dir / part / ".completed").touch()
+    write_manifest(corpus_dir, settings, parts_info, pool, len(all_plans), elapsed, num_jobs)
+    result = SynthesisResult(
+        corpus_dir=corpus_dir,
+        num_utts={p: info["num_utts"] for p, info in parts_info.items()},
+        hours={p: info["hours"] for p, info in parts_info.items()},
+        synthesized=len(all_plans),
+        elapsed_s=elapsed,
+    )
+    if all_plans:
+        logger.info(
+            "synthesized %d utterances in %.1f s (%.2f utt/s, %d jobs) under %s",
+            len(all_plans), elapsed, result.utts_per_second, num_jobs, corpus_dir,
+        )  # fmt: skip
+    return result
+
+
+# ----------------------------------------------------------------------------------------- CLI
+
+
+def _parse_sizes(items: Sequence[str]) -> dict[str, int]:
+    sizes = {}
+    for item in items:
+        part, sep, count = item.partition("=")
+        if not sep or not count.strip().isdigit():
+            raise ValueError(f"--num-utts expects PART=N with N a positive integer, got {item!r}")
+        sizes[part.strip()] = int(count)
+    return sizes
+
+
+HELP = "synthesize a LibriSpeech-layout corpus with espeak-ng / flite voices"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Command-line options of ``asr synthesize`` / ``python -m local.synthesize``."""
+    parser.add_argument(
+        "--root", type=Path, required=True, help="output dir; writes ROOT/LibriSpeech"
+    )
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), default="mini_tts",
+        help="default sizes and vocabulary limit (default: mini_tts = train-clean-5=1500 "
+        "dev-clean-2=100 test-clean=100, top 1500 words)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--num-utts", nargs="+", metavar="PART=N",
+        help=f"utterances per part, replacing the preset's sizes; parts: {', '.join(PARTS)}",
+    )  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="corpus seed (default: 0)")
+    parser.add_argument(
+        "--num-jobs", type=int, default=os.cpu_count() or 1,
+        help="worker processes (default: all CPU cores)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--top-words", type=int, default=None,
+        help="keep sentences made of the N most frequent words; 0 = no limit (default: preset)",
+    )  # fmt: skip
+    parser.add_argument("--min-words", type=int, default=4, help="shortest sentence (default: 4)")
+    parser.add_argument("--max-words", type=int, default=16, help="longest sentence (default: 16)")
+    parser.add_argument(
+        "--text", type=Path, nargs="+", default=None,
+        help="sentence source text files (default: Debian fortunes package files)",
+    )  # fmt: skip
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing synthesis")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the synthesis for parsed arguments; prints a per-part summary."""
+    preset = PRESETS[args.preset]
+    sizes = _parse_sizes(args.num_utts) if args.num_utts else dict(preset.num_utts)
+    top_words = preset.top_words if args.top_words is None else (args.top_words or None)
+    result = synthesize_corpus(
+        args.root,
+        sizes,
+        seed=args.seed,
+        num_jobs=args.num_jobs,
+        top_words=top_words,
+        min_words=args.min_words,
+        max_words=args.max_words,
+        sources=args.text,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    for part in sorted(result.num_utts):
+        print(f"{part}\t{result.num_utts[part]} utterances\t{result.hours[part]:.3f} h")
+    if result.synthesized:
+        print(f"{result.synthesized} utterances in {result.elapsed_s:.1f} s "
+              f"({result.utts_per_second:.2f} utt/s) -> {result.corpus_dir}")  # fmt: skip
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m local.synthesize``."""
+    parser = argparse.ArgumentParser(prog="python -m local.synthesize", description=HELP)
+    parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return run(args)
+    except (ValueError, FileExistsError, FileNotFoundError) as err:
+        parser.error(str(err))
+    return 2
+
+
+if __name__ == "__main__":
+    # Run the imported module's main, so worker processes unpickle plans of `local.synthesize`
+    # rather than of `__main__`.
+    from local.synthesize import main as _module_main
+
+    sys.exit(_module_main())

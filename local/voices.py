@@ -1,0 +1,182 @@
+"""TTS voices from Debian packages: espeak-ng (formant synthesis) and flite (diphone / clustergen).
+
+A :class:`Voice` is one synthetic *speaker*: an engine, a voice name and a fixed base speaking rate
+and pitch. Per utterance the caller varies rate and pitch around that base
+(:func:`render` with ``rate_factor`` and ``pitch_offset``).
+
+* espeak-ng (``apt-get install espeak-ng``): an English accent (``en-us``, ``en-gb``,
+  ``en-gb-scotland``, ``en-gb-x-rp``, ``en-029``, ``en-us-nyc``, ``en-gb-x-gbclan``) combined with a
+  voice variant (``+m1`` .. ``+m7`` male, ``+f1`` .. ``+f5`` female); rate ``-s`` in words per
+  minute, pitch ``-p`` on espeak's 0-99 scale; 22.05 kHz output. MBROLA voices are not used (they
+  need the separate ``mbrola`` packages).
+* flite (``apt-get install flite``): ``kal`` (8 kHz diphone), ``kal16`` (16 kHz diphone) and the
+  clustergen voices ``awb``, ``rms``, ``slt`` (16 kHz); rate through ``duration_stretch``, pitch
+  through ``int_f0_target_mean`` in Hz. ``awb_time`` only speaks times and is not used.
+
+The engines ignore unknown voice names silently (falling back to a default voice), so
+:func:`available_voices` checks names against the engines' own voice lists. All audio is returned
+as float64 at 16 kHz (:data:`SAMPLE_RATE`), resampled (band-limited FFT interpolation) if needed.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import re
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import soundfile as sf
+
+from local.audio_effects import resample
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+Engine = Literal["espeak-ng", "flite"]
+
+
+@dataclass(frozen=True)
+class Voice:
+    """One synthetic speaker.
+
+    Attributes:
+        speaker_id: LibriSpeech-style numeric speaker id (unique per voice).
+        engine: ``"espeak-ng"`` or ``"flite"``.
+        name: engine voice name, e.g. ``"en-us+m3"`` (espeak-ng) or ``"slt"`` (flite).
+        base_rate: espeak-ng words per minute; flite speed factor (1.0 = natural).
+        base_pitch: espeak-ng pitch 0-99; flite target mean F0 in Hz.
+        held_out: reserved for the test parts (never in train/dev).
+    """
+
+    speaker_id: int
+    engine: Engine
+    name: str
+    base_rate: float
+    base_pitch: float
+    held_out: bool = False
+
+    @property
+    def label(self) -> str:
+        """``engine:name``, e.g. ``"flite:slt"``."""
+        return f"{self.engine}:{self.name}"
+
+
+# 13 training voices and 3 held-out test voices. Each held-out espeak-ng voice combines an accent
+# and a variant that training has seen separately, never together; flite rms is a clustergen male
+# voice like awb.
+VOICES: tuple[Voice, ...] = (
+    Voice(1001, "flite", "kal", 1.0, 100.0),
+    Voice(1002, "flite", "kal16", 1.0, 118.0),
+    Voice(1003, "flite", "awb", 1.0, 105.0),
+    Voice(1004, "flite", "slt", 1.0, 175.0),
+    Voice(1005, "espeak-ng", "en-us+m1", 165.0, 45.0),
+    Voice(1006, "espeak-ng", "en-us+f2", 170.0, 55.0),
+    Voice(1007, "espeak-ng", "en-gb+m3", 160.0, 40.0),
+    Voice(1008, "espeak-ng", "en-gb+f1", 175.0, 60.0),
+    Voice(1009, "espeak-ng", "en-gb-scotland+m4", 160.0, 50.0),
+    Voice(1010, "espeak-ng", "en-gb-x-rp+f3", 170.0, 50.0),
+    Voice(1011, "espeak-ng", "en-029+m2", 165.0, 45.0),
+    Voice(1012, "espeak-ng", "en-us-nyc+f4", 175.0, 55.0),
+    Voice(1013, "espeak-ng", "en-gb-x-gbclan+m5", 170.0, 40.0),
+    Voice(9001, "flite", "rms", 1.0, 100.0, held_out=True),
+    Voice(9002, "espeak-ng", "en-us+m3", 170.0, 50.0, held_out=True),
+    Voice(9003, "espeak-ng", "en-gb+f2", 165.0, 55.0, held_out=True),
+)
+
+
+def _run(cmd: Sequence[str]) -> str:
+    return subprocess.run(list(cmd), capture_output=True, text=True, check=True).stdout
+
+
+@functools.lru_cache(maxsize=1)
+def _flite_voices() -> frozenset[str]:
+    if shutil.which("flite") is None:
+        return frozenset()
+    out = _run(["flite", "-lv"])  # "Voices available: kal awb_time kal16 awb rms slt"
+    return frozenset(out.split(":", 1)[-1].split())
+
+
+@functools.lru_cache(maxsize=1)
+def _espeak_voices() -> tuple[frozenset[str], frozenset[str]]:
+    """(languages with a non-MBROLA voice, variant names)."""
+    if shutil.which("espeak-ng") is None:
+        return frozenset(), frozenset()
+    languages = set()
+    for line in _run(["espeak-ng", "--voices"]).splitlines()[1:]:
+        parts = line.split()
+        if len(parts) >= 5 and not parts[4].startswith("mb/"):
+            languages.add(parts[1])
+    variants = set(re.findall(r"!v/(\S+)", _run(["espeak-ng", "--voices=variant"])))
+    return frozenset(languages), frozenset(variants)
+
+
+def is_available(voice: Voice) -> bool:
+    """Whether the engine is installed and knows the voice name."""
+    if voice.engine == "flite":
+        return voice.name in _flite_voices()
+    languages, variants = _espeak_voices()
+    language, _, variant = voice.name.partition("+")
+    return language in languages and (not variant or variant in variants)
+
+
+def available_voices(voices: Sequence[Voice] = VOICES) -> tuple[Voice, ...]:
+    """The voices of ``voices`` that this machine can synthesize (logs the missing ones)."""
+    found = tuple(v for v in voices if is_available(v))
+    missing = [v.label for v in voices if v not in found]
+    if missing:
+        logger.warning("TTS voices not available here (skipped): %s", ", ".join(missing))
+    return found
+
+
+def _command(voice: Voice, text: str, rate_factor: float, pitch_offset: float) -> list[str]:
+    if voice.engine == "espeak-ng":
+        rate = round(voice.base_rate * rate_factor)
+        pitch = min(99, max(0, round(voice.base_pitch + pitch_offset)))
+        return ["espeak-ng", "-v", voice.name, "-s", str(rate), "-p", str(pitch), "--stdout", text]
+    if voice.engine == "flite":
+        stretch = 1.0 / (voice.base_rate * rate_factor)
+        f0 = voice.base_pitch * 2.0 ** (pitch_offset / 12.0)  # offset in semitones for flite
+        return [
+            "flite", "-voice", voice.name,
+            "--setf", f"duration_stretch={stretch:.4f}",
+            "--setf", f"int_f0_target_mean={f0:.2f}",
+            "-t", text, "-o", "/dev/stdout",
+        ]  # fmt: skip
+    raise ValueError(f"unknown TTS engine {voice.engine!r}: expected 'espeak-ng' or 'flite'")
+
+
+def render(
+    voice: Voice, text: str, rate_factor: float = 1.0, pitch_offset: float = 0.0
+) -> np.ndarray:
+    """Synthesize ``text`` with ``voice``.
+
+    Args:
+        voice: the speaker.
+        text: what to say (see :func:`local.text_norm.tts_text`).
+        rate_factor: speaking-rate multiplier (> 1 is faster).
+        pitch_offset: espeak-ng pitch units (0-99 scale) or, for flite, semitones.
+
+    Returns:
+        Mono float64 samples in [-1, 1] at 16 kHz, shape (T,).
+
+    Raises:
+        RuntimeError: when the engine fails or produces no audio.
+    """
+    if rate_factor <= 0:
+        raise ValueError(f"rate_factor must be > 0, got {rate_factor}")
+    cmd = _command(voice, text, rate_factor, pitch_offset)
+    proc = subprocess.run(cmd, capture_output=True, check=False)
+    if proc.returncode != 0 or len(proc.stdout) <= 44:
+        raise RuntimeError(
+            f"{voice.label} failed on {text!r} (exit {proc.returncode}): "
+            f"{proc.stderr.decode(errors='replace')[:300]}"
+        )
+    samples, rate = sf.read(io.BytesIO(proc.stdout), dtype="float64", always_2d=True)
+    samples = samples.mean(axis=1)
+    return resample(samples, int(rate), SAMPLE_RATE)

@@ -1,0 +1,187 @@
+"""AsrDataset / make_dataloader: Batch contents, augmentation only in training."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from lhotse import CutSet, Recording
+from lhotse.dataset import PerturbSpeed
+from librispeech_tree import CharEncoder
+
+from asr.config import ConfigError, from_dict
+from asr.data.config import DataConfig, NoiseConfig, SpecAugmentConfig
+from asr.data.dataset import AsrDataset, load_cuts, load_train_cuts, make_dataloader, pad_tokens
+from asr.types import Batch
+
+LILCOM_ATOL = 0.02
+
+
+def _cfg(prepared: dict, **kw) -> DataConfig:
+    base = dict(manifest_dir=prepared["root"] / "fbank",
+                train_cuts=("librispeech_cuts_train-clean-5.jsonl.gz",),
+                dev_cuts=("librispeech_cuts_dev-clean-2.jsonl.gz",),
+                max_duration=30.0, num_buckets=1, num_workers=0, max_cut_duration=20.0)
+    base.update(kw)
+    return DataConfig(**base)
+
+
+def _train_cuts(prepared: dict) -> CutSet:
+    return CutSet.from_file(prepared["fbank"]["train-clean-5"])
+
+
+def test_pad_tokens() -> None:
+    tokens, lens = pad_tokens([[3, 1], [], [5, 6, 7]])
+    assert tokens.tolist() == [[3, 1, 0], [0, 0, 0], [5, 6, 7]] and lens.tolist() == [2, 0, 3]
+
+
+def test_eval_batch_contents(prepared: dict) -> None:
+    cuts = _train_cuts(prepared)
+    batch = AsrDataset.from_config(_cfg(prepared), CharEncoder(), train=False)[cuts]
+    assert isinstance(batch, Batch)
+    by_id = {c.id: c for c in cuts}
+    durations = [by_id[i].duration for i in batch.cut_ids]
+    assert durations == sorted(durations, reverse=True) and len(durations) == 8
+    assert batch.feats.dtype == torch.float32 and batch.feats.shape == (8, 210, 80)
+    assert batch.feat_lens.dtype == torch.int64
+    enc = CharEncoder()
+    for i, cut_id in enumerate(batch.cut_ids):
+        cut = by_id[cut_id]
+        n = int(batch.feat_lens[i])
+        assert n == cut.num_frames
+        torch.testing.assert_close(batch.feats[i, :n], torch.from_numpy(cut.load_features()))
+        assert torch.all(batch.feats[i, n:] == 0)
+        text = cut.supervisions[0].text
+        assert batch.texts[i] == text
+        u = int(batch.token_lens[i])
+        assert batch.tokens[i, :u].tolist() == enc.encode(text)
+        assert torch.all(batch.tokens[i, u:] == 0)
+    assert batch.tokens.shape[1] == max(len(t) for t in batch.texts)
+
+
+def test_on_the_fly_equals_stored_features(prepared: dict) -> None:
+    cuts = _train_cuts(prepared)
+    stored = AsrDataset.from_config(_cfg(prepared), CharEncoder(), train=False)[cuts]
+    otf_cuts = CutSet.from_file(prepared["manifests"]["train-clean-5"])  # no features attached
+    otf = AsrDataset.from_config(_cfg(prepared, on_the_fly_feats=True), CharEncoder(),
+                                 train=False)[otf_cuts]
+    assert otf.cut_ids == stored.cut_ids
+    assert torch.equal(otf.feat_lens, stored.feat_lens)
+    torch.testing.assert_close(otf.feats, stored.feats, atol=LILCOM_ATOL, rtol=0)
+    assert torch.equal(otf.tokens, stored.tokens)
+
+
+def test_spec_augment_only_in_training(prepared: dict) -> None:
+    cuts = _train_cuts(prepared)
+    strong = SpecAugmentConfig(time_warp_factor=0, num_freq_masks=2, max_freq_mask_width=20,
+                               num_time_masks=2, max_time_mask_width=20, probability=1.0)
+    cfg = _cfg(prepared, spec_augment=strong)
+    reference = AsrDataset.from_config(cfg, CharEncoder(), train=False)[cuts]
+    again = AsrDataset.from_config(cfg, CharEncoder(), train=False)[cuts]
+    assert torch.equal(reference.feats, again.feats)
+    train = AsrDataset.from_config(cfg, CharEncoder(), train=True)[cuts]
+    assert train.cut_ids == reference.cut_ids and torch.equal(train.feat_lens, reference.feat_lens)
+    assert not torch.equal(train.feats, reference.feats)
+    for i, n in enumerate(train.feat_lens.tolist()):
+        # masks hit the valid frames of every utterance; padding stays zero
+        assert not torch.equal(train.feats[i, :n], reference.feats[i, :n])
+        assert torch.all(train.feats[i, n:] == 0)
+    off = _cfg(prepared, spec_augment=replace(strong, enabled=False))
+    assert torch.equal(AsrDataset.from_config(off, CharEncoder(), train=True)[cuts].feats,
+                       reference.feats)
+
+
+@pytest.mark.parametrize("factor", [0.9, 1.1])
+def test_speed_perturbation_scales_duration(prepared: dict, factor: float) -> None:
+    cuts = CutSet.from_file(prepared["manifests"]["train-clean-5"])
+    cfg = _cfg(prepared, on_the_fly_feats=True)
+    plain = AsrDataset.from_config(cfg, CharEncoder(), train=False)[cuts]
+    base = AsrDataset.from_config(cfg, CharEncoder(), train=False)
+    perturbed = AsrDataset(CharEncoder(), base.input_strategy,
+                           [PerturbSpeed(factors=[factor], p=1.0, preserve_id=True)])[cuts]
+    assert perturbed.cut_ids == plain.cut_ids
+    expected = plain.feat_lens.double() / factor
+    assert torch.all((perturbed.feat_lens.double() - expected).abs() <= 1.0)
+    assert perturbed.texts == plain.texts
+
+
+def test_on_the_fly_speed_perturb_from_config(prepared: dict) -> None:
+    cuts = CutSet.from_file(prepared["manifests"]["train-clean-5"])
+    cfg = _cfg(prepared, on_the_fly_feats=True, speed_perturb=True,
+               spec_augment=SpecAugmentConfig(enabled=False))
+    plain = AsrDataset.from_config(cfg, CharEncoder(), train=False)[cuts]
+    lens = dict(zip(plain.cut_ids, plain.feat_lens.tolist()))
+    seen = set()
+    dataset = AsrDataset.from_config(cfg, CharEncoder(), train=True)
+    for _ in range(3):
+        batch = dataset[cuts]
+        for cut_id, n in zip(batch.cut_ids, batch.feat_lens.tolist()):
+            ratio = lens[cut_id] / n
+            match = [f for f in (0.9, 1.0, 1.1) if abs(ratio - f) < 0.02]
+            assert len(match) == 1, (cut_id, ratio)
+            seen.add(match[0])
+    assert seen == {0.9, 1.0, 1.1}
+
+
+def test_noise_mixing_in_training_only(prepared: dict, tmp_path) -> None:
+    rng = np.random.default_rng(1)
+    noise_wav = tmp_path / "noise.flac"
+    sf.write(noise_wav, (0.3 * rng.standard_normal(48000)).astype(np.float32), 16000)
+    noise_cuts = CutSet.from_manifests(recordings=[Recording.from_file(noise_wav)])
+    noise_cuts.to_file(tmp_path / "noise_cuts.jsonl.gz")
+    cuts = CutSet.from_file(prepared["manifests"]["train-clean-5"])
+    cfg = _cfg(prepared, on_the_fly_feats=True, spec_augment=SpecAugmentConfig(enabled=False),
+               noise=NoiseConfig(cuts_path=tmp_path / "noise_cuts.jsonl.gz", snr_db=(0.0, 5.0),
+                                 probability=1.0))
+    clean = AsrDataset.from_config(cfg, CharEncoder(), train=False)[cuts]
+    noisy = AsrDataset.from_config(cfg, CharEncoder(), train=True)[cuts]
+    assert noisy.cut_ids == clean.cut_ids and torch.equal(noisy.feat_lens, clean.feat_lens)
+    for i, n in enumerate(clean.feat_lens.tolist()):
+        # white noise at 0-5 dB SNR raises the energy of the (tonal) high-frequency bins a lot
+        assert (noisy.feats[i, :n, 60:] - clean.feats[i, :n, 60:]).mean() > 1.0
+
+
+def test_make_dataloader_and_strict_config(prepared: dict) -> None:
+    data = {"manifest_dir": str(prepared["root"] / "fbank"),
+            "train_cuts": ["librispeech_cuts_train-clean-5.jsonl.gz"],
+            "dev_cuts": ["librispeech_cuts_dev-clean-2.jsonl.gz"],
+            "max_duration": 3.0, "max_cut_duration": 3.0, "num_buckets": 2, "num_workers": 0,
+            "drop_last": False,
+            "spec_augment": {"num_time_masks": 1}}
+    cfg = from_dict(DataConfig, data)
+    assert cfg.spec_augment.num_time_masks == 1 and cfg.fbank.num_mel_bins == 80
+    with pytest.raises(ConfigError, match="data_dir"):
+        from_dict(DataConfig, {"data_dir": "x"})
+    cuts, stats = load_train_cuts(cfg, CharEncoder())
+    assert stats.kept == 8
+    loader = make_dataloader(cuts, cfg, CharEncoder(), train=True)
+    batches = list(loader)
+    assert all(isinstance(b, Batch) for b in batches)
+    assert sorted(i for b in batches for i in b.cut_ids) == sorted(u.utt_id for u in
+                                                                 prepared["utts"]["train-clean-5"])
+    dev = make_dataloader(load_cuts(cfg.manifest_dir, cfg.dev_cuts), cfg, CharEncoder(), False)
+    assert sum(b.batch_size for b in dev) == 3
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="speed_perturb=true needs data.on_the_fly_feats"):
+        DataConfig(speed_perturb=True)
+    with pytest.raises(ValueError, match="max_cut_duration"):
+        DataConfig(max_duration=10.0, max_cut_duration=20.0)
+    with pytest.raises(ValueError, match="snr_db"):
+        NoiseConfig(snr_db=(20.0, 10.0))
+    with pytest.raises(FileNotFoundError, match="nope.jsonl.gz"):
+        load_cuts("/nonexistent", ["nope.jsonl.gz"])
+
+
+def test_dataloader_with_workers_matches_eval_batches(prepared: dict) -> None:
+    cfg = _cfg(prepared, max_duration=4.0, max_cut_duration=4.0, num_workers=2)
+    cuts = load_cuts(cfg.manifest_dir, cfg.dev_cuts)
+    with_workers = list(make_dataloader(cuts, cfg, CharEncoder(), train=False))
+    in_process = list(make_dataloader(cuts, replace(cfg, num_workers=0), CharEncoder(), False))
+    assert [b.cut_ids for b in with_workers] == [b.cut_ids for b in in_process]
+    for a, b in zip(with_workers, in_process):
+        assert torch.equal(a.feats, b.feats) and torch.equal(a.tokens, b.tokens)

@@ -1,0 +1,46 @@
+"""Stored (lilcom) fbank features: shapes, equality with on-the-fly features."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lhotse import CutSet
+
+from asr.data.fbank import compute_fbank_for_parts
+from asr.features.fbank import FbankConfig, compute_fbank
+
+# lilcom stores log energies with a quantisation step of 2**-5 in the log domain.
+LILCOM_ATOL = 0.02
+
+
+def test_stored_features_shapes_and_values(prepared: dict) -> None:
+    for part, utts in prepared["utts"].items():
+        cuts = CutSet.from_file(prepared["fbank"][part])
+        assert len(cuts) == len(utts)
+        lengths = {u.utt_id: u.num_samples for u in utts}
+        for cut in cuts:
+            feats = torch.from_numpy(cut.load_features())
+            assert feats.shape == (cut.num_frames, 80) == ((lengths[cut.id] + 80) // 160, 80)
+            audio = torch.from_numpy(cut.load_audio()[0])
+            torch.testing.assert_close(feats, compute_fbank(audio, 16000), atol=LILCOM_ATOL, rtol=0)
+
+
+def test_existing_outputs_are_skipped_unless_overwrite(prepared: dict) -> None:
+    root = prepared["root"]
+    path = prepared["fbank"]["dev-clean-2"]
+    before = path.stat().st_mtime_ns
+    compute_fbank_for_parts(root / "manifests", root / "fbank", ["dev-clean-2"])
+    assert path.stat().st_mtime_ns == before
+
+
+def test_errors_name_missing_inputs(prepared, tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="librispeech_cuts_nope.jsonl.gz"):
+        compute_fbank_for_parts(prepared["root"] / "manifests", tmp_path, ["nope"])
+    with pytest.raises(ValueError, match="perturb_parts"):
+        compute_fbank_for_parts(prepared["root"] / "manifests", tmp_path, ["dev-clean-2"],
+                                perturb_parts=["train-clean-5"])
+    with pytest.raises(ValueError, match="not at 8000 Hz"):
+        from asr.data.fbank import compute_fbank_for_cuts
+
+        cuts = CutSet.from_file(prepared["manifests"]["dev-clean-2"])
+        compute_fbank_for_cuts(cuts, tmp_path / "x", FbankConfig(sample_rate=8000))

@@ -1,0 +1,65 @@
+"""filter_cuts: empty text, duration range, more tokens than encoder frames."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from lhotse import CutSet, MonoCut, Recording, SupervisionSegment
+from lhotse.audio import AudioSource
+from librispeech_tree import CharEncoder
+
+from asr.data.filtering import FilterStats, conv2d_subsampled_length, filter_cuts
+
+
+def _cut(cut_id: str, duration: float, text: str) -> MonoCut:
+    n = int(duration * 16000)
+    recording = Recording(cut_id, [AudioSource("file", [0], "/nonexistent.flac")], 16000, n,
+                          duration)
+    sup = SupervisionSegment(cut_id, cut_id, 0.0, duration, channel=0, text=text)
+    return MonoCut(cut_id, 0.0, duration, 0, recording=recording, supervisions=[sup])
+
+
+def test_conv2d_subsampled_length_hand_values() -> None:
+    # ((T - 1) // 2 - 1) // 2
+    assert [conv2d_subsampled_length(t) for t in (0, 1, 3, 6, 7, 8, 9, 10, 11, 100, 101)] == [
+        0, 0, 0, 0, 1, 1, 1, 1, 2, 24, 24]
+
+
+def _cuts() -> CutSet:
+    return CutSet.from_cuts([
+        _cut("ok", 1.0, "HELLO"),  # 100 frames -> 24 encoder frames, 5 tokens
+        _cut("exactly", 1.0, "A" * 24),  # 24 tokens == 24 frames: kept
+        _cut("toolong-text", 1.0, "A" * 25),  # 25 tokens > 24 frames
+        _cut("toolong-text2", 0.5, "ABCDEFGHIJKLM"),  # 50 frames -> 11 < 13 tokens
+        _cut("empty", 1.0, "   "),
+        _cut("short", 0.2, "A"),
+        _cut("long", 30.0, "A"),
+    ])
+
+
+def test_filter_counts_each_reason(caplog) -> None:
+    with caplog.at_level(logging.INFO):
+        kept, stats = filter_cuts(_cuts(), CharEncoder(), min_duration=0.3, max_duration=20.0)
+    assert sorted(c.id for c in kept) == ["exactly", "ok"]
+    assert stats == FilterStats(kept=2, empty_text=1, too_short=1, too_long=1, too_many_tokens=2)
+    assert stats.total == 7 and stats.dropped == 5
+    assert "dropped 2 cuts: too_many_tokens" in caplog.text
+
+
+def test_filter_custom_output_length_and_lazy(tmp_path) -> None:
+    path = tmp_path / "cuts.jsonl.gz"
+    _cuts().to_file(path)
+    lazy = CutSet.from_jsonl_lazy(path)
+    kept, stats = filter_cuts(lazy, CharEncoder(), output_length=lambda t: t)
+    assert kept.is_lazy
+    # Without subsampling every non-empty cut has enough frames.
+    assert stats == FilterStats(kept=6, empty_text=1)
+    assert [c.id for c in kept] == [c.id for c in kept]  # a lazy filter can be re-iterated
+    assert len(list(kept)) == 6
+
+
+@pytest.mark.parametrize("duration", [0.05, 0.06])  # 5 or 6 frames -> 0 encoder frames
+def test_too_few_frames_for_any_token(duration: float) -> None:
+    kept, stats = filter_cuts(CutSet.from_cuts([_cut("tiny", duration, "A")]), CharEncoder())
+    assert len(kept) == 0 and stats.too_many_tokens == 1

@@ -1,0 +1,92 @@
+"""Manifests from lhotse's LibriSpeech recipe, and clear errors on malformed corpora."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from lhotse import CutSet, RecordingSet, SupervisionSet
+from librispeech_tree import TREE, write_part
+
+from asr.data.librispeech import CorpusError, prepare_manifests, validate_librispeech_tree
+
+
+def test_prepare_manifests_counts_texts_durations(prepared: dict) -> None:
+    manifests_dir = prepared["root"] / "manifests"
+    for part, utts in prepared["utts"].items():
+        assert prepared["manifests"][part] == manifests_dir / f"librispeech_cuts_{part}.jsonl.gz"
+        recordings = RecordingSet.from_file(manifests_dir / f"librispeech_recordings_{part}.jsonl.gz")
+        sups = SupervisionSet.from_file(manifests_dir / f"librispeech_supervisions_{part}.jsonl.gz")
+        cuts = CutSet.from_file(prepared["manifests"][part])
+        assert len(recordings) == len(sups) == len(cuts) == len(utts)
+        by_id = {cut.id: cut for cut in cuts}
+        assert set(by_id) == {u.utt_id for u in utts}
+        for utt in utts:
+            cut = by_id[utt.utt_id]
+            assert cut.duration == pytest.approx(utt.num_samples / 16000)
+            assert cut.recording.num_samples == utt.num_samples
+            assert [s.text for s in cut.supervisions] == [utt.text]
+            assert cut.supervisions[0].speaker == utt.utt_id.split("-")[0]
+            assert not cut.has_features
+
+
+def test_validate_summaries(corpus) -> None:
+    corpus_dir, utts = corpus
+    summaries = validate_librispeech_tree(corpus_dir, list(TREE))
+    assert [(s.part, s.num_utterances, s.num_speakers) for s in summaries] == [
+        ("train-clean-5", 8, 2), ("dev-clean-2", 3, 1)]
+    assert all(s.num_unreferenced_flacs == 0 for s in summaries)
+
+
+def test_missing_flac_names_file_and_line(corpus, tmp_path: Path) -> None:
+    corpus_dir, _ = corpus
+    (corpus_dir / "train-clean-5/1002/20/1002-20-0002.flac").unlink()
+    trans = corpus_dir / "train-clean-5/1002/20/1002-20.trans.txt"
+    with pytest.raises(CorpusError, match=re.escape(f"{trans}:3:") + ".*1002-20-0002.flac.*missing"):
+        prepare_manifests(corpus_dir, tmp_path / "out", ["train-clean-5"])
+    assert not (tmp_path / "out").exists()  # validation runs before lhotse writes anything
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "message"),
+    [
+        ("2001-30-0003\n", "no transcript text"),
+        ("2001-30-0003    \n", "no transcript text"),
+        ("2001_30_0003 SOME TEXT\n", "bad utterance id '2001_30_0003'"),
+        ("2001-30-xyz SOME TEXT\n", "bad utterance id"),
+        ("2001-31-0003 SOME TEXT\n", "does not belong to speaker 2001 chapter 30"),
+        ("\n", "empty line"),
+        ("2001-30-0000 DUPLICATE\n", "duplicate utterance id"),
+    ],
+)
+def test_malformed_trans_line_names_file_and_line(corpus, bad_line: str, message: str) -> None:
+    corpus_dir, _ = corpus
+    trans = corpus_dir / "dev-clean-2/2001/30/2001-30.trans.txt"
+    lines = trans.read_text().splitlines(keepends=True)
+    lines.insert(2, bad_line)  # becomes line 3
+    trans.write_text("".join(lines))
+    with pytest.raises(CorpusError, match=re.escape(f"{trans}:3: ") + ".*" + re.escape(message)):
+        validate_librispeech_tree(corpus_dir, ["dev-clean-2"])
+
+
+def test_bad_layout_errors(corpus) -> None:
+    corpus_dir, _ = corpus
+    with pytest.raises(CorpusError, match="did you mean --corpus-dir"):
+        validate_librispeech_tree(corpus_dir.parent, ["dev-clean-2"])
+    with pytest.raises(CorpusError, match="test-other does not exist"):
+        validate_librispeech_tree(corpus_dir, ["test-other"])
+    (corpus_dir / "empty-part").mkdir()
+    with pytest.raises(CorpusError, match="no '\\*.trans.txt'"):
+        validate_librispeech_tree(corpus_dir, ["empty-part"])
+    misplaced = corpus_dir / "dev-clean-2/2001/30/2001-31.trans.txt"
+    misplaced.write_text("2001-31-0000 TEXT\n")
+    with pytest.raises(CorpusError, match="must be located in"):
+        validate_librispeech_tree(corpus_dir, ["dev-clean-2"])
+
+
+def test_custom_part_names_are_directories(tmp_path: Path) -> None:
+    corpus_dir = tmp_path / "corpus"
+    write_part(corpus_dir, "my-part", {("7", "8"): [(0.5, "OK"), (0.7, "FINE")]})
+    paths = prepare_manifests(corpus_dir, tmp_path / "m", ["my-part"])
+    assert sorted(c.id for c in CutSet.from_file(paths["my-part"])) == ["7-8-0000", "7-8-0001"]

@@ -1,0 +1,92 @@
+"""DynamicBucketingSampler from DataConfig: max_duration, DDP sharding, resumable state."""
+
+from __future__ import annotations
+
+import pytest
+from lhotse import CutSet
+
+from asr.data.config import DataConfig
+from asr.data.sampler import make_sampler, resolve_rank_world_size
+
+
+def _cuts(prepared: dict) -> CutSet:
+    return CutSet.from_file(prepared["fbank"]["train-clean-5"]) + CutSet.from_file(
+        prepared["fbank"]["dev-clean-2"])
+
+
+def _cfg(**kw) -> DataConfig:
+    base = dict(max_duration=3.0, max_cut_duration=2.5, num_buckets=2, shuffle=True,
+                drop_last=False, seed=3)
+    base.update(kw)
+    return DataConfig(**base)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_batches_respect_max_duration_and_cover_once(prepared: dict, train: bool) -> None:
+    cuts = _cuts(prepared)
+    batches = list(make_sampler(cuts, _cfg(), train=train))
+    assert len(batches) > 2
+    for batch in batches:
+        assert sum(c.duration for c in batch) <= 3.0 + 1e-6
+    ids = [c.id for batch in batches for c in batch]
+    assert sorted(ids) == sorted(c.id for c in cuts)  # every cut exactly once
+
+
+def test_two_ranks_are_disjoint_and_cover(prepared: dict) -> None:
+    cuts = _cuts(prepared)
+    cfg = _cfg(max_duration=2.2, max_cut_duration=2.2)
+    per_rank = []
+    for rank in (0, 1):
+        sampler = make_sampler(cuts, cfg, train=True, rank=rank, world_size=2)
+        per_rank.append([c.id for batch in sampler for c in batch])
+    assert per_rank[0] and per_rank[1]
+    assert not set(per_rank[0]) & set(per_rank[1])
+    assert sorted(per_rank[0] + per_rank[1]) == sorted(c.id for c in cuts)
+
+
+def test_state_dict_resumes_mid_epoch(prepared: dict) -> None:
+    cuts = _cuts(prepared)
+    full = [[c.id for c in b] for b in make_sampler(cuts, _cfg(), train=True)]
+    sampler = make_sampler(cuts, _cfg(), train=True)
+    it = iter(sampler)
+    consumed = [[c.id for c in next(it)] for _ in range(2)]
+    state = sampler.state_dict()
+    resumed = make_sampler(cuts, _cfg(), train=True)
+    resumed.load_state_dict(state)
+    rest = [[c.id for c in b] for b in resumed]
+    assert consumed + rest == full
+
+
+def test_shuffle_depends_on_epoch_and_seed(prepared: dict) -> None:
+    cuts = _cuts(prepared)
+
+    def order(epoch: int, seed: int) -> list[str]:
+        sampler = make_sampler(cuts, _cfg(seed=seed), train=True)
+        sampler.set_epoch(epoch)
+        return [c.id for b in sampler for c in b]
+
+    assert order(0, 3) == order(0, 3)
+    assert order(0, 3) != order(1, 3)
+    assert order(0, 3) != order(0, 4)
+    evaluation = make_sampler(cuts, _cfg(), train=False)
+    assert [c.id for b in evaluation for c in b] == [c.id for b in make_sampler(
+        cuts, _cfg(seed=9), train=False) for c in b]
+
+
+def test_resolve_rank_world_size() -> None:
+    assert resolve_rank_world_size() == (0, 1)
+    assert resolve_rank_world_size(1, 4) == (1, 4)
+    with pytest.raises(ValueError, match="rank=2 world_size=2"):
+        resolve_rank_world_size(2, 2)
+
+
+def test_single_bucket_and_more_buckets_than_cuts(prepared: dict) -> None:
+    from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler
+
+    cuts = CutSet.from_file(prepared["fbank"]["dev-clean-2"])  # 3 cuts
+    for num_buckets, kind in ((1, DynamicCutSampler), (30, DynamicBucketingSampler)):
+        sampler = make_sampler(cuts, _cfg(num_buckets=num_buckets), train=False)
+        assert isinstance(sampler, kind)
+        batches = list(sampler)
+        assert sorted(c.id for b in batches for c in b) == sorted(c.id for c in cuts)
+        assert all(sum(c.duration for c in b) <= 3.0 + 1e-6 for b in batches)

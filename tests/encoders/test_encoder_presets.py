@@ -1,0 +1,62 @@
+"""Size presets load strictly and have the advertised sizes; the benchmark tool runs."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from asr.config import load_config
+from asr.encoders.base import EncoderConfig, build_encoder
+
+ROOT = Path(__file__).resolve().parents[2]
+PRESETS = ROOT / "recipes" / "presets"
+
+
+def _params(name: str) -> int:
+    cfg = load_config(EncoderConfig, PRESETS / f"encoder_{name}.yaml")
+    return sum(p.numel() for p in build_encoder(cfg, 80).parameters())
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("bench_encoder", ROOT / "tools/bench/encoder.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_all_presets_load_and_tiny_is_tiny():
+    for name in ("tiny", "s", "m", "l"):
+        cfg = load_config(EncoderConfig, PRESETS / f"encoder_{name}.yaml")
+        assert cfg.causal and cfg.chunk_size > 0 and cfg.left_chunks >= 0, name
+    tiny = load_config(EncoderConfig, PRESETS / "encoder_tiny.yaml")
+    assert tiny.d_model <= 64 and tiny.num_layers <= 2
+
+
+def test_small_preset_size_with_head():
+    head = _bench_module().transducer_head_params(256)
+    assert 19e6 <= _params("s") + head <= 21e6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,low,high", [("m", 60e6, 70e6), ("l", 140e6, 160e6)])
+def test_large_preset_sizes(name, low, high):
+    assert low <= _params(name) <= high
+
+
+def test_bench_tool_runs_on_tiny(capsys):
+    bench = _bench_module()
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(["--presets", "tiny", "--seconds", "0.5", "--chunk-sizes", "2",
+                           "--repeats", "1", "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    header, row = out.strip().splitlines()[-2:]
+    assert "RTF c=2 (80 ms)" in header
+    cells = [c.strip() for c in row.split("|")]
+    assert cells[0] == "tiny" and cells[1] == f"{_params('tiny') / 1e6:.2f}M"
+    assert float(cells[3]) > 0 and float(cells[4]) > 0

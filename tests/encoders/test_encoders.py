@@ -1,0 +1,201 @@
+"""Conformer and Transformer: shapes, streaming == full under the same chunk mask, invariance to
+batch composition and padding, dynamic chunk training, state handling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from asr.encoders.base import Encoder, EncoderConfig, StreamingEncoder, build_encoder
+from asr.encoders.subsampling import subsampled_length
+from asr.streaming.state import select_states, stack_states, unstack_states
+
+FEAT_DIM = 20
+KINDS = ["conformer", "transformer"]
+
+
+def _tiny(kind: str, **overrides) -> EncoderConfig:
+    base = dict(kind=kind, d_model=32, num_layers=2, num_heads=4, ff_dim=64, conv_kernel_size=5,
+                subsampling_channels=8, dropout=0.0, attention_dropout=0.0)
+    base.update(overrides)
+    return EncoderConfig(**base)
+
+
+def _encoder(kind: str, **overrides):
+    torch.manual_seed(0)
+    return build_encoder(_tiny(kind, **overrides), FEAT_DIM).eval()
+
+
+def _batch(lens: list[int]):
+    feats = torch.randn(len(lens), max(lens), FEAT_DIM)
+    for b, n in enumerate(lens):
+        feats[b, n:] = 0.0
+    return feats, torch.tensor(lens)
+
+
+def _stream(encoder, feats, lens, chunk_size, left_chunks, start_delay=None):
+    """Feeds each stream ``frames_needed`` frames per call; stream b joins after start_delay[b]
+    calls. Returns per-stream concatenated outputs and the final state."""
+    batch = feats.shape[0]
+    delay = torch.tensor(start_delay or [0] * batch)
+    state = encoder.init_state(batch, left_chunks=left_chunks, chunk_size=chunk_size)
+    pos = torch.zeros(batch, dtype=torch.long)
+    outs = [[] for _ in range(batch)]
+    for step in range(1000):
+        need = encoder.frames_needed(state, chunk_size)
+        count = torch.minimum(need, lens - pos).clamp(min=0)
+        count = torch.where(delay > step, torch.zeros_like(count), count)
+        if int(count.max()) == 0 and step >= int(delay.max()):
+            break
+        width = max(int(count.max()), 1)
+        idx = (pos[:, None] + torch.arange(width)[None]).clamp(max=feats.shape[1] - 1)
+        chunk = feats.gather(1, idx[:, :, None].expand(-1, -1, FEAT_DIM))
+        out, out_lens, state = encoder.forward_chunk(chunk, count, state)
+        assert out_lens.tolist() == [min(n, chunk_size) for n in out_lens.tolist()]
+        for b in range(batch):
+            outs[b].append(out[b, : out_lens[b]])
+        pos += count
+    return [torch.cat(o) for o in outs], state
+
+
+def test_protocols_and_factory():
+    encoder = _encoder("conformer")
+    assert isinstance(encoder, Encoder) and isinstance(encoder, StreamingEncoder)
+    assert encoder.output_dim == 32 and encoder.right_context == 0
+    with pytest.raises(ValueError, match="num_heads"):
+        EncoderConfig(d_model=30, num_heads=4)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_shapes_and_lengths(kind):
+    encoder = _encoder(kind)
+    feats, lens = _batch([50, 31, 7])
+    enc, enc_lens = encoder(feats, lens)
+    assert enc.shape == (3, subsampled_length(50), 32)
+    assert enc_lens.tolist() == [subsampled_length(n) for n in (50, 31, 7)]
+    assert torch.isfinite(enc).all()
+    assert (enc[1, enc_lens[1]:] == 0).all() and (enc[2, 1:] == 0).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("chunk_size,left_chunks", [(1, 3), (4, 2), (5, 1), (3, 0), (16, 1)])
+def test_streaming_equals_full_under_same_mask(kind, chunk_size, left_chunks):
+    encoder = _encoder(kind)
+    # 93 frames -> 22 encoder frames: the last chunk is partial for every chunk size above.
+    feats, lens = _batch([93, 58, 20])
+    full, full_lens = encoder(feats, lens, chunk_size=chunk_size, left_chunks=left_chunks)
+    streamed, state = _stream(encoder, feats, lens, chunk_size, left_chunks)
+    for b in range(3):
+        assert streamed[b].shape[0] == full_lens[b]
+        torch.testing.assert_close(streamed[b], full[b, : full_lens[b]], atol=1e-5, rtol=0)
+    assert state.processed_frames.tolist() == full_lens.tolist()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_streams_at_different_positions_share_a_batch(kind):
+    encoder = _encoder(kind)
+    feats, lens = _batch([70, 70, 45])
+    full, full_lens = encoder(feats, lens, chunk_size=3, left_chunks=2)
+    streamed, _ = _stream(encoder, feats, lens, 3, 2, start_delay=[0, 3, 1])
+    for b in range(3):
+        torch.testing.assert_close(streamed[b], full[b, : full_lens[b]], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_streaming_survives_unstack_regroup_stack(kind):
+    encoder = _encoder(kind)
+    feats, lens = _batch([60, 60])
+    full, full_lens = encoder(feats, lens, chunk_size=4, left_chunks=1)
+    state = encoder.init_state(2, left_chunks=1, chunk_size=4)
+    first, first_lens, state = encoder.forward_chunk(feats[:, :19], torch.tensor([19, 19]), state)
+    # Continue stream 1 alone, then rejoin both in swapped order.
+    one, two = unstack_states(state)
+    second_b, _, two = encoder.forward_chunk(feats[1:, 19:35], torch.tensor([16]), two)
+    second_a, _, one = encoder.forward_chunk(feats[:1, 19:35], torch.tensor([16]), one)
+    state = select_states(stack_states([one, two]), [1, 0])
+    rest, rest_lens, _ = encoder.forward_chunk(feats.flip(0)[:, 35:51], torch.tensor([16, 16]), state)
+    assert rest_lens.tolist() == [4, 4]
+    stream_a = torch.cat([first[0], second_a[0], rest[1]])
+    stream_b = torch.cat([first[1], second_b[0], rest[0]])
+    n = 12
+    torch.testing.assert_close(stream_a[:n], full[0, :n], atol=1e-5, rtol=0)
+    torch.testing.assert_close(stream_b[:n], full[1, :n], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind,causal", [("conformer", True), ("conformer", False), ("transformer", True)])
+@pytest.mark.parametrize("chunking", [(0, -1), (3, 1)])
+def test_invariant_to_batch_composition_and_padding(kind, chunking, causal):
+    encoder = _encoder(kind, causal=causal)
+    feats, lens = _batch([41, 77, 60])
+    feats[0, 41:] = 3.0  # garbage in the padding must not leak
+    batched, batched_lens = encoder(feats, lens, *chunking)
+    alone, alone_lens = encoder(feats[:1, :41], lens[:1], *chunking)
+    assert batched_lens[0] == alone_lens[0]
+    torch.testing.assert_close(batched[0, : alone_lens[0]], alone[0], atol=1e-5, rtol=0)
+    reordered, _ = encoder(feats[[2, 1]], lens[[2, 1]], *chunking)
+    torch.testing.assert_close(reordered[0, :14], batched[2, :14], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_one_chunk_covering_everything_is_full_context(kind):
+    encoder = _encoder(kind, causal=True)
+    feats, lens = _batch([48])
+    full, _ = encoder(feats, lens, chunk_size=0)
+    one_chunk, _ = encoder(feats, lens, chunk_size=100, left_chunks=0)
+    torch.testing.assert_close(full, one_chunk, atol=1e-6, rtol=0)
+    chunked, _ = encoder(feats, lens, chunk_size=2, left_chunks=0)
+    assert not torch.allclose(full, chunked, atol=1e-3)
+
+
+def test_dynamic_chunk_training_draws_from_configured_choices():
+    encoder = _encoder("conformer", dynamic_chunk_training=True, dynamic_chunk_sizes=(2, 5),
+                       dynamic_left_chunks=(1, -1), full_context_prob=0.3,
+                       chunk_size=4, left_chunks=3)
+    encoder.train()
+    draws = {encoder._chunking(None, None) for _ in range(200)}
+    assert draws == {(0, 1), (0, -1), (2, 1), (2, -1), (5, 1), (5, -1)}
+    assert encoder._chunking(7, 0) == (7, 0)
+    encoder.eval()
+    assert encoder._chunking(None, None) == (4, 3)
+    # Training forward equals the eval forward under the drawn chunking (dropout is 0).
+    feats, lens = _batch([40, 33])
+    encoder.train()
+    torch.manual_seed(5)
+    trained, _ = encoder(feats, lens)
+    torch.manual_seed(5)
+    drawn = encoder._chunking(None, None)
+    encoder.eval()
+    expected, _ = encoder(feats, lens, *drawn)
+    torch.testing.assert_close(trained, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradients_reach_every_parameter(kind):
+    encoder = _encoder(kind)
+    encoder.train()
+    feats, lens = _batch([40, 30])
+    enc, _ = encoder(feats, lens, chunk_size=2, left_chunks=1)
+    enc.sum().backward()
+    missing = [n for n, p in encoder.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert missing == []
+
+
+def test_unstreamable_settings_are_rejected():
+    with pytest.raises(ValueError, match="left_chunks"):
+        _encoder("transformer").init_state(1, chunk_size=4, left_chunks=-1)
+    with pytest.raises(ValueError, match="chunk_size"):
+        _encoder("transformer").init_state(1)
+    with pytest.raises(ValueError, match="causal"):
+        _encoder("conformer", causal=False).init_state(1, chunk_size=4, left_chunks=1)
+
+
+def test_calls_with_too_few_frames_emit_nothing_and_keep_exactness():
+    encoder = _encoder("conformer")
+    feats, lens = _batch([40])
+    full, full_lens = encoder(feats, lens, chunk_size=2, left_chunks=2)
+    state = encoder.init_state(1, left_chunks=2, chunk_size=2)
+    out, out_lens, state = encoder.forward_chunk(feats[:, :5], torch.tensor([5]), state)
+    assert out.shape == (1, 0, 32) and out_lens.tolist() == [0]
+    assert encoder.frames_needed(state, 2).tolist() == [6]
+    out, out_lens, state = encoder.forward_chunk(feats[:, 5:11], torch.tensor([6]), state)
+    torch.testing.assert_close(out[0], full[0, :2], atol=1e-5, rtol=0)

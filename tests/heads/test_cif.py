@@ -1,0 +1,182 @@
+"""CIF integrate-and-fire (hand-computed, reference loop, gradcheck) and the CIF head."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from asr.heads.cif import CIFConfig, CIFHead, cif, cif_num_fires
+from asr.losses.cif import scale_alphas
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny training loops: one intra-op thread is ~20x faster than two on a shared 2-core box."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def reference_cif(hidden: torch.Tensor, alphas: torch.Tensor, threshold: float = 1.0):
+    """The paper's sequential loop for one utterance (each alpha < threshold)."""
+    fired, accumulated, state = [], 0.0, torch.zeros(hidden.shape[-1], dtype=hidden.dtype)
+    for frame, alpha in zip(hidden, alphas.tolist()):
+        if accumulated + alpha < threshold:
+            accumulated += alpha
+            state = state + alpha * frame
+        else:
+            used = threshold - accumulated
+            fired.append(state + used * frame)
+            accumulated = alpha - used
+            state = accumulated * frame
+    if accumulated > threshold / 2:
+        fired.append(state)
+    return torch.stack(fired) if fired else torch.zeros(0, hidden.shape[-1], dtype=hidden.dtype)
+
+
+def test_hand_computed_example():
+    # cumulative weights 0.3, 0.8, 1.2, 2.1, 2.3, 2.6 -> 2 full tokens + a tail of 0.6 > 0.5
+    alphas = torch.tensor([[0.3, 0.5, 0.4, 0.9, 0.2, 0.3]], dtype=torch.float64)
+    hidden = torch.arange(1.0, 7.0, dtype=torch.float64).view(1, 6, 1)
+    fired, fired_lens = cif(hidden, alphas)
+    assert fired_lens.tolist() == [3]
+    # token 0: 0.3*1 + 0.5*2 + 0.2*3 = 1.9
+    # token 1: 0.2*3 + 0.8*4 = 3.8
+    # token 2 (tail): 0.1*4 + 0.2*5 + 0.3*6 = 3.2
+    torch.testing.assert_close(fired[0, :, 0], torch.tensor([1.9, 3.8, 3.2], dtype=torch.float64))
+
+
+def test_hand_computed_multiple_fires_in_one_frame_and_dropped_tail():
+    # cumulative 0.5, 2.2, 2.4: frame 1 (alpha 1.7) completes token 0 and all of token 1;
+    # the tail 0.4 <= 0.5 is dropped, so 2 tokens = round(2.4)
+    alphas = torch.tensor([[0.5, 1.7, 0.2]], dtype=torch.float64)
+    hidden = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]], dtype=torch.float64)
+    fired, fired_lens = cif(hidden, alphas)
+    assert fired_lens.tolist() == [2]
+    expected = torch.tensor([[0.5, 0.5], [0.0, 1.0]], dtype=torch.float64)  # 0.5h0+0.5h1 ; 1.0h1
+    torch.testing.assert_close(fired[0], expected)
+
+
+def test_fires_round_of_sum_and_matches_reference_loop():
+    batch, frames, dim = 6, 17, 4
+    alphas = torch.rand(batch, frames, dtype=torch.float64) * 0.95
+    lens = torch.tensor([17, 12, 9, 17, 3, 1])
+    alphas = alphas * (torch.arange(frames)[None] < lens[:, None])
+    hidden = torch.randn(batch, frames, dim, dtype=torch.float64)
+    fired, fired_lens = cif(hidden, alphas)
+    sums = alphas.sum(1)
+    assert fired_lens.tolist() == [round(s) for s in sums.tolist()]  # no exact halves here
+    assert fired.shape == (batch, int(fired_lens.max()), dim)
+    for row in range(batch):
+        ref = reference_cif(hidden[row], alphas[row])
+        count = int(fired_lens[row])
+        assert ref.shape[0] == count
+        torch.testing.assert_close(fired[row, :count], ref)
+        assert (fired[row, count:] == 0).all()
+
+
+def test_count_rule_and_threshold():
+    alphas = torch.tensor([[0.5, 0.5, 0.5], [0.5, 0.5, 0.6], [2.0, 0.0, 0.0]])
+    assert cif_num_fires(alphas).tolist() == [1, 2, 2]  # 1.5 -> 1 (halves round down)
+    assert cif_num_fires(alphas, threshold=0.5).tolist() == [3, 3, 4]
+    _, fired_lens = cif(torch.ones(3, 3, 2), alphas, threshold=0.5, num_fired=2)
+    assert fired_lens.tolist() == [2, 2, 2]  # clamped to num_fired
+
+
+def test_gradcheck_hidden_and_alphas():
+    hidden = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
+    alphas = (torch.rand(2, 5, dtype=torch.float64) * 0.6 + 0.2).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda h, a: cif(h, a)[0], (hidden, alphas))
+    big = (torch.rand(2, 5, dtype=torch.float64) * 1.2 + 0.3).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda h, a: cif(h, a, threshold=0.8)[0], (hidden, big))
+
+
+def _tiny_cfg(**kwargs) -> CIFConfig:
+    base = dict(
+        d_model=16, num_heads=2, num_layers=1, ffn_dim=32, dropout=0.0, predictor_dropout=0.0
+    )
+    base.update(kwargs)
+    return CIFConfig(**base)
+
+
+def test_forward_shapes_and_padding_invariance():
+    head = CIFHead(_tiny_cfg(), enc_dim=12, vocab_size=9).eval()
+    enc = torch.randn(3, 10, 12)
+    enc_lens = torch.tensor([10, 7, 4])
+    tokens = torch.randint(3, 9, (3, 4))
+    token_lens = torch.tensor([4, 3, 2])
+    tokens = tokens * (torch.arange(4)[None] < token_lens[:, None])
+    logits, fired_lens = head(enc, enc_lens)
+    assert logits.shape == (3, int(fired_lens.max()), 9)
+    alphas = head.predict_alphas(enc, enc_lens)
+    assert fired_lens.tolist() == cif_num_fires(alphas).tolist()
+    assert (alphas[1, 7:] == 0).all()
+    out = head.loss(enc, enc_lens, tokens, token_lens)
+    assert out.num_utterances == 3
+    singles = [
+        head.loss(
+            enc[i : i + 1, : enc_lens[i]],
+            enc_lens[i : i + 1],
+            tokens[i : i + 1, : token_lens[i]],
+            token_lens[i : i + 1],
+        )
+        for i in range(3)
+    ]
+    torch.testing.assert_close(out.loss, sum(s.loss for s in singles), rtol=1e-5, atol=1e-5)
+    assert out.metrics["num_tokens"] == 9.0
+    ce, qty = out.metrics["ce_loss"], out.metrics["quantity_loss"]
+    assert math.isclose(out.loss.item(), ce + qty, rel_tol=1e-5)
+
+
+def test_glancing_replaces_floor_ratio_times_errors():
+    head = CIFHead(_tiny_cfg(glancing_ratio=0.5), enc_dim=12, vocab_size=9).train()
+    enc = torch.randn(2, 12, 12)
+    enc_lens = torch.tensor([12, 9])
+    tokens = torch.tensor([[3, 4, 5, 6, 7], [8, 3, 4, 0, 0]])
+    token_lens = torch.tensor([5, 3])
+    with torch.no_grad():  # the first pass, recomputed (no dropout configured)
+        scaled = scale_alphas(head.predict_alphas(enc, enc_lens), token_lens)
+        fired, _ = cif(enc, scaled, num_fired=5)
+        predicted = head.decode(head.input_proj(fired), token_lens, enc, enc_lens).argmax(-1)
+    valid = torch.arange(5)[None] < token_lens[:, None]
+    errors = ((predicted != tokens) & valid).sum(1)
+    assert (errors // 2).sum() > 0  # an untrained head errs: something is glanced
+    out = head.loss(enc, enc_lens, tokens, token_lens)
+    assert out.metrics["num_glanced"] == float((errors // 2).sum())
+    out.loss.backward()
+    assert head.target_embed.weight.grad.abs().sum() > 0  # reference embeddings were used
+    head.eval()  # no glancing outside training
+    assert "num_glanced" not in head.loss(enc, enc_lens, tokens, token_lens).metrics
+
+
+def test_overfits_tiny_batch(one_thread):
+    feats = torch.randn(2, 14, 8)
+    feat_lens = torch.tensor([14, 11])
+    tokens = torch.tensor([[3, 4, 5, 3], [6, 7, 0, 0]])
+    token_lens = torch.tensor([4, 2])
+    encoder = torch.nn.Sequential(torch.nn.Linear(8, 24), torch.nn.Tanh(), torch.nn.Linear(24, 16))
+    head = CIFHead(_tiny_cfg(label_smoothing=0.1), enc_dim=16, vocab_size=9)
+    params = list(encoder.parameters()) + list(head.parameters())
+    optimizer = torch.optim.Adam(params, lr=3e-3)
+    first = None
+    for _ in range(150):
+        loss = head.loss(encoder(feats), feat_lens, tokens, token_lens).loss
+        first = loss.item() if first is None else first
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.1 * first, (first, loss.item())
+    head.eval()
+    logits, fired_lens = head(encoder(feats), feat_lens)
+    assert fired_lens.tolist() == [4, 2]
+    assert logits[0, :4].argmax(-1).tolist() == [3, 4, 5, 3]
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="predictor_kernel"):
+        CIFConfig(predictor_kernel=2)
+    with pytest.raises(ValueError, match="glancing_ratio"):
+        CIFConfig(glancing_ratio=1.5)

@@ -1,0 +1,155 @@
+"""TransducerHead, Joiner and predictors: loss contract, oracles through the head, warm-up,
+incremental predictor == batch predictor."""
+
+import pytest
+import torch
+
+from asr.config import from_dict
+from asr.heads.joiner import Joiner
+from asr.heads.predictor import LstmPredictor, StatelessPredictor
+from asr.heads.transducer import TransducerConfig, TransducerHead
+from asr.losses.pruned_rnnt import rnnt_loss_simple
+from asr.losses.rnnt import rnnt_loss
+from asr.losses.tdt import tdt_loss
+from asr.types import LossOutput
+
+ENC_DIM, VOCAB = 8, 7
+
+
+def batch():
+    enc = torch.randn(3, 9, ENC_DIM)
+    enc_lens = torch.tensor([9, 7, 8])
+    tokens = torch.randint(1, VOCAB, (3, 4))
+    token_lens = torch.tensor([4, 2, 3])
+    tokens[1, 2:] = 0
+    tokens[2, 3:] = 0
+    return enc, enc_lens, tokens, token_lens
+
+
+def small_head(**kwargs):
+    cfg = TransducerConfig(pred_dim=6, joiner_dim=5, lstm_hidden_dim=6, **kwargs)
+    return TransducerHead(cfg, ENC_DIM, VOCAB)
+
+
+@pytest.mark.parametrize("loss", ["full", "pruned", "tdt"])
+@pytest.mark.parametrize("predictor", ["stateless", "lstm"])
+def test_loss_contract_and_all_parameters_get_gradients(loss, predictor):
+    head = small_head(loss=loss, predictor=predictor, predictor_dropout=0.0)
+    out = head.loss(*batch())
+    assert isinstance(out, LossOutput) and out.num_utterances == 3
+    assert out.loss.dim() == 0 and torch.isfinite(out.loss)
+    assert out.metrics["num_infinite"] == 0.0
+    out.loss.backward()
+    for name, param in head.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all(), name
+
+
+def test_full_head_equals_torchaudio_on_its_joiner():
+    head = small_head(loss="full")
+    enc, enc_lens, tokens, token_lens = batch()
+    out = head.loss(enc, enc_lens, tokens, token_lens)
+    logits = head.joiner(enc, head.predict(tokens))
+    ref = rnnt_loss(logits, tokens, enc_lens, token_lens)
+    torch.testing.assert_close(out.loss, ref)
+    assert out.metrics["rnnt_loss"] == pytest.approx(float(ref.detach()), rel=1e-5)
+
+
+def test_pruned_head_with_wide_band_is_weighted_simple_plus_full():
+    head = small_head(loss="pruned", prune_range=5, warm_step=100, lm_only_scale=0.0)
+    head.set_step(50)
+    enc, enc_lens, tokens, token_lens = batch()
+    out = head.loss(enc, enc_lens, tokens, token_lens)
+    pred = head.predict(tokens)
+    full = rnnt_loss(head.joiner(enc, pred), tokens, enc_lens, token_lens)
+    simple = rnnt_loss_simple(
+        head.simple_am_proj(enc), head.simple_lm_proj(pred), tokens, enc_lens, token_lens
+    )
+    simple_scale, pruned_scale = head.loss_scales()
+    assert (simple_scale, pruned_scale) == pytest.approx((0.75, 0.55))
+    torch.testing.assert_close(out.loss, simple_scale * simple + pruned_scale * full)
+    assert out.metrics["pruned_loss"] == pytest.approx(float(full.detach()), rel=1e-5)
+    assert out.metrics["simple_loss"] == pytest.approx(float(simple.detach()), rel=1e-5)
+
+
+def test_warmup_schedule():
+    head = small_head(loss="pruned", warm_step=10, simple_loss_scale=0.5)
+    assert head.loss_scales() == pytest.approx((1.0, 0.1))
+    head.set_step(10)
+    assert head.loss_scales() == pytest.approx((0.5, 1.0))
+    head.set_step(1000)
+    assert head.loss_scales() == pytest.approx((0.5, 1.0))
+    assert small_head(loss="pruned", warm_step=0).loss_scales() == pytest.approx((0.5, 1.0))
+
+
+def test_tdt_head_equals_tdt_loss_and_has_duration_logits():
+    head = small_head(loss="tdt", durations=(0, 1, 2))
+    enc, enc_lens, tokens, token_lens = batch()
+    logits = head.joiner(enc, head.predict(tokens))
+    assert logits.shape == (3, 9, 5, VOCAB + 3) and head.durations == (0, 1, 2)
+    ref = tdt_loss(logits, tokens, enc_lens, token_lens, (0, 1, 2))
+    torch.testing.assert_close(head.loss(enc, enc_lens, tokens, token_lens).loss, ref)
+
+
+def test_infinite_utterances_are_dropped_and_counted():
+    head = small_head(loss="pruned", prune_range=2, warm_step=0)
+    enc, _, tokens, token_lens = batch()
+    enc_lens = torch.tensor([9, 1, 8])  # 1 frame * (R - 1) < 2 tokens: no band fits
+    out = head.loss(enc, enc_lens, tokens, token_lens)
+    assert torch.isfinite(out.loss) and out.metrics["num_infinite"] == 1.0
+
+
+def test_batch_padding_invariance():
+    head = small_head(loss="pruned", prune_range=3, warm_step=0)
+    enc, enc_lens, tokens, token_lens = batch()
+    total = head.loss(enc, enc_lens, tokens, token_lens).loss
+    parts = sum(
+        head.loss(
+            enc[i : i + 1, : enc_lens[i]],
+            enc_lens[i : i + 1],
+            tokens[i : i + 1, : token_lens[i]],
+            token_lens[i : i + 1],
+        ).loss
+        for i in range(3)
+    )
+    torch.testing.assert_close(total, parts)
+
+
+def test_joiner_projection_then_join_equals_forward_and_broadcasts():
+    joiner = Joiner(ENC_DIM, 6, 5, VOCAB, num_durations=2, activation="relu")
+    enc, pred = torch.randn(2, 4, ENC_DIM), torch.randn(2, 3, 6)
+    full = joiner(enc, pred)
+    assert full.shape == (2, 4, 3, VOCAB + 2)
+    step = joiner.join(joiner.project_encoder(enc[:, 1]), joiner.project_predictor(pred[:, 2]))
+    torch.testing.assert_close(step, full[:, 1, 2])
+
+
+@pytest.mark.parametrize("kind", ["stateless", "lstm"])
+def test_incremental_predictor_equals_batch(kind):
+    if kind == "stateless":
+        predictor = StatelessPredictor(VOCAB, 6, context_size=3)
+    else:
+        predictor = LstmPredictor(VOCAB, 6, hidden_dim=5, num_layers=2, dropout=0.0)
+    tokens = torch.randint(0, VOCAB, (2, 5))
+    full, _ = predictor(tokens, predictor.init_state(2, "cpu"))
+    state, steps = predictor.init_state(2, "cpu"), []
+    for u in range(5):
+        out, state = predictor(tokens[:, u : u + 1], state)
+        steps.append(out)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full)
+
+
+def test_stateless_predictor_sees_only_last_tokens():
+    predictor = StatelessPredictor(VOCAB, 4, context_size=2)
+    a, _ = predictor(torch.tensor([[3, 1, 5, 2]]), predictor.init_state(1, "cpu"))
+    b, _ = predictor(torch.tensor([[6, 4, 5, 2]]), predictor.init_state(1, "cpu"))
+    torch.testing.assert_close(a[:, 3], b[:, 3])  # same last two tokens (5, 2)
+    assert not torch.allclose(a[:, 1], b[:, 1])
+
+
+def test_config_from_dict_and_validation():
+    cfg = from_dict(TransducerConfig, {"loss": "tdt", "durations": [0, 1, 2], "prune_range": 4})
+    assert cfg.durations == (0, 1, 2) and cfg.loss == "tdt"
+    with pytest.raises(ValueError, match="prune_range"):
+        TransducerConfig(prune_range=1)
+    with pytest.raises(ValueError, match="blank_id"):
+        TransducerHead(TransducerConfig(blank_id=9), ENC_DIM, VOCAB)

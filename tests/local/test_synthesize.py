@@ -1,0 +1,227 @@
+"""The synthetic LibriSpeech corpus: layout, determinism, speaker/sentence split, lhotse, errors."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from asr.cli.main import main as asr_main
+from local.synthesize import PARTS, SynthesisResult, synthesize_corpus
+from local.voices import VOICES, Voice, available_voices, render
+
+REPO = Path(__file__).resolve().parents[2]
+SIZES = {"train-clean-5": 15, "dev-clean-2": 3, "test-clean": 4}
+_TRANSCRIPT = re.compile(r"^[A-Z']+( [A-Z']+){3,15}$")
+
+
+def _read_transcripts(part_dir: Path) -> dict[str, str]:
+    texts = {}
+    for trans in sorted(part_dir.rglob("*.trans.txt")):
+        for line in trans.read_text(encoding="utf-8").splitlines():
+            utt_id, text = line.split(" ", 1)
+            texts[utt_id] = text
+    return texts
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> SynthesisResult:
+    root = tmp_path_factory.mktemp("corpus")
+    return synthesize_corpus(root, SIZES, seed=0, num_jobs=1, progress=False)
+
+
+def test_layout_and_transcripts(corpus: SynthesisResult) -> None:
+    assert corpus.num_utts == SIZES and corpus.synthesized == sum(SIZES.values())
+    for part, count in SIZES.items():
+        part_dir = corpus.corpus_dir / part
+        assert (part_dir / ".completed").is_file()
+        flacs = sorted(part_dir.rglob("*.flac"))
+        texts = _read_transcripts(part_dir)
+        assert len(flacs) == count == len(texts)
+        for flac in flacs:
+            speaker, chapter = flac.parent.parent.name, flac.parent.name
+            assert re.fullmatch(rf"{speaker}-{chapter}-\d{{4}}\.flac", flac.name)
+            assert speaker.isdigit() and chapter.isdigit()
+            assert flac.parent.relative_to(part_dir) == Path(speaker, chapter)
+            assert (flac.parent / f"{speaker}-{chapter}.trans.txt").is_file()
+            assert flac.stem in texts
+            info = sf.info(flac)
+            assert (info.samplerate, info.channels, info.format, info.subtype) == (
+                16000, 1, "FLAC", "PCM_16",
+            )  # fmt: skip
+            assert 0.5 < info.duration < 20.0
+        for text in texts.values():
+            assert _TRANSCRIPT.match(text), text
+    assert corpus.hours["train-clean-5"] > 0
+
+
+def test_audio_has_silence_margins_and_no_clipping(corpus: SynthesisResult) -> None:
+    for flac in sorted((corpus.corpus_dir / "test-clean").rglob("*.flac")):
+        samples, rate = sf.read(flac, dtype="int16")
+        peak = np.abs(samples.astype(np.int32)).max()
+        assert 32768 * 10 ** (-6.5 / 20) < peak < 32768 * 10 ** (-0.9 / 20)
+        edge = int(0.1 * rate)  # >= 0.1 s padding: edges are quieter than the middle
+        middle = samples[len(samples) // 4 : 3 * len(samples) // 4].astype(float)
+        for margin in (samples[:edge], samples[-edge:]):
+            assert np.sqrt(np.mean(margin.astype(float) ** 2)) < np.sqrt(np.mean(middle**2))
+
+
+def test_speakers_and_sentences_disjoint(corpus: SynthesisResult) -> None:
+    held_out = {str(v.speaker_id) for v in VOICES if v.held_out}
+    speakers, sentences = {}, {}
+    for part in SIZES:
+        part_dir = corpus.corpus_dir / part
+        speakers[part] = {p.name for p in part_dir.iterdir() if p.is_dir()}
+        sentences[part] = set(_read_transcripts(part_dir).values())
+        assert len(sentences[part]) == SIZES[part]  # no sentence twice
+    assert speakers["test-clean"] <= held_out
+    assert not speakers["train-clean-5"] & held_out and not speakers["dev-clean-2"] & held_out
+    assert len(speakers["train-clean-5"]) >= 8  # 15 utterances over all training voices
+    assert not sentences["test-clean"] & (sentences["train-clean-5"] | sentences["dev-clean-2"])
+    assert not sentences["dev-clean-2"] & sentences["train-clean-5"]
+
+
+def test_lhotse_download_step_skips_completed_parts(corpus: SynthesisResult) -> None:
+    from lhotse.recipes import download_librispeech
+
+    # Every part has a .completed marker, so this returns without touching the network.
+    out = download_librispeech(corpus.corpus_dir.parent, dataset_parts=list(SIZES))
+    assert Path(out) == corpus.corpus_dir
+
+
+def test_lhotse_prepare_librispeech_reads_it(corpus: SynthesisResult) -> None:
+    from lhotse.recipes import prepare_librispeech
+
+    manifests = prepare_librispeech(corpus.corpus_dir, dataset_parts=list(SIZES), num_jobs=1)
+    assert set(manifests) == set(SIZES)
+    for part, count in SIZES.items():
+        recordings, supervisions = manifests[part]["recordings"], manifests[part]["supervisions"]
+        assert len(recordings) == count == len(supervisions)
+        expected = _read_transcripts(corpus.corpus_dir / part)
+        assert {s.id: s.text for s in supervisions} == expected
+        for recording in recordings:
+            assert recording.sampling_rate == 16000 and recording.num_channels == 1
+        assert {s.speaker for s in supervisions} == {k.split("-")[0] for k in expected}
+
+
+def test_same_seed_same_bytes_any_num_jobs(corpus: SynthesisResult, tmp_path: Path) -> None:
+    # test and dev parts take the first sentences of the pool whatever the training size.
+    sizes = {"test-clean": SIZES["test-clean"], "dev-clean-2": SIZES["dev-clean-2"]}
+    again = synthesize_corpus(tmp_path, sizes, seed=0, num_jobs=2, progress=False)
+    for part in sizes:
+        first = sorted((corpus.corpus_dir / part).rglob("*.flac"))
+        second = sorted((again.corpus_dir / part).rglob("*.flac"))
+        assert [f.relative_to(corpus.corpus_dir) for f in first] == [
+            f.relative_to(again.corpus_dir) for f in second
+        ]
+        for a, b in zip(first, second):
+            assert a.read_bytes() == b.read_bytes()
+
+
+def test_other_seed_differs(corpus: SynthesisResult, tmp_path: Path) -> None:
+    other = synthesize_corpus(tmp_path, {"test-clean": 3}, seed=1, progress=False)
+    new_texts = _read_transcripts(other.corpus_dir / "test-clean")
+    old_texts = _read_transcripts(corpus.corpus_dir / "test-clean")
+    assert not set(new_texts.values()) <= set(old_texts.values())
+    new_audio = {f.name: f.read_bytes() for f in (other.corpus_dir / "test-clean").rglob("*.flac")}
+    compared = 0
+    for flac in (corpus.corpus_dir / "test-clean").rglob("*.flac"):
+        if flac.name in new_audio:  # same speaker, chapter and number: different audio
+            assert flac.read_bytes() != new_audio[flac.name]
+            compared += 1
+    assert compared == 3
+
+
+def test_rerun_skips_and_incremental_parts_stay_disjoint(tmp_path: Path) -> None:
+    first = synthesize_corpus(tmp_path, {"test-clean": 2}, progress=False)
+    assert first.synthesized == 2
+    again = synthesize_corpus(tmp_path, {"test-clean": 2}, progress=False)
+    assert again.synthesized == 0 and again.num_utts == {"test-clean": 2}
+    more = synthesize_corpus(tmp_path, {"test-clean": 2, "dev-clean-2": 2}, progress=False)
+    assert more.synthesized == 2 and more.num_utts == {"test-clean": 2, "dev-clean-2": 2}
+    test_texts = set(_read_transcripts(more.corpus_dir / "test-clean").values())
+    dev_texts = set(_read_transcripts(more.corpus_dir / "dev-clean-2").values())
+    assert len(test_texts) == len(dev_texts) == 2 and not test_texts & dev_texts
+    with pytest.raises(FileExistsError, match="different settings.*seed"):
+        synthesize_corpus(tmp_path, {"test-clean": 2}, seed=5, progress=False)
+    with pytest.raises(FileExistsError, match="3 requested"):
+        synthesize_corpus(tmp_path, {"test-clean": 3}, progress=False)
+    fresh = synthesize_corpus(tmp_path, {"test-clean": 1}, seed=5, overwrite=True, progress=False)
+    assert fresh.num_utts == {"test-clean": 1}
+    assert not (fresh.corpus_dir / "dev-clean-2").exists()
+
+
+def test_at_least_eight_distinct_voices() -> None:
+    voices = available_voices()
+    assert len(voices) >= 8
+    assert {v.engine for v in voices} == {"espeak-ng", "flite"}
+    assert sum(v.held_out for v in voices) >= 3 and sum(not v.held_out for v in voices) >= 8
+    assert len({v.speaker_id for v in voices}) == len(voices)
+    audio = [render(v, "the cat sat on the mat.") for v in voices]
+    for i in range(len(audio)):
+        for j in range(i):
+            same_length = len(audio[i]) == len(audio[j])
+            assert not (same_length and np.allclose(audio[i], audio[j])), (voices[i], voices[j])
+
+
+def test_unknown_voice_name_is_not_available() -> None:
+    assert not available_voices([Voice(1, "flite", "no_such_voice", 1.0, 100.0)])
+    assert not available_voices([Voice(2, "espeak-ng", "en-us+no_such_variant", 170.0, 50.0)])
+
+
+def test_bad_inputs_give_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown part 'train-clean-7'.*train-clean-5"):
+        synthesize_corpus(tmp_path, {"train-clean-7": 3}, progress=False)
+    with pytest.raises(ValueError, match=r"num_utts\['test-clean'\] must be a positive int"):
+        synthesize_corpus(tmp_path, {"test-clean": 0}, progress=False)
+    with pytest.raises(ValueError, match="num_utts is empty"):
+        synthesize_corpus(tmp_path, {}, progress=False)
+    with pytest.raises(ValueError, match="no TTS voices available"):
+        synthesize_corpus(tmp_path, {"test-clean": 1}, voices=[], progress=False)
+    train_only = [v for v in VOICES if not v.held_out]
+    with pytest.raises(ValueError, match="'test-clean' needs held-out voices"):
+        synthesize_corpus(tmp_path, {"test-clean": 1}, voices=train_only, progress=False)
+    with pytest.raises(ValueError, match="distinct sentences needed but the pool has"):
+        synthesize_corpus(tmp_path, {"test-clean": 50}, top_words=20, progress=False)
+    assert not (tmp_path / "LibriSpeech" / "test-clean").exists()
+
+
+def test_asr_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = asr_main(
+        ["synthesize", "--root", str(tmp_path), "--num-utts", "test-clean=2", "--seed", "3",
+         "--num-jobs", "1", "--no-progress"]
+    )  # fmt: skip
+    assert code == 0
+    assert "test-clean\t2 utterances" in capsys.readouterr().out
+    assert len(list((tmp_path / "LibriSpeech" / "test-clean").rglob("*.flac"))) == 2
+    assert asr_main(["synthesize", "--root", str(tmp_path), "--num-utts", "test-cleen=2"]) == 2
+    assert asr_main(["synthesize", "--root", str(tmp_path), "--num-utts", "test-clean"]) == 2
+
+
+def test_python_module_cli_help() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "local.synthesize", "--help"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "--num-utts" in out and all(part in out for part in PARTS)
+
+
+@pytest.mark.slow
+def test_mini_tts_preset_full_size(tmp_path: Path) -> None:
+    from lhotse.recipes import prepare_librispeech
+
+    from local.synthesize import PRESETS
+
+    sizes = PRESETS["mini_tts"].num_utts
+    result = synthesize_corpus(tmp_path, sizes, seed=0, num_jobs=2, top_words=1500, progress=False)
+    assert result.num_utts == sizes
+    manifests = prepare_librispeech(result.corpus_dir, dataset_parts=list(sizes), num_jobs=2)
+    texts = {part: {s.text for s in manifests[part]["supervisions"]} for part in sizes}
+    for part, count in sizes.items():
+        assert len(manifests[part]["recordings"]) == count == len(texts[part])
+    assert not texts["test-clean"] & (texts["train-clean-5"] | texts["dev-clean-2"])

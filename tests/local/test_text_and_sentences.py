@@ -1,0 +1,106 @@
+"""Text normalisation and sentence pool: hand-computed cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from local.sentences import build_pool, read_raw_sentences, shuffle_pool
+from local.text_norm import normalize_sentence, split_sentences, tts_text
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (
+            "`Oh dear!  I shall be late,' said the Rabbit.",
+            "OH DEAR I SHALL BE LATE SAID THE RABBIT",
+        ),
+        ("A daisy-chain -- isn't it lovely?", "A DAISY CHAIN ISN'T IT LOVELY"),
+        ("\u2018Don\u2019t panic\u2019 (he said).", "DON'T PANIC HE SAID"),
+        ("I'm here, I think.", "I'M HERE I THINK"),
+        ("It costs 5 dollars.", None),  # digit
+        ("Meet me at IBM tomorrow.", None),  # acronym
+        ("King George III was mad.", None),  # Roman numeral
+        ("Ask Dr Smith about it.", None),  # abbreviation
+        ("Press x to continue now.", None),  # letter name
+        ("Fish & chips are good.", None),  # symbol
+        ("Email me at home@example now.", None),
+        ("... !!", None),  # no words
+    ],
+)
+def test_normalize_sentence(raw: str, expected: str | None) -> None:
+    assert normalize_sentence(raw) == expected
+
+
+def test_split_sentences_joins_wrapped_lines() -> None:
+    text = 'Alice was tired\nof sitting.  Was she?\n"Yes!" she said. end'
+    assert split_sentences(text) == [
+        "Alice was tired of sitting.",
+        "Was she?",
+        '"Yes!"',
+        "she said.",
+        "end",
+    ]
+
+
+def test_tts_text_lowercases_but_keeps_pronoun_i() -> None:
+    assert tts_text("I THINK I'M FINE SAID IAN") == "I think I'm fine said ian."
+
+
+def _write_fortunes(path: Path) -> Path:
+    path.write_text(
+        "The cat sat on the mat.  The cat ran.\n"
+        "\t\t-- Some Author, 1999\n"
+        "%\n"
+        "The dog sat on the mat.\n"
+        "%\n"
+        "The cat sat on the mat.\n"  # duplicate
+        "%\n"
+        "A zebra quietly ate the mat today.\n"
+        "%\n"
+        "The cat has 9 lives on the mat.\n",  # digit: rejected
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_read_raw_sentences_drops_attributions(tmp_path: Path) -> None:
+    sentences = read_raw_sentences(_write_fortunes(tmp_path / "f"))
+    assert sentences[:3] == ["The cat sat on the mat.", "The cat ran.", "The dog sat on the mat."]
+    assert not any("Author" in s for s in sentences)
+
+
+def test_build_pool_frequency_filter_and_dedup(tmp_path: Path) -> None:
+    path = _write_fortunes(tmp_path / "f")
+    # Word counts over safe sentences: THE 5, MAT 4, SAT 3, ON 3, CAT 3, A/ATE/DOG/QUIETLY/RAN/
+    # TODAY/ZEBRA 1. Top 6 = THE MAT CAT ON SAT + (ties alphabetical) A.
+    pool = build_pool([path], min_words=4, max_words=16, top_words=6)
+    assert pool.sentences == ("THE CAT SAT ON THE MAT",)
+    assert pool.num_candidates == 3  # cat/dog/zebra sentences with >= 4 words, deduplicated
+    unrestricted = build_pool([path], min_words=4, max_words=16, top_words=None)
+    assert unrestricted.sentences == (
+        "A ZEBRA QUIETLY ATE THE MAT TODAY",
+        "THE CAT SAT ON THE MAT",
+        "THE DOG SAT ON THE MAT",
+    )
+    short = build_pool([path], min_words=2, max_words=3, top_words=0)
+    assert short.sentences == ("THE CAT RAN",)
+    assert build_pool([path], top_words=None).digest == unrestricted.digest
+
+
+def test_shuffle_pool_is_seeded(tmp_path: Path) -> None:
+    pool = build_pool([_write_fortunes(tmp_path / "f")], top_words=None)
+    assert shuffle_pool(pool, 3) == shuffle_pool(pool, 3)
+    assert sorted(shuffle_pool(pool, 3)) == list(pool.sentences)
+    orders = {tuple(shuffle_pool(pool, seed)) for seed in range(10)}
+    assert len(orders) > 1
+
+
+def test_build_pool_rejects_bad_limits(tmp_path: Path) -> None:
+    path = _write_fortunes(tmp_path / "f")
+    with pytest.raises(ValueError, match="min_words <= max_words"):
+        build_pool([path], min_words=5, max_words=4)
+    with pytest.raises(ValueError, match="no sentence sources"):
+        build_pool([])

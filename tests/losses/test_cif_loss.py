@@ -1,0 +1,43 @@
+"""Quantity loss and target-length scaling of CIF weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from asr.heads.cif import cif, cif_num_fires
+from asr.losses.cif import quantity_loss, scale_alphas
+
+
+def test_quantity_loss_hand_computed():
+    alphas = torch.tensor([[0.5, 0.75, 0.25, 0.0], [0.9, 0.9, 0.9, 0.9]])
+    token_lens = torch.tensor([3, 2])
+    # |1.5 - 3| = 1.5 ; |3.6 - 2| = 1.6
+    torch.testing.assert_close(quantity_loss(alphas, token_lens), torch.tensor([1.5, 1.6]))
+
+
+def test_scale_alphas_sums_to_target_and_fires_exactly_u_times():
+    alphas = torch.rand(4, 20) * 0.9 + 0.05
+    alphas[1, 12:] = 0.0  # padding
+    token_lens = torch.tensor([7, 3, 1, 15])
+    scaled = scale_alphas(alphas, token_lens)
+    torch.testing.assert_close(scaled.sum(1), token_lens.float())
+    assert (scaled[1, 12:] == 0).all()
+    assert cif_num_fires(scaled).tolist() == token_lens.tolist()
+    _, fired_lens = cif(torch.randn(4, 20, 3), scaled)
+    assert fired_lens.tolist() == token_lens.tolist()
+
+
+def test_scale_alphas_gradient_keeps_total():
+    alphas = (torch.rand(2, 6, dtype=torch.float64) + 0.1).requires_grad_(True)
+    token_lens = torch.tensor([2, 5])
+    # d/dalpha of sum(scaled) is zero: the total is fixed at U
+    scale_alphas(alphas, token_lens).sum().backward()
+    torch.testing.assert_close(alphas.grad, torch.zeros_like(alphas))
+
+
+def test_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="expected alphas"):
+        quantity_loss(torch.rand(2, 3), torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="integer"):
+        scale_alphas(torch.rand(2, 3), torch.tensor([1.0, 2.0]))

@@ -1,0 +1,128 @@
+"""Triton mutual-information kernels == the torch reference, in the CPU interpreter.
+
+``TRITON_INTERPRET=1`` must be set before triton is first imported, and the default test run
+imports modules in any order, so the checks run in a fresh subprocess (this file executed as a
+script with the variable set). The GPU (compiled) comparison is marked ``gpu``.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+
+def _cases():
+    """(name, S, T, symbol_lens, frame_lens, max_block) lattices, incl. ragged lengths."""
+    return [
+        ("ragged", 4, 6, [4, 2, 0], [6, 3, 2], None),  # first utterance is full length
+        ("chunked_diagonals", 17, 4, [17, 11], [4, 3], 16),  # S + 1 > BLOCK: two chunks
+    ]
+
+
+def _compare(device: str) -> dict:
+    """Runs triton vs torch on every case; returns max abs differences (json-friendly)."""
+    from asr.losses import mutual_information_triton as mit
+    from asr.losses.mutual_information import (
+        backward_torch,
+        forward_torch,
+        mutual_information_recursion,
+    )
+
+    results = {}
+    for name, num_symbols, num_frames, symbol_lens, frame_lens, max_block in _cases():
+        if max_block is not None:
+            mit._MAX_BLOCK = max_block
+        gen = torch.Generator().manual_seed(len(name))
+        for dtype in (torch.float32, torch.float64):
+            batch = len(symbol_lens)
+            px = torch.randn(batch, num_symbols, num_frames + 1, generator=gen, dtype=dtype)
+            py = torch.randn(batch, num_symbols + 1, num_frames, generator=gen, dtype=dtype)
+            px, py = px.to(device), py.to(device)
+            s_lens = torch.tensor(symbol_lens, device=device)
+            f_lens = torch.tensor(frame_lens, device=device)
+            alpha_diff = (mit.forward_triton(px, py) - forward_torch(px, py)).abs().max()
+            beta_ref = backward_torch(px, py, s_lens, f_lens)
+            beta = mit.backward_triton(px, py, s_lens, f_lens)
+            same_inf = torch.equal(torch.isneginf(beta), torch.isneginf(beta_ref))
+            finite = torch.isfinite(beta_ref)
+            beta_diff = (beta[finite] - beta_ref[finite]).abs().max()
+            key = f"{name}/{str(dtype).split('.')[-1]}"
+            results[key] = {
+                "alpha": float(alpha_diff),
+                "beta": float(beta_diff),
+                "same_inf": bool(same_inf),
+            }
+            if dtype == torch.float32:
+                continue  # the autograd plumbing is checked once, in float64
+            totals, grads = [], []
+            for backend in ("triton", "torch"):
+                x, y = px.clone().requires_grad_(True), py.clone().requires_grad_(True)
+                total = mutual_information_recursion(x, y, s_lens, f_lens, backend=backend)
+                weights = torch.arange(1, batch + 1, dtype=dtype, device=device)
+                (total * weights).sum().backward()
+                totals.append(total.detach())
+                grads.append((x.grad, y.grad))
+            results[key].update(
+                total=float((totals[0] - totals[1]).abs().max()),
+                grad_px=float((grads[0][0] - grads[1][0]).abs().max()),
+                grad_py=float((grads[0][1] - grads[1][1]).abs().max()),
+            )
+        mit._MAX_BLOCK = 1024
+    return results
+
+
+def _check(results: dict) -> None:
+    assert set(results) == {f"{c[0]}/{d}" for c in _cases() for d in ("float32", "float64")}
+    for key, diffs in results.items():
+        tol = 1e-4 if key.endswith("float32") else 1e-10
+        assert diffs.pop("same_inf"), key
+        if key.endswith("float64"):
+            assert {"total", "grad_px", "grad_py"} <= set(diffs), key
+        for what, value in diffs.items():
+            assert value <= tol, f"{key} {what}: {value}"
+
+
+@pytest.fixture(scope="module")
+def interpreter_results():
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_triton_interpreter_matches_torch_values_and_gradients(interpreter_results):
+    _check(dict(interpreter_results))
+
+
+def test_triton_on_cpu_without_interpreter_is_refused():
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        pytest.skip("this process runs the interpreter")
+    from asr.losses import mutual_information_triton as mit
+
+    px = torch.zeros(1, 2, 3)
+    with pytest.raises(RuntimeError, match="CUDA tensors"):
+        mit.forward_triton(px, torch.zeros(1, 3, 2))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_triton_compiled_matches_torch_on_gpu():
+    _check(_compare("cuda"))
+
+
+if __name__ == "__main__":
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        raise SystemExit("run with TRITON_INTERPRET=1")
+    torch.set_num_threads(1)
+    print(json.dumps(_compare("cpu")))

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from asr.cli.main import main
+
+
+def test_wer_cli(tmp_path, capsys):
+    ref = tmp_path / "ref.txt"
+    hyp = tmp_path / "hyp.txt"
+    ref.write_text("u1 THE CAT SAT ON THE MAT\nu2 A B\nu3 C D\n")
+    hyp.write_text("u1 THE BAT SAT THE MAT TODAY\nu2 A B\n")  # u3 missing: 2 deletions
+    report = tmp_path / "errs.txt"
+    recogs = tmp_path / "recogs.txt"
+    argv = ["wer", str(ref), str(hyp), "--report", str(report), "--recogs", str(recogs)]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip() == "%WER 50.00 [ 5 / 10, 1 ins, 3 del, 1 sub ]"
+    assert report.read_text().startswith("%WER 50.00 [ 5 / 10, 1 ins, 3 del, 1 sub ]\n")
+    assert "u3:\thyp=[]" in recogs.read_text()
+    assert main(["wer", str(ref), str(hyp), "--strict"]) == 2
+
+
+def test_cer_cli_and_errors(tmp_path, capsys):
+    ref = tmp_path / "ref.txt"
+    hyp = tmp_path / "hyp.txt"
+    ref.write_text("u1 HELLO WORLD\n")
+    hyp.write_text("u1 HALLO WORD\n")
+    assert main(["wer", "--cer", str(ref), str(hyp)]) == 0
+    assert capsys.readouterr().out.strip() == "%CER 18.18 [ 2 / 11, 0 ins, 1 del, 1 sub ]"
+    hyp.write_text("u1 HALLO\nu9 EXTRA\n")
+    assert main(["wer", str(ref), str(hyp)]) == 2  # id not in the references
+    hyp.write_text("u1 A\nu1 B\n")
+    assert main(["wer", str(ref), str(hyp)]) == 2  # duplicated id
+    assert main(["wer", str(ref), str(tmp_path / "missing")]) == 2

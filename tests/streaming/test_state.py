@@ -1,0 +1,136 @@
+"""Generic state stack / unstack / select: bit-exact round trips for nested states."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+from torch import Tensor
+
+from asr.streaming.state import (
+    select_states,
+    stack_states,
+    state_batch_size,
+    state_field,
+    unstack_states,
+)
+
+
+@dataclass(frozen=True)
+class Inner:
+    cache: Tensor = state_field(batch_dim=1)  # (L, B, T)
+    count: Tensor = state_field(batch_dim=0)  # (B,)
+
+
+@dataclass(frozen=True)
+class Outer:
+    inner: Inner
+    layers: tuple[Inner, ...]
+    frames: Tensor = state_field(batch_dim=2)  # (2, 3, B, D)
+    optional: Tensor | None = state_field(batch_dim=0, default=None)
+    size: int = 4
+
+
+def _random_state(batch: int, with_optional: bool = True) -> Outer:
+    def inner() -> Inner:
+        return Inner(cache=torch.randn(3, batch, 5), count=torch.randint(0, 9, (batch,)))
+
+    return Outer(
+        inner=inner(),
+        layers=(inner(), inner()),
+        frames=torch.randn(2, 3, batch, 7),
+        optional=torch.randn(batch, 2) if with_optional else None,
+    )
+
+
+def _flatten(state) -> list:
+    out = []
+    for name in state.__dataclass_fields__:
+        value = getattr(state, name)
+        if isinstance(value, tuple):
+            for item in value:
+                out.extend(_flatten(item))
+        elif hasattr(value, "__dataclass_fields__"):
+            out.extend(_flatten(value))
+        else:
+            out.append(value)
+    return out
+
+
+def _assert_same(a, b) -> None:
+    assert type(a) is type(b)
+    for x, y in zip(_flatten(a), _flatten(b), strict=True):
+        if isinstance(x, Tensor):
+            assert x.shape == y.shape and x.dtype == y.dtype
+            assert torch.equal(x, y)
+        else:
+            assert x == y
+
+
+def test_unstack_then_stack_is_bit_exact():
+    state = _random_state(4)
+    parts = unstack_states(state)
+    assert len(parts) == 4
+    assert all(state_batch_size(p) == 1 for p in parts)
+    # stream 2 of the batch is exactly index 2 of each batched dimension
+    assert torch.equal(parts[2].frames, state.frames[:, :, 2:3])
+    assert torch.equal(parts[2].layers[1].cache, state.layers[1].cache[:, 2:3])
+    assert torch.equal(parts[2].inner.count, state.inner.count[2:3])
+    _assert_same(stack_states(parts), state)
+
+
+def test_stack_then_unstack_is_bit_exact_and_handles_none():
+    streams = [_random_state(1, with_optional=False) for _ in range(3)]
+    batched = stack_states(streams)
+    assert batched.optional is None and batched.size == 4
+    assert state_batch_size(batched) == 3
+    for original, back in zip(streams, unstack_states(batched), strict=True):
+        _assert_same(original, back)
+
+
+def test_stack_accepts_multi_stream_states():
+    a, b = _random_state(2), _random_state(3)
+    batched = stack_states([a, b])
+    assert state_batch_size(batched) == 5
+    _assert_same(select_states(batched, [0, 1]), a)
+    _assert_same(select_states(batched, torch.tensor([2, 3, 4])), b)
+
+
+def test_select_reorders_and_repeats():
+    state = _random_state(4)
+    chosen = select_states(state, [3, 0, 0])
+    parts = unstack_states(state)
+    _assert_same(chosen, stack_states([parts[3], parts[0], parts[0]]))
+    assert torch.equal(chosen.frames[:, :, 0], state.frames[:, :, 3])
+
+
+def test_errors_name_the_problem():
+    with pytest.raises(ValueError, match="empty"):
+        stack_states([])
+    with pytest.raises(ValueError, match="Outer.size"):
+        stack_states([_random_state(1), Outer(**{**_random_state(1).__dict__, "size": 5})])
+    with pytest.raises(IndexError, match="out of range"):
+        select_states(_random_state(2), [2])
+
+    @dataclass(frozen=True)
+    class Undeclared:
+        cache: Tensor = field(default_factory=lambda: torch.zeros(2, 3))
+
+    with pytest.raises(TypeError, match="Undeclared.cache"):
+        unstack_states(Undeclared())
+    with pytest.raises(ValueError, match="Inner.cache"):
+        stack_states([Inner(torch.zeros(3, 1, 5), torch.zeros(1)), Inner(torch.zeros(3, 1, 6), torch.zeros(1))])
+
+
+def test_encoder_state_round_trip():
+    from asr.encoders.base import EncoderConfig, build_encoder
+
+    cfg = EncoderConfig(d_model=16, num_layers=2, num_heads=2, ff_dim=32, conv_kernel_size=3,
+                        subsampling_channels=4, dropout=0.0, attention_dropout=0.0)
+    encoder = build_encoder(cfg, 10).eval()
+    state = encoder.init_state(3, left_chunks=2, chunk_size=2)
+    feats = torch.randn(3, 20, 10)
+    _, _, state = encoder.forward_chunk(feats, torch.tensor([20, 13, 5]), state)
+    _assert_same(stack_states(unstack_states(state)), state)
+    _assert_same(select_states(state, [2, 1, 0]), stack_states(unstack_states(state)[::-1]))

@@ -1,0 +1,153 @@
+"""ASRModel: weighted multi-head loss, weight validation, building heads from config."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from asr.config import ConfigError, from_dict
+from asr.heads.aed import AEDHead
+from asr.heads.cif import CIFHead
+from asr.heads.ctc import CTCHead
+from asr.model import ASRModel, HeadsConfig, ModelOutput, build_heads
+from asr.types import Batch
+
+VOCAB = 10
+ENC_DIM = 16
+
+
+class StubEncoder(nn.Module):
+    """Linear over feats, frame rate halved: enough to check the wiring."""
+
+    def __init__(self, feat_dim: int = 8) -> None:
+        super().__init__()
+        self.proj = nn.Linear(2 * feat_dim, ENC_DIM)
+
+    def forward(self, feats, feat_lens):
+        batch, frames, dim = feats.shape
+        frames -= frames % 2
+        stacked = feats[:, :frames].reshape(batch, frames // 2, 2 * dim)
+        return torch.tanh(self.proj(stacked)), feat_lens // 2
+
+
+HEADS_YAML = {
+    "ctc": {},
+    "aed": {"d_model": 16, "num_heads": 2, "num_layers": 1, "ffn_dim": 32, "dropout": 0.0},
+    "cif": {
+        "d_model": 16,
+        "num_heads": 2,
+        "num_layers": 1,
+        "ffn_dim": 32,
+        "dropout": 0.0,
+        "predictor_dropout": 0.0,
+    },
+    "loss_weights": {"ctc": 0.3, "aed": 0.7, "cif": 0.5},
+}
+
+
+def _batch() -> Batch:
+    token_lens = torch.tensor([3, 2])
+    tokens = torch.randint(3, VOCAB, (2, 3)) * (torch.arange(3)[None] < token_lens[:, None])
+    return Batch(
+        feats=torch.randn(2, 20, 8),
+        feat_lens=torch.tensor([20, 15]),
+        tokens=tokens,
+        token_lens=token_lens,
+    )
+
+
+def _model(data=HEADS_YAML) -> ASRModel:
+    heads, weights = build_heads(from_dict(HeadsConfig, data), ENC_DIM, VOCAB)
+    return ASRModel(StubEncoder(), heads, weights).eval()
+
+
+def test_build_heads_from_config():
+    model = _model()
+    assert isinstance(model.heads["ctc"], CTCHead)
+    assert isinstance(model.heads["aed"], AEDHead)
+    assert isinstance(model.heads["cif"], CIFHead)
+    assert model.loss_weights == {"ctc": 0.3, "aed": 0.7, "cif": 0.5}
+    only_ctc = from_dict(HeadsConfig, {"ctc": {"dropout": 0.1}})
+    heads, weights = build_heads(only_ctc, ENC_DIM, VOCAB)
+    assert list(heads) == ["ctc"] and weights == {"ctc": 1.0}
+
+
+def test_total_loss_is_weighted_sum_of_head_losses():
+    model = _model()
+    batch = _batch()
+    out = model(batch)
+    assert isinstance(out, ModelOutput) and out.num_utterances == 2
+    enc, enc_lens = model.encode(batch.feats, batch.feat_lens)
+    expected = sum(
+        weight * model.heads[name].loss(enc, enc_lens, batch.tokens, batch.token_lens).loss
+        for name, weight in model.loss_weights.items()
+    )
+    torch.testing.assert_close(out.loss, expected)
+    for name in model.loss_weights:
+        assert out.head_outputs[name].num_utterances == 2
+    recombined = sum(w * out.head_outputs[n].loss for n, w in model.loss_weights.items())
+    torch.testing.assert_close(out.loss, recombined)
+    # tensors instead of a Batch give the same result
+    same = model(batch.feats, batch.feat_lens, batch.tokens, batch.token_lens)
+    torch.testing.assert_close(same.loss, out.loss)
+    metrics = out.metrics()
+    assert metrics["loss"] == pytest.approx(out.loss.item())
+    assert metrics["aed/loss"] == pytest.approx(out.head_outputs["aed"].loss.item())
+    assert "ctc/num_infinite" in metrics and "cif/quantity_loss" in metrics
+    out.loss.backward()
+    assert model.encoder.proj.weight.grad.abs().sum() > 0
+
+
+def test_zero_weight_head_is_kept_but_not_run():
+    data = dict(HEADS_YAML, loss_weights={"ctc": 1.0, "aed": 0.0, "cif": 0.0})
+    model = _model(data)
+    out = model(_batch())
+    assert set(out.head_outputs) == {"ctc"}
+    torch.testing.assert_close(out.loss, out.head_outputs["ctc"].loss)
+    assert "aed" in model.heads
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        ({"ctc": 1.0}, "must match the heads"),
+        ({"ctc": 1.0, "aed": -0.1}, "must be finite and >= 0"),
+        ({"ctc": 0.0, "aed": 0.0}, "at least one loss weight"),
+        ({"ctc": float("nan"), "aed": 1.0}, "must be finite"),
+    ],
+)
+def test_weight_validation(weights, message):
+    heads = {"ctc": CTCHead(from_dict(HeadsConfig, {"ctc": {}}).ctc, ENC_DIM, VOCAB)}
+    heads["aed"] = _model().heads["aed"]
+    with pytest.raises(ValueError, match=message):
+        ASRModel(StubEncoder(), heads, weights)
+
+
+def test_rejects_non_heads_and_bad_configs():
+    with pytest.raises(TypeError, match="no loss"):
+        ASRModel(StubEncoder(), {"bad": nn.Linear(2, 2)}, {"bad": 1.0})
+    with pytest.raises(ConfigError, match="not configured heads"):
+        from_dict(HeadsConfig, {"ctc": {}, "loss_weights": {"aed": 1.0}})
+    with pytest.raises(ConfigError, match="unknown key 'aed.d_modle'"):
+        from_dict(HeadsConfig, {"aed": {"d_modle": 3}})
+    with pytest.raises(ValueError, match="at least one of"):
+        build_heads(HeadsConfig(), ENC_DIM, VOCAB)
+    with pytest.raises(ValueError, match="needs feat_lens"):
+        _model()(torch.randn(1, 4, 8))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    model = _model()
+    batch = _batch()
+    cpu = model(batch)
+    gpu = model.to("cuda")(batch.to("cuda"))
+    for name, output in cpu.head_outputs.items():
+        torch.testing.assert_close(
+            gpu.head_outputs[name].loss.cpu(), output.loss, rtol=1e-3, atol=1e-3
+        )
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        mixed = model(batch.to("cuda"))
+    assert mixed.loss.dtype == torch.float32 and torch.isfinite(mixed.loss)

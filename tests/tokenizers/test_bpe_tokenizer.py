@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from asr.tokenizers.base import Tokenizer, load_tokenizer, read_tokens_file
+from asr.tokenizers.bpe import BpeTokenizer, train_bpe
+
+
+@pytest.fixture(scope="module")
+def bpe_dir(tmp_path_factory, train_texts) -> Path:
+    out = tmp_path_factory.mktemp("bpe")
+    train_bpe(train_texts, out, vocab_size=120)
+    return out
+
+
+def test_special_ids_and_vocab_size(bpe_dir):
+    tok = load_tokenizer(bpe_dir)
+    assert isinstance(tok, BpeTokenizer)
+    assert isinstance(tok, Tokenizer)
+    assert tok.vocab_size == 120
+    assert [tok.id_to_piece(i) for i in range(3)] == ["<blk>", "<sos/eos>", "<unk>"]
+    assert (tok.blank_id, tok.sos_id, tok.eos_id, tok.unk_id) == (0, 1, 1, 2)
+
+
+def test_round_trip_heldout(bpe_dir, heldout_texts):
+    tok = load_tokenizer(bpe_dir)
+    batch = tok.encode_batch(heldout_texts)
+    assert batch == [tok.encode(t) for t in heldout_texts]
+    for text, ids in zip(heldout_texts, batch):
+        assert ids and all(3 <= i < tok.vocab_size for i in ids), text  # no special ids, no unk
+        assert tok.decode(ids) == text
+
+
+def test_decode_ignores_blank_and_sos_eos(bpe_dir):
+    tok = load_tokenizer(bpe_dir)
+    ids = tok.encode("THE QUEEN")
+    noisy = [1, 0, *ids[:1], 0, 0, *ids[1:], 1]
+    assert tok.decode(noisy) == "THE QUEEN"
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        tok.decode([tok.vocab_size])
+
+
+def test_unknown_character_maps_to_unk(bpe_dir):
+    tok = load_tokenizer(bpe_dir)
+    assert tok.unk_id in tok.encode("THE 7 QUEEN")
+
+
+def test_tokens_txt_matches_model(bpe_dir):
+    tok = load_tokenizer(bpe_dir)
+    assert read_tokens_file(bpe_dir / "tokens.txt") == tok.pieces()
+
+
+def test_training_is_deterministic(tmp_path, train_texts, bpe_dir):
+    again = tmp_path / "again"
+    train_bpe(train_texts, again, vocab_size=120)
+    assert (again / "bpe.model").read_bytes() == (bpe_dir / "bpe.model").read_bytes()
+
+
+def test_training_is_idempotent_unless_forced(tmp_path, train_texts):
+    out = tmp_path / "bpe"
+    train_bpe(train_texts[:500], out, vocab_size=60)
+    first = (out / "bpe.model").read_bytes()
+    # An existing model is kept (the texts are not even read) ...
+    tok = train_bpe(["ZZZ"], out, vocab_size=60)
+    assert tok.vocab_size == 60 and (out / "bpe.model").read_bytes() == first
+    # ... unless its size differs from the request, or training is forced.
+    with pytest.raises(ValueError, match="vocab_size 60, requested 70"):
+        train_bpe(train_texts, out, vocab_size=70)
+    train_bpe(train_texts, out, vocab_size=70, force=True)
+    assert load_tokenizer(out).vocab_size == 70
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="vocab_size must be > 3"):
+        train_bpe(["A B"], tmp_path / "a", vocab_size=3)
+    with pytest.raises(ValueError, match="no training text"):
+        train_bpe(["", "  "], tmp_path / "b", vocab_size=10)
+    with pytest.raises(ValueError, match="could not train"):
+        train_bpe(["AB BA"], tmp_path / "c", vocab_size=500)
+
+
+def test_rejects_model_without_special_ids(tmp_path):
+    import io
+
+    import sentencepiece as spm
+
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(["AB BA AAB"] * 10), model_writer=buffer, vocab_size=8,
+        minloglevel=2, hard_vocab_limit=False,
+    )
+    with pytest.raises(ValueError, match="must have"):
+        BpeTokenizer(buffer.getvalue())

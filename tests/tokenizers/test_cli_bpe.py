@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import logging
+
+from asr.cli.main import main
+from asr.tokenizers.base import load_tokenizer
+from asr.tokenizers.bpe import BpeTokenizer
+from asr.tokenizers.char import CharTokenizer
+
+
+def _write_librispeech(root, texts):
+    chapter = root / "LibriSpeech" / "train-clean-5" / "1" / "2"
+    chapter.mkdir(parents=True)
+    lines = [f"1-2-{i:04d} {text}\n" for i, text in enumerate(texts)]
+    (chapter / "1-2.trans.txt").write_text("".join(lines))
+    return root / "LibriSpeech" / "train-clean-5"
+
+
+def test_bpe_cli(tmp_path, train_texts, heldout_texts, caplog):
+    corpus = _write_librispeech(tmp_path, train_texts)
+    out = tmp_path / "lang_bpe_80"
+    argv = ["bpe", "--transcripts", str(corpus), "--output-dir", str(out), "--vocab-size", "80"]
+    assert main(argv) == 0
+    tok = load_tokenizer(out)
+    assert isinstance(tok, BpeTokenizer) and tok.vocab_size == 80
+    assert all(tok.decode(tok.encode(t)) == t for t in heldout_texts)
+    model = (out / "bpe.model").read_bytes()
+    with caplog.at_level(logging.INFO):
+        assert main(argv) == 0  # second run skips
+    assert "skipping" in caplog.text
+    assert (out / "bpe.model").read_bytes() == model
+    assert main([*argv[:-1], "90"]) == 2  # size mismatch without --force
+    assert main([*argv[:-1], "90", "--force"]) == 0
+    assert load_tokenizer(out).vocab_size == 90
+
+
+def test_char_cli(tmp_path):
+    plain = tmp_path / "sentences.txt"
+    plain.write_text("AB BA\nCAB\n")
+    out = tmp_path / "lang_char"
+    assert main(["bpe", "--kind", "char", "--transcripts", str(plain), "--output-dir", str(out)]) == 0
+    tok = load_tokenizer(out)
+    assert isinstance(tok, CharTokenizer) and tok.vocab_size == 7  # 4 specials + A B C
+    assert main(["bpe", "--transcripts", str(tmp_path / "nope.txt"), "--output-dir", str(out)]) == 2

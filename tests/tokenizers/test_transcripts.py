@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import pytest
+
+from asr.tokenizers.transcripts import read_transcripts, transcript_kind
+
+
+def test_formats(tmp_path):
+    tree = tmp_path / "LibriSpeech" / "train" / "19" / "198"
+    tree.mkdir(parents=True)
+    (tree / "19-198.trans.txt").write_text("19-198-0000 HELLO  WORLD\n19-198-0001 GOOD BYE\n")
+    other = tmp_path / "LibriSpeech" / "train" / "20" / "1"
+    other.mkdir(parents=True)
+    (other / "20-1.trans.txt").write_text("20-1-0000 ZED\n20-1-0001\n")
+    plain = tmp_path / "sentences.txt"
+    plain.write_text("ONE SENTENCE\n\n  TWO  \n")
+    kaldi = tmp_path / "text"
+    kaldi.write_text("u1 KALDI TEXT\n")
+    assert [transcript_kind(p) for p in (tmp_path / "LibriSpeech", plain, kaldi)] == [
+        "dir", "plain", "kaldi",
+    ]
+    assert read_transcripts([tmp_path / "LibriSpeech", plain, kaldi]) == [
+        "HELLO WORLD", "GOOD BYE", "ZED", "ONE SENTENCE", "TWO", "KALDI TEXT",
+    ]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_transcripts([tmp_path / "missing.txt"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no \\*.trans.txt"):
+        read_transcripts([tmp_path / "empty"])
+
+
+def test_lhotse_manifests(tmp_path):
+    from lhotse import CutSet, SupervisionSegment, SupervisionSet
+    from lhotse.testing.dummies import dummy_cut
+
+    sups = SupervisionSet.from_segments([
+        SupervisionSegment(id="s1", recording_id="r1", start=0, duration=1, text="FIRST ONE"),
+        SupervisionSegment(id="s2", recording_id="r1", start=1, duration=1, text="SECOND"),
+    ])
+    sups.to_file(tmp_path / "supervisions.jsonl.gz")
+    cut = dummy_cut(0, supervisions=[
+        SupervisionSegment(id="s3", recording_id="dummy-recording-0000", start=0, duration=1,
+                           text="FROM  A CUT"),
+    ])
+    CutSet.from_cuts([cut]).to_file(tmp_path / "cuts.jsonl.gz")
+    assert transcript_kind(tmp_path / "cuts.jsonl.gz") == "lhotse"
+    assert read_transcripts([tmp_path / "supervisions.jsonl.gz", tmp_path / "cuts.jsonl.gz"]) == [
+        "FIRST ONE", "SECOND", "FROM A CUT",
+    ]

@@ -1,0 +1,190 @@
+"""Benchmark: torchaudio full RNN-T vs our pruned RNN-T vs our TDT (forward + backward).
+
+Each timing includes the joiner: the full and TDT losses need the joiner on the whole
+(B, T, U + 1) lattice; the pruned loss runs the simple-loss projections (J -> V for encoder and
+predictor), the mutual-information recursion twice, and the joiner only on the (B, T, R) band.
+Inputs are the (B, T, J) encoder and (B, U + 1, J) predictor outputs (with gradients).
+
+Peak memory method: each case runs in its own fresh subprocess; ``ru_maxrss`` (resident-set
+high-water mark) is read after the inputs are built and again after the FIRST forward+backward;
+the difference is the peak extra host memory of that step (tracemalloc cannot see torch's
+allocations). On CUDA the subprocess uses ``torch.cuda.max_memory_allocated`` instead.
+Time: median of ``--repeats`` further runs.
+
+Usage:
+    python tools/bench/rnnt_loss.py                 # the table, B=8 T=200 U=50 V in {500, 2000}
+    python tools/bench/rnnt_loss.py --vocab 500 --repeats 5 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+METHODS = ("full", "pruned", "tdt")
+
+
+def _build(method: str, args: argparse.Namespace, vocab: int):
+    import torch
+
+    from asr.heads.joiner import Joiner
+    from asr.losses.pruned_rnnt import (
+        do_rnnt_pruning,
+        get_pruning_ranges,
+        rnnt_loss_pruned,
+        rnnt_loss_simple,
+    )
+    from asr.losses.rnnt import rnnt_loss
+    from asr.losses.tdt import tdt_loss
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    batch, frames, num_tokens, dim = args.batch, args.frames, args.tokens, args.joiner_dim
+    durations = (0, 1, 2, 3, 4)
+    joiner = Joiner(dim, dim, dim, vocab, len(durations) if method == "tdt" else 0).to(device)
+    am_proj = torch.nn.Linear(dim, vocab).to(device)
+    lm_proj = torch.nn.Linear(dim, vocab).to(device)
+    enc = torch.randn(batch, frames, dim, device=device, requires_grad=True)
+    pred = torch.randn(batch, num_tokens + 1, dim, device=device, requires_grad=True)
+    tokens = torch.randint(1, vocab, (batch, num_tokens), device=device)
+    frame_lens = torch.full((batch,), frames, device=device)
+    token_lens = torch.full((batch,), num_tokens, device=device)
+
+    def step() -> float:
+        if method == "full":
+            loss = rnnt_loss(joiner(enc, pred), tokens, frame_lens, token_lens)
+        elif method == "tdt":
+            loss = tdt_loss(joiner(enc, pred), tokens, frame_lens, token_lens, durations)
+        else:
+            simple, (px_grad, py_grad) = rnnt_loss_simple(
+                am_proj(enc),
+                lm_proj(pred),
+                tokens,
+                frame_lens,
+                token_lens,
+                0.25,
+                return_grad=True,
+            )
+            ranges = get_pruning_ranges(px_grad, py_grad, frame_lens, token_lens, args.prune_range)
+            band = do_rnnt_pruning(
+                joiner.project_encoder(enc), joiner.project_predictor(pred), ranges
+            )
+            pruned = rnnt_loss_pruned(joiner.join(*band), tokens, ranges, frame_lens, token_lens)
+            loss = 0.5 * simple + pruned
+        loss.backward()
+        enc.grad = pred.grad = None
+        joiner.zero_grad(set_to_none=True)
+        am_proj.zero_grad(set_to_none=True)
+        lm_proj.zero_grad(set_to_none=True)
+        return float(loss)
+
+    return step
+
+
+def run_case(method: str, vocab: int, args: argparse.Namespace) -> dict:
+    """Runs one case in THIS process (called in a fresh subprocess)."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    step = _build(method, args, vocab)
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    loss = step()
+    if cuda:
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return {
+        "method": method,
+        "vocab": vocab,
+        "loss": loss,
+        "seconds": statistics.median(times),
+        "peak_mb": peak / 2**20,
+    }
+
+
+def _parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--frames", type=int, default=200)
+    parser.add_argument("--tokens", type=int, default=50)
+    parser.add_argument("--vocab", type=int, nargs="+", default=[500, 2000])
+    parser.add_argument("--joiner-dim", type=int, default=256)
+    parser.add_argument("--prune-range", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--one-case", nargs=2, metavar=("METHOD", "VOCAB"), help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    if args.one_case:
+        print(json.dumps(run_case(args.one_case[0], int(args.one_case[1]), args)))
+        return 0
+    root = Path(__file__).resolve().parents[2]
+    passthrough = [
+        f"--batch={args.batch}",
+        f"--frames={args.frames}",
+        f"--tokens={args.tokens}",
+        f"--joiner-dim={args.joiner_dim}",
+        f"--prune-range={args.prune_range}",
+        f"--repeats={args.repeats}",
+        f"--threads={args.threads}",
+        f"--device={args.device}",
+    ]
+    print(
+        f"B={args.batch} T={args.frames} U={args.tokens} J={args.joiner_dim} "
+        f"R={args.prune_range} device={args.device} threads={args.threads}; "
+        "time = median fwd+bwd incl. joiner; peak = maxrss delta of the first step (CPU)"
+    )
+    header = (
+        f"{'V':>5} {'method':>7} {'time s':>8} {'peak MB':>9} {'x faster':>9} {'x less mem':>10}"
+    )
+    print(header)
+    for vocab in args.vocab:
+        rows = []
+        for method in args.methods:
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--one-case", method, str(vocab)]
+            proc = subprocess.run(
+                cmd + passthrough, capture_output=True, text=True, cwd=root, check=False
+            )
+            if proc.returncode != 0:
+                print(f"{vocab:>5} {method:>7} FAILED: {proc.stderr.strip().splitlines()[-1:]}")
+                continue
+            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        ref = next((r for r in rows if r["method"] == "full"), None)
+        for row in rows:
+            speed = ref["seconds"] / row["seconds"] if ref else float("nan")
+            mem = ref["peak_mb"] / max(row["peak_mb"], 1e-9) if ref else float("nan")
+            print(
+                f"{vocab:>5} {row['method']:>7} {row['seconds']:>8.3f} {row['peak_mb']:>9.1f} "
+                f"{speed:>9.2f} {mem:>10.2f}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    raise SystemExit(main())
