@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from asr.heads.aed import AEDConfig, AEDHead
 from asr.heads.cif import CIFConfig, CIFHead
 from asr.heads.ctc import CTCConfig, CTCHead
+from asr.heads.transducer import TransducerConfig, TransducerHead
 from asr.types import Batch, LossOutput
 
 __all__ = ["ASRModel", "HEAD_BUILDERS", "Head", "HeadsConfig", "ModelOutput", "build_heads"]
@@ -43,16 +44,17 @@ class HeadsConfig:
     """Which heads sit on the encoder, and their loss weights.
 
     Attributes:
+        transducer: transducer (RNN-T / pruned RNN-T / TDT) section, or null for none.
         ctc: CTC head section, or null for none.
         aed: attention decoder section, or null for none.
         cif: CIF / Paraformer section, or null for none.
         loss_weights: head name -> weight; a configured head missing here weighs 1.0.
     """
 
+    transducer: TransducerConfig | None = None
     ctc: CTCConfig | None = None
     aed: AEDConfig | None = None
     cif: CIFConfig | None = None
-    # transducer: TransducerConfig | None = None   <- added with the transducer head
     loss_weights: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -76,10 +78,10 @@ class HeadsConfig:
 
 #: head name -> constructor ``(config, enc_dim, vocab_size) -> nn.Module``.
 HEAD_BUILDERS: dict[str, Callable[[Any, int, int], nn.Module]] = {
+    "transducer": TransducerHead,
     "ctc": CTCHead,
     "aed": AEDHead,
     "cif": CIFHead,
-    # "transducer": TransducerHead,
 }
 
 
@@ -163,6 +165,14 @@ class ASRModel(nn.Module):
         self.encoder = encoder
         self.heads = nn.ModuleDict(dict(heads))
         self.loss_weights = {name: float(loss_weights[name]) for name in heads}
+
+    def set_step(self, step: int) -> None:
+        """Passes the training step to every head with a step-driven schedule (the trainer calls
+        this before each batch; e.g. the pruned transducer loss warm-up)."""
+        for head in self.heads.values():
+            set_step = getattr(head, "set_step", None)
+            if callable(set_step):
+                set_step(step)
 
     def encode(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
         """(B, T, F), (B,) -> enc (B, T', D), enc_lens (B,)."""

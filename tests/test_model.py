@@ -151,3 +151,21 @@ def test_cuda_matches_cpu():
     with torch.autocast("cuda", dtype=torch.bfloat16):
         mixed = model(batch.to("cuda"))
     assert mixed.loss.dtype == torch.float32 and torch.isfinite(mixed.loss)
+
+
+def test_transducer_plus_ctc_from_config_and_warm_up_step_reaches_the_head():
+    data = {
+        "transducer": {"loss": "pruned", "pred_dim": 8, "joiner_dim": 8, "warm_step": 10},
+        "ctc": {},
+        "loss_weights": {"transducer": 1.0, "ctc": 0.2},
+    }
+    model = _model(data)
+    assert list(model.heads) == ["transducer", "ctc"]
+    head = model.heads["transducer"]
+    model.set_step(5)
+    assert head.step == 5 and head.loss_scales() == pytest.approx((0.75, 0.55))
+    batch = _batch()
+    out = model(batch)
+    expected = out.head_outputs["transducer"].loss + 0.2 * out.head_outputs["ctc"].loss
+    torch.testing.assert_close(out.loss, expected)
+    assert "transducer/simple_loss" in out.metrics()
