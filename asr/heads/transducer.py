@@ -71,7 +71,8 @@ class TransducerConfig:
         durations: TDT durations (token durations may include 0; blank never takes 0).
         sigma: TDT logit under-normalisation (0 = off).
         clamp: torchaudio gradient clamp for the full loss (-1 = off).
-        backend: mutual-information backend ``auto`` | ``torch`` | ``triton``.
+        backend: mutual-information backend ``auto`` | ``torch`` | ``triton`` | ``k2``
+            (k2 only where it is importable).
         blank_id: blank index.
     """
 
@@ -92,7 +93,7 @@ class TransducerConfig:
     durations: tuple[int, ...] = (0, 1, 2, 3, 4)
     sigma: float = 0.0
     clamp: float = -1.0
-    backend: Literal["auto", "torch", "triton"] = "auto"
+    backend: Literal["auto", "torch", "triton", "k2"] = "auto"
     blank_id: int = 0
 
     def __post_init__(self) -> None:

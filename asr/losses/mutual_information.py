@@ -26,7 +26,9 @@ diagonal, so the Python loop has ``S + T`` steps, not ``S * T``.
 
 Backends: ``"torch"`` (this file), ``"triton"`` (:mod:`asr.losses.mutual_information_triton`, one
 program per utterance looping over diagonals), ``"auto"`` (Triton on CUDA tensors, torch
-otherwise). ``"k2"`` is not provided: k2 cannot be installed with this torch (DESIGN.md 9).
+otherwise), and ``"k2"``: ``k2.mutual_information_recursion`` with a ``[0, 0, S_b, T_b]``
+boundary, used only when asked for and only if ``import k2`` works (k2 has no wheel for this
+torch, DESIGN.md 9, so it is never a dependency and ``"auto"`` never picks it).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Backend = Literal["auto", "torch", "triton"]
+Backend = Literal["auto", "torch", "triton", "k2"]
 
 
 def _check_shapes(px: Tensor, py: Tensor) -> tuple[int, int, int]:
@@ -175,11 +177,29 @@ def _resolve_backend(backend: str, px: Tensor) -> str:
     if backend in ("torch", "triton"):
         return backend
     if backend == "k2":
-        raise ValueError(
-            "backend='k2' is not available: k2 cannot be installed with this torch "
-            "(see DESIGN.md section 9); use 'auto', 'torch' or 'triton'"
-        )
-    raise ValueError(f"unknown mutual-information backend {backend!r}; expected auto|torch|triton")
+        _import_k2()
+        return backend
+    raise ValueError(
+        f"unknown mutual-information backend {backend!r}; expected auto|torch|triton|k2"
+    )
+
+
+def _import_k2():
+    """Imports k2 lazily; raises ImportError saying what to use instead."""
+    try:
+        import k2
+    except ImportError as err:
+        raise ImportError(
+            "backend='k2' needs the k2 package, which is not importable here (k2 has no wheel "
+            "for this Python/torch, DESIGN.md section 9); use backend 'auto', 'torch' or 'triton'"
+        ) from err
+    return k2
+
+
+def _k2_boundary(symbol_lens: Tensor, frame_lens: Tensor) -> Tensor:
+    """(B, 4) int64 ``[s_begin, t_begin, s_end, t_end]`` as k2 expects."""
+    zeros = torch.zeros_like(symbol_lens)
+    return torch.stack([zeros, zeros, symbol_lens, frame_lens], dim=1)
 
 
 def _alpha_beta(
@@ -242,7 +262,7 @@ def mutual_information_recursion(
         py: (B, S + 1, T) blank-arc log-probs (``py[b, s, t]``: leave frame ``t`` after ``s``
             symbols).
         symbol_lens: (B,) S_b, default S. frame_lens: (B,) T_b, default T.
-        backend: ``"auto" | "torch" | "triton"`` (``"k2"`` raises: not installable here).
+        backend: ``"auto" | "torch" | "triton" | "k2"`` (``"k2"`` only where k2 imports).
 
     Returns:
         (B,) ``p[b, S_b, T_b]`` (``-inf`` where no path exists; its gradient is then 0).
@@ -250,6 +270,9 @@ def mutual_information_recursion(
     _check_shapes(px, py)
     symbol_lens, frame_lens = _default_lens(px, symbol_lens, frame_lens)
     resolved = _resolve_backend(backend, px)
+    if resolved == "k2":
+        k2 = _import_k2()
+        return k2.mutual_information_recursion(px, py, _k2_boundary(symbol_lens, frame_lens))
     return _MutualInformation.apply(px, py, symbol_lens, frame_lens, resolved)
 
 
@@ -270,6 +293,13 @@ def mutual_information_occupation(
     symbol_lens, frame_lens = _default_lens(px, symbol_lens, frame_lens)
     resolved = _resolve_backend(backend, px)
     px, py = px.contiguous(), py.contiguous()
+    if resolved == "k2":
+        k2 = _import_k2()
+        boundary = _k2_boundary(symbol_lens, frame_lens)
+        total, (px_grad, py_grad) = k2.mutual_information_recursion(
+            px, py, boundary, return_grad=True
+        )
+        return total, px_grad, py_grad
     alpha, beta, total = _alpha_beta(px, py, symbol_lens, frame_lens, resolved)
     px_grad, py_grad = occupation_from_alpha_beta(px, py, alpha, beta, total)
     return total, px_grad, py_grad

@@ -1,5 +1,8 @@
 """Mutual-information recursion (torch backend): exact values, occupations, gradcheck, padding."""
 
+import sys
+import types
+
 import pytest
 import torch
 
@@ -119,7 +122,42 @@ def test_bad_shapes_and_backend_are_reported():
     px, py = random_lattice()
     with pytest.raises(ValueError, match="py has shape"):
         mutual_information_recursion(px, py[:, :-1])
-    with pytest.raises(ValueError, match="k2"):
-        mutual_information_recursion(px, py, backend="k2")
+    with pytest.raises(ValueError, match="auto|torch|triton|k2"):
+        mutual_information_recursion(px, py, backend="cuda")
     with pytest.raises(ValueError, match="exceed"):
         mutual_information_recursion(px, py, symbol_lens=torch.tensor([9, 1, 1]))
+
+
+def test_k2_backend_without_k2_names_the_alternatives(monkeypatch):
+    monkeypatch.setitem(sys.modules, "k2", None)  # makes `import k2` raise ImportError
+    px, py = random_lattice()
+    with pytest.raises(ImportError, match="needs the k2 package.*'torch'"):
+        mutual_information_recursion(px, py, backend="k2")
+    assert mutual_information_recursion(px, py, backend="auto").shape == (3,)
+
+
+def test_k2_backend_passes_ragged_boundaries(monkeypatch):
+    """A stand-in k2 that reads only ``boundary`` for the lengths must reproduce the torch
+    backend on a ragged batch: proves the [0, 0, S_b, T_b] boundary and both call forms."""
+    calls = []
+
+    def fake_recursion(px, py, boundary, return_grad=False):
+        calls.append(boundary.clone())
+        assert boundary.dtype == torch.int64 and boundary[:, :2].eq(0).all()
+        lens = boundary[:, 2], boundary[:, 3]
+        if return_grad:
+            total, px_grad, py_grad = mutual_information_occupation(px, py, *lens, "torch")
+            return total, (px_grad, py_grad)
+        return mutual_information_recursion(px, py, *lens, backend="torch")
+
+    monkeypatch.setitem(sys.modules, "k2", types.SimpleNamespace(
+        mutual_information_recursion=fake_recursion))
+    px, py = random_lattice()
+    symbol_lens, frame_lens = torch.tensor([4, 2, 0]), torch.tensor([6, 3, 5])
+    expected = mutual_information_recursion(px, py, symbol_lens, frame_lens, "torch")
+    got = mutual_information_recursion(px, py, symbol_lens, frame_lens, "k2")
+    torch.testing.assert_close(got, expected)
+    occupations = mutual_information_occupation(px, py, symbol_lens, frame_lens, "k2")
+    for a, b in zip(occupations, mutual_information_occupation(px, py, symbol_lens, frame_lens)):
+        torch.testing.assert_close(a, b)
+    assert [c.tolist() for c in calls] == [[[0, 0, 4, 6], [0, 0, 2, 3], [0, 0, 0, 5]]] * 2

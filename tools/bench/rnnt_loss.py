@@ -5,10 +5,13 @@ Each timing includes the joiner: the full and TDT losses need the joiner on the 
 predictor), the mutual-information recursion twice, and the joiner only on the (B, T, R) band.
 Inputs are the (B, T, J) encoder and (B, U + 1, J) predictor outputs (with gradients).
 
-Peak memory method: each case runs in its own fresh subprocess; ``ru_maxrss`` (resident-set
-high-water mark) is read after the inputs are built and again after the FIRST forward+backward;
-the difference is the peak extra host memory of that step (tracemalloc cannot see torch's
-allocations). On CUDA the subprocess uses ``torch.cuda.max_memory_allocated`` instead.
+Peak memory method: each case runs in its own fresh subprocess. The compared number is the
+high-water mark of torch's own allocator during one forward+backward above what was allocated
+before it: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the same quantity read from the
+profiler's memory events (``profile_memory=True``: every allocation and free with the running
+"Total Allocated"), after one warm-up step. A second column gives the growth of the process'
+resident-set high-water mark (``ru_maxrss``) over the first step, which also counts one-time
+library buffers and allocator slack, so it is only a rough upper bound.
 Time: median of ``--repeats`` further runs.
 
 Usage:
@@ -82,7 +85,7 @@ def _build(method: str, args: argparse.Namespace, vocab: int):
         joiner.zero_grad(set_to_none=True)
         am_proj.zero_grad(set_to_none=True)
         lm_proj.zero_grad(set_to_none=True)
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
@@ -98,14 +101,14 @@ def run_case(method: str, vocab: int, args: argparse.Namespace) -> dict:
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-    else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss_base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     loss = step()
+    rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_base
     if cuda:
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        peak = _cpu_allocator_peak(step)
     times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
@@ -119,7 +122,30 @@ def run_case(method: str, vocab: int, args: argparse.Namespace) -> dict:
         "loss": loss,
         "seconds": statistics.median(times),
         "peak_mb": peak / 2**20,
+        "rss_mb": rss_peak / 2**20,
     }
+
+
+def _cpu_allocator_peak(step) -> float:
+    """Bytes: max of torch's CPU "Total Allocated" during ``step()`` minus its value before."""
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text())["traceEvents"]
+    memory = sorted(
+        (e for e in events if e.get("name") == "[memory]"), key=lambda e: float(e["ts"])
+    )
+    if not memory:
+        return 0.0
+    first = memory[0]["args"]
+    before = first["Total Allocated"] - first["Bytes"]
+    return float(max(e["args"]["Total Allocated"] for e in memory) - before)
 
 
 def _parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -157,10 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"B={args.batch} T={args.frames} U={args.tokens} J={args.joiner_dim} "
         f"R={args.prune_range} device={args.device} threads={args.threads}; "
-        "time = median fwd+bwd incl. joiner; peak = maxrss delta of the first step (CPU)"
+        "time = median fwd+bwd incl. joiner; peak = torch allocator high-water mark of one step "
+        "(see module docstring); rss = maxrss growth over the first step"
     )
     header = (
-        f"{'V':>5} {'method':>7} {'time s':>8} {'peak MB':>9} {'x faster':>9} {'x less mem':>10}"
+        f"{'V':>5} {'method':>7} {'time s':>8} {'peak MB':>9} {'rss MB':>8} {'x faster':>9} "
+        f"{'x less mem':>10}"
     )
     print(header)
     for vocab in args.vocab:
@@ -180,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             mem = ref["peak_mb"] / max(row["peak_mb"], 1e-9) if ref else float("nan")
             print(
                 f"{vocab:>5} {row['method']:>7} {row['seconds']:>8.3f} {row['peak_mb']:>9.1f} "
-                f"{speed:>9.2f} {mem:>10.2f}"
+                f"{row['rss_mb']:>8.1f} {speed:>9.2f} {mem:>10.2f}"
             )
     return 0
 
