@@ -37,7 +37,7 @@ from asr.losses.label_smoothing import label_smoothing_loss
 from asr.streaming.state import state_field
 from asr.types import LossOutput
 
-__all__ = ["AEDCache", "AEDConfig", "AEDHead", "AttentionDecoder"]
+__all__ = ["AEDCache", "AEDConfig", "AEDHead", "AEDMemory", "AttentionDecoder"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,21 @@ class AEDCache:
         return AEDCache(self.keys.index_select(1, indices), self.values.index_select(1, indices))
 
 
+@dataclass(frozen=True)
+class AEDMemory:
+    """Cross-attention keys and values of the encoder output for every decoder layer, computed
+    once per search by :meth:`AEDHead.precompute_memory` instead of on every :meth:`AEDHead.step`
+    (a State, batch dimension 1, like :class:`AEDCache`).
+
+    Attributes:
+        keys: (Y, N, H, T, K).
+        values: (Y, N, H, T, K).
+    """
+
+    keys: Tensor = state_field(batch_dim=1)
+    values: Tensor = state_field(batch_dim=1)
+
+
 class AttentionDecoder(nn.Module):
     """Token embedding + positions + causal pre-norm decoder layers + output projection.
 
@@ -163,15 +178,29 @@ class AttentionDecoder(nn.Module):
             x, _, _ = layer(x, memory, memory_mask, self_mask=mask)
         return self.output(self.final_norm(x))
 
+    def project_memory(self, memory: Tensor) -> AEDMemory:
+        """(N, T, D) projected encoder output -> every layer's cross-attention keys/values."""
+        pairs = [layer.cross_attn.project_key_value(memory) for layer in self.layers]
+        return AEDMemory(torch.stack([k for k, _ in pairs]), torch.stack([v for _, v in pairs]))
+
     def step(
-        self, tokens: Tensor, cache: AEDCache, memory: Tensor, memory_mask: Tensor
+        self,
+        tokens: Tensor,
+        cache: AEDCache,
+        memory: Tensor,
+        memory_mask: Tensor,
+        memory_kv: AEDMemory | None = None,
     ) -> tuple[Tensor, AEDCache]:
-        """Feeds one token per hypothesis: (N,) -> logits (N, V) and the extended cache."""
+        """Feeds one token per hypothesis: (N,) -> logits (N, V) and the extended cache
+        (``memory_kv``: precomputed cross-attention keys/values; ``memory`` is then unused)."""
         x = self._embed(tokens.unsqueeze(1), cache.num_positions)
         keys, values = [], []
         for index, layer in enumerate(self.layers):
             past = (cache.keys[index], cache.values[index])
-            x, layer_keys, layer_values = layer(x, memory, memory_mask, past_key_value=past)
+            cross = None if memory_kv is None else (memory_kv.keys[index], memory_kv.values[index])
+            x, layer_keys, layer_values = layer(
+                x, memory, memory_mask, past_key_value=past, memory_key_value=cross
+            )
             keys.append(layer_keys)
             values.append(layer_values)
         logits = self.output(self.final_norm(x)).squeeze(1)
@@ -286,8 +315,18 @@ class AEDHead(nn.Module):
         empty = torch.zeros(shape, device=device, dtype=dtype)
         return AEDCache(empty, empty.clone())
 
+    def precompute_memory(self, enc: Tensor) -> AEDMemory:
+        """Cross-attention keys/values of ``enc`` (N, T, enc_dim) for :meth:`step`: a search
+        computes them once instead of at every step (they depend on the encoder output only)."""
+        return self.decoder.project_memory(self.memory_proj(enc))
+
     def step(
-        self, prev_tokens_last: Tensor, cache: AEDCache, enc: Tensor, enc_mask: Tensor
+        self,
+        prev_tokens_last: Tensor,
+        cache: AEDCache,
+        enc: Tensor,
+        enc_mask: Tensor,
+        memory: AEDMemory | None = None,
     ) -> tuple[Tensor, AEDCache]:
         """One incremental left-to-right decoding step.
 
@@ -296,12 +335,15 @@ class AEDHead(nn.Module):
             cache: keys/values of the earlier tokens of each hypothesis.
             enc: (N, T, enc_dim) encoder output, one row per hypothesis.
             enc_mask: (N, T) bool, True at valid frames.
+            memory: :meth:`precompute_memory` of ``enc`` (rows as in ``enc``), or None to
+                project ``enc`` in this step.
 
         Returns:
             log_probs: (N, V) float32 next-token log-probabilities; cache: extended by one.
         """
+        memory_input = enc if memory is not None else self.memory_proj(enc)
         logits, cache = self.decoder.step(
-            prev_tokens_last.long(), cache, self.memory_proj(enc), enc_mask
+            prev_tokens_last.long(), cache, memory_input, enc_mask, memory
         )
         return torch.log_softmax(logits.float(), dim=-1), cache
 

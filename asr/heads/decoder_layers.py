@@ -148,6 +148,7 @@ class DecoderLayer(nn.Module):
         memory_mask: Tensor,
         self_mask: Tensor | None = None,
         past_key_value: tuple[Tensor, Tensor] | None = None,
+        memory_key_value: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Runs the layer on ``x``, optionally continuing cached self-attention keys/values.
 
@@ -158,6 +159,8 @@ class DecoderLayer(nn.Module):
             self_mask: bool broadcastable to (B, L, P + L) over the P cached and L new
                 positions; None = attend to all.
             past_key_value: keys, values (B, H, P, K) of earlier positions, or None.
+            memory_key_value: cross-attention keys, values (B, H, S, K) already projected
+                from ``memory`` (searches compute them once), or None to project ``memory``.
 
         Returns:
             x: (B, L, D) outputs; keys, values: (B, H, P + L, K) for the cache.
@@ -169,7 +172,9 @@ class DecoderLayer(nn.Module):
             values = torch.cat([past_key_value[1], values], dim=2)
         x = x + self.dropout(self.self_attn.attend(normed, keys, values, self_mask))
         normed = self.cross_norm(x)
-        mem_keys, mem_values = self.cross_attn.project_key_value(memory)
+        if memory_key_value is None:
+            memory_key_value = self.cross_attn.project_key_value(memory)
+        mem_keys, mem_values = memory_key_value
         x = x + self.dropout(
             self.cross_attn.attend(normed, mem_keys, mem_values, memory_mask.unsqueeze(1))
         )

@@ -99,6 +99,22 @@ class StatelessPredictor(nn.Module):
         new_state = StatelessState(context=history[:, history.shape[1] - keep :])
         return torch.relu(emb), new_state
 
+    def step(self, tokens: Tensor, state: StatelessState) -> tuple[Tensor, StatelessState]:
+        """One token per row, for searches: tokens (N,) -> pred (N, P), state.
+
+        Equals ``forward(tokens[:, None], state)`` (up to float rounding) but computes the
+        single convolution output as a weighted sum of the ``context_size`` embeddings: a
+        depthwise Conv1d call costs ~100 us on CPU, which dominated a greedy search step.
+        """
+        history = torch.cat([state.context.to(tokens.device), tokens.long()[:, None]], dim=1)
+        emb = self.embedding(history)  # (N, context_size, P)
+        if self.conv is None:
+            pred = emb[:, 0]
+        else:  # Conv1d is a cross-correlation: out = sum_k weight[:, 0, k] * emb[k]
+            pred = (emb * self.conv.weight[:, 0, :].t()).sum(dim=1)
+        keep = self.context_size - 1
+        return torch.relu(pred), StatelessState(context=history[:, history.shape[1] - keep :])
+
 
 class LstmPredictor(nn.Module):
     """Embedding + LSTM + output projection.
@@ -141,3 +157,8 @@ class LstmPredictor(nn.Module):
         emb = self.dropout(self.embedding(tokens.to(torch.int64)))
         out, (hidden, cell) = self.lstm(emb, (state.hidden, state.cell))
         return self.output(out), LstmState(hidden=hidden, cell=cell)
+
+    def step(self, tokens: Tensor, state: LstmState) -> tuple[Tensor, LstmState]:
+        """One token per row, for searches: tokens (N,) -> pred (N, P), state."""
+        pred, state = self.forward(tokens[:, None], state)
+        return pred[:, 0], state

@@ -1,0 +1,199 @@
+"""Searcher protocols and the small pieces shared by the searchers.
+
+* :class:`Searcher`: ``enc (B, T, D), enc_lens (B,) -> list[list[Hypothesis]]`` (n-best, best
+  first). Token ids exclude blank; ``Hypothesis.timestamps`` holds the encoder frame of each
+  token for CTC/transducer/TDT searchers; ``text`` is left empty (the caller owns the tokenizer).
+* :class:`StreamingSearcher`: ``init_state / step / partial / finalize`` over a frozen state
+  dataclass whose tensors declare their batch dimension, so the generic
+  :func:`asr.streaming.state.stack_states` / ``unstack_states`` / ``select_states`` batch
+  streams that are at different positions.
+* :class:`TokenBuffer`: the emitted tokens, their absolute frames and the score of each stream,
+  held as fixed-capacity tensors inside a streaming state (a stream's hypothesis must live in
+  its state to be stacked with others).
+* :func:`where_state`: per-row choice between two states of the same type (batched updates of
+  predictor states for the rows that emitted a token).
+
+Shape legend: B batch (streams), T frames, D encoder dims, C token capacity.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from asr.streaming.state import BATCH_DIM_KEY, state_field
+from asr.types import Hypothesis
+
+__all__ = [
+    "Searcher",
+    "StreamingSearcher",
+    "TokenBuffer",
+    "check_encoder_output",
+    "log_add",
+    "where_state",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Searcher(Protocol):
+    """Offline search over a whole encoder output."""
+
+    def __call__(self, enc: Tensor, enc_lens: Tensor) -> list[list[Hypothesis]]:
+        """enc (B, T, D), enc_lens (B,) -> per utterance an n-best list, best first."""
+        ...
+
+
+@runtime_checkable
+class StreamingSearcher(Protocol):
+    """Chunk-by-chunk search; ``state`` is a frozen dataclass (see :mod:`asr.streaming.state`)."""
+
+    def init_state(self, batch_size: int, device: torch.device) -> Any:
+        """State of ``batch_size`` new streams."""
+        ...
+
+    def step(self, enc: Tensor, enc_lens: Tensor, state: Any) -> Any:
+        """Consumes encoder frames (B, T, D); frames beyond ``enc_lens`` (B,) are ignored."""
+        ...
+
+    def partial(self, state: Any) -> list[Hypothesis]:
+        """Current best hypothesis per stream."""
+        ...
+
+    def finalize(self, state: Any) -> list[Hypothesis]:
+        """Final hypothesis per stream (no more frames will come)."""
+        ...
+
+
+def check_encoder_output(enc: Tensor, enc_lens: Tensor) -> None:
+    """Raises ValueError unless enc is (B, T, D) and enc_lens (B,) within [0, T]."""
+    if enc.dim() != 3:
+        raise ValueError(f"enc must be (B, T, D), got shape {tuple(enc.shape)}")
+    if enc_lens.shape != (enc.shape[0],):
+        raise ValueError(
+            f"enc_lens must be ({enc.shape[0]},) for enc {tuple(enc.shape)}, "
+            f"got shape {tuple(enc_lens.shape)}"
+        )
+    if enc_lens.numel() and (int(enc_lens.min()) < 0 or int(enc_lens.max()) > enc.shape[1]):
+        raise ValueError(f"enc_lens {enc_lens.tolist()} must lie in [0, T={enc.shape[1]}]")
+
+
+def log_add(a: float, b: float) -> float:
+    """``log(exp(a) + exp(b))`` for Python floats (-inf allowed)."""
+    top = max(a, b)
+    if top == -math.inf:
+        return top
+    return top + math.log(math.exp(a - top) + math.exp(b - top))
+
+
+def where_state(mask: Tensor, new: Any, old: Any) -> Any:
+    """Row-wise ``new if mask else old`` for two states of the same dataclass type.
+
+    Args:
+        mask: (B,) bool over the batch dimension each tensor field declares.
+        new, old: states with the same shapes.
+    """
+    values = {}
+    for f in dataclasses.fields(old):
+        a, b = getattr(new, f.name), getattr(old, f.name)
+        if isinstance(b, Tensor):
+            dim = int(f.metadata[BATCH_DIM_KEY])
+            shape = [1] * b.dim()
+            shape[dim] = -1
+            values[f.name] = torch.where(mask.view(shape), a, b)
+        elif dataclasses.is_dataclass(b):
+            values[f.name] = where_state(mask, a, b)
+        elif isinstance(b, tuple) and b and dataclasses.is_dataclass(b[0]):
+            values[f.name] = tuple(where_state(mask, x, y) for x, y in zip(a, b))
+        else:
+            values[f.name] = b
+    return type(old)(**values)
+
+
+@dataclass(frozen=True)
+class TokenBuffer:
+    """Emitted tokens of B streams in fixed-capacity tensors (a State, batch dimension 0).
+
+    Attributes:
+        tokens: (B, C) int32 token ids, valid up to ``num_tokens``.
+        frames: (B, C) int32 absolute encoder frame of each token.
+        num_tokens: (B,) int64 tokens stored.
+        score: (B,) float32 accumulated log-probability.
+        dropped: (B,) int64 tokens that did not fit (capacity reached).
+    """
+
+    tokens: Tensor = state_field(batch_dim=0)
+    frames: Tensor = state_field(batch_dim=0)
+    num_tokens: Tensor = state_field(batch_dim=0)
+    score: Tensor = state_field(batch_dim=0)
+    dropped: Tensor = state_field(batch_dim=0)
+
+    @staticmethod
+    def empty(batch_size: int, capacity: int, device: torch.device | str) -> TokenBuffer:
+        """A buffer for ``batch_size`` streams holding up to ``capacity`` tokens each."""
+        ints = torch.zeros(batch_size, capacity, dtype=torch.int32, device=device)
+        counts = torch.zeros(batch_size, dtype=torch.int64, device=device)
+        return TokenBuffer(
+            tokens=ints,
+            frames=ints.clone(),
+            num_tokens=counts,
+            score=torch.zeros(batch_size, dtype=torch.float32, device=device),
+            dropped=counts.clone(),
+        )
+
+    @property
+    def capacity(self) -> int:
+        return self.tokens.shape[1]
+
+    def append(self, tokens: Tensor, frames: Tensor, emit: Tensor) -> TokenBuffer:
+        """Appends (at most) one token per stream where ``emit``: tokens, frames, emit (B,)."""
+        return self.extend(tokens[:, None], frames[:, None], emit[:, None])
+
+    def extend(self, tokens: Tensor, frames: Tensor, emit: Tensor) -> TokenBuffer:
+        """Appends the tokens at the ``emit`` positions of each row, in order.
+
+        Args:
+            tokens, frames: (B, L) candidates; emit: (B, L) bool, which ones to append.
+        """
+        position = self.num_tokens[:, None] + emit.long().cumsum(dim=1) - 1  # (B, L)
+        fits = emit & (position < self.capacity)
+        rows = torch.arange(tokens.shape[0], device=tokens.device)[:, None].expand_as(tokens)
+        new_tokens, new_frames = self.tokens.clone(), self.frames.clone()
+        new_tokens[rows[fits], position[fits]] = tokens[fits].to(new_tokens.dtype)
+        new_frames[rows[fits], position[fits]] = frames[fits].to(new_frames.dtype)
+        stored = fits.sum(dim=1)
+        dropped = (emit & ~fits).sum(dim=1)
+        if bool(dropped.any()):
+            logger.warning(
+                "a streaming search state is full (%d tokens): %d token(s) dropped; raise "
+                "search.max_stream_tokens or reset streams at endpoints",
+                self.capacity,
+                int(dropped.sum()),
+            )
+        return TokenBuffer(
+            new_tokens,
+            new_frames,
+            self.num_tokens + stored,
+            self.score,
+            self.dropped + dropped,
+        )
+
+    def add_score(self, delta: Tensor) -> TokenBuffer:
+        """Adds ``delta`` (B,) to the scores."""
+        return dataclasses.replace(self, score=self.score + delta.to(self.score.dtype))
+
+    def hypotheses(self) -> list[Hypothesis]:
+        """One :class:`Hypothesis` per stream (one host transfer)."""
+        tokens, frames = self.tokens.tolist(), self.frames.tolist()
+        counts, scores = self.num_tokens.tolist(), self.score.tolist()
+        return [
+            Hypothesis(tokens=tuple(t[:n]), score=float(s), timestamps=tuple(f[:n]))
+            for t, f, n, s in zip(tokens, frames, counts, scores)
+        ]

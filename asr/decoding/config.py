@@ -1,0 +1,118 @@
+"""Search options shared by every searcher, and frame -> seconds conversion.
+
+:class:`SearchConfig` is a frozen dataclass loaded strictly by :mod:`asr.config` (so a YAML
+``search:`` section or ``--set search.beam_size=8`` reaches it); each searcher reads the fields
+it uses and ignores the others.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import overload
+
+import torch
+from torch import Tensor
+
+__all__ = ["SearchConfig", "frames_to_seconds"]
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Options of the searchers in :mod:`asr.decoding`.
+
+    Attributes:
+        beam_size: hypotheses kept per utterance by every beam search.
+        nbest: hypotheses returned per utterance (<= ``beam_size``; greedy searchers return 1).
+        max_symbols_per_frame: transducer/TDT greedy and TDT beam guard: after this many tokens
+            on one frame (duration 0 for TDT) the search moves to the next frame.
+        length_penalty: alpha of the GNMT length normalisation used to rank finished AED
+            hypotheses, ``score / ((5 + L) / 6) ** alpha`` with L the length including
+            ``<eos>`` (Wu et al. 2016); 0 ranks by the raw log-probability, 1 is close to a
+            per-token average.
+        ctc_weight: lambda of joint CTC/attention scoring, ``(1 - lambda) * attention +
+            lambda * ctc``, in ``aed_beam`` (CTC prefix scores) and ``attention_rescoring``
+            (first-pass scores).
+        blank_penalty: subtracted from the blank logit before every CTC, transducer and TDT
+            decision (> 0 emits more tokens).
+        ctc_pre_beam: ``aed_beam`` computes CTC prefix scores only for the
+            ``ceil(ctc_pre_beam * beam_size)`` best attention candidates of each hypothesis.
+        lm_path: ARPA token n-gram for ``ctc_prefix_beam`` (words are token ids, see
+            :class:`asr.decoding.lm.NgramLM`); null for none.
+        lm_weight: weight of the LM log-probability in ``ctc_prefix_beam`` (0 = unused).
+        max_stream_tokens: token capacity of a streaming searcher's state per stream; a stream
+            that emits more (without being reset at an endpoint) keeps its first
+            ``max_stream_tokens`` tokens and a warning is logged.
+    """
+
+    beam_size: int = 4
+    nbest: int = 1
+    max_symbols_per_frame: int = 3
+    length_penalty: float = 0.0
+    ctc_weight: float = 0.3
+    blank_penalty: float = 0.0
+    ctc_pre_beam: float = 1.5
+    lm_path: Path | None = None
+    lm_weight: float = 0.0
+    max_stream_tokens: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.beam_size < 1:
+            raise ValueError(f"search.beam_size must be >= 1, got {self.beam_size}")
+        if not 1 <= self.nbest <= self.beam_size:
+            raise ValueError(
+                f"search.nbest must be in [1, beam_size={self.beam_size}], got {self.nbest}"
+            )
+        if self.max_symbols_per_frame < 1:
+            raise ValueError(
+                f"search.max_symbols_per_frame must be >= 1, got {self.max_symbols_per_frame}"
+            )
+        if not 0.0 <= self.ctc_weight <= 1.0:
+            raise ValueError(f"search.ctc_weight must be in [0, 1], got {self.ctc_weight}")
+        if self.ctc_pre_beam < 1.0:
+            raise ValueError(f"search.ctc_pre_beam must be >= 1, got {self.ctc_pre_beam}")
+        for name in ("length_penalty", "blank_penalty", "lm_weight"):
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise ValueError(f"search.{name} must be finite, got {value}")
+        if self.lm_weight < 0:
+            raise ValueError(f"search.lm_weight must be >= 0, got {self.lm_weight}")
+        if self.max_stream_tokens < 1:
+            raise ValueError(f"search.max_stream_tokens must be >= 1, got {self.max_stream_tokens}")
+
+
+@overload
+def frames_to_seconds(frames: int, frame_shift: float = ..., subsampling: int = ...) -> float: ...
+@overload
+def frames_to_seconds(
+    frames: Sequence[int], frame_shift: float = ..., subsampling: int = ...
+) -> list[float]: ...
+@overload
+def frames_to_seconds(
+    frames: Tensor, frame_shift: float = ..., subsampling: int = ...
+) -> Tensor: ...
+
+
+def frames_to_seconds(frames, frame_shift: float = 0.01, subsampling: int = 4):
+    """Encoder frame indices -> start times in seconds (``frame * frame_shift * subsampling``).
+
+    Args:
+        frames: an int, a sequence of ints (e.g. ``Hypothesis.timestamps``) or a tensor.
+        frame_shift: feature frame shift in seconds (10 ms fbank).
+        subsampling: encoder subsampling factor (4: 40 ms per encoder frame).
+
+    Returns:
+        A float, a list of floats or a float tensor, following the input.
+    """
+    if frame_shift <= 0 or subsampling < 1:
+        raise ValueError(
+            f"need frame_shift > 0 and subsampling >= 1, got {frame_shift}, {subsampling}"
+        )
+    step = frame_shift * subsampling
+    if isinstance(frames, Tensor):
+        return frames.to(torch.float64) * step
+    if isinstance(frames, int):
+        return round(frames * step, 6)
+    return [round(int(frame) * step, 6) for frame in frames]

@@ -1,0 +1,178 @@
+"""CTC prefix beam search with optional shallow fusion of a token LM.
+
+Graves 2012, "Supervised Sequence Labelling with Recurrent Neural Networks" (prefix search,
+section 7.5); Hannun et al. 2014, "First-Pass Large Vocabulary Continuous Speech Recognition
+using Bi-Directional Recurrent DNNs" (arXiv:1408.2873, the prefix beam search with an LM).
+
+Each prefix keeps two log-probabilities over the frames read so far: of all alignments that
+produce it and end in blank (``blank``) and end in its last token (``label``). On frame t with
+label log-probs ``x``:
+
+* blank: ``blank'(h) += (blank(h) + label(h)) + x[blank]``;
+* the last token c of h again: ``label'(h) += label(h) + x[c]`` (a repeat merges) and
+  ``label'(h c) += blank(h) + x[c]`` (a new token after a blank);
+* another token c: ``label'(h c) += (blank(h) + label(h)) + x[c]``.
+
+Prefixes are ranked by ``log(P_ctc(h)) + lm_weight * log P_lm(h)`` and the ``beam_size`` best
+are kept; with a beam as large as the number of prefixes the result is the exact CTC
+probability of every labelling (the test compares it with exhaustive enumeration). Per frame
+only the ``beam_size`` most likely labels are expanded. At the end the LM's end-of-sentence
+probability is added. A token's timestamp is the frame at which the most probable alignment
+contributing to the prefix emitted it.
+
+Shape legend: B batch, T frames, D encoder dims, V vocabulary incl. blank.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from asr.decoding.base import check_encoder_output, log_add
+from asr.decoding.config import SearchConfig
+from asr.decoding.ctc_greedy import ctc_log_probs
+from asr.decoding.lm import LanguageModel
+from asr.heads.ctc import CTCHead
+from asr.types import Hypothesis
+
+__all__ = ["CtcPrefixBeamSearch"]
+
+logger = logging.getLogger(__name__)
+
+NEG_INF = -math.inf
+
+
+@dataclass
+class _Prefix:
+    """Accumulators of one prefix on the current frame (mutable while the frame is built)."""
+
+    blank: float = NEG_INF
+    label: float = NEG_INF
+    best: float = NEG_INF  # best single contribution, decides the timestamps
+    frames: tuple[int, ...] = ()
+    lm_state: Hashable = None
+    lm_score: float = 0.0
+    lm_next: Tensor | None = field(default=None, repr=False)
+
+    @property
+    def ctc(self) -> float:
+        return log_add(self.blank, self.label)
+
+
+class CtcPrefixBeamSearch:
+    """CTC prefix beam search (a :class:`~asr.decoding.base.Searcher`).
+
+    Args:
+        head: the model's CTC head.
+        cfg: uses ``beam_size``, ``nbest``, ``blank_penalty`` and ``lm_weight``.
+        lm: optional token LM fused with weight ``cfg.lm_weight``.
+    """
+
+    def __init__(self, head: CTCHead, cfg: SearchConfig, lm: LanguageModel | None = None) -> None:
+        self.head = head
+        self.cfg = cfg
+        self.lm = lm
+        if lm is None and cfg.lm_weight > 0:
+            logger.warning("search.lm_weight=%g but no LM (search.lm_path) is given", cfg.lm_weight)
+        if lm is not None and lm.vocab_size != head.vocab_size:
+            raise ValueError(
+                f"LM vocabulary {lm.vocab_size} differs from the CTC head's {head.vocab_size}"
+            )
+
+    @torch.no_grad()
+    def __call__(self, enc: Tensor, enc_lens: Tensor) -> list[list[Hypothesis]]:
+        """enc (B, T, D), enc_lens (B,) -> per utterance the n-best, best first."""
+        check_encoder_output(enc, enc_lens)
+        log_probs = ctc_log_probs(self.head, enc, self.cfg.blank_penalty).cpu()
+        return [self.search(log_probs[b, :n]) for b, n in enumerate(enc_lens.tolist())]
+
+    def search(self, log_probs: Tensor) -> list[Hypothesis]:
+        """One utterance: (T, V) log-probabilities -> n-best."""
+        beam: dict[tuple[int, ...], _Prefix] = {(): self._root()}
+        top_k = min(self.cfg.beam_size, log_probs.shape[-1])
+        top_values, top_labels = log_probs.topk(top_k, dim=-1)
+        for frame, (values, labels) in enumerate(zip(top_values.tolist(), top_labels.tolist())):
+            beam = self._frame(beam, frame, zip(labels, values))
+        final = [
+            (self._total(prefix, entry, final=True), prefix, entry)
+            for prefix, entry in beam.items()
+        ]
+        final.sort(key=lambda item: item[0], reverse=True)
+        return [
+            Hypothesis(tokens=prefix, score=score, timestamps=entry.frames)
+            for score, prefix, entry in final[: self.cfg.nbest]
+        ]
+
+    def _root(self) -> _Prefix:
+        root = _Prefix(blank=0.0, best=0.0)
+        if self.lm is not None:
+            root.lm_state = self.lm.init_state()
+        return root
+
+    def _frame(self, beam: dict[tuple[int, ...], _Prefix], frame: int, labels) -> dict:
+        """Extends every prefix by the frame's candidate labels; keeps the ``beam_size`` best."""
+        blank_id = self.head.blank_id
+        new: dict[tuple[int, ...], _Prefix] = {}
+        for label, log_prob in labels:
+            for prefix, entry in beam.items():
+                if label == blank_id:
+                    self._add(new, prefix, entry, "blank", entry.ctc + log_prob, entry.frames)
+                    continue
+                if prefix and label == prefix[-1]:
+                    self._add(new, prefix, entry, "label", entry.label + log_prob, entry.frames)
+                    score = entry.blank + log_prob
+                else:
+                    score = entry.ctc + log_prob
+                self._add(
+                    new, prefix + (label,), entry, "label", score, entry.frames + (frame,), label
+                )
+        ranked = sorted(new.items(), key=lambda item: self._total(*item), reverse=True)
+        return dict(ranked[: self.cfg.beam_size])
+
+    def _add(
+        self,
+        new: dict[tuple[int, ...], _Prefix],
+        prefix: tuple[int, ...],
+        parent: _Prefix,
+        kind: str,
+        score: float,
+        frames: tuple[int, ...],
+        label: int | None = None,
+    ) -> None:
+        """Adds one contribution ``score`` to ``new[prefix]`` (created from ``parent``)."""
+        if score == NEG_INF:
+            return
+        entry = new.get(prefix)
+        if entry is None:
+            entry = new[prefix] = _Prefix(lm_state=parent.lm_state, lm_score=parent.lm_score)
+            entry.lm_next = parent.lm_next
+            if label is not None and self.lm is not None:
+                entry.lm_score += float(self._lm_next(parent)[label])
+                entry.lm_state = self.lm.advance(parent.lm_state, label)
+                entry.lm_next = None
+        if kind == "blank":
+            entry.blank = log_add(entry.blank, score)
+        else:
+            entry.label = log_add(entry.label, score)
+        if score > entry.best:
+            entry.best, entry.frames = score, frames
+
+    def _lm_next(self, entry: _Prefix) -> Tensor:
+        if entry.lm_next is None:
+            assert self.lm is not None
+            entry.lm_next = self.lm.score(entry.lm_state)
+        return entry.lm_next
+
+    def _total(self, prefix: tuple[int, ...], entry: _Prefix, final: bool = False) -> float:
+        """Ranking score: CTC log-probability + lm_weight * LM log-probability."""
+        if self.lm is None:
+            return entry.ctc
+        lm_score = entry.lm_score
+        if final:
+            lm_score += self.lm.final_score(entry.lm_state)
+        return entry.ctc + self.cfg.lm_weight * lm_score

@@ -1,0 +1,208 @@
+"""TDT beam search with frame skipping (Xu et al. 2023, "Efficient Sequence Transduction by
+Jointly Predicting Tokens and Durations", arXiv:2304.06795).
+
+A TDT hypothesis sits on its own frame: each decision (a token with duration ``d >= 0``, or
+blank with ``d >= 1``) moves it by ``d`` frames. The search keeps up to ``beam_size`` live
+hypotheses; each iteration expands the live hypotheses on the smallest frame (the others wait),
+scoring every (label, duration) pair with ``log P(label) + log P(duration)``. The best
+``beam_size`` continuations (plus the waiting hypotheses) form the new beam; continuations with
+the same tokens on the same frame are merged by log-add, as in the modified beam search of
+icefall (Kuang et al. 2022, arXiv:2206.13236). A continuation that reaches the last frame is
+finished (a finished token sequence keeps its best score: continuations that jump past the last
+frame by different durations are not complete TDT alignments to be summed); scores only decrease, so a live hypothesis below the ``beam_size``-th finished score
+is dropped, and the search stops when none is live. After ``max_symbols_per_frame`` tokens of
+duration 0 on one frame the next decision moves by at least one frame, as in greedy search.
+
+With ``beam_size = 1`` this is exactly :class:`asr.decoding.transducer_greedy.LabelLoopingGreedy`
+on a TDT head (same joint (label, duration) decision).
+
+Utterances are searched one after another; the joiner and predictor run batched over the
+hypotheses of an utterance.
+
+Shape legend: T frames, D encoder dims, J joiner dims, V vocabulary incl. blank, K durations,
+L live hypotheses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from asr.decoding.base import check_encoder_output, log_add, where_state
+from asr.decoding.config import SearchConfig
+from asr.decoding.transducer_common import TransducerScorer
+from asr.heads.transducer import TransducerHead
+from asr.streaming.state import select_states
+from asr.types import Hypothesis
+
+__all__ = ["TdtBeamSearch"]
+
+
+@dataclass(frozen=True)
+class _Hyp:
+    tokens: tuple[int, ...]
+    frames: tuple[int, ...]
+    score: float
+    frame: int  # next frame to read
+    count: int  # tokens emitted on ``frame`` (duration 0)
+
+
+@dataclass(frozen=True)
+class _Move:
+    """A candidate: hypothesis ``row`` of the pool, optionally extended by ``label``/``duration``."""
+
+    score: float
+    row: int
+    label: int | None = None  # None: a waiting hypothesis, unchanged
+    duration: int = 0
+
+
+class TdtBeamSearch:
+    """Beam search over a TDT head.
+
+    Args:
+        head: a transducer head with ``loss="tdt"``.
+        cfg: uses ``beam_size``, ``nbest``, ``max_symbols_per_frame`` and ``blank_penalty``.
+    """
+
+    def __init__(self, head: TransducerHead, cfg: SearchConfig) -> None:
+        self.scorer = TransducerScorer(head, cfg.blank_penalty)
+        if not self.scorer.is_tdt:
+            raise ValueError("TdtBeamSearch needs a transducer head with loss='tdt'")
+        self.cfg = cfg
+
+    @torch.no_grad()
+    def __call__(self, enc: Tensor, enc_lens: Tensor) -> list[list[Hypothesis]]:
+        """enc (B, T, D), enc_lens (B,) -> per utterance the n-best, best first."""
+        check_encoder_output(enc, enc_lens)
+        enc_proj = self.scorer.project_encoder(enc)
+        return [self._search(enc_proj[b, :length]) for b, length in enumerate(enc_lens.tolist())]
+
+    def _search(self, enc_proj: Tensor) -> list[Hypothesis]:
+        """One utterance: enc_proj (T, J) -> n-best."""
+        num_frames = enc_proj.shape[0]
+        pred_proj, pred_state = self.scorer.initial(1, enc_proj.device)
+        live = [_Hyp((), (), 0.0, 0, 0)] if num_frames else []
+        finished: dict[tuple[int, ...], _Hyp] = {} if num_frames else {(): _Hyp((), (), 0.0, 0, 0)}
+        while live:
+            frame = min(hyp.frame for hyp in live)
+            expand = [i for i, hyp in enumerate(live) if hyp.frame == frame]
+            moves = [_Move(hyp.score, i) for i, hyp in enumerate(live) if hyp.frame != frame]
+            moves += self._expansions(enc_proj[frame], live, expand, pred_proj)
+            moves.sort(key=lambda move: move.score, reverse=True)
+            new_live, rows, labels = self._select(moves, live, finished, num_frames)
+            pred_proj, pred_state = self._update_predictor(pred_proj, pred_state, rows, labels)
+            live = new_live
+            live, pred_proj, pred_state = self._prune(live, pred_proj, pred_state, finished)
+        ranked = sorted(finished.values(), key=lambda hyp: hyp.score, reverse=True)
+        return [
+            Hypothesis(tokens=h.tokens, score=h.score, timestamps=h.frames)
+            for h in ranked[: self.cfg.nbest]
+        ]
+
+    def _expansions(
+        self, enc_frame: Tensor, live: list[_Hyp], expand: list[int], pred_proj: Tensor
+    ) -> list[_Move]:
+        """The ``2 * beam_size`` best (label, duration) continuations of the ``expand`` rows."""
+        rows = torch.tensor(expand, device=pred_proj.device)
+        token_lp, dur_lp = self.scorer.log_probs(enc_frame.expand(len(expand), -1), pred_proj[rows])
+        assert dur_lp is not None
+        scores = torch.tensor([live[i].score for i in expand], device=pred_proj.device)
+        total = scores[:, None, None] + token_lp[:, :, None] + dur_lp[:, None, :]  # (E, V, K)
+        blank_mask = ~self.scorer.blank_duration_mask(total.device)
+        total[:, self.scorer.blank_id, blank_mask] = float("-inf")
+        num_durations = dur_lp.shape[1]
+        flat = total.view(-1)
+        values, index = flat.topk(min(2 * self.cfg.beam_size, flat.numel()))
+        moves = []
+        for value, position in zip(values.tolist(), index.tolist()):
+            if value == float("-inf"):
+                continue
+            row, rest = divmod(position, total.shape[1] * num_durations)
+            label, duration_index = divmod(rest, num_durations)
+            duration = self.scorer.durations[duration_index]
+            moves.append(_Move(value, expand[row], label, duration))
+        return moves
+
+    def _select(
+        self,
+        moves: list[_Move],
+        live: list[_Hyp],
+        finished: dict[tuple[int, ...], _Hyp],
+        num_frames: int,
+    ) -> tuple[list[_Hyp], list[int], list[int]]:
+        """Walks the moves best first: finished ones into ``finished`` (best per tokens),
+        live ones into the new beam (merged by tokens and frame) up to ``beam_size``."""
+        new_live: list[_Hyp] = []
+        where: dict[tuple[tuple[int, ...], int], int] = {}
+        rows: list[int] = []
+        labels: list[int] = []
+        blank = self.scorer.blank_id
+        for move in moves:
+            hyp = self._apply(live[move.row], move)
+            if hyp.frame >= num_frames:
+                old = finished.get(hyp.tokens)
+                if old is None or hyp.score > old.score:
+                    finished[hyp.tokens] = hyp
+                continue
+            key = (hyp.tokens, hyp.frame)
+            if key in where:
+                index = where[key]
+                old = new_live[index]
+                new_live[index] = _Hyp(
+                    old.tokens, old.frames, log_add(old.score, hyp.score), old.frame, old.count
+                )
+            elif len(new_live) < self.cfg.beam_size:
+                where[key] = len(new_live)
+                new_live.append(hyp)
+                rows.append(move.row)
+                labels.append(blank if move.label is None else move.label)
+        return new_live, rows, labels
+
+    def _apply(self, hyp: _Hyp, move: _Move) -> _Hyp:
+        """The hypothesis after ``move`` (with the ``max_symbols_per_frame`` guard)."""
+        if move.label is None:
+            return hyp
+        duration, count = move.duration, 0
+        tokens, frames = hyp.tokens, hyp.frames
+        if move.label != self.scorer.blank_id:
+            tokens, frames = tokens + (move.label,), frames + (hyp.frame,)
+            if duration == 0:
+                count = hyp.count + 1
+                if count >= self.cfg.max_symbols_per_frame:
+                    duration, count = 1, 0
+        return _Hyp(tokens, frames, move.score, hyp.frame + duration, count)
+
+    def _update_predictor(
+        self, pred_proj: Tensor, pred_state: Any, rows: list[int], labels: list[int]
+    ) -> tuple[Tensor, Any]:
+        """Predictor outputs of the new beam: parents' rows, advanced where a token was added."""
+        if not rows:  # nothing live: the search ends
+            return pred_proj, pred_state
+        index = torch.tensor(rows, device=pred_proj.device)
+        label_tensor = torch.tensor(labels, device=pred_proj.device)
+        pred_proj, pred_state = pred_proj[index], select_states(pred_state, index)
+        emit = label_tensor != self.scorer.blank_id
+        if bool(emit.any()):
+            new_proj, new_state = self.scorer.predict(label_tensor, pred_state)
+            pred_proj = torch.where(emit[:, None], new_proj, pred_proj)
+            pred_state = where_state(emit, new_state, pred_state)
+        return pred_proj, pred_state
+
+    def _prune(
+        self, live: list[_Hyp], pred_proj: Tensor, pred_state: Any, finished: dict
+    ) -> tuple[list[_Hyp], Tensor, Any]:
+        """Drops live hypotheses that cannot beat the ``beam_size``-th finished one."""
+        if len(finished) < self.cfg.beam_size or not live:
+            return live, pred_proj, pred_state
+        scores = sorted((hyp.score for hyp in finished.values()), reverse=True)
+        bound = scores[self.cfg.beam_size - 1]
+        keep = [i for i, hyp in enumerate(live) if hyp.score > bound]
+        if len(keep) == len(live):
+            return live, pred_proj, pred_state
+        if not keep:
+            return [], pred_proj[:0], pred_state
+        return [live[i] for i in keep], pred_proj[keep], select_states(pred_state, keep)

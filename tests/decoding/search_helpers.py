@@ -1,0 +1,70 @@
+"""Tiny random models and encoder outputs for the searcher tests (imported by name: a module
+named conftest is ambiguous once several test folders have one)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from asr.heads.aed import AEDConfig, AEDHead
+from asr.heads.cif import CIFConfig, CIFHead
+from asr.heads.ctc import CTCConfig, CTCHead
+from asr.heads.transducer import TransducerConfig, TransducerHead
+from asr.model import ASRModel
+
+ENC_DIM = 16
+VOCAB = 7
+
+
+def make_model(
+    transducer: str | None = None,
+    ctc: bool = False,
+    aed: bool = False,
+    cif: bool = False,
+    predictor: str = "stateless",
+    durations: tuple[int, ...] = (0, 1, 2, 3, 4),
+    vocab: int = VOCAB,
+    seed: int = 0,
+) -> ASRModel:
+    """ASRModel with an identity encoder and the requested heads (eval mode, seeded)."""
+    torch.manual_seed(seed)
+    heads: dict[str, nn.Module] = {}
+    if transducer is not None:
+        cfg = TransducerConfig(
+            loss=transducer,
+            predictor=predictor,
+            pred_dim=16,
+            joiner_dim=16,
+            lstm_hidden_dim=16,
+            predictor_dropout=0.0,
+            durations=durations,
+        )
+        heads["transducer"] = TransducerHead(cfg, ENC_DIM, vocab)
+    if ctc:
+        heads["ctc"] = CTCHead(CTCConfig(), ENC_DIM, vocab)
+    if aed:
+        cfg = AEDConfig(d_model=16, num_heads=2, num_layers=2, ffn_dim=32, dropout=0.0)
+        heads["aed"] = AEDHead(cfg, ENC_DIM, vocab)
+    if cif:
+        cfg = CIFConfig(d_model=16, num_heads=2, num_layers=1, ffn_dim=32, dropout=0.0)
+        heads["cif"] = CIFHead(cfg, ENC_DIM, vocab)
+    return ASRModel(nn.Identity(), heads, {name: 1.0 for name in heads}).eval()
+
+
+def encoder_output(lens: list[int], seed: int = 1, scale: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Random (B, max(lens), ENC_DIM) zero-padded encoder output and its lengths."""
+    generator = torch.Generator().manual_seed(seed)
+    enc = torch.randn(len(lens), max(lens), ENC_DIM, generator=generator) * scale
+    enc_lens = torch.tensor(lens)
+    for b, n in enumerate(lens):
+        enc[b, n:] = 0.0
+    return enc, enc_lens
+
+
+def assert_timestamps_valid(nbests, enc_lens: Tensor) -> None:
+    """Timestamps non-decreasing, one per token, inside [0, enc_len)."""
+    for hyps, length in zip(nbests, enc_lens.tolist()):
+        for hyp in hyps:
+            assert len(hyp.timestamps) == len(hyp.tokens)
+            assert list(hyp.timestamps) == sorted(hyp.timestamps)
+            assert all(0 <= frame < length for frame in hyp.timestamps)

@@ -1,0 +1,105 @@
+"""Token n-gram LM from ARPA against hand-computed probabilities; shallow fusion in the CTC
+prefix beam search (weight 0 changes nothing, a real weight changes the ranking)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from search_helpers import encoder_output, make_model
+
+from asr.decoding import LanguageModel, NgramLM, SearchConfig, build_searcher
+from asr.decoding.ctc_prefix_beam import CtcPrefixBeamSearch
+from asr.decoding.lm import EOS
+
+ARPA = """
+\\data\\
+ngram 1=5
+ngram 2=4
+
+\\1-grams:
+-99 <s> -0.5
+-0.6 </s>
+-0.4 2 -0.3
+-0.7 3 -0.2
+-1.0 <unk>
+
+\\2-grams:
+-0.2 <s> 2
+-0.3 2 3
+-0.5 3 </s>
+-0.1 2 2
+
+\\end\\
+"""
+LN10 = math.log(10.0)
+
+
+@pytest.fixture
+def lm(tmp_path) -> NgramLM:
+    path = tmp_path / "lm.arpa"
+    path.write_text(ARPA)
+    return NgramLM.from_arpa(path, vocab_size=7)
+
+
+def test_ngram_probabilities_by_hand(lm):
+    assert isinstance(lm, LanguageModel)
+    start = lm.init_state()
+    after_2 = lm.advance(start, 2)
+    after_3 = lm.advance(after_2, 3)
+    cases = [
+        (start, 2, -0.2),  # listed bigram
+        (start, 3, -0.5 - 0.7),  # back-off(<s>) + P(3)
+        (after_2, 3, -0.3),
+        (after_2, 2, -0.1),
+        (after_2, 4, -0.3 - 1.0),  # 4 is not a unigram: <unk>
+        (after_3, 2, -0.2 - 0.4),
+        (after_3, 3, -0.2 - 0.7),
+    ]
+    for state, token, log10_prob in cases:
+        assert lm.log_prob(state, token) == pytest.approx(log10_prob * LN10)
+        assert float(lm.score(state)[token]) == pytest.approx(log10_prob * LN10, abs=1e-5)
+    assert lm.final_score(after_3) == pytest.approx(-0.5 * LN10)
+    assert lm.final_score(after_2) == pytest.approx((-0.3 - 0.6) * LN10)
+    assert lm.log_prob(start, EOS) == pytest.approx((-0.5 - 0.6) * LN10)
+    assert lm.advance(lm.advance(after_3, 4), 2) == (2,)  # histories reduced to n-grams
+
+
+def test_arpa_errors_name_the_line(tmp_path):
+    path = tmp_path / "bad.arpa"
+    path.write_text("\\data\\\nngram 1=1\n\\1-grams:\n-0.1 hello\n\\end\\\n")
+    with pytest.raises(ValueError, match=r"bad.arpa:4: word 'hello'"):
+        NgramLM.from_arpa(path, vocab_size=7)
+    assert NgramLM.from_arpa(path, 7, symbol_to_id={"hello": 3}).log_prob((), 3) == pytest.approx(
+        -0.1 * LN10
+    )
+
+
+def test_lm_weight_zero_leaves_results_unchanged(lm):
+    model = make_model(ctc=True)
+    enc, enc_lens = encoder_output([15, 9])
+    cfg = SearchConfig(beam_size=4, nbest=4, lm_weight=0.0)
+    plain = build_searcher("ctc_prefix_beam", model, cfg)(enc, enc_lens)
+    fused = build_searcher("ctc_prefix_beam", model, cfg, lm=lm)(enc, enc_lens)
+    assert fused == plain
+
+
+def test_lm_weight_changes_the_ranking(lm, tmp_path):
+    """Acoustics slightly prefer (2, 4); the LM strongly prefers 3 after 2."""
+    probs = torch.full((3, 7), 1e-4)
+    probs[0, 2], probs[1, 0] = 1.0, 1.0
+    probs[2, 4], probs[2, 3] = 0.5, 0.45
+    log_probs = torch.log(probs / probs.sum(-1, keepdim=True))
+    model = make_model(ctc=True)
+    head = model.heads["ctc"]
+    plain = CtcPrefixBeamSearch(head, SearchConfig(beam_size=4)).search(log_probs)
+    fused = CtcPrefixBeamSearch(head, SearchConfig(beam_size=4, lm_weight=0.5), lm).search(
+        log_probs
+    )
+    assert plain[0].tokens == (2, 4) and fused[0].tokens == (2, 3)
+    path = tmp_path / "lm.arpa"
+    path.write_text(ARPA)
+    cfg = SearchConfig(beam_size=4, lm_weight=0.5, lm_path=path)
+    searcher = build_searcher("ctc_prefix_beam", model, cfg)
+    assert searcher.search(log_probs)[0] == fused[0]

@@ -1,0 +1,112 @@
+"""Registry, SearchConfig and properties shared by every searcher (output contract, batch
+composition invariance, timestamps)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+from search_helpers import assert_timestamps_valid, encoder_output, make_model
+
+from asr.config import ConfigError, apply_overrides, from_dict
+from asr.decoding import (
+    SEARCHER_NAMES,
+    SearchConfig,
+    available_searchers,
+    build_searcher,
+    build_streaming_searcher,
+    frames_to_seconds,
+)
+
+
+@dataclass(frozen=True)
+class _Root:
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+
+def test_search_config_loads_strictly_with_overrides():
+    cfg = from_dict(_Root, apply_overrides({"search": {"nbest": 2}}, ["search.beam_size=8"]))
+    assert cfg.search.beam_size == 8 and cfg.search.nbest == 2
+    with pytest.raises(ConfigError, match="beam_sise"):
+        from_dict(_Root, apply_overrides({}, ["search.beam_sise=8"]))
+    with pytest.raises(ConfigError, match="nbest"):
+        from_dict(_Root, {"search": {"beam_size": 2, "nbest": 3}})
+    with pytest.raises(ValueError, match="ctc_weight"):
+        SearchConfig(ctc_weight=1.5)
+
+
+def test_frames_to_seconds():
+    assert frames_to_seconds(25) == pytest.approx(1.0)
+    assert frames_to_seconds([0, 1, 2]) == pytest.approx([0.0, 0.04, 0.08])
+    assert torch.allclose(
+        frames_to_seconds(torch.tensor([10])), torch.tensor([0.4], dtype=torch.float64)
+    )
+    assert frames_to_seconds(3, frame_shift=0.02, subsampling=2) == pytest.approx(0.12)
+
+
+@pytest.mark.parametrize(
+    ("heads", "expected"),
+    [
+        (dict(ctc=True), ["ctc_greedy", "ctc_prefix_beam"]),
+        (dict(transducer="pruned"), ["transducer_greedy", "transducer_beam"]),
+        (
+            dict(transducer="tdt", aed=True),
+            ["tdt_greedy", "tdt_beam", "aed_beam", "attention_rescoring"],
+        ),
+        (dict(aed=True, cif=True), ["aed_beam", "cif_greedy"]),
+    ],
+)
+def test_available_searchers(heads, expected):
+    assert available_searchers(make_model(**heads)) == expected
+
+
+def test_errors_name_the_missing_head_and_the_available_searchers():
+    model = make_model(transducer="tdt")
+    with pytest.raises(ValueError, match=r"loss full\|pruned.*tdt_greedy"):
+        build_searcher("transducer_greedy", model)
+    with pytest.raises(ValueError, match=r"'ctc' head.*available searchers"):
+        build_searcher("ctc_greedy", model)
+    with pytest.raises(ValueError, match="unknown searcher 'viterbi'"):
+        build_searcher("viterbi", model)
+    with pytest.raises(ValueError, match="unknown searcher 'tdt_beam'"):
+        build_streaming_searcher("tdt_beam", model)
+
+
+ALL_HEADS = {
+    "rnnt": dict(transducer="pruned", ctc=True, aed=True, cif=True),
+    "tdt": dict(transducer="tdt", aed=True),
+}
+CASES = [
+    (kind, name)
+    for kind, heads in ALL_HEADS.items()
+    for name in available_searchers(make_model(**heads))
+]
+
+
+@pytest.mark.parametrize(("kind", "name"), CASES, ids=[f"{k}-{n}" for k, n in CASES])
+def test_output_contract_and_batch_composition_invariance(kind, name):
+    """Each utterance decoded alone (unpadded) equals it decoded padded in a batch."""
+    model = make_model(**ALL_HEADS[kind])
+    cfg = SearchConfig(beam_size=3, nbest=2, ctc_weight=0.3)
+    searcher = build_searcher(name, model, cfg)
+    enc, enc_lens = encoder_output([9, 4, 7, 0])
+    batched = searcher(enc, enc_lens)
+    assert len(batched) == 4
+    for b, length in enumerate(enc_lens.tolist()):
+        alone = searcher(enc[b : b + 1, : max(length, 1)], enc_lens[b : b + 1])[0]
+        assert 1 <= len(batched[b]) <= cfg.nbest
+        assert [h.tokens for h in alone] == [h.tokens for h in batched[b]], (name, b)
+        assert [h.timestamps for h in alone] == [h.timestamps for h in batched[b]]
+        assert [h.score for h in alone] == pytest.approx([h.score for h in batched[b]], abs=1e-4)
+        for hyp in batched[b]:
+            assert 0 not in hyp.tokens and hyp.text == ""
+        scores = [h.score for h in batched[b]]
+        assert scores == sorted(scores, reverse=True)
+    assert batched[3][0].tokens == () or name in ("aed_beam", "cif_greedy")
+    if name.startswith(("ctc", "transducer", "tdt")) or name == "attention_rescoring":
+        assert_timestamps_valid(batched, enc_lens)
+
+
+def test_every_searcher_is_covered_by_the_generic_test():
+    assert {name for _, name in CASES} == set(SEARCHER_NAMES)

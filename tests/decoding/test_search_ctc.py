@@ -1,0 +1,109 @@
+"""CTC searchers: prefix beam == exhaustive search, greedy == beam 1 on peaky posteriors,
+best-path timestamps."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import defaultdict
+
+import pytest
+import torch
+from search_helpers import ENC_DIM, encoder_output, make_model
+
+from asr.decoding import SearchConfig, build_searcher
+from asr.decoding.ctc_greedy import ctc_log_probs
+
+
+def exhaustive_labelling_log_probs(log_probs: torch.Tensor, blank: int = 0) -> dict:
+    """log P(labelling) for every labelling, by summing all V^T alignments."""
+    num_frames, vocab = log_probs.shape
+    totals: dict[tuple[int, ...], float] = defaultdict(lambda: -math.inf)
+    for path in itertools.product(range(vocab), repeat=num_frames):
+        score = sum(float(log_probs[t, s]) for t, s in enumerate(path))
+        labels = tuple(s for i, s in enumerate(path) if s != blank and (i == 0 or path[i - 1] != s))
+        totals[labels] = float(torch.logaddexp(torch.tensor(totals[labels]), torch.tensor(score)))
+    return dict(totals)
+
+
+def peaky_model_and_output(labels: list[list[int]], vocab: int = 7, sharpness: float = 12.0):
+    """A CTC head whose log-probs put > 0.9 on ``labels[b][t]`` (one-hot encoder output)."""
+    model = make_model(ctc=True, vocab=vocab)
+    head = model.heads["ctc"]
+    with torch.no_grad():
+        head.output.weight.zero_()
+        head.output.bias.zero_()
+        head.output.weight[:, :vocab] = sharpness * torch.eye(vocab)
+    lens = [len(row) for row in labels]
+    enc = torch.zeros(len(labels), max(lens), ENC_DIM)
+    for b, row in enumerate(labels):
+        enc[b, torch.arange(len(row)), torch.tensor(row)] = 1.0
+    enc = enc + 0.05 * torch.randn_like(enc)
+    return model, enc, torch.tensor(lens)
+
+
+def test_prefix_beam_equals_exhaustive_search():
+    """Beam 64 >= all 63 prefixes of <= 5 tokens over 2 labels: the search is exact."""
+    model = make_model(ctc=True, vocab=3)
+    enc, enc_lens = encoder_output([5], scale=2.0)
+    searcher = build_searcher("ctc_prefix_beam", model, SearchConfig(beam_size=64, nbest=8))
+    nbest = searcher(enc, enc_lens)[0]
+    with torch.no_grad():
+        log_probs = ctc_log_probs(model.heads["ctc"], enc)[0]
+    exact = sorted(exhaustive_labelling_log_probs(log_probs).items(), key=lambda kv: -kv[1])
+    assert [h.tokens for h in nbest] == [labels for labels, _ in exact[:8]]
+    assert [h.score for h in nbest] == pytest.approx([score for _, score in exact[:8]], abs=1e-5)
+
+
+def test_pruned_prefix_beam_scores_are_lower_bounds_of_the_ctc_probability():
+    """Pruned prefixes' alignments are lost, never invented: score <= log P_ctc(labelling)."""
+    model = make_model(ctc=True)
+    enc, enc_lens = encoder_output([8, 6])
+    nbests = build_searcher("ctc_prefix_beam", model, SearchConfig(beam_size=4, nbest=4))(
+        enc, enc_lens
+    )
+    with torch.no_grad():
+        log_probs = ctc_log_probs(model.heads["ctc"], enc)
+    for b, hyps in enumerate(nbests):
+        for hyp in hyps:
+            nll = torch.nn.functional.ctc_loss(
+                log_probs[b, : enc_lens[b]],
+                torch.tensor(hyp.tokens, dtype=torch.long),
+                enc_lens[b : b + 1],
+                torch.tensor([len(hyp.tokens)]),
+                reduction="sum",
+            )
+            assert hyp.score <= -float(nll) + 1e-4
+
+
+def test_greedy_collapses_repeats_and_stamps_the_first_frame_of_each_run():
+    blank = 0
+    model, enc, enc_lens = peaky_model_and_output([[3, 3, blank, 5, 5, 3, blank, blank, 3]])
+    hyp = build_searcher("ctc_greedy", model)(enc, enc_lens)[0][0]
+    assert hyp.tokens == (3, 5, 3, 3)
+    assert hyp.timestamps == (0, 3, 5, 8)
+
+
+def test_greedy_equals_prefix_beam_of_one_on_peaky_posteriors():
+    """Prefix search ranks labellings, greedy ranks paths; with one label above 0.9 on every
+    frame (as after training) beam 1 and greedy agree (tokens and timestamps)."""
+    generator = torch.Generator().manual_seed(3)
+    labels = [torch.randint(0, 7, (n,), generator=generator).tolist() for n in (20, 13, 17)]
+    model, enc, enc_lens = peaky_model_and_output(labels)
+    with torch.no_grad():
+        log_probs = ctc_log_probs(model.heads["ctc"], enc)
+    valid = torch.arange(enc.shape[1])[None] < enc_lens[:, None]
+    assert bool((log_probs.max(-1).values.exp() > 0.9)[valid].all())  # the precondition
+    greedy = build_searcher("ctc_greedy", model)(enc, enc_lens)
+    beam = build_searcher("ctc_prefix_beam", model, SearchConfig(beam_size=1))(enc, enc_lens)
+    for g, p in zip(greedy, beam):
+        assert g[0].tokens == p[0].tokens and g[0].timestamps == p[0].timestamps
+        assert g[0].score <= p[0].score + 1e-6  # one path <= all paths of the labelling
+
+
+def test_blank_penalty_emits_more_tokens():
+    model = make_model(ctc=True)
+    enc, enc_lens = encoder_output([30])
+    plain = build_searcher("ctc_greedy", model)(enc, enc_lens)[0][0]
+    penalised = build_searcher("ctc_greedy", model, SearchConfig(blank_penalty=5.0))(enc, enc_lens)
+    assert len(penalised[0][0].tokens) >= len(plain.tokens)

@@ -1,0 +1,111 @@
+"""Streaming searchers: chunk-by-chunk == offline, batched streams at different positions ==
+each stream alone, state stack/unstack round trip, absolute timestamps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from search_helpers import encoder_output, make_model
+
+from asr.decoding import SearchConfig, build_searcher, build_streaming_searcher
+from asr.streaming.state import select_states, stack_states, unstack_states
+
+MODELS = {
+    "ctc_greedy": dict(ctc=True),
+    "transducer_greedy": dict(transducer="pruned"),
+    "tdt_greedy": dict(transducer="tdt"),
+}
+CASES = [(name, predictor) for name in MODELS for predictor in ("stateless", "lstm")]
+
+
+def build(name: str, predictor: str = "stateless", **cfg):
+    model = make_model(predictor=predictor, **MODELS[name])
+    if name == "tdt_greedy":  # realistic TDT: blanks mostly skip 2-4 frames
+        with torch.no_grad():
+            model.heads["transducer"].joiner.output.bias[-5:] += torch.tensor(
+                [0.0, 0.5, 1.5, 2.0, 2.0]
+            )
+    search_cfg = SearchConfig(**cfg)
+    return build_searcher(name, model, search_cfg), build_streaming_searcher(
+        name, model, search_cfg
+    )
+
+
+def run_chunks(searcher, enc, enc_lens, chunk_sizes, state=None):
+    """Feeds enc in chunks of the given sizes (cycled); each stream's lengths clipped."""
+    state = state or searcher.init_state(enc.shape[0], enc.device)
+    start, index = 0, 0
+    while start < enc.shape[1]:
+        size = chunk_sizes[index % len(chunk_sizes)]
+        chunk = enc[:, start : start + size]
+        lens = (enc_lens - start).clamp(min=0, max=chunk.shape[1])
+        state = searcher.step(chunk, lens, state)
+        start, index = start + size, index + 1
+    return state
+
+
+@pytest.mark.parametrize(("name", "predictor"), CASES)
+@pytest.mark.parametrize("chunk_sizes", [[1], [3], [4, 2, 5]])
+def test_chunked_equals_offline(name, predictor, chunk_sizes):
+    offline, streaming = build(name, predictor)
+    enc, enc_lens = encoder_output([23, 14, 19])
+    expected = offline(enc, enc_lens)
+    state = run_chunks(streaming, enc, enc_lens, chunk_sizes)
+    for e, got in zip(expected, streaming.finalize(state)):
+        assert got.tokens == e[0].tokens and got.timestamps == e[0].timestamps
+        assert got.score == pytest.approx(e[0].score, abs=1e-4)
+    assert any(len(e[0].tokens) > 2 for e in expected)
+
+
+@pytest.mark.parametrize(("name", "predictor"), CASES)
+def test_streams_at_different_positions_batched_equal_each_alone(name, predictor):
+    _, streaming = build(name, predictor)
+    enc, _ = encoder_output([30, 30], seed=4)
+    # stream a has consumed 7 frames, stream b 12 (in chunks of 5: a TDT skip may be pending)
+    state_a = run_chunks(streaming, enc[:1, :7], torch.tensor([7]), [5])
+    state_b = run_chunks(streaming, enc[1:, :12], torch.tensor([12]), [5])
+    both = stack_states([state_a, state_b])
+    assert [h.tokens for h in streaming.partial(both)] == [
+        streaming.partial(state_a)[0].tokens,
+        streaming.partial(state_b)[0].tokens,
+    ]
+    chunk = torch.stack([enc[0, 7:13], enc[1, 12:18]])  # 6 frames each, b has only 4 valid
+    lens = torch.tensor([6, 4])
+    stepped = streaming.step(chunk, lens, both)
+    alone_a = streaming.step(chunk[:1], lens[:1], state_a)
+    alone_b = streaming.step(chunk[1:, :4], lens[1:], state_b)
+    batched_hyps = streaming.partial(stepped)
+    for got, alone in zip(batched_hyps, streaming.partial(alone_a) + streaming.partial(alone_b)):
+        assert got.tokens == alone.tokens and got.timestamps == alone.timestamps
+        assert got.score == pytest.approx(alone.score, abs=1e-4)
+    split = unstack_states(stepped)
+    assert [streaming.partial(s)[0] for s in split] == batched_hyps
+    swapped = select_states(stepped, [1, 0])
+    assert streaming.partial(swapped) == batched_hyps[::-1]
+    assert max(batched_hyps[1].timestamps, default=0) < 16  # absolute frames of stream b
+
+
+def test_full_stream_buffer_drops_tokens_with_a_warning(caplog):
+    _, streaming = build("ctc_greedy", max_stream_tokens=3, blank_penalty=10.0)
+    enc, enc_lens = encoder_output([12])
+    state = streaming.step(enc, enc_lens, streaming.init_state(1, enc.device))
+    hyp = streaming.finalize(state)[0]
+    assert len(hyp.tokens) == 3 and int(state.hyp.dropped[0]) > 0
+    assert "max_stream_tokens" in caplog.text
+
+
+def test_build_streaming_searcher_rejects_offline_only_names():
+    with pytest.raises(ValueError, match="unknown searcher 'ctc_prefix_beam'"):
+        build_streaming_searcher("ctc_prefix_beam", make_model(ctc=True))
+
+
+def test_tdt_duration_past_the_chunk_end_is_carried_to_the_next_chunk():
+    offline, streaming = build("tdt_greedy")
+    enc, enc_lens = encoder_output([25])
+    state, skips = streaming.init_state(1, enc.device), []
+    for start in range(0, 25, 2):
+        chunk = enc[:, start : start + 2]
+        state = streaming.step(chunk, torch.tensor([chunk.shape[1]]), state)
+        skips.append(int(state.skip[0]))
+    assert max(skips) > 0  # a jump crossed a chunk boundary
+    assert streaming.finalize(state)[0].tokens == offline(enc, enc_lens)[0][0].tokens

@@ -1,0 +1,328 @@
+"""Benchmark: decode time per second of audio for every searcher on the same encoder output.
+
+What is measured: each searcher of :mod:`asr.decoding` decodes ONE random encoder output
+(``--batch`` utterances of ``--seconds`` s, 25 encoder frames per second: 10 ms fbank, 4x
+subsampling) with random-init heads of realistic size (D = J = P = 256, V = 500, AED 3 layers,
+CIF 2 layers). Time = median of ``--repeats`` runs after one warm-up run, divided by the seconds
+of audio in the batch (``ms/s``; RTF = ms/s / 1000). The encoder itself is not timed. One torch
+thread by default: search loops are many small ops, and on a shared 2-core machine a second
+intra-op thread made them far slower and noisier.
+
+How the TDT / RNN-T greedy ratio is produced. A random joiner emits a token on almost every
+frame and a random duration head picks durations uniformly, neither of which is what trained
+models do, so both are biased towards realistic behaviour and the bias is reported:
+
+1. RNN-T: the blank logit's bias is set by bisection so that RNN-T greedy emits
+   ``--tokens-per-second`` tokens (default 4, roughly BPE-500 tokens of read English speech).
+2. TDT (durations 0..4): a second transducer head with the SAME predictor and joiner weights
+   (token rows copied, so the token decisions see the same logits) plus 5 duration rows whose
+   weights are random and whose biases ``--duration-bias`` favour durations 2-4, as a trained
+   TDT model does on blank runs (Xu et al. 2023 report most blank frames skipped).
+3. Both greedy searchers are the same batched label-looping code
+   (:mod:`asr.decoding.transducer_greedy`); the TDT one moves by the predicted duration. The
+   ratio is the RNN-T median time over the TDT median time over ``--ratio-repeats`` runs of
+   each, run alternately, on the whole batch and on its first utterance. The lines before it
+   give joiner calls (loop iterations: where the time goes on CPU) and frames per call; at
+   batch 1 a call is one decision.
+
+The other heads are biased the same way (step 1 with each greedy search, beam 1 for AED:
+blank bias for CTC, the CIF weight predictor's bias; the AED ``<eos>`` bias per AED row, with
+that row's own beam search) so that every searcher decodes about
+``--tokens-per-second`` tokens; without that a random AED never ends and a random CTC head
+emits a token on every frame. The tokens/s column shows what each searcher then emitted (a
+random transducer repeats a token up to ``max_symbols_per_frame`` times, so searches limited to
+one symbol per frame emit fewer).
+
+Usage:
+    python tools/bench/decode.py                      # B=4 x 10 s, 3 repeats
+    python tools/bench/decode.py --batch 1 --seconds 20 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from asr.decoding import (
+    SearchConfig,
+    available_searchers,
+    build_searcher,
+    build_streaming_searcher,
+)
+from asr.decoding.registry import STREAMING_SEARCHER_NAMES
+from asr.heads.aed import AEDConfig, AEDHead
+from asr.heads.cif import CIFConfig, CIFHead
+from asr.heads.ctc import CTCConfig, CTCHead
+from asr.heads.transducer import TransducerConfig, TransducerHead
+from asr.model import ASRModel
+
+FRAMES_PER_SECOND = 25
+DIM, VOCAB = 256, 500
+DURATIONS = (0, 1, 2, 3, 4)
+
+
+def build_models(duration_bias: list[float]) -> tuple[ASRModel, ASRModel]:
+    """An RNN-T model (transducer + CTC + AED + CIF heads) and a TDT model sharing its weights."""
+    torch.manual_seed(0)
+    rnnt_cfg = TransducerConfig(loss="pruned", pred_dim=DIM, joiner_dim=DIM)
+    heads: dict[str, nn.Module] = {
+        "transducer": TransducerHead(rnnt_cfg, DIM, VOCAB),
+        "ctc": CTCHead(CTCConfig(), DIM, VOCAB),
+        "aed": AEDHead(AEDConfig(d_model=DIM, num_layers=3, ffn_dim=1024, dropout=0.0), DIM, VOCAB),
+        "cif": CIFHead(CIFConfig(d_model=DIM, num_layers=2, dropout=0.0), DIM, VOCAB),
+    }
+    rnnt = ASRModel(nn.Identity(), heads, {name: 1.0 for name in heads}).eval()
+    tdt_cfg = dataclasses.replace(rnnt_cfg, loss="tdt", durations=DURATIONS)
+    tdt_head = TransducerHead(tdt_cfg, DIM, VOCAB)
+    source = heads["transducer"]
+    with torch.no_grad():
+        tdt_head.predictor.load_state_dict(source.predictor.state_dict())
+        tdt_head.joiner.encoder_proj.load_state_dict(source.joiner.encoder_proj.state_dict())
+        tdt_head.joiner.predictor_proj.load_state_dict(source.joiner.predictor_proj.state_dict())
+        tdt_head.joiner.output.weight[:VOCAB] = source.joiner.output.weight
+        tdt_head.joiner.output.bias[:VOCAB] = source.joiner.output.bias
+        tdt_head.joiner.output.bias[VOCAB:] = torch.tensor(duration_bias)
+    tdt = ASRModel(nn.Identity(), {"transducer": tdt_head}, {"transducer": 1.0}).eval()
+    return rnnt, tdt
+
+
+def count_joins(model: ASRModel, run: Callable[[], object]) -> tuple[int, object]:
+    """Runs ``run`` counting the transducer joiner evaluations."""
+    joiner = model.heads["transducer"].joiner
+    calls = 0
+    original = joiner.join
+
+    def counting(enc_proj: Tensor, pred_proj: Tensor) -> Tensor:
+        nonlocal calls
+        calls += 1
+        return original(enc_proj, pred_proj)
+
+    joiner.join = counting
+    try:
+        result = run()
+    finally:
+        del joiner.join
+    return calls, result
+
+
+def calibrate(
+    run: Callable[[], list],
+    seconds: float,
+    param: Tensor,
+    index: int,
+    rate: float,
+    more: bool,
+    steps: int = 14,
+) -> float:
+    """Bisection on ``param[index]`` in [-15, 15] until ``run`` emits ``rate`` tokens per second
+    of audio.
+
+    Args:
+        more: whether a larger value emits more tokens.
+    """
+    low, high = -15.0, 15.0
+    for _ in range(steps):
+        middle = (low + high) / 2
+        with torch.no_grad():
+            param[index] = middle
+        emitted = sum(len(h[0].tokens) for h in run()) / seconds
+        if (emitted > rate) == more:
+            high = middle
+        else:
+            low = middle
+    with torch.no_grad():  # the end of the bracket that emits at most ``rate``
+        param[index] = low if more else high
+    return float(param.detach()[index])
+
+
+def make_realistic(rnnt: ASRModel, tdt: ASRModel, enc: Tensor, enc_lens: Tensor, rate: float):
+    """Biases each random head so that it emits ``rate`` tokens per second (see the docstring);
+    returns the biases for the report."""
+    seconds = float(enc_lens.sum()) / FRAMES_PER_SECOND
+    one = SearchConfig(beam_size=1)
+    targets = [
+        ("transducer", rnnt, "transducer_greedy", lambda h: h.joiner.output.bias, 0, False),
+        ("tdt", tdt, "tdt_greedy", lambda h: h.joiner.output.bias, 0, False),
+        ("ctc", rnnt, "ctc_greedy", lambda h: h.output.bias, 0, False),
+        ("cif", rnnt, "cif_greedy", lambda h: h.predictor.output.bias, 0, True),
+    ]
+    biases = {}
+    for label, model, name, param_of, index, more in targets:
+        head = model.heads["transducer" if label == "tdt" else label]
+        searcher = build_searcher(name, model, one)
+        biases[label] = calibrate(
+            lambda s=searcher: s(enc, enc_lens), seconds, param_of(head), index, rate, more
+        )
+    return biases
+
+
+def calibrate_eos(model: ASRModel, cfg: SearchConfig, enc: Tensor, enc_lens: Tensor, rate: float):
+    """Returns a setup function giving ``aed_beam`` with ``cfg`` the ``<eos>`` bias for ``rate``
+    tokens/s, calibrated with that very search (a random decoder loops on high-scoring token
+    cycles, so the bias found with beam 1 does not end a wider beam)."""
+    bias = model.heads["aed"].decoder.output.bias
+    searcher = build_searcher("aed_beam", model, cfg)
+    seconds = float(enc_lens.sum()) / FRAMES_PER_SECOND
+    value = calibrate(lambda: searcher(enc, enc_lens), seconds, bias, 1, rate, False, steps=9)
+
+    def setup() -> None:
+        with torch.no_grad():
+            bias[1] = value
+
+    return setup
+
+
+def state_bytes(state: object) -> tuple[int, int]:
+    """(decoder-state bytes, token-buffer bytes) of a streaming state."""
+    total = {"state": 0, "buffer": 0}
+
+    def walk(value: object, part: str) -> None:
+        if isinstance(value, Tensor):
+            total[part] += value.numel() * value.element_size()
+        elif dataclasses.is_dataclass(value):
+            for f in dataclasses.fields(value):
+                walk(getattr(value, f.name), "buffer" if f.name == "hyp" else part)
+        elif isinstance(value, tuple):
+            for item in value:
+                walk(item, part)
+
+    walk(state, "state")
+    return total["state"], total["buffer"]
+
+
+def median_seconds(run: Callable[[], object], repeats: int) -> float:
+    run()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def print_table(rows: list, enc: Tensor, enc_lens: Tensor, repeats: int) -> dict[str, float]:
+    """Times each (label, name, model, cfg, setup) row on the same encoder output; returns the
+    median seconds per label."""
+    audio_seconds = float(enc_lens.sum()) / FRAMES_PER_SECOND
+    header = (
+        f"{'searcher':<28} {'ms/s audio':>10} {'RTF':>7} {'tokens/s':>8} "
+        f"{'joins/s':>8} {'state B/stream':>15}"
+    )
+    print(header)
+    print("-" * len(header))
+    times: dict[str, float] = {}
+    for label, name, model, cfg, setup in rows:
+        if setup is not None:
+            setup()
+        searcher = build_searcher(name, model, cfg)
+        times[label] = median_seconds(lambda s=searcher: s(enc, enc_lens), repeats)
+        joins = "-"
+        if name.startswith(("transducer", "tdt")):
+            calls, hyps = count_joins(model, lambda s=searcher: s(enc, enc_lens))
+            joins = f"{calls / audio_seconds:.1f}"
+        else:
+            hyps = searcher(enc, enc_lens)
+        tokens = sum(len(h[0].tokens) for h in hyps) / audio_seconds
+        state = "-"
+        if name in STREAMING_SEARCHER_NAMES:
+            streaming = build_streaming_searcher(name, model, cfg)
+            decoder, buffer = state_bytes(streaming.init_state(1, enc.device))
+            state = f"{decoder} + {buffer}"
+        ms = 1000 * times[label] / audio_seconds
+        print(f"{label:<28} {ms:>10.2f} {ms / 1000:>7.4f} {tokens:>8.2f} {joins:>8} {state:>15}")
+    return times
+
+
+def greedy_ratio(
+    rnnt: ASRModel, tdt: ASRModel, enc: Tensor, enc_lens: Tensor, repeats: int
+) -> float:
+    """RNN-T over TDT greedy median time, the two searches run alternately ``repeats`` times
+    (so that load from other processes hits both alike); prints the decisions of each."""
+    searchers = {
+        "transducer_greedy": (rnnt, build_searcher("transducer_greedy", rnnt)),
+        "tdt_greedy": (tdt, build_searcher("tdt_greedy", tdt)),
+    }
+    times: dict[str, list[float]] = {name: [] for name in searchers}
+    for _ in range(repeats + 1):  # the first round warms up
+        for name, (_, searcher) in searchers.items():
+            start = time.perf_counter()
+            searcher(enc, enc_lens)
+            times[name].append(time.perf_counter() - start)
+    frames = int(enc_lens.sum())
+    for name, (model, searcher) in searchers.items():
+        calls, hyps = count_joins(model, lambda s=searcher: s(enc, enc_lens))
+        tokens = sum(len(h[0].tokens) for h in hyps)
+        ms = 1000 * statistics.median(times[name][1:]) * FRAMES_PER_SECOND / frames
+        print(
+            f"  {name}: {ms:.2f} ms/s, {calls} joiner calls for {frames} frames and {tokens} "
+            f"tokens ({frames / calls:.2f} frames per call)"
+        )
+    return statistics.median(times["transducer_greedy"][1:]) / statistics.median(
+        times["tdt_greedy"][1:]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--ratio-repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--beam-size", type=int, default=4)
+    parser.add_argument("--tokens-per-second", type=float, default=4.0)
+    parser.add_argument("--duration-bias", type=float, nargs=5, default=[-1.0, 0.0, 1.0, 1.5, 1.5])
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
+    rnnt, tdt = build_models(args.duration_bias)
+    frames = int(args.seconds * FRAMES_PER_SECOND)
+    enc = torch.randn(args.batch, frames, DIM, generator=torch.Generator().manual_seed(1))
+    enc_lens = torch.full((args.batch,), frames)
+    biases = make_realistic(rnnt, tdt, enc, enc_lens, args.tokens_per_second)
+    print(
+        f"# {args.batch} x {args.seconds:g} s random encoder output ({frames} frames, D={DIM}), "
+        f"V={VOCAB}, beam {args.beam_size}, {args.threads} thread(s), median of {args.repeats}"
+    )
+    print(
+        f"# biases for {args.tokens_per_second:g} tokens/s with greedy (beam 1) search: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in biases.items())
+        + f" (blank x3, CIF weight); TDT duration bias {args.duration_bias}; AED <eos> bias "
+        "calibrated per configuration"
+    )
+    cfg = SearchConfig(beam_size=args.beam_size)
+    no_ctc = dataclasses.replace(cfg, ctc_weight=0.0)
+    rows = []
+    for model in (rnnt, tdt):
+        for name in available_searchers(model):
+            if name != "aed_beam":
+                rows.append((name, name, model, cfg, None))
+    for label, aed_cfg in (("aed_beam", cfg), ("aed_beam (ctc_weight=0)", no_ctc)):
+        setup = calibrate_eos(rnnt, aed_cfg, enc, enc_lens, args.tokens_per_second)
+        rows.insert(4, (label, "aed_beam", rnnt, aed_cfg, setup))
+    print_table(rows, enc, enc_lens, args.repeats)
+    print(
+        "state B/stream: decoder state + token buffer (search.max_stream_tokens="
+        f"{cfg.max_stream_tokens} tokens and frames, int32)"
+    )
+    print(
+        "aed_beam rows: a random decoder either ends at once or loops to the enc_len cap (no "
+        "<eos> bias gives 4 tokens/s with beam 4), and with ctc_weight > 0 the random CTC head "
+        "gives any decoder hypothesis a tiny complete-labelling probability, so it runs to the "
+        "cap: compare AED rows per emitted token, and take them as worst cases"
+    )
+    for batch in sorted({args.batch, 1}, reverse=True):
+        print(f"TDT vs RNN-T greedy, batch {batch}, {args.ratio_repeats} alternating runs:")
+        ratio = greedy_ratio(rnnt, tdt, enc[:batch], enc_lens[:batch], args.ratio_repeats)
+        print(f"TDT greedy speed-up over RNN-T greedy, batch {batch}: {ratio:.2f}x (goal >= 2x)")
+
+
+if __name__ == "__main__":
+    main()
