@@ -24,6 +24,12 @@ SUBCOMMANDS: dict[str, str] = {
     "prepare": "asr.cli.prepare",
     "bpe": "asr.cli.bpe",
     "wer": "asr.cli.wer",
+    "train": "asr.cli.train",
+    "average": "asr.cli.average",
+    "decode": "asr.cli.decode",
+    "transcribe": "asr.cli.transcribe",
+    "export-package": "asr.cli.export_package",
+    "serve": "asr.cli.serve",
 }
 
 

@@ -1,0 +1,236 @@
+"""Audio input: decoding files / bytes with soundfile, downmixing and resampling to the model rate.
+
+Every container libsndfile reads works (wav, flac, ogg/vorbis, opus, mp3 with libsndfile >= 1.1),
+at any sample rate and channel count. Channels are averaged to mono; resampling uses torchaudio's
+band-limited sinc interpolation (:class:`torchaudio.transforms.Resample`, the same filter lhotse
+and the training pipeline use). :class:`StreamingResampler` applies exactly the same filter to a
+waveform that arrives in pieces, so streamed audio at 8 kHz gives the same 16 kHz samples as the
+whole file resampled at once.
+
+Every failure is an :class:`AudioError` whose message names the file (or ``<stdin>``).
+
+Shape legend: N samples, C channels.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "AudioError",
+    "DecodedAudio",
+    "StreamingResampler",
+    "decode_audio",
+    "load_audio",
+    "resample",
+    "to_mono",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Name used in messages for audio read from standard input.
+STDIN_NAME = "<stdin>"
+
+
+class AudioError(ValueError):
+    """An input that is missing, empty, corrupt or not audio; the message names it."""
+
+
+@dataclass(frozen=True)
+class DecodedAudio:
+    """A decoded mono waveform.
+
+    Attributes:
+        samples: (N,) float32 in [-1, 1].
+        sample_rate: Hz.
+        source: file name (or ``<stdin>``) for messages.
+        num_channels: channels of the original file (before downmixing).
+        original_rate: sampling rate of the original file.
+    """
+
+    samples: np.ndarray
+    sample_rate: int
+    source: str
+    num_channels: int = 1
+    original_rate: int = 0
+
+    @property
+    def duration(self) -> float:
+        """Length in seconds."""
+        return self.samples.shape[0] / float(self.sample_rate)
+
+
+def to_mono(samples: np.ndarray) -> np.ndarray:
+    """(N,) or (N, C) -> (N,) float32, averaging the channels."""
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.ndim == 1:
+        return samples
+    if samples.ndim != 2:
+        raise ValueError(f"expected (N,) or (N, C) samples, got shape {samples.shape}")
+    return samples.mean(axis=1, dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def _resampler(orig_rate: int, new_rate: int) -> torch.nn.Module:
+    import torchaudio
+
+    return torchaudio.transforms.Resample(orig_rate, new_rate)
+
+
+def resample(samples: np.ndarray | Tensor, orig_rate: int, new_rate: int) -> np.ndarray:
+    """Resamples a mono waveform (N,) from ``orig_rate`` to ``new_rate`` Hz (float32 numpy)."""
+    if orig_rate <= 0 or new_rate <= 0:
+        raise ValueError(f"sample rates must be > 0, got {orig_rate} -> {new_rate}")
+    wave = torch.as_tensor(np.asarray(samples, dtype=np.float32))
+    if orig_rate == new_rate or wave.numel() == 0:
+        return wave.numpy()
+    with torch.no_grad():
+        return _resampler(int(orig_rate), int(new_rate))(wave[None])[0].numpy()
+
+
+def _read(source: io.BytesIO | str, name: str) -> tuple[np.ndarray, int]:
+    import soundfile
+
+    try:
+        samples, rate = soundfile.read(source, dtype="float32", always_2d=True)
+    except Exception as err:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
+        raise AudioError(f"{name}: cannot decode audio (corrupt or not an audio file): {err}") from err
+    return samples, int(rate)
+
+
+def decode_audio(
+    source: str | Path | bytes, target_rate: int | None = 16000, name: str | None = None
+) -> DecodedAudio:
+    """Reads a file (or encoded bytes), downmixes to mono and resamples to ``target_rate``.
+
+    Args:
+        source: a path, ``"-"`` for standard input, or the encoded bytes of a file.
+        target_rate: output rate in Hz; None keeps the file's rate.
+        name: name used in messages (default: the path, or ``<stdin>`` for bytes).
+
+    Returns:
+        The mono waveform.
+
+    Raises:
+        AudioError: naming the input, when it is missing, not a file, empty, undecodable, holds
+            no samples or holds non-finite samples.
+    """
+    if isinstance(source, (bytes, bytearray)):
+        name = name or STDIN_NAME
+        if not source:
+            raise AudioError(f"{name}: empty input (0 bytes)")
+        samples, rate = _read(io.BytesIO(bytes(source)), name)
+    elif str(source) == "-":
+        import sys
+
+        return decode_audio(sys.stdin.buffer.read(), target_rate, name or STDIN_NAME)
+    else:
+        path = Path(source)
+        name = name or str(path)
+        if not path.exists():
+            raise AudioError(f"{name}: no such file")
+        if not path.is_file():
+            raise AudioError(f"{name}: not a regular file")
+        if path.stat().st_size == 0:
+            raise AudioError(f"{name}: empty file (0 bytes)")
+        samples, rate = _read(str(path), name)
+    if samples.shape[0] == 0:
+        raise AudioError(f"{name}: the audio holds no samples")
+    if not np.isfinite(samples).all():
+        raise AudioError(f"{name}: the audio holds NaN or infinite samples")
+    mono = to_mono(samples)
+    out_rate = rate if target_rate is None else int(target_rate)
+    if out_rate != rate:
+        mono = resample(mono, rate, out_rate)
+    return DecodedAudio(mono, out_rate, name, num_channels=samples.shape[1], original_rate=rate)
+
+
+def load_audio(source: str | Path | bytes, target_rate: int = 16000) -> np.ndarray:
+    """(N,) float32 mono samples of ``source`` at ``target_rate`` (see :func:`decode_audio`)."""
+    return decode_audio(source, target_rate).samples
+
+
+class StreamingResampler:
+    """Resamples a waveform that arrives in pieces, exactly as the whole signal at once.
+
+    torchaudio's resampler computes, for each block of ``new`` output samples (rates divided by
+    their gcd), one strided correlation of the kernel with input samples
+    ``[j * orig - width, j * orig - width + K)`` (``K = 2 * width + orig``) of the signal
+    zero-padded by ``width`` on the left and ``width + orig`` on the right, and keeps
+    ``ceil(new * N / orig)`` outputs. This class keeps the input samples later blocks still need
+    and emits each block as soon as its inputs have arrived; :meth:`flush` pads the right edge.
+
+    Args:
+        orig_rate: input rate in Hz.
+        new_rate: output rate in Hz.
+    """
+
+    def __init__(self, orig_rate: int, new_rate: int) -> None:
+        if orig_rate <= 0 or new_rate <= 0:
+            raise ValueError(f"sample rates must be > 0, got {orig_rate} -> {new_rate}")
+        self.orig_rate, self.new_rate = int(orig_rate), int(new_rate)
+        gcd = math.gcd(self.orig_rate, self.new_rate)
+        self._orig, self._new = self.orig_rate // gcd, self.new_rate // gcd
+        self._identity = self.orig_rate == self.new_rate
+        if not self._identity:
+            module = _resampler(self.orig_rate, self.new_rate)
+            self._kernel: Tensor = module.kernel  # (new, 1, K)
+            self._width = int(module.width)
+        else:
+            self._kernel, self._width = torch.zeros(0), 0
+        # buffer holds the padded signal from padded index ``_next_block * orig`` on.
+        self._buffer = torch.zeros(self._width)
+        self._num_in = 0
+        self._num_out = 0
+        self._finished = False
+
+    def accept(self, samples: np.ndarray | Tensor) -> np.ndarray:
+        """Feeds (N,) samples; returns the (M,) output samples that are now complete."""
+        if self._finished:
+            raise RuntimeError("StreamingResampler.accept after flush()")
+        wave = torch.as_tensor(np.asarray(samples, dtype=np.float32)).reshape(-1)
+        self._num_in += wave.numel()
+        if self._identity:
+            self._num_out += wave.numel()
+            return wave.numpy()
+        self._buffer = torch.cat([self._buffer, wave])
+        return self._emit(final=False)
+
+    def flush(self) -> np.ndarray:
+        """Ends the input: pads the right edge and returns the last output samples."""
+        if self._finished:
+            return np.zeros(0, dtype=np.float32)
+        self._finished = True
+        if self._identity:
+            return np.zeros(0, dtype=np.float32)
+        self._buffer = torch.cat([self._buffer, torch.zeros(self._width + self._orig)])
+        return self._emit(final=True)
+
+    def _emit(self, final: bool) -> np.ndarray:
+        size = self._kernel.shape[-1]
+        num_blocks = (self._buffer.numel() - size) // self._orig + 1
+        if num_blocks <= 0:
+            return np.zeros(0, dtype=np.float32)
+        if final:
+            target = math.ceil(self._new * self._num_in / self._orig)
+            num_blocks = min(num_blocks, math.ceil((target - self._num_out) / self._new))
+        if num_blocks <= 0:
+            return np.zeros(0, dtype=np.float32)
+        used = self._buffer[: (num_blocks - 1) * self._orig + size]
+        with torch.no_grad():
+            out = torch.nn.functional.conv1d(used[None, None], self._kernel, stride=self._orig)
+        out = out[0].transpose(0, 1).reshape(-1)
+        self._buffer = self._buffer[num_blocks * self._orig:]
+        if final:
+            out = out[: target - self._num_out]
+        self._num_out += out.numel()
+        return out.numpy()

@@ -1,0 +1,169 @@
+"""``asr transcribe FILES... --model PKG``: transcribe audio files (or ``-`` for stdin).
+
+Output goes to stdout (or one file per input with ``--output-dir``):
+
+* ``text``: the transcript; with several inputs one ``SOURCE<TAB>TEXT`` line per input;
+* ``json``: one JSON object per input and line (text, tokens, token times, words, segments);
+* ``srt`` / ``vtt``: subtitles; cues break at segments, pauses >= ``PAUSE`` s, and after
+  ``MAX_CUE_SECONDS`` s or ``MAX_CUE_CHARS`` characters. With several inputs, srt / vtt need
+  ``--output-dir``.
+
+A missing, empty, corrupt or non-audio input is reported on stderr (naming it) and the exit
+status is 1, while the other inputs are still transcribed. A bad model package exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+HELP = "transcribe audio files (wav/flac/ogg/mp3, any rate/channels; '-' = stdin) with a model package"
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("text", "json", "srt", "vtt")
+PAUSE = 0.8
+MAX_CUE_SECONDS = 6.0
+MAX_CUE_CHARS = 42
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", help="audio files; '-' reads one file from stdin")
+    parser.add_argument("--model", required=True, help="model package directory")
+    parser.add_argument("--searcher", help="searcher name (default: the package's)")
+    parser.add_argument("--format", choices=FORMATS, default="text", help="output format")
+    parser.add_argument("--streaming", action="store_true",
+                        help="decode chunk by chunk with the streaming recognizer")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="windows (offline) or streams (--streaming) decoded together")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--window-seconds", type=float, default=30.0,
+                        help="offline: long inputs are decoded in windows of this length")
+    parser.add_argument("--overlap-seconds", type=float, default=2.0,
+                        help="offline: overlap of consecutive windows (cut in its middle)")
+    parser.add_argument("--output-dir", help="write <stem>.<format> per input here instead of stdout")
+    progress = parser.add_mutually_exclusive_group()
+    progress.add_argument("--progress", dest="progress", action="store_true", default=None,
+                          help="show a progress bar (default: when stderr is a terminal)")
+    progress.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+# ----------------------------------------------------------------------------- formats
+
+
+def _timestamp(seconds: float, sep: str) -> str:
+    millis = max(0, int(round(seconds * 1000)))
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs, millis = divmod(millis, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{sep}{millis:03d}"
+
+
+def cues(result) -> list[tuple[float, float, str]]:
+    """Subtitle cues ``(start, end, text)`` of a :class:`asr.inference.TranscriptionResult`."""
+    out: list[tuple[float, float, str]] = []
+    for segment in result.segments:
+        current: list = []
+        for word in segment.words:
+            if current:
+                text = " ".join(w.text for w in current + [word])
+                if (word.start - current[-1].end >= PAUSE
+                        or word.end - current[0].start > MAX_CUE_SECONDS
+                        or len(text) > MAX_CUE_CHARS):
+                    out.append((current[0].start, current[-1].end,
+                                " ".join(w.text for w in current)))
+                    current = []
+            current.append(word)
+        if current:
+            out.append((current[0].start, current[-1].end, " ".join(w.text for w in current)))
+    return out
+
+
+def format_result(result, fmt: str, with_source: bool) -> str:
+    """One input's output in ``fmt`` (``text``, ``json``, ``srt`` or ``vtt``)."""
+    if fmt == "text":
+        return f"{result.source}\t{result.text}\n" if with_source else f"{result.text}\n"
+    if fmt == "json":
+        return json.dumps(result.to_dict(), ensure_ascii=False) + "\n"
+    blocks = []
+    for index, (start, end, text) in enumerate(cues(result), start=1):
+        if fmt == "srt":
+            blocks.append(f"{index}\n{_timestamp(start, ',')} --> {_timestamp(end, ',')}\n{text}\n")
+        else:
+            blocks.append(f"{_timestamp(start, '.')} --> {_timestamp(end, '.')}\n{text}\n")
+    body = "\n".join(blocks)
+    return body if fmt == "srt" else "WEBVTT\n\n" + body
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def _output_paths(sources: Sequence[str], out_dir: Path, fmt: str) -> list[Path]:
+    ext = {"text": "txt"}.get(fmt, fmt)
+    used: set[str] = set()
+    paths = []
+    for source in sources:
+        stem = "stdin" if source in ("-", "<stdin>") else Path(source).stem or "audio"
+        name, n = f"{stem}.{ext}", 1
+        while name in used:
+            n += 1
+            name = f"{stem}-{n}.{ext}"
+        used.add(name)
+        paths.append(out_dir / name)
+    return paths
+
+
+def run(args: argparse.Namespace) -> int:
+    from asr.audio import AudioError
+    from asr.inference import FailedInput, load_model
+    from asr.package import PackageError
+
+    files = list(args.files)
+    if files.count("-") > 1:
+        logger.error("asr transcribe: '-' (stdin) can be given only once")
+        return 2
+    if args.format in ("srt", "vtt") and len(files) > 1 and not args.output_dir:
+        logger.error("asr transcribe: --format %s with several inputs needs --output-dir",
+                     args.format)
+        return 2
+    if args.batch_size < 1:
+        logger.error("asr transcribe: --batch-size must be >= 1, got %d", args.batch_size)
+        return 2
+    try:
+        model = load_model(args.model, device=args.device, searcher=args.searcher)
+    except (PackageError, OSError, ValueError) as err:
+        logger.error("asr transcribe: cannot load model package: %s", err)
+        return 2
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    try:
+        results = model.transcribe(
+            files, batch_size=args.batch_size, streaming=args.streaming,
+            window_seconds=args.window_seconds, overlap_seconds=args.overlap_seconds,
+            progress=progress, on_error="return",
+        )
+    except (AudioError, ValueError, KeyError) as err:
+        logger.error("asr transcribe: %s", err)
+        return 2
+    failed = 0
+    out_dir = Path(args.output_dir) if args.output_dir else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = _output_paths(files, out_dir, args.format)
+    for index, result in enumerate(results):
+        if isinstance(result, FailedInput):
+            failed += 1
+            logger.error("%s", result.error)
+            continue
+        text = format_result(result, args.format, with_source=len(files) > 1)
+        if out_dir is not None:
+            paths[index].write_text(text, encoding="utf-8")
+        else:
+            sys.stdout.write(text)
+    sys.stdout.flush()
+    if failed:
+        logger.error("asr transcribe: %d of %d inputs failed", failed, len(files))
+    return 1 if failed else 0

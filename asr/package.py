@@ -1,0 +1,465 @@
+"""Model packages: everything needed to run a trained model, loadable without unpickling.
+
+A package is a directory::
+
+    PKG/config.yaml         the resolved ExperimentConfig (tokenizer_dir: tokenizer)
+    PKG/tokenizer/          tokenizer files (tokens.txt, bpe.model for sentencepiece)
+    PKG/model.safetensors   weights (safetensors: tensors only, no code)
+    PKG/metadata.json       provenance, default searcher, sizes, WER if known, sha256 of each file
+
+:func:`export_package` writes one from an experiment directory (one checkpoint or the average of
+the last ``avg`` epoch checkpoints); :func:`load_package` reads it back with YAML, JSON and
+safetensors only, checking every file's sha256 so that a truncated or corrupt file is reported by
+name (:class:`PackageError`). Training checkpoints are read with ``torch.load(weights_only=True)``.
+
+Example:
+    >>> export_package("exp/conformer_ctc", "pkg/conformer_ctc", epoch=10, avg=3)
+    >>> package = load_package("pkg/conformer_ctc")
+    >>> model = package.build_model()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from asr.experiment import ExperimentConfig
+    from asr.model import ASRModel
+    from asr.tokenizers.base import Tokenizer
+
+__all__ = [
+    "ModelPackage",
+    "PackageError",
+    "PackageMetadata",
+    "default_searcher",
+    "export_package",
+    "load_package",
+    "select_checkpoints",
+]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+WEIGHTS_FILE = "model.safetensors"
+METADATA_FILE = "metadata.json"
+TOKENIZER_DIR = "tokenizer"
+FORMAT_VERSION = 1
+_EPOCH_PATTERN = re.compile(r"^epoch-(\d+)\.pt$")
+
+
+class PackageError(ValueError):
+    """A package or experiment file that is missing, truncated, corrupt or inconsistent."""
+
+
+@dataclass(frozen=True)
+class PackageMetadata:
+    """Contents of ``metadata.json``.
+
+    Attributes:
+        format_version: package layout version.
+        asr_version: version of this toolkit that wrote the package.
+        created: UTC time of export, ISO 8601.
+        checkpoints: file names of the averaged checkpoints.
+        training_data: training manifests of the experiment.
+        wer: dataset name -> WER in percent, when known (e.g. the last validation WER).
+        searcher: default searcher name.
+        streaming: whether the encoder streams (causal, chunked with finite left context).
+        chunk_size: encoder frames per streaming chunk (0: full context).
+        left_chunks: chunks of left context (-1: unlimited).
+        num_parameters: model parameters.
+        vocab_size: V including blank.
+        sample_rate: feature sampling rate in Hz.
+        sha256: package-relative file name -> sha256 hex digest.
+    """
+
+    format_version: int = FORMAT_VERSION
+    asr_version: str = ""
+    created: str = ""
+    checkpoints: tuple[str, ...] = ()
+    training_data: tuple[str, ...] = ()
+    wer: dict[str, float] = field(default_factory=dict)
+    searcher: str = "ctc_greedy"
+    streaming: bool = False
+    chunk_size: int = 0
+    left_chunks: int = -1
+    num_parameters: int = 0
+    vocab_size: int = 0
+    sample_rate: int = 16000
+    sha256: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], source: str) -> PackageMetadata:
+        """Builds the metadata from parsed JSON, rejecting unknown keys (naming ``source``)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise PackageError(f"{source}: unknown metadata keys {unknown}")
+        values = dict(data)
+        for key in ("checkpoints", "training_data"):
+            if key in values:
+                values[key] = tuple(values[key])
+        try:
+            return cls(**values)
+        except TypeError as err:
+            raise PackageError(f"{source}: invalid metadata: {err}") from err
+
+
+def default_searcher(cfg: ExperimentConfig) -> str:
+    """The greedy searcher of the experiment's main head: transducer/TDT first, then CTC."""
+    transducer = cfg.heads.transducer
+    if transducer is not None:
+        return "tdt_greedy" if transducer.loss == "tdt" else "transducer_greedy"
+    if cfg.heads.ctc is not None:
+        return "ctc_greedy"
+    enabled = sorted(cfg.heads.enabled())
+    return f"{enabled[0]}_beam" if enabled else "ctc_greedy"
+
+
+def is_streaming(cfg: ExperimentConfig) -> bool:
+    """Whether the encoder of ``cfg`` can run chunk by chunk with a bounded cache."""
+    enc = cfg.encoder
+    causal = enc.causal or enc.kind == "transformer"
+    return causal and enc.chunk_size > 0 and enc.left_chunks >= 0
+
+
+@dataclass(frozen=True)
+class ModelPackage:
+    """A loaded package (weights on CPU).
+
+    Attributes:
+        directory: where it was read from.
+        config: the experiment config (``tokenizer_dir`` points into the package).
+        tokenizer: the tokenizer.
+        state_dict: model weights.
+        metadata: ``metadata.json``.
+    """
+
+    directory: Path
+    config: ExperimentConfig
+    tokenizer: Tokenizer
+    state_dict: dict[str, torch.Tensor]
+    metadata: PackageMetadata
+
+    def build_model(self, device: torch.device | str = "cpu") -> ASRModel:
+        """The model in eval mode with the package weights, on ``device``."""
+        from asr.experiment import build_model
+
+        model = build_model(self.config, self.tokenizer.vocab_size)
+        try:
+            model.load_state_dict(self.state_dict, strict=True)
+        except RuntimeError as err:
+            raise PackageError(
+                f"{self.directory / WEIGHTS_FILE}: weights do not fit {CONFIG_FILE}: {err}"
+            ) from err
+        return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------------- reading
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _require_file(path: Path) -> None:
+    if not path.is_file():
+        raise PackageError(f"{path}: missing package file")
+    if path.stat().st_size == 0:
+        raise PackageError(f"{path}: empty package file (truncated?)")
+
+
+def _read_metadata(directory: Path) -> PackageMetadata:
+    path = directory / METADATA_FILE
+    _require_file(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise PackageError(f"{path}: corrupt JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise PackageError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    metadata = PackageMetadata.from_json(data, str(path))
+    if metadata.format_version != FORMAT_VERSION:
+        raise PackageError(
+            f"{path}: format_version {metadata.format_version} is not supported "
+            f"(expected {FORMAT_VERSION})"
+        )
+    return metadata
+
+
+def _verify_files(directory: Path, metadata: PackageMetadata) -> None:
+    for rel, expected in sorted(metadata.sha256.items()):
+        path = (directory / rel).resolve()
+        if directory.resolve() not in path.parents:
+            raise PackageError(f"{directory / METADATA_FILE}: file name {rel!r} leaves the package")
+        _require_file(path)
+        if _sha256(path) != expected:
+            raise PackageError(
+                f"{directory / rel}: sha256 mismatch: the file is truncated or corrupt "
+                f"(re-export or re-download the package)"
+            )
+
+
+def load_package(directory: str | Path, verify: bool = True) -> ModelPackage:
+    """Reads a package written by :func:`export_package`.
+
+    Args:
+        directory: the package directory.
+        verify: check each file's sha256 against ``metadata.json``.
+
+    Raises:
+        PackageError: naming the file that is missing, truncated, corrupt or inconsistent.
+    """
+    from asr.config import ConfigError, load_config
+    from asr.experiment import ExperimentConfig
+    from asr.tokenizers.base import load_tokenizer
+    from asr.train.checkpoint import CheckpointError, load_weights
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise PackageError(f"{directory}: model package directory does not exist")
+    metadata = _read_metadata(directory)
+    if verify:
+        _verify_files(directory, metadata)
+    config_path = directory / CONFIG_FILE
+    _require_file(config_path)
+    try:
+        cfg = load_config(ExperimentConfig, config_path)
+    except (ConfigError, OSError, ValueError) as err:
+        raise PackageError(f"{config_path}: {err}") from err
+    cfg = dataclasses.replace(cfg, tokenizer_dir=directory / TOKENIZER_DIR)
+    try:
+        tokenizer = load_tokenizer(directory / TOKENIZER_DIR)
+    except (OSError, ValueError) as err:
+        raise PackageError(f"{directory / TOKENIZER_DIR}: {err}") from err
+    weights_path = directory / WEIGHTS_FILE
+    _require_file(weights_path)
+    try:
+        state_dict = load_weights(weights_path)
+    except CheckpointError as err:
+        raise PackageError(str(err)) from err
+    if metadata.vocab_size and metadata.vocab_size != tokenizer.vocab_size:
+        raise PackageError(
+            f"{directory / METADATA_FILE}: vocab_size {metadata.vocab_size} differs from the "
+            f"tokenizer's {tokenizer.vocab_size}"
+        )
+    return ModelPackage(directory, cfg, tokenizer, state_dict, metadata)
+
+
+# --------------------------------------------------------------------------------- writing
+
+
+def _epoch_checkpoints(exp_dir: Path) -> dict[int, Path]:
+    found = {}
+    for path in exp_dir.iterdir() if exp_dir.is_dir() else ():
+        match = _EPOCH_PATTERN.match(path.name)
+        if match:
+            found[int(match.group(1))] = path
+    return found
+
+
+def select_checkpoints(
+    exp_dir: str | Path,
+    epoch: int | None = None,
+    avg: int = 1,
+    checkpoint: str | Path | None = None,
+) -> list[Path]:
+    """The checkpoint files to average.
+
+    Args:
+        exp_dir: experiment directory with ``epoch-N.pt`` / ``checkpoint-N.pt``.
+        epoch: last epoch to use; default the newest ``epoch-N.pt``.
+        avg: number of consecutive epochs ending at ``epoch`` to average.
+        checkpoint: one explicit file (``.pt`` or ``.safetensors``); overrides epoch/avg.
+
+    Raises:
+        PackageError: when a requested checkpoint does not exist.
+    """
+    exp_dir = Path(exp_dir)
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise PackageError(f"checkpoint {path} does not exist")
+        return [path]
+    if avg < 1:
+        raise PackageError(f"--avg must be >= 1, got {avg}")
+    epochs = _epoch_checkpoints(exp_dir)
+    if not epochs:
+        from asr.train.checkpoint import latest_checkpoint
+
+        latest = latest_checkpoint(exp_dir)
+        if latest is None or epoch is not None:
+            raise PackageError(f"{exp_dir}: no epoch-N.pt checkpoints found")
+        if avg != 1:
+            raise PackageError(f"{exp_dir}: --avg {avg} needs epoch-N.pt checkpoints")
+        return [latest]
+    last = max(epochs) if epoch is None else epoch
+    wanted = list(range(last - avg + 1, last + 1))
+    missing = [e for e in wanted if e not in epochs]
+    if missing:
+        raise PackageError(
+            f"{exp_dir}: epoch checkpoints {[f'epoch-{e}.pt' for e in missing]} do not exist "
+            f"(found epochs {sorted(epochs)})"
+        )
+    return [epochs[e] for e in wanted]
+
+
+def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state dict, checkpoint dict without weights) of a training checkpoint or weights file."""
+    from asr.train.checkpoint import CheckpointError, load_weights, safe_torch_load
+
+    try:
+        if path.suffix == ".safetensors":
+            return load_weights(path), {}
+        data = safe_torch_load(path)
+    except CheckpointError as err:
+        raise PackageError(str(err)) from err
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise PackageError(f"{path}: not a training checkpoint (no 'model' state dict)")
+    return data["model"], data
+
+
+def _experiment_config(
+    exp_dir: Path, checkpoint: Mapping[str, Any], tokenizer_dir: str | Path | None
+) -> ExperimentConfig:
+    from asr.config import ConfigError, from_dict, load_config
+    from asr.experiment import ExperimentConfig
+
+    extra = checkpoint.get("extra") or {}
+    try:
+        if isinstance(extra.get("config"), dict):
+            cfg = from_dict(ExperimentConfig, extra["config"], "checkpoint.extra.config")
+        elif (exp_dir / CONFIG_FILE).is_file():
+            cfg = load_config(ExperimentConfig, exp_dir / CONFIG_FILE)
+        else:
+            raise PackageError(
+                f"{exp_dir}: no {CONFIG_FILE} and no config in the checkpoint's 'extra'"
+            )
+    except ConfigError as err:
+        raise PackageError(f"{exp_dir}: invalid experiment config: {err}") from err
+    if tokenizer_dir is not None:
+        cfg = dataclasses.replace(cfg, tokenizer_dir=Path(tokenizer_dir))
+    return cfg
+
+
+def _last_wer(checkpoint: Mapping[str, Any]) -> dict[str, float]:
+    history = (checkpoint.get("progress") or {}).get("history") or []
+    for record in reversed(history):
+        if isinstance(record, dict) and record.get("valid_wer") is not None:
+            return {"dev": float(record["valid_wer"])}
+    return {}
+
+
+def export_package(
+    exp_dir: str | Path,
+    out_dir: str | Path,
+    epoch: int | None = None,
+    avg: int = 1,
+    checkpoint: str | Path | None = None,
+    tokenizer_dir: str | Path | None = None,
+    wer: Mapping[str, float] | None = None,
+    overwrite: bool = False,
+) -> PackageMetadata:
+    """Writes a model package from an experiment (averaging checkpoints, see
+    :func:`select_checkpoints`).
+
+    Args:
+        exp_dir: experiment directory written by ``asr train``.
+        out_dir: package directory to create (must not exist unless ``overwrite``).
+        epoch, avg, checkpoint: which weights, see :func:`select_checkpoints`.
+        tokenizer_dir: tokenizer to package; default the experiment's ``tokenizer_dir``.
+        wer: known WERs (percent) to record; default the last validation WER of the checkpoint.
+        overwrite: replace an existing package directory.
+
+    Returns:
+        The metadata written.
+
+    Raises:
+        PackageError: for missing / corrupt checkpoints, configs or tokenizers.
+    """
+    from asr import __version__
+    from asr.config import save_config
+    from asr.experiment import build_model
+    from asr.tokenizers.base import load_tokenizer
+    from asr.train.averaging import average_state_dicts
+    from asr.train.checkpoint import save_weights
+
+    exp_dir, out_dir = Path(exp_dir), Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise PackageError(f"{out_dir}: already exists (pass overwrite=True / --overwrite)")
+    paths = select_checkpoints(exp_dir, epoch, avg, checkpoint)
+    logger.info("averaging %d checkpoint(s): %s", len(paths), ", ".join(p.name for p in paths))
+    loaded = [_read_checkpoint(p) for p in paths]
+    state_dict = average_state_dicts(sd for sd, _ in loaded)
+    cfg = _experiment_config(exp_dir, loaded[-1][1], tokenizer_dir)
+    try:
+        tokenizer = load_tokenizer(cfg.tokenizer_dir)
+    except (OSError, ValueError) as err:
+        raise PackageError(f"tokenizer_dir {cfg.tokenizer_dir}: {err} (pass --tokenizer-dir)") from err
+    model = build_model(cfg, tokenizer.vocab_size)
+    reference = model.state_dict()
+    try:
+        model.load_state_dict(
+            {k: v.to(reference[k].dtype) if k in reference else v for k, v in state_dict.items()},
+            strict=True,
+        )
+    except RuntimeError as err:
+        raise PackageError(f"{paths[-1]}: weights do not fit the experiment config: {err}") from err
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        save_weights(model.state_dict(), tmp / WEIGHTS_FILE, {"format": "pt"})
+        tokenizer.save(tmp / TOKENIZER_DIR)
+        save_config(dataclasses.replace(cfg, tokenizer_dir=Path(TOKENIZER_DIR)), tmp / CONFIG_FILE)
+        files = [CONFIG_FILE, WEIGHTS_FILE] + sorted(
+            f"{TOKENIZER_DIR}/{p.name}" for p in (tmp / TOKENIZER_DIR).iterdir() if p.is_file()
+        )
+        metadata = PackageMetadata(
+            asr_version=__version__,
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            checkpoints=tuple(p.name for p in paths),
+            training_data=tuple(str(p) for p in cfg.data.train_cuts),
+            wer=dict(wer) if wer is not None else _last_wer(loaded[-1][1]),
+            searcher=default_searcher(cfg),
+            streaming=is_streaming(cfg),
+            chunk_size=cfg.encoder.chunk_size,
+            left_chunks=cfg.encoder.left_chunks,
+            num_parameters=sum(p.numel() for p in model.parameters()),
+            vocab_size=tokenizer.vocab_size,
+            sample_rate=cfg.data.fbank.sample_rate,
+            sha256={name: _sha256(tmp / name) for name in files},
+        )
+        text = json.dumps(dataclasses.asdict(metadata), indent=2, sort_keys=True)
+        (tmp / METADATA_FILE).write_text(text + "\n", encoding="utf-8")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("wrote model package %s (%d parameters)", out_dir, metadata.num_parameters)
+    return metadata
+
+
+def package_files(directory: str | Path) -> Sequence[Path]:
+    """Every file of a package (for copying / checks)."""
+    directory = Path(directory)
+    return sorted(p for p in directory.rglob("*") if p.is_file())

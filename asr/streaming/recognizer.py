@@ -1,0 +1,400 @@
+"""StreamingRecognizer: many concurrent audio streams decoded chunk by chunk in batches.
+
+Each :class:`Stream` owns an online fbank (:class:`asr.features.online.OnlineFbank`, the same
+frames as the training features), the pending feature frames, an encoder state and a search
+state (both batch-1 State dataclasses). :meth:`StreamingRecognizer.decode` takes all ready
+streams, stacks their states with :func:`asr.streaming.state.stack_states`, runs ONE encoder
+``forward_chunk`` and ONE searcher ``step`` for the batch, and splits the states back: streams at
+different positions share the batch, and each gets exactly what it would get decoded alone.
+
+A stream is *ready* when it holds the feature frames of its next full chunk
+(``encoder.frames_needed``: ``4c + 3`` at the start, ``4c`` afterwards), or when its input has
+ended and frames (or the final result) are left. Feeding exactly one chunk per step keeps
+streaming equal to the offline forward under the same chunk mask.
+
+Endpointing (:mod:`asr.streaming.endpoint`): after ``decode``, a caller checks
+:meth:`~StreamingRecognizer.is_endpoint`; on an endpoint it reads :meth:`~StreamingRecognizer.result`
+(``is_final`` True) and calls :meth:`~StreamingRecognizer.reset`, which starts a new segment
+(a fresh search state; the encoder keeps its context).
+
+Example:
+    >>> recognizer = asr.load_model("pkg").streaming_recognizer()
+    >>> stream = recognizer.new_stream()
+    >>> recognizer.accept_waveform(stream, samples, 16000)
+    >>> recognizer.input_finished(stream)
+    >>> while recognizer.is_ready(stream):
+    ...     recognizer.decode([stream])
+    >>> recognizer.result(stream).text
+
+Shape legend: B streams in a batch, T feature frames, F mel bins, T' encoder frames.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from asr.audio import StreamingResampler
+from asr.features.online import OnlineFbank
+from asr.streaming.endpoint import EndpointConfig, detect_endpoint
+from asr.streaming.state import stack_states, unstack_states
+from asr.types import Hypothesis
+
+if TYPE_CHECKING:  # pragma: no cover
+    from asr.audio import DecodedAudio
+    from asr.inference import Transcriber, TranscriptionResult
+
+__all__ = ["Stream", "StreamResult", "StreamingRecognizer", "transcribe_streaming"]
+
+logger = logging.getLogger(__name__)
+
+_EMPTY = Hypothesis(tokens=())
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """The current (partial or final) result of a stream's segment.
+
+    Attributes:
+        text: segment text.
+        tokens: token pieces.
+        token_ids: token ids.
+        timestamps: token times in seconds from the start of the stream.
+        segment: segment index (0, 1, ... as endpoints start new segments).
+        is_final: the segment is over (endpoint, or the stream's input is fully decoded).
+        start_time: segment start in seconds from the start of the stream.
+    """
+
+    text: str
+    tokens: tuple[str, ...]
+    token_ids: tuple[int, ...]
+    timestamps: tuple[float, ...]
+    segment: int
+    is_final: bool
+    start_time: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """The sherpa-onnx compatible message ``{"text", "tokens", "timestamps", "segment",
+        "is_final"}``."""
+        return {
+            "text": self.text,
+            "tokens": list(self.tokens),
+            "timestamps": [round(t, 3) for t in self.timestamps],
+            "segment": self.segment,
+            "is_final": self.is_final,
+        }
+
+
+@dataclass(eq=False)
+class Stream:
+    """One audio stream (mutable handle; create with :meth:`StreamingRecognizer.new_stream`).
+
+    Attributes:
+        id: unique id within the process.
+        fbank: online feature extractor.
+        feats: (T, F) feature frames not yet fed to the encoder.
+        encoder_state: batch-1 encoder state.
+        search_state: batch-1 search state of the current segment.
+        hypothesis: best hypothesis of the current segment (frames relative to the segment).
+        segment: current segment index.
+        segment_start_frame: encoder frame where the segment started.
+        frames_decoded: encoder frames decoded since the stream started.
+        input_done: :meth:`StreamingRecognizer.input_finished` was called.
+        done: every frame is decoded and the last segment finalized.
+        finished_segments: final results of the segments ended by :meth:`StreamingRecognizer.reset`.
+    """
+
+    id: int
+    fbank: OnlineFbank
+    feats: Tensor
+    encoder_state: Any
+    search_state: Any
+    hypothesis: Hypothesis = _EMPTY
+    segment: int = 0
+    segment_start_frame: int = 0
+    frames_decoded: int = 0
+    input_done: bool = False
+    done: bool = False
+    finished_segments: list[StreamResult] = field(default_factory=list)
+    resampler: StreamingResampler | None = None
+
+    @property
+    def num_samples(self) -> int:
+        """Samples (at the model rate) received so far."""
+        return self.fbank.num_samples
+
+
+class StreamingRecognizer:
+    """Batched chunk-by-chunk recognition over many streams.
+
+    Args:
+        transcriber: a loaded model (:func:`asr.load_model`); its encoder must stream
+            (causal, ``chunk_size > 0``, ``left_chunks >= 0``).
+        searcher: streaming searcher name (``ctc_greedy``, ``transducer_greedy``, ``tdt_greedy``).
+        endpoint: endpoint rules.
+        chunk_size: encoder frames per chunk (default: the encoder config's).
+        left_chunks: chunks of left context (default: the encoder config's).
+    """
+
+    def __init__(
+        self,
+        transcriber: Transcriber,
+        searcher: str | None = None,
+        endpoint: EndpointConfig | None = None,
+        chunk_size: int | None = None,
+        left_chunks: int | None = None,
+    ) -> None:
+        from asr.decoding import build_streaming_searcher
+
+        self.transcriber = transcriber
+        self.model = transcriber.model
+        self.encoder = self.model.encoder
+        self.tokenizer = transcriber.tokenizer
+        self.device = transcriber.device
+        self.fbank_config = transcriber.fbank_config
+        self.sample_rate = transcriber.sample_rate
+        self.frame_seconds = transcriber.frame_seconds
+        self.endpoint = endpoint or EndpointConfig()
+        enc_cfg = transcriber.package.config.encoder
+        self.chunk_size = enc_cfg.chunk_size if chunk_size is None else chunk_size
+        self.left_chunks = enc_cfg.left_chunks if left_chunks is None else left_chunks
+        self.searcher_name = searcher or transcriber.searcher_name
+        self.searcher = build_streaming_searcher(
+            self.searcher_name, self.model, transcriber.search_config
+        )
+        self._extractor = transcriber._extractor
+        self._ids = itertools.count()
+        self.encoder.init_state(1, self.device, left_chunks=self.left_chunks,
+                                chunk_size=self.chunk_size)  # fails early if not streamable
+
+    # ------------------------------------------------------------------------- streams
+
+    def new_stream(self) -> Stream:
+        """A fresh stream at segment 0."""
+        return Stream(
+            id=next(self._ids),
+            fbank=OnlineFbank(self.fbank_config, self._extractor),
+            feats=torch.zeros(0, self.fbank_config.num_mel_bins),
+            encoder_state=self.encoder.init_state(
+                1, self.device, left_chunks=self.left_chunks, chunk_size=self.chunk_size
+            ),
+            search_state=self.searcher.init_state(1, self.device),
+        )
+
+    def accept_waveform(
+        self, stream: Stream, samples: np.ndarray | Tensor, sample_rate: int
+    ) -> None:
+        """Appends (N,) float samples in [-1, 1] at ``sample_rate`` Hz (resampled if needed).
+
+        Raises:
+            ValueError: after :meth:`input_finished`, for non-finite samples, or when the rate
+                changes within a stream.
+        """
+        if stream.input_done:
+            raise ValueError(f"stream {stream.id}: accept_waveform after input_finished")
+        wave = np.asarray(
+            samples.detach().cpu().numpy() if isinstance(samples, Tensor) else samples,
+            dtype=np.float32,
+        ).reshape(-1)
+        if not np.isfinite(wave).all():
+            raise ValueError(f"stream {stream.id}: samples contain NaN or infinite values")
+        if sample_rate != self.sample_rate:
+            if stream.resampler is None:
+                stream.resampler = StreamingResampler(sample_rate, self.sample_rate)
+            elif stream.resampler.orig_rate != sample_rate:
+                raise ValueError(
+                    f"stream {stream.id}: sample rate changed from {stream.resampler.orig_rate} "
+                    f"to {sample_rate} Hz"
+                )
+            wave = stream.resampler.accept(wave)
+        elif stream.resampler is not None:
+            raise ValueError(
+                f"stream {stream.id}: sample rate changed from {stream.resampler.orig_rate} "
+                f"to {sample_rate} Hz"
+            )
+        self._append(stream, stream.fbank.accept_waveform(wave))
+
+    def input_finished(self, stream: Stream) -> None:
+        """No more audio for ``stream``: computes its last feature frames."""
+        if stream.input_done:
+            return
+        if stream.resampler is not None:
+            self._append(stream, stream.fbank.accept_waveform(stream.resampler.flush()))
+        self._append(stream, stream.fbank.input_finished())
+        stream.input_done = True
+
+    def _append(self, stream: Stream, frames: Tensor) -> None:
+        if frames.shape[0]:
+            stream.feats = torch.cat([stream.feats, frames])
+
+    def _frames_to_take(self, stream: Stream) -> int:
+        needed = int(self.encoder.frames_needed(stream.encoder_state, self.chunk_size)[0])
+        available = stream.feats.shape[0]
+        if available >= needed:
+            return needed
+        return available if stream.input_done else 0
+
+    def is_ready(self, stream: Stream) -> bool:
+        """Whether :meth:`decode` would make progress on ``stream``."""
+        if stream.done:
+            return False
+        return stream.input_done or self._frames_to_take(stream) > 0
+
+    # ------------------------------------------------------------------------- decoding
+
+    @torch.no_grad()
+    def decode(self, streams: Sequence[Stream]) -> None:
+        """One batched encoder chunk + search step over the ready streams among ``streams``.
+
+        Streams whose input has ended and whose frames are all decoded are finalized.
+        """
+        ready = [s for s in streams if self.is_ready(s)]
+        takes = [self._frames_to_take(s) for s in ready]
+        batch = [(s, n) for s, n in zip(ready, takes) if n > 0]
+        if batch:
+            self._step(batch)
+        for stream in ready:
+            if stream.input_done and stream.feats.shape[0] == 0:
+                stream.hypothesis = self.searcher.finalize(stream.search_state)[0]
+                stream.done = True
+
+    def _step(self, batch: Sequence[tuple[Stream, int]]) -> None:
+        feats = torch.nn.utils.rnn.pad_sequence(
+            [s.feats[:n] for s, n in batch], batch_first=True
+        ).to(self.device)
+        feat_lens = torch.tensor([n for _, n in batch], device=self.device)
+        enc_state = stack_states([s.encoder_state for s, _ in batch])
+        enc, enc_lens, enc_state = self.encoder.forward_chunk(feats, feat_lens, enc_state)
+        search_state = stack_states([s.search_state for s, _ in batch])
+        if enc.shape[1] > 0:
+            search_state = self.searcher.step(enc, enc_lens, search_state)
+        partials = self.searcher.partial(search_state)
+        enc_states, search_states = unstack_states(enc_state), unstack_states(search_state)
+        for i, ((stream, taken), num_new) in enumerate(zip(batch, enc_lens.tolist())):
+            stream.feats = stream.feats[taken:]
+            stream.encoder_state = enc_states[i]
+            stream.search_state = search_states[i]
+            stream.frames_decoded += int(num_new)
+            stream.hypothesis = partials[i]
+
+    # ------------------------------------------------------------------------- results
+
+    def is_endpoint(self, stream: Stream) -> bool:
+        """Whether the current segment has reached an endpoint (see :class:`EndpointConfig`)."""
+        if stream.done:
+            return False
+        hyp = stream.hypothesis
+        last = int(hyp.timestamps[-1]) if hyp.tokens and hyp.timestamps else None
+        if hyp.tokens and last is None:
+            last = stream.frames_decoded - stream.segment_start_frame - 1
+        return detect_endpoint(
+            self.endpoint, stream.frames_decoded - stream.segment_start_frame, last,
+            self.frame_seconds,
+        )
+
+    def result(self, stream: Stream) -> StreamResult:
+        """Current result of the stream's segment."""
+        hyp = stream.hypothesis
+        ids = tuple(int(t) for t in hyp.tokens)
+        frames = hyp.timestamps or (0,) * len(ids)
+        return StreamResult(
+            text=self.tokenizer.decode(ids),
+            tokens=tuple(self.tokenizer.id_to_piece(t) for t in ids),
+            token_ids=ids,
+            timestamps=tuple(
+                (stream.segment_start_frame + int(f)) * self.frame_seconds for f in frames
+            ),
+            segment=stream.segment,
+            is_final=stream.done or self.is_endpoint(stream),
+            start_time=stream.segment_start_frame * self.frame_seconds,
+        )
+
+    def reset(self, stream: Stream) -> None:
+        """Ends the current segment (kept in ``stream.finished_segments``) and starts the next."""
+        final = self.result(stream)
+        stream.finished_segments.append(
+            StreamResult(final.text, final.tokens, final.token_ids, final.timestamps,
+                         final.segment, True, final.start_time)
+        )
+        stream.segment += 1
+        stream.segment_start_frame = stream.frames_decoded
+        stream.search_state = self.searcher.init_state(1, self.device)
+        stream.hypothesis = _EMPTY
+
+
+def transcribe_streaming(
+    recognizer: StreamingRecognizer,
+    audios: Sequence[DecodedAudio],
+    batch_size: int = 8,
+    progress: bool = False,
+    feed_seconds: float = 1.0,
+) -> list[TranscriptionResult]:
+    """Decodes whole waveforms as concurrent streams (at most ``batch_size`` at a time).
+
+    Audio is fed ``feed_seconds`` at a time to streams that need frames; endpoints split the
+    transcript into segments.
+    """
+    from tqdm import tqdm
+
+    from asr.inference import Segment, TranscriptionResult, words_from_tokens
+
+    rate = recognizer.sample_rate
+    step = max(1, int(feed_seconds * rate))
+    queue = list(range(len(audios)))
+    active: dict[int, tuple[Stream, list[int]]] = {}
+    results: list[TranscriptionResult | None] = [None] * len(audios)
+    bar = tqdm(total=len(audios), unit="file", desc="stream", disable=not progress, leave=False)
+    while queue or active:
+        while queue and len(active) < max(1, batch_size):
+            index = queue.pop(0)
+            active[index] = (recognizer.new_stream(), [0])
+        for index, (stream, cursor) in active.items():
+            samples = audios[index].samples
+            while not stream.input_done and not recognizer._frames_to_take(stream):
+                recognizer.accept_waveform(stream, samples[cursor[0]: cursor[0] + step], rate)
+                cursor[0] += step
+                if cursor[0] >= samples.shape[0]:
+                    recognizer.input_finished(stream)
+        streams = [stream for stream, _ in active.values()]
+        recognizer.decode(streams)
+        for index, stream in list(active.items()):
+            stream = stream[0]
+            if recognizer.is_endpoint(stream):
+                recognizer.reset(stream)
+            if stream.done:
+                segments = [*stream.finished_segments, recognizer.result(stream)]
+                results[index] = _merge_segments(
+                    recognizer, audios[index], segments, Segment, TranscriptionResult,
+                    words_from_tokens,
+                )
+                del active[index]
+                bar.update(1)
+    bar.close()
+    return [r for r in results if r is not None]
+
+
+def _merge_segments(recognizer, audio, segments, segment_cls, result_cls, words_fn):
+    ids, pieces, times, words, parts = [], [], [], [], []
+    for seg in segments:
+        if not seg.text:
+            continue
+        seg_words = words_fn(seg.tokens, seg.timestamps, recognizer.frame_seconds)
+        end = seg_words[-1].end if seg_words else seg.start_time
+        parts.append(segment_cls(seg.text, seg_words[0].start if seg_words else seg.start_time,
+                                 end, tuple(seg_words)))
+        ids.extend(seg.token_ids)
+        pieces.extend(seg.tokens)
+        times.extend(seg.timestamps)
+        words.extend(seg_words)
+    return result_cls(
+        source=audio.source, text=" ".join(p.text for p in parts), tokens=tuple(pieces),
+        token_ids=tuple(ids), timestamps=tuple(times), words=tuple(words),
+        duration=audio.duration, segments=tuple(parts),
+    )

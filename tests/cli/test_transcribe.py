@@ -1,0 +1,223 @@
+"""``asr transcribe`` end to end on espeak-ng speech with a tiny model trained in the session."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from asr.audio import load_audio, resample
+from asr.cli.main import main
+from asr.testing.tiny import espeak_available
+
+pytestmark = pytest.mark.skipif(not espeak_available(), reason="needs espeak-ng")
+
+FORMATS = {  # extension -> (soundfile format, subtype, sample rate)
+    "wav": ("WAV", "PCM_16", 16000),
+    "flac": ("FLAC", "PCM_16", 22050),
+    "ogg": ("OGG", "VORBIS", 44100),
+    "mp3": ("MP3", "MPEG_LAYER_III", 24000),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    from asr.testing.packages import trained_tiny_package
+
+    return trained_tiny_package(tmp_path_factory.getbasetemp() / "tiny_models")
+
+
+@pytest.fixture(scope="session")
+def audio_dir(tiny, tmp_path_factory) -> Path:
+    """utt<i>.<ext> for every format, and utt<i>_8k_stereo.wav."""
+    out = tmp_path_factory.mktemp("audio")
+    for i, wav in enumerate(tiny.wavs):
+        samples = load_audio(wav, 16000)
+        for ext, (fmt, subtype, rate) in FORMATS.items():
+            soundfile.write(out / f"utt{i}.{ext}", resample(samples, 16000, rate), rate,
+                            format=fmt, subtype=subtype)
+        mono = resample(samples, 16000, 8000)
+        stereo = np.stack([mono, 0.5 * mono], axis=1)
+        soundfile.write(out / f"utt{i}_8k_stereo.wav", stereo, 8000, subtype="PCM_16")
+    return out
+
+
+def _run(args, capsys) -> tuple[int, str, str]:
+    code = main(["--log-level", "WARNING", "transcribe", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("ext", list(FORMATS))
+def test_every_format(tiny, audio_dir, capsys, ext):
+    files = [audio_dir / f"utt{i}.{ext}" for i in range(len(tiny.texts))]
+    code, out, _ = _run([*files, "--model", tiny.package_dir], capsys)
+    assert code == 0
+    lines = [line.split("\t") for line in out.splitlines()]
+    assert [source for source, _ in lines] == [str(f) for f in files]
+    assert [text for _, text in lines] == list(tiny.texts)
+
+
+def test_8khz_stereo_input(tiny, audio_dir, capsys):
+    code, out, _ = _run([audio_dir / "utt1_8k_stereo.wav", "--model", tiny.package_dir], capsys)
+    assert code == 0 and out == f"{tiny.texts[1]}\n"
+
+
+def test_streaming_gives_the_offline_text(tiny, audio_dir, capsys):
+    files = [audio_dir / f"utt{i}.wav" for i in range(len(tiny.texts))]
+    files.append(audio_dir / "utt3_8k_stereo.wav")
+    results = {}
+    for mode in ([], ["--streaming"]):
+        code, out, _ = _run([*files, "--model", tiny.package_dir, "--format", "json",
+                             "--batch-size", "3", *mode], capsys)
+        assert code == 0
+        results[bool(mode)] = [json.loads(line) for line in out.splitlines()]
+    offline, streaming = results[False], results[True]
+    assert [r["text"] for r in streaming] == [r["text"] for r in offline]
+    assert [r["text"] for r in offline] == [*tiny.texts, tiny.texts[3]]
+    assert [r["timestamps"] for r in streaming] == [r["timestamps"] for r in offline]
+
+
+def test_batching_does_not_change_results(tiny, audio_dir, capsys):
+    files = [audio_dir / f"utt{i}.flac" for i in range(len(tiny.texts))] * 2
+    outputs = [_run([*files, "--model", tiny.package_dir, "--format", "json", "--batch-size", b],
+                    capsys)[1] for b in (1, 5)]
+    assert outputs[0] == outputs[1]
+
+
+def test_json_words_and_timestamps(tiny, audio_dir, capsys):
+    code, out, _ = _run([audio_dir / "utt2.wav", "--model", tiny.package_dir, "--format", "json"],
+                        capsys)
+    result = json.loads(out)
+    assert code == 0 and result["text"] == tiny.texts[2]
+    assert [w["word"] for w in result["words"]] == tiny.texts[2].split()
+    times = result["timestamps"]
+    assert len(times) == len(result["tokens"]) and times == sorted(times)
+    assert all(0 <= w["start"] < w["end"] <= result["duration"] + 0.05 for w in result["words"])
+    starts = [w["start"] for w in result["words"]]
+    assert starts == sorted(starts)
+
+
+_SRT_TIME = r"(\d\d):(\d\d):(\d\d)[,.](\d\d\d)"
+
+
+def _seconds(match: tuple[str, ...]) -> float:
+    hours, minutes, secs, millis = map(int, match)
+    return hours * 3600 + minutes * 60 + secs + millis / 1000
+
+
+def parse_subtitles(text: str, vtt: bool) -> list[tuple[float, float, str]]:
+    """A strict little SRT / WebVTT parser: numbered (srt) cues, 'start --> end', text lines."""
+    lines = text.split("\n")
+    if vtt:
+        assert lines[0] == "WEBVTT" and lines[1] == "", "WebVTT must start with 'WEBVTT' + blank"
+        lines = lines[2:]
+    blocks = [b for b in "\n".join(lines).split("\n\n") if b.strip()]
+    sep = r"\." if vtt else ","
+    pattern = re.compile(rf"^{_SRT_TIME.replace('[,.]', sep)} --> "
+                         rf"{_SRT_TIME.replace('[,.]', sep)}$")
+    cues = []
+    for number, block in enumerate(blocks, start=1):
+        rows = block.strip("\n").split("\n")
+        if not vtt:
+            assert rows.pop(0) == str(number), f"cue {number} is not numbered {number}"
+        match = pattern.match(rows[0])
+        assert match, f"bad timing line {rows[0]!r}"
+        start, end = _seconds(match.groups()[:4]), _seconds(match.groups()[4:])
+        assert 0 <= start <= end and rows[1:], f"bad cue {block!r}"
+        cues.append((start, end, " ".join(rows[1:])))
+    assert [c[0] for c in cues] == sorted(c[0] for c in cues)
+    return cues
+
+
+@pytest.mark.parametrize("fmt", ["srt", "vtt"])
+def test_subtitles_parse(tiny, audio_dir, capsys, fmt):
+    code, out, _ = _run([audio_dir / "utt3.ogg", "--model", tiny.package_dir, "--format", fmt],
+                        capsys)
+    assert code == 0
+    cues = parse_subtitles(out, vtt=fmt == "vtt")
+    assert " ".join(text for _, _, text in cues) == tiny.texts[3]
+
+
+def test_subtitles_for_several_files_need_output_dir(tiny, audio_dir, tmp_path, capsys):
+    files = [audio_dir / "utt0.wav", audio_dir / "utt1.mp3"]
+    assert _run([*files, "--model", tiny.package_dir, "--format", "srt"], capsys)[0] == 2
+    code, _, _ = _run([*files, "--model", tiny.package_dir, "--format", "vtt",
+                       "--output-dir", tmp_path / "subs"], capsys)
+    assert code == 0
+    for name, text in (("utt0.vtt", tiny.texts[0]), ("utt1.vtt", tiny.texts[1])):
+        cues = parse_subtitles((tmp_path / "subs" / name).read_text(), vtt=True)
+        assert " ".join(c[2] for c in cues) == text
+
+
+def test_bad_inputs_fail_per_file(tiny, audio_dir, tmp_path):
+    """Missing, empty, corrupt and non-audio files: errors naming them, exit 1, the rest done."""
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    corrupt = tmp_path / "corrupt.flac"
+    corrupt.write_bytes((audio_dir / "utt0.flac").read_bytes()[:60])
+    text_file = tmp_path / "notes.mp3"
+    text_file.write_text("this is not audio\n" * 20)
+    missing = tmp_path / "missing.ogg"
+    good = [audio_dir / "utt0.wav", audio_dir / "utt2.ogg"]
+    args = [good[0], empty, corrupt, missing, text_file, good[1]]
+    proc = subprocess.run(
+        [sys.executable, "-m", "asr.cli.main", "transcribe", *map(str, args), "--model",
+         str(tiny.package_dir)], capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines() == [f"{good[0]}\t{tiny.texts[0]}", f"{good[1]}\t{tiny.texts[2]}"]
+    errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    for bad, reason in ((empty, "empty"), (corrupt, "cannot decode"), (missing, "no such file"),
+                        (text_file, "cannot decode")):
+        assert any(str(bad) in line and reason in line for line in errors), (bad, proc.stderr)
+    assert "4 of 6 inputs failed" in proc.stderr
+
+
+def test_stdin(tiny, audio_dir, capsys, monkeypatch):
+    data = (audio_dir / "utt1.flac").read_bytes()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    code, out, _ = _run(["-", "--model", tiny.package_dir], capsys)
+    assert code == 0 and out == f"{tiny.texts[1]}\n"
+
+
+def test_long_input_is_windowed_and_merged(tiny, audio_dir, tmp_path, capsys):
+    speech = load_audio(audio_dir / "utt0.wav")
+    silence = np.zeros(16000, np.float32)
+    samples = np.concatenate([silence[:8000], speech, silence, silence, silence])  # ~4.7 s
+    path = tmp_path / "long.wav"
+    soundfile.write(path, samples, 16000)
+    for window in ("100", "2.5", "1.8"):
+        code, out, _ = _run([path, "--model", tiny.package_dir, "--window-seconds", window,
+                             "--overlap-seconds", "1.0"], capsys)
+        assert code == 0 and out == f"{tiny.texts[0]}\n", window
+
+
+def test_bad_model_package(tmp_path, audio_dir, capsys):
+    code, _, err = _run([audio_dir / "utt0.wav", "--model", tmp_path / "nothing"], capsys)
+    assert code == 2
+
+
+def test_python_api_on_arrays(tiny):
+    import asr
+    from asr.inference import FailedInput, TranscriptionResult
+
+    model = asr.load_model(tiny.package_dir)
+    mono = resample(load_audio(tiny.wavs[2]), 16000, 8000)
+    stereo = np.stack([mono, mono], axis=1)
+    results = model.transcribe([stereo, np.zeros(0, np.float32), str(tiny.wavs[0])],
+                               sample_rate=8000, on_error="return")
+    assert isinstance(results[0], TranscriptionResult) and results[0].text == tiny.texts[2]
+    assert [w.text for w in results[0].words] == tiny.texts[2].split()
+    assert len(results[0].timestamps) == len(results[0].tokens) == len(results[0].token_ids)
+    assert isinstance(results[1], FailedInput) and "empty" in results[1].error
+    assert results[2].text == tiny.texts[0]  # files carry their own rate
+    with pytest.raises(ValueError, match="empty"):
+        model.transcribe(np.zeros(0, np.float32))

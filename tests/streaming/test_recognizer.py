@@ -1,0 +1,219 @@
+"""StreamingRecognizer: batched == alone, streaming == offline, endpointing, resampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from asr.audio import load_audio, resample
+from asr.inference import load_model
+from asr.streaming.endpoint import EndpointConfig, EndpointRule, detect_endpoint
+from asr.testing.tiny import espeak_available
+
+needs_espeak = pytest.mark.skipif(not espeak_available(), reason="needs espeak-ng")
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    from asr.testing.packages import trained_tiny_package
+
+    if not espeak_available():
+        pytest.skip("needs espeak-ng")
+    return trained_tiny_package(tmp_path_factory.getbasetemp() / "tiny_models")
+
+
+@pytest.fixture(scope="session")
+def transducer_model(tmp_path_factory):
+    """A random-weight causal chunked Conformer with a transducer head (chunks of 2 frames)."""
+    from asr.testing.packages import random_package
+
+    root = tmp_path_factory.mktemp("random_transducer")
+    return load_model(random_package(root, head="transducer", chunk_size=2, left_chunks=3, seed=1))
+
+
+def _speech(tiny) -> list[np.ndarray]:
+    return [load_audio(w) for w in tiny.wavs]
+
+
+def _decode_alone(recognizer, samples: np.ndarray, piece: int, rate: int = 16000):
+    stream = recognizer.new_stream()
+    for start in range(0, samples.shape[0], piece):
+        recognizer.accept_waveform(stream, samples[start: start + piece], rate)
+        while recognizer.is_ready(stream):
+            recognizer.decode([stream])
+    recognizer.input_finished(stream)
+    while recognizer.is_ready(stream):
+        recognizer.decode([stream])
+    assert stream.done
+    return recognizer.result(stream)
+
+
+def _decode_together(recognizer, waves, pieces, delays):
+    """One decode() call per tick over all streams; stream i starts at tick delays[i]."""
+    streams = [recognizer.new_stream() for _ in waves]
+    cursors = [0] * len(waves)
+    tick = 0
+    while not all(s.done for s in streams):
+        for i, (stream, wave) in enumerate(zip(streams, waves)):
+            if tick < delays[i] or stream.input_done:
+                continue
+            recognizer.accept_waveform(stream, wave[cursors[i]: cursors[i] + pieces[i]], 16000)
+            cursors[i] += pieces[i]
+            if cursors[i] >= wave.shape[0]:
+                recognizer.input_finished(stream)
+        recognizer.decode(streams)
+        tick += 1
+    return [recognizer.result(s) for s in streams]
+
+
+def _same(a, b) -> None:
+    assert a.token_ids == b.token_ids
+    assert a.timestamps == pytest.approx(b.timestamps)
+    assert a.text == b.text and a.is_final and b.is_final
+
+
+@needs_espeak
+def test_batched_streams_at_different_positions_equal_alone(tiny):
+    recognizer = load_model(tiny.package_dir).streaming_recognizer(
+        endpoint=EndpointConfig(enabled=False))
+    waves = _speech(tiny)
+    pieces, delays = [1600, 999, 4000, 321], [0, 3, 1, 7]
+    together = _decode_together(recognizer, waves, pieces, delays)
+    for wave, piece, result in zip(waves, pieces, together):
+        _same(result, _decode_alone(recognizer, wave, piece))
+    assert [r.text for r in together] == list(tiny.texts)
+
+
+def test_batched_transducer_streams_equal_alone(transducer_model):
+    recognizer = transducer_model.streaming_recognizer(endpoint=EndpointConfig(enabled=False))
+    rng = np.random.default_rng(0)
+    waves = [(rng.standard_normal(n) * 0.1).astype(np.float32) for n in (8000, 15000, 4321)]
+    together = _decode_together(recognizer, waves, [800, 2000, 555], [2, 0, 5])
+    assert any(r.token_ids for r in together)  # random weights still emit tokens
+    for wave, result in zip(waves, together):
+        _same(result, _decode_alone(recognizer, wave, 1234))
+
+
+def test_streaming_equals_offline_chunk_masked_forward(transducer_model):
+    """The offline forward uses the same chunk mask, so streaming gives the offline tokens."""
+    recognizer = transducer_model.streaming_recognizer(endpoint=EndpointConfig(enabled=False))
+    rng = np.random.default_rng(1)
+    waves = [(rng.standard_normal(n) * 0.1).astype(np.float32) for n in (9000, 13000)]
+    offline = transducer_model.transcribe(waves)
+    for wave, expected in zip(waves, offline):
+        result = _decode_alone(recognizer, wave, 700)
+        assert result.token_ids == expected.token_ids
+        assert result.timestamps == pytest.approx(expected.timestamps)
+
+
+@needs_espeak
+def test_streaming_text_equals_offline_text(tiny):
+    model = load_model(tiny.package_dir)
+    recognizer = model.streaming_recognizer()
+    for wave, expected in zip(_speech(tiny), model.transcribe(_speech(tiny))):
+        result = _decode_alone(recognizer, wave, 2048)
+        assert (result.text, result.token_ids) == (expected.text, expected.token_ids)
+        assert result.timestamps == pytest.approx(expected.timestamps)
+
+
+@needs_espeak
+def test_other_sample_rates_are_resampled_exactly(tiny):
+    recognizer = load_model(tiny.package_dir).streaming_recognizer()
+    wave = _speech(tiny)[1]
+    at_8k = resample(wave, 16000, 8000)
+    expected = _decode_alone(recognizer, resample(at_8k, 8000, 16000), 1600)
+    _same(_decode_alone(recognizer, at_8k, 777, rate=8000), expected)
+    assert expected.text == tiny.texts[1]
+
+
+def test_invalid_input(transducer_model):
+    recognizer = transducer_model.streaming_recognizer()
+    stream = recognizer.new_stream()
+    with pytest.raises(ValueError, match="NaN"):
+        recognizer.accept_waveform(stream, np.array([0.0, np.nan], np.float32), 16000)
+    recognizer.accept_waveform(stream, np.zeros(100, np.float32), 8000)
+    with pytest.raises(ValueError, match="sample rate changed"):
+        recognizer.accept_waveform(stream, np.zeros(100, np.float32), 16000)
+    recognizer.input_finished(stream)
+    with pytest.raises(ValueError, match="after input_finished"):
+        recognizer.accept_waveform(stream, np.zeros(100, np.float32), 8000)
+
+
+# ----------------------------------------------------------------------------- endpointing
+
+
+def test_endpoint_rules():
+    cfg = EndpointConfig()
+    frame = 0.04
+    # rule 1: 2.4 s of silence with nothing recognized
+    assert not detect_endpoint(cfg, 59, None, frame)
+    assert detect_endpoint(cfg, 60, None, frame)
+    # rule 2: 1.2 s after the last token
+    assert not detect_endpoint(cfg, 10 + 29, 9, frame)
+    assert detect_endpoint(cfg, 10 + 30, 9, frame)
+    # rule 3: 20 s of continuous speech
+    assert not detect_endpoint(cfg, 499, 498, frame)
+    assert detect_endpoint(cfg, 500, 499, frame)
+    assert not detect_endpoint(EndpointConfig(enabled=False), 1000, None, frame)
+    with pytest.raises(ValueError, match=">= 0"):
+        EndpointRule(False, -1.0, 0.0)
+
+
+def _feed_until_endpoint(recognizer, stream, samples, piece=640):
+    """Feeds ``samples`` piece by piece; returns the stream time (s) of the first endpoint."""
+    for start in range(0, samples.shape[0], piece):
+        recognizer.accept_waveform(stream, samples[start: start + piece], 16000)
+        while recognizer.is_ready(stream):
+            recognizer.decode([stream])
+            if recognizer.is_endpoint(stream):
+                return stream.frames_decoded * recognizer.frame_seconds
+    return None
+
+
+@needs_espeak
+def test_endpoint_on_silence_only(tiny):
+    recognizer = load_model(tiny.package_dir).streaming_recognizer()
+    stream = recognizer.new_stream()
+    when = _feed_until_endpoint(recognizer, stream, np.zeros(16000 * 4, np.float32))
+    assert when == pytest.approx(2.4, abs=recognizer.chunk_size * recognizer.frame_seconds)
+    result = recognizer.result(stream)
+    assert result.is_final and result.text == "" and result.segment == 0
+    recognizer.reset(stream)
+    assert recognizer.result(stream).segment == 1
+    assert not recognizer.is_endpoint(stream)
+
+
+@needs_espeak
+def test_endpoint_after_speech_then_new_segment(tiny):
+    recognizer = load_model(tiny.package_dir).streaming_recognizer()
+    speech = _speech(tiny)
+    silence = np.zeros(16000 * 2, np.float32)
+    stream = recognizer.new_stream()
+    when = _feed_until_endpoint(recognizer, stream, np.concatenate([speech[0], silence]))
+    result = recognizer.result(stream)
+    assert result.text == tiny.texts[0] and result.is_final
+    # rule 2: 1.2 s after the last token (within one chunk)
+    assert when - result.timestamps[-1] == pytest.approx(1.2 + recognizer.frame_seconds,
+                                                         abs=recognizer.chunk_size * 0.04)
+    recognizer.reset(stream)
+    rest = np.concatenate([speech[1], np.zeros(8000, np.float32)])
+    for start in range(0, rest.shape[0], 1600):
+        recognizer.accept_waveform(stream, rest[start: start + 1600], 16000)
+    recognizer.input_finished(stream)
+    while recognizer.is_ready(stream):
+        recognizer.decode([stream])
+    second = recognizer.result(stream)
+    assert (second.segment, second.is_final, second.text) == (1, True, tiny.texts[1])
+    assert second.start_time == pytest.approx(when, abs=0.2)
+    assert min(second.timestamps) >= second.start_time
+    assert stream.finished_segments[0].text == tiny.texts[0]
+
+
+@needs_espeak
+def test_max_utterance_length_rule(tiny):
+    rule3 = EndpointRule(False, 0.0, 0.8)
+    recognizer = load_model(tiny.package_dir).streaming_recognizer(
+        endpoint=EndpointConfig(rule3=rule3))
+    stream = recognizer.new_stream()
+    when = _feed_until_endpoint(recognizer, stream, _speech(tiny)[3])
+    assert when == pytest.approx(0.8, abs=recognizer.chunk_size * recognizer.frame_seconds)

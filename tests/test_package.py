@@ -1,0 +1,112 @@
+"""Model packages: export from an experiment, load without pickle, errors naming the bad file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from asr.cli.main import main
+from asr.package import (
+    METADATA_FILE,
+    WEIGHTS_FILE,
+    PackageError,
+    export_package,
+    load_package,
+    select_checkpoints,
+)
+from asr.testing.packages import random_experiment
+
+
+@pytest.fixture()
+def exp_dir(tmp_path) -> Path:
+    return random_experiment(tmp_path / "work", head="ctc", num_epochs=3)
+
+
+def _epoch_weights(exp_dir: Path, epoch: int) -> dict[str, torch.Tensor]:
+    return torch.load(exp_dir / f"epoch-{epoch}.pt", weights_only=True)["model"]
+
+
+def test_export_then_load_round_trip(exp_dir, tmp_path):
+    metadata = export_package(exp_dir, tmp_path / "pkg", epoch=2, avg=1)
+    package = load_package(tmp_path / "pkg")
+    assert metadata == package.metadata
+    assert metadata.checkpoints == ("epoch-2.pt",)
+    assert metadata.searcher == "ctc_greedy" and metadata.streaming
+    assert metadata.wer == {"dev": 48.0}
+    assert metadata.vocab_size == package.tokenizer.vocab_size
+    assert package.config.tokenizer_dir == tmp_path / "pkg" / "tokenizer"
+    expected = _epoch_weights(exp_dir, 2)
+    for name, value in package.build_model().state_dict().items():
+        torch.testing.assert_close(value, expected[name])
+    files = sorted(p.relative_to(tmp_path / "pkg").as_posix()
+                   for p in (tmp_path / "pkg").rglob("*") if p.is_file())
+    assert files == ["config.yaml", "metadata.json", "model.safetensors", "tokenizer/tokens.txt"]
+    assert (tmp_path / "pkg" / "config.yaml").read_text().count("tokenizer_dir: tokenizer") == 1
+
+
+def test_average_of_last_epochs(exp_dir, tmp_path):
+    metadata = export_package(exp_dir, tmp_path / "pkg", avg=2)  # newest epoch: 3
+    assert metadata.checkpoints == ("epoch-2.pt", "epoch-3.pt")
+    weights = load_package(tmp_path / "pkg").state_dict
+    a, b = _epoch_weights(exp_dir, 2), _epoch_weights(exp_dir, 3)
+    for name, value in weights.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, (a[name] + b[name]) / 2)
+
+
+def test_checkpoint_selection_errors(exp_dir, tmp_path):
+    with pytest.raises(PackageError, match=r"epoch-0\.pt"):
+        select_checkpoints(exp_dir, epoch=3, avg=4)
+    with pytest.raises(PackageError, match="does not exist"):
+        select_checkpoints(exp_dir, checkpoint=exp_dir / "nope.pt")
+    assert select_checkpoints(exp_dir, checkpoint=exp_dir / "epoch-1.pt") == [exp_dir / "epoch-1.pt"]
+    with pytest.raises(PackageError, match="already exists"):
+        export_package(exp_dir, exp_dir, epoch=1)
+
+
+def test_weights_file_holds_no_pickle(exp_dir, tmp_path):
+    export_package(exp_dir, tmp_path / "pkg")
+    data = (tmp_path / "pkg" / WEIGHTS_FILE).read_bytes()
+    header_len = int.from_bytes(data[:8], "little")
+    json.loads(data[8: 8 + header_len])  # safetensors: a JSON header then raw tensor bytes
+    assert not data.startswith((b"\x80", b"PK"))  # neither a pickle nor torch's zip format
+
+
+@pytest.mark.parametrize(
+    ("name", "damage"),
+    [
+        (WEIGHTS_FILE, lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])),
+        (WEIGHTS_FILE, lambda p: p.unlink()),
+        (METADATA_FILE, lambda p: p.write_text("{not json")),
+        (METADATA_FILE, lambda p: p.write_bytes(b"")),
+        ("config.yaml", lambda p: p.write_text(p.read_text() + "\nbogus_key: 1\n")),
+        ("tokenizer/tokens.txt", lambda p: p.write_text("a 0\n")),
+    ],
+)
+def test_corrupt_package_names_the_file(exp_dir, tmp_path, name, damage):
+    export_package(exp_dir, tmp_path / "pkg")
+    damage(tmp_path / "pkg" / name)
+    with pytest.raises(PackageError, match=name.replace(".", r"\.")):
+        load_package(tmp_path / "pkg")
+
+
+def test_unverified_load_still_reports_the_file(exp_dir, tmp_path):
+    export_package(exp_dir, tmp_path / "pkg")
+    path = tmp_path / "pkg" / WEIGHTS_FILE
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(PackageError, match=WEIGHTS_FILE):
+        load_package(tmp_path / "pkg", verify=False)
+
+
+def test_cli_export_package(exp_dir, tmp_path, capsys):
+    out = tmp_path / "pkg"
+    assert main(["export-package", "--exp-dir", str(exp_dir), "--out", str(out), "--epoch", "3",
+                 "--avg", "3", "--wer", "test=12.5"]) == 0
+    assert "epoch-1.pt, epoch-2.pt, epoch-3.pt" in capsys.readouterr().out
+    assert load_package(out).metadata.wer == {"test": 12.5}
+    assert main(["export-package", "--exp-dir", str(exp_dir), "--out", str(out)]) == 1
+    assert main(["export-package", "--exp-dir", str(tmp_path / "missing"),
+                 "--out", str(tmp_path / "pkg2")]) == 1

@@ -1,0 +1,101 @@
+"""Offline transcription throughput: batched vs one file at a time (and streaming, optionally).
+
+Prints seconds of audio transcribed per second of wall time (higher is better) for
+``Transcriber.transcribe`` with ``batch_size=1`` and with ``--batch-size``, on the same files.
+
+Usage:
+    .venv/bin/python tools/bench/transcribe.py                      # tiny model trained here
+    .venv/bin/python tools/bench/transcribe.py --model PKG --files a.wav b.flac ...
+    .venv/bin/python tools/bench/transcribe.py --num-files 32 --batch-size 16 --streaming
+
+Without ``--files``, ``--num-files`` utterances are synthesized with espeak-ng (1-4 sentences
+each). Without ``--model``, a tiny CTC model is trained first (about 10-20 s on 2 CPU cores);
+its speed is what a tiny model costs, the ratio batched / one-at-a-time is the point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+logger = logging.getLogger("bench.transcribe")
+
+
+def _synthesize(out_dir: Path, num_files: int, seed: int) -> list[Path]:
+    from asr.testing.tiny import TINY_SENTENCES, synthesize
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(num_files):
+        count = int(rng.integers(1, 5))
+        text = " ".join(TINY_SENTENCES[int(j)] for j in rng.integers(len(TINY_SENTENCES), size=count))
+        paths.append(synthesize(text, out_dir / f"bench{i:03d}.wav", speed=int(rng.integers(140, 190))))
+    return paths
+
+
+def _measure(model, audios, repeat: int, **kwargs) -> float:
+    """Best-of-``repeat`` wall time of one transcribe() call over ``audios``."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        model.transcribe(audios, **kwargs)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="model package (default: train a tiny one)")
+    parser.add_argument("--files", nargs="*", help="audio files (default: synthesized)")
+    parser.add_argument("--num-files", type=int, default=24)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=2, help="best of this many runs")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (1: stable timings on a shared machine)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--streaming", action="store_true", help="also time --streaming decoding")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+
+    from asr.audio import decode_audio
+    from asr.inference import load_model
+
+    with tempfile.TemporaryDirectory(prefix="bench_transcribe_") as tmp:
+        work = Path(tmp)
+        package = args.model
+        if package is None:
+            from asr.testing.packages import trained_tiny_package
+
+            print("training a tiny CTC model ...", file=sys.stderr)
+            package = trained_tiny_package(work).package_dir
+        files = args.files or _synthesize(work / "audio", args.num_files, args.seed)
+        model = load_model(package, device=args.device)
+        audios = [decode_audio(f, model.sample_rate).samples for f in files]
+        total = sum(a.shape[0] for a in audios) / model.sample_rate
+        model.transcribe(audios[:2], batch_size=2)  # warm-up
+        rows = [("one file at a time (batch 1)", _measure(model, audios, args.repeat, batch_size=1)),
+                (f"batched (batch {args.batch_size})",
+                 _measure(model, audios, args.repeat, batch_size=args.batch_size))]
+        if args.streaming:
+            for batch in (1, args.batch_size):
+                rows.append((f"streaming, {batch} stream(s) at a time",
+                             _measure(model, audios, 1, batch_size=batch, streaming=True)))
+    print(f"model {package}: {len(audios)} files, {total:.1f} s of audio, device {args.device}, "
+          f"{args.threads} thread(s)")
+    print(f"{'mode':<36} {'wall s':>8} {'audio s / s':>12} {'speed-up':>9}")
+    for name, seconds in rows:
+        print(f"{name:<36} {seconds:8.2f} {total / seconds:12.1f} {rows[0][1] / seconds:8.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
