@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh machine that has only Python 3.11:
-#   1. Debian packages for corpus synthesis (espeak-ng, flite, sox, fortunes) when missing,
+#   1. Debian packages when missing: corpus synthesis (espeak-ng, flite, sox, fortunes), and
+#      chromium + nodejs for the browser and AudioWorklet tests,
 #   2. a virtual environment (default .venv, or $ASR_VENV) reused when present,
 #   3. `pip install -e .[dev]`, skipped when setup.cfg has not changed since the last install.
 set -euo pipefail
@@ -18,13 +19,16 @@ for bin in espeak-ng flite sox; do
 done
 # English sentences for the synthetic corpus come from the 'fortunes' package's text files.
 [ -f /usr/share/games/fortunes/education ] || missing+=(fortunes)
+# Headless Chromium drives the microphone page test; Node.js runs the AudioWorklet resampler test.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq --no-install-recommends espeak-ng flite sox fortunes libsndfile1 >/dev/null
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" libsndfile1 >/dev/null
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then

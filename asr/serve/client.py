@@ -1,0 +1,330 @@
+"""Python clients of the recognition server (``python -m asr.serve.client``).
+
+* :func:`stream_samples` / :func:`stream_file`: send a waveform in chunks, in real time
+  (``realtime=True``: one chunk per chunk duration, like a microphone) or as fast as the server
+  reads, then ``Done``; collect every result until the server closes.
+* :func:`stream_microphone`: capture with ``sounddevice`` (imported lazily) until Ctrl-C.
+
+Examples::
+
+    python -m asr.serve.client --server ws://127.0.0.1:6006 a.wav b.flac   # as fast as possible
+    python -m asr.serve.client --realtime a.wav
+    python -m asr.serve.client --microphone
+
+Only numpy, soundfile and websockets are needed (no torch): audio at another rate is sent as is,
+after announcing its rate; the server resamples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ClientResult", "stream_file", "stream_microphone", "stream_samples", "main"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SERVER = "ws://127.0.0.1:6006"
+
+
+@dataclass
+class ClientResult:
+    """What the server sent for one stream.
+
+    Attributes:
+        messages: every JSON message, in order, with the arrival time (``time.monotonic``) added
+            as ``"received"``.
+        send_times: (monotonic time, seconds of audio sent so far) after each audio message.
+        close_code: the server's close code.
+        close_reason: the server's close reason.
+    """
+
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    send_times: list[tuple[float, float]] = field(default_factory=list)
+    close_code: int | None = None
+    close_reason: str = ""
+
+    @property
+    def segments(self) -> list[str]:
+        """The last text of each segment, in segment order."""
+        texts: dict[int, str] = {}
+        for msg in self.messages:
+            if "segment" in msg:
+                texts[int(msg["segment"])] = msg.get("text", "")
+        return [texts[k] for k in sorted(texts)]
+
+    @property
+    def text(self) -> str:
+        """The transcript: the non-empty segments joined with spaces."""
+        return " ".join(t for t in self.segments if t)
+
+    @property
+    def errors(self) -> list[str]:
+        """Error messages sent by the server."""
+        return [m["error"] for m in self.messages if "error" in m]
+
+
+async def stream_samples(
+    url: str,
+    samples: np.ndarray,
+    sample_rate: int = 16000,
+    chunk_seconds: float = 0.1,
+    realtime: bool = False,
+    on_message: Callable[[dict[str, Any]], None] | None = None,
+    timeout: float = 600.0,
+) -> ClientResult:
+    """Streams (N,) float samples and returns all results.
+
+    Args:
+        url: server address, ``ws://host:port``.
+        samples: mono waveform in [-1, 1].
+        sample_rate: its rate; announced to the server when not 16000.
+        chunk_seconds: audio per message.
+        realtime: pace the chunks at the speed of speech.
+        on_message: called with each result as it arrives.
+        timeout: seconds the whole exchange may take.
+
+    Raises:
+        TimeoutError: after ``timeout`` seconds.
+        websockets.exceptions.InvalidStatus: when the server refuses the connection.
+    """
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    samples = np.ascontiguousarray(samples, dtype="<f4").reshape(-1)
+    step = max(1, int(round(chunk_seconds * sample_rate)))
+    result = ClientResult()
+
+    async def receive(ws) -> None:
+        try:
+            async for text in ws:
+                msg = json.loads(text)
+                msg["received"] = time.monotonic()
+                result.messages.append(msg)
+                if on_message is not None:
+                    on_message(msg)
+        except ConnectionClosed:
+            pass
+
+    async with asyncio.timeout(timeout):
+        async with connect(url, max_size=1 << 22, open_timeout=30) as ws:
+            receiver = asyncio.create_task(receive(ws))
+            if sample_rate != 16000:
+                await ws.send(json.dumps({"sample_rate": int(sample_rate)}))
+            start = time.monotonic()
+            try:
+                for begin in range(0, samples.size, step):
+                    chunk = samples[begin : begin + step]
+                    if realtime:
+                        due = start + (begin + chunk.size) / sample_rate
+                        await asyncio.sleep(max(0.0, due - time.monotonic()))
+                    await ws.send(chunk.tobytes())
+                    result.send_times.append((time.monotonic(), (begin + chunk.size) / sample_rate))
+                await ws.send("Done")
+            except ConnectionClosed:  # the server ended the stream early (error or shutdown)
+                pass
+            await receiver
+            result.close_code = ws.close_code
+            result.close_reason = ws.close_reason or ""
+    return result
+
+
+def read_audio(path: str) -> tuple[np.ndarray, int]:
+    """(N,) float32 mono samples and the rate of an audio file (soundfile)."""
+    import soundfile
+
+    data, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    return data.mean(axis=1, dtype=np.float32), int(rate)
+
+
+async def stream_file(url: str, path: str, **kwargs: Any) -> ClientResult:
+    """Streams an audio file (any format soundfile reads); see :func:`stream_samples`."""
+    samples, rate = read_audio(path)
+    return await stream_samples(url, samples, rate, **kwargs)
+
+
+async def stream_microphone(
+    url: str,
+    sample_rate: int = 16000,
+    chunk_seconds: float = 0.1,
+    device: str | int | None = None,
+    on_message: Callable[[dict[str, Any]], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> ClientResult:
+    """Streams the microphone until ``stop`` is set (or the task is cancelled, e.g. by Ctrl-C).
+
+    Raises:
+        RuntimeError: when the ``sounddevice`` package is not installed.
+    """
+    try:
+        import sounddevice
+    except (ImportError, OSError) as err:  # OSError: PortAudio library missing
+        raise RuntimeError(
+            f"microphone capture needs the 'sounddevice' package and PortAudio ({err}); "
+            "install them with: pip install sounddevice && apt-get install libportaudio2"
+        ) from err
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[np.ndarray] = asyncio.Queue(maxsize=100)
+    stop = stop or asyncio.Event()
+    result = ClientResult()
+
+    def callback(indata, frames, time_info, status) -> None:  # PortAudio thread
+        block = indata[:, 0].copy()
+        loop.call_soon_threadsafe(lambda: queue.full() or queue.put_nowait(block))
+
+    async def receive(ws) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for text in ws:
+                msg = json.loads(text)
+                result.messages.append(msg)
+                if on_message is not None:
+                    on_message(msg)
+
+    async with connect(url) as ws:
+        receiver = asyncio.create_task(receive(ws))
+        if sample_rate != 16000:
+            await ws.send(json.dumps({"sample_rate": sample_rate}))
+        blocksize = int(chunk_seconds * sample_rate)
+        with sounddevice.InputStream(
+            channels=1,
+            samplerate=sample_rate,
+            dtype="float32",
+            blocksize=blocksize,
+            device=device,
+            callback=callback,
+        ):
+            stopper = asyncio.create_task(stop.wait())
+            try:
+                while not stop.is_set():
+                    getter = asyncio.create_task(queue.get())
+                    await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                    if getter.done():
+                        await ws.send(getter.result().tobytes())
+                    else:
+                        getter.cancel()
+            except ConnectionClosed:  # the server ended the stream
+                pass
+            finally:
+                stopper.cancel()
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send("Done")
+        await receiver
+    return result
+
+
+class _Printer:
+    """Prints partial results on one line (a terminal) and final ones on their own lines."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+        self.tty = sys.stdout.isatty()
+
+    def __call__(self, msg: dict[str, Any]) -> None:
+        if "error" in msg:
+            print(f"{self.prefix}error: {msg['error']}", file=sys.stderr)
+        elif msg.get("is_final"):
+            if msg.get("text"):
+                print(
+                    f"\r{self.prefix}[{msg['segment']}] {msg['text']}\033[K"
+                    if self.tty
+                    else f"{self.prefix}[{msg['segment']}] {msg['text']}",
+                    flush=True,
+                )
+        elif self.tty:
+            print(f"\r{self.prefix}{msg.get('text', '')}\033[K", end="", flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m asr.serve.client", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("files", nargs="*", help="audio files to stream (concurrently)")
+    parser.add_argument(
+        "--server", default=DEFAULT_SERVER, help=f"server address (default: {DEFAULT_SERVER})"
+    )
+    parser.add_argument("--realtime", action="store_true", help="send audio at the speed of speech")
+    parser.add_argument(
+        "--chunk-seconds", type=float, default=0.1, help="audio per message (default: 0.1)"
+    )
+    parser.add_argument("--microphone", action="store_true", help="stream the default microphone")
+    parser.add_argument("--device", default=None, help="sounddevice input device")
+    parser.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds per file (default: 600)"
+    )
+    return parser
+
+
+async def _run_files(args: argparse.Namespace) -> int:
+    async def one(path: str) -> tuple[str, ClientResult | Exception]:
+        prefix = f"{path}: " if len(args.files) > 1 else ""
+        try:
+            return path, await stream_file(
+                args.server,
+                path,
+                chunk_seconds=args.chunk_seconds,
+                realtime=args.realtime,
+                on_message=_Printer(prefix) if len(args.files) == 1 else None,
+                timeout=args.timeout,
+            )
+        except Exception as err:  # report per file, keep the others going
+            return path, err
+
+    status = 0
+    for path, outcome in await asyncio.gather(*(one(p) for p in args.files)):
+        if isinstance(outcome, Exception):
+            print(f"{path}: error: {outcome}", file=sys.stderr)
+            status = 1
+        elif outcome.errors:
+            print(f"{path}: error: {'; '.join(outcome.errors)}", file=sys.stderr)
+            status = 1
+        elif len(args.files) > 1:
+            print(f"{path}\t{outcome.text}")
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.microphone == bool(args.files):
+        print("give audio files or --microphone (not both)", file=sys.stderr)
+        return 2
+    if args.microphone:
+        device = int(args.device) if args.device and args.device.isdigit() else args.device
+
+        async def microphone() -> None:
+            stop = asyncio.Event()  # Ctrl-C ends the capture; the final result still arrives
+            asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
+            print("listening; Ctrl-C to stop", file=sys.stderr)
+            await stream_microphone(
+                args.server,
+                chunk_seconds=args.chunk_seconds,
+                device=device,
+                on_message=_Printer(),
+                stop=stop,
+            )
+
+        try:
+            asyncio.run(microphone())
+        except RuntimeError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        return 0
+    return asyncio.run(_run_files(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Server settings: one frozen dataclass, checked on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ServerConfig"]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Settings of :class:`asr.serve.server.RecognitionServer`.
+
+    Attributes:
+        host: interface to bind; the loopback interface unless asked otherwise.
+        port: TCP port (0: any free port, see ``RecognitionServer.port``).
+        max_connections: websocket sessions served at once; more are refused with HTTP 503.
+        max_message_bytes: largest websocket message accepted; larger ones close the
+            connection with code 1009 (message too big).
+        idle_timeout: seconds a client may stay silent (no message) before it is closed.
+        max_buffered_seconds: audio a connection may have waiting to be decoded; beyond it the
+            server stops reading from that connection until the decoder catches up, so a client
+            sending faster than real time is slowed to the decoding speed.
+        max_session_seconds: total audio one connection may send (0: no limit).
+        max_pending_messages: results a slow-reading client may leave unsent before it is closed.
+        shutdown_timeout: seconds a graceful shutdown waits for streams to finish.
+        min_sample_rate: lowest sample rate a client may announce.
+        max_sample_rate: highest sample rate a client may announce.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 6006
+    max_connections: int = 32
+    max_message_bytes: int = 1 << 20
+    idle_timeout: float = 30.0
+    max_buffered_seconds: float = 10.0
+    max_session_seconds: float = 3600.0
+    max_pending_messages: int = 256
+    shutdown_timeout: float = 10.0
+    min_sample_rate: int = 4000
+    max_sample_rate: int = 192000
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        positive = {
+            "max_connections": self.max_connections,
+            "max_message_bytes": self.max_message_bytes,
+            "idle_timeout": self.idle_timeout,
+            "max_buffered_seconds": self.max_buffered_seconds,
+            "max_pending_messages": self.max_pending_messages,
+            "shutdown_timeout": self.shutdown_timeout,
+            "min_sample_rate": self.min_sample_rate,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if self.max_message_bytes < 4:
+            raise ValueError(
+                f"max_message_bytes must hold one sample (>= 4), got {self.max_message_bytes}"
+            )
+        if self.max_session_seconds < 0:
+            raise ValueError(f"max_session_seconds must be >= 0, got {self.max_session_seconds}")
+        if self.max_sample_rate < self.min_sample_rate:
+            raise ValueError(
+                f"max_sample_rate ({self.max_sample_rate}) < "
+                f"min_sample_rate ({self.min_sample_rate})"
+            )

@@ -1,0 +1,325 @@
+"""The batching decode loop shared by every connection of a server.
+
+Each websocket connection owns a :class:`Session`: a recognizer stream, the audio received but not
+yet handed to the recognizer, and an outbox of result messages. :class:`DecodeEngine` runs ONE
+loop for all sessions: whenever audio arrives it takes every session's pending audio, and in a
+single worker thread (so the event loop stays responsive) feeds it to the streams, runs ONE
+:meth:`StreamingRecognizer.decode` step over all ready streams, applies endpointing, and queues
+each decoded stream's result. It repeats while any stream made progress, then sleeps until the
+next audio.
+
+All recognizer calls happen in the worker thread, one step at a time; the event loop only moves
+numpy buffers and messages, so streams are never touched by two threads at once.
+
+Bounds: pending audio per session is limited by the server (it stops reading a connection whose
+backlog exceeds ``max_buffered_seconds``); the outbox keeps only the latest partial result of a
+segment (partials supersede each other) plus the final ones, and a client leaving more than
+``max_pending_messages`` unsent is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from asr.serve.protocol import CLOSE_INTERNAL, CLOSE_POLICY, ProtocolError, result_message
+
+__all__ = ["DecodeEngine", "EngineStats", "Session"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineStats:
+    """Counters of a :class:`DecodeEngine` (read them from the event loop thread).
+
+    Attributes:
+        steps: decode steps run.
+        streams_decoded: sum over steps of the streams in the batch.
+        max_batch: largest batch.
+        busy_seconds: wall time spent in decode steps (feature extraction included).
+        audio_seconds: audio handed to the recognizer.
+        sessions_opened: sessions ever opened.
+    """
+
+    steps: int = 0
+    streams_decoded: int = 0
+    max_batch: int = 0
+    busy_seconds: float = 0.0
+    audio_seconds: float = 0.0
+    sessions_opened: int = 0
+
+    @property
+    def real_time_factor(self) -> float:
+        """Decoding time per second of audio (0 before any audio)."""
+        return self.busy_seconds / self.audio_seconds if self.audio_seconds else 0.0
+
+
+@dataclass(eq=False)
+class Session:
+    """Per-connection state (mutable; owned by the event loop except where noted).
+
+    Attributes:
+        id: session number.
+        stream: the recognizer stream (touched only by the worker thread once opened).
+        sample_rate: rate of the client's audio.
+        pending: audio received and not yet handed to the worker.
+        pending_samples: samples in ``pending``.
+        received_samples: all samples received.
+        finish_requested: the client sent Done (or the server is shutting down).
+        finish_sent: the worker was told the input ended.
+        accepted_samples: samples fed to the stream (worker thread).
+        backlog_frames: feature frames waiting in the stream (written by the worker).
+        outbox: JSON messages not yet sent, as (text, is_final).
+        closed: the connection is gone; results are dropped.
+        error: why the engine gave up on the session (None: fine).
+    """
+
+    id: int
+    stream: Any
+    sample_rate: int
+    pending: list[np.ndarray] = field(default_factory=list)
+    pending_samples: int = 0
+    received_samples: int = 0
+    finish_requested: bool = False
+    finish_sent: bool = False
+    accepted_samples: int = 0
+    backlog_frames: int = 0
+    outbox: collections.deque = field(default_factory=collections.deque)
+    closed: bool = False
+    error: ProtocolError | None = None
+    has_mail: asyncio.Event = field(default_factory=asyncio.Event)
+    completed: asyncio.Event = field(default_factory=asyncio.Event)
+    drained: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.drained.set()
+
+    @property
+    def received_seconds(self) -> float:
+        """Seconds of audio received."""
+        return self.received_samples / self.sample_rate
+
+
+@dataclass
+class _Work:
+    session: Session
+    chunks: list[np.ndarray]
+    finish: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class _Output:
+    session: Session
+    message: str
+    is_final: bool
+    done: bool
+
+
+class DecodeEngine:
+    """One batching decode loop over all live sessions.
+
+    Args:
+        recognizer: a :class:`asr.streaming.recognizer.StreamingRecognizer`.
+        max_buffered_seconds: backlog above which a session's reader is paused.
+        max_pending_messages: unsent results above which a session is failed.
+
+    Call :meth:`run` as a task in the server's event loop; :meth:`stop` ends it.
+    """
+
+    def __init__(
+        self, recognizer: Any, max_buffered_seconds: float = 10.0, max_pending_messages: int = 256
+    ) -> None:
+        self.recognizer = recognizer
+        self.max_buffered_seconds = max_buffered_seconds
+        self.max_pending_messages = max_pending_messages
+        self.stats = EngineStats()
+        self._frame_shift = float(recognizer.fbank_config.frame_shift)
+        self._sessions: dict[int, Session] = {}
+        self._ids = itertools.count()
+        self._wake = asyncio.Event()
+        self._stopped = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr-decode")
+
+    # ------------------------------------------------------------------------- sessions
+
+    @property
+    def num_sessions(self) -> int:
+        """Live sessions (each holds one recognizer stream)."""
+        return len(self._sessions)
+
+    def open_session(self, sample_rate: int) -> Session:
+        """A new session with a fresh recognizer stream."""
+        session = Session(next(self._ids), self.recognizer.new_stream(), sample_rate)
+        self._sessions[session.id] = session
+        self.stats.sessions_opened += 1
+        return session
+
+    def close_session(self, session: Session) -> None:
+        """Forgets a session (its connection is gone); safe to call twice."""
+        session.closed = True
+        session.pending.clear()
+        session.outbox.clear()
+        self._sessions.pop(session.id, None)
+        session.completed.set()
+        session.drained.set()
+        session.has_mail.set()
+
+    def push_audio(self, session: Session, samples: np.ndarray) -> None:
+        """Queues (N,) float32 samples of ``session`` for the next decode step."""
+        if session.closed or session.finish_requested or not samples.size:
+            return
+        session.pending.append(samples)
+        session.pending_samples += samples.size
+        session.received_samples += samples.size
+        self._update_drained(session)
+        self._wake.set()
+
+    def finish(self, session: Session) -> None:
+        """The session's input ended: decode the rest and send the final result."""
+        if not session.closed and not session.finish_requested:
+            session.finish_requested = True
+            self._wake.set()
+
+    def backlog_seconds(self, session: Session) -> float:
+        """Audio of ``session`` received and not yet decoded, in seconds."""
+        return (
+            session.pending_samples / session.sample_rate
+            + session.backlog_frames * self._frame_shift
+        )
+
+    def _update_drained(self, session: Session) -> None:
+        if session.closed or self.backlog_seconds(session) < self.max_buffered_seconds:
+            session.drained.set()
+        else:
+            session.drained.clear()
+
+    # ------------------------------------------------------------------------- loop
+
+    async def run(self) -> None:
+        """The decode loop; returns after :meth:`stop`."""
+        while not self._stopped:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._stopped and await self._run_once():
+                self._wake.set()
+
+    async def _run_once(self) -> bool:
+        """One decode step over all sessions; whether any stream made progress.
+
+        (A separate coroutine so that no batch stays referenced while the loop sleeps.)
+        """
+        work = self._collect()
+        if not work:
+            return False
+        loop = asyncio.get_running_loop()
+        try:
+            outputs, progressed = await loop.run_in_executor(self._executor, self._step, work)
+        except Exception:  # a bug in a step must not take the server down
+            logger.exception("decode step failed; closing its %d session(s)", len(work))
+            for item in work:
+                self._fail(item.session, ProtocolError("internal decoding error", CLOSE_INTERNAL))
+            return False
+        self._dispatch(work, outputs)
+        return progressed
+
+    async def stop(self) -> None:
+        """Ends :meth:`run` after the current step and releases the worker thread."""
+        self._stopped = True
+        self._wake.set()
+        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
+
+    def _collect(self) -> list[_Work]:
+        work = []
+        for session in self._sessions.values():
+            finish = session.finish_requested and not session.finish_sent
+            session.finish_sent = session.finish_sent or finish
+            work.append(_Work(session, session.pending, finish))
+            session.pending = []
+            session.pending_samples = 0
+        return work
+
+    def _step(self, work: list[_Work]) -> tuple[list[_Output], bool]:
+        """Worker thread: feed audio, one batched decode step, endpointing."""
+        rec = self.recognizer
+        start = time.perf_counter()
+        audio = 0.0
+        for item in work:
+            session = item.session
+            try:
+                for chunk in item.chunks:
+                    rec.accept_waveform(session.stream, chunk, session.sample_rate)
+                    session.accepted_samples += chunk.size
+                    audio += chunk.size / session.sample_rate
+                if item.finish:
+                    rec.input_finished(session.stream)
+            except ValueError as err:
+                item.error = str(err)
+        ready = [i for i in work if i.error is None and rec.is_ready(i.session.stream)]
+        if ready:
+            rec.decode([i.session.stream for i in ready])
+        outputs = []
+        for item in ready:
+            session, stream = item.session, item.session.stream
+            result = rec.result(stream)
+            audio_end = session.accepted_samples / session.sample_rate
+            outputs.append(
+                _Output(session, result_message(result, audio_end), result.is_final, stream.done)
+            )
+            if not stream.done and result.is_final:
+                rec.reset(stream)
+        for item in work:
+            item.session.backlog_frames = int(item.session.stream.feats.shape[0])
+        elapsed = time.perf_counter() - start
+        self.stats.busy_seconds += elapsed
+        self.stats.audio_seconds += audio
+        if ready:
+            self.stats.steps += 1
+            self.stats.streams_decoded += len(ready)
+            self.stats.max_batch = max(self.stats.max_batch, len(ready))
+        return outputs, bool(ready)
+
+    def _dispatch(self, work: list[_Work], outputs: list[_Output]) -> None:
+        for item in work:
+            if item.error is not None:
+                self._fail(item.session, ProtocolError(item.error))
+            else:
+                self._update_drained(item.session)
+        for out in outputs:
+            session = out.session
+            if session.closed or session.error is not None:
+                continue
+            outbox = session.outbox
+            if outbox and not outbox[-1][1]:
+                outbox.pop()  # an unsent partial is superseded by the newer result
+            outbox.append((out.message, out.is_final))
+            if len(outbox) > self.max_pending_messages:
+                self._fail(
+                    session,
+                    ProtocolError(
+                        f"{len(outbox)} results left unread (limit {self.max_pending_messages})",
+                        CLOSE_POLICY,
+                    ),
+                )
+                continue
+            session.has_mail.set()
+            if out.done:
+                session.completed.set()
+
+    def _fail(self, session: Session, error: ProtocolError) -> None:
+        if session.closed or session.error is not None:
+            return
+        logger.warning("session %d: %s", session.id, str(error))
+        session.error = error
+        session.completed.set()
+        session.has_mail.set()
+        session.drained.set()

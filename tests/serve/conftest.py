@@ -1,0 +1,125 @@
+"""Fixtures of the server tests: a tiny trained model (shared with tests/cli), speech files, and
+a server on 127.0.0.1 in a background thread."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from asr.testing.tiny import espeak_available
+
+
+@dataclass(frozen=True)
+class Speech:
+    """A test input: samples at their own rate, the file they were written to, and the words."""
+
+    path: Path
+    samples: np.ndarray
+    sample_rate: int
+    text: str
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    if not espeak_available():
+        pytest.skip("needs espeak-ng to synthesize speech")
+    from asr.testing.packages import trained_tiny_package
+
+    return trained_tiny_package(tmp_path_factory.getbasetemp() / "tiny_models")
+
+
+@pytest.fixture(scope="session")
+def speech(tiny, tmp_path_factory) -> list[Speech]:
+    """8 inputs: the training sentences at their espeak rate (22.05 kHz) and at 16 kHz, with
+    silences around them; the last one holds two sentences 2 s apart (two segments)."""
+    from asr.audio import load_audio, resample
+
+    out = tmp_path_factory.mktemp("serve_audio")
+    items = []
+    for i, (wav, text) in enumerate(zip(tiny.wavs, tiny.texts)):
+        native, rate = soundfile.read(wav, dtype="float32")
+        for target in (rate, 16000):
+            samples = native if target == rate else resample(native, rate, target)
+            pad = np.zeros(int(0.3 * target), np.float32)
+            samples = np.concatenate([pad, samples, pad])
+            path = out / f"utt{i}_{target}.wav"
+            soundfile.write(path, samples, target, subtype="FLOAT")
+            items.append(Speech(path, samples, target, text))
+    first, second = load_audio(tiny.wavs[0], 16000), load_audio(tiny.wavs[3], 16000)
+    gap = np.zeros(32000, np.float32)
+    both = np.concatenate([gap[:4800], first, gap, second, gap[:4800]])
+    path = out / "two_sentences_16000.wav"
+    soundfile.write(path, both, 16000, subtype="FLOAT")
+    items[-1] = Speech(path, both, 16000, f"{tiny.texts[0]} {tiny.texts[3]}")
+    return items
+
+
+@pytest.fixture(scope="session")
+def recognizer(tiny):
+    import asr
+
+    return asr.load_model(tiny.package_dir).streaming_recognizer()
+
+
+def offline_streaming_text(recognizer, samples: np.ndarray, sample_rate: int) -> str:
+    """The transcript of StreamingRecognizer fed the whole input at once, endpointing as the
+    server does."""
+    stream = recognizer.new_stream()
+    recognizer.accept_waveform(stream, samples, sample_rate)
+    recognizer.input_finished(stream)
+    for _ in range(100_000):
+        if not recognizer.is_ready(stream):
+            break
+        recognizer.decode([stream])
+        if not stream.done and recognizer.result(stream).is_final:
+            recognizer.reset(stream)
+    texts = [s.text for s in stream.finished_segments] + [recognizer.result(stream).text]
+    return " ".join(t for t in texts if t)
+
+
+@pytest.fixture(scope="session")
+def reference_texts(tiny, speech) -> list[str]:
+    """Offline streaming transcripts of ``speech`` (with its own recognizer instance)."""
+    import asr
+
+    recognizer = asr.load_model(tiny.package_dir).streaming_recognizer()
+    return [offline_streaming_text(recognizer, s.samples, s.sample_rate) for s in speech]
+
+
+def _wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
+    """Polls ``predicate`` until it is true or ``timeout`` seconds passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+@pytest.fixture(scope="session")
+def wait_until():
+    """``wait_until(predicate, timeout)``: polls until true, at most ``timeout`` seconds."""
+    return _wait_until
+
+
+@pytest.fixture(scope="module")
+def server(recognizer):
+    """A server with small limits: 64 KiB messages, 1.5 s idle timeout."""
+    from asr.serve.config import ServerConfig
+    from asr.serve.server import BackgroundServer
+
+    config = ServerConfig(
+        port=0,
+        max_connections=24,
+        max_message_bytes=1 << 16,
+        idle_timeout=1.5,
+        max_buffered_seconds=2.0,
+        shutdown_timeout=5.0,
+    )
+    with BackgroundServer(recognizer, config) as background:
+        yield background

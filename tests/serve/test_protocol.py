@@ -1,0 +1,170 @@
+"""Protocol parsing, config checks, static site and decode-engine bookkeeping (no network)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from websockets.datastructures import Headers
+from websockets.http11 import Request
+
+from asr.serve.config import ServerConfig
+from asr.serve.protocol import (
+    CLOSE_INVALID_DATA,
+    CLOSE_UNSUPPORTED,
+    DONE,
+    ProtocolError,
+    SampleRate,
+    parse_audio,
+    parse_text,
+    result_message,
+    sample_rate_from_path,
+)
+from asr.serve.web import load_static_site
+
+
+def test_parse_audio_round_trip():
+    samples = np.linspace(-1, 1, 7, dtype=np.float32)
+    np.testing.assert_array_equal(parse_audio(samples.astype("<f4").tobytes()), samples)
+    assert parse_audio(b"").shape == (0,)
+
+
+@pytest.mark.parametrize("data", [b"\x00" * 5, b"\x00" * 3])
+def test_parse_audio_odd_bytes(data):
+    with pytest.raises(ProtocolError, match=f"{len(data)} bytes") as err:
+        parse_audio(data)
+    assert err.value.code == CLOSE_INVALID_DATA
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_parse_audio_non_finite(bad):
+    with pytest.raises(ProtocolError, match="NaN or infinite") as err:
+        parse_audio(np.array([0.1, bad, 0.2], "<f4").tobytes())
+    assert err.value.code == CLOSE_INVALID_DATA
+
+
+def test_parse_text():
+    assert parse_text(DONE) == DONE
+    assert parse_text('{"sample_rate": 8000}') == SampleRate(8000)
+    assert parse_text('{"sample_rate": 44100.0}') == SampleRate(44100)
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("done", "expected 'Done'"),
+        ("\x00\xff garbage", "expected 'Done'"),
+        ("[1, 2]", "only JSON message"),
+        ('{"sample_rate": 8000, "x": 1}', "only JSON message"),
+        ('{"sample_rate": "fast"}', "integer"),
+        ('{"sample_rate": 100}', r"\[4000, 192000\]"),
+        ('{"sample_rate": 16000.5}', "integer"),
+        ('{"sample_rate": true}', "integer"),
+        ('{"sample_rate": NaN}', "integer"),
+    ],
+)
+def test_parse_text_rejects(text, match):
+    with pytest.raises(ProtocolError, match=match) as err:
+        parse_text(text)
+    assert err.value.code in (CLOSE_UNSUPPORTED, 1008)
+
+
+def test_sample_rate_from_path():
+    assert sample_rate_from_path("/") is None
+    assert sample_rate_from_path("/?sample_rate=8000") == 8000
+    for bad in ("/?sample_rate=abc", "/?sample_rate=1", "/?sample_rate=8000&sample_rate=16000"):
+        with pytest.raises(ProtocolError, match="sample_rate"):
+            sample_rate_from_path(bad)
+
+
+def test_result_message():
+    class Result:
+        def to_json(self):
+            return {
+                "text": "HI",
+                "tokens": ["H", "I"],
+                "timestamps": [0.0, 0.04],
+                "segment": 0,
+                "is_final": False,
+            }
+
+    data = json.loads(result_message(Result(), 1.23456))
+    assert data == {
+        "text": "HI",
+        "tokens": ["H", "I"],
+        "timestamps": [0.0, 0.04],
+        "segment": 0,
+        "is_final": False,
+        "audio_end": 1.235,
+    }
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"port": 70000}, "port"),
+        ({"max_connections": 0}, "max_connections"),
+        ({"idle_timeout": -1}, "idle_timeout"),
+        ({"max_message_bytes": 2}, "max_message_bytes"),
+        ({"min_sample_rate": 16000, "max_sample_rate": 8000}, "max_sample_rate"),
+    ],
+)
+def test_config_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ServerConfig(**kwargs)
+
+
+def _get(site, path):
+    return site.respond(Request(path, Headers()))
+
+
+def test_static_site_serves_fixed_files_only():
+    site = load_static_site(lambda: {"sessions": 0})
+    page = _get(site, "/?autostart=1")
+    assert page.status_code == 200 and b'src="app.js"' in page.body
+    assert page.headers["Content-Type"].startswith("text/html")
+    assert b"registerProcessor" in _get(site, "/recorder-worklet.js").body
+    assert b"audioWorklet" in _get(site, "/app.js").body
+    assert json.loads(_get(site, "/stats").body) == {"sessions": 0}
+    for path in (
+        "/../setup.cfg",
+        "/static/../../setup.cfg",
+        "/%2e%2e/setup.cfg",
+        "/etc/passwd",
+        "//etc/passwd",
+        "/static/index.html",
+        "/index.html/..",
+        "/config.py",
+    ):
+        response = _get(site, path)
+        assert response.status_code == 404, path
+        assert response.body == b"not found\n"
+
+
+def test_engine_backpressure_and_outbox(recognizer):
+    """The reader pauses above max_buffered_seconds; unsent partials are coalesced."""
+    from asr.serve.engine import DecodeEngine, _Output
+
+    engine = DecodeEngine(recognizer, max_buffered_seconds=1.0, max_pending_messages=3)
+    session = engine.open_session(16000)
+    engine.push_audio(session, np.zeros(8000, np.float32))
+    assert session.drained.is_set()
+    engine.push_audio(session, np.zeros(8000, np.float32))
+    assert not session.drained.is_set()  # 1.0 s waiting: stop reading
+    work = engine._collect()
+    assert session.pending_samples == 0 and len(work[0].chunks) == 2
+    outputs, progressed = engine._step(work)
+    assert progressed and outputs
+    engine._dispatch(work, outputs)
+    assert session.drained.is_set()
+    partial = _Output(session, "p", False, False)
+    for _ in range(5):
+        engine._dispatch([], [partial])
+    assert len(session.outbox) == 1  # partials supersede each other
+    for _ in range(4):
+        engine._dispatch([], [_Output(session, "f", True, False)])
+    assert session.error is not None and "unread" in str(session.error)
+    engine.close_session(session)
+    assert engine.num_sessions == 0
+    engine._executor.shutdown()

@@ -1,0 +1,259 @@
+"""The server end to end on 127.0.0.1: concurrent clients, malformed input, disconnects, limits.
+
+Every loop here is bounded in count and time; all traffic goes to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import http.client
+import json
+import tracemalloc
+
+import numpy as np
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from asr.serve.client import stream_samples
+
+
+def _run(coro, timeout: float = 60.0):
+    async def bounded():
+        async with asyncio.timeout(timeout):
+            return await coro
+
+    return asyncio.run(bounded())
+
+
+def _edit_distance(hyp: str, ref: str) -> int:
+    import kaldialign
+
+    return kaldialign.edit_distance(list(ref), list(hyp))["total"]
+
+
+def test_eight_concurrent_clients_match_offline_streaming(
+    server, speech, reference_texts, wait_until
+):
+    assert len(speech) == 8
+    chunk_seconds = [0.05, 0.1, 0.37, 0.1, 0.2, 0.1, 0.05, 0.25]
+
+    async def main():
+        return await asyncio.gather(
+            *(
+                stream_samples(
+                    server.url,
+                    s.samples,
+                    s.sample_rate,
+                    chunk_seconds=c,
+                    realtime=i % 2 == 0,
+                    timeout=30,
+                )
+                for i, (s, c) in enumerate(zip(speech, chunk_seconds))
+            )
+        )
+
+    results = _run(main())
+    for s, result, reference in zip(speech, results, reference_texts):
+        assert result.errors == [] and result.close_code == 1000, s.path
+        assert result.text == reference, s.path
+        assert result.messages[-1]["is_final"]
+    # the words really are recognized (the tiny model was trained on these sentences)
+    errors = sum(_edit_distance(r.text, s.text) for r, s in zip(results, speech))
+    assert errors / sum(len(s.text) for s in speech) < 0.35, [r.text for r in results]
+    assert len(results[-1].segments) >= 2  # endpointing split the two sentences
+    stats = server.server.stats()
+    assert stats["max_batch"] > 1, stats  # streams really were batched
+    assert wait_until(lambda: server.server.num_sessions == 0, 5.0)
+
+
+def test_sample_rate_in_query(server, speech, reference_texts):
+    s, reference = speech[0], reference_texts[0]
+    assert s.sample_rate != 16000
+
+    async def main():
+        async with connect(f"{server.url}/?sample_rate={s.sample_rate}") as ws:
+            for begin in range(0, s.samples.size, 8000):
+                await ws.send(s.samples[begin : begin + 8000].astype("<f4").tobytes())
+            await ws.send("Done")
+            return [json.loads(m) async for m in ws]
+
+    messages = _run(main(), 30)
+    assert messages[-1]["is_final"] and messages[-1]["text"] == reference
+
+
+async def _misbehave(
+    url: str, messages: list, expect_close: bool = True
+) -> tuple[int | None, list]:
+    """Sends ``messages`` and returns the close code and the JSON received."""
+    received = []
+    async with connect(url, max_size=None) as ws:
+        try:
+            for message in messages:
+                await ws.send(message)
+            async for text in ws:
+                received.append(json.loads(text))
+        except ConnectionClosed:
+            pass
+        return ws.close_code, received
+
+
+BAD_INPUTS = {
+    "odd byte count": ([b"\x00" * 4001], 1007, "multiple of 4"),
+    "nan samples": ([np.array([0.0, np.nan] * 100, "<f4").tobytes()], 1007, "NaN"),
+    "inf samples": (
+        [np.zeros(100, "<f4").tobytes(), np.array([np.inf], "<f4").tobytes()],
+        1007,
+        "NaN",
+    ),
+    "text garbage": (["hello server"], 1003, "expected 'Done'"),
+    "json garbage": (['{"rate": 8000}'], 1003, "only JSON"),
+    "late sample rate": ([np.zeros(160, "<f4").tobytes(), '{"sample_rate": 8000}'], 1008, "before"),
+    "oversized message": ([np.zeros(1 << 15, "<f4").tobytes()], 1009, None),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_malformed_messages_are_rejected(server, name, wait_until):
+    messages, code, error = BAD_INPUTS[name]
+    close_code, received = _run(_misbehave(server.url, messages), 20)
+    assert close_code == code
+    if error is not None:
+        assert received and error in received[-1]["error"]
+    assert wait_until(lambda: server.server.num_sessions == 0, 5.0)
+
+
+def test_bad_query_is_rejected(server):
+    close_code, received = _run(_misbehave(f"{server.url}/?sample_rate=12", []), 20)
+    assert close_code == 1008 and "sample_rate" in received[-1]["error"]
+
+
+async def _abrupt(url: str, samples: np.ndarray, seconds: float) -> None:
+    """Sends part of an utterance, then drops the TCP connection without a close frame."""
+    ws = await connect(url)
+    step = 1600
+    for begin in range(0, int(seconds * 16000), step):
+        await ws.send(samples[begin : begin + step].astype("<f4").tobytes())
+    await asyncio.sleep(0.05)
+    ws.transport.abort()
+
+
+async def _idle(url: str) -> int | None:
+    async with connect(url) as ws:
+        try:
+            async for _ in ws:
+                pass
+        except ConnectionClosed:
+            pass
+        return ws.close_code
+
+
+def test_disconnects_and_idle_clients_do_not_disturb_others(
+    server, speech, reference_texts, wait_until
+):
+    good, reference = speech[3], reference_texts[3]  # 16 kHz
+
+    async def main():
+        bad = [_abrupt(server.url, good.samples, 0.2 + 0.1 * i) for i in range(6)]
+        idle = [_idle(server.url) for _ in range(2)]
+        well_behaved = stream_samples(server.url, good.samples, 16000, realtime=True, timeout=30)
+        return await asyncio.gather(well_behaved, *idle, *bad)
+
+    result, *rest = _run(main(), 40)
+    assert result.text == reference and result.close_code == 1000
+    assert rest[:2] == [1008, 1008]  # idle clients closed after idle_timeout
+    assert wait_until(lambda: server.server.num_sessions == 0, 5.0)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        import os
+
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_memory_returns_to_baseline_after_many_bad_connections(
+    server, speech, reference_texts, wait_until
+):
+    from asr.streaming.recognizer import Stream
+
+    good, reference = speech[3], reference_texts[3]
+    rounds = list(BAD_INPUTS.values())
+
+    async def storm(count: int):
+        for i in range(count):
+            messages, _, _ = rounds[i % len(rounds)]
+            await asyncio.gather(
+                _misbehave(server.url, messages),
+                _abrupt(server.url, good.samples, 0.3),
+                _abrupt(server.url, good.samples, 1.0),
+            )
+
+    _run(storm(7), 60)  # warm-up: allocator pools, caches
+    assert wait_until(lambda: server.server.num_sessions == 0, 5.0)
+    gc.collect()
+    rss_before = _rss_bytes()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        _run(storm(21), 90)  # 63 bad connections
+        assert wait_until(lambda: server.server.num_sessions == 0, 5.0)
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    growth = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    assert growth < 1_000_000, f"python heap grew by {growth} bytes"
+    assert _rss_bytes() - rss_before < 64 * 2**20
+    # no recognizer stream outlives its connection
+    assert not [o for o in gc.get_objects() if type(o) is Stream]
+    result = _run(stream_samples(server.url, good.samples, 16000, timeout=30))
+    assert result.text == reference
+
+
+def test_connection_and_audio_limits(recognizer, speech, wait_until):
+    from asr.serve.config import ServerConfig
+    from asr.serve.server import BackgroundServer
+
+    config = ServerConfig(port=0, max_connections=2, idle_timeout=5.0, max_session_seconds=1.0)
+    samples = speech[1].samples
+    assert samples.size > 16000
+    with BackgroundServer(recognizer, config) as small:
+
+        async def main():
+            async with connect(small.url), connect(small.url):
+                assert wait_until(lambda: small.server.num_sessions == 2, 5.0)
+                with pytest.raises(InvalidStatus) as err:
+                    await connect(small.url)
+                assert err.value.response.status_code == 503
+            assert wait_until(lambda: small.server.num_sessions == 0, 5.0)
+            too_long = await stream_samples(small.url, samples, 16000)
+            short = await stream_samples(small.url, samples[:16000], 16000)
+            return too_long, short
+
+        too_long, short = _run(main(), 30)
+        assert too_long.close_code == 1008 and "more than 1.0 s" in too_long.errors[0]
+        assert short.close_code == 1000 and short.errors == []
+
+
+def test_http_paths_never_reach_the_file_system(server):
+    host, port = "127.0.0.1", server.server.port
+    for path in ("/", "/recorder-worklet.js", "/app.js"):
+        conn = http.client.HTTPConnection(host, port, timeout=5)
+        conn.request("GET", path)
+        assert conn.getresponse().status == 200
+        conn.close()
+    for path in (
+        "/../../setup.cfg",
+        "/..%2f..%2fsetup.cfg",
+        "/static/index.html",
+        "/asr/__init__.py",
+    ):
+        conn = http.client.HTTPConnection(host, port, timeout=5)
+        conn.putrequest("GET", path, skip_host=False)  # sent verbatim, no normalization
+        conn.endheaders()
+        response = conn.getresponse()
+        assert response.status == 404, path
+        assert response.read() == b"not found\n"
+        conn.close()

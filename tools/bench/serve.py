@@ -1,0 +1,221 @@
+"""Benchmark: the websocket server under 1, 4, 8 and 16 concurrent real-time streams.
+
+What is measured. ``asr serve`` runs as a separate process on 127.0.0.1 (``--port 0``); this
+process runs N clients concurrently, each sending ``--seconds`` of speech (espeak-ng sentences
+separated by short pauses, 16 kHz float32) in ``--chunk-seconds`` messages paced at the speed of
+speech, start times staggered over one chunk. For every result message:
+
+* latency = its arrival time - the time the client sent the chunk that completed the audio the
+  result covers (the server reports that position as ``audio_end``, in seconds of the stream):
+  the delay from the end of a chunk's audio to its partial result, as a user sees it (it
+  includes waiting for the model's chunk to fill up only when a message completes a chunk, so
+  it measures server-side queueing + batching + compute + websocket transport);
+* RTF = the server's decode-loop busy time (feature extraction, encoder, search) / the seconds of
+  audio it received during the run, read from the server's ``/stats`` page before and after.
+
+Bounded: 4 runs of about ``--seconds`` + 2 s each, every client under a timeout.
+
+Usage:
+    python tools/bench/serve.py                      # trains a tiny model first (~20 s)
+    python tools/bench/serve.py --model PKG --streams 1 4 8 16 --seconds 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger("bench.serve")
+
+SENTENCES = (
+    "HELLO WORLD",
+    "GOOD MORNING",
+    "OPEN THE DOOR",
+    "SEVEN GREEN APPLES",
+)
+
+
+def speech_audio(package_wavs: list[Path], seconds: float) -> np.ndarray:
+    """(N,) 16 kHz: the wavs with 0.4 s pauses, repeated to ``seconds``."""
+    from asr.audio import load_audio
+
+    pause = np.zeros(6400, np.float32)
+    pieces = [np.concatenate([load_audio(w, 16000), pause]) for w in package_wavs]
+    one = np.concatenate(pieces)
+    reps = int(np.ceil(seconds * 16000 / one.size))
+    return np.tile(one, reps)[: int(seconds * 16000)]
+
+
+def start_server(model: Path, threads: int, max_connections: int) -> tuple[subprocess.Popen, int]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "asr.cli.main",
+        "serve",
+        "--model",
+        str(model),
+        "--port",
+        "0",
+        "--max-connections",
+        str(max_connections),
+        "--idle-timeout",
+        "30",
+    ]
+    cmd += ["--num-threads", str(threads)]
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        match = re.search(r"serving on http://127\.0\.0\.1:(\d+)", line)
+        if match:
+            return proc, int(match.group(1))
+    proc.kill()
+    raise RuntimeError("asr serve did not start")
+
+
+def read_stats(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=10) as response:
+        return json.load(response)
+
+
+def latencies(result) -> list[float]:
+    """Seconds from sending the chunk that completed each result's audio to its arrival."""
+    out = []
+    sends = result.send_times
+    for msg in result.messages:
+        if "audio_end" not in msg:
+            continue
+        end = msg["audio_end"] - 1e-3  # audio_end is rounded to ms
+        sent = next((t for t, position in sends if position >= end), None)
+        if sent is not None:
+            out.append(msg["received"] - sent)
+    return out
+
+
+async def run_clients(
+    url: str, audio: np.ndarray, count: int, chunk_seconds: float, timeout: float
+) -> list:
+    from asr.serve.client import stream_samples
+
+    async def one(index: int):
+        await asyncio.sleep(index * chunk_seconds / count)
+        return await stream_samples(
+            url, audio, 16000, chunk_seconds=chunk_seconds, realtime=True, timeout=timeout
+        )
+
+    return await asyncio.gather(*(one(i) for i in range(count)))
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="model package (default: train the tiny test model)",
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path("/tmp/asr_bench_serve"),
+        help="where the tiny model is trained (default: /tmp/asr_bench_serve)",
+    )
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--seconds", type=float, default=6.0, help="audio per stream (default: 6)")
+    parser.add_argument(
+        "--chunk-seconds", type=float, default=0.1, help="audio per client message (default: 0.1)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="server torch threads (0: torch's default; default: 1)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if max(args.streams) > 64 or args.seconds > 60:
+        parser.error("bounded benchmark: at most 64 streams and 60 s of audio per stream")
+
+    from asr.testing.packages import trained_tiny_package
+
+    tiny = trained_tiny_package(args.work_dir)
+    model = args.model or tiny.package_dir
+    audio = speech_audio(list(tiny.wavs), args.seconds)
+    proc, port = start_server(model, args.threads, max(args.streams) + 1)
+    url = f"ws://127.0.0.1:{port}"
+    rows = []
+    try:
+        asyncio.run(run_clients(url, audio[:48000], 2, args.chunk_seconds, 30))  # warm-up
+        for count in args.streams:
+            before = read_stats(port)
+            start = time.monotonic()
+            results = asyncio.run(
+                run_clients(url, audio, count, args.chunk_seconds, args.seconds * 3 + 30)
+            )
+            wall = time.monotonic() - start
+            after = read_stats(port)
+            busy = after["busy_seconds"] - before["busy_seconds"]
+            seconds = after["audio_seconds"] - before["audio_seconds"]
+            steps = max(1, after["steps"] - before["steps"])
+            batch = (after["streams_decoded"] - before["streams_decoded"]) / steps
+            lat = [x for r in results for x in latencies(r)]
+            bad = sum(1 for r in results if r.close_code != 1000 or r.errors)
+            rows.append(
+                (
+                    count,
+                    seconds,
+                    wall,
+                    busy / seconds if seconds else float("nan"),
+                    batch,
+                    statistics.median(lat) * 1000 if lat else float("nan"),
+                    percentile(lat, 95) * 1000,
+                    len(lat),
+                    bad,
+                )
+            )
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    cores = len(os.sched_getaffinity(0))
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(
+        f"\nasr serve on 127.0.0.1, model {model}, {cores} CPU cores (load average {load}), "
+        f"{args.seconds:g} s per stream in {args.chunk_seconds * 1000:g} ms messages, real time"
+    )
+    print(
+        f"{'streams':>7} {'audio s':>8} {'wall s':>7} {'RTF':>7} {'batch':>6} "
+        f"{'lat p50 ms':>10} {'lat p95 ms':>10} {'results':>8} {'failed':>6}"
+    )
+    for count, seconds, wall, rtf, batch, p50, p95, n, bad in rows:
+        print(
+            f"{count:>7} {seconds:>8.1f} {wall:>7.1f} {rtf:>7.4f} {batch:>6.2f} "
+            f"{p50:>10.1f} {p95:>10.1f} {n:>8} {bad:>6}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
