@@ -20,6 +20,8 @@ import pytest
 import soundfile
 from websockets.sync.client import connect
 
+from asr.testing.serving import stop_process
+
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
@@ -141,9 +143,4 @@ def test_microphone_page_in_headless_chromium(server, tiny, speech, reference_te
         words = " ".join(finals).split()
         assert set(text.split()) <= set(words), (finals, text)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc)

@@ -4,54 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
-import subprocess
 import sys
-import time
 
 import pytest
 
 from asr.serve.client import main as client_main
 from asr.serve.client import stream_samples
-
-
-def _start_server(package_dir) -> tuple[subprocess.Popen, int]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "asr.cli.main",
-        "serve",
-        "--model",
-        str(package_dir),
-        "--port",
-        "0",
-        "--idle-timeout",
-        "10",
-        "--shutdown-timeout",
-        "5",
-        "--num-threads",
-        "1",
-    ]
-    proc = subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    deadline = time.monotonic() + 60
-    lines = []
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
-        lines.append(line)
-        match = re.search(r"serving on http://127\.0\.0\.1:(\d+)", line)
-        if match:
-            return proc, int(match.group(1))
-    proc.kill()
-    raise RuntimeError("asr serve did not start:\n" + "".join(lines[-30:]))
+from asr.testing.serving import start_server_process
 
 
 def test_serve_cli_client_and_graceful_sigterm(tiny, speech, reference_texts, capsys):
-    proc, port = _start_server(tiny.package_dir)
+    proc, port = start_server_process(
+        tiny.package_dir, "--idle-timeout", "10", "--shutdown-timeout", "5", "--num-threads", "1"
+    )
     url = f"ws://127.0.0.1:{port}"
     try:
         # the file client CLI: two files at once (one at 22.05 kHz: announced and resampled)

@@ -27,7 +27,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,8 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+
+from asr.testing.serving import start_server_process, stop_process
 
 logger = logging.getLogger("bench.serve")
 
@@ -59,34 +60,10 @@ def speech_audio(package_wavs: list[Path], seconds: float) -> np.ndarray:
 
 
 def start_server(model: Path, threads: int, max_connections: int) -> tuple[subprocess.Popen, int]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "asr.cli.main",
-        "serve",
-        "--model",
-        str(model),
-        "--port",
-        "0",
-        "--max-connections",
-        str(max_connections),
-        "--idle-timeout",
-        "30",
-    ]
-    cmd += ["--num-threads", str(threads)]
-    proc = subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    return start_server_process(
+        model, "--max-connections", str(max_connections), "--idle-timeout", "30",
+        "--num-threads", str(threads), timeout=120,
     )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
-        match = re.search(r"serving on http://127\.0\.0\.1:(\d+)", line)
-        if match:
-            return proc, int(match.group(1))
-    proc.kill()
-    raise RuntimeError("asr serve did not start")
 
 
 def read_stats(port: int) -> dict:
@@ -194,11 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, timeout=30)
     cores = len(os.sched_getaffinity(0))
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(
