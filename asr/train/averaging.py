@@ -102,3 +102,87 @@ class RunningAverage:
         for name, value in model.state_dict().items():
             out[name] = self.average[name].to(value.dtype) if name in self.average else value
         return out
+
+
+# ------------------------------------------------------------------ choosing checkpoints by name
+
+
+def epoch_checkpoint_path(exp_dir: str | Path, epoch: int) -> Path:
+    """``<exp_dir>/epoch-<epoch>.pt`` (written by the trainer at the end of each epoch)."""
+    return Path(exp_dir) / f"epoch-{epoch}.pt"
+
+
+def epoch_checkpoints(exp_dir: str | Path, epoch: int, avg: int) -> list[Path]:
+    """The ``avg`` epoch checkpoints ending at ``epoch``: ``epoch-(epoch-avg+1) .. epoch-epoch``.
+
+    Raises:
+        ValueError: for ``avg < 1`` or ``avg > epoch``.
+        FileNotFoundError: naming every missing ``epoch-N.pt``.
+    """
+    if avg < 1 or avg > epoch:
+        raise ValueError(f"need 1 <= avg <= epoch, got epoch={epoch} avg={avg}")
+    paths = [epoch_checkpoint_path(exp_dir, e) for e in range(epoch - avg + 1, epoch + 1)]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"missing epoch checkpoints: {', '.join(missing)}")
+    return paths
+
+
+def last_step_checkpoints(exp_dir: str | Path, count: int) -> list[Path]:
+    """The newest ``count`` ``checkpoint-N.pt`` files of ``exp_dir`` (oldest first).
+
+    Raises:
+        FileNotFoundError: when ``exp_dir`` holds fewer than ``count`` of them.
+    """
+    from asr.train.checkpoint import list_checkpoints
+
+    found = list_checkpoints(exp_dir)
+    if count < 1 or len(found) < count:
+        raise FileNotFoundError(
+            f"{exp_dir} holds {len(found)} checkpoint-N.pt files, {count} requested"
+        )
+    return [path for _, path in found[-count:]]
+
+
+def averaged_model_between(exp_dir: str | Path, epoch: int, avg: int) -> dict[str, torch.Tensor]:
+    """Mean of the model over the training steps of epochs ``epoch-avg+1 .. epoch``, from the
+    running averages stored in two epoch checkpoints (icefall's ``--use-averaged-model``).
+
+    :class:`RunningAverage` keeps the mean of ``n = step // period`` model samples, so with the
+    averages ``a_end`` (``n_end`` samples, at the end of ``epoch``) and ``a_start`` (``n_start``, at
+    the end of ``epoch - avg``; nothing for ``epoch == avg``) the mean over the samples between is
+    ``(a_end * n_end - a_start * n_start) / (n_end - n_start)``. Integer buffers come from the end.
+
+    Raises:
+        ValueError: when the checkpoints hold no running average or no steps lie between.
+    """
+    if avg < 1 or avg > epoch:
+        raise ValueError(f"need 1 <= avg <= epoch, got epoch={epoch} avg={avg}")
+    end = _running_average(epoch_checkpoint_path(exp_dir, epoch))
+    start = _running_average(epoch_checkpoint_path(exp_dir, epoch - avg)) if epoch > avg else None
+    n_start = start[1] if start else 0
+    (avg_end, n_end, model_end) = end
+    if n_end <= n_start:
+        raise ValueError(
+            f"no running-average samples between epoch {epoch - avg} and {epoch} in {exp_dir}"
+        )
+    out = {}
+    for name, value in model_end.items():
+        if name in avg_end:
+            total = avg_end[name] * n_end
+            if start is not None:
+                total = total - start[0][name] * n_start
+            out[name] = (total / (n_end - n_start)).to(value.dtype)
+        else:
+            out[name] = value
+    return out
+
+
+def _running_average(path: Path) -> tuple[dict[str, torch.Tensor], int, dict[str, torch.Tensor]]:
+    """(average, number of samples, model state) of a training checkpoint."""
+    state = safe_torch_load(path)
+    averager = state.get("averager")
+    if not averager:
+        raise ValueError(f"{path} holds no running average (train.average_period was 0)")
+    samples = int(state["progress"]["step"]) // int(averager["period"])
+    return averager["average"], samples, state["model"]

@@ -23,8 +23,11 @@ class TrainConfig:
         accum_grad: batches accumulated per optimizer step.
         seed: base random seed (each rank adds its rank).
         device: ``auto``, ``cpu`` or ``cuda``.
-        num_workers: DataLoader workers (0 makes resumption bit-exact: all randomness is in the
-            main process' RNG state, which checkpoints capture).
+        dev_wer: decode the dev set with a greedy searcher after each epoch (WER in the plot).
+        dev_wer_max_utterances: decode at most this many dev utterances for it (0: all).
+
+    DataLoader workers are ``data.num_workers``; 0 makes resumption bit-exact (all randomness is
+    then in the main process' RNG state, which checkpoints capture).
     """
 
     max_epochs: int = 10
@@ -39,7 +42,8 @@ class TrainConfig:
     accum_grad: int = 1
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_workers: int = 0
+    dev_wer: bool = True
+    dev_wer_max_utterances: int = 0
 
     def __post_init__(self) -> None:
         if self.max_epochs <= 0:

@@ -6,9 +6,12 @@ as :class:`asr.model.ASRModel` does. Batches come from a callable ``train_batche
 that yields the batches of ``epoch`` after dropping the first ``skip``; that position plus the RNG
 states is what makes a resumed run continue exactly where the killed one stopped.
 
-Gradient normalisation: each step's loss is divided by the number of utterances in the GLOBAL
-batch (summed over ranks) and multiplied by the world size, so DDP's gradient averaging yields the
-same gradient as one process seeing the whole global batch.
+Gradient normalisation: each batch's summed loss is multiplied by the world size before
+``backward`` (DDP averages gradients over ranks, so they become sums over the global batch); at the
+optimizer step the gradients are divided by the number of utterances of the GLOBAL batch (summed
+over ranks and over the ``accum_grad`` accumulated batches). N processes therefore give the same
+update as one process seeing their batches, and one process with ``accum_grad=N`` the same as
+N processes.
 """
 
 from __future__ import annotations
@@ -102,6 +105,7 @@ class Trainer:
         self.amp_dtype = torch.bfloat16 if train_cfg.amp_dtype == "bfloat16" else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
         self.progress = Progress()
+        self._accum_utts = 0.0  # utterances in the gradients accumulated since the last step
         self._writer = None
 
     # ----------------------------------------------------------------------------------- state
@@ -190,7 +194,12 @@ class Trainer:
         while self.progress.epoch <= self.cfg.max_epochs and not self._finished():
             self._train_epoch()
             if self._finished() and self.progress.batches_in_epoch > 0:
-                break  # stopped mid-epoch by max_steps: no end-of-epoch bookkeeping
+                # Stopped mid-epoch by max_steps: no end-of-epoch bookkeeping, but a checkpoint
+                # to decode or continue from (unless the interval just wrote one).
+                interval = self.cfg.checkpoint_interval
+                if interval <= 0 or self.progress.step % interval != 0:
+                    self.save(checkpoint_path(self.exp_dir, self.progress.step))
+                break
             self._end_epoch()
         if self._writer is not None:
             self._writer.flush()
@@ -232,18 +241,28 @@ class Trainer:
         batch = batch.to(self.device)
         with self._autocast():
             out = self.model(batch)
-        global_utts = all_reduce_sum(out.num_utterances, self.dist)
-        scale = self.dist.world_size / max(global_utts, 1.0) / self.cfg.accum_grad
         loss = out.loss.float()
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite training loss {loss.item()} at step {self.progress.step} "
                 f"(cuts: {', '.join(batch.cut_ids[:4])}...)"
             )
-        self.scaler.scale(loss * scale).backward()
-        return float(loss.detach()), float(out.num_utterances), dict(out.metrics)
+        self.scaler.scale(loss * self.dist.world_size).backward()
+        self._accum_utts += float(out.num_utterances)
+        metrics = out.metrics() if callable(out.metrics) else out.metrics
+        return float(loss.detach()), float(out.num_utterances), dict(metrics)
+
+    def _normalize_gradients(self) -> None:
+        """Divides the accumulated gradient sums by the global number of utterances."""
+        total = all_reduce_sum(self._accum_utts, self.dist)
+        self._accum_utts = 0.0
+        factor = 1.0 / max(total, 1.0)
+        for param in self.model.parameters():
+            if param.grad is not None:
+                param.grad.mul_(factor)
 
     def _optimizer_step(self) -> None:
+        self._normalize_gradients()
         if self.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)

@@ -1,0 +1,93 @@
+"""``asr train``: train the experiment of a recipe YAML into an experiment directory.
+
+Examples::
+
+    asr train --config recipes/mini_tts/conformer_transducer.yaml --exp-dir exp/transducer
+    asr train --config recipes/librispeech/conformer_ctc_aed.yaml --exp-dir exp/ctc_aed \\
+        --set train.max_epochs=30 optim.lr=2e-3
+    torchrun --nproc-per-node 2 -m asr.cli.main train --config ... --exp-dir ...   # DDP
+
+The resolved configuration (YAML plus ``--set`` overrides) is written to ``<exp-dir>/config.yaml``;
+training resumes from the newest ``checkpoint-N.pt`` in the directory, so re-running the same
+command after a kill continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+HELP = "train a model from a recipe YAML (resumes from the newest checkpoint in --exp-dir)"
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, required=True, help="recipe YAML (ExperimentConfig)")
+    parser.add_argument("--exp-dir", type=Path, required=True,
+                        help="experiment directory: config.yaml, checkpoints, logs, plot")
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
+                        metavar="KEY=VALUE", help="config overrides, e.g. train.max_epochs=2")
+    parser.add_argument("--num-threads", type=int, default=0,
+                        help="torch intra-op threads per process (default: CPU cores / processes)")
+
+
+def _config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested config dicts."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        path = f"{prefix}{key}"
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += _config_changes(a, b, path + ".")
+        elif a != b:
+            changes.append(f"{path}: {a!r} -> {b!r}")
+    return changes
+
+
+def _save_resolved_config(cfg, exp_dir: Path) -> None:
+    import yaml
+
+    from asr.config import save_config, to_dict
+
+    path = exp_dir / "config.yaml"
+    if path.is_file():
+        old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        changes = _config_changes(old, to_dict(cfg))
+        if changes:
+            logger.warning("%s changes the configuration of %s: %s", "this run", path,
+                           "; ".join(changes))
+    save_config(cfg, path)
+
+
+def _set_threads(requested: int) -> None:
+    import torch
+
+    if requested <= 0:
+        procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        requested = max(1, (os.cpu_count() or 1) // procs)
+    torch.set_num_threads(requested)
+
+
+def run(args: argparse.Namespace) -> int:
+    from asr.config import ConfigError, load_config
+    from asr.experiment import ExperimentConfig
+    from asr.train.recipe import train_experiment
+
+    try:
+        cfg = load_config(ExperimentConfig, args.config, args.overrides)
+    except (ConfigError, FileNotFoundError) as err:
+        logger.error("asr train: %s", err)
+        return 2
+    _set_threads(args.num_threads)
+    if int(os.environ.get("RANK", "0")) == 0:
+        args.exp_dir.mkdir(parents=True, exist_ok=True)
+        _save_resolved_config(cfg, args.exp_dir)
+    try:
+        train_experiment(cfg, args.exp_dir)
+    except (FileNotFoundError, ValueError) as err:
+        logger.error("asr train: %s", err, exc_info=logger.isEnabledFor(logging.DEBUG))
+        return 1
+    return 0

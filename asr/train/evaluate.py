@@ -1,0 +1,160 @@
+"""Recognising a dataset with a searcher, scoring it, and writing icefall-style result files.
+
+Used by ``asr train`` (dev WER after each epoch, for the plot) and by ``asr decode`` (test sets).
+The searchers come from :mod:`asr.decoding` (``build_searcher(name, model, cfg)``, called as
+``searcher(enc (B, T, D), enc_lens (B,)) -> list[list[Hypothesis]]``, best hypothesis first).
+
+Result files of one test set ``part`` and searcher ``name`` (icefall's layout), in
+``<exp_dir>/<name>/``:
+
+* ``recogs-<part>-<name>.txt``: ``utt_id:\\tref=[...]`` / ``utt_id:\\thyp=[...]`` lines,
+* ``errs-<part>-<name>.txt``: the WER line, per-utterance alignments and error counts,
+* ``wer-summary-<part>-<name>.txt``: ``settings\\tWER`` table (one row).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from asr.types import Batch
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Recognition",
+    "greedy_searcher_name",
+    "recognize",
+    "score_recognitions",
+    "write_results",
+]
+
+
+@dataclass(frozen=True)
+class Recognition:
+    """One decoded utterance.
+
+    Attributes:
+        cut_id: lhotse cut id (LibriSpeech utterance id).
+        ref: reference transcript.
+        hyp: best hypothesis text.
+        timestamps: encoder frame of each hypothesis token (empty for AED / CIF searchers).
+    """
+
+    cut_id: str
+    ref: str
+    hyp: str
+    timestamps: tuple[int, ...] = ()
+
+
+def greedy_searcher_name(heads_cfg: Any) -> str | None:
+    """The greedy searcher of the first configured head that has one (None if none has).
+
+    Head order is :class:`asr.model.HeadsConfig`'s: transducer (``tdt_greedy`` for a TDT loss,
+    else ``transducer_greedy``), ctc (``ctc_greedy``), cif (``cif_greedy``); the attention decoder
+    has only a beam search and is skipped.
+    """
+    for name, sub in heads_cfg.enabled().items():
+        if name == "transducer":
+            return "tdt_greedy" if getattr(sub, "loss", None) == "tdt" else "transducer_greedy"
+        if name == "ctc":
+            return "ctc_greedy"
+        if name == "cif":
+            return "cif_greedy"
+    return None
+
+
+@torch.no_grad()
+def recognize(
+    model: nn.Module,
+    searcher,
+    batches: Iterable[Batch],
+    tokenizer,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> tuple[list[Recognition], float]:
+    """Decodes every batch with ``searcher``; returns the recognitions and the decode seconds.
+
+    Args:
+        model: an :class:`asr.model.ASRModel` (``encode(feats, feat_lens)``); put in eval mode.
+        searcher: ``searcher(enc, enc_lens) -> list[list[Hypothesis]]``.
+        batches: evaluation batches (texts and cut ids filled).
+        tokenizer: ``decode(ids) -> str``.
+        device: where the encoder runs.
+        progress: show a tqdm bar.
+    """
+    from tqdm import tqdm
+
+    was_training = model.training
+    model.eval()
+    results: list[Recognition] = []
+    started = time.perf_counter()
+    try:
+        for batch in tqdm(batches, desc="decode", unit="batch", disable=not progress,
+                          dynamic_ncols=True):
+            batch = batch.to(device)
+            enc, enc_lens = model.encode(batch.feats, batch.feat_lens)
+            nbest_lists = searcher(enc, enc_lens)
+            if len(nbest_lists) != batch.batch_size:
+                raise RuntimeError(
+                    f"searcher returned {len(nbest_lists)} results for {batch.batch_size} utterances"
+                )
+            for cut_id, ref, nbest in zip(batch.cut_ids, batch.texts, nbest_lists):
+                best = nbest[0] if nbest else None
+                hyp = tokenizer.decode(best.tokens) if best is not None else ""
+                stamps = tuple(best.timestamps) if best is not None else ()
+                results.append(Recognition(cut_id, ref, " ".join(hyp.split()), stamps))
+    finally:
+        model.train(was_training)
+    return results, time.perf_counter() - started
+
+
+def score_recognitions(recognitions: Iterable[Recognition]):
+    """WER (:class:`asr.metrics.wer.CorpusResult`) of recognitions, sorted by cut id."""
+    from asr.metrics.wer import compute_wer
+
+    ordered = sorted(recognitions, key=lambda r: r.cut_id)
+    return compute_wer([r.ref for r in ordered], [r.hyp for r in ordered], [r.cut_id for r in ordered])
+
+
+def write_results(
+    out_dir: str | Path,
+    part: str,
+    searcher_name: str,
+    recognitions: Iterable[Recognition],
+    settings: Mapping[str, Any] | None = None,
+) -> tuple[float, dict[str, Path]]:
+    """Writes the recogs / errs / wer-summary files of one test set; returns (WER %, paths).
+
+    Args:
+        out_dir: directory for the files (``<exp_dir>/<searcher_name>``).
+        part: test set name, e.g. ``test-clean``.
+        searcher_name: used in the file names.
+        recognitions: decoded utterances.
+        settings: shown in the summary's settings column (e.g. epoch, avg, beam size).
+    """
+    from asr.metrics.wer import write_error_report, write_recognitions
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = score_recognitions(recognitions)
+    wer = 100.0 * result.stats.wer
+    paths = {
+        "recogs": out_dir / f"recogs-{part}-{searcher_name}.txt",
+        "errs": out_dir / f"errs-{part}-{searcher_name}.txt",
+        "wer_summary": out_dir / f"wer-summary-{part}-{searcher_name}.txt",
+    }
+    write_recognitions(paths["recogs"], result)
+    write_error_report(paths["errs"], result)
+    tag = "_".join(f"{k}-{v}" for k, v in (settings or {}).items()) or searcher_name
+    paths["wer_summary"].write_text(
+        f"settings\tWER\n{tag}\t{wer:.2f}\n# {result.stats.summary('WER')}\n", encoding="utf-8"
+    )
+    return wer, paths

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# LibriSpeech data preparation (icefall-style stages). Run from anywhere; outputs go to
+# egs/librispeech/ASR/{download,data}.
+#
+#   bash prepare.sh                                   # download + everything
+#   bash prepare.sh --dl-dir /data/corpora            # an existing tree: /data/corpora/LibriSpeech
+#   bash prepare.sh --stage 3 --stop-stage 3          # only fbank
+#
+# Stages:
+#   0  download LibriSpeech (and MUSAN with --download-musan true) with lhotse; skipped when
+#      $dl_dir/LibriSpeech already holds every part
+#   1  lhotse manifests of every part             -> data/manifests/librispeech_*_<part>.jsonl.gz
+#   2  MUSAN manifests (skipped when $dl_dir/musan does not exist)
+#   3  fbank of every part, 0.9/1.1 speed-perturbed copies of the training parts -> data/fbank
+#   4  MUSAN noise cuts with fbank (skipped without MUSAN) -> data/fbank/musan_cuts.jsonl.gz;
+#      run.sh then trains with data.noise.cuts_path pointing at it
+#   5  BPE tokenizer on the training transcripts -> data/lang_bpe_${vocab_size}
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../../.." && pwd)
+
+stage=0
+stop_stage=100
+dl_dir=download            # holds (or receives) LibriSpeech/ and musan/
+full_libri=true            # false: train-clean-100 only
+num_jobs=4
+vocab_size=500
+download_musan=false
+work_dir=$HERE                  # where data/, exp/ (and download/) go; relative paths start here
+skip_setup=false           # true: use the existing .venv without running tools/setup.sh
+
+usage="Usage: $0 [--stage N] [--stop-stage N] [--dl-dir DIR] [--full-libri true|false]
+  [--num-jobs N] [--vocab-size N] [--download-musan true|false] [--work-dir DIR] [--skip-setup true|false]"
+. "$ROOT/egs/shared/parse_options.sh"
+work_dir=$(mkdir -p "$work_dir" && cd "$work_dir" && pwd)
+cd "$work_dir"
+
+if [ "$skip_setup" != true ]; then
+  bash "$ROOT/tools/setup.sh"
+fi
+VENV=${ASR_VENV:-$ROOT/.venv}
+asr() { "$VENV/bin/asr" "$@"; }
+lhotse() { "$VENV/bin/lhotse" "$@"; }
+log() { echo "$(date '+%F %T') [librispeech prepare] $*" >&2; }
+
+train_parts="train-clean-100"
+[ "$full_libri" = true ] && train_parts="train-clean-100 train-clean-360 train-other-500"
+parts="dev-clean dev-other test-clean test-other $train_parts"
+corpus=$dl_dir/LibriSpeech
+
+if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
+  missing=""
+  for part in $parts; do
+    [ -d "$corpus/$part" ] || missing="$missing $part"
+  done
+  if [ -z "$missing" ]; then
+    log "stage 0: $corpus holds every part; no download"
+  else
+    log "stage 0: download LibriSpeech parts:$missing into $dl_dir"
+    mkdir -p "$dl_dir"
+    if [ "$full_libri" = true ]; then
+      lhotse download librispeech --full-libri "$dl_dir"
+    else
+      lhotse download librispeech "$dl_dir"
+    fi
+  fi
+  if [ "$download_musan" = true ] && [ ! -d "$dl_dir/musan" ]; then
+    log "stage 0: download MUSAN into $dl_dir"
+    lhotse download musan "$dl_dir"
+  fi
+fi
+
+if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
+  log "stage 1: manifests of $parts"
+  asr prepare manifests --corpus-dir "$corpus" --output-dir data/manifests --parts $parts \
+    --num-jobs "$num_jobs"
+fi
+
+if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
+  if [ -d "$dl_dir/musan" ]; then
+    log "stage 2: MUSAN manifests"
+    lhotse prepare musan "$dl_dir/musan" data/manifests
+  else
+    log "stage 2: no $dl_dir/musan: skipping MUSAN"
+  fi
+fi
+
+if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
+  log "stage 3: fbank (speed perturbation of $train_parts)"
+  # One process is faster than lhotse's process pool for small corpora; use --num-jobs on big ones.
+  asr prepare fbank --manifest-dir data/manifests --output-dir data/fbank --parts $parts \
+    --speed-perturb --perturb-parts $train_parts --num-jobs "$num_jobs"
+fi
+
+if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
+  if [ -f data/manifests/musan_recordings_noise.jsonl.gz ]; then
+    log "stage 4: MUSAN noise cuts with fbank (lhotse's default 80-bin Kaldi fbank)"
+    if [ ! -f data/fbank/musan_cuts.jsonl.gz ]; then
+      lhotse cut simple --force-eager -r data/manifests/musan_recordings_noise.jsonl.gz \
+        data/manifests/musan_cuts_noise.jsonl.gz
+      lhotse feat extract-cuts -j "$num_jobs" --storage-type lilcom_chunky \
+        data/manifests/musan_cuts_noise.jsonl.gz data/fbank/musan_cuts.jsonl.gz data/fbank/musan_feats
+    fi
+  else
+    log "stage 4: no MUSAN manifests: skipping"
+  fi
+fi
+
+if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
+  log "stage 5: BPE with $vocab_size tokens on $train_parts"
+  transcripts=""
+  for part in $train_parts; do transcripts="$transcripts $corpus/$part"; done
+  asr bpe --transcripts $transcripts --output-dir "data/lang_bpe_${vocab_size}" \
+    --vocab-size "$vocab_size"
+fi
+log "done (stages $stage..$stop_stage)"

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# LibriSpeech end to end (icefall-style stages): data preparation (prepare.sh), training one recipe
+# of recipes/librispeech/, decoding with every searcher its heads support, checkpoint averaging and
+# a model package. Run from anywhere; outputs go to egs/librispeech/ASR/{download,data,exp}.
+#
+#   bash run.sh --recipe conformer_transducer --nproc 4          # 4 GPUs (torchrun DDP)
+#   bash run.sh --dl-dir /data/corpora --stage 1                 # existing LibriSpeech/, no download
+#   bash run.sh --stage 7 --epoch 30 --avg 9                     # decode / average / export only
+#
+# Stages:
+#   0-5  prepare.sh: download, manifests, MUSAN, fbank with speed perturbation, MUSAN fbank, BPE
+#   6    train recipes/librispeech/${recipe}.yaml into exp/${recipe} (resumes after a kill)
+#   7    decode test-clean and test-other with every searcher of the model (epoch/avg averaging)
+#   8    average epochs (epoch-avg+1)..epoch into exp/${recipe}/averaged-epoch-E-avg-N.safetensors
+#   9    export a model package exp/${recipe}/package from the averaged weights
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../../.." && pwd)
+
+stage=0
+stop_stage=100
+dl_dir=download
+full_libri=true
+num_jobs=4
+vocab_size=500
+download_musan=false
+recipe=conformer_transducer    # recipes/librispeech/<recipe>.yaml
+nproc=1                        # training processes (torchrun --nproc-per-node) on this node
+epoch=30                       # last epoch decoded / averaged / exported
+avg=9                          # number of epochs averaged
+use_averaged_model=true        # average the running averages over the epochs' steps (icefall)
+searchers=all                  # decode with these searchers ("all": every one the heads support)
+test_parts="test-clean test-other"
+train_args=""                  # extra `asr train` arguments, e.g. "--set train.max_epochs=2"
+decode_args=""                 # extra `asr decode` arguments, e.g. "--set search.beam_size=8"
+work_dir=$HERE                  # where data/, exp/ (and download/) go; relative paths start here
+skip_setup=false
+
+usage="Usage: $0 [--stage N] [--stop-stage N] [--dl-dir DIR] [--full-libri true|false]
+  [--num-jobs N] [--vocab-size N] [--download-musan true|false] [--recipe NAME] [--nproc N]
+  [--epoch E] [--avg N] [--use-averaged-model true|false] [--searchers \"A B\"|all]
+  [--test-parts \"P Q\"] [--train-args \"...\"] [--decode-args \"...\"] [--work-dir DIR] [--skip-setup true|false]"
+. "$ROOT/egs/shared/parse_options.sh"
+work_dir=$(mkdir -p "$work_dir" && cd "$work_dir" && pwd)
+cd "$work_dir"
+
+log() { echo "$(date '+%F %T') [librispeech] $*" >&2; }
+config="$ROOT/recipes/librispeech/${recipe}.yaml"
+if [ ! -f "$config" ]; then
+  echo "$0: no recipe $config (see recipes/librispeech/README.md)" >&2
+  exit 2
+fi
+
+if [ $stage -le 5 ] && [ $stop_stage -ge 0 ]; then
+  bash "$HERE/prepare.sh" --work-dir "$work_dir" --stage "$stage" --stop-stage "$(( stop_stage < 5 ? stop_stage : 5 ))" \
+    --dl-dir "$dl_dir" --full-libri "$full_libri" --num-jobs "$num_jobs" \
+    --vocab-size "$vocab_size" --download-musan "$download_musan" --skip-setup "$skip_setup"
+elif [ "$skip_setup" != true ]; then
+  bash "$ROOT/tools/setup.sh"
+fi
+VENV=${ASR_VENV:-$ROOT/.venv}
+asr() { "$VENV/bin/asr" "$@"; }
+exp_dir=exp/$recipe
+averaged=""
+[ "$use_averaged_model" = true ] && averaged="--use-averaged-model"
+
+if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
+  log "stage 6: train $recipe on $nproc process(es)"
+  sets="tokenizer_dir=data/lang_bpe_${vocab_size}"
+  [ "$full_libri" = true ] || sets="$sets data.train_cuts=[librispeech_cuts_train-clean-100.jsonl.gz]"
+  [ -f data/fbank/musan_cuts.jsonl.gz ] && sets="$sets data.noise.cuts_path=data/fbank/musan_cuts.jsonl.gz"
+  launcher=("$VENV/bin/asr")
+  if [ "$nproc" -gt 1 ]; then
+    launcher=("$VENV/bin/torchrun" --standalone --nproc-per-node "$nproc" -m asr.cli.main)
+  fi
+  # shellcheck disable=SC2086
+  "${launcher[@]}" train --config "$config" --exp-dir "$exp_dir" --set $sets $train_args
+fi
+
+if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
+  log "stage 7: decode $test_parts with $searchers (epoch $epoch, avg $avg)"
+  # shellcheck disable=SC2086
+  asr decode --exp-dir "$exp_dir" --searcher $searchers --epoch "$epoch" --avg "$avg" $averaged \
+    --parts $test_parts $decode_args
+  for summary in "$exp_dir"/*/wer-summary-*.txt; do
+    echo "$summary: $(sed -n 2p "$summary")" >&2
+  done
+fi
+
+if [ $stage -le 8 ] && [ $stop_stage -ge 8 ]; then
+  log "stage 8: average epochs $(( epoch - avg + 1 ))..$epoch"
+  asr average --exp-dir "$exp_dir" --epoch "$epoch" --avg "$avg" $averaged
+fi
+
+if [ $stage -le 9 ] && [ $stop_stage -ge 9 ]; then
+  log "stage 9: export a model package"
+  weights=$(ls -t "$exp_dir"/averaged-epoch-"$epoch"-avg-"$avg"*.safetensors | head -n 1)
+  asr export-package --exp-dir "$exp_dir" --checkpoint "$weights" --out "$exp_dir/package" \
+    --overwrite
+fi
+log "done (stages $stage..$stop_stage)"

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# mini_tts: the embedded default job. Synthesizes a small LibriSpeech-layout corpus with TTS voices,
+# prepares it, trains a streaming Transformer transducer and reports the test-clean WER on held-out
+# voices and sentences, then transcribes one held-out file with an exported model package.
+#
+#   bash egs/mini_tts/ASR/run.sh                          # everything (from any directory)
+#   bash egs/mini_tts/ASR/run.sh --stage 4 --stop-stage 5 # train and decode only
+#   bash egs/mini_tts/ASR/run.sh --recipe conformer_ctc_aed --searchers "ctc_greedy aed_beam"
+#
+# Stages:
+#   0  synthesize the corpus        (data/LibriSpeech)
+#   1  lhotse manifests             (data/manifests)
+#   2  fbank features               (data/fbank; speed-perturbed copies of the training part)
+#   3  BPE tokenizer                (data/lang_bpe_${vocab_size})
+#   4  train                        (exp/${recipe})
+#   5  average the last checkpoints (exp/${recipe}/averaged.safetensors) and decode test-clean
+#                                   (exp/${recipe}/<searcher>/wer-summary-test-clean-<searcher>.txt)
+#   6  export a model package and transcribe a held-out test-clean file
+#
+# Paths are relative to --work-dir (default: this directory, egs/mini_tts/ASR), as in the recipe YAMLs.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../../.." && pwd)
+
+stage=0
+stop_stage=100
+recipe=transformer_transducer   # recipes/mini_tts/<recipe>.yaml
+searchers=""                    # default: the recipe's greedy searcher (see below)
+avg=2                           # stage 5 averages the newest $avg step checkpoints
+num_jobs=2                      # synthesis / manifest processes
+fbank_jobs=1                    # lhotse's process pool is slower than one process here
+num_train=2000                  # synthesized training utterances (train-clean-5)
+num_dev=100
+num_test=100
+speed_perturb=true
+vocab_size=128
+work_dir=$HERE                  # where data/, exp/ (and download/) go; relative paths start here
+skip_setup=false                # true: use the existing .venv without running tools/setup.sh
+train_args=""                   # extra `asr train` arguments, e.g. "--set train.max_epochs=2"
+
+usage="Usage: $0 [--stage N] [--stop-stage N] [--recipe NAME] [--searchers \"A B\"] [--avg N]
+  [--num-jobs N] [--fbank-jobs N] [--num-train N] [--num-dev N] [--num-test N] [--speed-perturb true|false]
+  [--vocab-size N] [--work-dir DIR] [--skip-setup true|false] [--train-args \"...\"]
+defaults: stage=$stage stop_stage=$stop_stage recipe=$recipe num_jobs=$num_jobs num_train=$num_train
+  num_dev=$num_dev num_test=$num_test speed_perturb=$speed_perturb vocab_size=$vocab_size"
+. "$ROOT/egs/shared/parse_options.sh"
+work_dir=$(mkdir -p "$work_dir" && cd "$work_dir" && pwd)
+cd "$work_dir"
+
+if [ "$skip_setup" != true ]; then
+  bash "$ROOT/tools/setup.sh"
+fi
+VENV=${ASR_VENV:-$ROOT/.venv}
+asr() { "$VENV/bin/asr" "$@"; }
+log() { echo "$(date '+%F %T') [mini_tts] $*" >&2; }
+started=$(date +%s)
+timed() {  # timed NAME CMD...: runs CMD and logs its wall-clock time
+  local name=$1 start; shift
+  start=$(date +%s)
+  "$@"
+  log "stage '$name' took $(( $(date +%s) - start )) s"
+}
+
+config="$ROOT/recipes/mini_tts/${recipe}.yaml"
+if [ $stop_stage -ge 4 ] && [ ! -f "$config" ]; then
+  echo "$0: no recipe $config (see recipes/mini_tts/)" >&2
+  exit 2
+fi
+exp_dir=exp/$recipe
+weights=$exp_dir/averaged.safetensors
+lang_dir=data/lang_bpe_${vocab_size}
+parts="train-clean-5 dev-clean-2 test-clean"
+if [ -z "$searchers" ]; then
+  case "$recipe" in
+    *tdt*) searchers="tdt_greedy" ;;
+    *transducer*) searchers="transducer_greedy" ;;
+    *cif*) searchers="cif_greedy" ;;
+    *) searchers="ctc_greedy" ;;
+  esac
+fi
+
+if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
+  log "stage 0: synthesize the corpus"
+  timed synthesize asr synthesize --root data --preset mini_tts --num-jobs "$num_jobs" --no-progress \
+    --num-utts train-clean-5="$num_train" dev-clean-2="$num_dev" test-clean="$num_test"
+fi
+
+if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
+  log "stage 1: lhotse manifests"
+  timed manifests asr prepare manifests --corpus-dir data/LibriSpeech --output-dir data/manifests \
+    --parts $parts --num-jobs "$num_jobs"
+fi
+
+if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
+  log "stage 2: fbank features"
+  perturb=""
+  [ "$speed_perturb" = true ] && perturb="--speed-perturb"
+  timed fbank asr prepare fbank --manifest-dir data/manifests --output-dir data/fbank \
+    --parts $parts $perturb --num-jobs "$fbank_jobs"
+fi
+
+if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
+  log "stage 3: BPE with $vocab_size tokens"
+  timed bpe asr bpe --transcripts data/LibriSpeech/train-clean-5 --output-dir "$lang_dir" \
+    --vocab-size "$vocab_size"
+fi
+
+if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
+  log "stage 4: train $recipe (resumes from the newest checkpoint in $exp_dir)"
+  # shellcheck disable=SC2086
+  timed train asr train --config "$config" --exp-dir "$exp_dir" \
+    --set tokenizer_dir="$lang_dir" $train_args
+fi
+
+if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
+  log "stage 5: average the last $avg checkpoints, decode test-clean with: $searchers"
+  timed average asr average --exp-dir "$exp_dir" --last "$avg" --output "$weights"
+  for searcher in $searchers; do
+    timed "decode $searcher" asr decode --exp-dir "$exp_dir" --checkpoint "$weights" \
+      --searcher "$searcher" --parts test-clean
+    cat "$exp_dir/$searcher/wer-summary-test-clean-$searcher.txt" >&2
+  done
+fi
+
+if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
+  log "stage 6: export a model package and transcribe a held-out test-clean file"
+  # A held-out voice and sentence: the first utterance listed in test-clean.
+  trans=$(find data/LibriSpeech/test-clean -name '*.trans.txt' | sort | head -n 1)
+  utt=$(head -n 1 "$trans" | cut -d' ' -f1)
+  audio=$(dirname "$trans")/$utt.flac
+  timed export asr export-package --exp-dir "$exp_dir" --checkpoint "$weights" \
+    --out "$exp_dir/package" --overwrite
+  log "reference:  $(head -n 1 "$trans" | cut -d' ' -f2-)"
+  timed transcribe asr transcribe "$audio" --model "$exp_dir/package"
+fi
+log "done (stages $stage..$stop_stage) in $(( $(date +%s) - started )) s"

@@ -1,0 +1,69 @@
+"""``asr train`` / ``asr average`` on a tiny synthesized corpus: outputs, strict config, resume."""
+
+from __future__ import annotations
+
+import torch
+import yaml
+from train_helpers import train_tiny
+
+from asr.cli.main import main
+from asr.train.checkpoint import list_checkpoints, load_weights, safe_torch_load
+
+
+def test_train_writes_resolved_config_checkpoints_logs_and_plot(trained):
+    config = yaml.safe_load((trained / "config.yaml").read_text())
+    assert config["train"]["max_epochs"] == 2 and config["encoder"]["d_model"] == 32
+    assert (trained / "epoch-1.pt").is_file() and (trained / "epoch-2.pt").is_file()
+    assert list_checkpoints(trained)
+    state = safe_torch_load(trained / "epoch-2.pt")
+    assert state["extra"]["config"]["heads"]["loss_weights"] == {"transducer": 1.0, "ctc": 0.2}
+    assert len(state["progress"]["history"]) == 2
+    assert (trained / "training.png").read_bytes()[:4] == b"\x89PNG"
+    assert list((trained / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_train_rejects_unknown_config_keys(tmp_path, tiny_corpus, caplog):
+    assert train_tiny(tmp_path, tiny_corpus, "bad", "train.max_epoch=3") == 2
+    assert "did you mean 'max_epochs'" in caplog.text
+    assert not (tmp_path / "bad" / "config.yaml").exists()
+
+
+def test_killed_training_resumes_to_the_same_parameters(tmp_path, tiny_corpus, trained):
+    """Stop after 1 step (mid-epoch 1), run the same command again: same weights as uninterrupted."""
+    full = safe_torch_load(trained / "epoch-2.pt")
+    steps_per_epoch = safe_torch_load(trained / "epoch-1.pt")["progress"]["step"]
+    assert steps_per_epoch >= 2, "the tiny corpus must give at least 2 batches per epoch"
+    assert train_tiny(tmp_path, tiny_corpus, "resumed", "train.max_steps=1") == 0
+    partial = safe_torch_load(list_checkpoints(tmp_path / "resumed")[-1][1])
+    assert partial["progress"]["step"] == 1 and partial["progress"]["batches_in_epoch"] == 1
+    torch.manual_seed(1234)  # a different process state must not matter
+    assert train_tiny(tmp_path, tiny_corpus, "resumed") == 0
+    resumed = safe_torch_load(tmp_path / "resumed" / "epoch-2.pt")
+    assert resumed["progress"]["step"] == full["progress"]["step"]
+    for name, value in full["model"].items():
+        torch.testing.assert_close(resumed["model"][name], value, rtol=0, atol=0, msg=name)
+
+
+def test_average_by_epochs_last_steps_and_running_average(trained):
+    out = trained / "avg.safetensors"
+    assert main(["average", "--exp-dir", str(trained), "--epoch", "2", "--avg", "2",
+                 "--output", str(out)]) == 0
+    averaged = load_weights(out)
+    one = safe_torch_load(trained / "epoch-1.pt")["model"]
+    two = safe_torch_load(trained / "epoch-2.pt")["model"]
+    name = "encoder.layers.0.feed_forward1.linear1.weight"
+    name = name if name in one else next(k for k, v in one.items() if v.is_floating_point())
+    torch.testing.assert_close(averaged[name], (one[name] + two[name]) / 2)
+
+    assert main(["average", "--exp-dir", str(trained), "--last", "2"]) == 0
+    assert list(trained.glob("averaged-last-2-checkpoint-*.safetensors"))
+
+    assert main(["average", "--exp-dir", str(trained), "--epoch", "2", "--avg", "1",
+                 "--use-averaged-model"]) == 0
+    running = load_weights(trained / "averaged-epoch-2-avg-1-use-averaged-model.safetensors")
+    assert not torch.equal(running[name], two[name])  # the mean of epoch 2's steps, not its end
+
+
+def test_average_names_missing_checkpoints(trained, caplog):
+    assert main(["average", "--exp-dir", str(trained), "--epoch", "9", "--avg", "2"]) == 2
+    assert "epoch-8.pt" in caplog.text

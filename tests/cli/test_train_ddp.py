@@ -1,0 +1,58 @@
+"""``asr train`` under ``torchrun``: 2 processes make the same update as 1 process with accum_grad=2.
+
+Rank r of 2 gets batches r, r+2, ... of the same sampler stream, so the first optimizer step of a
+2-process run sees batches 0 and 1, like one process accumulating 2 batches. Dropout, SpecAugment
+and dynamic chunks are off so both runs compute the same functions; the gradients (hence the
+parameters after one AdamW step) must agree.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from train_helpers import tiny_experiment, write_yaml
+
+from asr.train.checkpoint import safe_torch_load
+
+
+def _deterministic_experiment(root):
+    cfg = tiny_experiment(root, max_steps=1, dev_wer=False)
+    cfg["data"]["spec_augment"] = {"enabled": False}
+    cfg["data"]["shuffle"] = False
+    cfg["encoder"].update(dropout=0.0, attention_dropout=0.0, dynamic_chunk_training=False)
+    return cfg
+
+
+@pytest.mark.slow
+def test_two_process_asr_train_equals_one_process_accumulating_two_batches(tmp_path, tiny_corpus):
+    config = write_yaml(_deterministic_experiment(tiny_corpus), tmp_path / "ddp.yaml")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    main = ["-m", "asr.cli.main", "train", "--config", str(config), "--num-threads", "1"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    subprocess.run(torchrun + main + ["--exp-dir", str(tmp_path / "two")], env=env,
+                   check=True, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, *main, "--exp-dir", str(tmp_path / "one"),
+                    "--set", "train.accum_grad=2"], env=env, check=True, capture_output=True,
+                   timeout=300)
+    two = safe_torch_load(tmp_path / "two" / "checkpoint-1.pt")
+    one = safe_torch_load(tmp_path / "one" / "checkpoint-1.pt")
+    assert two["progress"]["step"] == one["progress"]["step"] == 1
+    assert len(two["rng_per_rank"]) == 2
+    for name, value in one["model"].items():
+        torch.testing.assert_close(two["model"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+    # The step did something: AdamW moved the weights away from their (seeded) initial values.
+    fresh = _initial_weights(tmp_path / "one")
+    assert any(not torch.equal(fresh[k], v) for k, v in one["model"].items())
+
+
+def _initial_weights(exp_dir):
+    from asr.experiment import build_model, load_experiment_config
+    from asr.tokenizers.base import load_tokenizer
+
+    cfg = load_experiment_config(exp_dir)
+    torch.manual_seed(cfg.train.seed)
+    return build_model(cfg, load_tokenizer(cfg.tokenizer_dir).vocab_size).state_dict()

@@ -1,0 +1,75 @@
+"""egs/librispeech/ASR: option parsing (default suite) and every stage but the download on a tiny
+synthesized LibriSpeech-layout tree (slow)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+RUN = REPO / "egs" / "librispeech" / "ASR" / "run.sh"
+PREPARE = REPO / "egs" / "librispeech" / "ASR" / "prepare.sh"
+# BPE training needs more than 100 sentences (sentencepiece).
+PARTS = {"train-clean-100": 110, "dev-clean": 3, "dev-other": 3, "test-clean": 3, "test-other": 3}
+TINY_MODEL = [
+    "encoder.d_model=32", "encoder.num_layers=1", "encoder.num_heads=2", "encoder.ff_dim=64",
+    "encoder.conv_kernel_size=3", "encoder.subsampling_channels=8", "encoder.chunk_size=4",
+    "encoder.left_chunks=2", "encoder.dynamic_chunk_sizes=[2,4]", "encoder.dynamic_left_chunks=[1,-1]",
+    "heads.transducer.pred_dim=16", "heads.transducer.joiner_dim=16", "heads.transducer.warm_step=2",
+    "data.max_duration=30", "data.max_cut_duration=8", "data.num_buckets=2", "data.num_workers=0",
+    "optim.warmup_steps=2", "train.max_epochs=1", "train.device=cpu", "train.average_period=1",
+    "train.checkpoint_interval=0",
+]
+
+
+def _bash(script: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = dict(os.environ, ASR_VENV=str(Path(sys.executable).parent.parent))
+    return subprocess.run(["bash", str(script), "--skip-setup", "true", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("script", [RUN, PREPARE, REPO / "egs" / "mini_tts" / "ASR" / "run.sh"])
+def test_scripts_print_usage_and_reject_unknown_options(script):
+    usage = _bash(script, "--help")
+    assert usage.returncode == 0 and "--stage N" in usage.stderr
+    bad = _bash(script, "--stagee", "3")
+    assert bad.returncode == 2 and "unknown option --stagee" in bad.stderr
+
+
+def test_download_stage_is_skipped_for_an_existing_tree(tmp_path):
+    for part in PARTS:
+        (tmp_path / "dl" / "LibriSpeech" / part).mkdir(parents=True)
+    done = _bash(RUN, "--work-dir", str(tmp_path / "work"), "--dl-dir", str(tmp_path / "dl"),
+                 "--full-libri", "false", "--stage", "0", "--stop-stage", "0")
+    assert done.returncode == 0, done.stderr
+    assert "holds every part; no download" in done.stderr
+    missing = _bash(RUN, "--recipe", "no_such_recipe")
+    assert missing.returncode == 2 and "no_such_recipe.yaml" in missing.stderr
+
+
+@pytest.mark.slow
+def test_every_stage_but_download_on_a_synthesized_tree(tmp_path):
+    from local.synthesize import synthesize_corpus
+
+    synthesize_corpus(tmp_path / "dl", PARTS, seed=5, top_words=300, max_words=6, progress=False)
+    work = tmp_path / "work"
+    result = _bash(
+        RUN, "--work-dir", str(work), "--dl-dir", str(tmp_path / "dl"), "--full-libri", "false",
+        "--num-jobs", "1", "--vocab-size", "40", "--epoch", "1", "--avg", "1",
+        "--train-args", "--set " + " ".join(TINY_MODEL), timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    exp = work / "exp" / "conformer_transducer"
+    assert (work / "data" / "fbank" / "librispeech_cuts_train-clean-100.jsonl.gz").is_file()
+    assert (work / "data" / "lang_bpe_40" / "bpe.model").is_file()
+    assert (exp / "epoch-1.pt").is_file() and (exp / "training.png").is_file()
+    for searcher in ("transducer_greedy", "transducer_beam", "ctc_greedy", "ctc_prefix_beam"):
+        for part in ("test-clean", "test-other"):
+            assert (exp / searcher / f"wer-summary-{part}-{searcher}.txt").is_file(), searcher
+    assert (exp / "averaged-epoch-1-avg-1-use-averaged-model.safetensors").is_file()
+    assert (exp / "package").is_dir()
+    assert "stage 0: " in result.stderr and "no download" in result.stderr
