@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -58,7 +57,6 @@ WEIGHTS_FILE = "model.safetensors"
 METADATA_FILE = "metadata.json"
 TOKENIZER_DIR = "tokenizer"
 FORMAT_VERSION = 1
-_EPOCH_PATTERN = re.compile(r"^epoch-(\d+)\.pt$")
 
 
 class PackageError(ValueError):
@@ -266,15 +264,6 @@ def load_package(directory: str | Path, verify: bool = True) -> ModelPackage:
 # --------------------------------------------------------------------------------- writing
 
 
-def _epoch_checkpoints(exp_dir: Path) -> dict[int, Path]:
-    found = {}
-    for path in exp_dir.iterdir() if exp_dir.is_dir() else ():
-        match = _EPOCH_PATTERN.match(path.name)
-        if match:
-            found[int(match.group(1))] = path
-    return found
-
-
 def select_checkpoints(
     exp_dir: str | Path,
     epoch: int | None = None,
@@ -300,7 +289,9 @@ def select_checkpoints(
         return [path]
     if avg < 1:
         raise PackageError(f"--avg must be >= 1, got {avg}")
-    epochs = _epoch_checkpoints(exp_dir)
+    from asr.train.averaging import epoch_checkpoints, list_epoch_checkpoints
+
+    epochs = list_epoch_checkpoints(exp_dir)
     if not epochs:
         from asr.train.checkpoint import latest_checkpoint
 
@@ -310,15 +301,10 @@ def select_checkpoints(
         if avg != 1:
             raise PackageError(f"{exp_dir}: --avg {avg} needs epoch-N.pt checkpoints")
         return [latest]
-    last = max(epochs) if epoch is None else epoch
-    wanted = list(range(last - avg + 1, last + 1))
-    missing = [e for e in wanted if e not in epochs]
-    if missing:
-        raise PackageError(
-            f"{exp_dir}: epoch checkpoints {[f'epoch-{e}.pt' for e in missing]} do not exist "
-            f"(found epochs {sorted(epochs)})"
-        )
-    return [epochs[e] for e in wanted]
+    try:
+        return epoch_checkpoints(exp_dir, max(epochs) if epoch is None else epoch, avg)
+    except FileNotFoundError as err:
+        raise PackageError(f"{exp_dir}: {err}") from err
 
 
 def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -7,6 +7,7 @@ it. Both functions here work on plain state dicts so they apply to any model.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -107,24 +108,44 @@ class RunningAverage:
 # ------------------------------------------------------------------ choosing checkpoints by name
 
 
+_EPOCH_FILE = re.compile(r"^epoch-(\d+)\.pt$")
+
+
 def epoch_checkpoint_path(exp_dir: str | Path, epoch: int) -> Path:
     """``<exp_dir>/epoch-<epoch>.pt`` (written by the trainer at the end of each epoch)."""
     return Path(exp_dir) / f"epoch-{epoch}.pt"
+
+
+def list_epoch_checkpoints(exp_dir: str | Path) -> dict[int, Path]:
+    """Epoch number -> ``epoch-N.pt`` for every epoch checkpoint in ``exp_dir`` (may be empty)."""
+    exp_dir = Path(exp_dir)
+    if not exp_dir.is_dir():
+        return {}
+    found = {}
+    for path in exp_dir.iterdir():
+        match = _EPOCH_FILE.match(path.name)
+        if match:
+            found[int(match.group(1))] = path
+    return found
 
 
 def epoch_checkpoints(exp_dir: str | Path, epoch: int, avg: int) -> list[Path]:
     """The ``avg`` epoch checkpoints ending at ``epoch``: ``epoch-(epoch-avg+1) .. epoch-epoch``.
 
     Raises:
-        ValueError: for ``avg < 1`` or ``avg > epoch``.
-        FileNotFoundError: naming every missing ``epoch-N.pt``.
+        ValueError: for ``avg < 1``.
+        FileNotFoundError: naming every missing ``epoch-N.pt`` (``avg > epoch`` reaches below
+            ``epoch-1.pt``, so it is reported the same way) and the epochs that do exist.
     """
-    if avg < 1 or avg > epoch:
-        raise ValueError(f"need 1 <= avg <= epoch, got epoch={epoch} avg={avg}")
+    if avg < 1:
+        raise ValueError(f"avg must be >= 1, got {avg}")
     paths = [epoch_checkpoint_path(exp_dir, e) for e in range(epoch - avg + 1, epoch + 1)]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"missing epoch checkpoints: {', '.join(missing)}")
+        raise FileNotFoundError(
+            f"missing epoch checkpoints: {', '.join(missing)} "
+            f"(found epochs {sorted(list_epoch_checkpoints(exp_dir))})"
+        )
     return paths
 
 
