@@ -45,6 +45,7 @@ __all__ = [
     "pruned_lattice_logprobs",
     "rnnt_loss_pruned",
     "gather_log_softmax",
+    "reduce_per_utterance",
 ]
 
 
@@ -83,7 +84,8 @@ def gather_log_softmax(logits: Tensor, index: Tensor, num_classes: int | None = 
     return _GatherLogSoftmax.apply(logits, index, classes)
 
 
-def _reduce(per_utt: Tensor, reduction: str) -> Tensor:
+def reduce_per_utterance(per_utt: Tensor, reduction: str) -> Tensor:
+    """(B,) per-utterance losses -> ``sum`` | ``mean`` | ``none`` (unchanged)."""
     if reduction == "sum":
         return per_utt.sum()
     if reduction == "mean":
@@ -185,11 +187,11 @@ def rnnt_loss_simple(
         )
         if not return_grad:
             total = mutual_information_recursion(px, py, token_lens, frame_lens, backend)
-            return _reduce(-total, reduction)
+            return reduce_per_utterance(-total, reduction)
         total, px_grad, py_grad = mutual_information_with_grad(
             px, py, token_lens, frame_lens, backend
         )
-        loss = _reduce(-total, reduction)
+        loss = reduce_per_utterance(-total, reduction)
     return loss, (px_grad, py_grad)
 
 
@@ -322,4 +324,4 @@ def rnnt_loss_pruned(
             logits = logits.float()
         px, py = pruned_lattice_logprobs(logits, tokens, ranges, frame_lens, token_lens, blank_id)
         total = mutual_information_recursion(px, py, token_lens, frame_lens, backend)
-    return _reduce(-total, reduction)
+    return reduce_per_utterance(-total, reduction)

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from asr.losses.pruned_rnnt import gather_log_softmax
+from asr.losses.pruned_rnnt import gather_log_softmax, reduce_per_utterance
 
 __all__ = ["tdt_loss", "tdt_lattice_weights"]
 
@@ -164,11 +164,4 @@ def tdt_loss(
             score = score + blank_w[batch_index, start, token_lens, i]
             finals.append(torch.where(ok, score, torch.full_like(score, NEG)))
         total = torch.stack(finals, dim=-1).logsumexp(dim=-1)
-    per_utt = -total
-    if reduction == "sum":
-        return per_utt.sum()
-    if reduction == "mean":
-        return per_utt.mean()
-    if reduction == "none":
-        return per_utt
-    raise ValueError(f"reduction must be sum|mean|none, got {reduction!r}")
+    return reduce_per_utterance(-total, reduction)
