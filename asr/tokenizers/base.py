@@ -88,6 +88,30 @@ class Tokenizer(Protocol):
         ...
 
 
+class ReservedIds:
+    """The special ids every tokenizer here reserves: blank 0, ``<sos/eos>`` 1, ``<unk>`` 2.
+
+    Mixed into :class:`asr.tokenizers.bpe.BpeTokenizer` and
+    :class:`asr.tokenizers.char.CharTokenizer` so the :class:`Tokenizer` properties have one home.
+    """
+
+    @property
+    def blank_id(self) -> int:
+        return BLANK_ID
+
+    @property
+    def sos_id(self) -> int:
+        return SOS_EOS_ID
+
+    @property
+    def eos_id(self) -> int:
+        return SOS_EOS_ID
+
+    @property
+    def unk_id(self) -> int:
+        return UNK_ID
+
+
 def check_ids(ids: Iterable[int], vocab_size: int) -> list[int]:
     """Returns ``ids`` as a list, raising ``ValueError`` for an id outside ``[0, vocab_size)``."""
     out = [int(i) for i in ids]

@@ -25,6 +25,7 @@ from asr.tokenizers.base import (
     SPECIAL_PIECES,
     TOKENS_FILE,
     UNK_ID,
+    ReservedIds,
     check_ids,
     write_tokens_file,
 )
@@ -32,7 +33,7 @@ from asr.tokenizers.base import (
 logger = logging.getLogger(__name__)
 
 
-class BpeTokenizer:
+class BpeTokenizer(ReservedIds):
     """A trained sentencepiece model with the special ids of :mod:`asr.tokenizers.base`.
 
     Args:
@@ -62,22 +63,6 @@ class BpeTokenizer:
     @property
     def vocab_size(self) -> int:
         return int(self._sp.get_piece_size())
-
-    @property
-    def blank_id(self) -> int:
-        return BLANK_ID
-
-    @property
-    def sos_id(self) -> int:
-        return SOS_EOS_ID
-
-    @property
-    def eos_id(self) -> int:
-        return SOS_EOS_ID
-
-    @property
-    def unk_id(self) -> int:
-        return UNK_ID
 
     def encode(self, text: str) -> list[int]:
         return list(self._sp.encode(text))

@@ -17,6 +17,7 @@ from asr.tokenizers.base import (
     SPECIAL_PIECES,
     TOKENS_FILE,
     UNK_ID,
+    ReservedIds,
     check_ids,
     read_tokens_file,
     write_tokens_file,
@@ -26,7 +27,7 @@ from asr.tokenizers.base import (
 SPACE_PIECE = "\u2581"
 
 
-class CharTokenizer:
+class CharTokenizer(ReservedIds):
     """Character-level tokenizer.
 
     Args:
@@ -57,22 +58,6 @@ class CharTokenizer:
     @property
     def vocab_size(self) -> int:
         return len(self._pieces)
-
-    @property
-    def blank_id(self) -> int:
-        return BLANK_ID
-
-    @property
-    def sos_id(self) -> int:
-        return SOS_EOS_ID
-
-    @property
-    def eos_id(self) -> int:
-        return SOS_EOS_ID
-
-    @property
-    def unk_id(self) -> int:
-        return UNK_ID
 
     def encode(self, text: str) -> list[int]:
         ids: list[int] = []
