@@ -121,14 +121,12 @@ def load_weights_for(exp_dir: str | Path, selection: WeightSelection) -> tuple[d
         ValueError: for an inconsistent selection.
     """
     from asr.train import averaging
-    from asr.train.checkpoint import latest_checkpoint, load_weights, safe_torch_load
+    from asr.train.checkpoint import latest_checkpoint, read_model_weights
 
     exp_dir = Path(exp_dir)
     if selection.checkpoint is not None:
         path = Path(selection.checkpoint)
-        if path.suffix == ".safetensors":
-            return load_weights(path), path.stem
-        return safe_torch_load(path)["model"], path.stem
+        return read_model_weights(path)[0], path.stem
     if selection.epoch is not None:
         epoch, avg = selection.epoch, selection.avg
         if selection.use_averaged_model:
@@ -142,7 +140,7 @@ def load_weights_for(exp_dir: str | Path, selection: WeightSelection) -> tuple[d
     path = latest_checkpoint(exp_dir)
     if path is None:
         raise FileNotFoundError(f"{exp_dir} holds no checkpoint-N.pt")
-    return safe_torch_load(path)["model"], path.stem
+    return read_model_weights(path)[0], path.stem
 
 
 def save_experiment_weights(exp_dir: str | Path, state_dict: dict, output: str | Path,

@@ -308,18 +308,13 @@ def select_checkpoints(
 
 
 def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(state dict, checkpoint dict without weights) of a training checkpoint or weights file."""
-    from asr.train.checkpoint import CheckpointError, load_weights, safe_torch_load
+    """(state dict, checkpoint dict) of a training checkpoint or weights file, as PackageError."""
+    from asr.train.checkpoint import CheckpointError, read_model_weights
 
     try:
-        if path.suffix == ".safetensors":
-            return load_weights(path), {}
-        data = safe_torch_load(path)
+        return read_model_weights(path)
     except CheckpointError as err:
         raise PackageError(str(err)) from err
-    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
-        raise PackageError(f"{path}: not a training checkpoint (no 'model' state dict)")
-    return data["model"], data
 
 
 def _experiment_config(

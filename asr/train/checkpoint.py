@@ -81,6 +81,26 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") 
         ) from err
 
 
+def read_model_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Model weights of a training checkpoint (``.pt``) or a safetensors weights file.
+
+    Returns:
+        ``(state_dict, checkpoint)``: ``checkpoint`` is the whole training checkpoint (progress,
+        ``extra`` config ...) for ``.pt`` files and ``{}`` for ``.safetensors``.
+
+    Raises:
+        CheckpointError: naming the file when it is missing, unreadable, or a ``.pt`` file
+            without a ``model`` state dict.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return load_weights(path), {}
+    data = safe_torch_load(path)
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise CheckpointError(f"{path}: not a training checkpoint (no 'model' state dict)")
+    return data["model"], data
+
+
 def capture_rng_state() -> dict[str, Any]:
     """RNG states of python, numpy and torch (CPU + CUDA) as weights-only-safe values."""
     np_state = np.random.get_state()
