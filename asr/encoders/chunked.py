@@ -78,25 +78,22 @@ class StreamingLayer(Protocol):
 
 
 class ChunkedEncoder(nn.Module):
-    """Conv2d subsampling, a stack of rel-pos attention layers, an optional final LayerNorm.
+    """Conv2d subsampling, a stack of pre-norm rel-pos attention layers and a final LayerNorm.
 
     Args:
         cfg: encoder config.
         input_dim: feature bins F.
         layers: the blocks (each a :class:`StreamingLayer`).
-        final_norm: apply a LayerNorm to the output (pre-norm stacks need one).
     """
 
-    def __init__(
-        self, cfg: EncoderConfig, input_dim: int, layers: list[nn.Module], final_norm: bool
-    ) -> None:
+    def __init__(self, cfg: EncoderConfig, input_dim: int, layers: list[nn.Module]) -> None:
         super().__init__()
         self.cfg = cfg
         self.input_dim = input_dim
         self.subsampling = Conv2dSubsampling(input_dim, cfg.d_model, cfg.subsampling_channels)
         self.dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(layers)
-        self.final_norm = nn.LayerNorm(cfg.d_model) if final_norm else nn.Identity()
+        self.final_norm = nn.LayerNorm(cfg.d_model)
 
     @property
     def output_dim(self) -> int:

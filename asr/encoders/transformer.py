@@ -78,4 +78,4 @@ class Transformer(ChunkedEncoder):
 
     def __init__(self, cfg: EncoderConfig, input_dim: int) -> None:
         layers = [TransformerLayer(cfg) for _ in range(cfg.num_layers)]
-        super().__init__(cfg, input_dim, layers, final_norm=True)
+        super().__init__(cfg, input_dim, layers)
