@@ -55,13 +55,17 @@ class Recognition:
 
 
 def greedy_searcher_name(heads_cfg: Any) -> str | None:
-    """The greedy searcher of the first configured head that has one (None if none has).
+    """The greedy searcher of the first trained head that has one (None if none has).
 
     Head order is :class:`asr.model.HeadsConfig`'s: transducer (``tdt_greedy`` for a TDT loss,
     else ``transducer_greedy``), ctc (``ctc_greedy``), cif (``cif_greedy``); the attention decoder
-    has only a beam search and is skipped.
+    has only a beam search and is skipped, and so is every head of loss weight 0 (it is not
+    trained, so its WER says nothing about the run).
     """
+    weights = heads_cfg.weights()
     for name, sub in heads_cfg.enabled().items():
+        if weights[name] <= 0:
+            continue
         if name == "transducer":
             return "tdt_greedy" if getattr(sub, "loss", None) == "tdt" else "transducer_greedy"
         if name == "ctc":
