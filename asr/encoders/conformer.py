@@ -94,12 +94,11 @@ class ConformerLayer(nn.Module):
         """Empty cache of ``cache_size`` attention frames (conv cache = zero left padding)."""
         heads, head_dim = self.attn.num_heads, self.attn.head_dim
         kv_shape = (batch_size, heads, cache_size, head_dim)
-        dim = self.dim
         return LayerState(
             key=torch.zeros(kv_shape, device=device, dtype=dtype),
             value=torch.zeros(kv_shape, device=device, dtype=dtype),
             conv=torch.zeros(
-                batch_size, dim, self.conv.kernel_size - 1, device=device, dtype=dtype
+                batch_size, self.dim, self.conv.kernel_size - 1, device=device, dtype=dtype
             ),
         )
 
