@@ -206,8 +206,13 @@ def test_memory_returns_to_baseline_after_many_bad_connections(
     growth = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
     assert growth < 1_000_000, f"python heap grew by {growth} bytes"
     assert _rss_bytes() - rss_before < 64 * 2**20
-    # no recognizer stream outlives its connection
-    assert not [o for o in gc.get_objects() if type(o) is Stream]
+    # no recognizer stream outlives its connection (a decode step still in flight when the
+    # last client vanished holds its batch until the step returns, so allow it to finish)
+    def no_streams_left() -> bool:
+        gc.collect()
+        return not [o for o in gc.get_objects() if type(o) is Stream]
+
+    assert wait_until(no_streams_left, 5.0)
     result = _run(stream_samples(server.url, good.samples, 16000, timeout=30))
     assert result.text == reference
 
