@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from asr.encoders.dropout import Dropout
+
 __all__ = [
     "RelPositionMultiHeadAttention",
     "RelativePositions",
@@ -164,7 +166,7 @@ class RelPositionMultiHeadAttention(nn.Module):
         self.pos_bias_v = nn.Parameter(torch.zeros(num_heads, self.head_dim))
         nn.init.xavier_uniform_(self.pos_bias_u)
         nn.init.xavier_uniform_(self.pos_bias_v)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def _heads(self, x: Tensor) -> Tensor:
         batch, time, _ = x.shape

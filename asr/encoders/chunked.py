@@ -31,6 +31,7 @@ from asr.encoders.attention import (
     streaming_attention_mask,
 )
 from asr.encoders.base import EncoderConfig
+from asr.encoders.dropout import Dropout
 from asr.encoders.layers import LayerState
 from asr.encoders.subsampling import (
     Conv2dSubsampling,
@@ -91,7 +92,7 @@ class ChunkedEncoder(nn.Module):
         self.cfg = cfg
         self.input_dim = input_dim
         self.subsampling = Conv2dSubsampling(input_dim, cfg.d_model, cfg.subsampling_channels)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.layers = nn.ModuleList(layers)
         self.final_norm = nn.LayerNorm(cfg.d_model)
 

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from asr.encoders.attention import RelativePositions, RelPositionMultiHeadAttention, roll_cache
 from asr.encoders.base import EncoderConfig
 from asr.encoders.chunked import ChunkedEncoder
+from asr.encoders.dropout import Dropout
 from asr.encoders.layers import ConvolutionModule, FeedForward, LayerState
 
 __all__ = ["Conformer", "ConformerLayer"]
@@ -43,7 +44,7 @@ class ConformerLayer(nn.Module):
         self.conv = ConvolutionModule(dim, cfg.conv_kernel_size, cfg.causal, cfg.dropout)
         self.ff_last = FeedForward(dim, cfg.ff_dim, cfg.dropout)
         self.dim = dim
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(
         self,

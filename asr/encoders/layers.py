@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from asr.encoders.attention import roll_cache
+from asr.encoders.dropout import Dropout
 from asr.streaming.state import state_field
 
 __all__ = ["ConvolutionModule", "FeedForward", "LayerState"]
@@ -48,9 +49,9 @@ class FeedForward(nn.Module):
             nn.LayerNorm(dim),
             nn.Linear(dim, hidden_dim),
             nn.SiLU(),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             nn.Linear(hidden_dim, dim),
-            nn.Dropout(dropout),
+            Dropout(dropout),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -79,7 +80,7 @@ class ConvolutionModule(nn.Module):
         self.depthwise = nn.Conv1d(dim, dim, kernel_size, groups=dim)
         self.norm_mid = nn.LayerNorm(dim)
         self.pointwise_out = nn.Linear(dim, dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(
         self,

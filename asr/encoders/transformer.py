@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from asr.encoders.attention import RelativePositions, RelPositionMultiHeadAttention, roll_cache
 from asr.encoders.base import EncoderConfig
 from asr.encoders.chunked import ChunkedEncoder
+from asr.encoders.dropout import Dropout
 from asr.encoders.layers import FeedForward, LayerState
 
 __all__ = ["Transformer", "TransformerLayer"]
@@ -29,7 +30,7 @@ class TransformerLayer(nn.Module):
         self.norm_attn = nn.LayerNorm(cfg.d_model)
         self.attn = RelPositionMultiHeadAttention(cfg.d_model, cfg.num_heads, cfg.attention_dropout)
         self.ff = FeedForward(cfg.d_model, cfg.ff_dim, cfg.dropout)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(
         self,

@@ -27,6 +27,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from asr.encoders.dropout import Dropout
 from asr.heads.decoder_layers import (
     DecoderLayer,
     causal_mask,
@@ -138,7 +139,7 @@ class AttentionDecoder(nn.Module):
         self.positions = (
             nn.Embedding(cfg.max_len, cfg.d_model) if cfg.positional == "learned" else None
         )
-        self.embed_dropout = nn.Dropout(cfg.dropout)
+        self.embed_dropout = Dropout(cfg.dropout)
         self.layers = nn.ModuleList(
             DecoderLayer(cfg.d_model, cfg.num_heads, cfg.ffn_dim, cfg.dropout)
             for _ in range(num_layers)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from asr.encoders.dropout import Dropout
 from asr.heads.decoder_layers import DecoderLayer, lengths_to_mask, sinusoidal_positions
 from asr.losses.cif import quantity_loss, scale_alphas
 from asr.losses.label_smoothing import label_smoothing_loss
@@ -148,7 +149,7 @@ class CIFPredictor(nn.Module):
     def __init__(self, enc_dim: int, kernel: int, dropout: float) -> None:
         super().__init__()
         self.conv = nn.Conv1d(enc_dim, enc_dim, kernel, padding=kernel // 2, groups=enc_dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.output = nn.Linear(enc_dim, 1)
 
     def forward(self, enc: Tensor, enc_mask: Tensor) -> Tensor:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from asr.encoders.dropout import Dropout
 from asr.losses.ctc import ctc_loss
 from asr.types import LossOutput
 
@@ -55,7 +56,7 @@ class CTCHead(nn.Module):
             raise ValueError(f"blank_id={cfg.blank_id} is outside the vocabulary of {vocab_size}")
         self.cfg = cfg
         self.vocab_size = vocab_size
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.output = nn.Linear(enc_dim, vocab_size)
 
     @property

@@ -22,6 +22,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
+from asr.encoders.dropout import Dropout
 from asr.streaming.state import state_field
 
 __all__ = [
@@ -138,7 +139,7 @@ class LstmPredictor(nn.Module):
         self.num_layers = num_layers
         self.hidden_dim = hidden_dim
         self.embedding = nn.Embedding(vocab_size, hidden_dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.lstm = nn.LSTM(
             hidden_dim,
             hidden_dim,
