@@ -31,9 +31,11 @@ def settings_of(
     max_words: int,
     pool: SentencePool,
     voices: Sequence[Voice],
+    voices_per_sentence: int = 1,
 ) -> dict[str, Any]:
     """The settings that must match for a corpus to be extended or reused (JSON-ready)."""
     return {
+        "train_voices_per_sentence": voices_per_sentence,
         "seed": seed,
         "top_words": top_words or None,
         "min_words": min_words,

@@ -156,6 +156,31 @@ def test_rerun_skips_and_incremental_parts_stay_disjoint(tmp_path: Path) -> None
     assert not (fresh.corpus_dir / "dev-clean-2").exists()
 
 
+def test_training_sentences_spoken_in_several_voices(corpus: SynthesisResult, tmp_path) -> None:
+    sizes = {"test-clean": 4, "dev-clean-2": 3, "train-clean-5": 8}
+    result = synthesize_corpus(tmp_path, sizes, voices_per_sentence=3, progress=False)
+    assert result.num_utts == sizes
+    texts = {part: _read_transcripts(result.corpus_dir / part) for part in sizes}
+    # test and dev parts are unchanged: one utterance per sentence, the same sentences as before
+    for part in ("test-clean", "dev-clean-2"):
+        assert texts[part] == _read_transcripts(corpus.corpus_dir / part)
+    voices_of: dict[str, set[str]] = {}
+    for utt, sentence in texts["train-clean-5"].items():
+        voices_of.setdefault(sentence, set()).add(utt.split("-")[0])
+    assert sorted(len(v) for v in voices_of.values()) == [2, 3, 3]  # 8 = 3 + 3 + 2, all distinct
+    assert not set(voices_of) & (
+        set(texts["test-clean"].values()) | set(texts["dev-clean-2"].values())
+    )
+    # different audio for the copies of a sentence (other voice, rate, pitch, noise)
+    flacs = {f.stem: f.read_bytes() for f in (result.corpus_dir / "train-clean-5").rglob("*.flac")}
+    assert len(set(flacs.values())) == 8
+    with pytest.raises(FileExistsError, match="different settings.*train_voices_per_sentence"):
+        synthesize_corpus(tmp_path, sizes, voices_per_sentence=2, progress=False)
+    with pytest.raises(ValueError, match="voices_per_sentence=14: expected 1..13"):
+        synthesize_corpus(tmp_path / "x", {"train-clean-5": 20}, voices_per_sentence=14,
+                          progress=False)  # fmt: skip
+
+
 def test_at_least_eight_distinct_voices() -> None:
     voices = available_voices()
     assert len(voices) >= 8

@@ -32,6 +32,7 @@ fbank_jobs=1                    # lhotse's process pool is slower than one proce
 num_train=2000                  # synthesized training utterances (train-clean-5)
 num_dev=100
 num_test=100
+voices_per_sentence=1           # training sentences spoken in this many different voices
 speed_perturb=true
 vocab_size=128
 work_dir=$HERE                  # where data/, exp/ (and download/) go; relative paths start here
@@ -39,10 +40,12 @@ skip_setup=false                # true: use the existing .venv without running t
 train_args=""                   # extra `asr train` arguments, e.g. "--set train.max_epochs=2"
 
 usage="Usage: $0 [--stage N] [--stop-stage N] [--recipe NAME] [--searchers \"A B\"] [--avg N]
-  [--num-jobs N] [--fbank-jobs N] [--num-train N] [--num-dev N] [--num-test N] [--speed-perturb true|false]
+  [--num-jobs N] [--fbank-jobs N] [--num-train N] [--num-dev N] [--num-test N]
+  [--voices-per-sentence N] [--speed-perturb true|false]
   [--vocab-size N] [--work-dir DIR] [--skip-setup true|false] [--train-args \"...\"]
 defaults: stage=$stage stop_stage=$stop_stage recipe=$recipe num_jobs=$num_jobs num_train=$num_train
-  num_dev=$num_dev num_test=$num_test speed_perturb=$speed_perturb vocab_size=$vocab_size"
+  num_dev=$num_dev num_test=$num_test voices_per_sentence=$voices_per_sentence
+  speed_perturb=$speed_perturb vocab_size=$vocab_size"
 . "$ROOT/egs/shared/parse_options.sh"
 work_dir=$(mkdir -p "$work_dir" && cd "$work_dir" && pwd)
 cd "$work_dir"
@@ -82,7 +85,8 @@ fi
 if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
   log "stage 0: synthesize the corpus"
   timed synthesize asr synthesize --root data --preset mini_tts --num-jobs "$num_jobs" --no-progress \
-    --num-utts train-clean-5="$num_train" dev-clean-2="$num_dev" test-clean="$num_test"
+    --num-utts train-clean-5="$num_train" dev-clean-2="$num_dev" test-clean="$num_test" \
+    --voices-per-sentence "$voices_per_sentence"
 fi
 
 if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
