@@ -32,10 +32,17 @@ def settings_of(
     pool: SentencePool,
     voices: Sequence[Voice],
     voices_per_sentence: int = 1,
+    held_out_sentences: int | None = None,
 ) -> dict[str, Any]:
-    """The settings that must match for a corpus to be extended or reused (JSON-ready)."""
+    """The settings that must match for a corpus to be extended or reused (JSON-ready).
+
+    ``held_out_sentences`` is None when training parts say whole pool sentences, else the number
+    of pool sentences reserved for dev/test parts (training parts say segments).
+    """
     return {
         "train_voices_per_sentence": voices_per_sentence,
+        "train_text": "sentences" if held_out_sentences is None else "segments",
+        "held_out_sentences": held_out_sentences,
         "seed": seed,
         "top_words": top_words or None,
         "min_words": min_words,

@@ -13,6 +13,13 @@ words of the source (counted over all safe sentences; ties broken alphabetically
 files, N=1000 keeps about 1,600 distinct sentences, N=1500 about 2,300, N=2000 about 3,000 and no
 restriction about 10,900.
 
+Training segments: whole sentences under a small vocabulary are few (the same few thousand
+sentences, memorised by the model after a few epochs), so the pool also keeps *segments*: every
+maximal run of at least ``min_words`` allowed words inside ANY source sentence (runs longer than
+``max_words`` are cut into consecutive pieces). At N=1500 there are about 16,600 of them against
+2,300 whole sentences. :func:`training_segments` lists them in a seeded order without any segment
+that contains a held-out (dev / test) sentence, so evaluation text stays unseen.
+
 The pool is sorted and deduplicated, so it depends only on the text files and the options; a
 seeded shuffle (:func:`shuffle_pool`) then decides which sentence goes where.
 """
@@ -53,12 +60,15 @@ class SentencePool:
         vocabulary: the allowed words (all words of ``sentences`` when unrestricted), sorted.
         num_candidates: distinct safe sentences of the right length before the vocabulary filter.
         sources: the text files read.
+        segments: runs of ``min_words..max_words`` allowed words from all source sentences,
+            sorted, unique (a superset of ``sentences``).
     """
 
     sentences: tuple[str, ...]
     vocabulary: tuple[str, ...]
     num_candidates: int
     sources: tuple[str, ...]
+    segments: tuple[str, ...] = ()
 
     @property
     def digest(self) -> str:
@@ -150,17 +160,65 @@ def build_pool(
         kept = [s for s in candidates if all(w in allowed for w in s.split())]
     else:
         kept = candidates
+        allowed = None
     vocabulary = tuple(sorted({w for s in kept for w in s.split()}))
+    segments = _segments(set(normalized), allowed, min_words, max_words)
     logger.info(
-        "sentence pool: %d sentences (%d before the top-%s word filter), %d distinct words",
-        len(kept), len(candidates), top_words or "all", len(vocabulary),
+        "sentence pool: %d sentences (%d before the top-%s word filter), %d distinct words, "
+        "%d segments",
+        len(kept), len(candidates), top_words or "all", len(vocabulary), len(segments),
     )  # fmt: skip
     return SentencePool(
         sentences=tuple(kept),
         vocabulary=vocabulary,
         num_candidates=len(candidates),
         sources=tuple(str(p) for p in sources),
+        segments=segments,
     )
+
+
+def _segments(
+    sentences: set[str], allowed: set[str] | None, min_words: int, max_words: int
+) -> tuple[str, ...]:
+    """Runs of allowed words (all words when ``allowed`` is None), cut to ``max_words``."""
+    found = set()
+    for sentence in sentences:
+        run: list[str] = []
+        for word in [*sentence.split(), None]:
+            if word is not None and (allowed is None or word in allowed):
+                run.append(word)
+                continue
+            for start in range(0, len(run), max_words):
+                piece = run[start : start + max_words]
+                if len(piece) >= min_words:
+                    found.add(" ".join(piece))
+            run = []
+    return tuple(sorted(found))
+
+
+def training_segments(pool: SentencePool, held_out: Sequence[str], seed: int) -> list[str]:
+    """The pool's segments in a seeded order, minus those containing a held-out sentence.
+
+    Args:
+        pool: the pool.
+        held_out: sentences that training text must not contain (dev and test sentences).
+        seed: shuffle seed (same seed, same order).
+
+    Returns:
+        Segments; none of them has a held-out sentence as a run of its words.
+    """
+    held = {f" {s} " for s in held_out}
+    by_first: dict[str, list[str]] = {}
+    for sentence in held:
+        by_first.setdefault(sentence.split()[0], []).append(sentence)
+
+    def leaks(segment: str) -> bool:
+        padded = f" {segment} "
+        return any(h in padded for word in set(segment.split()) for h in by_first.get(word, ()))
+
+    order = [s for s in pool.segments if not leaks(s)]
+    random.Random(f"segments-{seed}").shuffle(order)
+    return order
 
 
 def shuffle_pool(pool: SentencePool, seed: int) -> list[str]:

@@ -17,7 +17,11 @@ Design:
   to the ``top_words`` most frequent words (1500 in the ``mini_tts`` preset) so a tiny model can
   learn the corpus in minutes. The pool is shuffled with the seed and cut into consecutive,
   disjoint slices: test parts first, then dev, then train, so no sentence is in two parts and
-  the test sentences do not change when the training size does.
+  the test sentences do not change when the training size does. With ``train_text="segments"``
+  (the ``mini_tts`` preset) training parts instead say *segments*: runs of allowed words from
+  any source sentence (:func:`local.sentences.training_segments`), about 7x more distinct text
+  than whole sentences; the first ``held_out_sentences`` sentences of the shuffled pool are then
+  reserved for dev/test parts and no training segment contains one of them.
 * Speakers (:mod:`local.voices`) are 16 voice identities of espeak-ng and flite; 3 are held out:
   test parts use only those, train and dev parts only the other 13. Utterance ``i`` of a part
   goes to speaker ``i mod S``. With ``voices_per_sentence=R`` a training part speaks each of its
@@ -71,13 +75,14 @@ from local.audio_effects import (
 )
 from local.corpus_state import allocate, part_info, reuse_existing, settings_of, write_manifest
 from local.parts import PARTS
-from local.sentences import build_pool, default_sources, shuffle_pool
+from local.sentences import build_pool, default_sources, shuffle_pool, training_segments
 from local.text_norm import tts_text
 from local.voices import SAMPLE_RATE, VOICES, Voice, available_voices, render
 
 logger = logging.getLogger(__name__)
 
 UTTS_PER_CHAPTER = 50
+TRAIN_TEXTS = ("sentences", "segments")
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,7 @@ class Preset:
     num_utts: dict[str, int]
     top_words: int | None
     voices_per_sentence: int = 1
+    train_text: str = "sentences"
 
 
 PRESETS: dict[str, Preset] = {
@@ -303,6 +309,8 @@ def synthesize_corpus(
     overwrite: bool = False,
     progress: bool = True,
     voices_per_sentence: int = 1,
+    train_text: str = "sentences",
+    held_out_sentences: int = 1000,
 ) -> SynthesisResult:
     """Synthesize a LibriSpeech-layout corpus under ``<root>/LibriSpeech``.
 
@@ -321,6 +329,10 @@ def synthesize_corpus(
         progress: show a tqdm progress bar.
         voices_per_sentence: training parts speak each sentence this many times, in different
             voices (at most the number of training voices); dev and test parts always once.
+        train_text: what training parts say: whole ``"sentences"`` of the pool, or
+            ``"segments"`` (word runs from every source sentence, see the module docstring).
+        held_out_sentences: with segments, the pool sentences reserved for dev/test parts
+            (clipped to the pool size); no training segment contains one of them.
 
     Returns:
         A :class:`SynthesisResult`.
@@ -330,6 +342,8 @@ def synthesize_corpus(
         FileExistsError: the output exists with other settings (and ``overwrite`` is False).
     """
     sizes = _validate_sizes(num_utts)
+    if train_text not in TRAIN_TEXTS:
+        raise ValueError(f"train_text={train_text!r}: expected one of {', '.join(TRAIN_TEXTS)}")
     voices = available_voices(VOICES) if voices is None else tuple(voices)
     by_role = _voices_by_role(voices, list(sizes))
     pool = build_pool(
@@ -343,18 +357,33 @@ def synthesize_corpus(
                 f"voices_per_sentence={voices_per_sentence}: expected 1..{speakers} (the "
                 f"voices of part {part!r})"
             )
-    settings = settings_of(seed, top_words, min_words, max_words, pool, voices, voices_per_sentence)
+    segments = train_text == "segments"
+    reserve = min(held_out_sentences, len(pool.sentences)) if segments else None
+    settings = settings_of(
+        seed, top_words, min_words, max_words, pool, voices, voices_per_sentence, reserve
+    )
     corpus_dir = Path(root) / "LibriSpeech"
     corpus_dir.mkdir(parents=True, exist_ok=True)
     kept = reuse_existing(corpus_dir, settings, sizes, overwrite)
     num_sentences = {p: -(-n // repeats[p]) for p, n in sizes.items()}  # ceil
-    slices = allocate(num_sentences, kept, len(pool.sentences), top_words)
     order = shuffle_pool(pool, seed)
+    texts = {p: order for p in sizes}
+    if segments:
+        slices = {}
+        train_order = training_segments(pool, order[:reserve], seed)
+        for train, length in ((False, reserve), (True, len(train_order))):
+            group = {p: n for p, n in num_sentences.items() if (PARTS[p].role == "train") == train}
+            group_kept = {p: v for p, v in kept.items() if (PARTS[p].role == "train") == train}
+            slices.update(allocate(group, group_kept, length, top_words))
+            if train:
+                texts.update(dict.fromkeys(group, train_order))
+    else:
+        slices = allocate(num_sentences, kept, len(pool.sentences), top_words)
     parts_info = dict(kept)
     plans_by_part = {}
     for part, (start, count) in slices.items():
         plans_by_part[part] = plan_part(
-            part, order[start : start + count], by_role[PARTS[part].role], corpus_dir, seed,
+            part, texts[part][start : start + count], by_role[PARTS[part].role], corpus_dir, seed,
             num_utts=sizes[part], voices_per_sentence=repeats[part],
         )  # fmt: skip
         for plan in plans_by_part[part]:
@@ -444,6 +473,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="training parts speak each sentence this many times in different voices "
         "(default: preset)",
     )  # fmt: skip
+    parser.add_argument(
+        "--train-text", choices=TRAIN_TEXTS, default=None,
+        help="what training parts say: whole pool sentences, or word-run segments of every "
+        "source sentence (default: preset)",
+    )  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace an existing synthesis")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -456,6 +490,7 @@ def run(args: argparse.Namespace) -> int:
     repeats = args.voices_per_sentence
     if repeats is None:
         repeats = preset.voices_per_sentence
+    train_text = args.train_text or preset.train_text
     result = synthesize_corpus(
         args.root,
         sizes,
@@ -468,6 +503,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
         voices_per_sentence=repeats,
+        train_text=train_text,
     )
     for part in sorted(result.num_utts):
         print(f"{part}\t{result.num_utts[part]} utterances\t{result.hours[part]:.3f} h")

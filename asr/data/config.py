@@ -23,7 +23,7 @@ class SpecAugmentConfig:
         time_warp_factor: maximum warp in frames; 0 disables time warping.
         num_freq_masks: frequency masks per utterance.
         max_freq_mask_width: maximum mel bins per frequency mask (``F`` in the paper).
-        num_time_masks: time masks per utterance.
+        num_time_masks: time masks per utterance (at least 1 when enabled).
         max_time_mask_width: maximum frames per time mask (``T`` in the paper).
         max_time_mask_fraction: cap of each time mask as a fraction of the utterance length
             (``p`` in the paper).
@@ -46,6 +46,12 @@ class SpecAugmentConfig:
             raise ValueError("spec_augment mask counts and time_warp_factor must be >= 0")
         if min(self.max_freq_mask_width, self.max_time_mask_width) <= 0:
             raise ValueError("spec_augment mask widths must be > 0")
+        if self.enabled and self.num_time_masks == 0:
+            # lhotse's SpecAugment divides by the number of time masks
+            raise ValueError(
+                "spec_augment.num_time_masks=0 is not supported by lhotse's SpecAugment: use at "
+                "least 1 (with a small max_time_mask_width) or spec_augment.enabled=false"
+            )
 
 
 @dataclass(frozen=True)

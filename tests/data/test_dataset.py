@@ -155,6 +155,9 @@ def test_make_dataloader_and_strict_config(prepared: dict) -> None:
     assert cfg.spec_augment.num_time_masks == 1 and cfg.fbank.num_mel_bins == 80
     with pytest.raises(ConfigError, match="data_dir"):
         from_dict(DataConfig, {"data_dir": "x"})
+    with pytest.raises((ConfigError, ValueError), match="num_time_masks=0"):
+        from_dict(DataConfig, {"spec_augment": {"num_time_masks": 0}})
+    assert from_dict(DataConfig, {"spec_augment": {"enabled": False, "num_time_masks": 0}})
     cuts, stats = load_train_cuts(cfg, CharEncoder())
     assert stats.kept == 8
     loader = make_dataloader(cuts, cfg, CharEncoder(), train=True)

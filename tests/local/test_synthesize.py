@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 
 from asr.cli.main import main as asr_main
+from local.sentences import build_pool, default_sources, shuffle_pool
 from local.synthesize import PARTS, SynthesisResult, synthesize_corpus
 from local.voices import VOICES, Voice, available_voices, render
 
@@ -179,6 +180,29 @@ def test_training_sentences_spoken_in_several_voices(corpus: SynthesisResult, tm
     with pytest.raises(ValueError, match="voices_per_sentence=14: expected 1..13"):
         synthesize_corpus(tmp_path / "x", {"train-clean-5": 20}, voices_per_sentence=14,
                           progress=False)  # fmt: skip
+
+
+def test_training_parts_can_say_segments(corpus: SynthesisResult, tmp_path) -> None:
+    sizes = {"test-clean": 4, "dev-clean-2": 3, "train-clean-5": 10}
+    result = synthesize_corpus(
+        tmp_path, sizes, train_text="segments", held_out_sentences=50, progress=False
+    )
+    texts = {part: _read_transcripts(result.corpus_dir / part) for part in sizes}
+    for part in ("test-clean", "dev-clean-2"):  # evaluation parts: the same whole sentences
+        assert texts[part] == _read_transcripts(corpus.corpus_dir / part)
+    pool = build_pool(default_sources(), top_words=1500)
+    reserved = shuffle_pool(pool, 0)[:50]
+    train = list(texts["train-clean-5"].values())
+    assert len(set(train)) == 10 and set(train) <= set(pool.segments)
+    assert not any(f" {h} " in f" {t} " for t in train for h in reserved)
+    assert set(train) != set(_read_transcripts(corpus.corpus_dir / "train-clean-5").values())
+    with pytest.raises(FileExistsError, match="different settings.*held_out_sentences"):
+        synthesize_corpus(tmp_path, sizes, progress=False)
+    with pytest.raises(ValueError, match="distinct sentences needed but the pool has 5"):
+        synthesize_corpus(tmp_path / "y", {"test-clean": 6}, train_text="segments",
+                          held_out_sentences=5, progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="train_text='words'"):
+        synthesize_corpus(tmp_path / "z", sizes, train_text="words", progress=False)
 
 
 def test_at_least_eight_distinct_voices() -> None:

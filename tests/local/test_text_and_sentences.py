@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from local.sentences import build_pool, read_raw_sentences, shuffle_pool
+from local.sentences import (
+    SentencePool,
+    build_pool,
+    read_raw_sentences,
+    shuffle_pool,
+    training_segments,
+)
 from local.text_norm import normalize_sentence, split_sentences, tts_text
 
 
@@ -88,6 +94,27 @@ def test_build_pool_frequency_filter_and_dedup(tmp_path: Path) -> None:
     short = build_pool([path], min_words=2, max_words=3, top_words=0)
     assert short.sentences == ("THE CAT RAN",)
     assert build_pool([path], top_words=None).digest == unrestricted.digest
+
+
+def test_segments_are_runs_of_allowed_words_cut_to_max_words(tmp_path: Path) -> None:
+    path = _write_fortunes(tmp_path / "f")
+    pool = build_pool([path], min_words=2, max_words=4, top_words=6)
+    # THE CAT SAT ON | THE MAT (cut at 4), THE CAT (RAN not allowed), SAT ON THE MAT (after DOG),
+    # THE MAT (from the zebra sentence); single allowed words (A) are too short.
+    assert pool.segments == ("SAT ON THE MAT", "THE CAT", "THE CAT SAT ON", "THE MAT")
+    assert (
+        build_pool([path], top_words=None).segments == build_pool([path], top_words=None).sentences
+    )
+
+
+def test_training_segments_never_contain_a_held_out_sentence(tmp_path: Path) -> None:
+    pool = build_pool([_write_fortunes(tmp_path / "f")], min_words=2, max_words=4, top_words=6)
+    kept = training_segments(pool, ["THE CAT"], seed=0)
+    assert sorted(kept) == ["SAT ON THE MAT", "THE MAT"]
+    assert training_segments(pool, ["THE CAT"], seed=0) == kept  # seeded
+    # whole words only: held-out "THE MAT" does not exclude "THE MATS"
+    words = SentencePool(("X",), ("X",), 1, (), segments=("ON THE MATS", "ON THE MAT NOW"))
+    assert training_segments(words, ["THE MAT"], seed=1) == ["ON THE MATS"]
 
 
 def test_shuffle_pool_is_seeded(tmp_path: Path) -> None:

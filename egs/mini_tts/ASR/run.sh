@@ -33,6 +33,7 @@ num_train=2000                  # synthesized training utterances (train-clean-5
 num_dev=100
 num_test=100
 voices_per_sentence=1           # training sentences spoken in this many different voices
+train_text=sentences            # training text: whole pool "sentences" or word-run "segments"
 speed_perturb=true
 vocab_size=128
 work_dir=$HERE                  # where data/, exp/ (and download/) go; relative paths start here
@@ -41,10 +42,10 @@ train_args=""                   # extra `asr train` arguments, e.g. "--set train
 
 usage="Usage: $0 [--stage N] [--stop-stage N] [--recipe NAME] [--searchers \"A B\"] [--avg N]
   [--num-jobs N] [--fbank-jobs N] [--num-train N] [--num-dev N] [--num-test N]
-  [--voices-per-sentence N] [--speed-perturb true|false]
+  [--voices-per-sentence N] [--train-text sentences|segments] [--speed-perturb true|false]
   [--vocab-size N] [--work-dir DIR] [--skip-setup true|false] [--train-args \"...\"]
 defaults: stage=$stage stop_stage=$stop_stage recipe=$recipe num_jobs=$num_jobs num_train=$num_train
-  num_dev=$num_dev num_test=$num_test voices_per_sentence=$voices_per_sentence
+  num_dev=$num_dev num_test=$num_test voices_per_sentence=$voices_per_sentence train_text=$train_text
   speed_perturb=$speed_perturb vocab_size=$vocab_size"
 . "$ROOT/egs/shared/parse_options.sh"
 work_dir=$(mkdir -p "$work_dir" && cd "$work_dir" && pwd)
@@ -86,7 +87,7 @@ if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
   log "stage 0: synthesize the corpus"
   timed synthesize asr synthesize --root data --preset mini_tts --num-jobs "$num_jobs" --no-progress \
     --num-utts train-clean-5="$num_train" dev-clean-2="$num_dev" test-clean="$num_test" \
-    --voices-per-sentence "$voices_per_sentence"
+    --voices-per-sentence "$voices_per_sentence" --train-text "$train_text"
 fi
 
 if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
