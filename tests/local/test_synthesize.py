@@ -266,8 +266,12 @@ def test_mini_tts_preset_full_size(tmp_path: Path) -> None:
 
     from local.synthesize import PRESETS
 
-    sizes = PRESETS["mini_tts"].num_utts
-    result = synthesize_corpus(tmp_path, sizes, seed=0, num_jobs=2, top_words=1500, progress=False)
+    preset = PRESETS["mini_tts"]
+    sizes = preset.num_utts
+    result = synthesize_corpus(
+        tmp_path, sizes, seed=0, num_jobs=2, top_words=preset.top_words,
+        train_text=preset.train_text, progress=False,
+    )  # fmt: skip
     assert result.num_utts == sizes
     manifests = prepare_librispeech(result.corpus_dir, dataset_parts=list(sizes), num_jobs=2)
     texts = {part: {s.text for s in manifests[part]["supervisions"]} for part in sizes}
