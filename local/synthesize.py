@@ -60,6 +60,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -194,17 +195,13 @@ def plan_part(
     """Assign speakers, chapters and utterance ids to the sentences of one part.
 
     Utterance ``i`` says ``sentences[i // voices_per_sentence]`` and goes to ``voices[i % S]``
-    (sorted by speaker id), so the copies of a sentence get different voices when
-    ``voices_per_sentence <= S``; a speaker's ``j``-th utterance is in its chapter
-    ``k = min(j // 50, 9)``. ``num_utts`` defaults to ``len(sentences) * voices_per_sentence``.
+    (sorted by speaker id), so the copies of a sentence get different voices (callers keep
+    ``1 <= voices_per_sentence <= S``: :func:`synthesize_corpus` checks it before touching the
+    output); a speaker's ``j``-th utterance is in its chapter ``k = min(j // 50, 9)``.
+    ``num_utts`` defaults to ``len(sentences) * voices_per_sentence``.
     """
     spec = PARTS[part]
     speakers = sorted(voices, key=lambda v: v.speaker_id)
-    if not 1 <= voices_per_sentence <= len(speakers):
-        raise ValueError(
-            f"part {part!r}: voices_per_sentence={voices_per_sentence}, expected 1..{len(speakers)} "
-            "(the number of its voices)"
-        )
     total = len(sentences) * voices_per_sentence if num_utts is None else num_utts
     if total > len(sentences) * voices_per_sentence:
         raise ValueError(
@@ -371,15 +368,16 @@ def synthesize_corpus(
     num_sentences = {p: -(-n // repeats[p]) for p, n in sizes.items()}  # ceil
     order = shuffle_pool(pool, seed)
     texts = {p: order for p in sizes}
-    if segments:
-        slices = {}
+    if segments:  # dev/test slices within the reserve, training slices of the segments
+
+        def of_role(parts: Mapping[str, Any], train: bool) -> dict[str, Any]:
+            return {p: v for p, v in parts.items() if (PARTS[p].role == "train") == train}
+
         train_order = training_segments(pool, order[:reserve], seed)
-        for train, length in ((False, reserve), (True, len(train_order))):
-            group = {p: n for p, n in num_sentences.items() if (PARTS[p].role == "train") == train}
-            group_kept = {p: v for p, v in kept.items() if (PARTS[p].role == "train") == train}
-            slices.update(allocate(group, group_kept, length, top_words))
-            if train:
-                texts.update(dict.fromkeys(group, train_order))
+        train_parts = of_role(num_sentences, True)
+        slices = allocate(of_role(num_sentences, False), of_role(kept, False), reserve, top_words)
+        slices |= allocate(train_parts, of_role(kept, True), len(train_order), top_words)
+        texts.update(dict.fromkeys(train_parts, train_order))
     else:
         slices = allocate(num_sentences, kept, len(pool.sentences), top_words)
     parts_info = dict(kept)
