@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, str] = {
     "synthesize": "asr.cli.synthesize",
     "prepare": "asr.cli.prepare",
     "bpe": "asr.cli.bpe",
+    "lm": "asr.cli.lm",
     "wer": "asr.cli.wer",
     "train": "asr.cli.train",
     "average": "asr.cli.average",

@@ -115,7 +115,7 @@ class NgramLM:
                 if not line or line.startswith("ngram ") or line == "\\data\\":
                     continue
                 if line.startswith("\\"):
-                    order = int(line[1]) if line.endswith("-grams:") else 0
+                    order = int(line[1:-7]) if line.endswith("-grams:") else 0
                     continue
                 if order == 0:
                     continue
@@ -167,7 +167,7 @@ class NgramLM:
     def _reduce(self, history: tuple[int, ...]) -> tuple[int, ...]:
         """The longest suffix of ``history`` (at most order - 1 words) listed as an n-gram:
         a history that is not an n-gram has no successors and back-off weight 0."""
-        history = history[len(history) - (self.order - 1) :] if self.order > 1 else ()
+        history = history[max(0, len(history) - (self.order - 1)) :] if self.order > 1 else ()
         while history and history not in self.probs:
             history = history[1:]
         return history

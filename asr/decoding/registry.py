@@ -6,7 +6,7 @@ name                   needs
 ctc_greedy             ``ctc`` head (also streaming)
 ctc_prefix_beam        ``ctc`` head (optional LM: ``lm_path`` / ``lm_weight`` or ``lm=``)
 transducer_greedy      ``transducer`` head with loss full|pruned (also streaming)
-transducer_beam        ``transducer`` head with loss full|pruned
+transducer_beam        ``transducer`` head with loss full|pruned (optional LM as above)
 tdt_greedy             ``transducer`` head with loss tdt (also streaming)
 tdt_beam               ``transducer`` head with loss tdt
 aed_beam               ``aed`` head (CTC prefix scores when a ``ctc`` head exists and
@@ -121,10 +121,10 @@ def _check(name: str, model: ASRModel, names: tuple[str, ...]) -> None:
         )
 
 
-def _load_lm(model: ASRModel, cfg: SearchConfig) -> LanguageModel | None:
+def _load_lm(model: ASRModel, cfg: SearchConfig, head: str) -> LanguageModel | None:
     if cfg.lm_path is None:
         return None
-    return NgramLM.from_arpa(cfg.lm_path, vocab_size=model.heads["ctc"].vocab_size)
+    return NgramLM.from_arpa(cfg.lm_path, vocab_size=model.heads[head].vocab_size)
 
 
 def _first_pass(model: ASRModel, cfg: SearchConfig) -> Searcher:
@@ -139,10 +139,12 @@ def _first_pass(model: ASRModel, cfg: SearchConfig) -> Searcher:
 _BUILDERS: dict[str, Callable[[ASRModel, SearchConfig, LanguageModel | None], Searcher]] = {
     "ctc_greedy": lambda m, c, lm: CtcGreedySearcher(m.heads["ctc"], c),
     "ctc_prefix_beam": lambda m, c, lm: CtcPrefixBeamSearch(
-        m.heads["ctc"], c, lm if lm is not None else _load_lm(m, c)
+        m.heads["ctc"], c, lm if lm is not None else _load_lm(m, c, "ctc")
     ),
     "transducer_greedy": lambda m, c, lm: LabelLoopingGreedy(m.heads["transducer"], c),
-    "transducer_beam": lambda m, c, lm: ModifiedBeamSearch(m.heads["transducer"], c),
+    "transducer_beam": lambda m, c, lm: ModifiedBeamSearch(
+        m.heads["transducer"], c, lm if lm is not None else _load_lm(m, c, "transducer")
+    ),
     "tdt_greedy": lambda m, c, lm: LabelLoopingGreedy(m.heads["transducer"], c),
     "tdt_beam": lambda m, c, lm: TdtBeamSearch(m.heads["transducer"], c),
     "aed_beam": lambda m, c, lm: AedBeamSearch(m.heads["aed"], c, _head(m, "ctc")),
@@ -169,7 +171,8 @@ def build_searcher(
         name: one of :data:`SEARCHER_NAMES`.
         model: the model whose heads are searched.
         cfg: search options.
-        lm: token LM for ``ctc_prefix_beam`` (overrides ``cfg.lm_path``).
+        lm: token LM for ``ctc_prefix_beam`` and ``transducer_beam`` (overrides
+            ``cfg.lm_path``).
 
     Raises:
         ValueError: on an unknown name, or one the model's heads do not support (naming the

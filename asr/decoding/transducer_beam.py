@@ -9,6 +9,13 @@ continuations are kept per utterance, and continuations with the same token sequ
 
 With ``beam_size = 1`` this is greedy search with ``max_symbols_per_frame = 1``.
 
+Shallow fusion (Gulcehre et al. 2015, arXiv:1503.03535; the icefall
+``modified_beam_search_lm_shallow_fusion`` convention): with a token LM every emitted token adds
+``lm_weight * log P_lm(token | history)`` to the hypothesis score, which ranks and prunes the
+beam; blanks add nothing. The final ranking adds ``lm_weight * log P_lm(</s> | history)``.
+Merged hypotheses share their token sequence and so their LM score: the log-add of the AM
+scores is unchanged by it.
+
 Batched: the hypotheses of all utterances still inside their frames are one tensor batch for
 the joiner and the predictor on every frame; the per-utterance top-k runs on a padded
 (utterances, K * V) matrix; only the bookkeeping of the kept hypotheses (token tuples, merging)
@@ -20,6 +27,8 @@ dims, V vocabulary incl. blank, K beam size.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +37,7 @@ from torch import Tensor
 
 from asr.decoding.base import check_encoder_output, log_add, where_state
 from asr.decoding.config import SearchConfig
+from asr.decoding.lm import LanguageModel
 from asr.decoding.transducer_common import TransducerScorer
 from asr.heads.transducer import TransducerHead
 from asr.streaming.state import select_states
@@ -35,13 +45,16 @@ from asr.types import Hypothesis
 
 __all__ = ["ModifiedBeamSearch", "topk_per_group"]
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class _Hyp:
     tokens: tuple[int, ...]
     frames: tuple[int, ...]
-    score: float
+    score: float  # AM log-probability + lm_weight * LM log-probability of the tokens
     owner: int  # utterance index in the batch
+    lm_state: Hashable = None
 
 
 def topk_per_group(scores: Tensor, owners: Tensor, num_groups: int, k: int) -> list[list[int]]:
@@ -78,12 +91,23 @@ class ModifiedBeamSearch:
 
     Args:
         head: a transducer head with ``loss`` full or pruned.
-        cfg: uses ``beam_size``, ``nbest`` and ``blank_penalty``.
+        cfg: uses ``beam_size``, ``nbest``, ``blank_penalty`` and ``lm_weight``.
+        lm: optional token LM fused with weight ``cfg.lm_weight`` (module docstring).
     """
 
-    def __init__(self, head: TransducerHead, cfg: SearchConfig) -> None:
+    def __init__(
+        self, head: TransducerHead, cfg: SearchConfig, lm: LanguageModel | None = None
+    ) -> None:
         self.scorer = TransducerScorer(head, cfg.blank_penalty)
         self.cfg = cfg
+        if lm is None and cfg.lm_weight > 0:
+            logger.warning("search.lm_weight=%g but no LM (search.lm_path) is given", cfg.lm_weight)
+        if lm is not None and lm.vocab_size != head.vocab_size:
+            raise ValueError(
+                f"LM vocabulary {lm.vocab_size} differs from the transducer head's "
+                f"{head.vocab_size}"
+            )
+        self.lm = lm if lm is not None and cfg.lm_weight > 0 else None
 
     @torch.no_grad()
     def __call__(self, enc: Tensor, enc_lens: Tensor) -> list[list[Hypothesis]]:
@@ -93,7 +117,8 @@ class ModifiedBeamSearch:
         lens = enc_lens.tolist()
         enc_proj = self.scorer.project_encoder(enc)
         pred_proj, pred_state = self.scorer.initial(batch, enc.device)
-        hyps = [_Hyp((), (), 0.0, b) for b in range(batch)]
+        lm_start = self.lm.init_state() if self.lm is not None else None
+        hyps = [_Hyp((), (), 0.0, b, lm_start) for b in range(batch)]
         finished: list[list[_Hyp]] = [[] for _ in range(batch)]
         for frame in range(enc.shape[1] + 1):
             alive = [i for i, hyp in enumerate(hyps) if frame < lens[hyp.owner]]
@@ -119,6 +144,10 @@ class ModifiedBeamSearch:
         scores = torch.tensor([hyp.score for hyp in hyps], device=device, dtype=torch.float32)
         token_lp, _ = self.scorer.log_probs(enc_proj[owners, frame], pred_proj)
         candidates = scores[:, None] + token_lp  # (N, V)
+        if self.lm is not None:
+            lm_lp = torch.stack([self.lm.score(hyp.lm_state) for hyp in hyps]).to(device)
+            lm_lp[:, self.scorer.blank_id] = 0.0  # blank is not a token of the LM
+            candidates = candidates + self.cfg.lm_weight * lm_lp
         # owners are contiguous and ascending; map them to 0..G-1 for the grouped top-k
         groups, group_of = torch.unique_consecutive(owners, return_inverse=True)
         picks = topk_per_group(candidates, group_of, len(groups), self.cfg.beam_size)
@@ -140,11 +169,14 @@ class ModifiedBeamSearch:
                     index = kept[key]
                     old = new_hyps[index]
                     merged = log_add(old.score, score)
-                    new_hyps[index] = _Hyp(old.tokens, old.frames, merged, old.owner)
+                    new_hyps[index] = _Hyp(old.tokens, old.frames, merged, old.owner, old.lm_state)
                     continue
                 kept[key] = len(new_hyps)
                 frames = parent.frames + (frame,) if emit else parent.frames
-                new_hyps.append(_Hyp(tokens, frames, score, parent.owner))
+                lm_state = parent.lm_state
+                if emit and self.lm is not None:
+                    lm_state = self.lm.advance(lm_state, label)
+                new_hyps.append(_Hyp(tokens, frames, score, parent.owner, lm_state))
                 parents.append(row)
                 labels.append(label)
         parent_index = torch.tensor(parents, device=device)
@@ -158,8 +190,16 @@ class ModifiedBeamSearch:
             pred_state = where_state(emit, new_state, pred_state)
         return new_hyps, pred_proj, pred_state
 
+    def _final_score(self, hyp: _Hyp) -> float:
+        if self.lm is None:
+            return hyp.score
+        return hyp.score + self.cfg.lm_weight * self.lm.final_score(hyp.lm_state)
+
     def _nbest(self, hyps: list[_Hyp]) -> list[Hypothesis]:
-        ranked = sorted(hyps, key=lambda hyp: hyp.score, reverse=True)[: self.cfg.nbest]
-        if not ranked:
+        scored = sorted(((self._final_score(h), h) for h in hyps), key=lambda p: p[0], reverse=True)
+        if not scored:
             return [Hypothesis(tokens=())]
-        return [Hypothesis(tokens=h.tokens, score=h.score, timestamps=h.frames) for h in ranked]
+        return [
+            Hypothesis(tokens=h.tokens, score=score, timestamps=h.frames)
+            for score, h in scored[: self.cfg.nbest]
+        ]

@@ -53,6 +53,14 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
+def _cpu_has_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 natively here (AVX512-BF16 / AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 class Trainer:
     """Runs epochs of optimisation with checkpoints, validation, logs and a progress plot.
 
@@ -101,8 +109,15 @@ class Trainer:
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         self.model = model
-        self.amp = train_cfg.use_amp and self.device.type == "cuda"
-        self.amp_dtype = torch.bfloat16 if train_cfg.amp_dtype == "bfloat16" else torch.float16
+        on_cuda = self.device.type == "cuda"
+        self.amp = (train_cfg.use_amp and on_cuda) or (train_cfg.cpu_amp and not on_cuda)
+        cuda_fp16 = on_cuda and train_cfg.amp_dtype == "float16"
+        self.amp_dtype = torch.float16 if cuda_fp16 else torch.bfloat16  # CPU: bfloat16 only
+        if self.amp and not on_cuda and not _cpu_has_bf16():
+            logger.warning(
+                "train.cpu_amp: this CPU has no native bfloat16 support; autocast will be slower "
+                "than float32 (set train.cpu_amp=false)"
+            )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
         self.progress = Progress()
         self._accum_utts = 0.0  # utterances in the gradients accumulated since the last step
@@ -178,7 +193,7 @@ class Trainer:
     def _autocast(self):
         if not self.amp:
             return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def _set_step(self) -> None:
         set_step = getattr(unwrap(self.model), "set_step", None)

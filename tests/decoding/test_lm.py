@@ -1,5 +1,6 @@
 """Token n-gram LM from ARPA against hand-computed probabilities; shallow fusion in the CTC
-prefix beam search (weight 0 changes nothing, a real weight changes the ranking)."""
+prefix beam search (weight 0 changes nothing, a real weight changes the ranking) and in the
+transducer modified beam search (against brute-force enumeration of the fused scores)."""
 
 from __future__ import annotations
 
@@ -103,3 +104,61 @@ def test_lm_weight_changes_the_ranking(lm, tmp_path):
     cfg = SearchConfig(beam_size=4, lm_weight=0.5, lm_path=path)
     searcher = build_searcher("ctc_prefix_beam", model, cfg)
     assert searcher.search(log_probs)[0] == fused[0]
+
+
+def test_transducer_beam_lm_weight_zero_leaves_results_unchanged(lm):
+    model = make_model(transducer="pruned")
+    enc, enc_lens = encoder_output([12, 7])
+    cfg = SearchConfig(beam_size=4, nbest=4, lm_weight=0.0)
+    plain = build_searcher("transducer_beam", model, cfg)(enc, enc_lens)
+    assert build_searcher("transducer_beam", model, cfg, lm=lm)(enc, enc_lens) == plain
+
+
+@pytest.mark.parametrize("weight", [0.3, 1.5])
+def test_transducer_beam_with_lm_equals_brute_force_fusion(lm, weight):
+    """With a beam wide enough to never prune, modified beam search with shallow fusion finds
+    argmax over token sequences of log(sum over one-symbol-per-frame alignments of the
+    transducer probability) + weight * (LM log-probability incl. </s>), enumerated here."""
+    import itertools
+
+    from asr.decoding.base import log_add
+    from asr.decoding.transducer_common import TransducerScorer
+
+    model = make_model(transducer="full")
+    enc, enc_lens = encoder_output([3], seed=4, scale=3.0)
+    scorer = TransducerScorer(model.heads["transducer"])
+    enc_proj = scorer.project_encoder(enc)[0]
+    am: dict[tuple[int, ...], float] = {}
+    with torch.no_grad():
+        for labels in itertools.product(range(7), repeat=3):
+            tokens: tuple[int, ...] = ()
+            pred, state = scorer.initial(1, "cpu")
+            total = 0.0
+            for frame, label in enumerate(labels):
+                token_lp, _ = scorer.log_probs(enc_proj[frame : frame + 1], pred)
+                total += float(token_lp[0, label])
+                if label != 0:
+                    tokens += (label,)
+                    pred, state = scorer.predict(torch.tensor([label]), state)
+            am[tokens] = log_add(am[tokens], total) if tokens in am else total
+
+    def lm_total(tokens):
+        state, score = lm.init_state(), 0.0
+        for token in tokens:
+            score += lm.log_prob(state, token)
+            state = lm.advance(state, token)
+        return score + lm.final_score(state)
+
+    fused = {tokens: score + weight * lm_total(tokens) for tokens, score in am.items()}
+    best = max(fused, key=fused.get)
+    assert max(am, key=am.get) != best or weight < 1  # the strong LM changes the winner
+    cfg = SearchConfig(beam_size=400, lm_weight=weight)
+    hyp = build_searcher("transducer_beam", model, cfg, lm=lm)(enc, enc_lens)[0][0]
+    assert hyp.tokens == best
+    assert hyp.score == pytest.approx(fused[best], abs=1e-4)
+
+
+def test_transducer_beam_lm_vocabulary_must_match(lm):
+    model = make_model(transducer="pruned", vocab=9)
+    with pytest.raises(ValueError, match="LM vocabulary 7 differs from the transducer head's 9"):
+        build_searcher("transducer_beam", model, SearchConfig(lm_weight=0.5), lm=lm)

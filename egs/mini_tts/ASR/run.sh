@@ -6,15 +6,18 @@
 #   bash egs/mini_tts/ASR/run.sh                          # everything (from any directory)
 #   bash egs/mini_tts/ASR/run.sh --stage 4 --stop-stage 5 # train and decode only
 #   bash egs/mini_tts/ASR/run.sh --recipe conformer_ctc_aed --searchers "ctc_greedy aed_beam"
+#   bash egs/mini_tts/ASR/run.sh --stage 5 --lm-weight 0.4 # re-decode with another LM weight
 #
 # Stages:
 #   0  synthesize the corpus        (data/LibriSpeech)
 #   1  lhotse manifests             (data/manifests)
 #   2  fbank features               (data/fbank; speed-perturbed copies of the training part)
-#   3  BPE tokenizer                (data/lang_bpe_${vocab_size})
+#   3  BPE tokenizer and a token n-gram LM of the training transcripts
+#                                   (data/lang_bpe_${vocab_size}, .../token_${lm_order}gram.arpa)
 #   4  train                        (exp/${recipe})
 #   5  average the last checkpoints (exp/${recipe}/averaged.safetensors) and decode test-clean
-#                                   (exp/${recipe}/<searcher>/wer-summary-test-clean-<searcher>.txt)
+#                                   (exp/${recipe}/<searcher>/wer-summary-test-clean-<searcher>.txt);
+#                                   transducer_beam and ctc_prefix_beam fuse the LM
 #   6  export a model package and transcribe a held-out test-clean file
 #
 # Paths are relative to --work-dir (default: this directory, egs/mini_tts/ASR), as in the recipe YAMLs.
@@ -25,7 +28,7 @@ ROOT=$(cd "$HERE/../../.." && pwd)
 stage=0
 stop_stage=100
 recipe=transformer_transducer   # recipes/mini_tts/<recipe>.yaml
-searchers=""                    # default: the recipe's greedy searcher (see below)
+searchers=""                    # default: the recipe's greedy searcher (+ LM beam search, below)
 avg=2                           # stage 5 averages the newest $avg step checkpoints
 num_jobs=2                      # synthesis / manifest processes
 fbank_jobs=1                    # lhotse's process pool is slower than one process here
@@ -36,6 +39,10 @@ voices_per_sentence=1           # training sentences spoken in this many differe
 train_text=segments             # training text: word-run "segments" or whole pool "sentences"
 speed_perturb=true
 vocab_size=128
+lm_order=6                      # token n-gram LM (stage 3) for shallow fusion in beam searches
+lm_weight=0.3                   # LM weight, beam size and blank penalty of the fused beam searches:
+beam_size=8                     # tuned on dev-clean-2 (recipes/mini_tts/README.md)
+blank_penalty=2
 work_dir=$HERE                  # where data/, exp/ (and download/) go; relative paths start here
 skip_setup=false                # true: use the existing .venv without running tools/setup.sh
 train_args=""                   # extra `asr train` arguments, e.g. "--set train.max_epochs=2"
@@ -43,10 +50,12 @@ train_args=""                   # extra `asr train` arguments, e.g. "--set train
 usage="Usage: $0 [--stage N] [--stop-stage N] [--recipe NAME] [--searchers \"A B\"] [--avg N]
   [--num-jobs N] [--fbank-jobs N] [--num-train N] [--num-dev N] [--num-test N]
   [--voices-per-sentence N] [--train-text sentences|segments] [--speed-perturb true|false]
-  [--vocab-size N] [--work-dir DIR] [--skip-setup true|false] [--train-args \"...\"]
+  [--vocab-size N] [--lm-order N] [--lm-weight W] [--beam-size N] [--blank-penalty P]
+  [--work-dir DIR] [--skip-setup true|false] [--train-args \"...\"]
 defaults: stage=$stage stop_stage=$stop_stage recipe=$recipe num_jobs=$num_jobs num_train=$num_train
   num_dev=$num_dev num_test=$num_test voices_per_sentence=$voices_per_sentence train_text=$train_text
-  speed_perturb=$speed_perturb vocab_size=$vocab_size"
+  speed_perturb=$speed_perturb vocab_size=$vocab_size lm_order=$lm_order lm_weight=$lm_weight
+  beam_size=$beam_size blank_penalty=$blank_penalty"
 . "$ROOT/egs/shared/parse_options.sh"
 work_dir=$(mkdir -p "$work_dir" && cd "$work_dir" && pwd)
 cd "$work_dir"
@@ -73,11 +82,12 @@ fi
 exp_dir=exp/$recipe
 weights=$exp_dir/averaged.safetensors
 lang_dir=data/lang_bpe_${vocab_size}
+lm_path=$lang_dir/token_${lm_order}gram.arpa
 parts="train-clean-5 dev-clean-2 test-clean"
 if [ -z "$searchers" ]; then
   case "$recipe" in
     *tdt*) searchers="tdt_greedy" ;;
-    *transducer*) searchers="transducer_greedy" ;;
+    *transducer*) searchers="transducer_greedy transducer_beam" ;;
     *cif*) searchers="cif_greedy" ;;
     *) searchers="ctc_greedy" ;;
   esac
@@ -108,6 +118,9 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
   log "stage 3: BPE with $vocab_size tokens"
   timed bpe asr bpe --transcripts data/LibriSpeech/train-clean-5 --output-dir "$lang_dir" \
     --vocab-size "$vocab_size"
+  log "stage 3: token ${lm_order}-gram LM of the training transcripts"
+  timed lm asr lm --transcripts data/LibriSpeech/train-clean-5 --tokenizer-dir "$lang_dir" \
+    --order "$lm_order" --output "$lm_path"
 fi
 
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
@@ -121,8 +134,14 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   log "stage 5: average the last $avg checkpoints, decode test-clean with: $searchers"
   timed average asr average --exp-dir "$exp_dir" --last "$avg" --output "$weights"
   for searcher in $searchers; do
+    search_args=()
+    case "$searcher" in
+      transducer_beam|ctc_prefix_beam)
+        search_args=(--set "search.beam_size=$beam_size" "search.blank_penalty=$blank_penalty"
+          "search.lm_path=$lm_path" "search.lm_weight=$lm_weight") ;;
+    esac
     timed "decode $searcher" asr decode --exp-dir "$exp_dir" --checkpoint "$weights" \
-      --searcher "$searcher" --parts test-clean
+      --searcher "$searcher" --parts test-clean "${search_args[@]}"
     cat "$exp_dir/$searcher/wer-summary-test-clean-$searcher.txt" >&2
   done
 fi

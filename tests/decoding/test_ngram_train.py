@@ -1,0 +1,182 @@
+"""Modified Kneser-Ney estimation against a direct, recursive implementation of the smoothing
+formulas; normalisation; the ARPA round trip through NgramLM; the ``asr lm`` CLI."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections import Counter
+
+import pytest
+
+from asr.decoding.lm import BOS, EOS, UNK, NgramLM
+from asr.decoding.ngram_train import estimate_kneser_ney, write_arpa
+
+VOCAB = (1, 2, 3, 4, 5)
+
+
+def _corpus(seed: int, num: int = 40) -> list[list[int]]:
+    rng = random.Random(seed)
+    # skewed, so counts of 1..4+ all occur and some tokens (5) are rare
+    return [rng.choices(VOCAB, weights=(8, 5, 3, 2, 0.3), k=rng.randint(1, 6)) for _ in range(num)]
+
+
+class DirectKneserNey:
+    """The interpolated modified Kneser-Ney model written straight from its definition
+    (Chen & Goodman 1998), recomputing every quantity from the raw n-gram counts."""
+
+    def __init__(self, corpus: list[list[int]], order: int, vocab: tuple[int, ...]) -> None:
+        self.order = order
+        self.raw: Counter[tuple[int, ...]] = Counter()
+        for sentence in corpus:
+            words = [BOS, *sentence, EOS]
+            for end in range(1, len(words)):
+                for n in range(1, min(order, end + 1) + 1):
+                    self.raw[tuple(words[end + 1 - n : end + 1])] += 1
+        self.words = sorted(set(vocab) | {t for s in corpus for t in s})
+        self.discounts = {n: self._discount(n) for n in range(1, order + 1)}
+
+    def adjusted(self, gram: tuple[int, ...]) -> int:
+        if len(gram) == self.order or gram[0] == BOS:
+            return self.raw[gram]
+        return sum(1 for other in self.raw if len(other) == len(gram) + 1 and other[1:] == gram)
+
+    def _discount(self, n: int) -> tuple[float, float, float]:
+        counts = Counter(self.adjusted(g) for g in self.raw if len(g) == n)
+        t = [counts[k] for k in (1, 2, 3, 4)]
+        y = t[0] / (t[0] + 2 * t[1]) if t[0] + 2 * t[1] else 0.5  # the documented fallback
+        y = min(max(y, 1e-3), 0.999)
+        result = []
+        for k in (1, 2, 3):
+            value = k - (k + 1) * y * t[k] / t[k - 1] if t[k - 1] else float("nan")
+            result.append(value if 0 < value <= k else y)
+        return tuple(result)
+
+    def prob(self, history: tuple[int, ...], word: int) -> float:
+        if not history:
+            lower = 1.0 / (len(self.words) + 2)
+        else:
+            lower = self.prob(history[1:], word)
+        n = len(history) + 1
+        followers = {g: self.adjusted(g) for g in self.raw if len(g) == n and g[:-1] == history}
+        total = sum(followers.values())
+        if total == 0:  # unseen history: the lower order alone
+            return lower
+        d = self.discounts[n]
+        gamma = sum(d[min(c, 3) - 1] for c in followers.values()) / total
+        count = followers.get(history + (word,), 0)
+        own = (count - d[min(count, 3) - 1]) / total if count else 0.0
+        return own + gamma * lower
+
+
+def _histories(order: int) -> list[tuple[int, ...]]:
+    result = [()]
+    for length in range(1, order):
+        for body in itertools.product(VOCAB, repeat=length):
+            result.append(body)
+            result.append((BOS,) + body[1:])
+    return sorted(set(result))
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_backoff_model_equals_direct_interpolated_kneser_ney(order):
+    corpus = _corpus(seed=order)
+    estimate = estimate_kneser_ney(corpus, order, vocab=VOCAB)
+    direct = DirectKneserNey(corpus, order, VOCAB)
+    for n in range(1, order + 1):
+        assert estimate.discounts[n - 1] == pytest.approx(direct.discounts[n])
+    for history in _histories(order):
+        for word in (*VOCAB, EOS):
+            expected = math.log(direct.prob(history, word))
+            assert estimate.log_prob(history, word) == pytest.approx(expected, abs=1e-9), (
+                history,
+                word,
+            )
+
+
+@pytest.mark.parametrize("order", [1, 3, 4])
+def test_every_history_is_a_distribution(order):
+    estimate = estimate_kneser_ney(_corpus(seed=7), order, vocab=(*VOCAB, 6))
+    for history in _histories(order):
+        total = sum(math.exp(estimate.log_prob(history, w)) for w in (*VOCAB, 6, EOS, UNK))
+        assert total == pytest.approx(1.0, abs=1e-9), history
+    assert estimate.log_prob((), 6) < estimate.log_prob((), 4)  # unseen < seen
+
+
+def test_continuation_counts_favour_words_with_many_left_neighbours():
+    """2 follows only 1 (often); 3 follows four different words once each: Kneser-Ney's
+    unigram prefers 3 although 2 is more frequent."""
+    corpus = [[1, 2]] * 6 + [[1, 3], [2, 3], [4, 3], [5, 3]]
+    estimate = estimate_kneser_ney(corpus, 2)
+    assert estimate.log_prob((5,), 3) > estimate.log_prob((5,), 2)
+    assert estimate.log_prob((4,), 2) < estimate.log_prob((4,), 3)
+
+
+@pytest.mark.parametrize("order", [3, 4])
+def test_arpa_round_trip_through_ngram_lm(tmp_path, order):
+    """Order 4 also checks that NgramLM keeps a 2-token history at the sentence start."""
+    corpus = _corpus(seed=3)
+    estimate = estimate_kneser_ney(corpus, order, vocab=VOCAB)
+    path = tmp_path / "lm" / "token_3gram.arpa"
+    write_arpa(estimate, path)
+    assert not list(path.parent.glob("*.tmp"))
+    lm = NgramLM.from_arpa(path, vocab_size=len(VOCAB) + 1)
+    assert lm.order == order
+    for history in _histories(order):
+        state = lm.init_state() if history[:1] == (BOS,) else ()
+        for token in history[1:] if history[:1] == (BOS,) else history:
+            state = lm.advance(state, token)
+        full = history if history[:1] == (BOS,) else history
+        for word in VOCAB:
+            assert lm.log_prob(state, word) == pytest.approx(
+                estimate.log_prob(full, word), abs=1e-5
+            )
+        assert lm.final_score(state) == pytest.approx(estimate.log_prob(full, EOS), abs=1e-5)
+
+
+def test_bad_input_is_rejected():
+    with pytest.raises(ValueError, match="order must be >= 1"):
+        estimate_kneser_ney([[1]], 0)
+    with pytest.raises(ValueError, match="no sentences"):
+        estimate_kneser_ney([], 2)
+    with pytest.raises(ValueError, match=r"token ids must be >= 0, got \[-4\]"):
+        estimate_kneser_ney([[1, -4]], 2)
+
+
+def test_cli_trains_a_token_lm(tmp_path):
+    from asr.cli.main import main
+    from asr.tokenizers.bpe import train_bpe
+
+    texts = ["THE CAT SAT ON THE MAT", "A DOG SAT ON A LOG", "THE DOG ATE THE CAT FOOD"] * 40
+    lang = tmp_path / "lang"
+    tokenizer = train_bpe(texts, lang, 40)
+    text_file = tmp_path / "train.txt"
+    text_file.write_text("\n".join(texts) + "\n\n")
+    out = tmp_path / "lm.arpa"
+    args = ["lm", "--transcripts", str(text_file), "--tokenizer-dir", str(lang), "--order", "3"]
+    assert main([*args, "--output", str(out)]) == 0
+    lm = NgramLM.from_arpa(out, vocab_size=tokenizer.vocab_size)
+    state = lm.init_state()
+    for token in tokenizer.encode("THE CAT SAT ON THE"):
+        state = lm.advance(state, token)
+    best = int(lm.score(state).argmax())
+    assert tokenizer.decode([best]).strip() in {"MAT", "M", "MA"}
+    assert main([*args, "--output", str(out)]) == 0  # exists: kept
+    missing = ["--transcripts", str(tmp_path / "nope.txt"), "--tokenizer-dir", str(lang)]
+    assert main(["lm", *missing, "--output", str(tmp_path / "x.arpa")]) == 2
+
+
+def test_arpa_orders_of_ten_and_more_round_trip(tmp_path):
+    """ARPA section headers of two-digit orders (``\\11-grams:``) are read as such."""
+    corpus = [[1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 1, 2]] * 3 + [[2, 2, 3]]
+    estimate = estimate_kneser_ney(corpus, 11, vocab=VOCAB)
+    write_arpa(estimate, tmp_path / "lm.arpa")
+    lm = NgramLM.from_arpa(tmp_path / "lm.arpa", vocab_size=6)
+    assert lm.order == 11
+    history = (BOS, 1, 2, 3, 4, 5, 1, 2, 3, 4, 5)
+    state = lm.init_state()
+    for token in history[1:]:
+        state = lm.advance(state, token)
+    assert len(state) == 10
+    assert lm.log_prob(state, 1) == pytest.approx(estimate.log_prob(history, 1), abs=1e-5)
