@@ -8,7 +8,7 @@ ctc_prefix_beam        ``ctc`` head (optional LM: ``lm_path`` / ``lm_weight`` or
 transducer_greedy      ``transducer`` head with loss full|pruned (also streaming)
 transducer_beam        ``transducer`` head with loss full|pruned (optional LM as above)
 tdt_greedy             ``transducer`` head with loss tdt (also streaming)
-tdt_beam               ``transducer`` head with loss tdt
+tdt_beam               ``transducer`` head with loss tdt (optional LM as above)
 aed_beam               ``aed`` head (CTC prefix scores when a ``ctc`` head exists and
                        ``ctc_weight > 0``)
 attention_rescoring    ``aed`` head and a first pass: ``ctc_prefix_beam`` with a ``ctc`` head,
@@ -146,7 +146,9 @@ _BUILDERS: dict[str, Callable[[ASRModel, SearchConfig, LanguageModel | None], Se
         m.heads["transducer"], c, lm if lm is not None else _load_lm(m, c, "transducer")
     ),
     "tdt_greedy": lambda m, c, lm: LabelLoopingGreedy(m.heads["transducer"], c),
-    "tdt_beam": lambda m, c, lm: TdtBeamSearch(m.heads["transducer"], c),
+    "tdt_beam": lambda m, c, lm: TdtBeamSearch(
+        m.heads["transducer"], c, lm if lm is not None else _load_lm(m, c, "transducer")
+    ),
     "aed_beam": lambda m, c, lm: AedBeamSearch(m.heads["aed"], c, _head(m, "ctc")),
     "attention_rescoring": lambda m, c, lm: AttentionRescoring(
         _first_pass(m, c), m.heads["aed"], c
@@ -171,7 +173,7 @@ def build_searcher(
         name: one of :data:`SEARCHER_NAMES`.
         model: the model whose heads are searched.
         cfg: search options.
-        lm: token LM for ``ctc_prefix_beam`` and ``transducer_beam`` (overrides
+        lm: token LM for ``ctc_prefix_beam``, ``transducer_beam`` and ``tdt_beam`` (overrides
             ``cfg.lm_path``).
 
     Raises:

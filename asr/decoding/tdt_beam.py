@@ -16,6 +16,11 @@ duration 0 on one frame the next decision moves by at least one frame, as in gre
 With ``beam_size = 1`` this is exactly :class:`asr.decoding.transducer_greedy.LabelLoopingGreedy`
 on a TDT head (same joint (label, duration) decision).
 
+Shallow fusion with a token LM, as in :mod:`asr.decoding.transducer_beam`: a token adds
+``lm_weight * log P_lm(token | history)``, and a hypothesis that reaches the last frame adds
+``lm_weight * log P_lm(</s> | history)`` before it enters the finished set (so the pruning
+bound stays exact: a live score only decreases).
+
 Utterances are searched one after another; the joiner and predictor run batched over the
 hypotheses of an utterance.
 
@@ -25,6 +30,8 @@ L live hypotheses.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,12 +40,15 @@ from torch import Tensor
 
 from asr.decoding.base import check_encoder_output, log_add, where_state
 from asr.decoding.config import SearchConfig
+from asr.decoding.lm import LanguageModel
 from asr.decoding.transducer_common import TransducerScorer
 from asr.heads.transducer import TransducerHead
 from asr.streaming.state import select_states
 from asr.types import Hypothesis
 
 __all__ = ["TdtBeamSearch"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,7 @@ class _Hyp:
     score: float
     frame: int  # next frame to read
     count: int  # tokens emitted on ``frame`` (duration 0)
+    lm_state: Hashable = None
 
 
 @dataclass(frozen=True)
@@ -65,14 +76,26 @@ class TdtBeamSearch:
 
     Args:
         head: a transducer head with ``loss="tdt"``.
-        cfg: uses ``beam_size``, ``nbest``, ``max_symbols_per_frame`` and ``blank_penalty``.
+        cfg: uses ``beam_size``, ``nbest``, ``max_symbols_per_frame``, ``blank_penalty`` and
+            ``lm_weight``.
+        lm: optional token LM fused with weight ``cfg.lm_weight`` (module docstring).
     """
 
-    def __init__(self, head: TransducerHead, cfg: SearchConfig) -> None:
+    def __init__(
+        self, head: TransducerHead, cfg: SearchConfig, lm: LanguageModel | None = None
+    ) -> None:
         self.scorer = TransducerScorer(head, cfg.blank_penalty)
         if not self.scorer.is_tdt:
             raise ValueError("TdtBeamSearch needs a transducer head with loss='tdt'")
         self.cfg = cfg
+        if lm is None and cfg.lm_weight > 0:
+            logger.warning("search.lm_weight=%g but no LM (search.lm_path) is given", cfg.lm_weight)
+        if lm is not None and lm.vocab_size != head.vocab_size:
+            raise ValueError(
+                f"LM vocabulary {lm.vocab_size} differs from the transducer head's "
+                f"{head.vocab_size}"
+            )
+        self.lm = lm if lm is not None and cfg.lm_weight > 0 else None
 
     @torch.no_grad()
     def __call__(self, enc: Tensor, enc_lens: Tensor) -> list[list[Hypothesis]]:
@@ -85,8 +108,9 @@ class TdtBeamSearch:
         """One utterance: enc_proj (T, J) -> n-best."""
         num_frames = enc_proj.shape[0]
         pred_proj, pred_state = self.scorer.initial(1, enc_proj.device)
-        live = [_Hyp((), (), 0.0, 0, 0)] if num_frames else []
-        finished: dict[tuple[int, ...], _Hyp] = {} if num_frames else {(): _Hyp((), (), 0.0, 0, 0)}
+        start = _Hyp((), (), 0.0, 0, 0, self.lm.init_state() if self.lm is not None else None)
+        live = [start] if num_frames else []
+        finished: dict[tuple[int, ...], _Hyp] = {} if num_frames else {(): self._finish(start)}
         while live:
             frame = min(hyp.frame for hyp in live)
             expand = [i for i, hyp in enumerate(live) if hyp.frame == frame]
@@ -111,6 +135,10 @@ class TdtBeamSearch:
         token_lp, dur_lp = self.scorer.log_probs(enc_frame.expand(len(expand), -1), pred_proj[rows])
         assert dur_lp is not None
         scores = torch.tensor([live[i].score for i in expand], device=pred_proj.device)
+        if self.lm is not None:
+            lm_lp = torch.stack([self.lm.score(live[i].lm_state) for i in expand])
+            lm_lp[:, self.scorer.blank_id] = 0.0  # blank is not a token of the LM
+            token_lp = token_lp + self.cfg.lm_weight * lm_lp.to(token_lp.device)
         total = scores[:, None, None] + token_lp[:, :, None] + dur_lp[:, None, :]  # (E, V, K)
         blank_mask = ~self.scorer.blank_duration_mask(total.device)
         total[:, self.scorer.blank_id, blank_mask] = float("-inf")
@@ -144,6 +172,7 @@ class TdtBeamSearch:
         for move in moves:
             hyp = self._apply(live[move.row], move)
             if hyp.frame >= num_frames:
+                hyp = self._finish(hyp)
                 old = finished.get(hyp.tokens)
                 if old is None or hyp.score > old.score:
                     finished[hyp.tokens] = hyp
@@ -153,7 +182,12 @@ class TdtBeamSearch:
                 index = where[key]
                 old = new_live[index]
                 new_live[index] = _Hyp(
-                    old.tokens, old.frames, log_add(old.score, hyp.score), old.frame, old.count
+                    old.tokens,
+                    old.frames,
+                    log_add(old.score, hyp.score),
+                    old.frame,
+                    old.count,
+                    old.lm_state,
                 )
             elif len(new_live) < self.cfg.beam_size:
                 where[key] = len(new_live)
@@ -167,14 +201,23 @@ class TdtBeamSearch:
         if move.label is None:
             return hyp
         duration, count = move.duration, 0
-        tokens, frames = hyp.tokens, hyp.frames
+        tokens, frames, lm_state = hyp.tokens, hyp.frames, hyp.lm_state
         if move.label != self.scorer.blank_id:
             tokens, frames = tokens + (move.label,), frames + (hyp.frame,)
+            if self.lm is not None:
+                lm_state = self.lm.advance(lm_state, move.label)
             if duration == 0:
                 count = hyp.count + 1
                 if count >= self.cfg.max_symbols_per_frame:
                     duration, count = 1, 0
-        return _Hyp(tokens, frames, move.score, hyp.frame + duration, count)
+        return _Hyp(tokens, frames, move.score, hyp.frame + duration, count, lm_state)
+
+    def _finish(self, hyp: _Hyp) -> _Hyp:
+        """``hyp`` with the LM's end-of-sentence score added (unchanged without an LM)."""
+        if self.lm is None:
+            return hyp
+        final = hyp.score + self.cfg.lm_weight * self.lm.final_score(hyp.lm_state)
+        return _Hyp(hyp.tokens, hyp.frames, final, hyp.frame, hyp.count, hyp.lm_state)
 
     def _update_predictor(
         self, pred_proj: Tensor, pred_state: Any, rows: list[int], labels: list[int]

@@ -162,3 +162,36 @@ def test_transducer_beam_lm_vocabulary_must_match(lm):
     model = make_model(transducer="pruned", vocab=9)
     with pytest.raises(ValueError, match="LM vocabulary 7 differs from the transducer head's 9"):
         build_searcher("transducer_beam", model, SearchConfig(lm_weight=0.5), lm=lm)
+
+
+def test_tdt_beam_lm_weight_zero_leaves_results_unchanged(lm):
+    model = make_model(transducer="tdt")
+    enc, enc_lens = encoder_output([12, 7])
+    cfg = SearchConfig(beam_size=4, nbest=4, lm_weight=0.0)
+    plain = build_searcher("tdt_beam", model, cfg)(enc, enc_lens)
+    assert build_searcher("tdt_beam", model, cfg, lm=lm)(enc, enc_lens) == plain
+
+
+def test_tdt_beam_fuses_token_and_end_of_sentence_scores(lm):
+    """One frame, durations (1, 2): every label ends the utterance in one decision, so the
+    n-best is every label with score ``log P(label) + max_d log P(d) + weight * LM`` (LM of the
+    token after <s>, then </s>), computed here by hand."""
+    from asr.decoding.transducer_common import TransducerScorer
+
+    weight = 0.7
+    model = make_model(transducer="tdt", durations=(1, 2))
+    enc, enc_lens = encoder_output([1], seed=5, scale=3.0)
+    scorer = TransducerScorer(model.heads["transducer"])
+    with torch.no_grad():
+        pred, _ = scorer.initial(1, "cpu")
+        token_lp, dur_lp = scorer.log_probs(scorer.project_encoder(enc)[0], pred)
+    best_duration = float(dur_lp[0].max())
+    start = lm.init_state()
+    expected = {(): float(token_lp[0, 0]) + best_duration + weight * lm.final_score(start)}
+    for token in range(1, 7):
+        lm_score = lm.log_prob(start, token) + lm.final_score(lm.advance(start, token))
+        expected[(token,)] = float(token_lp[0, token]) + best_duration + weight * lm_score
+    cfg = SearchConfig(beam_size=7, nbest=7, lm_weight=weight)
+    hyps = build_searcher("tdt_beam", model, cfg, lm=lm)(enc, enc_lens)[0]
+    assert {h.tokens: h.score for h in hyps} == pytest.approx(expected, abs=1e-5)
+    assert [h.tokens for h in hyps] == sorted(expected, key=expected.get, reverse=True)

@@ -57,14 +57,14 @@ def batches(epoch: int, skip: int, num_batches: int = 7):
             yield b
 
 
-def run(exp_dir, max_steps=0, resume=False, checkpoint_interval=2):
+def run(exp_dir, max_steps=0, resume=False, checkpoint_interval=2, cpu_amp=False):
     torch.manual_seed(0)
     model = ToyModel()
     trainer = Trainer(
         model,
         OptimConfig(lr=1e-2, warmup_steps=3),
         TrainConfig(max_epochs=2, max_steps=max_steps, checkpoint_interval=checkpoint_interval,
-                    log_interval=1, average_period=2, keep_last=0),
+                    log_interval=1, average_period=2, keep_last=0, cpu_amp=cpu_amp),
         exp_dir,
         train_batches=batches,
         valid_batches=lambda: batches(99, 0, 2),
@@ -92,6 +92,36 @@ def test_stop_mid_epoch_and_resume_equals_uninterrupted(tmp_path):
     assert [r.train_loss for r in full.progress.history] == [
         r.train_loss for r in resumed.progress.history
     ]
+
+
+def test_cpu_amp_runs_matmuls_in_bfloat16_and_keeps_float32_weights(tmp_path):
+    """train.cpu_amp: the Linear layers compute in bfloat16 during training steps; parameters,
+    optimizer state and checkpoints stay float32; resume is still exact."""
+    seen: list[torch.dtype] = []
+    original = nn.Linear.forward
+
+    def spy(self, x):
+        out = original(self, x)
+        seen.append(out.dtype)
+        return out
+
+    nn.Linear.forward = spy
+    try:
+        full = run(tmp_path / "full", cpu_amp=True)
+        assert torch.bfloat16 in seen
+        run(tmp_path / "resumed", max_steps=5, cpu_amp=True)
+        resumed = run(tmp_path / "resumed", resume=True, cpu_amp=True)
+        seen.clear()
+        run(tmp_path / "fp32", max_steps=1)
+        assert seen and torch.bfloat16 not in seen
+    finally:
+        nn.Linear.forward = original
+    assert all(p.dtype == torch.float32 for p in full.model.parameters())
+    assert safe_torch_load(tmp_path / "full" / "epoch-2.pt")["model"]["net.0.weight"].dtype == (
+        torch.float32
+    )
+    for (name, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), name
 
 
 def test_outputs_checkpoints_logs_and_plot(tmp_path):

@@ -17,7 +17,7 @@
 #   4  train                        (exp/${recipe})
 #   5  average the last checkpoints (exp/${recipe}/averaged.safetensors) and decode test-clean
 #                                   (exp/${recipe}/<searcher>/wer-summary-test-clean-<searcher>.txt);
-#                                   transducer_beam and ctc_prefix_beam fuse the LM
+#                                   transducer_beam, tdt_beam and ctc_prefix_beam fuse the LM
 #   6  export a model package and transcribe a held-out test-clean file
 #
 # Paths are relative to --work-dir (default: this directory, egs/mini_tts/ASR), as in the recipe YAMLs.
@@ -40,9 +40,9 @@ train_text=segments             # training text: word-run "segments" or whole po
 speed_perturb=true
 vocab_size=128
 lm_order=6                      # token n-gram LM (stage 3) for shallow fusion in beam searches
-lm_weight=0.3                   # LM weight, beam size and blank penalty of the fused beam searches:
+lm_weight=0.5                   # LM weight, beam size and blank penalty of the fused beam searches:
 beam_size=8                     # tuned on dev-clean-2 (recipes/mini_tts/README.md)
-blank_penalty=2
+blank_penalty=3
 work_dir=$HERE                  # where data/, exp/ (and download/) go; relative paths start here
 skip_setup=false                # true: use the existing .venv without running tools/setup.sh
 train_args=""                   # extra `asr train` arguments, e.g. "--set train.max_epochs=2"
@@ -136,7 +136,7 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   for searcher in $searchers; do
     search_args=()
     case "$searcher" in
-      transducer_beam|ctc_prefix_beam)
+      transducer_beam|tdt_beam|ctc_prefix_beam)
         search_args=(--set "search.beam_size=$beam_size" "search.blank_penalty=$blank_penalty"
           "search.lm_path=$lm_path" "search.lm_weight=$lm_weight") ;;
     esac
