@@ -25,7 +25,6 @@ Shape legend: B batch, T frames, D encoder dims, V vocabulary incl. blank.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -36,13 +35,12 @@ from torch import Tensor
 from asr.decoding.base import check_encoder_output, log_add
 from asr.decoding.config import SearchConfig
 from asr.decoding.ctc_greedy import ctc_log_probs
-from asr.decoding.lm import LanguageModel
+from asr.decoding.lm import LanguageModel, fusion_lm
 from asr.heads.ctc import CTCHead
 from asr.types import Hypothesis
 
 __all__ = ["CtcPrefixBeamSearch"]
 
-logger = logging.getLogger(__name__)
 
 NEG_INF = -math.inf
 
@@ -76,13 +74,7 @@ class CtcPrefixBeamSearch:
     def __init__(self, head: CTCHead, cfg: SearchConfig, lm: LanguageModel | None = None) -> None:
         self.head = head
         self.cfg = cfg
-        self.lm = lm
-        if lm is None and cfg.lm_weight > 0:
-            logger.warning("search.lm_weight=%g but no LM (search.lm_path) is given", cfg.lm_weight)
-        if lm is not None and lm.vocab_size != head.vocab_size:
-            raise ValueError(
-                f"LM vocabulary {lm.vocab_size} differs from the CTC head's {head.vocab_size}"
-            )
+        self.lm = fusion_lm(lm, cfg.lm_weight, head.vocab_size, "CTC head")
 
     @torch.no_grad()
     def __call__(self, enc: Tensor, enc_lens: Tensor) -> list[list[Hypothesis]]:

@@ -29,7 +29,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-__all__ = ["LanguageModel", "NgramLM"]
+__all__ = ["LanguageModel", "NgramLM", "fusion_lm"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,25 @@ class LanguageModel(Protocol):
     def final_score(self, state: Hashable) -> float:
         """Natural-log probability of the end of sentence given ``state``."""
         ...
+
+
+def fusion_lm(
+    lm: LanguageModel | None, lm_weight: float, vocab_size: int, head_name: str
+) -> LanguageModel | None:
+    """The LM a searcher should fuse: ``lm`` when given with ``lm_weight > 0``, else None.
+
+    Warns when a weight is set without an LM.
+
+    Raises:
+        ValueError: when the LM's vocabulary differs from the head's (``vocab_size``).
+    """
+    if lm is None:
+        if lm_weight > 0:
+            logger.warning("search.lm_weight=%g but no LM (search.lm_path) is given", lm_weight)
+        return None
+    if lm.vocab_size != vocab_size:
+        raise ValueError(f"LM vocabulary {lm.vocab_size} differs from the {head_name}'s {vocab_size}")
+    return lm if lm_weight > 0 else None
 
 
 class NgramLM:

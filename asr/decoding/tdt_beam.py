@@ -30,7 +30,6 @@ L live hypotheses.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -40,15 +39,13 @@ from torch import Tensor
 
 from asr.decoding.base import check_encoder_output, log_add, where_state
 from asr.decoding.config import SearchConfig
-from asr.decoding.lm import LanguageModel
+from asr.decoding.lm import LanguageModel, fusion_lm
 from asr.decoding.transducer_common import TransducerScorer
 from asr.heads.transducer import TransducerHead
 from asr.streaming.state import select_states
 from asr.types import Hypothesis
 
 __all__ = ["TdtBeamSearch"]
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -88,14 +85,7 @@ class TdtBeamSearch:
         if not self.scorer.is_tdt:
             raise ValueError("TdtBeamSearch needs a transducer head with loss='tdt'")
         self.cfg = cfg
-        if lm is None and cfg.lm_weight > 0:
-            logger.warning("search.lm_weight=%g but no LM (search.lm_path) is given", cfg.lm_weight)
-        if lm is not None and lm.vocab_size != head.vocab_size:
-            raise ValueError(
-                f"LM vocabulary {lm.vocab_size} differs from the transducer head's "
-                f"{head.vocab_size}"
-            )
-        self.lm = lm if lm is not None and cfg.lm_weight > 0 else None
+        self.lm = fusion_lm(lm, cfg.lm_weight, head.vocab_size, "transducer head")
 
     @torch.no_grad()
     def __call__(self, enc: Tensor, enc_lens: Tensor) -> list[list[Hypothesis]]:

@@ -27,7 +27,6 @@ dims, V vocabulary incl. blank, K beam size.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -37,15 +36,13 @@ from torch import Tensor
 
 from asr.decoding.base import check_encoder_output, log_add, where_state
 from asr.decoding.config import SearchConfig
-from asr.decoding.lm import LanguageModel
+from asr.decoding.lm import LanguageModel, fusion_lm
 from asr.decoding.transducer_common import TransducerScorer
 from asr.heads.transducer import TransducerHead
 from asr.streaming.state import select_states
 from asr.types import Hypothesis
 
 __all__ = ["ModifiedBeamSearch", "topk_per_group"]
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -100,14 +97,7 @@ class ModifiedBeamSearch:
     ) -> None:
         self.scorer = TransducerScorer(head, cfg.blank_penalty)
         self.cfg = cfg
-        if lm is None and cfg.lm_weight > 0:
-            logger.warning("search.lm_weight=%g but no LM (search.lm_path) is given", cfg.lm_weight)
-        if lm is not None and lm.vocab_size != head.vocab_size:
-            raise ValueError(
-                f"LM vocabulary {lm.vocab_size} differs from the transducer head's "
-                f"{head.vocab_size}"
-            )
-        self.lm = lm if lm is not None and cfg.lm_weight > 0 else None
+        self.lm = fusion_lm(lm, cfg.lm_weight, head.vocab_size, "transducer head")
 
     @torch.no_grad()
     def __call__(self, enc: Tensor, enc_lens: Tensor) -> list[list[Hypothesis]]:

@@ -106,12 +106,13 @@ def test_lm_weight_changes_the_ranking(lm, tmp_path):
     assert searcher.search(log_probs)[0] == fused[0]
 
 
-def test_transducer_beam_lm_weight_zero_leaves_results_unchanged(lm):
-    model = make_model(transducer="pruned")
+@pytest.mark.parametrize("name, loss", [("transducer_beam", "pruned"), ("tdt_beam", "tdt")])
+def test_transducer_beams_lm_weight_zero_leaves_results_unchanged(lm, name, loss):
+    model = make_model(transducer=loss)
     enc, enc_lens = encoder_output([12, 7])
     cfg = SearchConfig(beam_size=4, nbest=4, lm_weight=0.0)
-    plain = build_searcher("transducer_beam", model, cfg)(enc, enc_lens)
-    assert build_searcher("transducer_beam", model, cfg, lm=lm)(enc, enc_lens) == plain
+    plain = build_searcher(name, model, cfg)(enc, enc_lens)
+    assert build_searcher(name, model, cfg, lm=lm)(enc, enc_lens) == plain
 
 
 @pytest.mark.parametrize("weight", [0.3, 1.5])
@@ -162,14 +163,6 @@ def test_transducer_beam_lm_vocabulary_must_match(lm):
     model = make_model(transducer="pruned", vocab=9)
     with pytest.raises(ValueError, match="LM vocabulary 7 differs from the transducer head's 9"):
         build_searcher("transducer_beam", model, SearchConfig(lm_weight=0.5), lm=lm)
-
-
-def test_tdt_beam_lm_weight_zero_leaves_results_unchanged(lm):
-    model = make_model(transducer="tdt")
-    enc, enc_lens = encoder_output([12, 7])
-    cfg = SearchConfig(beam_size=4, nbest=4, lm_weight=0.0)
-    plain = build_searcher("tdt_beam", model, cfg)(enc, enc_lens)
-    assert build_searcher("tdt_beam", model, cfg, lm=lm)(enc, enc_lens) == plain
 
 
 def test_tdt_beam_fuses_token_and_end_of_sentence_scores(lm):
