@@ -11,7 +11,7 @@ from pathlib import Path
 
 from asr.features.fbank import FbankConfig
 
-__all__ = ["DataConfig", "NoiseConfig", "SpecAugmentConfig"]
+__all__ = ["DataConfig", "FreqWarpConfig", "NoiseConfig", "SpecAugmentConfig"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,31 @@ class SpecAugmentConfig:
 
 
 @dataclass(frozen=True)
+class FreqWarpConfig:
+    """Vocal tract length perturbation of the log-mel features (:mod:`asr.data.augment`).
+
+    Attributes:
+        enabled: warp training utterances (never evaluation ones).
+        max_warp: the warp factor is uniform in ``[1 - max_warp, 1 + max_warp]``.
+        knee_hz: where the linear part of the warp ends (``F_hi`` of Jaitly & Hinton).
+        probability: probability of warping a given utterance.
+    """
+
+    enabled: bool = False
+    max_warp: float = 0.1
+    knee_hz: float = 4800.0
+    probability: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.max_warp < 1.0:
+            raise ValueError(f"freq_warp.max_warp must be in (0, 1), got {self.max_warp}")
+        if not 0.0 <= self.probability <= 1.0:
+            raise ValueError(f"freq_warp.probability must be in [0, 1], got {self.probability}")
+        if self.knee_hz <= 0:
+            raise ValueError(f"freq_warp.knee_hz must be > 0, got {self.knee_hz}")
+
+
+@dataclass(frozen=True)
 class NoiseConfig:
     """Additive noise from a lhotse CutSet (lhotse ``CutMix``), training only.
 
@@ -94,6 +119,7 @@ class DataConfig:
         speed_perturb: on-the-fly speed perturbation (0.9 / 1.0 / 1.1 equally likely) of training
             cuts; needs ``on_the_fly_feats`` because perturbing drops stored features.
         spec_augment: SpecAugment settings.
+        freq_warp: vocal tract length perturbation of the features (before SpecAugment).
         noise: additive noise settings.
         min_cut_duration: training cuts shorter than this (seconds) are dropped.
         max_cut_duration: training cuts longer than this (seconds) are dropped.
@@ -112,6 +138,7 @@ class DataConfig:
     on_the_fly_feats: bool = False
     speed_perturb: bool = False
     spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    freq_warp: FreqWarpConfig = field(default_factory=FreqWarpConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     min_cut_duration: float = 0.5
     max_cut_duration: float = 20.0

@@ -80,6 +80,8 @@ class AsrDataset(torch.utils.data.Dataset):
             mapping a CutSet to (feats (B, T, F), feat_lens (B,)).
         cut_transforms: CutSet -> CutSet callables applied before feature extraction.
         spec_augment: lhotse ``SpecAugment`` applied to each utterance's valid frames, or None.
+        feature_transforms: (T, F) -> (T, F) callables applied to each utterance's valid frames
+            before SpecAugment (e.g. :class:`asr.data.augment.FrequencyWarp`).
         rng: the RNG shared by the random cut transforms (reseeded per DataLoader worker).
     """
 
@@ -90,8 +92,10 @@ class AsrDataset(torch.utils.data.Dataset):
         cut_transforms: Sequence[Callable] = (),
         spec_augment: Callable[[Tensor], Tensor] | None = None,
         rng: random.Random | None = None,
+        feature_transforms: Sequence[Callable[[Tensor], Tensor]] = (),
     ) -> None:
         super().__init__()
+        self.feature_transforms = list(feature_transforms)
         self.encoder = encoder
         self.input_strategy = input_strategy
         self.cut_transforms = list(cut_transforms)
@@ -128,6 +132,13 @@ class AsrDataset(torch.utils.data.Dataset):
                 CutMix(noise, snr=tuple(cfg.noise.snr_db), p=cfg.noise.probability,
                        pad_to_longest=False, preserve_id=True, seed=rng)
             )
+        feature_transforms = []
+        if train and cfg.freq_warp.enabled:
+            from asr.data.augment import FrequencyWarp
+
+            fw = cfg.freq_warp
+            feature_transforms.append(FrequencyWarp.from_fbank(
+                cfg.fbank, max_warp=fw.max_warp, knee=fw.knee_hz, probability=fw.probability))
         sa = cfg.spec_augment
         if train and sa.enabled:
             spec_augment = LhotseSpecAugment(
@@ -139,7 +150,7 @@ class AsrDataset(torch.utils.data.Dataset):
                 max_frames_mask_fraction=sa.max_time_mask_fraction,
                 p=sa.probability,
             )
-        return cls(encoder, input_strategy, transforms, spec_augment, rng)
+        return cls(encoder, input_strategy, transforms, spec_augment, rng, feature_transforms)
 
     def reseed(self, seed: int, python_random: bool = True) -> None:
         """Reseeds the cut-transform RNG and, optionally, Python's (used by SpecAugment)."""
@@ -165,6 +176,11 @@ class AsrDataset(torch.utils.data.Dataset):
         feats, feat_lens = self.input_strategy(cuts)[:2]
         feats = feats.to(torch.float32)
         feat_lens = feat_lens.to(torch.int64)
+        if self.feature_transforms:
+            feats = feats.clone()
+            for i, length in enumerate(feat_lens.tolist()):
+                for transform in self.feature_transforms:
+                    feats[i, :length] = transform(feats[i, :length])
         if self.spec_augment is not None:
             feats = feats.clone()
             for i, length in enumerate(feat_lens.tolist()):

@@ -20,9 +20,12 @@ class TrainConfig:
         average_period: steps between updates of the running parameter average (0: off).
         use_amp: mixed precision on CUDA (losses stay float32); ignored on CPU.
         amp_dtype: ``bfloat16`` (no loss scaling needed) or ``float16`` (with a GradScaler).
-        cpu_amp: bfloat16 autocast when training on CPU (losses stay float32). Worth it on CPUs
-            with bf16 matrix units (Intel AMX / AVX512-BF16: ~1.3x per step for the mini_tts
-            Transformer); elsewhere bf16 matmuls are emulated and slower. Off by default.
+        cpu_amp: bfloat16 autocast when training on CPU (losses stay float32). Worth it only on
+            CPUs with native bf16 (Intel AMX / AVX512-BF16: ~1.3x per step for the mini_tts
+            Transformer); elsewhere bf16 matmuls are emulated and ~10x slower than float32.
+            ``"auto"`` turns it on where oneDNN reports native bf16 and trains in float32
+            elsewhere; ``true`` forces it (with a warning on CPUs without native bf16). Off by
+            default.
         accum_grad: batches accumulated per optimizer step.
         seed: base random seed (each rank adds its rank).
         device: ``auto``, ``cpu`` or ``cuda``.
@@ -42,7 +45,7 @@ class TrainConfig:
     average_period: int = 100
     use_amp: bool = True
     amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"
-    cpu_amp: bool = False
+    cpu_amp: bool | Literal["auto"] = False
     accum_grad: int = 1
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -124,6 +124,31 @@ def test_cpu_amp_runs_matmuls_in_bfloat16_and_keeps_float32_weights(tmp_path):
         assert torch.equal(a, b), name
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_amp_auto_uses_bfloat16_only_where_the_cpu_has_it(tmp_path, monkeypatch, native):
+    """train.cpu_amp=auto: bf16 autocast where oneDNN reports native bf16, float32 elsewhere
+    (emulated bf16 is an order of magnitude slower); the YAML value parses."""
+    import asr.train.trainer as trainer_module
+    from asr.config import from_dict
+
+    assert from_dict(TrainConfig, {"cpu_amp": "auto"}).cpu_amp == "auto"
+    with pytest.raises(Exception, match="cpu_amp"):
+        from_dict(TrainConfig, {"cpu_amp": "yes"})
+    monkeypatch.setattr(trainer_module, "_cpu_has_bf16", lambda: native)
+    seen: list[torch.dtype] = []
+    original = nn.Linear.forward
+
+    def spy(self, x):
+        out = original(self, x)
+        seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(nn.Linear, "forward", spy)
+    trainer = run(tmp_path, max_steps=2, cpu_amp="auto")
+    assert trainer.amp is native
+    assert seen and (torch.bfloat16 in seen) is native
+
+
 def test_outputs_checkpoints_logs_and_plot(tmp_path):
     trainer = run(tmp_path)
     steps = [s for s, _ in list_checkpoints(tmp_path)]

@@ -1,0 +1,153 @@
+"""Feature-domain augmentation beyond SpecAugment: vocal tract length perturbation (VTLP).
+
+VTLP (Jaitly & Hinton, "Vocal Tract Length Perturbation (VTLP) improves speech recognition",
+ICML 2013 workshop) warps the frequency axis of each training utterance by a random factor
+``alpha`` near 1, as a longer or shorter vocal tract would move the formants, without changing
+pitch or tempo (speed perturbation changes all three). The warp is piecewise linear: ``f ->
+alpha * f`` up to a knee, then a straight line that maps the top edge onto itself, so no band
+leaves the spectrum. Here it is applied to stored log-mel features: output bin ``k`` (centre
+frequency ``f_k`` on Kaldi's mel scale) takes the log energy of the input at frequency
+``W_alpha(f_k)``, linearly interpolated between neighbouring bins, so it needs no audio and costs
+one gather per utterance.
+
+Randomness comes from Python's global :mod:`random`, as lhotse's ``SpecAugment`` does, so the
+trainer's checkpointed RNG state makes a resumed run draw the same warps.
+
+Example:
+    >>> warp = FrequencyWarp.from_fbank(FbankConfig(), max_warp=0.1)
+    >>> feats = warp(feats)  # (T, F) -> (T, F), one alpha for the whole utterance
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import torch
+from torch import Tensor
+
+from asr.features.fbank import FbankConfig
+
+__all__ = ["FrequencyWarp", "kaldi_mel_centers", "vtlp_warp"]
+
+
+def _mel(freq: Tensor) -> Tensor:
+    return 1127.0 * torch.log1p(freq / 700.0)
+
+
+def kaldi_mel_centers(cfg: FbankConfig) -> tuple[Tensor, float, float]:
+    """Centre frequencies of Kaldi's triangular mel filters.
+
+    Returns:
+        centres (F,) float64 in Hz, the lowest edge's mel value and the mel spacing of the
+        filters (filter ``k`` peaks at mel ``low + (k + 1) * spacing``).
+    """
+    nyquist = cfg.sample_rate / 2.0
+    high = cfg.high_freq if cfg.high_freq > 0 else nyquist + cfg.high_freq
+    if not 0 <= cfg.low_freq < high <= nyquist:
+        raise ValueError(
+            f"fbank needs 0 <= low_freq < high_freq <= Nyquist, got {cfg.low_freq} and {high}"
+        )
+    mel_low = float(_mel(torch.tensor(cfg.low_freq, dtype=torch.float64)))
+    mel_high = float(_mel(torch.tensor(high, dtype=torch.float64)))
+    spacing = (mel_high - mel_low) / (cfg.num_mel_bins + 1)
+    mels = mel_low + spacing * torch.arange(1, cfg.num_mel_bins + 1, dtype=torch.float64)
+    centres = 700.0 * torch.expm1(mels / 1127.0)
+    return centres, mel_low, spacing
+
+
+def vtlp_warp(freq: Tensor, alpha: float, knee: float, top: float) -> Tensor:
+    """Jaitly & Hinton's piecewise-linear warp: ``alpha * f`` below the knee, then to ``top``.
+
+    Args:
+        freq: frequencies in Hz, any shape, within [0, top].
+        alpha: warp factor (> 0).
+        knee: ``F_hi`` of the paper: the linear part ends at ``knee * min(alpha, 1) / alpha``.
+        top: the frequency mapped onto itself (the upper edge of the band).
+
+    Returns:
+        warped frequencies, same shape; monotone, ``0 -> 0`` and ``top -> top``.
+    """
+    if alpha <= 0:
+        raise ValueError(f"warp factor must be > 0, got {alpha}")
+    if not 0 < knee < top:
+        raise ValueError(f"VTLP needs 0 < knee < top, got knee={knee}, top={top}")
+    edge = knee * min(alpha, 1.0) / alpha
+    upper = top - (top - knee * min(alpha, 1.0)) / (top - edge) * (top - freq)
+    return torch.where(freq <= edge, alpha * freq, upper)
+
+
+class FrequencyWarp:
+    """VTLP of log-mel features, one random factor per utterance.
+
+    Args:
+        centres: (F,) filter centre frequencies in Hz.
+        mel_low: mel value of the lowest filter edge.
+        mel_spacing: mel distance between neighbouring filter centres.
+        top: the upper band edge in Hz (mapped onto itself).
+        max_warp: ``alpha`` is drawn uniformly from ``[1 - max_warp, 1 + max_warp]``.
+        knee: knee frequency in Hz (``F_hi``); 4800 Hz in the paper, for 16 kHz audio.
+        probability: probability of warping a given utterance.
+    """
+
+    def __init__(
+        self,
+        centres: Tensor,
+        mel_low: float,
+        mel_spacing: float,
+        top: float,
+        max_warp: float = 0.1,
+        knee: float = 4800.0,
+        probability: float = 1.0,
+    ) -> None:
+        if not 0 < max_warp < 1:
+            raise ValueError(f"freq_warp.max_warp must be in (0, 1), got {max_warp}")
+        if not 0 < knee * (1 + max_warp) < top:
+            raise ValueError(
+                f"freq_warp.knee ({knee} Hz) times 1 + max_warp must stay below the band's top "
+                f"edge ({top} Hz)"
+            )
+        if not 0.0 <= probability <= 1.0:
+            raise ValueError(f"freq_warp.probability must be in [0, 1], got {probability}")
+        self.centres = centres
+        self.mel_low = mel_low
+        self.mel_spacing = mel_spacing
+        self.top = top
+        self.max_warp = max_warp
+        self.knee = knee
+        self.probability = probability
+
+    @classmethod
+    def from_fbank(cls, cfg: FbankConfig, **kwargs) -> FrequencyWarp:
+        """The warp for features made with ``cfg`` (its mel filters and band edges)."""
+        centres, mel_low, spacing = kaldi_mel_centers(cfg)
+        nyquist = cfg.sample_rate / 2.0
+        top = cfg.high_freq if cfg.high_freq > 0 else nyquist + cfg.high_freq
+        return cls(centres, mel_low, spacing, top, **kwargs)
+
+    def source_positions(self, alpha: float) -> Tensor:
+        """(F,) fractional input-bin index read by each output bin for warp factor ``alpha``."""
+        warped = vtlp_warp(self.centres, alpha, self.knee, self.top)
+        pos = (_mel(warped) - self.mel_low) / self.mel_spacing - 1.0
+        return pos.clamp(0.0, float(len(self.centres) - 1))
+
+    def apply(self, feats: Tensor, alpha: float) -> Tensor:
+        """Warps ``feats`` (T, F) log-mel features by ``alpha`` (1 leaves them unchanged)."""
+        if feats.shape[-1] != len(self.centres):
+            raise ValueError(
+                f"features have {feats.shape[-1]} bins, the warp was built for {len(self.centres)}"
+            )
+        pos = self.source_positions(alpha)
+        lo = pos.floor().long()
+        hi = (lo + 1).clamp(max=len(self.centres) - 1)
+        frac = (pos - lo).to(feats.dtype)
+        return feats[..., lo] * (1.0 - frac) + feats[..., hi] * frac
+
+    def __call__(self, feats: Tensor) -> Tensor:
+        """Warps one utterance (T, F) with a random factor (or returns it unchanged)."""
+        if random.random() >= self.probability:
+            return feats
+        alpha = random.uniform(1.0 - self.max_warp, 1.0 + self.max_warp)
+        if math.isclose(alpha, 1.0):
+            return feats
+        return self.apply(feats, alpha)

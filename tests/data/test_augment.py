@@ -1,0 +1,115 @@
+"""VTLP of log-mel features: the warp function, tone peaks move where the physics says, wiring."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from lhotse import CutSet
+from librispeech_tree import CharEncoder
+
+from asr.config import ConfigError, from_dict
+from asr.data.augment import FrequencyWarp, kaldi_mel_centers, vtlp_warp
+from asr.data.config import DataConfig, FreqWarpConfig, SpecAugmentConfig
+from asr.data.dataset import AsrDataset
+from asr.features.fbank import FbankConfig, compute_fbank
+
+
+def test_vtlp_warp_is_the_papers_piecewise_linear_map() -> None:
+    top, knee = 7600.0, 4800.0
+    freq = torch.linspace(0.0, top, 1001, dtype=torch.float64)
+    for alpha in (0.8, 0.9, 1.0, 1.1, 1.2):
+        warped = vtlp_warp(freq, alpha, knee, top)
+        edge = knee * min(alpha, 1.0) / alpha
+        below = freq <= edge
+        assert torch.allclose(warped[below], alpha * freq[below])
+        assert float(warped[0]) == 0.0 and math.isclose(float(warped[-1]), top)
+        assert torch.all(torch.diff(warped) > 0)  # monotone: no band is folded or lost
+        # continuous at the knee
+        at_edge = vtlp_warp(torch.tensor([edge - 1e-6, edge + 1e-6], dtype=torch.float64),
+                            alpha, knee, top)
+        assert abs(float(at_edge[1] - at_edge[0])) < 1e-4
+    with pytest.raises(ValueError, match="> 0"):
+        vtlp_warp(freq, 0.0, knee, top)
+
+
+def test_mel_centres_match_kaldi_filter_peaks() -> None:
+    """Filter k of Kaldi's bank peaks at centre k: a tone there maximises bin k."""
+    cfg = FbankConfig()
+    centres, _, _ = kaldi_mel_centers(cfg)
+    assert centres.shape == (80,) and torch.all(torch.diff(centres) > 0)
+    assert 20.0 < float(centres[0]) and float(centres[-1]) < 7600.0
+    t = np.arange(16000) / 16000.0
+    for k in (10, 30, 50, 70):
+        feats = compute_fbank(0.5 * np.sin(2 * np.pi * float(centres[k]) * t), 16000, cfg)
+        assert int(feats.mean(0).argmax()) == k
+
+
+def test_identity_warp_and_shape_checks() -> None:
+    warp = FrequencyWarp.from_fbank(FbankConfig(), max_warp=0.1)
+    x = torch.randn(9, 80)
+    assert torch.equal(warp.apply(x, 1.0), x)
+    with pytest.raises(ValueError, match="80"):
+        warp.apply(torch.randn(9, 40), 1.1)
+    with pytest.raises(ValueError, match="max_warp"):
+        FrequencyWarp.from_fbank(FbankConfig(), max_warp=1.5)
+    with pytest.raises(ValueError, match="knee"):
+        FrequencyWarp.from_fbank(FbankConfig(), max_warp=0.5, knee=6000.0)
+
+
+@pytest.mark.parametrize("alpha", [0.85, 0.92, 1.08, 1.15])
+def test_warped_tone_peaks_where_a_shifted_tone_would(alpha: float) -> None:
+    """Output bin k reads the input at alpha * f_k, so a tone at f0 shows up at f0 / alpha (below
+    the knee): its warped features peak in the bin of a real f0 / alpha tone."""
+    cfg = FbankConfig()
+    warp = FrequencyWarp.from_fbank(cfg, max_warp=0.2)
+    t = np.arange(16000) / 16000.0
+    for f0 in (400.0, 1000.0, 2500.0):
+        tone = compute_fbank(0.5 * np.sin(2 * np.pi * f0 * t), 16000, cfg)
+        moved = compute_fbank(0.5 * np.sin(2 * np.pi * (f0 / alpha) * t), 16000, cfg)
+        warped = warp.apply(tone, alpha)
+        assert int(warped.mean(0).argmax()) == int(moved.mean(0).argmax()), (f0, alpha)
+        assert int(warped.mean(0).argmax()) != int(tone.mean(0).argmax())
+
+
+def test_random_warp_follows_python_random_and_probability() -> None:
+    warp = FrequencyWarp.from_fbank(FbankConfig(), max_warp=0.1)
+    x = torch.randn(5, 80)
+    random.seed(3)
+    a = warp(x)
+    random.seed(3)
+    assert torch.equal(warp(x), a) and not torch.equal(a, x)
+    never = FrequencyWarp.from_fbank(FbankConfig(), max_warp=0.1, probability=0.0)
+    assert torch.equal(never(x), x)
+
+
+def test_config_validation() -> None:
+    assert from_dict(DataConfig, {"freq_warp": {"enabled": True, "max_warp": 0.15}}).freq_warp == (
+        FreqWarpConfig(enabled=True, max_warp=0.15)
+    )
+    for bad in ({"max_warp": 0.0}, {"max_warp": 1.0}, {"probability": 1.5}, {"knee_hz": 0.0}):
+        with pytest.raises((ValueError, ConfigError)):
+            from_dict(DataConfig, {"freq_warp": bad})
+
+
+def test_dataset_warps_training_batches_only(prepared: dict) -> None:
+    cuts = CutSet.from_file(prepared["fbank"]["train-clean-5"])
+    cfg = DataConfig(manifest_dir=prepared["root"] / "fbank", max_duration=30.0, num_buckets=1,
+                     num_workers=0, spec_augment=SpecAugmentConfig(enabled=False),
+                     freq_warp=FreqWarpConfig(enabled=True, max_warp=0.2))
+    reference = AsrDataset.from_config(cfg, CharEncoder(), train=False)[cuts]
+    random.seed(0)
+    train = AsrDataset.from_config(cfg, CharEncoder(), train=True)[cuts]
+    assert train.cut_ids == reference.cut_ids
+    for i, n in enumerate(train.feat_lens.tolist()):
+        assert not torch.equal(train.feats[i, :n], reference.feats[i, :n])
+        assert torch.all(train.feats[i, n:] == 0)
+        # a warp moves energy between bins; it does not rescale the utterance's level
+        assert abs(float(train.feats[i, :n].mean() - reference.feats[i, :n].mean())) < 1.0
+    off = replace(cfg, freq_warp=FreqWarpConfig(enabled=False))
+    assert torch.equal(AsrDataset.from_config(off, CharEncoder(), train=True)[cuts].feats,
+                       reference.feats)
