@@ -35,6 +35,12 @@ def _mel(freq: Tensor) -> Tensor:
     return 1127.0 * torch.log1p(freq / 700.0)
 
 
+def _band_top(cfg: FbankConfig) -> float:
+    """The highest mel filter edge in Hz (Kaldi: a value <= 0 is an offset from Nyquist)."""
+    nyquist = cfg.sample_rate / 2.0
+    return cfg.high_freq if cfg.high_freq > 0 else nyquist + cfg.high_freq
+
+
 def kaldi_mel_centers(cfg: FbankConfig) -> tuple[Tensor, float, float]:
     """Centre frequencies of Kaldi's triangular mel filters.
 
@@ -42,9 +48,8 @@ def kaldi_mel_centers(cfg: FbankConfig) -> tuple[Tensor, float, float]:
         centres (F,) float64 in Hz, the lowest edge's mel value and the mel spacing of the
         filters (filter ``k`` peaks at mel ``low + (k + 1) * spacing``).
     """
-    nyquist = cfg.sample_rate / 2.0
-    high = cfg.high_freq if cfg.high_freq > 0 else nyquist + cfg.high_freq
-    if not 0 <= cfg.low_freq < high <= nyquist:
+    high = _band_top(cfg)
+    if not 0 <= cfg.low_freq < high <= cfg.sample_rate / 2.0:
         raise ValueError(
             f"fbank needs 0 <= low_freq < high_freq <= Nyquist, got {cfg.low_freq} and {high}"
         )
@@ -121,9 +126,7 @@ class FrequencyWarp:
     def from_fbank(cls, cfg: FbankConfig, **kwargs) -> FrequencyWarp:
         """The warp for features made with ``cfg`` (its mel filters and band edges)."""
         centres, mel_low, spacing = kaldi_mel_centers(cfg)
-        nyquist = cfg.sample_rate / 2.0
-        top = cfg.high_freq if cfg.high_freq > 0 else nyquist + cfg.high_freq
-        return cls(centres, mel_low, spacing, top, **kwargs)
+        return cls(centres, mel_low, spacing, _band_top(cfg), **kwargs)
 
     def source_positions(self, alpha: float) -> Tensor:
         """(F,) fractional input-bin index read by each output bin for warp factor ``alpha``."""

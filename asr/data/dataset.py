@@ -3,7 +3,8 @@
 The sampler yields CutSets; :class:`AsrDataset` turns one into a padded batch. Training batches
 go through cut transforms (speed perturbation, Ko et al. Interspeech 2015, via lhotse
 ``PerturbSpeed``; additive noise via lhotse ``CutMix``) before feature extraction and SpecAugment
-(Park et al., Interspeech 2019, lhotse ``SpecAugment``) after it; evaluation batches get none.
+(Park et al., Interspeech 2019, lhotse ``SpecAugment``) after it, optionally preceded by vocal tract
+length perturbation of the features (:mod:`asr.data.augment`); evaluation batches get none.
 
 Features are either read from storage (lhotse ``PrecomputedFeatures``) or computed from audio by
 lhotse ``OnTheFlyFeatures`` with the extractor of :func:`asr.features.fbank.make_lhotse_fbank`,

@@ -94,47 +94,9 @@ def test_stop_mid_epoch_and_resume_equals_uninterrupted(tmp_path):
     ]
 
 
-def test_cpu_amp_runs_matmuls_in_bfloat16_and_keeps_float32_weights(tmp_path):
-    """train.cpu_amp: the Linear layers compute in bfloat16 during training steps; parameters,
-    optimizer state and checkpoints stay float32; resume is still exact."""
-    seen: list[torch.dtype] = []
-    original = nn.Linear.forward
-
-    def spy(self, x):
-        out = original(self, x)
-        seen.append(out.dtype)
-        return out
-
-    nn.Linear.forward = spy
-    try:
-        full = run(tmp_path / "full", cpu_amp=True)
-        assert torch.bfloat16 in seen
-        run(tmp_path / "resumed", max_steps=5, cpu_amp=True)
-        resumed = run(tmp_path / "resumed", resume=True, cpu_amp=True)
-        seen.clear()
-        run(tmp_path / "fp32", max_steps=1)
-        assert seen and torch.bfloat16 not in seen
-    finally:
-        nn.Linear.forward = original
-    assert all(p.dtype == torch.float32 for p in full.model.parameters())
-    assert safe_torch_load(tmp_path / "full" / "epoch-2.pt")["model"]["net.0.weight"].dtype == (
-        torch.float32
-    )
-    for (name, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
-        assert torch.equal(a, b), name
-
-
-@pytest.mark.parametrize("native", [True, False])
-def test_cpu_amp_auto_uses_bfloat16_only_where_the_cpu_has_it(tmp_path, monkeypatch, native):
-    """train.cpu_amp=auto: bf16 autocast where oneDNN reports native bf16, float32 elsewhere
-    (emulated bf16 is an order of magnitude slower); the YAML value parses."""
-    import asr.train.trainer as trainer_module
-    from asr.config import from_dict
-
-    assert from_dict(TrainConfig, {"cpu_amp": "auto"}).cpu_amp == "auto"
-    with pytest.raises(Exception, match="cpu_amp"):
-        from_dict(TrainConfig, {"cpu_amp": "yes"})
-    monkeypatch.setattr(trainer_module, "_cpu_has_bf16", lambda: native)
+@pytest.fixture
+def linear_dtypes(monkeypatch) -> list[torch.dtype]:
+    """The output dtypes of every nn.Linear call made while the test runs."""
     seen: list[torch.dtype] = []
     original = nn.Linear.forward
 
@@ -144,9 +106,42 @@ def test_cpu_amp_auto_uses_bfloat16_only_where_the_cpu_has_it(tmp_path, monkeypa
         return out
 
     monkeypatch.setattr(nn.Linear, "forward", spy)
+    return seen
+
+
+def test_cpu_amp_runs_matmuls_in_bfloat16_and_keeps_float32_weights(tmp_path, linear_dtypes):
+    """train.cpu_amp: the Linear layers compute in bfloat16 during training steps; parameters,
+    optimizer state and checkpoints stay float32; resume is still exact."""
+    full = run(tmp_path / "full", cpu_amp=True)
+    assert torch.bfloat16 in linear_dtypes
+    run(tmp_path / "resumed", max_steps=5, cpu_amp=True)
+    resumed = run(tmp_path / "resumed", resume=True, cpu_amp=True)
+    linear_dtypes.clear()
+    run(tmp_path / "fp32", max_steps=1)
+    assert linear_dtypes and torch.bfloat16 not in linear_dtypes
+    assert all(p.dtype == torch.float32 for p in full.model.parameters())
+    assert safe_torch_load(tmp_path / "full" / "epoch-2.pt")["model"]["net.0.weight"].dtype == (
+        torch.float32
+    )
+    for (name, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_amp_auto_uses_bfloat16_only_where_the_cpu_has_it(tmp_path, monkeypatch, native,
+                                                              linear_dtypes):
+    """train.cpu_amp=auto: bf16 autocast where oneDNN reports native bf16, float32 elsewhere
+    (emulated bf16 is an order of magnitude slower); the YAML value parses."""
+    import asr.train.trainer as trainer_module
+    from asr.config import from_dict
+
+    assert from_dict(TrainConfig, {"cpu_amp": "auto"}).cpu_amp == "auto"
+    with pytest.raises(Exception, match="cpu_amp"):
+        from_dict(TrainConfig, {"cpu_amp": "yes"})
+    monkeypatch.setattr(trainer_module, "_cpu_has_bf16", lambda: native)
     trainer = run(tmp_path, max_steps=2, cpu_amp="auto")
     assert trainer.amp is native
-    assert seen and (torch.bfloat16 in seen) is native
+    assert linear_dtypes and (torch.bfloat16 in linear_dtypes) is native
 
 
 def test_outputs_checkpoints_logs_and_plot(tmp_path):
