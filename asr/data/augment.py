@@ -14,7 +14,7 @@ Randomness comes from Python's global :mod:`random`, as lhotse's ``SpecAugment``
 trainer's checkpointed RNG state makes a resumed run draw the same warps.
 
 Example:
-    >>> warp = FrequencyWarp.from_fbank(FbankConfig(), max_warp=0.1)
+    >>> warp = FrequencyWarp.from_fbank(FbankConfig(), FreqWarpConfig(enabled=True, max_warp=0.1))
     >>> feats = warp(feats)  # (T, F) -> (T, F), one alpha for the whole utterance
 """
 
@@ -26,6 +26,7 @@ import random
 import torch
 from torch import Tensor
 
+from asr.data.config import FreqWarpConfig
 from asr.features.fbank import FbankConfig
 
 __all__ = ["FrequencyWarp", "kaldi_mel_centers", "vtlp_warp"]
@@ -90,47 +91,33 @@ class FrequencyWarp:
         mel_low: mel value of the lowest filter edge.
         mel_spacing: mel distance between neighbouring filter centres.
         top: the upper band edge in Hz (mapped onto itself).
-        max_warp: ``alpha`` is drawn uniformly from ``[1 - max_warp, 1 + max_warp]``.
-        knee: knee frequency in Hz (``F_hi``); 4800 Hz in the paper, for 16 kHz audio.
-        probability: probability of warping a given utterance.
+        cfg: warp range, knee (``F_hi``; 4800 Hz in the paper, for 16 kHz audio) and probability,
+            validated by :class:`~asr.data.config.FreqWarpConfig`.
     """
 
     def __init__(
-        self,
-        centres: Tensor,
-        mel_low: float,
-        mel_spacing: float,
-        top: float,
-        max_warp: float = 0.1,
-        knee: float = 4800.0,
-        probability: float = 1.0,
+        self, centres: Tensor, mel_low: float, mel_spacing: float, top: float, cfg: FreqWarpConfig
     ) -> None:
-        if not 0 < max_warp < 1:
-            raise ValueError(f"freq_warp.max_warp must be in (0, 1), got {max_warp}")
-        if not 0 < knee * (1 + max_warp) < top:
+        if not cfg.knee_hz * (1 + cfg.max_warp) < top:
             raise ValueError(
-                f"freq_warp.knee ({knee} Hz) times 1 + max_warp must stay below the band's top "
-                f"edge ({top} Hz)"
+                f"freq_warp.knee_hz ({cfg.knee_hz} Hz) times 1 + max_warp must stay below the "
+                f"band's top edge ({top} Hz)"
             )
-        if not 0.0 <= probability <= 1.0:
-            raise ValueError(f"freq_warp.probability must be in [0, 1], got {probability}")
         self.centres = centres
         self.mel_low = mel_low
         self.mel_spacing = mel_spacing
         self.top = top
-        self.max_warp = max_warp
-        self.knee = knee
-        self.probability = probability
+        self.cfg = cfg
 
     @classmethod
-    def from_fbank(cls, cfg: FbankConfig, **kwargs) -> FrequencyWarp:
-        """The warp for features made with ``cfg`` (its mel filters and band edges)."""
-        centres, mel_low, spacing = kaldi_mel_centers(cfg)
-        return cls(centres, mel_low, spacing, _band_top(cfg), **kwargs)
+    def from_fbank(cls, fbank: FbankConfig, cfg: FreqWarpConfig) -> FrequencyWarp:
+        """The warp ``cfg`` for features made with ``fbank`` (its mel filters and band edges)."""
+        centres, mel_low, spacing = kaldi_mel_centers(fbank)
+        return cls(centres, mel_low, spacing, _band_top(fbank), cfg)
 
     def source_positions(self, alpha: float) -> Tensor:
         """(F,) fractional input-bin index read by each output bin for warp factor ``alpha``."""
-        warped = vtlp_warp(self.centres, alpha, self.knee, self.top)
+        warped = vtlp_warp(self.centres, alpha, self.cfg.knee_hz, self.top)
         pos = (_mel(warped) - self.mel_low) / self.mel_spacing - 1.0
         return pos.clamp(0.0, float(len(self.centres) - 1))
 
@@ -148,9 +135,9 @@ class FrequencyWarp:
 
     def __call__(self, feats: Tensor) -> Tensor:
         """Warps one utterance (T, F) with a random factor (or returns it unchanged)."""
-        if random.random() >= self.probability:
+        if random.random() >= self.cfg.probability:
             return feats
-        alpha = random.uniform(1.0 - self.max_warp, 1.0 + self.max_warp)
+        alpha = random.uniform(1.0 - self.cfg.max_warp, 1.0 + self.cfg.max_warp)
         if math.isclose(alpha, 1.0):
             return feats
         return self.apply(feats, alpha)

@@ -137,9 +137,7 @@ class AsrDataset(torch.utils.data.Dataset):
         if train and cfg.freq_warp.enabled:
             from asr.data.augment import FrequencyWarp
 
-            fw = cfg.freq_warp
-            feature_transforms.append(FrequencyWarp.from_fbank(
-                cfg.fbank, max_warp=fw.max_warp, knee=fw.knee_hz, probability=fw.probability))
+            feature_transforms.append(FrequencyWarp.from_fbank(cfg.fbank, cfg.freq_warp))
         sa = cfg.spec_augment
         if train and sa.enabled:
             spec_augment = LhotseSpecAugment(
@@ -177,15 +175,13 @@ class AsrDataset(torch.utils.data.Dataset):
         feats, feat_lens = self.input_strategy(cuts)[:2]
         feats = feats.to(torch.float32)
         feat_lens = feat_lens.to(torch.int64)
-        if self.feature_transforms:
+        if self.feature_transforms or self.spec_augment is not None:
             feats = feats.clone()
             for i, length in enumerate(feat_lens.tolist()):
                 for transform in self.feature_transforms:
                     feats[i, :length] = transform(feats[i, :length])
-        if self.spec_augment is not None:
-            feats = feats.clone()
-            for i, length in enumerate(feat_lens.tolist()):
-                feats[i : i + 1, :length] = self.spec_augment(feats[i : i + 1, :length])
+                if self.spec_augment is not None:
+                    feats[i : i + 1, :length] = self.spec_augment(feats[i : i + 1, :length])
         frame_ids = torch.arange(feats.shape[1]).unsqueeze(0)
         feats = feats.masked_fill((frame_ids >= feat_lens.unsqueeze(1)).unsqueeze(2), 0.0)
         texts = [cut_text(cut) for cut in cuts]

@@ -111,8 +111,9 @@ class Trainer:
         self.model = model
         on_cuda = self.device.type == "cuda"
         cpu_amp = train_cfg.cpu_amp
+        native_bf16 = not on_cuda and cpu_amp is not False and _cpu_has_bf16()
         if not on_cuda and cpu_amp == "auto":
-            cpu_amp = _cpu_has_bf16()
+            cpu_amp = native_bf16
             logger.info(
                 "train.cpu_amp=auto: %s", "native bfloat16 here, training with bf16 autocast"
                 if cpu_amp else "no native bfloat16 on this CPU, training in float32"
@@ -120,7 +121,7 @@ class Trainer:
         self.amp = (train_cfg.use_amp and on_cuda) or (cpu_amp is True and not on_cuda)
         cuda_fp16 = on_cuda and train_cfg.amp_dtype == "float16"
         self.amp_dtype = torch.float16 if cuda_fp16 else torch.bfloat16  # CPU: bfloat16 only
-        if self.amp and not on_cuda and not _cpu_has_bf16():
+        if self.amp and not on_cuda and not native_bf16:
             logger.warning(
                 "train.cpu_amp: this CPU has no native bfloat16 support; autocast will be much "
                 "slower than float32 (set train.cpu_amp=auto or false)"

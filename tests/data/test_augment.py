@@ -50,15 +50,15 @@ def test_mel_centres_match_kaldi_filter_peaks() -> None:
 
 
 def test_identity_warp_and_shape_checks() -> None:
-    warp = FrequencyWarp.from_fbank(FbankConfig(), max_warp=0.1)
+    warp = FrequencyWarp.from_fbank(FbankConfig(), FreqWarpConfig(max_warp=0.1))
     x = torch.randn(9, 80)
     assert torch.equal(warp.apply(x, 1.0), x)
     with pytest.raises(ValueError, match="80"):
         warp.apply(torch.randn(9, 40), 1.1)
     with pytest.raises(ValueError, match="max_warp"):
-        FrequencyWarp.from_fbank(FbankConfig(), max_warp=1.5)
+        FrequencyWarp.from_fbank(FbankConfig(), FreqWarpConfig(max_warp=1.5))
     with pytest.raises(ValueError, match="knee"):
-        FrequencyWarp.from_fbank(FbankConfig(), max_warp=0.5, knee=6000.0)
+        FrequencyWarp.from_fbank(FbankConfig(), FreqWarpConfig(max_warp=0.5, knee_hz=6000.0))
 
 
 @pytest.mark.parametrize("alpha", [0.85, 0.92, 1.08, 1.15])
@@ -66,7 +66,7 @@ def test_warped_tone_peaks_where_a_shifted_tone_would(alpha: float) -> None:
     """Output bin k reads the input at alpha * f_k, so a tone at f0 shows up at f0 / alpha (below
     the knee): its warped features peak in the bin of a real f0 / alpha tone."""
     cfg = FbankConfig()
-    warp = FrequencyWarp.from_fbank(cfg, max_warp=0.2)
+    warp = FrequencyWarp.from_fbank(cfg, FreqWarpConfig(max_warp=0.2))
     t = np.arange(16000) / 16000.0
     for f0 in (400.0, 1000.0, 2500.0):
         tone = compute_fbank(0.5 * np.sin(2 * np.pi * f0 * t), 16000, cfg)
@@ -77,13 +77,13 @@ def test_warped_tone_peaks_where_a_shifted_tone_would(alpha: float) -> None:
 
 
 def test_random_warp_follows_python_random_and_probability() -> None:
-    warp = FrequencyWarp.from_fbank(FbankConfig(), max_warp=0.1)
+    warp = FrequencyWarp.from_fbank(FbankConfig(), FreqWarpConfig(max_warp=0.1))
     x = torch.randn(5, 80)
     random.seed(3)
     a = warp(x)
     random.seed(3)
     assert torch.equal(warp(x), a) and not torch.equal(a, x)
-    never = FrequencyWarp.from_fbank(FbankConfig(), max_warp=0.1, probability=0.0)
+    never = FrequencyWarp.from_fbank(FbankConfig(), FreqWarpConfig(max_warp=0.1, probability=0.0))
     assert torch.equal(never(x), x)
 
 
