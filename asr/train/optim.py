@@ -44,8 +44,12 @@ class OptimConfig:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
 
 
-def lr_factor(cfg: OptimConfig, step: int) -> float:
-    """Multiplier of ``cfg.lr`` at optimizer step ``step`` (0-based count of steps taken)."""
+def lr_factor(cfg: OptimConfig, step: int, total_steps: int | None = None) -> float:
+    """Multiplier of ``cfg.lr`` at optimizer step ``step`` (0-based count of steps taken).
+
+    ``total_steps`` replaces ``cfg.total_steps`` as the cosine horizon (a time-budgeted run's plan).
+    """
+    total = cfg.total_steps if total_steps is None else total_steps
     step = max(step, 0) + 1
     warm = max(cfg.warmup_steps, 1)
     if step <= cfg.warmup_steps:
@@ -54,7 +58,7 @@ def lr_factor(cfg: OptimConfig, step: int) -> float:
         return 1.0
     if cfg.schedule == "noam":
         return math.sqrt(warm / step)
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.total_steps - cfg.warmup_steps))
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
     floor = cfg.min_lr / cfg.lr
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -75,16 +79,26 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
 
 
 class Scheduler:
-    """Sets every param group's lr to ``cfg.lr * lr_factor(cfg, step)``; state is just the step."""
+    """Sets every param group's lr to ``cfg.lr * lr_factor(cfg, step, total_steps)``.
+
+    Its state is the step and the cosine horizon ``total_steps`` (``cfg.total_steps`` unless a
+    time-budgeted run re-planned it with :meth:`set_total_steps`).
+    """
 
     def __init__(self, optimizer: torch.optim.Optimizer, cfg: OptimConfig) -> None:
         self.optimizer = optimizer
         self.cfg = cfg
         self.step_count = 0
+        self.total_steps = cfg.total_steps
+        self._apply()
+
+    def set_total_steps(self, total_steps: int) -> None:
+        """Moves the end of the cosine decay to ``total_steps`` from the current step on."""
+        self.total_steps = int(total_steps)
         self._apply()
 
     def _apply(self) -> None:
-        lr = self.cfg.lr * lr_factor(self.cfg, self.step_count)
+        lr = self.cfg.lr * lr_factor(self.cfg, self.step_count, self.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
@@ -96,8 +110,9 @@ class Scheduler:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def state_dict(self) -> dict[str, int]:
-        return {"step_count": self.step_count}
+        return {"step_count": self.step_count, "total_steps": self.total_steps}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.step_count = int(state["step_count"])
+        self.total_steps = int(state.get("total_steps", self.cfg.total_steps))
         self._apply()

@@ -31,6 +31,17 @@ class TrainConfig:
         device: ``auto``, ``cpu`` or ``cuda``.
         dev_wer: decode the dev set with a greedy searcher after each epoch (WER in the plot).
         dev_wer_max_utterances: decode at most this many dev utterances for it (0: all).
+        time_budget_s: wall-clock seconds of training, summed over resumed runs (0: no budget).
+            A budgeted run measures its step and end-of-epoch costs, plans the total step count
+            that fits (:mod:`asr.train.budget`) after ``time_budget_calibration_steps`` steps and
+            again after every epoch, and ends the cosine schedule at the plan (it replaces
+            ``optim.total_steps``); ``max_steps`` (when > 0) and ``max_epochs`` cap the plan, and
+            training stops when the budget is spent whatever the plan said. The step count then
+            depends on the machine: resumption restores the plan and continues it, but is exact
+            only where the re-measured plan comes out the same.
+        time_budget_calibration_steps: steps timed before the first plan.
+        time_budget_quantum: plans are rounded down to a multiple of this many steps, so repeated
+            runs on one machine usually train the same number of steps.
 
     DataLoader workers are ``data.num_workers``; 0 makes resumption bit-exact (all randomness is
     then in the main process' RNG state, which checkpoints capture).
@@ -51,12 +62,22 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dev_wer: bool = True
     dev_wer_max_utterances: int = 0
+    time_budget_s: float = 0.0
+    time_budget_calibration_steps: int = 50
+    time_budget_quantum: int = 100
 
     def __post_init__(self) -> None:
         if self.max_epochs <= 0:
             raise ValueError(f"max_epochs must be > 0, got {self.max_epochs}")
         if self.accum_grad <= 0:
             raise ValueError(f"accum_grad must be > 0, got {self.accum_grad}")
+        if self.time_budget_s < 0:
+            raise ValueError(f"time_budget_s must be >= 0, got {self.time_budget_s}")
+        if self.time_budget_calibration_steps <= 0 or self.time_budget_quantum <= 0:
+            raise ValueError(
+                "time_budget_calibration_steps and time_budget_quantum must be > 0, got "
+                f"{self.time_budget_calibration_steps} and {self.time_budget_quantum}"
+            )
 
 
 @dataclass
@@ -67,6 +88,8 @@ class EpochRecord:
     train_loss: float
     valid_loss: float | None = None
     valid_wer: float | None = None
+    step: int | None = None  # optimizer steps at the end of the epoch
+
 
 
 @dataclass
@@ -79,6 +102,9 @@ class Progress:
         batches_in_epoch: batches of the current epoch already consumed (the sampler position).
         history: finished epochs.
         loss_sum / utts_sum: running training loss of the current epoch.
+        planned_steps: where a run stops to fit ``train.time_budget_s`` (0: no plan yet, or all
+            of ``max_epochs`` fit; the scheduler keeps the cosine horizon).
+        train_seconds: wall-clock seconds spent training, summed over resumed runs.
     """
 
     epoch: int = 1
@@ -86,6 +112,8 @@ class Progress:
     batches_in_epoch: int = 0
     loss_sum: float = 0.0
     utts_sum: float = 0.0
+    planned_steps: int = 0
+    train_seconds: float = 0.0
     history: list[EpochRecord] = field(default_factory=list)
 
     def state_dict(self) -> dict[str, Any]:
@@ -102,5 +130,7 @@ class Progress:
             batches_in_epoch=int(state["batches_in_epoch"]),
             loss_sum=float(state.get("loss_sum", 0.0)),
             utts_sum=float(state.get("utts_sum", 0.0)),
+            planned_steps=int(state.get("planned_steps", 0)),
+            train_seconds=float(state.get("train_seconds", 0.0)),
             history=history,
         )

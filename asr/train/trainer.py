@@ -20,6 +20,7 @@ import contextlib
 import logging
 import math
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from asr.train.averaging import RunningAverage
+from asr.train.budget import PlanInput, plan_total_steps
 from asr.train.checkpoint import (
     atomic_torch_save,
     capture_rng_state,
@@ -75,6 +77,7 @@ class Trainer:
         evaluate: ``(model) -> WER in percent`` run on rank 0 after each epoch (or None).
         dist: this process' place in the job.
         extra_state: plain data stored in every checkpoint (e.g. the resolved config).
+        clock: monotonic seconds, for ``train.time_budget_s`` (replaceable in tests).
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class Trainer:
         evaluate: Callable[[nn.Module], float | None] | None = None,
         dist: DistInfo | None = None,
         extra_state: Mapping[str, Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cfg = train_cfg
         self.dist = dist or DistInfo()
@@ -130,6 +134,12 @@ class Trainer:
         self.progress = Progress()
         self._accum_utts = 0.0  # utterances in the gradients accumulated since the last step
         self._writer = None
+        self._clock = clock
+        self._run_start = 0.0  # clock() when fit() started
+        self._seconds_before = 0.0  # training seconds of earlier (resumed) runs
+        self._run_start_step = 0
+        self._epoch_end_seconds: list[float] = []  # end-of-epoch costs of this run
+        self._budget_spent = False
 
     # ----------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -171,6 +181,8 @@ class Trainer:
             )
 
     def save(self, path: Path) -> None:
+        if self._run_start:
+            self.progress.train_seconds = self._elapsed()
         state = self.state_dict()  # collective when distributed: every rank must call it
         if self.dist.is_main:
             atomic_torch_save(state, path)
@@ -209,11 +221,73 @@ class Trainer:
             set_step(self.progress.step)
 
     def _finished(self) -> bool:
-        return 0 < self.cfg.max_steps <= self.progress.step
+        limit = self.cfg.max_steps
+        if self.cfg.time_budget_s > 0 and self.progress.planned_steps > 0:
+            limit = self.progress.planned_steps
+        return 0 < limit <= self.progress.step or self._budget_spent
+
+    # ------------------------------------------------------------------------- time budget
+    def _elapsed(self) -> float:
+        return self._seconds_before + self._clock() - self._run_start
+
+    def _check_budget(self) -> None:
+        """Collective: every rank stops once any rank's clock says the budget is spent."""
+        spent = 1.0 if self._elapsed() >= self.cfg.time_budget_s else 0.0
+        if all_reduce_sum(spent, self.dist) > 0 and not self._budget_spent:
+            self._budget_spent = True
+            logger.warning(
+                "time budget of %.0f s spent at step %d (plan: %d steps): stopping here",
+                self.cfg.time_budget_s, self.progress.step, self.progress.planned_steps,
+            )
+
+    def _plan(self) -> None:
+        """Collective: (re)plans the total step count from this run's measured costs."""
+        p = self.progress
+        steps_this_run = p.step - self._run_start_step
+        if steps_this_run <= 0:
+            return
+        epoch_end_s = (sum(self._epoch_end_seconds) / len(self._epoch_end_seconds)
+                       if self._epoch_end_seconds else 0.0)
+        step_seconds = self._clock() - self._run_start - sum(self._epoch_end_seconds)
+        ends = [r.step for r in p.history if r.step is not None]
+        steps_per_epoch = ends[-1] - (ends[-2] if len(ends) > 1 else 0) if ends else 0
+        steps_into_epoch = p.batches_in_epoch // self.cfg.accum_grad
+        inp = PlanInput(
+            step=p.step,
+            remaining_s=self.cfg.time_budget_s - self._elapsed(),
+            sec_per_step=max(step_seconds / steps_this_run, 1e-9),
+            epoch_end_s=epoch_end_s,
+            steps_per_epoch=steps_per_epoch,
+            steps_left_in_epoch=max(steps_per_epoch - steps_into_epoch, 1),
+            epochs_left=self.cfg.max_epochs - p.epoch + 1,
+            max_steps=self.cfg.max_steps,
+            quantum=self.cfg.time_budget_quantum,
+        )
+        plan = plan_total_steps(inp) if self.dist.is_main else None
+        # Rank 0's plan everywhere (a negative total says "ends with the epochs").
+        code = (-1 if plan.by_epochs else 1) * plan.total_steps if plan is not None else 0
+        code = int(round(all_reduce_sum(code, self.dist)))
+        total, by_epochs = abs(code), code < 0
+        if total != self.scheduler.total_steps:
+            logger.info(
+                "time budget: %.0f s left at step %d, %.3f s per step, %.1f s per epoch end, "
+                "%s steps per epoch: planning %d steps%s", inp.remaining_s, p.step,
+                inp.sec_per_step, epoch_end_s, steps_per_epoch or "?", total,
+                " (all of max_epochs fit)" if by_epochs else "",
+            )
+        p.planned_steps = 0 if by_epochs else total
+        self.scheduler.set_total_steps(total)
 
     def fit(self) -> Progress:
-        """Trains until ``max_epochs`` or ``max_steps``; returns the final progress."""
+        """Trains until ``max_epochs``, ``max_steps`` or the time budget; returns the progress."""
         self.exp_dir.mkdir(parents=True, exist_ok=True)
+        self._run_start = self._clock()
+        self._seconds_before = self.progress.train_seconds
+        self._run_start_step = self.progress.step
+        self._epoch_end_seconds = []
+        self._budget_spent = False
+        if self.cfg.time_budget_s > 0:
+            self._check_budget()
         while self.progress.epoch <= self.cfg.max_epochs and not self._finished():
             self._train_epoch()
             if self._finished() and self.progress.batches_in_epoch > 0:
@@ -246,6 +320,11 @@ class Trainer:
                 continue
             self._optimizer_step()
             p.step += 1
+            if self.cfg.time_budget_s > 0:
+                if p.step - self._run_start_step == self.cfg.time_budget_calibration_steps:
+                    self._plan()
+                if p.step % self.cfg.log_interval == 0:
+                    self._check_budget()
             if self.averager is not None:
                 self.averager.update(unwrap(self.model), p.step)
             if p.step % self.cfg.log_interval == 0:
@@ -330,6 +409,7 @@ class Trainer:
             logger.info("step %d: valid loss %.4f", self.progress.step, valid_loss)
 
     def _end_epoch(self) -> None:
+        start = self._clock()
         p = self.progress
         train_loss = all_reduce_sum(p.loss_sum, self.dist) / max(all_reduce_sum(p.utts_sum, self.dist), 1.0)
         valid_loss = self._validate()
@@ -339,7 +419,7 @@ class Trainer:
             wer = self.evaluate(unwrap(self.model))
             if wer is not None and self.writer is not None:
                 self.writer.add_scalar("valid/wer", wer, p.step)
-        p.history.append(EpochRecord(p.epoch, train_loss, valid_loss, wer))
+        p.history.append(EpochRecord(p.epoch, train_loss, valid_loss, wer, p.step))
         logger.info(
             "epoch %d done: train loss %.4f, valid loss %s, dev WER %s", p.epoch, train_loss,
             "n/a" if valid_loss is None else f"{valid_loss:.4f}",
@@ -348,6 +428,12 @@ class Trainer:
         p.epoch += 1
         p.batches_in_epoch = 0
         p.loss_sum = p.utts_sum = 0.0
+        if self.cfg.time_budget_s > 0:
+            # Re-planned before the checkpoint, so that a resumed run continues this plan.
+            self._epoch_end_seconds.append(self._clock() - start)
+            self._check_budget()
+            if not self._finished() and p.epoch <= self.cfg.max_epochs:
+                self._plan()
         # The epoch checkpoint is a step checkpoint (what resume() looks for) plus a hard link
         # named after the epoch for averaging and decoding by epoch.
         path = checkpoint_path(self.exp_dir, p.step)

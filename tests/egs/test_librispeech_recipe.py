@@ -73,3 +73,11 @@ def test_every_stage_but_download_on_a_synthesized_tree(tmp_path):
     assert (exp / "averaged-epoch-1-avg-1-use-averaged-model.safetensors").is_file()
     assert (exp / "package").is_dir()
     assert "stage 0: " in result.stderr and "no download" in result.stderr
+
+
+def test_mini_tts_refuses_a_time_budget_too_small_for_training(tmp_path):
+    result = _bash(REPO / "egs" / "mini_tts" / "ASR" / "run.sh", "--work-dir", str(tmp_path),
+                   "--stage", "4", "--stop-stage", "4", "--time-budget", "100")
+    assert result.returncode == 1
+    assert "of the 100 s time budget left for training" in result.stderr
+    assert not (tmp_path / "exp").exists()

@@ -22,6 +22,7 @@
 #
 # Paths are relative to --work-dir (default: this directory, egs/mini_tts/ASR), as in the recipe YAMLs.
 set -euo pipefail
+started=$(date +%s)  # the time budget below counts from here, set-up included
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../../.." && pwd)
 
@@ -46,16 +47,20 @@ blank_penalty=3
 work_dir=$HERE                  # where data/, exp/ (and download/) go; relative paths start here
 skip_setup=false                # true: use the existing .venv without running tools/setup.sh
 train_args=""                   # extra `asr train` arguments, e.g. "--set train.max_epochs=2"
+time_budget=1710                # seconds this invocation may take; training gets what the stages
+                                # before it left, less $post_train_reserve (0: the recipe's steps)
+post_train_reserve=60           # seconds kept for training start-up and stages 5-6
 
 usage="Usage: $0 [--stage N] [--stop-stage N] [--recipe NAME] [--searchers \"A B\"] [--avg N]
   [--num-jobs N] [--fbank-jobs N] [--num-train N] [--num-dev N] [--num-test N]
   [--voices-per-sentence N] [--train-text sentences|segments] [--speed-perturb true|false]
   [--vocab-size N] [--lm-order N] [--lm-weight W] [--beam-size N] [--blank-penalty P]
-  [--work-dir DIR] [--skip-setup true|false] [--train-args \"...\"]
+  [--work-dir DIR] [--skip-setup true|false] [--train-args \"...\"] [--time-budget SECONDS]
+  [--post-train-reserve SECONDS]
 defaults: stage=$stage stop_stage=$stop_stage recipe=$recipe num_jobs=$num_jobs num_train=$num_train
   num_dev=$num_dev num_test=$num_test voices_per_sentence=$voices_per_sentence train_text=$train_text
   speed_perturb=$speed_perturb vocab_size=$vocab_size lm_order=$lm_order lm_weight=$lm_weight
-  beam_size=$beam_size blank_penalty=$blank_penalty"
+  beam_size=$beam_size blank_penalty=$blank_penalty time_budget=$time_budget"
 . "$ROOT/egs/shared/parse_options.sh"
 work_dir=$(mkdir -p "$work_dir" && cd "$work_dir" && pwd)
 cd "$work_dir"
@@ -66,7 +71,6 @@ fi
 VENV=${ASR_VENV:-$ROOT/.venv}
 asr() { "$VENV/bin/asr" "$@"; }
 log() { echo "$(date '+%F %T') [mini_tts] $*" >&2; }
-started=$(date +%s)
 timed() {  # timed NAME CMD...: runs CMD and logs its wall-clock time
   local name=$1 start; shift
   start=$(date +%s)
@@ -125,9 +129,22 @@ fi
 
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
   log "stage 4: train $recipe (resumes from the newest checkpoint in $exp_dir)"
+  budget_args=()
+  if [ "$time_budget" -gt 0 ]; then
+    # The step count is planned to fit the time left (asr/train/budget.py): ~1800 float32 steps on
+    # a 2-core AVX2 machine, ~5000 bf16 steps on one with AMX; max_epochs still caps it.
+    train_budget=$(( time_budget - ($(date +%s) - started) - post_train_reserve ))
+    if [ "$train_budget" -lt 60 ]; then
+      echo "$0: only ${train_budget} s of the ${time_budget} s time budget left for training;" \
+        "raise --time-budget, or 0 to train the recipe's fixed step count" >&2
+      exit 1
+    fi
+    log "stage 4: time budget: $train_budget s of training (--time-budget $time_budget)"
+    budget_args=("train.time_budget_s=$train_budget" "train.max_steps=0")
+  fi
   # shellcheck disable=SC2086
   timed train asr train --config "$config" --exp-dir "$exp_dir" \
-    --set tokenizer_dir="$lang_dir" $train_args
+    --set tokenizer_dir="$lang_dir" "${budget_args[@]}" $train_args
 fi
 
 if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then

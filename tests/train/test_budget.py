@@ -1,0 +1,184 @@
+"""Time-budgeted training: the step plan against brute force, and the trainer on a fake clock."""
+
+import itertools
+import logging
+import random
+
+import pytest
+import torch
+
+from asr.train.budget import SAFETY, PlanInput, StepPlan, plan_total_steps
+from asr.train.optim import OptimConfig
+from asr.train.state import TrainConfig
+from asr.train.trainer import Trainer
+from tests.train.test_trainer import ToyModel, batches
+
+
+def brute_force_plan(inp: PlanInput) -> StepPlan:
+    """Walks the steps one by one, paying for each and for every epoch end it goes on after."""
+    available = SAFETY * inp.remaining_s
+    epoch_cap = None
+    if inp.steps_per_epoch > 0:
+        epoch_cap = inp.step + inp.steps_left_in_epoch + (inp.epochs_left - 1) * inp.steps_per_epoch
+    caps = [c for c in (epoch_cap, inp.max_steps or None) if c is not None]
+    cap = min(caps) if caps else None
+    by_epochs = cap is not None and cap == epoch_cap
+    if cap is not None and cap <= inp.step:
+        return StepPlan(inp.step, by_epochs)
+    best, cost, into_epoch = inp.step, 0.0, inp.steps_per_epoch - inp.steps_left_in_epoch
+    for total in itertools.count(inp.step + 1):
+        cost += inp.sec_per_step
+        if cost > available + 1e-9:
+            break
+        best = total
+        if best == cap:
+            return StepPlan(cap, by_epochs)  # a limit ends training exactly there, unrounded
+        into_epoch += 1
+        if inp.steps_per_epoch > 0 and into_epoch == inp.steps_per_epoch:
+            into_epoch = 0
+            cost += inp.epoch_end_s  # paid only if training goes on after this step
+    return StepPlan(max(best // inp.quantum * inp.quantum, inp.step))
+
+
+def test_plan_matches_brute_force_on_random_inputs():
+    rng = random.Random(0)
+    for _ in range(3000):
+        steps_per_epoch = rng.choice([0, 1, 3, 7, 20])
+        inp = PlanInput(
+            step=rng.randint(0, 50),
+            remaining_s=rng.uniform(-5, 120),
+            sec_per_step=rng.choice([0.25, 0.5, 1.0, 1.7]),
+            epoch_end_s=rng.choice([0.0, 0.9, 4.0, 30.0]),
+            steps_per_epoch=steps_per_epoch,
+            steps_left_in_epoch=rng.randint(1, steps_per_epoch) if steps_per_epoch else 0,
+            epochs_left=rng.randint(1, 6),
+            max_steps=rng.choice([0, 0, 30, 80]),
+            quantum=rng.choice([1, 5, 10]),
+        )
+        assert plan_total_steps(inp) == brute_force_plan(inp), inp
+
+
+def test_plan_examples():
+    # 98% of 100 s at 1 s per step, no epochs known yet: 98 steps, or 90 in multiples of 10.
+    assert plan_total_steps(PlanInput(step=0, remaining_s=100, sec_per_step=1.0)) == StepPlan(98)
+    assert plan_total_steps(
+        PlanInput(step=0, remaining_s=100, sec_per_step=1.0, quantum=10)) == StepPlan(90)
+    # Ends of 10-step epochs cost 4 s: 70 more steps pay for the 6 ends before the last one
+    # (70 + 24 <= 98); a 71st step would pay for a 7th end (71 + 28 > 98).
+    inp = PlanInput(step=10, remaining_s=100, sec_per_step=1.0, epoch_end_s=4.0,
+                    steps_per_epoch=10, steps_left_in_epoch=10, epochs_left=100)
+    assert plan_total_steps(inp) == StepPlan(80)
+    # The epoch limit ends training on an epoch's last step, not on a rounded one.
+    inp = PlanInput(step=12, remaining_s=1000, sec_per_step=1.0, steps_per_epoch=10,
+                    steps_left_in_epoch=8, epochs_left=2, quantum=100)
+    assert plan_total_steps(inp) == StepPlan(30, by_epochs=True)
+    assert plan_total_steps(PlanInput(step=40, remaining_s=-3, sec_per_step=1.0)) == StepPlan(40)
+    with pytest.raises(ValueError, match="sec_per_step"):
+        plan_total_steps(PlanInput(step=0, remaining_s=10, sec_per_step=0.0))
+
+
+class FakeClock:
+    """Seconds that pass only when the test says (per training forward and per dev WER)."""
+
+    def __init__(self, step_cost: float = 1.0) -> None:
+        self.now = 1000.0
+        self.step_cost = step_cost
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class TimedToy(ToyModel):
+    def __init__(self, clock: FakeClock, slow_after: int = 0):
+        super().__init__()
+        self.clock = clock
+        self.calls = 0
+        self.slow_after = slow_after
+
+    def forward(self, batch):
+        if self.training:
+            self.calls += 1
+            slow = self.slow_after and self.calls > self.slow_after
+            self.clock.now += 3.0 * self.clock.step_cost if slow else self.clock.step_cost
+        return super().forward(batch)
+
+
+def budget_run(exp_dir, clock, budget=60.0, resume=False, fail_at=0, slow_after=0,
+               max_epochs=50):
+    torch.manual_seed(0)
+    model = TimedToy(clock, slow_after)
+
+    def train_batches(epoch, skip):
+        for i, b in enumerate(batches(epoch, skip), start=skip):
+            if fail_at and epoch == 2 and i == fail_at:
+                raise KeyboardInterrupt("killed")
+            yield b
+
+    def evaluate(_model):
+        clock.now += 5.0
+        return 12.5
+
+    trainer = Trainer(
+        model,
+        OptimConfig(lr=1e-2, warmup_steps=3, schedule="cosine", total_steps=1000, min_lr=1e-4),
+        TrainConfig(max_epochs=max_epochs, checkpoint_interval=4, log_interval=1, average_period=0,
+                    keep_last=0, time_budget_s=budget, time_budget_calibration_steps=3,
+                    time_budget_quantum=1),
+        exp_dir, train_batches=train_batches, valid_batches=lambda: batches(99, 0, 2),
+        evaluate=evaluate, clock=clock,
+    )
+    if resume:
+        assert trainer.resume()
+    trainer.fit()
+    return trainer
+
+
+def test_budgeted_run_fits_its_budget_and_ends_the_schedule_on_the_plan(tmp_path):
+    clock = FakeClock()
+    trainer = budget_run(tmp_path, clock, budget=60.0)
+    p = trainer.progress
+    # 7 steps per epoch at 1 s, 5 s per epoch end: the plan made at step 3 knew no epoch costs
+    # (58 steps); from the end of epoch 1 on it is 35 steps and 4 ends (55 s <= 98% of 60 s);
+    # one step more would pay for a 5th end (61 s).
+    assert p.planned_steps == p.step == 35
+    assert len(p.history) == 4
+    assert p.train_seconds <= 60.0
+    assert clock.now - 1000.0 == pytest.approx(35 + 4 * 5)
+    # The cosine schedule reached its floor at the planned step, not at optim.total_steps.
+    assert trainer.scheduler.total_steps == 35
+    assert trainer.scheduler.get_last_lr() == pytest.approx(1e-4)
+
+
+def test_epoch_limit_caps_the_plan(tmp_path):
+    trainer = budget_run(tmp_path, FakeClock(), budget=1000.0, max_epochs=3)
+    # The whole 3 epochs fit: training ends with them, after the last epoch's validation.
+    assert trainer.progress.step == trainer.scheduler.total_steps == 21
+    assert trainer.progress.planned_steps == 0
+    assert len(trainer.progress.history) == 3
+    assert trainer.scheduler.get_last_lr() == pytest.approx(1e-4)
+
+
+def test_slower_steps_than_planned_stop_at_the_budget(tmp_path, caplog):
+    clock = FakeClock()
+    with caplog.at_level(logging.WARNING, logger="asr.train.trainer"):
+        trainer = budget_run(tmp_path, clock, budget=60.0, slow_after=30)
+    assert "time budget of 60 s spent" in caplog.text
+    p = trainer.progress
+    assert p.step < p.planned_steps
+    assert 60.0 <= clock.now - 1000.0 <= 60.0 + 3.0  # checked after every step (log_interval 1)
+    assert (tmp_path / f"checkpoint-{p.step}.pt").is_file()
+
+
+def test_resumed_budgeted_run_continues_the_plan_and_the_clock(tmp_path):
+    full = budget_run(tmp_path / "full", FakeClock())
+    clock = FakeClock()
+    with pytest.raises(KeyboardInterrupt):
+        budget_run(tmp_path / "resumed", clock, fail_at=6)  # killed in epoch 2, after step 12
+    clock.now += 500.0  # time between the kill and the restart does not count
+    torch.manual_seed(12345)
+    resumed = budget_run(tmp_path / "resumed", clock, resume=True)
+    assert resumed.progress.step == resumed.progress.planned_steps == full.progress.step
+    assert resumed.progress.train_seconds == pytest.approx(full.progress.train_seconds)
+    for (name, a), (_, b) in zip(full.model.state_dict().items(),
+                                 resumed.model.state_dict().items()):
+        assert torch.equal(a, b), name
