@@ -34,6 +34,9 @@ class EncoderConfig:
         conv_kernel_size: odd depthwise kernel size (Conformer only).
         causal: causal depthwise convolution (Conformer only); required for streaming.
         subsampling_channels: channels of the Conv2d subsampling.
+        input_norm: ``global_cmvn`` normalises every feature bin with the mean and standard
+            deviation of the training features (:mod:`asr.features.cmvn`; computed when training
+            starts and stored with the weights), ``none`` feeds the log-mel values as they are.
         dropout: dropout of residual branches and after subsampling.
         attention_dropout: dropout on attention weights.
         chunk_size: default chunk (encoder frames) for eval ``forward`` and streaming;
@@ -53,6 +56,7 @@ class EncoderConfig:
     conv_kernel_size: int = 31
     causal: bool = True
     subsampling_channels: int = 256
+    input_norm: Literal["none", "global_cmvn"] = "none"
     dropout: float = 0.1
     attention_dropout: float = 0.1
     chunk_size: int = 0

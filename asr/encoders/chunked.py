@@ -38,6 +38,7 @@ from asr.encoders.subsampling import (
     SubsamplingState,
     frames_needed,
 )
+from asr.features.cmvn import GlobalCMVN
 from asr.streaming.state import state_field
 
 __all__ = ["ChunkedEncoder", "EncoderState", "StreamingLayer"]
@@ -91,6 +92,7 @@ class ChunkedEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.input_dim = input_dim
+        self.input_norm = GlobalCMVN(input_dim) if cfg.input_norm == "global_cmvn" else None
         self.subsampling = Conv2dSubsampling(input_dim, cfg.d_model, cfg.subsampling_channels)
         self.dropout = Dropout(cfg.dropout)
         self.layers = nn.ModuleList(layers)
@@ -141,6 +143,8 @@ class ChunkedEncoder(nn.Module):
         Returns:
             (B, T', D) encoder frames (zero beyond the lengths) and (B,) lengths T'.
         """
+        if self.input_norm is not None:
+            feats = self.input_norm(feats)
         x, enc_lens = self.subsampling(feats, feat_lens)
         chunk_size, left_chunks = self._chunking(chunk_size, left_chunks)
         num_frames = x.shape[1]
@@ -207,6 +211,8 @@ class ChunkedEncoder(nn.Module):
         Returns:
             (B, T', D) new encoder frames (zero beyond the counts), (B,) counts, new state.
         """
+        if self.input_norm is not None:
+            feats = self.input_norm(feats)
         x, num_new, sub_state = self.subsampling.forward_chunk(feats, feat_lens, state.subsampling)
         num_queries = x.shape[1]
         if num_queries == 0:

@@ -184,6 +184,19 @@ def _load_filtered(cfg: ExperimentConfig, names, tokenizer, what: str):
     return kept.to_eager()
 
 
+def _init_input_norm(model, cfg: ExperimentConfig, train_cuts) -> None:
+    """Sets a fresh model's global CMVN from the training features (resumed runs have theirs)."""
+    norm = getattr(model.encoder, "input_norm", None)
+    if norm is None:
+        return
+    from asr.features.cmvn import compute_cmvn_stats
+    from asr.features.fbank import make_lhotse_fbank
+
+    extractor = make_lhotse_fbank(cfg.data.fbank) if cfg.data.on_the_fly_feats else None
+    mean, std = compute_cmvn_stats(train_cuts, extractor=extractor)
+    norm.set_stats(mean, std)
+
+
 def train_experiment(
     cfg: ExperimentConfig,
     exp_dir: str | Path,
@@ -227,7 +240,8 @@ def train_experiment(
             dist=dist,
             extra_state={"config": to_dict(cfg)},
         )
-        trainer.resume()
+        if not trainer.resume():
+            _init_input_norm(model, cfg, train_cuts)
         progress = trainer.fit()
         logger.info("training stopped at step %d (%d epochs done)", progress.step,
                     len(progress.history))

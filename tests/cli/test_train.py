@@ -67,3 +67,18 @@ def test_average_by_epochs_last_steps_and_running_average(trained):
 def test_average_names_missing_checkpoints(trained, caplog):
     assert main(["average", "--exp-dir", str(trained), "--epoch", "9", "--avg", "2"]) == 2
     assert "epoch-8.pt" in caplog.text
+
+
+def test_global_cmvn_statistics_come_from_the_training_features(tmp_path, tiny_corpus):
+    import numpy as np
+    from lhotse import load_manifest
+
+    assert train_tiny(tmp_path, tiny_corpus, "cmvn", "encoder.input_norm=global_cmvn",
+                      "train.max_steps=1") == 0
+    state = safe_torch_load(list_checkpoints(tmp_path / "cmvn")[-1][1])
+    cuts = load_manifest(tiny_corpus / "fbank" / "librispeech_cuts_train-clean-5.jsonl.gz")
+    frames = np.concatenate([c.load_features() for c in cuts])
+    np.testing.assert_allclose(state["model"]["encoder.input_norm.mean"].numpy(), frames.mean(0),
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(state["model"]["encoder.input_norm.inv_std"].numpy(),
+                               1.0 / frames.std(0), rtol=1e-4, atol=1e-4)
