@@ -14,7 +14,8 @@
 #   2  fbank features               (data/fbank; speed-perturbed copies of the training part)
 #   3  BPE tokenizer and a token n-gram LM of the training transcripts
 #                                   (data/lang_bpe_${vocab_size}, .../token_${lm_order}gram.arpa)
-#   4  train                        (exp/${recipe})
+#   4  train                        (exp/${recipe}; for the time --time-budget leaves: the step
+#                                   count is planned on the machine, see asr/train/budget.py)
 #   5  average the last checkpoints (exp/${recipe}/averaged.safetensors) and decode test-clean
 #                                   (exp/${recipe}/<searcher>/wer-summary-test-clean-<searcher>.txt);
 #                                   transducer_beam, tdt_beam and ctc_prefix_beam fuse the LM
