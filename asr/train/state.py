@@ -39,7 +39,8 @@ class TrainConfig:
             training stops when the budget is spent whatever the plan said. The step count then
             depends on the machine: resumption restores the plan and continues it, but is exact
             only where the re-measured plan comes out the same.
-        time_budget_calibration_steps: steps timed before the first plan.
+        time_budget_calibration_steps: steps before the first plan; the step cost is timed from
+            a fifth of them on (the first steps of a run mostly pay for start-up).
         time_budget_quantum: plans are rounded down to a multiple of this many steps, so repeated
             runs on one machine usually train the same number of steps.
 

@@ -139,6 +139,9 @@ class Trainer:
         self._seconds_before = 0.0  # training seconds of earlier (resumed) runs
         self._run_start_step = 0
         self._epoch_end_seconds: list[float] = []  # end-of-epoch costs of this run
+        # (clock, step, epoch ends) where step timing starts: after the first steps of a run,
+        # whose cost is mostly start-up (first batches, kernel set-up), not steady training.
+        self._rate_origin: tuple[float, int, int] | None = None
         self._budget_spent = False
 
     # ----------------------------------------------------------------------------------- state
@@ -248,14 +251,18 @@ class Trainer:
             return
         epoch_end_s = (sum(self._epoch_end_seconds) / len(self._epoch_end_seconds)
                        if self._epoch_end_seconds else 0.0)
-        step_seconds = self._clock() - self._run_start - sum(self._epoch_end_seconds)
+        origin = self._rate_origin
+        if origin is None or p.step <= origin[1]:  # too early: time the run from its start
+            origin = (self._run_start, self._run_start_step, 0)
+        timed_steps = p.step - origin[1]
+        step_seconds = self._clock() - origin[0] - sum(self._epoch_end_seconds[origin[2]:])
         ends = [r.step for r in p.history if r.step is not None]
         steps_per_epoch = ends[-1] - (ends[-2] if len(ends) > 1 else 0) if ends else 0
         steps_into_epoch = p.batches_in_epoch // self.cfg.accum_grad
         inp = PlanInput(
             step=p.step,
             remaining_s=self.cfg.time_budget_s - self._elapsed(),
-            sec_per_step=max(step_seconds / steps_this_run, 1e-9),
+            sec_per_step=max(step_seconds / timed_steps, 1e-9),
             epoch_end_s=epoch_end_s,
             steps_per_epoch=steps_per_epoch,
             steps_left_in_epoch=max(steps_per_epoch - steps_into_epoch, 1),
@@ -285,6 +292,7 @@ class Trainer:
         self._seconds_before = self.progress.train_seconds
         self._run_start_step = self.progress.step
         self._epoch_end_seconds = []
+        self._rate_origin = None
         self._budget_spent = False
         if self.cfg.time_budget_s > 0:
             self._check_budget()
@@ -321,7 +329,10 @@ class Trainer:
             self._optimizer_step()
             p.step += 1
             if self.cfg.time_budget_s > 0:
-                if p.step - self._run_start_step == self.cfg.time_budget_calibration_steps:
+                steps_this_run = p.step - self._run_start_step
+                if steps_this_run == self.cfg.time_budget_calibration_steps // 5:
+                    self._rate_origin = (self._clock(), p.step, len(self._epoch_end_seconds))
+                if steps_this_run == self.cfg.time_budget_calibration_steps:
                     self._plan()
                 if p.step % self.cfg.log_interval == 0:
                     self._check_budget()
