@@ -135,7 +135,7 @@ class Trainer:
         self._accum_utts = 0.0  # utterances in the gradients accumulated since the last step
         self._writer = None
         self._clock = clock
-        self._run_start = 0.0  # clock() when fit() started
+        self._run_start: float | None = None  # clock() when fit() started
         self._seconds_before = 0.0  # training seconds of earlier (resumed) runs
         self._run_start_step = 0
         self._epoch_end_seconds: list[float] = []  # end-of-epoch costs of this run
@@ -184,7 +184,7 @@ class Trainer:
             )
 
     def save(self, path: Path) -> None:
-        if self._run_start:
+        if self._run_start is not None:  # inside fit(): count this run's seconds
             self.progress.train_seconds = self._elapsed()
         state = self.state_dict()  # collective when distributed: every rank must call it
         if self.dist.is_main:
@@ -231,6 +231,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------- time budget
     def _elapsed(self) -> float:
+        assert self._run_start is not None, "only inside fit()"
         return self._seconds_before + self._clock() - self._run_start
 
     def _check_budget(self) -> None:
