@@ -3,8 +3,9 @@
 A budgeted run (``train.time_budget_s``) measures what a step and an end of epoch (validation, dev
 WER, checkpoint, plot) cost on the machine it runs on, and plans its total step count so that the
 whole run fits the budget; the cosine schedule then decays to its floor exactly at the planned step.
-The same recipe thus trains ~1800 float32 steps on a 2-core AVX2 machine and ~5000 bf16 steps on one
-with AMX in the same minutes, instead of a step count sized for the slowest machine.
+The mini_tts main job thus trains ~1700 float32 steps on a 2-core AVX2 machine (estimated) and
+2900-3400 bf16 steps on one with AMX (measured) in the same minutes, instead of a step count sized
+for the slowest machine.
 
 :func:`plan_total_steps` is the arithmetic; :class:`asr.train.trainer.Trainer` does the measuring.
 """

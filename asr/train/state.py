@@ -92,7 +92,6 @@ class EpochRecord:
     step: int | None = None  # optimizer steps at the end of the epoch
 
 
-
 @dataclass
 class Progress:
     """Where training is: everything besides module/optimizer state needed to resume exactly.

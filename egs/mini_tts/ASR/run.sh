@@ -132,8 +132,9 @@ if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
   log "stage 4: train $recipe (resumes from the newest checkpoint in $exp_dir)"
   budget_args=()
   if [ "$time_budget" -gt 0 ]; then
-    # The step count is planned to fit the time left (asr/train/budget.py): ~1800 float32 steps on
-    # a 2-core AVX2 machine, ~5000 bf16 steps on one with AMX; max_epochs still caps it.
+    # The step count is planned to fit the time left (asr/train/budget.py): ~1700 float32 steps on
+    # a 2-core AVX2 machine (estimated), 2900-3400 bf16 steps measured on one with AMX;
+    # max_epochs still caps it.
     train_budget=$(( time_budget - ($(date +%s) - started) - post_train_reserve ))
     if [ "$train_budget" -lt 60 ]; then
       echo "$0: only ${train_budget} s of the ${time_budget} s time budget left for training;" \
