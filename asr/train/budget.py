@@ -32,8 +32,8 @@ class PlanInput:
         epoch_end_s: measured cost of one end of epoch (0 while none has happened).
         steps_per_epoch: optimizer steps of a whole epoch (0 while unknown: before the first one
             ends, epoch ends are neither counted nor capped).
-        steps_left_in_epoch: steps until the current epoch ends (ignored while
-            ``steps_per_epoch`` is 0).
+        steps_left_in_epoch: steps until the current epoch ends; 0 when its last step is done
+            and its end comes before any further step (ignored while ``steps_per_epoch`` is 0).
         epochs_left: epochs that may still start or continue, the current one included.
         max_steps: a fixed upper limit on the total (0: none).
         quantum: the plan is rounded down to a multiple of this (so that repeated runs on the
@@ -86,9 +86,7 @@ def plan_total_steps(inp: PlanInput) -> StepPlan:
     if inp.quantum <= 0:
         raise ValueError(f"quantum must be > 0, got {inp.quantum}")
     available = SAFETY * inp.remaining_s
-    if available <= 0:
-        return StepPlan(inp.step)
-    lo, hi = 0, int(available / inp.sec_per_step) + 1  # cost(lo) fits, cost(hi) does not
+    lo, hi = 0, max(int(available / inp.sec_per_step) + 1, 1)  # cost(lo) fits, cost(hi) not
     while hi - lo > 1:  # the cost grows with n: bisect for the most steps that fit
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if _cost(mid, inp) <= available else (lo, mid)

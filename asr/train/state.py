@@ -33,8 +33,9 @@ class TrainConfig:
         dev_wer_max_utterances: decode at most this many dev utterances for it (0: all).
         time_budget_s: wall-clock seconds of training, summed over resumed runs (0: no budget).
             A budgeted run measures its step and end-of-epoch costs, plans the total step count
-            that fits (:mod:`asr.train.budget`) after ``time_budget_calibration_steps`` steps and
-            again after every epoch, and ends the cosine schedule at the plan (it replaces
+            that fits (:mod:`asr.train.budget`) after ``time_budget_calibration_steps`` steps,
+            again every ``time_budget_quantum`` steps and after every epoch, and ends the cosine
+            schedule at the plan (it replaces
             ``optim.total_steps``); ``max_steps`` (when > 0) and ``max_epochs`` cap the plan, and
             training stops when the budget is spent whatever the plan said. The step count then
             depends on the machine: resumption restores the plan and continues it, but is exact
@@ -43,6 +44,9 @@ class TrainConfig:
             a fifth of them on (the first steps of a run mostly pay for start-up).
         time_budget_quantum: plans are rounded down to a multiple of this many steps, so repeated
             runs on one machine usually train the same number of steps.
+        time_budget_window: plans use the cost of (at least) the latest this many steps, so a
+            machine that gets faster or slower during the run (other load, a shared host) gets
+            plans that follow it; a window longer than the run averages the whole run.
 
     DataLoader workers are ``data.num_workers``; 0 makes resumption bit-exact (all randomness is
     then in the main process' RNG state, which checkpoints capture).
@@ -66,6 +70,7 @@ class TrainConfig:
     time_budget_s: float = 0.0
     time_budget_calibration_steps: int = 50
     time_budget_quantum: int = 100
+    time_budget_window: int = 200
 
     def __post_init__(self) -> None:
         if self.max_epochs <= 0:
@@ -74,10 +79,11 @@ class TrainConfig:
             raise ValueError(f"accum_grad must be > 0, got {self.accum_grad}")
         if self.time_budget_s < 0:
             raise ValueError(f"time_budget_s must be >= 0, got {self.time_budget_s}")
-        if self.time_budget_calibration_steps <= 0 or self.time_budget_quantum <= 0:
+        knobs = ("calibration_steps", "quantum", "window")
+        if any(getattr(self, f"time_budget_{k}") <= 0 for k in knobs):
             raise ValueError(
-                "time_budget_calibration_steps and time_budget_quantum must be > 0, got "
-                f"{self.time_budget_calibration_steps} and {self.time_budget_quantum}"
+                "time_budget_calibration_steps, time_budget_quantum and time_budget_window must "
+                "be > 0, got " + ", ".join(str(getattr(self, f"time_budget_{k}")) for k in knobs)
             )
 
 

@@ -139,9 +139,10 @@ class Trainer:
         self._seconds_before = 0.0  # training seconds of earlier (resumed) runs
         self._run_start_step = 0
         self._epoch_end_seconds: list[float] = []  # end-of-epoch costs of this run
-        # (clock, step, epoch ends) where step timing starts: after the first steps of a run,
-        # whose cost is mostly start-up (first batches, kernel set-up), not steady training.
-        self._rate_origin: tuple[float, int, int] | None = None
+        # (clock, step, epoch ends) marks that step timing starts from: the first one after the
+        # first steps of a run, whose cost is mostly start-up (first batches, kernel set-up), not
+        # steady training; then one per periodic re-plan, so that plans follow the recent cost.
+        self._rate_marks: list[tuple[float, int, int]] = []
         self._budget_spent = False
 
     # ----------------------------------------------------------------------------------- state
@@ -244,6 +245,14 @@ class Trainer:
                 self.cfg.time_budget_s, self.progress.step, self.progress.planned_steps,
             )
 
+    def _mark_rate(self) -> None:
+        self._rate_marks.append((self._clock(), self.progress.step, len(self._epoch_end_seconds)))
+        # Only the newest mark at least a window old is ever used (or the first one).
+        window_start = self.progress.step - self.cfg.time_budget_window
+        old = [i for i, m in enumerate(self._rate_marks) if m[1] <= window_start]
+        if len(old) > 1:
+            del self._rate_marks[1 : old[-1]]
+
     def _plan(self) -> None:
         """Collective: (re)plans the total step count from this run's measured costs."""
         p = self.progress
@@ -252,7 +261,10 @@ class Trainer:
             return
         epoch_end_s = (sum(self._epoch_end_seconds) / len(self._epoch_end_seconds)
                        if self._epoch_end_seconds else 0.0)
-        origin = self._rate_origin
+        # The cost of the latest time_budget_window steps (or more): a machine whose speed
+        # changes during the run (other load, a shared host) gets plans that follow it.
+        recent = [m for m in self._rate_marks if m[1] <= p.step - self.cfg.time_budget_window]
+        origin = recent[-1] if recent else (self._rate_marks[0] if self._rate_marks else None)
         if origin is None or p.step <= origin[1]:  # too early: time the run from its start
             origin = (self._run_start, self._run_start_step, 0)
         timed_steps = p.step - origin[1]
@@ -266,7 +278,8 @@ class Trainer:
             sec_per_step=max(step_seconds / timed_steps, 1e-9),
             epoch_end_s=epoch_end_s,
             steps_per_epoch=steps_per_epoch,
-            steps_left_in_epoch=max(steps_per_epoch - steps_into_epoch, 1),
+            # 0 on an epoch's last step: its end (validation, dev WER) comes before any more.
+            steps_left_in_epoch=max(steps_per_epoch - steps_into_epoch, 0),
             epochs_left=self.cfg.max_epochs - p.epoch + 1,
             max_steps=self.cfg.max_steps,
             quantum=self.cfg.time_budget_quantum,
@@ -293,7 +306,7 @@ class Trainer:
         self._seconds_before = self.progress.train_seconds
         self._run_start_step = self.progress.step
         self._epoch_end_seconds = []
-        self._rate_origin = None
+        self._rate_marks = []
         self._budget_spent = False
         if self.cfg.time_budget_s > 0:
             self._check_budget()
@@ -331,10 +344,14 @@ class Trainer:
             p.step += 1
             if self.cfg.time_budget_s > 0:
                 steps_this_run = p.step - self._run_start_step
-                if steps_this_run == self.cfg.time_budget_calibration_steps // 5:
-                    self._rate_origin = (self._clock(), p.step, len(self._epoch_end_seconds))
-                if steps_this_run == self.cfg.time_budget_calibration_steps:
-                    self._plan()
+                calibration = self.cfg.time_budget_calibration_steps
+                if steps_this_run == calibration // 5:
+                    self._mark_rate()
+                since = steps_this_run - calibration
+                if since >= 0 and since % self.cfg.time_budget_quantum == 0:
+                    self._plan()  # after calibration, then every time_budget_quantum steps
+                    if since > 0:
+                        self._mark_rate()
                 if p.step % self.cfg.log_interval == 0:
                     self._check_budget()
             if self.averager is not None:

@@ -27,16 +27,16 @@ def brute_force_plan(inp: PlanInput) -> StepPlan:
         return StepPlan(inp.step, by_epochs)
     best, cost, into_epoch = inp.step, 0.0, inp.steps_per_epoch - inp.steps_left_in_epoch
     for total in itertools.count(inp.step + 1):
+        if inp.steps_per_epoch > 0 and into_epoch == inp.steps_per_epoch:
+            into_epoch = 0
+            cost += inp.epoch_end_s  # an epoch ends before this step: paid since it is taken
         cost += inp.sec_per_step
         if cost > available + 1e-9:
             break
         best = total
         if best == cap:
             return StepPlan(cap, by_epochs)  # a limit ends training exactly there, unrounded
-        into_epoch += 1
-        if inp.steps_per_epoch > 0 and into_epoch == inp.steps_per_epoch:
-            into_epoch = 0
-            cost += inp.epoch_end_s  # paid only if training goes on after this step
+        into_epoch += 1  # an end after this step is paid only if training goes on
     return StepPlan(max(best // inp.quantum * inp.quantum, inp.step))
 
 
@@ -50,7 +50,7 @@ def test_plan_matches_brute_force_on_random_inputs():
             sec_per_step=rng.choice([0.25, 0.5, 1.0, 1.7]),
             epoch_end_s=rng.choice([0.0, 0.9, 4.0, 30.0]),
             steps_per_epoch=steps_per_epoch,
-            steps_left_in_epoch=rng.randint(1, steps_per_epoch) if steps_per_epoch else 0,
+            steps_left_in_epoch=rng.randint(0, steps_per_epoch) if steps_per_epoch else 0,
             epochs_left=rng.randint(1, 6),
             max_steps=rng.choice([0, 0, 30, 80]),
             quantum=rng.choice([1, 5, 10]),
@@ -89,27 +89,34 @@ class FakeClock:
 
 
 class TimedToy(ToyModel):
-    def __init__(self, clock: FakeClock, slow_after: int = 0, start_up: float = 0.0):
+    """Each training forward costs ``step_cost`` (times ``factor`` after ``change_after`` calls);
+    the first one also pays ``start_up``, call ``stall_at`` also ``stall_s``."""
+
+    def __init__(self, clock: FakeClock, change_after: int = 0, factor: float = 1.0,
+                 start_up: float = 0.0, stall_at: int = 0, stall_s: float = 0.0):
         super().__init__()
         self.clock = clock
         self.calls = 0
-        self.slow_after = slow_after
+        self.change_after, self.factor = change_after, factor
         self.start_up = start_up
+        self.stall_at, self.stall_s = stall_at, stall_s
 
     def forward(self, batch):
         if self.training:
             self.calls += 1
             if self.calls == 1:
                 self.clock.now += self.start_up
-            slow = self.slow_after and self.calls > self.slow_after
-            self.clock.now += 3.0 * self.clock.step_cost if slow else self.clock.step_cost
+            if self.calls == self.stall_at:
+                self.clock.now += self.stall_s
+            changed = self.change_after and self.calls > self.change_after
+            self.clock.now += self.clock.step_cost * (self.factor if changed else 1.0)
         return super().forward(batch)
 
 
-def budget_run(exp_dir, clock, budget=60.0, resume=False, fail_at=0, slow_after=0,
-               max_epochs=50, start_up=0.0, calibration=3):
+def budget_run(exp_dir, clock, budget=60.0, resume=False, fail_at=0, max_epochs=50,
+               calibration=3, window=200, **timing):
     torch.manual_seed(0)
-    model = TimedToy(clock, slow_after, start_up)
+    model = TimedToy(clock, **timing)
 
     def train_batches(epoch, skip):
         for i, b in enumerate(batches(epoch, skip), start=skip):
@@ -126,7 +133,7 @@ def budget_run(exp_dir, clock, budget=60.0, resume=False, fail_at=0, slow_after=
         OptimConfig(lr=1e-2, warmup_steps=3, schedule="cosine", total_steps=1000, min_lr=1e-4),
         TrainConfig(max_epochs=max_epochs, checkpoint_interval=4, log_interval=1, average_period=0,
                     keep_last=0, time_budget_s=budget, time_budget_calibration_steps=calibration,
-                    time_budget_quantum=1),
+                    time_budget_quantum=1, time_budget_window=window),
         exp_dir, train_batches=train_batches, valid_batches=lambda: batches(99, 0, 2),
         evaluate=evaluate, clock=clock,
     )
@@ -161,15 +168,44 @@ def test_epoch_limit_caps_the_plan(tmp_path):
     assert trainer.scheduler.get_last_lr() == pytest.approx(1e-4)
 
 
-def test_slower_steps_than_planned_stop_at_the_budget(tmp_path, caplog):
+def test_a_stall_no_plan_can_absorb_stops_at_the_budget(tmp_path, caplog):
     clock = FakeClock()
     with caplog.at_level(logging.WARNING, logger="asr.train.trainer"):
-        trainer = budget_run(tmp_path, clock, budget=60.0, slow_after=30)
+        trainer = budget_run(tmp_path, clock, budget=60.0, stall_at=33, stall_s=10.0)
     assert "time budget of 60 s spent" in caplog.text
     p = trainer.progress
-    assert p.step < p.planned_steps
-    assert 60.0 <= clock.now <= 60.0 + 3.0  # checked after every step (log_interval 1)
+    assert 60.0 <= clock.now <= 60.0 + 11.0  # checked after every step (log_interval 1)
     assert (tmp_path / f"checkpoint-{p.step}.pt").is_file()
+
+
+def _changing_run(tmp_path, caplog, window, change_after, factor):
+    clock = FakeClock()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="asr.train.trainer"):
+        trainer = budget_run(tmp_path / str(window), clock, budget=100.0, window=window,
+                             change_after=change_after, factor=factor)
+    return trainer, clock.now, "time budget of 100 s spent" in caplog.text
+
+
+def test_plans_follow_a_late_slowdown(tmp_path, caplog):
+    """Steps get 3x slower at call 45 (of ~52). Plans timed over the latest 4 steps end the run on
+    its plan inside the budget; plans from the whole run's average cost lag behind it and run
+    into the hard stop after the budget."""
+    trainer, seconds, hard_stop = _changing_run(tmp_path, caplog, 4, 45, 3.0)
+    p = trainer.progress
+    assert not hard_stop and p.step == p.planned_steps == trainer.scheduler.total_steps
+    assert 95.0 <= seconds <= 100.0
+    _, seconds, hard_stop = _changing_run(tmp_path, caplog, 1000, 45, 3.0)
+    assert hard_stop and seconds > 100.0
+
+
+def test_plans_follow_steps_that_get_faster(tmp_path, caplog):
+    """Steps get 3x faster at call 30: plans made every step (quantum 1) extend the run, which
+    ends on its plan and uses the budget (at 1 s per step, about 57 steps would fit)."""
+    trainer, seconds, hard_stop = _changing_run(tmp_path, caplog, 4, 30, 1 / 3)
+    p = trainer.progress
+    assert not hard_stop and p.step == p.planned_steps == trainer.scheduler.total_steps > 70
+    assert 95.0 <= seconds <= 100.0
 
 
 def test_resumed_budgeted_run_continues_the_plan_and_the_clock(tmp_path):
