@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from local.audio_effects import (
+    _smooth_size,
     add_noise,
     add_reverb,
     fft_convolve,
@@ -93,7 +96,7 @@ def test_levels_and_pcm16() -> None:
         normalize_peak(out, 1.0)
 
 
-@pytest.mark.parametrize("length", [98, 99, 100, 101, 64])
+@pytest.mark.parametrize("length", [98, 99, 100, 101, 64, 881, 4409, 20011])
 @pytest.mark.parametrize("rates", [(22050, 16000), (8000, 16000), (16000, 8000), (16000, 16000)])
 def test_resample_matches_scipy_fourier_resampling(length: int, rates: tuple[int, int]) -> None:
     from scipy.signal import resample as scipy_resample
@@ -101,7 +104,31 @@ def test_resample_matches_scipy_fourier_resampling(length: int, rates: tuple[int
     samples = np.random.default_rng(length).standard_normal(length)
     out = resample(samples, *rates)
     assert len(out) == round(length * rates[1] / rates[0])
-    np.testing.assert_allclose(out, scipy_resample(samples, len(out)), atol=1e-12)
+    # Fourier resampling of the input zero-padded to m * orig/g samples, m = 2^a 3^b 5^c.
+    g = math.gcd(*rates)
+    blocks = -(-length // (rates[0] // g))
+    while max(_prime_factors(blocks), default=1) > 5:
+        blocks += 1
+    padded = np.concatenate([samples, np.zeros(blocks * rates[0] // g - length)])
+    expected = scipy_resample(padded, blocks * rates[1] // g)[: len(out)]
+    np.testing.assert_allclose(out, expected, atol=1e-12)
+
+
+def _prime_factors(n: int) -> list[int]:
+    factors, p = [], 2
+    while p * p <= n:
+        while n % p == 0:
+            factors.append(p)
+            n //= p
+        p += 1
+    return factors + ([n] if n > 1 else [])
+
+
+@pytest.mark.parametrize("length", [1, 2, 7, 97, 1000, 4099, 65537, 123457])
+def test_smooth_fft_size_is_the_next_5_smooth_number(length: int) -> None:
+    size = _smooth_size(length)
+    assert size >= length and max(_prime_factors(size), default=1) <= 5
+    assert all(max(_prime_factors(n), default=1) > 5 for n in range(length, size))
 
 
 def test_resample_keeps_a_low_tone() -> None:

@@ -85,6 +85,9 @@ def test_speakers_and_sentences_disjoint(corpus: SynthesisResult) -> None:
     assert len(speakers["train-clean-5"]) >= 8  # 15 utterances over all training voices
     assert not sentences["test-clean"] & (sentences["train-clean-5"] | sentences["dev-clean-2"])
     assert not sentences["dev-clean-2"] & sentences["train-clean-5"]
+    # whole sentences: the LM text is exactly what the training part says
+    lm_text = (corpus.corpus_dir / "train-text.txt").read_text(encoding="utf-8").splitlines()
+    assert sorted(lm_text) == sorted(sentences["train-clean-5"])
 
 
 def test_lhotse_download_step_skips_completed_parts(corpus: SynthesisResult) -> None:
@@ -191,11 +194,17 @@ def test_training_parts_can_say_segments(corpus: SynthesisResult, tmp_path) -> N
     for part in ("test-clean", "dev-clean-2"):  # evaluation parts: the same whole sentences
         assert texts[part] == _read_transcripts(corpus.corpus_dir / part)
     pool = build_pool(default_sources(), top_words=1500)
-    reserved = shuffle_pool(pool, 0)[:50]
+    reserved = set(shuffle_pool(pool, 0)[:50])
     train = list(texts["train-clean-5"].values())
     assert len(set(train)) == 10 and set(train) <= set(pool.segments)
     assert not any(f" {h} " in f" {t} " for t in train for h in reserved)
     assert set(train) != set(_read_transcripts(corpus.corpus_dir / "train-clean-5").values())
+    # the LM text: every training segment, a superset of what is spoken, none with a held-out one
+    lm_text = (result.corpus_dir / "train-text.txt").read_text(encoding="utf-8").splitlines()
+    assert len(lm_text) == len(set(lm_text)) > 10 * len(train) and set(train) <= set(lm_text)
+    assert set(lm_text) <= set(pool.segments)
+    evaluated = set(texts["test-clean"].values()) | set(texts["dev-clean-2"].values())
+    assert not any(f" {h} " in f" {t} " for t in lm_text for h in reserved | evaluated)
     with pytest.raises(FileExistsError, match="different settings.*held_out_sentences"):
         synthesize_corpus(tmp_path, sizes, progress=False)
     with pytest.raises(ValueError, match="distinct sentences needed but the pool has 5"):

@@ -11,8 +11,8 @@
 # Stages:
 #   0  synthesize the corpus        (data/LibriSpeech)
 #   1  lhotse manifests             (data/manifests)
-#   2  fbank features               (data/fbank; speed-perturbed copies of the training part)
-#   3  BPE tokenizer and a token n-gram LM of the training transcripts
+#   2  fbank features               (data/fbank; with --speed-perturb true also 0.9/1.1 copies)
+#   3  BPE tokenizer (training transcripts) and a token n-gram LM of the corpus's training text
 #                                   (data/lang_bpe_${vocab_size}, .../token_${lm_order}gram.arpa)
 #   4  train                        (exp/${recipe}; for the time --time-budget leaves: the step
 #                                   count is planned on the machine, see asr/train/budget.py)
@@ -34,12 +34,14 @@ searchers=""                    # default: the recipe's greedy searcher (+ LM be
 avg=2                           # stage 5 averages the newest $avg step checkpoints
 num_jobs=2                      # synthesis / manifest processes
 fbank_jobs=1                    # lhotse's process pool is slower than one process here
-num_train=6000                  # synthesized training utterances (train-clean-5)
+num_train=15000                 # synthesized training utterances (train-clean-5): distinct
+                                # segments, each with its own rate, pitch, noise and room
 num_dev=100
 num_test=100
 voices_per_sentence=1           # training sentences spoken in this many different voices
 train_text=segments             # training text: word-run "segments" or whole pool "sentences"
-speed_perturb=true
+speed_perturb=false             # true: 0.9/1.1 copies of the training features (fewer new
+                                # utterances learn more slowly; recipes/mini_tts/README.md)
 vocab_size=128
 lm_order=6                      # token n-gram LM (stage 3) for shallow fusion in beam searches
 lm_weight=0.5                   # LM weight, beam size and blank penalty of the fused beam searches:
@@ -123,8 +125,12 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
   log "stage 3: BPE with $vocab_size tokens"
   timed bpe asr bpe --transcripts data/LibriSpeech/train-clean-5 --output-dir "$lang_dir" \
     --vocab-size "$vocab_size"
-  log "stage 3: token ${lm_order}-gram LM of the training transcripts"
-  timed lm asr lm --transcripts data/LibriSpeech/train-clean-5 --tokenizer-dir "$lang_dir" \
+  # The LM text: every text training may say (data/LibriSpeech/train-text.txt, written by stage 0;
+  # LibriSpeech's counterpart is librispeech-lm-norm.txt), else the training transcripts.
+  lm_text=data/LibriSpeech/train-text.txt
+  [ -f "$lm_text" ] || lm_text=data/LibriSpeech/train-clean-5
+  log "stage 3: token ${lm_order}-gram LM of $lm_text"
+  timed lm asr lm --transcripts "$lm_text" --tokenizer-dir "$lang_dir" \
     --order "$lm_order" --output "$lm_path"
 fi
 
