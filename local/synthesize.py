@@ -104,7 +104,7 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    # ~1500-word vocabulary, 15000 distinct training segments (~9.7 h, of the pool's ~15750): a
+    # ~1500-word vocabulary, 15000 distinct training segments (~9.9 h, of the pool's ~15750): a
     # tiny model learns it in minutes on 2 cores; with whole sentences only (~2000 of them) it
     # would memorise them, and with 6000 segments it learned their renderings (a training
     # segment re-rendered with other rate/noise: 36% WER against 13% on the rendering it saw).
