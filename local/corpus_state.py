@@ -188,7 +188,11 @@ def write_manifest(
             "num_jobs": jobs,
         },
     }
-    path = corpus_dir / MANIFEST_NAME
+    write_text_atomic(corpus_dir / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file and a rename."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)

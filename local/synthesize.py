@@ -80,7 +80,14 @@ from local.audio_effects import (
     to_pcm16,
     trim_silence,
 )
-from local.corpus_state import allocate, part_info, reuse_existing, settings_of, write_manifest
+from local.corpus_state import (
+    allocate,
+    part_info,
+    reuse_existing,
+    settings_of,
+    write_manifest,
+    write_text_atomic,
+)
 from local.parts import PARTS
 from local.sentences import build_pool, default_sources, shuffle_pool, training_segments
 from local.text_norm import tts_text
@@ -245,13 +252,6 @@ def write_transcripts(plans: Sequence[UtterancePlan]) -> None:
         name = f"{items[0].speaker_id}-{items[0].chapter_id}.trans.txt"
         lines = sorted(f"{p.utt_id} {p.transcript}\n" for p in items)
         (chapter_dir / name).write_text("".join(lines), encoding="utf-8")
-
-
-def write_text_lines(path: Path, lines: Sequence[str]) -> None:
-    """Write ``lines`` to ``path``, one per line, atomically (a temporary file, then rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _run_plans(plans: Sequence[UtterancePlan], num_jobs: int, progress: bool) -> list[int]:
@@ -432,7 +432,7 @@ def synthesize_corpus(
             if info["role"] == "train"
             for sentence in order[info["sentences"][0] : sum(info["sentences"])]
         ]
-    write_text_lines(corpus_dir / TRAIN_TEXT_FILE, lm_text)
+    write_text_atomic(corpus_dir / TRAIN_TEXT_FILE, "".join(f"{line}\n" for line in lm_text))
     write_manifest(corpus_dir, settings, parts_info, pool, len(all_plans), elapsed, num_jobs)
     result = SynthesisResult(
         corpus_dir=corpus_dir,
