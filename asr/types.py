@@ -68,7 +68,8 @@ class Hypothesis:
         tokens: token ids without blanks.
         score: total log-probability (or the searcher's score) of the hypothesis.
         timestamps: encoder frame index at which each token was emitted (same length as
-            ``tokens``); empty for searchers without alignment (AED, CIF).
+            ``tokens``; for CIF the frame at which the token fired); empty for searchers
+            without alignment (AED).
         text: detokenised text, filled by the caller that owns the tokenizer.
     """
 

@@ -1,7 +1,8 @@
 """``asr lm``: train a token n-gram LM (interpolated modified Kneser-Ney) and write it as ARPA.
 
 The transcripts are tokenized with the model's tokenizer, so the LM's words are token ids, the
-form ``search.lm_path`` expects (shallow fusion in ``transducer_beam`` and ``ctc_prefix_beam``).
+form ``search.lm_path`` expects (shallow fusion in ``transducer_beam``, ``tdt_beam``,
+``ctc_prefix_beam`` and ``cif_beam``).
 Transcript formats as for ``asr bpe``. Pass each transcript once: a cut manifest with speed
 perturbation repeats every sentence per speed (use the LibriSpeech directory instead).
 """

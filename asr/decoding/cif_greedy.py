@@ -3,8 +3,9 @@
 Dong & Xu 2020, "CIF: Continuous Integrate-and-Fire for End-to-End Speech Recognition"
 (ICASSP); Gao et al. 2022, "Paraformer" (arXiv:2206.08317). The number of tokens is the number
 of fires (``round(sum(alpha))``); each fired embedding is decoded in parallel, so the search is
-one forward pass of :meth:`asr.heads.cif.CIFHead.forward` and an argmax. Blank (id 0), which the
-head never targets, is dropped if predicted. No timestamps (``Hypothesis.timestamps`` is empty).
+one pass of :meth:`asr.heads.cif.CIFHead.infer` and an argmax. Blank (id 0), which the head
+never targets, is dropped if predicted. ``Hypothesis.timestamps`` holds the encoder frame at which
+each kept token fired (:func:`asr.heads.cif.cif_fire_frames`): the end of its integration.
 
 Shape legend: B batch, T frames, D encoder dims, N fired tokens, V vocabulary.
 """
@@ -40,12 +41,19 @@ class CifGreedySearch:
     def __call__(self, enc: Tensor, enc_lens: Tensor) -> list[list[Hypothesis]]:
         """enc (B, T, D), enc_lens (B,) -> one hypothesis per utterance."""
         check_encoder_output(enc, enc_lens)
-        logits, token_lens = self.head(enc, enc_lens.to(enc.device))  # (B, N, V), (B,)
-        best_lp, best = torch.log_softmax(logits.float(), dim=-1).max(dim=-1)
-        valid = torch.arange(best.shape[1], device=best.device)[None, :] < token_lens[:, None]
+        out = self.head.infer(enc, enc_lens.to(enc.device))  # logits (B, N, V)
+        best_lp, best = torch.log_softmax(out.logits.float(), dim=-1).max(dim=-1)
+        valid = torch.arange(best.shape[1], device=best.device)[None, :] < out.token_lens[:, None]
         scores = (best_lp * valid).sum(dim=1).tolist()
         results = []
-        for tokens, count, score in zip(best.tolist(), token_lens.tolist(), scores):
-            kept = tuple(token for token in tokens[:count] if token != self.blank_id)
-            results.append([Hypothesis(tokens=kept, score=float(score))])
+        for tokens, frames, count, score in zip(
+            best.tolist(), out.fire_frames.tolist(), out.token_lens.tolist(), scores
+        ):
+            kept = [(t, f) for t, f in zip(tokens[:count], frames[:count]) if t != self.blank_id]
+            hyp = Hypothesis(
+                tokens=tuple(t for t, _ in kept),
+                score=float(score),
+                timestamps=tuple(f for _, f in kept),
+            )
+            results.append([hyp])
         return results

@@ -39,9 +39,9 @@ class SearchConfig:
             decision (> 0 emits more tokens).
         ctc_pre_beam: ``aed_beam`` computes CTC prefix scores only for the
             ``ceil(ctc_pre_beam * beam_size)`` best attention candidates of each hypothesis.
-        lm_path: ARPA token n-gram for ``ctc_prefix_beam``, ``transducer_beam`` and ``tdt_beam``
-            (words are token ids, see :class:`asr.decoding.lm.NgramLM`; ``asr lm`` trains one);
-            null for none.
+        lm_path: ARPA token n-gram for ``ctc_prefix_beam``, ``transducer_beam``, ``tdt_beam`` and
+            ``cif_beam`` (words are token ids, see :class:`asr.decoding.lm.NgramLM`; ``asr lm``
+            trains one); null for none.
         lm_weight: weight of the LM log-probability in shallow fusion (0 = unused).
         max_stream_tokens: token capacity of a streaming searcher's state per stream; a stream
             that emits more (without being reset at an endpoint) keeps its first

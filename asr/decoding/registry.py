@@ -14,6 +14,7 @@ aed_beam               ``aed`` head (CTC prefix scores when a ``ctc`` head exist
 attention_rescoring    ``aed`` head and a first pass: ``ctc_prefix_beam`` with a ``ctc`` head,
                        else ``transducer_beam`` / ``tdt_beam``
 cif_greedy             ``cif`` head
+cif_beam               ``cif`` head (optional LM as above)
 =====================  =======================================================================
 """
 
@@ -27,6 +28,7 @@ from torch import nn
 
 from asr.decoding.aed_beam import AedBeamSearch
 from asr.decoding.base import Searcher, StreamingSearcher
+from asr.decoding.cif_beam import CifBeamSearch
 from asr.decoding.cif_greedy import CifGreedySearch
 from asr.decoding.config import SearchConfig
 from asr.decoding.ctc_greedy import CtcGreedySearcher
@@ -58,6 +60,7 @@ SEARCHER_NAMES = (
     "aed_beam",
     "attention_rescoring",
     "cif_greedy",
+    "cif_beam",
 )
 STREAMING_SEARCHER_NAMES = ("ctc_greedy", "transducer_greedy", "tdt_greedy")
 
@@ -74,6 +77,7 @@ _NEEDS = {
     "aed_beam": "an 'aed' head",
     "attention_rescoring": "an 'aed' head and a 'ctc' or 'transducer' head",
     "cif_greedy": "a 'cif' head",
+    "cif_beam": "a 'cif' head",
 }
 
 
@@ -102,6 +106,7 @@ def available_searchers(model: ASRModel) -> list[str]:
         "aed_beam": _head(model, "aed") is not None,
         "attention_rescoring": _head(model, "aed") is not None and (has_ctc or kind is not None),
         "cif_greedy": _head(model, "cif") is not None,
+        "cif_beam": _head(model, "cif") is not None,
     }
     return [name for name in SEARCHER_NAMES if usable[name]]
 
@@ -154,6 +159,9 @@ _BUILDERS: dict[str, Callable[[ASRModel, SearchConfig, LanguageModel | None], Se
         _first_pass(m, c), m.heads["aed"], c
     ),
     "cif_greedy": lambda m, c, lm: CifGreedySearch(m.heads["cif"], c),
+    "cif_beam": lambda m, c, lm: CifBeamSearch(
+        m.heads["cif"], c, lm if lm is not None else _load_lm(m, c, "cif")
+    ),
 }
 
 
@@ -173,8 +181,8 @@ def build_searcher(
         name: one of :data:`SEARCHER_NAMES`.
         model: the model whose heads are searched.
         cfg: search options.
-        lm: token LM for ``ctc_prefix_beam``, ``transducer_beam`` and ``tdt_beam`` (overrides
-            ``cfg.lm_path``).
+        lm: token LM for ``ctc_prefix_beam``, ``transducer_beam``, ``tdt_beam`` and
+            ``cif_beam`` (overrides ``cfg.lm_path``).
 
     Raises:
         ValueError: on an unknown name, or one the model's heads do not support (naming the

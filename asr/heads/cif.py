@@ -31,7 +31,7 @@ from asr.losses.cif import quantity_loss, scale_alphas
 from asr.losses.label_smoothing import label_smoothing_loss
 from asr.types import LossOutput
 
-__all__ = ["CIFConfig", "CIFHead", "cif", "cif_num_fires"]
+__all__ = ["CIFConfig", "CIFHead", "CIFInference", "cif", "cif_fire_frames", "cif_num_fires"]
 
 
 def cif_num_fires(alphas: Tensor, threshold: float = 1.0) -> Tensor:
@@ -101,6 +101,48 @@ def cif(
     with torch.autocast(device_type=hidden.device.type, enabled=False):
         fired = torch.bmm(weights, hidden.to(weights_dtype))
     return fired, fired_lens
+
+
+def cif_fire_frames(alphas: Tensor, fired_lens: Tensor, threshold: float = 1.0) -> Tensor:
+    """The frame at which :func:`cif` fires each token (its timestamp).
+
+    Token ``k`` fires at the first frame whose cumulative weight reaches ``(k + 1) *
+    threshold``; the last, partial token (fired by the tail rule) at the last frame with a
+    non-zero weight.
+
+    Args:
+        alphas: (B, T) non-negative weights, zero beyond each utterance's frames.
+        fired_lens: (B,) tokens fired per utterance (:func:`cif_num_fires`, possibly clamped).
+        threshold: firing threshold.
+
+    Returns:
+        (B, N) int64 frame indices, N = ``max(fired_lens)``, non-decreasing along each row
+        and 0 beyond ``fired_lens``.
+    """
+    num_fired = int(fired_lens.max().item()) if fired_lens.numel() else 0
+    weights_dtype = alphas.dtype if alphas.dtype == torch.float64 else torch.float32
+    cumulative = alphas.detach().to(weights_dtype).cumsum(dim=1).contiguous()
+    targets = torch.arange(1, num_fired + 1, device=alphas.device, dtype=weights_dtype)
+    targets = (targets * threshold).expand(alphas.shape[0], num_fired).contiguous()
+    frames = torch.searchsorted(cumulative, targets)  # first t with cumulative[t] >= target
+    last = (alphas > 0).long().cumsum(dim=1).argmax(dim=1, keepdim=True)  # last weighted frame
+    frames = torch.minimum(frames, last)
+    return frames * lengths_to_mask(fired_lens, num_fired)
+
+
+@dataclass(frozen=True)
+class CIFInference:
+    """What :meth:`CIFHead.infer` returns.
+
+    Attributes:
+        logits: (B, N, V) decoder logits of the fired tokens.
+        token_lens: (B,) int64 tokens fired per utterance.
+        fire_frames: (B, N) int64 encoder frame at which each token fired.
+    """
+
+    logits: Tensor
+    token_lens: Tensor
+    fire_frames: Tensor
 
 
 @dataclass(frozen=True)
@@ -206,14 +248,25 @@ class CIFHead(nn.Module):
         return self.output(self.final_norm(x))
 
     def forward(self, enc: Tensor, enc_lens: Tensor) -> tuple[Tensor, Tensor]:
-        """Greedy-decoding pass: predicted weights, fire, decode.
+        """Inference pass (see :meth:`infer`) without the fire frames.
 
         Returns:
             logits: (B, N, V); token_lens: (B,) number of fired tokens per utterance.
         """
+        out = self.infer(enc, enc_lens)
+        return out.logits, out.token_lens
+
+    def infer(self, enc: Tensor, enc_lens: Tensor) -> CIFInference:
+        """Predicted weights, fire (the count is learnt, no target length), decode.
+
+        Args:
+            enc: (B, T, D) encoder output; enc_lens: (B,) valid frames.
+        """
         alphas = self.predict_alphas(enc, enc_lens)
         fired, fired_lens = cif(enc, alphas, self.cfg.threshold)
-        return self.decode(self.input_proj(fired), fired_lens, enc, enc_lens), fired_lens
+        logits = self.decode(self.input_proj(fired), fired_lens, enc, enc_lens)
+        frames = cif_fire_frames(alphas, fired_lens, self.cfg.threshold)
+        return CIFInference(logits, fired_lens, frames)
 
     def _glance(
         self, inputs: Tensor, tokens: Tensor, token_lens: Tensor, enc: Tensor, enc_lens: Tensor

@@ -1,4 +1,5 @@
-"""Attention rescoring re-ranks the first pass by the documented formula; CIF greedy."""
+"""Attention rescoring re-ranks the first pass by the documented formula; CIF greedy search and
+the CIF fire frames (timestamps)."""
 
 from __future__ import annotations
 
@@ -50,5 +51,44 @@ def test_cif_greedy_is_the_argmax_of_the_fired_tokens():
         logits, token_lens = model.heads["cif"](enc, enc_lens)
     for b, count in enumerate(token_lens.tolist()):
         expected = tuple(t for t in logits[b, :count].argmax(-1).tolist() if t != 0)
-        assert hyps[b][0].tokens == expected and hyps[b][0].timestamps == ()
+        assert hyps[b][0].tokens == expected
     assert int(token_lens.sum()) > 0
+
+
+def test_cif_fire_frames_follow_the_sequential_integrate_and_fire_loop():
+    """Token k fires on the frame where the running sum first reaches k + 1 (the paper's
+    accumulate / fire / carry loop); the tail token on the last weighted frame."""
+    from asr.heads.cif import cif_fire_frames, cif_num_fires
+
+    alphas = torch.tensor(
+        [
+            [0.4, 0.4, 0.4, 2.0, 0.2, 0.5, 0.0],  # sum 3.9: frames 2, 3, 3, tail on 5
+            [0.9, 0.05, 0.3, 0.0, 0.0, 0.0, 0.0],  # sum 1.25: frame 2, tail dropped
+            [0.0] * 7,
+        ]
+    )
+    lens = cif_num_fires(alphas)
+    assert lens.tolist() == [4, 1, 0]
+    frames = cif_fire_frames(alphas, lens)
+    assert frames.tolist() == [[2, 3, 3, 5], [2, 0, 0, 0], [0, 0, 0, 0]]
+    for b, (row, count) in enumerate(zip(alphas.tolist(), lens.tolist())):
+        total, fired, expected = 0.0, 0, []
+        for t, alpha in enumerate(row):
+            total += alpha
+            while fired < count and total >= fired + 1 - 1e-6:
+                expected.append(t)
+                fired += 1
+        last = max((t for t, a in enumerate(row) if a > 0), default=0)
+        expected += [last] * (count - fired)
+        assert frames[b, :count].tolist() == expected
+
+
+def test_cif_greedy_timestamps_are_the_fire_frames_of_the_kept_tokens():
+    model = make_model(cif=True)
+    enc, enc_lens = encoder_output([12, 7])
+    hyps = build_searcher("cif_greedy", model)(enc, enc_lens)
+    with torch.no_grad():
+        out = model.heads["cif"].infer(enc, enc_lens)
+    for b, count in enumerate(out.token_lens.tolist()):
+        pairs = zip(out.logits[b, :count].argmax(-1).tolist(), out.fire_frames[b].tolist())
+        assert hyps[b][0].timestamps == tuple(f for t, f in pairs if t != 0)

@@ -18,7 +18,8 @@
 #                                   count is planned on the machine, see asr/train/budget.py)
 #   5  average the last checkpoints (exp/${recipe}/averaged.safetensors) and decode test-clean
 #                                   (exp/${recipe}/<searcher>/wer-summary-test-clean-<searcher>.txt);
-#                                   transducer_beam, tdt_beam and ctc_prefix_beam fuse the LM
+#                                   transducer_beam, tdt_beam, ctc_prefix_beam and cif_beam fuse
+#                                   the LM
 #   6  export a model package and transcribe a held-out test-clean file
 #
 # Paths are relative to --work-dir (default: this directory, egs/mini_tts/ASR), as in the recipe YAMLs.
@@ -95,7 +96,7 @@ if [ -z "$searchers" ]; then
   case "$recipe" in
     *tdt*) searchers="tdt_greedy" ;;
     *transducer*) searchers="transducer_greedy transducer_beam" ;;
-    *cif*) searchers="cif_greedy" ;;
+    *cif*) searchers="cif_greedy cif_beam" ;;
     *) searchers="ctc_greedy" ;;
   esac
 fi
@@ -161,7 +162,7 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   for searcher in $searchers; do
     search_args=()
     case "$searcher" in
-      transducer_beam|tdt_beam|ctc_prefix_beam)
+      transducer_beam|tdt_beam|ctc_prefix_beam|cif_beam)
         search_args=(--set "search.beam_size=$beam_size" "search.blank_penalty=$blank_penalty"
           "search.lm_path=$lm_path" "search.lm_weight=$lm_weight") ;;
     esac

@@ -1,0 +1,109 @@
+"""CIF beam search: beam 1 and the unfused beam's best equal greedy search, the n-best of a wide
+beam equals enumeration of every path (with and without LM fusion), an LM flips a close call."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from search_helpers import encoder_output, make_model
+from test_lm import ARPA
+
+from asr.decoding import NgramLM, SearchConfig, build_searcher
+from asr.decoding.base import log_add
+from asr.decoding.cif_beam import CifBeamSearch
+
+
+@pytest.fixture
+def lm(tmp_path) -> NgramLM:
+    path = tmp_path / "lm.arpa"
+    path.write_text(ARPA)
+    return NgramLM.from_arpa(path, vocab_size=7)
+
+
+def test_beam_of_one_and_the_unfused_beams_best_equal_greedy_search():
+    model = make_model(cif=True)
+    enc, enc_lens = encoder_output([14, 9, 5], scale=2.0)
+    greedy = build_searcher("cif_greedy", model)(enc, enc_lens)
+    assert sum(len(h[0].tokens) for h in greedy) > 3
+    for beam_size in (1, 4):
+        cfg = SearchConfig(beam_size=beam_size, nbest=beam_size)
+        beam = build_searcher("cif_beam", model, cfg)(enc, enc_lens)
+        for g, b in zip(greedy, beam):
+            assert b[0].tokens == g[0].tokens and b[0].timestamps == g[0].timestamps
+            assert b[0].score == pytest.approx(g[0].score, abs=1e-4)
+            assert len({h.tokens for h in b}) == len(b) == beam_size
+
+
+def _enumerate(log_probs: torch.Tensor, lm: NgramLM | None, weight: float) -> dict:
+    """Every path over the positions; paths with equal tokens log-add; + weight * LM."""
+    acoustic: dict[tuple[int, ...], float] = {}
+    for labels in itertools.product(range(log_probs.shape[1]), repeat=log_probs.shape[0]):
+        tokens = tuple(label for label in labels if label != 0)
+        score = sum(float(log_probs[n, label]) for n, label in enumerate(labels))
+        acoustic[tokens] = log_add(acoustic[tokens], score) if tokens in acoustic else score
+    if lm is None:
+        return acoustic
+    fused = {}
+    for tokens, score in acoustic.items():
+        state, lm_score = lm.init_state(), 0.0
+        for token in tokens:
+            lm_score += lm.log_prob(state, token)
+            state = lm.advance(state, token)
+        fused[tokens] = score + weight * (lm_score + lm.final_score(state))
+    return fused
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.4, 2.0])
+def test_wide_beam_nbest_equals_enumeration_of_every_path(lm, weight):
+    """V = 4 (blank + 3 tokens), N = 3 positions: 64 paths, at most 40 prefixes; a beam of 64
+    prunes nothing, so its n-best is the enumeration's, scores included."""
+    generator = torch.Generator().manual_seed(3)
+    log_probs = torch.log_softmax(torch.randn(3, 4, generator=generator) * 1.5, dim=-1)
+    log_probs[:, 0] -= 1.0  # blank is rarer, but still a candidate
+    expected = _enumerate(log_probs, lm, weight)
+    model = make_model(cif=True, vocab=4)
+    small_lm = NgramLM(lm.probs, lm.backoffs, vocab_size=4) if weight else None
+    search = CifBeamSearch(
+        model.heads["cif"], SearchConfig(beam_size=64, nbest=10, lm_weight=weight), small_lm
+    )
+    hyps = search.search(log_probs, [0, 2, 5])
+    ranked = sorted(expected, key=expected.get, reverse=True)[:10]
+    assert [h.tokens for h in hyps] == ranked
+    assert [h.score for h in hyps] == pytest.approx([expected[t] for t in ranked], abs=1e-5)
+    for hyp in hyps:  # each token carries the fire frame of a position, in order
+        assert list(hyp.timestamps) == sorted(hyp.timestamps) and len(hyp.timestamps) == len(
+            hyp.tokens
+        )
+
+
+def test_lm_flips_a_close_call_and_weight_zero_changes_nothing(lm):
+    """Position 2 slightly prefers 4 over 3; the LM strongly prefers 3 after 2."""
+    probs = torch.full((2, 7), 1e-4)
+    probs[0, 2] = 1.0
+    probs[1, 4], probs[1, 3] = 0.5, 0.45
+    log_probs = torch.log(probs / probs.sum(-1, keepdim=True))
+    head = make_model(cif=True).heads["cif"]
+    plain = CifBeamSearch(head, SearchConfig(beam_size=4)).search(log_probs, [1, 3])
+    unfused = CifBeamSearch(head, SearchConfig(beam_size=4), lm).search(log_probs, [1, 3])
+    fused = CifBeamSearch(head, SearchConfig(beam_size=4, lm_weight=0.5), lm).search(
+        log_probs, [1, 3]
+    )
+    assert plain == unfused and plain[0].tokens == (2, 4)
+    assert fused[0].tokens == (2, 3) and fused[0].timestamps == (1, 3)
+    assert not math.isclose(fused[0].score, plain[0].score)
+
+
+def test_lm_path_is_read_and_its_vocabulary_checked(lm, tmp_path):
+    path = tmp_path / "lm.arpa"
+    path.write_text(ARPA)
+    model = make_model(cif=True)
+    enc, enc_lens = encoder_output([10])
+    cfg = SearchConfig(beam_size=3, lm_weight=0.5, lm_path=path)
+    assert build_searcher("cif_beam", model, cfg)(enc, enc_lens) == build_searcher(
+        "cif_beam", model, cfg, lm=lm
+    )(enc, enc_lens)
+    with pytest.raises(ValueError, match="LM vocabulary 7 differs from the CIF head's 9"):
+        build_searcher("cif_beam", make_model(cif=True, vocab=9), cfg, lm=lm)
