@@ -22,6 +22,7 @@ from collections.abc import Sequence
 SUBCOMMANDS: dict[str, str] = {
     "synthesize": "asr.cli.synthesize",
     "prepare": "asr.cli.prepare",
+    "shar": "asr.cli.shar",
     "bpe": "asr.cli.bpe",
     "lm": "asr.cli.lm",
     "wer": "asr.cli.wer",

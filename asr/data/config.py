@@ -108,6 +108,9 @@ class DataConfig:
     Attributes:
         manifest_dir: directory holding the cut manifests.
         train_cuts: training cut manifest file names (in ``manifest_dir``), concatenated lazily.
+        train_shar_dirs: Lhotse Shar directories to train from instead of ``train_cuts``
+            (``asr shar`` writes them; read lazily, shard order shuffled per epoch, see
+            :mod:`asr.data.shar`); empty: use ``train_cuts``.
         dev_cuts: validation cut manifest file names.
         max_duration: total seconds of audio per batch (per rank).
         num_buckets: duration buckets of the ``DynamicBucketingSampler``.
@@ -129,6 +132,7 @@ class DataConfig:
 
     manifest_dir: Path = Path("data/fbank")
     train_cuts: tuple[str, ...] = ("librispeech_cuts_train-clean-100.jsonl.gz",)
+    train_shar_dirs: tuple[Path, ...] = ()
     dev_cuts: tuple[str, ...] = ("librispeech_cuts_dev-clean.jsonl.gz",)
     max_duration: float = 200.0
     num_buckets: int = 30

@@ -249,14 +249,19 @@ def make_dataloader(
     train: bool,
     rank: int | None = None,
     world_size: int | None = None,
+    bucket_cuts=None,
 ) -> torch.utils.data.DataLoader:
     """DataLoader of :class:`~asr.types.Batch` over ``cuts`` (sampler + dataset from ``cfg``).
+
+    ``bucket_cuts``: see :func:`asr.data.sampler.make_sampler`.
 
     The sampler is reachable as ``loader.sampler`` (``set_epoch``, ``state_dict``); each worker's
     RNGs are seeded from ``cfg.seed``, the rank and the worker id.
     """
     rank, world_size = resolve_rank_world_size(rank, world_size)
-    sampler = make_sampler(cuts, cfg, train=train, rank=rank, world_size=world_size)
+    sampler = make_sampler(
+        cuts, cfg, train=train, rank=rank, world_size=world_size, bucket_cuts=bucket_cuts
+    )
     dataset = AsrDataset.from_config(cfg, encoder, train=train)
     base_seed = cfg.seed + 1000 * rank
     if cfg.num_workers == 0:

@@ -129,6 +129,7 @@ def filter_cuts(
     min_duration: float = 0.0,
     max_duration: float = float("inf"),
     frame_shift: float = 0.01,
+    apply_to=None,
 ):
     """Drops cuts with empty text, duration out of range or more tokens than encoder frames.
 
@@ -139,6 +140,9 @@ def filter_cuts(
         min_duration: minimum duration in seconds (inclusive).
         max_duration: maximum duration in seconds (inclusive).
         frame_shift: feature frame shift in seconds, for cuts without stored features.
+        apply_to: a lazy CutSet with the same cuts in the same order as ``cuts`` (e.g. a Lhotse
+            Shar reader with its data fields, while ``cuts`` reads only the Shar manifests):
+            counted on ``cuts``, the filter is returned on ``apply_to``.
 
     Returns:
         ``(kept_cuts, stats)``; see the module docstring for laziness.
@@ -160,6 +164,8 @@ def filter_cuts(
     for why, cut_id in examples.items():
         logger.warning("dropped %d cuts: %s (e.g. %s)", counts[why], why, cut_id)
     logger.info("kept %d of %d cuts (dropped %d)", stats.kept, stats.total, stats.dropped)
+    if apply_to is not None:
+        return apply_to.filter(keep), stats
     if cuts.is_lazy:
         return cuts.filter(keep), stats
     from lhotse import CutSet

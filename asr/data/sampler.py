@@ -53,6 +53,7 @@ def make_sampler(
     train: bool,
     rank: int | None = None,
     world_size: int | None = None,
+    bucket_cuts=None,
 ):
     """Builds a ``DynamicBucketingSampler`` yielding CutSets of at most ``cfg.max_duration`` s.
 
@@ -63,6 +64,9 @@ def make_sampler(
             (no shuffling, last batch kept).
         rank: this process's rank; see :func:`resolve_rank_world_size`.
         world_size: number of processes.
+        bucket_cuts: the same cuts without their data (e.g. Lhotse Shar manifests, see
+            :class:`asr.data.shar.SharCuts`) to count and estimate the duration buckets from,
+            so that reading data is left to the epochs; default ``cuts``.
 
     With ``cfg.num_buckets == 1`` (or a single cut) lhotse's ``DynamicCutSampler`` (same
     constraints, no bucketing) is used; a CutSet with fewer cuts than buckets gets one bucket
@@ -72,12 +76,15 @@ def make_sampler(
         the sampler; iterate it (or pass it as a DataLoader ``sampler`` with ``batch_size=None``).
     """
     from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler
+    from lhotse.dataset.sampling.base import TimeConstraint
+    from lhotse.dataset.sampling.dynamic_bucketing import estimate_duration_buckets
 
     rank, world_size = resolve_rank_world_size(rank, world_size)
     num_buckets = cfg.num_buckets
+    bucket_cuts = cuts if bucket_cuts is None else bucket_cuts
     # lhotse needs at least one cut per bucket to estimate the bucket boundaries; peeking at
     # the first num_buckets cuts is cheap even for a lazy CutSet.
-    num_cuts = sum(1 for _ in itertools.islice(cuts, num_buckets))
+    num_cuts = sum(1 for _ in itertools.islice(bucket_cuts, num_buckets))
     if num_cuts < num_buckets:
         logger.info("only %d cuts: using %d buckets instead of %d", num_cuts, num_cuts, num_buckets)
         num_buckets = num_cuts
@@ -92,4 +99,10 @@ def make_sampler(
     logger.debug("sampler: rank %d of %d, train=%s, %d buckets", rank, world_size, train, num_buckets)
     if num_buckets <= 1:
         return DynamicCutSampler(cuts, **common)
-    return DynamicBucketingSampler(cuts, num_buckets=num_buckets, **common)
+    # lhotse's own estimate (the first 10000 cuts), made here from ``bucket_cuts``
+    duration_bins = estimate_duration_buckets(
+        itertools.islice(bucket_cuts, 10000),
+        num_buckets=num_buckets,
+        constraint=TimeConstraint(max_duration=cfg.max_duration),
+    )
+    return DynamicBucketingSampler(cuts, duration_bins=duration_bins, **common)

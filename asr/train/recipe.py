@@ -68,19 +68,25 @@ class EpochBatches:
         cfg: the experiment configuration (``cfg.data`` is used).
         tokenizer: text -> token ids.
         dist: this process' rank and world size.
+        shar: the :class:`asr.data.shar.SharCuts` that ``cuts`` read from, if any: its shard
+            order is set per epoch and its manifests (no data) give the duration buckets.
     """
 
-    def __init__(self, cuts, cfg: ExperimentConfig, tokenizer, dist: DistInfo) -> None:
+    def __init__(self, cuts, cfg: ExperimentConfig, tokenizer, dist: DistInfo, shar=None) -> None:
         from asr.data.dataset import make_dataloader
 
         self.cfg = cfg.data
+        self.shar = shar
         self.loader = make_dataloader(cuts, cfg.data, tokenizer, train=True, rank=dist.rank,
-                                      world_size=dist.world_size)
+                                      world_size=dist.world_size,
+                                      bucket_cuts=shar.manifests if shar is not None else None)
         self.rank = dist.rank
 
     def __call__(self, epoch: int, skip: int) -> Iterator[Batch]:
         loader = self.loader
         loader.sampler.set_epoch(epoch)
+        if self.shar is not None:
+            self.shar.set_epoch(epoch)
         dataset = loader.dataset
         # The augmentation RNGs of epoch e are a function of (seed, rank, e) only.
         seed = self.cfg.seed + 1000 * self.rank + 100_003 * epoch
@@ -184,6 +190,30 @@ def _load_filtered(cfg: ExperimentConfig, names, tokenizer, what: str):
     return kept.to_eager()
 
 
+def _load_shar(cfg: ExperimentConfig, tokenizer):
+    """Training cuts from ``data.train_shar_dirs``: (lazy filtered cuts, SharCuts). Counting,
+    filtering and the bucket estimate read the cut manifests only, never the tar data."""
+    from asr.data.filtering import filter_cuts
+    from asr.data.shar import SharCuts
+
+    data = cfg.data
+    field = "recording" if data.on_the_fly_feats else "features"
+    shar = SharCuts(data.train_shar_dirs, field, shuffle=data.shuffle, seed=data.seed)
+    options = dict(
+        min_duration=data.min_cut_duration, max_duration=data.max_cut_duration,
+        frame_shift=data.fbank.frame_shift,
+    )
+    kept, stats = filter_cuts(shar.manifests, tokenizer, apply_to=shar.cuts, **options)
+    if stats.kept == 0:
+        raise ValueError(
+            f"no training cuts left in {[str(d) for d in data.train_shar_dirs]} after "
+            f"filtering ({stats})"
+        )
+    logger.info("training from %d Lhotse Shar shards in %s", shar.num_shards,
+                [str(d) for d in data.train_shar_dirs])
+    return kept, shar
+
+
 def _init_input_norm(model, cfg: ExperimentConfig, train_cuts) -> None:
     """Sets a fresh model's global CMVN from the training features (resumed runs have theirs)."""
     norm = getattr(model.encoder, "input_norm", None)
@@ -222,7 +252,11 @@ def train_experiment(
             num_params = sum(p.numel() for p in model.parameters())
             logger.info("model: %.2fM parameters, vocab size %d, heads %s", num_params / 1e6,
                         tokenizer.vocab_size, list(cfg.heads.enabled()))
-        train_cuts = _load_filtered(cfg, cfg.data.train_cuts, tokenizer, "training")
+        shar = None
+        if cfg.data.train_shar_dirs:
+            train_cuts, shar = _load_shar(cfg, tokenizer)
+        else:
+            train_cuts = _load_filtered(cfg, cfg.data.train_cuts, tokenizer, "training")
         dev_cuts = _load_filtered(cfg, cfg.data.dev_cuts, tokenizer, "dev")
 
         def valid_batches():
@@ -233,7 +267,7 @@ def train_experiment(
 
         trainer = Trainer(
             model, cfg.optim, cfg.train, exp_dir,
-            train_batches=EpochBatches(train_cuts, cfg, tokenizer, dist),
+            train_batches=EpochBatches(train_cuts, cfg, tokenizer, dist, shar),
             valid_batches=valid_batches,
             evaluate=(DevWer(dev_cuts, cfg, tokenizer, dist.device, cfg.train.dev_wer_max_utterances)
                       if cfg.train.dev_wer else None),

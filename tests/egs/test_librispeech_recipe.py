@@ -1,5 +1,5 @@
 """egs/librispeech/ASR: option parsing (default suite) and every stage but the download on a tiny
-synthesized LibriSpeech-layout tree (slow)."""
+synthesized LibriSpeech-layout tree, training from Lhotse Shar shards (slow)."""
 
 from __future__ import annotations
 
@@ -59,13 +59,15 @@ def test_every_stage_but_download_on_a_synthesized_tree(tmp_path):
     work = tmp_path / "work"
     result = _bash(
         RUN, "--work-dir", str(work), "--dl-dir", str(tmp_path / "dl"), "--full-libri", "false",
-        "--num-jobs", "1", "--vocab-size", "40", "--epoch", "1", "--avg", "1",
+        "--num-jobs", "1", "--vocab-size", "40", "--epoch", "1", "--avg", "1", "--use-shar", "true",
         "--train-args", "--set " + " ".join(TINY_MODEL), timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     exp = work / "exp" / "conformer_transducer"
     assert (work / "data" / "fbank" / "librispeech_cuts_train-clean-100.jsonl.gz").is_file()
     assert (work / "data" / "lang_bpe_40" / "bpe.model").is_file()
+    assert list((work / "data" / "shar" / "train-clean-100").glob("features.*.tar"))
+    assert "Lhotse Shar shards" in result.stderr  # written by stage 6 and read by training
     assert (exp / "epoch-1.pt").is_file() and (exp / "training.png").is_file()
     for searcher in ("transducer_greedy", "transducer_beam", "ctc_greedy", "ctc_prefix_beam"):
         for part in ("test-clean", "test-other"):

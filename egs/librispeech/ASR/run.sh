@@ -9,7 +9,9 @@
 #
 # Stages:
 #   0-5  prepare.sh: download, manifests, MUSAN, fbank with speed perturbation, MUSAN fbank, BPE
-#   6    train recipes/librispeech/${recipe}.yaml into exp/${recipe} (resumes after a kill)
+#   6    train recipes/librispeech/${recipe}.yaml into exp/${recipe} (resumes after a kill); with
+#        --use-shar true the training cuts are first written once as Lhotse Shar shards
+#        (data/shar/train-<parts>, features as lilcom) and training reads those sequentially
 #   7    decode test-clean and test-other with every searcher of the model (epoch/avg averaging)
 #   8    average epochs (epoch-avg+1)..epoch into exp/${recipe}/averaged-epoch-E-avg-N.safetensors
 #   9    export a model package exp/${recipe}/package from the averaged weights
@@ -35,11 +37,13 @@ train_args=""                  # extra `asr train` arguments, e.g. "--set train.
 decode_args=""                 # extra `asr decode` arguments, e.g. "--set search.beam_size=8"
 work_dir=$HERE                  # where data/, exp/ (and download/) go; relative paths start here
 skip_setup=false
+use_shar=false                 # true: train from Lhotse Shar shards of the training cuts
 
 usage="Usage: $0 [--stage N] [--stop-stage N] [--dl-dir DIR] [--full-libri true|false]
   [--num-jobs N] [--vocab-size N] [--download-musan true|false] [--recipe NAME] [--nproc N]
   [--epoch E] [--avg N] [--use-averaged-model true|false] [--searchers \"A B\"|all]
-  [--test-parts \"P Q\"] [--train-args \"...\"] [--decode-args \"...\"] [--work-dir DIR] [--skip-setup true|false]"
+  [--test-parts \"P Q\"] [--train-args \"...\"] [--decode-args \"...\"] [--work-dir DIR] [--skip-setup true|false]
+  [--use-shar true|false]"
 . "$ROOT/egs/shared/parse_options.sh"
 work_dir=$(mkdir -p "$work_dir" && cd "$work_dir" && pwd)
 cd "$work_dir"
@@ -69,6 +73,18 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
   sets="tokenizer_dir=data/lang_bpe_${vocab_size}"
   [ "$full_libri" = true ] || sets="$sets data.train_cuts=[librispeech_cuts_train-clean-100.jsonl.gz]"
   [ -f data/fbank/musan_cuts.jsonl.gz ] && sets="$sets data.noise.cuts_path=data/fbank/musan_cuts.jsonl.gz"
+  if [ "$use_shar" = true ]; then
+    shar_parts="train-clean-100"
+    [ "$full_libri" = true ] && shar_parts="train-clean-100 train-clean-360 train-other-500"
+    shar_dir=data/shar/train-$(echo $shar_parts | sed 's/train-//g; s/ /+/g')
+    if [ ! -d "$shar_dir" ]; then
+      log "stage 6: write the training cuts of $shar_parts as Lhotse Shar shards -> $shar_dir"
+      manifests=()
+      for part in $shar_parts; do manifests+=("data/fbank/librispeech_cuts_${part}.jsonl.gz"); done
+      asr shar --cuts "${manifests[@]}" --output-dir "$shar_dir" --num-jobs "$num_jobs"
+    fi
+    sets="$sets data.train_shar_dirs=[$shar_dir]"
+  fi
   launcher=("$VENV/bin/asr")
   if [ "$nproc" -gt 1 ]; then
     launcher=("$VENV/bin/torchrun" --standalone --nproc-per-node "$nproc" -m asr.cli.main)

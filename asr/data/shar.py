@@ -1,0 +1,179 @@
+"""Lhotse Shar: training data in sequential shards, read lazily with a per-epoch shard order.
+
+Lhotse Shar (Żelasko et al., lhotse documentation, "Lhotse Shar") stores a corpus as numbered
+shards: a cut manifest ``cuts.NNNNNN.jsonl.gz`` and one tar file per data field
+(``features.NNNNNN.tar``, ``recording.NNNNNN.tar``) holding each cut's data in the manifest's
+order. Training then reads a few large files sequentially instead of seeking into one feature
+archive per utterance, which is what large corpora on network or spinning storage need.
+
+* :func:`export_shar` writes a CutSet (stored features and/or audio) into a directory of shards,
+  under a temporary name renamed at the end, so an interrupted export leaves no half directory.
+* :class:`SharCuts` reads one or more such directories as ONE lazy CutSet whose shards are
+  shuffled together with the seed ``seed + epoch`` (:meth:`SharCuts.set_epoch`, called by the
+  trainer at the start of every epoch, so a resumed epoch sees the same shard order as the
+  interrupted one). Only the fields training needs are opened; :attr:`SharCuts.manifests` reads
+  the cut manifests alone (no tar data) for counting and filtering.
+
+DDP: every rank reads the same shard stream and the sampler keeps every ``world_size``-th batch
+(:mod:`asr.data.sampler`), so ranks never share a cut and stay in step; each rank reads every
+shard's bytes but decodes only its own batches' data.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SharCuts", "export_shar", "shar_fields"]
+
+_SHARD = re.compile(r"^(?P<field>[A-Za-z_][A-Za-z0-9_]*)\.(?P<index>\d+)\.(jsonl\.gz|tar)$")
+
+
+def export_shar(
+    cuts,
+    output_dir: str | Path,
+    fields: Mapping[str, str],
+    shard_size: int = 1000,
+    num_jobs: int = 1,
+) -> dict[str, list[str]]:
+    """Writes ``cuts`` and their data as Lhotse Shar shards into ``output_dir``.
+
+    Args:
+        cuts: a lhotse CutSet whose cuts have the data named in ``fields``.
+        output_dir: the Shar directory to create; it must not exist yet.
+        fields: data field -> format: ``{"features": "lilcom" | "numpy"}`` (stored fbank) and/or
+            ``{"recording": "flac" | "wav"}`` (audio, for on-the-fly features).
+        shard_size: cuts per shard.
+        num_jobs: parallel writer processes.
+
+    Returns:
+        field -> written shard paths (``"cuts"`` included).
+
+    Raises:
+        FileExistsError: when ``output_dir`` exists.
+        ValueError: on an empty CutSet or a cut without a requested field (naming the cut).
+    """
+    output_dir = Path(output_dir)
+    if output_dir.exists():
+        raise FileExistsError(f"Shar directory {output_dir} exists; remove it to write it again")
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    checks = {"features": "has_features", "recording": "has_recording"}
+    count = 0
+    for cut in cuts:
+        count += 1
+        for field in fields:
+            attribute = checks.get(field)
+            if attribute is not None and not getattr(cut, attribute):
+                raise ValueError(f"cut {cut.id!r} has no {field} to write to Shar")
+    if count == 0:
+        raise ValueError("export_shar: the CutSet is empty")
+    tmp = output_dir.with_name(output_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)  # left by an interrupted export
+    tmp.mkdir(parents=True)
+    written = cuts.to_shar(
+        tmp,
+        fields=dict(fields),
+        shard_size=shard_size,
+        num_jobs=num_jobs,
+        fault_tolerant=False,
+        warn_unused_fields=False,  # e.g. features only: the audio stays where it is
+    )
+    tmp.rename(output_dir)
+    logger.info("wrote %d cuts in %d shards to %s", count, len(written["cuts"]), output_dir)
+    return {
+        field: [str(output_dir / Path(path).name) for path in paths]
+        for field, paths in written.items()
+    }
+
+
+def shar_fields(shar_dir: str | Path) -> dict[str, list[Path]]:
+    """The shard files of one Shar directory: field -> paths sorted by shard index.
+
+    Raises:
+        FileNotFoundError: when the directory or its cut manifests are missing.
+        ValueError: when a field's shards do not match the cut manifests' shards one to one.
+    """
+    shar_dir = Path(shar_dir)
+    if not shar_dir.is_dir():
+        raise FileNotFoundError(f"Shar directory {shar_dir} does not exist")
+    found: dict[str, dict[int, Path]] = {}
+    for path in shar_dir.iterdir():
+        match = _SHARD.match(path.name)
+        if match:
+            found.setdefault(match["field"], {})[int(match["index"])] = path
+    if "cuts" not in found:
+        raise FileNotFoundError(f"Shar directory {shar_dir} has no cuts.NNNNNN.jsonl.gz manifests")
+    indices = sorted(found["cuts"])
+    fields = {}
+    for field, shards in sorted(found.items()):
+        if sorted(shards) != indices:
+            raise ValueError(
+                f"Shar directory {shar_dir}: field {field!r} has shards {sorted(shards)}, "
+                f"the cut manifests {indices}"
+            )
+        fields[field] = [shards[i] for i in indices]
+    return fields
+
+
+class SharCuts:
+    """One lazy training CutSet over Shar directories, shards shuffled per epoch.
+
+    Args:
+        dirs: Shar directories (written by :func:`export_shar` or lhotse's ``to_shar``).
+        field: the data field training reads: ``"features"`` (stored fbank) or
+            ``"recording"`` (audio for on-the-fly features).
+        shuffle: shuffle the shard order (all directories together) every epoch.
+        seed: shard order of epoch ``e`` is drawn with ``seed + e``.
+
+    Raises:
+        FileNotFoundError / ValueError: as :func:`shar_fields`, or when a directory lacks
+            ``field`` (naming it).
+    """
+
+    def __init__(self, dirs: Sequence[str | Path], field: str, shuffle: bool, seed: int) -> None:
+        from lhotse import CutSet
+        from lhotse.shar import LazySharIterator
+
+        if not dirs:
+            raise ValueError("SharCuts needs at least one Shar directory")
+        streams: dict[str, list[Path]] = {"cuts": [], field: []}
+        for shar_dir in dirs:
+            fields = shar_fields(shar_dir)
+            if field not in fields:
+                raise ValueError(
+                    f"Shar directory {shar_dir} has no {field!r} shards (it has "
+                    f"{sorted(f for f in fields if f != 'cuts')})"
+                )
+            streams["cuts"] += fields["cuts"]
+            streams[field] += fields[field]
+        self.dirs = [Path(d) for d in dirs]
+        self.num_shards = len(streams["cuts"])
+        self._reader = LazySharIterator(
+            fields={name: [str(p) for p in paths] for name, paths in streams.items()},
+            shuffle_shards=shuffle,
+            stateful_shuffle=True,
+            seed=seed,
+        )
+        self._manifests = LazySharIterator(
+            fields={"cuts": [str(p) for p in streams["cuts"]]},
+            shuffle_shards=shuffle,
+            stateful_shuffle=True,
+            seed=seed,
+        )
+        self.cuts = CutSet(self._reader)
+        self.manifests = CutSet(self._manifests)
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Shard order of ``epoch`` for the next iteration (of :attr:`cuts` and :attr:`manifests`)."""
+        # lhotse's reader draws its order with seed + its own epoch counter (advanced after each
+        # full pass); setting it here makes the order a function of the training epoch only.
+        self._reader.epoch = epoch
+        self._manifests.epoch = epoch

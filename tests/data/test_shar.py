@@ -1,0 +1,98 @@
+"""Lhotse Shar: export round trip (features, audio), errors naming the directory/field/cut,
+per-epoch shard order that does not depend on how often the reader was iterated, and batches
+from Shar equal to batches from the manifests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from lhotse import CutSet
+from librispeech_tree import CharEncoder
+
+from asr.data.config import DataConfig
+from asr.data.dataset import make_dataloader
+from asr.data.shar import SharCuts, export_shar, shar_fields
+
+
+def _train_cuts(prepared: dict) -> CutSet:
+    return CutSet.from_file(prepared["fbank"]["train-clean-5"])
+
+
+@pytest.fixture(scope="module")
+def shar_dir(prepared, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shar") / "train"
+    written = export_shar(_train_cuts(prepared), out, {"features": "numpy"}, shard_size=2)
+    assert sorted(written) == ["cuts", "features"] and len(written["cuts"]) == 4
+    return out
+
+
+def test_export_round_trip_keeps_ids_order_and_features(prepared, shar_dir):
+    original = _train_cuts(prepared)
+    shar = SharCuts([shar_dir], "features", shuffle=False, seed=0)
+    read = list(shar.cuts)
+    assert [c.id for c in read] == [c.id for c in original]
+    assert [c.id for c in shar.manifests] == [c.id for c in original]
+    for a, b in zip(original, read):
+        np.testing.assert_array_equal(a.load_features(), b.load_features())
+        assert a.supervisions[0].text == b.supervisions[0].text
+    assert shar_fields(shar_dir)["features"][0].name == "features.000000.tar"
+
+
+def test_export_audio_for_on_the_fly_features(prepared, tmp_path):
+    cuts = CutSet.from_file(prepared["manifests"]["dev-clean-2"])
+    export_shar(cuts, tmp_path / "audio", {"recording": "flac"}, shard_size=10)
+    read = list(SharCuts([tmp_path / "audio"], "recording", shuffle=True, seed=1).cuts)
+    assert [c.id for c in read] == [c.id for c in cuts]
+    for a, b in zip(cuts, read):
+        np.testing.assert_array_equal(a.load_audio(), b.load_audio())  # flac is lossless
+
+
+def test_export_and_read_errors_name_what_is_wrong(prepared, shar_dir, tmp_path):
+    with pytest.raises(FileExistsError, match="remove it"):
+        export_shar(_train_cuts(prepared), shar_dir, {"features": "numpy"})
+    no_feats = CutSet.from_file(prepared["manifests"]["dev-clean-2"])
+    with pytest.raises(ValueError, match=r"cut '.*' has no features"):
+        export_shar(no_feats, tmp_path / "x", {"features": "lilcom"})
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.tmp").exists()
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        SharCuts([tmp_path / "missing"], "features", shuffle=False, seed=0)
+    with pytest.raises(ValueError, match=r"has no 'recording' shards \(it has \['features'\]\)"):
+        SharCuts([shar_dir], "recording", shuffle=False, seed=0)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for path in shar_dir.iterdir():
+        if path.name != "features.000002.tar":
+            (broken / path.name).write_bytes(path.read_bytes())
+    with pytest.raises(ValueError, match=r"field 'features' has shards \[0, 1, 3\]"):
+        shar_fields(broken)
+
+
+def test_shard_order_is_a_function_of_seed_and_epoch_only(shar_dir):
+    def order(shar, epoch):
+        shar.set_epoch(epoch)
+        return [c.id for c in shar.cuts]
+
+    shar = SharCuts([shar_dir], "features", shuffle=True, seed=5)
+    orders = [order(shar, epoch) for epoch in range(4)]
+    again = SharCuts([shar_dir], "features", shuffle=True, seed=5)
+    assert [order(again, epoch) for epoch in (3, 1, 0, 2)] == [orders[i] for i in (3, 1, 0, 2)]
+    assert len({tuple(o) for o in orders}) > 1  # shards move between epochs
+    assert all(sorted(o) == sorted(orders[0]) for o in orders)
+    shar.set_epoch(2)
+    assert [c.id for c in shar.manifests] == orders[2]  # manifests follow the same order
+
+
+def test_batches_from_shar_equal_batches_from_the_manifests(prepared, shar_dir):
+    cfg = DataConfig(max_duration=3.0, max_cut_duration=2.5, num_buckets=2, shuffle=False,
+                     drop_last=False, num_workers=0)
+    lazy = CutSet.from_jsonl_lazy(prepared["fbank"]["train-clean-5"])
+    shar = SharCuts([shar_dir], "features", shuffle=False, seed=0)
+    encoder = CharEncoder()
+    expected = list(make_dataloader(lazy, cfg, encoder, train=False))
+    batches = list(make_dataloader(shar.cuts, cfg, encoder, train=False,
+                                   bucket_cuts=shar.manifests))
+    assert len(batches) == len(expected) > 1
+    for a, b in zip(expected, batches):
+        assert a.cut_ids == b.cut_ids and a.texts == b.texts
+        torch.testing.assert_close(a.feats, b.feats, rtol=0, atol=0)
