@@ -26,13 +26,23 @@ _FORMATS = {"features": ("lilcom", "numpy"), "recording": ("flac", "wav")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cuts", type=Path, nargs="+", required=True,
-                        help="cut manifests (.jsonl.gz) to write, concatenated in this order")
-    parser.add_argument("--output-dir", type=Path, required=True,
-                        help="Shar directory to create (must not exist)")
-    parser.add_argument("--fields", nargs="+", default=["features=lilcom"],
-                        help="FIELD=FORMAT pairs: features=lilcom|numpy, recording=flac|wav "
-                             "(default: features=lilcom)")
+    parser.add_argument(
+        "--cuts",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="cut manifests (.jsonl.gz) to write, concatenated in this order",
+    )
+    parser.add_argument(
+        "--output-dir", type=Path, required=True, help="Shar directory to create (must not exist)"
+    )
+    parser.add_argument(
+        "--fields",
+        nargs="+",
+        default=["features=lilcom"],
+        help="FIELD=FORMAT pairs: features=lilcom|numpy, recording=flac|wav "
+        "(default: features=lilcom)",
+    )
     parser.add_argument("--shard-size", type=int, default=1000, help="cuts per shard")
     parser.add_argument("--num-jobs", type=int, default=1, help="parallel writer processes")
 

@@ -17,8 +17,22 @@ def test_train_from_shar_and_resume_exactly(tmp_path, tiny_corpus, caplog):
     caplog.set_level(logging.INFO, logger="asr.train.recipe")
     shar = tmp_path / "shar"
     manifest = tiny_corpus / "fbank" / "librispeech_cuts_train-clean-5.jsonl.gz"
-    assert main(["shar", "--cuts", str(manifest), "--output-dir", str(shar),
-                 "--fields", "features=numpy", "--shard-size", "4"]) == 0
+    assert (
+        main(
+            [
+                "shar",
+                "--cuts",
+                str(manifest),
+                "--output-dir",
+                str(shar),
+                "--fields",
+                "features=numpy",
+                "--shard-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     assert len(list(shar.glob("features.*.tar"))) == 4
     use_shar = f"data.train_shar_dirs=[{shar}]"
     assert train_tiny(tmp_path, tiny_corpus, "full", use_shar) == 0
@@ -42,5 +56,14 @@ def test_train_from_shar_and_resume_exactly(tmp_path, tiny_corpus, caplog):
 def test_shar_cli_rejects_bad_fields(tmp_path, tiny_corpus):
     manifest = tiny_corpus / "fbank" / "librispeech_cuts_train-clean-5.jsonl.gz"
     with pytest.raises(ValueError, match="bad entry 'features=mp3'"):
-        main(["shar", "--cuts", str(manifest), "--output-dir", str(tmp_path / "s"),
-              "--fields", "features=mp3"])
+        main(
+            [
+                "shar",
+                "--cuts",
+                str(manifest),
+                "--output-dir",
+                str(tmp_path / "s"),
+                "--fields",
+                "features=mp3",
+            ]
+        )

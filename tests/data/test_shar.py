@@ -84,14 +84,21 @@ def test_shard_order_is_a_function_of_seed_and_epoch_only(shar_dir):
 
 
 def test_batches_from_shar_equal_batches_from_the_manifests(prepared, shar_dir):
-    cfg = DataConfig(max_duration=3.0, max_cut_duration=2.5, num_buckets=2, shuffle=False,
-                     drop_last=False, num_workers=0)
+    cfg = DataConfig(
+        max_duration=3.0,
+        max_cut_duration=2.5,
+        num_buckets=2,
+        shuffle=False,
+        drop_last=False,
+        num_workers=0,
+    )
     lazy = CutSet.from_jsonl_lazy(prepared["fbank"]["train-clean-5"])
     shar = SharCuts([shar_dir], "features", shuffle=False, seed=0)
     encoder = CharEncoder()
     expected = list(make_dataloader(lazy, cfg, encoder, train=False))
-    batches = list(make_dataloader(shar.cuts, cfg, encoder, train=False,
-                                   bucket_cuts=shar.manifests))
+    batches = list(
+        make_dataloader(shar.cuts, cfg, encoder, train=False, bucket_cuts=shar.manifests)
+    )
     assert len(batches) == len(expected) > 1
     for a, b in zip(expected, batches):
         assert a.cut_ids == b.cut_ids and a.texts == b.texts
