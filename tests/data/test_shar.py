@@ -103,3 +103,22 @@ def test_batches_from_shar_equal_batches_from_the_manifests(prepared, shar_dir):
     for a, b in zip(expected, batches):
         assert a.cut_ids == b.cut_ids and a.texts == b.texts
         torch.testing.assert_close(a.feats, b.feats, rtol=0, atol=0)
+
+
+def test_two_ranks_reading_the_same_shards_are_disjoint_and_cover(prepared, shar_dir):
+    from asr.data.sampler import make_sampler
+
+    cfg = DataConfig(
+        max_duration=2.2, max_cut_duration=2.2, num_buckets=2, shuffle=True, drop_last=False, seed=3
+    )
+    per_rank = []
+    for rank in (0, 1):
+        shar = SharCuts([shar_dir], "features", shuffle=True, seed=3)
+        sampler = make_sampler(
+            shar.cuts, cfg, train=True, rank=rank, world_size=2, bucket_cuts=shar.manifests
+        )
+        sampler.set_epoch(1)
+        shar.set_epoch(1)
+        per_rank.append([c.id for batch in sampler for c in batch])
+    assert per_rank[0] and per_rank[1] and not set(per_rank[0]) & set(per_rank[1])
+    assert sorted(per_rank[0] + per_rank[1]) == sorted(c.id for c in _train_cuts(prepared))
