@@ -57,6 +57,9 @@ def export_shar(
     Raises:
         FileExistsError: when ``output_dir`` exists.
         ValueError: on an empty CutSet or a cut without a requested field (naming the cut).
+        Whatever lhotse raises for data it cannot read (the cut is in its message); storage
+        paths in the manifests are relative to the directory they were written from, so run
+        from there. Nothing is left behind on an error.
     """
     output_dir = Path(output_dir)
     if output_dir.exists():
@@ -77,14 +80,18 @@ def export_shar(
     if tmp.exists():
         shutil.rmtree(tmp)  # left by an interrupted export
     tmp.mkdir(parents=True)
-    written = cuts.to_shar(
-        tmp,
-        fields=dict(fields),
-        shard_size=shard_size,
-        num_jobs=num_jobs,
-        fault_tolerant=False,
-        warn_unused_fields=False,  # e.g. features only: the audio stays where it is
-    )
+    try:
+        written = cuts.to_shar(
+            tmp,
+            fields=dict(fields),
+            shard_size=shard_size,
+            num_jobs=num_jobs,
+            fault_tolerant=False,
+            warn_unused_fields=False,  # e.g. features only: the audio stays where it is
+        )
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # e.g. unreadable features: nothing half-written
+        raise
     tmp.rename(output_dir)
     logger.info("wrote %d cuts in %d shards to %s", count, len(written["cuts"]), output_dir)
     return {

@@ -122,3 +122,14 @@ def test_two_ranks_reading_the_same_shards_are_disjoint_and_cover(prepared, shar
         per_rank.append([c.id for batch in sampler for c in batch])
     assert per_rank[0] and per_rank[1] and not set(per_rank[0]) & set(per_rank[1])
     assert sorted(per_rank[0] + per_rank[1]) == sorted(c.id for c in _train_cuts(prepared))
+
+
+def test_a_failed_export_leaves_nothing_behind(prepared, tmp_path):
+    from lhotse.utils import fastcopy
+
+    cuts = list(_train_cuts(prepared))
+    gone = fastcopy(cuts[3].features, storage_path=str(tmp_path / "gone"))
+    cuts[3] = fastcopy(cuts[3], features=gone)
+    with pytest.raises(FileNotFoundError, match="gone"):  # lhotse names the archive
+        export_shar(CutSet.from_cuts(cuts), tmp_path / "out", {"features": "lilcom"}, shard_size=2)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
