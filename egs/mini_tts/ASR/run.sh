@@ -94,10 +94,10 @@ lm_path=$lang_dir/token_${lm_order}gram.arpa
 parts="train-clean-5 dev-clean-2 test-clean"
 if [ -z "$searchers" ]; then
   case "$recipe" in
-    *tdt*) searchers="tdt_greedy" ;;
+    *tdt*) searchers="tdt_greedy tdt_beam" ;;
     *transducer*) searchers="transducer_greedy transducer_beam" ;;
     *cif*) searchers="cif_greedy cif_beam" ;;
-    *) searchers="ctc_greedy" ;;
+    *) searchers="ctc_greedy ctc_prefix_beam" ;;
   esac
 fi
 
