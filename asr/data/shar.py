@@ -40,6 +40,7 @@ def export_shar(
     fields: Mapping[str, str],
     shard_size: int = 1000,
     num_jobs: int = 1,
+    progress: bool = True,
 ) -> dict[str, list[str]]:
     """Writes ``cuts`` and their data as Lhotse Shar shards into ``output_dir``.
 
@@ -50,6 +51,7 @@ def export_shar(
             ``{"recording": "flac" | "wav"}`` (audio, for on-the-fly features).
         shard_size: cuts per shard.
         num_jobs: parallel writer processes.
+        progress: show a tqdm progress bar (lhotse's, per cut or per shard with ``num_jobs > 1``).
 
     Returns:
         field -> written shard paths (``"cuts"`` included).
@@ -88,6 +90,7 @@ def export_shar(
             num_jobs=num_jobs,
             fault_tolerant=False,
             warn_unused_fields=False,  # e.g. features only: the audio stays where it is
+            verbose=progress,
         )
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # e.g. unreadable features: nothing half-written
