@@ -12,8 +12,10 @@ the archive ``<output_dir>/<prefix>_feats_<part>.lca`` (or one archive per job u
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Collection, Sequence
+import os
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
 from asr.data.librispeech import PREFIX, cuts_path
@@ -70,13 +72,36 @@ def compute_fbank_for_cuts(
             f"{len(bad)} cuts (e.g. {bad[0]!r}) are not at {cfg.sample_rate} Hz; "
             "resample them (CutSet.resample) or change FbankConfig.sample_rate"
         )
-    return cuts.compute_and_store_features(
-        extractor=make_lhotse_fbank(cfg),
-        storage_path=str(storage_path),
-        num_jobs=num_jobs,
-        storage_type=LilcomChunkyWriter,
-        progress_bar=progress_bar,
-    )
+    with _one_thread_per_worker(num_jobs):
+        return cuts.compute_and_store_features(
+            extractor=make_lhotse_fbank(cfg),
+            storage_path=str(storage_path),
+            num_jobs=num_jobs,
+            storage_type=LilcomChunkyWriter,
+            progress_bar=progress_bar,
+        )
+
+
+@contextlib.contextmanager
+def _one_thread_per_worker(num_jobs: int) -> Iterator[None]:
+    """With ``num_jobs > 1``, lhotse's worker processes inherit ``OMP_NUM_THREADS=1`` /
+    ``MKL_NUM_THREADS=1``: by default each one starts as many torch threads as there are cores,
+    and on 2 cores two such workers took twice as long as one process (one thread each, they
+    take half as long)."""
+    if num_jobs <= 1:
+        yield
+        return
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: "1" for name in names})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def compute_fbank_for_parts(

@@ -44,3 +44,19 @@ def test_errors_name_missing_inputs(prepared, tmp_path) -> None:
 
         cuts = CutSet.from_file(prepared["manifests"]["dev-clean-2"])
         compute_fbank_for_cuts(cuts, tmp_path / "x", FbankConfig(sample_rate=8000))
+
+
+def test_two_worker_processes_store_the_same_features(prepared, tmp_path, monkeypatch) -> None:
+    """lhotse's process pool (one thread per worker, see ``_one_thread_per_worker``) stores the
+    features one process does, and the caller's thread settings are left as they were."""
+    import os
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")
+    out = compute_fbank_for_parts(prepared["root"] / "manifests", tmp_path, ["dev-clean-2"],
+                                  num_jobs=2)
+    assert "OMP_NUM_THREADS" not in os.environ and os.environ["MKL_NUM_THREADS"] == "3"
+    pooled = {c.id: c.load_features() for c in CutSet.from_file(out["dev-clean-2"])}
+    for cut in CutSet.from_file(prepared["fbank"]["dev-clean-2"]):
+        torch.testing.assert_close(torch.from_numpy(pooled[cut.id]),
+                                   torch.from_numpy(cut.load_features()), rtol=0, atol=0)
