@@ -163,7 +163,6 @@ class SharCuts:
                 )
             streams["cuts"] += fields["cuts"]
             streams[field] += fields[field]
-        self.dirs = [Path(d) for d in dirs]
         self.num_shards = len(streams["cuts"])
         self._reader = LazySharIterator(
             fields={name: [str(p) for p in paths] for name, paths in streams.items()},

@@ -25,7 +25,7 @@ labels expanded per position.
 from __future__ import annotations
 
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -109,15 +109,10 @@ class CifBeamSearch:
                             lm.advance(hyp.lm_state, label) if lm is not None else None,
                         )
                     old = merged.get(new.tokens)
-                    if old is not None:  # same tokens: same LM score and state, keep old's frames
+                    if old is not None:  # same tokens, so the same LM score and state: the
+                        # frames of the more probable path, the two paths' probabilities summed
                         keep = old if old.acoustic >= new.acoustic else new
-                        new = _Hyp(
-                            keep.tokens,
-                            keep.frames,
-                            log_add(old.acoustic, new.acoustic),
-                            keep.lm_score,
-                            keep.lm_state,
-                        )
+                        new = replace(keep, acoustic=log_add(old.acoustic, new.acoustic))
                     merged[new.tokens] = new
             ranked = sorted(
                 merged.values(), key=lambda h: h.acoustic + weight * h.lm_score, reverse=True
