@@ -173,44 +173,39 @@ class DevWer:
         return wer
 
 
-def _load_filtered(cfg: ExperimentConfig, names, tokenizer, what: str):
-    from asr.data.dataset import load_cuts
+def _filter_or_fail(cfg: ExperimentConfig, cuts, tokenizer, where: str, what: str, apply_to=None):
+    """``filter_cuts`` with the data config's limits; an error naming ``where`` if none is left."""
     from asr.data.filtering import filter_cuts
 
-    cuts = load_cuts(cfg.data.manifest_dir, names)
     kept, stats = filter_cuts(
         cuts, tokenizer, min_duration=cfg.data.min_cut_duration,
         max_duration=cfg.data.max_cut_duration, frame_shift=cfg.data.fbank.frame_shift,
+        apply_to=apply_to,
     )
     if stats.kept == 0:
-        raise ValueError(
-            f"no {what} cuts left in {cfg.data.manifest_dir}/{list(names)} after filtering "
-            f"({stats})"
-        )
-    return kept.to_eager()
+        raise ValueError(f"no {what} cuts left in {where} after filtering ({stats})")
+    return kept
+
+
+def _load_filtered(cfg: ExperimentConfig, names, tokenizer, what: str):
+    from asr.data.dataset import load_cuts
+
+    cuts = load_cuts(cfg.data.manifest_dir, names)
+    where = f"{cfg.data.manifest_dir}/{list(names)}"
+    return _filter_or_fail(cfg, cuts, tokenizer, where, what).to_eager()
 
 
 def _load_shar(cfg: ExperimentConfig, tokenizer):
     """Training cuts from ``data.train_shar_dirs``: (lazy filtered cuts, SharCuts). Counting,
     filtering and the bucket estimate read the cut manifests only, never the tar data."""
-    from asr.data.filtering import filter_cuts
     from asr.data.shar import SharCuts
 
     data = cfg.data
     field = "recording" if data.on_the_fly_feats else "features"
     shar = SharCuts(data.train_shar_dirs, field, shuffle=data.shuffle, seed=data.seed)
-    options = dict(
-        min_duration=data.min_cut_duration, max_duration=data.max_cut_duration,
-        frame_shift=data.fbank.frame_shift,
-    )
-    kept, stats = filter_cuts(shar.manifests, tokenizer, apply_to=shar.cuts, **options)
-    if stats.kept == 0:
-        raise ValueError(
-            f"no training cuts left in {[str(d) for d in data.train_shar_dirs]} after "
-            f"filtering ({stats})"
-        )
-    logger.info("training from %d Lhotse Shar shards in %s", shar.num_shards,
-                [str(d) for d in data.train_shar_dirs])
+    dirs = [str(d) for d in data.train_shar_dirs]
+    kept = _filter_or_fail(cfg, shar.manifests, tokenizer, str(dirs), "training", shar.cuts)
+    logger.info("training from %d Lhotse Shar shards in %s", shar.num_shards, dirs)
     return kept, shar
 
 

@@ -4,6 +4,7 @@ same parameters as an uninterrupted one (the shard order depends on the epoch on
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 import torch
@@ -67,3 +68,16 @@ def test_shar_cli_rejects_bad_fields(tmp_path, tiny_corpus):
                 "features=mp3",
             ]
         )
+
+
+def test_nothing_left_after_filtering_names_the_source(tmp_path, tiny_corpus, caplog):
+    """Cuts all longer than ``max_cut_duration``: the error names the manifests or the shards."""
+    too_short = ["data.min_cut_duration=0", "data.max_cut_duration=0.05"]
+    assert train_tiny(tmp_path, tiny_corpus, "manifests", *too_short) != 0
+    assert re.search(r"no training cuts left in \S*fbank/\['librispeech_cuts_train", caplog.text)
+    shar = tmp_path / "shar"
+    manifest = tiny_corpus / "fbank" / "librispeech_cuts_train-clean-5.jsonl.gz"
+    assert main(["shar", "--cuts", str(manifest), "--output-dir", str(shar)]) == 0
+    caplog.clear()
+    assert train_tiny(tmp_path, tiny_corpus, "shar", f"data.train_shar_dirs=[{shar}]", *too_short)
+    assert f"no training cuts left in ['{shar}'] after filtering" in caplog.text
