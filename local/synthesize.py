@@ -23,8 +23,8 @@ Design:
   any source sentence (:func:`local.sentences.training_segments`), about 7x more distinct text
   than whole sentences; the first ``held_out_sentences`` sentences of the shuffled pool are then
   reserved for dev/test parts and no training segment contains one of them.
-* Speakers (:mod:`local.voices`) are 16 voice identities of espeak-ng and flite; 3 are held out:
-  test parts use only those, train and dev parts only the other 13. Utterance ``i`` of a part
+* Speakers (:mod:`local.voices`) are 20 voice identities of espeak-ng and flite; 3 are held out:
+  test parts use only those, train and dev parts only the other 17. Utterance ``i`` of a part
   goes to speaker ``i mod S``. With ``voices_per_sentence=R`` a training part speaks each of its
   sentences R times, utterances ``Rj .. Rj + R - 1`` saying sentence ``j`` in R different voices
   (each with its own rate, pitch and noise): more acoustic variety per sentence than speed

@@ -12,6 +12,11 @@ and pitch. Per utterance the caller varies rate and pitch around that base
 * flite (``apt-get install flite``): ``kal`` (8 kHz diphone), ``kal16`` (16 kHz diphone) and the
   clustergen voices ``awb``, ``rms``, ``slt`` (16 kHz); rate through ``duration_stretch``, pitch
   through ``int_f0_target_mean`` in Hz. ``awb_time`` only speaks times and is not used.
+  A clustergen voice with ``mlsa_alpha`` set is a new speaker made from it: its MLSA synthesis
+  filter runs with another all-pass constant (the stock voices use 0.42), which warps the spectral
+  envelope along frequency like a longer (larger alpha: formants move down) or shorter vocal tract.
+  flite has no option for it, so :func:`render` dumps the voice (``flite -voicedump``), patches the
+  constant in the dump and synthesizes from that file.
 
 The engines ignore unknown voice names silently (falling back to a default voice), so
 :func:`available_voices` checks names against the engines' own voice lists. All audio is returned
@@ -20,14 +25,18 @@ as float64 at 16 kHz (:data:`SAMPLE_RATE`), resampled (band-limited FFT interpol
 
 from __future__ import annotations
 
+import atexit
 import functools
 import io
 import logging
 import re
 import shutil
+import struct
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -52,6 +61,9 @@ class Voice:
         base_rate: espeak-ng words per minute; flite speed factor (1.0 = natural).
         base_pitch: espeak-ng pitch 0-99; flite target mean F0 in Hz.
         held_out: reserved for the test parts (never in train/dev).
+        mlsa_alpha: flite clustergen voices only: the all-pass constant of the MLSA synthesis
+            filter (None: the voice's own, 0.42 for awb / rms / slt); another value makes another
+            speaker (formants lower for larger values).
     """
 
     speaker_id: int
@@ -60,16 +72,34 @@ class Voice:
     base_rate: float
     base_pitch: float
     held_out: bool = False
+    mlsa_alpha: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.mlsa_alpha is not None:
+            if self.engine != "flite" or self.name not in CLUSTERGEN:
+                raise ValueError(
+                    f"voice {self.speaker_id}: mlsa_alpha needs a flite clustergen voice "
+                    f"({', '.join(sorted(CLUSTERGEN))}), got {self.engine}:{self.name}"
+                )
+            if not 0.0 < self.mlsa_alpha < 1.0:
+                raise ValueError(
+                    f"voice {self.speaker_id}: mlsa_alpha must be in (0, 1), got {self.mlsa_alpha}"
+                )
 
     @property
     def label(self) -> str:
-        """``engine:name``, e.g. ``"flite:slt"``."""
-        return f"{self.engine}:{self.name}"
+        """``engine:name``, e.g. ``"flite:slt"``, or ``"flite:slt@0.48"`` with ``mlsa_alpha``."""
+        suffix = "" if self.mlsa_alpha is None else f"@{self.mlsa_alpha:g}"
+        return f"{self.engine}:{self.name}{suffix}"
 
 
-# 13 training voices and 3 held-out test voices. Each held-out espeak-ng voice combines an accent
+CLUSTERGEN = frozenset({"awb", "rms", "slt"})
+
+
+# 17 training voices and 3 held-out test voices. Each held-out espeak-ng voice combines an accent
 # and a variant that training has seen separately, never together; flite rms is a clustergen male
-# voice like awb.
+# voice like awb. Four training speakers are awb and slt with another MLSA all-pass constant
+# (formants ~10% higher or lower), so that training hears six clustergen vocal tracts, not two.
 VOICES: tuple[Voice, ...] = (
     Voice(1001, "flite", "kal", 1.0, 100.0),
     Voice(1002, "flite", "kal16", 1.0, 118.0),
@@ -84,6 +114,10 @@ VOICES: tuple[Voice, ...] = (
     Voice(1011, "espeak-ng", "en-029+m2", 165.0, 45.0),
     Voice(1012, "espeak-ng", "en-us-nyc+f4", 175.0, 55.0),
     Voice(1013, "espeak-ng", "en-gb-x-gbclan+m5", 170.0, 40.0),
+    Voice(1014, "flite", "awb", 1.0, 120.0, mlsa_alpha=0.38),
+    Voice(1015, "flite", "awb", 1.0, 95.0, mlsa_alpha=0.46),
+    Voice(1016, "flite", "slt", 1.0, 125.0, mlsa_alpha=0.47),
+    Voice(1017, "flite", "slt", 1.0, 105.0, mlsa_alpha=0.50),
     Voice(9001, "flite", "rms", 1.0, 100.0, held_out=True),
     Voice(9002, "espeak-ng", "en-us+m3", 170.0, 50.0, held_out=True),
     Voice(9003, "espeak-ng", "en-gb+f2", 165.0, 55.0, held_out=True),
@@ -116,6 +150,69 @@ def _espeak_voices() -> tuple[frozenset[str], frozenset[str]]:
     return frozenset(languages), frozenset(variants)
 
 
+# The end of a clustergen voice dump (flite 2.x ``cst_cg_dump_voice``): ... mlsa_alpha (f32),
+# mlsa_beta (f32), multimodel, mixed_excitation, ME_num, ME_order (i32), then ME_num rows of
+# mixed-excitation filter taps (i32 byte count + ME_order f64 each, after an i32 row count),
+# spamf0 (i32) and gain (f32), in the machine's byte order.
+_TAIL_HEAD = struct.Struct("=ff5i")
+
+
+def _find_mlsa_alpha(dump: bytes) -> int:
+    """Offset of ``mlsa_alpha`` in a flitevox dump: the one position whose tail parses exactly."""
+    size = len(dump)
+    for pos in range(size - _TAIL_HEAD.size - 8, max(-1, size - 65536), -1):
+        alpha, _beta, _multi, _mixed, me_num, me_order, rows = _TAIL_HEAD.unpack_from(dump, pos)
+        if not 0.0 < alpha < 1.0 or rows != me_num or not 0 <= me_num <= 64:
+            continue
+        if not 0 <= me_order <= 4096:
+            continue
+        end = pos + _TAIL_HEAD.size
+        for _ in range(rows):
+            if end + 4 > size or struct.unpack_from("=i", dump, end)[0] != 8 * me_order:
+                break
+            end += 4 + 8 * me_order
+        else:
+            if end + 8 == size:
+                return pos
+    raise ValueError("no MLSA filter parameters at the end of the flite voice dump")
+
+
+@functools.cache
+def _patched_voice(name: str, alpha: float) -> Path:
+    """A flitevox file of clustergen voice ``name`` with MLSA all-pass constant ``alpha``.
+
+    Written once per process into a private temporary directory, removed at exit.
+    """
+    folder = Path(_voice_dir())
+    stock = folder / f"{name}.flitevox"
+    if not stock.exists():
+        proc = subprocess.run(
+            ["flite", "-voice", name, "-voicedump", str(stock), "-t", "a", "none"],
+            capture_output=True, check=False,
+        )  # fmt: skip
+        if proc.returncode != 0 or not stock.exists():
+            raise RuntimeError(
+                f"flite could not dump voice {name!r} (exit {proc.returncode}): "
+                f"{proc.stderr.decode(errors='replace')[:300]}"
+            )
+    dump = bytearray(stock.read_bytes())
+    try:
+        pos = _find_mlsa_alpha(bytes(dump))
+    except ValueError as err:
+        raise RuntimeError(f"flite voice {name!r} ({stock}): {err}") from None
+    struct.pack_into("=f", dump, pos, alpha)
+    out = folder / f"{name}-alpha{alpha:g}.flitevox"
+    out.write_bytes(dump)
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _voice_dir() -> str:
+    folder = tempfile.mkdtemp(prefix="asr-flitevox-")
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
 def is_available(voice: Voice) -> bool:
     """Whether the engine is installed and knows the voice name."""
     if voice.engine == "flite":
@@ -142,8 +239,11 @@ def _command(voice: Voice, text: str, rate_factor: float, pitch_offset: float) -
     if voice.engine == "flite":
         stretch = 1.0 / (voice.base_rate * rate_factor)
         f0 = voice.base_pitch * 2.0 ** (pitch_offset / 12.0)  # offset in semitones for flite
+        name = voice.name
+        if voice.mlsa_alpha is not None:
+            name = str(_patched_voice(voice.name, voice.mlsa_alpha))
         return [
-            "flite", "-voice", voice.name,
+            "flite", "-voice", name,
             "--setf", f"duration_stretch={stretch:.4f}",
             "--setf", f"int_f0_target_mean={f0:.2f}",
             "-t", text, "-o", "/dev/stdout",

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+import local.voices as voices_module
 from asr.cli.main import main as asr_main
 from local.sentences import build_pool, default_sources, shuffle_pool
 from local.synthesize import PARTS, SynthesisResult, synthesize_corpus
@@ -180,8 +181,8 @@ def test_training_sentences_spoken_in_several_voices(corpus: SynthesisResult, tm
     assert len(set(flacs.values())) == 8
     with pytest.raises(FileExistsError, match="different settings.*train_voices_per_sentence"):
         synthesize_corpus(tmp_path, sizes, voices_per_sentence=2, progress=False)
-    with pytest.raises(ValueError, match="voices_per_sentence=14: expected 1..13"):
-        synthesize_corpus(tmp_path / "x", {"train-clean-5": 20}, voices_per_sentence=14,
+    with pytest.raises(ValueError, match="voices_per_sentence=18: expected 1..17"):
+        synthesize_corpus(tmp_path / "x", {"train-clean-5": 20}, voices_per_sentence=18,
                           progress=False)  # fmt: skip
 
 
@@ -225,6 +226,40 @@ def test_at_least_eight_distinct_voices() -> None:
         for j in range(i):
             same_length = len(audio[i]) == len(audio[j])
             assert not (same_length and np.allclose(audio[i], audio[j])), (voices[i], voices[j])
+
+
+def _spectral_centroid(samples: np.ndarray) -> float:
+    frames = samples[: len(samples) // 512 * 512].reshape(-1, 512) * np.hanning(512)
+    power = (np.abs(np.fft.rfft(frames, axis=1)) ** 2).sum(axis=0)
+    return float((power * np.fft.rfftfreq(512, 1 / 16000)).sum() / power.sum())
+
+
+def test_mlsa_alpha_makes_a_new_clustergen_speaker() -> None:
+    """The patched dump keeps durations and F0 but moves the spectral envelope: a larger all-pass
+    constant lowers it, a smaller one raises it, and the stock constant gives back stock audio."""
+    text = "the old man walked slowly along the quiet road."
+    stock = render(Voice(1, "flite", "slt", 1.0, 175.0), text)
+    same = render(Voice(2, "flite", "slt", 1.0, 175.0, mlsa_alpha=0.42), text)
+    low = render(Voice(3, "flite", "slt", 1.0, 175.0, mlsa_alpha=0.50), text)
+    high = render(Voice(4, "flite", "slt", 1.0, 175.0, mlsa_alpha=0.36), text)
+    assert len(stock) == len(same) == len(low) == len(high)
+    np.testing.assert_allclose(same, stock, atol=2e-4)  # 0.42 is the stock constant
+    assert not np.allclose(low, stock, atol=1e-2) and not np.allclose(high, stock, atol=1e-2)
+    centroids = [_spectral_centroid(x) for x in (high, stock, low)]
+    assert centroids[0] > 1.1 * centroids[1] and centroids[1] > 1.1 * centroids[2], centroids
+    labels = {v.label for v in VOICES}
+    assert len(labels) == len(VOICES) and "flite:slt@0.5" in labels
+
+
+def test_mlsa_alpha_errors() -> None:
+    with pytest.raises(ValueError, match="voice 7: mlsa_alpha needs a flite clustergen voice"):
+        Voice(7, "flite", "kal16", 1.0, 100.0, mlsa_alpha=0.4)
+    with pytest.raises(ValueError, match="needs a flite clustergen voice.*espeak-ng:en-us"):
+        Voice(7, "espeak-ng", "en-us", 170.0, 50.0, mlsa_alpha=0.4)
+    with pytest.raises(ValueError, match=r"mlsa_alpha must be in \(0, 1\), got 1.2"):
+        Voice(7, "flite", "awb", 1.0, 100.0, mlsa_alpha=1.2)
+    with pytest.raises(ValueError, match="no MLSA filter parameters"):
+        voices_module._find_mlsa_alpha(bytes(range(256)) * 8)
 
 
 def test_unknown_voice_name_is_not_available() -> None:
