@@ -162,9 +162,8 @@ def _find_mlsa_alpha(dump: bytes) -> int:
     size = len(dump)
     for pos in range(size - _TAIL_HEAD.size - 8, max(-1, size - 65536), -1):
         alpha, _beta, _multi, _mixed, me_num, me_order, rows = _TAIL_HEAD.unpack_from(dump, pos)
-        if not 0.0 < alpha < 1.0 or rows != me_num or not 0 <= me_num <= 64:
-            continue
-        if not 0 <= me_order <= 4096:
+        sizes_ok = rows == me_num and 0 <= me_num <= 64 and 0 <= me_order <= 4096
+        if not (0.0 < alpha < 1.0 and sizes_ok):
             continue
         end = pos + _TAIL_HEAD.size
         for _ in range(rows):
@@ -178,31 +177,36 @@ def _find_mlsa_alpha(dump: bytes) -> int:
 
 
 @functools.cache
+def _stock_dump(name: str) -> tuple[bytes, int]:
+    """``flite -voicedump`` of clustergen voice ``name`` and the offset of its ``mlsa_alpha``."""
+    stock = Path(_voice_dir()) / f"{name}.flitevox"
+    proc = subprocess.run(
+        ["flite", "-voice", name, "-voicedump", str(stock), "-t", "a", "none"],
+        capture_output=True, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0 or not stock.exists():
+        raise RuntimeError(
+            f"flite could not dump voice {name!r} (exit {proc.returncode}): "
+            f"{proc.stderr.decode(errors='replace')[:300]}"
+        )
+    dump = stock.read_bytes()
+    try:
+        return dump, _find_mlsa_alpha(dump)
+    except ValueError as err:
+        raise RuntimeError(f"flite voice {name!r} ({stock}): {err}") from None
+
+
+@functools.cache
 def _patched_voice(name: str, alpha: float) -> Path:
     """A flitevox file of clustergen voice ``name`` with MLSA all-pass constant ``alpha``.
 
     Written once per process into a private temporary directory, removed at exit.
     """
-    folder = Path(_voice_dir())
-    stock = folder / f"{name}.flitevox"
-    if not stock.exists():
-        proc = subprocess.run(
-            ["flite", "-voice", name, "-voicedump", str(stock), "-t", "a", "none"],
-            capture_output=True, check=False,
-        )  # fmt: skip
-        if proc.returncode != 0 or not stock.exists():
-            raise RuntimeError(
-                f"flite could not dump voice {name!r} (exit {proc.returncode}): "
-                f"{proc.stderr.decode(errors='replace')[:300]}"
-            )
-    dump = bytearray(stock.read_bytes())
-    try:
-        pos = _find_mlsa_alpha(bytes(dump))
-    except ValueError as err:
-        raise RuntimeError(f"flite voice {name!r} ({stock}): {err}") from None
-    struct.pack_into("=f", dump, pos, alpha)
-    out = folder / f"{name}-alpha{alpha:g}.flitevox"
-    out.write_bytes(dump)
+    dump, pos = _stock_dump(name)
+    patched = bytearray(dump)
+    struct.pack_into("=f", patched, pos, alpha)
+    out = Path(_voice_dir()) / f"{name}-alpha{alpha:g}.flitevox"
+    out.write_bytes(patched)
     return out
 
 

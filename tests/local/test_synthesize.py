@@ -235,7 +235,7 @@ def _spectral_centroid(samples: np.ndarray) -> float:
 
 
 def test_mlsa_alpha_makes_a_new_clustergen_speaker() -> None:
-    """The patched dump keeps durations and F0 but moves the spectral envelope: a larger all-pass
+    """The patched dump keeps the durations but moves the spectral envelope: a larger all-pass
     constant lowers it, a smaller one raises it, and the stock constant gives back stock audio."""
     text = "the old man walked slowly along the quiet road."
     stock = render(Voice(1, "flite", "slt", 1.0, 175.0), text)
