@@ -51,6 +51,27 @@ def test_download_stage_is_skipped_for_an_existing_tree(tmp_path):
     assert missing.returncode == 2 and "no_such_recipe.yaml" in missing.stderr
 
 
+def test_full_libri_selects_the_training_parts_in_one_place(tmp_path):
+    """prepare.sh (download, manifests, fbank) and run.sh (Shar shards) share one mapping."""
+    parts = REPO / "egs" / "librispeech" / "ASR" / "train_parts.sh"
+    for flag, expected in [("true", "train-clean-100 train-clean-360 train-other-500"),
+                           ("false", "train-clean-100")]:
+        out = subprocess.run(["bash", "-c", f'. "{parts}"; librispeech_train_parts {flag}'],
+                             capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == expected
+    for script in (RUN, PREPARE):
+        assert "train-clean-360" not in script.read_text(), script
+    for part in ("dev-clean", "dev-other", "test-clean", "test-other", "train-clean-100"):
+        (tmp_path / "dl" / "LibriSpeech" / part).mkdir(parents=True)
+    done = _bash(PREPARE, "--work-dir", str(tmp_path / "work"), "--dl-dir", str(tmp_path / "dl"),
+                 "--full-libri", "false", "--stage", "0", "--stop-stage", "0")
+    assert done.returncode == 0 and "holds every part; no download" in done.stderr, done.stderr
+    full = _bash(PREPARE, "--work-dir", str(tmp_path / "work"), "--dl-dir", str(tmp_path / "dl"),
+                 "--stage", "1", "--stop-stage", "1")
+    assert "manifests of dev-clean dev-other test-clean test-other train-clean-100 " \
+        "train-clean-360 train-other-500" in full.stderr, full.stderr
+
+
 @pytest.mark.slow
 def test_every_stage_but_download_on_a_synthesized_tree(tmp_path):
     from local.synthesize import synthesize_corpus

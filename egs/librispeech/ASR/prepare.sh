@@ -43,8 +43,8 @@ asr() { "$VENV/bin/asr" "$@"; }
 lhotse() { "$VENV/bin/lhotse" "$@"; }
 log() { echo "$(date '+%F %T') [librispeech prepare] $*" >&2; }
 
-train_parts="train-clean-100"
-[ "$full_libri" = true ] && train_parts="train-clean-100 train-clean-360 train-other-500"
+. "$HERE/train_parts.sh"
+train_parts=$(librispeech_train_parts "$full_libri")
 parts="dev-clean dev-other test-clean test-other $train_parts"
 corpus=$dl_dir/LibriSpeech
 

@@ -64,6 +64,7 @@ elif [ "$skip_setup" != true ]; then
 fi
 VENV=${ASR_VENV:-$ROOT/.venv}
 asr() { "$VENV/bin/asr" "$@"; }
+. "$HERE/train_parts.sh"
 exp_dir=exp/$recipe
 averaged=""
 [ "$use_averaged_model" = true ] && averaged="--use-averaged-model"
@@ -74,8 +75,7 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
   [ "$full_libri" = true ] || sets="$sets data.train_cuts=[librispeech_cuts_train-clean-100.jsonl.gz]"
   [ -f data/fbank/musan_cuts.jsonl.gz ] && sets="$sets data.noise.cuts_path=data/fbank/musan_cuts.jsonl.gz"
   if [ "$use_shar" = true ]; then
-    shar_parts="train-clean-100"
-    [ "$full_libri" = true ] && shar_parts="train-clean-100 train-clean-360 train-other-500"
+    shar_parts=$(librispeech_train_parts "$full_libri")
     shar_dir=data/shar/train-$(echo $shar_parts | sed 's/train-//g; s/ /+/g')
     if [ ! -d "$shar_dir" ]; then
       log "stage 6: write the training cuts of $shar_parts as Lhotse Shar shards -> $shar_dir"
