@@ -1,9 +1,10 @@
 """Bookkeeping of a synthesized corpus: the ``synthesis.json`` manifest and incremental runs.
 
-The manifest records the settings (seed, sentence options and pool digest, voices) and, per part,
-its size, speakers, sentence slice ``[start, count]`` of the shuffled pool and audio hours. A new
-run with the same settings skips completed parts and gives new parts sentences after every slice
-already used, so parts stay disjoint across runs; other settings need ``overwrite``.
+The manifest records the settings (seed, sentence options and pool digest, voices, the parts'
+acoustic ranges) and, per part, its size, speakers, sentence slice ``[start, count]`` of the
+shuffled pool and audio hours. A new run with the same settings skips completed parts and gives
+new parts sentences after every slice already used, so parts stay disjoint across runs; other
+settings need ``overwrite``.
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ def settings_of(
         "sentence_sources": list(pool.sources),
         "sentence_pool_sha256": pool.digest,
         "voices": [asdict(v) for v in sorted(voices, key=lambda v: v.speaker_id)],
+        # rate, pitch, speed, noise and room ranges of every part (tuples as JSON lists)
+        "acoustics": json.loads(
+            json.dumps({name: asdict(p.acoustics) for name, p in PARTS.items()})
+        ),
     }
 
 

@@ -17,7 +17,12 @@ ROLE_ORDER: dict[str, int] = {"test": 0, "dev": 1, "train": 2}
 
 @dataclass(frozen=True)
 class Acoustics:
-    """Ranges (uniform) of the per-utterance variation of one part."""
+    """Ranges (uniform) of the per-utterance variation of one part.
+
+    ``speed``: when set, each utterance's rendering is also played faster or slower by a factor
+    from this range (resampled, like sox ``speed``: tempo, pitch and formants move together),
+    which the engines' own rate and pitch settings cannot do (they keep the vocal tract).
+    """
 
     rate: tuple[float, float] = (0.88, 1.12)
     espeak_pitch: float = 12.0  # +- espeak-ng pitch units around the voice's base
@@ -30,9 +35,13 @@ class Acoustics:
     snr_db: tuple[float, float] = (15.0, 40.0)
     noise_color: tuple[float, float] = (-0.3, 0.95)
     peak_db: tuple[float, float] = (-6.0, -1.0)
+    speed: tuple[float, float] | None = None
 
 
 CLEAN = Acoustics()
+# Training parts: clean, and every rendering speed-perturbed (0.9-1.1): the variation of
+# LibriSpeech recipes' 0.9/1.1 copies, but one distinct segment per utterance instead of copies.
+TRAIN_CLEAN = Acoustics(speed=(0.9, 1.1))
 OTHER = Acoustics(
     rate=(0.8, 1.2), reverb_prob=0.8, rt60_s=(0.3, 0.9), drr_db=(-3.0, 6.0), snr_db=(5.0, 20.0)
 )
@@ -48,8 +57,8 @@ class PartSpec:
 
 
 PARTS: dict[str, PartSpec] = {
-    "train-clean-5": PartSpec("train", 1, CLEAN),
-    "train-clean-100": PartSpec("train", 2, CLEAN),
+    "train-clean-5": PartSpec("train", 1, TRAIN_CLEAN),
+    "train-clean-100": PartSpec("train", 2, TRAIN_CLEAN),
     "dev-clean-2": PartSpec("dev", 3, CLEAN),
     "dev-clean": PartSpec("dev", 4, CLEAN),
     "dev-other": PartSpec("dev", 5, OTHER),

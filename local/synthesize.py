@@ -32,7 +32,9 @@ Design:
   sentence); each speaker has one chapter per 50 of its utterances, with chapter
   id ``speaker * 100 + part_code * 10 + k``.
 * Per utterance a random generator seeded from ``(seed, crc32(part), index)`` draws the speaking
-  rate and pitch, leading/trailing silence, optional reverberation (synthetic exponential-decay
+  rate and pitch, for training parts a speed factor (0.9-1.1: the rendering resampled, so tempo,
+  pitch and formants move together, as in LibriSpeech recipes' speed perturbation, but without
+  copies), leading/trailing silence, optional reverberation (synthetic exponential-decay
   room response), coloured noise at a random SNR and the peak level (:mod:`local.audio_effects`),
   so the same seed gives byte-identical FLAC files whatever the number of worker processes.
 * ``train-text.txt`` is the corpus's LM text, the counterpart of LibriSpeech's
@@ -77,6 +79,7 @@ from local.audio_effects import (
     add_reverb,
     normalize_peak,
     pad_silence,
+    speed_perturb,
     to_pcm16,
     trim_silence,
 )
@@ -182,6 +185,8 @@ def synthesize_utterance(plan: UtterancePlan) -> int:
     )
     pitch = rng.uniform(-spread, spread)
     samples = render(plan.voice, tts_text(plan.transcript), rate, pitch)
+    if acoustics.speed is not None:
+        samples = speed_perturb(samples, rng.uniform(*acoustics.speed), SAMPLE_RATE)
     samples = trim_silence(samples, SAMPLE_RATE)
     samples = pad_silence(
         samples, SAMPLE_RATE, rng.uniform(*acoustics.lead_s), rng.uniform(*acoustics.trail_s)

@@ -16,6 +16,7 @@ from local.audio_effects import (
     pad_silence,
     resample,
     room_impulse_response,
+    speed_perturb,
     to_pcm16,
     trim_silence,
 )
@@ -144,3 +145,20 @@ def test_fft_convolve_matches_numpy() -> None:
     np.testing.assert_allclose(
         fft_convolve(signal, kernel), np.convolve(signal, kernel), atol=1e-10
     )
+
+
+@pytest.mark.parametrize("factor", [0.9, 0.95, 1.1])
+def test_speed_perturb_scales_frequency_and_duration(factor: float) -> None:
+    """A 1 s, 500 Hz tone played ``factor`` times faster: 500 * f Hz for 1 / f s, the factor
+    rounded to a 100 Hz grid of the intermediate rate."""
+    tone = 0.5 * np.sin(2 * np.pi * 500.0 * np.arange(SR) / SR)
+    out = speed_perturb(tone, factor, SR)
+    actual = SR / (round(SR / factor / 100) * 100)  # the factor after rounding
+    assert abs(actual - factor) < 0.004
+    assert len(out) == round(SR / actual)
+    spectrum = np.abs(np.fft.rfft(out * np.hanning(len(out))))
+    peak_hz = np.argmax(spectrum) * SR / len(out)
+    assert peak_hz == pytest.approx(500.0 * actual, abs=1.5)
+    np.testing.assert_array_equal(speed_perturb(tone, 1.0, SR), tone)
+    with pytest.raises(ValueError, match="speed factor must be > 0, got 0"):
+        speed_perturb(tone, 0, SR)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -154,6 +155,16 @@ def test_rerun_skips_and_incremental_parts_stay_disjoint(tmp_path: Path) -> None
     assert len(test_texts) == len(dev_texts) == 2 and not test_texts & dev_texts
     with pytest.raises(FileExistsError, match="different settings.*seed"):
         synthesize_corpus(tmp_path, {"test-clean": 2}, seed=5, progress=False)
+    # a corpus made with other acoustic ranges (say, before training parts were speed-perturbed)
+    # is not silently reused
+    manifest_path = more.corpus_dir / "synthesis.json"
+    saved = manifest_path.read_text()
+    manifest = json.loads(saved)
+    manifest["settings"]["acoustics"]["train-clean-5"]["speed"] = None
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(FileExistsError, match=r"different settings \(acoustics\)"):
+        synthesize_corpus(tmp_path, {"test-clean": 2}, progress=False)
+    manifest_path.write_text(saved)
     with pytest.raises(FileExistsError, match="3 requested"):
         synthesize_corpus(tmp_path, {"test-clean": 3}, progress=False)
     fresh = synthesize_corpus(tmp_path, {"test-clean": 1}, seed=5, overwrite=True, progress=False)

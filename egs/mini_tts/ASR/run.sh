@@ -41,8 +41,9 @@ num_dev=100
 num_test=100
 voices_per_sentence=1           # training sentences spoken in this many different voices
 train_text=segments             # training text: word-run "segments" or whole pool "sentences"
-speed_perturb=false             # true: 0.9/1.1 copies of the training features (fewer new
-                                # utterances learn more slowly; recipes/mini_tts/README.md)
+speed_perturb=false             # true: 0.9/1.1 copies of the training features, on top of the
+                                # 0.9-1.1 speed that stage 0 gives every training utterance
+                                # (copies learn more slowly; recipes/mini_tts/README.md)
 vocab_size=128
 lm_order=6                      # token n-gram LM (stage 3) for shallow fusion in beam searches
 lm_weight=0.5                   # LM weight, beam size and blank penalty of the fused beam searches:
