@@ -158,7 +158,13 @@ _TAIL_HEAD = struct.Struct("=ff5i")
 
 
 def _find_mlsa_alpha(dump: bytes) -> int:
-    """Offset of ``mlsa_alpha`` in a flitevox dump: the one position whose tail parses exactly."""
+    """Offset of ``mlsa_alpha`` in a flitevox dump.
+
+    Scans back from the end of the file and returns the first (last in the file) position whose
+    tail parses exactly: plausible alpha and sizes, ``ME_num`` rows of ``8 * ME_order`` bytes, then
+    ``spamf0`` and ``gain`` ending at the last byte. It does not check that no earlier position
+    would also parse.
+    """
     size = len(dump)
     for pos in range(size - _TAIL_HEAD.size - 8, max(-1, size - 65536), -1):
         alpha, _beta, _multi, _mixed, me_num, me_order, rows = _TAIL_HEAD.unpack_from(dump, pos)
