@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from asr.audio import AudioError, DecodedAudio, decode_audio, resample, to_mono
+from asr.tokenizers.base import WORD_START
 
 if TYPE_CHECKING:  # pragma: no cover
     from asr.package import ModelPackage
@@ -53,8 +54,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Piece prefix marking the start of a word (sentencepiece and our char tokenizer).
-WORD_START = "\u2581"
 
 AudioInput = str | Path | bytes | np.ndarray | Tensor
 
@@ -266,7 +265,9 @@ class Transcriber:
 
         name = name or self.searcher_name
         if name not in self._searchers:
-            self._searchers[name] = build_searcher(name, self.model, self.search_config)
+            self._searchers[name] = build_searcher(
+                name, self.model, self.search_config, tokenizer=self.tokenizer
+            )
         return self._searchers[name]
 
     def streaming_recognizer(self, searcher: str | None = None, **kwargs: Any) -> Any:

@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         manifest_dir = args.manifest_dir or cfg.data.manifest_dir
         settings = {"weights": tag, **dict(o.split("=", 1) for o in search_overrides)}
         for name in names:
-            searcher = build_searcher(name, model, search_cfg)
+            searcher = build_searcher(name, model, search_cfg, tokenizer=tokenizer)
             for part in args.parts:
                 recognitions = decode_part(model, searcher, cfg, tokenizer, part, manifest_dir,
                                            device)

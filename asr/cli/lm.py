@@ -1,8 +1,11 @@
-"""``asr lm``: train a token n-gram LM (interpolated modified Kneser-Ney) and write it as ARPA.
+"""``asr lm``: train an n-gram LM (interpolated modified Kneser-Ney) and write it as ARPA.
 
-The transcripts are tokenized with the model's tokenizer, so the LM's words are token ids, the
-form ``search.lm_path`` expects (shallow fusion in ``transducer_beam``, ``tdt_beam``,
-``ctc_prefix_beam`` and ``cif_beam``).
+``--unit token`` (default): the transcripts are tokenized with the model's tokenizer, so the LM's
+words are token ids, the form ``search.lm_path`` expects with ``search.lm_unit=token`` (shallow
+fusion in ``transducer_beam``, ``tdt_beam``, ``ctc_prefix_beam`` and ``cif_beam``).
+``--unit word``: an n-gram over the transcripts' words, written out; its vocabulary becomes the
+lexicon of ``search.lm_unit=word`` (hypotheses are restricted to those words, see
+:mod:`asr.decoding.word_lm`), so pass every text the recognizer may have to say.
 Transcript formats as for ``asr bpe``. Pass each transcript once: a cut manifest with speed
 perturbation repeats every sentence per speed (use the LibriSpeech directory instead).
 """
@@ -13,7 +16,7 @@ import argparse
 import logging
 from pathlib import Path
 
-HELP = "train a token n-gram LM (modified Kneser-Ney, ARPA) for shallow fusion"
+HELP = "train a token or word n-gram LM (modified Kneser-Ney, ARPA) for shallow fusion"
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--transcripts", nargs="+", required=True, metavar="F",
         help="LibriSpeech dirs / *.trans.txt, Kaldi 'text', lhotse *.jsonl.gz, or plain text files",
     )  # fmt: skip
-    parser.add_argument("--tokenizer-dir", required=True, help="directory of the tokenizer")
+    parser.add_argument(
+        "--tokenizer-dir", help="directory of the tokenizer (needed for --unit token)"
+    )
+    parser.add_argument(
+        "--unit", choices=("token", "word"), default="token",
+        help="n-gram over token ids (default) or over words",
+    )  # fmt: skip
     parser.add_argument("--order", type=int, default=4, help="n-gram order (default 4)")
     parser.add_argument("--output", required=True, help="ARPA file to write")
     parser.add_argument("--force", action="store_true", help="retrain even if the output exists")
@@ -40,16 +49,27 @@ def run(args: argparse.Namespace) -> int:
         logger.info("%s exists, skipping (use --force to retrain)", output)
         return 0
     try:
-        tokenizer = load_tokenizer(args.tokenizer_dir)
-        sentences = [tokenizer.encode(text) for text in read_transcripts(args.transcripts)]
+        texts = read_transcripts(args.transcripts)
+        symbols = None
+        if args.unit == "word":
+            symbols = sorted({word for text in texts for word in text.split()})
+            index = {word: i for i, word in enumerate(symbols)}
+            sentences = [[index[word] for word in text.split()] for text in texts]
+            vocab: list[int] = []
+        else:
+            if args.tokenizer_dir is None:
+                raise ValueError("--unit token needs --tokenizer-dir")
+            tokenizer = load_tokenizer(args.tokenizer_dir)
+            sentences = [tokenizer.encode(text) for text in texts]
+            vocab = [i for i in range(tokenizer.vocab_size) if i != tokenizer.blank_id]
         empty = sum(1 for s in sentences if not s)
         if empty:
-            logger.warning("%d transcripts encode to no tokens and are skipped", empty)
-        vocab = [i for i in range(tokenizer.vocab_size) if i != tokenizer.blank_id]
+            logger.warning("%d transcripts have no %ss and are skipped", empty, args.unit)
         estimate = estimate_kneser_ney([s for s in sentences if s], args.order, vocab)
-        write_arpa(estimate, output)
+        write_arpa(estimate, output, symbols)
     except (OSError, ValueError) as err:
         logger.error("asr lm: %s", err)
         return 2
-    logger.info("wrote a %d-gram token LM to %s", args.order, output)
+    extra = f", {len(symbols)} words" if symbols is not None else ""
+    logger.info("wrote a %d-gram %s LM%s to %s", args.order, args.unit, extra, output)
     return 0

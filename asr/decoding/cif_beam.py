@@ -7,7 +7,9 @@ vocabulary, so a path (one label per position) scores ``sum_n x_n[label_n]``; bl
 which the head never targets, is "no token" at its position, as in greedy search. The search
 runs left to right over the positions:
 
-* every hypothesis is extended by the ``beam_size`` most likely labels of the position;
+* every hypothesis is extended by the ``beam_size`` labels of the position with the best
+  ``x_n[label] + lm_weight * log P_lm(label | history)`` (the acoustic alone without an LM), so
+  that an LM that forbids labels (a word LM's lexicon) steers the expansion;
 * paths that produce the same token sequence merge (log-add of their acoustic scores, the
   probability of the sequence under the head);
 * hypotheses are ranked by ``acoustic + lm_weight * log P_lm(tokens)`` and the ``beam_size``
@@ -24,6 +26,7 @@ labels expanded per position.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable
 from dataclasses import dataclass, replace
 
@@ -88,13 +91,19 @@ class CifBeamSearch:
         """One utterance: log_probs (N, V) of its fired positions, frames (N,) their fire frames."""
         cfg, lm = self.cfg, self.lm
         weight = cfg.lm_weight if lm is not None else 0.0
-        top_lp, top_ids = log_probs.topk(min(cfg.beam_size, log_probs.shape[-1]), dim=-1)
+        width = min(cfg.beam_size, log_probs.shape[-1])
+        top_lp, top_ids = log_probs.topk(width, dim=-1)
         start = lm.init_state() if lm is not None else None
         beam = [_Hyp((), (), 0.0, 0.0, start)]
         for position, (lps, ids) in enumerate(zip(top_lp.tolist(), top_ids.tolist())):
             merged: dict[tuple[int, ...], _Hyp] = {}
             for hyp in beam:
                 lm_next = lm.score(hyp.lm_state) if lm is not None else None
+                if lm_next is not None:  # the labels best with the LM (blank: no LM term)
+                    fused = log_probs[position] + weight * lm_next.to(log_probs.dtype)
+                    fused[self.blank_id] = log_probs[position, self.blank_id]
+                    ids = fused.topk(width).indices.tolist()
+                    lps = log_probs[position, ids].tolist()
                 for lp, label in zip(lps, ids):
                     if label == self.blank_id:
                         new = _Hyp(
@@ -117,12 +126,18 @@ class CifBeamSearch:
             ranked = sorted(
                 merged.values(), key=lambda h: h.acoustic + weight * h.lm_score, reverse=True
             )
-            beam = ranked[: cfg.beam_size]
+            # a hypothesis the LM forbids (-inf: outside a word LM's lexicon) is dropped,
+            # unless every one is
+            allowed = [h for h in ranked if h.lm_score > -math.inf] if lm is not None else ranked
+            beam = (allowed or ranked)[: cfg.beam_size]
         finals = []
         for hyp in beam:
             lm_total = hyp.lm_score + (lm.final_score(hyp.lm_state) if lm is not None else 0.0)
             finals.append((hyp.acoustic + weight * lm_total, hyp))
-        finals.sort(key=lambda item: item[0], reverse=True)
+        # best first; hypotheses that cannot end (-inf) after the others, by their score so far
+        finals.sort(
+            key=lambda item: (item[0], item[1].acoustic + weight * item[1].lm_score), reverse=True
+        )
         return [
             Hypothesis(tokens=hyp.tokens, score=score, timestamps=hyp.frames)
             for score, hyp in finals[: cfg.nbest]

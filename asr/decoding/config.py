@@ -39,9 +39,13 @@ class SearchConfig:
             decision (> 0 emits more tokens).
         ctc_pre_beam: ``aed_beam`` computes CTC prefix scores only for the
             ``ceil(ctc_pre_beam * beam_size)`` best attention candidates of each hypothesis.
-        lm_path: ARPA token n-gram for ``ctc_prefix_beam``, ``transducer_beam``, ``tdt_beam`` and
-            ``cif_beam`` (words are token ids, see :class:`asr.decoding.lm.NgramLM`; ``asr lm``
-            trains one); null for none.
+        lm_path: ARPA n-gram for ``ctc_prefix_beam``, ``transducer_beam``, ``tdt_beam`` and
+            ``cif_beam``; null for none. Its words are token ids or words, as ``lm_unit`` says
+            (``asr lm --unit token|word`` trains either).
+        lm_unit: ``token``: an n-gram over token ids (:class:`asr.decoding.lm.NgramLM`);
+            ``word``: an n-gram over words, whose vocabulary is the lexicon; hypotheses are then
+            restricted to lexicon words, spelled with the model's tokenizer
+            (:class:`asr.decoding.word_lm.LexiconWordLM`).
         lm_weight: weight of the LM log-probability in shallow fusion (0 = unused).
         max_stream_tokens: token capacity of a streaming searcher's state per stream; a stream
             that emits more (without being reset at an endpoint) keeps its first
@@ -57,6 +61,7 @@ class SearchConfig:
     ctc_pre_beam: float = 1.5
     lm_path: Path | None = None
     lm_weight: float = 0.0
+    lm_unit: str = "token"
     max_stream_tokens: int = 2048
 
     def __post_init__(self) -> None:
@@ -80,6 +85,8 @@ class SearchConfig:
                 raise ValueError(f"search.{name} must be finite, got {value}")
         if self.lm_weight < 0:
             raise ValueError(f"search.lm_weight must be >= 0, got {self.lm_weight}")
+        if self.lm_unit not in ("token", "word"):
+            raise ValueError(f"search.lm_unit must be 'token' or 'word', got {self.lm_unit!r}")
         if self.max_stream_tokens < 1:
             raise ValueError(f"search.max_stream_tokens must be >= 1, got {self.max_stream_tokens}")
 

@@ -91,13 +91,14 @@ class CtcPrefixBeamSearch:
         for frame, (values, labels) in enumerate(zip(top_values.tolist(), top_labels.tolist())):
             beam = self._frame(beam, frame, zip(labels, values))
         final = [
-            (self._total(prefix, entry, final=True), prefix, entry)
+            (self._total(prefix, entry, final=True), self._total(prefix, entry), prefix, entry)
             for prefix, entry in beam.items()
         ]
-        final.sort(key=lambda item: item[0], reverse=True)
+        # best first; prefixes that cannot end (-inf) after the others, by their score so far
+        final.sort(key=lambda item: item[:2], reverse=True)
         return [
             Hypothesis(tokens=prefix, score=score, timestamps=entry.frames)
-            for score, prefix, entry in final[: self.cfg.nbest]
+            for score, _, prefix, entry in final[: self.cfg.nbest]
         ]
 
     def _root(self) -> _Prefix:
@@ -123,8 +124,12 @@ class CtcPrefixBeamSearch:
                 self._add(
                     new, prefix + (label,), entry, "label", score, entry.frames + (frame,), label
                 )
-        ranked = sorted(new.items(), key=lambda item: self._total(*item), reverse=True)
-        return dict(ranked[: self.cfg.beam_size])
+        scored = [(self._total(*item), item) for item in new.items()]
+        # a prefix the LM forbids (-inf: a word outside a word LM's lexicon) is dropped
+        ranked = sorted((p for p in scored if p[0] > NEG_INF), key=lambda p: p[0], reverse=True)
+        if not ranked:  # every candidate forbidden: keep the beam as it was
+            return beam
+        return dict(item for _, item in ranked[: self.cfg.beam_size])
 
     def _add(
         self,

@@ -19,8 +19,10 @@ estimation"):
   ``gamma(h)`` as its back-off weight; then ``P(w|h) = gamma(h) P(w|h')`` for an unlisted
   ``h w`` is exactly the interpolated model (the form SRILM and KenLM write).
 
-The words are token ids (:class:`asr.decoding.lm.NgramLM` reads them back); ``<s>``/``</s>``
-surround every sentence. Pure Python: the mini_tts training text (~100k tokens) takes a second.
+The words are ids: token ids for a token LM, or indices into a word list that
+:func:`write_arpa` writes out (a word LM); :class:`asr.decoding.lm.NgramLM` reads either back.
+``<s>``/``</s>`` surround every sentence. Pure Python: the mini_tts training text (~100k
+tokens) takes a second.
 """
 
 from __future__ import annotations
@@ -174,16 +176,32 @@ def estimate_kneser_ney(
     return NgramEstimate(order, tuple(log_probs), backoffs, discounts)
 
 
-def _word(token: int) -> str:
-    return _NAMES.get(token, str(token))
+def write_arpa(
+    estimate: NgramEstimate, path: str | Path, symbols: Sequence[str] | None = None
+) -> None:
+    """Writes ``estimate`` as an ARPA file (log10 values).
 
+    Args:
+        estimate: the n-gram.
+        path: the ARPA file; written to ``path.tmp`` first and renamed, so a crash leaves no
+            partial LM.
+        symbols: the word written for each id (a word LM); None writes the ids themselves
+            (a token LM).
 
-def write_arpa(estimate: NgramEstimate, path: str | Path) -> None:
-    """Writes ``estimate`` as an ARPA file (log10 values; words are token ids).
-
-    The file is written to ``path.tmp`` first and renamed, so a crash leaves no partial LM.
+    Raises:
+        ValueError: when a symbol is empty, holds whitespace or is a special (``<s>``...).
     """
     path = Path(path)
+    if symbols is not None:
+        bad = [w for w in symbols if not w or w != "".join(w.split()) or w in _NAMES.values()]
+        if bad:
+            raise ValueError(f"ARPA words must be non-empty, without spaces, not specials: {bad[:5]}")
+
+    def _word(token: int) -> str:
+        if token in _NAMES:
+            return _NAMES[token]
+        return str(token) if symbols is None else symbols[token]
+
     grams_per_order = [dict(p) for p in estimate.log_probs]
     if estimate.order > 1:  # <s> is a history, never predicted
         grams_per_order[0].setdefault((BOS,), _NO_PROB * math.log(10.0))

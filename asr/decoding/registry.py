@@ -39,6 +39,7 @@ from asr.decoding.tdt_beam import TdtBeamSearch
 from asr.decoding.transducer_beam import ModifiedBeamSearch
 from asr.decoding.transducer_greedy import LabelLoopingGreedy
 from asr.model import ASRModel
+from asr.tokenizers.base import Tokenizer
 
 __all__ = [
     "SEARCHER_NAMES",
@@ -126,43 +127,75 @@ def _check(name: str, model: ASRModel, names: tuple[str, ...]) -> None:
         )
 
 
-def _load_lm(model: ASRModel, cfg: SearchConfig, head: str) -> LanguageModel | None:
+def _load_lm(
+    model: ASRModel, cfg: SearchConfig, head: str, tokenizer: Tokenizer | None
+) -> LanguageModel | None:
+    """The LM of ``cfg.lm_path``: a token n-gram, or a word n-gram over a lexicon spelled by
+    ``tokenizer`` (``cfg.lm_unit == "word"``)."""
     if cfg.lm_path is None:
         return None
-    return NgramLM.from_arpa(cfg.lm_path, vocab_size=model.heads[head].vocab_size)
+    vocab_size = model.heads[head].vocab_size
+    if cfg.lm_unit == "token":
+        return NgramLM.from_arpa(cfg.lm_path, vocab_size=vocab_size)
+    if tokenizer is None:
+        raise ValueError(
+            "search.lm_unit=word needs the tokenizer to spell the lexicon "
+            "(build_searcher(..., tokenizer=...))"
+        )
+    if tokenizer.vocab_size != vocab_size:
+        raise ValueError(
+            f"tokenizer vocabulary {tokenizer.vocab_size} differs from the {head} head's {vocab_size}"
+        )
+    from asr.decoding.word_lm import load_word_lm
+
+    return load_word_lm(cfg.lm_path, tokenizer)
 
 
-def _first_pass(model: ASRModel, cfg: SearchConfig) -> Searcher:
+def _first_pass(model: ASRModel, cfg: SearchConfig, tokenizer: Tokenizer | None) -> Searcher:
     """n-best producer for attention rescoring: all ``beam_size`` hypotheses are kept."""
     first_cfg = replace(cfg, nbest=cfg.beam_size)
     if _head(model, "ctc") is not None:
-        return build_searcher("ctc_prefix_beam", model, first_cfg)
+        return build_searcher("ctc_prefix_beam", model, first_cfg, tokenizer=tokenizer)
     beam = "tdt_beam" if _transducer_kind(model) == "tdt" else "transducer_beam"
-    return build_searcher(beam, model, first_cfg)
+    return build_searcher(beam, model, first_cfg, tokenizer=tokenizer)
 
 
-_BUILDERS: dict[str, Callable[[ASRModel, SearchConfig, LanguageModel | None], Searcher]] = {
-    "ctc_greedy": lambda m, c, lm: CtcGreedySearcher(m.heads["ctc"], c),
-    "ctc_prefix_beam": lambda m, c, lm: CtcPrefixBeamSearch(
-        m.heads["ctc"], c, lm if lm is not None else _load_lm(m, c, "ctc")
-    ),
-    "transducer_greedy": lambda m, c, lm: LabelLoopingGreedy(m.heads["transducer"], c),
-    "transducer_beam": lambda m, c, lm: ModifiedBeamSearch(
-        m.heads["transducer"], c, lm if lm is not None else _load_lm(m, c, "transducer")
-    ),
-    "tdt_greedy": lambda m, c, lm: LabelLoopingGreedy(m.heads["transducer"], c),
-    "tdt_beam": lambda m, c, lm: TdtBeamSearch(
-        m.heads["transducer"], c, lm if lm is not None else _load_lm(m, c, "transducer")
-    ),
-    "aed_beam": lambda m, c, lm: AedBeamSearch(m.heads["aed"], c, _head(m, "ctc")),
-    "attention_rescoring": lambda m, c, lm: AttentionRescoring(
-        _first_pass(m, c), m.heads["aed"], c
-    ),
-    "cif_greedy": lambda m, c, lm: CifGreedySearch(m.heads["cif"], c),
-    "cif_beam": lambda m, c, lm: CifBeamSearch(
-        m.heads["cif"], c, lm if lm is not None else _load_lm(m, c, "cif")
-    ),
+#: Searchers that fuse an LM -> the head whose vocabulary the LM must match.
+_LM_HEADS = {
+    "ctc_prefix_beam": "ctc",
+    "transducer_beam": "transducer",
+    "tdt_beam": "transducer",
+    "cif_beam": "cif",
 }
+
+
+_Builder = Callable[[ASRModel, SearchConfig, "LanguageModel | None", "Tokenizer | None"], Searcher]
+_BUILDERS: dict[str, _Builder] = {
+    "ctc_greedy": lambda m, c, lm, tok: CtcGreedySearcher(m.heads["ctc"], c),
+    "ctc_prefix_beam": lambda m, c, lm, tok: CtcPrefixBeamSearch(m.heads["ctc"], c, lm),
+    "transducer_greedy": lambda m, c, lm, tok: LabelLoopingGreedy(m.heads["transducer"], c),
+    "transducer_beam": lambda m, c, lm, tok: ModifiedBeamSearch(m.heads["transducer"], c, lm),
+    "tdt_greedy": lambda m, c, lm, tok: LabelLoopingGreedy(m.heads["transducer"], c),
+    "tdt_beam": lambda m, c, lm, tok: TdtBeamSearch(m.heads["transducer"], c, lm),
+    "aed_beam": lambda m, c, lm, tok: AedBeamSearch(m.heads["aed"], c, _head(m, "ctc")),
+    "attention_rescoring": lambda m, c, lm, tok: AttentionRescoring(
+        _first_pass(m, c, tok), m.heads["aed"], c
+    ),
+    "cif_greedy": lambda m, c, lm, tok: CifGreedySearch(m.heads["cif"], c),
+    "cif_beam": lambda m, c, lm, tok: CifBeamSearch(m.heads["cif"], c, lm),
+}
+
+
+def _build(
+    name: str,
+    model: ASRModel,
+    cfg: SearchConfig,
+    lm: LanguageModel | None,
+    tokenizer: Tokenizer | None,
+) -> Searcher:
+    if lm is None and name in _LM_HEADS:
+        lm = _load_lm(model, cfg, _LM_HEADS[name], tokenizer)
+    return _BUILDERS[name](model, cfg, lm, tokenizer)
 
 
 def build_searcher(
@@ -171,6 +204,7 @@ def build_searcher(
     cfg: SearchConfig = DEFAULT_SEARCH,
     *,
     lm: LanguageModel | None = None,
+    tokenizer: Tokenizer | None = None,
 ) -> Searcher:
     """Builds searcher ``name`` over the heads of ``model``.
 
@@ -183,6 +217,8 @@ def build_searcher(
         cfg: search options.
         lm: token LM for ``ctc_prefix_beam``, ``transducer_beam``, ``tdt_beam`` and
             ``cif_beam`` (overrides ``cfg.lm_path``).
+        tokenizer: the model's tokenizer; needed to spell the lexicon of a word LM
+            (``cfg.lm_unit == "word"``).
 
     Raises:
         ValueError: on an unknown name, or one the model's heads do not support (naming the
@@ -191,11 +227,15 @@ def build_searcher(
     _check(name, model, SEARCHER_NAMES)
     if model.training:
         logger.warning("build_searcher(%r): the model is in training mode (dropout is on)", name)
-    return _BUILDERS[name](model, cfg, lm)
+    return _build(name, model, cfg, lm, tokenizer)
 
 
 def build_streaming_searcher(
-    name: str, model: ASRModel, cfg: SearchConfig = DEFAULT_SEARCH
+    name: str,
+    model: ASRModel,
+    cfg: SearchConfig = DEFAULT_SEARCH,
+    *,
+    tokenizer: Tokenizer | None = None,
 ) -> StreamingSearcher:
     """Builds streaming searcher ``name`` (one of :data:`STREAMING_SEARCHER_NAMES`).
 
@@ -203,6 +243,6 @@ def build_streaming_searcher(
         ValueError: as :func:`build_searcher`.
     """
     _check(name, model, STREAMING_SEARCHER_NAMES)
-    searcher = _BUILDERS[name](model, cfg, None)
+    searcher = _build(name, model, cfg, None, tokenizer)
     assert isinstance(searcher, StreamingSearcher)
     return searcher

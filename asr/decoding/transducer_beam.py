@@ -186,7 +186,12 @@ class ModifiedBeamSearch:
         return hyp.score + self.cfg.lm_weight * self.lm.final_score(hyp.lm_state)
 
     def _nbest(self, hyps: list[_Hyp]) -> list[Hypothesis]:
-        scored = sorted(((self._final_score(h), h) for h in hyps), key=lambda p: p[0], reverse=True)
+        # best first; hypotheses that cannot end (-inf) after the others, by their score so far
+        scored = sorted(
+            ((self._final_score(h), h) for h in hyps),
+            key=lambda p: (p[0], p[1].score),
+            reverse=True,
+        )
         if not scored:
             return [Hypothesis(tokens=())]
         return [

@@ -167,7 +167,7 @@ class StreamingRecognizer:
         self.left_chunks = enc_cfg.left_chunks if left_chunks is None else left_chunks
         self.searcher_name = searcher or transcriber.searcher_name
         self.searcher = build_streaming_searcher(
-            self.searcher_name, self.model, transcriber.search_config
+            self.searcher_name, self.model, transcriber.search_config, tokenizer=self.tokenizer
         )
         self._extractor = transcriber._extractor
         self._ids = itertools.count()

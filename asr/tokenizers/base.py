@@ -30,6 +30,8 @@ SOS_EOS_PIECE = "<sos/eos>"
 UNK_PIECE = "<unk>"
 #: Pieces at ids 0, 1, 2 of every tokenizer.
 SPECIAL_PIECES = (BLANK_PIECE, SOS_EOS_PIECE, UNK_PIECE)
+#: Prefix of a sentencepiece piece that starts a word (``▁HE``; a bare ``▁`` piece too).
+WORD_START = "\u2581"
 
 TOKENS_FILE = "tokens.txt"
 BPE_MODEL_FILE = "bpe.model"

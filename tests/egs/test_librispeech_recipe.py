@@ -104,3 +104,10 @@ def test_mini_tts_refuses_a_time_budget_too_small_for_training(tmp_path):
     assert result.returncode == 1
     assert "of the 100 s time budget left for training" in result.stderr
     assert not (tmp_path / "exp").exists()
+
+
+def test_mini_tts_refuses_an_unknown_lm_unit(tmp_path):
+    result = _bash(REPO / "egs" / "mini_tts" / "ASR" / "run.sh", "--work-dir", str(tmp_path),
+                   "--stage", "5", "--stop-stage", "5", "--lm-unit", "char")
+    assert result.returncode == 1
+    assert "--lm-unit must be token or word, got char" in result.stderr

@@ -12,14 +12,15 @@
 #   0  synthesize the corpus        (data/LibriSpeech)
 #   1  lhotse manifests             (data/manifests)
 #   2  fbank features               (data/fbank; with --speed-perturb true also 0.9/1.1 copies)
-#   3  BPE tokenizer (training transcripts) and a token n-gram LM of the corpus's training text
-#                                   (data/lang_bpe_${vocab_size}, .../token_${lm_order}gram.arpa)
+#   3  BPE tokenizer (training transcripts), a token n-gram LM and a word n-gram LM of the
+#                                   corpus's training text (data/lang_bpe_${vocab_size},
+#                                   .../token_${lm_order}gram.arpa, .../word_${word_lm_order}gram.arpa)
 #   4  train                        (exp/${recipe}; for the time --time-budget leaves: the step
 #                                   count is planned on the machine, see asr/train/budget.py)
 #   5  average the last checkpoints (exp/${recipe}/averaged.safetensors) and decode test-clean
 #                                   (exp/${recipe}/<searcher>/wer-summary-test-clean-<searcher>.txt);
 #                                   transducer_beam, tdt_beam, ctc_prefix_beam and cif_beam fuse
-#                                   the LM
+#                                   the LM of --lm-unit (token; word: lexicon-constrained)
 #   6  export a model package and transcribe a held-out test-clean file
 #
 # Paths are relative to --work-dir (default: this directory, egs/mini_tts/ASR), as in the recipe YAMLs.
@@ -46,6 +47,9 @@ speed_perturb=false             # true: 0.9/1.1 copies of the training features,
                                 # (copies learn more slowly; recipes/mini_tts/README.md)
 vocab_size=128
 lm_order=6                      # token n-gram LM (stage 3) for shallow fusion in beam searches
+word_lm_order=3                 # word n-gram LM (stage 3): its words are the decoding lexicon
+lm_unit=token                   # the LM stage 5 fuses: token, or word (only lexicon words are
+                                # said; recipes/mini_tts/README.md has both tuned on dev)
 lm_weight=0.5                   # LM weight, beam size and blank penalty of the fused beam searches:
 beam_size=8                     # tuned on dev-clean-2 (recipes/mini_tts/README.md)
 blank_penalty=3
@@ -59,12 +63,14 @@ post_train_reserve=60           # seconds kept for training start-up and stages 
 usage="Usage: $0 [--stage N] [--stop-stage N] [--recipe NAME] [--searchers \"A B\"] [--avg N]
   [--num-jobs N] [--fbank-jobs N] [--num-train N] [--num-dev N] [--num-test N]
   [--voices-per-sentence N] [--train-text sentences|segments] [--speed-perturb true|false]
-  [--vocab-size N] [--lm-order N] [--lm-weight W] [--beam-size N] [--blank-penalty P]
+  [--vocab-size N] [--lm-order N] [--word-lm-order N] [--lm-unit token|word] [--lm-weight W]
+  [--beam-size N] [--blank-penalty P]
   [--work-dir DIR] [--skip-setup true|false] [--train-args \"...\"] [--time-budget SECONDS]
   [--post-train-reserve SECONDS]
 defaults: stage=$stage stop_stage=$stop_stage recipe=$recipe num_jobs=$num_jobs num_train=$num_train
   num_dev=$num_dev num_test=$num_test voices_per_sentence=$voices_per_sentence train_text=$train_text
-  speed_perturb=$speed_perturb vocab_size=$vocab_size lm_order=$lm_order lm_weight=$lm_weight
+  speed_perturb=$speed_perturb vocab_size=$vocab_size lm_order=$lm_order
+  word_lm_order=$word_lm_order lm_unit=$lm_unit lm_weight=$lm_weight
   beam_size=$beam_size blank_penalty=$blank_penalty time_budget=$time_budget"
 . "$ROOT/egs/shared/parse_options.sh"
 work_dir=$(mkdir -p "$work_dir" && cd "$work_dir" && pwd)
@@ -92,6 +98,8 @@ exp_dir=exp/$recipe
 weights=$exp_dir/averaged.safetensors
 lang_dir=data/lang_bpe_${vocab_size}
 lm_path=$lang_dir/token_${lm_order}gram.arpa
+word_lm_path=$lang_dir/word_${word_lm_order}gram.arpa
+case "$lm_unit" in token|word) ;; *) echo "$0: --lm-unit must be token or word, got $lm_unit" >&2; exit 1 ;; esac
 parts="train-clean-5 dev-clean-2 test-clean"
 if [ -z "$searchers" ]; then
   case "$recipe" in
@@ -134,6 +142,9 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
   log "stage 3: token ${lm_order}-gram LM of $lm_text"
   timed lm asr lm --transcripts "$lm_text" --tokenizer-dir "$lang_dir" \
     --order "$lm_order" --output "$lm_path"
+  log "stage 3: word ${word_lm_order}-gram LM of $lm_text (its words are the lexicon)"
+  timed "word lm" asr lm --unit word --transcripts "$lm_text" --order "$word_lm_order" \
+    --output "$word_lm_path"
 fi
 
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
@@ -164,8 +175,10 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
     search_args=()
     case "$searcher" in
       transducer_beam|tdt_beam|ctc_prefix_beam|cif_beam)
+        fused=$lm_path
+        [ "$lm_unit" = word ] && fused=$word_lm_path
         search_args=(--set "search.beam_size=$beam_size" "search.blank_penalty=$blank_penalty"
-          "search.lm_path=$lm_path" "search.lm_weight=$lm_weight") ;;
+          "search.lm_path=$fused" "search.lm_unit=$lm_unit" "search.lm_weight=$lm_weight") ;;
     esac
     timed "decode $searcher" asr decode --exp-dir "$exp_dir" --checkpoint "$weights" \
       --searcher "$searcher" --parts test-clean "${search_args[@]}"

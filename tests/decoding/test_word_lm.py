@@ -1,0 +1,208 @@
+"""LexiconWordLM: a word n-gram scored token by token over a lexicon (asr.decoding.word_lm)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from search_helpers import encoder_output, make_model
+
+from asr.decoding import SearchConfig, build_searcher
+from asr.decoding.lm import NgramLM
+from asr.decoding.ngram_train import estimate_kneser_ney, write_arpa
+from asr.decoding.word_lm import LexiconWordLM, arpa_words, load_word_lm
+
+TEXTS = [
+    "THE CAT SAT ON THE MAT",
+    "A DOG SAT ON A LOG",
+    "THE DOG ATE THE CAT FOOD",
+    "THEN THE CATS SAT",
+    "A CATALOG OF DOGS",
+    "THE MAN ATE",
+] * 20
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A BPE tokenizer of 40 pieces and a word 3-gram of TEXTS, read back from ARPA."""
+    from asr.tokenizers.bpe import train_bpe
+
+    root = tmp_path_factory.mktemp("word_lm")
+    tokenizer = train_bpe(TEXTS, root / "lang", 40)
+    symbols = sorted({w for t in TEXTS for w in t.split()})
+    index = {w: i for i, w in enumerate(symbols)}
+    estimate = estimate_kneser_ney([[index[w] for w in t.split()] for t in TEXTS], 3)
+    write_arpa(estimate, root / "words.arpa", symbols)
+    return tokenizer, load_word_lm(root / "words.arpa", tokenizer), root / "words.arpa"
+
+
+def _word_log_prob(lm: LexiconWordLM, sentence: str) -> float:
+    """log P(w_1 .. w_n </s>) from the word n-gram itself."""
+    ids = {w: i for i, w in enumerate(arpa_words_of(lm))}
+    state, total = lm.word_lm.init_state(), 0.0
+    for word in sentence.split():
+        total += lm.word_lm.log_prob(state, ids[word])
+        state = lm.word_lm.advance(state, ids[word])
+    return total + lm.word_lm.final_score(state)
+
+
+def arpa_words_of(lm: LexiconWordLM) -> list[str]:
+    order = lm._word_ids.argsort()  # lexicon order -> word-id order
+    return [lm.words[int(i)] for i in order]
+
+
+def _token_log_prob(lm: LexiconWordLM, tokens: list[int]) -> float:
+    state, total = lm.init_state(), 0.0
+    for token in tokens:
+        total += float(lm.score(state)[token])
+        state = lm.advance(state, token)
+    return total + lm.final_score(state)
+
+
+@pytest.mark.parametrize(
+    "sentence", ["THE CAT SAT ON THE MAT", "THEN THE CATS SAT", "A CATALOG", "MAT MAT", "THE"]
+)
+def test_token_scores_of_a_spelling_telescope_to_the_word_lm(setup, sentence):
+    tokenizer, lm, _ = setup
+    expected = _word_log_prob(lm, sentence)
+    assert _token_log_prob(lm, tokenizer.encode(sentence)) == pytest.approx(expected, abs=1e-4)
+
+
+def test_every_state_spends_the_word_lms_probability_mass(setup):
+    """From any state, the next tokens plus the end of sentence share exactly the word LM's
+    mass left for lexicon words and </s> (what the LM gives <unk> is all that is missing)."""
+    tokenizer, lm, _ = setup
+    ngram: NgramLM = lm.word_lm
+    for sentence in ["THE CAT", "A CATALOG OF", "THEN THE CATS", "THE DOG ATE THE"]:
+        tokens = tokenizer.encode(sentence)
+        state = lm.init_state()
+        for cut in range(len(tokens) + 1):
+            if cut:
+                state = lm.advance(state, tokens[cut - 1])
+            history, prefix = state
+            total = float(torch.logsumexp(lm.score(state).double(), 0).exp())
+            total += math.exp(lm.final_score(state))
+            if not prefix:  # at the start: all of P(. | <s>) but <unk>
+                missing = math.exp(ngram.log_prob(history, -3))
+            else:  # the word spelled so far may end: its share times P(<unk> | h w)
+                node = lm._node(prefix)
+                probs = lm._word_probs(history)
+                share = float(probs[node.end]) / float(probs[node.lo : node.hi].sum())
+                after = ngram.advance(history, int(lm._word_ids[node.end])) if share else None
+                missing = share * math.exp(ngram.log_prob(after, -3)) if share else 0.0
+            assert total == pytest.approx(1.0 - missing, abs=1e-5), (sentence, cut)
+
+
+def test_spellings_outside_the_lexicon_are_forbidden(setup):
+    tokenizer, lm, _ = setup
+    # a word the LM never saw, spelled with known pieces
+    assert _token_log_prob(lm, tokenizer.encode("THE COG")) == -math.inf
+    # a word cut short: its first piece only, then the end or the next word
+    cat = tokenizer.encode("CATALOG")
+    assert len(cat) > 1
+    assert _token_log_prob(lm, cat[:1]) == -math.inf or tokenizer.decode(cat[:1]) in lm.words
+    state = lm.init_state()
+    first_only = lm.score(state)
+    continuation = [t for t in range(lm.vocab_size) if not bool(lm._starts[t])]
+    assert torch.all(first_only[continuation] == -math.inf)  # no word starts mid-word
+    # the dead state stays dead
+    dead = lm.advance(state, continuation[-1])
+    assert dead is None and lm.final_score(dead) == -math.inf
+    assert torch.all(lm.score(dead) == -math.inf) and lm.advance(dead, cat[0]) is None
+
+
+def test_lexicon_keeps_words_spelled_like_sentencepiece_does(setup):
+    tokenizer, lm, arpa = setup
+    assert sorted(lm.words) == sorted(arpa_words(arpa))
+    for word in lm.words:
+        pieces = [tokenizer.id_to_piece(t) for t in tokenizer.encode(word)]
+        assert pieces[0].startswith("\u2581")
+
+
+def test_words_the_tokenizer_cannot_spell_are_skipped(setup, caplog):
+    tokenizer, lm, _ = setup
+    words = ["THE", "CAT", "XYZZY"]  # X, Y, Z are unknown to the tokenizer
+    ngram = NgramLM({(0,): -1.0, (1,): -1.0, (2,): -1.0, (-2,): -1.0}, {}, vocab_size=3)
+    small = LexiconWordLM(ngram, words, tokenizer)
+    assert sorted(small.words) == ["CAT", "THE"]
+    assert "XYZZY" in caplog.text
+
+
+def test_a_tokenizer_without_word_start_pieces_is_refused():
+    from asr.tokenizers.char import build_char_tokenizer
+
+    tokenizer = build_char_tokenizer(["THE CAT"])
+    ngram = NgramLM({(0,): -1.0, (1,): -1.0, (-2,): -1.0}, {}, vocab_size=2)
+    with pytest.raises(ValueError, match="char tokenizer puts the mark between words"):
+        LexiconWordLM(ngram, ["THE", "CAT"], tokenizer)
+
+
+def _decoded_words(tokenizer, searcher, seed: int) -> list[tuple[float, list[str]]]:
+    enc, enc_lens = encoder_output([30, 22, 14], seed=seed, scale=3.0)
+    return [
+        (n[0].score, tokenizer.decode(list(n[0].tokens)).split()) for n in searcher(enc, enc_lens)
+    ]
+
+
+@pytest.mark.parametrize("name, heads", [
+    ("transducer_beam", {"transducer": "pruned"}),
+    ("ctc_prefix_beam", {"ctc": True}),
+    ("tdt_beam", {"transducer": "tdt"}),
+    ("cif_beam", {"cif": True}),
+])  # fmt: skip
+def test_searchers_fused_with_a_word_lm_say_only_lexicon_words(setup, name, heads):
+    """Every hypothesis that can end is made of lexicon words; the same random model without
+    the LM says other things."""
+    tokenizer, lm, arpa = setup
+    model = make_model(**heads, vocab=tokenizer.vocab_size)
+    cfg = SearchConfig(beam_size=8, lm_path=arpa, lm_unit="word", lm_weight=1.0)
+    searcher = build_searcher(name, model, cfg, tokenizer=tokenizer)
+    plain = build_searcher(name, model, SearchConfig(beam_size=8))
+    results = [r for seed in (1, 2, 3) for r in _decoded_words(tokenizer, searcher, seed)]
+    ended = [words for score, words in results if score > -math.inf]
+    assert len(ended) >= len(results) // 2 and any(ended)
+    assert all(set(words) <= set(lm.words) for words in ended), ended
+    unconstrained = {w for seed in (1, 2, 3) for _, ws in _decoded_words(tokenizer, plain, seed)
+                     for w in ws}  # fmt: skip
+    assert not unconstrained <= set(lm.words)
+
+
+def test_a_word_lm_needs_the_tokenizer_and_a_known_unit(setup):
+    tokenizer, _, arpa = setup
+    model = make_model(transducer="pruned", vocab=tokenizer.vocab_size)
+    cfg = SearchConfig(lm_path=arpa, lm_unit="word", lm_weight=0.5)
+    with pytest.raises(ValueError, match="lm_unit=word needs the tokenizer"):
+        build_searcher("transducer_beam", model, cfg)
+    with pytest.raises(ValueError, match="lm_unit must be 'token' or 'word'"):
+        SearchConfig(lm_unit="char")
+    with pytest.raises(ValueError, match="not a token id"):  # a word LM read as a token LM
+        build_searcher("transducer_beam", model, SearchConfig(lm_path=arpa, lm_weight=0.5))
+
+
+def test_cli_trains_a_word_lm(tmp_path, setup):
+    from asr.cli.main import main
+
+    tokenizer, _, _ = setup
+    text_file = tmp_path / "train.txt"
+    text_file.write_text("\n".join(TEXTS) + "\n")
+    out = tmp_path / "words.arpa"
+    args = ["lm", "--unit", "word", "--transcripts", str(text_file), "--order", "3"]
+    assert main([*args, "--output", str(out)]) == 0
+    assert sorted(arpa_words(out)) == sorted({w for t in TEXTS for w in t.split()})
+    lm = load_word_lm(out, tokenizer)
+    state = lm.init_state()
+    for token in tokenizer.encode("THE CAT SAT ON THE"):
+        state = lm.advance(state, token)
+    best = tokenizer.id_to_piece(int(lm.score(state).argmax()))
+    assert "MAT".startswith(best.lstrip("\u2581"))
+    no_tokenizer = ["lm", "--transcripts", str(text_file), "--output", str(tmp_path / "t.arpa")]
+    assert main(no_tokenizer) == 2  # a token LM needs --tokenizer-dir
+
+
+def test_write_arpa_refuses_words_it_cannot_write(tmp_path):
+    estimate = estimate_kneser_ney([[0, 1]], 2)
+    with pytest.raises(ValueError, match="ARPA words"):
+        write_arpa(estimate, tmp_path / "x.arpa", ["A B", "C"])
+    with pytest.raises(ValueError, match="ARPA words"):
+        write_arpa(estimate, tmp_path / "x.arpa", ["<s>", "C"])
