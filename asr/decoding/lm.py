@@ -89,6 +89,8 @@ class NgramLM:
         vocab_size: V, the number of token ids (including blank).
         oov_log_prob: log-probability of a token absent from the unigrams when there is no
             ``<unk>``.
+        cache_limit: the most (V,) score vectors kept (the cache is emptied when it grows
+            past it); None keeps every one (token LMs: V is small).
     """
 
     def __init__(
@@ -97,6 +99,7 @@ class NgramLM:
         backoffs: Mapping[tuple[int, ...], float],
         vocab_size: int,
         oov_log_prob: float = -23.0,
+        cache_limit: int | None = None,
     ) -> None:
         if not probs:
             raise ValueError("NgramLM: no n-grams")
@@ -115,6 +118,7 @@ class NgramLM:
             if gram[-1] >= 0:
                 self._successors.setdefault(gram[:-1], []).append((gram[-1], log_prob))
         self._cache: dict[tuple[int, ...], Tensor] = {}
+        self.cache_limit = cache_limit
 
     @classmethod
     def from_arpa(
@@ -180,6 +184,8 @@ class NgramLM:
             vector = vector.clone()
             for word, log_prob in self._successors.get(state, ()):
                 vector[word] = log_prob
+            if self.cache_limit is not None and len(self._cache) >= self.cache_limit:
+                self._cache.clear()
             self._cache[state] = vector
         return vector
 

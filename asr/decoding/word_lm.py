@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 _SPECIAL_WORDS = frozenset({"<s>", "</s>", "<unk>"})
 _DEAD = None
+_SCORE_CACHE = 4096  # (V,) token score vectors kept (V is a tokenizer's size: small)
 
 
 @dataclass(frozen=True)
@@ -96,14 +97,19 @@ class LexiconWordLM:
         words: the word of each id.
         tokenizer: spells the words (``encode``, ``id_to_piece``, ``vocab_size``,
             ``unk_id``).
-        cache_size: word LM states whose word probabilities are kept (each costs 8 W bytes).
+        cache_bytes: memory for cached word probability vectors (8 W bytes per word LM state
+            here, 4 W in the word n-gram's own cache), so a large lexicon keeps fewer states.
 
     Raises:
         ValueError: when no word of the LM can be spelled with the tokenizer's pieces.
     """
 
     def __init__(
-        self, word_lm: NgramLM, words: Sequence[str], tokenizer, cache_size: int = 4096
+        self,
+        word_lm: NgramLM,
+        words: Sequence[str],
+        tokenizer,
+        cache_bytes: int = 256 * 2**20,
     ) -> None:
         self.word_lm = word_lm
         self.vocab_size = int(tokenizer.vocab_size)
@@ -145,7 +151,8 @@ class LexiconWordLM:
         for row, spelling in enumerate(self._spellings):
             self._pieces[row, : len(spelling)] = torch.tensor(spelling)
         self._nodes: dict[tuple[int, ...], _Node] = {}
-        self._cache_size = cache_size
+        self._cache_size = max(16, min(4096, cache_bytes // (8 * len(self.words))))
+        word_lm.cache_limit = max(16, cache_bytes // (4 * word_lm.vocab_size))
         self._probs: OrderedDict[Hashable, Tensor] = OrderedDict()
         self._scores: OrderedDict[Hashable, Tensor] = OrderedDict()
         logger.info("lexicon of %d words, at most %d pieces each", len(self.words), depth)
@@ -200,7 +207,7 @@ class LexiconWordLM:
                     after = self.word_lm.advance(history, int(self._word_ids[node.end]))
                     vector = torch.where(self._starts, close + self._root_scores(after), vector)
         vector = vector.to(torch.float32)
-        self._remember(self._scores, state, vector)
+        self._remember(self._scores, state, vector, _SCORE_CACHE)
         return vector
 
     def final_score(self, state: Hashable) -> float:
@@ -256,9 +263,11 @@ class LexiconWordLM:
         masses = self._child_masses(self._word_probs(history), _Node(0, len(self.words), -1), 0)
         return torch.where(masses > 0, masses.log(), torch.full_like(masses, -math.inf))
 
-    def _remember(self, cache: OrderedDict, key: Hashable, value: Tensor) -> None:
+    def _remember(
+        self, cache: OrderedDict, key: Hashable, value: Tensor, size: int | None = None
+    ) -> None:
         cache[key] = value
-        if len(cache) > self._cache_size:
+        if len(cache) > (self._cache_size if size is None else size):
             cache.popitem(last=False)
 
 

@@ -206,3 +206,26 @@ def test_write_arpa_refuses_words_it_cannot_write(tmp_path):
         write_arpa(estimate, tmp_path / "x.arpa", ["A B", "C"])
     with pytest.raises(ValueError, match="ARPA words"):
         write_arpa(estimate, tmp_path / "x.arpa", ["<s>", "C"])
+
+
+def test_caches_stay_within_their_budget_for_large_lexicons(setup):
+    """A 200k-word lexicon must not keep thousands of 1.6 MB probability vectors."""
+    tokenizer, lm, _ = setup
+    ngram = NgramLM(lm.word_lm.probs, lm.word_lm.backoffs, lm.word_lm.vocab_size)
+    small = LexiconWordLM(ngram, arpa_words_of(lm), tokenizer, cache_bytes=8 * len(lm.words) * 20)
+    assert small._cache_size == 20 and ngram.cache_limit == 40
+    state, expected = small.init_state(), []
+    for sentence in TEXTS[:6] * 3:
+        state = small.init_state()
+        for token in tokenizer.encode(sentence):
+            expected.append(float(small.score(state)[token]))
+            state = small.advance(state, token)
+        assert len(small._probs) <= 20
+        assert len(ngram._cache) <= 40
+    again = []
+    for sentence in TEXTS[:6] * 3:  # the same scores after evictions
+        state = lm.init_state()
+        for token in tokenizer.encode(sentence):
+            again.append(float(lm.score(state)[token]))
+            state = lm.advance(state, token)
+    assert again == pytest.approx(expected, abs=1e-6)
