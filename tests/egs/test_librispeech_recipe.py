@@ -81,12 +81,16 @@ def test_every_stage_but_download_on_a_synthesized_tree(tmp_path):
     result = _bash(
         RUN, "--work-dir", str(work), "--dl-dir", str(tmp_path / "dl"), "--full-libri", "false",
         "--num-jobs", "1", "--vocab-size", "40", "--epoch", "1", "--avg", "1", "--use-shar", "true",
-        "--train-args", "--set " + " ".join(TINY_MODEL), timeout=900,
+        "--lm-unit", "word", "--train-args", "--set " + " ".join(TINY_MODEL), timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     exp = work / "exp" / "conformer_transducer"
     assert (work / "data" / "fbank" / "librispeech_cuts_train-clean-100.jsonl.gz").is_file()
     assert (work / "data" / "lang_bpe_40" / "bpe.model").is_file()
+    assert (work / "data" / "lang_bpe_40" / "token_4gram.arpa").is_file()
+    assert (work / "data" / "lang_bpe_40" / "word_3gram.arpa").is_file()
+    summary = exp / "transducer_beam" / "wer-summary-test-clean-transducer_beam.txt"
+    assert "LM: word" in result.stderr and "lm_unit-word" in summary.read_text()
     assert list((work / "data" / "shar" / "train-clean-100").glob("features.*.tar"))
     assert "Lhotse Shar shards" in result.stderr  # written by stage 6 and read by training
     assert (exp / "epoch-1.pt").is_file() and (exp / "training.png").is_file()
@@ -104,6 +108,12 @@ def test_mini_tts_refuses_a_time_budget_too_small_for_training(tmp_path):
     assert result.returncode == 1
     assert "of the 100 s time budget left for training" in result.stderr
     assert not (tmp_path / "exp").exists()
+
+
+def test_librispeech_refuses_an_unknown_lm_unit():
+    result = _bash(RUN, "--stage", "7", "--stop-stage", "7", "--lm-unit", "char")
+    assert result.returncode == 1
+    assert "--lm-unit must be none, token or word, got char" in result.stderr
 
 
 def test_mini_tts_refuses_an_unknown_lm_unit(tmp_path):

@@ -14,7 +14,12 @@
 #   3  fbank of every part, 0.9/1.1 speed-perturbed copies of the training parts -> data/fbank
 #   4  MUSAN noise cuts with fbank (skipped without MUSAN) -> data/fbank/musan_cuts.jsonl.gz;
 #      run.sh then trains with data.noise.cuts_path pointing at it
-#   5  BPE tokenizer on the training transcripts -> data/lang_bpe_${vocab_size}
+#   5  BPE tokenizer on the training transcripts -> data/lang_bpe_${vocab_size}, and n-gram LMs
+#      of the training transcripts (or --lm-text) for shallow fusion in the beam searches:
+#      tokens (.../token_${lm_order}gram.arpa) and words (.../word_${word_lm_order}gram.arpa, whose
+#      words are the lexicon of search.lm_unit=word). The estimator is pure Python: the 960 h
+#      transcripts (~9.4M words) take minutes and several GB of memory; librispeech-lm-norm.txt
+#      (800M words) is beyond it.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../../.." && pwd)
@@ -26,11 +31,16 @@ full_libri=true            # false: train-clean-100 only
 num_jobs=4
 vocab_size=500
 download_musan=false
+lm_order=4                 # token n-gram LM (stage 5)
+word_lm_order=3            # word n-gram LM (stage 5)
+lm_text=""                 # LM training text (plain text, one sentence per line, or transcript
+                           # dirs); default: the training parts' transcripts
 work_dir=$HERE                  # where data/, exp/ (and download/) go; relative paths start here
 skip_setup=false           # true: use the existing .venv without running tools/setup.sh
 
 usage="Usage: $0 [--stage N] [--stop-stage N] [--dl-dir DIR] [--full-libri true|false]
-  [--num-jobs N] [--vocab-size N] [--download-musan true|false] [--work-dir DIR] [--skip-setup true|false]"
+  [--num-jobs N] [--vocab-size N] [--download-musan true|false] [--lm-order N]
+  [--word-lm-order N] [--lm-text \"F ...\"] [--work-dir DIR] [--skip-setup true|false]"
 . "$ROOT/egs/shared/parse_options.sh"
 work_dir=$(mkdir -p "$work_dir" && cd "$work_dir" && pwd)
 cd "$work_dir"
@@ -110,7 +120,13 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   log "stage 5: BPE with $vocab_size tokens on $train_parts"
   transcripts=""
   for part in $train_parts; do transcripts="$transcripts $corpus/$part"; done
-  asr bpe --transcripts $transcripts --output-dir "data/lang_bpe_${vocab_size}" \
-    --vocab-size "$vocab_size"
+  lang=data/lang_bpe_${vocab_size}
+  asr bpe --transcripts $transcripts --output-dir "$lang" --vocab-size "$vocab_size"
+  [ -n "$lm_text" ] && transcripts=$lm_text
+  log "stage 5: token ${lm_order}-gram and word ${word_lm_order}-gram LMs of$transcripts"
+  asr lm --transcripts $transcripts --tokenizer-dir "$lang" --order "$lm_order" \
+    --output "$lang/token_${lm_order}gram.arpa"
+  asr lm --unit word --transcripts $transcripts --order "$word_lm_order" \
+    --output "$lang/word_${word_lm_order}gram.arpa"
 fi
 log "done (stages $stage..$stop_stage)"

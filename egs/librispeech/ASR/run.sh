@@ -9,10 +9,13 @@
 #
 # Stages:
 #   0-5  prepare.sh: download, manifests, MUSAN, fbank with speed perturbation, MUSAN fbank, BPE
+#        and n-gram LMs (token and word)
 #   6    train recipes/librispeech/${recipe}.yaml into exp/${recipe} (resumes after a kill); with
 #        --use-shar true the training cuts are first written once as Lhotse Shar shards
 #        (data/shar/train-<parts>, features as lilcom) and training reads those sequentially
-#   7    decode test-clean and test-other with every searcher of the model (epoch/avg averaging)
+#   7    decode test-clean and test-other with every searcher of the model (epoch/avg averaging);
+#        with --lm-unit token|word the beam searches fuse that LM of stage 5 (--lm-weight; not
+#        tuned on LibriSpeech: pick it on dev-clean)
 #   8    average epochs (epoch-avg+1)..epoch into exp/${recipe}/averaged-epoch-E-avg-N.safetensors
 #   9    export a model package exp/${recipe}/package from the averaged weights
 set -euo pipefail
@@ -26,6 +29,10 @@ full_libri=true
 num_jobs=4
 vocab_size=500
 download_musan=false
+lm_order=4                     # token n-gram LM (prepare.sh stage 5)
+word_lm_order=3                # word n-gram LM (prepare.sh stage 5)
+lm_unit=none                   # stage 7 fuses no LM, the token LM or the word LM (lexicon)
+lm_weight=0.3                  # its weight in the beam searches
 recipe=conformer_transducer    # recipes/librispeech/<recipe>.yaml
 nproc=1                        # training processes (torchrun --nproc-per-node) on this node
 epoch=30                       # last epoch decoded / averaged / exported
@@ -40,7 +47,8 @@ skip_setup=false
 use_shar=false                 # true: train from Lhotse Shar shards of the training cuts
 
 usage="Usage: $0 [--stage N] [--stop-stage N] [--dl-dir DIR] [--full-libri true|false]
-  [--num-jobs N] [--vocab-size N] [--download-musan true|false] [--recipe NAME] [--nproc N]
+  [--num-jobs N] [--vocab-size N] [--download-musan true|false] [--lm-order N] [--word-lm-order N]
+  [--lm-unit none|token|word] [--lm-weight W] [--recipe NAME] [--nproc N]
   [--epoch E] [--avg N] [--use-averaged-model true|false] [--searchers \"A B\"|all]
   [--test-parts \"P Q\"] [--train-args \"...\"] [--decode-args \"...\"] [--work-dir DIR] [--skip-setup true|false]
   [--use-shar true|false]"
@@ -50,6 +58,8 @@ cd "$work_dir"
 
 log() { echo "$(date '+%F %T') [librispeech] $*" >&2; }
 config="$ROOT/recipes/librispeech/${recipe}.yaml"
+case "$lm_unit" in none|token|word) ;; *)
+  echo "$0: --lm-unit must be none, token or word, got $lm_unit" >&2; exit 1 ;; esac
 if [ ! -f "$config" ]; then
   echo "$0: no recipe $config (see recipes/librispeech/README.md)" >&2
   exit 2
@@ -58,7 +68,8 @@ fi
 if [ $stage -le 5 ] && [ $stop_stage -ge 0 ]; then
   bash "$HERE/prepare.sh" --work-dir "$work_dir" --stage "$stage" --stop-stage "$(( stop_stage < 5 ? stop_stage : 5 ))" \
     --dl-dir "$dl_dir" --full-libri "$full_libri" --num-jobs "$num_jobs" \
-    --vocab-size "$vocab_size" --download-musan "$download_musan" --skip-setup "$skip_setup"
+    --vocab-size "$vocab_size" --download-musan "$download_musan" --skip-setup "$skip_setup" \
+    --lm-order "$lm_order" --word-lm-order "$word_lm_order"
 elif [ "$skip_setup" != true ]; then
   bash "$ROOT/tools/setup.sh"
 fi
@@ -94,10 +105,16 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
 fi
 
 if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
-  log "stage 7: decode $test_parts with $searchers (epoch $epoch, avg $avg)"
+  log "stage 7: decode $test_parts with $searchers (epoch $epoch, avg $avg, LM: $lm_unit)"
+  lm_args=()
+  if [ "$lm_unit" != none ]; then
+    lm_path=data/lang_bpe_${vocab_size}/token_${lm_order}gram.arpa
+    [ "$lm_unit" = word ] && lm_path=data/lang_bpe_${vocab_size}/word_${word_lm_order}gram.arpa
+    lm_args=(--set "search.lm_path=$lm_path" "search.lm_unit=$lm_unit" "search.lm_weight=$lm_weight")
+  fi
   # shellcheck disable=SC2086
   asr decode --exp-dir "$exp_dir" --searcher $searchers --epoch "$epoch" --avg "$avg" $averaged \
-    --parts $test_parts $decode_args
+    --parts $test_parts "${lm_args[@]}" $decode_args
   for summary in "$exp_dir"/*/wer-summary-*.txt; do
     echo "$summary: $(sed -n 2p "$summary")" >&2
   done
