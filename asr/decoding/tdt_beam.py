@@ -56,6 +56,7 @@ class _Hyp:
     frame: int  # next frame to read
     count: int  # tokens emitted on ``frame`` (duration 0)
     lm_state: Hashable = None
+    before_end: float = 0.0  # finished hypotheses: the score before the LM's end of sentence
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,8 @@ class TdtBeamSearch:
             pred_proj, pred_state = self._update_predictor(pred_proj, pred_state, rows, labels)
             live = new_live
             live, pred_proj, pred_state = self._prune(live, pred_proj, pred_state, finished)
-        ranked = sorted(finished.values(), key=lambda hyp: hyp.score, reverse=True)
+        # best first; hypotheses that cannot end (-inf) after the others, by their score so far
+        ranked = sorted(finished.values(), key=lambda h: (h.score, h.before_end), reverse=True)
         return [
             Hypothesis(tokens=h.tokens, score=h.score, timestamps=h.frames)
             for h in ranked[: self.cfg.nbest]
@@ -164,7 +166,7 @@ class TdtBeamSearch:
             if hyp.frame >= num_frames:
                 hyp = self._finish(hyp)
                 old = finished.get(hyp.tokens)
-                if old is None or hyp.score > old.score:
+                if old is None or (hyp.score, hyp.before_end) > (old.score, old.before_end):
                     finished[hyp.tokens] = hyp
                 continue
             key = (hyp.tokens, hyp.frame)
@@ -207,7 +209,7 @@ class TdtBeamSearch:
         if self.lm is None:
             return hyp
         final = hyp.score + self.cfg.lm_weight * self.lm.final_score(hyp.lm_state)
-        return _Hyp(hyp.tokens, hyp.frames, final, hyp.frame, hyp.count, hyp.lm_state)
+        return _Hyp(hyp.tokens, hyp.frames, final, hyp.frame, hyp.count, hyp.lm_state, hyp.score)
 
     def _update_predictor(
         self, pred_proj: Tensor, pred_state: Any, rows: list[int], labels: list[int]
