@@ -40,14 +40,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from asr.decoding.lm import NgramLM
+from asr.decoding.lm import _SPECIALS, NgramLM
 from asr.tokenizers.base import WORD_START
 
 __all__ = ["LexiconWordLM", "arpa_words", "load_word_lm"]
 
 logger = logging.getLogger(__name__)
 
-_SPECIAL_WORDS = frozenset({"<s>", "</s>", "<unk>"})
 _DEAD = None
 _SCORE_CACHE = 4096  # (V,) token score vectors kept (V is a tokenizer's size: small)
 
@@ -72,17 +71,18 @@ def arpa_words(path: str | Path) -> list[str]:
         ValueError: when the file has no unigram section.
     """
     words: list[str] = []
-    in_unigrams = found = False
+    found = False  # inside the unigram section
     with open(path, encoding="utf-8") as f:
         for line in f:
             line = line.strip()
             if line.startswith("\\"):
-                in_unigrams = line == "\\1-grams:"
-                found = found or in_unigrams
+                if found:  # the unigram section is over: the rest of the file is not read
+                    break
+                found = line == "\\1-grams:"
                 continue
-            if in_unigrams and line:
+            if found and line:
                 fields = line.split()
-                if len(fields) >= 2 and fields[1] not in _SPECIAL_WORDS:
+                if len(fields) >= 2 and fields[1] not in _SPECIALS:
                     words.append(fields[1])
     if not found:
         raise ValueError(f"{path}: no \\1-grams: section; not an ARPA file")
@@ -202,9 +202,9 @@ class LexiconWordLM:
             if mass > 0.0:
                 within = self._child_masses(probs, node, len(prefix))
                 vector = torch.where(within > 0, within.log() - math.log(mass), vector)
-                if node.end >= 0 and probs[node.end] > 0:
-                    close = math.log(float(probs[node.end]) / mass)
-                    after = self.word_lm.advance(history, int(self._word_ids[node.end]))
+                closing = self._close(history, node, probs, mass)
+                if closing is not None:
+                    close, after = closing
                     vector = torch.where(self._starts, close + self._root_scores(after), vector)
         vector = vector.to(torch.float32)
         self._remember(self._scores, state, vector, _SCORE_CACHE)
@@ -220,12 +220,11 @@ class LexiconWordLM:
         if node is None or node.end < 0:
             return -math.inf
         probs = self._word_probs(history)
-        mass = float(probs[node.lo : node.hi].sum())
-        word = float(probs[node.end])
-        if word <= 0.0:
+        closing = self._close(history, node, probs, float(probs[node.lo : node.hi].sum()))
+        if closing is None:
             return -math.inf
-        after = self.word_lm.advance(history, int(self._word_ids[node.end]))
-        return math.log(word / mass) + self.word_lm.final_score(after)
+        close, after = closing
+        return close + self.word_lm.final_score(after)
 
     # -- internals -------------------------------------------------------------------------
 
@@ -239,6 +238,17 @@ class LexiconWordLM:
             end = lo if self._spellings[lo] == prefix else -1
             node = self._nodes[prefix] = _Node(lo, hi, end)
         return node
+
+    def _close(
+        self, history: Hashable, node: _Node, probs: Tensor, mass: float
+    ) -> tuple[float, Hashable] | None:
+        """Ending the word spelled by ``node``: ``log P(w | history) / M(node)`` (``mass``) and
+        the word LM state after ``w``; None if the prefix is no whole word or ``w`` has
+        probability 0."""
+        if node.end < 0 or probs[node.end] <= 0:
+            return None
+        after = self.word_lm.advance(history, int(self._word_ids[node.end]))
+        return math.log(float(probs[node.end]) / mass), after
 
     def _word_probs(self, history: Hashable) -> Tensor:
         """(W,) float64 ``P(w | history)`` in lexicon order."""
