@@ -28,6 +28,9 @@ class SpecAugmentConfig:
         max_time_mask_fraction: cap of each time mask as a fraction of the utterance length
             (``p`` in the paper).
         probability: probability of augmenting a given utterance.
+        start_epoch: first training epoch (1-based) that is augmented; the epochs before it train
+            on clean features. A short run (few epochs) learns faster without masks, a long one
+            generalises better with them: a later start serves both.
     """
 
     enabled: bool = True
@@ -38,10 +41,13 @@ class SpecAugmentConfig:
     max_time_mask_width: int = 100
     max_time_mask_fraction: float = 0.15
     probability: float = 0.9
+    start_epoch: int = 1
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.probability <= 1.0:
             raise ValueError(f"spec_augment.probability must be in [0, 1], got {self.probability}")
+        if self.start_epoch < 1:
+            raise ValueError(f"spec_augment.start_epoch must be >= 1, got {self.start_epoch}")
         if min(self.num_freq_masks, self.num_time_masks, self.time_warp_factor) < 0:
             raise ValueError("spec_augment mask counts and time_warp_factor must be >= 0")
         if min(self.max_freq_mask_width, self.max_time_mask_width) <= 0:

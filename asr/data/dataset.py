@@ -84,6 +84,8 @@ class AsrDataset(torch.utils.data.Dataset):
         feature_transforms: (T, F) -> (T, F) callables applied to each utterance's valid frames
             before SpecAugment (e.g. :class:`asr.data.augment.FrequencyWarp`).
         rng: the RNG shared by the random cut transforms (reseeded per DataLoader worker).
+        spec_augment_start_epoch: first epoch (1-based, see :meth:`set_epoch`) that
+            ``spec_augment`` applies to; the dataset starts at epoch 1.
     """
 
     def __init__(
@@ -94,6 +96,7 @@ class AsrDataset(torch.utils.data.Dataset):
         spec_augment: Callable[[Tensor], Tensor] | None = None,
         rng: random.Random | None = None,
         feature_transforms: Sequence[Callable[[Tensor], Tensor]] = (),
+        spec_augment_start_epoch: int = 1,
     ) -> None:
         super().__init__()
         self.feature_transforms = list(feature_transforms)
@@ -101,6 +104,8 @@ class AsrDataset(torch.utils.data.Dataset):
         self.input_strategy = input_strategy
         self.cut_transforms = list(cut_transforms)
         self.spec_augment = spec_augment
+        self.spec_augment_start_epoch = spec_augment_start_epoch
+        self.epoch = 1
         self.rng = rng or random.Random(0)
 
     @classmethod
@@ -149,7 +154,21 @@ class AsrDataset(torch.utils.data.Dataset):
                 max_frames_mask_fraction=sa.max_time_mask_fraction,
                 p=sa.probability,
             )
-        return cls(encoder, input_strategy, transforms, spec_augment, rng, feature_transforms)
+        return cls(encoder, input_strategy, transforms, spec_augment, rng, feature_transforms,
+                   spec_augment_start_epoch=sa.start_epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Sets the training epoch (1-based) the next batches belong to.
+
+        SpecAugment applies from ``spec_augment_start_epoch`` on. DataLoader workers receive a
+        copy of the dataset when an epoch's iteration starts, so call this before that.
+        """
+        self.epoch = epoch
+
+    @property
+    def spec_augment_active(self) -> bool:
+        """Whether SpecAugment applies to this epoch's batches."""
+        return self.spec_augment is not None and self.epoch >= self.spec_augment_start_epoch
 
     def reseed(self, seed: int, python_random: bool = True) -> None:
         """Reseeds the cut-transform RNG and, optionally, Python's (used by SpecAugment)."""
@@ -175,12 +194,13 @@ class AsrDataset(torch.utils.data.Dataset):
         feats, feat_lens = self.input_strategy(cuts)[:2]
         feats = feats.to(torch.float32)
         feat_lens = feat_lens.to(torch.int64)
-        if self.feature_transforms or self.spec_augment is not None:
+        spec_augment = self.spec_augment_active
+        if self.feature_transforms or spec_augment:
             feats = feats.clone()
             for i, length in enumerate(feat_lens.tolist()):
                 for transform in self.feature_transforms:
                     feats[i, :length] = transform(feats[i, :length])
-                if self.spec_augment is not None:
+                if spec_augment:
                     feats[i : i + 1, :length] = self.spec_augment(feats[i : i + 1, :length])
         frame_ids = torch.arange(feats.shape[1]).unsqueeze(0)
         feats = feats.masked_fill((frame_ids >= feat_lens.unsqueeze(1)).unsqueeze(2), 0.0)

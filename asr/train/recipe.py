@@ -88,6 +88,7 @@ class EpochBatches:
         if self.shar is not None:
             self.shar.set_epoch(epoch)
         dataset = loader.dataset
+        dataset.set_epoch(epoch)
         # The augmentation RNGs of epoch e are a function of (seed, rank, e) only.
         seed = self.cfg.seed + 1000 * self.rank + 100_003 * epoch
         worker_init_fn = loader.worker_init_fn

@@ -94,6 +94,53 @@ def test_spec_augment_only_in_training(prepared: dict) -> None:
                        reference.feats)
 
 
+def test_spec_augment_starts_at_its_epoch(prepared: dict) -> None:
+    cuts = _train_cuts(prepared)
+    masks = SpecAugmentConfig(time_warp_factor=0, num_freq_masks=2, max_freq_mask_width=20,
+                              num_time_masks=1, max_time_mask_width=1, probability=1.0,
+                              start_epoch=3)
+    cfg = _cfg(prepared, spec_augment=masks)
+    clean = AsrDataset.from_config(cfg, CharEncoder(), train=False)[cuts].feats
+    dataset = AsrDataset.from_config(cfg, CharEncoder(), train=True)
+    assert not dataset.spec_augment_active  # a new dataset is at epoch 1
+    for epoch in (1, 2):
+        dataset.set_epoch(epoch)
+        assert torch.equal(dataset[cuts].feats, clean)
+    for epoch in (3, 4):
+        dataset.set_epoch(epoch)
+        assert not torch.equal(dataset[cuts].feats, clean)
+    with pytest.raises(ValueError, match="start_epoch"):
+        SpecAugmentConfig(start_epoch=0)
+
+
+def test_trainer_batches_follow_spec_augment_start_epoch(prepared: dict) -> None:
+    from asr.experiment import ExperimentConfig
+    from asr.train.distributed import DistInfo
+    from asr.train.recipe import EpochBatches
+
+    masks = SpecAugmentConfig(time_warp_factor=0, num_freq_masks=2, max_freq_mask_width=20,
+                              num_time_masks=1, max_time_mask_width=1, probability=1.0,
+                              start_epoch=2)
+    data = _cfg(prepared, spec_augment=masks, drop_last=False)
+    cuts = _train_cuts(prepared)
+    clean = AsrDataset.from_config(data, CharEncoder(), train=False)[cuts]
+    batches = EpochBatches(cuts, ExperimentConfig(data=data), CharEncoder(), DistInfo())
+
+    def feats_by_id(epoch: int) -> dict:
+        out = {}
+        for batch in batches(epoch, 0):
+            out.update({cut_id: batch.feats[i, :n] for i, (cut_id, n)
+                        in enumerate(zip(batch.cut_ids, batch.feat_lens.tolist()))})
+        return out
+
+    reference = {cut_id: clean.feats[i, :n] for i, (cut_id, n)
+                 in enumerate(zip(clean.cut_ids, clean.feat_lens.tolist()))}
+    first, second = feats_by_id(1), feats_by_id(2)
+    assert first.keys() == second.keys() == reference.keys()
+    assert all(torch.equal(first[k], reference[k]) for k in reference)
+    assert all(not torch.equal(second[k], reference[k]) for k in reference)
+
+
 @pytest.mark.parametrize("factor", [0.9, 1.1])
 def test_speed_perturbation_scales_duration(prepared: dict, factor: float) -> None:
     cuts = CutSet.from_file(prepared["manifests"]["train-clean-5"])
