@@ -106,6 +106,7 @@ def test_spec_augment_starts_at_its_epoch(prepared: dict) -> None:
     for epoch in (1, 2):
         dataset.set_epoch(epoch)
         assert torch.equal(dataset[cuts].feats, clean)
+    torch.manual_seed(0)  # lhotse draws the mask widths from torch's global RNG
     for epoch in (3, 4):
         dataset.set_epoch(epoch)
         assert not torch.equal(dataset[cuts].feats, clean)
@@ -135,10 +136,11 @@ def test_trainer_batches_follow_spec_augment_start_epoch(prepared: dict) -> None
 
     reference = {cut_id: clean.feats[i, :n] for i, (cut_id, n)
                  in enumerate(zip(clean.cut_ids, clean.feat_lens.tolist()))}
+    torch.manual_seed(0)  # lhotse draws the mask widths (possibly 0) from torch's global RNG
     first, second = feats_by_id(1), feats_by_id(2)
     assert first.keys() == second.keys() == reference.keys()
     assert all(torch.equal(first[k], reference[k]) for k in reference)
-    assert all(not torch.equal(second[k], reference[k]) for k in reference)
+    assert sum(not torch.equal(second[k], reference[k]) for k in reference) >= len(reference) // 2
 
 
 @pytest.mark.parametrize("factor", [0.9, 1.1])
