@@ -127,17 +127,16 @@ def test_trainer_batches_follow_spec_augment_start_epoch(prepared: dict) -> None
     clean = AsrDataset.from_config(data, CharEncoder(), train=False)[cuts]
     batches = EpochBatches(cuts, ExperimentConfig(data=data), CharEncoder(), DistInfo())
 
-    def feats_by_id(epoch: int) -> dict:
-        out = {}
-        for batch in batches(epoch, 0):
-            out.update({cut_id: batch.feats[i, :n] for i, (cut_id, n)
-                        in enumerate(zip(batch.cut_ids, batch.feat_lens.tolist()))})
-        return out
+    def valid_feats(batch: Batch) -> dict:
+        return {cut_id: batch.feats[i, :n]
+                for i, (cut_id, n) in enumerate(zip(batch.cut_ids, batch.feat_lens.tolist()))}
 
-    reference = {cut_id: clean.feats[i, :n] for i, (cut_id, n)
-                 in enumerate(zip(clean.cut_ids, clean.feat_lens.tolist()))}
+    def epoch_feats(epoch: int) -> dict:
+        return {k: v for batch in batches(epoch, 0) for k, v in valid_feats(batch).items()}
+
+    reference = valid_feats(clean)
     torch.manual_seed(0)  # lhotse draws the mask widths (possibly 0) from torch's global RNG
-    first, second = feats_by_id(1), feats_by_id(2)
+    first, second = epoch_feats(1), epoch_feats(2)
     assert first.keys() == second.keys() == reference.keys()
     assert all(torch.equal(first[k], reference[k]) for k in reference)
     assert sum(not torch.equal(second[k], reference[k]) for k in reference) >= len(reference) // 2
