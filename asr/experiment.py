@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from asr.data.config import DataConfig
-from asr.encoders.base import EncoderConfig, build_encoder
+from asr.encoders import EncoderConfig, build_encoder
 from asr.model import ASRModel, HeadsConfig, build_heads
 from asr.train.optim import OptimConfig
 from asr.train.state import TrainConfig
@@ -120,8 +120,8 @@ def load_weights_for(exp_dir: str | Path, selection: WeightSelection) -> tuple[d
         FileNotFoundError: naming missing checkpoints.
         ValueError: for an inconsistent selection.
     """
-    from asr.train import averaging
-    from asr.train.checkpoint import latest_checkpoint, read_model_weights
+    from asr.checkpoints import averaging
+    from asr.checkpoints.io import latest_checkpoint, read_model_weights
 
     exp_dir = Path(exp_dir)
     if selection.checkpoint is not None:
@@ -146,7 +146,7 @@ def load_weights_for(exp_dir: str | Path, selection: WeightSelection) -> tuple[d
 def save_experiment_weights(exp_dir: str | Path, state_dict: dict, output: str | Path,
                             tag: str) -> Path:
     """Writes ``state_dict`` as safetensors with the experiment's config YAML as metadata."""
-    from asr.train.checkpoint import save_weights
+    from asr.checkpoints.io import save_weights
 
     config = Path(exp_dir) / CONFIG_FILE
     metadata = {"tag": tag}
@@ -169,7 +169,7 @@ def load_trained_model(
     Returns:
         (config, tokenizer, model, tag): tag names the weights (e.g. ``epoch-8-avg-3``).
     """
-    from asr.tokenizers.base import load_tokenizer
+    from asr.tokenizers import load_tokenizer
 
     cfg = load_experiment_config(exp_dir, overrides)
     tokenizer = load_tokenizer(cfg.tokenizer_dir)

@@ -227,8 +227,8 @@ def load_package(directory: str | Path, verify: bool = True) -> ModelPackage:
     """
     from asr.config import ConfigError, load_config
     from asr.experiment import ExperimentConfig
-    from asr.tokenizers.base import load_tokenizer
-    from asr.train.checkpoint import CheckpointError, load_weights
+    from asr.tokenizers import load_tokenizer
+    from asr.checkpoints.io import CheckpointError, load_weights
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -289,11 +289,11 @@ def select_checkpoints(
         return [path]
     if avg < 1:
         raise PackageError(f"--avg must be >= 1, got {avg}")
-    from asr.train.averaging import epoch_checkpoints, list_epoch_checkpoints
+    from asr.checkpoints.averaging import epoch_checkpoints, list_epoch_checkpoints
 
     epochs = list_epoch_checkpoints(exp_dir)
     if not epochs:
-        from asr.train.checkpoint import latest_checkpoint
+        from asr.checkpoints.io import latest_checkpoint
 
         latest = latest_checkpoint(exp_dir)
         if latest is None or epoch is not None:
@@ -309,7 +309,7 @@ def select_checkpoints(
 
 def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state dict, checkpoint dict) of a training checkpoint or weights file, as PackageError."""
-    from asr.train.checkpoint import CheckpointError, read_model_weights
+    from asr.checkpoints.io import CheckpointError, read_model_weights
 
     try:
         return read_model_weights(path)
@@ -378,9 +378,9 @@ def export_package(
     from asr import __version__
     from asr.config import save_config
     from asr.experiment import build_model
-    from asr.tokenizers.base import load_tokenizer
-    from asr.train.averaging import average_state_dicts
-    from asr.train.checkpoint import save_weights
+    from asr.tokenizers import load_tokenizer
+    from asr.checkpoints.averaging import average_state_dicts
+    from asr.checkpoints.io import save_weights
 
     exp_dir, out_dir = Path(exp_dir), Path(out_dir)
     if out_dir.exists() and not overwrite:

@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train and write the LM; errors are reported without a traceback (exit 2)."""
     from asr.decoding.ngram_train import estimate_kneser_ney, write_arpa
-    from asr.tokenizers.base import load_tokenizer
+    from asr.tokenizers import load_tokenizer
     from asr.tokenizers.transcripts import read_transcripts
 
     output = Path(args.output)

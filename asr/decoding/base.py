@@ -5,7 +5,7 @@
   token for CTC/transducer/TDT searchers; ``text`` is left empty (the caller owns the tokenizer).
 * :class:`StreamingSearcher`: ``init_state / step / partial / finalize`` over a frozen state
   dataclass whose tensors declare their batch dimension, so the generic
-  :func:`asr.streaming.state.stack_states` / ``unstack_states`` / ``select_states`` batch
+  :func:`asr.state.stack_states` / ``unstack_states`` / ``select_states`` batch
   streams that are at different positions.
 * :class:`TokenBuffer`: the emitted tokens, their absolute frames and the score of each stream,
   held as fixed-capacity tensors inside a streaming state (a stream's hypothesis must live in
@@ -27,7 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from asr.streaming.state import BATCH_DIM_KEY, state_field
+from asr.state import BATCH_DIM_KEY, state_field
 from asr.types import Hypothesis
 
 __all__ = [
@@ -53,7 +53,7 @@ class Searcher(Protocol):
 
 @runtime_checkable
 class StreamingSearcher(Protocol):
-    """Chunk-by-chunk search; ``state`` is a frozen dataclass (see :mod:`asr.streaming.state`)."""
+    """Chunk-by-chunk search; ``state`` is a frozen dataclass (see :mod:`asr.state`)."""
 
     def init_state(self, batch_size: int, device: torch.device) -> Any:
         """State of ``batch_size`` new streams."""

@@ -21,7 +21,7 @@ from torch import Tensor
 from asr.decoding.base import TokenBuffer, check_encoder_output
 from asr.decoding.config import SearchConfig
 from asr.heads.ctc import CTCHead
-from asr.streaming.state import state_field
+from asr.state import state_field
 from asr.types import Hypothesis
 
 __all__ = ["CtcGreedySearcher", "CtcGreedyState", "ctc_log_probs"]

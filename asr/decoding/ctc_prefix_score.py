@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from asr.streaming.state import state_field
+from asr.state import state_field
 
 __all__ = ["CtcPrefixScorer", "CtcPrefixState"]
 

@@ -42,7 +42,7 @@ from asr.decoding.config import SearchConfig
 from asr.decoding.lm import LanguageModel, fusion_lm
 from asr.decoding.transducer_common import TransducerScorer
 from asr.heads.transducer import TransducerHead
-from asr.streaming.state import select_states
+from asr.state import select_states
 from asr.types import Hypothesis
 
 __all__ = ["TdtBeamSearch"]

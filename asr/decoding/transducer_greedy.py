@@ -33,7 +33,7 @@ from asr.decoding.base import TokenBuffer, check_encoder_output, where_state
 from asr.decoding.config import SearchConfig
 from asr.decoding.transducer_common import TransducerScorer
 from asr.heads.transducer import TransducerHead
-from asr.streaming.state import state_field
+from asr.state import state_field
 from asr.types import Hypothesis
 
 __all__ = ["LabelLoopingGreedy", "TransducerGreedyState"]

@@ -1,4 +1,4 @@
-"""Encoder interfaces, the encoder config and the factory.
+"""Encoder interfaces and the encoder config (the factory is :func:`asr.encoders.build_encoder`).
 
 One :class:`EncoderConfig` serves both encoders (``kind: conformer | transformer``); fields a kind
 does not use (the convolution settings for the Transformer) are ignored. The size presets
@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-__all__ = ["Encoder", "EncoderConfig", "StreamingEncoder", "build_encoder"]
+__all__ = ["Encoder", "EncoderConfig", "StreamingEncoder"]
 
 
 @dataclass(frozen=True)
@@ -131,16 +131,3 @@ class StreamingEncoder(Encoder, Protocol):
     ) -> tuple[Tensor, Tensor, Any]:
         """(B, T, F) new frames, (B,) counts, state -> (B, T', D), (B,) counts, new state."""
         ...
-
-
-def build_encoder(cfg: EncoderConfig, input_dim: int) -> StreamingEncoder:
-    """Builds the encoder ``cfg.kind`` for ``input_dim`` feature bins."""
-    if cfg.kind == "conformer":
-        from asr.encoders.conformer import Conformer
-
-        return Conformer(cfg, input_dim)
-    if cfg.kind == "transformer":
-        from asr.encoders.transformer import Transformer
-
-        return Transformer(cfg, input_dim)
-    raise ValueError(f"EncoderConfig.kind={cfg.kind!r}: expected 'conformer' or 'transformer'")

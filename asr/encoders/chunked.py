@@ -20,7 +20,7 @@ D model dims.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -34,12 +34,14 @@ from asr.encoders.base import EncoderConfig
 from asr.encoders.dropout import Dropout
 from asr.encoders.layers import LayerState
 from asr.encoders.subsampling import (
+    SUBSAMPLING_FACTOR,
     Conv2dSubsampling,
     SubsamplingState,
     frames_needed,
+    subsampled_length,
 )
 from asr.features.cmvn import GlobalCMVN
-from asr.streaming.state import state_field
+from asr.state import state_field
 
 __all__ = ["ChunkedEncoder", "EncoderState", "StreamingLayer"]
 
@@ -87,6 +89,32 @@ class ChunkedEncoder(nn.Module):
         input_dim: feature bins F.
         layers: the blocks (each a :class:`StreamingLayer`).
     """
+
+    #: Whether the blocks hold a depthwise convolution, which streams only when causal.
+    has_convolution: ClassVar[bool] = False
+    #: Input feature frames per encoder frame.
+    subsampling_factor: ClassVar[int] = SUBSAMPLING_FACTOR
+
+    @staticmethod
+    def output_length(num_frames: Tensor | int) -> Tensor | int:
+        """Encoder frames for ``num_frames`` feature frames (ints or integer tensors)."""
+        return subsampled_length(num_frames)
+
+    @classmethod
+    def streaming_problem(
+        cls, cfg: EncoderConfig, chunk_size: int | None = None, left_chunks: int | None = None
+    ) -> str | None:
+        """Why ``cfg`` with this chunking (default: the config's) cannot stream, or None."""
+        chunk_size = cfg.chunk_size if chunk_size is None else chunk_size
+        left_chunks = cfg.left_chunks if left_chunks is None else left_chunks
+        if chunk_size <= 0 or left_chunks < 0:
+            return (
+                f"streaming needs chunk_size > 0 and left_chunks >= 0, got chunk_size="
+                f"{chunk_size}, left_chunks={left_chunks} (set EncoderConfig or pass them)"
+            )
+        if cls.has_convolution and not cfg.causal:
+            return f"streaming a {cls.__name__} needs EncoderConfig.causal=true"
+        return None
 
     def __init__(self, cfg: EncoderConfig, input_dim: int, layers: list[nn.Module]) -> None:
         super().__init__()
@@ -174,13 +202,9 @@ class ChunkedEncoder(nn.Module):
         """
         chunk_size = self.cfg.chunk_size if chunk_size is None else chunk_size
         left_chunks = self.cfg.left_chunks if left_chunks is None else left_chunks
-        if chunk_size <= 0 or left_chunks < 0:
-            raise ValueError(
-                f"streaming needs chunk_size > 0 and left_chunks >= 0, got chunk_size="
-                f"{chunk_size}, left_chunks={left_chunks} (set EncoderConfig or pass them)"
-            )
-        if self.cfg.kind == "conformer" and not self.cfg.causal:
-            raise ValueError("streaming a Conformer needs EncoderConfig.causal=true")
+        problem = self.streaming_problem(self.cfg, chunk_size, left_chunks)
+        if problem is not None:
+            raise ValueError(problem)
         device = torch.device(device)
         cache_size = left_chunks * chunk_size
         zeros = torch.zeros(batch_size, dtype=torch.long, device=device)

@@ -112,6 +112,8 @@ class Conformer(ChunkedEncoder):
         input_dim: feature bins F.
     """
 
+    has_convolution = True
+
     def __init__(self, cfg: EncoderConfig, input_dim: int) -> None:
         layers = [ConformerLayer(cfg) for _ in range(cfg.num_layers)]
         super().__init__(cfg, input_dim, layers)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from asr.encoders.attention import roll_cache
 from asr.encoders.dropout import Dropout
-from asr.streaming.state import state_field
+from asr.state import state_field
 
 __all__ = ["ConvolutionModule", "FeedForward", "LayerState"]
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from asr.streaming.state import state_field
+from asr.state import state_field
 
 __all__ = [
     "MAX_CACHED_FRAMES",

@@ -35,7 +35,7 @@ from asr.heads.decoder_layers import (
     sinusoidal_positions,
 )
 from asr.losses.label_smoothing import label_smoothing_loss
-from asr.streaming.state import state_field
+from asr.state import state_field
 from asr.types import LossOutput
 
 __all__ = ["AEDCache", "AEDConfig", "AEDHead", "AEDMemory", "AttentionDecoder"]
@@ -87,7 +87,7 @@ class AEDConfig:
 class AEDCache:
     """Self-attention keys and values of the positions decoded so far, for every layer.
 
-    A State in the sense of :mod:`asr.streaming.state` (batch dimension 1), so the generic
+    A State in the sense of :mod:`asr.state` (batch dimension 1), so the generic
     ``stack_states`` / ``select_states`` apply; :meth:`select` is the same for beam search.
 
     Attributes:

@@ -11,7 +11,7 @@ Both implement ``forward(tokens (B, U), state) -> (pred (B, U, P), state)`` and
 ``init_state(batch_size, device)``. Training feeds ``[blank] + tokens`` (U + 1 inputs) from the
 initial state; searches feed one token per step with the carried state. States are frozen
 dataclasses; field metadata ``batch_dim`` names each tensor's batch dimension for the generic
-stack / unstack helpers (:func:`asr.streaming.state.state_field`).
+stack / unstack helpers (:func:`asr.state.state_field`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from asr.encoders.dropout import Dropout
-from asr.streaming.state import state_field
+from asr.state import state_field
 
 __all__ = [
     "Predictor",

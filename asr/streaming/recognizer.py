@@ -3,7 +3,7 @@
 Each :class:`Stream` owns an online fbank (:class:`asr.features.online.OnlineFbank`, the same
 frames as the training features), the pending feature frames, an encoder state and a search
 state (both batch-1 State dataclasses). :meth:`StreamingRecognizer.decode` takes all ready
-streams, stacks their states with :func:`asr.streaming.state.stack_states`, runs ONE encoder
+streams, stacks their states with :func:`asr.state.stack_states`, runs ONE encoder
 ``forward_chunk`` and ONE searcher ``step`` for the batch, and splits the states back: streams at
 different positions share the batch, and each gets exactly what it would get decoded alone.
 
@@ -44,7 +44,7 @@ from torch import Tensor
 from asr.audio import StreamingResampler
 from asr.features.online import OnlineFbank
 from asr.streaming.endpoint import EndpointConfig, detect_endpoint
-from asr.streaming.state import stack_states, unstack_states
+from asr.state import stack_states, unstack_states
 from asr.types import Hypothesis
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -8,12 +8,12 @@ Special ids (the same for every tokenizer kind):
 
 Expected input text: LibriSpeech-style transcripts, i.e. upper-case words (``A-Z`` and
 apostrophes) separated by single spaces, such as ``"HE DIDN'T KNOW"``. Tokenizers do not change
-case or strip punctuation (that is the corpus preparation's job, see ``local/text_norm.py``); text
+case or strip punctuation (that is the corpus preparation's job, see ``asr/synth/text_norm.py``); text
 with characters unseen in training encodes to ``<unk>``.
 
 Every tokenizer directory holds a ``tokens.txt`` (``piece id`` per line, k2/icefall style);
-sentencepiece tokenizers also hold ``bpe.model``. :func:`load_tokenizer` picks the kind from those
-files.
+sentencepiece tokenizers also hold ``bpe.model``. :func:`asr.tokenizers.load_tokenizer` picks the
+kind from those files.
 """
 
 from __future__ import annotations
@@ -148,26 +148,3 @@ def read_tokens_file(path: Path) -> list[str]:
             f"{path}: ids 0, 1, 2 must be {list(SPECIAL_PIECES)}, got {pieces[:3]}"
         )
     return pieces
-
-
-def load_tokenizer(directory: str | Path) -> Tokenizer:
-    """Load the tokenizer saved in ``directory``.
-
-    The kind comes from the files: ``bpe.model`` -> sentencepiece (:class:`BpeTokenizer`),
-    otherwise ``tokens.txt`` -> characters (:class:`CharTokenizer`).
-
-    Raises:
-        FileNotFoundError: when the directory holds neither file.
-    """
-    directory = Path(directory)
-    if (directory / BPE_MODEL_FILE).is_file():
-        from asr.tokenizers.bpe import BpeTokenizer
-
-        return BpeTokenizer.from_file(directory / BPE_MODEL_FILE)
-    if (directory / TOKENS_FILE).is_file():
-        from asr.tokenizers.char import CharTokenizer
-
-        return CharTokenizer.from_file(directory / TOKENS_FILE)
-    raise FileNotFoundError(
-        f"{directory}: no tokenizer found (expected {BPE_MODEL_FILE} or {TOKENS_FILE})"
-    )

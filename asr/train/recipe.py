@@ -235,7 +235,7 @@ def train_experiment(
         exp_dir: experiment directory (checkpoints, TensorBoard logs, ``training.png``).
         dist: process placement; by default set up from the ``torchrun`` environment.
     """
-    from asr.tokenizers.base import load_tokenizer
+    from asr.tokenizers import load_tokenizer
     from asr.train.trainer import Trainer
 
     own_dist = dist is None

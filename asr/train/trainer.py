@@ -28,9 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from asr.train.averaging import RunningAverage
+from asr.checkpoints.averaging import RunningAverage
 from asr.train.budget import PlanInput, plan_total_steps
-from asr.train.checkpoint import (
+from asr.checkpoints.io import (
     atomic_torch_save,
     capture_rng_state,
     checkpoint_path,

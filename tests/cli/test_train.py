@@ -7,7 +7,7 @@ import yaml
 from train_helpers import train_tiny
 
 from asr.cli.main import main
-from asr.train.checkpoint import list_checkpoints, load_weights, safe_torch_load
+from asr.checkpoints.io import list_checkpoints, load_weights, safe_torch_load
 
 
 def test_train_writes_resolved_config_checkpoints_logs_and_plot(trained):

@@ -16,7 +16,7 @@ import pytest
 import torch
 from train_helpers import tiny_experiment, write_yaml
 
-from asr.train.checkpoint import safe_torch_load
+from asr.checkpoints.io import safe_torch_load
 
 
 def _deterministic_experiment(root):
@@ -51,7 +51,7 @@ def test_two_process_asr_train_equals_one_process_accumulating_two_batches(tmp_p
 
 def _initial_weights(exp_dir):
     from asr.experiment import build_model, load_experiment_config
-    from asr.tokenizers.base import load_tokenizer
+    from asr.tokenizers import load_tokenizer
 
     cfg = load_experiment_config(exp_dir)
     torch.manual_seed(cfg.train.seed)

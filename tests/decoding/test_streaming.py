@@ -8,7 +8,7 @@ import torch
 from search_helpers import encoder_output, make_model
 
 from asr.decoding import SearchConfig, build_searcher, build_streaming_searcher
-from asr.streaming.state import select_states, stack_states, unstack_states
+from asr.state import select_states, stack_states, unstack_states
 
 MODELS = {
     "ctc_greedy": dict(ctc=True),

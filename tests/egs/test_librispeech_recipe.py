@@ -74,7 +74,7 @@ def test_full_libri_selects_the_training_parts_in_one_place(tmp_path):
 
 @pytest.mark.slow
 def test_every_stage_but_download_on_a_synthesized_tree(tmp_path):
-    from local.synthesize import synthesize_corpus
+    from asr.synth.synthesize import synthesize_corpus
 
     synthesize_corpus(tmp_path / "dl", PARTS, seed=5, top_words=300, max_words=6, progress=False)
     work = tmp_path / "work"

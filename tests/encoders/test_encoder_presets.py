@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from asr.config import load_config
-from asr.encoders.base import EncoderConfig, build_encoder
+from asr.encoders import EncoderConfig, build_encoder
 
 ROOT = Path(__file__).resolve().parents[2]
 PRESETS = ROOT / "recipes" / "presets"

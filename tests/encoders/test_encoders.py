@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asr.encoders.base import Encoder, EncoderConfig, StreamingEncoder, build_encoder
+from asr.encoders import build_encoder
+from asr.encoders.base import Encoder, EncoderConfig, StreamingEncoder
 from asr.encoders.subsampling import subsampled_length
-from asr.streaming.state import select_states, stack_states, unstack_states
+from asr.state import select_states, stack_states, unstack_states
 
 FEAT_DIM = 20
 KINDS = ["conformer", "transformer"]

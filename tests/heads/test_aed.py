@@ -10,7 +10,7 @@ from asr.config import from_dict
 from asr.heads.aed import AEDConfig, AEDHead
 from asr.heads.decoder_layers import lengths_to_mask
 from asr.losses.label_smoothing import label_smoothing_loss
-from asr.streaming.state import select_states
+from asr.state import select_states
 
 VOCAB = 11
 

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from asr.tokenizers.base import Tokenizer, load_tokenizer, read_tokens_file
+from asr.tokenizers import load_tokenizer
+from asr.tokenizers.base import Tokenizer, read_tokens_file
 from asr.tokenizers.bpe import BpeTokenizer, train_bpe
 
 

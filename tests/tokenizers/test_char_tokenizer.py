@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from asr.tokenizers.base import Tokenizer, load_tokenizer
+from asr.tokenizers import load_tokenizer
+from asr.tokenizers.base import Tokenizer
 from asr.tokenizers.char import SPACE_PIECE, CharTokenizer, build_char_tokenizer
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import logging
 
 from asr.cli.main import main
-from asr.tokenizers.base import load_tokenizer
+from asr.tokenizers import load_tokenizer
 from asr.tokenizers.bpe import BpeTokenizer
 from asr.tokenizers.char import CharTokenizer
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from asr.train.checkpoint import list_checkpoints, safe_torch_load
+from asr.checkpoints.io import list_checkpoints, safe_torch_load
 from asr.train.optim import OptimConfig
 from asr.train.state import TrainConfig
 from asr.train.trainer import Trainer

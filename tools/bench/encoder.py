@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from asr.config import load_config
-from asr.encoders.base import EncoderConfig, build_encoder
+from asr.encoders import EncoderConfig, build_encoder
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "recipes" / "presets"
 FRAMES_PER_SECOND = 100

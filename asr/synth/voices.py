@@ -42,7 +42,7 @@ from typing import Literal
 import numpy as np
 import soundfile as sf
 
-from local.audio_effects import resample
+from asr.synth.audio_effects import resample
 
 logger = logging.getLogger(__name__)
 
@@ -268,7 +268,7 @@ def render(
 
     Args:
         voice: the speaker.
-        text: what to say (see :func:`local.text_norm.tts_text`).
+        text: what to say (see :func:`asr.synth.text_norm.tts_text`).
         rate_factor: speaking-rate multiplier (> 1 is faster).
         pitch_offset: espeak-ng pitch units (0-99 scale) or, for flite, semitones.
 

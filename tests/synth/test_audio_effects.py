@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from local.audio_effects import (
+from asr.synth.audio_effects import (
     _smooth_size,
     add_noise,
     add_reverb,

@@ -5,7 +5,7 @@ Source: the ``fortunes`` Debian package (``apt-get install fortunes``, 850 kB, p
 ``/usr/share/games/fortunes``: entries separated by ``%`` lines, attributions on ``-- Author``
 lines. We read a fixed, sorted list of its general-interest files (technical jargon, ASCII art and
 the cruder files are left out), drop attributions, split sentences, normalise them with
-:mod:`local.text_norm` and keep those with ``min_words..max_words`` words.
+:mod:`asr.synth.text_norm` and keep those with ``min_words..max_words`` words.
 
 Vocabulary restriction: a tiny model learns a corpus in minutes only when its vocabulary is small,
 so with ``top_words=N`` a sentence is kept only when all its words are among the N most frequent
@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from local.text_norm import normalize_sentence, split_sentences
+from asr.synth.text_norm import normalize_sentence, split_sentences
 
 logger = logging.getLogger(__name__)
 

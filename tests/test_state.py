@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from asr.streaming.state import (
+from asr.state import (
     select_states,
     stack_states,
     state_batch_size,
@@ -124,7 +124,7 @@ def test_errors_name_the_problem():
 
 
 def test_encoder_state_round_trip():
-    from asr.encoders.base import EncoderConfig, build_encoder
+    from asr.encoders import EncoderConfig, build_encoder
 
     cfg = EncoderConfig(d_model=16, num_layers=2, num_heads=2, ff_dim=32, conv_kernel_size=3,
                         subsampling_channels=4, dropout=0.0, attention_dropout=0.0)

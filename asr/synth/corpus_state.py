@@ -17,9 +17,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from local.parts import PARTS, ROLE_ORDER
-from local.sentences import SentencePool
-from local.voices import SAMPLE_RATE, Voice
+from asr.synth.parts import PARTS, ROLE_ORDER
+from asr.synth.sentences import SentencePool
+from asr.synth.voices import SAMPLE_RATE, Voice
 
 MANIFEST_NAME = "synthesis.json"
 MANIFEST_FORMAT = "asr-synthetic-librispeech/1"

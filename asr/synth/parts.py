@@ -1,6 +1,6 @@
 """Corpus parts of the synthetic LibriSpeech: names, roles and acoustic conditions.
 
-A part's *role* decides its voices and sentences (see :mod:`local.synthesize`): ``test`` parts
+A part's *role* decides its voices and sentences (see :mod:`asr.synth.synthesize`): ``test`` parts
 use only held-out voices; ``train`` and ``dev`` parts only the others; sentences of all parts are
 disjoint. ``*-other`` parts get harsher acoustics (:data:`OTHER`), like LibriSpeech's "other"
 subsets are harder than its "clean" ones.

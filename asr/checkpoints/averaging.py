@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from asr.train.checkpoint import safe_torch_load
+from asr.checkpoints.io import safe_torch_load
 
 
 def average_state_dicts(state_dicts: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -155,7 +155,7 @@ def last_step_checkpoints(exp_dir: str | Path, count: int) -> list[Path]:
     Raises:
         FileNotFoundError: when ``exp_dir`` holds fewer than ``count`` of them.
     """
-    from asr.train.checkpoint import list_checkpoints
+    from asr.checkpoints.io import list_checkpoints
 
     found = list_checkpoints(exp_dir)
     if count < 1 or len(found) < count:

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import local.voices as voices_module
+import asr.synth.voices as voices_module
 from asr.cli.main import main as asr_main
-from local.sentences import build_pool, default_sources, shuffle_pool
-from local.synthesize import PARTS, SynthesisResult, synthesize_corpus
-from local.voices import VOICES, Voice, available_voices, render
+from asr.synth.sentences import build_pool, default_sources, shuffle_pool
+from asr.synth.synthesize import PARTS, SynthesisResult, synthesize_corpus
+from asr.synth.voices import VOICES, Voice, available_voices, render
 
 REPO = Path(__file__).resolve().parents[2]
 SIZES = {"train-clean-5": 15, "dev-clean-2": 3, "test-clean": 4}
@@ -307,9 +307,9 @@ def test_asr_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert asr_main(["synthesize", "--root", str(tmp_path), "--num-utts", "test-clean"]) == 2
 
 
-def test_python_module_cli_help() -> None:
+def test_cli_help_lists_every_part() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "local.synthesize", "--help"],
+        [sys.executable, "-m", "asr.cli.main", "synthesize", "--help"],
         cwd=REPO, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert "--num-utts" in out and all(part in out for part in PARTS)
@@ -319,7 +319,7 @@ def test_python_module_cli_help() -> None:
 def test_mini_tts_preset_full_size(tmp_path: Path) -> None:
     from lhotse.recipes import prepare_librispeech
 
-    from local.synthesize import PRESETS
+    from asr.synth.synthesize import PRESETS
 
     preset = PRESETS["mini_tts"]
     sizes = preset.num_utts

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from asr.train.averaging import RunningAverage, average_checkpoints, average_state_dicts
-from asr.train.checkpoint import (
+from asr.checkpoints.averaging import RunningAverage, average_checkpoints, average_state_dicts
+from asr.checkpoints.io import (
     CheckpointError,
     atomic_torch_save,
     capture_rng_state,

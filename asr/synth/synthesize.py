@@ -11,19 +11,19 @@ tool reads unchanged (lhotse's ``prepare_librispeech`` included)::
 
 Design:
 
-* Parts use LibriSpeech names (:data:`local.parts.PARTS`): ``train-clean-5``, ``dev-clean-2`` (mini
+* Parts use LibriSpeech names (:data:`asr.synth.parts.PARTS`): ``train-clean-5``, ``dev-clean-2`` (mini
   LibriSpeech), ``test-clean`` and a few others. ``*-other`` parts get harsher acoustics.
-* Sentences (:mod:`local.sentences`) come from the Debian ``fortunes`` package, normalised to
-  upper-case ``A-Z'`` words (:mod:`local.text_norm`), 4-16 words, deduplicated, optionally limited
+* Sentences (:mod:`asr.synth.sentences`) come from the Debian ``fortunes`` package, normalised to
+  upper-case ``A-Z'`` words (:mod:`asr.synth.text_norm`), 4-16 words, deduplicated, optionally limited
   to the ``top_words`` most frequent words (1500 in the ``mini_tts`` preset) so a tiny model can
   learn the corpus in minutes. The pool is shuffled with the seed and cut into consecutive,
   disjoint slices: test parts first, then dev, then train, so no sentence is in two parts and
   the test sentences do not change when the training size does. With ``train_text="segments"``
   (the ``mini_tts`` preset) training parts instead say *segments*: runs of allowed words from
-  any source sentence (:func:`local.sentences.training_segments`), about 7x more distinct text
+  any source sentence (:func:`asr.synth.sentences.training_segments`), about 7x more distinct text
   than whole sentences; the first ``held_out_sentences`` sentences of the shuffled pool are then
   reserved for dev/test parts and no training segment contains one of them.
-* Speakers (:mod:`local.voices`) are 20 voice identities of espeak-ng and flite; 3 are held out:
+* Speakers (:mod:`asr.synth.voices`) are 20 voice identities of espeak-ng and flite; 3 are held out:
   test parts use only those, train and dev parts only the other 17. Utterance ``i`` of a part
   goes to speaker ``i mod S``. With ``voices_per_sentence=R`` a training part speaks each of its
   sentences R times, utterances ``Rj .. Rj + R - 1`` saying sentence ``j`` in R different voices
@@ -35,7 +35,7 @@ Design:
   rate and pitch, for training parts a speed factor (0.9-1.1: the rendering resampled, so tempo,
   pitch and formants move together, as in LibriSpeech recipes' speed perturbation, but without
   copies), leading/trailing silence, optional reverberation (synthetic exponential-decay
-  room response), coloured noise at a random SNR and the peak level (:mod:`local.audio_effects`),
+  room response), coloured noise at a random SNR and the peak level (:mod:`asr.synth.audio_effects`),
   so the same seed gives byte-identical FLAC files whatever the number of worker processes.
 * ``train-text.txt`` is the corpus's LM text, the counterpart of LibriSpeech's
   ``librispeech-lm-norm.txt``: one line per text that training parts may say. With segments that
@@ -45,11 +45,11 @@ Design:
 * Utterances are synthesized by a process pool (``num_jobs``) with a tqdm progress bar.
 * Re-running with the same settings skips completed parts; new parts can be added to an existing
   corpus (they take sentences after those already used); different settings need ``overwrite``
-  (:mod:`local.corpus_state`).
+  (:mod:`asr.synth.corpus_state`).
 
 Usage::
 
-    python -m local.synthesize --root data --preset mini_tts --num-jobs 2
+    asr synthesize --root data --preset mini_tts --num-jobs 2
     asr synthesize --root data --num-utts train-clean-5=200 test-clean=20 --seed 1
 
 or from Python: ``synthesize_corpus(Path("data"), {"train-clean-5": 200, "test-clean": 20})``.
@@ -57,11 +57,9 @@ or from Python: ``synthesize_corpus(Path("data"), {"train-clean-5": 200, "test-c
 
 from __future__ import annotations
 
-import argparse
 import logging
 import multiprocessing
 import os
-import sys
 import time
 import zlib
 from collections.abc import Mapping, Sequence
@@ -74,7 +72,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from local.audio_effects import (
+from asr.synth.audio_effects import (
     add_noise,
     add_reverb,
     normalize_peak,
@@ -83,7 +81,7 @@ from local.audio_effects import (
     to_pcm16,
     trim_silence,
 )
-from local.corpus_state import (
+from asr.synth.corpus_state import (
     allocate,
     part_info,
     reuse_existing,
@@ -91,10 +89,10 @@ from local.corpus_state import (
     write_manifest,
     write_text_atomic,
 )
-from local.parts import PARTS
-from local.sentences import build_pool, default_sources, shuffle_pool, training_segments
-from local.text_norm import tts_text
-from local.voices import SAMPLE_RATE, VOICES, Voice, available_voices, render
+from asr.synth.parts import PARTS
+from asr.synth.sentences import build_pool, default_sources, shuffle_pool, training_segments
+from asr.synth.text_norm import tts_text
+from asr.synth.voices import SAMPLE_RATE, VOICES, Voice, available_voices, render
 
 logger = logging.getLogger(__name__)
 
@@ -345,7 +343,7 @@ def synthesize_corpus(
         min_words: shortest sentence, words.
         max_words: longest sentence, words.
         sources: sentence text files (default: the Debian ``fortunes`` package).
-        voices: speakers (default: every voice of :data:`local.voices.VOICES` installed here).
+        voices: speakers (default: every voice of :data:`asr.synth.voices.VOICES` installed here).
         overwrite: delete parts and manifest of a previous synthesis first.
         progress: show a tqdm progress bar.
         voices_per_sentence: training parts speak each sentence this many times, in different
@@ -452,118 +450,3 @@ def synthesize_corpus(
             len(all_plans), elapsed, result.utts_per_second, num_jobs, corpus_dir,
         )  # fmt: skip
     return result
-
-
-# ----------------------------------------------------------------------------------------- CLI
-
-
-def _parse_sizes(items: Sequence[str]) -> dict[str, int]:
-    sizes = {}
-    for item in items:
-        part, sep, count = item.partition("=")
-        if not sep or not count.strip().isdigit():
-            raise ValueError(f"--num-utts expects PART=N with N a positive integer, got {item!r}")
-        sizes[part.strip()] = int(count)
-    return sizes
-
-
-HELP = "synthesize a LibriSpeech-layout corpus with espeak-ng / flite voices"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Command-line options of ``asr synthesize`` / ``python -m local.synthesize``."""
-    parser.add_argument(
-        "--root", type=Path, required=True, help="output dir; writes ROOT/LibriSpeech"
-    )
-    parser.add_argument(
-        "--preset", choices=sorted(PRESETS), default="mini_tts",
-        help="default sizes and vocabulary limit (default: mini_tts = train-clean-5=15000 "
-        "dev-clean-2=100 test-clean=100, top 1500 words, training segments)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--num-utts", nargs="+", metavar="PART=N",
-        help=f"utterances per part, replacing the preset's sizes; parts: {', '.join(PARTS)}",
-    )  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0, help="corpus seed (default: 0)")
-    parser.add_argument(
-        "--num-jobs", type=int, default=os.cpu_count() or 1,
-        help="worker processes (default: all CPU cores)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--top-words", type=int, default=None,
-        help="keep sentences made of the N most frequent words; 0 = no limit (default: preset)",
-    )  # fmt: skip
-    parser.add_argument("--min-words", type=int, default=4, help="shortest sentence (default: 4)")
-    parser.add_argument("--max-words", type=int, default=16, help="longest sentence (default: 16)")
-    parser.add_argument(
-        "--text", type=Path, nargs="+", default=None,
-        help="sentence source text files (default: Debian fortunes package files)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--voices-per-sentence", type=int, default=None,
-        help="training parts speak each sentence this many times in different voices "
-        "(default: preset)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--train-text", choices=TRAIN_TEXTS, default=None,
-        help="what training parts say: whole pool sentences, or word-run segments of every "
-        "source sentence (default: preset)",
-    )  # fmt: skip
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing synthesis")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the synthesis for parsed arguments; prints a per-part summary."""
-    preset = PRESETS[args.preset]
-    sizes = _parse_sizes(args.num_utts) if args.num_utts else dict(preset.num_utts)
-    top_words = preset.top_words if args.top_words is None else (args.top_words or None)
-    repeats = args.voices_per_sentence
-    if repeats is None:
-        repeats = preset.voices_per_sentence
-    train_text = args.train_text or preset.train_text
-    result = synthesize_corpus(
-        args.root,
-        sizes,
-        seed=args.seed,
-        num_jobs=args.num_jobs,
-        top_words=top_words,
-        min_words=args.min_words,
-        max_words=args.max_words,
-        sources=args.text,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-        voices_per_sentence=repeats,
-        train_text=train_text,
-    )
-    for part in sorted(result.num_utts):
-        print(f"{part}\t{result.num_utts[part]} utterances\t{result.hours[part]:.3f} h")
-    if result.synthesized:
-        print(f"{result.synthesized} utterances in {result.elapsed_s:.1f} s "
-              f"({result.utts_per_second:.2f} utt/s) -> {result.corpus_dir}")  # fmt: skip
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m local.synthesize``."""
-    parser = argparse.ArgumentParser(prog="python -m local.synthesize", description=HELP)
-    parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        return run(args)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
-        parser.error(str(err))
-    return 2
-
-
-if __name__ == "__main__":
-    # Run the imported module's main, so worker processes unpickle plans of `local.synthesize`
-    # rather than of `__main__`.
-    from local.synthesize import main as _module_main
-
-    sys.exit(_module_main())

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from local.sentences import (
+from asr.synth.sentences import (
     SentencePool,
     build_pool,
     read_raw_sentences,
     shuffle_pool,
     training_segments,
 )
-from local.text_norm import normalize_sentence, split_sentences, tts_text
+from asr.synth.text_norm import normalize_sentence, split_sentences, tts_text
 
 
 @pytest.mark.parametrize(

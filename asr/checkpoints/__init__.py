@@ -1,0 +1,1 @@
+"""Checkpoints: atomic writing, safe reading, selection and averaging of model weights."""
