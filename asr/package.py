@@ -225,10 +225,10 @@ def load_package(directory: str | Path, verify: bool = True) -> ModelPackage:
     Raises:
         PackageError: naming the file that is missing, truncated, corrupt or inconsistent.
     """
+    from asr.checkpoints.io import CheckpointError, load_weights
     from asr.config import ConfigError, load_config
     from asr.experiment import ExperimentConfig
     from asr.tokenizers import load_tokenizer
-    from asr.checkpoints.io import CheckpointError, load_weights
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -376,11 +376,11 @@ def export_package(
         PackageError: for missing / corrupt checkpoints, configs or tokenizers.
     """
     from asr import __version__
+    from asr.checkpoints.averaging import average_state_dicts
+    from asr.checkpoints.io import save_weights
     from asr.config import save_config
     from asr.experiment import build_model
     from asr.tokenizers import load_tokenizer
-    from asr.checkpoints.averaging import average_state_dicts
-    from asr.checkpoints.io import save_weights
 
     exp_dir, out_dir = Path(exp_dir), Path(out_dir)
     if out_dir.exists() and not overwrite:

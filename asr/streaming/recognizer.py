@@ -43,8 +43,8 @@ from torch import Tensor
 
 from asr.audio import StreamingResampler
 from asr.features.online import OnlineFbank
-from asr.streaming.endpoint import EndpointConfig, detect_endpoint
 from asr.state import stack_states, unstack_states
+from asr.streaming.endpoint import EndpointConfig, detect_endpoint
 from asr.types import Hypothesis
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -29,7 +29,6 @@ import torch
 from torch import nn
 
 from asr.checkpoints.averaging import RunningAverage
-from asr.train.budget import PlanInput, plan_total_steps
 from asr.checkpoints.io import (
     atomic_torch_save,
     capture_rng_state,
@@ -39,6 +38,7 @@ from asr.checkpoints.io import (
     restore_rng_state,
     safe_torch_load,
 )
+from asr.train.budget import PlanInput, plan_total_steps
 from asr.train.distributed import DistInfo, all_reduce_sum, barrier
 from asr.train.optim import OptimConfig, Scheduler, build_optimizer
 from asr.train.plot import plot_history

@@ -13,9 +13,9 @@ def tiny_corpus(tmp_path_factory) -> Path:
     """root/{LibriSpeech, manifests, fbank, lang_char}: TTS corpus, cuts, features, characters."""
     from asr.data.fbank import compute_fbank_for_parts
     from asr.data.librispeech import prepare_manifests
+    from asr.synth.synthesize import synthesize_corpus
     from asr.tokenizers.char import build_char_tokenizer
     from asr.tokenizers.transcripts import read_transcripts
-    from asr.synth.synthesize import synthesize_corpus
 
     root = tmp_path_factory.mktemp("tiny_corpus")
     result = synthesize_corpus(root, SIZES, seed=3, num_jobs=1, top_words=300, max_words=6,

@@ -6,8 +6,8 @@ import torch
 import yaml
 from train_helpers import train_tiny
 
-from asr.cli.main import main
 from asr.checkpoints.io import list_checkpoints, load_weights, safe_torch_load
+from asr.cli.main import main
 
 
 def test_train_writes_resolved_config_checkpoints_logs_and_plot(trained):

@@ -10,8 +10,8 @@ import pytest
 import torch
 from train_helpers import train_tiny
 
-from asr.cli.main import main
 from asr.checkpoints.io import list_checkpoints, safe_torch_load
+from asr.cli.main import main
 
 
 def test_train_from_shar_and_resume_exactly(tmp_path, tiny_corpus, caplog):
