@@ -1,21 +1,33 @@
 """asr: end-to-end speech recognition with CTC, transducer (full, pruned, TDT), AED and CIF heads.
 
-``asr.load_model(package_dir)`` returns a :class:`asr.inference.Transcriber`; it is imported
-lazily so that ``import asr`` stays cheap.
+The package's face: ``asr.load_model(package_dir)`` returns a
+:class:`asr.runtime.offline.Transcriber`; :class:`asr.runtime.streaming.StreamingRecognizer` and
+the result types of :mod:`asr.results` are here too. They are imported on first use, so that
+``import asr`` (and ``asr --help``) stays cheap; this module is the one declared exception to the
+rule that imports sit at the top of a file (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_model"]
+#: public name -> the module that defines it.
+_EXPORTS = {
+    "load_model": "asr.runtime.offline",
+    "Transcriber": "asr.runtime.offline",
+    "StreamingRecognizer": "asr.runtime.streaming",
+    "TranscriptionResult": "asr.results",
+    "Segment": "asr.results",
+    "Word": "asr.results",
+}
+
+__all__ = ["__version__", *_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "load_model":
-        from asr.inference import load_model
-
-        return load_model
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'asr' has no attribute {name!r}")

@@ -27,6 +27,7 @@ from torch import Tensor
 
 __all__ = [
     "AudioError",
+    "as_waveform",
     "DecodedAudio",
     "StreamingResampler",
     "decode_audio",
@@ -77,6 +78,50 @@ def to_mono(samples: np.ndarray) -> np.ndarray:
     if samples.ndim != 2:
         raise ValueError(f"expected (N,) or (N, C) samples, got shape {samples.shape}")
     return samples.mean(axis=1, dtype=np.float32)
+
+
+#: Integer PCM types -> (offset, scale) mapping their range onto [-1, 1).
+_PCM_SCALES = {
+    np.dtype(np.int8): (0.0, 128.0),
+    np.dtype(np.int16): (0.0, 32768.0),
+    np.dtype(np.int32): (0.0, 2147483648.0),
+    np.dtype(np.uint8): (128.0, 128.0),
+}
+
+
+def as_waveform(samples: np.ndarray | Tensor, name: str, allow_empty: bool = False) -> np.ndarray:
+    """The one rule for sample arrays given to a recognizer: (N,) or (N, C) -> (N,) float32 mono.
+
+    Float samples are taken as they are (expected in [-1, 1]). Integer PCM is scaled by its
+    type's range, as soundfile, torchaudio and sherpa-onnx read it: int16 / 32768, int32 / 2**31,
+    int8 / 128, uint8 (x - 128) / 128. Channels are averaged.
+
+    Args:
+        samples: the array (numpy or torch).
+        name: the input's name for messages (e.g. ``<array 0>``, ``stream 3``).
+        allow_empty: accept zero samples (a streaming chunk may be empty; a whole input not).
+
+    Raises:
+        AudioError: naming ``name``, for other types (bool, complex, int64, objects), more than
+            two dimensions, no samples, or NaN / infinite values.
+    """
+    array = samples.detach().cpu().numpy() if isinstance(samples, Tensor) else np.asarray(samples)
+    if array.dtype in _PCM_SCALES:
+        offset, scale = _PCM_SCALES[array.dtype]
+        array = (array.astype(np.float32) - offset) / scale
+    elif array.dtype.kind != "f":
+        raise AudioError(
+            f"{name}: samples of type {array.dtype} are not audio; pass float samples in [-1, 1] "
+            f"or int8/int16/int32/uint8 PCM"
+        )
+    if array.ndim not in (1, 2):
+        raise AudioError(f"{name}: expected (N,) or (N, C) samples, got shape {array.shape}")
+    mono = to_mono(array)
+    if mono.size == 0 and not allow_empty:
+        raise AudioError(f"{name}: empty waveform")
+    if not np.isfinite(mono).all():
+        raise AudioError(f"{name}: NaN or infinite samples")
+    return mono
 
 
 @functools.lru_cache(maxsize=16)

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from asr.data.config import DataConfig
+from asr.decoding.config import SearchConfig
 from asr.encoders import EncoderConfig, build_encoder
 from asr.model import ASRModel, HeadsConfig, build_heads
 from asr.train.optim import OptimConfig
@@ -53,6 +54,9 @@ class ExperimentConfig:
         heads: which heads sit on the encoder and their loss weights.
         optim: optimiser and learning-rate schedule.
         train: loop length, checkpoints, averaging, AMP, device.
+        search: decoding options (beam size, LM, penalties) of every searcher: the dev WER
+            during training, ``asr decode`` (``--set search.beam_size=8``) and the packages
+            exported from the experiment.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -61,6 +65,7 @@ class ExperimentConfig:
     heads: HeadsConfig = field(default_factory=HeadsConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
 
 def build_model(cfg: ExperimentConfig, vocab_size: int) -> ASRModel:

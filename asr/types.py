@@ -67,16 +67,14 @@ class Hypothesis:
     Attributes:
         tokens: token ids without blanks.
         score: total log-probability (or the searcher's score) of the hypothesis.
-        timestamps: encoder frame index at which each token was emitted (same length as
+        frames: encoder frame index at which each token was emitted (same length as
             ``tokens``; for CIF the frame at which the token fired); empty for searchers
-            without alignment (AED).
-        text: detokenised text, filled by the caller that owns the tokenizer.
+            without alignment (AED). :class:`asr.results.ResultBuilder` turns them into seconds.
     """
 
     tokens: tuple[int, ...]
     score: float = 0.0
-    timestamps: tuple[int, ...] = ()
-    text: str = ""
+    frames: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

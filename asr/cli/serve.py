@@ -82,9 +82,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     import asr
+    from asr.runtime.endpoint import EndpointConfig
     from asr.serve.config import ServerConfig
     from asr.serve.server import RecognitionServer
-    from asr.streaming.endpoint import EndpointConfig
 
     try:
         config = ServerConfig(

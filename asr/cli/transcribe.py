@@ -64,7 +64,7 @@ def _timestamp(seconds: float, sep: str) -> str:
 
 
 def cues(result) -> list[tuple[float, float, str]]:
-    """Subtitle cues ``(start, end, text)`` of a :class:`asr.inference.TranscriptionResult`."""
+    """Subtitle cues ``(start, end, text)`` of a :class:`asr.results.TranscriptionResult`."""
     out: list[tuple[float, float, str]] = []
     for segment in result.segments:
         current: list = []
@@ -119,8 +119,9 @@ def _output_paths(sources: Sequence[str], out_dir: Path, fmt: str) -> list[Path]
 
 def run(args: argparse.Namespace) -> int:
     from asr.audio import AudioError
-    from asr.inference import FailedInput, load_model
     from asr.package import PackageError
+    from asr.results import FailedInput
+    from asr.runtime.offline import load_model
 
     files = list(args.files)
     if files.count("-") > 1:

@@ -10,11 +10,10 @@ Example:
     >>> searcher = build_searcher("transducer_beam", model, SearchConfig(beam_size=4))
     >>> enc, enc_lens = model.encode(feats, feat_lens)
     >>> nbest = searcher(enc, enc_lens)  # list (B) of lists of Hypothesis, best first
-    >>> seconds = frames_to_seconds(nbest[0][0].timestamps)
 """
 
 from asr.decoding.base import Searcher, StreamingSearcher, TokenBuffer
-from asr.decoding.config import SearchConfig, frames_to_seconds
+from asr.decoding.config import SearchConfig
 from asr.decoding.lm import LanguageModel, NgramLM
 from asr.decoding.registry import (
     SEARCHER_NAMES,
@@ -36,5 +35,4 @@ __all__ = [
     "available_searchers",
     "build_searcher",
     "build_streaming_searcher",
-    "frames_to_seconds",
 ]

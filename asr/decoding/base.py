@@ -1,7 +1,7 @@
 """Searcher protocols and the small pieces shared by the searchers.
 
 * :class:`Searcher`: ``enc (B, T, D), enc_lens (B,) -> list[list[Hypothesis]]`` (n-best, best
-  first). Token ids exclude blank; ``Hypothesis.timestamps`` holds the encoder frame of each
+  first). Token ids exclude blank; ``Hypothesis.frames`` holds the encoder frame of each
   token for CTC/transducer/TDT searchers; ``text`` is left empty (the caller owns the tokenizer).
 * :class:`StreamingSearcher`: ``init_state / step / partial / finalize`` over a frozen state
   dataclass whose tensors declare their batch dimension, so the generic
@@ -194,6 +194,6 @@ class TokenBuffer:
         tokens, frames = self.tokens.tolist(), self.frames.tolist()
         counts, scores = self.num_tokens.tolist(), self.score.tolist()
         return [
-            Hypothesis(tokens=tuple(t[:n]), score=float(s), timestamps=tuple(f[:n]))
+            Hypothesis(tokens=tuple(t[:n]), score=float(s), frames=tuple(f[:n]))
             for t, f, n, s in zip(tokens, frames, counts, scores)
         ]

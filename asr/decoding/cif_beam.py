@@ -139,6 +139,6 @@ class CifBeamSearch:
             key=lambda item: (item[0], item[1].acoustic + weight * item[1].lm_score), reverse=True
         )
         return [
-            Hypothesis(tokens=hyp.tokens, score=score, timestamps=hyp.frames)
+            Hypothesis(tokens=hyp.tokens, score=score, frames=hyp.frames)
             for score, hyp in finals[: cfg.nbest]
         ]

@@ -4,7 +4,7 @@ Dong & Xu 2020, "CIF: Continuous Integrate-and-Fire for End-to-End Speech Recogn
 (ICASSP); Gao et al. 2022, "Paraformer" (arXiv:2206.08317). The number of tokens is the number
 of fires (``round(sum(alpha))``); each fired embedding is decoded in parallel, so the search is
 one pass of :meth:`asr.heads.cif.CIFHead.infer` and an argmax. Blank (id 0), which the head
-never targets, is dropped if predicted. ``Hypothesis.timestamps`` holds the encoder frame at which
+never targets, is dropped if predicted. ``Hypothesis.frames`` holds the encoder frame at which
 each kept token fired (:func:`asr.heads.cif.cif_fire_frames`): the end of its integration.
 
 Shape legend: B batch, T frames, D encoder dims, N fired tokens, V vocabulary.
@@ -53,7 +53,7 @@ class CifGreedySearch:
             hyp = Hypothesis(
                 tokens=tuple(t for t, _ in kept),
                 score=float(score),
-                timestamps=tuple(f for _, f in kept),
+                frames=tuple(f for _, f in kept),
             )
             results.append([hyp])
         return results

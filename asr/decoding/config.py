@@ -1,4 +1,4 @@
-"""Search options shared by every searcher, and frame -> seconds conversion.
+"""Search options shared by every searcher.
 
 :class:`SearchConfig` is a frozen dataclass loaded strictly by :mod:`asr.config` (so a YAML
 ``search:`` section or ``--set search.beam_size=8`` reaches it); each searcher reads the fields
@@ -8,15 +8,10 @@ it uses and ignores the others.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import overload
 
-import torch
-from torch import Tensor
-
-__all__ = ["SearchConfig", "frames_to_seconds"]
+__all__ = ["SearchConfig"]
 
 
 @dataclass(frozen=True)
@@ -89,38 +84,3 @@ class SearchConfig:
             raise ValueError(f"search.lm_unit must be 'token' or 'word', got {self.lm_unit!r}")
         if self.max_stream_tokens < 1:
             raise ValueError(f"search.max_stream_tokens must be >= 1, got {self.max_stream_tokens}")
-
-
-@overload
-def frames_to_seconds(frames: int, frame_shift: float = ..., subsampling: int = ...) -> float: ...
-@overload
-def frames_to_seconds(
-    frames: Sequence[int], frame_shift: float = ..., subsampling: int = ...
-) -> list[float]: ...
-@overload
-def frames_to_seconds(
-    frames: Tensor, frame_shift: float = ..., subsampling: int = ...
-) -> Tensor: ...
-
-
-def frames_to_seconds(frames, frame_shift: float = 0.01, subsampling: int = 4):
-    """Encoder frame indices -> start times in seconds (``frame * frame_shift * subsampling``).
-
-    Args:
-        frames: an int, a sequence of ints (e.g. ``Hypothesis.timestamps``) or a tensor.
-        frame_shift: feature frame shift in seconds (10 ms fbank).
-        subsampling: encoder subsampling factor (4: 40 ms per encoder frame).
-
-    Returns:
-        A float, a list of floats or a float tensor, following the input.
-    """
-    if frame_shift <= 0 or subsampling < 1:
-        raise ValueError(
-            f"need frame_shift > 0 and subsampling >= 1, got {frame_shift}, {subsampling}"
-        )
-    step = frame_shift * subsampling
-    if isinstance(frames, Tensor):
-        return frames.to(torch.float64) * step
-    if isinstance(frames, int):
-        return round(frames * step, 6)
-    return [round(int(frame) * step, 6) for frame in frames]

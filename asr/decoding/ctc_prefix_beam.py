@@ -51,7 +51,7 @@ class _Prefix:
 
     blank: float = NEG_INF
     label: float = NEG_INF
-    best: float = NEG_INF  # best single contribution, decides the timestamps
+    best: float = NEG_INF  # best single contribution, decides the frames
     frames: tuple[int, ...] = ()
     lm_state: Hashable = None
     lm_score: float = 0.0
@@ -97,7 +97,7 @@ class CtcPrefixBeamSearch:
         # best first; prefixes that cannot end (-inf) after the others, by their score so far
         final.sort(key=lambda item: item[:2], reverse=True)
         return [
-            Hypothesis(tokens=prefix, score=score, timestamps=entry.frames)
+            Hypothesis(tokens=prefix, score=score, frames=entry.frames)
             for score, _, prefix, entry in final[: self.cfg.nbest]
         ]
 

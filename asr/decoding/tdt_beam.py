@@ -115,7 +115,7 @@ class TdtBeamSearch:
         # best first; hypotheses that cannot end (-inf) after the others, by their score so far
         ranked = sorted(finished.values(), key=lambda h: (h.score, h.before_end), reverse=True)
         return [
-            Hypothesis(tokens=h.tokens, score=h.score, timestamps=h.frames)
+            Hypothesis(tokens=h.tokens, score=h.score, frames=h.frames)
             for h in ranked[: self.cfg.nbest]
         ]
 

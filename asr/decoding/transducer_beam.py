@@ -195,6 +195,6 @@ class ModifiedBeamSearch:
         if not scored:
             return [Hypothesis(tokens=())]
         return [
-            Hypothesis(tokens=h.tokens, score=score, timestamps=h.frames)
+            Hypothesis(tokens=h.tokens, score=score, frames=h.frames)
             for score, h in scored[: self.cfg.nbest]
         ]

@@ -15,7 +15,7 @@ pointer is moved by one frame.
 
 Streaming: the same :meth:`LabelLoopingGreedy.step` consumes a chunk of frames; the frames a
 TDT duration jumped past the end of the chunk are carried in the state (``skip``) and skipped at
-the start of the next chunk, and timestamps are absolute (``frames_done`` + frame in chunk). The
+the start of the next chunk, and frames are absolute (``frames_done`` + frame in chunk). The
 offline search is that step run on all frames.
 
 Shape legend: B batch (streams), T frames, D encoder dims, J joiner dims, C token capacity.

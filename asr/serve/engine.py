@@ -129,7 +129,7 @@ class DecodeEngine:
     """One batching decode loop over all live sessions.
 
     Args:
-        recognizer: a :class:`asr.streaming.recognizer.StreamingRecognizer`.
+        recognizer: a :class:`asr.runtime.streaming.StreamingRecognizer`.
         max_buffered_seconds: backlog above which a session's reader is paused.
         max_pending_messages: unsent results above which a session is failed.
 
@@ -143,7 +143,7 @@ class DecodeEngine:
         self.max_buffered_seconds = max_buffered_seconds
         self.max_pending_messages = max_pending_messages
         self.stats = EngineStats()
-        self._frame_shift = float(recognizer.fbank_config.frame_shift)
+        self._frame_shift = float(recognizer.runtime.fbank.frame_shift)
         self._sessions: dict[int, Session] = {}
         self._ids = itertools.count()
         self._wake = asyncio.Event()

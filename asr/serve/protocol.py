@@ -151,7 +151,7 @@ def sample_rate_from_path(path: str, min_rate: int = 4000, max_rate: int = 19200
 
 
 def result_message(result: Any, audio_end: float) -> str:
-    """The JSON text for a :class:`asr.streaming.recognizer.StreamResult`."""
+    """The JSON text for a streaming :class:`asr.results.Segment`."""
     data = result.to_json()
     data["audio_end"] = round(float(audio_end), 3)
     return json.dumps(data, ensure_ascii=False)

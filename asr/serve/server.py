@@ -65,7 +65,7 @@ class RecognitionServer:
     """Streaming recognition over websockets for many concurrent clients.
 
     Args:
-        recognizer: a :class:`asr.streaming.recognizer.StreamingRecognizer`.
+        recognizer: a :class:`asr.runtime.streaming.StreamingRecognizer`.
         config: limits and address.
     """
 

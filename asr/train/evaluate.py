@@ -45,13 +45,13 @@ class Recognition:
         cut_id: lhotse cut id (LibriSpeech utterance id).
         ref: reference transcript.
         hyp: best hypothesis text.
-        timestamps: encoder frame of each hypothesis token (empty for AED / CIF searchers).
+        frames: encoder frame of each hypothesis token (empty for the AED searchers).
     """
 
     cut_id: str
     ref: str
     hyp: str
-    timestamps: tuple[int, ...] = ()
+    frames: tuple[int, ...] = ()
 
 
 def greedy_searcher_name(heads_cfg: Any) -> str | None:
@@ -113,8 +113,8 @@ def recognize(
             for cut_id, ref, nbest in zip(batch.cut_ids, batch.texts, nbest_lists):
                 best = nbest[0] if nbest else None
                 hyp = tokenizer.decode(best.tokens) if best is not None else ""
-                stamps = tuple(best.timestamps) if best is not None else ()
-                results.append(Recognition(cut_id, ref, " ".join(hyp.split()), stamps))
+                frames = tuple(best.frames) if best is not None else ()
+                results.append(Recognition(cut_id, ref, " ".join(hyp.split()), frames))
     finally:
         model.train(was_training)
     return results, time.perf_counter() - started

@@ -207,7 +207,7 @@ def test_bad_model_package(tmp_path, audio_dir, capsys):
 
 def test_python_api_on_arrays(tiny):
     import asr
-    from asr.inference import FailedInput, TranscriptionResult
+    from asr.results import FailedInput, TranscriptionResult
 
     model = asr.load_model(tiny.package_dir)
     mono = resample(load_audio(tiny.wavs[2]), 16000, 8000)

@@ -61,10 +61,10 @@ def encoder_output(lens: list[int], seed: int = 1, scale: float = 1.0) -> tuple[
     return enc, enc_lens
 
 
-def assert_timestamps_valid(nbests, enc_lens: Tensor) -> None:
+def assert_frames_valid(nbests, enc_lens: Tensor) -> None:
     """Timestamps non-decreasing, one per token, inside [0, enc_len)."""
     for hyps, length in zip(nbests, enc_lens.tolist()):
         for hyp in hyps:
-            assert len(hyp.timestamps) == len(hyp.tokens)
-            assert list(hyp.timestamps) == sorted(hyp.timestamps)
-            assert all(0 <= frame < length for frame in hyp.timestamps)
+            assert len(hyp.frames) == len(hyp.tokens)
+            assert list(hyp.frames) == sorted(hyp.frames)
+            assert all(0 <= frame < length for frame in hyp.frames)

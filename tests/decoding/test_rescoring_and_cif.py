@@ -33,13 +33,13 @@ def test_attention_rescoring_formula(heads, first_pass):
             )
         expected = sorted(
             (
-                (0.7 * float(a) + 0.3 * h.score, h.tokens, h.timestamps)
+                (0.7 * float(a) + 0.3 * h.score, h.tokens, h.frames)
                 for a, h in zip(att, expected_pool)
             ),
             reverse=True,
         )
         assert [h.tokens for h in hyps] == [tokens for _, tokens, _ in expected]
-        assert [h.timestamps for h in hyps] == [frames for _, _, frames in expected]
+        assert [h.frames for h in hyps] == [frames for _, _, frames in expected]
         assert [h.score for h in hyps] == pytest.approx([s for s, _, _ in expected], abs=1e-4)
 
 
@@ -91,4 +91,4 @@ def test_cif_greedy_timestamps_are_the_fire_frames_of_the_kept_tokens():
         out = model.heads["cif"].infer(enc, enc_lens)
     for b, count in enumerate(out.token_lens.tolist()):
         pairs = zip(out.logits[b, :count].argmax(-1).tolist(), out.fire_frames[b].tolist())
-        assert hyps[b][0].timestamps == tuple(f for t, f in pairs if t != 0)
+        assert hyps[b][0].frames == tuple(f for t, f in pairs if t != 0)

@@ -32,7 +32,7 @@ def test_beam_of_one_and_the_unfused_beams_best_equal_greedy_search():
         cfg = SearchConfig(beam_size=beam_size, nbest=beam_size)
         beam = build_searcher("cif_beam", model, cfg)(enc, enc_lens)
         for g, b in zip(greedy, beam):
-            assert b[0].tokens == g[0].tokens and b[0].timestamps == g[0].timestamps
+            assert b[0].tokens == g[0].tokens and b[0].frames == g[0].frames
             assert b[0].score == pytest.approx(g[0].score, abs=1e-4)
             assert len({h.tokens for h in b}) == len(b) == beam_size
 
@@ -74,7 +74,7 @@ def test_wide_beam_nbest_equals_enumeration_of_every_path(lm, weight):
     assert [h.tokens for h in hyps] == ranked
     assert [h.score for h in hyps] == pytest.approx([expected[t] for t in ranked], abs=1e-5)
     for hyp in hyps:  # each token carries the fire frame of a position, in order
-        assert list(hyp.timestamps) == sorted(hyp.timestamps) and len(hyp.timestamps) == len(
+        assert list(hyp.frames) == sorted(hyp.frames) and len(hyp.frames) == len(
             hyp.tokens
         )
 
@@ -92,7 +92,7 @@ def test_lm_flips_a_close_call_and_weight_zero_changes_nothing(lm):
         log_probs, [1, 3]
     )
     assert plain == unfused and plain[0].tokens == (2, 4)
-    assert fused[0].tokens == (2, 3) and fused[0].timestamps == (1, 3)
+    assert fused[0].tokens == (2, 3) and fused[0].frames == (1, 3)
     assert not math.isclose(fused[0].score, plain[0].score)
 
 

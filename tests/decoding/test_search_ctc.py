@@ -81,7 +81,7 @@ def test_greedy_collapses_repeats_and_stamps_the_first_frame_of_each_run():
     model, enc, enc_lens = peaky_model_and_output([[3, 3, blank, 5, 5, 3, blank, blank, 3]])
     hyp = build_searcher("ctc_greedy", model)(enc, enc_lens)[0][0]
     assert hyp.tokens == (3, 5, 3, 3)
-    assert hyp.timestamps == (0, 3, 5, 8)
+    assert hyp.frames == (0, 3, 5, 8)
 
 
 def test_greedy_equals_prefix_beam_of_one_on_peaky_posteriors():
@@ -97,7 +97,7 @@ def test_greedy_equals_prefix_beam_of_one_on_peaky_posteriors():
     greedy = build_searcher("ctc_greedy", model)(enc, enc_lens)
     beam = build_searcher("ctc_prefix_beam", model, SearchConfig(beam_size=1))(enc, enc_lens)
     for g, p in zip(greedy, beam):
-        assert g[0].tokens == p[0].tokens and g[0].timestamps == p[0].timestamps
+        assert g[0].tokens == p[0].tokens and g[0].frames == p[0].frames
         assert g[0].score <= p[0].score + 1e-6  # one path <= all paths of the labelling
 
 

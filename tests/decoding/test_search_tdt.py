@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from search_helpers import assert_timestamps_valid, encoder_output, make_model
+from search_helpers import assert_frames_valid, encoder_output, make_model
 
 from asr.decoding import SearchConfig, build_searcher
 from asr.model import ASRModel
@@ -36,7 +36,7 @@ def test_tdt_with_durations_one_equals_rnnt_greedy_with_one_symbol_per_frame():
     expected = build_searcher("transducer_greedy", rnnt, SearchConfig(max_symbols_per_frame=1))
     got = build_searcher("tdt_greedy", tdt)(enc, enc_lens)
     for e, g in zip(expected(enc, enc_lens), got):
-        assert g[0].tokens == e[0].tokens and g[0].timestamps == e[0].timestamps
+        assert g[0].tokens == e[0].tokens and g[0].frames == e[0].frames
         assert g[0].score == pytest.approx(e[0].score, abs=1e-5)  # log P(duration 1) = 0
     assert sum(len(g[0].tokens) for g in got) > 5
 
@@ -51,8 +51,8 @@ def test_tdt_with_durations_zero_one_equals_rnnt_greedy(max_symbols):
     expected = build_searcher("transducer_greedy", rnnt, cfg)(enc, enc_lens)
     got = build_searcher("tdt_greedy", tdt, cfg)(enc, enc_lens)
     for e, g in zip(expected, got):
-        assert g[0].tokens == e[0].tokens and g[0].timestamps == e[0].timestamps
-    assert any(len(set(g[0].timestamps)) < len(g[0].timestamps) for g in got) == (max_symbols > 1)
+        assert g[0].tokens == e[0].tokens and g[0].frames == e[0].frames
+    assert any(len(set(g[0].frames)) < len(g[0].frames) for g in got) == (max_symbols > 1)
 
 
 @pytest.mark.parametrize("durations", [(0, 1, 2, 3, 4), (1, 2, 4)])
@@ -62,9 +62,9 @@ def test_tdt_greedy_equals_beam_of_one(durations):
     greedy = build_searcher("tdt_greedy", model)(enc, enc_lens)
     beam = build_searcher("tdt_beam", model, SearchConfig(beam_size=1))(enc, enc_lens)
     for g, b in zip(greedy, beam):
-        assert g[0].tokens == b[0].tokens and g[0].timestamps == b[0].timestamps
+        assert g[0].tokens == b[0].tokens and g[0].frames == b[0].frames
         assert g[0].score == pytest.approx(b[0].score, abs=1e-4)
-    assert_timestamps_valid(greedy, enc_lens)
+    assert_frames_valid(greedy, enc_lens)
 
 
 def biased_tdt(duration_bias: list[float]) -> ASRModel:
@@ -84,7 +84,7 @@ def test_frames_are_skipped_by_the_predicted_duration(name, monkeypatch):
     original = joiner.join
     monkeypatch.setattr(joiner, "join", lambda a, b: calls.append(a.shape[0]) or original(a, b))
     hyps = build_searcher(name, model, SearchConfig(beam_size=2, nbest=2))(enc, enc_lens)[0]
-    assert all(frame % 4 == 0 for hyp in hyps for frame in hyp.timestamps)
+    assert all(frame % 4 == 0 for hyp in hyps for frame in hyp.frames)
     assert len(calls) == 5  # frames 0, 4, 8, 12, 16
 
 

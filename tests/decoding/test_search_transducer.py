@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 import torch
-from search_helpers import assert_timestamps_valid, encoder_output, make_model
+from search_helpers import assert_frames_valid, encoder_output, make_model
 
 from asr.decoding import SearchConfig, build_searcher
 from asr.decoding.transducer_common import TransducerScorer
@@ -44,9 +44,9 @@ def test_batched_greedy_equals_per_utterance_greedy(predictor, max_symbols):
     for b, length in enumerate(enc_lens.tolist()):
         ref = reference_greedy(model.heads["transducer"], enc[b], length, max_symbols)
         assert batched[b][0].tokens == ref.tokens
-        assert batched[b][0].timestamps == ref.timestamps
+        assert batched[b][0].frames == ref.frames
         assert batched[b][0].score == pytest.approx(ref.score, abs=1e-4)
-    assert_timestamps_valid(batched, enc_lens)
+    assert_frames_valid(batched, enc_lens)
     assert any(len(h[0].tokens) for h in batched)
 
 
@@ -56,7 +56,7 @@ def test_max_symbols_per_frame_guard(max_symbols):
     enc, enc_lens = encoder_output([12, 9])
     cfg = SearchConfig(max_symbols_per_frame=max_symbols, blank_penalty=4.0)
     for hyps in build_searcher("transducer_greedy", model, cfg)(enc, enc_lens):
-        per_frame = Counter(hyps[0].timestamps)
+        per_frame = Counter(hyps[0].frames)
         assert max(per_frame.values()) == max_symbols  # blank penalty: the guard is reached
 
 
@@ -67,7 +67,7 @@ def test_greedy_one_symbol_per_frame_equals_modified_beam_of_one(predictor):
     greedy = build_searcher("transducer_greedy", model, SearchConfig(max_symbols_per_frame=1))
     beam = build_searcher("transducer_beam", model, SearchConfig(beam_size=1))
     for g, m in zip(greedy(enc, enc_lens), beam(enc, enc_lens)):
-        assert g[0].tokens == m[0].tokens and g[0].timestamps == m[0].timestamps
+        assert g[0].tokens == m[0].tokens and g[0].frames == m[0].frames
         assert g[0].score == pytest.approx(m[0].score, abs=1e-4)
 
 
@@ -80,8 +80,8 @@ def test_modified_beam_keeps_at_most_one_symbol_per_frame_and_distinct_hypothese
     for hyps in nbests:
         assert len(hyps) == 4 and len({h.tokens for h in hyps}) == 4
         for hyp in hyps:
-            assert len(set(hyp.timestamps)) == len(hyp.timestamps)
-    assert_timestamps_valid(nbests, enc_lens)
+            assert len(set(hyp.frames)) == len(hyp.frames)
+    assert_frames_valid(nbests, enc_lens)
 
 
 @pytest.mark.parametrize("predictor", ["stateless", "lstm"])

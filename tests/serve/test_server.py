@@ -176,7 +176,7 @@ def _rss_bytes() -> int:
 def test_memory_returns_to_baseline_after_many_bad_connections(
     server, speech, reference_texts, wait_until
 ):
-    from asr.streaming.recognizer import Stream
+    from asr.runtime.streaming import Stream
 
     good, reference = speech[3], reference_texts[3]
     rounds = list(BAD_INPUTS.values())

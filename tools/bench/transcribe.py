@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     from asr.audio import decode_audio
-    from asr.inference import load_model
+    from asr.runtime.offline import load_model
 
     with tempfile.TemporaryDirectory(prefix="bench_transcribe_") as tmp:
         work = Path(tmp)

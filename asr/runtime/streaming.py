@@ -12,9 +12,9 @@ A stream is *ready* when it holds the feature frames of its next full chunk
 ended and frames (or the final result) are left. Feeding exactly one chunk per step keeps
 streaming equal to the offline forward under the same chunk mask.
 
-Endpointing (:mod:`asr.streaming.endpoint`): after ``decode``, a caller checks
+Endpointing (:mod:`asr.runtime.endpoint`): after ``decode``, a caller checks
 :meth:`~StreamingRecognizer.is_endpoint`; on an endpoint it reads :meth:`~StreamingRecognizer.result`
-(``is_final`` True) and calls :meth:`~StreamingRecognizer.reset`, which starts a new segment
+(an :class:`asr.results.Segment` with ``is_final`` True) and calls :meth:`~StreamingRecognizer.reset`, which starts a new segment
 (a fresh search state; the encoder keeps its context).
 
 Example:
@@ -31,65 +31,31 @@ Shape legend: B streams in a batch, T feature frames, F mel bins, T' encoder fra
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
-from asr.audio import StreamingResampler
+from asr.audio import DecodedAudio, StreamingResampler, as_waveform
 from asr.features.online import OnlineFbank
+from asr.results import Segment, TranscriptionResult
+from asr.runtime.bundle import Runtime
+from asr.runtime.endpoint import EndpointConfig, detect_endpoint
 from asr.state import stack_states, unstack_states
-from asr.streaming.endpoint import EndpointConfig, detect_endpoint
 from asr.types import Hypothesis
 
-if TYPE_CHECKING:  # pragma: no cover
-    from asr.audio import DecodedAudio
-    from asr.inference import Transcriber, TranscriptionResult
-
-__all__ = ["Stream", "StreamResult", "StreamingRecognizer", "transcribe_streaming"]
+__all__ = ["Stream", "StreamingRecognizer", "transcribe_streaming"]
 
 logger = logging.getLogger(__name__)
 
 _EMPTY = Hypothesis(tokens=())
-
-
-@dataclass(frozen=True)
-class StreamResult:
-    """The current (partial or final) result of a stream's segment.
-
-    Attributes:
-        text: segment text.
-        tokens: token pieces.
-        token_ids: token ids.
-        timestamps: token times in seconds from the start of the stream.
-        segment: segment index (0, 1, ... as endpoints start new segments).
-        is_final: the segment is over (endpoint, or the stream's input is fully decoded).
-        start_time: segment start in seconds from the start of the stream.
-    """
-
-    text: str
-    tokens: tuple[str, ...]
-    token_ids: tuple[int, ...]
-    timestamps: tuple[float, ...]
-    segment: int
-    is_final: bool
-    start_time: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        """The sherpa-onnx compatible message ``{"text", "tokens", "timestamps", "segment",
-        "is_final"}``."""
-        return {
-            "text": self.text,
-            "tokens": list(self.tokens),
-            "timestamps": [round(t, 3) for t in self.timestamps],
-            "segment": self.segment,
-            "is_final": self.is_final,
-        }
 
 
 @dataclass(eq=False)
@@ -122,7 +88,7 @@ class Stream:
     frames_decoded: int = 0
     input_done: bool = False
     done: bool = False
-    finished_segments: list[StreamResult] = field(default_factory=list)
+    finished_segments: list[Segment] = field(default_factory=list)
     resampler: StreamingResampler | None = None
 
     @property
@@ -135,9 +101,10 @@ class StreamingRecognizer:
     """Batched chunk-by-chunk recognition over many streams.
 
     Args:
-        transcriber: a loaded model (:func:`asr.load_model`); its encoder must stream
+        runtime: the model bundle (:class:`asr.runtime.bundle.Runtime`); its encoder must stream
             (causal, ``chunk_size > 0``, ``left_chunks >= 0``).
-        searcher: streaming searcher name (``ctc_greedy``, ``transducer_greedy``, ``tdt_greedy``).
+        searcher: streaming searcher name (default: the runtime's; ``ctc_greedy``,
+            ``transducer_greedy``, ``tdt_greedy``).
         endpoint: endpoint rules.
         chunk_size: encoder frames per chunk (default: the encoder config's).
         left_chunks: chunks of left context (default: the encoder config's).
@@ -145,34 +112,32 @@ class StreamingRecognizer:
 
     def __init__(
         self,
-        transcriber: Transcriber,
+        runtime: Runtime,
         searcher: str | None = None,
         endpoint: EndpointConfig | None = None,
         chunk_size: int | None = None,
         left_chunks: int | None = None,
     ) -> None:
-        from asr.decoding import build_streaming_searcher
-
-        self.transcriber = transcriber
-        self.model = transcriber.model
-        self.encoder = self.model.encoder
-        self.tokenizer = transcriber.tokenizer
-        self.device = transcriber.device
-        self.fbank_config = transcriber.fbank_config
-        self.sample_rate = transcriber.sample_rate
-        self.frame_seconds = transcriber.frame_seconds
+        self.runtime = runtime
+        self.encoder = runtime.model.encoder
         self.endpoint = endpoint or EndpointConfig()
-        enc_cfg = transcriber.package.config.encoder
-        self.chunk_size = enc_cfg.chunk_size if chunk_size is None else chunk_size
-        self.left_chunks = enc_cfg.left_chunks if left_chunks is None else left_chunks
-        self.searcher_name = searcher or transcriber.searcher_name
-        self.searcher = build_streaming_searcher(
-            self.searcher_name, self.model, transcriber.search_config, tokenizer=self.tokenizer
-        )
-        self._extractor = transcriber._extractor
+        self.chunk_size = runtime.chunk_size if chunk_size is None else chunk_size
+        self.left_chunks = runtime.left_chunks if left_chunks is None else left_chunks
+        self.searcher_name = searcher or runtime.searcher
+        self.searcher = runtime.build_streaming_searcher(self.searcher_name)
         self._ids = itertools.count()
-        self.encoder.init_state(1, self.device, left_chunks=self.left_chunks,
+        self.encoder.init_state(1, runtime.device, left_chunks=self.left_chunks,
                                 chunk_size=self.chunk_size)  # fails early if not streamable
+
+    @property
+    def sample_rate(self) -> int:
+        """Rate (Hz) the model's features expect."""
+        return self.runtime.sample_rate
+
+    @property
+    def frame_seconds(self) -> float:
+        """Duration of one encoder frame."""
+        return self.runtime.frame_seconds
 
     # ------------------------------------------------------------------------- streams
 
@@ -180,31 +145,27 @@ class StreamingRecognizer:
         """A fresh stream at segment 0."""
         return Stream(
             id=next(self._ids),
-            fbank=OnlineFbank(self.fbank_config, self._extractor),
-            feats=torch.zeros(0, self.fbank_config.num_mel_bins),
+            fbank=OnlineFbank(self.runtime.fbank, self.runtime.extractor),
+            feats=torch.zeros(0, self.runtime.fbank.num_mel_bins),
             encoder_state=self.encoder.init_state(
-                1, self.device, left_chunks=self.left_chunks, chunk_size=self.chunk_size
+                1, self.runtime.device, left_chunks=self.left_chunks, chunk_size=self.chunk_size
             ),
-            search_state=self.searcher.init_state(1, self.device),
+            search_state=self.searcher.init_state(1, self.runtime.device),
         )
 
     def accept_waveform(
         self, stream: Stream, samples: np.ndarray | Tensor, sample_rate: int
     ) -> None:
-        """Appends (N,) float samples in [-1, 1] at ``sample_rate`` Hz (resampled if needed).
+        """Appends samples at ``sample_rate`` Hz (resampled if needed): (N,) or (N, C), float in
+        [-1, 1] or integer PCM (:func:`asr.audio.as_waveform`).
 
         Raises:
-            ValueError: after :meth:`input_finished`, for non-finite samples, or when the rate
-                changes within a stream.
+            ValueError: after :meth:`input_finished`, for samples that are not audio
+                (:class:`asr.audio.AudioError`), or when the rate changes within a stream.
         """
         if stream.input_done:
             raise ValueError(f"stream {stream.id}: accept_waveform after input_finished")
-        wave = np.asarray(
-            samples.detach().cpu().numpy() if isinstance(samples, Tensor) else samples,
-            dtype=np.float32,
-        ).reshape(-1)
-        if not np.isfinite(wave).all():
-            raise ValueError(f"stream {stream.id}: samples contain NaN or infinite values")
+        wave = as_waveform(samples, f"stream {stream.id}", allow_empty=True)
         if sample_rate != self.sample_rate:
             if stream.resampler is None:
                 stream.resampler = StreamingResampler(sample_rate, self.sample_rate)
@@ -266,10 +227,11 @@ class StreamingRecognizer:
                 stream.done = True
 
     def _step(self, batch: Sequence[tuple[Stream, int]]) -> None:
+        device = self.runtime.device
         feats = torch.nn.utils.rnn.pad_sequence(
             [s.feats[:n] for s, n in batch], batch_first=True
-        ).to(self.device)
-        feat_lens = torch.tensor([n for _, n in batch], device=self.device)
+        ).to(device)
+        feat_lens = torch.tensor([n for _, n in batch], device=device)
         enc_state = stack_states([s.encoder_state for s, _ in batch])
         enc, enc_lens, enc_state = self.encoder.forward_chunk(feats, feat_lens, enc_state)
         search_state = stack_states([s.search_state for s, _ in batch])
@@ -291,7 +253,7 @@ class StreamingRecognizer:
         if stream.done:
             return False
         hyp = stream.hypothesis
-        last = int(hyp.timestamps[-1]) if hyp.tokens and hyp.timestamps else None
+        last = int(hyp.frames[-1]) if hyp.tokens and hyp.frames else None
         if hyp.tokens and last is None:
             last = stream.frames_decoded - stream.segment_start_frame - 1
         return detect_endpoint(
@@ -299,33 +261,20 @@ class StreamingRecognizer:
             self.frame_seconds,
         )
 
-    def result(self, stream: Stream) -> StreamResult:
-        """Current result of the stream's segment."""
-        hyp = stream.hypothesis
-        ids = tuple(int(t) for t in hyp.tokens)
-        frames = hyp.timestamps or (0,) * len(ids)
-        return StreamResult(
-            text=self.tokenizer.decode(ids),
-            tokens=tuple(self.tokenizer.id_to_piece(t) for t in ids),
-            token_ids=ids,
-            timestamps=tuple(
-                (stream.segment_start_frame + int(f)) * self.frame_seconds for f in frames
-            ),
-            segment=stream.segment,
-            is_final=stream.done or self.is_endpoint(stream),
-            start_time=stream.segment_start_frame * self.frame_seconds,
+    def result(self, stream: Stream) -> Segment:
+        """The stream's current segment (``is_final`` once it has ended), times in seconds."""
+        return self.runtime.results.hypothesis_segment(
+            stream.hypothesis, stream.segment_start_frame, stream.segment,
+            stream.done or self.is_endpoint(stream),
         )
 
     def reset(self, stream: Stream) -> None:
         """Ends the current segment (kept in ``stream.finished_segments``) and starts the next."""
         final = self.result(stream)
-        stream.finished_segments.append(
-            StreamResult(final.text, final.tokens, final.token_ids, final.timestamps,
-                         final.segment, True, final.start_time)
-        )
+        stream.finished_segments.append(dataclasses.replace(final, is_final=True))
         stream.segment += 1
         stream.segment_start_frame = stream.frames_decoded
-        stream.search_state = self.searcher.init_state(1, self.device)
+        stream.search_state = self.searcher.init_state(1, self.runtime.device)
         stream.hypothesis = _EMPTY
 
 
@@ -341,10 +290,6 @@ def transcribe_streaming(
     Audio is fed ``feed_seconds`` at a time to streams that need frames; endpoints split the
     transcript into segments.
     """
-    from tqdm import tqdm
-
-    from asr.inference import Segment, TranscriptionResult, words_from_tokens
-
     rate = recognizer.sample_rate
     step = max(1, int(feed_seconds * rate))
     queue = list(range(len(audios)))
@@ -370,31 +315,11 @@ def transcribe_streaming(
                 recognizer.reset(stream)
             if stream.done:
                 segments = [*stream.finished_segments, recognizer.result(stream)]
-                results[index] = _merge_segments(
-                    recognizer, audios[index], segments, Segment, TranscriptionResult,
-                    words_from_tokens,
+                audio = audios[index]
+                results[index] = recognizer.runtime.results.transcript(
+                    audio.source, audio.duration, segments
                 )
                 del active[index]
                 bar.update(1)
     bar.close()
     return [r for r in results if r is not None]
-
-
-def _merge_segments(recognizer, audio, segments, segment_cls, result_cls, words_fn):
-    ids, pieces, times, words, parts = [], [], [], [], []
-    for seg in segments:
-        if not seg.text:
-            continue
-        seg_words = words_fn(seg.tokens, seg.timestamps, recognizer.frame_seconds)
-        end = seg_words[-1].end if seg_words else seg.start_time
-        parts.append(segment_cls(seg.text, seg_words[0].start if seg_words else seg.start_time,
-                                 end, tuple(seg_words)))
-        ids.extend(seg.token_ids)
-        pieces.extend(seg.tokens)
-        times.extend(seg.timestamps)
-        words.extend(seg_words)
-    return result_cls(
-        source=audio.source, text=" ".join(p.text for p in parts), tokens=tuple(pieces),
-        token_ids=tuple(ids), timestamps=tuple(times), words=tuple(words),
-        duration=audio.duration, segments=tuple(parts),
-    )

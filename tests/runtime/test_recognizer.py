@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from asr.audio import load_audio, resample
-from asr.inference import load_model
-from asr.streaming.endpoint import EndpointConfig, EndpointRule, detect_endpoint
+from asr.runtime.endpoint import EndpointConfig, EndpointRule, detect_endpoint
+from asr.runtime.offline import load_model
 from asr.testing.tiny import espeak_available
 
 needs_espeak = pytest.mark.skipif(not espeak_available(), reason="needs espeak-ng")
@@ -177,9 +177,9 @@ def test_endpoint_on_silence_only(tiny):
     when = _feed_until_endpoint(recognizer, stream, np.zeros(16000 * 4, np.float32))
     assert when == pytest.approx(2.4, abs=recognizer.chunk_size * recognizer.frame_seconds)
     result = recognizer.result(stream)
-    assert result.is_final and result.text == "" and result.segment == 0
+    assert result.is_final and result.text == "" and result.index == 0
     recognizer.reset(stream)
-    assert recognizer.result(stream).segment == 1
+    assert recognizer.result(stream).index == 1
     assert not recognizer.is_endpoint(stream)
 
 
@@ -203,9 +203,9 @@ def test_endpoint_after_speech_then_new_segment(tiny):
     while recognizer.is_ready(stream):
         recognizer.decode([stream])
     second = recognizer.result(stream)
-    assert (second.segment, second.is_final, second.text) == (1, True, tiny.texts[1])
-    assert second.start_time == pytest.approx(when, abs=0.2)
-    assert min(second.timestamps) >= second.start_time
+    assert (second.index, second.is_final, second.text) == (1, True, tiny.texts[1])
+    assert second.start >= when - 0.2
+    assert min(second.timestamps) == second.start
     assert stream.finished_segments[0].text == tiny.texts[0]
 
 
@@ -217,3 +217,17 @@ def test_max_utterance_length_rule(tiny):
     stream = recognizer.new_stream()
     when = _feed_until_endpoint(recognizer, stream, _speech(tiny)[3])
     assert when == pytest.approx(0.8, abs=recognizer.chunk_size * recognizer.frame_seconds)
+
+
+@needs_espeak
+def test_int16_pcm_gives_the_float_result_offline_and_streaming(tiny):
+    """Microphone / soundfile int16 samples are scaled, not taken as huge floats."""
+    model = load_model(tiny.package_dir)
+    wave = _speech(tiny)[0]
+    pcm = np.round(wave * 32767).astype(np.int16)
+    as_float = pcm.astype(np.float32) / 32768
+    [offline_float, offline_pcm] = model.transcribe([as_float, pcm], sample_rate=16000)
+    assert offline_pcm.text == offline_float.text == tiny.texts[0]
+    assert offline_pcm.token_ids == offline_float.token_ids
+    recognizer = model.streaming_recognizer(endpoint=EndpointConfig(enabled=False))
+    _same(_decode_alone(recognizer, pcm, 1600), _decode_alone(recognizer, as_float, 1600))

@@ -1,0 +1,262 @@
+"""What recognition returns, offline and streaming: one family of result types and one builder.
+
+* :class:`Word`: a word with start / end in seconds.
+* :class:`Segment`: a stretch of an input with its text, token pieces, ids, token times and words.
+  Offline decoding makes one segment per input; a streaming recognizer makes one per endpoint,
+  and reports the current one (``is_final`` False) while it grows.
+* :class:`TranscriptionResult`: the transcript of one whole input, the concatenation of its
+  segments; :class:`FailedInput` stands in for an input that could not be read.
+
+Times: a searcher's :attr:`asr.types.Hypothesis.frames` are encoder frame indices; every time in
+these results is in **seconds** from the start of the input (``timestamps`` is the per-token
+list, as in sherpa-onnx). :class:`ResultBuilder` is the one place that turns token ids and frames
+into these values.
+
+Shape legend: U tokens of a segment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from asr.tokenizers.base import WORD_START
+from asr.types import Hypothesis
+
+__all__ = [
+    "Detokenizer",
+    "FailedInput",
+    "ResultBuilder",
+    "Segment",
+    "TranscriptionResult",
+    "Word",
+    "words_from_tokens",
+]
+
+
+class Detokenizer(Protocol):
+    """What results need from a tokenizer (every :class:`asr.tokenizers.base.Tokenizer` is one)."""
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    def id_to_piece(self, token_id: int) -> str: ...
+
+
+@dataclass(frozen=True)
+class Word:
+    """One recognized word.
+
+    Attributes:
+        text: the word.
+        start: start time in seconds (time of its first token).
+        end: end time in seconds (time of its last token plus one encoder frame).
+    """
+
+    text: str
+    start: float
+    end: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"word": self.text, "start": round(self.start, 3), "end": round(self.end, 3)}
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of an input: ended by an endpoint (streaming) or by the input's end.
+
+    Attributes:
+        text: text of the segment.
+        start: time of its first word in seconds (where the segment began when it has none).
+        end: end of its last word in seconds (``start`` when it has none).
+        tokens: (U,) token pieces (e.g. ``▁HE``), blank excluded.
+        token_ids: (U,) their ids.
+        timestamps: (U,) time of each token in seconds from the start of the input.
+        words: its words.
+        index: 0, 1, ... in the order of the input's segments.
+        is_final: the segment is over (streaming partial results are not).
+    """
+
+    text: str
+    start: float
+    end: float
+    tokens: tuple[str, ...] = ()
+    token_ids: tuple[int, ...] = ()
+    timestamps: tuple[float, ...] = ()
+    words: tuple[Word, ...] = ()
+    index: int = 0
+    is_final: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        """The sherpa-onnx compatible streaming message ``{"text", "tokens", "timestamps",
+        "segment", "is_final"}``, plus this segment's ``"words"``."""
+        return {
+            "text": self.text,
+            "tokens": list(self.tokens),
+            "timestamps": [round(t, 3) for t in self.timestamps],
+            "segment": self.index,
+            "is_final": self.is_final,
+            "words": [w.to_dict() for w in self.words],
+        }
+
+
+@dataclass(frozen=True)
+class TranscriptionResult:
+    """The transcript of one input.
+
+    Attributes:
+        source: file name, ``<stdin>`` or ``<array N>``.
+        text: the transcript (the segments' texts joined by spaces).
+        tokens: token pieces (e.g. ``▁HE``), blank excluded.
+        token_ids: their ids.
+        timestamps: time of each token in seconds from the start of the input.
+        words: words with start/end times.
+        duration: input length in seconds.
+        segments: the non-empty segments (one offline; one per endpoint when streaming).
+    """
+
+    source: str
+    text: str
+    tokens: tuple[str, ...]
+    token_ids: tuple[int, ...]
+    timestamps: tuple[float, ...]
+    words: tuple[Word, ...]
+    duration: float
+    segments: tuple[Segment, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON output."""
+        return {
+            "source": self.source,
+            "text": self.text,
+            "duration": round(self.duration, 3),
+            "tokens": list(self.tokens),
+            "token_ids": list(self.token_ids),
+            "timestamps": [round(t, 3) for t in self.timestamps],
+            "words": [w.to_dict() for w in self.words],
+            "segments": [{"text": s.text, "start": round(s.start, 3), "end": round(s.end, 3)}
+                         for s in self.segments],
+        }
+
+
+@dataclass(frozen=True)
+class FailedInput:
+    """An input that could not be transcribed.
+
+    Attributes:
+        source: the input's name.
+        error: what went wrong (names the input).
+    """
+
+    source: str
+    error: str
+
+
+def words_from_tokens(
+    pieces: Sequence[str], times: Sequence[float], frame_seconds: float
+) -> list[Word]:
+    """Groups tokens into words: a piece starting with ``▁`` (or a bare ``▁``) starts a word.
+
+    Args:
+        pieces: token pieces in order.
+        times: time of each token in seconds.
+        frame_seconds: duration of one encoder frame (a word ends one frame after its last token).
+    """
+    words: list[Word] = []
+    text, start, end, new_word = "", 0.0, 0.0, True
+    for piece, time in zip(pieces, times):
+        if piece.startswith(WORD_START):
+            new_word = True
+            piece = piece[len(WORD_START):]
+            if not piece:
+                continue
+        if new_word and text:
+            words.append(Word(text, start, end))
+            text = ""
+        if not text:
+            start = time
+        new_word = False
+        text += piece
+        end = time + frame_seconds
+    if text:
+        words.append(Word(text, start, end))
+    return words
+
+
+class ResultBuilder:
+    """Makes segments and transcripts from token ids and times (the one place that does).
+
+    Args:
+        tokenizer: ids -> text and pieces.
+        frame_seconds: duration of one encoder frame (feature frame shift x the encoder's
+            subsampling factor).
+    """
+
+    def __init__(self, tokenizer: Detokenizer, frame_seconds: float) -> None:
+        if frame_seconds <= 0:
+            raise ValueError(f"frame_seconds must be > 0, got {frame_seconds}")
+        self.tokenizer = tokenizer
+        self.frame_seconds = float(frame_seconds)
+
+    def seconds(self, frames: Iterable[int], offset_frames: int = 0) -> list[float]:
+        """Encoder frame indices (relative to ``offset_frames``) -> seconds."""
+        return [(offset_frames + int(f)) * self.frame_seconds for f in frames]
+
+    def segment(
+        self,
+        token_ids: Sequence[int],
+        timestamps: Sequence[float],
+        start: float = 0.0,
+        index: int = 0,
+        is_final: bool = True,
+    ) -> Segment:
+        """A segment of ``token_ids`` whose tokens fall at ``timestamps`` (seconds).
+
+        Args:
+            token_ids: (U,) ids, blank excluded.
+            timestamps: (U,) seconds from the start of the input.
+            start: where the segment began, its start when it has no words.
+            index: the segment's place in its input.
+            is_final: whether the segment is over.
+        """
+        ids = tuple(int(t) for t in token_ids)
+        if len(timestamps) != len(ids):
+            raise ValueError(f"{len(ids)} tokens but {len(timestamps)} timestamps")
+        pieces = tuple(self.tokenizer.id_to_piece(t) for t in ids)
+        times = tuple(float(t) for t in timestamps)
+        words = tuple(words_from_tokens(pieces, times, self.frame_seconds))
+        return Segment(
+            text=self.tokenizer.decode(ids),
+            start=words[0].start if words else start,
+            end=words[-1].end if words else start,
+            tokens=pieces, token_ids=ids, timestamps=times, words=words, index=index,
+            is_final=is_final,
+        )  # fmt: skip
+
+    def hypothesis_segment(
+        self, hyp: Hypothesis, offset_frames: int = 0, index: int = 0, is_final: bool = True
+    ) -> Segment:
+        """The segment of a searcher's hypothesis whose frames count from ``offset_frames``.
+
+        A searcher without alignment (empty ``hyp.frames``) puts every token at the offset.
+        """
+        frames = hyp.frames or (0,) * len(hyp.tokens)
+        start = offset_frames * self.frame_seconds
+        return self.segment(hyp.tokens, self.seconds(frames, offset_frames), start, index,
+                            is_final)
+
+    def transcript(
+        self, source: str, duration: float, segments: Iterable[Segment]
+    ) -> TranscriptionResult:
+        """The result of a whole input: its non-empty segments, concatenated."""
+        kept = tuple(s for s in segments if s.text)
+        return TranscriptionResult(
+            source=source,
+            text=" ".join(s.text for s in kept),
+            tokens=tuple(p for s in kept for p in s.tokens),
+            token_ids=tuple(t for s in kept for t in s.token_ids),
+            timestamps=tuple(t for s in kept for t in s.timestamps),
+            words=tuple(w for s in kept for w in s.words),
+            duration=duration,
+            segments=kept,
+        )

@@ -1,0 +1,285 @@
+"""The Python API: ``asr.load_model(package_dir).transcribe(paths_or_arrays)``.
+
+:class:`Transcriber` decodes with a :class:`asr.runtime.bundle.Runtime` (model, tokenizer,
+features, searcher) and transcribes files, encoded bytes or waveforms into
+:class:`asr.results.TranscriptionResult` values (text, tokens, token times in seconds, words with
+start/end).
+
+Offline decoding batches many inputs: every input is cut into windows, windows of similar length
+are batched (sorted by length), encoded once and searched once per batch.
+
+Long inputs: windows of ``window_seconds`` overlapping by ``overlap_seconds``; window ``k``
+starts at ``k * (window_seconds - overlap_seconds)`` (the last one may be shorter). **Merge rule**: the middle of each overlap
+is the cut between neighbouring windows; each window keeps only the tokens whose time falls in
+its own span (from the previous cut to the next cut), so every instant is decided by the window
+that sees it with the most context on both sides, and no token is counted twice. A word that
+straddles a cut keeps the tokens each side decided.
+
+Streaming (``streaming=True``) runs the inputs through
+:class:`asr.runtime.streaming.StreamingRecognizer` (all inputs as concurrent streams, batched),
+which needs no windows.
+
+Example:
+    >>> model = asr.load_model("pkg/conformer_ctc")
+    >>> [result] = model.transcribe(["speech.flac"])
+    >>> result.text, [(w.text, w.start, w.end) for w in result.words]
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from asr.audio import AudioError, DecodedAudio, as_waveform, decode_audio, resample
+from asr.decoding import SearchConfig, Searcher
+from asr.features.fbank import compute_fbank
+from asr.package import load_package
+from asr.results import FailedInput, TranscriptionResult
+from asr.runtime.bundle import Runtime
+from asr.runtime.endpoint import EndpointConfig
+from asr.runtime.streaming import StreamingRecognizer, transcribe_streaming
+
+__all__ = ["AudioInput", "Transcriber", "Window", "load_model", "plan_windows"]
+
+logger = logging.getLogger(__name__)
+
+#: What :meth:`Transcriber.transcribe` takes: a path (``"-"`` = stdin), encoded bytes, or samples.
+AudioInput = str | Path | bytes | np.ndarray | Tensor
+
+
+@dataclass(frozen=True)
+class Window:
+    """One decoding window of an input (samples at the model rate).
+
+    Attributes:
+        index: which input.
+        start, end: sample span decoded.
+        keep_from, keep_to: seconds span whose tokens this window owns (merge rule).
+    """
+
+    index: int
+    start: int
+    end: int
+    keep_from: float
+    keep_to: float
+
+
+def plan_windows(
+    index: int, num_samples: int, sample_rate: int, window_seconds: float, overlap_seconds: float
+) -> list[Window]:
+    """Overlapping windows covering ``num_samples`` samples and the span each one owns.
+
+    Raises:
+        ValueError: unless ``0 <= overlap_seconds < window_seconds``.
+    """
+    if not 0 <= overlap_seconds < window_seconds:
+        raise ValueError(
+            f"need 0 <= overlap ({overlap_seconds}) < window ({window_seconds}) seconds"
+        )
+    length = int(round(window_seconds * sample_rate))
+    step = length - int(round(overlap_seconds * sample_rate))
+    if num_samples <= length:
+        return [Window(index, 0, num_samples, -math.inf, math.inf)]
+    # every window starts ``step`` after the previous one; the last may be shorter.
+    starts = [0]
+    while starts[-1] + length < num_samples:
+        starts.append(starts[-1] + step)
+    spans = [(s, min(s + length, num_samples)) for s in starts]
+    cuts = [(spans[k + 1][0] + spans[k][1]) / 2 / sample_rate for k in range(len(spans) - 1)]
+    bounds = [-math.inf, *cuts, math.inf]
+    return [Window(index, s, e, bounds[k], bounds[k + 1]) for k, (s, e) in enumerate(spans)]
+
+
+class Transcriber:
+    """Offline transcription with a runtime bundle (what :func:`load_model` returns).
+
+    Args:
+        runtime: the model, tokenizer, features and default searcher.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._searchers: dict[str, Searcher] = {}
+
+    @property
+    def sample_rate(self) -> int:
+        """Rate (Hz) the model's features expect."""
+        return self.runtime.sample_rate
+
+    def searcher(self, name: str | None = None) -> Searcher:
+        """The offline searcher ``name`` (default: the runtime's; cached)."""
+        name = name or self.runtime.searcher
+        if name not in self._searchers:
+            self._searchers[name] = self.runtime.build_searcher(name)
+        return self._searchers[name]
+
+    def streaming_recognizer(
+        self,
+        searcher: str | None = None,
+        endpoint: EndpointConfig | None = None,
+        chunk_size: int | None = None,
+        left_chunks: int | None = None,
+    ) -> StreamingRecognizer:
+        """A :class:`asr.runtime.streaming.StreamingRecognizer` on the same runtime."""
+        return StreamingRecognizer(self.runtime, searcher, endpoint, chunk_size, left_chunks)
+
+    # ------------------------------------------------------------------------- input
+
+    def load(self, item: AudioInput, sample_rate: int | None = None, index: int = 0) -> DecodedAudio:
+        """Decodes one input to mono at :attr:`sample_rate`.
+
+        Arrays are (N,) or (N, C) samples at ``sample_rate`` (default: the model rate), float in
+        [-1, 1] or integer PCM (:func:`asr.audio.as_waveform`).
+        """
+        if isinstance(item, (np.ndarray, Tensor)):
+            name = f"<array {index}>"
+            mono = as_waveform(item, name)
+            rate = int(sample_rate or self.sample_rate)
+            if rate != self.sample_rate:
+                mono = resample(mono, rate, self.sample_rate)
+            return DecodedAudio(mono, self.sample_rate, name, 1, rate)
+        if isinstance(item, (str, Path, bytes, bytearray)):
+            return decode_audio(item, self.sample_rate)
+        raise AudioError(f"input {index}: unsupported type {type(item).__name__}")
+
+    # ------------------------------------------------------------------------- API
+
+    def transcribe(
+        self,
+        inputs: AudioInput | Sequence[AudioInput],
+        sample_rate: int | None = None,
+        searcher: str | None = None,
+        batch_size: int = 8,
+        streaming: bool = False,
+        window_seconds: float = 30.0,
+        overlap_seconds: float = 2.0,
+        progress: bool = False,
+        on_error: Literal["raise", "return"] = "raise",
+    ) -> list[TranscriptionResult | FailedInput]:
+        """Transcribes files, encoded bytes or waveforms.
+
+        Args:
+            inputs: one input or a list: paths (``"-"`` = stdin), encoded bytes, or (N,) /
+                (N, C) arrays at ``sample_rate`` (float in [-1, 1], or integer PCM).
+            sample_rate: rate of array inputs (default: the model rate); files carry their own.
+            searcher: searcher name (default: the runtime's).
+            batch_size: windows (offline) or streams (streaming) decoded together.
+            streaming: decode chunk by chunk with the streaming recognizer.
+            window_seconds, overlap_seconds: long-input windows (offline), see the module doc.
+            progress: show a tqdm progress bar.
+            on_error: ``raise`` the first :class:`AudioError`, or ``return`` a
+                :class:`asr.results.FailedInput` in that input's place.
+
+        Returns:
+            One :class:`asr.results.TranscriptionResult` (or ``FailedInput``) per input, in order.
+        """
+        single = not isinstance(inputs, (list, tuple))
+        items = [inputs] if single else list(inputs)
+        audios: list[DecodedAudio | FailedInput] = []
+        for index, item in enumerate(items):
+            try:
+                audios.append(self.load(item, sample_rate, index))
+            except AudioError as err:
+                if on_error == "raise":
+                    raise
+                logger.debug("skipping input %d: %s", index, err)
+                audios.append(FailedInput(_name_of(item, index), str(err)))
+        good = [a for a in audios if isinstance(a, DecodedAudio)]
+        if streaming:
+            decoded = transcribe_streaming(
+                self.streaming_recognizer(searcher), good, batch_size, progress
+            )
+        else:
+            decoded = self._transcribe_offline(
+                good, searcher, batch_size, window_seconds, overlap_seconds, progress
+            )
+        results = iter(decoded)
+        return [a if isinstance(a, FailedInput) else next(results) for a in audios]
+
+    # ------------------------------------------------------------------------- offline
+
+    @torch.no_grad()
+    def _transcribe_offline(
+        self,
+        audios: Sequence[DecodedAudio],
+        searcher: str | None,
+        batch_size: int,
+        window_seconds: float,
+        overlap_seconds: float,
+        progress: bool,
+    ) -> list[TranscriptionResult]:
+        rate = self.sample_rate
+        results = self.runtime.results
+        windows = [
+            w for i, a in enumerate(audios)
+            for w in plan_windows(i, a.samples.shape[0], rate, window_seconds, overlap_seconds)
+        ]
+        windows.sort(key=lambda w: w.end - w.start, reverse=True)
+        kept: list[list[tuple[int, float]]] = [[] for _ in audios]
+        search = self.searcher(searcher)
+        bar = tqdm(total=sum(a.duration for a in audios), unit="s", unit_scale=True,
+                   desc="transcribe", disable=not progress, leave=False)
+        for begin in range(0, len(windows), max(1, batch_size)):
+            batch = windows[begin: begin + max(1, batch_size)]
+            hyps = self._decode_windows([audios[w.index].samples[w.start: w.end] for w in batch],
+                                        search)
+            for window, hyp in zip(batch, hyps):
+                offset = window.start / rate
+                frames = hyp.frames or (0,) * len(hyp.tokens)
+                for token, time in zip(hyp.tokens, results.seconds(frames)):
+                    if window.keep_from <= offset + time < window.keep_to:
+                        kept[window.index].append((int(token), offset + time))
+                bar.update((window.end - window.start) / rate)
+        bar.close()
+        transcripts = []
+        for audio, tokens in zip(audios, kept):
+            tokens.sort(key=lambda pair: pair[1])
+            segment = results.segment([t for t, _ in tokens], [s for _, s in tokens])
+            transcripts.append(results.transcript(audio.source, audio.duration, [segment]))
+        return transcripts
+
+    def _decode_windows(self, waves: Sequence[np.ndarray], search: Searcher) -> list:
+        runtime = self.runtime
+        feats = [compute_fbank(w, self.sample_rate, runtime.fbank, runtime.extractor)
+                 for w in waves]
+        feat_lens = torch.tensor([f.shape[0] for f in feats], device=runtime.device)
+        padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(runtime.device)
+        enc, enc_lens = runtime.model.encode(padded, feat_lens)
+        return [nbest[0] for nbest in search(enc, enc_lens)]
+
+
+def _name_of(item: object, index: int) -> str:
+    if isinstance(item, (str, Path)):
+        return "<stdin>" if str(item) == "-" else str(item)
+    if isinstance(item, (bytes, bytearray)):
+        return "<stdin>"
+    return f"<input {index}>"
+
+
+def load_model(
+    directory: str | Path,
+    device: torch.device | str = "cpu",
+    searcher: str | None = None,
+    search: SearchConfig | None = None,
+) -> Transcriber:
+    """Loads a model package (see :mod:`asr.package`) for transcription.
+
+    Args:
+        directory: package directory written by ``asr export-package``.
+        device: ``cpu``, ``cuda``, ...
+        searcher: default searcher name (default: the package's).
+        search: search options (default: the package config's ``search`` section).
+
+    Raises:
+        asr.package.PackageError: naming the missing / corrupt file.
+    """
+    return Transcriber(Runtime.from_package(load_package(directory), device, searcher, search))

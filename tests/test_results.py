@@ -1,0 +1,105 @@
+"""The result family and its one builder: pieces, words, seconds from frames, segments merged
+into transcripts; and the one rule for sample arrays (float as is, integer PCM scaled)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from asr.audio import AudioError, as_waveform
+from asr.results import ResultBuilder, Segment, Word, words_from_tokens
+from asr.types import Hypothesis
+
+
+class _Pieces:
+    """A detokenizer over a fixed piece table (``▁`` starts a word)."""
+
+    table = {3: "\u2581HE", 4: "LLO", 5: "\u2581WOR", 6: "LD", 7: "\u2581"}
+
+    def id_to_piece(self, token_id: int) -> str:
+        return self.table[token_id]
+
+    def decode(self, ids) -> str:
+        return "".join(self.table[i] for i in ids).replace("\u2581", " ").strip()
+
+
+def test_words_group_pieces_and_end_one_frame_after_their_last_token():
+    words = words_from_tokens(["\u2581HE", "LLO", "\u2581", "\u2581WOR", "LD"],
+                              [0.0, 0.08, 0.1, 0.2, 0.32], 0.04)
+    assert words == [Word("HELLO", 0.0, pytest.approx(0.12)), Word("WORLD", 0.2, pytest.approx(0.36))]
+
+
+def test_hypothesis_segment_counts_frames_from_its_offset_in_seconds():
+    builder = ResultBuilder(_Pieces(), 0.04)
+    seg = builder.hypothesis_segment(Hypothesis(tokens=(3, 4), frames=(1, 3)), offset_frames=10,
+                                     index=2, is_final=False)
+    assert seg.timestamps == pytest.approx((0.44, 0.52))
+    assert (seg.text, seg.tokens, seg.token_ids) == ("HELLO", ("\u2581HE", "LLO"), (3, 4))
+    assert (seg.start, seg.end, seg.index, seg.is_final) == (pytest.approx(0.44),
+                                                             pytest.approx(0.56), 2, False)
+    # a searcher without alignment puts its tokens at the segment's start
+    unaligned = builder.hypothesis_segment(Hypothesis(tokens=(5, 6)), offset_frames=25)
+    assert unaligned.timestamps == pytest.approx((1.0, 1.0))
+    empty = builder.hypothesis_segment(Hypothesis(tokens=()), offset_frames=25)
+    assert (empty.text, empty.start, empty.end) == ("", pytest.approx(1.0), pytest.approx(1.0))
+
+
+def test_transcript_concatenates_the_non_empty_segments():
+    builder = ResultBuilder(_Pieces(), 0.04)
+    first = builder.segment([3, 4], [0.0, 0.04])
+    blank = builder.segment([], [], start=0.5, index=1)
+    second = builder.segment([5, 6], [1.0, 1.04], index=2)
+    result = builder.transcript("a.wav", 2.0, [first, blank, second])
+    assert result.text == "HELLO WORLD" and result.segments == (first, second)
+    assert result.token_ids == (3, 4, 5, 6)
+    assert result.timestamps == pytest.approx((0.0, 0.04, 1.0, 1.04))
+    assert [w.text for w in result.words] == ["HELLO", "WORLD"]
+    data = result.to_dict()
+    assert data["segments"][1] == {"text": "WORLD", "start": 1.0, "end": 1.08}
+    with pytest.raises(ValueError, match="2 tokens but 1 timestamps"):
+        builder.segment([3, 4], [0.0])
+
+
+def test_streaming_message_is_sherpa_compatible_with_words():
+    seg = Segment("HELLO", 0.0, 0.12, ("\u2581HE", "LLO"), (3, 4), (0.0, 0.08),
+                  (Word("HELLO", 0.0, 0.12),), index=1, is_final=True)
+    assert seg.to_json() == {
+        "text": "HELLO", "tokens": ["\u2581HE", "LLO"], "timestamps": [0.0, 0.08], "segment": 1,
+        "is_final": True, "words": [{"word": "HELLO", "start": 0.0, "end": 0.12}],
+    }
+
+
+@pytest.mark.parametrize(
+    ("dtype", "values", "expected"),
+    [
+        (np.int16, [0, 16384, -32768, 32767], [0.0, 0.5, -1.0, 32767 / 32768]),
+        (np.int32, [0, 1 << 30, -(1 << 31)], [0.0, 0.5, -1.0]),
+        (np.int8, [0, 64, -128], [0.0, 0.5, -1.0]),
+        (np.uint8, [128, 192, 0], [0.0, 0.5, -1.0]),
+        (np.float64, [0.25, -0.5], [0.25, -0.5]),
+    ],
+)
+def test_integer_pcm_is_scaled_and_floats_kept(dtype, values, expected):
+    wave = as_waveform(np.array(values, dtype=dtype), "<array 0>")
+    assert wave.dtype == np.float32
+    np.testing.assert_allclose(wave, expected, rtol=0, atol=1e-7)
+    # torch tensors follow the same rule
+    if dtype in (np.int16, np.int32, np.int8, np.uint8):
+        torch_wave = as_waveform(torch.from_numpy(np.array(values, dtype=dtype)), "t")
+        np.testing.assert_array_equal(torch_wave, wave)
+
+
+def test_channels_are_averaged_and_bad_arrays_named():
+    stereo = np.array([[0, 32767], [16384, 16384]], dtype=np.int16)
+    np.testing.assert_allclose(as_waveform(stereo, "x"), [32767 / 65536, 0.5])
+    for bad, reason in (
+        (np.array([1, 0], dtype=bool), "type bool"),
+        (np.array([1, 2], dtype=np.int64), "type int64"),
+        (np.zeros((2, 2, 2), np.float32), "shape"),
+        (np.zeros(0, np.float32), "empty"),
+        (np.array([0.0, np.nan], np.float32), "NaN"),
+    ):
+        with pytest.raises(AudioError, match=f"<array 3>: .*{reason}"):
+            as_waveform(bad, "<array 3>")
+    assert as_waveform(np.zeros(0, np.float32), "s", allow_empty=True).shape == (0,)
