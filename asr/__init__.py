@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from asr.version import __version__
 
 #: public name -> the module that defines it.
 _EXPORTS = {

@@ -14,25 +14,30 @@ Example:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from asr.checkpoints.io import save_weights
+from asr.checkpoints.selection import WeightSelection, select_weights
+from asr.config import apply_overrides, from_dict, load_config
 from asr.data.config import DataConfig
 from asr.decoding.config import SearchConfig
 from asr.encoders import EncoderConfig, build_encoder
 from asr.model import ASRModel, HeadsConfig, build_heads
+from asr.tokenizers import Tokenizer, load_tokenizer
 from asr.train.optim import OptimConfig
 from asr.train.state import TrainConfig
 
 __all__ = [
+    "CONFIG_FILE",
     "ExperimentConfig",
-    "WeightSelection",
     "build_model",
     "load_experiment_config",
     "load_trained_model",
-    "load_weights_for",
     "save_experiment_weights",
 ]
 
@@ -79,80 +84,35 @@ def build_model(cfg: ExperimentConfig, vocab_size: int) -> ASRModel:
     return ASRModel(encoder, heads, weights)
 
 
-def load_experiment_config(exp_dir: str | Path, overrides=()) -> ExperimentConfig:
-    """The resolved config ``asr train`` saved in ``exp_dir/config.yaml`` (plus overrides)."""
-    from asr.config import load_config
+def load_experiment_config(
+    exp_dir: str | Path,
+    overrides: Iterable[str] = (),
+    checkpoint: Mapping[str, Any] | None = None,
+) -> ExperimentConfig:
+    """The resolved config of an experiment, with ``--set`` overrides applied.
 
+    Args:
+        exp_dir: an ``asr train`` directory.
+        overrides: ``a.b=c`` strings.
+        checkpoint: a training checkpoint of the experiment: its embedded config (what those
+            weights were trained with) is used when present, else ``exp_dir/config.yaml``.
+
+    Raises:
+        FileNotFoundError: when neither the checkpoint nor the directory holds a config.
+        asr.config.ConfigError: naming the key that does not fit.
+    """
+    embedded = ((checkpoint or {}).get("extra") or {}).get("config")
+    if isinstance(embedded, dict):
+        return from_dict(ExperimentConfig, apply_overrides(embedded, overrides))
     path = Path(exp_dir) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: is {exp_dir} an `asr train` directory?")
     return load_config(ExperimentConfig, path, overrides)
 
 
-@dataclass(frozen=True)
-class WeightSelection:
-    """Which weights of an experiment directory to use.
-
-    Exactly one way: ``checkpoint`` (a ``.pt`` training checkpoint or ``.safetensors`` weights),
-    ``epoch`` with ``avg`` (average of ``epoch-(epoch-avg+1).pt .. epoch-<epoch>.pt``, or with
-    ``use_averaged_model`` the running average over those epochs' steps), ``last`` (average of
-    the newest ``last`` step checkpoints), or nothing: the newest ``checkpoint-N.pt``.
-    """
-
-    epoch: int | None = None
-    avg: int = 1
-    last: int | None = None
-    checkpoint: Path | None = None
-    use_averaged_model: bool = False
-
-    def __post_init__(self) -> None:
-        ways = sum(x is not None for x in (self.epoch, self.last, self.checkpoint))
-        if ways > 1:
-            raise ValueError("choose one of --epoch/--avg, --last and --checkpoint")
-        if self.use_averaged_model and self.epoch is None:
-            raise ValueError("--use-averaged-model needs --epoch (and --avg)")
-        if self.avg != 1 and self.epoch is None:
-            raise ValueError("--avg needs --epoch")
-
-    def is_default(self) -> bool:
-        return self.epoch is None and self.last is None and self.checkpoint is None
-
-
-def load_weights_for(exp_dir: str | Path, selection: WeightSelection) -> tuple[dict, str]:
-    """Model state dict chosen by ``selection`` in ``exp_dir`` and a tag describing it.
-
-    Raises:
-        FileNotFoundError: naming missing checkpoints.
-        ValueError: for an inconsistent selection.
-    """
-    from asr.checkpoints import averaging
-    from asr.checkpoints.io import latest_checkpoint, read_model_weights
-
-    exp_dir = Path(exp_dir)
-    if selection.checkpoint is not None:
-        path = Path(selection.checkpoint)
-        return read_model_weights(path)[0], path.stem
-    if selection.epoch is not None:
-        epoch, avg = selection.epoch, selection.avg
-        if selection.use_averaged_model:
-            return averaging.averaged_model_between(exp_dir, epoch, avg), \
-                f"epoch-{epoch}-avg-{avg}-use-averaged-model"
-        paths = averaging.epoch_checkpoints(exp_dir, epoch, avg)
-        return averaging.average_checkpoints(paths), f"epoch-{epoch}-avg-{avg}"
-    if selection.last is not None:
-        paths = averaging.last_step_checkpoints(exp_dir, selection.last)
-        return averaging.average_checkpoints(paths), f"last-{selection.last}-{paths[-1].stem}"
-    path = latest_checkpoint(exp_dir)
-    if path is None:
-        raise FileNotFoundError(f"{exp_dir} holds no checkpoint-N.pt")
-    return read_model_weights(path)[0], path.stem
-
-
 def save_experiment_weights(exp_dir: str | Path, state_dict: dict, output: str | Path,
                             tag: str) -> Path:
     """Writes ``state_dict`` as safetensors with the experiment's config YAML as metadata."""
-    from asr.checkpoints.io import save_weights
-
     config = Path(exp_dir) / CONFIG_FILE
     metadata = {"tag": tag}
     if config.is_file():
@@ -166,23 +126,21 @@ def save_experiment_weights(exp_dir: str | Path, state_dict: dict, output: str |
 def load_trained_model(
     exp_dir: str | Path,
     selection: WeightSelection | None = None,
-    overrides=(),
+    overrides: Iterable[str] = (),
     device: torch.device | str = "cpu",
-):
+) -> tuple[ExperimentConfig, Tokenizer, ASRModel, str]:
     """Rebuilds the model of an ``asr train`` directory with the chosen weights, in eval mode.
 
     Returns:
         (config, tokenizer, model, tag): tag names the weights (e.g. ``epoch-8-avg-3``).
     """
-    from asr.tokenizers import load_tokenizer
-
-    cfg = load_experiment_config(exp_dir, overrides)
+    weights = select_weights(exp_dir, selection or WeightSelection())
+    cfg = load_experiment_config(exp_dir, overrides, weights.checkpoint)
     tokenizer = load_tokenizer(cfg.tokenizer_dir)
     model = build_model(cfg, tokenizer.vocab_size)
-    state_dict, tag = load_weights_for(exp_dir, selection or WeightSelection())
-    state_dict = {k: v.to(model.state_dict()[k].dtype) if k in model.state_dict() else v
-                  for k, v in state_dict.items()}
-    model.load_state_dict(state_dict)
+    reference = model.state_dict()
+    model.load_state_dict({k: v.to(reference[k].dtype) if k in reference else v
+                           for k, v in weights.state_dict.items()})
     model.to(device).eval()
-    logger.info("loaded %s weights (%s) from %s", type(model).__name__, tag, exp_dir)
-    return cfg, tokenizer, model, tag
+    logger.info("loaded %s weights (%s) from %s", type(model).__name__, weights.tag, exp_dir)
+    return cfg, tokenizer, model, weights.tag

@@ -27,15 +27,19 @@ from asr.heads.ctc import CTCConfig, CTCHead
 from asr.heads.transducer import TransducerConfig, TransducerHead
 from asr.types import Batch, LossOutput
 
-__all__ = ["ASRModel", "HEAD_BUILDERS", "Head", "HeadsConfig", "ModelOutput", "build_heads"]
+__all__ = ["ASRModel", "HEADS", "Head", "HeadSpec", "HeadsConfig", "ModelOutput", "build_heads"]
 
 
 @runtime_checkable
 class Head(Protocol):
     """What :class:`ASRModel` needs from a head."""
 
-    def loss(self, enc: Tensor, enc_lens: Tensor, tokens: Tensor, token_lens: Tensor) -> LossOutput:
-        """Loss summed over the batch; see :class:`asr.types.LossOutput`."""
+    def loss(
+        self, enc: Tensor, enc_lens: Tensor, tokens: Tensor, token_lens: Tensor,
+        step: int | None = None,
+    ) -> LossOutput:
+        """Loss summed over the batch (see :class:`asr.types.LossOutput`); ``step`` is the
+        training step for heads whose loss has a schedule (None: the schedule's end)."""
         ...
 
 
@@ -68,20 +72,33 @@ class HeadsConfig:
 
     def enabled(self) -> dict[str, Any]:
         """Head name -> its config, for every section that is set."""
-        names = [name for name in HEAD_BUILDERS if hasattr(self, name)]
-        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        return {name: getattr(self, name) for name in HEADS if getattr(self, name) is not None}
 
     def weights(self) -> dict[str, float]:
         """Head name -> loss weight for every enabled head (1.0 unless given)."""
         return {name: float(self.loss_weights.get(name, 1.0)) for name in self.enabled()}
 
 
-#: head name -> constructor ``(config, enc_dim, vocab_size) -> nn.Module``.
-HEAD_BUILDERS: dict[str, Callable[[Any, int, int], nn.Module]] = {
-    "transducer": TransducerHead,
-    "ctc": CTCHead,
-    "aed": AEDHead,
-    "cif": CIFHead,
+@dataclass(frozen=True)
+class HeadSpec:
+    """One row of the heads table.
+
+    Attributes:
+        builder: ``(config, enc_dim, vocab_size) -> head module``.
+        kind: what the head's searchers need to know of it, from its config: the transducer
+            head is ``rnnt`` (loss full or pruned) or ``tdt``; the others are their name.
+    """
+
+    builder: Callable[[Any, int, int], nn.Module]
+    kind: Callable[[Any], str]
+
+
+#: head name -> its row; the order is the heads' order everywhere (sections, searcher choice).
+HEADS: dict[str, HeadSpec] = {
+    "transducer": HeadSpec(TransducerHead, lambda c: "tdt" if c.loss == "tdt" else "rnnt"),
+    "ctc": HeadSpec(CTCHead, lambda c: "ctc"),
+    "aed": HeadSpec(AEDHead, lambda c: "aed"),
+    "cif": HeadSpec(CIFHead, lambda c: "cif"),
 }
 
 
@@ -102,34 +119,30 @@ def build_heads(
         ValueError: if no head section is set.
     """
     if not cfg.enabled():
-        raise ValueError(f"heads: at least one of {sorted(HEAD_BUILDERS)} must be configured")
+        raise ValueError(f"heads: at least one of {sorted(HEADS)} must be configured")
     heads = {
-        name: HEAD_BUILDERS[name](sub, enc_dim, vocab_size) for name, sub in cfg.enabled().items()
+        name: HEADS[name].builder(sub, enc_dim, vocab_size) for name, sub in cfg.enabled().items()
     }
     return heads, cfg.weights()
 
 
 @dataclass(frozen=True)
 class ModelOutput:
-    """Result of :meth:`ASRModel.forward`.
+    """Result of :meth:`ASRModel.forward`: the trainer's contract (``loss``, ``num_utterances``,
+    ``metrics``), as every head's :class:`asr.types.LossOutput`.
 
     Attributes:
         loss: scalar, ``sum_h weight_h * loss_h`` (each summed over utterances).
         num_utterances: B.
         head_outputs: head name -> its LossOutput (heads with weight 0 are not run).
+        metrics: ``{"loss": .., "<head>/loss": .., "<head>/<metric>": ..}`` (sums over
+            utterances, detached).
     """
 
     loss: Tensor
     num_utterances: int
     head_outputs: dict[str, LossOutput]
-
-    def metrics(self) -> dict[str, float]:
-        """Flat ``{"loss": .., "<head>/loss": .., "<head>/<metric>": ..}`` (sums over utterances)."""
-        result = {"loss": float(self.loss.detach())}
-        for name, output in self.head_outputs.items():
-            result[f"{name}/loss"] = float(output.loss.detach())
-            result.update({f"{name}/{key}": value for key, value in output.metrics.items()})
-        return result
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def _check_weights(heads: Mapping[str, nn.Module], loss_weights: Mapping[str, float]) -> None:
@@ -166,13 +179,13 @@ class ASRModel(nn.Module):
         self.heads = nn.ModuleDict(dict(heads))
         self.loss_weights = {name: float(loss_weights[name]) for name in heads}
 
-    def set_step(self, step: int) -> None:
-        """Passes the training step to every head with a step-driven schedule (the trainer calls
-        this before each batch; e.g. the pruned transducer loss warm-up)."""
-        for head in self.heads.values():
-            set_step = getattr(head, "set_step", None)
-            if callable(set_step):
-                set_step(step)
+    def head_kinds(self, trained_only: bool = False) -> dict[str, str]:
+        """Head name -> kind (:data:`HEADS`), in the heads' order; ``trained_only`` leaves out
+        heads of loss weight 0 (kept for decoding, not trained)."""
+        return {
+            name: HEADS[name].kind(head.cfg) for name, head in self.heads.items()
+            if not trained_only or self.loss_weights[name] > 0
+        }
 
     def encode(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
         """(B, T, F), (B,) -> enc (B, T', D), enc_lens (B,)."""
@@ -184,6 +197,8 @@ class ASRModel(nn.Module):
         feat_lens: Tensor | None = None,
         tokens: Tensor | None = None,
         token_lens: Tensor | None = None,
+        *,
+        step: int | None = None,
     ) -> ModelOutput:
         """Encodes once and sums the weighted head losses.
 
@@ -193,6 +208,8 @@ class ASRModel(nn.Module):
             feat_lens: (B,) valid frames.
             tokens: (B, U) target ids, padded with 0.
             token_lens: (B,) number of tokens.
+            step: the training step, for heads whose loss has a schedule (the pruned
+                transducer's warm-up); None: the schedule's end.
         """
         if isinstance(batch_or_feats, Batch):
             feats, feat_lens = batch_or_feats.feats, batch_or_feats.feat_lens
@@ -208,6 +225,10 @@ class ASRModel(nn.Module):
             weight = self.loss_weights[name]
             if weight == 0:
                 continue
-            outputs[name] = head.loss(enc, enc_lens, tokens, token_lens)
+            outputs[name] = head.loss(enc, enc_lens, tokens, token_lens, step=step)
             total = total + weight * outputs[name].loss.float()
-        return ModelOutput(loss=total, num_utterances=feats.shape[0], head_outputs=outputs)
+        metrics = {"loss": float(total.detach())}
+        for name, output in outputs.items():
+            metrics[f"{name}/loss"] = float(output.loss.detach())
+            metrics.update({f"{name}/{key}": value for key, value in output.metrics.items()})
+        return ModelOutput(total, feats.shape[0], outputs, metrics)

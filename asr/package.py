@@ -7,13 +7,13 @@ A package is a directory::
     PKG/model.safetensors   weights (safetensors: tensors only, no code)
     PKG/metadata.json       provenance, default searcher, sizes, WER if known, sha256 of each file
 
-:func:`export_package` writes one from an experiment directory (one checkpoint or the average of
-the last ``avg`` epoch checkpoints); :func:`load_package` reads it back with YAML, JSON and
+:func:`export_package` writes one from an experiment directory (the weights an
+:class:`asr.checkpoints.selection.WeightSelection` chooses: one checkpoint or an average); :func:`load_package` reads it back with YAML, JSON and
 safetensors only, checking every file's sha256 so that a truncated or corrupt file is reported by
 name (:class:`PackageError`). Training checkpoints are read with ``torch.load(weights_only=True)``.
 
 Example:
-    >>> export_package("exp/conformer_ctc", "pkg/conformer_ctc", epoch=10, avg=3)
+    >>> export_package("exp/conformer_ctc", "pkg/conformer_ctc", WeightSelection(epoch=10, avg=3))
     >>> package = load_package("pkg/conformer_ctc")
     >>> model = package.build_model()
 """
@@ -28,31 +28,33 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:  # pragma: no cover
-    from asr.experiment import ExperimentConfig
-    from asr.model import ASRModel
-    from asr.tokenizers.base import Tokenizer
+from asr.checkpoints.io import CheckpointError, load_weights, save_weights
+from asr.checkpoints.selection import WeightSelection, select_weights
+from asr.config import ConfigError, load_config, save_config
+from asr.decoding.registry import searcher_for
+from asr.encoders import is_streaming
+from asr.experiment import CONFIG_FILE, ExperimentConfig, build_model, load_experiment_config
+from asr.model import ASRModel
+from asr.tokenizers import Tokenizer, load_tokenizer
+from asr.version import __version__
 
 __all__ = [
     "ModelPackage",
     "PackageError",
     "PackageMetadata",
-    "default_searcher",
     "export_package",
     "load_package",
-    "select_checkpoints",
 ]
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
 METADATA_FILE = "metadata.json"
 TOKENIZER_DIR = "tokenizer"
@@ -116,24 +118,6 @@ class PackageMetadata:
             raise PackageError(f"{source}: invalid metadata: {err}") from err
 
 
-def default_searcher(cfg: ExperimentConfig) -> str:
-    """The greedy searcher of the experiment's main head: transducer/TDT first, then CTC."""
-    transducer = cfg.heads.transducer
-    if transducer is not None:
-        return "tdt_greedy" if transducer.loss == "tdt" else "transducer_greedy"
-    if cfg.heads.ctc is not None:
-        return "ctc_greedy"
-    enabled = sorted(cfg.heads.enabled())
-    return f"{enabled[0]}_beam" if enabled else "ctc_greedy"
-
-
-def is_streaming(cfg: ExperimentConfig) -> bool:
-    """Whether the encoder of ``cfg`` can run chunk by chunk with a bounded cache."""
-    enc = cfg.encoder
-    causal = enc.causal or enc.kind == "transformer"
-    return causal and enc.chunk_size > 0 and enc.left_chunks >= 0
-
-
 @dataclass(frozen=True)
 class ModelPackage:
     """A loaded package (weights on CPU).
@@ -154,8 +138,6 @@ class ModelPackage:
 
     def build_model(self, device: torch.device | str = "cpu") -> ASRModel:
         """The model in eval mode with the package weights, on ``device``."""
-        from asr.experiment import build_model
-
         model = build_model(self.config, self.tokenizer.vocab_size)
         try:
             model.load_state_dict(self.state_dict, strict=True)
@@ -225,11 +207,6 @@ def load_package(directory: str | Path, verify: bool = True) -> ModelPackage:
     Raises:
         PackageError: naming the file that is missing, truncated, corrupt or inconsistent.
     """
-    from asr.checkpoints.io import CheckpointError, load_weights
-    from asr.config import ConfigError, load_config
-    from asr.experiment import ExperimentConfig
-    from asr.tokenizers import load_tokenizer
-
     directory = Path(directory)
     if not directory.is_dir():
         raise PackageError(f"{directory}: model package directory does not exist")
@@ -264,82 +241,6 @@ def load_package(directory: str | Path, verify: bool = True) -> ModelPackage:
 # --------------------------------------------------------------------------------- writing
 
 
-def select_checkpoints(
-    exp_dir: str | Path,
-    epoch: int | None = None,
-    avg: int = 1,
-    checkpoint: str | Path | None = None,
-) -> list[Path]:
-    """The checkpoint files to average.
-
-    Args:
-        exp_dir: experiment directory with ``epoch-N.pt`` / ``checkpoint-N.pt``.
-        epoch: last epoch to use; default the newest ``epoch-N.pt``.
-        avg: number of consecutive epochs ending at ``epoch`` to average.
-        checkpoint: one explicit file (``.pt`` or ``.safetensors``); overrides epoch/avg.
-
-    Raises:
-        PackageError: when a requested checkpoint does not exist.
-    """
-    exp_dir = Path(exp_dir)
-    if checkpoint is not None:
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise PackageError(f"checkpoint {path} does not exist")
-        return [path]
-    if avg < 1:
-        raise PackageError(f"--avg must be >= 1, got {avg}")
-    from asr.checkpoints.averaging import epoch_checkpoints, list_epoch_checkpoints
-
-    epochs = list_epoch_checkpoints(exp_dir)
-    if not epochs:
-        from asr.checkpoints.io import latest_checkpoint
-
-        latest = latest_checkpoint(exp_dir)
-        if latest is None or epoch is not None:
-            raise PackageError(f"{exp_dir}: no epoch-N.pt checkpoints found")
-        if avg != 1:
-            raise PackageError(f"{exp_dir}: --avg {avg} needs epoch-N.pt checkpoints")
-        return [latest]
-    try:
-        return epoch_checkpoints(exp_dir, max(epochs) if epoch is None else epoch, avg)
-    except FileNotFoundError as err:
-        raise PackageError(f"{exp_dir}: {err}") from err
-
-
-def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(state dict, checkpoint dict) of a training checkpoint or weights file, as PackageError."""
-    from asr.checkpoints.io import CheckpointError, read_model_weights
-
-    try:
-        return read_model_weights(path)
-    except CheckpointError as err:
-        raise PackageError(str(err)) from err
-
-
-def _experiment_config(
-    exp_dir: Path, checkpoint: Mapping[str, Any], tokenizer_dir: str | Path | None
-) -> ExperimentConfig:
-    from asr.config import ConfigError, from_dict, load_config
-    from asr.experiment import ExperimentConfig
-
-    extra = checkpoint.get("extra") or {}
-    try:
-        if isinstance(extra.get("config"), dict):
-            cfg = from_dict(ExperimentConfig, extra["config"], "checkpoint.extra.config")
-        elif (exp_dir / CONFIG_FILE).is_file():
-            cfg = load_config(ExperimentConfig, exp_dir / CONFIG_FILE)
-        else:
-            raise PackageError(
-                f"{exp_dir}: no {CONFIG_FILE} and no config in the checkpoint's 'extra'"
-            )
-    except ConfigError as err:
-        raise PackageError(f"{exp_dir}: invalid experiment config: {err}") from err
-    if tokenizer_dir is not None:
-        cfg = dataclasses.replace(cfg, tokenizer_dir=Path(tokenizer_dir))
-    return cfg
-
-
 def _last_wer(checkpoint: Mapping[str, Any]) -> dict[str, float]:
     history = (checkpoint.get("progress") or {}).get("history") or []
     for record in reversed(history):
@@ -351,20 +252,18 @@ def _last_wer(checkpoint: Mapping[str, Any]) -> dict[str, float]:
 def export_package(
     exp_dir: str | Path,
     out_dir: str | Path,
-    epoch: int | None = None,
-    avg: int = 1,
-    checkpoint: str | Path | None = None,
+    selection: WeightSelection | None = None,
     tokenizer_dir: str | Path | None = None,
     wer: Mapping[str, float] | None = None,
     overwrite: bool = False,
 ) -> PackageMetadata:
-    """Writes a model package from an experiment (averaging checkpoints, see
-    :func:`select_checkpoints`).
+    """Writes a model package from an experiment.
 
     Args:
         exp_dir: experiment directory written by ``asr train``.
         out_dir: package directory to create (must not exist unless ``overwrite``).
-        epoch, avg, checkpoint: which weights, see :func:`select_checkpoints`.
+        selection: which weights (:mod:`asr.checkpoints.selection`; default: the newest
+            ``checkpoint-N.pt``).
         tokenizer_dir: tokenizer to package; default the experiment's ``tokenizer_dir``.
         wer: known WERs (percent) to record; default the last validation WER of the checkpoint.
         overwrite: replace an existing package directory.
@@ -375,21 +274,20 @@ def export_package(
     Raises:
         PackageError: for missing / corrupt checkpoints, configs or tokenizers.
     """
-    from asr import __version__
-    from asr.checkpoints.averaging import average_state_dicts
-    from asr.checkpoints.io import save_weights
-    from asr.config import save_config
-    from asr.experiment import build_model
-    from asr.tokenizers import load_tokenizer
-
     exp_dir, out_dir = Path(exp_dir), Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise PackageError(f"{out_dir}: already exists (pass overwrite=True / --overwrite)")
-    paths = select_checkpoints(exp_dir, epoch, avg, checkpoint)
-    logger.info("averaging %d checkpoint(s): %s", len(paths), ", ".join(p.name for p in paths))
-    loaded = [_read_checkpoint(p) for p in paths]
-    state_dict = average_state_dicts(sd for sd, _ in loaded)
-    cfg = _experiment_config(exp_dir, loaded[-1][1], tokenizer_dir)
+    try:
+        weights = select_weights(exp_dir, selection or WeightSelection())
+    except (FileNotFoundError, ValueError, CheckpointError) as err:
+        raise PackageError(f"{exp_dir}: {err}") from err
+    logger.info("weights %s from %s", weights.tag, ", ".join(p.name for p in weights.sources))
+    try:
+        cfg = load_experiment_config(exp_dir, checkpoint=weights.checkpoint)
+    except (ConfigError, FileNotFoundError) as err:
+        raise PackageError(f"{exp_dir}: invalid experiment config: {err}") from err
+    if tokenizer_dir is not None:
+        cfg = dataclasses.replace(cfg, tokenizer_dir=Path(tokenizer_dir))
     try:
         tokenizer = load_tokenizer(cfg.tokenizer_dir)
     except (OSError, ValueError) as err:
@@ -398,11 +296,16 @@ def export_package(
     reference = model.state_dict()
     try:
         model.load_state_dict(
-            {k: v.to(reference[k].dtype) if k in reference else v for k, v in state_dict.items()},
+            {k: v.to(reference[k].dtype) if k in reference else v
+             for k, v in weights.state_dict.items()},
             strict=True,
         )
     except RuntimeError as err:
-        raise PackageError(f"{paths[-1]}: weights do not fit the experiment config: {err}") from err
+        raise PackageError(
+            f"{weights.sources[-1]}: weights do not fit the experiment config: {err}"
+        ) from err
+    searcher = searcher_for("greedy", model) or searcher_for("beam", model)
+    assert searcher is not None, "every head has a greedy or a beam searcher"
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
@@ -416,11 +319,11 @@ def export_package(
         metadata = PackageMetadata(
             asr_version=__version__,
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            checkpoints=tuple(p.name for p in paths),
+            checkpoints=tuple(p.name for p in weights.sources),
             training_data=tuple(str(p) for p in cfg.data.train_cuts),
-            wer=dict(wer) if wer is not None else _last_wer(loaded[-1][1]),
-            searcher=default_searcher(cfg),
-            streaming=is_streaming(cfg),
+            wer=dict(wer) if wer is not None else _last_wer(weights.checkpoint),
+            searcher=searcher,
+            streaming=is_streaming(cfg.encoder),
             chunk_size=cfg.encoder.chunk_size,
             left_chunks=cfg.encoder.left_chunks,
             num_parameters=sum(p.numel() for p in model.parameters()),
@@ -438,9 +341,3 @@ def export_package(
             shutil.rmtree(tmp, ignore_errors=True)
     logger.info("wrote model package %s (%d parameters)", out_dir, metadata.num_parameters)
     return metadata
-
-
-def package_files(directory: str | Path) -> Sequence[Path]:
-    """Every file of a package (for copying / checks)."""
-    directory = Path(directory)
-    return sorted(p for p in directory.rglob("*") if p.is_file())

@@ -91,7 +91,7 @@ def test_total_loss_is_weighted_sum_of_head_losses():
     # tensors instead of a Batch give the same result
     same = model(batch.feats, batch.feat_lens, batch.tokens, batch.token_lens)
     torch.testing.assert_close(same.loss, out.loss)
-    metrics = out.metrics()
+    metrics = out.metrics
     assert metrics["loss"] == pytest.approx(out.loss.item())
     assert metrics["aed/loss"] == pytest.approx(out.head_outputs["aed"].loss.item())
     assert "ctc/num_infinite" in metrics and "cif/quantity_loss" in metrics
@@ -162,10 +162,14 @@ def test_transducer_plus_ctc_from_config_and_warm_up_step_reaches_the_head():
     model = _model(data)
     assert list(model.heads) == ["transducer", "ctc"]
     head = model.heads["transducer"]
-    model.set_step(5)
-    assert head.step == 5 and head.loss_scales() == pytest.approx((0.75, 0.55))
+    assert head.loss_scales(5) == pytest.approx((0.75, 0.55))
     batch = _batch()
-    out = model(batch)
+    out = model(batch, step=5)
     expected = out.head_outputs["transducer"].loss + 0.2 * out.head_outputs["ctc"].loss
     torch.testing.assert_close(out.loss, expected)
-    assert "transducer/simple_loss" in out.metrics()
+    enc, enc_lens = model.encode(batch.feats, batch.feat_lens)
+    at_step_5 = head.loss(enc, enc_lens, batch.tokens, batch.token_lens, step=5).loss
+    warmed_up = head.loss(enc, enc_lens, batch.tokens, batch.token_lens).loss
+    torch.testing.assert_close(out.head_outputs["transducer"].loss, at_step_5)
+    assert not torch.allclose(at_step_5, warmed_up)  # the step really reaches the head
+    assert "transducer/simple_loss" in out.metrics

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from asr.checkpoints.selection import WeightSelection
 from asr.cli.main import main
 from asr.package import (
     METADATA_FILE,
@@ -15,7 +16,6 @@ from asr.package import (
     PackageError,
     export_package,
     load_package,
-    select_checkpoints,
 )
 from asr.testing.packages import random_experiment
 
@@ -30,7 +30,7 @@ def _epoch_weights(exp_dir: Path, epoch: int) -> dict[str, torch.Tensor]:
 
 
 def test_export_then_load_round_trip(exp_dir, tmp_path):
-    metadata = export_package(exp_dir, tmp_path / "pkg", epoch=2, avg=1)
+    metadata = export_package(exp_dir, tmp_path / "pkg", WeightSelection(epoch=2))
     package = load_package(tmp_path / "pkg")
     assert metadata == package.metadata
     assert metadata.checkpoints == ("epoch-2.pt",)
@@ -48,7 +48,7 @@ def test_export_then_load_round_trip(exp_dir, tmp_path):
 
 
 def test_average_of_last_epochs(exp_dir, tmp_path):
-    metadata = export_package(exp_dir, tmp_path / "pkg", avg=2)  # newest epoch: 3
+    metadata = export_package(exp_dir, tmp_path / "pkg", WeightSelection(epoch=3, avg=2))
     assert metadata.checkpoints == ("epoch-2.pt", "epoch-3.pt")
     weights = load_package(tmp_path / "pkg").state_dict
     a, b = _epoch_weights(exp_dir, 2), _epoch_weights(exp_dir, 3)
@@ -59,12 +59,16 @@ def test_average_of_last_epochs(exp_dir, tmp_path):
 
 def test_checkpoint_selection_errors(exp_dir, tmp_path):
     with pytest.raises(PackageError, match=r"epoch-0\.pt"):
-        select_checkpoints(exp_dir, epoch=3, avg=4)
+        export_package(exp_dir, tmp_path / "a", WeightSelection(epoch=3, avg=4))
     with pytest.raises(PackageError, match="does not exist"):
-        select_checkpoints(exp_dir, checkpoint=exp_dir / "nope.pt")
-    assert select_checkpoints(exp_dir, checkpoint=exp_dir / "epoch-1.pt") == [exp_dir / "epoch-1.pt"]
+        export_package(exp_dir, tmp_path / "b", WeightSelection(checkpoint=exp_dir / "nope.pt"))
+    one = export_package(exp_dir, tmp_path / "c", WeightSelection(checkpoint=exp_dir / "epoch-1.pt"))
+    assert one.checkpoints == ("epoch-1.pt",)
+    newest = export_package(exp_dir, tmp_path / "d")  # default: the newest step checkpoint
+    assert newest.checkpoints == (max(exp_dir.glob("checkpoint-*.pt"),
+                                      key=lambda p: int(p.stem.split("-")[1])).name,)
     with pytest.raises(PackageError, match="already exists"):
-        export_package(exp_dir, exp_dir, epoch=1)
+        export_package(exp_dir, exp_dir, WeightSelection(epoch=1))
 
 
 def test_weights_file_holds_no_pickle(exp_dir, tmp_path):

@@ -7,14 +7,19 @@ it. Both functions here work on plain state dicts so they apply to any model.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from asr.checkpoints.io import safe_torch_load
+from asr.checkpoints.io import (
+    EPOCH_PATTERN,
+    epoch_checkpoint_path,
+    list_checkpoints,
+    safe_torch_load,
+)
 
 
 def average_state_dicts(state_dicts: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -108,14 +113,6 @@ class RunningAverage:
 # ------------------------------------------------------------------ choosing checkpoints by name
 
 
-_EPOCH_FILE = re.compile(r"^epoch-(\d+)\.pt$")
-
-
-def epoch_checkpoint_path(exp_dir: str | Path, epoch: int) -> Path:
-    """``<exp_dir>/epoch-<epoch>.pt`` (written by the trainer at the end of each epoch)."""
-    return Path(exp_dir) / f"epoch-{epoch}.pt"
-
-
 def list_epoch_checkpoints(exp_dir: str | Path) -> dict[int, Path]:
     """Epoch number -> ``epoch-N.pt`` for every epoch checkpoint in ``exp_dir`` (may be empty)."""
     exp_dir = Path(exp_dir)
@@ -123,7 +120,7 @@ def list_epoch_checkpoints(exp_dir: str | Path) -> dict[int, Path]:
         return {}
     found = {}
     for path in exp_dir.iterdir():
-        match = _EPOCH_FILE.match(path.name)
+        match = EPOCH_PATTERN.match(path.name)
         if match:
             found[int(match.group(1))] = path
     return found
@@ -155,8 +152,6 @@ def last_step_checkpoints(exp_dir: str | Path, count: int) -> list[Path]:
     Raises:
         FileNotFoundError: when ``exp_dir`` holds fewer than ``count`` of them.
     """
-    from asr.checkpoints.io import list_checkpoints
-
     found = list_checkpoints(exp_dir)
     if count < 1 or len(found) < count:
         raise FileNotFoundError(
@@ -165,7 +160,9 @@ def last_step_checkpoints(exp_dir: str | Path, count: int) -> list[Path]:
     return [path for _, path in found[-count:]]
 
 
-def averaged_model_between(exp_dir: str | Path, epoch: int, avg: int) -> dict[str, torch.Tensor]:
+def averaged_model_between(
+    exp_dir: str | Path, epoch: int, avg: int
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Mean of the model over the training steps of epochs ``epoch-avg+1 .. epoch``, from the
     running averages stored in two epoch checkpoints (icefall's ``--use-averaged-model``).
 
@@ -174,15 +171,22 @@ def averaged_model_between(exp_dir: str | Path, epoch: int, avg: int) -> dict[st
     the end of ``epoch - avg``; nothing for ``epoch == avg``) the mean over the samples between is
     ``(a_end * n_end - a_start * n_start) / (n_end - n_start)``. Integer buffers come from the end.
 
+    Returns:
+        (the averaged model weights, the whole training checkpoint ``epoch-<epoch>.pt``).
+
     Raises:
         ValueError: when the checkpoints hold no running average or no steps lie between.
     """
     if avg < 1 or avg > epoch:
         raise ValueError(f"need 1 <= avg <= epoch, got epoch={epoch} avg={avg}")
-    end = _running_average(epoch_checkpoint_path(exp_dir, epoch))
-    start = _running_average(epoch_checkpoint_path(exp_dir, epoch - avg)) if epoch > avg else None
+    end_path = epoch_checkpoint_path(exp_dir, epoch)
+    end_checkpoint = safe_torch_load(end_path)
+    avg_end, n_end, model_end = _running_average(end_checkpoint, end_path)
+    start = None
+    if epoch > avg:
+        start_path = epoch_checkpoint_path(exp_dir, epoch - avg)
+        start = _running_average(safe_torch_load(start_path), start_path)
     n_start = start[1] if start else 0
-    (avg_end, n_end, model_end) = end
     if n_end <= n_start:
         raise ValueError(
             f"no running-average samples between epoch {epoch - avg} and {epoch} in {exp_dir}"
@@ -196,12 +200,13 @@ def averaged_model_between(exp_dir: str | Path, epoch: int, avg: int) -> dict[st
             out[name] = (total / (n_end - n_start)).to(value.dtype)
         else:
             out[name] = value
-    return out
+    return out, end_checkpoint
 
 
-def _running_average(path: Path) -> tuple[dict[str, torch.Tensor], int, dict[str, torch.Tensor]]:
-    """(average, number of samples, model state) of a training checkpoint."""
-    state = safe_torch_load(path)
+def _running_average(
+    state: dict[str, Any], path: Path
+) -> tuple[dict[str, torch.Tensor], int, dict[str, torch.Tensor]]:
+    """(average, number of samples, model state) of the training checkpoint ``path``."""
     averager = state.get("averager")
     if not averager:
         raise ValueError(f"{path} holds no running average (train.average_period was 0)")

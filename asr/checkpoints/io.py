@@ -25,6 +25,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)\.pt$")
+EPOCH_PATTERN = re.compile(r"^epoch-(\d+)\.pt$")
 FORMAT_VERSION = 1
 
 
@@ -150,7 +151,23 @@ def _to_tuple(value: Any) -> Any:
 
 
 def checkpoint_path(exp_dir: str | Path, step: int) -> Path:
+    """``<exp_dir>/checkpoint-<step>.pt``: what the trainer writes every so many steps."""
     return Path(exp_dir) / f"checkpoint-{step}.pt"
+
+
+def epoch_checkpoint_path(exp_dir: str | Path, epoch: int) -> Path:
+    """``<exp_dir>/epoch-<epoch>.pt`` (a hard link to the step checkpoint of the epoch's end)."""
+    return Path(exp_dir) / f"epoch-{epoch}.pt"
+
+
+def link_epoch_checkpoint(checkpoint: str | Path, epoch: int) -> Path:
+    """Names the step checkpoint written at the end of ``epoch`` after the epoch too (a hard
+    link beside it, replacing an older one), for averaging and decoding by epoch."""
+    checkpoint = Path(checkpoint)
+    path = epoch_checkpoint_path(checkpoint.parent, epoch)
+    path.unlink(missing_ok=True)
+    os.link(checkpoint, path)
+    return path
 
 
 def list_checkpoints(exp_dir: str | Path) -> list[tuple[int, Path]]:

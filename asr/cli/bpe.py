@@ -11,7 +11,10 @@ import argparse
 import logging
 from pathlib import Path
 
-HELP = "train a BPE (sentencepiece) or character tokenizer from transcripts"
+from asr.tokenizers.base import BPE_MODEL_FILE, TOKENS_FILE
+from asr.tokenizers.bpe import train_bpe
+from asr.tokenizers.char import build_char_tokenizer
+from asr.tokenizers.transcripts import read_transcripts
 
 logger = logging.getLogger(__name__)
 
@@ -30,11 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train (or keep the existing) tokenizer; errors are reported without a traceback (exit 2)."""
-    from asr.tokenizers.base import BPE_MODEL_FILE, TOKENS_FILE
-    from asr.tokenizers.bpe import train_bpe
-    from asr.tokenizers.char import build_char_tokenizer
-    from asr.tokenizers.transcripts import read_transcripts
-
     output_dir = Path(args.output_dir)
     try:
         if args.kind == "char":

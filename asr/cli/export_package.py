@@ -1,7 +1,10 @@
 """``asr export-package --exp-dir DIR --out PKG``: write a model package from an experiment.
 
 The package (see :mod:`asr.package`) holds ``config.yaml``, the tokenizer, ``model.safetensors``
-(averaged weights) and ``metadata.json``; ``asr transcribe --model PKG`` and ``asr serve`` use it.
+(the chosen, possibly averaged, weights) and ``metadata.json``; ``asr transcribe --model PKG`` and
+``asr serve`` use it. The weights are chosen as in ``asr average`` and ``asr decode``
+(``--epoch E --avg N [--use-averaged-model]``, ``--last N``, ``--checkpoint F``; default: the
+newest ``checkpoint-N.pt``).
 """
 
 from __future__ import annotations
@@ -9,7 +12,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-HELP = "write a model package (config, tokenizer, safetensors weights, metadata) from an experiment"
+from asr.cli.options import add_checkpoint_arguments, selection_from_args
+from asr.package import PackageError, export_package
 
 logger = logging.getLogger(__name__)
 
@@ -25,12 +29,8 @@ def _wer(text: str) -> tuple[str, float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--exp-dir", required=True, help="experiment directory written by asr train")
+    add_checkpoint_arguments(parser)
     parser.add_argument("--out", required=True, help="package directory to create")
-    parser.add_argument("--epoch", type=int, help="last epoch to use (default: the newest)")
-    parser.add_argument("--avg", type=int, default=1,
-                        help="average the checkpoints of this many epochs ending at --epoch")
-    parser.add_argument("--checkpoint", help="use this one checkpoint (.pt or .safetensors) instead")
     parser.add_argument("--tokenizer-dir", help="tokenizer to package (default: the config's)")
     parser.add_argument("--wer", type=_wer, action="append", default=[], metavar="NAME=PERCENT",
                         help="record a known WER in the metadata (repeatable)")
@@ -38,16 +38,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from asr.package import PackageError, export_package
-
-    if args.checkpoint and (args.epoch is not None or args.avg != 1):
-        logger.error("asr export-package: --checkpoint excludes --epoch/--avg")
+    try:
+        selection = selection_from_args(args)
+    except ValueError as err:
+        logger.error("asr export-package: %s", err)
         return 2
     try:
         metadata = export_package(
-            args.exp_dir, args.out, epoch=args.epoch, avg=args.avg, checkpoint=args.checkpoint,
-            tokenizer_dir=args.tokenizer_dir, wer=dict(args.wer) if args.wer else None,
-            overwrite=args.overwrite,
+            args.exp_dir, args.out, selection, tokenizer_dir=args.tokenizer_dir,
+            wer=dict(args.wer) if args.wer else None, overwrite=args.overwrite,
         )
     except PackageError as err:
         logger.error("asr export-package: %s", err)

@@ -16,7 +16,9 @@ import argparse
 import logging
 from pathlib import Path
 
-HELP = "train a token or word n-gram LM (modified Kneser-Ney, ARPA) for shallow fusion"
+from asr.decoding.ngram_train import estimate_kneser_ney, write_arpa
+from asr.tokenizers import load_tokenizer
+from asr.tokenizers.transcripts import read_transcripts
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train and write the LM; errors are reported without a traceback (exit 2)."""
-    from asr.decoding.ngram_train import estimate_kneser_ney, write_arpa
-    from asr.tokenizers import load_tokenizer
-    from asr.tokenizers.transcripts import read_transcripts
-
     output = Path(args.output)
     if output.is_file() and not args.force:
         logger.info("%s exists, skipping (use --force to retrain)", output)

@@ -1,13 +1,10 @@
 """Entry point of the ``asr`` console script.
 
-Each subcommand lives in its own module ``asr.cli.<name>`` exposing:
-
-* ``HELP``: one-line description,
-* ``add_arguments(parser: argparse.ArgumentParser) -> None``,
-* ``run(args: argparse.Namespace) -> int`` (the exit code).
-
-Modules are imported lazily, only for the subcommand being run, so ``asr --help`` stays fast and
-a subcommand's heavy dependencies never slow down another.
+Each subcommand lives in its own module ``asr.cli.<name>`` exposing
+``add_arguments(parser: argparse.ArgumentParser) -> None`` and
+``run(args: argparse.Namespace) -> int`` (the exit code). :data:`SUBCOMMANDS` names them with
+their one-line help, so that ``asr --help`` imports no subcommand and ``asr NAME ...`` imports
+only ``NAME``'s module (and with it only what that subcommand needs).
 """
 
 from __future__ import annotations
@@ -18,46 +15,75 @@ import logging
 import sys
 from collections.abc import Sequence
 
-# name -> module; a subcommand is listed here once its module exists.
-SUBCOMMANDS: dict[str, str] = {
-    "synthesize": "asr.cli.synthesize",
-    "prepare": "asr.cli.prepare",
-    "shar": "asr.cli.shar",
-    "bpe": "asr.cli.bpe",
-    "lm": "asr.cli.lm",
-    "wer": "asr.cli.wer",
-    "train": "asr.cli.train",
-    "average": "asr.cli.average",
-    "decode": "asr.cli.decode",
-    "transcribe": "asr.cli.transcribe",
-    "export-package": "asr.cli.export_package",
-    "serve": "asr.cli.serve",
+from asr.version import __version__
+
+#: name -> (module, one-line help).
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "synthesize": ("asr.cli.synthesize",
+                   "synthesize a LibriSpeech-layout corpus with espeak-ng / flite voices"),
+    "prepare": ("asr.cli.prepare",
+                "prepare data: lhotse manifests from a LibriSpeech-layout corpus, then fbank "
+                "features"),
+    "shar": ("asr.cli.shar", "write cut manifests and their features/audio as Lhotse Shar shards"),
+    "bpe": ("asr.cli.bpe", "train a BPE (sentencepiece) or character tokenizer from transcripts"),
+    "lm": ("asr.cli.lm",
+           "train a token or word n-gram LM (modified Kneser-Ney, ARPA) for shallow fusion"),
+    "wer": ("asr.cli.wer", "compute WER (or CER) between two Kaldi text files ('utt_id TEXT' lines)"),
+    "train": ("asr.cli.train",
+              "train a model from a recipe YAML (resumes from the newest checkpoint in --exp-dir)"),
+    "average": ("asr.cli.average",
+                "average the weights of several checkpoints into a safetensors file"),
+    "decode": ("asr.cli.decode",
+               "decode test sets with a trained model; writes recogs / errs / wer-summary files"),
+    "transcribe": ("asr.cli.transcribe",
+                   "transcribe audio files (wav/flac/ogg/mp3, any rate/channels; '-' = stdin) "
+                   "with a model package"),
+    "export-package": ("asr.cli.export_package",
+                       "write a model package (config, tokenizer, safetensors weights, metadata) "
+                       "from an experiment"),
+    "serve": ("asr.cli.serve",
+              "serve a streaming model over websockets (sherpa-onnx protocol) with a microphone "
+              "web page"),
 }
 
-
-def _available() -> dict[str, str]:
-    return {
-        name: module
-        for name, module in SUBCOMMANDS.items()
-        if importlib.util.find_spec(module) is not None
-    }
+_LOG_LEVEL_HELP = "logging level (default: INFO)"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (the first word that is one), if any."""
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == "--log-level":
+            skip = True
+        elif word in SUBCOMMANDS:
+            return word
+        elif not word.startswith("-"):
+            return None
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``asr`` parser; only ``command``'s module is imported to add its options."""
     parser = argparse.ArgumentParser(prog="asr", description="End-to-end speech recognition toolkit")
-    parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    parser.add_argument("--log-level", default="INFO", help=_LOG_LEVEL_HELP)
+    parser.add_argument("--version", action="version", version=f"asr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module_name in _available().items():
-        module = importlib.import_module(module_name)
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        # accepted after the subcommand too; SUPPRESS keeps the value given before it
+        p.add_argument("--log-level", default=argparse.SUPPRESS, help=_LOG_LEVEL_HELP)
+        if name == command:
+            module = importlib.import_module(module_name)
+            module.add_arguments(p)
+            p.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = build_parser(_command(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),

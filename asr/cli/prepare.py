@@ -14,7 +14,11 @@ import argparse
 import logging
 from pathlib import Path
 
-HELP = "prepare data: lhotse manifests from a LibriSpeech-layout corpus, then fbank features"
+import torch
+
+from asr.data.fbank import compute_fbank_for_parts
+from asr.data.librispeech import CorpusError, prepare_manifests
+from asr.features.fbank import FbankConfig
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +51,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_manifests(args: argparse.Namespace) -> int:
-    from asr.data.librispeech import prepare_manifests
-
     paths = prepare_manifests(args.corpus_dir, args.output_dir, args.parts,
                               num_jobs=args.num_jobs, normalize_text=args.normalize_text)
     for part, path in paths.items():
@@ -57,11 +59,6 @@ def _run_manifests(args: argparse.Namespace) -> int:
 
 
 def _run_fbank(args: argparse.Namespace) -> int:
-    import torch
-
-    from asr.data.fbank import compute_fbank_for_parts
-    from asr.features.fbank import FbankConfig
-
     torch.set_num_threads(1)  # parallelism comes from --num-jobs processes
     perturb: list[str] = []
     if args.speed_perturb:
@@ -85,8 +82,6 @@ def _run_fbank(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from asr.data.librispeech import CorpusError
-
     try:
         return args._prepare(args)
     except (CorpusError, FileNotFoundError) as err:

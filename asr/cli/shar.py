@@ -18,7 +18,8 @@ import argparse
 import logging
 from pathlib import Path
 
-HELP = "write cut manifests and their features/audio as Lhotse Shar shards"
+from asr.data.dataset import load_cuts
+from asr.data.shar import export_shar
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +61,6 @@ def parse_fields(pairs: list[str]) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from asr.data.dataset import load_cuts
-    from asr.data.shar import export_shar
-
     fields = parse_fields(args.fields)
     cuts = load_cuts(Path.cwd(), [str(p) for p in args.cuts])  # absolute paths stay as they are
     written = export_shar(cuts, args.output_dir, fields, args.shard_size, args.num_jobs)

@@ -23,7 +23,6 @@ def _parse_sizes(items: Sequence[str]) -> dict[str, int]:
     return sizes
 
 
-HELP = "synthesize a LibriSpeech-layout corpus with espeak-ng / flite voices"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,7 +19,12 @@ import logging
 import os
 from pathlib import Path
 
-HELP = "train a model from a recipe YAML (resumes from the newest checkpoint in --exp-dir)"
+import torch
+import yaml
+
+from asr.config import ConfigError, load_config, save_config, to_dict
+from asr.experiment import CONFIG_FILE, ExperimentConfig
+from asr.run.train import train_experiment
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +52,8 @@ def _config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
     return changes
 
 
-def _save_resolved_config(cfg, exp_dir: Path) -> None:
-    import yaml
-
-    from asr.config import save_config, to_dict
-
-    path = exp_dir / "config.yaml"
+def _save_resolved_config(cfg: ExperimentConfig, exp_dir: Path) -> None:
+    path = exp_dir / CONFIG_FILE
     if path.is_file():
         old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         changes = _config_changes(old, to_dict(cfg))
@@ -63,8 +64,6 @@ def _save_resolved_config(cfg, exp_dir: Path) -> None:
 
 
 def _set_threads(requested: int) -> None:
-    import torch
-
     if requested <= 0:
         procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         requested = max(1, (os.cpu_count() or 1) // procs)
@@ -72,10 +71,6 @@ def _set_threads(requested: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from asr.config import ConfigError, load_config
-    from asr.experiment import ExperimentConfig
-    from asr.train.recipe import train_experiment
-
     try:
         cfg = load_config(ExperimentConfig, args.config, args.overrides)
     except (ConfigError, FileNotFoundError) as err:

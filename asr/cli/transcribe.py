@@ -21,7 +21,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-HELP = "transcribe audio files (wav/flac/ogg/mp3, any rate/channels; '-' = stdin) with a model package"
+from asr.audio import AudioError
+from asr.package import PackageError
+from asr.results import FailedInput
+from asr.runtime.offline import load_model
 
 logger = logging.getLogger(__name__)
 
@@ -118,11 +121,6 @@ def _output_paths(sources: Sequence[str], out_dir: Path, fmt: str) -> list[Path]
 
 
 def run(args: argparse.Namespace) -> int:
-    from asr.audio import AudioError
-    from asr.package import PackageError
-    from asr.results import FailedInput
-    from asr.runtime.offline import load_model
-
     files = list(args.files)
     if files.count("-") > 1:
         logger.error("asr transcribe: '-' (stdin) can be given only once")

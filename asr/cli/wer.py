@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 
-HELP = "compute WER (or CER) between two Kaldi text files ('utt_id TEXT' lines)"
+from asr.metrics.wer import (
+    compute_cer,
+    compute_wer,
+    read_kaldi_text,
+    write_error_report,
+    write_recognitions,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -25,14 +31,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the summary line; utterances missing from HYP count as empty (all deleted)."""
-    from asr.metrics.wer import (
-        compute_cer,
-        compute_wer,
-        read_kaldi_text,
-        write_error_report,
-        write_recognitions,
-    )
-
     try:
         refs = read_kaldi_text(args.ref)
         hyps = read_kaldi_text(args.hyp)

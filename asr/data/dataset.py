@@ -32,11 +32,8 @@ from torch import Tensor
 
 from asr.data.config import DataConfig
 from asr.data.filtering import (
-    FilterStats,
     TextEncoder,
-    conv2d_subsampled_length,
     cut_text,
-    filter_cuts,
 )
 from asr.data.sampler import make_sampler, resolve_rank_world_size
 from asr.features.fbank import make_lhotse_fbank
@@ -48,7 +45,6 @@ __all__ = [
     "AsrDataset",
     "TextEncoder",
     "load_cuts",
-    "load_train_cuts",
     "make_dataloader",
     "pad_tokens",
 ]
@@ -232,23 +228,6 @@ def load_cuts(manifest_dir: str | Path, names: Sequence[str]):
             raise FileNotFoundError(f"cut manifest {path} does not exist")
     lazy = [CutSet.from_jsonl_lazy(path) for path in paths]
     return lazy[0] if len(lazy) == 1 else combine(*lazy)
-
-
-def load_train_cuts(
-    cfg: DataConfig,
-    encoder: TextEncoder,
-    output_length: Callable[[int], int] = conv2d_subsampled_length,
-) -> tuple[object, FilterStats]:
-    """Training cuts of ``cfg`` filtered by duration range and tokens-vs-frames (lazy)."""
-    cuts = load_cuts(cfg.manifest_dir, cfg.train_cuts)
-    return filter_cuts(
-        cuts,
-        encoder,
-        output_length=output_length,
-        min_duration=cfg.min_cut_duration,
-        max_duration=cfg.max_cut_duration,
-        frame_shift=cfg.fbank.frame_shift,
-    )
 
 
 def _seed_worker(worker_id: int, base_seed: int) -> None:

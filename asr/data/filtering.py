@@ -20,21 +20,13 @@ from typing import Protocol
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FilterStats", "TextEncoder", "conv2d_subsampled_length", "filter_cuts", "drop_reason"]
+__all__ = ["FilterStats", "TextEncoder", "filter_cuts", "drop_reason"]
 
 
 class TextEncoder(Protocol):
     """Anything that turns a transcript into token ids (tokenizers implement it)."""
 
     def encode(self, text: str) -> list[int]: ...
-
-
-def conv2d_subsampled_length(num_frames: int) -> int:
-    """Frames after the conv2d x4 subsampling front end: ``((T - 1) // 2 - 1) // 2``, at least 0.
-
-    Same formula as ``asr.encoders.subsampling.subsampled_length``.
-    """
-    return max(0, ((num_frames - 1) // 2 - 1) // 2)
 
 
 @dataclass(frozen=True)
@@ -80,7 +72,7 @@ def _num_input_frames(cut, frame_shift: float) -> int:
 def drop_reason(
     cut,
     encoder: TextEncoder,
-    output_length: Callable[[int], int] = conv2d_subsampled_length,
+    output_length: Callable[[int], int],
     min_duration: float = 0.0,
     max_duration: float = float("inf"),
     frame_shift: float = 0.01,
@@ -125,7 +117,7 @@ class _Keep:
 def filter_cuts(
     cuts,
     encoder: TextEncoder,
-    output_length: Callable[[int], int] = conv2d_subsampled_length,
+    output_length: Callable[[int], int],
     min_duration: float = 0.0,
     max_duration: float = float("inf"),
     frame_shift: float = 0.01,

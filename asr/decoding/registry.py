@@ -1,30 +1,37 @@
-"""Searcher names -> constructors, and which names a model's heads support.
+"""The table of searchers: which head each one searches, its role, whether it streams and fuses
+an LM, and how it is built. Every question about searchers is answered from :data:`SEARCHERS`:
+the names a model supports (:func:`available_searchers`), the greedy or beam searcher of a model's
+main head (:func:`searcher_for`, the default of packages, the dev WER of training and
+``asr decode --searcher greedy|beam``), and what :func:`build_searcher` builds.
 
-=====================  =======================================================================
-name                   needs
-=====================  =======================================================================
-ctc_greedy             ``ctc`` head (also streaming)
-ctc_prefix_beam        ``ctc`` head (optional LM: ``lm_path`` / ``lm_weight`` or ``lm=``)
-transducer_greedy      ``transducer`` head with loss full|pruned (also streaming)
-transducer_beam        ``transducer`` head with loss full|pruned (optional LM as above)
-tdt_greedy             ``transducer`` head with loss tdt (also streaming)
-tdt_beam               ``transducer`` head with loss tdt (optional LM as above)
-aed_beam               ``aed`` head (CTC prefix scores when a ``ctc`` head exists and
-                       ``ctc_weight > 0``)
-attention_rescoring    ``aed`` head and a first pass: ``ctc_prefix_beam`` with a ``ctc`` head,
-                       else ``transducer_beam`` / ``tdt_beam``
-cif_greedy             ``cif`` head
-cif_beam               ``cif`` head (optional LM as above)
-=====================  =======================================================================
+=====================  =======  ========  =====  ====================================================
+name                   role     streams   LM     needs
+=====================  =======  ========  =====  ====================================================
+ctc_greedy             greedy   yes       no     a ``ctc`` head
+ctc_prefix_beam        beam     no        yes    a ``ctc`` head
+transducer_greedy      greedy   yes       no     a ``transducer`` head with loss full|pruned
+transducer_beam        beam     no        yes    a ``transducer`` head with loss full|pruned
+tdt_greedy             greedy   yes       no     a ``transducer`` head with loss tdt
+tdt_beam               beam     no        yes    a ``transducer`` head with loss tdt
+aed_beam               beam     no        no     an ``aed`` head (CTC prefix scores when a ``ctc`` head
+                                                 exists and ``ctc_weight > 0``)
+attention_rescoring    rescore  no        no     an ``aed`` head and a first pass: ``ctc_prefix_beam``
+                                                 with a ``ctc`` head, else ``transducer_beam`` /
+                                                 ``tdt_beam``
+cif_greedy             greedy   no        no     a ``cif`` head
+cif_beam               beam     no        yes    a ``cif`` head
+=====================  =======  ========  =====  ====================================================
+
+The LM of an LM-fusing searcher is ``search.lm_path`` (a token or word n-gram, ``search.lm_unit``)
+or the ``lm=`` argument.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import replace
-
-from torch import nn
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Literal
 
 from asr.decoding.aed_beam import AedBeamSearch
 from asr.decoding.base import Searcher, StreamingSearcher
@@ -38,93 +45,178 @@ from asr.decoding.rescoring import AttentionRescoring
 from asr.decoding.tdt_beam import TdtBeamSearch
 from asr.decoding.transducer_beam import ModifiedBeamSearch
 from asr.decoding.transducer_greedy import LabelLoopingGreedy
+from asr.decoding.word_lm import load_word_lm
 from asr.model import ASRModel
 from asr.tokenizers.base import Tokenizer
 
 __all__ = [
+    "ROLES",
+    "SEARCHERS",
     "SEARCHER_NAMES",
     "STREAMING_SEARCHER_NAMES",
+    "SearcherSpec",
     "available_searchers",
     "build_searcher",
     "build_streaming_searcher",
+    "resolve_searcher",
+    "searcher_for",
 ]
 
 logger = logging.getLogger(__name__)
 
-SEARCHER_NAMES = (
-    "ctc_greedy",
-    "ctc_prefix_beam",
-    "transducer_greedy",
-    "transducer_beam",
-    "tdt_greedy",
-    "tdt_beam",
-    "aed_beam",
-    "attention_rescoring",
-    "cif_greedy",
-    "cif_beam",
-)
-STREAMING_SEARCHER_NAMES = ("ctc_greedy", "transducer_greedy", "tdt_greedy")
+Role = Literal["greedy", "beam", "rescore"]
+#: Roles that ``build_searcher`` / ``asr decode --searcher`` accept in place of a name.
+ROLES: tuple[str, ...] = ("greedy", "beam")
+
+_Builder = Callable[[ASRModel, SearchConfig, "LanguageModel | None", "Tokenizer | None"], Searcher]
+
+
+@dataclass(frozen=True)
+class SearcherSpec:
+    """One row of the searcher table.
+
+    Attributes:
+        name: the searcher's name.
+        head: the head it searches (its vocabulary is the LM's).
+        kinds: head kinds it accepts (``HEADS[head].kind``: ``rnnt``/``tdt`` for transducers).
+        role: ``greedy``, ``beam`` or ``rescore``.
+        streaming: whether it also runs chunk by chunk on a streaming state.
+        fuses_lm: whether it uses ``search.lm_path`` (shallow fusion).
+        needs: what the model must have, for messages.
+        build: ``(model, search config, LM or None, tokenizer or None) -> searcher``.
+        also_needs: heads beyond ``head`` of which at least one must exist (rescoring's first pass).
+    """
+
+    name: str
+    head: str
+    kinds: tuple[str, ...]
+    role: Role
+    streaming: bool
+    fuses_lm: bool
+    needs: str
+    build: _Builder
+    also_needs: tuple[str, ...] = ()
+
+    def usable(self, kinds: Mapping[str, str]) -> bool:
+        """Whether a model whose heads have ``kinds`` (name -> kind) supports this searcher."""
+        if kinds.get(self.head) not in self.kinds:
+            return False
+        return not self.also_needs or any(h in kinds for h in self.also_needs)
+
+
+def _first_pass(model: ASRModel, cfg: SearchConfig, tokenizer: Tokenizer | None) -> Searcher:
+    """n-best producer for attention rescoring: all ``beam_size`` hypotheses are kept."""
+    first_cfg = replace(cfg, nbest=cfg.beam_size)
+    kinds = model.head_kinds()
+    first = "ctc_prefix_beam" if "ctc" in kinds else searcher_for("beam", model, heads=("transducer",))
+    return build_searcher(first, model, first_cfg, tokenizer=tokenizer)
+
+
+def _ctc(model: ASRModel):
+    return model.heads["ctc"] if "ctc" in model.heads else None
+
+
+_RNNT, _TDT = "a 'transducer' head with loss full|pruned", "a 'transducer' head with loss tdt"
+
+#: Every searcher, in the order names are listed.
+SEARCHERS: tuple[SearcherSpec, ...] = (
+    SearcherSpec("ctc_greedy", "ctc", ("ctc",), "greedy", True, False, "a 'ctc' head",
+                 lambda m, c, lm, tok: CtcGreedySearcher(m.heads["ctc"], c)),
+    SearcherSpec("ctc_prefix_beam", "ctc", ("ctc",), "beam", False, True, "a 'ctc' head",
+                 lambda m, c, lm, tok: CtcPrefixBeamSearch(m.heads["ctc"], c, lm)),
+    SearcherSpec("transducer_greedy", "transducer", ("rnnt",), "greedy", True, False, _RNNT,
+                 lambda m, c, lm, tok: LabelLoopingGreedy(m.heads["transducer"], c)),
+    SearcherSpec("transducer_beam", "transducer", ("rnnt",), "beam", False, True, _RNNT,
+                 lambda m, c, lm, tok: ModifiedBeamSearch(m.heads["transducer"], c, lm)),
+    SearcherSpec("tdt_greedy", "transducer", ("tdt",), "greedy", True, False, _TDT,
+                 lambda m, c, lm, tok: LabelLoopingGreedy(m.heads["transducer"], c)),
+    SearcherSpec("tdt_beam", "transducer", ("tdt",), "beam", False, True, _TDT,
+                 lambda m, c, lm, tok: TdtBeamSearch(m.heads["transducer"], c, lm)),
+    SearcherSpec("aed_beam", "aed", ("aed",), "beam", False, False, "an 'aed' head",
+                 lambda m, c, lm, tok: AedBeamSearch(m.heads["aed"], c, _ctc(m))),
+    SearcherSpec("attention_rescoring", "aed", ("aed",), "rescore", False, False,
+                 "an 'aed' head and a 'ctc' or 'transducer' head",
+                 lambda m, c, lm, tok: AttentionRescoring(_first_pass(m, c, tok), m.heads["aed"], c),
+                 also_needs=("ctc", "transducer")),
+    SearcherSpec("cif_greedy", "cif", ("cif",), "greedy", False, False, "a 'cif' head",
+                 lambda m, c, lm, tok: CifGreedySearch(m.heads["cif"], c)),
+    SearcherSpec("cif_beam", "cif", ("cif",), "beam", False, True, "a 'cif' head",
+                 lambda m, c, lm, tok: CifBeamSearch(m.heads["cif"], c, lm)),
+)  # fmt: skip
+
+_BY_NAME = {spec.name: spec for spec in SEARCHERS}
+SEARCHER_NAMES: tuple[str, ...] = tuple(_BY_NAME)
+STREAMING_SEARCHER_NAMES: tuple[str, ...] = tuple(s.name for s in SEARCHERS if s.streaming)
 
 #: The default options (frozen, so safe to share as a default argument).
 DEFAULT_SEARCH = SearchConfig()
 
-_NEEDS = {
-    "ctc_greedy": "a 'ctc' head",
-    "ctc_prefix_beam": "a 'ctc' head",
-    "transducer_greedy": "a 'transducer' head with loss full|pruned",
-    "transducer_beam": "a 'transducer' head with loss full|pruned",
-    "tdt_greedy": "a 'transducer' head with loss tdt",
-    "tdt_beam": "a 'transducer' head with loss tdt",
-    "aed_beam": "an 'aed' head",
-    "attention_rescoring": "an 'aed' head and a 'ctc' or 'transducer' head",
-    "cif_greedy": "a 'cif' head",
-    "cif_beam": "a 'cif' head",
-}
-
-
-def _head(model: ASRModel, name: str) -> nn.Module | None:
-    return model.heads[name] if name in model.heads else None
-
-
-def _transducer_kind(model: ASRModel) -> str | None:
-    head = _head(model, "transducer")
-    if head is None:
-        return None
-    return "tdt" if head.cfg.loss == "tdt" else "rnnt"
-
 
 def available_searchers(model: ASRModel) -> list[str]:
-    """The searcher names this model's heads support, in :data:`SEARCHER_NAMES` order."""
-    has_ctc = _head(model, "ctc") is not None
-    kind = _transducer_kind(model)
-    usable = {
-        "ctc_greedy": has_ctc,
-        "ctc_prefix_beam": has_ctc,
-        "transducer_greedy": kind == "rnnt",
-        "transducer_beam": kind == "rnnt",
-        "tdt_greedy": kind == "tdt",
-        "tdt_beam": kind == "tdt",
-        "aed_beam": _head(model, "aed") is not None,
-        "attention_rescoring": _head(model, "aed") is not None and (has_ctc or kind is not None),
-        "cif_greedy": _head(model, "cif") is not None,
-        "cif_beam": _head(model, "cif") is not None,
-    }
-    return [name for name in SEARCHER_NAMES if usable[name]]
+    """The searcher names this model's heads support, in :data:`SEARCHERS` order."""
+    kinds = model.head_kinds()
+    return [spec.name for spec in SEARCHERS if spec.usable(kinds)]
 
 
-def _check(name: str, model: ASRModel, names: tuple[str, ...]) -> None:
-    if name not in names:
-        raise ValueError(f"unknown searcher {name!r}; expected one of {list(names)}")
-    available = available_searchers(model)
-    if name not in available:
-        heads = [
-            f"transducer(loss={head.cfg.loss})" if key == "transducer" else key
-            for key, head in model.heads.items()
-        ]
+def searcher_for(
+    role: Role, model: ASRModel, trained_only: bool = False, heads: tuple[str, ...] | None = None
+) -> str | None:
+    """The ``role`` searcher of the model's first head that has one (heads in :data:`HEADS`
+    order: transducer, ctc, aed, cif), or None.
+
+    Args:
+        role: ``greedy`` or ``beam``.
+        model: the model.
+        trained_only: skip heads of loss weight 0 (the dev WER of a training run).
+        heads: consider only these heads.
+    """
+    kinds = model.head_kinds(trained_only)
+    for head in kinds:
+        if heads is not None and head not in heads:
+            continue
+        for spec in SEARCHERS:
+            if spec.head == head and spec.role == role and spec.usable(kinds):
+                return spec.name
+    return None
+
+
+def resolve_searcher(name: str, model: ASRModel) -> str:
+    """``name`` itself, or for a role (``greedy``, ``beam``) the model's searcher of that role.
+
+    Raises:
+        ValueError: for an unknown name, or a role none of the model's heads has.
+    """
+    if name in ROLES:
+        resolved = searcher_for(name, model)  # type: ignore[arg-type]
+        if resolved is None:
+            raise ValueError(
+                f"no {name} searcher for heads {_describe_heads(model)}; available searchers: "
+                f"{available_searchers(model)}"
+            )
+        return resolved
+    if name not in _BY_NAME:
         raise ValueError(
-            f"searcher {name!r} needs {_NEEDS[name]}, but the model has heads {heads}; "
-            f"available searchers: {[n for n in available if n in names]}"
+            f"unknown searcher {name!r}; expected one of {list(SEARCHER_NAMES)} or a role "
+            f"({', '.join(ROLES)})"
         )
+    return name
+
+
+def _describe_heads(model: ASRModel) -> list[str]:
+    return [
+        f"transducer(loss={head.cfg.loss})" if key == "transducer" else key
+        for key, head in model.heads.items()
+    ]
+
+
+def _check(name: str, model: ASRModel) -> SearcherSpec:
+    spec = _BY_NAME[name]
+    if not spec.usable(model.head_kinds()):
+        raise ValueError(
+            f"searcher {name!r} needs {spec.needs}, but the model has heads "
+            f"{_describe_heads(model)}; available searchers: {available_searchers(model)}"
+        )
+    return spec
 
 
 def _load_lm(
@@ -146,56 +238,7 @@ def _load_lm(
         raise ValueError(
             f"tokenizer vocabulary {tokenizer.vocab_size} differs from the {head} head's {vocab_size}"
         )
-    from asr.decoding.word_lm import load_word_lm
-
     return load_word_lm(cfg.lm_path, tokenizer)
-
-
-def _first_pass(model: ASRModel, cfg: SearchConfig, tokenizer: Tokenizer | None) -> Searcher:
-    """n-best producer for attention rescoring: all ``beam_size`` hypotheses are kept."""
-    first_cfg = replace(cfg, nbest=cfg.beam_size)
-    if _head(model, "ctc") is not None:
-        return build_searcher("ctc_prefix_beam", model, first_cfg, tokenizer=tokenizer)
-    beam = "tdt_beam" if _transducer_kind(model) == "tdt" else "transducer_beam"
-    return build_searcher(beam, model, first_cfg, tokenizer=tokenizer)
-
-
-#: Searchers that fuse an LM -> the head whose vocabulary the LM must match.
-_LM_HEADS = {
-    "ctc_prefix_beam": "ctc",
-    "transducer_beam": "transducer",
-    "tdt_beam": "transducer",
-    "cif_beam": "cif",
-}
-
-
-_Builder = Callable[[ASRModel, SearchConfig, "LanguageModel | None", "Tokenizer | None"], Searcher]
-_BUILDERS: dict[str, _Builder] = {
-    "ctc_greedy": lambda m, c, lm, tok: CtcGreedySearcher(m.heads["ctc"], c),
-    "ctc_prefix_beam": lambda m, c, lm, tok: CtcPrefixBeamSearch(m.heads["ctc"], c, lm),
-    "transducer_greedy": lambda m, c, lm, tok: LabelLoopingGreedy(m.heads["transducer"], c),
-    "transducer_beam": lambda m, c, lm, tok: ModifiedBeamSearch(m.heads["transducer"], c, lm),
-    "tdt_greedy": lambda m, c, lm, tok: LabelLoopingGreedy(m.heads["transducer"], c),
-    "tdt_beam": lambda m, c, lm, tok: TdtBeamSearch(m.heads["transducer"], c, lm),
-    "aed_beam": lambda m, c, lm, tok: AedBeamSearch(m.heads["aed"], c, _head(m, "ctc")),
-    "attention_rescoring": lambda m, c, lm, tok: AttentionRescoring(
-        _first_pass(m, c, tok), m.heads["aed"], c
-    ),
-    "cif_greedy": lambda m, c, lm, tok: CifGreedySearch(m.heads["cif"], c),
-    "cif_beam": lambda m, c, lm, tok: CifBeamSearch(m.heads["cif"], c, lm),
-}
-
-
-def _build(
-    name: str,
-    model: ASRModel,
-    cfg: SearchConfig,
-    lm: LanguageModel | None,
-    tokenizer: Tokenizer | None,
-) -> Searcher:
-    if lm is None and name in _LM_HEADS:
-        lm = _load_lm(model, cfg, _LM_HEADS[name], tokenizer)
-    return _BUILDERS[name](model, cfg, lm, tokenizer)
 
 
 def build_searcher(
@@ -212,11 +255,11 @@ def build_searcher(
     put the model in eval mode first (dropout would make decoding random).
 
     Args:
-        name: one of :data:`SEARCHER_NAMES`.
+        name: one of :data:`SEARCHER_NAMES`, or a role (``greedy``, ``beam``) for the model's
+            searcher of that role (:func:`searcher_for`).
         model: the model whose heads are searched.
         cfg: search options.
-        lm: token LM for ``ctc_prefix_beam``, ``transducer_beam``, ``tdt_beam`` and
-            ``cif_beam`` (overrides ``cfg.lm_path``).
+        lm: LM for the LM-fusing searchers (overrides ``cfg.lm_path``).
         tokenizer: the model's tokenizer; needed to spell the lexicon of a word LM
             (``cfg.lm_unit == "word"``).
 
@@ -224,10 +267,12 @@ def build_searcher(
         ValueError: on an unknown name, or one the model's heads do not support (naming the
             missing head and the available searchers).
     """
-    _check(name, model, SEARCHER_NAMES)
+    spec = _check(resolve_searcher(name, model), model)
     if model.training:
         logger.warning("build_searcher(%r): the model is in training mode (dropout is on)", name)
-    return _build(name, model, cfg, lm, tokenizer)
+    if lm is None and spec.fuses_lm:
+        lm = _load_lm(model, cfg, spec.head, tokenizer)
+    return spec.build(model, cfg, lm, tokenizer)
 
 
 def build_streaming_searcher(
@@ -237,12 +282,20 @@ def build_streaming_searcher(
     *,
     tokenizer: Tokenizer | None = None,
 ) -> StreamingSearcher:
-    """Builds streaming searcher ``name`` (one of :data:`STREAMING_SEARCHER_NAMES`).
+    """Builds streaming searcher ``name`` (one of :data:`STREAMING_SEARCHER_NAMES`, or
+    ``greedy``).
 
     Raises:
-        ValueError: as :func:`build_searcher`.
+        ValueError: as :func:`build_searcher`, and for a searcher that does not stream.
     """
-    _check(name, model, STREAMING_SEARCHER_NAMES)
-    searcher = _build(name, model, cfg, None, tokenizer)
+    resolved = resolve_searcher(name, model)
+    spec = _check(resolved, model)
+    if not spec.streaming:
+        streaming = [n for n in available_searchers(model) if _BY_NAME[n].streaming]
+        raise ValueError(
+            f"searcher {resolved!r} does not stream; streaming searchers of this model: "
+            f"{streaming} (all streaming searchers: {list(STREAMING_SEARCHER_NAMES)})"
+        )
+    searcher = spec.build(model, cfg, None, tokenizer)
     assert isinstance(searcher, StreamingSearcher)
     return searcher

@@ -95,10 +95,8 @@ class ChunkedEncoder(nn.Module):
     #: Input feature frames per encoder frame.
     subsampling_factor: ClassVar[int] = SUBSAMPLING_FACTOR
 
-    @staticmethod
-    def output_length(num_frames: Tensor | int) -> Tensor | int:
-        """Encoder frames for ``num_frames`` feature frames (ints or integer tensors)."""
-        return subsampled_length(num_frames)
+    #: Encoder frames for a number of feature frames (ints or integer tensors).
+    output_length = staticmethod(subsampled_length)
 
     @classmethod
     def streaming_problem(

@@ -272,7 +272,10 @@ class AEDHead(nn.Module):
         correct = ((logits.argmax(dim=-1) == targets) & valid).sum()
         return loss, correct
 
-    def loss(self, enc: Tensor, enc_lens: Tensor, tokens: Tensor, token_lens: Tensor) -> LossOutput:
+    def loss(
+        self, enc: Tensor, enc_lens: Tensor, tokens: Tensor, token_lens: Tensor,
+        step: int | None = None,
+    ) -> LossOutput:
         """Teacher-forced decoder loss summed over the batch.
 
         Args:

@@ -285,7 +285,10 @@ class CIFHead(nn.Module):
         inputs = torch.where(glanced.unsqueeze(-1), reference, inputs)
         return inputs, int(glanced.sum())
 
-    def loss(self, enc: Tensor, enc_lens: Tensor, tokens: Tensor, token_lens: Tensor) -> LossOutput:
+    def loss(
+        self, enc: Tensor, enc_lens: Tensor, tokens: Tensor, token_lens: Tensor,
+        step: int | None = None,
+    ) -> LossOutput:
         """Decoder cross-entropy (label smoothed) + ``quantity_weight`` * quantity loss, summed.
 
         Args:

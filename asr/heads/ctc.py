@@ -75,7 +75,10 @@ class CTCHead(nn.Module):
         """Same as :meth:`log_probs`."""
         return self.log_probs(enc)
 
-    def loss(self, enc: Tensor, enc_lens: Tensor, tokens: Tensor, token_lens: Tensor) -> LossOutput:
+    def loss(
+        self, enc: Tensor, enc_lens: Tensor, tokens: Tensor, token_lens: Tensor,
+        step: int | None = None,
+    ) -> LossOutput:
         """CTC loss summed over the batch.
 
         Args:

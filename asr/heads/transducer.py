@@ -9,14 +9,14 @@
 * ``loss="tdt"``: Xu et al. 2023 (arXiv:2304.06795, :mod:`asr.losses.tdt`); the joiner emits
   ``V + len(durations)`` logits.
 
-Warm-up (pruned loss only): the head holds the current training step, set by the trainer with
-:meth:`TransducerHead.set_step` before each batch. With ``f = min(step / warm_step, 1)``::
+Warm-up (pruned loss only): the trainer passes the training step to :meth:`TransducerHead.loss`
+(through :meth:`asr.model.ASRModel.forward`). With ``f = min(step / warm_step, 1)``::
 
     simple_scale = 1 - f * (1 - simple_loss_scale)   # 1.0 at step 0 -> simple_loss_scale
     pruned_scale = 0.1 + 0.9 * f                      # 0.1 at step 0 -> 1.0
 
 so early on, when the band chosen from a random simple joiner is poor, the simple loss dominates.
-The step is a plain attribute, not a buffer: the trainer owns it and sets it after a resume.
+Without a step (``None``: evaluation outside training) the loss is the warmed-up one.
 
 Utterances whose loss is not finite (no alignment fits: ``T_b = 0``, or a pruned band too
 narrow, ``T_b * (prune_range - 1) < U_b``) are dropped from the sum and counted in
@@ -124,7 +124,6 @@ class TransducerHead(nn.Module):
             raise ValueError(f"blank_id={cfg.blank_id} is outside the vocabulary of {vocab_size}")
         self.cfg = cfg
         self.vocab_size = vocab_size
-        self.step = 0
         if cfg.predictor == "stateless":
             self.predictor: nn.Module = StatelessPredictor(
                 vocab_size, cfg.pred_dim, cfg.context_size, cfg.blank_id
@@ -154,14 +153,11 @@ class TransducerHead(nn.Module):
         """Durations of the TDT duration logits; ``()`` for RNN-T heads."""
         return tuple(self.cfg.durations) if self.cfg.loss == "tdt" else ()
 
-    def set_step(self, step: int) -> None:
-        """Sets the training step that drives the pruned-loss warm-up."""
-        self.step = int(step)
-
-    def loss_scales(self) -> tuple[float, float]:
-        """``(simple_scale, pruned_scale)`` at the current step (see the module docstring)."""
+    def loss_scales(self, step: int | None = None) -> tuple[float, float]:
+        """``(simple_scale, pruned_scale)`` at training step ``step`` (see the module docstring;
+        None: after the warm-up)."""
         warm = self.cfg.warm_step
-        frac = 1.0 if warm == 0 else min(self.step / warm, 1.0)
+        frac = 1.0 if warm == 0 or step is None else min(step / warm, 1.0)
         return 1.0 - frac * (1.0 - self.cfg.simple_loss_scale), 0.1 + 0.9 * frac
 
     def predict(self, tokens: Tensor) -> Tensor:
@@ -171,18 +167,22 @@ class TransducerHead(nn.Module):
         pred, _ = self.predictor(torch.cat([start, tokens], dim=1), state)
         return pred
 
-    def loss(self, enc: Tensor, enc_lens: Tensor, tokens: Tensor, token_lens: Tensor) -> LossOutput:
+    def loss(
+        self, enc: Tensor, enc_lens: Tensor, tokens: Tensor, token_lens: Tensor,
+        step: int | None = None,
+    ) -> LossOutput:
         """Transducer loss SUMMED over utterances.
 
         Args:
             enc: (B, T, D) encoder output. enc_lens: (B,) valid frames.
             tokens: (B, U) padded with 0. token_lens: (B,) valid tokens.
+            step: training step of the pruned loss' warm-up (None: warmed up).
         """
         tokens = tokens.to(torch.int64)
         pred = self.predict(tokens)
         metrics: dict[str, float] = {}
         if self.cfg.loss == "pruned":
-            per_utt = self._pruned_loss(enc, enc_lens, pred, tokens, token_lens, metrics)
+            per_utt = self._pruned_loss(enc, enc_lens, pred, tokens, token_lens, step, metrics)
         elif self.cfg.loss == "full":
             logits = self.joiner(enc, pred)
             per_utt = rnnt_loss(
@@ -222,6 +222,7 @@ class TransducerHead(nn.Module):
         pred: Tensor,
         tokens: Tensor,
         token_lens: Tensor,
+        step: int | None,
         metrics: dict[str, float],
     ) -> Tensor:
         """Per-utterance ``simple_scale * simple + pruned_scale * pruned``; fills ``metrics``."""
@@ -249,7 +250,7 @@ class TransducerHead(nn.Module):
         pruned = rnnt_loss_pruned(
             logits, tokens, ranges, enc_lens, token_lens, self.blank_id, cfg.backend, "none"
         )
-        simple_scale, pruned_scale = self.loss_scales()
+        simple_scale, pruned_scale = self.loss_scales(step)
         finite = torch.isfinite(simple) & torch.isfinite(pruned)
         metrics["simple_loss"] = float(torch.where(finite, simple, 0.0).detach().sum())
         metrics["pruned_loss"] = float(torch.where(finite, pruned, 0.0).detach().sum())

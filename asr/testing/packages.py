@@ -13,9 +13,12 @@ from pathlib import Path
 
 import torch
 
+from asr.checkpoints.io import checkpoint_path, link_epoch_checkpoint
 from asr.config import save_config, to_dict
-from asr.experiment import build_model
+from asr.experiment import CONFIG_FILE, build_model
+from asr.package import export_package
 from asr.testing.tiny import TINY_SENTENCES, tiny_config, train_tiny_experiment
+from asr.tokenizers.char import build_char_tokenizer
 
 __all__ = ["TinyPackage", "random_package", "trained_tiny_package"]
 
@@ -42,8 +45,6 @@ class TinyPackage:
 
 def trained_tiny_package(root: str | Path, head: str = "ctc", steps: int = 300) -> TinyPackage:
     """Trains (once per process and arguments) and exports a tiny model under ``root``."""
-    from asr.package import export_package
-
     key = (str(root), head, steps)
     with _LOCK:
         if key not in _CACHE:
@@ -58,21 +59,21 @@ def trained_tiny_package(root: str | Path, head: str = "ctc", steps: int = 300) 
 def random_experiment(
     root: str | Path, head: str = "ctc", num_epochs: int = 1, seed: int = 0, **config_kwargs
 ) -> Path:
-    """An experiment directory with ``num_epochs`` random-weight epoch checkpoints (no training).
+    """An experiment directory with ``num_epochs`` random-weight epoch checkpoints (no training),
+    laid out as the trainer lays them out: ``checkpoint-<epoch>.pt`` and its hard link
+    ``epoch-<epoch>.pt``.
 
     Returns:
         The experiment directory (``config.yaml``, ``epoch-1.pt`` ...); the char tokenizer of
         :data:`TINY_SENTENCES` is in ``root/tokenizer``.
     """
-    from asr.tokenizers.char import build_char_tokenizer
-
     root = Path(root)
     tokenizer = build_char_tokenizer(TINY_SENTENCES)
     tokenizer.save(root / "tokenizer")
     cfg = tiny_config(root / "tokenizer", head=head, **config_kwargs)
     exp_dir = root / "exp"
     exp_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, exp_dir / "config.yaml")
+    save_config(cfg, exp_dir / CONFIG_FILE)
     torch.manual_seed(seed)
     for epoch in range(1, num_epochs + 1):
         model = build_model(cfg, tokenizer.vocab_size)
@@ -81,14 +82,14 @@ def random_experiment(
             "extra": {"config": to_dict(cfg)},
             "progress": {"history": [{"epoch": epoch, "train_loss": 1.0, "valid_wer": 50.0 - epoch}]},
         }
-        torch.save(checkpoint, exp_dir / f"epoch-{epoch}.pt")
+        path = checkpoint_path(exp_dir, epoch)
+        torch.save(checkpoint, path)
+        link_epoch_checkpoint(path, epoch)
     return exp_dir
 
 
 def random_package(root: str | Path, head: str = "ctc", seed: int = 0, **config_kwargs) -> Path:
     """A package of a random-weight tiny model (for tests that need no trained weights)."""
-    from asr.package import export_package
-
     exp_dir = random_experiment(root, head=head, seed=seed, **config_kwargs)
     package_dir = Path(root) / "package"
     export_package(exp_dir, package_dir, overwrite=True)

@@ -22,9 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from asr.audio import load_audio, resample
+from asr.checkpoints.io import checkpoint_path, link_epoch_checkpoint
 from asr.config import from_dict, save_config, to_dict
 from asr.encoders.base import EncoderConfig
-from asr.experiment import ExperimentConfig, build_model
+from asr.experiment import CONFIG_FILE, ExperimentConfig, build_model
+from asr.features.fbank import compute_fbank
+from asr.tokenizers.char import build_char_tokenizer
 
 __all__ = [
     "TINY_SENTENCES",
@@ -137,9 +141,6 @@ def _feature_pool(
     """Per example, ``variants`` feature versions: the utterance as synthesized, then between
     random silences; every other one band-limited to 4 kHz (as if recorded at 8 kHz). Plus a
     silence-only example."""
-    from asr.audio import resample
-    from asr.features.fbank import compute_fbank
-
     rate = cfg.data.fbank.sample_rate
 
     def silence() -> np.ndarray:
@@ -199,9 +200,6 @@ def train_tiny_experiment(
         num_threads: torch threads while training (1 is fastest on a shared 2-core machine).
         **config_kwargs: passed to :func:`tiny_config`.
     """
-    from asr.audio import load_audio
-    from asr.tokenizers.char import build_char_tokenizer
-
     work_dir = Path(work_dir)
     wavs = tuple(synthesize(t, work_dir / "wavs" / f"utt{i}.wav") for i, t in enumerate(sentences))
     tokenizer = build_char_tokenizer(sentences)
@@ -233,9 +231,11 @@ def train_tiny_experiment(
     logger.info("tiny %s model: final loss %.4f after %d steps", head, loss_value, steps)
     exp_dir = work_dir / "exp"
     exp_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, exp_dir / "config.yaml")
+    save_config(cfg, exp_dir / CONFIG_FILE)
     checkpoint = {"model": model.state_dict(), "extra": {"config": to_dict(cfg)}}
-    torch.save(checkpoint, exp_dir / "epoch-1.pt")
+    path = checkpoint_path(exp_dir, steps)
+    torch.save(checkpoint, path)
+    link_epoch_checkpoint(path, 1)
     return TinyExperiment(exp_dir, tokenizer_dir, wavs, tuple(sentences), loss_value)
 
 

@@ -7,13 +7,22 @@ The mini_tts main job thus trains ~1700 float32 steps on a 2-core AVX2 machine (
 2900-3400 bf16 steps on one with AMX (measured) in the same minutes, instead of a step count sized
 for the slowest machine.
 
-:func:`plan_total_steps` is the arithmetic; :class:`asr.train.trainer.Trainer` does the measuring.
+:func:`plan_total_steps` is the arithmetic; :class:`TimeBudget` measures the run and (re)plans;
+the trainer calls it after every optimizer step and at every end of epoch, and applies its plans.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from asr.train.distributed import DistInfo, all_reduce_sum
+from asr.train.state import Progress, TrainConfig
+
+logger = logging.getLogger(__name__)
 
 SAFETY = 0.98
 """Fraction of the remaining time a plan uses: steps get a few percent slower over a run (longer
@@ -100,3 +109,162 @@ def plan_total_steps(inp: PlanInput) -> StepPlan:
     if 0 < inp.max_steps <= total:
         return StepPlan(max(inp.max_steps, inp.step))
     return StepPlan(max(total // inp.quantum * inp.quantum, inp.step))
+
+
+class TimeBudget:
+    """The wall clock of a training run and, with ``train.time_budget_s > 0``, its step plan.
+
+    It counts the seconds trained (summed over resumed runs: ``Progress.train_seconds``), measures
+    the cost of a step (from a fifth of the calibration steps on, over the latest
+    ``time_budget_window`` steps, without the ends of epochs) and of an end of epoch, plans the
+    total step count (:func:`plan_total_steps`) after ``time_budget_calibration_steps`` steps,
+    every ``time_budget_quantum`` steps after that and at every end of epoch, and says when the
+    budget is spent. Every method that plans or checks the budget is collective when
+    distributed: rank 0's plan holds everywhere, and every rank stops once any rank's clock says
+    the budget is spent.
+
+    Args:
+        cfg: the loop settings.
+        dist: this process' place in the job.
+        clock: monotonic seconds (replaceable in tests).
+    """
+
+    def __init__(self, cfg: TrainConfig, dist: DistInfo,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.cfg = cfg
+        self.dist = dist
+        self.clock = clock
+        self.enabled = cfg.time_budget_s > 0
+        self.spent = False
+        self._run_start: float | None = None  # clock() when the run started
+        self._seconds_before = 0.0  # training seconds of earlier (resumed) runs
+        self._start_step = 0
+        self._epoch_end_seconds: list[float] = []  # end-of-epoch costs of this run
+        # (clock, step, epoch ends) marks that step timing starts from: the first one after the
+        # first steps of a run, whose cost is mostly start-up (first batches, kernel set-up), not
+        # steady training; then one per periodic re-plan, so that plans follow the recent cost.
+        self._rate_marks: list[tuple[float, int, int]] = []
+        self._planned_total: int | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether :meth:`start` was called (inside ``Trainer.fit``)."""
+        return self._run_start is not None
+
+    def start(self, progress: Progress) -> None:
+        """A run starts (or resumes) at ``progress``. Collective."""
+        self._run_start = self.clock()
+        self._seconds_before = progress.train_seconds
+        self._start_step = progress.step
+        self._epoch_end_seconds = []
+        self._rate_marks = []
+        self.spent = False
+        if self.enabled:
+            self._check(progress)
+
+    def elapsed(self) -> float:
+        """Training seconds so far, earlier (resumed) runs included."""
+        assert self._run_start is not None, "only after start()"
+        return self._seconds_before + self.clock() - self._run_start
+
+    def limit(self, progress: Progress) -> int:
+        """The step training stops at (0: no limit but the epochs)."""
+        if self.enabled and progress.planned_steps > 0:
+            return progress.planned_steps
+        return self.cfg.max_steps
+
+    def after_step(self, progress: Progress) -> int | None:
+        """Called after each optimizer step; returns a new planned total, or None. Collective."""
+        if not self.enabled:
+            return None
+        total = None
+        steps_this_run = progress.step - self._start_step
+        calibration = self.cfg.time_budget_calibration_steps
+        if steps_this_run == calibration // 5:
+            self._mark_rate(progress)
+        since = steps_this_run - calibration
+        if since >= 0 and since % self.cfg.time_budget_quantum == 0:
+            total = self._plan(progress)  # after calibration, then every quantum steps
+            if since > 0:
+                self._mark_rate(progress)
+        if progress.step % self.cfg.log_interval == 0:
+            self._check(progress)
+        return total
+
+    def after_epoch(self, progress: Progress, end_seconds: float) -> int | None:
+        """Called at an end of epoch that cost ``end_seconds`` (``progress.epoch`` is already the
+        next one), before its checkpoint; returns a new planned total, or None. Collective."""
+        if not self.enabled:
+            return None
+        self._epoch_end_seconds.append(end_seconds)
+        self._check(progress)
+        if self.spent or 0 < self.limit(progress) <= progress.step:
+            return None
+        if progress.epoch > self.cfg.max_epochs:
+            return None
+        return self._plan(progress)
+
+    def _check(self, progress: Progress) -> None:
+        spent = 1.0 if self.elapsed() >= self.cfg.time_budget_s else 0.0
+        if all_reduce_sum(spent, self.dist) > 0 and not self.spent:
+            self.spent = True
+            logger.warning(
+                "time budget of %.0f s spent at step %d (plan: %d steps): stopping here",
+                self.cfg.time_budget_s, progress.step, progress.planned_steps,
+            )
+
+    def _mark_rate(self, progress: Progress) -> None:
+        self._rate_marks.append((self.clock(), progress.step, len(self._epoch_end_seconds)))
+        # Only the newest mark at least a window old is ever used (or the first one).
+        window_start = progress.step - self.cfg.time_budget_window
+        old = [i for i, m in enumerate(self._rate_marks) if m[1] <= window_start]
+        if len(old) > 1:
+            del self._rate_marks[1 : old[-1]]
+
+    def _plan(self, progress: Progress) -> int | None:
+        """(Re)plans the total step count from this run's measured costs; sets
+        ``progress.planned_steps`` and returns the total for the schedule."""
+        p = progress
+        if p.step - self._start_step <= 0:
+            return None
+        assert self._run_start is not None
+        epoch_end_s = (sum(self._epoch_end_seconds) / len(self._epoch_end_seconds)
+                       if self._epoch_end_seconds else 0.0)
+        # The cost of the latest time_budget_window steps (or more): a machine whose speed
+        # changes during the run (other load, a shared host) gets plans that follow it.
+        recent = [m for m in self._rate_marks if m[1] <= p.step - self.cfg.time_budget_window]
+        origin = recent[-1] if recent else (self._rate_marks[0] if self._rate_marks else None)
+        if origin is None or p.step <= origin[1]:  # too early: time the run from its start
+            origin = (self._run_start, self._start_step, 0)
+        timed_steps = p.step - origin[1]
+        step_seconds = self.clock() - origin[0] - sum(self._epoch_end_seconds[origin[2]:])
+        ends = [r.step for r in p.history if r.step is not None]
+        steps_per_epoch = ends[-1] - (ends[-2] if len(ends) > 1 else 0) if ends else 0
+        steps_into_epoch = p.batches_in_epoch // self.cfg.accum_grad
+        inp = PlanInput(
+            step=p.step,
+            remaining_s=self.cfg.time_budget_s - self.elapsed(),
+            sec_per_step=max(step_seconds / timed_steps, 1e-9),
+            epoch_end_s=epoch_end_s,
+            steps_per_epoch=steps_per_epoch,
+            # 0 on an epoch's last step: its end (validation, dev WER) comes before any more.
+            steps_left_in_epoch=max(steps_per_epoch - steps_into_epoch, 0),
+            epochs_left=self.cfg.max_epochs - p.epoch + 1,
+            max_steps=self.cfg.max_steps,
+            quantum=self.cfg.time_budget_quantum,
+        )
+        plan = plan_total_steps(inp) if self.dist.is_main else None
+        # Rank 0's plan everywhere (a negative total says "ends with the epochs").
+        code = (-1 if plan.by_epochs else 1) * plan.total_steps if plan is not None else 0
+        code = int(round(all_reduce_sum(code, self.dist)))
+        total, by_epochs = abs(code), code < 0
+        if total != self._planned_total:
+            logger.info(
+                "time budget: %.0f s left at step %d, %.3f s per step, %.1f s per epoch end, "
+                "%s steps per epoch: planning %d steps%s", inp.remaining_s, p.step,
+                inp.sec_per_step, epoch_end_s, steps_per_epoch or "?", total,
+                " (all of max_epochs fit)" if by_epochs else "",
+            )
+        self._planned_total = total
+        p.planned_steps = 0 if by_epochs else total
+        return total

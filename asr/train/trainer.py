@@ -1,8 +1,10 @@
 """The training loop: plain PyTorch, DDP through ``torchrun``, AMP on GPU, exact resume.
 
-The trainer knows nothing about speech: it drives any module whose ``forward(batch)`` returns an
-object with ``loss`` (scalar, SUMMED over utterances), ``num_utterances`` and ``metrics`` (floats),
-as :class:`asr.model.ASRModel` does. Batches come from a callable ``train_batches(epoch, skip)``
+The trainer knows nothing about speech: it drives any module whose ``forward(batch, step=...)``
+(``step``: the optimizer steps taken so far, for losses with a schedule) returns an object with
+``loss`` (scalar, SUMMED over utterances), ``num_utterances`` and ``metrics`` (a dict of floats,
+also sums), as :class:`asr.model.ASRModel` does. Wall-clock budgets are planned by
+:class:`asr.train.budget.TimeBudget`, called after each step and at each end of epoch. Batches come from a callable ``train_batches(epoch, skip)``
 that yields the batches of ``epoch`` after dropping the first ``skip``; that position plus the RNG
 states is what makes a resumed run continue exactly where the killed one stopped.
 
@@ -19,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -27,6 +28,8 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
 
 from asr.checkpoints.averaging import RunningAverage
 from asr.checkpoints.io import (
@@ -34,11 +37,12 @@ from asr.checkpoints.io import (
     capture_rng_state,
     checkpoint_path,
     latest_checkpoint,
+    link_epoch_checkpoint,
     remove_old_checkpoints,
     restore_rng_state,
     safe_torch_load,
 )
-from asr.train.budget import PlanInput, plan_total_steps
+from asr.train.budget import TimeBudget
 from asr.train.distributed import DistInfo, all_reduce_sum, barrier
 from asr.train.optim import OptimConfig, Scheduler, build_optimizer
 from asr.train.plot import plot_history
@@ -134,16 +138,7 @@ class Trainer:
         self.progress = Progress()
         self._accum_utts = 0.0  # utterances in the gradients accumulated since the last step
         self._writer = None
-        self._clock = clock
-        self._run_start: float | None = None  # clock() when fit() started
-        self._seconds_before = 0.0  # training seconds of earlier (resumed) runs
-        self._run_start_step = 0
-        self._epoch_end_seconds: list[float] = []  # end-of-epoch costs of this run
-        # (clock, step, epoch ends) marks that step timing starts from: the first one after the
-        # first steps of a run, whose cost is mostly start-up (first batches, kernel set-up), not
-        # steady training; then one per periodic re-plan, so that plans follow the recent cost.
-        self._rate_marks: list[tuple[float, int, int]] = []
-        self._budget_spent = False
+        self.budget = TimeBudget(train_cfg, self.dist, clock)
 
     # ----------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -185,8 +180,8 @@ class Trainer:
             )
 
     def save(self, path: Path) -> None:
-        if self._run_start is not None:  # inside fit(): count this run's seconds
-            self.progress.train_seconds = self._elapsed()
+        if self.budget.running:  # inside fit(): count this run's seconds
+            self.progress.train_seconds = self.budget.elapsed()
         state = self.state_dict()  # collective when distributed: every rank must call it
         if self.dist.is_main:
             atomic_torch_save(state, path)
@@ -209,8 +204,6 @@ class Trainer:
     @property
     def writer(self):
         if self._writer is None and self.dist.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-
             self._writer = SummaryWriter(log_dir=str(self.exp_dir / "tensorboard"))
         return self._writer
 
@@ -219,97 +212,18 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
-    def _set_step(self) -> None:
-        set_step = getattr(unwrap(self.model), "set_step", None)
-        if callable(set_step):
-            set_step(self.progress.step)
-
     def _finished(self) -> bool:
-        limit = self.cfg.max_steps
-        if self.cfg.time_budget_s > 0 and self.progress.planned_steps > 0:
-            limit = self.progress.planned_steps
-        return 0 < limit <= self.progress.step or self._budget_spent
+        limit = self.budget.limit(self.progress)
+        return 0 < limit <= self.progress.step or self.budget.spent
 
-    # ------------------------------------------------------------------------- time budget
-    def _elapsed(self) -> float:
-        assert self._run_start is not None, "only inside fit()"
-        return self._seconds_before + self._clock() - self._run_start
-
-    def _check_budget(self) -> None:
-        """Collective: every rank stops once any rank's clock says the budget is spent."""
-        spent = 1.0 if self._elapsed() >= self.cfg.time_budget_s else 0.0
-        if all_reduce_sum(spent, self.dist) > 0 and not self._budget_spent:
-            self._budget_spent = True
-            logger.warning(
-                "time budget of %.0f s spent at step %d (plan: %d steps): stopping here",
-                self.cfg.time_budget_s, self.progress.step, self.progress.planned_steps,
-            )
-
-    def _mark_rate(self) -> None:
-        self._rate_marks.append((self._clock(), self.progress.step, len(self._epoch_end_seconds)))
-        # Only the newest mark at least a window old is ever used (or the first one).
-        window_start = self.progress.step - self.cfg.time_budget_window
-        old = [i for i, m in enumerate(self._rate_marks) if m[1] <= window_start]
-        if len(old) > 1:
-            del self._rate_marks[1 : old[-1]]
-
-    def _plan(self) -> None:
-        """Collective: (re)plans the total step count from this run's measured costs."""
-        p = self.progress
-        steps_this_run = p.step - self._run_start_step
-        if steps_this_run <= 0:
-            return
-        epoch_end_s = (sum(self._epoch_end_seconds) / len(self._epoch_end_seconds)
-                       if self._epoch_end_seconds else 0.0)
-        # The cost of the latest time_budget_window steps (or more): a machine whose speed
-        # changes during the run (other load, a shared host) gets plans that follow it.
-        recent = [m for m in self._rate_marks if m[1] <= p.step - self.cfg.time_budget_window]
-        origin = recent[-1] if recent else (self._rate_marks[0] if self._rate_marks else None)
-        if origin is None or p.step <= origin[1]:  # too early: time the run from its start
-            origin = (self._run_start, self._run_start_step, 0)
-        timed_steps = p.step - origin[1]
-        step_seconds = self._clock() - origin[0] - sum(self._epoch_end_seconds[origin[2]:])
-        ends = [r.step for r in p.history if r.step is not None]
-        steps_per_epoch = ends[-1] - (ends[-2] if len(ends) > 1 else 0) if ends else 0
-        steps_into_epoch = p.batches_in_epoch // self.cfg.accum_grad
-        inp = PlanInput(
-            step=p.step,
-            remaining_s=self.cfg.time_budget_s - self._elapsed(),
-            sec_per_step=max(step_seconds / timed_steps, 1e-9),
-            epoch_end_s=epoch_end_s,
-            steps_per_epoch=steps_per_epoch,
-            # 0 on an epoch's last step: its end (validation, dev WER) comes before any more.
-            steps_left_in_epoch=max(steps_per_epoch - steps_into_epoch, 0),
-            epochs_left=self.cfg.max_epochs - p.epoch + 1,
-            max_steps=self.cfg.max_steps,
-            quantum=self.cfg.time_budget_quantum,
-        )
-        plan = plan_total_steps(inp) if self.dist.is_main else None
-        # Rank 0's plan everywhere (a negative total says "ends with the epochs").
-        code = (-1 if plan.by_epochs else 1) * plan.total_steps if plan is not None else 0
-        code = int(round(all_reduce_sum(code, self.dist)))
-        total, by_epochs = abs(code), code < 0
-        if total != self.scheduler.total_steps:
-            logger.info(
-                "time budget: %.0f s left at step %d, %.3f s per step, %.1f s per epoch end, "
-                "%s steps per epoch: planning %d steps%s", inp.remaining_s, p.step,
-                inp.sec_per_step, epoch_end_s, steps_per_epoch or "?", total,
-                " (all of max_epochs fit)" if by_epochs else "",
-            )
-        p.planned_steps = 0 if by_epochs else total
-        self.scheduler.set_total_steps(total)
+    def _apply_plan(self, total: int | None) -> None:
+        if total is not None:
+            self.scheduler.set_total_steps(total)
 
     def fit(self) -> Progress:
         """Trains until ``max_epochs``, ``max_steps`` or the time budget; returns the progress."""
         self.exp_dir.mkdir(parents=True, exist_ok=True)
-        self._run_start = self._clock()
-        self._seconds_before = self.progress.train_seconds
-        self._run_start_step = self.progress.step
-        self._epoch_end_seconds = []
-        self._rate_marks = []
-        self._budget_spent = False
-        if self.cfg.time_budget_s > 0:
-            self._check_budget()
+        self.budget.start(self.progress)
         while self.progress.epoch <= self.cfg.max_epochs and not self._finished():
             self._train_epoch()
             if self._finished() and self.progress.batches_in_epoch > 0:
@@ -325,15 +239,12 @@ class Trainer:
         return self.progress
 
     def _train_epoch(self) -> None:
-        from tqdm import tqdm
-
         p = self.progress
         self.model.train()
         batches = self.train_batches(p.epoch, p.batches_in_epoch)
         bar = tqdm(batches, desc=f"epoch {p.epoch}", disable=not self.dist.is_main,
                    initial=p.batches_in_epoch, unit="batch", dynamic_ncols=True)
         for batch in bar:
-            self._set_step()
             loss_value, num_utts, metrics = self._forward_backward(batch)
             p.batches_in_epoch += 1
             p.loss_sum += loss_value
@@ -342,18 +253,7 @@ class Trainer:
                 continue
             self._optimizer_step()
             p.step += 1
-            if self.cfg.time_budget_s > 0:
-                steps_this_run = p.step - self._run_start_step
-                calibration = self.cfg.time_budget_calibration_steps
-                if steps_this_run == calibration // 5:
-                    self._mark_rate()
-                since = steps_this_run - calibration
-                if since >= 0 and since % self.cfg.time_budget_quantum == 0:
-                    self._plan()  # after calibration, then every time_budget_quantum steps
-                    if since > 0:
-                        self._mark_rate()
-                if p.step % self.cfg.log_interval == 0:
-                    self._check_budget()
+            self._apply_plan(self.budget.after_step(p))
             if self.averager is not None:
                 self.averager.update(unwrap(self.model), p.step)
             if p.step % self.cfg.log_interval == 0:
@@ -371,7 +271,7 @@ class Trainer:
     def _forward_backward(self, batch: Batch) -> tuple[float, float, dict[str, float]]:
         batch = batch.to(self.device)
         with self._autocast():
-            out = self.model(batch)
+            out = self.model(batch, step=self.progress.step)
         loss = out.loss.float()
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -380,8 +280,7 @@ class Trainer:
             )
         self.scaler.scale(loss * self.dist.world_size).backward()
         self._accum_utts += float(out.num_utterances)
-        metrics = out.metrics() if callable(out.metrics) else out.metrics
-        return float(loss.detach()), float(out.num_utterances), dict(metrics)
+        return float(loss.detach()), float(out.num_utterances), dict(out.metrics)
 
     def _normalize_gradients(self) -> None:
         """Divides the accumulated gradient sums by the global number of utterances."""
@@ -424,7 +323,7 @@ class Trainer:
         loss_sum, utts = 0.0, 0.0
         for batch in self.valid_batches():
             with self._autocast():
-                out = model(batch.to(self.device))
+                out = model(batch.to(self.device), step=self.progress.step)
             loss_sum += float(out.loss.float())
             utts += float(out.num_utterances)
         model.train(was_training)
@@ -438,7 +337,7 @@ class Trainer:
             logger.info("step %d: valid loss %.4f", self.progress.step, valid_loss)
 
     def _end_epoch(self) -> None:
-        start = self._clock()
+        start = self.budget.clock()
         p = self.progress
         train_loss = all_reduce_sum(p.loss_sum, self.dist) / max(all_reduce_sum(p.utts_sum, self.dist), 1.0)
         valid_loss = self._validate()
@@ -457,19 +356,13 @@ class Trainer:
         p.epoch += 1
         p.batches_in_epoch = 0
         p.loss_sum = p.utts_sum = 0.0
-        if self.cfg.time_budget_s > 0:
-            # Re-planned before the checkpoint, so that a resumed run continues this plan.
-            self._epoch_end_seconds.append(self._clock() - start)
-            self._check_budget()
-            if not self._finished() and p.epoch <= self.cfg.max_epochs:
-                self._plan()
+        # Re-planned before the checkpoint, so that a resumed run continues this plan.
+        self._apply_plan(self.budget.after_epoch(p, self.budget.clock() - start))
         # The epoch checkpoint is a step checkpoint (what resume() looks for) plus a hard link
         # named after the epoch for averaging and decoding by epoch.
         path = checkpoint_path(self.exp_dir, p.step)
         self.save(path)
         if self.dist.is_main:
-            epoch_path = self.exp_dir / f"epoch-{p.epoch - 1}.pt"
-            epoch_path.unlink(missing_ok=True)
-            os.link(path, epoch_path)
+            link_epoch_checkpoint(path, p.epoch - 1)
             remove_old_checkpoints(self.exp_dir, self.cfg.keep_last)
             plot_history(p.history, self.exp_dir / "training.png")

@@ -49,3 +49,13 @@ def test_decode_errors_name_the_problem(trained, caplog):
     assert "did you mean 'beam_size'" in caplog.text
     assert _decode(trained, "--searcher", "ctc_greedy", "--epoch", "7") == 2
     assert "epoch-7.pt" in caplog.text
+
+
+def test_roles_resolve_per_head_and_summaries_are_printed(trained, capsys):
+    """The tiny model has transducer and CTC heads: the roles name the transducer's searchers."""
+    assert _decode(trained, "--searcher", "greedy", "beam", "--epoch", "2") == 0
+    printed = capsys.readouterr().out.split()
+    assert printed == [
+        str(trained / name / f"wer-summary-{PART}-{name}.txt")
+        for name in ("transducer_greedy", "transducer_beam")
+    ]

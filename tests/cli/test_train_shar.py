@@ -15,7 +15,7 @@ from asr.cli.main import main
 
 
 def test_train_from_shar_and_resume_exactly(tmp_path, tiny_corpus, caplog):
-    caplog.set_level(logging.INFO, logger="asr.train.recipe")
+    caplog.set_level(logging.INFO, logger="asr.run.train")
     shar = tmp_path / "shar"
     manifest = tiny_corpus / "fbank" / "librispeech_cuts_train-clean-5.jsonl.gz"
     assert (

@@ -14,7 +14,9 @@ from librispeech_tree import CharEncoder
 
 from asr.config import ConfigError, from_dict
 from asr.data.config import DataConfig, NoiseConfig, SpecAugmentConfig
-from asr.data.dataset import AsrDataset, load_cuts, load_train_cuts, make_dataloader, pad_tokens
+from asr.data.dataset import AsrDataset, load_cuts, make_dataloader, pad_tokens
+from asr.data.filtering import filter_cuts
+from asr.encoders.subsampling import subsampled_length
 from asr.types import Batch
 
 LILCOM_ATOL = 0.02
@@ -115,9 +117,7 @@ def test_spec_augment_starts_at_its_epoch(prepared: dict) -> None:
 
 
 def test_trainer_batches_follow_spec_augment_start_epoch(prepared: dict) -> None:
-    from asr.experiment import ExperimentConfig
-    from asr.train.distributed import DistInfo
-    from asr.train.recipe import EpochBatches
+    from asr.data.epochs import EpochBatches
 
     masks = SpecAugmentConfig(time_warp_factor=0, num_freq_masks=2, max_freq_mask_width=20,
                               num_time_masks=1, max_time_mask_width=1, probability=1.0,
@@ -125,7 +125,7 @@ def test_trainer_batches_follow_spec_augment_start_epoch(prepared: dict) -> None
     data = _cfg(prepared, spec_augment=masks, drop_last=False)
     cuts = _train_cuts(prepared)
     clean = AsrDataset.from_config(data, CharEncoder(), train=False)[cuts]
-    batches = EpochBatches(cuts, ExperimentConfig(data=data), CharEncoder(), DistInfo())
+    batches = EpochBatches(cuts, data, CharEncoder())
 
     def valid_feats(batch: Batch) -> dict:
         return {cut_id: batch.feats[i, :n]
@@ -206,7 +206,9 @@ def test_make_dataloader_and_strict_config(prepared: dict) -> None:
     with pytest.raises((ConfigError, ValueError), match="num_time_masks=0"):
         from_dict(DataConfig, {"spec_augment": {"num_time_masks": 0}})
     assert from_dict(DataConfig, {"spec_augment": {"enabled": False, "num_time_masks": 0}})
-    cuts, stats = load_train_cuts(cfg, CharEncoder())
+    cuts, stats = filter_cuts(load_cuts(cfg.manifest_dir, cfg.train_cuts), CharEncoder(),
+                              subsampled_length, min_duration=cfg.min_cut_duration,
+                              max_duration=cfg.max_cut_duration)
     assert stats.kept == 8
     loader = make_dataloader(cuts, cfg, CharEncoder(), train=True)
     batches = list(loader)

@@ -9,7 +9,8 @@ from lhotse import CutSet, MonoCut, Recording, SupervisionSegment
 from lhotse.audio import AudioSource
 from librispeech_tree import CharEncoder
 
-from asr.data.filtering import FilterStats, conv2d_subsampled_length, filter_cuts
+from asr.data.filtering import FilterStats, filter_cuts
+from asr.encoders.subsampling import subsampled_length
 
 
 def _cut(cut_id: str, duration: float, text: str) -> MonoCut:
@@ -20,9 +21,9 @@ def _cut(cut_id: str, duration: float, text: str) -> MonoCut:
     return MonoCut(cut_id, 0.0, duration, 0, recording=recording, supervisions=[sup])
 
 
-def test_conv2d_subsampled_length_hand_values() -> None:
+def test_subsampled_length_hand_values() -> None:
     # ((T - 1) // 2 - 1) // 2
-    assert [conv2d_subsampled_length(t) for t in (0, 1, 3, 6, 7, 8, 9, 10, 11, 100, 101)] == [
+    assert [subsampled_length(t) for t in (0, 1, 3, 6, 7, 8, 9, 10, 11, 100, 101)] == [
         0, 0, 0, 0, 1, 1, 1, 1, 2, 24, 24]
 
 
@@ -40,7 +41,8 @@ def _cuts() -> CutSet:
 
 def test_filter_counts_each_reason(caplog) -> None:
     with caplog.at_level(logging.INFO):
-        kept, stats = filter_cuts(_cuts(), CharEncoder(), min_duration=0.3, max_duration=20.0)
+        kept, stats = filter_cuts(_cuts(), CharEncoder(), subsampled_length, min_duration=0.3,
+                                  max_duration=20.0)
     assert sorted(c.id for c in kept) == ["exactly", "ok"]
     assert stats == FilterStats(kept=2, empty_text=1, too_short=1, too_long=1, too_many_tokens=2)
     assert stats.total == 7 and stats.dropped == 5
@@ -61,5 +63,6 @@ def test_filter_custom_output_length_and_lazy(tmp_path) -> None:
 
 @pytest.mark.parametrize("duration", [0.05, 0.06])  # 5 or 6 frames -> 0 encoder frames
 def test_too_few_frames_for_any_token(duration: float) -> None:
-    kept, stats = filter_cuts(CutSet.from_cuts([_cut("tiny", duration, "A")]), CharEncoder())
+    kept, stats = filter_cuts(CutSet.from_cuts([_cut("tiny", duration, "A")]), CharEncoder(),
+                               subsampled_length)
     assert len(kept) == 0 and stats.too_many_tokens == 1

@@ -16,6 +16,7 @@ from asr.decoding import (
     build_searcher,
     build_streaming_searcher,
 )
+from asr.decoding.registry import SEARCHERS, resolve_searcher, searcher_for
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ def test_errors_name_the_missing_head_and_the_available_searchers():
         build_searcher("ctc_greedy", model)
     with pytest.raises(ValueError, match="unknown searcher 'viterbi'"):
         build_searcher("viterbi", model)
-    with pytest.raises(ValueError, match="unknown searcher 'tdt_beam'"):
+    with pytest.raises(ValueError, match=r"searcher .tdt_beam. does not stream.*\[.tdt_greedy.\]"):
         build_streaming_searcher("tdt_beam", model)
 
 
@@ -99,3 +100,42 @@ def test_output_contract_and_batch_composition_invariance(kind, name):
 
 def test_every_searcher_is_covered_by_the_generic_test():
     assert {name for _, name in CASES} == set(SEARCHER_NAMES)
+
+
+@pytest.mark.parametrize(
+    ("heads", "greedy", "beam"),
+    [
+        (dict(transducer="tdt", ctc=True), "tdt_greedy", "tdt_beam"),
+        (dict(transducer="pruned", ctc=True, aed=True), "transducer_greedy", "transducer_beam"),
+        (dict(ctc=True, aed=True), "ctc_greedy", "ctc_prefix_beam"),
+        (dict(aed=True, cif=True), "cif_greedy", "aed_beam"),
+        (dict(aed=True), None, "aed_beam"),
+    ],
+)
+def test_roles_resolve_to_the_first_head_that_has_one(heads, greedy, beam):
+    model = make_model(**heads)
+    assert searcher_for("greedy", model) == greedy
+    assert searcher_for("beam", model) == beam
+    if greedy is not None:
+        assert resolve_searcher("greedy", model) == greedy
+        assert type(build_searcher("greedy", model)) is type(build_searcher(greedy, model))
+    else:
+        with pytest.raises(ValueError, match=r"no greedy searcher for heads \['aed'\]"):
+            resolve_searcher("greedy", model)
+
+
+def test_untrained_heads_are_skipped_for_the_dev_wer():
+    model = make_model(transducer="pruned", ctc=True)
+    model.loss_weights["transducer"] = 0.0
+    assert searcher_for("greedy", model) == "transducer_greedy"
+    assert searcher_for("greedy", model, trained_only=True) == "ctc_greedy"
+
+
+def test_table_rows_agree_with_the_lists():
+    assert SEARCHER_NAMES == tuple(spec.name for spec in SEARCHERS)
+    streaming = [s.name for s in SEARCHERS if s.streaming]
+    assert streaming == ["ctc_greedy", "transducer_greedy", "tdt_greedy"]
+    models = [make_model(transducer="pruned", ctc=True, cif=True), make_model(transducer="tdt")]
+    for name in streaming:  # every streaming row really streams
+        model = next(m for m in models if name in available_searchers(m))
+        build_streaming_searcher(name, model)

@@ -56,15 +56,14 @@ def test_full_head_equals_torchaudio_on_its_joiner():
 
 def test_pruned_head_with_wide_band_is_weighted_simple_plus_full():
     head = small_head(loss="pruned", prune_range=5, warm_step=100, lm_only_scale=0.0)
-    head.set_step(50)
     enc, enc_lens, tokens, token_lens = batch()
-    out = head.loss(enc, enc_lens, tokens, token_lens)
+    out = head.loss(enc, enc_lens, tokens, token_lens, step=50)
     pred = head.predict(tokens)
     full = rnnt_loss(head.joiner(enc, pred), tokens, enc_lens, token_lens)
     simple = rnnt_loss_simple(
         head.simple_am_proj(enc), head.simple_lm_proj(pred), tokens, enc_lens, token_lens
     )
-    simple_scale, pruned_scale = head.loss_scales()
+    simple_scale, pruned_scale = head.loss_scales(50)
     assert (simple_scale, pruned_scale) == pytest.approx((0.75, 0.55))
     torch.testing.assert_close(out.loss, simple_scale * simple + pruned_scale * full)
     assert out.metrics["pruned_loss"] == pytest.approx(float(full.detach()), rel=1e-5)
@@ -73,12 +72,11 @@ def test_pruned_head_with_wide_band_is_weighted_simple_plus_full():
 
 def test_warmup_schedule():
     head = small_head(loss="pruned", warm_step=10, simple_loss_scale=0.5)
-    assert head.loss_scales() == pytest.approx((1.0, 0.1))
-    head.set_step(10)
-    assert head.loss_scales() == pytest.approx((0.5, 1.0))
-    head.set_step(1000)
-    assert head.loss_scales() == pytest.approx((0.5, 1.0))
-    assert small_head(loss="pruned", warm_step=0).loss_scales() == pytest.approx((0.5, 1.0))
+    assert head.loss_scales(0) == pytest.approx((1.0, 0.1))
+    assert head.loss_scales(10) == pytest.approx((0.5, 1.0))
+    assert head.loss_scales(1000) == pytest.approx((0.5, 1.0))
+    assert head.loss_scales(None) == pytest.approx((0.5, 1.0))  # outside training: warmed up
+    assert small_head(loss="pruned", warm_step=0).loss_scales(0) == pytest.approx((0.5, 1.0))
 
 
 def test_tdt_head_equals_tdt_loss_and_has_duration_logits():

@@ -101,7 +101,7 @@ class TimedToy(ToyModel):
         self.start_up = start_up
         self.stall_at, self.stall_s = stall_at, stall_s
 
-    def forward(self, batch):
+    def forward(self, batch, step=None):
         if self.training:
             self.calls += 1
             if self.calls == 1:
@@ -110,7 +110,7 @@ class TimedToy(ToyModel):
                 self.clock.now += self.stall_s
             changed = self.change_after and self.calls > self.change_after
             self.clock.now += self.clock.step_cost * (self.factor if changed else 1.0)
-        return super().forward(batch)
+        return super().forward(batch, step)
 
 
 def budget_run(exp_dir, clock, budget=60.0, resume=False, fail_at=0, max_epochs=50,

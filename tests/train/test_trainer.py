@@ -31,8 +31,11 @@ class ToyModel(nn.Module):
         super().__init__()
         self.noise = 0.01
         self.net = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Dropout(0.3), nn.Linear(16, 1))
+        self.steps_seen: list[int | None] = []  # the step each training forward was given
 
-    def forward(self, batch: Batch) -> _Out:
+    def forward(self, batch: Batch, step: int | None = None) -> _Out:
+        if self.training:
+            self.steps_seen.append(step)
         mask = (torch.arange(batch.feats.shape[1])[None] < batch.feat_lens[:, None]).float()
         pooled = (batch.feats * mask[..., None]).sum(1) / batch.feat_lens[:, None].float()
         noise = self.noise * torch.randn_like(pooled)  # stands in for on-the-fly augmentation
@@ -160,8 +163,8 @@ def test_outputs_checkpoints_logs_and_plot(tmp_path):
 
 def test_non_finite_loss_names_the_cuts(tmp_path):
     class NanModel(ToyModel):
-        def forward(self, batch):
-            out = super().forward(batch)
+        def forward(self, batch, step=None):
+            out = super().forward(batch, step)
             return _Out(out.loss * float("nan"), out.num_utterances)
 
     def nan_batches(epoch, skip):
@@ -216,3 +219,12 @@ def test_two_process_torchrun_gives_the_same_gradients_as_one_process(tmp_path):
     two = torch.load(tmp_path / "grads_2.pt")
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6)
+
+
+def test_each_forward_gets_the_optimizer_steps_taken_so_far(tmp_path):
+    model = ToyModel()
+    cfg = TrainConfig(max_epochs=1, accum_grad=2, checkpoint_interval=0)
+    trainer = Trainer(model, OptimConfig(), cfg, tmp_path,
+                      lambda epoch, skip: batches(epoch, skip, num_batches=6))
+    trainer.fit()
+    assert model.steps_seen == [0, 0, 1, 1, 2, 2]

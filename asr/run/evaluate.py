@@ -22,15 +22,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from tqdm import tqdm
 
+from asr.data.dataset import load_cuts, make_dataloader
+from asr.data.librispeech import cuts_path
+from asr.decoding import Searcher
+from asr.experiment import ExperimentConfig
+from asr.metrics.wer import CorpusResult, compute_wer, write_error_report, write_recognitions
+from asr.model import ASRModel
+from asr.tokenizers import Tokenizer
 from asr.types import Batch
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "Recognition",
-    "greedy_searcher_name",
+    "decode_part",
     "recognize",
     "score_recognitions",
     "write_results",
@@ -54,33 +61,12 @@ class Recognition:
     frames: tuple[int, ...] = ()
 
 
-def greedy_searcher_name(heads_cfg: Any) -> str | None:
-    """The greedy searcher of the first trained head that has one (None if none has).
-
-    Head order is :class:`asr.model.HeadsConfig`'s: transducer (``tdt_greedy`` for a TDT loss,
-    else ``transducer_greedy``), ctc (``ctc_greedy``), cif (``cif_greedy``); the attention decoder
-    has only a beam search and is skipped, and so is every head of loss weight 0 (it is not
-    trained, so its WER says nothing about the run).
-    """
-    weights = heads_cfg.weights()
-    for name, sub in heads_cfg.enabled().items():
-        if weights[name] <= 0:
-            continue
-        if name == "transducer":
-            return "tdt_greedy" if getattr(sub, "loss", None) == "tdt" else "transducer_greedy"
-        if name == "ctc":
-            return "ctc_greedy"
-        if name == "cif":
-            return "cif_greedy"
-    return None
-
-
 @torch.no_grad()
 def recognize(
-    model: nn.Module,
-    searcher,
+    model: ASRModel,
+    searcher: Searcher,
     batches: Iterable[Batch],
-    tokenizer,
+    tokenizer: Tokenizer,
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> tuple[list[Recognition], float]:
@@ -94,8 +80,6 @@ def recognize(
         device: where the encoder runs.
         progress: show a tqdm bar.
     """
-    from tqdm import tqdm
-
     was_training = model.training
     model.eval()
     results: list[Recognition] = []
@@ -120,10 +104,8 @@ def recognize(
     return results, time.perf_counter() - started
 
 
-def score_recognitions(recognitions: Iterable[Recognition]):
+def score_recognitions(recognitions: Iterable[Recognition]) -> CorpusResult:
     """WER (:class:`asr.metrics.wer.CorpusResult`) of recognitions, sorted by cut id."""
-    from asr.metrics.wer import compute_wer
-
     ordered = sorted(recognitions, key=lambda r: r.cut_id)
     return compute_wer([r.ref for r in ordered], [r.hyp for r in ordered], [r.cut_id for r in ordered])
 
@@ -144,8 +126,6 @@ def write_results(
         recognitions: decoded utterances.
         settings: shown in the summary's settings column (e.g. epoch, avg, beam size).
     """
-    from asr.metrics.wer import write_error_report, write_recognitions
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = score_recognitions(recognitions)
@@ -162,3 +142,23 @@ def write_results(
         f"settings\tWER\n{tag}\t{wer:.2f}\n# {result.stats.summary('WER')}\n", encoding="utf-8"
     )
     return wer, paths
+
+
+def decode_part(
+    model: ASRModel,
+    searcher: Searcher,
+    cfg: ExperimentConfig,
+    tokenizer: Tokenizer,
+    part: str,
+    manifest_dir: Path,
+    device: torch.device | str,
+) -> list[Recognition]:
+    """Recognitions of one test set ``<manifest_dir>/librispeech_cuts_<part>.jsonl.gz`` (all of
+    its cuts, unfiltered)."""
+    cuts = load_cuts(manifest_dir, [cuts_path(manifest_dir, part).name]).to_eager()
+    loader = make_dataloader(cuts, cfg.data, tokenizer, train=False, rank=0, world_size=1)
+    recognitions, seconds = recognize(model, searcher, loader, tokenizer, device)
+    audio = sum(c.duration for c in cuts)
+    logger.info("%s: %d utterances, %.1f s of audio decoded in %.1f s (RTF %.3f)", part,
+                len(recognitions), audio, seconds, seconds / max(audio, 1e-9))
+    return recognitions

@@ -1,0 +1,116 @@
+"""Which weights of an experiment directory to use, and reading them: the one place that chooses.
+
+``asr average``, ``asr decode`` and ``asr export-package`` take the same options (icefall's):
+
+* ``--checkpoint F``: one training checkpoint (``.pt``) or weights file (``.safetensors``);
+* ``--epoch E --avg N``: the average of ``epoch-(E-N+1).pt .. epoch-E.pt``, or with
+  ``--use-averaged-model`` the running average over every sampled step of those epochs;
+* ``--last N``: the average of the newest ``N`` step checkpoints ``checkpoint-K.pt``;
+* nothing: the newest ``checkpoint-K.pt`` (every epoch end writes one, so it is at least as
+  new as the newest ``epoch-E.pt``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from asr.checkpoints.averaging import (
+    average_state_dicts,
+    averaged_model_between,
+    epoch_checkpoints,
+    last_step_checkpoints,
+)
+from asr.checkpoints.io import epoch_checkpoint_path, latest_checkpoint, read_model_weights
+
+__all__ = ["SelectedWeights", "WeightSelection", "select_weights"]
+
+
+@dataclass(frozen=True)
+class WeightSelection:
+    """Which weights of an experiment directory to use (at most one way; see the module doc).
+
+    Raises:
+        ValueError: on construction, for an inconsistent combination.
+    """
+
+    epoch: int | None = None
+    avg: int = 1
+    last: int | None = None
+    checkpoint: Path | None = None
+    use_averaged_model: bool = False
+
+    def __post_init__(self) -> None:
+        ways = sum(x is not None for x in (self.epoch, self.last, self.checkpoint))
+        if ways > 1:
+            raise ValueError("choose one of --epoch/--avg, --last and --checkpoint")
+        if self.use_averaged_model and self.epoch is None:
+            raise ValueError("--use-averaged-model needs --epoch (and --avg)")
+        if self.avg != 1 and self.epoch is None:
+            raise ValueError("--avg needs --epoch")
+        if self.avg < 1:
+            raise ValueError(f"--avg must be >= 1, got {self.avg}")
+
+    def is_default(self) -> bool:
+        """Whether no way was chosen (the newest step checkpoint)."""
+        return self.epoch is None and self.last is None and self.checkpoint is None
+
+
+@dataclass(frozen=True)
+class SelectedWeights:
+    """Weights chosen by a :class:`WeightSelection`.
+
+    Attributes:
+        state_dict: model weights (averages in float64 where averaged).
+        tag: names the selection, e.g. ``epoch-8-avg-3`` or ``checkpoint-4500``.
+        sources: the files the weights come from, oldest first.
+        checkpoint: the newest source's whole training checkpoint (progress, ``extra`` config);
+            empty for a ``.safetensors`` file.
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    tag: str
+    sources: tuple[Path, ...]
+    checkpoint: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _average(paths: list[Path], tag: str) -> SelectedWeights:
+    loaded = [read_model_weights(p) for p in paths]
+    state_dict = loaded[0][0] if len(loaded) == 1 else average_state_dicts(sd for sd, _ in loaded)
+    return SelectedWeights(state_dict, tag, tuple(paths), loaded[-1][1])
+
+
+def select_weights(exp_dir: str | Path, selection: WeightSelection) -> SelectedWeights:
+    """Reads (and averages) the weights ``selection`` names in ``exp_dir``.
+
+    Raises:
+        FileNotFoundError: naming missing checkpoints.
+        ValueError: when ``--use-averaged-model`` finds no running average to use.
+        asr.checkpoints.io.CheckpointError: naming a file that is corrupt or not a checkpoint.
+    """
+    exp_dir = Path(exp_dir)
+    if selection.checkpoint is not None:
+        path = Path(selection.checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        return _average([path], path.stem)
+    if selection.epoch is not None:
+        epoch, avg = selection.epoch, selection.avg
+        if selection.use_averaged_model:
+            weights, checkpoint = averaged_model_between(exp_dir, epoch, avg)
+            return SelectedWeights(
+                weights, f"epoch-{epoch}-avg-{avg}-use-averaged-model",
+                (epoch_checkpoint_path(exp_dir, epoch),), checkpoint,
+            )
+        return _average(epoch_checkpoints(exp_dir, epoch, avg), f"epoch-{epoch}-avg-{avg}")
+    if selection.last is not None:
+        paths = last_step_checkpoints(exp_dir, selection.last)
+        return _average(paths, f"last-{selection.last}-{paths[-1].stem}")
+    path = latest_checkpoint(exp_dir)
+    if path is None:
+        raise FileNotFoundError(f"{exp_dir} holds no checkpoint-N.pt")
+    return _average([path], path.stem)

@@ -1,0 +1,91 @@
+"""Command-line options shared by several subcommands, and options generated from config
+dataclasses (one declaration: the dataclass, its defaults and its docstring)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import re
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from asr.checkpoints.selection import WeightSelection
+
+__all__ = [
+    "add_checkpoint_arguments",
+    "add_dataclass_arguments",
+    "attribute_docs",
+    "dataclass_from_args",
+    "selection_from_args",
+]
+
+T = TypeVar("T")
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options that choose model weights in an experiment directory (``asr average``, ``asr
+    decode``, ``asr export-package``; see :mod:`asr.checkpoints.selection`)."""
+    parser.add_argument("--exp-dir", type=Path, required=True, help="experiment directory")
+    parser.add_argument("--epoch", type=int, default=None, help="last epoch to use (epoch-N.pt)")
+    parser.add_argument("--avg", type=int, default=1, help="number of epochs averaged (with --epoch)")
+    parser.add_argument("--use-averaged-model", action="store_true",
+                        help="with --epoch/--avg: average the running averages over all steps")
+    parser.add_argument("--last", type=int, default=None,
+                        help="average the newest N step checkpoints (checkpoint-N.pt)")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="one checkpoint (.pt) or weights file (.safetensors) instead")
+
+
+def selection_from_args(args: argparse.Namespace) -> WeightSelection:
+    """The :class:`WeightSelection` described by the checkpoint options (ValueError if it is
+    inconsistent)."""
+    return WeightSelection(epoch=args.epoch, avg=args.avg, last=args.last,
+                           checkpoint=args.checkpoint, use_averaged_model=args.use_averaged_model)
+
+
+def attribute_docs(cls: type) -> dict[str, str]:
+    """Field name -> its description in the ``Attributes:`` section of ``cls``'s docstring."""
+    doc = inspect.getdoc(cls) or ""
+    section = doc.split("Attributes:", 1)[1] if "Attributes:" in doc else ""
+    docs: dict[str, str] = {}
+    name = None
+    for line in section.splitlines():
+        match = re.match(r"^    (\w+): (.*)$", line)
+        if match:
+            name, text = match.groups()
+            docs[name] = text.strip()
+        elif name is not None and line.startswith("        "):
+            docs[name] += " " + line.strip()
+        elif line.strip() and not line.startswith(" "):
+            break
+    return docs
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type,
+                            exclude: tuple[str, ...] = ()) -> None:
+    """One ``--field-name`` option per field of dataclass ``cls`` (bool, int, float or str),
+    with the field's default and its docstring line as help."""
+    hints = typing.get_type_hints(cls)
+    docs = attribute_docs(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
+        kind = hints[f.name]
+        if kind not in (bool, int, float, str):
+            raise TypeError(f"{cls.__name__}.{f.name}: no command-line option for {kind}")
+        flag = "--" + f.name.replace("_", "-")
+        text = f"{docs.get(f.name, f.name)} (default: {f.default})"
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                                help=text)
+        else:
+            parser.add_argument(flag, type=kind, default=f.default, help=text)
+
+
+def dataclass_from_args(cls: type[T], args: argparse.Namespace, **extra: Any) -> T:
+    """``cls`` built from the options :func:`add_dataclass_arguments` added (plus ``extra``);
+    its own checks raise ValueError."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return cls(**{**values, **extra})

@@ -1,0 +1,93 @@
+"""Training batches epoch by epoch, resumable mid-epoch: the trainer's ``train_batches``.
+
+:class:`EpochBatches` is ``(epoch, skip) -> batches`` for one rank. Each epoch re-seeds the
+sampler's shuffle (``set_epoch``), the dataset's epoch (SpecAugment's ``start_epoch``), the Shar
+shard order and the augmentation RNGs from ``(seed, rank, epoch)`` only, so that an epoch's batches
+do not depend on what ran before it. Exact resumption: a resumed epoch re-creates the sampler and
+skips the ``skip`` batches already trained on without loading their features (with
+``num_workers == 0`` the cut transforms still see the skipped cuts, so their random generator is
+exactly where the interrupted run left it).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Iterator
+
+import torch
+
+from asr.data.config import DataConfig
+from asr.data.dataset import make_dataloader
+from asr.data.filtering import TextEncoder
+from asr.data.shar import SharCuts
+from asr.types import Batch
+
+__all__ = ["EpochBatches"]
+
+
+class _SkipFirst:
+    """Iterable over a sampler's CutSets without the first ``skip`` (passed to ``transforms``)."""
+
+    def __init__(self, sampler, skip: int, transforms=()) -> None:
+        self.sampler = sampler
+        self.skip = skip
+        self.transforms = list(transforms)
+
+    def __iter__(self):
+        it = iter(self.sampler)
+        for cuts in itertools.islice(it, self.skip):
+            for transform in self.transforms:  # advance the augmentation RNG as if loaded
+                transform(cuts)
+        return it
+
+
+class EpochBatches:
+    """``(epoch, skip) -> batches`` of one rank, the trainer's ``train_batches`` callable.
+
+    Args:
+        cuts: the (filtered) training CutSet.
+        cfg: the data configuration.
+        tokenizer: text -> token ids.
+        rank: this process' rank.
+        world_size: the number of processes.
+        shar: the :class:`asr.data.shar.SharCuts` that ``cuts`` read from, if any: its shard
+            order is set per epoch and its manifests (no data) give the duration buckets.
+    """
+
+    def __init__(self, cuts, cfg: DataConfig, tokenizer: TextEncoder, rank: int = 0,
+                 world_size: int = 1, shar: SharCuts | None = None) -> None:
+        self.cfg = cfg
+        self.shar = shar
+        self.loader = make_dataloader(cuts, cfg, tokenizer, train=True, rank=rank,
+                                      world_size=world_size,
+                                      bucket_cuts=shar.manifests if shar is not None else None)
+        self.rank = rank
+
+    def __call__(self, epoch: int, skip: int) -> Iterator[Batch]:
+        loader = self.loader
+        loader.sampler.set_epoch(epoch)
+        if self.shar is not None:
+            self.shar.set_epoch(epoch)
+        dataset = loader.dataset
+        dataset.set_epoch(epoch)
+        # The augmentation RNGs of epoch e are a function of (seed, rank, e) only.
+        seed = self.cfg.seed + 1000 * self.rank + 100_003 * epoch
+        worker_init_fn = loader.worker_init_fn
+        if isinstance(worker_init_fn, functools.partial):  # asr.data.dataset's seeding
+            worker_init_fn = functools.partial(worker_init_fn.func, base_seed=seed)
+        if self.cfg.num_workers == 0:
+            dataset.reseed(seed, python_random=False)
+        transforms = dataset.cut_transforms if self.cfg.num_workers == 0 else ()
+        epoch_loader = torch.utils.data.DataLoader(
+            dataset,
+            sampler=_SkipFirst(loader.sampler, skip, transforms),
+            batch_size=None,
+            num_workers=self.cfg.num_workers,
+            worker_init_fn=worker_init_fn,
+            persistent_workers=False,
+            # The loader draws its workers' base seed from this generator, not from the global
+            # RNG, so a resumed epoch leaves the global stream (dropout...) where it was.
+            generator=torch.Generator().manual_seed(self.cfg.seed + epoch),
+        )
+        yield from epoch_loader

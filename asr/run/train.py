@@ -1,0 +1,192 @@
+"""Training one :class:`asr.experiment.ExperimentConfig`: the application behind ``asr train``.
+
+:func:`train_experiment` wires the layers together: tokenizer, model, training / dev data (with
+utterances that have more tokens than the encoder's frames filtered out, by the encoder's own
+length rule), the :class:`asr.train.trainer.Trainer` (resumed from the newest ``checkpoint-N.pt``
+of the experiment directory), and an end-of-epoch dev WER with the greedy searcher of the first
+trained head (:func:`asr.decoding.registry.searcher_for`).
+
+Launch with ``torchrun --nproc-per-node N -m asr.cli.main train ...`` for DDP: every rank reads
+the same shuffled cut stream and keeps every N-th batch (see :mod:`asr.data.sampler`); the epochs'
+batches and exact mid-epoch resumption are :class:`asr.data.epochs.EpochBatches`'.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from lhotse import CutSet
+
+from asr.config import to_dict
+from asr.data.dataset import load_cuts, make_dataloader
+from asr.data.epochs import EpochBatches
+from asr.data.filtering import filter_cuts
+from asr.data.shar import SharCuts
+from asr.decoding import build_searcher
+from asr.decoding.registry import searcher_for
+from asr.experiment import ExperimentConfig, build_model
+from asr.features.cmvn import compute_cmvn_stats
+from asr.features.fbank import make_lhotse_fbank
+from asr.model import ASRModel
+from asr.run.evaluate import recognize, score_recognitions
+from asr.tokenizers import Tokenizer, load_tokenizer
+from asr.train.distributed import DistInfo, cleanup_distributed, setup_distributed
+from asr.train.state import Progress
+from asr.train.trainer import Trainer
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DevWer", "seed_everything", "train_experiment"]
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class DevWer:
+    """``(model) -> dev WER %`` with the greedy searcher of the first trained head; None when no
+    trained head has a greedy searcher (an attention decoder alone).
+
+    Args:
+        cuts: dev CutSet.
+        cfg: experiment configuration (its ``data`` and ``search`` sections are used).
+        tokenizer: ids -> text.
+        device: where to decode.
+        max_utterances: decode at most this many dev cuts (0: all).
+    """
+
+    def __init__(self, cuts: CutSet, cfg: ExperimentConfig, tokenizer: Tokenizer,
+                 device: torch.device, max_utterances: int = 0) -> None:
+        self.cuts = cuts.subset(first=max_utterances) if max_utterances > 0 else cuts
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.device = device
+
+    def __call__(self, model: ASRModel) -> float | None:
+        name = searcher_for("greedy", model, trained_only=True)
+        if name is None:
+            return None
+        was_training = model.training
+        model.eval()
+        try:
+            searcher = build_searcher(name, model, self.cfg.search, tokenizer=self.tokenizer)
+            loader = make_dataloader(self.cuts, self.cfg.data, self.tokenizer, train=False,
+                                     rank=0, world_size=1)
+            recognitions, seconds = recognize(model, searcher, loader, self.tokenizer,
+                                              self.device, progress=False)
+        except Exception:  # an auxiliary metric must never cost the training run
+            logger.exception("dev WER evaluation with %s failed; training goes on without it",
+                             name)
+            return None
+        finally:
+            model.train(was_training)
+        wer = 100.0 * score_recognitions(recognitions).stats.wer
+        logger.info("dev WER %.2f%% (%s, %d utterances, %.1f s)", wer, name, len(recognitions),
+                    seconds)
+        return wer
+
+
+def _filter_or_fail(cfg: ExperimentConfig, model: ASRModel, cuts, tokenizer: Tokenizer,
+                    where: str, what: str, apply_to=None):
+    """``filter_cuts`` with the data config's limits and the encoder's length rule; an error
+    naming ``where`` if no cut is left."""
+    kept, stats = filter_cuts(
+        cuts, tokenizer, model.encoder.output_length, min_duration=cfg.data.min_cut_duration,
+        max_duration=cfg.data.max_cut_duration, frame_shift=cfg.data.fbank.frame_shift,
+        apply_to=apply_to,
+    )
+    if stats.kept == 0:
+        raise ValueError(f"no {what} cuts left in {where} after filtering ({stats})")
+    return kept
+
+
+def _load_filtered(cfg: ExperimentConfig, model: ASRModel, names: Sequence[str],
+                   tokenizer: Tokenizer, what: str):
+    cuts = load_cuts(cfg.data.manifest_dir, names)
+    where = f"{cfg.data.manifest_dir}/{list(names)}"
+    return _filter_or_fail(cfg, model, cuts, tokenizer, where, what).to_eager()
+
+
+def _load_shar(cfg: ExperimentConfig, model: ASRModel, tokenizer: Tokenizer):
+    """Training cuts from ``data.train_shar_dirs``: (lazy filtered cuts, SharCuts). Counting,
+    filtering and the bucket estimate read the cut manifests only, never the tar data."""
+    data = cfg.data
+    field = "recording" if data.on_the_fly_feats else "features"
+    shar = SharCuts(data.train_shar_dirs, field, shuffle=data.shuffle, seed=data.seed)
+    dirs = [str(d) for d in data.train_shar_dirs]
+    kept = _filter_or_fail(cfg, model, shar.manifests, tokenizer, str(dirs), "training",
+                           shar.cuts)
+    logger.info("training from %d Lhotse Shar shards in %s", shar.num_shards, dirs)
+    return kept, shar
+
+
+def _init_input_norm(model: ASRModel, cfg: ExperimentConfig, train_cuts) -> None:
+    """Sets a fresh model's global CMVN from the training features (resumed runs have theirs)."""
+    norm = model.encoder.input_norm
+    if norm is None:
+        return
+    extractor = make_lhotse_fbank(cfg.data.fbank) if cfg.data.on_the_fly_feats else None
+    mean, std = compute_cmvn_stats(train_cuts, extractor=extractor)
+    norm.set_stats(mean, std)
+
+
+def train_experiment(
+    cfg: ExperimentConfig,
+    exp_dir: str | Path,
+    dist: DistInfo | None = None,
+) -> Progress:
+    """Trains ``cfg`` into ``exp_dir`` (resuming from its newest checkpoint); returns the progress.
+
+    Args:
+        cfg: the resolved experiment configuration.
+        exp_dir: experiment directory (checkpoints, TensorBoard logs, ``training.png``).
+        dist: process placement; by default set up from the ``torchrun`` environment.
+    """
+    own_dist = dist is None
+    dist = dist or setup_distributed(cfg.train.device)
+    try:
+        seed_everything(cfg.train.seed + dist.rank)
+        tokenizer = load_tokenizer(cfg.tokenizer_dir)
+        model = build_model(cfg, tokenizer.vocab_size)
+        if dist.is_main:
+            num_params = sum(p.numel() for p in model.parameters())
+            logger.info("model: %.2fM parameters, vocab size %d, heads %s", num_params / 1e6,
+                        tokenizer.vocab_size, list(cfg.heads.enabled()))
+        shar = None
+        if cfg.data.train_shar_dirs:
+            train_cuts, shar = _load_shar(cfg, model, tokenizer)
+        else:
+            train_cuts = _load_filtered(cfg, model, cfg.data.train_cuts, tokenizer, "training")
+        dev_cuts = _load_filtered(cfg, model, cfg.data.dev_cuts, tokenizer, "dev")
+
+        def valid_batches():
+            return make_dataloader(dev_cuts, cfg.data, tokenizer, train=False, rank=dist.rank,
+                                   world_size=dist.world_size)
+
+        trainer = Trainer(
+            model, cfg.optim, cfg.train, exp_dir,
+            train_batches=EpochBatches(train_cuts, cfg.data, tokenizer, dist.rank, dist.world_size,
+                                       shar),
+            valid_batches=valid_batches,
+            evaluate=(DevWer(dev_cuts, cfg, tokenizer, dist.device, cfg.train.dev_wer_max_utterances)
+                      if cfg.train.dev_wer else None),
+            dist=dist,
+            extra_state={"config": to_dict(cfg)},
+        )
+        if not trainer.resume():
+            _init_input_norm(model, cfg, train_cuts)
+        progress = trainer.fit()
+        logger.info("training stopped at step %d (%d epochs done)", progress.step,
+                    len(progress.history))
+        return progress
+    finally:
+        if own_dist:
+            cleanup_distributed()
