@@ -7,7 +7,15 @@ anything it does not understand:
 * an unknown key is an error naming its full path, with a did-you-mean hint;
 * a value of the wrong type is an error naming the path, the expected type and the value;
 * ``--set a.b=c`` values are parsed as YAML scalars (``3``, ``0.5``, ``true``, ``[1, 2]``, ``null``)
-  and then checked against the field type, so ``--set optim.lr=1e-3`` becomes a float.
+  and then checked against the field type, so ``--set optim.lr=1e-3`` becomes a float;
+* a mapping may name YAML files it extends with ``_base_: FILE`` (or a list of files), relative
+  to the file that names them: the bases are merged in order, then the mapping's own keys
+  (mappings merge key by key, anything else replaces). Recipes thus name a preset instead of
+  copying it::
+
+      encoder:
+        _base_: ../presets/encoder_m.yaml   # a file of EncoderConfig fields
+        chunk_size: 16                      # this recipe's own value
 
 Supported field types: ``bool``, ``int``, ``float`` (ints accepted), ``str``, ``pathlib.Path``,
 ``Literal[...]``, ``X | None``, ``list[X]``, ``tuple[X, ...]``, ``dict[str, X]`` and nested
@@ -35,14 +43,19 @@ import yaml
 T = TypeVar("T")
 
 __all__ = [
+    "BASE_KEY",
     "ConfigError",
     "apply_overrides",
     "from_dict",
     "load_config",
     "parse_override",
+    "read_yaml",
     "save_config",
     "to_dict",
 ]
+
+#: The key of a mapping that names the YAML files it extends.
+BASE_KEY = "_base_"
 
 
 class ConfigError(ValueError):
@@ -241,6 +254,59 @@ def _deep_copy(data: Any) -> Any:
     return data
 
 
+def _merge(base: Any, override: Any) -> Any:
+    """``override`` on top of ``base``: mappings merge key by key, anything else replaces."""
+    if isinstance(base, Mapping) and isinstance(override, Mapping):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = _merge(base[key], value) if key in base else value
+        return merged
+    return override
+
+
+def _resolve_bases(data: Any, path: Path, chain: tuple[Path, ...]) -> Any:
+    if isinstance(data, list):
+        return [_resolve_bases(item, path, chain) for item in data]
+    if not isinstance(data, Mapping):
+        return data
+    own = {k: _resolve_bases(v, path, chain) for k, v in data.items() if k != BASE_KEY}
+    if BASE_KEY not in data:
+        return own
+    bases = data[BASE_KEY]
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: {BASE_KEY} must be a file name or a list of them, got {bases!r}")
+    merged: Any = {}
+    for base in bases:
+        merged = _merge(merged, read_yaml(path.parent / base, chain))
+    return _merge(merged, own)
+
+
+def read_yaml(path: str | Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The mapping of a YAML file with its ``_base_`` files merged in (see the module doc).
+
+    Raises:
+        ConfigError: naming the file that is invalid YAML, not a mapping, or extends itself.
+        FileNotFoundError: naming a missing file (a base names the file that wanted it).
+    """
+    path = Path(path)
+    resolved = path.resolve()
+    if resolved in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, resolved))
+        raise ConfigError(f"{path}: {BASE_KEY} files extend each other: {cycle}")
+    if not path.is_file():
+        wanted = f" (the {BASE_KEY} of {chain[-1]})" if chain else ""
+        raise FileNotFoundError(f"{path}: no such file{wanted}")
+    with path.open(encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: invalid YAML: {err}") from err
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return _resolve_bases(data, path, (*chain, resolved))
+
+
 def load_config(
     cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = ()
 ) -> T:
@@ -248,18 +314,9 @@ def load_config(
 
     Raises:
         ConfigError: naming the file and key on any schema violation.
-        FileNotFoundError: when ``path`` does not exist.
+        FileNotFoundError: when ``path`` (or a file it extends) does not exist.
     """
-    data: Any = {}
-    if path is not None:
-        path = Path(path)
-        with path.open(encoding="utf-8") as f:
-            try:
-                data = yaml.safe_load(f) or {}
-            except yaml.YAMLError as err:
-                raise ConfigError(f"{path}: invalid YAML: {err}") from err
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    data: Any = read_yaml(path) if path is not None else {}
     try:
         return from_dict(cls, apply_overrides(data, overrides))
     except ConfigError as err:

@@ -10,9 +10,12 @@ from asr.config import (
     from_dict,
     load_config,
     parse_override,
+    read_yaml,
     save_config,
     to_dict,
 )
+from asr.encoders.base import EncoderConfig
+from asr.experiment import ExperimentConfig
 
 
 @dataclass(frozen=True)
@@ -130,3 +133,36 @@ def test_post_init_validation_is_reported_as_config_error():
 
     with pytest.raises(ConfigError, match="value must be > 0"):
         from_dict(Positive, {"value": -1})
+
+
+def test_base_files_are_merged_under_the_mapping_that_names_them(tmp_path):
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "enc.yaml").write_text("kind: conformer\nd_model: 64\nnum_heads: 4\n")
+    (tmp_path / "presets" / "small.yaml").write_text("_base_: enc.yaml\nd_model: 32\n")
+    (tmp_path / "recipe.yaml").write_text(
+        "encoder:\n  _base_: [presets/small.yaml]\n  num_heads: 2\nheads: {ctc: {}}\n"
+    )
+    assert read_yaml(tmp_path / "recipe.yaml") == {
+        "encoder": {"kind": "conformer", "d_model": 32, "num_heads": 2}, "heads": {"ctc": {}},
+    }
+
+
+def test_base_errors_name_the_files(tmp_path):
+    (tmp_path / "a.yaml").write_text("_base_: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("x:\n  _base_: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"extend each other: .*a.yaml -> .*b.yaml -> .*a.yaml"):
+        read_yaml(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("_base_: missing.yaml\n")
+    with pytest.raises(FileNotFoundError, match=r"missing.yaml: no such file \(the _base_ of .*c.yaml"):
+        read_yaml(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("_base_: {a: 1}\n")
+    with pytest.raises(ConfigError, match="_base_ must be a file name"):
+        read_yaml(tmp_path / "d.yaml")
+
+
+def test_librispeech_recipes_name_the_encoder_preset_instead_of_copying_it():
+    root = Path(__file__).resolve().parents[1] / "recipes"
+    preset = load_config(EncoderConfig, root / "presets" / "encoder_m.yaml")
+    for recipe in sorted((root / "librispeech").glob("*.yaml")):
+        assert "_base_: ../presets/encoder_m.yaml" in recipe.read_text()
+        assert load_config(ExperimentConfig, recipe).encoder == preset

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from asr.data.augment import FrequencyWarp
 from asr.data.config import DataConfig
 from asr.data.filtering import (
     TextEncoder,
@@ -136,8 +137,6 @@ class AsrDataset(torch.utils.data.Dataset):
             )
         feature_transforms = []
         if train and cfg.freq_warp.enabled:
-            from asr.data.augment import FrequencyWarp
-
             feature_transforms.append(FrequencyWarp.from_fbank(cfg.fbank, cfg.freq_warp))
         sa = cfg.spec_augment
         if train and sa.enabled:

@@ -32,7 +32,9 @@ ROOT=$(cd "$HERE/../../.." && pwd)
 stage=0
 stop_stage=100
 recipe=transformer_transducer   # recipes/mini_tts/<recipe>.yaml
-searchers=""                    # default: the recipe's greedy searcher (+ LM beam search, below)
+searchers="greedy beam"         # searcher names, or the roles greedy / beam: those of the
+                                # model's main head (asr decode --searcher); all but greedy ones
+                                # decode with the LM, beam size and blank penalty below
 avg=2                           # stage 5 averages the newest $avg step checkpoints
 num_jobs=2                      # synthesis / manifest processes
 fbank_jobs=1                    # one 2-thread process; 2 one-thread workers gain only ~10% here
@@ -101,14 +103,6 @@ lm_path=$lang_dir/token_${lm_order}gram.arpa
 word_lm_path=$lang_dir/word_${word_lm_order}gram.arpa
 case "$lm_unit" in token|word) ;; *) echo "$0: --lm-unit must be token or word, got $lm_unit" >&2; exit 1 ;; esac
 parts="train-clean-5 dev-clean-2 test-clean"
-if [ -z "$searchers" ]; then
-  case "$recipe" in
-    *tdt*) searchers="tdt_greedy tdt_beam" ;;
-    *transducer*) searchers="transducer_greedy transducer_beam" ;;
-    *cif*) searchers="cif_greedy cif_beam" ;;
-    *) searchers="ctc_greedy ctc_prefix_beam" ;;
-  esac
-fi
 
 if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
   log "stage 0: synthesize the corpus"
@@ -174,15 +168,17 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   for searcher in $searchers; do
     search_args=()
     case "$searcher" in
-      transducer_beam|tdt_beam|ctc_prefix_beam|cif_beam)
+      greedy|*_greedy) ;;
+      *)
         fused=$lm_path
         [ "$lm_unit" = word ] && fused=$word_lm_path
         search_args=(--set "search.beam_size=$beam_size" "search.blank_penalty=$blank_penalty"
           "search.lm_path=$fused" "search.lm_unit=$lm_unit" "search.lm_weight=$lm_weight") ;;
     esac
-    timed "decode $searcher" asr decode --exp-dir "$exp_dir" --checkpoint "$weights" \
-      --searcher "$searcher" --parts test-clean "${search_args[@]}"
-    cat "$exp_dir/$searcher/wer-summary-test-clean-$searcher.txt" >&2
+    # asr decode prints the path of each WER summary it writes
+    summaries=$(timed "decode $searcher" asr decode --exp-dir "$exp_dir" --checkpoint "$weights" \
+      --searcher "$searcher" --parts test-clean "${search_args[@]}")
+    for summary in $summaries; do cat "$summary" >&2; done
   done
 fi
 

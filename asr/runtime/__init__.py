@@ -1,0 +1,1 @@
+"""Runtimes: the bundle made from a model package, and the offline and streaming recognizers built on it."""
