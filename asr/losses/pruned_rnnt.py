@@ -10,10 +10,10 @@ Pipeline (what :class:`asr.heads.transducer.TransducerHead` runs):
    ``am_only_scale`` mix in the lm-only / am-only log-probs for smoothing. With
    ``return_grad=True`` it also returns the arc occupations (d total / d px, d total / d py).
 2. :func:`get_pruning_ranges`: per frame, the start ``s_begin[t]`` of the window of
-   ``prune_range`` symbol positions holding the most node occupation, made valid for the lattice:
-   ``s_begin[0] = 0``, the window of the last frame contains ``U_b``, ``0 <= s_begin <=
-   max(0, U_b + 1 - R)``, non-decreasing, and consecutive windows overlap
-   (``s_begin[t + 1] - s_begin[t] <= R - 1``). Result ``ranges (B, T, R)``.
+   ``prune_range`` symbol positions holding the most node occupation, made valid for the lattice
+   (``s_begin[0] = 0``, ``s_begin[t] <= (R - 1) * t``, non-decreasing, consecutive windows
+   overlap, the last frame's window contains ``U_b``), so that the band always holds a complete
+   path when one can exist. Result ``ranges (B, T, R)``.
 3. :func:`do_rnnt_pruning`: gather the PROJECTED encoder / predictor outputs on the band, so the
    real joiner runs on ``(B, T, R, J)`` instead of ``(B, T, U + 1, J)``.
 4. :func:`rnnt_loss_pruned`: log-softmax of the band logits, scattered into the ``px / py`` arc
@@ -22,8 +22,11 @@ Pipeline (what :class:`asr.heads.transducer.TransducerHead` runs):
 
 Topology: the standard one of torchaudio (a symbol stays on its frame, one blank per frame, the
 path ends with the blank leaving ``(U_b, T_b - 1)``); ``px[b, :, t] = -inf`` for ``t >= T_b``.
-Per-utterance lengths are ``frame_lens`` (T_b) and ``token_lens`` (U_b). If
-``T_b * (R - 1) < U_b`` no valid band exists and that utterance's pruned loss is ``inf``.
+Per-utterance lengths are ``frame_lens`` (T_b) and ``token_lens`` (U_b). Feasibility: the full
+lattice has a path whenever ``T_b >= 1`` (any number of symbols may share a frame), but a band of
+R positions lets a frame emit at most ``R - 1`` symbols, so the pruned lattice has a path iff
+``T_b >= 1`` and ``U_b <= T_b * (R - 1)``. :func:`get_pruning_ranges` keeps one for every such
+utterance, whatever the occupations; for the others the pruned loss is ``inf``.
 Shapes: B batch, T frames, U tokens, V vocab incl. blank (blank_id 0), R prune_range, J joiner dim.
 """
 
@@ -213,6 +216,19 @@ def get_pruning_ranges(
     Returns:
         int64 ``ranges[b, t] = s_begin[b, t] + arange(R)``; values may exceed ``U_b`` only when
         ``R > U_b + 1`` (those positions are masked by the pruned loss).
+
+    Guarantees, for every utterance and its frames ``t < T_b`` (whatever the occupations):
+
+    * ``0 <= s_begin[t] <= min(max(0, U_b + 1 - R), (R - 1) * t)``, so ``s_begin[0] = 0``;
+    * ``0 <= s_begin[t + 1] - s_begin[t] <= R - 1`` (non-decreasing, consecutive windows overlap);
+    * if ``U_b <= T_b * (R - 1)``: ``s_begin[T_b - 1] >= U_b + 1 - R`` (the last window holds U_b).
+
+    Together these put a complete path in the band: emit at frame t up to
+    ``min(s_begin[t] + R - 1, U_b)``, which is inside frame t + 1's window, then take the blank;
+    so the pruned loss of such an utterance is finite, and equals the full loss when
+    ``R >= U_b + 1`` (then every window is ``[0, R)``). The cap ``(R - 1) * t`` is what makes
+    frame t's window reachable from ``(t=0, u=0)`` at ``R - 1`` symbols per frame at most; the
+    frames after ``T_b - 1`` hold padding values that satisfy the same bounds.
     """
     if prune_range < 2:
         raise ValueError(f"prune_range must be >= 2, got {prune_range}")
@@ -232,10 +248,14 @@ def get_pruning_ranges(
     t_index = torch.arange(num_frames, device=device)[None, :]
     last = (frame_lens.to(device) - 1).clamp(min=0)[:, None]
     s_begin = torch.where(t_index >= last, upper[:, None], s_begin)
-    s_begin[:, 0] = torch.where(last[:, 0] == 0, upper, torch.zeros_like(upper))
+    # Reachable from (0, 0) at R - 1 symbols per frame: s_begin[t] <= (R - 1) * t. The bound is
+    # applied BEFORE the two passes below because both keep it: cummax because it grows with t,
+    # and the overlap pass because it raises s_begin[t] to at most s_begin[t'] - (R - 1) * (t' - t)
+    # <= (R - 1) * t. (Capping only frame 0 let that pass push early windows above symbol 0.)
+    step = prune_range - 1
+    s_begin = torch.minimum(s_begin, step * t_index)
     s_begin = torch.cummax(s_begin, dim=1).values
     # Windows must overlap: s_begin[t] >= s_begin[t'] - (R - 1) * (t' - t) for every t' > t.
-    step = prune_range - 1
     shifted = s_begin - step * t_index
     reverse_max = torch.flip(torch.cummax(torch.flip(shifted, [1]), dim=1).values, [1])
     s_begin = reverse_max + step * t_index

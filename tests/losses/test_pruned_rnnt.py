@@ -184,3 +184,186 @@ def test_simple_loss_with_occupations_has_the_same_gradients():
         grads.append(torch.autograd.grad(loss * 1.5, (am, lm)))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
+
+
+# --- Every utterance keeps a complete path in the band (long utterances, any occupations) ------
+#
+# The pruned lattice lets a frame emit at most R - 1 symbols, so it can hold a path iff
+# U_b <= T_b * (R - 1); get_pruning_ranges must keep one for every such utterance. (Before the
+# fix, the pass that makes consecutive windows overlap pushed the first windows above symbol 0
+# whenever an early frame's occupation sat more than (R - 1) * t symbols up, and that utterance's
+# pruned loss was inf.)
+
+
+def variable_lengths(gen, batch, max_frames, max_tokens, prune_range):
+    """(frame_lens, token_lens): the longest utterance fills the padding, all are feasible."""
+    token_lens = torch.randint(max_tokens // 2, max_tokens + 1, (batch,), generator=gen)
+    token_lens[0] = max_tokens
+    low = torch.clamp(-(-token_lens // (prune_range - 1)), min=max_frames // 3)
+    frame_lens = low + (torch.rand(batch, generator=gen) * (max_frames + 1 - low)).long()
+    frame_lens[1] = max_frames
+    return frame_lens, token_lens
+
+
+def assert_guarantees(ranges, frame_lens, token_lens, prune_range):
+    """The documented bounds of get_pruning_ranges, on every valid frame, vectorised."""
+    s_begin = ranges[:, :, 0]
+    offsets = torch.arange(prune_range)
+    assert torch.equal(ranges - s_begin[..., None], offsets.expand_as(ranges))
+    t = torch.arange(ranges.shape[1])[None, :]
+    valid = t < frame_lens[:, None]
+    upper = torch.minimum(
+        (token_lens + 1 - prune_range).clamp(min=0)[:, None], (prune_range - 1) * t
+    )
+    assert ((s_begin >= 0) & (s_begin <= upper) | ~valid).all()
+    steps = s_begin[:, 1:] - s_begin[:, :-1]
+    assert ((steps >= 0) & (steps <= prune_range - 1) | ~valid[:, 1:]).all()
+    last = s_begin.gather(1, (frame_lens - 1)[:, None])[:, 0]
+    feasible = token_lens <= frame_lens * (prune_range - 1)
+    assert (last + prune_range - 1 >= token_lens)[feasible].all()
+
+
+def band_has_path(ranges, frame_lens, token_lens):
+    """(B,) bool: the band holds a complete path (uniform band logits: the loss is finite)."""
+    batch, num_frames, prune_range = ranges.shape
+    tokens = torch.ones(batch, int(token_lens.max()), dtype=torch.int64)
+    logits = torch.zeros(batch, num_frames, prune_range, 2, dtype=torch.float64)
+    loss = rnnt_loss_pruned(logits, tokens, ranges, frame_lens, token_lens, reduction="none")
+    return torch.isfinite(loss)
+
+
+def adversarial_occupations(gen, batch, num_frames, num_tokens, kind):
+    """(px_grad, py_grad) shaped like the simple loss' occupations, of several shapes."""
+    shape_y = (batch, num_tokens + 1, num_frames)
+    if kind == "random":
+        py_grad = torch.rand(shape_y, generator=gen, dtype=torch.float64)
+    elif kind == "sharp":  # log-normal with a large spread: one position dominates each frame
+        py_grad = torch.exp(8 * torch.randn(shape_y, generator=gen, dtype=torch.float64))
+    else:  # "top": all the mass on the highest symbol positions from the first frames on
+        py_grad = torch.zeros(shape_y, dtype=torch.float64)
+        py_grad[:, -3:] = 1.0
+    px_grad = torch.rand(batch, num_tokens, num_frames + 1, generator=gen, dtype=torch.float64)
+    if kind != "random":
+        px_grad.zero_()  # only the node occupations (py_grad) place the windows
+    return px_grad, py_grad
+
+
+@pytest.mark.parametrize("prune_range", [2, 3, 4, 5, 10])
+def test_pruning_ranges_keep_a_path_for_any_occupations(prune_range):
+    # Property test: 3 occupation shapes x 8 seeds x 12 utterances per range, lengths up to
+    # T = 80 / U = 60 and from infeasible (U_b > T_b (R - 1)) to band wider than the lattice.
+    for kind in ("random", "sharp", "top"):
+        for seed in range(8):
+            gen = torch.Generator().manual_seed(1000 * prune_range + seed)
+            batch, num_frames, num_tokens = 12, 80, 60
+            frame_lens = torch.randint(1, num_frames + 1, (batch,), generator=gen)
+            frame_lens[0] = num_frames
+            token_lens = torch.randint(0, num_tokens + 1, (batch,), generator=gen)
+            token_lens[1] = num_tokens
+            token_lens[2] = min(num_tokens, int(frame_lens[2]) * (prune_range - 1))  # on the edge
+            px_grad, py_grad = adversarial_occupations(gen, batch, num_frames, num_tokens, kind)
+            ranges = get_pruning_ranges(px_grad, py_grad, frame_lens, token_lens, prune_range)
+            assert_guarantees(ranges, frame_lens, token_lens, prune_range)
+            feasible = token_lens <= frame_lens * (prune_range - 1)
+            has_path = band_has_path(ranges, frame_lens, token_lens)
+            assert torch.equal(has_path, feasible), (kind, seed, frame_lens, token_lens)
+
+
+def full_loss_float64(logits, tokens, frame_lens, token_lens):
+    """Reference: full-lattice RNN-T loss of (B, T, U + 1, V) logits in float64, no pruning."""
+    inf = float("inf")
+    log_probs = torch.log_softmax(logits.double(), dim=-1)
+    batch, num_frames, _, _ = logits.shape
+    index = tokens[:, None, :, None].expand(batch, num_frames, -1, 1)
+    px = log_probs[:, :, :-1].gather(3, index)[..., 0].transpose(1, 2)  # (B, U, T)
+    px = px.masked_fill(torch.arange(num_frames)[None, None, :] >= frame_lens[:, None, None], -inf)
+    px = torch.cat([px, px.new_full(px.shape[:2] + (1,), -inf)], dim=2)
+    py = log_probs[..., 0].transpose(1, 2)  # (B, U + 1, T)
+    return -mutual_information_recursion(px, py, token_lens, frame_lens, backend="torch")
+
+
+def random_case(gen, frame_lens, token_lens, vocab=12, dim=8):
+    """Random simple-loss inputs and a random non-linear joiner (an untrained model)."""
+    batch, num_frames, num_tokens = len(frame_lens), int(frame_lens.max()), int(token_lens.max())
+    am = 2 * torch.randn(batch, num_frames, vocab, generator=gen, dtype=torch.float64)
+    lm = 2 * torch.randn(batch, num_tokens + 1, vocab, generator=gen, dtype=torch.float64)
+    tokens = torch.randint(1, vocab, (batch, num_tokens), generator=gen)
+    enc = torch.randn(batch, num_frames, dim, generator=gen, dtype=torch.float64)
+    pred = torch.randn(batch, num_tokens + 1, dim, generator=gen, dtype=torch.float64)
+    weight = torch.randn(dim, vocab, generator=gen, dtype=torch.float64)
+
+    def join(enc, pred):
+        return 3 * torch.tanh(enc + pred) @ weight
+
+    return am, lm, tokens, enc, pred, join
+
+
+def trained_like_case(gen, frame_lens, token_lens, vocab=40, peak=10.0):
+    """Simple-loss inputs peaked on one random alignment (sharp occupations, like a trained
+    model's), with bursts of several symbols on one frame, often in the first frames."""
+    batch, num_frames, num_tokens = len(frame_lens), int(frame_lens.max()), int(token_lens.max())
+    tokens = torch.randint(1, vocab, (batch, num_tokens), generator=gen)
+    am = torch.zeros(batch, num_frames, vocab, dtype=torch.float64)
+    lm = torch.zeros(batch, num_tokens + 1, vocab, dtype=torch.float64)
+    am[:, :, 0] = 1.5 * peak  # blank wins where the frame's symbols are done
+    for b in range(batch):
+        frames, count = int(frame_lens[b]), int(token_lens[b])
+        weights = torch.rand(frames, generator=gen, dtype=torch.float64) ** 4  # bursty
+        weights[: min(3, frames)] += 0.2  # early bursts are what pushed windows up
+        per_frame = torch.multinomial(weights, count, replacement=True, generator=gen)
+        for u, t in enumerate(per_frame.sort().values.tolist()):
+            am[b, t, tokens[b, u]] += peak  # symbol u is emitted on frame t
+            lm[b, u, tokens[b, u]] += peak
+    am += 0.5 * torch.randn(am.shape, generator=gen, dtype=torch.float64)
+    lm += 0.5 * torch.randn(lm.shape, generator=gen, dtype=torch.float64)
+
+    def join(enc, pred):  # the real joiner agrees with the alignment too
+        return enc + pred
+
+    return am, lm, tokens, am, lm, join
+
+
+def pruned_and_full(case, frame_lens, token_lens, prune_range):
+    am, lm, tokens, enc, pred, join = case
+    _, (px_grad, py_grad) = rnnt_loss_simple(
+        am, lm, tokens, frame_lens, token_lens, 0.25, reduction="none", return_grad=True
+    )
+    ranges = get_pruning_ranges(px_grad, py_grad, frame_lens, token_lens, prune_range)
+    assert_guarantees(ranges, frame_lens, token_lens, prune_range)
+    band_logits = join(*do_rnnt_pruning(enc, pred, ranges))
+    pruned = rnnt_loss_pruned(band_logits, tokens, ranges, frame_lens, token_lens, reduction="none")
+    full = full_loss_float64(join(enc[:, :, None], pred[:, None]), tokens, frame_lens, token_lens)
+    return pruned, full
+
+
+CASES = {"random": random_case, "trained_like": trained_like_case}
+
+
+@pytest.mark.parametrize("kind", sorted(CASES))
+@pytest.mark.parametrize("num_tokens,max_frames", [(50, 160), (100, 300)])
+def test_pruned_loss_is_finite_for_every_utterance(kind, num_tokens, max_frames):
+    for prune_range in (2, 3, 5, 10):
+        gen = torch.Generator().manual_seed(7 * num_tokens + prune_range)
+        frame_lens, token_lens = variable_lengths(gen, 4, max_frames, num_tokens, prune_range)
+        case = CASES[kind](gen, frame_lens, token_lens)
+        pruned, full = pruned_and_full(case, frame_lens, token_lens, prune_range)
+        assert torch.isfinite(pruned).all(), (kind, prune_range, pruned, frame_lens, token_lens)
+        assert torch.isfinite(full).all()
+        assert (pruned >= full - 1e-9 * full.abs()).all()  # the band keeps a subset of the paths
+
+
+@pytest.mark.parametrize("kind", sorted(CASES))
+@pytest.mark.parametrize("num_tokens,max_frames", [(50, 120), (100, 200)])
+def test_pruned_equals_full_float64_when_band_covers_long_lattice(kind, num_tokens, max_frames):
+    for extra in (1, 3):  # R = U + 1 and a band wider than the lattice
+        gen = torch.Generator().manual_seed(num_tokens + extra)
+        prune_range = num_tokens + extra
+        frame_lens, token_lens = variable_lengths(gen, 3, max_frames, num_tokens, prune_range)
+        case = CASES[kind](gen, frame_lens, token_lens)
+        pruned, full = pruned_and_full(case, frame_lens, token_lens, prune_range)
+        assert pruned.dtype == torch.float64
+        torch.testing.assert_close(pruned, full, rtol=1e-10, atol=1e-9)
+        _, _, tokens, enc, pred, join = case  # the float64 reference agrees with torchaudio
+        logits = join(enc[:, :, None], pred[:, None])
+        ref = rnnt_loss(logits, tokens, frame_lens, token_lens, reduction="none")
+        torch.testing.assert_close(full.float(), ref, rtol=1e-5, atol=1e-3)
