@@ -27,8 +27,9 @@ diagonal, so the Python loop has ``S + T`` steps, not ``S * T``.
 Backends: ``"torch"`` (this file), ``"triton"`` (:mod:`asr.losses.mutual_information_triton`, one
 program per utterance looping over diagonals), ``"auto"`` (Triton on CUDA tensors, torch
 otherwise), and ``"k2"``: ``k2.mutual_information_recursion`` with a ``[0, 0, S_b, T_b]``
-boundary, used only when asked for and only if ``import k2`` works (k2 has no wheel for this
-torch, DESIGN.md 9, so it is never a dependency and ``"auto"`` never picks it).
+boundary, used only when asked for and only if ``import k2`` works (PyPI's only k2 wheel is
+k2 1.23.4 for CPython 3.9 and torch 1.13.1, so it is never a dependency and ``"auto"`` never
+picks it).
 """
 
 from __future__ import annotations
@@ -190,8 +191,8 @@ def _import_k2():
         import k2
     except ImportError as err:
         raise ImportError(
-            "backend='k2' needs the k2 package, which is not importable here (k2 has no wheel "
-            "for this Python/torch, DESIGN.md section 9); use backend 'auto', 'torch' or 'triton'"
+            "backend='k2' needs the k2 package, which is not importable here (PyPI's only k2 "
+            "wheel is for CPython 3.9 and torch 1.13.1); use backend 'auto', 'torch' or 'triton'"
         ) from err
     return k2
 

@@ -46,14 +46,14 @@ voices_per_sentence=1           # training sentences spoken in this many differe
 train_text=segments             # training text: word-run "segments" or whole pool "sentences"
 speed_perturb=false             # true: 0.9/1.1 copies of the training features, on top of the
                                 # 0.9-1.1 speed that stage 0 gives every training utterance
-                                # (copies learn more slowly; recipes/mini_tts/README.md)
+                                # (copies learn more slowly; recipes/mini_tts/EXPERIMENTS.md)
 vocab_size=128
 lm_order=6                      # token n-gram LM (stage 3) for shallow fusion in beam searches
 word_lm_order=3                 # word n-gram LM (stage 3): its words are the decoding lexicon
 lm_unit=token                   # the LM stage 5 fuses: token, or word (only lexicon words are
-                                # said; recipes/mini_tts/README.md has both tuned on dev)
+                                # said; recipes/mini_tts/EXPERIMENTS.md has both tuned on dev)
 lm_weight=0.5                   # LM weight, beam size and blank penalty of the fused beam searches:
-beam_size=8                     # tuned on dev-clean-2 (recipes/mini_tts/README.md)
+beam_size=8                     # tuned on dev-clean-2 (recipes/mini_tts/EXPERIMENTS.md)
 blank_penalty=3
 work_dir=$HERE                  # where data/, exp/ (and download/) go; relative paths start here
 skip_setup=false                # true: use the existing .venv without running tools/setup.sh
