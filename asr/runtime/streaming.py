@@ -13,9 +13,10 @@ ended and frames (or the final result) are left. Feeding exactly one chunk per s
 streaming equal to the offline forward under the same chunk mask.
 
 Endpointing (:mod:`asr.runtime.endpoint`): after ``decode``, a caller checks
-:meth:`~StreamingRecognizer.is_endpoint`; on an endpoint it reads :meth:`~StreamingRecognizer.result`
-(an :class:`asr.results.Segment` with ``is_final`` True) and calls :meth:`~StreamingRecognizer.reset`, which starts a new segment
-(a fresh search state; the encoder keeps its context).
+:meth:`~StreamingRecognizer.is_endpoint`; on an endpoint it reads
+:meth:`~StreamingRecognizer.result` (an :class:`asr.results.Segment` with ``is_final`` True) and
+calls :meth:`~StreamingRecognizer.reset`, which starts a new segment (a fresh search state; the
+encoder keeps its context).
 
 Example:
     >>> recognizer = asr.load_model("pkg").streaming_recognizer()
