@@ -16,6 +16,7 @@ from asr.config import (
 )
 from asr.encoders.base import EncoderConfig
 from asr.experiment import ExperimentConfig
+from asr.train.optim import OptimConfig as TrainOptimConfig
 
 
 @dataclass(frozen=True)
@@ -160,9 +161,11 @@ def test_base_errors_name_the_files(tmp_path):
         read_yaml(tmp_path / "d.yaml")
 
 
-def test_librispeech_recipes_name_the_encoder_preset_instead_of_copying_it():
+def test_librispeech_recipes_name_their_presets_instead_of_copying_them():
     root = Path(__file__).resolve().parents[1] / "recipes"
     preset = load_config(EncoderConfig, root / "presets" / "encoder_m.yaml")
+    optim = load_config(TrainOptimConfig, root / "presets" / "optim_librispeech.yaml")
     for recipe in sorted((root / "librispeech").glob("*.yaml")):
         assert "_base_: ../presets/encoder_m.yaml" in recipe.read_text()
-        assert load_config(ExperimentConfig, recipe).encoder == preset
+        cfg = load_config(ExperimentConfig, recipe)
+        assert cfg.encoder == preset and cfg.optim == optim

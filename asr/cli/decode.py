@@ -11,7 +11,7 @@ Examples::
 ``--searcher`` takes searcher names, the roles ``greedy`` / ``beam`` (the greedy or beam searcher
 of the model's main head: :func:`asr.decoding.registry.searcher_for`) or ``all`` (every searcher
 the heads support). Per test set ``PART`` and searcher it writes, into ``<exp-dir>/<searcher>/``
-(icefall's layout), ``recogs-PART-<searcher>.txt``, ``errs-PART-<searcher>.txt`` (alignments,
+(icefall's layout; ``<searcher>-<tag>`` with ``--tag``), ``recogs-PART-<searcher>.txt``, ``errs-PART-<searcher>.txt`` (alignments,
 per-utterance errors, most frequent errors) and ``wer-summary-PART-<searcher>.txt``, logs the WER
 and prints the summary file's path. Test cuts are ``<manifest-dir>/librispeech_cuts_PART.jsonl.gz``,
 by default in the experiment's ``data.manifest_dir``. ``--set`` overrides the experiment config:
@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
                         metavar="KEY=VALUE",
                         help="experiment config overrides; search.<field>=.. for the searchers")
+    parser.add_argument("--tag", default="",
+                        help="suffix of the result directory and files, e.g. full-context for "
+                             "a decode with --set encoder.chunk_size=0 encoder.left_chunks=-1")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--num-threads", type=int, default=0, help="torch threads (0: all cores)")
 
@@ -80,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
             for part in args.parts:
                 recognitions = decode_part(model, searcher, cfg, tokenizer, part, manifest_dir,
                                            device)
-                wer, paths = write_results(args.exp_dir / name, part, name, recognitions, settings)
+                label = f"{name}-{args.tag}" if args.tag else name
+                wer, paths = write_results(args.exp_dir / label, part, label, recognitions,
+                                           settings)
                 logger.info("%s %s (%s): WER %.2f%% -> %s", part, name, tag, wer,
                             paths["wer_summary"])
                 print(paths["wer_summary"], flush=True)

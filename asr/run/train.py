@@ -180,6 +180,9 @@ def train_experiment(
                       if cfg.train.dev_wer else None),
             dist=dist,
             extra_state={"config": to_dict(cfg)},
+            # the audio of a global batch, for a schedule counted in audio (optim's module doc)
+            schedule_scale=cfg.optim.step_scale(
+                cfg.data.max_duration * dist.world_size * cfg.train.accum_grad),
         )
         if not trainer.resume():
             _init_input_norm(model, cfg, train_cuts)

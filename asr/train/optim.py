@@ -1,4 +1,11 @@
-"""Optimizers and learning-rate schedules with explicit, resumable state."""
+"""Optimizers and learning-rate schedules with explicit, resumable state.
+
+Schedules count *reference steps*: with ``optim.reference_batch_seconds = R`` an optimizer step
+over ``B`` seconds of audio (``data.max_duration`` x processes x ``train.accum_grad``) advances the
+schedule by ``B / R``, so warm-up and decay cover the same amount of audio whatever the number of
+GPUs or the batch size (icefall's "adjusted batch count"); with ``R = 0`` a reference step is an
+optimizer step.
+"""
 
 from __future__ import annotations
 
@@ -19,11 +26,18 @@ class OptimConfig:
         lr: peak learning rate reached at the end of warm-up.
         betas: Adam betas.
         weight_decay: decoupled weight decay (not applied to biases and norm weights).
-        schedule: ``noam`` (linear warm-up then inverse square root decay), ``cosine`` (warm-up then
-            cosine decay to ``min_lr`` at ``total_steps``) or ``constant`` (warm-up then flat).
-        warmup_steps: linear warm-up length in optimizer steps.
-        total_steps: horizon of the cosine schedule (ignored by the others).
+        schedule: after a linear warm-up: ``noam`` (inverse square root decay), ``cosine``
+            (cosine decay to ``min_lr`` at ``total_steps``) or ``constant``; or ``eden``
+            (icefall's decay in both steps and epochs, ``((s^2 + lr_batches^2) /
+            lr_batches^2)^-1/4 * ((e^2 + lr_epochs^2) / lr_epochs^2)^-1/4`` with ``e`` the epochs
+            completed, times the warm-up ramp: it anneals without knowing the run's length).
+        warmup_steps: linear warm-up length in reference steps.
+        total_steps: horizon of the cosine schedule in reference steps (ignored by the others).
         min_lr: floor of the cosine schedule.
+        lr_batches: eden's step scale, in reference steps.
+        lr_epochs: eden's epoch scale.
+        reference_batch_seconds: seconds of audio per reference step (see the module doc; 0:
+            a reference step is an optimizer step).
         grad_clip: max global gradient norm (<= 0 disables clipping).
     """
 
@@ -31,10 +45,13 @@ class OptimConfig:
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.98)
     weight_decay: float = 1e-3
-    schedule: Literal["noam", "cosine", "constant"] = "noam"
+    schedule: Literal["noam", "cosine", "constant", "eden"] = "noam"
     warmup_steps: int = 1000
     total_steps: int = 100_000
     min_lr: float = 1e-5
+    lr_batches: float = 7500.0
+    lr_epochs: float = 3.5
+    reference_batch_seconds: float = 0.0
     grad_clip: float = 5.0
 
     def __post_init__(self) -> None:
@@ -42,16 +59,39 @@ class OptimConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.lr_batches <= 0 or self.lr_epochs <= 0:
+            raise ValueError(
+                f"lr_batches and lr_epochs must be > 0, got {self.lr_batches}, {self.lr_epochs}"
+            )
+        if self.reference_batch_seconds < 0:
+            raise ValueError(
+                f"reference_batch_seconds must be >= 0, got {self.reference_batch_seconds}"
+            )
+
+    def step_scale(self, batch_seconds: float) -> float:
+        """Reference steps per optimizer step of ``batch_seconds`` seconds of audio."""
+        if self.reference_batch_seconds == 0:
+            return 1.0
+        if batch_seconds <= 0:
+            raise ValueError(f"batch_seconds must be > 0, got {batch_seconds}")
+        return batch_seconds / self.reference_batch_seconds
 
 
-def lr_factor(cfg: OptimConfig, step: int, total_steps: int | None = None) -> float:
-    """Multiplier of ``cfg.lr`` at optimizer step ``step`` (0-based count of steps taken).
+def lr_factor(
+    cfg: OptimConfig, step: float, total_steps: float | None = None, epoch: int = 0
+) -> float:
+    """Multiplier of ``cfg.lr`` after ``step`` reference steps (0-based count of steps taken).
 
-    ``total_steps`` replaces ``cfg.total_steps`` as the cosine horizon (a time-budgeted run's plan).
+    ``total_steps`` replaces ``cfg.total_steps`` as the cosine horizon (a time-budgeted run's
+    plan); ``epoch`` counts the epochs completed (eden).
     """
     total = cfg.total_steps if total_steps is None else total_steps
     step = max(step, 0) + 1
     warm = max(cfg.warmup_steps, 1)
+    if cfg.schedule == "eden":  # decays from the first step; the warm-up ramp multiplies it
+        steps = ((step**2 + cfg.lr_batches**2) / cfg.lr_batches**2) ** -0.25
+        epochs = ((epoch**2 + cfg.lr_epochs**2) / cfg.lr_epochs**2) ** -0.25
+        return min(1.0, step / warm) * steps * epochs
     if step <= cfg.warmup_steps:
         return step / warm
     if cfg.schedule == "constant":
@@ -79,26 +119,44 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
 
 
 class Scheduler:
-    """Sets every param group's lr to ``cfg.lr * lr_factor(cfg, step, total_steps)``.
+    """Sets every param group's lr to ``cfg.lr * lr_factor(...)`` after each optimizer step.
 
-    Its state is the step and the cosine horizon ``total_steps`` (``cfg.total_steps`` unless a
-    time-budgeted run re-planned it with :meth:`set_total_steps`).
+    Args:
+        optimizer: the optimizer whose groups it sets.
+        cfg: the schedule.
+        step_scale: reference steps per optimizer step (:meth:`OptimConfig.step_scale`).
+
+    Its state is the optimizer step, the epochs completed and the cosine horizon in optimizer
+    steps (``cfg.total_steps`` reference steps unless a time-budgeted run re-planned it with
+    :meth:`set_total_steps`).
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, cfg: OptimConfig) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: OptimConfig,
+                 step_scale: float = 1.0) -> None:
+        if step_scale <= 0:
+            raise ValueError(f"step_scale must be > 0, got {step_scale}")
         self.optimizer = optimizer
         self.cfg = cfg
+        self.step_scale = step_scale
         self.step_count = 0
-        self.total_steps = cfg.total_steps
+        self.epoch = 0
+        self.total_steps = cfg.total_steps / step_scale
         self._apply()
 
     def set_total_steps(self, total_steps: int) -> None:
-        """Moves the end of the cosine decay to ``total_steps`` from the current step on."""
+        """Moves the end of the cosine decay to optimizer step ``total_steps`` from now on."""
         self.total_steps = int(total_steps)
         self._apply()
 
+    def set_epoch(self, epochs_done: int) -> None:
+        """The number of epochs completed (eden's epoch decay; called as each epoch starts)."""
+        self.epoch = int(epochs_done)
+        self._apply()
+
     def _apply(self) -> None:
-        lr = self.cfg.lr * lr_factor(self.cfg, self.step_count, self.total_steps)
+        scale = self.step_scale
+        lr = self.cfg.lr * lr_factor(self.cfg, self.step_count * scale, self.total_steps * scale,
+                                     self.epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
@@ -109,10 +167,12 @@ class Scheduler:
     def get_last_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
-    def state_dict(self) -> dict[str, int]:
-        return {"step_count": self.step_count, "total_steps": self.total_steps}
+    def state_dict(self) -> dict[str, float]:
+        return {"step_count": self.step_count, "total_steps": self.total_steps,
+                "epoch": self.epoch}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, float]) -> None:
         self.step_count = int(state["step_count"])
-        self.total_steps = int(state.get("total_steps", self.cfg.total_steps))
+        self.total_steps = state.get("total_steps", self.cfg.total_steps / self.step_scale)
+        self.epoch = int(state.get("epoch", 0))
         self._apply()

@@ -19,7 +19,9 @@ class TrainConfig:
         keep_last: how many step checkpoints to keep (0 keeps all).
         average_period: steps between updates of the running parameter average (0: off).
         use_amp: mixed precision on CUDA (losses stay float32); ignored on CPU.
-        amp_dtype: ``bfloat16`` (no loss scaling needed) or ``float16`` (with a GradScaler).
+        amp_dtype: ``bfloat16`` (no loss scaling needed; Ampere and newer GPUs) or ``float16``
+            (with a GradScaler, which skips overflowing steps and lowers its scale): the choice
+            for GPUs without bfloat16, such as V100 and T4 (``--set train.amp_dtype=float16``).
         cpu_amp: bfloat16 autocast when training on CPU (losses stay float32). Worth it only on
             CPUs with native bf16 (Intel AMX / AVX512-BF16: ~1.3x per step for the mini_tts
             Transformer); elsewhere bf16 matmuls are emulated and ~10x slower than float32.
@@ -31,6 +33,9 @@ class TrainConfig:
         device: ``auto``, ``cpu`` or ``cuda``.
         dev_wer: decode the dev set with a greedy searcher after each epoch (WER in the plot).
         dev_wer_max_utterances: decode at most this many dev utterances for it (0: all).
+        max_skipped_in_a_row: optimizer steps with non-finite gradients are skipped (the
+            batches saved under ``<exp_dir>/bad-batches/``); more than this many in a row stop
+            training with an error.
         time_budget_s: wall-clock seconds of training, summed over resumed runs (0: no budget).
             A budgeted run measures its step and end-of-epoch costs, plans the total step count
             that fits (:mod:`asr.train.budget`) after ``time_budget_calibration_steps`` steps,
@@ -67,6 +72,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dev_wer: bool = True
     dev_wer_max_utterances: int = 0
+    max_skipped_in_a_row: int = 20
     time_budget_s: float = 0.0
     time_budget_calibration_steps: int = 50
     time_budget_quantum: int = 100
@@ -111,6 +117,7 @@ class Progress:
         planned_steps: where a run stops to fit ``train.time_budget_s`` (0: no plan yet, or all
             of ``max_epochs`` fit; the scheduler keeps the cosine horizon).
         train_seconds: wall-clock seconds spent training, summed over resumed runs.
+        skipped_steps: optimizer steps skipped for non-finite gradients.
     """
 
     epoch: int = 1
@@ -120,6 +127,7 @@ class Progress:
     utts_sum: float = 0.0
     planned_steps: int = 0
     train_seconds: float = 0.0
+    skipped_steps: int = 0
     history: list[EpochRecord] = field(default_factory=list)
 
     def state_dict(self) -> dict[str, Any]:
@@ -138,5 +146,6 @@ class Progress:
             utts_sum=float(state.get("utts_sum", 0.0)),
             planned_steps=int(state.get("planned_steps", 0)),
             train_seconds=float(state.get("train_seconds", 0.0)),
+            skipped_steps=int(state.get("skipped_steps", 0)),
             history=history,
         )

@@ -19,6 +19,7 @@ N processes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -82,6 +83,8 @@ class Trainer:
         dist: this process' place in the job.
         extra_state: plain data stored in every checkpoint (e.g. the resolved config).
         clock: monotonic seconds, for ``train.time_budget_s`` (replaceable in tests).
+        schedule_scale: reference steps of the LR schedule per optimizer step
+            (:meth:`asr.train.optim.OptimConfig.step_scale` of the global batch's audio).
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class Trainer:
         dist: DistInfo | None = None,
         extra_state: Mapping[str, Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        schedule_scale: float = 1.0,
     ) -> None:
         self.cfg = train_cfg
         self.dist = dist or DistInfo()
@@ -107,7 +111,7 @@ class Trainer:
         self.device = self.dist.device
         model = model.to(self.device)
         self.optimizer = build_optimizer(model, optim_cfg)
-        self.scheduler = Scheduler(self.optimizer, optim_cfg)
+        self.scheduler = Scheduler(self.optimizer, optim_cfg, schedule_scale)
         self.grad_clip = optim_cfg.grad_clip
         self.averager = (
             RunningAverage(model, train_cfg.average_period) if train_cfg.average_period > 0 else None
@@ -137,6 +141,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
         self.progress = Progress()
         self._accum_utts = 0.0  # utterances in the gradients accumulated since the last step
+        self._step_batches: list[Batch] = []  # the batches of the step being accumulated
+        self._skips_in_a_row = 0
         self._writer = None
         self.budget = TimeBudget(train_cfg, self.dist, clock)
 
@@ -241,17 +247,21 @@ class Trainer:
     def _train_epoch(self) -> None:
         p = self.progress
         self.model.train()
+        self.scheduler.set_epoch(p.epoch - 1)
         batches = self.train_batches(p.epoch, p.batches_in_epoch)
         bar = tqdm(batches, desc=f"epoch {p.epoch}", disable=not self.dist.is_main,
                    initial=p.batches_in_epoch, unit="batch", dynamic_ncols=True)
         for batch in bar:
-            loss_value, num_utts, metrics = self._forward_backward(batch)
+            last_of_step = (p.batches_in_epoch + 1) % self.cfg.accum_grad == 0
+            loss_value, num_utts, metrics = self._forward_backward(batch, sync=last_of_step)
             p.batches_in_epoch += 1
-            p.loss_sum += loss_value
-            p.utts_sum += num_utts
+            if math.isfinite(loss_value):
+                p.loss_sum += loss_value
+                p.utts_sum += num_utts
             if p.batches_in_epoch % self.cfg.accum_grad != 0:
                 continue
-            self._optimizer_step()
+            if not self._optimizer_step():
+                continue
             p.step += 1
             self._apply_plan(self.budget.after_step(p))
             if self.averager is not None:
@@ -268,17 +278,23 @@ class Trainer:
                 break
         bar.close()
 
-    def _forward_backward(self, batch: Batch) -> tuple[float, float, dict[str, float]]:
+    def _forward_backward(self, batch: Batch, sync: bool = True
+                          ) -> tuple[float, float, dict[str, float]]:
+        """Forward and backward of one batch; returns (loss, utterances, metrics).
+
+        ``sync``: the batch completes an optimizer step; the others of an accumulation keep their
+        gradients local under DDP (``no_sync``), which the completing backward all-reduces with
+        its own. A non-finite loss is still back-propagated (every rank must join the reduction)
+        and makes the step's gradients non-finite, so :meth:`_optimizer_step` skips the step.
+        """
+        self._step_batches.append(batch)
         batch = batch.to(self.device)
-        with self._autocast():
-            out = self.model(batch, step=self.progress.step)
-        loss = out.loss.float()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite training loss {loss.item()} at step {self.progress.step} "
-                f"(cuts: {', '.join(batch.cut_ids[:4])}...)"
-            )
-        self.scaler.scale(loss * self.dist.world_size).backward()
+        accumulate = self.dist.distributed and not sync
+        with self.model.no_sync() if accumulate else contextlib.nullcontext():
+            with self._autocast():
+                out = self.model(batch, step=self.progress.step)
+            loss = out.loss.float()
+            self.scaler.scale(loss * self.dist.world_size).backward()
         self._accum_utts += float(out.num_utterances)
         return float(loss.detach()), float(out.num_utterances), dict(out.metrics)
 
@@ -291,17 +307,48 @@ class Trainer:
             if param.grad is not None:
                 param.grad.mul_(factor)
 
-    def _optimizer_step(self) -> None:
+    def _optimizer_step(self) -> bool:
+        """Normalises, clips and applies the accumulated gradients; returns whether it stepped.
+
+        With float16 the GradScaler skips overflowing steps itself (and lowers its scale). Any
+        other step whose gradients are not finite (agreed across ranks) is skipped: no optimizer
+        or scheduler step, the batches saved for inspection, ``progress.skipped_steps`` counted;
+        more than ``train.max_skipped_in_a_row`` in a row stop training.
+        """
         self._normalize_gradients()
-        if self.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-            if not math.isfinite(float(norm)):
-                logger.warning("non-finite gradient norm at step %d", self.progress.step)
+        self.scaler.unscale_(self.optimizer)
+        max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
+        norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        bad = all_reduce_sum(0.0 if math.isfinite(norm) else 1.0, self.dist) > 0
+        batches, self._step_batches = self._step_batches, []
+        if bad and not self.scaler.is_enabled():
+            self.optimizer.zero_grad(set_to_none=True)
+            self._skip(batches, norm)
+            return False
+        self._skips_in_a_row = 0
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
+        return True
+
+    def _skip(self, batches: list[Batch], norm: float) -> None:
+        p = self.progress
+        p.skipped_steps += 1
+        self._skips_in_a_row += 1
+        path = self.exp_dir / "bad-batches" / f"step-{p.step}-rank-{self.dist.rank}.pt"
+        atomic_torch_save([dataclasses.asdict(b) for b in batches], path)
+        cuts = [c for b in batches for c in b.cut_ids]
+        logger.warning(
+            "non-finite gradients (norm %s) at step %d: step skipped (%d so far), its %d "
+            "batch(es) saved to %s (cuts: %s)", norm, p.step, p.skipped_steps, len(batches), path,
+            ", ".join(cuts[:4]) + ("..." if len(cuts) > 4 else ""),
+        )
+        if self._skips_in_a_row > self.cfg.max_skipped_in_a_row:
+            raise FloatingPointError(
+                f"{self._skips_in_a_row} steps in a row had non-finite gradients (at step {p.step},"
+                f" cuts: {', '.join(cuts[:4])}...); the last batches are in {path}"
+            )
 
     def _log_step(self, loss: float, metrics: Mapping[str, float], num_utts: float, bar) -> None:
         lr = self.scheduler.get_last_lr()

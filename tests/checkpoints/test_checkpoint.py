@@ -18,7 +18,6 @@ from asr.checkpoints.io import (
     safe_torch_load,
     save_weights,
 )
-from asr.train.optim import OptimConfig, Scheduler, build_optimizer, lr_factor
 
 
 def test_atomic_save_round_trip_and_no_temp_left(tmp_path):
@@ -109,19 +108,3 @@ def test_running_average_equals_mean_of_sampled_models():
     assert torch.allclose(avg.averaged_state_dict(model)["weight"].double(), expected, atol=1e-5)
 
 
-def test_schedules_and_resumable_scheduler():
-    cfg = OptimConfig(lr=1e-3, warmup_steps=10, schedule="noam")
-    assert lr_factor(cfg, 0) == pytest.approx(0.1)
-    assert lr_factor(cfg, 9) == pytest.approx(1.0)
-    assert lr_factor(cfg, 39) == pytest.approx(0.5)
-    cos = OptimConfig(lr=1e-3, warmup_steps=0, schedule="cosine", total_steps=100, min_lr=1e-5)
-    assert lr_factor(cos, 99) == pytest.approx(0.01)
-    model = torch.nn.Linear(2, 2)
-    opt = build_optimizer(model, cfg)
-    assert [g["weight_decay"] for g in opt.param_groups] == [cfg.weight_decay, 0.0]
-    sched = Scheduler(opt, cfg)
-    for _ in range(15):
-        sched.step()
-    other = Scheduler(build_optimizer(model, cfg), cfg)
-    other.load_state_dict(sched.state_dict())
-    assert other.get_last_lr() == pytest.approx(sched.get_last_lr())

@@ -49,6 +49,27 @@ def test_two_process_asr_train_equals_one_process_accumulating_two_batches(tmp_p
     assert any(not torch.equal(fresh[k], v) for k, v in one["model"].items())
 
 
+@pytest.mark.slow
+def test_two_processes_accumulating_equal_one_process_accumulating_twice_as_many(tmp_path,
+                                                                                 tiny_corpus):
+    """With accum_grad=2 the first batch of each step keeps its gradients local (DDP no_sync)
+    and the second all-reduces both: the step must equal one process accumulating 4 batches."""
+    config = write_yaml(_deterministic_experiment(tiny_corpus), tmp_path / "ddp.yaml")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    main = ["-m", "asr.cli.main", "train", "--config", str(config), "--num-threads", "1"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    subprocess.run(torchrun + main + ["--exp-dir", str(tmp_path / "two"),
+                                      "--set", "train.accum_grad=2"], env=env, check=True,
+                   capture_output=True, timeout=300)
+    subprocess.run([sys.executable, *main, "--exp-dir", str(tmp_path / "one"),
+                    "--set", "train.accum_grad=4"], env=env, check=True, capture_output=True,
+                   timeout=300)
+    two = safe_torch_load(tmp_path / "two" / "checkpoint-1.pt")
+    one = safe_torch_load(tmp_path / "one" / "checkpoint-1.pt")
+    for name, value in one["model"].items():
+        torch.testing.assert_close(two["model"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def _initial_weights(exp_dir):
     from asr.experiment import build_model, load_experiment_config
     from asr.tokenizers import load_tokenizer

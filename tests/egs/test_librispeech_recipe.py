@@ -97,9 +97,23 @@ def test_every_stage_but_download_on_a_synthesized_tree(tmp_path):
     for searcher in ("transducer_greedy", "transducer_beam", "ctc_greedy", "ctc_prefix_beam"):
         for part in ("test-clean", "test-other"):
             assert (exp / searcher / f"wer-summary-{part}-{searcher}.txt").is_file(), searcher
+            full = f"{searcher}-full-context"  # a streaming recipe is decoded in both modes
+            assert (exp / full / f"wer-summary-{part}-{full}.txt").is_file(), full
     assert (exp / "averaged-epoch-1-avg-1-use-averaged-model.safetensors").is_file()
     assert (exp / "package").is_dir()
     assert "stage 0: " in result.stderr and "no download" in result.stderr
+    # the offline recipe trains on the same data (full context: no chunk settings of its own)
+    offline_model = [o for o in TINY_MODEL if "chunk" not in o]
+    offline = _bash(
+        RUN, "--work-dir", str(work), "--dl-dir", str(tmp_path / "dl"), "--full-libri", "false",
+        "--recipe", "conformer_transducer_offline", "--stage", "6", "--stop-stage", "7",
+        "--epoch", "1", "--avg", "1", "--searchers", "greedy", "--test-parts", "test-clean",
+        "--train-args", "--set " + " ".join(offline_model), timeout=600,
+    )
+    assert offline.returncode == 0, offline.stderr[-3000:]
+    offline_exp = work / "exp" / "conformer_transducer_offline"
+    assert (offline_exp / "epoch-1.pt").is_file()
+    assert not list(offline_exp.glob("*-full-context"))  # already full context: decoded once
 
 
 def test_mini_tts_refuses_a_time_budget_too_small_for_training(tmp_path):

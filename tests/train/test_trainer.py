@@ -1,5 +1,6 @@
 """Trainer: exact resume after a stop mid-epoch, DDP gradient equivalence, logs and plot."""
 
+import math
 import os
 import subprocess
 import sys
@@ -161,19 +162,51 @@ def test_outputs_checkpoints_logs_and_plot(tmp_path):
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def test_non_finite_loss_names_the_cuts(tmp_path):
-    class NanModel(ToyModel):
-        def forward(self, batch, step=None):
-            out = super().forward(batch, step)
-            return _Out(out.loss * float("nan"), out.num_utterances)
+class NanAt(ToyModel):
+    """A ToyModel whose loss is NaN on the training forwards numbered in ``bad`` (1-based)."""
 
-    def nan_batches(epoch, skip):
-        b = make_batch(torch.Generator().manual_seed(0))
-        yield Batch(b.feats, b.feat_lens, b.tokens, b.token_lens, cut_ids=["cutA", "cutB", "cutC"])
+    def __init__(self, bad=()):
+        super().__init__()
+        self.bad, self.calls = set(bad), 0
 
-    trainer = Trainer(NanModel(), OptimConfig(), TrainConfig(max_epochs=1), tmp_path, nan_batches)
-    with pytest.raises(FloatingPointError, match="cutA"):
+    def forward(self, batch, step=None):
+        out = super().forward(batch, step)
+        if self.training:
+            self.calls += 1
+            if self.calls in self.bad or "all" in self.bad:
+                return _Out(out.loss * float("nan"), out.num_utterances)
+        return out
+
+
+def _named(batches_fn):
+    def named(epoch, skip):
+        for i, b in enumerate(batches_fn(epoch, skip)):
+            yield Batch(b.feats, b.feat_lens, b.tokens, b.token_lens,
+                        cut_ids=[f"e{epoch}b{i}u{u}" for u in range(b.batch_size)])
+    return named
+
+
+@pytest.mark.parametrize("cpu_amp", [False, True])
+def test_non_finite_step_is_skipped_saved_and_training_goes_on(tmp_path, cpu_amp):
+    torch.manual_seed(0)
+    model = NanAt(bad={3})
+    trainer = Trainer(model, OptimConfig(), TrainConfig(max_epochs=1, cpu_amp=cpu_amp,
+                      checkpoint_interval=0), tmp_path, _named(batches))
+    progress = trainer.fit()
+    assert progress.skipped_steps == 1 and progress.step == 6  # 7 batches, the third skipped
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert math.isfinite(progress.history[0].train_loss)
+    saved = safe_torch_load(tmp_path / "bad-batches" / "step-2-rank-0.pt")
+    assert saved[0]["cut_ids"] == ["e1b2u0", "e1b2u1", "e1b2u2"]
+    assert trainer.scheduler.step_count == 6  # the schedule did not move on the skipped step
+
+
+def test_non_finite_steps_in_a_row_stop_training_naming_the_cuts(tmp_path):
+    trainer = Trainer(NanAt(bad={"all"}), OptimConfig(), TrainConfig(max_skipped_in_a_row=2),
+                      tmp_path, _named(batches))
+    with pytest.raises(FloatingPointError, match=r"3 steps in a row.*e1b2u0"):
         trainer.fit()
+    assert trainer.progress.step == 0 and trainer.progress.skipped_steps == 3
 
 
 DDP_SCRIPT = r'''
@@ -228,3 +261,42 @@ def test_each_forward_gets_the_optimizer_steps_taken_so_far(tmp_path):
                       lambda epoch, skip: batches(epoch, skip, num_batches=6))
     trainer.fit()
     assert model.steps_seen == [0, 0, 1, 1, 2, 2]
+
+
+DDP_SKIP_SCRIPT = r'''
+import os, sys, torch
+sys.path.insert(0, os.environ["TEST_DIR"])
+from test_trainer import NanAt, batches
+from asr.train.distributed import setup_distributed, cleanup_distributed
+from asr.train.optim import OptimConfig
+from asr.train.state import TrainConfig
+from asr.train.trainer import Trainer
+info = setup_distributed("cpu")
+torch.manual_seed(0)
+model = NanAt(bad={2} if info.rank == 1 else ())  # rank 1's second batch goes NaN
+out = os.path.join(os.environ["OUT_DIR"], f"rank{info.rank}")
+trainer = Trainer(model, OptimConfig(), TrainConfig(max_epochs=1, checkpoint_interval=0,
+                  average_period=0), out, lambda e, s: batches(e, s, num_batches=4), dist=info)
+progress = trainer.fit()
+unwrapped = trainer.model.module
+torch.save({"step": progress.step, "skipped": progress.skipped_steps,
+            "weights": unwrapped.state_dict()}, os.path.join(os.environ["OUT_DIR"],
+            f"result{info.rank}.pt"))
+cleanup_distributed()
+'''
+
+
+def test_a_non_finite_step_on_one_rank_is_skipped_on_every_rank(tmp_path):
+    script = tmp_path / "ddp_skip.py"
+    script.write_text(DDP_SKIP_SCRIPT)
+    env = dict(os.environ, TEST_DIR=str(Path(__file__).parent), OUT_DIR=str(tmp_path),
+               OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc-per-node=2", str(script)], env=env, check=True, capture_output=True,
+                   timeout=180)
+    rank0, rank1 = (torch.load(tmp_path / f"result{r}.pt") for r in (0, 1))
+    assert (rank0["step"], rank0["skipped"]) == (rank1["step"], rank1["skipped"]) == (3, 1)
+    for name, value in rank0["weights"].items():
+        assert torch.isfinite(value).all() and torch.equal(value, rank1["weights"][name]), name
+    assert (tmp_path / "rank1" / "bad-batches" / "step-1-rank-1.pt").is_file()
+

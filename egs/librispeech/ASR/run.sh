@@ -14,7 +14,8 @@
 #        --use-shar true the training cuts are first written once as Lhotse Shar shards
 #        (data/shar/train-<parts>, features as lilcom) and training reads those sequentially
 #   7    decode test-clean and test-other with every searcher of the model (epoch/avg averaging);
-#        with --lm-unit token|word the beam searches fuse that LM of stage 5 (--lm-weight; not
+#        a streaming recipe also at full context (results in <searcher>-full-context/); with
+#        --lm-unit token|word the beam searches fuse that LM of stage 5 (--lm-weight; not
 #        tuned on LibriSpeech: pick it on dev-clean)
 #   8    average epochs (epoch-avg+1)..epoch into exp/${recipe}/averaged-epoch-E-avg-N.safetensors
 #   9    export a model package exp/${recipe}/package from the averaged weights
@@ -113,9 +114,17 @@ if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
     lm_args=(--set "search.lm_path=$lm_path" "search.lm_unit=$lm_unit" "search.lm_weight=$lm_weight")
   fi
   # shellcheck disable=SC2086
-  asr decode --exp-dir "$exp_dir" --searcher $searchers --epoch "$epoch" --avg "$avg" $averaged \
-    --parts $test_parts "${lm_args[@]}" $decode_args
-  for summary in "$exp_dir"/*/wer-summary-*.txt; do
+  summaries=$(asr decode --exp-dir "$exp_dir" --searcher $searchers --epoch "$epoch" --avg "$avg" \
+    $averaged --parts $test_parts "${lm_args[@]}" $decode_args)
+  if "$VENV/bin/python" -c "import sys; from asr.experiment import load_experiment_config as c
+sys.exit(0 if c(sys.argv[1]).encoder.chunk_size > 0 else 1)" "$exp_dir"; then
+    # a streaming recipe: also at full context (icefall reports both modes)
+    # shellcheck disable=SC2086
+    summaries+=" "$(asr decode --exp-dir "$exp_dir" --searcher $searchers --epoch "$epoch" \
+      --avg "$avg" $averaged --parts $test_parts "${lm_args[@]}" $decode_args --tag full-context \
+      --set encoder.chunk_size=0 encoder.left_chunks=-1)
+  fi
+  for summary in $summaries; do
     echo "$summary: $(sed -n 2p "$summary")" >&2
   done
 fi

@@ -1,0 +1,78 @@
+"""Learning-rate schedules: hand values, resumable state, and a schedule counted in audio that
+gives every number of processes the same learning rate at the same point of an epoch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from asr.train.optim import OptimConfig, Scheduler, build_optimizer, lr_factor
+
+
+def test_schedules_and_resumable_scheduler():
+    cfg = OptimConfig(lr=1e-3, warmup_steps=10, schedule="noam")
+    assert lr_factor(cfg, 0) == pytest.approx(0.1)
+    assert lr_factor(cfg, 9) == pytest.approx(1.0)
+    assert lr_factor(cfg, 39) == pytest.approx(0.5)
+    cos = OptimConfig(lr=1e-3, warmup_steps=0, schedule="cosine", total_steps=100, min_lr=1e-5)
+    assert lr_factor(cos, 99) == pytest.approx(0.01)
+    model = torch.nn.Linear(2, 2)
+    opt = build_optimizer(model, cfg)
+    assert [g["weight_decay"] for g in opt.param_groups] == [cfg.weight_decay, 0.0]
+    sched = Scheduler(opt, cfg)
+    for _ in range(15):
+        sched.step()
+    other = Scheduler(build_optimizer(model, cfg), cfg)
+    other.load_state_dict(sched.state_dict())
+    assert other.get_last_lr() == pytest.approx(sched.get_last_lr())
+
+
+def test_eden_decays_with_steps_and_epochs():
+    cfg = OptimConfig(lr=1e-3, warmup_steps=0, schedule="eden", lr_batches=100, lr_epochs=2)
+    assert lr_factor(cfg, 0) == pytest.approx(((1 + 100**2) / 100**2) ** -0.25)
+    assert lr_factor(cfg, 99) == pytest.approx(2**-0.25)
+    assert lr_factor(cfg, 99, epoch=2) == pytest.approx(2**-0.5)
+    warm = OptimConfig(lr=1e-3, warmup_steps=10, schedule="eden")
+    assert lr_factor(warm, 4) == pytest.approx(0.5)
+
+
+def _epoch_curve(cfg: OptimConfig, processes: int, epochs: int = 3) -> list[float]:
+    """The lr at every twelfth of an epoch when each of ``processes`` processes trains on 100 s
+    batches of a 4800 s epoch (the global batch grows with the processes)."""
+    batch_seconds = 100.0 * processes
+    steps_per_epoch = int(4800 / batch_seconds)
+    sched = Scheduler(build_optimizer(torch.nn.Linear(2, 2), cfg), cfg,
+                      cfg.step_scale(batch_seconds))
+    curve = []
+    for epoch in range(epochs):
+        sched.set_epoch(epoch)
+        for step in range(steps_per_epoch):
+            if step % (steps_per_epoch // 12) == 0:
+                curve.append(sched.get_last_lr())
+            sched.step()
+    return curve
+
+
+@pytest.mark.parametrize("schedule", ["eden", "noam", "cosine"])
+def test_lr_per_epoch_is_the_same_for_1_2_and_4_processes(schedule):
+    cfg = OptimConfig(lr=1e-3, schedule=schedule, warmup_steps=20, total_steps=150,
+                      lr_batches=30, lr_epochs=1.5, reference_batch_seconds=100.0)
+    one, two, four = (_epoch_curve(cfg, n) for n in (1, 2, 4))
+    assert len(one) == 36
+    assert two == pytest.approx(one, rel=1e-12) and four == pytest.approx(one, rel=1e-12)
+    assert max(one) > 0.8e-3 and one[-1] < 0.8 * max(one)  # warms up, then anneals
+    # counted in optimizer steps instead, 4 processes would warm up and decay over 4x the audio
+    in_steps = OptimConfig(**{**cfg.__dict__, "reference_batch_seconds": 0.0})
+    assert _epoch_curve(in_steps, 4) != pytest.approx(_epoch_curve(in_steps, 1), rel=1e-3)
+
+
+def test_scheduler_state_holds_the_epoch():
+    cfg = OptimConfig(lr=1e-3, schedule="eden", warmup_steps=0, lr_epochs=1.0)
+    sched = Scheduler(build_optimizer(torch.nn.Linear(2, 2), cfg), cfg, step_scale=2.0)
+    sched.set_epoch(3)
+    sched.step()
+    other = Scheduler(build_optimizer(torch.nn.Linear(2, 2), cfg), cfg, step_scale=2.0)
+    other.load_state_dict(sched.state_dict())
+    assert other.get_last_lr() == sched.get_last_lr() and other.epoch == 3
+    with pytest.raises(ValueError, match="reference_batch_seconds"):
+        OptimConfig(reference_batch_seconds=-1.0)
