@@ -41,7 +41,7 @@ from asr.train.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DevWer", "seed_everything", "train_experiment"]
+__all__ = ["DevWer", "seed_everything", "spread_subset", "train_experiment"]
 
 
 def seed_everything(seed: int) -> None:
@@ -60,12 +60,13 @@ class DevWer:
         cfg: experiment configuration (its ``data`` and ``search`` sections are used).
         tokenizer: ids -> text.
         device: where to decode.
-        max_utterances: decode at most this many dev cuts (0: all).
+        max_utterances: decode at most this many dev cuts (0: all), spread evenly over the dev
+            cuts (so that every dev set of ``data.dev_cuts`` counts, not just the first one).
     """
 
     def __init__(self, cuts: CutSet, cfg: ExperimentConfig, tokenizer: Tokenizer,
                  device: torch.device, max_utterances: int = 0) -> None:
-        self.cuts = cuts.subset(first=max_utterances) if max_utterances > 0 else cuts
+        self.cuts = spread_subset(cuts, max_utterances)
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.device = device
@@ -92,6 +93,15 @@ class DevWer:
         logger.info("dev WER %.2f%% (%s, %d utterances, %.1f s)", wer, name, len(recognitions),
                     seconds)
         return wer
+
+
+def spread_subset(cuts: CutSet, count: int) -> CutSet:
+    """At most ``count`` cuts of an eager CutSet, evenly spaced over it (``count <= 0``: all)."""
+    total = len(cuts)
+    if count <= 0 or total <= count:
+        return cuts
+    ids = [cut.id for cut in cuts]
+    return cuts.subset(cut_ids=[ids[i * total // count] for i in range(count)])
 
 
 def _filter_or_fail(cfg: ExperimentConfig, model: ASRModel, cuts, tokenizer: Tokenizer,
