@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from asr.data.fbank import compute_fbank_for_parts
-from asr.data.librispeech import CorpusError, prepare_manifests
+from asr.data.librispeech import CorpusError, prepare_manifests, write_shuffled_cuts
 from asr.features.fbank import FbankConfig
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fb.add_argument("--overwrite", action="store_true", help="recompute existing outputs")
     fb.set_defaults(_prepare=_run_fbank)
 
+    sh = sub.add_parser("shuffle", help="write the cuts of several manifests in one random order "
+                                        "(a globally shuffled training manifest)")
+    sh.add_argument("--cuts", type=Path, nargs="+", required=True, help="cut manifests")
+    sh.add_argument("--output", type=Path, required=True, help="the shuffled manifest to write")
+    sh.add_argument("--seed", type=int, default=42, help="shuffle seed (default: 42)")
+    sh.set_defaults(_prepare=_run_shuffle)
+
 
 def _run_manifests(args: argparse.Namespace) -> int:
     paths = prepare_manifests(args.corpus_dir, args.output_dir, args.parts,
@@ -78,6 +85,12 @@ def _run_fbank(args: argparse.Namespace) -> int:
     )
     for part, path in paths.items():
         print(f"{part}\t{path}")
+    return 0
+
+
+def _run_shuffle(args: argparse.Namespace) -> int:
+    count = write_shuffled_cuts(args.cuts, args.output, args.seed)
+    print(f"{args.output}\t{count} cuts")
     return 0
 
 

@@ -121,6 +121,9 @@ class DataConfig:
         max_duration: total seconds of audio per batch (per rank).
         num_buckets: duration buckets of the ``DynamicBucketingSampler``.
         shuffle: shuffle training cuts (evaluation is never shuffled).
+        buffer_size: cuts the sampler holds to shuffle and bucket from (lhotse's buffer): a
+            shuffled manifest (``asr prepare shuffle``) plus a large buffer mix subsets and speeds
+            in every batch.
         drop_last: drop the last incomplete training batch (evaluation keeps it).
         num_workers: DataLoader worker processes.
         on_the_fly_feats: compute fbank from audio in the DataLoader instead of reading stored
@@ -143,6 +146,7 @@ class DataConfig:
     max_duration: float = 200.0
     num_buckets: int = 30
     shuffle: bool = True
+    buffer_size: int = 20000
     drop_last: bool = True
     num_workers: int = 2
     on_the_fly_feats: bool = False
@@ -160,6 +164,8 @@ class DataConfig:
             raise ValueError(f"data.max_duration must be > 0 seconds, got {self.max_duration}")
         if self.num_buckets < 1:
             raise ValueError(f"data.num_buckets must be >= 1, got {self.num_buckets}")
+        if self.buffer_size < 1:
+            raise ValueError(f"data.buffer_size must be >= 1, got {self.buffer_size}")
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if not 0 <= self.min_cut_duration <= self.max_cut_duration:

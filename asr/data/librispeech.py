@@ -24,7 +24,9 @@ Example:
 
 from __future__ import annotations
 
+import gzip
 import logging
+import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -216,3 +218,36 @@ def prepare_manifests(
         logger.info("wrote %d cuts to %s", len(cuts), path)
         paths[part] = path
     return paths
+
+
+def write_shuffled_cuts(inputs: Sequence[str | Path], output: str | Path, seed: int = 42) -> int:
+    """Writes the cuts of every manifest of ``inputs``, in one random order, to ``output``.
+
+    Speed-perturbed copies are written back to back and training parts are concatenated in
+    order, so without this a sampler's shuffle buffer sees one subset at one speed at a time
+    (icefall measured 2.93/6.61 unshuffled against 2.64/6.35 shuffled on LibriSpeech). Lines are
+    shuffled as text (nothing is parsed), seeded, and the file is written atomically.
+
+    Returns:
+        The number of cuts written.
+
+    Raises:
+        FileNotFoundError: naming a missing input.
+    """
+    lines: list[bytes] = []
+    for path in inputs:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"cut manifest {path} does not exist")
+        with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as f:
+            lines.extend(line if line.endswith(b"\n") else line + b"\n" for line in f
+                         if line.strip())
+    random.Random(seed).shuffle(lines)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    with gzip.open(tmp, "wb") as f:
+        f.writelines(lines)
+    tmp.replace(output)
+    logger.info("wrote %d shuffled cuts of %d manifests to %s", len(lines), len(inputs), output)
+    return len(lines)

@@ -59,7 +59,8 @@ def make_sampler(
 
     Args:
         cuts: a lhotse ``CutSet`` (lazy or eager).
-        cfg: data configuration (max_duration, num_buckets, shuffle, drop_last, seed).
+        cfg: data configuration (max_duration, num_buckets, buffer_size, shuffle, drop_last,
+            seed).
         train: training sampling (``cfg.shuffle``/``cfg.drop_last``) or evaluation sampling
             (no shuffling, last batch kept).
         rank: this process's rank; see :func:`resolve_rank_world_size`.
@@ -98,11 +99,12 @@ def make_sampler(
     )
     logger.debug("sampler: rank %d of %d, train=%s, %d buckets", rank, world_size, train, num_buckets)
     if num_buckets <= 1:
-        return DynamicCutSampler(cuts, **common)
+        return DynamicCutSampler(cuts, shuffle_buffer_size=cfg.buffer_size, **common)
     # lhotse's own estimate (the first 10000 cuts), made here from ``bucket_cuts``
     duration_bins = estimate_duration_buckets(
         itertools.islice(bucket_cuts, 10000),
         num_buckets=num_buckets,
         constraint=TimeConstraint(max_duration=cfg.max_duration),
     )
-    return DynamicBucketingSampler(cuts, duration_bins=duration_bins, **common)
+    return DynamicBucketingSampler(cuts, duration_bins=duration_bins, buffer_size=cfg.buffer_size,
+                                   **common)

@@ -12,6 +12,7 @@
 #   1  lhotse manifests of every part             -> data/manifests/librispeech_*_<part>.jsonl.gz
 #   2  MUSAN manifests (skipped when $dl_dir/musan does not exist)
 #   3  fbank of every part, 0.9/1.1 speed-perturbed copies of the training parts -> data/fbank
+#      and the training cuts in one random order (librispeech_cuts_train-<parts>-shuf.jsonl.gz)
 #   4  MUSAN noise cuts with fbank (skipped without MUSAN) -> data/fbank/musan_cuts.jsonl.gz;
 #      run.sh then trains with data.noise.cuts_path pointing at it
 #   5  BPE tokenizer on the training transcripts -> data/lang_bpe_${vocab_size}, and n-gram LMs
@@ -100,6 +101,11 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
   # One process is faster than lhotse's process pool for small corpora; use --num-jobs on big ones.
   asr prepare fbank --manifest-dir data/manifests --output-dir data/fbank --parts $parts \
     --speed-perturb --perturb-parts $train_parts --num-jobs "$num_jobs"
+  shuffled=$(librispeech_shuffled_cuts "$full_libri")
+  log "stage 3: the training cuts of $train_parts (and their speed copies) in one random order"
+  manifests=()
+  for part in $train_parts; do manifests+=("data/fbank/librispeech_cuts_${part}.jsonl.gz"); done
+  asr prepare shuffle --cuts "${manifests[@]}" --output "data/fbank/$shuffled"
 fi
 
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then

@@ -83,17 +83,16 @@ averaged=""
 
 if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
   log "stage 6: train $recipe on $nproc process(es)"
-  sets="tokenizer_dir=data/lang_bpe_${vocab_size}"
-  [ "$full_libri" = true ] || sets="$sets data.train_cuts=[librispeech_cuts_train-clean-100.jsonl.gz]"
+  shuffled=$(librispeech_shuffled_cuts "$full_libri")
+  sets="tokenizer_dir=data/lang_bpe_${vocab_size} data.train_cuts=[$shuffled]"
   [ -f data/fbank/musan_cuts.jsonl.gz ] && sets="$sets data.noise.cuts_path=data/fbank/musan_cuts.jsonl.gz"
   if [ "$use_shar" = true ]; then
     shar_parts=$(librispeech_train_parts "$full_libri")
     shar_dir=data/shar/train-$(echo $shar_parts | sed 's/train-//g; s/ /+/g')
     if [ ! -d "$shar_dir" ]; then
       log "stage 6: write the training cuts of $shar_parts as Lhotse Shar shards -> $shar_dir"
-      manifests=()
-      for part in $shar_parts; do manifests+=("data/fbank/librispeech_cuts_${part}.jsonl.gz"); done
-      asr shar --cuts "${manifests[@]}" --output-dir "$shar_dir" --num-jobs "$num_jobs"
+      # from the shuffled manifest, so that every shard mixes the parts and speeds
+      asr shar --cuts "data/fbank/$shuffled" --output-dir "$shar_dir" --num-jobs "$num_jobs"
     fi
     sets="$sets data.train_shar_dirs=[$shar_dir]"
   fi

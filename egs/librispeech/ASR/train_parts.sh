@@ -7,3 +7,11 @@ librispeech_train_parts() {
     echo "train-clean-100"
   fi
 }
+
+# librispeech_shuffled_cuts true|false -> the file name (in data/fbank) of the globally shuffled
+# training manifest that prepare.sh stage 3 writes and run.sh trains on
+librispeech_shuffled_cuts() {
+  local parts
+  parts=$(librispeech_train_parts "$1" | sed 's/train-//g; s/ /+/g')
+  echo "librispeech_cuts_train-${parts}-shuf.jsonl.gz"
+}

@@ -1,0 +1,73 @@
+"""A globally shuffled training manifest: batches mix parts and speeds from the first batch on."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+
+from lhotse import CutSet
+from lhotse.testing.dummies import dummy_cut
+
+from asr.data.config import DataConfig
+from asr.data.librispeech import write_shuffled_cuts
+from asr.data.sampler import make_sampler
+
+PARTS = ("clean-100", "clean-360", "other-500")
+SPEEDS = ("sp1.0", "sp0.9", "sp1.1")
+PER_BLOCK = 200  # cuts per part and speed, written back to back as prepare.sh's fbank stage does
+
+
+def _part_manifests(tmp_path):
+    paths = []
+    for p, part in enumerate(PARTS):
+        cuts = [dummy_cut(p * 10_000 + s * 1000 + i, duration=1.0 + (i % 7) / 10)
+                .with_id(f"{part}~{speed}~{i}")
+                for s, speed in enumerate(SPEEDS) for i in range(PER_BLOCK)]
+        path = tmp_path / f"librispeech_cuts_train-{part}.jsonl.gz"
+        CutSet.from_cuts(cuts).to_file(path)
+        paths.append(path)
+    return paths
+
+
+def _longest_run(cuts_in_batches, key) -> int:
+    keys = [key(cut_id) for cut_id in cuts_in_batches]
+    return max(len(list(group)) for _, group in itertools.groupby(keys))
+
+
+def _first_epoch(manifest) -> list[str]:
+    cfg = DataConfig(max_duration=20.0, max_cut_duration=2.0, num_buckets=4, buffer_size=500)
+    sampler = make_sampler(CutSet.from_jsonl_lazy(manifest), cfg, train=True, rank=0,
+                           world_size=1)
+    sampler.set_epoch(1)
+    return [cut.id for batch in sampler for cut in batch]
+
+
+def test_shuffled_manifest_interleaves_parts_and_speeds(tmp_path):
+    parts = _part_manifests(tmp_path)
+    out = tmp_path / "librispeech_cuts_train-all-shuf.jsonl.gz"
+    assert write_shuffled_cuts(parts, out, seed=3) == len(PARTS) * len(SPEEDS) * PER_BLOCK
+    ids = _first_epoch(out)
+    assert len(set(ids)) == len(ids) > 0.9 * len(PARTS) * len(SPEEDS) * PER_BLOCK
+    part = lambda cut_id: cut_id.split("~")[0]  # noqa: E731
+    speed = lambda cut_id: cut_id.split("~")[1]  # noqa: E731
+    # N = 20: in a random order a run of 20 cuts of one of 3 parts has probability ~1e-6
+    assert _longest_run(ids, part) <= 20 and _longest_run(ids, speed) <= 20
+    # the parts concatenated as they were written: a 500-cut buffer holds one block at a time
+    unshuffled = tmp_path / "unshuffled.jsonl.gz"
+    with gzip.open(unshuffled, "wb") as f:
+        for path in parts:
+            with gzip.open(path, "rb") as g:
+                f.write(g.read())
+    assert _longest_run(_first_epoch(unshuffled), part) > 100
+
+
+def test_shuffle_is_seeded_and_keeps_every_line(tmp_path):
+    parts = _part_manifests(tmp_path)
+    a, b, c = (tmp_path / f"{n}.jsonl.gz" for n in "abc")
+    write_shuffled_cuts(parts, a, seed=1)
+    write_shuffled_cuts(parts, b, seed=1)
+    write_shuffled_cuts(parts, c, seed=2)
+    assert a.read_bytes() != c.read_bytes()
+    lines = lambda p: gzip.open(p, "rb").read().splitlines()  # noqa: E731
+    assert lines(a) == lines(b) and sorted(lines(a)) == sorted(lines(c))
+    assert sorted(lines(a)) == sorted(line for p in parts for line in lines(p))
