@@ -245,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
                "notes": []}
     if device.type == "cuda":
         results["gpu"] = torch.cuda.get_device_name(device)
+    if args.fake_memory_limit > 0:
+        results["notes"].append(f"Out of memory is pretended above {args.fake_memory_limit:g} s "
+                                "of audio per batch (--fake-memory-limit, a dry run).")
 
     def write() -> None:
         if args.markdown:
