@@ -21,15 +21,20 @@ import pytest
 import torch
 
 CPU_STAND_IN = "ASR_GPU_TESTS_ON_CPU"
+REQUIRE_CUDA = "ASR_GPU_TESTS_REQUIRE_CUDA"
 RECORD_FILE = "ASR_GPU_CHECK_RECORD"
 FULL_SIZE = "ASR_GPU_TESTS_FULL_SIZE"
 
 
 @pytest.fixture(scope="session")
 def device() -> torch.device:
-    """The device under test: CUDA, or the CPU in the dry run; else the test is skipped."""
+    """The device under test: CUDA, or the CPU in the dry run; else the test is skipped (or
+    fails, where ``ASR_GPU_TESTS_REQUIRE_CUDA=1`` says that this is the GPU run)."""
     if torch.cuda.is_available():
         return torch.device("cuda")
+    if os.environ.get(REQUIRE_CUDA) == "1":
+        pytest.fail("torch sees no CUDA device, on what should be the GPU machine "
+                    f"(torch {torch.__version__}, built for CUDA {torch.version.cuda})")
     if os.environ.get(CPU_STAND_IN) == "1":
         return torch.device("cpu")
     pytest.skip(f"needs CUDA (or {CPU_STAND_IN}=1 to run the same code on the CPU at tiny sizes)")
