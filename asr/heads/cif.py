@@ -198,7 +198,9 @@ class CIFPredictor(nn.Module):
         """(B, T, D), (B, T) bool -> (B, T) weights in (0, 1), zero on padding."""
         x = enc * enc_mask.unsqueeze(-1)  # padding must not leak through the convolution
         x = torch.relu(self.conv(x.transpose(1, 2)).transpose(1, 2) + x)
-        alphas = torch.sigmoid(self.output(self.dropout(x)).squeeze(-1).float())
+        logits = self.output(self.dropout(x)).squeeze(-1)
+        # float32 under autocast (counts come from sums of weights); a float64 model keeps float64.
+        alphas = torch.sigmoid(logits if logits.dtype == torch.float64 else logits.float())
         return alphas * enc_mask
 
 
@@ -231,7 +233,8 @@ class CIFHead(nn.Module):
         )
 
     def predict_alphas(self, enc: Tensor, enc_lens: Tensor) -> Tensor:
-        """(B, T, D), (B,) -> (B, T) float32 firing weights, zero beyond ``enc_lens``."""
+        """(B, T, D), (B,) -> (B, T) float32 firing weights (float64 in a float64 model), zero
+        beyond ``enc_lens``."""
         return self.predictor(enc, lengths_to_mask(enc_lens, enc.shape[1]))
 
     def decode(self, inputs: Tensor, input_lens: Tensor, enc: Tensor, enc_lens: Tensor) -> Tensor:

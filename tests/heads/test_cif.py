@@ -131,6 +131,21 @@ def test_forward_shapes_and_padding_invariance():
     assert math.isclose(out.loss.item(), ce + qty, rel_tol=1e-5)
 
 
+def test_float64_head_infers_and_trains_in_float64():
+    """The weights keep the model's float64 (they were cast to float32, so the fired embeddings
+    met float64 projections): CPU-vs-GPU decoding checks compare float64 models."""
+    head = CIFHead(_tiny_cfg(), enc_dim=12, vocab_size=9).double().eval()
+    enc = torch.randn(2, 10, 12, dtype=torch.float64)
+    enc_lens = torch.tensor([10, 6])
+    logits, fired_lens = head(enc, enc_lens)
+    assert logits.dtype == torch.float64 and head.predict_alphas(enc, enc_lens).dtype == torch.float64
+    tokens = torch.tensor([[3, 4, 5], [6, 7, 0]])
+    out = head.loss(enc, enc_lens, tokens, torch.tensor([3, 2]))
+    assert torch.isfinite(out.loss)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert head.float().predict_alphas(enc.float(), enc_lens).dtype == torch.float32
+
+
 def test_glancing_replaces_floor_ratio_times_errors():
     head = CIFHead(_tiny_cfg(glancing_ratio=0.5), enc_dim=12, vocab_size=9).train()
     enc = torch.randn(2, 12, 12)

@@ -36,6 +36,11 @@ one symbol per frame emit fewer).
 Usage:
     python tools/bench/decode.py                      # B=4 x 10 s, 3 repeats
     python tools/bench/decode.py --batch 1 --seconds 20 --repeats 5
+    python tools/bench/decode.py --rtfx --device cuda --batch 64 --markdown out/decode.md
+
+``--rtfx`` measures something else: the real-time factor (audio seconds per compute second) of
+the batched greedy searchers (RNN-T, TDT, CTC) of the LibriSpeech M recipes, with and without
+the encoder (:func:`greedy_rtfx`).
 """
 
 from __future__ import annotations
@@ -44,24 +49,33 @@ import argparse
 import dataclasses
 import logging
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from asr.decoding import (
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # run as a script from a checkout without `pip install`
+    sys.path.insert(0, str(ROOT))
+
+from asr.config import load_config  # noqa: E402
+from asr.decoding import (  # noqa: E402
     SearchConfig,
     available_searchers,
     build_searcher,
     build_streaming_searcher,
 )
-from asr.decoding.registry import STREAMING_SEARCHER_NAMES
-from asr.heads.aed import AEDConfig, AEDHead
-from asr.heads.cif import CIFConfig, CIFHead
-from asr.heads.ctc import CTCConfig, CTCHead
-from asr.heads.transducer import TransducerConfig, TransducerHead
-from asr.model import ASRModel
+from asr.decoding.registry import STREAMING_SEARCHER_NAMES  # noqa: E402
+from asr.experiment import ExperimentConfig, build_model  # noqa: E402
+from asr.heads.aed import AEDConfig, AEDHead  # noqa: E402
+from asr.heads.cif import CIFConfig, CIFHead  # noqa: E402
+from asr.heads.ctc import CTCConfig, CTCHead  # noqa: E402
+from asr.heads.transducer import TransducerConfig, TransducerHead  # noqa: E402
+from asr.model import ASRModel  # noqa: E402
+from asr.testing.synthetic import shrink_experiment  # noqa: E402
 
 FRAMES_PER_SECOND = 25
 DIM, VOCAB = 256, 500
@@ -269,6 +283,93 @@ def greedy_ratio(
     )
 
 
+def greedy_rtfx(args: argparse.Namespace) -> None:
+    """``--rtfx``: RTFx of the batched greedy searchers of the LibriSpeech M recipes on a device.
+
+    The transducer recipe's model (Conformer M encoder, pruned-RNN-T head with a stateless
+    predictor, CTC head; V=500) and the TDT recipe's (TDT head) with random weights; ``--batch``
+    utterances of random features, lengths uniform in [0.5, 1.5] x ``--seconds``. The encoder
+    runs once in eval mode (its streaming chunk mask, float32) and is timed; each greedy
+    searcher decodes its output with the blank bias calibrated to ``--tokens-per-second`` (and
+    the TDT duration bias of ``--duration-bias``, as in the main table). RTFx = seconds of
+    audio / seconds of compute (median of ``--repeats`` after a warm-up), of the search alone
+    and of encoder + search.
+    """
+    device = torch.device(args.device)
+    recipes = ROOT / "recipes" / "librispeech"
+    models = {}
+    for kind, recipe in (("rnnt", "conformer_transducer"), ("tdt", "conformer_tdt")):
+        cfg = load_config(ExperimentConfig, recipes / f"{recipe}.yaml")
+        if args.tiny:
+            cfg = shrink_experiment(cfg)
+        torch.manual_seed(0)
+        models[kind] = build_model(cfg, VOCAB).to(device).eval()
+        feat_dim = cfg.data.fbank.num_mel_bins
+    gen = torch.Generator().manual_seed(1)
+    seconds = args.seconds * (0.5 + torch.rand(args.batch, generator=gen))
+    feat_lens = (seconds * 100).long()
+    feats = torch.randn(args.batch, int(feat_lens.max()), feat_dim, generator=gen)
+    feats *= (torch.arange(feats.shape[1])[None] < feat_lens[:, None])[:, :, None]
+    feats, feat_lens = feats.to(device), feat_lens.to(device)
+    audio = float(feat_lens.sum()) / 100
+
+    def synced(run: Callable[[], object]) -> Callable[[], object]:
+        def call():
+            out = run()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return out
+        return call
+
+    encoder = models["rnnt"]
+    with torch.inference_mode():
+        enc_seconds = median_seconds(synced(lambda: encoder.encode(feats, feat_lens)),
+                                     args.repeats)
+        enc, enc_lens = encoder.encode(feats, feat_lens)
+    enc, enc_lens = enc.clone(), enc_lens.clone()
+    one = SearchConfig(beam_size=1)
+    with torch.no_grad():
+        tdt_bias = models["tdt"].heads["transducer"].joiner.output.bias
+        tdt_bias[VOCAB:] = torch.tensor(args.duration_bias, device=device)
+    rows = [
+        ("RNN-T greedy", "rnnt", "transducer_greedy", lambda m: m.heads["transducer"].joiner),
+        ("TDT greedy", "tdt", "tdt_greedy", lambda m: m.heads["transducer"].joiner),
+        ("CTC greedy", "rnnt", "ctc_greedy", lambda m: m.heads["ctc"]),
+    ]
+    enc_frames_per_second = float(enc_lens.sum()) / audio
+    table = []
+    for label, kind, name, layer_of in rows:
+        model = models[kind]
+        searcher = build_searcher(name, model, one)
+        run = synced(lambda s=searcher: s(enc, enc_lens))
+        bias = calibrate(run, float(enc_lens.sum()) / FRAMES_PER_SECOND,
+                         layer_of(model).output.bias, 0, args.tokens_per_second, False, steps=10)
+        search_seconds = median_seconds(run, args.repeats)
+        tokens = sum(len(h[0].tokens) for h in run()) / audio
+        table.append((label, search_seconds, tokens, bias))
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    lines = [
+        f"Batch {args.batch}, utterances {float(seconds.min()):.1f}-{float(seconds.max()):.1f} s "
+        f"({audio:.0f} s of audio), {'tiny stand-in of ' if args.tiny else ''}LibriSpeech M "
+        f"recipes, random weights, float32, device {device} ({device_name}); encoder "
+        f"{1000 * enc_seconds:.1f} ms for the batch ({enc_frames_per_second:.0f} encoder "
+        f"frames/s of audio); median of {args.repeats}.",
+        "",
+        "| searcher | search ms | RTFx search | RTFx encoder + search | tokens / s | blank bias |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, search_seconds, tokens, bias in table:
+        lines.append(
+            f"| {label} | {1000 * search_seconds:.1f} | {audio / search_seconds:.0f} | "
+            f"{audio / (enc_seconds + search_seconds):.0f} | {tokens:.2f} | {bias:.2f} |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(text, encoding="utf-8")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=4)
@@ -279,9 +380,18 @@ def main() -> None:
     parser.add_argument("--beam-size", type=int, default=4)
     parser.add_argument("--tokens-per-second", type=float, default=4.0)
     parser.add_argument("--duration-bias", type=float, nargs=5, default=[-1.0, 0.0, 1.0, 1.5, 1.5])
+    parser.add_argument("--rtfx", action="store_true",
+                        help="instead: RTFx of the greedy searchers of the LibriSpeech M recipes "
+                        "(see greedy_rtfx)")
+    parser.add_argument("--device", default="cpu", help="--rtfx: where to decode")
+    parser.add_argument("--tiny", action="store_true", help="--rtfx: 1-layer stand-in models")
+    parser.add_argument("--markdown", help="--rtfx: also write the table to this file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
+    if args.rtfx:
+        greedy_rtfx(args)
+        return
     rnnt, tdt = build_models(args.duration_bias)
     frames = int(args.seconds * FRAMES_PER_SECOND)
     enc = torch.randn(args.batch, frames, DIM, generator=torch.Generator().manual_seed(1))

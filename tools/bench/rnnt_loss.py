@@ -17,6 +17,12 @@ Time: median of ``--repeats`` further runs.
 Usage:
     python tools/bench/rnnt_loss.py                 # the table, B=8 T=200 U=50 V in {500, 2000}
     python tools/bench/rnnt_loss.py --vocab 500 --repeats 5 --device cuda
+    python tools/bench/rnnt_loss.py --device cuda --batch 32 --frames 500 --tokens 100 \
+        --vocab 500 5000 --joiner-dim 512 --markdown out/rnnt_loss.md   # the GPU check
+
+A case that fails (e.g. the full loss running out of GPU memory at V=5000, where its
+(B, T, U + 1, V) logits and their gradient alone need 2 x 32 GB) is reported as ``OOM``,
+``timeout`` or ``failed`` and the others go on.
 """
 
 from __future__ import annotations
@@ -160,6 +166,9 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--markdown", help="also write the table as markdown to this file")
+    parser.add_argument("--case-timeout", type=float, default=0.0,
+                        help="seconds allowed for each case's subprocess (0: no limit)")
     parser.add_argument("--one-case", nargs=2, metavar=("METHOD", "VOCAB"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -191,27 +200,82 @@ def main(argv: list[str] | None = None) -> int:
         f"{'x less mem':>10}"
     )
     print(header)
+    table: list[dict] = []
     for vocab in args.vocab:
         rows = []
         for method in args.methods:
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--one-case", method, str(vocab)]
-            proc = subprocess.run(
-                cmd + passthrough, capture_output=True, text=True, cwd=root, check=False
-            )
-            if proc.returncode != 0:
-                print(f"{vocab:>5} {method:>7} FAILED: {proc.stderr.strip().splitlines()[-1:]}")
-                continue
-            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        ref = next((r for r in rows if r["method"] == "full"), None)
+            row = _run_one(method, vocab, passthrough, root, args.case_timeout)
+            if row.get("status", "ok") != "ok":
+                print(f"{vocab:>5} {method:>7} FAILED: {row['status']}: {row.get('error', '')}")
+            rows.append(row)
+        ref = next((r for r in rows if r["method"] == "full" and "seconds" in r), None)
         for row in rows:
-            speed = ref["seconds"] / row["seconds"] if ref else float("nan")
-            mem = ref["peak_mb"] / max(row["peak_mb"], 1e-9) if ref else float("nan")
+            if "seconds" not in row:
+                continue
+            row["x_faster"] = ref["seconds"] / row["seconds"] if ref else float("nan")
+            row["x_less_mem"] = ref["peak_mb"] / max(row["peak_mb"], 1e-9) if ref else float("nan")
             print(
                 f"{vocab:>5} {row['method']:>7} {row['seconds']:>8.3f} {row['peak_mb']:>9.1f} "
-                f"{row['rss_mb']:>8.1f} {speed:>9.2f} {mem:>10.2f}"
+                f"{row['rss_mb']:>8.1f} {row['x_faster']:>9.2f} {row['x_less_mem']:>10.2f}"
             )
-    return 0
+        table.extend(rows)
+        if args.markdown:
+            _write_markdown(Path(args.markdown), table, args)
+    # Running out of memory is a result (the full loss at a large vocabulary); anything else is not.
+    return 1 if any(r.get("status") in ("failed", "timeout") for r in table) else 0
 
+
+def _run_one(method: str, vocab: int, passthrough: list[str], root: Path,
+             timeout: float) -> dict:
+    """One case in a fresh subprocess: its result row, or a row with the failure's status
+    (``OOM`` when the allocator ran out of memory, ``timeout``, ``failed``)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--one-case", method, str(vocab)]
+    try:
+        proc = subprocess.run(cmd + passthrough, capture_output=True, text=True, cwd=root,
+                              check=False, timeout=timeout if timeout > 0 else None)
+    except subprocess.TimeoutExpired:
+        return {"method": method, "vocab": vocab, "status": "timeout",
+                "error": f"no result within {timeout:g} s"}
+    if proc.returncode == 0:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    lines = proc.stderr.strip().splitlines()
+    out_of_memory = "out of memory" in proc.stderr.lower()
+    return {"method": method, "vocab": vocab, "status": "OOM" if out_of_memory else "failed",
+            "error": lines[-1][:300] if lines else f"exit code {proc.returncode}"}
+
+
+def _write_markdown(path: Path, table: list[dict], args: argparse.Namespace) -> None:
+    """The table so far as markdown (rewritten after each vocabulary, so a run that is stopped
+    keeps what it measured), with the V=500 goals of the pruned loss."""
+    lines = [
+        f"B={args.batch} T={args.frames} U={args.tokens} J={args.joiner_dim} "
+        f"R={args.prune_range}, device {args.device}; time: median of {args.repeats} "
+        "forward+backward steps incl. the joiner; peak: allocator high-water mark of one step "
+        "above what was allocated before it.",
+        "",
+        "| V | method | time ms | peak MiB | x faster than full | x less memory than full |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    def ratio(value: float) -> str:
+        return "-" if value != value else f"{value:.2f}"  # NaN: the full loss has no result
+
+    for row in table:
+        if "seconds" in row:
+            lines.append(
+                f"| {row['vocab']} | {row['method']} | {1000 * row['seconds']:.1f} | "
+                f"{row['peak_mb']:.1f} | {ratio(row['x_faster'])} | {ratio(row['x_less_mem'])} |"
+            )
+        else:
+            lines.append(f"| {row['vocab']} | {row['method']} | {row['status']} | | | |")
+    by_key = {(r["vocab"], r["method"]): r for r in table}
+    full, pruned = by_key.get((500, "full"), {}), by_key.get((500, "pruned"), {})
+    if "x_faster" in pruned and "seconds" in full:
+        speed, memory = pruned["x_faster"], pruned["x_less_mem"]
+        verdict = "met" if speed >= 3 and memory >= 5 else "NOT met"
+        lines += ["", f"Goal at V=500 (pruned >= 3x faster and >= 5x less memory than full): "
+                  f"{verdict} ({speed:.2f}x faster, {memory:.2f}x less memory)."]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
