@@ -16,6 +16,8 @@ from asr.checkpoints.selection import WeightSelection
 __all__ = [
     "add_checkpoint_arguments",
     "add_dataclass_arguments",
+    "add_device_argument",
+    "add_search_arguments",
     "attribute_docs",
     "dataclass_from_args",
     "selection_from_args",
@@ -36,6 +38,32 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
                         help="average the newest N step checkpoints (checkpoint-N.pt)")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="one checkpoint (.pt) or weights file (.safetensors) instead")
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device``, the same in every subcommand that runs a model (resolved by
+    :func:`asr.runtime.bundle.resolve_device`)."""
+    parser.add_argument("--device", default="auto",
+                        help="auto (cuda when a GPU is available, else cpu), cpu, cuda, cuda:1, ...")
+
+
+def add_search_arguments(parser: argparse.ArgumentParser, searcher_default: str,
+                         search_default: str = "the package's own, with its LM") -> None:
+    """``--searcher NAME`` and ``--set search.FIELD=VALUE ...``: the search of a model package
+    (``asr transcribe``, ``asr serve``, ``asr export-package``), as ``asr decode`` takes them.
+
+    Args:
+        parser: the subcommand's parser.
+        searcher_default: the default searcher, said in the help (e.g. "the package's").
+        search_default: the default options, said in the help.
+    """
+    parser.add_argument("--searcher", default=None, metavar="NAME",
+                        help="searcher: greedy / beam (those of the model's main head) or a name "
+                             f"such as transducer_beam, ctc_prefix_beam (default: {searcher_default})")
+    parser.add_argument("--set", dest="search_overrides", nargs="+", action="extend", default=[],
+                        metavar="search.FIELD=VALUE",
+                        help="search options, e.g. search.beam_size=8 search.lm_weight=0.3 "
+                             f"(default: {search_default})")
 
 
 def selection_from_args(args: argparse.Namespace) -> WeightSelection:

@@ -44,6 +44,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from asr.audio import DecodedAudio, StreamingResampler, as_waveform
+from asr.decoding.registry import resolve_searcher
 from asr.features.online import OnlineFbank
 from asr.results import Segment, TranscriptionResult
 from asr.runtime.bundle import Runtime
@@ -103,8 +104,8 @@ class StreamingRecognizer:
     Args:
         runtime: the model bundle (:class:`asr.runtime.bundle.Runtime`); its encoder must stream
             (causal, ``chunk_size > 0``, ``left_chunks >= 0``).
-        searcher: streaming searcher name (default: the runtime's; ``ctc_greedy``,
-            ``transducer_greedy``, ``tdt_greedy``).
+        searcher: streaming searcher name or ``greedy`` (default: the runtime's
+            ``streaming_searcher``; ``ctc_greedy``, ``transducer_greedy``, ``tdt_greedy``).
         endpoint: endpoint rules.
         chunk_size: encoder frames per chunk (default: the encoder config's).
         left_chunks: chunks of left context (default: the encoder config's).
@@ -123,8 +124,9 @@ class StreamingRecognizer:
         self.endpoint = endpoint or EndpointConfig()
         self.chunk_size = runtime.chunk_size if chunk_size is None else chunk_size
         self.left_chunks = runtime.left_chunks if left_chunks is None else left_chunks
-        self.searcher_name = searcher or runtime.searcher
-        self.searcher = runtime.build_streaming_searcher(self.searcher_name)
+        self.searcher = runtime.build_streaming_searcher(searcher)
+        self.searcher_name = resolve_searcher(
+            searcher or runtime.streaming_searcher or runtime.searcher, runtime.model)
         self._ids = itertools.count()
         self.encoder.init_state(1, runtime.device, left_chunks=self.left_chunks,
                                 chunk_size=self.chunk_size)  # fails early if not streamable
