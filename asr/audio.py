@@ -18,6 +18,7 @@ import functools
 import io
 import logging
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,13 +143,29 @@ def resample(samples: np.ndarray | Tensor, orig_rate: int, new_rate: int) -> np.
         return _resampler(int(orig_rate), int(new_rate))(wave[None])[0].numpy()
 
 
+#: Said when standard input holds no audio container (raw PCM, for instance).
+RAW_PCM_HINT = (
+    "raw PCM has no header to read its format from: send a container (wav, flac, ...), e.g. "
+    "`sox -t raw -r 16000 -e signed -b 16 -c 1 - -t wav -` or "
+    "`ffmpeg -f s16le -ar 16000 -ac 1 -i - -f wav -` before the pipe into asr"
+)
+
+
+def _reason(err: Exception) -> str:
+    """soundfile's message without its ``Error opening <object or path>:`` prefix."""
+    return re.sub(r"^Error opening .*?: ", "", str(err)).strip().rstrip(".") or type(err).__name__
+
+
 def _read(source: io.BytesIO | str, name: str) -> tuple[np.ndarray, int]:
     import soundfile
 
     try:
         samples, rate = soundfile.read(source, dtype="float32", always_2d=True)
     except Exception as err:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
-        raise AudioError(f"{name}: cannot decode audio (corrupt or not an audio file): {err}") from err
+        hint = f"; {RAW_PCM_HINT}" if name == STDIN_NAME else ""
+        raise AudioError(
+            f"{name}: cannot decode audio (corrupt or not an audio file): {_reason(err)}{hint}"
+        ) from err
     return samples, int(rate)
 
 

@@ -28,12 +28,13 @@ from pathlib import Path
 import torch
 
 from asr.checkpoints.io import CheckpointError
-from asr.cli.options import add_checkpoint_arguments, selection_from_args
+from asr.cli.options import add_checkpoint_arguments, add_device_argument, selection_from_args
 from asr.config import ConfigError
 from asr.decoding import available_searchers, build_searcher
 from asr.decoding.registry import resolve_searcher
 from asr.experiment import load_trained_model
 from asr.run.evaluate import decode_part, write_results
+from asr.runtime.bundle import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -49,15 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where librispeech_cuts_<part>.jsonl.gz are (default: data.manifest_dir)")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
                         metavar="KEY=VALUE",
-                        help="experiment config overrides; search.<field>=.. for the searchers")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+                        help="experiment config overrides; search.<field>=.. for the searchers "
+                             "(default: none)")
+    add_device_argument(parser)
     parser.add_argument("--num-threads", type=int, default=0, help="torch threads (0: all cores)")
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     search_settings = dict(o[len("search."):].split("=", 1) for o in args.overrides
                            if o.startswith("search.") and "=" in o)
     try:
-        device = _device(args.device)
+        device = resolve_device(args.device)
         cfg, tokenizer, model, tag = load_trained_model(
             args.exp_dir, selection_from_args(args), args.overrides, device)
         if "all" in args.searchers:

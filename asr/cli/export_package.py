@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          "the experiment's search section")
     parser.add_argument("--wer", type=_wer, action="append", default=[], metavar="NAME=PERCENT",
                         help="record the WER of the package's search on a test set, e.g. "
-                             "test-clean=22.58 (repeatable; default: the last dev WER of "
+                             "test-clean=22.58; repeatable (default: the last dev WER of "
                              "training)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing package")
 

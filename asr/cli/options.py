@@ -30,14 +30,18 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     """Options that choose model weights in an experiment directory (``asr average``, ``asr
     decode``, ``asr export-package``; see :mod:`asr.checkpoints.selection`)."""
     parser.add_argument("--exp-dir", type=Path, required=True, help="experiment directory")
-    parser.add_argument("--epoch", type=int, default=None, help="last epoch to use (epoch-N.pt)")
+    parser.add_argument("--epoch", type=int, default=None,
+                        help="last epoch to use, epoch-N.pt (default: without --epoch, --last "
+                             "and --checkpoint, the newest checkpoint-N.pt)")
     parser.add_argument("--avg", type=int, default=1, help="number of epochs averaged (with --epoch)")
     parser.add_argument("--use-averaged-model", action="store_true",
                         help="with --epoch/--avg: average the running averages over all steps")
     parser.add_argument("--last", type=int, default=None,
-                        help="average the newest N step checkpoints (checkpoint-N.pt)")
+                        help="average the newest N step checkpoints, checkpoint-N.pt (default: "
+                             "see --epoch)")
     parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="one checkpoint (.pt) or weights file (.safetensors) instead")
+                        help="one checkpoint (.pt) or weights file (.safetensors) instead "
+                             "(default: see --epoch)")
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
@@ -104,7 +108,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type,
         if kind not in (bool, int, float, str):
             raise TypeError(f"{cls.__name__}.{f.name}: no command-line option for {kind}")
         flag = "--" + f.name.replace("_", "-")
-        text = f"{docs.get(f.name, f.name)} (default: {f.default})"
+        text = docs.get(f.name, f.name)  # the formatter of asr.cli.main adds the default
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
                                 help=text)

@@ -194,6 +194,6 @@ def run(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(text)
     sys.stdout.flush()
-    if failed:
+    if failed and len(files) > 1:
         logger.error("asr transcribe: %d of %d inputs failed", failed, len(files))
     return 1 if failed else 0

@@ -290,14 +290,17 @@ def transcribe_streaming(
     """Decodes whole waveforms as concurrent streams (at most ``batch_size`` at a time).
 
     Audio is fed ``feed_seconds`` at a time to streams that need frames; endpoints split the
-    transcript into segments.
+    transcript into segments. The progress bar counts seconds of audio decoded, so one long
+    input shows its progress too.
     """
     rate = recognizer.sample_rate
     step = max(1, int(feed_seconds * rate))
     queue = list(range(len(audios)))
     active: dict[int, tuple[Stream, list[int]]] = {}
     results: list[TranscriptionResult | None] = [None] * len(audios)
-    bar = tqdm(total=len(audios), unit="file", desc="stream", disable=not progress, leave=False)
+    shown = [0.0] * len(audios)  # seconds of each input the bar has counted
+    bar = tqdm(total=round(sum(a.duration for a in audios), 2), unit="s", unit_scale=True,
+               desc="stream", disable=not progress, leave=False)
     while queue or active:
         while queue and len(active) < max(1, batch_size):
             index = queue.pop(0)
@@ -313,15 +316,19 @@ def transcribe_streaming(
         recognizer.decode(streams)
         for index, stream in list(active.items()):
             stream = stream[0]
+            audio = audios[index]
             if recognizer.is_endpoint(stream):
                 recognizer.reset(stream)
+            decoded = (audio.duration if stream.done
+                       else min(audio.duration, stream.frames_decoded * recognizer.frame_seconds))
+            if decoded > shown[index]:
+                bar.update(decoded - shown[index])
+                shown[index] = decoded
             if stream.done:
                 segments = [*stream.finished_segments, recognizer.result(stream)]
-                audio = audios[index]
                 results[index] = recognizer.runtime.results.transcript(
                     audio.source, audio.duration, segments
                 )
                 del active[index]
-                bar.update(1)
     bar.close()
     return [r for r in results if r is not None]
