@@ -42,8 +42,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "decode": ("asr.cli.decode",
                "decode test sets with a trained model; writes recogs / errs / wer-summary files"),
     "transcribe": ("asr.cli.transcribe",
-                   "transcribe audio files (wav/flac/ogg/mp3, any rate/channels; '-' = stdin) "
-                   "with a model package"),
+                   "transcribe audio files (wav/flac/ogg/mp3, and m4a/aac/... when ffmpeg is "
+                   "installed; any rate/channels; '-' = stdin) with a model package"),
     "export-package": ("asr.cli.export_package",
                        "write a model package (config, tokenizer, safetensors weights, metadata) "
                        "from an experiment"),
