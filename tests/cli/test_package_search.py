@@ -103,6 +103,8 @@ def test_package_decodes_with_its_own_lm_as_asr_decode(trained, tiny_corpus, tok
     # the package's greedy searcher is one option away, and other options can be changed
     assert main(["transcribe", "--model", str(package), "--searcher", "greedy",
                  "--set", "search.blank_penalty=0", str(refs[utts[0]][0])]) == 0
+    # streaming: the package's beam search does not stream, so its streaming greedy one does
+    assert main(["transcribe", "--model", str(package), "--streaming", str(refs[utts[0]][0])]) == 0
     assert main(["transcribe", "--model", str(package), "--set", "search.beam_sz=2",
                  str(refs[utts[0]][0])]) == 2
     assert "did you mean 'beam_size'" in caplog.text
