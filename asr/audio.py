@@ -1,7 +1,8 @@
-"""Audio input: decoding files / bytes with soundfile, downmixing and resampling to the model rate.
+"""Audio input: decoding files / bytes, downmixing and resampling to the model rate.
 
-Every container libsndfile reads works (wav, flac, ogg/vorbis, opus, mp3 with libsndfile >= 1.1),
-at any sample rate and channel count. Channels are averaged to mono; resampling uses torchaudio's
+Every container libsndfile reads works (wav, flac, ogg/vorbis, opus, mp3 with libsndfile >= 1.1)
+and, when the ``ffmpeg`` program is installed, everything ffmpeg decodes (m4a/aac, webm, wma,
+video files' first audio stream, ...), at any sample rate and channel count. Channels are averaged to mono; resampling uses torchaudio's
 band-limited sinc interpolation (:class:`torchaudio.transforms.Resample`, the same filter lhotse
 and the training pipeline use). :class:`StreamingResampler` applies exactly the same filter to a
 waveform that arrives in pieces, so streamed audio at 8 kHz gives the same 16 kHz samples as the
@@ -14,10 +15,15 @@ Shape legend: N samples, C channels.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import logging
 import math
+import re
+import shutil
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,16 +148,77 @@ def resample(samples: np.ndarray | Tensor, orig_rate: int, new_rate: int) -> np.
         return _resampler(int(orig_rate), int(new_rate))(wave[None])[0].numpy()
 
 
-def _read(source: io.BytesIO | str, name: str) -> tuple[np.ndarray, int]:
+#: Said when standard input holds no audio container (raw PCM, for instance).
+RAW_PCM_HINT = (
+    "raw PCM has no header to read its format from: send a container (wav, flac, ...), e.g. "
+    "`sox -t raw -r 16000 -e signed -b 16 -c 1 - -t wav -` or "
+    "`ffmpeg -f s16le -ar 16000 -ac 1 -i - -f wav -` before the pipe into asr"
+)
+
+
+def _reason(err: Exception) -> str:
+    """soundfile's message without its ``Error opening <object or path>:`` prefix."""
+    return re.sub(r"^Error opening .*?: ", "", str(err)).strip().rstrip(".") or type(err).__name__
+
+
+def _ffmpeg(source: bytes | str) -> tuple[np.ndarray, int]:
+    """Decodes the first audio stream of a file (or encoded bytes) with the ``ffmpeg`` program:
+    float32 WAV on a pipe, at the file's own rate and channels. No shell is involved; bytes go
+    through a temporary file so that containers whose index sits at their end (mp4/m4a) work.
+
+    Raises:
+        AudioError: when ffmpeg cannot decode it (its own reason in the message).
+    """
     import soundfile
 
+    with contextlib.ExitStack() as stack:
+        if isinstance(source, bytes):
+            tmp = stack.enter_context(tempfile.NamedTemporaryFile(prefix="asr-audio-"))
+            tmp.write(source)
+            tmp.flush()
+            source = tmp.name
+        cmd = [_FFMPEG or "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error",
+               "-i", f"file:{source}", "-map", "0:a:0", "-f", "wav", "-acodec", "pcm_f32le",
+               "pipe:1"]
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, check=False)
+    reason = proc.stderr.decode(errors="replace").strip().splitlines()
+    if proc.returncode != 0 or not proc.stdout:
+        detail = reason[-1] if reason else f"exit status {proc.returncode}"
+        raise AudioError(detail.replace(f"file:{source}: ", "").replace(f"{source}: ", ""))
     try:
-        samples, rate = soundfile.read(source, dtype="float32", always_2d=True)
-    except Exception as err:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
-        raise AudioError(f"{name}: cannot decode audio (corrupt or not an audio file): {err}") from err
+        samples, rate = soundfile.read(io.BytesIO(proc.stdout), dtype="float32", always_2d=True)
+    except Exception as err:  # noqa: BLE001 - an empty or cut-short stream
+        raise AudioError(_reason(err)) from err
     return samples, int(rate)
 
 
+#: The ffmpeg program, when installed: the decoder of every format libsndfile does not read.
+_FFMPEG = shutil.which("ffmpeg")
+
+
+def _read(source: bytes | str, name: str) -> tuple[np.ndarray, int]:
+    """Decodes with soundfile (libsndfile), else with ffmpeg when it is installed."""
+    import soundfile
+
+    try:
+        samples, rate = soundfile.read(io.BytesIO(source) if isinstance(source, bytes) else source,
+                                       dtype="float32", always_2d=True)
+        return samples, int(rate)
+    except Exception as err:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
+        first = _reason(err)
+    hint = f"; {RAW_PCM_HINT}" if name == STDIN_NAME else ""
+    if _FFMPEG is None:
+        raise AudioError(
+            f"{name}: cannot decode audio (corrupt, not an audio file, or a format only ffmpeg "
+            f"reads, such as m4a/aac: install ffmpeg): {first}{hint}"
+        )
+    try:
+        return _ffmpeg(source)
+    except AudioError as err:
+        raise AudioError(
+            f"{name}: cannot decode audio (corrupt or not an audio file): libsndfile: {first}; "
+            f"ffmpeg: {err}{hint}"
+        ) from None
 def decode_audio(
     source: str | Path | bytes, target_rate: int | None = 16000, name: str | None = None
 ) -> DecodedAudio:
@@ -173,7 +240,7 @@ def decode_audio(
         name = name or STDIN_NAME
         if not source:
             raise AudioError(f"{name}: empty input (0 bytes)")
-        samples, rate = _read(io.BytesIO(bytes(source)), name)
+        samples, rate = _read(bytes(source), name)
     elif str(source) == "-":
         import sys
 

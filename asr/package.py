@@ -5,15 +5,24 @@ A package is a directory::
     PKG/config.yaml         the resolved ExperimentConfig (tokenizer_dir: tokenizer)
     PKG/tokenizer/          tokenizer files (tokens.txt, bpe.model for sentencepiece)
     PKG/model.safetensors   weights (safetensors: tensors only, no code)
+    PKG/lm/NAME.arpa        the n-gram LM of ``search.lm_path``, when the search fuses one
     PKG/metadata.json       provenance, default searcher, sizes, WER if known, sha256 of each file
 
 :func:`export_package` writes one from an experiment directory (the weights an
-:class:`asr.checkpoints.selection.WeightSelection` chooses: one checkpoint or an average); :func:`load_package` reads it back with YAML, JSON and
-safetensors only, checking every file's sha256 so that a truncated or corrupt file is reported by
-name (:class:`PackageError`). Training checkpoints are read with ``torch.load(weights_only=True)``.
+:class:`asr.checkpoints.selection.WeightSelection` chooses: one checkpoint or an average), with the
+search the package should decode with by default: a searcher (a name, or the role ``greedy`` /
+``beam``) and the ``search:`` options (``search.beam_size=8 search.lm_path=...``). The LM file is
+copied into the package and ``config.yaml`` names it relative to the package
+(``search.lm_path: lm/NAME.arpa``), so the package can be moved or copied anywhere.
+:func:`load_package` reads it back with YAML, JSON and safetensors only, checking every file's
+sha256 so that a truncated or corrupt file is reported by name (:class:`PackageError`), and
+resolves the LM path against the package directory. Training checkpoints are read with
+``torch.load(weights_only=True)``.
 
 Example:
-    >>> export_package("exp/conformer_ctc", "pkg/conformer_ctc", WeightSelection(epoch=10, avg=3))
+    >>> export_package("exp/transducer", "pkg/transducer", WeightSelection(last=2),
+    ...                searcher="beam", search=["search.beam_size=8", "search.lm_path=lm.arpa",
+    ...                                         "search.lm_weight=0.5"])
     >>> package = load_package("pkg/conformer_ctc")
     >>> model = package.build_model()
 """
@@ -28,7 +37,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +47,13 @@ import torch
 from asr.checkpoints.io import CheckpointError, load_weights, save_weights
 from asr.checkpoints.selection import WeightSelection, select_weights
 from asr.config import ConfigError, load_config, save_config
-from asr.decoding.registry import searcher_for
+from asr.decoding.config import override_search
+from asr.decoding.registry import (
+    available_searchers,
+    build_searcher,
+    resolve_searcher,
+    searcher_for,
+)
 from asr.encoders import is_streaming
 from asr.experiment import CONFIG_FILE, ExperimentConfig, build_model, load_experiment_config
 from asr.model import ASRModel
@@ -58,6 +73,7 @@ logger = logging.getLogger(__name__)
 WEIGHTS_FILE = "model.safetensors"
 METADATA_FILE = "metadata.json"
 TOKENIZER_DIR = "tokenizer"
+LM_DIR = "lm"
 FORMAT_VERSION = 1
 
 
@@ -75,8 +91,10 @@ class PackageMetadata:
         created: UTC time of export, ISO 8601.
         checkpoints: file names of the averaged checkpoints.
         training_data: training manifests of the experiment.
-        wer: dataset name -> WER in percent, when known (e.g. the last validation WER).
-        searcher: default searcher name.
+        wer: test set -> WER in percent with the package's default search (its searcher and
+            ``search:`` options), when known; without one given at export, the last validation
+            WER of training (greedy) as ``dev``.
+        searcher: default searcher name (``search:`` in ``config.yaml`` holds its options).
         streaming: whether the encoder streams (causal, chunked with finite left context).
         chunk_size: encoder frames per streaming chunk (0: full context).
         left_chunks: chunks of left context (-1: unlimited).
@@ -197,6 +215,41 @@ def _verify_files(directory: Path, metadata: PackageMetadata) -> None:
             )
 
 
+def _export_hint(exp_dir: Path, weights: str) -> str:
+    return (f"asr export-package --exp-dir {exp_dir} {weights}--output-dir {exp_dir / 'package'}")
+
+
+def _check_is_package(directory: Path) -> None:
+    """Says what ``directory`` is when it is not a package: a checkpoint or weights file, an
+    experiment directory (and where its package is), or nothing at all."""
+    if not directory.exists():
+        raise PackageError(f"{directory}: no such model package directory")
+    if directory.is_file():
+        if directory.suffix in (".pt", ".safetensors"):
+            kind = "a training checkpoint" if directory.suffix == ".pt" else "a weights file"
+            raise PackageError(
+                f"{directory} is {kind}, not a model package; make a package from it with: "
+                + _export_hint(directory.parent, f"--checkpoint {directory} ")
+            )
+        raise PackageError(f"{directory} is a file, not a model package directory")
+    if (directory / METADATA_FILE).exists():
+        return
+    experiment = (directory / CONFIG_FILE).is_file() and (
+        any(directory.glob("checkpoint-*.pt")) or any(directory.glob("epoch-*.pt"))
+    )
+    if experiment:
+        package = directory / "package"
+        if (package / METADATA_FILE).is_file():
+            raise PackageError(
+                f"{directory} is an experiment directory (asr train), not a model package; "
+                f"its package is {package}"
+            )
+        raise PackageError(
+            f"{directory} is an experiment directory (asr train), not a model package; make "
+            f"its package with: " + _export_hint(directory, "")
+        )
+
+
 def load_package(directory: str | Path, verify: bool = True) -> ModelPackage:
     """Reads a package written by :func:`export_package`.
 
@@ -208,8 +261,7 @@ def load_package(directory: str | Path, verify: bool = True) -> ModelPackage:
         PackageError: naming the file that is missing, truncated, corrupt or inconsistent.
     """
     directory = Path(directory)
-    if not directory.is_dir():
-        raise PackageError(f"{directory}: model package directory does not exist")
+    _check_is_package(directory)
     metadata = _read_metadata(directory)
     if verify:
         _verify_files(directory, metadata)
@@ -220,6 +272,11 @@ def load_package(directory: str | Path, verify: bool = True) -> ModelPackage:
     except (ConfigError, OSError, ValueError) as err:
         raise PackageError(f"{config_path}: {err}") from err
     cfg = dataclasses.replace(cfg, tokenizer_dir=directory / TOKENIZER_DIR)
+    lm_path = cfg.search.lm_path
+    if lm_path is not None and not lm_path.is_absolute() and lm_path.as_posix() in metadata.sha256:
+        # the package's own LM: named relative to the package, wherever it now is
+        cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search,
+                                                                  lm_path=directory / lm_path))
     try:
         tokenizer = load_tokenizer(directory / TOKENIZER_DIR)
     except (OSError, ValueError) as err:
@@ -249,6 +306,14 @@ def _last_wer(checkpoint: Mapping[str, Any]) -> dict[str, float]:
     return {}
 
 
+def _copy_lm(lm_path: Path, tmp: Path) -> Path:
+    """Copies the LM file into ``tmp/lm/``; returns its package-relative path."""
+    rel = Path(LM_DIR) / lm_path.name
+    (tmp / LM_DIR).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(lm_path, tmp / rel)
+    return rel
+
+
 def export_package(
     exp_dir: str | Path,
     out_dir: str | Path,
@@ -256,6 +321,8 @@ def export_package(
     tokenizer_dir: str | Path | None = None,
     wer: Mapping[str, float] | None = None,
     overwrite: bool = False,
+    searcher: str | None = None,
+    search: Mapping[str, Any] | Iterable[str] | None = None,
 ) -> PackageMetadata:
     """Writes a model package from an experiment.
 
@@ -265,14 +332,21 @@ def export_package(
         selection: which weights (:mod:`asr.checkpoints.selection`; default: the newest
             ``checkpoint-N.pt``).
         tokenizer_dir: tokenizer to package; default the experiment's ``tokenizer_dir``.
-        wer: known WERs (percent) to record; default the last validation WER of the checkpoint.
+        wer: known WERs (percent) of the package's default search, by test set; default the
+            last validation WER of the checkpoint (as ``dev``).
         overwrite: replace an existing package directory.
+        searcher: the package's default searcher: a name, or the role ``greedy`` / ``beam``
+            (:func:`asr.decoding.registry.searcher_for`); default the model's greedy searcher.
+        search: changes to the experiment's ``search:`` options that the package keeps as its
+            defaults (``{"beam_size": 8}`` or ``["search.beam_size=8", ...]``); the LM of
+            ``lm_path`` is copied into the package.
 
     Returns:
         The metadata written.
 
     Raises:
-        PackageError: for missing / corrupt checkpoints, configs or tokenizers.
+        PackageError: for missing / corrupt checkpoints, configs, tokenizers or LMs, and for a
+            searcher or search option the model cannot use.
     """
     exp_dir, out_dir = Path(exp_dir), Path(out_dir)
     if out_dir.exists() and not overwrite:
@@ -286,6 +360,12 @@ def export_package(
         cfg = load_experiment_config(exp_dir, checkpoint=weights.checkpoint)
     except (ConfigError, FileNotFoundError) as err:
         raise PackageError(f"{exp_dir}: invalid experiment config: {err}") from err
+    try:
+        cfg = dataclasses.replace(cfg, search=override_search(cfg.search, search))
+    except ConfigError as err:
+        raise PackageError(str(err)) from err
+    if cfg.search.lm_path is not None and not Path(cfg.search.lm_path).is_file():
+        raise PackageError(f"search.lm_path {cfg.search.lm_path}: no such LM file")
     if tokenizer_dir is not None:
         cfg = dataclasses.replace(cfg, tokenizer_dir=Path(tokenizer_dir))
     try:
@@ -304,18 +384,38 @@ def export_package(
         raise PackageError(
             f"{weights.sources[-1]}: weights do not fit the experiment config: {err}"
         ) from err
-    searcher = searcher_for("greedy", model) or searcher_for("beam", model)
-    assert searcher is not None, "every head has a greedy or a beam searcher"
+    model.eval()
+    if searcher is None:
+        searcher = searcher_for("greedy", model) or searcher_for("beam", model)
+        assert searcher is not None, "every head has a greedy or a beam searcher"
+    else:
+        try:
+            searcher = resolve_searcher(searcher, model)
+            if searcher not in available_searchers(model):
+                raise ValueError(f"searcher {searcher!r} does not fit this model; available "
+                                 f"searchers: {available_searchers(model)}")
+            if cfg.search.lm_path is not None:
+                # the LM must load and fit the model's vocabulary before it is packaged
+                build_searcher(searcher, model, cfg.search, tokenizer=tokenizer)
+        except (OSError, ValueError) as err:
+            raise PackageError(f"--searcher {searcher}: {err}") from err
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         save_weights(model.state_dict(), tmp / WEIGHTS_FILE, {"format": "pt"})
         tokenizer.save(tmp / TOKENIZER_DIR)
-        save_config(dataclasses.replace(cfg, tokenizer_dir=Path(TOKENIZER_DIR)), tmp / CONFIG_FILE)
         files = [CONFIG_FILE, WEIGHTS_FILE] + sorted(
             f"{TOKENIZER_DIR}/{p.name}" for p in (tmp / TOKENIZER_DIR).iterdir() if p.is_file()
         )
+        search_cfg = cfg.search
+        if search_cfg.lm_path is not None:
+            rel = _copy_lm(Path(search_cfg.lm_path), tmp)
+            files.append(rel.as_posix())
+            search_cfg = dataclasses.replace(search_cfg, lm_path=rel)
+            logger.info("packaged the LM %s as %s", cfg.search.lm_path, rel)
+        save_config(dataclasses.replace(cfg, tokenizer_dir=Path(TOKENIZER_DIR), search=search_cfg),
+                    tmp / CONFIG_FILE)
         metadata = PackageMetadata(
             asr_version=__version__,
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -339,5 +439,6 @@ def export_package(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("wrote model package %s (%d parameters)", out_dir, metadata.num_parameters)
+    logger.info("wrote model package %s (%d parameters, searcher %s)", out_dir,
+                metadata.num_parameters, metadata.searcher)
     return metadata

@@ -107,10 +107,19 @@ def test_unverified_load_still_reports_the_file(exp_dir, tmp_path):
 
 def test_cli_export_package(exp_dir, tmp_path, capsys):
     out = tmp_path / "pkg"
-    assert main(["export-package", "--exp-dir", str(exp_dir), "--out", str(out), "--epoch", "3",
+    assert main(["export-package", "--exp-dir", str(exp_dir), "--output-dir", str(out), "--epoch", "3",
                  "--avg", "3", "--wer", "test=12.5"]) == 0
     assert "epoch-1.pt, epoch-2.pt, epoch-3.pt" in capsys.readouterr().out
     assert load_package(out).metadata.wer == {"test": 12.5}
     assert main(["export-package", "--exp-dir", str(exp_dir), "--out", str(out)]) == 1
     assert main(["export-package", "--exp-dir", str(tmp_path / "missing"),
                  "--out", str(tmp_path / "pkg2")]) == 1
+
+
+def test_cli_export_package_old_out_option_still_works(exp_dir, tmp_path, caplog):
+    out = tmp_path / "pkg"
+    assert main(["export-package", "--exp-dir", str(exp_dir), "--out", str(out)]) == 0
+    assert load_package(out).metadata.searcher == "ctc_greedy"
+    assert "--out is deprecated; use --output-dir" in caplog.text
+    assert main(["export-package", "--exp-dir", str(exp_dir)]) == 2
+    assert "--output-dir PKG is required" in caplog.text

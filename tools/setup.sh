@@ -1,10 +1,20 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh machine that has only Python 3.11:
-#   1. Debian packages when missing: corpus synthesis (espeak-ng, flite, sox, fortunes), and
-#      chromium + nodejs for the browser and AudioWorklet tests,
+#   1. Debian packages when missing: corpus synthesis (espeak-ng, flite, sox, fortunes); with
+#      --test-deps (tools/test.sh) also chromium + nodejs for the browser and AudioWorklet tests
+#      and ffmpeg for the m4a test, which a training machine does not need,
 #   2. a virtual environment (default .venv, or $ASR_VENV) reused when present,
 #   3. `pip install -e .[dev]`, skipped when setup.cfg has not changed since the last install.
+#
+#   bash tools/setup.sh [--test-deps]
 set -euo pipefail
+test_deps=false
+for arg in "$@"; do
+  case "$arg" in
+    --test-deps) test_deps=true ;;
+    *) echo "usage: $0 [--test-deps]" >&2; exit 2 ;;
+  esac
+done
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 VENV=${ASR_VENV:-$ROOT/.venv}
@@ -19,9 +29,13 @@ for bin in espeak-ng flite sox; do
 done
 # English sentences for the synthetic corpus come from the 'fortunes' package's text files.
 [ -f /usr/share/games/fortunes/education ] || missing+=(fortunes)
-# Headless Chromium drives the microphone page test; Node.js runs the AudioWorklet resampler test.
-command -v chromium >/dev/null 2>&1 || missing+=(chromium)
-command -v node >/dev/null 2>&1 || missing+=(nodejs)
+if [ "$test_deps" = true ]; then
+  # Headless Chromium drives the microphone page test; Node.js runs the AudioWorklet resampler
+  # test; ffmpeg makes the m4a of the audio-format test (and lets asr read such formats).
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  command -v node >/dev/null 2>&1 || missing+=(nodejs)
+  command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   SUDO=""

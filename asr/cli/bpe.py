@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--output-dir", required=True, help="where bpe.model / tokens.txt go")
     parser.add_argument("--vocab-size", type=int, default=500,
-                        help="BPE vocabulary size incl. <blk>, <sos/eos>, <unk> (default 500)")
+                        help="BPE vocabulary size incl. <blk>, <sos/eos>, <unk> ")
     parser.add_argument("--kind", choices=("bpe", "char"), default="bpe", help="tokenizer kind")
     parser.add_argument("--force", action="store_true", help="retrain even if the model exists")
 

@@ -11,8 +11,9 @@ Examples::
 ``--searcher`` takes searcher names, the roles ``greedy`` / ``beam`` (the greedy or beam searcher
 of the model's main head: :func:`asr.decoding.registry.searcher_for`) or ``all`` (every searcher
 the heads support). Per test set ``PART`` and searcher it writes, into ``<exp-dir>/<searcher>/``
-(icefall's layout; ``<searcher>-<tag>`` with ``--tag``), ``recogs-PART-<searcher>.txt``, ``errs-PART-<searcher>.txt`` (alignments,
-per-utterance errors, most frequent errors) and ``wer-summary-PART-<searcher>.txt``, logs the WER
+(icefall's layout; ``<searcher>-<tag>`` with ``--tag``), ``recogs-PART-<searcher>.txt``,
+``errs-PART-<searcher>.txt`` (alignments, per-utterance errors, most frequent errors) and
+``wer-summary-PART-<searcher>.txt``, logs the WER
 and prints the summary file's path. Test cuts are ``<manifest-dir>/librispeech_cuts_PART.jsonl.gz``,
 by default in the experiment's ``data.manifest_dir``. ``--set`` overrides the experiment config:
 ``search.X=..`` the searchers' options (the config's ``search`` section), any other key the rest
@@ -28,12 +29,13 @@ from pathlib import Path
 import torch
 
 from asr.checkpoints.io import CheckpointError
-from asr.cli.options import add_checkpoint_arguments, selection_from_args
+from asr.cli.options import add_checkpoint_arguments, add_device_argument, selection_from_args
 from asr.config import ConfigError
 from asr.decoding import available_searchers, build_searcher
 from asr.decoding.registry import resolve_searcher
 from asr.experiment import load_trained_model
 from asr.run.evaluate import decode_part, write_results
+from asr.runtime.bundle import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -49,18 +51,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where librispeech_cuts_<part>.jsonl.gz are (default: data.manifest_dir)")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
                         metavar="KEY=VALUE",
-                        help="experiment config overrides; search.<field>=.. for the searchers")
+                        help="experiment config overrides; search.<field>=.. for the searchers "
+                             "(default: none)")
     parser.add_argument("--tag", default="",
                         help="suffix of the result directory and files, e.g. full-context for "
-                             "a decode with --set encoder.chunk_size=0 encoder.left_chunks=-1")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+                             "a decode with --set encoder.chunk_size=0 encoder.left_chunks=-1 "
+                             "(default: none)")
+    add_device_argument(parser)
     parser.add_argument("--num-threads", type=int, default=0, help="torch threads (0: all cores)")
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     search_settings = dict(o[len("search."):].split("=", 1) for o in args.overrides
                            if o.startswith("search.") and "=" in o)
     try:
-        device = _device(args.device)
+        device = resolve_device(args.device)
         cfg, tokenizer, model, tag = load_trained_model(
             args.exp_dir, selection_from_args(args), args.overrides, device)
         if "all" in args.searchers:

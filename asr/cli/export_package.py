@@ -1,10 +1,18 @@
-"""``asr export-package --exp-dir DIR --out PKG``: write a model package from an experiment.
+"""``asr export-package --exp-dir DIR --output-dir PKG``: write a model package from an experiment.
 
 The package (see :mod:`asr.package`) holds ``config.yaml``, the tokenizer, ``model.safetensors``
-(the chosen, possibly averaged, weights) and ``metadata.json``; ``asr transcribe --model PKG`` and
-``asr serve`` use it. The weights are chosen as in ``asr average`` and ``asr decode``
-(``--epoch E --avg N [--use-averaged-model]``, ``--last N``, ``--checkpoint F``; default: the
-newest ``checkpoint-N.pt``).
+(the chosen, possibly averaged, weights), the LM its search fuses and ``metadata.json``;
+``asr transcribe --model PKG``, ``asr serve`` and ``asr.load_model`` use it. The weights are
+chosen as in ``asr average`` and ``asr decode`` (``--epoch E --avg N [--use-averaged-model]``,
+``--last N``, ``--checkpoint F``; default: the newest ``checkpoint-N.pt``).
+
+The package decodes by default as the recipe tuned it: ``--searcher beam`` (or a name) and
+``--set search.beam_size=8 search.lm_path=lm.arpa search.lm_weight=0.5 ...``, as given to
+``asr decode``; ``--wer test-clean=22.58`` records what that search scored. Example::
+
+    asr export-package --exp-dir exp/transducer --last 2 --output-dir exp/transducer/package \
+        --searcher beam --set search.beam_size=8 search.lm_path=data/lang/token_6gram.arpa \
+        search.lm_weight=0.5 search.blank_penalty=3 --wer test-clean=22.58
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from asr.cli.options import add_checkpoint_arguments, selection_from_args
+from asr.cli.options import add_checkpoint_arguments, add_search_arguments, selection_from_args
 from asr.package import PackageError, export_package
 
 logger = logging.getLogger(__name__)
@@ -28,16 +36,33 @@ def _wer(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"--wer expects NAME=PERCENT, got {text!r}") from None
 
 
+class _DeprecatedOut(argparse.Action):
+    """``--out``: the old name of ``--output-dir`` (hidden; says so)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        logger.warning("asr export-package: --out is deprecated; use --output-dir")
+        setattr(namespace, self.dest, values)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_arguments(parser)
-    parser.add_argument("--out", required=True, help="package directory to create")
+    parser.add_argument("--output-dir", default=None, help="package directory to create (required)")
+    parser.add_argument("--out", dest="output_dir", action=_DeprecatedOut, help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer-dir", help="tokenizer to package (default: the config's)")
+    add_search_arguments(parser, "the model's greedy searcher",
+                         "the experiment's search section; the LM of search.lm_path is copied "
+                         "into the package")
     parser.add_argument("--wer", type=_wer, action="append", default=[], metavar="NAME=PERCENT",
-                        help="record a known WER in the metadata (repeatable)")
+                        help="record the WER of the package's search on a test set, e.g. "
+                             "test-clean=22.58; repeatable (default: the last dev WER of "
+                             "training)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing package")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.output_dir is None:
+        logger.error("asr export-package: --output-dir PKG is required")
+        return 2
     try:
         selection = selection_from_args(args)
     except ValueError as err:
@@ -45,12 +70,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         metadata = export_package(
-            args.exp_dir, args.out, selection, tokenizer_dir=args.tokenizer_dir,
+            args.exp_dir, args.output_dir, selection, tokenizer_dir=args.tokenizer_dir,
             wer=dict(args.wer) if args.wer else None, overwrite=args.overwrite,
+            searcher=args.searcher, search=args.search_overrides,
         )
     except PackageError as err:
         logger.error("asr export-package: %s", err)
         return 1
-    print(f"{args.out}: {metadata.num_parameters} parameters, searcher {metadata.searcher}, "
+    print(f"{args.output_dir}: {metadata.num_parameters} parameters, searcher {metadata.searcher}, "
           f"streaming {str(metadata.streaming).lower()}, from {', '.join(metadata.checkpoints)}")
     return 0

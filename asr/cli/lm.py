@@ -29,13 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="LibriSpeech dirs / *.trans.txt, Kaldi 'text', lhotse *.jsonl.gz, or plain text files",
     )  # fmt: skip
     parser.add_argument(
-        "--tokenizer-dir", help="directory of the tokenizer (needed for --unit token)"
+        "--tokenizer-dir", help="directory of the tokenizer (default: none; needed for --unit token)"
     )
     parser.add_argument(
         "--unit", choices=("token", "word"), default="token",
-        help="n-gram over token ids (default) or over words",
+        help="n-gram over token ids or over words",
     )  # fmt: skip
-    parser.add_argument("--order", type=int, default=4, help="n-gram order (default 4)")
+    parser.add_argument("--order", type=int, default=4, help="n-gram order")
     parser.add_argument("--output", required=True, help="ARPA file to write")
     parser.add_argument("--force", action="store_true", help="retrain even if the output exists")
 

@@ -5,6 +5,12 @@ Each subcommand lives in its own module ``asr.cli.<name>`` exposing
 ``run(args: argparse.Namespace) -> int`` (the exit code). :data:`SUBCOMMANDS` names them with
 their one-line help, so that ``asr --help`` imports no subcommand and ``asr NAME ...`` imports
 only ``NAME``'s module (and with it only what that subcommand needs).
+
+Every ``--help`` shows each option's default (:class:`HelpFormatter`). A failure ends in one
+``asr NAME: ...`` line on stderr and a non-zero exit status: the subcommands report what a user
+can cause themselves (exit 2 for bad arguments, 1 for failed work); anything else they raise is
+reported here in one line (exit 1; ``--log-level DEBUG`` adds the traceback), and Ctrl-C exits
+with 130.
 """
 
 from __future__ import annotations
@@ -36,8 +42,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "decode": ("asr.cli.decode",
                "decode test sets with a trained model; writes recogs / errs / wer-summary files"),
     "transcribe": ("asr.cli.transcribe",
-                   "transcribe audio files (wav/flac/ogg/mp3, any rate/channels; '-' = stdin) "
-                   "with a model package"),
+                   "transcribe audio files (wav/flac/ogg/mp3, and m4a/aac/... when ffmpeg is "
+                   "installed; any rate/channels; '-' = stdin) with a model package"),
     "export-package": ("asr.cli.export_package",
                        "write a model package (config, tokenizer, safetensors weights, metadata) "
                        "from an experiment"),
@@ -46,7 +52,28 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
               "web page"),
 }
 
-_LOG_LEVEL_HELP = "logging level (default: INFO)"
+_LOG_LEVEL_HELP = "logging level: DEBUG, INFO, WARNING, ERROR (default: INFO)"
+
+logger = logging.getLogger("asr.cli")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Adds ``(default: X)`` to every option whose help does not already say ``(default...``;
+    flags (``--overwrite``) and options whose default is None or empty are left as they are:
+    their help says in words, ``(default: ...)``, what happens without them
+    (``tests/cli/test_options.py`` checks that every option does one or the other)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or not action.option_strings or action.required:
+            return text
+        if action.default is None or action.default is argparse.SUPPRESS:
+            return text
+        if action.nargs == 0:  # store_true / store_false / count flags
+            return text
+        if isinstance(action.default, (list, tuple)) and not action.default:
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
 
 
 def _command(argv: Sequence[str]) -> str | None:
@@ -66,12 +93,14 @@ def _command(argv: Sequence[str]) -> str | None:
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The ``asr`` parser; only ``command``'s module is imported to add its options."""
-    parser = argparse.ArgumentParser(prog="asr", description="End-to-end speech recognition toolkit")
+    parser = argparse.ArgumentParser(prog="asr", description="End-to-end speech recognition toolkit",
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--log-level", default="INFO", help=_LOG_LEVEL_HELP)
     parser.add_argument("--version", action="version", version=f"asr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=HelpFormatter)
         # accepted after the subcommand too; SUPPRESS keeps the value given before it
         p.add_argument("--log-level", default=argparse.SUPPRESS, help=_LOG_LEVEL_HELP)
         if name == command:
@@ -92,7 +121,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        logger.error("asr %s: interrupted", args.command)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the last line of defence: one line, no traceback
+        debug = logger.isEnabledFor(logging.DEBUG)
+        logger.error("asr %s: %s: %s%s", args.command, type(err).__name__, err,
+                     "" if debug else " (--log-level DEBUG shows where)", exc_info=debug)
+        return 1
 
 
 if __name__ == "__main__":

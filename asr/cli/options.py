@@ -16,6 +16,8 @@ from asr.checkpoints.selection import WeightSelection
 __all__ = [
     "add_checkpoint_arguments",
     "add_dataclass_arguments",
+    "add_device_argument",
+    "add_search_arguments",
     "attribute_docs",
     "dataclass_from_args",
     "selection_from_args",
@@ -28,14 +30,44 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     """Options that choose model weights in an experiment directory (``asr average``, ``asr
     decode``, ``asr export-package``; see :mod:`asr.checkpoints.selection`)."""
     parser.add_argument("--exp-dir", type=Path, required=True, help="experiment directory")
-    parser.add_argument("--epoch", type=int, default=None, help="last epoch to use (epoch-N.pt)")
+    parser.add_argument("--epoch", type=int, default=None,
+                        help="last epoch to use, epoch-N.pt (default: without --epoch, --last "
+                             "and --checkpoint, the newest checkpoint-N.pt)")
     parser.add_argument("--avg", type=int, default=1, help="number of epochs averaged (with --epoch)")
     parser.add_argument("--use-averaged-model", action="store_true",
                         help="with --epoch/--avg: average the running averages over all steps")
     parser.add_argument("--last", type=int, default=None,
-                        help="average the newest N step checkpoints (checkpoint-N.pt)")
+                        help="average the newest N step checkpoints, checkpoint-N.pt (default: "
+                             "see --epoch)")
     parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="one checkpoint (.pt) or weights file (.safetensors) instead")
+                        help="one checkpoint (.pt) or weights file (.safetensors) instead "
+                             "(default: see --epoch)")
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device``, the same in every subcommand that runs a model (resolved by
+    :func:`asr.runtime.bundle.resolve_device`)."""
+    parser.add_argument("--device", default="auto",
+                        help="auto (cuda when a GPU is available, else cpu), cpu, cuda, cuda:1, ...")
+
+
+def add_search_arguments(parser: argparse.ArgumentParser, searcher_default: str,
+                         search_default: str = "the package's own, with its LM") -> None:
+    """``--searcher NAME`` and ``--set search.FIELD=VALUE ...``: the search of a model package
+    (``asr transcribe``, ``asr serve``, ``asr export-package``), as ``asr decode`` takes them.
+
+    Args:
+        parser: the subcommand's parser.
+        searcher_default: the default searcher, said in the help (e.g. "the package's").
+        search_default: the default options, said in the help.
+    """
+    parser.add_argument("--searcher", default=None, metavar="NAME",
+                        help="searcher: greedy / beam (those of the model's main head) or a name "
+                             f"such as transducer_beam, ctc_prefix_beam (default: {searcher_default})")
+    parser.add_argument("--set", dest="search_overrides", nargs="+", action="extend", default=[],
+                        metavar="search.FIELD=VALUE",
+                        help="search options, e.g. search.beam_size=8 search.lm_weight=0.3 "
+                             f"(default: {search_default})")
 
 
 def selection_from_args(args: argparse.Namespace) -> WeightSelection:
@@ -76,7 +108,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type,
         if kind not in (bool, int, float, str):
             raise TypeError(f"{cls.__name__}.{f.name}: no command-line option for {kind}")
         flag = "--" + f.name.replace("_", "-")
-        text = f"{docs.get(f.name, f.name)} (default: {f.default})"
+        text = docs.get(f.name, f.name)  # the formatter of asr.cli.main adds the default
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
                                 help=text)

@@ -26,26 +26,33 @@ logger = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="prepare_command", metavar="STEP", required=True)
 
-    man = sub.add_parser("manifests", help="validate the corpus and write recordings/supervisions/cuts")
+    man = sub.add_parser("manifests", help="validate the corpus and write recordings/supervisions/cuts",
+                         formatter_class=parser.formatter_class)
     man.add_argument("--corpus-dir", type=Path, required=True,
                      help="directory containing the part directories (e.g. download/LibriSpeech)")
-    man.add_argument("--output-dir", type=Path, default=Path("data/manifests"))
+    man.add_argument("--output-dir", type=Path, default=Path("data/manifests"),
+                     help="where the manifests go")
     man.add_argument("--parts", nargs="+", required=True, help="part directory names")
-    man.add_argument("--num-jobs", type=int, default=1)
-    man.add_argument("--normalize-text", choices=("none", "lower"), default="none")
+    man.add_argument("--num-jobs", type=int, default=1, help="parallel processes")
+    man.add_argument("--normalize-text", choices=("none", "lower"), default="none",
+                     help="transcript normalization")
     man.set_defaults(_prepare=_run_manifests)
 
-    fb = sub.add_parser("fbank", help="compute and store 80-bin fbank features (lilcom)")
-    fb.add_argument("--manifest-dir", type=Path, default=Path("data/manifests"))
-    fb.add_argument("--output-dir", type=Path, default=Path("data/fbank"))
+    fb = sub.add_parser("fbank", help="compute and store 80-bin fbank features (lilcom)",
+                        formatter_class=parser.formatter_class)
+    fb.add_argument("--manifest-dir", type=Path, default=Path("data/manifests"),
+                    help="where the manifests of asr prepare manifests are")
+    fb.add_argument("--output-dir", type=Path, default=Path("data/fbank"),
+                    help="where the features and cut manifests with features go")
     fb.add_argument("--parts", nargs="+", required=True, help="part names")
     fb.add_argument("--speed-perturb", action="store_true",
                     help="add 0.9/1.1 speed-perturbed copies of the parts whose name starts "
                          "with 'train' (see --perturb-parts)")
     fb.add_argument("--perturb-parts", nargs="+", default=None,
-                    help="with --speed-perturb: exactly which parts to perturb")
-    fb.add_argument("--num-jobs", type=int, default=1)
-    fb.add_argument("--num-mel-bins", type=int, default=80)
+                    help="with --speed-perturb: exactly which parts to perturb (default: the "
+                         "parts whose name starts with 'train')")
+    fb.add_argument("--num-jobs", type=int, default=1, help="parallel processes")
+    fb.add_argument("--num-mel-bins", type=int, default=80, help="mel bins per frame")
     fb.add_argument("--overwrite", action="store_true", help="recompute existing outputs")
     fb.set_defaults(_prepare=_run_fbank)
 

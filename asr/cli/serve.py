@@ -12,7 +12,13 @@ import logging
 
 import torch
 
-from asr.cli.options import add_dataclass_arguments, dataclass_from_args
+from asr.cli.options import (
+    add_dataclass_arguments,
+    add_device_argument,
+    add_search_arguments,
+    dataclass_from_args,
+)
+from asr.package import PackageError
 from asr.runtime.endpoint import EndpointConfig
 from asr.runtime.offline import load_model
 from asr.serve.config import ServerConfig
@@ -26,17 +32,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", required=True, help="model package directory (asr export-package)"
     )
     add_dataclass_arguments(parser, ServerConfig)
-    parser.add_argument(
-        "--searcher", default=None, help="streaming searcher (default: the package's)"
+    add_search_arguments(
+        parser, "the package's searcher if it streams, else the model's streaming greedy one"
     )
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    add_device_argument(parser)
     parser.add_argument(
         "--num-threads",
         type=int,
         default=1,
-        help="torch intra-op threads, 0: torch's default (default: 1; streams are "
-        "batched instead, and on a busy 2-core machine 2 threads raised the p95 "
-        "latency from ~20 ms to ~250 ms in tools/bench/serve.py)",
+        help="torch intra-op threads, 0: torch's default (streams are batched instead, and on a "
+        "busy 2-core machine 2 threads raised the p95 latency from ~20 ms to ~250 ms in "
+        "tools/bench/serve.py)",
     )
     parser.add_argument(
         "--no-endpoint",
@@ -49,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = dataclass_from_args(ServerConfig, args)
     except ValueError as err:
-        logger.error("%s", err)
+        logger.error("asr serve: %s", err)
         return 2
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         logging.getLogger("websockets").setLevel(
@@ -57,14 +63,22 @@ def run(args: argparse.Namespace) -> int:
         )  # one line per connection otherwise
     if args.num_threads > 0:
         torch.set_num_threads(args.num_threads)
+    try:
+        model = load_model(args.model, device=args.device, search=args.search_overrides)
+        endpoint = EndpointConfig(enabled=not args.no_endpoint)
+        recognizer = model.streaming_recognizer(args.searcher, endpoint=endpoint)
+    except PackageError as err:
+        logger.error("asr serve: cannot load model package: %s", err)
+        return 2
+    except (OSError, ValueError) as err:
+        logger.error("asr serve: %s", err)
+        return 2
+    logger.info("streaming searcher %s", recognizer.searcher_name)
     if config.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("binding %s: the server is reachable from the network", config.host)
-    model = load_model(args.model, device=args.device)
-    endpoint = EndpointConfig(enabled=not args.no_endpoint)
-    recognizer = model.streaming_recognizer(args.searcher, endpoint=endpoint)
     try:
         asyncio.run(RecognitionServer(recognizer, config).serve_forever())
     except OSError as err:
-        logger.error("cannot serve on %s:%d: %s", config.host, config.port, err)
+        logger.error("asr serve: cannot serve on %s:%d: %s", config.host, config.port, err)
         return 1
     return 0

@@ -61,8 +61,12 @@ def parse_fields(pairs: list[str]) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    fields = parse_fields(args.fields)
-    cuts = load_cuts(Path.cwd(), [str(p) for p in args.cuts])  # absolute paths stay as they are
-    written = export_shar(cuts, args.output_dir, fields, args.shard_size, args.num_jobs)
+    try:
+        fields = parse_fields(args.fields)
+        cuts = load_cuts(Path.cwd(), [str(p) for p in args.cuts])  # absolute paths stay as they are
+        written = export_shar(cuts, args.output_dir, fields, args.shard_size, args.num_jobs)
+    except (OSError, ValueError) as err:
+        logger.error("asr shar: %s", err)
+        return 2
     logger.info("Shar fields written: %s", {f: len(p) for f, p in written.items()})
     return 0

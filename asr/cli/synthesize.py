@@ -37,9 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--num-utts", nargs="+", metavar="PART=N",
-        help=f"utterances per part, replacing the preset's sizes; parts: {', '.join(PARTS)}",
+        help=f"utterances per part, replacing the preset's sizes; parts: {', '.join(PARTS)} "
+             "(default: the preset's sizes)",
     )  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0, help="corpus seed (default: 0)")
+    parser.add_argument("--seed", type=int, default=0, help="corpus seed")
     parser.add_argument(
         "--num-jobs", type=int, default=os.cpu_count() or 1,
         help="worker processes (default: all CPU cores)",
@@ -48,8 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--top-words", type=int, default=None,
         help="keep sentences made of the N most frequent words; 0 = no limit (default: preset)",
     )  # fmt: skip
-    parser.add_argument("--min-words", type=int, default=4, help="shortest sentence (default: 4)")
-    parser.add_argument("--max-words", type=int, default=16, help="longest sentence (default: 16)")
+    parser.add_argument("--min-words", type=int, default=4, help="shortest sentence")
+    parser.add_argument("--max-words", type=int, default=16, help="longest sentence")
     parser.add_argument(
         "--text", type=Path, nargs="+", default=None,
         help="sentence source text files (default: Debian fortunes package files)",

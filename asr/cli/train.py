@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exp-dir", type=Path, required=True,
                         help="experiment directory: config.yaml, checkpoints, logs, plot")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
-                        metavar="KEY=VALUE", help="config overrides, e.g. train.max_epochs=2")
+                        metavar="KEY=VALUE", help="config overrides, e.g. train.max_epochs=2 (default: none)")
     parser.add_argument("--num-threads", type=int, default=0,
                         help="torch intra-op threads per process (default: CPU cores / processes)")
 

@@ -1,15 +1,24 @@
 """``asr transcribe FILES... --model PKG``: transcribe audio files (or ``-`` for stdin).
 
+Every format soundfile reads (wav, flac, ogg/opus, mp3) and, through ``ffmpeg`` when it is
+installed, everything ffmpeg decodes (m4a/aac, webm, ...), at any rate and channel count.
+
+By default the package's own search decodes (the searcher and options, LM included, that the
+recipe exported it with); ``--searcher`` and ``--set search.FIELD=VALUE`` change it, as in
+``asr decode``.
+
 Output goes to stdout (or one file per input with ``--output-dir``):
 
-* ``text``: the transcript; with several inputs one ``SOURCE<TAB>TEXT`` line per input;
-* ``json``: one JSON object per input and line (text, tokens, token times, words, segments);
+* ``text``: one line per input: its transcript, or ``SOURCE<TAB>TEXT`` with several inputs;
+* ``json``: JSON Lines: one JSON object per input and line (source, text, tokens, token times,
+  words, segments), in input order;
 * ``srt`` / ``vtt``: subtitles; cues break at segments, pauses >= ``PAUSE`` s, and after
   ``MAX_CUE_SECONDS`` s or ``MAX_CUE_CHARS`` characters. With several inputs, srt / vtt need
   ``--output-dir``.
 
 A missing, empty, corrupt or non-audio input is reported on stderr (naming it) and the exit
-status is 1, while the other inputs are still transcribed. A bad model package exits with 2.
+status is 1, while the other inputs are still transcribed. A bad model package, searcher, search
+option or device exits with 2.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from asr.audio import AudioError
+from asr.cli.options import add_device_argument, add_search_arguments
 from asr.package import PackageError
 from asr.results import FailedInput
 from asr.runtime.offline import load_model
@@ -34,25 +44,35 @@ MAX_CUE_SECONDS = 6.0
 MAX_CUE_CHARS = 42
 
 
+FORMAT_HELP = ("text: one line per input (its text; SOURCE<TAB>TEXT with several inputs); "
+               "json: JSON Lines, one object per input (text, tokens, times, words); "
+               "srt / vtt: subtitles (several inputs need --output-dir)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", help="audio files; '-' reads one file from stdin")
+    # "*" and not "+": files written after ``--set A=1 B=2`` are taken back from --set in run()
+    parser.add_argument("files", nargs="*", help="audio files; '-' reads one file from stdin")
     parser.add_argument("--model", required=True, help="model package directory")
-    parser.add_argument("--searcher", help="searcher name (default: the package's)")
-    parser.add_argument("--format", choices=FORMATS, default="text", help="output format")
+    add_search_arguments(parser, "the package's")
+    parser.add_argument("--format", choices=FORMATS, default="text", help=FORMAT_HELP)
     parser.add_argument("--streaming", action="store_true",
-                        help="decode chunk by chunk with the streaming recognizer")
+                        help="decode chunk by chunk with the streaming recognizer (default "
+                             "searcher: the package's if it streams, else its greedy one)")
     parser.add_argument("--batch-size", type=int, default=8,
                         help="windows (offline) or streams (--streaming) decoded together")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    add_device_argument(parser)
     parser.add_argument("--window-seconds", type=float, default=30.0,
                         help="offline: long inputs are decoded in windows of this length")
     parser.add_argument("--overlap-seconds", type=float, default=2.0,
                         help="offline: overlap of consecutive windows (cut in its middle)")
-    parser.add_argument("--output-dir", help="write <stem>.<format> per input here instead of stdout")
+    parser.add_argument("--output-dir",
+                        help="write <stem>.<format> per input here (default: stdout)")
     progress = parser.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_true", default=None,
-                          help="show a progress bar (default: when stderr is a terminal)")
-    progress.add_argument("--no-progress", dest="progress", action="store_false")
+                          help="show a progress bar in audio seconds (default: when stderr is "
+                               "a terminal)")
+    progress.add_argument("--no-progress", dest="progress", action="store_false",
+                          help="no progress bar")
 
 
 # ----------------------------------------------------------------------------- formats
@@ -121,7 +141,12 @@ def _output_paths(sources: Sequence[str], out_dir: Path, fmt: str) -> list[Path]
 
 
 def run(args: argparse.Namespace) -> int:
-    files = list(args.files)
+    # ``--set search.beam_size=8 a.wav``: --set took the file too; a file has no '='
+    files = list(args.files) + [o for o in args.search_overrides if "=" not in o]
+    args.search_overrides = [o for o in args.search_overrides if "=" in o]
+    if not files:
+        logger.error("asr transcribe: no audio files given ('-' reads stdin)")
+        return 2
     if files.count("-") > 1:
         logger.error("asr transcribe: '-' (stdin) can be given only once")
         return 2
@@ -133,16 +158,22 @@ def run(args: argparse.Namespace) -> int:
         logger.error("asr transcribe: --batch-size must be >= 1, got %d", args.batch_size)
         return 2
     try:
-        model = load_model(args.model, device=args.device, searcher=args.searcher)
-    except (PackageError, OSError, ValueError) as err:
+        model = load_model(args.model, device=args.device, searcher=args.searcher,
+                           search=args.search_overrides)
+        if args.streaming:  # a searcher that does not stream fails here, before any audio
+            model.streaming_recognizer(args.searcher)
+    except PackageError as err:
         logger.error("asr transcribe: cannot load model package: %s", err)
+        return 2
+    except (OSError, ValueError) as err:
+        logger.error("asr transcribe: %s", err)
         return 2
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     try:
         results = model.transcribe(
             files, batch_size=args.batch_size, streaming=args.streaming,
             window_seconds=args.window_seconds, overlap_seconds=args.overlap_seconds,
-            progress=progress, on_error="return",
+            progress=progress, on_error="return", searcher=args.searcher,
         )
     except (AudioError, ValueError, KeyError) as err:
         logger.error("asr transcribe: %s", err)
@@ -163,6 +194,6 @@ def run(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(text)
     sys.stdout.flush()
-    if failed:
+    if failed and len(files) > 1:
         logger.error("asr transcribe: %d of %d inputs failed", failed, len(files))
     return 1 if failed else 0

@@ -26,7 +26,7 @@ from asr.data.config import DataConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["make_sampler", "resolve_rank_world_size"]
+__all__ = ["lazy_view", "make_sampler", "resolve_rank_world_size"]
 
 
 def resolve_rank_world_size(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -45,6 +45,23 @@ def resolve_rank_world_size(rank: int | None = None, world_size: int | None = No
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank} world_size={world_size}")
     return rank, world_size
+
+
+def lazy_view(cuts):
+    """An eager (in-memory) CutSet seen as a lazy one: the same cuts in the same order.
+
+    lhotse's dynamic samplers only ever iterate their cuts (shuffling, bucketing and resuming
+    work on that stream alike for both kinds), but warn on every run that an eager CutSet brings
+    no memory benefit. Training and test cuts are held in memory here on purpose (filtered and
+    counted once), so the samplers get this view: identical batches, no warning. Anything else
+    is returned as it is.
+    """
+    from lhotse import CutSet
+    from lhotse.lazy import LazyIteratorChain
+
+    if isinstance(cuts, CutSet) and not cuts.is_lazy:
+        return CutSet(LazyIteratorChain(cuts))
+    return cuts
 
 
 def make_sampler(
@@ -80,6 +97,7 @@ def make_sampler(
     from lhotse.dataset.sampling.base import TimeConstraint
     from lhotse.dataset.sampling.dynamic_bucketing import estimate_duration_buckets
 
+    cuts = lazy_view(cuts)
     rank, world_size = resolve_rank_world_size(rank, world_size)
     num_buckets = cfg.num_buckets
     bucket_cuts = cuts if bucket_cuts is None else bucket_cuts

@@ -8,10 +8,17 @@ it uses and ignores the others.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-__all__ = ["SearchConfig"]
+from asr.config import ConfigError, apply_overrides, from_dict, to_dict
+
+__all__ = ["SEARCH_PREFIX", "SearchConfig", "override_search"]
+
+#: What the command line's ``--set`` writes before a search option: ``search.beam_size=8``.
+SEARCH_PREFIX = "search."
 
 
 @dataclass(frozen=True)
@@ -84,3 +91,33 @@ class SearchConfig:
             raise ValueError(f"search.lm_unit must be 'token' or 'word', got {self.lm_unit!r}")
         if self.max_stream_tokens < 1:
             raise ValueError(f"search.max_stream_tokens must be >= 1, got {self.max_stream_tokens}")
+
+
+def override_search(
+    cfg: SearchConfig, overrides: Mapping[str, Any] | Iterable[str] | None
+) -> SearchConfig:
+    """``cfg`` with some options changed, checked as strictly as a YAML ``search:`` section.
+
+    Args:
+        cfg: the options to start from (e.g. a package's).
+        overrides: a mapping ``field -> value`` (``{"beam_size": 8}``), or ``--set`` strings
+            ``search.field=value`` (values read as YAML).
+
+    Raises:
+        asr.config.ConfigError: for an unknown field (with a did-you-mean hint), a bad value, or a
+            string that does not start with ``search.``.
+    """
+    if not overrides:
+        return cfg
+    if isinstance(overrides, Mapping):
+        data = {**to_dict(cfg), **overrides}
+    else:
+        texts = [overrides] if isinstance(overrides, str) else list(overrides)
+        for text in texts:
+            if not text.startswith(SEARCH_PREFIX):
+                raise ConfigError(
+                    f"override {text!r}: only search options can be set here "
+                    f"({SEARCH_PREFIX}<field>=VALUE, e.g. search.beam_size=8)"
+                )
+        data = apply_overrides(to_dict(cfg), [t[len(SEARCH_PREFIX):] for t in texts])
+    return from_dict(SearchConfig, data, path="search")

@@ -149,7 +149,8 @@ class NgramLM:
                 probs[gram] = float(fields[0]) * LN10
                 if len(fields) == order + 2:
                     backoffs[gram] = float(fields[-1]) * LN10
-        logger.info("read a %d-gram LM with %d n-grams from %s", order, len(probs), path)
+        logger.info("read a %d-gram LM with %d n-grams from %s", max(map(len, probs), default=0),
+                    len(probs), path)
         return cls(probs, backoffs, vocab_size, oov_log_prob)
 
     def init_state(self) -> tuple[int, ...]:

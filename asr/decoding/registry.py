@@ -60,6 +60,7 @@ __all__ = [
     "build_streaming_searcher",
     "resolve_searcher",
     "searcher_for",
+    "streaming_searcher_for",
 ]
 
 logger = logging.getLogger(__name__)
@@ -178,6 +179,21 @@ def searcher_for(
             if spec.head == head and spec.role == role and spec.usable(kinds):
                 return spec.name
     return None
+
+
+def streaming_searcher_for(model: ASRModel, preferred: str | None = None) -> str | None:
+    """The searcher a streaming recognizer uses by default: ``preferred`` (a name or role, e.g. a
+    package's default searcher) when it streams, else the model's greedy searcher when that
+    streams, else the first streaming searcher the heads support; None if none streams."""
+    if preferred is not None:
+        name = resolve_searcher(preferred, model)
+        if _BY_NAME[name].streaming and _BY_NAME[name].usable(model.head_kinds()):
+            return name
+    greedy = searcher_for("greedy", model)
+    if greedy is not None and _BY_NAME[greedy].streaming:
+        return greedy
+    streaming = [n for n in available_searchers(model) if _BY_NAME[n].streaming]
+    return streaming[0] if streaming else None
 
 
 def resolve_searcher(name: str, model: ASRModel) -> str:

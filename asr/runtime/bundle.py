@@ -13,7 +13,9 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from lhotse import Fbank
@@ -21,13 +23,45 @@ from lhotse import Fbank
 from asr.decoding import SearchConfig, Searcher, StreamingSearcher
 from asr.decoding import build_searcher as _build_searcher
 from asr.decoding import build_streaming_searcher as _build_streaming_searcher
+from asr.decoding.config import override_search
+from asr.decoding.registry import available_searchers, resolve_searcher, streaming_searcher_for
 from asr.features.fbank import FbankConfig, make_lhotse_fbank
 from asr.model import ASRModel
 from asr.package import ModelPackage
 from asr.results import ResultBuilder
 from asr.tokenizers.base import Tokenizer
 
-__all__ = ["Runtime"]
+__all__ = ["DEVICE_HELP", "Runtime", "SearchOptions", "resolve_device"]
+
+#: What ``search=`` takes: the options themselves, or changes to the package's (a mapping
+#: ``field -> value`` or ``search.field=value`` strings).
+SearchOptions = SearchConfig | Mapping[str, Any] | Iterable[str]
+
+DEVICE_HELP = "auto (cuda when a GPU is available, else cpu), cpu, cuda, cuda:1, ..."
+
+
+def resolve_device(device: torch.device | str) -> torch.device:
+    """``auto`` -> ``cuda`` when a GPU is available, else ``cpu``; other names as torch reads
+    them.
+
+    Raises:
+        ValueError: for a name torch does not know, or a CUDA device without a usable GPU.
+    """
+    if isinstance(device, torch.device):
+        resolved = device
+    elif str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            resolved = torch.device(str(device))
+        except RuntimeError as err:
+            raise ValueError(f"device {device!r}: not a torch device ({DEVICE_HELP})") from err
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device}: no CUDA GPU is available here; use cpu or auto")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device}: only {torch.cuda.device_count()} CUDA GPU(s) here")
+    return resolved
 
 
 @dataclass(frozen=True)
@@ -47,6 +81,9 @@ class Runtime:
         left_chunks: chunks of left context when streaming.
         device: where the model runs.
         results: builds results from token ids and frames.
+        streaming_searcher: default streaming searcher: :attr:`searcher` when it streams; for
+            a package's own default that does not stream (a beam search), the model's streaming
+            greedy searcher.
     """
 
     package: ModelPackage
@@ -61,6 +98,7 @@ class Runtime:
     left_chunks: int
     device: torch.device
     results: ResultBuilder
+    streaming_searcher: str | None = None
 
     @classmethod
     def from_package(
@@ -68,19 +106,38 @@ class Runtime:
         package: ModelPackage,
         device: torch.device | str = "cpu",
         searcher: str | None = None,
-        search: SearchConfig | None = None,
+        search: SearchOptions | None = None,
     ) -> Runtime:
         """Builds the model of ``package`` on ``device``.
 
         Args:
             package: a loaded package.
-            device: ``cpu``, ``cuda``, ...
-            searcher: default searcher (default: the package's ``metadata.searcher``).
-            search: search options (default: the package config's ``search`` section).
+            device: ``cpu``, ``cuda``, ``auto`` (:func:`resolve_device`), ...
+            searcher: default searcher, a name or a role (``greedy``, ``beam``); default: the
+                package's ``metadata.searcher`` (and for streaming, when that one does not
+                stream, the model's streaming greedy searcher).
+            search: search options: a :class:`SearchConfig`, or changes to the package's own
+                (its ``config.yaml`` ``search:`` section, with the packaged LM), as a mapping
+                ``{"beam_size": 8}`` or ``["search.beam_size=8"]``.
+
+        Raises:
+            ValueError: for an unknown searcher or one the model's heads lack, a bad search
+                option, or an unusable device.
         """
-        device = torch.device(device)
-        model = package.build_model(device)
+        device = resolve_device(device)
         cfg = package.config
+        options = search if isinstance(search, SearchConfig) else override_search(cfg.search,
+                                                                                   search)
+        model = package.build_model(device)
+        if searcher is None:
+            name = package.metadata.searcher
+            streaming = streaming_searcher_for(model, name)
+        else:
+            name = resolve_searcher(searcher, model)
+            streaming = name
+        if name not in available_searchers(model):
+            raise ValueError(f"searcher {name!r} does not fit this model; available searchers: "
+                             f"{available_searchers(model)}")
         frame_seconds = cfg.data.fbank.frame_shift * model.encoder.subsampling_factor
         return cls(
             package=package,
@@ -89,12 +146,13 @@ class Runtime:
             fbank=cfg.data.fbank,
             extractor=make_lhotse_fbank(cfg.data.fbank),
             frame_seconds=frame_seconds,
-            searcher=searcher or package.metadata.searcher,
-            search=search or cfg.search,
+            searcher=name,
+            search=options,
             chunk_size=cfg.encoder.chunk_size,
             left_chunks=cfg.encoder.left_chunks,
             device=device,
             results=ResultBuilder(package.tokenizer, frame_seconds),
+            streaming_searcher=streaming,
         )
 
     @property
@@ -108,6 +166,11 @@ class Runtime:
                                tokenizer=self.tokenizer)
 
     def build_streaming_searcher(self, name: str | None = None) -> StreamingSearcher:
-        """The streaming searcher ``name`` (default: :attr:`searcher`) over this model."""
-        return _build_streaming_searcher(name or self.searcher, self.model, self.search,
-                                         tokenizer=self.tokenizer)
+        """The streaming searcher ``name`` (default: :attr:`streaming_searcher`) over this
+        model.
+
+        Raises:
+            ValueError: for a searcher that does not stream, naming those that do.
+        """
+        return _build_streaming_searcher(name or self.streaming_searcher or self.searcher,
+                                         self.model, self.search, tokenizer=self.tokenizer)

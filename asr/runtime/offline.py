@@ -40,11 +40,11 @@ from torch import Tensor
 from tqdm import tqdm
 
 from asr.audio import AudioError, DecodedAudio, as_waveform, decode_audio, resample
-from asr.decoding import SearchConfig, Searcher
+from asr.decoding import Searcher
 from asr.features.fbank import compute_fbank
 from asr.package import load_package
 from asr.results import FailedInput, TranscriptionResult
-from asr.runtime.bundle import Runtime
+from asr.runtime.bundle import Runtime, SearchOptions
 from asr.runtime.endpoint import EndpointConfig
 from asr.runtime.streaming import StreamingRecognizer, transcribe_streaming
 
@@ -269,17 +269,20 @@ def load_model(
     directory: str | Path,
     device: torch.device | str = "cpu",
     searcher: str | None = None,
-    search: SearchConfig | None = None,
+    search: SearchOptions | None = None,
 ) -> Transcriber:
     """Loads a model package (see :mod:`asr.package`) for transcription.
 
     Args:
         directory: package directory written by ``asr export-package``.
-        device: ``cpu``, ``cuda``, ...
-        searcher: default searcher name (default: the package's).
-        search: search options (default: the package config's ``search`` section).
+        device: ``cpu``, ``cuda``, ``auto`` (a GPU when there is one), ...
+        searcher: default searcher: a name, or the role ``greedy`` / ``beam`` (default: the
+            package's, which decodes as the recipe that exported it tuned it).
+        search: search options, or changes to the package's own (which hold its LM), e.g.
+            ``{"beam_size": 8}`` or ``["search.beam_size=8"]``.
 
     Raises:
         asr.package.PackageError: naming the missing / corrupt file.
+        ValueError: for an unknown searcher, a bad search option or an unusable device.
     """
     return Transcriber(Runtime.from_package(load_package(directory), device, searcher, search))

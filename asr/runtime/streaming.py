@@ -45,6 +45,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from asr.audio import DecodedAudio, StreamingResampler, as_waveform
+from asr.decoding.registry import resolve_searcher
 from asr.features.online import OnlineFbank
 from asr.results import Segment, TranscriptionResult
 from asr.runtime.bundle import Runtime
@@ -104,8 +105,8 @@ class StreamingRecognizer:
     Args:
         runtime: the model bundle (:class:`asr.runtime.bundle.Runtime`); its encoder must stream
             (causal, ``chunk_size > 0``, ``left_chunks >= 0``).
-        searcher: streaming searcher name (default: the runtime's; ``ctc_greedy``,
-            ``transducer_greedy``, ``tdt_greedy``).
+        searcher: streaming searcher name or ``greedy`` (default: the runtime's
+            ``streaming_searcher``; ``ctc_greedy``, ``transducer_greedy``, ``tdt_greedy``).
         endpoint: endpoint rules.
         chunk_size: encoder frames per chunk (default: the encoder config's).
         left_chunks: chunks of left context (default: the encoder config's).
@@ -124,8 +125,9 @@ class StreamingRecognizer:
         self.endpoint = endpoint or EndpointConfig()
         self.chunk_size = runtime.chunk_size if chunk_size is None else chunk_size
         self.left_chunks = runtime.left_chunks if left_chunks is None else left_chunks
-        self.searcher_name = searcher or runtime.searcher
-        self.searcher = runtime.build_streaming_searcher(self.searcher_name)
+        self.searcher = runtime.build_streaming_searcher(searcher)
+        self.searcher_name = resolve_searcher(
+            searcher or runtime.streaming_searcher or runtime.searcher, runtime.model)
         self._ids = itertools.count()
         self.encoder.init_state(1, runtime.device, left_chunks=self.left_chunks,
                                 chunk_size=self.chunk_size)  # fails early if not streamable
@@ -289,14 +291,17 @@ def transcribe_streaming(
     """Decodes whole waveforms as concurrent streams (at most ``batch_size`` at a time).
 
     Audio is fed ``feed_seconds`` at a time to streams that need frames; endpoints split the
-    transcript into segments.
+    transcript into segments. The progress bar counts seconds of audio decoded, so one long
+    input shows its progress too.
     """
     rate = recognizer.sample_rate
     step = max(1, int(feed_seconds * rate))
     queue = list(range(len(audios)))
     active: dict[int, tuple[Stream, list[int]]] = {}
     results: list[TranscriptionResult | None] = [None] * len(audios)
-    bar = tqdm(total=len(audios), unit="file", desc="stream", disable=not progress, leave=False)
+    shown = [0.0] * len(audios)  # seconds of each input the bar has counted
+    bar = tqdm(total=round(sum(a.duration for a in audios), 2), unit="s", unit_scale=True,
+               desc="stream", disable=not progress, leave=False)
     while queue or active:
         while queue and len(active) < max(1, batch_size):
             index = queue.pop(0)
@@ -312,15 +317,19 @@ def transcribe_streaming(
         recognizer.decode(streams)
         for index, stream in list(active.items()):
             stream = stream[0]
+            audio = audios[index]
             if recognizer.is_endpoint(stream):
                 recognizer.reset(stream)
+            decoded = (audio.duration if stream.done
+                       else min(audio.duration, stream.frames_decoded * recognizer.frame_seconds))
+            if decoded > shown[index]:
+                bar.update(decoded - shown[index])
+                shown[index] = decoded
             if stream.done:
                 segments = [*stream.finished_segments, recognizer.result(stream)]
-                audio = audios[index]
                 results[index] = recognizer.runtime.results.transcript(
                     audio.source, audio.duration, segments
                 )
                 del active[index]
-                bar.update(1)
     bar.close()
     return [r for r in results if r is not None]

@@ -34,3 +34,13 @@ def trained(tmp_path_factory, tiny_corpus) -> Path:
     tmp_path = tmp_path_factory.mktemp("trained")
     assert train_tiny(tmp_path, tiny_corpus, "full") == 0
     return tmp_path / "full"
+
+
+@pytest.fixture(scope="session")
+def beam_package(tmp_path_factory, trained) -> Path:
+    """A package of the tiny trained experiment whose default searcher is its beam search."""
+    from asr.package import export_package
+
+    package = tmp_path_factory.mktemp("beam_package") / "package"
+    export_package(trained, package, searcher="beam", search={"beam_size": 2})
+    return package

@@ -48,3 +48,54 @@ def test_log_level_is_accepted_after_the_subcommand(tmp_path):
     ref.write_text("u1 A B\n")
     hyp.write_text("u1 A C\n")
     assert main(["wer", str(ref), str(hyp), "--log-level", "DEBUG"]) == 0
+
+
+def _subcommand_parsers():
+    from asr.cli.main import SUBCOMMANDS, build_parser
+
+    for name in SUBCOMMANDS:
+        parser = build_parser(name)
+        [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        stack = [(name, sub.choices[name])]
+        while stack:  # nested steps too (asr prepare manifests / fbank)
+            label, p = stack.pop()
+            yield label, p
+            for action in p._actions:
+                if isinstance(action, argparse._SubParsersAction):
+                    stack += [(f"{label} {n}", c) for n, c in action.choices.items()]
+
+
+def test_every_option_help_shows_its_default():
+    """One mechanism (the formatter of asr.cli.main) shows each option's default value; options
+    without one say in words what happens without them; flags are off unless given."""
+    for label, parser in _subcommand_parsers():
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if (not action.option_strings or action.help == argparse.SUPPRESS or action.required
+                    or action.nargs == 0 or isinstance(action, argparse._SubParsersAction)):
+                continue
+            text = formatter._get_help_string(action) % {"default": action.default}
+            assert "(default" in text or "(required" in text, (label, action.option_strings, text)
+            assert text.count("(default") <= 1, (label, action.option_strings, text)
+        assert "(default" in parser.format_help()
+
+
+def test_one_device_option_and_one_output_spelling():
+    devices, outputs = {}, set()
+    for label, parser in _subcommand_parsers():
+        for action in parser._actions:
+            if "--device" in action.option_strings:
+                devices[label] = action.default
+            outputs |= {o for o in action.option_strings
+                        if o.startswith("--out") and action.help != argparse.SUPPRESS}
+    assert set(devices) >= {"decode", "transcribe", "serve"}
+    assert set(devices.values()) == {"auto"}
+    assert outputs == {"--output", "--output-dir"}
+
+
+def test_transcribe_help_documents_the_output_shapes(capsys):
+    with pytest.raises(SystemExit):
+        main(["transcribe", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "one line per input" in text and "JSON Lines, one object per input" in text
+    assert "(default: auto)" in text and "(default: the package's)" in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from asr.audio import load_audio, resample
+import asr.audio as audio_module
+from asr.audio import AudioError, load_audio, resample
 from asr.cli.main import main
 from asr.testing.tiny import espeak_available
 
@@ -63,6 +65,38 @@ def test_every_format(tiny, audio_dir, capsys, ext):
     lines = [line.split("\t") for line in out.splitlines()]
     assert [source for source, _ in lines] == [str(f) for f in files]
     assert [text for _, text in lines] == list(tiny.texts)
+
+
+needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
+
+
+@needs_ffmpeg
+def test_formats_only_ffmpeg_reads(tiny, audio_dir, tmp_path, capsys, monkeypatch):
+    """m4a/aac (libsndfile cannot read it) decodes through ffmpeg to the text of its wav, from a
+    file and from stdin; without ffmpeg the error says to install it."""
+    wavs = [audio_dir / f"utt{i}.wav" for i in range(len(tiny.texts))]
+    m4as = []
+    for wav in wavs:
+        m4a = tmp_path / f"{wav.stem}.m4a"
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(wav), "-c:a", "aac",
+                        "-b:a", "96k", str(m4a)], check=True)
+        m4as.append(m4a)
+    with pytest.raises(Exception, match="Format not recognised"):
+        soundfile.read(m4as[0])
+    texts = {}
+    for kind, files in (("wav", wavs), ("m4a", m4as)):
+        code, out, _ = _run([*files, "--model", tiny.package_dir], capsys)
+        assert code == 0
+        texts[kind] = [line.split("\t")[1] for line in out.splitlines()]
+    assert texts["m4a"] == texts["wav"] == list(tiny.texts)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(m4as[1].read_bytes())))
+    code, out, _ = _run(["-", "--model", tiny.package_dir], capsys)
+    assert code == 0 and out == f"{tiny.texts[1]}\n"
+
+    monkeypatch.setattr(audio_module, "_FFMPEG", None)
+    with pytest.raises(AudioError, match="a format only ffmpeg reads, such as m4a/aac: install "
+                                         "ffmpeg"):
+        load_audio(m4as[0])
 
 
 def test_8khz_stereo_input(tiny, audio_dir, capsys):

@@ -90,3 +90,33 @@ def test_single_bucket_and_more_buckets_than_cuts(prepared: dict) -> None:
         batches = list(sampler)
         assert sorted(c.id for b in batches for c in b) == sorted(c.id for c in cuts)
         assert all(sum(c.duration for c in b) <= 3.0 + 1e-6 for b in batches)
+
+
+@pytest.mark.parametrize("num_buckets", [1, 2])
+def test_eager_cuts_give_the_lazy_batches_without_lhotse_warnings(prepared: dict,
+                                                                   num_buckets: int) -> None:
+    """In-memory cuts are seen lazily by the samplers: the same batches as the same cuts read
+    lazily from their manifests, also when resuming, and no eager-CutSet warning."""
+    import warnings
+
+    lazy = (CutSet.from_jsonl_lazy(prepared["fbank"]["train-clean-5"])
+            + CutSet.from_jsonl_lazy(prepared["fbank"]["dev-clean-2"]))
+    eager = _cuts(prepared).to_eager()
+    assert lazy.is_lazy and not eager.is_lazy
+    cfg = _cfg(num_buckets=num_buckets)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        runs = []
+        for cuts in (lazy, eager):
+            sampler = make_sampler(cuts, cfg, train=True)
+            sampler.set_epoch(2)
+            batches = [[c.id for c in batch] for batch in sampler]
+            sampler.set_epoch(2)
+            it = iter(sampler)
+            next(it)
+            state = sampler.state_dict()
+            resumed = make_sampler(cuts, cfg, train=True)
+            resumed.load_state_dict(state)
+            runs.append((batches, [[c.id for c in batch] for batch in resumed]))
+    assert runs[0] == runs[1] and runs[0][1] == runs[0][0][1:]
+    assert len(runs[0][0]) > 2

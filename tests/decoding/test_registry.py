@@ -16,7 +16,13 @@ from asr.decoding import (
     build_searcher,
     build_streaming_searcher,
 )
-from asr.decoding.registry import SEARCHERS, resolve_searcher, searcher_for
+from asr.decoding.config import override_search
+from asr.decoding.registry import (
+    SEARCHERS,
+    resolve_searcher,
+    searcher_for,
+    streaming_searcher_for,
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,31 @@ def test_search_config_loads_strictly_with_overrides():
         from_dict(_Root, {"search": {"beam_size": 2, "nbest": 3}})
     with pytest.raises(ValueError, match="ctc_weight"):
         SearchConfig(ctc_weight=1.5)
+
+
+def test_override_search_takes_a_mapping_or_set_strings():
+    base = SearchConfig(beam_size=8, lm_weight=0.5)
+    assert override_search(base, None) is base
+    assert override_search(base, {"beam_size": 2}) == SearchConfig(beam_size=2, lm_weight=0.5)
+    changed = override_search(base, ["search.lm_weight=0.1", "search.lm_path=x.arpa"])
+    assert (changed.beam_size, changed.lm_weight, str(changed.lm_path)) == (8, 0.1, "x.arpa")
+    with pytest.raises(ConfigError, match="did you mean 'beam_size'"):
+        override_search(base, ["search.beam_sz=2"])
+    with pytest.raises(ConfigError, match="only search options"):
+        override_search(base, ["data.max_duration=2"])
+    with pytest.raises(ConfigError, match="nbest"):
+        override_search(base, {"nbest": 9})
+
+
+def test_streaming_default_falls_back_to_the_streaming_greedy_searcher():
+    model = make_model(transducer="pruned", ctc=True)
+    assert streaming_searcher_for(model, "transducer_beam") == "transducer_greedy"
+    assert streaming_searcher_for(model, "beam") == "transducer_greedy"
+    assert streaming_searcher_for(model, "ctc_greedy") == "ctc_greedy"
+    assert streaming_searcher_for(make_model(aed=True, cif=True), "aed_beam") is None
+    with pytest.raises(ValueError, match="does not stream; streaming searchers of this model: "
+                                         r"\['ctc_greedy', 'transducer_greedy'\]"):
+        build_streaming_searcher("transducer_beam", model)
 
 
 @pytest.mark.parametrize(

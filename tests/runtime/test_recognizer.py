@@ -231,3 +231,32 @@ def test_int16_pcm_gives_the_float_result_offline_and_streaming(tiny):
     assert offline_pcm.token_ids == offline_float.token_ids
     recognizer = model.streaming_recognizer(endpoint=EndpointConfig(enabled=False))
     _same(_decode_alone(recognizer, pcm, 1600), _decode_alone(recognizer, as_float, 1600))
+
+
+def test_streaming_progress_counts_audio_seconds(transducer_model, monkeypatch):
+    """One long input advances the bar as it is decoded, in seconds, up to its duration."""
+    import asr.runtime.streaming as streaming
+    from asr.audio import DecodedAudio
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total, unit, **kwargs):
+            self.total, self.unit, self.updates = total, unit, []
+            bars.append(self)
+
+        def update(self, n):
+            self.updates.append(n)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(streaming, "tqdm", Bar)
+    rng = np.random.default_rng(0)
+    audio = DecodedAudio((0.1 * rng.standard_normal(16000 * 5)).astype(np.float32), 16000, "long")
+    streaming.transcribe_streaming(transducer_model.streaming_recognizer(), [audio],
+                                   progress=True)
+    [bar] = bars
+    assert bar.unit == "s" and bar.total == pytest.approx(5.0)
+    assert len(bar.updates) > 3 and all(n > 0 for n in bar.updates)
+    assert sum(bar.updates) == pytest.approx(5.0)

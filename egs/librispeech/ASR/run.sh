@@ -136,7 +136,7 @@ fi
 if [ $stage -le 9 ] && [ $stop_stage -ge 9 ]; then
   log "stage 9: export a model package"
   weights=$(ls -t "$exp_dir"/averaged-epoch-"$epoch"-avg-"$avg"*.safetensors | head -n 1)
-  asr export-package --exp-dir "$exp_dir" --checkpoint "$weights" --out "$exp_dir/package" \
+  asr export-package --exp-dir "$exp_dir" --checkpoint "$weights" --output-dir "$exp_dir/package" \
     --overwrite
 fi
 log "done (stages $stage..$stop_stage)"

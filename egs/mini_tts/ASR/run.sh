@@ -18,10 +18,15 @@
 #   4  train                        (exp/${recipe}; for the time --time-budget leaves: the step
 #                                   count is planned on the machine, see asr/train/budget.py)
 #   5  average the last checkpoints (exp/${recipe}/averaged.safetensors) and decode test-clean
-#                                   (exp/${recipe}/<searcher>/wer-summary-test-clean-<searcher>.txt);
-#                                   transducer_beam, tdt_beam, ctc_prefix_beam and cif_beam fuse
-#                                   the LM of --lm-unit (token; word: lexicon-constrained)
-#   6  export a model package and transcribe a held-out test-clean file
+#                                   (exp/${recipe}/<searcher>/wer-summary-test-clean-<searcher>.txt,
+#                                   and one "SEARCHER NAME WER" line per searcher in
+#                                   exp/${recipe}/wer-test-clean.txt); transducer_beam, tdt_beam,
+#                                   ctc_prefix_beam and cif_beam fuse the LM of --lm-unit (token;
+#                                   word: lexicon-constrained)
+#   6  export a model package (exp/${recipe}/package) that decodes with --package-searcher and
+#                                   the search options stage 5 used for it (beam, LM copied into
+#                                   the package) and records its test-clean WER of stage 5, then
+#                                   transcribe a held-out test-clean file with it
 #
 # Paths are relative to --work-dir (default: this directory, egs/mini_tts/ASR), as in the recipe YAMLs.
 set -euo pipefail
@@ -55,6 +60,8 @@ lm_unit=token                   # the LM stage 5 fuses: token, or word (only lex
 lm_weight=0.5                   # LM weight, beam size and blank penalty of the fused beam searches:
 beam_size=8                     # tuned on dev-clean-2 (recipes/mini_tts/EXPERIMENTS.md)
 blank_penalty=3
+package_searcher=beam           # the package's default searcher (stage 6), with the options and
+                                # LM stage 5 decoded it with
 work_dir=$HERE                  # where data/, exp/ (and download/) go; relative paths start here
 skip_setup=false                # true: use the existing .venv without running tools/setup.sh
 train_args=""                   # extra `asr train` arguments, e.g. "--set train.max_epochs=2"
@@ -66,14 +73,15 @@ usage="Usage: $0 [--stage N] [--stop-stage N] [--recipe NAME] [--searchers \"A B
   [--num-jobs N] [--fbank-jobs N] [--num-train N] [--num-dev N] [--num-test N]
   [--voices-per-sentence N] [--train-text sentences|segments] [--speed-perturb true|false]
   [--vocab-size N] [--lm-order N] [--word-lm-order N] [--lm-unit token|word] [--lm-weight W]
-  [--beam-size N] [--blank-penalty P]
+  [--beam-size N] [--blank-penalty P] [--package-searcher NAME]
   [--work-dir DIR] [--skip-setup true|false] [--train-args \"...\"] [--time-budget SECONDS]
   [--post-train-reserve SECONDS]
 defaults: stage=$stage stop_stage=$stop_stage recipe=$recipe num_jobs=$num_jobs num_train=$num_train
   num_dev=$num_dev num_test=$num_test voices_per_sentence=$voices_per_sentence train_text=$train_text
   speed_perturb=$speed_perturb vocab_size=$vocab_size lm_order=$lm_order
   word_lm_order=$word_lm_order lm_unit=$lm_unit lm_weight=$lm_weight
-  beam_size=$beam_size blank_penalty=$blank_penalty time_budget=$time_budget"
+  beam_size=$beam_size blank_penalty=$blank_penalty package_searcher=$package_searcher
+  time_budget=$time_budget"
 . "$ROOT/egs/shared/parse_options.sh"
 work_dir=$(mkdir -p "$work_dir" && cd "$work_dir" && pwd)
 cd "$work_dir"
@@ -84,10 +92,15 @@ fi
 VENV=${ASR_VENV:-$ROOT/.venv}
 asr() { "$VENV/bin/asr" "$@"; }
 log() { echo "$(date '+%F %T') [mini_tts] $*" >&2; }
-timed() {  # timed NAME CMD...: runs CMD and logs its wall-clock time
-  local name=$1 start; shift
+timed() {  # timed NAME CMD...: runs CMD and logs its wall-clock time; fails as CMD fails (also
+           # inside $(...), where set -e does not reach)
+  local name=$1 start rc=0; shift
   start=$(date +%s)
-  "$@"
+  "$@" || rc=$?
+  if [ $rc -ne 0 ]; then
+    log "stage '$name' failed (exit status $rc)"
+    return $rc
+  fi
   log "stage '$name' took $(( $(date +%s) - start )) s"
 }
 
@@ -103,6 +116,22 @@ lm_path=$lang_dir/token_${lm_order}gram.arpa
 word_lm_path=$lang_dir/word_${word_lm_order}gram.arpa
 case "$lm_unit" in token|word) ;; *) echo "$0: --lm-unit must be token or word, got $lm_unit" >&2; exit 1 ;; esac
 parts="train-clean-5 dev-clean-2 test-clean"
+wer_file=$exp_dir/wer-test-clean.txt  # stage 5: "SEARCHER NAME WER" per searcher; stage 6 reads it
+
+# The search options of searcher $1 (a name or role), in search_args: none for the greedy ones;
+# the LM of --lm-unit, beam size and blank penalty for the others. Stage 5 decodes with them and
+# stage 6 stores them in the package.
+set_search_args() {
+  search_args=()
+  case "$1" in
+    greedy|*_greedy) ;;
+    *)
+      local fused=$lm_path
+      [ "$lm_unit" = word ] && fused=$word_lm_path
+      search_args=(--set "search.beam_size=$beam_size" "search.blank_penalty=$blank_penalty"
+        "search.lm_path=$fused" "search.lm_unit=$lm_unit" "search.lm_weight=$lm_weight") ;;
+  esac
+}
 
 if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
   log "stage 0: synthesize the corpus"
@@ -165,20 +194,17 @@ fi
 if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   log "stage 5: average the last $avg checkpoints, decode test-clean with: $searchers"
   timed average asr average --exp-dir "$exp_dir" --last "$avg" --output "$weights"
+  : > "$wer_file"
   for searcher in $searchers; do
-    search_args=()
-    case "$searcher" in
-      greedy|*_greedy) ;;
-      *)
-        fused=$lm_path
-        [ "$lm_unit" = word ] && fused=$word_lm_path
-        search_args=(--set "search.beam_size=$beam_size" "search.blank_penalty=$blank_penalty"
-          "search.lm_path=$fused" "search.lm_unit=$lm_unit" "search.lm_weight=$lm_weight") ;;
-    esac
-    # asr decode prints the path of each WER summary it writes
+    set_search_args "$searcher"
+    # asr decode prints the path of each WER summary it writes: <searcher name>/wer-summary-...
     summaries=$(timed "decode $searcher" asr decode --exp-dir "$exp_dir" --checkpoint "$weights" \
       --searcher "$searcher" --parts test-clean "${search_args[@]}")
-    for summary in $summaries; do cat "$summary" >&2; done
+    for summary in $summaries; do
+      cat "$summary" >&2
+      name=$(basename "$(dirname "$summary")")
+      echo "$searcher $name $(awk -F'\t' 'NR == 2 {print $2}' "$summary")" >> "$wer_file"
+    done
   done
 fi
 
@@ -188,9 +214,22 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
   trans=$(find data/LibriSpeech/test-clean -name '*.trans.txt' | sort | head -n 1)
   utt=$(head -n 1 "$trans" | cut -d' ' -f1)
   audio=$(dirname "$trans")/$utt.flac
+  set_search_args "$package_searcher"
+  # the test-clean WER stage 5 measured with this searcher (by the name given or its own name)
+  wer=""
+  [ -f "$wer_file" ] && wer=$(awk -v s="$package_searcher" '$1 == s || $2 == s {w = $3} END {print w}' "$wer_file")
+  wer_args=()
+  if [ -n "$wer" ]; then
+    wer_args=(--wer "test-clean=$wer")
+  else
+    log "stage 6: no test-clean WER of $package_searcher in $wer_file (stage 5 with --searchers" \
+      "including it writes one); the package records none"
+  fi
   timed export asr export-package --exp-dir "$exp_dir" --checkpoint "$weights" \
-    --out "$exp_dir/package" --overwrite
+    --output-dir "$exp_dir/package" --overwrite --searcher "$package_searcher" \
+    "${search_args[@]}" "${wer_args[@]}"
   log "reference:  $(head -n 1 "$trans" | cut -d' ' -f2-)"
+  # the package's own search: $package_searcher with the options and LM it was exported with
   timed transcribe asr transcribe "$audio" --model "$exp_dir/package"
 fi
 log "done (stages $stage..$stop_stage) in $(( $(date +%s) - started )) s"

@@ -1,0 +1,93 @@
+"""Every failure a user can cause on the command line ends in one clear line and a non-zero exit
+status: no traceback, and the line says what is wrong and what to do."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _asr(*args: str, stdin: bytes | None = None) -> tuple[int, list[str]]:
+    """Runs ``asr ARGS`` as a user would; returns the exit status and the ERROR lines."""
+    proc = subprocess.run([sys.executable, "-m", "asr.cli.main", *map(str, args)], input=stdin,
+                          capture_output=True, timeout=120, cwd=REPO)
+    err = proc.stderr.decode()
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, err
+    return proc.returncode, errors
+
+
+@pytest.fixture(scope="module")
+def wav(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("audio") / "tone.wav"
+    t = np.arange(16000) / 16000
+    soundfile.write(path, (0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000)
+    return path
+
+
+def test_a_checkpoint_is_not_a_package(trained, wav):
+    code, [line] = _asr("transcribe", wav, "--model", trained / "checkpoint-8.pt")
+    assert code == 2
+    assert "checkpoint-8.pt is a training checkpoint, not a model package" in line
+    assert f"asr export-package --exp-dir {trained} --checkpoint" in line
+
+
+def test_an_experiment_directory_points_to_its_package(trained, beam_package, wav, tmp_path):
+    code, [line] = _asr("transcribe", wav, "--model", trained)
+    assert code == 2 and "is an experiment directory (asr train), not a model package" in line
+    assert f"--output-dir {trained / 'package'}" in line
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    for name in ("config.yaml", "checkpoint-8.pt"):
+        shutil.copy(trained / name, exp / name)
+    shutil.copytree(beam_package, exp / "package")
+    code, [line] = _asr("serve", "--model", exp, "--port", "0")
+    assert code == 2 and f"its package is {exp / 'package'}" in line
+    code, [line] = _asr("serve", "--model", tmp_path / "nothing", "--port", "0")
+    assert code == 2 and "nothing: no such model package directory" in line
+
+
+def test_a_searcher_that_does_not_stream(beam_package, wav):
+    code, [line] = _asr("transcribe", wav, "--model", beam_package, "--streaming",
+                        "--searcher", "transducer_beam")
+    assert code == 2
+    assert "'transducer_beam' does not stream; streaming searchers of this model: " \
+           "['ctc_greedy', 'transducer_greedy']" in line
+    code, [line] = _asr("serve", "--model", beam_package, "--port", "0", "--searcher", "beam")
+    assert code == 2 and "'transducer_beam' does not stream" in line
+    code, [line] = _asr("transcribe", wav, "--model", beam_package, "--searcher", "nonesuch")
+    assert code == 2 and "unknown searcher 'nonesuch'" in line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_a_gpu(beam_package, wav):
+    for command in (["transcribe", wav], ["serve", "--port", "0"]):
+        code, [line] = _asr(*command, "--model", beam_package, "--device", "cuda")
+        assert code == 2 and "device cuda: no CUDA GPU is available here; use cpu or auto" in line
+
+
+def test_raw_pcm_on_stdin(beam_package):
+    pcm = (np.random.default_rng(0).standard_normal(16000) * 3000).astype("<i2").tobytes()
+    code, [line] = _asr("transcribe", "-", "--model", beam_package, stdin=pcm)
+    assert code == 1
+    assert "<stdin>: cannot decode audio" in line and "raw PCM has no header" in line
+    assert "BytesIO" not in line and "ffmpeg -f s16le" in line
+
+
+def test_an_unexpected_failure_is_one_line(tmp_path):
+    bad = tmp_path / "recipe.yaml"
+    bad.write_text("train: [unclosed\n")
+    proc = subprocess.run([sys.executable, "-m", "asr.cli.main", "train", "--config", str(bad),
+                           "--exp-dir", str(tmp_path / "exp")], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr

@@ -1,0 +1,123 @@
+"""A package carries the search its recipe tuned (searcher, options, LM): decoded through the CLI
+it gives what ``asr decode`` gives with the same settings on the test set."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import asr
+from asr.cli.main import main
+from asr.metrics.wer import compute_wer
+from asr.package import load_package
+
+PART = "test-clean"
+
+
+def _references(corpus: Path) -> dict[str, tuple[Path, str]]:
+    """cut id -> (flac path, transcript) of the tiny corpus's test set."""
+    refs = {}
+    for trans in sorted((corpus / "LibriSpeech" / PART).rglob("*.trans.txt")):
+        for line in trans.read_text().splitlines():
+            utt, text = line.split(" ", 1)
+            refs[utt] = (trans.parent / f"{utt}.flac", text)
+    return refs
+
+
+def _recogs(path: Path) -> dict[str, str]:
+    """utt id -> hypothesis of an ``asr decode`` recogs file."""
+    hyps = {}
+    for line in path.read_text().splitlines():
+        utt, field = line.split(":\t", 1)
+        if field.startswith("hyp="):
+            hyps[utt] = " ".join(eval(field[4:]))  # a Python list of words
+    return hyps
+
+
+@pytest.fixture(scope="module")
+def token_lm(tiny_corpus, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("lm") / "token_3gram.arpa"
+    assert main(["lm", "--transcripts", str(tiny_corpus / "LibriSpeech" / "train-clean-5"),
+                 "--tokenizer-dir", str(tiny_corpus / "lang_char"), "--order", "3",
+                 "--output", str(path)]) == 0
+    return path
+
+
+def test_package_decodes_with_its_own_lm_as_asr_decode(trained, tiny_corpus, token_lm, tmp_path,
+                                                        capsys, caplog):
+    # with these settings the barely trained tiny model says what its LM says: long hypotheses
+    # that only this LM gives
+    settings = ["search.beam_size=3", f"search.lm_path={token_lm}", "search.lm_weight=0.6",
+                "search.blank_penalty=3"]
+    weights = ["--checkpoint", str(trained / "epoch-2.pt")]
+    assert main(["decode", "--exp-dir", str(trained), *weights, "--searcher", "beam",
+                 "--parts", PART, "--set", *settings]) == 0
+    summary = Path(capsys.readouterr().out.split()[0])
+    assert summary.name == f"wer-summary-{PART}-transducer_beam.txt"
+    decode_wer = float(summary.read_text().splitlines()[1].split("\t")[1])
+    decoded = _recogs(summary.parent / f"recogs-{PART}-transducer_beam.txt")
+    assert len(decoded) == 4 and all(len(hyp.split()) >= 3 for hyp in decoded.values()), decoded
+
+    # the package keeps the searcher, the options and a copy of the LM ...
+    lm = tmp_path / "lm.arpa"
+    shutil.copyfile(token_lm, lm)
+    built = tmp_path / "built" / "package"
+    assert main(["export-package", "--exp-dir", str(trained), *weights, "--output-dir", str(built),
+                 "--searcher", "beam", "--set", *[s.replace(str(token_lm), str(lm))
+                                                   for s in settings],
+                 "--wer", f"{PART}={decode_wer}"]) == 0
+    capsys.readouterr()
+    metadata = json.loads((built / "metadata.json").read_text())
+    assert metadata["searcher"] == "transducer_beam"
+    assert metadata["wer"] == {PART: decode_wer}
+    assert "lm/lm.arpa" in metadata["sha256"]
+    # ... so it works moved elsewhere, without the original LM file
+    package = tmp_path / "moved" / "package"
+    shutil.move(str(built.parent), str(package.parent))
+    lm.unlink()
+    loaded = load_package(package)
+    assert loaded.config.search.lm_path == package / "lm" / "lm.arpa"
+    assert (loaded.config.search.beam_size, loaded.config.search.lm_weight) == (3, 0.6)
+
+    refs = _references(tiny_corpus)
+    utts = sorted(refs)
+    code = main(["transcribe", "--model", str(package), "--format", "json",
+                 *[str(refs[u][0]) for u in utts]])
+    assert code == 0
+    texts = [json.loads(line)["text"] for line in capsys.readouterr().out.splitlines()]
+    assert dict(zip(utts, texts)) == decoded
+    cli_wer = 100.0 * compute_wer([refs[u][1] for u in utts], texts, utts).stats.wer
+    assert f"{cli_wer:.2f}" == f"{decode_wer:.2f}"
+
+    # from Python: the package's search by default, changed option by option
+    model = asr.load_model(package, search={"lm_weight": 0.0})
+    assert model.runtime.searcher == "transducer_beam"
+    assert model.runtime.streaming_searcher == "transducer_greedy"
+    assert model.runtime.search.lm_path == package / "lm" / "lm.arpa"
+    assert model.runtime.search.lm_weight == 0.0 and model.runtime.search.beam_size == 3
+    assert asr.load_model(package, searcher="greedy").runtime.searcher == "transducer_greedy"
+
+    # the package's greedy searcher is one option away, and other options can be changed
+    assert main(["transcribe", "--model", str(package), "--searcher", "greedy",
+                 "--set", "search.blank_penalty=0", str(refs[utts[0]][0])]) == 0
+    # streaming: the package's beam search does not stream, so its streaming greedy one does
+    assert main(["transcribe", "--model", str(package), "--streaming", str(refs[utts[0]][0])]) == 0
+    assert main(["transcribe", "--model", str(package), "--set", "search.beam_sz=2",
+                 str(refs[utts[0]][0])]) == 2
+    assert "did you mean 'beam_size'" in caplog.text
+
+
+def test_export_package_rejects_a_missing_lm_and_a_foreign_searcher(trained, tmp_path, caplog):
+    out = str(tmp_path / "pkg")
+    assert main(["export-package", "--exp-dir", str(trained), "--output-dir", out,
+                 "--set", f"search.lm_path={tmp_path / 'none.arpa'}"]) == 1
+    assert "none.arpa: no such LM file" in caplog.text
+    assert main(["export-package", "--exp-dir", str(trained), "--output-dir", out,
+                 "--searcher", "aed_beam"]) == 1
+    assert "aed_beam" in caplog.text
+    assert main(["export-package", "--exp-dir", str(trained), "--output-dir", out,
+                 "--set", "data.max_duration=3"]) == 1
+    assert "only search options" in caplog.text

@@ -1,0 +1,121 @@
+"""The README's "Use it" commands run as written, against a tiny package, so the README cannot
+drift from the code: its fenced blocks are extracted and run with the package, audio file and
+experiment paths substituted (and the server on a free port)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import soundfile
+
+from asr.audio import load_audio
+from asr.testing.serving import stop_process
+from asr.testing.tiny import espeak_available
+
+pytestmark = pytest.mark.skipif(not espeak_available(), reason="needs espeak-ng")
+
+REPO = Path(__file__).resolve().parents[2]
+README_PACKAGE = "egs/mini_tts/ASR/exp/transformer_transducer/package"
+_LISTENING = re.compile(r"serving on http://127\.0\.0\.1:(\d+)")
+#: The commands run in a scratch directory and must import this checkout's asr.
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
+def use_it_blocks() -> list[tuple[str, str]]:
+    """(language, code) of each fenced block of the README's "Use it" section."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Use it\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```(\w+)\n(.*?)```", section, flags=re.S)
+
+
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory, trained):
+    """What the README's placeholders stand for: PKG, EXP and speech.flac."""
+    from asr.testing.packages import trained_tiny_package
+
+    tiny = trained_tiny_package(tmp_path_factory.getbasetemp() / "tiny_models")
+    work = tmp_path_factory.mktemp("readme")
+    soundfile.write(work / "speech.flac", load_audio(tiny.wavs[2]), 16000)
+    return {"package": str(tiny.package_dir), "exp": str(trained), "work": work,
+            "text": tiny.texts[2]}
+
+
+def _substitute(code: str, setting: dict) -> str:
+    code = code.replace(README_PACKAGE, setting["package"])
+    code = re.sub(r"\bPKG\b", setting["package"], code)
+    return re.sub(r"\bEXP\b", setting["exp"], code)
+
+
+def _command(line: str) -> list[str]:
+    """A README shell line as argv: ``asr`` is the console script, ``python`` this interpreter."""
+    argv = shlex.split(line, comments=True)
+    if argv[0] == "asr":
+        return [sys.executable, "-m", "asr.cli.main", *argv[1:]]
+    assert argv[0] == "python", line
+    return [sys.executable, *argv[1:]]
+
+
+def test_the_section_has_every_use(setting):
+    blocks = use_it_blocks()
+    languages = [language for language, _ in blocks]
+    assert languages.count("python") >= 1 and languages.count("bash") >= 2
+    text = " ".join(code for _, code in blocks)
+    for needed in ("asr transcribe", "asr.load_model", ".words", "streaming_recognizer",
+                   "asr serve", "python -m asr.serve.client", "--microphone"):
+        assert needed in text, needed
+
+
+def test_python_blocks(setting):
+    code = "\n".join(_substitute(c, setting) for lang, c in use_it_blocks() if lang == "python")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=setting["work"], env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith(f"{setting['text']} [('OPEN', ")  # words with start / end times
+    assert setting["text"] in " ".join(lines[1:])                # streaming
+    assert "Word(text='DOOR'" in lines[-1]
+
+
+def test_shell_blocks(setting):
+    server = None
+    try:
+        for language, code in use_it_blocks():
+            if language != "bash":
+                continue
+            for line in _substitute(code, setting).splitlines():
+                argv = _command(line)
+                if argv[3:4] == ["serve"]:  # runs until stopped: on a free port, in the background
+                    server = subprocess.Popen(argv + ["--port", "0"], cwd=setting["work"],
+                                              env=ENV, stdout=subprocess.PIPE,
+                                              stderr=subprocess.STDOUT, text=True)
+                    port = _wait_listening(server)
+                    page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30).read()
+                    assert b"<html" in page.lower()
+                    continue
+                if "asr.serve.client" in argv:
+                    argv += ["--server", f"ws://127.0.0.1:{port}"]
+                proc = subprocess.run(argv, cwd=setting["work"], env=ENV, capture_output=True,
+                                      text=True, timeout=300)
+                assert proc.returncode == 0, (line, proc.stderr)
+                if "decode" not in argv:
+                    assert setting["text"] in proc.stdout, (line, proc.stdout)
+        assert server is not None
+    finally:
+        if server is not None:
+            stop_process(server)
+
+
+def _wait_listening(server: subprocess.Popen) -> int:
+    for line in server.stdout:
+        match = _LISTENING.search(line)
+        if match:
+            return int(match.group(1))
+    raise AssertionError("asr serve did not start")
