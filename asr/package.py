@@ -298,6 +298,12 @@ def load_package(directory: str | Path, verify: bool = True) -> ModelPackage:
 # --------------------------------------------------------------------------------- writing
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _last_wer(checkpoint: Mapping[str, Any]) -> dict[str, float]:
     history = (checkpoint.get("progress") or {}).get("history") or []
     for record in reversed(history):
@@ -402,6 +408,7 @@ def export_package(
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would hide the package from other users
     try:
         save_weights(model.state_dict(), tmp / WEIGHTS_FILE, {"format": "pt"})
         tokenizer.save(tmp / TOKENIZER_DIR)

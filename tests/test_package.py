@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,13 @@ def test_cli_export_package_old_out_option_still_works(exp_dir, tmp_path, caplog
     assert "--out is deprecated; use --output-dir" in caplog.text
     assert main(["export-package", "--exp-dir", str(exp_dir)]) == 2
     assert "--output-dir PKG is required" in caplog.text
+
+
+def test_package_directory_follows_the_umask(exp_dir, tmp_path):
+    old = os.umask(0o022)
+    try:
+        export_package(exp_dir, tmp_path / "pkg")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "pkg").stat().st_mode & 0o777 == 0o755
+
