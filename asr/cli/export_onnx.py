@@ -4,7 +4,9 @@ Offline transducer (default for a transducer package): ``encoder.onnx``, ``decod
 ``joiner.onnx`` and ``tokens.txt`` for ``sherpa_onnx.OfflineRecognizer.from_transducer``;
 ``--streaming``: the encoder chunk by chunk for ``sherpa_onnx.OnlineRecognizer.from_transducer``
 (the package must stream); ``--head ctc``: ``model.onnx`` for
-``OfflineRecognizer.from_zipformer_ctc``; ``--int8``: ``*.int8.onnx`` as well. Every graph is
+``OfflineRecognizer.from_zipformer_ctc``; a TDT transducer: sherpa-onnx's NeMo transducer layout
+(``from_transducer(..., model_type="nemo_transducer")``, offline; it computes other features: see
+docs/ONNX.md); ``--int8``: ``*.int8.onnx`` as well. Every graph is
 checked against PyTorch before the directory is written (:mod:`asr.export.sherpa`).
 """
 

@@ -225,3 +225,86 @@ class StreamingEncoder(nn.Module):
             new_states += [layer_state.key, layer_state.value, new_conv, fusion]
         hidden = self.projection(encoder.final_norm(hidden))
         return (hidden, *new_states, processed_lens + self.chunk_size)
+
+
+# ----------------------------------------------------------------------------- NeMo path (TDT)
+#
+# sherpa-onnx runs TDT models only through its NeMo transducer implementation, whose contract
+# differs from the icefall one above: features and encoder frames are channel-first, the blank is
+# the LAST id, the decoder takes int32 ids and two float state tensors shaped like an LSTM's
+# (layers, N, hidden) which it zero-fills and carries, and the joiner's duration logits are read
+# by argmax, the index itself being the number of frames to skip. Our blank is 0, so ids are
+# rotated by one (ours = nemo + 1, nemo's last id = our blank), and our stateless predictor's
+# context (its last ``context_size - 1`` tokens, our ids) travels as floats in the first state
+# tensor; zeros are our start context (blank). The second state is a 1-wide pass-through.
+
+
+class NemoEncoder(nn.Module):
+    """``audio_signal (N, F, T), length (N,) int64 -> outputs (N, J, T'), encoded_lengths``."""
+
+    def __init__(self, encoder: ChunkedEncoder, projection: nn.Module) -> None:
+        super().__init__()
+        self.offline = OfflineEncoder(encoder, projection)
+
+    def forward(self, audio_signal: Tensor, length: Tensor) -> tuple[Tensor, Tensor]:
+        enc, enc_lens = self.offline(audio_signal.transpose(1, 2), length)
+        return enc.transpose(1, 2), enc_lens
+
+
+def nemo_state_width(context_size: int) -> int:
+    """``pred_hidden`` of the NeMo-path decoder: the context ids carried (at least 1)."""
+    return max(context_size - 1, 1)
+
+
+class NemoDecoder(nn.Module):
+    """Stateless predictor behind the NeMo decoder contract (see above).
+
+    ``targets (N, 1) int32, target_length (N,) int32, states_0 (1, N, S), states_1 (1, N, 1)
+    -> decoder_out (N, J, 1), target_length, states_0, states_1`` with ``S`` =
+    :func:`nemo_state_width`.
+    """
+
+    def __init__(self, head: TransducerHead) -> None:
+        super().__init__()
+        self.decoder = Decoder(head)
+        self.vocab_size = head.vocab_size
+
+    def forward(self, targets: Tensor, target_length: Tensor, states_0: Tensor,
+                states_1: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        nemo = targets.to(torch.int64)
+        ours = torch.where(nemo == self.vocab_size - 1, torch.zeros_like(nemo), nemo + 1)
+        keep = self.decoder.context_size - 1
+        if keep > 0:
+            history = torch.cat([states_0[0].round().to(torch.int64), ours], dim=1)
+            new_states_0 = history[:, 1:].to(states_0.dtype)[None]
+        else:
+            history, new_states_0 = ours, states_0 * 1.0
+        out = self.decoder(history)  # (N, J)
+        return out[:, :, None], target_length * 1, new_states_0, states_1 * 1.0
+
+
+class NemoJoiner(nn.Module):
+    """``encoder_out (N, J, 1), decoder_out (N, J, 1) -> logits (N, V + D)``: token logits with
+    blank moved last, then one logit per skip 0..D-1 (``-1e4`` for skips the model lacks)."""
+
+    #: Logit of a skip the model does not predict.
+    MISSING = -1e4
+
+    def __init__(self, head: TransducerHead) -> None:
+        super().__init__()
+        self.joiner = head.joiner
+        self.vocab_size = head.vocab_size
+        durations = list(head.durations)
+        index = torch.full((max(durations) + 1,), -1, dtype=torch.int64)
+        for k, d in enumerate(durations):
+            index[d] = k
+        self.register_buffer("duration_index", index.clamp(min=0), persistent=False)
+        self.register_buffer("duration_missing", index < 0, persistent=False)
+
+    def forward(self, encoder_out: Tensor, decoder_out: Tensor) -> Tensor:
+        logits = self.joiner.join(encoder_out[:, :, 0], decoder_out[:, :, 0])
+        vocab = self.vocab_size
+        tokens = torch.cat([logits[:, 1:vocab], logits[:, :1]], dim=1)
+        durations = logits[:, vocab:].index_select(1, self.duration_index)
+        durations = durations.masked_fill(self.duration_missing, self.MISSING)
+        return torch.cat([tokens, durations], dim=1)

@@ -10,6 +10,8 @@ transducer, offline    ``encoder.onnx decoder.onnx joiner.onnx``     ``OfflineRe
 transducer, streaming  the same, ``encoder.onnx`` chunk by chunk     ``OnlineRecognizer.from_transducer``
                        (``ebranchformer`` state layout)
 CTC, offline           ``model.onnx``                                ``OfflineRecognizer.from_zipformer_ctc``
+TDT, offline           ``encoder.onnx decoder.onnx joiner.onnx``     ``OfflineRecognizer.from_transducer``
+                       (NeMo transducer layout, blank last)          (``model_type="nemo_transducer"``)
 =====================  ============================================  ==================================
 
 plus ``tokens.txt`` (``piece id``, blank ``<blk>`` at 0), ``*.int8.onnx`` with ``int8=True``
@@ -30,7 +32,10 @@ reported, not gated (quantization changes the numbers by design; measure its WER
 **Features.** sherpa-onnx computes its own features (Kaldi fbank, Povey window, 25/10 ms,
 low 20 Hz, high -400 Hz, no dither, no snip_edges, samples in [-1, 1]); the package's
 ``data.fbank`` must be those options (the defaults of :class:`asr.features.fbank.FbankConfig`),
-or the export fails naming the field. Global CMVN is inside the encoder graph.
+or the export fails naming the field. Global CMVN is inside the encoder graph. TDT models go
+through sherpa-onnx's NeMo path, which imposes its own front end (librosa-style mel filters,
+low 0 Hz, no DC removal): they export, with a warning recorded in ``export.json``; measure their
+WER through sherpa-onnx (docs/ONNX.md has what it cost the tiny model).
 
 Example:
     >>> report = export_onnx("pkg", "pkg-onnx", streaming=True, int8=True)
@@ -64,9 +69,13 @@ from asr.export.graphs import (
     CtcModel,
     Decoder,
     Joiner,
+    NemoDecoder,
+    NemoEncoder,
+    NemoJoiner,
     OfflineEncoder,
     StreamingEncoder,
     chunk_frames,
+    nemo_state_width,
 )
 from asr.features.fbank import FbankConfig, compute_fbank
 from asr.heads.ctc import CTCHead
@@ -134,10 +143,12 @@ class ExportReport:
     checks: list[str] = field(default_factory=list)
     metadata: dict[str, dict[str, str]] = field(default_factory=dict)
     loader: str = ""
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         lines = [f"{self.out_dir}: {self.layout} ({self.head} head): {', '.join(self.files)}"]
         lines += [f"  check {line}" for line in self.checks]
+        lines += [f"  note: {line}" for line in self.notes]
         lines.append(f"  load with: {self.loader}")
         return "\n".join(lines)
 
@@ -176,15 +187,15 @@ def _choose_head(model: ASRModel, head: str | None, streaming: bool) -> str:
             f"the {head} head has no sherpa-onnx layout (sherpa-onnx runs transducers and CTC "
             "models of its own families; its AED and Paraformer loaders expect other networks "
             "and front ends): export a transducer or CTC head")
-    if kind == "tdt":
+    if kind == "tdt" and streaming:
         raise OnnxExportError(
-            "the transducer head is TDT: its sherpa-onnx path (NeMo transducer) is not exported "
-            "yet; export the ctc head (--head ctc) if the package has one")
+            "--streaming: sherpa-onnx streams NeMo-style transducers without their durations, "
+            "so a TDT head exports offline only")
     if kind == "ctc" and streaming:
         raise OnnxExportError(
             "--streaming: sherpa-onnx has no streaming CTC layout for Kaldi-fbank models of our "
             "kind; stream through a transducer head")
-    if kind == "rnnt":
+    if kind in ("rnnt", "tdt"):
         predictor = model.heads[head].predictor
         if not isinstance(predictor, StatelessPredictor):
             raise OnnxExportError(
@@ -216,7 +227,7 @@ def export_onnx(
         streaming: the streaming transducer layout (the package must stream).
         int8: also write dynamically quantized ``*.int8.onnx`` graphs.
         opset: ONNX opset.
-        head: ``transducer`` or ``ctc`` (default: the first trained one of the package).
+        head: ``transducer`` (RNN-T or TDT) or ``ctc`` (default: the first trained one).
         force: replace an existing ``out_dir``.
         chunk_size, left_chunks: streaming chunking (default: the package's).
 
@@ -231,11 +242,12 @@ def export_onnx(
         package = load_package(package_dir)
     except PackageError as err:
         raise OnnxExportError(str(err)) from err
-    problem = sherpa_fbank_problem(package.config.data.fbank)
-    if problem is not None:
-        raise OnnxExportError(f"{package_dir}: {problem}")
     model = package.build_model("cpu")
     head = _choose_head(model, head, streaming)
+    if model.head_kinds()[head] != "tdt":
+        problem = sherpa_fbank_problem(package.config.data.fbank)
+        if problem is not None:
+            raise OnnxExportError(f"{package_dir}: {problem}")
     if streaming:
         chunk_size = package.config.encoder.chunk_size if chunk_size is None else chunk_size
         left_chunks = package.config.encoder.left_chunks if left_chunks is None else left_chunks
@@ -256,13 +268,15 @@ def export_onnx(
     try:
         if model.head_kinds()[head] == "ctc":
             report = _export_ctc(model, package, head, tmp, opset)
+        elif model.head_kinds()[head] == "tdt":
+            report = _export_tdt(model, package, head, tmp, opset)
         elif streaming:
             report = _export_transducer(model, package, head, tmp, opset, (chunk_size, left_chunks))
         else:
             report = _export_transducer(model, package, head, tmp, opset, None)
         if int8:
             _quantize_all(report, tmp)
-        _write_tokens(package, tmp / _TOKENS)
+        _write_tokens(package, tmp / _TOKENS, blank_last=report.layout == "tdt")
         report.files = sorted(p.name for p in tmp.iterdir()) + [_REPORT]
         report.out_dir = out_dir
         _write_report(report, package, tmp / _REPORT)
@@ -380,6 +394,79 @@ def _export_ctc(
     report.loader = ("sherpa_onnx.OfflineRecognizer.from_zipformer_ctc(model='model.onnx', "
                      f"tokens='tokens.txt', feature_dim={package.config.data.fbank.num_mel_bins})")
     return report
+
+
+def _export_tdt(
+    model: ASRModel, package: ModelPackage, head_name: str, out: Path, opset: int
+) -> ExportReport:
+    """sherpa-onnx's NeMo transducer layout (graphs.NemoEncoder/NemoDecoder/NemoJoiner)."""
+    head: TransducerHead = model.heads[head_name]
+    encoder: ChunkedEncoder = model.encoder
+    vocab = head.vocab_size
+    joiner_dim = head.joiner.encoder_proj.out_features
+    width = nemo_state_width(head.predictor.context_size)
+    report = ExportReport(out, "tdt", head_name)
+    fbank = package.config.data.fbank
+    mismatch = nemo_fbank_mismatch(fbank)
+    logger.warning("TDT through sherpa-onnx's NeMo path: %s", mismatch)
+    report.notes.append(mismatch)
+
+    meta = _base_metadata(package, "EncDecRNNTBPEModel")
+    meta.update({
+        # the NeMo loader's keys: vocab_size WITHOUT blank; "tdt" in url switches durations on
+        "vocab_size": str(vocab - 1), "normalize_type": "", "pred_rnn_layers": "1",
+        "pred_hidden": str(width), "feat_dim": str(fbank.num_mel_bins),
+        "url": "asr-export-tdt", "durations": ",".join(map(str, head.durations)),
+        "chunk_size": str(encoder.cfg.chunk_size), "left_chunks": str(encoder.cfg.left_chunks),
+    })
+    wrapper = NemoEncoder(encoder, head.joiner.encoder_proj).eval()
+    x, x_lens = torch.randn(2, fbank.num_mel_bins, 103), torch.tensor([103, 71])
+    _torch_export(wrapper, (x, x_lens), out / "encoder.onnx", ["audio_signal", "length"],
+                  ["outputs", "encoded_lengths"],
+                  {"audio_signal": {0: "N", 2: "T"}, "length": {0: "N"},
+                   "outputs": {0: "N", 2: "T_out"}, "encoded_lengths": {0: "N"}}, opset)
+    _add_metadata(out / "encoder.onnx", meta)
+    report.metadata["encoder.onnx"] = meta
+    report.checks.append(_check_offline(
+        out / "encoder.onnx", ["audio_signal", "length"], ["outputs", "encoded_lengths"],
+        lambda x, n: _project(encoder(x, n), head.joiner.encoder_proj), fbank,
+        channels_first=True, pad_value=0.0))
+
+    decoder = NemoDecoder(head).eval()
+    dec_in = ["targets", "target_length", "states_0", "states_1"]
+    dec_out = ["decoder_out", "decoder_out_length", "next_states_0", "next_states_1"]
+    args = (torch.tensor([[vocab - 1], [1]], dtype=torch.int32), torch.ones(2, dtype=torch.int32),
+            torch.zeros(1, 2, width), torch.zeros(1, 2, 1))
+    _torch_export(decoder, args, out / "decoder.onnx", dec_in, dec_out,
+                  {"targets": {0: "N"}, "target_length": {0: "N"}, "states_0": {1: "N"},
+                   "states_1": {1: "N"}, "decoder_out": {0: "N"}, "decoder_out_length": {0: "N"},
+                   "next_states_0": {1: "N"}, "next_states_1": {1: "N"}}, opset)
+    dec_meta = {"vocab_size": str(vocab - 1), "context_size": str(head.predictor.context_size)}
+    _add_metadata(out / "decoder.onnx", dec_meta)
+    report.metadata["decoder.onnx"] = dec_meta
+    report.checks.append(_check_nemo_decoder(out / "decoder.onnx", head, width))
+
+    joiner = NemoJoiner(head).eval()
+    _torch_export(joiner, (torch.randn(2, joiner_dim, 1), torch.randn(2, joiner_dim, 1)),
+                  out / "joiner.onnx", ["encoder_out", "decoder_out"], ["logits"],
+                  {"encoder_out": {0: "N"}, "decoder_out": {0: "N"}, "logits": {0: "N"}}, opset)
+    join_meta = {"joiner_dim": str(joiner_dim), "num_durations": str(max(head.durations) + 1)}
+    _add_metadata(out / "joiner.onnx", join_meta)
+    report.metadata["joiner.onnx"] = join_meta
+    report.checks.append(_check_nemo_joiner(out / "joiner.onnx", head, joiner_dim))
+    report.loader = (
+        "sherpa_onnx.OfflineRecognizer.from_transducer(encoder='encoder.onnx', "
+        "decoder='decoder.onnx', joiner='joiner.onnx', tokens='tokens.txt', "
+        "model_type='nemo_transducer')")
+    return report
+
+
+def nemo_fbank_mismatch(fbank: FbankConfig) -> str:
+    """How sherpa-onnx's NeMo-path front end differs from ``fbank``."""
+    return ("sherpa-onnx computes NeMo-path features for it (librosa-style mel filters, "
+            f"low_freq 0 Hz, no DC removal), the model was trained on Kaldi fbank (low_freq "
+            f"{fbank.low_freq:g} Hz, remove_dc_offset {fbank.remove_dc_offset}): measure the WER "
+            "through sherpa-onnx before relying on it")
 
 
 def _project(outputs: tuple[Tensor, Tensor], projection: nn.Module) -> tuple[Tensor, Tensor]:
@@ -518,20 +605,24 @@ def _check_features(fbank: FbankConfig, lengths: Sequence[int], seed: int = 0) -
     return feats
 
 
-def _padded(feats: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+def _padded(feats: Sequence[Tensor], pad_value: float = PAD_VALUE) -> tuple[Tensor, Tensor]:
     lens = torch.tensor([f.shape[0] for f in feats], dtype=torch.int64)
-    x = torch.nn.utils.rnn.pad_sequence(list(feats), batch_first=True, padding_value=PAD_VALUE)
+    x = torch.nn.utils.rnn.pad_sequence(list(feats), batch_first=True, padding_value=pad_value)
     return x, lens
 
 
 @torch.no_grad()
-def _check_offline(path: Path, in_names, out_names, reference, fbank: FbankConfig) -> str:
+def _check_offline(path: Path, in_names, out_names, reference, fbank: FbankConfig,
+                   channels_first: bool = False, pad_value: float = PAD_VALUE) -> str:
     session = _session(path)
     _check_io(session, path, [(in_names[0], "tensor(float)"), (in_names[1], "tensor(int64)")],
               [(out_names[0], "tensor(float)"), (out_names[1], "tensor(int64)")])
     lengths = (211, 150, 57)
-    x, x_lens = _padded(_check_features(fbank, lengths))
-    got, got_lens = session.run(None, {in_names[0]: x.numpy(), in_names[1]: x_lens.numpy()})
+    x, x_lens = _padded(_check_features(fbank, lengths), pad_value)
+    feed_x = x.transpose(1, 2).contiguous() if channels_first else x
+    got, got_lens = session.run(None, {in_names[0]: feed_x.numpy(), in_names[1]: x_lens.numpy()})
+    if channels_first:
+        got = got.transpose(0, 2, 1)
     worst = 0.0
     for b in range(len(lengths)):  # each utterance alone in PyTorch: padding must not matter
         want, want_lens = reference(x[b: b + 1, : lengths[b]], x_lens[b: b + 1])
@@ -541,7 +632,7 @@ def _check_offline(path: Path, in_names, out_names, reference, fbank: FbankConfi
                                   f"PyTorch {n}")
         worst = max(worst, _compare(path, out_names[0], got[b, :n], want[0, :n]))
     return (f"{path.name}: batch of {len(lengths)} (frames {list(lengths)}, padded with "
-            f"{PAD_VALUE:.2f}) vs PyTorch alone: max |diff| {worst:.2e}")
+            f"{pad_value:.2f}) vs PyTorch alone: max |diff| {worst:.2e}")
 
 
 @torch.no_grad()
@@ -581,6 +672,56 @@ def _check_joiner(path: Path, head: TransducerHead, joiner_dim: int, vocab: int)
         raise OnnxExportError(f"{path.name}: logit has {got.shape[-1]} columns, vocab_size {vocab}")
     worst = _compare(path, "logit", got, head.joiner.join(enc, dec))
     return f"{path.name}: 5 frames: max |diff| {worst:.2e}"
+
+
+@torch.no_grad()
+def _check_nemo_decoder(path: Path, head: TransducerHead, width: int) -> str:
+    """sherpa's first call (nemo blank, zero states), then token after token with the states
+    carried, against our predictor's steps."""
+    session = _session(path)
+    names = ["targets", "target_length", "states_0", "states_1"]
+    _check_io(session, path, list(zip(names, ["tensor(int32)"] * 2 + ["tensor(float)"] * 2)),
+              list(zip(["decoder_out", "decoder_out_length", "next_states_0", "next_states_1"],
+                       ["tensor(float)", "tensor(int32)", "tensor(float)", "tensor(float)"])))
+    vocab = head.vocab_size
+    generator = torch.Generator().manual_seed(0)
+    ours = [0] + torch.randint(0, vocab, (7,), generator=generator).tolist()  # blank, 7 tokens
+    batch = 2  # two rows in step: the second row runs the same ids shifted by one
+    state = head.predictor.init_state(batch, "cpu")
+    states = [np.zeros((1, batch, width), np.float32), np.zeros((1, batch, 1), np.float32)]
+    worst = 0.0
+    for step in range(len(ours) - 1):
+        ids = torch.tensor([ours[step], ours[step + 1] if step else 0])
+        nemo = torch.where(ids == 0, vocab - 1, ids - 1).to(torch.int32)[:, None]
+        got = session.run(None, {"targets": nemo.numpy(),
+                                 "target_length": np.ones(batch, np.int32),
+                                 "states_0": states[0], "states_1": states[1]})
+        pred, state = head.predictor.step(ids, state)
+        want = head.joiner.project_predictor(pred)
+        worst = max(worst, _compare(path, f"decoder_out (step {step})", got[0][:, :, 0], want))
+        states = got[2:]
+    return (f"{path.name}: {len(ours) - 1} steps of 2 rows, states carried, blank mapped from "
+            f"the last id: max |diff| {worst:.2e}")
+
+
+@torch.no_grad()
+def _check_nemo_joiner(path: Path, head: TransducerHead, joiner_dim: int) -> str:
+    session = _session(path)
+    _check_io(session, path, [("encoder_out", "tensor(float)"), ("decoder_out", "tensor(float)")],
+              [("logits", "tensor(float)")])
+    generator = torch.Generator().manual_seed(0)
+    enc = torch.randn(5, joiner_dim, generator=generator)
+    dec = torch.randn(5, joiner_dim, generator=generator)
+    (got,) = session.run(None, {"encoder_out": enc[:, :, None].numpy(),
+                                "decoder_out": dec[:, :, None].numpy()})
+    logits = head.joiner.join(enc, dec)
+    vocab = head.vocab_size
+    worst = _compare(path, "token logits (blank last)", got[:, :vocab],
+                     torch.cat([logits[:, 1:vocab], logits[:, :1]], dim=1))
+    for k, duration in enumerate(head.durations):
+        worst = max(worst, _compare(path, f"logit of skip {duration}", got[:, vocab + duration],
+                                    logits[:, vocab + k]))
+    return f"{path.name}: 5 frames, blank last, durations by skip: max |diff| {worst:.2e}"
 
 
 @torch.no_grad()
@@ -675,14 +816,15 @@ def _check_int8(source: Path, target: Path) -> str:
     _check_io(int8, target, want, [(o.name, o.type) for o in fp32.get_outputs()])
     feed = {}
     rng = np.random.default_rng(0)
+    lengths = {"x_lens": 63, "length": 63, "target_length": 1}
     for inp in fp32.get_inputs():
-        shape = [d if isinstance(d, int) else (2 if i == 0 else 63)
-                 for i, d in enumerate(inp.shape)]
-        if inp.type == "tensor(int64)":
-            high = 2 if inp.name in ("y",) else 64
-            feed[inp.name] = rng.integers(0, high, size=shape).astype(np.int64)
-            if inp.name == "x_lens":
-                feed[inp.name] = np.full(shape, 63, dtype=np.int64)
+        shape = [d if isinstance(d, int) else (2 if d == "N" else 63) for d in inp.shape]
+        if inp.type in ("tensor(int64)", "tensor(int32)"):
+            dtype = np.int64 if inp.type == "tensor(int64)" else np.int32
+            if inp.name in lengths:
+                feed[inp.name] = np.full(shape, lengths[inp.name], dtype=dtype)
+            else:  # token ids, processed_lens
+                feed[inp.name] = rng.integers(0, 2, size=shape).astype(dtype)
         else:
             feed[inp.name] = rng.standard_normal(shape).astype(np.float32)
     a, b = fp32.run(None, feed)[0], int8.run(None, feed)[0]
@@ -693,9 +835,12 @@ def _check_int8(source: Path, target: Path) -> str:
             f"{float(np.abs(a - b).max()):.2e} on random inputs, {size:.0%} of its size")
 
 
-def _write_tokens(package: ModelPackage, path: Path) -> None:
+def _write_tokens(package: ModelPackage, path: Path, blank_last: bool = False) -> None:
+    """``piece id`` lines; ``blank_last``: the NeMo path's ids (ours - 1, blank last)."""
     tokenizer = package.tokenizer
     pieces = [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)]
+    if blank_last:
+        pieces = pieces[1:] + pieces[:1]
     path.write_text("".join(f"{p} {i}\n" for i, p in enumerate(pieces)), encoding="utf-8")
 
 
@@ -711,6 +856,7 @@ def _write_report(report: ExportReport, package: ModelPackage, path: Path) -> No
                      "samples": "float in [-1, 1]"},
         "tolerance": {"atol": ATOL, "rtol": RTOL},
         "checks": report.checks,
+        "notes": report.notes,
         "metadata": report.metadata,
     }
     path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n",

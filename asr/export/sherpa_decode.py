@@ -51,7 +51,8 @@ class SherpaRecognizer:
 
     Args:
         recognizer: ``sherpa_onnx.OfflineRecognizer`` or ``OnlineRecognizer``.
-        layout: ``transducer``, ``streaming_transducer`` (an online recognizer) or ``ctc``.
+        layout: ``transducer``, ``streaming_transducer`` (an online recognizer), ``ctc`` or
+            ``tdt``.
         pieces: the tokens.txt pieces in id order.
         sample_rate: the model's sample rate.
         tail_seconds: silence appended to each streaming input before ``input_finished``.
@@ -64,7 +65,9 @@ class SherpaRecognizer:
         self.streaming = layout == "streaming_transducer"
         self.sample_rate = sample_rate
         self.tail_seconds = tail_seconds
-        self._ids = {piece: i for i, piece in enumerate(pieces)}
+        # the NeMo layout (TDT) numbers tokens one below ours, blank last
+        shift = 1 if layout == "tdt" else 0
+        self._ids = {piece: (i + shift) % len(pieces) for i, piece in enumerate(pieces)}
 
     def token_ids(self, tokens: Sequence[str]) -> tuple[int, ...]:
         """sherpa-onnx's result tokens (a leading ``▁`` shown as a space) -> ids."""
@@ -152,7 +155,8 @@ def load_recognizer(
     else:
         recognizer = sherpa_onnx.OfflineRecognizer.from_transducer(
             encoder=str(files["encoder"]), decoder=str(files["decoder"]),
-            joiner=str(files["joiner"]), **common)
+            joiner=str(files["joiner"]),
+            model_type="nemo_transducer" if layout == "tdt" else "transducer", **common)
     pieces = [line.split()[0] for line in
               (onnx_dir / "tokens.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
     return SherpaRecognizer(recognizer, layout, pieces, common["sample_rate"], tail_seconds)

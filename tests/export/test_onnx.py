@@ -286,3 +286,76 @@ def test_cli_and_clear_errors(tmp_path, capsys, caplog):
     with pytest.raises(OnnxExportError, match="not a streaming model"):
         export_onnx(full_context, tmp_path / "x", streaming=True)
     assert not (tmp_path / "x").exists()
+
+
+def _nemo_features(wave: np.ndarray) -> torch.Tensor:
+    """The features sherpa-onnx computes on its NeMo transducer path (kaldi-native-fbank with
+    librosa-style mel filters, low 0 Hz, no DC removal; the other options as the icefall path)."""
+    opts = knf.FbankOptions()
+    opts.frame_opts.dither = 0.0
+    opts.frame_opts.snip_edges = False
+    opts.frame_opts.samp_freq = RATE
+    opts.frame_opts.remove_dc_offset = False
+    opts.mel_opts.num_bins = 80
+    opts.mel_opts.low_freq = 0.0
+    opts.mel_opts.high_freq = -400.0
+    opts.mel_opts.is_librosa = True
+    fbank = knf.OnlineFbank(opts)
+    fbank.accept_waveform(RATE, wave.tolist())
+    fbank.input_finished()
+    return torch.from_numpy(np.stack([fbank.get_frame(i) for i in range(fbank.num_frames_ready)]))
+
+
+def _tdt_tokens_equal(package: Path, out: Path, waves) -> tuple[int, list, list]:
+    """sherpa-onnx's NeMo-path TDT greedy search vs ours (at most 5 symbols per frame, as
+    sherpa's) on the features sherpa computes there."""
+    report = export_onnx(package, out)
+    assert report.layout == "tdt" and "librosa" in report.notes[0]
+    assert (out / "tokens.txt").read_text().splitlines()[-1].startswith("<blk> ")
+    recognizer = sherpa_onnx.OfflineRecognizer.from_transducer(
+        encoder=str(out / "encoder.onnx"), decoder=str(out / "decoder.onnx"),
+        joiner=str(out / "joiner.onnx"), tokens=str(out / "tokens.txt"), num_threads=1,
+        model_type="nemo_transducer")
+    streams = []
+    for wave in waves:
+        stream = recognizer.create_stream()
+        stream.accept_waveform(RATE, wave)
+        streams.append(stream)
+    recognizer.decode_streams(streams)
+    pieces = (out / "tokens.txt").read_text(encoding="utf-8").splitlines()
+    nemo_ids = {line.split()[0]: int(line.split()[1]) for line in pieces}
+    theirs = [tuple(nemo_ids["\u2581" + t[1:] if t.startswith(" ") else t] + 1
+                    for t in s.result.tokens) for s in streams]  # our ids = NeMo's + 1
+    runtime = load_model(package, searcher="tdt_greedy",
+                         search=SearchConfig(max_symbols_per_frame=5)).runtime
+    searcher = runtime.build_searcher()
+    ours = []
+    with torch.no_grad():
+        for wave in waves:
+            feats = _nemo_features(wave)
+            enc, lens = runtime.model.encode(feats[None], torch.tensor([feats.shape[0]]))
+            ours.append(tuple(searcher(enc, lens)[0][0].tokens))
+    return _report("TDT (NeMo path)", ours, theirs), ours, theirs
+
+
+def test_tdt_through_sherpa_onnx_nemo_path(tmp_path, utterances):
+    """Blank last, durations as the argmax index, the stateless context carried in the decoder
+    states: with the features of that path, sherpa-onnx decodes what our TDT search decodes. A
+    random model emits many tokens with varied durations, which exercises every part of it."""
+    package = random_package(tmp_path / "tdt", head="tdt", seed=3)
+    same, ours, _ = _tdt_tokens_equal(package, tmp_path / "onnx", utterances[:8])
+    assert sum(map(len, ours)) > 50 * len(ours) and same == 8
+
+
+@pytest.mark.slow
+def test_trained_tdt_through_sherpa_onnx_and_its_feature_cost(tiny, tmp_path, utterances):
+    """A TDT trained on Kaldi fbank: the NeMo path decodes what our search decodes on that
+    path's features, and those features cost it (measured: the tiny model says nothing)."""
+    from asr.testing.packages import trained_tiny_package
+
+    tdt = trained_tiny_package(tmp_path / "models", head="tdt")
+    same, _, theirs = _tdt_tokens_equal(tdt.package_dir, tmp_path / "onnx", utterances)
+    assert same == len(utterances)
+    ours_kaldi = [r.token_ids for r in load_model(tdt.package_dir).transcribe(utterances)]
+    print(f"TDT: {sum(map(len, ours_kaldi))} tokens from our runtime (Kaldi fbank), "
+          f"{sum(map(len, theirs))} from sherpa-onnx (NeMo-path features)")

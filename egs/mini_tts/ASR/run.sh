@@ -211,7 +211,7 @@ if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
     for int8 in "" --int8; do
       # asr decode-onnx prints the path of each WER summary it writes
       # shellcheck disable=SC2086
-      summaries=$(timed "sherpa-onnx decode $(basename "$dir")$int8" asr decode-onnx \
+      summaries=$(timed "sherpa-onnx decode $(basename "$dir")${int8:+ int8}" asr decode-onnx \
         --onnx-dir "$dir" $int8 --manifest-dir data/fbank --parts test-clean --num-threads 2)
       for summary in $summaries; do cat "$summary" >&2; done
     done
