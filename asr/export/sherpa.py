@@ -260,7 +260,8 @@ def export_onnx(
         import onnxruntime  # noqa: F401
     except ImportError as err:
         raise OnnxExportError(
-            f"ONNX export needs the onnx and onnxruntime packages ({err}); pip install -e .[dev]"
+            f"ONNX export needs the onnx and onnxruntime packages ({err}): "
+            "pip install -e '.[onnx]'"
         ) from err
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -491,11 +492,15 @@ def _torch_export(
     as declared (checked afterwards anyway)."""
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module, args, str(path), input_names=list(inputs), output_names=list(outputs),
-            dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False,
-            do_constant_folding=True,
-        )
+        try:
+            torch.onnx.export(
+                module, args, str(path), input_names=list(inputs), output_names=list(outputs),
+                dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False,
+                do_constant_folding=True,
+            )
+        except Exception as err:  # the exporter raises many kinds; name the graph and opset
+            raise OnnxExportError(
+                f"{path.name}: torch.onnx.export (opset {opset}) failed: {err}") from err
 
 
 def _export_offline_encoder(
