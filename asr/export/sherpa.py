@@ -33,9 +33,10 @@ reported, not gated (quantization changes the numbers by design; measure its WER
 low 20 Hz, high -400 Hz, no dither, no snip_edges, samples in [-1, 1]); the package's
 ``data.fbank`` must be those options (the defaults of :class:`asr.features.fbank.FbankConfig`),
 or the export fails naming the field. Global CMVN is inside the encoder graph. TDT models go
-through sherpa-onnx's NeMo path, which imposes its own front end (librosa-style mel filters,
-low 0 Hz, no DC removal): they export, with a warning recorded in ``export.json``; measure their
-WER through sherpa-onnx (docs/ONNX.md has what it cost the tiny model).
+through sherpa-onnx's NeMo path, which imposes its own front end (:data:`SHERPA_NEMO_FBANK`:
+librosa-style mel filters, low 0 Hz, no DC removal; ``data.fbank.mel_filters: librosa`` trains
+on it); a TDT trained on other features still exports, with a warning in ``export.json``
+(docs/ONNX.md has what that cost the tiny model).
 
 Example:
     >>> report = export_onnx("pkg", "pkg-onnx", streaming=True, int8=True)
@@ -93,6 +94,7 @@ __all__ = [
     "PAD_VALUE",
     "RTOL",
     "SHERPA_FBANK",
+    "SHERPA_NEMO_FBANK",
     "export_onnx",
     "sherpa_fbank_problem",
 ]
@@ -112,7 +114,11 @@ PAD_VALUE = math.log(1e-10)
 SHERPA_FBANK = FbankConfig()
 
 _FBANK_FIELDS = ("frame_length_ms", "frame_shift_ms", "snip_edges", "low_freq", "high_freq",
-                 "preemph_coeff", "window_type", "remove_dc_offset", "round_to_power_of_two")
+                 "preemph_coeff", "window_type", "remove_dc_offset", "round_to_power_of_two",
+                 "mel_filters")
+#: The front end sherpa-onnx imposes on NeMo-style transducers (TDT): librosa-style filters from
+#: 0 Hz, no DC removal, the rest as :data:`SHERPA_FBANK`.
+SHERPA_NEMO_FBANK = FbankConfig(mel_filters="librosa", low_freq=0.0, remove_dc_offset=False)
 _TOKENS = "tokens.txt"
 _REPORT = "export.json"
 
@@ -156,14 +162,18 @@ class ExportReport:
 # ----------------------------------------------------------------------------- choosing
 
 
-def sherpa_fbank_problem(fbank: FbankConfig) -> str | None:
-    """Why features of ``fbank`` differ from sherpa-onnx's front end, or None."""
-    wrong = [f"{name}={getattr(fbank, name)!r} (sherpa-onnx: {getattr(SHERPA_FBANK, name)!r})"
-             for name in _FBANK_FIELDS if getattr(fbank, name) != getattr(SHERPA_FBANK, name)]
+def sherpa_fbank_problem(fbank: FbankConfig, nemo: bool = False) -> str | None:
+    """Why features of ``fbank`` differ from sherpa-onnx's front end (its NeMo-path one with
+    ``nemo``), or None."""
+    want = SHERPA_NEMO_FBANK if nemo else SHERPA_FBANK
+    wrong = [f"{name}={getattr(fbank, name)!r} (sherpa-onnx: {getattr(want, name)!r})"
+             for name in _FBANK_FIELDS if getattr(fbank, name) != getattr(want, name)]
     if not wrong:
         return None
-    return ("the model's features differ from sherpa-onnx's front end: " + ", ".join(wrong)
-            + "; train with the default data.fbank options")
+    hint = ("data.fbank {mel_filters: librosa, low_freq: 0, remove_dc_offset: false} with "
+            "data.on_the_fly_feats: true" if nemo else "the default data.fbank options")
+    return (f"the model's features differ from sherpa-onnx's {'NeMo-path ' if nemo else ''}"
+            "front end: " + ", ".join(wrong) + f"; train with {hint}")
 
 
 def _choose_head(model: ASRModel, head: str | None, streaming: bool) -> str:
@@ -408,9 +418,11 @@ def _export_tdt(
     width = nemo_state_width(head.predictor.context_size)
     report = ExportReport(out, "tdt", head_name)
     fbank = package.config.data.fbank
-    mismatch = nemo_fbank_mismatch(fbank)
-    logger.warning("TDT through sherpa-onnx's NeMo path: %s", mismatch)
-    report.notes.append(mismatch)
+    mismatch = sherpa_fbank_problem(fbank, nemo=True)
+    if mismatch is not None:  # exported all the same: its cost is for the user to measure
+        mismatch = f"TDT through sherpa-onnx's NeMo path: {mismatch} (measure the WER)"
+        logger.warning("%s", mismatch)
+        report.notes.append(mismatch)
 
     meta = _base_metadata(package, "EncDecRNNTBPEModel")
     meta.update({
@@ -460,14 +472,6 @@ def _export_tdt(
         "decoder='decoder.onnx', joiner='joiner.onnx', tokens='tokens.txt', "
         "model_type='nemo_transducer')")
     return report
-
-
-def nemo_fbank_mismatch(fbank: FbankConfig) -> str:
-    """How sherpa-onnx's NeMo-path front end differs from ``fbank``."""
-    return ("sherpa-onnx computes NeMo-path features for it (librosa-style mel filters, "
-            f"low_freq 0 Hz, no DC removal), the model was trained on Kaldi fbank (low_freq "
-            f"{fbank.low_freq:g} Hz, remove_dc_offset {fbank.remove_dc_offset}): measure the WER "
-            "through sherpa-onnx before relying on it")
 
 
 def _project(outputs: tuple[Tensor, Tensor], projection: nn.Module) -> tuple[Tensor, Tensor]:

@@ -80,6 +80,7 @@ def tiny_config(
     left_chunks: int = 8,
     d_model: int = 48,
     encoder_overrides: dict | None = None,
+    fbank: dict | None = None,
 ) -> ExperimentConfig:
     """A tiny causal chunked Conformer with a CTC or transducer head (no dropout, no dynamic chunks).
 
@@ -91,6 +92,7 @@ def tiny_config(
         left_chunks: chunks of left context.
         d_model: model width.
         encoder_overrides: other :class:`EncoderConfig` values (``{"kind": "transformer"}``).
+        fbank: :class:`asr.features.fbank.FbankConfig` values (features computed on the fly).
     """
     encoder = EncoderConfig(
         kind="conformer", d_model=d_model, num_layers=2, num_heads=4, ff_dim=2 * d_model,
@@ -117,6 +119,8 @@ def tiny_config(
     else:
         raise ValueError(f"head={head!r}: expected 'ctc', 'transducer', 'tdt', 'aed' or 'cif'")
     data = {"encoder": to_dict(encoder), "heads": heads, "tokenizer_dir": str(tokenizer_dir)}
+    if fbank:
+        data["data"] = {"fbank": dict(fbank), "on_the_fly_feats": True}
     return from_dict(ExperimentConfig, data)
 
 

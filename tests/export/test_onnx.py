@@ -23,7 +23,7 @@ from asr.cli.main import main
 from asr.decoding import SearchConfig
 from asr.export import OnnxExportError, export_onnx
 from asr.export.graphs import chunk_frames
-from asr.export.sherpa import sherpa_fbank_problem
+from asr.export.sherpa import SHERPA_NEMO_FBANK, sherpa_fbank_problem
 from asr.features.fbank import FbankConfig, compute_fbank
 from asr.package import export_package
 from asr.runtime.endpoint import EndpointConfig
@@ -310,7 +310,7 @@ def _tdt_tokens_equal(package: Path, out: Path, waves) -> tuple[int, list, list]
     """sherpa-onnx's NeMo-path TDT greedy search vs ours (at most 5 symbols per frame, as
     sherpa's) on the features sherpa computes there."""
     report = export_onnx(package, out)
-    assert report.layout == "tdt" and "librosa" in report.notes[0]
+    assert report.layout == "tdt"
     assert (out / "tokens.txt").read_text().splitlines()[-1].startswith("<blk> ")
     recognizer = sherpa_onnx.OfflineRecognizer.from_transducer(
         encoder=str(out / "encoder.onnx"), decoder=str(out / "decoder.onnx"),
@@ -343,12 +343,16 @@ def test_tdt_through_sherpa_onnx_nemo_path(tmp_path, utterances):
     states: with the features of that path, sherpa-onnx decodes what our TDT search decodes. A
     random model emits many tokens with varied durations, which exercises every part of it."""
     package = random_package(tmp_path / "tdt", head="tdt", seed=3)
+    with pytest.raises(OnnxExportError, match="exports offline only"):
+        export_onnx(package, tmp_path / "x", streaming=True)
     same, ours, _ = _tdt_tokens_equal(package, tmp_path / "onnx", utterances[:8])
+    report = json.loads((tmp_path / "onnx" / "export.json").read_text())
+    assert "mel_filters='kaldi' (sherpa-onnx: 'librosa')" in report["notes"][0]  # trained on Kaldi
     assert sum(map(len, ours)) > 50 * len(ours) and same == 8
 
 
 @pytest.mark.slow
-def test_trained_tdt_through_sherpa_onnx_and_its_feature_cost(tiny, tmp_path, utterances):
+def test_trained_tdt_through_sherpa_onnx_and_its_feature_cost(tmp_path, utterances):
     """A TDT trained on Kaldi fbank: the NeMo path decodes what our search decodes on that
     path's features, and those features cost it (measured: the tiny model says nothing)."""
     from asr.testing.packages import trained_tiny_package
@@ -359,3 +363,43 @@ def test_trained_tdt_through_sherpa_onnx_and_its_feature_cost(tiny, tmp_path, ut
     ours_kaldi = [r.token_ids for r in load_model(tdt.package_dir).transcribe(utterances)]
     print(f"TDT: {sum(map(len, ours_kaldi))} tokens from our runtime (Kaldi fbank), "
           f"{sum(map(len, theirs))} from sherpa-onnx (NeMo-path features)")
+
+
+def test_librosa_mel_filters_are_the_nemo_path_front_end(utterances):
+    """``mel_filters: librosa`` (+ low 0 Hz, no DC removal) computes what sherpa-onnx computes
+    for NeMo-style transducers, offline and online."""
+    from asr.data.config import DataConfig
+    from asr.features.fbank import make_lhotse_fbank
+    from asr.features.online import OnlineFbank
+
+    wave = np.concatenate([np.zeros(2000, np.float32), utterances[1]])
+    ours = compute_fbank(wave, RATE, SHERPA_NEMO_FBANK)
+    assert np.abs(ours.numpy() - _nemo_features(wave).numpy()).max() < 1e-3
+    online = OnlineFbank(SHERPA_NEMO_FBANK, make_lhotse_fbank(SHERPA_NEMO_FBANK))
+    pieces = [online.accept_waveform(wave[i: i + 1234]) for i in range(0, wave.shape[0], 1234)]
+    assert torch.allclose(torch.cat([*pieces, online.input_finished()]), ours, atol=1e-4)
+    assert sherpa_fbank_problem(SHERPA_NEMO_FBANK, nemo=True) is None
+    assert "mel_filters='librosa'" in sherpa_fbank_problem(SHERPA_NEMO_FBANK)
+    with pytest.raises(ValueError, match="needs data.on_the_fly_feats=true"):
+        DataConfig(fbank=SHERPA_NEMO_FBANK)
+    with pytest.raises(ValueError, match="mel_filters"):
+        FbankConfig(mel_filters="htk")
+
+
+@pytest.mark.slow
+def test_tdt_trained_on_the_nemo_front_end_decodes_in_sherpa_onnx(tmp_path, utterances):
+    """Trained on sherpa-onnx's NeMo-path features, a TDT exports without a warning and
+    sherpa-onnx decodes our runtime's tokens."""
+    from asr.testing.tiny import train_tiny_experiment
+
+    fbank = {"mel_filters": "librosa", "low_freq": 0.0, "remove_dc_offset": False}
+    exp = train_tiny_experiment(tmp_path / "work", head="tdt", fbank=fbank)
+    export_package(exp.exp_dir, tmp_path / "package")
+    report = export_onnx(tmp_path / "package", tmp_path / "onnx")
+    assert report.notes == []
+    same, ours, theirs = _tdt_tokens_equal(tmp_path / "package", tmp_path / "onnx2", utterances)
+    runtime_ids = [r.token_ids for r in load_model(
+        tmp_path / "package", search=SearchConfig(max_symbols_per_frame=5)).transcribe(utterances)]
+    print(f"TDT on the NeMo front end: {sum(map(len, runtime_ids))} tokens from our runtime, "
+          f"{sum(map(len, theirs))} from sherpa-onnx")
+    assert same == len(utterances) and theirs == runtime_ids
