@@ -36,7 +36,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("decoding", ("asr.decoding",)),
     ("experiment", ("asr.experiment",)),
     ("package", ("asr.package",)),
-    ("applications", ("asr.runtime", "asr.run")),
+    ("applications", ("asr.runtime", "asr.run", "asr.export")),
     ("services", ("asr.serve", "asr.testing")),
     ("command line", ("asr.cli",)),
 )

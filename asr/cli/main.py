@@ -47,6 +47,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export-package": ("asr.cli.export_package",
                        "write a model package (config, tokenizer, safetensors weights, metadata) "
                        "from an experiment"),
+    "export-onnx": ("asr.cli.export_onnx",
+                    "export a model package as ONNX graphs for the sherpa-onnx runtime (offline "
+                    "or streaming transducer, CTC; optional int8)"),
+    "decode-onnx": ("asr.cli.decode_onnx",
+                    "decode test sets through sherpa-onnx with graphs written by asr export-onnx "
+                    "(recogs / errs / wer-summary files)"),
     "serve": ("asr.cli.serve",
               "serve a streaming model over websockets (sherpa-onnx protocol) with a microphone "
               "web page"),

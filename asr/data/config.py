@@ -183,3 +183,8 @@ class DataConfig:
                 "data.speed_perturb=true needs data.on_the_fly_feats=true (speed perturbation "
                 "drops stored features); for stored features use `asr prepare fbank --speed-perturb`"
             )
+        if self.fbank.mel_filters != "kaldi" and not self.on_the_fly_feats:
+            raise ValueError(
+                f"data.fbank.mel_filters={self.fbank.mel_filters} needs data.on_the_fly_feats=true "
+                "(`asr prepare fbank` stores features with Kaldi mel filters)"
+            )

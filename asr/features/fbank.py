@@ -27,7 +27,11 @@ from torch import Tensor
 if TYPE_CHECKING:  # pragma: no cover
     import lhotse
 
-__all__ = ["FbankConfig", "compute_fbank", "make_lhotse_fbank", "num_frames"]
+__all__ = ["MEL_FILTERS", "FbankConfig", "compute_fbank", "make_lhotse_fbank", "num_frames",
+           "slaney_mel_filters"]
+
+#: Values of :attr:`FbankConfig.mel_filters`.
+MEL_FILTERS = ("kaldi", "librosa")
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,11 @@ class FbankConfig:
         remove_dc_offset: subtract each frame's mean before windowing.
         round_to_power_of_two: pad the FFT size to a power of two.
         energy_floor: floor applied to mel energies before the log.
+        mel_filters: ``kaldi``: Kaldi's triangular filters on the HTK mel scale (the default,
+            icefall's and sherpa-onnx's usual front end); ``librosa``: Slaney-scale filters with
+            Slaney area normalisation, as librosa and kaldi-native-fbank (``is_librosa``) make
+            them -- the front end sherpa-onnx imposes on NeMo-style transducers (TDT), which
+            also sets ``low_freq: 0`` and ``remove_dc_offset: false`` (docs/ONNX.md).
     """
 
     sample_rate: int = 16000
@@ -66,8 +75,12 @@ class FbankConfig:
     remove_dc_offset: bool = True
     round_to_power_of_two: bool = True
     energy_floor: float = 1e-10
+    mel_filters: str = "kaldi"
 
     def __post_init__(self) -> None:
+        if self.mel_filters not in MEL_FILTERS:
+            raise ValueError(
+                f"FbankConfig.mel_filters must be one of {MEL_FILTERS}, got {self.mel_filters!r}")
         if self.sample_rate <= 0:
             raise ValueError(f"FbankConfig.sample_rate must be > 0, got {self.sample_rate}")
         if self.num_mel_bins <= 0:
@@ -96,7 +109,10 @@ class FbankConfig:
         return round(self.frame_length_ms * self.sample_rate / 1000.0)
 
     def torchaudio_kwargs(self) -> dict[str, object]:
-        """Keyword arguments giving the same features with ``torchaudio.compliance.kaldi.fbank``."""
+        """Keyword arguments giving the same features with ``torchaudio.compliance.kaldi.fbank``
+        (Kaldi mel filters only)."""
+        if self.mel_filters != "kaldi":
+            raise ValueError("torchaudio's Kaldi fbank has no librosa-style mel filters")
         return {
             "sample_frequency": float(self.sample_rate),
             "num_mel_bins": self.num_mel_bins,
@@ -129,11 +145,54 @@ def num_frames(num_samples: int, cfg: FbankConfig) -> int:
     return (num_samples + hop // 2) // hop
 
 
+def slaney_mel_filters(cfg: FbankConfig) -> Tensor:
+    """(fft_size // 2 + 1, F) librosa-style filters: triangles equally spaced on the Slaney mel
+    scale (linear below 1 kHz, logarithmic above) between ``low_freq`` and ``high_freq``, each
+    scaled to unit area (``2 / (right_hz - left_hz)``), evaluated at every FFT bin including
+    Nyquist -- kaldi-native-fbank's ``is_librosa`` filters."""
+    window = cfg.window_samples
+    fft_size = 1 << (window - 1).bit_length() if cfg.round_to_power_of_two else window
+    nyquist = cfg.sample_rate / 2
+    high = cfg.high_freq if cfg.high_freq > 0 else nyquist + cfg.high_freq
+    if not 0 <= cfg.low_freq < high <= nyquist:
+        raise ValueError(f"bad mel range: low_freq {cfg.low_freq}, high_freq {cfg.high_freq}")
+
+    def to_mel(hz: np.ndarray) -> np.ndarray:
+        hz = np.asarray(hz, dtype=np.float64)
+        return np.where(hz <= 1000, hz * 3 / 200, 15 + 27 * np.log(np.maximum(hz, 1e-9) / 1000)
+                        / np.log(6.4))
+
+    def to_hz(mel: np.ndarray) -> np.ndarray:
+        return np.where(mel <= 15, mel * 200 / 3, 1000 * np.exp((mel - 15) * np.log(6.4) / 27))
+
+    bins = cfg.num_mel_bins
+    edges = to_hz(np.linspace(to_mel(cfg.low_freq), to_mel(high), bins + 2))
+    left, center, right = edges[:-2], edges[1:-1], edges[2:]
+    hz = np.arange(fft_size // 2 + 1)[:, None] * (cfg.sample_rate / fft_size)
+    rising = (hz - left) / (center - left)
+    falling = (right - hz) / (right - center)
+    weights = np.where(hz <= center, rising, falling)
+    weights = np.where((hz > left) & (hz < right), weights, 0.0) * (2 / (right - left))
+    return torch.from_numpy(weights.astype(np.float32))
+
+
 def make_lhotse_fbank(cfg: FbankConfig | None = None) -> lhotse.Fbank:
-    """Builds the lhotse ``Fbank`` feature extractor for ``cfg`` (CPU)."""
+    """Builds the lhotse ``Fbank`` feature extractor for ``cfg`` (CPU); with
+    ``mel_filters: librosa`` its filter matrix is replaced by :func:`slaney_mel_filters`
+    (every feature path -- stored, on-the-fly, offline and online inference -- uses this
+    extractor)."""
+    cfg = cfg or FbankConfig()
+    extractor = _lhotse_fbank(cfg)
+    if cfg.mel_filters == "librosa":
+        filters = extractor.extractor._fb
+        with torch.no_grad():
+            filters.data = slaney_mel_filters(cfg).to(filters.device, filters.dtype)
+    return extractor
+
+
+def _lhotse_fbank(cfg: FbankConfig) -> lhotse.Fbank:
     import lhotse
 
-    cfg = cfg or FbankConfig()
     return lhotse.Fbank(
         lhotse.FbankConfig(
             sampling_rate=cfg.sample_rate,

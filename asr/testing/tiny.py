@@ -12,6 +12,7 @@ so its offline forward equals chunk-by-chunk streaming exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import subprocess
@@ -78,15 +79,20 @@ def tiny_config(
     chunk_size: int = 4,
     left_chunks: int = 8,
     d_model: int = 48,
+    encoder_overrides: dict | None = None,
+    fbank: dict | None = None,
 ) -> ExperimentConfig:
     """A tiny causal chunked Conformer with a CTC or transducer head (no dropout, no dynamic chunks).
 
     Args:
         tokenizer_dir: tokenizer directory.
-        head: ``ctc``, ``transducer`` or ``tdt``.
+        head: ``ctc``, ``transducer`` or ``tdt`` (each with a CTC head beside it), or ``aed`` /
+            ``cif`` alone.
         chunk_size: encoder frames per chunk (training, eval and streaming).
         left_chunks: chunks of left context.
         d_model: model width.
+        encoder_overrides: other :class:`EncoderConfig` values (``{"kind": "transformer"}``).
+        fbank: :class:`asr.features.fbank.FbankConfig` values (features computed on the fly).
     """
     encoder = EncoderConfig(
         kind="conformer", d_model=d_model, num_layers=2, num_heads=4, ff_dim=2 * d_model,
@@ -94,6 +100,8 @@ def tiny_config(
         attention_dropout=0.0, chunk_size=chunk_size, left_chunks=left_chunks,
         dynamic_chunk_training=False,
     )
+    if encoder_overrides:
+        encoder = dataclasses.replace(encoder, **encoder_overrides)
     heads: dict = {}
     if head == "ctc":
         heads["ctc"] = {}
@@ -105,9 +113,14 @@ def tiny_config(
         }
         heads["ctc"] = {}
         heads["loss_weights"] = {"transducer": 1.0, "ctc": 0.3}
+    elif head in ("aed", "cif"):  # for random-weight packages
+        heads[head] = {"d_model": d_model, "num_layers": 1, "ffn_dim": 2 * d_model,
+                       "dropout": 0.0}
     else:
-        raise ValueError(f"head={head!r}: expected 'ctc', 'transducer' or 'tdt'")
+        raise ValueError(f"head={head!r}: expected 'ctc', 'transducer', 'tdt', 'aed' or 'cif'")
     data = {"encoder": to_dict(encoder), "heads": heads, "tokenizer_dir": str(tokenizer_dir)}
+    if fbank:
+        data["data"] = {"fbank": dict(fbank), "on_the_fly_feats": True}
     return from_dict(ExperimentConfig, data)
 
 

@@ -101,6 +101,8 @@ def test_every_stage_but_download_on_a_synthesized_tree(tmp_path):
             assert (exp / full / f"wer-summary-{part}-{full}.txt").is_file(), full
     assert (exp / "averaged-epoch-1-avg-1-use-averaged-model.safetensors").is_file()
     assert (exp / "package").is_dir()
+    for part in ("test-clean", "test-other"):  # stage 10: sherpa-onnx
+        assert (exp / "onnx" / f"wer-summary-{part}-sherpa-onnx-transducer-int8.txt").is_file()
     assert "stage 0: " in result.stderr and "no download" in result.stderr
     # the offline recipe trains on the same data (full context: no chunk settings of its own)
     offline_model = [o for o in TINY_MODEL if "chunk" not in o]

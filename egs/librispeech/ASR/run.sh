@@ -19,6 +19,8 @@
 #        tuned on LibriSpeech: pick it on dev-clean)
 #   8    average epochs (epoch-avg+1)..epoch into exp/${recipe}/averaged-epoch-E-avg-N.safetensors
 #   9    export a model package exp/${recipe}/package from the averaged weights
+#   10   export it for sherpa-onnx (exp/${recipe}/onnx, and exp/${recipe}/onnx-streaming when the
+#        model streams; fp32 and int8) and decode the test sets through sherpa-onnx (docs/ONNX.md)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../../.." && pwd)
@@ -138,5 +140,24 @@ if [ $stage -le 9 ] && [ $stop_stage -ge 9 ]; then
   weights=$(ls -t "$exp_dir"/averaged-epoch-"$epoch"-avg-"$avg"*.safetensors | head -n 1)
   asr export-package --exp-dir "$exp_dir" --checkpoint "$weights" --output-dir "$exp_dir/package" \
     --overwrite
+fi
+if [ $stage -le 10 ] && [ $stop_stage -ge 10 ]; then
+  log "stage 10: export $exp_dir/package for sherpa-onnx and decode $test_parts with it"
+  onnx_dirs=("$exp_dir/onnx")
+  asr export-onnx --model "$exp_dir/package" --output-dir "$exp_dir/onnx" --int8 --force
+  if grep -q '"streaming": true' "$exp_dir/package/metadata.json"; then
+    asr export-onnx --model "$exp_dir/package" --output-dir "$exp_dir/onnx-streaming" --streaming --int8 \
+      --force
+    onnx_dirs+=("$exp_dir/onnx-streaming")
+  fi
+  for dir in "${onnx_dirs[@]}"; do
+    for int8 in "" --int8; do
+      # shellcheck disable=SC2086
+      for summary in $(asr decode-onnx --onnx-dir "$dir" $int8 --manifest-dir data/fbank \
+          --parts $test_parts --num-threads 2); do
+        echo "$summary: $(sed -n 2p "$summary")" >&2
+      done
+    done
+  done
 fi
 log "done (stages $stage..$stop_stage)"

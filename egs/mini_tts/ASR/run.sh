@@ -27,6 +27,9 @@
 #                                   the search options stage 5 used for it (beam, LM copied into
 #                                   the package) and records its test-clean WER of stage 5, then
 #                                   transcribe a held-out test-clean file with it
+#   7  export the package for sherpa-onnx (exp/${recipe}/onnx, and onnx-streaming when the model
+#                                   streams; fp32 and int8) and decode test-clean through
+#                                   sherpa-onnx (exp/${recipe}/onnx*/wer-summary-*; docs/ONNX.md)
 #
 # Paths are relative to --work-dir (default: this directory, egs/mini_tts/ASR), as in the recipe YAMLs.
 set -euo pipefail
@@ -68,6 +71,7 @@ train_args=""                   # extra `asr train` arguments, e.g. "--set train
 time_budget=1710                # seconds this invocation may take; training gets what the stages
                                 # before it left, less $post_train_reserve (0: the recipe's steps)
 post_train_reserve=60           # seconds kept for training start-up and stages 5-6
+onnx_reserve=60                 # seconds kept for stage 7 as well, when it is to run
 
 usage="Usage: $0 [--stage N] [--stop-stage N] [--recipe NAME] [--searchers \"A B\"] [--avg N]
   [--num-jobs N] [--fbank-jobs N] [--num-train N] [--num-dev N] [--num-test N]
@@ -75,7 +79,7 @@ usage="Usage: $0 [--stage N] [--stop-stage N] [--recipe NAME] [--searchers \"A B
   [--vocab-size N] [--lm-order N] [--word-lm-order N] [--lm-unit token|word] [--lm-weight W]
   [--beam-size N] [--blank-penalty P] [--package-searcher NAME]
   [--work-dir DIR] [--skip-setup true|false] [--train-args \"...\"] [--time-budget SECONDS]
-  [--post-train-reserve SECONDS]
+  [--post-train-reserve SECONDS] [--onnx-reserve SECONDS]
 defaults: stage=$stage stop_stage=$stop_stage recipe=$recipe num_jobs=$num_jobs num_train=$num_train
   num_dev=$num_dev num_test=$num_test voices_per_sentence=$voices_per_sentence train_text=$train_text
   speed_perturb=$speed_perturb vocab_size=$vocab_size lm_order=$lm_order
@@ -178,6 +182,7 @@ if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
     # a 2-core AVX2 machine (estimated), 2900-3400 bf16 steps measured on one with AMX;
     # max_epochs still caps it.
     train_budget=$(( time_budget - ($(date +%s) - started) - post_train_reserve ))
+    [ $stop_stage -ge 7 ] && train_budget=$(( train_budget - onnx_reserve ))
     if [ "$train_budget" -lt 60 ]; then
       echo "$0: only ${train_budget} s of the ${time_budget} s time budget left for training;" \
         "raise --time-budget, or 0 to train the recipe's fixed step count" >&2
@@ -231,5 +236,24 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
   log "reference:  $(head -n 1 "$trans" | cut -d' ' -f2-)"
   # the package's own search: $package_searcher with the options and LM it was exported with
   timed transcribe asr transcribe "$audio" --model "$exp_dir/package"
+fi
+if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
+  log "stage 7: export $exp_dir/package for sherpa-onnx, decode test-clean with it"
+  onnx_dirs=("$exp_dir/onnx")
+  timed "export onnx" asr export-onnx --model "$exp_dir/package" --output-dir "$exp_dir/onnx" --int8 --force
+  if grep -q '"streaming": true' "$exp_dir/package/metadata.json"; then
+    timed "export onnx streaming" asr export-onnx --model "$exp_dir/package" \
+      --out "$exp_dir/onnx-streaming" --streaming --int8 --force
+    onnx_dirs+=("$exp_dir/onnx-streaming")
+  fi
+  for dir in "${onnx_dirs[@]}"; do
+    for int8 in "" --int8; do
+      # asr decode-onnx prints the path of each WER summary it writes
+      # shellcheck disable=SC2086
+      summaries=$(timed "sherpa-onnx decode $(basename "$dir")${int8:+ int8}" asr decode-onnx \
+        --onnx-dir "$dir" $int8 --manifest-dir data/fbank --parts test-clean --num-threads 2)
+      for summary in $summaries; do cat "$summary" >&2; done
+    done
+  done
 fi
 log "done (stages $stage..$stop_stage) in $(( $(date +%s) - started )) s"

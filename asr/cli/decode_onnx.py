@@ -1,0 +1,49 @@
+"""``asr decode-onnx --onnx-dir DIR --manifest-dir M --parts test-clean``: test-set WERs through
+sherpa-onnx, for graphs written by ``asr export-onnx``.
+
+Writes the files ``asr decode`` writes (``recogs-``, ``errs-``, ``wer-summary-<part>-<name>.txt``,
+with ``name`` = ``sherpa-onnx-<layout>[-int8]``, e.g. ``sherpa-onnx-streaming-transducer``) into ``--output-dir`` (default: the ONNX directory)
+and prints each summary's path. Greedy search (at most one symbol per frame); streaming
+directories are decoded chunk by chunk with their chunk size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from asr.export.sherpa_decode import decode_part_sherpa, load_recognizer
+from asr.run.evaluate import write_results
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--onnx-dir", type=Path, required=True,
+                        help="directory written by asr export-onnx")
+    parser.add_argument("--manifest-dir", type=Path, required=True,
+                        help="where librispeech_cuts_<part>.jsonl.gz are")
+    parser.add_argument("--parts", nargs="+", default=["test-clean"], help="test sets to decode")
+    parser.add_argument("--int8", action="store_true", help="the *.int8.onnx graphs")
+    parser.add_argument("--num-threads", type=int, default=1, help="onnxruntime threads")
+    parser.add_argument("--batch-size", type=int, default=32, help="streams decoded together")
+    parser.add_argument("--output-dir", "--out-dir", dest="output_dir", type=Path, default=None,
+                        help="where the result files go (default: --onnx-dir)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        recognizer = load_recognizer(args.onnx_dir, int8=args.int8, num_threads=args.num_threads)
+        name = "sherpa-onnx-" + recognizer.layout.replace("_", "-") + ("-int8" if args.int8 else "")
+        for part in args.parts:
+            recognitions = decode_part_sherpa(recognizer, args.manifest_dir, part,
+                                              args.batch_size)
+            wer, paths = write_results(args.output_dir or args.onnx_dir, part, name, recognitions,
+                                       {"engine": name})
+            logger.info("%s %s: WER %.2f%% -> %s", part, name, wer, paths["wer_summary"])
+            print(paths["wer_summary"], flush=True)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        logger.error("asr decode-onnx: %s", err)
+        return 2
+    return 0

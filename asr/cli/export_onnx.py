@@ -1,0 +1,54 @@
+"""``asr export-onnx --model PKG --output-dir DIR``: the package as ONNX graphs for sherpa-onnx.
+
+Offline transducer (default for a transducer package): ``encoder.onnx``, ``decoder.onnx``,
+``joiner.onnx`` and ``tokens.txt`` for ``sherpa_onnx.OfflineRecognizer.from_transducer``;
+``--streaming``: the encoder chunk by chunk for ``sherpa_onnx.OnlineRecognizer.from_transducer``
+(the package must stream); ``--head ctc``: ``model.onnx`` for
+``OfflineRecognizer.from_zipformer_ctc``; a TDT transducer: sherpa-onnx's NeMo transducer layout
+(``from_transducer(..., model_type="nemo_transducer")``, offline; it computes other features: see
+docs/ONNX.md); ``--int8``: ``*.int8.onnx`` as well. Every graph is
+checked against PyTorch before the directory is written (:mod:`asr.export.sherpa`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from asr.export.sherpa import DEFAULT_OPSET, OnnxExportError, export_onnx
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, required=True, help="model package directory")
+    parser.add_argument("--output-dir", "--out", dest="output_dir", type=Path, required=True,
+                        help="output directory to create")
+    parser.add_argument("--streaming", action="store_true",
+                        help="streaming transducer (OnlineRecognizer) instead of offline")
+    parser.add_argument("--int8", action="store_true",
+                        help="also write int8 graphs (onnxruntime dynamic quantization, QInt8)")
+    parser.add_argument("--head", choices=("transducer", "ctc"), default=None,
+                        help="head to export (default: the package's first trained one)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                        help=f"ONNX opset (default: {DEFAULT_OPSET})")
+    parser.add_argument("--chunk-size", type=int, default=None,
+                        help="streaming chunk in encoder frames (default: the package's)")
+    parser.add_argument("--left-chunks", type=int, default=None,
+                        help="streaming left context in chunks (default: the package's)")
+    parser.add_argument("--force", action="store_true", help="replace an existing --output-dir")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        report = export_onnx(
+            args.model, args.output_dir, streaming=args.streaming, int8=args.int8, opset=args.opset,
+            head=args.head, force=args.force, chunk_size=args.chunk_size,
+            left_chunks=args.left_chunks,
+        )
+    except OnnxExportError as err:
+        logger.error("asr export-onnx: %s", err)
+        return 1
+    print(report.summary())
+    return 0

@@ -1,0 +1,872 @@
+"""Export a model package to the ONNX layouts the sherpa-onnx runtime loads, checked before
+anything is written.
+
+Layouts (the files of ``OUT``; docs/ONNX.md has their inputs, outputs and metadata):
+
+=====================  ============================================  ==================================
+what                   files                                         sherpa-onnx loader
+=====================  ============================================  ==================================
+transducer, offline    ``encoder.onnx decoder.onnx joiner.onnx``     ``OfflineRecognizer.from_transducer``
+transducer, streaming  the same, ``encoder.onnx`` chunk by chunk     ``OnlineRecognizer.from_transducer``
+                       (``ebranchformer`` state layout)
+CTC, offline           ``model.onnx``                                ``OfflineRecognizer.from_zipformer_ctc``
+TDT, offline           ``encoder.onnx decoder.onnx joiner.onnx``     ``OfflineRecognizer.from_transducer``
+                       (NeMo transducer layout, blank last)          (``model_type="nemo_transducer"``)
+=====================  ============================================  ==================================
+
+plus ``tokens.txt`` (``piece id``, blank ``<blk>`` at 0), ``*.int8.onnx`` with ``int8=True``
+(onnxruntime dynamic quantization, QInt8 weights: MatMul everywhere, and Gather in the decoder
+whose embedding is one), and ``export.json`` (what was exported, the front end it expects and
+the self-check's figures).
+
+**Self-check.** Before the output directory appears, every graph is run by onnxruntime on the
+same inputs as the PyTorch modules it came from (the model's own code paths, not the export
+wrappers): batches of 3 with different lengths padded as sherpa pads them, the decoder on every
+start context sherpa builds, the streaming encoder over several chunks with states carried and
+two streams at different positions batched together. Outputs must agree within
+``|onnx - torch| <= ATOL + RTOL * |torch|`` (:data:`ATOL`, :data:`RTOL`), lengths exactly, and
+the inputs and outputs must come in the count, order and dtypes the loaders index them by.
+int8 graphs are checked for that layout and for finite outputs; their numeric distance is
+reported, not gated (quantization changes the numbers by design; measure its WER).
+
+**Features.** sherpa-onnx computes its own features (Kaldi fbank, Povey window, 25/10 ms,
+low 20 Hz, high -400 Hz, no dither, no snip_edges, samples in [-1, 1]); the package's
+``data.fbank`` must be those options (the defaults of :class:`asr.features.fbank.FbankConfig`),
+or the export fails naming the field. Global CMVN is inside the encoder graph. TDT models go
+through sherpa-onnx's NeMo path, which imposes its own front end (:data:`SHERPA_NEMO_FBANK`:
+librosa-style mel filters, low 0 Hz, no DC removal; ``data.fbank.mel_filters: librosa`` trains
+on it); a TDT trained on other features still exports, with a warning in ``export.json``
+(docs/ONNX.md has what that cost the tiny model).
+
+Example:
+    >>> report = export_onnx("pkg", "pkg-onnx", streaming=True, int8=True)
+    >>> print(report.summary())
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from asr.encoders import encoder_class
+from asr.encoders.chunked import ChunkedEncoder
+from asr.export.graphs import (
+    STATES_PER_LAYER,
+    CtcModel,
+    Decoder,
+    Joiner,
+    NemoDecoder,
+    NemoEncoder,
+    NemoJoiner,
+    OfflineEncoder,
+    StreamingEncoder,
+    chunk_frames,
+    nemo_state_width,
+)
+from asr.features.fbank import FbankConfig, compute_fbank
+from asr.heads.ctc import CTCHead
+from asr.heads.predictor import StatelessPredictor
+from asr.heads.transducer import TransducerHead
+from asr.model import ASRModel
+from asr.package import ModelPackage, PackageError, load_package
+from asr.version import __version__
+
+__all__ = [
+    "ATOL",
+    "DEFAULT_OPSET",
+    "ExportReport",
+    "OnnxExportError",
+    "PAD_VALUE",
+    "RTOL",
+    "SHERPA_FBANK",
+    "SHERPA_NEMO_FBANK",
+    "export_onnx",
+    "sherpa_fbank_problem",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Opset of the exported graphs (the TorchScript-based exporter; sherpa-onnx's bundled
+#: onnxruntime loads 13 and later).
+DEFAULT_OPSET = 17
+#: Self-check tolerance: ``|onnx - torch| <= ATOL + RTOL * |torch|`` element-wise.
+ATOL = 1e-3
+RTOL = 1e-3
+#: What sherpa-onnx pads offline feature batches with (log of its energy floor 1e-10).
+PAD_VALUE = math.log(1e-10)
+#: The front end of sherpa-onnx's icefall-style models (its ``FeatureExtractorConfig``
+#: defaults), as our feature options; ``num_mel_bins`` may differ (``feature_dim`` is passed).
+SHERPA_FBANK = FbankConfig()
+
+_FBANK_FIELDS = ("frame_length_ms", "frame_shift_ms", "snip_edges", "low_freq", "high_freq",
+                 "preemph_coeff", "window_type", "remove_dc_offset", "round_to_power_of_two",
+                 "mel_filters")
+#: The front end sherpa-onnx imposes on NeMo-style transducers (TDT): librosa-style filters from
+#: 0 Hz, no DC removal, the rest as :data:`SHERPA_FBANK`.
+SHERPA_NEMO_FBANK = FbankConfig(mel_filters="librosa", low_freq=0.0, remove_dc_offset=False)
+_TOKENS = "tokens.txt"
+_REPORT = "export.json"
+
+
+class OnnxExportError(ValueError):
+    """A package that cannot be exported in a sherpa-onnx layout, or an export that failed its
+    self-check."""
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export_onnx` wrote.
+
+    Attributes:
+        out_dir: the output directory.
+        layout: ``transducer``, ``streaming_transducer`` or ``ctc``.
+        head: the exported head.
+        files: file names in ``out_dir``.
+        checks: one line per self-check (graph, inputs, largest difference).
+        metadata: graph file -> its metadata.
+        loader: how sherpa-onnx loads the directory (Python).
+    """
+
+    out_dir: Path
+    layout: str
+    head: str
+    files: list[str] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)
+    metadata: dict[str, dict[str, str]] = field(default_factory=dict)
+    loader: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"{self.out_dir}: {self.layout} ({self.head} head): {', '.join(self.files)}"]
+        lines += [f"  check {line}" for line in self.checks]
+        lines += [f"  note: {line}" for line in self.notes]
+        lines.append(f"  load with: {self.loader}")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- choosing
+
+
+def sherpa_fbank_problem(fbank: FbankConfig, nemo: bool = False) -> str | None:
+    """Why features of ``fbank`` differ from sherpa-onnx's front end (its NeMo-path one with
+    ``nemo``), or None."""
+    want = SHERPA_NEMO_FBANK if nemo else SHERPA_FBANK
+    wrong = [f"{name}={getattr(fbank, name)!r} (sherpa-onnx: {getattr(want, name)!r})"
+             for name in _FBANK_FIELDS if getattr(fbank, name) != getattr(want, name)]
+    if not wrong:
+        return None
+    hint = ("data.fbank {mel_filters: librosa, low_freq: 0, remove_dc_offset: false} with "
+            "data.on_the_fly_feats: true" if nemo else "the default data.fbank options")
+    return (f"the model's features differ from sherpa-onnx's {'NeMo-path ' if nemo else ''}"
+            "front end: " + ", ".join(wrong) + f"; train with {hint}")
+
+
+def _choose_head(model: ASRModel, head: str | None, streaming: bool) -> str:
+    kinds = model.head_kinds()
+    trained = model.head_kinds(trained_only=True)
+    if head is None:
+        candidates = [name for name, kind in trained.items() if kind in ("rnnt", "tdt", "ctc")]
+        if streaming:
+            candidates = [name for name in candidates if name == "transducer"] or candidates
+        if not candidates:
+            raise OnnxExportError(
+                f"no sherpa-onnx layout for the package's heads ({', '.join(kinds.values())}): "
+                "transducer and CTC heads export; sherpa-onnx's AED and Paraformer loaders are "
+                "for other networks and front ends")
+        head = candidates[0]
+    if head not in kinds:
+        raise OnnxExportError(f"--head {head}: the package has heads {sorted(kinds)}")
+    kind = kinds[head]
+    if kind in ("aed", "cif"):
+        raise OnnxExportError(
+            f"the {head} head has no sherpa-onnx layout (sherpa-onnx runs transducers and CTC "
+            "models of its own families; its AED and Paraformer loaders expect other networks "
+            "and front ends): export a transducer or CTC head")
+    if kind == "tdt" and streaming:
+        raise OnnxExportError(
+            "--streaming: sherpa-onnx streams NeMo-style transducers without their durations, "
+            "so a TDT head exports offline only")
+    if kind == "ctc" and streaming:
+        raise OnnxExportError(
+            "--streaming: sherpa-onnx has no streaming CTC layout for Kaldi-fbank models of our "
+            "kind; stream through a transducer head")
+    if kind in ("rnnt", "tdt"):
+        predictor = model.heads[head].predictor
+        if not isinstance(predictor, StatelessPredictor):
+            raise OnnxExportError(
+                f"the transducer head has a {type(predictor).__name__}: sherpa-onnx's transducer "
+                "layout needs the stateless predictor (transducer.predictor: stateless)")
+    return head
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def export_onnx(
+    package_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    streaming: bool = False,
+    int8: bool = False,
+    opset: int = DEFAULT_OPSET,
+    head: str | None = None,
+    force: bool = False,
+    chunk_size: int | None = None,
+    left_chunks: int | None = None,
+) -> ExportReport:
+    """Exports ``package_dir`` to ``out_dir`` (see the module docstring).
+
+    Args:
+        package_dir: a model package.
+        out_dir: directory to create.
+        streaming: the streaming transducer layout (the package must stream).
+        int8: also write dynamically quantized ``*.int8.onnx`` graphs.
+        opset: ONNX opset.
+        head: ``transducer`` (RNN-T or TDT) or ``ctc`` (default: the first trained one).
+        force: replace an existing ``out_dir``.
+        chunk_size, left_chunks: streaming chunking (default: the package's).
+
+    Raises:
+        OnnxExportError: for a package without a sherpa-onnx layout, an existing ``out_dir``
+            without ``force``, or a failed self-check (nothing is written then).
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not force:
+        raise OnnxExportError(f"{out_dir}: already exists (pass --force to replace it)")
+    try:
+        package = load_package(package_dir)
+    except PackageError as err:
+        raise OnnxExportError(str(err)) from err
+    model = package.build_model("cpu")
+    head = _choose_head(model, head, streaming)
+    if model.head_kinds()[head] != "tdt":
+        problem = sherpa_fbank_problem(package.config.data.fbank)
+        if problem is not None:
+            raise OnnxExportError(f"{package_dir}: {problem}")
+    if streaming:
+        chunk_size = package.config.encoder.chunk_size if chunk_size is None else chunk_size
+        left_chunks = package.config.encoder.left_chunks if left_chunks is None else left_chunks
+        why = encoder_class(package.config.encoder.kind).streaming_problem(
+            package.config.encoder, chunk_size, left_chunks)
+        if why is not None:
+            raise OnnxExportError(f"--streaming: {package_dir} is not a streaming model: {why}")
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as err:
+        raise OnnxExportError(
+            f"ONNX export needs the onnx and onnxruntime packages ({err}): "
+            "pip install -e '.[onnx]'"
+        ) from err
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        if model.head_kinds()[head] == "ctc":
+            report = _export_ctc(model, package, head, tmp, opset)
+        elif model.head_kinds()[head] == "tdt":
+            report = _export_tdt(model, package, head, tmp, opset)
+        elif streaming:
+            report = _export_transducer(model, package, head, tmp, opset, (chunk_size, left_chunks))
+        else:
+            report = _export_transducer(model, package, head, tmp, opset, None)
+        if int8:
+            _quantize_all(report, tmp)
+        _write_tokens(package, tmp / _TOKENS, blank_last=report.layout == "tdt")
+        report.files = sorted(p.name for p in tmp.iterdir()) + [_REPORT]
+        report.out_dir = out_dir
+        _write_report(report, package, tmp / _REPORT)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("wrote %s", out_dir)
+    return report
+
+
+def _base_metadata(package: ModelPackage, model_type: str) -> dict[str, str]:
+    cfg = package.config
+    return {
+        "model_type": model_type,
+        "version": "1",
+        "model_author": "asr",
+        "comment": f"exported by asr {__version__} from {package.directory.name}",
+        "asr_version": __version__,
+        "encoder_kind": cfg.encoder.kind,
+        "subsampling_factor": str(encoder_class(cfg.encoder.kind).subsampling_factor),
+        "feature_dim": str(cfg.data.fbank.num_mel_bins),
+        "sample_rate": str(cfg.data.fbank.sample_rate),
+        "vocab_size": str(package.tokenizer.vocab_size),
+    }
+
+
+def _export_transducer(
+    model: ASRModel, package: ModelPackage, head_name: str, out: Path, opset: int,
+    chunking: tuple[int, int] | None,
+) -> ExportReport:
+    head: TransducerHead = model.heads[head_name]
+    encoder: ChunkedEncoder = model.encoder
+    vocab = head.vocab_size
+    decoder = Decoder(head).eval()
+    joiner = Joiner(head).eval()
+    joiner_dim = head.joiner.encoder_proj.out_features
+    report = ExportReport(out, "transducer" if chunking is None else "streaming_transducer",
+                          head_name)
+
+    if chunking is None:
+        enc_meta = _base_metadata(package, "conformer")
+        enc_meta.update(chunk_size=str(encoder.cfg.chunk_size),
+                        left_chunks=str(encoder.cfg.left_chunks))
+        _export_offline_encoder(OfflineEncoder(encoder, head.joiner.encoder_proj).eval(),
+                                out / "encoder.onnx", opset, enc_meta)
+        report.checks.append(_check_offline(
+            out / "encoder.onnx", ["x", "x_lens"], ["encoder_out", "encoder_out_lens"],
+            lambda x, n: _project(encoder(x, n), head.joiner.encoder_proj), package.config.data.fbank))
+        report.loader = (
+            "sherpa_onnx.OfflineRecognizer.from_transducer(encoder='encoder.onnx', "
+            "decoder='decoder.onnx', joiner='joiner.onnx', tokens='tokens.txt', "
+            f"feature_dim={package.config.data.fbank.num_mel_bins})")
+    else:
+        chunk_size, left_chunks = chunking
+        wrapper = StreamingEncoder(encoder, head.joiner.encoder_proj, chunk_size, left_chunks).eval()
+        frames, shift = chunk_frames(chunk_size)
+        enc_meta = _base_metadata(package, "ebranchformer")
+        enc_meta.update({
+            "T": str(frames), "decode_chunk_len": str(shift),
+            "num_hidden_layers": str(wrapper.num_layers), "hidden_size": str(wrapper.d_model),
+            "intermediate_size": str(2 * wrapper.d_model),
+            "csgu_kernel_size": str(wrapper.conv_kernel), "merge_conv_kernel": "2",
+            "left_context_len": str(wrapper.cache_size), "num_heads": str(wrapper.num_heads),
+            "head_dim": str(wrapper.head_dim), "chunk_size": str(chunk_size),
+            "left_chunks": str(left_chunks),
+        })
+        _export_streaming_encoder(wrapper, out / "encoder.onnx", opset, enc_meta,
+                                  package.config.data.fbank.num_mel_bins)
+        report.checks.append(_check_streaming(out / "encoder.onnx", wrapper, encoder,
+                                              package.config.data.fbank, chunk_size, left_chunks))
+        report.loader = (
+            "sherpa_onnx.OnlineRecognizer.from_transducer(encoder='encoder.onnx', "
+            "decoder='decoder.onnx', joiner='joiner.onnx', tokens='tokens.txt', "
+            f"feature_dim={package.config.data.fbank.num_mel_bins})")
+    report.metadata["encoder.onnx"] = enc_meta
+
+    context = decoder.context_size
+    dec_meta = {"vocab_size": str(vocab), "context_size": str(context), "blank_id": "0"}
+    y = torch.tensor([[-1] * (context - 1) + [0], [1 % vocab] * context], dtype=torch.int64)
+    _torch_export(decoder, (y,), out / "decoder.onnx", ["y"], ["decoder_out"],
+                  {"y": {0: "N"}, "decoder_out": {0: "N"}}, opset)
+    _add_metadata(out / "decoder.onnx", dec_meta)
+    report.metadata["decoder.onnx"] = dec_meta
+    report.checks.append(_check_decoder(out / "decoder.onnx", head, vocab))
+
+    join_meta = {"joiner_dim": str(joiner_dim), "vocab_size": str(vocab)}
+    enc_frame = torch.randn(2, joiner_dim)
+    _torch_export(joiner, (enc_frame, torch.randn(2, joiner_dim)), out / "joiner.onnx",
+                  ["encoder_out", "decoder_out"], ["logit"],
+                  {"encoder_out": {0: "N"}, "decoder_out": {0: "N"}, "logit": {0: "N"}}, opset)
+    _add_metadata(out / "joiner.onnx", join_meta)
+    report.metadata["joiner.onnx"] = join_meta
+    report.checks.append(_check_joiner(out / "joiner.onnx", head, joiner_dim, vocab))
+    return report
+
+
+def _export_ctc(
+    model: ASRModel, package: ModelPackage, head_name: str, out: Path, opset: int
+) -> ExportReport:
+    head: CTCHead = model.heads[head_name]
+    meta = _base_metadata(package, "zipformer2_ctc")
+    meta.update(chunk_size=str(model.encoder.cfg.chunk_size),
+                left_chunks=str(model.encoder.cfg.left_chunks), blank_id=str(head.blank_id))
+    wrapper = CtcModel(model.encoder, head).eval()
+    _export_offline_encoder(wrapper, out / "model.onnx", opset, meta,
+                            outputs=("log_probs", "log_probs_len"))
+    report = ExportReport(out, "ctc", head_name)
+    report.metadata["model.onnx"] = meta
+    report.checks.append(_check_offline(
+        out / "model.onnx", ["x", "x_lens"], ["log_probs", "log_probs_len"],
+        lambda x, n: _ctc_reference(model.encoder, head, x, n), package.config.data.fbank))
+    report.loader = ("sherpa_onnx.OfflineRecognizer.from_zipformer_ctc(model='model.onnx', "
+                     f"tokens='tokens.txt', feature_dim={package.config.data.fbank.num_mel_bins})")
+    return report
+
+
+def _export_tdt(
+    model: ASRModel, package: ModelPackage, head_name: str, out: Path, opset: int
+) -> ExportReport:
+    """sherpa-onnx's NeMo transducer layout (graphs.NemoEncoder/NemoDecoder/NemoJoiner)."""
+    head: TransducerHead = model.heads[head_name]
+    encoder: ChunkedEncoder = model.encoder
+    vocab = head.vocab_size
+    joiner_dim = head.joiner.encoder_proj.out_features
+    width = nemo_state_width(head.predictor.context_size)
+    report = ExportReport(out, "tdt", head_name)
+    fbank = package.config.data.fbank
+    mismatch = sherpa_fbank_problem(fbank, nemo=True)
+    if mismatch is not None:  # exported all the same: its cost is for the user to measure
+        mismatch = f"TDT through sherpa-onnx's NeMo path: {mismatch} (measure the WER)"
+        logger.warning("%s", mismatch)
+        report.notes.append(mismatch)
+
+    meta = _base_metadata(package, "EncDecRNNTBPEModel")
+    meta.update({
+        # the NeMo loader's keys: vocab_size WITHOUT blank; "tdt" in url switches durations on
+        "vocab_size": str(vocab - 1), "normalize_type": "", "pred_rnn_layers": "1",
+        "pred_hidden": str(width), "feat_dim": str(fbank.num_mel_bins),
+        "url": "asr-export-tdt", "durations": ",".join(map(str, head.durations)),
+        "chunk_size": str(encoder.cfg.chunk_size), "left_chunks": str(encoder.cfg.left_chunks),
+    })
+    wrapper = NemoEncoder(encoder, head.joiner.encoder_proj).eval()
+    x, x_lens = torch.randn(2, fbank.num_mel_bins, 103), torch.tensor([103, 71])
+    _torch_export(wrapper, (x, x_lens), out / "encoder.onnx", ["audio_signal", "length"],
+                  ["outputs", "encoded_lengths"],
+                  {"audio_signal": {0: "N", 2: "T"}, "length": {0: "N"},
+                   "outputs": {0: "N", 2: "T_out"}, "encoded_lengths": {0: "N"}}, opset)
+    _add_metadata(out / "encoder.onnx", meta)
+    report.metadata["encoder.onnx"] = meta
+    report.checks.append(_check_offline(
+        out / "encoder.onnx", ["audio_signal", "length"], ["outputs", "encoded_lengths"],
+        lambda x, n: _project(encoder(x, n), head.joiner.encoder_proj), fbank,
+        channels_first=True, pad_value=0.0))
+
+    decoder = NemoDecoder(head).eval()
+    dec_in = ["targets", "target_length", "states_0", "states_1"]
+    dec_out = ["decoder_out", "decoder_out_length", "next_states_0", "next_states_1"]
+    args = (torch.tensor([[vocab - 1], [1]], dtype=torch.int32), torch.ones(2, dtype=torch.int32),
+            torch.zeros(1, 2, width), torch.zeros(1, 2, 1))
+    _torch_export(decoder, args, out / "decoder.onnx", dec_in, dec_out,
+                  {"targets": {0: "N"}, "target_length": {0: "N"}, "states_0": {1: "N"},
+                   "states_1": {1: "N"}, "decoder_out": {0: "N"}, "decoder_out_length": {0: "N"},
+                   "next_states_0": {1: "N"}, "next_states_1": {1: "N"}}, opset)
+    dec_meta = {"vocab_size": str(vocab - 1), "context_size": str(head.predictor.context_size)}
+    _add_metadata(out / "decoder.onnx", dec_meta)
+    report.metadata["decoder.onnx"] = dec_meta
+    report.checks.append(_check_nemo_decoder(out / "decoder.onnx", head, width))
+
+    joiner = NemoJoiner(head).eval()
+    _torch_export(joiner, (torch.randn(2, joiner_dim, 1), torch.randn(2, joiner_dim, 1)),
+                  out / "joiner.onnx", ["encoder_out", "decoder_out"], ["logits"],
+                  {"encoder_out": {0: "N"}, "decoder_out": {0: "N"}, "logits": {0: "N"}}, opset)
+    join_meta = {"joiner_dim": str(joiner_dim), "num_durations": str(max(head.durations) + 1)}
+    _add_metadata(out / "joiner.onnx", join_meta)
+    report.metadata["joiner.onnx"] = join_meta
+    report.checks.append(_check_nemo_joiner(out / "joiner.onnx", head, joiner_dim))
+    report.loader = (
+        "sherpa_onnx.OfflineRecognizer.from_transducer(encoder='encoder.onnx', "
+        "decoder='decoder.onnx', joiner='joiner.onnx', tokens='tokens.txt', "
+        "model_type='nemo_transducer')")
+    return report
+
+
+def _project(outputs: tuple[Tensor, Tensor], projection: nn.Module) -> tuple[Tensor, Tensor]:
+    enc, lens = outputs
+    return projection(enc), lens
+
+
+def _ctc_reference(encoder: ChunkedEncoder, head: CTCHead, x: Tensor, x_lens: Tensor):
+    enc, lens = encoder(x, x_lens)
+    return head.log_probs(enc), lens
+
+
+# ----------------------------------------------------------------------------- torch -> onnx
+
+
+def _torch_export(
+    module: nn.Module, args: tuple, path: Path, inputs: Sequence[str], outputs: Sequence[str],
+    dynamic_axes: dict[str, dict[int, str]], opset: int,
+) -> None:
+    """The TorchScript-based exporter (``dynamo=False``): it traces our masks, built from
+    lengths with ``arange`` comparisons, without data-dependent guards, and keeps the I/O order
+    as declared (checked afterwards anyway)."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                module, args, str(path), input_names=list(inputs), output_names=list(outputs),
+                dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False,
+                do_constant_folding=True,
+            )
+        except Exception as err:  # the exporter raises many kinds; name the graph and opset
+            raise OnnxExportError(
+                f"{path.name}: torch.onnx.export (opset {opset}) failed: {err}") from err
+
+
+def _export_offline_encoder(
+    module: nn.Module, path: Path, opset: int, meta: dict[str, str],
+    outputs: tuple[str, str] = ("encoder_out", "encoder_out_lens"),
+) -> None:
+    # batch >= 2 and distinct lengths, so that no dimension is specialised to its example value
+    feature_dim = _feature_dim(module)
+    x = torch.randn(2, 103, feature_dim)
+    x_lens = torch.tensor([103, 71], dtype=torch.int64)
+    _torch_export(module, (x, x_lens), path, ["x", "x_lens"], list(outputs),
+                  {"x": {0: "N", 1: "T"}, "x_lens": {0: "N"}, outputs[0]: {0: "N", 1: "T_out"},
+                   outputs[1]: {0: "N"}}, opset)
+    _add_metadata(path, meta)
+
+
+def _feature_dim(module: nn.Module) -> int:
+    return int(module.encoder.input_dim)
+
+
+def _export_streaming_encoder(
+    wrapper: StreamingEncoder, path: Path, opset: int, meta: dict[str, str], feature_dim: int
+) -> None:
+    frames, _ = chunk_frames(wrapper.chunk_size)
+    batch = 2
+    states = wrapper.init_states(batch)
+    states = [torch.randn_like(s) for s in states[:-1]] + [torch.tensor([0, 7])]
+    inputs, outputs = _streaming_names(wrapper.num_layers)
+    axes = {name: {0: "N"} for name in inputs + outputs}
+    _torch_export(wrapper, (torch.randn(batch, frames, feature_dim), *states), path, inputs,
+                  outputs, axes, opset)
+    _add_metadata(path, meta)
+
+
+def _streaming_names(num_layers: int) -> tuple[list[str], list[str]]:
+    states = []
+    for i in range(num_layers):
+        states += [f"cached_key_{i}", f"cached_value_{i}", f"cached_conv_{i}",
+                   f"cached_conv_fusion_{i}"]
+    states.append("processed_lens")
+    return ["x", *states], ["encoder_out", *(f"new_{name}" for name in states)]
+
+
+def _add_metadata(path: Path, meta: dict[str, str]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    existing = {p.key: p for p in model.metadata_props}
+    for key, value in meta.items():
+        if key in existing:
+            existing[key].value = str(value)
+        else:
+            prop = model.metadata_props.add()
+            prop.key, prop.value = key, str(value)
+    onnx.save(model, str(path))
+
+
+# ----------------------------------------------------------------------------- self-check
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _check_io(session, path: Path, inputs: Sequence[tuple[str, str]],
+              outputs: Sequence[tuple[str, str]]) -> None:
+    """Names and element types of the graph's inputs and outputs, in order."""
+    got_in = [(i.name, i.type) for i in session.get_inputs()]
+    got_out = [(o.name, o.type) for o in session.get_outputs()]
+    if got_in != list(inputs) or got_out != list(outputs):
+        raise OnnxExportError(
+            f"{path.name}: inputs/outputs {got_in} -> {got_out}, expected {list(inputs)} -> "
+            f"{list(outputs)} (sherpa-onnx indexes them by position)")
+
+
+def _compare(path: Path, what: str, got: np.ndarray, want: Tensor) -> float:
+    want_np = want.detach().numpy()
+    if got.shape != want_np.shape:
+        raise OnnxExportError(f"{path.name}: {what} has shape {got.shape}, PyTorch {want_np.shape}")
+    if not np.isfinite(got).all():
+        raise OnnxExportError(f"{path.name}: {what} is not finite")
+    diff = np.abs(got.astype(np.float64) - want_np)
+    bad = diff > ATOL + RTOL * np.abs(want_np)
+    if bad.any():
+        raise OnnxExportError(
+            f"{path.name}: {what} differs from PyTorch by up to {diff.max():.3g} "
+            f"({int(bad.sum())} values beyond {ATOL:g} + {RTOL:g}|x|): the export is wrong")
+    return float(diff.max()) if diff.size else 0.0
+
+
+def _check_features(fbank: FbankConfig, lengths: Sequence[int], seed: int = 0) -> list[Tensor]:
+    """Log-mel features of noise bursts, ``lengths`` frames each (speech-like value ranges)."""
+    rng = np.random.default_rng(seed)
+    hop = fbank.hop_samples
+    feats = []
+    for frames in lengths:
+        samples = frames * hop
+        envelope = np.repeat(rng.uniform(0.0, 0.3, size=samples // 800 + 1), 800)[:samples]
+        wave = (rng.standard_normal(samples) * envelope).astype(np.float32)
+        feats.append(compute_fbank(wave, fbank.sample_rate, fbank)[:frames])
+    return feats
+
+
+def _padded(feats: Sequence[Tensor], pad_value: float = PAD_VALUE) -> tuple[Tensor, Tensor]:
+    lens = torch.tensor([f.shape[0] for f in feats], dtype=torch.int64)
+    x = torch.nn.utils.rnn.pad_sequence(list(feats), batch_first=True, padding_value=pad_value)
+    return x, lens
+
+
+@torch.no_grad()
+def _check_offline(path: Path, in_names, out_names, reference, fbank: FbankConfig,
+                   channels_first: bool = False, pad_value: float = PAD_VALUE) -> str:
+    session = _session(path)
+    _check_io(session, path, [(in_names[0], "tensor(float)"), (in_names[1], "tensor(int64)")],
+              [(out_names[0], "tensor(float)"), (out_names[1], "tensor(int64)")])
+    lengths = (211, 150, 57)
+    x, x_lens = _padded(_check_features(fbank, lengths), pad_value)
+    feed_x = x.transpose(1, 2).contiguous() if channels_first else x
+    got, got_lens = session.run(None, {in_names[0]: feed_x.numpy(), in_names[1]: x_lens.numpy()})
+    if channels_first:
+        got = got.transpose(0, 2, 1)
+    worst = 0.0
+    for b in range(len(lengths)):  # each utterance alone in PyTorch: padding must not matter
+        want, want_lens = reference(x[b: b + 1, : lengths[b]], x_lens[b: b + 1])
+        n = int(want_lens[0])
+        if int(got_lens[b]) != n:
+            raise OnnxExportError(f"{path.name}: {out_names[1]}[{b}] = {int(got_lens[b])}, "
+                                  f"PyTorch {n}")
+        worst = max(worst, _compare(path, out_names[0], got[b, :n], want[0, :n]))
+    return (f"{path.name}: batch of {len(lengths)} (frames {list(lengths)}, padded with "
+            f"{pad_value:.2f}) vs PyTorch alone: max |diff| {worst:.2e}")
+
+
+@torch.no_grad()
+def _check_decoder(path: Path, head: TransducerHead, vocab: int) -> str:
+    session = _session(path)
+    _check_io(session, path, [("y", "tensor(int64)")], [("decoder_out", "tensor(float)")])
+    predictor = head.predictor
+    context = predictor.context_size
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.randint(0, vocab, (16, context), generator=generator)
+    start = torch.tensor([[-1] * (context - 1) + [head.blank_id]])  # sherpa's start context
+    y = torch.cat([start, rows])
+    # reference: our predictor's one-token step from the context before the last token
+    state = predictor.init_state(y.shape[0], "cpu")
+    state = dataclasses.replace(state, context=y[:, :-1].clamp(min=0))
+    pred, _ = predictor.step(y[:, -1].clamp(min=0), state)
+    want = head.joiner.project_predictor(pred)
+    (got,) = session.run(None, {"y": y.numpy()})
+    worst = _compare(path, "decoder_out", got, want)
+    initial = head.joiner.project_predictor(
+        predictor.step(torch.tensor([head.blank_id]), predictor.init_state(1, "cpu"))[0])
+    worst = max(worst, _compare(path, "decoder_out of the start context", got[:1], initial))
+    return (f"{path.name}: {y.shape[0]} contexts incl. the start context "
+            f"{start[0].tolist()}: max |diff| {worst:.2e}")
+
+
+@torch.no_grad()
+def _check_joiner(path: Path, head: TransducerHead, joiner_dim: int, vocab: int) -> str:
+    session = _session(path)
+    _check_io(session, path, [("encoder_out", "tensor(float)"), ("decoder_out", "tensor(float)")],
+              [("logit", "tensor(float)")])
+    generator = torch.Generator().manual_seed(0)
+    enc = torch.randn(5, joiner_dim, generator=generator)
+    dec = torch.randn(5, joiner_dim, generator=generator)
+    (got,) = session.run(None, {"encoder_out": enc.numpy(), "decoder_out": dec.numpy()})
+    if got.shape[-1] != vocab:
+        raise OnnxExportError(f"{path.name}: logit has {got.shape[-1]} columns, vocab_size {vocab}")
+    worst = _compare(path, "logit", got, head.joiner.join(enc, dec))
+    return f"{path.name}: 5 frames: max |diff| {worst:.2e}"
+
+
+@torch.no_grad()
+def _check_nemo_decoder(path: Path, head: TransducerHead, width: int) -> str:
+    """sherpa's first call (nemo blank, zero states), then token after token with the states
+    carried, against our predictor's steps."""
+    session = _session(path)
+    names = ["targets", "target_length", "states_0", "states_1"]
+    _check_io(session, path, list(zip(names, ["tensor(int32)"] * 2 + ["tensor(float)"] * 2)),
+              list(zip(["decoder_out", "decoder_out_length", "next_states_0", "next_states_1"],
+                       ["tensor(float)", "tensor(int32)", "tensor(float)", "tensor(float)"])))
+    vocab = head.vocab_size
+    generator = torch.Generator().manual_seed(0)
+    ours = [0] + torch.randint(0, vocab, (7,), generator=generator).tolist()  # blank, 7 tokens
+    batch = 2  # two rows in step: the second row runs the same ids shifted by one
+    state = head.predictor.init_state(batch, "cpu")
+    states = [np.zeros((1, batch, width), np.float32), np.zeros((1, batch, 1), np.float32)]
+    worst = 0.0
+    for step in range(len(ours) - 1):
+        ids = torch.tensor([ours[step], ours[step + 1] if step else 0])
+        nemo = torch.where(ids == 0, vocab - 1, ids - 1).to(torch.int32)[:, None]
+        got = session.run(None, {"targets": nemo.numpy(),
+                                 "target_length": np.ones(batch, np.int32),
+                                 "states_0": states[0], "states_1": states[1]})
+        pred, state = head.predictor.step(ids, state)
+        want = head.joiner.project_predictor(pred)
+        worst = max(worst, _compare(path, f"decoder_out (step {step})", got[0][:, :, 0], want))
+        states = got[2:]
+    return (f"{path.name}: {len(ours) - 1} steps of 2 rows, states carried, blank mapped from "
+            f"the last id: max |diff| {worst:.2e}")
+
+
+@torch.no_grad()
+def _check_nemo_joiner(path: Path, head: TransducerHead, joiner_dim: int) -> str:
+    session = _session(path)
+    _check_io(session, path, [("encoder_out", "tensor(float)"), ("decoder_out", "tensor(float)")],
+              [("logits", "tensor(float)")])
+    generator = torch.Generator().manual_seed(0)
+    enc = torch.randn(5, joiner_dim, generator=generator)
+    dec = torch.randn(5, joiner_dim, generator=generator)
+    (got,) = session.run(None, {"encoder_out": enc[:, :, None].numpy(),
+                                "decoder_out": dec[:, :, None].numpy()})
+    logits = head.joiner.join(enc, dec)
+    vocab = head.vocab_size
+    worst = _compare(path, "token logits (blank last)", got[:, :vocab],
+                     torch.cat([logits[:, 1:vocab], logits[:, :1]], dim=1))
+    for k, duration in enumerate(head.durations):
+        worst = max(worst, _compare(path, f"logit of skip {duration}", got[:, vocab + duration],
+                                    logits[:, vocab + k]))
+    return f"{path.name}: 5 frames, blank last, durations by skip: max |diff| {worst:.2e}"
+
+
+@torch.no_grad()
+def _check_streaming(
+    path: Path, wrapper: StreamingEncoder, encoder: ChunkedEncoder, fbank: FbankConfig,
+    chunk_size: int, left_chunks: int,
+) -> str:
+    """Two streams, the second starting one chunk later, batched whenever both run; each
+    against our own chunk-by-chunk streaming (``forward_chunk``) alone."""
+    session = _session(path)
+    in_names, out_names = _streaming_names(wrapper.num_layers)
+    dtypes = ["tensor(float)"] * (len(in_names) - 1) + ["tensor(int64)"]
+    _check_io(session, path, list(zip(in_names, dtypes)), list(zip(out_names, dtypes)))
+    frames, shift = chunk_frames(chunk_size)
+    num_chunks = max(4, left_chunks + 2)  # beyond the cache size: old frames must roll out
+    delays = (0, 1)
+    feats = _check_features(fbank, [frames + shift * (num_chunks - 1)] * 2, seed=1)
+    # PyTorch: each stream alone, fed exactly as the runtime feeds it (4c + 3, then 4c frames)
+    want: list[list[Tensor]] = []
+    for stream in range(2):
+        state = encoder.init_state(1, "cpu", left_chunks=left_chunks, chunk_size=chunk_size)
+        outs, start = [], 0
+        for _ in range(num_chunks):
+            take = int(encoder.frames_needed(state, chunk_size)[0])
+            chunk = feats[stream][start: start + take][None]
+            enc, _, state = encoder.forward_chunk(chunk, torch.tensor([take]), state)
+            outs.append(wrapper.projection(enc)[0])
+            start += take
+        want.append(outs)
+    # onnxruntime: sherpa's windows (frames k*4c .. k*4c + 4c + 3), states stacked on axis 0
+    states: dict[int, list[np.ndarray]] = {}
+    worst = 0.0
+    for tick in range(num_chunks + max(delays)):
+        active = [s for s in range(2) if 0 <= tick - delays[s] < num_chunks]
+        for s in active:
+            if s not in states:
+                states[s] = [t.numpy() for t in wrapper.init_states(1)]
+        x = np.stack([feats[s][(tick - delays[s]) * shift:][:frames].numpy() for s in active])
+        feed = {"x": x}
+        for i, name in enumerate(in_names[1:]):
+            feed[name] = np.concatenate([states[s][i] for s in active], axis=0)
+        result = session.run(None, feed)
+        for row, s in enumerate(active):
+            k = tick - delays[s]
+            worst = max(worst, _compare(path, f"encoder_out (stream {s}, chunk {k})",
+                                        result[0][row], want[s][k]))
+            states[s] = [r[row: row + 1] for r in result[1:]]
+            if int(states[s][-1][0]) != (k + 1) * chunk_size:
+                raise OnnxExportError(f"{path.name}: processed_lens {int(states[s][-1][0])} "
+                                      f"after {k + 1} chunks of {chunk_size}")
+    num_states = STATES_PER_LAYER * wrapper.num_layers + 1
+    return (f"{path.name}: 2 streams x {num_chunks} chunks of {frames} frames (shift {shift}), "
+            f"{num_states} states carried, the 2nd stream one chunk behind and batched with the "
+            f"1st: max |diff| {worst:.2e} vs forward_chunk")
+
+
+# ----------------------------------------------------------------------------- int8, files
+
+
+def _quantize_all(report: ExportReport, out: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    for name in list(report.metadata):
+        source = out / name
+        target = out / name.replace(".onnx", ".int8.onnx")
+        ops = ["MatMul", "Gather"] if name == "decoder.onnx" else ["MatMul"]
+        with warnings.catch_warnings(), _quiet_root_logger():
+            warnings.simplefilter("ignore")
+            quantize_dynamic(str(source), str(target), op_types_to_quantize=ops,
+                             weight_type=QuantType.QInt8)
+        _add_metadata(target, report.metadata[name])  # kept by quantize_dynamic; made sure
+        report.checks.append(_check_int8(source, target))
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """onnxruntime's quantizer logs every tensor at INFO on the root logger."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING + 1))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _check_int8(source: Path, target: Path) -> str:
+    """Same inputs and outputs as the fp32 graph; finite outputs on random inputs; the
+    difference is reported."""
+    fp32, int8 = _session(source), _session(target)
+    want = [(i.name, i.type) for i in fp32.get_inputs()]
+    _check_io(int8, target, want, [(o.name, o.type) for o in fp32.get_outputs()])
+    feed = {}
+    rng = np.random.default_rng(0)
+    lengths = {"x_lens": 63, "length": 63, "target_length": 1}
+    for inp in fp32.get_inputs():
+        shape = [d if isinstance(d, int) else (2 if d == "N" else 63) for d in inp.shape]
+        if inp.type in ("tensor(int64)", "tensor(int32)"):
+            dtype = np.int64 if inp.type == "tensor(int64)" else np.int32
+            if inp.name in lengths:
+                feed[inp.name] = np.full(shape, lengths[inp.name], dtype=dtype)
+            else:  # token ids, processed_lens
+                feed[inp.name] = rng.integers(0, 2, size=shape).astype(dtype)
+        else:
+            feed[inp.name] = rng.standard_normal(shape).astype(np.float32)
+    a, b = fp32.run(None, feed)[0], int8.run(None, feed)[0]
+    if not np.isfinite(b).all():
+        raise OnnxExportError(f"{target.name}: outputs are not finite")
+    size = target.stat().st_size / source.stat().st_size
+    return (f"{target.name}: same inputs/outputs as {source.name}, max |diff| "
+            f"{float(np.abs(a - b).max()):.2e} on random inputs, {size:.0%} of its size")
+
+
+def _write_tokens(package: ModelPackage, path: Path, blank_last: bool = False) -> None:
+    """``piece id`` lines; ``blank_last``: the NeMo path's ids (ours - 1, blank last)."""
+    tokenizer = package.tokenizer
+    pieces = [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)]
+    if blank_last:
+        pieces = pieces[1:] + pieces[:1]
+    path.write_text("".join(f"{p} {i}\n" for i, p in enumerate(pieces)), encoding="utf-8")
+
+
+def _write_report(report: ExportReport, package: ModelPackage, path: Path) -> None:
+    data: dict[str, Any] = {
+        "layout": report.layout,
+        "head": report.head,
+        "package": str(package.directory),
+        "asr_version": __version__,
+        "files": report.files,
+        "loader": report.loader,
+        "features": {**dataclasses.asdict(package.config.data.fbank),
+                     "samples": "float in [-1, 1]"},
+        "tolerance": {"atol": ATOL, "rtol": RTOL},
+        "checks": report.checks,
+        "notes": report.notes,
+        "metadata": report.metadata,
+    }
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n",
+                    encoding="utf-8")

@@ -1,0 +1,189 @@
+"""Decoding with sherpa-onnx: an exported directory (:mod:`asr.export.sherpa`) loaded in the
+sherpa-onnx runtime, for test-set WERs (``asr decode-onnx``) and benchmarks.
+
+:func:`load_recognizer` reads ``export.json`` to pick the loader (offline transducer, streaming
+transducer, CTC) and the fp32 or int8 graphs. :meth:`SherpaRecognizer.decode` decodes waveforms
+as sherpa-onnx's own examples do: offline, one ``decode_streams`` call per batch; streaming, all
+streams fed at once, followed by enough silence to flush the last chunk (sherpa-onnx decodes a
+chunk only when the frames after it have arrived), then ``decode_streams`` over the ready streams
+until none is ready.
+
+Example:
+    >>> recognizer = load_recognizer("exp/onnx-streaming", int8=True)
+    >>> [result] = recognizer.decode([samples])
+    >>> result.text, result.token_ids
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from asr.data.dataset import load_cuts
+from asr.data.filtering import cut_text
+from asr.data.librispeech import cuts_path
+from asr.export.graphs import chunk_frames
+from asr.run.evaluate import Recognition
+
+__all__ = ["SherpaRecognizer", "SherpaResult", "decode_part_sherpa", "load_recognizer"]
+
+logger = logging.getLogger(__name__)
+
+_WORD_START = "\u2581"
+
+
+@dataclass(frozen=True)
+class SherpaResult:
+    """One decoded waveform: text (words separated by single spaces) and token ids."""
+
+    text: str
+    token_ids: tuple[int, ...]
+
+
+class SherpaRecognizer:
+    """A sherpa-onnx recognizer for an exported directory.
+
+    Args:
+        recognizer: ``sherpa_onnx.OfflineRecognizer`` or ``OnlineRecognizer``.
+        layout: ``transducer``, ``streaming_transducer`` (an online recognizer), ``ctc`` or
+            ``tdt``.
+        pieces: the tokens.txt pieces in id order.
+        sample_rate: the model's sample rate.
+        tail_seconds: silence appended to each streaming input before ``input_finished``.
+    """
+
+    def __init__(self, recognizer, layout: str, pieces: Sequence[str], sample_rate: int,
+                 tail_seconds: float) -> None:
+        self.recognizer = recognizer
+        self.layout = layout
+        self.streaming = layout == "streaming_transducer"
+        self.sample_rate = sample_rate
+        self.tail_seconds = tail_seconds
+        # the NeMo layout (TDT) numbers tokens one below ours, blank last
+        shift = 1 if layout == "tdt" else 0
+        self._ids = {piece: (i + shift) % len(pieces) for i, piece in enumerate(pieces)}
+
+    def token_ids(self, tokens: Sequence[str]) -> tuple[int, ...]:
+        """sherpa-onnx's result tokens (a leading ``▁`` shown as a space) -> ids."""
+        return tuple(self._ids[_WORD_START + t[1:] if t.startswith(" ") else t] for t in tokens)
+
+    def decode(self, waves: Sequence[np.ndarray], sample_rate: int | None = None,
+               batch_size: int = 32) -> list[SherpaResult]:
+        """Decodes (N,) float waveforms in [-1, 1], ``batch_size`` streams at a time."""
+        rate = sample_rate or self.sample_rate
+        results: list[SherpaResult] = []
+        for start in range(0, len(waves), max(1, batch_size)):
+            batch = waves[start: start + max(1, batch_size)]
+            results += (self._streaming if self.streaming else self._offline)(batch, rate)
+        return results
+
+    def _result(self, result) -> SherpaResult:
+        return SherpaResult(" ".join(result.text.split()), self.token_ids(result.tokens))
+
+    def _offline(self, waves: Sequence[np.ndarray], rate: int) -> list[SherpaResult]:
+        streams = []
+        for wave in waves:
+            stream = self.recognizer.create_stream()
+            stream.accept_waveform(rate, np.asarray(wave, dtype=np.float32))
+            streams.append(stream)
+        self.recognizer.decode_streams(streams)
+        return [self._result(s.result) for s in streams]
+
+    def _streaming(self, waves: Sequence[np.ndarray], rate: int) -> list[SherpaResult]:
+        tail = np.zeros(int(self.tail_seconds * rate), dtype=np.float32)
+        streams = []
+        for wave in waves:
+            stream = self.recognizer.create_stream()
+            stream.accept_waveform(rate, np.asarray(wave, dtype=np.float32))
+            stream.accept_waveform(rate, tail)
+            stream.input_finished()
+            streams.append(stream)
+        while True:
+            ready = [s for s in streams if self.recognizer.is_ready(s)]
+            if not ready:
+                break
+            self.recognizer.decode_streams(ready)
+        return [self._result(self.recognizer.get_result_all(s)) for s in streams]
+
+
+def load_recognizer(
+    onnx_dir: str | Path, int8: bool = False, num_threads: int = 1,
+    decoding_method: str = "greedy_search",
+) -> SherpaRecognizer:
+    """The sherpa-onnx recognizer of an ``asr export-onnx`` directory.
+
+    Raises:
+        FileNotFoundError: without ``export.json`` or the graphs asked for (int8 ones exist only
+            when exported with ``--int8``).
+    """
+    import sherpa_onnx
+
+    onnx_dir = Path(onnx_dir)
+    report_path = onnx_dir / "export.json"
+    if not report_path.is_file():
+        raise FileNotFoundError(f"{report_path}: not an asr export-onnx directory")
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    suffix = ".int8.onnx" if int8 else ".onnx"
+    layout = report["layout"]
+    names = ["model"] if layout == "ctc" else ["encoder", "decoder", "joiner"]
+    files = {name: onnx_dir / f"{name}{suffix}" for name in names}
+    for path in files.values():
+        if not path.is_file():
+            hint = " (export with --int8)" if int8 else ""
+            raise FileNotFoundError(f"{path}: missing{hint}")
+    features = report["features"]
+    common = {"tokens": str(onnx_dir / "tokens.txt"), "num_threads": num_threads,
+              "sample_rate": int(features["sample_rate"]),
+              "feature_dim": int(features["num_mel_bins"]), "decoding_method": decoding_method}
+    streaming = layout == "streaming_transducer"
+    tail_seconds = 0.0
+    if layout == "ctc":
+        recognizer = sherpa_onnx.OfflineRecognizer.from_zipformer_ctc(
+            model=str(files["model"]), **common)
+    elif streaming:
+        recognizer = sherpa_onnx.OnlineRecognizer.from_transducer(
+            encoder=str(files["encoder"]), decoder=str(files["decoder"]),
+            joiner=str(files["joiner"]), **common)
+        frames, _ = chunk_frames(int(report["metadata"]["encoder.onnx"]["chunk_size"]))
+        tail_seconds = (frames + 1) * float(features["frame_shift_ms"]) / 1000.0
+    else:
+        recognizer = sherpa_onnx.OfflineRecognizer.from_transducer(
+            encoder=str(files["encoder"]), decoder=str(files["decoder"]),
+            joiner=str(files["joiner"]),
+            model_type="nemo_transducer" if layout == "tdt" else "transducer", **common)
+    pieces = [line.split()[0] for line in
+              (onnx_dir / "tokens.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
+    return SherpaRecognizer(recognizer, layout, pieces, common["sample_rate"], tail_seconds)
+
+
+def decode_part_sherpa(
+    recognizer: SherpaRecognizer, manifest_dir: str | Path, part: str, batch_size: int = 32,
+) -> list[Recognition]:
+    """Recognitions of the test set ``<manifest_dir>/librispeech_cuts_<part>.jsonl.gz`` (audio of
+    every cut, unfiltered), as :func:`asr.run.evaluate.decode_part` makes them."""
+    manifest_dir = Path(manifest_dir)
+    cuts = load_cuts(manifest_dir, [cuts_path(manifest_dir, part).name]).to_eager()
+    recognitions: list[Recognition] = []
+    seconds = audio = 0.0
+    cut_list = list(cuts)
+    for start in range(0, len(cut_list), batch_size):
+        batch = cut_list[start: start + batch_size]
+        waves = []
+        for cut in batch:
+            samples = cut.resample(recognizer.sample_rate).load_audio()
+            waves.append(np.asarray(samples, dtype=np.float32).reshape(-1))
+        began = time.perf_counter()
+        results = recognizer.decode(waves, batch_size=batch_size)
+        seconds += time.perf_counter() - began
+        audio += sum(c.duration for c in batch)
+        for cut, result in zip(batch, results):
+            recognitions.append(Recognition(cut.id, cut_text(cut), result.text))
+    logger.info("%s: %d utterances, %.1f s of audio decoded by sherpa-onnx in %.1f s (RTF %.3f)",
+                part, len(recognitions), audio, seconds, seconds / max(audio, 1e-9))
+    return recognitions

@@ -1,0 +1,38 @@
+"""``asr export-onnx`` + ``asr decode-onnx`` on the tiny trained experiment: sherpa-onnx test-set
+results in ``asr decode``'s files, and the CTC hypotheses equal ``asr decode``'s."""
+
+from __future__ import annotations
+
+from asr.cli.main import main
+
+PART = "test-clean"
+
+
+def _hyps(path) -> list[str]:
+    return [line.split("hyp=", 1)[1] for line in path.read_text().splitlines() if "\thyp=" in line]
+
+
+def test_sherpa_onnx_test_set_wer(trained, tiny_corpus, tmp_path, capsys):
+    package = tmp_path / "package"
+    assert main(["export-package", "--exp-dir", str(trained), "--checkpoint",
+                 str(trained / "epoch-2.pt"), "--out", str(package)]) == 0
+    assert main(["decode", "--exp-dir", str(trained), "--checkpoint", str(trained / "epoch-2.pt"),
+                 "--searcher", "ctc_greedy", "--parts", PART]) == 0
+    for name, options in {"ctc": ["--head", "ctc"], "streaming": ["--streaming", "--int8"]}.items():
+        assert main(["export-onnx", "--model", str(package), "--out", str(tmp_path / name),
+                     *options]) == 0
+    capsys.readouterr()
+    manifests = str(tiny_corpus / "fbank")
+    assert main(["decode-onnx", "--onnx-dir", str(tmp_path / "ctc"), "--manifest-dir", manifests,
+                 "--parts", PART]) == 0
+    assert main(["decode-onnx", "--onnx-dir", str(tmp_path / "streaming"), "--int8",
+                 "--manifest-dir", manifests, "--parts", PART, "--out-dir", str(tmp_path)]) == 0
+    summaries = capsys.readouterr().out.split()
+    assert summaries == [
+        str(tmp_path / "ctc" / f"wer-summary-{PART}-sherpa-onnx-ctc.txt"),
+        str(tmp_path / f"wer-summary-{PART}-sherpa-onnx-streaming-transducer-int8.txt")]
+    ours = _hyps(trained / "ctc_greedy" / f"recogs-{PART}-ctc_greedy.txt")
+    theirs = _hyps(tmp_path / "ctc" / f"recogs-{PART}-sherpa-onnx-ctc.txt")
+    assert len(ours) == 4 and theirs == ours
+    assert main(["decode-onnx", "--onnx-dir", str(tmp_path / "ctc"), "--int8",
+                 "--manifest-dir", manifests]) == 2  # exported without --int8

@@ -1,0 +1,405 @@
+"""asr export-onnx: the graphs load in sherpa-onnx and decode to exactly our token sequences.
+
+One tiny trained transducer package (it has a CTC head beside the transducer) is exported three
+ways: offline transducer, streaming transducer and CTC. sherpa-onnx decodes 24 utterances in one
+batch (different lengths) with greedy search; our runtime decodes them with its greedy searchers
+configured as sherpa's (at most one symbol per frame). The token sequences must be equal.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import kaldi_native_fbank as knf
+import numpy as np
+import onnx
+import pytest
+import sherpa_onnx
+import torch
+
+from asr.audio import load_audio
+from asr.cli.main import main
+from asr.decoding import SearchConfig
+from asr.export import OnnxExportError, export_onnx
+from asr.export.graphs import chunk_frames
+from asr.export.sherpa import SHERPA_NEMO_FBANK, sherpa_fbank_problem
+from asr.features.fbank import FbankConfig, compute_fbank
+from asr.package import export_package
+from asr.runtime.endpoint import EndpointConfig
+from asr.runtime.offline import load_model
+from asr.testing.packages import random_experiment, random_package
+from asr.testing.tiny import espeak_available
+
+RATE = 16000
+GREEDY_ONE_PER_FRAME = SearchConfig(max_symbols_per_frame=1)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    from asr.testing.packages import trained_tiny_package
+
+    if not espeak_available():
+        pytest.skip("needs espeak-ng")
+    return trained_tiny_package(tmp_path_factory.getbasetemp() / "tiny_models", head="transducer")
+
+
+@pytest.fixture(scope="session")
+def exported(tiny, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("onnx")
+    out = {}
+    for name, options in {"offline": {"int8": True}, "ctc": {"head": "ctc"},
+                          "streaming": {"streaming": True, "int8": True}}.items():
+        out[name] = root / name
+        export_onnx(tiny.package_dir, out[name], **options)
+    return out
+
+
+@pytest.fixture(scope="session")
+def utterances(tiny) -> list[np.ndarray]:
+    """24 utterances of different lengths: the training sentences alone and in pairs, scaled,
+    between quiet noise."""
+    rng = np.random.default_rng(0)
+    base = [load_audio(w, RATE) for w in tiny.wavs]
+
+    def quiet() -> np.ndarray:
+        return rng.standard_normal(int(rng.uniform(0.05, 0.6) * RATE)) * 1e-3
+
+    waves = []
+    for i in range(24):
+        parts = [quiet(), base[i % 4] * rng.uniform(0.3, 1.0)]
+        if i >= 8:
+            parts += [quiet(), base[(3 * i + 1) % 4] * rng.uniform(0.3, 1.0)]
+        waves.append(np.concatenate(parts + [quiet()]).astype(np.float32))
+    assert len({w.shape[0] for w in waves}) == len(waves)
+    return waves
+
+
+def _token_ids(directory: Path, pieces) -> list[tuple[int, ...]]:
+    """sherpa-onnx results (token strings, a leading '▁' shown as a space) -> our ids."""
+    ids = {line.split()[0]: int(line.split()[1])
+           for line in (directory / "tokens.txt").read_text(encoding="utf-8").splitlines()}
+    return [tuple(ids["\u2581" + t[1:] if t.startswith(" ") else t] for t in p) for p in pieces]
+
+
+def _sherpa_offline(recognizer, directory: Path, waves) -> list[tuple[int, ...]]:
+    streams = []
+    for wave in waves:
+        stream = recognizer.create_stream()
+        stream.accept_waveform(RATE, wave)
+        streams.append(stream)
+    recognizer.decode_streams(streams)  # all utterances in one batch
+    return _token_ids(directory, [s.result.tokens for s in streams])
+
+
+def _report(name: str, ours, theirs) -> int:
+    same = sum(a == b for a, b in zip(ours, theirs))
+    print(f"{name}: sherpa-onnx == ours on {same}/{len(ours)} utterances")
+    return same
+
+
+def test_our_features_are_sherpa_onnx_features(utterances):
+    """sherpa-onnx computes features with kaldi-native-fbank and these options (its defaults)."""
+    opts = knf.FbankOptions()
+    opts.frame_opts.dither = 0.0
+    opts.frame_opts.snip_edges = False
+    opts.frame_opts.samp_freq = RATE
+    opts.mel_opts.num_bins = 80
+    opts.mel_opts.low_freq = 20.0
+    opts.mel_opts.high_freq = -400.0
+    wave = np.concatenate([np.zeros(2000, np.float32), utterances[0]])  # digital silence too
+    fbank = knf.OnlineFbank(opts)
+    fbank.accept_waveform(RATE, wave.tolist())
+    fbank.input_finished()
+    theirs = np.stack([fbank.get_frame(i) for i in range(fbank.num_frames_ready)])
+    ours = compute_fbank(wave, RATE, FbankConfig()).numpy()
+    assert ours.shape == theirs.shape
+    assert np.abs(ours - theirs).max() < 1e-3
+    assert sherpa_fbank_problem(FbankConfig()) is None
+    problem = sherpa_fbank_problem(FbankConfig(low_freq=0.0, window_type="hanning"))
+    assert "low_freq=0.0" in problem and "window_type='hanning'" in problem
+
+
+def test_offline_transducer_tokens_equal_ours(tiny, exported, utterances):
+    directory = exported["offline"]
+    recognizer = sherpa_onnx.OfflineRecognizer.from_transducer(
+        encoder=str(directory / "encoder.onnx"), decoder=str(directory / "decoder.onnx"),
+        joiner=str(directory / "joiner.onnx"), tokens=str(directory / "tokens.txt"),
+        num_threads=1, decoding_method="greedy_search")
+    theirs = _sherpa_offline(recognizer, directory, utterances)
+    model = load_model(tiny.package_dir, searcher="transducer_greedy", search=GREEDY_ONE_PER_FRAME)
+    ours = [r.token_ids for r in model.transcribe(utterances)]
+    assert sum(map(len, ours)) > 3 * len(ours)  # the model does say something
+    assert _report("offline transducer", ours, theirs) == len(utterances)
+
+
+def test_ctc_tokens_equal_ours(tiny, exported, utterances):
+    directory = exported["ctc"]
+    recognizer = sherpa_onnx.OfflineRecognizer.from_zipformer_ctc(
+        model=str(directory / "model.onnx"), tokens=str(directory / "tokens.txt"), num_threads=1)
+    theirs = _sherpa_offline(recognizer, directory, utterances)
+    ours = [r.token_ids for r in load_model(tiny.package_dir, searcher="ctc_greedy")
+            .transcribe(utterances)]
+    assert sum(map(len, ours)) > 3 * len(ours)
+    assert _report("offline CTC", ours, theirs) == len(utterances)
+
+
+def _whole_chunks(wave: np.ndarray, chunk_size: int) -> np.ndarray:
+    """``wave`` padded with zeros to a frame count both runtimes consume in whole chunks.
+
+    sherpa-onnx decodes a chunk only when one more frame than it reads is ready, and drops what
+    is left at the end; our recognizer also decodes that remainder. With ``N = 4c * K + 5``
+    frames both decode exactly K chunks (the 2 frames left produce no encoder frame)."""
+    frames, shift = chunk_frames(chunk_size)
+    have = (wave.shape[0] + 80) // 160 + 1
+    chunks = max(1, -(-(have - (frames + 2 - shift)) // shift))
+    total = (chunks - 1) * shift + frames + 2
+    return np.concatenate([wave, np.zeros(total * 160 - wave.shape[0], np.float32)])
+
+
+def _sherpa_streaming(recognizer, directory: Path, waves) -> list[tuple[int, ...]]:
+    streams = []
+    for wave in waves:
+        stream = recognizer.create_stream()
+        stream.accept_waveform(RATE, wave)
+        stream.input_finished()
+        streams.append(stream)
+    batches = []
+    while True:
+        ready = [s for s in streams if recognizer.is_ready(s)]
+        if not ready:
+            break
+        batches.append(len(ready))
+        recognizer.decode_streams(ready)
+    assert max(batches) == len(waves) and min(batches) < len(waves)  # batched, unequal lengths
+    return _token_ids(directory, [recognizer.get_result_all(s).tokens for s in streams])
+
+
+def _ours_streaming(model, waves) -> list[tuple[int, ...]]:
+    recognizer = model.streaming_recognizer(endpoint=EndpointConfig(enabled=False))
+    streams = []
+    for wave in waves:
+        stream = recognizer.new_stream()
+        recognizer.accept_waveform(stream, wave, RATE)
+        recognizer.input_finished(stream)
+        streams.append(stream)
+    while not all(s.done for s in streams):
+        recognizer.decode(streams)
+    return [recognizer.result(s).token_ids for s in streams]
+
+
+def test_streaming_transducer_tokens_equal_ours(tiny, exported, utterances):
+    directory = exported["streaming"]
+    meta = {p.key: p.value for p in onnx.load(str(directory / "encoder.onnx")).metadata_props}
+    chunk_size = int(meta["chunk_size"])
+    assert meta["model_type"] == "ebranchformer"
+    assert (int(meta["T"]), int(meta["decode_chunk_len"])) == chunk_frames(chunk_size)
+    waves = [_whole_chunks(w, chunk_size) for w in utterances]
+    recognizer = sherpa_onnx.OnlineRecognizer.from_transducer(
+        encoder=str(directory / "encoder.onnx"), decoder=str(directory / "decoder.onnx"),
+        joiner=str(directory / "joiner.onnx"), tokens=str(directory / "tokens.txt"),
+        num_threads=1, decoding_method="greedy_search")
+    theirs = _sherpa_streaming(recognizer, directory, waves)
+    model = load_model(tiny.package_dir, searcher="transducer_greedy", search=GREEDY_ONE_PER_FRAME)
+    ours = _ours_streaming(model, waves)
+    assert sum(map(len, ours)) > 3 * len(ours)
+    assert _report("streaming transducer", ours, theirs) == len(utterances)
+
+
+def test_int8_graphs_load_and_mostly_agree(tiny, exported, utterances):
+    """Quantization changes the numbers: the int8 graphs must load and decode; agreement with
+    fp32 is reported (its WER is what to measure on a real model)."""
+    offline, streaming = exported["offline"], exported["streaming"]
+    files = {f"{part}.int8.onnx" for part in ("encoder", "decoder", "joiner")}
+    assert files <= {p.name for p in offline.iterdir()}
+    kwargs = {f"{part}": str(offline / f"{part}.int8.onnx")
+              for part in ("encoder", "decoder", "joiner")}
+    recognizer = sherpa_onnx.OfflineRecognizer.from_transducer(
+        tokens=str(offline / "tokens.txt"), num_threads=1, **kwargs)
+    int8 = _sherpa_offline(recognizer, offline, utterances)
+    fp32 = [r.token_ids for r in load_model(tiny.package_dir, searcher="transducer_greedy",
+                                            search=GREEDY_ONE_PER_FRAME).transcribe(utterances)]
+    assert _report("offline transducer int8", fp32, int8) >= len(utterances) // 2
+    kwargs = {f"{part}": str(streaming / f"{part}.int8.onnx")
+              for part in ("encoder", "decoder", "joiner")}
+    recognizer = sherpa_onnx.OnlineRecognizer.from_transducer(
+        tokens=str(streaming / "tokens.txt"), num_threads=1, **kwargs)
+    assert any(_sherpa_streaming(recognizer, streaming, utterances[:4]))
+    report = json.loads((streaming / "export.json").read_text())
+    assert any(line.startswith("encoder.int8.onnx") for line in report["checks"])
+
+
+def test_layout_metadata_and_tokens(tiny, exported):
+    offline = exported["offline"]
+    decoder = {p.key: p.value for p in onnx.load(str(offline / "decoder.onnx")).metadata_props}
+    assert decoder["vocab_size"] == str(len((offline / "tokens.txt").read_text().splitlines()))
+    assert decoder["context_size"] == "2"
+    lines = (offline / "tokens.txt").read_text(encoding="utf-8").splitlines()
+    assert lines[:3] == ["<blk> 0", "<sos/eos> 1", "<unk> 2"]
+    streaming = onnx.load(str(exported["streaming"] / "encoder.onnx"))
+    meta = {p.key: p.value for p in streaming.metadata_props}
+    layers = int(meta["num_hidden_layers"])
+    assert len(streaming.graph.input) == len(streaming.graph.output) == 4 * layers + 2
+    assert streaming.graph.input[-1].name == "processed_lens"
+    for key in ("hidden_size", "intermediate_size", "csgu_kernel_size", "merge_conv_kernel",
+                "left_context_len", "num_heads", "head_dim"):
+        assert int(meta[key]) > 0
+    ctc = onnx.load(str(exported["ctc"] / "model.onnx"))
+    vocab_dim = ctc.graph.output[0].type.tensor_type.shape.dim[2]
+    assert vocab_dim.dim_value == len(lines)  # sherpa reads V from the static output shape
+
+
+def test_transformer_with_global_cmvn_exports(tmp_path):
+    """CMVN inside the graph (non-trivial statistics), and blocks without a convolution."""
+    exp = random_experiment(tmp_path, head="transducer", chunk_size=3, left_chunks=2,
+                            encoder_overrides={"kind": "transformer", "input_norm": "global_cmvn"})
+    generator = torch.Generator().manual_seed(0)
+    for path in exp.glob("checkpoint-*.pt"):
+        checkpoint = torch.load(path, weights_only=True)
+        checkpoint["model"]["encoder.input_norm.mean"] = torch.randn(80, generator=generator) - 8
+        checkpoint["model"]["encoder.input_norm.inv_std"] = torch.rand(80, generator=generator) + .3
+        torch.save(checkpoint, path)
+    export_package(exp, tmp_path / "package")
+    for streaming in (False, True):
+        report = export_onnx(tmp_path / "package", tmp_path / f"onnx-{streaming}",
+                             streaming=streaming)
+        assert len(report.checks) == 3
+
+
+def test_cli_and_clear_errors(tmp_path, capsys, caplog):
+    package = random_package(tmp_path / "rnnt", head="transducer", seed=2)
+    out = tmp_path / "out"
+    assert main(["export-onnx", "--model", str(package), "--out", str(out)]) == 0
+    assert "from_transducer" in capsys.readouterr().out
+    assert main(["export-onnx", "--model", str(package), "--out", str(out)]) == 1
+    assert "already exists (pass --force" in caplog.text
+    assert main(["export-onnx", "--model", str(package), "--out", str(out), "--force",
+                 "--head", "ctc"]) == 0
+    assert (out / "model.onnx").is_file() and not (out / "encoder.onnx").exists()
+    with pytest.raises(OnnxExportError, match="no streaming CTC layout"):
+        export_onnx(package, tmp_path / "x", head="ctc", streaming=True)
+    for head in ("aed", "cif"):
+        other = random_package(tmp_path / head, head=head)
+        with pytest.raises(OnnxExportError, match="no sherpa-onnx layout"):
+            export_onnx(other, tmp_path / "x")
+    full_context = random_package(tmp_path / "full", head="transducer", chunk_size=0)
+    with pytest.raises(OnnxExportError, match="not a streaming model"):
+        export_onnx(full_context, tmp_path / "x", streaming=True)
+    assert not (tmp_path / "x").exists()
+
+
+def _nemo_features(wave: np.ndarray) -> torch.Tensor:
+    """The features sherpa-onnx computes on its NeMo transducer path (kaldi-native-fbank with
+    librosa-style mel filters, low 0 Hz, no DC removal; the other options as the icefall path)."""
+    opts = knf.FbankOptions()
+    opts.frame_opts.dither = 0.0
+    opts.frame_opts.snip_edges = False
+    opts.frame_opts.samp_freq = RATE
+    opts.frame_opts.remove_dc_offset = False
+    opts.mel_opts.num_bins = 80
+    opts.mel_opts.low_freq = 0.0
+    opts.mel_opts.high_freq = -400.0
+    opts.mel_opts.is_librosa = True
+    fbank = knf.OnlineFbank(opts)
+    fbank.accept_waveform(RATE, wave.tolist())
+    fbank.input_finished()
+    return torch.from_numpy(np.stack([fbank.get_frame(i) for i in range(fbank.num_frames_ready)]))
+
+
+def _tdt_tokens_equal(package: Path, out: Path, waves) -> tuple[int, list, list]:
+    """sherpa-onnx's NeMo-path TDT greedy search vs ours (at most 5 symbols per frame, as
+    sherpa's) on the features sherpa computes there."""
+    report = export_onnx(package, out)
+    assert report.layout == "tdt"
+    assert (out / "tokens.txt").read_text().splitlines()[-1].startswith("<blk> ")
+    recognizer = sherpa_onnx.OfflineRecognizer.from_transducer(
+        encoder=str(out / "encoder.onnx"), decoder=str(out / "decoder.onnx"),
+        joiner=str(out / "joiner.onnx"), tokens=str(out / "tokens.txt"), num_threads=1,
+        model_type="nemo_transducer")
+    streams = []
+    for wave in waves:
+        stream = recognizer.create_stream()
+        stream.accept_waveform(RATE, wave)
+        streams.append(stream)
+    recognizer.decode_streams(streams)
+    pieces = (out / "tokens.txt").read_text(encoding="utf-8").splitlines()
+    nemo_ids = {line.split()[0]: int(line.split()[1]) for line in pieces}
+    theirs = [tuple(nemo_ids["\u2581" + t[1:] if t.startswith(" ") else t] + 1
+                    for t in s.result.tokens) for s in streams]  # our ids = NeMo's + 1
+    runtime = load_model(package, searcher="tdt_greedy",
+                         search=SearchConfig(max_symbols_per_frame=5)).runtime
+    searcher = runtime.build_searcher()
+    ours = []
+    with torch.no_grad():
+        for wave in waves:
+            feats = _nemo_features(wave)
+            enc, lens = runtime.model.encode(feats[None], torch.tensor([feats.shape[0]]))
+            ours.append(tuple(searcher(enc, lens)[0][0].tokens))
+    return _report("TDT (NeMo path)", ours, theirs), ours, theirs
+
+
+def test_tdt_through_sherpa_onnx_nemo_path(tmp_path, utterances):
+    """Blank last, durations as the argmax index, the stateless context carried in the decoder
+    states: with the features of that path, sherpa-onnx decodes what our TDT search decodes. A
+    random model emits many tokens with varied durations, which exercises every part of it."""
+    package = random_package(tmp_path / "tdt", head="tdt", seed=3)
+    with pytest.raises(OnnxExportError, match="exports offline only"):
+        export_onnx(package, tmp_path / "x", streaming=True)
+    same, ours, _ = _tdt_tokens_equal(package, tmp_path / "onnx", utterances[:8])
+    report = json.loads((tmp_path / "onnx" / "export.json").read_text())
+    assert "mel_filters='kaldi' (sherpa-onnx: 'librosa')" in report["notes"][0]  # trained on Kaldi
+    assert sum(map(len, ours)) > 50 * len(ours) and same == 8
+
+
+@pytest.mark.slow
+def test_trained_tdt_through_sherpa_onnx_and_its_feature_cost(tmp_path, utterances):
+    """A TDT trained on Kaldi fbank: the NeMo path decodes what our search decodes on that
+    path's features, and those features cost it (measured: the tiny model says nothing)."""
+    from asr.testing.packages import trained_tiny_package
+
+    tdt = trained_tiny_package(tmp_path / "models", head="tdt")
+    same, _, theirs = _tdt_tokens_equal(tdt.package_dir, tmp_path / "onnx", utterances)
+    assert same == len(utterances)
+    ours_kaldi = [r.token_ids for r in load_model(tdt.package_dir).transcribe(utterances)]
+    print(f"TDT: {sum(map(len, ours_kaldi))} tokens from our runtime (Kaldi fbank), "
+          f"{sum(map(len, theirs))} from sherpa-onnx (NeMo-path features)")
+
+
+def test_librosa_mel_filters_are_the_nemo_path_front_end(utterances):
+    """``mel_filters: librosa`` (+ low 0 Hz, no DC removal) computes what sherpa-onnx computes
+    for NeMo-style transducers, offline and online."""
+    from asr.data.config import DataConfig
+    from asr.features.fbank import make_lhotse_fbank
+    from asr.features.online import OnlineFbank
+
+    wave = np.concatenate([np.zeros(2000, np.float32), utterances[1]])
+    ours = compute_fbank(wave, RATE, SHERPA_NEMO_FBANK)
+    assert np.abs(ours.numpy() - _nemo_features(wave).numpy()).max() < 1e-3
+    online = OnlineFbank(SHERPA_NEMO_FBANK, make_lhotse_fbank(SHERPA_NEMO_FBANK))
+    pieces = [online.accept_waveform(wave[i: i + 1234]) for i in range(0, wave.shape[0], 1234)]
+    assert torch.allclose(torch.cat([*pieces, online.input_finished()]), ours, atol=1e-4)
+    assert sherpa_fbank_problem(SHERPA_NEMO_FBANK, nemo=True) is None
+    assert "mel_filters='librosa'" in sherpa_fbank_problem(SHERPA_NEMO_FBANK)
+    with pytest.raises(ValueError, match="needs data.on_the_fly_feats=true"):
+        DataConfig(fbank=SHERPA_NEMO_FBANK)
+    with pytest.raises(ValueError, match="mel_filters"):
+        FbankConfig(mel_filters="htk")
+
+
+@pytest.mark.slow
+def test_tdt_trained_on_the_nemo_front_end_decodes_in_sherpa_onnx(tmp_path, utterances):
+    """Trained on sherpa-onnx's NeMo-path features, a TDT exports without a warning and
+    sherpa-onnx decodes our runtime's tokens."""
+    from asr.testing.tiny import train_tiny_experiment
+
+    fbank = {"mel_filters": "librosa", "low_freq": 0.0, "remove_dc_offset": False}
+    exp = train_tiny_experiment(tmp_path / "work", head="tdt", fbank=fbank)
+    export_package(exp.exp_dir, tmp_path / "package")
+    report = export_onnx(tmp_path / "package", tmp_path / "onnx")
+    assert report.notes == []
+    same, ours, theirs = _tdt_tokens_equal(tmp_path / "package", tmp_path / "onnx2", utterances)
+    runtime_ids = [r.token_ids for r in load_model(
+        tmp_path / "package", search=SearchConfig(max_symbols_per_frame=5)).transcribe(utterances)]
+    print(f"TDT on the NeMo front end: {sum(map(len, runtime_ids))} tokens from our runtime, "
+          f"{sum(map(len, theirs))} from sherpa-onnx")
+    assert same == len(utterances) and theirs == runtime_ids

@@ -1,0 +1,156 @@
+"""Real-time factor of our PyTorch runtime against sherpa-onnx (fp32 and int8) on one model.
+
+One table, one run, the same package and audio for every engine:
+
+* ``pytorch``: :class:`asr.runtime.offline.Transcriber` (offline) and its streaming recognizer;
+* ``sherpa-onnx fp32`` / ``int8``: the graphs of ``asr export-onnx`` (offline, and streaming when
+  the package streams) in sherpa-onnx (:mod:`asr.export.sherpa_decode`), greedy search.
+
+For each engine, mode (offline / streaming) and thread count (torch intra-op threads, or
+onnxruntime's ``num_threads``): RTF = wall time / seconds of audio (lower is faster), best of
+``--repeat``, for **one stream** (the files decoded one after another) and for **a batch**
+(``--batch-size`` files decoded together: one batched forward offline, concurrent streams in one
+``decode`` / ``decode_streams`` loop when streaming). The last line compares sherpa-onnx int8
+streaming with our PyTorch streaming at batch and one thread.
+
+Usage:
+    .venv/bin/python tools/bench/onnx.py                       # tiny model trained here
+    .venv/bin/python tools/bench/onnx.py --model PKG --files a.wav b.flac ...
+    .venv/bin/python tools/bench/onnx.py --threads 1 2 --batch-size 8 --num-files 16
+
+Without ``--model`` a tiny transducer is trained first (about 20 s on 2 CPU cores); without
+``--files``, ``--num-files`` utterances are synthesized with espeak-ng (1-4 sentences each).
+On a shared machine the numbers move with its load: compare rows of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# Run as a script, this file's folder comes first on sys.path, and this file would then be
+# what `import onnx` finds: drop the folder.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+logger = logging.getLogger("bench.onnx")
+
+
+def _synthesize(out_dir: Path, num_files: int, seed: int) -> list[Path]:
+    from asr.testing.tiny import TINY_SENTENCES, synthesize
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(num_files):
+        count = int(rng.integers(1, 5))
+        text = " ".join(TINY_SENTENCES[int(j)] for j in rng.integers(len(TINY_SENTENCES), size=count))
+        paths.append(synthesize(text, out_dir / f"bench{i:03d}.wav", speed=int(rng.integers(140, 190))))
+    return paths
+
+
+def _best(run: Callable[[], object], repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, help="model package (default: train a tiny one)")
+    parser.add_argument("--files", nargs="+", type=Path, help="audio files (default: synthesize)")
+    parser.add_argument("--num-files", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="where the exports (and the tiny model) go (default: a temp dir)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    from asr.audio import load_audio
+    from asr.export import export_onnx
+    from asr.export.sherpa_decode import load_recognizer
+    from asr.runtime.endpoint import EndpointConfig
+    from asr.runtime.offline import load_model
+
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-onnx-"))
+    work.mkdir(parents=True, exist_ok=True)
+    package = args.model
+    if package is None:
+        from asr.testing.packages import trained_tiny_package
+
+        logger.info("training a tiny transducer under %s", work)
+        package = trained_tiny_package(work / "tiny", head="transducer").package_dir
+    files = args.files or _synthesize(work / "audio", args.num_files, args.seed)
+    model = load_model(package)
+    rate = model.sample_rate
+    waves = [load_audio(f, rate) for f in files]
+    seconds = sum(w.shape[0] for w in waves) / rate
+    streams = model.runtime.package.metadata.streaming
+    exports = {"offline": work / "onnx"}
+    export_onnx(package, exports["offline"], int8=True, force=True)
+    if streams:
+        exports["streaming"] = work / "onnx-streaming"
+        export_onnx(package, exports["streaming"], streaming=True, int8=True, force=True)
+    logger.info("%d files, %.1f s of audio; package %s", len(waves), seconds, package)
+
+    batch = max(1, args.batch_size)
+    no_endpoints = EndpointConfig(enabled=False)
+    rows: dict[tuple[str, str], dict[int, tuple[float, float]]] = {}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        modes = ["offline", "streaming"] if streams else ["offline"]
+        for mode in modes:
+            def ours(size: int, mode: str = mode) -> None:
+                if mode == "offline":
+                    model.transcribe(waves, batch_size=size)
+                    return
+                recognizer = model.streaming_recognizer(endpoint=no_endpoints)
+                for start in range(0, len(waves), size):
+                    group = [recognizer.new_stream() for _ in waves[start: start + size]]
+                    for stream, wave in zip(group, waves[start: start + size]):
+                        recognizer.accept_waveform(stream, wave, rate)
+                        recognizer.input_finished(stream)
+                    while not all(s.done for s in group):
+                        recognizer.decode(group)
+            one = _best(lambda: ours(1), args.repeat) / seconds
+            many = _best(lambda: ours(batch), args.repeat) / seconds
+            rows.setdefault(("pytorch", mode), {})[threads] = (one, many)
+            for int8 in (False, True):
+                recognizer = load_recognizer(exports[mode], int8=int8, num_threads=threads)
+                one = _best(lambda r=recognizer: r.decode(waves, batch_size=1), args.repeat)
+                many = _best(lambda r=recognizer: r.decode(waves, batch_size=batch), args.repeat)
+                engine = "sherpa-onnx int8" if int8 else "sherpa-onnx fp32"
+                rows.setdefault((engine, mode), {})[threads] = (one / seconds, many / seconds)
+
+    header = "| engine | mode | " + " | ".join(
+        f"{t} thread{'s' if t > 1 else ''}: 1 stream | {t}: batch {batch}" for t in args.threads)
+    print(f"\nRTF (wall / audio; lower is faster), {len(waves)} files, {seconds:.1f} s of audio, "
+          f"best of {args.repeat}; package {package}\n")
+    print(header + " |")
+    print("|---|---|" + "---|---|" * len(args.threads))
+    for (engine, mode), by_threads in rows.items():
+        cells = " | ".join(f"{by_threads[t][0]:.4f} | {by_threads[t][1]:.4f}" for t in args.threads)
+        print(f"| {engine} | {mode} | {cells} |")
+    if streams:
+        t = args.threads[0]
+        ours_rtf = rows[("pytorch", "streaming")][t][1]
+        int8_rtf = rows[("sherpa-onnx int8", "streaming")][t][1]
+        print(f"\nstreaming, batch {batch}, {t} thread(s): sherpa-onnx int8 is "
+              f"{ours_rtf / int8_rtf:.1f}x as fast as our PyTorch runtime")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
