@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--int8", action="store_true", help="the *.int8.onnx graphs")
     parser.add_argument("--num-threads", type=int, default=1, help="onnxruntime threads")
     parser.add_argument("--batch-size", type=int, default=32, help="streams decoded together")
-    parser.add_argument("--output-dir", "--out-dir", dest="output_dir", type=Path, default=None,
+    parser.add_argument("--output-dir", type=Path, default=None,
                         help="where the result files go (default: --onnx-dir)")
 
 

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, required=True, help="model package directory")
-    parser.add_argument("--output-dir", "--out", dest="output_dir", type=Path, required=True,
+    parser.add_argument("--output-dir", type=Path, required=True,
                         help="output directory to create")
     parser.add_argument("--streaming", action="store_true",
                         help="streaming transducer (OnlineRecognizer) instead of offline")

@@ -15,18 +15,18 @@ def _hyps(path) -> list[str]:
 def test_sherpa_onnx_test_set_wer(trained, tiny_corpus, tmp_path, capsys):
     package = tmp_path / "package"
     assert main(["export-package", "--exp-dir", str(trained), "--checkpoint",
-                 str(trained / "epoch-2.pt"), "--out", str(package)]) == 0
+                 str(trained / "epoch-2.pt"), "--output-dir", str(package)]) == 0
     assert main(["decode", "--exp-dir", str(trained), "--checkpoint", str(trained / "epoch-2.pt"),
                  "--searcher", "ctc_greedy", "--parts", PART]) == 0
     for name, options in {"ctc": ["--head", "ctc"], "streaming": ["--streaming", "--int8"]}.items():
-        assert main(["export-onnx", "--model", str(package), "--out", str(tmp_path / name),
+        assert main(["export-onnx", "--model", str(package), "--output-dir", str(tmp_path / name),
                      *options]) == 0
     capsys.readouterr()
     manifests = str(tiny_corpus / "fbank")
     assert main(["decode-onnx", "--onnx-dir", str(tmp_path / "ctc"), "--manifest-dir", manifests,
                  "--parts", PART]) == 0
     assert main(["decode-onnx", "--onnx-dir", str(tmp_path / "streaming"), "--int8",
-                 "--manifest-dir", manifests, "--parts", PART, "--out-dir", str(tmp_path)]) == 0
+                 "--manifest-dir", manifests, "--parts", PART, "--output-dir", str(tmp_path)]) == 0
     summaries = capsys.readouterr().out.split()
     assert summaries == [
         str(tmp_path / "ctc" / f"wer-summary-{PART}-sherpa-onnx-ctc.txt"),

@@ -269,11 +269,11 @@ def test_transformer_with_global_cmvn_exports(tmp_path):
 def test_cli_and_clear_errors(tmp_path, capsys, caplog):
     package = random_package(tmp_path / "rnnt", head="transducer", seed=2)
     out = tmp_path / "out"
-    assert main(["export-onnx", "--model", str(package), "--out", str(out)]) == 0
+    assert main(["export-onnx", "--model", str(package), "--output-dir", str(out)]) == 0
     assert "from_transducer" in capsys.readouterr().out
-    assert main(["export-onnx", "--model", str(package), "--out", str(out)]) == 1
+    assert main(["export-onnx", "--model", str(package), "--output-dir", str(out)]) == 1
     assert "already exists (pass --force" in caplog.text
-    assert main(["export-onnx", "--model", str(package), "--out", str(out), "--force",
+    assert main(["export-onnx", "--model", str(package), "--output-dir", str(out), "--force",
                  "--head", "ctc"]) == 0
     assert (out / "model.onnx").is_file() and not (out / "encoder.onnx").exists()
     with pytest.raises(OnnxExportError, match="no streaming CTC layout"):
