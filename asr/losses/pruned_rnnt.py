@@ -6,7 +6,14 @@ Pipeline (what :class:`asr.heads.transducer.TransducerHead` runs):
 1. :func:`rnnt_loss_simple`: the "trivial joiner" ``logits[t, u] = am[t] + lm[u]`` normalised
    jointly over the vocabulary, evaluated on the FULL ``(T, U + 1)`` lattice without ever
    materialising ``(B, T, U + 1, V)``: the normaliser is
-   ``log(exp(am - max) @ exp(lm - max)^T) + maxes`` (a batched matmul). ``lm_only_scale`` and
+   ``log(exp(am - max) @ exp(lm - max)^T) + maxes`` (a batched matmul). That product underflows
+   where the encoder and predictor logits disagree (the best joint symbol of ``(t, u)`` is far
+   below the best of ``am[t]`` plus the best of ``lm[u]``: past ~87 nats in float32 the sum is
+   subnormal or 0); the pairs whose product falls below ``tiny ** (2/3)`` (about ``e^-58`` in
+   float32, where every term that matters is still a normal number) are recomputed exactly as
+   ``logsumexp_v(am[t, v] + lm[u, v])`` in log space, in chunks, with their own backward
+   (:class:`_PairLogSumExp`). Such pairs are rare in training, so this costs one comparison and
+   one host sync per call when there are none. ``lm_only_scale`` and
    ``am_only_scale`` mix in the lm-only / am-only log-probs for smoothing. With
    ``return_grad=True`` it also returns the arc occupations (d total / d px, d total / d py).
 2. :func:`get_pruning_ranges`: per frame, the start ``s_begin[t]`` of the window of
@@ -31,6 +38,8 @@ Shapes: B batch, T frames, U tokens, V vocab incl. blank (blank_id 0), R prune_r
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -103,6 +112,61 @@ def _frame_mask(frame_lens: Tensor, num_frames: int) -> Tensor:
     return torch.arange(num_frames, device=frame_lens.device)[None, :] < frame_lens[:, None]
 
 
+class _PairLogSumExp(torch.autograd.Function):
+    """``logsumexp_v(am[b, t, v] + lm[b, u, v])`` for N listed pairs, in chunks of pairs whose
+    ``(chunk, V)`` sums are never all alive at once (backward recomputes them)."""
+
+    @staticmethod
+    def forward(ctx, am, lm, batch, frame, row):  # type: ignore[override]
+        chunks = [
+            torch.logsumexp(am[b, t] + lm[b, u], dim=-1)
+            for b, t, u in _pair_chunks(batch, frame, row, am.shape[-1])
+        ]
+        out = torch.cat(chunks) if chunks else am.new_zeros(0)
+        ctx.save_for_backward(am, lm, batch, frame, row, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        am, lm, batch, frame, row, out = ctx.saved_tensors
+        grad_am, grad_lm = torch.zeros_like(am), torch.zeros_like(lm)
+        start = 0
+        for b, t, u in _pair_chunks(batch, frame, row, am.shape[-1]):
+            stop = start + b.numel()
+            weight = torch.exp(am[b, t] + lm[b, u] - out[start:stop, None])
+            weight = weight * grad_out[start:stop, None]  # (chunk, V) softmax * grad
+            grad_am.index_put_((b, t), weight, accumulate=True)
+            grad_lm.index_put_((b, u), weight, accumulate=True)
+            start = stop
+        return grad_am, grad_lm, None, None, None
+
+
+def _pair_chunks(
+    batch: Tensor, frame: Tensor, row: Tensor, vocab_size: int, budget: int = 1 << 22
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """Splits the pair lists so that one chunk's (chunk, V) tensor has at most ``budget`` items."""
+    size = max(1, budget // max(vocab_size, 1))
+    for start in range(0, batch.numel(), size):
+        yield batch[start : start + size], frame[start : start + size], row[start : start + size]
+
+
+def _simple_normaliser(am: Tensor, lm: Tensor) -> Tensor:
+    """``logsumexp_v(am[:, t, v] + lm[:, u, v])`` for every ``(t, u)``: (B, T, V), (B, U+1, V)
+    -> (B, T, U+1), through a matmul, with the underflowing pairs redone in log space (module
+    docstring, step 1)."""
+    am_max = am.detach().amax(dim=2, keepdim=True)  # (B, T, 1)
+    lm_max = lm.detach().amax(dim=2, keepdim=True)  # (B, U+1, 1)
+    prod = torch.matmul(torch.exp(am - am_max), torch.exp(lm - lm_max).transpose(1, 2))
+    tiny = torch.finfo(prod.dtype).tiny
+    norm = prod.clamp_min(tiny).log() + am_max + lm_max.transpose(1, 2)  # (B, T, U+1)
+    lost = prod.detach() < tiny ** (2.0 / 3.0)
+    if bool(lost.any()):
+        batch, frame, row = lost.nonzero(as_tuple=True)
+        exact = _PairLogSumExp.apply(am, lm, batch, frame, row)
+        norm = norm.index_put((batch, frame, row), exact)
+    return norm
+
+
 def simple_lattice_logprobs(
     am: Tensor,
     lm: Tensor,
@@ -129,11 +193,7 @@ def simple_lattice_logprobs(
         raise ValueError(
             f"lm has shape {tuple(lm.shape)}, expected ({batch}, {num_tokens + 1}, {am.shape[2]})"
         )
-    am_max = am.detach().amax(dim=2, keepdim=True)  # (B, T, 1)
-    lm_max = lm.detach().amax(dim=2, keepdim=True)  # (B, U+1, 1)
-    prod = torch.matmul(torch.exp(am - am_max), torch.exp(lm - lm_max).transpose(1, 2))
-    tiny = torch.finfo(prod.dtype).tiny
-    norm = prod.clamp_min(tiny).log() + am_max + lm_max.transpose(1, 2)  # (B, T, U+1)
+    norm = _simple_normaliser(am, lm)  # (B, T, U+1)
 
     index = tokens.to(torch.int64)
     am_sym = torch.gather(am, 2, index[:, None, :].expand(batch, num_frames, num_tokens))  # (B,T,U)
