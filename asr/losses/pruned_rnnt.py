@@ -30,10 +30,15 @@ Pipeline (what :class:`asr.heads.transducer.TransducerHead` runs):
 Topology: the standard one of torchaudio (a symbol stays on its frame, one blank per frame, the
 path ends with the blank leaving ``(U_b, T_b - 1)``); ``px[b, :, t] = -inf`` for ``t >= T_b``.
 Per-utterance lengths are ``frame_lens`` (T_b) and ``token_lens`` (U_b). Feasibility: the full
-lattice has a path whenever ``T_b >= 1`` (any number of symbols may share a frame), but a band of
-R positions lets a frame emit at most ``R - 1`` symbols, so the pruned lattice has a path iff
-``T_b >= 1`` and ``U_b <= T_b * (R - 1)``. :func:`get_pruning_ranges` keeps one for every such
-utterance, whatever the occupations; for the others the pruned loss is ``inf``.
+lattice has a path whenever ``T_b >= 1`` (any number of symbols may share a frame; an empty
+target is the all-blank path), but a band of R positions lets a frame emit at most ``R - 1``
+symbols, so the pruned lattice has a path iff ``T_b >= 1`` and ``U_b <= T_b * (R - 1)``.
+:func:`get_pruning_ranges` keeps one for every such utterance, whatever the occupations.
+Infeasible utterances get a per-utterance loss of ``+inf`` with a zero gradient, in the simple
+and the pruned loss alike, as in :mod:`asr.losses.rnnt` and :mod:`asr.losses.tdt`: that
+includes ``T_b = 0`` with ``U_b = 0``, whose recursion ends on its start node (log-probability
+0) although no path ends with the blank leaving frame ``T_b - 1``. The heads drop them and count
+them in ``metrics["num_infinite"]``.
 Shapes: B batch, T frames, U tokens, V vocab incl. blank (blank_id 0), R prune_range, J joiner dim.
 """
 
@@ -58,6 +63,7 @@ __all__ = [
     "rnnt_loss_pruned",
     "gather_log_softmax",
     "reduce_per_utterance",
+    "frameless_batch_loss",
 ]
 
 
@@ -105,6 +111,14 @@ def reduce_per_utterance(per_utt: Tensor, reduction: str) -> Tensor:
     if reduction == "none":
         return per_utt
     raise ValueError(f"reduction must be sum|mean|none, got {reduction!r}")
+
+
+def frameless_batch_loss(inputs: Tensor, reduction: str) -> Tensor:
+    """The loss of a batch padded to zero frames: ``+inf`` per utterance (none is feasible),
+    attached to the graph of ``inputs`` (B, 0, ...) with a zero gradient."""
+    dtype = inputs.dtype if inputs.dtype == torch.float64 else torch.float32
+    inf = torch.full((inputs.shape[0],), float("inf"), dtype=dtype, device=inputs.device)
+    return reduce_per_utterance(inf + 0.0 * inputs.sum().to(dtype), reduction)
 
 
 def _frame_mask(frame_lens: Tensor, num_frames: int) -> Tensor:
@@ -240,22 +254,35 @@ def rnnt_loss_simple(
             py_grad (B, U + 1, T))`` used by :func:`get_pruning_ranges`.
 
     Returns:
-        the loss (reduced per ``reduction``), and optionally the occupations.
+        the loss (reduced per ``reduction``; ``+inf`` for utterances without frames), and
+        optionally the occupations.
     """
     with torch.autocast(device_type=am.device.type, enabled=False):
         if am.dtype not in (torch.float32, torch.float64):
             am, lm = am.float(), lm.float()
+        if am.shape[1] == 0:  # no frames at all: nothing to align, nothing to prune
+            loss = frameless_batch_loss(am, reduction)
+            if not return_grad:
+                return loss
+            num_tokens = tokens.shape[1]
+            px_grad = am.new_zeros(am.shape[0], num_tokens, 1)
+            return loss, (px_grad, am.new_zeros(am.shape[0], num_tokens + 1, 0))
         px, py = simple_lattice_logprobs(
             am, lm, tokens, frame_lens, lm_only_scale, am_only_scale, blank_id
         )
         if not return_grad:
             total = mutual_information_recursion(px, py, token_lens, frame_lens, backend)
-            return reduce_per_utterance(-total, reduction)
+            return reduce_per_utterance(_infeasible_without_frames(-total, frame_lens), reduction)
         total, px_grad, py_grad = mutual_information_with_grad(
             px, py, token_lens, frame_lens, backend
         )
-        loss = reduce_per_utterance(-total, reduction)
+        loss = reduce_per_utterance(_infeasible_without_frames(-total, frame_lens), reduction)
     return loss, (px_grad, py_grad)
+
+
+def _infeasible_without_frames(per_utt: Tensor, frame_lens: Tensor) -> Tensor:
+    """``+inf`` (no gradient) for utterances without frames (module docstring, feasibility)."""
+    return per_utt.masked_fill(frame_lens.to(per_utt.device) <= 0, float("inf"))
 
 
 @torch.no_grad()
@@ -397,11 +424,14 @@ def rnnt_loss_pruned(
         tokens: (B, U); ranges: (B, T, R); frame_lens, token_lens: (B,).
 
     Returns:
-        the negative log-likelihood of the paths inside the band, reduced per ``reduction``.
+        the negative log-likelihood of the paths inside the band, reduced per ``reduction``
+        (``+inf`` where the band holds no path: ``T_b = 0`` or ``U_b > T_b * (R - 1)``).
     """
     with torch.autocast(device_type=logits.device.type, enabled=False):
         if logits.dtype not in (torch.float32, torch.float64):
             logits = logits.float()
+        if logits.shape[1] == 0:
+            return frameless_batch_loss(logits, reduction)
         px, py = pruned_lattice_logprobs(logits, tokens, ranges, frame_lens, token_lens, blank_id)
         total = mutual_information_recursion(px, py, token_lens, frame_lens, backend)
-    return reduce_per_utterance(-total, reduction)
+    return reduce_per_utterance(_infeasible_without_frames(-total, frame_lens), reduction)
