@@ -10,8 +10,12 @@ Every utterance of the batch has its own frame pointer. The outer loop emits one
 utterance and runs the predictor once for the whole batch; the inner loop moves the utterances
 that chose blank to their next frame (by 1 for RNN-T, by the predicted duration for TDT) and
 re-evaluates only the joiner, until every unfinished utterance has found a token. There is no
-loop over utterances. After ``max_symbols_per_frame`` tokens on one frame (duration 0) the
-pointer is moved by one frame.
+loop over utterances.
+
+``max_symbols_per_frame``: RNN-T moves the pointer by one frame after that many tokens on one
+frame (the usual guard). TDT instead excludes duration 0 for the token that would be the
+``max_symbols_per_frame``-th on its frame, so that every decision is a scored arc of the TDT
+lattice (:mod:`asr.decoding.transducer_common`).
 
 Streaming: the same :meth:`LabelLoopingGreedy.step` consumes a chunk of frames; the frames a
 TDT duration jumped past the end of the chunk are carried in the state (``skip``) and skipped at
@@ -141,7 +145,10 @@ class LabelLoopingGreedy:
 
     def _decide_at(self, enc_proj: Tensor, loop: _Loop) -> tuple[Tensor, Tensor, Tensor]:
         frame = loop.t.clamp(max=enc_proj.shape[1] - 1)
-        return self.scorer.decide(enc_proj[loop.rows, frame], loop.pred_proj)
+        if not self.scorer.is_tdt:
+            return self.scorer.decide(enc_proj[loop.rows, frame], loop.pred_proj)
+        no_stay = loop.count >= self.cfg.max_symbols_per_frame - 1
+        return self.scorer.decide(enc_proj[loop.rows, frame], loop.pred_proj, no_stay)
 
     def _next_token(
         self, enc_proj: Tensor, enc_lens: Tensor, loop: _Loop, active: Tensor
@@ -165,14 +172,19 @@ class LabelLoopingGreedy:
         return label, advance, log_prob
 
     def _advance_after_token(self, loop: _Loop, advance: Tensor, emit: Tensor) -> None:
-        """Moves emitting rows by the token's duration; enforces ``max_symbols_per_frame``.
+        """Moves emitting rows by the token's duration; counts tokens on a frame. RNN-T moves
+        by one frame after ``max_symbols_per_frame`` of them; TDT never needs to (the masks
+        exclude duration 0 for the last one).
 
         Rows that did not emit have passed the end of the chunk: their count is not used again
         (it is not carried to the next chunk), their pointer must stay exact (``skip``)."""
         count = (loop.count + 1) * (advance == 0)  # tokens on this frame; 0 once the row moves
-        forced = count >= self.cfg.max_symbols_per_frame
-        loop.count = count.masked_fill(forced, 0)
-        loop.t = loop.t + (advance + forced) * emit
+        if not self.scorer.is_tdt:
+            forced = count >= self.cfg.max_symbols_per_frame
+            count = count.masked_fill(forced, 0)
+            advance = advance + forced
+        loop.count = count
+        loop.t = loop.t + advance * emit
 
     def _feed_predictor(self, loop: _Loop, label: Tensor, emit: Tensor, every_row: bool) -> None:
         """One batched predictor step; rows that did not emit keep their output and state."""

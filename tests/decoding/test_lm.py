@@ -184,7 +184,8 @@ def test_tdt_beam_fuses_token_and_end_of_sentence_scores(lm):
     for token in range(1, 7):
         lm_score = lm.log_prob(start, token) + lm.final_score(lm.advance(start, token))
         expected[(token,)] = float(token_lp[0, token]) + best_duration + weight * lm_score
-    cfg = SearchConfig(beam_size=7, nbest=7, lm_weight=weight)
+    # every (label, duration) move finishes, and each kept one takes a place: keep all 14
+    cfg = SearchConfig(beam_size=14, nbest=7, lm_weight=weight)
     hyps = build_searcher("tdt_beam", model, cfg, lm=lm)(enc, enc_lens)[0]
     assert {h.tokens: h.score for h in hyps} == pytest.approx(expected, abs=1e-5)
     assert [h.tokens for h in hyps] == sorted(expected, key=expected.get, reverse=True)
