@@ -13,16 +13,28 @@ move is ever taken). Among the kept moves, those with the same tokens on the sam
 merged by log-add, as in the modified beam search of icefall (Kuang et al. 2022,
 arXiv:2206.13236).
 
-A continuation that reaches the last frame is finished (a finished token sequence keeps its best
-score: continuations that jump past the last frame by different durations are not complete TDT
-alignments to be summed). The token that would be the ``max_symbols_per_frame``-th on its frame
-may not take duration 0, as in greedy search
-(:meth:`~asr.decoding.transducer_common.TransducerScorer.tdt_move_masks`). Scores only
-decrease, so a live hypothesis below the ``beam_size``-th finished score is dropped, and the
-search stops when none is live.
+Which moves exist is the TDT loss' rule (:mod:`asr.losses.tdt`): a path ends with a blank
+landing exactly on the last frame ``T``. So a token may not land on or past ``T``, a blank not
+past it, and neither on a frame from which ``T`` cannot be reached
+(:meth:`~asr.decoding.transducer_common.TransducerScorer.tdt_move_masks`, shared with greedy
+search); a hypothesis is finished when its blank lands on ``T``. Every finished hypothesis is
+thus a sum of complete alignments that the loss also sums, and finished hypotheses with the
+same tokens are log-added (each is a set of complete alignments of those tokens; with a beam
+that never drops a move, the score of a token sequence is ``-tdt_loss`` of it when no alignment
+of it breaks the ``max_symbols_per_frame`` rule). That rule, as in greedy search: the token
+that would be the ``max_symbols_per_frame``-th on its frame may not take duration 0. Scores
+only decrease, so a live hypothesis below the ``beam_size``-th finished score is dropped (it
+could only add to a finished hypothesis with the same tokens), and the search stops when none
+is live. With no frames the result is the empty hypothesis with score 0 (the loss drops such
+utterances); if no path can end on ``T`` (possible only when 1 is not a duration), the empty
+hypothesis with score ``-inf``.
+
+NeMo's greedy TDT search ends at the first move that reaches or passes ``T`` (a token, or a
+jump past ``T``), which its own TDT loss, like ours, does not score; such an ending skips the
+final blank's probability and favours finishing early, so the loss' rule is kept here.
 
 With ``beam_size = 1`` this is exactly :class:`asr.decoding.transducer_greedy.LabelLoopingGreedy`
-on a TDT head: the same joint (label, duration) decision under the same masks, same score.
+on a TDT head: the same allowed moves, the same joint (label, duration) decision, same score.
 
 Shallow fusion with a token LM, as in :mod:`asr.decoding.transducer_beam`: a token adds
 ``lm_weight * log P_lm(token | history)``, and a hypothesis that reaches the last frame adds
@@ -69,7 +81,8 @@ class _Hyp:
 
 def _merge(kept: _Hyp, other: _Hyp) -> _Hyp:
     """``kept`` (the first one found, whose frames stay) with ``other``'s probability added:
-    the same tokens on the same frame, reached by other alignments."""
+    the same tokens on the same frame, reached by other alignments (``before_end`` is only
+    used by finished hypotheses, where :meth:`TdtBeamSearch._finish` set it)."""
     return _Hyp(
         kept.tokens,
         kept.frames,
@@ -77,7 +90,7 @@ def _merge(kept: _Hyp, other: _Hyp) -> _Hyp:
         kept.frame,
         kept.count,
         kept.lm_state,
-        kept.before_end,
+        log_add(kept.before_end, other.before_end),
     )
 
 
@@ -128,13 +141,15 @@ class TdtBeamSearch:
             frame = min(hyp.frame for hyp in live)
             expand = [i for i, hyp in enumerate(live) if hyp.frame == frame]
             waiting = [_Move(hyp.score, i) for i, hyp in enumerate(live) if hyp.frame != frame]
-            moves = self._expansions(enc_proj[frame], live, expand, pred_proj)
+            moves = self._expansions(enc_proj[frame], live, expand, pred_proj, num_frames - frame)
             kept = waiting + moves[: self.cfg.beam_size - len(waiting)]  # moves: best first
             kept.sort(key=lambda move: move.score, reverse=True)
             new_live, rows, labels = self._select(kept, live, finished, num_frames)
             pred_proj, pred_state = self._update_predictor(pred_proj, pred_state, rows, labels)
             live = new_live
             live, pred_proj, pred_state = self._prune(live, pred_proj, pred_state, finished)
+        if not finished:  # T cannot be reached from frame 0 with these durations
+            return [Hypothesis(tokens=(), score=float("-inf"), frames=())]
         # best first; hypotheses that cannot end (-inf) after the others, by their score so far
         ranked = sorted(finished.values(), key=lambda h: (h.score, h.before_end), reverse=True)
         return [
@@ -148,9 +163,10 @@ class TdtBeamSearch:
         live: list[_Hyp],
         expand: list[int],
         pred_proj: Tensor,
+        remaining: int,
     ) -> list[_Move]:
         """The ``beam_size`` best allowed (label, duration) continuations of the ``expand``
-        rows."""
+        rows, ``remaining`` frames before the last one."""
         device = pred_proj.device
         rows = torch.tensor(expand, device=device)
         token_lp, dur_lp = self.scorer.log_probs(enc_frame.expand(len(expand), -1), pred_proj[rows])
@@ -163,7 +179,8 @@ class TdtBeamSearch:
         no_stay = torch.tensor(
             [live[i].count + 1 >= self.cfg.max_symbols_per_frame for i in expand], device=device
         )
-        masks = self.scorer.tdt_move_masks(no_stay, device)  # (E, 2, K): blank, tokens
+        left = torch.full((len(expand),), remaining, dtype=torch.int64, device=device)
+        masks = self.scorer.tdt_move_masks(left, no_stay, device)  # (E, 2, K): blank, tokens
         blank = self.scorer.blank_id
         moves = dur_lp[:, None, :] + masks[:, 1:]  # (E, 1, K) for every token
         total = scores[:, None, None] + token_lp[:, :, None] + moves  # (E, V, K)
@@ -188,7 +205,7 @@ class TdtBeamSearch:
         finished: dict[tuple[int, ...], _Hyp],
         num_frames: int,
     ) -> tuple[list[_Hyp], list[int], list[int]]:
-        """The kept moves, best first: finished ones into ``finished`` (best per tokens),
+        """The kept moves, best first: finished ones log-added into ``finished`` (by tokens),
         live ones into the new beam (merged by tokens and frame)."""
         new_live: list[_Hyp] = []
         where: dict[tuple[tuple[int, ...], int], int] = {}
@@ -197,11 +214,10 @@ class TdtBeamSearch:
         blank = self.scorer.blank_id
         for move in moves:
             hyp = self._apply(live[move.row], move)
-            if hyp.frame >= num_frames:
+            if hyp.frame == num_frames:  # a blank landed on the last frame: a complete path
                 hyp = self._finish(hyp)
                 old = finished.get(hyp.tokens)
-                if old is None or (hyp.score, hyp.before_end) > (old.score, old.before_end):
-                    finished[hyp.tokens] = hyp
+                finished[hyp.tokens] = hyp if old is None else _merge(old, hyp)
                 continue
             key = (hyp.tokens, hyp.frame)
             if key in where:
@@ -214,7 +230,7 @@ class TdtBeamSearch:
         return new_live, rows, labels
 
     def _apply(self, hyp: _Hyp, move: _Move) -> _Hyp:
-        """The hypothesis after ``move`` (the masks keep ``max_symbols_per_frame``)."""
+        """The hypothesis after ``move`` (the masks made it an allowed move)."""
         if move.label is None:
             return hyp
         count = 0
