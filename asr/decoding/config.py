@@ -28,8 +28,10 @@ class SearchConfig:
     Attributes:
         beam_size: hypotheses kept per utterance by every beam search.
         nbest: hypotheses returned per utterance (<= ``beam_size``; greedy searchers return 1).
-        max_symbols_per_frame: transducer/TDT greedy and TDT beam guard: after this many tokens
-            on one frame (duration 0 for TDT) the search moves to the next frame.
+        max_symbols_per_frame: at most this many tokens on one frame in transducer/TDT greedy
+            and TDT beam search: RNN-T greedy moves to the next frame after them; the TDT
+            searches do not let the last of them take duration 0 (it must move on), so every
+            TDT decision stays a scored arc of the TDT lattice.
         length_penalty: alpha of the GNMT length normalisation used to rank finished AED
             hypotheses, ``score / ((5 + L) / 6) ** alpha`` with L the length including
             ``<eos>`` (Wu et al. 2016); 0 ranks by the raw log-probability, 1 is close to a

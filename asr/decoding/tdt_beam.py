@@ -4,22 +4,42 @@ Jointly Predicting Tokens and Durations", arXiv:2304.06795).
 A TDT hypothesis sits on its own frame: each decision (a token with duration ``d >= 0``, or
 blank with ``d >= 1``) moves it by ``d`` frames. The search keeps up to ``beam_size`` live
 hypotheses; each iteration expands the live hypotheses on the smallest frame (the others wait),
-scoring every (label, duration) pair with ``log P(label) + log P(duration)``. The best
-``beam_size`` continuations (plus the waiting hypotheses) form the new beam; continuations with
-the same tokens on the same frame are merged by log-add, as in the modified beam search of
-icefall (Kuang et al. 2022, arXiv:2206.13236). A continuation that reaches the last frame is
-finished (a finished token sequence keeps its best score: continuations that jump past the last
-frame by different durations are not complete TDT alignments to be summed); scores only decrease, so a live hypothesis below the ``beam_size``-th finished score
-is dropped, and the search stops when none is live. After ``max_symbols_per_frame`` tokens of
-duration 0 on one frame the next decision moves by at least one frame, as in greedy search.
+scoring every (label, duration) pair with ``log P(label) + log P(duration)``. The waiting
+hypotheses keep their places (their scores already paid for the frames they skipped, so they
+are not compared with hypotheses behind them), and the best continuations fill the other
+places of the ``beam_size``: each kept continuation takes one place whether it stays live or
+finishes, and the others are dropped, finishing or not (so with ``beam_size = 1`` only the best
+move is ever taken). Among the kept moves, those with the same tokens on the same frame are
+merged by log-add, as in the modified beam search of icefall (Kuang et al. 2022,
+arXiv:2206.13236).
+
+Which moves exist is the TDT loss' rule (:mod:`asr.losses.tdt`): a path ends with a blank
+landing exactly on the last frame ``T``. So a token may not land on or past ``T``, a blank not
+past it, and neither on a frame from which ``T`` cannot be reached
+(:meth:`~asr.decoding.transducer_common.TransducerScorer.tdt_move_masks`, shared with greedy
+search); a hypothesis is finished when its blank lands on ``T``. Every finished hypothesis is
+thus a sum of complete alignments that the loss also sums, and finished hypotheses with the
+same tokens are log-added (each is a set of complete alignments of those tokens; with a beam
+that never drops a move, the score of a token sequence is ``-tdt_loss`` of it when no alignment
+of it breaks the ``max_symbols_per_frame`` rule). That rule, as in greedy search: the token
+that would be the ``max_symbols_per_frame``-th on its frame may not take duration 0. Scores
+only decrease, so a live hypothesis below the ``beam_size``-th finished score is dropped (it
+could only add to a finished hypothesis with the same tokens), and the search stops when none
+is live. With no frames the result is the empty hypothesis with score 0 (the loss drops such
+utterances); if no path can end on ``T`` (possible only when 1 is not a duration), the empty
+hypothesis with score ``-inf``.
+
+NeMo's greedy TDT search ends at the first move that reaches or passes ``T`` (a token, or a
+jump past ``T``), which its own TDT loss, like ours, does not score; such an ending skips the
+final blank's probability and favours finishing early, so the loss' rule is kept here.
 
 With ``beam_size = 1`` this is exactly :class:`asr.decoding.transducer_greedy.LabelLoopingGreedy`
-on a TDT head (same joint (label, duration) decision).
+on a TDT head: the same allowed moves, the same joint (label, duration) decision, same score.
 
 Shallow fusion with a token LM, as in :mod:`asr.decoding.transducer_beam`: a token adds
 ``lm_weight * log P_lm(token | history)``, and a hypothesis that reaches the last frame adds
 ``lm_weight * log P_lm(</s> | history)`` before it enters the finished set (so the pruning
-bound stays exact: a live score only decreases).
+bound stays valid: a live score only decreases).
 
 Utterances are searched one after another; the joiner and predictor run batched over the
 hypotheses of an utterance.
@@ -57,6 +77,21 @@ class _Hyp:
     count: int  # tokens emitted on ``frame`` (duration 0)
     lm_state: Hashable = None
     before_end: float = 0.0  # finished hypotheses: the score before the LM's end of sentence
+
+
+def _merge(kept: _Hyp, other: _Hyp) -> _Hyp:
+    """``kept`` (the first one found, whose frames stay) with ``other``'s probability added:
+    the same tokens on the same frame, reached by other alignments (``before_end`` is only
+    used by finished hypotheses, where :meth:`TdtBeamSearch._finish` set it)."""
+    return _Hyp(
+        kept.tokens,
+        kept.frames,
+        log_add(kept.score, other.score),
+        kept.frame,
+        kept.count,
+        kept.lm_state,
+        log_add(kept.before_end, other.before_end),
+    )
 
 
 @dataclass(frozen=True)
@@ -105,13 +140,16 @@ class TdtBeamSearch:
         while live:
             frame = min(hyp.frame for hyp in live)
             expand = [i for i, hyp in enumerate(live) if hyp.frame == frame]
-            moves = [_Move(hyp.score, i) for i, hyp in enumerate(live) if hyp.frame != frame]
-            moves += self._expansions(enc_proj[frame], live, expand, pred_proj)
-            moves.sort(key=lambda move: move.score, reverse=True)
-            new_live, rows, labels = self._select(moves, live, finished, num_frames)
+            waiting = [_Move(hyp.score, i) for i, hyp in enumerate(live) if hyp.frame != frame]
+            moves = self._expansions(enc_proj[frame], live, expand, pred_proj, num_frames - frame)
+            kept = waiting + moves[: self.cfg.beam_size - len(waiting)]  # moves: best first
+            kept.sort(key=lambda move: move.score, reverse=True)
+            new_live, rows, labels = self._select(kept, live, finished, num_frames)
             pred_proj, pred_state = self._update_predictor(pred_proj, pred_state, rows, labels)
             live = new_live
             live, pred_proj, pred_state = self._prune(live, pred_proj, pred_state, finished)
+        if not finished:  # T cannot be reached from frame 0 with these durations
+            return [Hypothesis(tokens=(), score=float("-inf"), frames=())]
         # best first; hypotheses that cannot end (-inf) after the others, by their score so far
         ranked = sorted(finished.values(), key=lambda h: (h.score, h.before_end), reverse=True)
         return [
@@ -120,32 +158,45 @@ class TdtBeamSearch:
         ]
 
     def _expansions(
-        self, enc_frame: Tensor, live: list[_Hyp], expand: list[int], pred_proj: Tensor
+        self,
+        enc_frame: Tensor,
+        live: list[_Hyp],
+        expand: list[int],
+        pred_proj: Tensor,
+        remaining: int,
     ) -> list[_Move]:
-        """The ``2 * beam_size`` best (label, duration) continuations of the ``expand`` rows."""
-        rows = torch.tensor(expand, device=pred_proj.device)
+        """The ``beam_size`` best allowed (label, duration) continuations of the ``expand``
+        rows, ``remaining`` frames before the last one."""
+        device = pred_proj.device
+        rows = torch.tensor(expand, device=device)
         token_lp, dur_lp = self.scorer.log_probs(enc_frame.expand(len(expand), -1), pred_proj[rows])
         assert dur_lp is not None
-        scores = torch.tensor([live[i].score for i in expand], device=pred_proj.device)
+        scores = torch.tensor([live[i].score for i in expand], device=device)
         if self.lm is not None:
             lm_lp = torch.stack([self.lm.score(live[i].lm_state) for i in expand])
             lm_lp[:, self.scorer.blank_id] = 0.0  # blank is not a token of the LM
             token_lp = token_lp + self.cfg.lm_weight * lm_lp.to(token_lp.device)
-        total = scores[:, None, None] + token_lp[:, :, None] + dur_lp[:, None, :]  # (E, V, K)
-        blank_mask = ~self.scorer.blank_duration_mask(total.device)
-        total[:, self.scorer.blank_id, blank_mask] = float("-inf")
+        no_stay = torch.tensor(
+            [live[i].count + 1 >= self.cfg.max_symbols_per_frame for i in expand], device=device
+        )
+        left = torch.full((len(expand),), remaining, dtype=torch.int64, device=device)
+        masks = self.scorer.tdt_move_masks(left, no_stay, device)  # (E, 2, K): blank, tokens
+        blank = self.scorer.blank_id
+        moves = dur_lp[:, None, :] + masks[:, 1:]  # (E, 1, K) for every token
+        total = scores[:, None, None] + token_lp[:, :, None] + moves  # (E, V, K)
+        total[:, blank] = scores[:, None] + token_lp[:, blank, None] + dur_lp + masks[:, 0]
         num_durations = dur_lp.shape[1]
         flat = total.view(-1)
-        values, index = flat.topk(min(2 * self.cfg.beam_size, flat.numel()))
-        moves = []
+        values, index = flat.topk(min(self.cfg.beam_size, flat.numel()))
+        moves_out = []
         for value, position in zip(values.tolist(), index.tolist()):
             if value == float("-inf"):
                 continue
             row, rest = divmod(position, total.shape[1] * num_durations)
             label, duration_index = divmod(rest, num_durations)
             duration = self.scorer.durations[duration_index]
-            moves.append(_Move(value, expand[row], label, duration))
-        return moves
+            moves_out.append(_Move(value, expand[row], label, duration))
+        return moves_out
 
     def _select(
         self,
@@ -154,8 +205,8 @@ class TdtBeamSearch:
         finished: dict[tuple[int, ...], _Hyp],
         num_frames: int,
     ) -> tuple[list[_Hyp], list[int], list[int]]:
-        """Walks the moves best first: finished ones into ``finished`` (best per tokens),
-        live ones into the new beam (merged by tokens and frame) up to ``beam_size``."""
+        """The kept moves, best first: finished ones log-added into ``finished`` (by tokens),
+        live ones into the new beam (merged by tokens and frame)."""
         new_live: list[_Hyp] = []
         where: dict[tuple[tuple[int, ...], int], int] = {}
         rows: list[int] = []
@@ -163,25 +214,15 @@ class TdtBeamSearch:
         blank = self.scorer.blank_id
         for move in moves:
             hyp = self._apply(live[move.row], move)
-            if hyp.frame >= num_frames:
+            if hyp.frame == num_frames:  # a blank landed on the last frame: a complete path
                 hyp = self._finish(hyp)
                 old = finished.get(hyp.tokens)
-                if old is None or (hyp.score, hyp.before_end) > (old.score, old.before_end):
-                    finished[hyp.tokens] = hyp
+                finished[hyp.tokens] = hyp if old is None else _merge(old, hyp)
                 continue
             key = (hyp.tokens, hyp.frame)
             if key in where:
-                index = where[key]
-                old = new_live[index]
-                new_live[index] = _Hyp(
-                    old.tokens,
-                    old.frames,
-                    log_add(old.score, hyp.score),
-                    old.frame,
-                    old.count,
-                    old.lm_state,
-                )
-            elif len(new_live) < self.cfg.beam_size:
+                new_live[where[key]] = _merge(new_live[where[key]], hyp)
+            else:
                 where[key] = len(new_live)
                 new_live.append(hyp)
                 rows.append(move.row)
@@ -189,26 +230,25 @@ class TdtBeamSearch:
         return new_live, rows, labels
 
     def _apply(self, hyp: _Hyp, move: _Move) -> _Hyp:
-        """The hypothesis after ``move`` (with the ``max_symbols_per_frame`` guard)."""
+        """The hypothesis after ``move`` (the masks made it an allowed move)."""
         if move.label is None:
             return hyp
-        duration, count = move.duration, 0
+        count = 0
         tokens, frames, lm_state = hyp.tokens, hyp.frames, hyp.lm_state
         if move.label != self.scorer.blank_id:
             tokens, frames = tokens + (move.label,), frames + (hyp.frame,)
             if self.lm is not None:
                 lm_state = self.lm.advance(lm_state, move.label)
-            if duration == 0:
+            if move.duration == 0:
                 count = hyp.count + 1
-                if count >= self.cfg.max_symbols_per_frame:
-                    duration, count = 1, 0
-        return _Hyp(tokens, frames, move.score, hyp.frame + duration, count, lm_state)
+        return _Hyp(tokens, frames, move.score, hyp.frame + move.duration, count, lm_state)
 
     def _finish(self, hyp: _Hyp) -> _Hyp:
-        """``hyp`` with the LM's end-of-sentence score added (unchanged without an LM)."""
-        if self.lm is None:
-            return hyp
-        final = hyp.score + self.cfg.lm_weight * self.lm.final_score(hyp.lm_state)
+        """``hyp`` with the LM's end-of-sentence score added (unchanged without an LM) and the
+        score before it in ``before_end``."""
+        final = hyp.score
+        if self.lm is not None:
+            final += self.cfg.lm_weight * self.lm.final_score(hyp.lm_state)
         return _Hyp(hyp.tokens, hyp.frames, final, hyp.frame, hyp.count, hyp.lm_state, hyp.score)
 
     def _update_predictor(

@@ -13,12 +13,25 @@ never means "blank and stay"). This joint argmax differs from the paper's indepe
 only when blank is the best label, 0 the best duration and the best positive duration so
 unlikely that a token beats it; it makes beam search with beam 1 equal greedy search.
 
+TDT moves are restricted to the paths the TDT loss scores (:mod:`asr.losses.tdt`): a path ends
+with a blank landing exactly on the last frame ``T``. So from frame ``t`` a token may move by
+``d`` only if ``t + d < T`` (a blank must still follow it) and a blank only if ``t + d <= T``;
+both must land on a frame from which ``T`` can still be reached by positive durations (always,
+when 1 is a duration). Where ``max_symbols_per_frame`` is reached, a token of duration 0 is
+excluded too (rather than moved by one frame after being scored as duration 0, which is no
+loss path). :meth:`TransducerScorer.tdt_move_masks` gives these restrictions as additive
+masks, for a known ``T`` or for an unknown one (a stream whose end has not come: only the
+``max_symbols_per_frame`` rule). The TDT greedy and beam searches use the same masks, so with
+beam 1 they take the same decisions.
+
 Shape legend: N hypotheses (rows), T frames, D encoder dims, J joiner dims, V vocabulary incl.
 blank, K durations.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -50,6 +63,8 @@ class TransducerScorer:
         self.is_tdt = bool(self.durations)
         self._duration_values: dict[torch.device, Tensor] = {}
         self._table_cache: dict[torch.device, tuple[Tensor | None, Tensor, Tensor, Tensor]] = {}
+        self._move_mask_cache: dict[torch.device, Tensor] = {}
+        self._moves = _allowed_moves(self.durations) if self.is_tdt else None
 
     def duration_values(self, device: torch.device) -> Tensor:
         """(K,) int64 durations on ``device``."""
@@ -98,8 +113,8 @@ class TransducerScorer:
 
     def _tables(self, device: torch.device) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
         """Cached lookup tensors on ``device``: the additive blank-penalty vector (V,) (None
-        without a penalty), and for TDT the additive (V, K) mask with -inf at (blank, 0) and
-        the label and duration of each flat (label, duration) index (V * K,)."""
+        without a penalty), and for TDT the mask row of each label (V,) (0 blank, 1 a token)
+        and the label and duration of each flat (label, duration) index (V * K,)."""
         if device not in self._table_cache:
             penalty = None
             if self.blank_penalty:
@@ -107,28 +122,74 @@ class TransducerScorer:
                 penalty[self.blank_id] = -self.blank_penalty
             durations = self.duration_values(device)
             num = max(len(durations), 1)
-            mask = torch.zeros(self.vocab_size, num, device=device)
-            if self.is_tdt:
-                mask[self.blank_id, durations == 0] = NEG_INF
+            label_class = torch.ones(self.vocab_size, dtype=torch.int64, device=device)
+            label_class[self.blank_id] = 0
             flat = torch.arange(self.vocab_size * num, device=device)
             advance = durations[flat % num] if self.is_tdt else flat
-            self._table_cache[device] = (penalty, mask, flat // num, advance)
+            self._table_cache[device] = (penalty, label_class, flat // num, advance)
         return self._table_cache[device]
 
-    def decide(self, enc_proj: Tensor, pred_proj: Tensor) -> Decision:
+    def tdt_move_masks(
+        self, remaining: Tensor | None, no_stay: Tensor | None, device: torch.device
+    ) -> Tensor:
+        """Additive masks (0 or -inf) of the durations blank / a token may take: (N, 2, K),
+        ``[:, 0]`` for blank and ``[:, 1]`` for every token.
+
+        Args:
+            remaining: (N,) int64 frames from each row's frame to the last one, ``T - t``
+                (>= 1 for a row that decides); None where ``T`` is not known yet (a stream):
+                then only ``no_stay`` and "blank never stays" apply.
+            no_stay: (N,) bool, rows that reached ``max_symbols_per_frame`` (a token must then
+                move); None for none.
+            device: where the masks go.
+
+        Returns:
+            (N, 2, K), or (1, 2, K) when both arguments are None.
+        """
+        if self._moves is None:
+            raise ValueError("move masks exist for TDT heads only")
+        if device not in self._move_mask_cache:
+            allowed = self._moves.allowed
+            table = torch.zeros(allowed.shape).masked_fill(~allowed, NEG_INF)
+            self._move_mask_cache[device] = table.flatten(0, 1).to(device)  # (2 * R, 2, K)
+        table = self._move_mask_cache[device]
+        rows, cap = self._moves.rows, self._moves.cap
+        if remaining is None:
+            index = torch.full((1,), rows - 1, dtype=torch.int64, device=device)
+        elif self._moves.period == 1:
+            index = remaining.clamp(0, cap)
+        else:
+            period = self._moves.period
+            remaining = remaining.clamp(min=0)
+            index = torch.where(remaining < cap, remaining, cap + (remaining - cap) % period)
+        if no_stay is not None:
+            index = torch.add(index, no_stay, alpha=rows)
+        return table[index]
+
+    def decide(
+        self,
+        enc_proj: Tensor,
+        pred_proj: Tensor,
+        remaining: Tensor | None = None,
+        no_stay: Tensor | None = None,
+    ) -> Decision:
         """Best (label, duration) per row: see the module docstring.
 
-        One argmax over the (V, K) grid of ``token logit + duration logit`` (blank with
-        duration 0 excluded; for RNN-T over the V token logits), then one ``logsumexp`` per
-        distribution for the score: the comparisons are those of the log-probabilities,
-        shifted by the same normalisers. Ties go to the lower (label, duration) index.
+        For TDT one argmax over the (V, K) grid of ``token logit + duration logit`` restricted
+        to the allowed moves (:meth:`tdt_move_masks` of ``remaining`` and ``no_stay``: blank's
+        row for blank, the tokens' row for every other label); for RNN-T over the V token
+        logits (``remaining`` and ``no_stay`` unused). Then one ``logsumexp`` per distribution
+        for the score: the comparisons are those of the log-probabilities, shifted by the same
+        normalisers. Ties go to the lower (label, duration) index.
 
         Returns:
             label (N,) int64, advance (N,) int64 frames to move (RNN-T: 1 for blank, 0 for a
-            token), log_prob (N,) float32 of the decision (token + duration log-probs).
+            token), log_prob (N,) float32 of the decision (token + duration log-probs). A TDT
+            row with no allowed move (``T`` unreachable) gets blank, ``advance = remaining``
+            and ``-inf``.
         """
         logits = self.head.joiner.join(enc_proj, pred_proj).float()
-        penalty, mask, label_of, advance_of = self._tables(logits.device)
+        penalty, label_class, label_of, advance_of = self._tables(logits.device)
         token_logits = logits[:, : self.vocab_size]
         if penalty is not None:
             token_logits = token_logits + penalty
@@ -137,7 +198,68 @@ class TransducerScorer:
             log_prob = best - torch.logsumexp(token_logits, dim=-1)
             return label, (label == self.blank_id).long(), log_prob
         dur_logits = logits[:, self.vocab_size :]
-        grid = token_logits[:, :, None] + dur_logits[:, None, :] + mask  # (N, V, K)
-        best, flat = grid.flatten(1).max(dim=-1)
+        masks = self.tdt_move_masks(remaining, no_stay, logits.device)  # (N, 2, K)
+        masks = masks.index_select(1, label_class)  # (N, V, K): blank's row or the tokens' row
+        grid = token_logits[:, :, None] + dur_logits[:, None, :] + masks
+        best, flat = grid.flatten(1).max(dim=-1)  # ties: lower (label, duration) index
+        label, advance = label_of[flat], advance_of[flat]
+        if remaining is not None and self._moves.can_stop:  # nothing allowed: to the end, p = 0
+            advance = torch.where(best == NEG_INF, remaining, advance)
         normaliser = torch.logsumexp(token_logits, dim=-1) + torch.logsumexp(dur_logits, dim=-1)
-        return label_of[flat], advance_of[flat], best - normaliser
+        return label, advance, best - normaliser
+
+
+@dataclass(frozen=True)
+class _AllowedMoves:
+    """Which TDT durations blank / a token may take with ``r`` frames left (``r = T - t``).
+
+    Attributes:
+        allowed: (2, R, 2, K) bool: ``[no_stay, r, 0 for blank | 1 for a token, duration]``.
+        rows: R. Row ``r`` for ``r < cap``, row ``cap + (r - cap) % period`` beyond; the last
+            row ``R - 1`` is the unknown end (only ``no_stay`` and "blank moves" apply).
+        cap, period: see ``rows``.
+        can_stop: whether some ``r >= 1`` allows no move at all (``T`` unreachable).
+    """
+
+    allowed: Tensor
+    rows: int
+    cap: int
+    period: int
+    can_stop: bool
+
+
+def _allowed_moves(durations: tuple[int, ...]) -> _AllowedMoves:
+    """The table of :class:`_AllowedMoves` (see the module docstring).
+
+    A landing frame ``t'`` can still end the path iff ``T - t'`` is a sum of positive
+    durations (0 counts: the final blank has just landed on ``T``). With ``g`` the gcd of the
+    positive durations, every multiple of ``g`` above ``m^2`` (``m`` the longest duration; the
+    Frobenius number of the durations is below it, Schur's bound) is such a sum, and no other
+    number is: so the rows repeat with period ``g`` once ``r - m > m^2``.
+    """
+    positive = [d for d in durations if d > 0]
+    period = math.gcd(*positive)
+    longest = max(durations)
+    horizon = longest * longest
+    sums = [True] + [False] * horizon
+    for n in range(1, horizon + 1):
+        sums[n] = any(n >= d and sums[n - d] for d in positive)
+
+    def completes(left: int) -> bool:
+        if left < 0:
+            return False
+        return sums[left] if left <= horizon else left % period == 0
+
+    cap = horizon + longest + 1
+    rows = cap + period + 1
+    allowed = torch.zeros(2, rows, 2, len(durations), dtype=torch.bool)
+    for r in range(rows - 1):
+        for k, d in enumerate(durations):
+            allowed[:, r, 0, k] = d > 0 and completes(r - d)
+            allowed[:, r, 1, k] = r - d >= 1 and completes(r - d)
+    is_zero = torch.tensor([d == 0 for d in durations])
+    allowed[:, rows - 1, 0] = ~is_zero
+    allowed[:, rows - 1, 1] = True
+    allowed[1, :, 1, is_zero] = False  # no_stay: a token must move
+    can_stop = bool((~allowed[0, 1 : rows - 1].flatten(1).any(dim=1)).any())
+    return _AllowedMoves(allowed, rows, cap, period, can_stop)

@@ -2,7 +2,8 @@
 
 Graves et al. 2006, "Connectionist Temporal Classification: Labelling Unsegmented Sequence Data
 with Recurrent Neural Networks". The loss is :func:`asr.losses.ctc.ctc_loss`; utterances whose
-targets need more frames than they have are zeroed and counted in ``metrics["num_infinite"]``.
+targets need more frames than they have, or that have no frames, are zeroed and counted in
+``metrics["num_infinite"]``, as the transducer head does with its losses.
 
 Shape legend: B batch, T frames, U tokens, D encoder dims, V vocabulary including blank (id 0).
 """
@@ -98,8 +99,8 @@ class CTCHead(nn.Module):
         num_infinite = int(infeasible.sum().item())
         if num_infinite:
             logger.warning(
-                "CTC: %d of %d utterances have more tokens (+repeats) than frames; "
-                "their loss was zeroed",
+                "CTC: %d of %d utterances have more tokens (+repeats) than frames, or no "
+                "frames; their loss was zeroed",
                 num_infinite,
                 enc.shape[0],
             )

@@ -18,9 +18,11 @@ Warm-up (pruned loss only): the trainer passes the training step to :meth:`Trans
 so early on, when the band chosen from a random simple joiner is poor, the simple loss dominates.
 Without a step (``None``: evaluation outside training) the loss is the warmed-up one.
 
-Utterances whose loss is not finite (no alignment fits: ``T_b = 0``, or a pruned band too
-narrow, ``T_b * (prune_range - 1) < U_b``) are dropped from the sum and counted in
-``metrics["num_infinite"]``.
+Utterances with no alignment get an infinite loss from every loss function (``T_b = 0`` for all
+three; a pruned band too narrow, ``T_b * (prune_range - 1) < U_b``; for TDT, more tokens than the
+durations can place before the final blank, or a ``T_b`` the blank durations cannot end on); they
+are dropped from the sum (no gradient) and counted in ``metrics["num_infinite"]``, as the CTC
+head does (:mod:`asr.heads.ctc`). Empty targets are ordinary utterances (the all-blank path).
 
 Shapes: B batch, T frames, U tokens, D encoder dim, P predictor dim, J joiner dim, V vocab
 (incl. blank 0), R prune_range.
@@ -44,7 +46,7 @@ from asr.losses.pruned_rnnt import (
     rnnt_loss_simple,
 )
 from asr.losses.rnnt import rnnt_loss
-from asr.losses.tdt import NEG, tdt_loss
+from asr.losses.tdt import tdt_loss
 from asr.types import LossOutput
 
 __all__ = ["TransducerConfig", "TransducerHead"]
@@ -163,7 +165,7 @@ class TransducerHead(nn.Module):
     def predict(self, tokens: Tensor) -> Tensor:
         """Predictor outputs for ``[blank] + tokens``: (B, U) -> (B, U + 1, P)."""
         state = self.predictor.init_state(tokens.shape[0], tokens.device)
-        start = torch.full_like(tokens[:, :1], self.blank_id)
+        start = tokens.new_full((tokens.shape[0], 1), self.blank_id)  # also when U = 0
         pred, _ = self.predictor(torch.cat([start, tokens], dim=1), state)
         return pred
 
@@ -201,7 +203,6 @@ class TransducerHead(nn.Module):
                 self.cfg.sigma,
                 "none",
             )
-            per_utt = torch.where(per_utt >= -NEG / 2, torch.full_like(per_utt, torch.inf), per_utt)
             metrics["tdt_loss"] = 0.0
         finite = torch.isfinite(per_utt)
         loss = torch.where(finite, per_utt, torch.zeros_like(per_utt)).sum()

@@ -7,9 +7,13 @@ needs around it: float32 computation under autocast, per-utterance losses, and t
 utterances whose targets cannot be aligned at all.
 
 An alignment of U tokens needs at least ``U + R`` frames, where R counts adjacent repeated
-tokens (a blank must separate them). Such infeasible utterances have an infinite loss; they
-are zeroed (no gradient) and reported so the data pipeline can be fixed rather than the loss
-silently exploding.
+tokens (a blank must separate them), and at least one frame: an utterance without frames is
+infeasible even with an empty target, as in every transducer loss (:mod:`asr.losses.rnnt`,
+:mod:`asr.losses.pruned_rnnt`, :mod:`asr.losses.tdt`, where no path ends without a last frame
+to leave), so that all losses drop the same utterances. Infeasible utterances have an infinite
+loss; they are zeroed (no gradient) and reported so the data pipeline can be fixed rather than
+the loss silently exploding (the heads count them in ``metrics["num_infinite"]``). A non-empty
+utterance with an empty target is feasible (the all-blank alignment).
 
 Shape legend: B batch, T frames, U tokens, V vocabulary including blank.
 """
@@ -60,7 +64,7 @@ def ctc_loss(
     Returns:
         losses: (B,) float32 ``-log P(tokens | log_probs)``; 0 (and no gradient) where infeasible.
         infeasible: (B,) bool, True where no alignment exists (``log_prob_lens`` shorter than
-            :func:`ctc_min_frames`), i.e. where the true loss is infinite.
+            :func:`ctc_min_frames`, or 0), i.e. where the true loss is infinite.
 
     Raises:
         ValueError: on inconsistent shapes.
@@ -75,6 +79,9 @@ def ctc_loss(
     ):
         if value.shape[0] != batch_size:
             raise ValueError(f"{name} has batch size {value.shape[0]}, expected {batch_size}")
+    if log_probs.shape[1] == 0:  # no frames in the whole batch: nothing is feasible
+        losses = log_probs.float().sum() * log_probs.new_zeros(batch_size, dtype=torch.float32)
+        return losses, torch.ones(batch_size, dtype=torch.bool, device=log_probs.device)
     with torch.autocast(device_type=log_probs.device.type, enabled=False):
         losses = F.ctc_loss(
             log_probs.float().transpose(0, 1),
@@ -85,5 +92,6 @@ def ctc_loss(
             reduction="none",
             zero_infinity=True,
         )
-    infeasible = log_prob_lens.long() < ctc_min_frames(tokens, token_lens)
-    return losses, infeasible
+    lens = log_prob_lens.long().to(losses.device)
+    infeasible = (lens < ctc_min_frames(tokens, token_lens).to(lens.device)) | (lens <= 0)
+    return losses.masked_fill(infeasible, 0.0), infeasible

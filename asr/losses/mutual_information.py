@@ -94,6 +94,8 @@ def _skew(values: Tensor, num_rows: int, num_diagonals: int) -> Tensor:
     Entries with ``k - r`` outside ``[0, C)`` are ``-inf``.
     """
     batch, rows, cols = values.shape
+    if rows == 0 or cols == 0:  # e.g. px of an all-empty-target batch: no arc at all
+        return values.new_full((batch, num_diagonals, num_rows), float("-inf"))
     k = torch.arange(num_diagonals, device=values.device)[:, None]
     r = torch.arange(num_rows, device=values.device)[None, :]
     col = k - r

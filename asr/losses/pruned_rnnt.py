@@ -6,7 +6,14 @@ Pipeline (what :class:`asr.heads.transducer.TransducerHead` runs):
 1. :func:`rnnt_loss_simple`: the "trivial joiner" ``logits[t, u] = am[t] + lm[u]`` normalised
    jointly over the vocabulary, evaluated on the FULL ``(T, U + 1)`` lattice without ever
    materialising ``(B, T, U + 1, V)``: the normaliser is
-   ``log(exp(am - max) @ exp(lm - max)^T) + maxes`` (a batched matmul). ``lm_only_scale`` and
+   ``log(exp(am - max) @ exp(lm - max)^T) + maxes`` (a batched matmul). That product underflows
+   where the encoder and predictor logits disagree (the best joint symbol of ``(t, u)`` is far
+   below the best of ``am[t]`` plus the best of ``lm[u]``: past ~87 nats in float32 the sum is
+   subnormal or 0); the pairs whose product falls below ``tiny ** (2/3)`` (about ``e^-58`` in
+   float32, where every term that matters is still a normal number) are recomputed exactly as
+   ``logsumexp_v(am[t, v] + lm[u, v])`` in log space, in chunks, with their own backward
+   (:class:`_PairLogSumExp`). Such pairs are rare in training, so this costs one comparison and
+   one host sync per call when there are none. ``lm_only_scale`` and
    ``am_only_scale`` mix in the lm-only / am-only log-probs for smoothing. With
    ``return_grad=True`` it also returns the arc occupations (d total / d px, d total / d py).
 2. :func:`get_pruning_ranges`: per frame, the start ``s_begin[t]`` of the window of
@@ -23,14 +30,21 @@ Pipeline (what :class:`asr.heads.transducer.TransducerHead` runs):
 Topology: the standard one of torchaudio (a symbol stays on its frame, one blank per frame, the
 path ends with the blank leaving ``(U_b, T_b - 1)``); ``px[b, :, t] = -inf`` for ``t >= T_b``.
 Per-utterance lengths are ``frame_lens`` (T_b) and ``token_lens`` (U_b). Feasibility: the full
-lattice has a path whenever ``T_b >= 1`` (any number of symbols may share a frame), but a band of
-R positions lets a frame emit at most ``R - 1`` symbols, so the pruned lattice has a path iff
-``T_b >= 1`` and ``U_b <= T_b * (R - 1)``. :func:`get_pruning_ranges` keeps one for every such
-utterance, whatever the occupations; for the others the pruned loss is ``inf``.
+lattice has a path whenever ``T_b >= 1`` (any number of symbols may share a frame; an empty
+target is the all-blank path), but a band of R positions lets a frame emit at most ``R - 1``
+symbols, so the pruned lattice has a path iff ``T_b >= 1`` and ``U_b <= T_b * (R - 1)``.
+:func:`get_pruning_ranges` keeps one for every such utterance, whatever the occupations.
+Infeasible utterances get a per-utterance loss of ``+inf`` with a zero gradient, in the simple
+and the pruned loss alike, as in :mod:`asr.losses.rnnt` and :mod:`asr.losses.tdt`: that
+includes ``T_b = 0`` with ``U_b = 0``, whose recursion ends on its start node (log-probability
+0) although no path ends with the blank leaving frame ``T_b - 1``. The heads drop them and count
+them in ``metrics["num_infinite"]``.
 Shapes: B batch, T frames, U tokens, V vocab incl. blank (blank_id 0), R prune_range, J joiner dim.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -49,6 +63,7 @@ __all__ = [
     "rnnt_loss_pruned",
     "gather_log_softmax",
     "reduce_per_utterance",
+    "frameless_batch_loss",
 ]
 
 
@@ -98,9 +113,72 @@ def reduce_per_utterance(per_utt: Tensor, reduction: str) -> Tensor:
     raise ValueError(f"reduction must be sum|mean|none, got {reduction!r}")
 
 
+def frameless_batch_loss(inputs: Tensor, reduction: str) -> Tensor:
+    """The loss of a batch padded to zero frames: ``+inf`` per utterance (none is feasible),
+    attached to the graph of ``inputs`` (B, 0, ...) with a zero gradient."""
+    dtype = inputs.dtype if inputs.dtype == torch.float64 else torch.float32
+    inf = torch.full((inputs.shape[0],), float("inf"), dtype=dtype, device=inputs.device)
+    return reduce_per_utterance(inf + 0.0 * inputs.sum().to(dtype), reduction)
+
+
 def _frame_mask(frame_lens: Tensor, num_frames: int) -> Tensor:
     """(B, T) True on valid frames."""
     return torch.arange(num_frames, device=frame_lens.device)[None, :] < frame_lens[:, None]
+
+
+class _PairLogSumExp(torch.autograd.Function):
+    """``logsumexp_v(am[b, t, v] + lm[b, u, v])`` for N listed pairs, in chunks of pairs whose
+    ``(chunk, V)`` sums are never all alive at once (backward recomputes them)."""
+
+    @staticmethod
+    def forward(ctx, am, lm, batch, frame, row):  # type: ignore[override]
+        chunks = [
+            torch.logsumexp(am[b, t] + lm[b, u], dim=-1)
+            for b, t, u in _pair_chunks(batch, frame, row, am.shape[-1])
+        ]
+        out = torch.cat(chunks) if chunks else am.new_zeros(0)
+        ctx.save_for_backward(am, lm, batch, frame, row, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        am, lm, batch, frame, row, out = ctx.saved_tensors
+        grad_am, grad_lm = torch.zeros_like(am), torch.zeros_like(lm)
+        start = 0
+        for b, t, u in _pair_chunks(batch, frame, row, am.shape[-1]):
+            stop = start + b.numel()
+            weight = torch.exp(am[b, t] + lm[b, u] - out[start:stop, None])
+            weight = weight * grad_out[start:stop, None]  # (chunk, V) softmax * grad
+            grad_am.index_put_((b, t), weight, accumulate=True)
+            grad_lm.index_put_((b, u), weight, accumulate=True)
+            start = stop
+        return grad_am, grad_lm, None, None, None
+
+
+def _pair_chunks(
+    batch: Tensor, frame: Tensor, row: Tensor, vocab_size: int, budget: int = 1 << 22
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """Splits the pair lists so that one chunk's (chunk, V) tensor has at most ``budget`` items."""
+    size = max(1, budget // max(vocab_size, 1))
+    for start in range(0, batch.numel(), size):
+        yield batch[start : start + size], frame[start : start + size], row[start : start + size]
+
+
+def _simple_normaliser(am: Tensor, lm: Tensor) -> Tensor:
+    """``logsumexp_v(am[:, t, v] + lm[:, u, v])`` for every ``(t, u)``: (B, T, V), (B, U+1, V)
+    -> (B, T, U+1), through a matmul, with the underflowing pairs redone in log space (module
+    docstring, step 1)."""
+    am_max = am.detach().amax(dim=2, keepdim=True)  # (B, T, 1)
+    lm_max = lm.detach().amax(dim=2, keepdim=True)  # (B, U+1, 1)
+    prod = torch.matmul(torch.exp(am - am_max), torch.exp(lm - lm_max).transpose(1, 2))
+    tiny = torch.finfo(prod.dtype).tiny
+    norm = prod.clamp_min(tiny).log() + am_max + lm_max.transpose(1, 2)  # (B, T, U+1)
+    lost = prod.detach() < tiny ** (2.0 / 3.0)
+    if bool(lost.any()):
+        batch, frame, row = lost.nonzero(as_tuple=True)
+        exact = _PairLogSumExp.apply(am, lm, batch, frame, row)
+        norm = norm.index_put((batch, frame, row), exact)
+    return norm
 
 
 def simple_lattice_logprobs(
@@ -129,11 +207,7 @@ def simple_lattice_logprobs(
         raise ValueError(
             f"lm has shape {tuple(lm.shape)}, expected ({batch}, {num_tokens + 1}, {am.shape[2]})"
         )
-    am_max = am.detach().amax(dim=2, keepdim=True)  # (B, T, 1)
-    lm_max = lm.detach().amax(dim=2, keepdim=True)  # (B, U+1, 1)
-    prod = torch.matmul(torch.exp(am - am_max), torch.exp(lm - lm_max).transpose(1, 2))
-    tiny = torch.finfo(prod.dtype).tiny
-    norm = prod.clamp_min(tiny).log() + am_max + lm_max.transpose(1, 2)  # (B, T, U+1)
+    norm = _simple_normaliser(am, lm)  # (B, T, U+1)
 
     index = tokens.to(torch.int64)
     am_sym = torch.gather(am, 2, index[:, None, :].expand(batch, num_frames, num_tokens))  # (B,T,U)
@@ -180,22 +254,35 @@ def rnnt_loss_simple(
             py_grad (B, U + 1, T))`` used by :func:`get_pruning_ranges`.
 
     Returns:
-        the loss (reduced per ``reduction``), and optionally the occupations.
+        the loss (reduced per ``reduction``; ``+inf`` for utterances without frames), and
+        optionally the occupations.
     """
     with torch.autocast(device_type=am.device.type, enabled=False):
         if am.dtype not in (torch.float32, torch.float64):
             am, lm = am.float(), lm.float()
+        if am.shape[1] == 0:  # no frames at all: nothing to align, nothing to prune
+            loss = frameless_batch_loss(am, reduction)
+            if not return_grad:
+                return loss
+            num_tokens = tokens.shape[1]
+            px_grad = am.new_zeros(am.shape[0], num_tokens, 1)
+            return loss, (px_grad, am.new_zeros(am.shape[0], num_tokens + 1, 0))
         px, py = simple_lattice_logprobs(
             am, lm, tokens, frame_lens, lm_only_scale, am_only_scale, blank_id
         )
         if not return_grad:
             total = mutual_information_recursion(px, py, token_lens, frame_lens, backend)
-            return reduce_per_utterance(-total, reduction)
+            return reduce_per_utterance(_infeasible_without_frames(-total, frame_lens), reduction)
         total, px_grad, py_grad = mutual_information_with_grad(
             px, py, token_lens, frame_lens, backend
         )
-        loss = reduce_per_utterance(-total, reduction)
+        loss = reduce_per_utterance(_infeasible_without_frames(-total, frame_lens), reduction)
     return loss, (px_grad, py_grad)
+
+
+def _infeasible_without_frames(per_utt: Tensor, frame_lens: Tensor) -> Tensor:
+    """``+inf`` (no gradient) for utterances without frames (module docstring, feasibility)."""
+    return per_utt.masked_fill(frame_lens.to(per_utt.device) <= 0, float("inf"))
 
 
 @torch.no_grad()
@@ -337,11 +424,14 @@ def rnnt_loss_pruned(
         tokens: (B, U); ranges: (B, T, R); frame_lens, token_lens: (B,).
 
     Returns:
-        the negative log-likelihood of the paths inside the band, reduced per ``reduction``.
+        the negative log-likelihood of the paths inside the band, reduced per ``reduction``
+        (``+inf`` where the band holds no path: ``T_b = 0`` or ``U_b > T_b * (R - 1)``).
     """
     with torch.autocast(device_type=logits.device.type, enabled=False):
         if logits.dtype not in (torch.float32, torch.float64):
             logits = logits.float()
+        if logits.shape[1] == 0:
+            return frameless_batch_loss(logits, reduction)
         px, py = pruned_lattice_logprobs(logits, tokens, ranges, frame_lens, token_lens, blank_id)
         total = mutual_information_recursion(px, py, token_lens, frame_lens, backend)
-    return reduce_per_utterance(-total, reduction)
+    return reduce_per_utterance(_infeasible_without_frames(-total, frame_lens), reduction)

@@ -4,12 +4,22 @@ arXiv:1211.3711) through ``torchaudio.functional.rnnt_loss``.
 This is the reference the pruned loss and the TDT loss are tested against, and the speed/memory
 peer of ``tools/bench/rnnt_loss.py``. torchaudio only accepts float32/float16 logits, so the
 logits are cast to float32 (losses are computed in float32 even under autocast).
+
+Infeasible utterances: every path of the standard lattice ends with the blank that leaves frame
+``T_b - 1``, so an utterance without frames (``T_b = 0``) has none, whatever ``U_b``. torchaudio
+returns an arbitrary finite number for it (close to 0, or -8e23 beside longer utterances), so
+its loss is set to ``+inf`` with a zero gradient, as the pruned, simple and TDT losses do
+(:mod:`asr.losses.pruned_rnnt`, :mod:`asr.losses.tdt`); the heads drop such utterances and
+count them in ``metrics["num_infinite"]``. Any ``U_b >= 0`` is feasible when ``T_b >= 1`` (an
+empty target is the all-blank path).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from asr.losses.pruned_rnnt import frameless_batch_loss, reduce_per_utterance
 
 __all__ = ["rnnt_loss"]
 
@@ -34,7 +44,7 @@ def rnnt_loss(
         reduction: ``"sum"`` (default, the heads' convention), ``"mean"`` or ``"none"``.
 
     Returns:
-        scalar for ``sum``/``mean``, else (B,).
+        scalar for ``sum``/``mean``, else (B,); ``+inf`` for utterances with ``T_b = 0``.
     """
     if logits.dim() != 4:
         raise ValueError(f"logits must be (B, T, U+1, V), got shape {tuple(logits.shape)}")
@@ -45,19 +55,26 @@ def rnnt_loss(
         )
     import torchaudio.functional as taf
 
+    no_frames = frame_lens.to(logits.device) <= 0
+    if logits.shape[1] == 0 or bool(no_frames.all()):  # nothing torchaudio could run on
+        return frameless_batch_loss(logits.float(), reduction)
+    # Frame-less utterances run on one padding frame (finite, then replaced by inf).
+    frame_lens = frame_lens.clamp(min=1)
     # torchaudio insists that the padded sizes equal the longest lengths: trim extra padding.
-    max_frames = int(frame_lens.max()) if frame_lens.numel() else 0
+    max_frames = int(frame_lens.max())
     max_tokens = int(token_lens.max()) if token_lens.numel() else 0
     logits = logits[:, :max_frames, : max_tokens + 1]
     tokens = tokens[:, :max_tokens]
 
     with torch.autocast(device_type=logits.device.type, enabled=False):
-        return taf.rnnt_loss(
+        losses = taf.rnnt_loss(
             logits.float().contiguous(),
             tokens.to(torch.int32).contiguous(),
             frame_lens.to(torch.int32),
             token_lens.to(torch.int32),
             blank=blank_id,
             clamp=clamp,
-            reduction=reduction,
+            reduction="none",
         )
+    losses = losses.masked_fill(no_frames, float("inf"))
+    return reduce_per_utterance(losses, reduction)

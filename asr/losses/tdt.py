@@ -16,11 +16,17 @@ on a token is not a complete alignment. ``sigma`` is the paper's logit under-nor
 (subtracted from the token log-probs; 0 = off, the default). The paper's ``omega`` (sampling the
 plain RNN-T loss) is not implemented.
 
+Infeasible utterances (no complete alignment: ``T_b = 0``; more tokens than the durations can
+place, e.g. ``U_b >= T_b`` without duration 0; a ``T_b`` that no sum of the positive durations
+reaches) get a per-utterance loss of ``+inf`` with a zero gradient, as in the RNN-T losses
+(:mod:`asr.losses.rnnt`, :mod:`asr.losses.pruned_rnnt`); the heads drop them and count them in
+``metrics["num_infinite"]``. An empty target is feasible whenever blanks can cover ``T_b``.
+
 Implementation: a PyTorch DP over anti-diagonals ``k = t + u`` (every arc increases ``k`` by at
 least 1, so each diagonal depends only on earlier ones), vectorised over batch and diagonal, with
 autograd through it; ``S + T`` Python steps. Unreachable nodes hold a large finite negative value
-(``-1e30``) instead of ``-inf`` so that ``logsumexp`` gradients stay finite; an utterance with
-no complete alignment gets a loss of that order. No Triton kernel: the DP is O(B T U D) small
+(``-1e30``) instead of ``-inf`` so that ``logsumexp`` gradients stay finite; a total of that
+order means no complete alignment and becomes ``+inf`` at the end. No Triton kernel: the DP is O(B T U D) small
 tensor ops next to the O(B T U V) joiner, which dominates (see ``tools/bench/rnnt_loss.py``).
 
 Shapes: B batch, T frames, U tokens, V vocab incl. blank (blank_id 0), D durations.
@@ -33,7 +39,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from asr.losses.pruned_rnnt import gather_log_softmax, reduce_per_utterance
+from asr.losses.pruned_rnnt import (
+    frameless_batch_loss,
+    gather_log_softmax,
+    reduce_per_utterance,
+)
 
 __all__ = ["tdt_loss", "tdt_lattice_weights"]
 
@@ -86,6 +96,8 @@ def _skew(values: Tensor, num_rows: int, num_diagonals: int) -> Tensor:
     """``values (B, T, R, D)`` -> ``(B, K, num_rows, D)`` with ``out[:, k, u] = values[:, k - u, u]``
     (``NEG`` where ``k - u`` is not a frame or ``u >= R``)."""
     batch, num_frames, rows, depth = values.shape
+    if num_frames == 0 or rows == 0:  # token arcs of an all-empty-target batch: none
+        return values.new_full((batch, num_diagonals, num_rows, depth), NEG)
     k = torch.arange(num_diagonals, device=values.device)[:, None]
     u = torch.arange(num_rows, device=values.device)[None, :]
     t = k - u
@@ -140,6 +152,10 @@ def tdt_loss(
         durations: the duration of each duration logit, e.g. ``(0, 1, 2, 3, 4)``.
         sigma: logit under-normalisation subtracted from token log-probs (0 disables).
         reduction: ``sum`` (heads' convention) | ``mean`` | ``none``.
+
+    Returns:
+        scalar for ``sum``/``mean``, else (B,); ``+inf`` for utterances without a complete
+        alignment (module docstring).
     """
     if logits.dim() != 4 or logits.shape[2] != tokens.shape[1] + 1:
         raise ValueError(
@@ -148,6 +164,8 @@ def tdt_loss(
     with torch.autocast(device_type=logits.device.type, enabled=False):
         if logits.dtype not in (torch.float32, torch.float64):
             logits = logits.float()
+        if logits.shape[1] == 0:
+            return frameless_batch_loss(logits, reduction)
         token_w, blank_w = tdt_lattice_weights(logits, tokens, durations, blank_id, sigma)
         alphas = _tdt_alphas(token_w, blank_w, durations)  # (B, K, U+1)
         batch_index = torch.arange(logits.shape[0], device=logits.device)
@@ -164,4 +182,5 @@ def tdt_loss(
             score = score + blank_w[batch_index, start, token_lens, i]
             finals.append(torch.where(ok, score, torch.full_like(score, NEG)))
         total = torch.stack(finals, dim=-1).logsumexp(dim=-1)
-    return reduce_per_utterance(-total, reduction)
+        loss = torch.where(total > NEG / 2, -total, torch.full_like(total, float("inf")))
+    return reduce_per_utterance(loss, reduction)

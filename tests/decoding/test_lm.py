@@ -166,25 +166,38 @@ def test_transducer_beam_lm_vocabulary_must_match(lm):
 
 
 def test_tdt_beam_fuses_token_and_end_of_sentence_scores(lm):
-    """One frame, durations (1, 2): every label ends the utterance in one decision, so the
-    n-best is every label with score ``log P(label) + max_d log P(d) + weight * LM`` (LM of the
-    token after <s>, then </s>), computed here by hand."""
+    """Two frames, durations (1, 2): a path ends with a blank landing on frame 2, so the
+    complete paths are: blank for 2 frames, or blank then blank (both: the empty hypothesis,
+    log-added), or a token for 1 frame then blank; a token on frame 1 would land on or past
+    the end. The n-best is every label with its score computed here by hand: the transducer
+    log-probabilities plus ``weight * LM`` (the token after <s>, then </s>)."""
+    from asr.decoding.base import log_add
     from asr.decoding.transducer_common import TransducerScorer
 
     weight = 0.7
     model = make_model(transducer="tdt", durations=(1, 2))
-    enc, enc_lens = encoder_output([1], seed=5, scale=3.0)
+    enc, enc_lens = encoder_output([2], seed=5, scale=3.0)
     scorer = TransducerScorer(model.heads["transducer"])
     with torch.no_grad():
-        pred, _ = scorer.initial(1, "cpu")
-        token_lp, dur_lp = scorer.log_probs(scorer.project_encoder(enc)[0], pred)
-    best_duration = float(dur_lp[0].max())
-    start = lm.init_state()
-    expected = {(): float(token_lp[0, 0]) + best_duration + weight * lm.final_score(start)}
-    for token in range(1, 7):
-        lm_score = lm.log_prob(start, token) + lm.final_score(lm.advance(start, token))
-        expected[(token,)] = float(token_lp[0, token]) + best_duration + weight * lm_score
-    cfg = SearchConfig(beam_size=7, nbest=7, lm_weight=weight)
+        enc_proj = scorer.project_encoder(enc)[0]
+        start_pred, start_state = scorer.initial(1, "cpu")
+        token_lp, dur_lp = scorer.log_probs(enc_proj[:1], start_pred)
+
+        def final_blank(pred):  # blank of duration 1 on frame 1
+            lp, dp = scorer.log_probs(enc_proj[1:2], pred)
+            return float(lp[0, 0] + dp[0, 0])
+
+        blank0 = float(token_lp[0, 0])
+        two_blanks = blank0 + float(dur_lp[0, 0]) + final_blank(start_pred)
+        empty = log_add(blank0 + float(dur_lp[0, 1]), two_blanks)
+        start = lm.init_state()
+        expected = {(): empty + weight * lm.final_score(start)}
+        for token in range(1, 7):
+            pred, _ = scorer.predict(torch.tensor([token]), start_state)
+            am = float(token_lp[0, token] + dur_lp[0, 0]) + final_blank(pred)
+            lm_score = lm.log_prob(start, token) + lm.final_score(lm.advance(start, token))
+            expected[(token,)] = am + weight * lm_score
+    cfg = SearchConfig(beam_size=8, nbest=7, lm_weight=weight)  # 8 moves from frame 0
     hyps = build_searcher("tdt_beam", model, cfg, lm=lm)(enc, enc_lens)[0]
     assert {h.tokens: h.score for h in hyps} == pytest.approx(expected, abs=1e-5)
     assert [h.tokens for h in hyps] == sorted(expected, key=expected.get, reverse=True)

@@ -99,13 +99,20 @@ def test_build_streaming_searcher_rejects_offline_only_names():
         build_streaming_searcher("ctc_prefix_beam", make_model(ctc=True))
 
 
-def test_tdt_duration_past_the_chunk_end_is_carried_to_the_next_chunk():
+def test_tdt_decision_that_depends_on_the_stream_end_waits_for_the_next_chunk():
+    """A move past the frames received so far (or a token onto the last of them) is allowed only
+    if the stream goes on: the stream waits on that frame, holding at most max(durations)
+    frames, and decides with the next chunk or, the end known, in finalize: as offline."""
     offline, streaming = build("tdt_greedy")
     enc, enc_lens = encoder_output([25])
-    state, skips = streaming.init_state(1, enc.device), []
+    state, waits = streaming.init_state(1, enc.device), []
     for start in range(0, 25, 2):
         chunk = enc[:, start : start + 2]
         state = streaming.step(chunk, torch.tensor([chunk.shape[1]]), state)
-        skips.append(int(state.skip[0]))
-    assert max(skips) > 0  # a jump crossed a chunk boundary
-    assert streaming.finalize(state)[0].tokens == offline(enc, enc_lens)[0][0].tokens
+        waits.append(int(state.num_pending[0]))
+        received = int(state.frames_done[0])
+        assert all(frame < received - waits[-1] for frame in streaming.partial(state)[0].frames)
+    assert 0 < max(waits) <= 4  # durations (0, 1, 2, 3, 4)
+    got, expected = streaming.finalize(state)[0], offline(enc, enc_lens)[0][0]
+    assert got.tokens == expected.tokens and got.frames == expected.frames
+    assert got.score == pytest.approx(expected.score, abs=1e-4)

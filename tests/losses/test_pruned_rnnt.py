@@ -367,3 +367,52 @@ def test_pruned_equals_full_float64_when_band_covers_long_lattice(kind, num_toke
         logits = join(enc[:, :, None], pred[:, None])
         ref = rnnt_loss(logits, tokens, frame_lens, token_lens, reduction="none")
         torch.testing.assert_close(full.float(), ref, rtol=1e-5, atol=1e-3)
+
+
+# --- The simple loss' normaliser stays exact where am and lm disagree ---------------------------
+#
+# ``log sum_v exp(am[t, v] + lm[u, v])`` through ``exp(am - max) @ exp(lm - max)^T`` underflows in
+# float32 once the best joint symbol of (t, u) is ~87 nats below max(am[t]) + max(lm[u]); the
+# pairs where that happens must be redone in log space (values and gradients).
+
+
+def disagreeing_inputs(nats):
+    """float64 am / lm with a peak of ``nats`` on a random symbol per frame / per row: where the
+    two peaks differ, the pair disagrees by ``nats``; where they coincide, it does not."""
+    gen = torch.Generator().manual_seed(31)
+    batch, frames, num_tokens, vocab = 2, 7, 3, 6
+    am = torch.randn(batch, frames, vocab, generator=gen, dtype=torch.float64)
+    lm = torch.randn(batch, num_tokens + 1, vocab, generator=gen, dtype=torch.float64)
+    for logits in (am, lm):
+        peaks = torch.randint(0, vocab, logits.shape[:2] + (1,), generator=gen)
+        logits.scatter_add_(2, peaks, torch.full(peaks.shape, float(nats), dtype=torch.float64))
+    tokens = torch.randint(1, vocab, (batch, num_tokens), generator=gen)
+    return am, lm, tokens, torch.tensor([7, 5]), torch.tensor([3, 2])
+
+
+@pytest.mark.parametrize("nats", [90, 200])
+def test_simple_loss_matches_float64_where_am_and_lm_disagree(nats):
+    am64, lm64, tokens, frame_lens, token_lens = disagreeing_inputs(nats)
+    # the case of the issue: one-hot peaks on different symbols, -90.69 (not -92.66) at 90 nats
+    am_peak = torch.zeros(1, 1, 6).index_fill(2, torch.tensor([1]), nats)
+    lm_peak = torch.zeros(1, 2, 6).index_fill(2, torch.tensor([2]), nats)
+    _, py = simple_lattice_logprobs(am_peak, lm_peak, torch.tensor([[1]]), torch.tensor([1]))
+    exact = -torch.logsumexp(torch.tensor([0.0, nats, nats, 0, 0, 0], dtype=torch.float64), 0)
+    assert py[0, 0, 0].item() == pytest.approx(exact.item(), abs=1e-4)  # blank arc of (0, 0)
+
+    am = am64.float().requires_grad_(True)
+    lm = lm64.float().requires_grad_(True)
+    loss = rnnt_loss_simple(am, lm, tokens, frame_lens, token_lens, reduction="none")
+    am64.requires_grad_(True)
+    lm64.requires_grad_(True)
+    ref = full_loss_float64(am64[:, :, None] + lm64[:, None], tokens, frame_lens, token_lens)
+    torch.testing.assert_close(loss.double(), ref.detach(), rtol=1e-6, atol=1e-4)
+    grads = torch.autograd.grad(loss.sum(), (am, lm))
+    ref_grads = torch.autograd.grad(ref.sum(), (am64, lm64))
+    for got, want in zip(grads, ref_grads):  # float32 rounding of ~200-nat logits: ~3e-4
+        torch.testing.assert_close(got.double(), want, rtol=0.0, atol=1e-3)
+    # the smoothed arcs too (every entry), and the occupations used for pruning
+    px, py = simple_lattice_logprobs(am, lm, tokens, frame_lens, 0.25, 0.1)
+    px64, py64 = simple_lattice_logprobs(am64, lm64, tokens, frame_lens, 0.25, 0.1)
+    torch.testing.assert_close(px.double(), px64, rtol=1e-6, atol=1e-4)
+    torch.testing.assert_close(py.double(), py64, rtol=1e-6, atol=1e-4)
