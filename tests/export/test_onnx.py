@@ -306,9 +306,41 @@ def _nemo_features(wave: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.stack([fbank.get_frame(i) for i in range(fbank.num_frames_ready)]))
 
 
+def _sherpa_tdt_greedy(head, enc: torch.Tensor, max_tokens_per_frame: int = 5) -> tuple:
+    """sherpa-onnx's NeMo-path TDT greedy search, on our PyTorch head, for one utterance.
+
+    Its rule (sherpa-onnx's ``DecodeOneTDT``): one joiner call per step; the argmax token is
+    emitted unless it is blank; the frame moves by the argmax duration; a blank of duration 0, or
+    the 5th token on one frame, moves by 1; any move that reaches or passes T ends the search.
+    (Our own ``tdt_greedy`` ends the way the TDT loss does, with a blank landing on T, so the two
+    may differ at the end of an utterance; this is the reference the exported graphs must meet.)
+    """
+    vocab, durations = head.vocab_size, head.durations
+    enc_proj = head.joiner.project_encoder(enc)[0]  # (T, J)
+    state = head.predictor.init_state(1, "cpu")
+    pred, state = head.predictor.step(torch.tensor([head.blank_id]), state)
+    pred_proj = head.joiner.project_predictor(pred)
+    tokens, t, on_frame = [], 0, 0
+    while t < enc_proj.shape[0]:
+        logits = head.joiner.join(enc_proj[t][None], pred_proj)[0]
+        token = int(logits[:vocab].argmax())
+        skip = durations[int(logits[vocab:].argmax())]
+        if token != head.blank_id:
+            tokens.append(token)
+            pred, state = head.predictor.step(torch.tensor([token]), state)
+            pred_proj = head.joiner.project_predictor(pred)
+            on_frame += 1
+        if skip > 0:
+            on_frame = 0
+        if on_frame >= max_tokens_per_frame or (token == head.blank_id and skip == 0):
+            on_frame, skip = 0, 1
+        t += skip
+    return tuple(tokens)
+
+
 def _tdt_tokens_equal(package: Path, out: Path, waves) -> tuple[int, list, list]:
-    """sherpa-onnx's NeMo-path TDT greedy search vs ours (at most 5 symbols per frame, as
-    sherpa's) on the features sherpa computes there."""
+    """sherpa-onnx's NeMo-path TDT greedy search on the exported graphs vs the same search rule
+    on our PyTorch model (:func:`_sherpa_tdt_greedy`), on the features sherpa computes there."""
     report = export_onnx(package, out)
     assert report.layout == "tdt"
     assert (out / "tokens.txt").read_text().splitlines()[-1].startswith("<blk> ")
@@ -326,15 +358,14 @@ def _tdt_tokens_equal(package: Path, out: Path, waves) -> tuple[int, list, list]
     nemo_ids = {line.split()[0]: int(line.split()[1]) for line in pieces}
     theirs = [tuple(nemo_ids["\u2581" + t[1:] if t.startswith(" ") else t] + 1
                     for t in s.result.tokens) for s in streams]  # our ids = NeMo's + 1
-    runtime = load_model(package, searcher="tdt_greedy",
-                         search=SearchConfig(max_symbols_per_frame=5)).runtime
-    searcher = runtime.build_searcher()
+    model = load_model(package).runtime.model
+    head = model.heads["transducer"]
     ours = []
     with torch.no_grad():
         for wave in waves:
             feats = _nemo_features(wave)
-            enc, lens = runtime.model.encode(feats[None], torch.tensor([feats.shape[0]]))
-            ours.append(tuple(searcher(enc, lens)[0][0].tokens))
+            enc, _ = model.encode(feats[None], torch.tensor([feats.shape[0]]))
+            ours.append(_sherpa_tdt_greedy(head, enc))
     return _report("TDT (NeMo path)", ours, theirs), ours, theirs
 
 
