@@ -7,7 +7,9 @@
   linear layers (encoder -> V, predictor -> V) as the additive "trivial joiner"; the real joiner
   runs only on the ``prune_range`` band chosen from the simple loss' occupations.
 * ``loss="tdt"``: Xu et al. 2023 (arXiv:2304.06795, :mod:`asr.losses.tdt`); the joiner emits
-  ``V + len(durations)`` logits.
+  ``V + len(durations)`` logits. ``sigma`` (logit under-normalisation) and ``omega`` (weight of
+  the plain RNN-T loss on the token logits) are the paper's options; NeMo's recipes use 0.05 and
+  0.1, ours default to 0 (off).
 
 Warm-up (pruned loss only): the trainer passes the training step to :meth:`TransducerHead.loss`
 (through :meth:`asr.model.ASRModel.forward`). With ``f = min(step / warm_step, 1)``::
@@ -71,10 +73,14 @@ class TransducerConfig:
         simple_loss_scale: final weight of the simple loss (after ``warm_step`` steps).
         warm_step: warm-up steps (0 disables warm-up).
         durations: TDT durations (token durations may include 0; blank never takes 0).
-        sigma: TDT logit under-normalisation (0 = off).
+        sigma: TDT logit under-normalisation (0 = off; NeMo uses 0.05).
+        omega: TDT only: ``loss = (1 - omega) * tdt + omega * rnnt`` with the plain RNN-T loss
+            on the token logits, in ``[0, 1)`` (0 = off; NeMo uses 0.1, sampled per batch: see
+            :mod:`asr.losses.tdt`).
         clamp: torchaudio gradient clamp for the full loss (-1 = off).
-        backend: mutual-information backend ``auto`` | ``torch`` | ``triton`` | ``k2``
-            (k2 only where it is importable).
+        backend: recursion backend ``auto`` | ``torch`` | ``triton`` | ``k2`` of the
+            mutual-information (pruned, TDT's omega) and TDT recursions (k2 only for the
+            pruned loss, where it is importable; ``auto``: Triton on CUDA).
         blank_id: blank index.
     """
 
@@ -94,6 +100,7 @@ class TransducerConfig:
     warm_step: int = 2000
     durations: tuple[int, ...] = (0, 1, 2, 3, 4)
     sigma: float = 0.0
+    omega: float = 0.0
     clamp: float = -1.0
     backend: Literal["auto", "torch", "triton", "k2"] = "auto"
     blank_id: int = 0
@@ -109,6 +116,10 @@ class TransducerConfig:
             raise ValueError(
                 f"durations must be non-negative with at least one >= 1, got {self.durations}"
             )
+        if self.sigma < 0 or not 0 <= self.omega < 1:
+            raise ValueError(f"need sigma >= 0 and 0 <= omega < 1, got {self.sigma}, {self.omega}")
+        if self.loss == "tdt" and self.backend == "k2":
+            raise ValueError("backend 'k2' has no TDT recursion: use auto, torch or triton")
 
 
 class TransducerHead(nn.Module):
@@ -202,6 +213,8 @@ class TransducerHead(nn.Module):
                 self.blank_id,
                 self.cfg.sigma,
                 "none",
+                omega=self.cfg.omega,
+                backend=self.cfg.backend,
             )
             metrics["tdt_loss"] = 0.0
         finite = torch.isfinite(per_utt)

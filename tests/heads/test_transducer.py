@@ -88,6 +88,24 @@ def test_tdt_head_equals_tdt_loss_and_has_duration_logits():
     torch.testing.assert_close(head.loss(enc, enc_lens, tokens, token_lens).loss, ref)
 
 
+def test_tdt_head_passes_sigma_and_omega_to_the_loss():
+    head = small_head(loss="tdt", durations=(0, 1, 2), sigma=0.05, omega=0.1)
+    enc, enc_lens, tokens, token_lens = batch()
+    logits = head.joiner(enc, head.predict(tokens))
+    out = head.loss(enc, enc_lens, tokens, token_lens).loss
+    ref = tdt_loss(logits, tokens, enc_lens, token_lens, (0, 1, 2), sigma=0.05, omega=0.1)
+    torch.testing.assert_close(out, ref)
+    assert not torch.allclose(out, tdt_loss(logits, tokens, enc_lens, token_lens, (0, 1, 2)))
+
+
+@pytest.mark.parametrize(
+    "bad", [{"omega": 1.0}, {"omega": -0.1}, {"sigma": -0.05}, {"loss": "tdt", "backend": "k2"}]
+)
+def test_config_rejects_bad_tdt_options(bad):
+    with pytest.raises(ValueError):
+        TransducerConfig(**{"loss": "tdt", **bad})
+
+
 def test_infinite_utterances_are_dropped_and_counted():
     head = small_head(loss="pruned", prune_range=2, warm_step=0)
     enc, _, tokens, token_lens = batch()
