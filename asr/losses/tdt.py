@@ -70,7 +70,7 @@ def tdt_node_logprobs(
 
     Args:
         logits: (B, T', R, V + D) joiner outputs at R token positions per frame. tokens: (B, R)
-            the token id at each of those positions (any id where there is none).
+            or (B, T', R): the token id at each of those positions (any id where there is none).
         durations: the D durations (validated here).
 
     Returns:
@@ -87,7 +87,8 @@ def tdt_node_logprobs(
         )
     vocab_size = logits.shape[-1] - num_durations
     dur_lp = torch.log_softmax(logits[..., vocab_size:], dim=-1)
-    symbols = tokens.to(torch.int64)[:, None, :].expand(logits.shape[:3])
+    symbols = tokens.to(torch.int64)
+    symbols = (symbols[:, None, :] if symbols.dim() == 2 else symbols).expand(logits.shape[:3])
     index = torch.stack([symbols, torch.full_like(symbols, blank_id)], dim=-1)
     sym_lp, blank_lp = gather_log_softmax(logits, index, vocab_size).unbind(-1)
     return sym_lp, blank_lp, dur_lp

@@ -174,10 +174,12 @@ class _DiagonalLayout:
         return buffer.reshape(batch, -1)[:, flat].reshape(batch, self.num_frames + 1, self.rows)
 
 
-def _log_sum_lanes(values: Tensor) -> Tensor:
-    """``logsumexp`` over dim 1 of ``(B, 2D, R)`` (all finite), clamped at ``NEG``."""
+def _log_sum_lanes(values: Tensor, out: Tensor) -> Tensor:
+    """``logsumexp`` over dim 1 of ``(B, 2D, R)`` (all finite; overwritten), clamped at ``NEG``,
+    written into ``out`` (B, R) (a view of the node buffer: no extra copy)."""
     top = values.amax(dim=1)
-    return values.sub_(top[:, None]).exp_().sum(dim=1).log_().add_(top).clamp_(min=NEG)
+    summed = values.sub_(top[:, None]).exp_().sum(dim=1).log_()
+    return torch.add(summed, top, out=out).clamp_(min=NEG)
 
 
 class _SingleThreaded:
@@ -223,7 +225,7 @@ def _alpha_loop(token_w: Tensor, blank_w: Tensor, durations: Sequence[int]) -> T
     buffer[:, layout.pad, 1] = 0.0  # alpha(0, 0)
     for k in range(1, layout.num_diagonals):
         arriving = flat.index_select(1, index[k]).view(batch, layout.lanes, rows)
-        buffer[:, layout.pad + k, 1 : rows + 1] = _log_sum_lanes(arriving.add_(incoming[:, k]))
+        _log_sum_lanes(arriving.add_(incoming[:, k]), buffer[:, layout.pad + k, 1 : rows + 1])
     return layout.nodes(buffer)
 
 
@@ -254,11 +256,12 @@ def _beta_loop(
     end_u = token_lens.to(device, torch.int64)
     end_diag = frame_lens.to(device, torch.int64) + end_u
     end_row = torch.arange(rows, device=device)[None, :] == end_u[:, None]  # (B, R)
+    end_diagonals = set(end_diag.tolist())  # at most B diagonals hold an end node
     for k in range(layout.num_diagonals - 1, -1, -1):
         onward = flat.index_select(1, index[k]).view(batch, layout.lanes, rows)
-        current = _log_sum_lanes(onward.add_(leaving[:, k]))
-        ends = end_row & (end_diag[:, None] == k)
-        buffer[:, layout.pad + k, 1 : rows + 1] = current.masked_fill_(ends, 0.0)
+        current = _log_sum_lanes(onward.add_(leaving[:, k]), buffer[:, layout.pad + k, 1 : rows + 1])
+        if k in end_diagonals:
+            current.masked_fill_(end_row & (end_diag[:, None] == k), 0.0)
     return layout.nodes(buffer)
 
 

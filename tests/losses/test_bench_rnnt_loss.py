@@ -14,12 +14,13 @@ def test_bench_prints_a_row_per_method_with_allocator_peaks():
            "--tokens=10", "--vocab", "500", "--joiner-dim=16", "--repeats=1", "--threads=1"]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True).stdout
     rows = [line.split() for line in out.splitlines() if line.strip().startswith("500 ")]
-    assert [row[1] for row in rows] == ["full", "pruned", "tdt"], out
+    assert [row[1] for row in rows] == ["full", "pruned", "tdt", "pruned_tdt"], out
     for row in rows:
         seconds, peak_mb = float(row[2]), float(row[3])
         assert seconds > 0 and peak_mb > 0, out
     assert float(rows[0][5]) == 1.0 and float(rows[0][6]) == 1.0  # ratios against full
     assert float(rows[1][3]) < float(rows[0][3]), "pruned must allocate less than full"
+    assert float(rows[3][3]) < float(rows[2][3]), "pruned TDT must allocate less than TDT"
 
 
 def test_bench_tdt_rows_torch_and_triton_interpreter_agree(tmp_path):

@@ -15,6 +15,7 @@ from asr.heads.ctc import CTCConfig, CTCHead
 from asr.heads.transducer import TransducerConfig, TransducerHead
 from asr.losses.ctc import ctc_loss
 from asr.losses.pruned_rnnt import get_pruning_ranges, rnnt_loss_pruned, rnnt_loss_simple
+from asr.losses.pruned_tdt import tdt_loss_pruned, tdt_loss_simple, tdt_pruning_ranges
 from asr.losses.rnnt import rnnt_loss
 from asr.losses.tdt import tdt_loss
 
@@ -32,6 +33,7 @@ INFEASIBLE = {
     "tdt (0, 1, 2)": NO_FRAMES,  # tokens of duration 0 share a frame
     "tdt (1, 2, 3)": NO_FRAMES | {4},  # every token and the final blank take a frame
     "tdt omega (1, 2, 3)": NO_FRAMES | {4},  # the RNN-T term can align case 4: still infeasible
+    "pruned_tdt": NO_FRAMES | {4},  # U_b > T_b * (R - 1), as pruned RNN-T
 }
 DURATIONS = {"tdt (0, 1, 2)": (0, 1, 2), "tdt (1, 2, 3)": (1, 2, 3), "tdt omega (1, 2, 3)": (1, 2, 3)}
 OMEGA = {"tdt omega (1, 2, 3)": 0.1}
@@ -104,6 +106,22 @@ def function_losses(kind: str):
         for b in EMPTY_TARGETS:
             blank_lp = torch.log_softmax(lattice[b, : CASES[b][0]].double(), -1)[:, 0]
             expected[b] = blank_only_nll(blank_lp, None, ())
+    elif kind == "pruned_tdt":
+        durations, num = (0, 1, 2, 3, 4), VOCAB + 5
+        am = torch.randn(batch, frames, num, generator=gen, dtype=torch.float64)
+        lm = torch.randn(batch, rows, num, generator=gen, dtype=torch.float64)
+        band = torch.randn(batch, frames, PRUNE_RANGE, num, generator=gen, dtype=torch.float64)
+        _, occupations = tdt_loss_simple(am, lm, tokens, frame_lens, token_lens, durations,
+                                         return_grad=True)
+        ranges = tdt_pruning_ranges(*occupations, frame_lens, token_lens, durations, PRUNE_RANGE)
+        inputs = [band.requires_grad_(True)]
+        losses = tdt_loss_pruned(band, tokens, ranges, frame_lens, token_lens, durations,
+                                 reduction="none")
+        for b in EMPTY_TARGETS:
+            node = band[b, : CASES[b][0], 0]  # the first position of each window: u = 0
+            blank_lp = torch.log_softmax(node[:, :VOCAB], -1)[:, 0]
+            dur_lp = torch.log_softmax(node[:, VOCAB:], -1)
+            expected[b] = blank_only_nll(blank_lp, dur_lp, durations)
     else:
         durations = DURATIONS[kind]
         logits = torch.randn(
@@ -153,7 +171,8 @@ def make_head(kind: str) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize(
-    "kind", ["ctc", "full", "pruned", "tdt (0, 1, 2)", "tdt (1, 2, 3)", "tdt omega (1, 2, 3)"]
+    "kind",
+    ["ctc", "full", "pruned", "tdt (0, 1, 2)", "tdt (1, 2, 3)", "tdt omega (1, 2, 3)", "pruned_tdt"],
 )
 def test_every_head_drops_and_counts_the_same_utterances(kind):
     head = make_head(kind)
