@@ -86,7 +86,8 @@ class HeadSpec:
     Attributes:
         builder: ``(config, enc_dim, vocab_size) -> head module``.
         kind: what the head's searchers need to know of it, from its config: the transducer
-            head is ``rnnt`` (loss full or pruned) or ``tdt``; the others are their name.
+            head is ``rnnt`` (loss full or pruned) or ``tdt`` (loss tdt or pruned_tdt); the
+            others are their name.
     """
 
     builder: Callable[[Any, int, int], nn.Module]
@@ -95,7 +96,7 @@ class HeadSpec:
 
 #: head name -> its row; the order is the heads' order everywhere (sections, searcher choice).
 HEADS: dict[str, HeadSpec] = {
-    "transducer": HeadSpec(TransducerHead, lambda c: "tdt" if c.loss == "tdt" else "rnnt"),
+    "transducer": HeadSpec(TransducerHead, lambda c: "tdt" if c.is_tdt else "rnnt"),
     "ctc": HeadSpec(CTCHead, lambda c: "ctc"),
     "aed": HeadSpec(AEDHead, lambda c: "aed"),
     "cif": HeadSpec(CIFHead, lambda c: "cif"),

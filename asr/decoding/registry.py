@@ -11,8 +11,8 @@ ctc_greedy             greedy   yes       no     a ``ctc`` head
 ctc_prefix_beam        beam     no        yes    a ``ctc`` head
 transducer_greedy      greedy   yes       no     a ``transducer`` head with loss full|pruned
 transducer_beam        beam     no        yes    a ``transducer`` head with loss full|pruned
-tdt_greedy             greedy   yes       no     a ``transducer`` head with loss tdt
-tdt_beam               beam     no        yes    a ``transducer`` head with loss tdt
+tdt_greedy             greedy   yes       no     a ``transducer`` head with loss tdt|pruned_tdt
+tdt_beam               beam     no        yes    a ``transducer`` head with loss tdt|pruned_tdt
 aed_beam               beam     no        no     an ``aed`` head (CTC prefix scores when a ``ctc`` head
                                                  exists and ``ctc_weight > 0``)
 attention_rescoring    rescore  no        no     an ``aed`` head and a first pass: ``ctc_prefix_beam``
@@ -117,7 +117,8 @@ def _ctc(model: ASRModel):
     return model.heads["ctc"] if "ctc" in model.heads else None
 
 
-_RNNT, _TDT = "a 'transducer' head with loss full|pruned", "a 'transducer' head with loss tdt"
+_RNNT = "a 'transducer' head with loss full|pruned"
+_TDT = "a 'transducer' head with loss tdt|pruned_tdt"
 
 #: Every searcher, in the order names are listed.
 SEARCHERS: tuple[SearcherSpec, ...] = (

@@ -76,6 +76,7 @@ def test_streaming_default_falls_back_to_the_streaming_greedy_searcher():
             ["tdt_greedy", "tdt_beam", "aed_beam", "attention_rescoring"],
         ),
         (dict(aed=True, cif=True), ["aed_beam", "cif_greedy", "cif_beam"]),
+        (dict(transducer="pruned_tdt"), ["tdt_greedy", "tdt_beam"]),  # a TDT model
     ],
 )
 def test_available_searchers(heads, expected):
