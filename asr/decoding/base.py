@@ -12,6 +12,10 @@
   its state to be stacked with others).
 * :func:`where_state`: per-row choice between two states of the same type (batched updates of
   predictor states for the rows that emitted a token).
+* :func:`rank_score` and :func:`insertion_bonuses`: the length normalisation and the
+  insertion bonus of ``search.length_norm`` / ``search.insertion_bonus``
+  (:class:`~asr.decoding.config.SearchConfig`), shared by the transducer, TDT and CTC prefix
+  beam searches.
 
 Shape legend: B batch (streams), T frames, D encoder dims, C token capacity.
 """
@@ -35,7 +39,9 @@ __all__ = [
     "StreamingSearcher",
     "TokenBuffer",
     "check_encoder_output",
+    "insertion_bonuses",
     "log_add",
+    "rank_score",
     "where_state",
 ]
 
@@ -91,6 +97,27 @@ def log_add(a: float, b: float) -> float:
     if top == -math.inf:
         return top
     return top + math.log(math.exp(a - top) + math.exp(b - top))
+
+
+def rank_score(score: float, num_tokens: int, length_norm: float) -> float:
+    """The score a finished hypothesis is ranked by: ``score / (num_tokens + 1) ** length_norm``.
+
+    ``+ 1`` counts the start symbol, as NeMo's ``score_norm`` does (icefall's ``length_norm``
+    divides by the token count plus its predictor context of ``context_size`` start blanks), so
+    the empty hypothesis is defined. ``length_norm = 0`` returns ``score`` unchanged (exactly);
+    1 ranks by the log-probability per token. -inf stays -inf.
+    """
+    if not length_norm:
+        return score
+    return score / (num_tokens + 1) ** length_norm
+
+
+def insertion_bonuses(vocab_size: int, blank_id: int, bonus: float, device: torch.device) -> Tensor:
+    """(V,) float32: ``bonus`` for every token and 0.0 for blank, to add to the (N, V) scores of
+    one-label expansions (a blank emits nothing, so it gets no bonus)."""
+    row = torch.full((vocab_size,), float(bonus), device=device)
+    row[blank_id] = 0.0
+    return row
 
 
 def where_state(mask: Tensor, new: Any, old: Any) -> Any:

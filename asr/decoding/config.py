@@ -51,6 +51,23 @@ class SearchConfig:
             restricted to lexicon words, spelled with the model's tokenizer
             (:class:`asr.decoding.word_lm.LexiconWordLM`).
         lm_weight: weight of the LM log-probability in shallow fusion (0 = unused).
+        insertion_bonus: beta, added to a hypothesis' score for every token it emits (the
+            token insertion bonus, or LM bonus, of icefall, ESPnet and WeNet) in
+            ``transducer_beam``, ``tdt_beam`` and ``ctc_prefix_beam``, with or without an LM:
+            it counters the deletions that the LM's per-token costs cause. It is part of the
+            score everywhere: the ranking that prunes each step, the merging of equal token
+            sequences (which share it) and the final ranking. 0 changes nothing; < 0 is an
+            insertion penalty. ``tdt_beam`` drops a live hypothesis below the ``beam_size``-th
+            finished one only while scores cannot grow, i.e. with ``insertion_bonus <= 0`` and
+            ``length_norm = 0``.
+        length_norm: alpha of the length normalisation of the final ranking in
+            ``transducer_beam``, ``tdt_beam`` and ``ctc_prefix_beam``: finished hypotheses are
+            ranked, and their ``Hypothesis.score`` reported, as ``score / (L + 1) ** alpha``
+            with L tokens (:func:`asr.decoding.base.rank_score`; 1 is icefall's and NeMo's
+            per-token normalisation); the pruning inside the search is unchanged (its
+            hypotheses have read the same frames). 0 ranks by the raw score. Unlike
+            ``length_penalty`` (AED, GNMT's formula) it applies to the frame-synchronous
+            searches.
         max_stream_tokens: token capacity of a streaming searcher's state per stream; a stream
             that emits more (without being reset at an endpoint) keeps its first
             ``max_stream_tokens`` tokens and a warning is logged.
@@ -66,6 +83,8 @@ class SearchConfig:
     lm_path: Path | None = None
     lm_weight: float = 0.0
     lm_unit: str = "token"
+    insertion_bonus: float = 0.0
+    length_norm: float = 0.0
     max_stream_tokens: int = 2048
 
     def __post_init__(self) -> None:
@@ -83,12 +102,16 @@ class SearchConfig:
             raise ValueError(f"search.ctc_weight must be in [0, 1], got {self.ctc_weight}")
         if self.ctc_pre_beam < 1.0:
             raise ValueError(f"search.ctc_pre_beam must be >= 1, got {self.ctc_pre_beam}")
-        for name in ("length_penalty", "blank_penalty", "lm_weight"):
+        for name in (
+            "length_penalty", "blank_penalty", "lm_weight", "insertion_bonus", "length_norm"
+        ):
             value = getattr(self, name)
             if not math.isfinite(value):
                 raise ValueError(f"search.{name} must be finite, got {value}")
         if self.lm_weight < 0:
             raise ValueError(f"search.lm_weight must be >= 0, got {self.lm_weight}")
+        if self.length_norm < 0:
+            raise ValueError(f"search.length_norm must be >= 0, got {self.length_norm}")
         if self.lm_unit not in ("token", "word"):
             raise ValueError(f"search.lm_unit must be 'token' or 'word', got {self.lm_unit!r}")
         if self.max_stream_tokens < 1:

@@ -17,8 +17,12 @@ Prefixes are ranked by ``log(P_ctc(h)) + lm_weight * log P_lm(h)`` and the ``bea
 are kept; with a beam as large as the number of prefixes the result is the exact CTC
 probability of every labelling (the test compares it with exhaustive enumeration). Per frame
 only the ``beam_size`` most likely labels are expanded. At the end the LM's end-of-sentence
-probability is added. A token's timestamp is the frame at which the most probable alignment
-contributing to the prefix emitted it.
+probability is added. With ``insertion_bonus`` every token of a prefix adds that bonus to its
+ranking score (each frame's pruning and the final ranking), and with ``length_norm`` the final
+ranking divides the score by ``(L + 1) ** length_norm``
+(:class:`~asr.decoding.config.SearchConfig`); both 0 leave the ranking above. A token's
+timestamp is the frame at which the most probable alignment contributing to the prefix emitted
+it.
 
 Shape legend: B batch, T frames, D encoder dims, V vocabulary incl. blank.
 """
@@ -32,7 +36,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from asr.decoding.base import check_encoder_output, log_add
+from asr.decoding.base import check_encoder_output, log_add, rank_score
 from asr.decoding.config import SearchConfig
 from asr.decoding.ctc_greedy import ctc_log_probs
 from asr.decoding.lm import LanguageModel, fusion_lm
@@ -67,7 +71,8 @@ class CtcPrefixBeamSearch:
 
     Args:
         head: the model's CTC head.
-        cfg: uses ``beam_size``, ``nbest``, ``blank_penalty`` and ``lm_weight``.
+        cfg: uses ``beam_size``, ``nbest``, ``blank_penalty``, ``lm_weight``,
+            ``insertion_bonus`` and ``length_norm``.
         lm: optional token LM fused with weight ``cfg.lm_weight``.
     """
 
@@ -166,10 +171,14 @@ class CtcPrefixBeamSearch:
         return entry.lm_next
 
     def _total(self, prefix: tuple[int, ...], entry: _Prefix, final: bool = False) -> float:
-        """Ranking score: CTC log-probability + lm_weight * LM log-probability."""
-        if self.lm is None:
-            return entry.ctc
-        lm_score = entry.lm_score
-        if final:
-            lm_score += self.lm.final_score(entry.lm_state)
-        return entry.ctc + self.cfg.lm_weight * lm_score
+        """Ranking score: CTC log-probability + lm_weight * LM log-probability +
+        insertion_bonus per token; ``final``: with the LM's end of sentence, length-normalised."""
+        score = entry.ctc
+        if self.lm is not None:
+            lm_score = entry.lm_score
+            if final:
+                lm_score += self.lm.final_score(entry.lm_state)
+            score += self.cfg.lm_weight * lm_score
+        if self.cfg.insertion_bonus:
+            score += self.cfg.insertion_bonus * len(prefix)
+        return rank_score(score, len(prefix), self.cfg.length_norm) if final else score

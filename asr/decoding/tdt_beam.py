@@ -41,6 +41,13 @@ Shallow fusion with a token LM, as in :mod:`asr.decoding.transducer_beam`: a tok
 ``lm_weight * log P_lm(</s> | history)`` before it enters the finished set (so the pruning
 bound stays valid: a live score only decreases).
 
+Insertion bonus and length normalisation (:class:`~asr.decoding.config.SearchConfig`): a token
+adds ``insertion_bonus`` to the score of its moves (so it acts on which moves are kept and on
+the merging of finished hypotheses, which share it), and the finished hypotheses are ranked by
+``score / (L + 1) ** length_norm``. With ``insertion_bonus > 0`` or ``length_norm > 0`` the
+ranking score of a live hypothesis can grow as it goes on, so the bound above is not applied:
+live hypotheses are dropped only by the beam. Both 0 (the default): the search above.
+
 Utterances are searched one after another; the joiner and predictor run batched over the
 hypotheses of an utterance.
 
@@ -57,7 +64,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from asr.decoding.base import check_encoder_output, log_add, where_state
+from asr.decoding.base import (
+    check_encoder_output,
+    insertion_bonuses,
+    log_add,
+    rank_score,
+    where_state,
+)
 from asr.decoding.config import SearchConfig
 from asr.decoding.lm import LanguageModel, fusion_lm
 from asr.decoding.transducer_common import TransducerScorer
@@ -109,8 +122,8 @@ class TdtBeamSearch:
 
     Args:
         head: a transducer head with ``loss="tdt"``.
-        cfg: uses ``beam_size``, ``nbest``, ``max_symbols_per_frame``, ``blank_penalty`` and
-            ``lm_weight``.
+        cfg: uses ``beam_size``, ``nbest``, ``max_symbols_per_frame``, ``blank_penalty``,
+            ``lm_weight``, ``insertion_bonus`` and ``length_norm``.
         lm: optional token LM fused with weight ``cfg.lm_weight`` (module docstring).
     """
 
@@ -122,6 +135,9 @@ class TdtBeamSearch:
             raise ValueError("TdtBeamSearch needs a transducer head with loss='tdt'")
         self.cfg = cfg
         self.lm = fusion_lm(lm, cfg.lm_weight, head.vocab_size, "transducer head")
+        # the finished bound of _prune holds while a live hypothesis' ranking score cannot grow
+        self._bounded = cfg.insertion_bonus <= 0 and cfg.length_norm == 0
+        self._bonus: Tensor | None = None
 
     @torch.no_grad()
     def __call__(self, enc: Tensor, enc_lens: Tensor) -> list[list[Hypothesis]]:
@@ -151,10 +167,16 @@ class TdtBeamSearch:
         if not finished:  # T cannot be reached from frame 0 with these durations
             return [Hypothesis(tokens=(), score=float("-inf"), frames=())]
         # best first; hypotheses that cannot end (-inf) after the others, by their score so far
-        ranked = sorted(finished.values(), key=lambda h: (h.score, h.before_end), reverse=True)
+        alpha = self.cfg.length_norm
+        scored = []
+        for h in finished.values():
+            length = len(h.tokens)
+            before_end = rank_score(h.before_end, length, alpha)
+            scored.append((rank_score(h.score, length, alpha), before_end, h))
+        scored.sort(key=lambda item: item[:2], reverse=True)
         return [
-            Hypothesis(tokens=h.tokens, score=h.score, frames=h.frames)
-            for h in ranked[: self.cfg.nbest]
+            Hypothesis(tokens=h.tokens, score=score, frames=h.frames)
+            for score, _, h in scored[: self.cfg.nbest]
         ]
 
     def _expansions(
@@ -176,6 +198,12 @@ class TdtBeamSearch:
             lm_lp = torch.stack([self.lm.score(live[i].lm_state) for i in expand])
             lm_lp[:, self.scorer.blank_id] = 0.0  # blank is not a token of the LM
             token_lp = token_lp + self.cfg.lm_weight * lm_lp.to(token_lp.device)
+        if self.cfg.insertion_bonus:
+            if self._bonus is None or self._bonus.device != device:
+                self._bonus = insertion_bonuses(
+                    self.scorer.vocab_size, self.scorer.blank_id, self.cfg.insertion_bonus, device
+                )
+            token_lp = token_lp + self._bonus
         no_stay = torch.tensor(
             [live[i].count + 1 >= self.cfg.max_symbols_per_frame for i in expand], device=device
         )
@@ -270,8 +298,9 @@ class TdtBeamSearch:
     def _prune(
         self, live: list[_Hyp], pred_proj: Tensor, pred_state: Any, finished: dict
     ) -> tuple[list[_Hyp], Tensor, Any]:
-        """Drops live hypotheses that cannot beat the ``beam_size``-th finished one."""
-        if len(finished) < self.cfg.beam_size or not live:
+        """Drops live hypotheses that cannot beat the ``beam_size``-th finished one (only
+        where scores cannot grow: see the module docstring)."""
+        if not self._bounded or len(finished) < self.cfg.beam_size or not live:
             return live, pred_proj, pred_state
         scores = sorted((hyp.score for hyp in finished.values()), reverse=True)
         bound = scores[self.cfg.beam_size - 1]

@@ -16,6 +16,13 @@ beam; blanks add nothing. The final ranking adds ``lm_weight * log P_lm(</s> | h
 Merged hypotheses share their token sequence and so their LM score: the log-add of the AM
 scores is unchanged by it.
 
+Length normalisation and insertion bonus (:class:`~asr.decoding.config.SearchConfig`): every
+emitted token adds ``insertion_bonus`` to the score (with or without an LM; merged hypotheses
+share it), so it acts on the pruning of every frame and on the final ranking; the finished
+hypotheses are then ranked by ``score / (L + 1) ** length_norm`` (icefall's ``length_norm``:
+every hypothesis has read the same frames, so only the final ranking is normalised). Both 0:
+the raw fused log-probability, as without them.
+
 Batched: the hypotheses of all utterances still inside their frames are one tensor batch for
 the joiner and the predictor on every frame; the per-utterance top-k runs on a padded
 (utterances, K * V) matrix; only the bookkeeping of the kept hypotheses (token tuples, merging)
@@ -34,7 +41,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from asr.decoding.base import check_encoder_output, log_add, where_state
+from asr.decoding.base import (
+    check_encoder_output,
+    insertion_bonuses,
+    log_add,
+    rank_score,
+    where_state,
+)
 from asr.decoding.config import SearchConfig
 from asr.decoding.lm import LanguageModel, fusion_lm
 from asr.decoding.transducer_common import TransducerScorer
@@ -49,7 +62,7 @@ __all__ = ["ModifiedBeamSearch", "topk_per_group"]
 class _Hyp:
     tokens: tuple[int, ...]
     frames: tuple[int, ...]
-    score: float  # AM log-probability + lm_weight * LM log-probability of the tokens
+    score: float  # AM + lm_weight * LM log-probability + insertion_bonus per token
     owner: int  # utterance index in the batch
     lm_state: Hashable = None
 
@@ -88,7 +101,8 @@ class ModifiedBeamSearch:
 
     Args:
         head: a transducer head with ``loss`` full or pruned.
-        cfg: uses ``beam_size``, ``nbest``, ``blank_penalty`` and ``lm_weight``.
+        cfg: uses ``beam_size``, ``nbest``, ``blank_penalty``, ``lm_weight``,
+            ``insertion_bonus`` and ``length_norm``.
         lm: optional token LM fused with weight ``cfg.lm_weight`` (module docstring).
     """
 
@@ -98,6 +112,7 @@ class ModifiedBeamSearch:
         self.scorer = TransducerScorer(head, cfg.blank_penalty)
         self.cfg = cfg
         self.lm = fusion_lm(lm, cfg.lm_weight, head.vocab_size, "transducer head")
+        self._bonus: dict[torch.device, Tensor] = {}
 
     @torch.no_grad()
     def __call__(self, enc: Tensor, enc_lens: Tensor) -> list[list[Hypothesis]]:
@@ -138,6 +153,8 @@ class ModifiedBeamSearch:
             lm_lp = torch.stack([self.lm.score(hyp.lm_state) for hyp in hyps]).to(device)
             lm_lp[:, self.scorer.blank_id] = 0.0  # blank is not a token of the LM
             candidates = candidates + self.cfg.lm_weight * lm_lp
+        if self.cfg.insertion_bonus:
+            candidates = candidates + self._bonus_row(device)
         # owners are contiguous and ascending; map them to 0..G-1 for the grouped top-k
         groups, group_of = torch.unique_consecutive(owners, return_inverse=True)
         picks = topk_per_group(candidates, group_of, len(groups), self.cfg.beam_size)
@@ -180,16 +197,26 @@ class ModifiedBeamSearch:
             pred_state = where_state(emit, new_state, pred_state)
         return new_hyps, pred_proj, pred_state
 
+    def _bonus_row(self, device: torch.device) -> Tensor:
+        """(V,) ``insertion_bonus`` for every token, 0 for blank (cached per device)."""
+        if device not in self._bonus:
+            self._bonus[device] = insertion_bonuses(
+                self.scorer.vocab_size, self.scorer.blank_id, self.cfg.insertion_bonus, device
+            )
+        return self._bonus[device]
+
     def _final_score(self, hyp: _Hyp) -> float:
-        if self.lm is None:
-            return hyp.score
-        return hyp.score + self.cfg.lm_weight * self.lm.final_score(hyp.lm_state)
+        """The ranking score: with the LM's end of sentence, length-normalised."""
+        score = hyp.score
+        if self.lm is not None:
+            score += self.cfg.lm_weight * self.lm.final_score(hyp.lm_state)
+        return rank_score(score, len(hyp.tokens), self.cfg.length_norm)
 
     def _nbest(self, hyps: list[_Hyp]) -> list[Hypothesis]:
         # best first; hypotheses that cannot end (-inf) after the others, by their score so far
         scored = sorted(
             ((self._final_score(h), h) for h in hyps),
-            key=lambda p: (p[0], p[1].score),
+            key=lambda p: (p[0], rank_score(p[1].score, len(p[1].tokens), self.cfg.length_norm)),
             reverse=True,
         )
         if not scored:

@@ -115,23 +115,28 @@ def test_transducer_beams_lm_weight_zero_leaves_results_unchanged(lm, name, loss
     assert build_searcher(name, model, cfg, lm=lm)(enc, enc_lens) == plain
 
 
-@pytest.mark.parametrize("weight", [0.3, 1.5])
-def test_transducer_beam_with_lm_equals_brute_force_fusion(lm, weight):
-    """With a beam wide enough to never prune, modified beam search with shallow fusion finds
-    argmax over token sequences of log(sum over one-symbol-per-frame alignments of the
-    transducer probability) + weight * (LM log-probability incl. </s>), enumerated here."""
+def lm_total(lm: NgramLM, tokens: tuple[int, ...]) -> float:
+    """LM log-probability of ``tokens`` followed by </s>."""
+    state, score = lm.init_state(), 0.0
+    for token in tokens:
+        score += lm.log_prob(state, token)
+        state = lm.advance(state, token)
+    return score + lm.final_score(state)
+
+
+def one_symbol_per_frame_scores(model, enc: torch.Tensor) -> dict[tuple[int, ...], float]:
+    """log(sum over one-symbol-per-frame alignments of the transducer probability) of every
+    token sequence, by enumerating the V^T label paths of one utterance enc (1, T, D)."""
     import itertools
 
     from asr.decoding.base import log_add
     from asr.decoding.transducer_common import TransducerScorer
 
-    model = make_model(transducer="full")
-    enc, enc_lens = encoder_output([3], seed=4, scale=3.0)
     scorer = TransducerScorer(model.heads["transducer"])
     enc_proj = scorer.project_encoder(enc)[0]
     am: dict[tuple[int, ...], float] = {}
     with torch.no_grad():
-        for labels in itertools.product(range(7), repeat=3):
+        for labels in itertools.product(range(scorer.vocab_size), repeat=enc.shape[1]):
             tokens: tuple[int, ...] = ()
             pred, state = scorer.initial(1, "cpu")
             total = 0.0
@@ -142,15 +147,18 @@ def test_transducer_beam_with_lm_equals_brute_force_fusion(lm, weight):
                     tokens += (label,)
                     pred, state = scorer.predict(torch.tensor([label]), state)
             am[tokens] = log_add(am[tokens], total) if tokens in am else total
+    return am
 
-    def lm_total(tokens):
-        state, score = lm.init_state(), 0.0
-        for token in tokens:
-            score += lm.log_prob(state, token)
-            state = lm.advance(state, token)
-        return score + lm.final_score(state)
 
-    fused = {tokens: score + weight * lm_total(tokens) for tokens, score in am.items()}
+@pytest.mark.parametrize("weight", [0.3, 1.5])
+def test_transducer_beam_with_lm_equals_brute_force_fusion(lm, weight):
+    """With a beam wide enough to never prune, modified beam search with shallow fusion finds
+    argmax over token sequences of log(sum over one-symbol-per-frame alignments of the
+    transducer probability) + weight * (LM log-probability incl. </s>), enumerated here."""
+    model = make_model(transducer="full")
+    enc, enc_lens = encoder_output([3], seed=4, scale=3.0)
+    am = one_symbol_per_frame_scores(model, enc)
+    fused = {tokens: score + weight * lm_total(lm, tokens) for tokens, score in am.items()}
     best = max(fused, key=fused.get)
     assert max(am, key=am.get) != best or weight < 1  # the strong LM changes the winner
     cfg = SearchConfig(beam_size=400, lm_weight=weight)
@@ -159,24 +167,49 @@ def test_transducer_beam_with_lm_equals_brute_force_fusion(lm, weight):
     assert hyp.score == pytest.approx(fused[best], abs=1e-4)
 
 
+@pytest.mark.parametrize(
+    "weight, bonus, norm", [(0.0, 1.5, 0.0), (0.8, 0.0, 1.0), (0.8, 2.0, 0.0), (0.8, 1.0, 0.5)]
+)
+def test_transducer_beam_bonus_and_length_norm_equal_brute_force(lm, weight, bonus, norm):
+    """The whole n-best of an unpruned modified beam search (every one of the 259 token
+    sequences of <= 3 tokens, beam 400) ranked by ``(AM + weight * LM + bonus * L) /
+    (L + 1) ** norm``, each score computed here; the options change the winner."""
+    model = make_model(transducer="full")
+    enc, enc_lens = encoder_output([3], seed=4, scale=3.0)
+    am = one_symbol_per_frame_scores(model, enc)
+
+    def expected(tokens, bonus, norm):
+        fused = am[tokens] + weight * lm_total(lm, tokens) + bonus * len(tokens)
+        return fused / (len(tokens) + 1) ** norm
+
+    ranked = sorted(am, key=lambda tokens: expected(tokens, bonus, norm), reverse=True)
+    assert ranked[0] != max(am, key=lambda tokens: expected(tokens, 0.0, 0.0))
+    cfg = SearchConfig(
+        beam_size=400, nbest=len(am), lm_weight=weight, insertion_bonus=bonus, length_norm=norm
+    )
+    hyps = build_searcher("transducer_beam", model, cfg, lm=lm)(enc, enc_lens)[0]
+    assert [h.tokens for h in hyps] == ranked
+    assert [h.score for h in hyps] == pytest.approx(
+        [expected(tokens, bonus, norm) for tokens in ranked], abs=1e-4
+    )
+
+
 def test_transducer_beam_lm_vocabulary_must_match(lm):
     model = make_model(transducer="pruned", vocab=9)
     with pytest.raises(ValueError, match="LM vocabulary 7 differs from the transducer head's 9"):
         build_searcher("transducer_beam", model, SearchConfig(lm_weight=0.5), lm=lm)
 
 
-def test_tdt_beam_fuses_token_and_end_of_sentence_scores(lm):
+def two_frame_tdt_scores(lm: NgramLM, model) -> dict[tuple[int, ...], tuple[float, float]]:
     """Two frames, durations (1, 2): a path ends with a blank landing on frame 2, so the
     complete paths are: blank for 2 frames, or blank then blank (both: the empty hypothesis,
     log-added), or a token for 1 frame then blank; a token on frame 1 would land on or past
-    the end. The n-best is every label with its score computed here by hand: the transducer
-    log-probabilities plus ``weight * LM`` (the token after <s>, then </s>)."""
+    the end. Per token sequence: (transducer log-probability, LM log-probability incl. </s>),
+    computed by hand for encoder_output([2], seed=5, scale=3.0)."""
     from asr.decoding.base import log_add
     from asr.decoding.transducer_common import TransducerScorer
 
-    weight = 0.7
-    model = make_model(transducer="tdt", durations=(1, 2))
-    enc, enc_lens = encoder_output([2], seed=5, scale=3.0)
+    enc, _ = encoder_output([2], seed=5, scale=3.0)
     scorer = TransducerScorer(model.heads["transducer"])
     with torch.no_grad():
         enc_proj = scorer.project_encoder(enc)[0]
@@ -190,14 +223,47 @@ def test_tdt_beam_fuses_token_and_end_of_sentence_scores(lm):
         blank0 = float(token_lp[0, 0])
         two_blanks = blank0 + float(dur_lp[0, 0]) + final_blank(start_pred)
         empty = log_add(blank0 + float(dur_lp[0, 1]), two_blanks)
-        start = lm.init_state()
-        expected = {(): empty + weight * lm.final_score(start)}
+        scores = {(): (empty, lm_total(lm, ()))}
         for token in range(1, 7):
             pred, _ = scorer.predict(torch.tensor([token]), start_state)
             am = float(token_lp[0, token] + dur_lp[0, 0]) + final_blank(pred)
-            lm_score = lm.log_prob(start, token) + lm.final_score(lm.advance(start, token))
-            expected[(token,)] = am + weight * lm_score
+            scores[(token,)] = (am, lm_total(lm, (token,)))
+    return scores
+
+
+def test_tdt_beam_fuses_token_and_end_of_sentence_scores(lm):
+    """The n-best of :func:`two_frame_tdt_scores` is every label with the transducer
+    log-probability plus ``weight * LM`` (the token after <s>, then </s>)."""
+    weight = 0.7
+    model = make_model(transducer="tdt", durations=(1, 2))
+    enc, enc_lens = encoder_output([2], seed=5, scale=3.0)
+    expected = {
+        tokens: am + weight * lm_score
+        for tokens, (am, lm_score) in two_frame_tdt_scores(lm, model).items()
+    }
     cfg = SearchConfig(beam_size=8, nbest=7, lm_weight=weight)  # 8 moves from frame 0
+    hyps = build_searcher("tdt_beam", model, cfg, lm=lm)(enc, enc_lens)[0]
+    assert {h.tokens: h.score for h in hyps} == pytest.approx(expected, abs=1e-5)
+    assert [h.tokens for h in hyps] == sorted(expected, key=expected.get, reverse=True)
+
+
+@pytest.mark.parametrize("bonus, norm", [(3.0, 0.0), (0.0, 1.0), (1.5, 0.5)])
+def test_tdt_beam_bonus_and_length_norm_by_hand(lm, bonus, norm):
+    """:func:`two_frame_tdt_scores` ranked by ``(AM + weight * LM + bonus * L) /
+    (L + 1) ** norm``: the empty hypothesis, best without the options, loses to a token."""
+    weight = 0.7
+    model = make_model(transducer="tdt", durations=(1, 2))
+    enc, enc_lens = encoder_output([2], seed=5, scale=3.0)
+    scores = two_frame_tdt_scores(lm, model)
+    plain = {tokens: am + weight * lm_score for tokens, (am, lm_score) in scores.items()}
+    expected = {
+        tokens: (value + bonus * len(tokens)) / (len(tokens) + 1) ** norm
+        for tokens, value in plain.items()
+    }
+    assert max(plain, key=plain.get) == () and max(expected, key=expected.get) != ()
+    cfg = SearchConfig(
+        beam_size=8, nbest=7, lm_weight=weight, insertion_bonus=bonus, length_norm=norm
+    )
     hyps = build_searcher("tdt_beam", model, cfg, lm=lm)(enc, enc_lens)[0]
     assert {h.tokens: h.score for h in hyps} == pytest.approx(expected, abs=1e-5)
     assert [h.tokens for h in hyps] == sorted(expected, key=expected.get, reverse=True)

@@ -39,6 +39,12 @@ def test_search_config_loads_strictly_with_overrides():
         from_dict(_Root, {"search": {"beam_size": 2, "nbest": 3}})
     with pytest.raises(ValueError, match="ctc_weight"):
         SearchConfig(ctc_weight=1.5)
+    with pytest.raises(ValueError, match="length_norm must be >= 0"):
+        SearchConfig(length_norm=-0.5)
+    with pytest.raises(ValueError, match="insertion_bonus must be finite"):
+        SearchConfig(insertion_bonus=float("inf"))
+    cfg = from_dict(_Root, apply_overrides({}, ["search.insertion_bonus=-0.5"]))
+    assert cfg.search.insertion_bonus == -0.5 and cfg.search.length_norm == 0.0  # a penalty
 
 
 def test_override_search_takes_a_mapping_or_set_strings():

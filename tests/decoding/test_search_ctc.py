@@ -107,3 +107,25 @@ def test_blank_penalty_emits_more_tokens():
     plain = build_searcher("ctc_greedy", model)(enc, enc_lens)[0][0]
     penalised = build_searcher("ctc_greedy", model, SearchConfig(blank_penalty=5.0))(enc, enc_lens)
     assert len(penalised[0][0].tokens) >= len(plain.tokens)
+
+
+@pytest.mark.parametrize("bonus, norm", [(1.5, 0.0), (0.0, 1.0), (0.8, 0.5)])
+def test_prefix_beam_bonus_and_length_norm_rank_the_exact_probabilities(bonus, norm):
+    """Unpruned (beam 64 >= all 63 prefixes): the n-best is every labelling ranked by
+    ``(log P_ctc + bonus * L) / (L + 1) ** norm`` of its exact probability, with that score;
+    the options change the n-best."""
+    model = make_model(ctc=True, vocab=3)
+    enc, enc_lens = encoder_output([5], scale=2.0)
+    cfg = SearchConfig(beam_size=64, nbest=8, insertion_bonus=bonus, length_norm=norm)
+    nbest = build_searcher("ctc_prefix_beam", model, cfg)(enc, enc_lens)[0]
+    with torch.no_grad():
+        log_probs = ctc_log_probs(model.heads["ctc"], enc)[0]
+    exact = exhaustive_labelling_log_probs(log_probs)
+    ranked = {
+        labels: (score + bonus * len(labels)) / (len(labels) + 1) ** norm
+        for labels, score in exact.items()
+    }
+    best = sorted(ranked.items(), key=lambda kv: -kv[1])[:8]
+    assert [labels for labels, _ in best] != sorted(exact, key=exact.get, reverse=True)[:8]
+    assert [h.tokens for h in nbest] == [labels for labels, _ in best]
+    assert [h.score for h in nbest] == pytest.approx([score for _, score in best], abs=1e-5)

@@ -295,3 +295,40 @@ def test_unpruned_beam_sums_exactly_the_alignments_of_the_loss(
     for length in range(longest + 1):
         for tokens in itertools.product(range(1, vocab), repeat=length):
             assert (tokens in scores) == (tdt_nll(model, enc[0], tokens) < float("inf")), tokens
+
+
+@pytest.mark.parametrize("bonus, norm", [(1.0, 0.0), (0.0, 1.0), (0.7, 0.5)])
+def test_unpruned_beam_ranks_the_loss_with_bonus_and_length_norm(bonus, norm):
+    """As above ((0, 1, 2), 3 frames, vocabulary 3): every token sequence whose alignments the
+    beam all keeps scores ``(-loss + bonus * L) / (L + 1) ** norm``, and the n-best is ranked by
+    that score (the pruning bound, invalid when scores can grow, is off)."""
+    model = random_tdt((0, 1, 2), 3, 3)
+    enc = torch.randn(1, 3, 16, generator=torch.Generator().manual_seed(2))
+    cfg = SearchConfig(
+        beam_size=100000, nbest=100000, insertion_bonus=bonus, length_norm=norm
+    )
+    hyps = build_searcher("tdt_beam", model, cfg)(enc, torch.tensor([3]))[0]
+    scores = [h.score for h in hyps]
+    assert scores == sorted(scores, reverse=True)
+    checked = 0
+    for hyp in hyps:
+        if len(hyp.tokens) <= 2:  # max_symbols_per_frame 3: no alignment of it is cut
+            exact = (-tdt_nll(model, enc[0], hyp.tokens) + bonus * len(hyp.tokens))
+            assert hyp.score == pytest.approx(exact / (len(hyp.tokens) + 1) ** norm, abs=1e-4)
+            checked += 1
+    assert checked == 1 + 2 + 4
+
+
+@pytest.mark.parametrize("durations", [(0, 1, 2), (1, 2, 3)], ids=str)
+def test_beam_of_one_with_length_norm_is_greedy_normalised(durations):
+    """Beam 1 ranks a single finished hypothesis: greedy's tokens and frames, its score divided
+    by (L + 1) ** length_norm."""
+    cfg = SearchConfig(beam_size=1, length_norm=0.7)
+    model = random_tdt(durations, 1)
+    enc, enc_lens = random_utterances(1, 20)
+    greedy = build_searcher("tdt_greedy", model, cfg)(enc, enc_lens)
+    beam = build_searcher("tdt_beam", model, cfg)(enc, enc_lens)
+    for g, b in zip(greedy, beam):
+        assert (g[0].tokens, g[0].frames) == (b[0].tokens, b[0].frames)
+        expected = g[0].score / (len(g[0].tokens) + 1) ** 0.7
+        assert b[0].score == pytest.approx(expected, abs=1e-4)

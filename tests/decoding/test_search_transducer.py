@@ -71,6 +71,18 @@ def test_greedy_one_symbol_per_frame_equals_modified_beam_of_one(predictor):
         assert g[0].score == pytest.approx(m[0].score, abs=1e-4)
 
 
+def test_modified_beam_of_one_with_length_norm_is_greedy_normalised():
+    """Beam 1 with length_norm: greedy's tokens, its score divided by (L + 1) ** 0.7."""
+    model = make_model(transducer="full")
+    enc, enc_lens = encoder_output([13, 6, 9])
+    greedy = build_searcher("transducer_greedy", model, SearchConfig(max_symbols_per_frame=1))
+    beam = build_searcher("transducer_beam", model, SearchConfig(beam_size=1, length_norm=0.7))
+    for g, m in zip(greedy(enc, enc_lens), beam(enc, enc_lens)):
+        assert g[0].tokens == m[0].tokens and g[0].frames == m[0].frames
+        expected = g[0].score / (len(g[0].tokens) + 1) ** 0.7
+        assert m[0].score == pytest.approx(expected, abs=1e-4)
+
+
 def test_modified_beam_keeps_at_most_one_symbol_per_frame_and_distinct_hypotheses():
     model = make_model(transducer="pruned")
     enc, enc_lens = encoder_output([10, 7])
