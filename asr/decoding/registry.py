@@ -18,8 +18,10 @@ aed_beam               beam     no        no     an ``aed`` head (CTC prefix sco
 attention_rescoring    rescore  no        no     an ``aed`` head and a first pass: ``ctc_prefix_beam``
                                                  with a ``ctc`` head, else ``transducer_beam`` /
                                                  ``tdt_beam``
-cif_greedy             greedy   no        no     a ``cif`` head
-cif_beam               beam     no        yes    a ``cif`` head
+cif_greedy             greedy   yes       no     a ``cif`` head (streaming keeps the segment's frames
+                                                 and decodes them all at every partial result)
+cif_beam               beam     no        yes    a ``cif`` head (CTC prefix scores when a ``ctc`` head
+                                                 exists and ``ctc_weight > 0``)
 =====================  =======  ========  =====  ====================================================
 
 The LM of an LM-fusing searcher is ``search.lm_path`` (a token or word n-gram, ``search.lm_unit``)
@@ -140,10 +142,10 @@ SEARCHERS: tuple[SearcherSpec, ...] = (
                  "an 'aed' head and a 'ctc' or 'transducer' head",
                  lambda m, c, lm, tok: AttentionRescoring(_first_pass(m, c, tok), m.heads["aed"], c),
                  also_needs=("ctc", "transducer")),
-    SearcherSpec("cif_greedy", "cif", ("cif",), "greedy", False, False, "a 'cif' head",
+    SearcherSpec("cif_greedy", "cif", ("cif",), "greedy", True, False, "a 'cif' head",
                  lambda m, c, lm, tok: CifGreedySearch(m.heads["cif"], c)),
     SearcherSpec("cif_beam", "cif", ("cif",), "beam", False, True, "a 'cif' head",
-                 lambda m, c, lm, tok: CifBeamSearch(m.heads["cif"], c, lm)),
+                 lambda m, c, lm, tok: CifBeamSearch(m.heads["cif"], c, lm, _ctc(m))),
 )  # fmt: skip
 
 _BY_NAME = {spec.name: spec for spec in SEARCHERS}
