@@ -38,7 +38,8 @@ class SearchConfig:
             per-token average.
         ctc_weight: lambda of joint CTC/attention scoring, ``(1 - lambda) * attention +
             lambda * ctc``, in ``aed_beam`` and ``cif_beam`` (CTC prefix scores, with a
-            ``ctc`` head) and ``attention_rescoring`` (first-pass scores).
+            ``ctc`` head), and the first pass's weight in ``attention_rescoring`` and
+            ``cif_rescoring``.
         blank_penalty: subtracted from the blank logit before every CTC, transducer and TDT
             decision (> 0 emits more tokens), also the greedy CTC path that segments the tokens
             of a CIF head with ``segments: ctc``.

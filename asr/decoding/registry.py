@@ -22,6 +22,8 @@ cif_greedy             greedy   yes       no     a ``cif`` head (streaming keeps
                                                  and decodes them all at every partial result)
 cif_beam               beam     no        yes    a ``cif`` head (CTC prefix scores when a ``ctc`` head
                                                  exists and ``ctc_weight > 0``)
+cif_rescoring          rescore  no        no     a ``cif`` head and a first pass, as
+                                                 ``attention_rescoring`` (its LM fuses there)
 =====================  =======  ========  =====  ====================================================
 
 The LM of an LM-fusing searcher is ``search.lm_path`` (a token or word n-gram, ``search.lm_unit``)
@@ -43,7 +45,7 @@ from asr.decoding.config import SearchConfig
 from asr.decoding.ctc_greedy import CtcGreedySearcher
 from asr.decoding.ctc_prefix_beam import CtcPrefixBeamSearch
 from asr.decoding.lm import LanguageModel, NgramLM
-from asr.decoding.rescoring import AttentionRescoring
+from asr.decoding.rescoring import NbestRescoring
 from asr.decoding.tdt_beam import TdtBeamSearch
 from asr.decoding.transducer_beam import ModifiedBeamSearch
 from asr.decoding.transducer_greedy import LabelLoopingGreedy
@@ -108,7 +110,7 @@ class SearcherSpec:
 
 
 def _first_pass(model: ASRModel, cfg: SearchConfig, tokenizer: Tokenizer | None) -> Searcher:
-    """n-best producer for attention rescoring: all ``beam_size`` hypotheses are kept."""
+    """n-best producer for the rescoring searchers: all ``beam_size`` hypotheses are kept."""
     first_cfg = replace(cfg, nbest=cfg.beam_size)
     kinds = model.head_kinds()
     first = "ctc_prefix_beam" if "ctc" in kinds else searcher_for("beam", model, heads=("transducer",))
@@ -140,12 +142,16 @@ SEARCHERS: tuple[SearcherSpec, ...] = (
                  lambda m, c, lm, tok: AedBeamSearch(m.heads["aed"], c, _ctc(m))),
     SearcherSpec("attention_rescoring", "aed", ("aed",), "rescore", False, False,
                  "an 'aed' head and a 'ctc' or 'transducer' head",
-                 lambda m, c, lm, tok: AttentionRescoring(_first_pass(m, c, tok), m.heads["aed"], c),
+                 lambda m, c, lm, tok: NbestRescoring(_first_pass(m, c, tok), m.heads["aed"], c),
                  also_needs=("ctc", "transducer")),
     SearcherSpec("cif_greedy", "cif", ("cif",), "greedy", True, False, "a 'cif' head",
                  lambda m, c, lm, tok: CifGreedySearch(m.heads["cif"], c)),
     SearcherSpec("cif_beam", "cif", ("cif",), "beam", False, True, "a 'cif' head",
                  lambda m, c, lm, tok: CifBeamSearch(m.heads["cif"], c, lm, _ctc(m))),
+    SearcherSpec("cif_rescoring", "cif", ("cif",), "rescore", False, False,
+                 "a 'cif' head and a 'ctc' or 'transducer' head",
+                 lambda m, c, lm, tok: NbestRescoring(_first_pass(m, c, tok), m.heads["cif"], c),
+                 also_needs=("ctc", "transducer")),
 )  # fmt: skip
 
 _BY_NAME = {spec.name: spec for spec in SEARCHERS}

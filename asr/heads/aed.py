@@ -32,6 +32,7 @@ from asr.heads.decoder_layers import (
     DecoderLayer,
     causal_mask,
     lengths_to_mask,
+    pad_sequences,
     sinusoidal_positions,
 )
 from asr.losses.label_smoothing import label_smoothing_loss
@@ -383,10 +384,7 @@ class AEDHead(nn.Module):
             enc, enc_lens = enc.expand(num, -1, -1), enc_lens.expand(num)
         if enc.shape[0] != num:
             raise ValueError(f"score_sequences: {num} hypotheses but enc has batch {enc.shape[0]}")
-        lens = torch.tensor([len(h) for h in hyps], dtype=torch.long, device=enc.device)
-        tokens = torch.zeros(num, max(1, int(lens.max())), dtype=torch.long, device=enc.device)
-        for row, hyp in enumerate(hyps):
-            tokens[row, : len(hyp)] = torch.as_tensor(list(hyp), dtype=torch.long)
+        tokens, lens = pad_sequences(hyps, enc.device)
         memory = self.memory_proj(enc)
         mask = lengths_to_mask(enc_lens, enc.shape[1])
         score = self._sequence_log_probs(self.decoder, memory, mask, tokens, lens)

@@ -16,6 +16,7 @@ Shape legend: B batch, L query positions, S key positions, D model dims, H heads
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,7 @@ __all__ = [
     "MultiHeadAttention",
     "causal_mask",
     "lengths_to_mask",
+    "pad_sequences",
     "sinusoidal_positions",
 ]
 
@@ -37,6 +39,18 @@ def lengths_to_mask(lengths: Tensor, max_len: int | None = None) -> Tensor:
     if max_len is None:
         max_len = int(lengths.max().item()) if lengths.numel() else 0
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def pad_sequences(
+    hyps: Sequence[Sequence[int]], device: torch.device | None = None
+) -> tuple[Tensor, Tensor]:
+    """N token sequences -> tokens (N, max(1, longest)) int64 padded with 0, and lens (N,)."""
+    lens = torch.tensor([len(h) for h in hyps], dtype=torch.long, device=device)
+    width = max(1, int(lens.max())) if len(hyps) else 1
+    tokens = torch.zeros(len(hyps), width, dtype=torch.long, device=device)
+    for row, hyp in enumerate(hyps):
+        tokens[row, : len(hyp)] = torch.as_tensor(list(hyp), dtype=torch.long)
+    return tokens, lens
 
 
 def causal_mask(length: int, device: torch.device | None = None) -> Tensor:
