@@ -50,6 +50,7 @@ from asr.heads.decoder_layers import (
     DecoderLayer,
     lengths_to_mask,
     pad_sequences,
+    per_hypothesis,
     sinusoidal_positions,
 )
 from asr.losses.cif import quantity_loss, scale_alphas
@@ -533,10 +534,7 @@ class CIFHead(nn.Module):
         num = len(hyps)
         if num == 0:
             return torch.zeros(0, device=enc.device)
-        if enc.shape[0] == 1 and num != 1:
-            enc, enc_lens = enc.expand(num, -1, -1), enc_lens.expand(num)
-        if enc.shape[0] != num:
-            raise ValueError(f"score_sequences: {num} hypotheses but enc has batch {enc.shape[0]}")
+        enc, enc_lens = per_hypothesis(enc, enc_lens, num)
         tokens, lens = pad_sequences(hyps, enc.device)
         return self.score_tokens(enc, enc_lens, tokens, lens)
 

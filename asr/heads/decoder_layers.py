@@ -30,6 +30,7 @@ __all__ = [
     "causal_mask",
     "lengths_to_mask",
     "pad_sequences",
+    "per_hypothesis",
     "sinusoidal_positions",
 ]
 
@@ -51,6 +52,16 @@ def pad_sequences(
     for row, hyp in enumerate(hyps):
         tokens[row, : len(hyp)] = torch.as_tensor(list(hyp), dtype=torch.long)
     return tokens, lens
+
+
+def per_hypothesis(enc: Tensor, enc_lens: Tensor, num: int) -> tuple[Tensor, Tensor]:
+    """The encoder rows of ``num`` hypotheses: ``enc`` (N, T, D) / ``enc_lens`` (N,) as given, or
+    a single row (1, T, D) / (1,) shared by all of them (expanded, not copied)."""
+    if enc.shape[0] == 1 and num != 1:
+        return enc.expand(num, -1, -1), enc_lens.expand(num)
+    if enc.shape[0] != num:
+        raise ValueError(f"score_sequences: {num} hypotheses but enc has batch {enc.shape[0]}")
+    return enc, enc_lens
 
 
 def causal_mask(length: int, device: torch.device | None = None) -> Tensor:
