@@ -78,6 +78,14 @@ class SearchConfig:
             ``max_stream_tokens`` tokens and a warning is logged.
         max_stream_frames: encoder frames a streaming ``cif_greedy`` state keeps per stream
             (its decoder attends to all of them); later frames are dropped with a warning.
+        hotwords_file: a hotword list (contextual biasing, :mod:`asr.decoding.context_graph`)
+            for ``transducer_beam``, ``tdt_beam`` and ``ctc_prefix_beam``: one phrase per line,
+            optionally ending with `` :SCORE`` (its per-token boost); sherpa-onnx's format, so
+            the same file serves its ``hotwords_file``. Null for none.
+        hotwords: more phrases inline, separated by ``;`` (``"ALPHA BETA;GAMMA :2.5"``), added
+            to those of ``hotwords_file``; null for none.
+        hotwords_score: the per-token boost of a phrase without its own score (sherpa-onnx's
+            ``hotwords_score``); 0 with no per-phrase scores turns biasing off.
     """
 
     beam_size: int = 4
@@ -95,6 +103,9 @@ class SearchConfig:
     max_stream_tokens: int = 2048
     rescore_weight: float = 0.5
     max_stream_frames: int = 1500
+    hotwords_file: Path | None = None
+    hotwords: str | None = None
+    hotwords_score: float = 1.5
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
@@ -116,7 +127,8 @@ class SearchConfig:
         if self.ctc_pre_beam < 1.0:
             raise ValueError(f"search.ctc_pre_beam must be >= 1, got {self.ctc_pre_beam}")
         for name in (
-            "length_penalty", "blank_penalty", "lm_weight", "insertion_bonus", "length_norm"
+            "length_penalty", "blank_penalty", "lm_weight", "insertion_bonus", "length_norm",
+            "hotwords_score",
         ):
             value = getattr(self, name)
             if not math.isfinite(value):
