@@ -86,6 +86,9 @@ class SearchConfig:
             to those of ``hotwords_file``; null for none.
         hotwords_score: the per-token boost of a phrase without its own score (sherpa-onnx's
             ``hotwords_score``); 0 with no per-phrase scores turns biasing off.
+        hotwords_unboosted_prefix: the first this many tokens of each phrase (at most all but
+            its last) must match but carry no boost (a phrase's first piece is often a letter
+            that begins many words); 0 boosts every token, as icefall and sherpa-onnx do.
     """
 
     beam_size: int = 4
@@ -106,6 +109,7 @@ class SearchConfig:
     hotwords_file: Path | None = None
     hotwords: str | None = None
     hotwords_score: float = 1.5
+    hotwords_unboosted_prefix: int = 1
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
@@ -139,6 +143,10 @@ class SearchConfig:
             raise ValueError(f"search.length_norm must be >= 0, got {self.length_norm}")
         if self.lm_unit not in ("token", "word"):
             raise ValueError(f"search.lm_unit must be 'token' or 'word', got {self.lm_unit!r}")
+        if self.hotwords_unboosted_prefix < 0:
+            raise ValueError(
+                f"search.hotwords_unboosted_prefix must be >= 0, got {self.hotwords_unboosted_prefix}"
+            )
         if self.max_stream_tokens < 1:
             raise ValueError(f"search.max_stream_tokens must be >= 1, got {self.max_stream_tokens}")
 

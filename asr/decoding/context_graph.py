@@ -23,6 +23,14 @@ no longer matches (``phi`` drops to that of the failure node). This is icefall's
 jumps back to the root after a complete match, which differs only where phrases overlap or
 extend one another.
 
+With ``unboosted_prefix = k`` the first k tokens of a phrase (at most all but its last) carry
+no boost: they must still match, but a hypothesis gains nothing until the phrase's (k+1)-th
+token, and a phrase's boost is that of its other tokens. A phrase's first BPE piece is often a
+single letter that begins many words; boosting it pulls every such word toward the phrases'
+spellings, which cost plain WER with a distractor list on the mini_tts model, and k = 1 kept
+most of the recall (recipes/mini_tts/EXPERIMENTS.md). k = 0 is icefall's and sherpa-onnx's
+boosting of every token.
+
 Searchers add ``delta`` to the scores of their one-token expansions *before* pruning (the
 transducer modified beam and the TDT beam add the (N, V) rows of :meth:`ContextGraph.deltas`
 to their candidates; the CTC prefix beam to each extended prefix), so a boosted token can
@@ -149,6 +157,8 @@ class ContextGraph:
         default_score: per-token boost of a phrase without its own.
         scores: per phrase its per-token boost or None; None for all defaults.
         blank_id: the blank id, whose transitions keep the state and add nothing.
+        unboosted_prefix: the first this many tokens of a phrase (at most all but its last)
+            carry no boost; they still have to match (module docstring).
 
     Attributes:
         next_state: (S, V) int64, the state after each token (blank: the same state).
@@ -163,7 +173,10 @@ class ContextGraph:
         default_score: float,
         scores: Sequence[float | None] | None = None,
         blank_id: int = 0,
+        unboosted_prefix: int = 0,
     ) -> None:
+        if unboosted_prefix < 0:
+            raise ValueError(f"unboosted_prefix must be >= 0, got {unboosted_prefix}")
         if scores is not None and len(scores) != len(phrases):
             raise ValueError(f"{len(scores)} scores for {len(phrases)} phrases")
         self.vocab_size = vocab_size
@@ -177,18 +190,20 @@ class ContextGraph:
                 raise ValueError(f"phrase {index} has no tokens")
             score = default_score if scores is None or scores[index] is None else scores[index]
             node = 0
-            for token in phrase:
+            free = min(unboosted_prefix, len(phrase) - 1)
+            for depth, token in enumerate(phrase):
                 if not 0 <= token < vocab_size or token == blank_id:
                     raise ValueError(f"phrase {index}: token id {token} is not a token")
+                boost = 0.0 if depth < free else float(score)
                 child = children[node].get(token)
                 if child is None:
                     child = len(children)
                     children[node][token] = child
                     children.append({})
-                    edge.append(float(score))
+                    edge.append(boost)
                     is_end.append(False)
                 else:
-                    edge[child] = max(edge[child], float(score))
+                    edge[child] = max(edge[child], boost)
                 node = child
             is_end[node] = True
         num_states = len(children)
@@ -237,9 +252,14 @@ class ContextGraph:
 
     @classmethod
     def from_hotwords(
-        cls, hotwords: Sequence[Hotword], tokenizer: Tokenizer, default_score: float
+        cls,
+        hotwords: Sequence[Hotword],
+        tokenizer: Tokenizer,
+        default_score: float,
+        unboosted_prefix: int = 0,
     ) -> ContextGraph:
-        """Tokenizes ``hotwords`` with ``tokenizer`` and builds their graph.
+        """Tokenizes ``hotwords`` with ``tokenizer`` and builds their graph (arguments as
+        the constructor's).
 
         Raises:
             HotwordError: for a phrase with characters the tokenizer does not know (they would
@@ -271,6 +291,7 @@ class ContextGraph:
             default_score,
             [h.score for h in hotwords],
             tokenizer.blank_id,
+            unboosted_prefix,
         )
 
     @property
@@ -317,8 +338,8 @@ def hotwords_of(cfg: SearchConfig) -> list[Hotword]:
 
 
 def context_graph_for(cfg: SearchConfig, tokenizer: Tokenizer | None) -> ContextGraph | None:
-    """The hotword graph of ``cfg`` (``hotwords_file``, ``hotwords``, ``hotwords_score``), or None
-    when it lists no phrase.
+    """The hotword graph of ``cfg`` (``hotwords_file``, ``hotwords``, ``hotwords_score``,
+    ``hotwords_unboosted_prefix``), or None when it lists no phrase.
 
     Raises:
         HotwordError: for a list that cannot be used, or phrases without a ``tokenizer``.
@@ -328,6 +349,8 @@ def context_graph_for(cfg: SearchConfig, tokenizer: Tokenizer | None) -> Context
         return None
     if tokenizer is None:
         raise HotwordError("hotwords need the model's tokenizer (build_searcher(..., tokenizer=...))")
-    graph = ContextGraph.from_hotwords(hotwords, tokenizer, cfg.hotwords_score)
+    graph = ContextGraph.from_hotwords(
+        hotwords, tokenizer, cfg.hotwords_score, cfg.hotwords_unboosted_prefix
+    )
     logger.info("hotword graph: %d phrases, %d states", graph.num_phrases, graph.num_states)
     return graph

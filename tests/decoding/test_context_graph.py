@@ -65,6 +65,20 @@ def test_per_phrase_scores_and_shared_prefixes_take_the_larger_boost():
     assert running[-1] + graph.finalize(state) == 6.0
 
 
+def test_an_unboosted_prefix_must_match_but_adds_nothing():
+    graph = ContextGraph([[3, 4, 5], [6]], VOCAB, default_score=2.0, unboosted_prefix=1)
+    running, state = walk(graph, [3, 4, 5])
+    assert running == [0.0, 2.0, 8.0]  # the first token is free; the phrase is worth 2 x 2
+    assert running[-1] + graph.finalize(state) == 4.0
+    assert walk(graph, [4, 5])[0] == [0.0, 0.0]  # no match without the first token
+    # 4's boost given back; the phrase (6) matched: its boost, twice until the end takes one back
+    running, state = walk(graph, [3, 4, 6])
+    assert running == [0.0, 2.0, 4.0] and running[-1] + graph.finalize(state) == 2.0
+    # a one-token phrase keeps its boost (at most all but the last token is free)
+    running, state = walk(graph, [6])
+    assert running[-1] + graph.finalize(state) == 2.0
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_graph_equals_brute_force_occurrence_counting(seed):
     """Every prefix of a random sequence: bonus so far = boosts of the phrase occurrences
