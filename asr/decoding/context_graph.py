@@ -65,6 +65,7 @@ __all__ = [
     "HotwordError",
     "MAX_HOTWORDS",
     "MAX_HOTWORD_TOKENS",
+    "as_hotwords",
     "context_graph_for",
     "hotwords_of",
     "load_hotwords",
@@ -337,14 +338,32 @@ def hotwords_of(cfg: SearchConfig) -> list[Hotword]:
     return hotwords
 
 
-def context_graph_for(cfg: SearchConfig, tokenizer: Tokenizer | None) -> ContextGraph | None:
+def as_hotwords(spec: str | Path | Sequence[str] | None) -> list[Hotword]:
+    """Phrases given in any of the ways the runtime takes them: a file, inline phrases
+    (``"ALPHA BETA;GAMMA :2.5"``, :func:`load_hotwords`), or a list of phrases (each may end
+    with `` :SCORE``); None for none."""
+    if spec is None:
+        return []
+    if isinstance(spec, (str, Path)):
+        return load_hotwords(spec)
+    hotwords = [h for phrase in spec for h in parse_hotwords(str(phrase))]
+    if len(hotwords) > MAX_HOTWORDS:
+        raise HotwordError(f"{len(hotwords)} hotwords: at most {MAX_HOTWORDS} are allowed")
+    return hotwords
+
+
+def context_graph_for(
+    cfg: SearchConfig, tokenizer: Tokenizer | None, hotwords: Sequence[Hotword] = ()
+) -> ContextGraph | None:
     """The hotword graph of ``cfg`` (``hotwords_file``, ``hotwords``, ``hotwords_score``,
-    ``hotwords_unboosted_prefix``), or None when it lists no phrase.
+    ``hotwords_unboosted_prefix``) with ``hotwords`` added, or None when there is no phrase.
 
     Raises:
         HotwordError: for a list that cannot be used, or phrases without a ``tokenizer``.
     """
-    hotwords = hotwords_of(cfg)
+    hotwords = hotwords_of(cfg) + list(hotwords)
+    if len(hotwords) > MAX_HOTWORDS:
+        raise HotwordError(f"{len(hotwords)} hotwords: at most {MAX_HOTWORDS} are allowed")
     if not hotwords:
         return None
     if tokenizer is None:
