@@ -25,7 +25,9 @@ cif_beam               beam     no        yes    a ``cif`` head (CTC prefix scor
 =====================  =======  ========  =====  ====================================================
 
 The LM of an LM-fusing searcher is ``search.lm_path`` (a token or word n-gram, ``search.lm_unit``)
-or the ``lm=`` argument.
+or the ``lm=`` argument. ``transducer_beam``, ``tdt_beam`` and ``ctc_prefix_beam`` also take a
+hotword graph (:mod:`asr.decoding.context_graph`; the rows' ``biases``): that of
+``search.hotwords_file`` / ``search.hotwords``, or the ``context=`` argument.
 """
 
 from __future__ import annotations
