@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hotwords-file", type=Path, default=None,
                         help="sherpa-onnx's hotwords (modified_beam_search; needs the export's "
                              "bpe.vocab); the file format of `asr decode --set "
-                             "search.hotwords_file=`")
+                             "search.hotwords_file=` (default: none)")
     parser.add_argument("--hotwords-score", type=float, default=1.5,
                         help="sherpa-onnx's per-token hotword boost")
     parser.add_argument("--blank-penalty", type=float, default=0.0,

@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hotwords", metavar="FILE|PHRASES",
                         help="bias the beam search toward these phrases: a file (one phrase per "
                              "line, optionally ending with ' :SCORE'; sherpa-onnx's format) or "
-                             "phrases separated by ';' (\"ALPHA BETA;GAMMA\")")
+                             "phrases separated by ';' \"ALPHA BETA;GAMMA\" (default: none)")
     parser.add_argument("--hotwords-score", type=float, metavar="S",
                         help="per-token boost of a phrase without its own score (default: the "
                              "package's search.hotwords_score)")

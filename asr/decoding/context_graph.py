@@ -333,8 +333,6 @@ def hotwords_of(cfg: SearchConfig) -> list[Hotword]:
         hotwords += parse_hotwords(path.read_text(encoding="utf-8"))
     if cfg.hotwords:
         hotwords += parse_hotwords(cfg.hotwords, INLINE_SEPARATORS)
-    if len(hotwords) > MAX_HOTWORDS:
-        raise HotwordError(f"{len(hotwords)} hotwords: at most {MAX_HOTWORDS} are allowed")
     return hotwords
 
 
@@ -346,10 +344,7 @@ def as_hotwords(spec: str | Path | Sequence[str] | None) -> list[Hotword]:
         return []
     if isinstance(spec, (str, Path)):
         return load_hotwords(spec)
-    hotwords = [h for phrase in spec for h in parse_hotwords(str(phrase))]
-    if len(hotwords) > MAX_HOTWORDS:
-        raise HotwordError(f"{len(hotwords)} hotwords: at most {MAX_HOTWORDS} are allowed")
-    return hotwords
+    return [h for phrase in spec for h in parse_hotwords(str(phrase))]
 
 
 def context_graph_for(
@@ -362,8 +357,6 @@ def context_graph_for(
         HotwordError: for a list that cannot be used, or phrases without a ``tokenizer``.
     """
     hotwords = hotwords_of(cfg) + list(hotwords)
-    if len(hotwords) > MAX_HOTWORDS:
-        raise HotwordError(f"{len(hotwords)} hotwords: at most {MAX_HOTWORDS} are allowed")
     if not hotwords:
         return None
     if tokenizer is None:

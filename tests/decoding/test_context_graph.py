@@ -12,6 +12,8 @@ from search_helpers import encoder_output, make_model
 
 from asr.decoding import SearchConfig, build_searcher
 from asr.decoding.context_graph import (
+    MAX_HOTWORD_TOKENS,
+    MAX_HOTWORDS,
     ContextGraph,
     Hotword,
     HotwordError,
@@ -147,6 +149,13 @@ def test_unknown_characters_are_a_clear_error_not_a_crash():
     graph = context_graph_for(SearchConfig(hotwords="ABC;DE :3"), _CharTokenizer())
     assert graph is not None and graph.num_phrases == 2
     assert context_graph_for(SearchConfig(hotwords=" ; "), _CharTokenizer()) is None
+
+
+def test_size_limits_are_clear_errors():
+    with pytest.raises(HotwordError, match="tokens long"):
+        context_graph_for(SearchConfig(hotwords="A" * (MAX_HOTWORD_TOKENS + 1)), _CharTokenizer())
+    with pytest.raises(HotwordError, match="at most"):
+        load_hotwords(";".join(["AB"] * (MAX_HOTWORDS + 1)))
 
 
 # --- the three biasing beams -------------------------------------------------------------------
