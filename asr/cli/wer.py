@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("hyp", nargs="?", default=None,
                         help="hypothesis text file: 'utt_id TEXT' per line; without it REF is an "
                              "`asr decode` recogs file holding both")
-    parser.add_argument("--phrases", help="'utt_id<TAB>phrase' lines: also print the phrase recall "
-                        ": phrases said exactly, as whole words (default: none)")
+    parser.add_argument("--phrases", help="'utt_id<TAB>phrase' lines: also print the phrase recall, "
+                        "the share of phrases said exactly as whole words (default: none)")
     parser.add_argument("--cer", action="store_true", help="score characters instead of words")
     parser.add_argument("--report", help="write an error report (alignments, frequent errors) here (default: "
                              "none)")
