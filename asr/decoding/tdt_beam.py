@@ -296,8 +296,8 @@ class TdtBeamSearch:
         )
 
     def _finish(self, hyp: _Hyp) -> _Hyp:
-        """``hyp`` with the LM's end-of-sentence score added (unchanged without an LM) and the
-        score before it in ``before_end``."""
+        """``hyp`` with the LM's end-of-sentence score and the hotword graph's ``finalize`` added
+        (unchanged without either) and the score before them in ``before_end``."""
         final = hyp.score
         if self.lm is not None:
             final += self.cfg.lm_weight * self.lm.final_score(hyp.lm_state)
