@@ -96,7 +96,9 @@ class _Loop:
     final: bool  # whether ``end`` is the end of the utterance
     pred_proj: Tensor
     pred_state: Any
-    scores: list[Tensor]  # (B,) log-probability of each decision (0 where a row did not decide)
+    # per decision: log-probabilities (B,) and the rows that took it (B,) bool; summed once
+    # at the end of the chunk (no per-decision op)
+    decisions: list[tuple[Tensor, Tensor]]
 
 
 class LabelLoopingGreedy:
@@ -160,27 +162,28 @@ class LabelLoopingGreedy:
             final=final,
             pred_proj=state.pred_proj,
             pred_state=state.pred_state,
-            scores=[],
+            decisions=[],
         )
         emitted: list[tuple[Tensor, Tensor, Tensor]] = []
         active = loop.t < loop.end
         while bool(active.any()):
             label, advance, log_prob = self._next_token(enc_proj, loop, active)
             emit = self._live(loop)  # rows that found a token before the end
-            loop.scores.append(torch.where(emit, log_prob, 0.0))
+            loop.decisions.append((log_prob, emit))
             emitted.append((label, loop.t, emit))
             self._advance_after_token(loop, advance, emit)
-            num_emitted = int(emit.sum())
-            if num_emitted:
-                self._feed_predictor(loop, label, emit, every_row=num_emitted == emit.shape[0])
+            every_row = bool(emit.all())
+            if every_row or bool(emit.any()):
+                self._feed_predictor(loop, label, emit, every_row)
             active = self._live(loop)
         hyp = state.hyp
         first_frame = state.frames_done - horizon  # absolute frame of position 0
         if emitted:
             labels, frames, emits = (torch.stack(items, dim=1) for items in zip(*emitted))
             hyp = hyp.extend(labels, first_frame[:, None] + frames, emits)
-        if loop.scores:
-            hyp = hyp.add_score(torch.stack(loop.scores).sum(dim=0))
+        if loop.decisions:
+            log_probs, taken = (torch.stack(items) for items in zip(*loop.decisions))
+            hyp = hyp.add_score(torch.where(taken, log_probs, 0.0).sum(dim=0))
         num_pending = (loop.end - loop.t).clamp(min=0)
         pending = state.pending
         if horizon and not final:  # the last H frames of each row
@@ -228,7 +231,7 @@ class LabelLoopingGreedy:
         if not loop.final:
             blank = blank & ~loop.waiting
         while bool(blank.any()):
-            loop.scores.append(torch.where(blank, log_prob, 0.0))
+            loop.decisions.append((log_prob, blank))
             loop.t = loop.t + advance * blank
             loop.count = loop.count.masked_fill(blank, 0)
             moved = blank & (loop.t < loop.end)

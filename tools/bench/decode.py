@@ -431,7 +431,9 @@ def main() -> None:
     for batch in sorted({args.batch, 1}, reverse=True):
         print(f"TDT vs RNN-T greedy, batch {batch}, {args.ratio_repeats} alternating runs:")
         ratio = greedy_ratio(rnnt, tdt, enc[:batch], enc_lens[:batch], args.ratio_repeats)
-        print(f"TDT greedy speed-up over RNN-T greedy, batch {batch}: {ratio:.2f}x (goal >= 2x)")
+        goal = {1: 2.5, 8: 3.0}.get(batch)  # issue 31's goals (see the docstring)
+        print(f"TDT greedy speed-up over RNN-T greedy, batch {batch}: {ratio:.2f}x"
+              + (f" (goal >= {goal:g}x)" if goal else ""))
 
 
 if __name__ == "__main__":
