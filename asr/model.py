@@ -69,6 +69,8 @@ class HeadsConfig:
                 f"heads.loss_weights names {unknown}, which are not configured heads "
                 f"(configured: {sorted(enabled)})"
             )
+        if self.cif is not None and self.cif.segments == "ctc" and self.ctc is None:
+            raise ValueError("heads.cif.segments: ctc needs a ctc head (heads.ctc: {})")
 
     def enabled(self) -> dict[str, Any]:
         """Head name -> its config, for every section that is set."""
@@ -86,19 +88,27 @@ class HeadSpec:
     Attributes:
         builder: ``(config, enc_dim, vocab_size) -> head module``.
         kind: what the head's searchers need to know of it, from its config: the transducer
-            head is ``rnnt`` (loss full or pruned) or ``tdt``; the others are their name.
+            head is ``rnnt`` (loss full or pruned) or ``tdt`` (loss tdt or pruned_tdt); the
+            others are their name.
+        link: ``(head, all heads) -> None``, run by :class:`ASRModel` for a head that uses
+            another one (the CIF head's CTC segments); None for most.
     """
 
     builder: Callable[[Any, int, int], nn.Module]
     kind: Callable[[Any], str]
+    link: Callable[[Any, Mapping[str, nn.Module]], None] | None = None
+
+
+def _link_cif(head: CIFHead, heads: Mapping[str, nn.Module]) -> None:
+    head.use_ctc(heads["ctc"] if "ctc" in heads else None)  # type: ignore[arg-type]
 
 
 #: head name -> its row; the order is the heads' order everywhere (sections, searcher choice).
 HEADS: dict[str, HeadSpec] = {
-    "transducer": HeadSpec(TransducerHead, lambda c: "tdt" if c.loss == "tdt" else "rnnt"),
+    "transducer": HeadSpec(TransducerHead, lambda c: "tdt" if c.is_tdt else "rnnt"),
     "ctc": HeadSpec(CTCHead, lambda c: "ctc"),
     "aed": HeadSpec(AEDHead, lambda c: "aed"),
-    "cif": HeadSpec(CIFHead, lambda c: "cif"),
+    "cif": HeadSpec(CIFHead, lambda c: "cif", _link_cif),
 }
 
 
@@ -178,6 +188,10 @@ class ASRModel(nn.Module):
         self.encoder = encoder
         self.heads = nn.ModuleDict(dict(heads))
         self.loss_weights = {name: float(loss_weights[name]) for name in heads}
+        for name, head in self.heads.items():
+            link = HEADS[name].link if name in HEADS else None
+            if link is not None:
+                link(head, self.heads)
 
     def head_kinds(self, trained_only: bool = False) -> dict[str, str]:
         """Head name -> kind (:data:`HEADS`), in the heads' order; ``trained_only`` leaves out

@@ -51,6 +51,8 @@ def test_dry_run_on_a_bare_machine_writes_every_table(tmp_path):
     assert len(records) >= 15  # every gpu test recorded what it measured
     rnnt = (out / "rnnt_loss.md").read_text()
     assert "| 500 | full |" in rnnt and "| 500 | pruned |" in rnnt and "Goal at V=500" in rnnt
+    for row in ("| 500 | tdt |", "| 500 | tdt_triton (interpreter) |", "| 500 | pruned_tdt |"):
+        assert row in rnnt, row
     train = (out / "train_throughput.md").read_text()
     assert "| float16" in train and "| bfloat16 |" in train
     assert "Largest max_duration whose worst-case batch trains (bfloat16): 9 s" in train

@@ -47,6 +47,7 @@ FACADE = "asr"
 #: Project modules that may be imported inside functions: optional backends.
 LAZY_ALLOWED: frozenset[str] = frozenset({
     "asr.losses.mutual_information_triton",  # triton
+    "asr.losses.tdt_triton",  # triton
 })
 
 

@@ -9,9 +9,11 @@
 # Steps, in order, each under its own time limit; a failing step is recorded and the next runs:
 #   env               GPU, driver, Python, torch, torchaudio, triton versions
 #   deps              wheels of tools/gpu_check_wheels.txt from tools/gpu_wheels (no index)
-#   tests             pytest -m gpu: Triton kernels vs the torch reference, losses and
-#                     gradients CUDA == CPU, AMP training steps, streaming, decoding
-#   rnnt_loss         pruned RNN-T (Triton) vs torchaudio full loss, B=32 T=500 U=100 V=500/5000
+#   tests             pytest -m gpu: Triton kernels (mutual information, TDT) vs the torch
+#                     reference, losses and gradients CUDA == CPU, AMP training steps,
+#                     streaming, decoding
+#   rnnt_loss         pruned RNN-T (Triton) vs torchaudio full loss, TDT torch vs Triton recursion,
+#                     pruned TDT, B=32 T=500 U=100 V=500/5000
 #   train_throughput  LibriSpeech M recipe: audio s/s, peak memory, fp16 vs bf16, largest batch
 #   decode            RTFx of batched greedy search (RNN-T, TDT, CTC) at batch 64
 # then OUT_DIR/summary.md (printed at the end). Exit code 0 only if every step passed.
@@ -209,8 +211,8 @@ if [ "$MODE" = dry-run ]; then
   run_step tests 240 env ASR_GPU_TESTS_ON_CPU=1 TRITON_INTERPRET=1 \
     "$PY" -m pytest "${PYTEST_ARGS[@]}" "${TESTS[@]}"
   run_step rnnt_loss 120 "$PY" tools/bench/rnnt_loss.py --device cpu --batch 2 --frames 40 \
-    --tokens 8 --vocab 500 --joiner-dim 16 --methods full pruned --repeats 1 --threads 1 \
-    --case-timeout 60 --markdown "$OUT_DIR/rnnt_loss.md"
+    --tokens 8 --vocab 500 --joiner-dim 16 --methods full pruned tdt tdt_triton pruned_tdt \
+    --repeats 1 --threads 1 --case-timeout 60 --markdown "$OUT_DIR/rnnt_loss.md"
   run_step train_throughput 120 "$PY" tools/bench/train_throughput.py --device cpu --tiny \
     --max-duration 6 --max-cut-duration 3 --steps 1 --warmup 1 --fit-probes 3 \
     --fake-memory-limit 10 --threads 2 --time-budget 90 \
@@ -222,7 +224,8 @@ else
   run_step tests 170 env ASR_GPU_TESTS_REQUIRE_CUDA=1 "$PY" -m pytest "${PYTEST_ARGS[@]}" \
     "${TESTS[@]}"
   run_step rnnt_loss 100 "$PY" tools/bench/rnnt_loss.py --device cuda --batch 32 --frames 500 \
-    --tokens 100 --vocab 500 5000 --joiner-dim 512 --methods full pruned tdt --repeats 3 \
+    --tokens 100 --vocab 500 5000 --joiner-dim 512 --methods full pruned tdt tdt_triton pruned_tdt \
+    --repeats 3 \
     --case-timeout 45 --markdown "$OUT_DIR/rnnt_loss.md"
   run_step train_throughput 120 "$PY" tools/bench/train_throughput.py --device cuda --steps 6 \
     --warmup 2 --fit-probes 6 --time-budget 90 \

@@ -45,10 +45,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" libsndfile1 >/dev/null
 fi
 
+# pip, without the one warning a machine-wide pip configuration can add for every package: an
+# index or find-links location that does not exist on this machine ("... is ignored: it is
+# neither a file nor a directory"); everything else pip says gets through.
+pip_quiet() {
+  "$VENV/bin/pip" "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+
 if [ ! -x "$VENV/bin/python" ]; then
   log "creating virtual environment at $VENV"
   "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade pip setuptools wheel
+  pip_quiet install -q --upgrade pip setuptools wheel
 fi
 
 # Reinstall only when the dependency list changed or this checkout is not the one installed.
@@ -56,7 +63,7 @@ stamp="$VENV/.asr-setup-stamp"
 want="$(sha256sum setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1) $ROOT"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   log "installing asr and its dependencies into $VENV (torch is a large download the first time)"
-  "$VENV/bin/pip" install -q --progress-bar off -e ".[dev]"
+  pip_quiet install -q --progress-bar off -e ".[dev]"
   echo "$want" > "$stamp"
 else
   log "environment at $VENV is up to date"

@@ -1,34 +1,99 @@
-"""CIF greedy search: integrate-and-fire, then the argmax of the non-autoregressive decoder.
+"""CIF greedy search: token embeddings, then the argmax of the non-autoregressive decoder;
+offline and streaming.
 
 Dong & Xu 2020, "CIF: Continuous Integrate-and-Fire for End-to-End Speech Recognition"
-(ICASSP); Gao et al. 2022, "Paraformer" (arXiv:2206.08317). The number of tokens is the number
-of fires (``round(sum(alpha))``); each fired embedding is decoded in parallel, so the search is
-one pass of :meth:`asr.heads.cif.CIFHead.infer` and an argmax. Blank (id 0), which the head
-never targets, is dropped if predicted. ``Hypothesis.frames`` holds the encoder frame at which
-each kept token fired (:func:`asr.heads.cif.cif_fire_frames`): the end of its integration.
+(ICASSP); Gao et al. 2022, "Paraformer" (arXiv:2206.08317); An et al. 2024, "Paraformer-v2"
+(arXiv:2409.17746). The number of tokens is the number of fires (``round(sum(alpha))``), or with
+``segments: ctc`` the number of tokens of the greedy CTC path (its blank logit lowered by
+``search.blank_penalty``); each embedding is decoded in parallel, so the search is one pass of
+:meth:`asr.heads.cif.CIFHead.infer` and an argmax. Blank (id 0), which the head never targets,
+is dropped if predicted; with an end slot the hypothesis stops at the first position whose
+label is the end label (that position and the later ones give no token). ``Hypothesis.frames``
+holds the frame of each kept token: where it fired (the end of its integration) or where its
+CTC segment starts.
 
-Shape legend: B batch, T frames, D encoder dims, N fired tokens, V vocabulary.
+Streaming: the decoder attends to every token and every frame, so the state keeps the encoder
+frames of the segment so far (``search.max_stream_frames`` of them) and :meth:`partial` decodes
+them all, as the offline search does; the segments of the frames so far come from CTC on those
+cached frames. :meth:`finalize` on all frames is the offline search of the same frames
+(the tests check equality), and a partial result can change as frames arrive (a CTC run or a
+CIF integration may continue in the next chunk).
+
+Shape legend: B batch (streams), T frames, D encoder dims, N tokens, V vocabulary, F frame
+capacity.
 """
 
 from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from asr.decoding.base import check_encoder_output
 from asr.decoding.config import SearchConfig
-from asr.heads.cif import CIFHead
+from asr.heads.cif import CIFHead, CIFInference
+from asr.state import state_field
 from asr.types import Hypothesis
 
-__all__ = ["CifGreedySearch"]
+__all__ = ["CifGreedySearch", "CifStreamState", "cif_hypotheses"]
+
+logger = logging.getLogger(__name__)
+
+
+def cif_hypotheses(
+    out: CIFInference, log_probs: Tensor, end_id: int | None, blank_id: int = 0
+) -> list[Hypothesis]:
+    """The argmax hypothesis of every utterance of a CIF inference.
+
+    Args:
+        out: :meth:`CIFHead.infer`'s result.
+        log_probs: (B, N, V) log-softmax of ``out.logits``.
+        end_id: the label that ends a hypothesis (None without an end slot).
+        blank_id: the label that gives no token.
+    """
+    best_lp, best = log_probs.max(dim=-1)
+    results = []
+    for tokens, lps, frames, count in zip(
+        best.tolist(), best_lp.tolist(), out.fire_frames.tolist(), out.token_lens.tolist()
+    ):
+        if end_id is not None and end_id in tokens[:count]:
+            count = tokens.index(end_id) + 1
+            kept = [(t, f) for t, f in zip(tokens[: count - 1], frames) if t != blank_id]
+        else:
+            kept = [(t, f) for t, f in zip(tokens[:count], frames) if t != blank_id]
+        results.append(
+            Hypothesis(
+                tokens=tuple(t for t, _ in kept),
+                score=float(sum(lps[:count])),
+                frames=tuple(f for _, f in kept),
+            )
+        )
+    return results
+
+
+@dataclass(frozen=True)
+class CifStreamState:
+    """Streaming state of :class:`CifGreedySearch`.
+
+    Attributes:
+        enc: (B, F, D) encoder frames of the segment so far (valid up to ``num_frames``).
+        num_frames: (B,) int64 frames stored.
+        dropped: (B,) int64 frames that did not fit (capacity reached).
+    """
+
+    enc: Tensor = state_field(batch_dim=0)
+    num_frames: Tensor = state_field(batch_dim=0)
+    dropped: Tensor = state_field(batch_dim=0)
 
 
 class CifGreedySearch:
-    """Greedy CIF decoding (a :class:`~asr.decoding.base.Searcher`).
+    """Greedy CIF decoding (a :class:`~asr.decoding.base.Searcher` and a streaming searcher).
 
     Args:
         head: the CIF head.
-        cfg: unused (greedy); kept for a uniform constructor.
+        cfg: uses ``blank_penalty`` (``segments: ctc``) and ``max_stream_frames``.
         blank_id: id dropped from the output.
     """
 
@@ -41,19 +106,61 @@ class CifGreedySearch:
     def __call__(self, enc: Tensor, enc_lens: Tensor) -> list[list[Hypothesis]]:
         """enc (B, T, D), enc_lens (B,) -> one hypothesis per utterance."""
         check_encoder_output(enc, enc_lens)
-        out = self.head.infer(enc, enc_lens.to(enc.device))  # logits (B, N, V)
-        best_lp, best = torch.log_softmax(out.logits.float(), dim=-1).max(dim=-1)
-        valid = torch.arange(best.shape[1], device=best.device)[None, :] < out.token_lens[:, None]
-        scores = (best_lp * valid).sum(dim=1).tolist()
-        results = []
-        for tokens, frames, count, score in zip(
-            best.tolist(), out.fire_frames.tolist(), out.token_lens.tolist(), scores
-        ):
-            kept = [(t, f) for t, f in zip(tokens[:count], frames[:count]) if t != self.blank_id]
-            hyp = Hypothesis(
-                tokens=tuple(t for t, _ in kept),
-                score=float(score),
-                frames=tuple(f for _, f in kept),
+        return [[hyp] for hyp in self._search(enc, enc_lens.to(enc.device))]
+
+    def _search(self, enc: Tensor, enc_lens: Tensor) -> list[Hypothesis]:
+        out = self.head.infer(enc, enc_lens, self.cfg.blank_penalty)  # logits (B, N, V)
+        log_probs = torch.log_softmax(out.logits.float(), dim=-1)
+        return cif_hypotheses(out, log_probs, self.head.end_id, self.blank_id)
+
+    # ------------------------------------------------------------------------- streaming
+
+    @torch.no_grad()
+    def init_state(
+        self, batch_size: int, device: torch.device | str, capacity: int | None = None
+    ) -> CifStreamState:
+        """State of ``batch_size`` new streams (``capacity`` frames each, default from cfg)."""
+        capacity = capacity or self.cfg.max_stream_frames
+        dim = self.head.input_proj.in_features
+        weight = self.head.input_proj.weight
+        counts = torch.zeros(batch_size, dtype=torch.int64, device=device)
+        return CifStreamState(
+            enc=torch.zeros(batch_size, capacity, dim, dtype=weight.dtype, device=device),
+            num_frames=counts,
+            dropped=counts.clone(),
+        )
+
+    @torch.no_grad()
+    def step(self, enc: Tensor, enc_lens: Tensor, state: CifStreamState) -> CifStreamState:
+        """Appends a chunk's frames: enc (B, T, D), enc_lens (B,) valid frames of it."""
+        check_encoder_output(enc, enc_lens)
+        enc_lens = enc_lens.to(enc.device, torch.int64)
+        capacity = state.enc.shape[1]
+        times = torch.arange(enc.shape[1], device=enc.device)[None, :]
+        position = state.num_frames[:, None] + times  # (B, T)
+        valid = times < enc_lens[:, None]
+        fits = valid & (position < capacity)
+        rows = torch.arange(enc.shape[0], device=enc.device)[:, None].expand_as(position)
+        cache = state.enc.clone()
+        cache[rows[fits], position[fits]] = enc[fits].to(cache.dtype)
+        dropped = (valid & ~fits).sum(dim=1)
+        if bool(dropped.any()):
+            logger.warning(
+                "a CIF streaming state is full (%d frames): %d frame(s) dropped; raise "
+                "search.max_stream_frames or reset streams at endpoints",
+                capacity,
+                int(dropped.sum()),
             )
-            results.append([hyp])
-        return results
+        return CifStreamState(cache, state.num_frames + fits.sum(dim=1), state.dropped + dropped)
+
+    @torch.no_grad()
+    def partial(self, state: CifStreamState) -> list[Hypothesis]:
+        """The greedy hypothesis of the frames so far, per stream."""
+        frames = int(state.num_frames.max()) if state.num_frames.numel() else 0
+        if frames == 0:
+            return [Hypothesis(tokens=()) for _ in range(state.num_frames.shape[0])]
+        return self._search(state.enc[:, :frames], state.num_frames)
+
+    def finalize(self, state: CifStreamState) -> list[Hypothesis]:
+        """Same as :meth:`partial`: the offline search of all the frames."""
+        return self.partial(state)

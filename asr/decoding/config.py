@@ -37,10 +37,15 @@ class SearchConfig:
             ``<eos>`` (Wu et al. 2016); 0 ranks by the raw log-probability, 1 is close to a
             per-token average.
         ctc_weight: lambda of joint CTC/attention scoring, ``(1 - lambda) * attention +
-            lambda * ctc``, in ``aed_beam`` (CTC prefix scores) and ``attention_rescoring``
-            (first-pass scores).
+            lambda * ctc``, in ``aed_beam`` and ``cif_beam`` (CTC prefix scores, with a
+            ``ctc`` head) and ``attention_rescoring`` (first-pass scores).
         blank_penalty: subtracted from the blank logit before every CTC, transducer and TDT
-            decision (> 0 emits more tokens).
+            decision (> 0 emits more tokens), also the greedy CTC path that segments the tokens
+            of a CIF head with ``segments: ctc``.
+        rescore_weight: ``cif_beam`` ranks its final hypotheses by ``(1 - rescore_weight) *
+            path + rescore_weight * rescored`` in place of the decoder's part: the path score of
+            the search, and the decoder's log-probability of the hypothesis with embeddings
+            made for its own token count (n-best rescoring); 0 keeps the path scores.
         ctc_pre_beam: ``aed_beam`` computes CTC prefix scores only for the
             ``ceil(ctc_pre_beam * beam_size)`` best attention candidates of each hypothesis.
         lm_path: ARPA n-gram for ``ctc_prefix_beam``, ``transducer_beam``, ``tdt_beam`` and
@@ -71,6 +76,8 @@ class SearchConfig:
         max_stream_tokens: token capacity of a streaming searcher's state per stream; a stream
             that emits more (without being reset at an endpoint) keeps its first
             ``max_stream_tokens`` tokens and a warning is logged.
+        max_stream_frames: encoder frames a streaming ``cif_greedy`` state keeps per stream
+            (its decoder attends to all of them); later frames are dropped with a warning.
     """
 
     beam_size: int = 4
@@ -86,6 +93,8 @@ class SearchConfig:
     insertion_bonus: float = 0.0
     length_norm: float = 0.0
     max_stream_tokens: int = 2048
+    rescore_weight: float = 0.5
+    max_stream_frames: int = 1500
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
@@ -100,6 +109,10 @@ class SearchConfig:
             )
         if not 0.0 <= self.ctc_weight <= 1.0:
             raise ValueError(f"search.ctc_weight must be in [0, 1], got {self.ctc_weight}")
+        if not 0.0 <= self.rescore_weight <= 1.0:
+            raise ValueError(f"search.rescore_weight must be in [0, 1], got {self.rescore_weight}")
+        if self.max_stream_frames < 1:
+            raise ValueError(f"search.max_stream_frames must be >= 1, got {self.max_stream_frames}")
         if self.ctc_pre_beam < 1.0:
             raise ValueError(f"search.ctc_pre_beam must be >= 1, got {self.ctc_pre_beam}")
         for name in (

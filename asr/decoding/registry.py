@@ -11,15 +11,17 @@ ctc_greedy             greedy   yes       no     a ``ctc`` head
 ctc_prefix_beam        beam     no        yes    a ``ctc`` head
 transducer_greedy      greedy   yes       no     a ``transducer`` head with loss full|pruned
 transducer_beam        beam     no        yes    a ``transducer`` head with loss full|pruned
-tdt_greedy             greedy   yes       no     a ``transducer`` head with loss tdt
-tdt_beam               beam     no        yes    a ``transducer`` head with loss tdt
+tdt_greedy             greedy   yes       no     a ``transducer`` head with loss tdt|pruned_tdt
+tdt_beam               beam     no        yes    a ``transducer`` head with loss tdt|pruned_tdt
 aed_beam               beam     no        no     an ``aed`` head (CTC prefix scores when a ``ctc`` head
                                                  exists and ``ctc_weight > 0``)
 attention_rescoring    rescore  no        no     an ``aed`` head and a first pass: ``ctc_prefix_beam``
                                                  with a ``ctc`` head, else ``transducer_beam`` /
                                                  ``tdt_beam``
-cif_greedy             greedy   no        no     a ``cif`` head
-cif_beam               beam     no        yes    a ``cif`` head
+cif_greedy             greedy   yes       no     a ``cif`` head (streaming keeps the segment's frames
+                                                 and decodes them all at every partial result)
+cif_beam               beam     no        yes    a ``cif`` head (CTC prefix scores when a ``ctc`` head
+                                                 exists and ``ctc_weight > 0``)
 =====================  =======  ========  =====  ====================================================
 
 The LM of an LM-fusing searcher is ``search.lm_path`` (a token or word n-gram, ``search.lm_unit``)
@@ -117,7 +119,8 @@ def _ctc(model: ASRModel):
     return model.heads["ctc"] if "ctc" in model.heads else None
 
 
-_RNNT, _TDT = "a 'transducer' head with loss full|pruned", "a 'transducer' head with loss tdt"
+_RNNT = "a 'transducer' head with loss full|pruned"
+_TDT = "a 'transducer' head with loss tdt|pruned_tdt"
 
 #: Every searcher, in the order names are listed.
 SEARCHERS: tuple[SearcherSpec, ...] = (
@@ -139,10 +142,10 @@ SEARCHERS: tuple[SearcherSpec, ...] = (
                  "an 'aed' head and a 'ctc' or 'transducer' head",
                  lambda m, c, lm, tok: AttentionRescoring(_first_pass(m, c, tok), m.heads["aed"], c),
                  also_needs=("ctc", "transducer")),
-    SearcherSpec("cif_greedy", "cif", ("cif",), "greedy", False, False, "a 'cif' head",
+    SearcherSpec("cif_greedy", "cif", ("cif",), "greedy", True, False, "a 'cif' head",
                  lambda m, c, lm, tok: CifGreedySearch(m.heads["cif"], c)),
     SearcherSpec("cif_beam", "cif", ("cif",), "beam", False, True, "a 'cif' head",
-                 lambda m, c, lm, tok: CifBeamSearch(m.heads["cif"], c, lm)),
+                 lambda m, c, lm, tok: CifBeamSearch(m.heads["cif"], c, lm, _ctc(m))),
 )  # fmt: skip
 
 _BY_NAME = {spec.name: spec for spec in SEARCHERS}

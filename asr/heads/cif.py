@@ -3,7 +3,9 @@
 Dong & Xu 2020, "CIF: Continuous Integrate-and-Fire for End-to-End Speech Recognition";
 Gao et al. 2022, "Paraformer: Fast and Accurate Parallel Transformer for Non-autoregressive
 End-to-End Speech Recognition" (predictor, glancing sampler); Qian et al. 2021, "Glancing
-Transformer for Non-Autoregressive Neural Machine Translation" (glancing).
+Transformer for Non-Autoregressive Neural Machine Translation" (glancing); An et al. 2024,
+"Paraformer-v2: An improved non-autoregressive transformer for noise-robust speech
+recognition" (arXiv:2409.17746; token embeddings from CTC segments).
 
 A weight predictor gives every encoder frame a weight ``alpha_t`` in (0, 1). Integrate-and-fire
 accumulates the weights and emits ("fires") one token embedding each time the accumulated weight
@@ -13,7 +15,22 @@ times) and a quantity loss ``|sum(alpha) - U|`` teaches the predictor to count. 
 decoder without causal mask (cross-attention to the encoder output) turns the fired embeddings
 into token logits, trained with label-smoothed cross-entropy, optionally with glancing
 sampling (a first pass; then some decoder inputs are replaced by reference embeddings, as many
-as ``glancing_ratio`` times the first pass's errors).
+as ``glancing_ratio`` times the first pass's errors; only while training, and the accuracy it
+reports is the first pass's, whose inputs hold no reference token).
+
+Two switches of :class:`CIFConfig`:
+
+* ``end_slot``: the targets end with ``end_id`` (``<sos/eos>``), so the weights learn to sum
+  to U + 1 and the decoder learns to close the sentence; a search stops at the first position
+  whose label is ``end_id``, so one fire too many is absorbed (FunASR's ``predictor_bias``,
+  WeNet's ``add_eos``).
+* ``segments: ctc`` (Paraformer-v2): no weight predictor; the token embeddings are the mean
+  encoder frames of each token's CTC segment, taken from the model's CTC head (linked by
+  :class:`asr.model.ASRModel`). Training uses the Viterbi alignment of the reference
+  (:func:`asr.losses.ctc.ctc_forced_align`), inference the greedy CTC path, so the count is
+  exactly greedy CTC's. A segment is the run of frames on which the path emits the token (its
+  blank frames belong to no token). The paper averages CTC posteriors; the encoder frames
+  carry them (the CTC head is linear on them) and more.
 
 Shape legend: B batch, T frames, N fired tokens, U target tokens, D encoder dims, V vocabulary.
 """
@@ -21,17 +38,30 @@ Shape legend: B batch, T frames, N fired tokens, U target tokens, D encoder dims
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from asr.encoders.dropout import Dropout
+from asr.heads.ctc import CTCHead
 from asr.heads.decoder_layers import DecoderLayer, lengths_to_mask, sinusoidal_positions
 from asr.losses.cif import quantity_loss, scale_alphas
+from asr.losses.ctc import ctc_forced_align
 from asr.losses.label_smoothing import label_smoothing_loss
 from asr.types import LossOutput
 
-__all__ = ["CIFConfig", "CIFHead", "CIFInference", "cif", "cif_fire_frames", "cif_num_fires"]
+__all__ = [
+    "CIFConfig",
+    "CIFHead",
+    "CIFInference",
+    "CtcSegments",
+    "cif",
+    "cif_fire_frames",
+    "cif_num_fires",
+    "ctc_greedy_segments",
+    "segment_means",
+]
 
 
 def cif_num_fires(alphas: Tensor, threshold: float = 1.0) -> Tensor:
@@ -130,6 +160,71 @@ def cif_fire_frames(alphas: Tensor, fired_lens: Tensor, threshold: float = 1.0) 
     return frames * lengths_to_mask(fired_lens, num_fired)
 
 
+def segment_means(hidden: Tensor, segment_ids: Tensor, num_segments: int) -> Tensor:
+    """Mean of the frames of each segment.
+
+    Args:
+        hidden: (B, T, D) frames.
+        segment_ids: (B, T) int64 segment of each frame in [0, N), -1 for frames of none.
+        num_segments: N.
+
+    Returns:
+        (B, N, D) means (float32, or float64 for float64 ``hidden``); zero for a segment
+        without frames.
+    """
+    weights_dtype = hidden.dtype if hidden.dtype == torch.float64 else torch.float32
+    index = torch.arange(num_segments, device=hidden.device)
+    weights = (segment_ids[:, None, :] == index[None, :, None]).to(weights_dtype)  # (B, N, T)
+    weights = weights / weights.sum(dim=2, keepdim=True).clamp(min=1.0)
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        return torch.bmm(weights, hidden.to(weights_dtype))
+
+
+@dataclass(frozen=True)
+class CtcSegments:
+    """The tokens of greedy CTC paths and the frames of each (:func:`ctc_greedy_segments`).
+
+    Attributes:
+        segment_ids: (B, T) int64 token index of each frame, -1 on blank and padding frames.
+        tokens: (B, N) int64 token ids, 0 beyond ``token_lens``.
+        token_lens: (B,) int64 tokens per utterance.
+        first_frames: (B, N) int64 first frame of each token's run (its timestamp), 0 beyond.
+    """
+
+    segment_ids: Tensor
+    tokens: Tensor
+    token_lens: Tensor
+    first_frames: Tensor
+
+
+def ctc_greedy_segments(labels: Tensor, lens: Tensor, blank_id: int = 0) -> CtcSegments:
+    """Greedy CTC path -> its tokens and their segments (no loop).
+
+    A token starts on a non-blank frame whose label differs from the previous frame's; its
+    segment is the run of frames with that label.
+
+    Args:
+        labels: (B, T) int64 best label of every frame.
+        lens: (B,) valid frames.
+    """
+    batch, frames = labels.shape
+    valid = lengths_to_mask(lens.to(labels.device), frames)
+    previous = torch.cat([torch.full_like(labels[:, :1], blank_id), labels[:, :-1]], dim=1)
+    emitting = valid & (labels != blank_id)
+    start = emitting & (labels != previous)
+    index = start.long().cumsum(dim=1) - 1
+    segment_ids = torch.where(emitting, index, -1)
+    token_lens = start.sum(dim=1)
+    width = int(token_lens.max()) if batch else 0
+    rows = torch.arange(batch, device=labels.device)[:, None].expand_as(labels)
+    tokens = labels.new_zeros(batch, width)
+    tokens[rows[start], index[start]] = labels[start]
+    first_frames = labels.new_zeros(batch, width)
+    times = torch.arange(frames, device=labels.device)[None, :].expand_as(labels)
+    first_frames[rows[start], index[start]] = times[start]
+    return CtcSegments(segment_ids, tokens, token_lens, first_frames)
+
+
 @dataclass(frozen=True)
 class CIFInference:
     """What :meth:`CIFHead.infer` returns.
@@ -162,6 +257,12 @@ class CIFConfig:
         quantity_weight: weight of the quantity loss.
         glancing_ratio: fraction of the first pass's errors replaced by reference embeddings;
             0 disables the glancing sampler (and the extra pass).
+        segments: ``cif``: token embeddings by integrate-and-fire of predicted weights;
+            ``ctc``: mean encoder frames of the CTC segments of each token (needs a ``ctc``
+            head in the model; no weight predictor, no quantity loss).
+        end_slot: train U + 1 positions, the last labelled ``end_id``; searches stop at it
+            (``segments: cif`` only: the CTC count is not learnt by this head).
+        end_id: the end label (``<sos/eos>`` = 1 with our tokenizers; 0 is blank).
     """
 
     d_model: int = 256
@@ -175,6 +276,9 @@ class CIFConfig:
     label_smoothing: float = 0.1
     quantity_weight: float = 1.0
     glancing_ratio: float = 0.0
+    segments: Literal["cif", "ctc"] = "cif"
+    end_slot: bool = False
+    end_id: int = 1
 
     def __post_init__(self) -> None:
         if self.predictor_kernel < 1 or self.predictor_kernel % 2 == 0:
@@ -183,6 +287,12 @@ class CIFConfig:
             raise ValueError(f"threshold must be > 0, got {self.threshold}")
         if not 0.0 <= self.glancing_ratio <= 1.0:
             raise ValueError(f"glancing_ratio must be in [0, 1], got {self.glancing_ratio}")
+        if self.segments not in ("cif", "ctc"):
+            raise ValueError(f"segments must be 'cif' or 'ctc', got {self.segments!r}")
+        if self.end_slot and self.segments == "ctc":
+            raise ValueError("end_slot needs segments: cif (CTC segments fix the count)")
+        if self.end_id < 1:
+            raise ValueError(f"end_id must be >= 1 (0 is blank), got {self.end_id}")
 
 
 class CIFPredictor(nn.Module):
@@ -205,7 +315,7 @@ class CIFPredictor(nn.Module):
 
 
 class CIFHead(nn.Module):
-    """Weight predictor + integrate-and-fire + non-autoregressive Transformer decoder.
+    """Token embeddings (integrate-and-fire, or CTC segments) + non-autoregressive decoder.
 
     Args:
         cfg: head configuration.
@@ -215,9 +325,15 @@ class CIFHead(nn.Module):
 
     def __init__(self, cfg: CIFConfig, enc_dim: int, vocab_size: int) -> None:
         super().__init__()
+        if cfg.end_slot and not cfg.end_id < vocab_size:
+            raise ValueError(f"end_id={cfg.end_id} is outside the vocabulary of {vocab_size}")
         self.cfg = cfg
         self.vocab_size = vocab_size
-        self.predictor = CIFPredictor(enc_dim, cfg.predictor_kernel, cfg.predictor_dropout)
+        self.predictor = (
+            CIFPredictor(enc_dim, cfg.predictor_kernel, cfg.predictor_dropout)
+            if cfg.segments == "cif"
+            else None
+        )
         self.input_proj = nn.Linear(enc_dim, cfg.d_model)
         self.memory_proj = (
             nn.Linear(enc_dim, cfg.d_model) if enc_dim != cfg.d_model else nn.Identity()
@@ -231,10 +347,60 @@ class CIFHead(nn.Module):
         self.target_embed = (
             nn.Embedding(vocab_size, cfg.d_model) if cfg.glancing_ratio > 0 else None
         )
+        # the model's CTC head (segments: ctc); a plain tuple, so that its weights stay the CTC
+        # head's own and are not registered (saved) twice
+        self._ctc: tuple[CTCHead, ...] = ()
+
+    @property
+    def end_id(self) -> int | None:
+        """The label that ends a hypothesis (``cfg.end_id`` with an end slot), else None."""
+        return self.cfg.end_id if self.cfg.end_slot else None
+
+    @property
+    def uses_ctc(self) -> bool:
+        """Whether the token segments come from a CTC head (``segments: ctc``)."""
+        return self.cfg.segments == "ctc"
+
+    def use_ctc(self, ctc: CTCHead | None) -> None:
+        """Links the CTC head whose paths segment the tokens (``segments: ctc``).
+
+        Raises:
+            ValueError: if ``segments: ctc`` and ``ctc`` is None, or its vocabulary differs.
+        """
+        if not self.uses_ctc:
+            return
+        if ctc is None:
+            raise ValueError("heads.cif.segments: ctc needs a 'ctc' head in the model")
+        if ctc.vocab_size != self.vocab_size:
+            raise ValueError(
+                f"CTC head vocabulary {ctc.vocab_size} differs from the CIF head's "
+                f"{self.vocab_size}"
+            )
+        self._ctc = (ctc,)
+
+    def _ctc_head(self) -> CTCHead:
+        if not self._ctc:
+            raise RuntimeError(
+                "this CIF head (segments: ctc) has no CTC head; ASRModel links it, or call "
+                "use_ctc(ctc_head)"
+            )
+        return self._ctc[0]
+
+    def ctc_labels(self, enc: Tensor, blank_penalty: float = 0.0) -> Tensor:
+        """(B, T, D) -> (B, T) int64 best CTC label of every frame, the blank logit lowered by
+        ``blank_penalty`` (``segments: ctc``)."""
+        ctc = self._ctc_head()
+        logits = ctc.logits(enc).float()
+        if blank_penalty:
+            logits = logits.clone()
+            logits[..., ctc.blank_id] -= blank_penalty
+        return logits.argmax(dim=-1)
 
     def predict_alphas(self, enc: Tensor, enc_lens: Tensor) -> Tensor:
         """(B, T, D), (B,) -> (B, T) float32 firing weights (float64 in a float64 model), zero
-        beyond ``enc_lens``."""
+        beyond ``enc_lens`` (``segments: cif``)."""
+        if self.predictor is None:
+            raise RuntimeError("a CIF head with segments: ctc has no weight predictor")
         return self.predictor(enc, lengths_to_mask(enc_lens, enc.shape[1]))
 
     def decode(self, inputs: Tensor, input_lens: Tensor, enc: Tensor, enc_lens: Tensor) -> Tensor:
@@ -259,32 +425,104 @@ class CIFHead(nn.Module):
         out = self.infer(enc, enc_lens)
         return out.logits, out.token_lens
 
-    def infer(self, enc: Tensor, enc_lens: Tensor) -> CIFInference:
-        """Predicted weights, fire (the count is learnt, no target length), decode.
+    def infer(self, enc: Tensor, enc_lens: Tensor, blank_penalty: float = 0.0) -> CIFInference:
+        """Token embeddings without any reference (the count is learnt, or greedy CTC's), then
+        the decoder. No reference token is ever fed here (glancing is a training device).
 
         Args:
             enc: (B, T, D) encoder output; enc_lens: (B,) valid frames.
+            blank_penalty: lowers the CTC blank logit of the greedy path (``segments: ctc``).
         """
+        if self.uses_ctc:
+            labels = self.ctc_labels(enc, blank_penalty)
+            return self.infer_segments(enc, enc_lens, labels)
         alphas = self.predict_alphas(enc, enc_lens)
         fired, fired_lens = cif(enc, alphas, self.cfg.threshold)
         logits = self.decode(self.input_proj(fired), fired_lens, enc, enc_lens)
         frames = cif_fire_frames(alphas, fired_lens, self.cfg.threshold)
         return CIFInference(logits, fired_lens, frames)
 
+    def infer_segments(self, enc: Tensor, enc_lens: Tensor, labels: Tensor) -> CIFInference:
+        """:meth:`infer` of ``segments: ctc`` on given greedy CTC labels (B, T) of ``enc``
+        (:meth:`ctc_labels`; a streaming search keeps those of the frames so far)."""
+        segments = ctc_greedy_segments(labels, enc_lens, self._ctc_head().blank_id)
+        count = segments.tokens.shape[1]
+        fired = segment_means(enc, segments.segment_ids, count)
+        logits = self.decode(self.input_proj(fired), segments.token_lens, enc, enc_lens)
+        return CIFInference(logits, segments.token_lens, segments.first_frames)
+
+    def _targets(self, tokens: Tensor, token_lens: Tensor) -> tuple[Tensor, Tensor]:
+        """The decoder's targets: ``tokens`` (B, U), with an end slot ``y <end>`` (B, U + 1)."""
+        tokens, token_lens = tokens.long(), token_lens.long()
+        if not self.cfg.end_slot:
+            return tokens, token_lens
+        padded = torch.cat([tokens, tokens.new_zeros(tokens.shape[0], 1)], dim=1)
+        padded = padded * lengths_to_mask(token_lens, padded.shape[1])
+        return padded.scatter(1, token_lens[:, None], self.cfg.end_id), token_lens + 1
+
+    def teacher_inputs(
+        self, enc: Tensor, enc_lens: Tensor, tokens: Tensor, token_lens: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Decoder inputs of the reference (or of any hypothesis): as many token embeddings as
+        targets, from weights rescaled to that count, or from the Viterbi CTC alignment.
+
+        Args:
+            enc: (B, T, D); enc_lens: (B,).
+            tokens: (B, U) ids (no end label), 0 beyond ``token_lens``; token_lens: (B,).
+
+        Returns:
+            inputs: (B, L, d_model), targets (B, L), target_lens (B,) (L = U, or U + 1 with an
+            end slot) and the predicted weights (B, T) (None for ``segments: ctc``).
+        """
+        targets, target_lens = self._targets(tokens, token_lens)
+        if self.uses_ctc:
+            ctc = self._ctc_head()
+            with torch.no_grad():
+                log_probs = ctc.log_probs(enc)
+            aligned = ctc_forced_align(log_probs, enc_lens, tokens, token_lens, ctc.blank_id)
+            return (
+                self.input_proj(segment_means(enc, aligned, targets.shape[1])),
+                targets,
+                target_lens,
+                None,
+            )
+        alphas = self.predict_alphas(enc, enc_lens)
+        scaled = scale_alphas(alphas, target_lens) * self.cfg.threshold
+        fired, _ = cif(enc, scaled, self.cfg.threshold, num_fired=targets.shape[1])
+        return self.input_proj(fired), targets, target_lens, alphas
+
+    @torch.no_grad()
+    def score_tokens(
+        self, enc: Tensor, enc_lens: Tensor, tokens: Tensor, token_lens: Tensor
+    ) -> Tensor:
+        """Log-probability of hypotheses under the decoder with their own count: the inputs of
+        :meth:`teacher_inputs` (n-best rescoring).
+
+        Args:
+            enc: (B, T, D); enc_lens: (B,); tokens: (B, U) hypotheses, 0 beyond token_lens.
+
+        Returns:
+            (B,) float32 sums of the targets' log-probabilities (the end label included).
+        """
+        inputs, targets, target_lens, _ = self.teacher_inputs(enc, enc_lens, tokens, token_lens)
+        logits = self.decode(inputs, target_lens, enc, enc_lens)
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        picked = log_probs.gather(2, targets[..., None]).squeeze(2)
+        return (picked * lengths_to_mask(target_lens, targets.shape[1])).sum(dim=1)
+
     def _glance(
-        self, inputs: Tensor, tokens: Tensor, token_lens: Tensor, enc: Tensor, enc_lens: Tensor
+        self, inputs: Tensor, first_pass: Tensor, targets: Tensor, valid: Tensor
     ) -> tuple[Tensor, int]:
-        """Replaces ``floor(ratio * errors)`` random inputs per row by reference embeddings."""
+        """Replaces ``floor(ratio * errors)`` random inputs per row by reference embeddings,
+        errors being the first pass's wrong positions."""
         assert self.target_embed is not None
-        valid = lengths_to_mask(token_lens, tokens.shape[1])
         with torch.no_grad():
-            predicted = self.decode(inputs, token_lens, enc, enc_lens).argmax(dim=-1)
-            errors = ((predicted != tokens) & valid).sum(dim=1)
+            errors = ((first_pass != targets) & valid).sum(dim=1)
             num_glanced = (errors.float() * self.cfg.glancing_ratio).floor().long()
-            scores = torch.rand(tokens.shape, device=tokens.device).masked_fill(~valid, 2.0)
+            scores = torch.rand(targets.shape, device=targets.device).masked_fill(~valid, 2.0)
             ranks = scores.argsort(dim=1).argsort(dim=1)
             glanced = ranks < num_glanced.unsqueeze(1)
-        reference = self.target_embed(tokens.long()).to(inputs.dtype)
+        reference = self.target_embed(targets).to(inputs.dtype)
         inputs = torch.where(glanced.unsqueeze(-1), reference, inputs)
         return inputs, int(glanced.sum())
 
@@ -301,27 +539,35 @@ class CIFHead(nn.Module):
             token_lens: (B,) number of target tokens.
 
         Returns:
-            LossOutput; metrics ``ce_loss``, ``quantity_loss``, ``num_correct``, ``num_tokens``
-            and, with glancing, ``num_glanced``.
+            LossOutput; metrics ``ce_loss``, ``quantity_loss`` (``segments: cif``),
+            ``num_correct`` (argmax hits of the first pass, whose inputs hold no reference
+            token), ``num_tokens`` (decoder positions: U, or U + 1 with an end slot) and, with
+            glancing, ``num_glanced``.
         """
         cfg = self.cfg
-        alphas = self.predict_alphas(enc, enc_lens)
-        quantity = quantity_loss(alphas / cfg.threshold, token_lens).sum()
-        scaled = scale_alphas(alphas, token_lens) * cfg.threshold
-        fired, _ = cif(enc, scaled, cfg.threshold, num_fired=tokens.shape[1])
-        inputs = self.input_proj(fired)
+        inputs, targets, target_lens, alphas = self.teacher_inputs(
+            enc, enc_lens, tokens, token_lens
+        )
+        valid = lengths_to_mask(target_lens, targets.shape[1])
         metrics: dict[str, float] = {}
         if self.target_embed is not None and self.training:
-            inputs, num_glanced = self._glance(inputs, tokens, token_lens, enc, enc_lens)
+            with torch.no_grad():
+                first_pass = self.decode(inputs, target_lens, enc, enc_lens).argmax(dim=-1)
+            inputs, num_glanced = self._glance(inputs, first_pass, targets, valid)
             metrics["num_glanced"] = float(num_glanced)
-        logits = self.decode(inputs, token_lens, enc, enc_lens)
-        valid = lengths_to_mask(token_lens, tokens.shape[1])
-        ce = (label_smoothing_loss(logits, tokens, cfg.label_smoothing) * valid).sum()
-        loss = ce + cfg.quantity_weight * quantity
+            logits = self.decode(inputs, target_lens, enc, enc_lens)
+        else:
+            logits = self.decode(inputs, target_lens, enc, enc_lens)
+            first_pass = logits.argmax(dim=-1)
+        ce = (label_smoothing_loss(logits, targets, cfg.label_smoothing) * valid).sum()
+        loss = ce
+        if alphas is not None:
+            quantity = quantity_loss(alphas / cfg.threshold, target_lens).sum()
+            loss = loss + cfg.quantity_weight * quantity
+            metrics["quantity_loss"] = float(quantity.detach())
         metrics.update(
             ce_loss=float(ce.detach()),
-            quantity_loss=float(quantity.detach()),
-            num_correct=float(((logits.argmax(dim=-1) == tokens) & valid).sum()),
-            num_tokens=float(token_lens.sum()),
+            num_correct=float(((first_pass == targets) & valid).sum()),
+            num_tokens=float(target_lens.sum()),
         )
         return LossOutput(loss=loss, num_utterances=enc.shape[0], metrics=metrics)

@@ -7,9 +7,16 @@
   linear layers (encoder -> V, predictor -> V) as the additive "trivial joiner"; the real joiner
   runs only on the ``prune_range`` band chosen from the simple loss' occupations.
 * ``loss="tdt"``: Xu et al. 2023 (arXiv:2304.06795, :mod:`asr.losses.tdt`); the joiner emits
-  ``V + len(durations)`` logits.
+  ``V + len(durations)`` logits. ``sigma`` (logit under-normalisation) and ``omega`` (weight of
+  the plain RNN-T loss on the token logits) are the paper's options; NeMo's recipes use 0.05 and
+  0.1, ours default to 0 (off).
+* ``loss="pruned_tdt"``: the TDT loss pruned as the RNN-T one is (:mod:`asr.losses.pruned_tdt`):
+  ``simple_scale * simple_tdt_loss + pruned_scale * pruned_tdt_loss``, the simple projections
+  having ``V + len(durations)`` outputs; the joiner runs only on the ``prune_range`` band chosen
+  from the simple TDT loss' occupations. The same TDT model (a ``tdt`` head for the searchers);
+  the durations must include 0 and 1.
 
-Warm-up (pruned loss only): the trainer passes the training step to :meth:`TransducerHead.loss`
+Warm-up (pruned losses only): the trainer passes the training step to :meth:`TransducerHead.loss`
 (through :meth:`asr.model.ASRModel.forward`). With ``f = min(step / warm_step, 1)``::
 
     simple_scale = 1 - f * (1 - simple_loss_scale)   # 1.0 at step 0 -> simple_loss_scale
@@ -45,6 +52,12 @@ from asr.losses.pruned_rnnt import (
     rnnt_loss_pruned,
     rnnt_loss_simple,
 )
+from asr.losses.pruned_tdt import (
+    check_pruned_durations,
+    tdt_loss_pruned,
+    tdt_loss_simple,
+    tdt_pruning_ranges,
+)
 from asr.losses.rnnt import rnnt_loss
 from asr.losses.tdt import tdt_loss
 from asr.types import LossOutput
@@ -59,26 +72,31 @@ class TransducerConfig:
     """Configuration of :class:`TransducerHead`.
 
     Attributes:
-        loss: ``full`` (torchaudio RNN-T), ``pruned`` (ours) or ``tdt``.
+        loss: ``full`` (torchaudio RNN-T), ``pruned`` (ours), ``tdt`` or ``pruned_tdt``.
         predictor: ``stateless`` (embedding + causal conv) or ``lstm``.
         pred_dim: predictor output size P.
         context_size: tokens seen by the stateless predictor.
         lstm_hidden_dim, lstm_num_layers: LSTM predictor sizes.
         predictor_dropout: LSTM predictor dropout.
         joiner_dim: J. joiner_activation: ``tanh`` or ``relu``.
-        prune_range: R, symbols per frame kept by the pruned loss (>= 2).
+        prune_range: R, symbols per frame kept by the pruned losses (>= 2).
         lm_only_scale, am_only_scale: smoothing of the simple loss.
         simple_loss_scale: final weight of the simple loss (after ``warm_step`` steps).
         warm_step: warm-up steps (0 disables warm-up).
-        durations: TDT durations (token durations may include 0; blank never takes 0).
-        sigma: TDT logit under-normalisation (0 = off).
+        durations: TDT durations (token durations may include 0; blank never takes 0;
+            ``pruned_tdt`` needs 0 and 1).
+        sigma: TDT logit under-normalisation (0 = off; NeMo uses 0.05).
+        omega: TDT only: ``loss = (1 - omega) * tdt + omega * rnnt`` with the plain RNN-T loss
+            on the token logits, in ``[0, 1)`` (0 = off; NeMo uses 0.1, sampled per batch: see
+            :mod:`asr.losses.tdt`).
         clamp: torchaudio gradient clamp for the full loss (-1 = off).
-        backend: mutual-information backend ``auto`` | ``torch`` | ``triton`` | ``k2``
-            (k2 only where it is importable).
+        backend: recursion backend ``auto`` | ``torch`` | ``triton`` | ``k2`` of the
+            mutual-information (pruned, TDT's omega) and TDT recursions (k2 only for the
+            pruned loss, where it is importable; ``auto``: Triton on CUDA).
         blank_id: blank index.
     """
 
-    loss: Literal["full", "pruned", "tdt"] = "pruned"
+    loss: Literal["full", "pruned", "tdt", "pruned_tdt"] = "pruned"
     predictor: Literal["stateless", "lstm"] = "stateless"
     pred_dim: int = 256
     context_size: int = 2
@@ -94,6 +112,7 @@ class TransducerConfig:
     warm_step: int = 2000
     durations: tuple[int, ...] = (0, 1, 2, 3, 4)
     sigma: float = 0.0
+    omega: float = 0.0
     clamp: float = -1.0
     backend: Literal["auto", "torch", "triton", "k2"] = "auto"
     blank_id: int = 0
@@ -103,12 +122,28 @@ class TransducerConfig:
             raise ValueError(f"prune_range must be >= 2, got {self.prune_range}")
         if self.warm_step < 0:
             raise ValueError(f"warm_step must be >= 0, got {self.warm_step}")
-        if self.loss == "tdt" and (
+        if self.is_tdt and (
             not self.durations or min(self.durations) < 0 or max(self.durations) < 1
         ):
             raise ValueError(
                 f"durations must be non-negative with at least one >= 1, got {self.durations}"
             )
+        if self.loss == "pruned_tdt":
+            check_pruned_durations(self.durations)
+        if self.sigma < 0 or not 0 <= self.omega < 1:
+            raise ValueError(f"need sigma >= 0 and 0 <= omega < 1, got {self.sigma}, {self.omega}")
+        if self.is_tdt and self.backend == "k2":
+            raise ValueError("backend 'k2' has no TDT recursion: use auto, torch or triton")
+
+    @property
+    def is_tdt(self) -> bool:
+        """Whether the head is a TDT model (joiner with duration logits): ``tdt``, ``pruned_tdt``."""
+        return self.loss in ("tdt", "pruned_tdt")
+
+    @property
+    def is_pruned(self) -> bool:
+        """Whether the loss is pruned (simple projections, band, warm-up)."""
+        return self.loss in ("pruned", "pruned_tdt")
 
 
 class TransducerHead(nn.Module):
@@ -138,13 +173,13 @@ class TransducerHead(nn.Module):
                 cfg.lstm_num_layers,
                 cfg.predictor_dropout,
             )
-        num_durations = len(cfg.durations) if cfg.loss == "tdt" else 0
+        num_durations = len(cfg.durations) if cfg.is_tdt else 0
         self.joiner = Joiner(
             enc_dim, cfg.pred_dim, cfg.joiner_dim, vocab_size, num_durations, cfg.joiner_activation
         )
-        if cfg.loss == "pruned":
-            self.simple_am_proj = nn.Linear(enc_dim, vocab_size)
-            self.simple_lm_proj = nn.Linear(cfg.pred_dim, vocab_size)
+        if cfg.is_pruned:  # the simple loss' trivial joiner (with duration logits for TDT)
+            self.simple_am_proj = nn.Linear(enc_dim, vocab_size + num_durations)
+            self.simple_lm_proj = nn.Linear(cfg.pred_dim, vocab_size + num_durations)
 
     @property
     def blank_id(self) -> int:
@@ -153,7 +188,7 @@ class TransducerHead(nn.Module):
     @property
     def durations(self) -> tuple[int, ...]:
         """Durations of the TDT duration logits; ``()`` for RNN-T heads."""
-        return tuple(self.cfg.durations) if self.cfg.loss == "tdt" else ()
+        return tuple(self.cfg.durations) if self.cfg.is_tdt else ()
 
     def loss_scales(self, step: int | None = None) -> tuple[float, float]:
         """``(simple_scale, pruned_scale)`` at training step ``step`` (see the module docstring;
@@ -183,7 +218,7 @@ class TransducerHead(nn.Module):
         tokens = tokens.to(torch.int64)
         pred = self.predict(tokens)
         metrics: dict[str, float] = {}
-        if self.cfg.loss == "pruned":
+        if self.cfg.is_pruned:
             per_utt = self._pruned_loss(enc, enc_lens, pred, tokens, token_lens, step, metrics)
         elif self.cfg.loss == "full":
             logits = self.joiner(enc, pred)
@@ -202,6 +237,8 @@ class TransducerHead(nn.Module):
                 self.blank_id,
                 self.cfg.sigma,
                 "none",
+                omega=self.cfg.omega,
+                backend=self.cfg.backend,
             )
             metrics["tdt_loss"] = 0.0
         finite = torch.isfinite(per_utt)
@@ -226,31 +263,37 @@ class TransducerHead(nn.Module):
         step: int | None,
         metrics: dict[str, float],
     ) -> Tensor:
-        """Per-utterance ``simple_scale * simple + pruned_scale * pruned``; fills ``metrics``."""
+        """Per-utterance ``simple_scale * simple + pruned_scale * pruned`` (RNN-T or TDT);
+        fills ``metrics``."""
         cfg = self.cfg
         am = self.simple_am_proj(enc)
         lm = self.simple_lm_proj(pred)
-        simple, (px_grad, py_grad) = rnnt_loss_simple(
-            am,
-            lm,
-            tokens,
-            enc_lens,
-            token_lens,
-            cfg.lm_only_scale,
-            cfg.am_only_scale,
-            self.blank_id,
-            cfg.backend,
-            "none",
-            return_grad=True,
-        )
-        ranges = get_pruning_ranges(px_grad, py_grad, enc_lens, token_lens, cfg.prune_range)
+        smoothing = (cfg.lm_only_scale, cfg.am_only_scale, self.blank_id, cfg.backend, "none")
+        if cfg.is_tdt:
+            simple, (token_occ, blank_occ) = tdt_loss_simple(
+                am, lm, tokens, enc_lens, token_lens, cfg.durations, *smoothing, return_grad=True
+            )
+            ranges = tdt_pruning_ranges(
+                token_occ, blank_occ, enc_lens, token_lens, cfg.durations, cfg.prune_range
+            )
+        else:
+            simple, (px_grad, py_grad) = rnnt_loss_simple(
+                am, lm, tokens, enc_lens, token_lens, *smoothing, return_grad=True
+            )
+            ranges = get_pruning_ranges(px_grad, py_grad, enc_lens, token_lens, cfg.prune_range)
         enc_band, pred_band = do_rnnt_pruning(
             self.joiner.project_encoder(enc), self.joiner.project_predictor(pred), ranges
         )
-        logits = self.joiner.join(enc_band, pred_band)  # (B, T, R, V)
-        pruned = rnnt_loss_pruned(
-            logits, tokens, ranges, enc_lens, token_lens, self.blank_id, cfg.backend, "none"
-        )
+        logits = self.joiner.join(enc_band, pred_band)  # (B, T, R, V (+ D))
+        if cfg.is_tdt:
+            pruned = tdt_loss_pruned(
+                logits, tokens, ranges, enc_lens, token_lens, cfg.durations, self.blank_id,
+                cfg.sigma, "none", omega=cfg.omega, backend=cfg.backend,
+            )  # fmt: skip
+        else:
+            pruned = rnnt_loss_pruned(
+                logits, tokens, ranges, enc_lens, token_lens, self.blank_id, cfg.backend, "none"
+            )
         simple_scale, pruned_scale = self.loss_scales(step)
         finite = torch.isfinite(simple) & torch.isfinite(pruned)
         metrics["simple_loss"] = float(torch.where(finite, simple, 0.0).detach().sum())

@@ -15,7 +15,11 @@ loss; they are zeroed (no gradient) and reported so the data pipeline can be fix
 the loss silently exploding (the heads count them in ``metrics["num_infinite"]``). A non-empty
 utterance with an empty target is feasible (the all-blank alignment).
 
-Shape legend: B batch, T frames, U tokens, V vocabulary including blank.
+The Viterbi (forced) alignment of a target, :func:`ctc_forced_align`, is the best path of the
+same recursion with ``max`` in place of the sum (Graves et al. 2006, section 4.1's "best path"
+restricted to the target's labelling), vectorised over the batch and the 2U + 1 states.
+
+Shape legend: B batch, T frames, U tokens, V vocabulary including blank, S = 2U + 1 states.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ctc_loss", "ctc_min_frames"]
+__all__ = ["ctc_forced_align", "ctc_loss", "ctc_min_frames"]
 
 
 def ctc_min_frames(tokens: Tensor, token_lens: Tensor) -> Tensor:
@@ -95,3 +99,79 @@ def ctc_loss(
     lens = log_prob_lens.long().to(losses.device)
     infeasible = (lens < ctc_min_frames(tokens, token_lens).to(lens.device)) | (lens <= 0)
     return losses.masked_fill(infeasible, 0.0), infeasible
+
+
+@torch.no_grad()
+def ctc_forced_align(
+    log_probs: Tensor,
+    log_prob_lens: Tensor,
+    tokens: Tensor,
+    token_lens: Tensor,
+    blank_id: int = 0,
+) -> Tensor:
+    """The most probable CTC alignment of each target (Viterbi), as the token of every frame.
+
+    States are the target interleaved with blanks (``blank y_1 blank y_2 ... y_U blank``); a
+    path starts in state 0 or 1, moves by 0 or 1 state per frame, or by 2 onto a token that
+    differs from the one before it, and ends in state 2U or 2U - 1. Ties prefer staying, then
+    the nearer predecessor. Utterances without an alignment (:func:`ctc_min_frames` above their
+    frames) get an even split instead: frame t belongs to token ``floor(t * U / T)``.
+
+    Args:
+        log_probs: (B, T, V) log-probabilities (any float dtype; computed in float32).
+        log_prob_lens: (B,) int valid frames.
+        tokens: (B, U) int target ids without blanks, padded beyond ``token_lens``.
+        token_lens: (B,) int number of target tokens.
+        blank_id: index of the blank symbol.
+
+    Returns:
+        (B, T) int64: per frame the index k in [0, U) of the target token the path emits there,
+        -1 on blank frames and beyond ``log_prob_lens``.
+    """
+    batch, frames, _ = log_probs.shape
+    device = log_probs.device
+    lens = log_prob_lens.to(device).long()
+    token_lens = token_lens.to(device).long()
+    states = 2 * tokens.shape[1] + 1
+    labels = torch.full((batch, states), blank_id, dtype=torch.long, device=device)
+    labels[:, 1::2] = tokens.to(device).long()
+    num_states = 2 * token_lens + 1
+    state_ids = torch.arange(states, device=device)
+    inside = state_ids[None, :] < num_states[:, None]
+    # the skip s-2 -> s is allowed onto a token that differs from the previous token
+    skip = torch.zeros(batch, states, dtype=torch.bool, device=device)
+    skip[:, 3::2] = labels[:, 3::2] != labels[:, 1:-2:2]
+    neg_inf = torch.tensor(float("-inf"), device=device)
+    x = log_probs.float().gather(2, labels[:, None, :].expand(batch, frames, states))  # (B,T,S)
+    score = torch.where(state_ids[None, :] < 2, x[:, 0], neg_inf) if frames else x.new_empty(0)
+    score = score.masked_fill(~inside, float("-inf")) if frames else score
+    moves = torch.zeros(frames, batch, states, dtype=torch.long, device=device)
+    for t in range(1, frames):
+        stay = score
+        step = torch.cat([neg_inf.expand(batch, 1), score[:, :-1]], dim=1)
+        jump = torch.cat([neg_inf.expand(batch, 2), score[:, :-2]], dim=1).masked_fill(
+            ~skip, float("-inf")
+        )
+        best, move = torch.stack([stay, step, jump]).max(dim=0)  # first maximum on ties
+        new = (best + x[:, t]).masked_fill(~inside, float("-inf"))
+        running = (t < lens)[:, None]
+        score = torch.where(running, new, score)
+        moves[t] = torch.where(running, move, 0)
+    rows = torch.arange(batch, device=device)
+    last = (num_states - 1).clamp(min=0)
+    before_last = (num_states - 2).clamp(min=0)
+    if frames:
+        end_last, end_before = score[rows, last], score[rows, before_last]
+        state = torch.where(end_before > end_last, before_last, last)
+        feasible = torch.maximum(end_last, end_before) > float("-inf")
+    else:
+        state, feasible = last, torch.zeros(batch, dtype=torch.bool, device=device)
+    path = torch.empty(batch, frames, dtype=torch.long, device=device)
+    for t in range(frames - 1, -1, -1):
+        path[:, t] = state
+        state = state - moves[t, rows, state]
+    aligned = torch.where(path % 2 == 1, (path - 1) // 2, -1)
+    times = torch.arange(frames, device=device)[None, :]
+    even = (times * token_lens[:, None]) // lens.clamp(min=1)[:, None]
+    aligned = torch.where(feasible[:, None], aligned, even)
+    return aligned.masked_fill(times >= lens[:, None], -1)

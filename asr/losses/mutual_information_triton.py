@@ -28,7 +28,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["forward_triton", "backward_triton", "interpreter_enabled"]
+__all__ = [
+    "forward_triton", "backward_triton", "interpreter_enabled", "check_device", "log_add",
+]
 
 _MAX_BLOCK = 1024
 
@@ -39,7 +41,9 @@ def interpreter_enabled() -> bool:
 
 
 @triton.jit
-def _log_add(a, b):
+def log_add(a, b):
+    """``log(exp(a) + exp(b))`` elementwise, ``-inf`` when both are (also used by the TDT
+    kernels)."""
     big = tl.maximum(a, b)
     small = tl.minimum(a, b)
     out = big + tl.log(1.0 + tl.exp(small - big))
@@ -64,7 +68,7 @@ def _mi_forward_kernel(px_ptr, py_ptr, alpha_ptr, num_symbols, num_frames, BLOCK
             m_blk = valid & (t >= 1)
             a_blk = tl.load(alpha_b + s * cols + t - 1, mask=m_blk, other=float("-inf"))
             y_blk = tl.load(py_b + s * num_frames + t - 1, mask=m_blk, other=float("-inf"))
-            out = _log_add(a_sym + x_sym, a_blk + y_blk)
+            out = log_add(a_sym + x_sym, a_blk + y_blk)
             out = tl.where((s == 0) & (t == 0), 0.0, out)
             tl.store(alpha_b + s * cols + t, out, mask=valid)
         tl.debug_barrier()
@@ -101,16 +105,17 @@ def _mi_backward_kernel(
             m_blk = valid & (t < num_frames)
             b_blk = tl.load(beta_b + s * cols + t + 1, mask=m_blk, other=float("-inf"))
             y_blk = tl.load(py_b + s * num_frames + t, mask=m_blk, other=float("-inf"))
-            out = _log_add(b_sym + x_sym, b_blk + y_blk)
+            out = log_add(b_sym + x_sym, b_blk + y_blk)
             out = tl.where((s == end_s) & (t == end_t), 0.0, out)
             tl.store(beta_b + s * cols + t, out, mask=valid)
         tl.debug_barrier()
 
 
-def _check_device(px: Tensor) -> None:
-    if not px.is_cuda and not interpreter_enabled():
+def check_device(tensor: Tensor, kernel: str = "mutual-information") -> None:
+    """Raises unless ``tensor`` is on CUDA or Triton runs its interpreter (module docstring)."""
+    if not tensor.is_cuda and not interpreter_enabled():
         raise RuntimeError(
-            f"the Triton mutual-information kernel needs CUDA tensors (got device {px.device}); "
+            f"the Triton {kernel} kernel needs CUDA tensors (got device {tensor.device}); "
             "set TRITON_INTERPRET=1 before importing triton to run it on CPU, or use backend='torch'"
         )
 
@@ -121,7 +126,7 @@ def _block(num_symbols: int) -> int:
 
 def forward_triton(px: Tensor, py: Tensor) -> Tensor:
     """Forward node log-probabilities ``alpha (B, S + 1, T + 1)``; px (B,S,T+1), py (B,S+1,T)."""
-    _check_device(px)
+    check_device(px)
     px, py = px.contiguous(), py.contiguous()
     batch, num_symbols, cols = px.shape
     alpha = torch.empty(batch, num_symbols + 1, cols, dtype=px.dtype, device=px.device)
@@ -133,7 +138,7 @@ def forward_triton(px: Tensor, py: Tensor) -> Tensor:
 
 def backward_triton(px: Tensor, py: Tensor, symbol_lens: Tensor, frame_lens: Tensor) -> Tensor:
     """Backward node log-probabilities ``beta (B, S + 1, T + 1)`` to each end ``(S_b, T_b)``."""
-    _check_device(px)
+    check_device(px)
     px, py = px.contiguous(), py.contiguous()
     batch, num_symbols, cols = px.shape
     beta = torch.empty(batch, num_symbols + 1, cols, dtype=px.dtype, device=px.device)

@@ -58,6 +58,7 @@ __all__ = [
     "simple_lattice_logprobs",
     "rnnt_loss_simple",
     "get_pruning_ranges",
+    "pruning_ranges_from_occupation",
     "do_rnnt_pruning",
     "pruned_lattice_logprobs",
     "rnnt_loss_pruned",
@@ -317,12 +318,23 @@ def get_pruning_ranges(
     frame t's window reachable from ``(t=0, u=0)`` at ``R - 1`` symbols per frame at most; the
     frames after ``T_b - 1`` hold padding values that satisfy the same bounds.
     """
-    if prune_range < 2:
-        raise ValueError(f"prune_range must be >= 2, got {prune_range}")
-    batch, num_rows, num_frames = py_grad.shape  # num_rows = U + 1
-    device = py_grad.device
+    num_frames = py_grad.shape[2]
     occupation = py_grad.clone()
     occupation[:, :-1] += px_grad[:, :, :num_frames]
+    return pruning_ranges_from_occupation(occupation, frame_lens, token_lens, prune_range)
+
+
+@torch.no_grad()
+def pruning_ranges_from_occupation(
+    occupation: Tensor, frame_lens: Tensor, token_lens: Tensor, prune_range: int
+) -> Tensor:
+    """:func:`get_pruning_ranges` from node occupations ``(B, U + 1, T)`` (how much of the
+    path probability is at symbol position ``u`` during frame ``t``), with the same guarantees;
+    the TDT loss (:mod:`asr.losses.pruned_tdt`) gets them from its own lattice."""
+    if prune_range < 2:
+        raise ValueError(f"prune_range must be >= 2, got {prune_range}")
+    batch, num_rows, num_frames = occupation.shape  # num_rows = U + 1
+    device = occupation.device
     cumulative = torch.cat([occupation.new_zeros(batch, 1, num_frames), occupation.cumsum(1)], 1)
     num_starts = max(1, num_rows + 1 - prune_range)
     starts = torch.arange(num_starts, device=device)

@@ -86,8 +86,8 @@ def tiny_config(
 
     Args:
         tokenizer_dir: tokenizer directory.
-        head: ``ctc``, ``transducer`` or ``tdt`` (each with a CTC head beside it), or ``aed`` /
-            ``cif`` alone.
+        head: ``ctc``, ``transducer`` or ``tdt`` (each with a CTC head beside it), ``aed`` /
+            ``cif`` alone, or ``cif_ctc`` (a CIF head on the segments of a CTC head beside it).
         chunk_size: encoder frames per chunk (training, eval and streaming).
         left_chunks: chunks of left context.
         d_model: model width.
@@ -113,11 +113,16 @@ def tiny_config(
         }
         heads["ctc"] = {}
         heads["loss_weights"] = {"transducer": 1.0, "ctc": 0.3}
-    elif head in ("aed", "cif"):  # for random-weight packages
-        heads[head] = {"d_model": d_model, "num_layers": 1, "ffn_dim": 2 * d_model,
-                       "dropout": 0.0}
+    elif head in ("aed", "cif", "cif_ctc"):  # for random-weight packages
+        heads[head[:3]] = {"d_model": d_model, "num_layers": 1, "ffn_dim": 2 * d_model,
+                           "dropout": 0.0}
+        if head == "cif_ctc":
+            heads["cif"]["segments"] = "ctc"
+            heads["ctc"] = {}
     else:
-        raise ValueError(f"head={head!r}: expected 'ctc', 'transducer', 'tdt', 'aed' or 'cif'")
+        raise ValueError(
+            f"head={head!r}: expected 'ctc', 'transducer', 'tdt', 'aed', 'cif' or 'cif_ctc'"
+        )
     data = {"encoder": to_dict(encoder), "heads": heads, "tokenizer_dir": str(tokenizer_dir)}
     if fbank:
         data["data"] = {"fbank": dict(fbank), "on_the_fly_feats": True}

@@ -25,8 +25,10 @@ def make_model(
     durations: tuple[int, ...] = (0, 1, 2, 3, 4),
     vocab: int = VOCAB,
     seed: int = 0,
+    cif_options: dict | None = None,
 ) -> ASRModel:
-    """ASRModel with an identity encoder and the requested heads (eval mode, seeded)."""
+    """ASRModel with an identity encoder and the requested heads (eval mode, seeded);
+    ``cif_options`` are more :class:`CIFConfig` fields (``segments="ctc"`` needs ``ctc``)."""
     torch.manual_seed(seed)
     heads: dict[str, nn.Module] = {}
     if transducer is not None:
@@ -46,7 +48,9 @@ def make_model(
         cfg = AEDConfig(d_model=16, num_heads=2, num_layers=2, ffn_dim=32, dropout=0.0)
         heads["aed"] = AEDHead(cfg, ENC_DIM, vocab)
     if cif:
-        cfg = CIFConfig(d_model=16, num_heads=2, num_layers=1, ffn_dim=32, dropout=0.0)
+        cfg = CIFConfig(
+            d_model=16, num_heads=2, num_layers=1, ffn_dim=32, dropout=0.0, **(cif_options or {})
+        )
         heads["cif"] = CIFHead(cfg, ENC_DIM, vocab)
     return ASRModel(nn.Identity(), heads, {name: 1.0 for name in heads}).eval()
 

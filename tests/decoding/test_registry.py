@@ -66,7 +66,8 @@ def test_streaming_default_falls_back_to_the_streaming_greedy_searcher():
     assert streaming_searcher_for(model, "transducer_beam") == "transducer_greedy"
     assert streaming_searcher_for(model, "beam") == "transducer_greedy"
     assert streaming_searcher_for(model, "ctc_greedy") == "ctc_greedy"
-    assert streaming_searcher_for(make_model(aed=True, cif=True), "aed_beam") is None
+    assert streaming_searcher_for(make_model(aed=True, cif=True), "aed_beam") == "cif_greedy"
+    assert streaming_searcher_for(make_model(aed=True), "aed_beam") is None
     with pytest.raises(ValueError, match="does not stream; streaming searchers of this model: "
                                          r"\['ctc_greedy', 'transducer_greedy'\]"):
         build_streaming_searcher("transducer_beam", model)
@@ -82,6 +83,7 @@ def test_streaming_default_falls_back_to_the_streaming_greedy_searcher():
             ["tdt_greedy", "tdt_beam", "aed_beam", "attention_rescoring"],
         ),
         (dict(aed=True, cif=True), ["aed_beam", "cif_greedy", "cif_beam"]),
+        (dict(transducer="pruned_tdt"), ["tdt_greedy", "tdt_beam"]),  # a TDT model
     ],
 )
 def test_available_searchers(heads, expected):
@@ -171,7 +173,7 @@ def test_untrained_heads_are_skipped_for_the_dev_wer():
 def test_table_rows_agree_with_the_lists():
     assert SEARCHER_NAMES == tuple(spec.name for spec in SEARCHERS)
     streaming = [s.name for s in SEARCHERS if s.streaming]
-    assert streaming == ["ctc_greedy", "transducer_greedy", "tdt_greedy"]
+    assert streaming == ["ctc_greedy", "transducer_greedy", "tdt_greedy", "cif_greedy"]
     models = [make_model(transducer="pruned", ctc=True, cif=True), make_model(transducer="tdt")]
     for name in streaming:  # every streaming row really streams
         model = next(m for m in models if name in available_searchers(m))

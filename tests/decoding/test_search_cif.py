@@ -1,5 +1,7 @@
-"""CIF beam search: beam 1 and the unfused beam's best equal greedy search, the n-best of a wide
-beam equals enumeration of every path (with and without LM fusion), an LM flips a close call."""
+"""CIF searches: beam 1 equals greedy search (also with a CTC head at weight 0, an end slot, CTC
+segments, rescoring), the n-best of a wide beam equals enumeration of every path (with LM fusion
+and CTC scores), an LM flips a close call, the end slot stops both searches, the rescored score
+is the decoder's score of the hypothesis."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from test_lm import ARPA
 from asr.decoding import NgramLM, SearchConfig, build_searcher
 from asr.decoding.base import log_add
 from asr.decoding.cif_beam import CifBeamSearch
+from asr.heads.cif import CIFInference
+from asr.losses.ctc import ctc_loss
 
 
 @pytest.fixture
@@ -28,13 +32,74 @@ def test_beam_of_one_and_the_unfused_beams_best_equal_greedy_search():
     enc, enc_lens = encoder_output([14, 9, 5], scale=2.0)
     greedy = build_searcher("cif_greedy", model)(enc, enc_lens)
     assert sum(len(h[0].tokens) for h in greedy) > 3
-    for beam_size in (1, 4):
-        cfg = SearchConfig(beam_size=beam_size, nbest=beam_size)
+    for beam_size in (1, 4):  # without rescoring, the scores are the greedy path's too
+        cfg = SearchConfig(beam_size=beam_size, nbest=beam_size, rescore_weight=0.0)
         beam = build_searcher("cif_beam", model, cfg)(enc, enc_lens)
         for g, b in zip(greedy, beam):
             assert b[0].tokens == g[0].tokens and b[0].frames == g[0].frames
             assert b[0].score == pytest.approx(g[0].score, abs=1e-4)
             assert len({h.tokens for h in b}) == len(b) == beam_size
+
+
+CIF_MODES = {
+    "end slot": dict(end_slot=True),
+    "ctc segments": dict(segments="ctc"),
+    "plain": {},
+}
+
+
+@pytest.mark.parametrize("mode", list(CIF_MODES))
+def test_beam_of_one_with_ctc_weight_zero_equals_greedy_search(mode):
+    """With a CTC head, CTC weight 0 and rescoring on (it re-ranks a single hypothesis)."""
+    model = make_model(cif=True, ctc=True, cif_options=CIF_MODES[mode], vocab=9)
+    enc, enc_lens = encoder_output([21, 13, 8], scale=3.0)
+    greedy = build_searcher("cif_greedy", model)(enc, enc_lens)
+    cfg = SearchConfig(beam_size=1, ctc_weight=0.0, rescore_weight=0.5)
+    beam = build_searcher("cif_beam", model, cfg)(enc, enc_lens)
+    assert [b[0].tokens for b in beam] == [g[0].tokens for g in greedy]
+    assert [b[0].frames for b in beam] == [g[0].frames for g in greedy]
+    assert sum(len(g[0].tokens) for g in greedy) > 5
+
+
+def _forced(head, logits: torch.Tensor, frames: list[int]):
+    """Makes ``head.infer`` return these logits (N, V) for one utterance."""
+    out = CIFInference(logits[None], torch.tensor([logits.shape[0]]), torch.tensor([frames]))
+    head.infer = lambda enc, enc_lens, blank_penalty=0.0: out
+
+
+def test_the_end_slot_stops_decoding():
+    """Positions say 3 4 <end> 5 2: both searches give (3, 4); the beam's hypotheses that end
+    at the end label carry no score of the positions after it."""
+    model = make_model(cif=True, cif_options=dict(end_slot=True))
+    head = model.heads["cif"]
+    probs = torch.full((5, 7), 0.01)
+    for position, label in enumerate([3, 4, 1, 5, 2]):
+        probs[position, label] = 1.0
+    log_probs = torch.log(probs / probs.sum(-1, keepdim=True))
+    _forced(head, log_probs, [2, 4, 6, 8, 9])
+    enc, enc_lens = encoder_output([10])
+    greedy = build_searcher("cif_greedy", model)(enc, enc_lens)[0][0]
+    assert greedy.tokens == (3, 4) and greedy.frames == (2, 4)
+    assert greedy.score == pytest.approx(float(log_probs[[0, 1, 2], [3, 4, 1]].sum()))
+    cfg = SearchConfig(beam_size=4, nbest=4, rescore_weight=0.0)
+    beam = build_searcher("cif_beam", model, cfg)(enc, enc_lens)[0]
+    assert beam[0].tokens == (3, 4) and beam[0].score == pytest.approx(greedy.score)
+    assert all(1 not in hyp.tokens for hyp in beam)
+    plain = make_model(cif=True)  # without an end slot the label is a token like the others
+    _forced(plain.heads["cif"], log_probs, [2, 4, 6, 8, 9])
+    assert build_searcher("cif_greedy", plain)(enc, enc_lens)[0][0].tokens == (3, 4, 1, 5, 2)
+
+
+def test_rescored_score_is_the_decoders_score_of_the_hypothesis():
+    model = make_model(cif=True, ctc=True, cif_options=dict(segments="ctc"), vocab=9)
+    head = model.heads["cif"]
+    enc, enc_lens = encoder_output([17], scale=3.0)
+    greedy = build_searcher("cif_greedy", model)(enc, enc_lens)[0][0]
+    cfg = SearchConfig(beam_size=1, ctc_weight=0.0, rescore_weight=0.3)
+    best = build_searcher("cif_beam", model, cfg)(enc, enc_lens)[0][0]
+    tokens = torch.tensor([greedy.tokens])
+    rescored = head.score_tokens(enc, enc_lens, tokens, torch.tensor([tokens.shape[1]]))
+    assert best.score == pytest.approx(0.7 * greedy.score + 0.3 * float(rescored), abs=1e-4)
 
 
 def _enumerate(log_probs: torch.Tensor, lm: NgramLM | None, weight: float) -> dict:
@@ -77,6 +142,38 @@ def test_wide_beam_nbest_equals_enumeration_of_every_path(lm, weight):
         assert list(hyp.frames) == sorted(hyp.frames) and len(hyp.frames) == len(
             hyp.tokens
         )
+
+
+def _ctc_log_prob(ctc_log_probs: torch.Tensor, tokens: tuple[int, ...]) -> float:
+    loss, _ = ctc_loss(
+        ctc_log_probs[None], torch.tensor([ctc_log_probs.shape[0]]),
+        torch.tensor([tokens or (0,)]), torch.tensor([len(tokens)]),
+    )  # fmt: skip
+    return -float(loss[0])
+
+
+@pytest.mark.parametrize("ctc_weight", [0.3, 0.7])
+def test_wide_beam_with_ctc_scores_equals_enumeration(lm, ctc_weight):
+    """Every path, plus ``ctc_weight`` times the CTC probability of its labelling (the CTC loss
+    of the tokens), with LM fusion; the beam prunes nothing."""
+    generator = torch.Generator().manual_seed(5)
+    log_probs = torch.log_softmax(torch.randn(3, 4, generator=generator) * 1.5, dim=-1)
+    ctc = torch.log_softmax(torch.randn(6, 4, generator=generator) * 2, dim=-1)
+    acoustic = _enumerate(log_probs, None, 0.0)
+    fused = _enumerate(log_probs, lm and NgramLM(lm.probs, lm.backoffs, vocab_size=4), 0.4)
+    expected = {
+        tokens: (1 - ctc_weight) * acoustic[tokens] + ctc_weight * _ctc_log_prob(ctc, tokens)
+        + (fused[tokens] - acoustic[tokens])
+        for tokens in acoustic
+    }
+    model = make_model(cif=True, ctc=True, vocab=4)
+    cfg = SearchConfig(beam_size=64, nbest=10, lm_weight=0.4, ctc_weight=ctc_weight)
+    small_lm = NgramLM(lm.probs, lm.backoffs, vocab_size=4)
+    search = CifBeamSearch(model.heads["cif"], cfg, small_lm, model.heads["ctc"])
+    hyps = search.search(log_probs, [0, 2, 5], ctc[None])
+    ranked = sorted(expected, key=expected.get, reverse=True)[:10]
+    assert [h.tokens for h in hyps] == ranked
+    assert [h.score for h in hyps] == pytest.approx([expected[t] for t in ranked], abs=1e-4)
 
 
 def test_lm_flips_a_close_call_and_weight_zero_changes_nothing(lm):

@@ -9,6 +9,7 @@ from search_helpers import encoder_output, make_model
 
 from asr.decoding import SearchConfig, build_searcher, build_streaming_searcher
 from asr.state import select_states, stack_states, unstack_states
+from asr.types import Hypothesis
 
 MODELS = {
     "ctc_greedy": dict(ctc=True),
@@ -116,3 +117,56 @@ def test_tdt_decision_that_depends_on_the_stream_end_waits_for_the_next_chunk():
     got, expected = streaming.finalize(state)[0], offline(enc, enc_lens)[0][0]
     assert got.tokens == expected.tokens and got.frames == expected.frames
     assert got.score == pytest.approx(expected.score, abs=1e-4)
+
+
+CIF_MODES = {"ctc segments": dict(segments="ctc"), "integrate-and-fire": dict(end_slot=True)}
+
+
+def build_cif(mode: str, **cfg):
+    model = make_model(cif=True, ctc=True, cif_options=CIF_MODES[mode], vocab=9)
+    search_cfg = SearchConfig(**cfg)
+    return build_searcher("cif_greedy", model, search_cfg), build_streaming_searcher(
+        "cif_greedy", model, search_cfg
+    )
+
+
+@pytest.mark.parametrize("mode", list(CIF_MODES))
+@pytest.mark.parametrize("chunk_sizes", [[1], [4, 2, 5]])
+def test_cif_chunked_equals_offline(mode, chunk_sizes):
+    """The CTC segments (or fires) of the cached frames, decoded at the end, are the offline
+    search's, exactly (scores too: the same computation on the same frames)."""
+    offline, streaming = build_cif(mode, blank_penalty=0.5)
+    enc, enc_lens = encoder_output([23, 14, 19], scale=3.0)
+    expected = offline(enc, enc_lens)
+    state = run_chunks(streaming, enc, enc_lens, chunk_sizes)
+    assert state.num_frames.tolist() == [23, 14, 19]
+    assert streaming.finalize(state) == [e[0] for e in expected]
+    assert sum(len(e[0].tokens) for e in expected) > 6
+
+
+def test_cif_streams_at_different_positions_batched_equal_each_alone():
+    _, streaming = build_cif("ctc segments")
+    enc, _ = encoder_output([30, 30], seed=4, scale=3.0)
+    state_a = run_chunks(streaming, enc[:1, :7], torch.tensor([7]), [5])
+    state_b = run_chunks(streaming, enc[1:, :12], torch.tensor([12]), [5])
+    chunk = torch.stack([enc[0, 7:13], enc[1, 12:18]])
+    lens = torch.tensor([6, 4])
+    stepped = streaming.step(chunk, lens, stack_states([state_a, state_b]))
+    alone = streaming.partial(streaming.step(chunk[:1], lens[:1], state_a)) + streaming.partial(
+        streaming.step(chunk[1:, :4], lens[1:], state_b)
+    )
+    for got, single in zip(streaming.partial(stepped), alone):
+        assert got.tokens == single.tokens and got.frames == single.frames
+        assert got.score == pytest.approx(single.score, abs=1e-4)
+    split = [streaming.partial(s)[0] for s in unstack_states(stepped)]
+    assert [h.tokens for h in split] == [h.tokens for h in alone]
+
+
+def test_cif_full_stream_state_drops_frames_with_a_warning(caplog):
+    offline, streaming = build_cif("ctc segments", max_stream_frames=8)
+    enc, enc_lens = encoder_output([12], scale=3.0)
+    state = run_chunks(streaming, enc, enc_lens, [5])
+    assert int(state.num_frames[0]) == 8 and int(state.dropped[0]) == 4
+    assert "max_stream_frames" in caplog.text
+    assert streaming.finalize(state) == [offline(enc[:, :8], torch.tensor([8]))[0][0]]
+    assert streaming.partial(streaming.init_state(2, enc.device)) == [Hypothesis(())] * 2

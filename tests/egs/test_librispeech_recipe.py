@@ -109,6 +109,7 @@ def test_every_stage_but_download_on_a_synthesized_tree(tmp_path):
     offline = _bash(
         RUN, "--work-dir", str(work), "--dl-dir", str(tmp_path / "dl"), "--full-libri", "false",
         "--recipe", "conformer_transducer_offline", "--stage", "6", "--stop-stage", "7",
+        "--vocab-size", "40",
         "--epoch", "1", "--avg", "1", "--searchers", "greedy", "--test-parts", "test-clean",
         "--train-args", "--set " + " ".join(offline_model), timeout=600,
     )

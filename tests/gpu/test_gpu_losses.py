@@ -1,8 +1,8 @@
 """Losses and their gradients on the device under test == on the CPU.
 
-* the transducer head's pruned RNN-T (simple loss, pruning bounds, Triton recursion on CUDA) and
-  TDT losses, end to end through predictor and joiner, in float64, where the pruning bounds (an
-  argmax) cannot flip between devices and the results must agree to rounding;
+* the transducer head's pruned RNN-T (simple loss, pruning bounds, Triton recursion on CUDA),
+  TDT and pruned TDT losses, end to end through predictor and joiner, in float64, where the
+  pruning bounds (an argmax) cannot flip between devices and the results must agree to rounding;
 * float32: the simple loss and its occupations, the pruned loss on given bounds, the TDT loss,
   torchaudio's full RNN-T loss and CTC, each at most a few times farther from a float64 CPU
   reference than the CPU's own float32 result (:func:`gpu_helpers.assert_as_accurate`).
@@ -70,7 +70,7 @@ def _compare32(fn, inputs, device, names) -> dict[str, float]:
     }
 
 
-@pytest.mark.parametrize("loss", ["pruned", "tdt"])
+@pytest.mark.parametrize("loss", ["pruned", "tdt", "pruned_tdt"])
 def test_transducer_head_loss_and_gradients_equal_cpu(device, full_size, record, loss):
     s, gen, frame_lens, token_lens, tokens = _inputs(full_size, seed=0)
     cfg = TransducerConfig(loss=loss, pred_dim=s["dim"], joiner_dim=s["dim"], warm_step=0,

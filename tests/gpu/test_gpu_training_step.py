@@ -27,7 +27,8 @@ from asr.train.trainer import Trainer
 
 pytestmark = pytest.mark.gpu
 
-KINDS = ("conformer_transducer", "conformer_tdt", "conformer_ctc_aed", "conformer_cif")
+KINDS = ("conformer_transducer", "conformer_tdt", "conformer_ctc_aed", "conformer_cif",
+         "conformer_paraformer_v2")
 VOCAB = 500
 MAX_TRIES = 6
 

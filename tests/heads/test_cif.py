@@ -1,4 +1,5 @@
-"""CIF integrate-and-fire (hand-computed, reference loop, gradcheck) and the CIF head."""
+"""CIF integrate-and-fire (hand-computed, reference loop, gradcheck) and the CIF head: glancing
+(first-pass accuracy, never at inference), the end slot, CTC segments (Paraformer-v2)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,19 @@ import math
 import pytest
 import torch
 
-from asr.heads.cif import CIFConfig, CIFHead, cif, cif_num_fires
+from asr.decoding import SearchConfig, build_searcher
+from asr.heads.cif import (
+    CIFConfig,
+    CIFHead,
+    cif,
+    cif_num_fires,
+    ctc_greedy_segments,
+    segment_means,
+)
+from asr.heads.ctc import CTCConfig, CTCHead
 from asr.losses.cif import scale_alphas
+from asr.losses.ctc import ctc_forced_align
+from asr.model import ASRModel, HeadsConfig
 
 
 @pytest.fixture
@@ -195,3 +207,123 @@ def test_config_validation():
         CIFConfig(predictor_kernel=2)
     with pytest.raises(ValueError, match="glancing_ratio"):
         CIFConfig(glancing_ratio=1.5)
+    with pytest.raises(ValueError, match="end_slot needs segments: cif"):
+        CIFConfig(segments="ctc", end_slot=True)
+    with pytest.raises(ValueError, match="segments must be"):
+        CIFConfig(segments="frames")
+    with pytest.raises(ValueError, match="segments: ctc needs a ctc head"):
+        HeadsConfig(cif=CIFConfig(segments="ctc"))
+    with pytest.raises(ValueError, match="needs a 'ctc' head"):
+        ASRModel(torch.nn.Identity(), {"cif": CIFHead(_tiny_cfg(segments="ctc"), 12, 9)}, {"cif": 1})
+
+
+def test_glancing_reports_the_first_pass_accuracy():
+    """``num_correct`` is the accuracy of the pass without reference embeddings (the glanced
+    pass sees some answers)."""
+    torch.manual_seed(0)
+    head = CIFHead(_tiny_cfg(glancing_ratio=1.0), enc_dim=12, vocab_size=9).train()
+    enc, enc_lens = torch.randn(2, 12, 12), torch.tensor([12, 9])
+    tokens, token_lens = torch.tensor([[3, 4, 5, 6, 7], [8, 3, 4, 0, 0]]), torch.tensor([5, 3])
+    with torch.no_grad():
+        inputs, targets, target_lens, _ = head.teacher_inputs(enc, enc_lens, tokens, token_lens)
+        first = head.decode(inputs, target_lens, enc, enc_lens).argmax(-1)
+    valid = torch.arange(5)[None] < token_lens[:, None]
+    out = head.loss(enc, enc_lens, tokens, token_lens)
+    assert out.metrics["num_glanced"] > 0
+    assert out.metrics["num_correct"] == float(((first == tokens) & valid).sum())
+
+
+def test_glancing_never_feeds_a_reference_token_at_inference():
+    """The reference embeddings are looked up while training only: not by inference, n-best
+    rescoring, the searchers, nor an evaluation-mode loss (the dev loss)."""
+    head = CIFHead(_tiny_cfg(glancing_ratio=1.0, end_slot=True), enc_dim=16, vocab_size=9)
+    ctc = CTCHead(CTCConfig(), 16, 9)
+    model = ASRModel(torch.nn.Identity(), {"ctc": ctc, "cif": head}, {"ctc": 1.0, "cif": 1.0})
+    calls = []
+    head.target_embed.register_forward_hook(lambda *args: calls.append(1))
+    enc, enc_lens = torch.randn(2, 12, 16) * 3, torch.tensor([12, 9])
+    tokens, token_lens = torch.tensor([[3, 4, 5], [6, 7, 0]]), torch.tensor([3, 2])
+    model.train()
+    head.loss(enc, enc_lens, tokens, token_lens)
+    assert calls  # the hook sees training's glancing
+    calls.clear()
+    model.eval()
+    head.infer(enc, enc_lens)
+    head.score_tokens(enc, enc_lens, tokens, token_lens)
+    head.loss(enc, enc_lens, tokens, token_lens)
+    for name in ("cif_greedy", "cif_beam"):
+        build_searcher(name, model, SearchConfig(beam_size=3, nbest=3))(enc, enc_lens)
+    assert not calls
+
+
+def test_end_slot_trains_one_more_position_labelled_end():
+    head = CIFHead(_tiny_cfg(end_slot=True), enc_dim=12, vocab_size=9).eval()
+    enc, enc_lens = torch.randn(2, 10, 12), torch.tensor([10, 7])
+    tokens, token_lens = torch.tensor([[3, 4, 5], [6, 7, 0]]), torch.tensor([3, 2])
+    inputs, targets, target_lens, alphas = head.teacher_inputs(enc, enc_lens, tokens, token_lens)
+    assert targets.tolist() == [[3, 4, 5, 1], [6, 7, 1, 0]] and target_lens.tolist() == [4, 3]
+    assert inputs.shape == (2, 4, 16)
+    out = head.loss(enc, enc_lens, tokens, token_lens)
+    assert out.metrics["num_tokens"] == 7.0
+    expected = (alphas.sum(1) - torch.tensor([4.0, 3.0])).abs().sum()  # counts U + 1
+    assert out.metrics["quantity_loss"] == pytest.approx(float(expected.detach()), rel=1e-5)
+    assert head.end_id == 1 and CIFHead(_tiny_cfg(), 12, 9).end_id is None
+
+
+def test_greedy_ctc_segments():
+    labels = torch.tensor([[0, 3, 3, 0, 3, 4, 4, 0], [5, 5, 0, 0, 2, 0, 0, 0]])
+    segments = ctc_greedy_segments(labels, torch.tensor([8, 5]))
+    assert segments.segment_ids.tolist() == [
+        [-1, 0, 0, -1, 1, 2, 2, -1], [0, 0, -1, -1, 1, -1, -1, -1],
+    ]
+    assert segments.tokens.tolist() == [[3, 3, 4], [5, 2, 0]]
+    assert segments.token_lens.tolist() == [3, 2]
+    assert segments.first_frames.tolist() == [[1, 4, 5], [0, 4, 0]]
+    hidden = torch.arange(16.0).view(2, 8, 1)
+    means = segment_means(hidden, segments.segment_ids, 3)
+    assert means[..., 0].tolist() == [[1.5, 4.0, 5.5], [8.5, 12.0, 0.0]]
+
+
+def _ctc_segment_head(enc_dim: int = 12, vocab: int = 9) -> tuple[CIFHead, CTCHead]:
+    torch.manual_seed(0)
+    ctc = CTCHead(CTCConfig(), enc_dim, vocab)
+    head = CIFHead(_tiny_cfg(segments="ctc"), enc_dim, vocab)
+    ASRModel(torch.nn.Identity(), {"ctc": ctc, "cif": head}, {"ctc": 1.0, "cif": 1.0})
+    return head.eval(), ctc.eval()
+
+
+def test_ctc_segments_count_is_greedy_ctc_and_weights_are_not_duplicated():
+    head, ctc = _ctc_segment_head()
+    assert head.predictor is None
+    assert not any(key.startswith("_ctc") for key in head.state_dict())
+    enc, enc_lens = torch.randn(3, 20, 12) * 3, torch.tensor([20, 13, 6])
+    for penalty in (0.0, 2.0):
+        out = head.infer(enc, enc_lens, blank_penalty=penalty)
+        logits = ctc.logits(enc).clone()
+        logits[..., 0] -= penalty
+        best = logits.argmax(-1)
+        for b, length in enumerate(enc_lens.tolist()):
+            path = [t for i, t in enumerate(best[b, :length].tolist())
+                    if t != 0 and (i == 0 or t != best[b, i - 1])]  # fmt: skip
+            assert int(out.token_lens[b]) == len(path) > 0
+        assert out.logits.shape[:2] == (3, int(out.token_lens.max()))
+
+
+def test_ctc_segments_train_on_the_forced_alignment_of_the_reference():
+    head, ctc = _ctc_segment_head()
+    enc, enc_lens = torch.randn(2, 15, 12), torch.tensor([15, 11])
+    tokens, token_lens = torch.tensor([[3, 4, 4, 5], [6, 7, 0, 0]]), torch.tensor([4, 2])
+    inputs, targets, target_lens, alphas = head.teacher_inputs(enc, enc_lens, tokens, token_lens)
+    assert alphas is None and torch.equal(targets, tokens) and torch.equal(target_lens, token_lens)
+    aligned = ctc_forced_align(ctc.log_probs(enc), enc_lens, tokens, token_lens)
+    for b in range(2):
+        for k in range(int(token_lens[b])):
+            frames = (aligned[b] == k).nonzero().flatten()
+            assert frames.numel() > 0
+            expected = head.input_proj(enc[b, frames].mean(0))
+            torch.testing.assert_close(inputs[b, k], expected, rtol=1e-5, atol=1e-5)
+    out = head.loss(enc, enc_lens, tokens, token_lens)
+    assert "quantity_loss" not in out.metrics
+    assert out.loss.item() == pytest.approx(out.metrics["ce_loss"], rel=1e-6)
+    out.loss.backward()
+    assert ctc.output.weight.grad is None  # the alignment takes no gradient into the CTC head

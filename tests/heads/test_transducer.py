@@ -9,6 +9,7 @@ from asr.heads.joiner import Joiner
 from asr.heads.predictor import LstmPredictor, StatelessPredictor
 from asr.heads.transducer import TransducerConfig, TransducerHead
 from asr.losses.pruned_rnnt import rnnt_loss_simple
+from asr.losses.pruned_tdt import tdt_loss_simple
 from asr.losses.rnnt import rnnt_loss
 from asr.losses.tdt import tdt_loss
 from asr.types import LossOutput
@@ -31,7 +32,7 @@ def small_head(**kwargs):
     return TransducerHead(cfg, ENC_DIM, VOCAB)
 
 
-@pytest.mark.parametrize("loss", ["full", "pruned", "tdt"])
+@pytest.mark.parametrize("loss", ["full", "pruned", "tdt", "pruned_tdt"])
 @pytest.mark.parametrize("predictor", ["stateless", "lstm"])
 def test_loss_contract_and_all_parameters_get_gradients(loss, predictor):
     head = small_head(loss=loss, predictor=predictor, predictor_dropout=0.0)
@@ -70,6 +71,28 @@ def test_pruned_head_with_wide_band_is_weighted_simple_plus_full():
     assert out.metrics["simple_loss"] == pytest.approx(float(simple.detach()), rel=1e-5)
 
 
+def test_pruned_tdt_head_with_wide_band_is_weighted_simple_plus_full_tdt():
+    head = small_head(loss="pruned_tdt", prune_range=5, warm_step=100, lm_only_scale=0.0,
+                      durations=(0, 1, 2), sigma=0.05, omega=0.1)
+    assert head.durations == (0, 1, 2) and head.simple_am_proj.out_features == VOCAB + 3
+    enc, enc_lens, tokens, token_lens = batch()
+    out = head.loss(enc, enc_lens, tokens, token_lens, step=50)
+    pred = head.predict(tokens)
+    full = tdt_loss(head.joiner(enc, pred), tokens, enc_lens, token_lens, (0, 1, 2), sigma=0.05,
+                    omega=0.1)
+    simple = tdt_loss_simple(head.simple_am_proj(enc), head.simple_lm_proj(pred), tokens,
+                             enc_lens, token_lens, (0, 1, 2))
+    simple_scale, pruned_scale = head.loss_scales(50)
+    torch.testing.assert_close(out.loss, simple_scale * simple + pruned_scale * full)
+    assert out.metrics["pruned_loss"] == pytest.approx(float(full.detach()), rel=1e-5)
+    assert out.metrics["simple_loss"] == pytest.approx(float(simple.detach()), rel=1e-5)
+
+
+def test_pruned_tdt_needs_durations_0_and_1():
+    with pytest.raises(ValueError, match="durations 0 and 1"):
+        TransducerConfig(loss="pruned_tdt", durations=(1, 2, 3))
+
+
 def test_warmup_schedule():
     head = small_head(loss="pruned", warm_step=10, simple_loss_scale=0.5)
     assert head.loss_scales(0) == pytest.approx((1.0, 0.1))
@@ -86,6 +109,24 @@ def test_tdt_head_equals_tdt_loss_and_has_duration_logits():
     assert logits.shape == (3, 9, 5, VOCAB + 3) and head.durations == (0, 1, 2)
     ref = tdt_loss(logits, tokens, enc_lens, token_lens, (0, 1, 2))
     torch.testing.assert_close(head.loss(enc, enc_lens, tokens, token_lens).loss, ref)
+
+
+def test_tdt_head_passes_sigma_and_omega_to_the_loss():
+    head = small_head(loss="tdt", durations=(0, 1, 2), sigma=0.05, omega=0.1)
+    enc, enc_lens, tokens, token_lens = batch()
+    logits = head.joiner(enc, head.predict(tokens))
+    out = head.loss(enc, enc_lens, tokens, token_lens).loss
+    ref = tdt_loss(logits, tokens, enc_lens, token_lens, (0, 1, 2), sigma=0.05, omega=0.1)
+    torch.testing.assert_close(out, ref)
+    assert not torch.allclose(out, tdt_loss(logits, tokens, enc_lens, token_lens, (0, 1, 2)))
+
+
+@pytest.mark.parametrize(
+    "bad", [{"omega": 1.0}, {"omega": -0.1}, {"sigma": -0.05}, {"loss": "tdt", "backend": "k2"}]
+)
+def test_config_rejects_bad_tdt_options(bad):
+    with pytest.raises(ValueError):
+        TransducerConfig(**{"loss": "tdt", **bad})
 
 
 def test_infinite_utterances_are_dropped_and_counted():

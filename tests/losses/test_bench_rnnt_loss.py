@@ -14,9 +14,27 @@ def test_bench_prints_a_row_per_method_with_allocator_peaks():
            "--tokens=10", "--vocab", "500", "--joiner-dim=16", "--repeats=1", "--threads=1"]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True).stdout
     rows = [line.split() for line in out.splitlines() if line.strip().startswith("500 ")]
-    assert [row[1] for row in rows] == ["full", "pruned", "tdt"], out
+    assert [row[1] for row in rows] == ["full", "pruned", "tdt", "pruned_tdt"], out
     for row in rows:
         seconds, peak_mb = float(row[2]), float(row[3])
         assert seconds > 0 and peak_mb > 0, out
     assert float(rows[0][5]) == 1.0 and float(rows[0][6]) == 1.0  # ratios against full
     assert float(rows[1][3]) < float(rows[0][3]), "pruned must allocate less than full"
+    assert float(rows[3][3]) < float(rows[2][3]), "pruned TDT must allocate less than TDT"
+
+
+def test_bench_tdt_rows_torch_and_triton_interpreter_agree(tmp_path):
+    """The TDT rows: torch backend and Triton kernel (interpreted on this CPU, and said so in
+    the table) compute the same loss on the same inputs."""
+    markdown = tmp_path / "rnnt_loss.md"
+    cmd = [sys.executable, str(ROOT / "tools/bench/rnnt_loss.py"), "--batch=2", "--frames=12",
+           "--tokens=4", "--vocab", "50", "--joiner-dim=8", "--repeats=1", "--threads=1",
+           "--methods", "tdt", "tdt_triton", f"--markdown={markdown}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    rows = {line.split()[1]: line for line in out.splitlines() if line.strip().startswith("50 ")}
+    assert set(rows) == {"tdt", "tdt_triton"}, out
+    losses = {name: float(line.split("loss=")[1].split()[0]) for name, line in rows.items()}
+    assert abs(losses["tdt"] - losses["tdt_triton"]) <= 1e-4 * abs(losses["tdt"]), losses
+    assert rows["tdt_triton"].endswith("(interpreter)")
+    table = markdown.read_text()
+    assert "| tdt_triton (interpreter) |" in table and "not a speed" in table

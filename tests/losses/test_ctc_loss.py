@@ -1,4 +1,5 @@
-"""CTC loss against a brute-force sum over every alignment."""
+"""CTC loss against a brute-force sum over every alignment; the Viterbi alignment against the
+best of every alignment and against torchaudio."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import itertools
 import pytest
 import torch
 
-from asr.losses.ctc import ctc_loss, ctc_min_frames
+from asr.losses.ctc import ctc_forced_align, ctc_loss, ctc_min_frames
 
 
 def _collapse(path: tuple[int, ...]) -> tuple[int, ...]:
@@ -102,3 +103,46 @@ def test_rejects_bad_shapes():
         ctc_loss(torch.zeros(2, 3), torch.ones(2), torch.ones(2, 1), torch.ones(2))
     with pytest.raises(ValueError, match="token_lens has batch size 1"):
         ctc_loss(torch.zeros(2, 3, 4), torch.ones(2), torch.ones(2, 1), torch.ones(1))
+
+
+def _token_index(path: tuple[int, ...]) -> list[int]:
+    """Per frame the index of the target token a path emits there, -1 on blanks."""
+    out, previous, index = [], 0, -1
+    for symbol in path:
+        if symbol != 0 and symbol != previous:
+            index += 1
+        out.append(index if symbol != 0 else -1)
+        previous = symbol
+    return out
+
+
+@pytest.mark.parametrize(("frames", "target"), [c for c in CASES if c[1]] + [(6, [2, 2, 1])])
+def test_forced_alignment_is_the_best_path(frames, target):
+    generator = torch.Generator().manual_seed(frames * 10 + len(target))
+    log_probs = torch.log_softmax(torch.randn(frames, 3, generator=generator) * 2, dim=-1)
+    best = max(
+        (p for p in itertools.product(range(3), repeat=frames) if _collapse(p) == tuple(target)),
+        key=lambda p: float(log_probs[torch.arange(frames), torch.tensor(p)].sum()),
+    )
+    aligned = ctc_forced_align(
+        log_probs[None], torch.tensor([frames]), torch.tensor([target]), torch.tensor([len(target)])
+    )
+    assert aligned[0].tolist() == _token_index(best)
+
+
+def test_forced_alignment_batch_matches_torchaudio_and_splits_infeasible_rows_evenly():
+    forced_align = pytest.importorskip("torchaudio.functional").forced_align
+    generator = torch.Generator().manual_seed(0)
+    log_probs = torch.log_softmax(torch.randn(5, 14, 6, generator=generator) * 2, dim=-1)
+    tokens = torch.tensor([[1, 2, 2, 3], [4, 5, 0, 0], [3, 3, 3, 0], [2, 0, 0, 0], [1, 2, 3, 4]])
+    token_lens = torch.tensor([4, 2, 3, 1, 4])
+    lens = torch.tensor([14, 7, 9, 3, 3])  # the last row is infeasible (4 tokens, 3 frames)
+    aligned = ctc_forced_align(log_probs, lens, tokens, token_lens)
+    for b in range(4):
+        frames, count = int(lens[b]), int(token_lens[b])
+        reference, _ = forced_align(
+            log_probs[b : b + 1, :frames], tokens[b : b + 1, :count].int(), blank=0
+        )
+        assert aligned[b, :frames].tolist() == _token_index(tuple(reference[0].tolist()))
+        assert (aligned[b, frames:] == -1).all()
+    assert aligned[4].tolist() == [0, 1, 2] + [-1] * 11  # floor(t * 4 / 3)

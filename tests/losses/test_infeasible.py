@@ -15,6 +15,7 @@ from asr.heads.ctc import CTCConfig, CTCHead
 from asr.heads.transducer import TransducerConfig, TransducerHead
 from asr.losses.ctc import ctc_loss
 from asr.losses.pruned_rnnt import get_pruning_ranges, rnnt_loss_pruned, rnnt_loss_simple
+from asr.losses.pruned_tdt import tdt_loss_pruned, tdt_loss_simple, tdt_pruning_ranges
 from asr.losses.rnnt import rnnt_loss
 from asr.losses.tdt import tdt_loss
 
@@ -31,8 +32,11 @@ INFEASIBLE = {
     "pruned": NO_FRAMES | {4},  # U_b > T_b * (R - 1)
     "tdt (0, 1, 2)": NO_FRAMES,  # tokens of duration 0 share a frame
     "tdt (1, 2, 3)": NO_FRAMES | {4},  # every token and the final blank take a frame
+    "tdt omega (1, 2, 3)": NO_FRAMES | {4},  # the RNN-T term can align case 4: still infeasible
+    "pruned_tdt": NO_FRAMES | {4},  # U_b > T_b * (R - 1), as pruned RNN-T
 }
-DURATIONS = {"tdt (0, 1, 2)": (0, 1, 2), "tdt (1, 2, 3)": (1, 2, 3)}
+DURATIONS = {"tdt (0, 1, 2)": (0, 1, 2), "tdt (1, 2, 3)": (1, 2, 3), "tdt omega (1, 2, 3)": (1, 2, 3)}
+OMEGA = {"tdt omega (1, 2, 3)": 0.1}
 
 
 def lengths_and_tokens():
@@ -102,18 +106,38 @@ def function_losses(kind: str):
         for b in EMPTY_TARGETS:
             blank_lp = torch.log_softmax(lattice[b, : CASES[b][0]].double(), -1)[:, 0]
             expected[b] = blank_only_nll(blank_lp, None, ())
+    elif kind == "pruned_tdt":
+        durations, num = (0, 1, 2, 3, 4), VOCAB + 5
+        am = torch.randn(batch, frames, num, generator=gen, dtype=torch.float64)
+        lm = torch.randn(batch, rows, num, generator=gen, dtype=torch.float64)
+        band = torch.randn(batch, frames, PRUNE_RANGE, num, generator=gen, dtype=torch.float64)
+        _, occupations = tdt_loss_simple(am, lm, tokens, frame_lens, token_lens, durations,
+                                         return_grad=True)
+        ranges = tdt_pruning_ranges(*occupations, frame_lens, token_lens, durations, PRUNE_RANGE)
+        inputs = [band.requires_grad_(True)]
+        losses = tdt_loss_pruned(band, tokens, ranges, frame_lens, token_lens, durations,
+                                 reduction="none")
+        for b in EMPTY_TARGETS:
+            node = band[b, : CASES[b][0], 0]  # the first position of each window: u = 0
+            blank_lp = torch.log_softmax(node[:, :VOCAB], -1)[:, 0]
+            dur_lp = torch.log_softmax(node[:, VOCAB:], -1)
+            expected[b] = blank_only_nll(blank_lp, dur_lp, durations)
     else:
         durations = DURATIONS[kind]
         logits = torch.randn(
             batch, frames, rows, VOCAB + len(durations), generator=gen, dtype=torch.float64
         )
         inputs = [logits.requires_grad_(True)]
-        losses = tdt_loss(logits, tokens, frame_lens, token_lens, durations, reduction="none")
+        omega = OMEGA.get(kind, 0.0)
+        losses = tdt_loss(logits, tokens, frame_lens, token_lens, durations, reduction="none",
+                          omega=omega)
         for b in EMPTY_TARGETS:
             node = logits[b, : CASES[b][0], 0]  # (T_b, V + K) at u = 0
             blank_lp = torch.log_softmax(node[:, :VOCAB], -1)[:, 0]
             dur_lp = torch.log_softmax(node[:, VOCAB:], -1)
-            expected[b] = blank_only_nll(blank_lp, dur_lp, durations)
+            expected[b] = (1 - omega) * blank_only_nll(blank_lp, dur_lp, durations) + (
+                omega * blank_only_nll(blank_lp, None, ())
+            )
     return losses, inputs, expected
 
 
@@ -141,11 +165,15 @@ def make_head(kind: str) -> torch.nn.Module:
     cfg = TransducerConfig(
         loss=loss, pred_dim=6, joiner_dim=5, prune_range=PRUNE_RANGE, warm_step=0,
         predictor_dropout=0.0, durations=DURATIONS.get(kind, (0, 1, 2, 3, 4)),
+        omega=OMEGA.get(kind, 0.0),
     )  # fmt: skip
     return TransducerHead(cfg, ENC_DIM, VOCAB)
 
 
-@pytest.mark.parametrize("kind", ["ctc", "full", "pruned", "tdt (0, 1, 2)", "tdt (1, 2, 3)"])
+@pytest.mark.parametrize(
+    "kind",
+    ["ctc", "full", "pruned", "tdt (0, 1, 2)", "tdt (1, 2, 3)", "tdt omega (1, 2, 3)", "pruned_tdt"],
+)
 def test_every_head_drops_and_counts_the_same_utterances(kind):
     head = make_head(kind)
     frame_lens, tokens, token_lens = lengths_and_tokens()

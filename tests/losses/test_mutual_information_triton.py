@@ -7,11 +7,10 @@ script with the variable set). The GPU (compiled) comparison is marked ``gpu``.
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from interpreter_helpers import run_in_interpreter
 
 
 def _cases():
@@ -87,18 +86,7 @@ def _check(results: dict) -> None:
 
 @pytest.fixture(scope="module")
 def interpreter_results():
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_in_interpreter(__file__)
 
 
 def test_triton_interpreter_matches_torch_values_and_gradients(interpreter_results):

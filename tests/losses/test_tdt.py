@@ -1,8 +1,10 @@
-"""TDT loss: brute-force enumeration of all alignments, sigma, gradcheck, validation."""
+"""TDT loss: brute-force enumeration of all alignments (values and gradients), sigma, omega,
+gradcheck, validation."""
 
 import pytest
 import torch
 
+from asr.losses.rnnt import rnnt_loss
 from asr.losses.tdt import tdt_loss
 
 
@@ -46,6 +48,37 @@ def test_equals_brute_force_enumeration_ragged(durations):
             logits[b], tokens[b], int(frame_lens[b]), int(token_lens[b]), durations
         )
         torch.testing.assert_close(loss[b], ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("durations", [(0, 1, 2), (1, 2, 4), (0, 2, 3)], ids=str)
+def test_gradients_equal_autograd_through_brute_force_ragged(durations):
+    """The recursion's closed-form gradients (occupations from alpha and beta) == autograd
+    through the enumeration of every alignment, per utterance of a padded batch."""
+    vocab, frames, num_tokens = 4, 5, 3
+    frame_lens, token_lens = torch.tensor([5, 4, 3, 5]), torch.tensor([3, 2, 1, 0])
+    gen = torch.Generator().manual_seed(sum(durations))
+    logits = torch.randn(4, frames, num_tokens + 1, vocab + len(durations), generator=gen,
+                         dtype=torch.float64, requires_grad=True)
+    tokens = torch.randint(1, vocab, (4, num_tokens), generator=gen)
+    weights = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
+    loss = tdt_loss(logits, tokens, frame_lens, token_lens, durations, sigma=0.05,
+                    reduction="none", backend="torch")
+    (grad,) = torch.autograd.grad((loss * weights).sum(), logits)
+    ref = torch.zeros_like(logits)
+    for b in range(4):
+        t_b, u_b = int(frame_lens[b]), int(token_lens[b])
+        x = logits[b, :t_b, : u_b + 1].detach().requires_grad_(True)
+        nll = brute_force_nll(x, tokens[b], t_b, u_b, durations, sigma=0.05)
+        ref[b, :t_b, : u_b + 1] = torch.autograd.grad(nll * weights[b], x)[0]
+    torch.testing.assert_close(grad, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_recursion_keeps_the_callers_threads():
+    threads = torch.get_num_threads()
+    logits = torch.randn(2, 6, 4, 5 + 3, requires_grad=True)
+    tokens = torch.randint(1, 5, (2, 3))
+    tdt_loss(logits, tokens, torch.tensor([6, 4]), torch.tensor([3, 2]), (0, 1, 2)).backward()
+    assert torch.get_num_threads() == threads
 
 
 def test_sigma_undernormalisation_matches_brute_force():
@@ -93,6 +126,59 @@ def test_padding_invariance_and_float32_under_autocast():
         assert tdt_loss(logits.bfloat16(), tokens, frame_lens, token_lens, durations).dtype == (
             torch.float32
         )
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.05])
+def test_omega_mixes_the_rnnt_loss_of_the_token_logits(sigma):
+    """``(1 - omega) * tdt + omega * rnnt``: the RNN-T term is torchaudio's loss on the token
+    logits alone (no durations, no sigma), values and gradients."""
+    durations, vocab, omega = (0, 1, 2, 4), 5, 0.1
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 7, 4, vocab + len(durations), generator=gen)
+    tokens = torch.randint(1, vocab, (3, 3), generator=gen)
+    frame_lens, token_lens = torch.tensor([7, 5, 6]), torch.tensor([3, 1, 0])
+
+    def mixed(x):
+        return tdt_loss(x, tokens, frame_lens, token_lens, durations, sigma=sigma,
+                        reduction="none", omega=omega)
+
+    def reference(x):
+        tdt = tdt_loss(x, tokens, frame_lens, token_lens, durations, sigma=sigma,
+                       reduction="none")
+        rnnt = rnnt_loss(x[..., :vocab], tokens, frame_lens, token_lens, reduction="none")
+        return (1 - omega) * tdt + omega * rnnt
+
+    results = []
+    for fn in (mixed, reference):
+        x = logits.clone().requires_grad_(True)
+        loss = fn(x)
+        loss.sum().backward()
+        results.append((loss.detach(), x.grad))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-5, atol=1e-6)
+    assert results[0][1][..., vocab:].abs().sum() > 0  # the TDT term still trains durations
+
+
+def test_omega_keeps_infeasible_utterances_infinite_without_gradient():
+    """Two tokens on two frames cannot be aligned with durations (1, 2) although the RNN-T term
+    could align them: the mixture is +inf and no gradient reaches that utterance, even summed."""
+    logits = torch.randn(2, 4, 3, 5 + 2, dtype=torch.float64, requires_grad=True)
+    tokens = torch.tensor([[1, 2], [3, 4]])
+    loss = tdt_loss(logits, tokens, torch.tensor([4, 2]), torch.tensor([2, 2]), (1, 2),
+                    reduction="none", omega=0.5)
+    assert torch.isfinite(loss[0]) and loss[1] == float("inf")
+    loss.sum().backward()
+    assert logits.grad[1].abs().max() == 0 and logits.grad[0].abs().max() > 0
+
+
+def test_bad_omega_and_backend_are_reported():
+    logits = torch.randn(1, 3, 2, 4 + 2)
+    args = (torch.tensor([[1]]), torch.tensor([3]), torch.tensor([1]), (0, 1))
+    for omega in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="omega"):
+            tdt_loss(logits, *args, omega=omega)
+    with pytest.raises(ValueError, match="backend"):
+        tdt_loss(logits, *args, backend="k2")
 
 
 def test_bad_durations_are_reported():

@@ -106,6 +106,23 @@ def test_streaming_equals_offline_chunk_masked_forward(transducer_model):
         assert result.timestamps == pytest.approx(expected.timestamps)
 
 
+def test_ctc_segment_cif_streaming_equals_offline(tmp_path):
+    """Paraformer-v2 through the real chunked encoder: the segments of the cached frames come
+    from CTC, so the final streaming result is the offline chunk-masked one."""
+    from asr.testing.packages import random_package
+
+    model = load_model(random_package(tmp_path, head="cif_ctc", chunk_size=2, left_chunks=3))
+    recognizer = model.streaming_recognizer("cif_greedy", endpoint=EndpointConfig(enabled=False))
+    rng = np.random.default_rng(2)
+    waves = [(rng.standard_normal(n) * 0.1).astype(np.float32) for n in (9000, 13000)]
+    offline = model.transcribe(waves, searcher="cif_greedy")
+    assert any(r.token_ids for r in offline)
+    for wave, expected in zip(waves, offline):
+        result = _decode_alone(recognizer, wave, 700)
+        assert result.token_ids == expected.token_ids
+        assert result.timestamps == pytest.approx(expected.timestamps)
+
+
 @needs_espeak
 def test_streaming_text_equals_offline_text(tiny):
     model = load_model(tiny.package_dir)

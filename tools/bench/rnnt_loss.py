@@ -5,6 +5,14 @@ Each timing includes the joiner: the full and TDT losses need the joiner on the 
 predictor), the mutual-information recursion twice, and the joiner only on the (B, T, R) band.
 Inputs are the (B, T, J) encoder and (B, U + 1, J) predictor outputs (with gradients).
 
+TDT rows (durations 0..4): ``tdt`` runs the recursion with the torch backend (one small tensor
+op batch per anti-diagonal), ``tdt_triton`` with the Triton kernel (one launch per direction);
+``pruned_tdt`` is the pruned TDT loss (:mod:`asr.losses.pruned_tdt`: simple TDT loss, pruning
+bounds, joiner on the band; recursion backend ``auto``), compared with ``tdt`` by the goal line.
+On a CPU the kernel runs in Triton's interpreter (``TRITON_INTERPRET=1`` is set for that case's
+subprocess), orders of magnitude slower than compiled code: there the row is a correctness and
+plumbing check (same loss as ``tdt``), not a speed, and it is left out of the default methods.
+
 Peak memory method: each case runs in its own fresh subprocess. The compared number is the
 high-water mark of torch's own allocator during one forward+backward above what was allocated
 before it: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the same quantity read from the
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -36,7 +45,9 @@ import sys
 import time
 from pathlib import Path
 
-METHODS = ("full", "pruned", "tdt")
+METHODS = ("full", "pruned", "tdt", "tdt_triton", "pruned_tdt")
+#: rows that run Triton's interpreter on a CPU (module docstring)
+INTERPRETED = ("tdt_triton",)
 
 
 def _build(method: str, args: argparse.Namespace, vocab: int):
@@ -49,6 +60,7 @@ def _build(method: str, args: argparse.Namespace, vocab: int):
         rnnt_loss_pruned,
         rnnt_loss_simple,
     )
+    from asr.losses.pruned_tdt import tdt_loss_pruned, tdt_loss_simple, tdt_pruning_ranges
     from asr.losses.rnnt import rnnt_loss
     from asr.losses.tdt import tdt_loss
 
@@ -56,9 +68,11 @@ def _build(method: str, args: argparse.Namespace, vocab: int):
     torch.manual_seed(0)
     batch, frames, num_tokens, dim = args.batch, args.frames, args.tokens, args.joiner_dim
     durations = (0, 1, 2, 3, 4)
-    joiner = Joiner(dim, dim, dim, vocab, len(durations) if method == "tdt" else 0).to(device)
-    am_proj = torch.nn.Linear(dim, vocab).to(device)
-    lm_proj = torch.nn.Linear(dim, vocab).to(device)
+    num_durations = len(durations) if "tdt" in method else 0
+    joiner = Joiner(dim, dim, dim, vocab, num_durations).to(device)
+    simple_outputs = vocab + (num_durations if method == "pruned_tdt" else 0)
+    am_proj = torch.nn.Linear(dim, simple_outputs).to(device)
+    lm_proj = torch.nn.Linear(dim, simple_outputs).to(device)
     enc = torch.randn(batch, frames, dim, device=device, requires_grad=True)
     pred = torch.randn(batch, num_tokens + 1, dim, device=device, requires_grad=True)
     tokens = torch.randint(1, vocab, (batch, num_tokens), device=device)
@@ -68,8 +82,24 @@ def _build(method: str, args: argparse.Namespace, vocab: int):
     def step() -> float:
         if method == "full":
             loss = rnnt_loss(joiner(enc, pred), tokens, frame_lens, token_lens)
-        elif method == "tdt":
-            loss = tdt_loss(joiner(enc, pred), tokens, frame_lens, token_lens, durations)
+        elif method in ("tdt", "tdt_triton"):
+            backend = "triton" if method == "tdt_triton" else "torch"
+            loss = tdt_loss(joiner(enc, pred), tokens, frame_lens, token_lens, durations,
+                            backend=backend)
+        elif method == "pruned_tdt":  # as TransducerHead: warmed-up scales, lm_only_scale 0.25
+            simple, occupations = tdt_loss_simple(
+                am_proj(enc), lm_proj(pred), tokens, frame_lens, token_lens, durations, 0.25,
+                return_grad=True,
+            )  # fmt: skip
+            ranges = tdt_pruning_ranges(
+                *occupations, frame_lens, token_lens, durations, args.prune_range
+            )
+            band = do_rnnt_pruning(
+                joiner.project_encoder(enc), joiner.project_predictor(pred), ranges
+            )
+            pruned = tdt_loss_pruned(joiner.join(*band), tokens, ranges, frame_lens, token_lens,
+                                     durations)
+            loss = 0.5 * simple + pruned
         else:
             simple, (px_grad, py_grad) = rnnt_loss_simple(
                 am_proj(enc),
@@ -165,7 +195,8 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", choices=METHODS,
+                        help="default: all; on a CPU all but the interpreted ones (tdt_triton)")
     parser.add_argument("--markdown", help="also write the table as markdown to this file")
     parser.add_argument("--case-timeout", type=float, default=0.0,
                         help="seconds allowed for each case's subprocess (0: no limit)")
@@ -175,6 +206,9 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    if args.methods is None:
+        cpu = not args.device.startswith("cuda")
+        args.methods = [m for m in METHODS if not (cpu and m in INTERPRETED)]
     if args.one_case:
         print(json.dumps(run_case(args.one_case[0], int(args.one_case[1]), args)))
         return 0
@@ -196,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         "(see module docstring); rss = maxrss growth over the first step"
     )
     header = (
-        f"{'V':>5} {'method':>7} {'time s':>8} {'peak MB':>9} {'rss MB':>8} {'x faster':>9} "
+        f"{'V':>5} {'method':>10} {'time s':>8} {'peak MB':>9} {'rss MB':>8} {'x faster':>9} "
         f"{'x less mem':>10}"
     )
     print(header)
@@ -204,9 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     for vocab in args.vocab:
         rows = []
         for method in args.methods:
-            row = _run_one(method, vocab, passthrough, root, args.case_timeout)
+            interpret = method in INTERPRETED and not args.device.startswith("cuda")
+            row = _run_one(method, vocab, passthrough, root, args.case_timeout, interpret)
             if row.get("status", "ok") != "ok":
-                print(f"{vocab:>5} {method:>7} FAILED: {row['status']}: {row.get('error', '')}")
+                print(f"{vocab:>5} {method:>10} FAILED: {row['status']}: {row.get('error', '')}")
             rows.append(row)
         ref = next((r for r in rows if r["method"] == "full" and "seconds" in r), None)
         for row in rows:
@@ -215,8 +250,9 @@ def main(argv: list[str] | None = None) -> int:
             row["x_faster"] = ref["seconds"] / row["seconds"] if ref else float("nan")
             row["x_less_mem"] = ref["peak_mb"] / max(row["peak_mb"], 1e-9) if ref else float("nan")
             print(
-                f"{vocab:>5} {row['method']:>7} {row['seconds']:>8.3f} {row['peak_mb']:>9.1f} "
-                f"{row['rss_mb']:>8.1f} {row['x_faster']:>9.2f} {row['x_less_mem']:>10.2f}"
+                f"{vocab:>5} {row['method']:>10} {row['seconds']:>8.3f} {row['peak_mb']:>9.1f} "
+                f"{row['rss_mb']:>8.1f} {row['x_faster']:>9.2f} {row['x_less_mem']:>10.2f} "
+                f"loss={row['loss']:.6g}{' (interpreter)' if row.get('interpreted') else ''}"
             )
         table.extend(rows)
         if args.markdown:
@@ -226,18 +262,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_one(method: str, vocab: int, passthrough: list[str], root: Path,
-             timeout: float) -> dict:
-    """One case in a fresh subprocess: its result row, or a row with the failure's status
-    (``OOM`` when the allocator ran out of memory, ``timeout``, ``failed``)."""
+             timeout: float, interpret: bool = False) -> dict:
+    """One case in a fresh subprocess (Triton's interpreter on if ``interpret``): its result
+    row, or a row with the failure's status (``OOM`` when the allocator ran out of memory,
+    ``timeout``, ``failed``)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--one-case", method, str(vocab)]
+    env = dict(os.environ, TRITON_INTERPRET="1") if interpret else None
     try:
         proc = subprocess.run(cmd + passthrough, capture_output=True, text=True, cwd=root,
-                              check=False, timeout=timeout if timeout > 0 else None)
+                              check=False, timeout=timeout if timeout > 0 else None, env=env)
     except subprocess.TimeoutExpired:
         return {"method": method, "vocab": vocab, "status": "timeout",
                 "error": f"no result within {timeout:g} s"}
     if proc.returncode == 0:
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+        return dict(json.loads(proc.stdout.strip().splitlines()[-1]), interpreted=interpret)
     lines = proc.stderr.strip().splitlines()
     out_of_memory = "out of memory" in proc.stderr.lower()
     return {"method": method, "vocab": vocab, "status": "OOM" if out_of_memory else "failed",
@@ -253,27 +291,35 @@ def _write_markdown(path: Path, table: list[dict], args: argparse.Namespace) -> 
         "forward+backward steps incl. the joiner; peak: allocator high-water mark of one step "
         "above what was allocated before it.",
         "",
-        "| V | method | time ms | peak MiB | x faster than full | x less memory than full |",
-        "|---:|---|---:|---:|---:|---:|",
+        "| V | method | time ms | peak MiB | x faster than full | x less memory than full | loss |",
+        "|---:|---|---:|---:|---:|---:|---:|",
     ]
     def ratio(value: float) -> str:
         return "-" if value != value else f"{value:.2f}"  # NaN: the full loss has no result
 
     for row in table:
         if "seconds" in row:
+            name = row["method"] + (" (interpreter)" if row.get("interpreted") else "")
             lines.append(
-                f"| {row['vocab']} | {row['method']} | {1000 * row['seconds']:.1f} | "
-                f"{row['peak_mb']:.1f} | {ratio(row['x_faster'])} | {ratio(row['x_less_mem'])} |"
+                f"| {row['vocab']} | {name} | {1000 * row['seconds']:.1f} | "
+                f"{row['peak_mb']:.1f} | {ratio(row['x_faster'])} | {ratio(row['x_less_mem'])} | "
+                f"{row['loss']:.6g} |"
             )
         else:
-            lines.append(f"| {row['vocab']} | {row['method']} | {row['status']} | | | |")
+            lines.append(f"| {row['vocab']} | {row['method']} | {row['status']} | | | | |")
+    if any(r.get("interpreted") for r in table):
+        lines += ["", "Rows marked (interpreter) ran the Triton kernel in Triton's CPU interpreter: "
+                  "a correctness and plumbing check (its loss equals the torch row's), not a speed."]
     by_key = {(r["vocab"], r["method"]): r for r in table}
-    full, pruned = by_key.get((500, "full"), {}), by_key.get((500, "pruned"), {})
-    if "x_faster" in pruned and "seconds" in full:
-        speed, memory = pruned["x_faster"], pruned["x_less_mem"]
-        verdict = "met" if speed >= 3 and memory >= 5 else "NOT met"
-        lines += ["", f"Goal at V=500 (pruned >= 3x faster and >= 5x less memory than full): "
-                  f"{verdict} ({speed:.2f}x faster, {memory:.2f}x less memory)."]
+    goals = (("pruned", "full", 3), ("pruned_tdt", "tdt", 10))  # (row, reference, x faster)
+    for name, ref_name, factor in goals:
+        row, ref = by_key.get((500, name), {}), by_key.get((500, ref_name), {})
+        if "seconds" in row and "seconds" in ref:
+            speed = ref["seconds"] / row["seconds"]
+            memory = ref["peak_mb"] / max(row["peak_mb"], 1e-9)
+            verdict = "met" if speed >= factor and memory >= 5 else "NOT met"
+            lines += ["", f"Goal at V=500 ({name} >= {factor}x faster and >= 5x less memory than "
+                      f"{ref_name}): {verdict} ({speed:.2f}x faster, {memory:.2f}x less memory)."]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
