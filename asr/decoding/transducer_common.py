@@ -39,11 +39,9 @@ from torch import Tensor
 
 from asr.heads.transducer import TransducerHead
 
-__all__ = ["Decision", "TransducerScorer"]
+__all__ = ["TransducerScorer"]
 
 NEG_INF = float("-inf")
-
-Decision = tuple[Tensor, Tensor, Tensor]  # label (N,), advance (N,), log_prob (N,)
 
 
 class TransducerScorer:
@@ -163,57 +161,116 @@ class TransducerScorer:
             index = torch.add(index, no_stay, alpha=rows)
         return table[index]
 
+    @property
+    def can_stop(self) -> bool:
+        """Whether a TDT row can be left with no allowed move (``T`` unreachable from some
+        frame: only when 1 is not a duration)."""
+        return self._moves is not None and self._moves.can_stop
+
+    def position_masks(
+        self, remaining: Tensor | None, num_positions: int, device: torch.device
+    ) -> Tensor | None:
+        """The additive move masks of :meth:`decide` for every frame position of a search.
+
+        Args:
+            remaining: (P,) int64 frames from each position to the last frame of its
+                utterance (any value where no decision is taken); None where the end is not
+                known yet (a stream): every position gets the unknown-end masks.
+            num_positions: P.
+            device: where the masks go.
+
+        Returns:
+            (2 * P, 2, K): row ``p`` for position ``p``, row ``P + p`` for it with
+            ``no_stay`` (see :meth:`tdt_move_masks`); None for RNN-T.
+        """
+        if not self.is_tdt:
+            return None
+        both = torch.tensor([False, True], device=device)
+        if remaining is None:
+            masks = self.tdt_move_masks(None, both, device)  # (2, 2, K)
+            return masks.repeat_interleave(num_positions, dim=0)
+        return torch.cat(
+            [self.tdt_move_masks(remaining, flag.expand_as(remaining), device) for flag in both]
+        )
+
+    def output_bias(self, device: torch.device) -> Tensor | None:
+        """The joiner's output bias with the blank penalty subtracted from the blank logit, for
+        :meth:`decide` (computed per call: it follows the current weights); None without a
+        penalty."""
+        penalty, _ = self._tables(device)
+        if penalty is None:
+            return None
+        output = self.head.joiner.output
+        size = output.weight.shape[0]
+        bias = output.bias if output.bias is not None else output.weight.new_zeros(size)
+        return bias + torch.nn.functional.pad(penalty, (0, size - self.vocab_size))
+
     def decide(
         self,
         enc_proj: Tensor,
         pred_proj: Tensor,
+        output_bias: Tensor | None,
+        masks: Tensor | None = None,
         remaining: Tensor | None = None,
-        no_stay: Tensor | None = None,
-    ) -> Decision:
-        """Best (label, duration) per row: see the module docstring.
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Best (label, duration) per row (see the module docstring), with its score left
+        unnormalised: the normalisers are computed later for many decisions at once
+        (:meth:`decision_log_probs`), since at small batches a decision costs its operator
+        count.
 
-        For RNN-T the argmax of the V token log-probabilities (``remaining`` and ``no_stay``
-        unused). For TDT the argmax over the (V, K) grid of ``token log-prob + duration
-        log-prob`` restricted to the allowed moves (:meth:`tdt_move_masks` of ``remaining`` and
-        ``no_stay``: blank's row for blank, the tokens' row for every other label), found
-        without building the grid: the masks depend only on the label's class, so each class's
-        best allowed duration is found first (N, 2) and then the best label with it. Ties go to
-        the lower (label, duration) index. The maximum is the decision's log-probability.
+        For RNN-T the argmax of the token logits. For TDT the argmax over the (V, K) grid of
+        ``token logit + duration logit`` plus ``masks`` (N, 2, K) (rows of
+        :meth:`position_masks`: the allowed moves of blank in ``[:, 0]`` and of every token in
+        ``[:, 1]``), found without building the grid: the masks depend only on the label's
+        class, so each class' best duration is found first (N, 2), then the best label with
+        it. Ties go to the lower (label, duration) index. The argmax is that of the
+        log-probabilities: they differ from the logits by per-row constants.
 
-        Cost: at small batches on CPU a decision costs its operator count (a few us each):
-        5 after the joiner for RNN-T, 16 for TDT (a second log-softmax, 3 for the masks, two
-        maxima, 3 for the advance), with no (N, V, K) tensor (which cost more at batch 8).
+        Args:
+            enc_proj, pred_proj: (N, J) projected frame and predictor output of each row.
+            output_bias: :meth:`output_bias` (the blank penalty), or None.
+            masks: (N, 2, K) for TDT.
+            remaining: (N,) int64 ``T - t`` of each row where the end is known, for rows with
+                no allowed move (only read when :attr:`can_stop`).
 
         Returns:
-            label (N,) int64, advance (N,) int64 frames to move (RNN-T: 1 for blank, 0 for a
-            token), log_prob (N,) float32 of the decision (token + duration log-probs). A TDT
-            row with no allowed move (``T`` unreachable) gets blank, ``advance = remaining``
-            and ``-inf``.
+            label (N,) int64; advance (N,) frames to move (RNN-T: bool, True for blank);
+            is_blank (N,) bool; best (N,) float32 unnormalised score of the decision (-inf for
+            a TDT row with no allowed move: it gets blank and ``advance = remaining``);
+            logits (N, V + K) float32 with the blank penalty, for
+            :meth:`decision_log_probs`.
         """
-        logits = self.head.joiner.join(enc_proj, pred_proj)
+        logits = self.head.joiner.join(enc_proj, pred_proj, output_bias)
         if logits.dtype != torch.float32:
             logits = logits.float()
-        penalty, label_class = self._tables(logits.device)
         token_logits = logits[:, : self.vocab_size]
-        if penalty is not None:
-            token_logits = token_logits + penalty
-        token_lp = torch.log_softmax(token_logits, dim=-1)
         if not self.is_tdt:
-            log_prob, label = token_lp.max(dim=-1)
-            return label, (label == self.blank_id).long(), log_prob
-        dur_lp = torch.log_softmax(logits[:, self.vocab_size :], dim=-1)
-        masks = self.tdt_move_masks(remaining, no_stay, logits.device)  # (N, 2, K)
+            best, label = token_logits.max(dim=-1)
+            is_blank = label == self.blank_id
+            return label, is_blank, is_blank, best, logits
+        assert masks is not None
+        _, label_class = self._tables(logits.device)
         # the best allowed duration of blank and of a token (N, 2), then the best label with its
         # class's best duration: the argmax of the (V, K) grid without building it
-        move_lp, move = (dur_lp[:, None, :] + masks).max(dim=-1)  # ties: lower duration
-        log_prob, label = (token_lp + move_lp.index_select(1, label_class)).max(dim=-1)
+        move_best, move = (logits[:, None, self.vocab_size :] + masks).max(dim=-1)
+        best, label = (token_logits + move_best.index_select(1, label_class)).max(dim=-1)
         if not self._index_is_duration:
             move = self.duration_values(logits.device)[move]
+        is_blank = label == self.blank_id
         blank_move, token_move = move.unbind(1)
-        advance = torch.where(label == self.blank_id, blank_move, token_move)
-        if remaining is not None and self._moves.can_stop:  # nothing allowed: to the end, p = 0
-            advance = torch.where(log_prob == NEG_INF, remaining, advance)
-        return label, advance, log_prob
+        advance = torch.where(is_blank, blank_move, token_move)
+        if remaining is not None and self.can_stop:  # nothing allowed: to the end, p = 0
+            advance = torch.where(best == NEG_INF, remaining, advance)
+        return label, advance, is_blank, best, logits
+
+    def decision_log_probs(self, best: Tensor, logits: Tensor) -> Tensor:
+        """Log-probabilities of decisions of :meth:`decide`: best (...,), logits (..., V + K)
+        -> (...,) ``best`` less the normalisers of the token distribution (its logits carry
+        the blank penalty) and, for TDT, of the duration distribution."""
+        log_prob = best - torch.logsumexp(logits[..., : self.vocab_size], dim=-1)
+        if self.is_tdt:
+            log_prob = log_prob - torch.logsumexp(logits[..., self.vocab_size :], dim=-1)
+        return log_prob
 
 
 @dataclass(frozen=True)
