@@ -112,15 +112,19 @@ class TransducerScorer:
 
     def _tables(self, device: torch.device) -> tuple[Tensor | None, Tensor]:
         """Cached lookup tensors on ``device``: the additive blank-penalty vector (V,) (None
-        without a penalty) and the move class of each label (V,) (0 blank, 1 a token: the row
-        of :meth:`tdt_move_masks` it takes)."""
+        without a penalty) and the move class of each joiner output (V + K,): 0 blank, 1 a
+        token (the row of :meth:`tdt_move_masks` it takes), 2 a duration (never a label: the
+        masks of :meth:`position_masks` give it no move)."""
         if device not in self._table_cache:
             penalty = None
             if self.blank_penalty:
                 penalty = torch.zeros(self.vocab_size, device=device)
                 penalty[self.blank_id] = -self.blank_penalty
-            label_class = torch.ones(self.vocab_size, dtype=torch.int64, device=device)
+            label_class = torch.ones(
+                self.vocab_size + len(self.durations), dtype=torch.int64, device=device
+            )
             label_class[self.blank_id] = 0
+            label_class[self.vocab_size :] = 2
             self._table_cache[device] = (penalty, label_class)
         return self._table_cache[device]
 
@@ -180,18 +184,22 @@ class TransducerScorer:
             device: where the masks go.
 
         Returns:
-            (2 * P, 2, K): row ``p`` for position ``p``, row ``P + p`` for it with
-            ``no_stay`` (see :meth:`tdt_move_masks`); None for RNN-T.
+            (2 * P, 3, K): row ``p`` for position ``p``, row ``P + p`` for it with
+            ``no_stay``; ``[:, :2]`` are the masks of :meth:`tdt_move_masks` (blank, tokens)
+            and ``[:, 2]`` is all ``-inf`` (the duration outputs, which are no label). None for
+            RNN-T.
         """
         if not self.is_tdt:
             return None
         both = torch.tensor([False, True], device=device)
         if remaining is None:
             masks = self.tdt_move_masks(None, both, device)  # (2, 2, K)
-            return masks.repeat_interleave(num_positions, dim=0)
-        return torch.cat(
-            [self.tdt_move_masks(remaining, flag.expand_as(remaining), device) for flag in both]
-        )
+            masks = masks.repeat_interleave(num_positions, dim=0)
+        else:
+            masks = torch.cat(
+                [self.tdt_move_masks(remaining, flag.expand_as(remaining), device) for flag in both]
+            )
+        return torch.cat([masks, torch.full_like(masks[:, :1], NEG_INF)], dim=1)
 
     def output_bias(self, device: torch.device) -> Tensor | None:
         """The joiner's output bias with the blank penalty subtracted from the blank logit, for
@@ -219,17 +227,18 @@ class TransducerScorer:
         count.
 
         For RNN-T the argmax of the token logits. For TDT the argmax over the (V, K) grid of
-        ``token logit + duration logit`` plus ``masks`` (N, 2, K) (rows of
+        ``token logit + duration logit`` plus ``masks`` (N, 3, K) (rows of
         :meth:`position_masks`: the allowed moves of blank in ``[:, 0]`` and of every token in
         ``[:, 1]``), found without building the grid: the masks depend only on the label's
-        class, so each class' best duration is found first (N, 2), then the best label with
-        it. Ties go to the lower (label, duration) index. The argmax is that of the
+        class, so each class' best duration is found first (N, 3), then the best label with
+        it (over all V + K outputs: the durations' class has no move, so no slice is
+        needed). Ties go to the lower (label, duration) index. The argmax is that of the
         log-probabilities: they differ from the logits by per-row constants.
 
         Args:
             enc_proj, pred_proj: (N, J) projected frame and predictor output of each row.
             output_bias: :meth:`output_bias` (the blank penalty), or None.
-            masks: (N, 2, K) for TDT.
+            masks: (N, 3, K) for TDT.
             remaining: (N,) int64 ``T - t`` of each row where the end is known, for rows with
                 no allowed move (only read when :attr:`can_stop`).
 
@@ -243,21 +252,20 @@ class TransducerScorer:
         logits = self.head.joiner.join(enc_proj, pred_proj, output_bias)
         if logits.dtype != torch.float32:
             logits = logits.float()
-        token_logits = logits[:, : self.vocab_size]
         if not self.is_tdt:
-            best, label = token_logits.max(dim=-1)
+            best, label = logits.max(dim=-1)
             is_blank = label == self.blank_id
             return label, is_blank, is_blank, best, logits
         assert masks is not None
         _, label_class = self._tables(logits.device)
-        # the best allowed duration of blank and of a token (N, 2), then the best label with its
+        # the best allowed duration of blank and of a token (N, 3), then the best label with its
         # class's best duration: the argmax of the (V, K) grid without building it
         move_best, move = (logits[:, None, self.vocab_size :] + masks).max(dim=-1)
-        best, label = (token_logits + move_best.index_select(1, label_class)).max(dim=-1)
+        best, label = (logits + move_best.index_select(1, label_class)).max(dim=-1)
         if not self._index_is_duration:
             move = self.duration_values(logits.device)[move]
         is_blank = label == self.blank_id
-        blank_move, token_move = move.unbind(1)
+        blank_move, token_move, _ = move.unbind(1)
         advance = torch.where(is_blank, blank_move, token_move)
         if remaining is not None and self.can_stop:  # nothing allowed: to the end, p = 0
             advance = torch.where(best == NEG_INF, remaining, advance)

@@ -209,8 +209,11 @@ class LabelLoopingGreedy:
             every_row = num_emit == batch
             self._advance_after_token(loop, advance, emit, every_row)
             self._feed_predictor(loop, label, emit, every_row)
-            active = self._live(loop)
-            num_active = int(active.sum())
+            if self.scorer.is_tdt:  # a TDT token lands before the end: its rows go on
+                active, num_active = emit, num_emit
+            else:
+                active = self._live(loop)
+                num_active = int(active.sum())
         self._score_decisions(loop)
         hyp = state.hyp
         if emitted:
