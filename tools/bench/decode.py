@@ -27,8 +27,9 @@ models do, so both are biased towards realistic behaviour and the bias is report
 
 Where the greedy time goes (``--profile``; 2026-12-05, this 2-core CPU shared with 3-4 trainings,
 so only operator counts and shares are reliable). A greedy search at small batches on CPU is
-bound by operator dispatch: at batch 1 the joiner's matrix-vector product (J x (V + K)) takes
-~15% of TDT's profiled time and every other operator works on a few elements at a few us each.
+bound by operator dispatch: at batch 1 the joiner's and predictor's matrix products (addmm)
+take 18% (TDT) and 23% (RNN-T) of the profiled time, 25% at batch 8, and every other operator
+works on a few elements at a few us each.
 Top-level torch operators of one search of the 10 s utterance (RNN-T 277 decisions and 38
 tokens, TDT 74 and 45) and of the batch of 8:
 
@@ -56,9 +57,13 @@ chunk, normalisers deferred (best logit and logits kept, log-softmaxes for 64 de
 time), one sum per loop condition and no per-row selection where every row moves: -34% (RNN-T)
 and -24% (TDT) operators at batch 1, but savings shared with RNN-T's many blank decisions
 leave the ratio where it was; (3) TDT-only: no end check after a TDT token (a token always lands
-before the end), the duration outputs as a third mask class (no slice). Measured with the
-alternating runs below (medians of 15 pairs, three repeats, under that load): batch 1 1.79,
-1.91, 1.98x (goal 2.5x: not reached); batch 8 3.76, 3.98, 4.09x (goal 3x: reached).
+before the end), the duration outputs as a third mask class (no slice). Ratios of the
+alternating runs below (each the median of 15 pairs; 10 s utterances): with the trainings
+running (16:07) batch 1 1.79, 1.91, 1.98x and batch 8 3.76, 3.98, 4.09x; after them (16:31-16:33,
+a test suite beside) batch 1 1.52, 1.70, 1.79, 1.80, 1.83x (one run at 1.16 was disturbed) and
+batch 8 3.51, 3.65, 3.75, 3.76, 3.77, 4.18x, against b8e6820 in the same minutes: batch 1 1.47,
+1.65, 1.93x, batch 8 3.37, 3.71, 3.81x. Goal at batch 8 (>= 3x) reached; at batch 1 (>= 2.5x) not:
+~1.8x, as the operator counts predict.
 
 The other heads are biased the same way (step 1 with each greedy search, beam 1 for AED:
 blank bias for CTC, the CIF weight predictor's bias; the AED ``<eos>`` bias per AED row, with
@@ -72,6 +77,7 @@ Usage:
     python tools/bench/decode.py                      # B=4 x 10 s, 3 repeats
     python tools/bench/decode.py --batch 1 --seconds 20 --repeats 5
     python tools/bench/decode.py --rtfx --device cuda --batch 64 --markdown out/decode.md
+    python tools/bench/decode.py --batch 8 --profile  # RNN-T / TDT greedy operators, batch 8 and 1
 
 ``--rtfx`` measures something else: the real-time factor (audio seconds per compute second) of
 the batched greedy searchers (RNN-T, TDT, CTC) of the LibriSpeech M recipes, with and without
