@@ -62,8 +62,12 @@ alternating runs below (each the median of 15 pairs; 10 s utterances): with the 
 running (16:07) batch 1 1.79, 1.91, 1.98x and batch 8 3.76, 3.98, 4.09x; after them (16:31-16:33,
 a test suite beside) batch 1 1.52, 1.70, 1.79, 1.80, 1.83x (one run at 1.16 was disturbed) and
 batch 8 3.51, 3.65, 3.75, 3.76, 3.77, 4.18x, against b8e6820 in the same minutes: batch 1 1.47,
-1.65, 1.93x, batch 8 3.37, 3.71, 3.81x. Goal at batch 8 (>= 3x) reached; at batch 1 (>= 2.5x) not:
-~1.8x, as the operator counts predict.
+1.65, 1.93x, batch 8 3.37, 3.71, 3.81x. On the quiet machine (16:43, load 0.5; three repeats
+each, same minutes): b8e6820 RNN-T / TDT 20.2 / 11.7 ms at batch 1 (1.71, 1.72, 1.74x) and
+114 / 32.9 ms at batch 8 (3.47, 3.48, 3.48x); now 14.9 / 8.97 ms (1.64, 1.68, 1.68x) and
+101 / 27.4 ms (3.69, 3.70, 3.73x): TDT greedy 23% (batch 1) and 17% (batch 8) faster, RNN-T
+26% and 11%. Goal at batch 8 (>= 3x) reached; at batch 1 (>= 2.5x) not: ~1.7x, as the operator
+counts predict.
 
 The other heads are biased the same way (step 1 with each greedy search, beam 1 for AED:
 blank bias for CTC, the CIF weight predictor's bias; the AED ``<eos>`` bias per AED row, with
