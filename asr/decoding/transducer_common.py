@@ -39,11 +39,9 @@ from torch import Tensor
 
 from asr.heads.transducer import TransducerHead
 
-__all__ = ["Decision", "TransducerScorer"]
+__all__ = ["TransducerScorer"]
 
 NEG_INF = float("-inf")
-
-Decision = tuple[Tensor, Tensor, Tensor]  # label (N,), advance (N,), log_prob (N,)
 
 
 class TransducerScorer:
@@ -62,9 +60,10 @@ class TransducerScorer:
         self.durations = head.durations  # () for RNN-T
         self.is_tdt = bool(self.durations)
         self._duration_values: dict[torch.device, Tensor] = {}
-        self._table_cache: dict[torch.device, tuple[Tensor | None, Tensor, Tensor, Tensor]] = {}
+        self._table_cache: dict[torch.device, tuple[Tensor | None, Tensor]] = {}
         self._move_mask_cache: dict[torch.device, Tensor] = {}
         self._moves = _allowed_moves(self.durations) if self.is_tdt else None
+        self._index_is_duration = self.durations == tuple(range(len(self.durations)))
 
     def duration_values(self, device: torch.device) -> Tensor:
         """(K,) int64 durations on ``device``."""
@@ -111,22 +110,22 @@ class TransducerScorer:
         """(K,) bool, True where blank may take that duration (> 0)."""
         return self.duration_values(device) > 0
 
-    def _tables(self, device: torch.device) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
+    def _tables(self, device: torch.device) -> tuple[Tensor | None, Tensor]:
         """Cached lookup tensors on ``device``: the additive blank-penalty vector (V,) (None
-        without a penalty), and for TDT the mask row of each label (V,) (0 blank, 1 a token)
-        and the label and duration of each flat (label, duration) index (V * K,)."""
+        without a penalty) and the move class of each joiner output (V + K,): 0 blank, 1 a
+        token (the row of :meth:`tdt_move_masks` it takes), 2 a duration (never a label: the
+        masks of :meth:`position_masks` give it no move)."""
         if device not in self._table_cache:
             penalty = None
             if self.blank_penalty:
                 penalty = torch.zeros(self.vocab_size, device=device)
                 penalty[self.blank_id] = -self.blank_penalty
-            durations = self.duration_values(device)
-            num = max(len(durations), 1)
-            label_class = torch.ones(self.vocab_size, dtype=torch.int64, device=device)
+            label_class = torch.ones(
+                self.vocab_size + len(self.durations), dtype=torch.int64, device=device
+            )
             label_class[self.blank_id] = 0
-            flat = torch.arange(self.vocab_size * num, device=device)
-            advance = durations[flat % num] if self.is_tdt else flat
-            self._table_cache[device] = (penalty, label_class, flat // num, advance)
+            label_class[self.vocab_size :] = 2
+            self._table_cache[device] = (penalty, label_class)
         return self._table_cache[device]
 
     def tdt_move_masks(
@@ -166,47 +165,120 @@ class TransducerScorer:
             index = torch.add(index, no_stay, alpha=rows)
         return table[index]
 
+    @property
+    def can_stop(self) -> bool:
+        """Whether a TDT row can be left with no allowed move (``T`` unreachable from some
+        frame: only when 1 is not a duration)."""
+        return self._moves is not None and self._moves.can_stop
+
+    def position_masks(
+        self, remaining: Tensor | None, num_positions: int, device: torch.device
+    ) -> Tensor | None:
+        """The additive move masks of :meth:`decide` for every frame position of a search.
+
+        Args:
+            remaining: (P,) int64 frames from each position to the last frame of its
+                utterance (any value where no decision is taken); None where the end is not
+                known yet (a stream): every position gets the unknown-end masks.
+            num_positions: P.
+            device: where the masks go.
+
+        Returns:
+            (2 * P, 3, K): row ``p`` for position ``p``, row ``P + p`` for it with
+            ``no_stay``; ``[:, :2]`` are the masks of :meth:`tdt_move_masks` (blank, tokens)
+            and ``[:, 2]`` is all ``-inf`` (the duration outputs, which are no label). None for
+            RNN-T.
+        """
+        if not self.is_tdt:
+            return None
+        both = torch.tensor([False, True], device=device)
+        if remaining is None:
+            masks = self.tdt_move_masks(None, both, device)  # (2, 2, K)
+            masks = masks.repeat_interleave(num_positions, dim=0)
+        else:
+            masks = torch.cat(
+                [self.tdt_move_masks(remaining, flag.expand_as(remaining), device) for flag in both]
+            )
+        return torch.cat([masks, torch.full_like(masks[:, :1], NEG_INF)], dim=1)
+
+    def output_bias(self, device: torch.device) -> Tensor | None:
+        """The joiner's output bias with the blank penalty subtracted from the blank logit, for
+        :meth:`decide` (computed per call: it follows the current weights); None without a
+        penalty."""
+        penalty, _ = self._tables(device)
+        if penalty is None:
+            return None
+        output = self.head.joiner.output
+        size = output.weight.shape[0]
+        bias = output.bias if output.bias is not None else output.weight.new_zeros(size)
+        return bias + torch.nn.functional.pad(penalty, (0, size - self.vocab_size))
+
     def decide(
         self,
         enc_proj: Tensor,
         pred_proj: Tensor,
+        output_bias: Tensor | None,
+        masks: Tensor | None = None,
         remaining: Tensor | None = None,
-        no_stay: Tensor | None = None,
-    ) -> Decision:
-        """Best (label, duration) per row: see the module docstring.
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Best (label, duration) per row (see the module docstring), with its score left
+        unnormalised: the normalisers are computed later for many decisions at once
+        (:meth:`decision_log_probs`), since at small batches a decision costs its operator
+        count.
 
-        For TDT one argmax over the (V, K) grid of ``token logit + duration logit`` restricted
-        to the allowed moves (:meth:`tdt_move_masks` of ``remaining`` and ``no_stay``: blank's
-        row for blank, the tokens' row for every other label); for RNN-T over the V token
-        logits (``remaining`` and ``no_stay`` unused). Then one ``logsumexp`` per distribution
-        for the score: the comparisons are those of the log-probabilities, shifted by the same
-        normalisers. Ties go to the lower (label, duration) index.
+        For RNN-T the argmax of the token logits. For TDT the argmax over the (V, K) grid of
+        ``token logit + duration logit`` plus ``masks`` (N, 3, K) (rows of
+        :meth:`position_masks`: the allowed moves of blank in ``[:, 0]`` and of every token in
+        ``[:, 1]``), found without building the grid: the masks depend only on the label's
+        class, so each class' best duration is found first (N, 3), then the best label with
+        it (over all V + K outputs: the durations' class has no move, so no slice is
+        needed). Ties go to the lower (label, duration) index. The argmax is that of the
+        log-probabilities: they differ from the logits by per-row constants.
+
+        Args:
+            enc_proj, pred_proj: (N, J) projected frame and predictor output of each row.
+            output_bias: :meth:`output_bias` (the blank penalty), or None.
+            masks: (N, 3, K) for TDT.
+            remaining: (N,) int64 ``T - t`` of each row where the end is known, for rows with
+                no allowed move (only read when :attr:`can_stop`).
 
         Returns:
-            label (N,) int64, advance (N,) int64 frames to move (RNN-T: 1 for blank, 0 for a
-            token), log_prob (N,) float32 of the decision (token + duration log-probs). A TDT
-            row with no allowed move (``T`` unreachable) gets blank, ``advance = remaining``
-            and ``-inf``.
+            label (N,) int64; advance (N,) frames to move (RNN-T: bool, True for blank);
+            is_blank (N,) bool; best (N,) float32 unnormalised score of the decision (-inf for
+            a TDT row with no allowed move: it gets blank and ``advance = remaining``);
+            logits (N, V + K) float32 with the blank penalty, for
+            :meth:`decision_log_probs`.
         """
-        logits = self.head.joiner.join(enc_proj, pred_proj).float()
-        penalty, label_class, label_of, advance_of = self._tables(logits.device)
-        token_logits = logits[:, : self.vocab_size]
-        if penalty is not None:
-            token_logits = token_logits + penalty
+        logits = self.head.joiner.join(enc_proj, pred_proj, output_bias)
+        if logits.dtype != torch.float32:
+            logits = logits.float()
         if not self.is_tdt:
-            best, label = token_logits.max(dim=-1)
-            log_prob = best - torch.logsumexp(token_logits, dim=-1)
-            return label, (label == self.blank_id).long(), log_prob
-        dur_logits = logits[:, self.vocab_size :]
-        masks = self.tdt_move_masks(remaining, no_stay, logits.device)  # (N, 2, K)
-        masks = masks.index_select(1, label_class)  # (N, V, K): blank's row or the tokens' row
-        grid = token_logits[:, :, None] + dur_logits[:, None, :] + masks
-        best, flat = grid.flatten(1).max(dim=-1)  # ties: lower (label, duration) index
-        label, advance = label_of[flat], advance_of[flat]
-        if remaining is not None and self._moves.can_stop:  # nothing allowed: to the end, p = 0
+            best, label = logits.max(dim=-1)
+            is_blank = label == self.blank_id
+            return label, is_blank, is_blank, best, logits
+        assert masks is not None
+        _, label_class = self._tables(logits.device)
+        # the best allowed duration of blank and of a token (N, 3), then the best label with its
+        # class's best duration: the argmax of the (V, K) grid without building it
+        move_best, move = (logits[:, None, self.vocab_size :] + masks).max(dim=-1)
+        best, label = (logits + move_best.index_select(1, label_class)).max(dim=-1)
+        if not self._index_is_duration:
+            move = self.duration_values(logits.device)[move]
+        is_blank = label == self.blank_id
+        blank_move, token_move, _ = move.unbind(1)
+        advance = torch.where(is_blank, blank_move, token_move)
+        if remaining is not None and self.can_stop:  # nothing allowed: to the end, p = 0
             advance = torch.where(best == NEG_INF, remaining, advance)
-        normaliser = torch.logsumexp(token_logits, dim=-1) + torch.logsumexp(dur_logits, dim=-1)
-        return label, advance, best - normaliser
+        return label, advance, is_blank, best, logits
+
+    def decision_log_probs(self, best: Tensor, logits: Tensor) -> Tensor:
+        """Log-probabilities of decisions of :meth:`decide`: best (...,), logits (..., V + K)
+        -> (...,) ``best`` less the normalisers of the token distribution (its logits carry
+        the blank penalty) and, for TDT, of the duration distribution."""
+        log_prob = best - torch.logsumexp(logits[..., : self.vocab_size], dim=-1)
+        if self.is_tdt:
+            log_prob = log_prob - torch.logsumexp(logits[..., self.vocab_size :], dim=-1)
+        return log_prob
 
 
 @dataclass(frozen=True)

@@ -86,17 +86,33 @@ class TransducerGreedyState:
 
 @dataclass
 class _Loop:
-    """Mutable per-chunk loop variables (never stored: the state stays frozen)."""
+    """Mutable per-chunk loop variables (never stored: the state stays frozen).
 
-    rows: Tensor  # (B,) arange, for gathering each row's frame
-    t: Tensor  # (B,) frame pointer within the pending + chunk frames
-    end: Tensor  # (B,) end of each row's valid frames there
+    Frames are addressed by their flat position in the chunk's (B * W, J) projected frames
+    (row ``b``'s frame ``t`` at ``b * W + t``), so that one ``index_select`` reads every row's
+    frame, and another its TDT move masks.
+    """
+
+    frames: Tensor  # (B * W, J) projected pending + chunk frames (and a zero frame per row)
+    masks: Tensor | None  # (2 * B * W, 2, K) TDT move masks per position (without / with no_stay)
+    output_bias: Tensor | None  # joiner output bias with the blank penalty
+    pos: Tensor  # (B,) flat position of each row's frame
+    mask_pos: Tensor | None  # (B,) TDT: its row of ``masks``: pos, + B * W when no_stay
+    end: Tensor  # (B,) flat position of the end of each row's valid frames
     count: Tensor  # (B,) tokens emitted on the current frame
+    zeros: Tensor  # (B,) int64 zeros
     waiting: Tensor  # (B,) bool: TDT rows whose next decision depends on the end of the stream
     final: bool  # whether ``end`` is the end of the utterance
     pred_proj: Tensor
     pred_state: Any
-    scores: list[Tensor]  # (B,) log-probability of each decision (0 where a row did not decide)
+    # per decision: best (B,), logits (B, V + K) and the rows that took it (B,) bool; turned
+    # into log-probabilities a block at a time (TransducerScorer.decision_log_probs)
+    decisions: list[tuple[Tensor, Tensor, Tensor]]
+    score: Tensor  # (B,) log-probability of the decisions already normalised
+
+
+#: decisions kept before their log-probabilities are computed (bounds the logits kept)
+_SCORE_BLOCK = 64
 
 
 class LabelLoopingGreedy:
@@ -143,7 +159,8 @@ class LabelLoopingGreedy:
         """Decides on the pending frames followed by the chunk ``enc_proj (B, T, J)``; with
         ``final`` the utterances end after it."""
         horizon = state.pending.shape[1]
-        enc_lens = enc_lens.to(enc_proj.device, torch.int64)
+        device = enc_proj.device
+        enc_lens = enc_lens.to(device, torch.int64)
         # pending frames first; one zero frame last, read (not used) by rows that have ended
         pieces = [
             state.pending.to(enc_proj.dtype),
@@ -151,41 +168,65 @@ class LabelLoopingGreedy:
             enc_proj.new_zeros(enc_proj.shape[0], 1, enc_proj.shape[2]),
         ]
         enc_proj = torch.cat(pieces if horizon else pieces[1:], dim=1)
+        batch, width = enc_proj.shape[:2]
+        base = torch.arange(batch, device=device) * width  # flat position of each row's frame 0
+        end = base + horizon + enc_lens
+        pos = base + horizon - state.num_pending
+        masks = mask_pos = None
+        if self.scorer.is_tdt:
+            remaining = None
+            if final:  # frames from each position to its row's end
+                positions = torch.arange(batch * width, device=device)
+                remaining = end.repeat_interleave(width) - positions
+            masks = self.scorer.position_masks(remaining, batch * width, device)
+            mask_pos = self._mask_pos(pos, state.count, batch * width)
         loop = _Loop(
-            rows=torch.arange(enc_proj.shape[0], device=enc_proj.device),
-            t=horizon - state.num_pending,
-            end=horizon + enc_lens,
+            frames=enc_proj.reshape(batch * width, -1),
+            masks=masks,
+            output_bias=self.scorer.output_bias(device),
+            pos=pos,
+            mask_pos=mask_pos,
+            end=end,
             count=state.count,
+            zeros=torch.zeros_like(enc_lens),
             waiting=torch.zeros_like(enc_lens, dtype=torch.bool),
             final=final,
             pred_proj=state.pred_proj,
             pred_state=state.pred_state,
-            scores=[],
+            decisions=[],
+            score=torch.zeros(batch, device=device),
         )
         emitted: list[tuple[Tensor, Tensor, Tensor]] = []
-        active = loop.t < loop.end
-        while bool(active.any()):
-            label, advance, log_prob = self._next_token(enc_proj, loop, active)
+        active = loop.pos < loop.end
+        num_active = int(active.sum())
+        while num_active:
+            label, advance = self._next_token(loop, active, num_active)
             emit = self._live(loop)  # rows that found a token before the end
-            loop.scores.append(torch.where(emit, log_prob, 0.0))
-            emitted.append((label, loop.t, emit))
-            self._advance_after_token(loop, advance, emit)
-            num_emitted = int(emit.sum())
-            if num_emitted:
-                self._feed_predictor(loop, label, emit, every_row=num_emitted == emit.shape[0])
-            active = self._live(loop)
+            num_emit = int(emit.sum())
+            if not num_emit:
+                break
+            emitted.append((label, loop.pos, emit))
+            every_row = num_emit == batch
+            self._advance_after_token(loop, advance, emit, every_row)
+            self._feed_predictor(loop, label, emit, every_row)
+            if self.scorer.is_tdt:  # a TDT token lands before the end: its rows go on
+                active, num_active = emit, num_emit
+            else:
+                active = self._live(loop)
+                num_active = int(active.sum())
+        self._score_decisions(loop)
         hyp = state.hyp
-        first_frame = state.frames_done - horizon  # absolute frame of position 0
         if emitted:
-            labels, frames, emits = (torch.stack(items, dim=1) for items in zip(*emitted))
-            hyp = hyp.extend(labels, first_frame[:, None] + frames, emits)
-        if loop.scores:
-            hyp = hyp.add_score(torch.stack(loop.scores).sum(dim=0))
-        num_pending = (loop.end - loop.t).clamp(min=0)
+            labels, positions, emits = (torch.stack(items, dim=1) for items in zip(*emitted))
+            first_frame = state.frames_done - horizon  # absolute frame of position 0
+            frames = positions + (first_frame - base)[:, None]
+            hyp = hyp.extend(labels, frames, emits)
+        hyp = hyp.add_score(loop.score)
+        num_pending = (loop.end - loop.pos).clamp(min=0)
         pending = state.pending
         if horizon and not final:  # the last H frames of each row
-            index = loop.end[:, None] - horizon + torch.arange(horizon, device=enc_proj.device)
-            pending = enc_proj[loop.rows[:, None], index]
+            index = loop.end[:, None] - horizon + torch.arange(horizon, device=device)
+            pending = loop.frames[index]
         return TransducerGreedyState(
             pred_proj=loop.pred_proj,
             pred_state=loop.pred_state,
@@ -196,64 +237,105 @@ class LabelLoopingGreedy:
             hyp=hyp,
         )
 
+    def _mask_pos(self, pos: Tensor, count: Tensor, num_positions: int) -> Tensor:
+        """Row of the TDT position masks for each row's next decision: ``pos``, or
+        ``pos + num_positions`` where the next token may not stay (``no_stay``)."""
+        no_stay = count >= self.cfg.max_symbols_per_frame - 1
+        return torch.add(pos, no_stay, alpha=num_positions)
+
+    def _score_decisions(self, loop: _Loop) -> None:
+        """Adds the log-probabilities of the decisions kept so far to ``loop.score``."""
+        if loop.decisions:
+            best, logits, taken = (torch.stack(items) for items in zip(*loop.decisions))
+            log_probs = self.scorer.decision_log_probs(best, logits)
+            loop.score = loop.score + torch.where(taken, log_probs, 0.0).sum(dim=0)
+            loop.decisions = []
+
     @staticmethod
     def _live(loop: _Loop) -> Tensor:
         """(B,) rows still deciding: before their end and not waiting for the stream's end."""
-        before_end = loop.t < loop.end
+        before_end = loop.pos < loop.end
         return before_end if loop.final else before_end & ~loop.waiting
 
-    def _decide_at(self, enc_proj: Tensor, loop: _Loop) -> tuple[Tensor, Tensor, Tensor]:
-        """Decision of every row at its frame; TDT rows whose decision depends on the end of the
-        stream (not ``final``) start waiting instead."""
-        enc_frame = enc_proj[loop.rows, loop.t]  # t <= end: at most the zero frame after all
-        if not self.scorer.is_tdt:
-            return self.scorer.decide(enc_frame, loop.pred_proj)
-        no_stay = loop.count >= self.cfg.max_symbols_per_frame - 1
-        left = loop.end - loop.t
-        if loop.final:
-            return self.scorer.decide(enc_frame, loop.pred_proj, left, no_stay)
-        label, advance, log_prob = self.scorer.decide(enc_frame, loop.pred_proj, None, no_stay)
-        # allowed whatever the end: a token landing before it, a blank up to it
-        certain = advance + (label != self.scorer.blank_id) <= left
-        loop.waiting = loop.waiting | ((left > 0) & ~certain)
-        return label, advance, log_prob
+    def _decide_at(self, loop: _Loop, deciding: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Decision (label, advance, is_blank) of every row at its frame, kept for the score of
+        the ``deciding`` rows; TDT rows whose decision depends on the end of the stream (not
+        ``final``) start waiting instead (and their decision is not kept). Rows that have
+        ended read the zero frame after their frames and decide nothing that is used."""
+        enc_frame = loop.frames.index_select(0, loop.pos)
+        masks = remaining = None
+        if loop.masks is not None:
+            masks = loop.masks.index_select(0, loop.mask_pos)
+            if loop.final and self.scorer.can_stop:
+                remaining = loop.end - loop.pos
+        label, advance, is_blank, best, logits = self.scorer.decide(
+            enc_frame, loop.pred_proj, loop.output_bias, masks, remaining
+        )
+        if self.scorer.is_tdt and not loop.final:
+            # allowed whatever the end: a token landing before it, a blank up to it
+            left = loop.end - loop.pos
+            certain = advance + ~is_blank <= left
+            loop.waiting = loop.waiting | ((left > 0) & ~certain)
+            deciding = deciding & ~loop.waiting
+        loop.decisions.append((best, logits, deciding))
+        if len(loop.decisions) >= _SCORE_BLOCK:
+            self._score_decisions(loop)
+        return label, advance, deciding & is_blank
 
     def _next_token(
-        self, enc_proj: Tensor, loop: _Loop, active: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
+        self, loop: _Loop, active: Tensor, num_active: int
+    ) -> tuple[Tensor, Tensor]:
         """Inner loop: moves blank-choosing rows forward (joiner only) until each active row
-        has a token, has reached its end or waits; returns the decision in force for every row."""
-        label, advance, log_prob = self._decide_at(enc_proj, loop)
-        blank = active & (label == self.scorer.blank_id)
-        if not loop.final:
-            blank = blank & ~loop.waiting
-        while bool(blank.any()):
-            loop.scores.append(torch.where(blank, log_prob, 0.0))
-            loop.t = loop.t + advance * blank
-            loop.count = loop.count.masked_fill(blank, 0)
-            moved = blank & (loop.t < loop.end)
-            if not bool(moved.any()):
+        has a token, has reached its end or waits; returns the decision in force for every row
+        (label, advance). Where every row moves, the per-row selections are skipped."""
+        batch = active.shape[0]
+        label, advance, blank = self._decide_at(loop, active)
+        num_blank = int(blank.sum())
+        while num_blank:
+            every_row = num_blank == batch
+            if every_row:
+                loop.pos = loop.pos + advance
+                loop.count = loop.zeros
+            else:
+                loop.pos = loop.pos + advance * blank
+                loop.count = loop.count.masked_fill(blank, 0)
+            if loop.mask_pos is not None:  # no token on the new frame yet
+                moved = loop.pos
+                if self.cfg.max_symbols_per_frame <= 1:  # a token may never stay
+                    moved = moved + loop.frames.shape[0]
+                loop.mask_pos = moved if every_row else torch.where(blank, moved, loop.mask_pos)
+            deciding = blank & (loop.pos < loop.end)
+            if not bool(deciding.any()):
                 break
-            new_label, new_advance, new_log_prob = self._decide_at(enc_proj, loop)
-            label = torch.where(moved, new_label, label)
-            advance = torch.where(moved, new_advance, advance)
-            log_prob = torch.where(moved, new_log_prob, log_prob)
-            blank = moved & (label == self.scorer.blank_id)
-            if not loop.final:
-                blank = blank & ~loop.waiting
-        return label, advance, log_prob
+            new_label, new_advance, new_blank = self._decide_at(loop, deciding)
+            if every_row:  # rows that ended decided nothing used (blank excludes them)
+                label, advance, blank = new_label, new_advance, new_blank
+            else:
+                label = torch.where(deciding, new_label, label)
+                advance = torch.where(deciding, new_advance, advance)
+                blank = new_blank
+            num_blank = int(blank.sum())
+        return label, advance
 
-    def _advance_after_token(self, loop: _Loop, advance: Tensor, emit: Tensor) -> None:
+    def _advance_after_token(
+        self, loop: _Loop, advance: Tensor, emit: Tensor, every_row: bool
+    ) -> None:
         """Moves emitting rows by the token's duration; counts tokens on a frame. RNN-T moves
         by one frame after ``max_symbols_per_frame`` of them; TDT never needs to (the masks
         exclude duration 0 for the last one). Other rows keep their pointer and count."""
-        count = (loop.count + 1) * (advance == 0)  # tokens on this frame; 0 once the row moves
-        if not self.scorer.is_tdt:
-            forced = count >= self.cfg.max_symbols_per_frame
-            count = count.masked_fill(forced, 0)
-            advance = advance + forced
-        loop.count = torch.where(emit, count, loop.count)
-        loop.t = loop.t + advance * emit
+        if self.scorer.is_tdt:
+            count = (loop.count + 1) * (advance == 0)  # tokens on this frame; 0 once it moves
+        else:  # a token stays, unless it is the max_symbols_per_frame-th
+            count = loop.count + 1
+            advance = count >= self.cfg.max_symbols_per_frame
+            count = count.masked_fill(advance, 0)
+        if every_row:
+            loop.count, loop.pos = count, loop.pos + advance
+        else:
+            loop.count = torch.where(emit, count, loop.count)
+            loop.pos = loop.pos + advance * emit
+        if loop.mask_pos is not None:
+            loop.mask_pos = self._mask_pos(loop.pos, loop.count, loop.frames.shape[0])
 
     def _feed_predictor(self, loop: _Loop, label: Tensor, emit: Tensor, every_row: bool) -> None:
         """One batched predictor step; rows that did not emit keep their output and state."""

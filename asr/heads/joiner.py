@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["Joiner"]
@@ -61,11 +62,17 @@ class Joiner(nn.Module):
         """(..., P) -> (..., J)."""
         return self.predictor_proj(pred)
 
-    def join(self, enc_proj: Tensor, pred_proj: Tensor) -> Tensor:
-        """Broadcasting add of projected inputs -> logits (..., V + num_durations)."""
+    def join(
+        self, enc_proj: Tensor, pred_proj: Tensor, output_bias: Tensor | None = None
+    ) -> Tensor:
+        """Broadcasting add of projected inputs -> logits (..., V + num_durations).
+
+        ``output_bias`` (V + num_durations,) replaces the output layer's bias (searches fold
+        their blank penalty into it)."""
         hidden = enc_proj + pred_proj
         hidden = torch.tanh(hidden) if self.activation == "tanh" else torch.relu(hidden)
-        return self.output(hidden)
+        bias = self.output.bias if output_bias is None else output_bias
+        return F.linear(hidden, self.output.weight, bias)
 
     def forward(self, enc: Tensor, pred: Tensor) -> Tensor:
         """Full lattice logits: enc (B, T, D), pred (B, U + 1, P) -> (B, T, U + 1, V + nd)."""

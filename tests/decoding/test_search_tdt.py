@@ -138,7 +138,9 @@ def test_frames_are_skipped_by_the_predicted_duration(name, monkeypatch):
     joiner = model.heads["transducer"].joiner
     calls = []
     original = joiner.join
-    monkeypatch.setattr(joiner, "join", lambda a, b: calls.append(a.shape[0]) or original(a, b))
+    monkeypatch.setattr(
+        joiner, "join", lambda a, b, *bias: calls.append(a.shape[0]) or original(a, b, *bias)
+    )
     hyps = build_searcher(name, model, SearchConfig(beam_size=2, nbest=2))(enc, enc_lens)[0]
     assert all(frame % 4 == 0 for hyp in hyps for frame in hyp.frames)
     assert len(calls) == 5  # frames 0, 4, 8, 12, 16

@@ -65,9 +65,11 @@ lm_order=6                      # token n-gram LM (stage 3) for shallow fusion i
 word_lm_order=3                 # word n-gram LM (stage 3): its words are the decoding lexicon
 lm_unit=token                   # the LM stage 5 fuses: token, or word (only lexicon words are
                                 # said; recipes/mini_tts/EXPERIMENTS.md has both tuned on dev)
-lm_weight=0.5                   # LM weight, beam size and blank penalty of the fused beam searches:
-beam_size=8                     # tuned on dev-clean-2 (recipes/mini_tts/EXPERIMENTS.md)
-blank_penalty=3
+lm_weight=0.55                  # LM weight, beam size, blank penalty, per-token insertion bonus and
+beam_size=8                     # length normalisation (rank by score / (L + 1)^alpha) of the fused
+blank_penalty=1.5               # beam searches: the main job's, tuned on dev-clean-2 (2026-12-05,
+insertion_bonus=0.75            # recipes/mini_tts/EXPERIMENTS.md section 8, with the other
+length_norm=0.5                 # recipes' best points)
 package_searcher=beam           # the package's default searcher (stage 6), with the options and
                                 # LM stage 5 decoded it with
 work_dir=$HERE                  # where data/, exp/ (and download/) go; relative paths start here
@@ -84,14 +86,15 @@ usage="Usage: $0 [--stage N] [--stop-stage N] [--recipe NAME] [--searchers \"A B
   [--num-jobs N] [--fbank-jobs N] [--num-train N] [--num-dev N] [--num-test N]
   [--voices-per-sentence N] [--train-text sentences|segments] [--speed-perturb true|false]
   [--vocab-size N] [--lm-order N] [--word-lm-order N] [--lm-unit token|word] [--lm-weight W]
-  [--beam-size N] [--blank-penalty P] [--package-searcher NAME]
+  [--beam-size N] [--blank-penalty P] [--insertion-bonus B] [--length-norm A] [--package-searcher NAME]
   [--work-dir DIR] [--skip-setup true|false] [--train-args \"...\"] [--time-budget SECONDS]
   [--post-train-reserve SECONDS] [--onnx-reserve SECONDS] [--biasing N] [--hotwords-score S]
 defaults: stage=$stage stop_stage=$stop_stage recipe=$recipe num_jobs=$num_jobs num_train=$num_train
   num_dev=$num_dev num_test=$num_test voices_per_sentence=$voices_per_sentence train_text=$train_text
   speed_perturb=$speed_perturb vocab_size=$vocab_size lm_order=$lm_order
   word_lm_order=$word_lm_order lm_unit=$lm_unit lm_weight=$lm_weight
-  beam_size=$beam_size blank_penalty=$blank_penalty package_searcher=$package_searcher
+  beam_size=$beam_size blank_penalty=$blank_penalty insertion_bonus=$insertion_bonus
+  length_norm=$length_norm package_searcher=$package_searcher
   time_budget=$time_budget"
 . "$ROOT/egs/shared/parse_options.sh"
 work_dir=$(mkdir -p "$work_dir" && cd "$work_dir" && pwd)
@@ -130,8 +133,8 @@ parts="train-clean-5 dev-clean-2 test-clean"
 wer_file=$exp_dir/wer-test-clean.txt  # stage 5: "SEARCHER NAME WER" per searcher; stage 6 reads it
 
 # The search options of searcher $1 (a name or role), in search_args: none for the greedy ones;
-# the LM of --lm-unit, beam size and blank penalty for the others. Stage 5 decodes with them and
-# stage 6 stores them in the package.
+# the LM of --lm-unit, beam size, blank penalty, insertion bonus and length norm for the others.
+# Stage 5 decodes with them and stage 6 stores them in the package.
 set_search_args() {
   search_args=()
   case "$1" in
@@ -140,7 +143,8 @@ set_search_args() {
       local fused=$lm_path
       [ "$lm_unit" = word ] && fused=$word_lm_path
       search_args=(--set "search.beam_size=$beam_size" "search.blank_penalty=$blank_penalty"
-        "search.lm_path=$fused" "search.lm_unit=$lm_unit" "search.lm_weight=$lm_weight") ;;
+        "search.lm_path=$fused" "search.lm_unit=$lm_unit" "search.lm_weight=$lm_weight"
+        "search.insertion_bonus=$insertion_bonus" "search.length_norm=$length_norm") ;;
   esac
 }
 
