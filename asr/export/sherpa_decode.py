@@ -174,9 +174,12 @@ class SherpaRecognizer:
 
 def load_recognizer(
     onnx_dir: str | Path, int8: bool = False, num_threads: int = 1,
-    decoding_method: str = "greedy_search",
+    decoding_method: str = "greedy_search", online_options: dict | None = None,
 ) -> SherpaRecognizer:
     """The sherpa-onnx recognizer of an ``asr export-onnx`` directory.
+
+    ``online_options`` go to ``sherpa_onnx.OnlineRecognizer.from_transducer`` for a streaming
+    export (e.g. its endpoint rules).
 
     Raises:
         FileNotFoundError: without ``export.json`` or the graphs asked for (int8 ones exist only
@@ -209,7 +212,7 @@ def load_recognizer(
     elif streaming:
         recognizer = sherpa_onnx.OnlineRecognizer.from_transducer(
             encoder=str(files["encoder"]), decoder=str(files["decoder"]),
-            joiner=str(files["joiner"]), **common)
+            joiner=str(files["joiner"]), **common, **(online_options or {}))
         chunk_size = int(report["metadata"]["encoder.onnx"]["chunk_size"])
     else:
         recognizer = sherpa_onnx.OfflineRecognizer.from_transducer(
