@@ -17,14 +17,9 @@ over the ready streams (sherpa-onnx batches their encoder states). What differs 
   endpointing with our :class:`asr.runtime.endpoint.EndpointConfig` values (its three rules
   are ours); after an endpoint sherpa-onnx keeps the predictor's context, we start blank.
 
-Example:
+Example (the server, as ``asr serve --engine sherpa-onnx --model exp/onnx-streaming`` runs it):
     >>> recognizer = load_streaming_recognizer("exp/onnx-streaming", int8=True)
-    >>> stream = recognizer.new_stream()
-    >>> recognizer.accept_waveform(stream, samples, 16000)
-    >>> recognizer.input_finished(stream)
-    >>> while recognizer.is_ready(stream):
-    ...     recognizer.decode([stream])
-    >>> recognizer.result(stream).text
+    >>> asyncio.run(RecognitionServer(recognizer, ServerConfig(port=6006)).serve_forever())
 """
 
 from __future__ import annotations

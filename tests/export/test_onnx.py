@@ -296,6 +296,31 @@ def test_streaming_flush_decodes_every_frame_with_the_inputs_own_background(expo
     assert sum(len(s.fed) > 1 for s in tap.streams) >= 8
 
 
+def test_sherpa_streaming_recognizer_fed_in_pieces_equals_the_whole_decode(exported, utterances):
+    """The server's sherpa-onnx engine, fed pieces of 1234 samples with decode steps between
+    them and all streams in one batch, gives decode-onnx's tokens (the same flush)."""
+    from asr.export.sherpa_streaming import load_streaming_recognizer
+
+    directory = exported["streaming"]
+    waves = utterances[:8]
+    whole = load_recognizer(directory).decode(waves)
+    recognizer = load_streaming_recognizer(directory, endpoint=EndpointConfig(enabled=False))
+    streams = [recognizer.new_stream() for _ in waves]
+    for start in range(0, max(w.shape[0] for w in waves), 1234):
+        for stream, wave in zip(streams, waves):
+            if not stream.input_done:
+                recognizer.accept_waveform(stream, wave[start: start + 1234], RATE)
+                if start + 1234 >= wave.shape[0]:
+                    recognizer.input_finished(stream)
+        recognizer.decode(streams)
+    while any(recognizer.is_ready(s) for s in streams):
+        recognizer.decode(streams)
+    results = [recognizer.result(s) for s in streams]
+    assert all(s.done and r.is_final for s, r in zip(streams, results))
+    assert [r.token_ids for r in results] == [w.token_ids for w in whole]
+    assert sum(len(r.token_ids) for r in results) > 3 * len(waves)
+
+
 def test_room_tone_is_the_quietest_stretch():
     wave = np.concatenate([np.full(300, 0.5), np.full(200, 0.01), np.full(300, -0.5)])
     assert np.allclose(room_tone(wave, 1000, 100), 0.01)

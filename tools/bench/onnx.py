@@ -2,7 +2,8 @@
 
 One table, one run, the same package and audio for every engine:
 
-* ``pytorch``: :class:`asr.runtime.offline.Transcriber` (offline) and its streaming recognizer;
+* ``pytorch``: :class:`asr.runtime.offline.Transcriber` (offline) and its streaming recognizer,
+  with sherpa-onnx's search (greedy, one symbol per frame);
 * ``sherpa-onnx fp32`` / ``int8``: the graphs of ``asr export-onnx`` (offline, and streaming when
   the package streams) in sherpa-onnx (:mod:`asr.export.sherpa_decode`), greedy search.
 
@@ -101,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("training a tiny transducer under %s", work)
         package = trained_tiny_package(work / "tiny", head="transducer").package_dir
     files = args.files or _synthesize(work / "audio", args.num_files, args.seed)
-    model = load_model(package)
+    # sherpa-onnx's search: greedy, at most one symbol per frame, no blank penalty (not the
+    # package's own searcher, which may be a beam search with an LM)
+    model = load_model(package, searcher="greedy",
+                       search={"max_symbols_per_frame": 1, "blank_penalty": 0.0})
     rate = model.sample_rate
     waves = [load_audio(f, rate) for f in files]
     seconds = sum(w.shape[0] for w in waves) / rate
