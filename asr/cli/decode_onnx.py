@@ -3,8 +3,10 @@ sherpa-onnx, for graphs written by ``asr export-onnx``.
 
 Writes the files ``asr decode`` writes (``recogs-``, ``errs-``, ``wer-summary-<part>-<name>.txt``,
 with ``name`` = ``sherpa-onnx-<layout>[-int8]``, e.g. ``sherpa-onnx-streaming-transducer``) into ``--output-dir`` (default: the ONNX directory)
-and prints each summary's path. Greedy search (at most one symbol per frame); streaming
-directories are decoded chunk by chunk with their chunk size.
+and prints each summary's path. Greedy search (at most one symbol per frame) unless
+``--decoding-method modified_beam_search`` (transducers; ``--hotwords-file`` then biases it with
+sherpa-onnx's own hotwords, read with the export's ``bpe.vocab``); streaming directories are
+decoded chunk by chunk with their chunk size.
 """
 
 from __future__ import annotations
@@ -28,14 +30,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--int8", action="store_true", help="the *.int8.onnx graphs")
     parser.add_argument("--num-threads", type=int, default=1, help="onnxruntime threads")
     parser.add_argument("--batch-size", type=int, default=32, help="streams decoded together")
+    parser.add_argument("--decoding-method", choices=["greedy_search", "modified_beam_search"],
+                        default="greedy_search", help="sherpa-onnx's search (transducers)")
+    parser.add_argument("--max-active-paths", type=int, default=4,
+                        help="beam of modified_beam_search")
+    parser.add_argument("--hotwords-file", type=Path, default=None,
+                        help="sherpa-onnx's hotwords (modified_beam_search; needs the export's "
+                             "bpe.vocab); the file format of `asr decode --set "
+                             "search.hotwords_file=` (default: none)")
+    parser.add_argument("--hotwords-score", type=float, default=1.5,
+                        help="sherpa-onnx's per-token hotword boost")
+    parser.add_argument("--blank-penalty", type=float, default=0.0,
+                        help="subtracted from the blank logit (transducers)")
+    parser.add_argument("--tag", default="", help="suffix of the result files' name")
     parser.add_argument("--output-dir", type=Path, default=None,
                         help="where the result files go (default: --onnx-dir)")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        recognizer = load_recognizer(args.onnx_dir, int8=args.int8, num_threads=args.num_threads)
+        recognizer = load_recognizer(
+            args.onnx_dir, int8=args.int8, num_threads=args.num_threads,
+            decoding_method=args.decoding_method, max_active_paths=args.max_active_paths,
+            hotwords_file=args.hotwords_file, hotwords_score=args.hotwords_score,
+            blank_penalty=args.blank_penalty,
+        )
         name = "sherpa-onnx-" + recognizer.layout.replace("_", "-") + ("-int8" if args.int8 else "")
+        name += f"-{args.tag}" if args.tag else ""
         for part in args.parts:
             recognitions = decode_part_sherpa(recognizer, args.manifest_dir, part,
                                               args.batch_size)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from asr.synth.parts import PARTS
-from asr.synth.synthesize import PRESETS, TRAIN_TEXTS, synthesize_corpus
+from asr.synth.synthesize import PRESETS, TRAIN_TEXTS, synthesize_biasing_set, synthesize_corpus
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="what training parts say: whole pool sentences, or word-run segments of every "
         "source sentence (default: preset)",
     )  # fmt: skip
+    parser.add_argument(
+        "--biasing", type=int, metavar="N", default=0,
+        help="instead of the corpus: synthesize its contextual-biasing set, dev-biasing and "
+        "test-biasing of N utterances each plus phrase lists (asr/synth/biasing.py); needs "
+        "the corpus (its training text) first",
+    )  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace an existing synthesis")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -80,6 +86,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _synthesize(args: argparse.Namespace) -> int:
     """Runs the synthesis for parsed arguments; prints a per-part summary."""
+    if args.biasing:
+        result = synthesize_biasing_set(
+            args.root, args.biasing, seed=args.seed, num_jobs=args.num_jobs,
+            progress=not args.no_progress,
+        )  # fmt: skip
+        for part in sorted(result.num_utts):
+            print(f"{part}\t{result.num_utts[part]} utterances\t{result.hours[part]:.3f} h")
+        return 0
     preset = PRESETS[args.preset]
     sizes = _parse_sizes(args.num_utts) if args.num_utts else dict(preset.num_utts)
     top_words = preset.top_words if args.top_words is None else (args.top_words or None)

@@ -54,6 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="*", help="audio files; '-' reads one file from stdin")
     parser.add_argument("--model", required=True, help="model package directory")
     add_search_arguments(parser, "the package's")
+    parser.add_argument("--hotwords", metavar="FILE|PHRASES",
+                        help="bias the beam search toward these phrases: a file (one phrase per "
+                             "line, optionally ending with ' :SCORE'; sherpa-onnx's format) or "
+                             "phrases separated by ';' \"ALPHA BETA;GAMMA\" (default: none)")
+    parser.add_argument("--hotwords-score", type=float, metavar="S",
+                        help="per-token boost of a phrase without its own score (default: the "
+                             "package's search.hotwords_score)")
     parser.add_argument("--format", choices=FORMATS, default="text", help=FORMAT_HELP)
     parser.add_argument("--streaming", action="store_true",
                         help="decode chunk by chunk with the streaming recognizer (default "
@@ -157,9 +164,16 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         logger.error("asr transcribe: --batch-size must be >= 1, got %d", args.batch_size)
         return 2
+    if args.hotwords_score is not None:
+        args.search_overrides.append(f"search.hotwords_score={args.hotwords_score}")
+    if args.hotwords is not None and args.streaming:
+        logger.error("asr transcribe: --hotwords bias the offline beam searchers, not --streaming")
+        return 2
     try:
         model = load_model(args.model, device=args.device, searcher=args.searcher,
                            search=args.search_overrides)
+        if args.hotwords is not None:  # bad phrases fail here, before any audio
+            model.searcher(args.searcher, args.hotwords)
         if args.streaming:  # a searcher that does not stream fails here, before any audio
             model.streaming_recognizer(args.searcher)
     except PackageError as err:
@@ -174,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
             files, batch_size=args.batch_size, streaming=args.streaming,
             window_seconds=args.window_seconds, overlap_seconds=args.overlap_seconds,
             progress=progress, on_error="return", searcher=args.searcher,
+            hotwords=args.hotwords,
         )
     except (AudioError, ValueError, KeyError) as err:
         logger.error("asr transcribe: %s", err)

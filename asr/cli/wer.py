@@ -1,14 +1,19 @@
-"""``asr wer REF HYP``: score hypotheses against references (Kaldi ``text`` files)."""
+"""``asr wer REF HYP``: score hypotheses against references (Kaldi ``text`` files), or
+``asr wer RECOGS`` the references and hypotheses of an ``asr decode`` recogs file; with
+``--phrases TSV`` (a biasing set's ``utt_id<TAB>phrase`` lines) also the phrase recall."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from asr.metrics.wer import (
     compute_cer,
     compute_wer,
+    phrase_recall,
     read_kaldi_text,
+    read_recognitions,
     write_error_report,
     write_recognitions,
 )
@@ -18,7 +23,11 @@ logger = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("ref", help="reference text file: 'utt_id TEXT' per line")
-    parser.add_argument("hyp", help="hypothesis text file: 'utt_id TEXT' per line")
+    parser.add_argument("hyp", nargs="?", default=None,
+                        help="hypothesis text file: 'utt_id TEXT' per line; without it REF is an "
+                             "`asr decode` recogs file holding both")
+    parser.add_argument("--phrases", help="'utt_id<TAB>phrase' lines: also print the phrase recall, "
+                        "the share of phrases said exactly as whole words (default: none)")
     parser.add_argument("--cer", action="store_true", help="score characters instead of words")
     parser.add_argument("--report", help="write an error report (alignments, frequent errors) here (default: "
                              "none)")
@@ -33,8 +42,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the summary line; utterances missing from HYP count as empty (all deleted)."""
     try:
-        refs = read_kaldi_text(args.ref)
-        hyps = read_kaldi_text(args.hyp)
+        if args.hyp is None:
+            refs, hyps = read_recognitions(args.ref)
+        else:
+            refs = read_kaldi_text(args.ref)
+            hyps = read_kaldi_text(args.hyp)
+        phrases = dict(
+            line.split("\t", 1) for line in Path(args.phrases).read_text(encoding="utf-8")
+            .splitlines() if line.strip()
+        ) if args.phrases else {}
     except (OSError, ValueError) as err:
         logger.error("asr wer: %s", err)
         return 2
@@ -55,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
     score = compute_cer if args.cer else compute_wer
     result = score([refs[u] for u in utt_ids], [hyps.get(u, "") for u in utt_ids], utt_ids)
     print(result.stats.summary(result.metric))
+    if phrases:
+        found, total = phrase_recall(phrases, hyps)
+        print(f"phrase recall {100.0 * found / max(total, 1):.2f}% ({found}/{total})")
     if args.report:
         write_error_report(args.report, result)
         logger.info("wrote %s", args.report)

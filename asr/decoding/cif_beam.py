@@ -172,16 +172,7 @@ class CifBeamSearch:
         """The decoder's log-probability of each final hypothesis with its own token count."""
         if not self.cfg.rescore_weight or not finals:
             return None
-        count = len(finals)
-        width = max(1, max(len(f.hyp.tokens) for f in finals))
-        tokens = torch.zeros(count, width, dtype=torch.long, device=enc.device)
-        for i, final in enumerate(finals):
-            tokens[i, : len(final.hyp.tokens)] = torch.tensor(final.hyp.tokens, dtype=torch.long)
-        lens = torch.tensor([len(f.hyp.tokens) for f in finals], device=enc.device)
-        scores = self.head.score_tokens(
-            enc.expand(count, -1, -1), enc_lens.expand(count), tokens, lens
-        )
-        return scores.tolist()
+        return self.head.score_sequences(enc, enc_lens, [f.hyp.tokens for f in finals]).tolist()
 
     def _search(
         self, log_probs: Tensor, frames: list[int], ctc_log_probs: Tensor | None

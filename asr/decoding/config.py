@@ -38,7 +38,8 @@ class SearchConfig:
             per-token average.
         ctc_weight: lambda of joint CTC/attention scoring, ``(1 - lambda) * attention +
             lambda * ctc``, in ``aed_beam`` and ``cif_beam`` (CTC prefix scores, with a
-            ``ctc`` head) and ``attention_rescoring`` (first-pass scores).
+            ``ctc`` head), and the first pass's weight in ``attention_rescoring`` and
+            ``cif_rescoring``.
         blank_penalty: subtracted from the blank logit before every CTC, transducer and TDT
             decision (> 0 emits more tokens), also the greedy CTC path that segments the tokens
             of a CIF head with ``segments: ctc``.
@@ -78,6 +79,17 @@ class SearchConfig:
             ``max_stream_tokens`` tokens and a warning is logged.
         max_stream_frames: encoder frames a streaming ``cif_greedy`` state keeps per stream
             (its decoder attends to all of them); later frames are dropped with a warning.
+        hotwords_file: a hotword list (contextual biasing, :mod:`asr.decoding.context_graph`)
+            for ``transducer_beam``, ``tdt_beam`` and ``ctc_prefix_beam``: one phrase per line,
+            optionally ending with `` :SCORE`` (its per-token boost); sherpa-onnx's format, so
+            the same file serves its ``hotwords_file``. Null for none.
+        hotwords: more phrases inline, separated by ``;`` (``"ALPHA BETA;GAMMA :2.5"``), added
+            to those of ``hotwords_file``; null for none.
+        hotwords_score: the per-token boost of a phrase without its own score (sherpa-onnx's
+            ``hotwords_score``); 0 with no per-phrase scores turns biasing off.
+        hotwords_unboosted_prefix: the first this many tokens of each phrase (at most all but
+            its last) must match but carry no boost (a phrase's first piece is often a letter
+            that begins many words); 0 boosts every token, as icefall and sherpa-onnx do.
     """
 
     beam_size: int = 4
@@ -95,6 +107,10 @@ class SearchConfig:
     max_stream_tokens: int = 2048
     rescore_weight: float = 0.5
     max_stream_frames: int = 1500
+    hotwords_file: Path | None = None
+    hotwords: str | None = None
+    hotwords_score: float = 1.5
+    hotwords_unboosted_prefix: int = 1
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
@@ -116,7 +132,8 @@ class SearchConfig:
         if self.ctc_pre_beam < 1.0:
             raise ValueError(f"search.ctc_pre_beam must be >= 1, got {self.ctc_pre_beam}")
         for name in (
-            "length_penalty", "blank_penalty", "lm_weight", "insertion_bonus", "length_norm"
+            "length_penalty", "blank_penalty", "lm_weight", "insertion_bonus", "length_norm",
+            "hotwords_score",
         ):
             value = getattr(self, name)
             if not math.isfinite(value):
@@ -127,6 +144,10 @@ class SearchConfig:
             raise ValueError(f"search.length_norm must be >= 0, got {self.length_norm}")
         if self.lm_unit not in ("token", "word"):
             raise ValueError(f"search.lm_unit must be 'token' or 'word', got {self.lm_unit!r}")
+        if self.hotwords_unboosted_prefix < 0:
+            raise ValueError(
+                f"search.hotwords_unboosted_prefix must be >= 0, got {self.hotwords_unboosted_prefix}"
+            )
         if self.max_stream_tokens < 1:
             raise ValueError(f"search.max_stream_tokens must be >= 1, got {self.max_stream_tokens}")
 

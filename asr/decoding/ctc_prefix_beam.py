@@ -24,6 +24,11 @@ ranking divides the score by ``(L + 1) ** length_norm``
 timestamp is the frame at which the most probable alignment contributing to the prefix emitted
 it.
 
+Contextual biasing (:mod:`asr.decoding.context_graph`): with a hotword graph each prefix
+carries its graph state and the sum of the graph's bonuses along its tokens, which its ranking
+score adds (each frame's pruning and the final ranking, where the graph's ``finalize`` gives an
+unfinished partial match's boost back); the CTC probabilities themselves are unchanged.
+
 Shape legend: B batch, T frames, D encoder dims, V vocabulary incl. blank.
 """
 
@@ -38,6 +43,7 @@ from torch import Tensor
 
 from asr.decoding.base import check_encoder_output, log_add, rank_score
 from asr.decoding.config import SearchConfig
+from asr.decoding.context_graph import ContextGraph
 from asr.decoding.ctc_greedy import ctc_log_probs
 from asr.decoding.lm import LanguageModel, fusion_lm
 from asr.heads.ctc import CTCHead
@@ -60,6 +66,8 @@ class _Prefix:
     lm_state: Hashable = None
     lm_score: float = 0.0
     lm_next: Tensor | None = field(default=None, repr=False)
+    context: int = 0  # hotword graph state
+    context_score: float = 0.0  # sum of the graph's bonuses along the prefix
 
     @property
     def ctc(self) -> float:
@@ -74,12 +82,20 @@ class CtcPrefixBeamSearch:
         cfg: uses ``beam_size``, ``nbest``, ``blank_penalty``, ``lm_weight``,
             ``insertion_bonus`` and ``length_norm``.
         lm: optional token LM fused with weight ``cfg.lm_weight``.
+        context: optional hotword graph (module docstring).
     """
 
-    def __init__(self, head: CTCHead, cfg: SearchConfig, lm: LanguageModel | None = None) -> None:
+    def __init__(
+        self,
+        head: CTCHead,
+        cfg: SearchConfig,
+        lm: LanguageModel | None = None,
+        context: ContextGraph | None = None,
+    ) -> None:
         self.head = head
         self.cfg = cfg
         self.lm = fusion_lm(lm, cfg.lm_weight, head.vocab_size, "CTC head")
+        self.context = context
 
     @torch.no_grad()
     def __call__(self, enc: Tensor, enc_lens: Tensor) -> list[list[Hypothesis]]:
@@ -153,6 +169,10 @@ class CtcPrefixBeamSearch:
         if entry is None:
             entry = new[prefix] = _Prefix(lm_state=parent.lm_state, lm_score=parent.lm_score)
             entry.lm_next = parent.lm_next
+            entry.context, entry.context_score = parent.context, parent.context_score
+            if label is not None and self.context is not None:
+                bonus, entry.context = self.context.step(parent.context, label)
+                entry.context_score += bonus
             if label is not None and self.lm is not None:
                 entry.lm_score += float(self._lm_next(parent)[label])
                 entry.lm_state = self.lm.advance(parent.lm_state, label)
@@ -172,7 +192,7 @@ class CtcPrefixBeamSearch:
 
     def _total(self, prefix: tuple[int, ...], entry: _Prefix, final: bool = False) -> float:
         """Ranking score: CTC log-probability + lm_weight * LM log-probability +
-        insertion_bonus per token; ``final``: with the LM's end of sentence, length-normalised."""
+        insertion_bonus per token + hotword bonuses; ``final``: with the LM's end of sentence, length-normalised."""
         score = entry.ctc
         if self.lm is not None:
             lm_score = entry.lm_score
@@ -181,4 +201,8 @@ class CtcPrefixBeamSearch:
             score += self.cfg.lm_weight * lm_score
         if self.cfg.insertion_bonus:
             score += self.cfg.insertion_bonus * len(prefix)
+        if self.context is not None:
+            score += entry.context_score
+            if final:
+                score += self.context.finalize(entry.context)
         return rank_score(score, len(prefix), self.cfg.length_norm) if final else score

@@ -22,10 +22,14 @@ cif_greedy             greedy   yes       no     a ``cif`` head (streaming keeps
                                                  and decodes them all at every partial result)
 cif_beam               beam     no        yes    a ``cif`` head (CTC prefix scores when a ``ctc`` head
                                                  exists and ``ctc_weight > 0``)
+cif_rescoring          rescore  no        no     a ``cif`` head and a first pass, as
+                                                 ``attention_rescoring`` (its LM fuses there)
 =====================  =======  ========  =====  ====================================================
 
 The LM of an LM-fusing searcher is ``search.lm_path`` (a token or word n-gram, ``search.lm_unit``)
-or the ``lm=`` argument.
+or the ``lm=`` argument. ``transducer_beam``, ``tdt_beam`` and ``ctc_prefix_beam`` also take a
+hotword graph (:mod:`asr.decoding.context_graph`; the rows' ``biases``): that of
+``search.hotwords_file`` / ``search.hotwords``, or the ``context=`` argument.
 """
 
 from __future__ import annotations
@@ -40,10 +44,11 @@ from asr.decoding.base import Searcher, StreamingSearcher
 from asr.decoding.cif_beam import CifBeamSearch
 from asr.decoding.cif_greedy import CifGreedySearch
 from asr.decoding.config import SearchConfig
+from asr.decoding.context_graph import ContextGraph, context_graph_for, hotwords_of
 from asr.decoding.ctc_greedy import CtcGreedySearcher
 from asr.decoding.ctc_prefix_beam import CtcPrefixBeamSearch
 from asr.decoding.lm import LanguageModel, NgramLM
-from asr.decoding.rescoring import AttentionRescoring
+from asr.decoding.rescoring import NbestRescoring
 from asr.decoding.tdt_beam import TdtBeamSearch
 from asr.decoding.transducer_beam import ModifiedBeamSearch
 from asr.decoding.transducer_greedy import LabelLoopingGreedy
@@ -71,7 +76,10 @@ Role = Literal["greedy", "beam", "rescore"]
 #: Roles that ``build_searcher`` / ``asr decode --searcher`` accept in place of a name.
 ROLES: tuple[str, ...] = ("greedy", "beam")
 
-_Builder = Callable[[ASRModel, SearchConfig, "LanguageModel | None", "Tokenizer | None"], Searcher]
+_Builder = Callable[
+    [ASRModel, SearchConfig, "LanguageModel | None", "Tokenizer | None", "ContextGraph | None"],
+    Searcher,
+]
 
 
 @dataclass(frozen=True)
@@ -86,8 +94,10 @@ class SearcherSpec:
         streaming: whether it also runs chunk by chunk on a streaming state.
         fuses_lm: whether it uses ``search.lm_path`` (shallow fusion).
         needs: what the model must have, for messages.
-        build: ``(model, search config, LM or None, tokenizer or None) -> searcher``.
+        build: ``(model, search config, LM or None, tokenizer or None, hotword graph or None)
+            -> searcher``.
         also_needs: heads beyond ``head`` of which at least one must exist (rescoring's first pass).
+        biases: whether it takes a hotword graph (``search.hotwords_file`` / ``hotwords``).
     """
 
     name: str
@@ -99,6 +109,7 @@ class SearcherSpec:
     needs: str
     build: _Builder
     also_needs: tuple[str, ...] = ()
+    biases: bool = False
 
     def usable(self, kinds: Mapping[str, str]) -> bool:
         """Whether a model whose heads have ``kinds`` (name -> kind) supports this searcher."""
@@ -108,7 +119,7 @@ class SearcherSpec:
 
 
 def _first_pass(model: ASRModel, cfg: SearchConfig, tokenizer: Tokenizer | None) -> Searcher:
-    """n-best producer for attention rescoring: all ``beam_size`` hypotheses are kept."""
+    """n-best producer for the rescoring searchers: all ``beam_size`` hypotheses are kept."""
     first_cfg = replace(cfg, nbest=cfg.beam_size)
     kinds = model.head_kinds()
     first = "ctc_prefix_beam" if "ctc" in kinds else searcher_for("beam", model, heads=("transducer",))
@@ -125,27 +136,34 @@ _TDT = "a 'transducer' head with loss tdt|pruned_tdt"
 #: Every searcher, in the order names are listed.
 SEARCHERS: tuple[SearcherSpec, ...] = (
     SearcherSpec("ctc_greedy", "ctc", ("ctc",), "greedy", True, False, "a 'ctc' head",
-                 lambda m, c, lm, tok: CtcGreedySearcher(m.heads["ctc"], c)),
+                 lambda m, c, lm, tok, ctx: CtcGreedySearcher(m.heads["ctc"], c)),
     SearcherSpec("ctc_prefix_beam", "ctc", ("ctc",), "beam", False, True, "a 'ctc' head",
-                 lambda m, c, lm, tok: CtcPrefixBeamSearch(m.heads["ctc"], c, lm)),
+                 lambda m, c, lm, tok, ctx: CtcPrefixBeamSearch(m.heads["ctc"], c, lm, ctx),
+                 biases=True),
     SearcherSpec("transducer_greedy", "transducer", ("rnnt",), "greedy", True, False, _RNNT,
-                 lambda m, c, lm, tok: LabelLoopingGreedy(m.heads["transducer"], c)),
+                 lambda m, c, lm, tok, ctx: LabelLoopingGreedy(m.heads["transducer"], c)),
     SearcherSpec("transducer_beam", "transducer", ("rnnt",), "beam", False, True, _RNNT,
-                 lambda m, c, lm, tok: ModifiedBeamSearch(m.heads["transducer"], c, lm)),
+                 lambda m, c, lm, tok, ctx: ModifiedBeamSearch(m.heads["transducer"], c, lm, ctx),
+                 biases=True),
     SearcherSpec("tdt_greedy", "transducer", ("tdt",), "greedy", True, False, _TDT,
-                 lambda m, c, lm, tok: LabelLoopingGreedy(m.heads["transducer"], c)),
+                 lambda m, c, lm, tok, ctx: LabelLoopingGreedy(m.heads["transducer"], c)),
     SearcherSpec("tdt_beam", "transducer", ("tdt",), "beam", False, True, _TDT,
-                 lambda m, c, lm, tok: TdtBeamSearch(m.heads["transducer"], c, lm)),
+                 lambda m, c, lm, tok, ctx: TdtBeamSearch(m.heads["transducer"], c, lm, ctx),
+                 biases=True),
     SearcherSpec("aed_beam", "aed", ("aed",), "beam", False, False, "an 'aed' head",
-                 lambda m, c, lm, tok: AedBeamSearch(m.heads["aed"], c, _ctc(m))),
+                 lambda m, c, lm, tok, ctx: AedBeamSearch(m.heads["aed"], c, _ctc(m))),
     SearcherSpec("attention_rescoring", "aed", ("aed",), "rescore", False, False,
                  "an 'aed' head and a 'ctc' or 'transducer' head",
-                 lambda m, c, lm, tok: AttentionRescoring(_first_pass(m, c, tok), m.heads["aed"], c),
+                 lambda m, c, lm, tok, ctx: NbestRescoring(_first_pass(m, c, tok), m.heads["aed"], c),
                  also_needs=("ctc", "transducer")),
     SearcherSpec("cif_greedy", "cif", ("cif",), "greedy", True, False, "a 'cif' head",
-                 lambda m, c, lm, tok: CifGreedySearch(m.heads["cif"], c)),
+                 lambda m, c, lm, tok, ctx: CifGreedySearch(m.heads["cif"], c)),
     SearcherSpec("cif_beam", "cif", ("cif",), "beam", False, True, "a 'cif' head",
-                 lambda m, c, lm, tok: CifBeamSearch(m.heads["cif"], c, lm, _ctc(m))),
+                 lambda m, c, lm, tok, ctx: CifBeamSearch(m.heads["cif"], c, lm, _ctc(m))),
+    SearcherSpec("cif_rescoring", "cif", ("cif",), "rescore", False, False,
+                 "a 'cif' head and a 'ctc' or 'transducer' head",
+                 lambda m, c, lm, tok, ctx: NbestRescoring(_first_pass(m, c, tok), m.heads["cif"], c),
+                 also_needs=("ctc", "transducer")),
 )  # fmt: skip
 
 _BY_NAME = {spec.name: spec for spec in SEARCHERS}
@@ -267,6 +285,7 @@ def build_searcher(
     *,
     lm: LanguageModel | None = None,
     tokenizer: Tokenizer | None = None,
+    context: ContextGraph | None = None,
 ) -> Searcher:
     """Builds searcher ``name`` over the heads of ``model``.
 
@@ -280,7 +299,9 @@ def build_searcher(
         cfg: search options.
         lm: LM for the LM-fusing searchers (overrides ``cfg.lm_path``).
         tokenizer: the model's tokenizer; needed to spell the lexicon of a word LM
-            (``cfg.lm_unit == "word"``).
+            (``cfg.lm_unit == "word"``) and to tokenize hotwords.
+        context: hotword graph for the biasing searchers (overrides ``cfg.hotwords_file`` and
+            ``cfg.hotwords``).
 
     Raises:
         ValueError: on an unknown name, or one the model's heads do not support (naming the
@@ -291,7 +312,12 @@ def build_searcher(
         logger.warning("build_searcher(%r): the model is in training mode (dropout is on)", name)
     if lm is None and spec.fuses_lm:
         lm = _load_lm(model, cfg, spec.head, tokenizer)
-    return spec.build(model, cfg, lm, tokenizer)
+    if spec.biases and context is None:
+        context = context_graph_for(cfg, tokenizer)
+    elif not spec.biases and spec.role != "rescore" and (context is not None or hotwords_of(cfg)):
+        logger.warning("searcher %r does not use hotwords; those given are ignored (hotwords "
+                       "bias: %s)", spec.name, ", ".join(s.name for s in SEARCHERS if s.biases))
+    return spec.build(model, cfg, lm, tokenizer, context)
 
 
 def build_streaming_searcher(
@@ -315,6 +341,6 @@ def build_streaming_searcher(
             f"searcher {resolved!r} does not stream; streaming searchers of this model: "
             f"{streaming} (all streaming searchers: {list(STREAMING_SEARCHER_NAMES)})"
         )
-    searcher = spec.build(model, cfg, None, tokenizer)
+    searcher = spec.build(model, cfg, None, tokenizer, None)
     assert isinstance(searcher, StreamingSearcher)
     return searcher

@@ -1,41 +1,61 @@
-"""Attention rescoring of a first-pass n-best (CTC prefix beam or transducer beam search).
+"""n-best rescoring: a first pass (CTC prefix beam or transducer beam search) proposes, a second
+head scores whole hypotheses, and the two scores are mixed.
 
-WeNet's "attention rescoring" (Wu et al. 2021, "U2: Unified Streaming and Non-streaming Two-pass
-End-to-end Model for Speech Recognition", arXiv:2012.05481): the ``beam_size`` hypotheses of the
-first pass are scored by the attention decoder with teacher forcing
-(:meth:`asr.heads.aed.AEDHead.score_sequences`, which mixes in the right-to-left decoder when the
-head has one), and re-ranked by ``(1 - ctc_weight) * attention + ctc_weight * first_pass``
-(the joint CTC/attention weighting of Watanabe et al. 2017 applied to whole hypotheses).
-Timestamps are those of the first pass.
+* ``attention_rescoring``, WeNet's two-pass decoding (Wu et al. 2021, "U2: Unified Streaming and
+  Non-streaming Two-pass End-to-end Model for Speech Recognition", arXiv:2012.05481): the
+  attention decoder scores each hypothesis with teacher forcing
+  (:meth:`asr.heads.aed.AEDHead.score_sequences`, which mixes in the right-to-left decoder when
+  the head has one).
+* ``cif_rescoring``, the same with the CIF head's non-autoregressive decoder
+  (:meth:`asr.heads.cif.CIFHead.score_sequences`): each hypothesis is decoded from embeddings
+  made for its own tokens (its CTC Viterbi segments with ``segments: ctc``, as Paraformer-v2
+  (arXiv:2409.17746) derives them; weights rescaled to its count otherwise). Unlike
+  ``cif_beam``, whose number of positions is the head's, the first pass chooses the count, so an
+  LM fused there can add the tokens that the head's count misses.
+
+Both re-rank by ``(1 - ctc_weight) * second + ctc_weight * first_pass`` (the joint CTC/attention
+weighting of Watanabe et al. 2017 applied to whole hypotheses; the first-pass score includes its
+LM, bonus and normalisation). Timestamps are those of the first pass.
 
 Shape legend: B batch, N hypotheses of the whole batch, T frames, D encoder dims.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from asr.decoding.base import Searcher, check_encoder_output
 from asr.decoding.config import SearchConfig
-from asr.heads.aed import AEDHead
 from asr.types import Hypothesis
 
-__all__ = ["AttentionRescoring"]
+__all__ = ["NbestRescoring", "SequenceScorer"]
 
 
-class AttentionRescoring:
-    """Re-ranks the n-best of ``first_pass`` with an AED head.
+class SequenceScorer(Protocol):
+    """A head that scores complete hypotheses (the AED and CIF heads)."""
+
+    def score_sequences(
+        self, enc: Tensor, enc_lens: Tensor, hyps: Sequence[Sequence[int]]
+    ) -> Tensor:
+        """enc (N, T, D), enc_lens (N,), N hypotheses -> (N,) log-probabilities."""
+        ...
+
+
+class NbestRescoring:
+    """Re-ranks the n-best of ``first_pass`` with the scores of a second head.
 
     Args:
         first_pass: a searcher returning up to ``beam_size`` hypotheses per utterance.
-        head: the AED head.
-        cfg: uses ``ctc_weight`` and ``nbest``.
+        head: the second head (:class:`SequenceScorer`).
+        cfg: uses ``ctc_weight`` (the first pass's weight) and ``nbest``.
     """
 
-    def __init__(self, first_pass: Searcher, head: AEDHead, cfg: SearchConfig) -> None:
+    def __init__(self, first_pass: Searcher, head: SequenceScorer, cfg: SearchConfig) -> None:
         self.first_pass = first_pass
         self.head = head
         self.cfg = cfg
@@ -50,12 +70,13 @@ class AttentionRescoring:
         if not flat:
             return [[] for _ in nbests]
         index = torch.tensor(owners, device=enc.device)
-        att = self.head.score_sequences(
+        second = self.head.score_sequences(
             enc[index], enc_lens.to(enc.device)[index], [hyp.tokens for hyp in flat]
         ).tolist()
         weight = self.cfg.ctc_weight
         rescored = [
-            replace(hyp, score=(1.0 - weight) * a + weight * hyp.score) for hyp, a in zip(flat, att)
+            replace(hyp, score=(1.0 - weight) * s + weight * hyp.score)
+            for hyp, s in zip(flat, second)
         ]
         results: list[list[Hypothesis]] = [[] for _ in nbests]
         for owner, hyp in zip(owners, rescored):

@@ -48,6 +48,12 @@ the merging of finished hypotheses, which share it), and the finished hypotheses
 ranking score of a live hypothesis can grow as it goes on, so the bound above is not applied:
 live hypotheses are dropped only by the beam. Both 0 (the default): the search above.
 
+Contextual biasing (:mod:`asr.decoding.context_graph`): with a hotword graph each hypothesis
+carries its graph state, a token adds the graph's bonus to its moves before they are ranked, and
+a hypothesis that reaches the last frame adds the graph's ``finalize`` (an unfinished partial
+match gives its boost back) with the LM's end of sentence. Bonuses can raise a live score, so
+with a graph the finished bound is not applied either.
+
 Utterances are searched one after another; the joiner and predictor run batched over the
 hypotheses of an utterance.
 
@@ -57,6 +63,7 @@ L live hypotheses.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +79,7 @@ from asr.decoding.base import (
     where_state,
 )
 from asr.decoding.config import SearchConfig
+from asr.decoding.context_graph import ContextGraph
 from asr.decoding.lm import LanguageModel, fusion_lm
 from asr.decoding.transducer_common import TransducerScorer
 from asr.heads.transducer import TransducerHead
@@ -90,6 +98,7 @@ class _Hyp:
     count: int  # tokens emitted on ``frame`` (duration 0)
     lm_state: Hashable = None
     before_end: float = 0.0  # finished hypotheses: the score before the LM's end of sentence
+    context: int = 0  # hotword graph state
 
 
 def _merge(kept: _Hyp, other: _Hyp) -> _Hyp:
@@ -104,6 +113,7 @@ def _merge(kept: _Hyp, other: _Hyp) -> _Hyp:
         kept.count,
         kept.lm_state,
         log_add(kept.before_end, other.before_end),
+        kept.context,
     )
 
 
@@ -125,10 +135,15 @@ class TdtBeamSearch:
         cfg: uses ``beam_size``, ``nbest``, ``max_symbols_per_frame``, ``blank_penalty``,
             ``lm_weight``, ``insertion_bonus`` and ``length_norm``.
         lm: optional token LM fused with weight ``cfg.lm_weight`` (module docstring).
+        context: optional hotword graph (module docstring).
     """
 
     def __init__(
-        self, head: TransducerHead, cfg: SearchConfig, lm: LanguageModel | None = None
+        self,
+        head: TransducerHead,
+        cfg: SearchConfig,
+        lm: LanguageModel | None = None,
+        context: ContextGraph | None = None,
     ) -> None:
         self.scorer = TransducerScorer(head, cfg.blank_penalty)
         if not self.scorer.is_tdt:
@@ -136,7 +151,8 @@ class TdtBeamSearch:
         self.cfg = cfg
         self.lm = fusion_lm(lm, cfg.lm_weight, head.vocab_size, "transducer head")
         # the finished bound of _prune holds while a live hypothesis' ranking score cannot grow
-        self._bounded = cfg.insertion_bonus <= 0 and cfg.length_norm == 0
+        self.context = context
+        self._bounded = cfg.insertion_bonus <= 0 and cfg.length_norm == 0 and context is None
         self._bonus: Tensor | None = None
 
     @torch.no_grad()
@@ -204,6 +220,9 @@ class TdtBeamSearch:
                     self.scorer.vocab_size, self.scorer.blank_id, self.cfg.insertion_bonus, device
                 )
             token_lp = token_lp + self._bonus
+        if self.context is not None:
+            states = torch.tensor([live[i].context for i in expand], device=device)
+            token_lp = token_lp + self.context.deltas(states)
         no_stay = torch.tensor(
             [live[i].count + 1 >= self.cfg.max_symbols_per_frame for i in expand], device=device
         )
@@ -263,21 +282,28 @@ class TdtBeamSearch:
             return hyp
         count = 0
         tokens, frames, lm_state = hyp.tokens, hyp.frames, hyp.lm_state
+        context = hyp.context
         if move.label != self.scorer.blank_id:
             tokens, frames = tokens + (move.label,), frames + (hyp.frame,)
             if self.lm is not None:
                 lm_state = self.lm.advance(lm_state, move.label)
+            if self.context is not None:
+                context = self.context.step(context, move.label)[1]
             if move.duration == 0:
                 count = hyp.count + 1
-        return _Hyp(tokens, frames, move.score, hyp.frame + move.duration, count, lm_state)
+        return _Hyp(
+            tokens, frames, move.score, hyp.frame + move.duration, count, lm_state, context=context
+        )
 
     def _finish(self, hyp: _Hyp) -> _Hyp:
-        """``hyp`` with the LM's end-of-sentence score added (unchanged without an LM) and the
-        score before it in ``before_end``."""
+        """``hyp`` with the LM's end-of-sentence score and the hotword graph's ``finalize`` added
+        (unchanged without either) and the score before them in ``before_end``."""
         final = hyp.score
         if self.lm is not None:
             final += self.cfg.lm_weight * self.lm.final_score(hyp.lm_state)
-        return _Hyp(hyp.tokens, hyp.frames, final, hyp.frame, hyp.count, hyp.lm_state, hyp.score)
+        if self.context is not None:
+            final += self.context.finalize(hyp.context)
+        return dataclasses.replace(hyp, score=final, before_end=hyp.score)
 
     def _update_predictor(
         self, pred_proj: Tensor, pred_state: Any, rows: list[int], labels: list[int]

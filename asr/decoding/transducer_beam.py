@@ -23,6 +23,11 @@ hypotheses are then ranked by ``score / (L + 1) ** length_norm`` (icefall's ``le
 every hypothesis has read the same frames, so only the final ranking is normalised). Both 0:
 the raw fused log-probability, as without them.
 
+Contextual biasing (:mod:`asr.decoding.context_graph`): with a hotword graph each hypothesis
+carries its graph state, every one-token expansion adds the graph's bonus before the top-k
+(blank adds nothing), and the final ranking adds the graph's ``finalize`` (an unfinished partial
+match gives its boost back). Merged hypotheses share their tokens, so their graph state.
+
 Batched: the hypotheses of all utterances still inside their frames are one tensor batch for
 the joiner and the predictor on every frame; the per-utterance top-k runs on a padded
 (utterances, K * V) matrix; only the bookkeeping of the kept hypotheses (token tuples, merging)
@@ -34,6 +39,7 @@ dims, V vocabulary incl. blank, K beam size.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +55,7 @@ from asr.decoding.base import (
     where_state,
 )
 from asr.decoding.config import SearchConfig
+from asr.decoding.context_graph import ContextGraph
 from asr.decoding.lm import LanguageModel, fusion_lm
 from asr.decoding.transducer_common import TransducerScorer
 from asr.heads.transducer import TransducerHead
@@ -65,6 +72,7 @@ class _Hyp:
     score: float  # AM + lm_weight * LM log-probability + insertion_bonus per token
     owner: int  # utterance index in the batch
     lm_state: Hashable = None
+    context: int = 0  # hotword graph state
 
 
 def topk_per_group(scores: Tensor, owners: Tensor, num_groups: int, k: int) -> list[list[int]]:
@@ -104,14 +112,20 @@ class ModifiedBeamSearch:
         cfg: uses ``beam_size``, ``nbest``, ``blank_penalty``, ``lm_weight``,
             ``insertion_bonus`` and ``length_norm``.
         lm: optional token LM fused with weight ``cfg.lm_weight`` (module docstring).
+        context: optional hotword graph (module docstring).
     """
 
     def __init__(
-        self, head: TransducerHead, cfg: SearchConfig, lm: LanguageModel | None = None
+        self,
+        head: TransducerHead,
+        cfg: SearchConfig,
+        lm: LanguageModel | None = None,
+        context: ContextGraph | None = None,
     ) -> None:
         self.scorer = TransducerScorer(head, cfg.blank_penalty)
         self.cfg = cfg
         self.lm = fusion_lm(lm, cfg.lm_weight, head.vocab_size, "transducer head")
+        self.context = context
         self._bonus: dict[torch.device, Tensor] = {}
 
     @torch.no_grad()
@@ -155,6 +169,9 @@ class ModifiedBeamSearch:
             candidates = candidates + self.cfg.lm_weight * lm_lp
         if self.cfg.insertion_bonus:
             candidates = candidates + self._bonus_row(device)
+        if self.context is not None:
+            states = torch.tensor([hyp.context for hyp in hyps], device=device)
+            candidates = candidates + self.context.deltas(states)
         # owners are contiguous and ascending; map them to 0..G-1 for the grouped top-k
         groups, group_of = torch.unique_consecutive(owners, return_inverse=True)
         picks = topk_per_group(candidates, group_of, len(groups), self.cfg.beam_size)
@@ -176,14 +193,16 @@ class ModifiedBeamSearch:
                     index = kept[key]
                     old = new_hyps[index]
                     merged = log_add(old.score, score)
-                    new_hyps[index] = _Hyp(old.tokens, old.frames, merged, old.owner, old.lm_state)
+                    new_hyps[index] = dataclasses.replace(old, score=merged)
                     continue
                 kept[key] = len(new_hyps)
                 frames = parent.frames + (frame,) if emit else parent.frames
-                lm_state = parent.lm_state
+                lm_state, context = parent.lm_state, parent.context
                 if emit and self.lm is not None:
                     lm_state = self.lm.advance(lm_state, label)
-                new_hyps.append(_Hyp(tokens, frames, score, parent.owner, lm_state))
+                if emit and self.context is not None:
+                    context = self.context.step(context, label)[1]
+                new_hyps.append(_Hyp(tokens, frames, score, parent.owner, lm_state, context))
                 parents.append(row)
                 labels.append(label)
         parent_index = torch.tensor(parents, device=device)
@@ -210,6 +229,8 @@ class ModifiedBeamSearch:
         score = hyp.score
         if self.lm is not None:
             score += self.cfg.lm_weight * self.lm.final_score(hyp.lm_state)
+        if self.context is not None:
+            score += self.context.finalize(hyp.context)
         return rank_score(score, len(hyp.tokens), self.cfg.length_norm)
 
     def _nbest(self, hyps: list[_Hyp]) -> list[Hypothesis]:

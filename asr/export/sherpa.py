@@ -14,7 +14,9 @@ TDT, offline           ``encoder.onnx decoder.onnx joiner.onnx``     ``OfflineRe
                        (NeMo transducer layout, blank last)          (``model_type="nemo_transducer"``)
 =====================  ============================================  ==================================
 
-plus ``tokens.txt`` (``piece id``, blank ``<blk>`` at 0), ``*.int8.onnx`` with ``int8=True``
+plus ``tokens.txt`` (``piece id``, blank ``<blk>`` at 0), ``bpe.vocab`` for a BPE tokenizer
+(``piece<TAB>score``: what sherpa-onnx's hotwords need, ``modeling_unit="bpe"``,
+``bpe_vocab=``; :func:`write_bpe_vocab`), ``*.int8.onnx`` with ``int8=True``
 (onnxruntime dynamic quantization, QInt8 weights: MatMul everywhere, and Gather in the decoder
 whose embedding is one), and ``export.json`` (what was exported, the front end it expects and
 the self-check's figures).
@@ -84,10 +86,12 @@ from asr.heads.predictor import StatelessPredictor
 from asr.heads.transducer import TransducerHead
 from asr.model import ASRModel
 from asr.package import ModelPackage, PackageError, load_package
+from asr.tokenizers.bpe import BpeTokenizer
 from asr.version import __version__
 
 __all__ = [
     "ATOL",
+    "BPE_VOCAB",
     "DEFAULT_OPSET",
     "ExportReport",
     "OnnxExportError",
@@ -97,6 +101,7 @@ __all__ = [
     "SHERPA_NEMO_FBANK",
     "export_onnx",
     "sherpa_fbank_problem",
+    "write_bpe_vocab",
 ]
 
 logger = logging.getLogger(__name__)
@@ -120,6 +125,8 @@ _FBANK_FIELDS = ("frame_length_ms", "frame_shift_ms", "snip_edges", "low_freq", 
 #: 0 Hz, no DC removal, the rest as :data:`SHERPA_FBANK`.
 SHERPA_NEMO_FBANK = FbankConfig(mel_filters="librosa", low_freq=0.0, remove_dc_offset=False)
 _TOKENS = "tokens.txt"
+#: sherpa-onnx's hotwords encoder reads it (``modeling_unit="bpe"``, ``bpe_vocab=``).
+BPE_VOCAB = "bpe.vocab"
 _REPORT = "export.json"
 
 
@@ -288,6 +295,8 @@ def export_onnx(
         if int8:
             _quantize_all(report, tmp)
         _write_tokens(package, tmp / _TOKENS, blank_last=report.layout == "tdt")
+        if isinstance(package.tokenizer, BpeTokenizer):
+            write_bpe_vocab(package.tokenizer, tmp / BPE_VOCAB)
         report.files = sorted(p.name for p in tmp.iterdir()) + [_REPORT]
         report.out_dir = out_dir
         _write_report(report, package, tmp / _REPORT)
@@ -842,6 +851,19 @@ def _check_int8(source: Path, target: Path) -> str:
     size = target.stat().st_size / source.stat().st_size
     return (f"{target.name}: same inputs/outputs as {source.name}, max |diff| "
             f"{float(np.abs(a - b).max()):.2e} on random inputs, {size:.0%} of its size")
+
+
+def write_bpe_vocab(tokenizer: BpeTokenizer, path: Path) -> None:
+    """``piece<TAB>score`` lines in id order: the ``bpe.vocab`` with which sherpa-onnx encodes
+    hotword phrases into pieces (``modeling_unit="bpe"``, ``bpe_vocab=``).
+
+    sherpa-onnx reads it with simple-sentencepiece, which splits a phrase at spaces, prefixes
+    each word with ``▁`` and picks the segmentation into listed pieces of the largest total
+    score; the pieces are then looked up in ``tokens.txt`` by name, so the line order is not
+    used. The scores are sentencepiece's own (for a BPE model, earlier merges score higher).
+    """
+    lines = (f"{p}\t{s}\n" for p, s in zip(tokenizer.pieces(), tokenizer.piece_scores()))
+    path.write_text("".join(lines), encoding="utf-8")
 
 
 def _write_tokens(package: ModelPackage, path: Path, blank_last: bool = False) -> None:

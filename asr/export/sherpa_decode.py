@@ -39,6 +39,7 @@ from asr.data.filtering import cut_text
 from asr.data.librispeech import cuts_path
 from asr.encoders.subsampling import subsampled_length
 from asr.export.graphs import chunk_frames
+from asr.export.sherpa import BPE_VOCAB
 from asr.features.fbank import FbankConfig, num_frames
 from asr.run.evaluate import Recognition
 
@@ -174,16 +175,30 @@ class SherpaRecognizer:
 
 def load_recognizer(
     onnx_dir: str | Path, int8: bool = False, num_threads: int = 1,
-    decoding_method: str = "greedy_search", online_options: dict | None = None,
+    decoding_method: str = "greedy_search", max_active_paths: int = 4,
+    hotwords_file: str | Path | None = None, hotwords_score: float = 1.5,
+    blank_penalty: float = 0.0, online_options: dict | None = None,
 ) -> SherpaRecognizer:
     """The sherpa-onnx recognizer of an ``asr export-onnx`` directory.
 
-    ``online_options`` go to ``sherpa_onnx.OnlineRecognizer.from_transducer`` for a streaming
-    export (e.g. its endpoint rules).
+    Args:
+        onnx_dir: the directory.
+        int8: the ``*.int8.onnx`` graphs.
+        num_threads: onnxruntime threads.
+        decoding_method: ``greedy_search`` or ``modified_beam_search`` (transducers).
+        max_active_paths: the beam of ``modified_beam_search``.
+        hotwords_file: a hotword file (the format of :mod:`asr.decoding.context_graph`) for
+            sherpa-onnx's own biasing: transducer layouts with ``modified_beam_search``; its
+            phrases are split into pieces with the directory's ``bpe.vocab``.
+        hotwords_score: sherpa-onnx's per-token boost of a phrase without its own score.
+        blank_penalty: subtracted from the blank logit (transducers), as ``search.blank_penalty``.
+        online_options: more arguments of ``sherpa_onnx.OnlineRecognizer.from_transducer`` for a
+            streaming export (e.g. its endpoint rules).
 
     Raises:
         FileNotFoundError: without ``export.json`` or the graphs asked for (int8 ones exist only
-            when exported with ``--int8``).
+            when exported with ``--int8``), or hotwords without ``bpe.vocab``.
+        ValueError: hotwords with a CTC layout or greedy search.
     """
     import sherpa_onnx
 
@@ -204,6 +219,20 @@ def load_recognizer(
     common = {"tokens": str(onnx_dir / "tokens.txt"), "num_threads": num_threads,
               "sample_rate": int(features["sample_rate"]),
               "feature_dim": int(features["num_mel_bins"]), "decoding_method": decoding_method}
+    if decoding_method != "greedy_search":
+        common["max_active_paths"] = max_active_paths
+    if blank_penalty and layout != "ctc":
+        common["blank_penalty"] = blank_penalty
+    if hotwords_file is not None:
+        if layout == "ctc" or decoding_method != "modified_beam_search":
+            raise ValueError("sherpa-onnx's hotwords need a transducer layout and "
+                             "decoding_method='modified_beam_search'")
+        vocab = onnx_dir / BPE_VOCAB
+        if not vocab.is_file():
+            raise FileNotFoundError(f"{vocab}: missing (hotwords need a BPE model's bpe.vocab; "
+                                    "export it again with this version)")
+        common |= {"hotwords_file": str(hotwords_file), "hotwords_score": hotwords_score,
+                   "modeling_unit": "bpe", "bpe_vocab": str(vocab)}
     streaming = layout == "streaming_transducer"
     chunk_size = 0
     if layout == "ctc":

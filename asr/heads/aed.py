@@ -32,6 +32,8 @@ from asr.heads.decoder_layers import (
     DecoderLayer,
     causal_mask,
     lengths_to_mask,
+    pad_sequences,
+    per_hypothesis,
     sinusoidal_positions,
 )
 from asr.losses.label_smoothing import label_smoothing_loss
@@ -379,14 +381,8 @@ class AEDHead(nn.Module):
         num = len(hyps)
         if num == 0:
             return torch.zeros(0, device=enc.device)
-        if enc.shape[0] == 1 and num != 1:
-            enc, enc_lens = enc.expand(num, -1, -1), enc_lens.expand(num)
-        if enc.shape[0] != num:
-            raise ValueError(f"score_sequences: {num} hypotheses but enc has batch {enc.shape[0]}")
-        lens = torch.tensor([len(h) for h in hyps], dtype=torch.long, device=enc.device)
-        tokens = torch.zeros(num, max(1, int(lens.max())), dtype=torch.long, device=enc.device)
-        for row, hyp in enumerate(hyps):
-            tokens[row, : len(hyp)] = torch.as_tensor(list(hyp), dtype=torch.long)
+        enc, enc_lens = per_hypothesis(enc, enc_lens, num)
+        tokens, lens = pad_sequences(hyps, enc.device)
         memory = self.memory_proj(enc)
         mask = lengths_to_mask(enc_lens, enc.shape[1])
         score = self._sequence_log_probs(self.decoder, memory, mask, tokens, lens)

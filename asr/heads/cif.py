@@ -37,6 +37,7 @@ Shape legend: B batch, T frames, N fired tokens, U target tokens, D encoder dims
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -45,7 +46,13 @@ from torch import Tensor, nn
 
 from asr.encoders.dropout import Dropout
 from asr.heads.ctc import CTCHead
-from asr.heads.decoder_layers import DecoderLayer, lengths_to_mask, sinusoidal_positions
+from asr.heads.decoder_layers import (
+    DecoderLayer,
+    lengths_to_mask,
+    pad_sequences,
+    per_hypothesis,
+    sinusoidal_positions,
+)
 from asr.losses.cif import quantity_loss, scale_alphas
 from asr.losses.ctc import ctc_forced_align
 from asr.losses.label_smoothing import label_smoothing_loss
@@ -509,6 +516,27 @@ class CIFHead(nn.Module):
         log_probs = torch.log_softmax(logits.float(), dim=-1)
         picked = log_probs.gather(2, targets[..., None]).squeeze(2)
         return (picked * lengths_to_mask(target_lens, targets.shape[1])).sum(dim=1)
+
+    def score_sequences(
+        self, enc: Tensor, enc_lens: Tensor, hyps: Sequence[Sequence[int]]
+    ) -> Tensor:
+        """:meth:`score_tokens` of token lists, with the contract of
+        :meth:`asr.heads.aed.AEDHead.score_sequences` (n-best rescoring).
+
+        Args:
+            enc: (N, T, D) one row per hypothesis, or (1, T, D) shared by all of them.
+            enc_lens: (N,) or (1,) valid frames.
+            hyps: N token sequences (no blanks, no end label).
+
+        Returns:
+            (N,) float32 log-probabilities.
+        """
+        num = len(hyps)
+        if num == 0:
+            return torch.zeros(0, device=enc.device)
+        enc, enc_lens = per_hypothesis(enc, enc_lens, num)
+        tokens, lens = pad_sequences(hyps, enc.device)
+        return self.score_tokens(enc, enc_lens, tokens, lens)
 
     def _glance(
         self, inputs: Tensor, first_pass: Tensor, targets: Tensor, valid: Tensor

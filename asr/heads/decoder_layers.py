@@ -16,6 +16,7 @@ Shape legend: B batch, L query positions, S key positions, D model dims, H heads
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,8 @@ __all__ = [
     "MultiHeadAttention",
     "causal_mask",
     "lengths_to_mask",
+    "pad_sequences",
+    "per_hypothesis",
     "sinusoidal_positions",
 ]
 
@@ -37,6 +40,28 @@ def lengths_to_mask(lengths: Tensor, max_len: int | None = None) -> Tensor:
     if max_len is None:
         max_len = int(lengths.max().item()) if lengths.numel() else 0
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def pad_sequences(
+    hyps: Sequence[Sequence[int]], device: torch.device | None = None
+) -> tuple[Tensor, Tensor]:
+    """N token sequences -> tokens (N, max(1, longest)) int64 padded with 0, and lens (N,)."""
+    lens = torch.tensor([len(h) for h in hyps], dtype=torch.long, device=device)
+    width = max(1, int(lens.max())) if len(hyps) else 1
+    tokens = torch.zeros(len(hyps), width, dtype=torch.long, device=device)
+    for row, hyp in enumerate(hyps):
+        tokens[row, : len(hyp)] = torch.as_tensor(list(hyp), dtype=torch.long)
+    return tokens, lens
+
+
+def per_hypothesis(enc: Tensor, enc_lens: Tensor, num: int) -> tuple[Tensor, Tensor]:
+    """The encoder rows of ``num`` hypotheses: ``enc`` (N, T, D) / ``enc_lens`` (N,) as given, or
+    a single row (1, T, D) / (1,) shared by all of them (expanded, not copied)."""
+    if enc.shape[0] == 1 and num != 1:
+        return enc.expand(num, -1, -1), enc_lens.expand(num)
+    if enc.shape[0] != num:
+        raise ValueError(f"score_sequences: {num} hypotheses but enc has batch {enc.shape[0]}")
+    return enc, enc_lens
 
 
 def causal_mask(length: int, device: torch.device | None = None) -> Tensor:

@@ -20,9 +20,10 @@ Conventions:
 
 from __future__ import annotations
 
+import ast
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -382,3 +383,41 @@ def read_kaldi_text(path: str | Path) -> dict[str, str]:
             raise ValueError(f"{path}:{line_no}: duplicated utterance id {utt_id!r}")
         texts[utt_id] = " ".join(fields[1].split()) if len(fields) > 1 else ""
     return texts
+
+
+def read_recognitions(path: str | Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Read a file of :func:`write_recognitions` (``asr decode``'s ``recogs-*.txt``) back into
+    references and hypotheses, ``utt_id -> text``.
+
+    Raises:
+        ValueError: for a line that is neither ``utt_id:\\tref=[...]`` nor ``hyp=[...]``.
+    """
+    path = Path(path)
+    texts: dict[str, dict[str, str]] = {"ref": {}, "hyp": {}}
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        utt, _, rest = line.partition(":\t")
+        kind, _, words = rest.partition("=")
+        if kind not in texts or not words.startswith("["):
+            raise ValueError(f"{path}:{line_no}: not a recognition line: {line!r}")
+        texts[kind][utt] = " ".join(ast.literal_eval(words))
+    return texts["ref"], texts["hyp"]
+
+
+def phrase_recall(phrases: Mapping[str, str], hyps: Mapping[str, str]) -> tuple[int, int]:
+    """How many utterances' phrase the hypothesis says exactly: as a run of whole words.
+
+    Args:
+        phrases: ``utt_id -> phrase`` (a biasing set's ``phrases.tsv``).
+        hyps: ``utt_id -> hypothesis text`` (a missing one counts as empty).
+
+    Returns:
+        ``(recognised, total)``.
+    """
+    found = 0
+    for utt, phrase in phrases.items():
+        words, hyp = phrase.split(), hyps.get(utt, "").split()
+        n = len(words)
+        found += any(hyp[i : i + n] == words for i in range(len(hyp) - n + 1))
+    return found, len(phrases)

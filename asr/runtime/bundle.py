@@ -13,8 +13,9 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ from asr.decoding import SearchConfig, Searcher, StreamingSearcher
 from asr.decoding import build_searcher as _build_searcher
 from asr.decoding import build_streaming_searcher as _build_streaming_searcher
 from asr.decoding.config import override_search
+from asr.decoding.context_graph import as_hotwords, context_graph_for
 from asr.decoding.registry import available_searchers, resolve_searcher, streaming_searcher_for
 from asr.features.fbank import FbankConfig, make_lhotse_fbank
 from asr.model import ASRModel
@@ -31,8 +33,11 @@ from asr.package import ModelPackage
 from asr.results import ResultBuilder
 from asr.tokenizers.base import Tokenizer
 
-__all__ = ["DEVICE_HELP", "Runtime", "SearchOptions", "resolve_device"]
+__all__ = ["DEVICE_HELP", "HotwordsSpec", "Runtime", "SearchOptions", "resolve_device"]
 
+#: What ``hotwords=`` takes: a hotword file, inline phrases ``"ALPHA BETA;GAMMA :2.5"``, a list
+#: of phrases, or None.
+HotwordsSpec = str | Path | Sequence[str] | None
 #: What ``search=`` takes: the options themselves, or changes to the package's (a mapping
 #: ``field -> value`` or ``search.field=value`` strings).
 SearchOptions = SearchConfig | Mapping[str, Any] | Iterable[str]
@@ -160,10 +165,23 @@ class Runtime:
         """Rate (Hz) the model's features expect."""
         return self.fbank.sample_rate
 
-    def build_searcher(self, name: str | None = None) -> Searcher:
-        """The offline searcher ``name`` (default: :attr:`searcher`) over this model."""
+    def build_searcher(self, name: str | None = None, hotwords: HotwordsSpec = None) -> Searcher:
+        """The offline searcher ``name`` (default: :attr:`searcher`) over this model.
+
+        Args:
+            name: a searcher name or role.
+            hotwords: phrases to bias toward, added to those of the search options
+                (:func:`asr.decoding.context_graph.as_hotwords`: a file, ``"A B;C"`` or a list).
+
+        Raises:
+            asr.decoding.context_graph.HotwordError: for phrases the tokenizer cannot spell,
+                too many or too long ones.
+        """
+        context = None
+        if hotwords is not None:
+            context = context_graph_for(self.search, self.tokenizer, as_hotwords(hotwords))
         return _build_searcher(name or self.searcher, self.model, self.search,
-                               tokenizer=self.tokenizer)
+                               tokenizer=self.tokenizer, context=context)
 
     def build_streaming_searcher(self, name: str | None = None) -> StreamingSearcher:
         """The streaming searcher ``name`` (default: :attr:`streaming_searcher`) over this

@@ -44,7 +44,7 @@ from asr.decoding import Searcher
 from asr.features.fbank import compute_fbank
 from asr.package import load_package
 from asr.results import FailedInput, TranscriptionResult
-from asr.runtime.bundle import Runtime, SearchOptions
+from asr.runtime.bundle import HotwordsSpec, Runtime, SearchOptions
 from asr.runtime.endpoint import EndpointConfig
 from asr.runtime.streaming import StreamingRecognizer, transcribe_streaming
 
@@ -115,9 +115,12 @@ class Transcriber:
         """Rate (Hz) the model's features expect."""
         return self.runtime.sample_rate
 
-    def searcher(self, name: str | None = None) -> Searcher:
-        """The offline searcher ``name`` (default: the runtime's; cached)."""
+    def searcher(self, name: str | None = None, hotwords: HotwordsSpec = None) -> Searcher:
+        """The offline searcher ``name`` (default: the runtime's; cached), biased toward
+        ``hotwords`` when given (built for the call, not cached)."""
         name = name or self.runtime.searcher
+        if hotwords is not None:
+            return self.runtime.build_searcher(name, hotwords)
         if name not in self._searchers:
             self._searchers[name] = self.runtime.build_searcher(name)
         return self._searchers[name]
@@ -164,6 +167,7 @@ class Transcriber:
         overlap_seconds: float = 2.0,
         progress: bool = False,
         on_error: Literal["raise", "return"] = "raise",
+        hotwords: HotwordsSpec = None,
     ) -> list[TranscriptionResult | FailedInput]:
         """Transcribes files, encoded bytes or waveforms.
 
@@ -178,10 +182,24 @@ class Transcriber:
             progress: show a tqdm progress bar.
             on_error: ``raise`` the first :class:`AudioError`, or ``return`` a
                 :class:`asr.results.FailedInput` in that input's place.
+            hotwords: phrases to bias recognition toward (contextual biasing, with the beam
+                searchers ``transducer_beam``, ``tdt_beam`` and ``ctc_prefix_beam``): a hotword
+                file (one phrase per line, optionally ending with `` :SCORE``, sherpa-onnx's
+                format), inline phrases ``"ALPHA BETA;GAMMA"``, or a list of phrases; added to
+                the search options' own (``search.hotwords_file``); boost
+                ``search.hotwords_score``. Offline only.
+
+        Raises:
+            asr.decoding.context_graph.HotwordError: for phrases the tokenizer cannot spell (a
+                ValueError), too many or too long ones.
 
         Returns:
             One :class:`asr.results.TranscriptionResult` (or ``FailedInput``) per input, in order.
         """
+        if hotwords is not None and streaming:
+            raise ValueError("hotwords bias the offline beam searchers; the streaming "
+                             "recognizer does not take them yet")
+        search = self.searcher(searcher, hotwords) if hotwords is not None else searcher
         single = not isinstance(inputs, (list, tuple))
         items = [inputs] if single else list(inputs)
         audios: list[DecodedAudio | FailedInput] = []
@@ -200,7 +218,7 @@ class Transcriber:
             )
         else:
             decoded = self._transcribe_offline(
-                good, searcher, batch_size, window_seconds, overlap_seconds, progress
+                good, search, batch_size, window_seconds, overlap_seconds, progress
             )
         results = iter(decoded)
         return [a if isinstance(a, FailedInput) else next(results) for a in audios]
@@ -211,7 +229,7 @@ class Transcriber:
     def _transcribe_offline(
         self,
         audios: Sequence[DecodedAudio],
-        searcher: str | None,
+        searcher: str | Searcher | None,
         batch_size: int,
         window_seconds: float,
         overlap_seconds: float,
@@ -225,7 +243,7 @@ class Transcriber:
         ]
         windows.sort(key=lambda w: w.end - w.start, reverse=True)
         kept: list[list[tuple[int, float]]] = [[] for _ in audios]
-        search = self.searcher(searcher)
+        search = searcher if callable(searcher) else self.searcher(searcher)
         bar = tqdm(total=sum(a.duration for a in audios), unit="s", unit_scale=True,
                    desc="transcribe", disable=not progress, leave=False)
         for begin in range(0, len(windows), max(1, batch_size)):

@@ -64,4 +64,11 @@ PARTS: dict[str, PartSpec] = {
     "dev-other": PartSpec("dev", 5, OTHER),
     "test-clean": PartSpec("test", 6, CLEAN),
     "test-other": PartSpec("test", 7, OTHER),
+    # the contextual-biasing set (asr.synth.biasing): held-out voices, its own sentences
+    "dev-biasing": PartSpec("test", 8, CLEAN),
+    "test-biasing": PartSpec("test", 9, CLEAN),
 }
+
+#: Parts made only by :func:`asr.synth.synthesize.synthesize_biasing_set` (their sentences carry
+#: rare phrases), not by the corpus synthesis.
+BIASING_PARTS: tuple[str, ...] = ("dev-biasing", "test-biasing")

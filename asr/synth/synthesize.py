@@ -60,6 +60,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
 import time
 import zlib
 from collections.abc import Mapping, Sequence
@@ -81,6 +82,7 @@ from asr.synth.audio_effects import (
     to_pcm16,
     trim_silence,
 )
+from asr.synth.biasing import BIASING_DIR, plan_biasing_set
 from asr.synth.corpus_state import (
     allocate,
     part_info,
@@ -89,7 +91,7 @@ from asr.synth.corpus_state import (
     write_manifest,
     write_text_atomic,
 )
-from asr.synth.parts import PARTS
+from asr.synth.parts import BIASING_PARTS, PARTS
 from asr.synth.sentences import build_pool, default_sources, shuffle_pool, training_segments
 from asr.synth.text_norm import tts_text
 from asr.synth.voices import SAMPLE_RATE, VOICES, Voice, available_voices, render
@@ -283,6 +285,8 @@ def _validate_sizes(num_utts: Mapping[str, int]) -> dict[str, int]:
         raise ValueError("num_utts is empty: expected sizes like {'train-clean-5': 100}")
     sizes = {}
     for part, count in num_utts.items():
+        if part in BIASING_PARTS:
+            raise ValueError(f"part {part!r} is the biasing set's: make it with --biasing N")
         if part not in PARTS:
             raise ValueError(f"unknown part {part!r}: expected one of {', '.join(PARTS)}")
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
@@ -450,3 +454,55 @@ def synthesize_corpus(
             len(all_plans), elapsed, result.utts_per_second, num_jobs, corpus_dir,
         )  # fmt: skip
     return result
+
+
+def synthesize_biasing_set(
+    root: Path,
+    num_per_part: int = 50,
+    num_distractors: int = 100,
+    seed: int = 0,
+    num_jobs: int = 1,
+    voices: Sequence[Voice] | None = None,
+    progress: bool = True,
+) -> SynthesisResult:
+    """Synthesizes the contextual-biasing set of :mod:`asr.synth.biasing` into the corpus under
+    ``<root>/LibriSpeech`` (which must exist: its training text decides what is rare).
+
+    Writes the parts of :data:`asr.synth.parts.BIASING_PARTS` in the LibriSpeech layout, spoken
+    by the held-out voices with ``test-clean``'s acoustics, their phrase lists and, per part,
+    ``biasing/<part>.phrases.tsv`` (``utt_id<TAB>phrase``). Parts already there are replaced.
+
+    Returns:
+        A :class:`SynthesisResult` of the two parts.
+    """
+    corpus_dir = Path(root) / "LibriSpeech"
+    chosen = plan_biasing_set(corpus_dir, num_per_part, num_distractors, seed)
+    voices = available_voices(VOICES) if voices is None else tuple(voices)
+    held_out = _voices_by_role(voices, list(BIASING_PARTS))["test"]
+    plans_by_part = {}
+    for part, pairs in chosen.sentences.items():
+        if (corpus_dir / part).exists():
+            shutil.rmtree(corpus_dir / part)
+        plans = plan_part(part, [s for s, _ in pairs], held_out, corpus_dir, seed)
+        for plan in plans:
+            plan.path.parent.mkdir(parents=True, exist_ok=True)
+        plans_by_part[part] = plans
+        lines = "".join(f"{plan.utt_id}\t{phrase}\n" for plan, (_, phrase) in zip(plans, pairs))
+        write_text_atomic(corpus_dir / BIASING_DIR / f"{part}.phrases.tsv", lines)
+    all_plans = [plan for plans in plans_by_part.values() for plan in plans]
+    started = time.perf_counter()
+    lengths = _run_plans(all_plans, num_jobs, progress)
+    elapsed = time.perf_counter() - started
+    hours, offset = {}, 0
+    for part, plans in plans_by_part.items():
+        write_transcripts(plans)
+        hours[part] = sum(lengths[offset : offset + len(plans)]) / SAMPLE_RATE / 3600
+        offset += len(plans)
+        (corpus_dir / part / ".completed").touch()
+    return SynthesisResult(
+        corpus_dir=corpus_dir,
+        num_utts={p: len(plans) for p, plans in plans_by_part.items()},
+        hours=hours,
+        synthesized=len(all_plans),
+        elapsed_s=elapsed,
+    )

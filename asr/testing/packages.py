@@ -18,6 +18,7 @@ from asr.config import save_config, to_dict
 from asr.experiment import CONFIG_FILE, build_model
 from asr.package import export_package
 from asr.testing.tiny import TINY_SENTENCES, tiny_config, train_tiny_experiment
+from asr.tokenizers.bpe import train_bpe
 from asr.tokenizers.char import build_char_tokenizer
 
 __all__ = ["TinyPackage", "random_package", "trained_tiny_package"]
@@ -57,19 +58,25 @@ def trained_tiny_package(root: str | Path, head: str = "ctc", steps: int = 300) 
 
 
 def random_experiment(
-    root: str | Path, head: str = "ctc", num_epochs: int = 1, seed: int = 0, **config_kwargs
+    root: str | Path, head: str = "ctc", num_epochs: int = 1, seed: int = 0,
+    bpe_vocab_size: int = 0, **config_kwargs,
 ) -> Path:
     """An experiment directory with ``num_epochs`` random-weight epoch checkpoints (no training),
     laid out as the trainer lays them out: ``checkpoint-<epoch>.pt`` and its hard link
-    ``epoch-<epoch>.pt``.
+    ``epoch-<epoch>.pt``. ``bpe_vocab_size > 0``: a BPE tokenizer of that size in place of the
+    char one (both of :data:`TINY_SENTENCES`).
 
     Returns:
         The experiment directory (``config.yaml``, ``epoch-1.pt`` ...); the char tokenizer of
         :data:`TINY_SENTENCES` is in ``root/tokenizer``.
     """
     root = Path(root)
-    tokenizer = build_char_tokenizer(TINY_SENTENCES)
-    tokenizer.save(root / "tokenizer")
+    if bpe_vocab_size:
+        texts = list(TINY_SENTENCES) * 30  # sentencepiece trains on more than 100 lines
+        tokenizer = train_bpe(texts, root / "tokenizer", bpe_vocab_size, force=True)
+    else:
+        tokenizer = build_char_tokenizer(TINY_SENTENCES)
+        tokenizer.save(root / "tokenizer")
     cfg = tiny_config(root / "tokenizer", head=head, **config_kwargs)
     exp_dir = root / "exp"
     exp_dir.mkdir(parents=True, exist_ok=True)

@@ -82,6 +82,11 @@ class BpeTokenizer(ReservedIds):
         """All pieces in id order."""
         return [self.id_to_piece(i) for i in range(self.vocab_size)]
 
+    def piece_scores(self) -> list[float]:
+        """The sentencepiece score of every piece, in id order (what ``spm_export_vocab``
+        writes beside each piece)."""
+        return [float(self._sp.get_score(i)) for i in range(self.vocab_size)]
+
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)

@@ -255,3 +255,23 @@ def test_python_api_on_arrays(tiny):
     assert results[2].text == tiny.texts[0]  # files carry their own rate
     with pytest.raises(ValueError, match="empty"):
         model.transcribe(np.zeros(0, np.float32))
+
+
+def test_hotwords_options(tiny, audio_dir, tmp_path, capsys, caplog):
+    """--hotwords: a list of score 0 changes nothing; unknown characters are a clear error
+    (exit 2, before any audio); the API takes the same phrases."""
+    from asr import load_model
+
+    wav = audio_dir / "utt0.wav"
+    base = [wav, "--model", tiny.package_dir, "--searcher", "ctc_prefix_beam"]
+    code, plain, _ = _run(base, capsys)
+    assert code == 0
+    words = plain.split()
+    hotwords = tmp_path / "hotwords.txt"
+    hotwords.write_text(f"{words[0]}\n{' '.join(words[-2:])} :0\n")
+    assert _run([*base, "--hotwords", hotwords, "--hotwords-score", "0"], capsys)[:2] == (0, plain)
+    code, _, _ = _run([*base, "--hotwords", f"{words[0]};{words[0]}\u03a9"], capsys)
+    assert code == 2 and "does not know: '\u03a9'" in caplog.text
+    model = load_model(tiny.package_dir, searcher="ctc_prefix_beam")
+    result = model.transcribe(wav, hotwords=[words[0]])[0]
+    assert result.text.split()[0] == words[0]

@@ -43,6 +43,36 @@ def test_attention_rescoring_formula(heads, first_pass):
         assert [h.score for h in hyps] == pytest.approx([s for s, _, _ in expected], abs=1e-4)
 
 
+@pytest.mark.parametrize("cif_options", [{}, {"segments": "ctc"}, {"end_slot": True}])
+def test_cif_rescoring_formula(cif_options):
+    """The first pass's n-best, re-ranked by (1 - w) * the CIF decoder's score of each hypothesis
+    with its own embeddings + w * the first-pass score."""
+    model = make_model(ctc=True, cif=True, cif_options=cif_options)
+    enc, enc_lens = encoder_output([9, 6])
+    cfg = SearchConfig(beam_size=4, nbest=4, ctc_weight=0.3)
+    first = build_searcher("ctc_prefix_beam", model, cfg)(enc, enc_lens)
+    rescored = build_searcher("cif_rescoring", model, cfg)(enc, enc_lens)
+    cif = model.heads["cif"]
+    for b, (hyps, pool) in enumerate(zip(rescored, first)):
+        assert len(pool) > 1
+        with torch.no_grad():
+            second = [
+                float(cif.score_tokens(enc[b : b + 1], enc_lens[b : b + 1],
+                                       torch.tensor([list(h.tokens) or [0]]),
+                                       torch.tensor([len(h.tokens)])))
+                for h in pool
+            ]
+        expected = sorted(
+            ((0.7 * s + 0.3 * h.score, h.tokens) for s, h in zip(second, pool)), reverse=True
+        )
+        assert [h.tokens for h in hyps] == [tokens for _, tokens in expected]
+        assert [h.score for h in hyps] == pytest.approx([s for s, _ in expected], abs=1e-4)
+    # the second pass matters: with weight 1 the order is the first pass's
+    only_first = build_searcher("cif_rescoring", model, SearchConfig(beam_size=4, nbest=4,
+                                                                    ctc_weight=1.0))(enc, enc_lens)
+    assert [[h.tokens for h in n] for n in only_first] == [[h.tokens for h in n] for n in first]
+
+
 def test_cif_greedy_is_the_argmax_of_the_fired_tokens():
     model = make_model(cif=True)
     enc, enc_lens = encoder_output([12, 7])

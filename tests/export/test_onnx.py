@@ -557,3 +557,44 @@ def test_tdt_trained_on_the_nemo_front_end_decodes_in_sherpa_onnx(tmp_path, utte
     print(f"TDT on the NeMo front end: {sum(map(len, runtime_ids))} tokens from our runtime, "
           f"{sum(map(len, theirs))} from sherpa-onnx")
     assert same == len(utterances) and theirs == runtime_ids
+
+
+_SHERPA_HOTWORDS = """
+import sys, numpy as np, sherpa_onnx
+d, hotwords = sys.argv[1], sys.argv[2]
+recognizer = sherpa_onnx.OfflineRecognizer.from_transducer(
+    encoder=d + "/encoder.onnx", decoder=d + "/decoder.onnx", joiner=d + "/joiner.onnx",
+    tokens=d + "/tokens.txt", num_threads=1, decoding_method="modified_beam_search",
+    hotwords_file=hotwords, hotwords_score=2.0, modeling_unit="bpe", bpe_vocab=d + "/bpe.vocab")
+stream = recognizer.create_stream()
+stream.accept_waveform(16000, np.random.default_rng(0).uniform(-0.1, 0.1, 16000).astype("float32"))
+recognizer.decode_streams([stream])
+print("decoded", repr(stream.result.text))
+"""
+
+
+def test_bpe_vocab_loads_in_sherpa_onnx_with_hotwords(tmp_path):
+    """A BPE model's export writes bpe.vocab (piece<TAB>score, every piece of tokens.txt), and
+    sherpa-onnx loads it with our hotword file (modeling_unit="bpe") and decodes. In a
+    subprocess: sherpa-onnx exits the process on a vocabulary or hotword file it cannot read.
+    (That the phrases are boosted is measured on the mini_tts model, EXPERIMENTS.md: sherpa-onnx
+    boosts only tokens already in its top-k, which a random model's never are.)"""
+    import subprocess
+    import sys
+
+    from asr.tokenizers.bpe import BpeTokenizer
+
+    exp = random_experiment(tmp_path, head="transducer", bpe_vocab_size=30)
+    export_package(exp, tmp_path / "package")
+    out = tmp_path / "onnx"
+    export_onnx(tmp_path / "package", out)
+    tokenizer = BpeTokenizer.from_file(tmp_path / "tokenizer" / "bpe.model")
+    lines = (out / "bpe.vocab").read_text(encoding="utf-8").splitlines()
+    assert [line.split("\t")[0] for line in lines] == tokenizer.pieces()
+    assert [float(line.split("\t")[1]) for line in lines] == tokenizer.piece_scores()
+    hotwords = tmp_path / "hotwords.txt"
+    hotwords.write_text("GREEN DOOR\nSEVEN APPLES :3.5\n")
+    run = subprocess.run([sys.executable, "-c", _SHERPA_HOTWORDS, str(out), str(hotwords)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "decoded" in run.stdout, run.stderr

@@ -13,9 +13,10 @@ from asr.losses.pruned_tdt import tdt_loss_pruned, tdt_loss_simple, tdt_pruning_
 from asr.losses.tdt import tdt_loss
 
 DURATIONS = (0, 1, 2, 3, 4)
+NUM_DURATIONS = len(DURATIONS)
 
 
-def _batch(frame_lens, token_lens, vocab, seed, num_durations=len(DURATIONS), scale=1.0):
+def _batch(frame_lens, token_lens, vocab, seed, num_durations=NUM_DURATIONS, scale=1.0):
     gen = torch.Generator().manual_seed(seed)
     batch, frames, tokens = len(frame_lens), max(frame_lens), max(token_lens)
     am = scale * torch.randn(batch, frames, vocab + num_durations, generator=gen,

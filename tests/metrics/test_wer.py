@@ -136,3 +136,16 @@ def test_batched_alignment_equals_single(monkeypatch):
     assert wer.align_batch(refs, hyps) == single
     for ref, hyp, pairs in zip(refs, hyps, single):
         assert ErrorStats.from_alignment(pairs).errors == kaldialign.edit_distance(ref, hyp)["total"]
+
+
+def test_phrase_recall_and_recogs_round_trip(tmp_path):
+    from asr.metrics.wer import compute_wer, phrase_recall, read_recognitions, write_recognitions
+
+    refs, hyps = ["A BIG ZEPPELIN", "THE GOLDEN GATE", "NO"], ["A BIG ZEPPELIN", "THE GOLD GATE", ""]
+    ids = ["u1", "u2", "u3"]
+    path = tmp_path / "recogs.txt"
+    write_recognitions(path, compute_wer(refs, hyps, ids))
+    assert read_recognitions(path) == (dict(zip(ids, refs)), dict(zip(ids, hyps)))
+    phrases = {"u1": "ZEPPELIN", "u2": "GOLDEN GATE", "u3": "NO"}
+    assert phrase_recall(phrases, dict(zip(ids, hyps))) == (1, 3)
+    assert phrase_recall({"u1": "BIG ZEP"}, {"u1": "A BIG ZEPPELIN"}) == (0, 1)  # whole words

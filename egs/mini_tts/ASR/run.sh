@@ -30,6 +30,11 @@
 #   7  export the package for sherpa-onnx (exp/${recipe}/onnx, and onnx-streaming when the model
 #                                   streams; fp32 and int8) and decode test-clean through
 #                                   sherpa-onnx (exp/${recipe}/onnx*/wer-summary-*; docs/ONNX.md)
+#   8  only with --biasing N: the contextual-biasing set (dev-biasing, test-biasing: N sentences
+#                                   each with a phrase unseen in training, held-out voices;
+#                                   asr/synth/biasing.py), decoded by the beam search with and
+#                                   without its phrases + 100 distractors as hotwords (phrase
+#                                   recall and WER), and test-clean with the distractors
 #
 # Paths are relative to --work-dir (default: this directory, egs/mini_tts/ASR), as in the recipe YAMLs.
 set -euo pipefail
@@ -72,6 +77,8 @@ time_budget=1710                # seconds this invocation may take; training get
                                 # before it left, less $post_train_reserve (0: the recipe's steps)
 post_train_reserve=60           # seconds kept for training start-up and stages 5-6
 onnx_reserve=60                 # seconds kept for stage 7 as well, when it is to run
+biasing=0                       # stage 8: sentences per biasing part (0: no stage 8)
+hotwords_score=3.0              # stage 8: per-token boost (tuned on dev-biasing and dev-clean-2)
 
 usage="Usage: $0 [--stage N] [--stop-stage N] [--recipe NAME] [--searchers \"A B\"] [--avg N]
   [--num-jobs N] [--fbank-jobs N] [--num-train N] [--num-dev N] [--num-test N]
@@ -79,7 +86,7 @@ usage="Usage: $0 [--stage N] [--stop-stage N] [--recipe NAME] [--searchers \"A B
   [--vocab-size N] [--lm-order N] [--word-lm-order N] [--lm-unit token|word] [--lm-weight W]
   [--beam-size N] [--blank-penalty P] [--package-searcher NAME]
   [--work-dir DIR] [--skip-setup true|false] [--train-args \"...\"] [--time-budget SECONDS]
-  [--post-train-reserve SECONDS] [--onnx-reserve SECONDS]
+  [--post-train-reserve SECONDS] [--onnx-reserve SECONDS] [--biasing N] [--hotwords-score S]
 defaults: stage=$stage stop_stage=$stop_stage recipe=$recipe num_jobs=$num_jobs num_train=$num_train
   num_dev=$num_dev num_test=$num_test voices_per_sentence=$voices_per_sentence train_text=$train_text
   speed_perturb=$speed_perturb vocab_size=$vocab_size lm_order=$lm_order
@@ -255,5 +262,30 @@ if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
       for summary in $summaries; do cat "$summary" >&2; done
     done
   done
+fi
+if [ $stage -le 8 ] && [ $stop_stage -ge 8 ] && [ "$biasing" -gt 0 ]; then
+  log "stage 8: the biasing set ($biasing + $biasing sentences), beam search with and without hotwords"
+  bias_dir=data/LibriSpeech/biasing
+  timed "biasing set" asr synthesize --root data --biasing "$biasing" --num-jobs "$num_jobs" --no-progress
+  timed "biasing manifests" asr prepare manifests --corpus-dir data/LibriSpeech \
+    --output-dir data/manifests --parts dev-biasing test-biasing --num-jobs "$num_jobs"
+  timed "biasing fbank" asr prepare fbank --manifest-dir data/manifests --output-dir data/fbank \
+    --parts dev-biasing test-biasing --num-jobs "$fbank_jobs"
+  set_search_args beam
+  decode_biased() {  # decode_biased PART TAG HOTWORD_FILE|"": prints WER (and phrase recall)
+    local hot=() summary
+    [ -n "$3" ] && hot=("search.hotwords_file=$3" "search.hotwords_score=$hotwords_score")
+    summary=$(asr decode --exp-dir "$exp_dir" --checkpoint "$weights" --searcher beam --parts "$1" \
+      --tag "$2" "${search_args[@]}" "${hot[@]}")
+    local phrases=()
+    [ -f "$bias_dir/$1.phrases.tsv" ] && phrases=(--phrases "$bias_dir/$1.phrases.tsv")
+    log "$1 $2: $(asr wer "${summary/wer-summary-/recogs-}" "${phrases[@]}" | tr '\n' ' ')"
+  }
+  for part in dev-biasing test-biasing; do
+    cat "$bias_dir/$part.hotwords.txt" "$bias_dir/distractors.txt" > "$bias_dir/$part.list.txt"
+    decode_biased "$part" plain ""
+    decode_biased "$part" hotwords "$bias_dir/$part.list.txt"
+  done
+  decode_biased test-clean distractors "$bias_dir/distractors.txt"
 fi
 log "done (stages $stage..$stop_stage) in $(( $(date +%s) - started )) s"

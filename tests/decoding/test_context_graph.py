@@ -1,0 +1,216 @@
+"""Hotword biasing: the Aho-Corasick graph against brute force and hand-computed boosts, and
+the three biasing beams against their plain runs (exactly equal with an empty list; shifted by
+exactly the phrase boosts when nothing is pruned)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from search_helpers import encoder_output, make_model
+
+from asr.decoding import SearchConfig, build_searcher
+from asr.decoding.context_graph import (
+    MAX_HOTWORD_TOKENS,
+    MAX_HOTWORDS,
+    ContextGraph,
+    Hotword,
+    HotwordError,
+    context_graph_for,
+    load_hotwords,
+    parse_hotwords,
+)
+
+VOCAB = 7  # search_helpers.VOCAB; blank 0
+
+
+def occurrences(seq: list[int], phrase: list[int]) -> int:
+    n = len(phrase)
+    return sum(seq[i : i + n] == phrase for i in range(len(seq) - n + 1))
+
+
+def walk(graph: ContextGraph, seq: list[int]) -> tuple[list[float], int]:
+    """Running bonus after each token and the final state."""
+    state, total, running = 0, 0.0, []
+    for token in seq:
+        bonus, state = graph.step(state, token)
+        total += bonus
+        running.append(total)
+    return running, state
+
+
+def test_one_phrase_hand_computed_boosts_and_a_failed_partial_match_gives_them_back():
+    graph = ContextGraph([[3, 4, 5]], vocab_size=VOCAB, default_score=2.0)
+    # each token of the phrase +2; completing it adds the phrase's boost (6) once more
+    running, state = walk(graph, [3, 4, 5])
+    assert running == [2.0, 4.0, 12.0]
+    assert running[-1] + graph.finalize(state) == 6.0  # the phrase: 3 tokens x 2
+    # a partial match that breaks gives its 4 back; the failing token starts nothing
+    running, state = walk(graph, [3, 4, 6])
+    assert running == [2.0, 4.0, 0.0] and state == 0
+    # ... and a partial match left at the end is given back by finalize
+    running, state = walk(graph, [1, 3, 4])
+    assert running == [0.0, 2.0, 4.0] and graph.finalize(state) == -4.0
+    # blank keeps the state and adds nothing
+    assert graph.step(state, 0) == (0.0, state)
+    # a break that starts the phrase again keeps that token's boost: 3 4 3 -> +2 +2 -2
+    assert walk(graph, [3, 4, 3])[0] == [2.0, 4.0, 2.0]
+
+
+def test_per_phrase_scores_and_shared_prefixes_take_the_larger_boost():
+    graph = ContextGraph([[3, 4], [3, 5]], VOCAB, default_score=1.0, scores=[None, 3.0])
+    assert graph.step(0, 3)[0] == 3.0  # shared edge: max(1, 3)
+    running, state = walk(graph, [3, 4])
+    assert running[-1] + graph.finalize(state) == 4.0  # 3 + 1
+    running, state = walk(graph, [3, 5])
+    assert running[-1] + graph.finalize(state) == 6.0
+
+
+def test_an_unboosted_prefix_must_match_but_adds_nothing():
+    graph = ContextGraph([[3, 4, 5], [6]], VOCAB, default_score=2.0, unboosted_prefix=1)
+    running, state = walk(graph, [3, 4, 5])
+    assert running == [0.0, 2.0, 8.0]  # the first token is free; the phrase is worth 2 x 2
+    assert running[-1] + graph.finalize(state) == 4.0
+    assert walk(graph, [4, 5])[0] == [0.0, 0.0]  # no match without the first token
+    # 4's boost given back; the phrase (6) matched: its boost, twice until the end takes one back
+    running, state = walk(graph, [3, 4, 6])
+    assert running == [0.0, 2.0, 4.0] and running[-1] + graph.finalize(state) == 2.0
+    # a one-token phrase keeps its boost (at most all but the last token is free)
+    running, state = walk(graph, [6])
+    assert running[-1] + graph.finalize(state) == 2.0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_graph_equals_brute_force_occurrence_counting(seed):
+    """Every prefix of a random sequence: bonus so far = boosts of the phrase occurrences
+    completed + the longest partial match's tokens; at the end only the occurrences count."""
+    rng = random.Random(seed)
+    score = 1.5
+    phrases = [[rng.randint(1, 4) for _ in range(rng.randint(1, 4))] for _ in range(6)]
+    graph = ContextGraph(phrases, VOCAB, score)
+    unique = [list(p) for p in {tuple(p) for p in phrases}]
+    for _ in range(30):
+        seq = [rng.randint(1, 5) for _ in range(rng.randint(0, 12))]
+        running, state = walk(graph, seq)
+        for end in range(1, len(seq) + 1):
+            prefix = seq[:end]
+            done = sum(occurrences(prefix, p) * len(p) * score for p in unique)
+            partial = max(
+                (k for k in range(end + 1) if any(p[:k] == prefix[end - k :] for p in unique)),
+            )
+            assert running[end - 1] == pytest.approx(done + partial * score)
+        total = (running[-1] if running else 0.0) + graph.finalize(state)
+        assert total == pytest.approx(sum(occurrences(seq, p) * len(p) * score for p in unique))
+
+
+def test_batched_tables_equal_the_scalar_steps():
+    graph = ContextGraph([[1, 2, 3], [2, 3], [3, 1]], VOCAB, 1.0, scores=[None, 2.0, 0.5])
+    states = torch.arange(graph.num_states)
+    deltas = graph.deltas(states)
+    for s in range(graph.num_states):
+        for v in range(VOCAB):
+            bonus, nxt = graph.step(s, v)
+            assert deltas[s, v].item() == pytest.approx(bonus)
+            assert graph.advance(states[s : s + 1], torch.tensor([v])).item() == nxt
+
+
+def test_hotword_format_is_sherpa_onnx_s(tmp_path):
+    text = "ALPHA BETA :2.5\n\n  GAMMA  \nDELTA EPSILON\n"
+    assert parse_hotwords(text) == [
+        Hotword("ALPHA BETA", 2.5), Hotword("GAMMA"), Hotword("DELTA EPSILON")
+    ]
+    path = tmp_path / "hotwords.txt"
+    path.write_text(text)
+    assert load_hotwords(path) == parse_hotwords(text)
+    assert load_hotwords("ALPHA BETA :2.5;GAMMA/DELTA EPSILON") == parse_hotwords(text)
+    with pytest.raises(HotwordError, match="after the words"):
+        parse_hotwords("ALPHA :2 BETA")
+    with pytest.raises(HotwordError, match="bad score"):
+        parse_hotwords("ALPHA :x")
+
+
+class _CharTokenizer:
+    """A-E as ids 3-7 (a stand-in for the model's tokenizer), anything else -> <unk>."""
+
+    vocab_size, blank_id, unk_id = 8, 0, 2
+
+    def encode(self, text: str) -> list[int]:
+        return [3 + "ABCDE".index(c) if c in "ABCDE" else 2 for c in text if c != " "]
+
+    def decode(self, ids) -> str:
+        return "".join("ABCDE"[i - 3] for i in ids if i >= 3)
+
+
+def test_unknown_characters_are_a_clear_error_not_a_crash():
+    cfg = SearchConfig(hotwords="ABC;abx")
+    with pytest.raises(HotwordError, match=r"'abx'.*does not know: 'abx'"):
+        context_graph_for(cfg, _CharTokenizer())
+    graph = context_graph_for(SearchConfig(hotwords="ABC;DE :3"), _CharTokenizer())
+    assert graph is not None and graph.num_phrases == 2
+    assert context_graph_for(SearchConfig(hotwords=" ; "), _CharTokenizer()) is None
+
+
+def test_size_limits_are_clear_errors():
+    with pytest.raises(HotwordError, match="tokens long"):
+        context_graph_for(SearchConfig(hotwords="A" * (MAX_HOTWORD_TOKENS + 1)), _CharTokenizer())
+    with pytest.raises(HotwordError, match="at most"):
+        load_hotwords(";".join(["AB"] * (MAX_HOTWORDS + 1)))
+
+
+# --- the three biasing beams -------------------------------------------------------------------
+
+BEAMS = [
+    ("transducer_beam", dict(transducer="full")),
+    ("tdt_beam", dict(transducer="tdt", durations=(0, 1, 2))),
+    ("ctc_prefix_beam", dict(ctc=True)),
+]
+
+
+@pytest.mark.parametrize("name, heads", BEAMS)
+def test_an_empty_hotword_list_is_exactly_the_plain_beam(name, heads):
+    model = make_model(**heads)
+    enc, enc_lens = encoder_output([9, 5, 7], scale=2.0)
+    cfg = SearchConfig(beam_size=4, nbest=3, blank_penalty=0.5)
+    plain = build_searcher(name, model, cfg)(enc, enc_lens)
+    empty = ContextGraph([], VOCAB, 1.5)
+    for searcher in (
+        build_searcher(name, model, SearchConfig(beam_size=4, nbest=3, blank_penalty=0.5,
+                                                 hotwords=" ; ")),
+        build_searcher(name, model, cfg, context=empty),
+    ):
+        assert searcher(enc, enc_lens) == plain  # tokens, frames and scores, exactly
+
+
+@pytest.mark.parametrize("name, heads", BEAMS)
+def test_one_phrase_shifts_every_hypothesis_by_its_hand_computed_boost(name, heads):
+    """A few frames and a beam that keeps every hypothesis (TDT: one token per frame, 2 tokens
+    at most in 3 frames): the biased search scores each token sequence exactly as the plain one
+    plus its bonus: 2 x 1.25 for the phrase (3 4), 0 for a hypothesis whose partial match (3)
+    broke or was left unfinished."""
+    model = make_model(**heads)
+    enc, enc_lens = encoder_output([3 if name == "tdt_beam" else 2], seed=3)
+    cfg = SearchConfig(beam_size=VOCAB**3, nbest=VOCAB**3, max_symbols_per_frame=1)
+    plain = {h.tokens: h.score for h in build_searcher(name, model, cfg)(enc, enc_lens)[0]}
+    graph = ContextGraph([[3, 4]], VOCAB, default_score=1.25)
+    biased = {
+        h.tokens: h.score
+        for h in build_searcher(name, model, cfg, context=graph)(enc, enc_lens)[0]
+    }
+    assert set(biased) == set(plain) and (3, 4) in plain and (3,) in plain and (3, 5) in plain
+    for tokens, score in plain.items():
+        expected = 2.5 if tokens == (3, 4) else 0.0
+        assert biased[tokens] - score == pytest.approx(expected, abs=1e-5), tokens
+
+
+@pytest.mark.parametrize("name, heads", BEAMS)
+def test_a_boosted_phrase_wins(name, heads):
+    """A large boost makes the phrase the best hypothesis where the plain search says other."""
+    model = make_model(**heads)
+    enc, enc_lens = encoder_output([6], seed=5)
+    cfg = SearchConfig(beam_size=4)
+    plain = build_searcher(name, model, cfg)(enc, enc_lens)[0][0].tokens
+    phrase = (5, 6, 5) if plain[:3] != (5, 6, 5) else (6, 5, 6)
+    graph = ContextGraph([list(phrase)], VOCAB, default_score=20.0)
+    best = build_searcher(name, model, cfg, context=graph)(enc, enc_lens)[0][0].tokens
+    assert any(best[i : i + 3] == phrase for i in range(len(best)))

@@ -1,0 +1,43 @@
+"""The biasing set's choice of sentences, phrases and distractors."""
+
+from __future__ import annotations
+
+import pytest
+
+from asr.synth.biasing import choose_biasing_sentences
+from asr.synth.parts import BIASING_PARTS
+from asr.synth.synthesize import synthesize_corpus
+
+TRAIN = {"THE", "CAT", "SAT", "ON", "A", "MAT", "DOG", "RAN"}
+SENTENCES = [
+    "THE CAT SAT ON A MAT",                   # no rare word: not a candidate
+    "THE ZEPPELIN SAT ON A MAT",              # one rare word
+    "THE CAT SAT ON A GOLDEN CARPET",         # a rare run of two words
+    "THE DOG RAN ON A WOODEN MAT SAT BRIDGE",  # two rare runs: not a candidate
+    "THE CAT SAT ON A SOFA",                  # rare word too short (< 6 letters)
+    "A DOG RAN ON A PLATFORM",
+    "THE DOG SAT ON A CUSHION",
+    "THE CAT RAN ON A HILLSIDE",
+    "A CAT SAT ON A MONUMENT",
+]
+
+
+def test_sentences_carry_exactly_one_rare_phrase_and_distractors_occur_nowhere():
+    chosen = choose_biasing_sentences(SENTENCES, TRAIN, num_per_part=2, num_distractors=2, seed=1)
+    assert list(chosen.sentences) == list(BIASING_PARTS)
+    pairs = [pair for part in BIASING_PARTS for pair in chosen.sentences[part]]
+    assert len(pairs) == 4 and len({p for _, p in pairs}) == 4
+    for sentence, phrase in pairs:
+        rare = [w for w in sentence.split() if w not in TRAIN]
+        assert " ".join(rare) == phrase and phrase in sentence
+        assert all(len(w) >= 6 for w in rare)
+    words = {w for sentence, _ in pairs for w in sentence.split()}
+    assert len(chosen.distractors) == 2
+    assert not any(set(d.split()) & words for d in chosen.distractors)
+    with pytest.raises(ValueError, match="only"):
+        choose_biasing_sentences(SENTENCES, TRAIN, num_per_part=4, num_distractors=2)
+
+
+def test_the_corpus_synthesis_refuses_biasing_parts(tmp_path):
+    with pytest.raises(ValueError, match="--biasing"):
+        synthesize_corpus(tmp_path, {"test-biasing": 5})
