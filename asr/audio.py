@@ -39,6 +39,7 @@ __all__ = [
     "decode_audio",
     "load_audio",
     "resample",
+    "to_model_rate",
     "to_mono",
 ]
 
@@ -346,3 +347,31 @@ class StreamingResampler:
             out = out[: target - self._num_out]
         self._num_out += out.numel()
         return out.numpy()
+
+
+def to_model_rate(
+    samples: np.ndarray | Tensor, sample_rate: int, model_rate: int,
+    resampler: StreamingResampler | None, name: str,
+) -> tuple[np.ndarray, StreamingResampler | None]:
+    """One piece of a stream at ``model_rate``: (N,) float32 mono (:func:`as_waveform`), resampled
+    by the stream's ``resampler`` (created on the first piece at another rate).
+
+    Returns:
+        ``(wave, resampler)``: the samples now complete and the stream's resampler (None while
+        its rate is the model's).
+
+    Raises:
+        AudioError: for samples that are not audio.
+        ValueError: when the rate changes within the stream.
+    """
+    wave = as_waveform(samples, name, allow_empty=True)
+    if sample_rate != model_rate:
+        if resampler is None:
+            resampler = StreamingResampler(sample_rate, model_rate)
+        elif resampler.orig_rate != sample_rate:
+            raise ValueError(
+                f"{name}: sample rate changed from {resampler.orig_rate} to {sample_rate} Hz")
+        return resampler.accept(wave), resampler
+    if resampler is not None:
+        raise ValueError(f"{name}: sample rate changed from {resampler.orig_rate} to {sample_rate} Hz")
+    return wave, resampler

@@ -18,6 +18,7 @@ from asr.cli.options import (
     add_search_arguments,
     dataclass_from_args,
 )
+from asr.export.sherpa_streaming import load_streaming_recognizer
 from asr.package import PackageError
 from asr.runtime.endpoint import EndpointConfig
 from asr.runtime.offline import load_model
@@ -29,7 +30,17 @@ logger = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", required=True, help="model package directory (asr export-package)"
+        "--model", required=True,
+        help="model package directory (asr export-package); with --engine sherpa-onnx, the "
+        "directory of `asr export-onnx --streaming`",
+    )
+    parser.add_argument(
+        "--engine", choices=("pytorch", "sherpa-onnx"), default="pytorch",
+        help="decode with our PyTorch runtime (default) or in sherpa-onnx (greedy search, "
+        "sherpa's endpointing with the same rules; docs/ONNX.md)",
+    )
+    parser.add_argument(
+        "--int8", action="store_true", help="--engine sherpa-onnx: the int8 graphs"
     )
     add_dataclass_arguments(parser, ServerConfig)
     add_search_arguments(
@@ -63,10 +74,18 @@ def run(args: argparse.Namespace) -> int:
         )  # one line per connection otherwise
     if args.num_threads > 0:
         torch.set_num_threads(args.num_threads)
+    endpoint = EndpointConfig(enabled=not args.no_endpoint)
     try:
-        model = load_model(args.model, device=args.device, search=args.search_overrides)
-        endpoint = EndpointConfig(enabled=not args.no_endpoint)
-        recognizer = model.streaming_recognizer(args.searcher, endpoint=endpoint)
+        if args.engine == "sherpa-onnx":
+            if args.searcher or args.search_overrides:
+                logger.warning("asr serve: --engine sherpa-onnx runs its greedy search; "
+                               "search options are ignored")
+            recognizer = load_streaming_recognizer(
+                args.model, int8=args.int8, num_threads=max(1, args.num_threads),
+                endpoint=endpoint)
+        else:
+            model = load_model(args.model, device=args.device, search=args.search_overrides)
+            recognizer = model.streaming_recognizer(args.searcher, endpoint=endpoint)
     except PackageError as err:
         logger.error("asr serve: cannot load model package: %s", err)
         return 2

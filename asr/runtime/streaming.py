@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from asr.audio import DecodedAudio, StreamingResampler, as_waveform
+from asr.audio import DecodedAudio, StreamingResampler, to_model_rate
 from asr.decoding.registry import resolve_searcher
 from asr.features.online import OnlineFbank
 from asr.results import Segment, TranscriptionResult
@@ -168,21 +168,8 @@ class StreamingRecognizer:
         """
         if stream.input_done:
             raise ValueError(f"stream {stream.id}: accept_waveform after input_finished")
-        wave = as_waveform(samples, f"stream {stream.id}", allow_empty=True)
-        if sample_rate != self.sample_rate:
-            if stream.resampler is None:
-                stream.resampler = StreamingResampler(sample_rate, self.sample_rate)
-            elif stream.resampler.orig_rate != sample_rate:
-                raise ValueError(
-                    f"stream {stream.id}: sample rate changed from {stream.resampler.orig_rate} "
-                    f"to {sample_rate} Hz"
-                )
-            wave = stream.resampler.accept(wave)
-        elif stream.resampler is not None:
-            raise ValueError(
-                f"stream {stream.id}: sample rate changed from {stream.resampler.orig_rate} "
-                f"to {sample_rate} Hz"
-            )
+        wave, stream.resampler = to_model_rate(
+            samples, sample_rate, self.sample_rate, stream.resampler, f"stream {stream.id}")
         self._append(stream, stream.fbank.accept_waveform(wave))
 
     def input_finished(self, stream: Stream) -> None:
@@ -204,6 +191,10 @@ class StreamingRecognizer:
         if available >= needed:
             return needed
         return available if stream.input_done else 0
+
+    def pending_seconds(self, stream: Stream) -> float:
+        """Audio received and not yet decoded, in seconds (for the server's back-pressure)."""
+        return stream.feats.shape[0] * self.runtime.fbank.frame_shift
 
     def is_ready(self, stream: Stream) -> bool:
         """Whether :meth:`decode` would make progress on ``stream``."""

@@ -77,7 +77,7 @@ class Session:
         finish_requested: the client sent Done (or the server is shutting down).
         finish_sent: the worker was told the input ended.
         accepted_samples: samples fed to the stream (worker thread).
-        backlog_frames: feature frames waiting in the stream (written by the worker).
+        backlog_seconds: audio the recognizer holds undecoded (written by the worker).
         outbox: JSON messages not yet sent, as (text, is_final).
         closed: the connection is gone; results are dropped.
         error: why the engine gave up on the session (None: fine).
@@ -92,7 +92,7 @@ class Session:
     finish_requested: bool = False
     finish_sent: bool = False
     accepted_samples: int = 0
-    backlog_frames: int = 0
+    backlog_seconds: float = 0.0
     outbox: collections.deque = field(default_factory=collections.deque)
     closed: bool = False
     error: ProtocolError | None = None
@@ -129,7 +129,8 @@ class DecodeEngine:
     """One batching decode loop over all live sessions.
 
     Args:
-        recognizer: a :class:`asr.runtime.streaming.StreamingRecognizer`.
+        recognizer: a :class:`asr.runtime.streaming.StreamingRecognizer`, or an engine with
+            its interface (:class:`asr.export.sherpa_streaming.SherpaStreamingRecognizer`).
         max_buffered_seconds: backlog above which a session's reader is paused.
         max_pending_messages: unsent results above which a session is failed.
 
@@ -143,7 +144,6 @@ class DecodeEngine:
         self.max_buffered_seconds = max_buffered_seconds
         self.max_pending_messages = max_pending_messages
         self.stats = EngineStats()
-        self._frame_shift = float(recognizer.runtime.fbank.frame_shift)
         self._sessions: dict[int, Session] = {}
         self._ids = itertools.count()
         self._wake = asyncio.Event()
@@ -192,10 +192,7 @@ class DecodeEngine:
 
     def backlog_seconds(self, session: Session) -> float:
         """Audio of ``session`` received and not yet decoded, in seconds."""
-        return (
-            session.pending_samples / session.sample_rate
-            + session.backlog_frames * self._frame_shift
-        )
+        return session.pending_samples / session.sample_rate + session.backlog_seconds
 
     def _update_drained(self, session: Session) -> None:
         if session.closed or self.backlog_seconds(session) < self.max_buffered_seconds:
@@ -278,7 +275,7 @@ class DecodeEngine:
             if not stream.done and result.is_final:
                 rec.reset(stream)
         for item in work:
-            item.session.backlog_frames = int(item.session.stream.feats.shape[0])
+            item.session.backlog_seconds = rec.pending_seconds(item.session.stream)
         elapsed = time.perf_counter() - start
         self.stats.busy_seconds += elapsed
         self.stats.audio_seconds += audio

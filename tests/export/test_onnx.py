@@ -21,10 +21,12 @@ import torch
 from asr.audio import load_audio
 from asr.cli.main import main
 from asr.decoding import SearchConfig
+from asr.encoders.subsampling import subsampled_length
 from asr.export import OnnxExportError, export_onnx
 from asr.export.graphs import chunk_frames
 from asr.export.sherpa import SHERPA_NEMO_FBANK, sherpa_fbank_problem
-from asr.features.fbank import FbankConfig, compute_fbank
+from asr.export.sherpa_decode import load_recognizer, room_tone
+from asr.features.fbank import FbankConfig, compute_fbank, num_frames
 from asr.package import export_package
 from asr.runtime.endpoint import EndpointConfig
 from asr.runtime.offline import load_model
@@ -204,6 +206,127 @@ def test_streaming_transducer_tokens_equal_ours(tiny, exported, utterances):
     ours = _ours_streaming(model, waves)
     assert sum(map(len, ours)) > 3 * len(ours)
     assert _report("streaming transducer", ours, theirs) == len(utterances)
+
+
+class _Tap:
+    """A sherpa-onnx online recognizer that records what a driver feeds each stream and how
+    many chunks it decodes for it."""
+
+    class Stream:
+        def __init__(self, stream) -> None:
+            self.stream, self.fed, self.chunks = stream, [], 0
+
+        def accept_waveform(self, rate: int, samples: np.ndarray) -> None:
+            self.fed.append(np.array(samples, dtype=np.float32))
+            self.stream.accept_waveform(rate, samples)
+
+        def input_finished(self) -> None:
+            self.stream.input_finished()
+
+    def __init__(self, recognizer) -> None:
+        self.recognizer, self.streams = recognizer, []
+
+    def create_stream(self) -> _Tap.Stream:
+        self.streams.append(_Tap.Stream(self.recognizer.create_stream()))
+        return self.streams[-1]
+
+    def is_ready(self, stream: _Tap.Stream) -> bool:
+        return self.recognizer.is_ready(stream.stream)
+
+    def decode_streams(self, streams) -> None:
+        for stream in streams:
+            stream.chunks += 1
+        self.recognizer.decode_streams([s.stream for s in streams])
+
+    def get_result_all(self, stream: _Tap.Stream):
+        return self.recognizer.get_result_all(stream.stream)
+
+
+def _log_energy(wave: np.ndarray) -> np.ndarray:
+    """(T,) mean log-mel of each frame of ``wave`` (sherpa-onnx's front end)."""
+    opts = knf.FbankOptions()
+    opts.frame_opts.dither = 0.0
+    opts.frame_opts.snip_edges = False
+    opts.mel_opts.num_bins = 80
+    fbank = knf.OnlineFbank(opts)
+    fbank.accept_waveform(RATE, wave.tolist())
+    fbank.input_finished()
+    return np.array([np.mean(fbank.get_frame(i)) for i in range(fbank.num_frames_ready)])
+
+
+def test_streaming_flush_decodes_every_frame_with_the_inputs_own_background(exported):
+    """decode-onnx pads a streaming input before ``input_finished`` (sherpa-onnx never decodes
+    a partial last chunk) with the least audio that makes sherpa decode every encoder frame our
+    runtime decodes -- one hop less leaves the last chunk undecoded -- and that audio is the
+    input's quietest stretch: digital silence (the zeros sherpa's examples append) gives
+    log-mel frames at the energy floor, which a model trained on noisy audio never heard (the
+    mini_tts main-job model appended a piece to the last word of 21/100 test utterances)."""
+    directory = exported["streaming"]
+    recognizer = load_recognizer(directory)
+    tap = _Tap(recognizer.recognizer)
+    recognizer.recognizer = tap
+    rng = np.random.default_rng(1)
+    tone = np.sin(2 * np.pi * 440 * np.arange(RATE) / RATE).astype(np.float32) * 0.3
+    waves = []
+    for length in rng.integers(8000, 24000, size=10).tolist() + [32 * 160 * 3, 3 * 32 * 160 + 640]:
+        wave = rng.standard_normal(length).astype(np.float32) * 1e-3  # quiet, then a tone
+        wave[length // 2 - 1000: length // 2 + 1000] += tone[:2000]
+        waves.append(wave)
+    recognizer.decode(waves, batch_size=1)
+    frames, shift = chunk_frames(recognizer.chunk_size)
+    fbank = FbankConfig()
+    for wave, stream in zip(waves, tap.streams):
+        ours = subsampled_length(num_frames(wave.shape[0], fbank))
+        assert stream.chunks == -(-ours // recognizer.chunk_size)  # every frame, no more
+        assert np.array_equal(stream.fed[0], wave)
+        fed = np.concatenate(stream.fed)
+        if len(stream.fed) > 1:  # the flush: one hop less decodes one chunk less
+            short = recognizer.recognizer.recognizer.create_stream()
+            short.accept_waveform(RATE, fed[:-fbank.hop_samples])
+            short.input_finished()
+            count = 0
+            while recognizer.recognizer.recognizer.is_ready(short):
+                recognizer.recognizer.recognizer.decode_stream(short)
+                count += 1
+            assert count == stream.chunks - 1
+            energy = _log_energy(fed)
+            quietest = _log_energy(wave).min()
+            assert energy[-2:].min() > quietest - 1.0  # not the floor (about -15.9)
+            assert np.sqrt(np.mean(stream.fed[1] ** 2)) == pytest.approx(1e-3, rel=0.3)
+    assert sum(len(s.fed) > 1 for s in tap.streams) >= 8
+
+
+def test_sherpa_streaming_recognizer_fed_in_pieces_equals_the_whole_decode(exported, utterances):
+    """The server's sherpa-onnx engine, fed pieces of 1234 samples with decode steps between
+    them and all streams in one batch, gives decode-onnx's tokens (the same flush)."""
+    from asr.export.sherpa_streaming import load_streaming_recognizer
+
+    directory = exported["streaming"]
+    waves = utterances[:8]
+    whole = load_recognizer(directory).decode(waves)
+    recognizer = load_streaming_recognizer(directory, endpoint=EndpointConfig(enabled=False))
+    streams = [recognizer.new_stream() for _ in waves]
+    for start in range(0, max(w.shape[0] for w in waves), 1234):
+        for stream, wave in zip(streams, waves):
+            if not stream.input_done:
+                recognizer.accept_waveform(stream, wave[start: start + 1234], RATE)
+                if start + 1234 >= wave.shape[0]:
+                    recognizer.input_finished(stream)
+        recognizer.decode(streams)
+    while any(recognizer.is_ready(s) for s in streams):
+        recognizer.decode(streams)
+    results = [recognizer.result(s) for s in streams]
+    assert all(s.done and r.is_final for s, r in zip(streams, results))
+    assert [r.token_ids for r in results] == [w.token_ids for w in whole]
+    assert sum(len(r.token_ids) for r in results) > 3 * len(waves)
+
+
+def test_room_tone_is_the_quietest_stretch():
+    wave = np.concatenate([np.full(300, 0.5), np.full(200, 0.01), np.full(300, -0.5)])
+    assert np.allclose(room_tone(wave, 1000, 100), 0.01)
+    assert room_tone(wave, 0, 100).shape == (0,)
+    assert np.array_equal(room_tone(np.zeros(0), 5, 100), np.zeros(5))
+    assert np.allclose(room_tone(np.array([0.2, -0.2]), 5, 100), [0.2, -0.2, 0.2, -0.2, 0.2])
 
 
 def test_int8_graphs_load_and_mostly_agree(tiny, exported, utterances):

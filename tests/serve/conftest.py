@@ -1,5 +1,9 @@
 """Fixtures of the server tests: a tiny trained model (shared with tests/cli), speech files, and
-a server on 127.0.0.1 in a background thread."""
+a server on 127.0.0.1 in a background thread.
+
+Every test that takes ``recognizer``, ``reference_texts`` or ``serve_args`` runs once per engine:
+our PyTorch runtime (the tiny CTC model) and sherpa-onnx (the tiny transducer exported with
+``asr export-onnx --streaming``, ``asr serve --engine sherpa-onnx``)."""
 
 from __future__ import annotations
 
@@ -59,11 +63,51 @@ def speech(tiny, tmp_path_factory) -> list[Speech]:
     return items
 
 
-@pytest.fixture(scope="session")
-def recognizer(tiny):
-    import asr
+ENGINES = ("pytorch", "sherpa-onnx")
 
-    return asr.load_model(tiny.package_dir).streaming_recognizer()
+
+@pytest.fixture(scope="session", params=ENGINES)
+def engine(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def sherpa_dir(tiny, tmp_path_factory) -> Path:
+    """The tiny transducer (the same sentences as ``tiny``) exported for sherpa-onnx."""
+    from asr.export import export_onnx
+    from asr.testing.packages import trained_tiny_package
+
+    transducer = trained_tiny_package(tmp_path_factory.getbasetemp() / "tiny_models",
+                                      head="transducer")
+    out = tmp_path_factory.mktemp("serve_onnx") / "onnx-streaming"
+    export_onnx(transducer.package_dir, out, streaming=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def make_recognizer(engine, tiny, request):
+    """A function making a new recognizer of the engine (each has its own streams)."""
+    if engine == "pytorch":
+        import asr
+
+        return lambda: asr.load_model(tiny.package_dir).streaming_recognizer()
+    from asr.export.sherpa_streaming import load_streaming_recognizer
+
+    directory = request.getfixturevalue("sherpa_dir")
+    return lambda: load_streaming_recognizer(directory)
+
+
+@pytest.fixture(scope="session")
+def serve_args(engine, tiny, request) -> list[str]:
+    """``asr serve`` arguments of the engine's model: ``[model, --engine ...]``."""
+    if engine == "pytorch":
+        return [str(tiny.package_dir)]
+    return [str(request.getfixturevalue("sherpa_dir")), "--engine", "sherpa-onnx"]
+
+
+@pytest.fixture(scope="session")
+def recognizer(make_recognizer):
+    return make_recognizer()
 
 
 def offline_streaming_text(recognizer, samples: np.ndarray, sample_rate: int) -> str:
@@ -83,11 +127,9 @@ def offline_streaming_text(recognizer, samples: np.ndarray, sample_rate: int) ->
 
 
 @pytest.fixture(scope="session")
-def reference_texts(tiny, speech) -> list[str]:
+def reference_texts(make_recognizer, speech) -> list[str]:
     """Offline streaming transcripts of ``speech`` (with its own recognizer instance)."""
-    import asr
-
-    recognizer = asr.load_model(tiny.package_dir).streaming_recognizer()
+    recognizer = make_recognizer()
     return [offline_streaming_text(recognizer, s.samples, s.sample_rate) for s in speech]
 
 

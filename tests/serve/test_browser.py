@@ -86,8 +86,14 @@ def _page_socket(port: int, timeout: float = 10.0) -> str:
     raise RuntimeError("Chromium opened no page")
 
 
-def test_microphone_page_in_headless_chromium(server, tiny, speech, reference_texts, tmp_path):
+def test_microphone_page_in_headless_chromium(
+    engine, server, tiny, speech, reference_texts, tmp_path
+):
     from asr.audio import load_audio
+
+    if engine != "pytorch":  # the page speaks the protocol, which test_server holds per engine
+        pytest.skip("needs a sentence the engine gets exactly right: the tiny transducer in "
+                    "sherpa-onnx's greedy search (one symbol per frame) gets none")
 
     # a sentence the tiny model gets exactly right when decoded offline
     index = next((i for i, s in enumerate(speech[:-1]) if reference_texts[i] == s.text), None)

@@ -14,9 +14,9 @@ from asr.serve.client import stream_samples
 from asr.testing.serving import start_server_process
 
 
-def test_serve_cli_client_and_graceful_sigterm(tiny, speech, reference_texts, capsys):
+def test_serve_cli_client_and_graceful_sigterm(serve_args, speech, reference_texts, capsys):
     proc, port = start_server_process(
-        tiny.package_dir, "--idle-timeout", "10", "--shutdown-timeout", "5", "--num-threads", "1"
+        *serve_args, "--idle-timeout", "10", "--shutdown-timeout", "5", "--num-threads", "1"
     )
     url = f"ws://127.0.0.1:{port}"
     try:

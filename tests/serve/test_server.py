@@ -34,7 +34,7 @@ def _edit_distance(hyp: str, ref: str) -> int:
 
 
 def test_eight_concurrent_clients_match_offline_streaming(
-    server, speech, reference_texts, wait_until
+    engine, server, speech, reference_texts, wait_until
 ):
     assert len(speech) == 8
     chunk_seconds = [0.05, 0.1, 0.37, 0.1, 0.2, 0.1, 0.05, 0.25]
@@ -59,9 +59,12 @@ def test_eight_concurrent_clients_match_offline_streaming(
         assert result.errors == [] and result.close_code == 1000, s.path
         assert result.text == reference, s.path
         assert result.messages[-1]["is_final"]
-    # the words really are recognized (the tiny model was trained on these sentences)
+    # the words really are recognized (the tiny model was trained on these sentences); the tiny
+    # transducer emits bursts of characters that sherpa-onnx's greedy search (one symbol per
+    # frame) cuts short, and after an endpoint it keeps the predictor's context (docs/ONNX.md)
     errors = sum(_edit_distance(r.text, s.text) for r, s in zip(results, speech))
-    assert errors / sum(len(s.text) for s in speech) < 0.35, [r.text for r in results]
+    limit = 0.35 if engine == "pytorch" else 0.5
+    assert errors / sum(len(s.text) for s in speech) < limit, [r.text for r in results]
     assert len(results[-1].segments) >= 2  # endpointing split the two sentences
     stats = server.server.stats()
     assert stats["max_batch"] > 1, stats  # streams really were batched
@@ -176,6 +179,7 @@ def _rss_bytes() -> int:
 def test_memory_returns_to_baseline_after_many_bad_connections(
     server, speech, reference_texts, wait_until
 ):
+    from asr.export.sherpa_streaming import SherpaStream
     from asr.runtime.streaming import Stream
 
     good, reference = speech[3], reference_texts[3]
@@ -210,7 +214,7 @@ def test_memory_returns_to_baseline_after_many_bad_connections(
     # last client vanished holds its batch until the step returns, so allow it to finish)
     def no_streams_left() -> bool:
         gc.collect()
-        return not [o for o in gc.get_objects() if type(o) is Stream]
+        return not [o for o in gc.get_objects() if type(o) in (Stream, SherpaStream)]
 
     assert wait_until(no_streams_left, 5.0)
     result = _run(stream_samples(server.url, good.samples, 16000, timeout=30))

@@ -2,13 +2,14 @@
 
 One table, one run, the same package and audio for every engine:
 
-* ``pytorch``: :class:`asr.runtime.offline.Transcriber` (offline) and its streaming recognizer;
+* ``pytorch``: :class:`asr.runtime.offline.Transcriber` (offline) and its streaming recognizer,
+  with sherpa-onnx's search (greedy, one symbol per frame);
 * ``sherpa-onnx fp32`` / ``int8``: the graphs of ``asr export-onnx`` (offline, and streaming when
   the package streams) in sherpa-onnx (:mod:`asr.export.sherpa_decode`), greedy search.
 
 For each engine, mode (offline / streaming) and thread count (torch intra-op threads, or
-onnxruntime's ``num_threads``): RTF = wall time / seconds of audio (lower is faster), best of
-``--repeat``, for **one stream** (the files decoded one after another) and for **a batch**
+onnxruntime's ``num_threads``): RTF = wall time / seconds of audio (lower is faster), the
+minimum and the median of ``--repeat`` runs, for **one stream** (the files decoded one after another) and for **a batch**
 (``--batch-size`` files decoded together: one batched forward offline, concurrent streams in one
 ``decode`` / ``decode_streams`` loop when streaming). The last line compares sherpa-onnx int8
 streaming with our PyTorch streaming at batch and one thread.
@@ -20,13 +21,16 @@ Usage:
 
 Without ``--model`` a tiny transducer is trained first (about 20 s on 2 CPU cores); without
 ``--files``, ``--num-files`` utterances are synthesized with espeak-ng (1-4 sentences each).
-On a shared machine the numbers move with its load: compare rows of one run.
+On a shared machine the numbers move with its load: compare rows of one run; the load average
+(``/proc/loadavg``) before and after is printed with the table.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import statistics
 import sys
 import tempfile
 import time
@@ -55,13 +59,18 @@ def _synthesize(out_dir: Path, num_files: int, seed: int) -> list[Path]:
     return paths
 
 
-def _best(run: Callable[[], object], repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
+def _timed(run: Callable[[], object], repeat: int, seconds: float) -> tuple[float, float]:
+    """(min, median) RTF of ``repeat`` runs over ``seconds`` of audio."""
+    times = []
+    for _ in range(max(1, repeat)):
         start = time.perf_counter()
         run()
-        best = min(best, time.perf_counter() - start)
-    return best
+        times.append((time.perf_counter() - start) / seconds)
+    return min(times), statistics.median(times)
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("training a tiny transducer under %s", work)
         package = trained_tiny_package(work / "tiny", head="transducer").package_dir
     files = args.files or _synthesize(work / "audio", args.num_files, args.seed)
-    model = load_model(package)
+    # sherpa-onnx's search: greedy, at most one symbol per frame, no blank penalty (not the
+    # package's own searcher, which may be a beam search with an LM)
+    model = load_model(package, searcher="greedy",
+                       search={"max_symbols_per_frame": 1, "blank_penalty": 0.0})
     rate = model.sample_rate
     waves = [load_audio(f, rate) for f in files]
     seconds = sum(w.shape[0] for w in waves) / rate
@@ -106,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("%d files, %.1f s of audio; package %s", len(waves), seconds, package)
 
     batch = max(1, args.batch_size)
+    load_before = _load()
     no_endpoints = EndpointConfig(enabled=False)
-    rows: dict[tuple[str, str], dict[int, tuple[float, float]]] = {}
+    rows: dict[tuple[str, str], dict[int, tuple[tuple[float, float], ...]]] = {}
     for threads in args.threads:
         torch.set_num_threads(threads)
         modes = ["offline", "streaming"] if streams else ["offline"]
@@ -124,31 +137,38 @@ def main(argv: list[str] | None = None) -> int:
                         recognizer.input_finished(stream)
                     while not all(s.done for s in group):
                         recognizer.decode(group)
-            one = _best(lambda: ours(1), args.repeat) / seconds
-            many = _best(lambda: ours(batch), args.repeat) / seconds
+            one = _timed(lambda: ours(1), args.repeat, seconds)
+            many = _timed(lambda: ours(batch), args.repeat, seconds)
             rows.setdefault(("pytorch", mode), {})[threads] = (one, many)
             for int8 in (False, True):
                 recognizer = load_recognizer(exports[mode], int8=int8, num_threads=threads)
-                one = _best(lambda r=recognizer: r.decode(waves, batch_size=1), args.repeat)
-                many = _best(lambda r=recognizer: r.decode(waves, batch_size=batch), args.repeat)
+                one = _timed(lambda r=recognizer: r.decode(waves, batch_size=1), args.repeat,
+                             seconds)
+                many = _timed(lambda r=recognizer: r.decode(waves, batch_size=batch),
+                              args.repeat, seconds)
                 engine = "sherpa-onnx int8" if int8 else "sherpa-onnx fp32"
-                rows.setdefault((engine, mode), {})[threads] = (one / seconds, many / seconds)
+                rows.setdefault((engine, mode), {})[threads] = (one, many)
 
     header = "| engine | mode | " + " | ".join(
         f"{t} thread{'s' if t > 1 else ''}: 1 stream | {t}: batch {batch}" for t in args.threads)
-    print(f"\nRTF (wall / audio; lower is faster), {len(waves)} files, {seconds:.1f} s of audio, "
-          f"best of {args.repeat}; package {package}\n")
+    print(f"\nRTF (wall / audio; lower is faster), min / median of {args.repeat} runs, "
+          f"{len(waves)} files, {seconds:.1f} s of audio; package {package}; "
+          f"{len(os.sched_getaffinity(0))} CPU cores, load average {load_before} before, "
+          f"{_load()} after\n")
     print(header + " |")
     print("|---|---|" + "---|---|" * len(args.threads))
     for (engine, mode), by_threads in rows.items():
-        cells = " | ".join(f"{by_threads[t][0]:.4f} | {by_threads[t][1]:.4f}" for t in args.threads)
+        cells = " | ".join(f"{one[0]:.4f} / {one[1]:.4f} | {many[0]:.4f} / {many[1]:.4f}"
+                           for one, many in (by_threads[t] for t in args.threads))
         print(f"| {engine} | {mode} | {cells} |")
     if streams:
         t = args.threads[0]
-        ours_rtf = rows[("pytorch", "streaming")][t][1]
-        int8_rtf = rows[("sherpa-onnx int8", "streaming")][t][1]
-        print(f"\nstreaming, batch {batch}, {t} thread(s): sherpa-onnx int8 is "
-              f"{ours_rtf / int8_rtf:.1f}x as fast as our PyTorch runtime")
+        for t in args.threads:
+            for size, name in ((0, "1 stream"), (1, f"batch {batch}")):
+                ours_rtf = rows[("pytorch", "streaming")][t][size][1]
+                int8_rtf = rows[("sherpa-onnx int8", "streaming")][t][size][1]
+                print(f"streaming, {name}, {t} thread(s): sherpa-onnx int8 is "
+                      f"{ours_rtf / int8_rtf:.1f}x as fast as our PyTorch runtime (medians)")
     return 0
 
 

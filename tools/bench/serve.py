@@ -18,6 +18,8 @@ Bounded: 4 runs of about ``--seconds`` + 2 s each, every client under a timeout.
 Usage:
     python tools/bench/serve.py                      # trains a tiny model first (~20 s)
     python tools/bench/serve.py --model PKG --streams 1 4 8 16 --seconds 8
+    python tools/bench/serve.py --engine sherpa-onnx --model ONNX_DIR [--int8]   # asr export-onnx
+                                                                                # --streaming
 """
 
 from __future__ import annotations
@@ -59,10 +61,12 @@ def speech_audio(package_wavs: list[Path], seconds: float) -> np.ndarray:
     return np.tile(one, reps)[: int(seconds * 16000)]
 
 
-def start_server(model: Path, threads: int, max_connections: int) -> tuple[subprocess.Popen, int]:
+def start_server(
+    model: Path, threads: int, max_connections: int, *extra: str
+) -> tuple[subprocess.Popen, int]:
     return start_server_process(
         model, "--max-connections", str(max_connections), "--idle-timeout", "30",
-        "--num-threads", str(threads), timeout=120,
+        "--num-threads", str(threads), *extra, timeout=120,
     )
 
 
@@ -128,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="server torch threads (0: torch's default; default: 1)",
     )
+    parser.add_argument("--engine", choices=("pytorch", "sherpa-onnx"), default="pytorch",
+                        help="asr serve --engine (sherpa-onnx: --model is an export-onnx dir)")
+    parser.add_argument("--int8", action="store_true", help="sherpa-onnx: the int8 graphs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if max(args.streams) > 64 or args.seconds > 60:
@@ -135,10 +142,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from asr.testing.packages import trained_tiny_package
 
+    if args.engine != "pytorch" and args.model is None:
+        parser.error("--engine sherpa-onnx needs --model ONNX_DIR (asr export-onnx --streaming)")
     tiny = trained_tiny_package(args.work_dir)
     model = args.model or tiny.package_dir
     audio = speech_audio(list(tiny.wavs), args.seconds)
-    proc, port = start_server(model, args.threads, max(args.streams) + 1)
+    extra = ["--engine", args.engine] + (["--int8"] if args.int8 else [])
+    load_before = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    proc, port = start_server(model, args.threads, max(args.streams) + 1, *extra)
     url = f"ws://127.0.0.1:{port}"
     rows = []
     try:
@@ -175,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     cores = len(os.sched_getaffinity(0))
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(
-        f"\nasr serve on 127.0.0.1, model {model}, {cores} CPU cores (load average {load}), "
+        f"\nasr serve --engine {args.engine}{' --int8' if args.int8 else ''} on 127.0.0.1, "
+        f"model {model}, {cores} CPU cores (load average {load_before} before, {load} after), "
         f"{args.seconds:g} s per stream in {args.chunk_seconds * 1000:g} ms messages, real time"
     )
     print(

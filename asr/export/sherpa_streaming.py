@@ -1,0 +1,257 @@
+"""sherpa-onnx as a streaming engine: an exported streaming transducer (``asr export-onnx
+--streaming``) behind the interface of :class:`asr.runtime.streaming.StreamingRecognizer`, so
+that the server (:mod:`asr.serve`) runs it as it runs our PyTorch recognizer (``asr serve
+--engine sherpa-onnx``).
+
+:class:`SherpaStreamingRecognizer` keeps one ``sherpa_onnx.OnlineStream`` per
+:class:`SherpaStream`; :meth:`~SherpaStreamingRecognizer.decode` runs ONE ``decode_streams`` call
+over the ready streams (sherpa-onnx batches their encoder states). What differs from our runtime:
+
+* audio is resampled to the model rate by :class:`asr.audio.StreamingResampler` before sherpa-onnx
+  sees it (so the end-of-input padding of :mod:`asr.export.sherpa_decode` is counted in
+  feature frames, and a stream cannot change its rate, as in our recognizer);
+* at the end of input the stream is padded with :func:`asr.export.sherpa_decode.flush_samples`
+  samples of its quietest 0.1 s stretch (:func:`~asr.export.sherpa_decode.room_tone`), since
+  sherpa-onnx never decodes a partial last chunk;
+* greedy search only (sherpa-onnx's, at most one symbol per frame) and sherpa-onnx's own
+  endpointing with our :class:`asr.runtime.endpoint.EndpointConfig` values (its three rules
+  are ours); after an endpoint sherpa-onnx keeps the predictor's context, we start blank.
+
+Example (the server, as ``asr serve --engine sherpa-onnx --model exp/onnx-streaming`` runs it):
+    >>> recognizer = load_streaming_recognizer("exp/onnx-streaming", int8=True)
+    >>> asyncio.run(RecognitionServer(recognizer, ServerConfig(port=6006)).serve_forever())
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asr.audio import StreamingResampler, to_model_rate
+from asr.encoders.subsampling import SUBSAMPLING_FACTOR
+from asr.export.sherpa_decode import (
+    ROOM_TONE_SECONDS,
+    SherpaRecognizer,
+    flush_samples,
+    load_recognizer,
+    room_tone,
+)
+from asr.features.fbank import num_frames
+from asr.results import ResultBuilder, Segment
+from asr.runtime.endpoint import EndpointConfig
+from asr.tokenizers.base import WORD_START
+
+__all__ = ["SherpaStream", "SherpaStreamingRecognizer", "TokenTable", "load_streaming_recognizer"]
+
+
+class TokenTable:
+    """``tokens.txt`` as a :class:`asr.results.Detokenizer`: pieces joined, ``▁`` read as a
+    space, the special pieces (``<blk>``, ``<sos/eos>``, ``<unk>``) dropped."""
+
+    def __init__(self, pieces: Sequence[str]) -> None:
+        self.pieces = list(pieces)
+
+    def id_to_piece(self, token_id: int) -> str:
+        return self.pieces[int(token_id)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        text = "".join(p for p in map(self.id_to_piece, ids)
+                       if not (p.startswith("<") and p.endswith(">")))
+        return " ".join(text.replace(WORD_START, " ").split())
+
+
+@dataclass(eq=False)
+class SherpaStream:
+    """One audio stream (mutable handle; create with
+    :meth:`SherpaStreamingRecognizer.new_stream`).
+
+    Attributes:
+        id: unique id within the process.
+        stream: the ``sherpa_onnx.OnlineStream``.
+        num_samples: samples (at the model rate) given to sherpa-onnx, the flush excluded.
+        chunks: chunks decoded.
+        quiet: the quietest complete 0.1 s block seen so far (the end-of-input filler).
+        block: samples of the block being collected.
+        segment: current segment index.
+        input_done: the input ended (the flush is in).
+        done: every chunk is decoded.
+        finished_segments: final results of the segments ended by ``reset``.
+        resampler: the client's rate -> the model rate, when they differ.
+    """
+
+    id: int
+    stream: Any
+    num_samples: int = 0
+    chunks: int = 0
+    quiet: np.ndarray | None = None
+    block: list[np.ndarray] = field(default_factory=list)
+    segment: int = 0
+    input_done: bool = False
+    done: bool = False
+    finished_segments: list[Segment] = field(default_factory=list)
+    resampler: StreamingResampler | None = None
+
+
+class SherpaStreamingRecognizer:
+    """Batched chunk-by-chunk recognition in sherpa-onnx over many streams.
+
+    Args:
+        recognizer: a :class:`asr.export.sherpa_decode.SherpaRecognizer` of a streaming layout,
+            whose ``sherpa_onnx.OnlineRecognizer`` was built with the endpoint rules wanted.
+        tokens: the export's ``tokens.txt`` pieces in id order.
+    """
+
+    searcher_name = "sherpa-onnx greedy_search"
+
+    def __init__(self, recognizer: SherpaRecognizer, tokens: Sequence[str]) -> None:
+        if not recognizer.streaming:
+            raise ValueError(f"not a streaming export (layout {recognizer.layout})")
+        self.sherpa = recognizer
+        self.online = recognizer.recognizer
+        self.fbank = recognizer.fbank
+        self.chunk_size = recognizer.chunk_size
+        self.frame_seconds = self.fbank.frame_shift * SUBSAMPLING_FACTOR
+        self.results = ResultBuilder(TokenTable(tokens), self.frame_seconds)
+        self._block = round(ROOM_TONE_SECONDS * self.sample_rate)
+        self._ids = itertools.count()
+
+    @property
+    def sample_rate(self) -> int:
+        """Rate (Hz) the model's features expect."""
+        return self.sherpa.sample_rate
+
+    # ------------------------------------------------------------------------- streams
+
+    def new_stream(self) -> SherpaStream:
+        """A fresh stream at segment 0."""
+        return SherpaStream(next(self._ids), self.online.create_stream())
+
+    def accept_waveform(self, stream: SherpaStream, samples: Any, sample_rate: int) -> None:
+        """Appends samples at ``sample_rate`` Hz, as
+        :meth:`asr.runtime.streaming.StreamingRecognizer.accept_waveform` does.
+
+        Raises:
+            ValueError: after :meth:`input_finished`, for samples that are not audio, or when the
+                rate changes within a stream.
+        """
+        if stream.input_done:
+            raise ValueError(f"stream {stream.id}: accept_waveform after input_finished")
+        wave, stream.resampler = to_model_rate(
+            samples, sample_rate, self.sample_rate, stream.resampler, f"stream {stream.id}")
+        self._feed(stream, wave)
+
+    def _feed(self, stream: SherpaStream, wave: np.ndarray) -> None:
+        if not wave.shape[0]:
+            return
+        stream.stream.accept_waveform(self.sample_rate, wave)
+        stream.num_samples += wave.shape[0]
+        stream.block.append(wave)
+        have = sum(b.shape[0] for b in stream.block)
+        if have >= self._block:  # keep the quietest complete block, drop the rest
+            joined = np.concatenate(stream.block)
+            whole = have // self._block * self._block
+            for start in range(0, whole, self._block):
+                block = joined[start: start + self._block]
+                if stream.quiet is None or np.mean(block ** 2) < np.mean(stream.quiet ** 2):
+                    stream.quiet = block.copy()
+            stream.block = [joined[whole:]]
+
+    def input_finished(self, stream: SherpaStream) -> None:
+        """No more audio for ``stream``: appends the flush and tells sherpa-onnx."""
+        if stream.input_done:
+            return
+        if stream.resampler is not None:
+            self._feed(stream, stream.resampler.flush())
+        count = flush_samples(stream.num_samples, self.chunk_size, self.fbank)
+        source = stream.quiet if stream.quiet is not None else np.concatenate(
+            stream.block or [np.zeros(0, np.float32)])
+        if count:
+            stream.stream.accept_waveform(self.sample_rate, room_tone(source, count, self._block))
+        stream.stream.input_finished()
+        stream.block = []
+        stream.input_done = True
+
+    def is_ready(self, stream: SherpaStream) -> bool:
+        """Whether :meth:`decode` would make progress on ``stream``."""
+        return not stream.done and (stream.input_done or self.online.is_ready(stream.stream))
+
+    def pending_seconds(self, stream: SherpaStream) -> float:
+        """Audio received and not yet decoded, in seconds (for the server's back-pressure)."""
+        frames = num_frames(stream.num_samples, self.fbank)
+        shift = 4 * self.chunk_size
+        return max(0, frames - stream.chunks * shift) * self.fbank.frame_shift
+
+    # ------------------------------------------------------------------------- decoding
+
+    def decode(self, streams: Sequence[SherpaStream]) -> None:
+        """One batched ``decode_streams`` call over the ready streams among ``streams``; a
+        stream whose input has ended and that has no whole chunk left is done."""
+        ready = [s for s in streams if not s.done and self.online.is_ready(s.stream)]
+        if ready:
+            self.online.decode_streams([s.stream for s in ready])
+            for stream in ready:
+                stream.chunks += 1
+        for stream in streams:
+            if stream.input_done and not stream.done and stream not in ready:
+                stream.done = not self.online.is_ready(stream.stream)
+
+    # ------------------------------------------------------------------------- results
+
+    def is_endpoint(self, stream: SherpaStream) -> bool:
+        """Whether sherpa-onnx's endpoint rules fire for the current segment."""
+        return not stream.done and bool(self.online.is_endpoint(stream.stream))
+
+    def result(self, stream: SherpaStream) -> Segment:
+        """The stream's current segment (``is_final`` once it has ended), times in seconds."""
+        result = self.online.get_result_all(stream.stream)
+        ids = self.sherpa.token_ids(result.tokens)
+        start = float(result.start_time)
+        times = [start + float(t) for t in result.timestamps]
+        return self.results.segment(ids, times, start, stream.segment,
+                                    stream.done or self.is_endpoint(stream))
+
+    def reset(self, stream: SherpaStream) -> None:
+        """Ends the current segment (kept in ``stream.finished_segments``) and starts the next."""
+        final = self.result(stream)
+        stream.finished_segments.append(dataclasses.replace(final, is_final=True))
+        stream.segment += 1
+        self.online.reset(stream.stream)
+
+
+def load_streaming_recognizer(
+    onnx_dir: str | Path, int8: bool = False, num_threads: int = 1,
+    endpoint: EndpointConfig | None = None,
+) -> SherpaStreamingRecognizer:
+    """The sherpa-onnx streaming recognizer of an ``asr export-onnx --streaming`` directory.
+
+    Raises:
+        FileNotFoundError: as :func:`asr.export.sherpa_decode.load_recognizer`.
+        ValueError: for an offline export, or endpoint rules sherpa-onnx cannot express (its
+            rule 1 and 3 ignore whether something was said, its rule 2 requires it).
+    """
+    endpoint = endpoint or EndpointConfig()
+    rules = endpoint.rule1, endpoint.rule2, endpoint.rule3
+    if [r.must_contain_nonsilence for r in rules] != [False, True, False] or (
+            rules[0].min_utterance_length or rules[1].min_utterance_length
+            or rules[2].min_trailing_silence):
+        raise ValueError("sherpa-onnx endpointing has fixed rule shapes: rule 1 trailing "
+                         "silence, rule 2 trailing silence after speech, rule 3 length")
+    options = {"enable_endpoint_detection": endpoint.enabled,
+               "rule1_min_trailing_silence": rules[0].min_trailing_silence,
+               "rule2_min_trailing_silence": rules[1].min_trailing_silence,
+               "rule3_min_utterance_length": rules[2].min_utterance_length}
+    recognizer = load_recognizer(onnx_dir, int8=int8, num_threads=num_threads,
+                                 online_options=options)
+    if not recognizer.streaming:
+        raise ValueError(f"{onnx_dir}: an offline export ({recognizer.layout}); the server "
+                         f"needs `asr export-onnx --streaming`")
+    tokens = [line.split()[0] for line in
+              (Path(onnx_dir) / "tokens.txt").read_text(encoding="utf-8").splitlines()
+              if line.strip()]
+    return SherpaStreamingRecognizer(recognizer, tokens)
