@@ -118,12 +118,16 @@ class SearcherSpec:
         return not self.also_needs or any(h in kinds for h in self.also_needs)
 
 
-def _first_pass(model: ASRModel, cfg: SearchConfig, tokenizer: Tokenizer | None) -> Searcher:
-    """n-best producer for the rescoring searchers: all ``beam_size`` hypotheses are kept."""
+def _first_pass(
+    model: ASRModel, cfg: SearchConfig, tokenizer: Tokenizer | None,
+    context: ContextGraph | None,
+) -> Searcher:
+    """n-best producer for the rescoring searchers: all ``beam_size`` hypotheses are kept; a
+    hotword graph biases it as it would the first pass on its own."""
     first_cfg = replace(cfg, nbest=cfg.beam_size)
     kinds = model.head_kinds()
     first = "ctc_prefix_beam" if "ctc" in kinds else searcher_for("beam", model, heads=("transducer",))
-    return build_searcher(first, model, first_cfg, tokenizer=tokenizer)
+    return build_searcher(first, model, first_cfg, tokenizer=tokenizer, context=context)
 
 
 def _ctc(model: ASRModel):
@@ -154,7 +158,7 @@ SEARCHERS: tuple[SearcherSpec, ...] = (
                  lambda m, c, lm, tok, ctx: AedBeamSearch(m.heads["aed"], c, _ctc(m))),
     SearcherSpec("attention_rescoring", "aed", ("aed",), "rescore", False, False,
                  "an 'aed' head and a 'ctc' or 'transducer' head",
-                 lambda m, c, lm, tok, ctx: NbestRescoring(_first_pass(m, c, tok), m.heads["aed"], c),
+                 lambda m, c, lm, tok, ctx: NbestRescoring(_first_pass(m, c, tok, ctx), m.heads["aed"], c),
                  also_needs=("ctc", "transducer")),
     SearcherSpec("cif_greedy", "cif", ("cif",), "greedy", True, False, "a 'cif' head",
                  lambda m, c, lm, tok, ctx: CifGreedySearch(m.heads["cif"], c)),
@@ -162,7 +166,7 @@ SEARCHERS: tuple[SearcherSpec, ...] = (
                  lambda m, c, lm, tok, ctx: CifBeamSearch(m.heads["cif"], c, lm, _ctc(m))),
     SearcherSpec("cif_rescoring", "cif", ("cif",), "rescore", False, False,
                  "a 'cif' head and a 'ctc' or 'transducer' head",
-                 lambda m, c, lm, tok, ctx: NbestRescoring(_first_pass(m, c, tok), m.heads["cif"], c),
+                 lambda m, c, lm, tok, ctx: NbestRescoring(_first_pass(m, c, tok, ctx), m.heads["cif"], c),
                  also_needs=("ctc", "transducer")),
 )  # fmt: skip
 

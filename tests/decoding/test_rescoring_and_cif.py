@@ -8,6 +8,7 @@ import torch
 from search_helpers import encoder_output, make_model
 
 from asr.decoding import SearchConfig, build_searcher
+from asr.decoding.context_graph import ContextGraph
 
 
 @pytest.mark.parametrize(
@@ -71,6 +72,23 @@ def test_cif_rescoring_formula(cif_options):
     only_first = build_searcher("cif_rescoring", model, SearchConfig(beam_size=4, nbest=4,
                                                                     ctc_weight=1.0))(enc, enc_lens)
     assert [[h.tokens for h in n] for n in only_first] == [[h.tokens for h in n] for n in first]
+
+
+@pytest.mark.parametrize(("heads", "name"), [(dict(ctc=True, aed=True), "attention_rescoring"),
+                                           (dict(ctc=True, cif=True), "cif_rescoring")])
+def test_a_hotword_graph_given_to_a_rescoring_searcher_biases_its_first_pass(heads, name):
+    """With the first pass's weight 1 the rescoring keeps the first pass's order, so it must
+    equal the biased CTC prefix beam's n-best, not the plain one."""
+    model = make_model(**heads)
+    enc, enc_lens = encoder_output([9, 6])
+    cfg = SearchConfig(beam_size=4, nbest=4, ctc_weight=1.0)
+    graph = ContextGraph([[3, 4], [5]], vocab_size=model.heads["ctc"].vocab_size,
+                         default_score=4.0)
+    biased = build_searcher("ctc_prefix_beam", model, cfg, context=graph)(enc, enc_lens)
+    plain = build_searcher("ctc_prefix_beam", model, cfg)(enc, enc_lens)
+    assert [[h.tokens for h in n] for n in biased] != [[h.tokens for h in n] for n in plain]
+    got = build_searcher(name, model, cfg, context=graph)(enc, enc_lens)
+    assert [[h.tokens for h in n] for n in got] == [[h.tokens for h in n] for n in biased]
 
 
 def test_cif_greedy_is_the_argmax_of_the_fired_tokens():
