@@ -31,7 +31,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from asr.state import BATCH_DIM_KEY, state_field
+from asr.state import BATCH_DIM_KEY, is_stream_field, state_field
 from asr.types import Hypothesis
 
 __all__ = [
@@ -130,7 +130,9 @@ def where_state(mask: Tensor, new: Any, old: Any) -> Any:
     values = {}
     for f in dataclasses.fields(old):
         a, b = getattr(new, f.name), getattr(old, f.name)
-        if isinstance(b, Tensor):
+        if is_stream_field(f):
+            values[f.name] = tuple(x if m else y for x, y, m in zip(a, b, mask.tolist()))
+        elif isinstance(b, Tensor):
             dim = int(f.metadata[BATCH_DIM_KEY])
             shape = [1] * b.dim()
             shape[dim] = -1

@@ -10,7 +10,7 @@ name                   role     streams   LM     needs
 ctc_greedy             greedy   yes       no     a ``ctc`` head
 ctc_prefix_beam        beam     no        yes    a ``ctc`` head
 transducer_greedy      greedy   yes       no     a ``transducer`` head with loss full|pruned
-transducer_beam        beam     no        yes    a ``transducer`` head with loss full|pruned
+transducer_beam        beam     yes       yes    a ``transducer`` head with loss full|pruned
 tdt_greedy             greedy   yes       no     a ``transducer`` head with loss tdt|pruned_tdt
 tdt_beam               beam     no        yes    a ``transducer`` head with loss tdt|pruned_tdt
 aed_beam               beam     no        no     an ``aed`` head (CTC prefix scores when a ``ctc`` head
@@ -146,7 +146,7 @@ SEARCHERS: tuple[SearcherSpec, ...] = (
                  biases=True),
     SearcherSpec("transducer_greedy", "transducer", ("rnnt",), "greedy", True, False, _RNNT,
                  lambda m, c, lm, tok, ctx: LabelLoopingGreedy(m.heads["transducer"], c)),
-    SearcherSpec("transducer_beam", "transducer", ("rnnt",), "beam", False, True, _RNNT,
+    SearcherSpec("transducer_beam", "transducer", ("rnnt",), "beam", True, True, _RNNT,
                  lambda m, c, lm, tok, ctx: ModifiedBeamSearch(m.heads["transducer"], c, lm, ctx),
                  biases=True),
     SearcherSpec("tdt_greedy", "transducer", ("tdt",), "greedy", True, False, _TDT,
@@ -332,7 +332,8 @@ def build_streaming_searcher(
     tokenizer: Tokenizer | None = None,
 ) -> StreamingSearcher:
     """Builds streaming searcher ``name`` (one of :data:`STREAMING_SEARCHER_NAMES`, or
-    ``greedy``).
+    ``greedy``), with its LM (``cfg.lm_path``) and hotword graph (``cfg.hotwords_file`` /
+    ``cfg.hotwords``: every stream's default) where its row fuses / biases.
 
     Raises:
         ValueError: as :func:`build_searcher`, and for a searcher that does not stream.
@@ -345,6 +346,8 @@ def build_streaming_searcher(
             f"searcher {resolved!r} does not stream; streaming searchers of this model: "
             f"{streaming} (all streaming searchers: {list(STREAMING_SEARCHER_NAMES)})"
         )
-    searcher = spec.build(model, cfg, None, tokenizer, None)
+    lm = _load_lm(model, cfg, spec.head, tokenizer) if spec.fuses_lm else None
+    context = context_graph_for(cfg, tokenizer) if spec.biases else None
+    searcher = spec.build(model, cfg, lm, tokenizer, context)
     assert isinstance(searcher, StreamingSearcher)
     return searcher

@@ -59,12 +59,13 @@ def test_an_experiment_directory_points_to_its_package(trained, beam_package, wa
 
 def test_a_searcher_that_does_not_stream(beam_package, wav):
     code, [line] = _asr("transcribe", wav, "--model", beam_package, "--streaming",
-                        "--searcher", "transducer_beam")
+                        "--searcher", "ctc_prefix_beam")
     assert code == 2
-    assert "'transducer_beam' does not stream; streaming searchers of this model: " \
-           "['ctc_greedy', 'transducer_greedy']" in line
-    code, [line] = _asr("serve", "--model", beam_package, "--port", "0", "--searcher", "beam")
-    assert code == 2 and "'transducer_beam' does not stream" in line
+    assert "'ctc_prefix_beam' does not stream; streaming searchers of this model: " \
+           "['ctc_greedy', 'transducer_greedy', 'transducer_beam']" in line
+    code, [line] = _asr("serve", "--model", beam_package, "--port", "0",
+                        "--searcher", "ctc_prefix_beam")
+    assert code == 2 and "'ctc_prefix_beam' does not stream" in line
     code, [line] = _asr("transcribe", wav, "--model", beam_package, "--searcher", "nonesuch")
     assert code == 2 and "unknown searcher 'nonesuch'" in line
 

@@ -14,6 +14,7 @@ from asr.types import Hypothesis
 MODELS = {
     "ctc_greedy": dict(ctc=True),
     "transducer_greedy": dict(transducer="pruned"),
+    "transducer_beam": dict(transducer="pruned"),
     "tdt_greedy": dict(transducer="tdt"),
 }
 CASES = [(name, predictor) for name in MODELS for predictor in ("stateless", "lstm")]

@@ -106,6 +106,23 @@ def test_streaming_equals_offline_chunk_masked_forward(transducer_model):
         assert result.timestamps == pytest.approx(expected.timestamps)
 
 
+def test_streaming_beam_equals_offline_beam_chunk_masked_forward(transducer_model):
+    """transducer_beam streams: through the chunked encoder, batched with streams at other
+    positions, its final results are the offline beam search's on the chunk-masked forward."""
+    recognizer = transducer_model.streaming_recognizer(
+        "transducer_beam", endpoint=EndpointConfig(enabled=False))
+    assert recognizer.searcher_name == "transducer_beam"
+    rng = np.random.default_rng(1)
+    waves = [(rng.standard_normal(n) * 0.1).astype(np.float32) for n in (9000, 13000, 5000)]
+    offline = transducer_model.transcribe(waves, searcher="transducer_beam")
+    assert sum(len(r.token_ids) for r in offline) > 5
+    together = _decode_together(recognizer, waves, [700, 1500, 333], [0, 2, 1])
+    for wave, expected, result in zip(waves, offline, together):
+        assert result.token_ids == expected.token_ids
+        assert result.timestamps == pytest.approx(expected.timestamps)
+        _same(result, _decode_alone(recognizer, wave, 700))
+
+
 def test_ctc_segment_cif_streaming_equals_offline(tmp_path):
     """Paraformer-v2 through the real chunked encoder: the segments of the cached frames come
     from CTC, so the final streaming result is the offline chunk-masked one."""
