@@ -12,7 +12,7 @@ ctc_prefix_beam        beam     no        yes    a ``ctc`` head
 transducer_greedy      greedy   yes       no     a ``transducer`` head with loss full|pruned
 transducer_beam        beam     yes       yes    a ``transducer`` head with loss full|pruned
 tdt_greedy             greedy   yes       no     a ``transducer`` head with loss tdt|pruned_tdt
-tdt_beam               beam     no        yes    a ``transducer`` head with loss tdt|pruned_tdt
+tdt_beam               beam     yes       yes    a ``transducer`` head with loss tdt|pruned_tdt
 aed_beam               beam     no        no     an ``aed`` head (CTC prefix scores when a ``ctc`` head
                                                  exists and ``ctc_weight > 0``)
 attention_rescoring    rescore  no        no     an ``aed`` head and a first pass: ``ctc_prefix_beam``
@@ -151,7 +151,7 @@ SEARCHERS: tuple[SearcherSpec, ...] = (
                  biases=True),
     SearcherSpec("tdt_greedy", "transducer", ("tdt",), "greedy", True, False, _TDT,
                  lambda m, c, lm, tok, ctx: LabelLoopingGreedy(m.heads["transducer"], c)),
-    SearcherSpec("tdt_beam", "transducer", ("tdt",), "beam", False, True, _TDT,
+    SearcherSpec("tdt_beam", "transducer", ("tdt",), "beam", True, True, _TDT,
                  lambda m, c, lm, tok, ctx: TdtBeamSearch(m.heads["transducer"], c, lm, ctx),
                  biases=True),
     SearcherSpec("aed_beam", "aed", ("aed",), "beam", False, False, "an 'aed' head",

@@ -48,10 +48,13 @@ import torch
 from torch import Tensor
 
 from asr.decoding.base import (
+    BeamState,
+    StreamBeam,
     check_encoder_output,
     insertion_bonuses,
     log_add,
     rank_score,
+    stream_contexts,
     where_state,
 )
 from asr.decoding.config import SearchConfig
@@ -59,10 +62,10 @@ from asr.decoding.context_graph import ContextGraph
 from asr.decoding.lm import LanguageModel, fusion_lm
 from asr.decoding.transducer_common import TransducerScorer
 from asr.heads.transducer import TransducerHead
-from asr.state import select_states, stack_states, stream_field
+from asr.state import select_states, stack_states
 from asr.types import Hypothesis
 
-__all__ = ["ModifiedBeamSearch", "StreamBeam", "TransducerBeamState", "topk_per_group"]
+__all__ = ["ModifiedBeamSearch", "topk_per_group"]
 
 
 @dataclass(frozen=True)
@@ -72,36 +75,6 @@ class _Hyp:
     score: float  # AM + lm_weight * LM log-probability + insertion_bonus per token + hotwords
     lm_state: Hashable = None
     context: int = 0  # hotword graph state
-
-
-@dataclass(frozen=True)
-class StreamBeam:
-    """The beam of one stream: everything its search carries from one chunk to the next.
-
-    Attributes:
-        hyps: the live hypotheses (at most ``beam_size``), in the search's order.
-        pred_proj: (n, J) projected predictor output after each hypothesis' last token.
-        pred_state: the predictor's own state, one row per hypothesis (a State).
-        frames_done: encoder frames read so far (the absolute frame of the next one).
-        context: the stream's hotword graph, or None.
-    """
-
-    hyps: tuple[_Hyp, ...]
-    pred_proj: Tensor
-    pred_state: Any
-    frames_done: int
-    context: ContextGraph | None
-
-
-@dataclass(frozen=True)
-class TransducerBeamState:
-    """Streaming state of :class:`ModifiedBeamSearch` (a State of per-stream beams).
-
-    Attributes:
-        beams: one :class:`StreamBeam` per stream.
-    """
-
-    beams: tuple[StreamBeam, ...] = stream_field()
 
 
 def topk_per_group(scores: Tensor, owners: Tensor, num_groups: int, k: int) -> list[list[int]]:
@@ -172,7 +145,7 @@ class ModifiedBeamSearch:
         batch_size: int,
         device: torch.device | str,
         contexts: Sequence[ContextGraph | None] | None = None,
-    ) -> TransducerBeamState:
+    ) -> BeamState:
         """State of ``batch_size`` new streams.
 
         Args:
@@ -181,30 +154,28 @@ class ModifiedBeamSearch:
             contexts: per stream its hotword graph or None; default: the searcher's own graph
                 (``context=``) for every stream.
         """
-        graphs = [self.context] * batch_size if contexts is None else list(contexts)
-        if len(graphs) != batch_size:
-            raise ValueError(f"{len(graphs)} hotword graphs for {batch_size} streams")
+        graphs = stream_contexts(self.context, batch_size, contexts)
         pred_proj, pred_state = self.scorer.initial(batch_size, device)
         start = _Hyp((), (), 0.0, self.lm.init_state() if self.lm is not None else None)
-        return TransducerBeamState(tuple(
-            StreamBeam((start,), pred_proj[b : b + 1], select_states(pred_state, [b]), 0, graph)
+        return BeamState(tuple(
+            StreamBeam((start,), 0, graph, pred_proj[b : b + 1], select_states(pred_state, [b]))
             for b, graph in enumerate(graphs)
         ))
 
     @torch.no_grad()
-    def step(self, enc: Tensor, enc_lens: Tensor, state: TransducerBeamState) -> TransducerBeamState:
+    def step(self, enc: Tensor, enc_lens: Tensor, state: BeamState) -> BeamState:
         """Consumes a chunk: enc (B, T, D), enc_lens (B,) valid frames of it (more may come)."""
         check_encoder_output(enc, enc_lens)
         if len(state.beams) != enc.shape[0]:
             raise ValueError(f"a state of {len(state.beams)} streams for a chunk of {enc.shape[0]}")
         beams = self._run(self.scorer.project_encoder(enc), enc_lens.tolist(), state.beams)
-        return TransducerBeamState(beams)
+        return BeamState(beams)
 
-    def partial(self, state: TransducerBeamState) -> list[Hypothesis]:
+    def partial(self, state: BeamState) -> list[Hypothesis]:
         """Per stream the hypothesis :meth:`finalize` would give if it ended now."""
         return self.finalize(state)
 
-    def finalize(self, state: TransducerBeamState) -> list[Hypothesis]:
+    def finalize(self, state: BeamState) -> list[Hypothesis]:
         """Per stream its best hypothesis (LM end of sentence and hotword ``finalize`` added,
         length-normalised)."""
         return [self._nbest(beam)[0] for beam in state.beams]
@@ -254,10 +225,10 @@ class ModifiedBeamSearch:
         rows = [i for i, owner in enumerate(owners) if owner == stream]
         return StreamBeam(
             tuple(hyps[i] for i in rows),
-            pred_proj[rows],
-            select_states(pred_state, rows),
             beam.frames_done + frames_read,
             beam.context,
+            pred_proj[rows],
+            select_states(pred_state, rows),
         )
 
     def _frame(

@@ -99,8 +99,8 @@ def test_errors_name_the_missing_head_and_the_available_searchers():
         build_searcher("ctc_greedy", model)
     with pytest.raises(ValueError, match="unknown searcher 'viterbi'"):
         build_searcher("viterbi", model)
-    with pytest.raises(ValueError, match=r"searcher .tdt_beam. does not stream.*\[.tdt_greedy.\]"):
-        build_streaming_searcher("tdt_beam", model)
+    with pytest.raises(ValueError, match=r"searcher .aed_beam. does not stream.*\[.cif_greedy.\]"):
+        build_streaming_searcher("aed_beam", make_model(aed=True, cif=True))
 
 
 ALL_HEADS = {
@@ -175,7 +175,7 @@ def test_table_rows_agree_with_the_lists():
     assert SEARCHER_NAMES == tuple(spec.name for spec in SEARCHERS)
     streaming = [s.name for s in SEARCHERS if s.streaming]
     assert streaming == ["ctc_greedy", "transducer_greedy", "transducer_beam", "tdt_greedy",
-                         "cif_greedy"]
+                         "tdt_beam", "cif_greedy"]
     models = [make_model(transducer="pruned", ctc=True, cif=True), make_model(transducer="tdt")]
     for name in streaming:  # every streaming row really streams
         model = next(m for m in models if name in available_searchers(m))

@@ -16,13 +16,14 @@ MODELS = {
     "transducer_greedy": dict(transducer="pruned"),
     "transducer_beam": dict(transducer="pruned"),
     "tdt_greedy": dict(transducer="tdt"),
+    "tdt_beam": dict(transducer="tdt"),
 }
 CASES = [(name, predictor) for name in MODELS for predictor in ("stateless", "lstm")]
 
 
 def build(name: str, predictor: str = "stateless", **cfg):
     model = make_model(predictor=predictor, **MODELS[name])
-    if name == "tdt_greedy":  # realistic TDT: blanks mostly skip 2-4 frames
+    if name.startswith("tdt"):  # realistic TDT: blanks mostly skip 2-4 frames
         with torch.no_grad():
             model.heads["transducer"].joiner.output.bias[-5:] += torch.tensor(
                 [0.0, 0.5, 1.5, 2.0, 2.0]

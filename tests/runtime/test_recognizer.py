@@ -106,15 +106,27 @@ def test_streaming_equals_offline_chunk_masked_forward(transducer_model):
         assert result.timestamps == pytest.approx(expected.timestamps)
 
 
-def test_streaming_beam_equals_offline_beam_chunk_masked_forward(transducer_model):
-    """transducer_beam streams: through the chunked encoder, batched with streams at other
-    positions, its final results are the offline beam search's on the chunk-masked forward."""
-    recognizer = transducer_model.streaming_recognizer(
-        "transducer_beam", endpoint=EndpointConfig(enabled=False))
-    assert recognizer.searcher_name == "transducer_beam"
+@pytest.fixture(scope="session")
+def tdt_model(tmp_path_factory):
+    """A random-weight causal chunked Conformer with a TDT head (chunks of 2 frames)."""
+    from asr.testing.packages import random_package
+
+    root = tmp_path_factory.mktemp("random_tdt")
+    return load_model(random_package(root, head="tdt", chunk_size=2, left_chunks=3, seed=1))
+
+
+@pytest.mark.parametrize(("model", "searcher"), [("transducer_model", "transducer_beam"),
+                                                 ("tdt_model", "tdt_beam")])
+def test_streaming_beam_equals_offline_beam_chunk_masked_forward(model, searcher, request):
+    """The beam searches stream: through the chunked encoder, batched with streams at other
+    positions, their final results are the offline beam search's on the chunk-masked
+    forward."""
+    model = request.getfixturevalue(model)
+    recognizer = model.streaming_recognizer(searcher, endpoint=EndpointConfig(enabled=False))
+    assert recognizer.searcher_name == searcher
     rng = np.random.default_rng(1)
     waves = [(rng.standard_normal(n) * 0.1).astype(np.float32) for n in (9000, 13000, 5000)]
-    offline = transducer_model.transcribe(waves, searcher="transducer_beam")
+    offline = model.transcribe(waves, searcher=searcher)
     assert sum(len(r.token_ids) for r in offline) > 5
     together = _decode_together(recognizer, waves, [700, 1500, 333], [0, 2, 1])
     for wave, expected, result in zip(waves, offline, together):
