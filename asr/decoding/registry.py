@@ -8,7 +8,7 @@ main head (:func:`searcher_for`, the default of packages, the dev WER of trainin
 name                   role     streams   LM     needs
 =====================  =======  ========  =====  ====================================================
 ctc_greedy             greedy   yes       no     a ``ctc`` head
-ctc_prefix_beam        beam     no        yes    a ``ctc`` head
+ctc_prefix_beam        beam     yes       yes    a ``ctc`` head
 transducer_greedy      greedy   yes       no     a ``transducer`` head with loss full|pruned
 transducer_beam        beam     yes       yes    a ``transducer`` head with loss full|pruned
 tdt_greedy             greedy   yes       no     a ``transducer`` head with loss tdt|pruned_tdt
@@ -141,7 +141,7 @@ _TDT = "a 'transducer' head with loss tdt|pruned_tdt"
 SEARCHERS: tuple[SearcherSpec, ...] = (
     SearcherSpec("ctc_greedy", "ctc", ("ctc",), "greedy", True, False, "a 'ctc' head",
                  lambda m, c, lm, tok, ctx: CtcGreedySearcher(m.heads["ctc"], c)),
-    SearcherSpec("ctc_prefix_beam", "ctc", ("ctc",), "beam", False, True, "a 'ctc' head",
+    SearcherSpec("ctc_prefix_beam", "ctc", ("ctc",), "beam", True, True, "a 'ctc' head",
                  lambda m, c, lm, tok, ctx: CtcPrefixBeamSearch(m.heads["ctc"], c, lm, ctx),
                  biases=True),
     SearcherSpec("transducer_greedy", "transducer", ("rnnt",), "greedy", True, False, _RNNT,

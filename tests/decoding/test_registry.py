@@ -63,15 +63,17 @@ def test_override_search_takes_a_mapping_or_set_strings():
 
 def test_streaming_default_falls_back_to_the_streaming_greedy_searcher():
     model = make_model(transducer="pruned", ctc=True)
-    assert streaming_searcher_for(model, "ctc_prefix_beam") == "transducer_greedy"
-    assert streaming_searcher_for(model, "transducer_beam") == "transducer_beam"  # it streams
+    assert streaming_searcher_for(model, "ctc_prefix_beam") == "ctc_prefix_beam"  # it streams
+    assert streaming_searcher_for(model, "transducer_beam") == "transducer_beam"
     assert streaming_searcher_for(model, "beam") == "transducer_beam"
     assert streaming_searcher_for(model, "ctc_greedy") == "ctc_greedy"
+    with_aed = make_model(transducer="pruned", aed=True)
+    assert streaming_searcher_for(with_aed, "attention_rescoring") == "transducer_greedy"
     assert streaming_searcher_for(make_model(aed=True, cif=True), "aed_beam") == "cif_greedy"
     assert streaming_searcher_for(make_model(aed=True), "aed_beam") is None
     with pytest.raises(ValueError, match="does not stream; streaming searchers of this model: "
-                                         r"\['ctc_greedy', 'transducer_greedy', 'transducer_beam'\]"):
-        build_streaming_searcher("ctc_prefix_beam", model)
+                                         r"\['transducer_greedy', 'transducer_beam'\]"):
+        build_streaming_searcher("attention_rescoring", with_aed)
 
 
 @pytest.mark.parametrize(
@@ -174,8 +176,8 @@ def test_untrained_heads_are_skipped_for_the_dev_wer():
 def test_table_rows_agree_with_the_lists():
     assert SEARCHER_NAMES == tuple(spec.name for spec in SEARCHERS)
     streaming = [s.name for s in SEARCHERS if s.streaming]
-    assert streaming == ["ctc_greedy", "transducer_greedy", "transducer_beam", "tdt_greedy",
-                         "tdt_beam", "cif_greedy"]
+    assert streaming == ["ctc_greedy", "ctc_prefix_beam", "transducer_greedy", "transducer_beam",
+                         "tdt_greedy", "tdt_beam", "cif_greedy"]
     models = [make_model(transducer="pruned", ctc=True, cif=True), make_model(transducer="tdt")]
     for name in streaming:  # every streaming row really streams
         model = next(m for m in models if name in available_searchers(m))

@@ -19,6 +19,7 @@ BEAMS = {
     "tdt_beam": dict(transducer="tdt"),
     "tdt_beam (0, 2, 3)": dict(transducer="tdt", durations=(0, 2, 3)),  # no duration 1
     "tdt_beam (0, 2, 4)": dict(transducer="tdt", durations=(0, 2, 4)),  # ends only at the end
+    "ctc_prefix_beam": dict(ctc=True),
 }
 PHRASES = [[3, 4], [5, 6, 5]]
 
@@ -44,7 +45,8 @@ def build(case: str, predictor: str, lm: NgramLM | None, graph: ContextGraph | N
     offline = build_searcher(name, model, search, lm=lm, context=graph)
     streaming = build_streaming_searcher(name, model, search)
     # the same LM and default graph as the offline searcher's
-    return offline, type(streaming)(streaming.scorer.head, search, lm, graph)
+    head = model.heads["ctc" if name == "ctc_prefix_beam" else "transducer"]
+    return offline, type(streaming)(head, search, lm, graph)
 
 
 FUSION = {

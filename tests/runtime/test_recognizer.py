@@ -116,7 +116,8 @@ def tdt_model(tmp_path_factory):
 
 
 @pytest.mark.parametrize(("model", "searcher"), [("transducer_model", "transducer_beam"),
-                                                 ("tdt_model", "tdt_beam")])
+                                                 ("tdt_model", "tdt_beam"),
+                                                 ("transducer_model", "ctc_prefix_beam")])
 def test_streaming_beam_equals_offline_beam_chunk_masked_forward(model, searcher, request):
     """The beam searches stream: through the chunked encoder, batched with streams at other
     positions, their final results are the offline beam search's on the chunk-masked
