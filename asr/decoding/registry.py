@@ -57,6 +57,7 @@ from asr.model import ASRModel
 from asr.tokenizers.base import Tokenizer
 
 __all__ = [
+    "BIASING_STREAMING_SEARCHERS",
     "ROLES",
     "SEARCHERS",
     "SEARCHER_NAMES",
@@ -66,6 +67,7 @@ __all__ = [
     "build_searcher",
     "build_streaming_searcher",
     "resolve_searcher",
+    "searcher_biases",
     "searcher_for",
     "streaming_searcher_for",
 ]
@@ -173,6 +175,10 @@ SEARCHERS: tuple[SearcherSpec, ...] = (
 _BY_NAME = {spec.name: spec for spec in SEARCHERS}
 SEARCHER_NAMES: tuple[str, ...] = tuple(_BY_NAME)
 STREAMING_SEARCHER_NAMES: tuple[str, ...] = tuple(s.name for s in SEARCHERS if s.streaming)
+#: The streaming searchers that take a hotword graph per stream.
+BIASING_STREAMING_SEARCHERS: tuple[str, ...] = tuple(
+    s.name for s in SEARCHERS if s.streaming and s.biases
+)
 
 #: The default options (frozen, so safe to share as a default argument).
 DEFAULT_SEARCH = SearchConfig()
@@ -219,6 +225,11 @@ def streaming_searcher_for(model: ASRModel, preferred: str | None = None) -> str
         return greedy
     streaming = [n for n in available_searchers(model) if _BY_NAME[n].streaming]
     return streaming[0] if streaming else None
+
+
+def searcher_biases(name: str) -> bool:
+    """Whether searcher ``name`` (a name, not a role) takes a hotword graph."""
+    return _BY_NAME[name].biases
 
 
 def resolve_searcher(name: str, model: ASRModel) -> str:

@@ -307,3 +307,52 @@ def test_streaming_progress_counts_audio_seconds(transducer_model, monkeypatch):
     assert bar.unit == "s" and bar.total == pytest.approx(5.0)
     assert len(bar.updates) > 3 and all(n > 0 for n in bar.updates)
     assert sum(bar.updates) == pytest.approx(5.0)
+
+
+@needs_espeak
+def test_streams_in_one_batch_carry_their_own_hotwords(tiny):
+    """new_stream(hotwords=...): three streams of the same sentence decoded together, two
+    biased toward different phrases (a boost that changes what the tiny model hears), one
+    plain; each equals itself decoded alone, and a reset (endpoint) keeps the stream's list."""
+    model = load_model(tiny.package_dir, search={"beam_size": 8})
+    recognizer = model.streaming_recognizer("ctc_prefix_beam",
+                                            endpoint=EndpointConfig(enabled=False))
+    wave = _speech(tiny)[0]
+    assert tiny.texts[0] == "HELLO WORLD"
+    lists = [("HELLO WORD", 3.0), ("WORLDS;SEVEN :0.5", 3.0), (None, None)]
+
+    def make(i):
+        return recognizer.new_stream(hotwords=lists[i][0], hotwords_score=lists[i][1])
+
+    streams = [make(i) for i in range(3)]
+    for piece, stream in zip([1600, 999, 4000], streams):
+        for start in range(0, wave.shape[0], piece):
+            recognizer.accept_waveform(stream, wave[start: start + piece], 16000)
+        recognizer.input_finished(stream)
+    while any(recognizer.is_ready(s) for s in streams):
+        recognizer.decode(streams)
+    texts = [recognizer.result(s).text for s in streams]
+    assert texts == ["HELLO WORD", "HELLO WORLDS", "HELLO WORLD"]
+    for i, text in enumerate(texts):
+        alone = make(i)
+        recognizer.accept_waveform(alone, wave, 16000)
+        recognizer.input_finished(alone)
+        while recognizer.is_ready(alone):
+            recognizer.decode([alone])
+        assert recognizer.result(alone).text == text
+    stream = make(0)
+    recognizer.reset(stream)
+    assert stream.search_state.beams[0].context is stream.context is not None
+    with pytest.raises(ValueError, match="before its audio is decoded"):
+        recognizer.set_hotword_graph(streams[0], None)
+
+
+@needs_espeak
+def test_hotwords_need_a_searcher_that_biases(tiny):
+    recognizer = load_model(tiny.package_dir).streaming_recognizer("ctc_greedy")
+    with pytest.raises(ValueError, match="'ctc_greedy' does not take hotwords; these do: "
+                                         "ctc_prefix_beam, transducer_beam, tdt_beam"):
+        recognizer.new_stream(hotwords=["HELLO"])
+    beam = load_model(tiny.package_dir).streaming_recognizer("ctc_prefix_beam")
+    with pytest.raises(ValueError, match="does not know"):
+        beam.new_stream(hotwords="hello")
