@@ -117,6 +117,49 @@ class BeamState:
     beams: tuple[StreamBeam, ...] = stream_field()
 
 
+class StreamingBeamSearch:
+    """What the streaming beam searches share (a mixin): ``init_state`` gives each stream its
+    hotword graph (``contexts``, else the searcher's ``context``) and the searcher's
+    ``_new_beams(graphs, device)``; ``step`` checks a chunk and hands the stream beams to the
+    searcher's ``_step(enc, lens, beams)``."""
+
+    context: ContextGraph | None
+
+    @torch.no_grad()
+    def init_state(
+        self,
+        batch_size: int,
+        device: torch.device | str,
+        contexts: Any = None,
+    ) -> BeamState:
+        """State of ``batch_size`` new streams.
+
+        Args:
+            batch_size: B.
+            device: where the search runs.
+            contexts: per stream its hotword graph or None; default: the searcher's own graph
+                (``context=``) for every stream.
+        """
+        graphs = stream_contexts(self.context, batch_size, contexts)
+        return BeamState(self._new_beams(graphs, device))
+
+    @torch.no_grad()
+    def step(self, enc: Tensor, enc_lens: Tensor, state: BeamState) -> BeamState:
+        """Consumes a chunk: enc (B, T, D), enc_lens (B,) valid frames of it (more may come)."""
+        check_encoder_output(enc, enc_lens)
+        if len(state.beams) != enc.shape[0]:
+            raise ValueError(f"a state of {len(state.beams)} streams for a chunk of {enc.shape[0]}")
+        return BeamState(self._step(enc, enc_lens.tolist(), state.beams))
+
+    def _new_beams(self, graphs: list[ContextGraph | None], device: Any) -> tuple[StreamBeam, ...]:
+        raise NotImplementedError
+
+    def _step(
+        self, enc: Tensor, lens: list[int], beams: tuple[StreamBeam, ...]
+    ) -> tuple[StreamBeam, ...]:
+        raise NotImplementedError
+
+
 def stream_contexts(
     default: ContextGraph | None, batch_size: int, contexts: Any = None
 ) -> list[ContextGraph | None]:

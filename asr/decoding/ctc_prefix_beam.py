@@ -42,7 +42,7 @@ Shape legend: B batch, T frames, D encoder dims, V vocabulary incl. blank.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 import torch
@@ -51,10 +51,9 @@ from torch import Tensor
 from asr.decoding.base import (
     BeamState,
     StreamBeam,
-    check_encoder_output,
+    StreamingBeamSearch,
     log_add,
     rank_score,
-    stream_contexts,
 )
 from asr.decoding.config import SearchConfig
 from asr.decoding.context_graph import ContextGraph
@@ -88,7 +87,7 @@ class _Prefix:
         return log_add(self.blank, self.label)
 
 
-class CtcPrefixBeamSearch:
+class CtcPrefixBeamSearch(StreamingBeamSearch):
     """CTC prefix beam search (a :class:`~asr.decoding.base.Searcher`).
 
     Args:
@@ -122,28 +121,16 @@ class CtcPrefixBeamSearch:
         """One utterance: (T, V) log-probabilities -> n-best."""
         return self._nbest(self._advance(self._new_beam(self.context), log_probs))
 
-    def init_state(
-        self,
-        batch_size: int,
-        device: torch.device | str,
-        contexts: Sequence[ContextGraph | None] | None = None,
-    ) -> BeamState:
-        """State of ``batch_size`` new streams; ``contexts``: per stream its hotword graph or
-        None (default: the searcher's own graph for every stream)."""
-        graphs = stream_contexts(self.context, batch_size, contexts)
-        return BeamState(tuple(self._new_beam(graph) for graph in graphs))
+    def _new_beams(
+        self, graphs: list[ContextGraph | None], device: torch.device | str
+    ) -> tuple[StreamBeam, ...]:
+        return tuple(self._new_beam(graph) for graph in graphs)
 
-    @torch.no_grad()
-    def step(self, enc: Tensor, enc_lens: Tensor, state: BeamState) -> BeamState:
-        """Consumes a chunk: enc (B, T, D), enc_lens (B,) valid frames of it (more may come)."""
-        check_encoder_output(enc, enc_lens)
-        if len(state.beams) != enc.shape[0]:
-            raise ValueError(f"a state of {len(state.beams)} streams for a chunk of {enc.shape[0]}")
+    def _step(
+        self, enc: Tensor, lens: list[int], beams: tuple[StreamBeam, ...]
+    ) -> tuple[StreamBeam, ...]:
         log_probs = ctc_log_probs(self.head, enc, self.cfg.blank_penalty).cpu()
-        return BeamState(tuple(
-            self._advance(beam, log_probs[b, :length])
-            for b, (beam, length) in enumerate(zip(state.beams, enc_lens.tolist()))
-        ))
+        return tuple(self._advance(beam, log_probs[b, :n]) for b, (beam, n) in enumerate(zip(beams, lens)))
 
     def partial(self, state: BeamState) -> list[Hypothesis]:
         """Per stream the hypothesis :meth:`finalize` would give if it ended now."""

@@ -76,7 +76,7 @@ L live hypotheses.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,11 +86,10 @@ from torch import Tensor
 from asr.decoding.base import (
     BeamState,
     StreamBeam,
-    check_encoder_output,
+    StreamingBeamSearch,
     insertion_bonuses,
     log_add,
     rank_score,
-    stream_contexts,
     where_state,
 )
 from asr.decoding.config import SearchConfig
@@ -142,7 +141,7 @@ class _Move:
     duration: int = 0
 
 
-class TdtBeamSearch:
+class TdtBeamSearch(StreamingBeamSearch):
     """Beam search over a TDT head.
 
     Args:
@@ -179,36 +178,22 @@ class TdtBeamSearch:
         state = self.step(enc, enc_lens, self.init_state(enc.shape[0], enc.device))
         return [self._end(beam) for beam in state.beams]
 
-    @torch.no_grad()
-    def init_state(
-        self,
-        batch_size: int,
-        device: torch.device | str,
-        contexts: Sequence[ContextGraph | None] | None = None,
-    ) -> BeamState:
-        """State of ``batch_size`` new streams; ``contexts``: per stream its hotword graph or
-        None (default: the searcher's own graph for every stream)."""
-        graphs = stream_contexts(self.context, batch_size, contexts)
+    def _new_beams(
+        self, graphs: list[ContextGraph | None], device: torch.device | str
+    ) -> tuple[StreamBeam, ...]:
+        """A beam per stream: the start hypothesis, the predictor's start, no frame held."""
         pred_proj, pred_state = self.scorer.initial(1, device)
         start = _Hyp((), (), 0.0, 0, 0, self.lm.init_state() if self.lm is not None else None)
         none = pred_proj.new_zeros(0, pred_proj.shape[-1])
-        return BeamState(tuple(
-            StreamBeam((start,), 0, graph, pred_proj, pred_state, none) for graph in graphs
-        ))
+        return tuple(StreamBeam((start,), 0, graph, pred_proj, pred_state, none) for graph in graphs)
 
-    @torch.no_grad()
-    def step(self, enc: Tensor, enc_lens: Tensor, state: BeamState) -> BeamState:
-        """Consumes a chunk: enc (B, T, D), enc_lens (B,) valid frames of it (more may come).
-        Each stream searches its frames as far as its moves do not depend on where it ends
+    def _step(
+        self, enc: Tensor, lens: list[int], beams: tuple[StreamBeam, ...]
+    ) -> tuple[StreamBeam, ...]:
+        """Each stream searches its frames as far as its moves do not depend on where it ends
         (module docstring); the frames it has not searched stay in its state."""
-        check_encoder_output(enc, enc_lens)
-        if len(state.beams) != enc.shape[0]:
-            raise ValueError(f"a state of {len(state.beams)} streams for a chunk of {enc.shape[0]}")
         enc_proj = self.scorer.project_encoder(enc)
-        return BeamState(tuple(
-            self._advance(beam, enc_proj[b, :length])
-            for b, (beam, length) in enumerate(zip(state.beams, enc_lens.tolist()))
-        ))
+        return tuple(self._advance(beam, enc_proj[b, :n]) for b, (beam, n) in enumerate(zip(beams, lens)))
 
     def partial(self, state: BeamState) -> list[Hypothesis]:
         """Per stream its best live hypothesis, ranked as at the end (without the frames it

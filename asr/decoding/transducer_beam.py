@@ -50,11 +50,10 @@ from torch import Tensor
 from asr.decoding.base import (
     BeamState,
     StreamBeam,
-    check_encoder_output,
+    StreamingBeamSearch,
     insertion_bonuses,
     log_add,
     rank_score,
-    stream_contexts,
     where_state,
 )
 from asr.decoding.config import SearchConfig
@@ -106,7 +105,7 @@ def topk_per_group(scores: Tensor, owners: Tensor, num_groups: int, k: int) -> l
     return result
 
 
-class ModifiedBeamSearch:
+class ModifiedBeamSearch(StreamingBeamSearch):
     """Batched modified beam search over an RNN-T head.
 
     Args:
@@ -134,42 +133,24 @@ class ModifiedBeamSearch:
     def __call__(self, enc: Tensor, enc_lens: Tensor) -> list[list[Hypothesis]]:
         """enc (B, T, D), enc_lens (B,) -> per utterance the n-best, best first: the
         streaming search in one step over all frames."""
-        check_encoder_output(enc, enc_lens)
-        state = self.init_state(enc.shape[0], enc.device)
-        beams = self._run(self.scorer.project_encoder(enc), enc_lens.tolist(), state.beams)
-        return [self._nbest(beam) for beam in beams]
+        state = self.step(enc, enc_lens, self.init_state(enc.shape[0], enc.device))
+        return [self._nbest(beam) for beam in state.beams]
 
-    @torch.no_grad()
-    def init_state(
-        self,
-        batch_size: int,
-        device: torch.device | str,
-        contexts: Sequence[ContextGraph | None] | None = None,
-    ) -> BeamState:
-        """State of ``batch_size`` new streams.
-
-        Args:
-            batch_size: B.
-            device: where the predictor runs.
-            contexts: per stream its hotword graph or None; default: the searcher's own graph
-                (``context=``) for every stream.
-        """
-        graphs = stream_contexts(self.context, batch_size, contexts)
-        pred_proj, pred_state = self.scorer.initial(batch_size, device)
+    def _new_beams(
+        self, graphs: list[ContextGraph | None], device: torch.device | str
+    ) -> tuple[StreamBeam, ...]:
+        """A beam per stream: the start hypothesis and its rows of the predictor's start."""
+        pred_proj, pred_state = self.scorer.initial(len(graphs), device)
         start = _Hyp((), (), 0.0, self.lm.init_state() if self.lm is not None else None)
-        return BeamState(tuple(
+        return tuple(
             StreamBeam((start,), 0, graph, pred_proj[b : b + 1], select_states(pred_state, [b]))
             for b, graph in enumerate(graphs)
-        ))
+        )
 
-    @torch.no_grad()
-    def step(self, enc: Tensor, enc_lens: Tensor, state: BeamState) -> BeamState:
-        """Consumes a chunk: enc (B, T, D), enc_lens (B,) valid frames of it (more may come)."""
-        check_encoder_output(enc, enc_lens)
-        if len(state.beams) != enc.shape[0]:
-            raise ValueError(f"a state of {len(state.beams)} streams for a chunk of {enc.shape[0]}")
-        beams = self._run(self.scorer.project_encoder(enc), enc_lens.tolist(), state.beams)
-        return BeamState(beams)
+    def _step(
+        self, enc: Tensor, lens: list[int], beams: tuple[StreamBeam, ...]
+    ) -> tuple[StreamBeam, ...]:
+        return self._run(self.scorer.project_encoder(enc), lens, beams)
 
     def partial(self, state: BeamState) -> list[Hypothesis]:
         """Per stream the hypothesis :meth:`finalize` would give if it ended now."""

@@ -8,21 +8,12 @@ import json
 
 import numpy as np
 import pytest
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from test_server import _misbehave, _run
 
 from asr.serve.client import stream_samples
 
 #: With a large enough boost the tiny model hears "HELLO WORLD" as either phrase.
 BIASED = {"HELLO WORD": "HELLO WORD", "WORLDS": "HELLO WORLDS"}
-
-
-def _run(coro, timeout: float = 60.0):
-    async def bounded():
-        async with asyncio.timeout(timeout):
-            return await coro
-
-    return asyncio.run(bounded())
 
 
 @pytest.fixture(scope="module")
@@ -68,20 +59,6 @@ def test_concurrent_connections_get_their_own_hotwords(beam_server, hello, wait_
     assert wait_until(lambda: beam_server.server.num_sessions == 0, 5.0)
 
 
-async def _send(url: str, messages: list) -> tuple[int | None, list]:
-    """Sends ``messages`` and returns the close code and the JSON received."""
-    received = []
-    async with connect(url, max_size=None) as ws:
-        try:
-            for message in messages:
-                await ws.send(message)
-            async for text in ws:
-                received.append(json.loads(text))
-        except ConnectionClosed:
-            pass
-        return ws.close_code, received
-
-
 AUDIO = np.zeros(1600, "<f4").tobytes()
 BAD_HOTWORDS = {
     "unknown character": ([json.dumps({"hotwords": ["HELLO", "WORLD\u00c9"]})], 1007,
@@ -104,13 +81,13 @@ BAD_HOTWORDS = {
 @pytest.mark.parametrize("name", list(BAD_HOTWORDS))
 def test_bad_hotwords_are_rejected(beam_server, name, wait_until):
     messages, code, error = BAD_HOTWORDS[name]
-    close_code, received = _run(_send(beam_server.url, [*messages, AUDIO, "Done"]), 20)
+    close_code, received = _run(_misbehave(beam_server.url, [*messages, AUDIO, "Done"]), 20)
     assert close_code == code and error in received[-1]["error"], received
     assert wait_until(lambda: beam_server.server.num_sessions == 0, 5.0)
 
 
 def test_hotwords_to_a_server_that_cannot_bias(server, wait_until):
     """The default servers run a greedy search (ours) or sherpa-onnx: a clear error."""
-    close_code, received = _run(_send(server.url, [json.dumps({"hotwords": ["HELLO"]})]), 20)
+    close_code, received = _run(_misbehave(server.url, [json.dumps({"hotwords": ["HELLO"]})]), 20)
     assert close_code == 1008 and "does not take hotwords" in received[-1]["error"]
     assert wait_until(lambda: server.server.num_sessions == 0, 5.0)
