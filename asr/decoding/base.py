@@ -69,7 +69,8 @@ class StreamingSearcher(Protocol):
     """Chunk-by-chunk search; ``state`` is a frozen dataclass (see :mod:`asr.state`)."""
 
     def init_state(self, batch_size: int, device: torch.device) -> Any:
-        """State of ``batch_size`` new streams."""
+        """State of ``batch_size`` new streams (the beam searches that bias also take
+        ``contexts=``, a hotword graph or None per stream: :class:`StreamingBeamSearch`)."""
         ...
 
     def step(self, enc: Tensor, enc_lens: Tensor, state: Any) -> Any:

@@ -33,6 +33,14 @@ the joiner and the predictor on every frame; the per-utterance top-k runs on a p
 (utterances, K * V) matrix; only the bookkeeping of the kept hypotheses (token tuples, merging)
 is Python.
 
+Streaming (:meth:`ModifiedBeamSearch.step`): the search is frame-synchronous and never looks
+ahead, so a chunk continues each stream's beam where the last one left it. A stream's beam (its
+hypotheses with absolute token frames, scores, LM and graph states, and their rows of the
+predictor's projection and state) is its :class:`~asr.decoding.base.StreamBeam` in a
+:class:`~asr.decoding.base.BeamState`, so streams at different positions, each with its own
+hotword graph or none, share a batch. The offline search is one step over all frames, so
+streaming results equal offline ones exactly; a partial result is what ``finalize`` would give.
+
 Shape legend: B batch, N live hypotheses (all utterances), T frames, D encoder dims, J joiner
 dims, V vocabulary incl. blank, K beam size.
 """
