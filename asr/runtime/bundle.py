@@ -88,8 +88,10 @@ class Runtime:
         device: where the model runs.
         results: builds results from token ids and frames.
         streaming_searcher: default streaming searcher: :attr:`searcher` when it streams; for
-            a package's own default that does not stream (a beam search), the model's streaming
-            greedy searcher.
+            a package's own default that does not stream (``aed_beam``, ``cif_beam``, a
+            rescoring searcher), the model's streaming greedy searcher. The transducer, TDT and
+            CTC beam searches stream: a package whose default is one of them streams with it
+            (and its LM).
     """
 
     package: ModelPackage
