@@ -6,6 +6,9 @@ A *State* is a frozen dataclass whose fields are
   ``"batch_dim"``);
 * nested State dataclasses, or tuples of them (e.g. one state per layer);
 * ``None`` (an absent optional cache: it stays ``None``);
+* per-stream Python objects, declared with :func:`stream_field`: a tuple with one entry per
+  stream (e.g. the hypotheses of a beam search, or a stream's hotword graph), which stacking
+  concatenates, unstacking splits into 1-tuples and selection indexes;
 * plain Python values (ints, strings) that are the same for every stream, e.g. a cache size.
 
 Per-stream progress (frames processed, number of valid cached frames) is stored in ordinary
@@ -34,15 +37,19 @@ from torch import Tensor
 
 __all__ = [
     "BATCH_DIM_KEY",
+    "is_stream_field",
     "state_batch_size",
     "select_states",
     "stack_states",
     "state_field",
+    "stream_field",
     "unstack_states",
 ]
 
 #: Field metadata key that declares the batch dimension of a tensor field.
 BATCH_DIM_KEY = "batch_dim"
+#: Field metadata key that declares a tuple with one Python object per stream.
+PER_STREAM_KEY = "per_stream"
 
 S = TypeVar("S")
 
@@ -57,6 +64,26 @@ def state_field(batch_dim: int, **kwargs: Any) -> Any:
     metadata = dict(kwargs.pop("metadata", {}) or {})
     metadata[BATCH_DIM_KEY] = batch_dim
     return dataclasses.field(metadata=metadata, **kwargs)
+
+
+def stream_field(**kwargs: Any) -> Any:
+    """A dataclass field holding a tuple with one Python object per stream.
+
+    The objects are never looked into: :func:`stack_states` concatenates the tuples,
+    :func:`unstack_states` gives each stream its 1-tuple and :func:`select_states` indexes them
+    (so they should be immutable, as the states are).
+
+    Args:
+        **kwargs: passed on to :func:`dataclasses.field`.
+    """
+    metadata = dict(kwargs.pop("metadata", {}) or {})
+    metadata[PER_STREAM_KEY] = True
+    return dataclasses.field(metadata=metadata, **kwargs)
+
+
+def is_stream_field(f: dataclasses.Field) -> bool:
+    """Whether ``f`` was declared with :func:`stream_field`."""
+    return bool(f.metadata.get(PER_STREAM_KEY))
 
 
 def _check_state(state: Any) -> None:
@@ -82,6 +109,8 @@ def state_batch_size(state: Any) -> int:
     _check_state(state)
     for f in dataclasses.fields(state):
         value = getattr(state, f.name)
+        if is_stream_field(f):
+            return len(value)
         if isinstance(value, Tensor):
             return value.shape[_batch_dim(state, f)]
         if _is_state(value):
@@ -91,8 +120,9 @@ def state_batch_size(state: Any) -> int:
     raise ValueError(f"{type(state).__name__} holds no batched tensor")
 
 
-def _map_fields(states: Sequence[Any], tensor_fn, name: str) -> Any:
-    """Builds one state from aligned ``states`` applying ``tensor_fn(tensors, batch_dim)``."""
+def _map_fields(states: Sequence[Any], tensor_fn, tuple_fn, name: str) -> Any:
+    """Builds one state from aligned ``states`` applying ``tensor_fn(tensors, batch_dim)`` to
+    tensor fields and ``tuple_fn(tuples)`` to per-stream fields."""
     first = states[0]
     _check_state(first)
     for other in states[1:]:
@@ -105,19 +135,24 @@ def _map_fields(states: Sequence[Any], tensor_fn, name: str) -> Any:
         items = [getattr(s, f.name) for s in states]
         where = f"{type(first).__name__}.{f.name}"
         head = items[0]
-        if isinstance(head, Tensor):
+        if is_stream_field(f):
+            if any(not isinstance(item, tuple) for item in items):
+                raise TypeError(f"{name}: per-stream field {where} must hold a tuple")
+            values[f.name] = tuple_fn(items)
+        elif isinstance(head, Tensor):
             dim = _batch_dim(first, f)
             try:
                 values[f.name] = tensor_fn(items, dim)
             except RuntimeError as err:
                 raise ValueError(f"{name}: field {where}: {err}") from err
         elif _is_state(head):
-            values[f.name] = _map_fields(items, tensor_fn, name)
+            values[f.name] = _map_fields(items, tensor_fn, tuple_fn, name)
         elif isinstance(head, tuple) and head and _is_state(head[0]):
             if any(len(item) != len(head) for item in items):
                 raise ValueError(f"{name}: field {where} has tuples of different lengths")
             values[f.name] = tuple(
-                _map_fields([item[i] for item in items], tensor_fn, name) for i in range(len(head))
+                _map_fields([item[i] for item in items], tensor_fn, tuple_fn, name)
+                for i in range(len(head))
             )
         else:
             if any(item is not head and item != head for item in items):
@@ -144,7 +179,12 @@ def stack_states(states: Sequence[S]) -> S:
         raise ValueError("stack_states: got an empty list of states")
     if len(states) == 1:
         return states[0]
-    return _map_fields(list(states), lambda items, dim: torch.cat(items, dim=dim), "stack_states")
+    return _map_fields(
+        list(states),
+        lambda items, dim: torch.cat(items, dim=dim),
+        lambda tuples: tuple(x for t in tuples for x in t),
+        "stack_states",
+    )
 
 
 def unstack_states(state: S) -> list[S]:
@@ -154,7 +194,12 @@ def unstack_states(state: S) -> list[S]:
     """
     batch_size = state_batch_size(state)
     return [
-        _map_fields([state], lambda items, dim, i=i: items[0].narrow(dim, i, 1), "unstack_states")
+        _map_fields(
+            [state],
+            lambda items, dim, i=i: items[0].narrow(dim, i, 1),
+            lambda tuples, i=i: (tuples[0][i],),
+            "unstack_states",
+        )
         for i in range(batch_size)
     ]
 
@@ -177,4 +222,7 @@ def select_states(state: S, indices: Sequence[int] | Tensor) -> S:
     def take(items: list[Tensor], dim: int) -> Tensor:
         return items[0].index_select(dim, index.to(items[0].device))
 
-    return _map_fields([state], take, "select_states")
+    positions = index.tolist()
+    return _map_fields(
+        [state], take, lambda tuples: tuple(tuples[0][i] for i in positions), "select_states"
+    )

@@ -13,6 +13,7 @@ from asr.state import (
     stack_states,
     state_batch_size,
     state_field,
+    stream_field,
     unstack_states,
 )
 
@@ -134,3 +135,35 @@ def test_encoder_state_round_trip():
     _, _, state = encoder.forward_chunk(feats, torch.tensor([20, 13, 5]), state)
     _assert_same(stack_states(unstack_states(state)), state)
     _assert_same(select_states(state, [2, 1, 0]), stack_states(unstack_states(state)[::-1]))
+
+
+@dataclass(frozen=True)
+class WithObjects:
+    """A state with a per-stream Python field beside a tensor."""
+
+    count: Tensor = state_field(batch_dim=0)  # (B,)
+    beams: tuple = stream_field()  # one Python object per stream
+
+
+def test_per_stream_objects_stack_unstack_and_select_with_their_stream():
+    a = WithObjects(torch.tensor([1]), (("a", 1),))
+    b = WithObjects(torch.tensor([2, 3]), (("b", 2), ("c", 3)))
+    both = stack_states([a, b])
+    assert both.beams == (("a", 1), ("b", 2), ("c", 3)) and state_batch_size(both) == 3
+    split = unstack_states(both)
+    assert [s.beams for s in split] == [(("a", 1),), (("b", 2),), (("c", 3),)]
+    assert [s.count.tolist() for s in split] == [[1], [2], [3]]
+    picked = select_states(both, [2, 0, 2])
+    assert picked.beams == (("c", 3), ("a", 1), ("c", 3)) and picked.count.tolist() == [3, 1, 3]
+
+
+@dataclass(frozen=True)
+class OnlyObjects:
+    beams: tuple = stream_field()
+
+
+def test_a_state_of_per_stream_objects_alone_has_a_batch_size():
+    state = stack_states([OnlyObjects((1,)), OnlyObjects((2,))])
+    assert state_batch_size(state) == 2 and unstack_states(state)[1].beams == (2,)
+    with pytest.raises(TypeError, match="must hold a tuple"):
+        stack_states([OnlyObjects((1,)), OnlyObjects([2])])

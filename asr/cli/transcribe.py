@@ -166,16 +166,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.hotwords_score is not None:
         args.search_overrides.append(f"search.hotwords_score={args.hotwords_score}")
-    if args.hotwords is not None and args.streaming:
-        logger.error("asr transcribe: --hotwords bias the offline beam searchers, not --streaming")
-        return 2
     try:
         model = load_model(args.model, device=args.device, searcher=args.searcher,
                            search=args.search_overrides)
-        if args.hotwords is not None:  # bad phrases fail here, before any audio
+        if args.hotwords is not None and not args.streaming:  # bad phrases fail here
             model.searcher(args.searcher, args.hotwords)
-        if args.streaming:  # a searcher that does not stream fails here, before any audio
-            model.streaming_recognizer(args.searcher)
+        if args.streaming:  # a searcher that does not stream (or bias) fails here
+            recognizer = model.streaming_recognizer(args.searcher)
+            if args.hotwords is not None:
+                recognizer.hotword_graph(args.hotwords)
     except PackageError as err:
         logger.error("asr transcribe: cannot load model package: %s", err)
         return 2

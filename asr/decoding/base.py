@@ -10,6 +10,9 @@
 * :class:`TokenBuffer`: the emitted tokens, their absolute frames and the score of each stream,
   held as fixed-capacity tensors inside a streaming state (a stream's hypothesis must live in
   its state to be stacked with others).
+* :class:`StreamBeam` and :class:`BeamState`: the beam of one stream of a streaming beam search
+  (hypotheses as Python objects, the predictor rows, frames not yet searched, the stream's
+  hotword graph) and the State that carries one per stream (:func:`asr.state.stream_field`).
 * :func:`where_state`: per-row choice between two states of the same type (batched updates of
   predictor states for the rows that emitted a token).
 * :func:`rank_score` and :func:`insertion_bonuses`: the length normalisation and the
@@ -31,17 +34,21 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from asr.state import BATCH_DIM_KEY, state_field
+from asr.decoding.context_graph import ContextGraph
+from asr.state import BATCH_DIM_KEY, is_stream_field, state_field, stream_field
 from asr.types import Hypothesis
 
 __all__ = [
+    "BeamState",
     "Searcher",
+    "StreamBeam",
     "StreamingSearcher",
     "TokenBuffer",
     "check_encoder_output",
     "insertion_bonuses",
     "log_add",
     "rank_score",
+    "stream_contexts",
     "where_state",
 ]
 
@@ -62,7 +69,8 @@ class StreamingSearcher(Protocol):
     """Chunk-by-chunk search; ``state`` is a frozen dataclass (see :mod:`asr.state`)."""
 
     def init_state(self, batch_size: int, device: torch.device) -> Any:
-        """State of ``batch_size`` new streams."""
+        """State of ``batch_size`` new streams (the beam searches that bias also take
+        ``contexts=``, a hotword graph or None per stream: :class:`StreamingBeamSearch`)."""
         ...
 
     def step(self, enc: Tensor, enc_lens: Tensor, state: Any) -> Any:
@@ -76,6 +84,96 @@ class StreamingSearcher(Protocol):
     def finalize(self, state: Any) -> list[Hypothesis]:
         """Final hypothesis per stream (no more frames will come)."""
         ...
+
+
+@dataclass(frozen=True)
+class StreamBeam:
+    """The beam of one stream: what a streaming beam search carries from a chunk to the next.
+
+    Attributes:
+        hyps: the live hypotheses (the searcher's own frozen Python objects, at most
+            ``beam_size``), in the search's order; their token frames are absolute.
+        frames_done: encoder frames received so far (the absolute frame of the next one).
+        context: the stream's hotword graph, or None.
+        pred_proj: transducers: (n, J) projected predictor output of each hypothesis.
+        pred_state: transducers: the predictor's own state, one row per hypothesis (a State).
+        pending: (P, J) projected encoder frames received but not searched yet, the last P
+            before ``frames_done`` (TDT: a decision that depends on where the stream ends
+            waits for more frames); None for none.
+    """
+
+    hyps: tuple[Any, ...]
+    frames_done: int = 0
+    context: ContextGraph | None = None
+    pred_proj: Tensor | None = None
+    pred_state: Any = None
+    pending: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class BeamState:
+    """Streaming state of the beam searches: one :class:`StreamBeam` per stream, stacked,
+    split and selected by :mod:`asr.state` like any State."""
+
+    beams: tuple[StreamBeam, ...] = stream_field()
+
+
+class StreamingBeamSearch:
+    """What the streaming beam searches share (a mixin): ``init_state`` gives each stream its
+    hotword graph (``contexts``, else the searcher's ``context``) and the searcher's
+    ``_new_beams(graphs, device)``; ``step`` checks a chunk and hands the stream beams to the
+    searcher's ``_step(enc, lens, beams)``."""
+
+    context: ContextGraph | None
+
+    @torch.no_grad()
+    def init_state(
+        self,
+        batch_size: int,
+        device: torch.device | str,
+        contexts: Any = None,
+    ) -> BeamState:
+        """State of ``batch_size`` new streams.
+
+        Args:
+            batch_size: B.
+            device: where the search runs.
+            contexts: per stream its hotword graph or None; default: the searcher's own graph
+                (``context=``) for every stream.
+        """
+        graphs = stream_contexts(self.context, batch_size, contexts)
+        return BeamState(self._new_beams(graphs, device))
+
+    @torch.no_grad()
+    def step(self, enc: Tensor, enc_lens: Tensor, state: BeamState) -> BeamState:
+        """Consumes a chunk: enc (B, T, D), enc_lens (B,) valid frames of it (more may come)."""
+        check_encoder_output(enc, enc_lens)
+        if len(state.beams) != enc.shape[0]:
+            raise ValueError(f"a state of {len(state.beams)} streams for a chunk of {enc.shape[0]}")
+        return BeamState(self._step(enc, enc_lens.tolist(), state.beams))
+
+    def _new_beams(self, graphs: list[ContextGraph | None], device: Any) -> tuple[StreamBeam, ...]:
+        raise NotImplementedError
+
+    def _step(
+        self, enc: Tensor, lens: list[int], beams: tuple[StreamBeam, ...]
+    ) -> tuple[StreamBeam, ...]:
+        raise NotImplementedError
+
+
+def stream_contexts(
+    default: ContextGraph | None, batch_size: int, contexts: Any = None
+) -> list[ContextGraph | None]:
+    """The hotword graph of each of ``batch_size`` new streams: ``contexts`` (one graph or None
+    per stream) when given, else the searcher's ``default`` for every stream.
+
+    Raises:
+        ValueError: for a number of graphs that is not ``batch_size``.
+    """
+    graphs = [default] * batch_size if contexts is None else list(contexts)
+    if len(graphs) != batch_size:
+        raise ValueError(f"{len(graphs)} hotword graphs for {batch_size} streams")
+    return graphs
 
 
 def check_encoder_output(enc: Tensor, enc_lens: Tensor) -> None:
@@ -130,7 +228,9 @@ def where_state(mask: Tensor, new: Any, old: Any) -> Any:
     values = {}
     for f in dataclasses.fields(old):
         a, b = getattr(new, f.name), getattr(old, f.name)
-        if isinstance(b, Tensor):
+        if is_stream_field(f):
+            values[f.name] = tuple(x if m else y for x, y, m in zip(a, b, mask.tolist()))
+        elif isinstance(b, Tensor):
             dim = int(f.metadata[BATCH_DIM_KEY])
             shape = [1] * b.dim()
             shape[dim] = -1

@@ -29,6 +29,13 @@ carries its graph state and the sum of the graph's bonuses along its tokens, whi
 score adds (each frame's pruning and the final ranking, where the graph's ``finalize`` gives an
 unfinished partial match's boost back); the CTC probabilities themselves are unchanged.
 
+Streaming (:meth:`CtcPrefixBeamSearch.step`): the search is frame-synchronous and needs no
+future frame, so a stream's prefixes (with their accumulators, LM and graph states) are its
+:class:`~asr.decoding.base.StreamBeam` in a :class:`~asr.decoding.base.BeamState`, and a chunk
+continues them; the offline search is one step over all frames, so streaming results equal
+offline ones exactly. (A prefix caches its LM's next-token scores on first use; the cache is a
+pure function of its LM state, so sharing a state between two continuations is harmless.)
+
 Shape legend: B batch, T frames, D encoder dims, V vocabulary incl. blank.
 """
 
@@ -41,7 +48,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from asr.decoding.base import check_encoder_output, log_add, rank_score
+from asr.decoding.base import (
+    BeamState,
+    StreamBeam,
+    StreamingBeamSearch,
+    log_add,
+    rank_score,
+)
 from asr.decoding.config import SearchConfig
 from asr.decoding.context_graph import ContextGraph
 from asr.decoding.ctc_greedy import ctc_log_probs
@@ -74,7 +87,7 @@ class _Prefix:
         return log_add(self.blank, self.label)
 
 
-class CtcPrefixBeamSearch:
+class CtcPrefixBeamSearch(StreamingBeamSearch):
     """CTC prefix beam search (a :class:`~asr.decoding.base.Searcher`).
 
     Args:
@@ -99,21 +112,68 @@ class CtcPrefixBeamSearch:
 
     @torch.no_grad()
     def __call__(self, enc: Tensor, enc_lens: Tensor) -> list[list[Hypothesis]]:
-        """enc (B, T, D), enc_lens (B,) -> per utterance the n-best, best first."""
-        check_encoder_output(enc, enc_lens)
-        log_probs = ctc_log_probs(self.head, enc, self.cfg.blank_penalty).cpu()
-        return [self.search(log_probs[b, :n]) for b, n in enumerate(enc_lens.tolist())]
+        """enc (B, T, D), enc_lens (B,) -> per utterance the n-best, best first: the
+        streaming search in one step over all frames."""
+        state = self.step(enc, enc_lens, self.init_state(enc.shape[0], enc.device))
+        return [self._nbest(beam) for beam in state.beams]
 
     def search(self, log_probs: Tensor) -> list[Hypothesis]:
         """One utterance: (T, V) log-probabilities -> n-best."""
-        beam: dict[tuple[int, ...], _Prefix] = {(): self._root()}
+        return self._nbest(self._advance(self._new_beam(self.context), log_probs))
+
+    def _new_beams(
+        self, graphs: list[ContextGraph | None], device: torch.device | str
+    ) -> tuple[StreamBeam, ...]:
+        return tuple(self._new_beam(graph) for graph in graphs)
+
+    def _step(
+        self, enc: Tensor, lens: list[int], beams: tuple[StreamBeam, ...]
+    ) -> tuple[StreamBeam, ...]:
+        log_probs = ctc_log_probs(self.head, enc, self.cfg.blank_penalty).cpu()
+        return tuple(self._advance(beam, log_probs[b, :n]) for b, (beam, n) in enumerate(zip(beams, lens)))
+
+    def partial(self, state: BeamState) -> list[Hypothesis]:
+        """Per stream the hypothesis :meth:`finalize` would give if it ended now."""
+        return self.finalize(state)
+
+    def finalize(self, state: BeamState) -> list[Hypothesis]:
+        """Per stream its best prefix (LM end of sentence and hotword ``finalize`` added,
+        length-normalised)."""
+        return [self._nbest(beam)[0] for beam in state.beams]
+
+    def _new_beam(self, context: ContextGraph | None) -> StreamBeam:
+        """The beam of a new stream: the empty prefix."""
+        return StreamBeam((((), self._root()),), 0, context)
+
+    def _root(self) -> _Prefix:
+        root = _Prefix(blank=0.0, best=0.0)
+        if self.lm is not None:
+            root.lm_state = self.lm.init_state()
+        return root
+
+    def _advance(self, beam: StreamBeam, log_probs: Tensor) -> StreamBeam:
+        """``beam`` after the frames ``log_probs (n, V)``."""
+        if not log_probs.shape[0]:
+            return beam
+        prefixes = dict(beam.hyps)
         top_k = min(self.cfg.beam_size, log_probs.shape[-1])
         top_values, top_labels = log_probs.topk(top_k, dim=-1)
-        for frame, (values, labels) in enumerate(zip(top_values.tolist(), top_labels.tolist())):
-            beam = self._frame(beam, frame, zip(labels, values))
+        rows = zip(top_values.tolist(), top_labels.tolist())
+        for offset, (values, labels) in enumerate(rows):
+            prefixes = self._frame(
+                prefixes, beam.frames_done + offset, zip(labels, values), beam.context
+            )
+        return StreamBeam(
+            tuple(prefixes.items()), beam.frames_done + log_probs.shape[0], beam.context
+        )
+
+    def _nbest(self, beam: StreamBeam) -> list[Hypothesis]:
+        """The prefixes of ``beam`` ranked as at the end, best first."""
+        context = beam.context
         final = [
-            (self._total(prefix, entry, final=True), self._total(prefix, entry), prefix, entry)
-            for prefix, entry in beam.items()
+            (self._total(prefix, entry, context, final=True), self._total(prefix, entry, context),
+             prefix, entry)
+            for prefix, entry in beam.hyps
         ]
         # best first; prefixes that cannot end (-inf) after the others, by their score so far
         final.sort(key=lambda item: item[:2], reverse=True)
@@ -122,13 +182,13 @@ class CtcPrefixBeamSearch:
             for score, _, prefix, entry in final[: self.cfg.nbest]
         ]
 
-    def _root(self) -> _Prefix:
-        root = _Prefix(blank=0.0, best=0.0)
-        if self.lm is not None:
-            root.lm_state = self.lm.init_state()
-        return root
-
-    def _frame(self, beam: dict[tuple[int, ...], _Prefix], frame: int, labels) -> dict:
+    def _frame(
+        self,
+        beam: dict[tuple[int, ...], _Prefix],
+        frame: int,
+        labels,
+        context: ContextGraph | None,
+    ) -> dict:
         """Extends every prefix by the frame's candidate labels; keeps the ``beam_size`` best."""
         blank_id = self.head.blank_id
         new: dict[tuple[int, ...], _Prefix] = {}
@@ -143,9 +203,10 @@ class CtcPrefixBeamSearch:
                 else:
                     score = entry.ctc + log_prob
                 self._add(
-                    new, prefix + (label,), entry, "label", score, entry.frames + (frame,), label
+                    new, prefix + (label,), entry, "label", score, entry.frames + (frame,),
+                    label, context,
                 )
-        scored = [(self._total(*item), item) for item in new.items()]
+        scored = [(self._total(*item, context), item) for item in new.items()]
         # a prefix the LM forbids (-inf: a word outside a word LM's lexicon) is dropped
         ranked = sorted((p for p in scored if p[0] > NEG_INF), key=lambda p: p[0], reverse=True)
         if not ranked:  # every candidate forbidden: keep the beam as it was
@@ -161,6 +222,7 @@ class CtcPrefixBeamSearch:
         score: float,
         frames: tuple[int, ...],
         label: int | None = None,
+        context: ContextGraph | None = None,
     ) -> None:
         """Adds one contribution ``score`` to ``new[prefix]`` (created from ``parent``)."""
         if score == NEG_INF:
@@ -170,8 +232,8 @@ class CtcPrefixBeamSearch:
             entry = new[prefix] = _Prefix(lm_state=parent.lm_state, lm_score=parent.lm_score)
             entry.lm_next = parent.lm_next
             entry.context, entry.context_score = parent.context, parent.context_score
-            if label is not None and self.context is not None:
-                bonus, entry.context = self.context.step(parent.context, label)
+            if label is not None and context is not None:
+                bonus, entry.context = context.step(parent.context, label)
                 entry.context_score += bonus
             if label is not None and self.lm is not None:
                 entry.lm_score += float(self._lm_next(parent)[label])
@@ -190,7 +252,13 @@ class CtcPrefixBeamSearch:
             entry.lm_next = self.lm.score(entry.lm_state)
         return entry.lm_next
 
-    def _total(self, prefix: tuple[int, ...], entry: _Prefix, final: bool = False) -> float:
+    def _total(
+        self,
+        prefix: tuple[int, ...],
+        entry: _Prefix,
+        context: ContextGraph | None,
+        final: bool = False,
+    ) -> float:
         """Ranking score: CTC log-probability + lm_weight * LM log-probability +
         insertion_bonus per token + hotword bonuses; ``final``: with the LM's end of sentence, length-normalised."""
         score = entry.ctc
@@ -201,8 +269,8 @@ class CtcPrefixBeamSearch:
             score += self.cfg.lm_weight * lm_score
         if self.cfg.insertion_bonus:
             score += self.cfg.insertion_bonus * len(prefix)
-        if self.context is not None:
+        if context is not None:
             score += entry.context_score
             if final:
-                score += self.context.finalize(entry.context)
+                score += context.finalize(entry.context)
         return rank_score(score, len(prefix), self.cfg.length_norm) if final else score

@@ -8,11 +8,11 @@ main head (:func:`searcher_for`, the default of packages, the dev WER of trainin
 name                   role     streams   LM     needs
 =====================  =======  ========  =====  ====================================================
 ctc_greedy             greedy   yes       no     a ``ctc`` head
-ctc_prefix_beam        beam     no        yes    a ``ctc`` head
+ctc_prefix_beam        beam     yes       yes    a ``ctc`` head
 transducer_greedy      greedy   yes       no     a ``transducer`` head with loss full|pruned
-transducer_beam        beam     no        yes    a ``transducer`` head with loss full|pruned
+transducer_beam        beam     yes       yes    a ``transducer`` head with loss full|pruned
 tdt_greedy             greedy   yes       no     a ``transducer`` head with loss tdt|pruned_tdt
-tdt_beam               beam     no        yes    a ``transducer`` head with loss tdt|pruned_tdt
+tdt_beam               beam     yes       yes    a ``transducer`` head with loss tdt|pruned_tdt
 aed_beam               beam     no        no     an ``aed`` head (CTC prefix scores when a ``ctc`` head
                                                  exists and ``ctc_weight > 0``)
 attention_rescoring    rescore  no        no     an ``aed`` head and a first pass: ``ctc_prefix_beam``
@@ -57,6 +57,7 @@ from asr.model import ASRModel
 from asr.tokenizers.base import Tokenizer
 
 __all__ = [
+    "BIASING_STREAMING_SEARCHERS",
     "ROLES",
     "SEARCHERS",
     "SEARCHER_NAMES",
@@ -66,6 +67,7 @@ __all__ = [
     "build_searcher",
     "build_streaming_searcher",
     "resolve_searcher",
+    "searcher_biases",
     "searcher_for",
     "streaming_searcher_for",
 ]
@@ -141,17 +143,17 @@ _TDT = "a 'transducer' head with loss tdt|pruned_tdt"
 SEARCHERS: tuple[SearcherSpec, ...] = (
     SearcherSpec("ctc_greedy", "ctc", ("ctc",), "greedy", True, False, "a 'ctc' head",
                  lambda m, c, lm, tok, ctx: CtcGreedySearcher(m.heads["ctc"], c)),
-    SearcherSpec("ctc_prefix_beam", "ctc", ("ctc",), "beam", False, True, "a 'ctc' head",
+    SearcherSpec("ctc_prefix_beam", "ctc", ("ctc",), "beam", True, True, "a 'ctc' head",
                  lambda m, c, lm, tok, ctx: CtcPrefixBeamSearch(m.heads["ctc"], c, lm, ctx),
                  biases=True),
     SearcherSpec("transducer_greedy", "transducer", ("rnnt",), "greedy", True, False, _RNNT,
                  lambda m, c, lm, tok, ctx: LabelLoopingGreedy(m.heads["transducer"], c)),
-    SearcherSpec("transducer_beam", "transducer", ("rnnt",), "beam", False, True, _RNNT,
+    SearcherSpec("transducer_beam", "transducer", ("rnnt",), "beam", True, True, _RNNT,
                  lambda m, c, lm, tok, ctx: ModifiedBeamSearch(m.heads["transducer"], c, lm, ctx),
                  biases=True),
     SearcherSpec("tdt_greedy", "transducer", ("tdt",), "greedy", True, False, _TDT,
                  lambda m, c, lm, tok, ctx: LabelLoopingGreedy(m.heads["transducer"], c)),
-    SearcherSpec("tdt_beam", "transducer", ("tdt",), "beam", False, True, _TDT,
+    SearcherSpec("tdt_beam", "transducer", ("tdt",), "beam", True, True, _TDT,
                  lambda m, c, lm, tok, ctx: TdtBeamSearch(m.heads["transducer"], c, lm, ctx),
                  biases=True),
     SearcherSpec("aed_beam", "aed", ("aed",), "beam", False, False, "an 'aed' head",
@@ -173,6 +175,10 @@ SEARCHERS: tuple[SearcherSpec, ...] = (
 _BY_NAME = {spec.name: spec for spec in SEARCHERS}
 SEARCHER_NAMES: tuple[str, ...] = tuple(_BY_NAME)
 STREAMING_SEARCHER_NAMES: tuple[str, ...] = tuple(s.name for s in SEARCHERS if s.streaming)
+#: The streaming searchers that take a hotword graph per stream.
+BIASING_STREAMING_SEARCHERS: tuple[str, ...] = tuple(
+    s.name for s in SEARCHERS if s.streaming and s.biases
+)
 
 #: The default options (frozen, so safe to share as a default argument).
 DEFAULT_SEARCH = SearchConfig()
@@ -219,6 +225,11 @@ def streaming_searcher_for(model: ASRModel, preferred: str | None = None) -> str
         return greedy
     streaming = [n for n in available_searchers(model) if _BY_NAME[n].streaming]
     return streaming[0] if streaming else None
+
+
+def searcher_biases(name: str) -> bool:
+    """Whether searcher ``name`` (a name, not a role) takes a hotword graph."""
+    return _BY_NAME[name].biases
 
 
 def resolve_searcher(name: str, model: ASRModel) -> str:
@@ -332,7 +343,8 @@ def build_streaming_searcher(
     tokenizer: Tokenizer | None = None,
 ) -> StreamingSearcher:
     """Builds streaming searcher ``name`` (one of :data:`STREAMING_SEARCHER_NAMES`, or
-    ``greedy``).
+    ``greedy``), with its LM (``cfg.lm_path``) and hotword graph (``cfg.hotwords_file`` /
+    ``cfg.hotwords``: every stream's default) where its row fuses / biases.
 
     Raises:
         ValueError: as :func:`build_searcher`, and for a searcher that does not stream.
@@ -345,6 +357,8 @@ def build_streaming_searcher(
             f"searcher {resolved!r} does not stream; streaming searchers of this model: "
             f"{streaming} (all streaming searchers: {list(STREAMING_SEARCHER_NAMES)})"
         )
-    searcher = spec.build(model, cfg, None, tokenizer, None)
+    lm = _load_lm(model, cfg, spec.head, tokenizer) if spec.fuses_lm else None
+    context = context_graph_for(cfg, tokenizer) if spec.biases else None
+    searcher = spec.build(model, cfg, lm, tokenizer, context)
     assert isinstance(searcher, StreamingSearcher)
     return searcher

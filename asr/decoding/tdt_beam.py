@@ -54,6 +54,18 @@ a hypothesis that reaches the last frame adds the graph's ``finalize`` (an unfin
 match gives its boost back) with the LM's end of sentence. Bonuses can raise a live score, so
 with a graph the finished bound is not applied either.
 
+Streaming (:meth:`TdtBeamSearch.step`, a :class:`~asr.decoding.base.BeamState` of one
+:class:`~asr.decoding.base.StreamBeam` per stream): which moves a hypothesis on frame ``t`` may
+take depends on ``T - t`` only while it is below the scorer's ``lookahead`` (e.g. 5 for durations
+0..4: a jump must not pass the end). So in a chunk a stream expands its smallest frame only once
+``lookahead`` frames from it have arrived; then every move lands on a frame received, none can
+end the stream, and the moves are those of the offline search. The projected frames from the
+smallest live frame on (fewer than ``lookahead``) stay in the stream's state, and the rest of the
+search runs in :meth:`TdtBeamSearch.finalize`, where ``T`` is known. The offline search is this
+step over all frames followed by the end, so streaming results equal offline ones exactly.
+Where the positive durations share a factor (e.g. 0, 2, 4) the moves depend on ``T`` for ever
+and a stream searches only at its end.
+
 Utterances are searched one after another; the joiner and predictor run batched over the
 hypotheses of an utterance.
 
@@ -72,7 +84,9 @@ import torch
 from torch import Tensor
 
 from asr.decoding.base import (
-    check_encoder_output,
+    BeamState,
+    StreamBeam,
+    StreamingBeamSearch,
     insertion_bonuses,
     log_add,
     rank_score,
@@ -127,7 +141,7 @@ class _Move:
     duration: int = 0
 
 
-class TdtBeamSearch:
+class TdtBeamSearch(StreamingBeamSearch):
     """Beam search over a TDT head.
 
     Args:
@@ -151,35 +165,74 @@ class TdtBeamSearch:
         self.cfg = cfg
         self.lm = fusion_lm(lm, cfg.lm_weight, head.vocab_size, "transducer head")
         # the finished bound of _prune holds while a live hypothesis' ranking score cannot grow
+        # (and the stream has no hotword graph)
         self.context = context
-        self._bounded = cfg.insertion_bonus <= 0 and cfg.length_norm == 0 and context is None
+        self._bounded = cfg.insertion_bonus <= 0 and cfg.length_norm == 0
+        self._lookahead = self.scorer.lookahead
         self._bonus: Tensor | None = None
 
     @torch.no_grad()
     def __call__(self, enc: Tensor, enc_lens: Tensor) -> list[list[Hypothesis]]:
-        """enc (B, T, D), enc_lens (B,) -> per utterance the n-best, best first."""
-        check_encoder_output(enc, enc_lens)
-        enc_proj = self.scorer.project_encoder(enc)
-        return [self._search(enc_proj[b, :length]) for b, length in enumerate(enc_lens.tolist())]
+        """enc (B, T, D), enc_lens (B,) -> per utterance the n-best, best first: the
+        streaming search in one step over all frames, then its end."""
+        state = self.step(enc, enc_lens, self.init_state(enc.shape[0], enc.device))
+        return [self._end(beam) for beam in state.beams]
 
-    def _search(self, enc_proj: Tensor) -> list[Hypothesis]:
-        """One utterance: enc_proj (T, J) -> n-best."""
-        num_frames = enc_proj.shape[0]
-        pred_proj, pred_state = self.scorer.initial(1, enc_proj.device)
+    def _new_beams(
+        self, graphs: list[ContextGraph | None], device: torch.device | str
+    ) -> tuple[StreamBeam, ...]:
+        """A beam per stream: the start hypothesis, the predictor's start, no frame held."""
+        pred_proj, pred_state = self.scorer.initial(1, device)
         start = _Hyp((), (), 0.0, 0, 0, self.lm.init_state() if self.lm is not None else None)
-        live = [start] if num_frames else []
-        finished: dict[tuple[int, ...], _Hyp] = {} if num_frames else {(): self._finish(start)}
-        while live:
-            frame = min(hyp.frame for hyp in live)
-            expand = [i for i, hyp in enumerate(live) if hyp.frame == frame]
-            waiting = [_Move(hyp.score, i) for i, hyp in enumerate(live) if hyp.frame != frame]
-            moves = self._expansions(enc_proj[frame], live, expand, pred_proj, num_frames - frame)
-            kept = waiting + moves[: self.cfg.beam_size - len(waiting)]  # moves: best first
-            kept.sort(key=lambda move: move.score, reverse=True)
-            new_live, rows, labels = self._select(kept, live, finished, num_frames)
-            pred_proj, pred_state = self._update_predictor(pred_proj, pred_state, rows, labels)
-            live = new_live
-            live, pred_proj, pred_state = self._prune(live, pred_proj, pred_state, finished)
+        none = pred_proj.new_zeros(0, pred_proj.shape[-1])
+        return tuple(StreamBeam((start,), 0, graph, pred_proj, pred_state, none) for graph in graphs)
+
+    def _step(
+        self, enc: Tensor, lens: list[int], beams: tuple[StreamBeam, ...]
+    ) -> tuple[StreamBeam, ...]:
+        """Each stream searches its frames as far as its moves do not depend on where it ends
+        (module docstring); the frames it has not searched stay in its state."""
+        enc_proj = self.scorer.project_encoder(enc)
+        return tuple(self._advance(beam, enc_proj[b, :n]) for b, (beam, n) in enumerate(zip(beams, lens)))
+
+    def partial(self, state: BeamState) -> list[Hypothesis]:
+        """Per stream its best live hypothesis, ranked as at the end (without the frames it
+        has not searched yet)."""
+        return [self._best_live(beam) for beam in state.beams]
+
+    @torch.no_grad()
+    def finalize(self, state: BeamState) -> list[Hypothesis]:
+        """Per stream the best hypothesis, its end now known."""
+        return [self._end(beam)[0] for beam in state.beams]
+
+    def _advance(self, beam: StreamBeam, chunk: Tensor) -> StreamBeam:
+        """``beam`` after the new projected frames ``chunk (n, J)``."""
+        if not chunk.shape[0]:
+            return beam
+        frames = torch.cat([beam.pending, chunk]) if beam.pending.shape[0] else chunk
+        received = beam.frames_done + chunk.shape[0]
+        first = received - frames.shape[0]  # absolute frame of frames[0]
+        live, pred_proj, pred_state = self._search(
+            list(beam.hyps), frames, first, received, None, beam.pred_proj, beam.pred_state,
+            beam.context, {},
+        )
+        keep = min((hyp.frame for hyp in live), default=received)
+        return StreamBeam(
+            tuple(live), received, beam.context, pred_proj, pred_state, frames[keep - first :]
+        )
+
+    def _end(self, beam: StreamBeam) -> list[Hypothesis]:
+        """The n-best of a stream that ends after its ``frames_done`` frames."""
+        num_frames = beam.frames_done
+        live = list(beam.hyps) if num_frames else []
+        finished: dict[tuple[int, ...], _Hyp] = {}
+        if not num_frames:
+            finished[()] = self._finish(beam.hyps[0], beam.context)
+        first = num_frames - beam.pending.shape[0]
+        self._search(
+            live, beam.pending, first, num_frames, num_frames, beam.pred_proj, beam.pred_state,
+            beam.context, finished,
+        )
         if not finished:  # T cannot be reached from frame 0 with these durations
             return [Hypothesis(tokens=(), score=float("-inf"), frames=())]
         # best first; hypotheses that cannot end (-inf) after the others, by their score so far
@@ -195,6 +248,64 @@ class TdtBeamSearch:
             for score, _, h in scored[: self.cfg.nbest]
         ]
 
+    def _best_live(self, beam: StreamBeam) -> Hypothesis:
+        """The live hypothesis that would rank first if it ended here (for partial results)."""
+        alpha = self.cfg.length_norm
+        ranked = [
+            (rank_score(self._finish(h, beam.context).score, len(h.tokens), alpha), h)
+            for h in beam.hyps
+        ]
+        if not ranked:
+            return Hypothesis(tokens=())
+        score, best = max(ranked, key=lambda item: item[0])
+        return Hypothesis(tokens=best.tokens, score=score, frames=best.frames)
+
+    def _search(
+        self,
+        live: list[_Hyp],
+        frames: Tensor,
+        first: int,
+        received: int,
+        num_frames: int | None,
+        pred_proj: Tensor,
+        pred_state: Any,
+        context: ContextGraph | None,
+        finished: dict[tuple[int, ...], _Hyp],
+    ) -> tuple[list[_Hyp], Tensor, Any]:
+        """Expands the live hypotheses on their smallest frame, again and again.
+
+        Args:
+            live: the beam; frames: (P, J) projected frames ``first .. received - 1``.
+            num_frames: the end of the stream (``received``), or None while it is unknown:
+                then a frame is searched only with :attr:`TransducerScorer.lookahead` frames
+                from it on received, and nothing finishes.
+            pred_proj, pred_state: the predictor rows of ``live``.
+            context: the stream's hotword graph.
+            finished: the finished hypotheses by tokens (updated).
+
+        Returns:
+            the live hypotheses left and their predictor rows.
+        """
+        while live:
+            frame = min(hyp.frame for hyp in live)
+            if num_frames is None and (self._lookahead is None
+                                       or received - frame < self._lookahead):
+                break  # its moves depend on where the stream ends
+            expand = [i for i, hyp in enumerate(live) if hyp.frame == frame]
+            waiting = [_Move(hyp.score, i) for i, hyp in enumerate(live) if hyp.frame != frame]
+            moves = self._expansions(
+                frames[frame - first], live, expand, pred_proj, received - frame, context
+            )
+            kept = waiting + moves[: self.cfg.beam_size - len(waiting)]  # moves: best first
+            kept.sort(key=lambda move: move.score, reverse=True)
+            new_live, rows, labels = self._select(kept, live, finished, num_frames, context)
+            pred_proj, pred_state = self._update_predictor(pred_proj, pred_state, rows, labels)
+            live = new_live
+            live, pred_proj, pred_state = self._prune(
+                live, pred_proj, pred_state, finished, context
+            )
+        return live, pred_proj, pred_state
+
     def _expansions(
         self,
         enc_frame: Tensor,
@@ -202,6 +313,7 @@ class TdtBeamSearch:
         expand: list[int],
         pred_proj: Tensor,
         remaining: int,
+        context: ContextGraph | None,
     ) -> list[_Move]:
         """The ``beam_size`` best allowed (label, duration) continuations of the ``expand``
         rows, ``remaining`` frames before the last one."""
@@ -220,9 +332,9 @@ class TdtBeamSearch:
                     self.scorer.vocab_size, self.scorer.blank_id, self.cfg.insertion_bonus, device
                 )
             token_lp = token_lp + self._bonus
-        if self.context is not None:
+        if context is not None:
             states = torch.tensor([live[i].context for i in expand], device=device)
-            token_lp = token_lp + self.context.deltas(states)
+            token_lp = token_lp + context.deltas(states)
         no_stay = torch.tensor(
             [live[i].count + 1 >= self.cfg.max_symbols_per_frame for i in expand], device=device
         )
@@ -250,7 +362,8 @@ class TdtBeamSearch:
         moves: list[_Move],
         live: list[_Hyp],
         finished: dict[tuple[int, ...], _Hyp],
-        num_frames: int,
+        num_frames: int | None,
+        context: ContextGraph | None,
     ) -> tuple[list[_Hyp], list[int], list[int]]:
         """The kept moves, best first: finished ones log-added into ``finished`` (by tokens),
         live ones into the new beam (merged by tokens and frame)."""
@@ -260,9 +373,9 @@ class TdtBeamSearch:
         labels: list[int] = []
         blank = self.scorer.blank_id
         for move in moves:
-            hyp = self._apply(live[move.row], move)
+            hyp = self._apply(live[move.row], move, context)
             if hyp.frame == num_frames:  # a blank landed on the last frame: a complete path
-                hyp = self._finish(hyp)
+                hyp = self._finish(hyp, context)
                 old = finished.get(hyp.tokens)
                 finished[hyp.tokens] = hyp if old is None else _merge(old, hyp)
                 continue
@@ -276,33 +389,33 @@ class TdtBeamSearch:
                 labels.append(blank if move.label is None else move.label)
         return new_live, rows, labels
 
-    def _apply(self, hyp: _Hyp, move: _Move) -> _Hyp:
+    def _apply(self, hyp: _Hyp, move: _Move, context: ContextGraph | None) -> _Hyp:
         """The hypothesis after ``move`` (the masks made it an allowed move)."""
         if move.label is None:
             return hyp
         count = 0
         tokens, frames, lm_state = hyp.tokens, hyp.frames, hyp.lm_state
-        context = hyp.context
+        state = hyp.context
         if move.label != self.scorer.blank_id:
             tokens, frames = tokens + (move.label,), frames + (hyp.frame,)
             if self.lm is not None:
                 lm_state = self.lm.advance(lm_state, move.label)
-            if self.context is not None:
-                context = self.context.step(context, move.label)[1]
+            if context is not None:
+                state = context.step(state, move.label)[1]
             if move.duration == 0:
                 count = hyp.count + 1
         return _Hyp(
-            tokens, frames, move.score, hyp.frame + move.duration, count, lm_state, context=context
+            tokens, frames, move.score, hyp.frame + move.duration, count, lm_state, context=state
         )
 
-    def _finish(self, hyp: _Hyp) -> _Hyp:
+    def _finish(self, hyp: _Hyp, context: ContextGraph | None) -> _Hyp:
         """``hyp`` with the LM's end-of-sentence score and the hotword graph's ``finalize`` added
         (unchanged without either) and the score before them in ``before_end``."""
         final = hyp.score
         if self.lm is not None:
             final += self.cfg.lm_weight * self.lm.final_score(hyp.lm_state)
-        if self.context is not None:
-            final += self.context.finalize(hyp.context)
+        if context is not None:
+            final += context.finalize(hyp.context)
         return dataclasses.replace(hyp, score=final, before_end=hyp.score)
 
     def _update_predictor(
@@ -322,11 +435,17 @@ class TdtBeamSearch:
         return pred_proj, pred_state
 
     def _prune(
-        self, live: list[_Hyp], pred_proj: Tensor, pred_state: Any, finished: dict
+        self,
+        live: list[_Hyp],
+        pred_proj: Tensor,
+        pred_state: Any,
+        finished: dict,
+        context: ContextGraph | None,
     ) -> tuple[list[_Hyp], Tensor, Any]:
         """Drops live hypotheses that cannot beat the ``beam_size``-th finished one (only
         where scores cannot grow: see the module docstring)."""
-        if not self._bounded or len(finished) < self.cfg.beam_size or not live:
+        bounded = self._bounded and context is None
+        if not bounded or len(finished) < self.cfg.beam_size or not live:
             return live, pred_proj, pred_state
         scores = sorted((hyp.score for hyp in finished.values()), reverse=True)
         bound = scores[self.cfg.beam_size - 1]

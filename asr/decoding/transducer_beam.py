@@ -33,6 +33,14 @@ the joiner and the predictor on every frame; the per-utterance top-k runs on a p
 (utterances, K * V) matrix; only the bookkeeping of the kept hypotheses (token tuples, merging)
 is Python.
 
+Streaming (:meth:`ModifiedBeamSearch.step`): the search is frame-synchronous and never looks
+ahead, so a chunk continues each stream's beam where the last one left it. A stream's beam (its
+hypotheses with absolute token frames, scores, LM and graph states, and their rows of the
+predictor's projection and state) is its :class:`~asr.decoding.base.StreamBeam` in a
+:class:`~asr.decoding.base.BeamState`, so streams at different positions, each with its own
+hotword graph or none, share a batch. The offline search is one step over all frames, so
+streaming results equal offline ones exactly; a partial result is what ``finalize`` would give.
+
 Shape legend: B batch, N live hypotheses (all utterances), T frames, D encoder dims, J joiner
 dims, V vocabulary incl. blank, K beam size.
 """
@@ -40,7 +48,7 @@ dims, V vocabulary incl. blank, K beam size.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +56,9 @@ import torch
 from torch import Tensor
 
 from asr.decoding.base import (
-    check_encoder_output,
+    BeamState,
+    StreamBeam,
+    StreamingBeamSearch,
     insertion_bonuses,
     log_add,
     rank_score,
@@ -59,7 +69,7 @@ from asr.decoding.context_graph import ContextGraph
 from asr.decoding.lm import LanguageModel, fusion_lm
 from asr.decoding.transducer_common import TransducerScorer
 from asr.heads.transducer import TransducerHead
-from asr.state import select_states
+from asr.state import select_states, stack_states
 from asr.types import Hypothesis
 
 __all__ = ["ModifiedBeamSearch", "topk_per_group"]
@@ -68,9 +78,8 @@ __all__ = ["ModifiedBeamSearch", "topk_per_group"]
 @dataclass(frozen=True)
 class _Hyp:
     tokens: tuple[int, ...]
-    frames: tuple[int, ...]
-    score: float  # AM + lm_weight * LM log-probability + insertion_bonus per token
-    owner: int  # utterance index in the batch
+    frames: tuple[int, ...]  # absolute encoder frame of each token
+    score: float  # AM + lm_weight * LM log-probability + insertion_bonus per token + hotwords
     lm_state: Hashable = None
     context: int = 0  # hotword graph state
 
@@ -104,7 +113,7 @@ def topk_per_group(scores: Tensor, owners: Tensor, num_groups: int, k: int) -> l
     return result
 
 
-class ModifiedBeamSearch:
+class ModifiedBeamSearch(StreamingBeamSearch):
     """Batched modified beam search over an RNN-T head.
 
     Args:
@@ -130,38 +139,103 @@ class ModifiedBeamSearch:
 
     @torch.no_grad()
     def __call__(self, enc: Tensor, enc_lens: Tensor) -> list[list[Hypothesis]]:
-        """enc (B, T, D), enc_lens (B,) -> per utterance the n-best, best first."""
-        check_encoder_output(enc, enc_lens)
-        batch = enc.shape[0]
-        lens = enc_lens.tolist()
-        enc_proj = self.scorer.project_encoder(enc)
-        pred_proj, pred_state = self.scorer.initial(batch, enc.device)
-        lm_start = self.lm.init_state() if self.lm is not None else None
-        hyps = [_Hyp((), (), 0.0, b, lm_start) for b in range(batch)]
-        finished: list[list[_Hyp]] = [[] for _ in range(batch)]
-        for frame in range(enc.shape[1] + 1):
-            alive = [i for i, hyp in enumerate(hyps) if frame < lens[hyp.owner]]
-            for hyp in hyps:
-                if frame >= lens[hyp.owner]:
-                    finished[hyp.owner].append(hyp)
-            if not alive:
-                break
-            if len(alive) != len(hyps):
+        """enc (B, T, D), enc_lens (B,) -> per utterance the n-best, best first: the
+        streaming search in one step over all frames."""
+        state = self.step(enc, enc_lens, self.init_state(enc.shape[0], enc.device))
+        return [self._nbest(beam) for beam in state.beams]
+
+    def _new_beams(
+        self, graphs: list[ContextGraph | None], device: torch.device | str
+    ) -> tuple[StreamBeam, ...]:
+        """A beam per stream: the start hypothesis and its rows of the predictor's start."""
+        pred_proj, pred_state = self.scorer.initial(len(graphs), device)
+        start = _Hyp((), (), 0.0, self.lm.init_state() if self.lm is not None else None)
+        return tuple(
+            StreamBeam((start,), 0, graph, pred_proj[b : b + 1], select_states(pred_state, [b]))
+            for b, graph in enumerate(graphs)
+        )
+
+    def _step(
+        self, enc: Tensor, lens: list[int], beams: tuple[StreamBeam, ...]
+    ) -> tuple[StreamBeam, ...]:
+        return self._run(self.scorer.project_encoder(enc), lens, beams)
+
+    def partial(self, state: BeamState) -> list[Hypothesis]:
+        """Per stream the hypothesis :meth:`finalize` would give if it ended now."""
+        return self.finalize(state)
+
+    def finalize(self, state: BeamState) -> list[Hypothesis]:
+        """Per stream its best hypothesis (LM end of sentence and hotword ``finalize`` added,
+        length-normalised)."""
+        return [self._nbest(beam)[0] for beam in state.beams]
+
+    def _run(
+        self, enc_proj: Tensor, lens: list[int], beams: Sequence[StreamBeam]
+    ) -> tuple[StreamBeam, ...]:
+        """Searches the frames ``enc_proj (B, T, J)`` (``lens[b]`` valid ones) from ``beams``:
+        the hypotheses of every stream still inside its frames are one batch on each frame."""
+        out = list(beams)
+        live = [b for b in range(len(beams)) if lens[b] > 0]
+        if not live:
+            return tuple(out)
+        hyps = [hyp for b in live for hyp in beams[b].hyps]
+        owners = [b for b in live for _ in beams[b].hyps]
+        pred_proj = torch.cat([beams[b].pred_proj for b in live])
+        pred_state = stack_states([beams[b].pred_state for b in live])
+        for frame in range(max(lens)):
+            ending = [b for b in live if lens[b] == frame]
+            if ending:  # streams at the end of their frames keep their beams
+                for b in ending:
+                    out[b] = self._beam_of(b, beams[b], hyps, owners, pred_proj, pred_state, frame)
+                live = [b for b in live if lens[b] > frame]
+                alive = [i for i, owner in enumerate(owners) if lens[owner] > frame]
                 hyps = [hyps[i] for i in alive]
+                owners = [owners[i] for i in alive]
                 pred_proj = pred_proj[alive]
                 pred_state = select_states(pred_state, alive)
-            hyps, pred_proj, pred_state = self._frame(enc_proj, frame, hyps, pred_proj, pred_state)
-        return [self._nbest(utterance) for utterance in finished]
+            hyps, owners, pred_proj, pred_state = self._frame(
+                enc_proj, frame, beams, hyps, owners, pred_proj, pred_state
+            )
+        for b in live:
+            out[b] = self._beam_of(b, beams[b], hyps, owners, pred_proj, pred_state, lens[b])
+        return tuple(out)
+
+    @staticmethod
+    def _beam_of(
+        stream: int,
+        beam: StreamBeam,
+        hyps: list[_Hyp],
+        owners: list[int],
+        pred_proj: Tensor,
+        pred_state: Any,
+        frames_read: int,
+    ) -> StreamBeam:
+        """The new beam of ``stream`` from its rows of the search's batch."""
+        rows = [i for i, owner in enumerate(owners) if owner == stream]
+        return StreamBeam(
+            tuple(hyps[i] for i in rows),
+            beam.frames_done + frames_read,
+            beam.context,
+            pred_proj[rows],
+            select_states(pred_state, rows),
+        )
 
     def _frame(
-        self, enc_proj: Tensor, frame: int, hyps: list[_Hyp], pred_proj: Tensor, pred_state: Any
-    ) -> tuple[list[_Hyp], Tensor, Any]:
-        """Expands every live hypothesis by blank or one token on ``frame``; keeps K per
-        utterance; merges equal token sequences."""
+        self,
+        enc_proj: Tensor,
+        frame: int,
+        beams: Sequence[StreamBeam],
+        hyps: list[_Hyp],
+        owners: list[int],
+        pred_proj: Tensor,
+        pred_state: Any,
+    ) -> tuple[list[_Hyp], list[int], Tensor, Any]:
+        """Expands every live hypothesis by blank or one token on ``frame`` of the chunk; keeps
+        K per stream; merges equal token sequences."""
         device = enc_proj.device
-        owners = torch.tensor([hyp.owner for hyp in hyps], device=device)
+        owner_index = torch.tensor(owners, device=device)
         scores = torch.tensor([hyp.score for hyp in hyps], device=device, dtype=torch.float32)
-        token_lp, _ = self.scorer.log_probs(enc_proj[owners, frame], pred_proj)
+        token_lp, _ = self.scorer.log_probs(enc_proj[owner_index, frame], pred_proj)
         candidates = scores[:, None] + token_lp  # (N, V)
         if self.lm is not None:
             lm_lp = torch.stack([self.lm.score(hyp.lm_state) for hyp in hyps]).to(device)
@@ -169,26 +243,27 @@ class ModifiedBeamSearch:
             candidates = candidates + self.cfg.lm_weight * lm_lp
         if self.cfg.insertion_bonus:
             candidates = candidates + self._bonus_row(device)
-        if self.context is not None:
-            states = torch.tensor([hyp.context for hyp in hyps], device=device)
-            candidates = candidates + self.context.deltas(states)
+        graphs = [beams[owner].context for owner in owners]
+        if any(graph is not None for graph in graphs):
+            candidates = candidates + _graph_deltas(graphs, hyps, candidates)
         # owners are contiguous and ascending; map them to 0..G-1 for the grouped top-k
-        groups, group_of = torch.unique_consecutive(owners, return_inverse=True)
+        groups, group_of = torch.unique_consecutive(owner_index, return_inverse=True)
         picks = topk_per_group(candidates, group_of, len(groups), self.cfg.beam_size)
         vocab = candidates.shape[1]
         flat_scores = candidates.view(-1).tolist()
         kept: dict[tuple[int, tuple[int, ...]], int] = {}
         new_hyps: list[_Hyp] = []
+        new_owners: list[int] = []
         parents: list[int] = []
         labels: list[int] = []
         for group in picks:
             for flat in group:
                 row, label = divmod(flat, vocab)
-                parent = hyps[row]
+                parent, owner = hyps[row], owners[row]
                 score = flat_scores[flat]
                 emit = label != self.scorer.blank_id
                 tokens = parent.tokens + (label,) if emit else parent.tokens
-                key = (parent.owner, tokens)
+                key = (owner, tokens)
                 if key in kept:  # same sequence reached twice: log-add the scores
                     index = kept[key]
                     old = new_hyps[index]
@@ -196,17 +271,19 @@ class ModifiedBeamSearch:
                     new_hyps[index] = dataclasses.replace(old, score=merged)
                     continue
                 kept[key] = len(new_hyps)
-                frames = parent.frames + (frame,) if emit else parent.frames
+                absolute = beams[owner].frames_done + frame
+                frames = parent.frames + (absolute,) if emit else parent.frames
                 lm_state, context = parent.lm_state, parent.context
                 if emit and self.lm is not None:
                     lm_state = self.lm.advance(lm_state, label)
-                if emit and self.context is not None:
-                    context = self.context.step(context, label)[1]
-                new_hyps.append(_Hyp(tokens, frames, score, parent.owner, lm_state, context))
+                if emit and graphs[row] is not None:
+                    context = graphs[row].step(context, label)[1]
+                new_hyps.append(_Hyp(tokens, frames, score, lm_state, context))
+                new_owners.append(owner)
                 parents.append(row)
                 labels.append(label)
-        parent_index = torch.tensor(parents, device=device)
-        label_tensor = torch.tensor(labels, device=device)
+        parent_index = torch.tensor(parents, device=device, dtype=torch.long)
+        label_tensor = torch.tensor(labels, device=device, dtype=torch.long)
         pred_proj = pred_proj[parent_index]
         pred_state = select_states(pred_state, parent_index)
         emit = label_tensor != self.scorer.blank_id
@@ -214,7 +291,7 @@ class ModifiedBeamSearch:
             new_proj, new_state = self.scorer.predict(label_tensor, pred_state)
             pred_proj = torch.where(emit[:, None], new_proj, pred_proj)
             pred_state = where_state(emit, new_state, pred_state)
-        return new_hyps, pred_proj, pred_state
+        return new_hyps, new_owners, pred_proj, pred_state
 
     def _bonus_row(self, device: torch.device) -> Tensor:
         """(V,) ``insertion_bonus`` for every token, 0 for blank (cached per device)."""
@@ -224,19 +301,20 @@ class ModifiedBeamSearch:
             )
         return self._bonus[device]
 
-    def _final_score(self, hyp: _Hyp) -> float:
-        """The ranking score: with the LM's end of sentence, length-normalised."""
+    def _final_score(self, hyp: _Hyp, context: ContextGraph | None) -> float:
+        """The ranking score: with the LM's end of sentence and the hotword graph's
+        ``finalize``, length-normalised."""
         score = hyp.score
         if self.lm is not None:
             score += self.cfg.lm_weight * self.lm.final_score(hyp.lm_state)
-        if self.context is not None:
-            score += self.context.finalize(hyp.context)
+        if context is not None:
+            score += context.finalize(hyp.context)
         return rank_score(score, len(hyp.tokens), self.cfg.length_norm)
 
-    def _nbest(self, hyps: list[_Hyp]) -> list[Hypothesis]:
+    def _nbest(self, beam: StreamBeam) -> list[Hypothesis]:
         # best first; hypotheses that cannot end (-inf) after the others, by their score so far
         scored = sorted(
-            ((self._final_score(h), h) for h in hyps),
+            ((self._final_score(h, beam.context), h) for h in beam.hyps),
             key=lambda p: (p[0], rank_score(p[1].score, len(p[1].tokens), self.cfg.length_norm)),
             reverse=True,
         )
@@ -246,3 +324,19 @@ class ModifiedBeamSearch:
             Hypothesis(tokens=h.tokens, score=score, frames=h.frames)
             for score, h in scored[: self.cfg.nbest]
         ]
+
+
+def _graph_deltas(
+    graphs: list[ContextGraph | None], hyps: list[_Hyp], candidates: Tensor
+) -> Tensor:
+    """(N, V) hotword bonuses of every one-token expansion of ``hyps``, each row by the graph of
+    its stream (``graphs``, one per row; rows without a graph get 0)."""
+    states = torch.tensor([hyp.context for hyp in hyps], device=candidates.device)
+    first = graphs[0]
+    if first is not None and all(graph is first for graph in graphs):
+        return first.deltas(states)
+    deltas = torch.zeros_like(candidates)
+    for graph in {id(g): g for g in graphs if g is not None}.values():
+        rows = torch.tensor([i for i, g in enumerate(graphs) if g is graph], device=states.device)
+        deltas[rows] = graph.deltas(states[rows])
+    return deltas

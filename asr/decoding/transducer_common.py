@@ -166,6 +166,17 @@ class TransducerScorer:
         return table[index]
 
     @property
+    def lookahead(self) -> int | None:
+        """TDT: the fewest frames ``r0`` from a frame to the end (``T - t``, counting ``t``)
+        from which on the allowed moves no longer depend on ``T`` (every ``r >= r0`` has the
+        masks of ``r0``): a streaming search decides on frame ``t`` once frame ``t + r0 - 1`` has
+        arrived. None where they depend on ``T`` for ever (the positive durations share a
+        factor > 1: only the end can tell). Always > ``max(durations)``."""
+        if self._moves is None:
+            raise ValueError("the lookahead exists for TDT heads only")
+        return self._moves.settled
+
+    @property
     def can_stop(self) -> bool:
         """Whether a TDT row can be left with no allowed move (``T`` unreachable from some
         frame: only when 1 is not a duration)."""
@@ -291,6 +302,8 @@ class _AllowedMoves:
             row ``R - 1`` is the unknown end (only ``no_stay`` and "blank moves" apply).
         cap, period: see ``rows``.
         can_stop: whether some ``r >= 1`` allows no move at all (``T`` unreachable).
+        settled: the smallest ``r`` from which every row is that of ``cap`` (None when
+            ``period > 1``: the rows then cycle for ever).
     """
 
     allowed: Tensor
@@ -298,6 +311,7 @@ class _AllowedMoves:
     cap: int
     period: int
     can_stop: bool
+    settled: int | None
 
 
 def _allowed_moves(durations: tuple[int, ...]) -> _AllowedMoves:
@@ -334,4 +348,9 @@ def _allowed_moves(durations: tuple[int, ...]) -> _AllowedMoves:
     allowed[:, rows - 1, 1] = True
     allowed[1, :, 1, is_zero] = False  # no_stay: a token must move
     can_stop = bool((~allowed[0, 1 : rows - 1].flatten(1).any(dim=1)).any())
-    return _AllowedMoves(allowed, rows, cap, period, can_stop)
+    settled = None
+    if period == 1:
+        settled = cap
+        while settled > 0 and torch.equal(allowed[:, settled - 1], allowed[:, cap]):
+            settled -= 1
+    return _AllowedMoves(allowed, rows, cap, period, can_stop, settled)

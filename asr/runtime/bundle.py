@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from asr.decoding import SearchConfig, Searcher, StreamingSearcher
 from asr.decoding import build_searcher as _build_searcher
 from asr.decoding import build_streaming_searcher as _build_streaming_searcher
 from asr.decoding.config import override_search
-from asr.decoding.context_graph import as_hotwords, context_graph_for
+from asr.decoding.context_graph import ContextGraph, as_hotwords, context_graph_for
 from asr.decoding.registry import available_searchers, resolve_searcher, streaming_searcher_for
 from asr.features.fbank import FbankConfig, make_lhotse_fbank
 from asr.model import ASRModel
@@ -87,8 +88,10 @@ class Runtime:
         device: where the model runs.
         results: builds results from token ids and frames.
         streaming_searcher: default streaming searcher: :attr:`searcher` when it streams; for
-            a package's own default that does not stream (a beam search), the model's streaming
-            greedy searcher.
+            a package's own default that does not stream (``aed_beam``, ``cif_beam``, a
+            rescoring searcher), the model's streaming greedy searcher. The transducer, TDT and
+            CTC beam searches stream: a package whose default is one of them streams with it
+            (and its LM).
     """
 
     package: ModelPackage
@@ -177,11 +180,31 @@ class Runtime:
             asr.decoding.context_graph.HotwordError: for phrases the tokenizer cannot spell,
                 too many or too long ones.
         """
-        context = None
-        if hotwords is not None:
-            context = context_graph_for(self.search, self.tokenizer, as_hotwords(hotwords))
+        context = self.hotword_graph(hotwords) if hotwords is not None else None
         return _build_searcher(name or self.searcher, self.model, self.search,
                                tokenizer=self.tokenizer, context=context)
+
+    def hotword_graph(
+        self, hotwords: HotwordsSpec, hotwords_score: float | None = None
+    ) -> ContextGraph | None:
+        """The hotword graph of the search options' phrases (``search.hotwords_file``,
+        ``search.hotwords``) and ``hotwords`` (a file, ``"A B;C"`` or a list of phrases,
+        :func:`asr.decoding.context_graph.as_hotwords`), spelled with the tokenizer; None when
+        there is no phrase.
+
+        Args:
+            hotwords: the phrases to add.
+            hotwords_score: the boost of a phrase without its own (default
+                ``search.hotwords_score``).
+
+        Raises:
+            asr.decoding.context_graph.HotwordError: for phrases the tokenizer cannot spell,
+                too many or too long ones.
+        """
+        search = self.search
+        if hotwords_score is not None:
+            search = dataclasses.replace(search, hotwords_score=float(hotwords_score))
+        return context_graph_for(search, self.tokenizer, as_hotwords(hotwords))
 
     def build_streaming_searcher(self, name: str | None = None) -> StreamingSearcher:
         """The streaming searcher ``name`` (default: :attr:`streaming_searcher`) over this

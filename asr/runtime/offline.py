@@ -187,19 +187,24 @@ class Transcriber:
                 file (one phrase per line, optionally ending with `` :SCORE``, sherpa-onnx's
                 format), inline phrases ``"ALPHA BETA;GAMMA"``, or a list of phrases; added to
                 the search options' own (``search.hotwords_file``); boost
-                ``search.hotwords_score``. Offline only.
+                ``search.hotwords_score``. Streaming too, with those searchers (every stream
+                gets them).
 
         Raises:
             asr.decoding.context_graph.HotwordError: for phrases the tokenizer cannot spell (a
-                ValueError), too many or too long ones.
+                ValueError), too many or too long ones; ValueError for hotwords with a
+                streaming searcher that does not bias.
 
         Returns:
             One :class:`asr.results.TranscriptionResult` (or ``FailedInput``) per input, in order.
         """
-        if hotwords is not None and streaming:
-            raise ValueError("hotwords bias the offline beam searchers; the streaming "
-                             "recognizer does not take them yet")
-        search = self.searcher(searcher, hotwords) if hotwords is not None else searcher
+        recognizer = self.streaming_recognizer(searcher) if streaming else None
+        context = None
+        if recognizer is not None and hotwords is not None:  # bad phrases fail before any audio
+            context = recognizer.hotword_graph(hotwords)
+        search = searcher
+        if hotwords is not None and not streaming:
+            search = self.searcher(searcher, hotwords)
         single = not isinstance(inputs, (list, tuple))
         items = [inputs] if single else list(inputs)
         audios: list[DecodedAudio | FailedInput] = []
@@ -213,9 +218,7 @@ class Transcriber:
                 audios.append(FailedInput(_name_of(item, index), str(err)))
         good = [a for a in audios if isinstance(a, DecodedAudio)]
         if streaming:
-            decoded = transcribe_streaming(
-                self.streaming_recognizer(searcher), good, batch_size, progress
-            )
+            decoded = transcribe_streaming(recognizer, good, batch_size, progress, context=context)
         else:
             decoded = self._transcribe_offline(
                 good, search, batch_size, window_seconds, overlap_seconds, progress

@@ -45,10 +45,11 @@ from torch import Tensor
 from tqdm import tqdm
 
 from asr.audio import DecodedAudio, StreamingResampler, to_model_rate
-from asr.decoding.registry import resolve_searcher
+from asr.decoding.context_graph import ContextGraph
+from asr.decoding.registry import BIASING_STREAMING_SEARCHERS, resolve_searcher, searcher_biases
 from asr.features.online import OnlineFbank
 from asr.results import Segment, TranscriptionResult
-from asr.runtime.bundle import Runtime
+from asr.runtime.bundle import HotwordsSpec, Runtime
 from asr.runtime.endpoint import EndpointConfig, detect_endpoint
 from asr.state import stack_states, unstack_states
 from asr.types import Hypothesis
@@ -77,6 +78,7 @@ class Stream:
         input_done: :meth:`StreamingRecognizer.input_finished` was called.
         done: every frame is decoded and the last segment finalized.
         finished_segments: final results of the segments ended by :meth:`StreamingRecognizer.reset`.
+        context: the stream's hotword graph (beam searchers that bias), or None.
     """
 
     id: int
@@ -92,6 +94,7 @@ class Stream:
     done: bool = False
     finished_segments: list[Segment] = field(default_factory=list)
     resampler: StreamingResampler | None = None
+    context: ContextGraph | None = None
 
     @property
     def num_samples(self) -> int:
@@ -128,6 +131,7 @@ class StreamingRecognizer:
         self.searcher = runtime.build_streaming_searcher(searcher)
         self.searcher_name = resolve_searcher(
             searcher or runtime.streaming_searcher or runtime.searcher, runtime.model)
+        self.biases = searcher_biases(self.searcher_name)
         self._ids = itertools.count()
         self.encoder.init_state(1, runtime.device, left_chunks=self.left_chunks,
                                 chunk_size=self.chunk_size)  # fails early if not streamable
@@ -144,8 +148,28 @@ class StreamingRecognizer:
 
     # ------------------------------------------------------------------------- streams
 
-    def new_stream(self) -> Stream:
-        """A fresh stream at segment 0."""
+    def new_stream(
+        self, hotwords: HotwordsSpec = None, hotwords_score: float | None = None
+    ) -> Stream:
+        """A fresh stream at segment 0.
+
+        Args:
+            hotwords: phrases this stream is biased toward, added to the search options' own:
+                a hotword file, inline phrases ``"ALPHA BETA;GAMMA :2.5"`` or a list of
+                phrases (as :meth:`asr.runtime.offline.Transcriber.transcribe` takes them);
+                only with a searcher that biases (``transducer_beam``, ``tdt_beam``,
+                ``ctc_prefix_beam``).
+            hotwords_score: the boost of a phrase without its own (default
+                ``search.hotwords_score``).
+
+        Raises:
+            ValueError: for hotwords with a searcher that does not bias, and
+                :class:`asr.decoding.context_graph.HotwordError` for phrases the tokenizer
+                cannot spell, too many or too long ones.
+        """
+        context = getattr(self.searcher, "context", None)
+        if hotwords is not None or hotwords_score is not None:
+            context = self.hotword_graph(hotwords, hotwords_score)
         return Stream(
             id=next(self._ids),
             fbank=OnlineFbank(self.runtime.fbank, self.runtime.extractor),
@@ -153,8 +177,44 @@ class StreamingRecognizer:
             encoder_state=self.encoder.init_state(
                 1, self.runtime.device, left_chunks=self.left_chunks, chunk_size=self.chunk_size
             ),
-            search_state=self.searcher.init_state(1, self.runtime.device),
+            search_state=self._search_state(context),
+            context=context,
         )
+
+    def hotword_graph(
+        self, hotwords: HotwordsSpec, hotwords_score: float | None = None
+    ) -> ContextGraph | None:
+        """The hotword graph of a stream (arguments as :meth:`new_stream`'s), without a stream:
+        a server builds and checks it before it hands it to :meth:`set_hotword_graph`.
+
+        Raises:
+            ValueError, HotwordError: as :meth:`new_stream`.
+        """
+        if not self.biases:
+            raise ValueError(
+                f"searcher {self.searcher_name!r} does not take hotwords; these do: "
+                f"{', '.join(BIASING_STREAMING_SEARCHERS)}"
+            )
+        return self.runtime.hotword_graph(hotwords or [], hotwords_score)
+
+    def set_hotword_graph(self, stream: Stream, context: ContextGraph | None) -> None:
+        """Gives a stream that has decoded nothing yet the hotword graph ``context``.
+
+        Raises:
+            ValueError: for a stream that has decoded frames, or a searcher that does not bias.
+        """
+        if not self.biases:
+            raise ValueError(f"searcher {self.searcher_name!r} does not take hotwords")
+        if stream.frames_decoded or stream.segment or stream.done:
+            raise ValueError(f"stream {stream.id}: hotwords must come before its audio is decoded")
+        stream.context = context
+        stream.search_state = self._search_state(context)
+
+    def _search_state(self, context: ContextGraph | None) -> Any:
+        """A batch-1 search state; a biasing searcher's carries the stream's hotword graph."""
+        if self.biases:
+            return self.searcher.init_state(1, self.runtime.device, contexts=[context])
+        return self.searcher.init_state(1, self.runtime.device)
 
     def accept_waveform(
         self, stream: Stream, samples: np.ndarray | Tensor, sample_rate: int
@@ -268,7 +328,7 @@ class StreamingRecognizer:
         stream.finished_segments.append(dataclasses.replace(final, is_final=True))
         stream.segment += 1
         stream.segment_start_frame = stream.frames_decoded
-        stream.search_state = self.searcher.init_state(1, self.runtime.device)
+        stream.search_state = self._search_state(stream.context)
         stream.hypothesis = _EMPTY
 
 
@@ -278,12 +338,14 @@ def transcribe_streaming(
     batch_size: int = 8,
     progress: bool = False,
     feed_seconds: float = 1.0,
+    context: ContextGraph | None = None,
 ) -> list[TranscriptionResult]:
     """Decodes whole waveforms as concurrent streams (at most ``batch_size`` at a time).
 
     Audio is fed ``feed_seconds`` at a time to streams that need frames; endpoints split the
     transcript into segments. The progress bar counts seconds of audio decoded, so one long
-    input shows its progress too.
+    input shows its progress too. ``context``: a hotword graph for every stream
+    (:meth:`StreamingRecognizer.hotword_graph`), or None for the streams' default.
     """
     rate = recognizer.sample_rate
     step = max(1, int(feed_seconds * rate))
@@ -296,7 +358,10 @@ def transcribe_streaming(
     while queue or active:
         while queue and len(active) < max(1, batch_size):
             index = queue.pop(0)
-            active[index] = (recognizer.new_stream(), [0])
+            stream = recognizer.new_stream()
+            if context is not None:
+                recognizer.set_hotword_graph(stream, context)
+            active[index] = (stream, [0])
         for index, (stream, cursor) in active.items():
             samples = audios[index].samples
             while not stream.input_done and not recognizer._frames_to_take(stream):

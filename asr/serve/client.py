@@ -25,7 +25,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +75,30 @@ class ClientResult:
         return [m["error"] for m in self.messages if "error" in m]
 
 
+def settings_message(
+    sample_rate: int,
+    hotwords: str | Sequence[str] | None = None,
+    hotwords_score: float | None = None,
+) -> str | None:
+    """The JSON settings message a client sends first (:mod:`asr.serve.protocol`), or None
+    when every setting is the server's default.
+
+    Args:
+        sample_rate: the rate of the audio (announced when not 16000).
+        hotwords: phrases to bias the stream toward: a list, or one string of phrases
+            separated by ``;`` (each may end with `` :SCORE``).
+        hotwords_score: the boost of a phrase without its own.
+    """
+    data: dict[str, Any] = {}
+    if sample_rate != 16000:
+        data["sample_rate"] = int(sample_rate)
+    if hotwords is not None:
+        data["hotwords"] = hotwords if isinstance(hotwords, str) else list(hotwords)
+    if hotwords_score is not None:
+        data["hotwords_score"] = float(hotwords_score)
+    return json.dumps(data, ensure_ascii=False) if data else None
+
+
 async def stream_samples(
     url: str,
     samples: np.ndarray,
@@ -83,6 +107,8 @@ async def stream_samples(
     realtime: bool = False,
     on_message: Callable[[dict[str, Any]], None] | None = None,
     timeout: float = 600.0,
+    hotwords: str | Sequence[str] | None = None,
+    hotwords_score: float | None = None,
 ) -> ClientResult:
     """Streams (N,) float samples and returns all results.
 
@@ -94,6 +120,8 @@ async def stream_samples(
         realtime: pace the chunks at the speed of speech.
         on_message: called with each result as it arrives.
         timeout: seconds the whole exchange may take.
+        hotwords, hotwords_score: phrases this stream is biased toward and their default
+            boost (:func:`settings_message`; the server's searcher must bias).
 
     Raises:
         TimeoutError: after ``timeout`` seconds.
@@ -120,10 +148,11 @@ async def stream_samples(
     async with asyncio.timeout(timeout):
         async with connect(url, max_size=1 << 22, open_timeout=30) as ws:
             receiver = asyncio.create_task(receive(ws))
-            if sample_rate != 16000:
-                await ws.send(json.dumps({"sample_rate": int(sample_rate)}))
             start = time.monotonic()
             try:
+                settings = settings_message(sample_rate, hotwords, hotwords_score)
+                if settings is not None:
+                    await ws.send(settings)
                 for begin in range(0, samples.size, step):
                     chunk = samples[begin : begin + step]
                     if realtime:
@@ -161,8 +190,11 @@ async def stream_microphone(
     device: str | int | None = None,
     on_message: Callable[[dict[str, Any]], None] | None = None,
     stop: asyncio.Event | None = None,
+    hotwords: str | Sequence[str] | None = None,
+    hotwords_score: float | None = None,
 ) -> ClientResult:
-    """Streams the microphone until ``stop`` is set (or the task is cancelled, e.g. by Ctrl-C).
+    """Streams the microphone until ``stop`` is set (or the task is cancelled, e.g. by Ctrl-C);
+    ``hotwords``, ``hotwords_score`` as :func:`stream_samples`'s.
 
     Raises:
         RuntimeError: when the ``sounddevice`` package is not installed.
@@ -196,8 +228,9 @@ async def stream_microphone(
 
     async with connect(url) as ws:
         receiver = asyncio.create_task(receive(ws))
-        if sample_rate != 16000:
-            await ws.send(json.dumps({"sample_rate": sample_rate}))
+        settings = settings_message(sample_rate, hotwords, hotwords_score)
+        if settings is not None:
+            await ws.send(settings)
         blocksize = int(chunk_seconds * sample_rate)
         with sounddevice.InputStream(
             channels=1,
@@ -265,6 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout", type=float, default=600.0, help="seconds per file (default: 600)"
     )
+    parser.add_argument(
+        "--hotwords", metavar="PHRASES", default=None,
+        help="bias each stream toward these phrases, separated by ';' (\"JOHN SMITH;ACME :3\"); "
+        "the server must run a beam searcher that biases (asr serve --searcher transducer_beam)",
+    )
+    parser.add_argument(
+        "--hotwords-score", type=float, metavar="S", default=None,
+        help="per-token boost of a phrase without its own (default: the server's)",
+    )
     return parser
 
 
@@ -279,6 +321,8 @@ async def _run_files(args: argparse.Namespace) -> int:
                 realtime=args.realtime,
                 on_message=_Printer(prefix) if len(args.files) == 1 else None,
                 timeout=args.timeout,
+                hotwords=args.hotwords,
+                hotwords_score=args.hotwords_score,
             )
         except Exception as err:  # report per file, keep the others going
             return path, err
@@ -315,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
                 device=device,
                 on_message=_Printer(),
                 stop=stop,
+                hotwords=args.hotwords,
+                hotwords_score=args.hotwords_score,
             )
 
         try:

@@ -4,7 +4,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ServerConfig"]
+__all__ = ["DEFAULT_HOTWORD_LIMITS", "HotwordLimits", "ServerConfig"]
+
+
+@dataclass(frozen=True)
+class HotwordLimits:
+    """How many hotwords one stream may send (:mod:`asr.serve.protocol`).
+
+    Attributes:
+        max_hotwords: phrases.
+        max_hotword_chars: characters of one phrase.
+        max_hotwords_bytes: UTF-8 bytes of the whole list (it bounds the hotword graph: about
+            one state per character, each a row of the vocabulary in its dense tables).
+    """
+
+    max_hotwords: int = 100
+    max_hotword_chars: int = 100
+    max_hotwords_bytes: int = 4096
+
+
+#: The server's default limits.
+DEFAULT_HOTWORD_LIMITS = HotwordLimits()
 
 
 @dataclass(frozen=True)
@@ -26,6 +46,9 @@ class ServerConfig:
         shutdown_timeout: seconds a graceful shutdown waits for streams to finish.
         min_sample_rate: lowest sample rate a client may announce.
         max_sample_rate: highest sample rate a client may announce.
+        max_hotwords: phrases one stream may send in its ``hotwords``.
+        max_hotword_chars: characters of one of those phrases.
+        max_hotwords_bytes: UTF-8 bytes of a stream's whole hotword list.
     """
 
     host: str = "127.0.0.1"
@@ -39,6 +62,14 @@ class ServerConfig:
     shutdown_timeout: float = 10.0
     min_sample_rate: int = 4000
     max_sample_rate: int = 192000
+    max_hotwords: int = DEFAULT_HOTWORD_LIMITS.max_hotwords
+    max_hotword_chars: int = DEFAULT_HOTWORD_LIMITS.max_hotword_chars
+    max_hotwords_bytes: int = DEFAULT_HOTWORD_LIMITS.max_hotwords_bytes
+
+    @property
+    def hotword_limits(self) -> HotwordLimits:
+        """The hotword limits of a stream."""
+        return HotwordLimits(self.max_hotwords, self.max_hotword_chars, self.max_hotwords_bytes)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -51,6 +82,9 @@ class ServerConfig:
             "max_pending_messages": self.max_pending_messages,
             "shutdown_timeout": self.shutdown_timeout,
             "min_sample_rate": self.min_sample_rate,
+            "max_hotwords": self.max_hotwords,
+            "max_hotword_chars": self.max_hotword_chars,
+            "max_hotwords_bytes": self.max_hotwords_bytes,
         }
         for name, value in positive.items():
             if value <= 0:

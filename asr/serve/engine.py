@@ -81,6 +81,9 @@ class Session:
         outbox: JSON messages not yet sent, as (text, is_final).
         closed: the connection is gone; results are dropped.
         error: why the engine gave up on the session (None: fine).
+        hotwords: the stream's hotword graph (``ContextGraph`` or None) still to be handed to
+            the stream by the worker, in a 1-tuple; None when there is none to hand.
+        hotwords_given: the client has sent its hotwords (once per connection).
     """
 
     id: int
@@ -96,6 +99,8 @@ class Session:
     outbox: collections.deque = field(default_factory=collections.deque)
     closed: bool = False
     error: ProtocolError | None = None
+    hotwords: tuple[Any] | None = None
+    hotwords_given: bool = False
     has_mail: asyncio.Event = field(default_factory=asyncio.Event)
     completed: asyncio.Event = field(default_factory=asyncio.Event)
     drained: asyncio.Event = field(default_factory=asyncio.Event)
@@ -115,6 +120,7 @@ class _Work:
     chunks: list[np.ndarray]
     finish: bool
     error: str | None = None
+    hotwords: tuple[Any] | None = None  # a hotword graph for the stream, before its audio
 
 
 @dataclass(frozen=True)
@@ -184,6 +190,12 @@ class DecodeEngine:
         self._update_drained(session)
         self._wake.set()
 
+    def set_hotwords(self, session: Session, context: Any) -> None:
+        """Gives the session's stream the hotword graph ``context`` (built and checked by the
+        caller with ``recognizer.hotword_graph``) before any of its audio is decoded."""
+        if not session.closed:
+            session.hotwords = (context,)
+
     def finish(self, session: Session) -> None:
         """The session's input ended: decode the rest and send the final result."""
         if not session.closed and not session.finish_requested:
@@ -240,7 +252,8 @@ class DecodeEngine:
         for session in self._sessions.values():
             finish = session.finish_requested and not session.finish_sent
             session.finish_sent = session.finish_sent or finish
-            work.append(_Work(session, session.pending, finish))
+            work.append(_Work(session, session.pending, finish, hotwords=session.hotwords))
+            session.hotwords = None
             session.pending = []
             session.pending_samples = 0
         return work
@@ -253,6 +266,8 @@ class DecodeEngine:
         for item in work:
             session = item.session
             try:
+                if item.hotwords is not None:
+                    rec.set_hotword_graph(session.stream, item.hotwords[0])
                 for chunk in item.chunks:
                     rec.accept_waveform(session.stream, chunk, session.sample_rate)
                     session.accepted_samples += chunk.size

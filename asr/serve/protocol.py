@@ -6,9 +6,24 @@ Client to server:
   message (a multiple of 4 bytes; NaN and infinite values are rejected);
 * the **text** ``Done``: no more audio; the server decodes what is left, sends the final result
   and closes the connection with code 1000;
-* optionally, **before the first audio**, a text JSON object ``{"sample_rate": 8000}``
-  announcing the rate of the audio (default 16000 Hz); the query parameter
-  ``ws://host:port/?sample_rate=8000`` does the same. The server resamples to the model rate.
+* optionally, **before the first audio**, a text JSON object of stream settings, each key
+  optional::
+
+      {"sample_rate": 8000, "hotwords": ["JOHN SMITH", "ACME :3.0"], "hotwords_score": 2.0}
+
+  ``sample_rate`` announces the rate of the audio (default 16000 Hz; the query parameter
+  ``ws://host:port/?sample_rate=8000`` does the same; the server resamples to the model rate).
+  ``hotwords`` biases this stream toward phrases (contextual biasing,
+  :mod:`asr.decoding.context_graph`): a list of phrases or one string of phrases separated by
+  ``;`` (``"JOHN SMITH;ACME"``), each optionally ending with `` :SCORE``, its per-token boost
+  (sherpa-onnx's hotword format), added to the server's own list; ``hotwords_score`` is the
+  boost of a phrase without its own (default: the server's ``search.hotwords_score``).
+  Hotwords may be given once per connection and need a server whose searcher biases
+  (``asr serve --searcher transducer_beam``, ``tdt_beam`` or ``ctc_prefix_beam``); the number
+  of phrases, the characters of a phrase and the bytes of the whole list are limited
+  (:class:`asr.serve.config.ServerConfig`), and every character must be one the model's
+  tokenizer spells. Anything else is answered with an error and the connection closed (1007
+  for malformed or unspellable hotwords, 1008 for limits and for a server that cannot bias).
 
 Server to client, text JSON after decode steps::
 
@@ -31,6 +46,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
+from asr.serve.config import DEFAULT_HOTWORD_LIMITS, HotwordLimits
+
 __all__ = [
     "CLOSE_INVALID_DATA",
     "CLOSE_NORMAL",
@@ -38,8 +55,9 @@ __all__ = [
     "CLOSE_UNSUPPORTED",
     "DEFAULT_SAMPLE_RATE",
     "DONE",
+    "HOTWORD_SEPARATORS",
     "ProtocolError",
-    "SampleRate",
+    "StreamSettings",
     "error_message",
     "parse_audio",
     "parse_text",
@@ -72,11 +90,23 @@ class ProtocolError(ValueError):
         self.code = code
 
 
-@dataclass(frozen=True)
-class SampleRate:
-    """A text message announcing the sample rate of the audio that follows."""
+#: What separates the phrases of a ``hotwords`` string (sherpa-onnx's ``/`` too).
+HOTWORD_SEPARATORS = (";", "/")
 
-    rate: int
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """A text message announcing settings of the stream, before its audio.
+
+    Attributes:
+        sample_rate: the rate of the audio that follows, or None (unchanged).
+        hotwords: phrases to bias the stream toward (each may end with `` :SCORE``), or None.
+        hotwords_score: the boost of a phrase without its own, or None (the server's).
+    """
+
+    sample_rate: int | None = None
+    hotwords: tuple[str, ...] | None = None
+    hotwords_score: float | None = None
 
 
 def _check_rate(value: Any, low: int, high: int, source: str) -> int:
@@ -112,11 +142,16 @@ def parse_audio(data: bytes | bytearray | memoryview) -> np.ndarray:
     return samples
 
 
-def parse_text(text: str, min_rate: int = 4000, max_rate: int = 192000) -> str | SampleRate:
-    """Decodes a text message: :data:`DONE` or a :class:`SampleRate` announcement.
+def parse_text(
+    text: str,
+    min_rate: int = 4000,
+    max_rate: int = 192000,
+    limits: HotwordLimits = DEFAULT_HOTWORD_LIMITS,
+) -> str | StreamSettings:
+    """Decodes a text message: :data:`DONE` or the :class:`StreamSettings` JSON object.
 
     Raises:
-        ProtocolError: for anything else.
+        ProtocolError: for anything else, and for settings out of range or over ``limits``.
     """
     if text == DONE:
         return DONE
@@ -128,12 +163,71 @@ def parse_text(text: str, min_rate: int = 4000, max_rate: int = 192000) -> str |
             f"text message {preview!r}: expected 'Done' or a JSON object {{\"sample_rate\": N}}",
             CLOSE_UNSUPPORTED,
         ) from None
-    if not isinstance(data, dict) or set(data) != {"sample_rate"}:
+    keys = {"sample_rate", "hotwords", "hotwords_score"}
+    if not isinstance(data, dict) or not data or not set(data) <= keys:
         raise ProtocolError(
-            f'text message {preview!r}: the only JSON message is {{"sample_rate": N}}',
+            f"text message {preview!r}: the only JSON message is {{\"sample_rate\": N, "
+            f'"hotwords": ["PHRASE", ...], "hotwords_score": S}} (each key optional)',
             CLOSE_UNSUPPORTED,
         )
-    return SampleRate(_check_rate(data["sample_rate"], min_rate, max_rate, "text message"))
+    rate = data.get("sample_rate")
+    score = data.get("hotwords_score")
+    if score is not None:
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(
+            score
+        ):
+            raise ProtocolError(
+                f"hotwords_score must be a finite number, got {score!r}", CLOSE_INVALID_DATA
+            )
+        score = float(score)
+    hotwords = data.get("hotwords")
+    return StreamSettings(
+        None if rate is None else _check_rate(rate, min_rate, max_rate, "text message"),
+        None if hotwords is None else _check_hotwords(hotwords, limits),
+        score,
+    )
+
+
+def _check_hotwords(value: Any, limits: HotwordLimits) -> tuple[str, ...]:
+    """The phrases of a ``hotwords`` value (a list of strings, or one string of phrases
+    separated by :data:`HOTWORD_SEPARATORS`), within ``limits``."""
+    if isinstance(value, str):
+        for sep in HOTWORD_SEPARATORS[1:]:
+            value = value.replace(sep, HOTWORD_SEPARATORS[0])
+        phrases = value.split(HOTWORD_SEPARATORS[0])
+    elif isinstance(value, list) and all(isinstance(p, str) for p in value):
+        phrases = list(value)
+    else:
+        raise ProtocolError(
+            "hotwords must be a list of strings or one string of phrases separated by ';', got "
+            f"{type(value).__name__}",
+            CLOSE_INVALID_DATA,
+        )
+    size = sum(len(p.encode("utf-8", "surrogatepass")) for p in phrases)
+    if size > limits.max_hotwords_bytes:
+        raise ProtocolError(
+            f"hotwords: {size} bytes, at most {limits.max_hotwords_bytes} are allowed",
+            CLOSE_POLICY,
+        )
+    phrases = [" ".join(p.split()) for p in phrases]
+    phrases = [p for p in phrases if p]
+    if len(phrases) > limits.max_hotwords:
+        raise ProtocolError(
+            f"hotwords: {len(phrases)} phrases, at most {limits.max_hotwords} are allowed",
+            CLOSE_POLICY,
+        )
+    for phrase in phrases:
+        if len(phrase) > limits.max_hotword_chars:
+            raise ProtocolError(
+                f"hotword {phrase[:40]!r}...: {len(phrase)} characters, at most "
+                f"{limits.max_hotword_chars} are allowed",
+                CLOSE_POLICY,
+            )
+        if not phrase.isprintable():
+            raise ProtocolError(
+                f"hotword {phrase[:40]!r}: control characters are not allowed", CLOSE_INVALID_DATA
+            )
+    return tuple(phrases)
 
 
 def sample_rate_from_path(path: str, min_rate: int = 4000, max_rate: int = 192000) -> int | None:

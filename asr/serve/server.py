@@ -37,12 +37,14 @@ from asr.serve.config import ServerConfig
 from asr.serve.engine import DecodeEngine, Session
 from asr.serve.protocol import (
     CLOSE_GOING_AWAY,
+    CLOSE_INVALID_DATA,
     CLOSE_NORMAL,
     CLOSE_POLICY,
     CLOSE_TRY_AGAIN,
     DEFAULT_SAMPLE_RATE,
     DONE,
     ProtocolError,
+    StreamSettings,
     error_message,
     parse_audio,
     parse_text,
@@ -284,18 +286,53 @@ class RecognitionServer:
             except TimeoutError:
                 raise ProtocolError(f"no message for {cfg.idle_timeout} s (idle timeout)") from None
             if isinstance(message, str):
-                parsed = parse_text(message, cfg.min_sample_rate, cfg.max_sample_rate)
+                parsed = parse_text(
+                    message, cfg.min_sample_rate, cfg.max_sample_rate, cfg.hotword_limits
+                )
                 if parsed == DONE:
                     return
                 if session.received_samples:
-                    raise ProtocolError("sample_rate must be announced before the first audio")
-                session.sample_rate = parsed.rate
+                    raise ProtocolError(
+                        "settings (sample_rate, hotwords) must come before the first audio"
+                    )
+                await self._apply_settings(session, parsed)
                 continue
             samples = parse_audio(message)
             limit = cfg.max_session_seconds
             if limit and session.received_seconds + samples.size / session.sample_rate > limit:
                 raise ProtocolError(f"more than {limit} s of audio in one connection", CLOSE_POLICY)
             self.engine.push_audio(session, samples)
+
+    async def _apply_settings(self, session: Session, settings: StreamSettings) -> None:
+        """A client's stream settings: its sample rate, its hotword graph (built off the event
+        loop, checked against the tokenizer).
+
+        Raises:
+            ProtocolError: for hotwords given twice, to a searcher that does not bias, or that
+                the tokenizer cannot spell.
+        """
+        if settings.sample_rate is not None:
+            session.sample_rate = settings.sample_rate
+        if settings.hotwords is None and settings.hotwords_score is None:
+            return
+        if session.hotwords_given:
+            raise ProtocolError("hotwords may be given once per connection")
+        session.hotwords_given = True
+        recognizer = self.recognizer
+        if not getattr(recognizer, "biases", False):
+            name = getattr(recognizer, "searcher_name", "greedy")
+            raise ProtocolError(
+                f"this server's searcher {name} does not take hotwords (a server started with "
+                "--searcher transducer_beam, tdt_beam or ctc_prefix_beam does)"
+            )
+        try:
+            graph = await asyncio.to_thread(
+                recognizer.hotword_graph, list(settings.hotwords or ()), settings.hotwords_score
+            )
+        except ValueError as err:  # HotwordError: unknown characters, too long
+            raise ProtocolError(f"hotwords: {err}", CLOSE_INVALID_DATA) from None
+        self.engine.set_hotwords(session, graph)
+        logger.info("session %d: %d hotword(s)", session.id, len(settings.hotwords or ()))
 
     async def _send_loop(self, ws: ServerConnection, session: Session) -> None:
         """Sends queued results; returns once the final result is sent."""

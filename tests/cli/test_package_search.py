@@ -95,7 +95,7 @@ def test_package_decodes_with_its_own_lm_as_asr_decode(trained, tiny_corpus, tok
     # from Python: the package's search by default, changed option by option
     model = asr.load_model(package, search={"lm_weight": 0.0})
     assert model.runtime.searcher == "transducer_beam"
-    assert model.runtime.streaming_searcher == "transducer_greedy"
+    assert model.runtime.streaming_searcher == "transducer_beam"  # the beam search streams
     assert model.runtime.search.lm_path == package / "lm" / "lm.arpa"
     assert model.runtime.search.lm_weight == 0.0 and model.runtime.search.beam_size == 3
     assert asr.load_model(package, searcher="greedy").runtime.searcher == "transducer_greedy"
@@ -103,8 +103,12 @@ def test_package_decodes_with_its_own_lm_as_asr_decode(trained, tiny_corpus, tok
     # the package's greedy searcher is one option away, and other options can be changed
     assert main(["transcribe", "--model", str(package), "--searcher", "greedy",
                  "--set", "search.blank_penalty=0", str(refs[utts[0]][0])]) == 0
-    # streaming: the package's beam search does not stream, so its streaming greedy one does
-    assert main(["transcribe", "--model", str(package), "--streaming", str(refs[utts[0]][0])]) == 0
+    # streaming: the package's beam search streams, with its LM, to the offline transcripts
+    capsys.readouterr()
+    assert main(["transcribe", "--model", str(package), "--streaming", "--format", "json",
+                 *[str(refs[u][0]) for u in utts]]) == 0
+    streamed = [json.loads(line)["text"] for line in capsys.readouterr().out.splitlines()]
+    assert streamed == texts
     assert main(["transcribe", "--model", str(package), "--set", "search.beam_sz=2",
                  str(refs[utts[0]][0])]) == 2
     assert "did you mean 'beam_size'" in caplog.text

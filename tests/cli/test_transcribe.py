@@ -275,3 +275,20 @@ def test_hotwords_options(tiny, audio_dir, tmp_path, capsys, caplog):
     model = load_model(tiny.package_dir, searcher="ctc_prefix_beam")
     result = model.transcribe(wav, hotwords=[words[0]])[0]
     assert result.text.split()[0] == words[0]
+
+
+def test_streaming_hotwords_options(tiny, audio_dir, tmp_path, capsys, caplog):
+    """--streaming --hotwords: a biasing streaming searcher takes them (score 0 changes
+    nothing, unknown characters exit 2); a greedy one says it does not take hotwords."""
+    wav = audio_dir / "utt0.wav"
+    base = [wav, "--model", tiny.package_dir, "--streaming", "--searcher", "ctc_prefix_beam"]
+    code, plain, _ = _run(base, capsys)
+    assert code == 0 and plain
+    words = plain.split()
+    assert _run([*base, "--hotwords", words[0], "--hotwords-score", "0"], capsys)[:2] == (
+        0, plain)
+    code, _, _ = _run([*base, "--hotwords", f"{words[0]}\u03a9"], capsys)
+    assert code == 2 and "does not know: '\u03a9'" in caplog.text
+    greedy = [wav, "--model", tiny.package_dir, "--streaming", "--searcher", "ctc_greedy"]
+    code, _, _ = _run([*greedy, "--hotwords", words[0]], capsys)
+    assert code == 2 and "'ctc_greedy' does not take hotwords" in caplog.text

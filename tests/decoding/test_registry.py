@@ -63,14 +63,17 @@ def test_override_search_takes_a_mapping_or_set_strings():
 
 def test_streaming_default_falls_back_to_the_streaming_greedy_searcher():
     model = make_model(transducer="pruned", ctc=True)
-    assert streaming_searcher_for(model, "transducer_beam") == "transducer_greedy"
-    assert streaming_searcher_for(model, "beam") == "transducer_greedy"
+    assert streaming_searcher_for(model, "ctc_prefix_beam") == "ctc_prefix_beam"  # it streams
+    assert streaming_searcher_for(model, "transducer_beam") == "transducer_beam"
+    assert streaming_searcher_for(model, "beam") == "transducer_beam"
     assert streaming_searcher_for(model, "ctc_greedy") == "ctc_greedy"
+    with_aed = make_model(transducer="pruned", aed=True)
+    assert streaming_searcher_for(with_aed, "attention_rescoring") == "transducer_greedy"
     assert streaming_searcher_for(make_model(aed=True, cif=True), "aed_beam") == "cif_greedy"
     assert streaming_searcher_for(make_model(aed=True), "aed_beam") is None
     with pytest.raises(ValueError, match="does not stream; streaming searchers of this model: "
-                                         r"\['ctc_greedy', 'transducer_greedy'\]"):
-        build_streaming_searcher("transducer_beam", model)
+                                         r"\['transducer_greedy', 'transducer_beam'\]"):
+        build_streaming_searcher("attention_rescoring", with_aed)
 
 
 @pytest.mark.parametrize(
@@ -98,8 +101,8 @@ def test_errors_name_the_missing_head_and_the_available_searchers():
         build_searcher("ctc_greedy", model)
     with pytest.raises(ValueError, match="unknown searcher 'viterbi'"):
         build_searcher("viterbi", model)
-    with pytest.raises(ValueError, match=r"searcher .tdt_beam. does not stream.*\[.tdt_greedy.\]"):
-        build_streaming_searcher("tdt_beam", model)
+    with pytest.raises(ValueError, match=r"searcher .aed_beam. does not stream.*\[.cif_greedy.\]"):
+        build_streaming_searcher("aed_beam", make_model(aed=True, cif=True))
 
 
 ALL_HEADS = {
@@ -173,7 +176,8 @@ def test_untrained_heads_are_skipped_for_the_dev_wer():
 def test_table_rows_agree_with_the_lists():
     assert SEARCHER_NAMES == tuple(spec.name for spec in SEARCHERS)
     streaming = [s.name for s in SEARCHERS if s.streaming]
-    assert streaming == ["ctc_greedy", "transducer_greedy", "tdt_greedy", "cif_greedy"]
+    assert streaming == ["ctc_greedy", "ctc_prefix_beam", "transducer_greedy", "transducer_beam",
+                         "tdt_greedy", "tdt_beam", "cif_greedy"]
     models = [make_model(transducer="pruned", ctc=True, cif=True), make_model(transducer="tdt")]
     for name in streaming:  # every streaming row really streams
         model = next(m for m in models if name in available_searchers(m))

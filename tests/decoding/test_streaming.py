@@ -13,15 +13,18 @@ from asr.types import Hypothesis
 
 MODELS = {
     "ctc_greedy": dict(ctc=True),
+    "ctc_prefix_beam": dict(ctc=True),
     "transducer_greedy": dict(transducer="pruned"),
+    "transducer_beam": dict(transducer="pruned"),
     "tdt_greedy": dict(transducer="tdt"),
+    "tdt_beam": dict(transducer="tdt"),
 }
 CASES = [(name, predictor) for name in MODELS for predictor in ("stateless", "lstm")]
 
 
 def build(name: str, predictor: str = "stateless", **cfg):
     model = make_model(predictor=predictor, **MODELS[name])
-    if name == "tdt_greedy":  # realistic TDT: blanks mostly skip 2-4 frames
+    if name.startswith("tdt"):  # realistic TDT: blanks mostly skip 2-4 frames
         with torch.no_grad():
             model.heads["transducer"].joiner.output.bias[-5:] += torch.tensor(
                 [0.0, 0.5, 1.5, 2.0, 2.0]
@@ -96,8 +99,8 @@ def test_full_stream_buffer_drops_tokens_with_a_warning(caplog):
 
 
 def test_build_streaming_searcher_rejects_offline_only_names():
-    with pytest.raises(ValueError, match=r"'ctc_prefix_beam' does not stream.*\['ctc_greedy'\]"):
-        build_streaming_searcher("ctc_prefix_beam", make_model(ctc=True))
+    with pytest.raises(ValueError, match=r"'aed_beam' does not stream.*\['ctc_greedy', 'ctc_p"):
+        build_streaming_searcher("aed_beam", make_model(ctc=True, aed=True))
 
 
 def test_tdt_decision_that_depends_on_the_stream_end_waits_for_the_next_chunk():

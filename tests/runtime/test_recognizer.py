@@ -106,6 +106,36 @@ def test_streaming_equals_offline_chunk_masked_forward(transducer_model):
         assert result.timestamps == pytest.approx(expected.timestamps)
 
 
+@pytest.fixture(scope="session")
+def tdt_model(tmp_path_factory):
+    """A random-weight causal chunked Conformer with a TDT head (chunks of 2 frames)."""
+    from asr.testing.packages import random_package
+
+    root = tmp_path_factory.mktemp("random_tdt")
+    return load_model(random_package(root, head="tdt", chunk_size=2, left_chunks=3, seed=1))
+
+
+@pytest.mark.parametrize(("model", "searcher"), [("transducer_model", "transducer_beam"),
+                                                 ("tdt_model", "tdt_beam"),
+                                                 ("transducer_model", "ctc_prefix_beam")])
+def test_streaming_beam_equals_offline_beam_chunk_masked_forward(model, searcher, request):
+    """The beam searches stream: through the chunked encoder, batched with streams at other
+    positions, their final results are the offline beam search's on the chunk-masked
+    forward."""
+    model = request.getfixturevalue(model)
+    recognizer = model.streaming_recognizer(searcher, endpoint=EndpointConfig(enabled=False))
+    assert recognizer.searcher_name == searcher
+    rng = np.random.default_rng(1)
+    waves = [(rng.standard_normal(n) * 0.1).astype(np.float32) for n in (9000, 13000, 5000)]
+    offline = model.transcribe(waves, searcher=searcher)
+    assert sum(len(r.token_ids) for r in offline) > 5
+    together = _decode_together(recognizer, waves, [700, 1500, 333], [0, 2, 1])
+    for wave, expected, result in zip(waves, offline, together):
+        assert result.token_ids == expected.token_ids
+        assert result.timestamps == pytest.approx(expected.timestamps)
+        _same(result, _decode_alone(recognizer, wave, 700))
+
+
 def test_ctc_segment_cif_streaming_equals_offline(tmp_path):
     """Paraformer-v2 through the real chunked encoder: the segments of the cached frames come
     from CTC, so the final streaming result is the offline chunk-masked one."""
@@ -277,3 +307,52 @@ def test_streaming_progress_counts_audio_seconds(transducer_model, monkeypatch):
     assert bar.unit == "s" and bar.total == pytest.approx(5.0)
     assert len(bar.updates) > 3 and all(n > 0 for n in bar.updates)
     assert sum(bar.updates) == pytest.approx(5.0)
+
+
+@needs_espeak
+def test_streams_in_one_batch_carry_their_own_hotwords(tiny):
+    """new_stream(hotwords=...): three streams of the same sentence decoded together, two
+    biased toward different phrases (a boost that changes what the tiny model hears), one
+    plain; each equals itself decoded alone, and a reset (endpoint) keeps the stream's list."""
+    model = load_model(tiny.package_dir, search={"beam_size": 8})
+    recognizer = model.streaming_recognizer("ctc_prefix_beam",
+                                            endpoint=EndpointConfig(enabled=False))
+    wave = _speech(tiny)[0]
+    assert tiny.texts[0] == "HELLO WORLD"
+    lists = [("HELLO WORD", 3.0), ("WORLDS;SEVEN :0.5", 3.0), (None, None)]
+
+    def make(i):
+        return recognizer.new_stream(hotwords=lists[i][0], hotwords_score=lists[i][1])
+
+    streams = [make(i) for i in range(3)]
+    for piece, stream in zip([1600, 999, 4000], streams):
+        for start in range(0, wave.shape[0], piece):
+            recognizer.accept_waveform(stream, wave[start: start + piece], 16000)
+        recognizer.input_finished(stream)
+    while any(recognizer.is_ready(s) for s in streams):
+        recognizer.decode(streams)
+    texts = [recognizer.result(s).text for s in streams]
+    assert texts == ["HELLO WORD", "HELLO WORLDS", "HELLO WORLD"]
+    for i, text in enumerate(texts):
+        alone = make(i)
+        recognizer.accept_waveform(alone, wave, 16000)
+        recognizer.input_finished(alone)
+        while recognizer.is_ready(alone):
+            recognizer.decode([alone])
+        assert recognizer.result(alone).text == text
+    stream = make(0)
+    recognizer.reset(stream)
+    assert stream.search_state.beams[0].context is stream.context is not None
+    with pytest.raises(ValueError, match="before its audio is decoded"):
+        recognizer.set_hotword_graph(streams[0], None)
+
+
+@needs_espeak
+def test_hotwords_need_a_searcher_that_biases(tiny):
+    recognizer = load_model(tiny.package_dir).streaming_recognizer("ctc_greedy")
+    with pytest.raises(ValueError, match="'ctc_greedy' does not take hotwords; these do: "
+                                         "ctc_prefix_beam, transducer_beam, tdt_beam"):
+        recognizer.new_stream(hotwords=["HELLO"])
+    beam = load_model(tiny.package_dir).streaming_recognizer("ctc_prefix_beam")
+    with pytest.raises(ValueError, match="does not know"):
+        beam.new_stream(hotwords="hello")

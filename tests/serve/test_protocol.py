@@ -9,13 +9,13 @@ import pytest
 from websockets.datastructures import Headers
 from websockets.http11 import Request
 
-from asr.serve.config import ServerConfig
+from asr.serve.config import HotwordLimits, ServerConfig
 from asr.serve.protocol import (
     CLOSE_INVALID_DATA,
     CLOSE_UNSUPPORTED,
     DONE,
     ProtocolError,
-    SampleRate,
+    StreamSettings,
     parse_audio,
     parse_text,
     result_message,
@@ -46,8 +46,8 @@ def test_parse_audio_non_finite(bad):
 
 def test_parse_text():
     assert parse_text(DONE) == DONE
-    assert parse_text('{"sample_rate": 8000}') == SampleRate(8000)
-    assert parse_text('{"sample_rate": 44100.0}') == SampleRate(44100)
+    assert parse_text('{"sample_rate": 8000}') == StreamSettings(8000)
+    assert parse_text('{"sample_rate": 44100.0}') == StreamSettings(44100)
 
 
 @pytest.mark.parametrize(
@@ -68,6 +68,40 @@ def test_parse_text_rejects(text, match):
     with pytest.raises(ProtocolError, match=match) as err:
         parse_text(text)
     assert err.value.code in (CLOSE_UNSUPPORTED, 1008)
+
+
+def test_parse_text_stream_settings_with_hotwords():
+    """A list of phrases, or one string of phrases split at ';' or '/'; blank ones dropped,
+    spaces normalised; beside the sample rate and the boost."""
+    assert parse_text('{"hotwords": ["JOHN  SMITH", " ", "ACME :3"]}') == StreamSettings(
+        None, ("JOHN SMITH", "ACME :3"))
+    assert parse_text(
+        '{"hotwords": "A B;C/D", "hotwords_score": 2, "sample_rate": 8000}'
+    ) == StreamSettings(8000, ("A B", "C", "D"), 2.0)
+    assert parse_text('{"hotwords": []}') == StreamSettings(None, ())
+
+
+@pytest.mark.parametrize(
+    "text, code, match",
+    [
+        ('{"hotwords": 5}', CLOSE_INVALID_DATA, "list of strings"),
+        ('{"hotwords": ["A", 3]}', CLOSE_INVALID_DATA, "list of strings"),
+        ('{"hotwords": {"A": 1}}', CLOSE_INVALID_DATA, "list of strings"),
+        ('{"hotwords": ["A\\u0000B"]}', CLOSE_INVALID_DATA, "control characters"),
+        ('{"hotwords_score": "big"}', CLOSE_INVALID_DATA, "finite number"),
+        ('{"hotwords_score": true}', CLOSE_INVALID_DATA, "finite number"),
+        ('{"hotwords_score": NaN}', CLOSE_INVALID_DATA, "finite number"),
+        ("{}", CLOSE_UNSUPPORTED, "only JSON message"),
+        ('{"hotwords": ["A", "B", "C"]}', 1008, "3 phrases, at most 2"),
+        ('{"hotwords": ["ABCDEF"]}', 1008, "6 characters, at most 5"),
+        ('{"hotwords": "AB;AB;AB;AB;AB;AB;AB;AB;AB;AB;AB"}', 1008, "bytes, at most 20"),
+    ],
+)
+def test_parse_text_rejects_bad_hotwords(text, code, match):
+    with pytest.raises(ProtocolError, match=match) as err:
+        parse_text(text, limits=HotwordLimits(max_hotwords=2, max_hotword_chars=5,
+                                              max_hotwords_bytes=20))
+    assert err.value.code == code
 
 
 def test_sample_rate_from_path():
@@ -168,3 +202,14 @@ def test_engine_backpressure_and_outbox(recognizer):
     engine.close_session(session)
     assert engine.num_sessions == 0
     engine._executor.shutdown()
+
+
+def test_client_settings_message_round_trips_through_the_parser():
+    from asr.serve.client import build_parser, settings_message
+
+    assert settings_message(16000) is None
+    message = settings_message(8000, "JOHN SMITH;ACME :3", 2.5)
+    assert parse_text(message) == StreamSettings(8000, ("JOHN SMITH", "ACME :3"), 2.5)
+    assert parse_text(settings_message(16000, ["A B"])) == StreamSettings(None, ("A B",))
+    args = build_parser().parse_args(["x.wav", "--hotwords", "A;B", "--hotwords-score", "2"])
+    assert (args.hotwords, args.hotwords_score) == ("A;B", 2.0)

@@ -18,6 +18,7 @@ Bounded: 4 runs of about ``--seconds`` + 2 s each, every client under a timeout.
 Usage:
     python tools/bench/serve.py                      # trains a tiny model first (~20 s)
     python tools/bench/serve.py --model PKG --streams 1 4 8 16 --seconds 8
+    python tools/bench/serve.py --model PKG --searcher greedy     # or beam (the streaming beam)
     python tools/bench/serve.py --engine sherpa-onnx --model ONNX_DIR [--int8]   # asr export-onnx
                                                                                 # --streaming
 """
@@ -135,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", choices=("pytorch", "sherpa-onnx"), default="pytorch",
                         help="asr serve --engine (sherpa-onnx: --model is an export-onnx dir)")
     parser.add_argument("--int8", action="store_true", help="sherpa-onnx: the int8 graphs")
+    parser.add_argument("--searcher", default=None,
+                        help="asr serve --searcher (pytorch: e.g. greedy or beam; default: the "
+                        "package's if it streams)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if max(args.streams) > 64 or args.seconds > 60:
@@ -148,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or tiny.package_dir
     audio = speech_audio(list(tiny.wavs), args.seconds)
     extra = ["--engine", args.engine] + (["--int8"] if args.int8 else [])
+    extra += ["--searcher", args.searcher] if args.searcher else []
     load_before = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     proc, port = start_server(model, args.threads, max(args.streams) + 1, *extra)
     url = f"ws://127.0.0.1:{port}"

@@ -8,6 +8,7 @@ const CHUNK_SAMPLES = 1600; // 100 ms per websocket message
 const ui = {
   start: document.getElementById("start"),
   stop: document.getElementById("stop"),
+  hotwords: document.getElementById("hotwords"),
   status: document.getElementById("status"),
   segments: document.getElementById("segments"),
   partial: document.getElementById("partial"),
@@ -50,6 +51,8 @@ async function start() {
       ws.onopen = resolve;
       ws.onerror = () => reject(new Error("cannot connect to the server"));
     });
+    const hotwords = ui.hotwords ? ui.hotwords.value.trim() : "";
+    if (hotwords) ws.send(JSON.stringify({ hotwords })); // phrases separated by ";"
     ws.onmessage = (event) => showResult(JSON.parse(event.data));
     ws.onclose = (event) => {
       setStatus(`disconnected (${event.code}${event.reason ? ": " + event.reason : ""})`);

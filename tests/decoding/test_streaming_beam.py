@@ -1,0 +1,142 @@
+"""Streaming beam searches: the chunked search is the offline search exactly (tokens, absolute
+frames and scores), with an LM and hotwords, for streams of different lengths in one batch;
+each stream carries its own hotword graph (or none) in its state."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from search_helpers import VOCAB, encoder_output, make_model
+from test_lm import ARPA
+from test_streaming import run_chunks
+
+from asr.decoding import NgramLM, SearchConfig, build_searcher, build_streaming_searcher
+from asr.decoding.context_graph import ContextGraph
+from asr.state import stack_states, unstack_states
+
+BEAMS = {
+    "transducer_beam": dict(transducer="pruned"),
+    "tdt_beam": dict(transducer="tdt"),
+    "tdt_beam (0, 2, 3)": dict(transducer="tdt", durations=(0, 2, 3)),  # no duration 1
+    "tdt_beam (0, 2, 4)": dict(transducer="tdt", durations=(0, 2, 4)),  # ends only at the end
+    "ctc_prefix_beam": dict(ctc=True),
+}
+PHRASES = [[3, 4], [5, 6, 5]]
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory) -> NgramLM:
+    path = tmp_path_factory.mktemp("lm") / "lm.arpa"
+    path.write_text(ARPA)
+    return NgramLM.from_arpa(path, vocab_size=VOCAB)
+
+
+def build(case: str, predictor: str, lm: NgramLM | None, graph: ContextGraph | None, **cfg):
+    model = make_model(predictor=predictor, **BEAMS[case])
+    name = case.split()[0]
+    if name == "tdt_beam":  # realistic TDT: blanks mostly skip several frames
+        durations = model.heads["transducer"].durations
+        with torch.no_grad():
+            model.heads["transducer"].joiner.output.bias[-len(durations):] += torch.linspace(
+                0.0, 2.0, len(durations)
+            )
+    # TDT: a blank penalty that makes these random heads emit a few tokens per stream
+    search = SearchConfig(beam_size=4, blank_penalty=0.3 if name != "tdt_beam" else 2.0, **cfg)
+    offline = build_searcher(name, model, search, lm=lm, context=graph)
+    streaming = build_streaming_searcher(name, model, search)
+    # the same LM and default graph as the offline searcher's
+    head = model.heads["ctc" if name == "ctc_prefix_beam" else "transducer"]
+    return offline, type(streaming)(head, search, lm, graph)
+
+
+FUSION = {
+    "plain": dict(),
+    "lm": dict(lm_weight=0.6, insertion_bonus=0.5, length_norm=0.5),
+    "hotwords": dict(hotwords=True),
+    "lm+hotwords": dict(lm_weight=0.4, insertion_bonus=0.3, hotwords=True),
+}
+
+
+@pytest.mark.parametrize("name", list(BEAMS))
+@pytest.mark.parametrize("predictor", ["stateless", "lstm"])
+@pytest.mark.parametrize("fusion", list(FUSION))
+@pytest.mark.parametrize("chunk_sizes", [[1], [3], [4, 2, 5]])
+def test_chunked_stacked_streams_equal_offline_exactly(name, predictor, fusion, chunk_sizes, lm):
+    options = dict(FUSION[fusion])
+    graph = ContextGraph(PHRASES, VOCAB, 2.0) if options.pop("hotwords", False) else None
+    offline, streaming = build(
+        name, predictor, lm if options.get("lm_weight") else None, graph, **options
+    )
+    enc, enc_lens = encoder_output([24, 14, 19], scale=2.0)
+    expected = [nbest[0] for nbest in offline(enc, enc_lens)]
+    state = run_chunks(streaming, enc, enc_lens, chunk_sizes)
+    assert streaming.finalize(state) == expected  # tokens, frames and scores, exactly
+    assert sum(len(h.tokens) for h in expected) > 6
+
+
+@pytest.mark.parametrize("name", list(BEAMS))
+def test_streams_with_different_graphs_in_one_batch_each_get_their_own_biasing(name):
+    """The same frames in three streams: a large boost of a phrase the plain search does not
+    find wins in the stream that carries it, and only there; a stream with no graph gets the
+    plain result, each equal to its stream searched alone."""
+    offline, streaming = build(name, "stateless", None, None)
+    enc, enc_lens = encoder_output([10], seed=5, scale=2.0)
+    plain = offline(enc, enc_lens)[0][0]
+    phrase = (5, 6, 5) if plain.tokens[:3] != (5, 6, 5) else (6, 5, 6)
+    boosted = ContextGraph([list(phrase)], VOCAB, 20.0)
+    other = ContextGraph([[4, 4, 4]], VOCAB, 0.01)
+    three = enc.expand(3, -1, -1)
+    state = streaming.init_state(3, enc.device, contexts=[boosted, None, other])
+    results = streaming.finalize(run_chunks(streaming, three, enc_lens.expand(3), [2, 3], state))
+    tokens = results[0].tokens
+    assert any(tokens[i : i + 3] == phrase for i in range(len(tokens)))
+    assert results[1] == plain
+    for graph, result in zip([boosted, None, other], results):
+        alone = streaming.init_state(1, enc.device, contexts=[graph])
+        assert streaming.finalize(run_chunks(streaming, enc, enc_lens, [4], alone))[0] == result
+
+
+@pytest.mark.parametrize("name", list(BEAMS))
+def test_an_empty_hotword_list_streams_exactly_the_plain_beam(name):
+    offline, streaming = build(name, "lstm", None, None)
+    enc, enc_lens = encoder_output([12, 7], scale=2.0)
+    plain = run_chunks(streaming, enc, enc_lens, [3])
+    empty = streaming.init_state(2, enc.device, contexts=[ContextGraph([], VOCAB, 1.5)] * 2)
+    assert streaming.finalize(run_chunks(streaming, enc, enc_lens, [3], empty)) == (
+        streaming.finalize(plain)
+    )
+
+
+@pytest.mark.parametrize("name", list(BEAMS))
+def test_the_beam_of_a_stream_travels_in_its_state(name):
+    """Split after a chunk, stacked in the other order, stepped on: each stream as alone."""
+    _, streaming = build(name, "lstm", None, ContextGraph(PHRASES, VOCAB, 1.0))
+    enc, enc_lens = encoder_output([10, 10], seed=2, scale=2.0)
+    state = streaming.step(enc[:, :4], torch.tensor([4, 4]), streaming.init_state(2, enc.device))
+    a, b = unstack_states(state)
+    swapped = stack_states([b, a])
+    rest = streaming.step(enc.flip(0)[:, 4:], torch.tensor([6, 6]), swapped)
+    alone = [streaming.step(enc[i : i + 1, 4:], torch.tensor([6]), s) for i, s in enumerate((a, b))]
+    assert streaming.finalize(rest) == [streaming.finalize(alone[1])[0],
+                                        streaming.finalize(alone[0])[0]]
+    if name == "transducer_beam":  # nothing waits: the partial result is the final one
+        assert streaming.partial(rest) == streaming.finalize(rest)
+
+
+def test_a_tdt_stream_holds_the_frames_its_moves_depend_on_until_they_arrive():
+    """Frame by frame: a hypothesis moves on only once ``lookahead`` frames from its own have
+    arrived (its allowed jumps no longer depend on the end), so the state holds the last
+    1..lookahead-1 frames and every live hypothesis sits on one of them; the end is offline."""
+    offline, streaming = build("tdt_beam", "lstm", None, None)
+    lookahead = streaming.scorer.lookahead
+    assert lookahead == 5  # durations (0, 1, 2, 3, 4)
+    enc, enc_lens = encoder_output([26], scale=2.0)
+    state, held = streaming.init_state(1, enc.device), []
+    for start in range(26):
+        state = streaming.step(enc[:, start : start + 1], torch.tensor([1]), state)
+        beam = state.beams[0]
+        held.append(beam.pending.shape[0])
+        first = beam.frames_done - held[-1]
+        assert all(first <= hyp.frame < beam.frames_done for hyp in beam.hyps)
+    assert held[lookahead:] and 1 <= min(held[lookahead:]) and max(held) <= lookahead - 1
+    assert streaming.finalize(state) == [offline(enc, enc_lens)[0][0]]
