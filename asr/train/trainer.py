@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from asr.checkpoints.averaging import RunningAverage
 from asr.checkpoints.io import (
+    CheckpointError,
     atomic_torch_save,
     capture_rng_state,
     checkpoint_path,
@@ -195,11 +196,25 @@ class Trainer:
         barrier(self.dist)
 
     def resume(self, path: str | Path | None = None) -> bool:
-        """Loads ``path`` or the newest ``checkpoint-N.pt`` in exp_dir; returns whether it did."""
+        """Loads ``path`` or the newest ``checkpoint-N.pt`` in exp_dir; returns whether it did.
+
+        Raises:
+            CheckpointError: naming the file, when it is unreadable or holds the state of
+                another model (another configuration's shapes or parameters).
+        """
         path = Path(path) if path else latest_checkpoint(self.exp_dir)
         if path is None:
             return False
-        self.load_state_dict(safe_torch_load(path, map_location=self.device))
+        state = safe_torch_load(path, map_location=self.device)
+        try:
+            self.load_state_dict(state)
+        except (RuntimeError, KeyError, ValueError) as err:
+            details = "; ".join(line.strip() for line in str(err).splitlines()[1:4] if line.strip())
+            raise CheckpointError(
+                f"cannot resume from {path}: it does not fit this model and optimizer (was the "
+                f"experiment's configuration changed?): {type(err).__name__}: "
+                f"{details or err}"
+            ) from err
         logger.info(
             "resumed from %s at epoch %d, step %d (%d batches into the epoch)", path,
             self.progress.epoch, self.progress.step, self.progress.batches_in_epoch,

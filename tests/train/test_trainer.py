@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from asr.checkpoints.io import list_checkpoints, safe_torch_load
+from asr.checkpoints.io import CheckpointError, list_checkpoints, safe_torch_load
 from asr.train.optim import OptimConfig
 from asr.train.state import TrainConfig
 from asr.train.trainer import Trainer
@@ -96,6 +96,17 @@ def test_stop_mid_epoch_and_resume_equals_uninterrupted(tmp_path):
     assert [r.train_loss for r in full.progress.history] == [
         r.train_loss for r in resumed.progress.history
     ]
+
+
+def test_resuming_another_models_checkpoint_names_the_file(tmp_path):
+    run(tmp_path, max_steps=2)
+    wider = ToyModel()
+    wider.net[0] = nn.Linear(4, 24)
+    wider.net[3] = nn.Linear(24, 1)
+    trainer = Trainer(wider, OptimConfig(lr=1e-2), TrainConfig(max_epochs=1), tmp_path,
+                      train_batches=batches)
+    with pytest.raises(CheckpointError, match=r"cannot resume from .*checkpoint-2\.pt.*net\.0"):
+        trainer.resume()
 
 
 @pytest.fixture
