@@ -20,7 +20,8 @@ from typing import Protocol
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FilterStats", "TextEncoder", "filter_cuts", "drop_reason"]
+__all__ = ["FilterStats", "TextEncoder", "check_sample_rates", "cut_files", "drop_reason",
+           "filter_cuts"]
 
 
 class TextEncoder(Protocol):
@@ -59,6 +60,32 @@ class FilterStats:
 def cut_text(cut) -> str:
     """The cut's transcript: its supervisions' texts joined by spaces."""
     return " ".join(s.text.strip() for s in cut.supervisions if s.text and s.text.strip())
+
+
+def cut_files(cut) -> str:
+    """The files a cut's data comes from (its feature archive, its audio), for messages."""
+    files = []
+    if cut.has_features:
+        files.append(f"features {cut.features.storage_path}")
+    if cut.has_recording:
+        files += [f"audio {source.source}" for source in cut.recording.sources]
+    return ", ".join(files) or "no data files"
+
+
+def check_sample_rates(cuts, sample_rate: int) -> None:
+    """Checks that every cut (its audio, or the audio its features were computed from) is at
+    ``sample_rate`` Hz, the rate of the feature extractor that reads it.
+
+    Raises:
+        ValueError: naming how many cuts are at another rate, the first one and its files.
+    """
+    bad = [cut for cut in cuts if cut.sampling_rate != sample_rate]
+    if bad:
+        raise ValueError(
+            f"{len(bad)} cuts are not at {sample_rate} Hz, e.g. cut {bad[0].id!r} at "
+            f"{bad[0].sampling_rate} Hz ({cut_files(bad[0])}); resample them "
+            "(CutSet.resample) or change the sample rate of the features (fbank.sample_rate)"
+        )
 
 
 def _num_input_frames(cut, frame_shift: float) -> int:
