@@ -214,12 +214,31 @@ def _read(source: bytes | str, name: str) -> tuple[np.ndarray, int]:
             f"reads, such as m4a/aac: install ffmpeg): {first}{hint}"
         )
     try:
-        return _ffmpeg(source)
+        samples, rate = _ffmpeg(source)
     except AudioError as err:
         raise AudioError(
             f"{name}: cannot decode audio (corrupt or not an audio file): libsndfile: {first}; "
             f"ffmpeg: {err}{hint}"
         ) from None
+    declared = _declared_length(source)
+    if declared is not None and declared[1] == rate and samples.shape[0] < declared[0]:
+        # libsndfile knows the format but failed inside the data; ffmpeg decodes what it can
+        raise AudioError(
+            f"{name}: truncated or corrupt audio: its header declares {declared[0]} samples, "
+            f"{samples.shape[0]} decode (libsndfile: {first})"
+        )
+    return samples, rate
+
+
+def _declared_length(source: bytes | str) -> tuple[int, int] | None:
+    """(samples, rate) that the header of a format libsndfile knows declares, else None."""
+    import soundfile
+
+    try:
+        info = soundfile.info(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except Exception:  # noqa: BLE001 - a format only ffmpeg reads
+        return None
+    return (int(info.frames), int(info.samplerate)) if info.frames > 0 else None
 def decode_audio(
     source: str | Path | bytes, target_rate: int | None = 16000, name: str | None = None
 ) -> DecodedAudio:

@@ -7,7 +7,7 @@ it. Both functions here work on plain state dicts so they apply to any model.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,34 +22,56 @@ from asr.checkpoints.io import (
 )
 
 
-def average_state_dicts(state_dicts: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def average_state_dicts(
+    state_dicts: Iterable[Mapping[str, torch.Tensor]], names: Sequence[str] | None = None
+) -> dict[str, torch.Tensor]:
     """Element-wise mean of floating-point tensors; integer tensors (e.g. counters) come from the last.
 
+    Args:
+        state_dicts: the state dicts to average.
+        names: what each state dict is (e.g. its checkpoint file), for messages; default
+            ``state dict 0``, ``state dict 1``...
+
     Raises:
-        ValueError: on an empty input or state dicts with different keys.
+        ValueError: on an empty input, or state dicts with different keys or a tensor whose
+            shape differs from the first state dict's (naming both sources and the tensor).
     """
     total: dict[str, torch.Tensor] = {}
+    shapes: dict[str, torch.Size] = {}
     count = 0
     keys: set[str] | None = None
+
+    def name(index: int) -> str:
+        return names[index] if names is not None else f"state dict {index}"
+
     for sd in state_dicts:
         if keys is None:
             keys = set(sd)
+            shapes = {k: v.shape for k, v in sd.items()}
         elif set(sd) != keys:
-            raise ValueError(f"state dicts differ in keys: {sorted(keys ^ set(sd))[:5]}")
-        for name, value in sd.items():
+            raise ValueError(
+                f"{name(count)} and {name(0)} differ in keys: {sorted(keys ^ set(sd))[:5]}"
+            )
+        for key, value in sd.items():
+            if value.shape != shapes[key]:
+                raise ValueError(
+                    f"{name(count)} and {name(0)} differ in the shape of {key}: "
+                    f"{tuple(value.shape)} vs {tuple(shapes[key])} (checkpoints of different "
+                    "models cannot be averaged)"
+                )
             if value.is_floating_point():
                 acc = value.detach().to(torch.float64)
-                total[name] = total[name] + acc if name in total else acc.clone()
+                total[key] = total[key] + acc if key in total else acc.clone()
             else:
-                total[name] = value.detach().clone()
+                total[key] = value.detach().clone()
         count += 1
     if count == 0:
         raise ValueError("no state dicts to average")
     ref = {} if keys is None else keys
     out = {}
-    for name in ref:
-        value = total[name]
-        out[name] = value / count if value.is_floating_point() else value
+    for key in ref:
+        value = total[key]
+        out[key] = value / count if value.is_floating_point() else value
     return out
 
 
@@ -58,7 +80,8 @@ def average_checkpoints(paths: Iterable[str | Path], key: str = "model") -> dict
 
     The result is returned in float64 for accumulated precision; cast with ``load_state_dict``.
     """
-    return average_state_dicts(safe_torch_load(p)[key] for p in paths)
+    paths = [Path(p) for p in paths]
+    return average_state_dicts((safe_torch_load(p)[key] for p in paths), [str(p) for p in paths])
 
 
 class RunningAverage:

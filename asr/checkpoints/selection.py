@@ -80,7 +80,8 @@ class SelectedWeights:
 
 def _average(paths: list[Path], tag: str) -> SelectedWeights:
     loaded = [read_model_weights(p) for p in paths]
-    state_dict = loaded[0][0] if len(loaded) == 1 else average_state_dicts(sd for sd, _ in loaded)
+    state_dict = loaded[0][0] if len(loaded) == 1 else average_state_dicts(
+        [sd for sd, _ in loaded], [str(p) for p in paths])
     return SelectedWeights(state_dict, tag, tuple(paths), loaded[-1][1])
 
 

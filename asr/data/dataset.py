@@ -34,6 +34,8 @@ from asr.data.augment import FrequencyWarp
 from asr.data.config import DataConfig
 from asr.data.filtering import (
     TextEncoder,
+    check_sample_rates,
+    cut_files,
     cut_text,
 )
 from asr.data.sampler import make_sampler, resolve_rank_world_size
@@ -44,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "AsrDataset",
+    "DataError",
     "TextEncoder",
     "load_cuts",
     "make_dataloader",
@@ -53,6 +56,10 @@ __all__ = [
 #: Speed factors of on-the-fly perturbation; with probability 2/3 one of them is applied, so
 #: 0.9, 1.0 and 1.1 are equally likely.
 ON_THE_FLY_SPEED_FACTORS = (0.9, 1.1)
+
+
+class DataError(ValueError):
+    """A cut whose features or audio cannot be loaded (the message names the cut and its files)."""
 
 
 def pad_tokens(token_seqs: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
@@ -186,7 +193,7 @@ class AsrDataset(torch.utils.data.Dataset):
         for transform in self.cut_transforms:
             cuts = transform(cuts)
         cuts = cuts.sort_by_duration(ascending=False)
-        feats, feat_lens = self.input_strategy(cuts)[:2]
+        feats, feat_lens = self._load_inputs(cuts)
         feats = feats.to(torch.float32)
         feat_lens = feat_lens.to(torch.int64)
         spec_augment = self.spec_augment_active
@@ -209,6 +216,35 @@ class AsrDataset(torch.utils.data.Dataset):
             texts=texts,
             cut_ids=[cut.id for cut in cuts],
         )
+
+    def _load_inputs(self, cuts) -> tuple[Tensor, Tensor]:
+        """(feats (B, T, F), feat_lens (B,)) of ``cuts`` by the input strategy.
+
+        Raises:
+            DataError: naming the first cut that cannot be loaded and its files (the
+                strategy's own errors name at most one of them).
+        """
+        try:
+            return self.input_strategy(cuts)[:2]
+        except Exception as err:  # lhotse, lilcom, soundfile, ... each raise their own types
+            batch_err = err
+        from lhotse import CutSet
+
+        culprit, cause = None, batch_err
+        for cut in cuts:
+            try:
+                self.input_strategy(CutSet.from_cuts([cut]))
+            except Exception as err:  # noqa: BLE001 - the same errors, one cut at a time
+                culprit, cause = cut, err
+                break
+        reason = f"{type(cause).__name__}: {str(cause).strip()[:400]}"
+        if culprit is None:
+            raise DataError(
+                f"cannot load the batch of {len(cuts)} cuts starting with {cuts[0].id!r} "
+                f"({cut_files(cuts[0])}): {reason}"
+            ) from batch_err
+        raise DataError(f"cannot load cut {culprit.id!r} ({cut_files(culprit)}): {reason}"
+                        ) from cause
 
 
 def load_cuts(manifest_dir: str | Path, names: Sequence[str]):
@@ -255,8 +291,12 @@ def make_dataloader(
 
     The sampler is reachable as ``loader.sampler`` (``set_epoch``, ``state_dict``); each worker's
     RNGs are seeded from ``cfg.seed``, the rank and the worker id.
+
+    Raises:
+        ValueError: naming a cut that is not at the features' sample rate (``cfg.fbank``).
     """
     rank, world_size = resolve_rank_world_size(rank, world_size)
+    check_sample_rates(cuts if bucket_cuts is None else bucket_cuts, cfg.fbank.sample_rate)
     sampler = make_sampler(
         cuts, cfg, train=train, rank=rank, world_size=world_size, bucket_cuts=bucket_cuts
     )

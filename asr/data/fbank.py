@@ -18,6 +18,7 @@ import os
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
+from asr.data.filtering import check_sample_rates
 from asr.data.librispeech import PREFIX, cuts_path
 from asr.features.fbank import FbankConfig, make_lhotse_fbank
 
@@ -62,16 +63,14 @@ def compute_fbank_for_cuts(
 
     Returns:
         the eager ``CutSet`` with features attached.
+
+    Raises:
+        ValueError: naming a cut whose audio is not at ``cfg.sample_rate``.
     """
     from lhotse import LilcomChunkyWriter
 
     cfg = cfg or FbankConfig()
-    bad = [c.id for c in cuts if c.sampling_rate != cfg.sample_rate]
-    if bad:
-        raise ValueError(
-            f"{len(bad)} cuts (e.g. {bad[0]!r}) are not at {cfg.sample_rate} Hz; "
-            "resample them (CutSet.resample) or change FbankConfig.sample_rate"
-        )
+    check_sample_rates(cuts, cfg.sample_rate)
     with _one_thread_per_worker(num_jobs):
         return cuts.compute_and_store_features(
             extractor=make_lhotse_fbank(cfg),

@@ -20,7 +20,8 @@ from typing import Protocol
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FilterStats", "TextEncoder", "filter_cuts", "drop_reason"]
+__all__ = ["FilterStats", "TextEncoder", "check_sample_rates", "cut_files", "drop_reason",
+           "filter_cuts"]
 
 
 class TextEncoder(Protocol):
@@ -39,6 +40,9 @@ class FilterStats:
         too_short: dropped: duration below ``min_duration``.
         too_long: dropped: duration above ``max_duration``.
         too_many_tokens: dropped: more tokens than encoder frames.
+        with_unk: kept, but with text the tokenizer encodes as ``<unk>`` (characters it never
+            saw, e.g. lower case for an upper-case BPE model); counted for encoders with an
+            ``unk_id``, not dropped.
     """
 
     kept: int = 0
@@ -46,6 +50,7 @@ class FilterStats:
     too_short: int = 0
     too_long: int = 0
     too_many_tokens: int = 0
+    with_unk: int = 0
 
     @property
     def dropped(self) -> int:
@@ -59,6 +64,32 @@ class FilterStats:
 def cut_text(cut) -> str:
     """The cut's transcript: its supervisions' texts joined by spaces."""
     return " ".join(s.text.strip() for s in cut.supervisions if s.text and s.text.strip())
+
+
+def cut_files(cut) -> str:
+    """The files a cut's data comes from (its feature archive, its audio), for messages."""
+    files = []
+    if cut.has_features:
+        files.append(f"features {cut.features.storage_path}")
+    if cut.has_recording:
+        files += [f"audio {source.source}" for source in cut.recording.sources]
+    return ", ".join(files) or "no data files"
+
+
+def check_sample_rates(cuts, sample_rate: int) -> None:
+    """Checks that every cut (its audio, or the audio its features were computed from) is at
+    ``sample_rate`` Hz, the rate of the feature extractor that reads it.
+
+    Raises:
+        ValueError: naming how many cuts are at another rate, the first one and its files.
+    """
+    bad = [cut for cut in cuts if cut.sampling_rate != sample_rate]
+    if bad:
+        raise ValueError(
+            f"{len(bad)} cuts are not at {sample_rate} Hz, e.g. cut {bad[0].id!r} at "
+            f"{bad[0].sampling_rate} Hz ({cut_files(bad[0])}); resample them "
+            "(CutSet.resample) or change the sample rate of the features (fbank.sample_rate)"
+        )
 
 
 def _num_input_frames(cut, frame_shift: float) -> int:
@@ -123,7 +154,8 @@ def filter_cuts(
     frame_shift: float = 0.01,
     apply_to=None,
 ):
-    """Drops cuts with empty text, duration out of range or more tokens than encoder frames.
+    """Drops cuts with empty text, duration out of range or more tokens than encoder frames;
+    counts (and keeps) those with text that ``encoder`` turns into its ``unk_id``.
 
     Args:
         cuts: a lhotse ``CutSet`` (lazy or eager).
@@ -140,8 +172,10 @@ def filter_cuts(
         ``(kept_cuts, stats)``; see the module docstring for laziness.
     """
     keep = _Keep(encoder, output_length, min_duration, max_duration, frame_shift)
-    counts = {"kept": 0, "empty_text": 0, "too_short": 0, "too_long": 0, "too_many_tokens": 0}
+    counts = {"kept": 0, "empty_text": 0, "too_short": 0, "too_long": 0, "too_many_tokens": 0,
+              "with_unk": 0}
     examples: dict[str, str] = {}
+    unk_id = getattr(encoder, "unk_id", None)
     kept = []
     for cut in cuts:
         why = keep.reason(cut)
@@ -149,12 +183,19 @@ def filter_cuts(
             counts["kept"] += 1
             if not cuts.is_lazy:
                 kept.append(cut)
+            if unk_id is not None and unk_id in encoder.encode(cut_text(cut)):
+                counts["with_unk"] += 1
+                examples.setdefault("with_unk", f"{cut.id}: {cut_text(cut)[:80]!r}")
         else:
             counts[why] += 1
             examples.setdefault(why, cut.id)
     stats = FilterStats(**counts)
-    for why, cut_id in examples.items():
-        logger.warning("dropped %d cuts: %s (e.g. %s)", counts[why], why, cut_id)
+    for why, example in examples.items():
+        if why == "with_unk":
+            logger.warning("%d kept cuts have text the tokenizer encodes as <unk> (characters it "
+                           "was not trained on), e.g. %s", counts[why], example)
+        else:
+            logger.warning("dropped %d cuts: %s (e.g. %s)", counts[why], why, example)
     logger.info("kept %d of %d cuts (dropped %d)", stats.kept, stats.total, stats.dropped)
     if apply_to is not None:
         return apply_to.filter(keep), stats

@@ -27,6 +27,9 @@ import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from asr.data.dataset import DataError
+from asr.data.filtering import cut_files
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["SharCuts", "export_shar", "shar_fields"]
@@ -59,9 +62,9 @@ def export_shar(
     Raises:
         FileExistsError: when ``output_dir`` exists.
         ValueError: on an empty CutSet or a cut without a requested field (naming the cut).
-        Whatever lhotse raises for data it cannot read (the cut is in its message); storage
-        paths in the manifests are relative to the directory they were written from, so run
-        from there. Nothing is left behind on an error.
+        DataError: naming the first cut whose data cannot be read and its files (storage
+            paths in the manifests are relative to the directory they were written from, so
+            run from there). Nothing is left behind on an error.
     """
     output_dir = Path(output_dir)
     if output_dir.exists():
@@ -92,8 +95,10 @@ def export_shar(
             warn_unused_fields=False,  # e.g. features only: the audio stays where it is
             verbose=progress,
         )
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)  # e.g. unreadable features: nothing half-written
+        if isinstance(err, Exception):
+            _raise_for_unreadable_cut(cuts, fields, err)
         raise
     tmp.rename(output_dir)
     logger.info("wrote %d cuts in %d shards to %s", count, len(written["cuts"]), output_dir)
@@ -101,6 +106,21 @@ def export_shar(
         field: [str(output_dir / Path(path).name) for path in paths]
         for field, paths in written.items()
     }
+
+
+def _raise_for_unreadable_cut(cuts, fields: Mapping[str, str], err: Exception) -> None:
+    """Raises DataError naming the first cut of ``cuts`` whose ``fields`` cannot be loaded (what
+    made lhotse's export fail with ``err``, which often names neither the cut nor its file)."""
+    for cut in cuts:
+        loaders = {"features": cut.load_features, "recording": cut.load_audio}
+        for field in fields:
+            try:
+                loaders.get(field, lambda: None)()
+            except Exception as cause:  # noqa: BLE001 - lilcom, soundfile, lhotse... types
+                raise DataError(
+                    f"cannot read the {field} of cut {cut.id!r} ({cut_files(cut)}): "
+                    f"{type(cause).__name__}: {str(cause).strip()[:400]}"
+                ) from err
 
 
 def shar_fields(shar_dir: str | Path) -> dict[str, list[Path]]:

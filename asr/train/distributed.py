@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -66,6 +67,17 @@ def all_reduce_sum(value: float, info: DistInfo) -> float:
     t = torch.tensor([float(value)], dtype=torch.float64, device=info.device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return float(t.item())
+
+
+def average_gradients(parameters: Iterable[torch.nn.Parameter], info: DistInfo) -> None:
+    """Averages the gradients of ``parameters`` over all processes in place, as DDP's own
+    reduction does (for gradients accumulated under ``no_sync``); nothing when not distributed."""
+    if not info.distributed:
+        return
+    for param in parameters:
+        if param.grad is not None:
+            dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
+            param.grad.div_(info.world_size)
 
 
 def barrier(info: DistInfo) -> None:

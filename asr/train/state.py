@@ -28,7 +28,8 @@ class TrainConfig:
             ``"auto"`` turns it on where oneDNN reports native bf16 and trains in float32
             elsewhere; ``true`` forces it (with a warning on CPUs without native bf16). Off by
             default.
-        accum_grad: batches accumulated per optimizer step.
+        accum_grad: batches accumulated per optimizer step (an epoch's last step takes the
+            batches left over, so that no gradient is carried into the next epoch).
         seed: base random seed (each rank adds its rank).
         device: ``auto``, ``cpu`` or ``cuda``.
         dev_wer: decode the dev set with a greedy searcher after each epoch (WER in the plot).

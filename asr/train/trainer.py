@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from asr.checkpoints.averaging import RunningAverage
 from asr.checkpoints.io import (
+    CheckpointError,
     atomic_torch_save,
     capture_rng_state,
     checkpoint_path,
@@ -44,7 +45,7 @@ from asr.checkpoints.io import (
     safe_torch_load,
 )
 from asr.train.budget import TimeBudget
-from asr.train.distributed import DistInfo, all_reduce_sum, barrier
+from asr.train.distributed import DistInfo, all_reduce_sum, average_gradients, barrier
 from asr.train.optim import OptimConfig, Scheduler, build_optimizer
 from asr.train.plot import plot_history
 from asr.train.state import EpochRecord, Progress, TrainConfig
@@ -195,11 +196,25 @@ class Trainer:
         barrier(self.dist)
 
     def resume(self, path: str | Path | None = None) -> bool:
-        """Loads ``path`` or the newest ``checkpoint-N.pt`` in exp_dir; returns whether it did."""
+        """Loads ``path`` or the newest ``checkpoint-N.pt`` in exp_dir; returns whether it did.
+
+        Raises:
+            CheckpointError: naming the file, when it is unreadable or holds the state of
+                another model (another configuration's shapes or parameters).
+        """
         path = Path(path) if path else latest_checkpoint(self.exp_dir)
         if path is None:
             return False
-        self.load_state_dict(safe_torch_load(path, map_location=self.device))
+        state = safe_torch_load(path, map_location=self.device)
+        try:
+            self.load_state_dict(state)
+        except (RuntimeError, KeyError, ValueError) as err:
+            details = "; ".join(line.strip() for line in str(err).splitlines()[1:4] if line.strip())
+            raise CheckpointError(
+                f"cannot resume from {path}: it does not fit this model and optimizer (was the "
+                f"experiment's configuration changed?): {type(err).__name__}: "
+                f"{details or err}"
+            ) from err
         logger.info(
             "resumed from %s at epoch %d, step %d (%d batches into the epoch)", path,
             self.progress.epoch, self.progress.step, self.progress.batches_in_epoch,
@@ -260,23 +275,37 @@ class Trainer:
                 p.utts_sum += num_utts
             if p.batches_in_epoch % self.cfg.accum_grad != 0:
                 continue
-            if not self._optimizer_step():
-                continue
-            p.step += 1
-            self._apply_plan(self.budget.after_step(p))
-            if self.averager is not None:
-                self.averager.update(unwrap(self.model), p.step)
-            if p.step % self.cfg.log_interval == 0:
-                self._log_step(loss_value / max(num_utts, 1.0), metrics, num_utts, bar)
-            if self.cfg.valid_interval > 0 and p.step % self.cfg.valid_interval == 0:
-                self._log_valid(self._validate())
-            if self.cfg.checkpoint_interval > 0 and p.step % self.cfg.checkpoint_interval == 0:
-                self.save(checkpoint_path(self.exp_dir, p.step))
-                if self.dist.is_main:
-                    remove_old_checkpoints(self.exp_dir, self.cfg.keep_last)
-            if self._finished():
+            if self._step(loss_value, num_utts, metrics, bar):
                 break
+        else:
+            if self._step_batches:
+                # The epoch ended inside an accumulation: its last step takes the batches left
+                # (no gradient crosses an epoch's end, where checkpoints hold none). The last of
+                # them ran under no_sync, so their gradients are averaged here, as DDP would.
+                average_gradients(self.model.parameters(), self.dist)
+                self._step(loss_value, num_utts, metrics, bar)
         bar.close()
+
+    def _step(self, loss_value: float, num_utts: float, metrics: Mapping[str, float],
+              bar) -> bool:
+        """The optimizer step on the accumulated gradients and what follows it (averaging,
+        logs, validation, checkpoints); returns whether training is finished."""
+        p = self.progress
+        if not self._optimizer_step():
+            return False
+        p.step += 1
+        self._apply_plan(self.budget.after_step(p))
+        if self.averager is not None:
+            self.averager.update(unwrap(self.model), p.step)
+        if p.step % self.cfg.log_interval == 0:
+            self._log_step(loss_value / max(num_utts, 1.0), metrics, num_utts, bar)
+        if self.cfg.valid_interval > 0 and p.step % self.cfg.valid_interval == 0:
+            self._log_valid(self._validate())
+        if self.cfg.checkpoint_interval > 0 and p.step % self.cfg.checkpoint_interval == 0:
+            self.save(checkpoint_path(self.exp_dir, p.step))
+            if self.dist.is_main:
+                remove_old_checkpoints(self.exp_dir, self.cfg.keep_last)
+        return self._finished()
 
     def _forward_backward(self, batch: Batch, sync: bool = True
                           ) -> tuple[float, float, dict[str, float]]:

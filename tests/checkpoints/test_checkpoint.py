@@ -95,6 +95,14 @@ def test_average_checkpoints_is_elementwise_mean(tmp_path):
         average_state_dicts([{"a": torch.zeros(1)}, {"b": torch.zeros(1)}])
 
 
+def test_averaging_checkpoints_of_different_models_names_the_files_and_tensor(tmp_path):
+    """A (1,)-shaped tensor would broadcast against a (3,)-shaped one: refused, not averaged."""
+    for name, size in (("small", 1), ("big", 3)):
+        atomic_torch_save({"model": {"w": torch.ones(size)}}, tmp_path / f"{name}.pt")
+    with pytest.raises(ValueError, match=r"big\.pt and .*small\.pt differ in the shape of w"):
+        average_checkpoints([tmp_path / "small.pt", tmp_path / "big.pt"])
+
+
 def test_running_average_equals_mean_of_sampled_models():
     model = torch.nn.Linear(2, 2)
     avg = RunningAverage(model, period=2)

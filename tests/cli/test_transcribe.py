@@ -215,6 +215,18 @@ def test_bad_inputs_fail_per_file(tiny, audio_dir, tmp_path):
     assert "4 of 6 inputs failed" in proc.stderr
 
 
+@needs_ffmpeg
+def test_a_truncated_file_is_an_error_not_the_transcript_of_its_first_part(tmp_path):
+    """libsndfile stops at the cut (its flac decoder loses sync); ffmpeg, the fallback for
+    formats libsndfile cannot read, would decode the first third without a word."""
+    path = tmp_path / "cut.flac"
+    soundfile.write(path, np.random.default_rng(0).uniform(-0.5, 0.5, 48000), 16000)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    with pytest.raises(AudioError, match=r"cut\.flac: truncated or corrupt audio: its header "
+                                         r"declares 48000 samples, \d+ decode"):
+        load_audio(path)
+
+
 def test_stdin(tiny, audio_dir, capsys, monkeypatch):
     data = (audio_dir / "utt1.flac").read_bytes()
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))

@@ -14,7 +14,7 @@ from librispeech_tree import CharEncoder
 
 from asr.config import ConfigError, from_dict
 from asr.data.config import DataConfig, NoiseConfig, SpecAugmentConfig
-from asr.data.dataset import AsrDataset, load_cuts, make_dataloader, pad_tokens
+from asr.data.dataset import AsrDataset, DataError, load_cuts, make_dataloader, pad_tokens
 from asr.data.filtering import filter_cuts
 from asr.encoders.subsampling import subsampled_length
 from asr.types import Batch
@@ -238,3 +238,41 @@ def test_dataloader_with_workers_matches_eval_batches(prepared: dict) -> None:
     assert [b.cut_ids for b in with_workers] == [b.cut_ids for b in in_process]
     for a, b in zip(with_workers, in_process):
         assert torch.equal(a.feats, b.feats) and torch.equal(a.tokens, b.tokens)
+
+
+@pytest.mark.parametrize("on_the_fly", [False, True])
+def test_a_cut_that_cannot_be_loaded_is_named_with_its_file(prepared: dict, tmp_path,
+                                                              on_the_fly: bool) -> None:
+    """A corrupt feature archive entry / a truncated audio file in the middle of a batch: the
+    error names that cut and its file, not just what lilcom or lhotse say."""
+    cuts = list(_train_cuts(prepared))[:3]
+    victim = cuts[1]
+    if on_the_fly:
+        source = victim.recording.sources[0].source
+        truncated = tmp_path / "truncated.flac"
+        data = open(source, "rb").read()
+        truncated.write_bytes(data[: len(data) // 3])
+        victim.recording.sources[0].source = str(truncated)
+        expected = r"truncated\.flac"
+    else:
+        victim.features.storage_key = "999999999,100"  # beyond the end of the archive
+        expected = r"\.lca"
+    cfg = _cfg(prepared, on_the_fly_feats=on_the_fly)
+    dataset = AsrDataset.from_config(cfg, CharEncoder(), train=False)
+    with pytest.raises(DataError, match=rf"cut {victim.id!r} \(.*{expected}"):
+        dataset[CutSet.from_cuts(cuts)]
+
+
+def test_cuts_at_another_sample_rate_are_refused_before_any_batch(prepared: dict,
+                                                                   tmp_path) -> None:
+    cuts = list(_train_cuts(prepared).drop_features())[:3]
+    path = tmp_path / "8k.wav"
+    sf.write(path, np.zeros(8000, dtype=np.float32), 8000)
+    odd = cuts[2].with_recording_path_prefix("")  # a copy
+    odd.recording = Recording.from_file(path, recording_id=odd.recording.id)
+    odd.duration = odd.recording.duration
+    odd.supervisions = [replace(odd.supervisions[0], duration=odd.duration)]
+    cfg = _cfg(prepared, on_the_fly_feats=True)
+    with pytest.raises(ValueError, match=rf"1 cuts are not at 16000 Hz, e.g. cut {odd.id!r} at "
+                                         r"8000 Hz \(audio .*8k\.wav\)"):
+        make_dataloader(CutSet.from_cuts([*cuts[:2], odd]), cfg, CharEncoder(), train=True)

@@ -66,3 +66,17 @@ def test_too_few_frames_for_any_token(duration: float) -> None:
     kept, stats = filter_cuts(CutSet.from_cuts([_cut("tiny", duration, "A")]), CharEncoder(),
                                subsampled_length)
     assert len(kept) == 0 and stats.too_many_tokens == 1
+
+
+class _UnkCharEncoder(CharEncoder):
+    unk_id = 28  # CharEncoder's id of every character but A-Z and space
+
+
+def test_text_outside_the_tokenizer_is_counted_and_logged(caplog) -> None:
+    cuts = CutSet.from_cuts([_cut("upper", 1.0, "HELLO"), _cut("lower", 1.0, "hello"),
+                             _cut("umlaut", 1.0, "HÄLLO")])
+    with caplog.at_level(logging.INFO):
+        kept, stats = filter_cuts(cuts, _UnkCharEncoder(), subsampled_length)
+    assert stats == FilterStats(kept=3, with_unk=2) and len(kept) == 3
+    assert "2 kept cuts have text the tokenizer encodes as <unk>" in caplog.text
+    assert "lower: 'hello'" in caplog.text

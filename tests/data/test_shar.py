@@ -11,7 +11,7 @@ from lhotse import CutSet
 from librispeech_tree import CharEncoder
 
 from asr.data.config import DataConfig
-from asr.data.dataset import make_dataloader
+from asr.data.dataset import DataError, make_dataloader
 from asr.data.shar import SharCuts, export_shar, shar_fields
 
 
@@ -130,6 +130,17 @@ def test_a_failed_export_leaves_nothing_behind(prepared, tmp_path):
     cuts = list(_train_cuts(prepared))
     gone = fastcopy(cuts[3].features, storage_path=str(tmp_path / "gone"))
     cuts[3] = fastcopy(cuts[3], features=gone)
-    with pytest.raises(FileNotFoundError, match="gone"):  # lhotse names the archive
+    with pytest.raises(DataError, match=rf"cut {cuts[3].id!r} \(features .*gone, audio"):
         export_shar(CutSet.from_cuts(cuts), tmp_path / "out", {"features": "lilcom"}, shard_size=2)
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
+
+
+def test_a_corrupt_feature_entry_is_named_with_its_cut(prepared, tmp_path):
+    """lilcom's own error ('Length of string was too short') names neither cut nor archive."""
+    from lhotse.utils import fastcopy
+
+    cuts = list(_train_cuts(prepared))
+    bad = fastcopy(cuts[2].features, storage_key="999999999,100")
+    cuts[2] = fastcopy(cuts[2], features=bad)
+    with pytest.raises(DataError, match=rf"cut {cuts[2].id!r} \(features .*\.lca"):
+        export_shar(CutSet.from_cuts(cuts), tmp_path / "out", {"features": "lilcom"}, shard_size=2)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from asr.checkpoints.io import list_checkpoints, safe_torch_load
+from asr.checkpoints.io import CheckpointError, list_checkpoints, safe_torch_load
 from asr.train.optim import OptimConfig
 from asr.train.state import TrainConfig
 from asr.train.trainer import Trainer
@@ -61,14 +61,16 @@ def batches(epoch: int, skip: int, num_batches: int = 7):
             yield b
 
 
-def run(exp_dir, max_steps=0, resume=False, checkpoint_interval=2, cpu_amp=False):
+def run(exp_dir, max_steps=0, resume=False, checkpoint_interval=2, cpu_amp=False, accum_grad=1,
+        max_epochs=2):
     torch.manual_seed(0)
     model = ToyModel()
     trainer = Trainer(
         model,
         OptimConfig(lr=1e-2, warmup_steps=3),
-        TrainConfig(max_epochs=2, max_steps=max_steps, checkpoint_interval=checkpoint_interval,
-                    log_interval=1, average_period=2, keep_last=0, cpu_amp=cpu_amp),
+        TrainConfig(max_epochs=max_epochs, max_steps=max_steps,
+                    checkpoint_interval=checkpoint_interval, log_interval=1, average_period=2,
+                    keep_last=0, cpu_amp=cpu_amp, accum_grad=accum_grad),
         exp_dir,
         train_batches=batches,
         valid_batches=lambda: batches(99, 0, 2),
@@ -96,6 +98,30 @@ def test_stop_mid_epoch_and_resume_equals_uninterrupted(tmp_path):
     assert [r.train_loss for r in full.progress.history] == [
         r.train_loss for r in resumed.progress.history
     ]
+
+
+def test_accumulation_does_not_cross_an_epoch_end_so_resuming_there_is_exact(tmp_path):
+    """7 batches per epoch, 2 per step: the epoch's last step takes its 7th batch alone, instead
+    of carrying its gradients into epoch 2, past the epoch checkpoint, which holds none."""
+    full = run(tmp_path / "full", accum_grad=2, checkpoint_interval=0)
+    assert [r.step for r in full.progress.history] == [4, 8]
+    run(tmp_path / "resumed", accum_grad=2, checkpoint_interval=0, max_epochs=1)
+    torch.manual_seed(12345)
+    resumed = run(tmp_path / "resumed", accum_grad=2, checkpoint_interval=0, resume=True)
+    assert resumed.progress.step == 8
+    for (name, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_resuming_another_models_checkpoint_names_the_file(tmp_path):
+    run(tmp_path, max_steps=2)
+    wider = ToyModel()
+    wider.net[0] = nn.Linear(4, 24)
+    wider.net[3] = nn.Linear(24, 1)
+    trainer = Trainer(wider, OptimConfig(lr=1e-2), TrainConfig(max_epochs=1), tmp_path,
+                      train_batches=batches)
+    with pytest.raises(CheckpointError, match=r"cannot resume from .*checkpoint-2\.pt.*net\.0"):
+        trainer.resume()
 
 
 @pytest.fixture
