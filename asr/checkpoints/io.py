@@ -170,6 +170,39 @@ def link_epoch_checkpoint(checkpoint: str | Path, epoch: int) -> Path:
     return path
 
 
+TEMPORARY_PATTERN = re.compile(r"^\..+\.tmp-(\d+)$")
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Deletes the temporary files of atomic writes in ``directory`` whose writing process is
+    gone (a run killed while it wrote a checkpoint leaves one the size of a checkpoint);
+    returns what it deleted."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for path in directory.iterdir():
+        m = TEMPORARY_PATTERN.match(path.name)
+        if m is None or not path.is_file() or _process_alive(int(m.group(1))):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+        logger.info("removed %s, left by an interrupted write", path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def list_checkpoints(exp_dir: str | Path) -> list[tuple[int, Path]]:
     """``(step, path)`` of every ``checkpoint-N.pt`` in ``exp_dir``, sorted by step."""
     exp_dir = Path(exp_dir)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from asr.checkpoints.io import CheckpointError
 from asr.config import ConfigError, load_config, save_config, to_dict
 from asr.experiment import CONFIG_FILE, ExperimentConfig
 from asr.run.train import train_experiment
@@ -77,11 +78,22 @@ def run(args: argparse.Namespace) -> int:
         logger.error("asr train: %s", err)
         return 2
     _set_threads(args.num_threads)
-    if int(os.environ.get("RANK", "0")) == 0:
+    main = int(os.environ.get("RANK", "0")) == 0
+    config_path = args.exp_dir / CONFIG_FILE
+    previous = config_path.read_bytes() if main and config_path.is_file() else None
+    if main:
         args.exp_dir.mkdir(parents=True, exist_ok=True)
         _save_resolved_config(cfg, args.exp_dir)
     try:
         train_experiment(cfg, args.exp_dir)
+    except CheckpointError as err:
+        # resume refused the directory's checkpoint: its config.yaml stays the one it fits
+        if previous is not None:
+            tmp = config_path.with_name(config_path.name + ".tmp")
+            tmp.write_bytes(previous)
+            tmp.replace(config_path)
+        logger.error("asr train: %s", err, exc_info=logger.isEnabledFor(logging.DEBUG))
+        return 1
     except (FileNotFoundError, ValueError) as err:
         logger.error("asr train: %s", err, exc_info=logger.isEnabledFor(logging.DEBUG))
         return 1

@@ -38,9 +38,11 @@ from asr.checkpoints.io import (
     atomic_torch_save,
     capture_rng_state,
     checkpoint_path,
+    epoch_checkpoint_path,
     latest_checkpoint,
     link_epoch_checkpoint,
     remove_old_checkpoints,
+    remove_stale_temporaries,
     restore_rng_state,
     safe_torch_load,
 )
@@ -202,6 +204,8 @@ class Trainer:
             CheckpointError: naming the file, when it is unreadable or holds the state of
                 another model (another configuration's shapes or parameters).
         """
+        if self.dist.is_main:
+            remove_stale_temporaries(self.exp_dir)
         path = Path(path) if path else latest_checkpoint(self.exp_dir)
         if path is None:
             return False
@@ -219,6 +223,14 @@ class Trainer:
             "resumed from %s at epoch %d, step %d (%d batches into the epoch)", path,
             self.progress.epoch, self.progress.step, self.progress.batches_in_epoch,
         )
+        p = self.progress
+        epoch_end = p.batches_in_epoch == 0 and p.history and p.history[-1].step == p.step
+        if (self.dist.is_main and epoch_end and path.parent.resolve() == self.exp_dir.resolve()
+                and not epoch_checkpoint_path(self.exp_dir, p.epoch - 1).exists()):
+            # killed between writing the epoch's checkpoint and naming it after the epoch
+            link_epoch_checkpoint(path, p.epoch - 1)
+            logger.info("named %s after epoch %d, which the interrupted run had not", path,
+                        p.epoch - 1)
         return True
 
     # ------------------------------------------------------------------------------------ loop

@@ -82,3 +82,13 @@ def test_global_cmvn_statistics_come_from_the_training_features(tmp_path, tiny_c
                                rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(state["model"]["encoder.input_norm.inv_std"].numpy(),
                                1.0 / frames.std(0), rtol=1e-4, atol=1e-4)
+
+
+def test_a_refused_resume_leaves_the_config_its_checkpoints_fit(tmp_path, tiny_corpus, caplog):
+    """Re-running with another model size: one error naming the checkpoint, and config.yaml
+    still describes the directory's checkpoints."""
+    assert train_tiny(tmp_path, tiny_corpus, "changed", "train.max_steps=1") == 0
+    before = (tmp_path / "changed" / "config.yaml").read_bytes()
+    assert train_tiny(tmp_path, tiny_corpus, "changed", "encoder.d_model=48") == 1
+    assert "cannot resume from" in caplog.text and "checkpoint-1.pt" in caplog.text
+    assert (tmp_path / "changed" / "config.yaml").read_bytes() == before

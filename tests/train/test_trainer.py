@@ -124,6 +124,25 @@ def test_resuming_another_models_checkpoint_names_the_file(tmp_path):
         trainer.resume()
 
 
+def test_resume_names_an_epoch_left_unnamed_and_removes_dead_writers_temporaries(tmp_path):
+    """A run killed after writing its epoch-end checkpoint but before linking ``epoch-E.pt``,
+    and one killed inside a checkpoint write: resuming repairs both."""
+    run(tmp_path, max_epochs=1, checkpoint_interval=0)
+    (tmp_path / "epoch-1.pt").unlink()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    stale = tmp_path / f".checkpoint-9.pt.tmp-{int(dead.stdout)}"
+    stale.write_bytes(b"half a checkpoint")
+    live = tmp_path / f".checkpoint-9.pt.tmp-{os.getppid()}"  # a writer still running
+    live.write_bytes(b"being written")
+    trainer = Trainer(ToyModel(), OptimConfig(lr=1e-2), TrainConfig(max_epochs=2), tmp_path,
+                      train_batches=batches)
+    assert trainer.resume()
+    epoch = tmp_path / "epoch-1.pt"
+    assert epoch.exists() and epoch.samefile(tmp_path / "checkpoint-7.pt")
+    assert not stale.exists() and live.exists()
+
+
 @pytest.fixture
 def linear_dtypes(monkeypatch) -> list[torch.dtype]:
     """The output dtypes of every nn.Linear call made while the test runs."""
