@@ -216,12 +216,14 @@ class SherpaStreamingRecognizer:
         return self.results.segment(ids, times, start, stream.segment,
                                     stream.done or self.is_endpoint(stream))
 
-    def reset(self, stream: SherpaStream) -> None:
-        """Ends the current segment (kept in ``stream.finished_segments``) and starts the next."""
-        final = self.result(stream)
-        stream.finished_segments.append(dataclasses.replace(final, is_final=True))
+    def reset(self, stream: SherpaStream) -> Segment:
+        """Ends the current segment and starts the next; returns the ended segment's final
+        result, also kept in ``stream.finished_segments``."""
+        final = dataclasses.replace(self.result(stream), is_final=True)
+        stream.finished_segments.append(final)
         stream.segment += 1
         self.online.reset(stream.stream)
+        return final
 
 
 def load_streaming_recognizer(
