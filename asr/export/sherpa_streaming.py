@@ -82,7 +82,8 @@ class SherpaStream:
         input_done: the input ended (the flush is in).
         done: every chunk is decoded.
         finished_segments: final results of the segments ended by ``reset``.
-        resampler: the client's rate -> the model rate, when they differ.
+        resampler: the stream's rate -> the model rate (an identity when they are equal), from
+            its first piece.
     """
 
     id: int

@@ -248,6 +248,20 @@ def test_invalid_input(transducer_model):
         recognizer.accept_waveform(stream, np.zeros(100, np.float32), 8000)
 
 
+@pytest.mark.parametrize("rates", [(16000, 8000), (8000, 16000), (8000, 22050)])
+def test_a_sample_rate_change_within_a_stream_is_an_error(transducer_model, rates):
+    """The first piece fixes a stream's rate, the model's own included (16 kHz then 8 kHz was
+    taken and spliced in resampled)."""
+    recognizer = transducer_model.streaming_recognizer()
+    stream = recognizer.new_stream()
+    recognizer.accept_waveform(stream, np.zeros(1600, np.float32), rates[0])
+    with pytest.raises(ValueError, match=f"sample rate changed from {rates[0]} to {rates[1]}"):
+        recognizer.accept_waveform(stream, np.zeros(1600, np.float32), rates[1])
+    recognizer.accept_waveform(stream, np.zeros(1600, np.float32), rates[0])
+    recognizer.input_finished(stream)
+    assert stream.num_samples == 3200 * 16000 // rates[0]
+
+
 # ----------------------------------------------------------------------------- endpointing
 
 
