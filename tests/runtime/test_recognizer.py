@@ -248,6 +248,18 @@ def test_invalid_input(transducer_model):
         recognizer.accept_waveform(stream, np.zeros(100, np.float32), 8000)
 
 
+def test_inputs_shorter_than_the_receptive_field_give_empty_results(transducer_model):
+    """Under about 7 feature frames (0.08 s) an input has no encoder frame: offline and
+    streaming both give an empty transcript (offline raised), alone or batched."""
+    short = [np.full(n, 0.1, np.float32) for n in (1, 400, 1000)]
+    for searcher in ("transducer_greedy", "transducer_beam", "ctc_prefix_beam"):
+        results = transducer_model.transcribe(short, sample_rate=16000, searcher=searcher)
+        assert [r.text for r in results] == ["", "", ""]
+        recognizer = transducer_model.streaming_recognizer(searcher)
+        for wave in short:
+            assert _decode_alone(recognizer, wave, 160).token_ids == ()
+
+
 @pytest.mark.parametrize("rates", [(16000, 8000), (8000, 16000), (8000, 22050)])
 def test_a_sample_rate_change_within_a_stream_is_an_error(transducer_model, rates):
     """The first piece fixes a stream's rate, the model's own included (16 kHz then 8 kHz was
