@@ -373,24 +373,21 @@ def to_model_rate(
     resampler: StreamingResampler | None, name: str,
 ) -> tuple[np.ndarray, StreamingResampler | None]:
     """One piece of a stream at ``model_rate``: (N,) float32 mono (:func:`as_waveform`), resampled
-    by the stream's ``resampler`` (created on the first piece at another rate).
+    by the stream's ``resampler``, created on the stream's first piece (an identity when its rate
+    is the model's): it holds the stream's rate, which every later piece must have.
 
     Returns:
-        ``(wave, resampler)``: the samples now complete and the stream's resampler (None while
-        its rate is the model's).
+        ``(wave, resampler)``: the samples now complete and the stream's resampler (None before
+        its first piece).
 
     Raises:
         AudioError: for samples that are not audio.
         ValueError: when the rate changes within the stream.
     """
     wave = as_waveform(samples, name, allow_empty=True)
-    if sample_rate != model_rate:
-        if resampler is None:
-            resampler = StreamingResampler(sample_rate, model_rate)
-        elif resampler.orig_rate != sample_rate:
-            raise ValueError(
-                f"{name}: sample rate changed from {resampler.orig_rate} to {sample_rate} Hz")
-        return resampler.accept(wave), resampler
-    if resampler is not None:
-        raise ValueError(f"{name}: sample rate changed from {resampler.orig_rate} to {sample_rate} Hz")
-    return wave, resampler
+    if resampler is None:
+        resampler = StreamingResampler(sample_rate, model_rate)
+    elif resampler.orig_rate != sample_rate:
+        raise ValueError(
+            f"{name}: sample rate changed from {resampler.orig_rate} to {sample_rate} Hz")
+    return resampler.accept(wave), resampler

@@ -82,7 +82,8 @@ class SherpaStream:
         input_done: the input ended (the flush is in).
         done: every chunk is decoded.
         finished_segments: final results of the segments ended by ``reset``.
-        resampler: the client's rate -> the model rate, when they differ.
+        resampler: the stream's rate -> the model rate (an identity when they are equal), from
+            its first piece.
     """
 
     id: int
@@ -216,12 +217,14 @@ class SherpaStreamingRecognizer:
         return self.results.segment(ids, times, start, stream.segment,
                                     stream.done or self.is_endpoint(stream))
 
-    def reset(self, stream: SherpaStream) -> None:
-        """Ends the current segment (kept in ``stream.finished_segments``) and starts the next."""
-        final = self.result(stream)
-        stream.finished_segments.append(dataclasses.replace(final, is_final=True))
+    def reset(self, stream: SherpaStream) -> Segment:
+        """Ends the current segment and starts the next; returns the ended segment's final
+        result, also kept in ``stream.finished_segments``."""
+        final = dataclasses.replace(self.result(stream), is_final=True)
+        stream.finished_segments.append(final)
         stream.segment += 1
         self.online.reset(stream.stream)
+        return final
 
 
 def load_streaming_recognizer(

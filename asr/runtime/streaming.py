@@ -13,10 +13,11 @@ ended and frames (or the final result) are left. Feeding exactly one chunk per s
 streaming equal to the offline forward under the same chunk mask.
 
 Endpointing (:mod:`asr.runtime.endpoint`): after ``decode``, a caller checks
-:meth:`~StreamingRecognizer.is_endpoint`; on an endpoint it reads
-:meth:`~StreamingRecognizer.result` (an :class:`asr.results.Segment` with ``is_final`` True) and
-calls :meth:`~StreamingRecognizer.reset`, which starts a new segment (a fresh search state; the
-encoder keeps its context).
+:meth:`~StreamingRecognizer.is_endpoint`; on an endpoint it calls
+:meth:`~StreamingRecognizer.reset`, which finalizes the segment's search, returns its final
+result (an :class:`asr.results.Segment` with ``is_final`` True) and starts a new segment (a
+fresh search state; the encoder keeps its context). At an endpoint,
+:meth:`~StreamingRecognizer.result` already gives that final result.
 
 Example:
     >>> recognizer = asr.load_model("pkg").streaming_recognizer()
@@ -32,7 +33,6 @@ Shape legend: B streams in a batch, T feature frames, F mel bins, T' encoder fra
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 from collections.abc import Sequence
@@ -316,20 +316,34 @@ class StreamingRecognizer:
         )
 
     def result(self, stream: Stream) -> Segment:
-        """The stream's current segment (``is_final`` once it has ended), times in seconds."""
-        return self.runtime.results.hypothesis_segment(
-            stream.hypothesis, stream.segment_start_frame, stream.segment,
-            stream.done or self.is_endpoint(stream),
-        )
+        """The stream's current segment, times in seconds: its partial result, or once it has
+        ended (the stream is done, or at an endpoint) its final one (``is_final``)."""
+        final = stream.done or self.is_endpoint(stream)
+        hyp = self._final_hypothesis(stream) if final else stream.hypothesis
+        return self._segment(stream, hyp, final)
 
-    def reset(self, stream: Stream) -> None:
-        """Ends the current segment (kept in ``stream.finished_segments``) and starts the next."""
-        final = self.result(stream)
-        stream.finished_segments.append(dataclasses.replace(final, is_final=True))
+    def _final_hypothesis(self, stream: Stream) -> Hypothesis:
+        """The current segment's hypothesis if it ends now: its search finalized (a partial
+        result may leave frames undecided: TDT searches hold the last frames of a chunk until
+        they know where the stream ends)."""
+        if stream.done:
+            return stream.hypothesis
+        return self.searcher.finalize(stream.search_state)[0]
+
+    def _segment(self, stream: Stream, hyp: Hypothesis, is_final: bool) -> Segment:
+        return self.runtime.results.hypothesis_segment(
+            hyp, stream.segment_start_frame, stream.segment, is_final)
+
+    def reset(self, stream: Stream) -> Segment:
+        """Ends the current segment and starts the next; returns the ended segment's final
+        result (its search finalized), also kept in ``stream.finished_segments``."""
+        final = self._segment(stream, self._final_hypothesis(stream), True)
+        stream.finished_segments.append(final)
         stream.segment += 1
         stream.segment_start_frame = stream.frames_decoded
         stream.search_state = self._search_state(stream.context)
         stream.hypothesis = _EMPTY
+        return final
 
 
 def transcribe_streaming(

@@ -8,8 +8,11 @@ single worker thread (so the event loop stays responsive) feeds it to the stream
 each decoded stream's result. It repeats while any stream made progress, then sleeps until the
 next audio.
 
-All recognizer calls happen in the worker thread, one step at a time; the event loop only moves
-numpy buffers and messages, so streams are never touched by two threads at once.
+All recognizer calls happen in the worker thread, one step at a time, a session's
+``new_stream`` included (a transducer's start state runs the predictor); the event loop only
+moves numpy buffers and messages, so the model runs in one thread and streams are never touched
+by two at once. (The server builds a client's hotword graph with ``recognizer.hotword_graph``,
+from the tokenizer alone, in a thread of its own.)
 
 Bounds: pending audio per session is limited by the server (it stops reading a connection whose
 backlog exceeds ``max_buffered_seconds``); the outbox keeps only the latest partial result of a
@@ -69,7 +72,8 @@ class Session:
 
     Attributes:
         id: session number.
-        stream: the recognizer stream (touched only by the worker thread once opened).
+        stream: the recognizer stream, made and touched only by the worker thread (None until
+            the session's first decode step).
         sample_rate: rate of the client's audio.
         pending: audio received and not yet handed to the worker.
         pending_samples: samples in ``pending``.
@@ -87,8 +91,8 @@ class Session:
     """
 
     id: int
-    stream: Any
     sample_rate: int
+    stream: Any = None
     pending: list[np.ndarray] = field(default_factory=list)
     pending_samples: int = 0
     received_samples: int = 0
@@ -164,8 +168,8 @@ class DecodeEngine:
         return len(self._sessions)
 
     def open_session(self, sample_rate: int) -> Session:
-        """A new session with a fresh recognizer stream."""
-        session = Session(next(self._ids), self.recognizer.new_stream(), sample_rate)
+        """A new session; the worker gives it a fresh recognizer stream on its first step."""
+        session = Session(next(self._ids), sample_rate)
         self._sessions[session.id] = session
         self.stats.sessions_opened += 1
         return session
@@ -265,6 +269,8 @@ class DecodeEngine:
         audio = 0.0
         for item in work:
             session = item.session
+            if session.stream is None:  # made here: the model runs in this thread only
+                session.stream = rec.new_stream()
             try:
                 if item.hotwords is not None:
                     rec.set_hotword_graph(session.stream, item.hotwords[0])

@@ -203,6 +203,17 @@ def test_calls_with_too_few_frames_emit_nothing_and_keep_exactness():
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_a_batch_too_short_for_the_subsampling_encodes_to_no_frames(kind):
+    """Inputs of under 7 feature frames subsample to none: the full forward returns (B, 0, D)
+    as the streaming one does (it raised in the relative positions of zero queries)."""
+    encoder = _encoder(kind)
+    feats, lens = _batch([6, 3, 0])
+    out, out_lens = encoder(feats, lens)
+    assert out.shape == (3, 0, 32) and out_lens.tolist() == [0, 0, 0]
+    assert out_lens.tolist() == [subsampled_length(n) for n in lens.tolist()]
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_global_cmvn_normalises_both_paths_alike(kind):
     plain = _encoder(kind)
     encoder = _encoder(kind, input_norm="global_cmvn")

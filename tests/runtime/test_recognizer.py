@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from asr.audio import load_audio, resample
 from asr.runtime.endpoint import EndpointConfig, EndpointRule, detect_endpoint
@@ -136,6 +137,67 @@ def test_streaming_beam_equals_offline_beam_chunk_masked_forward(model, searcher
         _same(result, _decode_alone(recognizer, wave, 700))
 
 
+def _segments_with_resets(recognizer, wave: np.ndarray, piece: int = 700):
+    """Decodes ``wave`` alone, resetting at every endpoint; returns the final segments, the
+    results at the endpoints (what a server sends), what ``reset`` returned, the segment start
+    frames and every encoder chunk the searcher was given."""
+    chunks, step = [], recognizer.searcher.step
+
+    def recording_step(enc, enc_lens, state):
+        chunks.append(enc[0, : int(enc_lens[0])].clone())
+        return step(enc, enc_lens, state)
+
+    recognizer.searcher.step = recording_step
+    stream, sent, returned, starts = recognizer.new_stream(), [], [], [0]
+    for begin in range(0, wave.shape[0] + piece, piece):
+        if begin < wave.shape[0]:
+            recognizer.accept_waveform(stream, wave[begin: begin + piece], 16000)
+        else:
+            recognizer.input_finished(stream)
+        while recognizer.is_ready(stream):
+            recognizer.decode([stream])
+            if recognizer.is_endpoint(stream):
+                sent.append(recognizer.result(stream))
+                returned.append(recognizer.reset(stream))
+                starts.append(stream.segment_start_frame)
+    del recognizer.searcher.step
+    assert stream.done
+    return [*stream.finished_segments, recognizer.result(stream)], sent, returned, starts, chunks
+
+
+@pytest.mark.parametrize(("model", "searcher"), [("tdt_model", "tdt_beam"),
+                                                 ("tdt_model", "tdt_greedy"),
+                                                 ("transducer_model", "transducer_beam"),
+                                                 ("transducer_model", "ctc_prefix_beam")])
+def test_segment_after_reset_equals_a_fresh_search_of_its_frames(model, searcher, request):
+    """Endpoints in the middle of speech (rule 3 every 0.5 s): each segment's final result,
+    the one sent at its endpoint too, is the searcher's result on that segment's encoder frames
+    searched fresh (TDT searches keep the last frames of a chunk undecided until the end is
+    known: a reset must finalize them, not drop them), with absolute, increasing times."""
+    model = request.getfixturevalue(model)
+    endpoint = EndpointConfig(rule1=EndpointRule(False, 100.0, 0.0),
+                              rule2=EndpointRule(True, 100.0, 0.0),
+                              rule3=EndpointRule(False, 0.0, 0.5))
+    recognizer = model.streaming_recognizer(searcher, endpoint=endpoint)
+    wave = (np.random.default_rng(1).standard_normal(16000 * 3) * 0.1).astype(np.float32)
+    segments, sent, returned, starts, chunks = _segments_with_resets(recognizer, wave)
+    enc = torch.cat(chunks)
+    bounds = [*starts, enc.shape[0]]
+    assert len(segments) == len(bounds) - 1 >= 4
+    for index, segment in enumerate(segments):
+        begin, end = bounds[index], bounds[index + 1]
+        state = recognizer.searcher.step(enc[None, begin:end], torch.tensor([end - begin]),
+                                         recognizer.searcher.init_state(1, "cpu"))
+        fresh = model.runtime.results.hypothesis_segment(
+            recognizer.searcher.finalize(state)[0], begin, index)
+        assert (segment.index, segment.is_final) == (index, True)
+        assert segment.token_ids == fresh.token_ids, index
+        assert segment.timestamps == pytest.approx(fresh.timestamps)
+    assert sent == returned == segments[:-1]
+    times = [t for segment in segments for t in segment.timestamps]
+    assert len(times) > 10 and times == sorted(times)
+
+
 def test_ctc_segment_cif_streaming_equals_offline(tmp_path):
     """Paraformer-v2 through the real chunked encoder: the segments of the cached frames come
     from CTC, so the final streaming result is the offline chunk-masked one."""
@@ -184,6 +246,32 @@ def test_invalid_input(transducer_model):
     recognizer.input_finished(stream)
     with pytest.raises(ValueError, match="after input_finished"):
         recognizer.accept_waveform(stream, np.zeros(100, np.float32), 8000)
+
+
+def test_inputs_shorter_than_the_receptive_field_give_empty_results(transducer_model):
+    """Under about 7 feature frames (0.08 s) an input has no encoder frame: offline and
+    streaming both give an empty transcript (offline raised), alone or batched."""
+    short = [np.full(n, 0.1, np.float32) for n in (1, 400, 1000)]
+    for searcher in ("transducer_greedy", "transducer_beam", "ctc_prefix_beam"):
+        results = transducer_model.transcribe(short, sample_rate=16000, searcher=searcher)
+        assert [r.text for r in results] == ["", "", ""]
+        recognizer = transducer_model.streaming_recognizer(searcher)
+        for wave in short:
+            assert _decode_alone(recognizer, wave, 160).token_ids == ()
+
+
+@pytest.mark.parametrize("rates", [(16000, 8000), (8000, 16000), (8000, 22050)])
+def test_a_sample_rate_change_within_a_stream_is_an_error(transducer_model, rates):
+    """The first piece fixes a stream's rate, the model's own included (16 kHz then 8 kHz was
+    taken and spliced in resampled)."""
+    recognizer = transducer_model.streaming_recognizer()
+    stream = recognizer.new_stream()
+    recognizer.accept_waveform(stream, np.zeros(1600, np.float32), rates[0])
+    with pytest.raises(ValueError, match=f"sample rate changed from {rates[0]} to {rates[1]}"):
+        recognizer.accept_waveform(stream, np.zeros(1600, np.float32), rates[1])
+    recognizer.accept_waveform(stream, np.zeros(1600, np.float32), rates[0])
+    recognizer.input_finished(stream)
+    assert stream.num_samples == 3200 * 16000 // rates[0]
 
 
 # ----------------------------------------------------------------------------- endpointing

@@ -91,3 +91,41 @@ def test_hotwords_to_a_server_that_cannot_bias(server, wait_until):
     close_code, received = _run(_misbehave(server.url, [json.dumps({"hotwords": ["HELLO"]})]), 20)
     assert close_code == 1008 and "does not take hotwords" in received[-1]["error"]
     assert wait_until(lambda: server.server.num_sessions == 0, 5.0)
+
+
+def test_the_recognizer_is_called_from_the_decode_thread_only(tiny, hello):
+    """Every recognizer call of a session, its new_stream included (a transducer's start state
+    runs the model), happens in the engine's worker thread; only the hotword graph (tokenizer
+    alone) is built in another thread."""
+    import threading
+
+    import asr
+    from asr.serve.config import ServerConfig
+    from asr.serve.server import BackgroundServer
+
+    recognizer = asr.load_model(tiny.package_dir).streaming_recognizer("ctc_prefix_beam")
+    calls: list[tuple[str, str]] = []
+
+    class Recording:
+        def __getattr__(self, name):
+            value = getattr(recognizer, name)
+            if not callable(value):
+                return value
+
+            def call(*args, **kwargs):
+                calls.append((name, threading.current_thread().name))
+                return value(*args, **kwargs)
+
+            return call
+
+    async def two_clients(url):
+        return await asyncio.gather(*(stream_samples(url, hello, 16000, hotwords=words, timeout=30)
+                                      for words in (["HELLO WORD"], None)))
+
+    with BackgroundServer(Recording(), ServerConfig(port=0)) as background:
+        results = _run(two_clients(background.url), 60)
+    assert [r.close_code for r in results] == [1000, 1000]
+    threads = {name: {t for n, t in calls if n == name} for name, _ in calls}
+    assert threads.pop("hotword_graph") != threads["new_stream"]
+    assert {"new_stream", "decode", "accept_waveform", "result"} <= set(threads)
+    assert set.union(*threads.values()) == {"asr-decode_0"}, threads
