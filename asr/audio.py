@@ -96,6 +96,9 @@ _PCM_SCALES = {
 }
 
 
+MAX_CHANNELS = 64  # more is a channels-first array read the wrong way round (third-order ambisonics: 16)
+
+
 def as_waveform(samples: np.ndarray | Tensor, name: str, allow_empty: bool = False) -> np.ndarray:
     """The one rule for sample arrays given to a recognizer: (N,) or (N, C) -> (N,) float32 mono.
 
@@ -110,7 +113,8 @@ def as_waveform(samples: np.ndarray | Tensor, name: str, allow_empty: bool = Fal
 
     Raises:
         AudioError: naming ``name``, for other types (bool, complex, int64, objects), more than
-            two dimensions, no samples, or NaN / infinite values.
+            two dimensions, more than ``MAX_CHANNELS`` channels (a (C, N) array), no samples, or
+            NaN / infinite values.
     """
     array = samples.detach().cpu().numpy() if isinstance(samples, Tensor) else np.asarray(samples)
     if array.dtype in _PCM_SCALES:
@@ -123,6 +127,11 @@ def as_waveform(samples: np.ndarray | Tensor, name: str, allow_empty: bool = Fal
         )
     if array.ndim not in (1, 2):
         raise AudioError(f"{name}: expected (N,) or (N, C) samples, got shape {array.shape}")
+    if array.ndim == 2 and array.shape[1] > MAX_CHANNELS:
+        raise AudioError(
+            f"{name}: {array.shape[1]} channels of {array.shape[0]} samples (shape {array.shape}): "
+            f"channels go last, (N, C); transpose a channels-first (C, N) array"
+        )
     mono = to_mono(array)
     if mono.size == 0 and not allow_empty:
         raise AudioError(f"{name}: empty waveform")

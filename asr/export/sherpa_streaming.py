@@ -192,7 +192,13 @@ class SherpaStreamingRecognizer:
 
     def decode(self, streams: Sequence[SherpaStream]) -> None:
         """One batched ``decode_streams`` call over the ready streams among ``streams``; a
-        stream whose input has ended and that has no whole chunk left is done."""
+        stream whose input has ended and that has no whole chunk left is done.
+
+        Raises:
+            ValueError: when a stream is given twice.
+        """
+        if len({id(s) for s in streams}) != len(streams):
+            raise ValueError("decode: a stream is given twice; pass each stream once per call")
         ready = [s for s in streams if not s.done and self.online.is_ready(s.stream)]
         if ready:
             self.online.decode_streams([s.stream for s in ready])

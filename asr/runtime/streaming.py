@@ -269,7 +269,12 @@ class StreamingRecognizer:
         """One batched encoder chunk + search step over the ready streams among ``streams``.
 
         Streams whose input has ended and whose frames are all decoded are finalized.
+
+        Raises:
+            ValueError: when a stream is given twice.
         """
+        if len({id(s) for s in streams}) != len(streams):
+            raise ValueError("decode: a stream is given twice; pass each stream once per call")
         ready = [s for s in streams if self.is_ready(s)]
         takes = [self._frames_to_take(s) for s in ready]
         batch = [(s, n) for s, n in zip(ready, takes) if n > 0]

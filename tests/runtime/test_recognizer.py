@@ -248,6 +248,20 @@ def test_invalid_input(transducer_model):
         recognizer.accept_waveform(stream, np.zeros(100, np.float32), 8000)
 
 
+def test_misuse_that_was_silently_wrong_is_an_error(transducer_model):
+    """A channels-first stereo array (read as 2 samples of 16000 channels) and one stream given
+    twice to one decode call (stepped twice on the same chunk)."""
+    recognizer = transducer_model.streaming_recognizer()
+    stream = recognizer.new_stream()
+    with pytest.raises(ValueError, match=r"16000 channels of 2 samples .*transpose"):
+        recognizer.accept_waveform(stream, np.zeros((2, 16000), np.float32), 16000)
+    with pytest.raises(ValueError, match="16000 channels"):
+        transducer_model.transcribe([np.zeros((2, 16000), np.float32)], sample_rate=16000)
+    recognizer.accept_waveform(stream, np.zeros((16000, 2), np.float32), 16000)  # (N, C) is fine
+    with pytest.raises(ValueError, match="given twice"):
+        recognizer.decode([stream, stream])
+
+
 def test_inputs_shorter_than_the_receptive_field_give_empty_results(transducer_model):
     """Under about 7 feature frames (0.08 s) an input has no encoder frame: offline and
     streaming both give an empty transcript (offline raised), alone or batched."""
