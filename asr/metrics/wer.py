@@ -418,6 +418,28 @@ def read_recognitions(path: str | Path) -> tuple[dict[str, str], dict[str, str]]
     return texts["ref"], texts["hyp"]
 
 
+def read_phrases(path: str | Path) -> dict[str, str]:
+    """Read a biasing set's ``phrases.tsv`` (``utt_id<TAB>phrase`` lines) into ``utt_id -> phrase``.
+
+    Raises:
+        ValueError: for a line without a tab or without a phrase, or a duplicated utterance id
+            (naming the file and line).
+    """
+    path = Path(path)
+    phrases: dict[str, str] = {}
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        utt_id, tab, phrase = line.partition("\t")
+        utt_id, phrase = utt_id.strip(), " ".join(phrase.split())
+        if not tab or not utt_id or not phrase:
+            raise ValueError(f"{path}:{line_no}: expected 'utt_id<TAB>phrase', got {line!r}")
+        if utt_id in phrases:
+            raise ValueError(f"{path}:{line_no}: duplicated utterance id {utt_id!r}")
+        phrases[utt_id] = phrase
+    return phrases
+
+
 def phrase_recall(phrases: Mapping[str, str], hyps: Mapping[str, str]) -> tuple[int, int]:
     """How many utterances' phrase the hypothesis says exactly: as a run of whole words.
 
