@@ -94,7 +94,12 @@ def _timestamp(seconds: float, sep: str) -> str:
 
 
 def cues(result) -> list[tuple[float, float, str]]:
-    """Subtitle cues ``(start, end, text)`` of a :class:`asr.results.TranscriptionResult`."""
+    """Subtitle cues ``(start, end, text)`` of a :class:`asr.results.TranscriptionResult`.
+
+    A word ends one encoder frame after its last token, and a transducer can emit the next
+    word's first token on that same frame, so a cue's end is cut at the next cue's start: cues
+    never overlap (players would show both at once).
+    """
     out: list[tuple[float, float, str]] = []
     for segment in result.segments:
         current: list = []
@@ -110,7 +115,10 @@ def cues(result) -> list[tuple[float, float, str]]:
             current.append(word)
         if current:
             out.append((current[0].start, current[-1].end, " ".join(w.text for w in current)))
-    return out
+    return [
+        (start, max(start, min(end, out[k + 1][0])) if k + 1 < len(out) else end, text)
+        for k, (start, end, text) in enumerate(out)
+    ]
 
 
 def format_result(result, fmt: str, with_source: bool) -> str:

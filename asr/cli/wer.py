@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 from asr.metrics.wer import (
     compute_cer,
     compute_wer,
     phrase_recall,
     read_kaldi_text,
+    read_phrases,
     read_recognitions,
     write_error_report,
     write_recognitions,
@@ -47,23 +47,28 @@ def run(args: argparse.Namespace) -> int:
         else:
             refs = read_kaldi_text(args.ref)
             hyps = read_kaldi_text(args.hyp)
-        phrases = dict(
-            line.split("\t", 1) for line in Path(args.phrases).read_text(encoding="utf-8")
-            .splitlines() if line.strip()
-        ) if args.phrases else {}
+        phrases = read_phrases(args.phrases) if args.phrases else {}
     except (OSError, ValueError) as err:
         logger.error("asr wer: %s", err)
         return 2
+    # what the messages call the two sides (a recogs file holds both)
+    ref_name = args.ref if args.hyp else f"the ref= lines of {args.ref}"
+    hyp_name = args.hyp or f"the hyp= lines of {args.ref}"
     extra = sorted(set(hyps) - set(refs))
     if extra:
-        logger.error("asr wer: %d ids of %s are not in %s, e.g. %s", len(extra), args.hyp,
-                     args.ref, extra[:3])
+        logger.error("asr wer: %d ids of %s are not in %s, e.g. %s", len(extra), hyp_name,
+                     ref_name, extra[:3])
+        return 2
+    unknown = sorted(set(phrases) - set(refs))
+    if unknown:  # another set's phrases: the recall would count them as misses
+        logger.error("asr wer: %d ids of %s are not in %s, e.g. %s", len(unknown), args.phrases,
+                     ref_name, unknown[:3])
         return 2
     missing = [utt for utt in refs if utt not in hyps]
     if missing:
         if args.strict:
             logger.error("asr wer: %d ids of %s have no hypothesis in %s, e.g. %s",
-                         len(missing), args.ref, args.hyp, missing[:3])
+                         len(missing), ref_name, hyp_name, missing[:3])
             return 2
         logger.warning("%d utterances have no hypothesis; scored as empty, e.g. %s",
                        len(missing), missing[:3])

@@ -128,30 +128,21 @@ class NgramLM:
         symbol_to_id: Mapping[str, int] | None = None,
         oov_log_prob: float = -23.0,
     ) -> NgramLM:
-        """Reads an ARPA file whose words are token ids (or symbols in ``symbol_to_id``)."""
-        probs: dict[tuple[int, ...], float] = {}
-        backoffs: dict[tuple[int, ...], float] = {}
-        order = 0
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                line = line.strip()
-                if not line or line.startswith("ngram ") or line == "\\data\\":
-                    continue
-                if line.startswith("\\"):
-                    order = int(line[1:-7]) if line.endswith("-grams:") else 0
-                    continue
-                if order == 0:
-                    continue
-                fields = line.split()
-                if len(fields) not in (order + 1, order + 2):
-                    raise ValueError(f"{path}:{number}: expected a {order}-gram line, got {line!r}")
-                gram = tuple(_word_id(w, symbol_to_id, path, number) for w in fields[1 : order + 1])
-                probs[gram] = float(fields[0]) * LN10
-                if len(fields) == order + 2:
-                    backoffs[gram] = float(fields[-1]) * LN10
+        """Reads an ARPA file whose words are token ids (or symbols in ``symbol_to_id``).
+
+        Raises:
+            ValueError: naming the file (and the line) when it is not a complete ARPA file: no
+                ``\\data\\`` counts, a section whose entries differ from its count (a truncated
+                file), a field that is no number, a positive log10 probability, an n-gram listed
+                twice, a word that is no token id, or no ``\\end\\``.
+        """
+        probs, backoffs = _read_arpa(path, symbol_to_id)
         logger.info("read a %d-gram LM with %d n-grams from %s", max(map(len, probs), default=0),
                     len(probs), path)
-        return cls(probs, backoffs, vocab_size, oov_log_prob)
+        try:
+            return cls(probs, backoffs, vocab_size, oov_log_prob)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
 
     def init_state(self) -> tuple[int, ...]:
         return self._reduce((BOS,))
@@ -199,16 +190,124 @@ class NgramLM:
         return history
 
 
-def _word_id(word: str, symbol_to_id: Mapping[str, int] | None, path, number: int) -> int:
+class _LineError(ValueError):
+    """What is wrong with one line of an ARPA file (:func:`_read_arpa` adds the file and line)."""
+
+
+def _read_arpa(
+    path: str | Path, symbol_to_id: Mapping[str, int] | None
+) -> tuple[dict[tuple[int, ...], float], dict[tuple[int, ...], float]]:
+    """The natural-log probabilities and back-off weights of an ARPA file, checked against its
+    ``\\data\\`` counts as KenLM checks them (so a truncated file is an error, not a smaller LM)."""
+    probs: dict[tuple[int, ...], float] = {}
+    backoffs: dict[tuple[int, ...], float] = {}
+    declared: dict[int, int] = {}  # order -> count in the \data\ section
+    found: dict[int, int] = {}  # order -> entries read
+    section: str | None = None  # None before \data\, then "data", "grams" or "end"
+    order = number = 0
+    with open(path, encoding="utf-8") as f:
+        try:
+            for number, raw in enumerate(f, start=1):
+                line = raw.strip()
+                if not line or section == "end":
+                    continue
+                try:
+                    if line == "\\data\\":
+                        section = "data"
+                    elif line.startswith("\\"):
+                        if section is None:
+                            raise _LineError(f"{line!r} before \\data\\; not an ARPA file")
+                        _check_count(order, found, declared)
+                        section, order = _section(line, declared, found)
+                    elif section == "data":
+                        n, count = _declared_count(line)
+                        declared[n] = count
+                    elif section == "grams":
+                        _read_entry(line, order, symbol_to_id, probs, backoffs)
+                        found[order] += 1
+                except _LineError as err:
+                    raise ValueError(f"{path}:{number}: {err}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}:{number + 1}: not UTF-8 text; not an ARPA file") from None
+    if section is None:
+        raise ValueError(f"{path}: no \\data\\ section; not an ARPA file")
+    if section != "end":
+        try:
+            _check_count(order, found, declared)
+        except _LineError as err:
+            raise ValueError(f"{path}:{number}: {err}") from None
+        raise ValueError(f"{path}: no \\end\\ after line {number} (truncated file?)")
+    missing = sorted(set(declared) - set(found))
+    if missing:
+        raise ValueError(f"{path}: \\data\\ declares {missing[0]}-grams but has no such section")
+    return probs, backoffs
+
+
+def _declared_count(line: str) -> tuple[int, int]:
+    """``ngram N=COUNT`` -> (N, COUNT)."""
+    key, _, value = line.partition("=")
+    order = key[len("ngram "):].strip() if key.startswith("ngram ") else ""
+    if not order.isdigit() or not value.strip().isdigit():
+        raise _LineError(f"expected 'ngram N=COUNT' in \\data\\, got {line!r}")
+    return int(order), int(value)
+
+
+def _section(line: str, declared: dict[int, int], found: dict[int, int]) -> tuple[str, int]:
+    """The section a ``\\N-grams:`` or ``\\end\\`` line starts: ("grams", N) or ("end", 0)."""
+    if line == "\\end\\":
+        return "end", 0
+    head = line[1 : -len("-grams:")] if line.endswith("-grams:") else ""
+    if not head.isdigit() or int(head) not in declared:
+        raise _LineError(f"unexpected section {line!r} (\\data\\ declares the orders "
+                         f"{sorted(declared)})")
+    if int(head) in found:
+        raise _LineError(f"a second {head}-grams section")
+    found[int(head)] = 0
+    return "grams", int(head)
+
+
+def _check_count(order: int, found: dict[int, int], declared: dict[int, int]) -> None:
+    """At the end of the ``order``-grams section (none when 0): its count is the declared one."""
+    if order and found[order] != declared[order]:
+        raise _LineError(f"the {order}-grams section has {found[order]} entries but \\data\\ "
+                         f"declares {declared[order]} (truncated or edited file?)")
+
+
+def _read_entry(
+    line: str,
+    order: int,
+    symbol_to_id: Mapping[str, int] | None,
+    probs: dict[tuple[int, ...], float],
+    backoffs: dict[tuple[int, ...], float],
+) -> None:
+    """Adds one ``log10_prob w_1 .. w_order [log10_backoff]`` line of an n-gram section."""
+    fields = line.split()
+    if len(fields) not in (order + 1, order + 2):
+        raise _LineError(f"expected a {order}-gram line, got {line!r}")
+    try:
+        values = [float(fields[0])] + [float(v) for v in fields[order + 1 :]]
+    except ValueError:
+        raise _LineError(
+            f"a log10 probability or back-off weight that is no number: {line!r}"
+        ) from None
+    if values[0] > 0.0:
+        raise _LineError(f"positive log10 probability {fields[0]} (a probability above 1): {line!r}")
+    gram = tuple(_word_id(w, symbol_to_id) for w in fields[1 : order + 1])
+    if gram in probs:
+        raise _LineError(f"the {order}-gram {' '.join(fields[1 : order + 1])!r} is listed twice")
+    probs[gram] = values[0] * LN10
+    if len(values) == 2:
+        backoffs[gram] = values[1] * LN10
+
+
+def _word_id(word: str, symbol_to_id: Mapping[str, int] | None) -> int:
     if word in _SPECIALS:
         return _SPECIALS[word]
     if symbol_to_id is not None:
         if word not in symbol_to_id:
-            raise ValueError(f"{path}:{number}: word {word!r} is not in the symbol table")
+            raise _LineError(f"word {word!r} is not in the symbol table")
         return int(symbol_to_id[word])
     try:
         return int(word)
     except ValueError:
-        raise ValueError(
-            f"{path}:{number}: word {word!r} is not a token id; pass symbol_to_id"
-        ) from None
+        raise _LineError(f"word {word!r} is not a token id; pass symbol_to_id") from None

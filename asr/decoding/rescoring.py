@@ -15,7 +15,9 @@ head scores whole hypotheses, and the two scores are mixed.
 
 Both re-rank by ``(1 - ctc_weight) * second + ctc_weight * first_pass`` (the joint CTC/attention
 weighting of Watanabe et al. 2017 applied to whole hypotheses; the first-pass score includes its
-LM, bonus and normalisation). Timestamps are those of the first pass.
+LM, bonus and normalisation); a hypothesis impossible on either side (``-inf``: say one that ends
+inside a word under a word LM) stays impossible whatever the weight, and ties keep the first
+pass's order. Timestamps are those of the first pass.
 
 Shape legend: B batch, N hypotheses of the whole batch, T frames, D encoder dims.
 """
@@ -33,7 +35,9 @@ from asr.decoding.base import Searcher, check_encoder_output
 from asr.decoding.config import SearchConfig
 from asr.types import Hypothesis
 
-__all__ = ["NbestRescoring", "SequenceScorer"]
+NEG_INF = float("-inf")
+
+__all__ = ["NbestRescoring", "SequenceScorer", "combined_score"]
 
 
 class SequenceScorer(Protocol):
@@ -44,6 +48,14 @@ class SequenceScorer(Protocol):
     ) -> Tensor:
         """enc (N, T, D), enc_lens (N,), N hypotheses -> (N,) log-probabilities."""
         ...
+
+
+def combined_score(first: float, second: float, ctc_weight: float) -> float:
+    """``(1 - ctc_weight) * second + ctc_weight * first``; ``-inf`` when either is ``-inf``
+    (at a weight of 0 or 1 the product would be ``0 * -inf``, NaN, which sorts anywhere)."""
+    if first == NEG_INF or second == NEG_INF:
+        return NEG_INF
+    return (1.0 - ctc_weight) * second + ctc_weight * first
 
 
 class NbestRescoring:
@@ -73,9 +85,8 @@ class NbestRescoring:
         second = self.head.score_sequences(
             enc[index], enc_lens.to(enc.device)[index], [hyp.tokens for hyp in flat]
         ).tolist()
-        weight = self.cfg.ctc_weight
         rescored = [
-            replace(hyp, score=(1.0 - weight) * s + weight * hyp.score)
+            replace(hyp, score=combined_score(hyp.score, s, self.cfg.ctc_weight))
             for hyp, s in zip(flat, second)
         ]
         results: list[list[Hypothesis]] = [[] for _ in nbests]

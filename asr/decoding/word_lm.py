@@ -68,22 +68,25 @@ def arpa_words(path: str | Path) -> list[str]:
     ``</s>`` and ``<unk>``.
 
     Raises:
-        ValueError: when the file has no unigram section.
+        ValueError: when the file is not UTF-8 text or has no unigram section.
     """
     words: list[str] = []
     found = False  # inside the unigram section
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if line.startswith("\\"):
-                if found:  # the unigram section is over: the rest of the file is not read
-                    break
-                found = line == "\\1-grams:"
-                continue
-            if found and line:
-                fields = line.split()
-                if len(fields) >= 2 and fields[1] not in _SPECIALS:
-                    words.append(fields[1])
+        try:
+            for line in f:
+                line = line.strip()
+                if line.startswith("\\"):
+                    if found:  # the unigram section is over: the rest of the file is not read
+                        break
+                    found = line == "\\1-grams:"
+                    continue
+                if found and line:
+                    fields = line.split()
+                    if len(fields) >= 2 and fields[1] not in _SPECIALS:
+                        words.append(fields[1])
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not UTF-8 text; not an ARPA file") from None
     if not found:
         raise ValueError(f"{path}: no \\1-grams: section; not an ARPA file")
     return words

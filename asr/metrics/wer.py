@@ -6,8 +6,12 @@ reference into the hypothesis. Each DP row is computed with numpy: substitutions
 from the previous row, and the insertion recurrence ``d[j] = min(t[j], d[j-1] + 1)`` is the running
 minimum ``d[j] = j + min_{k<=j}(t[k] - k)``. Utterances of similar length are padded into one
 batch so a corpus costs about one numpy call per reference position of each batch, not per
-utterance. The alignment is recovered by backtracking, preferring match/substitution, then
-deletion, then insertion.
+utterance. The alignment is recovered by backtracking from the end with the tie-breaking of
+Kaldi's ``compute-wer`` and of icefall's error files (both through Kaldi's
+``LevenshteinEditDistance`` / kaldialign): a match or substitution only when it costs strictly
+less than a deletion and an insertion, a deletion only when strictly cheaper than an insertion.
+Minimum-edit alignments can split the same distance differently (``A B`` -> ``B C`` is two
+substitutions or a deletion and an insertion), so this choice fixes the reported counts.
 
 Conventions:
 
@@ -34,6 +38,7 @@ AlignedPair = tuple[str | None, str | None]
 #: The CER unit for a space between words.
 CHAR_SPACE = "\u2581"
 _EPS = "*"
+_NEVER = 1 << 62  # a move out of the table
 
 
 _MAX_CELLS = 1 << 22  # DP cells (int32) per batch of utterances: 16 MiB
@@ -74,14 +79,22 @@ def _edit_distance_tables(
 
 
 def _backtrace(table: np.ndarray, ref: Sequence[str], hyp: Sequence[str]) -> list[AlignedPair]:
+    """A minimum-edit alignment, from the end, with Kaldi's ``compute-wer`` tie-breaking (module
+    docstring): so its insertion, deletion and substitution counts are compute-wer's."""
     pairs: list[AlignedPair] = []
     i, j = len(ref), len(hyp)
     while i > 0 or j > 0:
-        here = table[i, j]
-        if i > 0 and j > 0 and table[i - 1, j - 1] + (ref[i - 1] != hyp[j - 1]) == here:
+        diagonal = deletion = insertion = _NEVER
+        if i > 0 and j > 0:
+            diagonal = table[i - 1, j - 1] + (ref[i - 1] != hyp[j - 1])
+        if i > 0:
+            deletion = table[i - 1, j] + 1
+        if j > 0:
+            insertion = table[i, j - 1] + 1
+        if diagonal < min(deletion, insertion):
             pairs.append((ref[i - 1], hyp[j - 1]))
             i, j = i - 1, j - 1
-        elif i > 0 and table[i - 1, j] + 1 == here:
+        elif deletion < insertion:
             pairs.append((ref[i - 1], None))
             i -= 1
         else:
@@ -403,6 +416,28 @@ def read_recognitions(path: str | Path) -> tuple[dict[str, str], dict[str, str]]
             raise ValueError(f"{path}:{line_no}: not a recognition line: {line!r}")
         texts[kind][utt] = " ".join(ast.literal_eval(words))
     return texts["ref"], texts["hyp"]
+
+
+def read_phrases(path: str | Path) -> dict[str, str]:
+    """Read a biasing set's ``phrases.tsv`` (``utt_id<TAB>phrase`` lines) into ``utt_id -> phrase``.
+
+    Raises:
+        ValueError: for a line without a tab or without a phrase, or a duplicated utterance id
+            (naming the file and line).
+    """
+    path = Path(path)
+    phrases: dict[str, str] = {}
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        utt_id, tab, phrase = line.partition("\t")
+        utt_id, phrase = utt_id.strip(), " ".join(phrase.split())
+        if not tab or not utt_id or not phrase:
+            raise ValueError(f"{path}:{line_no}: expected 'utt_id<TAB>phrase', got {line!r}")
+        if utt_id in phrases:
+            raise ValueError(f"{path}:{line_no}: duplicated utterance id {utt_id!r}")
+        phrases[utt_id] = phrase
+    return phrases
 
 
 def phrase_recall(phrases: Mapping[str, str], hyps: Mapping[str, str]) -> tuple[int, int]:

@@ -17,6 +17,8 @@ import soundfile
 import asr.audio as audio_module
 from asr.audio import AudioError, load_audio, resample
 from asr.cli.main import main
+from asr.cli.transcribe import format_result
+from asr.results import Segment, TranscriptionResult, Word
 from asr.testing.tiny import espeak_available
 
 pytestmark = pytest.mark.skipif(not espeak_available(), reason="needs espeak-ng")
@@ -178,6 +180,36 @@ def test_subtitles_parse(tiny, audio_dir, capsys, fmt):
     assert code == 0
     cues = parse_subtitles(out, vtt=fmt == "vtt")
     assert " ".join(text for _, _, text in cues) == tiny.texts[3]
+
+
+def _result(segments: list[list[Word]], duration: float) -> TranscriptionResult:
+    kept = tuple(
+        Segment(" ".join(w.text for w in words), words[0].start, words[-1].end,
+                words=tuple(words), index=k)
+        for k, words in enumerate(segments)
+    )
+    return TranscriptionResult("a.wav", " ".join(s.text for s in kept), (), (), (),
+                               tuple(w for s in kept for w in s.words), duration, kept)
+
+
+@pytest.mark.parametrize("fmt", ["srt", "vtt"])
+def test_subtitle_cues_never_overlap_and_count_hours(fmt):
+    """Two 20-letter words fill a cue (42 characters); the third word starts on the frame the
+    second one ends on (a transducer emits both there), so its cue starts before the first cue
+    ends, unless the first cue's end is cut there. Times past an hour and millisecond rounding;
+    no words give no cues."""
+    first = [Word("A" * 20, 0.0, 0.08), Word("B" * 20, 0.04, 0.12), Word("C" * 10, 0.08, 0.2)]
+    late = [Word("LATE", 3725.0004, 3725.4996)]
+    text = format_result(_result([first, late], 3726.0), fmt, with_source=False)
+    cues = parse_subtitles(text, vtt=fmt == "vtt")
+    assert [c[2] for c in cues] == ["A" * 20 + " " + "B" * 20, "C" * 10, "LATE"]
+    assert all(end <= following[0] for (_, end, _), following in zip(cues, cues[1:]))
+    assert cues[0][:2] == (0.0, 0.08) and cues[2][:2] == (3725.0, 3725.5)
+    sep = "," if fmt == "srt" else "."
+    assert f"01:02:05{sep}000 --> 01:02:05{sep}500" in text
+    assert format_result(_result([], 1.0), fmt, with_source=False) == (
+        "" if fmt == "srt" else "WEBVTT\n\n"
+    )
 
 
 def test_subtitles_for_several_files_need_output_dir(tiny, audio_dir, tmp_path, capsys):

@@ -77,6 +77,45 @@ def test_arpa_errors_name_the_line(tmp_path):
     )
 
 
+BIGRAMS = ARPA.split("\\2-grams:")[0]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (BIGRAMS, r"bad.arpa: no \\end\\ after line 12"),  # cut after the unigrams
+        (ARPA.replace("-0.1 2 2\n", ""), r"bad.arpa:18: the 2-grams section has 3 entries but "
+         r"\\data\\ declares 4"),  # an n-gram lost in the middle
+        (ARPA.replace("-0.4 2", "x.4 2"), r"bad.arpa:9: a log10 probability .* no number"),
+        (ARPA.replace("2 -0.3", "2 -0.3e"), r"bad.arpa:9: a log10 probability .* no number"),
+        (ARPA.replace("\\2-grams:", "\\two-grams:"), r"bad.arpa:13: unexpected section"),
+        (ARPA.replace("\\2-grams:", "\\3-grams:"), r"bad.arpa:13: unexpected section"),
+        (ARPA.replace("-0.4 2", "0.4 2"), r"bad.arpa:9: positive log10 probability 0.4"),
+        (ARPA.replace("-0.1 2 2", "-0.1 2 3"), r"bad.arpa:17: the 2-gram '2 3' is listed twice"),
+        (ARPA.replace("-0.4 2 -0.3", "-0.4 9 -0.3"), r"bad.arpa: NgramLM: token ids \[9\] are "
+         "outside the vocabulary of 7"),
+        ("", r"bad.arpa: no \\data\\ section"),
+        (b"\x1f\x8b\x08\x00 gzip", r"bad.arpa:1: not UTF-8 text"),
+    ],
+    ids=["truncated", "count", "prob", "backoff", "section", "order", "positive", "twice",
+         "vocab", "empty", "gzip"],
+)
+def test_a_malformed_arpa_file_is_an_error_naming_its_file_and_line(tmp_path, text, message):
+    """Reading as KenLM does: the \\data\\ counts hold (a truncated or edited file is no
+    smaller LM), every field is a number, probabilities are at most 1, an n-gram is listed once."""
+    path = tmp_path / "bad.arpa"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ValueError, match=message):
+        NgramLM.from_arpa(path, vocab_size=7)
+
+
+def test_an_arpa_file_may_have_crlf_lines_and_text_before_its_data(tmp_path):
+    path = tmp_path / "lm.arpa"
+    path.write_bytes(("written by a tool\n" + ARPA).replace("\n", "\r\n").encode())
+    lm = NgramLM.from_arpa(path, vocab_size=7)
+    assert lm.log_prob(lm.init_state(), 3) == pytest.approx((-0.5 - 0.7) * LN10)
+
+
 def test_lm_weight_zero_leaves_results_unchanged(lm):
     model = make_model(ctc=True)
     enc, enc_lens = encoder_output([15, 9])

@@ -9,6 +9,10 @@ from search_helpers import encoder_output, make_model
 
 from asr.decoding import SearchConfig, build_searcher
 from asr.decoding.context_graph import ContextGraph
+from asr.decoding.rescoring import NbestRescoring
+from asr.types import Hypothesis
+
+INF = float("inf")
 
 
 @pytest.mark.parametrize(
@@ -72,6 +76,34 @@ def test_cif_rescoring_formula(cif_options):
     only_first = build_searcher("cif_rescoring", model, SearchConfig(beam_size=4, nbest=4,
                                                                     ctc_weight=1.0))(enc, enc_lens)
     assert [[h.tokens for h in n] for n in only_first] == [[h.tokens for h in n] for n in first]
+
+
+class _FixedNbest:
+    """A first pass and a second head with given scores (one utterance)."""
+
+    def __init__(self, first: list[float], second: list[float]) -> None:
+        self.hyps = [Hypothesis(tokens=(k + 1,), score=s) for k, s in enumerate(first)]
+        self.second = torch.tensor(second)
+
+    def __call__(self, enc, enc_lens):
+        return [list(self.hyps)]
+
+    def score_sequences(self, enc, enc_lens, hyps):
+        return self.second[: len(hyps)]
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3, 1.0])
+def test_a_hypothesis_impossible_on_either_side_stays_impossible(weight):
+    """A first-pass hypothesis that cannot end (-inf, e.g. inside a word under a word LM) or one
+    the second head rules out: at a weight of 0 or 1 the formula's ``0 * -inf`` made its score
+    NaN, which ranked anywhere; it is -inf, last, at every weight. Equal scores keep the first
+    pass's order; an n-best shorter than ``nbest`` is returned whole."""
+    fixed = _FixedNbest([-INF, -1.0, -2.0, -1.0, -3.0], [-1.0, -2.0, -2.5, -2.0, -INF])
+    cfg = SearchConfig(beam_size=6, nbest=6, ctc_weight=weight)
+    hyps = NbestRescoring(fixed, fixed, cfg)(torch.zeros(1, 3, 2), torch.tensor([3]))[0]
+    assert [h.tokens for h in hyps] == [(2,), (4,), (3,), (1,), (5,)]
+    assert [h.score for h in hyps[3:]] == [-INF, -INF]
+    assert hyps[0].score == pytest.approx((1 - weight) * -2.0 + weight * -1.0)
 
 
 @pytest.mark.parametrize(("heads", "name"), [(dict(ctc=True, aed=True), "attention_rescoring"),

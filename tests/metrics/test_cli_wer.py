@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 from asr.cli.main import main
 
 
@@ -30,3 +32,26 @@ def test_cer_cli_and_errors(tmp_path, capsys):
     hyp.write_text("u1 A\nu1 B\n")
     assert main(["wer", str(ref), str(hyp)]) == 2  # duplicated id
     assert main(["wer", str(ref), str(tmp_path / "missing")]) == 2
+
+
+def test_phrase_recall_cli_refuses_phrase_files_it_would_misread(tmp_path, capsys, caplog):
+    """A line without a tab or a phrase, or phrases of utterances the references do not hold
+    (another set's list), are errors naming the file (and line), not a recall computed from an
+    empty phrase (found in every hypothesis) or from ids counted as misses."""
+    ref, hyp, phrases = tmp_path / "ref.txt", tmp_path / "hyp.txt", tmp_path / "phrases.tsv"
+    ref.write_text("u1 A BIG ZEPPELIN\nu2 THE GOLDEN GATE\n")
+    hyp.write_text("u1 A BIG ZEPPELIN\nu2 THE GOLD GATE\n")
+    phrases.write_text("u1\tBIG  ZEPPELIN\r\nu2\tGOLDEN GATE\n")
+    assert main(["wer", str(ref), str(hyp), "--phrases", str(phrases)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "phrase recall 50.00% (1/2)"
+    bad = {
+        "u1\tZEPPELIN\nu2 GOLDEN GATE\n": "phrases.tsv:2: expected 'utt_id<TAB>phrase'",
+        "u1\tZEPPELIN\nu2\t \n": "phrases.tsv:2: expected 'utt_id<TAB>phrase'",
+        "u1\tZEPPELIN\nu1\tBIG\n": "phrases.tsv:2: duplicated utterance id 'u1'",
+        "u1\tZEPPELIN\nu9\tGOLDEN GATE\n": "1 ids of .*phrases.tsv are not in .*ref.txt",
+    }
+    for text, message in bad.items():
+        phrases.write_text(text)
+        caplog.clear()
+        assert main(["wer", str(ref), str(hyp), "--phrases", str(phrases)]) == 2
+        assert any(re.search(message, r.getMessage()) for r in caplog.records), text

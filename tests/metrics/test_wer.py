@@ -124,6 +124,30 @@ def test_agrees_with_kaldialign():
         assert stats.num_ref == len(ref) and stats.ins - stats.dels == len(hyp) - len(ref)
 
 
+def test_counts_and_alignments_are_kaldis():
+    """Minimum-edit alignments can split one distance differently (``A B`` -> ``B C``: two
+    substitutions, or a deletion and an insertion); the insertion, deletion and substitution
+    counts are those of Kaldi's compute-wer (kaldialign's edit_distance) and the alignment that
+    of icefall's error files (kaldialign's align), on random short strings of few words, where
+    such ties are common."""
+    rng = random.Random(3)
+    for _ in range(2000):
+        vocab = rng.choice(["AB", "ABC", "ABCDE"])
+        ref = [rng.choice(vocab) for _ in range(rng.randint(0, 9))]
+        hyp = [rng.choice(vocab) for _ in range(rng.randint(0, 9))]
+        pairs = align(ref, hyp)
+        stats = ErrorStats.from_alignment(pairs)
+        expected = kaldialign.edit_distance(ref, hyp)
+        assert (stats.ins, stats.dels, stats.subs) == (
+            expected["ins"], expected["del"], expected["sub"]
+        ), (ref, hyp)
+        assert [("*" if r is None else r, "*" if h is None else h) for r, h in pairs] == [
+            tuple(pair) for pair in kaldialign.align(ref, hyp, "*")
+        ]
+    stats = compute_wer(["A B"], ["B C"]).stats
+    assert (stats.ins, stats.dels, stats.subs) == (1, 1, 0)
+
+
 def test_batched_alignment_equals_single(monkeypatch):
     import asr.metrics.wer as wer
 
