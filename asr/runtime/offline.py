@@ -9,11 +9,12 @@ Offline decoding batches many inputs: every input is cut into windows, windows o
 are batched (sorted by length), encoded once and searched once per batch.
 
 Long inputs: windows of ``window_seconds`` overlapping by ``overlap_seconds``; window ``k``
-starts at ``k * (window_seconds - overlap_seconds)`` (the last one may be shorter). **Merge rule**: the middle of each overlap
-is the cut between neighbouring windows; each window keeps only the tokens whose time falls in
-its own span (from the previous cut to the next cut), so every instant is decided by the window
-that sees it with the most context on both sides, and no token is counted twice. A word that
-straddles a cut keeps the tokens each side decided.
+starts at ``k * (window_seconds - overlap_seconds)``, except the last, which ends with the input
+(so every window is whole and the last overlaps its neighbour by at least ``overlap_seconds``).
+**Merge rule**: the middle of each overlap is the cut between neighbouring windows; each window
+keeps only the tokens whose time falls in its own span (from the previous cut to the next cut),
+so every instant is decided by the window that sees it with the most context on both sides, and
+no token is counted twice. A word that straddles a cut keeps the tokens each side decided.
 
 Streaming (``streaming=True``) runs the inputs through
 :class:`asr.runtime.streaming.StreamingRecognizer` (all inputs as concurrent streams, batched),
@@ -89,10 +90,12 @@ def plan_windows(
     step = length - int(round(overlap_seconds * sample_rate))
     if num_samples <= length:
         return [Window(index, 0, num_samples, -math.inf, math.inf)]
-    # every window starts ``step`` after the previous one; the last may be shorter.
+    # every window starts ``step`` after the previous one, but the last ends with the input:
+    # a full window, so that the end is decided with as much left context as any other part.
     starts = [0]
     while starts[-1] + length < num_samples:
         starts.append(starts[-1] + step)
+    starts[-1] = num_samples - length
     spans = [(s, min(s + length, num_samples)) for s in starts]
     cuts = [(spans[k + 1][0] + spans[k][1]) / 2 / sample_rate for k in range(len(spans) - 1)]
     bounds = [-math.inf, *cuts, math.inf]
