@@ -12,7 +12,6 @@ exactly where the interrupted run left it).
 from __future__ import annotations
 
 import functools
-import itertools
 from collections.abc import Iterator
 
 import torch
@@ -35,8 +34,12 @@ class _SkipFirst:
         self.transforms = list(transforms)
 
     def __iter__(self):
+        # next() rather than islice: iter() on a lhotse sampler restarts its epoch.
         it = iter(self.sampler)
-        for cuts in itertools.islice(it, self.skip):
+        for _ in range(self.skip):
+            cuts = next(it, None)
+            if cuts is None:
+                break
             for transform in self.transforms:  # advance the augmentation RNG as if loaded
                 transform(cuts)
         return it

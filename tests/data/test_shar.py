@@ -81,6 +81,24 @@ def test_shard_order_is_a_function_of_seed_and_epoch_only(shar_dir):
     assert all(sorted(o) == sorted(orders[0]) for o in orders)
     shar.set_epoch(2)
     assert [c.id for c in shar.manifests] == orders[2]  # manifests follow the same order
+    # every pass within an epoch reads its order (lhotse's reader counts its own passes)
+    assert [c.id for c in shar.cuts] == [c.id for c in shar.cuts] == orders[2]
+    assert [c.id for c in shar.manifests] == orders[2]
+
+
+def test_a_resumed_shar_epoch_yields_the_remaining_batches_with_workers(prepared, shar_dir):
+    """With DataLoader workers the sampler is iterated twice per epoch (and a resumed epoch
+    skips batches first, reading the whole small corpus): the shards must keep their order."""
+    from asr.data.epochs import EpochBatches
+
+    cfg = DataConfig(max_duration=3.0, max_cut_duration=2.5, num_buckets=2, shuffle=True,
+                     drop_last=False, num_workers=1, seed=5)
+    shar = SharCuts([shar_dir], "features", shuffle=True, seed=5)
+    batches = EpochBatches(shar.cuts, cfg, CharEncoder(), shar=shar)
+    full = [b.cut_ids for b in batches(2, 0)]
+    assert len(full) > 3
+    for skip in (1, 3):
+        assert [b.cut_ids for b in batches(2, skip)] == full[skip:]
 
 
 def test_batches_from_shar_equal_batches_from_the_manifests(prepared, shar_dir):
