@@ -162,3 +162,17 @@ def test_a_corrupt_feature_entry_is_named_with_its_cut(prepared, tmp_path):
     cuts[2] = fastcopy(cuts[2], features=bad)
     with pytest.raises(DataError, match=rf"cut {cuts[2].id!r} \(features .*\.lca"):
         export_shar(CutSet.from_cuts(cuts), tmp_path / "out", {"features": "lilcom"}, shard_size=2)
+
+
+def test_cmvn_statistics_of_filtered_shar_training_cuts(prepared, shar_dir):
+    """Training from Shar with ``input_norm: global_cmvn`` gets its statistics from the lazy,
+    filtered Shar cuts (no length): those of the first cuts of the stream."""
+    from asr.data.filtering import filter_cuts
+    from asr.features.cmvn import compute_cmvn_stats
+
+    shar = SharCuts([shar_dir], "features", shuffle=True, seed=5)
+    kept, _ = filter_cuts(shar.manifests, CharEncoder(), lambda n: n, apply_to=shar.cuts)
+    mean, std = compute_cmvn_stats(kept, max_cuts=3)
+    frames = np.concatenate([c.load_features() for c in list(shar.cuts)[:3]])
+    np.testing.assert_allclose(mean.numpy(), frames.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(std.numpy(), frames.std(0), rtol=1e-4, atol=1e-4)
