@@ -124,7 +124,10 @@ class DataConfig:
         buffer_size: cuts the sampler holds to shuffle and bucket from (lhotse's buffer): a
             shuffled manifest (``asr prepare shuffle``) plus a large buffer mix subsets and speeds
             in every batch.
-        drop_last: drop the last incomplete training batch (evaluation keeps it).
+        drop_last: yield only training batches that fill ``max_duration`` (evaluation keeps
+            every batch): what no longer fills a batch in each duration bucket at the end of an
+            epoch (at most about ``num_buckets * max_duration`` s), and with N ranks up to N - 1
+            batches more, are left out of that epoch (logged, see :mod:`asr.data.epochs`).
         num_workers: DataLoader worker processes.
         on_the_fly_feats: compute fbank from audio in the DataLoader instead of reading stored
             features.
