@@ -1,4 +1,5 @@
-"""Feature-domain augmentation beyond SpecAugment: vocal tract length perturbation (VTLP).
+"""Feature-domain augmentation: vocal tract length perturbation (VTLP), and SpecAugment's time
+masks kept within what an utterance's length allows (:class:`UtteranceSpecAugment`).
 
 VTLP (Jaitly & Hinton, "Vocal Tract Length Perturbation (VTLP) improves speech recognition",
 ICML 2013 workshop) warps the frequency axis of each training utterance by a random factor
@@ -20,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 
@@ -29,7 +31,7 @@ from torch import Tensor
 from asr.data.config import FreqWarpConfig
 from asr.features.fbank import FbankConfig
 
-__all__ = ["FrequencyWarp", "kaldi_mel_centers", "vtlp_warp"]
+__all__ = ["FrequencyWarp", "UtteranceSpecAugment", "kaldi_mel_centers", "vtlp_warp"]
 
 
 def _mel(freq: Tensor) -> Tensor:
@@ -141,3 +143,36 @@ class FrequencyWarp:
         if math.isclose(alpha, 1.0):
             return feats
         return self.apply(feats, alpha)
+
+
+class UtteranceSpecAugment:
+    """lhotse's ``SpecAugment`` on one utterance, with no more time masks than its length allows.
+
+    lhotse caps the frames of all time masks at ``budget = max_frames_mask_fraction * T`` and
+    gives each of its ``min(num_frame_masks, ceil(budget / frames_mask_size))`` masks at most
+    ``budget // masks`` frames: 0 when there are more masks than frames in the budget (with a
+    narrow ``frames_mask_size`` up to ~60 frames, or any width under 7 frames at 0.15), and a
+    0-frame mask makes it raise. Here the count is limited to ``floor(budget)``, which changes
+    nothing where lhotse worked, and an utterance with less than one frame of budget is left as
+    it is (warp and frequency masks included).
+
+    Args:
+        spec_augment: a lhotse ``SpecAugment``.
+    """
+
+    def __init__(self, spec_augment) -> None:
+        self.spec_augment = spec_augment
+        self._by_masks = {spec_augment.num_frame_masks: spec_augment}
+
+    def __call__(self, feats: Tensor) -> Tensor:
+        """Augments (1, T, F) features of one utterance; returns (1, T, F)."""
+        base = self.spec_augment
+        budget = int(base.max_frames_mask_fraction * feats.shape[1])
+        if budget < 1:
+            return feats
+        masks = min(base.num_frame_masks, budget)
+        if masks not in self._by_masks:
+            fewer = copy.copy(base)
+            fewer.num_frame_masks = masks
+            self._by_masks[masks] = fewer
+        return self._by_masks[masks](feats)

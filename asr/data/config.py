@@ -23,10 +23,15 @@ class SpecAugmentConfig:
         time_warp_factor: maximum warp in frames; 0 disables time warping.
         num_freq_masks: frequency masks per utterance.
         max_freq_mask_width: maximum mel bins per frequency mask (``F`` in the paper).
-        num_time_masks: time masks per utterance (at least 1 when enabled).
+        num_time_masks: most time masks per utterance (at least 1 when enabled); lhotse uses
+            ``min(num_time_masks, ceil(budget / max_time_mask_width))`` of them, ``budget``
+            being ``max_time_mask_fraction`` of the utterance's frames (10 masks of 100 frames
+            at 0.15: 2 masks on a 10 s utterance), so long utterances get more.
         max_time_mask_width: maximum frames per time mask (``T`` in the paper).
-        max_time_mask_fraction: cap of each time mask as a fraction of the utterance length
-            (``p`` in the paper).
+        max_time_mask_fraction: cap of all time masks together as a fraction of the utterance
+            length (each mask has at most ``budget // masks`` frames; ``p`` in the paper).
+            Utterances with less than one frame of budget (under 7 frames at 0.15) are not
+            augmented.
         probability: probability of augmenting a given utterance.
         start_epoch: first training epoch (1-based) that is augmented; the epochs before it train
             on clean features. A short run (few epochs) learns faster without masks, a long one
@@ -52,6 +57,10 @@ class SpecAugmentConfig:
             raise ValueError("spec_augment mask counts and time_warp_factor must be >= 0")
         if min(self.max_freq_mask_width, self.max_time_mask_width) <= 0:
             raise ValueError("spec_augment mask widths must be > 0")
+        if not 0.0 < self.max_time_mask_fraction <= 1.0:
+            # lhotse divides by the number of masks the fraction allows (0 for a fraction of 0)
+            raise ValueError("spec_augment.max_time_mask_fraction must be in (0, 1], got "
+                             f"{self.max_time_mask_fraction}")
         if self.enabled and self.num_time_masks == 0:
             # lhotse's SpecAugment divides by the number of time masks
             raise ValueError(

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from asr.data.augment import FrequencyWarp
+from asr.data.augment import FrequencyWarp, UtteranceSpecAugment
 from asr.data.config import DataConfig
 from asr.data.filtering import (
     TextEncoder,
@@ -84,7 +84,9 @@ class AsrDataset(torch.utils.data.Dataset):
         input_strategy: lhotse ``BatchIO`` (``PrecomputedFeatures`` or ``OnTheFlyFeatures``)
             mapping a CutSet to (feats (B, T, F), feat_lens (B,)).
         cut_transforms: CutSet -> CutSet callables applied before feature extraction.
-        spec_augment: lhotse ``SpecAugment`` applied to each utterance's valid frames, or None.
+        spec_augment: (1, T, F) -> (1, T, F) applied to each utterance's valid frames, or None
+            (from the config: lhotse's ``SpecAugment`` in a
+            :class:`~asr.data.augment.UtteranceSpecAugment`).
         feature_transforms: (T, F) -> (T, F) callables applied to each utterance's valid frames
             before SpecAugment (e.g. :class:`asr.data.augment.FrequencyWarp`).
         rng: the RNG shared by the random cut transforms (reseeded per DataLoader worker).
@@ -147,7 +149,7 @@ class AsrDataset(torch.utils.data.Dataset):
             feature_transforms.append(FrequencyWarp.from_fbank(cfg.fbank, cfg.freq_warp))
         sa = cfg.spec_augment
         if train and sa.enabled:
-            spec_augment = LhotseSpecAugment(
+            spec_augment = UtteranceSpecAugment(LhotseSpecAugment(
                 time_warp_factor=sa.time_warp_factor,
                 num_feature_masks=sa.num_freq_masks,
                 features_mask_size=sa.max_freq_mask_width,
@@ -155,7 +157,7 @@ class AsrDataset(torch.utils.data.Dataset):
                 frames_mask_size=sa.max_time_mask_width,
                 max_frames_mask_fraction=sa.max_time_mask_fraction,
                 p=sa.probability,
-            )
+            ))
         return cls(encoder, input_strategy, transforms, spec_augment, rng, feature_transforms,
                    spec_augment_start_epoch=sa.start_epoch)
 
