@@ -1,5 +1,7 @@
-"""Feature-domain augmentation: vocal tract length perturbation (VTLP), and SpecAugment's time
-masks kept within what an utterance's length allows (:class:`UtteranceSpecAugment`).
+"""Augmentation: speed perturbation of the training cuts before they are batched
+(:class:`SpeedPerturbation`), vocal tract length perturbation (VTLP) of the features, and
+SpecAugment's time masks kept within what an utterance's length allows
+(:class:`UtteranceSpecAugment`).
 
 VTLP (Jaitly & Hinton, "Vocal Tract Length Perturbation (VTLP) improves speech recognition",
 ICML 2013 workshop) warps the frequency axis of each training utterance by a random factor
@@ -22,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import random
 
@@ -31,7 +34,8 @@ from torch import Tensor
 from asr.data.config import FreqWarpConfig
 from asr.features.fbank import FbankConfig
 
-__all__ = ["FrequencyWarp", "UtteranceSpecAugment", "kaldi_mel_centers", "vtlp_warp"]
+__all__ = ["FrequencyWarp", "SpeedPerturbation", "UtteranceSpecAugment", "kaldi_mel_centers",
+           "vtlp_warp"]
 
 
 def _mel(freq: Tensor) -> Tensor:
@@ -176,3 +180,44 @@ class UtteranceSpecAugment:
             fewer.num_frame_masks = masks
             self._by_masks[masks] = fewer
         return self._by_masks[masks](feats)
+
+
+class SpeedPerturbation:
+    """On-the-fly speed perturbation of one cut (Ko et al., Interspeech 2015), applied to the cut
+    stream BEFORE the sampler batches it, so that batches hold ``max_duration`` seconds of the
+    perturbed audio (perturbing sampled batches, as lhotse's ``PerturbSpeed`` transform does,
+    lets a factor 0.9 take them ~11 % over it).
+
+    The factor of a cut is drawn from a hash of ``(seed, epoch, cut id)``: every rank sees the
+    same durations (its sampler forms the same batches), and an epoch's factors do not depend on
+    DataLoader workers or on batches skipped at resumption. The original (factor 1) and each of
+    ``factors`` are equally likely. Perturbed cuts keep their id and transcript; their stored
+    features are dropped (they no longer match), as features are computed on the fly.
+
+    Args:
+        seed: the data seed.
+        factors: speed factors besides 1 (> 1 is faster and shorter).
+    """
+
+    def __init__(self, seed: int, factors: tuple[float, ...]) -> None:
+        self.seed = seed
+        self.factors = tuple(factors)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draws the factors of ``epoch`` from now on."""
+        self.epoch = epoch
+
+    def factor(self, cut_id: str) -> float:
+        """The speed factor of ``cut_id`` in the current epoch."""
+        key = f"{self.seed}:{self.epoch}:{cut_id}".encode()
+        draw = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
+        choices = (1.0, *self.factors)
+        return choices[draw % len(choices)]
+
+    def __call__(self, cut):
+        """The cut at its factor (the cut itself at factor 1)."""
+        factor = self.factor(cut.id)
+        if factor == 1.0:
+            return cut
+        return cut.drop_features().perturb_speed(factor, affix_id=False)

@@ -140,8 +140,10 @@ class DataConfig:
         num_workers: DataLoader worker processes.
         on_the_fly_feats: compute fbank from audio in the DataLoader instead of reading stored
             features.
-        speed_perturb: on-the-fly speed perturbation (0.9 / 1.0 / 1.1 equally likely) of training
-            cuts; needs ``on_the_fly_feats`` because perturbing drops stored features.
+        speed_perturb: on-the-fly speed perturbation (0.9 / 1.0 / 1.1 equally likely, drawn
+            per cut and epoch) of training cuts, before they are batched (batches hold at most
+            ``max_duration`` s of perturbed audio); needs ``on_the_fly_feats`` because
+            perturbing drops stored features.
         spec_augment: SpecAugment settings.
         freq_warp: vocal tract length perturbation of the features (before SpecAugment).
         noise: additive noise settings.

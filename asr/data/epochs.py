@@ -1,9 +1,10 @@
 """Training batches epoch by epoch, resumable mid-epoch: the trainer's ``train_batches``.
 
 :class:`EpochBatches` is ``(epoch, skip) -> batches`` for one rank. Each epoch re-seeds the
-sampler's shuffle (``set_epoch``), the dataset's epoch (SpecAugment's ``start_epoch``), the Shar
-shard order and the augmentation RNGs from ``(seed, rank, epoch)`` only, so that an epoch's batches
-do not depend on what ran before it. Exact resumption: a resumed epoch re-creates the sampler and
+sampler's shuffle (``set_epoch``), the dataset's epoch (SpecAugment's ``start_epoch``, the speed
+factors, drawn per cut from ``(seed, epoch, cut id)``), the Shar shard order and the augmentation
+RNGs from ``(seed, rank, epoch)`` only, so that an epoch's batches do not depend on what ran
+before it. Exact resumption: a resumed epoch re-creates the sampler and
 skips the ``skip`` batches already trained on without loading their features (with
 ``num_workers == 0`` the cut transforms still see the skipped cuts, so their random generator is
 exactly where the interrupted run left it).
