@@ -1,4 +1,7 @@
-"""Feature-domain augmentation beyond SpecAugment: vocal tract length perturbation (VTLP).
+"""Augmentation: speed perturbation of the training cuts before they are batched
+(:class:`SpeedPerturbation`), vocal tract length perturbation (VTLP) of the features, and
+SpecAugment's time masks kept within what an utterance's length allows
+(:class:`UtteranceSpecAugment`).
 
 VTLP (Jaitly & Hinton, "Vocal Tract Length Perturbation (VTLP) improves speech recognition",
 ICML 2013 workshop) warps the frequency axis of each training utterance by a random factor
@@ -20,6 +23,8 @@ Example:
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import math
 import random
 
@@ -29,7 +34,8 @@ from torch import Tensor
 from asr.data.config import FreqWarpConfig
 from asr.features.fbank import FbankConfig
 
-__all__ = ["FrequencyWarp", "kaldi_mel_centers", "vtlp_warp"]
+__all__ = ["FrequencyWarp", "SpeedPerturbation", "UtteranceSpecAugment", "kaldi_mel_centers",
+           "vtlp_warp"]
 
 
 def _mel(freq: Tensor) -> Tensor:
@@ -141,3 +147,77 @@ class FrequencyWarp:
         if math.isclose(alpha, 1.0):
             return feats
         return self.apply(feats, alpha)
+
+
+class UtteranceSpecAugment:
+    """lhotse's ``SpecAugment`` on one utterance, with no more time masks than its length allows.
+
+    lhotse caps the frames of all time masks at ``budget = max_frames_mask_fraction * T`` and
+    gives each of its ``min(num_frame_masks, ceil(budget / frames_mask_size))`` masks at most
+    ``budget // masks`` frames: 0 when there are more masks than frames in the budget (with a
+    narrow ``frames_mask_size`` up to ~60 frames, or any width under 7 frames at 0.15), and a
+    0-frame mask makes it raise. Here the count is limited to ``floor(budget)``, which changes
+    nothing where lhotse worked, and an utterance with less than one frame of budget is left as
+    it is (warp and frequency masks included).
+
+    Args:
+        spec_augment: a lhotse ``SpecAugment``.
+    """
+
+    def __init__(self, spec_augment) -> None:
+        self.spec_augment = spec_augment
+        self._by_masks = {spec_augment.num_frame_masks: spec_augment}
+
+    def __call__(self, feats: Tensor) -> Tensor:
+        """Augments (1, T, F) features of one utterance; returns (1, T, F)."""
+        base = self.spec_augment
+        budget = int(base.max_frames_mask_fraction * feats.shape[1])
+        if budget < 1:
+            return feats
+        masks = min(base.num_frame_masks, budget)
+        if masks not in self._by_masks:
+            fewer = copy.copy(base)
+            fewer.num_frame_masks = masks
+            self._by_masks[masks] = fewer
+        return self._by_masks[masks](feats)
+
+
+class SpeedPerturbation:
+    """On-the-fly speed perturbation of one cut (Ko et al., Interspeech 2015), applied to the cut
+    stream BEFORE the sampler batches it, so that batches hold ``max_duration`` seconds of the
+    perturbed audio (perturbing sampled batches, as lhotse's ``PerturbSpeed`` transform does,
+    lets a factor 0.9 take them ~11 % over it).
+
+    The factor of a cut is drawn from a hash of ``(seed, epoch, cut id)``: every rank sees the
+    same durations (its sampler forms the same batches), and an epoch's factors do not depend on
+    DataLoader workers or on batches skipped at resumption. The original (factor 1) and each of
+    ``factors`` are equally likely. Perturbed cuts keep their id and transcript; their stored
+    features are dropped (they no longer match), as features are computed on the fly.
+
+    Args:
+        seed: the data seed.
+        factors: speed factors besides 1 (> 1 is faster and shorter).
+    """
+
+    def __init__(self, seed: int, factors: tuple[float, ...]) -> None:
+        self.seed = seed
+        self.factors = tuple(factors)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draws the factors of ``epoch`` from now on."""
+        self.epoch = epoch
+
+    def factor(self, cut_id: str) -> float:
+        """The speed factor of ``cut_id`` in the current epoch."""
+        key = f"{self.seed}:{self.epoch}:{cut_id}".encode()
+        draw = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
+        choices = (1.0, *self.factors)
+        return choices[draw % len(choices)]
+
+    def __call__(self, cut):
+        """The cut at its factor (the cut itself at factor 1)."""
+        factor = self.factor(cut.id)
+        if factor == 1.0:
+            return cut
+        return cut.drop_features().perturb_speed(factor, affix_id=False)

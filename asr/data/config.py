@@ -23,10 +23,15 @@ class SpecAugmentConfig:
         time_warp_factor: maximum warp in frames; 0 disables time warping.
         num_freq_masks: frequency masks per utterance.
         max_freq_mask_width: maximum mel bins per frequency mask (``F`` in the paper).
-        num_time_masks: time masks per utterance (at least 1 when enabled).
+        num_time_masks: most time masks per utterance (at least 1 when enabled); lhotse uses
+            ``min(num_time_masks, ceil(budget / max_time_mask_width))`` of them, ``budget``
+            being ``max_time_mask_fraction`` of the utterance's frames (10 masks of 100 frames
+            at 0.15: 2 masks on a 10 s utterance), so long utterances get more.
         max_time_mask_width: maximum frames per time mask (``T`` in the paper).
-        max_time_mask_fraction: cap of each time mask as a fraction of the utterance length
-            (``p`` in the paper).
+        max_time_mask_fraction: cap of all time masks together as a fraction of the utterance
+            length (each mask has at most ``budget // masks`` frames; ``p`` in the paper).
+            Utterances with less than one frame of budget (under 7 frames at 0.15) are not
+            augmented.
         probability: probability of augmenting a given utterance.
         start_epoch: first training epoch (1-based) that is augmented; the epochs before it train
             on clean features. A short run (few epochs) learns faster without masks, a long one
@@ -52,6 +57,10 @@ class SpecAugmentConfig:
             raise ValueError("spec_augment mask counts and time_warp_factor must be >= 0")
         if min(self.max_freq_mask_width, self.max_time_mask_width) <= 0:
             raise ValueError("spec_augment mask widths must be > 0")
+        if not 0.0 < self.max_time_mask_fraction <= 1.0:
+            # lhotse divides by the number of masks the fraction allows (0 for a fraction of 0)
+            raise ValueError("spec_augment.max_time_mask_fraction must be in (0, 1], got "
+                             f"{self.max_time_mask_fraction}")
         if self.enabled and self.num_time_masks == 0:
             # lhotse's SpecAugment divides by the number of time masks
             raise ValueError(
@@ -124,12 +133,17 @@ class DataConfig:
         buffer_size: cuts the sampler holds to shuffle and bucket from (lhotse's buffer): a
             shuffled manifest (``asr prepare shuffle``) plus a large buffer mix subsets and speeds
             in every batch.
-        drop_last: drop the last incomplete training batch (evaluation keeps it).
+        drop_last: yield only training batches that fill ``max_duration`` (evaluation keeps
+            every batch): what no longer fills a batch in each duration bucket at the end of an
+            epoch (at most about ``num_buckets * max_duration`` s), and with N ranks up to N - 1
+            batches more, are left out of that epoch (logged, see :mod:`asr.data.epochs`).
         num_workers: DataLoader worker processes.
         on_the_fly_feats: compute fbank from audio in the DataLoader instead of reading stored
             features.
-        speed_perturb: on-the-fly speed perturbation (0.9 / 1.0 / 1.1 equally likely) of training
-            cuts; needs ``on_the_fly_feats`` because perturbing drops stored features.
+        speed_perturb: on-the-fly speed perturbation (0.9 / 1.0 / 1.1 equally likely, drawn
+            per cut and epoch) of training cuts, before they are batched (batches hold at most
+            ``max_duration`` s of perturbed audio); needs ``on_the_fly_feats`` because
+            perturbing drops stored features.
         spec_augment: SpecAugment settings.
         freq_warp: vocal tract length perturbation of the features (before SpecAugment).
         noise: additive noise settings.

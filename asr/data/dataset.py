@@ -1,8 +1,9 @@
 """CutSet -> :class:`asr.types.Batch`: features, augmentation, tokens (lhotse map-style dataset).
 
-The sampler yields CutSets; :class:`AsrDataset` turns one into a padded batch. Training batches
-go through cut transforms (speed perturbation, Ko et al. Interspeech 2015, via lhotse
-``PerturbSpeed``; additive noise via lhotse ``CutMix``) before feature extraction and SpecAugment
+The sampler yields CutSets; :class:`AsrDataset` turns one into a padded batch. Training cuts are
+speed-perturbed before the sampler sees them (:class:`asr.data.augment.SpeedPerturbation`, Ko et
+al. Interspeech 2015, so batches keep to ``max_duration``); training batches go through cut
+transforms (additive noise via lhotse ``CutMix``) before feature extraction and SpecAugment
 (Park et al., Interspeech 2019, lhotse ``SpecAugment``) after it, optionally preceded by vocal tract
 length perturbation of the features (:mod:`asr.data.augment`); evaluation batches get none.
 
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from asr.data.augment import FrequencyWarp
+from asr.data.augment import FrequencyWarp, SpeedPerturbation, UtteranceSpecAugment
 from asr.data.config import DataConfig
 from asr.data.filtering import (
     TextEncoder,
@@ -38,7 +39,7 @@ from asr.data.filtering import (
     cut_files,
     cut_text,
 )
-from asr.data.sampler import make_sampler, resolve_rank_world_size
+from asr.data.sampler import lazy_view, make_sampler, resolve_rank_world_size
 from asr.features.fbank import make_lhotse_fbank
 from asr.types import TOKEN_PAD_ID, Batch
 
@@ -53,8 +54,7 @@ __all__ = [
     "pad_tokens",
 ]
 
-#: Speed factors of on-the-fly perturbation; with probability 2/3 one of them is applied, so
-#: 0.9, 1.0 and 1.1 are equally likely.
+#: Speed factors of on-the-fly perturbation besides 1.0 (0.9, 1.0 and 1.1 are equally likely).
 ON_THE_FLY_SPEED_FACTORS = (0.9, 1.1)
 
 
@@ -84,12 +84,16 @@ class AsrDataset(torch.utils.data.Dataset):
         input_strategy: lhotse ``BatchIO`` (``PrecomputedFeatures`` or ``OnTheFlyFeatures``)
             mapping a CutSet to (feats (B, T, F), feat_lens (B,)).
         cut_transforms: CutSet -> CutSet callables applied before feature extraction.
-        spec_augment: lhotse ``SpecAugment`` applied to each utterance's valid frames, or None.
+        spec_augment: (1, T, F) -> (1, T, F) applied to each utterance's valid frames, or None
+            (from the config: lhotse's ``SpecAugment`` in a
+            :class:`~asr.data.augment.UtteranceSpecAugment`).
         feature_transforms: (T, F) -> (T, F) callables applied to each utterance's valid frames
             before SpecAugment (e.g. :class:`asr.data.augment.FrequencyWarp`).
         rng: the RNG shared by the random cut transforms (reseeded per DataLoader worker).
         spec_augment_start_epoch: first epoch (1-based, see :meth:`set_epoch`) that
             ``spec_augment`` applies to; the dataset starts at epoch 1.
+        speed_perturbation: the perturbation the training cuts went through before sampling
+            (:func:`make_dataloader` maps them), whose epoch :meth:`set_epoch` sets; None when off.
     """
 
     def __init__(
@@ -101,8 +105,10 @@ class AsrDataset(torch.utils.data.Dataset):
         rng: random.Random | None = None,
         feature_transforms: Sequence[Callable[[Tensor], Tensor]] = (),
         spec_augment_start_epoch: int = 1,
+        speed_perturbation: SpeedPerturbation | None = None,
     ) -> None:
         super().__init__()
+        self.speed_perturbation = speed_perturbation
         self.feature_transforms = list(feature_transforms)
         self.encoder = encoder
         self.input_strategy = input_strategy
@@ -114,8 +120,13 @@ class AsrDataset(torch.utils.data.Dataset):
 
     @classmethod
     def from_config(cls, cfg: DataConfig, encoder: TextEncoder, train: bool) -> AsrDataset:
-        """Builds the training (``train=True``: augmentation as configured) or evaluation dataset."""
-        from lhotse.dataset import CutMix, OnTheFlyFeatures, PerturbSpeed, PrecomputedFeatures
+        """Builds the training (``train=True``: augmentation as configured) or evaluation dataset.
+
+        Speed perturbation is not applied here but to the cuts before sampling: the training
+        dataset only carries the :class:`~asr.data.augment.SpeedPerturbation` (see
+        :func:`make_dataloader`).
+        """
+        from lhotse.dataset import CutMix, OnTheFlyFeatures, PrecomputedFeatures
         from lhotse.dataset import SpecAugment as LhotseSpecAugment
 
         rng = random.Random(cfg.seed)
@@ -127,11 +138,6 @@ class AsrDataset(torch.utils.data.Dataset):
             input_strategy = PrecomputedFeatures()
         transforms: list[Callable] = []
         spec_augment = None
-        if train and cfg.speed_perturb:
-            transforms.append(
-                PerturbSpeed(factors=list(ON_THE_FLY_SPEED_FACTORS), p=2 / 3, randgen=rng,
-                             preserve_id=True)
-            )
         if train and cfg.noise.cuts_path is not None:
             from lhotse import CutSet
 
@@ -147,7 +153,7 @@ class AsrDataset(torch.utils.data.Dataset):
             feature_transforms.append(FrequencyWarp.from_fbank(cfg.fbank, cfg.freq_warp))
         sa = cfg.spec_augment
         if train and sa.enabled:
-            spec_augment = LhotseSpecAugment(
+            spec_augment = UtteranceSpecAugment(LhotseSpecAugment(
                 time_warp_factor=sa.time_warp_factor,
                 num_feature_masks=sa.num_freq_masks,
                 features_mask_size=sa.max_freq_mask_width,
@@ -155,17 +161,22 @@ class AsrDataset(torch.utils.data.Dataset):
                 frames_mask_size=sa.max_time_mask_width,
                 max_frames_mask_fraction=sa.max_time_mask_fraction,
                 p=sa.probability,
-            )
+            ))
+        speed = (SpeedPerturbation(cfg.seed, ON_THE_FLY_SPEED_FACTORS)
+                 if train and cfg.speed_perturb else None)
         return cls(encoder, input_strategy, transforms, spec_augment, rng, feature_transforms,
-                   spec_augment_start_epoch=sa.start_epoch)
+                   spec_augment_start_epoch=sa.start_epoch, speed_perturbation=speed)
 
     def set_epoch(self, epoch: int) -> None:
         """Sets the training epoch (1-based) the next batches belong to.
 
-        SpecAugment applies from ``spec_augment_start_epoch`` on. DataLoader workers receive a
-        copy of the dataset when an epoch's iteration starts, so call this before that.
+        SpecAugment applies from ``spec_augment_start_epoch`` on, and the speed factors of the
+        epoch are drawn. DataLoader workers receive a copy of the dataset when an epoch's
+        iteration starts, so call this before that.
         """
         self.epoch = epoch
+        if self.speed_perturbation is not None:
+            self.speed_perturbation.set_epoch(epoch)
 
     @property
     def spec_augment_active(self) -> bool:
@@ -290,17 +301,23 @@ def make_dataloader(
     ``bucket_cuts``: see :func:`asr.data.sampler.make_sampler`.
 
     The sampler is reachable as ``loader.sampler`` (``set_epoch``, ``state_dict``); each worker's
-    RNGs are seeded from ``cfg.seed``, the rank and the worker id.
+    RNGs are seeded from ``cfg.seed``, the rank and the worker id. With ``cfg.speed_perturb``
+    the training cuts reach the sampler speed-perturbed, with the factors of the epoch last
+    given to ``loader.dataset.set_epoch``.
 
     Raises:
         ValueError: naming a cut that is not at the features' sample rate (``cfg.fbank``).
     """
     rank, world_size = resolve_rank_world_size(rank, world_size)
     check_sample_rates(cuts if bucket_cuts is None else bucket_cuts, cfg.fbank.sample_rate)
+    dataset = AsrDataset.from_config(cfg, encoder, train=train)
+    if dataset.speed_perturbation is not None:
+        # the buckets are estimated from the cuts as they are (the factors average out)
+        bucket_cuts = cuts if bucket_cuts is None else bucket_cuts
+        cuts = lazy_view(cuts).map(dataset.speed_perturbation)
     sampler = make_sampler(
         cuts, cfg, train=train, rank=rank, world_size=world_size, bucket_cuts=bucket_cuts
     )
-    dataset = AsrDataset.from_config(cfg, encoder, train=train)
     base_seed = cfg.seed + 1000 * rank
     if cfg.num_workers == 0:
         dataset.reseed(base_seed, python_random=False)  # leave the caller's global RNG alone

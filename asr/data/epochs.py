@@ -1,18 +1,26 @@
 """Training batches epoch by epoch, resumable mid-epoch: the trainer's ``train_batches``.
 
 :class:`EpochBatches` is ``(epoch, skip) -> batches`` for one rank. Each epoch re-seeds the
-sampler's shuffle (``set_epoch``), the dataset's epoch (SpecAugment's ``start_epoch``), the Shar
-shard order and the augmentation RNGs from ``(seed, rank, epoch)`` only, so that an epoch's batches
-do not depend on what ran before it. Exact resumption: a resumed epoch re-creates the sampler and
+sampler's shuffle (``set_epoch``), the dataset's epoch (SpecAugment's ``start_epoch``, the speed
+factors, drawn per cut from ``(seed, epoch, cut id)``), the Shar shard order and the augmentation
+RNGs from ``(seed, rank, epoch)`` only, so that an epoch's batches do not depend on what ran
+before it. Exact resumption: a resumed epoch re-creates the sampler and
 skips the ``skip`` batches already trained on without loading their features (with
 ``num_workers == 0`` the cut transforms still see the skipped cuts, so their random generator is
 exactly where the interrupted run left it).
+
+What an epoch leaves out (lhotse's sampler with ``data.drop_last``, as in icefall): the cuts left
+in every duration bucket that no longer fill a batch (at most about ``num_buckets * max_duration``
+seconds), and with N ranks up to N - 1 more batches, so that every rank yields as many batches.
+Each rank logs at the end of an epoch what it trained on (and, alone, how many cuts were left
+out); an epoch that gives no batch at all (a corpus smaller than its buckets' batches) is an
+error, not a silent empty epoch.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
+import logging
 from collections.abc import Iterator
 
 import torch
@@ -22,6 +30,8 @@ from asr.data.dataset import make_dataloader
 from asr.data.filtering import TextEncoder
 from asr.data.shar import SharCuts
 from asr.types import Batch
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["EpochBatches"]
 
@@ -35,8 +45,12 @@ class _SkipFirst:
         self.transforms = list(transforms)
 
     def __iter__(self):
+        # next() rather than islice: iter() on a lhotse sampler restarts its epoch.
         it = iter(self.sampler)
-        for cuts in itertools.islice(it, self.skip):
+        for _ in range(self.skip):
+            cuts = next(it, None)
+            if cuts is None:
+                break
             for transform in self.transforms:  # advance the augmentation RNG as if loaded
                 transform(cuts)
         return it
@@ -63,6 +77,10 @@ class EpochBatches:
                                       world_size=world_size,
                                       bucket_cuts=shar.manifests if shar is not None else None)
         self.rank = rank
+        self.world_size = world_size
+        # the count of training cuts, for the log of what an epoch left out (a lazy CutSet,
+        # e.g. Shar, has none without reading it)
+        self.num_cuts = None if getattr(cuts, "is_lazy", True) else len(cuts)
 
     def __call__(self, epoch: int, skip: int) -> Iterator[Batch]:
         loader = self.loader
@@ -90,4 +108,22 @@ class EpochBatches:
             # RNG, so a resumed epoch leaves the global stream (dropout...) where it was.
             generator=torch.Generator().manual_seed(self.cfg.seed + epoch),
         )
-        yield from epoch_loader
+        batches = cuts = 0
+        seconds = 0.0
+        for batch in epoch_loader:
+            batches += 1
+            cuts += len(batch.cut_ids)
+            seconds += float(batch.feat_lens.sum()) * self.cfg.fbank.frame_shift
+            yield batch
+        if skip == 0 and batches == 0:
+            raise ValueError(
+                f"epoch {epoch} gave no training batch on rank {self.rank}: with "
+                f"data.drop_last=true every duration bucket must fill a batch of "
+                f"data.max_duration={self.cfg.max_duration} s, and the training cuts fill none; "
+                "lower data.max_duration or data.num_buckets, or set data.drop_last=false"
+            )
+        left_out = ""
+        if self.world_size == 1 and skip == 0 and self.num_cuts is not None:
+            left_out = f"; {self.num_cuts - cuts} of {self.num_cuts} cuts left out"
+        logger.info("epoch %d, rank %d: %d batches (%d skipped at resumption), %d cuts, %.1f s%s",
+                    epoch, self.rank, batches, skip, cuts, seconds, left_out)

@@ -11,7 +11,7 @@ archive per utterance, which is what large corpora on network or spinning storag
 * :class:`SharCuts` reads one or more such directories as ONE lazy CutSet whose shards are
   shuffled together with the seed ``seed + epoch`` (:meth:`SharCuts.set_epoch`, called by the
   trainer at the start of every epoch, so a resumed epoch sees the same shard order as the
-  interrupted one). Only the fields training needs are opened; :attr:`SharCuts.manifests` reads
+  interrupted one, however often the readers are iterated within the epoch). Only the fields training needs are opened; :attr:`SharCuts.manifests` reads
   the cut manifests alone (no tar data) for counting and filtering.
 
 DDP: every rank reads the same shard stream and the sampler keeps every ``world_size``-th batch
@@ -184,16 +184,21 @@ class SharCuts:
             streams["cuts"] += fields["cuts"]
             streams[field] += fields[field]
         self.num_shards = len(streams["cuts"])
+        self.seed = seed
+        # stateful_shuffle=False: lhotse's reader would add its own pass counter to the seed,
+        # so a second pass over the same epoch (a DataLoader with workers iterates its sampler
+        # twice, a resumed epoch skips batches first, a corpus smaller than the sampler's
+        # buffer is read to its end before the first batch) would read another shard order.
         self._reader = LazySharIterator(
             fields={name: [str(p) for p in paths] for name, paths in streams.items()},
             shuffle_shards=shuffle,
-            stateful_shuffle=True,
+            stateful_shuffle=False,
             seed=seed,
         )
         self._manifests = LazySharIterator(
             fields={"cuts": [str(p) for p in streams["cuts"]]},
             shuffle_shards=shuffle,
-            stateful_shuffle=True,
+            stateful_shuffle=False,
             seed=seed,
         )
         self.cuts = CutSet(self._reader)
@@ -201,8 +206,9 @@ class SharCuts:
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
-        """Shard order of ``epoch`` for the next iteration (of :attr:`cuts` and :attr:`manifests`)."""
-        # lhotse's reader draws its order with seed + its own epoch counter (advanced after each
-        # full pass); setting it here makes the order a function of the training epoch only.
-        self._reader.epoch = epoch
-        self._manifests.epoch = epoch
+        """Shard order of ``epoch`` for every following iteration (of :attr:`cuts` and
+        :attr:`manifests`) until the next call: drawn with ``seed + epoch``, however often the
+        readers are iterated."""
+        for reader in (self._reader, self._manifests):
+            reader.seed = self.seed + epoch
+            reader.epoch = epoch  # only stamped on the cuts (``shar_epoch``)

@@ -12,8 +12,9 @@ Shape legend: B batch, T frames, F feature bins.
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -59,14 +60,17 @@ class GlobalCMVN(nn.Module):
         return (feats - self.mean) * self.inv_std
 
 
-def compute_cmvn_stats(cuts: Sequence, max_cuts: int = 2000, extractor=None) -> tuple[Tensor, Tensor]:
+def compute_cmvn_stats(cuts: Iterable, max_cuts: int = 2000, extractor=None) -> tuple[Tensor, Tensor]:
     """Per-bin mean and standard deviation of the features of up to ``max_cuts`` cuts.
 
-    The cuts are taken evenly spaced over the whole list (so speed-perturbed copies and every
-    speaker contribute), and the sums are accumulated in float64.
+    The cuts of a sequence (an eager CutSet, a list) are taken evenly spaced over the whole
+    of it (so speed-perturbed copies and every speaker contribute); a stream without a length
+    (a lazy CutSet, e.g. the Lhotse Shar training cuts) gives its first ``max_cuts`` cuts, as
+    reading it to its end to spread them would read all its data. The sums are accumulated in
+    float64.
 
     Args:
-        cuts: an eager sequence of lhotse cuts with features.
+        cuts: lhotse cuts with features: a sequence or a lazy CutSet.
         max_cuts: how many cuts to read at most (0: all).
         extractor: lhotse feature extractor for cuts without stored features (on-the-fly
             training); None requires stored features.
@@ -77,14 +81,15 @@ def compute_cmvn_stats(cuts: Sequence, max_cuts: int = 2000, extractor=None) -> 
     Raises:
         ValueError: when there are no cuts, or a cut has neither features nor an extractor.
     """
-    total = len(cuts)
-    if total == 0:
-        raise ValueError("no cuts to compute CMVN statistics from")
-    count = total if max_cuts <= 0 else min(total, max_cuts)
-    indices = np.linspace(0, total - 1, count).round().astype(int)
-    frames, sums, squares = 0, None, None
-    for i in indices:
-        cut = cuts[int(i)]
+    if getattr(cuts, "is_lazy", False):
+        chosen = cuts if max_cuts <= 0 else itertools.islice(cuts, max_cuts)
+    else:
+        total = len(cuts)
+        count = total if max_cuts <= 0 else min(total, max_cuts)
+        indices = np.linspace(0, total - 1, count).round().astype(int) if total else []
+        chosen = (cuts[int(i)] for i in indices)
+    count, frames, sums, squares = 0, 0, None, None
+    for cut in chosen:
         if cut.has_features:
             feats = np.asarray(cut.load_features(), dtype=np.float64)
         elif extractor is not None:
@@ -94,9 +99,12 @@ def compute_cmvn_stats(cuts: Sequence, max_cuts: int = 2000, extractor=None) -> 
         if sums is None:
             sums = np.zeros(feats.shape[1])
             squares = np.zeros(feats.shape[1])
+        count += 1
         frames += feats.shape[0]
         sums += feats.sum(axis=0)
         squares += (feats * feats).sum(axis=0)
+    if count == 0:
+        raise ValueError("no cuts to compute CMVN statistics from")
     mean = sums / max(frames, 1)
     var = np.maximum(squares / max(frames, 1) - mean * mean, 0.0)
     logger.info("CMVN statistics from %d cuts (%d frames)", count, frames)

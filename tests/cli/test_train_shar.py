@@ -34,19 +34,21 @@ def test_train_from_shar_and_resume_exactly(tmp_path, tiny_corpus, caplog):
         == 0
     )
     assert len(list(shar.glob("features.*.tar"))) == 4
-    use_shar = f"data.train_shar_dirs=[{shar}]"
-    assert train_tiny(tmp_path, tiny_corpus, "full", use_shar) == 0
+    # global CMVN: its statistics come from the lazy, filtered Shar cuts
+    use_shar = (f"data.train_shar_dirs=[{shar}]", "encoder.input_norm=global_cmvn")
+    assert train_tiny(tmp_path, tiny_corpus, "full", *use_shar) == 0
     assert "training from 4 Lhotse Shar shards" in caplog.text
     full = safe_torch_load(tmp_path / "full" / "epoch-2.pt")
+    assert full["model"]["encoder.input_norm.mean"].abs().sum() > 0
     epoch_1 = safe_torch_load(tmp_path / "full" / "epoch-1.pt")["progress"]["step"]
     assert full["progress"]["step"] >= epoch_1 + 2
     # stop one step into epoch 2: the restarted process must read epoch 2's shard order
     stop = f"train.max_steps={epoch_1 + 1}"
-    assert train_tiny(tmp_path, tiny_corpus, "resumed", use_shar, stop) == 0
+    assert train_tiny(tmp_path, tiny_corpus, "resumed", *use_shar, stop) == 0
     partial = safe_torch_load(list_checkpoints(tmp_path / "resumed")[-1][1])
     assert partial["progress"]["step"] == epoch_1 + 1
     torch.manual_seed(1234)
-    assert train_tiny(tmp_path, tiny_corpus, "resumed", use_shar) == 0
+    assert train_tiny(tmp_path, tiny_corpus, "resumed", *use_shar) == 0
     resumed = safe_torch_load(tmp_path / "resumed" / "epoch-2.pt")
     assert resumed["progress"]["step"] == full["progress"]["step"]
     for name, value in full["model"].items():

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 from lhotse import CutSet
+from lhotse.dataset import SpecAugment
 from librispeech_tree import CharEncoder
 
 from asr.config import ConfigError, from_dict
-from asr.data.augment import FrequencyWarp, kaldi_mel_centers, vtlp_warp
+from asr.data.augment import FrequencyWarp, UtteranceSpecAugment, kaldi_mel_centers, vtlp_warp
 from asr.data.config import DataConfig, FreqWarpConfig, SpecAugmentConfig
 from asr.data.dataset import AsrDataset
 from asr.features.fbank import FbankConfig, compute_fbank
@@ -113,3 +114,39 @@ def test_dataset_warps_training_batches_only(prepared: dict) -> None:
     off = replace(cfg, freq_warp=FreqWarpConfig(enabled=False))
     assert torch.equal(AsrDataset.from_config(off, CharEncoder(), train=True)[cuts].feats,
                        reference.feats)
+
+
+def test_spec_augment_never_asks_lhotse_for_an_empty_time_mask() -> None:
+    """lhotse's SpecAugment raised on utterances whose time-mask budget (0.15 of the frames) is
+    smaller than its mask count (narrow masks: up to ~66 frames) or than 1 frame; the wrapper
+    gives lhotse's own result wherever lhotse worked, and augments every length."""
+    for width, masks in ((1, 10), (100, 10), (3, 4)):
+        lhotse_sa = SpecAugment(time_warp_factor=0, num_frame_masks=masks,
+                                frames_mask_size=width, p=1.0)
+        ours = UtteranceSpecAugment(lhotse_sa)
+        for frames in range(1, 120):
+            feats = torch.randn(1, frames, 80)
+            torch.manual_seed(frames)
+            random.seed(frames)
+            got = ours(feats.clone())
+            assert got.shape == feats.shape
+            try:
+                torch.manual_seed(frames)
+                random.seed(frames)
+                expected = lhotse_sa(feats.clone())
+            except RuntimeError:  # lhotse's 0-frame mask: the case that is repaired
+                continue
+            assert torch.equal(got, expected), (width, masks, frames)
+        with pytest.raises(RuntimeError):  # what the wrapper avoids
+            lhotse_sa(torch.randn(1, 5, 80))
+
+
+def test_training_batches_of_short_utterances_with_narrow_time_masks(prepared: dict) -> None:
+    narrow = SpecAugmentConfig(num_time_masks=10, max_time_mask_width=1, probability=1.0)
+    cfg = DataConfig(spec_augment=narrow, num_workers=0)
+    cuts = CutSet.from_file(prepared["fbank"]["train-clean-5"])
+    short = CutSet.from_cuts(c for c in cuts if c.duration < 0.8)  # 60 and 75 frames
+    batch = AsrDataset.from_config(cfg, CharEncoder(), train=True)[short]
+    assert batch.feat_lens.tolist() == [75, 60]
+    with pytest.raises(ValueError, match="max_time_mask_fraction"):
+        SpecAugmentConfig(max_time_mask_fraction=0.0)

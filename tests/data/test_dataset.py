@@ -158,20 +158,59 @@ def test_speed_perturbation_scales_duration(prepared: dict, factor: float) -> No
 
 def test_on_the_fly_speed_perturb_from_config(prepared: dict) -> None:
     cuts = CutSet.from_file(prepared["manifests"]["train-clean-5"])
-    cfg = _cfg(prepared, on_the_fly_feats=True, speed_perturb=True,
+    cfg = _cfg(prepared, on_the_fly_feats=True, speed_perturb=True, drop_last=False,
                spec_augment=SpecAugmentConfig(enabled=False))
     plain = AsrDataset.from_config(cfg, CharEncoder(), train=False)[cuts]
     lens = dict(zip(plain.cut_ids, plain.feat_lens.tolist()))
     seen = set()
-    dataset = AsrDataset.from_config(cfg, CharEncoder(), train=True)
-    for _ in range(3):
-        batch = dataset[cuts]
-        for cut_id, n in zip(batch.cut_ids, batch.feat_lens.tolist()):
-            ratio = lens[cut_id] / n
-            match = [f for f in (0.9, 1.0, 1.1) if abs(ratio - f) < 0.02]
-            assert len(match) == 1, (cut_id, ratio)
-            seen.add(match[0])
+    loader = make_dataloader(cuts, cfg, CharEncoder(), train=True)
+    for epoch in range(1, 4):
+        loader.dataset.set_epoch(epoch)
+        for batch in loader:
+            assert sorted(batch.texts) == sorted(plain.texts)  # transcripts kept
+            for cut_id, n in zip(batch.cut_ids, batch.feat_lens.tolist()):
+                ratio = lens[cut_id] / n
+                match = [f for f in (0.9, 1.0, 1.1) if abs(ratio - f) < 0.02]
+                assert len(match) == 1, (cut_id, ratio)
+                assert match[0] == loader.dataset.speed_perturbation.factor(cut_id)
+                seen.add(match[0])
     assert seen == {0.9, 1.0, 1.1}
+
+
+def test_speed_perturbed_batches_keep_to_max_duration_on_every_rank(prepared: dict) -> None:
+    """Perturbing sampled batches took them up to 1 / 0.9 over max_duration; the cuts are
+    perturbed before sampling, the same on every rank, and a resumed epoch gets the same factors
+    with DataLoader workers too."""
+    from asr.data.epochs import EpochBatches
+
+    # 8 cuts of 0.6 s (0.545, 0.6 or 0.667 s perturbed): lhotse closes a batch once one more
+    # cut as long as its longest would exceed 1.8 s, so the batches it sees hold at most
+    # 1.8 s + 0.667 - 0.545 s (its last cut may be longer than those before); perturbing after
+    # sampling gave batches of 3 x 0.667 s.
+    cuts = CutSet.from_cuts(c.truncate(duration=0.6, preserve_id=True)
+                            for c in CutSet.from_file(prepared["fbank"]["train-clean-5"]))
+    cfg = _cfg(prepared, on_the_fly_feats=True, speed_perturb=True, drop_last=False,
+               max_duration=1.8, max_cut_duration=0.6, num_buckets=1, num_workers=0,
+               spec_augment=SpecAugmentConfig(enabled=False))
+    for epoch in range(1, 5):
+        per_rank = []
+        for rank in (0, 1):
+            batches = list(EpochBatches(cuts, cfg, CharEncoder(), rank, 2)(epoch, 0))
+            for batch in batches:
+                assert int(batch.feat_lens.sum()) <= 192, batch.feat_lens
+            per_rank.append(batches)
+        assert len(per_rank[0]) == len(per_rank[1])
+        ids = [i for batches in per_rank for b in batches for i in b.cut_ids]
+        assert sorted(ids) == sorted(c.id for c in cuts)
+    loader = make_dataloader(cuts, cfg, CharEncoder(), train=True)
+    loader.dataset.set_epoch(3)
+    loader.sampler.set_epoch(3)
+    sampled = {c.id: round(100 * c.duration) for cuts in loader.sampler for c in cuts}
+    loaded = {i: n for b in loader for i, n in zip(b.cut_ids, b.feat_lens.tolist())}
+    assert sampled == loaded and len(set(loaded.values())) > 1  # batched as perturbed
+    with_workers = EpochBatches(cuts, replace(cfg, num_workers=1), CharEncoder())
+    full = [dict(zip(b.cut_ids, b.feat_lens.tolist())) for b in with_workers(2, 0)]
+    assert [dict(zip(b.cut_ids, b.feat_lens.tolist())) for b in with_workers(2, 2)] == full[2:]
 
 
 def test_noise_mixing_in_training_only(prepared: dict, tmp_path) -> None:

@@ -120,3 +120,27 @@ def test_eager_cuts_give_the_lazy_batches_without_lhotse_warnings(prepared: dict
             runs.append((batches, [[c.id for c in batch] for batch in resumed]))
     assert runs[0] == runs[1] and runs[0][1] == runs[0][0][1:]
     assert len(runs[0][0]) > 2
+
+
+def test_an_epoch_without_batches_is_an_error_and_left_out_cuts_are_logged(prepared: dict,
+                                                                          caplog) -> None:
+    """drop_last keeps only batches that fill max_duration in their bucket: a corpus too small
+    for its buckets gave an empty epoch (training did nothing, silently)."""
+    import logging
+
+    from librispeech_tree import CharEncoder
+
+    from asr.data.epochs import EpochBatches
+
+    cuts = CutSet.from_file(prepared["fbank"]["train-clean-5"]).to_eager()  # 8 cuts, 9.6 s
+    too_large = EpochBatches(cuts, _cfg(max_duration=20.0, drop_last=True, num_workers=0),
+                             CharEncoder())
+    with pytest.raises(ValueError, match="epoch 1 gave no training batch.*data.drop_last"):
+        list(too_large(1, 0))
+    assert list(too_large(1, 3)) == []  # resumed past the end of an epoch: nothing left, fine
+    caplog.set_level(logging.INFO, logger="asr.data.epochs")
+    batches = list(EpochBatches(cuts, _cfg(drop_last=True, num_workers=0), CharEncoder())(1, 0))
+    kept = sum(len(b.cut_ids) for b in batches)
+    assert 0 < kept < len(cuts)
+    assert f"{len(batches)} batches (0 skipped at resumption), {kept} cuts" in caplog.text
+    assert f"{len(cuts) - kept} of {len(cuts)} cuts left out" in caplog.text

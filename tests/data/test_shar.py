@@ -81,6 +81,24 @@ def test_shard_order_is_a_function_of_seed_and_epoch_only(shar_dir):
     assert all(sorted(o) == sorted(orders[0]) for o in orders)
     shar.set_epoch(2)
     assert [c.id for c in shar.manifests] == orders[2]  # manifests follow the same order
+    # every pass within an epoch reads its order (lhotse's reader counts its own passes)
+    assert [c.id for c in shar.cuts] == [c.id for c in shar.cuts] == orders[2]
+    assert [c.id for c in shar.manifests] == orders[2]
+
+
+def test_a_resumed_shar_epoch_yields_the_remaining_batches_with_workers(prepared, shar_dir):
+    """With DataLoader workers the sampler is iterated twice per epoch (and a resumed epoch
+    skips batches first, reading the whole small corpus): the shards must keep their order."""
+    from asr.data.epochs import EpochBatches
+
+    cfg = DataConfig(max_duration=3.0, max_cut_duration=2.5, num_buckets=2, shuffle=True,
+                     drop_last=False, num_workers=1, seed=5)
+    shar = SharCuts([shar_dir], "features", shuffle=True, seed=5)
+    batches = EpochBatches(shar.cuts, cfg, CharEncoder(), shar=shar)
+    full = [b.cut_ids for b in batches(2, 0)]
+    assert len(full) > 3
+    for skip in (1, 3):
+        assert [b.cut_ids for b in batches(2, skip)] == full[skip:]
 
 
 def test_batches_from_shar_equal_batches_from_the_manifests(prepared, shar_dir):
@@ -144,3 +162,17 @@ def test_a_corrupt_feature_entry_is_named_with_its_cut(prepared, tmp_path):
     cuts[2] = fastcopy(cuts[2], features=bad)
     with pytest.raises(DataError, match=rf"cut {cuts[2].id!r} \(features .*\.lca"):
         export_shar(CutSet.from_cuts(cuts), tmp_path / "out", {"features": "lilcom"}, shard_size=2)
+
+
+def test_cmvn_statistics_of_filtered_shar_training_cuts(prepared, shar_dir):
+    """Training from Shar with ``input_norm: global_cmvn`` gets its statistics from the lazy,
+    filtered Shar cuts (no length): those of the first cuts of the stream."""
+    from asr.data.filtering import filter_cuts
+    from asr.features.cmvn import compute_cmvn_stats
+
+    shar = SharCuts([shar_dir], "features", shuffle=True, seed=5)
+    kept, _ = filter_cuts(shar.manifests, CharEncoder(), lambda n: n, apply_to=shar.cuts)
+    mean, std = compute_cmvn_stats(kept, max_cuts=3)
+    frames = np.concatenate([c.load_features() for c in list(shar.cuts)[:3]])
+    np.testing.assert_allclose(mean.numpy(), frames.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(std.numpy(), frames.std(0), rtol=1e-4, atol=1e-4)

@@ -71,3 +71,28 @@ def test_cuts_without_features_need_an_extractor():
     np.testing.assert_allclose(mean.numpy(), frames.mean(0), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="no cuts"):
         compute_cmvn_stats([])
+
+
+class _Stream:
+    """A lazy CutSet's interface: iterable once through, no length, no indexing."""
+
+    is_lazy = True
+
+    def __init__(self, cuts: list[FakeCut]) -> None:
+        self.cuts = cuts
+
+    def __iter__(self):
+        return iter(self.cuts)
+
+
+def test_a_lazy_stream_gives_its_first_cuts():
+    cuts = _cuts(10)
+    mean, std = compute_cmvn_stats(_Stream(cuts), max_cuts=3)
+    frames = np.concatenate([c.feats for c in cuts[:3]])
+    np.testing.assert_allclose(mean.numpy(), frames.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(std.numpy(), frames.std(0), rtol=1e-5, atol=1e-6)
+    everything, _ = compute_cmvn_stats(_Stream(cuts), max_cuts=0)
+    frames = np.concatenate([c.feats for c in cuts])
+    np.testing.assert_allclose(everything.numpy(), frames.mean(0), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="no cuts"):
+        compute_cmvn_stats(_Stream([]))
