@@ -95,3 +95,69 @@ def test_full_libri_takes_only_true_or_false(stub, tmp_path):
     run, _ = stub
     result = run(PREPARE, "--work-dir", str(tmp_path / "work"), "--full-libri", "yes")
     assert result.returncode == 2 and "--full-libri takes true or false" in result.stderr
+
+
+def test_stage_9_packages_exactly_what_stage_8_wrote(stub, tmp_path):
+    run, calls = stub
+    work = tmp_path / "work"
+    exp = work / "exp" / "conformer_transducer"
+    exp.mkdir(parents=True)
+    common = ["--work-dir", str(work), "--epoch", "12", "--avg", "1"]
+    averaged = run(RUN, *common, "--stage", "8", "--stop-stage", "8")
+    assert averaged.returncode == 0, averaged.stderr
+    wanted = "exp/conformer_transducer/averaged-epoch-12-avg-1-use-averaged-model.safetensors"
+    assert calls()[-1][0] == "average" and calls()[-1][-2:] == ["--output", wanted]
+    # other settings' weights: another --avg whose name starts the same, the plain average
+    (exp / "averaged-epoch-12-avg-10-use-averaged-model.safetensors").write_bytes(b"")
+    (exp / "averaged-epoch-12-avg-1.safetensors").write_bytes(b"")
+    missing = run(RUN, *common, "--stage", "9", "--stop-stage", "9")
+    assert missing.returncode == 1 and f"no {wanted}: run stage 8" in missing.stderr
+    assert calls()[-1][0] == "average"  # nothing exported
+    (work / wanted).write_bytes(b"")
+    exported = run(RUN, *common, "--stage", "9", "--stop-stage", "9")
+    assert exported.returncode == 0, exported.stderr
+    call = calls()[-1]
+    assert call[0] == "export-package" and call[call.index("--checkpoint") + 1] == wanted
+    plain = run(RUN, *common, "--stage", "9", "--stop-stage", "9", "--use-averaged-model", "false")
+    call = calls()[-1]
+    assert plain.returncode == 0 and call[call.index("--checkpoint") + 1].endswith(
+        "averaged-epoch-12-avg-1.safetensors")
+
+
+def test_a_failing_sherpa_onnx_decode_fails_stage_10(stub, tmp_path):
+    run, calls = stub
+    package = tmp_path / "work" / "exp" / "conformer_transducer" / "package"
+    package.mkdir(parents=True)
+    (package / "metadata.json").write_text('{"streaming": false}')
+    result = run(RUN, "--work-dir", str(tmp_path / "work"), "--stage", "10", fail="decode-onnx")
+    assert result.returncode == 2, result.stderr
+    assert "done (stages" not in result.stderr
+    assert [c[0] for c in calls()] == ["export-onnx", "decode-onnx"]
+
+
+def test_stage_5_keeps_a_corpus_path_with_spaces_whole(stub, tmp_path):
+    run, calls = stub
+    dl_dir = tmp_path / "my corpora"
+    result = run(PREPARE, "--work-dir", str(tmp_path / "work"), "--dl-dir", str(dl_dir),
+                 "--full-libri", "false", "--stage", "5", "--lm-text", "a.txt b.txt")
+    assert result.returncode == 0, result.stderr
+    bpe, token_lm, word_lm = calls()
+    assert bpe[:3] == ["bpe", "--transcripts", f"{dl_dir}/LibriSpeech/train-clean-100"]
+    assert bpe[3] == "--output-dir"
+    for lm in (token_lm, word_lm):  # --lm-text is a list of files
+        start = lm.index("--transcripts") + 1
+        assert lm[start:start + 3] == ["a.txt", "b.txt", "--tokenizer-dir" if lm is token_lm
+                                       else "--order"]
+
+
+def test_mini_tts_stage_8_fails_when_scoring_fails(stub, tmp_path):
+    run, calls = stub
+    bias_dir = tmp_path / "work" / "data" / "LibriSpeech" / "biasing"
+    bias_dir.mkdir(parents=True)
+    for name in ("dev-biasing.hotwords.txt", "test-biasing.hotwords.txt", "distractors.txt"):
+        (bias_dir / name).write_text("PHRASE\n")
+    result = run(MINI_TTS, "--work-dir", str(tmp_path / "work"), "--stage", "8",
+                 "--biasing", "2", fail="wer")
+    assert result.returncode == 2, result.stderr
+    assert "done (stages" not in result.stderr
+    assert [c[0] for c in calls()][-2:] == ["decode", "wer"]

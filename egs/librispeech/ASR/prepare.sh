@@ -124,15 +124,15 @@ fi
 
 if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   log "stage 5: BPE with $vocab_size tokens on $train_parts"
-  transcripts=""
-  for part in $train_parts; do transcripts="$transcripts $corpus/$part"; done
+  transcripts=()  # one argument per part: $dl_dir may hold spaces
+  for part in $train_parts; do transcripts+=("$corpus/$part"); done
   lang=data/lang_bpe_${vocab_size}
-  asr bpe --transcripts $transcripts --output-dir "$lang" --vocab-size "$vocab_size"
-  [ -n "$lm_text" ] && transcripts=$lm_text
-  log "stage 5: token ${lm_order}-gram and word ${word_lm_order}-gram LMs of$transcripts"
-  asr lm --transcripts $transcripts --tokenizer-dir "$lang" --order "$lm_order" \
+  asr bpe --transcripts "${transcripts[@]}" --output-dir "$lang" --vocab-size "$vocab_size"
+  [ -n "$lm_text" ] && read -ra transcripts <<< "$lm_text"  # a list: "F ..."
+  log "stage 5: token ${lm_order}-gram and word ${word_lm_order}-gram LMs of ${transcripts[*]}"
+  asr lm --transcripts "${transcripts[@]}" --tokenizer-dir "$lang" --order "$lm_order" \
     --output "$lang/token_${lm_order}gram.arpa"
-  asr lm --unit word --transcripts $transcripts --order "$word_lm_order" \
+  asr lm --unit word --transcripts "${transcripts[@]}" --order "$word_lm_order" \
     --output "$lang/word_${word_lm_order}gram.arpa"
 fi
 log "done (stages $stage..$stop_stage)"

@@ -281,9 +281,11 @@ if [ $stage -le 8 ] && [ $stop_stage -ge 8 ] && [ "$biasing" -gt 0 ]; then
     [ -n "$3" ] && hot=("search.hotwords_file=$3" "search.hotwords_score=$hotwords_score")
     summary=$(asr decode --exp-dir "$exp_dir" --checkpoint "$weights" --searcher beam --parts "$1" \
       --tag "$2" "${search_args[@]}" "${hot[@]}")
-    local phrases=()
+    local phrases=() scores
     [ -f "$bias_dir/$1.phrases.tsv" ] && phrases=(--phrases "$bias_dir/$1.phrases.tsv")
-    log "$1 $2: $(asr wer "${summary/wer-summary-/recogs-}" "${phrases[@]}" | tr '\n' ' ')"
+    # an assignment of its own: inside log's argument a failing asr wer would not stop the script
+    scores=$(asr wer "${summary/wer-summary-/recogs-}" "${phrases[@]}")
+    log "$1 $2: $(echo "$scores" | tr '\n' ' ')"
   }
   for part in dev-biasing test-biasing; do
     cat "$bias_dir/$part.hotwords.txt" "$bias_dir/distractors.txt" > "$bias_dir/$part.list.txt"
