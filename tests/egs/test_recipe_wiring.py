@@ -16,10 +16,11 @@ RUN, PREPARE = LIBRI / "run.sh", LIBRI / "prepare.sh"
 MINI_TTS = REPO / "egs" / "mini_tts" / "ASR" / "run.sh"
 END = "@@end"
 
-# Records each call's arguments (one a line, END after the last), fails the subcommand named in
-# $STUB_FAIL, and prints a WER summary path for the decoders (the scripts read what they print).
+# `asr`, `python` and `lhotse` of the stub venv: records each call's arguments (NUL-separated, END
+# after the last), fails the subcommand named in $STUB_FAIL, and prints a WER summary path for the
+# decoders (the scripts read what they print).
 STUB = f"""#!/usr/bin/env bash
-printf '%s\\n' "$@" {END} >> "$STUB_LOG"
+printf '%s\\0' "$(basename "$0")" "$@" {END} >> "$STUB_LOG"
 [ "$1" = "${{STUB_FAIL:-}}" ] && exit 2
 case "$1" in
   decode|decode-onnx) echo "exp/stub/wer-summary-$1.txt" ;;
@@ -30,11 +31,13 @@ exit 0
 
 @pytest.fixture
 def stub(tmp_path: Path):
-    """Runs a script with a stub venv; returns (run, calls): calls() lists each call's argv."""
+    """Runs a script with a stub venv; returns (run, calls): calls() lists the argv of each call
+    of the stub `asr` (and with everything=True of `python` and `lhotse`, the program first)."""
     venv_bin = tmp_path / "venv" / "bin"
     venv_bin.mkdir(parents=True)
-    (venv_bin / "asr").write_text(STUB)
-    (venv_bin / "asr").chmod((venv_bin / "asr").stat().st_mode | stat.S_IEXEC)
+    for program in ("asr", "python", "lhotse"):
+        (venv_bin / program).write_text(STUB)
+        (venv_bin / program).chmod((venv_bin / program).stat().st_mode | stat.S_IEXEC)
     log = tmp_path / "calls.txt"
 
     def run(script: Path, *args: str, fail: str = "") -> subprocess.CompletedProcess:
@@ -42,13 +45,16 @@ def stub(tmp_path: Path):
         return subprocess.run(["bash", str(script), "--skip-setup", "true", *args], env=env,
                               capture_output=True, text=True, timeout=60)
 
-    def calls() -> list[list[str]]:
+    def calls(everything: bool = False) -> list[list[str]]:
         if not log.is_file():
             return []
         out, call = [], []
-        for line in log.read_text().splitlines():
+        for line in log.read_text().split("\0")[:-1]:
             if line == END:
-                out.append(call)
+                if everything:
+                    out.append(call)
+                elif call[0] == "asr":
+                    out.append(call[1:])
                 call = []
             else:
                 call.append(line)
@@ -69,7 +75,7 @@ def test_options_are_checked_against_their_defaults(stub, tmp_path, script, args
     result = run(script, "--work-dir", str(tmp_path / "work"), *args)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
-    assert calls() == [] and "done (stages" not in result.stderr
+    assert calls(everything=True) == [] and "done (stages" not in result.stderr
 
 
 @pytest.mark.parametrize("script", [RUN, MINI_TTS])
@@ -161,3 +167,26 @@ def test_mini_tts_stage_8_fails_when_scoring_fails(stub, tmp_path):
     assert result.returncode == 2, result.stderr
     assert "done (stages" not in result.stderr
     assert [c[0] for c in calls()][-2:] == ["decode", "wer"]
+
+
+def test_stage_0_downloads_exactly_the_missing_and_unfinished_parts(stub, tmp_path):
+    """`lhotse download librispeech` has no --full-libri (stage 0 failed at once) and fetches all
+    960 h even for --full-libri false; a part whose lhotse extraction was killed was trusted."""
+    run, calls = stub
+    dl_dir = tmp_path / "dl dir"
+    for part in ("dev-clean", "dev-other", "test-clean", "test-other", "train-clean-100"):
+        (dl_dir / "LibriSpeech" / part).mkdir(parents=True)
+    (dl_dir / "dev-clean.tar.gz").write_bytes(b"")  # lhotse's archive ...
+    (dl_dir / "LibriSpeech" / "dev-clean" / ".completed").write_text("")  # ... and its marker
+    (dl_dir / "test-other.tar.gz").write_bytes(b"")  # extracted without the marker: unfinished
+    common = ["--work-dir", str(tmp_path / "work"), "--dl-dir", str(dl_dir), "--stop-stage", "0"]
+    result = run(PREPARE, *common)
+    assert result.returncode == 0, result.stderr
+    (download,) = calls(everything=True)
+    assert download[0] == "python" and "download_librispeech" in download[2]
+    assert download[3:] == [str(dl_dir), "test-other", "train-clean-360", "train-other-500"]
+    run(PREPARE, *common, "--full-libri", "false")
+    assert calls(everything=True)[-1][3:] == [str(dl_dir), "test-other"]
+    (dl_dir / "LibriSpeech" / "test-other" / ".completed").write_text("")
+    skipped = run(PREPARE, *common, "--full-libri", "false")
+    assert "holds every part; no download" in skipped.stderr and len(calls(everything=True)) == 2
