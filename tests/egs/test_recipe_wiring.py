@@ -17,13 +17,23 @@ MINI_TTS = REPO / "egs" / "mini_tts" / "ASR" / "run.sh"
 END = "@@end"
 
 # `asr`, `python` and `lhotse` of the stub venv: records each call's arguments (NUL-separated, END
-# after the last), fails the subcommand named in $STUB_FAIL, and prints a WER summary path for the
-# decoders (the scripts read what they print).
+# after the last), fails the subcommand named in $STUB_FAIL, and prints what the scripts read: a
+# WER summary path for the decoders, a report for export-onnx, which with $STUB_NO_STREAMING has
+# no streaming layout (as for a TDT, CTC or CIF model: exit 1, or 0 without a report with
+# --if-supported).
 STUB = f"""#!/usr/bin/env bash
 printf '%s\\0' "$(basename "$0")" "$@" {END} >> "$STUB_LOG"
 [ "$1" = "${{STUB_FAIL:-}}" ] && exit 2
 case "$1" in
-  decode|decode-onnx) echo "exp/stub/wer-summary-$1.txt" ;;
+  decode|decode-onnx)
+    mkdir -p exp/stub && printf 'settings\\tWER\\nstub\\t1.00\\n' > "exp/stub/wer-summary-$1.txt"
+    echo "exp/stub/wer-summary-$1.txt" ;;
+  export-onnx)
+    if [ -n "${{STUB_NO_STREAMING:-}}" ] && [[ " $* " == *" --streaming "* ]]; then
+      [[ " $* " == *" --if-supported "* ]] && exit 0
+      exit 1
+    fi
+    echo "report" ;;
 esac
 exit 0
 """
@@ -40,8 +50,10 @@ def stub(tmp_path: Path):
         (venv_bin / program).chmod((venv_bin / program).stat().st_mode | stat.S_IEXEC)
     log = tmp_path / "calls.txt"
 
-    def run(script: Path, *args: str, fail: str = "") -> subprocess.CompletedProcess:
-        env = dict(os.environ, ASR_VENV=str(tmp_path / "venv"), STUB_LOG=str(log), STUB_FAIL=fail)
+    def run(script: Path, *args: str, fail: str = "", no_streaming: bool = False
+            ) -> subprocess.CompletedProcess:
+        env = dict(os.environ, ASR_VENV=str(tmp_path / "venv"), STUB_LOG=str(log), STUB_FAIL=fail,
+                   STUB_NO_STREAMING="1" if no_streaming else "")
         return subprocess.run(["bash", str(script), "--skip-setup", "true", *args], env=env,
                               capture_output=True, text=True, timeout=60)
 
@@ -190,3 +202,24 @@ def test_stage_0_downloads_exactly_the_missing_and_unfinished_parts(stub, tmp_pa
     (dl_dir / "LibriSpeech" / "test-other" / ".completed").write_text("")
     skipped = run(PREPARE, *common, "--full-libri", "false")
     assert "holds every part; no download" in skipped.stderr and len(calls(everything=True)) == 2
+
+
+@pytest.mark.parametrize("script, stage", [(RUN, "10"), (MINI_TTS, "7")])
+def test_the_onnx_stage_exports_the_layouts_the_model_has(stub, tmp_path, script, stage):
+    """A streaming TDT, CTC or CIF model has an offline sherpa-onnx layout only: the export stage
+    of its recipe ended in an error after everything else."""
+    run, calls = stub
+    exp = tmp_path / "work" / "exp" / ("conformer_transducer" if script == RUN
+                                       else "transformer_transducer")
+    (exp / "package").mkdir(parents=True)
+    (exp / "package" / "metadata.json").write_text('{"streaming": true}')
+    for no_streaming, dirs in ((True, ["onnx"]), (False, ["onnx", "onnx-streaming"])):
+        before = len(calls())
+        result = run(script, "--work-dir", str(tmp_path / "work"), "--stage", stage,
+                     "--stop-stage", stage, no_streaming=no_streaming)
+        assert result.returncode == 0, result.stderr
+        made = calls()[before:]
+        assert [c[0] for c in made] == ["export-onnx"] * 2 + ["decode-onnx"] * 2 * len(dirs)
+        assert all("--if-supported" in c for c in made[:2])
+        decoded = [Path(c[c.index("--onnx-dir") + 1]).name for c in made[2:]]
+        assert decoded == [d for d in dirs for _ in range(2)]

@@ -20,7 +20,8 @@
 #   8    average epochs (epoch-avg+1)..epoch into exp/${recipe}/averaged-epoch-E-avg-N.safetensors
 #   9    export a model package exp/${recipe}/package from the averaged weights
 #   10   export it for sherpa-onnx (exp/${recipe}/onnx, and exp/${recipe}/onnx-streaming when the
-#        model streams; fp32 and int8) and decode the test sets through sherpa-onnx (docs/ONNX.md)
+#        model streams and is an RNN-T transducer; fp32 and int8: each layout sherpa-onnx has for
+#        it) and decode the test sets through sherpa-onnx (docs/ONNX.md)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../../.." && pwd)
@@ -151,13 +152,25 @@ if [ $stage -le 9 ] && [ $stop_stage -ge 9 ]; then
 fi
 if [ $stage -le 10 ] && [ $stop_stage -ge 10 ]; then
   log "stage 10: export $exp_dir/package for sherpa-onnx and decode $test_parts with it"
-  onnx_dirs=("$exp_dir/onnx")
-  asr export-onnx --model "$exp_dir/package" --output-dir "$exp_dir/onnx" --int8 --force
-  if grep -q '"streaming": true' "$exp_dir/package/metadata.json"; then
-    asr export-onnx --model "$exp_dir/package" --output-dir "$exp_dir/onnx-streaming" --streaming --int8 \
-      --force
-    onnx_dirs+=("$exp_dir/onnx-streaming")
-  fi
+  # each layout the model has (asr export-onnx --if-supported prints a report when it wrote one):
+  # sherpa-onnx streams RNN-T transducers only, not the TDT, CTC or CIF recipes
+  onnx_dirs=()
+  modes=(offline)
+  grep -q '"streaming": true' "$exp_dir/package/metadata.json" && modes+=(streaming)
+  for mode in "${modes[@]}"; do
+    dir=$exp_dir/onnx
+    flags=()
+    if [ "$mode" = streaming ]; then
+      dir=$exp_dir/onnx-streaming
+      flags=(--streaming)
+    fi
+    report=$(asr export-onnx --model "$exp_dir/package" --output-dir "$dir" "${flags[@]}" --int8 \
+      --force --if-supported)
+    if [ -n "$report" ]; then
+      echo "$report"
+      onnx_dirs+=("$dir")
+    fi
+  done
   for dir in "${onnx_dirs[@]}"; do
     for int8 in "" --int8; do
       # into a variable first: a failure inside `for x in $(...)` would not stop the script

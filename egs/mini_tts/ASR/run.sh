@@ -28,7 +28,8 @@
 #                                   the package) and records its test-clean WER of stage 5, then
 #                                   transcribe a held-out test-clean file with it
 #   7  export the package for sherpa-onnx (exp/${recipe}/onnx, and onnx-streaming when the model
-#                                   streams; fp32 and int8) and decode test-clean through
+#                                   streams and is an RNN-T transducer; fp32 and int8: each
+#                                   layout sherpa-onnx has for it) and decode test-clean through
 #                                   sherpa-onnx (exp/${recipe}/onnx*/wer-summary-*; docs/ONNX.md)
 #   8  only with --biasing N: the contextual-biasing set (dev-biasing, test-biasing: N sentences
 #                                   each with a phrase unseen in training, held-out voices;
@@ -250,13 +251,25 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
 fi
 if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
   log "stage 7: export $exp_dir/package for sherpa-onnx, decode test-clean with it"
-  onnx_dirs=("$exp_dir/onnx")
-  timed "export onnx" asr export-onnx --model "$exp_dir/package" --output-dir "$exp_dir/onnx" --int8 --force
-  if grep -q '"streaming": true' "$exp_dir/package/metadata.json"; then
-    timed "export onnx streaming" asr export-onnx --model "$exp_dir/package" \
-      --out "$exp_dir/onnx-streaming" --streaming --int8 --force
-    onnx_dirs+=("$exp_dir/onnx-streaming")
-  fi
+  # each layout the model has (asr export-onnx --if-supported prints a report when it wrote one):
+  # sherpa-onnx streams RNN-T transducers only, not the TDT, CTC or CIF recipes
+  onnx_dirs=()
+  modes=(offline)
+  grep -q '"streaming": true' "$exp_dir/package/metadata.json" && modes+=(streaming)
+  for mode in "${modes[@]}"; do
+    dir=$exp_dir/onnx
+    flags=()
+    if [ "$mode" = streaming ]; then
+      dir=$exp_dir/onnx-streaming
+      flags=(--streaming)
+    fi
+    report=$(timed "export onnx $mode" asr export-onnx --model "$exp_dir/package" \
+      --output-dir "$dir" "${flags[@]}" --int8 --force --if-supported)
+    if [ -n "$report" ]; then
+      echo "$report"
+      onnx_dirs+=("$dir")
+    fi
+  done
   for dir in "${onnx_dirs[@]}"; do
     for int8 in "" --int8; do
       # asr decode-onnx prints the path of each WER summary it writes
