@@ -223,3 +223,7 @@ def test_the_onnx_stage_exports_the_layouts_the_model_has(stub, tmp_path, script
         assert all("--if-supported" in c for c in made[:2])
         decoded = [Path(c[c.index("--onnx-dir") + 1]).name for c in made[2:]]
         assert decoded == [d for d in dirs for _ in range(2)]
+    failed = run(script, "--work-dir", str(tmp_path / "work"), "--stage", stage, "--stop-stage",
+                 stage, fail="export-onnx")  # a failed export (mini_tts: inside `timed`) stops it
+    assert failed.returncode == 2 and "done (stages" not in failed.stderr
+    assert calls()[-1][0] == "export-onnx"

@@ -57,6 +57,7 @@ usage="Usage: $0 [--stage N] [--stop-stage N] [--dl-dir DIR] [--full-libri true|
   [--test-parts \"P Q\"] [--train-args \"...\"] [--decode-args \"...\"] [--work-dir DIR] [--skip-setup true|false]
   [--use-shar true|false]"
 . "$ROOT/egs/shared/parse_options.sh"
+. "$ROOT/egs/shared/sherpa_onnx.sh"
 work_dir=$(mkdir -p "$work_dir" && cd "$work_dir" && pwd)
 cd "$work_dir"
 
@@ -152,25 +153,7 @@ if [ $stage -le 9 ] && [ $stop_stage -ge 9 ]; then
 fi
 if [ $stage -le 10 ] && [ $stop_stage -ge 10 ]; then
   log "stage 10: export $exp_dir/package for sherpa-onnx and decode $test_parts with it"
-  # each layout the model has (asr export-onnx --if-supported prints a report when it wrote one):
-  # sherpa-onnx streams RNN-T transducers only, not the TDT, CTC or CIF recipes
-  onnx_dirs=()
-  modes=(offline)
-  grep -q '"streaming": true' "$exp_dir/package/metadata.json" && modes+=(streaming)
-  for mode in "${modes[@]}"; do
-    dir=$exp_dir/onnx
-    flags=()
-    if [ "$mode" = streaming ]; then
-      dir=$exp_dir/onnx-streaming
-      flags=(--streaming)
-    fi
-    report=$(asr export-onnx --model "$exp_dir/package" --output-dir "$dir" "${flags[@]}" --int8 \
-      --force --if-supported)
-    if [ -n "$report" ]; then
-      echo "$report"
-      onnx_dirs+=("$dir")
-    fi
-  done
+  sherpa_onnx_export "$exp_dir"  # sets onnx_dirs (egs/shared/sherpa_onnx.sh)
   for dir in "${onnx_dirs[@]}"; do
     for int8 in "" --int8; do
       # into a variable first: a failure inside `for x in $(...)` would not stop the script

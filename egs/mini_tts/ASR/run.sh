@@ -98,6 +98,7 @@ defaults: stage=$stage stop_stage=$stop_stage recipe=$recipe num_jobs=$num_jobs 
   length_norm=$length_norm package_searcher=$package_searcher
   time_budget=$time_budget"
 . "$ROOT/egs/shared/parse_options.sh"
+. "$ROOT/egs/shared/sherpa_onnx.sh"
 work_dir=$(mkdir -p "$work_dir" && cd "$work_dir" && pwd)
 cd "$work_dir"
 
@@ -251,25 +252,7 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
 fi
 if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
   log "stage 7: export $exp_dir/package for sherpa-onnx, decode test-clean with it"
-  # each layout the model has (asr export-onnx --if-supported prints a report when it wrote one):
-  # sherpa-onnx streams RNN-T transducers only, not the TDT, CTC or CIF recipes
-  onnx_dirs=()
-  modes=(offline)
-  grep -q '"streaming": true' "$exp_dir/package/metadata.json" && modes+=(streaming)
-  for mode in "${modes[@]}"; do
-    dir=$exp_dir/onnx
-    flags=()
-    if [ "$mode" = streaming ]; then
-      dir=$exp_dir/onnx-streaming
-      flags=(--streaming)
-    fi
-    report=$(timed "export onnx $mode" asr export-onnx --model "$exp_dir/package" \
-      --output-dir "$dir" "${flags[@]}" --int8 --force --if-supported)
-    if [ -n "$report" ]; then
-      echo "$report"
-      onnx_dirs+=("$dir")
-    fi
-  done
+  timed "export onnx" sherpa_onnx_export "$exp_dir"  # sets onnx_dirs (egs/shared/sherpa_onnx.sh)
   for dir in "${onnx_dirs[@]}"; do
     for int8 in "" --int8; do
       # asr decode-onnx prints the path of each WER summary it writes
