@@ -164,6 +164,9 @@ def compute_fbank_for_parts(
             f"{prefix}_feats_{part}" if num_jobs > 1 else f"{prefix}_feats_{part}.lca"
         )
         logger.info("%s: computing fbank into %s", part, storage)
+        # the archive is rewritten in place: an old manifest must not outlive a kill pointing
+        # into it (with ids that would pass as current)
+        dst.unlink(missing_ok=True)
         with_feats = compute_fbank_for_cuts(cuts, storage, cfg, num_jobs=num_jobs)
         tmp = dst.with_name(dst.name + ".tmp.jsonl.gz")
         with_feats.to_file(tmp)

@@ -6,9 +6,11 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+import pytest
 from lhotse import CutSet
 from librispeech_tree import TREE, write_part
 
+import asr.data.fbank
 from asr.data.fbank import compute_fbank_for_parts
 from asr.data.librispeech import prepare_manifests
 
@@ -81,3 +83,22 @@ def test_stored_features_follow_their_input_and_speed_perturbation(corpus, tmp_p
     compute_fbank_for_parts(manifests, fbank, [part], perturb_parts=[part])
     ids = {c.id for c in CutSet.from_file(out)}
     assert len(ids) == 3 * (n + 1) and "1003-50-0000_sp1.1" in ids
+
+
+def test_a_killed_recomputation_leaves_no_manifest_into_its_archive(prepared, tmp_path,
+                                                                   monkeypatch):
+    """--overwrite rewrites the archive in place: the old manifest (whose ids pass as current)
+    must not survive a kill to point into a half-written archive."""
+    import shutil
+
+    fbank = tmp_path / "fbank"
+    shutil.copytree(prepared["root"] / "fbank", fbank)
+    out = fbank / prepared["fbank"][PART].name
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(asr.data.fbank, "compute_fbank_for_cuts", killed)
+    with pytest.raises(KeyboardInterrupt):
+        compute_fbank_for_parts(prepared["root"] / "manifests", fbank, [PART], overwrite=True)
+    assert not out.exists()
