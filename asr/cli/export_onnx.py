@@ -8,6 +8,8 @@ Offline transducer (default for a transducer package): ``encoder.onnx``, ``decod
 (``from_transducer(..., model_type="nemo_transducer")``, offline; it computes other features: see
 docs/ONNX.md); ``--int8``: ``*.int8.onnx`` as well. Every graph is
 checked against PyTorch before the directory is written (:mod:`asr.export.sherpa`).
+``--if-supported``: a package sherpa-onnx has no layout for in the mode asked (a streaming CTC or
+TDT model with ``--streaming``...) logs why and exits 0 without writing or printing anything.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from asr.export.sherpa import DEFAULT_OPSET, OnnxExportError, export_onnx
+from asr.export.sherpa import DEFAULT_OPSET, NoLayoutError, OnnxExportError, export_onnx
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--left-chunks", type=int, default=None,
                         help="streaming left context in chunks (default: the package's)")
     parser.add_argument("--force", action="store_true", help="replace an existing --output-dir")
+    parser.add_argument("--if-supported", action="store_true",
+                        help="a package that sherpa-onnx has no layout for in this mode (its "
+                             "heads, its features, streaming) is no error: say why, write "
+                             "nothing, exit 0 (the recipes export whatever their model allows)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,6 +53,12 @@ def run(args: argparse.Namespace) -> int:
             head=args.head, force=args.force, chunk_size=args.chunk_size,
             left_chunks=args.left_chunks,
         )
+    except NoLayoutError as err:
+        if not args.if_supported:
+            logger.error("asr export-onnx: %s", err)
+            return 1
+        logger.warning("asr export-onnx: nothing written: %s", err)
+        return 0
     except OnnxExportError as err:
         logger.error("asr export-onnx: %s", err)
         return 1

@@ -124,7 +124,11 @@ def compute_fbank_for_parts(
         cfg: feature options.
         num_jobs: worker processes.
         prefix: manifest name prefix.
-        overwrite: recompute parts whose output cuts already exist (otherwise they are skipped).
+        overwrite: recompute parts whose output cuts already exist. Otherwise such a part is
+            skipped while its output holds exactly the cut ids its input gives (with the speed
+            copies when it is in ``perturb_parts``), and recomputed with a warning when not: the
+            input manifest changed since, speed perturbation was switched, or a kill cut the
+            output short.
 
     Returns:
         part -> path of its cuts with features.
@@ -145,8 +149,11 @@ def compute_fbank_for_parts(
         dst = cuts_path(output_dir, part, prefix)
         results[part] = dst
         if dst.is_file() and not overwrite:
-            logger.info("%s exists: skipping part %s", dst, part)
-            continue
+            stale = _stale_reason(src, dst, part in perturb_parts)
+            if stale is None:
+                logger.info("%s exists: skipping part %s", dst, part)
+                continue
+            logger.warning("%s %s: computing part %s again", dst, stale, part)
         if not src.is_file():
             raise FileNotFoundError(f"input cuts {src} for part {part!r} do not exist")
         cuts = CutSet.from_file(src)
@@ -157,9 +164,33 @@ def compute_fbank_for_parts(
             f"{prefix}_feats_{part}" if num_jobs > 1 else f"{prefix}_feats_{part}.lca"
         )
         logger.info("%s: computing fbank into %s", part, storage)
+        # the archive is rewritten in place: an old manifest must not outlive a kill pointing
+        # into it (with ids that would pass as current)
+        dst.unlink(missing_ok=True)
         with_feats = compute_fbank_for_cuts(cuts, storage, cfg, num_jobs=num_jobs)
         tmp = dst.with_name(dst.name + ".tmp.jsonl.gz")
         with_feats.to_file(tmp)
         tmp.replace(dst)
         logger.info("%s: wrote %d cuts to %s", part, len(with_feats), dst)
     return results
+
+
+def _stale_reason(src: Path, dst: Path, perturbed: bool) -> str | None:
+    """Why the stored cuts ``dst`` are not those of the input ``src`` (None: they are, or there
+    is no input left to compare with). Compares cut ids: ``src``'s, and with ``perturbed`` also
+    their speed copies (lhotse's ``<id>_sp<factor>``)."""
+    from lhotse.serialization import load_jsonl
+
+    if not src.is_file():
+        return None
+    try:
+        stored = [record["id"] for record in load_jsonl(dst)]
+    except (OSError, EOFError, ValueError, KeyError) as err:
+        return f"is unreadable ({type(err).__name__})"
+    ids = [record["id"] for record in load_jsonl(src)]
+    if perturbed:
+        ids += [f"{cut_id}_sp{factor}" for factor in SPEED_FACTORS for cut_id in ids]
+    if set(stored) == set(ids) and len(stored) == len(ids):
+        return None
+    return (f"holds {len(stored)} cuts, not the {len(ids)} of {src}"
+            f"{' with speed copies' if perturbed else ''}")

@@ -174,9 +174,11 @@ def prepare_manifests(
     """Validates the corpus, writes lhotse manifests and per-utterance CutSets.
 
     Writes ``librispeech_{recordings,supervisions}_<part>.jsonl.gz`` with lhotse's LibriSpeech
-    recipe (which reuses manifests already present in ``output_dir``), then
-    ``librispeech_cuts_<part>.jsonl.gz``: one cut per supervision (``trim_to_supervisions``),
-    without features.
+    recipe, then ``librispeech_cuts_<part>.jsonl.gz``: one cut per supervision
+    (``trim_to_supervisions``), without features. lhotse reuses the recordings and supervisions
+    already in ``output_dir``; they are kept only while they hold exactly the corpus's
+    utterances and texts (see :func:`_drop_stale_manifests`), so a corpus that changed, a
+    different ``normalize_text`` or a manifest cut short by a kill is prepared again.
 
     Args:
         corpus_dir: directory containing the part directories.
@@ -198,6 +200,9 @@ def prepare_manifests(
         raise ValueError(f"normalize_text must be 'none' or 'lower', got {normalize_text!r}")
     validate_librispeech_tree(corpus_dir, parts)
     output_dir = Path(output_dir)
+    for part in parts:
+        texts = _corpus_texts(Path(corpus_dir) / part, normalize_text)
+        _drop_stale_manifests(output_dir, part, texts)
     manifests = prepare_librispeech(
         corpus_dir,
         dataset_parts=list(parts),
@@ -218,6 +223,44 @@ def prepare_manifests(
         logger.info("wrote %d cuts to %s", len(cuts), path)
         paths[part] = path
     return paths
+
+
+def _corpus_texts(part_dir: Path, normalize_text: str) -> dict[str, str]:
+    """Utterance id -> text of a validated part, as lhotse's recipe reads and normalizes it."""
+    texts = {}
+    for trans_path in part_dir.rglob("*.trans.txt"):
+        with trans_path.open(encoding="utf-8") as f:
+            for line in f:
+                utt_id, text = line.strip().split(maxsplit=1)
+                texts[utt_id] = text.lower() if normalize_text == "lower" else text
+    return texts
+
+
+def _drop_stale_manifests(output_dir: Path, part: str, texts: dict[str, str]) -> None:
+    """Removes the cached recordings/supervisions of ``part`` unless they hold exactly the
+    utterances and texts of ``texts``, so that lhotse's recipe prepares the part again instead of
+    reusing them (it reuses whatever it finds: manifests of an earlier, partial corpus, or a
+    gzip file cut short by a kill, which it cannot read)."""
+    from lhotse.serialization import load_jsonl
+
+    paths = [output_dir / f"{PREFIX}_{kind}_{part}.jsonl.gz"
+             for kind in ("recordings", "supervisions")]
+    if not any(path.is_file() for path in paths):
+        return
+    try:
+        recording_ids = {record["id"] for record in load_jsonl(paths[0])}
+        supervised = {record["id"]: record.get("text") for record in load_jsonl(paths[1])}
+    except (OSError, EOFError, ValueError, KeyError) as err:  # missing, truncated, not JSON
+        reason = f"unreadable ({type(err).__name__}: {err})"
+    else:
+        if recording_ids == texts.keys() and supervised == texts:
+            return
+        reason = (f"{len(recording_ids)} recordings and {len(supervised)} supervisions that differ "
+                  f"from the corpus's {len(texts)} utterances")
+    logger.warning("%s: cached manifests of %s are %s: preparing them again", output_dir, part,
+                   reason)
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def write_shuffled_cuts(inputs: Sequence[str | Path], output: str | Path, seed: int = 42) -> int:

@@ -94,6 +94,7 @@ __all__ = [
     "BPE_VOCAB",
     "DEFAULT_OPSET",
     "ExportReport",
+    "NoLayoutError",
     "OnnxExportError",
     "PAD_VALUE",
     "RTOL",
@@ -133,6 +134,12 @@ _REPORT = "export.json"
 class OnnxExportError(ValueError):
     """A package that cannot be exported in a sherpa-onnx layout, or an export that failed its
     self-check."""
+
+
+class NoLayoutError(OnnxExportError):
+    """sherpa-onnx has no layout for the package in the mode asked for (its heads, its features,
+    a non-streaming model asked to stream): nothing to export, as opposed to an export that
+    failed."""
 
 
 @dataclass
@@ -191,7 +198,7 @@ def _choose_head(model: ASRModel, head: str | None, streaming: bool) -> str:
         if streaming:
             candidates = [name for name in candidates if name == "transducer"] or candidates
         if not candidates:
-            raise OnnxExportError(
+            raise NoLayoutError(
                 f"no sherpa-onnx layout for the package's heads ({', '.join(kinds.values())}): "
                 "transducer and CTC heads export; sherpa-onnx's AED and Paraformer loaders are "
                 "for other networks and front ends")
@@ -200,22 +207,22 @@ def _choose_head(model: ASRModel, head: str | None, streaming: bool) -> str:
         raise OnnxExportError(f"--head {head}: the package has heads {sorted(kinds)}")
     kind = kinds[head]
     if kind in ("aed", "cif"):
-        raise OnnxExportError(
+        raise NoLayoutError(
             f"the {head} head has no sherpa-onnx layout (sherpa-onnx runs transducers and CTC "
             "models of its own families; its AED and Paraformer loaders expect other networks "
             "and front ends): export a transducer or CTC head")
     if kind == "tdt" and streaming:
-        raise OnnxExportError(
+        raise NoLayoutError(
             "--streaming: sherpa-onnx streams NeMo-style transducers without their durations, "
             "so a TDT head exports offline only")
     if kind == "ctc" and streaming:
-        raise OnnxExportError(
+        raise NoLayoutError(
             "--streaming: sherpa-onnx has no streaming CTC layout for Kaldi-fbank models of our "
             "kind; stream through a transducer head")
     if kind in ("rnnt", "tdt"):
         predictor = model.heads[head].predictor
         if not isinstance(predictor, StatelessPredictor):
-            raise OnnxExportError(
+            raise NoLayoutError(
                 f"the transducer head has a {type(predictor).__name__}: sherpa-onnx's transducer "
                 "layout needs the stateless predictor (transducer.predictor: stateless)")
     return head
@@ -249,8 +256,9 @@ def export_onnx(
         chunk_size, left_chunks: streaming chunking (default: the package's).
 
     Raises:
-        OnnxExportError: for a package without a sherpa-onnx layout, an existing ``out_dir``
-            without ``force``, or a failed self-check (nothing is written then).
+        NoLayoutError: for a package (head, features, streaming) without a sherpa-onnx layout.
+        OnnxExportError: for an existing ``out_dir`` without ``force``, an unknown ``head`` or
+            a failed self-check (nothing is written then).
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
@@ -264,14 +272,14 @@ def export_onnx(
     if model.head_kinds()[head] != "tdt":
         problem = sherpa_fbank_problem(package.config.data.fbank)
         if problem is not None:
-            raise OnnxExportError(f"{package_dir}: {problem}")
+            raise NoLayoutError(f"{package_dir}: {problem}")
     if streaming:
         chunk_size = package.config.encoder.chunk_size if chunk_size is None else chunk_size
         left_chunks = package.config.encoder.left_chunks if left_chunks is None else left_chunks
         why = encoder_class(package.config.encoder.kind).streaming_problem(
             package.config.encoder, chunk_size, left_chunks)
         if why is not None:
-            raise OnnxExportError(f"--streaming: {package_dir} is not a streaming model: {why}")
+            raise NoLayoutError(f"--streaming: {package_dir} is not a streaming model: {why}")
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401

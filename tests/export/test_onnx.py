@@ -411,6 +411,24 @@ def test_cli_and_clear_errors(tmp_path, capsys, caplog):
     assert not (tmp_path / "x").exists()
 
 
+def test_if_supported_skips_only_what_sherpa_onnx_has_no_layout_for(tmp_path, capsys, caplog):
+    """The recipes export every layout a model has: a streaming CTC or TDT model's streaming
+    export is skipped with its reason, anything else stays an error."""
+    for head, reason in (("ctc", "no streaming CTC layout"), ("tdt", "exports offline only")):
+        package = random_package(tmp_path / head, head=head)
+        out = tmp_path / f"{head}-streaming"
+        args = ["export-onnx", "--model", str(package), "--output-dir", str(out), "--streaming"]
+        assert main(args) == 1
+        caplog.clear()
+        assert main([*args, "--if-supported"]) == 0 and not out.exists()
+        assert "nothing written: --streaming" in caplog.text and reason in caplog.text
+        assert capsys.readouterr().out == ""  # no report: the recipes decode what printed one
+    offline = ["export-onnx", "--model", str(package), "--output-dir", str(tmp_path / "tdt-off"),
+               "--if-supported"]
+    assert main(offline) == 0 and "nemo_transducer" in capsys.readouterr().out
+    assert main(offline) == 1 and "already exists" in caplog.text  # an error all the same
+
+
 def _nemo_features(wave: np.ndarray) -> torch.Tensor:
     """The features sherpa-onnx computes on its NeMo transducer path (kaldi-native-fbank with
     librosa-style mel filters, low 0 Hz, no DC removal; the other options as the icefall path)."""

@@ -8,7 +8,7 @@
 #
 # Stages:
 #   0  download LibriSpeech (and MUSAN with --download-musan true) with lhotse; skipped when
-#      $dl_dir/LibriSpeech already holds every part
+#      $dl_dir/LibriSpeech already holds every part (and no lhotse extraction was left unfinished)
 #   1  lhotse manifests of every part             -> data/manifests/librispeech_*_<part>.jsonl.gz
 #   2  MUSAN manifests (skipped when $dl_dir/musan does not exist)
 #   3  fbank of every part, 0.9/1.1 speed-perturbed copies of the training parts -> data/fbank
@@ -60,22 +60,28 @@ parts="dev-clean dev-other test-clean test-other $train_parts"
 corpus=$dl_dir/LibriSpeech
 
 if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
-  missing=""
+  # A part is missing without its directory, or when lhotse's archive lies in $dl_dir but its
+  # .completed marker does not: an extraction killed halfway (lhotse extracts it again).
+  missing=()
   for part in $parts; do
-    [ -d "$corpus/$part" ] || missing="$missing $part"
+    if [ ! -d "$corpus/$part" ] ||
+        { [ -f "$dl_dir/$part.tar.gz" ] && [ ! -f "$corpus/$part/.completed" ]; }; then
+      missing+=("$part")
+    fi
   done
-  if [ -z "$missing" ]; then
+  if [ ${#missing[@]} -eq 0 ]; then
     log "stage 0: $corpus holds every part; no download"
   else
-    log "stage 0: download LibriSpeech parts:$missing into $dl_dir"
+    log "stage 0: download LibriSpeech parts ${missing[*]} into $dl_dir"
     mkdir -p "$dl_dir"
-    if [ "$full_libri" = true ]; then
-      lhotse download librispeech --full-libri "$dl_dir"
-    else
-      lhotse download librispeech "$dl_dir"
-    fi
+    # lhotse's API, not its CLI: `lhotse download librispeech` fetches all seven parts or
+    # mini LibriSpeech, nothing in between
+    "$VENV/bin/python" -c 'import sys
+from lhotse.recipes import download_librispeech
+download_librispeech(sys.argv[1], dataset_parts=sys.argv[2:])' "$dl_dir" "${missing[@]}"
   fi
-  if [ "$download_musan" = true ] && [ ! -d "$dl_dir/musan" ]; then
+  if [ "$download_musan" = true ] && { [ ! -d "$dl_dir/musan" ] ||
+      { [ -f "$dl_dir/musan.tar.gz" ] && [ ! -f "$dl_dir/.musan_completed" ]; }; }; then
     log "stage 0: download MUSAN into $dl_dir"
     lhotse download musan "$dl_dir"
   fi
@@ -124,15 +130,15 @@ fi
 
 if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   log "stage 5: BPE with $vocab_size tokens on $train_parts"
-  transcripts=""
-  for part in $train_parts; do transcripts="$transcripts $corpus/$part"; done
+  transcripts=()  # one argument per part: $dl_dir may hold spaces
+  for part in $train_parts; do transcripts+=("$corpus/$part"); done
   lang=data/lang_bpe_${vocab_size}
-  asr bpe --transcripts $transcripts --output-dir "$lang" --vocab-size "$vocab_size"
-  [ -n "$lm_text" ] && transcripts=$lm_text
-  log "stage 5: token ${lm_order}-gram and word ${word_lm_order}-gram LMs of$transcripts"
-  asr lm --transcripts $transcripts --tokenizer-dir "$lang" --order "$lm_order" \
+  asr bpe --transcripts "${transcripts[@]}" --output-dir "$lang" --vocab-size "$vocab_size"
+  [ -n "$lm_text" ] && read -ra transcripts <<< "$lm_text"  # a list: "F ..."
+  log "stage 5: token ${lm_order}-gram and word ${word_lm_order}-gram LMs of ${transcripts[*]}"
+  asr lm --transcripts "${transcripts[@]}" --tokenizer-dir "$lang" --order "$lm_order" \
     --output "$lang/token_${lm_order}gram.arpa"
-  asr lm --unit word --transcripts $transcripts --order "$word_lm_order" \
+  asr lm --unit word --transcripts "${transcripts[@]}" --order "$word_lm_order" \
     --output "$lang/word_${word_lm_order}gram.arpa"
 fi
 log "done (stages $stage..$stop_stage)"

@@ -20,7 +20,8 @@
 #   8    average epochs (epoch-avg+1)..epoch into exp/${recipe}/averaged-epoch-E-avg-N.safetensors
 #   9    export a model package exp/${recipe}/package from the averaged weights
 #   10   export it for sherpa-onnx (exp/${recipe}/onnx, and exp/${recipe}/onnx-streaming when the
-#        model streams; fp32 and int8) and decode the test sets through sherpa-onnx (docs/ONNX.md)
+#        model streams and is an RNN-T transducer; fp32 and int8: each layout sherpa-onnx has for
+#        it) and decode the test sets through sherpa-onnx (docs/ONNX.md)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../../.." && pwd)
@@ -56,6 +57,7 @@ usage="Usage: $0 [--stage N] [--stop-stage N] [--dl-dir DIR] [--full-libri true|
   [--test-parts \"P Q\"] [--train-args \"...\"] [--decode-args \"...\"] [--work-dir DIR] [--skip-setup true|false]
   [--use-shar true|false]"
 . "$ROOT/egs/shared/parse_options.sh"
+. "$ROOT/egs/shared/sherpa_onnx.sh"
 work_dir=$(mkdir -p "$work_dir" && cd "$work_dir" && pwd)
 cd "$work_dir"
 
@@ -82,6 +84,9 @@ asr() { "$VENV/bin/asr" "$@"; }
 exp_dir=exp/$recipe
 averaged=""
 [ "$use_averaged_model" = true ] && averaged="--use-averaged-model"
+# what stage 8 writes and stage 9 packages: the weights of exactly these --epoch/--avg/
+# --use-averaged-model settings
+averaged_weights=$exp_dir/averaged-epoch-$epoch-avg-$avg${averaged:+-use-averaged-model}.safetensors
 
 if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
   log "stage 6: train $recipe on $nproc process(es)"
@@ -132,29 +137,30 @@ fi
 
 if [ $stage -le 8 ] && [ $stop_stage -ge 8 ]; then
   log "stage 8: average epochs $(( epoch - avg + 1 ))..$epoch"
-  asr average --exp-dir "$exp_dir" --epoch "$epoch" --avg "$avg" $averaged
+  asr average --exp-dir "$exp_dir" --epoch "$epoch" --avg "$avg" $averaged \
+    --output "$averaged_weights"
 fi
 
 if [ $stage -le 9 ] && [ $stop_stage -ge 9 ]; then
   log "stage 9: export a model package"
-  weights=$(ls -t "$exp_dir"/averaged-epoch-"$epoch"-avg-"$avg"*.safetensors | head -n 1)
-  asr export-package --exp-dir "$exp_dir" --checkpoint "$weights" --output-dir "$exp_dir/package" \
-    --overwrite
+  if [ ! -f "$averaged_weights" ]; then
+    echo "$0: no $averaged_weights: run stage 8 with the same --epoch, --avg and" \
+      "--use-averaged-model first" >&2
+    exit 1
+  fi
+  asr export-package --exp-dir "$exp_dir" --checkpoint "$averaged_weights" \
+    --output-dir "$exp_dir/package" --overwrite
 fi
 if [ $stage -le 10 ] && [ $stop_stage -ge 10 ]; then
   log "stage 10: export $exp_dir/package for sherpa-onnx and decode $test_parts with it"
-  onnx_dirs=("$exp_dir/onnx")
-  asr export-onnx --model "$exp_dir/package" --output-dir "$exp_dir/onnx" --int8 --force
-  if grep -q '"streaming": true' "$exp_dir/package/metadata.json"; then
-    asr export-onnx --model "$exp_dir/package" --output-dir "$exp_dir/onnx-streaming" --streaming --int8 \
-      --force
-    onnx_dirs+=("$exp_dir/onnx-streaming")
-  fi
+  sherpa_onnx_export "$exp_dir"  # sets onnx_dirs (egs/shared/sherpa_onnx.sh)
   for dir in "${onnx_dirs[@]}"; do
     for int8 in "" --int8; do
+      # into a variable first: a failure inside `for x in $(...)` would not stop the script
       # shellcheck disable=SC2086
-      for summary in $(asr decode-onnx --onnx-dir "$dir" $int8 --manifest-dir data/fbank \
-          --parts $test_parts --num-threads 2); do
+      summaries=$(asr decode-onnx --onnx-dir "$dir" $int8 --manifest-dir data/fbank \
+        --parts $test_parts --num-threads 2)
+      for summary in $summaries; do
         echo "$summary: $(sed -n 2p "$summary")" >&2
       done
     done

@@ -28,7 +28,8 @@
 #                                   the package) and records its test-clean WER of stage 5, then
 #                                   transcribe a held-out test-clean file with it
 #   7  export the package for sherpa-onnx (exp/${recipe}/onnx, and onnx-streaming when the model
-#                                   streams; fp32 and int8) and decode test-clean through
+#                                   streams and is an RNN-T transducer; fp32 and int8: each
+#                                   layout sherpa-onnx has for it) and decode test-clean through
 #                                   sherpa-onnx (exp/${recipe}/onnx*/wer-summary-*; docs/ONNX.md)
 #   8  only with --biasing N: the contextual-biasing set (dev-biasing, test-biasing: N sentences
 #                                   each with a phrase unseen in training, held-out voices;
@@ -97,6 +98,7 @@ defaults: stage=$stage stop_stage=$stop_stage recipe=$recipe num_jobs=$num_jobs 
   length_norm=$length_norm package_searcher=$package_searcher
   time_budget=$time_budget"
 . "$ROOT/egs/shared/parse_options.sh"
+. "$ROOT/egs/shared/sherpa_onnx.sh"
 work_dir=$(mkdir -p "$work_dir" && cd "$work_dir" && pwd)
 cd "$work_dir"
 
@@ -250,13 +252,7 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
 fi
 if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
   log "stage 7: export $exp_dir/package for sherpa-onnx, decode test-clean with it"
-  onnx_dirs=("$exp_dir/onnx")
-  timed "export onnx" asr export-onnx --model "$exp_dir/package" --output-dir "$exp_dir/onnx" --int8 --force
-  if grep -q '"streaming": true' "$exp_dir/package/metadata.json"; then
-    timed "export onnx streaming" asr export-onnx --model "$exp_dir/package" \
-      --out "$exp_dir/onnx-streaming" --streaming --int8 --force
-    onnx_dirs+=("$exp_dir/onnx-streaming")
-  fi
+  timed "export onnx" sherpa_onnx_export "$exp_dir"  # sets onnx_dirs (egs/shared/sherpa_onnx.sh)
   for dir in "${onnx_dirs[@]}"; do
     for int8 in "" --int8; do
       # asr decode-onnx prints the path of each WER summary it writes
@@ -281,9 +277,11 @@ if [ $stage -le 8 ] && [ $stop_stage -ge 8 ] && [ "$biasing" -gt 0 ]; then
     [ -n "$3" ] && hot=("search.hotwords_file=$3" "search.hotwords_score=$hotwords_score")
     summary=$(asr decode --exp-dir "$exp_dir" --checkpoint "$weights" --searcher beam --parts "$1" \
       --tag "$2" "${search_args[@]}" "${hot[@]}")
-    local phrases=()
+    local phrases=() scores
     [ -f "$bias_dir/$1.phrases.tsv" ] && phrases=(--phrases "$bias_dir/$1.phrases.tsv")
-    log "$1 $2: $(asr wer "${summary/wer-summary-/recogs-}" "${phrases[@]}" | tr '\n' ' ')"
+    # an assignment of its own: inside log's argument a failing asr wer would not stop the script
+    scores=$(asr wer "${summary/wer-summary-/recogs-}" "${phrases[@]}")
+    log "$1 $2: $(echo "$scores" | tr '\n' ' ')"
   }
   for part in dev-biasing test-biasing; do
     cat "$bias_dir/$part.hotwords.txt" "$bias_dir/distractors.txt" > "$bias_dir/$part.list.txt"

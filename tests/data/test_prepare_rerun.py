@@ -1,0 +1,104 @@
+"""Preparation run again (a recipe's stage 1 / fbank stage re-run): outputs that still match their
+inputs are reused, stale or half-written ones are made again."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+from lhotse import CutSet
+from librispeech_tree import TREE, write_part
+
+import asr.data.fbank
+from asr.data.fbank import compute_fbank_for_parts
+from asr.data.librispeech import prepare_manifests
+
+PART = "dev-clean-2"
+
+
+def _texts(manifests: dict[str, Path]) -> dict[str, str]:
+    return {c.id: c.supervisions[0].text for c in CutSet.from_file(manifests[PART])}
+
+
+def test_cached_manifests_are_reused_while_the_corpus_is_unchanged(corpus, tmp_path, caplog):
+    corpus_dir, _ = corpus
+    out = tmp_path / "manifests"
+    prepare_manifests(corpus_dir, out, [PART])
+    recordings = out / f"librispeech_recordings_{PART}.jsonl.gz"
+    before = recordings.stat().st_mtime_ns
+    prepare_manifests(corpus_dir, out, [PART])
+    assert recordings.stat().st_mtime_ns == before
+    assert "preparing them again" not in caplog.text
+
+
+def test_manifests_follow_a_corpus_that_changed(corpus, tmp_path, caplog):
+    """An extraction finished after a first stage 1, a corrected transcript: both used to be
+    ignored (lhotse reused the manifests it had written before)."""
+    corpus_dir, utts = corpus
+    out = tmp_path / "manifests"
+    assert len(_texts(prepare_manifests(corpus_dir, out, [PART]))) == len(utts[PART])
+    write_part(corpus_dir, PART, {("2002", "40"): [(0.7, "A LATE CHAPTER")]}, seed=9)
+    trans = corpus_dir / PART / "2001" / "30" / "2001-30.trans.txt"
+    trans.write_text(trans.read_text().replace("TEST ONE", "TEST WON"))
+    texts = _texts(prepare_manifests(corpus_dir, out, [PART]))
+    assert texts["2002-40-0000"] == "A LATE CHAPTER" and texts["2001-30-0000"] == "TEST WON"
+    assert len(texts) == len(utts[PART]) + 1
+    assert "differ from the corpus's 4 utterances" in caplog.text
+    lower = _texts(prepare_manifests(corpus_dir, out, [PART], normalize_text="lower"))
+    assert lower["2001-30-0000"] == "test won"
+
+
+def test_a_manifest_cut_short_by_a_kill_is_written_again(corpus, tmp_path, caplog):
+    corpus_dir, utts = corpus
+    out = tmp_path / "manifests"
+    prepare_manifests(corpus_dir, out, [PART])
+    recordings = out / f"librispeech_recordings_{PART}.jsonl.gz"
+    recordings.write_bytes(recordings.read_bytes()[:-20])  # a gzip stream without its end
+    texts = _texts(prepare_manifests(corpus_dir, out, [PART]))
+    assert len(texts) == len(utts[PART]) and "unreadable" in caplog.text
+    with gzip.open(recordings, "rt") as f:
+        assert len(f.readlines()) == len(utts[PART])
+
+
+def test_stored_features_follow_their_input_and_speed_perturbation(corpus, tmp_path, caplog):
+    """`run.sh --stage 2 --speed-perturb true` after a run without it used to keep the cuts without
+    speed copies; a part whose manifests grew kept its old features."""
+    corpus_dir, _ = corpus
+    part = "train-clean-5"
+    manifests, fbank = tmp_path / "manifests", tmp_path / "fbank"
+    prepare_manifests(corpus_dir, manifests, [part])
+    n = sum(len(v) for v in TREE[part].values())
+    out = compute_fbank_for_parts(manifests, fbank, [part])[part]
+    assert len(CutSet.from_file(out)) == n
+    compute_fbank_for_parts(manifests, fbank, [part], perturb_parts=[part])
+    cuts = CutSet.from_file(out)
+    assert len(cuts) == 3 * n and "with speed copies: computing part train-clean-5 again" in caplog.text
+    assert all(c.has_features for c in cuts)
+    before = out.stat().st_mtime_ns  # the same request again: reused
+    compute_fbank_for_parts(manifests, fbank, [part], perturb_parts=[part])
+    assert out.stat().st_mtime_ns == before
+    write_part(corpus_dir, part, {("1003", "50"): [(0.8, "ONE MORE")]}, seed=7)
+    prepare_manifests(corpus_dir, manifests, [part])
+    compute_fbank_for_parts(manifests, fbank, [part], perturb_parts=[part])
+    ids = {c.id for c in CutSet.from_file(out)}
+    assert len(ids) == 3 * (n + 1) and "1003-50-0000_sp1.1" in ids
+
+
+def test_a_killed_recomputation_leaves_no_manifest_into_its_archive(prepared, tmp_path,
+                                                                   monkeypatch):
+    """--overwrite rewrites the archive in place: the old manifest (whose ids pass as current)
+    must not survive a kill to point into a half-written archive."""
+    import shutil
+
+    fbank = tmp_path / "fbank"
+    shutil.copytree(prepared["root"] / "fbank", fbank)
+    out = fbank / prepared["fbank"][PART].name
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(asr.data.fbank, "compute_fbank_for_cuts", killed)
+    with pytest.raises(KeyboardInterrupt):
+        compute_fbank_for_parts(prepared["root"] / "manifests", fbank, [PART], overwrite=True)
+    assert not out.exists()

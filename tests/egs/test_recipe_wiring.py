@@ -1,0 +1,229 @@
+"""The recipe scripts' own logic, against a stub ``asr`` (no model, no data, a second each): option
+checking, which files the stages hand each other, and failures that must stop a script."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+LIBRI = REPO / "egs" / "librispeech" / "ASR"
+RUN, PREPARE = LIBRI / "run.sh", LIBRI / "prepare.sh"
+MINI_TTS = REPO / "egs" / "mini_tts" / "ASR" / "run.sh"
+END = "@@end"
+
+# `asr`, `python` and `lhotse` of the stub venv: records each call's arguments (NUL-separated, END
+# after the last), fails the subcommand named in $STUB_FAIL, and prints what the scripts read: a
+# WER summary path for the decoders, a report for export-onnx, which with $STUB_NO_STREAMING has
+# no streaming layout (as for a TDT, CTC or CIF model: exit 1, or 0 without a report with
+# --if-supported).
+STUB = f"""#!/usr/bin/env bash
+printf '%s\\0' "$(basename "$0")" "$@" {END} >> "$STUB_LOG"
+[ "$1" = "${{STUB_FAIL:-}}" ] && exit 2
+case "$1" in
+  decode|decode-onnx)
+    mkdir -p exp/stub && printf 'settings\\tWER\\nstub\\t1.00\\n' > "exp/stub/wer-summary-$1.txt"
+    echo "exp/stub/wer-summary-$1.txt" ;;
+  export-onnx)
+    if [ -n "${{STUB_NO_STREAMING:-}}" ] && [[ " $* " == *" --streaming "* ]]; then
+      [[ " $* " == *" --if-supported "* ]] && exit 0
+      exit 1
+    fi
+    echo "report" ;;
+esac
+exit 0
+"""
+
+
+@pytest.fixture
+def stub(tmp_path: Path):
+    """Runs a script with a stub venv; returns (run, calls): calls() lists the argv of each call
+    of the stub `asr` (and with everything=True of `python` and `lhotse`, the program first)."""
+    venv_bin = tmp_path / "venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    for program in ("asr", "python", "lhotse"):
+        (venv_bin / program).write_text(STUB)
+        (venv_bin / program).chmod((venv_bin / program).stat().st_mode | stat.S_IEXEC)
+    log = tmp_path / "calls.txt"
+
+    def run(script: Path, *args: str, fail: str = "", no_streaming: bool = False
+            ) -> subprocess.CompletedProcess:
+        env = dict(os.environ, ASR_VENV=str(tmp_path / "venv"), STUB_LOG=str(log), STUB_FAIL=fail,
+                   STUB_NO_STREAMING="1" if no_streaming else "")
+        return subprocess.run(["bash", str(script), "--skip-setup", "true", *args], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    def calls(everything: bool = False) -> list[list[str]]:
+        if not log.is_file():
+            return []
+        out, call = [], []
+        for line in log.read_text().split("\0")[:-1]:
+            if line == END:
+                if everything:
+                    out.append(call)
+                elif call[0] == "asr":
+                    out.append(call[1:])
+                call = []
+            else:
+                call.append(line)
+        return out
+
+    return run, calls
+
+
+@pytest.mark.parametrize("script", [RUN, PREPARE, MINI_TTS])
+@pytest.mark.parametrize("args, message", [
+    (["--stage", "six"], "--stage takes an integer, got 'six'"),
+    (["--stop-stage=5x"], "--stop-stage takes an integer, got '5x'"),
+    (["--skip-setup", "yes"], "--skip-setup takes true or false, got 'yes'"),
+    (["--stage", "3", "extra"], "unexpected argument 'extra'"),
+])
+def test_options_are_checked_against_their_defaults(stub, tmp_path, script, args, message):
+    run, calls = stub
+    result = run(script, "--work-dir", str(tmp_path / "work"), *args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert calls(everything=True) == [] and "done (stages" not in result.stderr
+
+
+@pytest.mark.parametrize("script", [RUN, MINI_TTS])
+def test_an_unquoted_train_args_value_is_refused(stub, tmp_path, script):
+    """Only "--set" is --train-args' value: the override after it must not be dropped silently."""
+    run, calls = stub
+    result = run(script, "--work-dir", str(tmp_path / "work"), "--stage", "4",
+                 "--train-args", "--set", "train.max_epochs=2")
+    assert result.returncode == 2 and "unexpected argument 'train.max_epochs=2'" in result.stderr
+    assert calls() == []
+
+
+def test_typed_options_still_take_their_values(stub, tmp_path):
+    run, calls = stub
+    result = run(RUN, "--work-dir", str(tmp_path / "work"), "--stage", "-1", "--stop-stage=-1",
+                 "--use-shar", "false", "--lm-weight", "0.45", "--train-args", "--set a=1 b=2")
+    assert result.returncode == 0, result.stderr
+    assert "done (stages -1..-1)" in result.stderr
+
+
+def test_full_libri_takes_only_true_or_false(stub, tmp_path):
+    """`--full-libri yes` used to prepare train-clean-100 only, as `false` does."""
+    run, _ = stub
+    result = run(PREPARE, "--work-dir", str(tmp_path / "work"), "--full-libri", "yes")
+    assert result.returncode == 2 and "--full-libri takes true or false" in result.stderr
+
+
+def test_stage_9_packages_exactly_what_stage_8_wrote(stub, tmp_path):
+    run, calls = stub
+    work = tmp_path / "work"
+    exp = work / "exp" / "conformer_transducer"
+    exp.mkdir(parents=True)
+    common = ["--work-dir", str(work), "--epoch", "12", "--avg", "1"]
+    averaged = run(RUN, *common, "--stage", "8", "--stop-stage", "8")
+    assert averaged.returncode == 0, averaged.stderr
+    wanted = "exp/conformer_transducer/averaged-epoch-12-avg-1-use-averaged-model.safetensors"
+    assert calls()[-1][0] == "average" and calls()[-1][-2:] == ["--output", wanted]
+    # other settings' weights: another --avg whose name starts the same, the plain average
+    (exp / "averaged-epoch-12-avg-10-use-averaged-model.safetensors").write_bytes(b"")
+    (exp / "averaged-epoch-12-avg-1.safetensors").write_bytes(b"")
+    missing = run(RUN, *common, "--stage", "9", "--stop-stage", "9")
+    assert missing.returncode == 1 and f"no {wanted}: run stage 8" in missing.stderr
+    assert calls()[-1][0] == "average"  # nothing exported
+    (work / wanted).write_bytes(b"")
+    exported = run(RUN, *common, "--stage", "9", "--stop-stage", "9")
+    assert exported.returncode == 0, exported.stderr
+    call = calls()[-1]
+    assert call[0] == "export-package" and call[call.index("--checkpoint") + 1] == wanted
+    plain = run(RUN, *common, "--stage", "9", "--stop-stage", "9", "--use-averaged-model", "false")
+    call = calls()[-1]
+    assert plain.returncode == 0 and call[call.index("--checkpoint") + 1].endswith(
+        "averaged-epoch-12-avg-1.safetensors")
+
+
+def test_a_failing_sherpa_onnx_decode_fails_stage_10(stub, tmp_path):
+    run, calls = stub
+    package = tmp_path / "work" / "exp" / "conformer_transducer" / "package"
+    package.mkdir(parents=True)
+    (package / "metadata.json").write_text('{"streaming": false}')
+    result = run(RUN, "--work-dir", str(tmp_path / "work"), "--stage", "10", fail="decode-onnx")
+    assert result.returncode == 2, result.stderr
+    assert "done (stages" not in result.stderr
+    assert [c[0] for c in calls()] == ["export-onnx", "decode-onnx"]
+
+
+def test_stage_5_keeps_a_corpus_path_with_spaces_whole(stub, tmp_path):
+    run, calls = stub
+    dl_dir = tmp_path / "my corpora"
+    result = run(PREPARE, "--work-dir", str(tmp_path / "work"), "--dl-dir", str(dl_dir),
+                 "--full-libri", "false", "--stage", "5", "--lm-text", "a.txt b.txt")
+    assert result.returncode == 0, result.stderr
+    bpe, token_lm, word_lm = calls()
+    assert bpe[:3] == ["bpe", "--transcripts", f"{dl_dir}/LibriSpeech/train-clean-100"]
+    assert bpe[3] == "--output-dir"
+    for lm in (token_lm, word_lm):  # --lm-text is a list of files
+        start = lm.index("--transcripts") + 1
+        assert lm[start:start + 3] == ["a.txt", "b.txt", "--tokenizer-dir" if lm is token_lm
+                                       else "--order"]
+
+
+def test_mini_tts_stage_8_fails_when_scoring_fails(stub, tmp_path):
+    run, calls = stub
+    bias_dir = tmp_path / "work" / "data" / "LibriSpeech" / "biasing"
+    bias_dir.mkdir(parents=True)
+    for name in ("dev-biasing.hotwords.txt", "test-biasing.hotwords.txt", "distractors.txt"):
+        (bias_dir / name).write_text("PHRASE\n")
+    result = run(MINI_TTS, "--work-dir", str(tmp_path / "work"), "--stage", "8",
+                 "--biasing", "2", fail="wer")
+    assert result.returncode == 2, result.stderr
+    assert "done (stages" not in result.stderr
+    assert [c[0] for c in calls()][-2:] == ["decode", "wer"]
+
+
+def test_stage_0_downloads_exactly_the_missing_and_unfinished_parts(stub, tmp_path):
+    """`lhotse download librispeech` has no --full-libri (stage 0 failed at once) and fetches all
+    960 h even for --full-libri false; a part whose lhotse extraction was killed was trusted."""
+    run, calls = stub
+    dl_dir = tmp_path / "dl dir"
+    for part in ("dev-clean", "dev-other", "test-clean", "test-other", "train-clean-100"):
+        (dl_dir / "LibriSpeech" / part).mkdir(parents=True)
+    (dl_dir / "dev-clean.tar.gz").write_bytes(b"")  # lhotse's archive ...
+    (dl_dir / "LibriSpeech" / "dev-clean" / ".completed").write_text("")  # ... and its marker
+    (dl_dir / "test-other.tar.gz").write_bytes(b"")  # extracted without the marker: unfinished
+    common = ["--work-dir", str(tmp_path / "work"), "--dl-dir", str(dl_dir), "--stop-stage", "0"]
+    result = run(PREPARE, *common)
+    assert result.returncode == 0, result.stderr
+    (download,) = calls(everything=True)
+    assert download[0] == "python" and "download_librispeech" in download[2]
+    assert download[3:] == [str(dl_dir), "test-other", "train-clean-360", "train-other-500"]
+    run(PREPARE, *common, "--full-libri", "false")
+    assert calls(everything=True)[-1][3:] == [str(dl_dir), "test-other"]
+    (dl_dir / "LibriSpeech" / "test-other" / ".completed").write_text("")
+    skipped = run(PREPARE, *common, "--full-libri", "false")
+    assert "holds every part; no download" in skipped.stderr and len(calls(everything=True)) == 2
+
+
+@pytest.mark.parametrize("script, stage", [(RUN, "10"), (MINI_TTS, "7")])
+def test_the_onnx_stage_exports_the_layouts_the_model_has(stub, tmp_path, script, stage):
+    """A streaming TDT, CTC or CIF model has an offline sherpa-onnx layout only: the export stage
+    of its recipe ended in an error after everything else."""
+    run, calls = stub
+    exp = tmp_path / "work" / "exp" / ("conformer_transducer" if script == RUN
+                                       else "transformer_transducer")
+    (exp / "package").mkdir(parents=True)
+    (exp / "package" / "metadata.json").write_text('{"streaming": true}')
+    for no_streaming, dirs in ((True, ["onnx"]), (False, ["onnx", "onnx-streaming"])):
+        before = len(calls())
+        result = run(script, "--work-dir", str(tmp_path / "work"), "--stage", stage,
+                     "--stop-stage", stage, no_streaming=no_streaming)
+        assert result.returncode == 0, result.stderr
+        made = calls()[before:]
+        assert [c[0] for c in made] == ["export-onnx"] * 2 + ["decode-onnx"] * 2 * len(dirs)
+        assert all("--if-supported" in c for c in made[:2])
+        decoded = [Path(c[c.index("--onnx-dir") + 1]).name for c in made[2:]]
+        assert decoded == [d for d in dirs for _ in range(2)]
+    failed = run(script, "--work-dir", str(tmp_path / "work"), "--stage", stage, "--stop-stage",
+                 stage, fail="export-onnx")  # a failed export (mini_tts: inside `timed`) stops it
+    assert failed.returncode == 2 and "done (stages" not in failed.stderr
+    assert calls()[-1][0] == "export-onnx"
