@@ -43,6 +43,9 @@ def setup_distributed(device: str = "auto") -> DistInfo:
 
     Args:
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+
+    Raises:
+        RuntimeError: CUDA asked for and absent, or more local processes than GPUs.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -50,6 +53,10 @@ def setup_distributed(device: str = "auto") -> DistInfo:
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
         raise RuntimeError("device=cuda was requested but CUDA is not available")
+    if use_cuda and local_rank >= torch.cuda.device_count():
+        raise RuntimeError(
+            f"local rank {local_rank} has no GPU: this machine has {torch.cuda.device_count()}; "
+            "start at most that many processes per node (--nproc / torchrun --nproc-per-node)")
     dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)

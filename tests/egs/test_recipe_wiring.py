@@ -50,10 +50,10 @@ def stub(tmp_path: Path):
         (venv_bin / program).chmod((venv_bin / program).stat().st_mode | stat.S_IEXEC)
     log = tmp_path / "calls.txt"
 
-    def run(script: Path, *args: str, fail: str = "", no_streaming: bool = False
-            ) -> subprocess.CompletedProcess:
-        env = dict(os.environ, ASR_VENV=str(tmp_path / "venv"), STUB_LOG=str(log), STUB_FAIL=fail,
-                   STUB_NO_STREAMING="1" if no_streaming else "")
+    def run(script: Path, *args: str, fail: str = "", no_streaming: bool = False,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        env = {**os.environ, "ASR_VENV": str(tmp_path / "venv"), "STUB_LOG": str(log),
+               "STUB_FAIL": fail, "STUB_NO_STREAMING": "1" if no_streaming else "", **(env or {})}
         return subprocess.run(["bash", str(script), "--skip-setup", "true", *args], env=env,
                               capture_output=True, text=True, timeout=60)
 
@@ -98,6 +98,27 @@ def test_an_unquoted_train_args_value_is_refused(stub, tmp_path, script):
                  "--train-args", "--set", "train.max_epochs=2")
     assert result.returncode == 2 and "unexpected argument 'train.max_epochs=2'" in result.stderr
     assert calls() == []
+
+
+def test_a_relative_asr_venv_is_taken_from_the_repository_as_setup_takes_it(stub, tmp_path):
+    """The scripts cd into their work directory: a relative ASR_VENV resolved there found no
+    `asr` (rc 127) while tools/setup.sh had installed it relative to the repository."""
+    run, calls = stub
+    relative = os.path.relpath(tmp_path / "venv", REPO)
+    result = run(RUN, "--work-dir", str(tmp_path / "work"), "--stage", "8", "--stop-stage", "8",
+                 env={"ASR_VENV": relative})
+    assert result.returncode == 0, result.stderr
+    assert calls()[-1][0] == "average"
+
+
+def test_stage_7_fails_when_it_cannot_tell_whether_the_model_streams(stub, tmp_path):
+    """The streaming check failing (here the stub python) read as "not streaming": the
+    full-context decode was dropped and the stage passed."""
+    run, calls = stub
+    args = ["--work-dir", str(tmp_path / "work"), "--stage", "7", "--stop-stage", "7"]
+    result = run(RUN, *args, fail="-c")
+    assert result.returncode != 0 and "done (stages" not in result.stderr
+    assert run(RUN, *args).returncode == 0
 
 
 def test_typed_options_still_take_their_values(stub, tmp_path):

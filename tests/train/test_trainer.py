@@ -345,3 +345,15 @@ def test_a_non_finite_step_on_one_rank_is_skipped_on_every_rank(tmp_path):
         assert torch.isfinite(value).all() and torch.equal(value, rank1["weights"][name]), name
     assert (tmp_path / "rank1" / "bad-batches" / "step-1-rank-1.pt").is_file()
 
+
+
+def test_more_local_processes_than_gpus_is_a_clear_error(monkeypatch):
+    """CUDA's own message for it was "invalid device ordinal", naming neither rank nor fix."""
+    from asr.train.distributed import setup_distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda dev: None)
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(RuntimeError, match=r"local rank 2 has no GPU: this machine has 2"):
+        setup_distributed("cuda")

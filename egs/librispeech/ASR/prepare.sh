@@ -50,6 +50,7 @@ if [ "$skip_setup" != true ]; then
   bash "$ROOT/tools/setup.sh"
 fi
 VENV=${ASR_VENV:-$ROOT/.venv}
+[[ $VENV = /* ]] || VENV=$ROOT/$VENV  # relative to the repository, as tools/setup.sh takes it
 asr() { "$VENV/bin/asr" "$@"; }
 lhotse() { "$VENV/bin/lhotse" "$@"; }
 log() { echo "$(date '+%F %T') [librispeech prepare] $*" >&2; }

@@ -79,6 +79,7 @@ elif [ "$skip_setup" != true ]; then
   bash "$ROOT/tools/setup.sh"
 fi
 VENV=${ASR_VENV:-$ROOT/.venv}
+[[ $VENV = /* ]] || VENV=$ROOT/$VENV  # relative to the repository, as tools/setup.sh takes it
 asr() { "$VENV/bin/asr" "$@"; }
 . "$HERE/train_parts.sh"
 exp_dir=exp/$recipe
@@ -122,8 +123,11 @@ if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
   # shellcheck disable=SC2086
   summaries=$(asr decode --exp-dir "$exp_dir" --searcher $searchers --epoch "$epoch" --avg "$avg" \
     $averaged --parts $test_parts "${lm_args[@]}" $decode_args)
-  if "$VENV/bin/python" -c "import sys; from asr.experiment import load_experiment_config as c
-sys.exit(0 if c(sys.argv[1]).encoder.chunk_size > 0 else 1)" "$exp_dir"; then
+  # an assignment of its own, so that a failure to read the config stops the script (as an
+  # `if` condition it read as "not streaming" and dropped the full-context decode silently)
+  mode=$("$VENV/bin/python" -c "import sys; from asr.experiment import load_experiment_config as c
+print('streaming' if c(sys.argv[1]).encoder.chunk_size > 0 else 'offline')" "$exp_dir")
+  if [ "$mode" = streaming ]; then
     # a streaming recipe: also at full context (icefall reports both modes)
     # shellcheck disable=SC2086
     summaries+=" "$(asr decode --exp-dir "$exp_dir" --searcher $searchers --epoch "$epoch" \

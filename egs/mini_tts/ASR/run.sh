@@ -106,6 +106,7 @@ if [ "$skip_setup" != true ]; then
   bash "$ROOT/tools/setup.sh"
 fi
 VENV=${ASR_VENV:-$ROOT/.venv}
+[[ $VENV = /* ]] || VENV=$ROOT/$VENV  # relative to the repository, as tools/setup.sh takes it
 asr() { "$VENV/bin/asr" "$@"; }
 log() { echo "$(date '+%F %T') [mini_tts] $*" >&2; }
 timed() {  # timed NAME CMD...: runs CMD and logs its wall-clock time; fails as CMD fails (also
