@@ -21,7 +21,6 @@ Shape legend: B batch, N hypotheses, T encoder frames, U tokens, D model dims, V
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,14 +37,13 @@ from asr.heads.decoder_layers import (
     pad_sequences,
     per_hypothesis,
     sinusoidal_positions,
+    trained_utterances,
 )
 from asr.losses.label_smoothing import label_smoothing_loss
 from asr.state import state_field
 from asr.types import LossOutput
 
 __all__ = ["AEDCache", "AEDConfig", "AEDHead", "AEDMemory", "AttentionDecoder"]
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -300,13 +298,8 @@ class AEDHead(nn.Module):
         """
         memory = self.memory_proj(enc)
         memory_mask = lengths_to_mask(enc_lens, enc.shape[1])
-        trained = enc_lens.to(memory.device) > 0
+        trained = trained_utterances(enc_lens.to(memory.device), "AED")
         num_infinite = int((~trained).sum())
-        if num_infinite:
-            logger.warning(
-                "AED: %d of %d utterances have no encoder frames; their loss was zeroed",
-                num_infinite, enc.shape[0],
-            )  # fmt: skip
         loss_l2r, correct = self._decoder_loss(
             self.decoder, memory, memory_mask, tokens, token_lens, trained
         )

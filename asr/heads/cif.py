@@ -37,7 +37,6 @@ Shape legend: B batch, T frames, N fired tokens, U target tokens, D encoder dims
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -53,6 +52,7 @@ from asr.heads.decoder_layers import (
     pad_sequences,
     per_hypothesis,
     sinusoidal_positions,
+    trained_utterances,
 )
 from asr.losses.cif import quantity_loss, scale_alphas
 from asr.losses.ctc import ctc_forced_align
@@ -70,8 +70,6 @@ __all__ = [
     "ctc_greedy_segments",
     "segment_means",
 ]
-
-logger = logging.getLogger(__name__)
 
 
 def cif_num_fires(alphas: Tensor, threshold: float = 1.0) -> Tensor:
@@ -586,13 +584,8 @@ class CIFHead(nn.Module):
         inputs, targets, target_lens, alphas = self.teacher_inputs(
             enc, enc_lens, tokens, token_lens
         )
-        trained = enc_lens.to(targets.device) > 0
+        trained = trained_utterances(enc_lens.to(targets.device), "CIF")
         num_infinite = int((~trained).sum())
-        if num_infinite:
-            logger.warning(
-                "CIF: %d of %d utterances have no encoder frames; their loss was zeroed",
-                num_infinite, enc.shape[0],
-            )  # fmt: skip
         valid = lengths_to_mask(target_lens, targets.shape[1]) & trained[:, None]
         metrics: dict[str, float] = {"num_infinite": float(num_infinite)}
         if self.target_embed is not None and self.training:
