@@ -173,3 +173,30 @@ def test_transducer_plus_ctc_from_config_and_warm_up_step_reaches_the_head():
     torch.testing.assert_close(out.head_outputs["transducer"].loss, at_step_5)
     assert not torch.allclose(at_step_5, warmed_up)  # the step really reaches the head
     assert "transducer/simple_loss" in out.metrics
+
+
+def test_every_head_drops_and_counts_an_utterance_without_frames():
+    """An utterance whose encoder output is empty is infeasible for every head alike: no loss,
+    no gradient, counted in ``<head>/num_infinite``; the others' losses are those they have
+    alone, whatever the padding holds (AED and CIF cross-attended to padding for it)."""
+    data = dict(HEADS_YAML, transducer={"loss": "full", "pred_dim": 8, "joiner_dim": 8},
+                cif=dict(HEADS_YAML["cif"], segments="ctc"))
+    data["loss_weights"] = dict(HEADS_YAML["loss_weights"], transducer=1.0)
+    torch.manual_seed(0)
+    model = _model(data)
+    batch = _batch()
+    frameless = Batch(feats=batch.feats, feat_lens=torch.tensor([20, 1]),
+                      tokens=batch.tokens, token_lens=batch.token_lens)
+    out = model(frameless)
+    for name in ("transducer", "ctc", "aed", "cif"):
+        assert out.metrics[f"{name}/num_infinite"] == 1.0, name
+    alone = model(Batch(feats=batch.feats[:1], feat_lens=torch.tensor([20]),
+                        tokens=batch.tokens[:1], token_lens=batch.token_lens[:1]))
+    for name, output in out.head_outputs.items():
+        torch.testing.assert_close(output.loss, alone.head_outputs[name].loss, msg=name)
+    noisy = frameless.feats.clone()
+    noisy[1] = 5.0 * torch.randn_like(noisy[1])
+    again = model(Batch(feats=noisy, feat_lens=frameless.feat_lens, tokens=batch.tokens,
+                        token_lens=batch.token_lens))
+    torch.testing.assert_close(again.loss, out.loss)
+    assert out.metrics["aed/num_tokens"] == float(batch.token_lens[0] + 1)

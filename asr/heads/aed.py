@@ -8,9 +8,11 @@ bidirectional decoder (Zhang et al. 2021, "WeNet 2.0", U2++), whose scores are m
 
 Training is teacher-forced: inputs ``<sos> y_1 .. y_U``, targets ``y_1 .. y_U <eos>``, loss the
 label-smoothed KL of :func:`asr.losses.label_smoothing.label_smoothing_loss` summed over the
-valid positions of each utterance. Searches use :meth:`AEDHead.init_cache` /
-:meth:`AEDHead.step` (one token per hypothesis per call, with the self-attention keys and values
-of earlier positions kept in an explicit :class:`AEDCache`) and
+valid positions of each utterance. An utterance without encoder frames has nothing to attend
+to (its cross-attention would read padding): it is dropped from the loss and counted in
+``metrics["num_infinite"]``, as the CTC and transducer heads drop it. Searches use
+:meth:`AEDHead.init_cache` / :meth:`AEDHead.step` (one token per hypothesis per call, with the
+self-attention keys and values of earlier positions kept in an explicit :class:`AEDCache`) and
 :meth:`AEDHead.score_sequences` (attention rescoring).
 
 Shape legend: B batch, N hypotheses, T encoder frames, U tokens, D model dims, V vocabulary
@@ -35,6 +37,7 @@ from asr.heads.decoder_layers import (
     pad_sequences,
     per_hypothesis,
     sinusoidal_positions,
+    trained_utterances,
 )
 from asr.losses.label_smoothing import label_smoothing_loss
 from asr.state import state_field
@@ -264,13 +267,15 @@ class AEDHead(nn.Module):
         memory_mask: Tensor,
         tokens: Tensor,
         token_lens: Tensor,
+        trained: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        """Summed label-smoothed loss and the number of correct argmax predictions."""
+        """Summed label-smoothed loss and the number of correct argmax predictions over the
+        positions of the ``trained`` (B,) utterances."""
         inputs, targets = self._teacher_forcing(tokens, token_lens)
         logits = decoder(inputs, memory, memory_mask)
-        valid = lengths_to_mask(token_lens + 1, inputs.shape[1])
+        valid = lengths_to_mask(token_lens + 1, inputs.shape[1]) & trained[:, None]
         per_position = label_smoothing_loss(logits, targets, self.cfg.label_smoothing)
-        loss = (per_position * valid).sum()
+        loss = torch.where(valid, per_position, 0.0).sum()
         correct = ((logits.argmax(dim=-1) == targets) & valid).sum()
         return loss, correct
 
@@ -288,23 +293,27 @@ class AEDHead(nn.Module):
 
         Returns:
             LossOutput; metrics ``loss_l2r`` (and ``loss_r2l``), ``num_correct`` and
-            ``num_tokens`` (of the left-to-right decoder, eos included) for accuracy.
+            ``num_tokens`` (of the left-to-right decoder, eos included) for accuracy, and
+            ``num_infinite`` (utterances without frames, left out of all of them).
         """
         memory = self.memory_proj(enc)
         memory_mask = lengths_to_mask(enc_lens, enc.shape[1])
+        trained = trained_utterances(enc_lens.to(memory.device), "AED")
+        num_infinite = int((~trained).sum())
         loss_l2r, correct = self._decoder_loss(
-            self.decoder, memory, memory_mask, tokens, token_lens
+            self.decoder, memory, memory_mask, tokens, token_lens, trained
         )
         metrics = {
             "loss_l2r": float(loss_l2r.detach()),
             "num_correct": float(correct),
-            "num_tokens": float((token_lens + 1).sum()),
+            "num_tokens": float(((token_lens.to(trained.device) + 1) * trained).sum()),
+            "num_infinite": float(num_infinite),
         }
         loss = loss_l2r
         if self.r2l_decoder is not None:
             reversed_tokens = self._reverse(tokens, token_lens)
             loss_r2l, _ = self._decoder_loss(
-                self.r2l_decoder, memory, memory_mask, reversed_tokens, token_lens
+                self.r2l_decoder, memory, memory_mask, reversed_tokens, token_lens, trained
             )
             metrics["loss_r2l"] = float(loss_r2l.detach())
             weight = self.cfg.reverse_weight

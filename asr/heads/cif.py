@@ -52,6 +52,7 @@ from asr.heads.decoder_layers import (
     pad_sequences,
     per_hypothesis,
     sinusoidal_positions,
+    trained_utterances,
 )
 from asr.losses.cif import quantity_loss, scale_alphas
 from asr.losses.ctc import ctc_forced_align
@@ -157,6 +158,8 @@ def cif_fire_frames(alphas: Tensor, fired_lens: Tensor, threshold: float = 1.0) 
         and 0 beyond ``fired_lens``.
     """
     num_fired = int(fired_lens.max().item()) if fired_lens.numel() else 0
+    if alphas.shape[1] == 0:  # no frames: nothing fired
+        return fired_lens.new_zeros(alphas.shape[0], num_fired)
     weights_dtype = alphas.dtype if alphas.dtype == torch.float64 else torch.float32
     cumulative = alphas.detach().to(weights_dtype).cumsum(dim=1).contiguous()
     targets = torch.arange(1, num_fired + 1, device=alphas.device, dtype=weights_dtype)
@@ -313,6 +316,9 @@ class CIFPredictor(nn.Module):
 
     def forward(self, enc: Tensor, enc_mask: Tensor) -> Tensor:
         """(B, T, D), (B, T) bool -> (B, T) weights in (0, 1), zero on padding."""
+        if enc.shape[1] == 0:  # the convolution needs a frame; nothing fires
+            dtype = torch.float64 if enc.dtype == torch.float64 else torch.float32
+            return enc.new_zeros(enc.shape[:2], dtype=dtype)
         x = enc * enc_mask.unsqueeze(-1)  # padding must not leak through the convolution
         x = torch.relu(self.conv(x.transpose(1, 2)).transpose(1, 2) + x)
         logits = self.output(self.dropout(x)).squeeze(-1)
@@ -569,15 +575,19 @@ class CIFHead(nn.Module):
         Returns:
             LossOutput; metrics ``ce_loss``, ``quantity_loss`` (``segments: cif``),
             ``num_correct`` (argmax hits of the first pass, whose inputs hold no reference
-            token), ``num_tokens`` (decoder positions: U, or U + 1 with an end slot) and, with
-            glancing, ``num_glanced``.
+            token), ``num_tokens`` (decoder positions: U, or U + 1 with an end slot),
+            ``num_infinite`` (utterances without frames: nothing to integrate or attend to,
+            left out of the loss and of the other metrics, as the CTC and transducer heads
+            drop them) and, with glancing, ``num_glanced``.
         """
         cfg = self.cfg
         inputs, targets, target_lens, alphas = self.teacher_inputs(
             enc, enc_lens, tokens, token_lens
         )
-        valid = lengths_to_mask(target_lens, targets.shape[1])
-        metrics: dict[str, float] = {}
+        trained = trained_utterances(enc_lens.to(targets.device), "CIF")
+        num_infinite = int((~trained).sum())
+        valid = lengths_to_mask(target_lens, targets.shape[1]) & trained[:, None]
+        metrics: dict[str, float] = {"num_infinite": float(num_infinite)}
         if self.target_embed is not None and self.training:
             with torch.no_grad():
                 first_pass = self.decode(inputs, target_lens, enc, enc_lens).argmax(dim=-1)
@@ -587,15 +597,17 @@ class CIFHead(nn.Module):
         else:
             logits = self.decode(inputs, target_lens, enc, enc_lens)
             first_pass = logits.argmax(dim=-1)
-        ce = (label_smoothing_loss(logits, targets, cfg.label_smoothing) * valid).sum()
+        ce = torch.where(valid, label_smoothing_loss(logits, targets, cfg.label_smoothing), 0.0)
+        ce = ce.sum()
         loss = ce
         if alphas is not None:
-            quantity = quantity_loss(alphas / cfg.threshold, target_lens).sum()
+            quantity = quantity_loss(alphas / cfg.threshold, target_lens)
+            quantity = torch.where(trained, quantity, 0.0).sum()
             loss = loss + cfg.quantity_weight * quantity
             metrics["quantity_loss"] = float(quantity.detach())
         metrics.update(
             ce_loss=float(ce.detach()),
             num_correct=float(((first_pass == targets) & valid).sum()),
-            num_tokens=float(target_lens.sum()),
+            num_tokens=float(valid.sum()),
         )
         return LossOutput(loss=loss, num_utterances=enc.shape[0], metrics=metrics)

@@ -15,6 +15,7 @@ Shape legend: B batch, L query positions, S key positions, D model dims, H heads
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
@@ -32,7 +33,10 @@ __all__ = [
     "pad_sequences",
     "per_hypothesis",
     "sinusoidal_positions",
+    "trained_utterances",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 def lengths_to_mask(lengths: Tensor, max_len: int | None = None) -> Tensor:
@@ -62,6 +66,23 @@ def per_hypothesis(enc: Tensor, enc_lens: Tensor, num: int) -> tuple[Tensor, Ten
     if enc.shape[0] != num:
         raise ValueError(f"score_sequences: {num} hypotheses but enc has batch {enc.shape[0]}")
     return enc, enc_lens
+
+
+def trained_utterances(enc_lens: Tensor, head: str) -> Tensor:
+    """(B,) bool, True for the utterances with encoder frames, which a decoder loss trains on.
+
+    An utterance without frames has nothing to cross-attend to (:meth:`MultiHeadAttention.attend`
+    would read padding for it), so the decoder heads leave it out of their loss, as the CTC and
+    transducer losses leave it out as infeasible; a warning names ``head`` and the count.
+    """
+    trained = enc_lens > 0
+    dropped = int((~trained).sum())
+    if dropped:
+        logger.warning(
+            "%s: %d of %d utterances have no encoder frames; their loss was zeroed",
+            head, dropped, trained.shape[0],
+        )  # fmt: skip
+    return trained
 
 
 def causal_mask(length: int, device: torch.device | None = None) -> Tensor:

@@ -150,7 +150,9 @@ class LstmPredictor(nn.Module):
         self.output = nn.Linear(hidden_dim, pred_dim)
 
     def init_state(self, batch_size: int, device: torch.device | str) -> LstmState:
-        zeros = torch.zeros(self.num_layers, batch_size, self.hidden_dim, device=device)
+        """Zero state of ``batch_size`` streams, in the dtype of the weights."""
+        dtype = self.output.weight.dtype
+        zeros = torch.zeros(self.num_layers, batch_size, self.hidden_dim, device=device, dtype=dtype)
         return LstmState(hidden=zeros, cell=zeros.clone())
 
     def forward(self, tokens: Tensor, state: LstmState) -> tuple[Tensor, LstmState]:

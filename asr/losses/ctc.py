@@ -149,9 +149,9 @@ def ctc_forced_align(
     for t in range(1, frames):
         stay = score
         step = torch.cat([neg_inf.expand(batch, 1), score[:, :-1]], dim=1)
-        jump = torch.cat([neg_inf.expand(batch, 2), score[:, :-2]], dim=1).masked_fill(
+        jump = torch.cat([neg_inf.expand(batch, 2), score], dim=1)[:, :states].masked_fill(
             ~skip, float("-inf")
-        )
+        )  # score[s - 2]; a single state (no token) has none
         best, move = torch.stack([stay, step, jump]).max(dim=0)  # first maximum on ties
         new = (best + x[:, t]).masked_fill(~inside, float("-inf"))
         running = (t < lens)[:, None]

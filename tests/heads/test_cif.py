@@ -327,3 +327,16 @@ def test_ctc_segments_train_on_the_forced_alignment_of_the_reference():
     assert out.loss.item() == pytest.approx(out.metrics["ce_loss"], rel=1e-6)
     out.loss.backward()
     assert ctc.output.weight.grad is None  # the alignment takes no gradient into the CTC head
+
+
+def test_a_batch_without_encoder_frames_fires_nothing_and_trains_nothing():
+    """Inputs too short for the subsampling give (B, 0, D): the weight predictor's convolution
+    and the fire frames raised on it; nothing fires and every utterance is counted infeasible."""
+    head = CIFHead(_tiny_cfg(), enc_dim=12, vocab_size=9).eval()
+    enc, enc_lens = torch.zeros(2, 0, 12), torch.tensor([0, 0])
+    out = head.infer(enc, enc_lens)
+    assert out.logits.shape == (2, 0, 9) and out.token_lens.tolist() == [0, 0]
+    assert out.fire_frames.shape == (2, 0)
+    loss = head.loss(enc, enc_lens, torch.tensor([[3, 4], [5, 0]]), torch.tensor([2, 1]))
+    assert loss.loss.item() == 0.0 and loss.metrics["num_infinite"] == 2.0
+    assert loss.metrics["num_tokens"] == 0.0

@@ -192,3 +192,20 @@ def test_config_from_dict_and_validation():
         TransducerConfig(prune_range=1)
     with pytest.raises(ValueError, match="blank_id"):
         TransducerHead(TransducerConfig(blank_id=9), ENC_DIM, VOCAB)
+
+
+@pytest.mark.parametrize("predictor", ["stateless", "lstm"])
+def test_float64_head_trains_and_its_predictor_state_follows_the_weights(predictor):
+    """A float64 model (the CPU-vs-GPU and exactness checks use them) runs its LSTM predictor
+    from a float64 state: the fresh state was float32 whatever the weights, and the LSTM
+    raised on the mix."""
+    head = TransducerHead(
+        TransducerConfig(loss="full", predictor=predictor, pred_dim=6, joiner_dim=5,
+                         lstm_hidden_dim=6),
+        ENC_DIM, VOCAB,
+    ).double()
+    enc = torch.randn(2, 5, ENC_DIM, dtype=torch.float64)
+    out = head.loss(enc, torch.tensor([5, 4]), torch.tensor([[3, 4], [5, 0]]), torch.tensor([2, 1]))
+    assert torch.isfinite(out.loss)
+    pred, _ = head.predictor.step(torch.tensor([3, 4]), head.predictor.init_state(2, "cpu"))
+    assert pred.dtype == torch.float64

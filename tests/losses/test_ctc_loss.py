@@ -146,3 +146,14 @@ def test_forced_alignment_batch_matches_torchaudio_and_splits_infeasible_rows_ev
         assert aligned[b, :frames].tolist() == _token_index(tuple(reference[0].tolist()))
         assert (aligned[b, frames:] == -1).all()
     assert aligned[4].tolist() == [0, 1, 2] + [-1] * 11  # floor(t * 4 / 3)
+
+
+def test_forced_alignment_of_empty_targets_without_a_token_column():
+    """A batch whose targets are all empty may come padded to width 0: the alignment is then
+    all blank (it raised on the two-state jump, which has no state to come from)."""
+    log_probs = torch.log_softmax(torch.randn(2, 5, 4), dim=-1)
+    lens, empty = torch.tensor([5, 3]), torch.zeros(2, dtype=torch.long)
+    aligned = ctc_forced_align(log_probs, lens, torch.zeros(2, 0, dtype=torch.long), empty)
+    assert aligned.tolist() == [[-1] * 5, [-1] * 5]
+    padded = ctc_forced_align(log_probs, lens, torch.zeros(2, 1, dtype=torch.long), empty)
+    assert padded.tolist() == aligned.tolist()
