@@ -351,10 +351,11 @@ class Trainer:
     def _optimizer_step(self) -> bool:
         """Normalises, clips and applies the accumulated gradients; returns whether it stepped.
 
-        With float16 the GradScaler skips overflowing steps itself (and lowers its scale). Any
-        other step whose gradients are not finite (agreed across ranks) is skipped: no optimizer
-        or scheduler step, the batches saved for inspection, ``progress.skipped_steps`` counted;
-        more than ``train.max_skipped_in_a_row`` in a row stop training.
+        With float16 the GradScaler skips overflowing steps itself (and lowers its scale); such a
+        step is not taken either: no scheduler step, no step counted. Any other step whose
+        gradients are not finite (agreed across ranks) is skipped: no optimizer or scheduler
+        step, the batches saved for inspection, ``progress.skipped_steps`` counted; more than
+        ``train.max_skipped_in_a_row`` in a row stop training.
         """
         self._normalize_gradients()
         self.scaler.unscale_(self.optimizer)
@@ -366,10 +367,15 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self._skip(batches, norm)
             return False
-        self._skips_in_a_row = 0
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if scale is not None and self.scaler.get_scale() < scale:  # only an overflow lowers it
+            logger.info("float16 overflow at step %d: step skipped, loss scale now %g",
+                        self.progress.step, self.scaler.get_scale())
+            return False
+        self._skips_in_a_row = 0
         self.scheduler.step()
         return True
 

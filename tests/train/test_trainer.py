@@ -357,3 +357,18 @@ def test_more_local_processes_than_gpus_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "2")
     with pytest.raises(RuntimeError, match=r"local rank 2 has no GPU: this machine has 2"):
         setup_distributed("cuda")
+
+
+def test_a_float16_step_the_grad_scaler_skips_moves_neither_the_schedule_nor_the_step(tmp_path):
+    """fp16 on CUDA: the GradScaler skips a step whose gradients overflow and lowers its scale.
+    The optimizer did not step, so the step count, the schedule and the running average must not
+    move either (a CPU GradScaler stands in for the CUDA one)."""
+    torch.manual_seed(0)
+    trainer = Trainer(NanAt(bad={3}), OptimConfig(), TrainConfig(max_epochs=1, average_period=1,
+                      checkpoint_interval=0), tmp_path, _named(batches))
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=16.0)
+    progress = trainer.fit()
+    adam_steps = int(next(iter(trainer.optimizer.state.values()))["step"])
+    assert trainer.scaler.get_scale() == 8.0  # one overflow
+    assert adam_steps == progress.step == trainer.scheduler.step_count == 6
+
