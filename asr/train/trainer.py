@@ -258,10 +258,10 @@ class Trainer:
         self.exp_dir.mkdir(parents=True, exist_ok=True)
         self.budget.start(self.progress)
         while self.progress.epoch <= self.cfg.max_epochs and not self._finished():
-            self._train_epoch()
-            if self._finished() and self.progress.batches_in_epoch > 0:
-                # Stopped mid-epoch by max_steps: no end-of-epoch bookkeeping, but a checkpoint
-                # to decode or continue from (unless the interval just wrote one).
+            epoch_done = self._train_epoch()
+            if self._finished() and not epoch_done:
+                # Stopped mid-epoch (or by the time budget): no end-of-epoch bookkeeping, but a
+                # checkpoint to decode or continue from (unless the interval just wrote one).
                 interval = self.cfg.checkpoint_interval
                 if interval <= 0 or self.progress.step % interval != 0:
                     self.save(checkpoint_path(self.exp_dir, self.progress.step))
@@ -271,14 +271,23 @@ class Trainer:
             self._writer.flush()
         return self.progress
 
-    def _train_epoch(self) -> None:
+    def _stop_ends_epoch(self) -> bool:
+        """Whether stopping now still ends an epoch that has no batch left: a stop by
+        ``max_steps`` does; a time budget's does not (its plan leaves that end out)."""
+        return not self.budget.spent and self.progress.planned_steps == 0
+
+    def _train_epoch(self) -> bool:
+        """Trains the current epoch until its batches run out or training is finished; returns
+        whether its end is due (all of its batches trained on)."""
         p = self.progress
         self.model.train()
         self.scheduler.set_epoch(p.epoch - 1)
         batches = self.train_batches(p.epoch, p.batches_in_epoch)
         bar = tqdm(batches, desc=f"epoch {p.epoch}", disable=not self.dist.is_main,
                    initial=p.batches_in_epoch, unit="batch", dynamic_ncols=True)
-        for batch in bar:
+        epoch_done = True
+        it = iter(bar)
+        for batch in it:
             last_of_step = (p.batches_in_epoch + 1) % self.cfg.accum_grad == 0
             loss_value, num_utts, metrics = self._forward_backward(batch, sync=last_of_step)
             p.batches_in_epoch += 1
@@ -288,6 +297,8 @@ class Trainer:
             if p.batches_in_epoch % self.cfg.accum_grad != 0:
                 continue
             if self._step(loss_value, num_utts, metrics, bar):
+                # finished: on the epoch's last batch, its end is still due (one batch peeked)
+                epoch_done = self._stop_ends_epoch() and next(it, None) is None
                 break
         else:
             if self._step_batches:
@@ -296,7 +307,9 @@ class Trainer:
                 # them ran under no_sync, so their gradients are averaged here, as DDP would.
                 average_gradients(self.model.parameters(), self.dist)
                 self._step(loss_value, num_utts, metrics, bar)
+                epoch_done = not self._finished() or self._stop_ends_epoch()
         bar.close()
+        return epoch_done
 
     def _step(self, loss_value: float, num_utts: float, metrics: Mapping[str, float],
               bar) -> bool:

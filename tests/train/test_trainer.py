@@ -372,3 +372,20 @@ def test_a_float16_step_the_grad_scaler_skips_moves_neither_the_schedule_nor_the
     assert trainer.scaler.get_scale() == 8.0  # one overflow
     assert adam_steps == progress.step == trainer.scheduler.step_count == 6
 
+
+def test_max_steps_on_an_epochs_last_step_still_ends_that_epoch(tmp_path):
+    """max_steps = 2 epochs of 7 steps: the last step is epoch 2's last, whose end (validation,
+    dev WER, epoch-2.pt) was left out, and re-running the command never added it. With
+    accum_grad=2 that last step is the epoch's leftover batch."""
+    for name, accum, steps in (("one", 1, [7, 14]), ("accum", 2, [4, 8])):
+        trainer = run(tmp_path / name, max_steps=steps[-1], accum_grad=accum,
+                      checkpoint_interval=0)
+        assert [r.step for r in trainer.progress.history] == steps
+        assert [r.valid_wer for r in trainer.progress.history] == [12.5, 12.5]
+        epoch = tmp_path / name / "epoch-2.pt"
+        assert epoch.samefile(tmp_path / name / f"checkpoint-{steps[-1]}.pt")
+    # a stop inside an epoch still leaves its end to the resumed run
+    trainer = run(tmp_path / "mid", max_steps=10, checkpoint_interval=0)
+    assert [r.step for r in trainer.progress.history] == [7]
+    assert trainer.progress.batches_in_epoch == 3
+
