@@ -145,6 +145,8 @@ class Trainer:
         self.progress = Progress()
         self._accum_utts = 0.0  # utterances in the gradients accumulated since the last step
         self._step_batches: list[Batch] = []  # the batches of the step being accumulated
+        self._step_loss = 0.0  # their summed loss and metrics (this rank's), for the logs
+        self._step_metrics: dict[str, float] = {}
         self._skips_in_a_row = 0
         self._writer = None
         self.budget = TimeBudget(train_cfg, self.dist, clock)
@@ -289,14 +291,14 @@ class Trainer:
         it = iter(bar)
         for batch in it:
             last_of_step = (p.batches_in_epoch + 1) % self.cfg.accum_grad == 0
-            loss_value, num_utts, metrics = self._forward_backward(batch, sync=last_of_step)
+            loss_value, num_utts, _ = self._forward_backward(batch, sync=last_of_step)
             p.batches_in_epoch += 1
             if math.isfinite(loss_value):
                 p.loss_sum += loss_value
                 p.utts_sum += num_utts
             if p.batches_in_epoch % self.cfg.accum_grad != 0:
                 continue
-            if self._step(loss_value, num_utts, metrics, bar):
+            if self._step(bar):
                 # finished: on the epoch's last batch, its end is still due (one batch peeked)
                 epoch_done = self._stop_ends_epoch() and next(it, None) is None
                 break
@@ -306,16 +308,18 @@ class Trainer:
                 # (no gradient crosses an epoch's end, where checkpoints hold none). The last of
                 # them ran under no_sync, so their gradients are averaged here, as DDP would.
                 average_gradients(self.model.parameters(), self.dist)
-                self._step(loss_value, num_utts, metrics, bar)
+                self._step(bar)
                 epoch_done = not self._finished() or self._stop_ends_epoch()
         bar.close()
         return epoch_done
 
-    def _step(self, loss_value: float, num_utts: float, metrics: Mapping[str, float],
-              bar) -> bool:
+    def _step(self, bar) -> bool:
         """The optimizer step on the accumulated gradients and what follows it (averaging,
         logs, validation, checkpoints); returns whether training is finished."""
         p = self.progress
+        lr = self.scheduler.get_last_lr()  # the rate of this step
+        loss, utts, metrics = self._step_loss, self._accum_utts, self._step_metrics
+        self._step_loss, self._step_metrics = 0.0, {}
         if not self._optimizer_step():
             return False
         p.step += 1
@@ -323,7 +327,7 @@ class Trainer:
         if self.averager is not None:
             self.averager.update(unwrap(self.model), p.step)
         if p.step % self.cfg.log_interval == 0:
-            self._log_step(loss_value / max(num_utts, 1.0), metrics, num_utts, bar)
+            self._log_step(loss, utts, metrics, lr, bar)
         if self.cfg.valid_interval > 0 and p.step % self.cfg.valid_interval == 0:
             self._log_valid(self._validate())
         if self.cfg.checkpoint_interval > 0 and p.step % self.cfg.checkpoint_interval == 0:
@@ -349,8 +353,12 @@ class Trainer:
                 out = self.model(batch, step=self.progress.step)
             loss = out.loss.float()
             self.scaler.scale(loss * self.dist.world_size).backward()
-        self._accum_utts += float(out.num_utterances)
-        return float(loss.detach()), float(out.num_utterances), dict(out.metrics)
+        loss_value, num_utts = float(loss.detach()), float(out.num_utterances)
+        self._accum_utts += num_utts
+        self._step_loss += loss_value
+        for name, value in out.metrics.items():
+            self._step_metrics[name] = self._step_metrics.get(name, 0.0) + float(value)
+        return loss_value, num_utts, dict(out.metrics)
 
     def _normalize_gradients(self) -> None:
         """Divides the accumulated gradient sums by the global number of utterances."""
@@ -410,8 +418,11 @@ class Trainer:
                 f" cuts: {', '.join(cuts[:4])}...); the last batches are in {path}"
             )
 
-    def _log_step(self, loss: float, metrics: Mapping[str, float], num_utts: float, bar) -> None:
-        lr = self.scheduler.get_last_lr()
+    def _log_step(self, loss: float, num_utts: float, metrics: Mapping[str, float], lr: float,
+                  bar) -> None:
+        """Logs the step just taken: the per-utterance loss and metrics of the batches it
+        accumulated on this rank (sums over ``num_utts`` utterances) and the rate it used."""
+        loss = loss / max(num_utts, 1.0)
         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
         if self.writer is not None:
             step = self.progress.step

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from asr.checkpoints.io import CheckpointError, list_checkpoints, safe_torch_load
-from asr.train.optim import OptimConfig
+from asr.train.optim import OptimConfig, lr_factor
 from asr.train.state import TrainConfig
 from asr.train.trainer import Trainer
 from asr.types import Batch
@@ -259,7 +259,7 @@ import os, sys, torch
 sys.path.insert(0, os.environ["TEST_DIR"])
 from test_trainer import ToyModel, make_batch
 from asr.train.distributed import setup_distributed, cleanup_distributed
-from asr.train.optim import OptimConfig
+from asr.train.optim import OptimConfig, lr_factor
 from asr.train.state import TrainConfig
 from asr.train.trainer import Trainer
 from asr.types import Batch
@@ -313,7 +313,7 @@ import os, sys, torch
 sys.path.insert(0, os.environ["TEST_DIR"])
 from test_trainer import NanAt, batches
 from asr.train.distributed import setup_distributed, cleanup_distributed
-from asr.train.optim import OptimConfig
+from asr.train.optim import OptimConfig, lr_factor
 from asr.train.state import TrainConfig
 from asr.train.trainer import Trainer
 info = setup_distributed("cpu")
@@ -389,3 +389,49 @@ def test_max_steps_on_an_epochs_last_step_still_ends_that_epoch(tmp_path):
     assert [r.step for r in trainer.progress.history] == [7]
     assert trainer.progress.batches_in_epoch == 3
 
+
+class Recording(ToyModel):
+    """A ToyModel that records (loss, utterances) of each training forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.losses: list[tuple[float, int]] = []
+
+    def forward(self, batch, step=None):
+        out = super().forward(batch, step)
+        if self.training:
+            self.losses.append((float(out.loss.detach()), out.num_utterances))
+        return out
+
+
+def _scalars(exp_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(exp_dir / "tensorboard"))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
+            for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_logs_each_steps_learning_rate_and_loss(tmp_path):
+    """train/lr at step N is the learning rate step N used (it was the next step's), and with
+    accum_grad=2 train/loss and the metrics are those of all the step's batches (they were the
+    last batch's)."""
+    torch.manual_seed(0)
+    model = Recording()
+    optim = OptimConfig(lr=1e-2, warmup_steps=3)
+    trainer = Trainer(model, optim, TrainConfig(max_epochs=2, accum_grad=2, log_interval=1,
+                      checkpoint_interval=0), tmp_path, train_batches=batches,
+                      valid_batches=lambda: batches(99, 0, 2), evaluate=lambda m: 12.5)
+    trainer.fit()
+    scalars = _scalars(tmp_path)
+    steps = list(range(1, 9))
+    assert [s for s, _ in scalars["train/lr"]] == steps
+    assert [v for _, v in scalars["train/lr"]] == pytest.approx(
+        [1e-2 * lr_factor(optim, s - 1) for s in steps], rel=1e-6)
+    groups = [model.losses[i:min(i + 2, e + 7)] for e in (0, 7) for i in range(e, e + 7, 2)]
+    expected = [sum(loss for loss, _ in g) / sum(n for _, n in g) for g in groups]
+    assert [v for _, v in scalars["train/loss"]] == pytest.approx(expected, rel=1e-6)
+    assert [v for _, v in scalars["train/sq_err"]] == pytest.approx(expected, rel=1e-6)
+    assert [v for _, v in scalars["valid/wer"]] == [12.5, 12.5]
+    assert [s for s, _ in scalars["valid/loss"]] == [4, 8]
