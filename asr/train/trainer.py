@@ -262,16 +262,18 @@ class Trainer:
         while self.progress.epoch <= self.cfg.max_epochs and not self._finished():
             epoch_done = self._train_epoch()
             if self._finished() and not epoch_done:
-                # Stopped mid-epoch (or by the time budget): no end-of-epoch bookkeeping, but a
-                # checkpoint to decode or continue from (unless the interval just wrote one).
-                interval = self.cfg.checkpoint_interval
-                if interval <= 0 or self.progress.step % interval != 0:
-                    self.save(checkpoint_path(self.exp_dir, self.progress.step))
-                break
+                break  # stopped mid-epoch (or by the time budget): no end-of-epoch bookkeeping
             self._end_epoch()
         if self._writer is not None:
             self._writer.flush()
         return self.progress
+
+    def _save_at_stop(self) -> None:
+        """The checkpoint of a finished run to decode or continue from (unless the interval just
+        wrote it)."""
+        interval = self.cfg.checkpoint_interval
+        if interval <= 0 or self.progress.step % interval != 0:
+            self.save(checkpoint_path(self.exp_dir, self.progress.step))
 
     def _stop_ends_epoch(self) -> bool:
         """Whether stopping now still ends an epoch that has no batch left: a stop by
@@ -299,7 +301,9 @@ class Trainer:
             if p.batches_in_epoch % self.cfg.accum_grad != 0:
                 continue
             if self._step(bar):
-                # finished: on the epoch's last batch, its end is still due (one batch peeked)
+                # Finished: saved before peeking at the next batch, whose loading may draw from
+                # the RNGs a checkpoint holds; if there is none, the epoch's end is still due.
+                self._save_at_stop()
                 epoch_done = self._stop_ends_epoch() and next(it, None) is None
                 break
         else:
@@ -308,8 +312,9 @@ class Trainer:
                 # (no gradient crosses an epoch's end, where checkpoints hold none). The last of
                 # them ran under no_sync, so their gradients are averaged here, as DDP would.
                 average_gradients(self.model.parameters(), self.dist)
-                self._step(bar)
-                epoch_done = not self._finished() or self._stop_ends_epoch()
+                if self._step(bar) and not self._stop_ends_epoch():
+                    self._save_at_stop()
+                    epoch_done = False
         bar.close()
         return epoch_done
 

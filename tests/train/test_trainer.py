@@ -390,6 +390,34 @@ def test_max_steps_on_an_epochs_last_step_still_ends_that_epoch(tmp_path):
     assert trainer.progress.batches_in_epoch == 3
 
 
+def test_the_checkpoint_of_a_stop_holds_the_rng_state_before_any_further_batch(tmp_path):
+    """Telling an epoch's last step from a step inside it takes a look at the next batch, whose
+    loading may draw from the global RNG (augmentation): the checkpoint of the stop must hold
+    the state before it, or the resumed run draws twice and departs from the uninterrupted one."""
+
+    def drawing(epoch, skip):
+        for batch in batches(epoch, skip):
+            torch.rand(1)  # an augmentation drawing from the global RNG as the batch loads
+            yield batch
+
+    def fit(exp_dir, max_steps=0, resume=False):
+        torch.manual_seed(0)
+        trainer = Trainer(ToyModel(), OptimConfig(lr=1e-2, warmup_steps=3),
+                          TrainConfig(max_epochs=2, max_steps=max_steps, checkpoint_interval=0),
+                          exp_dir, train_batches=drawing)
+        if resume:
+            assert trainer.resume()
+        trainer.fit()
+        return trainer.model.state_dict()
+
+    full = fit(tmp_path / "full")
+    fit(tmp_path / "resumed", max_steps=5)
+    torch.manual_seed(12345)
+    resumed = fit(tmp_path / "resumed", resume=True)
+    for name, value in full.items():
+        assert torch.equal(resumed[name], value), name
+
+
 class Recording(ToyModel):
     """A ToyModel that records (loss, utterances) of each training forward."""
 
