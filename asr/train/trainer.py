@@ -160,12 +160,16 @@ class Trainer:
             rng_per_rank = gathered
         else:
             rng_per_rank = [rng]
+        progress = self.progress.state_dict()
+        # the epoch's running loss of every rank (each sums its own); rank 0 resumes with it
+        progress["loss_sum"] = all_reduce_sum(self.progress.loss_sum, self.dist)
+        progress["utts_sum"] = all_reduce_sum(self.progress.utts_sum, self.dist)
         return {
             "model": unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "progress": self.progress.state_dict(),
+            "progress": progress,
             "averager": self.averager.state_dict() if self.averager else None,
             "rng_per_rank": rng_per_rank,
             "extra": self.extra_state,
@@ -178,6 +182,8 @@ class Trainer:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.progress = Progress.from_state_dict(state["progress"])
+        if not self.dist.is_main:  # rank 0 carries the whole job's running loss (state_dict)
+            self.progress.loss_sum = self.progress.utts_sum = 0.0
         if self.averager is not None and state.get("averager"):
             self.averager.load_state_dict(state["averager"])
         rngs = state["rng_per_rank"]

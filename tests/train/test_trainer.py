@@ -346,6 +346,50 @@ def test_a_non_finite_step_on_one_rank_is_skipped_on_every_rank(tmp_path):
     assert (tmp_path / "rank1" / "bad-batches" / "step-1-rank-1.pt").is_file()
 
 
+DDP_RESUME_SCRIPT = r'''
+import os, sys, torch
+sys.path.insert(0, os.environ["TEST_DIR"])
+from test_trainer import ToyModel, batches
+from asr.train.distributed import setup_distributed, cleanup_distributed
+from asr.train.optim import OptimConfig
+from asr.train.state import TrainConfig
+from asr.train.trainer import Trainer
+info = setup_distributed("cpu")
+
+def fit(name, max_steps=0, resume=False):
+    torch.manual_seed(info.rank)
+    trainer = Trainer(ToyModel(), OptimConfig(lr=1e-2, warmup_steps=3),
+                      TrainConfig(max_epochs=2, max_steps=max_steps, checkpoint_interval=0),
+                      os.path.join(os.environ["OUT_DIR"], name), batches, dist=info)
+    if resume:
+        assert trainer.resume()
+    return trainer.fit()
+
+full = fit("full")
+fit("resumed", max_steps=10)  # 3 batches into epoch 2
+resumed = fit("resumed", resume=True)
+torch.save({"full": [r.train_loss for r in full.history],
+            "resumed": [r.train_loss for r in resumed.history]},
+           os.path.join(os.environ["OUT_DIR"], f"losses{info.rank}.pt"))
+cleanup_distributed()
+'''
+
+
+def test_the_epoch_train_loss_of_a_resumed_ddp_run_counts_every_rank_once(tmp_path):
+    """The running loss of an epoch is a sum per rank; the checkpoint held rank 0's alone, which
+    every rank took on resuming: the epoch's train loss counted rank 0's part N times and the
+    other ranks' part never."""
+    script = tmp_path / "ddp_resume.py"
+    script.write_text(DDP_RESUME_SCRIPT)
+    env = dict(os.environ, TEST_DIR=str(Path(__file__).parent), OUT_DIR=str(tmp_path),
+               OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc-per-node=2", str(script)], env=env, check=True, capture_output=True,
+                   timeout=180)
+    for rank in (0, 1):
+        losses = torch.load(tmp_path / f"losses{rank}.pt")
+        assert losses["resumed"] == pytest.approx(losses["full"], rel=1e-12)
+
 
 def test_more_local_processes_than_gpus_is_a_clear_error(monkeypatch):
     """CUDA's own message for it was "invalid device ordinal", naming neither rank nor fix."""
