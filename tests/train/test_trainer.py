@@ -331,14 +331,22 @@ cleanup_distributed()
 '''
 
 
-def test_a_non_finite_step_on_one_rank_is_skipped_on_every_rank(tmp_path):
-    script = tmp_path / "ddp_skip.py"
-    script.write_text(DDP_SKIP_SCRIPT)
+def _torchrun_two(tmp_path: Path, script: str) -> None:
+    """Runs ``script`` in 2 torchrun processes (gloo on CPU) with TEST_DIR and OUT_DIR set and
+    this checkout first on the import path."""
+    path = tmp_path / "ddp_script.py"
+    path.write_text(script)
+    root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ, TEST_DIR=str(Path(__file__).parent), OUT_DIR=str(tmp_path),
-               OMP_NUM_THREADS="1")
+               OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    "--nproc-per-node=2", str(script)], env=env, check=True, capture_output=True,
+                    "--nproc-per-node=2", str(path)], env=env, check=True, capture_output=True,
                    timeout=180)
+
+
+def test_a_non_finite_step_on_one_rank_is_skipped_on_every_rank(tmp_path):
+    _torchrun_two(tmp_path, DDP_SKIP_SCRIPT)
     rank0, rank1 = (torch.load(tmp_path / f"result{r}.pt") for r in (0, 1))
     assert (rank0["step"], rank0["skipped"]) == (rank1["step"], rank1["skipped"]) == (3, 1)
     for name, value in rank0["weights"].items():
@@ -379,13 +387,7 @@ def test_the_epoch_train_loss_of_a_resumed_ddp_run_counts_every_rank_once(tmp_pa
     """The running loss of an epoch is a sum per rank; the checkpoint held rank 0's alone, which
     every rank took on resuming: the epoch's train loss counted rank 0's part N times and the
     other ranks' part never."""
-    script = tmp_path / "ddp_resume.py"
-    script.write_text(DDP_RESUME_SCRIPT)
-    env = dict(os.environ, TEST_DIR=str(Path(__file__).parent), OUT_DIR=str(tmp_path),
-               OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    "--nproc-per-node=2", str(script)], env=env, check=True, capture_output=True,
-                   timeout=180)
+    _torchrun_two(tmp_path, DDP_RESUME_SCRIPT)
     for rank in (0, 1):
         losses = torch.load(tmp_path / f"losses{rank}.pt")
         assert losses["resumed"] == pytest.approx(losses["full"], rel=1e-12)
