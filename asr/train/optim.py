@@ -126,9 +126,11 @@ class Scheduler:
         cfg: the schedule.
         step_scale: reference steps per optimizer step (:meth:`OptimConfig.step_scale`).
 
-    Its state is the optimizer step, the epochs completed and the cosine horizon in optimizer
-    steps (``cfg.total_steps`` reference steps unless a time-budgeted run re-planned it with
-    :meth:`set_total_steps`).
+    Its state is the optimizer steps taken, the reference steps they made, the epochs completed
+    and the cosine horizon in reference steps (``cfg.total_steps`` unless a time-budgeted run
+    re-planned it with :meth:`set_total_steps`). Each step counts at the scale of the run that
+    took it: a run resumed with another global batch (another number of processes) continues
+    the schedule from the audio trained so far.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, cfg: OptimConfig,
@@ -140,12 +142,25 @@ class Scheduler:
         self.step_scale = step_scale
         self.step_count = 0
         self.epoch = 0
-        self.total_steps = cfg.total_steps / step_scale
+        # (reference steps, optimizer steps) from which steps count at this step_scale
+        self._base_reference, self._base_count = 0.0, 0
+        self.total_reference = float(cfg.total_steps)
         self._apply()
+
+    @property
+    def reference_steps(self) -> float:
+        """Reference steps taken so far."""
+        return self._base_reference + (self.step_count - self._base_count) * self.step_scale
+
+    @property
+    def total_steps(self) -> float:
+        """The cosine horizon in optimizer steps at this ``step_scale``."""
+        return self._base_count + (self.total_reference - self._base_reference) / self.step_scale
 
     def set_total_steps(self, total_steps: int) -> None:
         """Moves the end of the cosine decay to optimizer step ``total_steps`` from now on."""
-        self.total_steps = int(total_steps)
+        self.total_reference = (self._base_reference
+                                + (int(total_steps) - self._base_count) * self.step_scale)
         self._apply()
 
     def set_epoch(self, epochs_done: int) -> None:
@@ -154,8 +169,7 @@ class Scheduler:
         self._apply()
 
     def _apply(self) -> None:
-        scale = self.step_scale
-        lr = self.cfg.lr * lr_factor(self.cfg, self.step_count * scale, self.total_steps * scale,
+        lr = self.cfg.lr * lr_factor(self.cfg, self.reference_steps, self.total_reference,
                                      self.epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -168,11 +182,24 @@ class Scheduler:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def state_dict(self) -> dict[str, float]:
-        return {"step_count": self.step_count, "total_steps": self.total_steps,
-                "epoch": self.epoch}
+        return {"step_count": self.step_count, "epoch": self.epoch,
+                "total_reference": self.total_reference, "step_scale": self.step_scale,
+                "base_reference": self._base_reference, "base_count": self._base_count}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         self.step_count = int(state["step_count"])
-        self.total_steps = state.get("total_steps", self.cfg.total_steps / self.step_scale)
         self.epoch = int(state.get("epoch", 0))
+        scale = float(state.get("step_scale", self.step_scale))  # older states: this scale
+        base_reference = float(state.get("base_reference", 0.0))
+        base_count = int(state.get("base_count", 0))
+        if scale != self.step_scale:  # the steps taken keep the audio they were taken on
+            base_reference += (self.step_count - base_count) * scale
+            base_count = self.step_count
+        self._base_reference, self._base_count = base_reference, base_count
+        if "total_reference" in state:
+            self.total_reference = float(state["total_reference"])
+        elif "total_steps" in state:  # older states: the horizon in optimizer steps
+            self.total_reference = float(state["total_steps"]) * scale
+        else:
+            self.total_reference = float(self.cfg.total_steps)
         self._apply()

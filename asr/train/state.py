@@ -12,7 +12,8 @@ class TrainConfig:
 
     Attributes:
         max_epochs: number of passes over the training data.
-        max_steps: stop after this many optimizer steps (0: no limit).
+        max_steps: stop after this many optimizer steps (0: no limit); when that is an epoch's
+            last step, the epoch still ends (validation, dev WER, ``epoch-N.pt``).
         log_interval: steps between TensorBoard scalars / progress-bar updates.
         valid_interval: steps between mid-epoch validations (0: only at the end of each epoch).
         checkpoint_interval: steps between ``checkpoint-N.pt`` writes (0: only per epoch).

@@ -145,6 +145,8 @@ class Trainer:
         self.progress = Progress()
         self._accum_utts = 0.0  # utterances in the gradients accumulated since the last step
         self._step_batches: list[Batch] = []  # the batches of the step being accumulated
+        self._step_loss = 0.0  # their summed loss and metrics (this rank's), for the logs
+        self._step_metrics: dict[str, float] = {}
         self._skips_in_a_row = 0
         self._writer = None
         self.budget = TimeBudget(train_cfg, self.dist, clock)
@@ -158,12 +160,16 @@ class Trainer:
             rng_per_rank = gathered
         else:
             rng_per_rank = [rng]
+        progress = self.progress.state_dict()
+        # the epoch's running loss of every rank (each sums its own); rank 0 resumes with it
+        progress["loss_sum"] = all_reduce_sum(self.progress.loss_sum, self.dist)
+        progress["utts_sum"] = all_reduce_sum(self.progress.utts_sum, self.dist)
         return {
             "model": unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "progress": self.progress.state_dict(),
+            "progress": progress,
             "averager": self.averager.state_dict() if self.averager else None,
             "rng_per_rank": rng_per_rank,
             "extra": self.extra_state,
@@ -176,6 +182,8 @@ class Trainer:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.progress = Progress.from_state_dict(state["progress"])
+        if not self.dist.is_main:  # rank 0 carries the whole job's running loss (state_dict)
+            self.progress.loss_sum = self.progress.utts_sum = 0.0
         if self.averager is not None and state.get("averager"):
             self.averager.load_state_dict(state["averager"])
         rngs = state["rng_per_rank"]
@@ -258,36 +266,51 @@ class Trainer:
         self.exp_dir.mkdir(parents=True, exist_ok=True)
         self.budget.start(self.progress)
         while self.progress.epoch <= self.cfg.max_epochs and not self._finished():
-            self._train_epoch()
-            if self._finished() and self.progress.batches_in_epoch > 0:
-                # Stopped mid-epoch by max_steps: no end-of-epoch bookkeeping, but a checkpoint
-                # to decode or continue from (unless the interval just wrote one).
-                interval = self.cfg.checkpoint_interval
-                if interval <= 0 or self.progress.step % interval != 0:
-                    self.save(checkpoint_path(self.exp_dir, self.progress.step))
-                break
+            epoch_done = self._train_epoch()
+            if self._finished() and not epoch_done:
+                break  # stopped mid-epoch (or by the time budget): no end-of-epoch bookkeeping
             self._end_epoch()
         if self._writer is not None:
             self._writer.flush()
         return self.progress
 
-    def _train_epoch(self) -> None:
+    def _save_at_stop(self) -> None:
+        """The checkpoint of a finished run to decode or continue from (unless the interval just
+        wrote it)."""
+        interval = self.cfg.checkpoint_interval
+        if interval <= 0 or self.progress.step % interval != 0:
+            self.save(checkpoint_path(self.exp_dir, self.progress.step))
+
+    def _stop_ends_epoch(self) -> bool:
+        """Whether stopping now still ends an epoch that has no batch left: a stop by
+        ``max_steps`` does; a time budget's does not (its plan leaves that end out)."""
+        return not self.budget.spent and self.progress.planned_steps == 0
+
+    def _train_epoch(self) -> bool:
+        """Trains the current epoch until its batches run out or training is finished; returns
+        whether its end is due (all of its batches trained on)."""
         p = self.progress
         self.model.train()
         self.scheduler.set_epoch(p.epoch - 1)
         batches = self.train_batches(p.epoch, p.batches_in_epoch)
         bar = tqdm(batches, desc=f"epoch {p.epoch}", disable=not self.dist.is_main,
                    initial=p.batches_in_epoch, unit="batch", dynamic_ncols=True)
-        for batch in bar:
+        epoch_done = True
+        it = iter(bar)
+        for batch in it:
             last_of_step = (p.batches_in_epoch + 1) % self.cfg.accum_grad == 0
-            loss_value, num_utts, metrics = self._forward_backward(batch, sync=last_of_step)
+            loss_value, num_utts, _ = self._forward_backward(batch, sync=last_of_step)
             p.batches_in_epoch += 1
             if math.isfinite(loss_value):
                 p.loss_sum += loss_value
                 p.utts_sum += num_utts
             if p.batches_in_epoch % self.cfg.accum_grad != 0:
                 continue
-            if self._step(loss_value, num_utts, metrics, bar):
+            if self._step(bar):
+                # Finished: saved before peeking at the next batch, whose loading may draw from
+                # the RNGs a checkpoint holds; if there is none, the epoch's end is still due.
+                self._save_at_stop()
+                epoch_done = self._stop_ends_epoch() and next(it, None) is None
                 break
         else:
             if self._step_batches:
@@ -295,14 +318,19 @@ class Trainer:
                 # (no gradient crosses an epoch's end, where checkpoints hold none). The last of
                 # them ran under no_sync, so their gradients are averaged here, as DDP would.
                 average_gradients(self.model.parameters(), self.dist)
-                self._step(loss_value, num_utts, metrics, bar)
+                if self._step(bar) and not self._stop_ends_epoch():
+                    self._save_at_stop()
+                    epoch_done = False
         bar.close()
+        return epoch_done
 
-    def _step(self, loss_value: float, num_utts: float, metrics: Mapping[str, float],
-              bar) -> bool:
+    def _step(self, bar) -> bool:
         """The optimizer step on the accumulated gradients and what follows it (averaging,
         logs, validation, checkpoints); returns whether training is finished."""
         p = self.progress
+        lr = self.scheduler.get_last_lr()  # the rate of this step
+        loss, utts, metrics = self._step_loss, self._accum_utts, self._step_metrics
+        self._step_loss, self._step_metrics = 0.0, {}
         if not self._optimizer_step():
             return False
         p.step += 1
@@ -310,7 +338,7 @@ class Trainer:
         if self.averager is not None:
             self.averager.update(unwrap(self.model), p.step)
         if p.step % self.cfg.log_interval == 0:
-            self._log_step(loss_value / max(num_utts, 1.0), metrics, num_utts, bar)
+            self._log_step(loss, utts, metrics, lr, bar)
         if self.cfg.valid_interval > 0 and p.step % self.cfg.valid_interval == 0:
             self._log_valid(self._validate())
         if self.cfg.checkpoint_interval > 0 and p.step % self.cfg.checkpoint_interval == 0:
@@ -336,8 +364,12 @@ class Trainer:
                 out = self.model(batch, step=self.progress.step)
             loss = out.loss.float()
             self.scaler.scale(loss * self.dist.world_size).backward()
-        self._accum_utts += float(out.num_utterances)
-        return float(loss.detach()), float(out.num_utterances), dict(out.metrics)
+        loss_value, num_utts = float(loss.detach()), float(out.num_utterances)
+        self._accum_utts += num_utts
+        self._step_loss += loss_value
+        for name, value in out.metrics.items():
+            self._step_metrics[name] = self._step_metrics.get(name, 0.0) + float(value)
+        return loss_value, num_utts, dict(out.metrics)
 
     def _normalize_gradients(self) -> None:
         """Divides the accumulated gradient sums by the global number of utterances."""
@@ -351,10 +383,11 @@ class Trainer:
     def _optimizer_step(self) -> bool:
         """Normalises, clips and applies the accumulated gradients; returns whether it stepped.
 
-        With float16 the GradScaler skips overflowing steps itself (and lowers its scale). Any
-        other step whose gradients are not finite (agreed across ranks) is skipped: no optimizer
-        or scheduler step, the batches saved for inspection, ``progress.skipped_steps`` counted;
-        more than ``train.max_skipped_in_a_row`` in a row stop training.
+        With float16 the GradScaler skips overflowing steps itself (and lowers its scale); such a
+        step is not taken either: no scheduler step, no step counted. Any other step whose
+        gradients are not finite (agreed across ranks) is skipped: no optimizer or scheduler
+        step, the batches saved for inspection, ``progress.skipped_steps`` counted; more than
+        ``train.max_skipped_in_a_row`` in a row stop training.
         """
         self._normalize_gradients()
         self.scaler.unscale_(self.optimizer)
@@ -366,10 +399,15 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self._skip(batches, norm)
             return False
-        self._skips_in_a_row = 0
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if scale is not None and self.scaler.get_scale() < scale:  # only an overflow lowers it
+            logger.info("float16 overflow at step %d: step skipped, loss scale now %g",
+                        self.progress.step, self.scaler.get_scale())
+            return False
+        self._skips_in_a_row = 0
         self.scheduler.step()
         return True
 
@@ -391,8 +429,11 @@ class Trainer:
                 f" cuts: {', '.join(cuts[:4])}...); the last batches are in {path}"
             )
 
-    def _log_step(self, loss: float, metrics: Mapping[str, float], num_utts: float, bar) -> None:
-        lr = self.scheduler.get_last_lr()
+    def _log_step(self, loss: float, num_utts: float, metrics: Mapping[str, float], lr: float,
+                  bar) -> None:
+        """Logs the step just taken: the per-utterance loss and metrics of the batches it
+        accumulated on this rank (sums over ``num_utts`` utterances) and the rate it used."""
+        loss = loss / max(num_utts, 1.0)
         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
         if self.writer is not None:
             step = self.progress.step

@@ -76,3 +76,31 @@ def test_scheduler_state_holds_the_epoch():
     assert other.get_last_lr() == sched.get_last_lr() and other.epoch == 3
     with pytest.raises(ValueError, match="reference_batch_seconds"):
         OptimConfig(reference_batch_seconds=-1.0)
+
+
+@pytest.mark.parametrize("schedule", ["noam", "cosine"])
+def test_resuming_with_another_number_of_processes_continues_the_schedule_in_audio(schedule):
+    """30 steps of 100 s (1 process), then resumed with 2 processes (200 s steps): the schedule
+    is at 30 reference steps of audio, not 60 (the steps taken re-counted at the new batch), and
+    reaches the cosine floor after the same audio as a run on 1 process."""
+    cfg = OptimConfig(lr=1e-3, schedule=schedule, warmup_steps=20, total_steps=150,
+                      reference_batch_seconds=100.0)
+
+    def scheduler(seconds):
+        return Scheduler(build_optimizer(torch.nn.Linear(2, 2), cfg), cfg, cfg.step_scale(seconds))
+
+    one, two = scheduler(100.0), scheduler(200.0)
+    for _ in range(30):
+        one.step()
+    two.load_state_dict(one.state_dict())
+    assert two.get_last_lr() == pytest.approx(one.get_last_lr(), rel=1e-12)
+    for _ in range(60):
+        one.step()
+        one.step()
+        two.step()
+        assert two.get_last_lr() == pytest.approx(one.get_last_lr(), rel=1e-12)
+    again = scheduler(100.0)  # and back to 1 process
+    again.load_state_dict(two.state_dict())
+    assert again.get_last_lr() == pytest.approx(one.get_last_lr(), rel=1e-12)
+    if schedule == "cosine":
+        assert two.get_last_lr() == pytest.approx(cfg.min_lr)

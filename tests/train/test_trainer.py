@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from asr.checkpoints.io import CheckpointError, list_checkpoints, safe_torch_load
-from asr.train.optim import OptimConfig
+from asr.train.optim import OptimConfig, lr_factor
 from asr.train.state import TrainConfig
 from asr.train.trainer import Trainer
 from asr.types import Batch
@@ -259,7 +259,7 @@ import os, sys, torch
 sys.path.insert(0, os.environ["TEST_DIR"])
 from test_trainer import ToyModel, make_batch
 from asr.train.distributed import setup_distributed, cleanup_distributed
-from asr.train.optim import OptimConfig
+from asr.train.optim import OptimConfig, lr_factor
 from asr.train.state import TrainConfig
 from asr.train.trainer import Trainer
 from asr.types import Batch
@@ -313,7 +313,7 @@ import os, sys, torch
 sys.path.insert(0, os.environ["TEST_DIR"])
 from test_trainer import NanAt, batches
 from asr.train.distributed import setup_distributed, cleanup_distributed
-from asr.train.optim import OptimConfig
+from asr.train.optim import OptimConfig, lr_factor
 from asr.train.state import TrainConfig
 from asr.train.trainer import Trainer
 info = setup_distributed("cpu")
@@ -331,20 +331,66 @@ cleanup_distributed()
 '''
 
 
-def test_a_non_finite_step_on_one_rank_is_skipped_on_every_rank(tmp_path):
-    script = tmp_path / "ddp_skip.py"
-    script.write_text(DDP_SKIP_SCRIPT)
+def _torchrun_two(tmp_path: Path, script: str) -> None:
+    """Runs ``script`` in 2 torchrun processes (gloo on CPU) with TEST_DIR and OUT_DIR set and
+    this checkout first on the import path."""
+    path = tmp_path / "ddp_script.py"
+    path.write_text(script)
+    root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ, TEST_DIR=str(Path(__file__).parent), OUT_DIR=str(tmp_path),
-               OMP_NUM_THREADS="1")
+               OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    "--nproc-per-node=2", str(script)], env=env, check=True, capture_output=True,
+                    "--nproc-per-node=2", str(path)], env=env, check=True, capture_output=True,
                    timeout=180)
+
+
+def test_a_non_finite_step_on_one_rank_is_skipped_on_every_rank(tmp_path):
+    _torchrun_two(tmp_path, DDP_SKIP_SCRIPT)
     rank0, rank1 = (torch.load(tmp_path / f"result{r}.pt") for r in (0, 1))
     assert (rank0["step"], rank0["skipped"]) == (rank1["step"], rank1["skipped"]) == (3, 1)
     for name, value in rank0["weights"].items():
         assert torch.isfinite(value).all() and torch.equal(value, rank1["weights"][name]), name
     assert (tmp_path / "rank1" / "bad-batches" / "step-1-rank-1.pt").is_file()
 
+
+DDP_RESUME_SCRIPT = r'''
+import os, sys, torch
+sys.path.insert(0, os.environ["TEST_DIR"])
+from test_trainer import ToyModel, batches
+from asr.train.distributed import setup_distributed, cleanup_distributed
+from asr.train.optim import OptimConfig
+from asr.train.state import TrainConfig
+from asr.train.trainer import Trainer
+info = setup_distributed("cpu")
+
+def fit(name, max_steps=0, resume=False):
+    torch.manual_seed(info.rank)
+    trainer = Trainer(ToyModel(), OptimConfig(lr=1e-2, warmup_steps=3),
+                      TrainConfig(max_epochs=2, max_steps=max_steps, checkpoint_interval=0),
+                      os.path.join(os.environ["OUT_DIR"], name), batches, dist=info)
+    if resume:
+        assert trainer.resume()
+    return trainer.fit()
+
+full = fit("full")
+fit("resumed", max_steps=10)  # 3 batches into epoch 2
+resumed = fit("resumed", resume=True)
+torch.save({"full": [r.train_loss for r in full.history],
+            "resumed": [r.train_loss for r in resumed.history]},
+           os.path.join(os.environ["OUT_DIR"], f"losses{info.rank}.pt"))
+cleanup_distributed()
+'''
+
+
+def test_the_epoch_train_loss_of_a_resumed_ddp_run_counts_every_rank_once(tmp_path):
+    """The running loss of an epoch is a sum per rank; the checkpoint held rank 0's alone, which
+    every rank took on resuming: the epoch's train loss counted rank 0's part N times and the
+    other ranks' part never."""
+    _torchrun_two(tmp_path, DDP_RESUME_SCRIPT)
+    for rank in (0, 1):
+        losses = torch.load(tmp_path / f"losses{rank}.pt")
+        assert losses["resumed"] == pytest.approx(losses["full"], rel=1e-12)
 
 
 def test_more_local_processes_than_gpus_is_a_clear_error(monkeypatch):
@@ -357,3 +403,109 @@ def test_more_local_processes_than_gpus_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "2")
     with pytest.raises(RuntimeError, match=r"local rank 2 has no GPU: this machine has 2"):
         setup_distributed("cuda")
+
+
+def test_a_float16_step_the_grad_scaler_skips_moves_neither_the_schedule_nor_the_step(tmp_path):
+    """fp16 on CUDA: the GradScaler skips a step whose gradients overflow and lowers its scale.
+    The optimizer did not step, so the step count, the schedule and the running average must not
+    move either (a CPU GradScaler stands in for the CUDA one)."""
+    torch.manual_seed(0)
+    trainer = Trainer(NanAt(bad={3}), OptimConfig(), TrainConfig(max_epochs=1, average_period=1,
+                      checkpoint_interval=0), tmp_path, _named(batches))
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=16.0)
+    progress = trainer.fit()
+    adam_steps = int(next(iter(trainer.optimizer.state.values()))["step"])
+    assert trainer.scaler.get_scale() == 8.0  # one overflow
+    assert adam_steps == progress.step == trainer.scheduler.step_count == 6
+
+
+def test_max_steps_on_an_epochs_last_step_still_ends_that_epoch(tmp_path):
+    """max_steps = 2 epochs of 7 steps: the last step is epoch 2's last, whose end (validation,
+    dev WER, epoch-2.pt) was left out, and re-running the command never added it. With
+    accum_grad=2 that last step is the epoch's leftover batch."""
+    for name, accum, steps in (("one", 1, [7, 14]), ("accum", 2, [4, 8])):
+        trainer = run(tmp_path / name, max_steps=steps[-1], accum_grad=accum,
+                      checkpoint_interval=0)
+        assert [r.step for r in trainer.progress.history] == steps
+        assert [r.valid_wer for r in trainer.progress.history] == [12.5, 12.5]
+        epoch = tmp_path / name / "epoch-2.pt"
+        assert epoch.samefile(tmp_path / name / f"checkpoint-{steps[-1]}.pt")
+    # a stop inside an epoch still leaves its end to the resumed run
+    trainer = run(tmp_path / "mid", max_steps=10, checkpoint_interval=0)
+    assert [r.step for r in trainer.progress.history] == [7]
+    assert trainer.progress.batches_in_epoch == 3
+
+
+def test_the_checkpoint_of_a_stop_holds_the_rng_state_before_any_further_batch(tmp_path):
+    """Telling an epoch's last step from a step inside it takes a look at the next batch, whose
+    loading may draw from the global RNG (augmentation): the checkpoint of the stop must hold
+    the state before it, or the resumed run draws twice and departs from the uninterrupted one."""
+
+    def drawing(epoch, skip):
+        for batch in batches(epoch, skip):
+            torch.rand(1)  # an augmentation drawing from the global RNG as the batch loads
+            yield batch
+
+    def fit(exp_dir, max_steps=0, resume=False):
+        torch.manual_seed(0)
+        trainer = Trainer(ToyModel(), OptimConfig(lr=1e-2, warmup_steps=3),
+                          TrainConfig(max_epochs=2, max_steps=max_steps, checkpoint_interval=0),
+                          exp_dir, train_batches=drawing)
+        if resume:
+            assert trainer.resume()
+        trainer.fit()
+        return trainer.model.state_dict()
+
+    full = fit(tmp_path / "full")
+    fit(tmp_path / "resumed", max_steps=5)
+    torch.manual_seed(12345)
+    resumed = fit(tmp_path / "resumed", resume=True)
+    for name, value in full.items():
+        assert torch.equal(resumed[name], value), name
+
+
+class Recording(ToyModel):
+    """A ToyModel that records (loss, utterances) of each training forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.losses: list[tuple[float, int]] = []
+
+    def forward(self, batch, step=None):
+        out = super().forward(batch, step)
+        if self.training:
+            self.losses.append((float(out.loss.detach()), out.num_utterances))
+        return out
+
+
+def _scalars(exp_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(exp_dir / "tensorboard"))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
+            for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_logs_each_steps_learning_rate_and_loss(tmp_path):
+    """train/lr at step N is the learning rate step N used (it was the next step's), and with
+    accum_grad=2 train/loss and the metrics are those of all the step's batches (they were the
+    last batch's)."""
+    torch.manual_seed(0)
+    model = Recording()
+    optim = OptimConfig(lr=1e-2, warmup_steps=3)
+    trainer = Trainer(model, optim, TrainConfig(max_epochs=2, accum_grad=2, log_interval=1,
+                      checkpoint_interval=0), tmp_path, train_batches=batches,
+                      valid_batches=lambda: batches(99, 0, 2), evaluate=lambda m: 12.5)
+    trainer.fit()
+    scalars = _scalars(tmp_path)
+    steps = list(range(1, 9))
+    assert [s for s, _ in scalars["train/lr"]] == steps
+    assert [v for _, v in scalars["train/lr"]] == pytest.approx(
+        [1e-2 * lr_factor(optim, s - 1) for s in steps], rel=1e-6)
+    groups = [model.losses[i:min(i + 2, e + 7)] for e in (0, 7) for i in range(e, e + 7, 2)]
+    expected = [sum(loss for loss, _ in g) / sum(n for _, n in g) for g in groups]
+    assert [v for _, v in scalars["train/loss"]] == pytest.approx(expected, rel=1e-6)
+    assert [v for _, v in scalars["train/sq_err"]] == pytest.approx(expected, rel=1e-6)
+    assert [v for _, v in scalars["valid/wer"]] == [12.5, 12.5]
+    assert [s for s, _ in scalars["valid/loss"]] == [4, 8]
