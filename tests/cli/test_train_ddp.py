@@ -11,12 +11,21 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from train_helpers import tiny_experiment, write_yaml
 
 from asr.checkpoints.io import safe_torch_load
+
+
+def _env() -> dict[str, str]:
+    """One thread per process, and this checkout's asr first on the import path of every process
+    (an editable install may point at another checkout)."""
+    root = str(Path(__file__).resolve().parents[2])
+    return dict(os.environ, OMP_NUM_THREADS="1",
+                PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
 
 
 def _deterministic_experiment(root):
@@ -30,7 +39,7 @@ def _deterministic_experiment(root):
 @pytest.mark.slow
 def test_two_process_asr_train_equals_one_process_accumulating_two_batches(tmp_path, tiny_corpus):
     config = write_yaml(_deterministic_experiment(tiny_corpus), tmp_path / "ddp.yaml")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = _env()
     main = ["-m", "asr.cli.main", "train", "--config", str(config), "--num-threads", "1"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     subprocess.run(torchrun + main + ["--exp-dir", str(tmp_path / "two")], env=env,
@@ -55,7 +64,7 @@ def test_two_processes_accumulating_equal_one_process_accumulating_twice_as_many
     """With accum_grad=2 the first batch of each step keeps its gradients local (DDP no_sync)
     and the second all-reduces both: the step must equal one process accumulating 4 batches."""
     config = write_yaml(_deterministic_experiment(tiny_corpus), tmp_path / "ddp.yaml")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = _env()
     main = ["-m", "asr.cli.main", "train", "--config", str(config), "--num-threads", "1"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     subprocess.run(torchrun + main + ["--exp-dir", str(tmp_path / "two"),
