@@ -52,9 +52,7 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -85,7 +83,14 @@ from asr.heads.ctc import CTCHead
 from asr.heads.predictor import StatelessPredictor
 from asr.heads.transducer import TransducerHead
 from asr.model import ASRModel
-from asr.package import ModelPackage, PackageError, load_package
+from asr.package import (
+    ModelPackage,
+    PackageError,
+    check_output_dir,
+    load_package,
+    publish_directory,
+    staging_directory,
+)
 from asr.tokenizers.bpe import BpeTokenizer
 from asr.version import __version__
 
@@ -252,20 +257,21 @@ def export_onnx(
         int8: also write dynamically quantized ``*.int8.onnx`` graphs.
         opset: ONNX opset.
         head: ``transducer`` (RNN-T or TDT) or ``ctc`` (default: the first trained one).
-        force: replace an existing ``out_dir``.
+        force: replace an earlier export in ``out_dir`` (a directory holding ``export.json``,
+            or an empty one; never the package or a directory that holds it).
         chunk_size, left_chunks: streaming chunking (default: the package's).
 
     Raises:
         NoLayoutError: for a package (head, features, streaming) without a sherpa-onnx layout.
-        OnnxExportError: for an existing ``out_dir`` without ``force``, an unknown ``head`` or
-            a failed self-check (nothing is written then).
+        OnnxExportError: for an existing ``out_dir`` without ``force`` (or one that is no
+            earlier export), an unknown ``head`` or a failed self-check (nothing is written
+            then).
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not force:
-        raise OnnxExportError(f"{out_dir}: already exists (pass --force to replace it)")
     try:
+        check_output_dir(out_dir, force, _REPORT, [Path(package_dir)], "--force")
         package = load_package(package_dir)
-    except PackageError as err:
+    except (PackageError, ValueError) as err:
         raise OnnxExportError(str(err)) from err
     model = package.build_model("cpu")
     head = _choose_head(model, head, streaming)
@@ -280,6 +286,11 @@ def export_onnx(
             package.config.encoder, chunk_size, left_chunks)
         if why is not None:
             raise NoLayoutError(f"--streaming: {package_dir} is not a streaming model: {why}")
+        if left_chunks == 0:
+            raise NoLayoutError(
+                f"--streaming: {package_dir} streams without left context (left_chunks=0), and "
+                "sherpa-onnx's streaming layout needs one: export with --left-chunks N > 0 (if "
+                "the model was trained to use it) or a model with left_chunks > 0")
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
@@ -289,8 +300,7 @@ def export_onnx(
             "pip install -e '.[onnx]'"
         ) from err
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = staging_directory(out_dir)
     try:
         if model.head_kinds()[head] == "ctc":
             report = _export_ctc(model, package, head, tmp, opset)
@@ -308,9 +318,7 @@ def export_onnx(
         report.files = sorted(p.name for p in tmp.iterdir()) + [_REPORT]
         report.out_dir = out_dir
         _write_report(report, package, tmp / _REPORT)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        publish_directory(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -19,15 +19,16 @@ import sherpa_onnx
 import torch
 
 from asr.audio import load_audio
+from asr.checkpoints.io import current_umask
 from asr.cli.main import main
 from asr.decoding import SearchConfig
 from asr.encoders.subsampling import subsampled_length
 from asr.export import OnnxExportError, export_onnx
 from asr.export.graphs import chunk_frames
-from asr.export.sherpa import SHERPA_NEMO_FBANK, sherpa_fbank_problem
+from asr.export.sherpa import SHERPA_NEMO_FBANK, NoLayoutError, sherpa_fbank_problem
 from asr.export.sherpa_decode import load_recognizer, room_tone
 from asr.features.fbank import FbankConfig, compute_fbank, num_frames
-from asr.package import export_package
+from asr.package import export_package, load_package
 from asr.runtime.endpoint import EndpointConfig
 from asr.runtime.offline import load_model
 from asr.testing.packages import random_experiment, random_package
@@ -616,3 +617,35 @@ def test_bpe_vocab_loads_in_sherpa_onnx_with_hotwords(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "decoded" in run.stdout, run.stderr
+
+
+def test_force_replaces_only_an_earlier_export(tmp_path):
+    """--force never deletes the package it exports (the output directory being it or holding
+    it) nor a directory of other files; the export is readable by others as the package is."""
+    package = random_package(tmp_path / "rnnt", head="transducer", seed=2)
+    for out in (package, package.parent):
+        with pytest.raises(OnnxExportError, match="which it is made from"):
+            export_onnx(package, out, force=True)
+    load_package(package)
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("x")
+    with pytest.raises(OnnxExportError, match="holds no export.json"):
+        export_onnx(package, other, force=True)
+    assert (other / "keep.txt").is_file()
+    out = tmp_path / "onnx"
+    export_onnx(package, out, head="ctc")
+    export_onnx(package, out, force=True)
+    assert (out / "encoder.onnx").is_file() and not (out / "model.onnx").exists()
+    assert out.stat().st_mode & 0o777 == 0o777 & ~current_umask()
+
+
+def test_a_model_without_left_context_has_no_streaming_layout(tmp_path, capsys, caplog):
+    """left_chunks = 0 streams in our runtime, but sherpa-onnx's layout needs a cache: that is
+    no layout (skipped under --if-supported), not a crash."""
+    package = random_package(tmp_path / "l0", head="transducer", left_chunks=0)
+    with pytest.raises(NoLayoutError, match="left_chunks=0"):
+        export_onnx(package, tmp_path / "x", streaming=True)
+    assert main(["export-onnx", "--model", str(package), "--output-dir", str(tmp_path / "x"),
+                 "--streaming", "--if-supported"]) == 0
+    assert "nothing written" in caplog.text and not (tmp_path / "x").exists()
