@@ -649,3 +649,20 @@ def test_a_model_without_left_context_has_no_streaming_layout(tmp_path, capsys, 
     assert main(["export-onnx", "--model", str(package), "--output-dir", str(tmp_path / "x"),
                  "--streaming", "--if-supported"]) == 0
     assert "nothing written" in caplog.text and not (tmp_path / "x").exists()
+
+
+def test_inputs_shorter_than_the_subsampling_window_decode_to_nothing(tmp_path):
+    """Our subsampling pads an input under 7 frames in a Python branch that the tracer froze:
+    onnxruntime failed on it, and sherpa-onnx raised on a 40 ms utterance where our runtime
+    returns an empty result."""
+    package = random_package(tmp_path / "rnnt", head="transducer", seed=2)
+    tdt = random_package(tmp_path / "tdt", head="tdt", seed=3)
+    short = [(np.random.default_rng(0).standard_normal(n) * 0.01).astype(np.float32)
+             for n in (640, 100)]
+    for name, source, options in (("offline", package, {}), ("ctc", package, {"head": "ctc"}),
+                                  ("tdt", tdt, {})):
+        report = export_onnx(source, tmp_path / f"onnx-{name}", **options)
+        recognizer = load_recognizer(tmp_path / f"onnx-{name}")
+        assert [r.text for r in recognizer.decode(short)] == ["", ""], name
+        assert any("[6, 3]" in line for line in report.checks)  # the self-check runs them
+        assert [r.text for r in load_model(source).transcribe(short)] == ["", ""]
