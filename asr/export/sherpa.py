@@ -367,7 +367,7 @@ def _export_transducer(
         report.loader = (
             "sherpa_onnx.OfflineRecognizer.from_transducer(encoder='encoder.onnx', "
             "decoder='decoder.onnx', joiner='joiner.onnx', tokens='tokens.txt', "
-            f"feature_dim={package.config.data.fbank.num_mel_bins})")
+            f"{_front_end_args(package.config.data.fbank)})")
     else:
         chunk_size, left_chunks = chunking
         wrapper = StreamingEncoder(encoder, head.joiner.encoder_proj, chunk_size, left_chunks).eval()
@@ -389,7 +389,7 @@ def _export_transducer(
         report.loader = (
             "sherpa_onnx.OnlineRecognizer.from_transducer(encoder='encoder.onnx', "
             "decoder='decoder.onnx', joiner='joiner.onnx', tokens='tokens.txt', "
-            f"feature_dim={package.config.data.fbank.num_mel_bins})")
+            f"{_front_end_args(package.config.data.fbank)})")
     report.metadata["encoder.onnx"] = enc_meta
 
     context = decoder.context_size
@@ -428,7 +428,7 @@ def _export_ctc(
         out / "model.onnx", ["x", "x_lens"], ["log_probs", "log_probs_len"],
         lambda x, n: _ctc_reference(model.encoder, head, x, n), package.config.data.fbank))
     report.loader = ("sherpa_onnx.OfflineRecognizer.from_zipformer_ctc(model='model.onnx', "
-                     f"tokens='tokens.txt', feature_dim={package.config.data.fbank.num_mel_bins})")
+                     f"tokens='tokens.txt', {_front_end_args(package.config.data.fbank)})")
     return report
 
 
@@ -495,8 +495,14 @@ def _export_tdt(
     report.loader = (
         "sherpa_onnx.OfflineRecognizer.from_transducer(encoder='encoder.onnx', "
         "decoder='decoder.onnx', joiner='joiner.onnx', tokens='tokens.txt', "
-        "model_type='nemo_transducer')")
+        f"sample_rate={fbank.sample_rate}, model_type='nemo_transducer')")
     return report
+
+
+def _front_end_args(fbank: FbankConfig) -> str:
+    """The loader arguments of the front end: sherpa-onnx computes 16 kHz features unless told
+    the model's rate (it resamples the audio to it)."""
+    return f"feature_dim={fbank.num_mel_bins}, sample_rate={fbank.sample_rate}"
 
 
 def _project(outputs: tuple[Tensor, Tensor], projection: nn.Module) -> tuple[Tensor, Tensor]:

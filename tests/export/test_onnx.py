@@ -666,3 +666,25 @@ def test_inputs_shorter_than_the_subsampling_window_decode_to_nothing(tmp_path):
         assert [r.text for r in recognizer.decode(short)] == ["", ""], name
         assert any("[6, 3]" in line for line in report.checks)  # the self-check runs them
         assert [r.text for r in load_model(source).transcribe(short)] == ["", ""]
+
+
+def test_the_printed_loader_call_decodes_an_8khz_model_as_ours(tmp_path, monkeypatch):
+    """The loader call that export.json records and asr export-onnx prints must carry the
+    model's rate: without sample_rate=, sherpa-onnx resamples to 16 kHz and computes other
+    features."""
+    package = random_package(tmp_path / "k8", head="transducer", seed=4,
+                             fbank={"sample_rate": 8000})
+    report = export_onnx(package, tmp_path / "onnx")
+    rng = np.random.default_rng(0)
+    waves = [(rng.standard_normal(16000) * 0.1).astype(np.float32) for _ in range(3)]
+    model = load_model(package, searcher="greedy", search={"max_symbols_per_frame": 1})
+    ours = [r.token_ids for r in model.transcribe(waves, sample_rate=8000)]
+    assert all(ours)
+    monkeypatch.chdir(tmp_path / "onnx")
+    recognizer = eval(report.loader, {"sherpa_onnx": sherpa_onnx})  # the call as printed
+    streams = []
+    for wave in waves:
+        streams.append(recognizer.create_stream())
+        streams[-1].accept_waveform(8000, wave)
+    recognizer.decode_streams(streams)
+    assert _token_ids(tmp_path / "onnx", [s.result.tokens for s in streams]) == ours
