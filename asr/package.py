@@ -137,8 +137,9 @@ class PackageMetadata:
     def from_json(cls, data: Mapping[str, Any], source: str) -> PackageMetadata:
         """Builds the metadata from parsed JSON, rejecting unknown keys (naming ``source``)."""
         version = data.get("format_version", FORMAT_VERSION)
-        if type(version) is not int or version != FORMAT_VERSION:  # noqa: E721 - not a bool
-            newer = type(version) is int and version > FORMAT_VERSION  # noqa: E721
+        integer = isinstance(version, int) and not isinstance(version, bool)
+        if not integer or version != FORMAT_VERSION:
+            newer = integer and version > FORMAT_VERSION
             raise PackageError(
                 f"{source}: format_version {version!r} is not supported (expected "
                 f"{FORMAT_VERSION})" + ("; the package was written by a newer asr: upgrade asr"
@@ -414,13 +415,18 @@ def check_output_dir(out_dir: Path, replace: bool, marker: str, inputs: Iterable
 def publish_directory(tmp: Path, out_dir: Path) -> None:
     """Renames the finished ``tmp`` to ``out_dir``; an existing ``out_dir`` is moved aside
     first and removed only once the new one is in place."""
-    old = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.replace(out_dir, old / out_dir.name)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    if not out_dir.exists():
+        os.replace(tmp, out_dir)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    os.replace(out_dir, old / out_dir.name)
+    try:
+        os.replace(tmp, out_dir)
+    except OSError:
+        os.replace(old / out_dir.name, out_dir)  # the earlier output back in place
+        old.rmdir()
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def export_package(
