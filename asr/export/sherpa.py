@@ -286,11 +286,6 @@ def export_onnx(
             package.config.encoder, chunk_size, left_chunks)
         if why is not None:
             raise NoLayoutError(f"--streaming: {package_dir} is not a streaming model: {why}")
-        if left_chunks == 0:
-            raise NoLayoutError(
-                f"--streaming: {package_dir} streams without left context (left_chunks=0), and "
-                "sherpa-onnx's streaming layout needs one: export with --left-chunks N > 0 (if "
-                "the model was trained to use it) or a model with left_chunks > 0")
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
@@ -370,7 +365,11 @@ def _export_transducer(
             f"{_front_end_args(package.config.data.fbank)})")
     else:
         chunk_size, left_chunks = chunking
-        wrapper = StreamingEncoder(encoder, head.joiner.encoder_proj, chunk_size, left_chunks).eval()
+        try:
+            wrapper = StreamingEncoder(encoder, head.joiner.encoder_proj, chunk_size,
+                                       left_chunks).eval()
+        except ValueError as err:  # a streaming model the layout's caches cannot hold
+            raise NoLayoutError(f"--streaming: {package.directory}: {err}") from err
         frames, shift = chunk_frames(chunk_size)
         enc_meta = _base_metadata(package, "ebranchformer")
         enc_meta.update({

@@ -688,3 +688,11 @@ def test_the_printed_loader_call_decodes_an_8khz_model_as_ours(tmp_path, monkeyp
         streams[-1].accept_waveform(8000, wave)
     recognizer.decode_streams(streams)
     assert _token_ids(tmp_path / "onnx", [s.result.tokens for s in streams]) == ours
+
+
+def test_a_convolution_without_cache_has_no_streaming_layout(tmp_path):
+    package = random_package(tmp_path / "k1", head="transducer",
+                             encoder_overrides={"conv_kernel_size": 1})
+    with pytest.raises(NoLayoutError, match="conv_kernel_size >= 3"):
+        export_onnx(package, tmp_path / "x", streaming=True)
+    assert not (tmp_path / "x").exists() and [p.name for p in tmp_path.iterdir()] == ["k1"]
