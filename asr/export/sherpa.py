@@ -23,7 +23,8 @@ the self-check's figures).
 
 **Self-check.** Before the output directory appears, every graph is run by onnxruntime on the
 same inputs as the PyTorch modules it came from (the model's own code paths, not the export
-wrappers): batches of 3 with different lengths padded as sherpa pads them, the decoder on every
+wrappers): batches of 3 with different lengths padded as sherpa pads them and a batch shorter
+than the subsampling window (no output frame), the decoder on every
 start context sherpa builds, the streaming encoder over several chunks with states carried and
 two streams at different positions batched together. Outputs must agree within
 ``|onnx - torch| <= ATOL + RTOL * |torch|`` (:data:`ATOL`, :data:`RTOL`), lengths exactly, and
