@@ -6,18 +6,26 @@ A package is a directory::
     PKG/tokenizer/          tokenizer files (tokens.txt, bpe.model for sentencepiece)
     PKG/model.safetensors   weights (safetensors: tensors only, no code)
     PKG/lm/NAME.arpa        the n-gram LM of ``search.lm_path``, when the search fuses one
+    PKG/hotwords/NAME       the phrase list of ``search.hotwords_file``, when the search biases
     PKG/metadata.json       provenance, default searcher, sizes, WER if known, sha256 of each file
 
 :func:`export_package` writes one from an experiment directory (the weights an
 :class:`asr.checkpoints.selection.WeightSelection` chooses: one checkpoint or an average), with the
 search the package should decode with by default: a searcher (a name, or the role ``greedy`` /
-``beam``) and the ``search:`` options (``search.beam_size=8 search.lm_path=...``). The LM file is
-copied into the package and ``config.yaml`` names it relative to the package
-(``search.lm_path: lm/NAME.arpa``), so the package can be moved or copied anywhere.
-:func:`load_package` reads it back with YAML, JSON and safetensors only, checking every file's
-sha256 so that a truncated or corrupt file is reported by name (:class:`PackageError`), and
-resolves the LM path against the package directory. Training checkpoints are read with
+``beam``) and the ``search:`` options (``search.beam_size=8 search.lm_path=...``). The LM file
+and the hotword list are copied into the package and ``config.yaml`` names them relative to the
+package (``search.lm_path: lm/NAME.arpa``, ``search.hotwords_file: hotwords/NAME``), so the
+package can be moved or copied anywhere. :func:`load_package` reads it back with YAML, JSON and
+safetensors only, checking every file's sha256 so that a truncated or corrupt file is reported
+by name (:class:`PackageError`); every file it reads must be listed (an unlisted file in
+``tokenizer/`` would otherwise choose the tokenizer), and it resolves the packaged search files
+against the package directory. Training checkpoints are read with
 ``torch.load(weights_only=True)``.
+
+Writing is atomic: the package is built in a hidden directory beside ``out_dir`` and renamed into
+place; ``overwrite`` replaces only an earlier package (never the experiment it is exported from
+or a directory that holds it, nor any other directory), and the old one stays in place until
+the new one is complete (:func:`publish_directory`, which ``asr export-onnx`` shares).
 
 Example:
     >>> export_package("exp/transducer", "pkg/transducer", WeightSelection(last=2),
@@ -44,7 +52,7 @@ from typing import Any
 
 import torch
 
-from asr.checkpoints.io import CheckpointError, load_weights, save_weights
+from asr.checkpoints.io import CheckpointError, current_umask, load_weights, save_weights
 from asr.checkpoints.selection import WeightSelection, select_weights
 from asr.config import ConfigError, load_config, save_config
 from asr.decoding.config import override_search
@@ -64,8 +72,11 @@ __all__ = [
     "ModelPackage",
     "PackageError",
     "PackageMetadata",
+    "check_output_dir",
     "export_package",
     "load_package",
+    "publish_directory",
+    "staging_directory",
 ]
 
 logger = logging.getLogger(__name__)
@@ -74,7 +85,10 @@ WEIGHTS_FILE = "model.safetensors"
 METADATA_FILE = "metadata.json"
 TOKENIZER_DIR = "tokenizer"
 LM_DIR = "lm"
+HOTWORDS_DIR = "hotwords"
 FORMAT_VERSION = 1
+#: ``search:`` fields naming a file that the package carries -> its directory in the package.
+SEARCH_FILES = {"lm_path": LM_DIR, "hotwords_file": HOTWORDS_DIR}
 
 
 class PackageError(ValueError):
@@ -122,10 +136,22 @@ class PackageMetadata:
     @classmethod
     def from_json(cls, data: Mapping[str, Any], source: str) -> PackageMetadata:
         """Builds the metadata from parsed JSON, rejecting unknown keys (naming ``source``)."""
+        version = data.get("format_version", FORMAT_VERSION)
+        integer = isinstance(version, int) and not isinstance(version, bool)
+        if not integer or version != FORMAT_VERSION:
+            newer = integer and version > FORMAT_VERSION
+            raise PackageError(
+                f"{source}: format_version {version!r} is not supported (expected "
+                f"{FORMAT_VERSION})" + ("; the package was written by a newer asr: upgrade asr"
+                                        if newer else ""))
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
             raise PackageError(f"{source}: unknown metadata keys {unknown}")
+        sha256 = data.get("sha256", {})
+        if not isinstance(sha256, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in sha256.items()):
+            raise PackageError(f"{source}: sha256 must map file names to hex digests")
         values = dict(data)
         for key in ("checkpoints", "training_data"):
             if key in values:
@@ -193,13 +219,32 @@ def _read_metadata(directory: Path) -> PackageMetadata:
         raise PackageError(f"{path}: corrupt JSON: {err}") from err
     if not isinstance(data, dict):
         raise PackageError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    metadata = PackageMetadata.from_json(data, str(path))
-    if metadata.format_version != FORMAT_VERSION:
+    return PackageMetadata.from_json(data, str(path))
+
+
+def _files_read(directory: Path, cfg: ExperimentConfig) -> list[str]:
+    """Package-relative names of the files :func:`load_package` reads: the config, the weights,
+    every file of the tokenizer directory (whose files choose its kind) and the packaged search
+    files."""
+    names = [CONFIG_FILE, WEIGHTS_FILE]
+    tokenizer = directory / TOKENIZER_DIR
+    if tokenizer.is_dir():
+        names += sorted(p.relative_to(directory).as_posix() for p in tokenizer.rglob("*")
+                        if not p.is_dir())
+    for name, folder in SEARCH_FILES.items():
+        path = getattr(cfg.search, name)
+        if path is not None and Path(path).parts[:1] == (folder,):
+            names.append(Path(path).as_posix())
+    return names
+
+
+def _check_listed(directory: Path, metadata: PackageMetadata, cfg: ExperimentConfig) -> None:
+    """Every file the package is read from has its sha256 in ``metadata.json``."""
+    unlisted = [name for name in _files_read(directory, cfg) if name not in metadata.sha256]
+    if unlisted:
         raise PackageError(
-            f"{path}: format_version {metadata.format_version} is not supported "
-            f"(expected {FORMAT_VERSION})"
-        )
-    return metadata
+            f"{directory / METADATA_FILE}: no sha256 for {unlisted}: files that are not part "
+            f"of the package as exported (remove them, or re-export the package)")
 
 
 def _verify_files(directory: Path, metadata: PackageMetadata) -> None:
@@ -250,6 +295,13 @@ def _check_is_package(directory: Path) -> None:
         )
 
 
+def _read_config(path: Path) -> ExperimentConfig:
+    try:
+        return load_config(ExperimentConfig, path)
+    except (ConfigError, OSError, ValueError) as err:
+        raise PackageError(f"{path}: {err}") from err
+
+
 def load_package(directory: str | Path, verify: bool = True) -> ModelPackage:
     """Reads a package written by :func:`export_package`.
 
@@ -263,20 +315,22 @@ def load_package(directory: str | Path, verify: bool = True) -> ModelPackage:
     directory = Path(directory)
     _check_is_package(directory)
     metadata = _read_metadata(directory)
-    if verify:
-        _verify_files(directory, metadata)
     config_path = directory / CONFIG_FILE
     _require_file(config_path)
-    try:
-        cfg = load_config(ExperimentConfig, config_path)
-    except (ConfigError, OSError, ValueError) as err:
-        raise PackageError(f"{config_path}: {err}") from err
+    if verify:
+        _verify_files(directory, metadata)
+    cfg = _read_config(config_path)
+    if verify:
+        _check_listed(directory, metadata, cfg)
     cfg = dataclasses.replace(cfg, tokenizer_dir=directory / TOKENIZER_DIR)
-    lm_path = cfg.search.lm_path
-    if lm_path is not None and not lm_path.is_absolute() and lm_path.as_posix() in metadata.sha256:
-        # the package's own LM: named relative to the package, wherever it now is
-        cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search,
-                                                                  lm_path=directory / lm_path))
+    packaged = {}
+    for name in SEARCH_FILES:
+        path = getattr(cfg.search, name)
+        if path is not None and not path.is_absolute() and path.as_posix() in metadata.sha256:
+            # the package's own file: named relative to the package, wherever it now is
+            packaged[name] = directory / path
+    if packaged:
+        cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, **packaged))
     try:
         tokenizer = load_tokenizer(directory / TOKENIZER_DIR)
     except (OSError, ValueError) as err:
@@ -298,12 +352,6 @@ def load_package(directory: str | Path, verify: bool = True) -> ModelPackage:
 # --------------------------------------------------------------------------------- writing
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _last_wer(checkpoint: Mapping[str, Any]) -> dict[str, float]:
     history = (checkpoint.get("progress") or {}).get("history") or []
     for record in reversed(history):
@@ -312,12 +360,73 @@ def _last_wer(checkpoint: Mapping[str, Any]) -> dict[str, float]:
     return {}
 
 
-def _copy_lm(lm_path: Path, tmp: Path) -> Path:
-    """Copies the LM file into ``tmp/lm/``; returns its package-relative path."""
-    rel = Path(LM_DIR) / lm_path.name
-    (tmp / LM_DIR).mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(lm_path, tmp / rel)
+def _copy_search_file(path: Path, folder: str, tmp: Path) -> Path:
+    """Copies a file of the search options (the LM, the hotword list) into ``tmp/folder/``;
+    returns its package-relative path."""
+    rel = Path(folder) / path.name
+    (tmp / folder).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, tmp / rel)
     return rel
+
+
+def _is_within(path: Path, directory: Path) -> bool:
+    path, directory = path.resolve(), directory.resolve()
+    return path == directory or directory in path.parents
+
+
+def staging_directory(out_dir: Path) -> Path:
+    """A new hidden directory beside ``out_dir`` to build it in, with the permissions of a
+    directory made under the umask (mkdtemp's 0700 would hide the result from other users)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp.chmod(0o777 & ~current_umask())
+    return tmp
+
+
+def check_output_dir(out_dir: Path, replace: bool, marker: str, inputs: Iterable[Path],
+                     option: str) -> None:
+    """Raises ValueError unless :func:`publish_directory` may write ``out_dir``: it does not
+    exist, or ``replace`` is set and it is an earlier output (it holds ``marker``) or an empty
+    directory, and it is none of ``inputs`` nor a directory holding one of them.
+
+    Args:
+        out_dir: the directory to write.
+        replace: the caller's overwrite option is set.
+        marker: the file that every such output holds (``metadata.json``, ``export.json``).
+        inputs: what the output is made from (an experiment, a package, its files).
+        option: the name of the overwrite option, for the messages.
+    """
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    if not replace:
+        raise ValueError(f"{out_dir}: already exists (pass {option} to replace it)")
+    for source in inputs:
+        if _is_within(Path(source), out_dir):
+            raise ValueError(f"{out_dir}: the output would replace {source}, which it is "
+                             f"made from; choose another output directory")
+    if not out_dir.is_dir() or out_dir.is_symlink():
+        raise ValueError(f"{out_dir}: exists and is not a directory; {option} replaces only "
+                         "an earlier output directory")
+    if not (out_dir / marker).is_file() and any(out_dir.iterdir()):
+        raise ValueError(f"{out_dir}: exists and holds no {marker}; {option} replaces only an "
+                         "earlier output (or an empty directory), never other files")
+
+
+def publish_directory(tmp: Path, out_dir: Path) -> None:
+    """Renames the finished ``tmp`` to ``out_dir``; an existing ``out_dir`` is moved aside
+    first and removed only once the new one is in place."""
+    if not out_dir.exists():
+        os.replace(tmp, out_dir)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    os.replace(out_dir, old / out_dir.name)
+    try:
+        os.replace(tmp, out_dir)
+    except OSError:
+        os.replace(old / out_dir.name, out_dir)  # the earlier output back in place
+        old.rmdir()
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def export_package(
@@ -340,12 +449,13 @@ def export_package(
         tokenizer_dir: tokenizer to package; default the experiment's ``tokenizer_dir``.
         wer: known WERs (percent) of the package's default search, by test set; default the
             last validation WER of the checkpoint (as ``dev``).
-        overwrite: replace an existing package directory.
+        overwrite: replace an earlier package in ``out_dir`` (or an empty directory; never
+            another directory, nor the experiment or a directory that holds it).
         searcher: the package's default searcher: a name, or the role ``greedy`` / ``beam``
             (:func:`asr.decoding.registry.searcher_for`); default the model's greedy searcher.
         search: changes to the experiment's ``search:`` options that the package keeps as its
             defaults (``{"beam_size": 8}`` or ``["search.beam_size=8", ...]``); the LM of
-            ``lm_path`` is copied into the package.
+            ``lm_path`` and the phrase list of ``hotwords_file`` are copied into the package.
 
     Returns:
         The metadata written.
@@ -355,8 +465,10 @@ def export_package(
             searcher or search option the model cannot use.
     """
     exp_dir, out_dir = Path(exp_dir), Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise PackageError(f"{out_dir}: already exists (pass overwrite=True / --overwrite)")
+    try:
+        check_output_dir(out_dir, overwrite, METADATA_FILE, [exp_dir], "--overwrite")
+    except ValueError as err:
+        raise PackageError(str(err)) from err
     try:
         weights = select_weights(exp_dir, selection or WeightSelection())
     except (FileNotFoundError, ValueError, CheckpointError) as err:
@@ -372,8 +484,16 @@ def export_package(
         raise PackageError(str(err)) from err
     if cfg.search.lm_path is not None and not Path(cfg.search.lm_path).is_file():
         raise PackageError(f"search.lm_path {cfg.search.lm_path}: no such LM file")
+    if cfg.search.hotwords_file is not None and not Path(cfg.search.hotwords_file).is_file():
+        raise PackageError(f"search.hotwords_file {cfg.search.hotwords_file}: no such file")
     if tokenizer_dir is not None:
         cfg = dataclasses.replace(cfg, tokenizer_dir=Path(tokenizer_dir))
+    sources = [*weights.sources, cfg.tokenizer_dir]
+    sources += [Path(p) for p in (getattr(cfg.search, n) for n in SEARCH_FILES) if p is not None]
+    try:
+        check_output_dir(out_dir, overwrite, METADATA_FILE, sources, "--overwrite")
+    except ValueError as err:
+        raise PackageError(str(err)) from err
     try:
         tokenizer = load_tokenizer(cfg.tokenizer_dir)
     except (OSError, ValueError) as err:
@@ -400,15 +520,17 @@ def export_package(
             if searcher not in available_searchers(model):
                 raise ValueError(f"searcher {searcher!r} does not fit this model; available "
                                  f"searchers: {available_searchers(model)}")
-            if cfg.search.lm_path is not None:
-                # the LM must load and fit the model's vocabulary before it is packaged
-                build_searcher(searcher, model, cfg.search, tokenizer=tokenizer)
-        except (OSError, ValueError) as err:
+        except ValueError as err:
             raise PackageError(f"--searcher {searcher}: {err}") from err
+    if any(getattr(cfg.search, name) is not None for name in (*SEARCH_FILES, "hotwords")):
+        # the LM must load and fit the model's vocabulary, the tokenizer must spell the
+        # hotwords, before they are packaged
+        try:
+            build_searcher(searcher, model, cfg.search, tokenizer=tokenizer)
+        except (OSError, ValueError) as err:
+            raise PackageError(f"searcher {searcher} with the search options: {err}") from err
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would hide the package from other users
+    tmp = staging_directory(out_dir)
     try:
         save_weights(model.state_dict(), tmp / WEIGHTS_FILE, {"format": "pt"})
         tokenizer.save(tmp / TOKENIZER_DIR)
@@ -416,11 +538,13 @@ def export_package(
             f"{TOKENIZER_DIR}/{p.name}" for p in (tmp / TOKENIZER_DIR).iterdir() if p.is_file()
         )
         search_cfg = cfg.search
-        if search_cfg.lm_path is not None:
-            rel = _copy_lm(Path(search_cfg.lm_path), tmp)
-            files.append(rel.as_posix())
-            search_cfg = dataclasses.replace(search_cfg, lm_path=rel)
-            logger.info("packaged the LM %s as %s", cfg.search.lm_path, rel)
+        for name, folder in SEARCH_FILES.items():
+            source = getattr(search_cfg, name)
+            if source is not None:
+                rel = _copy_search_file(Path(source), folder, tmp)
+                files.append(rel.as_posix())
+                search_cfg = dataclasses.replace(search_cfg, **{name: rel})
+                logger.info("packaged search.%s %s as %s", name, source, rel)
         save_config(dataclasses.replace(cfg, tokenizer_dir=Path(TOKENIZER_DIR), search=search_cfg),
                     tmp / CONFIG_FILE)
         metadata = PackageMetadata(
@@ -440,9 +564,7 @@ def export_package(
         )
         text = json.dumps(dataclasses.asdict(metadata), indent=2, sort_keys=True)
         (tmp / METADATA_FILE).write_text(text + "\n", encoding="utf-8")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        publish_directory(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -134,3 +134,103 @@ def test_package_directory_follows_the_umask(exp_dir, tmp_path):
         os.umask(old)
     assert (tmp_path / "pkg").stat().st_mode & 0o777 == 0o755
 
+
+
+def _edit_metadata(package: Path, change) -> None:
+    path = package / METADATA_FILE
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    ("damage", "unlisted"),
+    [
+        (lambda p: _edit_metadata(p, lambda m: m["sha256"].pop(WEIGHTS_FILE)), WEIGHTS_FILE),
+        (lambda p: _edit_metadata(p, lambda m: m.update(sha256={})), "config.yaml"),
+        # a bpe.model beside tokens.txt would make it a BPE tokenizer
+        (lambda p: (p / "tokenizer" / "bpe.model").write_bytes(b"\x00" * 64), "tokenizer/bpe.model"),
+        (lambda p: (p / "tokenizer" / "notes.txt").write_text("x"), "tokenizer/notes.txt"),
+    ],
+)
+def test_files_that_loading_reads_must_be_listed(exp_dir, tmp_path, damage, unlisted):
+    """Verification covers every file the package is read from: a file without its sha256
+    (an entry removed, a file added to tokenizer/) is an error naming it, while an extra file
+    that nothing reads (a README beside the package's files) is not."""
+    export_package(exp_dir, tmp_path / "pkg")
+    (tmp_path / "pkg" / "README.md").write_text("notes")
+    load_package(tmp_path / "pkg")
+    damage(tmp_path / "pkg")
+    with pytest.raises(PackageError, match=f"no sha256 for .*{unlisted.replace('.', '[.]')}"):
+        load_package(tmp_path / "pkg")
+
+
+def test_metadata_format_and_types_are_checked_first(exp_dir, tmp_path):
+    export_package(exp_dir, tmp_path / "pkg")
+    _edit_metadata(tmp_path / "pkg", lambda m: m.update(format_version=2, new_field=[1]))
+    with pytest.raises(PackageError, match="format_version 2 .*written by a newer asr: upgrade"):
+        load_package(tmp_path / "pkg")
+    _edit_metadata(tmp_path / "pkg", lambda m: (m.pop("new_field"), m.update(format_version=1,
+                                                                              sha256=["x"])))
+    with pytest.raises(PackageError, match="sha256 must map file names to hex digests"):
+        load_package(tmp_path / "pkg")
+
+
+def test_package_files_follow_the_umask(exp_dir, tmp_path):
+    """safetensors creates its file 0600: the weights of a package other users can list were
+    unreadable to them."""
+    old = os.umask(0o022)
+    try:
+        export_package(exp_dir, tmp_path / "pkg")
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "pkg").rglob("*"):
+        assert path.stat().st_mode & 0o777 == (0o755 if path.is_dir() else 0o644), path
+
+
+def test_overwrite_replaces_only_an_earlier_package(exp_dir, tmp_path):
+    """--overwrite never deletes the experiment (the output directory being it or holding it),
+    a file or a directory of other files; an earlier package or an empty directory it
+    replaces."""
+    checkpoints = sorted(p.name for p in exp_dir.iterdir())
+    for out in (exp_dir, exp_dir.parent, exp_dir.parent.parent):
+        with pytest.raises(PackageError, match="which it is made from"):
+            export_package(exp_dir, out, overwrite=True)
+    assert sorted(p.name for p in exp_dir.iterdir()) == checkpoints
+    other = tmp_path / "data"
+    other.mkdir()
+    (other / "keep.txt").write_text("x")
+    with pytest.raises(PackageError, match="holds no metadata.json"):
+        export_package(exp_dir, other, overwrite=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(PackageError, match="not a directory"):
+        export_package(exp_dir, tmp_path / "file", overwrite=True)
+    assert (other / "keep.txt").is_file() and (tmp_path / "file").read_text() == "x"
+    (tmp_path / "empty").mkdir()
+    export_package(exp_dir, tmp_path / "empty", WeightSelection(epoch=1), overwrite=True)
+    export_package(exp_dir, tmp_path / "empty", WeightSelection(epoch=2), overwrite=True)
+    assert load_package(tmp_path / "empty").metadata.checkpoints == ("epoch-2.pt",)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_hotword_file_travels_with_the_package(tmp_path):
+    """Like the LM, the phrase list of search.hotwords_file is copied into the package and
+    found wherever the package is moved; a missing or unspellable list fails the export."""
+    exp = random_experiment(tmp_path / "work", head="transducer")
+    phrases = tmp_path / "phrases.txt"
+    phrases.write_text("OPEN DOOR\nGREEN :2.5\n")
+    built = tmp_path / "built" / "pkg"
+    metadata = export_package(exp, built, searcher="beam",
+                              search=[f"search.hotwords_file={phrases}"])
+    assert "hotwords/phrases.txt" in metadata.sha256
+    moved = tmp_path / "moved" / "pkg"
+    built.parent.rename(moved.parent)
+    phrases.unlink()
+    package = load_package(moved)
+    assert package.config.search.hotwords_file == moved / "hotwords" / "phrases.txt"
+    with pytest.raises(PackageError, match="hotwords_file .*: no such file"):
+        export_package(exp, tmp_path / "b", search=[f"search.hotwords_file={phrases}"])
+    phrases.write_text("ZULU\n")  # the char tokenizer of the tiny sentences has no Z
+    with pytest.raises(PackageError, match="ZULU"):
+        export_package(exp, tmp_path / "c", searcher="beam",
+                       search=[f"search.hotwords_file={phrases}"])

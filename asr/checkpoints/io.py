@@ -33,6 +33,13 @@ class CheckpointError(RuntimeError):
     """A checkpoint file that is missing, truncated, or not one of ours."""
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting it and back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -241,6 +248,7 @@ def save_weights(state_dict: Mapping[str, torch.Tensor], path: str | Path,
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     try:
         save_file(tensors, str(tmp), metadata=dict(metadata or {}))
+        tmp.chmod(0o666 & ~current_umask())  # safetensors creates it 0600, unlike open()
         tmp.replace(path)
     finally:
         if tmp.exists():

@@ -39,7 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="streaming chunk in encoder frames (default: the package's)")
     parser.add_argument("--left-chunks", type=int, default=None,
                         help="streaming left context in chunks (default: the package's)")
-    parser.add_argument("--force", action="store_true", help="replace an existing --output-dir")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an earlier export in --output-dir (never the package or "
+                             "another directory)")
     parser.add_argument("--if-supported", action="store_true",
                         help="a package that sherpa-onnx has no layout for in this mode (its "
                              "heads, its features, streaming) is no error: say why, write "

@@ -50,13 +50,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", dest="output_dir", action=_DeprecatedOut, help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer-dir", help="tokenizer to package (default: the config's)")
     add_search_arguments(parser, "the model's greedy searcher",
-                         "the experiment's search section; the LM of search.lm_path is copied "
-                         "into the package")
+                         "the experiment's search section; the LM of search.lm_path and the "
+                         "phrases of search.hotwords_file are copied into the package")
     parser.add_argument("--wer", type=_wer, action="append", default=[], metavar="NAME=PERCENT",
                         help="record the WER of the package's search on a test set, e.g. "
                              "test-clean=22.58; repeatable (default: the last dev WER of "
                              "training)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing package")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier package in --output-dir (never the experiment "
+                             "or another directory)")
 
 
 def run(args: argparse.Namespace) -> int:

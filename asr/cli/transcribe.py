@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         model = load_model(args.model, device=args.device, searcher=args.searcher,
                            search=args.search_overrides)
-        if args.hotwords is not None and not args.streaming:  # bad phrases fail here
+        if not args.streaming:  # a missing LM or hotword file, bad phrases fail here
             model.searcher(args.searcher, args.hotwords)
         if args.streaming:  # a searcher that does not stream (or bias) fails here
             recognizer = model.streaming_recognizer(args.searcher)

@@ -69,6 +69,7 @@ __all__ = [
     "resolve_searcher",
     "searcher_biases",
     "searcher_for",
+    "searcher_lm",
     "streaming_searcher_for",
 ]
 
@@ -291,6 +292,16 @@ def _load_lm(
             f"tokenizer vocabulary {tokenizer.vocab_size} differs from the {head} head's {vocab_size}"
         )
     return load_word_lm(cfg.lm_path, tokenizer)
+
+
+def searcher_lm(
+    name: str, model: ASRModel, cfg: SearchConfig, tokenizer: Tokenizer | None = None
+) -> LanguageModel | None:
+    """The LM that searcher ``name`` (a name or role) loads from ``cfg.lm_path``; None when it
+    fuses none. For callers that build the searcher several times (with other hotwords) and
+    pass it as ``build_searcher(..., lm=...)``, so that the file is read once."""
+    spec = _check(resolve_searcher(name, model), model)
+    return _load_lm(model, cfg, spec.head, tokenizer) if spec.fuses_lm else None
 
 
 def build_searcher(

@@ -23,7 +23,8 @@ the self-check's figures).
 
 **Self-check.** Before the output directory appears, every graph is run by onnxruntime on the
 same inputs as the PyTorch modules it came from (the model's own code paths, not the export
-wrappers): batches of 3 with different lengths padded as sherpa pads them, the decoder on every
+wrappers): batches of 3 with different lengths padded as sherpa pads them and a batch shorter
+than the subsampling window (no output frame), the decoder on every
 start context sherpa builds, the streaming encoder over several chunks with states carried and
 two streams at different positions batched together. Outputs must agree within
 ``|onnx - torch| <= ATOL + RTOL * |torch|`` (:data:`ATOL`, :data:`RTOL`), lengths exactly, and
@@ -52,9 +53,7 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -85,7 +84,14 @@ from asr.heads.ctc import CTCHead
 from asr.heads.predictor import StatelessPredictor
 from asr.heads.transducer import TransducerHead
 from asr.model import ASRModel
-from asr.package import ModelPackage, PackageError, load_package
+from asr.package import (
+    ModelPackage,
+    PackageError,
+    check_output_dir,
+    load_package,
+    publish_directory,
+    staging_directory,
+)
 from asr.tokenizers.bpe import BpeTokenizer
 from asr.version import __version__
 
@@ -252,20 +258,21 @@ def export_onnx(
         int8: also write dynamically quantized ``*.int8.onnx`` graphs.
         opset: ONNX opset.
         head: ``transducer`` (RNN-T or TDT) or ``ctc`` (default: the first trained one).
-        force: replace an existing ``out_dir``.
+        force: replace an earlier export in ``out_dir`` (a directory holding ``export.json``,
+            or an empty one; never the package or a directory that holds it).
         chunk_size, left_chunks: streaming chunking (default: the package's).
 
     Raises:
         NoLayoutError: for a package (head, features, streaming) without a sherpa-onnx layout.
-        OnnxExportError: for an existing ``out_dir`` without ``force``, an unknown ``head`` or
-            a failed self-check (nothing is written then).
+        OnnxExportError: for an existing ``out_dir`` without ``force`` (or one that is no
+            earlier export), an unknown ``head`` or a failed self-check (nothing is written
+            then).
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not force:
-        raise OnnxExportError(f"{out_dir}: already exists (pass --force to replace it)")
     try:
+        check_output_dir(out_dir, force, _REPORT, [Path(package_dir)], "--force")
         package = load_package(package_dir)
-    except PackageError as err:
+    except (PackageError, ValueError) as err:
         raise OnnxExportError(str(err)) from err
     model = package.build_model("cpu")
     head = _choose_head(model, head, streaming)
@@ -289,8 +296,7 @@ def export_onnx(
             "pip install -e '.[onnx]'"
         ) from err
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = staging_directory(out_dir)
     try:
         if model.head_kinds()[head] == "ctc":
             report = _export_ctc(model, package, head, tmp, opset)
@@ -308,9 +314,7 @@ def export_onnx(
         report.files = sorted(p.name for p in tmp.iterdir()) + [_REPORT]
         report.out_dir = out_dir
         _write_report(report, package, tmp / _REPORT)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        publish_directory(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -359,10 +363,14 @@ def _export_transducer(
         report.loader = (
             "sherpa_onnx.OfflineRecognizer.from_transducer(encoder='encoder.onnx', "
             "decoder='decoder.onnx', joiner='joiner.onnx', tokens='tokens.txt', "
-            f"feature_dim={package.config.data.fbank.num_mel_bins})")
+            f"{_front_end_args(package.config.data.fbank)})")
     else:
         chunk_size, left_chunks = chunking
-        wrapper = StreamingEncoder(encoder, head.joiner.encoder_proj, chunk_size, left_chunks).eval()
+        try:
+            wrapper = StreamingEncoder(encoder, head.joiner.encoder_proj, chunk_size,
+                                       left_chunks).eval()
+        except ValueError as err:  # a streaming model the layout's caches cannot hold
+            raise NoLayoutError(f"--streaming: {package.directory}: {err}") from err
         frames, shift = chunk_frames(chunk_size)
         enc_meta = _base_metadata(package, "ebranchformer")
         enc_meta.update({
@@ -381,7 +389,7 @@ def _export_transducer(
         report.loader = (
             "sherpa_onnx.OnlineRecognizer.from_transducer(encoder='encoder.onnx', "
             "decoder='decoder.onnx', joiner='joiner.onnx', tokens='tokens.txt', "
-            f"feature_dim={package.config.data.fbank.num_mel_bins})")
+            f"{_front_end_args(package.config.data.fbank)})")
     report.metadata["encoder.onnx"] = enc_meta
 
     context = decoder.context_size
@@ -420,7 +428,7 @@ def _export_ctc(
         out / "model.onnx", ["x", "x_lens"], ["log_probs", "log_probs_len"],
         lambda x, n: _ctc_reference(model.encoder, head, x, n), package.config.data.fbank))
     report.loader = ("sherpa_onnx.OfflineRecognizer.from_zipformer_ctc(model='model.onnx', "
-                     f"tokens='tokens.txt', feature_dim={package.config.data.fbank.num_mel_bins})")
+                     f"tokens='tokens.txt', {_front_end_args(package.config.data.fbank)})")
     return report
 
 
@@ -487,8 +495,14 @@ def _export_tdt(
     report.loader = (
         "sherpa_onnx.OfflineRecognizer.from_transducer(encoder='encoder.onnx', "
         "decoder='decoder.onnx', joiner='joiner.onnx', tokens='tokens.txt', "
-        "model_type='nemo_transducer')")
+        f"sample_rate={fbank.sample_rate}, model_type='nemo_transducer')")
     return report
+
+
+def _front_end_args(fbank: FbankConfig) -> str:
+    """The loader arguments of the front end: sherpa-onnx computes 16 kHz features unless told
+    the model's rate (it resamples the audio to it)."""
+    return f"feature_dim={fbank.num_mel_bins}, sample_rate={fbank.sample_rate}"
 
 
 def _project(outputs: tuple[Tensor, Tensor], projection: nn.Module) -> tuple[Tensor, Tensor]:
@@ -643,22 +657,30 @@ def _check_offline(path: Path, in_names, out_names, reference, fbank: FbankConfi
     session = _session(path)
     _check_io(session, path, [(in_names[0], "tensor(float)"), (in_names[1], "tensor(int64)")],
               [(out_names[0], "tensor(float)"), (out_names[1], "tensor(int64)")])
-    lengths = (211, 150, 57)
-    x, x_lens = _padded(_check_features(fbank, lengths), pad_value)
-    feed_x = x.transpose(1, 2).contiguous() if channels_first else x
-    got, got_lens = session.run(None, {in_names[0]: feed_x.numpy(), in_names[1]: x_lens.numpy()})
-    if channels_first:
-        got = got.transpose(0, 2, 1)
     worst = 0.0
-    for b in range(len(lengths)):  # each utterance alone in PyTorch: padding must not matter
-        want, want_lens = reference(x[b: b + 1, : lengths[b]], x_lens[b: b + 1])
-        n = int(want_lens[0])
-        if int(got_lens[b]) != n:
-            raise OnnxExportError(f"{path.name}: {out_names[1]}[{b}] = {int(got_lens[b])}, "
-                                  f"PyTorch {n}")
-        worst = max(worst, _compare(path, out_names[0], got[b, :n], want[0, :n]))
-    return (f"{path.name}: batch of {len(lengths)} (frames {list(lengths)}, padded with "
-            f"{pad_value:.2f}) vs PyTorch alone: max |diff| {worst:.2e}")
+    # a batch of lengths far from the export example's, then one of inputs shorter than the
+    # subsampling's receptive field (no output frame; a batch that short is not padded longer)
+    batches = ((211, 150, 57), (6, 3))
+    for lengths in batches:
+        x, x_lens = _padded(_check_features(fbank, lengths), pad_value)
+        feed_x = x.transpose(1, 2).contiguous() if channels_first else x
+        try:
+            got, got_lens = session.run(None, {in_names[0]: feed_x.numpy(),
+                                               in_names[1]: x_lens.numpy()})
+        except Exception as err:  # onnxruntime's own error types; name the input
+            raise OnnxExportError(f"{path.name}: onnxruntime fails on a batch of "
+                                  f"{list(lengths)} frames: {err}") from err
+        if channels_first:
+            got = got.transpose(0, 2, 1)
+        for b in range(len(lengths)):  # each utterance alone in PyTorch: padding must not matter
+            want, want_lens = reference(x[b: b + 1, : lengths[b]], x_lens[b: b + 1])
+            n = int(want_lens[0])
+            if int(got_lens[b]) != n:
+                raise OnnxExportError(f"{path.name}: {out_names[1]}[{b}] = {int(got_lens[b])} "
+                                      f"for {lengths[b]} frames, PyTorch {n}")
+            worst = max(worst, _compare(path, out_names[0], got[b, :n], want[0, :n]))
+    return (f"{path.name}: batches of frames {' and '.join(map(str, map(list, batches)))} "
+            f"(padded with {pad_value:.2f}) vs PyTorch alone: max |diff| {worst:.2e}")
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,13 @@ from asr.decoding import build_searcher as _build_searcher
 from asr.decoding import build_streaming_searcher as _build_streaming_searcher
 from asr.decoding.config import override_search
 from asr.decoding.context_graph import ContextGraph, as_hotwords, context_graph_for
-from asr.decoding.registry import available_searchers, resolve_searcher, streaming_searcher_for
+from asr.decoding.lm import LanguageModel
+from asr.decoding.registry import (
+    available_searchers,
+    resolve_searcher,
+    searcher_lm,
+    streaming_searcher_for,
+)
 from asr.features.fbank import FbankConfig, make_lhotse_fbank
 from asr.model import ASRModel
 from asr.package import ModelPackage
@@ -107,6 +113,8 @@ class Runtime:
     device: torch.device
     results: ResultBuilder
     streaming_searcher: str | None = None
+    _lms: dict[str, LanguageModel | None] = field(default_factory=dict, init=False, repr=False,
+                                                  compare=False)
 
     @classmethod
     def from_package(
@@ -181,7 +189,10 @@ class Runtime:
                 too many or too long ones.
         """
         context = self.hotword_graph(hotwords) if hotwords is not None else None
-        return _build_searcher(name or self.searcher, self.model, self.search,
+        name = resolve_searcher(name or self.searcher, self.model)
+        if name not in self._lms:  # read once: every call with other hotwords rebuilds the rest
+            self._lms[name] = searcher_lm(name, self.model, self.search, self.tokenizer)
+        return _build_searcher(name, self.model, self.search, lm=self._lms[name],
                                tokenizer=self.tokenizer, context=context)
 
     def hotword_graph(

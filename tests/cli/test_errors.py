@@ -67,6 +67,16 @@ def test_a_searcher_the_model_cannot_run(beam_package, wav):
     assert code == 2 and "unknown searcher 'nonesuch'" in line
 
 
+def test_a_missing_lm_is_a_bad_search_option(beam_package, wav, tmp_path):
+    """Exit status 2 before any audio is decoded, as for every bad search option (the LM was
+    read only when the first batch was searched, and failed as an unexpected error)."""
+    for mode in ([], ["--streaming"]):
+        code, [line] = _asr("transcribe", wav, "--model", beam_package, *mode,
+                            "--set", f"search.lm_path={tmp_path / 'none.arpa'}")
+        assert code == 2 and "asr transcribe: " in line and "none.arpa" in line, line
+        assert "FileNotFoundError" not in line
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_cuda_without_a_gpu(beam_package, wav):
     for command in (["transcribe", wav], ["serve", "--port", "0"]):

@@ -19,15 +19,16 @@ import sherpa_onnx
 import torch
 
 from asr.audio import load_audio
+from asr.checkpoints.io import current_umask
 from asr.cli.main import main
 from asr.decoding import SearchConfig
 from asr.encoders.subsampling import subsampled_length
 from asr.export import OnnxExportError, export_onnx
 from asr.export.graphs import chunk_frames
-from asr.export.sherpa import SHERPA_NEMO_FBANK, sherpa_fbank_problem
+from asr.export.sherpa import SHERPA_NEMO_FBANK, NoLayoutError, sherpa_fbank_problem
 from asr.export.sherpa_decode import load_recognizer, room_tone
 from asr.features.fbank import FbankConfig, compute_fbank, num_frames
-from asr.package import export_package
+from asr.package import export_package, load_package
 from asr.runtime.endpoint import EndpointConfig
 from asr.runtime.offline import load_model
 from asr.testing.packages import random_experiment, random_package
@@ -616,3 +617,82 @@ def test_bpe_vocab_loads_in_sherpa_onnx_with_hotwords(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "decoded" in run.stdout, run.stderr
+
+
+def test_force_replaces_only_an_earlier_export(tmp_path):
+    """--force never deletes the package it exports (the output directory being it or holding
+    it) nor a directory of other files; the export is readable by others as the package is."""
+    package = random_package(tmp_path / "rnnt", head="transducer", seed=2)
+    for out in (package, package.parent):
+        with pytest.raises(OnnxExportError, match="which it is made from"):
+            export_onnx(package, out, force=True)
+    load_package(package)
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("x")
+    with pytest.raises(OnnxExportError, match="holds no export.json"):
+        export_onnx(package, other, force=True)
+    assert (other / "keep.txt").is_file()
+    out = tmp_path / "onnx"
+    export_onnx(package, out, head="ctc")
+    export_onnx(package, out, force=True)
+    assert (out / "encoder.onnx").is_file() and not (out / "model.onnx").exists()
+    assert out.stat().st_mode & 0o777 == 0o777 & ~current_umask()
+
+
+def test_a_model_without_left_context_has_no_streaming_layout(tmp_path, capsys, caplog):
+    """left_chunks = 0 streams in our runtime, but sherpa-onnx's layout needs a cache: that is
+    no layout (skipped under --if-supported), not a crash."""
+    package = random_package(tmp_path / "l0", head="transducer", left_chunks=0)
+    with pytest.raises(NoLayoutError, match="left_chunks=0"):
+        export_onnx(package, tmp_path / "x", streaming=True)
+    assert main(["export-onnx", "--model", str(package), "--output-dir", str(tmp_path / "x"),
+                 "--streaming", "--if-supported"]) == 0
+    assert "nothing written" in caplog.text and not (tmp_path / "x").exists()
+
+
+def test_inputs_shorter_than_the_subsampling_window_decode_to_nothing(tmp_path):
+    """Our subsampling pads an input under 7 frames in a Python branch that the tracer froze:
+    onnxruntime failed on it, and sherpa-onnx raised on a 40 ms utterance where our runtime
+    returns an empty result."""
+    package = random_package(tmp_path / "rnnt", head="transducer", seed=2)
+    tdt = random_package(tmp_path / "tdt", head="tdt", seed=3)
+    short = [(np.random.default_rng(0).standard_normal(n) * 0.01).astype(np.float32)
+             for n in (640, 100)]
+    for name, source, options in (("offline", package, {}), ("ctc", package, {"head": "ctc"}),
+                                  ("tdt", tdt, {})):
+        report = export_onnx(source, tmp_path / f"onnx-{name}", **options)
+        recognizer = load_recognizer(tmp_path / f"onnx-{name}")
+        assert [r.text for r in recognizer.decode(short)] == ["", ""], name
+        assert any("[6, 3]" in line for line in report.checks)  # the self-check runs them
+        assert [r.text for r in load_model(source).transcribe(short)] == ["", ""]
+
+
+def test_the_printed_loader_call_decodes_an_8khz_model_as_ours(tmp_path, monkeypatch):
+    """The loader call that export.json records and asr export-onnx prints must carry the
+    model's rate: without sample_rate=, sherpa-onnx resamples to 16 kHz and computes other
+    features."""
+    package = random_package(tmp_path / "k8", head="transducer", seed=4,
+                             fbank={"sample_rate": 8000})
+    report = export_onnx(package, tmp_path / "onnx")
+    rng = np.random.default_rng(0)
+    waves = [(rng.standard_normal(16000) * 0.1).astype(np.float32) for _ in range(3)]
+    model = load_model(package, searcher="greedy", search={"max_symbols_per_frame": 1})
+    ours = [r.token_ids for r in model.transcribe(waves, sample_rate=8000)]
+    assert all(ours)
+    monkeypatch.chdir(tmp_path / "onnx")
+    recognizer = eval(report.loader, {"sherpa_onnx": sherpa_onnx})  # the call as printed
+    streams = []
+    for wave in waves:
+        streams.append(recognizer.create_stream())
+        streams[-1].accept_waveform(8000, wave)
+    recognizer.decode_streams(streams)
+    assert _token_ids(tmp_path / "onnx", [s.result.tokens for s in streams]) == ours
+
+
+def test_a_convolution_without_cache_has_no_streaming_layout(tmp_path):
+    package = random_package(tmp_path / "k1", head="transducer",
+                             encoder_overrides={"conv_kernel_size": 1})
+    with pytest.raises(NoLayoutError, match="conv_kernel_size >= 3"):
+        export_onnx(package, tmp_path / "x", streaming=True)
+    assert not (tmp_path / "x").exists() and [p.name for p in tmp_path.iterdir()] == ["k1"]

@@ -1,0 +1,41 @@
+"""The runtime bundle: what a package's search costs to set up per call."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from asr.decoding.lm import NgramLM
+from asr.decoding.ngram_train import estimate_kneser_ney, write_arpa
+from asr.package import export_package
+from asr.runtime.offline import load_model
+from asr.testing.packages import random_experiment
+from asr.testing.tiny import TINY_SENTENCES
+from asr.tokenizers import load_tokenizer
+
+
+def test_the_lm_is_read_once_whatever_the_hotwords(tmp_path, monkeypatch):
+    """Every call with hotwords builds its searcher again; the package's LM (megabytes of ARPA
+    text for a real recipe) was read again each time, twice per ``asr transcribe --hotwords``."""
+    exp = random_experiment(tmp_path / "work", head="transducer")
+    tokenizer = load_tokenizer(tmp_path / "work" / "tokenizer")
+    sentences = [tokenizer.encode(text) for text in TINY_SENTENCES]
+    write_arpa(estimate_kneser_ney(sentences, 2, range(tokenizer.vocab_size)), tmp_path / "lm.arpa")
+    package = tmp_path / "pkg"
+    export_package(exp, package, searcher="beam",
+                   search=[f"search.lm_path={tmp_path / 'lm.arpa'}", "search.lm_weight=0.3"])
+    reads = []
+    original = NgramLM.from_arpa.__func__
+
+    def counted(cls, path, *args, **kwargs):
+        reads.append(path)
+        return original(cls, path, *args, **kwargs)
+
+    monkeypatch.setattr(NgramLM, "from_arpa", classmethod(counted))
+    model = load_model(package)
+    wave = (np.random.default_rng(0).standard_normal(16000) * 0.1).astype(np.float32)
+    plain = model.transcribe(wave)[0]
+    for phrases in ("OPEN DOOR", "GREEN;SEVEN", ["HELLO WORLD"]):
+        model.transcribe(wave, hotwords=phrases)
+    assert model.transcribe(wave)[0].token_ids == plain.token_ids
+    assert len(reads) == 1
+    assert model.searcher().lm is not None  # the beam search fuses it
