@@ -288,13 +288,14 @@ class DecodeEngine:
         outputs = []
         for item in ready:
             session, stream = item.session, item.session.stream
-            result = rec.result(stream)
+            # at an endpoint, reset's final result is the message (result() would finalize the
+            # same search once more)
+            ended = not stream.done and rec.is_endpoint(stream)
+            result = rec.reset(stream) if ended else rec.result(stream)
             audio_end = session.accepted_samples / session.sample_rate
             outputs.append(
                 _Output(session, result_message(result, audio_end), result.is_final, stream.done)
             )
-            if not stream.done and result.is_final:
-                rec.reset(stream)
         for item in work:
             item.session.backlog_seconds = rec.pending_seconds(item.session.stream)
         elapsed = time.perf_counter() - start
