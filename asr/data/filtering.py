@@ -110,19 +110,25 @@ def drop_reason(
 ) -> str | None:
     """Why ``cut`` should be dropped ("empty_text", "too_short", "too_long",
     "too_many_tokens"), or ``None`` to keep it. Arguments as in :func:`filter_cuts`."""
+    return _judge(cut, encoder, output_length, min_duration, max_duration, frame_shift)[0]
+
+
+def _judge(cut, encoder: TextEncoder, output_length: Callable[[int], int], min_duration: float,
+           max_duration: float, frame_shift: float) -> tuple[str | None, list[int]]:
+    """(:func:`drop_reason`, the cut's token ids: empty when it was dropped before encoding)."""
     text = cut_text(cut)
     if not text:
-        return "empty_text"
+        return "empty_text", []
     if cut.duration < min_duration:
-        return "too_short"
+        return "too_short", []
     if cut.duration > max_duration:
-        return "too_long"
-    num_tokens = len(encoder.encode(text))
-    if num_tokens == 0:
-        return "empty_text"
-    if num_tokens > output_length(_num_input_frames(cut, frame_shift)):
-        return "too_many_tokens"
-    return None
+        return "too_long", []
+    tokens = encoder.encode(text)
+    if len(tokens) == 0:
+        return "empty_text", tokens
+    if len(tokens) > output_length(_num_input_frames(cut, frame_shift)):
+        return "too_many_tokens", tokens
+    return None, tokens
 
 
 @dataclass(frozen=True)
@@ -135,14 +141,14 @@ class _Keep:
     max_duration: float
     frame_shift: float
 
-    def reason(self, cut) -> str | None:
-        return drop_reason(
+    def judge(self, cut) -> tuple[str | None, list[int]]:
+        return _judge(
             cut, self.encoder, self.output_length, self.min_duration, self.max_duration,
             self.frame_shift,
         )
 
     def __call__(self, cut) -> bool:
-        return self.reason(cut) is None
+        return self.judge(cut)[0] is None
 
 
 def filter_cuts(
@@ -178,12 +184,12 @@ def filter_cuts(
     unk_id = getattr(encoder, "unk_id", None)
     kept = []
     for cut in cuts:
-        why = keep.reason(cut)
+        why, tokens = keep.judge(cut)
         if why is None:
             counts["kept"] += 1
             if not cuts.is_lazy:
                 kept.append(cut)
-            if unk_id is not None and unk_id in encoder.encode(cut_text(cut)):
+            if unk_id is not None and unk_id in tokens:
                 counts["with_unk"] += 1
                 examples.setdefault("with_unk", f"{cut.id}: {cut_text(cut)[:80]!r}")
         else:
