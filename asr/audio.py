@@ -248,6 +248,8 @@ def _declared_length(source: bytes | str) -> tuple[int, int] | None:
     except Exception:  # noqa: BLE001 - a format only ffmpeg reads
         return None
     return (int(info.frames), int(info.samplerate)) if info.frames > 0 else None
+
+
 def decode_audio(
     source: str | Path | bytes, target_rate: int | None = 16000, name: str | None = None
 ) -> DecodedAudio:
