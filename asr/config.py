@@ -40,6 +40,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from asr.fileio import write_text_atomic
+
 T = TypeVar("T")
 
 __all__ = [
@@ -325,10 +327,7 @@ def load_config(
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    """Writes the resolved config as YAML (atomically: temp file + rename)."""
+    """Writes the resolved config as YAML (atomically: :func:`asr.fileio.write_text_atomic`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
-    tmp.replace(path)
+    write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -52,7 +52,7 @@ from typing import Any
 
 import torch
 
-from asr.checkpoints.io import CheckpointError, current_umask, load_weights, save_weights
+from asr.checkpoints.io import CheckpointError, load_weights, save_weights
 from asr.checkpoints.selection import WeightSelection, select_weights
 from asr.config import ConfigError, load_config, save_config
 from asr.decoding.config import override_search
@@ -64,6 +64,7 @@ from asr.decoding.registry import (
 )
 from asr.encoders import is_streaming
 from asr.experiment import CONFIG_FILE, ExperimentConfig, build_model, load_experiment_config
+from asr.fileio import current_umask
 from asr.model import ASRModel
 from asr.tokenizers import Tokenizer, load_tokenizer
 from asr.version import __version__

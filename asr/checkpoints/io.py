@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from asr.fileio import TEMPORARY_PATTERN, write_atomic
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)\.pt$")
@@ -33,41 +35,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint file that is missing, truncated, or not one of ours."""
 
 
-def current_umask() -> int:
-    """The process's umask (read by setting it and back)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` atomically (temp file, fsync, rename)."""
+    """``torch.save`` to ``path`` atomically (:func:`asr.fileio.write_atomic`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-        _fsync_dir(path.parent)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
@@ -177,13 +149,10 @@ def link_epoch_checkpoint(checkpoint: str | Path, epoch: int) -> Path:
     return path
 
 
-TEMPORARY_PATTERN = re.compile(r"^\..+\.tmp-(\d+)$")
-
-
 def remove_stale_temporaries(directory: str | Path) -> list[Path]:
-    """Deletes the temporary files of atomic writes in ``directory`` whose writing process is
-    gone (a run killed while it wrote a checkpoint leaves one the size of a checkpoint);
-    returns what it deleted."""
+    """Deletes the temporaries of atomic writes (:func:`asr.fileio.write_atomic`) in
+    ``directory`` whose writing process is gone (a run killed while it wrote a checkpoint leaves
+    one the size of a checkpoint); returns what it deleted."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
@@ -244,15 +213,9 @@ def save_weights(state_dict: Mapping[str, torch.Tensor], path: str | Path,
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    try:
-        save_file(tensors, str(tmp), metadata=dict(metadata or {}))
-        tmp.chmod(0o666 & ~current_umask())  # safetensors creates it 0600, unlike open()
-        tmp.replace(path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    # safetensors creates its file 0600; write_atomic gives it the umask's permissions
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=dict(metadata or {})))
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:

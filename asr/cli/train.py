@@ -25,6 +25,7 @@ import yaml
 from asr.checkpoints.io import CheckpointError
 from asr.config import ConfigError, load_config, save_config, to_dict
 from asr.experiment import CONFIG_FILE, ExperimentConfig
+from asr.fileio import write_bytes_atomic
 from asr.run.train import train_experiment
 
 logger = logging.getLogger(__name__)
@@ -89,9 +90,7 @@ def run(args: argparse.Namespace) -> int:
     except CheckpointError as err:
         # resume refused the directory's checkpoint: its config.yaml stays the one it fits
         if previous is not None:
-            tmp = config_path.with_name(config_path.name + ".tmp")
-            tmp.write_bytes(previous)
-            tmp.replace(config_path)
+            write_bytes_atomic(config_path, previous)
         logger.error("asr train: %s", err, exc_info=logger.isEnabledFor(logging.DEBUG))
         return 1
     except (FileNotFoundError, ValueError) as err:

@@ -21,6 +21,7 @@ from pathlib import Path
 from asr.data.filtering import check_sample_rates
 from asr.data.librispeech import PREFIX, cuts_path
 from asr.features.fbank import FbankConfig, make_lhotse_fbank
+from asr.fileio import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -168,9 +169,7 @@ def compute_fbank_for_parts(
         # into it (with ids that would pass as current)
         dst.unlink(missing_ok=True)
         with_feats = compute_fbank_for_cuts(cuts, storage, cfg, num_jobs=num_jobs)
-        tmp = dst.with_name(dst.name + ".tmp.jsonl.gz")
-        with_feats.to_file(tmp)
-        tmp.replace(dst)
+        write_atomic(dst, with_feats.to_file, suffix=".jsonl.gz")  # lhotse reads the format there
         logger.info("%s: wrote %d cuts to %s", part, len(with_feats), dst)
     return results
 

@@ -32,6 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from asr.fileio import write_atomic
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -288,9 +290,11 @@ def write_shuffled_cuts(inputs: Sequence[str | Path], output: str | Path, seed: 
     random.Random(seed).shuffle(lines)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
-    with gzip.open(tmp, "wb") as f:
-        f.writelines(lines)
-    tmp.replace(output)
+
+    def write(tmp: Path) -> None:
+        with gzip.open(tmp, "wb") as f:
+            f.writelines(lines)
+
+    write_atomic(output, write)
     logger.info("wrote %d shuffled cuts of %d manifests to %s", len(lines), len(inputs), output)
     return len(lines)

@@ -11,9 +11,10 @@ format of the SRILM / KenLM / kaldilm tools), pure Python + torch:
 ``log P(w | h) = log p(h, w)`` if the n-gram ``h w`` is listed, else
 ``backoff(h) + log P(w | h[1:])``, down to the unigram; ARPA stores log10 values, converted to
 natural logs here. The words of the ARPA file are token ids written as integers (an n-gram over
-the ids a tokenizer produces), or symbols mapped to ids with ``symbol_to_id``; ``<s>``, ``</s>``
-and ``<unk>`` are the usual specials (a token missing from the unigrams takes ``<unk>``'s
-probability, or ``oov_log_prob`` without ``<unk>``).
+the ids a tokenizer produces), or symbols mapped to ids with ``symbol_to_id``, or words numbered
+in the order of the unigram section (:meth:`NgramLM.from_word_arpa`, a word LM); one checked
+reader serves all three. ``<s>``, ``</s>`` and ``<unk>`` are the usual specials (a token
+missing from the unigrams takes ``<unk>``'s probability, or ``oov_log_prob`` without ``<unk>``).
 
 Shape legend: V vocabulary incl. blank (blank's entry is never used by a searcher).
 """
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -136,7 +137,43 @@ class NgramLM:
                 file), a field that is no number, a positive log10 probability, an n-gram listed
                 twice, a word that is no token id, or no ``\\end\\``.
         """
-        probs, backoffs = _read_arpa(path, symbol_to_id)
+        probs, backoffs = _read_arpa(path, lambda word, _: _word_id(word, symbol_to_id))
+        return cls._checked(path, probs, backoffs, vocab_size, oov_log_prob)
+
+    @classmethod
+    def from_word_arpa(cls, path: str | Path, oov_log_prob: float = -23.0
+                       ) -> tuple[NgramLM, list[str]]:
+        """Reads an ARPA file whose words are written out (a word LM), numbering the words in
+        the order of its unigram section (``<s>``, ``</s>`` and ``<unk>`` are the specials).
+
+        Returns:
+            ``(lm, words)``: the n-gram over word ids and the word of each id.
+
+        Raises:
+            ValueError: naming the file and line as :meth:`from_arpa` does, and when a word
+                of a higher-order n-gram is not in the unigram section.
+        """
+        words: list[str] = []
+        ids: dict[str, int] = {}
+
+        def word_id(word: str, order: int) -> int:
+            if word in _SPECIALS:
+                return _SPECIALS[word]
+            if word not in ids:
+                if order != 1:
+                    raise _LineError(f"word {word!r} is not in the 1-grams section")
+                ids[word] = len(words)
+                words.append(word)
+            return ids[word]
+
+        probs, backoffs = _read_arpa(path, word_id)
+        return cls._checked(path, probs, backoffs, len(words), oov_log_prob), words
+
+    @classmethod
+    def _checked(cls, path: str | Path, probs: Mapping[tuple[int, ...], float],
+                 backoffs: Mapping[tuple[int, ...], float], vocab_size: int,
+                 oov_log_prob: float) -> NgramLM:
+        """The LM of the n-grams read from ``path``; its errors name the file."""
         logger.info("read a %d-gram LM with %d n-grams from %s", max(map(len, probs), default=0),
                     len(probs), path)
         try:
@@ -195,10 +232,13 @@ class _LineError(ValueError):
 
 
 def _read_arpa(
-    path: str | Path, symbol_to_id: Mapping[str, int] | None
+    path: str | Path, word_id: Callable[[str, int], int]
 ) -> tuple[dict[tuple[int, ...], float], dict[tuple[int, ...], float]]:
     """The natural-log probabilities and back-off weights of an ARPA file, checked against its
-    ``\\data\\`` counts as KenLM checks them (so a truncated file is an error, not a smaller LM)."""
+    ``\\data\\`` counts as KenLM checks them (so a truncated file is an error, not a smaller LM).
+
+    ``word_id(word, order)`` is the id of a word of an ``order``-gram; it raises
+    :class:`_LineError` for a word it does not know (reported with the file and line)."""
     probs: dict[tuple[int, ...], float] = {}
     backoffs: dict[tuple[int, ...], float] = {}
     declared: dict[int, int] = {}  # order -> count in the \data\ section
@@ -223,7 +263,7 @@ def _read_arpa(
                         n, count = _declared_count(line)
                         declared[n] = count
                     elif section == "grams":
-                        _read_entry(line, order, symbol_to_id, probs, backoffs)
+                        _read_entry(line, order, word_id, probs, backoffs)
                         found[order] += 1
                 except _LineError as err:
                     raise ValueError(f"{path}:{number}: {err}") from None
@@ -276,7 +316,7 @@ def _check_count(order: int, found: dict[int, int], declared: dict[int, int]) ->
 def _read_entry(
     line: str,
     order: int,
-    symbol_to_id: Mapping[str, int] | None,
+    word_id: Callable[[str, int], int],
     probs: dict[tuple[int, ...], float],
     backoffs: dict[tuple[int, ...], float],
 ) -> None:
@@ -292,7 +332,7 @@ def _read_entry(
         ) from None
     if values[0] > 0.0:
         raise _LineError(f"positive log10 probability {fields[0]} (a probability above 1): {line!r}")
-    gram = tuple(_word_id(w, symbol_to_id) for w in fields[1 : order + 1])
+    gram = tuple(word_id(w, order) for w in fields[1 : order + 1])
     if gram in probs:
         raise _LineError(f"the {order}-gram {' '.join(fields[1 : order + 1])!r} is listed twice")
     probs[gram] = values[0] * LN10

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from asr.decoding.lm import BOS, EOS, UNK
+from asr.fileio import write_text_atomic
 
 __all__ = ["NgramEstimate", "estimate_kneser_ney", "write_arpa"]
 
@@ -183,8 +184,8 @@ def write_arpa(
 
     Args:
         estimate: the n-gram.
-        path: the ARPA file; written to ``path.tmp`` first and renamed, so a crash leaves no
-            partial LM.
+        path: the ARPA file; written atomically (:func:`asr.fileio.write_text_atomic`), so a
+            crash leaves no partial LM.
         symbols: the word written for each id (a word LM); None writes the ids themselves
             (a token LM).
 
@@ -217,6 +218,4 @@ def write_arpa(
             lines.append("\t".join(fields))
     lines += ["", "\\end\\", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, "\n".join(lines))

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from asr.decoding.lm import _SPECIALS, NgramLM
+from asr.decoding.lm import NgramLM
 from asr.tokenizers.base import WORD_START
 
 __all__ = ["LexiconWordLM", "arpa_words", "load_word_lm"]
@@ -65,31 +65,13 @@ class _Node:
 
 def arpa_words(path: str | Path) -> list[str]:
     """The words of an ARPA file's unigram section, in file order, without ``<s>``,
-    ``</s>`` and ``<unk>``.
+    ``</s>`` and ``<unk>`` (the file is read whole by :meth:`NgramLM.from_word_arpa`).
 
     Raises:
-        ValueError: when the file is not UTF-8 text or has no unigram section.
+        ValueError: naming the file and line when it is not a complete ARPA file (the checks
+            of :meth:`NgramLM.from_arpa`).
     """
-    words: list[str] = []
-    found = False  # inside the unigram section
-    with open(path, encoding="utf-8") as f:
-        try:
-            for line in f:
-                line = line.strip()
-                if line.startswith("\\"):
-                    if found:  # the unigram section is over: the rest of the file is not read
-                        break
-                    found = line == "\\1-grams:"
-                    continue
-                if found and line:
-                    fields = line.split()
-                    if len(fields) >= 2 and fields[1] not in _SPECIALS:
-                        words.append(fields[1])
-        except UnicodeDecodeError:
-            raise ValueError(f"{path}: not UTF-8 text; not an ARPA file") from None
-    if not found:
-        raise ValueError(f"{path}: no \\1-grams: section; not an ARPA file")
-    return words
+    return NgramLM.from_word_arpa(path)[1]
 
 
 class LexiconWordLM:
@@ -286,9 +268,7 @@ class LexiconWordLM:
 
 def load_word_lm(path: str | Path, tokenizer) -> LexiconWordLM:
     """Reads a word-level ARPA file (words written out) and spells its words with ``tokenizer``."""
-    words = arpa_words(path)
+    lm, words = NgramLM.from_word_arpa(path)
     if not words:
         raise ValueError(f"{path}: the word LM lists no words")
-    symbol_to_id = {word: index for index, word in enumerate(words)}
-    lm = NgramLM.from_arpa(path, vocab_size=len(words), symbol_to_id=symbol_to_id)
     return LexiconWordLM(lm, words, tokenizer)

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from asr.synth.corpus_state import write_text_atomic
+from asr.fileio import write_text_atomic
 from asr.synth.parts import BIASING_PARTS
 from asr.synth.sentences import build_pool, default_sources
 

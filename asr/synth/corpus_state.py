@@ -10,13 +10,13 @@ settings need ``overwrite``.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from asr.fileio import write_text_atomic
 from asr.synth.parts import PARTS, ROLE_ORDER
 from asr.synth.sentences import SentencePool
 from asr.synth.voices import SAMPLE_RATE, Voice
@@ -194,10 +194,3 @@ def write_manifest(
         },
     }
     write_text_atomic(corpus_dir / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` through a temporary file and a rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

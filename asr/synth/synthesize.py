@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import shutil
 import time
 import zlib
@@ -73,6 +72,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from asr.fileio import write_atomic, write_text_atomic
 from asr.synth.audio_effects import (
     add_noise,
     add_reverb,
@@ -89,7 +89,6 @@ from asr.synth.corpus_state import (
     reuse_existing,
     settings_of,
     write_manifest,
-    write_text_atomic,
 )
 from asr.synth.parts import BIASING_PARTS, PARTS
 from asr.synth.sentences import build_pool, default_sources, shuffle_pool, training_segments
@@ -198,9 +197,8 @@ def synthesize_utterance(plan: UtterancePlan) -> int:
         samples, rng, rng.uniform(*acoustics.snr_db), rng.uniform(*acoustics.noise_color)
     )
     pcm = to_pcm16(normalize_peak(samples, rng.uniform(*acoustics.peak_db)))
-    tmp = plan.path.with_name(plan.path.name + ".tmp")
-    sf.write(tmp, pcm, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-    os.replace(tmp, plan.path)
+    write_atomic(plan.path, lambda tmp: sf.write(tmp, pcm, SAMPLE_RATE, format="FLAC",
+                                                 subtype="PCM_16"))
     return len(pcm)
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from asr.fileio import write_bytes_atomic
 from asr.tokenizers.base import (
     BLANK_ID,
     BLANK_PIECE,
@@ -90,14 +90,8 @@ class BpeTokenizer(ReservedIds):
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        _atomic_write(directory / BPE_MODEL_FILE, self._proto)
+        write_bytes_atomic(directory / BPE_MODEL_FILE, self._proto)
         write_tokens_file(directory / TOKENS_FILE, self.pieces())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def train_bpe(

@@ -229,3 +229,61 @@ def test_caches_stay_within_their_budget_for_large_lexicons(setup):
             again.append(float(lm.score(state)[token]))
             state = lm.advance(state, token)
     assert again == pytest.approx(expected, abs=1e-6)
+
+
+WORD_ARPA = """\\data\\
+ngram 1=4
+ngram 2=2
+
+\\1-grams:
+-1.0 <s> -0.3
+-0.5 CAT -0.2
+-0.6 SAT
+-0.7 </s>
+
+\\2-grams:
+-0.2 <s> CAT
+-0.1 CAT SAT
+
+\\end\\
+"""
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (WORD_ARPA.split("-0.1 CAT SAT")[0], r"words.arpa:12: the 2-grams section has 1 entries "
+         r"but \\data\\ declares 2"),  # truncated in the bigrams
+        (WORD_ARPA.replace("-0.6 SAT", "x.6 SAT"), r"words.arpa:8: a log10 probability .* no number"),
+        (WORD_ARPA.replace("-0.6 SAT", "-0.6 CAT"), r"words.arpa:8: the 1-gram 'CAT' is listed twice"),
+        (WORD_ARPA.replace("-0.6 SAT", "-0.6"), r"words.arpa:8: expected a 1-gram line"),
+        (WORD_ARPA.replace("CAT SAT", "CAT DOG"), r"words.arpa:13: word 'DOG' is not in the "
+         "1-grams section"),
+        (WORD_ARPA.replace("\\end\\\n", ""), r"words.arpa: no \\end\\ after line 14"),
+        (b"\x1f\x8b\x08\x00 gzip", r"words.arpa:1: not UTF-8 text"),
+    ],
+    ids=["truncated", "prob", "twice", "fields", "unknown", "end", "gzip"],
+)
+def test_a_malformed_word_arpa_file_is_an_error_naming_its_file_and_line(setup, tmp_path, text,
+                                                                         message):
+    """The word list and the word LM come from the one checked ARPA reader of NgramLM: a
+    truncated or edited file is an error at its line, not a shorter lexicon."""
+    tokenizer, _, _ = setup
+    path = tmp_path / "words.arpa"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ValueError, match=message):
+        arpa_words(path)
+    with pytest.raises(ValueError, match=message):
+        load_word_lm(path, tokenizer)
+
+
+def test_a_word_arpa_file_is_read_once_in_unigram_order(setup, tmp_path):
+    tokenizer, _, _ = setup
+    path = tmp_path / "words.arpa"
+    path.write_text(WORD_ARPA)
+    assert arpa_words(path) == ["CAT", "SAT"]
+    lm = load_word_lm(path, tokenizer)
+    reference = NgramLM.from_arpa(path, 2, symbol_to_id={"CAT": 0, "SAT": 1})
+    assert lm.word_lm.probs == reference.probs and lm.word_lm.backoffs == reference.backoffs
+    assert lm.word_lm.log_prob(lm.word_lm.advance(lm.word_lm.init_state(), 0), 1) == (
+        pytest.approx(-0.1 * math.log(10.0)))

@@ -19,7 +19,6 @@ import sherpa_onnx
 import torch
 
 from asr.audio import load_audio
-from asr.checkpoints.io import current_umask
 from asr.cli.main import main
 from asr.decoding import SearchConfig
 from asr.encoders.subsampling import subsampled_length
@@ -28,6 +27,7 @@ from asr.export.graphs import chunk_frames
 from asr.export.sherpa import SHERPA_NEMO_FBANK, NoLayoutError, sherpa_fbank_problem
 from asr.export.sherpa_decode import load_recognizer, room_tone
 from asr.features.fbank import FbankConfig, compute_fbank, num_frames
+from asr.fileio import current_umask
 from asr.package import export_package, load_package
 from asr.runtime.endpoint import EndpointConfig
 from asr.runtime.offline import load_model

@@ -1,0 +1,131 @@
+"""Atomic file writing: the one way the package replaces a file.
+
+A file is written to a temporary in the same directory, named ``.<name>.tmp-<pid>`` (the pid of
+the writing process, so that :data:`TEMPORARY_PATTERN` and
+:func:`asr.checkpoints.io.remove_stale_temporaries` can tell a dead writer's leftover from a
+live one's), flushed to disk, given the permissions ``open()`` would give a new file under the
+process's umask, and renamed over the target; the directory is then flushed where the platform
+allows it. A reader sees the old file or the new one, never a part; a writer that fails (or is
+interrupted) leaves the old file as it was and removes its temporary.
+
+:func:`write_atomic` takes a writer that is given the temporary's path (for savers that write to
+a path themselves: ``torch.save``, safetensors, sentencepiece, lhotse, soundfile, matplotlib);
+:func:`write_bytes_atomic` and :func:`write_text_atomic` write data held in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = [
+    "TEMPORARY_PATTERN",
+    "current_umask",
+    "temporary_path",
+    "write_atomic",
+    "write_bytes_atomic",
+    "write_text_atomic",
+]
+
+#: The name of a temporary of :func:`write_atomic`; group 1 is the writer's pid. A temporary may
+#: end in the target's extensions (``suffix``) for savers that choose the format by them.
+TEMPORARY_PATTERN = re.compile(r"^\..+\.tmp-(\d+)((?:\.[A-Za-z0-9]+)*)$")
+
+_FILE_MODE = 0o666  # what open() asks for; the umask takes its bits away
+
+
+def current_umask() -> int:
+    """The process's umask: read from ``/proc/self/status`` where Linux shows it (which leaves
+    the umask alone for other threads), else by setting it and setting it back."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def temporary_path(path: str | Path, suffix: str = "") -> Path:
+    """The temporary :func:`write_atomic` writes ``path`` through, in the same directory.
+
+    Args:
+        path: the file to be written.
+        suffix: appended to the temporary's name (e.g. ``".jsonl.gz"`` for a saver that picks
+            its format by the extension); it must be dot-separated letters and digits.
+
+    Raises:
+        ValueError: when ``suffix`` is one the stale-temporary cleanup would not recognise.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
+    if TEMPORARY_PATTERN.match(tmp.name) is None:
+        raise ValueError(f"temporary suffix {suffix!r} for {path}: expected extensions like "
+                         "'.jsonl.gz'")
+    return tmp
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], object], suffix: str = "") -> Path:
+    """Writes ``path`` atomically with ``write``, a saver given the temporary's path.
+
+    Args:
+        path: the file to create or replace; its directory must exist.
+        write: writes the whole file to the path it is given (its return value is ignored).
+        suffix: the temporary's extensions, for savers that choose the format by them (see
+            :func:`temporary_path`).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        Whatever ``write`` raises, after removing the temporary; ``path`` is left untouched.
+    """
+    path = Path(path)
+    tmp = temporary_path(path, suffix)
+    try:
+        write(tmp)
+        _fsync_file(tmp)
+        os.chmod(tmp, _FILE_MODE & ~current_umask())  # some savers create files 0600
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_directory(path.parent)
+    return path
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Writes ``data`` to ``path`` atomically (see :func:`write_atomic`); returns ``path``."""
+    return write_atomic(path, lambda tmp: tmp.write_bytes(data))
+
+
+def write_text_atomic(path: str | Path, text: str, encoding: str = "utf-8") -> Path:
+    """Writes ``text`` to ``path`` atomically (see :func:`write_atomic`), encoded with
+    ``encoding`` and newlines as given; returns ``path``."""
+    return write_bytes_atomic(path, text.encode(encoding))
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Flushes a rename in ``directory`` to disk, where the platform can open a directory."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

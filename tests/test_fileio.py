@@ -1,0 +1,181 @@
+"""Atomic file writing: a failed or killed writer leaves the old file and no temporary (or one the
+stale-temporary cleanup removes), the new file's permissions follow the umask, and every saver of
+the package goes through the one helper."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from asr.checkpoints.io import atomic_torch_save, remove_stale_temporaries, save_weights
+from asr.config import save_config
+from asr.data.librispeech import write_shuffled_cuts
+from asr.decoding.lm import EOS
+from asr.decoding.ngram_train import NgramEstimate, write_arpa
+from asr.fileio import (
+    TEMPORARY_PATTERN,
+    current_umask,
+    temporary_path,
+    write_atomic,
+    write_bytes_atomic,
+    write_text_atomic,
+)
+from asr.train.plot import plot_history
+from asr.train.state import EpochRecord
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def umask_027():
+    old = os.umask(0o027)
+    yield
+    os.umask(old)
+
+
+def _half_then_fail(tmp: Path) -> None:
+    tmp.write_bytes(b"half a fi")
+    raise OSError("disk full")
+
+
+@pytest.mark.parametrize("error", [OSError("disk full"), KeyboardInterrupt()])
+def test_a_failing_writer_leaves_the_old_file_and_no_temporary(tmp_path, error):
+    target = tmp_path / "model.bin"
+    target.write_bytes(b"old")
+
+    def writer(tmp: Path) -> None:
+        tmp.write_bytes(b"half a fi")
+        raise error
+
+    with pytest.raises(type(error)):
+        write_atomic(target, writer)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.bin"]
+    assert target.read_bytes() == b"old"
+
+
+def test_a_written_file_replaces_the_old_one(tmp_path):
+    target = tmp_path / "a.txt"
+    target.write_text("old")
+    assert write_text_atomic(target, "new ü\n") == target
+    assert target.read_bytes() == "new ü\n".encode()
+    write_bytes_atomic(target, b"\x00\x01")
+    assert target.read_bytes() == b"\x00\x01"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+def test_permissions_follow_the_umask_whatever_mode_the_saver_used(tmp_path, umask_027):
+    assert current_umask() == 0o027
+
+    def private_saver(tmp: Path) -> None:  # as safetensors: a 0600 file
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, b"weights")
+        os.close(fd)
+
+    old = tmp_path / "old.bin"
+    old.write_bytes(b"old")
+    old.chmod(0o600)
+    write_atomic(old, private_saver)
+    write_text_atomic(tmp_path / "new.txt", "text")
+    for name in ("old.bin", "new.txt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o640, name
+
+
+def test_current_umask_leaves_the_umask_as_it_was(umask_027):
+    assert current_umask() == 0o027
+    assert os.umask(0o027) == 0o027
+
+
+def test_temporaries_are_in_the_same_directory_and_named_for_the_cleanup(tmp_path):
+    seen = []
+    write_atomic(tmp_path / "cuts.jsonl.gz", lambda tmp: (seen.append(tmp), tmp.write_text("x")),
+                 suffix=".jsonl.gz")
+    write_atomic(tmp_path / "config.yaml", lambda tmp: (seen.append(tmp), tmp.write_text("x")))
+    for tmp in seen:
+        assert tmp.parent == tmp_path
+        match = TEMPORARY_PATTERN.match(tmp.name)
+        assert match is not None and int(match.group(1)) == os.getpid(), tmp.name
+    assert seen[0].name.endswith(".jsonl.gz")  # lhotse picks the format from the extension
+    with pytest.raises(ValueError, match="temporary suffix"):
+        temporary_path(tmp_path / "a", suffix="jsonl")
+
+
+_KILLED_WRITER = """
+import os, sys
+from asr.fileio import write_atomic
+def writer(tmp):
+    with open(tmp, "wb") as f:
+        f.write(b"half a checkpo")
+        f.flush()
+    os._exit(9)  # killed mid-write: no clean-up runs
+write_atomic(sys.argv[1], writer, suffix=sys.argv[2])
+"""
+
+
+@pytest.mark.parametrize("suffix", ["", ".jsonl.gz"])
+def test_the_stale_temporary_cleanup_removes_a_killed_writers_temporary(tmp_path, suffix):
+    target = tmp_path / f"config{suffix or '.yaml'}"
+    target.write_bytes(b"old")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(target), suffix], env=env)
+    assert result.returncode == 9
+    left = [p for p in tmp_path.iterdir() if p != target]
+    assert len(left) == 1 and TEMPORARY_PATTERN.match(left[0].name), left
+    live = temporary_path(tmp_path / "other.pt")  # this process's: a live writer's
+    live.write_bytes(b"in progress")
+    assert remove_stale_temporaries(tmp_path) == left
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, live.name])
+    assert target.read_bytes() == b"old"
+
+
+@dataclasses.dataclass
+class _Config:
+    name: str = "x"
+
+
+def _savers(directory: Path) -> dict[str, tuple[Path, object]]:
+    """Each saver of the package that replaces a file: (the file, a call writing it)."""
+    manifest = directory / "in.jsonl"
+    manifest.write_text('{"id": "a"}\n{"id": "b"}\n')
+    estimate = NgramEstimate(1, ({(3,): -1.0, (EOS,): -1.0},), {}, ())
+    return {
+        "save_config": (directory / "config.yaml",
+                        lambda p: save_config(_Config(), p)),
+        "write_arpa": (directory / "lm.arpa", lambda p: write_arpa(estimate, p)),
+        "atomic_torch_save": (directory / "c.pt", lambda p: atomic_torch_save({"a": 1}, p)),
+        "save_weights": (directory / "w.safetensors",
+                         lambda p: save_weights({"w": torch.zeros(2)}, p)),
+        "write_shuffled_cuts": (directory / "cuts.jsonl.gz",
+                                lambda p: write_shuffled_cuts([manifest], p)),
+        "plot_history": (directory / "training.png",
+                         lambda p: plot_history([EpochRecord(1, 2.0, 1.5), EpochRecord(2, 1.0)], p)),
+    }
+
+
+@pytest.mark.parametrize("name", ["save_config", "write_arpa", "atomic_torch_save",
+                                  "save_weights", "write_shuffled_cuts", "plot_history"])
+def test_every_saver_is_atomic_and_follows_the_umask(tmp_path, monkeypatch, name, umask_027):
+    """A rename that fails leaves the old file and no temporary; a written file has the
+    umask's permissions."""
+    path, save = _savers(tmp_path)[name]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    path.write_bytes(b"old")
+
+    def fail(src, dst):
+        raise OSError("rename refused")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", fail)
+        with pytest.raises(OSError, match="rename refused"):
+            save(path)
+    assert path.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before + [path.name])
+    save(path)
+    assert path.read_bytes() != b"old"
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before + [path.name])
