@@ -179,3 +179,14 @@ def test_every_saver_is_atomic_and_follows_the_umask(tmp_path, monkeypatch, name
     assert path.read_bytes() != b"old"
     assert path.stat().st_mode & 0o777 == 0o640
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before + [path.name])
+
+
+@pytest.mark.parametrize("durable, expected", [(True, 2), (False, 0)])
+def test_only_durable_writes_flush_to_disk(tmp_path, monkeypatch, durable, expected):
+    calls = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd)))
+    write_atomic(tmp_path / "a.bin", lambda tmp: tmp.write_bytes(b"new"), durable=durable)
+    assert (tmp_path / "a.bin").read_bytes() == b"new"
+    assert len(calls) == expected  # the file, then its directory
+    assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]

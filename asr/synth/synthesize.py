@@ -197,8 +197,9 @@ def synthesize_utterance(plan: UtterancePlan) -> int:
         samples, rng, rng.uniform(*acoustics.snr_db), rng.uniform(*acoustics.noise_color)
     )
     pcm = to_pcm16(normalize_peak(samples, rng.uniform(*acoustics.peak_db)))
+    # Not durable: an fsync per file would add minutes to a 15k-file corpus that can be remade.
     write_atomic(plan.path, lambda tmp: sf.write(tmp, pcm, SAMPLE_RATE, format="FLAC",
-                                                 subtype="PCM_16"))
+                                                 subtype="PCM_16"), durable=False)
     return len(pcm)
 
 
