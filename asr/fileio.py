@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
     "TEMPORARY_PATTERN",
     "current_umask",
+    "publish_directory",
+    "staging_directory",
     "temporary_path",
     "write_atomic",
     "write_bytes_atomic",
@@ -136,3 +140,29 @@ def _fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def staging_directory(out_dir: Path) -> Path:
+    """A new hidden directory beside ``out_dir`` to build it in, with the permissions of a
+    directory made under the umask (mkdtemp's 0700 would hide the result from other users)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp.chmod(0o777 & ~current_umask())
+    return tmp
+
+
+def publish_directory(tmp: Path, out_dir: Path) -> None:
+    """Renames the finished ``tmp`` to ``out_dir``; an existing ``out_dir`` is moved aside
+    first and removed only once the new one is in place."""
+    if not out_dir.exists():
+        os.replace(tmp, out_dir)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    os.replace(out_dir, old / out_dir.name)
+    try:
+        os.replace(tmp, out_dir)
+    except OSError:
+        os.replace(old / out_dir.name, out_dir)  # the earlier output back in place
+        old.rmdir()
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -25,7 +25,8 @@ against the package directory. Training checkpoints are read with
 Writing is atomic: the package is built in a hidden directory beside ``out_dir`` and renamed into
 place; ``overwrite`` replaces only an earlier package (never the experiment it is exported from
 or a directory that holds it, nor any other directory), and the old one stays in place until
-the new one is complete (:func:`publish_directory`, which ``asr export-onnx`` shares).
+the new one is complete (:func:`asr.fileio.publish_directory`, which ``asr export-onnx`` and
+``asr shar`` share).
 
 Example:
     >>> export_package("exp/transducer", "pkg/transducer", WeightSelection(last=2),
@@ -41,9 +42,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -64,7 +63,7 @@ from asr.decoding.registry import (
 )
 from asr.encoders import is_streaming
 from asr.experiment import CONFIG_FILE, ExperimentConfig, build_model, load_experiment_config
-from asr.fileio import current_umask
+from asr.fileio import publish_directory, staging_directory
 from asr.model import ASRModel
 from asr.tokenizers import Tokenizer, load_tokenizer
 from asr.version import __version__
@@ -76,8 +75,6 @@ __all__ = [
     "check_output_dir",
     "export_package",
     "load_package",
-    "publish_directory",
-    "staging_directory",
 ]
 
 logger = logging.getLogger(__name__)
@@ -375,15 +372,6 @@ def _is_within(path: Path, directory: Path) -> bool:
     return path == directory or directory in path.parents
 
 
-def staging_directory(out_dir: Path) -> Path:
-    """A new hidden directory beside ``out_dir`` to build it in, with the permissions of a
-    directory made under the umask (mkdtemp's 0700 would hide the result from other users)."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    tmp.chmod(0o777 & ~current_umask())
-    return tmp
-
-
 def check_output_dir(out_dir: Path, replace: bool, marker: str, inputs: Iterable[Path],
                      option: str) -> None:
     """Raises ValueError unless :func:`publish_directory` may write ``out_dir``: it does not
@@ -411,23 +399,6 @@ def check_output_dir(out_dir: Path, replace: bool, marker: str, inputs: Iterable
     if not (out_dir / marker).is_file() and any(out_dir.iterdir()):
         raise ValueError(f"{out_dir}: exists and holds no {marker}; {option} replaces only an "
                          "earlier output (or an empty directory), never other files")
-
-
-def publish_directory(tmp: Path, out_dir: Path) -> None:
-    """Renames the finished ``tmp`` to ``out_dir``; an existing ``out_dir`` is moved aside
-    first and removed only once the new one is in place."""
-    if not out_dir.exists():
-        os.replace(tmp, out_dir)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-    os.replace(out_dir, old / out_dir.name)
-    try:
-        os.replace(tmp, out_dir)
-    except OSError:
-        os.replace(old / out_dir.name, out_dir)  # the earlier output back in place
-        old.rmdir()
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def export_package(

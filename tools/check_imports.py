@@ -29,7 +29,8 @@ from pathlib import Path
 #: Layers from the ground up; each a name and the module prefixes it holds.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundation", ("asr.version", "asr.fileio", "asr.config", "asr.types", "asr.state", "asr.audio",
-                    "asr.metrics", "asr.tokenizers", "asr.results", "asr.synth")),
+                    "asr.metrics", "asr.tokenizers", "asr.results", "asr.synth",
+                    "asr.fingerprint")),
     ("signal, losses, storage", ("asr.features", "asr.losses", "asr.checkpoints")),
     ("networks, data, training loop", ("asr.encoders", "asr.heads", "asr.data", "asr.train")),
     ("model", ("asr.model",)),

@@ -3,6 +3,9 @@
 Transcript formats, by path (see :mod:`asr.tokenizers.transcripts`): a directory -> all
 ``*.trans.txt`` below it; ``*.jsonl.gz`` / ``*.jsonl`` -> lhotse supervision or cut manifest;
 ``*.trans.txt`` or ``text`` -> ``utt_id TEXT`` lines; anything else -> one sentence per line.
+A tokenizer already in ``--output-dir`` is reused only while its fingerprint
+(``bpe.model.fingerprint.json`` / ``tokens.txt.fingerprint.json``, :mod:`asr.fingerprint`) says
+it was made from the same sentences and options; otherwise it is trained again.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from asr.fingerprint import fingerprint_path, is_current, sha256_of_texts, write_fingerprint
 from asr.tokenizers.base import BPE_MODEL_FILE, TOKENS_FILE
 from asr.tokenizers.bpe import train_bpe
 from asr.tokenizers.char import build_char_tokenizer
@@ -28,26 +32,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vocab-size", type=int, default=500,
                         help="BPE vocabulary size incl. <blk>, <sos/eos>, <unk> ")
     parser.add_argument("--kind", choices=("bpe", "char"), default="bpe", help="tokenizer kind")
-    parser.add_argument("--force", action="store_true", help="retrain even if the model exists")
+    parser.add_argument("--force", action="store_true",
+                        help="retrain even if the model exists and was made from these "
+                        "transcripts and options (otherwise it is reused)")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train (or keep the existing) tokenizer; errors are reported without a traceback (exit 2)."""
+    """Train the tokenizer, or keep the existing one while its fingerprint says it was made from
+    the same transcripts and options (:mod:`asr.fingerprint`); errors are reported without a
+    traceback (exit 2)."""
     output_dir = Path(args.output_dir)
     try:
+        texts = read_transcripts(args.transcripts)
         if args.kind == "char":
-            if (output_dir / TOKENS_FILE).is_file() and not args.force:
-                logger.info("%s exists, skipping (use --force to rebuild)", output_dir / TOKENS_FILE)
+            tokens = output_dir / TOKENS_FILE
+            made_from = {"kind": "char", "texts_sha256": sha256_of_texts(texts)}
+            if not args.force and is_current(tokens, made_from):
                 return 0
             if (output_dir / BPE_MODEL_FILE).is_file():
                 raise ValueError(f"{output_dir} holds a BPE model; use another --output-dir")
-            tokenizer = build_char_tokenizer(read_transcripts(args.transcripts))
+            fingerprint_path(tokens).unlink(missing_ok=True)
+            tokenizer = build_char_tokenizer(texts)
             tokenizer.save(output_dir)
+            write_fingerprint(tokens, made_from)
         else:
-            if (output_dir / BPE_MODEL_FILE).is_file() and not args.force:
-                texts: list[str] = []  # train_bpe loads and checks the existing model
-            else:
-                texts = read_transcripts(args.transcripts)
+            # train_bpe reuses an existing model only while it was trained on these texts
             tokenizer = train_bpe(texts, output_dir, args.vocab_size, force=args.force)
     except (OSError, ValueError) as err:
         logger.error("asr bpe: %s", err)

@@ -8,6 +8,9 @@ lexicon of ``search.lm_unit=word`` (hypotheses are restricted to those words, se
 :mod:`asr.decoding.word_lm`), so pass every text the recognizer may have to say.
 Transcript formats as for ``asr bpe``. Pass each transcript once: a cut manifest with speed
 perturbation repeats every sentence per speed (use the LibriSpeech directory instead).
+An existing ``--output`` is reused only while its fingerprint (``<output>.fingerprint.json``,
+:mod:`asr.fingerprint`: the sha256 of the transcripts' sentences, the unit, the order and, for
+tokens, of the tokenizer's files) equals this run's; otherwise the LM is trained again.
 """
 
 from __future__ import annotations
@@ -17,7 +20,15 @@ import logging
 from pathlib import Path
 
 from asr.decoding.ngram_train import estimate_kneser_ney, write_arpa
+from asr.fingerprint import (
+    fingerprint_path,
+    is_current,
+    sha256_of_files,
+    sha256_of_texts,
+    write_fingerprint,
+)
 from asr.tokenizers import load_tokenizer
+from asr.tokenizers.base import BPE_MODEL_FILE, TOKENS_FILE
 from asr.tokenizers.transcripts import read_transcripts
 
 logger = logging.getLogger(__name__)
@@ -37,17 +48,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--order", type=int, default=4, help="n-gram order")
     parser.add_argument("--output", required=True, help="ARPA file to write")
-    parser.add_argument("--force", action="store_true", help="retrain even if the output exists")
+    parser.add_argument("--force", action="store_true",
+                        help="retrain even if the output exists and was made from these "
+                        "transcripts and options (otherwise it is reused)")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train and write the LM; errors are reported without a traceback (exit 2)."""
+    """Train and write the LM, or keep the existing one while its fingerprint says it was made
+    from the same transcripts, tokenizer and options; errors are reported without a traceback
+    (exit 2)."""
     output = Path(args.output)
-    if output.is_file() and not args.force:
-        logger.info("%s exists, skipping (use --force to retrain)", output)
-        return 0
     try:
         texts = read_transcripts(args.transcripts)
+        made_from = {"unit": args.unit, "order": args.order,
+                     "texts_sha256": sha256_of_texts(texts), "num_texts": len(texts)}
+        if args.unit == "token":
+            if args.tokenizer_dir is None:
+                raise ValueError("--unit token needs --tokenizer-dir")
+            made_from["tokenizer_sha256"] = sha256_of_files(
+                Path(args.tokenizer_dir) / name for name in (BPE_MODEL_FILE, TOKENS_FILE))
+        if not args.force and is_current(output, made_from):
+            return 0
+        fingerprint_path(output).unlink(missing_ok=True)
         symbols = None
         if args.unit == "word":
             symbols = sorted({word for text in texts for word in text.split()})
@@ -55,8 +77,6 @@ def run(args: argparse.Namespace) -> int:
             sentences = [[index[word] for word in text.split()] for text in texts]
             vocab: list[int] = []
         else:
-            if args.tokenizer_dir is None:
-                raise ValueError("--unit token needs --tokenizer-dir")
             tokenizer = load_tokenizer(args.tokenizer_dir)
             sentences = [tokenizer.encode(text) for text in texts]
             vocab = [i for i in range(tokenizer.vocab_size) if i != tokenizer.blank_id]
@@ -65,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
             logger.warning("%d transcripts have no %ss and are skipped", empty, args.unit)
         estimate = estimate_kneser_ney([s for s in sentences if s], args.order, vocab)
         write_arpa(estimate, output, symbols)
+        write_fingerprint(output, made_from)
     except (OSError, ValueError) as err:
         logger.error("asr lm: %s", err)
         return 2

@@ -10,6 +10,8 @@ Examples::
 
 Train from it with ``--set data.train_shar_dirs=[data/shar/train]`` (see :mod:`asr.data.shar`).
 The manifests are concatenated in the order given; shuffling happens per epoch when training.
+Run again, it keeps the directory while its fingerprint (``<output-dir>.fingerprint.json``) says
+it was made from the same cuts, fields and shard size, and writes it again otherwise.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cut manifests (.jsonl.gz) to write, concatenated in this order",
     )
     parser.add_argument(
-        "--output-dir", type=Path, required=True, help="Shar directory to create (must not exist)"
+        "--output-dir", type=Path, required=True,
+        help="Shar directory to create; one made from the same cuts and options is kept, one "
+        "made from others is replaced"
     )
     parser.add_argument(
         "--fields",

@@ -8,6 +8,8 @@ archive per utterance, which is what large corpora on network or spinning storag
 
 * :func:`export_shar` writes a CutSet (stored features and/or audio) into a directory of shards,
   under a temporary name renamed at the end, so an interrupted export leaves no half directory.
+  Its fingerprint (:mod:`asr.fingerprint`) records the cuts and options it was made from: run
+  again, it keeps a directory made from the same ones and replaces one made from others.
 * :class:`SharCuts` reads one or more such directories as ONE lazy CutSet whose shards are
   shuffled together with the seed ``seed + epoch`` (:meth:`SharCuts.set_epoch`, called by the
   trainer at the start of every epoch, so a resumed epoch sees the same shard order as the
@@ -21,6 +23,7 @@ shard's bytes but decodes only its own batches' data.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -29,6 +32,8 @@ from pathlib import Path
 
 from asr.data.dataset import DataError
 from asr.data.filtering import cut_files
+from asr.fileio import publish_directory
+from asr.fingerprint import is_current, sha256_of_texts, write_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +52,15 @@ def export_shar(
 ) -> dict[str, list[str]]:
     """Writes ``cuts`` and their data as Lhotse Shar shards into ``output_dir``.
 
+    An existing ``output_dir`` is kept while its fingerprint (``<output_dir>.fingerprint.json``:
+    the sha256 of the cuts' JSON, their number, ``fields`` and ``shard_size``) equals this call's;
+    a Shar directory made from other cuts or options, or without a fingerprint, is written again
+    and then replaces it. ``num_jobs`` and ``progress`` are not recorded (they change how the
+    shards are written, not what from).
+
     Args:
         cuts: a lhotse CutSet whose cuts have the data named in ``fields``.
-        output_dir: the Shar directory to create; it must not exist yet.
+        output_dir: the Shar directory to create, keep or replace.
         fields: data field -> format: ``{"features": "lilcom" | "numpy"}`` (stored fbank) and/or
             ``{"recording": "flac" | "wav"}`` (audio, for on-the-fly features).
         shard_size: cuts per shard.
@@ -57,10 +68,10 @@ def export_shar(
         progress: show a tqdm progress bar (lhotse's, per cut or per shard with ``num_jobs > 1``).
 
     Returns:
-        field -> written shard paths (``"cuts"`` included).
+        field -> written (or kept) shard paths (``"cuts"`` included).
 
     Raises:
-        FileExistsError: when ``output_dir`` exists.
+        FileExistsError: when ``output_dir`` holds anything but Shar shards (it is not replaced).
         ValueError: on an empty CutSet or a cut without a requested field (naming the cut).
         DataError: naming the first cut whose data cannot be read and its files (storage
             paths in the manifests are relative to the directory they were written from, so
@@ -68,19 +79,35 @@ def export_shar(
     """
     output_dir = Path(output_dir)
     if output_dir.exists():
-        raise FileExistsError(f"Shar directory {output_dir} exists; remove it to write it again")
+        foreign = (sorted(p.name for p in output_dir.iterdir() if not _SHARD.match(p.name))
+                   if output_dir.is_dir() else [output_dir.name])
+        if foreign:
+            raise FileExistsError(
+                f"{output_dir} exists and is not a Shar directory (it holds {foreign[:3]}); "
+                "remove it or choose another output directory"
+            )
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     checks = {"features": "has_features", "recording": "has_recording"}
     count = 0
-    for cut in cuts:
+
+    def checked(cut) -> str:
+        """The cut as JSON, once it has every field to write."""
+        nonlocal count
         count += 1
         for field in fields:
             attribute = checks.get(field)
             if attribute is not None and not getattr(cut, attribute):
                 raise ValueError(f"cut {cut.id!r} has no {field} to write to Shar")
+        return json.dumps(cut.to_dict(), sort_keys=True)
+
+    cuts_sha256 = sha256_of_texts(checked(cut) for cut in cuts)
     if count == 0:
         raise ValueError("export_shar: the CutSet is empty")
+    made_from = {"cuts_sha256": cuts_sha256, "num_cuts": count, "fields": dict(fields),
+                 "shard_size": shard_size}
+    if is_current(output_dir, made_from):
+        return {field: [str(p) for p in paths] for field, paths in shar_fields(output_dir).items()}
     tmp = output_dir.with_name(output_dir.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)  # left by an interrupted export
@@ -100,7 +127,8 @@ def export_shar(
         if isinstance(err, Exception):
             _raise_for_unreadable_cut(cuts, fields, err)
         raise
-    tmp.rename(output_dir)
+    publish_directory(tmp, output_dir)  # a stale directory goes once the new one is in place
+    write_fingerprint(output_dir, made_from)
     logger.info("wrote %d cuts in %d shards to %s", count, len(written["cuts"]), output_dir)
     return {
         field: [str(output_dir / Path(path).name) for path in paths]

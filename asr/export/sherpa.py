@@ -80,6 +80,7 @@ from asr.export.graphs import (
     nemo_state_width,
 )
 from asr.features.fbank import FbankConfig, compute_fbank
+from asr.fileio import publish_directory, staging_directory
 from asr.heads.ctc import CTCHead
 from asr.heads.predictor import StatelessPredictor
 from asr.heads.transducer import TransducerHead
@@ -89,8 +90,6 @@ from asr.package import (
     PackageError,
     check_output_dir,
     load_package,
-    publish_directory,
-    staging_directory,
 )
 from asr.tokenizers.bpe import BpeTokenizer
 from asr.version import __version__

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from asr.fileio import write_bytes_atomic
+from asr.fingerprint import fingerprint_path, is_current, sha256_of_texts, write_fingerprint
 from asr.tokenizers.base import (
     BLANK_ID,
     BLANK_PIECE,
@@ -106,8 +107,11 @@ def train_bpe(
 ) -> BpeTokenizer:
     """Train a sentencepiece model and save ``bpe.model`` + ``tokens.txt`` in ``output_dir``.
 
-    Idempotent: when ``output_dir/bpe.model`` exists (and ``force`` is false) it is loaded
-    instead of retrained; its vocabulary size must then equal ``vocab_size``.
+    Idempotent: an existing ``output_dir/bpe.model`` is loaded instead of retrained (unless
+    ``force``) while its fingerprint (``bpe.model.fingerprint.json``, :mod:`asr.fingerprint`:
+    the sha256 of the sentences and every option below but ``num_threads``) equals this call's;
+    a model trained on other text or with other options, or without a fingerprint, is trained
+    again with a warning naming what changed.
 
     Args:
         texts: training sentences (normalised transcripts, see :mod:`asr.tokenizers.base`),
@@ -123,32 +127,32 @@ def train_bpe(
         The trained (or existing) tokenizer.
 
     Raises:
-        ValueError: for a bad ``vocab_size``, no training text, an existing model of another
-            size, or a vocabulary too large for the text (sentencepiece's message is kept).
+        ValueError: for a bad ``vocab_size``, no training text, or a vocabulary too large for
+            the text (sentencepiece's message is kept).
     """
     output_dir = Path(output_dir)
     model_path = output_dir / BPE_MODEL_FILE
     if vocab_size <= len(SPECIAL_PIECES):
         raise ValueError(f"vocab_size must be > {len(SPECIAL_PIECES)}, got {vocab_size}")
-    if model_path.is_file() and not force:
+    sentences = [t.strip() for t in texts]
+    sentences = [t for t in sentences if t]
+    # num_threads is left out: it changes how the model is trained, not what it is trained from
+    made_from = {"texts_sha256": sha256_of_texts(sentences), "num_sentences": len(sentences),
+                 "vocab_size": vocab_size, "model_type": model_type,
+                 "max_sentence_length": max_sentence_length}
+    if not force and is_current(model_path, made_from):
         tokenizer = BpeTokenizer.from_file(model_path)
-        if tokenizer.vocab_size != vocab_size:
-            raise ValueError(
-                f"{model_path} exists with vocab_size {tokenizer.vocab_size}, requested "
-                f"{vocab_size}; use force=True (--force) to retrain"
-            )
-        logger.info("%s exists, skipping BPE training (use force to retrain)", model_path)
         if not (output_dir / TOKENS_FILE).is_file():
             write_tokens_file(output_dir / TOKENS_FILE, tokenizer.pieces())
         return tokenizer
 
-    sentences = [t.strip() for t in texts]
-    sentences = [t for t in sentences if t]
     if not sentences:
         raise ValueError(f"no training text for the BPE model in {output_dir}")
+    fingerprint_path(model_path).unlink(missing_ok=True)  # with force: the model is replaced
     proto = _train_proto(sentences, vocab_size, model_type, max_sentence_length, num_threads)
     tokenizer = BpeTokenizer(proto, source=str(model_path))
     tokenizer.save(output_dir)
+    write_fingerprint(model_path, made_from)
     logger.info(
         "trained %s model with vocab_size %d on %d sentences -> %s",
         model_type, vocab_size, len(sentences), model_path,

@@ -4,6 +4,9 @@ from Shar equal to batches from the manifests."""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -49,8 +52,11 @@ def test_export_audio_for_on_the_fly_features(prepared, tmp_path):
 
 
 def test_export_and_read_errors_name_what_is_wrong(prepared, shar_dir, tmp_path):
-    with pytest.raises(FileExistsError, match="remove it"):
-        export_shar(_train_cuts(prepared), shar_dir, {"features": "numpy"})
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "notes.txt").write_text("mine")  # not a Shar directory: never replaced
+    with pytest.raises(FileExistsError, match=r"data exists and is not a Shar directory .*notes"):
+        export_shar(_train_cuts(prepared), tmp_path / "data", {"features": "numpy"})
+    assert (tmp_path / "data" / "notes.txt").read_text() == "mine"
     no_feats = CutSet.from_file(prepared["manifests"]["dev-clean-2"])
     with pytest.raises(ValueError, match=r"cut '.*' has no features"):
         export_shar(no_feats, tmp_path / "x", {"features": "lilcom"})
@@ -66,6 +72,28 @@ def test_export_and_read_errors_name_what_is_wrong(prepared, shar_dir, tmp_path)
             (broken / path.name).write_bytes(path.read_bytes())
     with pytest.raises(ValueError, match=r"field 'features' has shards \[0, 1, 3\]"):
         shar_fields(broken)
+
+
+def test_a_rerun_keeps_shards_of_the_same_cuts_and_replaces_stale_ones(prepared, tmp_path,
+                                                                        caplog):
+    """`run.sh --use-shar true` used to keep a Shar directory once written (and `asr shar`
+    refused an existing one), so training read the shards of cuts that had changed since."""
+    caplog.set_level(logging.INFO)
+    cuts = _train_cuts(prepared)
+    out = tmp_path / "shar"
+    export_shar(cuts.subset(first=4), out, {"features": "numpy"}, shard_size=2)
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    again = export_shar(cuts.subset(first=4), out, {"features": "numpy"}, shard_size=2)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps  # the same: kept
+    assert [Path(p).name for p in again["cuts"]] == ["cuts.000000.jsonl.gz", "cuts.000001.jsonl.gz"]
+    assert "reusing it" in caplog.text
+    export_shar(cuts, out, {"features": "numpy"}, shard_size=2)  # more cuts: written again
+    assert [c.id for c in SharCuts([out], "features", shuffle=False, seed=0).cuts] == \
+        [c.id for c in cuts]
+    assert "(changed: cuts_sha256, num_cuts): making it again" in caplog.text
+    export_shar(cuts, out, {"features": "numpy"}, shard_size=3)  # another shard size
+    assert len(shar_fields(out)["cuts"]) == 3 and "(changed: shard_size)" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shar", "shar.fingerprint.json"]
 
 
 def test_shard_order_is_a_function_of_seed_and_epoch_only(shar_dir):

@@ -167,6 +167,43 @@ def test_cli_trains_a_token_lm(tmp_path):
     assert main(["lm", *missing, "--output", str(tmp_path / "x.arpa")]) == 2
 
 
+def test_cli_lms_are_trained_again_when_what_made_them_changed(tmp_path, caplog):
+    """A rerun of the recipes' LM stage used to keep an ARPA file made from other text, another
+    order or another BPE model (whose token ids it no longer speaks)."""
+    import logging
+
+    from asr.cli.main import main
+    from asr.tokenizers.bpe import train_bpe
+
+    caplog.set_level(logging.INFO)
+    texts = ["THE CAT SAT ON THE MAT", "A DOG SAT ON A LOG", "THE DOG ATE THE CAT FOOD"] * 40
+    lang, text_file = tmp_path / "lang", tmp_path / "train.txt"
+    train_bpe(texts, lang, 40)
+    text_file.write_text("\n".join(texts) + "\n")
+    token, word = tmp_path / "token.arpa", tmp_path / "word.arpa"
+    token_args = ["lm", "--transcripts", str(text_file), "--tokenizer-dir", str(lang),
+                  "--output", str(token)]
+    word_args = ["lm", "--unit", "word", "--transcripts", str(text_file), "--output", str(word)]
+
+    assert main([*token_args, "--order", "3"]) == 0 and main([*word_args, "--order", "2"]) == 0
+    stamps = token.stat().st_mtime_ns, word.stat().st_mtime_ns
+    assert main([*token_args, "--order", "3"]) == 0 and main([*word_args, "--order", "2"]) == 0
+    assert (token.stat().st_mtime_ns, word.stat().st_mtime_ns) == stamps  # nothing changed: kept
+    assert caplog.text.count("reusing it") == 2
+    assert main([*token_args, "--order", "4"]) == 0  # another order
+    assert NgramLM.from_arpa(token, vocab_size=40).order == 4
+    assert "(changed: order): making it again" in caplog.text
+    text_file.write_text("\n".join(texts + ["A BIRD FLEW"] * 3) + "\n")  # the text changed
+    assert main([*word_args, "--order", "2"]) == 0
+    assert "BIRD" in word.read_text() and "(changed: num_texts, texts_sha256)" in caplog.text
+    stamp = token.stat().st_mtime_ns
+    train_bpe(texts + ["A BIRD FLEW"] * 3, lang, 40)  # the token LM's tokenizer, trained again
+    text_file.write_text("\n".join(texts) + "\n")
+    assert main([*token_args, "--order", "4"]) == 0 and token.stat().st_mtime_ns != stamp
+    assert "(changed: tokenizer_sha256)" in caplog.text
+    assert NgramLM.from_arpa(token, vocab_size=40).order == 4
+
+
 def test_arpa_orders_of_ten_and_more_round_trip(tmp_path):
     """ARPA section headers of two-digit orders (``\\11-grams:``) are read as such."""
     corpus = [[1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 1, 2]] * 3 + [[2, 2, 3]]

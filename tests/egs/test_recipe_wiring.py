@@ -189,6 +189,23 @@ def test_stage_5_keeps_a_corpus_path_with_spaces_whole(stub, tmp_path):
                                        else "--order"]
 
 
+def test_stage_6_hands_existing_shar_shards_to_asr_shar(stub, tmp_path):
+    """Shards written by an earlier run were kept whatever the cuts had become; `asr shar` now
+    decides (it keeps them while its fingerprint says they hold these cuts)."""
+    run, calls = stub
+    work = tmp_path / "work"
+    shar = work / "data" / "shar" / "train-clean-100"
+    shar.mkdir(parents=True)
+    (shar / "cuts.000000.jsonl.gz").write_bytes(b"")
+    result = run(RUN, "--work-dir", str(work), "--full-libri", "false", "--stage", "6",
+                 "--stop-stage", "6", "--use-shar", "true")
+    assert result.returncode == 0, result.stderr
+    (shar_call, train_call) = calls()
+    assert shar_call[0] == "shar" and train_call[0] == "train"
+    assert shar_call[shar_call.index("--output-dir") + 1] == "data/shar/train-clean-100"
+    assert "data.train_shar_dirs=[data/shar/train-clean-100]" in train_call
+
+
 def test_mini_tts_stage_8_fails_when_scoring_fails(stub, tmp_path):
     run, calls = stub
     bias_dir = tmp_path / "work" / "data" / "LibriSpeech" / "biasing"

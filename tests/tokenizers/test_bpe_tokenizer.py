@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 
+from asr.fingerprint import fingerprint_path
 from asr.tokenizers import load_tokenizer
 from asr.tokenizers.base import Tokenizer, read_tokens_file
 from asr.tokenizers.bpe import BpeTokenizer, train_bpe
@@ -59,18 +61,36 @@ def test_training_is_deterministic(tmp_path, train_texts, bpe_dir):
     assert (again / "bpe.model").read_bytes() == (bpe_dir / "bpe.model").read_bytes()
 
 
-def test_training_is_idempotent_unless_forced(tmp_path, train_texts):
+def test_training_is_idempotent_while_the_text_and_options_are_the_same(tmp_path, train_texts,
+                                                                        caplog):
+    """A model trained on other text or with another size used to be kept (or refused) on a
+    rerun: the recipes' stage 3 / 5 gave the old tokenizer after the corpus changed."""
+    caplog.set_level(logging.INFO)
     out = tmp_path / "bpe"
+    model = out / "bpe.model"
     train_bpe(train_texts[:500], out, vocab_size=60)
-    first = (out / "bpe.model").read_bytes()
-    # An existing model is kept (the texts are not even read) ...
-    tok = train_bpe(["ZZZ"], out, vocab_size=60)
-    assert tok.vocab_size == 60 and (out / "bpe.model").read_bytes() == first
-    # ... unless its size differs from the request, or training is forced.
-    with pytest.raises(ValueError, match="vocab_size 60, requested 70"):
-        train_bpe(train_texts, out, vocab_size=70)
-    train_bpe(train_texts, out, vocab_size=70, force=True)
-    assert load_tokenizer(out).vocab_size == 70
+    first, stamp = model.read_bytes(), model.stat().st_mtime_ns
+    # The same text and options: kept, not trained again.
+    tok = train_bpe(train_texts[:500], out, vocab_size=60)
+    assert tok.vocab_size == 60 and model.stat().st_mtime_ns == stamp
+    assert "made from the same inputs and options: reusing it" in caplog.text
+    # Other text: trained again on it.
+    train_bpe(train_texts[500:1000], out, vocab_size=60)
+    assert model.read_bytes() != first and "(changed: texts_sha256)" in caplog.text
+    train_bpe(train_texts[500:1000], tmp_path / "fresh", vocab_size=60)
+    assert model.read_bytes() == (tmp_path / "fresh" / "bpe.model").read_bytes()
+    # Another size: trained again with it.
+    train_bpe(train_texts[500:1000], out, vocab_size=70)
+    assert load_tokenizer(out).vocab_size == 70 and "(changed: vocab_size)" in caplog.text
+    # A model without a fingerprint (a kill before it was written, an older version): again.
+    fingerprint_path(model).unlink()
+    stamp = model.stat().st_mtime_ns
+    train_bpe(train_texts[500:1000], out, vocab_size=70)
+    assert model.stat().st_mtime_ns != stamp and fingerprint_path(model).is_file()
+    # force trains again even when nothing changed.
+    stamp = model.stat().st_mtime_ns
+    train_bpe(train_texts[500:1000], out, vocab_size=70, force=True)
+    assert model.stat().st_mtime_ns != stamp
 
 
 def test_bad_arguments(tmp_path):

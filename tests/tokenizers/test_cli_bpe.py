@@ -25,13 +25,19 @@ def test_bpe_cli(tmp_path, train_texts, heldout_texts, caplog):
     assert isinstance(tok, BpeTokenizer) and tok.vocab_size == 80
     assert all(tok.decode(tok.encode(t)) == t for t in heldout_texts)
     model = (out / "bpe.model").read_bytes()
+    stamp = (out / "bpe.model").stat().st_mtime_ns
     with caplog.at_level(logging.INFO):
-        assert main(argv) == 0  # second run skips
-    assert "skipping" in caplog.text
-    assert (out / "bpe.model").read_bytes() == model
-    assert main([*argv[:-1], "90"]) == 2  # size mismatch without --force
-    assert main([*argv[:-1], "90", "--force"]) == 0
+        assert main(argv) == 0  # second run: the same transcripts and size, kept
+    assert "reusing it" in caplog.text
+    assert (out / "bpe.model").stat().st_mtime_ns == stamp
+    assert main([*argv[:-1], "90"]) == 0  # another size: trained again (it used to be refused)
     assert load_tokenizer(out).vocab_size == 90
+    # transcripts that changed since (a corpus prepared again): trained again on them
+    _write_librispeech(tmp_path / "other", train_texts[:800])
+    assert main(["bpe", "--transcripts", str(tmp_path / "other" / "LibriSpeech"),
+                 "--output-dir", str(out), "--vocab-size", "90"]) == 0
+    assert "(changed: num_sentences, texts_sha256): making it again" in caplog.text
+    assert (out / "bpe.model").read_bytes() != model
 
 
 def test_char_cli(tmp_path):
@@ -41,4 +47,7 @@ def test_char_cli(tmp_path):
     assert main(["bpe", "--kind", "char", "--transcripts", str(plain), "--output-dir", str(out)]) == 0
     tok = load_tokenizer(out)
     assert isinstance(tok, CharTokenizer) and tok.vocab_size == 7  # 4 specials + A B C
+    plain.write_text("AB BA\nCAB\nDAB\n")  # a new character: made again, not kept
+    assert main(["bpe", "--kind", "char", "--transcripts", str(plain), "--output-dir", str(out)]) == 0
+    assert load_tokenizer(out).vocab_size == 8
     assert main(["bpe", "--transcripts", str(tmp_path / "nope.txt"), "--output-dir", str(out)]) == 2

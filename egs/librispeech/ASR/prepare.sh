@@ -20,7 +20,9 @@
 #      tokens (.../token_${lm_order}gram.arpa) and words (.../word_${word_lm_order}gram.arpa, whose
 #      words are the lexicon of search.lm_unit=word). The estimator is pure Python: the 960 h
 #      transcripts (~9.4M words) take minutes and several GB of memory; librispeech-lm-norm.txt
-#      (800M words) is beyond it.
+#      (800M words) is beyond it. A rerun keeps the BPE model and each LM while the text, the
+#      tokenizer and the options they were made from are the same (their *.fingerprint.json),
+#      and makes them again otherwise.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../../.." && pwd)

@@ -11,8 +11,9 @@
 #   0-5  prepare.sh: download, manifests, MUSAN, fbank with speed perturbation, MUSAN fbank, BPE
 #        and n-gram LMs (token and word)
 #   6    train recipes/librispeech/${recipe}.yaml into exp/${recipe} (resumes after a kill); with
-#        --use-shar true the training cuts are first written once as Lhotse Shar shards
-#        (data/shar/train-<parts>, features as lilcom) and training reads those sequentially
+#        --use-shar true the training cuts are first written as Lhotse Shar shards
+#        (data/shar/train-<parts>, features as lilcom; kept on a rerun while the cuts are the
+#        same) and training reads those sequentially
 #   7    decode test-clean and test-other with every searcher of the model (epoch/avg averaging);
 #        a streaming recipe also at full context (results in <searcher>-full-context/); with
 #        --lm-unit token|word the beam searches fuse that LM of stage 5 (--lm-weight; not
@@ -97,11 +98,10 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
   if [ "$use_shar" = true ]; then
     shar_parts=$(librispeech_train_parts "$full_libri")
     shar_dir=data/shar/train-$(echo $shar_parts | sed 's/train-//g; s/ /+/g')
-    if [ ! -d "$shar_dir" ]; then
-      log "stage 6: write the training cuts of $shar_parts as Lhotse Shar shards -> $shar_dir"
-      # from the shuffled manifest, so that every shard mixes the parts and speeds
-      asr shar --cuts "data/fbank/$shuffled" --output-dir "$shar_dir" --num-jobs "$num_jobs"
-    fi
+    log "stage 6: the training cuts of $shar_parts as Lhotse Shar shards -> $shar_dir"
+    # from the shuffled manifest, so that every shard mixes the parts and speeds; asr shar keeps
+    # shards made from these very cuts (its fingerprint) and writes them again when they changed
+    asr shar --cuts "data/fbank/$shuffled" --output-dir "$shar_dir" --num-jobs "$num_jobs"
     sets="$sets data.train_shar_dirs=[$shar_dir]"
   fi
   launcher=("$VENV/bin/asr")

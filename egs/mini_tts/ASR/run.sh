@@ -14,7 +14,9 @@
 #   2  fbank features               (data/fbank; with --speed-perturb true also 0.9/1.1 copies)
 #   3  BPE tokenizer (training transcripts), a token n-gram LM and a word n-gram LM of the
 #                                   corpus's training text (data/lang_bpe_${vocab_size},
-#                                   .../token_${lm_order}gram.arpa, .../word_${word_lm_order}gram.arpa)
+#                                   .../token_${lm_order}gram.arpa, .../word_${word_lm_order}gram.arpa;
+#                                   a rerun keeps each one while what made it is the same: its
+#                                   *.fingerprint.json, asr/fingerprint.py)
 #   4  train                        (exp/${recipe}; for the time --time-budget leaves: the step
 #                                   count is planned on the machine, see asr/train/budget.py)
 #   5  average the last checkpoints (exp/${recipe}/averaged.safetensors) and decode test-clean

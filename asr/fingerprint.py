@@ -1,0 +1,113 @@
+"""Fingerprints of made outputs: what a BPE model, an n-gram LM or a Shar directory was made from.
+
+A maker (``asr bpe``, ``asr lm``, ``asr shar``) describes what it makes an output from as a
+JSON-ready mapping: digests of its inputs' content and every option that changes the output.
+:func:`write_fingerprint` keeps that mapping beside the output, in ``<output>.fingerprint.json``,
+and a rerun asks :func:`is_current` whether the output may be reused: only while the stored
+fingerprint equals the one the rerun would write. Otherwise the output is made again, with a
+warning that names the entries that changed.
+
+Output and fingerprint stay consistent across kills: :func:`is_current` removes a fingerprint
+that no longer fits before the output is made again, and the new one is written (atomically)
+only after the output is complete. An output without its fingerprint, left by a kill or by an
+older version, is therefore made again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from asr.fileio import write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FINGERPRINT_SUFFIX", "fingerprint_path", "is_current", "sha256_of_files",
+           "sha256_of_texts", "write_fingerprint"]
+
+FINGERPRINT_SUFFIX = ".fingerprint.json"
+
+
+def fingerprint_path(output: str | Path) -> Path:
+    """``data/lang_bpe_500/bpe.model`` -> ``data/lang_bpe_500/bpe.model.fingerprint.json`` (a
+    directory's fingerprint lies beside it too)."""
+    output = Path(output)
+    return output.with_name(output.name + FINGERPRINT_SUFFIX)
+
+
+def sha256_of_texts(texts: Iterable[str]) -> str:
+    """The sha256 of ``texts`` in order (each one a line): the identity of a training text."""
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def sha256_of_files(paths: Iterable[str | Path]) -> dict[str, str]:
+    """File name -> sha256 of its bytes, for each of ``paths`` that exists.
+
+    Raises:
+        ValueError: when two paths share a name (the mapping would hide one).
+    """
+    digests: dict[str, str] = {}
+    for raw in paths:
+        path = Path(raw)
+        if path.name in digests:
+            raise ValueError(f"sha256_of_files: two files named {path.name!r}")
+        if path.is_file():
+            digests[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digests
+
+
+def _normal(fingerprint: Mapping[str, Any]) -> dict[str, Any]:
+    """``fingerprint`` as it reads back from JSON (tuples become lists)."""
+    return json.loads(json.dumps(dict(fingerprint), sort_keys=True))
+
+
+def is_current(output: str | Path, fingerprint: Mapping[str, Any]) -> bool:
+    """Whether ``output`` exists and was made from what ``fingerprint`` describes.
+
+    Logs the decision: reuse at INFO; at WARNING an output made from other inputs or options
+    (naming the entries that changed) or without a readable fingerprint. When the output is to be
+    made again its stale fingerprint is removed first, so that a kill while it is being made
+    leaves no fingerprint that could pass for the new output's.
+
+    Args:
+        output: the file or directory made.
+        fingerprint: what it would be made from now (JSON-ready).
+    """
+    output = Path(output)
+    path = fingerprint_path(output)
+    if not output.exists():
+        path.unlink(missing_ok=True)
+        return False
+    wanted = _normal(fingerprint)
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        reason = f"has no fingerprint of what it was made from ({path.name})"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        reason = f"has an unreadable fingerprint {path.name} ({type(err).__name__})"
+    else:
+        if stored == wanted:
+            logger.info("%s was made from the same inputs and options: reusing it", output)
+            return True
+        if not isinstance(stored, dict):
+            stored = {}
+        changed = sorted(k for k in wanted.keys() | stored.keys() if stored.get(k) != wanted.get(k))
+        reason = f"was made from other inputs or options (changed: {', '.join(changed)})"
+    logger.warning("%s %s: making it again", output, reason)
+    path.unlink(missing_ok=True)
+    return False
+
+
+def write_fingerprint(output: str | Path, fingerprint: Mapping[str, Any]) -> None:
+    """Records that ``output``, now complete, was made from ``fingerprint`` (written
+    atomically)."""
+    write_text_atomic(fingerprint_path(output),
+                      json.dumps(_normal(fingerprint), indent=1, sort_keys=True) + "\n")
