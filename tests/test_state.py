@@ -167,3 +167,30 @@ def test_a_state_of_per_stream_objects_alone_has_a_batch_size():
     assert state_batch_size(state) == 2 and unstack_states(state)[1].beams == (2,)
     with pytest.raises(TypeError, match="must hold a tuple"):
         stack_states([OnlyObjects((1,)), OnlyObjects([2])])
+
+
+@dataclass(frozen=True)
+class Growing:
+    """A cache that grows with its stream (time dim 2, right-aligned) beside a fixed field."""
+
+    cache: Tensor = state_field(batch_dim=0, ragged_dim=2)  # (B, H, T, D)
+    fixed: Tensor = state_field(batch_dim=0)  # (B, D)
+
+
+def test_a_ragged_field_stacks_streams_of_different_sizes_left_padded():
+    young = Growing(torch.randn(1, 2, 1, 3) + 1, torch.randn(1, 3))
+    old = Growing(torch.randn(2, 2, 4, 3) + 1, torch.randn(2, 3))
+    both = stack_states([young, old, young])
+    assert both.cache.shape == (4, 2, 4, 3)
+    assert torch.equal(both.cache[0, :, 3:], young.cache[0]) and not both.cache[0, :, :3].any()
+    assert torch.equal(both.cache[1:3], old.cache) and torch.equal(both.cache[3], both.cache[0])
+    assert torch.equal(unstack_states(both)[2].cache, old.cache[1:])
+    assert torch.equal(select_states(both, [0]).cache[..., 3:, :], young.cache)
+    # Only the ragged dimension may differ.
+    with pytest.raises(ValueError, match="Growing.cache"):
+        stack_states([young, Growing(torch.randn(1, 3, 1, 3), torch.randn(1, 3))])
+    with pytest.raises(ValueError, match="Growing.fixed"):
+        stack_states([young, Growing(torch.randn(1, 2, 1, 3), torch.randn(1, 4))])
+    with pytest.raises(ValueError, match="ragged_dim"):
+        state_field(batch_dim=1, ragged_dim=1)
+
