@@ -194,3 +194,24 @@ def test_a_ragged_field_stacks_streams_of_different_sizes_left_padded():
     with pytest.raises(ValueError, match="ragged_dim"):
         state_field(batch_dim=1, ragged_dim=1)
 
+
+def test_encoder_states_of_unlimited_left_context_round_trip_and_keep_their_limit():
+    """Streams of different ages stack (their growing caches left-padded) and split again;
+    a state with a bounded cache does not stack with an unbounded one."""
+    from asr.encoders import EncoderConfig, build_encoder
+
+    cfg = EncoderConfig(d_model=16, num_layers=2, num_heads=2, ff_dim=32, conv_kernel_size=3,
+                        subsampling_channels=4, dropout=0.0, attention_dropout=0.0, causal=True)
+    encoder = build_encoder(cfg, 10).eval()
+    state = encoder.init_state(3, left_chunks=-1, chunk_size=2)
+    assert state.cache_limit is None and state.layers[0].key.shape[2] == 0
+    _, _, state = encoder.forward_chunk(torch.randn(3, 20, 10), torch.tensor([20, 13, 5]), state)
+    old, young, fresh = unstack_states(state)
+    _, _, old = encoder.forward_chunk(torch.randn(1, 8, 10), torch.tensor([8]), old)
+    assert old.layers[0].key.shape[2] == 6 and old.attn_cache_len.tolist() == [6]
+    mixed = stack_states([fresh, old, young])
+    assert mixed.layers[1].value.shape[2] == 6
+    _assert_same(unstack_states(mixed)[1], old)
+    bounded = encoder.init_state(1, left_chunks=2, chunk_size=2)
+    with pytest.raises(ValueError, match="cache_limit"):
+        stack_states([bounded, fresh])
