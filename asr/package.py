@@ -107,7 +107,8 @@ class PackageMetadata:
             ``search:`` options), when known; without one given at export, the last validation
             WER of training (greedy) as ``dev``.
         searcher: default searcher name (``search:`` in ``config.yaml`` holds its options).
-        streaming: whether the encoder streams (causal, chunked with finite left context).
+        streaming: whether the encoder streams (causal and chunked; with ``left_chunks`` -1
+            its attention cache grows with the stream).
         chunk_size: encoder frames per streaming chunk (0: full context).
         left_chunks: chunks of left context (-1: unlimited).
         num_parameters: model parameters.

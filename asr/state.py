@@ -3,7 +3,10 @@
 A *State* is a frozen dataclass whose fields are
 
 * tensors that carry a batch dimension, declared ONCE with :func:`state_field` (its metadata key
-  ``"batch_dim"``);
+  ``"batch_dim"``); a cache that grows with its stream also declares the dimension along which
+  it grows (``ragged_dim``): its size may then differ between streams, its valid entries are the
+  last ones (right-aligned), and stacking left-pads each stream's tensor with zeros to the
+  largest size (the owner masks the padding with its per-stream counts and drops it again);
 * nested State dataclasses, or tuples of them (e.g. one state per layer);
 * ``None`` (an absent optional cache: it stays ``None``);
 * per-stream Python objects, declared with :func:`stream_field`: a tuple with one entry per
@@ -37,6 +40,7 @@ from torch import Tensor
 
 __all__ = [
     "BATCH_DIM_KEY",
+    "RAGGED_DIM_KEY",
     "is_stream_field",
     "state_batch_size",
     "select_states",
@@ -48,21 +52,31 @@ __all__ = [
 
 #: Field metadata key that declares the batch dimension of a tensor field.
 BATCH_DIM_KEY = "batch_dim"
+#: Field metadata key that declares the dimension along which a tensor field's size may differ
+#: between streams (a growing, right-aligned cache).
+RAGGED_DIM_KEY = "ragged_dim"
 #: Field metadata key that declares a tuple with one Python object per stream.
 PER_STREAM_KEY = "per_stream"
 
 S = TypeVar("S")
 
 
-def state_field(batch_dim: int, **kwargs: Any) -> Any:
+def state_field(batch_dim: int, ragged_dim: int | None = None, **kwargs: Any) -> Any:
     """A dataclass field for a tensor whose dimension ``batch_dim`` indexes streams.
 
     Args:
         batch_dim: the batch (stream) dimension of the tensor stored in this field.
+        ragged_dim: a dimension whose size may differ between streams (a cache that grows with
+            its stream, valid entries last): :func:`stack_states` left-pads with zeros to the
+            largest size along it; None: every stream has the same shape.
         **kwargs: passed on to :func:`dataclasses.field` (e.g. ``default=None``).
     """
     metadata = dict(kwargs.pop("metadata", {}) or {})
     metadata[BATCH_DIM_KEY] = batch_dim
+    if ragged_dim is not None:
+        if ragged_dim == batch_dim:
+            raise ValueError(f"state_field: ragged_dim={ragged_dim} is the batch dimension")
+        metadata[RAGGED_DIM_KEY] = ragged_dim
     return dataclasses.field(metadata=metadata, **kwargs)
 
 
@@ -121,8 +135,8 @@ def state_batch_size(state: Any) -> int:
 
 
 def _map_fields(states: Sequence[Any], tensor_fn, tuple_fn, name: str) -> Any:
-    """Builds one state from aligned ``states`` applying ``tensor_fn(tensors, batch_dim)`` to
-    tensor fields and ``tuple_fn(tuples)`` to per-stream fields."""
+    """Builds one state from aligned ``states`` applying ``tensor_fn(tensors, batch_dim,
+    ragged_dim)`` to tensor fields and ``tuple_fn(tuples)`` to per-stream fields."""
     first = states[0]
     _check_state(first)
     for other in states[1:]:
@@ -142,7 +156,7 @@ def _map_fields(states: Sequence[Any], tensor_fn, tuple_fn, name: str) -> Any:
         elif isinstance(head, Tensor):
             dim = _batch_dim(first, f)
             try:
-                values[f.name] = tensor_fn(items, dim)
+                values[f.name] = tensor_fn(items, dim, f.metadata.get(RAGGED_DIM_KEY))
             except RuntimeError as err:
                 raise ValueError(f"{name}: field {where}: {err}") from err
         elif _is_state(head):
@@ -163,8 +177,29 @@ def _map_fields(states: Sequence[Any], tensor_fn, tuple_fn, name: str) -> Any:
     return type(first)(**{f.name: values[f.name] for f in dataclasses.fields(first) if f.init})
 
 
+def _left_pad(tensor: Tensor, dim: int, size: int) -> Tensor:
+    """``tensor`` with zeros prepended along ``dim`` up to ``size``."""
+    missing = size - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+def _concat(items: list[Tensor], dim: int, ragged_dim: int | None) -> Tensor:
+    """Concatenates along ``dim``, first left-padding a ragged dimension to the largest size."""
+    if ragged_dim is not None:
+        size = max(item.shape[ragged_dim] for item in items)
+        items = [_left_pad(item, ragged_dim, size) for item in items]
+    return torch.cat(items, dim=dim)
+
+
 def stack_states(states: Sequence[S]) -> S:
     """Concatenates states along their batch dimensions (bit-exact, any batch sizes).
+
+    Tensors of a ragged field (``state_field(ragged_dim=...)``) are first left-padded with
+    zeros to the largest size along that dimension.
 
     Args:
         states: states of the same type; each may hold one or several streams.
@@ -181,7 +216,7 @@ def stack_states(states: Sequence[S]) -> S:
         return states[0]
     return _map_fields(
         list(states),
-        lambda items, dim: torch.cat(items, dim=dim),
+        _concat,
         lambda tuples: tuple(x for t in tuples for x in t),
         "stack_states",
     )
@@ -196,7 +231,7 @@ def unstack_states(state: S) -> list[S]:
     return [
         _map_fields(
             [state],
-            lambda items, dim, i=i: items[0].narrow(dim, i, 1),
+            lambda items, dim, _ragged, i=i: items[0].narrow(dim, i, 1),
             lambda tuples, i=i: (tuples[0][i],),
             "unstack_states",
         )
@@ -219,7 +254,7 @@ def select_states(state: S, indices: Sequence[int] | Tensor) -> S:
         )
     index = index % max(batch_size, 1)
 
-    def take(items: list[Tensor], dim: int) -> Tensor:
+    def take(items: list[Tensor], dim: int, _ragged: int | None) -> Tensor:
         return items[0].index_select(dim, index.to(items[0].device))
 
     positions = index.tolist()

@@ -167,3 +167,51 @@ def test_a_state_of_per_stream_objects_alone_has_a_batch_size():
     assert state_batch_size(state) == 2 and unstack_states(state)[1].beams == (2,)
     with pytest.raises(TypeError, match="must hold a tuple"):
         stack_states([OnlyObjects((1,)), OnlyObjects([2])])
+
+
+@dataclass(frozen=True)
+class Growing:
+    """A cache that grows with its stream (time dim 2, right-aligned) beside a fixed field."""
+
+    cache: Tensor = state_field(batch_dim=0, ragged_dim=2)  # (B, H, T, D)
+    fixed: Tensor = state_field(batch_dim=0)  # (B, D)
+
+
+def test_a_ragged_field_stacks_streams_of_different_sizes_left_padded():
+    young = Growing(torch.randn(1, 2, 1, 3) + 1, torch.randn(1, 3))
+    old = Growing(torch.randn(2, 2, 4, 3) + 1, torch.randn(2, 3))
+    both = stack_states([young, old, young])
+    assert both.cache.shape == (4, 2, 4, 3)
+    assert torch.equal(both.cache[0, :, 3:], young.cache[0]) and not both.cache[0, :, :3].any()
+    assert torch.equal(both.cache[1:3], old.cache) and torch.equal(both.cache[3], both.cache[0])
+    assert torch.equal(unstack_states(both)[2].cache, old.cache[1:])
+    assert torch.equal(select_states(both, [0]).cache[..., 3:, :], young.cache)
+    # Only the ragged dimension may differ.
+    with pytest.raises(ValueError, match="Growing.cache"):
+        stack_states([young, Growing(torch.randn(1, 3, 1, 3), torch.randn(1, 3))])
+    with pytest.raises(ValueError, match="Growing.fixed"):
+        stack_states([young, Growing(torch.randn(1, 2, 1, 3), torch.randn(1, 4))])
+    with pytest.raises(ValueError, match="ragged_dim"):
+        state_field(batch_dim=1, ragged_dim=1)
+
+
+def test_encoder_states_of_unlimited_left_context_round_trip_and_keep_their_limit():
+    """Streams of different ages stack (their growing caches left-padded) and split again;
+    a state with a bounded cache does not stack with an unbounded one."""
+    from asr.encoders import EncoderConfig, build_encoder
+
+    cfg = EncoderConfig(d_model=16, num_layers=2, num_heads=2, ff_dim=32, conv_kernel_size=3,
+                        subsampling_channels=4, dropout=0.0, attention_dropout=0.0, causal=True)
+    encoder = build_encoder(cfg, 10).eval()
+    state = encoder.init_state(3, left_chunks=-1, chunk_size=2)
+    assert state.cache_limit is None and state.layers[0].key.shape[2] == 0
+    _, _, state = encoder.forward_chunk(torch.randn(3, 20, 10), torch.tensor([20, 13, 5]), state)
+    old, young, fresh = unstack_states(state)
+    _, _, old = encoder.forward_chunk(torch.randn(1, 8, 10), torch.tensor([8]), old)
+    assert old.layers[0].key.shape[2] == 6 and old.attn_cache_len.tolist() == [6]
+    mixed = stack_states([fresh, old, young])
+    assert mixed.layers[1].value.shape[2] == 6
+    _assert_same(unstack_states(mixed)[1], old)
+    bounded = encoder.init_state(1, left_chunks=2, chunk_size=2)
+    with pytest.raises(ValueError, match="cache_limit"):
+        stack_states([bounded, fresh])

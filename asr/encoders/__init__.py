@@ -35,5 +35,6 @@ def build_encoder(cfg: EncoderConfig, input_dim: int) -> ChunkedEncoder:
 
 
 def is_streaming(cfg: EncoderConfig) -> bool:
-    """Whether an encoder of ``cfg`` can run chunk by chunk with a bounded cache."""
+    """Whether an encoder of ``cfg`` can run chunk by chunk (with a bounded cache, or with
+    unlimited left context one that grows with the stream)."""
     return encoder_class(cfg.kind).streaming_problem(cfg) is None

@@ -41,7 +41,8 @@ class EncoderConfig:
         attention_dropout: dropout on attention weights.
         chunk_size: default chunk (encoder frames) for eval ``forward`` and streaming;
             ``<= 0`` means full context.
-        left_chunks: default left context in chunks; ``< 0`` unlimited (not streamable).
+        left_chunks: default left context in chunks; ``< 0`` unlimited (streams with an
+            attention cache that grows with the stream).
         dynamic_chunk_training: in training mode, pick chunk size / left context per batch.
         dynamic_chunk_sizes: chunk sizes drawn from in dynamic chunk training.
         dynamic_left_chunks: left contexts (chunks, ``< 0`` unlimited) drawn from.

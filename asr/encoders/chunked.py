@@ -13,13 +13,20 @@ full ``forward(..., chunk_size=c, left_chunks=l)`` exactly, start from
 call (``4c + 3`` at the start, ``4c`` afterwards), and whatever is left at the end. All frames
 produced by one call form one chunk (they see each other), plus the valid cached frames.
 
+The attention cache holds the last ``l * c`` encoder frames of each layer. With unlimited left
+context (``l < 0``, WeNet's ``num_decoding_left_chunks=-1``) it holds every earlier frame and
+grows with the stream: memory and the cost of a chunk grow linearly with the stream's length.
+Streams of different ages still share a batch: their caches are left-padded to the longest
+(:func:`asr.state.stack_states` pads the ragged key/value fields) and the padding is masked by
+``attn_cache_len``; each call trims the batch's caches to the longest valid one.
+
 Shape legend: B batch, T input frames, T' encoder frames, F feature bins, C cached frames,
 D model dims.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Protocol
 
 import torch
@@ -55,12 +62,16 @@ class EncoderState:
         layers: one cache per layer.
         attn_cache_len: (B,) valid cached attention frames (at most C, the cache size).
         processed_frames: (B,) encoder frames emitted so far.
+        cache_limit: the most attention frames cached, ``left_chunks * chunk_size``, or None
+            for unlimited left context (the cache grows; C is the batch's longest cache).
+            Only states with the same limit stack.
     """
 
     subsampling: SubsamplingState
     layers: tuple[LayerState, ...]
     attn_cache_len: Tensor = state_field(batch_dim=0)
     processed_frames: Tensor = state_field(batch_dim=0)
+    cache_limit: int | None
 
 
 class StreamingLayer(Protocol):
@@ -105,10 +116,10 @@ class ChunkedEncoder(nn.Module):
         """Why ``cfg`` with this chunking (default: the config's) cannot stream, or None."""
         chunk_size = cfg.chunk_size if chunk_size is None else chunk_size
         left_chunks = cfg.left_chunks if left_chunks is None else left_chunks
-        if chunk_size <= 0 or left_chunks < 0:
+        if chunk_size <= 0:
             return (
-                f"streaming needs chunk_size > 0 and left_chunks >= 0, got chunk_size="
-                f"{chunk_size}, left_chunks={left_chunks} (set EncoderConfig or pass them)"
+                f"streaming needs chunk_size > 0, got chunk_size={chunk_size} (set "
+                f"EncoderConfig or pass it)"
             )
         if cls.has_convolution and not cfg.causal:
             return f"streaming a {cls.__name__} needs EncoderConfig.causal=true"
@@ -194,11 +205,12 @@ class ChunkedEncoder(nn.Module):
         left_chunks: int | None = None,
         chunk_size: int | None = None,
     ) -> EncoderState:
-        """State of fresh streams caching ``left_chunks * chunk_size`` attention frames.
+        """State of fresh streams caching ``left_chunks * chunk_size`` attention frames, or with
+        ``left_chunks < 0`` every earlier frame (a cache that grows with the stream).
 
         Raises:
-            ValueError: when the chunking is not streamable (no chunks, unlimited left context,
-                or a non-causal convolution).
+            ValueError: when the chunking is not streamable (no chunks, or a non-causal
+                convolution).
         """
         chunk_size = self.cfg.chunk_size if chunk_size is None else chunk_size
         left_chunks = self.cfg.left_chunks if left_chunks is None else left_chunks
@@ -206,7 +218,8 @@ class ChunkedEncoder(nn.Module):
         if problem is not None:
             raise ValueError(problem)
         device = torch.device(device)
-        cache_size = left_chunks * chunk_size
+        cache_limit = left_chunks * chunk_size if left_chunks >= 0 else None
+        cache_size = cache_limit if cache_limit is not None else 0
         zeros = torch.zeros(batch_size, dtype=torch.long, device=device)
         return EncoderState(
             subsampling=self.subsampling.init_state(batch_size, device, dtype),
@@ -215,6 +228,7 @@ class ChunkedEncoder(nn.Module):
             ),
             attn_cache_len=zeros,
             processed_frames=zeros.clone(),
+            cache_limit=cache_limit,
         )
 
     def frames_needed(self, state: EncoderState, chunk_size: int | None = None) -> Tensor:
@@ -239,15 +253,22 @@ class ChunkedEncoder(nn.Module):
             feats = self.input_norm(feats)
         x, num_new, sub_state = self.subsampling.forward_chunk(feats, feat_lens, state.subsampling)
         num_queries = x.shape[1]
+        layer_states = state.layers
+        if state.cache_limit is None:
+            # Room for every valid frame after this call (the layers roll their caches within
+            # it), and no more: padding from streams stacked with older ones is dropped.
+            cache_size = int((state.attn_cache_len + num_new).max()) if num_new.numel() else 0
+            layer_states = tuple(_resize_cache(s, cache_size) for s in layer_states)
+        else:
+            cache_size = state.cache_limit
         if num_queries == 0:
             empty = x.new_zeros(x.shape[0], 0, self.cfg.d_model)
-            return empty, num_new, _replace_subsampling(state, sub_state)
-        cache_size = state.layers[0].key.shape[2] if state.layers else 0
+            return empty, num_new, replace(state, subsampling=sub_state, layers=layer_states)
         valid = torch.arange(num_queries, device=x.device)[None, :] < num_new[:, None]
         mask = streaming_attention_mask(state.attn_cache_len, cache_size, num_new, num_queries)
         rel_pos = RelativePositions.build(num_queries, cache_size, self.cfg.d_model, x.device)
         new_layers = []
-        for layer, layer_state in zip(self.layers, state.layers):
+        for layer, layer_state in zip(self.layers, layer_states):
             x, layer_state = layer(x, mask, rel_pos, valid, layer_state, num_new)
             new_layers.append(layer_state)
         x = self.final_norm(x).masked_fill(~valid[:, :, None], 0.0)
@@ -256,17 +277,18 @@ class ChunkedEncoder(nn.Module):
             layers=tuple(new_layers),
             attn_cache_len=(state.attn_cache_len + num_new).clamp(max=cache_size),
             processed_frames=state.processed_frames + num_new,
+            cache_limit=state.cache_limit,
         )
         return x, num_new, new_state
 
 
-def _replace_subsampling(state: EncoderState, sub_state: SubsamplingState) -> EncoderState:
-    return EncoderState(
-        subsampling=sub_state,
-        layers=state.layers,
-        attn_cache_len=state.attn_cache_len,
-        processed_frames=state.processed_frames,
-    )
+def _resize_cache(state: LayerState, size: int) -> LayerState:
+    """``state`` with its (B, H, C, Dh) right-aligned key/value caches made (B, H, size, Dh):
+    the first frames cut, or zeros prepended (the caller keeps every valid frame)."""
+    grow = (0, 0, size - state.key.shape[2], 0)  # a negative pad cuts
+    return replace(state, key=nn.functional.pad(state.key, grow),
+                   value=nn.functional.pad(state.value, grow))
+
 
 
 def _draw(num_choices: int) -> int:

@@ -29,14 +29,15 @@ class LayerState:
 
     Attributes:
         key: (B, H, C, Dh) attention keys of the last C frames (right-aligned; the valid count is
-            the encoder state's ``attn_cache_len``).
+            the encoder state's ``attn_cache_len``). With unlimited left context C grows with
+            the stream, so it is ragged: stacking streams of different ages left-pads it.
         value: (B, H, C, Dh) attention values of the same frames.
         conv: (B, D, K - 1) last inputs of the causal depthwise convolution (zeros at the stream
             start, which is the full pass's left padding), or None for layers without one.
     """
 
-    key: Tensor = state_field(batch_dim=0)
-    value: Tensor = state_field(batch_dim=0)
+    key: Tensor = state_field(batch_dim=0, ragged_dim=2)
+    value: Tensor = state_field(batch_dim=0, ragged_dim=2)
     conv: Tensor | None = state_field(batch_dim=0, default=None)
 
 

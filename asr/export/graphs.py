@@ -161,7 +161,8 @@ class StreamingEncoder(nn.Module):
         encoder: a causal chunked encoder.
         projection: the joiner's encoder projection.
         chunk_size: c, encoder frames per chunk.
-        left_chunks: chunks of left context (the cache holds ``left_chunks * c`` frames, > 0).
+        left_chunks: chunks of left context (the cache holds ``left_chunks * c`` frames, > 0;
+            unlimited left context, ``< 0``, has no fixed-size cache and is refused).
     """
 
     def __init__(
@@ -171,6 +172,11 @@ class StreamingEncoder(nn.Module):
         problem = encoder.streaming_problem(encoder.cfg, chunk_size, left_chunks)
         if problem is not None:
             raise ValueError(problem)
+        if left_chunks < 0:
+            raise ValueError(
+                "the sherpa-onnx streaming layout has fixed-size caches, and unlimited left "
+                f"context (left_chunks={left_chunks}) keeps a cache that grows with the stream; "
+                "export with a bounded one (--left-chunks N, N > 0)")
         if left_chunks * chunk_size <= 0:
             raise ValueError("the sherpa-onnx streaming layout needs a left context "
                              f"(left_chunks={left_chunks}); export a model with left_chunks > 0")

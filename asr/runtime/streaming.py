@@ -10,7 +10,10 @@ different positions share the batch, and each gets exactly what it would get dec
 A stream is *ready* when it holds the feature frames of its next full chunk
 (``encoder.frames_needed``: ``4c + 3`` at the start, ``4c`` afterwards), or when its input has
 ended and frames (or the final result) are left. Feeding exactly one chunk per step keeps
-streaming equal to the offline forward under the same chunk mask.
+streaming equal to the offline forward under the same chunk mask. With unlimited left context
+(``left_chunks`` -1) each stream's encoder state caches all its earlier frames: it grows with
+the stream (until the stream ends; an endpoint resets only the search), and streams of
+different ages share a batch, their caches padded to the longest.
 
 Endpointing (:mod:`asr.runtime.endpoint`): after ``decode``, a caller checks
 :meth:`~StreamingRecognizer.is_endpoint`; on an endpoint it calls
@@ -107,12 +110,14 @@ class StreamingRecognizer:
 
     Args:
         runtime: the model bundle (:class:`asr.runtime.bundle.Runtime`); its encoder must stream
-            (causal, ``chunk_size > 0``, ``left_chunks >= 0``).
+            (causal, ``chunk_size > 0``).
         searcher: streaming searcher name or ``greedy`` (default: the runtime's
             ``streaming_searcher``; ``ctc_greedy``, ``transducer_greedy``, ``tdt_greedy``).
         endpoint: endpoint rules.
         chunk_size: encoder frames per chunk (default: the encoder config's).
-        left_chunks: chunks of left context (default: the encoder config's).
+        left_chunks: chunks of left context (default: the encoder config's); -1 keeps every
+            earlier frame, so a stream's memory and the cost of its chunks grow with its length
+            (:mod:`asr.encoders.chunked`).
     """
 
     def __init__(

@@ -8,7 +8,7 @@ import torch
 
 from asr.encoders import build_encoder
 from asr.encoders.base import Encoder, EncoderConfig, StreamingEncoder
-from asr.encoders.subsampling import subsampled_length
+from asr.encoders.subsampling import RECEPTIVE_FIELD, subsampled_length
 from asr.state import select_states, stack_states, unstack_states
 
 FEAT_DIM = 20
@@ -79,7 +79,8 @@ def test_shapes_and_lengths(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("chunk_size,left_chunks", [(1, 3), (4, 2), (5, 1), (3, 0), (16, 1)])
+@pytest.mark.parametrize("chunk_size,left_chunks",
+                         [(1, 3), (4, 2), (5, 1), (3, 0), (16, 1), (1, -1), (4, -1)])
 def test_streaming_equals_full_under_same_mask(kind, chunk_size, left_chunks):
     encoder = _encoder(kind)
     # 93 frames -> 22 encoder frames: the last chunk is partial for every chunk size above.
@@ -93,11 +94,12 @@ def test_streaming_equals_full_under_same_mask(kind, chunk_size, left_chunks):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_streams_at_different_positions_share_a_batch(kind):
+@pytest.mark.parametrize("left_chunks", [2, -1])
+def test_streams_at_different_positions_share_a_batch(kind, left_chunks):
     encoder = _encoder(kind)
     feats, lens = _batch([70, 70, 45])
-    full, full_lens = encoder(feats, lens, chunk_size=3, left_chunks=2)
-    streamed, _ = _stream(encoder, feats, lens, 3, 2, start_delay=[0, 3, 1])
+    full, full_lens = encoder(feats, lens, chunk_size=3, left_chunks=left_chunks)
+    streamed, _ = _stream(encoder, feats, lens, 3, left_chunks, start_delay=[0, 3, 1])
     for b in range(3):
         torch.testing.assert_close(streamed[b], full[b, : full_lens[b]], atol=1e-5, rtol=0)
 
@@ -181,9 +183,62 @@ def test_gradients_reach_every_parameter(kind):
     assert missing == []
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_unlimited_left_context_streams_of_any_age_regrouped_equal_full(kind):
+    """left_chunks=-1 (WeNet's num_decoding_left_chunks=-1): every earlier frame stays cached.
+    Streams of different lengths and ages are fed in pieces of varying size (a chunk's frames,
+    or a piece too short to emit a frame), in random groups that stack and unstack; each
+    equals the full forward under the same chunk mask, long past any fixed cache."""
+    chunk = 2
+    encoder = _encoder(kind)
+    lens = [150, 97, 61]
+    feats, lens_t = _batch(lens)
+    full, full_lens = encoder(feats, lens_t, chunk_size=chunk, left_chunks=-1)
+    limited, _ = encoder(feats, lens_t, chunk_size=chunk, left_chunks=4)
+    assert not torch.allclose(full[0, 30:36], limited[0, 30:36], atol=1e-3)
+    states = unstack_states(encoder.init_state(3, left_chunks=-1, chunk_size=chunk))
+    pos, outs = [0, 0, 0], [[], [], []]
+    rng = torch.Generator().manual_seed(0)
+    for step in range(200):
+        # Streams 1 and 2 start late; each step a random subset goes, some with a short piece.
+        group = [b for b in range(3) if step >= (0, 4, 9)[b] and pos[b] < lens[b]
+                 and float(torch.rand((), generator=rng)) < 0.7]
+        if not any(pos[b] < lens[b] for b in range(3)):
+            break
+        if not group:
+            continue
+        state = stack_states([states[b] for b in group])
+        need = encoder.frames_needed(state, chunk).tolist()
+        pending = state.subsampling.cache_len.tolist()
+        counts, shorts = [], []
+        for b, n, held in zip(group, need, pending):
+            # A short piece: fewer input frames than one encoder frame reads, so none is emitted.
+            short = float(torch.rand((), generator=rng)) < 0.3 and held < RECEPTIVE_FIELD - 1
+            if short:
+                n = int(torch.randint(1, RECEPTIVE_FIELD - held, (), generator=rng))
+            counts.append(min(n, lens[b] - pos[b]))
+            shorts.append(short)
+        piece = torch.zeros(len(group), max(counts), FEAT_DIM)
+        for i, (b, n) in enumerate(zip(group, counts)):
+            piece[i, :n] = feats[b, pos[b]: pos[b] + n]
+        out, out_lens, state = encoder.forward_chunk(piece, torch.tensor(counts), state)
+        cached = state.attn_cache_len.tolist()
+        assert state.layers[0].key.shape[2] == max(cached)  # padding never outgrows the batch
+        for i, (b, n) in enumerate(zip(group, counts)):
+            emitted = int(out_lens[i])
+            assert emitted == 0 if shorts[i] else emitted == chunk or pos[b] + n == lens[b]
+            outs[b].append(out[i, :emitted])
+            pos[b] += n
+        states = [*states]
+        for i, single in zip(group, unstack_states(state)):
+            states[i] = single
+    for b in range(3):
+        streamed = torch.cat(outs[b])
+        assert streamed.shape[0] == full_lens[b] and states[b].attn_cache_len.item() == full_lens[b]
+        torch.testing.assert_close(streamed, full[b, : full_lens[b]], atol=1e-5, rtol=0)
+
+
 def test_unstreamable_settings_are_rejected():
-    with pytest.raises(ValueError, match="left_chunks"):
-        _encoder("transformer").init_state(1, chunk_size=4, left_chunks=-1)
     with pytest.raises(ValueError, match="chunk_size"):
         _encoder("transformer").init_state(1)
     with pytest.raises(ValueError, match="causal"):

@@ -651,6 +651,18 @@ def test_a_model_without_left_context_has_no_streaming_layout(tmp_path, capsys, 
     assert "nothing written" in caplog.text and not (tmp_path / "x").exists()
 
 
+def test_unlimited_left_context_has_no_streaming_layout(tmp_path):
+    """left_chunks = -1 streams in our runtime with a cache that grows with the stream;
+    sherpa-onnx's states have fixed shapes, so the streaming export says so and writes nothing
+    (a bounded left context still exports)."""
+    package = random_package(tmp_path / "unlimited", head="transducer", left_chunks=-1)
+    with pytest.raises(NoLayoutError, match=r"left_chunks=-1\).*--left-chunks N"):
+        export_onnx(package, tmp_path / "x", streaming=True)
+    assert not (tmp_path / "x").exists()
+    report = export_onnx(package, tmp_path / "y", streaming=True, left_chunks=1)
+    assert report.layout == "streaming_transducer"
+
+
 def test_inputs_shorter_than_the_subsampling_window_decode_to_nothing(tmp_path):
     """Our subsampling pads an input under 7 frames in a Python branch that the tracer froze:
     onnxruntime failed on it, and sherpa-onnx raised on a 40 ms utterance where our runtime

@@ -108,6 +108,30 @@ def test_streaming_equals_offline_chunk_masked_forward(transducer_model):
 
 
 @pytest.fixture(scope="session")
+def unlimited_model(tmp_path_factory):
+    """A random-weight causal chunked Conformer with unlimited left context (left_chunks -1)."""
+    from asr.testing.packages import random_package
+
+    root = tmp_path_factory.mktemp("random_unlimited")
+    return load_model(random_package(root, head="transducer", chunk_size=2, left_chunks=-1,
+                                     seed=1))
+
+
+def test_unlimited_left_context_caches_every_frame_of_a_stream(unlimited_model):
+    """A left_chunks -1 package streams (streaming == offline: the parametrized test below);
+    each stream's attention cache holds all its frames."""
+    assert unlimited_model.runtime.package.metadata.streaming  # the package says it streams
+    recognizer = unlimited_model.streaming_recognizer()
+    assert recognizer.left_chunks == -1
+    stream = recognizer.new_stream()
+    wave = (np.random.default_rng(3).standard_normal(15000) * 0.1).astype(np.float32)
+    recognizer.accept_waveform(stream, wave, 16000)
+    for decoded in (2, 4, 6):
+        recognizer.decode([stream])
+        assert stream.encoder_state.layers[0].key.shape[2] == stream.frames_decoded == decoded
+
+
+@pytest.fixture(scope="session")
 def tdt_model(tmp_path_factory):
     """A random-weight causal chunked Conformer with a TDT head (chunks of 2 frames)."""
     from asr.testing.packages import random_package
@@ -118,11 +142,13 @@ def tdt_model(tmp_path_factory):
 
 @pytest.mark.parametrize(("model", "searcher"), [("transducer_model", "transducer_beam"),
                                                  ("tdt_model", "tdt_beam"),
-                                                 ("transducer_model", "ctc_prefix_beam")])
+                                                 ("transducer_model", "ctc_prefix_beam"),
+                                                 ("unlimited_model", "transducer_greedy")])
 def test_streaming_beam_equals_offline_beam_chunk_masked_forward(model, searcher, request):
     """The beam searches stream: through the chunked encoder, batched with streams at other
     positions, their final results are the offline beam search's on the chunk-masked
-    forward."""
+    forward. So does the greedy search of a model with unlimited left context (left_chunks -1,
+    every earlier frame cached: streams of different ages share a batch, their caches padded)."""
     model = request.getfixturevalue(model)
     recognizer = model.streaming_recognizer(searcher, endpoint=EndpointConfig(enabled=False))
     assert recognizer.searcher_name == searcher

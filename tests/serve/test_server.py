@@ -266,3 +266,38 @@ def test_http_paths_never_reach_the_file_system(server):
         assert response.status == 404, path
         assert response.read() == b"not found\n"
         conn.close()
+
+
+def test_a_model_with_unlimited_left_context_is_served(tmp_path):
+    """A model that streams with left_chunks -1 (every earlier frame cached) serves concurrent
+    clients; each gets the transcript its whole input gives the recognizer alone."""
+    import asr
+    from asr.runtime.endpoint import EndpointConfig
+    from asr.serve.config import ServerConfig
+    from asr.serve.server import BackgroundServer
+    from asr.testing.packages import random_package
+
+    package = random_package(tmp_path, head="transducer", chunk_size=2, left_chunks=-1, seed=1)
+    recognizer = asr.load_model(package).streaming_recognizer(
+        endpoint=EndpointConfig(enabled=False))
+    rng = np.random.default_rng(4)
+    waves = [(rng.standard_normal(n) * 0.1).astype(np.float32) for n in (12000, 7000)]
+    expected = []
+    for wave in waves:
+        stream = recognizer.new_stream()
+        recognizer.accept_waveform(stream, wave, 16000)
+        recognizer.input_finished(stream)
+        while recognizer.is_ready(stream):
+            recognizer.decode([stream])
+        expected.append(recognizer.result(stream).text)
+    assert any(expected)
+    with BackgroundServer(recognizer, ServerConfig(port=0)) as background:
+
+        async def main():
+            return await asyncio.gather(*(
+                stream_samples(background.url, wave, 16000, chunk_seconds=seconds, timeout=30)
+                for wave, seconds in zip(waves, (0.05, 0.13))))
+
+        results = _run(main(), 60)
+    assert [r.errors for r in results] == [[], []]
+    assert [r.text for r in results] == expected
