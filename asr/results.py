@@ -75,6 +75,9 @@ class Segment:
         words: its words.
         index: 0, 1, ... in the order of the input's segments.
         is_final: the segment is over (streaming partial results are not).
+        begin: where the segment began in seconds from the start of the input: the input's
+            start, or the endpoint that ended the segment before it (``start`` is the time of
+            its first word, at or after ``begin``).
     """
 
     text: str
@@ -86,15 +89,19 @@ class Segment:
     words: tuple[Word, ...] = ()
     index: int = 0
     is_final: bool = True
+    begin: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         """The sherpa-onnx compatible streaming message ``{"text", "tokens", "timestamps",
-        "segment", "is_final"}``, plus this segment's ``"words"``."""
+        "segment", "start_time", "is_final"}`` (``start_time``: :attr:`begin`), plus this
+        segment's ``"words"``. Times are seconds from the start of the input (sherpa-onnx
+        counts ``timestamps`` from ``start_time``)."""
         return {
             "text": self.text,
             "tokens": list(self.tokens),
             "timestamps": [round(t, 3) for t in self.timestamps],
             "segment": self.index,
+            "start_time": round(self.begin, 3),
             "is_final": self.is_final,
             "words": [w.to_dict() for w in self.words],
         }
@@ -230,7 +237,7 @@ class ResultBuilder:
             start=words[0].start if words else start,
             end=words[-1].end if words else start,
             tokens=pieces, token_ids=ids, timestamps=times, words=words, index=index,
-            is_final=is_final,
+            is_final=is_final, begin=start,
         )  # fmt: skip
 
     def hypothesis_segment(

@@ -66,8 +66,21 @@ def test_streaming_message_is_sherpa_compatible_with_words():
                   (Word("HELLO", 0.0, 0.12),), index=1, is_final=True)
     assert seg.to_json() == {
         "text": "HELLO", "tokens": ["\u2581HE", "LLO"], "timestamps": [0.0, 0.08], "segment": 1,
-        "is_final": True, "words": [{"word": "HELLO", "start": 0.0, "end": 0.12}],
+        "start_time": 0.0, "is_final": True,
+        "words": [{"word": "HELLO", "start": 0.0, "end": 0.12}],
     }
+
+
+def test_a_streaming_segment_says_where_it_began_as_sherpa_onnx_start_time():
+    """A segment after an endpoint begins at the endpoint, before its first word: sherpa-onnx
+    sends that as start_time; our timestamps count from the stream start, like it."""
+    builder = ResultBuilder(_Pieces(), 0.04)
+    hyp = Hypothesis(tokens=(3, 4), frames=(5, 7))
+    seg = builder.hypothesis_segment(hyp, offset_frames=50, index=1, is_final=False)
+    assert seg.begin == pytest.approx(2.0) and seg.start == pytest.approx(2.2)
+    data = seg.to_json()
+    assert data["start_time"] == 2.0 and data["timestamps"] == [2.2, 2.28]
+    assert builder.hypothesis_segment(Hypothesis(tokens=()), 25).to_json()["start_time"] == 1.0
 
 
 @pytest.mark.parametrize(

@@ -26,10 +26,14 @@ import argparse
 import logging
 from pathlib import Path
 
-import torch
-
 from asr.checkpoints.io import CheckpointError
-from asr.cli.options import add_checkpoint_arguments, add_device_argument, selection_from_args
+from asr.cli.options import (
+    add_checkpoint_arguments,
+    add_device_argument,
+    add_num_threads_argument,
+    selection_from_args,
+    set_num_threads,
+)
 from asr.config import ConfigError
 from asr.decoding import available_searchers, build_searcher
 from asr.decoding.registry import resolve_searcher
@@ -58,12 +62,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "a decode with --set encoder.chunk_size=0 encoder.left_chunks=-1 "
                              "(default: none)")
     add_device_argument(parser)
-    parser.add_argument("--num-threads", type=int, default=0, help="torch threads (0: all cores)")
+    add_num_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.num_threads > 0:
-        torch.set_num_threads(args.num_threads)
+    try:
+        set_num_threads(args.num_threads)
+    except ValueError as err:
+        logger.error("asr decode: %s", err)
+        return 2
     search_settings = dict(o[len("search."):].split("=", 1) for o in args.overrides
                            if o.startswith("search.") and "=" in o)
     try:

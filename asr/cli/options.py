@@ -6,10 +6,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import logging
 import re
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
+
+import torch
 
 from asr.checkpoints.selection import WeightSelection
 
@@ -17,13 +20,17 @@ __all__ = [
     "add_checkpoint_arguments",
     "add_dataclass_arguments",
     "add_device_argument",
+    "add_num_threads_argument",
     "add_search_arguments",
     "attribute_docs",
     "dataclass_from_args",
     "selection_from_args",
+    "set_num_threads",
 ]
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +56,42 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
     :func:`asr.runtime.bundle.resolve_device`)."""
     parser.add_argument("--device", default="auto",
                         help="auto (cuda when a GPU is available, else cpu), cpu, cuda, cuda:1, ...")
+
+
+def add_num_threads_argument(parser: argparse.ArgumentParser, default: int = 0,
+                             why: str = "") -> None:
+    """``--num-threads N``, the same in every subcommand that runs a model in PyTorch (``asr
+    transcribe``, ``asr decode``, ``asr serve``; applied by :func:`set_num_threads`).
+
+    Args:
+        parser: the subcommand's parser.
+        default: its default (0: torch's own thread counts).
+        why: a reason for that default, said in the help.
+    """
+    parser.add_argument("--num-threads", type=int, default=default, metavar="N",
+                        help="torch intra-op (torch.set_num_threads) and inter-op threads; 0: "
+                             f"torch's defaults (default: {default}{why})")
+
+
+def set_num_threads(num_threads: int) -> None:
+    """Applies ``--num-threads``: N > 0 sets torch's intra-op threads and its inter-op threads
+    (these only while this process has run no inter-op parallel work yet; else left as they are,
+    logged); 0 leaves torch's defaults.
+
+    Raises:
+        ValueError: a negative ``num_threads``.
+    """
+    if num_threads < 0:
+        raise ValueError(f"--num-threads must be >= 0, got {num_threads}")
+    if num_threads == 0:
+        return
+    torch.set_num_threads(num_threads)
+    if torch.get_num_interop_threads() == num_threads:
+        return
+    try:
+        torch.set_num_interop_threads(num_threads)
+    except RuntimeError as err:  # torch allows it once, before any inter-op work
+        logger.debug("inter-op threads left at %d: %s", torch.get_num_interop_threads(), err)
 
 
 def add_search_arguments(parser: argparse.ArgumentParser, searcher_default: str,

@@ -10,13 +10,13 @@ import argparse
 import asyncio
 import logging
 
-import torch
-
 from asr.cli.options import (
     add_dataclass_arguments,
     add_device_argument,
+    add_num_threads_argument,
     add_search_arguments,
     dataclass_from_args,
+    set_num_threads,
 )
 from asr.export.sherpa_streaming import load_streaming_recognizer
 from asr.package import PackageError
@@ -47,13 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser, "the package's searcher if it streams, else the model's streaming greedy one"
     )
     add_device_argument(parser)
-    parser.add_argument(
-        "--num-threads",
-        type=int,
-        default=1,
-        help="torch intra-op threads, 0: torch's default (streams are batched instead, and on a "
-        "busy 2-core machine 2 threads raised the p95 latency from ~20 ms to ~250 ms in "
-        "tools/bench/serve.py)",
+    add_num_threads_argument(
+        parser, 1, "; streams are batched instead, and on a busy 2-core machine 2 threads raised "
+        "the p95 latency from ~20 ms to ~250 ms in tools/bench/serve.py; --engine sherpa-onnx: "
+        "its onnxruntime threads, at least 1",
     )
     parser.add_argument(
         "--no-endpoint",
@@ -72,8 +69,11 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("websockets").setLevel(
             logging.WARNING
         )  # one line per connection otherwise
-    if args.num_threads > 0:
-        torch.set_num_threads(args.num_threads)
+    try:
+        set_num_threads(args.num_threads)
+    except ValueError as err:
+        logger.error("asr serve: %s", err)
+        return 2
     endpoint = EndpointConfig(enabled=not args.no_endpoint)
     try:
         if args.engine == "sherpa-onnx":

@@ -31,7 +31,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from asr.audio import AudioError
-from asr.cli.options import add_device_argument, add_search_arguments
+from asr.cli.options import (
+    add_device_argument,
+    add_num_threads_argument,
+    add_search_arguments,
+    set_num_threads,
+)
 from asr.package import PackageError
 from asr.results import FailedInput
 from asr.runtime.offline import load_model
@@ -68,6 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8,
                         help="windows (offline) or streams (--streaming) decoded together")
     add_device_argument(parser)
+    add_num_threads_argument(parser)
     parser.add_argument("--window-seconds", type=float, default=30.0,
                         help="offline: long inputs are decoded in windows of this length")
     parser.add_argument("--overlap-seconds", type=float, default=2.0,
@@ -171,6 +177,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.batch_size < 1:
         logger.error("asr transcribe: --batch-size must be >= 1, got %d", args.batch_size)
+        return 2
+    try:
+        set_num_threads(args.num_threads)
+    except ValueError as err:
+        logger.error("asr transcribe: %s", err)
         return 2
     if args.hotwords_score is not None:
         args.search_overrides.append(f"search.hotwords_score={args.hotwords_score}")

@@ -143,12 +143,15 @@ class DataConfig:
         speed_perturb: on-the-fly speed perturbation (0.9 / 1.0 / 1.1 equally likely, drawn
             per cut and epoch) of training cuts, before they are batched (batches hold at most
             ``max_duration`` s of perturbed audio); needs ``on_the_fly_feats`` because
-            perturbing drops stored features.
+            perturbing drops stored features. The training cuts' filter judges each cut at all
+            three speeds (:mod:`asr.data.filtering`).
         spec_augment: SpecAugment settings.
         freq_warp: vocal tract length perturbation of the features (before SpecAugment).
         noise: additive noise settings.
-        min_cut_duration: training cuts shorter than this (seconds) are dropped.
-        max_cut_duration: training cuts longer than this (seconds) are dropped.
+        min_cut_duration: training cuts shorter than this (seconds; at any speed
+            ``speed_perturb`` may draw) are dropped.
+        max_cut_duration: training cuts longer than this (seconds; at any speed
+            ``speed_perturb`` may draw) are dropped.
         seed: seed of the sampler shuffling and of the data augmentation RNGs.
         fbank: feature options (the same ones streaming inference uses).
     """

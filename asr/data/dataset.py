@@ -52,10 +52,17 @@ __all__ = [
     "load_cuts",
     "make_dataloader",
     "pad_tokens",
+    "speed_factors",
 ]
 
 #: Speed factors of on-the-fly perturbation besides 1.0 (0.9, 1.0 and 1.1 are equally likely).
 ON_THE_FLY_SPEED_FACTORS = (0.9, 1.1)
+
+
+def speed_factors(cfg: DataConfig) -> tuple[float, ...]:
+    """Every speed a training cut can be drawn at under ``cfg``: 1.0, plus the on-the-fly
+    factors with ``cfg.speed_perturb`` (what the training cuts' filter judges them at)."""
+    return (1.0, *ON_THE_FLY_SPEED_FACTORS) if cfg.speed_perturb else (1.0,)
 
 
 class DataError(ValueError):

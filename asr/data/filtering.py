@@ -6,6 +6,12 @@ so an utterance with more tokens than encoder frames after subsampling has no va
 gives an infinite or meaningless loss. Empty transcripts and durations outside a range are dropped
 too. Each reason is counted, logged and returned so a caller can report it.
 
+On-the-fly speed perturbation (:class:`asr.data.augment.SpeedPerturbation`) trains a cut at a
+speed drawn anew each epoch, after filtering: a cut sped up by 1.1 has ~10 % fewer frames. Given
+the speeds a cut may be drawn at (``speed_factors``), the filter judges every one of them and
+keeps a cut only when all pass: the fastest speed gives its fewest frames and shortest duration,
+the slowest its longest duration. Otherwise a kept cut could reach the loss without an alignment.
+
 Lazy CutSets: :func:`filter_cuts` makes one counting pass over the cuts (reading the manifest and
 tokenizing once), then returns ``cuts.filter(...)``, which stays lazy for a lazy input (the check
 is redone, without counting, when it is iterated); eager inputs give an eager result.
@@ -37,9 +43,9 @@ class FilterStats:
     Attributes:
         kept: cuts kept.
         empty_text: dropped: transcript empty (or encoding to no tokens).
-        too_short: dropped: duration below ``min_duration``.
-        too_long: dropped: duration above ``max_duration``.
-        too_many_tokens: dropped: more tokens than encoder frames.
+        too_short: dropped: duration below ``min_duration`` (at some speed factor).
+        too_long: dropped: duration above ``max_duration`` (at some speed factor).
+        too_many_tokens: dropped: more tokens than encoder frames (at some speed factor).
         with_unk: kept, but with text the tokenizer encodes as ``<unk>`` (characters it never
             saw, e.g. lower case for an upper-case BPE model); counted for encoders with an
             ``unk_id``, not dropped.
@@ -92,12 +98,20 @@ def check_sample_rates(cuts, sample_rate: int) -> None:
         )
 
 
-def _num_input_frames(cut, frame_shift: float) -> int:
-    if cut.has_features:
-        return cut.num_frames
-    from lhotse.utils import compute_num_frames
+def _lengths(cut, factor: float, frame_shift: float) -> tuple[float, int]:
+    """(duration in seconds, input feature frames) of ``cut`` at speed ``factor``: lhotse's
+    ``perturb_speed`` rounding of the sample count; a perturbed cut's features are computed on
+    the fly (its stored ones are dropped), so its frames follow from that duration."""
+    from lhotse.utils import compute_num_frames, compute_num_samples, perturb_num_samples
 
-    return compute_num_frames(cut.duration, frame_shift, cut.sampling_rate)
+    if factor == 1.0:
+        if cut.has_features:
+            return cut.duration, cut.num_frames
+        duration = cut.duration
+    else:
+        num_samples = compute_num_samples(cut.duration, cut.sampling_rate)
+        duration = perturb_num_samples(num_samples, factor) / cut.sampling_rate
+    return duration, compute_num_frames(duration, frame_shift, cut.sampling_rate)
 
 
 def drop_reason(
@@ -107,28 +121,35 @@ def drop_reason(
     min_duration: float = 0.0,
     max_duration: float = float("inf"),
     frame_shift: float = 0.01,
+    speed_factors: tuple[float, ...] = (1.0,),
 ) -> str | None:
     """Why ``cut`` should be dropped ("empty_text", "too_short", "too_long",
     "too_many_tokens"), or ``None`` to keep it. Arguments as in :func:`filter_cuts`."""
-    return _judge(cut, encoder, output_length, min_duration, max_duration, frame_shift)[0]
+    return _judge(cut, encoder, output_length, min_duration, max_duration, frame_shift,
+                  speed_factors)[0]
 
 
 def _judge(cut, encoder: TextEncoder, output_length: Callable[[int], int], min_duration: float,
-           max_duration: float, frame_shift: float) -> tuple[str | None, list[int]]:
-    """(:func:`drop_reason`, the cut's token ids: empty when it was dropped before encoding)."""
+           max_duration: float, frame_shift: float, speed_factors: tuple[float, ...]
+           ) -> tuple[str | None, list[int], float]:
+    """(:func:`drop_reason`, the cut's token ids: empty when it was dropped before encoding,
+    the speed factor at which it failed: 1.0 when it passed or failed at every speed)."""
     text = cut_text(cut)
     if not text:
-        return "empty_text", []
-    if cut.duration < min_duration:
-        return "too_short", []
-    if cut.duration > max_duration:
-        return "too_long", []
+        return "empty_text", [], 1.0
+    lengths = {factor: _lengths(cut, factor, frame_shift) for factor in speed_factors}
+    for factor, (duration, _) in lengths.items():
+        if duration < min_duration:
+            return "too_short", [], factor
+        if duration > max_duration:
+            return "too_long", [], factor
     tokens = encoder.encode(text)
     if len(tokens) == 0:
-        return "empty_text", tokens
-    if len(tokens) > output_length(_num_input_frames(cut, frame_shift)):
-        return "too_many_tokens", tokens
-    return None, tokens
+        return "empty_text", tokens, 1.0
+    for factor, (_, frames) in lengths.items():
+        if len(tokens) > output_length(frames):
+            return "too_many_tokens", tokens, factor
+    return None, tokens, 1.0
 
 
 @dataclass(frozen=True)
@@ -140,11 +161,12 @@ class _Keep:
     min_duration: float
     max_duration: float
     frame_shift: float
+    speed_factors: tuple[float, ...]
 
-    def judge(self, cut) -> tuple[str | None, list[int]]:
+    def judge(self, cut) -> tuple[str | None, list[int], float]:
         return _judge(
             cut, self.encoder, self.output_length, self.min_duration, self.max_duration,
-            self.frame_shift,
+            self.frame_shift, self.speed_factors,
         )
 
     def __call__(self, cut) -> bool:
@@ -159,6 +181,7 @@ def filter_cuts(
     max_duration: float = float("inf"),
     frame_shift: float = 0.01,
     apply_to=None,
+    speed_factors: tuple[float, ...] = (1.0,),
 ):
     """Drops cuts with empty text, duration out of range or more tokens than encoder frames;
     counts (and keeps) those with text that ``encoder`` turns into its ``unk_id``.
@@ -173,18 +196,27 @@ def filter_cuts(
         apply_to: a lazy CutSet with the same cuts in the same order as ``cuts`` (e.g. a Lhotse
             Shar reader with its data fields, while ``cuts`` reads only the Shar manifests):
             counted on ``cuts``, the filter is returned on ``apply_to``.
+        speed_factors: the speeds a cut may be trained at (on-the-fly speed perturbation,
+            :func:`asr.data.dataset.speed_factors`); a cut is kept only when every check passes
+            at each of them (module docstring). Each dropped cut is counted once.
 
     Returns:
         ``(kept_cuts, stats)``; see the module docstring for laziness.
+
+    Raises:
+        ValueError: a speed factor that is not > 0.
     """
-    keep = _Keep(encoder, output_length, min_duration, max_duration, frame_shift)
+    if not speed_factors or any(f <= 0 for f in speed_factors):
+        raise ValueError(f"speed_factors must be > 0 (and at least one), got {speed_factors}")
+    speed_factors = tuple(speed_factors)
+    keep = _Keep(encoder, output_length, min_duration, max_duration, frame_shift, speed_factors)
     counts = {"kept": 0, "empty_text": 0, "too_short": 0, "too_long": 0, "too_many_tokens": 0,
               "with_unk": 0}
     examples: dict[str, str] = {}
     unk_id = getattr(encoder, "unk_id", None)
     kept = []
     for cut in cuts:
-        why, tokens = keep.judge(cut)
+        why, tokens, factor = keep.judge(cut)
         if why is None:
             counts["kept"] += 1
             if not cuts.is_lazy:
@@ -194,7 +226,7 @@ def filter_cuts(
                 examples.setdefault("with_unk", f"{cut.id}: {cut_text(cut)[:80]!r}")
         else:
             counts[why] += 1
-            examples.setdefault(why, cut.id)
+            examples.setdefault(why, cut.id if factor == 1.0 else f"{cut.id} at speed {factor:g}")
     stats = FilterStats(**counts)
     for why, example in examples.items():
         if why == "with_unk":
@@ -202,7 +234,9 @@ def filter_cuts(
                            "was not trained on), e.g. %s", counts[why], example)
         else:
             logger.warning("dropped %d cuts: %s (e.g. %s)", counts[why], why, example)
-    logger.info("kept %d of %d cuts (dropped %d)", stats.kept, stats.total, stats.dropped)
+    speeds = "" if speed_factors == (1.0,) else (
+        " judged at each speed " + "/".join(f"{f:g}" for f in sorted(speed_factors)))
+    logger.info("kept %d of %d cuts (dropped %d)%s", stats.kept, stats.total, stats.dropped, speeds)
     if apply_to is not None:
         return apply_to.filter(keep), stats
     if cuts.is_lazy:

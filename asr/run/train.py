@@ -23,7 +23,7 @@ import torch
 from lhotse import CutSet
 
 from asr.config import to_dict
-from asr.data.dataset import load_cuts, make_dataloader
+from asr.data.dataset import load_cuts, make_dataloader, speed_factors
 from asr.data.epochs import EpochBatches
 from asr.data.filtering import filter_cuts
 from asr.data.shar import SharCuts
@@ -105,13 +105,14 @@ def spread_subset(cuts: CutSet, count: int) -> CutSet:
 
 
 def _filter_or_fail(cfg: ExperimentConfig, model: ASRModel, cuts, tokenizer: Tokenizer,
-                    where: str, what: str, apply_to=None):
-    """``filter_cuts`` with the data config's limits and the encoder's length rule; an error
-    naming ``where`` if no cut is left."""
+                    where: str, what: str, apply_to=None, train: bool = False):
+    """``filter_cuts`` with the data config's limits and the encoder's length rule; ``train``
+    cuts are judged at every speed on-the-fly perturbation can give them. An error naming
+    ``where`` if no cut is left."""
     kept, stats = filter_cuts(
         cuts, tokenizer, model.encoder.output_length, min_duration=cfg.data.min_cut_duration,
         max_duration=cfg.data.max_cut_duration, frame_shift=cfg.data.fbank.frame_shift,
-        apply_to=apply_to,
+        apply_to=apply_to, speed_factors=speed_factors(cfg.data) if train else (1.0,),
     )
     if stats.kept == 0:
         raise ValueError(f"no {what} cuts left in {where} after filtering ({stats})")
@@ -119,10 +120,10 @@ def _filter_or_fail(cfg: ExperimentConfig, model: ASRModel, cuts, tokenizer: Tok
 
 
 def _load_filtered(cfg: ExperimentConfig, model: ASRModel, names: Sequence[str],
-                   tokenizer: Tokenizer, what: str):
+                   tokenizer: Tokenizer, what: str, train: bool = False):
     cuts = load_cuts(cfg.data.manifest_dir, names)
     where = f"{cfg.data.manifest_dir}/{list(names)}"
-    return _filter_or_fail(cfg, model, cuts, tokenizer, where, what).to_eager()
+    return _filter_or_fail(cfg, model, cuts, tokenizer, where, what, train=train).to_eager()
 
 
 def _load_shar(cfg: ExperimentConfig, model: ASRModel, tokenizer: Tokenizer):
@@ -133,7 +134,7 @@ def _load_shar(cfg: ExperimentConfig, model: ASRModel, tokenizer: Tokenizer):
     shar = SharCuts(data.train_shar_dirs, field, shuffle=data.shuffle, seed=data.seed)
     dirs = [str(d) for d in data.train_shar_dirs]
     kept = _filter_or_fail(cfg, model, shar.manifests, tokenizer, str(dirs), "training",
-                           shar.cuts)
+                           shar.cuts, train=True)
     logger.info("training from %d Lhotse Shar shards in %s", shar.num_shards, dirs)
     return kept, shar
 
@@ -174,7 +175,8 @@ def train_experiment(
         if cfg.data.train_shar_dirs:
             train_cuts, shar = _load_shar(cfg, model, tokenizer)
         else:
-            train_cuts = _load_filtered(cfg, model, cfg.data.train_cuts, tokenizer, "training")
+            train_cuts = _load_filtered(cfg, model, cfg.data.train_cuts, tokenizer, "training",
+                                        train=True)
         dev_cuts = _load_filtered(cfg, model, cfg.data.dev_cuts, tokenizer, "dev")
 
         def valid_batches():

@@ -260,7 +260,8 @@ async def stream_microphone(
 
 
 class _Printer:
-    """Prints partial results on one line (a terminal) and final ones on their own lines."""
+    """Prints partial results on one line (a terminal) and final ones on their own lines:
+    ``[SEGMENT START_TIME s] TEXT``."""
 
     def __init__(self, prefix: str = "") -> None:
         self.prefix = prefix
@@ -271,12 +272,9 @@ class _Printer:
             print(f"{self.prefix}error: {msg['error']}", file=sys.stderr)
         elif msg.get("is_final"):
             if msg.get("text"):
-                print(
-                    f"\r{self.prefix}[{msg['segment']}] {msg['text']}\033[K"
-                    if self.tty
-                    else f"{self.prefix}[{msg['segment']}] {msg['text']}",
-                    flush=True,
-                )
+                start = f" {float(msg['start_time']):.2f}s" if "start_time" in msg else ""
+                line = f"{self.prefix}[{msg['segment']}{start}] {msg['text']}"
+                print(f"\r{line}\033[K" if self.tty else line, flush=True)
         elif self.tty:
             print(f"\r{self.prefix}{msg.get('text', '')}\033[K", end="", flush=True)
 

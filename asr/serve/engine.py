@@ -294,7 +294,8 @@ class DecodeEngine:
             result = rec.reset(stream) if ended else rec.result(stream)
             audio_end = session.accepted_samples / session.sample_rate
             outputs.append(
-                _Output(session, result_message(result, audio_end), result.is_final, stream.done)
+                _Output(session, result_message(result, audio_end, stream.done), result.is_final,
+                        stream.done)
             )
         for item in work:
             item.session.backlog_seconds = rec.pending_seconds(item.session.stream)

@@ -27,13 +27,21 @@ Client to server:
 
 Server to client, text JSON after decode steps::
 
-    {"text": "HELLO WORLD", "tokens": ["H", ...], "timestamps": [0.04, ...],
-     "segment": 0, "is_final": false, "audio_end": 1.28}
+    {"text": "HELLO WORLD", "tokens": ["H", ...], "timestamps": [2.04, ...],
+     "segment": 1, "start_time": 1.96, "is_final": false, "is_eof": false,
+     "words": [{"word": "HELLO", "start": 2.04, "end": 2.4}, ...], "audio_end": 3.28}
 
-``segment`` counts endpointed segments (0, 1, ...); ``is_final`` is true for the last message of
-a segment; ``audio_end`` (an extension) is the stream time in seconds of the audio received
-before the decode step that produced the message. On a protocol error the server sends
-``{"error": "..."}`` and closes with the code of :class:`ProtocolError`.
+``segment`` counts endpointed segments (0, 1, ...); ``start_time`` is where the segment began
+(0 for the first, then the endpoint that ended the one before), in seconds from the start of
+the stream; ``is_final`` is true for the last message of a segment; ``is_eof`` is true for the
+last message of the stream (after ``Done``, all its audio decoded; ``is_final`` too). These are
+the fields of sherpa-onnx's websocket server, with two differences: ``timestamps`` count from
+the start of the stream, as ``start_time`` does (sherpa-onnx counts them from ``start_time``),
+and ``words`` holds the segment's words with their times (sherpa-onnx: word ids); sherpa-onnx's
+per-token scores (``ys_probs``, ``lm_probs``, ``context_scores``) are not sent. ``audio_end`` (an
+extension) is the stream time in seconds of the audio received before the decode step that
+produced the message. On a protocol error the server sends ``{"error": "..."}`` and closes with
+the code of :class:`ProtocolError`.
 """
 
 from __future__ import annotations
@@ -244,9 +252,11 @@ def sample_rate_from_path(path: str, min_rate: int = 4000, max_rate: int = 19200
     return _check_rate(values[0], min_rate, max_rate, "query")
 
 
-def result_message(result: Any, audio_end: float) -> str:
-    """The JSON text for a streaming :class:`asr.results.Segment`."""
+def result_message(result: Any, audio_end: float, is_eof: bool = False) -> str:
+    """The JSON text for a streaming :class:`asr.results.Segment`; ``is_eof``: the stream's
+    last message."""
     data = result.to_json()
+    data["is_eof"] = bool(is_eof)
     data["audio_end"] = round(float(audio_end), 3)
     return json.dumps(data, ensure_ascii=False)
 

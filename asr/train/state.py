@@ -38,6 +38,14 @@ class TrainConfig:
         max_skipped_in_a_row: optimizer steps with non-finite gradients are skipped (the
             batches saved under ``<exp_dir>/bad-batches/``); more than this many in a row stop
             training with an error.
+        min_loss_scale: float16 training (``amp_dtype=float16`` on CUDA): the GradScaler skips a
+            step whose gradients overflow and halves its loss scale, so a loss that overflows at
+            every step would halve it forever while training does nothing. An overflow that
+            leaves the scale below this stops training with an error naming the step and the
+            scale (the step's batches saved under ``<exp_dir>/bad-batches/``); each overflow
+            that leaves it below 0.01 is logged as a warning first. The default, 1e-5, and the
+            warning level are icefall's; from the initial 2**16 the floor is ~33 overflows in a
+            row away. 0 never stops.
         time_budget_s: wall-clock seconds of training, summed over resumed runs (0: no budget).
             A budgeted run measures its step and end-of-epoch costs, plans the total step count
             that fits (:mod:`asr.train.budget`) after ``time_budget_calibration_steps`` steps,
@@ -75,6 +83,7 @@ class TrainConfig:
     dev_wer: bool = True
     dev_wer_max_utterances: int = 0
     max_skipped_in_a_row: int = 20
+    min_loss_scale: float = 1e-5
     time_budget_s: float = 0.0
     time_budget_calibration_steps: int = 50
     time_budget_quantum: int = 100
@@ -85,6 +94,8 @@ class TrainConfig:
             raise ValueError(f"max_epochs must be > 0, got {self.max_epochs}")
         if self.accum_grad <= 0:
             raise ValueError(f"accum_grad must be > 0, got {self.accum_grad}")
+        if self.min_loss_scale < 0:
+            raise ValueError(f"min_loss_scale must be >= 0, got {self.min_loss_scale}")
         if self.time_budget_s < 0:
             raise ValueError(f"time_budget_s must be >= 0, got {self.time_budget_s}")
         knobs = ("calibration_steps", "quantum", "window")

@@ -55,6 +55,10 @@ from asr.types import Batch
 
 logger = logging.getLogger(__name__)
 
+#: float16 loss scales below this are logged as warnings (icefall's level); ``min_loss_scale``
+#: stops training.
+LOW_LOSS_SCALE = 0.01
+
 BatchSource = Callable[[int, int], Iterable[Batch]]
 
 
@@ -384,7 +388,8 @@ class Trainer:
         """Normalises, clips and applies the accumulated gradients; returns whether it stepped.
 
         With float16 the GradScaler skips overflowing steps itself (and lowers its scale); such a
-        step is not taken either: no scheduler step, no step counted. Any other step whose
+        step is not taken either: no scheduler step, no step counted, and a scale that falls
+        below ``train.min_loss_scale`` stops training (:meth:`_check_loss_scale`). Any other step whose
         gradients are not finite (agreed across ranks) is skipped: no optimizer or scheduler
         step, the batches saved for inspection, ``progress.skipped_steps`` counted; more than
         ``train.max_skipped_in_a_row`` in a row stop training.
@@ -404,20 +409,48 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         if scale is not None and self.scaler.get_scale() < scale:  # only an overflow lowers it
-            logger.info("float16 overflow at step %d: step skipped, loss scale now %g",
-                        self.progress.step, self.scaler.get_scale())
+            self._check_loss_scale(batches)
             return False
         self._skips_in_a_row = 0
         self.scheduler.step()
         return True
 
+    def _check_loss_scale(self, batches: list[Batch]) -> None:
+        """Logs a float16 overflow the GradScaler skipped; stops when the scale it left is
+        below ``train.min_loss_scale``.
+
+        Raises:
+            FloatingPointError: naming the step, the scale, the floor and the saved batches.
+        """
+        scale, step = self.scaler.get_scale(), self.progress.step
+        if scale >= LOW_LOSS_SCALE:
+            logger.info("float16 overflow at step %d: step skipped, loss scale now %g", step, scale)
+            return
+        logger.warning("float16 overflow at step %d: step skipped, loss scale now %g (below %g: "
+                       "the loss or its gradients overflow float16 again and again)", step, scale,
+                       LOW_LOSS_SCALE)
+        if scale < self.cfg.min_loss_scale:
+            path, cuts = self._save_bad_batches(batches)
+            raise FloatingPointError(
+                f"float16 loss scale fell to {scale:g} at step {step}, below "
+                f"train.min_loss_scale={self.cfg.min_loss_scale:g}: the loss or its gradients "
+                f"overflow at every step, so no step is taken (cuts: {', '.join(cuts[:4])}...); "
+                f"the last batches are in {path}. Lower the learning rate, or train with "
+                "train.amp_dtype=bfloat16 or train.use_amp=false"
+            )
+
+    def _save_bad_batches(self, batches: list[Batch]) -> tuple[Path, list[str]]:
+        """Saves the batches of the current step under ``bad-batches/``; returns the file and
+        their cut ids."""
+        path = self.exp_dir / "bad-batches" / f"step-{self.progress.step}-rank-{self.dist.rank}.pt"
+        atomic_torch_save([dataclasses.asdict(b) for b in batches], path)
+        return path, [c for b in batches for c in b.cut_ids]
+
     def _skip(self, batches: list[Batch], norm: float) -> None:
         p = self.progress
         p.skipped_steps += 1
         self._skips_in_a_row += 1
-        path = self.exp_dir / "bad-batches" / f"step-{p.step}-rank-{self.dist.rank}.pt"
-        atomic_torch_save([dataclasses.asdict(b) for b in batches], path)
-        cuts = [c for b in batches for c in b.cut_ids]
+        path, cuts = self._save_bad_batches(batches)
         logger.warning(
             "non-finite gradients (norm %s) at step %d: step skipped (%d so far), its %d "
             "batch(es) saved to %s (cuts: %s)", norm, p.step, p.skipped_steps, len(batches), path,

@@ -99,3 +99,33 @@ def test_transcribe_help_documents_the_output_shapes(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "one line per input" in text and "JSON Lines, one object per input" in text
     assert "(default: auto)" in text and "(default: the package's)" in text
+
+
+_NO_MODEL = {  # each command with a model that is not there: it applies the threads, then fails
+    "transcribe": ["transcribe", "a.wav", "--model", "{tmp}/none"],
+    "decode": ["decode", "--exp-dir", "{tmp}/none", "--searcher", "greedy"],
+    "serve": ["serve", "--model", "{tmp}/none", "--port", "0"],
+}
+
+
+@pytest.mark.parametrize("command, default", [("transcribe", 0), ("decode", 0), ("serve", 1)])
+def test_num_threads_sets_intra_and_inter_op_threads_in_every_model_command(
+        command, default, tmp_path, monkeypatch, caplog):
+    """asr transcribe had no --num-threads (icefall, sherpa-onnx and WeNet have one); asr decode
+    and asr serve set the intra-op threads only. One option now: N sets both, 0 neither; each
+    command keeps its default (serve: 1)."""
+    import torch
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(("intra", n)))
+    monkeypatch.setattr(torch, "set_num_interop_threads", lambda n: calls.append(("inter", n)))
+    monkeypatch.setattr(torch, "get_num_interop_threads", lambda: 7)
+    args = [a.format(tmp=tmp_path) for a in _NO_MODEL[command]]
+    assert main(args + ["--num-threads", "3"]) == 2
+    assert calls == [("intra", 3), ("inter", 3)]
+    calls.clear()
+    assert main(args) == 2
+    assert calls == ([("intra", default), ("inter", default)] if default else [])
+    calls.clear()
+    assert main(args + ["--num-threads", "-1"]) == 2 and not calls
+    assert "--num-threads must be >= 0, got -1" in caplog.text

@@ -213,6 +213,44 @@ def test_speed_perturbed_batches_keep_to_max_duration_on_every_rank(prepared: di
     assert [dict(zip(b.cut_ids, b.feat_lens.tolist())) for b in with_workers(2, 2)] == full[2:]
 
 
+def test_training_filter_keeps_no_cut_that_a_drawn_speed_makes_infeasible(prepared: dict,
+                                                                          tmp_path) -> None:
+    """Speed perturbation happens after filtering: a cut with as many tokens as encoder frames
+    at speed 1 passed the training filter, then reached the loss with more tokens than frames
+    in every epoch that drew 1.1 for it. The filter now judges the frames each speed gives,
+    exactly as many as the on-the-fly features of the perturbed cut have."""
+    from types import SimpleNamespace
+
+    from lhotse.utils import compute_num_frames, fastcopy
+
+    from asr.data.epochs import EpochBatches
+    from asr.experiment import ExperimentConfig
+    from asr.run.train import _load_filtered
+
+    def spelled(cut, extra: int):  # a text of as many characters as encoder frames, plus extra
+        frames = subsampled_length(compute_num_frames(cut.duration, 0.01, 16000))
+        sup = fastcopy(cut.supervisions[0], text="A" * (frames + extra))
+        return fastcopy(cut, supervisions=[sup])
+
+    cuts = list(CutSet.from_file(prepared["manifests"]["train-clean-5"]))
+    tight = CutSet.from_cuts([spelled(c, 0) for c in cuts[:4]] + [spelled(c, -4) for c in cuts[4:]])
+    tight.to_file(tmp_path / "tight.jsonl.gz")
+    data = _cfg(prepared, manifest_dir=tmp_path, train_cuts=("tight.jsonl.gz",),
+                on_the_fly_feats=True, speed_perturb=True, drop_last=False, min_cut_duration=0.0,
+                spec_augment=SpecAugmentConfig(enabled=False))
+    model = SimpleNamespace(encoder=SimpleNamespace(output_length=subsampled_length))
+    kept = _load_filtered(ExperimentConfig(data=data), model, data.train_cuts, CharEncoder(),
+                          "training", train=True)
+    assert sorted(c.id for c in kept) == sorted(c.id for c in cuts[4:])
+    batches = EpochBatches(kept, data, CharEncoder())
+    speeds = set()
+    for epoch in range(1, 5):
+        for batch in batches(epoch, 0):
+            assert torch.all(batch.token_lens <= subsampled_length(batch.feat_lens)), batch.cut_ids
+            speeds |= {batches.loader.dataset.speed_perturbation.factor(i) for i in batch.cut_ids}
+    assert speeds == {0.9, 1.0, 1.1}
+
+
 def test_noise_mixing_in_training_only(prepared: dict, tmp_path) -> None:
     rng = np.random.default_rng(1)
     noise_wav = tmp_path / "noise.flac"

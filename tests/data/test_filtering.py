@@ -80,3 +80,28 @@ def test_text_outside_the_tokenizer_is_counted_and_logged(caplog) -> None:
     assert stats == FilterStats(kept=3, with_unk=2) and len(kept) == 3
     assert "2 kept cuts have text the tokenizer encodes as <unk>" in caplog.text
     assert "lower: 'hello'" in caplog.text
+
+
+def test_speed_factors_judge_every_speed_a_cut_can_be_drawn_at(caplog) -> None:
+    """On-the-fly speed perturbation draws 0.9, 1.0 or 1.1 per cut and epoch, after filtering:
+    each check must hold at each speed (1.1: fewest frames, shortest; 0.9: longest)."""
+    cuts = CutSet.from_cuts([
+        _cut("ok", 1.0, "HELLO"),
+        # 100 frames -> 24 encoder frames; at 1.1 0.909 s, 91 frames -> 22 < 23 tokens
+        _cut("fast-text", 1.0, "A" * 23),
+        _cut("fast-short", 0.52, "A"),  # 0.473 s at 1.1 < 0.5
+        _cut("slow-long", 18.5, "A"),  # 20.56 s at 0.9 > 20
+    ])
+    kept, stats = filter_cuts(cuts, CharEncoder(), subsampled_length, min_duration=0.5,
+                              max_duration=20.0)
+    assert stats == FilterStats(kept=4)  # at speed 1 alone every cut passes
+    with caplog.at_level(logging.INFO):
+        kept, stats = filter_cuts(cuts, CharEncoder(), subsampled_length, min_duration=0.5,
+                                  max_duration=20.0, speed_factors=(1.0, 0.9, 1.1))
+    assert [c.id for c in kept] == ["ok"]
+    assert stats == FilterStats(kept=1, too_short=1, too_long=1, too_many_tokens=1)
+    assert "too_many_tokens (e.g. fast-text at speed 1.1)" in caplog.text
+    assert "too_long (e.g. slow-long at speed 0.9)" in caplog.text
+    assert "kept 1 of 4 cuts (dropped 3) judged at each speed 0.9/1/1.1" in caplog.text
+    with pytest.raises(ValueError, match="speed_factors must be > 0"):
+        filter_cuts(cuts, CharEncoder(), subsampled_length, speed_factors=(1.0, 0.0))

@@ -130,8 +130,10 @@ def test_result_message():
         "timestamps": [0.0, 0.04],
         "segment": 0,
         "is_final": False,
+        "is_eof": False,
         "audio_end": 1.235,
     }
+    assert json.loads(result_message(Result(), 2.0, is_eof=True))["is_eof"] is True
 
 
 @pytest.mark.parametrize(
@@ -213,3 +215,15 @@ def test_client_settings_message_round_trips_through_the_parser():
     assert parse_text(settings_message(16000, ["A B"])) == StreamSettings(None, ("A B",))
     args = build_parser().parse_args(["x.wav", "--hotwords", "A;B", "--hotwords-score", "2"])
     assert (args.hotwords, args.hotwords_score) == ("A;B", 2.0)
+
+
+def test_the_microphone_client_prints_each_final_segment_with_its_start_time(capsys):
+    from asr.serve.client import _Printer
+
+    printer = _Printer()
+    printer.tty = False
+    printer({"text": "HEL", "segment": 1, "start_time": 1.96, "is_final": False})
+    printer({"text": "HELLO", "segment": 1, "start_time": 1.96, "is_final": True})
+    printer({"text": "", "segment": 2, "start_time": 3.0, "is_final": True})
+    printer({"text": "HI", "segment": 0, "is_final": True})  # a server without start_time
+    assert capsys.readouterr().out == "[1 1.96s] HELLO\n[0] HI\n"

@@ -33,6 +33,27 @@ def _edit_distance(hyp: str, ref: str) -> int:
     return kaldialign.edit_distance(list(ref), list(hyp))["total"]
 
 
+def _check_segment_times(messages: list[dict]) -> None:
+    """sherpa-onnx's ``start_time`` and ``is_eof``, which the messages lacked: a segment's
+    start_time is where it began (0, then the endpoint that ended the one before), on the
+    clock of our timestamps (seconds from the start of the stream), the same in each of its
+    messages; is_eof marks the stream's last message only."""
+    starts: dict[int, set[float]] = {}
+    for msg in messages:
+        starts.setdefault(msg["segment"], set()).add(msg["start_time"])
+        assert all(t >= msg["start_time"] for t in msg["timestamps"]), msg
+        assert all(w["start"] >= msg["start_time"] for w in msg["words"]), msg
+        assert msg["start_time"] <= msg["audio_end"], msg
+    assert [m["is_eof"] for m in messages] == [False] * (len(messages) - 1) + [True]
+    assert messages[-1]["is_final"]
+    begins = [starts[k] for k in sorted(starts)]
+    assert all(len(b) == 1 for b in begins) and begins[0] == {0.0}, starts
+    finals = [m for m in messages if m["is_final"]]
+    for before, after in zip(finals, finals[1:]):  # segment k ends where segment k + 1 begins
+        assert max(before["timestamps"], default=0.0) < after["start_time"]
+        assert before["start_time"] < after["start_time"] <= after["audio_end"]
+
+
 def test_eight_concurrent_clients_match_offline_streaming(
     engine, server, speech, reference_texts, wait_until
 ):
@@ -66,6 +87,8 @@ def test_eight_concurrent_clients_match_offline_streaming(
     limit = 0.35 if engine == "pytorch" else 0.5
     assert errors / sum(len(s.text) for s in speech) < limit, [r.text for r in results]
     assert len(results[-1].segments) >= 2  # endpointing split the two sentences
+    for result in results:
+        _check_segment_times(result.messages)
     stats = server.server.stats()
     assert stats["max_batch"] > 1, stats  # streams really were batched
     assert wait_until(lambda: server.server.num_sessions == 0, 5.0)

@@ -1,5 +1,6 @@
 """Trainer: exact resume after a stop mid-epoch, DDP gradient equivalence, logs and plot."""
 
+import logging
 import math
 import os
 import subprocess
@@ -417,6 +418,30 @@ def test_a_float16_step_the_grad_scaler_skips_moves_neither_the_schedule_nor_the
     adam_steps = int(next(iter(trainer.optimizer.state.values()))["step"])
     assert trainer.scaler.get_scale() == 8.0  # one overflow
     assert adam_steps == progress.step == trainer.scheduler.step_count == 6
+
+
+def test_a_float16_loss_that_always_overflows_stops_training_at_the_scale_floor(tmp_path,
+                                                                              caplog):
+    """A loss that overflows at every step made the GradScaler halve its scale at every step
+    while training went on taking none. Below 0.01 each overflow is a warning; below
+    train.min_loss_scale training stops naming the step and the scale. Skipped float16 steps are
+    still neither counted nor scheduled (a CPU GradScaler stands in for the CUDA one)."""
+    torch.manual_seed(0)
+    trainer = Trainer(NanAt(bad={"all"}), OptimConfig(), TrainConfig(
+        max_epochs=1, checkpoint_interval=0, min_loss_scale=1e-3), tmp_path, _named(batches))
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** -4)
+    with caplog.at_level(logging.INFO), pytest.raises(
+            FloatingPointError, match=r"scale fell to 0.000976562 at step 0, below "
+                                      r"train.min_loss_scale=0.001.*e1b5u0"):
+        trainer.fit()  # 2**-4 -> 2**-5, ..., 2**-10 < 1e-3: at the 6th batch
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert [m.split("loss scale now ")[1].split()[0] for m in warned] == [
+        "0.0078125", "0.00390625", "0.00195312", "0.000976562"]
+    p = trainer.progress
+    assert p.step == p.skipped_steps == trainer.scheduler.step_count == 0
+    assert safe_torch_load(tmp_path / "bad-batches" / "step-0-rank-0.pt")[0]["cut_ids"][0] == "e1b5u0"
+    with pytest.raises(ValueError, match="min_loss_scale must be >= 0"):
+        TrainConfig(min_loss_scale=-1.0)
 
 
 def test_max_steps_on_an_epochs_last_step_still_ends_that_epoch(tmp_path):
