@@ -22,6 +22,7 @@ __all__ = [
     "add_device_argument",
     "add_num_threads_argument",
     "add_search_arguments",
+    "add_streaming_arguments",
     "attribute_docs",
     "dataclass_from_args",
     "selection_from_args",
@@ -111,6 +112,17 @@ def add_search_arguments(parser: argparse.ArgumentParser, searcher_default: str,
                         metavar="search.FIELD=VALUE",
                         help="search options, e.g. search.beam_size=8 search.lm_weight=0.3 "
                              f"(default: {search_default})")
+
+
+def add_streaming_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--chunk-size N`` and ``--left-chunks N``: the chunking of a streaming decode (``asr
+    transcribe --streaming``, ``asr serve``), as WeNet's ``--chunk_size`` and
+    ``--num_decoding_left_chunks``; by default the package's own."""
+    parser.add_argument("--chunk-size", type=int, default=None, metavar="N",
+                        help="streaming: encoder frames per chunk, > 0 (default: the package's)")
+    parser.add_argument("--left-chunks", type=int, default=None, metavar="N",
+                        help="streaming: chunks of left context; -1 keeps every earlier frame "
+                             "(memory and time grow with the stream) (default: the package's)")
 
 
 def selection_from_args(args: argparse.Namespace) -> WeightSelection:

@@ -15,6 +15,7 @@ from asr.cli.options import (
     add_device_argument,
     add_num_threads_argument,
     add_search_arguments,
+    add_streaming_arguments,
     dataclass_from_args,
     set_num_threads,
 )
@@ -47,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser, "the package's searcher if it streams, else the model's streaming greedy one"
     )
     add_device_argument(parser)
+    add_streaming_arguments(parser)
     add_num_threads_argument(
         parser, 1, "; streams are batched instead, and on a busy 2-core machine 2 threads raised "
         "the p95 latency from ~20 ms to ~250 ms in tools/bench/serve.py; --engine sherpa-onnx: "
@@ -77,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
     endpoint = EndpointConfig(enabled=not args.no_endpoint)
     try:
         if args.engine == "sherpa-onnx":
+            if args.chunk_size is not None or args.left_chunks is not None:
+                raise ValueError("--engine sherpa-onnx: the chunking is fixed in the exported "
+                                 "graphs (asr export-onnx --streaming --chunk-size/--left-chunks"
+                                 "); drop --chunk-size and --left-chunks")
             if args.searcher or args.search_overrides:
                 logger.warning("asr serve: --engine sherpa-onnx runs its greedy search; "
                                "search options are ignored")
@@ -85,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
                 endpoint=endpoint)
         else:
             model = load_model(args.model, device=args.device, search=args.search_overrides)
-            recognizer = model.streaming_recognizer(args.searcher, endpoint=endpoint)
+            recognizer = model.streaming_recognizer(args.searcher, endpoint=endpoint,
+                                                    chunk_size=args.chunk_size,
+                                                    left_chunks=args.left_chunks)
     except PackageError as err:
         logger.error("asr serve: cannot load model package: %s", err)
         return 2

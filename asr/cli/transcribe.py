@@ -35,6 +35,7 @@ from asr.cli.options import (
     add_device_argument,
     add_num_threads_argument,
     add_search_arguments,
+    add_streaming_arguments,
     set_num_threads,
 )
 from asr.package import PackageError
@@ -74,6 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="windows (offline) or streams (--streaming) decoded together")
     add_device_argument(parser)
     add_num_threads_argument(parser)
+    add_streaming_arguments(parser)
     parser.add_argument("--window-seconds", type=float, default=30.0,
                         help="offline: long inputs are decoded in windows of this length")
     parser.add_argument("--overlap-seconds", type=float, default=2.0,
@@ -191,7 +193,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.streaming:  # a missing LM or hotword file, bad phrases fail here
             model.searcher(args.searcher, args.hotwords)
         if args.streaming:  # a searcher that does not stream (or bias) fails here
-            recognizer = model.streaming_recognizer(args.searcher)
+            recognizer = model.streaming_recognizer(args.searcher, chunk_size=args.chunk_size,
+                                                    left_chunks=args.left_chunks)
             if args.hotwords is not None:
                 recognizer.hotword_graph(args.hotwords)
     except PackageError as err:
@@ -206,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
             files, batch_size=args.batch_size, streaming=args.streaming,
             window_seconds=args.window_seconds, overlap_seconds=args.overlap_seconds,
             progress=progress, on_error="return", searcher=args.searcher,
-            hotwords=args.hotwords,
+            hotwords=args.hotwords, chunk_size=args.chunk_size, left_chunks=args.left_chunks,
         )
     except (AudioError, ValueError, KeyError) as err:
         logger.error("asr transcribe: %s", err)

@@ -171,6 +171,8 @@ class Transcriber:
         progress: bool = False,
         on_error: Literal["raise", "return"] = "raise",
         hotwords: HotwordsSpec = None,
+        chunk_size: int | None = None,
+        left_chunks: int | None = None,
     ) -> list[TranscriptionResult | FailedInput]:
         """Transcribes files, encoded bytes or waveforms.
 
@@ -192,6 +194,9 @@ class Transcriber:
                 the search options' own (``search.hotwords_file``); boost
                 ``search.hotwords_score``. Streaming too, with those searchers (every stream
                 gets them).
+            chunk_size, left_chunks: the streaming chunking (encoder frames per chunk, chunks
+                of left context, -1 every earlier frame); default the package's. Only with
+                ``streaming``.
 
         Raises:
             asr.decoding.context_graph.HotwordError: for phrases the tokenizer cannot spell (a
@@ -201,7 +206,12 @@ class Transcriber:
         Returns:
             One :class:`asr.results.TranscriptionResult` (or ``FailedInput``) per input, in order.
         """
-        recognizer = self.streaming_recognizer(searcher) if streaming else None
+        if not streaming and (chunk_size is not None or left_chunks is not None):
+            raise ValueError("chunk_size and left_chunks set the streaming chunking: pass "
+                             "streaming=True")
+        recognizer = (self.streaming_recognizer(searcher, chunk_size=chunk_size,
+                                                left_chunks=left_chunks)
+                      if streaming else None)
         context = None
         if recognizer is not None and hotwords is not None:  # bad phrases fail before any audio
             context = recognizer.hotword_graph(hotwords)

@@ -99,3 +99,11 @@ def test_an_unexpected_failure_is_one_line(tmp_path):
                            "--exp-dir", str(tmp_path / "exp")], capture_output=True, text=True,
                           timeout=120, cwd=REPO)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_streaming_chunking_the_server_cannot_use(beam_package):
+    code, [line] = _asr("serve", "--model", beam_package, "--port", "0", "--chunk-size", "0")
+    assert code == 2 and "chunk_size" in line
+    code, [line] = _asr("serve", "--model", beam_package, "--port", "0", "--engine",
+                        "sherpa-onnx", "--left-chunks", "-1")
+    assert code == 2 and "the chunking is fixed in the exported graphs" in line

@@ -336,3 +336,37 @@ def test_streaming_hotwords_options(tiny, audio_dir, tmp_path, capsys, caplog):
     greedy = [wav, "--model", tiny.package_dir, "--streaming", "--searcher", "ctc_greedy"]
     code, _, _ = _run([*greedy, "--hotwords", words[0]], capsys)
     assert code == 2 and "'ctc_greedy' does not take hotwords" in caplog.text
+
+
+def test_streaming_chunking_options_reach_the_recognizer(tiny, audio_dir, capsys, monkeypatch):
+    """--chunk-size/--left-chunks (WeNet's --chunk_size/--num_decoding_left_chunks) choose the
+    streaming chunking; -1 keeps every earlier frame; the text is the Python API's."""
+    import asr
+    import asr.runtime.offline as offline
+
+    made = []
+    real = offline.StreamingRecognizer
+
+    def spy(*args, **kwargs):
+        recognizer = real(*args, **kwargs)
+        made.append((recognizer.chunk_size, recognizer.left_chunks))
+        return recognizer
+
+    monkeypatch.setattr(offline, "StreamingRecognizer", spy)
+    files = [audio_dir / f"utt{i}.wav" for i in range(len(tiny.texts))]
+    code, out, _ = _run([*files, "--model", tiny.package_dir, "--streaming", "--chunk-size", 2,
+                         "--left-chunks", -1], capsys)
+    assert code == 0 and made and set(made) == {(2, -1)}
+    model = asr.load_model(tiny.package_dir)
+    expected = model.transcribe(files, streaming=True, chunk_size=2, left_chunks=-1)
+    assert out.splitlines() == [f"{f}\t{r.text}" for f, r in zip(files, expected)]
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--chunk-size", "2"], "pass streaming=True"),
+    (["--streaming", "--chunk-size", "0"], "chunk_size"),
+])
+def test_bad_streaming_chunking_is_a_clear_error(tiny, audio_dir, capsys, caplog, options,
+                                                 message):
+    code, out, _ = _run([audio_dir / "utt0.wav", "--model", tiny.package_dir, *options], capsys)
+    assert code == 2 and out == "" and message in caplog.text
