@@ -185,7 +185,10 @@ class ChunkedEncoder(nn.Module):
         x, enc_lens = self.subsampling(feats, feat_lens)
         chunk_size, left_chunks = self._chunking(chunk_size, left_chunks)
         num_frames = x.shape[1]
-        if num_frames == 0:  # every input shorter than the subsampling's receptive field
+        # every input shorter than the subsampling's receptive field. A trace (the ONNX export)
+        # freezes this branch untaken: its graph runs the layers on no frame, which onnxruntime
+        # does (PyTorch raises in the relative positions of no query)
+        if num_frames == 0:
             return x.new_zeros(x.shape[0], 0, self.cfg.d_model), enc_lens
         valid = torch.arange(num_frames, device=x.device)[None, :] < enc_lens[:, None]
         mask = chunk_attention_mask(num_frames, chunk_size, left_chunks, x.device)

@@ -113,10 +113,13 @@ class ConvolutionModule(nn.Module):
             else:
                 new_cache = cache
         elif self.causal:
-            padded = nn.functional.pad(hidden, (self.kernel_size - 1, 0))
+            padded = nn.functional.pad(hidden, (self.kernel_size - 1, 1))
         else:
             half = (self.kernel_size - 1) // 2
-            padded = nn.functional.pad(hidden, (half, half))
-        hidden = self.depthwise(padded).transpose(1, 2)  # (B, T, D)
+            padded = nn.functional.pad(hidden, (half, half + 1))
+        # Without a cache, one zero frame more than the kernel needs, so that it fits even when
+        # T = 0 (a batch shorter than the subsampling's window) with no branch on the shape,
+        # which an ONNX trace would freeze; its output frame, the last, is dropped.
+        hidden = self.depthwise(padded)[:, :, : x.shape[1]].transpose(1, 2)  # (B, T, D)
         hidden = nn.functional.silu(self.norm_mid(hidden))
         return self.dropout(self.pointwise_out(hidden)), new_cache

@@ -124,14 +124,18 @@ class Conv2dSubsampling(nn.Module):
                 f"Conv2dSubsampling: feats shape {tuple(feats.shape)}, expected (B, T, "
                 f"{self.input_dim})"
             )
-        num_frames = feats.shape[1]
-        out_frames = subsampled_length(num_frames)
-        if num_frames < RECEPTIVE_FIELD:  # the convolutions need at least one full window
-            feats = nn.functional.pad(feats, (0, 0, 0, RECEPTIVE_FIELD - num_frames))
-        x = self.conv(feats.unsqueeze(1))  # (B, C, T'', F')
+        out_frames = subsampled_length(feats.shape[1])
+        # Always RECEPTIVE_FIELD zero frames more, so that the convolutions get a full window for
+        # any T (0 included) without a branch on the shape, which a trace (the ONNX export)
+        # would freeze at its example's length. The T' frames kept read real input frames only,
+        # so they are exactly those of the unpadded input; the 1 or 2 frames after them, which
+        # read the zeros, are dropped before the projection (whose matrix product could round
+        # differently with more rows).
+        feats = nn.functional.pad(feats, (0, 0, 0, RECEPTIVE_FIELD))
+        x = self.conv(feats.unsqueeze(1))[:, :, :out_frames]  # (B, C, T', F')
         batch, channels, time, freq = x.shape
         x = self.out(x.transpose(1, 2).reshape(batch, time, channels * freq))
-        return x[:, :out_frames], subsampled_length(feat_lens)
+        return x, subsampled_length(feat_lens)
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> SubsamplingState:
         """State of ``batch_size`` fresh streams (nothing cached)."""

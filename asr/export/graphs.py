@@ -56,7 +56,6 @@ __all__ = [
     "STATES_PER_LAYER",
     "StreamingEncoder",
     "chunk_frames",
-    "pad_for_subsampling",
 ]
 
 #: Tensors per layer in the ``ebranchformer`` layout (key, value, conv, conv_fusion).
@@ -67,20 +66,6 @@ def chunk_frames(chunk_size: int) -> tuple[int, int]:
     """``(T, decode_chunk_len)``: feature frames read per call and the shift between calls."""
     shift = SUBSAMPLING_FACTOR * chunk_size
     return shift + RECEPTIVE_FIELD - SUBSAMPLING_FACTOR, shift
-
-
-def pad_for_subsampling(x: Tensor) -> Tensor:
-    """(N, T, F) -> (N, T + RECEPTIVE_FIELD - 1, F): frames appended so that the subsampling's
-    convolutions run on any T, even below their receptive field.
-
-    Our subsampling pads a batch shorter than its receptive field in a Python branch on the
-    shape, which the tracer freezes at the example's length: without this, onnxruntime fails on
-    a batch of inputs under 7 frames (sherpa-onnx then raises on a 60 ms utterance, where our
-    runtime returns an empty result). The appended frames lie beyond every length, so they reach
-    no valid output frame (the encoder masks by length); they only add an invalid output frame
-    or two beyond ``encoder_out_lens``.
-    """
-    return torch.cat([x, x.new_zeros(x.shape[0], RECEPTIVE_FIELD - 1, x.shape[2])], dim=1)
 
 
 class OfflineEncoder(nn.Module):
@@ -94,7 +79,7 @@ class OfflineEncoder(nn.Module):
 
     def forward(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
         """(N, T, F) float, (N,) int64 -> (N, T', J) float, (N,) int64."""
-        enc, enc_lens = self.encoder(pad_for_subsampling(x), x_lens)
+        enc, enc_lens = self.encoder(x, x_lens)
         if self.projection is not None:
             enc = self.projection(enc)
         return enc, enc_lens.to(torch.int64)
@@ -150,7 +135,7 @@ class CtcModel(nn.Module):
 
     def forward(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
         """(N, T, F), (N,) int64 -> (N, T', V) log-probs, (N,) int64."""
-        enc, enc_lens = self.encoder(pad_for_subsampling(x), x_lens)
+        enc, enc_lens = self.encoder(x, x_lens)
         return torch.log_softmax(self.head.logits(enc), dim=-1), enc_lens.to(torch.int64)
 
 

@@ -671,6 +671,7 @@ def _check_offline(path: Path, in_names, out_names, reference, fbank: FbankConfi
                                   f"{list(lengths)} frames: {err}") from err
         if channels_first:
             got = got.transpose(0, 2, 1)
+        most = 0
         for b in range(len(lengths)):  # each utterance alone in PyTorch: padding must not matter
             want, want_lens = reference(x[b: b + 1, : lengths[b]], x_lens[b: b + 1])
             n = int(want_lens[0])
@@ -678,6 +679,10 @@ def _check_offline(path: Path, in_names, out_names, reference, fbank: FbankConfi
                 raise OnnxExportError(f"{path.name}: {out_names[1]}[{b}] = {int(got_lens[b])} "
                                       f"for {lengths[b]} frames, PyTorch {n}")
             worst = max(worst, _compare(path, out_names[0], got[b, :n], want[0, :n]))
+            most = max(most, n)
+        if got.shape[1] != most:  # as many frames as PyTorch: no length frozen in the trace
+            raise OnnxExportError(f"{path.name}: {out_names[0]} has {got.shape[1]} frames for "
+                                  f"a batch of {list(lengths)} frames, PyTorch {most}")
     return (f"{path.name}: batches of frames {' and '.join(map(str, map(list, batches)))} "
             f"(padded with {pad_value:.2f}) vs PyTorch alone: max |diff| {worst:.2e}")
 

@@ -8,6 +8,7 @@ import torch
 
 from asr.encoders import build_encoder
 from asr.encoders.base import Encoder, EncoderConfig, StreamingEncoder
+from asr.encoders.layers import ConvolutionModule
 from asr.encoders.subsampling import RECEPTIVE_FIELD, subsampled_length
 from asr.state import select_states, stack_states, unstack_states
 
@@ -285,3 +286,33 @@ def test_global_cmvn_normalises_both_paths_alike(kind):
     streamed, _ = _stream(encoder, feats, lens, 4, 2)
     for b in range(2):
         torch.testing.assert_close(streamed[b], full[b, : full_lens[b]], atol=1e-5, rtol=0)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::FutureWarning")
+@pytest.mark.parametrize("causal", [True, False])
+def test_the_convolution_module_runs_on_any_length_without_a_shape_branch(causal):
+    """The depthwise convolution gets one zero frame more than its kernel needs, its output
+    dropped: the module runs on no frame (it raised: a kernel of 5 on 4 padding frames), and
+    its trace on 20 frames (as the ONNX export traces the encoder) on every other length, bit
+    for bit as the convolution of exactly the padding it needs."""
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    module = ConvolutionModule(dim=8, kernel_size=5, causal=causal, dropout=0.0).eval()
+    module.requires_grad_(False)  # its weights become constants of the traced function
+    with torch.no_grad():
+        example = (torch.randn(2, 20, 8), torch.ones(2, 20, dtype=torch.bool))
+        traced = torch.jit.trace(lambda x, valid: module(x, valid)[0], example)
+        for num_frames in range(0, 12):
+            x = torch.randn(2, num_frames, 8, generator=gen)
+            lens = torch.tensor([num_frames, num_frames // 2])
+            valid = torch.arange(num_frames)[None, :] < lens[:, None]
+            out, _ = module(x, valid)
+            assert out.shape == (2, num_frames, 8)
+            assert torch.equal(traced(x, valid), out), num_frames
+            hidden = torch.nn.functional.glu(module.pointwise_in(module.norm_in(x)), dim=-1)
+            hidden = hidden.masked_fill(~valid[:, :, None], 0.0).transpose(1, 2)
+            left = 4 if causal else 2
+            if num_frames:  # the convolution on exactly its padding (it needs a full kernel)
+                conv = module.depthwise(torch.nn.functional.pad(hidden, (left, 4 - left)))
+                hidden = torch.nn.functional.silu(module.norm_mid(conv.transpose(1, 2)))
+                assert torch.equal(module.pointwise_out(hidden), out), num_frames

@@ -70,3 +70,37 @@ def test_output_ignores_padding():
     out, out_lens = module(batch, torch.tensor([23, 32]))
     assert out_lens.tolist() == [5, 7] and alone_lens.tolist() == [5]
     torch.testing.assert_close(out[0, :5], alone[0], atol=1e-6, rtol=0)
+
+
+def _old_forward(module, feats):
+    """The forward before it always padded: the convolutions on the input alone, padded to one
+    full window only when shorter than it (a Python branch on the shape)."""
+    num_frames = feats.shape[1]
+    if num_frames < 7:
+        feats = torch.nn.functional.pad(feats, (0, 0, 0, 7 - num_frames))
+    x = module.conv(feats.unsqueeze(1))
+    batch, channels, time, freq = x.shape
+    x = module.out(x.transpose(1, 2).reshape(batch, time, channels * freq))
+    return x[:, : subsampled_length(num_frames)]
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::FutureWarning")
+def test_one_trace_runs_every_length_bit_identical_to_the_convolutions_on_the_input_alone():
+    """No branch on the shape: the module traced on 103 frames (as the ONNX export traces it)
+    runs on 0..40 frames, and every output frame equals, bit for bit, that of the convolutions
+    run on the unpadded input (the appended zero frames reach no kept frame). The old padding of
+    inputs under 7 frames was frozen out of the trace, whose convolutions then raised."""
+    gen = torch.Generator().manual_seed(0)
+    module = Conv2dSubsampling(input_dim=10, output_dim=6, channels=4).eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(module, (torch.randn(2, 103, 10), torch.tensor([103, 71])))
+    with torch.no_grad(), torch.jit.optimized_execution(False):  # no re-optimising per shape
+        for num_frames in range(0, 41):
+            feats = torch.randn(2, num_frames, 10, generator=gen)
+            lens = torch.tensor([num_frames, num_frames // 2])
+            out, out_lens = module(feats, lens)
+            assert out.shape == (2, subsampled_length(num_frames), 6)
+            assert out_lens.tolist() == [subsampled_length(n) for n in lens.tolist()]
+            assert torch.equal(out, _old_forward(module, feats)), num_frames
+            traced_out, traced_lens = traced(feats, lens)
+            assert torch.equal(traced_out, out) and torch.equal(traced_lens, out_lens), num_frames

@@ -14,6 +14,7 @@ from pathlib import Path
 import kaldi_native_fbank as knf
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 import sherpa_onnx
 import torch
@@ -663,21 +664,66 @@ def test_unlimited_left_context_has_no_streaming_layout(tmp_path):
     assert report.layout == "streaming_transducer"
 
 
-def test_inputs_shorter_than_the_subsampling_window_decode_to_nothing(tmp_path):
-    """Our subsampling pads an input under 7 frames in a Python branch that the tracer froze:
-    onnxruntime failed on it, and sherpa-onnx raised on a 40 ms utterance where our runtime
-    returns an empty result."""
-    package = random_package(tmp_path / "rnnt", head="transducer", seed=2)
-    tdt = random_package(tmp_path / "tdt", head="tdt", seed=3)
+@pytest.fixture(scope="module")
+def random_exports(tmp_path_factory) -> dict[str, tuple[Path, Path, object]]:
+    """name -> (package, export directory, report): random-weight transducer (offline,
+    streaming), CTC and TDT packages exported."""
+    root = tmp_path_factory.mktemp("random_exports")
+    package = random_package(root / "rnnt", head="transducer", seed=2)
+    tdt = random_package(root / "tdt", head="tdt", seed=3)
+    out = {}
+    for name, source, options in (("offline", package, {}), ("ctc", package, {"head": "ctc"}),
+                                  ("tdt", tdt, {}), ("streaming", package, {"streaming": True})):
+        out[name] = (source, root / f"onnx-{name}",
+                     export_onnx(source, root / f"onnx-{name}", **options))
+    return out
+
+
+def test_inputs_shorter_than_the_subsampling_window_decode_to_nothing(random_exports):
+    """An input under 7 frames (a 40 ms utterance) has no encoder frame: sherpa-onnx decodes it
+    to nothing, as our runtime does, in every layout (it raised when the trace froze our
+    subsampling's padding of such inputs, a Python branch on the shape)."""
     short = [(np.random.default_rng(0).standard_normal(n) * 0.01).astype(np.float32)
              for n in (640, 100)]
-    for name, source, options in (("offline", package, {}), ("ctc", package, {"head": "ctc"}),
-                                  ("tdt", tdt, {})):
-        report = export_onnx(source, tmp_path / f"onnx-{name}", **options)
-        recognizer = load_recognizer(tmp_path / f"onnx-{name}")
+    for name, (source, directory, report) in random_exports.items():
+        recognizer = load_recognizer(directory)
         assert [r.text for r in recognizer.decode(short)] == ["", ""], name
-        assert any("[6, 3]" in line for line in report.checks)  # the self-check runs them
+        if name != "streaming":  # the self-check runs them
+            assert any("[6, 3]" in line for line in report.checks)
         assert [r.text for r in load_model(source).transcribe(short)] == ["", ""]
+
+
+@torch.no_grad()
+def test_offline_graphs_give_pytorch_frames_for_every_length(random_exports):
+    """One graph for every input length, run as exported: the offline encoder graphs
+    (transducer, CTC, TDT) give PyTorch's frames, ``subsampled_length(T)`` of them, for T from
+    0 to 13 and a few longer. The subsampling and the convolution module run on any length
+    without a branch on the shape that the trace freezes; the export used to append 6 frames
+    to every input instead, and its graphs gave 1 or 2 frames more than PyTorch."""
+    generator = torch.Generator().manual_seed(0)
+    for name, kind, graph in (("offline", "rnnt", "encoder.onnx"), ("ctc", "ctc", "model.onnx"),
+                              ("tdt", "tdt", "encoder.onnx")):
+        source, directory, _ = random_exports[name]
+        session = onnxruntime.InferenceSession(str(directory / graph),
+                                               providers=["CPUExecutionProvider"])
+        inputs = [i.name for i in session.get_inputs()]
+        model = load_package(source).build_model("cpu").eval()
+        head = next(model.heads[h] for h, k in model.head_kinds().items() if k == kind)
+        for frames in [*range(14), 21, 40, 101]:
+            x = torch.randn(2, frames, model.encoder.input_dim, generator=generator)
+            lens = torch.tensor([frames, frames // 2])
+            enc, enc_lens = model.encoder(x, lens)
+            want = (torch.log_softmax(head.logits(enc), dim=-1) if kind == "ctc"
+                    else head.joiner.encoder_proj(enc))
+            feed = x.transpose(1, 2).contiguous() if kind == "tdt" else x
+            got, got_lens = session.run(None, {inputs[0]: feed.numpy(), inputs[1]: lens.numpy()})
+            if kind == "tdt":
+                got = got.transpose(0, 2, 1)
+            assert want.shape[1] == subsampled_length(frames)
+            assert got.shape == tuple(want.shape), (name, frames)
+            assert got_lens.tolist() == enc_lens.tolist(), (name, frames)
+            for b, n in enumerate(enc_lens.tolist()):
+                np.testing.assert_allclose(got[b, :n], want[b, :n].numpy(), atol=1e-4, rtol=1e-4)
 
 
 def test_the_printed_loader_call_decodes_an_8khz_model_as_ours(tmp_path, monkeypatch):
