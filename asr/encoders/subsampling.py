@@ -132,10 +132,23 @@ class Conv2dSubsampling(nn.Module):
         # read the zeros, are dropped before the projection (whose matrix product could round
         # differently with more rows).
         feats = nn.functional.pad(feats, (0, 0, 0, RECEPTIVE_FIELD))
-        x = self.conv(feats.unsqueeze(1))[:, :, :out_frames]  # (B, C, T', F')
+        return self.windows(feats, out_frames), subsampled_length(feat_lens)
+
+    def windows(self, feats: Tensor, num_outputs: int | Tensor) -> Tensor:
+        """The first ``num_outputs`` output frames of ``feats``, whose windows must all lie in
+        it (no padding added: the ONNX streaming graph, fed ``frames_needed(c)`` frames a chunk,
+        calls this directly).
+
+        Args:
+            feats: (B, T, F) features, T >= ``frames_needed(num_outputs)``.
+            num_outputs: T' output frames to keep.
+
+        Returns:
+            (B, T', D).
+        """
+        x = self.conv(feats.unsqueeze(1))[:, :, :num_outputs]  # (B, C, T', F')
         batch, channels, time, freq = x.shape
-        x = self.out(x.transpose(1, 2).reshape(batch, time, channels * freq))
-        return x, subsampled_length(feat_lens)
+        return self.out(x.transpose(1, 2).reshape(batch, time, channels * freq))
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> SubsamplingState:
         """State of ``batch_size`` fresh streams (nothing cached)."""

@@ -213,10 +213,8 @@ class StreamingEncoder(nn.Module):
         encoder = self.encoder
         if encoder.input_norm is not None:
             x = encoder.input_norm(x)
-        sub = encoder.subsampling
-        hidden = sub.conv(x.unsqueeze(1))  # (N, C, c, F')
-        batch, channels, time, freq = hidden.shape
-        hidden = sub.out(hidden.transpose(1, 2).reshape(batch, time, channels * freq))
+        hidden = encoder.subsampling.windows(x, self.chunk_size)  # (N, c, D)
+        batch = hidden.shape[0]
         num_new = torch.full_like(processed_lens, self.chunk_size)
         cache_len = processed_lens.clamp(max=self.cache_size)
         mask = streaming_attention_mask(cache_len, self.cache_size, num_new, self.chunk_size)
