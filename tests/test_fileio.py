@@ -26,6 +26,8 @@ from asr.fileio import (
     write_bytes_atomic,
     write_text_atomic,
 )
+from asr.metrics.wer import compute_wer, write_error_report, write_recognitions
+from asr.tokenizers.base import write_tokens_file
 from asr.train.plot import plot_history
 from asr.train.state import EpochRecord
 
@@ -154,11 +156,19 @@ def _savers(directory: Path) -> dict[str, tuple[Path, object]]:
                                 lambda p: write_shuffled_cuts([manifest], p)),
         "plot_history": (directory / "training.png",
                          lambda p: plot_history([EpochRecord(1, 2.0, 1.5), EpochRecord(2, 1.0)], p)),
+        "write_tokens_file": (directory / "tokens.txt",
+                              lambda p: write_tokens_file(p, ["<blk>", "A", "B"])),
+        "write_error_report": (directory / "errs.txt",
+                               lambda p: write_error_report(p, compute_wer(["A B"], ["A C"]))),
+        "write_recognitions": (directory / "recogs.txt",
+                               lambda p: write_recognitions(p, compute_wer(["A B"], ["A C"]))),
     }
 
 
 @pytest.mark.parametrize("name", ["save_config", "write_arpa", "atomic_torch_save",
-                                  "save_weights", "write_shuffled_cuts", "plot_history"])
+                                  "save_weights", "write_shuffled_cuts", "plot_history",
+                                  "write_tokens_file", "write_error_report",
+                                  "write_recognitions"])
 def test_every_saver_is_atomic_and_follows_the_umask(tmp_path, monkeypatch, name, umask_027):
     """A rename that fails leaves the old file and no temporary; a written file has the
     umask's permissions."""

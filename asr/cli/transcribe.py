@@ -38,6 +38,7 @@ from asr.cli.options import (
     add_streaming_arguments,
     set_num_threads,
 )
+from asr.fileio import write_text_atomic
 from asr.package import PackageError
 from asr.results import FailedInput
 from asr.runtime.offline import load_model
@@ -226,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         text = format_result(result, args.format, with_source=len(files) > 1)
         if out_dir is not None:
-            paths[index].write_text(text, encoding="utf-8")
+            write_text_atomic(paths[index], text)
         else:
             sys.stdout.write(text)
     sys.stdout.flush()

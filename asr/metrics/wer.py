@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from asr.fileio import write_text_atomic
+
 #: One aligned pair: ``(ref, hyp)``, ``(ref, None)`` a deletion, ``(None, hyp)`` an insertion.
 AlignedPair = tuple[str | None, str | None]
 #: The CER unit for a space between words.
@@ -366,7 +368,7 @@ def write_error_report(path: str | Path, result: CorpusResult) -> None:
     lines += ["", "PER-UNIT STATS: unit  corr tot_errs count_in_ref count_in_hyp"]
     ranked = sorted(per_unit.items(), key=lambda item: (-item[1][1], item[0]))
     lines += [f"{unit}   {c} {e} {r} {h}" for unit, (c, e, r, h) in ranked]
-    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def write_recognitions(path: str | Path, result: CorpusResult) -> None:
@@ -376,7 +378,7 @@ def write_recognitions(path: str | Path, result: CorpusResult) -> None:
     for utt in sorted(result.utterances, key=lambda u: u.utt_id):
         lines.append(f"{utt.utt_id}:\tref={list(utt.ref)!r}")
         lines.append(f"{utt.utt_id}:\thyp={list(utt.hyp)!r}")
-    Path(path).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    write_text_atomic(path, "".join(line + "\n" for line in lines))
 
 
 def read_kaldi_text(path: str | Path) -> dict[str, str]:

@@ -28,6 +28,7 @@ from asr.data.dataset import load_cuts, make_dataloader
 from asr.data.librispeech import cuts_path
 from asr.decoding import Searcher
 from asr.experiment import ExperimentConfig
+from asr.fileio import write_text_atomic
 from asr.metrics.wer import CorpusResult, compute_wer, write_error_report, write_recognitions
 from asr.model import ASRModel
 from asr.tokenizers import Tokenizer
@@ -138,8 +139,8 @@ def write_results(
     write_recognitions(paths["recogs"], result)
     write_error_report(paths["errs"], result)
     tag = "_".join(f"{k}-{v}" for k, v in (settings or {}).items()) or searcher_name
-    paths["wer_summary"].write_text(
-        f"settings\tWER\n{tag}\t{wer:.2f}\n# {result.stats.summary('WER')}\n", encoding="utf-8"
+    write_text_atomic(
+        paths["wer_summary"], f"settings\tWER\n{tag}\t{wer:.2f}\n# {result.stats.summary('WER')}\n"
     )
     return wer, paths
 

@@ -255,7 +255,7 @@ def write_transcripts(plans: Sequence[UtterancePlan]) -> None:
     for chapter_dir, items in chapters.items():
         name = f"{items[0].speaker_id}-{items[0].chapter_id}.trans.txt"
         lines = sorted(f"{p.utt_id} {p.transcript}\n" for p in items)
-        (chapter_dir / name).write_text("".join(lines), encoding="utf-8")
+        write_text_atomic(chapter_dir / name, "".join(lines))
 
 
 def _run_plans(plans: Sequence[UtterancePlan], num_jobs: int, progress: bool) -> list[int]:

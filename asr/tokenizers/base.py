@@ -22,6 +22,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from asr.fileio import write_text_atomic
+
 BLANK_ID = 0
 SOS_EOS_ID = 1
 UNK_ID = 2
@@ -128,7 +130,7 @@ def write_tokens_file(path: Path, pieces: Sequence[str]) -> None:
     for token_id, piece in enumerate(pieces):
         if not piece or any(ch.isspace() for ch in piece):
             raise ValueError(f"piece {piece!r} (id {token_id}) is empty or contains whitespace")
-    path.write_text("".join(f"{piece} {i}\n" for i, piece in enumerate(pieces)), encoding="utf-8")
+    write_text_atomic(path, "".join(f"{piece} {i}\n" for i, piece in enumerate(pieces)))
 
 
 def read_tokens_file(path: Path) -> list[str]:
