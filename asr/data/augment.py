@@ -1,7 +1,7 @@
 """Augmentation: speed perturbation of the training cuts before they are batched
-(:class:`SpeedPerturbation`), vocal tract length perturbation (VTLP) of the features, and
-SpecAugment's time masks kept within what an utterance's length allows
-(:class:`UtteranceSpecAugment`).
+(:class:`SpeedPerturbation`), additive noise (:class:`NoiseMixing`), vocal tract length
+perturbation (VTLP) of the features, and SpecAugment's time masks kept within what an utterance's
+length allows (:class:`UtteranceSpecAugment`).
 
 VTLP (Jaitly & Hinton, "Vocal Tract Length Perturbation (VTLP) improves speech recognition",
 ICML 2013 workshop) warps the frequency axis of each training utterance by a random factor
@@ -13,8 +13,13 @@ frequency ``f_k`` on Kaldi's mel scale) takes the log energy of the input at fre
 ``W_alpha(f_k)``, linearly interpolated between neighbouring bins, so it needs no audio and costs
 one gather per utterance.
 
-Randomness comes from Python's global :mod:`random`, as lhotse's ``SpecAugment`` does, so the
-trainer's checkpointed RNG state makes a resumed run draw the same warps.
+Randomness: every draw is a function of the data seed, the epoch and the identity of what is
+drawn for (:func:`draw_seed`). Speed factors hash ``(seed, epoch, cut id)`` directly; the other
+augmentations draw from the process' global RNGs (Python's :mod:`random`, NumPy's and torch's CPU
+generator: lhotse's ``SpecAugment`` uses all three), which :class:`asr.data.dataset.AsrDataset`
+seeds (:func:`seed_rngs`) per utterance (warp, SpecAugment) and per batch (noise, dither), and
+puts back afterwards (:func:`preserved_rngs`). So the draws do not depend on DataLoader workers, on ``num_workers`` or
+on where a run was resumed, and the data path leaves the training loop's RNGs alone.
 
 Example:
     >>> warp = FrequencyWarp.from_fbank(FbankConfig(), FreqWarpConfig(enabled=True, max_warp=0.1))
@@ -23,19 +28,56 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import math
 import random
+from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from asr.data.config import FreqWarpConfig
 from asr.features.fbank import FbankConfig
 
-__all__ = ["FrequencyWarp", "SpeedPerturbation", "UtteranceSpecAugment", "kaldi_mel_centers",
-           "vtlp_warp"]
+__all__ = ["FrequencyWarp", "NoiseMixing", "SpeedPerturbation", "UtteranceSpecAugment",
+           "draw_seed", "kaldi_mel_centers", "preserved_rngs", "seed_rngs", "vtlp_warp"]
+
+
+def draw_seed(*parts: object) -> int:
+    """A 64-bit seed hashed from ``parts`` (e.g. the data seed, the epoch and a cut id).
+
+    The same parts give the same seed in every process and Python session (no ``hash()``
+    randomisation); parts are joined by ``":"`` before hashing.
+    """
+    key = ":".join(str(part) for part in parts).encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
+
+
+def seed_rngs(seed: int) -> None:
+    """Seeds Python's :mod:`random`, NumPy's global and torch's CPU generator with ``seed`` (CUDA
+    generators are not touched): lhotse's ``SpecAugment`` draws from these three without taking a
+    generator, so seeding them before a draw makes it a function of ``seed`` wherever it runs.
+    Call it inside :func:`preserved_rngs`."""
+    random.seed(seed)
+    np.random.seed(seed & 0xFFFFFFFF)
+    torch.default_generator.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def preserved_rngs() -> Iterator[None]:
+    """Puts back the states of the generators :func:`seed_rngs` seeds when the body ends."""
+    py_state = random.getstate()
+    np_state = np.random.get_state()
+    torch_state = torch.default_generator.get_state()
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.default_generator.set_state(torch_state)
 
 
 def _mel(freq: Tensor) -> Tensor:
@@ -210,10 +252,8 @@ class SpeedPerturbation:
 
     def factor(self, cut_id: str) -> float:
         """The speed factor of ``cut_id`` in the current epoch."""
-        key = f"{self.seed}:{self.epoch}:{cut_id}".encode()
-        draw = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
         choices = (1.0, *self.factors)
-        return choices[draw % len(choices)]
+        return choices[draw_seed(self.seed, self.epoch, cut_id) % len(choices)]
 
     def __call__(self, cut):
         """The cut at its factor (the cut itself at factor 1)."""
@@ -221,3 +261,31 @@ class SpeedPerturbation:
         if factor == 1.0:
             return cut
         return cut.drop_features().perturb_speed(factor, affix_id=False)
+
+
+class NoiseMixing:
+    """Additive noise for a batch of cuts: each cut gets, with ``probability``, noise cuts mixed in
+    over its whole duration at an SNR drawn uniformly from ``snr_db`` (lhotse's ``CutSet.mix``,
+    what its ``CutMix`` transform does with ``pad_to_longest=False``); the cuts keep their ids.
+
+    The draws come from Python's global :mod:`random` (one seed for lhotse's mixer), which the
+    dataset seeds per batch (:func:`seed_rngs`), unlike ``CutMix``, whose generator is made
+    once and then runs on from batch to batch in each DataLoader worker.
+
+    Args:
+        noise: eager CutSet of noise recordings (at least one).
+        snr_db: (low, high) signal-to-noise ratio range in dB.
+        probability: the chance that a cut gets noise.
+    """
+
+    def __init__(self, noise, snr_db: tuple[float, float], probability: float) -> None:
+        if len(noise) == 0:
+            raise ValueError("NoiseMixing needs at least one noise cut")
+        self.noise = noise
+        self.snr_db = (float(snr_db[0]), float(snr_db[1]))
+        self.probability = probability
+
+    def __call__(self, cuts):
+        """The cuts of a batch (CutSet) with noise mixed into some of them (an eager CutSet)."""
+        return cuts.mix(self.noise, snr=self.snr_db, mix_prob=self.probability,
+                        preserve_id="left", seed=random.getrandbits(32)).to_eager()

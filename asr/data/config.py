@@ -96,7 +96,7 @@ class FreqWarpConfig:
 
 @dataclass(frozen=True)
 class NoiseConfig:
-    """Additive noise from a lhotse CutSet (lhotse ``CutMix``), training only.
+    """Additive noise from a lhotse CutSet (:class:`asr.data.augment.NoiseMixing`), training only.
 
     Attributes:
         cuts_path: noise CutSet manifest; ``None`` disables noise. With precomputed features the

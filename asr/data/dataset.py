@@ -3,9 +3,17 @@
 The sampler yields CutSets; :class:`AsrDataset` turns one into a padded batch. Training cuts are
 speed-perturbed before the sampler sees them (:class:`asr.data.augment.SpeedPerturbation`, Ko et
 al. Interspeech 2015, so batches keep to ``max_duration``); training batches go through cut
-transforms (additive noise via lhotse ``CutMix``) before feature extraction and SpecAugment
-(Park et al., Interspeech 2019, lhotse ``SpecAugment``) after it, optionally preceded by vocal tract
-length perturbation of the features (:mod:`asr.data.augment`); evaluation batches get none.
+transforms (additive noise: :class:`asr.data.augment.NoiseMixing`) before feature extraction and
+SpecAugment (Park et al., Interspeech 2019, lhotse ``SpecAugment``) after it, optionally preceded by
+vocal tract length perturbation of the features (:mod:`asr.data.augment`); evaluation batches get
+none.
+
+Random draws are a function of ``(data seed, epoch, cut ids)`` only: the cut transforms and the
+feature loading (dither) of a batch run under RNGs seeded from its cut ids, the feature transforms
+and SpecAugment of an utterance under RNGs seeded from its cut id
+(:func:`asr.data.augment.seed_rngs`), and the caller's RNGs are left as they were. A batch is therefore augmented the same whichever
+DataLoader worker makes it, with any ``num_workers``, and in a run resumed mid-epoch; a cut that
+occurs twice in one epoch (the same id) is augmented the same way both times.
 
 Features are either read from storage (lhotse ``PrecomputedFeatures``) or computed from audio by
 lhotse ``OnTheFlyFeatures`` with the extractor of :func:`asr.features.fbank.make_lhotse_fbank`,
@@ -21,17 +29,22 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import logging
-import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from asr.data.augment import FrequencyWarp, SpeedPerturbation, UtteranceSpecAugment
+from asr.data.augment import (
+    FrequencyWarp,
+    NoiseMixing,
+    SpeedPerturbation,
+    UtteranceSpecAugment,
+    draw_seed,
+    preserved_rngs,
+    seed_rngs,
+)
 from asr.data.config import DataConfig
 from asr.data.filtering import (
     TextEncoder,
@@ -90,13 +103,16 @@ class AsrDataset(torch.utils.data.Dataset):
         encoder: tokenizer with ``encode(text) -> list[int]``.
         input_strategy: lhotse ``BatchIO`` (``PrecomputedFeatures`` or ``OnTheFlyFeatures``)
             mapping a CutSet to (feats (B, T, F), feat_lens (B,)).
-        cut_transforms: CutSet -> CutSet callables applied before feature extraction.
+        cut_transforms: CutSet -> CutSet callables applied before feature extraction (with the
+            global RNGs seeded from the seed, the epoch and the batch's cut ids).
         spec_augment: (1, T, F) -> (1, T, F) applied to each utterance's valid frames, or None
             (from the config: lhotse's ``SpecAugment`` in a
             :class:`~asr.data.augment.UtteranceSpecAugment`).
         feature_transforms: (T, F) -> (T, F) callables applied to each utterance's valid frames
-            before SpecAugment (e.g. :class:`asr.data.augment.FrequencyWarp`).
-        rng: the RNG shared by the random cut transforms (reseeded per DataLoader worker).
+            before SpecAugment (e.g. :class:`asr.data.augment.FrequencyWarp`); they and
+            ``spec_augment`` draw from the global RNGs seeded from the seed, the epoch and the
+            utterance's cut id.
+        seed: the data seed of every random draw.
         spec_augment_start_epoch: first epoch (1-based, see :meth:`set_epoch`) that
             ``spec_augment`` applies to; the dataset starts at epoch 1.
         speed_perturbation: the perturbation the training cuts went through before sampling
@@ -109,7 +125,7 @@ class AsrDataset(torch.utils.data.Dataset):
         input_strategy: Callable,
         cut_transforms: Sequence[Callable] = (),
         spec_augment: Callable[[Tensor], Tensor] | None = None,
-        rng: random.Random | None = None,
+        seed: int = 0,
         feature_transforms: Sequence[Callable[[Tensor], Tensor]] = (),
         spec_augment_start_epoch: int = 1,
         speed_perturbation: SpeedPerturbation | None = None,
@@ -123,7 +139,7 @@ class AsrDataset(torch.utils.data.Dataset):
         self.spec_augment = spec_augment
         self.spec_augment_start_epoch = spec_augment_start_epoch
         self.epoch = 1
-        self.rng = rng or random.Random(0)
+        self.seed = seed
 
     @classmethod
     def from_config(cls, cfg: DataConfig, encoder: TextEncoder, train: bool) -> AsrDataset:
@@ -133,10 +149,9 @@ class AsrDataset(torch.utils.data.Dataset):
         dataset only carries the :class:`~asr.data.augment.SpeedPerturbation` (see
         :func:`make_dataloader`).
         """
-        from lhotse.dataset import CutMix, OnTheFlyFeatures, PrecomputedFeatures
+        from lhotse.dataset import OnTheFlyFeatures, PrecomputedFeatures
         from lhotse.dataset import SpecAugment as LhotseSpecAugment
 
-        rng = random.Random(cfg.seed)
         if cfg.on_the_fly_feats:
             # Per-utterance extraction: lhotse's batched path zero-pads the waveforms, which
             # changes the last frame of all but the longest utterance (Kaldi reflects the edge).
@@ -151,10 +166,7 @@ class AsrDataset(torch.utils.data.Dataset):
             noise = CutSet.from_file(cfg.noise.cuts_path).to_eager()
             if len(noise) == 0:
                 raise ValueError(f"data.noise.cuts_path {cfg.noise.cuts_path} holds no cuts")
-            transforms.append(
-                CutMix(noise, snr=tuple(cfg.noise.snr_db), p=cfg.noise.probability,
-                       pad_to_longest=False, preserve_id=True, seed=rng)
-            )
+            transforms.append(NoiseMixing(noise, cfg.noise.snr_db, cfg.noise.probability))
         feature_transforms = []
         if train and cfg.freq_warp.enabled:
             feature_transforms.append(FrequencyWarp.from_fbank(cfg.fbank, cfg.freq_warp))
@@ -171,15 +183,15 @@ class AsrDataset(torch.utils.data.Dataset):
             ))
         speed = (SpeedPerturbation(cfg.seed, ON_THE_FLY_SPEED_FACTORS)
                  if train and cfg.speed_perturb else None)
-        return cls(encoder, input_strategy, transforms, spec_augment, rng, feature_transforms,
+        return cls(encoder, input_strategy, transforms, spec_augment, cfg.seed, feature_transforms,
                    spec_augment_start_epoch=sa.start_epoch, speed_perturbation=speed)
 
     def set_epoch(self, epoch: int) -> None:
         """Sets the training epoch (1-based) the next batches belong to.
 
-        SpecAugment applies from ``spec_augment_start_epoch`` on, and the speed factors of the
-        epoch are drawn. DataLoader workers receive a copy of the dataset when an epoch's
-        iteration starts, so call this before that.
+        SpecAugment applies from ``spec_augment_start_epoch`` on, and the speed factors and the
+        other augmentation draws are those of ``epoch``. DataLoader workers receive a copy of the
+        dataset when an epoch's iteration starts, so call this before that.
         """
         self.epoch = epoch
         if self.speed_perturbation is not None:
@@ -190,11 +202,9 @@ class AsrDataset(torch.utils.data.Dataset):
         """Whether SpecAugment applies to this epoch's batches."""
         return self.spec_augment is not None and self.epoch >= self.spec_augment_start_epoch
 
-    def reseed(self, seed: int, python_random: bool = True) -> None:
-        """Reseeds the cut-transform RNG and, optionally, Python's (used by SpecAugment)."""
-        self.rng.seed(seed)
-        if python_random:
-            random.seed(seed)
+    def seed_for(self, *identity: str) -> int:
+        """The seed of the draws for ``identity`` (a cut id, or a batch's) in this epoch."""
+        return draw_seed(self.seed, self.epoch, *identity)
 
     def __getitem__(self, cuts) -> Batch:
         """Turns a CutSet into a Batch (cuts sorted by decreasing duration).
@@ -208,20 +218,14 @@ class AsrDataset(torch.utils.data.Dataset):
         for cut in cuts:
             if not cut.supervisions:
                 raise ValueError(f"cut {cut.id!r} has no supervision (nothing to transcribe)")
-        for transform in self.cut_transforms:
-            cuts = transform(cuts)
-        cuts = cuts.sort_by_duration(ascending=False)
-        feats, feat_lens = self._load_inputs(cuts)
-        feats = feats.to(torch.float32)
-        feat_lens = feat_lens.to(torch.int64)
-        spec_augment = self.spec_augment_active
-        if self.feature_transforms or spec_augment:
-            feats = feats.clone()
-            for i, length in enumerate(feat_lens.tolist()):
-                for transform in self.feature_transforms:
-                    feats[i, :length] = transform(feats[i, :length])
-                if spec_augment:
-                    feats[i : i + 1, :length] = self.spec_augment(feats[i : i + 1, :length])
+        with preserved_rngs():
+            seed_rngs(self.seed_for("batch", *(cut.id for cut in cuts)))
+            for transform in self.cut_transforms:
+                cuts = transform(cuts)
+            cuts = cuts.sort_by_duration(ascending=False)
+            feats, feat_lens = self._load_inputs(cuts)
+            feat_lens = feat_lens.to(torch.int64)
+            feats = self._augment_features(cuts, feats.to(torch.float32), feat_lens)
         frame_ids = torch.arange(feats.shape[1]).unsqueeze(0)
         feats = feats.masked_fill((frame_ids >= feat_lens.unsqueeze(1)).unsqueeze(2), 0.0)
         texts = [cut_text(cut) for cut in cuts]
@@ -234,6 +238,22 @@ class AsrDataset(torch.utils.data.Dataset):
             texts=texts,
             cut_ids=[cut.id for cut in cuts],
         )
+
+    def _augment_features(self, cuts, feats: Tensor, feat_lens: Tensor) -> Tensor:
+        """The feature transforms and SpecAugment of each utterance, drawn with the RNGs seeded
+        from its cut id (``feats`` (B, T, F) float32 and ``feat_lens`` (B,) in ``cuts``' order);
+        the input itself is left as it is."""
+        spec_augment = self.spec_augment_active
+        if not (self.feature_transforms or spec_augment):
+            return feats
+        feats = feats.clone()
+        for i, (cut, length) in enumerate(zip(cuts, feat_lens.tolist())):
+            seed_rngs(self.seed_for("utterance", cut.id))
+            for transform in self.feature_transforms:
+                feats[i, :length] = transform(feats[i, :length])
+            if spec_augment:
+                feats[i : i + 1, :length] = self.spec_augment(feats[i : i + 1, :length])
+        return feats
 
     def _load_inputs(self, cuts) -> tuple[Tensor, Tensor]:
         """(feats (B, T, F), feat_lens (B,)) of ``cuts`` by the input strategy.
@@ -283,17 +303,6 @@ def load_cuts(manifest_dir: str | Path, names: Sequence[str]):
     return lazy[0] if len(lazy) == 1 else combine(*lazy)
 
 
-def _seed_worker(worker_id: int, base_seed: int) -> None:
-    seed = base_seed + worker_id
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    info = torch.utils.data.get_worker_info()
-    if info is not None and isinstance(info.dataset, AsrDataset):
-        info.dataset.reseed(seed)
-    else:
-        random.seed(seed)
-
-
 def make_dataloader(
     cuts,
     cfg: DataConfig,
@@ -307,8 +316,9 @@ def make_dataloader(
 
     ``bucket_cuts``: see :func:`asr.data.sampler.make_sampler`.
 
-    The sampler is reachable as ``loader.sampler`` (``set_epoch``, ``state_dict``); each worker's
-    RNGs are seeded from ``cfg.seed``, the rank and the worker id. With ``cfg.speed_perturb``
+    The sampler is reachable as ``loader.sampler`` (``set_epoch``, ``state_dict``); the
+    augmentation draws depend on ``cfg.seed``, the epoch and the cut ids only (see the module
+    docstring), not on the workers. With ``cfg.speed_perturb``
     the training cuts reach the sampler speed-perturbed, with the factors of the epoch last
     given to ``loader.dataset.set_epoch``.
 
@@ -325,14 +335,10 @@ def make_dataloader(
     sampler = make_sampler(
         cuts, cfg, train=train, rank=rank, world_size=world_size, bucket_cuts=bucket_cuts
     )
-    base_seed = cfg.seed + 1000 * rank
-    if cfg.num_workers == 0:
-        dataset.reseed(base_seed, python_random=False)  # leave the caller's global RNG alone
     return torch.utils.data.DataLoader(
         dataset,
         sampler=sampler,
         batch_size=None,
         num_workers=cfg.num_workers,
         persistent_workers=False,
-        worker_init_fn=functools.partial(_seed_worker, base_seed=base_seed),
     )

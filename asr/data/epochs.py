@@ -1,13 +1,13 @@
 """Training batches epoch by epoch, resumable mid-epoch: the trainer's ``train_batches``.
 
 :class:`EpochBatches` is ``(epoch, skip) -> batches`` for one rank. Each epoch re-seeds the
-sampler's shuffle (``set_epoch``), the dataset's epoch (SpecAugment's ``start_epoch``, the speed
-factors, drawn per cut from ``(seed, epoch, cut id)``), the Shar shard order and the augmentation
-RNGs from ``(seed, rank, epoch)`` only, so that an epoch's batches do not depend on what ran
-before it. Exact resumption: a resumed epoch re-creates the sampler and
-skips the ``skip`` batches already trained on without loading their features (with
-``num_workers == 0`` the cut transforms still see the skipped cuts, so their random generator is
-exactly where the interrupted run left it).
+sampler's shuffle (``set_epoch``), the dataset's epoch (SpecAugment's ``start_epoch``, and every
+augmentation draw: the speed factors from ``(seed, epoch, cut id)``, noise, frequency warp,
+SpecAugment and dither from ``(seed, epoch, the batch's or the utterance's cut ids)``, see
+:mod:`asr.data.dataset`) and the Shar shard order, so that an epoch's batches do not depend on
+what ran before it, nor on ``num_workers``. Exact resumption: a resumed epoch re-creates the
+sampler and skips the ``skip`` batches already trained on without loading their features; the
+batches after them are the uninterrupted run's, augmentation included.
 
 What an epoch leaves out (lhotse's sampler with ``data.drop_last``, as in icefall): the cuts left
 in every duration bucket that no longer fill a batch (at most about ``num_buckets * max_duration``
@@ -19,7 +19,6 @@ error, not a silent empty epoch.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Iterator
 
@@ -37,22 +36,18 @@ __all__ = ["EpochBatches"]
 
 
 class _SkipFirst:
-    """Iterable over a sampler's CutSets without the first ``skip`` (passed to ``transforms``)."""
+    """Iterable over a sampler's CutSets without the first ``skip``."""
 
-    def __init__(self, sampler, skip: int, transforms=()) -> None:
+    def __init__(self, sampler, skip: int) -> None:
         self.sampler = sampler
         self.skip = skip
-        self.transforms = list(transforms)
 
     def __iter__(self):
         # next() rather than islice: iter() on a lhotse sampler restarts its epoch.
         it = iter(self.sampler)
         for _ in range(self.skip):
-            cuts = next(it, None)
-            if cuts is None:
+            if next(it, None) is None:
                 break
-            for transform in self.transforms:  # advance the augmentation RNG as if loaded
-                transform(cuts)
         return it
 
 
@@ -89,20 +84,11 @@ class EpochBatches:
             self.shar.set_epoch(epoch)
         dataset = loader.dataset
         dataset.set_epoch(epoch)
-        # The augmentation RNGs of epoch e are a function of (seed, rank, e) only.
-        seed = self.cfg.seed + 1000 * self.rank + 100_003 * epoch
-        worker_init_fn = loader.worker_init_fn
-        if isinstance(worker_init_fn, functools.partial):  # asr.data.dataset's seeding
-            worker_init_fn = functools.partial(worker_init_fn.func, base_seed=seed)
-        if self.cfg.num_workers == 0:
-            dataset.reseed(seed, python_random=False)
-        transforms = dataset.cut_transforms if self.cfg.num_workers == 0 else ()
         epoch_loader = torch.utils.data.DataLoader(
             dataset,
-            sampler=_SkipFirst(loader.sampler, skip, transforms),
+            sampler=_SkipFirst(loader.sampler, skip),
             batch_size=None,
             num_workers=self.cfg.num_workers,
-            worker_init_fn=worker_init_fn,
             persistent_workers=False,
             # The loader draws its workers' base seed from this generator, not from the global
             # RNG, so a resumed epoch leaves the global stream (dropout...) where it was.

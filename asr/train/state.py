@@ -63,8 +63,10 @@ class TrainConfig:
             machine that gets faster or slower during the run (other load, a shared host) gets
             plans that follow it; a window longer than the run averages the whole run.
 
-    DataLoader workers are ``data.num_workers``; 0 makes resumption bit-exact (all randomness is
-    then in the main process' RNG state, which checkpoints capture).
+    Resumption is bit-exact with any ``data.num_workers``: the data path's random draws
+    (augmentation, dither) are a function of the data seed, the epoch and the cut ids
+    (:mod:`asr.data.dataset`), and the model's (dropout, chunk sizes...) come from the main
+    process' RNG state, which checkpoints capture.
     """
 
     max_epochs: int = 10

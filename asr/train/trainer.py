@@ -5,8 +5,9 @@ The trainer knows nothing about speech: it drives any module whose ``forward(bat
 ``loss`` (scalar, SUMMED over utterances), ``num_utterances`` and ``metrics`` (a dict of floats,
 also sums), as :class:`asr.model.ASRModel` does. Wall-clock budgets are planned by
 :class:`asr.train.budget.TimeBudget`, called after each step and at each end of epoch. Batches come from a callable ``train_batches(epoch, skip)``
-that yields the batches of ``epoch`` after dropping the first ``skip``; that position plus the RNG
-states is what makes a resumed run continue exactly where the killed one stopped.
+that yields the batches of ``epoch`` after dropping the first ``skip`` (the same batches, augmentation
+included, as in an uninterrupted run: :class:`asr.data.epochs.EpochBatches`); that position plus
+the RNG states is what makes a resumed run continue exactly where the killed one stopped.
 
 Gradient normalisation: each batch's summed loss is multiplied by the world size before
 ``backward`` (DDP averages gradients over ranks, so they become sums over the global batch); at the

@@ -16,8 +16,12 @@ def test_sherpa_onnx_test_set_wer(trained, tiny_corpus, tmp_path, capsys):
     package = tmp_path / "package"
     assert main(["export-package", "--exp-dir", str(trained), "--checkpoint",
                  str(trained / "epoch-2.pt"), "--output-dir", str(package)]) == 0
+    # features from the audio, as sherpa-onnx computes them: the tiny model's best two CTC
+    # log-probabilities can be within 1e-3 of each other, closer than the stored (lilcom) features
+    # are to the audio's, so ours from stored features may differ by a repeated letter
     assert main(["decode", "--exp-dir", str(trained), "--checkpoint", str(trained / "epoch-2.pt"),
-                 "--searcher", "ctc_greedy", "--parts", PART]) == 0
+                 "--searcher", "ctc_greedy", "--parts", PART,
+                 "--set", "data.on_the_fly_feats=true"]) == 0
     for name, options in {"ctc": ["--head", "ctc"], "streaming": ["--streaming", "--int8"]}.items():
         assert main(["export-onnx", "--model", str(package), "--output-dir", str(tmp_path / name),
                      *options]) == 0

@@ -44,6 +44,36 @@ def test_killed_training_resumes_to_the_same_parameters(tmp_path, tiny_corpus, t
         torch.testing.assert_close(resumed["model"][name], value, rtol=0, atol=0, msg=name)
 
 
+def test_training_with_workers_and_augmentation_resumes_to_the_same_parameters(tmp_path,
+                                                                            tiny_corpus):
+    """Frequency warp and SpecAugment (time warp, frequency and time masks: Python's, NumPy's and
+    torch's RNGs) drawn in 2 DataLoader workers: a run stopped mid-epoch 2 and resumed ends with
+    the parameters of an uninterrupted run, and of a run without workers (the draws depend on the
+    seed, the epoch and the cut ids, not on which process makes a batch or where a run was
+    resumed; tests/data/test_dataset.py covers speed perturbation, noise and dither, which need
+    on-the-fly features)."""
+    augment = ("data.freq_warp.enabled=true", "data.spec_augment.time_warp_factor=5",
+               "data.spec_augment.num_time_masks=2", "train.dev_wer=false")
+    workers = (*augment, "data.num_workers=2")
+    assert train_tiny(tmp_path, tiny_corpus, "full", *workers) == 0
+    full = safe_torch_load(tmp_path / "full" / "epoch-2.pt")
+    epoch_1 = safe_torch_load(tmp_path / "full" / "epoch-1.pt")["progress"]["step"]
+    assert full["progress"]["step"] >= epoch_1 + 2
+    assert train_tiny(tmp_path, tiny_corpus, "resumed", *workers,
+                      f"train.max_steps={epoch_1 + 1}") == 0
+    partial = safe_torch_load(list_checkpoints(tmp_path / "resumed")[-1][1])
+    assert partial["progress"]["epoch"] == 2 and partial["progress"]["batches_in_epoch"] == 1
+    torch.manual_seed(1234)  # a different process state must not matter
+    assert train_tiny(tmp_path, tiny_corpus, "resumed", *workers) == 0
+    assert train_tiny(tmp_path, tiny_corpus, "in_process", *augment, "data.num_workers=0") == 0
+    for run in ("resumed", "in_process"):
+        state = safe_torch_load(tmp_path / run / "epoch-2.pt")
+        assert state["progress"]["step"] == full["progress"]["step"], run
+        for name, value in full["model"].items():
+            torch.testing.assert_close(state["model"][name], value, rtol=0, atol=0,
+                                       msg=f"{run}: {name}")
+
+
 def test_average_by_epochs_last_steps_and_running_average(trained):
     out = trained / "avg.safetensors"
     assert main(["average", "--exp-dir", str(trained), "--epoch", "2", "--avg", "2",

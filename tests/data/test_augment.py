@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from dataclasses import replace
@@ -14,7 +15,16 @@ from lhotse.dataset import SpecAugment
 from librispeech_tree import CharEncoder
 
 from asr.config import ConfigError, from_dict
-from asr.data.augment import FrequencyWarp, UtteranceSpecAugment, kaldi_mel_centers, vtlp_warp
+from asr.data.augment import (
+    FrequencyWarp,
+    SpeedPerturbation,
+    UtteranceSpecAugment,
+    draw_seed,
+    kaldi_mel_centers,
+    preserved_rngs,
+    seed_rngs,
+    vtlp_warp,
+)
 from asr.data.config import DataConfig, FreqWarpConfig, SpecAugmentConfig
 from asr.data.dataset import AsrDataset
 from asr.features.fbank import FbankConfig, compute_fbank
@@ -103,7 +113,6 @@ def test_dataset_warps_training_batches_only(prepared: dict) -> None:
                      num_workers=0, spec_augment=SpecAugmentConfig(enabled=False),
                      freq_warp=FreqWarpConfig(enabled=True, max_warp=0.2))
     reference = AsrDataset.from_config(cfg, CharEncoder(), train=False)[cuts]
-    random.seed(0)
     train = AsrDataset.from_config(cfg, CharEncoder(), train=True)[cuts]
     assert train.cut_ids == reference.cut_ids
     for i, n in enumerate(train.feat_lens.tolist()):
@@ -150,3 +159,41 @@ def test_training_batches_of_short_utterances_with_narrow_time_masks(prepared: d
     assert batch.feat_lens.tolist() == [75, 60]
     with pytest.raises(ValueError, match="max_time_mask_fraction"):
         SpecAugmentConfig(max_time_mask_fraction=0.0)
+
+
+def test_draw_seed_is_the_hash_the_speed_factors_always_used() -> None:
+    """Speed factors keep the values they had (a run resumed across the change keeps its data)."""
+    key = b"42:3:1001-10-0000"
+    assert draw_seed(42, 3, "1001-10-0000") == int.from_bytes(
+        hashlib.blake2b(key, digest_size=8).digest(), "little")
+    speed = SpeedPerturbation(42, (0.9, 1.1))
+    speed.set_epoch(3)
+    assert speed.factor("1001-10-0000") == (1.0, 0.9, 1.1)[draw_seed(42, 3, "1001-10-0000") % 3]
+    assert len({draw_seed(42, epoch, "x") for epoch in range(50)}) == 50
+
+
+def test_seeded_draws_repeat_and_the_callers_rngs_are_put_back() -> None:
+    """lhotse's SpecAugment draws from Python's, NumPy's and torch's global RNGs: each is seeded,
+    and each gets its state back (also when the body raises)."""
+
+    def draws() -> tuple:
+        return random.random(), int(np.random.randint(1 << 30)), float(torch.rand(()))
+
+    random.seed(1)
+    np.random.seed(1)
+    torch.manual_seed(1)
+    expected = draws()
+    random.seed(1)
+    np.random.seed(1)
+    torch.manual_seed(1)
+    with preserved_rngs():
+        seed_rngs(draw_seed(42, 1, "a"))
+        first = draws()
+        seed_rngs(draw_seed(42, 1, "a"))
+        assert draws() == first
+        seed_rngs(draw_seed(42, 2, "a"))
+        assert draws() != first
+    with pytest.raises(RuntimeError), preserved_rngs():
+        seed_rngs(7)
+        raise RuntimeError
+    assert draws() == expected

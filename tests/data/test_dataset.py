@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,12 +13,14 @@ import torch
 from lhotse import CutSet, Recording
 from lhotse.dataset import PerturbSpeed
 from librispeech_tree import CharEncoder
+from torch import Tensor
 
 from asr.config import ConfigError, from_dict
-from asr.data.config import DataConfig, NoiseConfig, SpecAugmentConfig
+from asr.data.config import DataConfig, FreqWarpConfig, NoiseConfig, SpecAugmentConfig
 from asr.data.dataset import AsrDataset, DataError, load_cuts, make_dataloader, pad_tokens
 from asr.data.filtering import filter_cuts
 from asr.encoders.subsampling import subsampled_length
+from asr.features.fbank import FbankConfig
 from asr.types import Batch
 
 LILCOM_ATOL = 0.02
@@ -108,7 +112,6 @@ def test_spec_augment_starts_at_its_epoch(prepared: dict) -> None:
     for epoch in (1, 2):
         dataset.set_epoch(epoch)
         assert torch.equal(dataset[cuts].feats, clean)
-    torch.manual_seed(0)  # lhotse draws the mask widths from torch's global RNG
     for epoch in (3, 4):
         dataset.set_epoch(epoch)
         assert not torch.equal(dataset[cuts].feats, clean)
@@ -135,7 +138,6 @@ def test_trainer_batches_follow_spec_augment_start_epoch(prepared: dict) -> None
         return {k: v for batch in batches(epoch, 0) for k, v in valid_feats(batch).items()}
 
     reference = valid_feats(clean)
-    torch.manual_seed(0)  # lhotse draws the mask widths (possibly 0) from torch's global RNG
     first, second = epoch_feats(1), epoch_feats(2)
     assert first.keys() == second.keys() == reference.keys()
     assert all(torch.equal(first[k], reference[k]) for k in reference)
@@ -251,15 +253,20 @@ def test_training_filter_keeps_no_cut_that_a_drawn_speed_makes_infeasible(prepar
     assert speeds == {0.9, 1.0, 1.1}
 
 
-def test_noise_mixing_in_training_only(prepared: dict, tmp_path) -> None:
+def _write_noise_cuts(tmp_path) -> Path:
+    """A manifest of one 3 s white-noise recording; returns its path."""
     rng = np.random.default_rng(1)
     noise_wav = tmp_path / "noise.flac"
     sf.write(noise_wav, (0.3 * rng.standard_normal(48000)).astype(np.float32), 16000)
     noise_cuts = CutSet.from_manifests(recordings=[Recording.from_file(noise_wav)])
     noise_cuts.to_file(tmp_path / "noise_cuts.jsonl.gz")
+    return tmp_path / "noise_cuts.jsonl.gz"
+
+
+def test_noise_mixing_in_training_only(prepared: dict, tmp_path) -> None:
     cuts = CutSet.from_file(prepared["manifests"]["train-clean-5"])
     cfg = _cfg(prepared, on_the_fly_feats=True, spec_augment=SpecAugmentConfig(enabled=False),
-               noise=NoiseConfig(cuts_path=tmp_path / "noise_cuts.jsonl.gz", snr_db=(0.0, 5.0),
+               noise=NoiseConfig(cuts_path=_write_noise_cuts(tmp_path), snr_db=(0.0, 5.0),
                                  probability=1.0))
     clean = AsrDataset.from_config(cfg, CharEncoder(), train=False)[cuts]
     noisy = AsrDataset.from_config(cfg, CharEncoder(), train=True)[cuts]
@@ -353,3 +360,83 @@ def test_cuts_at_another_sample_rate_are_refused_before_any_batch(prepared: dict
     with pytest.raises(ValueError, match=rf"1 cuts are not at 16000 Hz, e.g. cut {odd.id!r} at "
                                          r"8000 Hz \(audio .*8k\.wav\)"):
         make_dataloader(CutSet.from_cuts([*cuts[:2], odd]), cfg, CharEncoder(), train=True)
+
+
+def _augmented(prepared: dict, noise_cuts: Path | None, **kw) -> DataConfig:
+    """On-the-fly features with every random augmentation on: speed perturbation, noise, dither,
+    frequency warp and SpecAugment (time warp, frequency and time masks)."""
+    every = SpecAugmentConfig(time_warp_factor=5, num_freq_masks=2, max_freq_mask_width=15,
+                              num_time_masks=2, max_time_mask_width=10, probability=1.0)
+    base = dict(on_the_fly_feats=True, speed_perturb=True, drop_last=False, max_duration=2.5,
+                max_cut_duration=2.5, spec_augment=every,
+                freq_warp=FreqWarpConfig(enabled=True, max_warp=0.1),
+                noise=NoiseConfig(cuts_path=noise_cuts, snr_db=(5.0, 15.0), probability=0.5),
+                fbank=FbankConfig(dither=0.1))
+    base.update(kw)
+    return _cfg(prepared, **base)
+
+
+def test_augmented_batches_do_not_depend_on_workers_or_the_resume_point(prepared: dict,
+                                                                       tmp_path) -> None:
+    """The draws of a batch were each worker's own RNG stream (seeded per worker, advanced by
+    every batch it made) or, in process, the training loop's: a batch got other masks, warps,
+    noise and dither with 2 workers than with none, and after a resumption mid-epoch. Now an
+    epoch's augmented batches are the same with 0 or 2 workers, a resumed epoch's are the
+    uninterrupted one's, and making them leaves the caller's RNGs where they were."""
+    from asr.data.epochs import EpochBatches
+
+    cuts = CutSet.from_file(prepared["manifests"]["train-clean-5"])
+    cfg = _augmented(prepared, _write_noise_cuts(tmp_path))
+    before = (random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state())
+    in_process = list(EpochBatches(cuts, cfg, CharEncoder())(2, 0))
+    after = (random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state())
+    with_workers = EpochBatches(cuts, replace(cfg, num_workers=2), CharEncoder())
+    assert len(in_process) >= 4
+    for batches in (list(with_workers(2, 0)), [None, None, *with_workers(2, 2)]):
+        assert len(batches) == len(in_process)
+        for a, b in zip(in_process, batches):
+            if b is not None:
+                assert a.cut_ids == b.cut_ids and torch.equal(a.feat_lens, b.feat_lens)
+                assert torch.equal(a.feats, b.feats), a.cut_ids
+    # the augmentations did draw: nothing like the clean features of the same cuts
+    clean = AsrDataset.from_config(cfg, CharEncoder(), train=False)
+    for batch in in_process:
+        plain = clean[CutSet.from_cuts(c for c in cuts if c.id in batch.cut_ids)]
+        if torch.equal(plain.feat_lens, batch.feat_lens):  # speed factor 1 throughout
+            assert not torch.equal(plain.feats, batch.feats)
+    assert before[0] == after[0] and np.array_equal(before[1], after[1])
+    assert torch.equal(before[2], after[2])
+
+
+def test_an_utterances_draws_follow_seed_epoch_and_cut_id_not_its_batch(prepared: dict,
+                                                                         tmp_path) -> None:
+    """Frequency warp and SpecAugment of a cut are drawn from (seed, epoch, cut id): the same in
+    any batch (e.g. with another max_duration or number of ranks), different in another epoch or
+    with another seed; noise and dither, drawn per batch, differ between epochs and seeds too."""
+    cuts = list(_train_cuts(prepared))
+    no_noise = dict(speed_perturb=False, noise=NoiseConfig(), fbank=FbankConfig())
+    per_utterance = _augmented(prepared, None, on_the_fly_feats=False, **no_noise)
+
+    def feats_of(cfg: DataConfig, cut_id: str, batch_cuts: list, epoch: int,
+                 seed: int = 42) -> Tensor:
+        dataset = AsrDataset.from_config(replace(cfg, seed=seed), CharEncoder(), train=True)
+        dataset.set_epoch(epoch)
+        batch = dataset[CutSet.from_cuts(batch_cuts)]
+        i = batch.cut_ids.index(cut_id)
+        return batch.feats[i, : batch.feat_lens[i]]
+
+    target = cuts[1].id
+    alone = feats_of(per_utterance, target, cuts[1:2], epoch=3)
+    assert torch.equal(feats_of(per_utterance, target, cuts[:3], epoch=3), alone)
+    assert torch.equal(feats_of(per_utterance, target, cuts[1:6], epoch=3), alone)
+    assert not torch.equal(feats_of(per_utterance, target, cuts[1:2], epoch=4), alone)
+    assert not torch.equal(feats_of(per_utterance, target, cuts[1:2], epoch=3, seed=43), alone)
+
+    per_batch = _augmented(prepared, _write_noise_cuts(tmp_path), speed_perturb=False,
+                           spec_augment=SpecAugmentConfig(enabled=False),
+                           freq_warp=FreqWarpConfig(enabled=False))
+    audio_cuts = list(CutSet.from_file(prepared["manifests"]["train-clean-5"]))[:3]
+    noisy = feats_of(per_batch, target, audio_cuts, epoch=3)
+    assert torch.equal(feats_of(per_batch, target, audio_cuts, epoch=3), noisy)
+    assert not torch.equal(feats_of(per_batch, target, audio_cuts, epoch=4), noisy)
+    assert not torch.equal(feats_of(per_batch, target, audio_cuts, epoch=3, seed=43), noisy)
