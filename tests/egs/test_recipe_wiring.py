@@ -28,6 +28,8 @@ case "$1" in
   decode|decode-onnx)
     mkdir -p exp/stub && printf 'settings\\tWER\\nstub\\t1.00\\n' > "exp/stub/wer-summary-$1.txt"
     echo "exp/stub/wer-summary-$1.txt" ;;
+  feat)  # lhotse feat extract-cuts ... CUTS_IN CUTS_OUT STORAGE: the output manifest
+    : > "${{@: -2:1}}" ;;
   export-onnx)
     if [ -n "${{STUB_NO_STREAMING:-}}" ] && [[ " $* " == *" --streaming "* ]]; then
       [[ " $* " == *" --if-supported "* ]] && exit 0
@@ -265,3 +267,30 @@ def test_the_onnx_stage_exports_the_layouts_the_model_has(stub, tmp_path, script
                  stage, fail="export-onnx")  # a failed export (mini_tts: inside `timed`) stops it
     assert failed.returncode == 2 and "done (stages" not in failed.stderr
     assert calls()[-1][0] == "export-onnx"
+
+
+def test_stage_4_makes_musan_fbank_again_only_when_it_is_stale(stub, tmp_path):
+    """The MUSAN fbank manifest was kept whenever it existed: one left by a killed extraction
+    (lhotse writes it as it goes) or made from older recordings was reused for good."""
+    run, calls = stub
+    work = tmp_path / "work"
+    recordings = work / "data" / "manifests" / "musan_recordings_noise.jsonl.gz"
+    recordings.parent.mkdir(parents=True)
+    recordings.write_bytes(b"")
+    cuts = work / "data" / "fbank" / "musan_cuts.jsonl.gz"
+
+    def stage_4() -> list[list[str]]:
+        before = len(calls(everything=True))
+        result = run(PREPARE, "--work-dir", str(work), "--stage", "4", "--stop-stage", "4")
+        assert result.returncode == 0, result.stderr
+        return [c[1:3] for c in calls(everything=True)[before:] if c[0] == "lhotse"]
+
+    made = [["cut", "simple"], ["feat", "extract-cuts"]]
+    assert stage_4() == made and cuts.is_file()
+    assert not (cuts.parent / "musan_cuts.partial.jsonl.gz").exists()
+    assert stage_4() == []  # current: kept
+    os.utime(recordings, (cuts.stat().st_mtime + 10,) * 2)
+    assert stage_4() == made  # the recordings are newer
+    cuts.unlink()
+    (cuts.parent / "musan_cuts.partial.jsonl.gz").write_bytes(b"")  # a killed extraction
+    assert stage_4() == made and cuts.is_file()

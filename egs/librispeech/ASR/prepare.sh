@@ -14,7 +14,8 @@
 #   3  fbank of every part, 0.9/1.1 speed-perturbed copies of the training parts -> data/fbank
 #      and the training cuts in one random order (librispeech_cuts_train-<parts>-shuf.jsonl.gz)
 #   4  MUSAN noise cuts with fbank (skipped without MUSAN) -> data/fbank/musan_cuts.jsonl.gz;
-#      run.sh then trains with data.noise.cuts_path pointing at it
+#      run.sh then trains with data.noise.cuts_path pointing at it; kept on a rerun while it is
+#      newer than the MUSAN recordings manifest
 #   5  BPE tokenizer on the training transcripts -> data/lang_bpe_${vocab_size}, and n-gram LMs
 #      of the training transcripts (or --lm-text) for shallow fusion in the beam searches:
 #      tokens (.../token_${lm_order}gram.arpa) and words (.../word_${word_lm_order}gram.arpa, whose
@@ -120,11 +121,20 @@ fi
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
   if [ -f data/manifests/musan_recordings_noise.jsonl.gz ]; then
     log "stage 4: MUSAN noise cuts with fbank (lhotse's default 80-bin Kaldi fbank)"
-    if [ ! -f data/fbank/musan_cuts.jsonl.gz ]; then
+    # Made again when the recordings manifest is newer (stage 2 ran again); the manifest gets its
+    # name only once the extraction is complete, so a killed one is not taken for done.
+    if [ ! -f data/fbank/musan_cuts.jsonl.gz ] ||
+        [ data/manifests/musan_recordings_noise.jsonl.gz -nt data/fbank/musan_cuts.jsonl.gz ]; then
+      rm -rf data/fbank/musan_feats data/fbank/musan_cuts.partial.jsonl.gz
+      mkdir -p data/fbank
       lhotse cut simple --force-eager -r data/manifests/musan_recordings_noise.jsonl.gz \
         data/manifests/musan_cuts_noise.jsonl.gz
       lhotse feat extract-cuts -j "$num_jobs" --storage-type lilcom_chunky \
-        data/manifests/musan_cuts_noise.jsonl.gz data/fbank/musan_cuts.jsonl.gz data/fbank/musan_feats
+        data/manifests/musan_cuts_noise.jsonl.gz data/fbank/musan_cuts.partial.jsonl.gz \
+        data/fbank/musan_feats
+      mv data/fbank/musan_cuts.partial.jsonl.gz data/fbank/musan_cuts.jsonl.gz
+    else
+      log "stage 4: data/fbank/musan_cuts.jsonl.gz is newer than the MUSAN recordings: kept"
     fi
   else
     log "stage 4: no MUSAN manifests: skipping"
