@@ -60,18 +60,21 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_num_threads_argument(parser: argparse.ArgumentParser, default: int = 0,
-                             why: str = "") -> None:
+                             why: str = "", zero: str = "torch's defaults") -> None:
     """``--num-threads N``, the same in every subcommand that runs a model in PyTorch (``asr
-    transcribe``, ``asr decode``, ``asr serve``; applied by :func:`set_num_threads`).
+    transcribe``, ``asr decode``, ``asr serve``, ``asr train``; applied by
+    :func:`set_num_threads`).
 
     Args:
         parser: the subcommand's parser.
-        default: its default (0: torch's own thread counts).
+        default: its default.
         why: a reason for that default, said in the help.
+        zero: what 0 means for the subcommand (the caller resolves it when not torch's own
+            thread counts).
     """
     parser.add_argument("--num-threads", type=int, default=default, metavar="N",
                         help="torch intra-op (torch.set_num_threads) and inter-op threads; 0: "
-                             f"torch's defaults (default: {default}{why})")
+                             f"{zero} (default: {default}{why})")
 
 
 def set_num_threads(num_threads: int) -> None:

@@ -19,10 +19,10 @@ import logging
 import os
 from pathlib import Path
 
-import torch
 import yaml
 
 from asr.checkpoints.io import CheckpointError
+from asr.cli.options import add_num_threads_argument, set_num_threads
 from asr.config import ConfigError, load_config, save_config, to_dict
 from asr.experiment import CONFIG_FILE, ExperimentConfig
 from asr.fileio import write_bytes_atomic
@@ -37,8 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="experiment directory: config.yaml, checkpoints, logs, plot")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
                         metavar="KEY=VALUE", help="config overrides, e.g. train.max_epochs=2 (default: none)")
-    parser.add_argument("--num-threads", type=int, default=0,
-                        help="torch intra-op threads per process (default: CPU cores / processes)")
+    add_num_threads_argument(parser, zero="CPU cores / processes on this node")
 
 
 def _config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -66,10 +65,11 @@ def _save_resolved_config(cfg: ExperimentConfig, exp_dir: Path) -> None:
 
 
 def _set_threads(requested: int) -> None:
-    if requested <= 0:
+    """``--num-threads``: 0 shares the node's cores among its processes (ValueError if < 0)."""
+    if requested == 0:
         procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         requested = max(1, (os.cpu_count() or 1) // procs)
-    torch.set_num_threads(requested)
+    set_num_threads(requested)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,7 +78,11 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError) as err:
         logger.error("asr train: %s", err)
         return 2
-    _set_threads(args.num_threads)
+    try:
+        _set_threads(args.num_threads)
+    except ValueError as err:
+        logger.error("asr train: %s", err)
+        return 2
     main = int(os.environ.get("RANK", "0")) == 0
     config_path = args.exp_dir / CONFIG_FILE
     previous = config_path.read_bytes() if main and config_path.is_file() else None

@@ -6,12 +6,15 @@ import argparse
 import dataclasses
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from asr.cli.main import main
 from asr.cli.options import add_dataclass_arguments, attribute_docs, dataclass_from_args
 from asr.serve.config import ServerConfig
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_every_server_setting_is_a_flag_with_its_default_and_doc():
@@ -129,3 +132,32 @@ def test_num_threads_sets_intra_and_inter_op_threads_in_every_model_command(
     calls.clear()
     assert main(args + ["--num-threads", "-1"]) == 2 and not calls
     assert "--num-threads must be >= 0, got -1" in caplog.text
+
+
+def test_train_num_threads_is_the_shared_option_with_cores_per_process_for_zero(
+        tmp_path, monkeypatch, caplog):
+    """asr train set the intra-op threads only, and took a negative count as 0; it now applies the
+    shared option, 0 meaning the node's cores shared among its processes."""
+    import os
+
+    import torch
+
+    import asr.cli.train as train_cli
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(("intra", n)))
+    monkeypatch.setattr(torch, "set_num_interop_threads", lambda n: calls.append(("inter", n)))
+    monkeypatch.setattr(torch, "get_num_interop_threads", lambda: 99)
+    monkeypatch.setattr(train_cli, "train_experiment", lambda cfg, exp_dir: None)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    args = ["train", "--config", str(REPO / "recipes/mini_tts/transformer_transducer.yaml"),
+            "--exp-dir", str(tmp_path / "exp")]
+    assert main(args + ["--num-threads", "3"]) == 0
+    assert calls == [("intra", 3), ("inter", 3)]
+    calls.clear()
+    assert main(args) == 0
+    assert calls == [("intra", 4), ("inter", 4)]
+    calls.clear()
+    assert main(args + ["--num-threads", "-2"]) == 2 and not calls
+    assert "--num-threads must be >= 0, got -2" in caplog.text
