@@ -17,12 +17,10 @@ it, so a batch can pass it by up to the difference between its last cut and the 
 before it; with duration buckets (cuts of similar length) that is small (none of the batches of
 a LibriSpeech-like duration mix at 200 s and 30 buckets did).
 
-Resuming: ``sampler.state_dict()`` records the epoch, the seed and how many batches were already
-yielded; after ``sampler.load_state_dict(state)`` the next iteration fast-forwards past those
-batches (lhotse re-reads the cut stream to do so), so a resumed epoch does not repeat data. Store
-the state in the checkpoint and call ``sampler.set_epoch(epoch)`` at the start of every epoch.
-With DataLoader workers the sampler runs ahead of the training loop by the prefetched batches
-(``num_workers * prefetch_factor``), so a resumed epoch skips those few unconsumed batches.
+Resuming: the trainer does not use lhotse's sampler state (which, with DataLoader workers, counts
+the prefetched batches as yielded). :class:`asr.data.epochs.EpochBatches` re-seeds the sampler
+for the epoch and skips the number of batches the checkpoint says were trained on, counted in
+the training loop, so a resumed epoch neither repeats nor skips a batch with any ``num_workers``.
 """
 
 from __future__ import annotations
