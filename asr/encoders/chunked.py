@@ -293,7 +293,6 @@ def _resize_cache(state: LayerState, size: int) -> LayerState:
                    value=nn.functional.pad(state.value, grow))
 
 
-
 def _draw(num_choices: int) -> int:
     """Uniform index from torch's global generator (keeps seeded runs reproducible)."""
     return int(torch.randint(num_choices, ()))
