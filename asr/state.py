@@ -222,16 +222,26 @@ def stack_states(states: Sequence[S]) -> S:
     )
 
 
-def unstack_states(state: S) -> list[S]:
+def unstack_states(state: S, copy: bool = False) -> list[S]:
     """Splits a batched state into one state per stream (each keeps a batch dimension of 1).
 
-    The results are views of ``state``'s tensors; states are never modified in place.
+    Args:
+        state: a batched state.
+        copy: give each stream copies of its slices. By default they are views of ``state``'s
+            tensors (states are never modified in place), and a view keeps the whole batched
+            tensor alive: a stream kept at rest between batches would hold every other
+            stream's memory of that batch.
     """
     batch_size = state_batch_size(state)
+
+    def take(tensor: Tensor, dim: int, i: int) -> Tensor:
+        part = tensor.narrow(dim, i, 1)
+        return part.clone() if copy else part
+
     return [
         _map_fields(
             [state],
-            lambda items, dim, _ragged, i=i: items[0].narrow(dim, i, 1),
+            lambda items, dim, _ragged, i=i: take(items[0], dim, i),
             lambda tuples, i=i: (tuples[0][i],),
             "unstack_states",
         )

@@ -215,3 +215,44 @@ def test_encoder_states_of_unlimited_left_context_round_trip_and_keep_their_limi
     bounded = encoder.init_state(1, left_chunks=2, chunk_size=2)
     with pytest.raises(ValueError, match="cache_limit"):
         stack_states([bounded, fresh])
+
+
+def test_unstacked_copies_share_no_memory_with_the_batch():
+    """copy=True: each stream's tensors are its own, so a stream at rest does not keep the
+    batched tensors (every other stream's memory) alive; the values are the views'."""
+    state = _random_state(3)
+    views = unstack_states(state)
+    copies = unstack_states(state, copy=True)
+    for view, copy in zip(views, copies):
+        _assert_same(copy, view)
+        assert view.frames.untyped_storage().data_ptr() == state.frames.untyped_storage().data_ptr()
+        for tensor in _flatten(copy):
+            if isinstance(tensor, Tensor):
+                assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+
+
+def test_an_encoder_stream_split_from_a_batch_holds_only_its_own_cache():
+    """After a batch with an older stream, a young stream with unlimited left context keeps
+    its own valid frames (not the padding up to the old one's), in tensors of its own; with a
+    bounded cache it keeps its fixed-size cache, also no view of the batch. Each continues
+    exactly as the generic split would."""
+    from asr.encoders import EncoderConfig, build_encoder
+
+    cfg = EncoderConfig(d_model=16, num_layers=2, num_heads=2, ff_dim=32, conv_kernel_size=3,
+                        subsampling_channels=4, dropout=0.0, attention_dropout=0.0, causal=True)
+    encoder = build_encoder(cfg, 10).eval()
+    for left_chunks, young_size, old_len in ((-1, 2, 10), (3, 6, 6)):
+        state = encoder.init_state(2, left_chunks=left_chunks, chunk_size=2)
+        _, _, state = encoder.forward_chunk(torch.randn(2, 43, 10), torch.tensor([43, 11]), state)
+        old, young = encoder.unstack_state(state)
+        assert young.attn_cache_len.tolist() == [2] and old.attn_cache_len.tolist() == [old_len]
+        for layer in young.layers:
+            for cache in (layer.key, layer.value, layer.conv):
+                assert cache.untyped_storage().nbytes() == cache.numel() * cache.element_size()
+            assert layer.key.shape[2] == young_size
+        pending = young.subsampling.cache
+        assert pending.untyped_storage().nbytes() == pending.numel() * pending.element_size()
+        feats = torch.randn(1, 8, 10)
+        expected, _, _ = encoder.forward_chunk(feats, torch.tensor([8]), unstack_states(state)[1])
+        got, _, _ = encoder.forward_chunk(feats, torch.tensor([8]), young)
+        assert torch.equal(got, expected)

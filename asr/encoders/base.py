@@ -132,3 +132,8 @@ class StreamingEncoder(Encoder, Protocol):
     ) -> tuple[Tensor, Tensor, Any]:
         """(B, T, F) new frames, (B,) counts, state -> (B, T', D), (B,) counts, new state."""
         ...
+
+    def unstack_state(self, state: Any) -> list[Any]:
+        """One state per stream of a batched state, each holding only its own memory (no view
+        of the batch's tensors, no padding shared with older streams)."""
+        ...

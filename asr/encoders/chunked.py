@@ -18,7 +18,9 @@ context (``l < 0``, WeNet's ``num_decoding_left_chunks=-1``) it holds every earl
 grows with the stream: memory and the cost of a chunk grow linearly with the stream's length.
 Streams of different ages still share a batch: their caches are left-padded to the longest
 (:func:`asr.state.stack_states` pads the ragged key/value fields) and the padding is masked by
-``attn_cache_len``; each call trims the batch's caches to the longest valid one.
+``attn_cache_len``; each call trims the batch's caches to the longest valid one, and
+:meth:`ChunkedEncoder.unstack_state` gives each stream back only its own frames, in tensors of
+its own (a stream waiting for audio holds no other stream's memory).
 
 Shape legend: B batch, T input frames, T' encoder frames, F feature bins, C cached frames,
 D model dims.
@@ -48,7 +50,7 @@ from asr.encoders.subsampling import (
     subsampled_length,
 )
 from asr.features.cmvn import GlobalCMVN
-from asr.state import state_field
+from asr.state import state_field, unstack_states
 
 __all__ = ["ChunkedEncoder", "EncoderState", "StreamingLayer"]
 
@@ -283,6 +285,28 @@ class ChunkedEncoder(nn.Module):
             cache_limit=state.cache_limit,
         )
         return x, num_new, new_state
+
+    def unstack_state(self, state: EncoderState) -> list[EncoderState]:
+        """Splits a batched state into one state per stream that holds only its own memory.
+
+        The streams' tensors are copies (a view would keep the whole batch's caches alive while
+        the stream waits for audio), and with unlimited left context each stream's key/value
+        caches keep only its valid frames, not the padding up to the batch's oldest stream.
+
+        Args:
+            state: state of B streams (from :meth:`forward_chunk`).
+
+        Returns:
+            B states of one stream each.
+        """
+        streams = unstack_states(state, copy=True)
+        if state.cache_limit is not None:
+            return streams
+        return [
+            replace(single, layers=tuple(
+                _resize_cache(layer, int(single.attn_cache_len)) for layer in single.layers))
+            for single in streams
+        ]
 
 
 def _resize_cache(state: LayerState, size: int) -> LayerState:

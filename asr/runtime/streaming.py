@@ -302,7 +302,9 @@ class StreamingRecognizer:
         if enc.shape[1] > 0:
             search_state = self.searcher.step(enc, enc_lens, search_state)
         partials = self.searcher.partial(search_state)
-        enc_states, search_states = unstack_states(enc_state), unstack_states(search_state)
+        # copies: a stream waits for audio between batches, and a view would keep the batch
+        enc_states = self.encoder.unstack_state(enc_state)
+        search_states = unstack_states(search_state, copy=True)
         for i, ((stream, taken), num_new) in enumerate(zip(batch, enc_lens.tolist())):
             stream.feats = stream.feats[taken:]
             stream.encoder_state = enc_states[i]

@@ -131,6 +131,25 @@ def test_unlimited_left_context_caches_every_frame_of_a_stream(unlimited_model):
         assert stream.encoder_state.layers[0].key.shape[2] == stream.frames_decoded == decoded
 
 
+def test_a_waiting_stream_keeps_only_its_own_cache(unlimited_model):
+    """A young stream decoded in a batch with an old one and then waiting for audio holds its
+    own frames only: neither the padding up to the old stream's cache nor (through a view) the
+    batch's caches, which would make the memory of N streams grow as N times the oldest."""
+    recognizer = unlimited_model.streaming_recognizer(endpoint=EndpointConfig(enabled=False))
+    rng = np.random.default_rng(4)
+    old, young = recognizer.new_stream(), recognizer.new_stream()
+    recognizer.accept_waveform(old, (rng.standard_normal(40000) * 0.1).astype(np.float32), 16000)
+    for _ in range(10):
+        recognizer.decode([old])
+    recognizer.accept_waveform(young, (rng.standard_normal(2000) * 0.1).astype(np.float32), 16000)
+    recognizer.decode([old, young])
+    assert young.frames_decoded == 2 and old.frames_decoded == 22
+    for layer in young.encoder_state.layers:
+        for cache in (layer.key, layer.value):
+            assert cache.shape[2] == 2
+            assert cache.untyped_storage().nbytes() == cache.numel() * cache.element_size()
+
+
 @pytest.fixture(scope="session")
 def tdt_model(tmp_path_factory):
     """A random-weight causal chunked Conformer with a TDT head (chunks of 2 frames)."""
