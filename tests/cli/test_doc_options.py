@@ -1,16 +1,23 @@
 """The command lines the documentation names exist: every ``--option`` a doc gives an ``asr``
-subcommand is one of that subcommand's options, the ``asr export-onnx`` synopsis of docs/ONNX.md
-names all of its options, and the mini_tts README names every option of its ``run.sh``."""
+subcommand is one of that subcommand's options, every config key it names (``search.lm_weight``)
+is a field of the experiment config, the ``asr export-onnx`` synopsis of docs/ONNX.md names all
+of its options, and the mini_tts README names every option of its ``run.sh``."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import re
+import typing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from asr.cli.main import SUBCOMMANDS, build_parser
+from asr.encoders.chunked import ChunkedEncoder
+from asr.experiment import ExperimentConfig
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = sorted([REPO / "README.md", *REPO.glob("docs/*.md"), *REPO.glob("recipes/*/*.md")])
@@ -99,3 +106,66 @@ def test_the_mini_tts_readme_names_every_run_sh_option():
     usage = usage.split('usage="', 1)[1].split("defaults:", 1)[0]
     readme = (REPO / "recipes" / "mini_tts" / "README.md").read_text(encoding="utf-8")
     assert sorted(set(_OPTION.findall(usage)) - set(_OPTION.findall(readme))) == []
+
+
+def _config_field(parts: list[str]) -> bool:
+    """Whether ``parts`` is a field path of :class:`asr.experiment.ExperimentConfig`."""
+    cls: Any = ExperimentConfig
+    for part in parts:
+        if not dataclasses.is_dataclass(cls):
+            return False
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            return False
+        cls = next((a for a in (hints[part], *typing.get_args(hints[part]))
+                    if dataclasses.is_dataclass(a)), hints[part])
+    return True
+
+
+def _module_attribute(dotted: str) -> bool:
+    """Whether ``asr.<dotted>`` names a module or an attribute of one (ARCHITECTURE.md writes
+    module paths without the package)."""
+    parts = f"asr.{dotted}".split(".")
+    for i in range(len(parts), 1, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for attribute in parts[i:]:
+            if not hasattr(obj, attribute):
+                return False
+            obj = getattr(obj, attribute)
+        return True
+    return False
+
+
+#: Objects the docs name by a section's word: ``encoder.forward_chunk`` is the encoder's method.
+_OBJECTS = {"encoder": ChunkedEncoder}
+
+
+def _method(dotted: str) -> bool:
+    owner, _, name = dotted.partition(".")
+    return owner in _OBJECTS and hasattr(_OBJECTS[owner], name)
+
+
+def named_config_keys(text: str) -> list[str]:
+    """The ``section.field...`` config keys a doc names (``data.fbank``, ``search.lm_weight=``)."""
+    sections = "|".join(f.name for f in dataclasses.fields(ExperimentConfig))
+    keys = re.findall(rf"(?<![\w/.-])((?:{sections})(?:\.[a-z_]\w*)+)(?=[`=:\s,)\]])", text)
+    return [k for k in dict.fromkeys(keys) if k.rsplit(".", 1)[1] not in _FILE_SUFFIXES]
+
+
+_FILE_SUFFIXES = {"yaml", "py", "pt", "json", "txt", "tar", "md", "sh", "onnx", "arpa", "h"}
+
+
+def test_an_unknown_config_key_is_caught():
+    keys = named_config_keys("`--set train.max_epochs=2 search.no_such_field=1`")
+    assert [k for k in keys if not _config_field(k.split("."))] == ["search.no_such_field"]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_config_key_a_doc_names_exists(doc):
+    unknown = [key for key in named_config_keys(doc.read_text(encoding="utf-8"))
+               if not _config_field(key.split(".")) and not _module_attribute(key)
+               and not _method(key)]
+    assert unknown == []
