@@ -1,5 +1,6 @@
 """The import rules of docs/ARCHITECTURE.md hold for asr/, the checker catches each broken rule,
-and the page's layer table is the checker's."""
+and the page's layer table, optional backends and lists of biasing and streaming searchers are
+the code's."""
 
 from __future__ import annotations
 
@@ -83,3 +84,29 @@ def test_the_architecture_page_lists_the_checkers_layers():
     ]
     for (_, _, modules), (_, prefixes) in zip(rows, check.LAYERS):
         assert tuple(re.findall(r"`([\w.]+)`", modules)) == prefixes
+
+
+def _sentence(page: str, start: str) -> str:
+    """The text of ``page`` from ``start`` to the end of its sentence (a period before a space)."""
+    text = page[page.index(start):]
+    return " ".join(re.split(r"\.\s", text, maxsplit=1)[0].split())
+
+
+def test_the_page_names_the_optional_backends_the_checker_allows():
+    page = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    named = re.findall(r"`(asr\.[\w.]+)`", _sentence(page, "imports sit at the top of a module"))
+    assert sorted(named) == sorted(check.LAZY_ALLOWED)
+
+
+def test_the_page_names_the_searchers_that_bias_and_stream():
+    from asr.decoding.registry import SEARCHERS
+
+    page = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    sentence = _sentence(page, "A row's `biases`")
+    biasing = re.findall(r"`(\w+)`", sentence.split("(today", 1)[1].split(")", 1)[0])
+    assert sorted(biasing) == sorted(s.name for s in SEARCHERS if s.biases)
+    streaming = sentence.split("runs chunk by chunk (", 1)[1].split(")", 1)[0]
+    named = set(re.findall(r"`(\w+)`", streaming)) | set(biasing)
+    if "the greedy searchers" in streaming:
+        named |= {s.name for s in SEARCHERS if s.role == "greedy"}
+    assert sorted(named) == sorted(s.name for s in SEARCHERS if s.streaming)

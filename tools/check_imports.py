@@ -6,7 +6,7 @@
 2. **No cycles**: the module graph (imports inside functions and ``TYPE_CHECKING`` blocks
    included) has no strongly connected component of more than one module.
 3. **Imports at the top**: a project import inside a function is allowed only for the optional
-   backends of :data:`LAZY_ALLOWED` (modules that need triton, k2, onnx or a browser).
+   backends of :data:`LAZY_ALLOWED` (today the modules that need Triton).
 
 The package's face, ``asr/__init__.py``, is the one declared exception (:data:`FACADE`): it
 re-exports the runtime lazily so that ``import asr`` stays cheap, and it is not checked.

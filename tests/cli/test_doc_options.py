@@ -1,0 +1,171 @@
+"""The command lines the documentation names exist: every ``--option`` a doc gives an ``asr``
+subcommand is one of that subcommand's options, every config key it names (``search.lm_weight``)
+is a field of the experiment config, the ``asr export-onnx`` synopsis of docs/ONNX.md names all
+of its options, and the mini_tts README names every option of its ``run.sh``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import re
+import typing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asr.cli.main import SUBCOMMANDS, build_parser
+from asr.encoders.chunked import ChunkedEncoder
+from asr.experiment import ExperimentConfig
+
+REPO = Path(__file__).resolve().parents[2]
+DOCS = sorted([REPO / "README.md", *REPO.glob("docs/*.md"), *REPO.glob("recipes/*/*.md")])
+#: ``asr NAME``, longest names first (``decode-onnx`` before ``decode``).
+_NAMES = "|".join(sorted(map(re.escape, SUBCOMMANDS), key=len, reverse=True))
+_COMMAND = re.compile(rf"\basr ({_NAMES})\b")
+#: What ends one command's options inside a span: another program or a comment.
+_END = re.compile(r"\basr [a-z]|\bpython\b|\btorchrun\b|#")
+_OPTION = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
+
+
+def _options(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option string of ``parser`` and of its nested subcommands (``asr prepare fbank``)."""
+    found = set()
+    for action in parser._actions:
+        found.update(s for s in action.option_strings if s.startswith("--"))
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= _options(sub)
+    return found
+
+
+def command_options(command: str) -> set[str]:
+    """The options ``asr COMMAND`` accepts."""
+    parser = build_parser(command)
+    [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return _options(sub.choices[command])
+
+
+def command_spans(text: str) -> list[str]:
+    """The inline code spans and the (comment-stripped, continuation-joined) code-block lines of
+    a Markdown text: where a doc writes command lines."""
+    spans = re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+    for block in re.findall(r"```\w*\n(.*?)```", text, flags=re.S):
+        spans += re.sub(r"\\\n\s*(#\s*)?", " ", block).splitlines()
+    return spans
+
+
+def named_options(text: str) -> list[tuple[str, str, str]]:
+    """(command, option, span) for each option a doc gives an ``asr`` subcommand."""
+    named = []
+    for span in command_spans(text):
+        span = re.sub(r"^\s*#\s*", "", span)
+        for match in _COMMAND.finditer(span):
+            rest = span[match.end():]
+            end = _END.search(rest)
+            for option in _OPTION.findall(rest[: end.start() if end else None]):
+                named.append((match.group(1), option, span.strip()))
+    return named
+
+
+def test_the_spans_are_found():
+    """The extraction sees the options of the README's commands (so an empty list is no pass)."""
+    named = named_options((REPO / "README.md").read_text(encoding="utf-8"))
+    assert ("transcribe", "--left-chunks") in {n[:2] for n in named}
+    assert ("export-onnx", "--int8") in {n[:2] for n in named}
+
+
+def test_an_unknown_option_is_caught():
+    named = named_options("Run `asr decode --exp-dir E --no-such-option 3`.\n")
+    assert [(c, o) for c, o, _ in named if o not in command_options(c)] == [
+        ("decode", "--no-such-option")]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_option_a_doc_names_exists(doc):
+    options: dict[str, set[str]] = {}
+    unknown = []
+    for command, option, span in named_options(doc.read_text(encoding="utf-8")):
+        if command not in options:
+            options[command] = command_options(command)
+        if option not in options[command]:
+            unknown.append(f"asr {command} {option}: {span}")
+    assert unknown == []
+
+
+def test_the_onnx_synopsis_names_every_export_option():
+    text = (REPO / "docs" / "ONNX.md").read_text(encoding="utf-8")
+    synopsis = re.search(r"`(asr export-onnx [^`]+)`", text).group(1)
+    missing = command_options("export-onnx") - set(_OPTION.findall(synopsis)) - {"--log-level", "--help"}
+    assert missing == set(), synopsis
+
+
+def test_the_mini_tts_readme_names_every_run_sh_option():
+    usage = (REPO / "egs" / "mini_tts" / "ASR" / "run.sh").read_text(encoding="utf-8")
+    usage = usage.split('usage="', 1)[1].split("defaults:", 1)[0]
+    readme = (REPO / "recipes" / "mini_tts" / "README.md").read_text(encoding="utf-8")
+    assert sorted(set(_OPTION.findall(usage)) - set(_OPTION.findall(readme))) == []
+
+
+def _config_field(parts: list[str]) -> bool:
+    """Whether ``parts`` is a field path of :class:`asr.experiment.ExperimentConfig`."""
+    cls: Any = ExperimentConfig
+    for part in parts:
+        if not dataclasses.is_dataclass(cls):
+            return False
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            return False
+        cls = next((a for a in (hints[part], *typing.get_args(hints[part]))
+                    if dataclasses.is_dataclass(a)), hints[part])
+    return True
+
+
+def _module_attribute(dotted: str) -> bool:
+    """Whether ``asr.<dotted>`` names a module or an attribute of one (ARCHITECTURE.md writes
+    module paths without the package)."""
+    parts = f"asr.{dotted}".split(".")
+    for i in range(len(parts), 1, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for attribute in parts[i:]:
+            if not hasattr(obj, attribute):
+                return False
+            obj = getattr(obj, attribute)
+        return True
+    return False
+
+
+#: Objects the docs name by a section's word: ``encoder.forward_chunk`` is the encoder's method.
+_OBJECTS = {"encoder": ChunkedEncoder}
+
+
+def _method(dotted: str) -> bool:
+    owner, _, name = dotted.partition(".")
+    return owner in _OBJECTS and hasattr(_OBJECTS[owner], name)
+
+
+def named_config_keys(text: str) -> list[str]:
+    """The ``section.field...`` config keys a doc names (``data.fbank``, ``search.lm_weight=``)."""
+    sections = "|".join(f.name for f in dataclasses.fields(ExperimentConfig))
+    keys = re.findall(rf"(?<![\w/.-])((?:{sections})(?:\.[a-z_]\w*)+)(?=[`=:\s,)\]])", text)
+    return [k for k in dict.fromkeys(keys) if k.rsplit(".", 1)[1] not in _FILE_SUFFIXES]
+
+
+_FILE_SUFFIXES = {"yaml", "py", "pt", "json", "txt", "tar", "md", "sh", "onnx", "arpa", "h"}
+
+
+def test_an_unknown_config_key_is_caught():
+    keys = named_config_keys("`--set train.max_epochs=2 search.no_such_field=1`")
+    assert [k for k in keys if not _config_field(k.split("."))] == ["search.no_such_field"]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_config_key_a_doc_names_exists(doc):
+    unknown = [key for key in named_config_keys(doc.read_text(encoding="utf-8"))
+               if not _config_field(key.split(".")) and not _module_attribute(key)
+               and not _method(key)]
+    assert unknown == []
