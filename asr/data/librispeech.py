@@ -221,7 +221,7 @@ def prepare_manifests(
             supervisions=manifests[part]["supervisions"],
         ).trim_to_supervisions(keep_overlapping=False).to_eager()
         path = cuts_path(output_dir, part)
-        cuts.to_file(path)
+        write_atomic(path, cuts.to_file, suffix=".jsonl.gz")  # complete or absent for stage 2
         logger.info("wrote %d cuts to %s", len(cuts), path)
         paths[part] = path
     return paths

@@ -102,3 +102,21 @@ def test_a_killed_recomputation_leaves_no_manifest_into_its_archive(prepared, tm
     with pytest.raises(KeyboardInterrupt):
         compute_fbank_for_parts(prepared["root"] / "manifests", fbank, [PART], overwrite=True)
     assert not out.exists()
+
+
+def test_a_cut_manifest_is_complete_or_absent(corpus, tmp_path, monkeypatch):
+    """The cuts of a part were written in place: a kill left a part of a manifest under the
+    name stage 2 reads."""
+    import os
+
+    corpus_dir, _ = corpus
+    out = tmp_path / "manifests"
+
+    def refused(src, dst):
+        raise OSError("rename refused")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", refused)
+        with pytest.raises(OSError, match="rename refused"):
+            prepare_manifests(corpus_dir, out, [PART])
+    assert not list(out.glob("librispeech_cuts_*")) and not list(out.glob(".*tmp*"))
