@@ -8,6 +8,8 @@ archive per utterance, which is what large corpora on network or spinning storag
 
 * :func:`export_shar` writes a CutSet (stored features and/or audio) into a directory of shards,
   under a temporary name renamed at the end, so an interrupted export leaves no half directory.
+  The temporary directory is locked while it is written: a second export of the same directory
+  fails at once instead of sharing it (and publishing the other one's half-written shards).
   Its fingerprint (:mod:`asr.fingerprint`) records the cuts and options it was made from: run
   again, it keeps a directory made from the same ones and replaces one made from others.
 * :class:`SharCuts` reads one or more such directories as ONE lazy CutSet whose shards are
@@ -23,8 +25,10 @@ shard's bytes but decodes only its own batches' data.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import re
 import shutil
 from collections.abc import Mapping, Sequence
@@ -109,31 +113,68 @@ def export_shar(
     if is_current(output_dir, made_from):
         return {field: [str(p) for p in paths] for field, paths in shar_fields(output_dir).items()}
     tmp = output_dir.with_name(output_dir.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)  # left by an interrupted export
-    tmp.mkdir(parents=True)
+    lock = _claim_staging(tmp, output_dir)
     try:
-        written = cuts.to_shar(
-            tmp,
-            fields=dict(fields),
-            shard_size=shard_size,
-            num_jobs=num_jobs,
-            fault_tolerant=False,
-            warn_unused_fields=False,  # e.g. features only: the audio stays where it is
-            verbose=progress,
-        )
-    except BaseException as err:
-        shutil.rmtree(tmp, ignore_errors=True)  # e.g. unreadable features: nothing half-written
-        if isinstance(err, Exception):
-            _raise_for_unreadable_cut(cuts, fields, err)
-        raise
-    publish_directory(tmp, output_dir)  # a stale directory goes once the new one is in place
-    write_fingerprint(output_dir, made_from)
+        try:
+            written = cuts.to_shar(
+                tmp,
+                fields=dict(fields),
+                shard_size=shard_size,
+                num_jobs=num_jobs,
+                fault_tolerant=False,
+                warn_unused_fields=False,  # e.g. features only: the audio stays where it is
+                verbose=progress,
+            )
+        except BaseException as err:
+            shutil.rmtree(tmp, ignore_errors=True)  # e.g. unreadable features: nothing half-made
+            if isinstance(err, Exception):
+                _raise_for_unreadable_cut(cuts, fields, err)
+            raise
+        publish_directory(tmp, output_dir)  # a stale directory goes once the new one is in place
+        write_fingerprint(output_dir, made_from)
+    finally:
+        os.close(lock)
     logger.info("wrote %d cuts in %d shards to %s", count, len(written["cuts"]), output_dir)
     return {
         field: [str(output_dir / Path(path).name) for path in paths]
         for field, paths in written.items()
     }
+
+
+def _claim_staging(tmp: Path, output_dir: Path) -> int:
+    """Creates the staging directory ``tmp`` of ``output_dir`` and locks it (``flock``, released
+    when the returned descriptor is closed or the process dies); an unlocked one, left by an
+    interrupted export, is removed first.
+
+    Raises:
+        FileExistsError: when another process holds ``tmp``: it is exporting ``output_dir``.
+    """
+    while True:
+        try:
+            tmp.mkdir(parents=True)
+        except FileExistsError:
+            os.close(_lock_staging(tmp, output_dir))  # raises while its writer is alive
+            shutil.rmtree(tmp)  # left by an interrupted export
+            continue
+        return _lock_staging(tmp, output_dir)
+
+
+def _lock_staging(tmp: Path, output_dir: Path) -> int:
+    """An exclusive lock on the directory ``tmp`` (its descriptor); see :func:`_claim_staging`."""
+    busy = FileExistsError(
+        f"{output_dir} is being written by another process (its staging directory {tmp} is "
+        "locked); wait for that export to end"
+    )
+    try:
+        fd = os.open(tmp, os.O_RDONLY)
+    except FileNotFoundError:  # removed by another export that has just claimed it
+        raise busy from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise busy from None
+    return fd
 
 
 def _raise_for_unreadable_cut(cuts, fields: Mapping[str, str], err: Exception) -> None:

@@ -149,6 +149,9 @@ def train_bpe(
     if not sentences:
         raise ValueError(f"no training text for the BPE model in {output_dir}")
     fingerprint_path(model_path).unlink(missing_ok=True)  # with force: the model is replaced
+    # tokens.txt is rewritten too: a char tokenizer's fingerprint of it would describe a file
+    # that is no longer there (and let ``asr bpe --kind char`` reuse the BPE model's)
+    fingerprint_path(output_dir / TOKENS_FILE).unlink(missing_ok=True)
     proto = _train_proto(sentences, vocab_size, model_type, max_sentence_length, num_threads)
     tokenizer = BpeTokenizer(proto, source=str(model_path))
     tokenizer.save(output_dir)

@@ -426,11 +426,11 @@ class Trainer:
         scale, step = self.scaler.get_scale(), self.progress.step
         if scale >= LOW_LOSS_SCALE:
             logger.info("float16 overflow at step %d: step skipped, loss scale now %g", step, scale)
-            return
-        logger.warning("float16 overflow at step %d: step skipped, loss scale now %g (below %g: "
-                       "the loss or its gradients overflow float16 again and again)", step, scale,
-                       LOW_LOSS_SCALE)
-        if scale < self.cfg.min_loss_scale:
+        else:
+            logger.warning("float16 overflow at step %d: step skipped, loss scale now %g (below "
+                           "%g: the loss or its gradients overflow float16 again and again)", step,
+                           scale, LOW_LOSS_SCALE)
+        if scale < self.cfg.min_loss_scale:  # whether or not below the warning level
             path, cuts = self._save_bad_batches(batches)
             raise FloatingPointError(
                 f"float16 loss scale fell to {scale:g} at step {step}, below "

@@ -204,3 +204,51 @@ def test_cmvn_statistics_of_filtered_shar_training_cuts(prepared, shar_dir):
     frames = np.concatenate([c.load_features() for c in list(shar.cuts)[:3]])
     np.testing.assert_allclose(mean.numpy(), frames.mean(0), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(std.numpy(), frames.std(0), rtol=1e-4, atol=1e-4)
+
+
+def test_a_second_export_of_the_same_directory_is_refused_while_one_runs(prepared, tmp_path,
+                                                                         monkeypatch):
+    """Two exports of one directory shared the staging directory ``<output>.tmp``: the second
+    removed the first's and wrote its own there, and the first then published the second's
+    half-written shards as ``<output>`` and stamped them with its fingerprint, so every later run
+    reused them. Now the staging directory is locked: the second export fails at once, naming
+    the directory, and the first publishes its own complete shards."""
+    import threading
+
+    cuts = _train_cuts(prepared)
+    out = tmp_path / "shar"
+    real_to_shar = CutSet.to_shar
+    second_writing, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def second_export():
+        try:
+            export_shar(cuts.subset(first=4), out, {"features": "numpy"}, shard_size=2)
+        except BaseException as err:  # noqa: BLE001 - handed to the test
+            errors.append(err)
+        finally:
+            second_writing.set()
+
+    def to_shar(self, tmp, **kwargs):
+        if threading.current_thread() is not threading.main_thread():  # the second export
+            (Path(tmp) / "cuts.000000.jsonl.gz").write_bytes(b"")  # half-written shards
+            second_writing.set()
+            release.wait(30)
+            raise OSError("its staging directory went away")
+        written = real_to_shar(self, tmp, **kwargs)
+        second = threading.Thread(target=second_export)
+        second.start()
+        second_writing.wait(30)  # the second export is writing (or has given up)
+        return written
+
+    monkeypatch.setattr(CutSet, "to_shar", to_shar)
+    try:
+        export_shar(cuts, out, {"features": "numpy"}, shard_size=2)
+    finally:
+        release.set()
+    monkeypatch.undo()
+    assert [c.id for c in SharCuts([out], "features", shuffle=False, seed=0).cuts] == \
+        [c.id for c in cuts]
+    assert len(errors) == 1 and isinstance(errors[0], FileExistsError)
+    assert "being written by another process" in str(errors[0]) and str(out) in str(errors[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shar", "shar.fingerprint.json"]

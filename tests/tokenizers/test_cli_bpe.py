@@ -51,3 +51,19 @@ def test_char_cli(tmp_path):
     assert main(["bpe", "--kind", "char", "--transcripts", str(plain), "--output-dir", str(out)]) == 0
     assert load_tokenizer(out).vocab_size == 8
     assert main(["bpe", "--transcripts", str(tmp_path / "nope.txt"), "--output-dir", str(out)]) == 2
+
+
+def test_a_bpe_model_trained_over_a_char_tokenizer_leaves_no_char_fingerprint(tmp_path,
+                                                                             train_texts):
+    """BPE training rewrote tokens.txt but left the char tokenizer's fingerprint of it, so a
+    later ``--kind char`` run on the same transcripts took the BPE model's tokens.txt for its own
+    ("reusing it", exit 0) instead of refusing the directory that now holds a BPE model."""
+    corpus = _write_librispeech(tmp_path, train_texts)
+    out = tmp_path / "lang"
+    char = ["bpe", "--kind", "char", "--transcripts", str(corpus), "--output-dir", str(out)]
+    assert main(char) == 0
+    assert main(["bpe", "--transcripts", str(corpus), "--output-dir", str(out),
+                 "--vocab-size", "80"]) == 0
+    assert not (out / "tokens.txt.fingerprint.json").exists()
+    assert main(char) == 2  # "holds a BPE model"
+    assert isinstance(load_tokenizer(out), BpeTokenizer)

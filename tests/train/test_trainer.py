@@ -444,6 +444,19 @@ def test_a_float16_loss_that_always_overflows_stops_training_at_the_scale_floor(
         TrainConfig(min_loss_scale=-1.0)
 
 
+def test_a_loss_scale_floor_above_the_warning_level_stops_training_too(tmp_path):
+    """train.min_loss_scale was checked only once the scale was below the warning level (0.01):
+    with a floor of 1 a loss that overflows at every step went on halving the scale past it,
+    and training only stopped (if the epoch was long enough) at a scale under 0.01."""
+    torch.manual_seed(0)
+    trainer = Trainer(NanAt(bad={"all"}), OptimConfig(), TrainConfig(
+        max_epochs=1, checkpoint_interval=0, min_loss_scale=1.0), tmp_path, _named(batches))
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    with pytest.raises(FloatingPointError, match=r"scale fell to 0.5 at step 0, below "
+                                                 r"train.min_loss_scale=1:"):
+        trainer.fit()  # 4 -> 2 -> 1 -> 0.5 < 1: at the 3rd batch
+
+
 def test_max_steps_on_an_epochs_last_step_still_ends_that_epoch(tmp_path):
     """max_steps = 2 epochs of 7 steps: the last step is epoch 2's last, whose end (validation,
     dev WER, epoch-2.pt) was left out, and re-running the command never added it. With
