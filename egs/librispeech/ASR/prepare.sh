@@ -125,7 +125,7 @@ if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
     # name only once the extraction is complete, so a killed one is not taken for done.
     if [ ! -f data/fbank/musan_cuts.jsonl.gz ] ||
         [ data/manifests/musan_recordings_noise.jsonl.gz -nt data/fbank/musan_cuts.jsonl.gz ]; then
-      rm -rf data/fbank/musan_feats data/fbank/musan_cuts.partial.jsonl.gz
+      rm -rf data/fbank/musan_cuts.jsonl.gz data/fbank/musan_feats data/fbank/musan_cuts.partial.jsonl.gz
       mkdir -p data/fbank
       lhotse cut simple --force-eager -r data/manifests/musan_recordings_noise.jsonl.gz \
         data/manifests/musan_cuts_noise.jsonl.gz
