@@ -1,4 +1,5 @@
-"""Atomic file writing: the one way the package replaces a file.
+"""Atomic file writing: the one way the package replaces a file; and reading a text file as
+UTF-8 with an error that names the file and line (:func:`read_text`).
 
 A file is written to a temporary in the same directory, named ``.<name>.tmp-<pid>`` (the pid of
 the writing process, so that :data:`TEMPORARY_PATTERN` and
@@ -26,6 +27,7 @@ __all__ = [
     "TEMPORARY_PATTERN",
     "current_umask",
     "publish_directory",
+    "read_text",
     "staging_directory",
     "temporary_path",
     "write_atomic",
@@ -118,6 +120,26 @@ def write_text_atomic(path: str | Path, text: str, encoding: str = "utf-8") -> P
     """Writes ``text`` to ``path`` atomically (see :func:`write_atomic`), encoded with
     ``encoding`` and newlines as given; returns ``path``."""
     return write_bytes_atomic(path, text.encode(encoding))
+
+
+def read_text(path: str | Path) -> str:
+    """The content of the UTF-8 text file ``path`` (newlines as they are in the file).
+
+    Raises:
+        OSError: when it cannot be read.
+        ValueError: when it is not UTF-8, naming the file, the line and the byte (Python's own
+            error names neither file nor line).
+    """
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise ValueError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x} at column {column}); "
+            "convert it to UTF-8, e.g. iconv -f latin1 -t utf-8"
+        ) from None
 
 
 def _fsync_file(path: Path) -> None:

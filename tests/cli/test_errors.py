@@ -107,3 +107,20 @@ def test_a_streaming_chunking_the_server_cannot_use(beam_package):
     code, [line] = _asr("serve", "--model", beam_package, "--port", "0", "--engine",
                         "sherpa-onnx", "--left-chunks", "-1")
     assert code == 2 and "the chunking is fixed in the exported graphs" in line
+
+
+def test_a_text_file_that_is_not_utf8_is_named(tmp_path):
+    """Python's UnicodeDecodeError names neither the file nor the line (and a recipe YAML's
+    failed as an unexpected error, exit 1)."""
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("u1 CAFÉ AU LAIT\nu2 GARÇON\n".encode("latin-1"))
+    good = tmp_path / "good.txt"
+    good.write_text("u1 CAFE\nu2 GARCON\n")
+    for command in (["wer", good, latin1], ["wer", latin1, good],
+                    ["bpe", "--transcripts", latin1, "--output-dir", tmp_path / "lang"],
+                    ["lm", "--unit", "word", "--transcripts", latin1, "--output", tmp_path / "a"],
+                    ["train", "--config", latin1, "--exp-dir", tmp_path / "exp"]):
+        code, [line] = _asr(*command)
+        assert code == 2, line
+        assert f"{latin1}:1: not UTF-8 text (byte 0xc9 at column 7)" in line, line
+    assert not (tmp_path / "lang").exists() and not (tmp_path / "exp").exists()
