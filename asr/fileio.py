@@ -25,6 +25,8 @@ from pathlib import Path
 
 __all__ = [
     "TEMPORARY_PATTERN",
+    "check_output_dir",
+    "check_output_file",
     "current_umask",
     "publish_directory",
     "read_text",
@@ -120,6 +122,40 @@ def write_text_atomic(path: str | Path, text: str, encoding: str = "utf-8") -> P
     """Writes ``text`` to ``path`` atomically (see :func:`write_atomic`), encoded with
     ``encoding`` and newlines as given; returns ``path``."""
     return write_bytes_atomic(path, text.encode(encoding))
+
+
+def _check_parents(path: Path, option: str) -> None:
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{option} {path}: {parent} is a file, not a directory")
+            return
+
+
+def check_output_file(path: str | Path, option: str) -> None:
+    """Checks, before any work is done, that the file ``path`` (given as ``option``) can be
+    written: neither it nor a directory above it is in the way.
+
+    Raises:
+        ValueError: naming the option and what is in the way.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a directory; give a file name")
+    _check_parents(path, option)
+
+
+def check_output_dir(path: str | Path, option: str) -> None:
+    """Checks, before any work is done, that the directory ``path`` (given as ``option``) can be
+    made or written into: no file is in its place or above it.
+
+    Raises:
+        ValueError: naming the option and what is in the way.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {path} is a file, not a directory")
+    _check_parents(path, option)
 
 
 def read_text(path: str | Path) -> str:

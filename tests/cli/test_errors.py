@@ -124,3 +124,41 @@ def test_a_text_file_that_is_not_utf8_is_named(tmp_path):
         assert code == 2, line
         assert f"{latin1}:1: not UTF-8 text (byte 0xc9 at column 7)" in line, line
     assert not (tmp_path / "lang").exists() and not (tmp_path / "exp").exists()
+
+
+def test_an_output_path_in_the_way_fails_before_the_work(trained, beam_package, wav, tmp_path):
+    """A directory where a file is to be written (or a file where a directory is) was found only
+    when the result was written: after the work, as an unexpected error naming a temporary."""
+    a_file, a_dir = tmp_path / "a_file.txt", tmp_path / "a_dir"
+    a_file.write_text("u1 A B\n")
+    a_dir.mkdir()
+    cases = [
+        (["transcribe", wav, "--model", beam_package, "--output-dir", a_file],
+         f"--output-dir {a_file} is a file, not a directory"),
+        (["transcribe", wav, "--model", beam_package, "--output-dir", a_file / "sub"],
+         f"--output-dir {a_file / 'sub'}: {a_file} is a file, not a directory"),
+        (["average", "--exp-dir", trained, "--last", "1", "--output", a_dir],
+         f"--output {a_dir} is a directory; give a file name"),
+        (["wer", a_file, a_file, "--report", a_dir], f"--report {a_dir} is a directory"),
+        (["wer", a_file, a_file, "--recogs", a_dir], f"--recogs {a_dir} is a directory"),
+        (["lm", "--unit", "word", "--transcripts", a_file, "--output", a_dir],
+         f"--output {a_dir} is a directory"),
+        (["bpe", "--kind", "char", "--transcripts", a_file, "--output-dir", a_file],
+         f"--output-dir {a_file} is a file, not a directory"),
+        (["prepare", "shuffle", "--cuts", a_file, "--output", a_dir],
+         f"--output {a_dir} is a directory"),
+    ]
+    for command, message in cases:
+        code, [line] = _asr(*command)
+        assert code == 2 and message in line, line
+    assert a_file.read_text() == "u1 A B\n" and not any(a_dir.iterdir())
+
+
+def test_wer_makes_the_directory_of_its_reports(tmp_path):
+    text = tmp_path / "text"
+    text.write_text("u1 A B\n")
+    proc = subprocess.run([sys.executable, "-m", "asr.cli.main", "wer", str(text), str(text),
+                           "--report", str(tmp_path / "new" / "errs.txt")],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "new" / "errs.txt").is_file()
