@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import torch
 
 from asr.checkpoints.selection import WeightSelection
+from asr.package import METADATA_FILE
 
 __all__ = [
     "add_checkpoint_arguments",
@@ -130,7 +131,16 @@ def add_streaming_arguments(parser: argparse.ArgumentParser) -> None:
 
 def selection_from_args(args: argparse.Namespace) -> WeightSelection:
     """The :class:`WeightSelection` described by the checkpoint options (ValueError if it is
-    inconsistent)."""
+    inconsistent, or if ``--exp-dir`` is not an experiment directory: missing, a file, or a
+    model package)."""
+    exp_dir = Path(args.exp_dir)
+    if not exp_dir.exists():
+        raise ValueError(f"--exp-dir {exp_dir}: no such experiment directory")
+    if not exp_dir.is_dir():
+        raise ValueError(f"--exp-dir {exp_dir} is a file, not an experiment directory")
+    if (exp_dir / METADATA_FILE).is_file():
+        raise ValueError(f"--exp-dir {exp_dir} is a model package (asr export-package), not an "
+                         "experiment directory (asr train)")
     return WeightSelection(epoch=args.epoch, avg=args.avg, last=args.last,
                            checkpoint=args.checkpoint, use_averaged_model=args.use_averaged_model)
 

@@ -162,3 +162,16 @@ def test_wer_makes_the_directory_of_its_reports(tmp_path):
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "new" / "errs.txt").is_file()
+
+
+def test_exp_dir_that_is_not_an_experiment(beam_package, tmp_path):
+    """average / decode / export-package said '<dir> holds no checkpoint-N.pt' for a missing
+    directory or a model package, which hid what was given wrong."""
+    for command in (["average", "--last", "1"], ["decode", "--searcher", "greedy"],
+                    ["export-package", "--output-dir", tmp_path / "pkg"]):
+        code, [line] = _asr(*command, "--exp-dir", tmp_path / "none")
+        assert code == 2 and f"--exp-dir {tmp_path / 'none'}: no such experiment directory" in line
+        code, [line] = _asr(*command, "--exp-dir", beam_package)
+        assert code == 2, line
+        assert f"--exp-dir {beam_package} is a model package (asr export-package)" in line
+    assert not (tmp_path / "pkg").exists()
