@@ -175,3 +175,24 @@ def test_exp_dir_that_is_not_an_experiment(beam_package, tmp_path):
         assert code == 2, line
         assert f"--exp-dir {beam_package} is a model package (asr export-package)" in line
     assert not (tmp_path / "pkg").exists()
+
+
+def test_prepare_and_shar_options_out_of_range(tmp_path):
+    """--num-jobs 0 failed inside lhotse (an AssertionError or ValueError, exit 1), and
+    --perturb-parts without --speed-perturb exited without an ERROR line."""
+    cuts = tmp_path / "cuts.jsonl.gz"
+    cuts.write_bytes(b"")
+    cases = [
+        (["shar", "--cuts", cuts, "--output-dir", tmp_path / "shar", "--num-jobs", "0"],
+         "num_jobs must be >= 1, got 0"),
+        (["prepare", "manifests", "--corpus-dir", tmp_path, "--parts", "p", "--output-dir",
+          tmp_path / "m", "--num-jobs", "0"], "--num-jobs must be >= 1, got 0"),
+        (["prepare", "fbank", "--manifest-dir", tmp_path, "--parts", "p", "--output-dir",
+          tmp_path / "f", "--num-jobs", "0"], "--num-jobs must be >= 1, got 0"),
+        (["prepare", "fbank", "--manifest-dir", tmp_path, "--parts", "train", "--output-dir",
+          tmp_path / "f", "--perturb-parts", "train"], "--perturb-parts needs --speed-perturb"),
+    ]
+    for command, message in cases:
+        code, [line] = _asr(*command)
+        assert code == 2 and message in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cuts.jsonl.gz"]
