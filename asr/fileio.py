@@ -25,8 +25,8 @@ from pathlib import Path
 
 __all__ = [
     "TEMPORARY_PATTERN",
-    "check_output_dir",
-    "check_output_file",
+    "check_writable_dir",
+    "check_writable_file",
     "current_umask",
     "publish_directory",
     "read_text",
@@ -132,7 +132,7 @@ def _check_parents(path: Path, option: str) -> None:
             return
 
 
-def check_output_file(path: str | Path, option: str) -> None:
+def check_writable_file(path: str | Path, option: str) -> None:
     """Checks, before any work is done, that the file ``path`` (given as ``option``) can be
     written: neither it nor a directory above it is in the way.
 
@@ -145,7 +145,7 @@ def check_output_file(path: str | Path, option: str) -> None:
     _check_parents(path, option)
 
 
-def check_output_dir(path: str | Path, option: str) -> None:
+def check_writable_dir(path: str | Path, option: str) -> None:
     """Checks, before any work is done, that the directory ``path`` (given as ``option``) can be
     made or written into: no file is in its place or above it.
 

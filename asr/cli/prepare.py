@@ -19,7 +19,7 @@ import torch
 from asr.data.fbank import compute_fbank_for_parts
 from asr.data.librispeech import CorpusError, prepare_manifests, write_shuffled_cuts
 from asr.features.fbank import FbankConfig
-from asr.fileio import check_output_file
+from asr.fileio import check_writable_file
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def _run_fbank(args: argparse.Namespace) -> int:
 
 
 def _run_shuffle(args: argparse.Namespace) -> int:
-    check_output_file(args.output, "--output")
+    check_writable_file(args.output, "--output")
     count = write_shuffled_cuts(args.cuts, args.output, args.seed)
     print(f"{args.output}\t{count} cuts")
     return 0

@@ -8,7 +8,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from asr.fileio import check_output_file
+from asr.fileio import check_writable_file
 from asr.metrics.wer import (
     compute_cer,
     compute_wer,
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         phrases = read_phrases(args.phrases) if args.phrases else {}
         for option, output in (("--report", args.report), ("--recogs", args.recogs)):
             if output:
-                check_output_file(output, option)
+                check_writable_file(output, option)
     except (OSError, ValueError) as err:
         logger.error("asr wer: %s", err)
         return 2
