@@ -196,3 +196,12 @@ def test_prepare_and_shar_options_out_of_range(tmp_path):
         code, [line] = _asr(*command)
         assert code == 2 and message in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cuts.jsonl.gz"]
+
+
+def test_export_onnx_chunking_without_streaming(beam_package, tmp_path):
+    """--chunk-size / --left-chunks were dropped without a word in an offline export."""
+    for option in ("--chunk-size", "--left-chunks"):
+        code, [line] = _asr("export-onnx", "--model", beam_package, "--output-dir",
+                            tmp_path / "onnx", option, "4")
+        assert code == 1 and "pass streaming=True (--streaming)" in line, line
+    assert not (tmp_path / "onnx").exists()
