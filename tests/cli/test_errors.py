@@ -205,3 +205,24 @@ def test_export_onnx_chunking_without_streaming(beam_package, tmp_path):
                             tmp_path / "onnx", option, "4")
         assert code == 1 and "pass streaming=True (--streaming)" in line, line
     assert not (tmp_path / "onnx").exists()
+
+
+def test_decode_onnx_bad_options(beam_package, tiny_corpus, tmp_path):
+    """--max-active-paths 0 crashed sherpa-onnx (SIGSEGV), --batch-size 0 said 'range() arg 3
+    must not be zero', a missing --hotwords-file was reported as a missing bpe.vocab."""
+    onnx = tmp_path / "onnx"
+    proc = subprocess.run([sys.executable, "-m", "asr.cli.main", "export-onnx", "--model",
+                           str(beam_package), "--output-dir", str(onnx)], capture_output=True,
+                          timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr.decode()
+    common = ["decode-onnx", "--onnx-dir", onnx, "--manifest-dir", tiny_corpus / "fbank",
+              "--output-dir", tmp_path / "out"]
+    beam = ["--decoding-method", "modified_beam_search"]
+    for options, message in (
+            ([*beam, "--max-active-paths", "0"], "max_active_paths must be >= 1, got 0"),
+            (["--batch-size", "0"], "batch_size must be >= 1, got 0"),
+            ([*beam, "--hotwords-file", tmp_path / "none.txt"],
+             f"hotwords file {tmp_path / 'none.txt'} does not exist")):
+        code, [line] = _asr(*common, *options)
+        assert code == 2 and message in line, line
+    assert not (tmp_path / "out").exists()
