@@ -226,3 +226,13 @@ def test_decode_onnx_bad_options(beam_package, tiny_corpus, tmp_path):
         code, [line] = _asr(*common, *options)
         assert code == 2 and message in line, line
     assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_hotwords_file_is_named(beam_package, wav, tmp_path):
+    """It was read as inline phrases: the error named a word of its path ('hotword 'none' has
+    characters the model's tokenizer does not know')."""
+    missing = tmp_path / "none" / "hotwords.txt"
+    for mode in ([], ["--streaming"]):
+        code, [line] = _asr("transcribe", wav, "--model", beam_package, *mode,
+                            "--hotwords", missing)
+        assert code == 2 and f"hotwords file {missing} does not exist" in line, line
