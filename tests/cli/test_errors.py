@@ -147,6 +147,8 @@ def test_an_output_path_in_the_way_fails_before_the_work(trained, beam_package, 
          f"--output-dir {a_file} is a file, not a directory"),
         (["prepare", "shuffle", "--cuts", a_file, "--output", a_dir],
          f"--output {a_dir} is a directory"),
+        (["synthesize", "--root", a_file, "--num-utts", "test-clean=1"],
+         f"--root {a_file} is a file, not a directory"),
     ]
     for command, message in cases:
         code, [line] = _asr(*command)
