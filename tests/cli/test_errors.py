@@ -238,3 +238,17 @@ def test_a_missing_hotwords_file_is_named(beam_package, wav, tmp_path):
         code, [line] = _asr("transcribe", wav, "--model", beam_package, *mode,
                             "--hotwords", missing)
         assert code == 2 and f"hotwords file {missing} does not exist" in line, line
+
+
+def test_a_file_that_is_no_cut_manifest_is_named(tmp_path):
+    """Cut manifests are read lazily: a text file or a broken gzip failed later with a bare
+    'Expecting value: line 1 column 1 (char 0)' or gzip error that named no file."""
+    text, broken = tmp_path / "text.jsonl", tmp_path / "broken.jsonl.gz"
+    text.write_text("HELLO WORLD\n")
+    broken.write_bytes(b"not gzip")
+    for manifest, message in ((text, f"{text} is not a lhotse cut manifest: its first line is "
+                                     "'HELLO WORLD'"),
+                              (broken, f"cut manifest {broken} cannot be read")):
+        code, [line] = _asr("shar", "--cuts", manifest, "--output-dir", tmp_path / "shar")
+        assert code == 2 and message in line, line
+    assert not (tmp_path / "shar").exists()
