@@ -252,3 +252,21 @@ def test_a_file_that_is_no_cut_manifest_is_named(tmp_path):
         code, [line] = _asr("shar", "--cuts", manifest, "--output-dir", tmp_path / "shar")
         assert code == 2 and message in line, line
     assert not (tmp_path / "shar").exists()
+
+
+def test_a_checkpoint_that_is_not_one(trained, tmp_path):
+    """torch's weights-only error spanned several lines and advised weights_only=False (which
+    would run the file's code); a directory was said not to exist."""
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint\n")
+    proc = subprocess.run([sys.executable, "-m", "asr.cli.main", "average", "--exp-dir",
+                           str(trained), "--checkpoint", str(text), "--output",
+                           str(tmp_path / "w.safetensors")],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2
+    [line] = proc.stderr.strip().splitlines()
+    assert f"cannot load checkpoint {text}" in line and "UnpicklingError: " in line, line
+    assert "weights_only" not in line
+    code, [line] = _asr("average", "--exp-dir", trained, "--checkpoint", tmp_path,
+                        "--output", tmp_path / "w.safetensors")
+    assert code == 2 and f"checkpoint {tmp_path} is a directory" in line
