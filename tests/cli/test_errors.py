@@ -270,3 +270,19 @@ def test_a_checkpoint_that_is_not_one(trained, tmp_path):
     code, [line] = _asr("average", "--exp-dir", trained, "--checkpoint", tmp_path,
                         "--output", tmp_path / "w.safetensors")
     assert code == 2 and f"checkpoint {tmp_path} is a directory" in line
+
+
+def test_train_into_a_model_package_or_a_file_is_refused(trained, beam_package, tmp_path):
+    """asr train took a model package as its --exp-dir: it rewrote the package's config.yaml
+    (breaking its checksums) and wrote checkpoints into it."""
+    package = tmp_path / "package"
+    shutil.copytree(beam_package, package)
+    before = {p.name: p.read_bytes() for p in package.iterdir() if p.is_file()}
+    code, [line] = _asr("train", "--config", trained / "config.yaml", "--exp-dir", package,
+                        "--set", "train.max_steps=1", "--num-threads", "1")
+    assert code == 2 and f"--exp-dir {package} is a model package" in line, line
+    assert {p.name: p.read_bytes() for p in package.iterdir() if p.is_file()} == before
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x\n")
+    code, [line] = _asr("train", "--config", trained / "config.yaml", "--exp-dir", a_file)
+    assert code == 2 and f"--exp-dir {a_file} is a file, not an experiment directory" in line
