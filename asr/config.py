@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from asr.fileio import write_text_atomic
+from asr.fileio import read_text, write_text_atomic
 
 T = TypeVar("T")
 
@@ -299,11 +299,12 @@ def read_yaml(path: str | Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not path.is_file():
         wanted = f" (the {BASE_KEY} of {chain[-1]})" if chain else ""
         raise FileNotFoundError(f"{path}: no such file{wanted}")
-    with path.open(encoding="utf-8") as f:
-        try:
-            data = yaml.safe_load(f) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: invalid YAML: {err}") from err
+    try:
+        data = yaml.safe_load(read_text(path)) or {}
+    except ValueError as err:  # not UTF-8
+        raise ConfigError(str(err)) from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {err}") from err
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     return _resolve_bases(data, path, (*chain, resolved))

@@ -1,4 +1,5 @@
-"""Atomic file writing: the one way the package replaces a file.
+"""Atomic file writing: the one way the package replaces a file; and reading a text file as
+UTF-8 with an error that names the file and line (:func:`read_text`).
 
 A file is written to a temporary in the same directory, named ``.<name>.tmp-<pid>`` (the pid of
 the writing process, so that :data:`TEMPORARY_PATTERN` and
@@ -24,8 +25,11 @@ from pathlib import Path
 
 __all__ = [
     "TEMPORARY_PATTERN",
+    "check_writable_dir",
+    "check_writable_file",
     "current_umask",
     "publish_directory",
+    "read_text",
     "staging_directory",
     "temporary_path",
     "write_atomic",
@@ -118,6 +122,60 @@ def write_text_atomic(path: str | Path, text: str, encoding: str = "utf-8") -> P
     """Writes ``text`` to ``path`` atomically (see :func:`write_atomic`), encoded with
     ``encoding`` and newlines as given; returns ``path``."""
     return write_bytes_atomic(path, text.encode(encoding))
+
+
+def _check_parents(path: Path, option: str) -> None:
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{option} {path}: {parent} is a file, not a directory")
+            return
+
+
+def check_writable_file(path: str | Path, option: str) -> None:
+    """Checks, before any work is done, that the file ``path`` (given as ``option``) can be
+    written: neither it nor a directory above it is in the way.
+
+    Raises:
+        ValueError: naming the option and what is in the way.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a directory; give a file name")
+    _check_parents(path, option)
+
+
+def check_writable_dir(path: str | Path, option: str) -> None:
+    """Checks, before any work is done, that the directory ``path`` (given as ``option``) can be
+    made or written into: no file is in its place or above it.
+
+    Raises:
+        ValueError: naming the option and what is in the way.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {path} is a file, not a directory")
+    _check_parents(path, option)
+
+
+def read_text(path: str | Path) -> str:
+    """The content of the UTF-8 text file ``path`` (newlines as they are in the file).
+
+    Raises:
+        OSError: when it cannot be read.
+        ValueError: when it is not UTF-8, naming the file, the line and the byte (Python's own
+            error names neither file nor line).
+    """
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise ValueError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x} at column {column}); "
+            "convert it to UTF-8, e.g. iconv -f latin1 -t utf-8"
+        ) from None
 
 
 def _fsync_file(path: Path) -> None:

@@ -57,8 +57,19 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as err:  # torch raises several types for truncated / foreign files
         raise CheckpointError(
             f"cannot load checkpoint {path} ({path.stat().st_size} bytes): it is truncated, "
-            f"corrupt or not a weights-only checkpoint: {type(err).__name__}: {err}"
+            f"corrupt or not a weights-only checkpoint: {type(err).__name__}: {_load_reason(err)}"
         ) from err
+
+
+def _load_reason(err: Exception) -> str:
+    """What ``torch.load`` says went wrong, in one line: for a weights-only unpickling failure
+    only its cause (its message spans lines and suggests ``weights_only=False``, which would
+    run the file's code)."""
+    text = str(err)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1].split("Check the documentation of torch.load", 1)[0]
+    return " ".join(text.split())
 
 
 def read_model_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -96,6 +96,9 @@ def select_weights(exp_dir: str | Path, selection: WeightSelection) -> SelectedW
     exp_dir = Path(exp_dir)
     if selection.checkpoint is not None:
         path = Path(selection.checkpoint)
+        if path.is_dir():
+            raise FileNotFoundError(f"checkpoint {path} is a directory; give a .pt or "
+                                    ".safetensors file")
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {path} does not exist")
         return _average([path], path.stem)

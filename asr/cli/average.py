@@ -22,6 +22,7 @@ from asr.checkpoints.io import CheckpointError
 from asr.checkpoints.selection import select_weights
 from asr.cli.options import add_checkpoint_arguments, selection_from_args
 from asr.experiment import save_experiment_weights
+from asr.fileio import check_writable_file
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
         selection = selection_from_args(args)
         if selection.is_default():
             raise ValueError("give --epoch E [--avg N], --last N or --checkpoint F")
+        if args.output is not None:
+            check_writable_file(args.output, "--output")
         weights = select_weights(args.exp_dir, selection)
         output = args.output or args.exp_dir / f"averaged-{weights.tag}.safetensors"
         save_experiment_weights(args.exp_dir, weights.state_dict, output, weights.tag)

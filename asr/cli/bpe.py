@@ -14,6 +14,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from asr.fileio import check_writable_dir
 from asr.fingerprint import fingerprint_path, is_current, sha256_of_texts, write_fingerprint
 from asr.tokenizers.base import BPE_MODEL_FILE, TOKENS_FILE
 from asr.tokenizers.bpe import train_bpe
@@ -43,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     traceback (exit 2)."""
     output_dir = Path(args.output_dir)
     try:
+        check_writable_dir(output_dir, "--output-dir")
         texts = read_transcripts(args.transcripts)
         if args.kind == "char":
             tokens = output_dir / TOKENS_FILE

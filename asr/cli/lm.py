@@ -20,6 +20,7 @@ import logging
 from pathlib import Path
 
 from asr.decoding.ngram_train import estimate_kneser_ney, write_arpa
+from asr.fileio import check_writable_file
 from asr.fingerprint import (
     fingerprint_path,
     is_current,
@@ -59,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     (exit 2)."""
     output = Path(args.output)
     try:
+        check_writable_file(output, "--output")
         texts = read_transcripts(args.transcripts)
         made_from = {"unit": args.unit, "order": args.order,
                      "texts_sha256": sha256_of_texts(texts), "num_texts": len(texts)}

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import torch
 
 from asr.checkpoints.selection import WeightSelection
+from asr.package import METADATA_FILE
 
 __all__ = [
     "add_checkpoint_arguments",
@@ -24,6 +25,7 @@ __all__ = [
     "add_search_arguments",
     "add_streaming_arguments",
     "attribute_docs",
+    "check_experiment_dir",
     "dataclass_from_args",
     "selection_from_args",
     "set_num_threads",
@@ -128,9 +130,31 @@ def add_streaming_arguments(parser: argparse.ArgumentParser) -> None:
                              "(memory and time grow with the stream) (default: the package's)")
 
 
+def check_experiment_dir(exp_dir: str | Path, must_exist: bool = True) -> None:
+    """Checks ``--exp-dir`` before any work: a directory (that exists, with ``must_exist``)
+    and not a model package, which ``asr train`` would overwrite and the checkpoint options
+    would find no checkpoints in.
+
+    Raises:
+        ValueError: naming what ``exp_dir`` is instead.
+    """
+    exp_dir = Path(exp_dir)
+    if not exp_dir.exists():
+        if must_exist:
+            raise ValueError(f"--exp-dir {exp_dir}: no such experiment directory")
+        return
+    if not exp_dir.is_dir():
+        raise ValueError(f"--exp-dir {exp_dir} is a file, not an experiment directory")
+    if (exp_dir / METADATA_FILE).is_file():
+        raise ValueError(f"--exp-dir {exp_dir} is a model package (asr export-package), not an "
+                         "experiment directory (asr train)")
+
+
 def selection_from_args(args: argparse.Namespace) -> WeightSelection:
     """The :class:`WeightSelection` described by the checkpoint options (ValueError if it is
-    inconsistent)."""
+    inconsistent, or if ``--exp-dir`` is not an experiment directory:
+    :func:`check_experiment_dir`)."""
+    check_experiment_dir(args.exp_dir)
     return WeightSelection(epoch=args.epoch, avg=args.avg, last=args.last,
                            checkpoint=args.checkpoint, use_averaged_model=args.use_averaged_model)
 

@@ -19,6 +19,7 @@ import torch
 from asr.data.fbank import compute_fbank_for_parts
 from asr.data.librispeech import CorpusError, prepare_manifests, write_shuffled_cuts
 from asr.features.fbank import FbankConfig
+from asr.fileio import check_writable_file
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def _run_fbank(args: argparse.Namespace) -> int:
         if not perturb:
             logger.warning("--speed-perturb: no part name starts with 'train'; nothing perturbed")
     elif args.perturb_parts:
-        raise SystemExit("--perturb-parts needs --speed-perturb")
+        raise ValueError("--perturb-parts needs --speed-perturb")
     paths = compute_fbank_for_parts(
         args.manifest_dir,
         args.output_dir,
@@ -96,14 +97,22 @@ def _run_fbank(args: argparse.Namespace) -> int:
 
 
 def _run_shuffle(args: argparse.Namespace) -> int:
+    check_writable_file(args.output, "--output")
     count = write_shuffled_cuts(args.cuts, args.output, args.seed)
     print(f"{args.output}\t{count} cuts")
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
+    """Runs the chosen step: a bad corpus or a missing input exits with 1, a bad option (checked
+    before any work) with 2."""
     try:
+        if getattr(args, "num_jobs", 1) < 1:
+            raise ValueError(f"--num-jobs must be >= 1, got {args.num_jobs}")
         return args._prepare(args)
     except (CorpusError, FileNotFoundError) as err:
         logger.error("%s", err)
         return 1
+    except ValueError as err:
+        logger.error("asr prepare: %s", err)
+        return 2

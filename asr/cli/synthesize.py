@@ -8,6 +8,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from asr.fileio import check_writable_dir
 from asr.synth.parts import PARTS
 from asr.synth.synthesize import PRESETS, TRAIN_TEXTS, synthesize_biasing_set, synthesize_corpus
 
@@ -78,6 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Synthesize the corpus; configuration errors are reported without a traceback (exit 2)."""
     try:
+        check_writable_dir(args.root, "--root")
         return _synthesize(args)
     except (ValueError, FileExistsError, FileNotFoundError) as err:
         logger.error("asr synthesize: %s", err)

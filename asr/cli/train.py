@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from asr.checkpoints.io import CheckpointError
-from asr.cli.options import add_num_threads_argument, set_num_threads
+from asr.cli.options import add_num_threads_argument, check_experiment_dir, set_num_threads
 from asr.config import ConfigError, load_config, save_config, to_dict
 from asr.experiment import CONFIG_FILE, ExperimentConfig
 from asr.fileio import write_bytes_atomic
@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         _set_threads(args.num_threads)
+        check_experiment_dir(args.exp_dir, must_exist=False)
     except ValueError as err:
         logger.error("asr train: %s", err)
         return 2

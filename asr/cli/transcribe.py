@@ -38,7 +38,7 @@ from asr.cli.options import (
     add_streaming_arguments,
     set_num_threads,
 )
-from asr.fileio import write_text_atomic
+from asr.fileio import check_writable_dir, write_text_atomic
 from asr.package import PackageError
 from asr.results import FailedInput
 from asr.runtime.offline import load_model
@@ -183,6 +183,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         set_num_threads(args.num_threads)
+        if args.output_dir:  # before the work, which a file in the way would throw away
+            check_writable_dir(args.output_dir, "--output-dir")
     except ValueError as err:
         logger.error("asr transcribe: %s", err)
         return 2

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
+from asr.fileio import check_writable_file
 from asr.metrics.wer import (
     compute_cer,
     compute_wer,
@@ -48,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
             refs = read_kaldi_text(args.ref)
             hyps = read_kaldi_text(args.hyp)
         phrases = read_phrases(args.phrases) if args.phrases else {}
+        for option, output in (("--report", args.report), ("--recogs", args.recogs)):
+            if output:
+                check_writable_file(output, option)
     except (OSError, ValueError) as err:
         logger.error("asr wer: %s", err)
         return 2
@@ -79,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
     if phrases:
         found, total = phrase_recall(phrases, hyps)
         print(f"phrase recall {100.0 * found / max(total, 1):.2f}% ({found}/{total})")
+    for output in (args.report, args.recogs):
+        if output:
+            Path(output).parent.mkdir(parents=True, exist_ok=True)
     if args.report:
         write_error_report(args.report, result)
         logger.info("wrote %s", args.report)

@@ -29,6 +29,8 @@ Example:
 
 from __future__ import annotations
 
+import gzip
+import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -285,11 +287,33 @@ class AsrDataset(torch.utils.data.Dataset):
                         ) from cause
 
 
+def _check_cut_manifest(path: Path) -> None:
+    """Raises ValueError naming ``path`` unless its first line is a JSON cut (an empty manifest
+    passes): read lazily, a text file or a corrupt gzip failed later with a bare JSON or gzip
+    error that named no file."""
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(
+                encoding="utf-8") as f:
+            first = next((line for line in f if line.strip()), None)
+    except (OSError, EOFError, UnicodeDecodeError) as err:
+        raise ValueError(f"cut manifest {path} cannot be read: {err}") from None
+    if first is None:
+        return
+    try:
+        cut = json.loads(first)
+    except json.JSONDecodeError:
+        cut = None
+    if not isinstance(cut, dict) or "id" not in cut:
+        raise ValueError(f"{path} is not a lhotse cut manifest: its first line is "
+                         f"{first.strip()[:80]!r}, not a JSON cut")
+
+
 def load_cuts(manifest_dir: str | Path, names: Sequence[str]):
     """Opens cut manifests ``manifest_dir/name`` lazily, concatenated in order.
 
     Raises:
         FileNotFoundError: naming the first missing manifest.
+        ValueError: naming a manifest that is unreadable or whose first line is no JSON cut.
     """
     from lhotse import CutSet, combine
 
@@ -299,6 +323,7 @@ def load_cuts(manifest_dir: str | Path, names: Sequence[str]):
     for path in paths:
         if not path.is_file():
             raise FileNotFoundError(f"cut manifest {path} does not exist")
+        _check_cut_manifest(path)
     lazy = [CutSet.from_jsonl_lazy(path) for path in paths]
     return lazy[0] if len(lazy) == 1 else combine(*lazy)
 

@@ -76,7 +76,8 @@ def export_shar(
 
     Raises:
         FileExistsError: when ``output_dir`` holds anything but Shar shards (it is not replaced).
-        ValueError: on an empty CutSet or a cut without a requested field (naming the cut).
+        ValueError: on an empty CutSet or a cut without a requested field (naming the cut), or
+            a shard_size or num_jobs below 1.
         DataError: naming the first cut whose data cannot be read and its files (storage
             paths in the manifests are relative to the directory they were written from, so
             run from there). Nothing is left behind on an error.
@@ -92,6 +93,8 @@ def export_shar(
             )
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    if num_jobs < 1:
+        raise ValueError(f"num_jobs must be >= 1, got {num_jobs}")
     checks = {"features": "has_features", "recording": "has_recording"}
     count = 0
 

@@ -138,7 +138,12 @@ def parse_hotwords(text: str, separators: Sequence[str] = ("\n",)) -> list[Hotwo
 
 def load_hotwords(spec: str | Path) -> list[Hotword]:
     """A hotword list from a file (one phrase per line) when ``spec`` names one, else from the
-    inline phrases of ``spec`` (``"ALPHA BETA;GAMMA :2.5"``)."""
+    inline phrases of ``spec`` (``"ALPHA BETA;GAMMA :2.5"``).
+
+    Raises:
+        HotwordError: for a bad phrase, or a ``spec`` that names a ``.txt`` file that does not
+            exist: read as phrases, its error would name a word of the path instead.
+    """
     path = Path(spec)
     try:
         is_file = path.is_file()
@@ -146,7 +151,11 @@ def load_hotwords(spec: str | Path) -> list[Hotword]:
         is_file = False
     if is_file:
         return parse_hotwords(path.read_text(encoding="utf-8"))
-    return parse_hotwords(str(spec), INLINE_SEPARATORS)
+    text = str(spec)
+    if text.lower().endswith(".txt") and ";" not in text and "\n" not in text:
+        raise HotwordError(f"hotwords file {text} does not exist (inline phrases are separated "
+                           "by ';')")
+    return parse_hotwords(text, INLINE_SEPARATORS)
 
 
 class ContextGraph:

@@ -264,10 +264,13 @@ def export_onnx(
     Raises:
         NoLayoutError: for a package (head, features, streaming) without a sherpa-onnx layout.
         OnnxExportError: for an existing ``out_dir`` without ``force`` (or one that is no
-            earlier export), an unknown ``head`` or a failed self-check (nothing is written
-            then).
+            earlier export), an unknown ``head``, a chunking without ``streaming`` or a failed
+            self-check (nothing is written then).
     """
     out_dir = Path(out_dir)
+    if not streaming and (chunk_size is not None or left_chunks is not None):
+        raise OnnxExportError("chunk_size and left_chunks (--chunk-size, --left-chunks) set the "
+                              "chunking of the streaming graphs: pass streaming=True (--streaming)")
     try:
         check_output_dir(out_dir, force, _REPORT, [Path(package_dir)], "--force")
         package = load_package(package_dir)

@@ -197,8 +197,10 @@ def load_recognizer(
 
     Raises:
         FileNotFoundError: without ``export.json`` or the graphs asked for (int8 ones exist only
-            when exported with ``--int8``), or hotwords without ``bpe.vocab``.
-        ValueError: hotwords with a CTC layout or greedy search.
+            when exported with ``--int8``), a missing ``hotwords_file``, or hotwords without
+            ``bpe.vocab``.
+        ValueError: hotwords with a CTC layout or greedy search; ``max_active_paths`` < 1 with a
+            beam search.
     """
     import sherpa_onnx
 
@@ -220,6 +222,8 @@ def load_recognizer(
               "sample_rate": int(features["sample_rate"]),
               "feature_dim": int(features["num_mel_bins"]), "decoding_method": decoding_method}
     if decoding_method != "greedy_search":
+        if max_active_paths < 1:  # sherpa-onnx crashes (SIGSEGV) on 0
+            raise ValueError(f"max_active_paths must be >= 1, got {max_active_paths}")
         common["max_active_paths"] = max_active_paths
     if blank_penalty and layout != "ctc":
         common["blank_penalty"] = blank_penalty
@@ -227,6 +231,8 @@ def load_recognizer(
         if layout == "ctc" or decoding_method != "modified_beam_search":
             raise ValueError("sherpa-onnx's hotwords need a transducer layout and "
                              "decoding_method='modified_beam_search'")
+        if not Path(hotwords_file).is_file():
+            raise FileNotFoundError(f"hotwords file {hotwords_file} does not exist")
         vocab = onnx_dir / BPE_VOCAB
         if not vocab.is_file():
             raise FileNotFoundError(f"{vocab}: missing (hotwords need a BPE model's bpe.vocab; "
@@ -259,7 +265,13 @@ def decode_part_sherpa(
     recognizer: SherpaRecognizer, manifest_dir: str | Path, part: str, batch_size: int = 32,
 ) -> list[Recognition]:
     """Recognitions of the test set ``<manifest_dir>/librispeech_cuts_<part>.jsonl.gz`` (audio of
-    every cut, unfiltered), as :func:`asr.run.evaluate.decode_part` makes them."""
+    every cut, unfiltered), as :func:`asr.run.evaluate.decode_part` makes them.
+
+    Raises:
+        ValueError: for ``batch_size`` < 1.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     manifest_dir = Path(manifest_dir)
     cuts = load_cuts(manifest_dir, [cuts_path(manifest_dir, part).name]).to_eager()
     recognitions: list[Recognition] = []

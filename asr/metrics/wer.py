@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asr.fileio import write_text_atomic
+from asr.fileio import read_text, write_text_atomic
 
 #: One aligned pair: ``(ref, hyp)``, ``(ref, None)`` a deletion, ``(None, hyp)`` an insertion.
 AlignedPair = tuple[str | None, str | None]
@@ -389,7 +389,7 @@ def read_kaldi_text(path: str | Path) -> dict[str, str]:
     """
     path = Path(path)
     texts: dict[str, str] = {}
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_no, line in enumerate(read_text(path).splitlines(), start=1):
         fields = line.split(maxsplit=1)
         if not fields:
             continue
@@ -409,7 +409,7 @@ def read_recognitions(path: str | Path) -> tuple[dict[str, str], dict[str, str]]
     """
     path = Path(path)
     texts: dict[str, dict[str, str]] = {"ref": {}, "hyp": {}}
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_no, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         utt, _, rest = line.partition(":\t")
@@ -429,7 +429,7 @@ def read_phrases(path: str | Path) -> dict[str, str]:
     """
     path = Path(path)
     phrases: dict[str, str] = {}
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_no, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         utt_id, tab, phrase = line.partition("\t")

@@ -14,8 +14,11 @@ Empty sentences are skipped; the text is returned as written (no case change).
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from asr.fileio import read_text
 
 
 def transcript_kind(path: Path) -> str:
@@ -59,17 +62,20 @@ def _iter_path(path: Path) -> Iterator[str]:
     elif kind == "kaldi":
         yield from _iter_kaldi(path)
     else:
-        with path.open(encoding="utf-8") as f:
-            for line in f:
-                yield " ".join(line.split())
+        for line in _lines(path):
+            yield " ".join(line.split())
+
+
+def _lines(path: Path) -> Iterator[str]:
+    """The lines of a UTF-8 text file (universal newlines, as ``open()`` reads them)."""
+    return iter(io.StringIO(read_text(path), newline=None))
 
 
 def _iter_kaldi(path: Path) -> Iterator[str]:
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            fields = line.split(maxsplit=1)
-            if len(fields) == 2:
-                yield " ".join(fields[1].split())
+    for line in _lines(path):
+        fields = line.split(maxsplit=1)
+        if len(fields) == 2:
+            yield " ".join(fields[1].split())
 
 
 def _iter_lhotse(path: Path) -> Iterator[str]:

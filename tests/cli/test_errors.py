@@ -107,3 +107,182 @@ def test_a_streaming_chunking_the_server_cannot_use(beam_package):
     code, [line] = _asr("serve", "--model", beam_package, "--port", "0", "--engine",
                         "sherpa-onnx", "--left-chunks", "-1")
     assert code == 2 and "the chunking is fixed in the exported graphs" in line
+
+
+def test_a_text_file_that_is_not_utf8_is_named(tmp_path):
+    """Python's UnicodeDecodeError names neither the file nor the line (and a recipe YAML's
+    failed as an unexpected error, exit 1)."""
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("u1 CAFÉ AU LAIT\nu2 GARÇON\n".encode("latin-1"))
+    good = tmp_path / "good.txt"
+    good.write_text("u1 CAFE\nu2 GARCON\n")
+    for command in (["wer", good, latin1], ["wer", latin1, good],
+                    ["bpe", "--transcripts", latin1, "--output-dir", tmp_path / "lang"],
+                    ["lm", "--unit", "word", "--transcripts", latin1, "--output", tmp_path / "a"],
+                    ["train", "--config", latin1, "--exp-dir", tmp_path / "exp"]):
+        code, [line] = _asr(*command)
+        assert code == 2, line
+        assert f"{latin1}:1: not UTF-8 text (byte 0xc9 at column 7)" in line, line
+    assert not (tmp_path / "lang").exists() and not (tmp_path / "exp").exists()
+
+
+def test_an_output_path_in_the_way_fails_before_the_work(trained, beam_package, wav, tmp_path):
+    """A directory where a file is to be written (or a file where a directory is) was found only
+    when the result was written: after the work, as an unexpected error naming a temporary."""
+    a_file, a_dir = tmp_path / "a_file.txt", tmp_path / "a_dir"
+    a_file.write_text("u1 A B\n")
+    a_dir.mkdir()
+    cases = [
+        (["transcribe", wav, "--model", beam_package, "--output-dir", a_file],
+         f"--output-dir {a_file} is a file, not a directory"),
+        (["transcribe", wav, "--model", beam_package, "--output-dir", a_file / "sub"],
+         f"--output-dir {a_file / 'sub'}: {a_file} is a file, not a directory"),
+        (["average", "--exp-dir", trained, "--last", "1", "--output", a_dir],
+         f"--output {a_dir} is a directory; give a file name"),
+        (["wer", a_file, a_file, "--report", a_dir], f"--report {a_dir} is a directory"),
+        (["wer", a_file, a_file, "--recogs", a_dir], f"--recogs {a_dir} is a directory"),
+        (["lm", "--unit", "word", "--transcripts", a_file, "--output", a_dir],
+         f"--output {a_dir} is a directory"),
+        (["bpe", "--kind", "char", "--transcripts", a_file, "--output-dir", a_file],
+         f"--output-dir {a_file} is a file, not a directory"),
+        (["prepare", "shuffle", "--cuts", a_file, "--output", a_dir],
+         f"--output {a_dir} is a directory"),
+        (["synthesize", "--root", a_file, "--num-utts", "test-clean=1"],
+         f"--root {a_file} is a file, not a directory"),
+    ]
+    for command, message in cases:
+        code, [line] = _asr(*command)
+        assert code == 2 and message in line, line
+    assert a_file.read_text() == "u1 A B\n" and not any(a_dir.iterdir())
+
+
+def test_wer_makes_the_directory_of_its_reports(tmp_path):
+    text = tmp_path / "text"
+    text.write_text("u1 A B\n")
+    proc = subprocess.run([sys.executable, "-m", "asr.cli.main", "wer", str(text), str(text),
+                           "--report", str(tmp_path / "new" / "errs.txt")],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "new" / "errs.txt").is_file()
+
+
+def test_exp_dir_that_is_not_an_experiment(beam_package, tmp_path):
+    """average / decode / export-package said '<dir> holds no checkpoint-N.pt' for a missing
+    directory or a model package, which hid what was given wrong."""
+    for command in (["average", "--last", "1"], ["decode", "--searcher", "greedy"],
+                    ["export-package", "--output-dir", tmp_path / "pkg"]):
+        code, [line] = _asr(*command, "--exp-dir", tmp_path / "none")
+        assert code == 2 and f"--exp-dir {tmp_path / 'none'}: no such experiment directory" in line
+        code, [line] = _asr(*command, "--exp-dir", beam_package)
+        assert code == 2, line
+        assert f"--exp-dir {beam_package} is a model package (asr export-package)" in line
+    assert not (tmp_path / "pkg").exists()
+
+
+def test_prepare_and_shar_options_out_of_range(tmp_path):
+    """--num-jobs 0 failed inside lhotse (an AssertionError or ValueError, exit 1), and
+    --perturb-parts without --speed-perturb exited without an ERROR line."""
+    cuts = tmp_path / "cuts.jsonl.gz"
+    cuts.write_bytes(b"")
+    cases = [
+        (["shar", "--cuts", cuts, "--output-dir", tmp_path / "shar", "--num-jobs", "0"],
+         "num_jobs must be >= 1, got 0"),
+        (["prepare", "manifests", "--corpus-dir", tmp_path, "--parts", "p", "--output-dir",
+          tmp_path / "m", "--num-jobs", "0"], "--num-jobs must be >= 1, got 0"),
+        (["prepare", "fbank", "--manifest-dir", tmp_path, "--parts", "p", "--output-dir",
+          tmp_path / "f", "--num-jobs", "0"], "--num-jobs must be >= 1, got 0"),
+        (["prepare", "fbank", "--manifest-dir", tmp_path, "--parts", "train", "--output-dir",
+          tmp_path / "f", "--perturb-parts", "train"], "--perturb-parts needs --speed-perturb"),
+    ]
+    for command, message in cases:
+        code, [line] = _asr(*command)
+        assert code == 2 and message in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cuts.jsonl.gz"]
+
+
+def test_export_onnx_chunking_without_streaming(beam_package, tmp_path):
+    """--chunk-size / --left-chunks were dropped without a word in an offline export."""
+    for option in ("--chunk-size", "--left-chunks"):
+        code, [line] = _asr("export-onnx", "--model", beam_package, "--output-dir",
+                            tmp_path / "onnx", option, "4")
+        assert code == 1 and "pass streaming=True (--streaming)" in line, line
+    assert not (tmp_path / "onnx").exists()
+
+
+def test_decode_onnx_bad_options(beam_package, tiny_corpus, tmp_path):
+    """--max-active-paths 0 crashed sherpa-onnx (SIGSEGV), --batch-size 0 said 'range() arg 3
+    must not be zero', a missing --hotwords-file was reported as a missing bpe.vocab."""
+    onnx = tmp_path / "onnx"
+    proc = subprocess.run([sys.executable, "-m", "asr.cli.main", "export-onnx", "--model",
+                           str(beam_package), "--output-dir", str(onnx)], capture_output=True,
+                          timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr.decode()
+    common = ["decode-onnx", "--onnx-dir", onnx, "--manifest-dir", tiny_corpus / "fbank",
+              "--output-dir", tmp_path / "out"]
+    beam = ["--decoding-method", "modified_beam_search"]
+    for options, message in (
+            ([*beam, "--max-active-paths", "0"], "max_active_paths must be >= 1, got 0"),
+            (["--batch-size", "0"], "batch_size must be >= 1, got 0"),
+            ([*beam, "--hotwords-file", tmp_path / "none.txt"],
+             f"hotwords file {tmp_path / 'none.txt'} does not exist")):
+        code, [line] = _asr(*common, *options)
+        assert code == 2 and message in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_hotwords_file_is_named(beam_package, wav, tmp_path):
+    """It was read as inline phrases: the error named a word of its path ('hotword 'none' has
+    characters the model's tokenizer does not know')."""
+    missing = tmp_path / "none" / "hotwords.txt"
+    for mode in ([], ["--streaming"]):
+        code, [line] = _asr("transcribe", wav, "--model", beam_package, *mode,
+                            "--hotwords", missing)
+        assert code == 2 and f"hotwords file {missing} does not exist" in line, line
+
+
+def test_a_file_that_is_no_cut_manifest_is_named(tmp_path):
+    """Cut manifests are read lazily: a text file or a broken gzip failed later with a bare
+    'Expecting value: line 1 column 1 (char 0)' or gzip error that named no file."""
+    text, broken = tmp_path / "text.jsonl", tmp_path / "broken.jsonl.gz"
+    text.write_text("HELLO WORLD\n")
+    broken.write_bytes(b"not gzip")
+    for manifest, message in ((text, f"{text} is not a lhotse cut manifest: its first line is "
+                                     "'HELLO WORLD'"),
+                              (broken, f"cut manifest {broken} cannot be read")):
+        code, [line] = _asr("shar", "--cuts", manifest, "--output-dir", tmp_path / "shar")
+        assert code == 2 and message in line, line
+    assert not (tmp_path / "shar").exists()
+
+
+def test_a_checkpoint_that_is_not_one(trained, tmp_path):
+    """torch's weights-only error spanned several lines and advised weights_only=False (which
+    would run the file's code); a directory was said not to exist."""
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint\n")
+    proc = subprocess.run([sys.executable, "-m", "asr.cli.main", "average", "--exp-dir",
+                           str(trained), "--checkpoint", str(text), "--output",
+                           str(tmp_path / "w.safetensors")],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2
+    [line] = proc.stderr.strip().splitlines()
+    assert f"cannot load checkpoint {text}" in line and "UnpicklingError: " in line, line
+    assert "weights_only" not in line
+    code, [line] = _asr("average", "--exp-dir", trained, "--checkpoint", tmp_path,
+                        "--output", tmp_path / "w.safetensors")
+    assert code == 2 and f"checkpoint {tmp_path} is a directory" in line
+
+
+def test_train_into_a_model_package_or_a_file_is_refused(trained, beam_package, tmp_path):
+    """asr train took a model package as its --exp-dir: it rewrote the package's config.yaml
+    (breaking its checksums) and wrote checkpoints into it."""
+    package = tmp_path / "package"
+    shutil.copytree(beam_package, package)
+    before = {p.name: p.read_bytes() for p in package.iterdir() if p.is_file()}
+    code, [line] = _asr("train", "--config", trained / "config.yaml", "--exp-dir", package,
+                        "--set", "train.max_steps=1", "--num-threads", "1")
+    assert code == 2 and f"--exp-dir {package} is a model package" in line, line
+    assert {p.name: p.read_bytes() for p in package.iterdir() if p.is_file()} == before
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x\n")
+    code, [line] = _asr("train", "--config", trained / "config.yaml", "--exp-dir", a_file)
+    assert code == 2 and f"--exp-dir {a_file} is a file, not an experiment directory" in line
