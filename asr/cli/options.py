@@ -126,7 +126,7 @@ def add_streaming_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk-size", type=int, default=None, metavar="N",
                         help="streaming: encoder frames per chunk, > 0 (default: the package's)")
     parser.add_argument("--left-chunks", type=int, default=None, metavar="N",
-                        help="streaming: chunks of left context; -1 keeps every earlier frame "
+                        help="streaming: chunks of left context; -1 (any negative) keeps every earlier frame "
                              "(memory and time grow with the stream) (default: the package's)")
 
 

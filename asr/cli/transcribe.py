@@ -174,6 +174,10 @@ def run(args: argparse.Namespace) -> int:
     if files.count("-") > 1:
         logger.error("asr transcribe: '-' (stdin) can be given only once")
         return 2
+    if not args.streaming and (args.chunk_size is not None or args.left_chunks is not None):
+        logger.error("asr transcribe: --chunk-size and --left-chunks set the streaming chunking: "
+                     "add --streaming")
+        return 2
     if args.format in ("srt", "vtt") and len(files) > 1 and not args.output_dir:
         logger.error("asr transcribe: --format %s with several inputs needs --output-dir",
                      args.format)

@@ -363,7 +363,7 @@ def test_streaming_chunking_options_reach_the_recognizer(tiny, audio_dir, capsys
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--chunk-size", "2"], "pass streaming=True"),
+    (["--chunk-size", "2"], "add --streaming"),
     (["--streaming", "--chunk-size", "0"], "chunk_size"),
 ])
 def test_bad_streaming_chunking_is_a_clear_error(tiny, audio_dir, capsys, caplog, options,
