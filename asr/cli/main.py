@@ -59,6 +59,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 _LOG_LEVEL_HELP = "logging level: DEBUG, INFO, WARNING, ERROR (default: INFO)"
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 logger = logging.getLogger("asr.cli")
 
@@ -97,18 +98,26 @@ def _command(argv: Sequence[str]) -> str | None:
     return None
 
 
+def _log_level(value: str) -> str:
+    """``--log-level``, any case; another word is a usage error (it was taken as INFO)."""
+    if value.upper() not in _LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{value!r} is none of {', '.join(_LOG_LEVELS[:4])}")
+    return value.upper()
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The ``asr`` parser; only ``command``'s module is imported to add its options."""
     parser = argparse.ArgumentParser(prog="asr", description="End-to-end speech recognition toolkit",
                                      formatter_class=HelpFormatter)
-    parser.add_argument("--log-level", default="INFO", help=_LOG_LEVEL_HELP)
+    parser.add_argument("--log-level", default="INFO", type=_log_level, help=_LOG_LEVEL_HELP)
     parser.add_argument("--version", action="version", version=f"asr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text,
                            formatter_class=HelpFormatter)
         # accepted after the subcommand too; SUPPRESS keeps the value given before it
-        p.add_argument("--log-level", default=argparse.SUPPRESS, help=_LOG_LEVEL_HELP)
+        p.add_argument("--log-level", default=argparse.SUPPRESS, type=_log_level,
+                       help=_LOG_LEVEL_HELP)
         if name == command:
             module = importlib.import_module(module_name)
             module.add_arguments(p)
@@ -121,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(_command(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if not getattr(args, "command", None):

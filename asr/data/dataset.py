@@ -64,6 +64,7 @@ __all__ = [
     "AsrDataset",
     "DataError",
     "TextEncoder",
+    "check_cut_manifest",
     "load_cuts",
     "make_dataloader",
     "pad_tokens",
@@ -287,7 +288,7 @@ class AsrDataset(torch.utils.data.Dataset):
                         ) from cause
 
 
-def _check_cut_manifest(path: Path) -> None:
+def check_cut_manifest(path: Path) -> None:
     """Raises ValueError naming ``path`` unless its first line is a JSON cut (an empty manifest
     passes): read lazily, a text file or a corrupt gzip failed later with a bare JSON or gzip
     error that named no file."""
@@ -323,7 +324,7 @@ def load_cuts(manifest_dir: str | Path, names: Sequence[str]):
     for path in paths:
         if not path.is_file():
             raise FileNotFoundError(f"cut manifest {path} does not exist")
-        _check_cut_manifest(path)
+        check_cut_manifest(path)
     lazy = [CutSet.from_jsonl_lazy(path) for path in paths]
     return lazy[0] if len(lazy) == 1 else combine(*lazy)
 

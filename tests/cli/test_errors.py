@@ -251,7 +251,21 @@ def test_a_file_that_is_no_cut_manifest_is_named(tmp_path):
                               (broken, f"cut manifest {broken} cannot be read")):
         code, [line] = _asr("shar", "--cuts", manifest, "--output-dir", tmp_path / "shar")
         assert code == 2 and message in line, line
-    assert not (tmp_path / "shar").exists()
+        # prepare shuffle shuffled a text file's lines into a "manifest" without a word
+        code, [line] = _asr("prepare", "shuffle", "--cuts", manifest, "--output",
+                            tmp_path / "shuf.jsonl.gz")
+        assert code == 2 and message in line, line
+    assert not (tmp_path / "shar").exists() and not (tmp_path / "shuf.jsonl.gz").exists()
+
+
+def test_an_unknown_log_level_is_a_usage_error():
+    """--log-level FOO was taken as INFO without a word."""
+    proc = subprocess.run([sys.executable, "-m", "asr.cli.main", "--log-level", "FOO", "wer",
+                           "--help"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2 and "'FOO' is none of DEBUG, INFO, WARNING, ERROR" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "asr.cli.main", "wer", "--log-level", "debug",
+                           "--help"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0
 
 
 def test_a_checkpoint_that_is_not_one(trained, tmp_path):
