@@ -26,8 +26,8 @@ from asr.fileio import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FINGERPRINT_SUFFIX", "fingerprint_path", "is_current", "sha256_of_files",
-           "sha256_of_texts", "write_fingerprint"]
+__all__ = ["FINGERPRINT_SUFFIX", "fingerprint_path", "is_current", "sha256_of_file",
+           "sha256_of_files", "sha256_of_texts", "write_fingerprint"]
 
 FINGERPRINT_SUFFIX = ".fingerprint.json"
 
@@ -48,6 +48,16 @@ def sha256_of_texts(texts: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
+def sha256_of_file(path: str | Path) -> str:
+    """The sha256 hex digest of the bytes of ``path``, read in 1 MiB blocks (model weights
+    and LMs need not fit in memory twice)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def sha256_of_files(paths: Iterable[str | Path]) -> dict[str, str]:
     """File name -> sha256 of its bytes, for each of ``paths`` that exists.
 
@@ -60,7 +70,7 @@ def sha256_of_files(paths: Iterable[str | Path]) -> dict[str, str]:
         if path.name in digests:
             raise ValueError(f"sha256_of_files: two files named {path.name!r}")
         if path.is_file():
-            digests[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+            digests[path.name] = sha256_of_file(path)
     return digests
 
 

@@ -39,7 +39,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import shutil
@@ -64,6 +63,7 @@ from asr.decoding.registry import (
 from asr.encoders import is_streaming
 from asr.experiment import CONFIG_FILE, ExperimentConfig, build_model, load_experiment_config
 from asr.fileio import publish_directory, staging_directory
+from asr.fingerprint import sha256_of_file
 from asr.model import ASRModel
 from asr.tokenizers import Tokenizer, load_tokenizer
 from asr.version import __version__
@@ -194,14 +194,6 @@ class ModelPackage:
 # --------------------------------------------------------------------------------- reading
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _require_file(path: Path) -> None:
     if not path.is_file():
         raise PackageError(f"{path}: missing package file")
@@ -252,7 +244,7 @@ def _verify_files(directory: Path, metadata: PackageMetadata) -> None:
         if directory.resolve() not in path.parents:
             raise PackageError(f"{directory / METADATA_FILE}: file name {rel!r} leaves the package")
         _require_file(path)
-        if _sha256(path) != expected:
+        if sha256_of_file(path) != expected:
             raise PackageError(
                 f"{directory / rel}: sha256 mismatch: the file is truncated or corrupt "
                 f"(re-export or re-download the package)"
@@ -533,7 +525,7 @@ def export_package(
             num_parameters=sum(p.numel() for p in model.parameters()),
             vocab_size=tokenizer.vocab_size,
             sample_rate=cfg.data.fbank.sample_rate,
-            sha256={name: _sha256(tmp / name) for name in files},
+            sha256={name: sha256_of_file(tmp / name) for name in files},
         )
         text = json.dumps(dataclasses.asdict(metadata), indent=2, sort_keys=True)
         (tmp / METADATA_FILE).write_text(text + "\n", encoding="utf-8")
