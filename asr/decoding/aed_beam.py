@@ -12,7 +12,10 @@ log P_ctc_prefix(h)`` (:mod:`asr.decoding.ctc_prefix_score`), computed for the
 Each step ranks the ``K * C`` continuations of an utterance's K live hypotheses; walking them
 best first, ``<eos>`` continuations join the finished list and the others the new beam until it
 holds K. An utterance stops when K hypotheses have finished; at ``enc_len`` tokens only ``<eos>``
-is allowed. With ``beam_size = 1`` and ``ctc_weight = 0`` this is greedy argmax decoding.
+is allowed. An utterance with no frames is not searched (the decoder would attend to its padding,
+:meth:`~asr.heads.decoder_layers.MultiHeadAttention.attend`): it is the empty hypothesis with
+score 0, as in a batch with no frames at all. With ``beam_size = 1`` and ``ctc_weight = 0``
+this is greedy argmax decoding.
 
 Shape legend: B batch, K beam, N = B * K rows, T frames, D encoder dims, V vocabulary, C
 candidates per row.
@@ -94,8 +97,8 @@ class AedBeamSearch:
             )
         state = self._init(batch, enc.device, enc.dtype, scorer)
         finished: list[list[tuple[float, tuple[int, ...], float]]] = [[] for _ in range(batch)]
-        max_lens = [max(int(n), 1) for n in enc_lens.tolist()]
-        done = [False] * batch
+        max_lens = enc_lens.tolist()
+        done = [n == 0 for n in max_lens]  # no frames: finished with nothing, the empty hypothesis
         for step in range(max(max_lens) + 1):
             log_probs, cache = self.head.step(state.last, state.cache, rows_enc, rows_mask, memory)
             state.cache = cache

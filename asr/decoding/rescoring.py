@@ -17,7 +17,9 @@ Both re-rank by ``(1 - ctc_weight) * second + ctc_weight * first_pass`` (the joi
 weighting of Watanabe et al. 2017 applied to whole hypotheses; the first-pass score includes its
 LM, bonus and normalisation); a hypothesis impossible on either side (``-inf``: say one that ends
 inside a word under a word LM) stays impossible whatever the weight, and ties keep the first
-pass's order. Timestamps are those of the first pass.
+pass's order. Timestamps are those of the first pass. An utterance with no frames keeps the first
+pass's n-best (the empty hypothesis, score 0): the second head has no frame to score it on (its
+decoder would attend to the padding).
 
 Shape legend: B batch, N hypotheses of the whole batch, T frames, D encoder dims.
 """
@@ -77,10 +79,11 @@ class NbestRescoring:
         """enc (B, T, D), enc_lens (B,) -> per utterance the re-ranked n-best, best first."""
         check_encoder_output(enc, enc_lens)
         nbests = self.first_pass(enc, enc_lens)
-        owners = [b for b, hyps in enumerate(nbests) for _ in hyps]
-        flat = [hyp for hyps in nbests for hyp in hyps]
+        scored = [b for b, n in enumerate(enc_lens.tolist()) if n > 0]
+        owners = [b for b in scored for _ in nbests[b]]
+        flat = [hyp for b in scored for hyp in nbests[b]]
         if not flat:
-            return [[] for _ in nbests]
+            return [hyps[: self.cfg.nbest] for hyps in nbests]
         index = torch.tensor(owners, device=enc.device)
         second = self.head.score_sequences(
             enc[index], enc_lens.to(enc.device)[index], [hyp.tokens for hyp in flat]
@@ -89,7 +92,9 @@ class NbestRescoring:
             replace(hyp, score=combined_score(hyp.score, s, self.cfg.ctc_weight))
             for hyp, s in zip(flat, second)
         ]
-        results: list[list[Hypothesis]] = [[] for _ in nbests]
+        results: list[list[Hypothesis]] = [
+            [] if n > 0 else hyps for hyps, n in zip(nbests, enc_lens.tolist())
+        ]
         for owner, hyp in zip(owners, rescored):
             results[owner].append(hyp)
         return [

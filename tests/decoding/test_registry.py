@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
+import torch
 from search_helpers import assert_frames_valid, encoder_output, make_model
 
 from asr.config import ConfigError, apply_overrides, from_dict
@@ -23,6 +24,7 @@ from asr.decoding.registry import (
     searcher_for,
     streaming_searcher_for,
 )
+from asr.types import Hypothesis
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,19 @@ def test_output_contract_and_batch_composition_invariance(kind, name):
     assert batched[3][0].tokens == () or name == "aed_beam"
     if name != "aed_beam":
         assert_frames_valid(batched, enc_lens)
+
+
+@pytest.mark.parametrize(("kind", "name"), CASES, ids=[f"{k}-{n}" for k, n in CASES])
+def test_an_utterance_without_frames_is_empty_whatever_its_padding_holds(kind, name):
+    """A zero-frame utterance padded in a batch (its padding not zero, as an encoder's is)
+    decodes as a batch with no frames at all does: the empty hypothesis, score 0."""
+    model = make_model(**ALL_HEADS[kind])
+    searcher = build_searcher(name, model, SearchConfig(beam_size=3, nbest=3))
+    enc, enc_lens = encoder_output([6, 0, 3], scale=2.0)
+    enc[1] = torch.randn(6, enc.shape[2], generator=torch.Generator().manual_seed(5)) * 3.0
+    empty = [[Hypothesis(tokens=())]]
+    assert searcher(enc[1:2, :0], enc_lens[1:2]) == empty
+    assert searcher(enc, enc_lens)[1:2] == empty
 
 
 def test_every_searcher_is_covered_by_the_generic_test():
