@@ -22,7 +22,9 @@ ranking score (each frame's pruning and the final ranking), and with ``length_no
 ranking divides the score by ``(L + 1) ** length_norm``
 (:class:`~asr.decoding.config.SearchConfig`); both 0 leave the ranking above. A token's
 timestamp is the frame at which the most probable alignment contributing to the prefix emitted
-it.
+it: beside the two sums, each prefix keeps the log-probability of its best alignment ending in
+blank and of its best ending in its last token (the same recursion with max for log-add), with
+their token frames.
 
 Contextual biasing (:mod:`asr.decoding.context_graph`): with a hotword graph each prefix
 carries its graph state and the sum of the graph's bonuses along its tokens, which its ranking
@@ -74,8 +76,10 @@ class _Prefix:
 
     blank: float = NEG_INF
     label: float = NEG_INF
-    best: float = NEG_INF  # best single contribution, decides the frames
-    frames: tuple[int, ...] = ()
+    best_blank: float = NEG_INF  # the most probable alignment ending in blank
+    best_label: float = NEG_INF  # the most probable alignment ending in the last token
+    frames_blank: tuple[int, ...] = ()  # token frames of those two alignments
+    frames_label: tuple[int, ...] = ()
     lm_state: Hashable = None
     lm_score: float = 0.0
     lm_next: Tensor | None = field(default=None, repr=False)
@@ -85,6 +89,12 @@ class _Prefix:
     @property
     def ctc(self) -> float:
         return log_add(self.blank, self.label)
+
+    def best(self) -> tuple[float, tuple[int, ...]]:
+        """Log-probability and token frames of the prefix's most probable alignment."""
+        if self.best_label > self.best_blank:
+            return self.best_label, self.frames_label
+        return self.best_blank, self.frames_blank
 
 
 class CtcPrefixBeamSearch(StreamingBeamSearch):
@@ -146,7 +156,7 @@ class CtcPrefixBeamSearch(StreamingBeamSearch):
         return StreamBeam((((), self._root()),), 0, context)
 
     def _root(self) -> _Prefix:
-        root = _Prefix(blank=0.0, best=0.0)
+        root = _Prefix(blank=0.0, best_blank=0.0)
         if self.lm is not None:
             root.lm_state = self.lm.init_state()
         return root
@@ -178,7 +188,7 @@ class CtcPrefixBeamSearch(StreamingBeamSearch):
         # best first; prefixes that cannot end (-inf) after the others, by their score so far
         final.sort(key=lambda item: item[:2], reverse=True)
         return [
-            Hypothesis(tokens=prefix, score=score, frames=entry.frames)
+            Hypothesis(tokens=prefix, score=score, frames=entry.best()[1])
             for score, _, prefix, entry in final[: self.cfg.nbest]
         ]
 
@@ -194,17 +204,23 @@ class CtcPrefixBeamSearch(StreamingBeamSearch):
         new: dict[tuple[int, ...], _Prefix] = {}
         for label, log_prob in labels:
             for prefix, entry in beam.items():
+                best, frames = entry.best()
                 if label == blank_id:
-                    self._add(new, prefix, entry, "blank", entry.ctc + log_prob, entry.frames)
+                    self._add(
+                        new, prefix, entry, "blank", entry.ctc + log_prob, best + log_prob, frames
+                    )
                     continue
                 if prefix and label == prefix[-1]:
-                    self._add(new, prefix, entry, "label", entry.label + log_prob, entry.frames)
-                    score = entry.blank + log_prob
+                    self._add(
+                        new, prefix, entry, "label", entry.label + log_prob,
+                        entry.best_label + log_prob, entry.frames_label,
+                    )
+                    score, best, frames = entry.blank, entry.best_blank, entry.frames_blank
                 else:
-                    score = entry.ctc + log_prob
+                    score = entry.ctc
                 self._add(
-                    new, prefix + (label,), entry, "label", score, entry.frames + (frame,),
-                    label, context,
+                    new, prefix + (label,), entry, "label", score + log_prob, best + log_prob,
+                    frames + (frame,), label, context,
                 )
         scored = [(self._total(*item, context), item) for item in new.items()]
         # a prefix the LM forbids (-inf: a word outside a word LM's lexicon) is dropped
@@ -220,11 +236,14 @@ class CtcPrefixBeamSearch(StreamingBeamSearch):
         parent: _Prefix,
         kind: str,
         score: float,
+        best: float,
         frames: tuple[int, ...],
         label: int | None = None,
         context: ContextGraph | None = None,
     ) -> None:
-        """Adds one contribution ``score`` to ``new[prefix]`` (created from ``parent``)."""
+        """Adds one contribution to ``new[prefix]`` (created from ``parent``): ``score``, the
+        log-probability of its alignments, ending in ``kind`` (``blank`` or ``label``), and
+        ``best`` and ``frames``, those of the most probable of them."""
         if score == NEG_INF:
             return
         entry = new.get(prefix)
@@ -241,10 +260,12 @@ class CtcPrefixBeamSearch(StreamingBeamSearch):
                 entry.lm_next = None
         if kind == "blank":
             entry.blank = log_add(entry.blank, score)
+            if best > entry.best_blank:
+                entry.best_blank, entry.frames_blank = best, frames
         else:
             entry.label = log_add(entry.label, score)
-        if score > entry.best:
-            entry.best, entry.frames = score, frames
+            if best > entry.best_label:
+                entry.best_label, entry.frames_label = best, frames
 
     def _lm_next(self, entry: _Prefix) -> Tensor:
         if entry.lm_next is None:

@@ -26,6 +26,20 @@ def exhaustive_labelling_log_probs(log_probs: torch.Tensor, blank: int = 0) -> d
     return dict(totals)
 
 
+def viterbi_frames(log_probs: torch.Tensor, blank: int = 0) -> dict:
+    """Per labelling the token frames (first frame of each token's run) of its most probable
+    alignment, by enumerating all V^T alignments."""
+    num_frames, vocab = log_probs.shape
+    best: dict[tuple[int, ...], tuple[float, tuple[int, ...]]] = {}
+    for path in itertools.product(range(vocab), repeat=num_frames):
+        score = sum(float(log_probs[t, s]) for t, s in enumerate(path))
+        starts = [i for i, s in enumerate(path) if s != blank and (i == 0 or path[i - 1] != s)]
+        labels = tuple(path[i] for i in starts)
+        if labels not in best or score > best[labels][0]:
+            best[labels] = (score, tuple(starts))
+    return {labels: frames for labels, (_, frames) in best.items()}
+
+
 def peaky_model_and_output(labels: list[list[int]], vocab: int = 7, sharpness: float = 12.0):
     """A CTC head whose log-probs put > 0.9 on ``labels[b][t]`` (one-hot encoder output)."""
     model = make_model(ctc=True, vocab=vocab)
@@ -53,6 +67,22 @@ def test_prefix_beam_equals_exhaustive_search():
     exact = sorted(exhaustive_labelling_log_probs(log_probs).items(), key=lambda kv: -kv[1])
     assert [h.tokens for h in nbest] == [labels for labels, _ in exact[:8]]
     assert [h.score for h in nbest] == pytest.approx([score for _, score in exact[:8]], abs=1e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 4])
+def test_prefix_beam_timestamps_are_those_of_the_most_probable_alignment(seed):
+    """Unpruned (beam 64 over 2 labels and 6 frames): every hypothesis' frames are where its
+    most probable alignment starts each token, by enumeration (not the frames of whichever
+    summed contribution was largest)."""
+    model = make_model(ctc=True, vocab=3, seed=seed)
+    enc, enc_lens = encoder_output([6], seed=seed, scale=2.0)
+    nbest = build_searcher("ctc_prefix_beam", model, SearchConfig(beam_size=64, nbest=16))(
+        enc, enc_lens
+    )[0]
+    with torch.no_grad():
+        log_probs = ctc_log_probs(model.heads["ctc"], enc)[0]
+    best = viterbi_frames(log_probs)
+    assert [h.frames for h in nbest] == [best[h.tokens] for h in nbest]
 
 
 def test_pruned_prefix_beam_scores_are_lower_bounds_of_the_ctc_probability():
