@@ -74,8 +74,11 @@ class EncoderConfig:
             raise ValueError(
                 f"num_heads={self.num_heads}: expected a positive divisor of d_model={self.d_model}"
             )
-        if self.num_layers < 0 or self.ff_dim <= 0 or self.subsampling_channels <= 0:
-            raise ValueError("num_layers must be >= 0, ff_dim and subsampling_channels > 0")
+        if self.num_layers < 0:
+            raise ValueError(f"num_layers={self.num_layers}: expected >= 0")
+        for name in ("ff_dim", "subsampling_channels"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)}: expected a positive number")
         if self.conv_kernel_size < 1 or self.conv_kernel_size % 2 == 0:
             raise ValueError(f"conv_kernel_size={self.conv_kernel_size}: expected odd >= 1")
         for name in ("dropout", "attention_dropout", "full_context_prob"):

@@ -46,6 +46,7 @@ from asr.encoders.subsampling import (
     SUBSAMPLING_FACTOR,
     Conv2dSubsampling,
     SubsamplingState,
+    check_features,
     frames_needed,
     subsampled_length,
 )
@@ -181,7 +182,12 @@ class ChunkedEncoder(nn.Module):
 
         Returns:
             (B, T', D) encoder frames (zero beyond the lengths) and (B,) lengths T'.
+
+        Raises:
+            ValueError: when ``feats`` is not (B, T, F) or ``feat_lens`` not (B,) counts
+                within [0, T].
         """
+        check_features(feats, feat_lens, self.input_dim, type(self).__name__)
         if self.input_norm is not None:
             feats = self.input_norm(feats)
         x, enc_lens = self.subsampling(feats, feat_lens)
@@ -253,7 +259,12 @@ class ChunkedEncoder(nn.Module):
 
         Returns:
             (B, T', D) new encoder frames (zero beyond the counts), (B,) counts, new state.
+
+        Raises:
+            ValueError: when ``feats`` is not (B, T, F) or ``feat_lens`` not (B,) counts
+                within [0, T].
         """
+        check_features(feats, feat_lens, self.input_dim, type(self).__name__)
         if self.input_norm is not None:
             feats = self.input_norm(feats)
         x, num_new, sub_state = self.subsampling.forward_chunk(feats, feat_lens, state.subsampling)

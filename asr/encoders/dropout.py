@@ -4,8 +4,9 @@ torch's CPU dropout draws one Bernoulli sample per element; in the small models 
 that was a sixth of a training step on two cores. :class:`Dropout` draws one 64-bit random number
 per four elements and compares its 16-bit slices with a threshold, about 3x faster, so the drop
 probability is ``p`` rounded to a multiple of 1/65536 (the scale uses the rounded value, so the
-output's expectation equals the input). On other devices, where torch's kernel is already fused,
-it is ``torch.nn.functional.dropout``. The random numbers come from torch's default generator, so
+output's expectation equals the input; a kept value is ``x * scale`` rounded once in ``x``'s
+dtype). On other devices, where torch's kernel is already fused, it is
+``torch.nn.functional.dropout``. The random numbers come from torch's default generator, so
 ``torch.manual_seed`` and checkpointed RNG states reproduce the masks.
 """
 
@@ -51,5 +52,6 @@ class Dropout(nn.Module):
         words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(1 << 63), None)
         draws = words.view(torch.int16)[:n].view(x.shape)
         scale = _LEVELS / (_LEVELS - dropped)
-        keep = (draws >= dropped - _LEVELS // 2).to(x.dtype).mul_(scale)
-        return x * keep
+        # x * scale with a Python float rounds once in x's dtype (a bf16 copy of the scale
+        # would bias every kept value of a bf16 input alike)
+        return (x * scale).masked_fill_(draws < dropped - _LEVELS // 2, 0.0)

@@ -27,6 +27,7 @@ __all__ = [
     "SUBSAMPLING_FACTOR",
     "Conv2dSubsampling",
     "SubsamplingState",
+    "check_features",
     "frames_needed",
     "subsampled_length",
 ]
@@ -72,6 +73,37 @@ class SubsamplingState:
     cache_len: Tensor = state_field(batch_dim=0)
 
 
+def check_features(feats: Tensor, feat_lens: Tensor, input_dim: int, owner: str) -> None:
+    """Checks that ``feats`` is (B, T, ``input_dim``) and ``feat_lens`` (B,) integer counts
+    within [0, T].
+
+    The range check is skipped while tracing (the ONNX export): a trace would freeze its
+    outcome into the graph.
+
+    Raises:
+        ValueError: naming ``feats`` or ``feat_lens`` and ``owner``, the module checking.
+    """
+    if feats.dim() != 3 or feats.shape[2] != input_dim:
+        raise ValueError(
+            f"{owner}: feats shape {tuple(feats.shape)}, expected (B, T, {input_dim}) "
+            f"({input_dim} feature bins)"
+        )
+    integer = not (feat_lens.is_floating_point() or feat_lens.is_complex()
+                   or feat_lens.dtype == torch.bool)
+    if tuple(feat_lens.shape) != (feats.shape[0],) or not integer:
+        raise ValueError(
+            f"{owner}: feat_lens of shape {tuple(feat_lens.shape)} and dtype {feat_lens.dtype}, "
+            f"expected ({feats.shape[0]},) integers, one count per row of feats"
+        )
+    if torch.jit.is_tracing():
+        return
+    if bool(((feat_lens < 0) | (feat_lens > feats.shape[1])).any()):
+        raise ValueError(
+            f"{owner}: feat_lens {feat_lens.tolist()}, expected counts within [0, "
+            f"{feats.shape[1]}] (the frames of feats)"
+        )
+
+
 def _shift_rows(frames: Tensor, offsets: Tensor, length: int) -> Tensor:
     """Returns ``frames[b, offsets[b] : offsets[b] + length]`` for every row (indices clamped).
 
@@ -98,7 +130,10 @@ class Conv2dSubsampling(nn.Module):
     def __init__(self, input_dim: int, output_dim: int, channels: int) -> None:
         super().__init__()
         if input_dim < RECEPTIVE_FIELD:
-            raise ValueError(f"Conv2dSubsampling: input_dim={input_dim}, expected >= 7")
+            raise ValueError(
+                f"Conv2dSubsampling: input_dim={input_dim} feature bins (the features' "
+                f"num_mel_bins), expected >= {RECEPTIVE_FIELD}"
+            )
         self.input_dim = input_dim
         self.conv = nn.Sequential(
             nn.Conv2d(1, channels, kernel_size=3, stride=2),
@@ -119,11 +154,7 @@ class Conv2dSubsampling(nn.Module):
         Returns:
             (B, T', D) output (rows beyond the lengths are not meaningful) and (B,) lengths T'.
         """
-        if feats.dim() != 3 or feats.shape[2] != self.input_dim:
-            raise ValueError(
-                f"Conv2dSubsampling: feats shape {tuple(feats.shape)}, expected (B, T, "
-                f"{self.input_dim})"
-            )
+        check_features(feats, feat_lens, self.input_dim, "Conv2dSubsampling")
         out_frames = subsampled_length(feats.shape[1])
         # Always RECEPTIVE_FIELD zero frames more, so that the convolutions get a full window for
         # any T (0 included) without a branch on the shape, which a trace (the ONNX export)
@@ -170,6 +201,7 @@ class Conv2dSubsampling(nn.Module):
         Returns:
             (B, T', D) new output frames, (B,) their counts, and the updated state.
         """
+        check_features(feats, feat_lens, self.input_dim, "Conv2dSubsampling")
         feat_lens = feat_lens.to(torch.long)
         combined = torch.cat([state.cache, feats.to(state.cache.dtype)], dim=1)
         total = combined.shape[1]

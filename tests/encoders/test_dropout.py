@@ -68,3 +68,18 @@ def test_identity_in_eval_mode_and_at_zero_p_and_zeros_at_one():
     assert Dropout(0.3).train()(torch.empty(0, 5)).shape == (0, 5)
     with pytest.raises(ValueError, match="dropout probability"):
         Dropout(1.5)
+
+
+def test_half_precision_scales_each_kept_value_with_one_rounding():
+    """Under bf16 autocast the activations are bf16: a kept value is ``x * scale`` rounded once,
+    as torch's dropout computes it, so the output stays unbiased. The scale was rounded to bf16
+    first (1.109375 for p = 0.1, 0.16% low), which shrank every dropout output alike."""
+    torch.manual_seed(4)
+    x = (torch.rand(N) + 1.0).to(torch.bfloat16)
+    y = Dropout(0.1).train()(x)
+    assert y.dtype == torch.bfloat16
+    kept = y != 0
+    scale = 1 / (1 - round(0.1 * 65536) / 65536)
+    assert torch.equal(y[kept], (x[kept].float() * scale).to(torch.bfloat16))
+    ratio = y.double().sum() / x.double().sum()
+    assert abs(ratio.item() - 1.0) < 6 * _sigma(0.1, N) / 0.9

@@ -316,3 +316,37 @@ def test_the_convolution_module_runs_on_any_length_without_a_shape_branch(causal
                 conv = module.depthwise(torch.nn.functional.pad(hidden, (left, 4 - left)))
                 hidden = torch.nn.functional.silu(module.norm_mid(conv.transpose(1, 2)))
                 assert torch.equal(module.pointwise_out(hidden), out), num_frames
+
+
+@pytest.mark.parametrize("input_norm", ["none", "global_cmvn"])
+def test_bad_features_and_lengths_are_named_not_broadcast(input_norm):
+    """Lengths that do not fit the features are an error naming ``feat_lens`` or ``feats``: a
+    (1,) length for a batch of 2 was broadcast to both rows, a length past the padded frames
+    gave encoder lengths past the output frames, float lengths gave float encoder lengths, and
+    the wrong number of bins failed deep in torch (in the CMVN's or the cache's broadcasting)."""
+    encoder = _encoder("conformer", input_norm=input_norm)
+    feats, lens = _batch([40, 20])
+    bad_lens = [torch.tensor([20]), torch.tensor([41, 20]), torch.tensor([40, -1]),
+                torch.tensor([40.0, 20.0]), torch.tensor([[40], [20]])]
+    for feat_lens in bad_lens:
+        with pytest.raises(ValueError, match="feat_lens"):
+            encoder(feats, feat_lens)
+    with pytest.raises(ValueError, match=rf"feats shape \(2, 40, 13\), expected \(B, T, {FEAT_DIM}\)"):
+        encoder(feats[:, :, :13], lens)
+    state = encoder.init_state(2, chunk_size=4, left_chunks=1)
+    for feat_lens in [torch.tensor([19]), torch.tensor([20, 19]), torch.tensor([19.0, 19.0])]:
+        with pytest.raises(ValueError, match="feat_lens"):
+            encoder.forward_chunk(feats[:, :19], feat_lens, state)
+    with pytest.raises(ValueError, match="feats shape"):
+        encoder.forward_chunk(feats[:, :19, :13], torch.tensor([19, 19]), state)
+    # lengths within the frames, zero included, still run
+    out, out_lens = encoder(feats, torch.tensor([40, 0]))
+    assert out_lens.tolist() == [subsampled_length(40), 0]
+
+
+def test_config_errors_name_the_key_and_value():
+    for key, value in [("ff_dim", 0), ("subsampling_channels", 0), ("num_layers", -1)]:
+        with pytest.raises(ValueError, match=f"{key}={value}"):
+            _tiny("conformer", **{key: value})
+    with pytest.raises(ValueError, match="num_mel_bins"):
+        build_encoder(_tiny("conformer"), 5)
