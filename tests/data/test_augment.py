@@ -107,6 +107,15 @@ def test_config_validation() -> None:
             from_dict(DataConfig, {"freq_warp": bad})
 
 
+def test_a_frequency_mask_wider_than_the_spectrum_is_refused() -> None:
+    """lhotse draws a negative start for a mask wider than the bins: it would mask the top."""
+    narrow = {"fbank": {"num_mel_bins": 20}}
+    with pytest.raises(ValueError, match="max_freq_mask_width \\(27\\) exceeds .*num_mel_bins \\(20\\)"):
+        from_dict(DataConfig, narrow)
+    assert from_dict(DataConfig, {**narrow, "spec_augment": {"max_freq_mask_width": 20}})
+    assert from_dict(DataConfig, {**narrow, "spec_augment": {"enabled": False}})
+
+
 def test_dataset_warps_training_batches_only(prepared: dict) -> None:
     cuts = CutSet.from_file(prepared["fbank"]["train-clean-5"])
     cfg = DataConfig(manifest_dir=prepared["root"] / "fbank", max_duration=30.0, num_buckets=1,
