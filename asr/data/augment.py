@@ -262,6 +262,9 @@ class NoiseMixing:
     dataset seeds per batch (:func:`seed_rngs`), unlike ``CutMix``, whose generator is made
     once and then runs on from batch to batch in each DataLoader worker.
 
+    Noise recordings at another sampling rate than the cuts' are resampled to it (lhotse's mixer
+    refuses to mix two rates).
+
     Args:
         noise: eager CutSet of noise recordings (at least one).
         snr_db: (low, high) signal-to-noise ratio range in dB.
@@ -274,8 +277,18 @@ class NoiseMixing:
         self.noise = noise
         self.snr_db = (float(snr_db[0]), float(snr_db[1]))
         self.probability = probability
+        self._noise_by_rate = {}
+
+    def noise_at(self, sample_rate: int):
+        """The noise cuts at ``sample_rate`` Hz (resampled where they are not; made once)."""
+        if sample_rate not in self._noise_by_rate:
+            self._noise_by_rate[sample_rate] = self.noise.map(
+                lambda cut: cut if cut.sampling_rate == sample_rate else cut.resample(sample_rate)
+            ).to_eager()
+        return self._noise_by_rate[sample_rate]
 
     def __call__(self, cuts):
         """The cuts of a batch (CutSet) with noise mixed into some of them (an eager CutSet)."""
-        return cuts.mix(self.noise, snr=self.snr_db, mix_prob=self.probability,
+        noise = self.noise_at(next(iter(cuts)).sampling_rate)
+        return cuts.mix(noise, snr=self.snr_db, mix_prob=self.probability,
                         preserve_id="left", seed=random.getrandbits(32)).to_eager()
