@@ -84,12 +84,6 @@ def _mel(freq: Tensor) -> Tensor:
     return 1127.0 * torch.log1p(freq / 700.0)
 
 
-def _band_top(cfg: FbankConfig) -> float:
-    """The highest mel filter edge in Hz (Kaldi: a value <= 0 is an offset from Nyquist)."""
-    nyquist = cfg.sample_rate / 2.0
-    return cfg.high_freq if cfg.high_freq > 0 else nyquist + cfg.high_freq
-
-
 def kaldi_mel_centers(cfg: FbankConfig) -> tuple[Tensor, float, float]:
     """Centre frequencies of Kaldi's triangular mel filters.
 
@@ -97,11 +91,7 @@ def kaldi_mel_centers(cfg: FbankConfig) -> tuple[Tensor, float, float]:
         centres (F,) float64 in Hz, the lowest edge's mel value and the mel spacing of the
         filters (filter ``k`` peaks at mel ``low + (k + 1) * spacing``).
     """
-    high = _band_top(cfg)
-    if not 0 <= cfg.low_freq < high <= cfg.sample_rate / 2.0:
-        raise ValueError(
-            f"fbank needs 0 <= low_freq < high_freq <= Nyquist, got {cfg.low_freq} and {high}"
-        )
+    high = cfg.high_freq_hz  # FbankConfig keeps 0 <= low_freq < high <= Nyquist
     mel_low = float(_mel(torch.tensor(cfg.low_freq, dtype=torch.float64)))
     mel_high = float(_mel(torch.tensor(high, dtype=torch.float64)))
     spacing = (mel_high - mel_low) / (cfg.num_mel_bins + 1)
@@ -161,7 +151,7 @@ class FrequencyWarp:
     def from_fbank(cls, fbank: FbankConfig, cfg: FreqWarpConfig) -> FrequencyWarp:
         """The warp ``cfg`` for features made with ``fbank`` (its mel filters and band edges)."""
         centres, mel_low, spacing = kaldi_mel_centers(fbank)
-        return cls(centres, mel_low, spacing, _band_top(fbank), cfg)
+        return cls(centres, mel_low, spacing, fbank.high_freq_hz, cfg)
 
     def source_positions(self, alpha: float) -> Tensor:
         """(F,) fractional input-bin index read by each output bin for warp factor ``alpha``."""
@@ -272,6 +262,9 @@ class NoiseMixing:
     dataset seeds per batch (:func:`seed_rngs`), unlike ``CutMix``, whose generator is made
     once and then runs on from batch to batch in each DataLoader worker.
 
+    Noise recordings at another sampling rate than the cuts' are resampled to it (lhotse's mixer
+    refuses to mix two rates).
+
     Args:
         noise: eager CutSet of noise recordings (at least one).
         snr_db: (low, high) signal-to-noise ratio range in dB.
@@ -284,8 +277,18 @@ class NoiseMixing:
         self.noise = noise
         self.snr_db = (float(snr_db[0]), float(snr_db[1]))
         self.probability = probability
+        self._noise_by_rate = {}
+
+    def noise_at(self, sample_rate: int):
+        """The noise cuts at ``sample_rate`` Hz (resampled where they are not; made once)."""
+        if sample_rate not in self._noise_by_rate:
+            self._noise_by_rate[sample_rate] = self.noise.map(
+                lambda cut: cut if cut.sampling_rate == sample_rate else cut.resample(sample_rate)
+            ).to_eager()
+        return self._noise_by_rate[sample_rate]
 
     def __call__(self, cuts):
         """The cuts of a batch (CutSet) with noise mixed into some of them (an eager CutSet)."""
-        return cuts.mix(self.noise, snr=self.snr_db, mix_prob=self.probability,
+        noise = self.noise_at(next(iter(cuts)).sampling_rate)
+        return cuts.mix(noise, snr=self.snr_db, mix_prob=self.probability,
                         preserve_id="left", seed=random.getrandbits(32)).to_eager()

@@ -200,6 +200,13 @@ class DataConfig:
                 "data.speed_perturb=true needs data.on_the_fly_feats=true (speed perturbation "
                 "drops stored features); for stored features use `asr prepare fbank --speed-perturb`"
             )
+        if self.spec_augment.enabled and (
+                self.spec_augment.max_freq_mask_width > self.fbank.num_mel_bins):
+            # lhotse then draws negative mask starts: the masks land on the top bins only
+            raise ValueError(
+                f"data.spec_augment.max_freq_mask_width ({self.spec_augment.max_freq_mask_width}) "
+                f"exceeds data.fbank.num_mel_bins ({self.fbank.num_mel_bins})"
+            )
         if self.fbank.mel_filters != "kaldi" and not self.on_the_fly_feats:
             raise ValueError(
                 f"data.fbank.mel_filters={self.fbank.mel_filters} needs data.on_the_fly_feats=true "

@@ -24,14 +24,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from asr.audio import as_waveform, resample
+
 if TYPE_CHECKING:  # pragma: no cover
     import lhotse
 
-__all__ = ["MEL_FILTERS", "FbankConfig", "compute_fbank", "make_lhotse_fbank", "num_frames",
-           "slaney_mel_filters"]
+__all__ = ["MEL_FILTERS", "WINDOW_TYPES", "FbankConfig", "compute_fbank", "kaldi_blackman_window",
+           "make_lhotse_fbank", "num_frames", "slaney_mel_filters"]
 
 #: Values of :attr:`FbankConfig.mel_filters`.
 MEL_FILTERS = ("kaldi", "librosa")
+
+#: Values of :attr:`FbankConfig.window_type` (the windows lhotse's Kaldi layers implement).
+WINDOW_TYPES = ("povey", "hanning", "hamming", "rectangular", "blackman")
 
 
 @dataclass(frozen=True)
@@ -51,10 +56,13 @@ class FbankConfig:
         low_freq: lowest mel filter edge in Hz.
         high_freq: highest mel filter edge in Hz; a value <= 0 is an offset from Nyquist.
         preemph_coeff: pre-emphasis coefficient.
-        window_type: Kaldi window name ("povey", "hanning", "hamming", ...).
+        window_type: Kaldi window name, one of :data:`WINDOW_TYPES`.
         remove_dc_offset: subtract each frame's mean before windowing.
         round_to_power_of_two: pad the FFT size to a power of two.
-        energy_floor: floor applied to mel energies before the log.
+        energy_floor: Kaldi's floor of the frame *energy* term (``--energy-floor``), which these
+            features do not include: it leaves the mel bins alone. As in Kaldi and torchaudio,
+            mel energies are floored at float32 epsilon before the log, so digital silence gives
+            ``log(2**-23) = -15.942`` in every bin, never ``-inf``.
         mel_filters: ``kaldi``: Kaldi's triangular filters on the HTK mel scale (the default,
             icefall's and sherpa-onnx's usual front end); ``librosa``: Slaney-scale filters with
             Slaney area normalisation, as librosa and kaldi-native-fbank (``is_librosa``) make
@@ -92,6 +100,22 @@ class FbankConfig:
             )
         if self.dither < 0:
             raise ValueError(f"FbankConfig.dither must be >= 0, got {self.dither}")
+        if self.window_type not in WINDOW_TYPES:
+            raise ValueError(
+                f"FbankConfig.window_type must be one of {WINDOW_TYPES}, got {self.window_type!r}")
+        nyquist = self.sample_rate / 2
+        if not 0 <= self.low_freq < self.high_freq_hz <= nyquist:
+            raise ValueError(
+                f"FbankConfig needs 0 <= low_freq < high_freq <= Nyquist ({nyquist:g} Hz at "
+                f"sample_rate {self.sample_rate}; high_freq <= 0 is an offset from Nyquist), got "
+                f"low_freq={self.low_freq}, high_freq={self.high_freq}"
+            )
+
+    @property
+    def high_freq_hz(self) -> float:
+        """The highest mel filter edge in Hz (``high_freq``, or Nyquist plus it when <= 0)."""
+        nyquist = self.sample_rate / 2
+        return self.high_freq if self.high_freq > 0 else nyquist + self.high_freq
 
     @property
     def frame_shift(self) -> float:
@@ -152,10 +176,7 @@ def slaney_mel_filters(cfg: FbankConfig) -> Tensor:
     Nyquist -- kaldi-native-fbank's ``is_librosa`` filters."""
     window = cfg.window_samples
     fft_size = 1 << (window - 1).bit_length() if cfg.round_to_power_of_two else window
-    nyquist = cfg.sample_rate / 2
-    high = cfg.high_freq if cfg.high_freq > 0 else nyquist + cfg.high_freq
-    if not 0 <= cfg.low_freq < high <= nyquist:
-        raise ValueError(f"bad mel range: low_freq {cfg.low_freq}, high_freq {cfg.high_freq}")
+    high = cfg.high_freq_hz  # within (low_freq, Nyquist]: FbankConfig checks it
 
     def to_mel(hz: np.ndarray) -> np.ndarray:
         hz = np.asarray(hz, dtype=np.float64)
@@ -176,13 +197,26 @@ def slaney_mel_filters(cfg: FbankConfig) -> Tensor:
     return torch.from_numpy(weights.astype(np.float32))
 
 
+def kaldi_blackman_window(size: int, coeff: float = 0.42) -> Tensor:
+    """(W,) Kaldi's Blackman window, ``coeff - 0.5 cos(a n) + (0.5 - coeff) cos(2 a n)`` with
+    ``a = 2 pi / (W - 1)`` (symmetric, as torchaudio's Kaldi fbank). lhotse's divides by ``W``
+    instead, which moved the features by up to ~0.15 from Kaldi's."""
+    angle = 2 * np.pi / (size - 1) * np.arange(size)
+    window = coeff - 0.5 * np.cos(angle) + (0.5 - coeff) * np.cos(2 * angle)
+    return torch.from_numpy(window.astype(np.float32))
+
+
 def make_lhotse_fbank(cfg: FbankConfig | None = None) -> lhotse.Fbank:
     """Builds the lhotse ``Fbank`` feature extractor for ``cfg`` (CPU); with
     ``mel_filters: librosa`` its filter matrix is replaced by :func:`slaney_mel_filters`
     (every feature path -- stored, on-the-fly, offline and online inference -- uses this
-    extractor)."""
+    extractor); a ``blackman`` window is replaced by Kaldi's (:func:`kaldi_blackman_window`)."""
     cfg = cfg or FbankConfig()
     extractor = _lhotse_fbank(cfg)
+    if cfg.window_type == "blackman":
+        window = extractor.extractor.wav2win._window
+        with torch.no_grad():
+            window.data = kaldi_blackman_window(window.numel()).to(window.device, window.dtype)
     if cfg.mel_filters == "librosa":
         filters = extractor.extractor._fb
         with torch.no_grad():
@@ -221,7 +255,8 @@ def compute_fbank(
     """Computes log-mel features of one mono waveform, resampling it when needed.
 
     Args:
-        samples: (N,) or (1, N) float waveform in [-1, 1].
+        samples: (N,) or (1, N) waveform: float in [-1, 1], or integer PCM scaled by
+            :func:`asr.audio.as_waveform`'s rule (int16 / 32768, ...).
         sample_rate: sampling rate of ``samples`` in Hz.
         cfg: feature options (defaults to ``FbankConfig()``).
         extractor: an extractor made by :func:`make_lhotse_fbank` for ``cfg``, to reuse across calls.
@@ -233,19 +268,23 @@ def compute_fbank(
 
     Raises:
         ValueError: for multi-channel input or a non-positive ``sample_rate``.
+        asr.audio.AudioError: (a ValueError) for samples that are not audio (bool, complex,
+            int64) or NaN / infinite ones, which would give NaN features.
     """
     cfg = cfg or FbankConfig()
-    wave = torch.as_tensor(samples, dtype=torch.float32)
-    if wave.dim() == 2 and wave.shape[0] == 1:
-        wave = wave[0]
-    if wave.dim() != 1:
-        raise ValueError(f"compute_fbank expects a mono (N,) waveform, got shape {tuple(wave.shape)}")
+    if not isinstance(samples, Tensor):
+        samples = np.asarray(samples)
+    shape = tuple(samples.shape)
+    if len(shape) == 2 and shape[0] == 1:
+        samples = samples[0]
+    if len(shape) not in (1, 2) or (len(shape) == 2 and shape[0] != 1):
+        raise ValueError(f"compute_fbank expects a mono (N,) waveform, got shape {shape}")
     if sample_rate <= 0:
         raise ValueError(f"compute_fbank: sample_rate must be > 0, got {sample_rate}")
+    wave = torch.tensor(as_waveform(samples, "compute_fbank input", allow_empty=True))
     if sample_rate != cfg.sample_rate:
-        import torchaudio.functional
-
-        wave = torchaudio.functional.resample(wave, sample_rate, cfg.sample_rate)
+        # the resampler of asr.audio and lhotse: the stored features of a resampled cut
+        wave = torch.from_numpy(resample(wave, sample_rate, cfg.sample_rate))
     total = num_frames(wave.numel(), cfg)
     if total == 0:
         return torch.zeros(0, cfg.num_mel_bins)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from asr.audio import as_waveform
 from asr.features.fbank import FbankConfig, make_lhotse_fbank, num_frames
 
 __all__ = ["OnlineFbank"]
@@ -85,10 +86,17 @@ class OnlineFbank:
         return self._finished
 
     def accept_waveform(self, samples: np.ndarray | Tensor) -> Tensor:
-        """Appends (N,) float samples at ``cfg.sample_rate``; returns the (T, F) new final frames."""
+        """Appends (N,) samples at ``cfg.sample_rate`` (float in [-1, 1], or integer PCM scaled as
+        :func:`asr.audio.as_waveform` does, as :func:`compute_fbank` takes them); returns the
+        (T, F) new final frames.
+
+        Raises:
+            asr.audio.AudioError: for samples that are not audio or not finite.
+        """
         if self._finished:
             raise RuntimeError("OnlineFbank.accept_waveform after input_finished()")
-        wave = torch.as_tensor(np.asarray(samples, dtype=np.float32)).reshape(-1)
+        array = samples.detach().cpu().numpy() if isinstance(samples, Tensor) else np.asarray(samples)
+        wave = torch.tensor(as_waveform(array.reshape(-1), "OnlineFbank input", allow_empty=True))
         if wave.numel() == 0:
             return self._empty()
         if self._head.numel() < self._left_pad:

@@ -84,7 +84,7 @@ class Runtime:
         package: the loaded package (config, metadata).
         model: the model in eval mode on ``device``.
         tokenizer: the package's tokenizer.
-        fbank: feature options (the training features).
+        fbank: feature options (the training features', without dither).
         extractor: lhotse's fbank extractor for ``fbank``, shared by every stream.
         frame_seconds: duration of one encoder frame.
         searcher: default searcher name.
@@ -155,12 +155,15 @@ class Runtime:
             raise ValueError(f"searcher {name!r} does not fit this model; available searchers: "
                              f"{available_searchers(model)}")
         frame_seconds = cfg.data.fbank.frame_shift * model.encoder.subsampling_factor
+        # dither is noise added to the training features: recognition runs without it, as
+        # Kaldi's and icefall's decoders do (it made transcripts random and OnlineFbank refuse)
+        fbank = dataclasses.replace(cfg.data.fbank, dither=0.0)
         return cls(
             package=package,
             model=model,
             tokenizer=package.tokenizer,
-            fbank=cfg.data.fbank,
-            extractor=make_lhotse_fbank(cfg.data.fbank),
+            fbank=fbank,
+            extractor=make_lhotse_fbank(fbank),
             frame_seconds=frame_seconds,
             searcher=name,
             search=options,

@@ -9,14 +9,17 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
-from lhotse import CutSet
+from lhotse import CutSet, Recording
 from lhotse.dataset import SpecAugment
+from lhotse.supervision import SupervisionSegment
 from librispeech_tree import CharEncoder
 
 from asr.config import ConfigError, from_dict
 from asr.data.augment import (
     FrequencyWarp,
+    NoiseMixing,
     SpeedPerturbation,
     UtteranceSpecAugment,
     draw_seed,
@@ -105,6 +108,15 @@ def test_config_validation() -> None:
     for bad in ({"max_warp": 0.0}, {"max_warp": 1.0}, {"probability": 1.5}, {"knee_hz": 0.0}):
         with pytest.raises((ValueError, ConfigError)):
             from_dict(DataConfig, {"freq_warp": bad})
+
+
+def test_a_frequency_mask_wider_than_the_spectrum_is_refused() -> None:
+    """lhotse draws a negative start for a mask wider than the bins: it would mask the top."""
+    narrow = {"fbank": {"num_mel_bins": 20}}
+    with pytest.raises(ValueError, match="max_freq_mask_width \\(27\\) exceeds .*num_mel_bins \\(20\\)"):
+        from_dict(DataConfig, narrow)
+    assert from_dict(DataConfig, {**narrow, "spec_augment": {"max_freq_mask_width": 20}})
+    assert from_dict(DataConfig, {**narrow, "spec_augment": {"enabled": False}})
 
 
 def test_dataset_warps_training_batches_only(prepared: dict) -> None:
@@ -197,3 +209,22 @@ def test_seeded_draws_repeat_and_the_callers_rngs_are_put_back() -> None:
         seed_rngs(7)
         raise RuntimeError
     assert draws() == expected
+
+
+@pytest.mark.parametrize("noise_rate", [16000, 8000, 44100])
+def test_noise_is_mixed_at_the_stated_snr_whatever_its_sample_rate(tmp_path, noise_rate) -> None:
+    """lhotse's mixer refused noise at another rate (an AssertionError at the first batch)."""
+    rng = np.random.default_rng(0)
+    speech = (0.3 * np.sin(2 * np.pi * 440 * np.arange(16000) / 16000)).astype(np.float32)
+    sf.write(tmp_path / "speech.wav", speech, 16000)
+    sf.write(tmp_path / "noise.wav", (0.05 * rng.standard_normal(2 * noise_rate)).astype(
+        np.float32), noise_rate)
+    cut = Recording.from_file(tmp_path / "speech.wav", recording_id="speech").to_cut()
+    cut.supervisions = [SupervisionSegment("s", "speech", 0.0, 1.0, text="A")]
+    noise = CutSet.from_cuts([Recording.from_file(tmp_path / "noise.wav").to_cut()])
+    random.seed(0)
+    mixed = NoiseMixing(noise, (10.0, 10.0), probability=1.0)(CutSet.from_cuts([cut]))[0]
+    assert mixed.id == "speech" and mixed.sampling_rate == 16000 and mixed.duration == 1.0
+    added = mixed.load_audio()[0] - speech
+    snr = 10 * math.log10(float((speech**2).mean() / (added**2).mean()))
+    assert snr == pytest.approx(10.0, abs=0.05)

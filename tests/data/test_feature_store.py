@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
-from lhotse import CutSet
+from lhotse import CutSet, Recording
 
-from asr.data.fbank import compute_fbank_for_parts
+from asr.data.fbank import compute_fbank_for_cuts, compute_fbank_for_parts
 from asr.features.fbank import FbankConfig, compute_fbank
 
 # lilcom stores log energies with a quantisation step of 2**-5 in the log domain.
@@ -44,6 +46,17 @@ def test_errors_name_missing_inputs(prepared, tmp_path) -> None:
 
         cuts = CutSet.from_file(prepared["manifests"]["dev-clean-2"])
         compute_fbank_for_cuts(cuts, tmp_path / "x", FbankConfig(sample_rate=8000))
+
+
+def test_multi_channel_cuts_are_refused_not_read_from_their_first_channel(tmp_path) -> None:
+    """lhotse stores a stereo cut's features from channel 0 alone; asr transcribe averages."""
+    stereo = np.random.default_rng(0).standard_normal((1600, 2)).astype(np.float32) * 0.1
+    sf.write(tmp_path / "stereo.wav", stereo, 16000)
+    cut = Recording.from_file(tmp_path / "stereo.wav", recording_id="st").to_cut()
+    with pytest.raises(ValueError, match=r"1 cuts hold several audio channels, e.g. cut 'st' "
+                                         r"with 2 \(audio .*stereo\.wav\).*downmix"):
+        compute_fbank_for_cuts(CutSet.from_cuts([cut]), tmp_path / "x.lca", progress_bar=False)
+    assert not (tmp_path / "x.lca").exists()
 
 
 def test_two_worker_processes_store_the_same_features(prepared, tmp_path, monkeypatch) -> None:

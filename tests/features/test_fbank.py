@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 import torchaudio
+from lhotse import Recording
 
+from asr.audio import AudioError
 from asr.config import ConfigError, from_dict
 from asr.features.fbank import FbankConfig, compute_fbank, make_lhotse_fbank, num_frames
 
@@ -56,12 +62,18 @@ def test_snip_edges_frame_count_matches_torchaudio() -> None:
     assert num_frames(399, cfg) == 0
 
 
-def test_resamples_other_rates() -> None:
-    wave = 0.1 * torch.randn(8000)  # 1 s at 8 kHz
-    feats = compute_fbank(wave, 8000)
-    expected = compute_fbank(torchaudio.functional.resample(wave, 8000, 16000), 16000)
-    assert feats.shape == (100, 80)
-    torch.testing.assert_close(feats, expected)
+@pytest.mark.parametrize("rate", [8000, 22050, 48000])
+def test_resamples_other_rates_as_the_stored_features_of_a_resampled_cut(tmp_path, rate) -> None:
+    """compute_fbank on audio at another rate == the features lhotse stores for the recording
+    resampled to 16 kHz (its resampler is asr.audio's; torchaudio.functional.resample differs
+    in the last bits, which the log of the empty band above the input's Nyquist magnifies)."""
+    wave = (0.1 * np.random.default_rng(rate).standard_normal(rate)).astype(np.float32)  # 1 s
+    sf.write(tmp_path / "a.wav", wave, rate, subtype="FLOAT")
+    cut = Recording.from_file(tmp_path / "a.wav").resample(16000).to_cut()
+    stored = torch.as_tensor(cut.compute_features(make_lhotse_fbank()))
+    feats = compute_fbank(wave, rate)
+    assert feats.shape == stored.shape == (100, 80)
+    assert torch.equal(feats, stored)
 
 
 def test_dither_changes_features_only_when_enabled() -> None:
@@ -80,3 +92,56 @@ def test_rejects_bad_input_and_config() -> None:
     with pytest.raises(ConfigError, match="num_mel_bin"):
         from_dict(FbankConfig, {"num_mel_bin": 80})
     assert from_dict(FbankConfig, {"dither": 0.1}).dither == 0.1
+
+
+@pytest.mark.parametrize("options", [
+    {"sample_rate": 8000}, {"sample_rate": 8000, "high_freq": 3800.0}, {"snip_edges": True},
+    {"low_freq": 0.0, "high_freq": 0.0}, {"window_type": "blackman"},
+    {"window_type": "rectangular"}, {"window_type": "hanning"}, {"remove_dc_offset": False},
+    {"preemph_coeff": 0.0}, {"round_to_power_of_two": False},
+])
+def test_matches_torchaudio_for_each_kaldi_option(options: dict) -> None:
+    cfg = FbankConfig(**options)
+    wave = 0.1 * torch.randn(cfg.sample_rate // 2)
+    torch.testing.assert_close(compute_fbank(wave, cfg.sample_rate, cfg), _reference(wave, cfg),
+                               atol=2e-4, rtol=1e-4)
+
+
+def test_digital_silence_gives_the_epsilon_log_floor_whatever_the_energy_floor() -> None:
+    """Mel energies are floored at float32 epsilon (Kaldi, torchaudio); energy_floor is the
+    floor of Kaldi's energy term, which the features do not hold."""
+    floor = math.log(torch.finfo(torch.float32).eps)
+    for cfg in (FbankConfig(), FbankConfig(energy_floor=1.0), FbankConfig(sample_rate=8000)):
+        feats = compute_fbank(torch.zeros(cfg.sample_rate), cfg.sample_rate, cfg)
+        assert feats.shape == (100, 80)
+        torch.testing.assert_close(feats, torch.full_like(feats, floor))
+        torch.testing.assert_close(feats, _reference(torch.zeros(cfg.sample_rate), cfg))
+
+
+def test_integer_pcm_is_scaled_by_the_one_rule_for_sample_arrays() -> None:
+    """int16 samples are int16 / 32768 (asr.audio.as_waveform), not 32768 times louder."""
+    pcm = (np.random.default_rng(0).standard_normal(4000) * 3000).astype(np.int16)
+    expected = compute_fbank(pcm.astype(np.float32) / 32768, 16000)
+    torch.testing.assert_close(compute_fbank(pcm, 16000), expected)
+    torch.testing.assert_close(compute_fbank(torch.from_numpy(pcm)[None], 16000), expected)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_samples_are_refused_not_turned_into_nan_features(bad: float) -> None:
+    wave = 0.1 * torch.randn(4000)
+    wave[123] = bad
+    with pytest.raises(AudioError, match="compute_fbank input: NaN or infinite"):
+        compute_fbank(wave, 16000)
+
+
+@pytest.mark.parametrize(("options", "field"), [
+    ({"high_freq": 9000.0}, "high_freq=9000"), ({"low_freq": -5.0}, "low_freq=-5"),
+    ({"low_freq": 8000.0}, "low_freq=8000"), ({"high_freq": -9000.0}, "high_freq=-9000"),
+    ({"sample_rate": 8000, "high_freq": 7600.0}, "Nyquist \\(4000 Hz"),
+    ({"window_type": "hann"}, "window_type"),
+])
+def test_band_edges_and_window_are_checked_by_the_config(options: dict, field: str) -> None:
+    """A bad option fails where the config is read, naming the field -- not as lhotse's
+    AssertionError at the first feature extraction."""
+    with pytest.raises(ValueError, match=field):
+        FbankConfig(**options)

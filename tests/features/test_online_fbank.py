@@ -93,3 +93,15 @@ def test_streaming_resampler_equals_offline(orig_rate):
         expected = resample(samples, orig_rate, 16000)
         assert streamed.shape == expected.shape
         np.testing.assert_allclose(streamed, expected, atol=1e-5)
+
+
+def test_integer_pcm_and_non_finite_samples_follow_compute_fbank() -> None:
+    from asr.audio import AudioError
+
+    pcm = (np.random.default_rng(1).standard_normal(3000) * 3000).astype(np.int16)
+    fbank = OnlineFbank()
+    online = torch.cat([fbank.accept_waveform(pcm[:1234]), fbank.accept_waveform(pcm[1234:]),
+                        fbank.input_finished()])
+    torch.testing.assert_close(online, compute_fbank(pcm.astype(np.float32) / 32768, 16000))
+    with pytest.raises(AudioError, match="OnlineFbank input: NaN"):
+        OnlineFbank().accept_waveform(np.array([0.0, np.nan], dtype=np.float32))

@@ -8,7 +8,7 @@ from asr.decoding.lm import NgramLM
 from asr.decoding.ngram_train import estimate_kneser_ney, write_arpa
 from asr.package import export_package
 from asr.runtime.offline import load_model
-from asr.testing.packages import random_experiment
+from asr.testing.packages import random_experiment, random_package
 from asr.testing.tiny import TINY_SENTENCES
 from asr.tokenizers import load_tokenizer
 
@@ -39,3 +39,14 @@ def test_the_lm_is_read_once_whatever_the_hotwords(tmp_path, monkeypatch):
     assert model.transcribe(wave)[0].token_ids == plain.token_ids
     assert len(reads) == 1
     assert model.searcher().lm is not None  # the beam search fuses it
+
+
+def test_a_model_trained_with_dither_recognizes_without_it(tmp_path):
+    """data.fbank.dither is training noise; recognition used it too: the same audio gave other
+    transcripts from call to call, and streaming refused (OnlineFbank needs dither 0)."""
+    model = load_model(random_package(tmp_path, head="ctc", fbank={"dither": 0.1}))
+    assert model.runtime.fbank.dither == 0.0
+    wave = (np.random.default_rng(0).standard_normal(16000) * 0.1).astype(np.float32)
+    first = model.transcribe(wave)[0]
+    assert all(model.transcribe(wave)[0].token_ids == first.token_ids for _ in range(3))
+    assert model.transcribe(wave, streaming=True)[0].token_ids is not None
