@@ -45,6 +45,7 @@ from asr.serve.protocol import (
     DONE,
     ProtocolError,
     StreamSettings,
+    check_rate_ratio,
     error_message,
     parse_audio,
     parse_text,
@@ -221,6 +222,8 @@ class RecognitionServer:
             return
         try:
             rate = sample_rate_from_path(ws.request.path, cfg.min_sample_rate, cfg.max_sample_rate)
+            if rate is not None:
+                check_rate_ratio(rate, self.recognizer.sample_rate, "query")
         except ProtocolError as err:
             await self._close_with_error(ws, err)
             return
@@ -308,11 +311,14 @@ class RecognitionServer:
         loop, checked against the tokenizer).
 
         Raises:
-            ProtocolError: for hotwords given twice, to a searcher that does not bias, or that
-                the tokenizer cannot spell.
+            ProtocolError: for a sample rate too costly to resample (:func:`check_rate_ratio`),
+                for hotwords given twice, to a searcher that does not bias, or that the
+                tokenizer cannot spell.
         """
         if settings.sample_rate is not None:
-            session.sample_rate = settings.sample_rate
+            session.sample_rate = check_rate_ratio(
+                settings.sample_rate, self.recognizer.sample_rate, "text message"
+            )
         if settings.hotwords is None and settings.hotwords_score is None:
             return
         if session.hotwords_given:

@@ -16,6 +16,7 @@ from asr.serve.protocol import (
     DONE,
     ProtocolError,
     StreamSettings,
+    check_rate_ratio,
     parse_audio,
     parse_text,
     result_message,
@@ -110,6 +111,17 @@ def test_sample_rate_from_path():
     for bad in ("/?sample_rate=abc", "/?sample_rate=1", "/?sample_rate=8000&sample_rate=16000"):
         with pytest.raises(ProtocolError, match="sample_rate"):
             sample_rate_from_path(bad)
+
+
+def test_check_rate_ratio_bounds_the_resampling_filter():
+    """Every common rate passes; a rate whose ratio to the model's reduces to large terms (its
+    resampling filter would take seconds and hundreds of MB to build) is refused by name."""
+    for rate in (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 96000, 192000):
+        assert check_rate_ratio(rate, 16000, "query") == rate
+    assert check_rate_ratio(11025, 8000, "query") == 11025
+    for rate in (4001, 7919, 12345, 191999):
+        with pytest.raises(ProtocolError, match=f"query: sample_rate {rate} Hz"):
+            check_rate_ratio(rate, 16000, "query")
 
 
 def test_result_message():

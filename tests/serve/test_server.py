@@ -137,6 +137,10 @@ BAD_INPUTS = {
     "json garbage": (['{"rate": 8000}'], 1003, "only JSON"),
     "late sample rate": ([np.zeros(160, "<f4").tobytes(), '{"sample_rate": 8000}'], 1008, "before"),
     "oversized message": ([np.zeros(1 << 15, "<f4").tobytes()], 1009, None),
+    # its 4001:16000 resampling filter took 3 s and 256 MB to build in the shared decode thread
+    "costly sample rate": (
+        ['{"sample_rate": 4001}', np.zeros(4001, "<f4").tobytes()], 1008, "sample_rate 4001 Hz"
+    ),
 }
 
 
@@ -150,9 +154,11 @@ def test_malformed_messages_are_rejected(server, name, wait_until):
     assert wait_until(lambda: server.server.num_sessions == 0, 5.0)
 
 
-def test_bad_query_is_rejected(server):
-    close_code, received = _run(_misbehave(f"{server.url}/?sample_rate=12", []), 20)
-    assert close_code == 1008 and "sample_rate" in received[-1]["error"]
+@pytest.mark.parametrize("rate", [12, 7919])
+def test_bad_query_is_rejected(server, rate):
+    close_code, received = _run(_misbehave(f"{server.url}/?sample_rate={rate}", []), 20)
+    error = received[-1]["error"]
+    assert close_code == 1008 and "query: sample_rate" in error and str(rate) in error
 
 
 async def _abrupt(url: str, samples: np.ndarray, seconds: float) -> None:
