@@ -244,8 +244,8 @@ class RecognitionServer:
                 receiver.cancel()
                 code, reason = CLOSE_GOING_AWAY, "server shutting down"
             self.engine.finish(session)
+            await self._await_final(session)
             async with asyncio.timeout(cfg.shutdown_timeout):
-                await session.completed.wait()
                 await sender
             if session.error is not None:
                 raise session.error
@@ -254,7 +254,9 @@ class RecognitionServer:
             await self._close_with_error(ws, err, session)
         except TimeoutError:
             await self._close_with_error(
-                ws, ProtocolError(f"no final result within {cfg.shutdown_timeout} s"), session
+                ws,
+                ProtocolError(f"no final result: no decoding progress for {cfg.shutdown_timeout} s"),
+                session,
             )
         except ConnectionClosed as err:
             logger.info("session %d: client left (%s)", session.id, str(err))
@@ -266,6 +268,25 @@ class RecognitionServer:
             logger.info(
                 "session %d: closed (%.2f s of audio)", session.id, session.received_seconds
             )
+
+    async def _await_final(self, session: Session) -> None:
+        """Waits for a finishing session's final result for as long as its decoding progresses
+        (its backlog may take longer than any fixed wait on a busy server), until
+        ``shutdown_timeout`` seconds pass without a decode step for it, or in all once the
+        server is shutting down.
+
+        Raises:
+            TimeoutError: when that time has passed without the final result.
+        """
+        while True:
+            seen = session.decoded_steps
+            try:
+                async with asyncio.timeout(self.config.shutdown_timeout):
+                    await session.completed.wait()
+                return
+            except TimeoutError:
+                if session.decoded_steps == seen or self._stopping.is_set():
+                    raise
 
     async def _close_with_error(
         self, ws: ServerConnection, err: ProtocolError, session: Session | None = None

@@ -330,3 +330,49 @@ def test_a_model_with_unlimited_left_context_is_served(tmp_path):
         results = _run(main(), 60)
     assert [r.errors for r in results] == [[], []]
     assert [r.text for r in results] == expected
+
+
+class _Busy:
+    """A recognizer on a busy machine: each decode step takes ``delay`` seconds; ``stalled``:
+    once the input ended, the stream is never ready again (a decoder that hangs)."""
+
+    def __init__(self, recognizer, delay: float, stalled: bool = False) -> None:
+        self._recognizer, self._delay, self._stalled = recognizer, delay, stalled
+
+    def __getattr__(self, name):
+        return getattr(self._recognizer, name)
+
+    def decode(self, streams):
+        import time
+
+        time.sleep(self._delay)
+        return self._recognizer.decode(streams)
+
+    def is_ready(self, stream):
+        if self._stalled and stream.input_done:
+            return False
+        return self._recognizer.is_ready(stream)
+
+
+def test_the_final_result_waits_for_a_slow_backlog(tiny, speech):
+    """A client sending faster than real time leaves up to max_buffered_seconds to decode after
+    Done; its final result came only if that took less than shutdown_timeout (otherwise: 'no
+    final result within ... s' and the transcript lost). Now the wait lasts while decoding
+    progresses, and a stream that stops progressing is still told."""
+    import asr
+    from asr.serve.config import ServerConfig
+    from asr.serve.server import BackgroundServer
+
+    good = speech[3]
+    recognizer = asr.load_model(tiny.package_dir).streaming_recognizer()
+    config = ServerConfig(port=0, shutdown_timeout=1.0, max_buffered_seconds=30.0)
+    with BackgroundServer(recognizer, config) as idle:
+        reference = _run(stream_samples(idle.url, good.samples, 16000), 30).text
+    assert reference
+    with BackgroundServer(_Busy(recognizer, 0.2), config) as busy:
+        slow = _run(stream_samples(busy.url, good.samples, 16000, chunk_seconds=0.5), 60)
+    assert slow.errors == [] and slow.close_code == 1000 and slow.text == reference
+    assert slow.messages[-1]["received"] - slow.send_times[-1][0] > 2 * config.shutdown_timeout
+    with BackgroundServer(_Busy(recognizer, 0.0, stalled=True), config) as stalled:
+        hung = _run(stream_samples(stalled.url, good.samples, 16000), 30)
+    assert hung.close_code == 1008 and "no decoding progress for 1.0 s" in hung.errors[-1]
