@@ -239,3 +239,20 @@ def test_the_microphone_client_prints_each_final_segment_with_its_start_time(cap
     printer({"text": "", "segment": 2, "start_time": 3.0, "is_final": True})
     printer({"text": "HI", "segment": 0, "is_final": True})  # a server without start_time
     assert capsys.readouterr().out == "[1 1.96s] HELLO\n[0] HI\n"
+
+
+@pytest.mark.parametrize(
+    "samples",
+    [np.zeros(1600, np.int16), np.zeros((1600, 2), np.float32), np.zeros((2, 1600), np.float32)],
+    ids=["int16", "stereo", "channels first"],
+)
+def test_the_client_refuses_samples_it_would_send_as_noise(samples):
+    """stream_samples sent int16 PCM unscaled and interleaved a stereo array into one channel
+    (the server answered with garbage, no error); it now says what it takes before connecting
+    (nothing listens on port 9)."""
+    import asyncio
+
+    from asr.serve.client import stream_samples
+
+    with pytest.raises(ValueError, match="float mono"):
+        asyncio.run(stream_samples("ws://127.0.0.1:9", samples, 16000, timeout=5))
