@@ -37,6 +37,7 @@ from asr.serve.config import ServerConfig
 from asr.serve.engine import DecodeEngine, Session
 from asr.serve.protocol import (
     CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL,
     CLOSE_INVALID_DATA,
     CLOSE_NORMAL,
     CLOSE_POLICY,
@@ -253,11 +254,13 @@ class RecognitionServer:
         except ProtocolError as err:
             await self._close_with_error(ws, err, session)
         except TimeoutError:
-            await self._close_with_error(
-                ws,
-                ProtocolError(f"no final result: no decoding progress for {cfg.shutdown_timeout} s"),
-                session,
-            )
+            if self._stopping.is_set():
+                why = f"server shutting down: no final result within {cfg.shutdown_timeout} s"
+                error = ProtocolError(why, CLOSE_GOING_AWAY)
+            else:
+                why = f"no final result: no decoding progress for {cfg.shutdown_timeout} s"
+                error = ProtocolError(why, CLOSE_INTERNAL)
+            await self._close_with_error(ws, error, session)
         except ConnectionClosed as err:
             logger.info("session %d: client left (%s)", session.id, str(err))
         finally:

@@ -375,4 +375,28 @@ def test_the_final_result_waits_for_a_slow_backlog(tiny, speech):
     assert slow.messages[-1]["received"] - slow.send_times[-1][0] > 2 * config.shutdown_timeout
     with BackgroundServer(_Busy(recognizer, 0.0, stalled=True), config) as stalled:
         hung = _run(stream_samples(stalled.url, good.samples, 16000), 30)
-    assert hung.close_code == 1008 and "no decoding progress for 1.0 s" in hung.errors[-1]
+    assert hung.close_code == 1011 and "no decoding progress for 1.0 s" in hung.errors[-1]
+
+
+def test_a_shutdown_that_cannot_wait_for_a_backlog_says_so(tiny, speech):
+    """A stream whose backlog outlasts a graceful shutdown is told that the server is going
+    away (1001), not that a final result failed to come (a server fault)."""
+    import asr
+    from asr.serve.config import ServerConfig
+    from asr.serve.server import BackgroundServer
+
+    recognizer = asr.load_model(tiny.package_dir).streaming_recognizer()
+    config = ServerConfig(port=0, shutdown_timeout=0.5, max_buffered_seconds=30.0)
+    busy = BackgroundServer(_Busy(recognizer, 0.3), config).start()
+
+    async def main():
+        async with connect(busy.url) as ws:
+            await ws.send(speech[3].samples.astype("<f4").tobytes())
+            await asyncio.sleep(0.2)
+            stopping = asyncio.create_task(asyncio.to_thread(busy.stop))
+            received = [json.loads(m) async for m in ws]
+            await stopping
+            return ws.close_code, received
+
+    close_code, received = _run(main(), 60)
+    assert close_code == 1001 and "server shutting down" in received[-1]["error"]
