@@ -124,13 +124,22 @@ async def stream_samples(
             boost (:func:`settings_message`; the server's searcher must bias).
 
     Raises:
+        ValueError: for samples that are not float mono, (N,) or (N, 1): integer PCM or
+            several channels (they were sent as they were, to be recognized as noise).
         TimeoutError: after ``timeout`` seconds.
         websockets.exceptions.InvalidStatus: when the server refuses the connection.
     """
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
 
-    samples = np.ascontiguousarray(samples, dtype="<f4").reshape(-1)
+    array = np.asarray(samples)
+    if array.dtype.kind != "f" or not (array.ndim == 1 or array.ndim == 2 and array.shape[1] == 1):
+        raise ValueError(
+            f"samples of type {array.dtype} and shape {array.shape}: the server takes float mono "
+            "samples in [-1, 1], (N,); convert integer PCM and channels first "
+            "(asr.audio.as_waveform, or read files with read_audio)"
+        )
+    samples = np.ascontiguousarray(array, dtype="<f4").reshape(-1)
     step = max(1, int(round(chunk_seconds * sample_rate)))
     result = ClientResult()
 

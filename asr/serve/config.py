@@ -43,7 +43,9 @@ class ServerConfig:
             sending faster than real time is slowed to the decoding speed.
         max_session_seconds: total audio one connection may send (0: no limit).
         max_pending_messages: results a slow-reading client may leave unsent before it is closed.
-        shutdown_timeout: seconds a graceful shutdown waits for streams to finish.
+        shutdown_timeout: seconds a graceful shutdown waits for streams to finish; also how
+            long a stream that ended may go without a decode step before its client is told
+            (while its backlog is decoding, the final result is waited for however long it takes).
         min_sample_rate: lowest sample rate a client may announce.
         max_sample_rate: highest sample rate a client may announce.
         max_hotwords: phrases one stream may send in its ``hotwords``.

@@ -82,6 +82,7 @@ class Session:
         finish_sent: the worker was told the input ended.
         accepted_samples: samples fed to the stream (worker thread).
         backlog_seconds: audio the recognizer holds undecoded (written by the worker).
+        decoded_steps: decode steps that produced a result for this stream.
         outbox: JSON messages not yet sent, as (text, is_final).
         closed: the connection is gone; results are dropped.
         error: why the engine gave up on the session (None: fine).
@@ -100,6 +101,7 @@ class Session:
     finish_sent: bool = False
     accepted_samples: int = 0
     backlog_seconds: float = 0.0
+    decoded_steps: int = 0
     outbox: collections.deque = field(default_factory=collections.deque)
     closed: bool = False
     error: ProtocolError | None = None
@@ -318,6 +320,7 @@ class DecodeEngine:
             session = out.session
             if session.closed or session.error is not None:
                 continue
+            session.decoded_steps += 1
             outbox = session.outbox
             if outbox and not outbox[-1][1]:
                 outbox.pop()  # an unsent partial is superseded by the newer result

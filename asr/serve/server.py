@@ -37,6 +37,7 @@ from asr.serve.config import ServerConfig
 from asr.serve.engine import DecodeEngine, Session
 from asr.serve.protocol import (
     CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL,
     CLOSE_INVALID_DATA,
     CLOSE_NORMAL,
     CLOSE_POLICY,
@@ -45,6 +46,7 @@ from asr.serve.protocol import (
     DONE,
     ProtocolError,
     StreamSettings,
+    check_rate_ratio,
     error_message,
     parse_audio,
     parse_text,
@@ -221,6 +223,8 @@ class RecognitionServer:
             return
         try:
             rate = sample_rate_from_path(ws.request.path, cfg.min_sample_rate, cfg.max_sample_rate)
+            if rate is not None:
+                check_rate_ratio(rate, self.recognizer.sample_rate, "query")
         except ProtocolError as err:
             await self._close_with_error(ws, err)
             return
@@ -241,8 +245,8 @@ class RecognitionServer:
                 receiver.cancel()
                 code, reason = CLOSE_GOING_AWAY, "server shutting down"
             self.engine.finish(session)
+            await self._await_final(session)
             async with asyncio.timeout(cfg.shutdown_timeout):
-                await session.completed.wait()
                 await sender
             if session.error is not None:
                 raise session.error
@@ -250,9 +254,13 @@ class RecognitionServer:
         except ProtocolError as err:
             await self._close_with_error(ws, err, session)
         except TimeoutError:
-            await self._close_with_error(
-                ws, ProtocolError(f"no final result within {cfg.shutdown_timeout} s"), session
-            )
+            if self._stopping.is_set():
+                why = f"server shutting down: no final result within {cfg.shutdown_timeout} s"
+                error = ProtocolError(why, CLOSE_GOING_AWAY)
+            else:
+                why = f"no final result: no decoding progress for {cfg.shutdown_timeout} s"
+                error = ProtocolError(why, CLOSE_INTERNAL)
+            await self._close_with_error(ws, error, session)
         except ConnectionClosed as err:
             logger.info("session %d: client left (%s)", session.id, str(err))
         finally:
@@ -263,6 +271,25 @@ class RecognitionServer:
             logger.info(
                 "session %d: closed (%.2f s of audio)", session.id, session.received_seconds
             )
+
+    async def _await_final(self, session: Session) -> None:
+        """Waits for a finishing session's final result for as long as its decoding progresses
+        (its backlog may take longer than any fixed wait on a busy server), until
+        ``shutdown_timeout`` seconds pass without a decode step for it, or in all once the
+        server is shutting down.
+
+        Raises:
+            TimeoutError: when that time has passed without the final result.
+        """
+        while True:
+            seen = session.decoded_steps
+            try:
+                async with asyncio.timeout(self.config.shutdown_timeout):
+                    await session.completed.wait()
+                return
+            except TimeoutError:
+                if session.decoded_steps == seen or self._stopping.is_set():
+                    raise
 
     async def _close_with_error(
         self, ws: ServerConnection, err: ProtocolError, session: Session | None = None
@@ -308,11 +335,14 @@ class RecognitionServer:
         loop, checked against the tokenizer).
 
         Raises:
-            ProtocolError: for hotwords given twice, to a searcher that does not bias, or that
-                the tokenizer cannot spell.
+            ProtocolError: for a sample rate too costly to resample (:func:`check_rate_ratio`),
+                for hotwords given twice, to a searcher that does not bias, or that the
+                tokenizer cannot spell.
         """
         if settings.sample_rate is not None:
-            session.sample_rate = settings.sample_rate
+            session.sample_rate = check_rate_ratio(
+                settings.sample_rate, self.recognizer.sample_rate, "text message"
+            )
         if settings.hotwords is None and settings.hotwords_score is None:
             return
         if session.hotwords_given:

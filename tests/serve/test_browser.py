@@ -86,6 +86,29 @@ def _page_socket(port: int, timeout: float = 10.0) -> str:
     raise RuntimeError("Chromium opened no page")
 
 
+def _open_page(url: str, tmp_path, *flags: str) -> subprocess.Popen:
+    """Headless Chromium on ``url`` with extra command-line ``flags`` (the microphone's)."""
+    cmd = [
+        _chromium(),
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--no-default-browser-check",
+        "--disable-extensions",
+        "--mute-audio",
+        *flags,
+        "--autoplay-policy=no-user-gesture-required",
+        "--remote-debugging-address=127.0.0.1",
+        "--remote-debugging-port=0",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        url,
+    ]
+    return subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+
+
 def test_microphone_page_in_headless_chromium(
     engine, server, tiny, speech, reference_texts, tmp_path
 ):
@@ -106,26 +129,12 @@ def test_microphone_page_in_headless_chromium(
     )
     fake_mic = tmp_path / "mic.wav"
     soundfile.write(fake_mic, wave, rate, subtype="PCM_16")
-    cmd = [
-        _chromium(),
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--no-default-browser-check",
-        "--disable-extensions",
-        "--mute-audio",
+    proc = _open_page(
+        f"{server.http_url}/?autostart=1",
+        tmp_path,
         "--use-fake-ui-for-media-stream",
         "--use-fake-device-for-media-stream",
         f"--use-file-for-fake-audio-capture={fake_mic}%noloop",
-        "--autoplay-policy=no-user-gesture-required",
-        "--remote-debugging-address=127.0.0.1",
-        "--remote-debugging-port=0",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        f"{server.http_url}/?autostart=1",
-    ]
-    proc = subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     try:
         with connect(_page_socket(_devtools_port(proc)), max_size=None, open_timeout=10) as ws:
@@ -150,3 +159,32 @@ def test_microphone_page_in_headless_chromium(
         assert set(text.split()) <= set(words), (finals, text)
     finally:
         stop_process(proc)
+
+
+def test_a_page_that_cannot_capture_closes_its_connection(engine, tmp_path, wait_until, request):
+    """Without a microphone (no device, or permission denied) the page showed the error but kept
+    its websocket open: the server held the session until its idle timeout, and the page then
+    replaced the error by 'disconnected (1008: ... idle timeout)'."""
+    from asr.serve.config import ServerConfig
+    from asr.serve.server import BackgroundServer
+
+    if engine != "pytorch":
+        pytest.skip("the page's own conduct, the same for every engine")
+    recognizer = request.getfixturevalue("recognizer")
+    with BackgroundServer(recognizer, ServerConfig(port=0, idle_timeout=60.0)) as background:
+        url = f"{background.http_url}/?autostart=1"
+        proc = _open_page(url, tmp_path, "--deny-permission-prompts")
+        try:
+            with connect(_page_socket(_devtools_port(proc)), max_size=None, open_timeout=10) as ws:
+                devtools = DevTools(ws)
+
+                def status() -> str:
+                    return devtools.evaluate("document.getElementById('status').textContent") or ""
+
+                assert wait_until(lambda: status().startswith("error"), 30.0), status()
+                assert background.server.stats()["sessions_opened"] == 1
+                assert wait_until(lambda: background.server.num_sessions == 0, 5.0)
+                assert status().startswith("error"), status()
+                assert devtools.evaluate("document.getElementById('start').disabled") is False
+        finally:
+            stop_process(proc)

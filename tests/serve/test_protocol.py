@@ -16,6 +16,7 @@ from asr.serve.protocol import (
     DONE,
     ProtocolError,
     StreamSettings,
+    check_rate_ratio,
     parse_audio,
     parse_text,
     result_message,
@@ -110,6 +111,17 @@ def test_sample_rate_from_path():
     for bad in ("/?sample_rate=abc", "/?sample_rate=1", "/?sample_rate=8000&sample_rate=16000"):
         with pytest.raises(ProtocolError, match="sample_rate"):
             sample_rate_from_path(bad)
+
+
+def test_check_rate_ratio_bounds_the_resampling_filter():
+    """Every common rate passes; a rate whose ratio to the model's reduces to large terms (its
+    resampling filter would take seconds and hundreds of MB to build) is refused by name."""
+    for rate in (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 96000, 192000):
+        assert check_rate_ratio(rate, 16000, "query") == rate
+    assert check_rate_ratio(11025, 8000, "query") == 11025
+    for rate in (4001, 7919, 12345, 191999):
+        with pytest.raises(ProtocolError, match=f"query: sample_rate {rate} Hz"):
+            check_rate_ratio(rate, 16000, "query")
 
 
 def test_result_message():
@@ -227,3 +239,20 @@ def test_the_microphone_client_prints_each_final_segment_with_its_start_time(cap
     printer({"text": "", "segment": 2, "start_time": 3.0, "is_final": True})
     printer({"text": "HI", "segment": 0, "is_final": True})  # a server without start_time
     assert capsys.readouterr().out == "[1 1.96s] HELLO\n[0] HI\n"
+
+
+@pytest.mark.parametrize(
+    "samples",
+    [np.zeros(1600, np.int16), np.zeros((1600, 2), np.float32), np.zeros((2, 1600), np.float32)],
+    ids=["int16", "stereo", "channels first"],
+)
+def test_the_client_refuses_samples_it_would_send_as_noise(samples):
+    """stream_samples sent int16 PCM unscaled and interleaved a stereo array into one channel
+    (the server answered with garbage, no error); it now says what it takes before connecting
+    (nothing listens on port 9)."""
+    import asyncio
+
+    from asr.serve.client import stream_samples
+
+    with pytest.raises(ValueError, match="float mono"):
+        asyncio.run(stream_samples("ws://127.0.0.1:9", samples, 16000, timeout=5))

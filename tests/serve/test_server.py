@@ -137,6 +137,10 @@ BAD_INPUTS = {
     "json garbage": (['{"rate": 8000}'], 1003, "only JSON"),
     "late sample rate": ([np.zeros(160, "<f4").tobytes(), '{"sample_rate": 8000}'], 1008, "before"),
     "oversized message": ([np.zeros(1 << 15, "<f4").tobytes()], 1009, None),
+    # its 4001:16000 resampling filter took 3 s and 256 MB to build in the shared decode thread
+    "costly sample rate": (
+        ['{"sample_rate": 4001}', np.zeros(4001, "<f4").tobytes()], 1008, "sample_rate 4001 Hz"
+    ),
 }
 
 
@@ -150,9 +154,11 @@ def test_malformed_messages_are_rejected(server, name, wait_until):
     assert wait_until(lambda: server.server.num_sessions == 0, 5.0)
 
 
-def test_bad_query_is_rejected(server):
-    close_code, received = _run(_misbehave(f"{server.url}/?sample_rate=12", []), 20)
-    assert close_code == 1008 and "sample_rate" in received[-1]["error"]
+@pytest.mark.parametrize("rate", [12, 7919])
+def test_bad_query_is_rejected(server, rate):
+    close_code, received = _run(_misbehave(f"{server.url}/?sample_rate={rate}", []), 20)
+    error = received[-1]["error"]
+    assert close_code == 1008 and "query: sample_rate" in error and str(rate) in error
 
 
 async def _abrupt(url: str, samples: np.ndarray, seconds: float) -> None:
@@ -324,3 +330,73 @@ def test_a_model_with_unlimited_left_context_is_served(tmp_path):
         results = _run(main(), 60)
     assert [r.errors for r in results] == [[], []]
     assert [r.text for r in results] == expected
+
+
+class _Busy:
+    """A recognizer on a busy machine: each decode step takes ``delay`` seconds; ``stalled``:
+    once the input ended, the stream is never ready again (a decoder that hangs)."""
+
+    def __init__(self, recognizer, delay: float, stalled: bool = False) -> None:
+        self._recognizer, self._delay, self._stalled = recognizer, delay, stalled
+
+    def __getattr__(self, name):
+        return getattr(self._recognizer, name)
+
+    def decode(self, streams):
+        import time
+
+        time.sleep(self._delay)
+        return self._recognizer.decode(streams)
+
+    def is_ready(self, stream):
+        if self._stalled and stream.input_done:
+            return False
+        return self._recognizer.is_ready(stream)
+
+
+def test_the_final_result_waits_for_a_slow_backlog(tiny, speech):
+    """A client sending faster than real time leaves up to max_buffered_seconds to decode after
+    Done; its final result came only if that took less than shutdown_timeout (otherwise: 'no
+    final result within ... s' and the transcript lost). Now the wait lasts while decoding
+    progresses, and a stream that stops progressing is still told."""
+    import asr
+    from asr.serve.config import ServerConfig
+    from asr.serve.server import BackgroundServer
+
+    good = speech[3]
+    recognizer = asr.load_model(tiny.package_dir).streaming_recognizer()
+    config = ServerConfig(port=0, shutdown_timeout=1.0, max_buffered_seconds=30.0)
+    with BackgroundServer(recognizer, config) as idle:
+        reference = _run(stream_samples(idle.url, good.samples, 16000), 30).text
+    assert reference
+    with BackgroundServer(_Busy(recognizer, 0.2), config) as busy:
+        slow = _run(stream_samples(busy.url, good.samples, 16000, chunk_seconds=0.5), 60)
+    assert slow.errors == [] and slow.close_code == 1000 and slow.text == reference
+    assert slow.messages[-1]["received"] - slow.send_times[-1][0] > 2 * config.shutdown_timeout
+    with BackgroundServer(_Busy(recognizer, 0.0, stalled=True), config) as stalled:
+        hung = _run(stream_samples(stalled.url, good.samples, 16000), 30)
+    assert hung.close_code == 1011 and "no decoding progress for 1.0 s" in hung.errors[-1]
+
+
+def test_a_shutdown_that_cannot_wait_for_a_backlog_says_so(tiny, speech):
+    """A stream whose backlog outlasts a graceful shutdown is told that the server is going
+    away (1001), not that a final result failed to come (a server fault)."""
+    import asr
+    from asr.serve.config import ServerConfig
+    from asr.serve.server import BackgroundServer
+
+    recognizer = asr.load_model(tiny.package_dir).streaming_recognizer()
+    config = ServerConfig(port=0, shutdown_timeout=0.5, max_buffered_seconds=30.0)
+    busy = BackgroundServer(_Busy(recognizer, 0.3), config).start()
+
+    async def main():
+        async with connect(busy.url) as ws:
+            await ws.send(speech[3].samples.astype("<f4").tobytes())
+            await asyncio.sleep(0.2)
+            stopping = asyncio.create_task(asyncio.to_thread(busy.stop))
+            received = [json.loads(m) async for m in ws]
+            await stopping
+            return ws.close_code, received
+
+    close_code, received = _run(main(), 60)
+    assert close_code == 1001 and "server shutting down" in received[-1]["error"]

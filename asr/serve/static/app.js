@@ -43,9 +43,12 @@ function showResult(msg) {
 async function start() {
   ui.start.disabled = true;
   setStatus("starting");
+  let ws = null;
+  let media = null;
+  let context = null;
   try {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
-    const ws = new WebSocket(`${scheme}://${location.host}/`);
+    ws = new WebSocket(`${scheme}://${location.host}/`);
     ws.binaryType = "arraybuffer";
     await new Promise((resolve, reject) => {
       ws.onopen = resolve;
@@ -61,10 +64,10 @@ async function start() {
       ui.stop.disabled = true;
       session = null;
     };
-    const media = await navigator.mediaDevices.getUserMedia({
+    media = await navigator.mediaDevices.getUserMedia({
       audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false },
     });
-    const context = new AudioContext();
+    context = new AudioContext();
     await context.audioWorklet.addModule("recorder-worklet.js");
     const source = context.createMediaStreamSource(media);
     const recorder = new AudioWorkletNode(context, "recorder", {
@@ -81,6 +84,14 @@ async function start() {
     ui.stop.disabled = false;
     setStatus(`recording (${context.sampleRate} Hz -> ${TARGET_RATE} Hz)`);
   } catch (err) {
+    // release what was acquired: an open websocket would hold a server session until its idle
+    // timeout (and its close would then replace this error on the page)
+    if (ws) {
+      ws.onclose = null;
+      ws.close();
+    }
+    if (media) media.getTracks().forEach((track) => track.stop());
+    if (context) context.close();
     setStatus("error: " + err.message);
     ui.start.disabled = false;
   }
