@@ -32,13 +32,16 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "MAX_RATE_RATIO_TERM",
     "AudioError",
     "as_waveform",
+    "check_resampling",
     "DecodedAudio",
     "StreamingResampler",
     "decode_audio",
     "load_audio",
     "resample",
+    "resampling_problem",
     "to_model_rate",
     "to_mono",
 ]
@@ -140,6 +143,40 @@ def as_waveform(samples: np.ndarray | Tensor, name: str, allow_empty: bool = Fal
     return mono
 
 
+#: Largest term of two rates' reduced ratio that :func:`resample` and
+#: :class:`StreamingResampler` take. torchaudio's filter holds about ``new * (2 * width + orig)``
+#: weights of the reduced rates, built in Python-speed loops: every common rate is cheap
+#: (44100 : 16000 is 441 : 160; 11025 : 8000 is 441 : 320), while 7919 Hz to 16 kHz took 18 s and
+#: 0.5 GB to build and 191999 Hz would need about 12 GB.
+MAX_RATE_RATIO_TERM = 1000
+
+
+def resampling_problem(orig_rate: int, new_rate: int, max_term: int = MAX_RATE_RATIO_TERM) -> str | None:
+    """Why ``orig_rate`` cannot be resampled to ``new_rate`` at a bounded cost, or None.
+
+    The rule every resampling path applies (files, arrays, the server's streams): the ratio of
+    the two rates, reduced, must have terms of at most ``max_term``.
+    """
+    if orig_rate <= 0 or new_rate <= 0:
+        return f"sample rates must be > 0, got {orig_rate} -> {new_rate}"
+    gcd = math.gcd(int(orig_rate), int(new_rate))
+    orig, new = int(orig_rate) // gcd, int(new_rate) // gcd
+    if max(orig, new) <= max_term:
+        return None
+    return (
+        f"sample rate {orig_rate} Hz cannot be resampled to {new_rate} Hz at a bounded cost "
+        f"(their ratio {orig}:{new} has a term above {max_term}); use a common rate such as "
+        f"8000, 16000, 22050, 44100 or 48000"
+    )
+
+
+def check_resampling(orig_rate: int, new_rate: int, name: str) -> None:
+    """Raises :class:`AudioError` naming ``name`` when :func:`resampling_problem` finds one."""
+    problem = resampling_problem(orig_rate, new_rate)
+    if problem is not None:
+        raise AudioError(f"{name}: {problem} (convert it first, e.g. `sox IN -r {new_rate} OUT`)")
+
+
 @functools.lru_cache(maxsize=16)
 def _resampler(orig_rate: int, new_rate: int) -> torch.nn.Module:
     import torchaudio
@@ -147,10 +184,16 @@ def _resampler(orig_rate: int, new_rate: int) -> torch.nn.Module:
     return torchaudio.transforms.Resample(orig_rate, new_rate)
 
 
-def resample(samples: np.ndarray | Tensor, orig_rate: int, new_rate: int) -> np.ndarray:
-    """Resamples a mono waveform (N,) from ``orig_rate`` to ``new_rate`` Hz (float32 numpy)."""
-    if orig_rate <= 0 or new_rate <= 0:
-        raise ValueError(f"sample rates must be > 0, got {orig_rate} -> {new_rate}")
+def resample(
+    samples: np.ndarray | Tensor, orig_rate: int, new_rate: int, name: str = "waveform"
+) -> np.ndarray:
+    """Resamples a mono waveform (N,) from ``orig_rate`` to ``new_rate`` Hz (float32 numpy).
+
+    Raises:
+        AudioError: naming ``name`` for rates whose filter is too costly to build
+            (:func:`resampling_problem`).
+    """
+    check_resampling(orig_rate, new_rate, name)
     wave = torch.as_tensor(np.asarray(samples, dtype=np.float32))
     if orig_rate == new_rate or wave.numel() == 0:
         return wave.numpy()
@@ -293,7 +336,7 @@ def decode_audio(
     mono = to_mono(samples)
     out_rate = rate if target_rate is None else int(target_rate)
     if out_rate != rate:
-        mono = resample(mono, rate, out_rate)
+        mono = resample(mono, rate, out_rate, name)
     return DecodedAudio(mono, out_rate, name, num_channels=samples.shape[1], original_rate=rate)
 
 
@@ -317,9 +360,8 @@ class StreamingResampler:
         new_rate: output rate in Hz.
     """
 
-    def __init__(self, orig_rate: int, new_rate: int) -> None:
-        if orig_rate <= 0 or new_rate <= 0:
-            raise ValueError(f"sample rates must be > 0, got {orig_rate} -> {new_rate}")
+    def __init__(self, orig_rate: int, new_rate: int, name: str = "stream") -> None:
+        check_resampling(orig_rate, new_rate, name)
         self.orig_rate, self.new_rate = int(orig_rate), int(new_rate)
         gcd = math.gcd(self.orig_rate, self.new_rate)
         self._orig, self._new = self.orig_rate // gcd, self.new_rate // gcd

@@ -57,6 +57,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
+from asr.audio import MAX_RATE_RATIO_TERM, resampling_problem
 from asr.serve.config import DEFAULT_HOTWORD_LIMITS, HotwordLimits
 
 __all__ = [
@@ -136,28 +137,19 @@ def _check_rate(value: Any, low: int, high: int, source: str) -> int:
     return int(rate)
 
 
-#: The largest term of a client rate's ratio to the model rate, reduced (11025 Hz : 16 kHz is
-#: 441 : 640). The streaming resampler's polyphase filter holds about their product of weights:
-#: 4001 : 16000 took 3 s and 256 MB to build, 24001 Hz a minute and 1.5 GB, in the decode thread
-#: that every stream of the server waits on.
-MAX_RATE_RATIO_TERM = 1000
-
-
 def check_rate_ratio(
     rate: int, model_rate: int, source: str, max_term: int = MAX_RATE_RATIO_TERM
 ) -> int:
-    """``rate`` when audio at that rate can be resampled to ``model_rate`` at a bounded cost.
+    """``rate`` when audio at that rate can be resampled to ``model_rate`` at a bounded cost
+    (:func:`asr.audio.resampling_problem`, the rule of every resampling path): a costly filter
+    would be built in the decode thread that every stream of the server waits on.
 
     Raises:
         ProtocolError: naming ``source`` when the reduced ratio has a term above ``max_term``.
     """
-    gcd = math.gcd(rate, model_rate)
-    if max(rate // gcd, model_rate // gcd) > max_term:
-        raise ProtocolError(
-            f"{source}: sample_rate {rate} Hz cannot be resampled to the model's {model_rate} Hz "
-            f"(their ratio {rate // gcd}:{model_rate // gcd} has a term above {max_term}); "
-            "send a common rate such as 8000, 16000, 22050, 44100 or 48000"
-        )
+    problem = resampling_problem(rate, model_rate, max_term)
+    if problem is not None:
+        raise ProtocolError(f"{source}: {problem.replace('sample rate', 'sample_rate', 1)}")
     return rate
 
 

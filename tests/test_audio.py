@@ -1,0 +1,44 @@
+"""The one resampling rule of asr.audio: every common rate is taken, a rate whose filter would
+cost seconds and GBs to build is refused by name before any work."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from asr.audio import (
+    AudioError,
+    StreamingResampler,
+    decode_audio,
+    resample,
+    resampling_problem,
+)
+from asr.features.fbank import compute_fbank
+
+COMMON_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 96000, 192000)
+
+
+def test_every_common_rate_is_resampled() -> None:
+    for rate in COMMON_RATES:
+        assert resampling_problem(rate, 16000) is None
+        out = resample(np.zeros(rate // 10, dtype=np.float32), rate, 16000)
+        assert out.shape == (1600,)
+
+
+@pytest.mark.parametrize("rate", [7919, 12345, 191999])
+def test_a_costly_rate_is_refused_by_name_on_every_path(tmp_path, rate: int) -> None:
+    path = tmp_path / f"odd_{rate}.wav"
+    sf.write(path, np.zeros(rate // 10, dtype=np.float32), rate)
+    with pytest.raises(AudioError, match=rf"odd_{rate}\.wav: sample rate {rate} Hz cannot be"):
+        decode_audio(path, 16000)
+    assert decode_audio(path, None).sample_rate == rate  # read at its own rate, nothing refused
+    with pytest.raises(AudioError, match=f"mic: sample rate {rate} Hz"):
+        StreamingResampler(rate, 16000, "mic")
+    with pytest.raises(AudioError, match=f"sample rate {rate} Hz"):
+        compute_fbank(np.zeros(rate // 10, dtype=np.float32), rate)
+
+
+def test_non_positive_rates_are_refused() -> None:
+    with pytest.raises(AudioError, match="sample rates must be > 0"):
+        resample(np.zeros(10, dtype=np.float32), 0, 16000)
