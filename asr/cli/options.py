@@ -16,6 +16,7 @@ import torch
 
 from asr.checkpoints.selection import WeightSelection
 from asr.package import METADATA_FILE
+from asr.runtime.streaming import DEFAULT_MAX_LEFT_SECONDS
 
 __all__ = [
     "add_checkpoint_arguments",
@@ -120,14 +121,23 @@ def add_search_arguments(parser: argparse.ArgumentParser, searcher_default: str,
 
 
 def add_streaming_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--chunk-size N`` and ``--left-chunks N``: the chunking of a streaming decode (``asr
-    transcribe --streaming``, ``asr serve``), as WeNet's ``--chunk_size`` and
-    ``--num_decoding_left_chunks``; by default the package's own."""
+    """``--chunk-size N``, ``--left-chunks N`` and ``--max-left-seconds S``: the chunking of a
+    streaming decode (``asr transcribe --streaming``, ``asr serve``), as WeNet's
+    ``--chunk_size`` and ``--num_decoding_left_chunks``; by default the package's own. The
+    bound of ``-1`` is checked by :class:`asr.runtime.streaming.StreamingRecognizer`."""
     parser.add_argument("--chunk-size", type=int, default=None, metavar="N",
                         help="streaming: encoder frames per chunk, > 0 (default: the package's)")
     parser.add_argument("--left-chunks", type=int, default=None, metavar="N",
                         help="streaming: chunks of left context; -1 (any negative) keeps every earlier frame "
-                             "(memory and time grow with the stream) (default: the package's)")
+                             "up to --max-left-seconds (default: the package's)")
+    parser.add_argument("--max-left-seconds", type=float, default=None, metavar="S",
+                        help="streaming with --left-chunks -1: the most left context a chunk "
+                             "sees, in whole chunks (at least one); a stream of at most that "
+                             "plus one chunk decodes as with unlimited context, past it its "
+                             "context slides (each chunk sees the last S seconds, as "
+                             "--left-chunks S/chunk would) so its memory and time stop growing; "
+                             "inf: no bound, memory and time grow with the stream (default: "
+                             f"{DEFAULT_MAX_LEFT_SECONDS:g})")
 
 
 def check_experiment_dir(exp_dir: str | Path, must_exist: bool = True) -> None:

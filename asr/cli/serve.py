@@ -79,10 +79,11 @@ def run(args: argparse.Namespace) -> int:
     endpoint = EndpointConfig(enabled=not args.no_endpoint)
     try:
         if args.engine == "sherpa-onnx":
-            if args.chunk_size is not None or args.left_chunks is not None:
+            if (args.chunk_size is not None or args.left_chunks is not None
+                    or args.max_left_seconds is not None):
                 raise ValueError("--engine sherpa-onnx: the chunking is fixed in the exported "
                                  "graphs (asr export-onnx --streaming --chunk-size/--left-chunks"
-                                 "); drop --chunk-size and --left-chunks")
+                                 "); drop --chunk-size, --left-chunks and --max-left-seconds")
             if args.searcher or args.search_overrides:
                 logger.warning("asr serve: --engine sherpa-onnx runs its greedy search; "
                                "search options are ignored")
@@ -93,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
             model = load_model(args.model, device=args.device, search=args.search_overrides)
             recognizer = model.streaming_recognizer(args.searcher, endpoint=endpoint,
                                                     chunk_size=args.chunk_size,
-                                                    left_chunks=args.left_chunks)
+                                                    left_chunks=args.left_chunks,
+                                                    max_left_seconds=args.max_left_seconds)
     except PackageError as err:
         logger.error("asr serve: cannot load model package: %s", err)
         return 2

@@ -174,9 +174,10 @@ def run(args: argparse.Namespace) -> int:
     if files.count("-") > 1:
         logger.error("asr transcribe: '-' (stdin) can be given only once")
         return 2
-    if not args.streaming and (args.chunk_size is not None or args.left_chunks is not None):
-        logger.error("asr transcribe: --chunk-size and --left-chunks set the streaming chunking: "
-                     "add --streaming")
+    if not args.streaming and (args.chunk_size is not None or args.left_chunks is not None
+                               or args.max_left_seconds is not None):
+        logger.error("asr transcribe: --chunk-size, --left-chunks and --max-left-seconds set the "
+                     "streaming chunking: add --streaming")
         return 2
     if args.format in ("srt", "vtt") and len(files) > 1 and not args.output_dir:
         logger.error("asr transcribe: --format %s with several inputs needs --output-dir",
@@ -201,7 +202,8 @@ def run(args: argparse.Namespace) -> int:
             model.searcher(args.searcher, args.hotwords)
         if args.streaming:  # a searcher that does not stream (or bias) fails here
             recognizer = model.streaming_recognizer(args.searcher, chunk_size=args.chunk_size,
-                                                    left_chunks=args.left_chunks)
+                                                    left_chunks=args.left_chunks,
+                                                    max_left_seconds=args.max_left_seconds)
             if args.hotwords is not None:
                 recognizer.hotword_graph(args.hotwords)
     except PackageError as err:
@@ -217,6 +219,7 @@ def run(args: argparse.Namespace) -> int:
             window_seconds=args.window_seconds, overlap_seconds=args.overlap_seconds,
             progress=progress, on_error="return", searcher=args.searcher,
             hotwords=args.hotwords, chunk_size=args.chunk_size, left_chunks=args.left_chunks,
+            max_left_seconds=args.max_left_seconds,
         )
     except (AudioError, ValueError, KeyError) as err:
         logger.error("asr transcribe: %s", err)

@@ -16,6 +16,11 @@ produced by one call form one chunk (they see each other), plus the valid cached
 The attention cache holds the last ``l * c`` encoder frames of each layer. With unlimited left
 context (``l < 0``, WeNet's ``num_decoding_left_chunks=-1``) it holds every earlier frame and
 grows with the stream: memory and the cost of a chunk grow linearly with the stream's length.
+``init_state(..., max_left_chunks=m)`` bounds that growth: the cache grows as before up to
+``m * c`` frames and then slides (the last ``m * c`` kept). A stream of at most ``(m + 1) * c``
+encoder frames is then exactly the unlimited one, and any stream fed one chunk per call is
+exactly ``forward(..., chunk_size=c, left_chunks=m)``; only the memory differs from starting
+with ``left_chunks=m``: a young stream's cache holds its own frames, not ``m * c`` slots.
 Streams of different ages still share a batch: their caches are left-padded to the longest
 (:func:`asr.state.stack_states` pads the ragged key/value fields) and the padding is masked by
 ``attn_cache_len``; each call trims the batch's caches to the longest valid one, and
@@ -68,6 +73,9 @@ class EncoderState:
         cache_limit: the most attention frames cached, ``left_chunks * chunk_size``, or None
             for unlimited left context (the cache grows; C is the batch's longest cache).
             Only states with the same limit stack.
+        growth_limit: with a growing cache (``cache_limit`` None), the most frames it grows to
+            (``max_left_chunks * chunk_size``), past which it slides; None: it grows for as
+            long as the stream lives. Only states with the same limit stack.
     """
 
     subsampling: SubsamplingState
@@ -75,6 +83,7 @@ class EncoderState:
     attn_cache_len: Tensor = state_field(batch_dim=0)
     processed_frames: Tensor = state_field(batch_dim=0)
     cache_limit: int | None
+    growth_limit: int | None = None
 
 
 class StreamingLayer(Protocol):
@@ -215,21 +224,36 @@ class ChunkedEncoder(nn.Module):
         dtype: torch.dtype = torch.float32,
         left_chunks: int | None = None,
         chunk_size: int | None = None,
+        max_left_chunks: int | None = None,
     ) -> EncoderState:
         """State of fresh streams caching ``left_chunks * chunk_size`` attention frames, or with
         ``left_chunks < 0`` every earlier frame (a cache that grows with the stream).
 
+        Args:
+            batch_size: B.
+            device, dtype: of the caches.
+            left_chunks, chunk_size: the chunking (default: the config's).
+            max_left_chunks: with ``left_chunks < 0``, the most chunks the growing cache keeps
+                (past them it slides, see the module doc); None: no bound. Ignored with a
+                bounded ``left_chunks``.
+
         Raises:
             ValueError: when the chunking is not streamable (no chunks, or a non-causal
-                convolution).
+                convolution), or ``max_left_chunks < 1``.
         """
         chunk_size = self.cfg.chunk_size if chunk_size is None else chunk_size
         left_chunks = self.cfg.left_chunks if left_chunks is None else left_chunks
         problem = self.streaming_problem(self.cfg, chunk_size, left_chunks)
         if problem is not None:
             raise ValueError(problem)
+        if max_left_chunks is not None and max_left_chunks < 1:
+            raise ValueError(f"max_left_chunks must be >= 1 (or None: no bound), got "
+                             f"{max_left_chunks}")
         device = torch.device(device)
         cache_limit = left_chunks * chunk_size if left_chunks >= 0 else None
+        growth_limit = None
+        if cache_limit is None and max_left_chunks is not None:
+            growth_limit = max_left_chunks * chunk_size
         cache_size = cache_limit if cache_limit is not None else 0
         zeros = torch.zeros(batch_size, dtype=torch.long, device=device)
         return EncoderState(
@@ -240,6 +264,7 @@ class ChunkedEncoder(nn.Module):
             attn_cache_len=zeros,
             processed_frames=zeros.clone(),
             cache_limit=cache_limit,
+            growth_limit=growth_limit,
         )
 
     def frames_needed(self, state: EncoderState, chunk_size: int | None = None) -> Tensor:
@@ -272,8 +297,11 @@ class ChunkedEncoder(nn.Module):
         layer_states = state.layers
         if state.cache_limit is None:
             # Room for every valid frame after this call (the layers roll their caches within
-            # it), and no more: padding from streams stacked with older ones is dropped.
+            # it), and no more: padding from streams stacked with older ones is dropped. A
+            # growth limit caps it: the oldest frames then roll out as from a bounded cache.
             cache_size = int((state.attn_cache_len + num_new).max()) if num_new.numel() else 0
+            if state.growth_limit is not None:
+                cache_size = min(cache_size, state.growth_limit)
             layer_states = tuple(_resize_cache(s, cache_size) for s in layer_states)
         else:
             cache_size = state.cache_limit
@@ -294,6 +322,7 @@ class ChunkedEncoder(nn.Module):
             attn_cache_len=(state.attn_cache_len + num_new).clamp(max=cache_size),
             processed_frames=state.processed_frames + num_new,
             cache_limit=state.cache_limit,
+            growth_limit=state.growth_limit,
         )
         return x, num_new, new_state
 

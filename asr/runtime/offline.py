@@ -134,9 +134,11 @@ class Transcriber:
         endpoint: EndpointConfig | None = None,
         chunk_size: int | None = None,
         left_chunks: int | None = None,
+        max_left_seconds: float | None = None,
     ) -> StreamingRecognizer:
         """A :class:`asr.runtime.streaming.StreamingRecognizer` on the same runtime."""
-        return StreamingRecognizer(self.runtime, searcher, endpoint, chunk_size, left_chunks)
+        return StreamingRecognizer(self.runtime, searcher, endpoint, chunk_size, left_chunks,
+                                   max_left_seconds)
 
     # ------------------------------------------------------------------------- input
 
@@ -173,6 +175,7 @@ class Transcriber:
         hotwords: HotwordsSpec = None,
         chunk_size: int | None = None,
         left_chunks: int | None = None,
+        max_left_seconds: float | None = None,
     ) -> list[TranscriptionResult | FailedInput]:
         """Transcribes files, encoded bytes or waveforms.
 
@@ -197,6 +200,9 @@ class Transcriber:
             chunk_size, left_chunks: the streaming chunking (encoder frames per chunk, chunks
                 of left context, -1 every earlier frame); default the package's. Only with
                 ``streaming``.
+            max_left_seconds: with ``left_chunks`` -1, the most left context a chunk sees
+                (default 30 s; ``math.inf``: no bound; see
+                :class:`asr.runtime.streaming.StreamingRecognizer`). Only with ``streaming``.
 
         Raises:
             asr.decoding.context_graph.HotwordError: for phrases the tokenizer cannot spell (a
@@ -206,11 +212,13 @@ class Transcriber:
         Returns:
             One :class:`asr.results.TranscriptionResult` (or ``FailedInput``) per input, in order.
         """
-        if not streaming and (chunk_size is not None or left_chunks is not None):
-            raise ValueError("chunk_size and left_chunks set the streaming chunking: pass "
-                             "streaming=True")
+        if not streaming and (chunk_size is not None or left_chunks is not None
+                              or max_left_seconds is not None):
+            raise ValueError("chunk_size, left_chunks and max_left_seconds set the streaming "
+                             "chunking: pass streaming=True")
         recognizer = (self.streaming_recognizer(searcher, chunk_size=chunk_size,
-                                                left_chunks=left_chunks)
+                                                left_chunks=left_chunks,
+                                                max_left_seconds=max_left_seconds)
                       if streaming else None)
         context = None
         if recognizer is not None and hotwords is not None:  # bad phrases fail before any audio

@@ -10,10 +10,19 @@ different positions share the batch, and each gets exactly what it would get dec
 A stream is *ready* when it holds the feature frames of its next full chunk
 (``encoder.frames_needed``: ``4c + 3`` at the start, ``4c`` afterwards), or when its input has
 ended and frames (or the final result) are left. Feeding exactly one chunk per step keeps
-streaming equal to the offline forward under the same chunk mask. With unlimited left context
-(``left_chunks`` -1) each stream's encoder state caches all its earlier frames: it grows with
-the stream (until the stream ends; an endpoint resets only the search), and streams of
-different ages share a batch, their caches padded to the longest.
+streaming equal to the offline forward under the same chunk mask.
+
+Unlimited left context (``left_chunks`` -1, WeNet's ``num_decoding_left_chunks=-1``): each
+stream's encoder state caches its earlier frames, so its memory and the cost of its chunks grow
+with it, and an endpoint resets only the search (the encoder keeps its context across segments).
+``max_left_seconds`` (default :data:`DEFAULT_MAX_LEFT_SECONDS`, the offline transcriber's window;
+``math.inf``: no bound) bounds it: ``m = floor(max_left_seconds / (chunk_size * frame_seconds))``
+chunks. A stream of at most ``m + 1`` chunks decodes exactly as with unlimited left context;
+past them its left context slides (logged once per stream): each chunk sees the last ``m``
+chunks, exactly the offline forward with ``left_chunks=m``, and the cache stays at ``m``
+chunks. (WeNet's runtime instead drops the whole encoder cache at each endpoint, and
+sherpa-onnx's streaming transducers keep fixed-size caches, as ``left_chunks`` >= 0 does here.)
+Streams of different ages share a batch, their caches padded to the longest.
 
 Endpointing (:mod:`asr.runtime.endpoint`): after ``decode``, a caller checks
 :meth:`~StreamingRecognizer.is_endpoint`; on an endpoint it calls
@@ -38,6 +47,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,9 +67,20 @@ from asr.runtime.endpoint import EndpointConfig, detect_endpoint
 from asr.state import stack_states, unstack_states
 from asr.types import Hypothesis
 
-__all__ = ["Stream", "StreamingRecognizer", "transcribe_streaming"]
+__all__ = [
+    "DEFAULT_MAX_LEFT_SECONDS",
+    "Stream",
+    "StreamingRecognizer",
+    "left_context_bound",
+    "transcribe_streaming",
+]
 
 logger = logging.getLogger(__name__)
+
+#: Default bound (seconds) on the left context of unlimited left context (``left_chunks`` -1):
+#: the window of the offline transcriber (``window_seconds``), so a stream never sees more
+#: context than an offline window does, and an hour-long stream keeps 30 s of cache, not 1 h.
+DEFAULT_MAX_LEFT_SECONDS = 30.0
 
 _EMPTY = Hypothesis(tokens=())
 
@@ -116,8 +137,16 @@ class StreamingRecognizer:
         endpoint: endpoint rules.
         chunk_size: encoder frames per chunk (default: the encoder config's).
         left_chunks: chunks of left context (default: the encoder config's); -1 keeps every
-            earlier frame, so a stream's memory and the cost of its chunks grow with its length
-            (:mod:`asr.encoders.chunked`).
+            earlier frame, up to ``max_left_seconds`` (:mod:`asr.encoders.chunked`).
+        max_left_seconds: with ``left_chunks`` -1, the most left context a chunk sees, in
+            seconds (whole chunks, at least one); past it a stream's left context slides (see
+            the module doc). None: :data:`DEFAULT_MAX_LEFT_SECONDS`; ``math.inf``: no bound (a
+            stream's memory and the cost of its chunks grow with its length). Ignored with a
+            bounded ``left_chunks``.
+
+    Raises:
+        ValueError: a chunking that does not stream, or a ``max_left_seconds`` that is not a
+            positive number of seconds, or (with ``left_chunks`` -1) is shorter than one chunk.
     """
 
     def __init__(
@@ -127,6 +156,7 @@ class StreamingRecognizer:
         endpoint: EndpointConfig | None = None,
         chunk_size: int | None = None,
         left_chunks: int | None = None,
+        max_left_seconds: float | None = None,
     ) -> None:
         self.runtime = runtime
         self.encoder = runtime.model.encoder
@@ -140,6 +170,12 @@ class StreamingRecognizer:
         self._ids = itertools.count()
         self.encoder.init_state(1, runtime.device, left_chunks=self.left_chunks,
                                 chunk_size=self.chunk_size)  # fails early if not streamable
+        self.max_left_seconds = _positive_seconds(
+            DEFAULT_MAX_LEFT_SECONDS if max_left_seconds is None else max_left_seconds)
+        #: The chunks a stream's growing cache keeps (None: bounded left_chunks, or no bound).
+        self.max_left_chunks = (
+            left_context_bound(self.max_left_seconds, self.chunk_size * self.frame_seconds)
+            if self.left_chunks < 0 else None)
 
     @property
     def sample_rate(self) -> int:
@@ -180,7 +216,8 @@ class StreamingRecognizer:
             fbank=OnlineFbank(self.runtime.fbank, self.runtime.extractor),
             feats=torch.zeros(0, self.runtime.fbank.num_mel_bins),
             encoder_state=self.encoder.init_state(
-                1, self.runtime.device, left_chunks=self.left_chunks, chunk_size=self.chunk_size
+                1, self.runtime.device, left_chunks=self.left_chunks, chunk_size=self.chunk_size,
+                max_left_chunks=self.max_left_chunks,
             ),
             search_state=self._search_state(context),
             context=context,
@@ -309,8 +346,20 @@ class StreamingRecognizer:
             stream.feats = stream.feats[taken:]
             stream.encoder_state = enc_states[i]
             stream.search_state = search_states[i]
+            self._note_sliding(stream, int(num_new))
             stream.frames_decoded += int(num_new)
             stream.hypothesis = partials[i]
+
+    def _note_sliding(self, stream: Stream, num_new: int) -> None:
+        """Logs the step after which ``stream``'s growing cache first drops a frame."""
+        if self.max_left_chunks is None:
+            return
+        limit = self.max_left_chunks * self.chunk_size
+        if stream.frames_decoded <= limit < stream.frames_decoded + num_new:
+            logger.info(
+                "stream %d: past %.2f s its left context slides (left_chunks -1 bounded by "
+                "max_left_seconds %g): each chunk sees the last %d chunks", stream.id,
+                limit * self.frame_seconds, self.max_left_seconds, self.max_left_chunks)
 
     # ------------------------------------------------------------------------- results
 
@@ -356,6 +405,35 @@ class StreamingRecognizer:
         stream.search_state = self._search_state(stream.context)
         stream.hypothesis = _EMPTY
         return final
+
+
+def left_context_bound(max_left_seconds: float, chunk_seconds: float) -> int | None:
+    """The whole chunks of ``chunk_seconds`` that fit in ``max_left_seconds`` (None for
+    ``math.inf``: no bound).
+
+    Raises:
+        ValueError: ``max_left_seconds`` not a positive number, or shorter than one chunk.
+    """
+    seconds = _positive_seconds(max_left_seconds)
+    if math.isinf(seconds):
+        return None
+    chunks = math.floor(seconds / chunk_seconds + 1e-9)  # 0.48 / 0.16 is 2.9999999999999996
+    if chunks < 1:
+        raise ValueError(f"max_left_seconds (--max-left-seconds) {seconds:g} is shorter than "
+                         f"one chunk ({chunk_seconds:g} s): give at least {chunk_seconds:g}")
+    return chunks
+
+
+def _positive_seconds(max_left_seconds: float) -> float:
+    """``max_left_seconds`` as a float > 0 (``inf`` included); ValueError otherwise."""
+    try:
+        seconds = float(max_left_seconds)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if isinstance(max_left_seconds, bool) or not seconds > 0:
+        raise ValueError(f"max_left_seconds (--max-left-seconds) must be a positive number of "
+                         f"seconds (inf: no bound), got {max_left_seconds!r}")
+    return seconds
 
 
 def transcribe_streaming(

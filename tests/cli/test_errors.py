@@ -107,6 +107,12 @@ def test_a_streaming_chunking_the_server_cannot_use(beam_package):
     code, [line] = _asr("serve", "--model", beam_package, "--port", "0", "--engine",
                         "sherpa-onnx", "--left-chunks", "-1")
     assert code == 2 and "the chunking is fixed in the exported graphs" in line
+    code, [line] = _asr("serve", "--model", beam_package, "--port", "0", "--engine",
+                        "sherpa-onnx", "--max-left-seconds", "5")
+    assert code == 2 and "drop --chunk-size, --left-chunks and --max-left-seconds" in line
+    code, [line] = _asr("serve", "--model", beam_package, "--port", "0", "--left-chunks", "-1",
+                        "--max-left-seconds", "-3")
+    assert code == 2 and "(--max-left-seconds) must be a positive number of seconds" in line
 
 
 def test_a_text_file_that_is_not_utf8_is_named(tmp_path):

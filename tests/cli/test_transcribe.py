@@ -340,7 +340,8 @@ def test_streaming_hotwords_options(tiny, audio_dir, tmp_path, capsys, caplog):
 
 def test_streaming_chunking_options_reach_the_recognizer(tiny, audio_dir, capsys, monkeypatch):
     """--chunk-size/--left-chunks (WeNet's --chunk_size/--num_decoding_left_chunks) choose the
-    streaming chunking; -1 keeps every earlier frame; the text is the Python API's."""
+    streaming chunking; -1 keeps every earlier frame up to --max-left-seconds; the text is the
+    Python API's."""
     import asr
     import asr.runtime.offline as offline
 
@@ -349,22 +350,35 @@ def test_streaming_chunking_options_reach_the_recognizer(tiny, audio_dir, capsys
 
     def spy(*args, **kwargs):
         recognizer = real(*args, **kwargs)
-        made.append((recognizer.chunk_size, recognizer.left_chunks))
+        made.append((recognizer.chunk_size, recognizer.left_chunks, recognizer.max_left_chunks))
         return recognizer
 
     monkeypatch.setattr(offline, "StreamingRecognizer", spy)
     files = [audio_dir / f"utt{i}.wav" for i in range(len(tiny.texts))]
     code, out, _ = _run([*files, "--model", tiny.package_dir, "--streaming", "--chunk-size", 2,
                          "--left-chunks", -1], capsys)
-    assert code == 0 and made and set(made) == {(2, -1)}
+    assert code == 0 and made and set(made) == {(2, -1, 375)}  # 30 s of 0.08 s chunks
     model = asr.load_model(tiny.package_dir)
     expected = model.transcribe(files, streaming=True, chunk_size=2, left_chunks=-1)
+    assert out.splitlines() == [f"{f}\t{r.text}" for f, r in zip(files, expected)]
+    made.clear()
+    code, out, _ = _run([*files, "--model", tiny.package_dir, "--streaming", "--chunk-size", 2,
+                         "--left-chunks", -1, "--max-left-seconds", "0.5"], capsys)
+    assert code == 0 and made and set(made) == {(2, -1, 6)}
+    expected = model.transcribe(files, streaming=True, chunk_size=2, left_chunks=-1,
+                                max_left_seconds=0.5)
     assert out.splitlines() == [f"{f}\t{r.text}" for f, r in zip(files, expected)]
 
 
 @pytest.mark.parametrize("options, message", [
     (["--chunk-size", "2"], "add --streaming"),
     (["--streaming", "--chunk-size", "0"], "chunk_size"),
+    (["--max-left-seconds", "5"], "add --streaming"),
+    (["--streaming", "--max-left-seconds", "0"], "--max-left-seconds) must be a positive"),
+    (["--streaming", "--left-chunks", "-1", "--max-left-seconds", "nan"],
+     "--max-left-seconds) must be a positive"),
+    (["--streaming", "--chunk-size", "2", "--left-chunks", "-1", "--max-left-seconds", "0.05"],
+     "--max-left-seconds) 0.05 is shorter than one chunk (0.08 s)"),
 ])
 def test_bad_streaming_chunking_is_a_clear_error(tiny, audio_dir, capsys, caplog, options,
                                                  message):

@@ -35,12 +35,15 @@ def _batch(lens: list[int]):
     return feats, torch.tensor(lens)
 
 
-def _stream(encoder, feats, lens, chunk_size, left_chunks, start_delay=None):
+def _stream(encoder, feats, lens, chunk_size, left_chunks, start_delay=None, on_step=None,
+            **state_options):
     """Feeds each stream ``frames_needed`` frames per call; stream b joins after start_delay[b]
-    calls. Returns per-stream concatenated outputs and the final state."""
+    calls; ``on_step(state)`` sees the state after each call. Returns per-stream concatenated
+    outputs and the final state."""
     batch = feats.shape[0]
     delay = torch.tensor(start_delay or [0] * batch)
-    state = encoder.init_state(batch, left_chunks=left_chunks, chunk_size=chunk_size)
+    state = encoder.init_state(batch, left_chunks=left_chunks, chunk_size=chunk_size,
+                               **state_options)
     pos = torch.zeros(batch, dtype=torch.long)
     outs = [[] for _ in range(batch)]
     for step in range(1000):
@@ -54,6 +57,8 @@ def _stream(encoder, feats, lens, chunk_size, left_chunks, start_delay=None):
         chunk = feats.gather(1, idx[:, :, None].expand(-1, -1, FEAT_DIM))
         out, out_lens, state = encoder.forward_chunk(chunk, count, state)
         assert out_lens.tolist() == [min(n, chunk_size) for n in out_lens.tolist()]
+        if on_step is not None:
+            on_step(state)
         for b in range(batch):
             outs[b].append(out[b, : out_lens[b]])
         pos += count
@@ -237,6 +242,35 @@ def test_unlimited_left_context_streams_of_any_age_regrouped_equal_full(kind):
         streamed = torch.cat(outs[b])
         assert streamed.shape[0] == full_lens[b] and states[b].attn_cache_len.item() == full_lens[b]
         torch.testing.assert_close(streamed, full[b, : full_lens[b]], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_growth_limited_unlimited_cache_stays_bounded_and_slides_as_left_chunks(kind):
+    """left_chunks=-1 with max_left_chunks=m: the cache grows to m chunks and no further,
+    however long the stream. A stream of at most m + 1 chunks equals the unlimited forward;
+    any stream equals the forward with left_chunks=m (streams of different ages batched)."""
+    chunk, m = 2, 3
+    encoder = _encoder(kind)
+    # 150 input frames -> 36 encoder frames (18 chunks, far past m); 35 -> 8 = (m + 1) chunks
+    feats, lens = _batch([150, 35, 120])
+    unlimited, full_lens = encoder(feats, lens, chunk_size=chunk, left_chunks=-1)
+    windowed, _ = encoder(feats, lens, chunk_size=chunk, left_chunks=m)
+    assert full_lens[1] == (m + 1) * chunk
+    sizes = []
+    streamed, state = _stream(encoder, feats, lens, chunk, -1, start_delay=[0, 5, 2],
+                              on_step=lambda s: sizes.append(s.layers[0].key.shape[2]),
+                              max_left_chunks=m)
+    assert state.cache_limit is None and state.growth_limit == m * chunk
+    assert max(sizes) == m * chunk and sizes[:3] == [2, 4, 6]  # grows, then stays
+    assert state.attn_cache_len.tolist() == [m * chunk] * 3
+    for b in range(3):
+        torch.testing.assert_close(streamed[b], windowed[b, : full_lens[b]], atol=1e-5, rtol=0)
+    torch.testing.assert_close(streamed[1], unlimited[1, : full_lens[1]], atol=1e-5, rtol=0)
+    assert not torch.allclose(streamed[0], unlimited[0, : full_lens[0]], atol=1e-3)
+    with pytest.raises(ValueError, match="max_left_chunks"):
+        encoder.init_state(1, left_chunks=-1, chunk_size=chunk, max_left_chunks=0)
+    with pytest.raises(ValueError, match="growth_limit"):  # only states of one limit stack
+        stack_states([state, encoder.init_state(1, left_chunks=-1, chunk_size=chunk)])
 
 
 def test_unstreamable_settings_are_rejected():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -148,6 +151,73 @@ def test_a_waiting_stream_keeps_only_its_own_cache(unlimited_model):
         for cache in (layer.key, layer.value):
             assert cache.shape[2] == 2
             assert cache.untyped_storage().nbytes() == cache.numel() * cache.element_size()
+
+
+def _encoder_run(recognizer, wave: np.ndarray, piece: int = 1000):
+    """Decodes ``wave`` alone; returns every encoder frame the searcher was given, (T', D), and
+    the stream's largest key/value cache (frames) after each decode."""
+    frames, sizes, step = [], [], recognizer.searcher.step
+
+    def recording_step(enc, enc_lens, state):
+        frames.append(enc[0, : int(enc_lens[0])].clone())
+        return step(enc, enc_lens, state)
+
+    recognizer.searcher.step = recording_step
+    stream = recognizer.new_stream()
+    for begin in range(0, wave.shape[0], piece):
+        recognizer.accept_waveform(stream, wave[begin: begin + piece], 16000)
+        if begin + piece >= wave.shape[0]:
+            recognizer.input_finished(stream)
+        while recognizer.is_ready(stream):
+            recognizer.decode([stream])
+            sizes.append(max(cache.shape[2] for layer in stream.encoder_state.layers
+                             for cache in (layer.key, layer.value)))
+    assert stream.done
+    return torch.cat(frames), sizes
+
+
+def test_unlimited_left_context_is_bounded_by_max_left_seconds(unlimited_model, caplog):
+    """left_chunks -1 with max_left_seconds 0.5 (6 chunks of 0.08 s): a long stream's cache
+    grows to 6 chunks and stays there (it grew with the stream: 100 frames after 4 s); it
+    decodes exactly as left_chunks 6, and a stream within the bound (at most 7 chunks) exactly
+    as with no bound. When a stream's context starts to slide is logged, once."""
+    quiet = EndpointConfig(enabled=False)
+    bounded = unlimited_model.streaming_recognizer(endpoint=quiet, max_left_seconds=0.5)
+    unbounded = unlimited_model.streaming_recognizer(endpoint=quiet, max_left_seconds=math.inf)
+    windowed = unlimited_model.streaming_recognizer(endpoint=quiet, left_chunks=6)
+    assert (bounded.max_left_chunks, unbounded.max_left_chunks) == (6, None)
+    rng = np.random.default_rng(5)
+    long = (rng.standard_normal(64000) * 0.1).astype(np.float32)  # 4 s: 100 encoder frames
+    with caplog.at_level(logging.INFO, logger="asr.runtime.streaming"):
+        frames, sizes = _encoder_run(bounded, long)
+    slides = [r for r in caplog.records if "left context slides" in r.getMessage()]
+    assert len(slides) == 1 and "last 6 chunks" in slides[0].getMessage()
+    assert frames.shape[0] == 99 and sizes[:3] == [2, 4, 6] and max(sizes) == sizes[-1] == 12
+    all_frames, all_sizes = _encoder_run(unbounded, long)
+    assert all_sizes[-1] == 99
+    torch.testing.assert_close(frames, _encoder_run(windowed, long)[0], atol=1e-5, rtol=0)
+    assert not torch.allclose(frames[20:], all_frames[20:], atol=1e-3)
+    short = long[:9000]  # 13 encoder frames, within 7 chunks
+    frames, sizes = _encoder_run(bounded, short)
+    assert frames.shape[0] == 13 and max(sizes) == 12
+    assert torch.equal(frames, _encoder_run(unbounded, short)[0])
+
+
+def test_max_left_seconds_default_and_errors(unlimited_model, transducer_model):
+    """By default a left_chunks -1 stream keeps 30 s (375 chunks of 0.08 s); a bounded
+    left_chunks needs no bound. A bound that is not a positive number of seconds, or shorter
+    than one chunk, is an error naming the option."""
+    assert unlimited_model.streaming_recognizer().max_left_chunks == 375
+    assert transducer_model.streaming_recognizer(max_left_seconds=0.01).max_left_chunks is None
+    for bad in (0, -1.0, math.nan, "x", True):
+        for model in (unlimited_model, transducer_model):
+            with pytest.raises(ValueError, match=r"max_left_seconds \(--max-left-seconds\) "
+                                                 r"must be a positive number"):
+                model.streaming_recognizer(max_left_seconds=bad)
+    with pytest.raises(ValueError, match=r"0.05 is shorter than one chunk \(0.08 s\)"):
+        unlimited_model.streaming_recognizer(max_left_seconds=0.05)
+    with pytest.raises(ValueError, match="max_left_seconds set the streaming chunking"):
+        unlimited_model.transcribe([np.zeros(1600, np.float32)], max_left_seconds=5)
 
 
 @pytest.fixture(scope="session")
