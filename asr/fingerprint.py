@@ -1,7 +1,9 @@
 """Fingerprints of made outputs: what a BPE model, an n-gram LM or a Shar directory was made from.
 
 A maker (``asr bpe``, ``asr lm``, ``asr shar``) describes what it makes an output from as a
-JSON-ready mapping: digests of its inputs' content and every option that changes the output.
+JSON-ready mapping: digests of its inputs' content (for data files too large to read on every
+rerun, their size and modification time: :func:`file_states`) and every option that changes
+the output.
 :func:`write_fingerprint` keeps that mapping beside the output, in ``<output>.fingerprint.json``,
 and a rerun asks :func:`is_current` whether the output may be reused: only while the stored
 fingerprint equals the one the rerun would write. Otherwise the output is made again, with a
@@ -18,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,8 +29,9 @@ from asr.fileio import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FINGERPRINT_SUFFIX", "fingerprint_path", "is_current", "sha256_of_file",
-           "sha256_of_files", "sha256_of_texts", "write_fingerprint"]
+__all__ = ["FINGERPRINT_SUFFIX", "file_states", "fingerprint_path", "is_current",
+           "read_fingerprint", "sha256_of_file", "sha256_of_files", "sha256_of_texts",
+           "write_fingerprint"]
 
 FINGERPRINT_SUFFIX = ".fingerprint.json"
 
@@ -72,6 +76,34 @@ def sha256_of_files(paths: Iterable[str | Path]) -> dict[str, str]:
         if path.is_file():
             digests[path.name] = sha256_of_file(path)
     return digests
+
+
+def file_states(paths: Iterable[str]) -> dict[str, list[int] | None]:
+    """Path -> ``[size in bytes, modification time in ns]`` of each of ``paths`` (``None`` for
+    one that cannot be stat'ed): what says that a data file too large to hash on every rerun
+    is still the one an output was made from. A rewrite changes its time (and usually its
+    size); one that keeps both to the nanosecond (a copy with preserved times, ``touch -r``)
+    goes unseen."""
+    states: dict[str, list[int] | None] = {}
+    for path in paths:
+        try:
+            stat = os.stat(path)
+        except OSError:
+            states[path] = None
+        else:
+            states[path] = [stat.st_size, stat.st_mtime_ns]
+    return states
+
+
+def read_fingerprint(output: str | Path) -> dict[str, Any] | None:
+    """The fingerprint stored beside ``output``, or ``None`` when there is none or it is not a
+    readable JSON mapping (a maker that needs it to know what to check, e.g. which data files,
+    then treats the output as stale, as :func:`is_current` does)."""
+    try:
+        stored = json.loads(fingerprint_path(output).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return stored if isinstance(stored, dict) else None
 
 
 def _normal(fingerprint: Mapping[str, Any]) -> dict[str, Any]:

@@ -10,8 +10,10 @@ import logging
 import pytest
 
 from asr.fingerprint import (
+    file_states,
     fingerprint_path,
     is_current,
+    read_fingerprint,
     sha256_of_files,
     sha256_of_texts,
     write_fingerprint,
@@ -59,3 +61,22 @@ def test_digests_are_those_of_the_content(tmp_path):
         sha256_of_files([tmp_path / "bpe.model", tmp_path / "bpe.model"])
     write_fingerprint(tmp_path / "bpe.model", {"b": 1, "a": [1, 2]})
     assert json.loads(fingerprint_path(tmp_path / "bpe.model").read_text()) == {"a": [1, 2], "b": 1}
+
+
+def test_file_states_and_reading_a_stored_fingerprint(tmp_path) -> None:
+    """The size and time of data files (None for one that is gone), and a stored fingerprint
+    read back as a mapping, or None when it is missing or not a JSON mapping."""
+    import os
+
+    data = tmp_path / "feats.lca"
+    data.write_bytes(b"12345")
+    os.utime(data, ns=(1, 1_700_000_000_123_456_789))
+    assert file_states([str(data), str(tmp_path / "gone")]) == {
+        str(data): [5, 1_700_000_000_123_456_789], str(tmp_path / "gone"): None}
+    out = tmp_path / "shar"
+    assert read_fingerprint(out) is None
+    write_fingerprint(out, {"shard_size": 2, "fields": ("features",)})
+    assert read_fingerprint(out) == {"shard_size": 2, "fields": ["features"]}
+    for junk in ("[1, 2]", "{not json", "\udcff"):
+        fingerprint_path(out).write_text(junk, errors="surrogateescape")
+        assert read_fingerprint(out) is None

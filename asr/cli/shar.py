@@ -11,7 +11,9 @@ Examples::
 Train from it with ``--set data.train_shar_dirs=[data/shar/train]`` (see :mod:`asr.data.shar`).
 The manifests are concatenated in the order given; shuffling happens per epoch when training.
 Run again, it keeps the directory while its fingerprint (``<output-dir>.fingerprint.json``) says
-it was made from the same cuts, fields and shard size, and writes it again otherwise.
+it was made from the same manifest bytes, data files (size and modification time), fields and
+shard size, and writes it again otherwise; that check parses no cut (see
+:func:`asr.data.shar.export_shar` for the one change it cannot see).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import argparse
 import logging
 from pathlib import Path
 
-from asr.data.dataset import load_cuts
 from asr.data.shar import export_shar
 
 logger = logging.getLogger(__name__)
@@ -67,8 +68,7 @@ def parse_fields(pairs: list[str]) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     try:
         fields = parse_fields(args.fields)
-        cuts = load_cuts(Path.cwd(), [str(p) for p in args.cuts])  # absolute paths stay as they are
-        written = export_shar(cuts, args.output_dir, fields, args.shard_size, args.num_jobs)
+        written = export_shar(args.cuts, args.output_dir, fields, args.shard_size, args.num_jobs)
     except (OSError, ValueError) as err:
         logger.error("asr shar: %s", err)
         return 2

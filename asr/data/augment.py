@@ -33,13 +33,14 @@ import copy
 import hashlib
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from asr.data.config import FreqWarpConfig
+from asr.data.filtering import allowed_speeds
 from asr.features.fbank import FbankConfig
 
 __all__ = ["FrequencyWarp", "NoiseMixing", "SpeedPerturbation", "UtteranceSpecAugment",
@@ -223,8 +224,10 @@ class SpeedPerturbation:
     The factor of a cut is drawn from a hash of ``(seed, epoch, cut id)``: every rank sees the
     same durations (its sampler forms the same batches), and an epoch's factors do not depend on
     DataLoader workers or on batches skipped at resumption. The original (factor 1) and each of
-    ``factors`` are equally likely. Perturbed cuts keep their id and transcript; their stored
-    features are dropped (they no longer match), as features are computed on the fly.
+    ``factors`` are equally likely, except for a cut that the training filter kept at only some
+    of them (:func:`asr.data.filtering.allowed_speeds`): it is drawn among those, equally likely.
+    Perturbed cuts keep their id and transcript; their stored features are dropped (they no
+    longer match), as features are computed on the fly.
 
     Args:
         seed: the data seed.
@@ -240,14 +243,24 @@ class SpeedPerturbation:
         """Draws the factors of ``epoch`` from now on."""
         self.epoch = epoch
 
-    def factor(self, cut_id: str) -> float:
-        """The speed factor of ``cut_id`` in the current epoch."""
+    def factor(self, cut_id: str, allowed: Sequence[float] | None = None) -> float:
+        """The speed factor of ``cut_id`` in the current epoch, drawn among the ``allowed``
+        ones (``None``: 1 and every one of ``factors``).
+
+        Raises:
+            ValueError: naming the cut when none of the allowed factors is among those.
+        """
         choices = (1.0, *self.factors)
+        if allowed is not None:
+            choices = tuple(f for f in choices if f in allowed)
+            if not choices:
+                raise ValueError(f"cut {cut_id!r} may be trained only at speeds {list(allowed)}, "
+                                 f"none of which speed perturbation draws (1, {self.factors})")
         return choices[draw_seed(self.seed, self.epoch, cut_id) % len(choices)]
 
     def __call__(self, cut):
         """The cut at its factor (the cut itself at factor 1)."""
-        factor = self.factor(cut.id)
+        factor = self.factor(cut.id, allowed_speeds(cut))
         if factor == 1.0:
             return cut
         return cut.drop_features().perturb_speed(factor, affix_id=False)

@@ -144,14 +144,15 @@ class DataConfig:
             per cut and epoch) of training cuts, before they are batched (batches hold at most
             ``max_duration`` s of perturbed audio); needs ``on_the_fly_feats`` because
             perturbing drops stored features. The training cuts' filter judges each cut at all
-            three speeds (:mod:`asr.data.filtering`).
+            three speeds and keeps it at those it passes at, which alone are drawn for it (a 19 s
+            cut under a 20 s ``max_cut_duration``: 1.0 and 1.1; :mod:`asr.data.filtering`).
         spec_augment: SpecAugment settings.
         freq_warp: vocal tract length perturbation of the features (before SpecAugment).
         noise: additive noise settings.
-        min_cut_duration: training cuts shorter than this (seconds; at any speed
-            ``speed_perturb`` may draw) are dropped.
-        max_cut_duration: training cuts longer than this (seconds; at any speed
-            ``speed_perturb`` may draw) are dropped.
+        min_cut_duration: training cuts shorter than this (seconds) are dropped; with
+            ``speed_perturb`` a cut is trained only at the speeds that keep it in range.
+        max_cut_duration: training cuts longer than this (seconds) are dropped; with
+            ``speed_perturb`` likewise.
         seed: seed of the sampler shuffling and of the data augmentation RNGs.
         fbank: feature options (the same ones streaming inference uses).
     """

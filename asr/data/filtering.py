@@ -7,10 +7,14 @@ gives an infinite or meaningless loss. Empty transcripts and durations outside a
 too. Each reason is counted, logged and returned so a caller can report it.
 
 On-the-fly speed perturbation (:class:`asr.data.augment.SpeedPerturbation`) trains a cut at a
-speed drawn anew each epoch, after filtering: a cut sped up by 1.1 has ~10 % fewer frames. Given
-the speeds a cut may be drawn at (``speed_factors``), the filter judges every one of them and
-keeps a cut only when all pass: the fastest speed gives its fewest frames and shortest duration,
-the slowest its longest duration. Otherwise a kept cut could reach the loss without an alignment.
+speed drawn anew each epoch, after filtering: a cut sped up by 1.1 has ~10 % fewer frames, one
+slowed to 0.9 lasts ~11 % longer. Given the speeds a cut may be drawn at (``speed_factors``), the
+filter judges each of them and keeps a cut that passes at one at least, as icefall keeps each
+passing one of its stored perturbed copies: a 19 s cut under a 20 s limit is trained at 1.0 and
+1.1 but never at 0.9 (21.1 s). A cut that passes at only some speeds carries them in its custom
+field ``speed_factors`` (:func:`allowed_speeds`), and the perturbation draws among them alone, so
+no drawn speed can take a kept cut out of range or give it more tokens than frames. A cut that
+fails at every speed is dropped and counted once, under its reason at the first speed judged.
 
 Lazy CutSets: :func:`filter_cuts` makes one counting pass over the cuts (reading the manifest and
 tokenizing once), then returns ``cuts.filter(...)``, which stays lazy for a lazy input (the check
@@ -19,6 +23,7 @@ is redone, without counting, when it is iterated); eager inputs give an eager re
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,8 +31,11 @@ from typing import Protocol
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FilterStats", "TextEncoder", "check_sample_rates", "cut_files", "drop_reason",
-           "filter_cuts"]
+__all__ = ["SPEEDS_FIELD", "FilterStats", "TextEncoder", "allowed_speeds", "check_sample_rates",
+           "cut_files", "drop_reason", "filter_cuts"]
+
+#: The custom field of a cut kept at only some of the speeds it was judged at: those speeds.
+SPEEDS_FIELD = "speed_factors"
 
 
 class TextEncoder(Protocol):
@@ -41,14 +49,16 @@ class FilterStats:
     """How many cuts :func:`filter_cuts` kept and dropped, per reason.
 
     Attributes:
-        kept: cuts kept.
+        kept: cuts kept (at one speed factor at least).
         empty_text: dropped: transcript empty (or encoding to no tokens).
-        too_short: dropped: duration below ``min_duration`` (at some speed factor).
-        too_long: dropped: duration above ``max_duration`` (at some speed factor).
-        too_many_tokens: dropped: more tokens than encoder frames (at some speed factor).
+        too_short: dropped: duration below ``min_duration`` (at the first speed factor, and
+            some check failed at each of the others).
+        too_long: dropped: duration above ``max_duration`` (likewise).
+        too_many_tokens: dropped: more tokens than encoder frames (likewise).
         with_unk: kept, but with text the tokenizer encodes as ``<unk>`` (characters it never
             saw, e.g. lower case for an upper-case BPE model); counted for encoders with an
             ``unk_id``, not dropped.
+        some_speeds: kept, but only at some of the speed factors (they are drawn among those).
     """
 
     kept: int = 0
@@ -57,6 +67,7 @@ class FilterStats:
     too_long: int = 0
     too_many_tokens: int = 0
     with_unk: int = 0
+    some_speeds: int = 0
 
     @property
     def dropped(self) -> int:
@@ -114,6 +125,23 @@ def _lengths(cut, factor: float, frame_shift: float) -> tuple[float, int]:
     return duration, compute_num_frames(duration, frame_shift, cut.sampling_rate)
 
 
+def allowed_speeds(cut) -> tuple[float, ...] | None:
+    """The speed factors :func:`filter_cuts` kept ``cut`` at, when it passed at only some of
+    those it judged (its custom field ``speed_factors``); ``None``: any speed."""
+    speeds = (cut.custom or {}).get(SPEEDS_FIELD)
+    return None if speeds is None else tuple(speeds)
+
+
+def _with_speeds(cut, speeds: tuple[float, ...]):
+    """A copy of ``cut`` whose custom field ``speed_factors`` is ``speeds`` (the cut is shared
+    with the caller's CutSet, so it is not changed in place)."""
+    if hasattr(cut, "with_custom"):
+        return cut.with_custom(SPEEDS_FIELD, list(speeds))
+    marked = copy.deepcopy(cut)  # a MixedCut keeps custom fields in its first track's cut
+    setattr(marked, SPEEDS_FIELD, list(speeds))
+    return marked
+
+
 def drop_reason(
     cut,
     encoder: TextEncoder,
@@ -124,37 +152,58 @@ def drop_reason(
     speed_factors: tuple[float, ...] = (1.0,),
 ) -> str | None:
     """Why ``cut`` should be dropped ("empty_text", "too_short", "too_long",
-    "too_many_tokens"), or ``None`` to keep it. Arguments as in :func:`filter_cuts`."""
+    "too_many_tokens"), or ``None`` to keep it (it passes at one of ``speed_factors`` at least).
+    Arguments as in :func:`filter_cuts`."""
     return _judge(cut, encoder, output_length, min_duration, max_duration, frame_shift,
-                  speed_factors)[0]
+                  tuple(speed_factors)).reason
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """What the filter makes of one cut.
+
+    Attributes:
+        reason: why it is dropped (at the first speed judged), ``None`` when it is kept.
+        tokens: its token ids; empty when it was dropped before encoding.
+        speeds: the speed factors it passes at, in the order judged (empty when dropped).
+    """
+
+    reason: str | None
+    tokens: list[int]
+    speeds: tuple[float, ...]
 
 
 def _judge(cut, encoder: TextEncoder, output_length: Callable[[int], int], min_duration: float,
            max_duration: float, frame_shift: float, speed_factors: tuple[float, ...]
-           ) -> tuple[str | None, list[int], float]:
-    """(:func:`drop_reason`, the cut's token ids: empty when it was dropped before encoding,
-    the speed factor at which it failed: 1.0 when it passed or failed at every speed)."""
+           ) -> _Verdict:
+    """Every check at each of ``speed_factors`` (the text is encoded only for a speed whose
+    duration is in range)."""
     text = cut_text(cut)
     if not text:
-        return "empty_text", [], 1.0
-    lengths = {factor: _lengths(cut, factor, frame_shift) for factor in speed_factors}
-    for factor, (duration, _) in lengths.items():
+        return _Verdict("empty_text", [], ())
+    tokens: list[int] | None = None
+    reasons: dict[float, str | None] = {}
+    for factor in speed_factors:
+        duration, frames = _lengths(cut, factor, frame_shift)
         if duration < min_duration:
-            return "too_short", [], factor
-        if duration > max_duration:
-            return "too_long", [], factor
-    tokens = encoder.encode(text)
-    if len(tokens) == 0:
-        return "empty_text", tokens, 1.0
-    for factor, (_, frames) in lengths.items():
-        if len(tokens) > output_length(frames):
-            return "too_many_tokens", tokens, factor
-    return None, tokens, 1.0
+            reasons[factor] = "too_short"
+        elif duration > max_duration:
+            reasons[factor] = "too_long"
+        else:
+            if tokens is None:
+                tokens = encoder.encode(text)
+                if len(tokens) == 0:
+                    return _Verdict("empty_text", tokens, ())
+            reasons[factor] = "too_many_tokens" if len(tokens) > output_length(frames) else None
+    speeds = tuple(factor for factor, why in reasons.items() if why is None)
+    return _Verdict(None if speeds else reasons[speed_factors[0]], tokens or [], speeds)
 
 
 @dataclass(frozen=True)
 class _Keep:
-    """Picklable predicate (lazy CutSets may be sent to DataLoader workers)."""
+    """Picklable map of a cut to itself, to itself marked with the speeds it is kept at
+    (:func:`allowed_speeds`), or to ``None`` when it is dropped; lazy CutSets may be sent to
+    DataLoader workers."""
 
     encoder: TextEncoder
     output_length: Callable[[int], int]
@@ -163,14 +212,27 @@ class _Keep:
     frame_shift: float
     speed_factors: tuple[float, ...]
 
-    def judge(self, cut) -> tuple[str | None, list[int], float]:
+    def judge(self, cut) -> _Verdict:
         return _judge(
             cut, self.encoder, self.output_length, self.min_duration, self.max_duration,
             self.frame_shift, self.speed_factors,
         )
 
-    def __call__(self, cut) -> bool:
-        return self.judge(cut)[0] is None
+    def mark(self, cut, speeds: tuple[float, ...]):
+        """``cut`` with ``speeds`` recorded when they are not all it was judged at (or when it
+        already carries a record, which may be stale)."""
+        if speeds != self.speed_factors or allowed_speeds(cut) is not None:
+            return _with_speeds(cut, speeds)
+        return cut
+
+    def __call__(self, cut):
+        speeds = self.judge(cut).speeds
+        return self.mark(cut, speeds) if speeds else _with_speeds(cut, ())
+
+
+def _is_kept(cut) -> bool:
+    """Whether a cut mapped by :class:`_Keep` was kept (a dropped one has no speed)."""
+    return allowed_speeds(cut) != ()
 
 
 def filter_cuts(
@@ -197,8 +259,9 @@ def filter_cuts(
             Shar reader with its data fields, while ``cuts`` reads only the Shar manifests):
             counted on ``cuts``, the filter is returned on ``apply_to``.
         speed_factors: the speeds a cut may be trained at (on-the-fly speed perturbation,
-            :func:`asr.data.dataset.speed_factors`); a cut is kept only when every check passes
-            at each of them (module docstring). Each dropped cut is counted once.
+            :func:`asr.data.dataset.speed_factors`); a cut is kept when every check passes at
+            one of them at least, and marked with those it passes at when they are not all
+            (:func:`allowed_speeds`; module docstring). Each dropped cut is counted once.
 
     Returns:
         ``(kept_cuts, stats)``; see the module docstring for laziness.
@@ -211,36 +274,44 @@ def filter_cuts(
     speed_factors = tuple(speed_factors)
     keep = _Keep(encoder, output_length, min_duration, max_duration, frame_shift, speed_factors)
     counts = {"kept": 0, "empty_text": 0, "too_short": 0, "too_long": 0, "too_many_tokens": 0,
-              "with_unk": 0}
+              "with_unk": 0, "some_speeds": 0}
     examples: dict[str, str] = {}
     unk_id = getattr(encoder, "unk_id", None)
     kept = []
+    speeds_text = "/".join(f"{f:g}" for f in sorted(speed_factors))
     for cut in cuts:
-        why, tokens, factor = keep.judge(cut)
-        if why is None:
+        verdict = keep.judge(cut)
+        if verdict.speeds:
             counts["kept"] += 1
             if not cuts.is_lazy:
-                kept.append(cut)
-            if unk_id is not None and unk_id in tokens:
+                kept.append(keep.mark(cut, verdict.speeds))
+            if unk_id is not None and unk_id in verdict.tokens:
                 counts["with_unk"] += 1
                 examples.setdefault("with_unk", f"{cut.id}: {cut_text(cut)[:80]!r}")
+            if verdict.speeds != speed_factors:
+                counts["some_speeds"] += 1
+                examples.setdefault("some_speeds", f"{cut.id} at speed " + "/".join(
+                    f"{f:g}" for f in sorted(verdict.speeds)))
         else:
-            counts[why] += 1
-            examples.setdefault(why, cut.id if factor == 1.0 else f"{cut.id} at speed {factor:g}")
+            counts[verdict.reason] += 1
+            examples.setdefault(verdict.reason, cut.id if len(speed_factors) == 1 else
+                                f"{cut.id} at every speed {speeds_text}")
     stats = FilterStats(**counts)
     for why, example in examples.items():
         if why == "with_unk":
             logger.warning("%d kept cuts have text the tokenizer encodes as <unk> (characters it "
                            "was not trained on), e.g. %s", counts[why], example)
+        elif why == "some_speeds":
+            logger.info("%d cuts kept at only the speeds they pass at, e.g. %s", counts[why],
+                        example)
         else:
             logger.warning("dropped %d cuts: %s (e.g. %s)", counts[why], why, example)
-    speeds = "" if speed_factors == (1.0,) else (
-        " judged at each speed " + "/".join(f"{f:g}" for f in sorted(speed_factors)))
+    speeds = "" if speed_factors == (1.0,) else f" judged at each speed {speeds_text}"
     logger.info("kept %d of %d cuts (dropped %d)%s", stats.kept, stats.total, stats.dropped, speeds)
     if apply_to is not None:
-        return apply_to.filter(keep), stats
+        return apply_to.map(keep).filter(_is_kept), stats
     if cuts.is_lazy:
-        return cuts.filter(keep), stats
+        return cuts.map(keep).filter(_is_kept), stats
     from lhotse import CutSet
 
     return CutSet.from_cuts(kept), stats

@@ -10,8 +10,9 @@ archive per utterance, which is what large corpora on network or spinning storag
   under a temporary name renamed at the end, so an interrupted export leaves no half directory.
   The temporary directory is locked while it is written: a second export of the same directory
   fails at once instead of sharing it (and publishing the other one's half-written shards).
-  Its fingerprint (:mod:`asr.fingerprint`) records the cuts and options it was made from: run
-  again, it keeps a directory made from the same ones and replaces one made from others.
+  Its fingerprint (:mod:`asr.fingerprint`) records the manifests (their sha256), the data files
+  (size and modification time) and the options it was made from: run again, it keeps a
+  directory made from the same ones and replaces one made from others, without parsing a cut.
 * :class:`SharCuts` reads one or more such directories as ONE lazy CutSet whose shards are
   shuffled together with the seed ``seed + epoch`` (:meth:`SharCuts.set_epoch`, called by the
   trainer at the start of every epoch, so a resumed epoch sees the same shard order as the
@@ -26,18 +27,23 @@ shard's bytes but decodes only its own batches' data.
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import re
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from asr.data.dataset import DataError
+from asr.data.dataset import DataError, load_cuts
 from asr.data.filtering import cut_files
 from asr.fileio import publish_directory
-from asr.fingerprint import is_current, sha256_of_texts, write_fingerprint
+from asr.fingerprint import (
+    file_states,
+    is_current,
+    read_fingerprint,
+    sha256_of_file,
+    write_fingerprint,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,23 +53,32 @@ _SHARD = re.compile(r"^(?P<field>[A-Za-z_][A-Za-z0-9_]*)\.(?P<index>\d+)\.(jsonl
 
 
 def export_shar(
-    cuts,
+    manifests: Sequence[str | Path],
     output_dir: str | Path,
     fields: Mapping[str, str],
     shard_size: int = 1000,
     num_jobs: int = 1,
     progress: bool = True,
 ) -> dict[str, list[str]]:
-    """Writes ``cuts`` and their data as Lhotse Shar shards into ``output_dir``.
+    """Writes the cuts of ``manifests`` (concatenated in order) and their data as Lhotse Shar
+    shards into ``output_dir``.
 
-    An existing ``output_dir`` is kept while its fingerprint (``<output_dir>.fingerprint.json``:
-    the sha256 of the cuts' JSON, their number, ``fields`` and ``shard_size``) equals this call's;
-    a Shar directory made from other cuts or options, or without a fingerprint, is written again
-    and then replaces it. ``num_jobs`` and ``progress`` are not recorded (they change how the
-    shards are written, not what from).
+    An existing ``output_dir`` is kept while its fingerprint (``<output_dir>.fingerprint.json``)
+    says it was made from the same manifests (the sha256 of each file's bytes, in order), the
+    same ``fields`` and ``shard_size``, and the same data files: each local file holding the
+    data of ``fields`` (feature archives, audio files) has the size and modification time it
+    had when the shards were made (and, when a manifest names one by a relative path, the
+    working directory is the same). Deciding that reads each manifest's bytes once and stats
+    the data files, without parsing a cut. What it cannot see: a data file rewritten with the
+    same size and modification time to the nanosecond (a copy that preserves times), data
+    behind something other than a local path (audio URLs and commands, the arks a Kaldi scp
+    names). A Shar directory made from other manifests, data or options, or without a
+    fingerprint, is written again and then replaces it. ``num_jobs`` and ``progress`` are not
+    recorded (they change how the shards are written, not what from).
 
     Args:
-        cuts: a lhotse CutSet whose cuts have the data named in ``fields``.
+        manifests: lhotse cut manifests (``.jsonl.gz``) whose cuts have the data in ``fields``;
+            data paths in them are relative to the working directory.
         output_dir: the Shar directory to create, keep or replace.
         fields: data field -> format: ``{"features": "lilcom" | "numpy"}`` (stored fbank) and/or
             ``{"recording": "flac" | "wav"}`` (audio, for on-the-fly features).
@@ -75,9 +90,10 @@ def export_shar(
         field -> written (or kept) shard paths (``"cuts"`` included).
 
     Raises:
-        FileExistsError: when ``output_dir`` holds anything but Shar shards (it is not replaced).
-        ValueError: on an empty CutSet or a cut without a requested field (naming the cut), or
-            a shard_size or num_jobs below 1.
+        FileNotFoundError: naming a missing manifest; or when ``output_dir`` holds anything but
+            Shar shards (it is not replaced).
+        ValueError: on no manifest, a file that is no cut manifest, no cut at all or a cut
+            without a requested field (naming the cut), or a shard_size or num_jobs below 1.
         DataError: naming the first cut whose data cannot be read and its files (storage
             paths in the manifests are relative to the directory they were written from, so
             run from there). Nothing is left behind on an error.
@@ -95,26 +111,15 @@ def export_shar(
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     if num_jobs < 1:
         raise ValueError(f"num_jobs must be >= 1, got {num_jobs}")
-    checks = {"features": "has_features", "recording": "has_recording"}
-    count = 0
-
-    def checked(cut) -> str:
-        """The cut as JSON, once it has every field to write."""
-        nonlocal count
-        count += 1
-        for field in fields:
-            attribute = checks.get(field)
-            if attribute is not None and not getattr(cut, attribute):
-                raise ValueError(f"cut {cut.id!r} has no {field} to write to Shar")
-        return json.dumps(cut.to_dict(), sort_keys=True)
-
-    cuts_sha256 = sha256_of_texts(checked(cut) for cut in cuts)
-    if count == 0:
-        raise ValueError("export_shar: the CutSet is empty")
-    made_from = {"cuts_sha256": cuts_sha256, "num_cuts": count, "fields": dict(fields),
-                 "shard_size": shard_size}
-    if is_current(output_dir, made_from):
+    cuts = load_cuts(Path.cwd(), [str(m) for m in manifests])  # absolute paths stay as they are
+    made_from = {"manifests_sha256": [sha256_of_file(m) for m in manifests],
+                 "fields": dict(fields), "shard_size": shard_size}
+    if is_current(output_dir, {**made_from, **_recorded_data_now(output_dir, made_from)}):
         return {field: [str(p) for p in paths] for field, paths in shar_fields(output_dir).items()}
+    count, files = _check_cuts(cuts, fields)
+    made_from["data_files"] = file_states(sorted(files))  # before the export reads them
+    if any(not os.path.isabs(f) for f in files):
+        made_from["cwd"] = str(Path.cwd())
     tmp = output_dir.with_name(output_dir.name + ".tmp")
     lock = _claim_staging(tmp, output_dir)
     try:
@@ -142,6 +147,63 @@ def export_shar(
         field: [str(output_dir / Path(path).name) for path in paths]
         for field, paths in written.items()
     }
+
+
+def _recorded_data_now(output_dir: Path, made_from: Mapping[str, object]) -> dict[str, object]:
+    """The data entries (``data_files``, ``cwd``) of ``output_dir``'s stored fingerprint as
+    they are now, when it was made from the manifests of ``made_from`` (whose cuts then name
+    the same files); as stored otherwise (the manifests alone make it stale)."""
+    stored = read_fingerprint(output_dir) or {}
+    data = {key: stored[key] for key in ("data_files", "cwd") if key in stored}
+    if (stored.get("manifests_sha256") == made_from["manifests_sha256"]
+            and isinstance(data.get("data_files"), dict)):
+        data["data_files"] = file_states(data["data_files"])
+        if "cwd" in data:
+            data["cwd"] = str(Path.cwd())
+    return data
+
+
+def _check_cuts(cuts, fields: Mapping[str, str]) -> tuple[int, set[str]]:
+    """(number of cuts, the local files holding their ``fields``' data), once every cut has
+    each field.
+
+    Raises:
+        ValueError: naming a cut without a field, or when there is no cut.
+    """
+    checks = {"features": "has_features", "recording": "has_recording"}
+    count = 0
+    files: set[str] = set()
+    for cut in cuts:
+        count += 1
+        for field in fields:
+            attribute = checks.get(field)
+            if attribute is not None and not getattr(cut, attribute):
+                raise ValueError(f"cut {cut.id!r} has no {field} to write to Shar")
+        files.update(_data_files(cut, fields))
+    if count == 0:
+        raise ValueError("export_shar: the CutSet is empty")
+    return count, files
+
+
+def _data_files(cut, fields: Mapping[str, str]) -> Iterator[str]:
+    """The local paths holding the data of ``fields`` of ``cut`` (of each track of a mixed cut):
+    a feature archive or a per-cut feature file, audio files. Data kept in the manifest itself
+    (``memory_*`` storage) or read otherwise (audio URLs and commands) has none."""
+    tracks = getattr(cut, "tracks", None)
+    if tracks is not None:
+        for track in tracks:
+            yield from _data_files(track.cut, fields)
+        return
+    features = getattr(cut, "features", None)
+    if "features" in fields and features is not None:
+        kind = features.storage_type
+        if kind.endswith("_files"):
+            yield str(Path(features.storage_path) / features.storage_key)
+        elif not kind.startswith("memory") and kind != "shar":
+            yield str(features.storage_path)
+    recording = getattr(cut, "recording", None)
+    if "recording" in fields and recording is not None:
+        yield from (source.source for source in recording.sources if source.type == "file")
 
 
 def _claim_staging(tmp: Path, output_dir: Path) -> int:

@@ -107,8 +107,8 @@ def spread_subset(cuts: CutSet, count: int) -> CutSet:
 def _filter_or_fail(cfg: ExperimentConfig, model: ASRModel, cuts, tokenizer: Tokenizer,
                     where: str, what: str, apply_to=None, train: bool = False):
     """``filter_cuts`` with the data config's limits and the encoder's length rule; ``train``
-    cuts are judged at every speed on-the-fly perturbation can give them. An error naming
-    ``where`` if no cut is left."""
+    cuts are judged at every speed on-the-fly perturbation can give them (and kept, marked, at
+    those they pass at). An error naming ``where`` if no cut is left."""
     kept, stats = filter_cuts(
         cuts, tokenizer, model.encoder.output_length, min_duration=cfg.data.min_cut_duration,
         max_duration=cfg.data.max_cut_duration, frame_shift=cfg.data.fbank.frame_shift,

@@ -219,13 +219,15 @@ def test_training_filter_keeps_no_cut_that_a_drawn_speed_makes_infeasible(prepar
                                                                           tmp_path) -> None:
     """Speed perturbation happens after filtering: a cut with as many tokens as encoder frames
     at speed 1 passed the training filter, then reached the loss with more tokens than frames
-    in every epoch that drew 1.1 for it. The filter now judges the frames each speed gives,
-    exactly as many as the on-the-fly features of the perturbed cut have."""
+    in every epoch that drew 1.1 for it. The filter judges the frames each speed gives, exactly
+    as many as the on-the-fly features of the perturbed cut have; such a cut was then dropped
+    although 1.0 and 0.9 suit it, and is now kept and never drawn at 1.1."""
     from types import SimpleNamespace
 
     from lhotse.utils import compute_num_frames, fastcopy
 
     from asr.data.epochs import EpochBatches
+    from asr.data.filtering import allowed_speeds
     from asr.experiment import ExperimentConfig
     from asr.run.train import _load_filtered
 
@@ -243,14 +245,22 @@ def test_training_filter_keeps_no_cut_that_a_drawn_speed_makes_infeasible(prepar
     model = SimpleNamespace(encoder=SimpleNamespace(output_length=subsampled_length))
     kept = _load_filtered(ExperimentConfig(data=data), model, data.train_cuts, CharEncoder(),
                           "training", train=True)
-    assert sorted(c.id for c in kept) == sorted(c.id for c in cuts[4:])
+    assert {c.id: allowed_speeds(c) for c in kept} == {
+        **{c.id: (1.0, 0.9) for c in cuts[:4]}, **{c.id: None for c in cuts[4:]}}
+    by_id = {c.id: c for c in kept}
+    frames_at_1 = {c.id: compute_num_frames(c.duration, 0.01, 16000) for c in kept}
     batches = EpochBatches(kept, data, CharEncoder())
-    speeds = set()
+    speed = batches.loader.dataset.speed_perturbation
+    speeds, tight_speeds = set(), set()
     for epoch in range(1, 5):
         for batch in batches(epoch, 0):
             assert torch.all(batch.token_lens <= subsampled_length(batch.feat_lens)), batch.cut_ids
-            speeds |= {batches.loader.dataset.speed_perturbation.factor(i) for i in batch.cut_ids}
-    assert speeds == {0.9, 1.0, 1.1}
+            drawn = {i: speed.factor(i, allowed_speeds(by_id[i])) for i in batch.cut_ids}
+            for i, frames in zip(batch.cut_ids, batch.feat_lens.tolist()):  # as drawn
+                assert abs(frames_at_1[i] / drawn[i] / frames - 1) < 0.02
+            speeds |= set(drawn.values())
+            tight_speeds |= {drawn[c.id] for c in cuts[:4] if c.id in drawn}
+    assert speeds == {0.9, 1.0, 1.1} and tight_speeds == {0.9, 1.0}
 
 
 def _write_noise_cuts(tmp_path) -> Path:

@@ -9,7 +9,8 @@ from lhotse import CutSet, MonoCut, Recording, SupervisionSegment
 from lhotse.audio import AudioSource
 from librispeech_tree import CharEncoder
 
-from asr.data.filtering import FilterStats, filter_cuts
+from asr.data.augment import SpeedPerturbation, draw_seed
+from asr.data.filtering import SPEEDS_FIELD, FilterStats, allowed_speeds, filter_cuts
 from asr.encoders.subsampling import subsampled_length
 
 
@@ -82,26 +83,70 @@ def test_text_outside_the_tokenizer_is_counted_and_logged(caplog) -> None:
     assert "lower: 'hello'" in caplog.text
 
 
-def test_speed_factors_judge_every_speed_a_cut_can_be_drawn_at(caplog) -> None:
-    """On-the-fly speed perturbation draws 0.9, 1.0 or 1.1 per cut and epoch, after filtering:
-    each check must hold at each speed (1.1: fewest frames, shortest; 0.9: longest)."""
+def test_a_cut_is_kept_at_the_speeds_it_passes_at_and_dropped_if_it_passes_at_none(
+        caplog) -> None:
+    """On-the-fly speed perturbation draws 0.9, 1.0 or 1.1 per cut and epoch, after filtering.
+    The filter dropped every cut that failed at ONE speed (all cuts over ~18 s under a 20 s
+    limit), where icefall's stored copies keep the speeds that pass; now such a cut is kept and
+    marked with its passing speeds, and only a cut that fails at all of them is dropped."""
     cuts = CutSet.from_cuts([
         _cut("ok", 1.0, "HELLO"),
         # 100 frames -> 24 encoder frames; at 1.1 0.909 s, 91 frames -> 22 < 23 tokens
         _cut("fast-text", 1.0, "A" * 23),
         _cut("fast-short", 0.52, "A"),  # 0.473 s at 1.1 < 0.5
-        _cut("slow-long", 18.5, "A"),  # 20.56 s at 0.9 > 20
+        _cut("slow-long", 19.0, "A"),  # 21.1 s at 0.9 > 20, 17.3 s at 1.1
+        # 24 encoder frames at 1.0, 27 at 0.9 (1.111 s), 22 at 1.1: < 28 tokens at every speed
+        _cut("text-everywhere", 1.0, "A" * 28),
+        _cut("long-everywhere", 23.0, "A"),  # 20.9 s at 1.1
     ])
     kept, stats = filter_cuts(cuts, CharEncoder(), subsampled_length, min_duration=0.5,
                               max_duration=20.0)
-    assert stats == FilterStats(kept=4)  # at speed 1 alone every cut passes
+    assert stats == FilterStats(kept=4, too_many_tokens=1, too_long=1)  # speed 1 alone
+    assert all(allowed_speeds(c) is None for c in kept)
     with caplog.at_level(logging.INFO):
         kept, stats = filter_cuts(cuts, CharEncoder(), subsampled_length, min_duration=0.5,
                                   max_duration=20.0, speed_factors=(1.0, 0.9, 1.1))
-    assert [c.id for c in kept] == ["ok"]
-    assert stats == FilterStats(kept=1, too_short=1, too_long=1, too_many_tokens=1)
-    assert "too_many_tokens (e.g. fast-text at speed 1.1)" in caplog.text
-    assert "too_long (e.g. slow-long at speed 0.9)" in caplog.text
-    assert "kept 1 of 4 cuts (dropped 3) judged at each speed 0.9/1/1.1" in caplog.text
+    assert {c.id: allowed_speeds(c) for c in kept} == {
+        "ok": None, "fast-text": (1.0, 0.9), "fast-short": (1.0, 0.9), "slow-long": (1.0, 1.1)}
+    assert stats == FilterStats(kept=4, too_many_tokens=1, too_long=1, some_speeds=3)
+    assert "too_many_tokens (e.g. text-everywhere at every speed 0.9/1/1.1)" in caplog.text
+    assert "too_long (e.g. long-everywhere at every speed 0.9/1/1.1)" in caplog.text
+    assert "3 cuts kept at only the speeds they pass at, e.g. fast-text at speed 0.9/1" in \
+        caplog.text
+    assert "kept 4 of 6 cuts (dropped 2) judged at each speed 0.9/1/1.1" in caplog.text
+    assert not any(c.custom for c in cuts)  # the caller's cuts are left as they were
     with pytest.raises(ValueError, match="speed_factors must be > 0"):
         filter_cuts(cuts, CharEncoder(), subsampled_length, speed_factors=(1.0, 0.0))
+
+
+def test_lazy_filter_marks_the_same_speeds_and_a_stale_mark_is_replaced(tmp_path) -> None:
+    """A lazy CutSet (a Shar reader: ``apply_to``) is filtered and marked on every pass as the
+    counting pass found; a cut that arrives with a mark of its own gets the filter's."""
+    cuts = CutSet.from_cuts([_cut("ok", 1.0, "HELLO").with_custom(SPEEDS_FIELD, [0.9]),
+                             _cut("slow-long", 19.0, "A"), _cut("never", 23.0, "A")])
+    cuts.to_file(tmp_path / "cuts.jsonl.gz")
+    lazy = CutSet.from_jsonl_lazy(tmp_path / "cuts.jsonl.gz")
+    for apply_to in (None, CutSet.from_jsonl_lazy(tmp_path / "cuts.jsonl.gz")):
+        kept, stats = filter_cuts(lazy, CharEncoder(), subsampled_length, max_duration=20.0,
+                                  speed_factors=(1.0, 0.9, 1.1), apply_to=apply_to)
+        assert kept.is_lazy and stats == FilterStats(kept=2, too_long=1, some_speeds=1)
+        for _ in range(2):
+            assert {c.id: allowed_speeds(c) for c in kept} == {
+                "ok": (1.0, 0.9, 1.1), "slow-long": (1.0, 1.1)}
+
+
+def test_a_marked_cut_is_drawn_only_at_its_speeds() -> None:
+    """A 19 s cut kept under a 20 s limit is trained at 1.0 and 1.1, never at 0.9; an unmarked
+    cut keeps the draws it always had (seed, epoch and cut id alone)."""
+    (long,), _ = filter_cuts(CutSet.from_cuts([_cut("slow-long", 19.0, "A")]), CharEncoder(),
+                             subsampled_length, max_duration=20.0, speed_factors=(1.0, 0.9, 1.1))
+    speed = SpeedPerturbation(7, (0.9, 1.1))
+    drawn, durations = set(), set()
+    for epoch in range(1, 41):
+        speed.set_epoch(epoch)
+        drawn.add(speed.factor(long.id, allowed_speeds(long)))
+        durations.add(round(speed(long).duration, 2))
+        assert speed.factor("plain") == (1.0, 0.9, 1.1)[draw_seed(7, epoch, "plain") % 3]
+    assert drawn == {1.0, 1.1} and durations == {19.0, 17.27}
+    with pytest.raises(ValueError, match=r"cut 'x' may be trained only at speeds \[1.2\]"):
+        speed.factor("x", (1.2,))

@@ -4,13 +4,14 @@ from Shar equal to batches from the manifests."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from lhotse import CutSet
+from lhotse import CutSet, MonoCut
 from librispeech_tree import CharEncoder
 
 from asr.data.config import DataConfig
@@ -22,10 +23,17 @@ def _train_cuts(prepared: dict) -> CutSet:
     return CutSet.from_file(prepared["fbank"]["train-clean-5"])
 
 
+def _written(cuts, directory: Path) -> Path:
+    """``cuts`` written as the manifest ``directory/cuts.jsonl.gz`` (export_shar reads files)."""
+    CutSet.from_cuts(cuts).to_file(directory / "cuts.jsonl.gz")
+    return directory / "cuts.jsonl.gz"
+
+
 @pytest.fixture(scope="module")
 def shar_dir(prepared, tmp_path_factory):
     out = tmp_path_factory.mktemp("shar") / "train"
-    written = export_shar(_train_cuts(prepared), out, {"features": "numpy"}, shard_size=2)
+    written = export_shar([prepared["fbank"]["train-clean-5"]], out, {"features": "numpy"},
+                          shard_size=2)
     assert sorted(written) == ["cuts", "features"] and len(written["cuts"]) == 4
     return out
 
@@ -44,7 +52,8 @@ def test_export_round_trip_keeps_ids_order_and_features(prepared, shar_dir):
 
 def test_export_audio_for_on_the_fly_features(prepared, tmp_path):
     cuts = CutSet.from_file(prepared["manifests"]["dev-clean-2"])
-    export_shar(cuts, tmp_path / "audio", {"recording": "flac"}, shard_size=10)
+    export_shar([prepared["manifests"]["dev-clean-2"]], tmp_path / "audio", {"recording": "flac"},
+                shard_size=10)
     read = list(SharCuts([tmp_path / "audio"], "recording", shuffle=True, seed=1).cuts)
     assert [c.id for c in read] == [c.id for c in cuts]
     for a, b in zip(cuts, read):
@@ -55,11 +64,12 @@ def test_export_and_read_errors_name_what_is_wrong(prepared, shar_dir, tmp_path)
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "notes.txt").write_text("mine")  # not a Shar directory: never replaced
     with pytest.raises(FileExistsError, match=r"data exists and is not a Shar directory .*notes"):
-        export_shar(_train_cuts(prepared), tmp_path / "data", {"features": "numpy"})
+        export_shar([prepared["fbank"]["train-clean-5"]], tmp_path / "data", {"features": "numpy"})
     assert (tmp_path / "data" / "notes.txt").read_text() == "mine"
-    no_feats = CutSet.from_file(prepared["manifests"]["dev-clean-2"])
     with pytest.raises(ValueError, match=r"cut '.*' has no features"):
-        export_shar(no_feats, tmp_path / "x", {"features": "lilcom"})
+        export_shar([prepared["manifests"]["dev-clean-2"]], tmp_path / "x", {"features": "lilcom"})
+    with pytest.raises(FileNotFoundError, match=r"cut manifest .*nowhere.jsonl.gz does not exist"):
+        export_shar([tmp_path / "nowhere.jsonl.gz"], tmp_path / "x", {"features": "lilcom"})
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.tmp").exists()
     with pytest.raises(FileNotFoundError, match="does not exist"):
         SharCuts([tmp_path / "missing"], "features", shuffle=False, seed=0)
@@ -80,20 +90,103 @@ def test_a_rerun_keeps_shards_of_the_same_cuts_and_replaces_stale_ones(prepared,
     refused an existing one), so training read the shards of cuts that had changed since."""
     caplog.set_level(logging.INFO)
     cuts = _train_cuts(prepared)
+    first_4, all_8 = tmp_path / "first_4.jsonl.gz", tmp_path / "all_8.jsonl.gz"
+    cuts.subset(first=4).to_file(first_4)
+    cuts.to_file(all_8)
     out = tmp_path / "shar"
-    export_shar(cuts.subset(first=4), out, {"features": "numpy"}, shard_size=2)
+    export_shar([first_4], out, {"features": "numpy"}, shard_size=2)
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    again = export_shar(cuts.subset(first=4), out, {"features": "numpy"}, shard_size=2)
+    again = export_shar([first_4], out, {"features": "numpy"}, shard_size=2)
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps  # the same: kept
     assert [Path(p).name for p in again["cuts"]] == ["cuts.000000.jsonl.gz", "cuts.000001.jsonl.gz"]
     assert "reusing it" in caplog.text
-    export_shar(cuts, out, {"features": "numpy"}, shard_size=2)  # more cuts: written again
+    export_shar([all_8], out, {"features": "numpy"}, shard_size=2)  # more cuts: written again
     assert [c.id for c in SharCuts([out], "features", shuffle=False, seed=0).cuts] == \
         [c.id for c in cuts]
-    assert "(changed: cuts_sha256, num_cuts): making it again" in caplog.text
-    export_shar(cuts, out, {"features": "numpy"}, shard_size=3)  # another shard size
+    assert "(changed: manifests_sha256): making it again" in caplog.text
+    export_shar([all_8], out, {"features": "numpy"}, shard_size=3)  # another shard size
     assert len(shar_fields(out)["cuts"]) == 3 and "(changed: shard_size)" in caplog.text
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["shar", "shar.fingerprint.json"]
+    assert sorted(p.name for p in tmp_path.iterdir() if "shar" in p.name) == [
+        "shar", "shar.fingerprint.json"]
+
+
+def _copy_features(prepared, tmp_path) -> Path:
+    """The training cuts with their features copied to ``tmp_path/feats`` (a manifest naming
+    them relative to ``tmp_path``, where the test runs), so that the test may change them."""
+    from lhotse.utils import fastcopy
+
+    cuts = _train_cuts(prepared)
+    (tmp_path / "feats").mkdir()
+    moved = []
+    for cut in cuts:
+        source = Path(cut.features.storage_path)
+        target = Path("feats") / source.name
+        if not (tmp_path / target).exists():
+            (tmp_path / target).write_bytes(source.read_bytes())
+        moved.append(fastcopy(cut, features=fastcopy(cut.features, storage_path=str(target))))
+    CutSet.from_cuts(moved).to_file(tmp_path / "cuts.jsonl.gz")
+    return tmp_path / "cuts.jsonl.gz"
+
+
+def test_a_rerun_parses_no_cut_and_remakes_on_changed_data_or_directory(prepared, tmp_path,
+                                                                        monkeypatch, caplog):
+    """`asr shar` hashed every cut to decide whether its shards were current (minutes on
+    LibriSpeech, to find nothing changed), and never looked at the data files, so shards of
+    features recomputed in place were kept. The rerun now reads the manifests' bytes and stats
+    the data files: no cut is parsed, and a data file rewritten (or one named relative to
+    another working directory) makes the shards again."""
+    import os
+
+    import asr.data.shar as shar_module
+
+    caplog.set_level(logging.INFO)
+    monkeypatch.chdir(tmp_path)
+    manifest = _copy_features(prepared, tmp_path)
+    (archive,) = {Path(c.features.storage_path) for c in CutSet.from_file(manifest)}
+    export_shar([manifest], "shar", {"features": "numpy"}, shard_size=4)
+    stored = json.loads(Path("shar.fingerprint.json").read_text())
+    assert stored["data_files"] == {str(archive): [archive.stat().st_size,
+                                                   archive.stat().st_mtime_ns]}
+    assert stored["cwd"] == str(tmp_path)  # the archive is named relative to it
+
+    def no_parsing(*args, **kwargs):
+        raise AssertionError("a cut was parsed")
+
+    with monkeypatch.context() as patch:  # a current directory is kept without parsing a cut
+        patch.setattr(shar_module, "_check_cuts", no_parsing)
+        patch.setattr(MonoCut, "from_dict", staticmethod(no_parsing))
+        export_shar([manifest], "shar", {"features": "numpy"}, shard_size=4)
+    assert "reusing it" in caplog.text
+
+    def rewrite(data: bytes, mtime_ns: int) -> None:
+        atime_ns = archive.stat().st_atime_ns
+        archive.write_bytes(data)
+        os.utime(archive, ns=(atime_ns, mtime_ns))
+
+    original, mtime_ns = archive.read_bytes(), archive.stat().st_mtime_ns
+    for data, new_mtime_ns in ((original + bytes(16), mtime_ns),  # other size, same time
+                               (original, mtime_ns + 1_000_000)):  # same size, other time
+        rewrite(data, new_mtime_ns)
+        caplog.clear()
+        export_shar([manifest], "shar", {"features": "numpy"}, shard_size=4)
+        assert "(changed: data_files): making it again" in caplog.text
+    caplog.clear()
+    export_shar([manifest], "shar", {"features": "numpy"}, shard_size=4)
+    assert "reusing it" in caplog.text
+    # what the check cannot see (documented): other bytes of the same size and time
+    rewrite(original[:-1] + bytes([original[-1] ^ 1]), archive.stat().st_mtime_ns)
+    export_shar([manifest], "shar", {"features": "numpy"}, shard_size=4)
+    assert caplog.text.count("reusing it") == 2
+    rewrite(original, archive.stat().st_mtime_ns)
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the relative paths now name other files
+    caplog.clear()
+    with pytest.raises(DataError, match="feats"):
+        export_shar([manifest], tmp_path / "shar", {"features": "numpy"}, shard_size=4)
+    assert "(changed: cwd, data_files): making it again" in caplog.text
+    assert (tmp_path / "shar").is_dir()  # a failed remake leaves the old shards
 
 
 def test_shard_order_is_a_function_of_seed_and_epoch_only(shar_dir):
@@ -177,7 +270,8 @@ def test_a_failed_export_leaves_nothing_behind(prepared, tmp_path):
     gone = fastcopy(cuts[3].features, storage_path=str(tmp_path / "gone"))
     cuts[3] = fastcopy(cuts[3], features=gone)
     with pytest.raises(DataError, match=rf"cut {cuts[3].id!r} \(features .*gone, audio"):
-        export_shar(CutSet.from_cuts(cuts), tmp_path / "out", {"features": "lilcom"}, shard_size=2)
+        export_shar([_written(cuts, tmp_path)], tmp_path / "out", {"features": "lilcom"},
+                    shard_size=2)
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
 
 
@@ -189,7 +283,8 @@ def test_a_corrupt_feature_entry_is_named_with_its_cut(prepared, tmp_path):
     bad = fastcopy(cuts[2].features, storage_key="999999999,100")
     cuts[2] = fastcopy(cuts[2], features=bad)
     with pytest.raises(DataError, match=rf"cut {cuts[2].id!r} \(features .*\.lca"):
-        export_shar(CutSet.from_cuts(cuts), tmp_path / "out", {"features": "lilcom"}, shard_size=2)
+        export_shar([_written(cuts, tmp_path)], tmp_path / "out", {"features": "lilcom"},
+                    shard_size=2)
 
 
 def test_cmvn_statistics_of_filtered_shar_training_cuts(prepared, shar_dir):
@@ -216,6 +311,7 @@ def test_a_second_export_of_the_same_directory_is_refused_while_one_runs(prepare
     import threading
 
     cuts = _train_cuts(prepared)
+    first_4 = _written(cuts.subset(first=4), tmp_path)
     out = tmp_path / "shar"
     real_to_shar = CutSet.to_shar
     second_writing, release = threading.Event(), threading.Event()
@@ -223,7 +319,7 @@ def test_a_second_export_of_the_same_directory_is_refused_while_one_runs(prepare
 
     def second_export():
         try:
-            export_shar(cuts.subset(first=4), out, {"features": "numpy"}, shard_size=2)
+            export_shar([first_4], out, {"features": "numpy"}, shard_size=2)
         except BaseException as err:  # noqa: BLE001 - handed to the test
             errors.append(err)
         finally:
@@ -243,7 +339,8 @@ def test_a_second_export_of_the_same_directory_is_refused_while_one_runs(prepare
 
     monkeypatch.setattr(CutSet, "to_shar", to_shar)
     try:
-        export_shar(cuts, out, {"features": "numpy"}, shard_size=2)
+        export_shar([prepared["fbank"]["train-clean-5"]], out, {"features": "numpy"},
+                    shard_size=2)
     finally:
         release.set()
     monkeypatch.undo()
@@ -251,4 +348,5 @@ def test_a_second_export_of_the_same_directory_is_refused_while_one_runs(prepare
         [c.id for c in cuts]
     assert len(errors) == 1 and isinstance(errors[0], FileExistsError)
     assert "being written by another process" in str(errors[0]) and str(out) in str(errors[0])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["shar", "shar.fingerprint.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cuts.jsonl.gz", "shar",
+                                                         "shar.fingerprint.json"]

@@ -100,7 +100,8 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
     shar_dir=data/shar/train-$(echo $shar_parts | sed 's/train-//g; s/ /+/g')
     log "stage 6: the training cuts of $shar_parts as Lhotse Shar shards -> $shar_dir"
     # from the shuffled manifest, so that every shard mixes the parts and speeds; asr shar keeps
-    # shards made from these very cuts (its fingerprint) and writes them again when they changed
+    # shards made from this very manifest and feature data (its fingerprint: the manifest's
+    # sha256, the archives' size and time) and writes them again when they changed
     asr shar --cuts "data/fbank/$shuffled" --output-dir "$shar_dir" --num-jobs "$num_jobs"
     sets="$sets data.train_shar_dirs=[$shar_dir]"
   fi
