@@ -50,7 +50,7 @@ from asr.data.augment import (
 from asr.data.config import DataConfig
 from asr.data.filtering import (
     TextEncoder,
-    check_sample_rates,
+    check_cut_audio,
     cut_files,
     cut_text,
 )
@@ -349,10 +349,11 @@ def make_dataloader(
     given to ``loader.dataset.set_epoch``.
 
     Raises:
-        ValueError: naming a cut that is not at the features' sample rate (``cfg.fbank``).
+        ValueError: naming a cut that is not at the features' sample rate (``cfg.fbank``) or
+            holds several audio channels (:func:`~asr.data.filtering.check_cut_audio`).
     """
     rank, world_size = resolve_rank_world_size(rank, world_size)
-    check_sample_rates(cuts if bucket_cuts is None else bucket_cuts, cfg.fbank.sample_rate)
+    check_cut_audio(cuts if bucket_cuts is None else bucket_cuts, cfg.fbank.sample_rate)
     dataset = AsrDataset.from_config(cfg, encoder, train=train)
     if dataset.speed_perturbation is not None:
         # the buckets are estimated from the cuts as they are (the factors average out)

@@ -18,14 +18,14 @@ import os
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
-from asr.data.filtering import check_sample_rates, cut_files
+from asr.data.filtering import check_cut_audio
 from asr.data.librispeech import PREFIX, cuts_path
 from asr.features.fbank import FbankConfig, make_lhotse_fbank
 from asr.fileio import write_atomic
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SPEED_FACTORS", "check_mono", "compute_fbank_for_cuts", "compute_fbank_for_parts", "speed_perturb_cuts"]
+__all__ = ["SPEED_FACTORS", "compute_fbank_for_cuts", "compute_fbank_for_parts", "speed_perturb_cuts"]
 
 #: Extra speed factors added to training data (1.0, the original, is always kept).
 SPEED_FACTORS = (0.9, 1.1)
@@ -44,26 +44,6 @@ def speed_perturb_cuts(cuts, factors: Sequence[float] = SPEED_FACTORS):
             raise ValueError(f"speed factor must be > 0, got {factor}")
         perturbed = perturbed + cuts.perturb_speed(factor)
     return perturbed
-
-
-def check_mono(cuts) -> None:
-    """Checks that every cut holds one audio channel.
-
-    lhotse computes the features of a multi-channel cut (stored or on the fly) from its first
-    channel alone, while ``asr transcribe`` averages a file's channels (:mod:`asr.audio`): a
-    model trained on such cuts would meet other features at inference, so they are refused.
-
-    Raises:
-        ValueError: naming how many cuts have several channels, the first one and its files.
-    """
-    bad = [cut for cut in cuts if getattr(cut, "num_channels", 1) > 1]
-    if bad:
-        raise ValueError(
-            f"{len(bad)} cuts hold several audio channels, e.g. cut {bad[0].id!r} with "
-            f"{bad[0].num_channels} ({cut_files(bad[0])}); lhotse would compute its features "
-            "from the first channel only: downmix the recordings to mono, averaging the "
-            "channels as `asr transcribe` does (e.g. `ffmpeg -i in.wav -ac 1 out.wav`)"
-        )
 
 
 def compute_fbank_for_cuts(
@@ -87,13 +67,12 @@ def compute_fbank_for_cuts(
 
     Raises:
         ValueError: naming a cut whose audio is not at ``cfg.sample_rate``, or has several
-            channels (:func:`check_mono`).
+            channels (:func:`asr.data.filtering.check_cut_audio`).
     """
     from lhotse import LilcomChunkyWriter
 
     cfg = cfg or FbankConfig()
-    check_sample_rates(cuts, cfg.sample_rate)
-    check_mono(cuts)
+    check_cut_audio(cuts, cfg.sample_rate)
     with _one_thread_per_worker(num_jobs):
         return cuts.compute_and_store_features(
             extractor=make_lhotse_fbank(cfg),

@@ -31,7 +31,7 @@ from typing import Protocol
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SPEEDS_FIELD", "FilterStats", "TextEncoder", "allowed_speeds", "check_sample_rates",
+__all__ = ["SPEEDS_FIELD", "FilterStats", "TextEncoder", "allowed_speeds", "check_cut_audio",
            "cut_files", "drop_reason", "filter_cuts"]
 
 #: The custom field of a cut kept at only some of the speeds it was judged at: those speeds.
@@ -93,19 +93,39 @@ def cut_files(cut) -> str:
     return ", ".join(files) or "no data files"
 
 
-def check_sample_rates(cuts, sample_rate: int) -> None:
-    """Checks that every cut (its audio, or the audio its features were computed from) is at
-    ``sample_rate`` Hz, the rate of the feature extractor that reads it.
+def check_cut_audio(cuts, sample_rate: int) -> None:
+    """Checks, in one pass over ``cuts``, that every cut (its audio, or the audio its features
+    were computed from) is at ``sample_rate`` Hz, the rate of the feature extractor that reads
+    it, and holds one audio channel.
+
+    lhotse computes the features of a multi-channel cut (stored or on the fly) from its first
+    channel alone, while ``asr transcribe`` averages a file's channels (:mod:`asr.audio`): a
+    model trained on such cuts would meet other features at inference, so they are refused.
 
     Raises:
-        ValueError: naming how many cuts are at another rate, the first one and its files.
+        ValueError: naming how many cuts are at another rate (or have several channels), the
+            first one and its files.
     """
-    bad = [cut for cut in cuts if cut.sampling_rate != sample_rate]
-    if bad:
+    other_rate, multi_channel = [], []
+    for cut in cuts:
+        if cut.sampling_rate != sample_rate:
+            other_rate.append(cut)
+        if getattr(cut, "num_channels", 1) > 1:
+            multi_channel.append(cut)
+    if other_rate:
+        bad = other_rate
         raise ValueError(
             f"{len(bad)} cuts are not at {sample_rate} Hz, e.g. cut {bad[0].id!r} at "
             f"{bad[0].sampling_rate} Hz ({cut_files(bad[0])}); resample them "
             "(CutSet.resample) or change the sample rate of the features (fbank.sample_rate)"
+        )
+    if multi_channel:
+        bad = multi_channel
+        raise ValueError(
+            f"{len(bad)} cuts hold several audio channels, e.g. cut {bad[0].id!r} with "
+            f"{bad[0].num_channels} ({cut_files(bad[0])}); lhotse would compute its features "
+            "from the first channel only: downmix the recordings to mono, averaging the "
+            "channels as `asr transcribe` does (e.g. `ffmpeg -i in.wav -ac 1 out.wav`)"
         )
 
 

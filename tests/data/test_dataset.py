@@ -372,6 +372,19 @@ def test_cuts_at_another_sample_rate_are_refused_before_any_batch(prepared: dict
         make_dataloader(CutSet.from_cuts([*cuts[:2], odd]), cfg, CharEncoder(), train=True)
 
 
+def test_multi_channel_cuts_are_refused_before_any_batch(prepared: dict, tmp_path) -> None:
+    """lhotse would compute a stereo cut's on-the-fly features from channel 0 alone, while
+    recognition averages the channels: the training data path refuses such cuts by name."""
+    cuts = list(_train_cuts(prepared).drop_features())[:3]
+    path = tmp_path / "stereo.wav"
+    sf.write(path, np.zeros((16000, 2), dtype=np.float32), 16000)
+    stereo = Recording.from_file(path, recording_id="stereo").to_cut()
+    cfg = _cfg(prepared, on_the_fly_feats=True)
+    with pytest.raises(ValueError, match=r"1 cuts hold several audio channels, e.g. cut "
+                                         rf"{stereo.id!r} with 2 \(audio .*stereo\.wav\)"):
+        make_dataloader(CutSet.from_cuts([*cuts[:2], stereo]), cfg, CharEncoder(), train=True)
+
+
 def _augmented(prepared: dict, noise_cuts: Path | None, **kw) -> DataConfig:
     """On-the-fly features with every random augmentation on: speed perturbation, noise, dither,
     frequency warp and SpecAugment (time warp, frequency and time masks)."""
