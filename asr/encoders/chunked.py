@@ -220,8 +220,8 @@ class ChunkedEncoder(nn.Module):
     def init_state(
         self,
         batch_size: int,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         left_chunks: int | None = None,
         chunk_size: int | None = None,
         max_left_chunks: int | None = None,
@@ -231,7 +231,8 @@ class ChunkedEncoder(nn.Module):
 
         Args:
             batch_size: B.
-            device, dtype: of the caches.
+            device, dtype: of the caches (default: those of the encoder's parameters, so a
+                float64 or bfloat16 encoder, or one on a GPU, streams with the default state).
             left_chunks, chunk_size: the chunking (default: the config's).
             max_left_chunks: with ``left_chunks < 0``, the most chunks the growing cache keeps
                 (past them it slides, see the module doc); None: no bound. Ignored with a
@@ -249,7 +250,9 @@ class ChunkedEncoder(nn.Module):
         if max_left_chunks is not None and max_left_chunks < 1:
             raise ValueError(f"max_left_chunks must be >= 1 (or None: no bound), got "
                              f"{max_left_chunks}")
-        device = torch.device(device)
+        weight = next(self.parameters())
+        device = weight.device if device is None else torch.device(device)
+        dtype = weight.dtype if dtype is None else dtype
         cache_limit = left_chunks * chunk_size if left_chunks >= 0 else None
         growth_limit = None
         if cache_limit is None and max_left_chunks is not None:

@@ -384,3 +384,18 @@ def test_config_errors_name_the_key_and_value():
             _tiny("conformer", **{key: value})
     with pytest.raises(ValueError, match="num_mel_bins"):
         build_encoder(_tiny("conformer"), 5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_float64_encoder_streams_with_the_default_state(kind):
+    """init_state's caches follow the encoder's parameters (a float32 default made a float64
+    or bfloat16 encoder fail inside torch), and the float64 stream equals its full forward."""
+    encoder = _encoder(kind).double()
+    state = encoder.init_state(2, chunk_size=4, left_chunks=2)
+    assert state.layers[0].key.dtype == torch.float64
+    feats, lens = _batch([23, 17])
+    feats = feats.double()
+    outs, _ = _stream(encoder, feats, lens, chunk_size=4, left_chunks=2)
+    full, full_lens = encoder(feats, lens, chunk_size=4, left_chunks=2)
+    for b, out in enumerate(outs):
+        torch.testing.assert_close(out, full[b, : full_lens[b]], rtol=0, atol=1e-12)
