@@ -7,9 +7,10 @@ order. Training then reads a few large files sequentially instead of seeking int
 archive per utterance, which is what large corpora on network or spinning storage need.
 
 * :func:`export_shar` writes a CutSet (stored features and/or audio) into a directory of shards,
-  under a temporary name renamed at the end, so an interrupted export leaves no half directory.
-  The temporary directory is locked while it is written: a second export of the same directory
-  fails at once instead of sharing it (and publishing the other one's half-written shards).
+  under a temporary name renamed at the end, so an interrupted export leaves no half directory
+  (a killed one's is removed by the next: :func:`asr.fileio.staging_directory`).
+  The output is locked while it is written (:func:`asr.fileio.output_lock`): a second export
+  of the same directory fails at once instead of writing it too.
   Its fingerprint (:mod:`asr.fingerprint`) records the cuts and options it was made from: run
   again, it keeps a directory made from the same ones and replaces one made from others.
 * :class:`SharCuts` reads one or more such directories as ONE lazy CutSet whose shards are
@@ -25,18 +26,15 @@ shard's bytes but decodes only its own batches' data.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
 import re
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from asr.data.dataset import DataError
 from asr.data.filtering import cut_files
-from asr.fileio import publish_directory
+from asr.fileio import output_lock, publish_directory, staging_directory
 from asr.fingerprint import is_current, sha256_of_texts, write_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -75,7 +73,8 @@ def export_shar(
         field -> written (or kept) shard paths (``"cuts"`` included).
 
     Raises:
-        FileExistsError: when ``output_dir`` holds anything but Shar shards (it is not replaced).
+        FileExistsError: when ``output_dir`` holds anything but Shar shards (it is not replaced),
+            or (:class:`asr.fileio.OutputBusyError`) while another export writes it.
         ValueError: on an empty CutSet or a cut without a requested field (naming the cut), or
             a shard_size or num_jobs below 1.
         DataError: naming the first cut whose data cannot be read and its files (storage
@@ -113,71 +112,31 @@ def export_shar(
         raise ValueError("export_shar: the CutSet is empty")
     made_from = {"cuts_sha256": cuts_sha256, "num_cuts": count, "fields": dict(fields),
                  "shard_size": shard_size}
-    if is_current(output_dir, made_from):
-        return {field: [str(p) for p in paths] for field, paths in shar_fields(output_dir).items()}
-    tmp = output_dir.with_name(output_dir.name + ".tmp")
-    lock = _claim_staging(tmp, output_dir)
-    try:
-        try:
-            written = cuts.to_shar(
-                tmp,
-                fields=dict(fields),
-                shard_size=shard_size,
-                num_jobs=num_jobs,
-                fault_tolerant=False,
-                warn_unused_fields=False,  # e.g. features only: the audio stays where it is
-                verbose=progress,
-            )
-        except BaseException as err:
-            shutil.rmtree(tmp, ignore_errors=True)  # e.g. unreadable features: nothing half-made
-            if isinstance(err, Exception):
+    with output_lock(output_dir):
+        if is_current(output_dir, made_from):
+            return {field: [str(p) for p in paths]
+                    for field, paths in shar_fields(output_dir).items()}
+        with staging_directory(output_dir) as tmp:
+            try:
+                written = cuts.to_shar(
+                    tmp,
+                    fields=dict(fields),
+                    shard_size=shard_size,
+                    num_jobs=num_jobs,
+                    fault_tolerant=False,
+                    warn_unused_fields=False,  # e.g. features only: the audio stays where it is
+                    verbose=progress,
+                )
+            except Exception as err:  # e.g. unreadable features: name the cut
                 _raise_for_unreadable_cut(cuts, fields, err)
-            raise
-        publish_directory(tmp, output_dir)  # a stale directory goes once the new one is in place
-        write_fingerprint(output_dir, made_from)
-    finally:
-        os.close(lock)
+                raise
+            publish_directory(tmp, output_dir)  # a stale directory goes once the new one is in
+            write_fingerprint(output_dir, made_from)
     logger.info("wrote %d cuts in %d shards to %s", count, len(written["cuts"]), output_dir)
     return {
         field: [str(output_dir / Path(path).name) for path in paths]
         for field, paths in written.items()
     }
-
-
-def _claim_staging(tmp: Path, output_dir: Path) -> int:
-    """Creates the staging directory ``tmp`` of ``output_dir`` and locks it (``flock``, released
-    when the returned descriptor is closed or the process dies); an unlocked one, left by an
-    interrupted export, is removed first.
-
-    Raises:
-        FileExistsError: when another process holds ``tmp``: it is exporting ``output_dir``.
-    """
-    while True:
-        try:
-            tmp.mkdir(parents=True)
-        except FileExistsError:
-            os.close(_lock_staging(tmp, output_dir))  # raises while its writer is alive
-            shutil.rmtree(tmp)  # left by an interrupted export
-            continue
-        return _lock_staging(tmp, output_dir)
-
-
-def _lock_staging(tmp: Path, output_dir: Path) -> int:
-    """An exclusive lock on the directory ``tmp`` (its descriptor); see :func:`_claim_staging`."""
-    busy = FileExistsError(
-        f"{output_dir} is being written by another process (its staging directory {tmp} is "
-        "locked); wait for that export to end"
-    )
-    try:
-        fd = os.open(tmp, os.O_RDONLY)
-    except FileNotFoundError:  # removed by another export that has just claimed it
-        raise busy from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise busy from None
-    return fd
 
 
 def _raise_for_unreadable_cut(cuts, fields: Mapping[str, str], err: Exception) -> None:
