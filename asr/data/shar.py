@@ -130,7 +130,7 @@ def export_shar(
             except Exception as err:  # e.g. unreadable features: name the cut
                 _raise_for_unreadable_cut(cuts, fields, err)
                 raise
-            publish_directory(tmp, output_dir)  # a stale directory goes once the new one is in
+            publish_directory(tmp, output_dir)  # the old one goes once the new one is in place
             write_fingerprint(output_dir, made_from)
     logger.info("wrote %d cuts in %d shards to %s", count, len(written["cuts"]), output_dir)
     return {
