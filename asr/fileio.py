@@ -12,24 +12,42 @@ interrupted) leaves the old file as it was and removes its temporary.
 :func:`write_atomic` takes a writer that is given the temporary's path (for savers that write to
 a path themselves: ``torch.save``, safetensors, sentencepiece, lhotse, soundfile, matplotlib);
 :func:`write_bytes_atomic` and :func:`write_text_atomic` write data held in memory.
+
+A made output that a second run on the same path could also write (a tokenizer, an LM and its
+fingerprint, a Shar directory, a model package, an ONNX export) is made under
+:func:`output_lock`: an exclusive ``flock`` on ``.<name>.lock`` beside it, held for the whole run
+and released by the kernel when the process ends however it ends. A second run is refused at
+once (:class:`OutputBusyError`, naming the output) rather than made to wait: a wait would hide
+a mistake (two recipe stages writing one file) and could outlast the first run by hours.
+A directory output is built in :func:`staging_directory`, itself locked while it is built; each
+new staging directory first removes those a killed run left beside the output (``.<name>.tmp-*``
+and ``.<name>.old-*`` that no live process holds locked).
 """
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "TEMPORARY_PATTERN",
+    "OutputBusyError",
     "check_writable_dir",
     "check_writable_file",
     "current_umask",
+    "output_lock",
     "publish_directory",
     "read_text",
+    "remove_stale_staging",
     "staging_directory",
     "temporary_path",
     "write_atomic",
@@ -200,27 +218,143 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def staging_directory(out_dir: Path) -> Path:
-    """A new hidden directory beside ``out_dir`` to build it in, with the permissions of a
-    directory made under the umask (mkdtemp's 0700 would hide the result from other users)."""
+class OutputBusyError(FileExistsError):
+    """Another live process is making the same output (it holds the output's lock)."""
+
+
+def _try_lock(fd: int) -> bool:
+    """Takes an exclusive ``flock`` on the open file or directory ``fd`` without waiting;
+    whether it was free."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+@contextmanager
+def output_lock(path: str | Path) -> Iterator[None]:
+    """Holds the lock of the output ``path`` (a file or a directory) while the block makes it.
+
+    The lock is an exclusive ``flock`` on ``.<name>.lock`` beside ``path``, created if needed
+    and removed when the block ends (with the directories made for it, when the block made no
+    output in them); the kernel releases it when the process dies, so a killed run never blocks
+    a later one. Take it before deciding whether the
+    output is current and hold it until the output (and its fingerprint) is written. The same
+    process taking it twice is refused as well.
+
+    Raises:
+        OutputBusyError: at once, naming ``path``, while another run holds it.
+    """
+    path = Path(path)
+    lock = path.with_name(f".{path.name}.lock")
+    made = [d for d in reversed(lock.parents) if not d.exists()]
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, _FILE_MODE)
+        if not _try_lock(fd):
+            os.close(fd)
+            raise OutputBusyError(
+                f"{path} is being written by another process (it holds the lock {lock}); wait "
+                "for that run to end")
+        try:
+            held = os.fstat(fd)
+            now = os.stat(lock)
+            if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the file was removed by a run that released it: lock the new one
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)  # while still held, so no one locks a removed file
+        os.close(fd)
+        for directory in reversed(made):
+            try:
+                directory.rmdir()  # only when empty: the block made nothing there
+            except OSError:
+                break
+
+
+def _locked_new_directory(prefix: str, parent: Path) -> tuple[Path, int]:
+    """A new directory ``parent/<prefix>XXXXXXXX`` and the descriptor of its ``flock``."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # new: no one else can hold it
+    return path, fd
+
+
+def _staging_prefixes(out_dir: Path) -> tuple[str, str]:
+    """The name prefixes of ``out_dir``'s staging directories and of its earlier version while
+    :func:`publish_directory` replaces it."""
+    return f".{out_dir.name}.tmp-", f".{out_dir.name}.old-"
+
+
+def remove_stale_staging(out_dir: str | Path) -> list[Path]:
+    """Removes the staging directories of ``out_dir`` (``.<name>.tmp-*``, ``.<name>.old-*``)
+    that no live process holds locked: those a killed run left behind. A live run's are kept.
+    Call it holding :func:`output_lock` of ``out_dir``. Returns what it removed."""
+    out_dir = Path(out_dir)
+    if not out_dir.parent.is_dir():
+        return []
+    removed = []
+    for path in sorted(out_dir.parent.iterdir()):
+        if not path.name.startswith(_staging_prefixes(out_dir)) or path.is_symlink() \
+                or not path.is_dir():
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:  # gone meanwhile, or unreadable: not ours to remove
+            continue
+        try:
+            if not _try_lock(fd):
+                logger.info("kept %s: a live process is writing it", path)
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+            logger.warning("removed %s, left by an interrupted run", path)
+        finally:
+            os.close(fd)
+    return removed
+
+
+@contextmanager
+def staging_directory(out_dir: Path) -> Iterator[Path]:
+    """A new hidden directory beside ``out_dir`` to build it in, locked (``flock``) while the
+    block runs and removed after it unless :func:`publish_directory` moved it into place.
+
+    It has the permissions of a directory made under the umask (mkdtemp's 0700 would hide the
+    result from other users). Stale staging directories of ``out_dir`` are removed first
+    (:func:`remove_stale_staging`); the caller holds :func:`output_lock` of ``out_dir``.
+    """
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    tmp.chmod(0o777 & ~current_umask())
-    return tmp
+    remove_stale_staging(out_dir)
+    tmp, fd = _locked_new_directory(_staging_prefixes(out_dir)[0], out_dir.parent)
+    try:
+        tmp.chmod(0o777 & ~current_umask())
+        yield tmp
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        os.close(fd)
 
 
 def publish_directory(tmp: Path, out_dir: Path) -> None:
     """Renames the finished ``tmp`` to ``out_dir``; an existing ``out_dir`` is moved aside
-    first and removed only once the new one is in place."""
+    first (into a locked ``.<name>.old-*``) and removed only once the new one is in place."""
     if not out_dir.exists():
         os.replace(tmp, out_dir)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-    os.replace(out_dir, old / out_dir.name)
+    old, fd = _locked_new_directory(_staging_prefixes(out_dir)[1], out_dir.parent)
     try:
-        os.replace(tmp, out_dir)
-    except OSError:
-        os.replace(old / out_dir.name, out_dir)  # the earlier output back in place
-        old.rmdir()
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+        os.replace(out_dir, old / out_dir.name)
+        try:
+            os.replace(tmp, out_dir)
+        except OSError:
+            os.replace(old / out_dir.name, out_dir)  # the earlier output back in place
+            old.rmdir()
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        os.close(fd)

@@ -62,7 +62,13 @@ from asr.decoding.registry import (
 )
 from asr.encoders import is_streaming
 from asr.experiment import CONFIG_FILE, ExperimentConfig, build_model, load_experiment_config
-from asr.fileio import publish_directory, staging_directory
+from asr.fileio import (
+    OutputBusyError,
+    check_writable_dir,
+    output_lock,
+    publish_directory,
+    staging_directory,
+)
 from asr.fingerprint import sha256_of_file
 from asr.model import ASRModel
 from asr.tokenizers import Tokenizer, load_tokenizer
@@ -368,7 +374,7 @@ def _is_within(path: Path, directory: Path) -> bool:
 def check_output_dir(out_dir: Path, replace: bool, marker: str, inputs: Iterable[Path],
                      option: str) -> None:
     """Raises ValueError unless :func:`publish_directory` may write ``out_dir``: it does not
-    exist, or ``replace`` is set and it is an earlier output (it holds ``marker``) or an empty
+    exist (and no file is in the way of its directory), or ``replace`` is set and it is an earlier output (it holds ``marker``) or an empty
     directory, and it is none of ``inputs`` nor a directory holding one of them.
 
     Args:
@@ -379,6 +385,7 @@ def check_output_dir(out_dir: Path, replace: bool, marker: str, inputs: Iterable
         option: the name of the overwrite option, for the messages.
     """
     if not out_dir.exists() and not out_dir.is_symlink():
+        check_writable_dir(out_dir, "--output-dir")  # no file above it
         return
     if not replace:
         raise ValueError(f"{out_dir}: already exists (pass {option} to replace it)")
@@ -404,7 +411,8 @@ def export_package(
     searcher: str | None = None,
     search: Mapping[str, Any] | Iterable[str] | None = None,
 ) -> PackageMetadata:
-    """Writes a model package from an experiment.
+    """Writes a model package from an experiment, holding the lock of ``out_dir``
+    (:func:`asr.fileio.output_lock`) from its first check to its last write.
 
     Args:
         exp_dir: experiment directory written by ``asr train``.
@@ -426,10 +434,34 @@ def export_package(
         The metadata written.
 
     Raises:
-        PackageError: for missing / corrupt checkpoints, configs, tokenizers or LMs, and for a
-            searcher or search option the model cannot use.
+        PackageError: for missing / corrupt checkpoints, configs, tokenizers or LMs, for a
+            searcher or search option the model cannot use, and while another run writes
+            ``out_dir``.
     """
     exp_dir, out_dir = Path(exp_dir), Path(out_dir)
+    try:
+        check_output_dir(out_dir, overwrite, METADATA_FILE, [exp_dir], "--overwrite")
+    except ValueError as err:
+        raise PackageError(str(err)) from err
+    try:
+        with output_lock(out_dir):
+            return _export_package(exp_dir, out_dir, selection, tokenizer_dir, wer, overwrite,
+                                   searcher, search)
+    except OutputBusyError as err:
+        raise PackageError(str(err)) from err
+
+
+def _export_package(
+    exp_dir: Path,
+    out_dir: Path,
+    selection: WeightSelection | None,
+    tokenizer_dir: str | Path | None,
+    wer: Mapping[str, float] | None,
+    overwrite: bool,
+    searcher: str | None,
+    search: Mapping[str, Any] | Iterable[str] | None,
+) -> PackageMetadata:
+    """The body of :func:`export_package`, run under the lock of ``out_dir``."""
     try:
         check_output_dir(out_dir, overwrite, METADATA_FILE, [exp_dir], "--overwrite")
     except ValueError as err:
@@ -495,8 +527,7 @@ def export_package(
         except (OSError, ValueError) as err:
             raise PackageError(f"searcher {searcher} with the search options: {err}") from err
 
-    tmp = staging_directory(out_dir)
-    try:
+    with staging_directory(out_dir) as tmp:
         save_weights(model.state_dict(), tmp / WEIGHTS_FILE, {"format": "pt"})
         tokenizer.save(tmp / TOKENIZER_DIR)
         files = [CONFIG_FILE, WEIGHTS_FILE] + sorted(
@@ -530,9 +561,6 @@ def export_package(
         text = json.dumps(dataclasses.asdict(metadata), indent=2, sort_keys=True)
         (tmp / METADATA_FILE).write_text(text + "\n", encoding="utf-8")
         publish_directory(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     logger.info("wrote model package %s (%d parameters, searcher %s)", out_dir,
                 metadata.num_parameters, metadata.searcher)
     return metadata

@@ -20,7 +20,9 @@ from asr.decoding.lm import EOS
 from asr.decoding.ngram_train import NgramEstimate, write_arpa
 from asr.fileio import (
     TEMPORARY_PATTERN,
+    OutputBusyError,
     current_umask,
+    output_lock,
     temporary_path,
     write_atomic,
     write_bytes_atomic,
@@ -200,3 +202,20 @@ def test_only_durable_writes_flush_to_disk(tmp_path, monkeypatch, durable, expec
     assert (tmp_path / "a.bin").read_bytes() == b"new"
     assert len(calls) == expected  # the file, then its directory
     assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
+
+
+def test_the_output_lock_is_exclusive_and_leaves_nothing(tmp_path):
+    """One lock per output, refused (not waited for) while held, even by the same process; the
+    lock file and the directories made for it go when it is released without an output."""
+    out = tmp_path / "a" / "b" / "lm.arpa"
+    with output_lock(out):
+        assert (tmp_path / "a" / "b" / ".lm.arpa.lock").is_file()
+        with pytest.raises(OutputBusyError, match=f"{out} is being written by another process"):
+            with output_lock(out):
+                pass
+        with output_lock(tmp_path / "a" / "b" / "other.arpa"):  # another output: free
+            pass
+    assert not (tmp_path / "a").exists()
+    with output_lock(out):
+        out.write_text("made\n")
+    assert sorted(p.name for p in out.parent.iterdir()) == ["lm.arpa"]

@@ -112,7 +112,7 @@ def test_cli_export_package(exp_dir, tmp_path, capsys):
                  "--avg", "3", "--wer", "test=12.5"]) == 0
     assert "epoch-1.pt, epoch-2.pt, epoch-3.pt" in capsys.readouterr().out
     assert load_package(out).metadata.wer == {"test": 12.5}
-    assert main(["export-package", "--exp-dir", str(exp_dir), "--out", str(out)]) == 1
+    assert main(["export-package", "--exp-dir", str(exp_dir), "--out", str(out)]) == 2  # exists
     # a missing experiment directory is a bad option (exit 2), as in asr average and decode
     assert main(["export-package", "--exp-dir", str(tmp_path / "missing"),
                  "--out", str(tmp_path / "pkg2")]) == 2

@@ -5,7 +5,8 @@ Transcript formats, by path (see :mod:`asr.tokenizers.transcripts`): a directory
 ``*.trans.txt`` or ``text`` -> ``utt_id TEXT`` lines; anything else -> one sentence per line.
 A tokenizer already in ``--output-dir`` is reused only while its fingerprint
 (``bpe.model.fingerprint.json`` / ``tokens.txt.fingerprint.json``, :mod:`asr.fingerprint`) says
-it was made from the same sentences and options; otherwise it is trained again.
+it was made from the same sentences and options; otherwise it is trained again. A second run on the
+same ``--output-dir`` while one makes it is refused (exit 2, :func:`asr.fileio.output_lock`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from asr.fileio import check_writable_dir
+from asr.fileio import check_writable_dir, output_lock
 from asr.fingerprint import fingerprint_path, is_current, sha256_of_texts, write_fingerprint
 from asr.tokenizers.base import BPE_MODEL_FILE, TOKENS_FILE
 from asr.tokenizers.bpe import train_bpe
@@ -46,20 +47,21 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_writable_dir(output_dir, "--output-dir")
         texts = read_transcripts(args.transcripts)
-        if args.kind == "char":
-            tokens = output_dir / TOKENS_FILE
-            made_from = {"kind": "char", "texts_sha256": sha256_of_texts(texts)}
-            if not args.force and is_current(tokens, made_from):
-                return 0
-            if (output_dir / BPE_MODEL_FILE).is_file():
-                raise ValueError(f"{output_dir} holds a BPE model; use another --output-dir")
-            fingerprint_path(tokens).unlink(missing_ok=True)
-            tokenizer = build_char_tokenizer(texts)
-            tokenizer.save(output_dir)
-            write_fingerprint(tokens, made_from)
-        else:
-            # train_bpe reuses an existing model only while it was trained on these texts
-            tokenizer = train_bpe(texts, output_dir, args.vocab_size, force=args.force)
+        with output_lock(output_dir):  # another run making it is refused, naming it
+            if args.kind == "char":
+                tokens = output_dir / TOKENS_FILE
+                made_from = {"kind": "char", "texts_sha256": sha256_of_texts(texts)}
+                if not args.force and is_current(tokens, made_from):
+                    return 0
+                if (output_dir / BPE_MODEL_FILE).is_file():
+                    raise ValueError(f"{output_dir} holds a BPE model; use another --output-dir")
+                fingerprint_path(tokens).unlink(missing_ok=True)
+                tokenizer = build_char_tokenizer(texts)
+                tokenizer.save(output_dir)
+                write_fingerprint(tokens, made_from)
+            else:
+                # train_bpe reuses an existing model only while it was trained on these texts
+                tokenizer = train_bpe(texts, output_dir, args.vocab_size, force=args.force)
     except (OSError, ValueError) as err:
         logger.error("asr bpe: %s", err)
         return 2

@@ -10,6 +10,9 @@ docs/ONNX.md); ``--int8``: ``*.int8.onnx`` as well. Every graph is
 checked against PyTorch before the directory is written (:mod:`asr.export.sherpa`).
 ``--if-supported``: a package sherpa-onnx has no layout for in the mode asked (a streaming CTC or
 TDT model with ``--streaming``...) logs why and exits 0 without writing or printing anything.
+Exit status 2: a bad option or input (a missing or corrupt package, an output in the way or
+being written by another run, a head or chunking the package cannot export, a package without a
+layout); 1: an export that failed (the exporter, a self-check against PyTorch).
 """
 
 from __future__ import annotations
@@ -18,7 +21,13 @@ import argparse
 import logging
 from pathlib import Path
 
-from asr.export.sherpa import DEFAULT_OPSET, NoLayoutError, OnnxExportError, export_onnx
+from asr.export.sherpa import (
+    DEFAULT_OPSET,
+    NoLayoutError,
+    OnnxExportError,
+    OnnxInputError,
+    export_onnx,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +67,12 @@ def run(args: argparse.Namespace) -> int:
     except NoLayoutError as err:
         if not args.if_supported:
             logger.error("asr export-onnx: %s", err)
-            return 1
+            return 2
         logger.warning("asr export-onnx: nothing written: %s", err)
         return 0
+    except OnnxInputError as err:
+        logger.error("asr export-onnx: %s", err)
+        return 2
     except OnnxExportError as err:
         logger.error("asr export-onnx: %s", err)
         return 1

@@ -13,6 +13,10 @@ The package decodes by default as the recipe tuned it: ``--searcher beam`` (or a
     asr export-package --exp-dir exp/transducer --last 2 --output-dir exp/transducer/package \
         --searcher beam --set search.beam_size=8 search.lm_path=data/lang/token_6gram.arpa \
         search.lm_weight=0.5 search.blank_penalty=3 --wer test-clean=22.58
+
+A bad option or input (missing or corrupt checkpoints, config, tokenizer or LM, a searcher or
+search option the model cannot use, an output in the way or being written by another run)
+exits with 2; a failure while writing, with 1.
 """
 
 from __future__ import annotations
@@ -76,9 +80,9 @@ def run(args: argparse.Namespace) -> int:
             wer=dict(args.wer) if args.wer else None, overwrite=args.overwrite,
             searcher=args.searcher, search=args.search_overrides,
         )
-    except PackageError as err:
+    except PackageError as err:  # a bad input or option, as in asr decode and asr transcribe
         logger.error("asr export-package: %s", err)
-        return 1
+        return 2
     print(f"{args.output_dir}: {metadata.num_parameters} parameters, searcher {metadata.searcher}, "
           f"streaming {str(metadata.streaming).lower()}, from {', '.join(metadata.checkpoints)}")
     return 0

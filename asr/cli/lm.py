@@ -10,7 +10,8 @@ Transcript formats as for ``asr bpe``. Pass each transcript once: a cut manifest
 perturbation repeats every sentence per speed (use the LibriSpeech directory instead).
 An existing ``--output`` is reused only while its fingerprint (``<output>.fingerprint.json``,
 :mod:`asr.fingerprint`: the sha256 of the transcripts' sentences, the unit, the order and, for
-tokens, of the tokenizer's files) equals this run's; otherwise the LM is trained again.
+tokens, of the tokenizer's files) equals this run's; otherwise the LM is trained again. A second
+run on the same ``--output`` while one makes it is refused (exit 2, :func:`asr.fileio.output_lock`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import logging
 from pathlib import Path
 
 from asr.decoding.ngram_train import estimate_kneser_ney, write_arpa
-from asr.fileio import check_writable_file
+from asr.fileio import check_writable_file, output_lock
 from asr.fingerprint import (
     fingerprint_path,
     is_current,
@@ -69,25 +70,26 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError("--unit token needs --tokenizer-dir")
             made_from["tokenizer_sha256"] = sha256_of_files(
                 Path(args.tokenizer_dir) / name for name in (BPE_MODEL_FILE, TOKENS_FILE))
-        if not args.force and is_current(output, made_from):
-            return 0
-        fingerprint_path(output).unlink(missing_ok=True)
-        symbols = None
-        if args.unit == "word":
-            symbols = sorted({word for text in texts for word in text.split()})
-            index = {word: i for i, word in enumerate(symbols)}
-            sentences = [[index[word] for word in text.split()] for text in texts]
-            vocab: list[int] = []
-        else:
-            tokenizer = load_tokenizer(args.tokenizer_dir)
-            sentences = [tokenizer.encode(text) for text in texts]
-            vocab = [i for i in range(tokenizer.vocab_size) if i != tokenizer.blank_id]
-        empty = sum(1 for s in sentences if not s)
-        if empty:
-            logger.warning("%d transcripts have no %ss and are skipped", empty, args.unit)
-        estimate = estimate_kneser_ney([s for s in sentences if s], args.order, vocab)
-        write_arpa(estimate, output, symbols)
-        write_fingerprint(output, made_from)
+        with output_lock(output):  # another run making it is refused, naming it
+            if not args.force and is_current(output, made_from):
+                return 0
+            fingerprint_path(output).unlink(missing_ok=True)
+            symbols = None
+            if args.unit == "word":
+                symbols = sorted({word for text in texts for word in text.split()})
+                index = {word: i for i, word in enumerate(symbols)}
+                sentences = [[index[word] for word in text.split()] for text in texts]
+                vocab: list[int] = []
+            else:
+                tokenizer = load_tokenizer(args.tokenizer_dir)
+                sentences = [tokenizer.encode(text) for text in texts]
+                vocab = [i for i in range(tokenizer.vocab_size) if i != tokenizer.blank_id]
+            empty = sum(1 for s in sentences if not s)
+            if empty:
+                logger.warning("%d transcripts have no %ss and are skipped", empty, args.unit)
+            estimate = estimate_kneser_ney([s for s in sentences if s], args.order, vocab)
+            write_arpa(estimate, output, symbols)
+            write_fingerprint(output, made_from)
     except (OSError, ValueError) as err:
         logger.error("asr lm: %s", err)
         return 2

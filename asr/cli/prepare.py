@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from asr.data.fbank import compute_fbank_for_parts
-from asr.data.librispeech import CorpusError, prepare_manifests, write_shuffled_cuts
+from asr.data.librispeech import prepare_manifests, write_shuffled_cuts
 from asr.features.fbank import FbankConfig
-from asr.fileio import check_writable_file
+from asr.fileio import check_writable_dir, check_writable_file
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_manifests(args: argparse.Namespace) -> int:
+    check_writable_dir(args.output_dir, "--output-dir")
     paths = prepare_manifests(args.corpus_dir, args.output_dir, args.parts,
                               num_jobs=args.num_jobs, normalize_text=args.normalize_text)
     for part, path in paths.items():
@@ -82,6 +83,7 @@ def _run_fbank(args: argparse.Namespace) -> int:
             logger.warning("--speed-perturb: no part name starts with 'train'; nothing perturbed")
     elif args.perturb_parts:
         raise ValueError("--perturb-parts needs --speed-perturb")
+    check_writable_dir(args.output_dir, "--output-dir")
     paths = compute_fbank_for_parts(
         args.manifest_dir,
         args.output_dir,
@@ -104,15 +106,12 @@ def _run_shuffle(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Runs the chosen step: a bad corpus or a missing input exits with 1, a bad option (checked
-    before any work) with 2."""
+    """Runs the chosen step: a bad option, a bad corpus or a missing or malformed input (each
+    named) exits with 2, as in the other commands; a failure of the work itself with 1."""
     try:
         if getattr(args, "num_jobs", 1) < 1:
             raise ValueError(f"--num-jobs must be >= 1, got {args.num_jobs}")
         return args._prepare(args)
-    except (CorpusError, FileNotFoundError) as err:
-        logger.error("%s", err)
-        return 1
-    except ValueError as err:
+    except (FileNotFoundError, ValueError) as err:  # CorpusError, DataError: ValueErrors
         logger.error("asr prepare: %s", err)
         return 2

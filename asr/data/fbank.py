@@ -18,7 +18,8 @@ import os
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
-from asr.data.filtering import check_cut_audio
+from asr.data.dataset import DataError, check_cut_manifest
+from asr.data.filtering import check_cut_audio, cut_files
 from asr.data.librispeech import PREFIX, cuts_path
 from asr.features.fbank import FbankConfig, make_lhotse_fbank
 from asr.fileio import write_atomic
@@ -63,24 +64,44 @@ def compute_fbank_for_cuts(
         progress_bar: show a tqdm progress bar.
 
     Returns:
-        the eager ``CutSet`` with features attached.
+        the eager ``CutSet`` with features attached, one per cut of ``cuts``.
 
     Raises:
         ValueError: naming a cut whose audio is not at ``cfg.sample_rate``, or has several
             channels (:func:`asr.data.filtering.check_cut_audio`).
+        DataError: naming the first cut whose audio cannot be read, and its files (lhotse
+            leaves such cuts out with a warning: the manifest would lose them silently).
     """
     from lhotse import LilcomChunkyWriter
 
     cfg = cfg or FbankConfig()
     check_cut_audio(cuts, cfg.sample_rate)
     with _one_thread_per_worker(num_jobs):
-        return cuts.compute_and_store_features(
+        with_feats = cuts.compute_and_store_features(
             extractor=make_lhotse_fbank(cfg),
             storage_path=str(storage_path),
             num_jobs=num_jobs,
             storage_type=LilcomChunkyWriter,
             progress_bar=progress_bar,
         )
+    done = {cut.id for cut in with_feats}
+    lost = [cut for cut in cuts if cut.id not in done]
+    if lost:
+        raise DataError(f"cannot compute the features of {len(lost)} of {len(cuts)} cuts; the "
+                        f"first, {lost[0].id!r} ({cut_files(lost[0])}): {_audio_problem(lost[0])}")
+    return with_feats
+
+
+def _audio_problem(cut) -> str:
+    """Why the audio of ``cut`` cannot be read, in one line."""
+    for source in cut.recording.sources if cut.has_recording else ():
+        if source.type == "file" and not Path(source.source).is_file():
+            return f"{source.source} does not exist"
+    try:
+        cut.load_audio()
+    except Exception as err:  # noqa: BLE001 - soundfile, audioread, lhotse... types
+        return " ".join(str(err).split())[:300]
+    return "lhotse left it out"
 
 
 @contextlib.contextmanager
@@ -137,6 +158,8 @@ def compute_fbank_for_parts(
 
     Raises:
         FileNotFoundError: naming the missing input CutSet.
+        ValueError: naming an input that is no cut manifest; DataError (a ValueError): naming a
+            cut whose audio cannot be read.
     """
     from lhotse import CutSet
 
@@ -158,6 +181,7 @@ def compute_fbank_for_parts(
             logger.warning("%s %s: computing part %s again", dst, stale, part)
         if not src.is_file():
             raise FileNotFoundError(f"input cuts {src} for part {part!r} do not exist")
+        check_cut_manifest(src)  # lhotse's error on a text file or a broken gzip names no file
         cuts = CutSet.from_file(src)
         if part in perturb_parts:
             logger.info("%s: adding speed perturbation copies %s", part, SPEED_FACTORS)

@@ -7,9 +7,10 @@ order. Training then reads a few large files sequentially instead of seeking int
 archive per utterance, which is what large corpora on network or spinning storage need.
 
 * :func:`export_shar` writes a CutSet (stored features and/or audio) into a directory of shards,
-  under a temporary name renamed at the end, so an interrupted export leaves no half directory.
-  The temporary directory is locked while it is written: a second export of the same directory
-  fails at once instead of sharing it (and publishing the other one's half-written shards).
+  under a temporary name renamed at the end, so an interrupted export leaves no half directory
+  (a killed one's is removed by the next: :func:`asr.fileio.staging_directory`).
+  The output is locked while it is written (:func:`asr.fileio.output_lock`): a second export
+  of the same directory fails at once instead of writing it too.
   Its fingerprint (:mod:`asr.fingerprint`) records the manifests (their sha256), the data files
   (size and modification time) and the options it was made from: run again, it keeps a
   directory made from the same ones and replaces one made from others, without parsing a cut.
@@ -26,17 +27,15 @@ shard's bytes but decodes only its own batches' data.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import re
-import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from asr.data.dataset import DataError, load_cuts
 from asr.data.filtering import cut_files
-from asr.fileio import publish_directory
+from asr.fileio import output_lock, publish_directory, staging_directory
 from asr.fingerprint import (
     file_states,
     is_current,
@@ -92,6 +91,8 @@ def export_shar(
     Raises:
         FileNotFoundError: naming a missing manifest; or when ``output_dir`` holds anything but
             Shar shards (it is not replaced).
+        FileExistsError: (:class:`asr.fileio.OutputBusyError`) while another export writes
+            ``output_dir``.
         ValueError: on no manifest, a file that is no cut manifest, no cut at all or a cut
             without a requested field (naming the cut), or a shard_size or num_jobs below 1.
         DataError: naming the first cut whose data cannot be read and its files (storage
@@ -114,34 +115,30 @@ def export_shar(
     cuts = load_cuts(Path.cwd(), [str(m) for m in manifests])  # absolute paths stay as they are
     made_from = {"manifests_sha256": [sha256_of_file(m) for m in manifests],
                  "fields": dict(fields), "shard_size": shard_size}
-    if is_current(output_dir, {**made_from, **_recorded_data_now(output_dir, made_from)}):
-        return {field: [str(p) for p in paths] for field, paths in shar_fields(output_dir).items()}
-    count, files = _check_cuts(cuts, fields)
-    made_from["data_files"] = file_states(sorted(files))  # before the export reads them
-    if any(not os.path.isabs(f) for f in files):
-        made_from["cwd"] = str(Path.cwd())
-    tmp = output_dir.with_name(output_dir.name + ".tmp")
-    lock = _claim_staging(tmp, output_dir)
-    try:
-        try:
-            written = cuts.to_shar(
-                tmp,
-                fields=dict(fields),
-                shard_size=shard_size,
-                num_jobs=num_jobs,
-                fault_tolerant=False,
-                warn_unused_fields=False,  # e.g. features only: the audio stays where it is
-                verbose=progress,
-            )
-        except BaseException as err:
-            shutil.rmtree(tmp, ignore_errors=True)  # e.g. unreadable features: nothing half-made
-            if isinstance(err, Exception):
+    with output_lock(output_dir):
+        if is_current(output_dir, {**made_from, **_recorded_data_now(output_dir, made_from)}):
+            return {field: [str(p) for p in paths]
+                    for field, paths in shar_fields(output_dir).items()}
+        count, files = _check_cuts(cuts, fields)
+        made_from["data_files"] = file_states(sorted(files))  # before the export reads them
+        if any(not os.path.isabs(f) for f in files):
+            made_from["cwd"] = str(Path.cwd())
+        with staging_directory(output_dir) as tmp:
+            try:
+                written = cuts.to_shar(
+                    tmp,
+                    fields=dict(fields),
+                    shard_size=shard_size,
+                    num_jobs=num_jobs,
+                    fault_tolerant=False,
+                    warn_unused_fields=False,  # e.g. features only: the audio stays where it is
+                    verbose=progress,
+                )
+            except Exception as err:  # e.g. unreadable features: name the cut
                 _raise_for_unreadable_cut(cuts, fields, err)
-            raise
-        publish_directory(tmp, output_dir)  # a stale directory goes once the new one is in place
-        write_fingerprint(output_dir, made_from)
-    finally:
-        os.close(lock)
+                raise
+            publish_directory(tmp, output_dir)  # the old one goes once the new one is in place
+            write_fingerprint(output_dir, made_from)
     logger.info("wrote %d cuts in %d shards to %s", count, len(written["cuts"]), output_dir)
     return {
         field: [str(output_dir / Path(path).name) for path in paths]
@@ -204,42 +201,6 @@ def _data_files(cut, fields: Mapping[str, str]) -> Iterator[str]:
     recording = getattr(cut, "recording", None)
     if "recording" in fields and recording is not None:
         yield from (source.source for source in recording.sources if source.type == "file")
-
-
-def _claim_staging(tmp: Path, output_dir: Path) -> int:
-    """Creates the staging directory ``tmp`` of ``output_dir`` and locks it (``flock``, released
-    when the returned descriptor is closed or the process dies); an unlocked one, left by an
-    interrupted export, is removed first.
-
-    Raises:
-        FileExistsError: when another process holds ``tmp``: it is exporting ``output_dir``.
-    """
-    while True:
-        try:
-            tmp.mkdir(parents=True)
-        except FileExistsError:
-            os.close(_lock_staging(tmp, output_dir))  # raises while its writer is alive
-            shutil.rmtree(tmp)  # left by an interrupted export
-            continue
-        return _lock_staging(tmp, output_dir)
-
-
-def _lock_staging(tmp: Path, output_dir: Path) -> int:
-    """An exclusive lock on the directory ``tmp`` (its descriptor); see :func:`_claim_staging`."""
-    busy = FileExistsError(
-        f"{output_dir} is being written by another process (its staging directory {tmp} is "
-        "locked); wait for that export to end"
-    )
-    try:
-        fd = os.open(tmp, os.O_RDONLY)
-    except FileNotFoundError:  # removed by another export that has just claimed it
-        raise busy from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise busy from None
-    return fd
 
 
 def _raise_for_unreadable_cut(cuts, fields: Mapping[str, str], err: Exception) -> None:

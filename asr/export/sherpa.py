@@ -53,7 +53,6 @@ import dataclasses
 import json
 import logging
 import math
-import shutil
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -80,7 +79,7 @@ from asr.export.graphs import (
     nemo_state_width,
 )
 from asr.features.fbank import FbankConfig, compute_fbank
-from asr.fileio import publish_directory, staging_directory
+from asr.fileio import OutputBusyError, output_lock, publish_directory, staging_directory
 from asr.heads.ctc import CTCHead
 from asr.heads.predictor import StatelessPredictor
 from asr.heads.transducer import TransducerHead
@@ -101,6 +100,7 @@ __all__ = [
     "ExportReport",
     "NoLayoutError",
     "OnnxExportError",
+    "OnnxInputError",
     "PAD_VALUE",
     "RTOL",
     "SHERPA_FBANK",
@@ -115,6 +115,11 @@ logger = logging.getLogger(__name__)
 #: Opset of the exported graphs (the TorchScript-based exporter; sherpa-onnx's bundled
 #: onnxruntime loads 13 and later).
 DEFAULT_OPSET = 17
+#: The opsets ``--opset`` may name: the graphs slice by int64 tensors (opset 13 and later), up
+#: to the newest the TorchScript-based exporter writes.
+MIN_OPSET = 13
+MAX_OPSET = getattr(getattr(torch.onnx, "_constants", None),
+                    "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)
 #: Self-check tolerance: ``|onnx - torch| <= ATOL + RTOL * |torch|`` element-wise.
 ATOL = 1e-3
 RTOL = 1e-3
@@ -141,7 +146,13 @@ class OnnxExportError(ValueError):
     self-check."""
 
 
-class NoLayoutError(OnnxExportError):
+class OnnxInputError(OnnxExportError):
+    """A bad input or option of the export, found before any graph is made: the package (missing,
+    corrupt, not a package), ``out_dir`` (in the way, being written by another run), ``head``,
+    the chunking, or a package sherpa-onnx has no layout for (:class:`NoLayoutError`)."""
+
+
+class NoLayoutError(OnnxInputError):
     """sherpa-onnx has no layout for the package in the mode asked for (its heads, its features,
     a non-streaming model asked to stream): nothing to export, as opposed to an export that
     failed."""
@@ -209,7 +220,7 @@ def _choose_head(model: ASRModel, head: str | None, streaming: bool) -> str:
                 "for other networks and front ends")
         head = candidates[0]
     if head not in kinds:
-        raise OnnxExportError(f"--head {head}: the package has heads {sorted(kinds)}")
+        raise OnnxInputError(f"--head {head}: the package has heads {sorted(kinds)}")
     kind = kinds[head]
     if kind in ("aed", "cif"):
         raise NoLayoutError(
@@ -263,19 +274,40 @@ def export_onnx(
 
     Raises:
         NoLayoutError: for a package (head, features, streaming) without a sherpa-onnx layout.
-        OnnxExportError: for an existing ``out_dir`` without ``force`` (or one that is no
-            earlier export), an unknown ``head``, a chunking without ``streaming`` or a failed
-            self-check (nothing is written then).
+        OnnxInputError: for a missing or corrupt package, an existing ``out_dir`` without
+            ``force`` (or one that is no earlier export, or one another run is writing), an
+            unknown ``head``, an ``opset`` out of range or a chunking without ``streaming``.
+        OnnxExportError: for a failed export or self-check (nothing is written then).
     """
     out_dir = Path(out_dir)
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise OnnxInputError(f"--opset {opset}: the graphs export at opsets {MIN_OPSET} to "
+                             f"{MAX_OPSET} (default {DEFAULT_OPSET})")
     if not streaming and (chunk_size is not None or left_chunks is not None):
-        raise OnnxExportError("chunk_size and left_chunks (--chunk-size, --left-chunks) set the "
+        raise OnnxInputError("chunk_size and left_chunks (--chunk-size, --left-chunks) set the "
                               "chunking of the streaming graphs: pass streaming=True (--streaming)")
     try:
         check_output_dir(out_dir, force, _REPORT, [Path(package_dir)], "--force")
         package = load_package(package_dir)
     except (PackageError, ValueError) as err:
-        raise OnnxExportError(str(err)) from err
+        raise OnnxInputError(str(err)) from err
+    try:
+        with output_lock(out_dir):
+            return _export(package, out_dir, streaming, int8, opset, head, force, chunk_size,
+                           left_chunks)
+    except OutputBusyError as err:
+        raise OnnxInputError(str(err)) from err
+
+
+def _export(package: ModelPackage, out_dir: Path, streaming: bool, int8: bool, opset: int,
+            head: str | None, force: bool, chunk_size: int | None,
+            left_chunks: int | None) -> ExportReport:
+    """The body of :func:`export_onnx`, run under the lock of ``out_dir``."""
+    package_dir = package.directory
+    try:
+        check_output_dir(out_dir, force, _REPORT, [package_dir], "--force")
+    except ValueError as err:  # another run published it before this one took the lock
+        raise OnnxInputError(str(err)) from err
     model = package.build_model("cpu")
     head = _choose_head(model, head, streaming)
     if model.head_kinds()[head] != "tdt":
@@ -298,8 +330,7 @@ def export_onnx(
             "pip install -e '.[onnx]'"
         ) from err
 
-    tmp = staging_directory(out_dir)
-    try:
+    with staging_directory(out_dir) as tmp:
         if model.head_kinds()[head] == "ctc":
             report = _export_ctc(model, package, head, tmp, opset)
         elif model.head_kinds()[head] == "tdt":
@@ -317,9 +348,6 @@ def export_onnx(
         report.out_dir = out_dir
         _write_report(report, package, tmp / _REPORT)
         publish_directory(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     logger.info("wrote %s", out_dir)
     return report
 

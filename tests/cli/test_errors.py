@@ -207,11 +207,12 @@ def test_prepare_and_shar_options_out_of_range(tmp_path):
 
 
 def test_export_onnx_chunking_without_streaming(beam_package, tmp_path):
-    """--chunk-size / --left-chunks were dropped without a word in an offline export."""
+    """--chunk-size / --left-chunks were dropped without a word in an offline export (a bad
+    option: exit 2, tests/cli/test_exit_status.py)."""
     for option in ("--chunk-size", "--left-chunks"):
         code, [line] = _asr("export-onnx", "--model", beam_package, "--output-dir",
                             tmp_path / "onnx", option, "4")
-        assert code == 1 and "pass streaming=True (--streaming)" in line, line
+        assert code == 2 and "pass streaming=True (--streaming)" in line, line
     assert not (tmp_path / "onnx").exists()
 
 

@@ -119,11 +119,11 @@ def test_package_decodes_with_its_own_lm_as_asr_decode(trained, tiny_corpus, tok
 def test_export_package_rejects_a_missing_lm_and_a_foreign_searcher(trained, tmp_path, caplog):
     out = str(tmp_path / "pkg")
     assert main(["export-package", "--exp-dir", str(trained), "--output-dir", out,
-                 "--set", f"search.lm_path={tmp_path / 'none.arpa'}"]) == 1
+                 "--set", f"search.lm_path={tmp_path / 'none.arpa'}"]) == 2
     assert "none.arpa: no such LM file" in caplog.text
     assert main(["export-package", "--exp-dir", str(trained), "--output-dir", out,
-                 "--searcher", "aed_beam"]) == 1
+                 "--searcher", "aed_beam"]) == 2
     assert "aed_beam" in caplog.text
     assert main(["export-package", "--exp-dir", str(trained), "--output-dir", out,
-                 "--set", "data.max_duration=3"]) == 1
+                 "--set", "data.max_duration=3"]) == 2
     assert "only search options" in caplog.text

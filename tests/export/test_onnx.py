@@ -396,8 +396,8 @@ def test_cli_and_clear_errors(tmp_path, capsys, caplog):
     out = tmp_path / "out"
     assert main(["export-onnx", "--model", str(package), "--output-dir", str(out)]) == 0
     assert "from_transducer" in capsys.readouterr().out
-    assert main(["export-onnx", "--model", str(package), "--output-dir", str(out)]) == 1
-    assert "already exists (pass --force" in caplog.text
+    assert main(["export-onnx", "--model", str(package), "--output-dir", str(out)]) == 2
+    assert "already exists (pass --force" in caplog.text  # a bad option: exit 2
     assert main(["export-onnx", "--model", str(package), "--output-dir", str(out), "--force",
                  "--head", "ctc"]) == 0
     assert (out / "model.onnx").is_file() and not (out / "encoder.onnx").exists()
@@ -420,7 +420,7 @@ def test_if_supported_skips_only_what_sherpa_onnx_has_no_layout_for(tmp_path, ca
         package = random_package(tmp_path / head, head=head)
         out = tmp_path / f"{head}-streaming"
         args = ["export-onnx", "--model", str(package), "--output-dir", str(out), "--streaming"]
-        assert main(args) == 1
+        assert main(args) == 2  # a package of the wrong kind is a bad input
         caplog.clear()
         assert main([*args, "--if-supported"]) == 0 and not out.exists()
         assert "nothing written: --streaming" in caplog.text and reason in caplog.text
@@ -428,7 +428,7 @@ def test_if_supported_skips_only_what_sherpa_onnx_has_no_layout_for(tmp_path, ca
     offline = ["export-onnx", "--model", str(package), "--output-dir", str(tmp_path / "tdt-off"),
                "--if-supported"]
     assert main(offline) == 0 and "nemo_transducer" in capsys.readouterr().out
-    assert main(offline) == 1 and "already exists" in caplog.text  # an error all the same
+    assert main(offline) == 2 and "already exists" in caplog.text  # an error all the same
 
 
 def _nemo_features(wave: np.ndarray) -> torch.Tensor:

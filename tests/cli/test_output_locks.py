@@ -1,0 +1,154 @@
+"""A made output is written by one run at a time, and a killed run's leftovers go with the next.
+
+Every command whose output a second run on the same path could also write (``asr lm``,
+``asr bpe``, ``asr export-package``, ``asr export-onnx``; ``asr shar`` in
+``tests/data/test_shar.py``) holds an exclusive ``flock`` on ``.<name>.lock`` beside it: a second
+run is refused at once, naming the output, and writes nothing. The lock is held here by a
+second process, as a concurrent run holds it. A directory output is built in a locked hidden
+staging directory; a killed run leaves one (``.<name>.tmp-*``, or ``.<name>.old-*`` while it
+replaced an earlier output) that no process holds, and the next run removes it, never one that a
+live process holds.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from asr.cli.main import main
+from asr.testing.packages import random_experiment
+from asr.testing.tiny import TINY_SENTENCES
+
+#: Holds an exclusive flock on argv[1] (a file, created if needed, or a directory) until its
+#: stdin closes.
+_HOLDER = """
+import fcntl, os, sys
+path = sys.argv[1]
+fd = os.open(path, os.O_RDONLY) if os.path.isdir(path) else os.open(path, os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextmanager
+def _held_by_another_process(path: Path) -> Iterator[None]:
+    """``path`` locked by a live second process while the block runs."""
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        yield
+    finally:
+        proc.stdin.close()
+        proc.wait(30)
+
+
+def _lock_of(output: Path) -> Path:
+    return output.with_name(f".{output.name}.lock")
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory) -> Path:
+    """A random-weight tiny transducer experiment (no training)."""
+    return random_experiment(tmp_path_factory.mktemp("locks"), head="transducer")
+
+
+@pytest.fixture(scope="module")
+def package(experiment, tmp_path_factory) -> Path:
+    from asr.package import export_package
+
+    out = tmp_path_factory.mktemp("locks_package") / "package"
+    export_package(experiment, out)
+    return out
+
+
+def _texts(tmp_path: Path) -> Path:
+    path = tmp_path / "texts.txt"
+    path.write_text("".join(f"{text}\n" for text in TINY_SENTENCES))
+    return path
+
+
+def _commands(tmp_path: Path, experiment: Path, package: Path) -> dict[str, tuple[list, Path]]:
+    """name -> (the command line, its output)."""
+    texts = _texts(tmp_path)
+    lm, lang = tmp_path / "lm.arpa", tmp_path / "lang"
+    pkg, onnx = tmp_path / "pkg", tmp_path / "onnx"
+    return {
+        "lm": (["lm", "--unit", "word", "--order", "2", "--transcripts", texts,
+                "--output", lm], lm),
+        "bpe": (["bpe", "--kind", "char", "--transcripts", texts, "--output-dir", lang], lang),
+        "export-package": (["export-package", "--exp-dir", experiment, "--output-dir", pkg],
+                           pkg),
+        "export-onnx": (["export-onnx", "--model", package, "--output-dir", onnx], onnx),
+    }
+
+
+@pytest.mark.parametrize("command", ["lm", "bpe", "export-package", "export-onnx"])
+def test_a_second_run_on_the_same_output_is_refused(command, experiment, package, tmp_path,
+                                                    caplog):
+    """Neither command took a lock: two runs on one output both wrote it, and one's fingerprint
+    could end beside the other's LM or tokenizer."""
+    args, output = _commands(tmp_path, experiment, package)[command]
+    args = [str(a) for a in args]
+    with _held_by_another_process(_lock_of(output)):
+        assert main(args) == 2
+        assert f"{output} is being written by another process" in caplog.text
+        assert not output.exists()
+    assert main(args) == 0  # once the other run has ended
+    assert output.exists() and not _lock_of(output).exists()
+
+
+def _staging(output: Path, kind: str, name: str) -> Path:
+    path = output.with_name(f".{output.name}.{kind}-{name}")
+    path.mkdir()
+    (path / "model.safetensors").write_bytes(b"half a model")
+    return path
+
+
+@pytest.mark.parametrize("command", ["export-package", "export-onnx"])
+def test_a_killed_runs_staging_directories_are_removed_by_the_next(command, experiment, package,
+                                                                   tmp_path):
+    """A SIGKILLed export left ``.<name>.tmp-*`` (and, while it replaced an earlier output,
+    ``.<name>.old-*``) beside the output for ever: every later run made its own beside them."""
+    args, output = _commands(tmp_path, experiment, package)[command]
+    killed = _staging(output, "tmp", "k1ll3d")
+    old = _staging(output, "old", "k1ll3d")
+    live = _staging(output, "tmp", "l1ve")  # a live run of another version, building
+    other = _staging(tmp_path / "other", "tmp", "k1ll3d")  # another output's
+    with _held_by_another_process(live):
+        assert main([str(a) for a in args]) == 0
+        assert output.is_dir() and not killed.exists() and not old.exists()
+        assert (live / "model.safetensors").read_bytes() == b"half a model"
+        assert other.exists()
+    hidden = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(f".{output.name}"))
+    assert hidden == [live.name]
+
+
+def test_a_run_killed_while_it_builds_leaves_what_the_next_removes(package, tmp_path):
+    """The real thing: ``asr export-onnx`` killed (SIGKILL) once its staging directory exists;
+    the next run removes it and writes the export."""
+    out = tmp_path / "onnx"
+    proc = subprocess.Popen([sys.executable, "-m", "asr.cli.main", "export-onnx", "--model",
+                             str(package), "--output-dir", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(6000):
+            staged = [p for p in tmp_path.iterdir() if p.name.startswith(".onnx.tmp-")]
+            if staged or proc.poll() is not None:
+                break
+            time.sleep(0.01)
+        assert staged, "the export ended before it was killed"
+    finally:
+        proc.kill()
+        proc.wait(30)
+    assert staged[0].is_dir() and not out.exists()
+    assert main(["export-onnx", "--model", str(package), "--output-dir", str(out)]) == 0
+    assert out.is_dir() and not staged[0].exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".onnx.")]
