@@ -276,7 +276,8 @@ def export_onnx(
         NoLayoutError: for a package (head, features, streaming) without a sherpa-onnx layout.
         OnnxInputError: for a missing or corrupt package, an existing ``out_dir`` without
             ``force`` (or one that is no earlier export, or one another run is writing), an
-            unknown ``head``, an ``opset`` out of range or a chunking without ``streaming``.
+            unknown ``head``, an ``opset`` out of range, a chunking without ``streaming`` or
+            a chunk size below 1 or left chunks below -1 (bad values, never "no layout").
         OnnxExportError: for a failed export or self-check (nothing is written then).
     """
     out_dir = Path(out_dir)
@@ -286,6 +287,11 @@ def export_onnx(
     if not streaming and (chunk_size is not None or left_chunks is not None):
         raise OnnxInputError("chunk_size and left_chunks (--chunk-size, --left-chunks) set the "
                               "chunking of the streaming graphs: pass streaming=True (--streaming)")
+    if chunk_size is not None and chunk_size < 1:
+        raise OnnxInputError(f"--chunk-size {chunk_size}: a chunk is at least 1 encoder frame")
+    if left_chunks is not None and left_chunks < -1:
+        raise OnnxInputError(f"--left-chunks {left_chunks}: the left context is a number of "
+                             "chunks >= 0 (-1, unlimited, has no fixed-shape layout)")
     try:
         check_output_dir(out_dir, force, _REPORT, [Path(package_dir)], "--force")
         package = load_package(package_dir)

@@ -429,6 +429,15 @@ def test_if_supported_skips_only_what_sherpa_onnx_has_no_layout_for(tmp_path, ca
                "--if-supported"]
     assert main(offline) == 0 and "nemo_transducer" in capsys.readouterr().out
     assert main(offline) == 2 and "already exists" in caplog.text  # an error all the same
+    # a bad chunking value is a bad option, not "no layout", whatever --if-supported says
+    transducer = random_package(tmp_path / "rnnt", head="transducer")
+    for option, reason in (("--chunk-size=0", "at least 1 encoder frame"),
+                           ("--chunk-size=-4", "at least 1 encoder frame"),
+                           ("--left-chunks=-2", "number of chunks >= 0")):
+        caplog.clear()
+        assert main(["export-onnx", "--model", str(transducer), "--output-dir",
+                     str(tmp_path / "bad"), "--streaming", option, "--if-supported"]) == 2
+        assert reason in caplog.text and not (tmp_path / "bad").exists()
 
 
 def _nemo_features(wave: np.ndarray) -> torch.Tensor:
