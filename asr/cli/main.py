@@ -127,7 +127,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(_command(argv))
+    command = _command(argv)
+    try:
+        parser = build_parser(command)  # imports the subcommand (torch...): seconds
+    except KeyboardInterrupt:
+        print(f"asr {command or ''}: interrupted".replace(" :", ":"), file=sys.stderr)
+        return 130
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, args.log_level),

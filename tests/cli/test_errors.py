@@ -307,3 +307,28 @@ def test_train_into_a_model_package_or_a_file_is_refused(trained, beam_package, 
     a_file.write_text("x\n")
     code, [line] = _asr("train", "--config", trained / "config.yaml", "--exp-dir", a_file)
     assert code == 2 and f"--exp-dir {a_file} is a file, not an experiment directory" in line
+
+
+def test_ctrl_c_while_a_command_loads_or_runs_exits_130_in_one_line(monkeypatch, capsys, caplog):
+    """Ctrl-C while ``asr serve`` imports torch and its modules (seconds) used to end in a
+    KeyboardInterrupt traceback; while the command runs it already ended in one line."""
+    import importlib
+
+    from asr.cli import main as cli_main
+
+    def interrupted(name, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(importlib, "import_module", interrupted)
+        assert cli_main.main(["serve", "--model", "x"]) == 130
+    assert capsys.readouterr().err.strip() == "asr serve: interrupted"
+
+    def run(args):
+        raise KeyboardInterrupt
+
+    from asr.cli import wer
+
+    monkeypatch.setattr(wer, "run", run)
+    assert cli_main.main(["wer", "a", "b"]) == 130
+    assert "asr wer: interrupted" in caplog.text
