@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
@@ -70,7 +71,8 @@ def compute_fbank_for_cuts(
         ValueError: naming a cut whose audio is not at ``cfg.sample_rate``, or has several
             channels (:func:`asr.data.filtering.check_cut_audio`).
         DataError: naming the first cut whose audio cannot be read, and its files (lhotse
-            leaves such cuts out with a warning: the manifest would lose them silently).
+            leaves such cuts out with a warning: the manifest would lose them silently); the
+            archive of the other cuts' features is removed then.
     """
     from lhotse import LilcomChunkyWriter
 
@@ -87,8 +89,14 @@ def compute_fbank_for_cuts(
     done = {cut.id for cut in with_feats}
     lost = [cut for cut in cuts if cut.id not in done]
     if lost:
+        storage = Path(storage_path)  # no manifest will name it: not left half-made on disk
+        if storage.is_dir():
+            shutil.rmtree(storage, ignore_errors=True)
+        else:
+            storage.unlink(missing_ok=True)
         raise DataError(f"cannot compute the features of {len(lost)} of {len(cuts)} cuts; the "
-                        f"first, {lost[0].id!r} ({cut_files(lost[0])}): {_audio_problem(lost[0])}")
+                        f"first, {lost[0].id!r} ({cut_files(lost[0])}): {_audio_problem(lost[0])}"
+                        f" (the features of the others, {storage}, were removed)")
     return with_feats
 
 

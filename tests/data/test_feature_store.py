@@ -8,6 +8,7 @@ import soundfile as sf
 import torch
 from lhotse import CutSet, Recording
 
+from asr.data.dataset import DataError
 from asr.data.fbank import compute_fbank_for_cuts, compute_fbank_for_parts
 from asr.features.fbank import FbankConfig, compute_fbank
 
@@ -73,3 +74,20 @@ def test_two_worker_processes_store_the_same_features(prepared, tmp_path, monkey
     for cut in CutSet.from_file(prepared["fbank"]["dev-clean-2"]):
         torch.testing.assert_close(torch.from_numpy(pooled[cut.id]),
                                    torch.from_numpy(cut.load_features()), rtol=0, atol=0)
+
+
+def test_a_cut_whose_audio_is_gone_fails_the_part_and_leaves_no_archive(tmp_path) -> None:
+    """lhotse leaves a cut whose audio cannot be read out with a warning: the part fails naming
+    it, and the archive of the others' features (which no manifest will name) is removed."""
+    from lhotse import AudioSource
+    from lhotse.cut import MonoCut
+
+    sf.write(tmp_path / "ok.wav", np.zeros(16000, dtype=np.float32), 16000)
+    good = Recording.from_file(tmp_path / "ok.wav", recording_id="ok").to_cut()
+    gone = Recording(id="gone", sources=[AudioSource("file", [0], str(tmp_path / "gone.flac"))],
+                     sampling_rate=16000, num_samples=16000, duration=1.0)
+    cuts = CutSet.from_cuts([good, MonoCut("c-gone", 0.0, 1.0, 0, recording=gone)])
+    with pytest.raises(DataError, match=r"1 of 2 cuts; the first, 'c-gone' .*gone\.flac does "
+                                        r"not exist \(the features of the others"):
+        compute_fbank_for_cuts(cuts, tmp_path / "feats.lca", progress_bar=False)
+    assert not (tmp_path / "feats.lca").exists()
