@@ -103,6 +103,17 @@ def run(args: argparse.Namespace) -> int:
         logger.error("asr serve: %s", err)
         return 2
     logger.info("streaming searcher %s", recognizer.searcher_name)
+    if args.engine != "sherpa-onnx":
+        chunk_seconds = recognizer.chunk_size * recognizer.frame_seconds
+        if recognizer.left_chunks >= 0:
+            context = f"left context {recognizer.left_chunks} chunks"
+        elif recognizer.max_left_chunks is None:
+            context = "unlimited left context (no bound: a stream's cache grows while it lives)"
+        else:
+            context = (f"unlimited left context up to {recognizer.max_left_chunks} chunks "
+                       f"(--max-left-seconds {recognizer.max_left_seconds:g}), then sliding")
+        logger.info("chunks of %d frames (%.2f s), %s", recognizer.chunk_size, chunk_seconds,
+                    context)
     if config.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("binding %s: the server is reachable from the network", config.host)
     try:
