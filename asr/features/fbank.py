@@ -17,6 +17,7 @@ cut durations no longer agree with the stored number of frames.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -50,7 +51,8 @@ class FbankConfig:
         frame_length_ms: analysis window length in milliseconds.
         frame_shift_ms: hop between frames in milliseconds.
         dither: standard deviation of the Gaussian noise added to samples (on the [-1, 1] float
-            scale); 0 gives deterministic features (the default, as for stored features).
+            scale); 0 gives deterministic features (the default, as for stored features). It is
+            training noise: evaluation and recognition drop it (:meth:`for_recognition`).
         snip_edges: Kaldi's snip_edges; False (reflect the edges) is the only mode in which
             durations and frame counts agree, see the module docstring.
         low_freq: lowest mel filter edge in Hz.
@@ -110,6 +112,12 @@ class FbankConfig:
                 f"sample_rate {self.sample_rate}; high_freq <= 0 is an offset from Nyquist), got "
                 f"low_freq={self.low_freq}, high_freq={self.high_freq}"
             )
+
+    def for_recognition(self) -> FbankConfig:
+        """These options without dither: the front end of every recognition and evaluation path
+        (dev batches, ``asr decode``, the runtime, the ONNX export's check). Dither is noise
+        added to the training features; Kaldi's and icefall's decoders run without it."""
+        return dataclasses.replace(self, dither=0.0)
 
     @property
     def high_freq_hz(self) -> float:

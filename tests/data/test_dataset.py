@@ -362,6 +362,24 @@ def test_cuts_at_another_sample_rate_are_refused_before_any_batch(prepared: dict
         make_dataloader(CutSet.from_cuts([*cuts[:2], odd]), cfg, CharEncoder(), train=True)
 
 
+def test_evaluation_batches_of_on_the_fly_features_get_no_dither(prepared: dict) -> None:
+    """data.fbank.dither is training noise: dev batches (validation loss, dev WER) and
+    `asr decode` on on-the-fly features got it too, so their features and scores moved with the
+    seed. Evaluation batches now equal those of dither 0; training batches keep the dither."""
+    cuts = CutSet.from_file(prepared["manifests"]["train-clean-5"]).subset(first=4)
+    plain = AsrDataset.from_config(_cfg(prepared, on_the_fly_feats=True), CharEncoder(),
+                                   train=False)[cuts]
+    dithered = _cfg(prepared, on_the_fly_feats=True, fbank=FbankConfig(dither=0.1),
+                    spec_augment=SpecAugmentConfig(enabled=False))
+    for seed in (1, 2):
+        evaluation = AsrDataset.from_config(replace(dithered, seed=seed), CharEncoder(),
+                                            train=False)[cuts]
+        assert evaluation.cut_ids == plain.cut_ids and torch.equal(evaluation.feats, plain.feats)
+    training = AsrDataset.from_config(dithered, CharEncoder(), train=True)[cuts]
+    assert torch.equal(training.feat_lens, plain.feat_lens)
+    assert not torch.equal(training.feats, plain.feats)
+
+
 def _augmented(prepared: dict, noise_cuts: Path | None, **kw) -> DataConfig:
     """On-the-fly features with every random augmentation on: speed perturbation, noise, dither,
     frequency warp and SpecAugment (time warp, frequency and time masks)."""
