@@ -155,7 +155,6 @@ class AsrDataset(torch.utils.data.Dataset):
         :func:`make_dataloader`).
         """
         from lhotse.dataset import OnTheFlyFeatures, PrecomputedFeatures
-        from lhotse.dataset import SpecAugment as LhotseSpecAugment
 
         if cfg.on_the_fly_feats:
             # Per-utterance extraction: lhotse's batched path zero-pads the waveforms, which
@@ -179,15 +178,7 @@ class AsrDataset(torch.utils.data.Dataset):
             feature_transforms.append(FrequencyWarp.from_fbank(cfg.fbank, cfg.freq_warp))
         sa = cfg.spec_augment
         if train and sa.enabled:
-            spec_augment = UtteranceSpecAugment(LhotseSpecAugment(
-                time_warp_factor=sa.time_warp_factor,
-                num_feature_masks=sa.num_freq_masks,
-                features_mask_size=sa.max_freq_mask_width,
-                num_frame_masks=sa.num_time_masks,
-                frames_mask_size=sa.max_time_mask_width,
-                max_frames_mask_fraction=sa.max_time_mask_fraction,
-                p=sa.probability,
-            ))
+            spec_augment = UtteranceSpecAugment.from_config(sa)
         speed = (SpeedPerturbation(cfg.seed, ON_THE_FLY_SPEED_FACTORS)
                  if train and cfg.speed_perturb else None)
         return cls(encoder, input_strategy, transforms, spec_augment, cfg.seed, feature_transforms,

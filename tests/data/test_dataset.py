@@ -103,7 +103,7 @@ def test_spec_augment_only_in_training(prepared: dict) -> None:
 def test_spec_augment_starts_at_its_epoch(prepared: dict) -> None:
     cuts = _train_cuts(prepared)
     masks = SpecAugmentConfig(time_warp_factor=0, num_freq_masks=2, max_freq_mask_width=20,
-                              num_time_masks=1, max_time_mask_width=1, probability=1.0,
+                              num_time_masks=0, probability=1.0,
                               start_epoch=3)
     cfg = _cfg(prepared, spec_augment=masks)
     clean = AsrDataset.from_config(cfg, CharEncoder(), train=False)[cuts].feats
@@ -123,7 +123,7 @@ def test_trainer_batches_follow_spec_augment_start_epoch(prepared: dict) -> None
     from asr.data.epochs import EpochBatches
 
     masks = SpecAugmentConfig(time_warp_factor=0, num_freq_masks=2, max_freq_mask_width=20,
-                              num_time_masks=1, max_time_mask_width=1, probability=1.0,
+                              num_time_masks=0, probability=1.0,
                               start_epoch=2)
     data = _cfg(prepared, spec_augment=masks, drop_last=False)
     cuts = _train_cuts(prepared)
@@ -287,9 +287,7 @@ def test_make_dataloader_and_strict_config(prepared: dict) -> None:
     assert cfg.spec_augment.num_time_masks == 1 and cfg.fbank.num_mel_bins == 80
     with pytest.raises(ConfigError, match="data_dir"):
         from_dict(DataConfig, {"data_dir": "x"})
-    with pytest.raises((ConfigError, ValueError), match="num_time_masks=0"):
-        from_dict(DataConfig, {"spec_augment": {"num_time_masks": 0}})
-    assert from_dict(DataConfig, {"spec_augment": {"enabled": False, "num_time_masks": 0}})
+    assert from_dict(DataConfig, {"spec_augment": {"num_time_masks": 0}})  # no time masks
     cuts, stats = filter_cuts(load_cuts(cfg.manifest_dir, cfg.train_cuts), CharEncoder(),
                               subsampled_length, min_duration=cfg.min_cut_duration,
                               max_duration=cfg.max_cut_duration)
