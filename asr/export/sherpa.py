@@ -37,11 +37,11 @@ low 20 Hz, high -400 Hz, no dither, no snip_edges, samples in [-1, 1]); the pack
 ``data.fbank`` must be those options (the defaults of :class:`asr.features.fbank.FbankConfig`),
 or the export fails naming the field. Its ``dither`` is training noise: the self-check's
 features and ``export.json`` use the recognition front end, ``data.fbank`` without it
-(:meth:`~asr.features.fbank.FbankConfig.for_recognition`, as the runtime). Global CMVN is inside the encoder graph. TDT models go
-through sherpa-onnx's NeMo path, which imposes its own front end (:data:`SHERPA_NEMO_FBANK`:
-librosa-style mel filters, low 0 Hz, no DC removal; ``data.fbank.mel_filters: librosa`` trains
-on it); a TDT trained on other features still exports, with a warning in ``export.json``
-(docs/ONNX.md has what that cost the tiny model).
+(:meth:`~asr.features.fbank.FbankConfig.for_recognition`, as the runtime). Global CMVN is
+inside the encoder graph. TDT models go through sherpa-onnx's NeMo path, which imposes its own
+front end (:data:`SHERPA_NEMO_FBANK`: librosa-style mel filters, low 0 Hz, no DC removal;
+``data.fbank.mel_filters: librosa`` trains on it); a TDT trained on other features still exports,
+with a warning in ``export.json`` (docs/ONNX.md has what that cost the tiny model).
 
 Example:
     >>> report = export_onnx("pkg", "pkg-onnx", streaming=True, int8=True)
