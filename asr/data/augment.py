@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from asr.data.config import FreqWarpConfig
+from asr.data.config import FreqWarpConfig, SpecAugmentConfig
 from asr.data.filtering import allowed_speeds
 from asr.features.fbank import FbankConfig
 
@@ -200,6 +200,41 @@ class UtteranceSpecAugment:
     def __init__(self, spec_augment) -> None:
         self.spec_augment = spec_augment
         self._by_masks = {spec_augment.num_frame_masks: spec_augment}
+
+    @classmethod
+    def from_config(cls, cfg: SpecAugmentConfig) -> UtteranceSpecAugment:
+        """The training SpecAugment of ``data.spec_augment``, its numbers passed to lhotse as
+        icefall passes them.
+
+        lhotse draws a mask's width from ``[0, width)``: ``max_*_mask_width: 1`` would never
+        mask, so it is refused. ``num_time_masks: 0`` (no time masks; lhotse divides by the
+        count) runs as one time mask of width 1, which is empty and draws what that setting drew.
+
+        Raises:
+            ValueError: naming the ``data.spec_augment`` key of a mask width that cannot mask.
+        """
+        from lhotse.dataset import SpecAugment
+
+        for axis, count, width, unit in (
+                ("freq", cfg.num_freq_masks, cfg.max_freq_mask_width, "mel bins"),
+                ("time", cfg.num_time_masks, cfg.max_time_mask_width, "frames")):
+            if count > 0 and width < 2:
+                raise ValueError(
+                    f"data.spec_augment.max_{axis}_mask_width={width} never masks: lhotse (as "
+                    f"icefall) draws each mask's width from [0, max_{axis}_mask_width), so its "
+                    f"masks span at most max_{axis}_mask_width - 1 {unit}; use 2 or more, or "
+                    f"data.spec_augment.num_{axis}_masks: 0 for none")
+        time_masks, time_width = ((cfg.num_time_masks, cfg.max_time_mask_width)
+                                  if cfg.num_time_masks > 0 else (1, 1))
+        return cls(SpecAugment(
+            time_warp_factor=cfg.time_warp_factor,
+            num_feature_masks=cfg.num_freq_masks,
+            features_mask_size=cfg.max_freq_mask_width,
+            num_frame_masks=time_masks,
+            frames_mask_size=time_width,
+            max_frames_mask_fraction=cfg.max_time_mask_fraction,
+            p=cfg.probability,
+        ))
 
     def __call__(self, feats: Tensor) -> Tensor:
         """Augments (1, T, F) features of one utterance; returns (1, T, F)."""

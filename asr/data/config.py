@@ -21,17 +21,25 @@ class SpecAugmentConfig:
     Attributes:
         enabled: apply SpecAugment to training batches (never to evaluation batches).
         time_warp_factor: maximum warp in frames; 0 disables time warping.
-        num_freq_masks: frequency masks per utterance.
-        max_freq_mask_width: maximum mel bins per frequency mask (``F`` in the paper).
-        num_time_masks: most time masks per utterance (at least 1 when enabled); lhotse uses
+        num_freq_masks: frequency masks per utterance; 0: none.
+        max_freq_mask_width: the *exclusive* bound of a frequency mask's width: lhotse (as
+            icefall, which passes it the same number) draws each width from
+            ``[0, max_freq_mask_width)``, so 15 masks 0 to 14 mel bins (``F`` in the paper is
+            the inclusive bound). At most ``fbank.num_mel_bins``; 1 would never mask and is
+            refused when training starts (use ``num_freq_masks: 0``).
+        num_time_masks: most time masks per utterance; 0: none. lhotse uses
             ``min(num_time_masks, ceil(budget / max_time_mask_width))`` of them, ``budget``
             being ``max_time_mask_fraction`` of the utterance's frames (10 masks of 100 frames
             at 0.15: 2 masks on a 10 s utterance), so long utterances get more.
-        max_time_mask_width: maximum frames per time mask (``T`` in the paper).
+        max_time_mask_width: the *exclusive* bound of a time mask's width, as
+            ``max_freq_mask_width``: widths are drawn from ``[0, max_time_mask_width)`` frames
+            (40: at most 39). 1 would never mask and is refused when training starts (use
+            ``num_time_masks: 0``).
         max_time_mask_fraction: cap of all time masks together as a fraction of the utterance
-            length (each mask has at most ``budget // masks`` frames; ``p`` in the paper).
-            Utterances with less than one frame of budget (under 7 frames at 0.15) are not
-            augmented.
+            length (each mask's bound is ``min(max_time_mask_width, budget // masks)``,
+            exclusive too, so a budget under 2 frames per mask masks nothing; ``p`` in the
+            paper). Utterances with less than one frame of budget (under 7 frames at 0.15) are
+            not augmented.
         probability: probability of augmenting a given utterance.
         start_epoch: first training epoch (1-based) that is augmented; the epochs before it train
             on clean features. A short run (few epochs) learns faster without masks, a long one
@@ -61,12 +69,6 @@ class SpecAugmentConfig:
             # lhotse divides by the number of masks the fraction allows (0 for a fraction of 0)
             raise ValueError("spec_augment.max_time_mask_fraction must be in (0, 1], got "
                              f"{self.max_time_mask_fraction}")
-        if self.enabled and self.num_time_masks == 0:
-            # lhotse's SpecAugment divides by the number of time masks
-            raise ValueError(
-                "spec_augment.num_time_masks=0 is not supported by lhotse's SpecAugment: use at "
-                "least 1 (with a small max_time_mask_width) or spec_augment.enabled=false"
-            )
 
 
 @dataclass(frozen=True)

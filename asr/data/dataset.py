@@ -6,7 +6,7 @@ al. Interspeech 2015, so batches keep to ``max_duration``); training batches go 
 transforms (additive noise: :class:`asr.data.augment.NoiseMixing`) before feature extraction and
 SpecAugment (Park et al., Interspeech 2019, lhotse ``SpecAugment``) after it, optionally preceded by
 vocal tract length perturbation of the features (:mod:`asr.data.augment`); evaluation batches get
-none.
+none, and their on-the-fly features no dither.
 
 Random draws are a function of ``(data seed, epoch, cut ids)`` only: the cut transforms and the
 feature loading (dither) of a batch run under RNGs seeded from its cut ids, the feature transforms
@@ -146,19 +146,22 @@ class AsrDataset(torch.utils.data.Dataset):
 
     @classmethod
     def from_config(cls, cfg: DataConfig, encoder: TextEncoder, train: bool) -> AsrDataset:
-        """Builds the training (``train=True``: augmentation as configured) or evaluation dataset.
+        """Builds the training (``train=True``: augmentation as configured) or evaluation dataset
+        (no augmentation; on-the-fly features without ``cfg.fbank.dither``, as recognition
+        computes them: :meth:`~asr.features.fbank.FbankConfig.for_recognition`).
 
         Speed perturbation is not applied here but to the cuts before sampling: the training
         dataset only carries the :class:`~asr.data.augment.SpeedPerturbation` (see
         :func:`make_dataloader`).
         """
         from lhotse.dataset import OnTheFlyFeatures, PrecomputedFeatures
-        from lhotse.dataset import SpecAugment as LhotseSpecAugment
 
         if cfg.on_the_fly_feats:
             # Per-utterance extraction: lhotse's batched path zero-pads the waveforms, which
             # changes the last frame of all but the longest utterance (Kaldi reflects the edge).
-            input_strategy = OnTheFlyFeatures(make_lhotse_fbank(cfg.fbank), use_batch_extract=False)
+            # evaluation batches: the recognition front end, without the training dither
+            fbank = cfg.fbank if train else cfg.fbank.for_recognition()
+            input_strategy = OnTheFlyFeatures(make_lhotse_fbank(fbank), use_batch_extract=False)
         else:
             input_strategy = PrecomputedFeatures()
         transforms: list[Callable] = []
@@ -175,15 +178,7 @@ class AsrDataset(torch.utils.data.Dataset):
             feature_transforms.append(FrequencyWarp.from_fbank(cfg.fbank, cfg.freq_warp))
         sa = cfg.spec_augment
         if train and sa.enabled:
-            spec_augment = UtteranceSpecAugment(LhotseSpecAugment(
-                time_warp_factor=sa.time_warp_factor,
-                num_feature_masks=sa.num_freq_masks,
-                features_mask_size=sa.max_freq_mask_width,
-                num_frame_masks=sa.num_time_masks,
-                frames_mask_size=sa.max_time_mask_width,
-                max_frames_mask_fraction=sa.max_time_mask_fraction,
-                p=sa.probability,
-            ))
+            spec_augment = UtteranceSpecAugment.from_config(sa)
         speed = (SpeedPerturbation(cfg.seed, ON_THE_FLY_SPEED_FACTORS)
                  if train and cfg.speed_perturb else None)
         return cls(encoder, input_strategy, transforms, spec_augment, cfg.seed, feature_transforms,

@@ -35,11 +35,13 @@ reported, not gated (quantization changes the numbers by design; measure its WER
 **Features.** sherpa-onnx computes its own features (Kaldi fbank, Povey window, 25/10 ms,
 low 20 Hz, high -400 Hz, no dither, no snip_edges, samples in [-1, 1]); the package's
 ``data.fbank`` must be those options (the defaults of :class:`asr.features.fbank.FbankConfig`),
-or the export fails naming the field. Global CMVN is inside the encoder graph. TDT models go
-through sherpa-onnx's NeMo path, which imposes its own front end (:data:`SHERPA_NEMO_FBANK`:
-librosa-style mel filters, low 0 Hz, no DC removal; ``data.fbank.mel_filters: librosa`` trains
-on it); a TDT trained on other features still exports, with a warning in ``export.json``
-(docs/ONNX.md has what that cost the tiny model).
+or the export fails naming the field. Its ``dither`` is training noise: the self-check's
+features and ``export.json`` use the recognition front end, ``data.fbank`` without it
+(:meth:`~asr.features.fbank.FbankConfig.for_recognition`, as the runtime). Global CMVN is
+inside the encoder graph. TDT models go through sherpa-onnx's NeMo path, which imposes its own
+front end (:data:`SHERPA_NEMO_FBANK`: librosa-style mel filters, low 0 Hz, no DC removal;
+``data.fbank.mel_filters: librosa`` trains on it); a TDT trained on other features still exports,
+with a warning in ``export.json`` (docs/ONNX.md has what that cost the tiny model).
 
 Example:
     >>> report = export_onnx("pkg", "pkg-onnx", streaming=True, int8=True)
@@ -669,7 +671,9 @@ def _compare(path: Path, what: str, got: np.ndarray, want: Tensor) -> float:
 
 
 def _check_features(fbank: FbankConfig, lengths: Sequence[int], seed: int = 0) -> list[Tensor]:
-    """Log-mel features of noise bursts, ``lengths`` frames each (speech-like value ranges)."""
+    """Log-mel features of noise bursts, ``lengths`` frames each (speech-like value ranges), by
+    the recognition front end of ``fbank`` (no training dither: sherpa-onnx has none)."""
+    fbank = fbank.for_recognition()
     rng = np.random.default_rng(seed)
     hop = fbank.hop_samples
     feats = []
@@ -954,7 +958,7 @@ def _write_report(report: ExportReport, package: ModelPackage, path: Path) -> No
         "asr_version": __version__,
         "files": report.files,
         "loader": report.loader,
-        "features": {**dataclasses.asdict(package.config.data.fbank),
+        "features": {**dataclasses.asdict(package.config.data.fbank.for_recognition()),
                      "samples": "float in [-1, 1]"},
         "tolerance": {"atol": ATOL, "rtol": RTOL},
         "checks": report.checks,

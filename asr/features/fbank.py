@@ -17,6 +17,7 @@ cut durations no longer agree with the stored number of frames.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -50,11 +51,14 @@ class FbankConfig:
         frame_length_ms: analysis window length in milliseconds.
         frame_shift_ms: hop between frames in milliseconds.
         dither: standard deviation of the Gaussian noise added to samples (on the [-1, 1] float
-            scale); 0 gives deterministic features (the default, as for stored features).
+            scale); 0 gives deterministic features (the default, as for stored features). It is
+            training noise: evaluation and recognition drop it (:meth:`for_recognition`).
         snip_edges: Kaldi's snip_edges; False (reflect the edges) is the only mode in which
             durations and frame counts agree, see the module docstring.
         low_freq: lowest mel filter edge in Hz.
         high_freq: highest mel filter edge in Hz; a value <= 0 is an offset from Nyquist.
+            ``num_mel_bins`` filters must each hold an FFT bin of the band ``low_freq`` ..
+            ``high_freq`` (Kaldi refuses more; an empty filter is a constant feature bin).
         preemph_coeff: pre-emphasis coefficient.
         window_type: Kaldi window name, one of :data:`WINDOW_TYPES`.
         remove_dc_offset: subtract each frame's mean before windowing.
@@ -110,6 +114,23 @@ class FbankConfig:
                 f"sample_rate {self.sample_rate}; high_freq <= 0 is an offset from Nyquist), got "
                 f"low_freq={self.low_freq}, high_freq={self.high_freq}"
             )
+        empty = _empty_filters(self, self.num_mel_bins)
+        if empty:
+            most = next(n for n in range(self.num_mel_bins - 1, 0, -1)
+                        if not _empty_filters(self, n))
+            raise ValueError(
+                f"FbankConfig.num_mel_bins={self.num_mel_bins} is too many for the band "
+                f"{self.low_freq:g}-{self.high_freq_hz:g} Hz at sample_rate {self.sample_rate} "
+                f"({self.fft_size}-point FFT, {self.mel_filters} mel filters): {len(empty)} of "
+                f"the filters hold no FFT bin (the first is filter {empty[0]}) and would give "
+                f"constant features, which Kaldi refuses; use at most {most} bins or a wider band"
+            )
+
+    def for_recognition(self) -> FbankConfig:
+        """These options without dither: the front end of every recognition and evaluation path
+        (dev batches, ``asr decode``, the runtime, the ONNX export's check). Dither is noise
+        added to the training features; Kaldi's and icefall's decoders run without it."""
+        return dataclasses.replace(self, dither=0.0)
 
     @property
     def high_freq_hz(self) -> float:
@@ -121,6 +142,13 @@ class FbankConfig:
     def frame_shift(self) -> float:
         """Frame shift in seconds."""
         return self.frame_shift_ms / 1000.0
+
+    @property
+    def fft_size(self) -> int:
+        """FFT length in samples: the window, padded to a power of two when
+        ``round_to_power_of_two``."""
+        window = self.window_samples
+        return 1 << (window - 1).bit_length() if self.round_to_power_of_two else window
 
     @property
     def hop_samples(self) -> int:
@@ -174,8 +202,12 @@ def slaney_mel_filters(cfg: FbankConfig) -> Tensor:
     scale (linear below 1 kHz, logarithmic above) between ``low_freq`` and ``high_freq``, each
     scaled to unit area (``2 / (right_hz - left_hz)``), evaluated at every FFT bin including
     Nyquist -- kaldi-native-fbank's ``is_librosa`` filters."""
-    window = cfg.window_samples
-    fft_size = 1 << (window - 1).bit_length() if cfg.round_to_power_of_two else window
+    return _slaney_weights(cfg, cfg.num_mel_bins)
+
+
+def _slaney_weights(cfg: FbankConfig, bins: int) -> Tensor:
+    """(fft_size // 2 + 1, bins) :func:`slaney_mel_filters` of ``cfg`` with ``bins`` filters."""
+    fft_size = cfg.fft_size
     high = cfg.high_freq_hz  # within (low_freq, Nyquist]: FbankConfig checks it
 
     def to_mel(hz: np.ndarray) -> np.ndarray:
@@ -186,7 +218,6 @@ def slaney_mel_filters(cfg: FbankConfig) -> Tensor:
     def to_hz(mel: np.ndarray) -> np.ndarray:
         return np.where(mel <= 15, mel * 200 / 3, 1000 * np.exp((mel - 15) * np.log(6.4) / 27))
 
-    bins = cfg.num_mel_bins
     edges = to_hz(np.linspace(to_mel(cfg.low_freq), to_mel(high), bins + 2))
     left, center, right = edges[:-2], edges[1:-1], edges[2:]
     hz = np.arange(fft_size // 2 + 1)[:, None] * (cfg.sample_rate / fft_size)
@@ -195,6 +226,24 @@ def slaney_mel_filters(cfg: FbankConfig) -> Tensor:
     weights = np.where(hz <= center, rising, falling)
     weights = np.where((hz > left) & (hz < right), weights, 0.0) * (2 / (right - left))
     return torch.from_numpy(weights.astype(np.float32))
+
+
+def _empty_filters(cfg: FbankConfig, num_bins: int) -> list[int]:
+    """Indices of the filters that weigh no FFT bin when ``cfg`` has ``num_bins`` mel filters.
+    Kaldi filters (its ``MelBanks``): ``num_bins + 2`` edges equally spaced on the HTK mel scale
+    over the band, filter ``m`` covering the FFT bins ``k < fft_size / 2`` whose mel lies
+    strictly between its outer edges ``m`` and ``m + 2``; librosa filters: the columns of
+    :func:`slaney_mel_filters`."""
+    if cfg.mel_filters == "librosa":
+        return torch.nonzero(_slaney_weights(cfg, num_bins).amax(dim=0) <= 0).flatten().tolist()
+
+    def mel(hz: np.ndarray | float) -> np.ndarray:
+        return 1127.0 * np.log1p(np.asarray(hz, dtype=np.float64) / 700.0)
+
+    edges = np.linspace(mel(cfg.low_freq), mel(cfg.high_freq_hz), num_bins + 2)
+    bins = mel(np.arange(cfg.fft_size // 2) * (cfg.sample_rate / cfg.fft_size))[:, None]
+    inside = (bins > edges[None, :-2]) & (bins < edges[None, 2:])
+    return np.flatnonzero(~inside.any(axis=0)).tolist()
 
 
 def kaldi_blackman_window(size: int, coeff: float = 0.42) -> Tensor:

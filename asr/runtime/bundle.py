@@ -155,9 +155,8 @@ class Runtime:
             raise ValueError(f"searcher {name!r} does not fit this model; available searchers: "
                              f"{available_searchers(model)}")
         frame_seconds = cfg.data.fbank.frame_shift * model.encoder.subsampling_factor
-        # dither is noise added to the training features: recognition runs without it, as
-        # Kaldi's and icefall's decoders do (it made transcripts random and OnlineFbank refuse)
-        fbank = dataclasses.replace(cfg.data.fbank, dither=0.0)
+        # without the training dither (it made transcripts random and OnlineFbank refuse)
+        fbank = cfg.data.fbank.for_recognition()
         return cls(
             package=package,
             model=model,

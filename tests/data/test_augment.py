@@ -137,6 +137,64 @@ def test_dataset_warps_training_batches_only(prepared: dict) -> None:
                        reference.feats)
 
 
+@pytest.mark.parametrize("key", ["max_time_mask_width", "max_freq_mask_width"])
+def test_a_mask_width_of_one_is_refused_when_training_starts(prepared: dict, key: str) -> None:
+    """lhotse draws mask widths from [0, width): a width of 1 never masked, silently. Training
+    now refuses it naming the key; the config still loads (packages trained with it keep
+    working) and evaluation does not augment; with no masks of that axis it is harmless."""
+    cfg = from_dict(DataConfig, {"spec_augment": {key: 1}, "num_workers": 0})
+    with pytest.raises(ValueError, match=rf"data\.spec_augment\.{key}=1 never masks: .*"
+                                         rf"\[0, {key}\).*\.num_\w+_masks: 0"):
+        AsrDataset.from_config(cfg, CharEncoder(), train=True)
+    cuts = CutSet.from_file(prepared["fbank"]["train-clean-5"])
+    assert AsrDataset.from_config(cfg, CharEncoder(), train=False)[cuts].feats.shape[0] == 8
+    count = "num_time_masks" if "time" in key else "num_freq_masks"
+    off = replace(cfg, spec_augment=replace(cfg.spec_augment, **{count: 0}))
+    assert AsrDataset.from_config(off, CharEncoder(), train=True)[cuts].feats.shape[0] == 8
+
+
+def test_no_time_masks_is_num_time_masks_zero(prepared: dict) -> None:
+    """num_time_masks: 0 was refused (lhotse divides by it), so recipes wrote a 1-frame time
+    mask for "none" -- which masks nothing only because of lhotse's exclusive bound. Now 0 is
+    "no time masks": frequency masks span whole utterances, and with neither nothing moves."""
+    cuts = CutSet.from_file(prepared["fbank"]["train-clean-5"])
+    masks = SpecAugmentConfig(time_warp_factor=0, num_freq_masks=2, max_freq_mask_width=15,
+                              num_time_masks=0, probability=1.0)
+    cfg = DataConfig(spec_augment=masks, num_workers=0)
+    clean = AsrDataset.from_config(cfg, CharEncoder(), train=False)[cuts]
+    train = AsrDataset.from_config(cfg, CharEncoder(), train=True)[cuts]
+    for i, n in enumerate(train.feat_lens.tolist()):
+        changed = train.feats[i, :n] != clean.feats[i, :n]
+        bins = changed.any(dim=0)
+        assert 0 < int(bins.sum()) <= 2 * 14 and bool(changed[:, bins].all())
+    none = replace(cfg, spec_augment=replace(masks, num_freq_masks=0))
+    assert torch.equal(AsrDataset.from_config(none, CharEncoder(), train=True)[cuts].feats,
+                       clean.feats)
+
+
+def test_mask_widths_are_drawn_below_the_configured_width() -> None:
+    """The documented exclusive bound: max_freq_mask_width 3 masks 0, 1 or 2 bins; and
+    num_time_masks: 0 gives the batches of the earlier 1-frame time mask."""
+    augment = UtteranceSpecAugment.from_config(SpecAugmentConfig(
+        time_warp_factor=0, num_freq_masks=1, max_freq_mask_width=3, num_time_masks=0,
+        probability=1.0))
+    # no time masks draws as the 1-frame mask recipes wrote for "none" (their batches are kept)
+    earlier = UtteranceSpecAugment(SpecAugment(
+        time_warp_factor=0, num_feature_masks=1, features_mask_size=3, num_frame_masks=1,
+        frames_mask_size=1, p=1.0))
+    widths = set()
+    for seed in range(100):
+        feats = torch.randn(1, 50, 80)
+        got = []
+        for run in (augment, earlier):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            got.append(run(feats.clone()))
+        assert torch.equal(got[0], got[1])
+        widths.add(int((got[0] != feats)[0].any(dim=0).sum()))
+    assert widths == {0, 1, 2}
+
+
 def test_spec_augment_never_asks_lhotse_for_an_empty_time_mask() -> None:
     """lhotse's SpecAugment raised on utterances whose time-mask budget (0.15 of the frames) is
     smaller than its mask count (narrow masks: up to ~66 frames) or than 1 frame; the wrapper
@@ -163,7 +221,7 @@ def test_spec_augment_never_asks_lhotse_for_an_empty_time_mask() -> None:
 
 
 def test_training_batches_of_short_utterances_with_narrow_time_masks(prepared: dict) -> None:
-    narrow = SpecAugmentConfig(num_time_masks=10, max_time_mask_width=1, probability=1.0)
+    narrow = SpecAugmentConfig(num_time_masks=10, max_time_mask_width=2, probability=1.0)
     cfg = DataConfig(spec_augment=narrow, num_workers=0)
     cuts = CutSet.from_file(prepared["fbank"]["train-clean-5"])
     short = CutSet.from_cuts(c for c in cuts if c.duration < 0.8)  # 60 and 75 frames

@@ -103,7 +103,7 @@ def test_spec_augment_only_in_training(prepared: dict) -> None:
 def test_spec_augment_starts_at_its_epoch(prepared: dict) -> None:
     cuts = _train_cuts(prepared)
     masks = SpecAugmentConfig(time_warp_factor=0, num_freq_masks=2, max_freq_mask_width=20,
-                              num_time_masks=1, max_time_mask_width=1, probability=1.0,
+                              num_time_masks=0, probability=1.0,
                               start_epoch=3)
     cfg = _cfg(prepared, spec_augment=masks)
     clean = AsrDataset.from_config(cfg, CharEncoder(), train=False)[cuts].feats
@@ -123,7 +123,7 @@ def test_trainer_batches_follow_spec_augment_start_epoch(prepared: dict) -> None
     from asr.data.epochs import EpochBatches
 
     masks = SpecAugmentConfig(time_warp_factor=0, num_freq_masks=2, max_freq_mask_width=20,
-                              num_time_masks=1, max_time_mask_width=1, probability=1.0,
+                              num_time_masks=0, probability=1.0,
                               start_epoch=2)
     data = _cfg(prepared, spec_augment=masks, drop_last=False)
     cuts = _train_cuts(prepared)
@@ -297,9 +297,7 @@ def test_make_dataloader_and_strict_config(prepared: dict) -> None:
     assert cfg.spec_augment.num_time_masks == 1 and cfg.fbank.num_mel_bins == 80
     with pytest.raises(ConfigError, match="data_dir"):
         from_dict(DataConfig, {"data_dir": "x"})
-    with pytest.raises((ConfigError, ValueError), match="num_time_masks=0"):
-        from_dict(DataConfig, {"spec_augment": {"num_time_masks": 0}})
-    assert from_dict(DataConfig, {"spec_augment": {"enabled": False, "num_time_masks": 0}})
+    assert from_dict(DataConfig, {"spec_augment": {"num_time_masks": 0}})  # no time masks
     cuts, stats = filter_cuts(load_cuts(cfg.manifest_dir, cfg.train_cuts), CharEncoder(),
                               subsampled_length, min_duration=cfg.min_cut_duration,
                               max_duration=cfg.max_cut_duration)
@@ -383,6 +381,24 @@ def test_multi_channel_cuts_are_refused_before_any_batch(prepared: dict, tmp_pat
     with pytest.raises(ValueError, match=r"1 cuts hold several audio channels, e.g. cut "
                                          rf"{stereo.id!r} with 2 \(audio .*stereo\.wav\)"):
         make_dataloader(CutSet.from_cuts([*cuts[:2], stereo]), cfg, CharEncoder(), train=True)
+
+
+def test_evaluation_batches_of_on_the_fly_features_get_no_dither(prepared: dict) -> None:
+    """data.fbank.dither is training noise: dev batches (validation loss, dev WER) and
+    `asr decode` on on-the-fly features got it too, so their features and scores moved with the
+    seed. Evaluation batches now equal those of dither 0; training batches keep the dither."""
+    cuts = CutSet.from_file(prepared["manifests"]["train-clean-5"]).subset(first=4)
+    plain = AsrDataset.from_config(_cfg(prepared, on_the_fly_feats=True), CharEncoder(),
+                                   train=False)[cuts]
+    dithered = _cfg(prepared, on_the_fly_feats=True, fbank=FbankConfig(dither=0.1),
+                    spec_augment=SpecAugmentConfig(enabled=False))
+    for seed in (1, 2):
+        evaluation = AsrDataset.from_config(replace(dithered, seed=seed), CharEncoder(),
+                                            train=False)[cuts]
+        assert evaluation.cut_ids == plain.cut_ids and torch.equal(evaluation.feats, plain.feats)
+    training = AsrDataset.from_config(dithered, CharEncoder(), train=True)[cuts]
+    assert torch.equal(training.feat_lens, plain.feat_lens)
+    assert not torch.equal(training.feats, plain.feats)
 
 
 def _augmented(prepared: dict, noise_cuts: Path | None, **kw) -> DataConfig:

@@ -25,7 +25,12 @@ from asr.decoding import SearchConfig
 from asr.encoders.subsampling import subsampled_length
 from asr.export import OnnxExportError, export_onnx
 from asr.export.graphs import chunk_frames
-from asr.export.sherpa import SHERPA_NEMO_FBANK, NoLayoutError, sherpa_fbank_problem
+from asr.export.sherpa import (
+    SHERPA_NEMO_FBANK,
+    NoLayoutError,
+    _check_features,
+    sherpa_fbank_problem,
+)
 from asr.export.sherpa_decode import load_recognizer, room_tone
 from asr.features.fbank import FbankConfig, compute_fbank, num_frames
 from asr.fileio import current_umask
@@ -763,3 +768,20 @@ def test_a_convolution_without_cache_has_no_streaming_layout(tmp_path):
     with pytest.raises(NoLayoutError, match="conv_kernel_size >= 3"):
         export_onnx(package, tmp_path / "x", streaming=True)
     assert not (tmp_path / "x").exists() and [p.name for p in tmp_path.iterdir()] == ["k1"]
+
+
+def test_the_self_check_of_a_model_trained_with_dither_runs_without_it(tmp_path):
+    """The self-check computed its features with the training dither (0.1: the features of
+    noise, ~0.9 log units above the plain ones, different at every export) and export.json
+    recorded it, though sherpa-onnx never dithers. Now both are the recognition front end:
+    the dithered package's check sees the same features as the plain one's."""
+    plain = random_package(tmp_path / "plain", head="ctc", seed=2)
+    dithered = random_package(tmp_path / "dither", head="ctc", seed=2, fbank={"dither": 0.1})
+    reports = [export_onnx(package, tmp_path / f"onnx{i}")
+               for i, package in enumerate((plain, dithered))]
+    assert reports[1].checks == reports[0].checks
+    check_feats = [_check_features(FbankConfig(dither=d), [57])[0] for d in (0.1, 0.0)]
+    assert torch.equal(check_feats[0], check_feats[1])
+    for i in range(2):
+        features = json.loads((tmp_path / f"onnx{i}" / "export.json").read_text())["features"]
+        assert features["dither"] == 0.0

@@ -14,6 +14,7 @@ from lhotse import Recording
 from asr.audio import AudioError
 from asr.config import ConfigError, from_dict
 from asr.features.fbank import FbankConfig, compute_fbank, make_lhotse_fbank, num_frames
+from asr.testing.tiny import random_speech_like
 
 
 def _reference(wave: torch.Tensor, cfg: FbankConfig) -> torch.Tensor:
@@ -145,3 +146,22 @@ def test_band_edges_and_window_are_checked_by_the_config(options: dict, field: s
     AssertionError at the first feature extraction."""
     with pytest.raises(ValueError, match=field):
         FbankConfig(**options)
+
+
+@pytest.mark.parametrize(("options", "empty", "most"), [
+    ({"num_mel_bins": 256}, 27, 124),
+    ({"sample_rate": 8000, "num_mel_bins": 128}, 6, 90),
+    ({"num_mel_bins": 256, "mel_filters": "librosa", "low_freq": 0.0}, 26, 188),
+])
+def test_mel_filters_without_an_fft_bin_are_refused(options: dict, empty: int, most: int) -> None:
+    """Too many mel bins for the band leave filters between two FFT bins: they were accepted and
+    gave constant feature bins (27 of 256 at 16 kHz); Kaldi refuses them, and so does the
+    config, naming num_mel_bins, the band and the largest count that works."""
+    with pytest.raises(ValueError, match=rf"num_mel_bins={options['num_mel_bins']} .* band "
+                                         rf".* {empty} of the filters .* at most {most} bins"):
+        FbankConfig(**options)
+    fitting = FbankConfig(**{**options, "num_mel_bins": most})
+    feats = compute_fbank(random_speech_like(16000, seed=2), fitting.sample_rate, fitting)
+    assert feats.shape[1] == most and bool((feats.std(dim=0) > 0).all())
+    with pytest.raises(ConfigError, match="num_mel_bins=256"):
+        from_dict(FbankConfig, {"num_mel_bins": 256})
