@@ -20,6 +20,8 @@ def _parse_sizes(items: Sequence[str]) -> dict[str, int]:
         part, sep, count = item.partition("=")
         if not sep or not count.strip().isdigit():
             raise ValueError(f"--num-utts expects PART=N with N a positive integer, got {item!r}")
+        if part.strip() in sizes:
+            raise ValueError(f"--num-utts names part {part.strip()!r} twice")
         sizes[part.strip()] = int(count)
     return sizes
 
@@ -88,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _synthesize(args: argparse.Namespace) -> int:
     """Runs the synthesis for parsed arguments; prints a per-part summary."""
+    if args.biasing < 0:
+        raise ValueError(f"--biasing N needs N >= 1 (0: the corpus itself), got {args.biasing}")
     if args.biasing:
         result = synthesize_biasing_set(
             args.root, args.biasing, seed=args.seed, num_jobs=args.num_jobs,

@@ -4,7 +4,8 @@ The manifest records the settings (seed, sentence options and pool digest, voice
 acoustic ranges) and, per part, its size, speakers, sentence slice ``[start, count]`` of the
 shuffled pool and audio hours. A new run with the same settings skips completed parts and gives
 new parts sentences after every slice already used, so parts stay disjoint across runs; other
-settings need ``overwrite``.
+settings need ``overwrite``, which deletes the previous synthesis only once the new parts are
+made (:func:`remove_replaced`).
 """
 
 from __future__ import annotations
@@ -82,11 +83,13 @@ def reuse_existing(
         corpus_dir: ``<root>/LibriSpeech``.
         settings: :func:`settings_of` of the new run.
         sizes: requested utterances per part.
-        overwrite: delete the manifest's parts, the requested parts and the manifest first.
+        overwrite: keep nothing (the caller removes the previous synthesis with
+            :func:`remove_replaced` once the new parts are made).
 
     Returns:
         Manifest entries of the parts to keep: every completed part synthesized with the same
-        settings (requested or not); requested parts among them are skipped.
+        settings (requested or not); requested parts among them are skipped. Empty with
+        ``overwrite``.
 
     Raises:
         FileExistsError: different settings, a different size for a completed part, or a part
@@ -95,10 +98,6 @@ def reuse_existing(
     """
     manifest = load_manifest(corpus_dir)
     if overwrite:
-        stale = set(sizes) | set((manifest or {}).get("parts", {}))
-        for part in stale:
-            shutil.rmtree(corpus_dir / part, ignore_errors=True)
-        (corpus_dir / MANIFEST_NAME).unlink(missing_ok=True)
         return {}
     existing = dict((manifest or {}).get("parts", {}))
     if manifest is not None and manifest["settings"] != settings:
@@ -122,6 +121,15 @@ def reuse_existing(
                     "pass overwrite=True (--overwrite)"
                 )
     return existing
+
+
+def remove_replaced(corpus_dir: Path, sizes: dict[str, int]) -> None:
+    """Delete what ``overwrite`` replaces: the parts of the manifest, the requested parts (say,
+    a real LibriSpeech part of that name) and the manifest."""
+    manifest = load_manifest(corpus_dir)
+    for part in set(sizes) | set((manifest or {}).get("parts", {})):
+        shutil.rmtree(corpus_dir / part, ignore_errors=True)
+    (corpus_dir / MANIFEST_NAME).unlink(missing_ok=True)
 
 
 def allocate(

@@ -333,3 +333,59 @@ def test_mini_tts_preset_full_size(tmp_path: Path) -> None:
     for part, count in sizes.items():
         assert len(manifests[part]["recordings"]) == count == len(texts[part])
     assert not texts["test-clean"] & (texts["train-clean-5"] | texts["dev-clean-2"])
+
+
+def test_failed_run_leaves_no_half_made_part(tmp_path: Path, monkeypatch) -> None:
+    import asr.synth.synthesize as synth_module
+
+    real, calls = synth_module.synthesize_utterance, []
+
+    def fail_second(plan):  # a TTS failure (or a kill) in the middle of a part
+        calls.append(plan)
+        if len(calls) == 2:
+            raise RuntimeError("engine crashed")
+        return real(plan)
+
+    monkeypatch.setattr(synth_module, "synthesize_utterance", fail_second)
+    with pytest.raises(RuntimeError, match="engine crashed"):
+        synthesize_corpus(tmp_path, {"test-clean": 3}, progress=False)
+    corpus_dir = tmp_path / "LibriSpeech"
+    assert not (corpus_dir / "test-clean").exists()  # nothing under the part's name
+    assert not [p for p in corpus_dir.iterdir() if p.name.startswith(".test-clean")]
+    monkeypatch.setattr(synth_module, "synthesize_utterance", real)
+    again = synthesize_corpus(tmp_path, {"test-clean": 3}, progress=False)  # not refused
+    assert again.synthesized == 3 and len(list((corpus_dir / "test-clean").rglob("*.flac"))) == 3
+
+
+def test_failed_overwrite_keeps_the_previous_corpus(tmp_path: Path) -> None:
+    first = synthesize_corpus(tmp_path, {"test-clean": 1}, progress=False)
+    flacs = sorted((first.corpus_dir / "test-clean").rglob("*.flac"))
+    with pytest.raises(ValueError, match="distinct sentences needed"):
+        synthesize_corpus(tmp_path, {"test-clean": 50}, top_words=20, overwrite=True,
+                          progress=False)  # fmt: skip
+    assert sorted((first.corpus_dir / "test-clean").rglob("*.flac")) == flacs
+    assert (first.corpus_dir / "synthesis.json").is_file()
+    assert synthesize_corpus(tmp_path, {"test-clean": 1}, progress=False).synthesized == 0
+
+
+def test_one_run_at_a_time(tmp_path: Path) -> None:
+    from asr.fileio import OutputBusyError, output_lock
+
+    with output_lock(tmp_path / "LibriSpeech"):
+        with pytest.raises(OutputBusyError, match="LibriSpeech"):
+            synthesize_corpus(tmp_path, {"test-clean": 1}, progress=False)
+    assert not (tmp_path / "LibriSpeech" / "test-clean").exists()
+
+
+def test_bad_run_options_refused_before_writing(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"seed must be a non-negative int \(--seed\), got -1"):
+        synthesize_corpus(tmp_path, {"test-clean": 1}, seed=-1, progress=False)
+    with pytest.raises(ValueError, match=r"num_jobs must be a positive int.*got 0"):
+        synthesize_corpus(tmp_path, {"test-clean": 1}, num_jobs=0, progress=False)
+    with pytest.raises(ValueError, match="voices_per_sentence=0: expected 1..17"):
+        synthesize_corpus(tmp_path, {"test-clean": 1}, voices_per_sentence=0, progress=False)
+    assert not (tmp_path / "LibriSpeech").exists()
+    for argv in (["--num-utts", "test-clean=1", "test-clean=2"], ["--biasing", "-2"],
+                 ["--num-utts", "test-clean=1", "--num-jobs", "-1"]):  # fmt: skip
+        assert asr_main(["synthesize", "--root", str(tmp_path), "--no-progress", *argv]) == 2
+    assert not (tmp_path / "LibriSpeech").exists()
