@@ -11,19 +11,25 @@ made (:func:`remove_replaced`).
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import soundfile as sf
+
 from asr.fileio import write_text_atomic
 from asr.synth.parts import PARTS, ROLE_ORDER
 from asr.synth.sentences import SentencePool
 from asr.synth.voices import SAMPLE_RATE, Voice
 
+logger = logging.getLogger(__name__)
+
 MANIFEST_NAME = "synthesis.json"
 MANIFEST_FORMAT = "asr-synthetic-librispeech/1"
+SPEAKERS_NAME = "SPEAKERS.TXT"
 
 
 def settings_of(
@@ -202,3 +208,43 @@ def write_manifest(
         },
     }
     write_text_atomic(corpus_dir / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
+
+
+def write_speakers_file(corpus_dir: Path, voices: Sequence[Voice]) -> None:
+    """Write LibriSpeech's ``SPEAKERS.TXT`` for the completed parts under ``corpus_dir``.
+
+    One ``ID | SEX | SUBSET | MINUTES | NAME`` line per speaker (Kaldi's LibriSpeech
+    ``data_prep.sh`` takes each reader's sex from it and stops without it): SUBSET lists the
+    parts the speaker reads in (comma-separated; a LibriSpeech reader has one), MINUTES its audio
+    (from the FLAC headers), NAME the voice's label. Speakers of no voice in ``voices`` are left
+    out, with a warning.
+    """
+    by_id = {v.speaker_id: v for v in voices}
+    parts: dict[int, list[str]] = {}
+    samples: dict[int, int] = {}
+    for part in PARTS:
+        part_dir = corpus_dir / part
+        if not (part_dir / ".completed").is_file():
+            continue
+        for speaker_dir in sorted(p for p in part_dir.iterdir() if p.name.isdigit()):
+            speaker = int(speaker_dir.name)
+            if speaker not in by_id:
+                logger.warning("%s: speaker %d is no known voice; not in %s", part_dir, speaker,
+                               SPEAKERS_NAME)
+                continue
+            parts.setdefault(speaker, []).append(part)
+            frames = sum(sf.info(f).frames for f in speaker_dir.rglob("*.flac"))
+            samples[speaker] = samples.get(speaker, 0) + frames
+    lines = [
+        "; Speakers of the synthetic LibriSpeech (asr synthesize): SEX from the TTS voice,\n",
+        "; SUBSET the parts the speaker reads in, MINUTES of its audio, NAME the voice.\n",
+        ";ID  |SEX| SUBSET           |MINUTES| NAME\n",
+    ]
+    for speaker in sorted(parts):
+        voice = by_id[speaker]
+        subset = ",".join(parts[speaker])
+        minutes = samples[speaker] / SAMPLE_RATE / 60
+        lines.append(
+            f"{str(speaker).ljust(4)} | {voice.sex} | {subset:<16} | {minutes:5.2f} | {voice.label}\n"
+        )
+    write_text_atomic(corpus_dir / SPEAKERS_NAME, "".join(lines))

@@ -6,6 +6,7 @@ tool reads unchanged (lhotse's ``prepare_librispeech`` included)::
     <root>/LibriSpeech/<part>/<speaker>/<chapter>/<speaker>-<chapter>-<utt:04d>.flac  16 kHz mono
     <root>/LibriSpeech/<part>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt
     <root>/LibriSpeech/<part>/.completed             (lhotse's download step then skips the part)
+    <root>/LibriSpeech/SPEAKERS.TXT                  (ID | SEX | SUBSET | MINUTES | NAME, as Kaldi reads it)
     <root>/LibriSpeech/synthesis.json                (what was generated, with which settings)
     <root>/LibriSpeech/train-text.txt                (all text training may say: an LM corpus)
 
@@ -97,12 +98,14 @@ from asr.synth.audio_effects import (
 )
 from asr.synth.biasing import BIASING_DIR, plan_biasing_set
 from asr.synth.corpus_state import (
+    SPEAKERS_NAME,
     allocate,
     part_info,
     remove_replaced,
     reuse_existing,
     settings_of,
     write_manifest,
+    write_speakers_file,
 )
 from asr.synth.parts import BIASING_PARTS, PARTS
 from asr.synth.sentences import build_pool, default_sources, shuffle_pool, training_segments
@@ -478,6 +481,8 @@ def synthesize_corpus(
         write_manifest(corpus_dir, settings, parts_info, pool, len(all_plans), elapsed, num_jobs)
         for part, tmp in staged.items():
             publish_directory(tmp, corpus_dir / part)
+        if staged or not (corpus_dir / SPEAKERS_NAME).is_file():
+            write_speakers_file(corpus_dir, voices)
     result = SynthesisResult(
         corpus_dir=corpus_dir,
         num_utts={p: info["num_utts"] for p, info in parts_info.items()},
@@ -549,6 +554,7 @@ def synthesize_biasing_set(
             (staged[part] / ".completed").touch()
             write_text_atomic(corpus_dir / BIASING_DIR / f"{part}.phrases.tsv", phrases[part])
             publish_directory(staged[part], corpus_dir / part)  # replaces an earlier one
+        write_speakers_file(corpus_dir, voices)
     return SynthesisResult(
         corpus_dir=corpus_dir,
         num_utts={p: len(plans) for p, plans in plans_by_part.items()},

@@ -115,6 +115,29 @@ def test_lhotse_prepare_librispeech_reads_it(corpus: SynthesisResult) -> None:
         assert {s.speaker for s in supervisions} == {k.split("-")[0] for k in expected}
 
 
+def test_speakers_txt_as_kaldi_data_prep_reads_it(corpus: SynthesisResult) -> None:
+    # Kaldi's egs/librispeech/s5/local/data_prep.sh takes each reader's sex from
+    # <corpus>/SPEAKERS.TXT with this grep and awk, and stops unless it is m or f.
+    speakers_txt = corpus.corpus_dir / "SPEAKERS.TXT"
+    voices = {str(v.speaker_id): v for v in VOICES}
+    minutes: dict[str, float] = {}
+    for part in SIZES:
+        for reader_dir in sorted(p for p in (corpus.corpus_dir / part).iterdir() if p.is_dir()):
+            sex = subprocess.run(
+                ["bash", "-c", f"grep -E '^{reader_dir.name}[ ]+\\|' '{speakers_txt}' | "
+                 "awk -F'|' '{gsub(/[ ]+/, \"\"); print tolower($2)}'"],
+                capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            assert sex == voices[reader_dir.name].sex.lower() + "\n", (reader_dir, sex)
+    for line in speakers_txt.read_text(encoding="utf-8").splitlines():
+        if not line.startswith(";"):
+            speaker, _, subset, mins, name = (f.strip() for f in line.split("|"))
+            assert name == voices[speaker].label and set(subset.split(",")) <= set(SIZES)
+            minutes[speaker] = float(mins)
+    assert sum(minutes.values()) == pytest.approx(sum(corpus.hours.values()) * 60, abs=0.1)
+    assert voices["9003"].sex == "F" and voices["1004"].sex == "F" and voices["1003"].sex == "M"
+
+
 def test_same_seed_same_bytes_any_num_jobs(corpus: SynthesisResult, tmp_path: Path) -> None:
     # test and dev parts take the first sentences of the pool whatever the training size.
     sizes = {"test-clean": SIZES["test-clean"], "dev-clean-2": SIZES["dev-clean-2"]}
