@@ -21,7 +21,8 @@ from typing import Any
 import soundfile as sf
 
 from asr.fileio import write_text_atomic
-from asr.synth.parts import PARTS, ROLE_ORDER
+from asr.synth.biasing import BIASING_DIR
+from asr.synth.parts import BIASING_PARTS, PARTS, ROLE_ORDER
 from asr.synth.sentences import SentencePool
 from asr.synth.voices import SAMPLE_RATE, Voice
 
@@ -131,10 +132,12 @@ def reuse_existing(
 
 def remove_replaced(corpus_dir: Path, sizes: dict[str, int]) -> None:
     """Delete what ``overwrite`` replaces: the parts of the manifest, the requested parts (say,
-    a real LibriSpeech part of that name) and the manifest."""
+    a real LibriSpeech part of that name), the biasing set (chosen against the replaced
+    training text) and the manifest."""
     manifest = load_manifest(corpus_dir)
-    for part in set(sizes) | set((manifest or {}).get("parts", {})):
+    for part in set(sizes) | set((manifest or {}).get("parts", {})) | set(BIASING_PARTS):
         shutil.rmtree(corpus_dir / part, ignore_errors=True)
+    shutil.rmtree(corpus_dir / BIASING_DIR, ignore_errors=True)
     (corpus_dir / MANIFEST_NAME).unlink(missing_ok=True)
 
 

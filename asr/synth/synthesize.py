@@ -375,7 +375,8 @@ def synthesize_corpus(
         max_words: longest sentence, words.
         sources: sentence text files (default: the Debian ``fortunes`` package).
         voices: speakers (default: every voice of :data:`asr.synth.voices.VOICES` installed here).
-        overwrite: delete parts and manifest of a previous synthesis first.
+        overwrite: replace a previous synthesis (its parts, biasing set and manifest), deleted
+            once the new parts are made.
         progress: show a tqdm progress bar.
         voices_per_sentence: training parts speak each sentence this many times, in different
             voices (at most the number of training voices); dev and test parts always once.

@@ -391,6 +391,15 @@ def test_failed_overwrite_keeps_the_previous_corpus(tmp_path: Path) -> None:
     assert synthesize_corpus(tmp_path, {"test-clean": 1}, progress=False).synthesized == 0
 
 
+def test_overwrite_removes_the_biasing_set_of_the_replaced_corpus(tmp_path: Path) -> None:
+    first = synthesize_corpus(tmp_path, {"test-clean": 1}, progress=False)
+    for name in ("dev-biasing", "test-biasing", "biasing"):  # as synthesize_biasing_set leaves
+        (first.corpus_dir / name).mkdir()
+        (first.corpus_dir / name / ".completed").touch()
+    synthesize_corpus(tmp_path, {"test-clean": 1}, seed=4, overwrite=True, progress=False)
+    assert not [p for p in first.corpus_dir.iterdir() if "biasing" in p.name]
+
+
 def test_one_run_at_a_time(tmp_path: Path) -> None:
     from asr.fileio import OutputBusyError, output_lock
 
