@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 MANIFEST_NAME = "synthesis.json"
 MANIFEST_FORMAT = "asr-synthetic-librispeech/1"
 SPEAKERS_NAME = "SPEAKERS.TXT"
+_SPEAKERS_HEADER = (
+    "; Speakers of the synthetic LibriSpeech (asr synthesize): SEX from the TTS voice,\n"
+)
 
 
 def settings_of(
@@ -220,8 +223,13 @@ def write_speakers_file(corpus_dir: Path, voices: Sequence[Voice]) -> None:
     ``data_prep.sh`` takes each reader's sex from it and stops without it): SUBSET lists the
     parts the speaker reads in (comma-separated; a LibriSpeech reader has one), MINUTES its audio
     (from the FLAC headers), NAME the voice's label. Speakers of no voice in ``voices`` are left
-    out, with a warning.
+    out, with a warning. A ``SPEAKERS.TXT`` that this function did not write (real
+    LibriSpeech's, when parts are synthesized beside it) is kept, with a warning.
     """
+    path = corpus_dir / SPEAKERS_NAME
+    if path.is_file() and not path.read_bytes().startswith(_SPEAKERS_HEADER.encode("utf-8")):
+        logger.warning("%s was not written by asr synthesize: kept as it is", path)
+        return
     by_id = {v.speaker_id: v for v in voices}
     parts: dict[int, list[str]] = {}
     samples: dict[int, int] = {}
@@ -239,7 +247,7 @@ def write_speakers_file(corpus_dir: Path, voices: Sequence[Voice]) -> None:
             frames = sum(sf.info(f).frames for f in speaker_dir.rglob("*.flac"))
             samples[speaker] = samples.get(speaker, 0) + frames
     lines = [
-        "; Speakers of the synthetic LibriSpeech (asr synthesize): SEX from the TTS voice,\n",
+        _SPEAKERS_HEADER,
         "; SUBSET the parts the speaker reads in, MINUTES of its audio, NAME the voice.\n",
         ";ID  |SEX| SUBSET           |MINUTES| NAME\n",
     ]
@@ -247,7 +255,6 @@ def write_speakers_file(corpus_dir: Path, voices: Sequence[Voice]) -> None:
         voice = by_id[speaker]
         subset = ",".join(parts[speaker])
         minutes = samples[speaker] / SAMPLE_RATE / 60
-        lines.append(
-            f"{str(speaker).ljust(4)} | {voice.sex} | {subset:<16} | {minutes:5.2f} | {voice.label}\n"
-        )
-    write_text_atomic(corpus_dir / SPEAKERS_NAME, "".join(lines))
+        row = f"{str(speaker).ljust(4)} | {voice.sex} | {subset:<16} | {minutes:5.2f}"
+        lines.append(f"{row} | {voice.label}\n")
+    write_text_atomic(path, "".join(lines))

@@ -6,7 +6,7 @@ tool reads unchanged (lhotse's ``prepare_librispeech`` included)::
     <root>/LibriSpeech/<part>/<speaker>/<chapter>/<speaker>-<chapter>-<utt:04d>.flac  16 kHz mono
     <root>/LibriSpeech/<part>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt
     <root>/LibriSpeech/<part>/.completed             (lhotse's download step then skips the part)
-    <root>/LibriSpeech/SPEAKERS.TXT                  (ID | SEX | SUBSET | MINUTES | NAME, as Kaldi reads it)
+    <root>/LibriSpeech/SPEAKERS.TXT                  (ID | SEX | SUBSET | MINUTES | NAME: Kaldi's)
     <root>/LibriSpeech/synthesis.json                (what was generated, with which settings)
     <root>/LibriSpeech/train-text.txt                (all text training may say: an LM corpus)
 

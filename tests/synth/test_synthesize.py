@@ -138,6 +138,14 @@ def test_speakers_txt_as_kaldi_data_prep_reads_it(corpus: SynthesisResult) -> No
     assert voices["9003"].sex == "F" and voices["1004"].sex == "F" and voices["1003"].sex == "M"
 
 
+def test_real_librispeech_speakers_txt_is_kept(tmp_path: Path) -> None:
+    real = ";ID  |SEX| SUBSET           |MINUTES| NAME\n14   | F | train-clean-360  | 25.03 | K\n"
+    (tmp_path / "LibriSpeech").mkdir()
+    (tmp_path / "LibriSpeech" / "SPEAKERS.TXT").write_text(real)
+    synthesize_corpus(tmp_path, {"test-clean": 1}, progress=False)
+    assert (tmp_path / "LibriSpeech" / "SPEAKERS.TXT").read_text() == real
+
+
 def test_same_seed_same_bytes_any_num_jobs(corpus: SynthesisResult, tmp_path: Path) -> None:
     # test and dev parts take the first sentences of the pool whatever the training size.
     sizes = {"test-clean": SIZES["test-clean"], "dev-clean-2": SIZES["dev-clean-2"]}
