@@ -69,6 +69,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "source sentence (default: preset)",
     )  # fmt: skip
     parser.add_argument(
+        "--held-out-sentences", type=int, default=1000,
+        help="with --train-text segments: the pool sentences reserved for dev/test parts, "
+        "which no training segment contains (default: 1000)",
+    )  # fmt: skip
+    parser.add_argument(
         "--biasing", type=int, metavar="N", default=0,
         help="instead of the corpus: synthesize its contextual-biasing set, dev-biasing and "
         "test-biasing of N utterances each plus phrase lists (asr/synth/biasing.py); needs "
@@ -120,6 +125,7 @@ def _synthesize(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         voices_per_sentence=repeats,
         train_text=train_text,
+        held_out_sentences=args.held_out_sentences,
     )
     for part in sorted(result.num_utts):
         print(f"{part}\t{result.num_utts[part]} utterances\t{result.hours[part]:.3f} h")

@@ -145,12 +145,19 @@ def remove_replaced(corpus_dir: Path, sizes: dict[str, int]) -> None:
 
 
 def allocate(
-    sizes: dict[str, int], kept: dict[str, dict[str, Any]], pool_size: int, top_words: int | None
+    sizes: dict[str, int],
+    kept: dict[str, dict[str, Any]],
+    pool_size: int,
+    top_words: int | None,
+    source: str = "the pool",
+    advice: str = "request fewer utterances or raise top_words",
 ) -> dict[str, tuple[int, int]]:
     """Disjoint ``(start, count)`` slices of the shuffled pool for the parts not in ``kept``.
 
     New parts start after the last slice of ``kept`` and are ordered test, dev, train (then by
-    name), so test sentences do not depend on the training size.
+    name), so test sentences do not depend on the training size. ``source`` and ``advice`` name
+    what the slices are cut from (the pool, the dev/test reserve, the training segments) and
+    what to change when it is too small, in the error.
 
     Raises:
         ValueError: the pool has too few sentences.
@@ -163,8 +170,8 @@ def allocate(
         start += sizes[part]
     if start > pool_size:
         raise ValueError(
-            f"{start} distinct sentences needed but the pool has {pool_size} "
-            f"(top_words={top_words}); request fewer utterances or raise top_words"
+            f"{start} distinct sentences needed but {source} has {pool_size} "
+            f"(top_words={top_words}); {advice}"
         )
     return slices
 

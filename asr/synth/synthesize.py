@@ -396,6 +396,12 @@ def synthesize_corpus(
     _validate_run(seed, num_jobs)
     if train_text not in TRAIN_TEXTS:
         raise ValueError(f"train_text={train_text!r}: expected one of {', '.join(TRAIN_TEXTS)}")
+    if isinstance(held_out_sentences, bool) or not isinstance(held_out_sentences, int) or \
+            held_out_sentences < 0:
+        raise ValueError(
+            f"held_out_sentences must be an int >= 0 (--held-out-sentences), got "
+            f"{held_out_sentences!r}"
+        )
     voices = available_voices(VOICES) if voices is None else tuple(voices)
     by_role = _voices_by_role(voices, list(sizes))
     speakers = len(by_role["train"])
@@ -430,9 +436,15 @@ def synthesize_corpus(
             lm_text = train_order
             train_parts = of_role(num_sentences, True)
             slices = allocate(
-                of_role(num_sentences, False), of_role(kept, False), reserve, top_words
-            )
-            slices |= allocate(train_parts, of_role(kept, True), len(train_order), top_words)
+                of_role(num_sentences, False), of_role(kept, False), reserve, top_words,
+                source=f"the dev/test reserve of held_out_sentences={held_out_sentences}",
+                advice="request fewer dev/test utterances or raise held_out_sentences "
+                f"(--held-out-sentences; the pool has {len(pool.sentences)} sentences)",
+            )  # fmt: skip
+            slices |= allocate(
+                train_parts, of_role(kept, True), len(train_order), top_words,
+                source="the training segments",
+            )  # fmt: skip
             texts.update(dict.fromkeys(train_parts, train_order))
         else:
             slices = allocate(num_sentences, kept, len(pool.sentences), top_words)

@@ -250,7 +250,9 @@ def test_training_parts_can_say_segments(corpus: SynthesisResult, tmp_path) -> N
     assert not any(f" {h} " in f" {t} " for t in lm_text for h in reserved | evaluated)
     with pytest.raises(FileExistsError, match="different settings.*held_out_sentences"):
         synthesize_corpus(tmp_path, sizes, progress=False)
-    with pytest.raises(ValueError, match="distinct sentences needed but the pool has 5"):
+    with pytest.raises(ValueError, match="6 distinct sentences needed but the dev/test reserve "
+                       r"of held_out_sentences=5 has 5 .*raise held_out_sentences "
+                       r"\(--held-out-sentences; the pool has \d+ sentences\)"):
         synthesize_corpus(tmp_path / "y", {"test-clean": 6}, train_text="segments",
                           held_out_sentences=5, progress=False)  # fmt: skip
     with pytest.raises(ValueError, match="train_text='words'"):
@@ -424,6 +426,9 @@ def test_bad_run_options_refused_before_writing(tmp_path: Path) -> None:
         synthesize_corpus(tmp_path, {"test-clean": 1}, num_jobs=0, progress=False)
     with pytest.raises(ValueError, match="voices_per_sentence=0: expected 1..17"):
         synthesize_corpus(tmp_path, {"test-clean": 1}, voices_per_sentence=0, progress=False)
+    with pytest.raises(ValueError, match=r"held_out_sentences must be an int >= 0.*got -5"):
+        synthesize_corpus(tmp_path, {"train-clean-5": 1}, train_text="segments",
+                          held_out_sentences=-5, progress=False)  # fmt: skip
     assert not (tmp_path / "LibriSpeech").exists()
     for argv in (["--num-utts", "test-clean=1", "test-clean=2"], ["--biasing", "-2"],
                  ["--num-utts", "test-clean=1", "--num-jobs", "-1"]):  # fmt: skip
