@@ -20,6 +20,8 @@ def _parse_sizes(items: Sequence[str]) -> dict[str, int]:
         part, sep, count = item.partition("=")
         if not sep or not count.strip().isdigit():
             raise ValueError(f"--num-utts expects PART=N with N a positive integer, got {item!r}")
+        if part.strip() in sizes:
+            raise ValueError(f"--num-utts names part {part.strip()!r} twice")
         sizes[part.strip()] = int(count)
     return sizes
 
@@ -67,6 +69,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "source sentence (default: preset)",
     )  # fmt: skip
     parser.add_argument(
+        "--held-out-sentences", type=int, default=1000,
+        help="with --train-text segments: the pool sentences reserved for dev/test parts, "
+        "which no training segment contains (default: 1000)",
+    )  # fmt: skip
+    parser.add_argument(
         "--biasing", type=int, metavar="N", default=0,
         help="instead of the corpus: synthesize its contextual-biasing set, dev-biasing and "
         "test-biasing of N utterances each plus phrase lists (asr/synth/biasing.py); needs "
@@ -88,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _synthesize(args: argparse.Namespace) -> int:
     """Runs the synthesis for parsed arguments; prints a per-part summary."""
+    if args.biasing < 0:
+        raise ValueError(f"--biasing N needs N >= 1 (0: the corpus itself), got {args.biasing}")
     if args.biasing:
         result = synthesize_biasing_set(
             args.root, args.biasing, seed=args.seed, num_jobs=args.num_jobs,
@@ -116,6 +125,7 @@ def _synthesize(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         voices_per_sentence=repeats,
         train_text=train_text,
+        held_out_sentences=args.held_out_sentences,
     )
     for part in sorted(result.num_utts):
         print(f"{part}\t{result.num_utts[part]} utterances\t{result.hours[part]:.3f} h")

@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import gzip
+import io
 import logging
 import random
 import re
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from asr.data.dataset import check_cut_manifest
-from asr.fileio import write_atomic
+from asr.fileio import read_text, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,11 @@ def _check_trans_file(trans_path: Path, part_dir: Path, seen: dict[str, str]) ->
     if trans_path.parent != expected_dir:
         raise CorpusError(f"{trans_path}: must be located in {expected_dir}")
     count = 0
-    with trans_path.open(encoding="utf-8") as f:
+    try:
+        text = read_text(trans_path)
+    except ValueError as err:  # not UTF-8: names the file and line, Python's error neither
+        raise CorpusError(str(err)) from None
+    with io.StringIO(text, newline=None) as f:  # line breaks as lhotse's open() reads them
         for line_no, raw in enumerate(f, start=1):
             where = f"{trans_path}:{line_no}"
             fields = raw.strip().split(maxsplit=1)
@@ -142,7 +147,8 @@ def validate_librispeech_tree(corpus_dir: str | Path, parts: Sequence[str]) -> l
         CorpusError: naming the file (and line) for a missing part directory, a part without
             transcripts, a badly named or misplaced ``.trans.txt``, an empty line, a malformed
             utterance id, an id not matching the file's speaker-chapter, a line without text,
-            a duplicate id, or a transcript line whose flac is missing.
+            a duplicate id, a transcript line whose flac is missing, or a transcript that is
+            not UTF-8.
     """
     corpus_dir = Path(corpus_dir)
     if not parts:

@@ -4,25 +4,36 @@ The manifest records the settings (seed, sentence options and pool digest, voice
 acoustic ranges) and, per part, its size, speakers, sentence slice ``[start, count]`` of the
 shuffled pool and audio hours. A new run with the same settings skips completed parts and gives
 new parts sentences after every slice already used, so parts stay disjoint across runs; other
-settings need ``overwrite``.
+settings need ``overwrite``, which deletes the previous synthesis only once the new parts are
+made (:func:`remove_replaced`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import soundfile as sf
+
 from asr.fileio import write_text_atomic
-from asr.synth.parts import PARTS, ROLE_ORDER
+from asr.synth.biasing import BIASING_DIR
+from asr.synth.parts import BIASING_PARTS, PARTS, ROLE_ORDER
 from asr.synth.sentences import SentencePool
 from asr.synth.voices import SAMPLE_RATE, Voice
 
+logger = logging.getLogger(__name__)
+
 MANIFEST_NAME = "synthesis.json"
 MANIFEST_FORMAT = "asr-synthetic-librispeech/1"
+SPEAKERS_NAME = "SPEAKERS.TXT"
+_SPEAKERS_HEADER = (
+    "; Speakers of the synthetic LibriSpeech (asr synthesize): SEX from the TTS voice,\n"
+)
 
 
 def settings_of(
@@ -82,11 +93,13 @@ def reuse_existing(
         corpus_dir: ``<root>/LibriSpeech``.
         settings: :func:`settings_of` of the new run.
         sizes: requested utterances per part.
-        overwrite: delete the manifest's parts, the requested parts and the manifest first.
+        overwrite: keep nothing (the caller removes the previous synthesis with
+            :func:`remove_replaced` once the new parts are made).
 
     Returns:
         Manifest entries of the parts to keep: every completed part synthesized with the same
-        settings (requested or not); requested parts among them are skipped.
+        settings (requested or not); requested parts among them are skipped. Empty with
+        ``overwrite``.
 
     Raises:
         FileExistsError: different settings, a different size for a completed part, or a part
@@ -95,10 +108,6 @@ def reuse_existing(
     """
     manifest = load_manifest(corpus_dir)
     if overwrite:
-        stale = set(sizes) | set((manifest or {}).get("parts", {}))
-        for part in stale:
-            shutil.rmtree(corpus_dir / part, ignore_errors=True)
-        (corpus_dir / MANIFEST_NAME).unlink(missing_ok=True)
         return {}
     existing = dict((manifest or {}).get("parts", {}))
     if manifest is not None and manifest["settings"] != settings:
@@ -124,13 +133,31 @@ def reuse_existing(
     return existing
 
 
+def remove_replaced(corpus_dir: Path, sizes: dict[str, int]) -> None:
+    """Delete what ``overwrite`` replaces: the parts of the manifest, the requested parts (say,
+    a real LibriSpeech part of that name), the biasing set (chosen against the replaced
+    training text) and the manifest."""
+    manifest = load_manifest(corpus_dir)
+    for part in set(sizes) | set((manifest or {}).get("parts", {})) | set(BIASING_PARTS):
+        shutil.rmtree(corpus_dir / part, ignore_errors=True)
+    shutil.rmtree(corpus_dir / BIASING_DIR, ignore_errors=True)
+    (corpus_dir / MANIFEST_NAME).unlink(missing_ok=True)
+
+
 def allocate(
-    sizes: dict[str, int], kept: dict[str, dict[str, Any]], pool_size: int, top_words: int | None
+    sizes: dict[str, int],
+    kept: dict[str, dict[str, Any]],
+    pool_size: int,
+    top_words: int | None,
+    source: str = "the pool",
+    advice: str = "request fewer utterances or raise top_words",
 ) -> dict[str, tuple[int, int]]:
     """Disjoint ``(start, count)`` slices of the shuffled pool for the parts not in ``kept``.
 
     New parts start after the last slice of ``kept`` and are ordered test, dev, train (then by
-    name), so test sentences do not depend on the training size.
+    name), so test sentences do not depend on the training size. ``source`` and ``advice`` name
+    what the slices are cut from (the pool, the dev/test reserve, the training segments) and
+    what to change when it is too small, in the error.
 
     Raises:
         ValueError: the pool has too few sentences.
@@ -143,8 +170,8 @@ def allocate(
         start += sizes[part]
     if start > pool_size:
         raise ValueError(
-            f"{start} distinct sentences needed but the pool has {pool_size} "
-            f"(top_words={top_words}); request fewer utterances or raise top_words"
+            f"{start} distinct sentences needed but {source} has {pool_size} "
+            f"(top_words={top_words}); {advice}"
         )
     return slices
 
@@ -194,3 +221,47 @@ def write_manifest(
         },
     }
     write_text_atomic(corpus_dir / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
+
+
+def write_speakers_file(corpus_dir: Path, voices: Sequence[Voice]) -> None:
+    """Write LibriSpeech's ``SPEAKERS.TXT`` for the completed parts under ``corpus_dir``.
+
+    One ``ID | SEX | SUBSET | MINUTES | NAME`` line per speaker (Kaldi's LibriSpeech
+    ``data_prep.sh`` takes each reader's sex from it and stops without it): SUBSET lists the
+    parts the speaker reads in (comma-separated; a LibriSpeech reader has one), MINUTES its audio
+    (from the FLAC headers), NAME the voice's label. Speakers of no voice in ``voices`` are left
+    out, with a warning. A ``SPEAKERS.TXT`` that this function did not write (real
+    LibriSpeech's, when parts are synthesized beside it) is kept, with a warning.
+    """
+    path = corpus_dir / SPEAKERS_NAME
+    if path.is_file() and not path.read_bytes().startswith(_SPEAKERS_HEADER.encode("utf-8")):
+        logger.warning("%s was not written by asr synthesize: kept as it is", path)
+        return
+    by_id = {v.speaker_id: v for v in voices}
+    parts: dict[int, list[str]] = {}
+    samples: dict[int, int] = {}
+    for part in PARTS:
+        part_dir = corpus_dir / part
+        if not (part_dir / ".completed").is_file():
+            continue
+        for speaker_dir in sorted(p for p in part_dir.iterdir() if p.name.isdigit()):
+            speaker = int(speaker_dir.name)
+            if speaker not in by_id:
+                logger.warning("%s: speaker %d is no known voice; not in %s", part_dir, speaker,
+                               SPEAKERS_NAME)
+                continue
+            parts.setdefault(speaker, []).append(part)
+            frames = sum(sf.info(f).frames for f in speaker_dir.rglob("*.flac"))
+            samples[speaker] = samples.get(speaker, 0) + frames
+    lines = [
+        _SPEAKERS_HEADER,
+        "; SUBSET the parts the speaker reads in, MINUTES of its audio, NAME the voice.\n",
+        ";ID  |SEX| SUBSET           |MINUTES| NAME\n",
+    ]
+    for speaker in sorted(parts):
+        voice = by_id[speaker]
+        subset = ",".join(parts[speaker])
+        minutes = samples[speaker] / SAMPLE_RATE / 60
+        row = f"{str(speaker).ljust(4)} | {voice.sex} | {subset:<16} | {minutes:5.2f}"
+        lines.append(f"{row} | {voice.label}\n")
+    write_text_atomic(path, "".join(lines))

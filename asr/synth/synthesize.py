@@ -6,6 +6,7 @@ tool reads unchanged (lhotse's ``prepare_librispeech`` included)::
     <root>/LibriSpeech/<part>/<speaker>/<chapter>/<speaker>-<chapter>-<utt:04d>.flac  16 kHz mono
     <root>/LibriSpeech/<part>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt
     <root>/LibriSpeech/<part>/.completed             (lhotse's download step then skips the part)
+    <root>/LibriSpeech/SPEAKERS.TXT                  (ID | SEX | SUBSET | MINUTES | NAME: Kaldi's)
     <root>/LibriSpeech/synthesis.json                (what was generated, with which settings)
     <root>/LibriSpeech/train-text.txt                (all text training may say: an LM corpus)
 
@@ -46,6 +47,13 @@ Design:
 * Re-running with the same settings skips completed parts; new parts can be added to an existing
   corpus (they take sentences after those already used); different settings need ``overwrite``
   (:mod:`asr.synth.corpus_state`).
+* A part is built in a hidden staging directory beside its final name and renamed into place
+  only once all its audio, transcripts and ``.completed`` are written
+  (:func:`asr.fileio.staging_directory`), after the manifest that lists it: a failed or killed
+  run leaves no half-made part under a part's name (the next run removes its leftovers and makes
+  the missing parts), and ``overwrite`` removes the previous synthesis only once the new parts
+  are made. One run at a time writes a corpus (:func:`asr.fileio.output_lock`; a second is
+  refused, naming it).
 
 Usage::
 
@@ -59,11 +67,11 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import shutil
 import time
 import zlib
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,7 +80,13 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from asr.fileio import write_atomic, write_text_atomic
+from asr.fileio import (
+    output_lock,
+    publish_directory,
+    staging_directory,
+    write_atomic,
+    write_text_atomic,
+)
 from asr.synth.audio_effects import (
     add_noise,
     add_reverb,
@@ -84,11 +98,14 @@ from asr.synth.audio_effects import (
 )
 from asr.synth.biasing import BIASING_DIR, plan_biasing_set
 from asr.synth.corpus_state import (
+    SPEAKERS_NAME,
     allocate,
     part_info,
+    remove_replaced,
     reuse_existing,
     settings_of,
     write_manifest,
+    write_speakers_file,
 )
 from asr.synth.parts import BIASING_PARTS, PARTS
 from asr.synth.sentences import build_pool, default_sources, shuffle_pool, training_segments
@@ -211,6 +228,7 @@ def plan_part(
     seed: int,
     num_utts: int | None = None,
     voices_per_sentence: int = 1,
+    part_dir: Path | None = None,
 ) -> list[UtterancePlan]:
     """Assign speakers, chapters and utterance ids to the sentences of one part.
 
@@ -218,9 +236,11 @@ def plan_part(
     (sorted by speaker id), so the copies of a sentence get different voices (callers keep
     ``1 <= voices_per_sentence <= S``: :func:`synthesize_corpus` checks it before touching the
     output); a speaker's ``j``-th utterance is in its chapter ``k = min(j // 50, 9)``.
-    ``num_utts`` defaults to ``len(sentences) * voices_per_sentence``.
+    ``num_utts`` defaults to ``len(sentences) * voices_per_sentence``. The files go under
+    ``part_dir`` (default ``corpus_dir / part``; a staging directory while the part is made).
     """
     spec = PARTS[part]
+    part_dir = corpus_dir / part if part_dir is None else part_dir
     speakers = sorted(voices, key=lambda v: v.speaker_id)
     total = len(sentences) * voices_per_sentence if num_utts is None else num_utts
     if total > len(sentences) * voices_per_sentence:
@@ -238,7 +258,7 @@ def plan_part(
             raise ValueError(f"part {part!r}: more than 10000 utterances in one chapter")
         chapter = voice.speaker_id * 100 + spec.code * 10 + chapter_k
         utt_id = f"{voice.speaker_id}-{chapter}-{number:04d}"
-        path = corpus_dir / part / str(voice.speaker_id) / str(chapter) / f"{utt_id}.flac"
+        path = part_dir / str(voice.speaker_id) / str(chapter) / f"{utt_id}.flac"
         plans.append(
             UtterancePlan(
                 part, index, utt_id, voice.speaker_id, chapter, voice, transcript, path, seed
@@ -294,6 +314,14 @@ def _validate_sizes(num_utts: Mapping[str, int]) -> dict[str, int]:
     return sizes
 
 
+def _validate_run(seed: int, num_jobs: int) -> None:
+    """Options every synthesis takes, checked before anything is written."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int (--seed), got {seed!r}")
+    if isinstance(num_jobs, bool) or not isinstance(num_jobs, int) or num_jobs < 1:
+        raise ValueError(f"num_jobs must be a positive int (--num-jobs), got {num_jobs!r}")
+
+
 def _voices_by_role(voices: Sequence[Voice], parts: Sequence[str]) -> dict[str, list[Voice]]:
     if not voices:
         raise ValueError(
@@ -347,7 +375,8 @@ def synthesize_corpus(
         max_words: longest sentence, words.
         sources: sentence text files (default: the Debian ``fortunes`` package).
         voices: speakers (default: every voice of :data:`asr.synth.voices.VOICES` installed here).
-        overwrite: delete parts and manifest of a previous synthesis first.
+        overwrite: replace a previous synthesis (its parts, biasing set and manifest), deleted
+            once the new parts are made.
         progress: show a tqdm progress bar.
         voices_per_sentence: training parts speak each sentence this many times, in different
             voices (at most the number of training voices); dev and test parts always once.
@@ -364,21 +393,28 @@ def synthesize_corpus(
         FileExistsError: the output exists with other settings (and ``overwrite`` is False).
     """
     sizes = _validate_sizes(num_utts)
+    _validate_run(seed, num_jobs)
     if train_text not in TRAIN_TEXTS:
         raise ValueError(f"train_text={train_text!r}: expected one of {', '.join(TRAIN_TEXTS)}")
+    if isinstance(held_out_sentences, bool) or not isinstance(held_out_sentences, int) or \
+            held_out_sentences < 0:
+        raise ValueError(
+            f"held_out_sentences must be an int >= 0 (--held-out-sentences), got "
+            f"{held_out_sentences!r}"
+        )
     voices = available_voices(VOICES) if voices is None else tuple(voices)
     by_role = _voices_by_role(voices, list(sizes))
+    speakers = len(by_role["train"])
+    if isinstance(voices_per_sentence, bool) or not isinstance(voices_per_sentence, int) or \
+            not 1 <= voices_per_sentence <= max(speakers, 1):
+        raise ValueError(
+            f"voices_per_sentence={voices_per_sentence!r}: expected 1..{speakers} (the training "
+            "voices)"
+        )
     pool = build_pool(
         list(sources) if sources else default_sources(), min_words, max_words, top_words
     )
     repeats = {p: voices_per_sentence if PARTS[p].role == "train" else 1 for p in sizes}
-    for part, count in repeats.items():
-        speakers = len(by_role[PARTS[part].role])
-        if not 1 <= count <= speakers:
-            raise ValueError(
-                f"voices_per_sentence={voices_per_sentence}: expected 1..{speakers} (the "
-                f"voices of part {part!r})"
-            )
     segments = train_text == "segments"
     reserve = min(held_out_sentences, len(pool.sentences)) if segments else None
     settings = settings_of(
@@ -386,60 +422,80 @@ def synthesize_corpus(
     )
     corpus_dir = Path(root) / "LibriSpeech"
     corpus_dir.mkdir(parents=True, exist_ok=True)
-    kept = reuse_existing(corpus_dir, settings, sizes, overwrite)
-    num_sentences = {p: -(-n // repeats[p]) for p, n in sizes.items()}  # ceil
-    order = shuffle_pool(pool, seed)
-    texts = {p: order for p in sizes}
-    if segments:  # dev/test slices within the reserve, training slices of the segments
+    with output_lock(corpus_dir), ExitStack() as staging:
+        kept = reuse_existing(corpus_dir, settings, sizes, overwrite)
+        num_sentences = {p: -(-n // repeats[p]) for p, n in sizes.items()}  # ceil
+        order = shuffle_pool(pool, seed)
+        texts = {p: order for p in sizes}
+        if segments:  # dev/test slices within the reserve, training slices of the segments
 
-        def of_role(parts: Mapping[str, Any], train: bool) -> dict[str, Any]:
-            return {p: v for p, v in parts.items() if (PARTS[p].role == "train") == train}
+            def of_role(parts: Mapping[str, Any], train: bool) -> dict[str, Any]:
+                return {p: v for p, v in parts.items() if (PARTS[p].role == "train") == train}
 
-        train_order = training_segments(pool, order[:reserve], seed)
-        lm_text = train_order
-        train_parts = of_role(num_sentences, True)
-        slices = allocate(of_role(num_sentences, False), of_role(kept, False), reserve, top_words)
-        slices |= allocate(train_parts, of_role(kept, True), len(train_order), top_words)
-        texts.update(dict.fromkeys(train_parts, train_order))
-    else:
-        slices = allocate(num_sentences, kept, len(pool.sentences), top_words)
-    parts_info = dict(kept)
-    plans_by_part = {}
-    for part, (start, count) in slices.items():
-        plans_by_part[part] = plan_part(
-            part, texts[part][start : start + count], by_role[PARTS[part].role], corpus_dir, seed,
-            num_utts=sizes[part], voices_per_sentence=repeats[part],
-        )  # fmt: skip
-        for plan in plans_by_part[part]:
-            plan.path.parent.mkdir(parents=True, exist_ok=True)
-    all_plans = [plan for plans in plans_by_part.values() for plan in plans]
-    if kept:
-        logger.info("already synthesized with these settings: %s", ", ".join(sorted(kept)))
-    started = time.perf_counter()
-    lengths = _run_plans(all_plans, num_jobs, progress)
-    elapsed = time.perf_counter() - started
-    offset = 0
-    for part, plans in plans_by_part.items():
-        write_transcripts(plans)
-        part_lengths = lengths[offset : offset + len(plans)]
-        offset += len(plans)
-        parts_info[part] = part_info(
-            part,
-            [p.speaker_id for p in plans],
-            [p.chapter_id for p in plans],
-            sum(part_lengths),
-            slices[part],
-        )
-        (corpus_dir / part / ".completed").touch()
-    if not segments:
-        lm_text = [
-            sentence
-            for info in parts_info.values()
-            if info["role"] == "train"
-            for sentence in order[info["sentences"][0] : sum(info["sentences"])]
-        ]
-    write_text_atomic(corpus_dir / TRAIN_TEXT_FILE, "".join(f"{line}\n" for line in lm_text))
-    write_manifest(corpus_dir, settings, parts_info, pool, len(all_plans), elapsed, num_jobs)
+            train_order = training_segments(pool, order[:reserve], seed)
+            lm_text = train_order
+            train_parts = of_role(num_sentences, True)
+            slices = allocate(
+                of_role(num_sentences, False), of_role(kept, False), reserve, top_words,
+                source=f"the dev/test reserve of held_out_sentences={held_out_sentences}",
+                advice="request fewer dev/test utterances or raise held_out_sentences "
+                f"(--held-out-sentences; the pool has {len(pool.sentences)} sentences)",
+            )  # fmt: skip
+            slices |= allocate(
+                train_parts, of_role(kept, True), len(train_order), top_words,
+                source="the training segments",
+            )  # fmt: skip
+            texts.update(dict.fromkeys(train_parts, train_order))
+        else:
+            slices = allocate(num_sentences, kept, len(pool.sentences), top_words)
+        parts_info = dict(kept)
+        plans_by_part, staged = {}, {}
+        for part, (start, count) in slices.items():
+            staged[part] = staging.enter_context(staging_directory(corpus_dir / part))
+            plans_by_part[part] = plan_part(
+                part, texts[part][start : start + count], by_role[PARTS[part].role], corpus_dir,
+                seed, num_utts=sizes[part], voices_per_sentence=repeats[part],
+                part_dir=staged[part],
+            )  # fmt: skip
+            for plan in plans_by_part[part]:
+                plan.path.parent.mkdir(parents=True, exist_ok=True)
+        all_plans = [plan for plans in plans_by_part.values() for plan in plans]
+        if kept:
+            logger.info("already synthesized with these settings: %s", ", ".join(sorted(kept)))
+        started = time.perf_counter()
+        lengths = _run_plans(all_plans, num_jobs, progress)
+        elapsed = time.perf_counter() - started
+        offset = 0
+        for part, plans in plans_by_part.items():
+            write_transcripts(plans)
+            part_lengths = lengths[offset : offset + len(plans)]
+            offset += len(plans)
+            parts_info[part] = part_info(
+                part,
+                [p.speaker_id for p in plans],
+                [p.chapter_id for p in plans],
+                sum(part_lengths),
+                slices[part],
+            )
+            (staged[part] / ".completed").touch()
+        if not segments:
+            lm_text = [
+                sentence
+                for info in parts_info.values()
+                if info["role"] == "train"
+                for sentence in order[info["sentences"][0] : sum(info["sentences"])]
+            ]
+        if overwrite:  # only now that the new parts are made
+            remove_replaced(corpus_dir, sizes)
+        # The manifest before the parts: a run killed between the two leaves listed parts that
+        # are missing, which the next run makes again (a part on disk that the manifest does not
+        # list would be refused).
+        write_text_atomic(corpus_dir / TRAIN_TEXT_FILE, "".join(f"{line}\n" for line in lm_text))
+        write_manifest(corpus_dir, settings, parts_info, pool, len(all_plans), elapsed, num_jobs)
+        for part, tmp in staged.items():
+            publish_directory(tmp, corpus_dir / part)
+        if staged or not (corpus_dir / SPEAKERS_NAME).is_file():
+            write_speakers_file(corpus_dir, voices)
     result = SynthesisResult(
         corpus_dir=corpus_dir,
         num_utts={p: info["num_utts"] for p, info in parts_info.items()},
@@ -469,35 +525,49 @@ def synthesize_biasing_set(
 
     Writes the parts of :data:`asr.synth.parts.BIASING_PARTS` in the LibriSpeech layout, spoken
     by the held-out voices with ``test-clean``'s acoustics, their phrase lists and, per part,
-    ``biasing/<part>.phrases.tsv`` (``utt_id<TAB>phrase``). Parts already there are replaced.
+    ``biasing/<part>.phrases.tsv`` (``utt_id<TAB>phrase``). Parts already there are replaced
+    once the new ones are made (built in staging directories, as the corpus's parts are).
 
     Returns:
         A :class:`SynthesisResult` of the two parts.
     """
+    _validate_run(seed, num_jobs)
+    if isinstance(num_per_part, bool) or not isinstance(num_per_part, int) or num_per_part < 1:
+        raise ValueError(f"num_per_part must be a positive int (--biasing), got {num_per_part!r}")
     corpus_dir = Path(root) / "LibriSpeech"
-    chosen = plan_biasing_set(corpus_dir, num_per_part, num_distractors, seed)
     voices = available_voices(VOICES) if voices is None else tuple(voices)
     held_out = _voices_by_role(voices, list(BIASING_PARTS))["test"]
-    plans_by_part = {}
-    for part, pairs in chosen.sentences.items():
-        if (corpus_dir / part).exists():
-            shutil.rmtree(corpus_dir / part)
-        plans = plan_part(part, [s for s, _ in pairs], held_out, corpus_dir, seed)
-        for plan in plans:
-            plan.path.parent.mkdir(parents=True, exist_ok=True)
-        plans_by_part[part] = plans
-        lines = "".join(f"{plan.utt_id}\t{phrase}\n" for plan, (_, phrase) in zip(plans, pairs))
-        write_text_atomic(corpus_dir / BIASING_DIR / f"{part}.phrases.tsv", lines)
-    all_plans = [plan for plans in plans_by_part.values() for plan in plans]
-    started = time.perf_counter()
-    lengths = _run_plans(all_plans, num_jobs, progress)
-    elapsed = time.perf_counter() - started
-    hours, offset = {}, 0
-    for part, plans in plans_by_part.items():
-        write_transcripts(plans)
-        hours[part] = sum(lengths[offset : offset + len(plans)]) / SAMPLE_RATE / 3600
-        offset += len(plans)
-        (corpus_dir / part / ".completed").touch()
+    if not corpus_dir.is_dir():
+        raise FileNotFoundError(
+            f"{corpus_dir / TRAIN_TEXT_FILE} is missing: synthesize the corpus first"
+        )
+    with output_lock(corpus_dir), ExitStack() as staging:
+        chosen = plan_biasing_set(corpus_dir, num_per_part, num_distractors, seed)
+        plans_by_part, staged, phrases = {}, {}, {}
+        for part, pairs in chosen.sentences.items():
+            staged[part] = staging.enter_context(staging_directory(corpus_dir / part))
+            plans = plan_part(
+                part, [s for s, _ in pairs], held_out, corpus_dir, seed, part_dir=staged[part]
+            )
+            for plan in plans:
+                plan.path.parent.mkdir(parents=True, exist_ok=True)
+            plans_by_part[part] = plans
+            phrases[part] = "".join(
+                f"{plan.utt_id}\t{phrase}\n" for plan, (_, phrase) in zip(plans, pairs)
+            )
+        all_plans = [plan for plans in plans_by_part.values() for plan in plans]
+        started = time.perf_counter()
+        lengths = _run_plans(all_plans, num_jobs, progress)
+        elapsed = time.perf_counter() - started
+        hours, offset = {}, 0
+        for part, plans in plans_by_part.items():
+            write_transcripts(plans)
+            hours[part] = sum(lengths[offset : offset + len(plans)]) / SAMPLE_RATE / 3600
+            offset += len(plans)
+            (staged[part] / ".completed").touch()
+            write_text_atomic(corpus_dir / BIASING_DIR / f"{part}.phrases.tsv", phrases[part])
+            publish_directory(staged[part], corpus_dir / part)  # replaces an earlier one
+        write_speakers_file(corpus_dir, voices)
     return SynthesisResult(
         corpus_dir=corpus_dir,
         num_utts={p: len(plans) for p, plans in plans_by_part.items()},

@@ -87,6 +87,15 @@ class Voice:
                 )
 
     @property
+    def sex(self) -> str:
+        """``"M"`` or ``"F"`` (LibriSpeech's ``SPEAKERS.TXT`` column): an espeak-ng ``+fN``
+        variant and flite ``slt`` are female; ``+mN``, no variant, and the other flite voices
+        male."""
+        if self.engine == "flite":
+            return "F" if self.name == "slt" else "M"
+        return "F" if "+f" in self.name else "M"
+
+    @property
     def label(self) -> str:
         """``engine:name``, e.g. ``"flite:slt"``, or ``"flite:slt@0.48"`` with ``mlsa_alpha``."""
         suffix = "" if self.mlsa_alpha is None else f"@{self.mlsa_alpha:g}"

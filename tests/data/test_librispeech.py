@@ -70,6 +70,16 @@ def test_malformed_trans_line_names_file_and_line(corpus, bad_line: str, message
         validate_librispeech_tree(corpus_dir, ["dev-clean-2"])
 
 
+def test_transcript_not_utf8_names_file_and_line(corpus) -> None:
+    corpus_dir, _ = corpus
+    trans = corpus_dir / "dev-clean-2/2001/30/2001-30.trans.txt"
+    lines = trans.read_bytes().splitlines(keepends=True)
+    lines.insert(1, "2001-30-0009 CAF\u00c9\n".encode("latin-1"))  # becomes line 2
+    trans.write_bytes(b"".join(lines))
+    with pytest.raises(CorpusError, match=re.escape(f"{trans}:2: not UTF-8")):
+        validate_librispeech_tree(corpus_dir, ["dev-clean-2"])
+
+
 def test_bad_layout_errors(corpus) -> None:
     corpus_dir, _ = corpus
     with pytest.raises(CorpusError, match="did you mean --corpus-dir"):

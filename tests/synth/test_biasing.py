@@ -41,3 +41,25 @@ def test_sentences_carry_exactly_one_rare_phrase_and_distractors_occur_nowhere()
 def test_the_corpus_synthesis_refuses_biasing_parts(tmp_path):
     with pytest.raises(ValueError, match="--biasing"):
         synthesize_corpus(tmp_path, {"test-biasing": 5})
+
+
+def test_a_failed_rerun_keeps_the_earlier_set(tmp_path, monkeypatch):
+    import asr.synth.synthesize as synth_module
+
+    synthesize_corpus(tmp_path, {"train-clean-5": 20}, top_words=300, max_words=8,
+                      progress=False)  # fmt: skip
+    first = synth_module.synthesize_biasing_set(tmp_path, 2, num_distractors=3, progress=False)
+    part_dir = first.corpus_dir / "test-biasing"
+    before = sorted(p.relative_to(part_dir) for p in part_dir.rglob("*"))
+    assert (part_dir / ".completed").is_file() and len(before) > 2
+
+    def crash(plan):
+        raise RuntimeError("engine crashed")
+
+    monkeypatch.setattr(synth_module, "synthesize_utterance", crash)
+    with pytest.raises(RuntimeError, match="engine crashed"):
+        synth_module.synthesize_biasing_set(tmp_path, 3, num_distractors=3, progress=False)
+    assert sorted(p.relative_to(part_dir) for p in part_dir.rglob("*")) == before
+    assert not [p for p in first.corpus_dir.iterdir() if ".tmp-" in p.name]
+    with pytest.raises(ValueError, match=r"num_per_part must be a positive int \(--biasing\)"):
+        synth_module.synthesize_biasing_set(tmp_path, -1, progress=False)

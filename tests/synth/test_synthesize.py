@@ -115,6 +115,37 @@ def test_lhotse_prepare_librispeech_reads_it(corpus: SynthesisResult) -> None:
         assert {s.speaker for s in supervisions} == {k.split("-")[0] for k in expected}
 
 
+def test_speakers_txt_as_kaldi_data_prep_reads_it(corpus: SynthesisResult) -> None:
+    # Kaldi's egs/librispeech/s5/local/data_prep.sh takes each reader's sex from
+    # <corpus>/SPEAKERS.TXT with this grep and awk, and stops unless it is m or f.
+    speakers_txt = corpus.corpus_dir / "SPEAKERS.TXT"
+    voices = {str(v.speaker_id): v for v in VOICES}
+    minutes: dict[str, float] = {}
+    for part in SIZES:
+        for reader_dir in sorted(p for p in (corpus.corpus_dir / part).iterdir() if p.is_dir()):
+            sex = subprocess.run(
+                ["bash", "-c", f"grep -E '^{reader_dir.name}[ ]+\\|' '{speakers_txt}' | "
+                 "awk -F'|' '{gsub(/[ ]+/, \"\"); print tolower($2)}'"],
+                capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            assert sex == voices[reader_dir.name].sex.lower() + "\n", (reader_dir, sex)
+    for line in speakers_txt.read_text(encoding="utf-8").splitlines():
+        if not line.startswith(";"):
+            speaker, _, subset, mins, name = (f.strip() for f in line.split("|"))
+            assert name == voices[speaker].label and set(subset.split(",")) <= set(SIZES)
+            minutes[speaker] = float(mins)
+    assert sum(minutes.values()) == pytest.approx(sum(corpus.hours.values()) * 60, abs=0.1)
+    assert voices["9003"].sex == "F" and voices["1004"].sex == "F" and voices["1003"].sex == "M"
+
+
+def test_real_librispeech_speakers_txt_is_kept(tmp_path: Path) -> None:
+    real = ";ID  |SEX| SUBSET           |MINUTES| NAME\n14   | F | train-clean-360  | 25.03 | K\n"
+    (tmp_path / "LibriSpeech").mkdir()
+    (tmp_path / "LibriSpeech" / "SPEAKERS.TXT").write_text(real)
+    synthesize_corpus(tmp_path, {"test-clean": 1}, progress=False)
+    assert (tmp_path / "LibriSpeech" / "SPEAKERS.TXT").read_text() == real
+
+
 def test_same_seed_same_bytes_any_num_jobs(corpus: SynthesisResult, tmp_path: Path) -> None:
     # test and dev parts take the first sentences of the pool whatever the training size.
     sizes = {"test-clean": SIZES["test-clean"], "dev-clean-2": SIZES["dev-clean-2"]}
@@ -219,7 +250,9 @@ def test_training_parts_can_say_segments(corpus: SynthesisResult, tmp_path) -> N
     assert not any(f" {h} " in f" {t} " for t in lm_text for h in reserved | evaluated)
     with pytest.raises(FileExistsError, match="different settings.*held_out_sentences"):
         synthesize_corpus(tmp_path, sizes, progress=False)
-    with pytest.raises(ValueError, match="distinct sentences needed but the pool has 5"):
+    with pytest.raises(ValueError, match="6 distinct sentences needed but the dev/test reserve "
+                       r"of held_out_sentences=5 has 5 .*raise held_out_sentences "
+                       r"\(--held-out-sentences; the pool has \d+ sentences\)"):
         synthesize_corpus(tmp_path / "y", {"test-clean": 6}, train_text="segments",
                           held_out_sentences=5, progress=False)  # fmt: skip
     with pytest.raises(ValueError, match="train_text='words'"):
@@ -333,3 +366,71 @@ def test_mini_tts_preset_full_size(tmp_path: Path) -> None:
     for part, count in sizes.items():
         assert len(manifests[part]["recordings"]) == count == len(texts[part])
     assert not texts["test-clean"] & (texts["train-clean-5"] | texts["dev-clean-2"])
+
+
+def test_failed_run_leaves_no_half_made_part(tmp_path: Path, monkeypatch) -> None:
+    import asr.synth.synthesize as synth_module
+
+    real, calls = synth_module.synthesize_utterance, []
+
+    def fail_second(plan):  # a TTS failure (or a kill) in the middle of a part
+        calls.append(plan)
+        if len(calls) == 2:
+            raise RuntimeError("engine crashed")
+        return real(plan)
+
+    monkeypatch.setattr(synth_module, "synthesize_utterance", fail_second)
+    with pytest.raises(RuntimeError, match="engine crashed"):
+        synthesize_corpus(tmp_path, {"test-clean": 3}, progress=False)
+    corpus_dir = tmp_path / "LibriSpeech"
+    assert not (corpus_dir / "test-clean").exists()  # nothing under the part's name
+    assert not [p for p in corpus_dir.iterdir() if p.name.startswith(".test-clean")]
+    monkeypatch.setattr(synth_module, "synthesize_utterance", real)
+    again = synthesize_corpus(tmp_path, {"test-clean": 3}, progress=False)  # not refused
+    assert again.synthesized == 3 and len(list((corpus_dir / "test-clean").rglob("*.flac"))) == 3
+
+
+def test_failed_overwrite_keeps_the_previous_corpus(tmp_path: Path) -> None:
+    first = synthesize_corpus(tmp_path, {"test-clean": 1}, progress=False)
+    flacs = sorted((first.corpus_dir / "test-clean").rglob("*.flac"))
+    with pytest.raises(ValueError, match="distinct sentences needed"):
+        synthesize_corpus(tmp_path, {"test-clean": 50}, top_words=20, overwrite=True,
+                          progress=False)  # fmt: skip
+    assert sorted((first.corpus_dir / "test-clean").rglob("*.flac")) == flacs
+    assert (first.corpus_dir / "synthesis.json").is_file()
+    assert synthesize_corpus(tmp_path, {"test-clean": 1}, progress=False).synthesized == 0
+
+
+def test_overwrite_removes_the_biasing_set_of_the_replaced_corpus(tmp_path: Path) -> None:
+    first = synthesize_corpus(tmp_path, {"test-clean": 1}, progress=False)
+    for name in ("dev-biasing", "test-biasing", "biasing"):  # as synthesize_biasing_set leaves
+        (first.corpus_dir / name).mkdir()
+        (first.corpus_dir / name / ".completed").touch()
+    synthesize_corpus(tmp_path, {"test-clean": 1}, seed=4, overwrite=True, progress=False)
+    assert not [p for p in first.corpus_dir.iterdir() if "biasing" in p.name]
+
+
+def test_one_run_at_a_time(tmp_path: Path) -> None:
+    from asr.fileio import OutputBusyError, output_lock
+
+    with output_lock(tmp_path / "LibriSpeech"):
+        with pytest.raises(OutputBusyError, match="LibriSpeech"):
+            synthesize_corpus(tmp_path, {"test-clean": 1}, progress=False)
+    assert not (tmp_path / "LibriSpeech" / "test-clean").exists()
+
+
+def test_bad_run_options_refused_before_writing(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"seed must be a non-negative int \(--seed\), got -1"):
+        synthesize_corpus(tmp_path, {"test-clean": 1}, seed=-1, progress=False)
+    with pytest.raises(ValueError, match=r"num_jobs must be a positive int.*got 0"):
+        synthesize_corpus(tmp_path, {"test-clean": 1}, num_jobs=0, progress=False)
+    with pytest.raises(ValueError, match="voices_per_sentence=0: expected 1..17"):
+        synthesize_corpus(tmp_path, {"test-clean": 1}, voices_per_sentence=0, progress=False)
+    with pytest.raises(ValueError, match=r"held_out_sentences must be an int >= 0.*got -5"):
+        synthesize_corpus(tmp_path, {"train-clean-5": 1}, train_text="segments",
+                          held_out_sentences=-5, progress=False)  # fmt: skip
+    assert not (tmp_path / "LibriSpeech").exists()
+    for argv in (["--num-utts", "test-clean=1", "test-clean=2"], ["--biasing", "-2"],
+                 ["--num-utts", "test-clean=1", "--num-jobs", "-1"]):  # fmt: skip
+        assert asr_main(["synthesize", "--root", str(tmp_path), "--no-progress", *argv]) == 2
+    assert not (tmp_path / "LibriSpeech").exists()
