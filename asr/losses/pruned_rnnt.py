@@ -65,6 +65,7 @@ __all__ = [
     "gather_log_softmax",
     "reduce_per_utterance",
     "frameless_batch_loss",
+    "blank_padded_tokens",
 ]
 
 
@@ -112,6 +113,15 @@ def reduce_per_utterance(per_utt: Tensor, reduction: str) -> Tensor:
     if reduction == "none":
         return per_utt
     raise ValueError(f"reduction must be sum|mean|none, got {reduction!r}")
+
+
+def blank_padded_tokens(tokens: Tensor, token_lens: Tensor, blank_id: int = 0) -> Tensor:
+    """(B, U) int64 ``tokens`` with ``blank_id`` beyond each ``token_lens``: the losses gather
+    log-probs at every position, so whatever the caller padded with (0, WeNet's ignore id -1)
+    must be a valid index there; its value never matters."""
+    positions = torch.arange(tokens.shape[1], device=tokens.device)[None, :]
+    beyond = positions >= token_lens.to(tokens.device)[:, None]
+    return tokens.to(torch.int64).masked_fill(beyond, blank_id)
 
 
 def frameless_batch_loss(inputs: Tensor, reduction: str) -> Tensor:
@@ -249,7 +259,8 @@ def rnnt_loss_simple(
     """RNN-T loss of the additive "trivial joiner" over the full lattice (float32 or float64).
 
     Args:
-        am: (B, T, V); lm: (B, U + 1, V); tokens: (B, U); frame_lens, token_lens: (B,).
+        am: (B, T, V); lm: (B, U + 1, V); tokens: (B, U), any padding value beyond
+            ``token_lens`` (:func:`blank_padded_tokens`); frame_lens, token_lens: (B,).
         backend: mutual-information backend (``auto | torch | triton``).
         return_grad: also return the detached arc occupations ``(px_grad (B, U, T + 1),
             py_grad (B, U + 1, T))`` used by :func:`get_pruning_ranges`.
@@ -268,6 +279,7 @@ def rnnt_loss_simple(
             num_tokens = tokens.shape[1]
             px_grad = am.new_zeros(am.shape[0], num_tokens, 1)
             return loss, (px_grad, am.new_zeros(am.shape[0], num_tokens + 1, 0))
+        tokens = blank_padded_tokens(tokens, token_lens, blank_id)
         px, py = simple_lattice_logprobs(
             am, lm, tokens, frame_lens, lm_only_scale, am_only_scale, blank_id
         )
@@ -433,7 +445,7 @@ def rnnt_loss_pruned(
 
     Args:
         logits: (B, T, R, V) real-joiner outputs on the band (from :func:`do_rnnt_pruning`).
-        tokens: (B, U); ranges: (B, T, R); frame_lens, token_lens: (B,).
+        tokens: (B, U), any padding value; ranges: (B, T, R); frame_lens, token_lens: (B,).
 
     Returns:
         the negative log-likelihood of the paths inside the band, reduced per ``reduction``
@@ -444,6 +456,7 @@ def rnnt_loss_pruned(
             logits = logits.float()
         if logits.shape[1] == 0:
             return frameless_batch_loss(logits, reduction)
+        tokens = blank_padded_tokens(tokens, token_lens, blank_id)
         px, py = pruned_lattice_logprobs(logits, tokens, ranges, frame_lens, token_lens, blank_id)
         total = mutual_information_recursion(px, py, token_lens, frame_lens, backend)
     return reduce_per_utterance(_infeasible_without_frames(-total, frame_lens), reduction)

@@ -47,6 +47,7 @@ import torch
 from torch import Tensor
 
 from asr.losses.pruned_rnnt import (
+    blank_padded_tokens,
     frameless_batch_loss,
     pruning_ranges_from_occupation,
     reduce_per_utterance,
@@ -128,6 +129,7 @@ def tdt_loss_simple(
         if am.shape[1] == 0:
             return _frameless(am, reduction, return_grad, num_tokens, num_durations)
         vocab_size = am.shape[2] - num_durations
+        tokens = blank_padded_tokens(tokens, token_lens, blank_id)
         px, py = simple_lattice_logprobs(
             am[..., :vocab_size], lm[..., :vocab_size], tokens, frame_lens, lm_only_scale,
             am_only_scale, blank_id,
@@ -229,7 +231,8 @@ def tdt_loss_pruned(
         if logits.shape[1] == 0:
             return frameless_batch_loss(logits, reduction)
         num_tokens = tokens.shape[1]
-        padded = torch.cat([tokens.to(torch.int64), tokens.new_zeros(tokens.shape[0], 1).long()], 1)
+        tokens = blank_padded_tokens(tokens, token_lens, blank_id)
+        padded = torch.cat([tokens, tokens.new_zeros(tokens.shape[0], 1)], 1)
         symbols = torch.gather(padded, 1, ranges.clamp(max=num_tokens).flatten(1))
         sym_lp, blank_lp, dur_lp = tdt_node_logprobs(
             logits, symbols.reshape(ranges.shape), durations, blank_id
