@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from asr.losses.pruned_rnnt import blank_padded_tokens
+
 __all__ = ["ctc_forced_align", "ctc_loss", "ctc_min_frames"]
 
 
@@ -71,7 +73,8 @@ def ctc_loss(
             :func:`ctc_min_frames`, or 0), i.e. where the true loss is infinite.
 
     Raises:
-        ValueError: on inconsistent shapes.
+        ValueError: on inconsistent shapes, or a token within ``token_lens`` outside ``[0, V)``
+            (PyTorch's kernel returns a finite, meaningless loss for it).
     """
     if log_probs.dim() != 3:
         raise ValueError(f"log_probs must be (B, T, V), got shape {tuple(log_probs.shape)}")
@@ -86,6 +89,7 @@ def ctc_loss(
     if log_probs.shape[1] == 0:  # no frames in the whole batch: nothing is feasible
         losses = log_probs.float().sum() * log_probs.new_zeros(batch_size, dtype=torch.float32)
         return losses, torch.ones(batch_size, dtype=torch.bool, device=log_probs.device)
+    tokens = blank_padded_tokens(tokens, token_lens, blank_id, log_probs.shape[-1])
     with torch.autocast(device_type=log_probs.device.type, enabled=False):
         losses = F.ctc_loss(
             log_probs.float().transpose(0, 1),

@@ -115,13 +115,30 @@ def reduce_per_utterance(per_utt: Tensor, reduction: str) -> Tensor:
     raise ValueError(f"reduction must be sum|mean|none, got {reduction!r}")
 
 
-def blank_padded_tokens(tokens: Tensor, token_lens: Tensor, blank_id: int = 0) -> Tensor:
+def blank_padded_tokens(
+    tokens: Tensor, token_lens: Tensor, blank_id: int = 0, vocab_size: int | None = None
+) -> Tensor:
     """(B, U) int64 ``tokens`` with ``blank_id`` beyond each ``token_lens``: the losses gather
     log-probs at every position, so whatever the caller padded with (0, WeNet's ignore id -1)
-    must be a valid index there; its value never matters."""
+    must be a valid index there; its value never matters.
+
+    Raises:
+        ValueError: if ``vocab_size`` is given and a token within ``token_lens`` is outside
+            ``[0, vocab_size)`` (a tokenizer that does not match the model's vocabulary), which
+            the losses would otherwise turn into a finite, meaningless value or an index error.
+    """
     positions = torch.arange(tokens.shape[1], device=tokens.device)[None, :]
     beyond = positions >= token_lens.to(tokens.device)[:, None]
-    return tokens.to(torch.int64).masked_fill(beyond, blank_id)
+    tokens = tokens.to(torch.int64).masked_fill(beyond, blank_id)
+    if vocab_size is not None:
+        outside = (tokens < 0) | (tokens >= vocab_size)
+        if bool(outside.any()):
+            b, u = (int(i) for i in outside.nonzero()[0])
+            raise ValueError(
+                f"tokens[{b}, {u}] = {int(tokens[b, u])} is outside the vocabulary [0, "
+                f"{vocab_size}) of the logits (token_lens[{b}] = {int(token_lens[b])})"
+            )
+    return tokens
 
 
 def frameless_batch_loss(inputs: Tensor, reduction: str) -> Tensor:
@@ -279,7 +296,7 @@ def rnnt_loss_simple(
             num_tokens = tokens.shape[1]
             px_grad = am.new_zeros(am.shape[0], num_tokens, 1)
             return loss, (px_grad, am.new_zeros(am.shape[0], num_tokens + 1, 0))
-        tokens = blank_padded_tokens(tokens, token_lens, blank_id)
+        tokens = blank_padded_tokens(tokens, token_lens, blank_id, am.shape[2])
         px, py = simple_lattice_logprobs(
             am, lm, tokens, frame_lens, lm_only_scale, am_only_scale, blank_id
         )
@@ -456,7 +473,7 @@ def rnnt_loss_pruned(
             logits = logits.float()
         if logits.shape[1] == 0:
             return frameless_batch_loss(logits, reduction)
-        tokens = blank_padded_tokens(tokens, token_lens, blank_id)
+        tokens = blank_padded_tokens(tokens, token_lens, blank_id, logits.shape[-1])
         px, py = pruned_lattice_logprobs(logits, tokens, ranges, frame_lens, token_lens, blank_id)
         total = mutual_information_recursion(px, py, token_lens, frame_lens, backend)
     return reduce_per_utterance(_infeasible_without_frames(-total, frame_lens), reduction)

@@ -129,7 +129,7 @@ def tdt_loss_simple(
         if am.shape[1] == 0:
             return _frameless(am, reduction, return_grad, num_tokens, num_durations)
         vocab_size = am.shape[2] - num_durations
-        tokens = blank_padded_tokens(tokens, token_lens, blank_id)
+        tokens = blank_padded_tokens(tokens, token_lens, blank_id, vocab_size)
         px, py = simple_lattice_logprobs(
             am[..., :vocab_size], lm[..., :vocab_size], tokens, frame_lens, lm_only_scale,
             am_only_scale, blank_id,
@@ -231,7 +231,8 @@ def tdt_loss_pruned(
         if logits.shape[1] == 0:
             return frameless_batch_loss(logits, reduction)
         num_tokens = tokens.shape[1]
-        tokens = blank_padded_tokens(tokens, token_lens, blank_id)
+        vocab_size = logits.shape[-1] - len(durations)
+        tokens = blank_padded_tokens(tokens, token_lens, blank_id, vocab_size)
         padded = torch.cat([tokens, tokens.new_zeros(tokens.shape[0], 1)], 1)
         symbols = torch.gather(padded, 1, ranges.clamp(max=num_tokens).flatten(1))
         sym_lp, blank_lp, dur_lp = tdt_node_logprobs(
@@ -243,7 +244,6 @@ def tdt_loss_pruned(
         total = tdt_recursion(token_w, blank_w, frame_lens, token_lens, durations, backend)
         loss = tdt_nll(total)
         if omega > 0.0:
-            vocab_size = logits.shape[-1] - len(durations)
             rnnt = rnnt_loss_pruned(logits[..., :vocab_size], tokens, ranges, frame_lens,
                                     token_lens, blank_id, backend, "none")
             rnnt = torch.where(torch.isfinite(loss), rnnt, torch.zeros_like(rnnt))

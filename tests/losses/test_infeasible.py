@@ -40,12 +40,12 @@ DURATIONS = {"tdt (0, 1, 2)": (0, 1, 2), "tdt (1, 2, 3)": (1, 2, 3), "tdt omega 
 OMEGA = {"tdt omega (1, 2, 3)": 0.1}
 
 
-def lengths_and_tokens(pad: int = 0):
+def lengths_and_tokens(pad: int = 0, first: int = 1):
     frame_lens = torch.tensor([t for t, _ in CASES])
     token_lens = torch.tensor([u for _, u in CASES])
     tokens = torch.full((len(CASES), max(token_lens)), pad, dtype=torch.int64)
     for b, (_, num_tokens) in enumerate(CASES):
-        tokens[b, :num_tokens] = torch.tensor([1, 2, 3, 4][:num_tokens])
+        tokens[b, :num_tokens] = torch.tensor([first, 2, 3, 4][:num_tokens])
     return frame_lens, tokens, token_lens
 
 
@@ -65,11 +65,12 @@ def blank_only_nll(blank_lp: torch.Tensor, dur_lp: torch.Tensor | None, duration
     return -alpha[-1]
 
 
-def function_losses(kind: str, pad: int = 0):
-    """Per-utterance losses of ``kind`` on random float64 inputs (tokens padded with ``pad``),
-    the inputs, and for the empty targets the expected value."""
+def function_losses(kind: str, pad: int = 0, first: int = 1):
+    """Per-utterance losses of ``kind`` on random float64 inputs (tokens padded with ``pad``,
+    each target's first token ``first``), the inputs, and for the empty targets the expected
+    value."""
     gen = torch.Generator().manual_seed(4)
-    frame_lens, tokens, token_lens = lengths_and_tokens(pad)
+    frame_lens, tokens, token_lens = lengths_and_tokens(pad, first)
     batch, frames, rows = len(CASES), int(frame_lens.max()), tokens.shape[1] + 1
     expected = {}
     if kind == "ctc":
@@ -171,6 +172,15 @@ def test_every_loss_ignores_the_token_padding_value(kind):
     expected = torch.autograd.grad(torch.where(finite, reference, 0.0).sum(), reference_inputs)
     for grad, want in zip(grads, expected, strict=True):
         torch.testing.assert_close(grad, want)
+
+
+@pytest.mark.parametrize("kind", sorted(INFEASIBLE))
+def test_every_loss_refuses_a_token_outside_the_vocabulary(kind):
+    """A token id >= V (a tokenizer larger than the model's vocabulary) is an error naming the
+    token; CTC, torchaudio's RNN-T and the TDT loss (which read a duration logit) returned a
+    finite loss for it."""
+    with pytest.raises(ValueError, match=rf"tokens\[1, 0\] = {VOCAB} is outside the vocabulary"):
+        function_losses(kind, first=VOCAB)
 
 
 def make_head(kind: str) -> torch.nn.Module:
