@@ -66,6 +66,7 @@ __all__ = [
     "reduce_per_utterance",
     "frameless_batch_loss",
     "blank_padded_tokens",
+    "simple_loss_inputs",
 ]
 
 
@@ -192,6 +193,13 @@ def _pair_chunks(
         yield batch[start : start + size], frame[start : start + size], row[start : start + size]
 
 
+def simple_loss_inputs(am: Tensor, lm: Tensor) -> tuple[Tensor, Tensor]:
+    """``am`` and ``lm`` in the simple losses' one dtype: float64 if either is, else float32
+    (half-precision inputs, or a pair of different dtypes, which the matmul refuses)."""
+    dtype = torch.float64 if torch.float64 in (am.dtype, lm.dtype) else torch.float32
+    return am.to(dtype), lm.to(dtype)
+
+
 def _simple_normaliser(am: Tensor, lm: Tensor) -> Tensor:
     """``logsumexp_v(am[:, t, v] + lm[:, u, v])`` for every ``(t, u)``: (B, T, V), (B, U+1, V)
     -> (B, T, U+1), through a matmul, with the underflowing pairs redone in log space (module
@@ -287,8 +295,7 @@ def rnnt_loss_simple(
         optionally the occupations.
     """
     with torch.autocast(device_type=am.device.type, enabled=False):
-        if am.dtype not in (torch.float32, torch.float64):
-            am, lm = am.float(), lm.float()
+        am, lm = simple_loss_inputs(am, lm)
         if am.shape[1] == 0:  # no frames at all: nothing to align, nothing to prune
             loss = frameless_batch_loss(am, reduction)
             if not return_grad:

@@ -53,6 +53,7 @@ from asr.losses.pruned_rnnt import (
     reduce_per_utterance,
     rnnt_loss_pruned,
     simple_lattice_logprobs,
+    simple_loss_inputs,
 )
 from asr.losses.tdt import tdt_arc_weights, tdt_nll, tdt_node_logprobs
 from asr.losses.tdt_recursion import (
@@ -124,8 +125,7 @@ def tdt_loss_simple(
     num_durations = len(durations)
     num_tokens = tokens.shape[1]
     with torch.autocast(device_type=am.device.type, enabled=False):
-        if am.dtype not in (torch.float32, torch.float64):
-            am, lm = am.float(), lm.float()
+        am, lm = simple_loss_inputs(am, lm)
         if am.shape[1] == 0:
             return _frameless(am, reduction, return_grad, num_tokens, num_durations)
         vocab_size = am.shape[2] - num_durations

@@ -13,6 +13,7 @@ from asr.losses.pruned_rnnt import (
     rnnt_loss_simple,
     simple_lattice_logprobs,
 )
+from asr.losses.pruned_tdt import tdt_loss_simple
 from asr.losses.rnnt import rnnt_loss
 
 FRAME_LENS = torch.tensor([9, 6, 8])
@@ -416,3 +417,25 @@ def test_simple_loss_matches_float64_where_am_and_lm_disagree(nats):
     px64, py64 = simple_lattice_logprobs(am64, lm64, tokens, frame_lens, 0.25, 0.1)
     torch.testing.assert_close(px.double(), px64, rtol=1e-6, atol=1e-4)
     torch.testing.assert_close(py.double(), py64, rtol=1e-6, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["rnnt", "tdt"])
+def test_simple_losses_take_am_and_lm_of_different_dtypes(kind):
+    """An encoder side in float32 and a predictor side in bfloat16 (or float64 with float32) are
+    computed in the wider of float32 and their dtypes; the matmul refused the pair."""
+    gen = torch.Generator().manual_seed(7)
+    am = torch.randn(2, 5, 9, generator=gen)
+    lm = torch.randn(2, 3, 9, generator=gen).bfloat16()
+    tokens, frame_lens, token_lens = torch.tensor([[1, 2], [3, 0]]), torch.tensor([5, 4]), torch.tensor([2, 1])
+
+    def simple(am, lm):
+        if kind == "rnnt":
+            return rnnt_loss_simple(am, lm, tokens, frame_lens, token_lens, reduction="none")
+        return tdt_loss_simple(am, lm, tokens, frame_lens, token_lens, (0, 1, 2), reduction="none")
+
+    mixed = simple(am, lm)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, simple(am, lm.float()))
+    wide = simple(am.double(), lm.float())
+    assert wide.dtype == torch.float64
+    torch.testing.assert_close(wide, simple(am.double(), lm.double()))
