@@ -193,11 +193,20 @@ def _pair_chunks(
         yield batch[start : start + size], frame[start : start + size], row[start : start + size]
 
 
-def simple_loss_inputs(am: Tensor, lm: Tensor) -> tuple[Tensor, Tensor]:
-    """``am`` and ``lm`` in the simple losses' one dtype: float64 if either is, else float32
-    (half-precision inputs, or a pair of different dtypes, which the matmul refuses)."""
+def simple_loss_inputs(
+    am: Tensor, lm: Tensor, frame_lens: Tensor, token_lens: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``am`` (B, T, V') and ``lm`` (B, U + 1, V') as the simple losses compute them: in one
+    dtype, float64 if either is, else float32 (half-precision inputs, or a pair of different
+    dtypes, which the matmul refuses), and 0 on the frames past ``frame_lens`` and the rows past
+    ``token_lens`` (their values never matter; NaN or inf there would reach the valid pairs'
+    gradients through the normaliser's matmul, whose backward multiplies them by 0)."""
     dtype = torch.float64 if torch.float64 in (am.dtype, lm.dtype) else torch.float32
-    return am.to(dtype), lm.to(dtype)
+    frames = torch.arange(am.shape[1], device=am.device)[None, :, None]
+    rows = torch.arange(lm.shape[1], device=lm.device)[None, :, None]
+    am = am.to(dtype).masked_fill(frames >= frame_lens.to(am.device)[:, None, None], 0.0)
+    lm = lm.to(dtype).masked_fill(rows > token_lens.to(lm.device)[:, None, None], 0.0)
+    return am, lm
 
 
 def _simple_normaliser(am: Tensor, lm: Tensor) -> Tensor:
@@ -295,7 +304,7 @@ def rnnt_loss_simple(
         optionally the occupations.
     """
     with torch.autocast(device_type=am.device.type, enabled=False):
-        am, lm = simple_loss_inputs(am, lm)
+        am, lm = simple_loss_inputs(am, lm, frame_lens, token_lens)
         if am.shape[1] == 0:  # no frames at all: nothing to align, nothing to prune
             loss = frameless_batch_loss(am, reduction)
             if not return_grad:

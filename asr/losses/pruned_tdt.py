@@ -125,7 +125,7 @@ def tdt_loss_simple(
     num_durations = len(durations)
     num_tokens = tokens.shape[1]
     with torch.autocast(device_type=am.device.type, enabled=False):
-        am, lm = simple_loss_inputs(am, lm)
+        am, lm = simple_loss_inputs(am, lm, frame_lens, token_lens)
         if am.shape[1] == 0:
             return _frameless(am, reduction, return_grad, num_tokens, num_durations)
         vocab_size = am.shape[2] - num_durations
