@@ -13,7 +13,9 @@ infeasible even with an empty target, as in every transducer loss (:mod:`asr.los
 to leave), so that all losses drop the same utterances. Infeasible utterances have an infinite
 loss; they are zeroed (no gradient) and reported so the data pipeline can be fixed rather than
 the loss silently exploding (the heads count them in ``metrics["num_infinite"]``). A non-empty
-utterance with an empty target is feasible (the all-blank alignment).
+utterance with an empty target is feasible (the all-blank alignment). A target whose every
+alignment has probability 0 (``-inf`` log-probs, e.g. a masked token) has an infinite loss too
+and is flagged the same way, although PyTorch's ``zero_infinity`` hands it back as a 0.
 
 The Viterbi (forced) alignment of a target, :func:`ctc_forced_align`, is the best path of the
 same recursion with ``max`` in place of the sum (Graves et al. 2006, section 4.1's "best path"
@@ -27,6 +29,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from asr.losses.pruned_rnnt import blank_padded_tokens
 
 __all__ = ["ctc_forced_align", "ctc_loss", "ctc_min_frames"]
 
@@ -67,11 +71,13 @@ def ctc_loss(
 
     Returns:
         losses: (B,) float32 ``-log P(tokens | log_probs)``; 0 (and no gradient) where infeasible.
-        infeasible: (B,) bool, True where no alignment exists (``log_prob_lens`` shorter than
-            :func:`ctc_min_frames`, or 0), i.e. where the true loss is infinite.
+        infeasible: (B,) bool, True where the true loss is infinite: no alignment exists
+            (``log_prob_lens`` shorter than :func:`ctc_min_frames`, or 0), or every alignment
+            has probability 0 (``-inf`` log-probs on the way).
 
     Raises:
-        ValueError: on inconsistent shapes.
+        ValueError: on inconsistent shapes, or a token within ``token_lens`` outside ``[0, V)``
+            (PyTorch's kernel returns a finite, meaningless loss for it).
     """
     if log_probs.dim() != 3:
         raise ValueError(f"log_probs must be (B, T, V), got shape {tuple(log_probs.shape)}")
@@ -86,18 +92,19 @@ def ctc_loss(
     if log_probs.shape[1] == 0:  # no frames in the whole batch: nothing is feasible
         losses = log_probs.float().sum() * log_probs.new_zeros(batch_size, dtype=torch.float32)
         return losses, torch.ones(batch_size, dtype=torch.bool, device=log_probs.device)
+    tokens = blank_padded_tokens(tokens, token_lens, blank_id, log_probs.shape[-1])
     with torch.autocast(device_type=log_probs.device.type, enabled=False):
-        losses = F.ctc_loss(
-            log_probs.float().transpose(0, 1),
-            tokens.long(),
-            log_prob_lens.long(),
-            token_lens.long(),
-            blank=blank_id,
-            reduction="none",
-            zero_infinity=True,
-        )
-    lens = log_prob_lens.long().to(losses.device)
-    infeasible = (lens < ctc_min_frames(tokens, token_lens).to(lens.device)) | (lens <= 0)
+        args = (log_probs.float().transpose(0, 1), tokens, log_prob_lens.long(), token_lens.long())
+        losses = F.ctc_loss(*args, blank=blank_id, reduction="none", zero_infinity=True)
+        lens = log_prob_lens.long().to(losses.device)
+        infeasible = (lens < ctc_min_frames(tokens, token_lens).to(lens.device)) | (lens <= 0)
+        # zero_infinity also zeroes the loss of a target whose alignments all have probability
+        # 0 (-inf log-probs, e.g. a masked token): find those among the zeros, rare in training
+        zeroed = (losses == 0) & ~infeasible
+        if bool(zeroed.any()):
+            with torch.no_grad():
+                raw = F.ctc_loss(*(a.detach() for a in args), blank=blank_id, reduction="none")
+            infeasible = infeasible | (zeroed & torch.isinf(raw))
     return losses.masked_fill(infeasible, 0.0), infeasible
 
 

@@ -16,7 +16,11 @@ caller sets ``px[b, :, t] = -inf`` for ``t >= T_b`` (no symbol after the last fr
 Shapes: B batch, S symbols (padded max), T frames (padded max).
     px: (B, S, T + 1), py: (B, S + 1, T), result (B,).
     ``symbol_lens`` (S_b) and ``frame_lens`` (T_b) give each utterance's end node; nodes and arcs
-    beyond it are ignored (their gradient is exactly 0), so padding values never matter.
+    beyond it are ignored (their gradient is exactly 0), so padding values never matter: the arcs
+    outside an utterance's lattice (``px[b, s, t]`` with ``s >= S_b`` or ``t > T_b``, ``py[b, s,
+    t]`` with ``s > S_b`` or ``t >= T_b``) are set to ``-inf`` before the recursions
+    (:func:`mask_outside`), so that NaN or ``+inf`` there cannot reach the backward scores of the
+    nodes inside through ``nan + -inf`` or ``inf - inf``.
 
 Gradients are occupation probabilities: with ``beta`` the backward log-probability from a node to
 the end node, ``d total / d px[s, t] = exp(p[s, t] + px[s, t] + beta[s + 1, t] - total)`` and
@@ -48,6 +52,7 @@ __all__ = [
     "backward_torch",
     "occupation_from_alpha_beta",
     "mutual_information_with_grad",
+    "mask_outside",
 ]
 
 logger = logging.getLogger(__name__)
@@ -86,6 +91,28 @@ def _default_lens(
             f"padded sizes S={num_symbols}, T={t_plus_1 - 1}"
         )
     return symbol_lens, frame_lens
+
+
+def mask_outside(
+    px: Tensor, py: Tensor, symbol_lens: Tensor, frame_lens: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``-inf`` on the arcs outside each utterance's lattice (module docstring), new tensors.
+
+    Args:
+        px: (B, S, T + 1); py: (B, S + 1, T); symbol_lens, frame_lens: (B,) int64 on px's device.
+
+    Returns:
+        ``(px, py)`` with every arc beyond ``(S_b, T_b)`` at ``-inf`` (no gradient flows there).
+    """
+    s_px = torch.arange(px.shape[1], device=px.device)[None, :, None]
+    t_px = torch.arange(px.shape[2], device=px.device)[None, None, :]
+    s_py = torch.arange(py.shape[1], device=py.device)[None, :, None]
+    t_py = torch.arange(py.shape[2], device=py.device)[None, None, :]
+    ends_s, ends_t = symbol_lens[:, None, None], frame_lens[:, None, None]
+    px_in = (s_px < ends_s) & (t_px <= ends_t)
+    py_in = (s_py <= ends_s) & (t_py < ends_t)
+    neg_inf = float("-inf")
+    return px.masked_fill(~px_in, neg_inf), py.masked_fill(~py_in, neg_inf)
 
 
 def _skew(values: Tensor, num_rows: int, num_diagonals: int) -> Tensor:
@@ -273,6 +300,7 @@ def mutual_information_recursion(
     _check_shapes(px, py)
     symbol_lens, frame_lens = _default_lens(px, symbol_lens, frame_lens)
     resolved = _resolve_backend(backend, px)
+    px, py = mask_outside(px, py, symbol_lens, frame_lens)
     if resolved == "k2":
         k2 = _import_k2()
         return k2.mutual_information_recursion(px, py, _k2_boundary(symbol_lens, frame_lens))
@@ -295,6 +323,7 @@ def mutual_information_occupation(
     _check_shapes(px, py)
     symbol_lens, frame_lens = _default_lens(px, symbol_lens, frame_lens)
     resolved = _resolve_backend(backend, px)
+    px, py = mask_outside(px, py, symbol_lens, frame_lens)
     px, py = px.contiguous(), py.contiguous()
     if resolved == "k2":
         k2 = _import_k2()

@@ -65,6 +65,8 @@ __all__ = [
     "gather_log_softmax",
     "reduce_per_utterance",
     "frameless_batch_loss",
+    "blank_padded_tokens",
+    "simple_loss_inputs",
 ]
 
 
@@ -112,6 +114,32 @@ def reduce_per_utterance(per_utt: Tensor, reduction: str) -> Tensor:
     if reduction == "none":
         return per_utt
     raise ValueError(f"reduction must be sum|mean|none, got {reduction!r}")
+
+
+def blank_padded_tokens(
+    tokens: Tensor, token_lens: Tensor, blank_id: int = 0, vocab_size: int | None = None
+) -> Tensor:
+    """(B, U) int64 ``tokens`` with ``blank_id`` beyond each ``token_lens``: the losses gather
+    log-probs at every position, so whatever the caller padded with (0, WeNet's ignore id -1)
+    must be a valid index there; its value never matters.
+
+    Raises:
+        ValueError: if ``vocab_size`` is given and a token within ``token_lens`` is outside
+            ``[0, vocab_size)`` (a tokenizer that does not match the model's vocabulary), which
+            the losses would otherwise turn into a finite, meaningless value or an index error.
+    """
+    positions = torch.arange(tokens.shape[1], device=tokens.device)[None, :]
+    beyond = positions >= token_lens.to(tokens.device)[:, None]
+    tokens = tokens.to(torch.int64).masked_fill(beyond, blank_id)
+    if vocab_size is not None:
+        outside = (tokens < 0) | (tokens >= vocab_size)
+        if bool(outside.any()):
+            b, u = (int(i) for i in outside.nonzero()[0])
+            raise ValueError(
+                f"tokens[{b}, {u}] = {int(tokens[b, u])} is outside the vocabulary [0, "
+                f"{vocab_size}) of the logits (token_lens[{b}] = {int(token_lens[b])})"
+            )
+    return tokens
 
 
 def frameless_batch_loss(inputs: Tensor, reduction: str) -> Tensor:
@@ -163,6 +191,22 @@ def _pair_chunks(
     size = max(1, budget // max(vocab_size, 1))
     for start in range(0, batch.numel(), size):
         yield batch[start : start + size], frame[start : start + size], row[start : start + size]
+
+
+def simple_loss_inputs(
+    am: Tensor, lm: Tensor, frame_lens: Tensor, token_lens: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``am`` (B, T, V') and ``lm`` (B, U + 1, V') as the simple losses compute them: in one
+    dtype, float64 if either is, else float32 (half-precision inputs, or a pair of different
+    dtypes, which the matmul refuses), and 0 on the frames past ``frame_lens`` and the rows past
+    ``token_lens`` (their values never matter; NaN or inf there would reach the valid pairs'
+    gradients through the normaliser's matmul, whose backward multiplies them by 0)."""
+    dtype = torch.float64 if torch.float64 in (am.dtype, lm.dtype) else torch.float32
+    frames = torch.arange(am.shape[1], device=am.device)[None, :, None]
+    rows = torch.arange(lm.shape[1], device=lm.device)[None, :, None]
+    am = am.to(dtype).masked_fill(frames >= frame_lens.to(am.device)[:, None, None], 0.0)
+    lm = lm.to(dtype).masked_fill(rows > token_lens.to(lm.device)[:, None, None], 0.0)
+    return am, lm
 
 
 def _simple_normaliser(am: Tensor, lm: Tensor) -> Tensor:
@@ -249,7 +293,8 @@ def rnnt_loss_simple(
     """RNN-T loss of the additive "trivial joiner" over the full lattice (float32 or float64).
 
     Args:
-        am: (B, T, V); lm: (B, U + 1, V); tokens: (B, U); frame_lens, token_lens: (B,).
+        am: (B, T, V); lm: (B, U + 1, V); tokens: (B, U), any padding value beyond
+            ``token_lens`` (:func:`blank_padded_tokens`); frame_lens, token_lens: (B,).
         backend: mutual-information backend (``auto | torch | triton``).
         return_grad: also return the detached arc occupations ``(px_grad (B, U, T + 1),
             py_grad (B, U + 1, T))`` used by :func:`get_pruning_ranges`.
@@ -259,8 +304,7 @@ def rnnt_loss_simple(
         optionally the occupations.
     """
     with torch.autocast(device_type=am.device.type, enabled=False):
-        if am.dtype not in (torch.float32, torch.float64):
-            am, lm = am.float(), lm.float()
+        am, lm = simple_loss_inputs(am, lm, frame_lens, token_lens)
         if am.shape[1] == 0:  # no frames at all: nothing to align, nothing to prune
             loss = frameless_batch_loss(am, reduction)
             if not return_grad:
@@ -268,6 +312,7 @@ def rnnt_loss_simple(
             num_tokens = tokens.shape[1]
             px_grad = am.new_zeros(am.shape[0], num_tokens, 1)
             return loss, (px_grad, am.new_zeros(am.shape[0], num_tokens + 1, 0))
+        tokens = blank_padded_tokens(tokens, token_lens, blank_id, am.shape[2])
         px, py = simple_lattice_logprobs(
             am, lm, tokens, frame_lens, lm_only_scale, am_only_scale, blank_id
         )
@@ -433,7 +478,7 @@ def rnnt_loss_pruned(
 
     Args:
         logits: (B, T, R, V) real-joiner outputs on the band (from :func:`do_rnnt_pruning`).
-        tokens: (B, U); ranges: (B, T, R); frame_lens, token_lens: (B,).
+        tokens: (B, U), any padding value; ranges: (B, T, R); frame_lens, token_lens: (B,).
 
     Returns:
         the negative log-likelihood of the paths inside the band, reduced per ``reduction``
@@ -444,6 +489,7 @@ def rnnt_loss_pruned(
             logits = logits.float()
         if logits.shape[1] == 0:
             return frameless_batch_loss(logits, reduction)
+        tokens = blank_padded_tokens(tokens, token_lens, blank_id, logits.shape[-1])
         px, py = pruned_lattice_logprobs(logits, tokens, ranges, frame_lens, token_lens, blank_id)
         total = mutual_information_recursion(px, py, token_lens, frame_lens, backend)
     return reduce_per_utterance(_infeasible_without_frames(-total, frame_lens), reduction)

@@ -47,11 +47,13 @@ import torch
 from torch import Tensor
 
 from asr.losses.pruned_rnnt import (
+    blank_padded_tokens,
     frameless_batch_loss,
     pruning_ranges_from_occupation,
     reduce_per_utterance,
     rnnt_loss_pruned,
     simple_lattice_logprobs,
+    simple_loss_inputs,
 )
 from asr.losses.tdt import tdt_arc_weights, tdt_nll, tdt_node_logprobs
 from asr.losses.tdt_recursion import (
@@ -123,11 +125,11 @@ def tdt_loss_simple(
     num_durations = len(durations)
     num_tokens = tokens.shape[1]
     with torch.autocast(device_type=am.device.type, enabled=False):
-        if am.dtype not in (torch.float32, torch.float64):
-            am, lm = am.float(), lm.float()
+        am, lm = simple_loss_inputs(am, lm, frame_lens, token_lens)
         if am.shape[1] == 0:
             return _frameless(am, reduction, return_grad, num_tokens, num_durations)
         vocab_size = am.shape[2] - num_durations
+        tokens = blank_padded_tokens(tokens, token_lens, blank_id, vocab_size)
         px, py = simple_lattice_logprobs(
             am[..., :vocab_size], lm[..., :vocab_size], tokens, frame_lens, lm_only_scale,
             am_only_scale, blank_id,
@@ -229,7 +231,9 @@ def tdt_loss_pruned(
         if logits.shape[1] == 0:
             return frameless_batch_loss(logits, reduction)
         num_tokens = tokens.shape[1]
-        padded = torch.cat([tokens.to(torch.int64), tokens.new_zeros(tokens.shape[0], 1).long()], 1)
+        vocab_size = logits.shape[-1] - len(durations)
+        tokens = blank_padded_tokens(tokens, token_lens, blank_id, vocab_size)
+        padded = torch.cat([tokens, tokens.new_zeros(tokens.shape[0], 1)], 1)
         symbols = torch.gather(padded, 1, ranges.clamp(max=num_tokens).flatten(1))
         sym_lp, blank_lp, dur_lp = tdt_node_logprobs(
             logits, symbols.reshape(ranges.shape), durations, blank_id
@@ -240,7 +244,6 @@ def tdt_loss_pruned(
         total = tdt_recursion(token_w, blank_w, frame_lens, token_lens, durations, backend)
         loss = tdt_nll(total)
         if omega > 0.0:
-            vocab_size = logits.shape[-1] - len(durations)
             rnnt = rnnt_loss_pruned(logits[..., :vocab_size], tokens, ranges, frame_lens,
                                     token_lens, blank_id, backend, "none")
             rnnt = torch.where(torch.isfinite(loss), rnnt, torch.zeros_like(rnnt))

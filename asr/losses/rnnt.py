@@ -19,7 +19,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from asr.losses.pruned_rnnt import frameless_batch_loss, reduce_per_utterance
+from asr.losses.pruned_rnnt import (
+    blank_padded_tokens,
+    frameless_batch_loss,
+    reduce_per_utterance,
+)
 
 __all__ = ["rnnt_loss"]
 
@@ -37,7 +41,7 @@ def rnnt_loss(
 
     Args:
         logits: (B, T, U + 1, V) joiner outputs (unnormalised; log-softmax is fused).
-        tokens: (B, U) int token ids, padded beyond ``token_lens``.
+        tokens: (B, U) int token ids in ``[0, V)``, any padding value beyond ``token_lens``.
         frame_lens: (B,) valid frames T_b. token_lens: (B,) valid tokens U_b.
         blank_id: blank index (0 everywhere in this toolkit).
         clamp: gradient clamp passed to torchaudio (``-1`` disables it).
@@ -45,6 +49,10 @@ def rnnt_loss(
 
     Returns:
         scalar for ``sum``/``mean``, else (B,); ``+inf`` for utterances with ``T_b = 0``.
+
+    Raises:
+        ValueError: on inconsistent shapes, or a token outside ``[0, V)`` (torchaudio returns a
+            finite, meaningless loss for it).
     """
     if logits.dim() != 4:
         raise ValueError(f"logits must be (B, T, U+1, V), got shape {tuple(logits.shape)}")
@@ -58,6 +66,7 @@ def rnnt_loss(
     no_frames = frame_lens.to(logits.device) <= 0
     if logits.shape[1] == 0 or bool(no_frames.all()):  # nothing torchaudio could run on
         return frameless_batch_loss(logits.float(), reduction)
+    tokens = blank_padded_tokens(tokens, token_lens, blank_id, logits.shape[-1])
     # Frame-less utterances run on one padding frame (finite, then replaced by inf).
     frame_lens = frame_lens.clamp(min=1)
     # torchaudio insists that the padded sizes equal the longest lengths: trim extra padding.

@@ -47,6 +47,7 @@ from torch import Tensor
 
 from asr.losses.mutual_information import mutual_information_recursion
 from asr.losses.pruned_rnnt import (
+    blank_padded_tokens,
     frameless_batch_loss,
     gather_log_softmax,
     reduce_per_utterance,
@@ -177,7 +178,7 @@ def tdt_loss(
 
     Args:
         logits: (B, T, U + 1, V + D) joiner outputs: token logits then duration logits.
-        tokens: (B, U) padded token ids. frame_lens: (B,) T_b. token_lens: (B,) U_b.
+        tokens: (B, U) token ids, any padding value. frame_lens: (B,) T_b. token_lens: (B,) U_b.
         durations: the duration of each duration logit, e.g. ``(0, 1, 2, 3, 4)``.
         sigma: logit under-normalisation subtracted from token log-probs (0 disables).
         reduction: ``sum`` (heads' convention) | ``mean`` | ``none``.
@@ -203,7 +204,9 @@ def tdt_loss(
             return frameless_batch_loss(logits, reduction)
         frame_lens = frame_lens.to(logits.device, torch.int64)
         token_lens = token_lens.to(logits.device, torch.int64)
-        padded = torch.cat([tokens.to(torch.int64), tokens.new_zeros(tokens.shape[0], 1).long()], 1)
+        vocab_size = logits.shape[-1] - len(durations)
+        tokens = blank_padded_tokens(tokens, token_lens, blank_id, vocab_size)
+        padded = torch.cat([tokens, tokens.new_zeros(tokens.shape[0], 1)], 1)
         sym_lp, blank_lp, dur_lp = tdt_node_logprobs(logits, padded, durations, blank_id)
         token_w, blank_w = tdt_arc_weights(sym_lp, blank_lp, dur_lp, durations, sigma)
         total = tdt_recursion(

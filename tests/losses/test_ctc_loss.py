@@ -91,6 +91,25 @@ def test_impossible_targets_are_zeroed_and_flagged():
     assert logits.grad[0].abs().max() == 0 and logits.grad[2].abs().max() == 0
 
 
+def test_zero_probability_targets_are_flagged_not_trained_as_perfect():
+    """A target whose token has log-prob -inf on every frame (a masked token) has an infinite
+    loss: flagged and zeroed like an impossible one. PyTorch's zero_infinity turned it into a
+    loss of 0 that the heads did not count."""
+    cases = [(4, [1, 2]), (4, [1, 3]), (3, [3])]
+    logits, frame_lens, tokens, token_lens = _padded(cases, 4, torch.float32)
+    log_probs = torch.log_softmax(logits, -1)
+    log_probs[:, :, 3] = float("-inf")
+    log_probs = log_probs.detach().requires_grad_(True)
+    losses, infeasible = ctc_loss(log_probs, frame_lens, tokens, token_lens)
+    assert infeasible.tolist() == [False, True, True]
+    assert losses[0] > 0 and losses[1] == 0 and losses[2] == 0
+    expected = brute_force_nll(log_probs[0, :4].detach().double(), [1, 2])
+    torch.testing.assert_close(losses[0].double(), expected, rtol=1e-5, atol=1e-5)
+    losses.sum().backward()
+    assert log_probs.grad[1:].abs().max() == 0  # (PyTorch's gradient AT a -inf log-prob is NaN)
+    assert torch.isfinite(log_probs.grad[0, :, :3]).all()
+
+
 def test_min_frames_counts_repeats_within_length_only():
     tokens = torch.tensor([[1, 1, 2, 2], [3, 3, 3, 3], [1, 2, 1, 0]])
     lens = torch.tensor([4, 2, 3])

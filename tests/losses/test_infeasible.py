@@ -4,7 +4,8 @@ more tokens than the loss can align; empty targets stay ordinary utterances.
 Function level: the per-utterance loss is ``+inf`` exactly where no alignment exists (CTC: its
 ``infeasible`` mask, loss zeroed), every other loss is finite, and the inputs of the infeasible
 utterances get no gradient. Head level: those utterances are dropped from the sum and counted in
-``metrics["num_infinite"]``; the rest sum to the losses of the utterances alone."""
+``metrics["num_infinite"]``; the rest sum to the losses of the utterances alone. The value the
+tokens are padded with (0, or WeNet's ignore id -1) changes nothing."""
 
 from __future__ import annotations
 
@@ -39,12 +40,12 @@ DURATIONS = {"tdt (0, 1, 2)": (0, 1, 2), "tdt (1, 2, 3)": (1, 2, 3), "tdt omega 
 OMEGA = {"tdt omega (1, 2, 3)": 0.1}
 
 
-def lengths_and_tokens():
+def lengths_and_tokens(pad: int = 0, first: int = 1):
     frame_lens = torch.tensor([t for t, _ in CASES])
     token_lens = torch.tensor([u for _, u in CASES])
-    tokens = torch.zeros(len(CASES), max(token_lens), dtype=torch.int64)
+    tokens = torch.full((len(CASES), max(token_lens)), pad, dtype=torch.int64)
     for b, (_, num_tokens) in enumerate(CASES):
-        tokens[b, :num_tokens] = torch.tensor([1, 2, 3, 4][:num_tokens])
+        tokens[b, :num_tokens] = torch.tensor([first, 2, 3, 4][:num_tokens])
     return frame_lens, tokens, token_lens
 
 
@@ -64,11 +65,12 @@ def blank_only_nll(blank_lp: torch.Tensor, dur_lp: torch.Tensor | None, duration
     return -alpha[-1]
 
 
-def function_losses(kind: str):
-    """Per-utterance losses of ``kind`` on random float64 inputs, the inputs, and for the empty
-    targets the expected value."""
+def function_losses(kind: str, pad: int = 0, first: int = 1):
+    """Per-utterance losses of ``kind`` on random float64 inputs (tokens padded with ``pad``,
+    each target's first token ``first``), the inputs, and for the empty targets the expected
+    value."""
     gen = torch.Generator().manual_seed(4)
-    frame_lens, tokens, token_lens = lengths_and_tokens()
+    frame_lens, tokens, token_lens = lengths_and_tokens(pad, first)
     batch, frames, rows = len(CASES), int(frame_lens.max()), tokens.shape[1] + 1
     expected = {}
     if kind == "ctc":
@@ -155,6 +157,30 @@ def test_every_loss_gives_inf_exactly_where_no_alignment_exists(kind):
         assert torch.isfinite(grad).all()
         for b in infeasible:
             assert grad[b].abs().max() == 0, b  # no gradient from an infeasible utterance
+
+
+@pytest.mark.parametrize("kind", sorted(INFEASIBLE))
+def test_every_loss_ignores_the_token_padding_value(kind):
+    """Tokens padded with -1 (WeNet's ignore id) give the losses and gradients of tokens padded
+    with 0; the simple, pruned and TDT losses gathered at the padding and raised an index
+    error."""
+    losses, inputs, _ = function_losses(kind, pad=-1)
+    reference, reference_inputs, _ = function_losses(kind, pad=0)
+    torch.testing.assert_close(losses, reference)
+    finite = torch.isfinite(reference)
+    grads = torch.autograd.grad(torch.where(finite, losses, 0.0).sum(), inputs)
+    expected = torch.autograd.grad(torch.where(finite, reference, 0.0).sum(), reference_inputs)
+    for grad, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(grad, want)
+
+
+@pytest.mark.parametrize("kind", sorted(INFEASIBLE))
+def test_every_loss_refuses_a_token_outside_the_vocabulary(kind):
+    """A token id >= V (a tokenizer larger than the model's vocabulary) is an error naming the
+    token; CTC, torchaudio's RNN-T and the TDT loss (which read a duration logit) returned a
+    finite loss for it."""
+    with pytest.raises(ValueError, match=rf"tokens\[1, 0\] = {VOCAB} is outside the vocabulary"):
+        function_losses(kind, first=VOCAB)
 
 
 def make_head(kind: str) -> torch.nn.Module:

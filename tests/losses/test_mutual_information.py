@@ -87,6 +87,35 @@ def test_padding_is_ignored_and_gets_zero_gradient():
     assert py_grad[0, 3:].abs().max() == 0 and py_grad[0, :, 3:].abs().max() == 0
 
 
+@pytest.mark.parametrize("garbage", [float("nan"), float("inf")])
+def test_nan_or_inf_padding_leaves_values_and_gradients_alone(garbage):
+    """Non-finite values beyond an utterance's end (what a padded frame of an overflowing
+    network holds) must not reach its arcs' gradients: they did through the backward scores of
+    the nodes past the end (``nan + -inf``, ``inf - inf``)."""
+    px, py = random_lattice(batch=2, num_symbols=5, num_frames=7)
+    px_alone, py_alone = px[:1, :2, :4].clone(), py[:1, :3, :3].clone()
+    px[0, 2:], px[0, :, 4:], py[0, 3:], py[0, :, 3:] = garbage, garbage, garbage, garbage
+    symbol_lens, frame_lens = torch.tensor([2, 5]), torch.tensor([3, 7])
+    px.requires_grad_(True)
+    py.requires_grad_(True)
+    total = mutual_information_recursion(px, py, symbol_lens, frame_lens, backend="torch")
+    gx, gy = torch.autograd.grad(total.sum(), (px, py))
+    px_alone.requires_grad_(True)
+    py_alone.requires_grad_(True)
+    alone = mutual_information_recursion(px_alone, py_alone, backend="torch")
+    ax, ay = torch.autograd.grad(alone.sum(), (px_alone, py_alone))
+    torch.testing.assert_close(total[:1], alone)
+    torch.testing.assert_close(gx[:1, :2, :4], ax)
+    torch.testing.assert_close(gy[:1, :3, :3], ay)
+    assert gx[0, 2:].abs().max() == 0 and gx[0, :, 4:].abs().max() == 0
+    assert gy[0, 3:].abs().max() == 0 and gy[0, :, 3:].abs().max() == 0
+    _, px_occ, py_occ = mutual_information_occupation(
+        px.detach(), py.detach(), symbol_lens, frame_lens, "torch"
+    )
+    torch.testing.assert_close(px_occ, gx)
+    torch.testing.assert_close(py_occ, gy)
+
+
 def test_occupations_match_autograd_and_conserve_probability():
     px, py = random_lattice(batch=2, num_symbols=3, num_frames=5)
     px[:, :, -1] = float("-inf")  # standard topology: no symbol after the last frame

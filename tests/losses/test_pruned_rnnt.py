@@ -13,6 +13,7 @@ from asr.losses.pruned_rnnt import (
     rnnt_loss_simple,
     simple_lattice_logprobs,
 )
+from asr.losses.pruned_tdt import tdt_loss_simple
 from asr.losses.rnnt import rnnt_loss
 
 FRAME_LENS = torch.tensor([9, 6, 8])
@@ -416,3 +417,66 @@ def test_simple_loss_matches_float64_where_am_and_lm_disagree(nats):
     px64, py64 = simple_lattice_logprobs(am64, lm64, tokens, frame_lens, 0.25, 0.1)
     torch.testing.assert_close(px.double(), px64, rtol=1e-6, atol=1e-4)
     torch.testing.assert_close(py.double(), py64, rtol=1e-6, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["rnnt", "tdt"])
+def test_simple_losses_take_am_and_lm_of_different_dtypes(kind):
+    """An encoder side in float32 and a predictor side in bfloat16 (or float64 with float32) are
+    computed in the wider of float32 and their dtypes; the matmul refused the pair."""
+    gen = torch.Generator().manual_seed(7)
+    am = torch.randn(2, 5, 9, generator=gen)
+    lm = torch.randn(2, 3, 9, generator=gen).bfloat16()
+    tokens, frame_lens, token_lens = torch.tensor([[1, 2], [3, 0]]), torch.tensor([5, 4]), torch.tensor([2, 1])
+
+    def simple(am, lm):
+        if kind == "rnnt":
+            return rnnt_loss_simple(am, lm, tokens, frame_lens, token_lens, reduction="none")
+        return tdt_loss_simple(am, lm, tokens, frame_lens, token_lens, (0, 1, 2), reduction="none")
+
+    mixed = simple(am, lm)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, simple(am, lm.float()))
+    wide = simple(am.double(), lm.float())
+    assert wide.dtype == torch.float64
+    torch.testing.assert_close(wide, simple(am.double(), lm.double()))
+
+
+@pytest.mark.parametrize("garbage", [float("nan"), float("inf")])
+@pytest.mark.parametrize("kind", ["rnnt", "tdt"])
+def test_simple_losses_ignore_non_finite_padding(kind, garbage):
+    """NaN or inf on the padded frames of ``am`` and the padded rows of ``lm`` leave the loss,
+    the gradients and the occupations of the utterance alone; they reached its gradients through
+    the normaliser's matmul (0 * NaN) and its occupations through the recursion."""
+    gen = torch.Generator().manual_seed(8)
+    durations, vocab = (0, 1, 2), 7
+    width = vocab + (3 if kind == "tdt" else 0)
+    am = torch.randn(2, 6, width, generator=gen, dtype=torch.float64)
+    lm = torch.randn(2, 5, width, generator=gen, dtype=torch.float64)
+    am[0, 4:], lm[0, 3:] = garbage, garbage  # utterance 0: T = 4, U = 2
+    tokens = torch.tensor([[1, 2, 0, 0], [3, 1, 4, 2]])
+    frame_lens, token_lens = torch.tensor([4, 6]), torch.tensor([2, 4])
+
+    def simple(am, lm, tokens, frame_lens, token_lens):
+        args = (am, lm, tokens, frame_lens, token_lens)
+        if kind == "rnnt":
+            return rnnt_loss_simple(*args, reduction="none", return_grad=True)
+        return tdt_loss_simple(*args, durations, reduction="none", return_grad=True)
+
+    inputs = (am.requires_grad_(True), lm.requires_grad_(True))
+    losses, occupations = simple(am, lm, tokens, frame_lens, token_lens)
+    grad_am, grad_lm = torch.autograd.grad(losses.sum(), inputs)
+    alone_inputs = (am[:1, :4].detach().clone().requires_grad_(True),
+                    lm[:1, :3].detach().clone().requires_grad_(True))  # fmt: skip
+    alone, alone_occupations = simple(*alone_inputs, tokens[:1, :2], frame_lens[:1], token_lens[:1])
+    alone_am, alone_lm = torch.autograd.grad(alone.sum(), alone_inputs)
+    torch.testing.assert_close(losses[:1], alone)
+    torch.testing.assert_close(grad_am[:1, :4], alone_am)
+    torch.testing.assert_close(grad_lm[:1, :3], alone_lm)
+    assert grad_am[0, 4:].abs().max() == 0 and grad_lm[0, 3:].abs().max() == 0
+    assert torch.isfinite(grad_am).all() and torch.isfinite(grad_lm).all()
+    for occupation, expected in zip(occupations, alone_occupations, strict=True):
+        if kind == "rnnt":  # (B, U [+ 1], T [+ 1])
+            rows, cols = expected.shape[1:]
+            torch.testing.assert_close(occupation[:1, :rows, :cols], expected)
+        else:  # (B, T, U [+ 1], D)
+            torch.testing.assert_close(occupation[:1, :4, : expected.shape[2]], expected)
