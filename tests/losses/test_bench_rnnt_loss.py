@@ -38,3 +38,26 @@ def test_bench_tdt_rows_torch_and_triton_interpreter_agree(tmp_path):
     assert rows["tdt_triton"].endswith("(interpreter)")
     table = markdown.read_text()
     assert "| tdt_triton (interpreter) |" in table and "not a speed" in table
+
+
+def test_bench_pruned_losses_equal_the_full_losses_on_the_same_inputs(tmp_path):
+    """With a band of U + 1 symbols a pruned loss holds every path of the full lattice: its
+    pruned term equals the full loss of the same inputs and joiner (RNN-T and TDT), and the bench
+    checks it; a narrower band gives at least the full loss."""
+    markdown = tmp_path / "rnnt_loss.md"
+    cmd = [sys.executable, str(ROOT / "tools/bench/rnnt_loss.py"), "--batch=2", "--frames=12",
+           "--tokens=4", "--vocab", "40", "--joiner-dim=8", "--repeats=1", "--threads=1",
+           "--prune-range=5", f"--markdown={markdown}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    rows = {line.split()[1]: line for line in out.splitlines() if line.strip().startswith("40 ")}
+    lattice = {name: float(line.split("lattice=")[1].split()[0])
+               for name, line in rows.items() if "lattice=" in line}
+    assert abs(lattice["pruned"] - lattice["full"]) <= 1e-4 * lattice["full"], out
+    assert abs(lattice["pruned_tdt"] - lattice["tdt"]) <= 1e-4 * lattice["tdt"], out
+    checks = [line for line in out.splitlines() if line.startswith("check at V=40: ")]
+    assert len(checks) == 2 and all(line.endswith("holds") for line in checks), out
+    assert markdown.read_text().count("the band holds every path): holds.") == 2
+
+    narrow = subprocess.run(cmd[:-2] + ["--prune-range=2"], capture_output=True, text=True,
+                            cwd=ROOT, check=True).stdout
+    assert "(R=2 < U+1=5: the band leaves paths out): holds" in narrow, narrow
