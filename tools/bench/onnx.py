@@ -9,7 +9,7 @@ One table, one run, the same package and audio for every engine:
 
 For each engine, mode (offline / streaming) and thread count (torch intra-op threads, or
 onnxruntime's ``num_threads``): RTF = wall time / seconds of audio (lower is faster), the
-minimum and the median of ``--repeat`` runs, for **one stream** (the files decoded one after another) and for **a batch**
+minimum and the median of ``--repeat`` runs after an untimed warm-up run, for **one stream** (the files decoded one after another) and for **a batch**
 (``--batch-size`` files decoded together: one batched forward offline, concurrent streams in one
 ``decode`` / ``decode_streams`` loop when streaming). The last line compares sherpa-onnx int8
 streaming with our PyTorch streaming at batch and one thread.
@@ -60,7 +60,9 @@ def _synthesize(out_dir: Path, num_files: int, seed: int) -> list[Path]:
 
 
 def _timed(run: Callable[[], object], repeat: int, seconds: float) -> tuple[float, float]:
-    """(min, median) RTF of ``repeat`` runs over ``seconds`` of audio."""
+    """(min, median) RTF of ``repeat`` runs over ``seconds`` of audio, after one untimed run
+    (the first call of an engine pays for one-time allocation and graph set-up)."""
+    run()
     times = []
     for _ in range(max(1, repeat)):
         start = time.perf_counter()
