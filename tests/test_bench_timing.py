@@ -7,6 +7,8 @@ import importlib.util
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -48,3 +50,24 @@ def test_transcribe_bench_warms_up_each_mode_before_timing_it():
     best = _bench("transcribe")._measure(model, audios, 1, batch_size=1, streaming=True)
     assert best < 0.1, best
     assert model.calls[0] == {"batch_size": 1, "streaming": True}
+
+
+@pytest.mark.parametrize("name, argv, named", [
+    ("decode", ["--repeats", "0"], "--repeats"),
+    ("decode", ["--rtfx", "--batch", "0"], "--batch"),
+    ("encoder", ["--repeats", "0"], "--repeats"),
+    ("rnnt_loss", ["--repeats", "0"], "--repeats"),
+    ("rnnt_loss", ["--vocab", "1"], "--vocab"),
+    ("transcribe", ["--num-files", "0"], "--num-files"),
+    ("onnx", ["--threads", "1", "0"], "--threads"),
+    ("serve", ["--streams", "0"], "--streams"),
+    ("train_throughput", ["--steps", "0"], "--steps"),
+])
+def test_benches_refuse_counts_that_measure_nothing(name, argv, named, capsys):
+    """A count of 0 used to print ``inf`` (encoder), or end in a traceback after the set-up
+    (median of no runs, max of an empty batch, a division by zero): a usage error instead."""
+    bench = _bench(name)
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(argv)
+    assert exit_info.value.code == 2
+    assert named in capsys.readouterr().err

@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args(argv)
+    if args.repeats < 1 or args.seconds <= 0 or min(args.chunk_sizes) < 1:
+        parser.error("--repeats and --chunk-sizes must be at least 1, --seconds positive")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     presets = args.presets.split(",")
     if args.quick:

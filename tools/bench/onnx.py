@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="where the exports (and the tiny model) go (default: a temp dir)")
     args = parser.parse_args(argv)
+    if min(args.num_files, args.batch_size, args.repeat, *args.threads) < 1:
+        parser.error("--num-files, --batch-size, --repeat and --threads must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     from asr.audio import load_audio

@@ -215,7 +215,13 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--case-timeout", type=float, default=0.0,
                         help="seconds allowed for each case's subprocess (0: no limit)")
     parser.add_argument("--one-case", nargs=2, metavar=("METHOD", "VOCAB"), help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    small = [f"--{name.replace('_', '-')}" for name in ("batch", "frames", "tokens", "joiner_dim",
+             "prune_range", "repeats", "threads") if getattr(args, name) < 1]
+    if small or min(args.vocab) < 2:
+        parser.error(f"{', '.join(small + ['--vocab'] * (min(args.vocab) < 2))} too small: counts "
+                     "must be at least 1, a vocabulary at least 2 (blank and one token)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -141,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                         "package's if it streams)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if min(args.streams) < 1 or args.seconds <= 0 or args.chunk_seconds <= 0:
+        parser.error("--streams must be at least 1, --seconds and --chunk-seconds positive")
     if max(args.streams) > 64 or args.seconds > 60:
         parser.error("bounded benchmark: at most 64 streams and 60 s of audio per stream")
 

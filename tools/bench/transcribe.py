@@ -66,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streaming", action="store_true", help="also time --streaming decoding")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    small = [f"--{name.replace('_', '-')}" for name in ("num_files", "batch_size", "repeat",
+             "threads") if getattr(args, name) < 1]
+    if small:
+        parser.error(f"{', '.join(small)} must be at least 1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
 
