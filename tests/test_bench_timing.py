@@ -4,6 +4,9 @@ allocation) is not among the timed runs."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -71,3 +74,23 @@ def test_benches_refuse_counts_that_measure_nothing(name, argv, named, capsys):
         bench.main(argv)
     assert exit_info.value.code == 2
     assert named in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["decode", "encoder", "onnx", "serve", "train_throughput",
+                                  "transcribe"])
+def test_a_bench_run_as_a_script_measures_its_own_checkout(name, tmp_path):
+    """With another ``asr`` importable first (an editable install of another checkout, or
+    PYTHONPATH), a bench run as ``python tools/bench/NAME.py`` still imports the asr of the
+    checkout it belongs to."""
+    other = tmp_path / "asr"
+    other.mkdir()
+    (other / "__init__.py").write_text("OTHER = True\n")
+    script = ROOT / "tools" / "bench" / f"{name}.py"
+    code = (f"import runpy, sys; sys.path[0] = {str(script.parent)!r}; "
+            f"runpy.run_path({str(script)!r}, run_name='bench'); "
+            "import asr; print(asr.__file__)")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == str(ROOT / "asr" / "__init__.py"), proc.stdout

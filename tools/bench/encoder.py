@@ -21,15 +21,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from asr.config import load_config
-from asr.encoders import EncoderConfig, build_encoder
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # run as a script: this checkout's asr, not an installed one
+    sys.path.insert(0, str(ROOT))
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / "recipes" / "presets"
+from asr.config import load_config  # noqa: E402
+from asr.encoders import EncoderConfig, build_encoder  # noqa: E402
+
+PRESET_DIR = ROOT / "recipes" / "presets"
 FRAMES_PER_SECOND = 100
 FEAT_DIM = 80
 

@@ -43,6 +43,9 @@ import torch
 # Run as a script, this file's folder comes first on sys.path, and this file would then be
 # what `import onnx` finds: drop the folder.
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # run as a script: this checkout's asr, not an installed one
+    sys.path.insert(0, str(ROOT))
 
 logger = logging.getLogger("bench.onnx")
 

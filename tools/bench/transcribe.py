@@ -25,6 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # run as a script: this checkout's asr, not an installed one
+    sys.path.insert(0, str(ROOT))
+
 logger = logging.getLogger("bench.transcribe")
 
 
