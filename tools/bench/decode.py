@@ -509,7 +509,9 @@ def main(argv: list[str] | None = None) -> None:
     print_table(rows, enc, enc_lens, args.repeats)
     print(
         "state B/stream: decoder state + token buffer (search.max_stream_tokens="
-        f"{cfg.max_stream_tokens} tokens and frames, int32)"
+        f"{cfg.max_stream_tokens} tokens and frames, int32) of a new stream, tensors only: the "
+        "beam searches hold their hypotheses as Python objects, not counted (their '+ 0'), "
+        "which grow with the stream"
     )
     print(
         "aed_beam rows: a random decoder either ends at once or loops to the enc_len cap (no "
