@@ -72,7 +72,9 @@ def test_a_failing_step_is_recorded_and_the_next_steps_run(tmp_path):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     steps = dict(line.split("\t")[:2] for line in (out / "steps.tsv").read_text().splitlines())
     assert steps == {"env": "ok", "deps": "failed"}
-    assert "run 'bash tools/gpu_check.sh --prepare'" in (out / "logs" / "deps.log").read_text()
+    log = (out / "logs" / "deps.log").read_text()
+    assert "run 'bash tools/gpu_check.sh --prepare' where PyPI is reachable and carry" in log, log
+    assert "No such file" not in log and "not found" not in log, log
 
 
 def _python312() -> str | None:
@@ -120,3 +122,13 @@ def test_prepare_downloads_small_py312_wheels(tmp_path):
     assert any(n.startswith("pyyaml-") and "cp312" in n for n in names), names
     assert sum(p.stat().st_size for p in wheels.glob("*.whl")) < 8 * 2**20
     assert "total" in (wheels / "MANIFEST.txt").read_text()
+
+
+def test_summary_help_exits_zero_and_bad_use_exits_two(tmp_path):
+    script = str(ROOT / "tools" / "bench" / "gpu_summary.py")
+    for flag in ("-h", "--help"):
+        proc = subprocess.run([sys.executable, script, flag], capture_output=True, text=True)
+        assert proc.returncode == 0 and "summary OUT_DIR" in proc.stdout, proc.stderr
+    proc = subprocess.run([sys.executable, script, "bogus", str(tmp_path)], capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and "summary OUT_DIR" in proc.stderr

@@ -152,8 +152,7 @@ print(' '.join(m for m in sys.argv[1:] if u.find_spec(m) is None))" $NEEDED_MODU
   echo "missing modules: ${missing:-none (install forced)}; installing $WHEELS_REL without an index"
   if ! ls "$WHEELS"/*.whl >/dev/null 2>&1; then
     echo "no wheels in $WHEELS_REL: run 'bash tools/gpu_check.sh --prepare' where PyPI is" \
-      "reachable"
-      "and carry $WHEELS_REL to this machine" >&2
+      "reachable and carry $WHEELS_REL to this machine" >&2
     return 1
   fi
   local site="$WHEELS/site"

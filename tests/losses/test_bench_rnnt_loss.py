@@ -21,6 +21,10 @@ def test_bench_prints_a_row_per_method_with_allocator_peaks():
     assert float(rows[0][5]) == 1.0 and float(rows[0][6]) == 1.0  # ratios against full
     assert float(rows[1][3]) < float(rows[0][3]), "pruned must allocate less than full"
     assert float(rows[3][3]) < float(rows[2][3]), "pruned TDT must allocate less than TDT"
+    # a band of R=5 < U+1=11 symbols leaves paths out: each pruned term is at least its full loss
+    checks = [line for line in out.splitlines() if line.startswith("check at V=500: ")]
+    assert len(checks) == 2, out
+    assert all("(R=5 < U+1=11: the band leaves paths out): holds" in line for line in checks), out
 
 
 def test_bench_tdt_rows_torch_and_triton_interpreter_agree(tmp_path):
@@ -38,3 +42,22 @@ def test_bench_tdt_rows_torch_and_triton_interpreter_agree(tmp_path):
     assert rows["tdt_triton"].endswith("(interpreter)")
     table = markdown.read_text()
     assert "| tdt_triton (interpreter) |" in table and "not a speed" in table
+
+
+def test_bench_pruned_losses_equal_the_full_losses_on_the_same_inputs(tmp_path):
+    """With a band of U + 1 symbols a pruned loss holds every path of the full lattice: its
+    pruned term equals the full loss of the same inputs and joiner (RNN-T and TDT), and the bench
+    checks it (the narrower band of the test above: at least the full loss)."""
+    markdown = tmp_path / "rnnt_loss.md"
+    cmd = [sys.executable, str(ROOT / "tools/bench/rnnt_loss.py"), "--batch=2", "--frames=12",
+           "--tokens=4", "--vocab", "40", "--joiner-dim=8", "--repeats=1", "--threads=1",
+           "--prune-range=5", f"--markdown={markdown}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    rows = {line.split()[1]: line for line in out.splitlines() if line.strip().startswith("40 ")}
+    lattice = {name: float(line.split("lattice=")[1].split()[0])
+               for name, line in rows.items() if "lattice=" in line}
+    assert abs(lattice["pruned"] - lattice["full"]) <= 1e-4 * lattice["full"], out
+    assert abs(lattice["pruned_tdt"] - lattice["tdt"]) <= 1e-4 * lattice["tdt"], out
+    checks = [line for line in out.splitlines() if line.startswith("check at V=40: ")]
+    assert len(checks) == 2 and all(line.endswith("holds") for line in checks), out
+    assert markdown.read_text().count("the band holds every path): holds.") == 2

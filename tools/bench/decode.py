@@ -445,7 +445,7 @@ def greedy_rtfx(args: argparse.Namespace) -> None:
         Path(args.markdown).write_text(text, encoding="utf-8")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -464,7 +464,13 @@ def main() -> None:
                         help="instead: profile RNN-T and TDT greedy at --batch and 1 "
                         "(see profile_greedy)")
     parser.add_argument("--markdown", help="--rtfx: also write the table to this file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    small = [f"--{name.replace('_', '-')}" for name in ("batch", "repeats", "ratio_repeats",
+             "threads", "beam_size") if getattr(args, name) < 1]
+    small += [f"--{name.replace('_', '-')}" for name in ("seconds", "tokens_per_second")
+              if getattr(args, name) <= 0]
+    if small:
+        parser.error(f"{', '.join(small)} must be positive (counts at least 1)")
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     if args.rtfx:
@@ -503,7 +509,9 @@ def main() -> None:
     print_table(rows, enc, enc_lens, args.repeats)
     print(
         "state B/stream: decoder state + token buffer (search.max_stream_tokens="
-        f"{cfg.max_stream_tokens} tokens and frames, int32)"
+        f"{cfg.max_stream_tokens} tokens and frames, int32) of a new stream, tensors only: the "
+        "beam searches hold their hypotheses as Python objects, not counted (their '+ 0'), "
+        "which grow with the stream"
     )
     print(
         "aed_beam rows: a random decoder either ends at once or loops to the enc_len cap (no "

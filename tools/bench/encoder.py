@@ -21,15 +21,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from asr.config import load_config
-from asr.encoders import EncoderConfig, build_encoder
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # run as a script: this checkout's asr, not an installed one
+    sys.path.insert(0, str(ROOT))
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / "recipes" / "presets"
+from asr.config import load_config  # noqa: E402
+from asr.encoders import EncoderConfig, build_encoder  # noqa: E402
+
+PRESET_DIR = ROOT / "recipes" / "presets"
 FRAMES_PER_SECOND = 100
 FEAT_DIM = 80
 
@@ -94,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args(argv)
+    if args.repeats < 1 or args.seconds <= 0 or min(args.chunk_sizes) < 1:
+        parser.error("--repeats and --chunk-sizes must be at least 1, --seconds positive")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     presets = args.presets.split(",")
     if args.quick:

@@ -192,6 +192,9 @@ def summary(out_dir: Path) -> str:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
     if len(argv) < 2 or argv[0] not in ("env", "summary"):
         print(__doc__, file=sys.stderr)
         return 2

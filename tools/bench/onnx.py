@@ -9,7 +9,7 @@ One table, one run, the same package and audio for every engine:
 
 For each engine, mode (offline / streaming) and thread count (torch intra-op threads, or
 onnxruntime's ``num_threads``): RTF = wall time / seconds of audio (lower is faster), the
-minimum and the median of ``--repeat`` runs, for **one stream** (the files decoded one after another) and for **a batch**
+minimum and the median of ``--repeat`` runs after an untimed warm-up run, for **one stream** (the files decoded one after another) and for **a batch**
 (``--batch-size`` files decoded together: one batched forward offline, concurrent streams in one
 ``decode`` / ``decode_streams`` loop when streaming). The last line compares sherpa-onnx int8
 streaming with our PyTorch streaming at batch and one thread.
@@ -43,6 +43,9 @@ import torch
 # Run as a script, this file's folder comes first on sys.path, and this file would then be
 # what `import onnx` finds: drop the folder.
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # run as a script: this checkout's asr, not an installed one
+    sys.path.insert(0, str(ROOT))
 
 logger = logging.getLogger("bench.onnx")
 
@@ -60,7 +63,9 @@ def _synthesize(out_dir: Path, num_files: int, seed: int) -> list[Path]:
 
 
 def _timed(run: Callable[[], object], repeat: int, seconds: float) -> tuple[float, float]:
-    """(min, median) RTF of ``repeat`` runs over ``seconds`` of audio."""
+    """(min, median) RTF of ``repeat`` runs over ``seconds`` of audio, after one untimed run
+    (the first call of an engine pays for one-time allocation and graph set-up)."""
+    run()
     times = []
     for _ in range(max(1, repeat)):
         start = time.perf_counter()
@@ -85,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="where the exports (and the tiny model) go (default: a temp dir)")
     args = parser.parse_args(argv)
+    if min(args.num_files, args.batch_size, args.repeat, *args.threads) < 1:
+        parser.error("--num-files, --batch-size, --repeat and --threads must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     from asr.audio import load_audio

@@ -13,6 +13,15 @@ On a CPU the kernel runs in Triton's interpreter (``TRITON_INTERPRET=1`` is set 
 subprocess), orders of magnitude slower than compiled code: there the row is a correctness and
 plumbing check (same loss as ``tdt``), not a speed, and it is left out of the default methods.
 
+Same inputs, checked values: every method gets the same encoder and predictor outputs and
+tokens (drawn from their own generator), and the pruned rows the joiner of the row they prune
+(``pruned``: ``full``; ``pruned_tdt``: ``tdt``). The trained loss of a pruned row is
+``0.5 * simple + pruned term`` (as :class:`asr.heads.transducer.TransducerHead` trains it), so
+its ``loss`` is not the full row's; the ``lattice`` value (the pruned term; for the full rows
+their loss) is, and a ``check`` line per vocabulary compares them: equal (relative 1e-4) when
+the band holds every path (``--prune-range`` >= U + 1), else at least the full loss (the band
+leaves paths out). A check that fails makes the exit code 1.
+
 Peak memory method: each case runs in its own fresh subprocess. The compared number is the
 high-water mark of torch's own allocator during one forward+backward above what was allocated
 before it: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the same quantity read from the
@@ -65,27 +74,31 @@ def _build(method: str, args: argparse.Namespace, vocab: int):
     from asr.losses.tdt import tdt_loss
 
     device = torch.device(args.device)
-    torch.manual_seed(0)
     batch, frames, num_tokens, dim = args.batch, args.frames, args.tokens, args.joiner_dim
+    # The inputs come from their own generator, so every method sees the same ones (the
+    # modules below consume the global generator by amounts that differ between methods).
+    gen = torch.Generator().manual_seed(1)
+    enc = torch.randn(batch, frames, dim, generator=gen).to(device).requires_grad_()
+    pred = torch.randn(batch, num_tokens + 1, dim, generator=gen).to(device).requires_grad_()
+    tokens = torch.randint(1, vocab, (batch, num_tokens), generator=gen).to(device)
+    torch.manual_seed(0)
     durations = (0, 1, 2, 3, 4)
     num_durations = len(durations) if "tdt" in method else 0
     joiner = Joiner(dim, dim, dim, vocab, num_durations).to(device)
     simple_outputs = vocab + (num_durations if method == "pruned_tdt" else 0)
     am_proj = torch.nn.Linear(dim, simple_outputs).to(device)
     lm_proj = torch.nn.Linear(dim, simple_outputs).to(device)
-    enc = torch.randn(batch, frames, dim, device=device, requires_grad=True)
-    pred = torch.randn(batch, num_tokens + 1, dim, device=device, requires_grad=True)
-    tokens = torch.randint(1, vocab, (batch, num_tokens), device=device)
     frame_lens = torch.full((batch,), frames, device=device)
     token_lens = torch.full((batch,), num_tokens, device=device)
 
-    def step() -> float:
+    def step() -> tuple[float, float]:
+        """One forward + backward: (the loss trained on, its lattice term)."""
         if method == "full":
-            loss = rnnt_loss(joiner(enc, pred), tokens, frame_lens, token_lens)
+            loss = pruned = rnnt_loss(joiner(enc, pred), tokens, frame_lens, token_lens)
         elif method in ("tdt", "tdt_triton"):
             backend = "triton" if method == "tdt_triton" else "torch"
-            loss = tdt_loss(joiner(enc, pred), tokens, frame_lens, token_lens, durations,
-                            backend=backend)
+            loss = pruned = tdt_loss(joiner(enc, pred), tokens, frame_lens, token_lens,
+                                     durations, backend=backend)
         elif method == "pruned_tdt":  # as TransducerHead: warmed-up scales, lm_only_scale 0.25
             simple, occupations = tdt_loss_simple(
                 am_proj(enc), lm_proj(pred), tokens, frame_lens, token_lens, durations, 0.25,
@@ -121,7 +134,7 @@ def _build(method: str, args: argparse.Namespace, vocab: int):
         joiner.zero_grad(set_to_none=True)
         am_proj.zero_grad(set_to_none=True)
         lm_proj.zero_grad(set_to_none=True)
-        return float(loss.detach())
+        return float(loss.detach()), float(pruned.detach())
 
     return step
 
@@ -138,7 +151,7 @@ def run_case(method: str, vocab: int, args: argparse.Namespace) -> dict:
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     rss_base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    loss = step()
+    loss, lattice = step()
     rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_base
     if cuda:
         torch.cuda.synchronize()
@@ -156,6 +169,7 @@ def run_case(method: str, vocab: int, args: argparse.Namespace) -> dict:
         "method": method,
         "vocab": vocab,
         "loss": loss,
+        "lattice_loss": lattice,
         "seconds": statistics.median(times),
         "peak_mb": peak / 2**20,
         "rss_mb": rss_peak / 2**20,
@@ -201,7 +215,13 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--case-timeout", type=float, default=0.0,
                         help="seconds allowed for each case's subprocess (0: no limit)")
     parser.add_argument("--one-case", nargs=2, metavar=("METHOD", "VOCAB"), help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    small = [f"--{name.replace('_', '-')}" for name in ("batch", "frames", "tokens", "joiner_dim",
+             "prune_range", "repeats", "threads") if getattr(args, name) < 1]
+    if small or min(args.vocab) < 2:
+        parser.error(f"{', '.join(small + ['--vocab'] * (min(args.vocab) < 2))} too small: counts "
+                     "must be at least 1, a vocabulary at least 2 (blank and one token)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         f"B={args.batch} T={args.frames} U={args.tokens} J={args.joiner_dim} "
         f"R={args.prune_range} device={args.device} threads={args.threads}; "
         "time = median fwd+bwd incl. joiner; peak = torch allocator high-water mark of one step "
-        "(see module docstring); rss = maxrss growth over the first step"
+        "(see module docstring); rss = maxrss growth over the first step; loss = what is "
+        "trained (pruned: 0.5 simple + pruned term), lattice = the full or pruned lattice term"
     )
     header = (
         f"{'V':>5} {'method':>10} {'time s':>8} {'peak MB':>9} {'rss MB':>8} {'x faster':>9} "
@@ -235,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(header)
     table: list[dict] = []
+    checks_ok = True
     for vocab in args.vocab:
         rows = []
         for method in args.methods:
@@ -252,13 +274,55 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{vocab:>5} {row['method']:>10} {row['seconds']:>8.3f} {row['peak_mb']:>9.1f} "
                 f"{row['rss_mb']:>8.1f} {row['x_faster']:>9.2f} {row['x_less_mem']:>10.2f} "
-                f"loss={row['loss']:.6g}{' (interpreter)' if row.get('interpreted') else ''}"
+                f"loss={row['loss']:.6g} lattice={row['lattice_loss']:.6g}"
+                f"{' (interpreter)' if row.get('interpreted') else ''}"
             )
+        for line, ok in lattice_checks(rows, args):
+            print(f"check at V={vocab}: {line}")
+            checks_ok &= ok
         table.extend(rows)
         if args.markdown:
             _write_markdown(Path(args.markdown), table, args)
-    # Running out of memory is a result (the full loss at a large vocabulary); anything else is not.
-    return 1 if any(r.get("status") in ("failed", "timeout") for r in table) else 0
+    # Running out of memory is a result (the full loss at a large vocabulary); anything else is
+    # not, and neither is a pruned loss that disagrees with the full loss it prunes.
+    failed = any(r.get("status") in ("failed", "timeout") for r in table)
+    return 1 if failed or not checks_ok else 0
+
+
+#: (pruned method, the full-lattice method it prunes)
+PRUNED_OF = (("pruned", "full"), ("pruned_tdt", "tdt"))
+#: relative tolerance of the float32 comparisons
+RTOL = 1e-4
+
+
+def lattice_checks(rows: list[dict], args: argparse.Namespace) -> list[tuple[str, bool]]:
+    """Each pruned loss against the full loss it prunes, on the same inputs and joiner:
+    (a line saying what was compared, whether it held).
+
+    The trained loss of a pruned row is ``0.5 * simple + pruned``, so its ``loss`` differs from
+    the full row's by construction; what is comparable is its lattice term (``lattice_loss``),
+    the loss of the joiner's band. A band of ``R >= U + 1`` symbols holds every path, and the
+    term then equals the full loss; a narrower band leaves paths out, and the term (the negative
+    log of a smaller sum of the same path probabilities) is at least the full loss.
+    """
+    by_method = {r["method"]: r for r in rows if "lattice_loss" in r}
+    covers = args.prune_range >= args.tokens + 1
+    lines = []
+    for name, ref_name in PRUNED_OF:
+        if name not in by_method or ref_name not in by_method:
+            continue
+        term, full = by_method[name]["lattice_loss"], by_method[ref_name]["lattice_loss"]
+        slack = RTOL * max(abs(full), 1.0)
+        if covers:
+            ok = abs(term - full) <= slack
+            what = (f"{name} lattice term {term:.6g} == {ref_name} loss {full:.6g} (R={args.prune_range}"
+                    f" >= U+1={args.tokens + 1}: the band holds every path)")
+        else:
+            ok = term >= full - slack
+            what = (f"{name} lattice term {term:.6g} >= {ref_name} loss {full:.6g} (R={args.prune_range}"
+                    f" < U+1={args.tokens + 1}: the band leaves paths out)")
+        lines.append((f"{what}: {'holds' if ok else 'MISMATCH'}", ok))
+    return lines
 
 
 def _run_one(method: str, vocab: int, passthrough: list[str], root: Path,
@@ -310,6 +374,9 @@ def _write_markdown(path: Path, table: list[dict], args: argparse.Namespace) -> 
     if any(r.get("interpreted") for r in table):
         lines += ["", "Rows marked (interpreter) ran the Triton kernel in Triton's CPU interpreter: "
                   "a correctness and plumbing check (its loss equals the torch row's), not a speed."]
+    for vocab in dict.fromkeys(r["vocab"] for r in table):
+        checks = lattice_checks([r for r in table if r["vocab"] == vocab], args)
+        lines += [""] + [f"Check at V={vocab}: {line}." for line, _ in checks] if checks else []
     by_key = {(r["vocab"], r["method"]): r for r in table}
     goals = (("pruned", "full", 3), ("pruned_tdt", "tdt", 10))  # (row, reference, x faster)
     for name, ref_name, factor in goals:

@@ -39,7 +39,11 @@ from pathlib import Path
 
 import numpy as np
 
-from asr.testing.serving import start_server_process, stop_process
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # run as a script: this checkout's asr, not an installed one
+    sys.path.insert(0, str(ROOT))
+
+from asr.testing.serving import start_server_process, stop_process  # noqa: E402
 
 logger = logging.getLogger("bench.serve")
 
@@ -141,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                         "package's if it streams)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if min(args.streams) < 1 or args.seconds <= 0 or args.chunk_seconds <= 0:
+        parser.error("--streams must be at least 1, --seconds and --chunk-seconds positive")
     if max(args.streams) > 64 or args.seconds > 60:
         parser.error("bounded benchmark: at most 64 streams and 60 s of audio per stream")
 
@@ -154,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     extra = ["--engine", args.engine] + (["--int8"] if args.int8 else [])
     extra += ["--searcher", args.searcher] if args.searcher else []
     load_before = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    # the server process (python -m asr.cli.main) runs this checkout's asr too, from any folder
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))
     proc, port = start_server(model, args.threads, max(args.streams) + 1, *extra)
     url = f"ws://127.0.0.1:{port}"
     rows = []

@@ -216,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", help="write the tables as markdown to this file")
     parser.add_argument("--json", help="write the results as JSON to this file")
     args = parser.parse_args(argv)
+    if args.steps < 1 or min(args.warmup, args.fit_probes, args.max_duration,
+                             args.max_cut_duration, args.threads) < 0:
+        parser.error("--steps must be at least 1; --warmup, --fit-probes, --max-duration, "
+                     "--max-cut-duration and --threads not negative")
     logging.basicConfig(level=logging.WARNING)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
