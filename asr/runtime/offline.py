@@ -40,7 +40,14 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from asr.audio import AudioError, DecodedAudio, as_waveform, decode_audio, resample
+from asr.audio import (
+    STDIN_NAME,
+    AudioError,
+    DecodedAudio,
+    as_waveform,
+    decode_audio,
+    resample,
+)
 from asr.decoding import Searcher
 from asr.features.fbank import compute_fbank
 from asr.package import load_package
@@ -80,7 +87,8 @@ def plan_windows(
     """Overlapping windows covering ``num_samples`` samples and the span each one owns.
 
     Raises:
-        ValueError: unless ``0 <= overlap_seconds < window_seconds``.
+        ValueError: unless ``0 <= overlap_seconds < window_seconds`` and, in samples, the window
+            and its step (window minus overlap) are at least one sample.
     """
     if not 0 <= overlap_seconds < window_seconds:
         raise ValueError(
@@ -88,6 +96,11 @@ def plan_windows(
         )
     length = int(round(window_seconds * sample_rate))
     step = length - int(round(overlap_seconds * sample_rate))
+    if step < 1:  # the windows would never advance
+        raise ValueError(
+            f"window ({window_seconds} s) and overlap ({overlap_seconds} s) at {sample_rate} Hz "
+            f"leave a step of {step} samples between windows: need at least one"
+        )
     if num_samples <= length:
         return [Window(index, 0, num_samples, -math.inf, math.inf)]
     # every window starts ``step`` after the previous one, but the last ends with the input:
@@ -146,18 +159,26 @@ class Transcriber:
         """Decodes one input to mono at :attr:`sample_rate`.
 
         Arrays are (N,) or (N, C) samples at ``sample_rate`` (default: the model rate), float in
-        [-1, 1] or integer PCM (:func:`asr.audio.as_waveform`).
+        [-1, 1] or integer PCM (:func:`asr.audio.as_waveform`). Messages and the result name an
+        array ``<array INDEX>``, encoded bytes ``<bytes INDEX>``, a path itself (``-``:
+        ``<stdin>``).
+
+        Raises:
+            AudioError: naming the input, when it cannot be read.
+            ValueError: for a ``sample_rate`` that is not a positive whole number of Hz.
         """
+        rate = _array_rate(sample_rate, self.sample_rate)
+        name = _name_of(item, index)
         if isinstance(item, (np.ndarray, Tensor)):
-            name = f"<array {index}>"
             mono = as_waveform(item, name)
-            rate = int(sample_rate or self.sample_rate)
             if rate != self.sample_rate:
-                mono = resample(mono, rate, self.sample_rate)
+                mono = resample(mono, rate, self.sample_rate, name)
             return DecodedAudio(mono, self.sample_rate, name, 1, rate)
-        if isinstance(item, (str, Path, bytes, bytearray)):
+        if isinstance(item, (bytes, bytearray)):
+            return decode_audio(item, self.sample_rate, name)
+        if isinstance(item, (str, Path)):
             return decode_audio(item, self.sample_rate)
-        raise AudioError(f"input {index}: unsupported type {type(item).__name__}")
+        raise AudioError(f"{name}: unsupported type {type(item).__name__}")
 
     # ------------------------------------------------------------------------- API
 
@@ -182,7 +203,8 @@ class Transcriber:
         Args:
             inputs: one input or a list: paths (``"-"`` = stdin), encoded bytes, or (N,) /
                 (N, C) arrays at ``sample_rate`` (float in [-1, 1], or integer PCM).
-            sample_rate: rate of array inputs (default: the model rate); files carry their own.
+            sample_rate: rate of array inputs in Hz, a positive whole number (default: the
+                model rate); files and bytes carry their own.
             searcher: searcher name (default: the runtime's).
             batch_size: windows (offline) or streams (streaming) decoded together.
             streaming: decode chunk by chunk with the streaming recognizer.
@@ -212,6 +234,9 @@ class Transcriber:
         Returns:
             One :class:`asr.results.TranscriptionResult` (or ``FailedInput``) per input, in order.
         """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        _array_rate(sample_rate, self.sample_rate)  # a bad rate fails before any input
         if not streaming and (chunk_size is not None or left_chunks is not None
                               or max_left_seconds is not None):
             raise ValueError("chunk_size, left_chunks and max_left_seconds set the streaming "
@@ -300,11 +325,31 @@ class Transcriber:
 
 
 def _name_of(item: object, index: int) -> str:
+    """The name of input ``index`` in results and messages (see :meth:`Transcriber.load`)."""
     if isinstance(item, (str, Path)):
-        return "<stdin>" if str(item) == "-" else str(item)
+        return STDIN_NAME if str(item) == "-" else str(item)
     if isinstance(item, (bytes, bytearray)):
-        return "<stdin>"
+        return f"<bytes {index}>"
+    if isinstance(item, (np.ndarray, Tensor)):
+        return f"<array {index}>"
     return f"<input {index}>"
+
+
+def _array_rate(sample_rate: float | None, model_rate: int) -> int:
+    """The rate of array inputs: ``sample_rate`` (a positive whole number of Hz) or the model's.
+
+    Raises:
+        ValueError: naming ``sample_rate`` for zero, negative, fractional or non-numeric rates.
+    """
+    if sample_rate is None:
+        return model_rate
+    ok = (isinstance(sample_rate, (int, float, np.integer, np.floating))
+          and not isinstance(sample_rate, bool) and math.isfinite(sample_rate)
+          and sample_rate > 0 and float(sample_rate).is_integer())
+    if not ok:
+        raise ValueError(f"sample_rate must be a positive whole number of Hz (the rate of array "
+                         f"inputs), got {sample_rate!r}")
+    return int(sample_rate)
 
 
 def load_model(
