@@ -15,6 +15,8 @@ starts at ``k * (window_seconds - overlap_seconds)``, except the last, which end
 keeps only the tokens whose time falls in its own span (from the previous cut to the next cut),
 so every instant is decided by the window that sees it with the most context on both sides, and
 no token is counted twice. A word that straddles a cut keeps the tokens each side decided.
+The rule needs token times: with a searcher that gives none (``aed_beam``), an input longer than
+one window is an error.
 
 Streaming (``streaming=True``) runs the inputs through
 :class:`asr.runtime.streaming.StreamingRecognizer` (all inputs as concurrent streams, batched),
@@ -229,7 +231,9 @@ class Transcriber:
         Raises:
             asr.decoding.context_graph.HotwordError: for phrases the tokenizer cannot spell (a
                 ValueError), too many or too long ones; ValueError for hotwords with a
-                streaming searcher that does not bias.
+                streaming searcher that does not bias, for a bad ``sample_rate``, ``batch_size``
+                or window, and for an input longer than a window with a searcher that gives no
+                token times (``aed_beam``), whose windows cannot be joined.
 
         Returns:
             One :class:`asr.results.TranscriptionResult` (or ``FailedInput``) per input, in order.
@@ -267,7 +271,7 @@ class Transcriber:
             decoded = transcribe_streaming(recognizer, good, batch_size, progress, context=context)
         else:
             decoded = self._transcribe_offline(
-                good, search, batch_size, window_seconds, overlap_seconds, progress
+                good, search, batch_size, window_seconds, overlap_seconds, progress, searcher
             )
         results = iter(decoded)
         return [a if isinstance(a, FailedInput) else next(results) for a in audios]
@@ -283,16 +287,17 @@ class Transcriber:
         window_seconds: float,
         overlap_seconds: float,
         progress: bool,
+        searcher_name: str | None = None,
     ) -> list[TranscriptionResult]:
         rate = self.sample_rate
         results = self.runtime.results
-        windows = [
-            w for i, a in enumerate(audios)
-            for w in plan_windows(i, a.samples.shape[0], rate, window_seconds, overlap_seconds)
-        ]
+        plans = [plan_windows(i, a.samples.shape[0], rate, window_seconds, overlap_seconds)
+                 for i, a in enumerate(audios)]
+        windows = [w for plan in plans for w in plan]
         windows.sort(key=lambda w: w.end - w.start, reverse=True)
         kept: list[list[tuple[int, float]]] = [[] for _ in audios]
         search = searcher if callable(searcher) else self.searcher(searcher)
+        searcher_name = searcher_name or self.runtime.searcher
         bar = tqdm(total=sum(a.duration for a in audios), unit="s", unit_scale=True,
                    desc="transcribe", disable=not progress, leave=False)
         for begin in range(0, len(windows), max(1, batch_size)):
@@ -301,6 +306,15 @@ class Transcriber:
                                         search)
             for window, hyp in zip(batch, hyps):
                 offset = window.start / rate
+                if hyp.tokens and not hyp.frames and len(plans[window.index]) > 1:
+                    # every token would sit at its window's start, outside the span it owns
+                    raise ValueError(
+                        f"{audios[window.index].source}: {audios[window.index].duration:.1f} s "
+                        f"needs {len(plans[window.index])} windows of {window_seconds} s, but "
+                        f"searcher {searcher_name} gives no token times to join them by: pass "
+                        f"window_seconds (--window-seconds) of at least its length, or use a "
+                        f"searcher with token times (attention_rescoring keeps the CTC ones)"
+                    )
                 frames = hyp.frames or (0,) * len(hyp.tokens)
                 for token, time in zip(hyp.tokens, results.seconds(frames)):
                     if window.keep_from <= offset + time < window.keep_to:

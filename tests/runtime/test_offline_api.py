@@ -96,3 +96,23 @@ def test_arrays_of_either_byte_order_are_read_alike(model, dtype):
     swapped = native.astype(dtype)
     assert swapped.dtype.str == dtype and np.array_equal(swapped, native)
     assert model.transcribe(swapped)[0] == model.transcribe(native)[0]
+
+
+
+def test_a_searcher_without_token_times_refuses_to_join_windows(model, monkeypatch):
+    """A searcher without token times (aed_beam) put every token at its window's start, before
+    the span the window owns, so all windows but the first were dropped without a word."""
+    from asr.types import Hypothesis
+
+    real = model.searcher()
+
+    def untimed(enc, enc_lens):
+        return [[Hypothesis(tokens=h.tokens, score=h.score) for h in nbest]
+                for nbest in real(enc, enc_lens)]
+
+    monkeypatch.setattr(model, "searcher", lambda *args, **kwargs: untimed)
+    wave = _noise(2.5, 4)
+    [whole] = model.transcribe(wave)  # one window: its tokens all at the input's start
+    assert whole.token_ids and set(whole.timestamps) == {0.0}
+    with pytest.raises(ValueError, match=r"^<array 0>: .* no token times"):
+        model.transcribe(wave, window_seconds=1.0, overlap_seconds=0.2)
