@@ -116,3 +116,11 @@ def test_a_searcher_without_token_times_refuses_to_join_windows(model, monkeypat
     assert whole.token_ids and set(whole.timestamps) == {0.0}
     with pytest.raises(ValueError, match=r"^<array 0>: .* no token times"):
         model.transcribe(wave, window_seconds=1.0, overlap_seconds=0.2)
+
+
+@pytest.mark.parametrize(("option", "value"), [("chunk_size", 3.5), ("left_chunks", 1.5),
+                                               ("chunk_size", "4"), ("left_chunks", True)])
+def test_a_chunking_that_is_not_whole_is_an_error_naming_it(model, option, value):
+    # chunk_size 3.5 failed deep in torch.zeros with a TypeError naming no option
+    with pytest.raises(ValueError, match=option):
+        model.transcribe(_noise(0.5, 0), streaming=True, **{option: value})
