@@ -240,6 +240,8 @@ class Transcriber:
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if on_error not in ("raise", "return"):
+            raise ValueError(f"on_error must be 'raise' or 'return', got {on_error!r}")
         _array_rate(sample_rate, self.sample_rate)  # a bad rate fails before any input
         if not streaming and (chunk_size is not None or left_chunks is not None
                               or max_left_seconds is not None):

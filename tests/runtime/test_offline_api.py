@@ -124,3 +124,9 @@ def test_a_chunking_that_is_not_whole_is_an_error_naming_it(model, option, value
     # chunk_size 3.5 failed deep in torch.zeros with a TypeError naming no option
     with pytest.raises(ValueError, match=option):
         model.transcribe(_noise(0.5, 0), streaming=True, **{option: value})
+
+
+def test_an_unknown_on_error_is_refused(model):
+    # on_error="rais" returned FailedInput values instead of raising
+    with pytest.raises(ValueError, match="on_error"):
+        model.transcribe([b"not audio"], on_error="rais")
