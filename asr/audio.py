@@ -107,7 +107,7 @@ def as_waveform(samples: np.ndarray | Tensor, name: str, allow_empty: bool = Fal
 
     Float samples are taken as they are (expected in [-1, 1]). Integer PCM is scaled by its
     type's range, as soundfile, torchaudio and sherpa-onnx read it: int16 / 32768, int32 / 2**31,
-    int8 / 128, uint8 (x - 128) / 128. Channels are averaged.
+    int8 / 128, uint8 (x - 128) / 128, in either byte order. Channels are averaged.
 
     Args:
         samples: the array (numpy or torch).
@@ -120,6 +120,8 @@ def as_waveform(samples: np.ndarray | Tensor, name: str, allow_empty: bool = Fal
             NaN / infinite values.
     """
     array = samples.detach().cpu().numpy() if isinstance(samples, Tensor) else np.asarray(samples)
+    if array.dtype.byteorder not in "=|":  # e.g. np.frombuffer(data, ">i2"): network order
+        array = array.astype(array.dtype.newbyteorder("="))
     if array.dtype in _PCM_SCALES:
         offset, scale = _PCM_SCALES[array.dtype]
         array = (array.astype(np.float32) - offset) / scale

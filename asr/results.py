@@ -112,7 +112,8 @@ class TranscriptionResult:
     """The transcript of one input.
 
     Attributes:
-        source: file name, ``<stdin>`` or ``<array N>``.
+        source: file name, ``<stdin>``, ``<array N>`` or ``<bytes N>`` (N: its place in the
+            input list).
         text: the transcript (the segments' texts joined by spaces).
         tokens: token pieces (e.g. ``▁HE``), blank excluded.
         token_ids: their ids.

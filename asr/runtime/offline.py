@@ -15,6 +15,8 @@ starts at ``k * (window_seconds - overlap_seconds)``, except the last, which end
 keeps only the tokens whose time falls in its own span (from the previous cut to the next cut),
 so every instant is decided by the window that sees it with the most context on both sides, and
 no token is counted twice. A word that straddles a cut keeps the tokens each side decided.
+The rule needs token times: with a searcher that gives none (``aed_beam``), an input longer than
+one window is an error.
 
 Streaming (``streaming=True``) runs the inputs through
 :class:`asr.runtime.streaming.StreamingRecognizer` (all inputs as concurrent streams, batched),
@@ -40,7 +42,14 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from asr.audio import AudioError, DecodedAudio, as_waveform, decode_audio, resample
+from asr.audio import (
+    STDIN_NAME,
+    AudioError,
+    DecodedAudio,
+    as_waveform,
+    decode_audio,
+    resample,
+)
 from asr.decoding import Searcher
 from asr.features.fbank import compute_fbank
 from asr.package import load_package
@@ -80,7 +89,8 @@ def plan_windows(
     """Overlapping windows covering ``num_samples`` samples and the span each one owns.
 
     Raises:
-        ValueError: unless ``0 <= overlap_seconds < window_seconds``.
+        ValueError: unless ``0 <= overlap_seconds < window_seconds`` and, in samples, the window
+            and its step (window minus overlap) are at least one sample.
     """
     if not 0 <= overlap_seconds < window_seconds:
         raise ValueError(
@@ -88,6 +98,11 @@ def plan_windows(
         )
     length = int(round(window_seconds * sample_rate))
     step = length - int(round(overlap_seconds * sample_rate))
+    if step < 1:  # the windows would never advance
+        raise ValueError(
+            f"window ({window_seconds} s) and overlap ({overlap_seconds} s) at {sample_rate} Hz "
+            f"leave a step of {step} samples between windows: need at least one"
+        )
     if num_samples <= length:
         return [Window(index, 0, num_samples, -math.inf, math.inf)]
     # every window starts ``step`` after the previous one, but the last ends with the input:
@@ -146,18 +161,26 @@ class Transcriber:
         """Decodes one input to mono at :attr:`sample_rate`.
 
         Arrays are (N,) or (N, C) samples at ``sample_rate`` (default: the model rate), float in
-        [-1, 1] or integer PCM (:func:`asr.audio.as_waveform`).
+        [-1, 1] or integer PCM (:func:`asr.audio.as_waveform`). Messages and the result name an
+        array ``<array INDEX>``, encoded bytes ``<bytes INDEX>``, a path itself (``-``:
+        ``<stdin>``).
+
+        Raises:
+            AudioError: naming the input, when it cannot be read.
+            ValueError: for a ``sample_rate`` that is not a positive whole number of Hz.
         """
+        rate = _array_rate(sample_rate, self.sample_rate)
+        name = _name_of(item, index)
         if isinstance(item, (np.ndarray, Tensor)):
-            name = f"<array {index}>"
             mono = as_waveform(item, name)
-            rate = int(sample_rate or self.sample_rate)
             if rate != self.sample_rate:
-                mono = resample(mono, rate, self.sample_rate)
+                mono = resample(mono, rate, self.sample_rate, name)
             return DecodedAudio(mono, self.sample_rate, name, 1, rate)
-        if isinstance(item, (str, Path, bytes, bytearray)):
+        if isinstance(item, (bytes, bytearray)):
+            return decode_audio(item, self.sample_rate, name)
+        if isinstance(item, (str, Path)):
             return decode_audio(item, self.sample_rate)
-        raise AudioError(f"input {index}: unsupported type {type(item).__name__}")
+        raise AudioError(f"{name}: unsupported type {type(item).__name__}")
 
     # ------------------------------------------------------------------------- API
 
@@ -182,7 +205,8 @@ class Transcriber:
         Args:
             inputs: one input or a list: paths (``"-"`` = stdin), encoded bytes, or (N,) /
                 (N, C) arrays at ``sample_rate`` (float in [-1, 1], or integer PCM).
-            sample_rate: rate of array inputs (default: the model rate); files carry their own.
+            sample_rate: rate of array inputs in Hz, a positive whole number (default: the
+                model rate); files and bytes carry their own.
             searcher: searcher name (default: the runtime's).
             batch_size: windows (offline) or streams (streaming) decoded together.
             streaming: decode chunk by chunk with the streaming recognizer.
@@ -207,11 +231,18 @@ class Transcriber:
         Raises:
             asr.decoding.context_graph.HotwordError: for phrases the tokenizer cannot spell (a
                 ValueError), too many or too long ones; ValueError for hotwords with a
-                streaming searcher that does not bias.
+                streaming searcher that does not bias, for a bad ``sample_rate``, ``batch_size``
+                or window, and for an input longer than a window with a searcher that gives no
+                token times (``aed_beam``), whose windows cannot be joined.
 
         Returns:
             One :class:`asr.results.TranscriptionResult` (or ``FailedInput``) per input, in order.
         """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if on_error not in ("raise", "return"):
+            raise ValueError(f"on_error must be 'raise' or 'return', got {on_error!r}")
+        _array_rate(sample_rate, self.sample_rate)  # a bad rate fails before any input
         if not streaming and (chunk_size is not None or left_chunks is not None
                               or max_left_seconds is not None):
             raise ValueError("chunk_size, left_chunks and max_left_seconds set the streaming "
@@ -242,7 +273,7 @@ class Transcriber:
             decoded = transcribe_streaming(recognizer, good, batch_size, progress, context=context)
         else:
             decoded = self._transcribe_offline(
-                good, search, batch_size, window_seconds, overlap_seconds, progress
+                good, search, batch_size, window_seconds, overlap_seconds, progress, searcher
             )
         results = iter(decoded)
         return [a if isinstance(a, FailedInput) else next(results) for a in audios]
@@ -258,16 +289,17 @@ class Transcriber:
         window_seconds: float,
         overlap_seconds: float,
         progress: bool,
+        searcher_name: str | None = None,
     ) -> list[TranscriptionResult]:
         rate = self.sample_rate
         results = self.runtime.results
-        windows = [
-            w for i, a in enumerate(audios)
-            for w in plan_windows(i, a.samples.shape[0], rate, window_seconds, overlap_seconds)
-        ]
+        plans = [plan_windows(i, a.samples.shape[0], rate, window_seconds, overlap_seconds)
+                 for i, a in enumerate(audios)]
+        windows = [w for plan in plans for w in plan]
         windows.sort(key=lambda w: w.end - w.start, reverse=True)
         kept: list[list[tuple[int, float]]] = [[] for _ in audios]
         search = searcher if callable(searcher) else self.searcher(searcher)
+        searcher_name = searcher_name or self.runtime.searcher
         bar = tqdm(total=sum(a.duration for a in audios), unit="s", unit_scale=True,
                    desc="transcribe", disable=not progress, leave=False)
         for begin in range(0, len(windows), max(1, batch_size)):
@@ -276,6 +308,15 @@ class Transcriber:
                                         search)
             for window, hyp in zip(batch, hyps):
                 offset = window.start / rate
+                if hyp.tokens and not hyp.frames and len(plans[window.index]) > 1:
+                    # every token would sit at its window's start, outside the span it owns
+                    raise ValueError(
+                        f"{audios[window.index].source}: {audios[window.index].duration:.1f} s "
+                        f"needs {len(plans[window.index])} windows of {window_seconds} s, but "
+                        f"searcher {searcher_name} gives no token times to join them by: pass "
+                        f"window_seconds (--window-seconds) of at least its length, or use a "
+                        f"searcher with token times (attention_rescoring keeps the CTC ones)"
+                    )
                 frames = hyp.frames or (0,) * len(hyp.tokens)
                 for token, time in zip(hyp.tokens, results.seconds(frames)):
                     if window.keep_from <= offset + time < window.keep_to:
@@ -300,11 +341,31 @@ class Transcriber:
 
 
 def _name_of(item: object, index: int) -> str:
+    """The name of input ``index`` in results and messages (see :meth:`Transcriber.load`)."""
     if isinstance(item, (str, Path)):
-        return "<stdin>" if str(item) == "-" else str(item)
+        return STDIN_NAME if str(item) == "-" else str(item)
     if isinstance(item, (bytes, bytearray)):
-        return "<stdin>"
+        return f"<bytes {index}>"
+    if isinstance(item, (np.ndarray, Tensor)):
+        return f"<array {index}>"
     return f"<input {index}>"
+
+
+def _array_rate(sample_rate: float | None, model_rate: int) -> int:
+    """The rate of array inputs: ``sample_rate`` (a positive whole number of Hz) or the model's.
+
+    Raises:
+        ValueError: naming ``sample_rate`` for zero, negative, fractional or non-numeric rates.
+    """
+    if sample_rate is None:
+        return model_rate
+    ok = (isinstance(sample_rate, (int, float, np.integer, np.floating))
+          and not isinstance(sample_rate, bool) and math.isfinite(sample_rate)
+          and sample_rate > 0 and float(sample_rate).is_integer())
+    if not ok:
+        raise ValueError(f"sample_rate must be a positive whole number of Hz (the rate of array "
+                         f"inputs), got {sample_rate!r}")
+    return int(sample_rate)
 
 
 def load_model(

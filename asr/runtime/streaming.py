@@ -145,7 +145,8 @@ class StreamingRecognizer:
             bounded ``left_chunks``.
 
     Raises:
-        ValueError: a chunking that does not stream, or a ``max_left_seconds`` that is not a
+        ValueError: a chunking that does not stream or is not whole numbers of frames and
+            chunks, or a ``max_left_seconds`` that is not a
             positive number of seconds, or (with ``left_chunks`` -1) is shorter than one chunk.
     """
 
@@ -161,8 +162,10 @@ class StreamingRecognizer:
         self.runtime = runtime
         self.encoder = runtime.model.encoder
         self.endpoint = endpoint or EndpointConfig()
-        self.chunk_size = runtime.chunk_size if chunk_size is None else chunk_size
-        self.left_chunks = runtime.left_chunks if left_chunks is None else left_chunks
+        self.chunk_size = _whole(runtime.chunk_size if chunk_size is None else chunk_size,
+                                 "chunk_size (--chunk-size)")
+        self.left_chunks = _whole(runtime.left_chunks if left_chunks is None else left_chunks,
+                                  "left_chunks (--left-chunks)")
         self.searcher = runtime.build_streaming_searcher(searcher)
         self.searcher_name = resolve_searcher(
             searcher or runtime.streaming_searcher or runtime.searcher, runtime.model)
@@ -422,6 +425,13 @@ def left_context_bound(max_left_seconds: float, chunk_seconds: float) -> int | N
         raise ValueError(f"max_left_seconds (--max-left-seconds) {seconds:g} is shorter than "
                          f"one chunk ({chunk_seconds:g} s): give at least {chunk_seconds:g}")
     return chunks
+
+
+def _whole(value: object, name: str) -> int:
+    """``value`` as an int when it is a whole number (not a bool), else a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return int(value)
 
 
 def _positive_seconds(max_left_seconds: float) -> float:

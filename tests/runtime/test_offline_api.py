@@ -1,0 +1,132 @@
+"""The Python API's argument checks and input names (``Transcriber.transcribe`` / ``load``)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from asr.audio import AudioError
+from asr.results import FailedInput, TranscriptionResult
+from asr.runtime.offline import load_model, plan_windows
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A random-weight causal chunked Conformer with a transducer head."""
+    from asr.testing.packages import random_package
+
+    root = tmp_path_factory.mktemp("random_transducer_api")
+    return load_model(random_package(root, head="transducer", chunk_size=2, left_chunks=3, seed=1))
+
+
+def _noise(seconds: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (0.1 * rng.standard_normal(int(seconds * 16000))).astype(np.float32)
+
+
+@pytest.mark.parametrize(("window", "overlap"), [(1.0, 0.99997), (1e-5, 0.0)])
+def test_windows_whose_step_rounds_to_no_sample_are_refused(window, overlap):
+    # the seconds pass 0 <= overlap < window, but in samples the step was 0: an endless loop
+    with pytest.raises(ValueError, match="step"):
+        plan_windows(0, 50_000, 16_000, window, overlap)
+
+
+@pytest.mark.parametrize("rate", [0, -8000, 8000.5, True])
+def test_a_bad_array_sample_rate_is_an_error_naming_it(model, rate):
+    # 0 was taken as the model rate, 8000.5 as 8000, and -8000 failed naming "waveform"
+    with pytest.raises(ValueError, match="sample_rate"):
+        model.transcribe(_noise(0.5, 0), sample_rate=rate, on_error="return")
+
+
+def test_a_rate_that_cannot_be_resampled_names_the_array(model):
+    [failed] = model.transcribe([_noise(0.5, 0)], sample_rate=7919, on_error="return")
+    assert isinstance(failed, FailedInput) and failed.error.startswith("<array 0>: ")
+
+
+@pytest.mark.parametrize("batch_size", [0, -1])
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_batch_size_below_one_is_an_error(model, batch_size, streaming):
+    with pytest.raises(ValueError, match="batch_size"):
+        model.transcribe(_noise(0.5, 0), batch_size=batch_size, streaming=streaming)
+
+
+def test_failed_inputs_are_named_as_their_results_would_be(model, tmp_path):
+    import soundfile
+
+    path = tmp_path / "ok.wav"
+    soundfile.write(path, _noise(0.5, 1), 16000)
+    encoded = path.read_bytes()
+    inputs = [_noise(0.5, 2), np.zeros(0, np.float32), encoded, b"not audio", encoded]
+    results = model.transcribe(inputs, on_error="return")
+    assert [r.source for r in results] == [
+        "<array 0>", "<array 1>", "<bytes 2>", "<bytes 3>", "<bytes 4>"]
+    assert [type(r) for r in results] == [
+        TranscriptionResult, FailedInput, TranscriptionResult, FailedInput, TranscriptionResult]
+    # each error names its own input, so that two failing byte strings are told apart
+    assert results[1].error.startswith("<array 1>: ") and results[3].error.startswith("<bytes 3>: ")
+    with pytest.raises(AudioError, match=r"^<bytes 1>: "):
+        model.transcribe([encoded, b"not audio"])
+
+
+def test_one_model_from_two_threads_equals_sequential(model):
+    waves = [_noise(s, k) for k, s in enumerate((0.7, 1.3, 2.1, 0.4))]
+    sequential = [model.transcribe(w)[0] for w in waves]
+    outputs: dict[int, list] = {}
+
+    def work(k: int) -> None:
+        outputs[k] = [model.transcribe(w)[0] for w in waves]
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outputs[0] == outputs[1] == sequential
+
+
+@pytest.mark.parametrize("dtype", ["<i2", ">i2", ">i4", ">f4", ">f8"])
+def test_arrays_of_either_byte_order_are_read_alike(model, dtype):
+    # np.frombuffer(data, ">i2") (AIFF, network order) was refused as "not audio"
+    pcm = (_noise(0.6, 3) * 32767).astype(np.int16)
+    native = pcm.astype(np.dtype(dtype).newbyteorder("="))
+    if native.dtype.kind == "f":
+        native = native / np.float32(32768.0)
+    swapped = native.astype(dtype)
+    assert swapped.dtype.str == dtype and np.array_equal(swapped, native)
+    assert model.transcribe(swapped)[0] == model.transcribe(native)[0]
+
+
+
+def test_a_searcher_without_token_times_refuses_to_join_windows(model, monkeypatch):
+    """A searcher without token times (aed_beam) put every token at its window's start, before
+    the span the window owns, so all windows but the first were dropped without a word."""
+    from asr.types import Hypothesis
+
+    real = model.searcher()
+
+    def untimed(enc, enc_lens):
+        return [[Hypothesis(tokens=h.tokens, score=h.score) for h in nbest]
+                for nbest in real(enc, enc_lens)]
+
+    monkeypatch.setattr(model, "searcher", lambda *args, **kwargs: untimed)
+    wave = _noise(2.5, 4)
+    [whole] = model.transcribe(wave)  # one window: its tokens all at the input's start
+    assert whole.token_ids and set(whole.timestamps) == {0.0}
+    with pytest.raises(ValueError, match=r"^<array 0>: .* no token times"):
+        model.transcribe(wave, window_seconds=1.0, overlap_seconds=0.2)
+
+
+@pytest.mark.parametrize(("option", "value"), [("chunk_size", 3.5), ("left_chunks", 1.5),
+                                               ("chunk_size", "4"), ("left_chunks", True)])
+def test_a_chunking_that_is_not_whole_is_an_error_naming_it(model, option, value):
+    # chunk_size 3.5 failed deep in torch.zeros with a TypeError naming no option
+    with pytest.raises(ValueError, match=option):
+        model.transcribe(_noise(0.5, 0), streaming=True, **{option: value})
+
+
+def test_an_unknown_on_error_is_refused(model):
+    # on_error="rais" returned FailedInput values instead of raising
+    with pytest.raises(ValueError, match="on_error"):
+        model.transcribe([b"not audio"], on_error="rais")
