@@ -103,8 +103,7 @@ import torch
 from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # run as a script from a checkout without `pip install`
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # run as a script: this checkout's asr before any other on the path
 
 from asr.config import load_config  # noqa: E402
 from asr.decoding import (  # noqa: E402

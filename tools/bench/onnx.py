@@ -44,8 +44,7 @@ import torch
 # what `import onnx` finds: drop the folder.
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # run as a script: this checkout's asr, not an installed one
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # run as a script: this checkout's asr before any other on the path
 
 logger = logging.getLogger("bench.onnx")
 

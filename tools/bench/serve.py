@@ -40,8 +40,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # run as a script: this checkout's asr, not an installed one
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # run as a script: this checkout's asr before any other on the path
 
 from asr.testing.serving import start_server_process, stop_process  # noqa: E402
 

@@ -44,8 +44,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # run as a script from a checkout without `pip install`
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # run as a script: this checkout's asr before any other on the path
 
 from asr.config import load_config  # noqa: E402
 from asr.experiment import ExperimentConfig, build_model  # noqa: E402

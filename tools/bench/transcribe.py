@@ -26,8 +26,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # run as a script: this checkout's asr, not an installed one
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # run as a script: this checkout's asr before any other on the path
 
 logger = logging.getLogger("bench.transcribe")
 
