@@ -105,7 +105,8 @@ MAX_CHANNELS = 64  # more is a channels-first array read the wrong way round (th
 def as_waveform(samples: np.ndarray | Tensor, name: str, allow_empty: bool = False) -> np.ndarray:
     """The one rule for sample arrays given to a recognizer: (N,) or (N, C) -> (N,) float32 mono.
 
-    Float samples are taken as they are (expected in [-1, 1]). Integer PCM is scaled by its
+    Float samples are taken as they are (expected in [-1, 1]; a peak above
+    :data:`INTEGER_SCALE_PEAK`, integer PCM cast to float, is logged once). Integer PCM is scaled by its
     type's range, as soundfile, torchaudio and sherpa-onnx read it: int16 / 32768, int32 / 2**31,
     int8 / 128, uint8 (x - 128) / 128, in either byte order. Channels are averaged.
 
@@ -122,6 +123,7 @@ def as_waveform(samples: np.ndarray | Tensor, name: str, allow_empty: bool = Fal
     array = samples.detach().cpu().numpy() if isinstance(samples, Tensor) else np.asarray(samples)
     if array.dtype.byteorder not in "=|":  # e.g. np.frombuffer(data, ">i2"): network order
         array = array.astype(array.dtype.newbyteorder("="))
+    is_float = array.dtype.kind == "f"
     if array.dtype in _PCM_SCALES:
         offset, scale = _PCM_SCALES[array.dtype]
         array = (array.astype(np.float32) - offset) / scale
@@ -142,7 +144,28 @@ def as_waveform(samples: np.ndarray | Tensor, name: str, allow_empty: bool = Fal
         raise AudioError(f"{name}: empty waveform")
     if not np.isfinite(mono).all():
         raise AudioError(f"{name}: NaN or infinite samples")
+    if is_float and not _warned_about_scale and mono.size:
+        peak = float(np.abs(mono).max())
+        if peak > INTEGER_SCALE_PEAK:
+            _warn_integer_scale(name, peak)
     return mono
+
+
+#: A float sample beyond this magnitude means integer-scaled floats (``wave.astype(float)`` of
+#: int16 PCM peaks in the thousands), which recognize as noise; clipped or boosted real audio
+#: stays within a few units of 1.
+INTEGER_SCALE_PEAK = 32.0
+_warned_about_scale = False
+
+
+def _warn_integer_scale(name: str, peak: float) -> None:
+    """Logs, once per process, that float samples look integer-scaled."""
+    global _warned_about_scale
+    _warned_about_scale = True
+    logger.warning(
+        "%s: float samples reach %.0f, but floats are taken as they are, expected in [-1, 1]; "
+        "integer PCM cast to float? pass the int16 array itself (it is scaled by 1/32768) or "
+        "divide by 32768 (warned once)", name, peak)
 
 
 #: Largest term of two rates' reduced ratio that :func:`resample` and

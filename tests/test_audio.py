@@ -42,3 +42,19 @@ def test_a_costly_rate_is_refused_by_name_on_every_path(tmp_path, rate: int) -> 
 def test_non_positive_rates_are_refused() -> None:
     with pytest.raises(AudioError, match="sample rates must be > 0"):
         resample(np.zeros(10, dtype=np.float32), 0, 16000)
+
+
+def test_integer_scaled_floats_are_warned_about_once(monkeypatch, caplog) -> None:
+    """int16 PCM cast to float recognizes as noise without a word: it is logged, once."""
+    import asr.audio as audio
+
+    monkeypatch.setattr(audio, "_warned_about_scale", False)
+    speech = np.sin(np.linspace(0, 400, 16000)).astype(np.float32) * 0.5
+    assert np.array_equal(audio.as_waveform(speech * 1.8, "loud"), speech * 1.8)  # clipped: fine
+    assert "expected in [-1, 1]" not in caplog.text
+    scaled = (speech * 32768).astype(np.int16).astype(np.float32)
+    audio.as_waveform(scaled, "<array 0>")
+    assert "<array 0>: float samples reach 16384" in caplog.text and "32768" in caplog.text
+    caplog.clear()
+    audio.as_waveform(scaled, "<array 1>")
+    assert caplog.text == ""
