@@ -211,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{count:>7} {seconds:>8.1f} {wall:>7.1f} {rtf:>7.4f} {batch:>6.2f} "
             f"{p50:>10.1f} {p95:>10.1f} {n:>8} {bad:>6}"
         )
+    failed = sum(row[-1] for row in rows)
+    if failed:  # the figures above leave those streams out: not a clean measurement
+        print(f"serve bench: {failed} stream(s) failed (no final result or an error reply)",
+              file=sys.stderr)
+        return 1
     return 0
 
 
