@@ -229,6 +229,11 @@ def run(args: argparse.Namespace) -> int:
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = _output_paths(files, out_dir, args.format)
+    elif getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+        # a name or word the terminal's encoding lacks (PYTHONIOENCODING=latin-1, a C locale on
+        # old Pythons) is written as a \uXXXX escape -- valid JSON inside strings -- instead of
+        # failing after all the work
+        sys.stdout.reconfigure(errors="backslashreplace")
     for index, result in enumerate(results):
         if isinstance(result, FailedInput):
             failed += 1

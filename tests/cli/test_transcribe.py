@@ -384,3 +384,22 @@ def test_bad_streaming_chunking_is_a_clear_error(tiny, audio_dir, capsys, caplog
                                                  message):
     code, out, _ = _run([audio_dir / "utt0.wav", "--model", tiny.package_dir, *options], capsys)
     assert code == 2 and out == "" and message in caplog.text
+
+
+def test_a_name_stdout_cannot_encode_is_escaped_not_a_crash(tiny, audio_dir, tmp_path,
+                                                             monkeypatch, capsys):
+    """With a strict latin-1 stdout (PYTHONIOENCODING=latin-1), a file name outside latin-1
+    crashed the write after all the work; it is now written as an escape (valid JSON too)."""
+    odd = tmp_path / "\u65e5\u672c.flac"
+    shutil.copy(audio_dir / "utt0.flac", odd)
+    for fmt in ("text", "json"):
+        stdout = io.TextIOWrapper(io.BytesIO(), encoding="latin-1", errors="strict")
+        monkeypatch.setattr(sys, "stdout", stdout)
+        assert main(["transcribe", str(odd), str(audio_dir / "utt1.flac"), "--model",
+                     str(tiny.package_dir), "--format", fmt]) == 0
+        stdout.flush()
+        out = stdout.buffer.getvalue().decode("latin-1")
+        if fmt == "text":
+            assert "\\u65e5\\u672c.flac\t" in out
+        else:
+            assert json.loads(out.splitlines()[0])["source"] == str(odd)
