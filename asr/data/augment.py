@@ -41,7 +41,7 @@ from torch import Tensor
 
 from asr.data.config import FreqWarpConfig, SpecAugmentConfig
 from asr.data.filtering import allowed_speeds
-from asr.features.fbank import FbankConfig
+from asr.features.fbank import FbankConfig, htk_mel
 
 __all__ = ["FrequencyWarp", "NoiseMixing", "SpeedPerturbation", "UtteranceSpecAugment",
            "draw_seed", "kaldi_mel_centers", "preserved_rngs", "seed_rngs", "vtlp_warp"]
@@ -81,10 +81,6 @@ def preserved_rngs() -> Iterator[None]:
         torch.default_generator.set_state(torch_state)
 
 
-def _mel(freq: Tensor) -> Tensor:
-    return 1127.0 * torch.log1p(freq / 700.0)
-
-
 def kaldi_mel_centers(cfg: FbankConfig) -> tuple[Tensor, float, float]:
     """Centre frequencies of Kaldi's triangular mel filters.
 
@@ -93,8 +89,8 @@ def kaldi_mel_centers(cfg: FbankConfig) -> tuple[Tensor, float, float]:
         filters (filter ``k`` peaks at mel ``low + (k + 1) * spacing``).
     """
     high = cfg.high_freq_hz  # FbankConfig keeps 0 <= low_freq < high <= Nyquist
-    mel_low = float(_mel(torch.tensor(cfg.low_freq, dtype=torch.float64)))
-    mel_high = float(_mel(torch.tensor(high, dtype=torch.float64)))
+    mel_low = float(htk_mel(torch.tensor(cfg.low_freq, dtype=torch.float64)))
+    mel_high = float(htk_mel(torch.tensor(high, dtype=torch.float64)))
     spacing = (mel_high - mel_low) / (cfg.num_mel_bins + 1)
     mels = mel_low + spacing * torch.arange(1, cfg.num_mel_bins + 1, dtype=torch.float64)
     centres = 700.0 * torch.expm1(mels / 1127.0)
@@ -157,7 +153,7 @@ class FrequencyWarp:
     def source_positions(self, alpha: float) -> Tensor:
         """(F,) fractional input-bin index read by each output bin for warp factor ``alpha``."""
         warped = vtlp_warp(self.centres, alpha, self.cfg.knee_hz, self.top)
-        pos = (_mel(warped) - self.mel_low) / self.mel_spacing - 1.0
+        pos = (htk_mel(warped) - self.mel_low) / self.mel_spacing - 1.0
         return pos.clamp(0.0, float(len(self.centres) - 1))
 
     def apply(self, feats: Tensor, alpha: float) -> Tensor:

@@ -30,7 +30,7 @@ from asr.audio import as_waveform, resample
 if TYPE_CHECKING:  # pragma: no cover
     import lhotse
 
-__all__ = ["MEL_FILTERS", "WINDOW_TYPES", "FbankConfig", "compute_fbank", "kaldi_blackman_window",
+__all__ = ["MEL_FILTERS", "WINDOW_TYPES", "FbankConfig", "compute_fbank", "htk_mel", "kaldi_blackman_window",
            "make_lhotse_fbank", "num_frames", "slaney_mel_filters"]
 
 #: Values of :attr:`FbankConfig.mel_filters`.
@@ -228,6 +228,14 @@ def _slaney_weights(cfg: FbankConfig, bins: int) -> Tensor:
     return torch.from_numpy(weights.astype(np.float32))
 
 
+def htk_mel(hz: Tensor | np.ndarray | float) -> Tensor | np.ndarray:
+    """The HTK mel scale of Kaldi's filters, ``1127 ln(1 + hz / 700)``: a tensor stays a
+    tensor (its dtype kept), anything else becomes float64 numpy."""
+    if isinstance(hz, Tensor):
+        return 1127.0 * torch.log1p(hz / 700.0)
+    return 1127.0 * np.log1p(np.asarray(hz, dtype=np.float64) / 700.0)
+
+
 def _empty_filters(cfg: FbankConfig, num_bins: int) -> list[int]:
     """Indices of the filters that weigh no FFT bin when ``cfg`` has ``num_bins`` mel filters.
     Kaldi filters (its ``MelBanks``): ``num_bins + 2`` edges equally spaced on the HTK mel scale
@@ -237,11 +245,8 @@ def _empty_filters(cfg: FbankConfig, num_bins: int) -> list[int]:
     if cfg.mel_filters == "librosa":
         return torch.nonzero(_slaney_weights(cfg, num_bins).amax(dim=0) <= 0).flatten().tolist()
 
-    def mel(hz: np.ndarray | float) -> np.ndarray:
-        return 1127.0 * np.log1p(np.asarray(hz, dtype=np.float64) / 700.0)
-
-    edges = np.linspace(mel(cfg.low_freq), mel(cfg.high_freq_hz), num_bins + 2)
-    bins = mel(np.arange(cfg.fft_size // 2) * (cfg.sample_rate / cfg.fft_size))[:, None]
+    edges = np.linspace(htk_mel(cfg.low_freq), htk_mel(cfg.high_freq_hz), num_bins + 2)
+    bins = htk_mel(np.arange(cfg.fft_size // 2) * (cfg.sample_rate / cfg.fft_size))[:, None]
     inside = (bins > edges[None, :-2]) & (bins < edges[None, 2:])
     return np.flatnonzero(~inside.any(axis=0)).tolist()
 
