@@ -308,17 +308,24 @@ def _validate_sizes(num_utts: Mapping[str, int]) -> dict[str, int]:
             raise ValueError(f"part {part!r} is the biasing set's: make it with --biasing N")
         if part not in PARTS:
             raise ValueError(f"unknown part {part!r}: expected one of {', '.join(PARTS)}")
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        if not _int_within(count, 1):
             raise ValueError(f"num_utts[{part!r}] must be a positive int, got {count!r}")
         sizes[part] = count
     return sizes
 
 
+def _int_within(value: object, low: int, high: int | None = None) -> bool:
+    """Whether ``value`` is an int (a bool is not) within ``[low, high]`` (no upper bound when
+    ``high`` is None): the check of every count and seed option."""
+    return (isinstance(value, int) and not isinstance(value, bool) and value >= low
+            and (high is None or value <= high))
+
+
 def _validate_run(seed: int, num_jobs: int) -> None:
     """Options every synthesis takes, checked before anything is written."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    if not _int_within(seed, 0):
         raise ValueError(f"seed must be a non-negative int (--seed), got {seed!r}")
-    if isinstance(num_jobs, bool) or not isinstance(num_jobs, int) or num_jobs < 1:
+    if not _int_within(num_jobs, 1):
         raise ValueError(f"num_jobs must be a positive int (--num-jobs), got {num_jobs!r}")
 
 
@@ -396,8 +403,7 @@ def synthesize_corpus(
     _validate_run(seed, num_jobs)
     if train_text not in TRAIN_TEXTS:
         raise ValueError(f"train_text={train_text!r}: expected one of {', '.join(TRAIN_TEXTS)}")
-    if isinstance(held_out_sentences, bool) or not isinstance(held_out_sentences, int) or \
-            held_out_sentences < 0:
+    if not _int_within(held_out_sentences, 0):
         raise ValueError(
             f"held_out_sentences must be an int >= 0 (--held-out-sentences), got "
             f"{held_out_sentences!r}"
@@ -405,8 +411,7 @@ def synthesize_corpus(
     voices = available_voices(VOICES) if voices is None else tuple(voices)
     by_role = _voices_by_role(voices, list(sizes))
     speakers = len(by_role["train"])
-    if isinstance(voices_per_sentence, bool) or not isinstance(voices_per_sentence, int) or \
-            not 1 <= voices_per_sentence <= max(speakers, 1):
+    if not _int_within(voices_per_sentence, 1, max(speakers, 1)):
         raise ValueError(
             f"voices_per_sentence={voices_per_sentence!r}: expected 1..{speakers} (the training "
             "voices)"
@@ -532,7 +537,7 @@ def synthesize_biasing_set(
         A :class:`SynthesisResult` of the two parts.
     """
     _validate_run(seed, num_jobs)
-    if isinstance(num_per_part, bool) or not isinstance(num_per_part, int) or num_per_part < 1:
+    if not _int_within(num_per_part, 1):
         raise ValueError(f"num_per_part must be a positive int (--biasing), got {num_per_part!r}")
     corpus_dir = Path(root) / "LibriSpeech"
     voices = available_voices(VOICES) if voices is None else tuple(voices)
