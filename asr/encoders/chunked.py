@@ -199,7 +199,7 @@ class ChunkedEncoder(nn.Module):
         check_features(feats, feat_lens, self.input_dim, type(self).__name__)
         if self.input_norm is not None:
             feats = self.input_norm(feats)
-        x, enc_lens = self.subsampling(feats, feat_lens)
+        x, enc_lens = self.subsampling(feats, feat_lens, check=False)  # checked above
         chunk_size, left_chunks = self._chunking(chunk_size, left_chunks)
         num_frames = x.shape[1]
         # every input shorter than the subsampling's receptive field. A trace (the ONNX export)
@@ -295,7 +295,8 @@ class ChunkedEncoder(nn.Module):
         check_features(feats, feat_lens, self.input_dim, type(self).__name__)
         if self.input_norm is not None:
             feats = self.input_norm(feats)
-        x, num_new, sub_state = self.subsampling.forward_chunk(feats, feat_lens, state.subsampling)
+        x, num_new, sub_state = self.subsampling.forward_chunk(
+            feats, feat_lens, state.subsampling, check=False)  # checked above
         num_queries = x.shape[1]
         layer_states = state.layers
         if state.cache_limit is None:

@@ -144,17 +144,20 @@ class Conv2dSubsampling(nn.Module):
         freq_out = ((input_dim - 1) // 2 - 1) // 2
         self.out = nn.Linear(channels * freq_out, output_dim)
 
-    def forward(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, feats: Tensor, feat_lens: Tensor, check: bool = True) -> tuple[Tensor, Tensor]:
         """Subsamples a whole (padded) batch.
 
         Args:
             feats: (B, T, F) features, any padding beyond ``feat_lens``.
             feat_lens: (B,) valid input frames.
+            check: check them (:func:`check_features`); False for a caller that already did,
+                as the encoder does, sparing the range check's device sync.
 
         Returns:
             (B, T', D) output (rows beyond the lengths are not meaningful) and (B,) lengths T'.
         """
-        check_features(feats, feat_lens, self.input_dim, "Conv2dSubsampling")
+        if check:
+            check_features(feats, feat_lens, self.input_dim, "Conv2dSubsampling")
         out_frames = subsampled_length(feats.shape[1])
         # Always RECEPTIVE_FIELD zero frames more, so that the convolutions get a full window for
         # any T (0 included) without a branch on the shape, which a trace (the ONNX export)
@@ -189,7 +192,7 @@ class Conv2dSubsampling(nn.Module):
         )
 
     def forward_chunk(
-        self, feats: Tensor, feat_lens: Tensor, state: SubsamplingState
+        self, feats: Tensor, feat_lens: Tensor, state: SubsamplingState, check: bool = True
     ) -> tuple[Tensor, Tensor, SubsamplingState]:
         """Subsamples the next frames of each stream, exactly as the full forward would.
 
@@ -197,11 +200,13 @@ class Conv2dSubsampling(nn.Module):
             feats: (B, T, F) new frames per stream, valid up to ``feat_lens``.
             feat_lens: (B,) new valid frames (may differ per stream, may be 0).
             state: what earlier calls left pending.
+            check: as in :meth:`forward`.
 
         Returns:
             (B, T', D) new output frames, (B,) their counts, and the updated state.
         """
-        check_features(feats, feat_lens, self.input_dim, "Conv2dSubsampling")
+        if check:
+            check_features(feats, feat_lens, self.input_dim, "Conv2dSubsampling")
         feat_lens = feat_lens.to(torch.long)
         combined = torch.cat([state.cache, feats.to(state.cache.dtype)], dim=1)
         total = combined.shape[1]
