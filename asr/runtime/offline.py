@@ -302,8 +302,8 @@ class Transcriber:
         searcher_name = searcher_name or self.runtime.searcher
         bar = tqdm(total=sum(a.duration for a in audios), unit="s", unit_scale=True,
                    desc="transcribe", disable=not progress, leave=False)
-        for begin in range(0, len(windows), max(1, batch_size)):
-            batch = windows[begin: begin + max(1, batch_size)]
+        for begin in range(0, len(windows), batch_size):  # >= 1: transcribe checks it
+            batch = windows[begin: begin + batch_size]
             hyps = self._decode_windows([audios[w.index].samples[w.start: w.end] for w in batch],
                                         search)
             for window, hyp in zip(batch, hyps):
