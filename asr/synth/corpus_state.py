@@ -2,7 +2,9 @@
 
 The manifest records the settings (seed, sentence options and pool digest, voices, the parts'
 acoustic ranges) and, per part, its size, speakers, sentence slice ``[start, count]`` of the
-shuffled pool and audio hours. A new run with the same settings skips completed parts and gives
+shuffled pool, audio hours and samples per speaker (``speaker_samples``, from synthesis, which
+``SPEAKERS.TXT`` is written from); ``biasing_parts`` holds the same records, without a slice,
+for the biasing set (:func:`record_biasing_parts`). A new run with the same settings skips completed parts and gives
 new parts sentences after every slice already used, so parts stay disjoint across runs; other
 settings need ``overwrite``, which deletes the previous synthesis only once the new parts are
 made (:func:`remove_replaced`).
@@ -180,19 +182,30 @@ def part_info(
     part: str,
     speaker_ids: Sequence[int],
     chapter_ids: Sequence[int],
-    num_samples: int,
-    sentences: tuple[int, int],
+    num_samples: Sequence[int],
+    sentences: tuple[int, int] | None,
 ) -> dict[str, Any]:
-    """Manifest entry of one synthesized part (ids given per utterance)."""
-    return {
+    """Manifest entry of one synthesized part (ids and samples given per utterance).
+
+    ``sentences`` is the part's slice of the shuffled pool (None for a biasing part, whose
+    sentences are chosen otherwise: the entry then has no ``sentences``).
+    """
+    per_speaker: dict[int, int] = {}
+    for speaker, samples in zip(speaker_ids, num_samples, strict=True):
+        per_speaker[speaker] = per_speaker.get(speaker, 0) + samples
+    info: dict[str, Any] = {
         "num_utts": len(speaker_ids),
-        "hours": round(num_samples / SAMPLE_RATE / 3600.0, 4),
+        "hours": round(sum(num_samples) / SAMPLE_RATE / 3600.0, 4),
         "role": PARTS[part].role,
-        "speakers": sorted(set(speaker_ids)),
+        "speakers": sorted(per_speaker),
         "num_chapters": len(set(chapter_ids)),
-        "sentences": list(sentences),
-        "acoustics": asdict(PARTS[part].acoustics),
     }
+    if sentences is not None:
+        info["sentences"] = list(sentences)
+    info["acoustics"] = asdict(PARTS[part].acoustics)
+    # SPEAKERS.TXT's MINUTES come from these (JSON keys are strings), not from the FLAC headers
+    info["speaker_samples"] = {str(s): per_speaker[s] for s in sorted(per_speaker)}
+    return info
 
 
 def write_manifest(
@@ -204,7 +217,12 @@ def write_manifest(
     elapsed: float,
     jobs: int,
 ) -> None:
-    """Write ``synthesis.json`` atomically (settings, pool statistics, parts, last run)."""
+    """Write ``synthesis.json`` atomically (settings, pool statistics, parts, last run).
+
+    The biasing set's records of the manifest there are kept (``overwrite`` deletes the set and
+    the manifest before this is called: :func:`remove_replaced`).
+    """
+    previous = load_manifest(corpus_dir) or {}
     manifest = {
         "format": MANIFEST_FORMAT,
         "settings": settings,
@@ -220,6 +238,24 @@ def write_manifest(
             "num_jobs": jobs,
         },
     }
+    if "biasing_parts" in previous:
+        manifest["biasing_parts"] = previous["biasing_parts"]
+    write_text_atomic(corpus_dir / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
+
+
+def record_biasing_parts(corpus_dir: Path, parts: dict[str, dict[str, Any]]) -> None:
+    """Set the biasing set's records (:func:`part_info` entries) in the corpus manifest.
+
+    An empty ``parts`` removes them (before the set is replaced: parts without a record have
+    their samples read from their FLAC headers). Without a manifest (a corpus not synthesized
+    here) nothing is written.
+    """
+    manifest = load_manifest(corpus_dir)
+    if manifest is None:
+        return
+    manifest.pop("biasing_parts", None)
+    if parts:
+        manifest["biasing_parts"] = dict(sorted(parts.items()))
     write_text_atomic(corpus_dir / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
 
 
@@ -229,14 +265,18 @@ def write_speakers_file(corpus_dir: Path, voices: Sequence[Voice]) -> None:
     One ``ID | SEX | SUBSET | MINUTES | NAME`` line per speaker (Kaldi's LibriSpeech
     ``data_prep.sh`` takes each reader's sex from it and stops without it): SUBSET lists the
     parts the speaker reads in (comma-separated; a LibriSpeech reader has one), MINUTES its audio
-    (from the FLAC headers), NAME the voice's label. Speakers of no voice in ``voices`` are left
-    out, with a warning. A ``SPEAKERS.TXT`` that this function did not write (real
-    LibriSpeech's, when parts are synthesized beside it) is kept, with a warning.
+    (the samples that synthesis recorded in the manifest, ``speaker_samples``; for a part
+    without that record, say one synthesized by an older version, the FLAC headers), NAME the
+    voice's label. Speakers of no voice in ``voices`` are left out, with a warning. A
+    ``SPEAKERS.TXT`` that this function did not write (real LibriSpeech's, when parts are
+    synthesized beside it) is kept, with a warning.
     """
     path = corpus_dir / SPEAKERS_NAME
     if path.is_file() and not path.read_bytes().startswith(_SPEAKERS_HEADER.encode("utf-8")):
         logger.warning("%s was not written by asr synthesize: kept as it is", path)
         return
+    manifest = load_manifest(corpus_dir) or {}
+    records = {**manifest.get("parts", {}), **manifest.get("biasing_parts", {})}
     by_id = {v.speaker_id: v for v in voices}
     parts: dict[int, list[str]] = {}
     samples: dict[int, int] = {}
@@ -244,15 +284,17 @@ def write_speakers_file(corpus_dir: Path, voices: Sequence[Voice]) -> None:
         part_dir = corpus_dir / part
         if not (part_dir / ".completed").is_file():
             continue
-        for speaker_dir in sorted(p for p in part_dir.iterdir() if p.name.isdigit()):
-            speaker = int(speaker_dir.name)
+        if "speaker_samples" in records.get(part, {}):
+            counts = {int(s): n for s, n in records[part]["speaker_samples"].items()}
+        else:
+            counts = _samples_from_headers(part_dir)
+        for speaker in sorted(counts):
             if speaker not in by_id:
                 logger.warning("%s: speaker %d is no known voice; not in %s", part_dir, speaker,
                                SPEAKERS_NAME)
                 continue
             parts.setdefault(speaker, []).append(part)
-            frames = sum(sf.info(f).frames for f in speaker_dir.rglob("*.flac"))
-            samples[speaker] = samples.get(speaker, 0) + frames
+            samples[speaker] = samples.get(speaker, 0) + counts[speaker]
     lines = [
         _SPEAKERS_HEADER,
         "; SUBSET the parts the speaker reads in, MINUTES of its audio, NAME the voice.\n",
@@ -265,3 +307,11 @@ def write_speakers_file(corpus_dir: Path, voices: Sequence[Voice]) -> None:
         row = f"{str(speaker).ljust(4)} | {voice.sex} | {subset:<16} | {minutes:5.2f}"
         lines.append(f"{row} | {voice.label}\n")
     write_text_atomic(path, "".join(lines))
+
+
+def _samples_from_headers(part_dir: Path) -> dict[int, int]:
+    """Samples per speaker of a part, from its FLAC headers (parts synthesis has no record of)."""
+    counts = {}
+    for speaker_dir in sorted(p for p in part_dir.iterdir() if p.name.isdigit()):
+        counts[int(speaker_dir.name)] = sum(sf.info(f).frames for f in speaker_dir.rglob("*.flac"))
+    return counts

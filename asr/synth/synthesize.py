@@ -101,6 +101,7 @@ from asr.synth.corpus_state import (
     SPEAKERS_NAME,
     allocate,
     part_info,
+    record_biasing_parts,
     remove_replaced,
     reuse_existing,
     settings_of,
@@ -479,7 +480,7 @@ def synthesize_corpus(
                 part,
                 [p.speaker_id for p in plans],
                 [p.chapter_id for p in plans],
-                sum(part_lengths),
+                part_lengths,
                 slices[part],
             )
             (staged[part] / ".completed").touch()
@@ -564,14 +565,21 @@ def synthesize_biasing_set(
         started = time.perf_counter()
         lengths = _run_plans(all_plans, num_jobs, progress)
         elapsed = time.perf_counter() - started
-        hours, offset = {}, 0
+        hours, records, offset = {}, {}, 0
+        record_biasing_parts(corpus_dir, {})  # the earlier set's records go before it does
         for part, plans in plans_by_part.items():
             write_transcripts(plans)
-            hours[part] = sum(lengths[offset : offset + len(plans)]) / SAMPLE_RATE / 3600
+            part_lengths = lengths[offset : offset + len(plans)]
+            hours[part] = sum(part_lengths) / SAMPLE_RATE / 3600
             offset += len(plans)
+            records[part] = part_info(
+                part, [p.speaker_id for p in plans], [p.chapter_id for p in plans], part_lengths,
+                None,
+            )  # fmt: skip
             (staged[part] / ".completed").touch()
             write_text_atomic(corpus_dir / BIASING_DIR / f"{part}.phrases.tsv", phrases[part])
             publish_directory(staged[part], corpus_dir / part)  # replaces an earlier one
+        record_biasing_parts(corpus_dir, records)
         write_speakers_file(corpus_dir, voices)
     return SynthesisResult(
         corpus_dir=corpus_dir,

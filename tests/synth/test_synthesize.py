@@ -146,6 +146,35 @@ def test_real_librispeech_speakers_txt_is_kept(tmp_path: Path) -> None:
     assert (tmp_path / "LibriSpeech" / "SPEAKERS.TXT").read_text() == real
 
 
+def test_speakers_txt_minutes_come_from_synthesis_not_flac_headers(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    from asr.synth.corpus_state import write_speakers_file
+    from asr.synth.synthesize import synthesize_biasing_set
+
+    headers_read, real_info = [], sf.info
+    monkeypatch.setattr(sf, "info", lambda f, *a, **k: headers_read.append(f) or real_info(f))
+    sizes = {"train-clean-5": 6, "dev-clean-2": 2, "test-clean": 2}
+    synthesize_corpus(tmp_path, sizes, top_words=300, max_words=8, progress=False)
+    synthesize_biasing_set(tmp_path, 2, num_distractors=3, progress=False)
+    # a later part: SPEAKERS.TXT again, from the records of the kept parts and the biasing set
+    more = synthesize_corpus(tmp_path, {**sizes, "test-other": 2}, top_words=300, max_words=8,
+                             progress=False)  # fmt: skip
+    assert headers_read == []
+    speakers_txt = more.corpus_dir / "SPEAKERS.TXT"
+    written = speakers_txt.read_text(encoding="utf-8")
+    assert "test-clean,test-other,dev-biasing,test-biasing |" in written
+    # byte-identical to the file written from every FLAC header (as for a corpus whose manifest
+    # has no sample counts: one made by an older version)
+    manifest_path = more.corpus_dir / "synthesis.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    for info in [*manifest["parts"].values(), *manifest.pop("biasing_parts").values()]:
+        del info["speaker_samples"]
+    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
+    write_speakers_file(more.corpus_dir, VOICES)
+    assert len(headers_read) == sum(1 for _ in more.corpus_dir.rglob("*.flac"))
+    assert speakers_txt.read_text(encoding="utf-8") == written
+
+
 def test_same_seed_same_bytes_any_num_jobs(corpus: SynthesisResult, tmp_path: Path) -> None:
     # test and dev parts take the first sentences of the pool whatever the training size.
     sizes = {"test-clean": SIZES["test-clean"], "dev-clean-2": SIZES["dev-clean-2"]}
