@@ -50,10 +50,11 @@ def settings_of(
 ) -> dict[str, Any]:
     """The settings that must match for a corpus to be extended or reused (JSON-ready).
 
-    ``held_out_sentences`` is None when training parts say whole pool sentences, else the number
-    of pool sentences reserved for dev/test parts (training parts say segments).
+    ``held_out_sentences`` is None when training parts say whole pool sentences (the pool order
+    is then :func:`asr.synth.sentences.contained_last`'s, recorded as ``sentence_order``), else
+    the number of pool sentences reserved for dev/test parts (training parts say segments).
     """
-    return {
+    settings = {
         "train_voices_per_sentence": voices_per_sentence,
         "train_text": "sentences" if held_out_sentences is None else "segments",
         "held_out_sentences": held_out_sentences,
@@ -69,6 +70,11 @@ def settings_of(
             json.dumps({name: asdict(p.acoustics) for name, p in PARTS.items()})
         ),
     }
+    if held_out_sentences is None:
+        # whole sentences: pool sentences inside other ones are last (sentences.contained_last),
+        # so a corpus sliced from the plain shuffled order is not extended with this one
+        settings["sentence_order"] = "contained_last"
+    return settings
 
 
 def load_manifest(corpus_dir: Path) -> dict[str, Any] | None:

@@ -19,7 +19,11 @@ Design:
   to the ``top_words`` most frequent words (1500 in the ``mini_tts`` preset) so a tiny model can
   learn the corpus in minutes. The pool is shuffled with the seed and cut into consecutive,
   disjoint slices: test parts first, then dev, then train, so no sentence is in two parts and
-  the test sentences do not change when the training size does. With ``train_text="segments"``
+  the test sentences do not change when the training size does. The few sentences (under 1%)
+  that occur inside another pool sentence as a run of its words ("NICE GUYS FINISH LAST" in a
+  longer quip) are moved to the end of the shuffled order
+  (:func:`asr.synth.sentences.contained_last`), so no dev/test sentence is said inside a
+  training sentence (a dev/test part that would reach them is refused). With ``train_text="segments"``
   (the ``mini_tts`` preset) training parts instead say *segments*: runs of allowed words from
   any source sentence (:func:`asr.synth.sentences.training_segments`), about 7x more distinct text
   than whole sentences; the first ``held_out_sentences`` sentences of the shuffled pool are then
@@ -109,7 +113,13 @@ from asr.synth.corpus_state import (
     write_speakers_file,
 )
 from asr.synth.parts import BIASING_PARTS, PARTS
-from asr.synth.sentences import build_pool, default_sources, shuffle_pool, training_segments
+from asr.synth.sentences import (
+    build_pool,
+    contained_last,
+    default_sources,
+    shuffle_pool,
+    training_segments,
+)
 from asr.synth.text_norm import tts_text
 from asr.synth.voices import SAMPLE_RATE, VOICES, Voice, available_voices, render
 
@@ -330,6 +340,24 @@ def _validate_run(seed: int, num_jobs: int) -> None:
         raise ValueError(f"num_jobs must be a positive int (--num-jobs), got {num_jobs!r}")
 
 
+def _check_free(slices: Mapping[str, tuple[int, int]], num_free: int) -> None:
+    """Refuse a dev/test slice that reaches the pool sentences occurring inside other ones.
+
+    Those are last in the order (:func:`asr.synth.sentences.contained_last`); a dev/test part
+    gets them only when it comes after training parts that used up the others (an incremental
+    run) or the pool is nearly exhausted.
+    """
+    for part, (start, count) in slices.items():
+        if PARTS[part].role != "train" and start + count > num_free:
+            raise ValueError(
+                f"part {part!r} needs sentences {start}..{start + count - 1} of the shuffled "
+                f"pool, but only the first {num_free} occur inside no other pool sentence (a "
+                "dev/test sentence must not be said inside a training sentence); request fewer "
+                "utterances, synthesize dev/test parts with the training parts, or use "
+                "train_text='segments' (--train-text segments)"
+            )
+
+
 def _voices_by_role(voices: Sequence[Voice], parts: Sequence[str]) -> dict[str, list[Voice]]:
     if not voices:
         raise ValueError(
@@ -431,7 +459,9 @@ def synthesize_corpus(
     with output_lock(corpus_dir), ExitStack() as staging:
         kept = reuse_existing(corpus_dir, settings, sizes, overwrite)
         num_sentences = {p: -(-n // repeats[p]) for p, n in sizes.items()}  # ceil
-        order = shuffle_pool(pool, seed)
+        order, num_free = shuffle_pool(pool, seed), len(pool.sentences)
+        if not segments:  # sentences inside other pool sentences last: never dev/test ones
+            order, num_free = contained_last(order)
         texts = {p: order for p in sizes}
         if segments:  # dev/test slices within the reserve, training slices of the segments
 
@@ -454,6 +484,7 @@ def synthesize_corpus(
             texts.update(dict.fromkeys(train_parts, train_order))
         else:
             slices = allocate(num_sentences, kept, len(pool.sentences), top_words)
+            _check_free(slices, num_free)
         parts_info = dict(kept)
         plans_by_part, staged = {}, {}
         for part, (start, count) in slices.items():

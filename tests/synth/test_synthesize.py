@@ -369,6 +369,41 @@ def test_asr_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert asr_main(["synthesize", "--root", str(tmp_path), "--num-utts", "test-clean"]) == 2
 
 
+_BASES = ("NICE GUYS FINISH LAST", "ABSENCE MAKES HEARTS GROW FONDER", "I DON'T KNOW WHY",
+          "WE DON'T HAVE TO", "TIME FLIES LIKE ARROWS", "MONEY TALKS LOUDLY TODAY")  # fmt: skip
+_CONTAINERS = tuple(f"THEY ALWAYS SAY {b} AGAIN" for b in _BASES)
+_OTHERS = ("GREEN APPLES TASTE SOUR", "OLD FRIENDS ARE BEST", "RAIN FALLS ON EVERYONE",
+           "BIRDS SING IN SPRING", "COFFEE KEEPS ME AWAKE", "BOOKS OPEN NEW WORLDS")  # fmt: skip
+
+
+def test_whole_sentence_training_never_says_a_dev_or_test_sentence(tmp_path: Path) -> None:
+    # a pool where six sentences are inside six others ("... SAY NICE GUYS FINISH LAST AGAIN")
+    source = tmp_path / "quips.txt"
+    source.write_text("".join(f"{s.capitalize()}.\n%\n" for s in _BASES + _CONTAINERS + _OTHERS))
+    options = {"top_words": None, "sources": [source], "progress": False}
+    sizes = {"test-clean": 4, "dev-clean-2": 2, "train-clean-5": 12}  # the whole pool of 18
+    result = synthesize_corpus(tmp_path / "a", sizes, **options)
+    texts = {part: set(_read_transcripts(result.corpus_dir / part).values()) for part in sizes}
+    assert set().union(*texts.values()) == set(_BASES + _CONTAINERS + _OTHERS)
+    evaluated = texts["test-clean"] | texts["dev-clean-2"]
+    lm_text = (result.corpus_dir / "train-text.txt").read_text(encoding="utf-8").splitlines()
+    assert set(lm_text) == texts["train-clean-5"]
+    assert not [(e, t) for e in evaluated for t in lm_text if f" {e} " in f" {t} "]
+    # training first, then a test part that would have to take a sentence inside a training one
+    synthesize_corpus(tmp_path / "b", {"train-clean-5": 13}, **options)
+    with pytest.raises(ValueError, match=r"part 'test-clean' needs sentences 13\.\.13 .* only "
+                       "the first 12 occur inside no other pool sentence"):
+        synthesize_corpus(tmp_path / "b", {"train-clean-5": 13, "test-clean": 1}, **options)
+    assert synthesize_corpus(tmp_path / "b", {"train-clean-5": 13}, **options).synthesized == 0
+    # a corpus sliced from the plain shuffled order (an older version's) is not extended
+    manifest_path = tmp_path / "b" / "LibriSpeech" / "synthesis.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    del manifest["settings"]["sentence_order"]
+    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
+    with pytest.raises(FileExistsError, match=r"different settings \(sentence_order\)"):
+        synthesize_corpus(tmp_path / "b", {"train-clean-5": 13, "dev-clean-2": 1}, **options)
+
+
 def test_cli_help_lists_every_part() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "asr.cli.main", "synthesize", "--help"],

@@ -9,6 +9,8 @@ import pytest
 from asr.synth.sentences import (
     SentencePool,
     build_pool,
+    contained_last,
+    default_sources,
     read_raw_sentences,
     shuffle_pool,
     training_segments,
@@ -123,6 +125,28 @@ def test_shuffle_pool_is_seeded(tmp_path: Path) -> None:
     assert sorted(shuffle_pool(pool, 3)) == list(pool.sentences)
     orders = {tuple(shuffle_pool(pool, seed)) for seed in range(10)}
     assert len(orders) > 1
+
+
+def test_contained_last_moves_sentences_inside_others_behind_the_rest() -> None:
+    order = ["THE CAT SAT ON THE MAT TODAY", "ON THE MATS", "THE CAT SATURDAY", "CAT SAT",
+             "THE MAT TODAY", "ON THE MAT", "A DOG"]  # fmt: skip
+    # word runs only: "ON THE MAT" is not inside "ON THE MATS", "CAT SAT" not in "CAT SATURDAY"
+    assert contained_last(order) == (
+        ["THE CAT SAT ON THE MAT TODAY", "ON THE MATS", "THE CAT SATURDAY", "A DOG",
+         "CAT SAT", "THE MAT TODAY", "ON THE MAT"],
+        4,
+    )  # fmt: skip
+    assert contained_last([]) == ([], 0)
+
+
+def test_contained_last_against_brute_force_on_the_fortunes_pool() -> None:
+    order = shuffle_pool(build_pool(default_sources(), top_words=1000), 2)
+    reordered, num_free = contained_last(order)
+    padded = [f" {s} " for s in order]
+    inside = {s for s in order if sum(f" {s} " in t for t in padded) > 1}  # itself and another
+    assert 0 < len(inside) < len(order) // 20
+    assert num_free == len(order) - len(inside)
+    assert reordered == [s for s in order if s not in inside] + [s for s in order if s in inside]
 
 
 def test_build_pool_rejects_bad_limits(tmp_path: Path) -> None:
