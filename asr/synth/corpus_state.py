@@ -257,7 +257,7 @@ def record_biasing_parts(corpus_dir: Path, parts: dict[str, dict[str, Any]]) -> 
     here) nothing is written.
     """
     manifest = load_manifest(corpus_dir)
-    if manifest is None:
+    if manifest is None or (not parts and "biasing_parts" not in manifest):
         return
     manifest.pop("biasing_parts", None)
     if parts:
