@@ -120,6 +120,7 @@ from asr.heads.ctc import CTCConfig, CTCHead  # noqa: E402
 from asr.heads.transducer import TransducerConfig, TransducerHead  # noqa: E402
 from asr.model import ASRModel  # noqa: E402
 from asr.testing.synthetic import shrink_experiment  # noqa: E402
+from tools.bench._args import COUNT, FINITE, POSITIVE  # noqa: E402
 
 FRAMES_PER_SECOND = 25
 DIM, VOCAB = 256, 500
@@ -446,14 +447,14 @@ def greedy_rtfx(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--ratio-repeats", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--beam-size", type=int, default=4)
-    parser.add_argument("--tokens-per-second", type=float, default=4.0)
-    parser.add_argument("--duration-bias", type=float, nargs=5, default=[-1.0, 0.0, 1.0, 1.5, 1.5])
+    parser.add_argument("--batch", type=COUNT, default=4)
+    parser.add_argument("--seconds", type=POSITIVE, default=10.0)
+    parser.add_argument("--repeats", type=COUNT, default=3)
+    parser.add_argument("--ratio-repeats", type=COUNT, default=15)
+    parser.add_argument("--threads", type=COUNT, default=1)
+    parser.add_argument("--beam-size", type=COUNT, default=4)
+    parser.add_argument("--tokens-per-second", type=POSITIVE, default=4.0)
+    parser.add_argument("--duration-bias", type=FINITE, nargs=5, default=[-1.0, 0.0, 1.0, 1.5, 1.5])
     parser.add_argument("--rtfx", action="store_true",
                         help="instead: RTFx of the greedy searchers of the LibriSpeech M recipes "
                         "(see greedy_rtfx)")
@@ -464,12 +465,6 @@ def main(argv: list[str] | None = None) -> None:
                         "(see profile_greedy)")
     parser.add_argument("--markdown", help="--rtfx: also write the table to this file")
     args = parser.parse_args(argv)
-    small = [f"--{name.replace('_', '-')}" for name in ("batch", "repeats", "ratio_repeats",
-             "threads", "beam_size") if getattr(args, name) < 1]
-    small += [f"--{name.replace('_', '-')}" for name in ("seconds", "tokens_per_second")
-              if getattr(args, name) <= 0]
-    if small:
-        parser.error(f"{', '.join(small)} must be positive (counts at least 1)")
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     if args.rtfx:

@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))  # run as a script: this checkout's asr before any
 
 from asr.config import load_config  # noqa: E402
 from asr.encoders import EncoderConfig, build_encoder  # noqa: E402
+from tools.bench._args import COUNT, NON_NEGATIVE_INT, POSITIVE  # noqa: E402
 
 PRESET_DIR = ROOT / "recipes" / "presets"
 FRAMES_PER_SECOND = 100
@@ -91,15 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", default="tiny,s,m,l", help="comma-separated preset names")
     parser.add_argument("--quick", action="store_true", help="tiny,s; 4 s; chunks 8 16; 1 repeat")
-    parser.add_argument("--seconds", type=float, default=8.0, help="audio length per run")
-    parser.add_argument("--chunk-sizes", type=int, nargs="+", default=[4, 8, 16, 32],
+    parser.add_argument("--seconds", type=POSITIVE, default=8.0, help="audio length per run")
+    parser.add_argument("--chunk-sizes", type=COUNT, nargs="+", default=[4, 8, 16, 32],
                         help="streaming chunk sizes in encoder frames (40 ms each)")
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs (best is kept)")
+    parser.add_argument("--repeats", type=COUNT, default=2, help="timed runs (best is kept)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--threads", type=NON_NEGATIVE_INT, default=0,
+                        help="torch threads (0: default)")
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.seconds <= 0 or min(args.chunk_sizes) < 1:
-        parser.error("--repeats and --chunk-sizes must be at least 1, --seconds positive")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     presets = args.presets.split(",")
     if args.quick:

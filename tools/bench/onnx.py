@@ -46,6 +46,8 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).re
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run as a script: this checkout's asr before any other on the path
 
+from tools.bench._args import COUNT  # noqa: E402
+
 logger = logging.getLogger("bench.onnx")
 
 
@@ -81,16 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="model package (default: train a tiny one)")
     parser.add_argument("--files", nargs="+", type=Path, help="audio files (default: synthesize)")
-    parser.add_argument("--num-files", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--num-files", type=COUNT, default=16)
+    parser.add_argument("--batch-size", type=COUNT, default=8)
+    parser.add_argument("--threads", type=COUNT, nargs="+", default=[1, 2])
+    parser.add_argument("--repeat", type=COUNT, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="where the exports (and the tiny model) go (default: a temp dir)")
     args = parser.parse_args(argv)
-    if min(args.num_files, args.batch_size, args.repeat, *args.threads) < 1:
-        parser.error("--num-files, --batch-size, --repeat and --threads must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     from asr.audio import load_audio

@@ -54,6 +54,11 @@ import sys
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # run as a script: this checkout's asr before any other on the path
+
+from tools.bench._args import COUNT, NON_NEGATIVE, bounded  # noqa: E402
+
 METHODS = ("full", "pruned", "tdt", "tdt_triton", "pruned_tdt")
 #: rows that run Triton's interpreter on a CPU (module docstring)
 INTERPRETED = ("tdt_triton",)
@@ -200,28 +205,23 @@ def _cpu_allocator_peak(step) -> float:
 
 def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--frames", type=int, default=200)
-    parser.add_argument("--tokens", type=int, default=50)
-    parser.add_argument("--vocab", type=int, nargs="+", default=[500, 2000])
-    parser.add_argument("--joiner-dim", type=int, default=256)
-    parser.add_argument("--prune-range", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=COUNT, default=8)
+    parser.add_argument("--frames", type=COUNT, default=200)
+    parser.add_argument("--tokens", type=COUNT, default=50)
+    parser.add_argument("--vocab", type=bounded(int, at_least=2, why="blank and one token"),
+                        nargs="+", default=[500, 2000])
+    parser.add_argument("--joiner-dim", type=COUNT, default=256)
+    parser.add_argument("--prune-range", type=COUNT, default=5)
+    parser.add_argument("--repeats", type=COUNT, default=3)
+    parser.add_argument("--threads", type=COUNT, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--methods", nargs="+", choices=METHODS,
                         help="default: all; on a CPU all but the interpreted ones (tdt_triton)")
     parser.add_argument("--markdown", help="also write the table as markdown to this file")
-    parser.add_argument("--case-timeout", type=float, default=0.0,
+    parser.add_argument("--case-timeout", type=NON_NEGATIVE, default=0.0,
                         help="seconds allowed for each case's subprocess (0: no limit)")
     parser.add_argument("--one-case", nargs=2, metavar=("METHOD", "VOCAB"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    small = [f"--{name.replace('_', '-')}" for name in ("batch", "frames", "tokens", "joiner_dim",
-             "prune_range", "repeats", "threads") if getattr(args, name) < 1]
-    if small or min(args.vocab) < 2:
-        parser.error(f"{', '.join(small + ['--vocab'] * (min(args.vocab) < 2))} too small: counts "
-                     "must be at least 1, a vocabulary at least 2 (blank and one token)")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,7 +232,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.one_case:
         print(json.dumps(run_case(args.one_case[0], int(args.one_case[1]), args)))
         return 0
-    root = Path(__file__).resolve().parents[2]
     passthrough = [
         f"--batch={args.batch}",
         f"--frames={args.frames}",
@@ -261,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for method in args.methods:
             interpret = method in INTERPRETED and not args.device.startswith("cuda")
-            row = _run_one(method, vocab, passthrough, root, args.case_timeout, interpret)
+            row = _run_one(method, vocab, passthrough, ROOT, args.case_timeout, interpret)
             if row.get("status", "ok") != "ok":
                 print(f"{vocab:>5} {method:>10} FAILED: {row['status']}: {row.get('error', '')}")
             rows.append(row)
@@ -391,5 +390,4 @@ def _write_markdown(path: Path, table: list[dict], args: argparse.Namespace) -> 
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     raise SystemExit(main())

@@ -43,8 +43,11 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run as a script: this checkout's asr before any other on the path
 
 from asr.testing.serving import start_server_process, stop_process  # noqa: E402
+from tools.bench._args import NON_NEGATIVE_INT, POSITIVE, bounded  # noqa: E402
 
 logger = logging.getLogger("bench.serve")
+#: why --streams and --seconds have an upper bound
+BOUNDED = "a bounded benchmark"
 
 SENTENCES = (
     "HELLO WORLD",
@@ -125,14 +128,17 @@ def main(argv: list[str] | None = None) -> int:
         default=Path("/tmp/asr_bench_serve"),
         help="where the tiny model is trained (default: /tmp/asr_bench_serve)",
     )
-    parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 8, 16])
-    parser.add_argument("--seconds", type=float, default=6.0, help="audio per stream (default: 6)")
+    parser.add_argument("--streams", type=bounded(int, at_least=1, at_most=64, why=BOUNDED),
+                        nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--seconds", type=bounded(float, above=0, at_most=60, why=BOUNDED),
+                        default=6.0, help="audio per stream (default: 6)")
     parser.add_argument(
-        "--chunk-seconds", type=float, default=0.1, help="audio per client message (default: 0.1)"
+        "--chunk-seconds", type=POSITIVE, default=0.1,
+        help="audio per client message (default: 0.1)"
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=NON_NEGATIVE_INT,
         default=1,
         help="server torch threads (0: torch's default; default: 1)",
     )
@@ -144,10 +150,6 @@ def main(argv: list[str] | None = None) -> int:
                         "package's if it streams)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if min(args.streams) < 1 or args.seconds <= 0 or args.chunk_seconds <= 0:
-        parser.error("--streams must be at least 1, --seconds and --chunk-seconds positive")
-    if max(args.streams) > 64 or args.seconds > 60:
-        parser.error("bounded benchmark: at most 64 streams and 60 s of audio per stream")
 
     from asr.testing.packages import trained_tiny_package
 

@@ -57,6 +57,7 @@ from asr.testing.synthetic import (  # noqa: E402
 )
 from asr.train.distributed import DistInfo  # noqa: E402
 from asr.train.trainer import Trainer  # noqa: E402
+from tools.bench._args import COUNT, NON_NEGATIVE, NON_NEGATIVE_INT  # noqa: E402
 
 VOCAB = 500
 OOM_ERRORS = tuple(
@@ -195,30 +196,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtypes", nargs="+", default=["float16", "bfloat16"],
                         choices=["float16", "bfloat16"])
-    parser.add_argument("--max-duration", type=float, default=0.0,
+    parser.add_argument("--max-duration", type=NON_NEGATIVE, default=0.0,
                         help="seconds of audio per batch (0: the recipe's data.max_duration)")
-    parser.add_argument("--max-cut-duration", type=float, default=0.0,
+    parser.add_argument("--max-cut-duration", type=NON_NEGATIVE, default=0.0,
                         help="longest utterance (0: the recipe's data.max_cut_duration)")
-    parser.add_argument("--steps", type=int, default=6, help="timed steps per dtype")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    parser.add_argument("--fit-probes", type=int, default=6,
+    parser.add_argument("--steps", type=COUNT, default=6, help="timed steps per dtype")
+    parser.add_argument("--warmup", type=NON_NEGATIVE_INT, default=2, help="untimed steps first")
+    parser.add_argument("--fit-probes", type=NON_NEGATIVE_INT, default=6,
                         help="steps the largest-max_duration search may try (0: no search)")
     parser.add_argument("--fit-dtype", default="", help="AMP dtype of the search (default: the "
                         "recipe's train.amp_dtype)")
-    parser.add_argument("--time-budget", type=float, default=0.0,
+    parser.add_argument("--time-budget", type=NON_NEGATIVE, default=0.0,
                         help="seconds after which no new measurement starts (0: none)")
     parser.add_argument("--tiny", action="store_true", help="1-layer stand-in model (dry run)")
-    parser.add_argument("--fake-memory-limit", type=float, default=0.0,
+    parser.add_argument("--fake-memory-limit", type=NON_NEGATIVE, default=0.0,
                         help="pretend batches above this many seconds run out of memory (dry "
                         "run of the search on a CPU)")
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--threads", type=NON_NEGATIVE_INT, default=0)
     parser.add_argument("--markdown", help="write the tables as markdown to this file")
     parser.add_argument("--json", help="write the results as JSON to this file")
     args = parser.parse_args(argv)
-    if args.steps < 1 or min(args.warmup, args.fit_probes, args.max_duration,
-                             args.max_cut_duration, args.threads) < 0:
-        parser.error("--steps must be at least 1; --warmup, --fit-probes, --max-duration, "
-                     "--max-cut-duration and --threads not negative")
     logging.basicConfig(level=logging.WARNING)
     if args.threads > 0:
         torch.set_num_threads(args.threads)

@@ -28,6 +28,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run as a script: this checkout's asr before any other on the path
 
+from tools.bench._args import COUNT  # noqa: E402
+
 logger = logging.getLogger("bench.transcribe")
 
 
@@ -60,19 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="model package (default: train a tiny one)")
     parser.add_argument("--files", nargs="*", help="audio files (default: synthesized)")
-    parser.add_argument("--num-files", type=int, default=24)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--repeat", type=int, default=2, help="best of this many runs")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--num-files", type=COUNT, default=24)
+    parser.add_argument("--batch-size", type=COUNT, default=8)
+    parser.add_argument("--repeat", type=COUNT, default=2, help="best of this many runs")
+    parser.add_argument("--threads", type=COUNT, default=1,
                         help="torch intra-op threads (1: stable timings on a shared machine)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--streaming", action="store_true", help="also time --streaming decoding")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    small = [f"--{name.replace('_', '-')}" for name in ("num_files", "batch_size", "repeat",
-             "threads") if getattr(args, name) < 1]
-    if small:
-        parser.error(f"{', '.join(small)} must be at least 1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
 
