@@ -88,9 +88,21 @@ def bench_preset(name: str, seconds: float, chunk_sizes: list[int], repeats: int
     return row
 
 
+def _preset_names(text: str) -> list[str]:
+    """argparse type of ``--presets``: comma-separated names, each with its YAML file."""
+    names = text.split(",")
+    known = sorted(p.stem.removeprefix("encoder_") for p in PRESET_DIR.glob("encoder_*.yaml"))
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown preset(s) {', '.join(map(repr, unknown))} in {text!r}; known: {', '.join(known)}")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--presets", default="tiny,s,m,l", help="comma-separated preset names")
+    parser.add_argument("--presets", type=_preset_names, default="tiny,s,m,l",
+                        help="comma-separated preset names (recipes/presets/encoder_<name>.yaml)")
     parser.add_argument("--quick", action="store_true", help="tiny,s; 4 s; chunks 8 16; 1 repeat")
     parser.add_argument("--seconds", type=POSITIVE, default=8.0, help="audio length per run")
     parser.add_argument("--chunk-sizes", type=COUNT, nargs="+", default=[4, 8, 16, 32],
@@ -101,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch threads (0: default)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    presets = args.presets.split(",")
+    presets = args.presets
     if args.quick:
         presets, args.seconds, args.chunk_sizes, args.repeats = ["tiny", "s"], 4.0, [8, 16], 1
     if args.threads > 0:

@@ -68,7 +68,7 @@ def _timed(run: Callable[[], object], repeat: int, seconds: float) -> tuple[floa
     (the first call of an engine pays for one-time allocation and graph set-up)."""
     run()
     times = []
-    for _ in range(max(1, repeat)):
+    for _ in range(repeat):
         start = time.perf_counter()
         run()
         times.append((time.perf_counter() - start) / seconds)

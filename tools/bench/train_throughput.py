@@ -204,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=NON_NEGATIVE_INT, default=2, help="untimed steps first")
     parser.add_argument("--fit-probes", type=NON_NEGATIVE_INT, default=6,
                         help="steps the largest-max_duration search may try (0: no search)")
-    parser.add_argument("--fit-dtype", default="", help="AMP dtype of the search (default: the "
-                        "recipe's train.amp_dtype)")
+    parser.add_argument("--fit-dtype", default="", choices=["", "float16", "bfloat16"],
+                        help="AMP dtype of the search (default: the recipe's train.amp_dtype)")
     parser.add_argument("--time-budget", type=NON_NEGATIVE, default=0.0,
                         help="seconds after which no new measurement starts (0: none)")
     parser.add_argument("--tiny", action="store_true", help="1-layer stand-in model (dry run)")
