@@ -14,7 +14,8 @@ a path themselves: ``torch.save``, safetensors, sentencepiece, lhotse, soundfile
 :func:`write_bytes_atomic` and :func:`write_text_atomic` write data held in memory.
 
 A made output that a second run on the same path could also write (a tokenizer, an LM and its
-fingerprint, a Shar directory, a model package, an ONNX export) is made under
+fingerprint, a Shar directory, a model package, an ONNX export, averaged weights, the result
+files of a test set, a part's features, a directory of transcripts) is made under
 :func:`output_lock`: an exclusive ``flock`` on ``.<name>.lock`` beside it, held for the whole run
 and released by the kernel when the process ends however it ends. A second run is refused at
 once (:class:`OutputBusyError`, naming the output) rather than made to wait: a wait would hide

@@ -10,19 +10,23 @@ Examples::
 ``epoch-21.pt`` to average the model over every sampled training step of epochs 22..30 (icefall's
 method) instead of only the 9 end-of-epoch snapshots. The output (default
 ``<exp-dir>/averaged-<tag>.safetensors``) carries the experiment's resolved config as metadata.
+It is written atomically by one run at a time: a second run on the same output is refused
+(exit 2, naming it; :func:`asr.fileio.output_lock`), from the start with ``--output`` and, for
+the default output, whose name needs the selected checkpoints, once they are read.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+from contextlib import ExitStack
 from pathlib import Path
 
 from asr.checkpoints.io import CheckpointError
 from asr.checkpoints.selection import select_weights
 from asr.cli.options import add_checkpoint_arguments, selection_from_args
 from asr.experiment import save_experiment_weights
-from asr.fileio import check_writable_file
+from asr.fileio import OutputBusyError, check_writable_file, output_lock
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +42,17 @@ def run(args: argparse.Namespace) -> int:
         selection = selection_from_args(args)
         if selection.is_default():
             raise ValueError("give --epoch E [--avg N], --last N or --checkpoint F")
-        if args.output is not None:
-            check_writable_file(args.output, "--output")
-        weights = select_weights(args.exp_dir, selection)
-        output = args.output or args.exp_dir / f"averaged-{weights.tag}.safetensors"
-        save_experiment_weights(args.exp_dir, weights.state_dict, output, weights.tag)
-    except (FileNotFoundError, ValueError, CheckpointError) as err:
+        output = args.output
+        with ExitStack() as lock:
+            if output is not None:
+                check_writable_file(output, "--output")
+                lock.enter_context(output_lock(output))
+            weights = select_weights(args.exp_dir, selection)
+            if output is None:
+                output = args.exp_dir / f"averaged-{weights.tag}.safetensors"
+                lock.enter_context(output_lock(output))
+            save_experiment_weights(args.exp_dir, weights.state_dict, output, weights.tag)
+    except (FileNotFoundError, ValueError, CheckpointError, OutputBusyError) as err:
         logger.error("asr average: %s", err)
         return 2
     logger.info("wrote %s (%s)", output, weights.tag)

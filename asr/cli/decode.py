@@ -18,12 +18,18 @@ and prints the summary file's path. Test cuts are ``<manifest-dir>/librispeech_c
 by default in the experiment's ``data.manifest_dir``. ``--set`` overrides the experiment config:
 ``search.X=..`` the searchers' options (the config's ``search`` section), any other key the rest
 (e.g. ``data.max_duration=300``).
+
+The result files of one test set and searcher are made by one run at a time: a run takes the
+lock of each summary file it will write (:func:`asr.fileio.output_lock`) before it decodes
+anything, and a second run on one of them is refused (exit 2, naming it); each file is written
+atomically.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+from contextlib import ExitStack
 from pathlib import Path
 
 from asr.checkpoints.io import CheckpointError
@@ -38,7 +44,8 @@ from asr.config import ConfigError
 from asr.decoding import available_searchers, build_searcher
 from asr.decoding.registry import resolve_searcher
 from asr.experiment import load_trained_model
-from asr.run.evaluate import decode_part, write_results
+from asr.fileio import OutputBusyError, output_lock
+from asr.run.evaluate import decode_part, result_paths, write_results
 from asr.runtime.bundle import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -83,18 +90,24 @@ def run(args: argparse.Namespace) -> int:
             names = list(dict.fromkeys(resolve_searcher(n, model) for n in args.searchers))
         manifest_dir = args.manifest_dir or cfg.data.manifest_dir
         settings = {"weights": tag, **search_settings}
-        for name in names:
-            searcher = build_searcher(name, model, cfg.search, tokenizer=tokenizer)
-            for part in args.parts:
-                recognitions = decode_part(model, searcher, cfg, tokenizer, part, manifest_dir,
-                                           device)
-                label = f"{name}-{args.tag}" if args.tag else name
-                wer, paths = write_results(args.exp_dir / label, part, label, recognitions,
-                                           settings)
-                logger.info("%s %s (%s): WER %.2f%% -> %s", part, name, tag, wer,
-                            paths["wer_summary"])
-                print(paths["wer_summary"], flush=True)
-    except (ConfigError, FileNotFoundError, ValueError, CheckpointError) as err:
+        labels = {name: f"{name}-{args.tag}" if args.tag else name for name in names}
+        parts = list(dict.fromkeys(args.parts))  # one lock, and one decode, per part
+        with ExitStack() as locks:
+            for label in labels.values():  # all before any work
+                for part in parts:
+                    locks.enter_context(output_lock(
+                        result_paths(args.exp_dir / label, part, label)["wer_summary"]))
+            for name, label in labels.items():
+                searcher = build_searcher(name, model, cfg.search, tokenizer=tokenizer)
+                for part in parts:
+                    recognitions = decode_part(model, searcher, cfg, tokenizer, part,
+                                               manifest_dir, device)
+                    wer, paths = write_results(args.exp_dir / label, part, label, recognitions,
+                                               settings)
+                    logger.info("%s %s (%s): WER %.2f%% -> %s", part, name, tag, wer,
+                                paths["wer_summary"])
+                    print(paths["wer_summary"], flush=True)
+    except (ConfigError, FileNotFoundError, ValueError, CheckpointError, OutputBusyError) as err:
         logger.error("asr decode: %s", err, exc_info=logger.isEnabledFor(logging.DEBUG))
         return 2
     return 0

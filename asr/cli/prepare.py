@@ -6,6 +6,10 @@ Examples::
         --parts train-clean-5 dev-clean-2
     asr prepare fbank --manifest-dir data/manifests --output-dir data/fbank \\
         --parts train-clean-5 dev-clean-2 --speed-perturb
+
+``prepare fbank`` makes each part by one run at a time: a second run on a part that another is
+making is refused (exit 2, naming the part's manifest), and a part is replaced only once its new
+features are complete (:func:`asr.data.fbank.compute_fbank_for_parts`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 from asr.data.fbank import compute_fbank_for_parts
 from asr.data.librispeech import prepare_manifests, write_shuffled_cuts
 from asr.features.fbank import FbankConfig
-from asr.fileio import check_writable_dir, check_writable_file
+from asr.fileio import OutputBusyError, check_writable_dir, check_writable_file
 
 logger = logging.getLogger(__name__)
 
@@ -107,11 +111,13 @@ def _run_shuffle(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Runs the chosen step: a bad option, a bad corpus or a missing or malformed input (each
-    named) exits with 2, as in the other commands; a failure of the work itself with 1."""
+    named) exits with 2, as in the other commands, and so does an output another run is making;
+    a failure of the work itself with 1."""
     try:
         if getattr(args, "num_jobs", 1) < 1:
             raise ValueError(f"--num-jobs must be >= 1, got {args.num_jobs}")
         return args._prepare(args)
-    except (FileNotFoundError, ValueError) as err:  # CorpusError, DataError: ValueErrors
+    # CorpusError and DataError are ValueErrors
+    except (FileNotFoundError, ValueError, OutputBusyError) as err:
         logger.error("asr prepare: %s", err)
         return 2

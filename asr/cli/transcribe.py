@@ -19,6 +19,13 @@ Output goes to stdout (or one file per input with ``--output-dir``):
 A missing, empty, corrupt or non-audio input is reported on stderr (naming it) and the exit
 status is 1, while the other inputs are still transcribed. A bad model package, searcher, search
 option or device exits with 2.
+
+With ``--output-dir`` each file is written atomically, by one run at a time: the run holds the
+directory's lock (:func:`asr.fileio.output_lock`) from before it loads the model until its last
+write, and a second run on the same directory is refused (exit 2, naming it). The file of an
+input that fails is removed when an earlier run left one (with a warning naming it), so that
+the directory holds an output for exactly the inputs this run transcribed; the other files in it
+are kept.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 from asr.audio import AudioError
@@ -38,7 +46,7 @@ from asr.cli.options import (
     add_streaming_arguments,
     set_num_threads,
 )
-from asr.fileio import check_writable_dir, write_text_atomic
+from asr.fileio import OutputBusyError, check_writable_dir, output_lock, write_text_atomic
 from asr.package import PackageError
 from asr.results import FailedInput
 from asr.runtime.offline import load_model
@@ -193,6 +201,18 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         logger.error("asr transcribe: %s", err)
         return 2
+    with ExitStack() as lock:
+        if args.output_dir:
+            try:
+                lock.enter_context(output_lock(Path(args.output_dir)))
+            except OutputBusyError as err:
+                logger.error("asr transcribe: %s", err)
+                return 2
+        return _transcribe(args, files)
+
+
+def _transcribe(args: argparse.Namespace, files: list[str]) -> int:
+    """Loads the model, transcribes ``files`` and writes their outputs (the exit status)."""
     if args.hotwords_score is not None:
         args.search_overrides.append(f"search.hotwords_score={args.hotwords_score}")
     try:
@@ -238,6 +258,10 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(result, FailedInput):
             failed += 1
             logger.error("%s", result.error)
+            if out_dir is not None and paths[index].is_file():
+                paths[index].unlink()  # an earlier run's: it would pass for this run's output
+                logger.warning("removed %s, an earlier run's output for %s, which failed now",
+                               paths[index], result.source)
             continue
         text = format_result(result, args.format, with_source=len(files) > 1)
         if out_dir is not None:

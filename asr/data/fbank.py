@@ -8,6 +8,14 @@ with :func:`asr.features.fbank.make_lhotse_fbank` so stored and on-the-fly featu
 Output per part: ``<output_dir>/<prefix>_cuts_<part>.jsonl.gz`` (cuts with features attached) and
 the archive ``<output_dir>/<prefix>_feats_<part>.lca`` (or one archive per job under
 ``<prefix>_feats_<part>/`` when ``num_jobs > 1``).
+
+A part is made by one run at a time (:func:`asr.fileio.output_lock` on its cuts manifest: a
+second run on it is refused at once, naming it) and replaced whole: its archive is written
+under a temporary name (a staging directory with ``num_jobs > 1``) and renamed into place only
+once every cut's features are in it, then the manifest is written atomically. A failed or killed
+computation leaves the part's earlier manifest and archive as they were (and the temporary,
+which the next run removes); only between the archive's rename and the manifest's write is the
+part without a manifest, which the next run then computes again.
 """
 
 from __future__ import annotations
@@ -19,11 +27,12 @@ import shutil
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
+from asr.checkpoints.io import remove_stale_temporaries
 from asr.data.dataset import DataError, check_cut_manifest
 from asr.data.filtering import check_cut_audio, cut_files
 from asr.data.librispeech import PREFIX, cuts_path
 from asr.features.fbank import FbankConfig, make_lhotse_fbank
-from asr.fileio import write_atomic
+from asr.fileio import output_lock, publish_directory, staging_directory, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +177,8 @@ def compute_fbank_for_parts(
         FileNotFoundError: naming the missing input CutSet.
         ValueError: naming an input that is no cut manifest; DataError (a ValueError): naming a
             cut whose audio cannot be read.
+        asr.fileio.OutputBusyError: (a FileExistsError) at once, naming the part's manifest,
+            while another run makes that part.
     """
     from lhotse import CutSet
 
@@ -176,35 +187,75 @@ def compute_fbank_for_parts(
     unknown = set(perturb_parts) - set(parts)
     if unknown:
         raise ValueError(f"perturb_parts {sorted(unknown)} are not among parts {list(parts)}")
+    parts = list(dict.fromkeys(parts))  # one lock per part
     results = {}
-    for part in parts:
-        src = cuts_path(manifest_dir, part, prefix)
-        dst = cuts_path(output_dir, part, prefix)
-        results[part] = dst
-        if dst.is_file() and not overwrite:
-            stale = _stale_reason(src, dst, part in perturb_parts)
-            if stale is None:
-                logger.info("%s exists: skipping part %s", dst, part)
-                continue
-            logger.warning("%s %s: computing part %s again", dst, stale, part)
-        if not src.is_file():
-            raise FileNotFoundError(f"input cuts {src} for part {part!r} do not exist")
-        check_cut_manifest(src)  # lhotse's error on a text file or a broken gzip names no file
-        cuts = CutSet.from_file(src)
-        if part in perturb_parts:
-            logger.info("%s: adding speed perturbation copies %s", part, SPEED_FACTORS)
-            cuts = speed_perturb_cuts(cuts)
-        storage = output_dir / (
-            f"{prefix}_feats_{part}" if num_jobs > 1 else f"{prefix}_feats_{part}.lca"
-        )
-        logger.info("%s: computing fbank into %s", part, storage)
-        # the archive is rewritten in place: an old manifest must not outlive a kill pointing
-        # into it (with ids that would pass as current)
-        dst.unlink(missing_ok=True)
-        with_feats = compute_fbank_for_cuts(cuts, storage, cfg, num_jobs=num_jobs)
-        write_atomic(dst, with_feats.to_file, suffix=".jsonl.gz")  # lhotse reads the format there
-        logger.info("%s: wrote %d cuts to %s", part, len(with_feats), dst)
+    with contextlib.ExitStack() as locks:
+        for part in parts:  # all before any work: a second run on one of them is refused now
+            locks.enter_context(output_lock(cuts_path(output_dir, part, prefix)))
+        remove_stale_temporaries(output_dir)  # archives of killed runs
+        for part in parts:
+            src = cuts_path(manifest_dir, part, prefix)
+            dst = cuts_path(output_dir, part, prefix)
+            results[part] = dst
+            if dst.is_file() and not overwrite:
+                stale = _stale_reason(src, dst, part in perturb_parts)
+                if stale is None:
+                    logger.info("%s exists: skipping part %s", dst, part)
+                    continue
+                logger.warning("%s %s: computing part %s again", dst, stale, part)
+            if not src.is_file():
+                raise FileNotFoundError(f"input cuts {src} for part {part!r} do not exist")
+            check_cut_manifest(src)  # lhotse's error on a text file or a broken gzip names no file
+            cuts = CutSet.from_file(src)
+            if part in perturb_parts:
+                logger.info("%s: adding speed perturbation copies %s", part, SPEED_FACTORS)
+                cuts = speed_perturb_cuts(cuts)
+            storage = output_dir / (
+                f"{prefix}_feats_{part}" if num_jobs > 1 else f"{prefix}_feats_{part}.lca"
+            )
+            logger.info("%s: computing fbank into %s", part, storage)
+            with_feats = _store_features(cuts, storage, dst, cfg, num_jobs)
+            write_atomic(dst, with_feats.to_file, suffix=".jsonl.gz")  # lhotse reads it by name
+            logger.info("%s: wrote %d cuts to %s", part, len(with_feats), dst)
     return results
+
+
+def _store_features(cuts, storage: Path, manifest: Path, cfg: FbankConfig | None,
+                    num_jobs: int):
+    """Computes the features of ``cuts`` into a temporary archive (or staging directory) and
+    renames it to ``storage`` once complete; the cuts returned name ``storage``.
+
+    The earlier ``manifest`` of the part, which points into the archive being replaced, is
+    removed just before the rename: until then a failure leaves the earlier part whole, and
+    after it no manifest points into an archive it was not written with.
+    """
+    if num_jobs > 1:
+        with staging_directory(storage) as tmp:
+            with_feats = _relocated(compute_fbank_for_cuts(cuts, tmp, cfg, num_jobs=num_jobs),
+                                    tmp, storage)
+            manifest.unlink(missing_ok=True)
+            publish_directory(tmp, storage)
+        return with_feats
+    made = []
+
+    def write(tmp: Path) -> None:
+        made.append(_relocated(compute_fbank_for_cuts(cuts, tmp, cfg), tmp, storage))
+        manifest.unlink(missing_ok=True)
+
+    write_atomic(storage, write, suffix=".lca")  # lhotse's writer keeps a name ending in .lca
+    return made[0]
+
+
+def _relocated(cuts, written: Path, final: Path):
+    """``cuts`` (eager, with features) with their feature paths under ``written`` (the temporary
+    archive or directory) moved to ``final``."""
+    written_name, final_name = str(written), str(final)
+    for cut in cuts:
+        path = cut.features.storage_path
+        if path != written_name and not path.startswith(written_name + os.sep):
+            raise RuntimeError(f"cut {cut.id!r}: features stored in {path}, not in {written}")
+        cut.features.storage_path = final_name + path[len(written_name):]
+    return cuts
 
 
 def _stale_reason(src: Path, dst: Path, perturbed: bool) -> str | None:

@@ -40,6 +40,7 @@ __all__ = [
     "Recognition",
     "decode_part",
     "recognize",
+    "result_paths",
     "score_recognitions",
     "write_results",
 ]
@@ -111,6 +112,17 @@ def score_recognitions(recognitions: Iterable[Recognition]) -> CorpusResult:
     return compute_wer([r.ref for r in ordered], [r.hyp for r in ordered], [r.cut_id for r in ordered])
 
 
+def result_paths(out_dir: str | Path, part: str, searcher_name: str) -> dict[str, Path]:
+    """The result files of test set ``part`` and searcher ``searcher_name`` in ``out_dir``:
+    ``recogs``, ``errs`` and ``wer_summary`` (the one written last) -> path."""
+    out_dir = Path(out_dir)
+    return {
+        "recogs": out_dir / f"recogs-{part}-{searcher_name}.txt",
+        "errs": out_dir / f"errs-{part}-{searcher_name}.txt",
+        "wer_summary": out_dir / f"wer-summary-{part}-{searcher_name}.txt",
+    }
+
+
 def write_results(
     out_dir: str | Path,
     part: str,
@@ -131,11 +143,7 @@ def write_results(
     out_dir.mkdir(parents=True, exist_ok=True)
     result = score_recognitions(recognitions)
     wer = 100.0 * result.stats.wer
-    paths = {
-        "recogs": out_dir / f"recogs-{part}-{searcher_name}.txt",
-        "errs": out_dir / f"errs-{part}-{searcher_name}.txt",
-        "wer_summary": out_dir / f"wer-summary-{part}-{searcher_name}.txt",
-    }
+    paths = result_paths(out_dir, part, searcher_name)
     write_recognitions(paths["recogs"], result)
     write_error_report(paths["errs"], result)
     tag = "_".join(f"{k}-{v}" for k, v in (settings or {}).items()) or searcher_name

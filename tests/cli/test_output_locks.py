@@ -1,8 +1,9 @@
 """A made output is written by one run at a time, and a killed run's leftovers go with the next.
 
 Every command whose output a second run on the same path could also write (``asr lm``,
-``asr bpe``, ``asr export-package``, ``asr export-onnx``; ``asr shar`` in
-``tests/data/test_shar.py``) holds an exclusive ``flock`` on ``.<name>.lock`` beside it: a second
+``asr bpe``, ``asr export-package``, ``asr export-onnx``, ``asr average``, ``asr decode``,
+``asr transcribe --output-dir``; ``asr shar`` in ``tests/data/test_shar.py`` and
+``asr prepare fbank`` in ``tests/data/test_prepare_rerun.py``) holds an exclusive ``flock`` on ``.<name>.lock`` beside it: a second
 run is refused at once, naming the output, and writes nothing. The lock is held here by a
 second process, as a concurrent run holds it. A directory output is built in a locked hidden
 staging directory; a killed run leaves one (``.<name>.tmp-*``, or ``.<name>.old-*`` while it
@@ -20,10 +21,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import soundfile
 
 from asr.cli.main import main
+from asr.fileio import output_lock
 from asr.testing.packages import random_experiment
-from asr.testing.tiny import TINY_SENTENCES
+from asr.testing.tiny import TINY_SENTENCES, random_speech_like
 
 #: Holds an exclusive flock on argv[1] (a file, created if needed, or a directory) until its
 #: stdin closes.
@@ -80,6 +83,9 @@ def _commands(tmp_path: Path, experiment: Path, package: Path) -> dict[str, tupl
     texts = _texts(tmp_path)
     lm, lang = tmp_path / "lm.arpa", tmp_path / "lang"
     pkg, onnx = tmp_path / "pkg", tmp_path / "onnx"
+    averaged, transcripts = tmp_path / "averaged.safetensors", tmp_path / "transcripts"
+    wav = tmp_path / "a.wav"
+    soundfile.write(wav, random_speech_like(8000), 16000)
     return {
         "lm": (["lm", "--unit", "word", "--order", "2", "--transcripts", texts,
                 "--output", lm], lm),
@@ -87,10 +93,15 @@ def _commands(tmp_path: Path, experiment: Path, package: Path) -> dict[str, tupl
         "export-package": (["export-package", "--exp-dir", experiment, "--output-dir", pkg],
                            pkg),
         "export-onnx": (["export-onnx", "--model", package, "--output-dir", onnx], onnx),
+        "average": (["average", "--exp-dir", experiment, "--epoch", "1", "--output", averaged],
+                    averaged),
+        "transcribe": (["transcribe", wav, "--model", package, "--output-dir", transcripts],
+                       transcripts),
     }
 
 
-@pytest.mark.parametrize("command", ["lm", "bpe", "export-package", "export-onnx"])
+@pytest.mark.parametrize("command", ["lm", "bpe", "export-package", "export-onnx", "average",
+                                     "transcribe"])
 def test_a_second_run_on_the_same_output_is_refused(command, experiment, package, tmp_path,
                                                     caplog):
     """Neither command took a lock: two runs on one output both wrote it, and one's fingerprint
@@ -152,3 +163,42 @@ def test_a_run_killed_while_it_builds_leaves_what_the_next_removes(package, tmp_
     assert main(["export-onnx", "--model", str(package), "--output-dir", str(out)]) == 0
     assert out.is_dir() and not staged[0].exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".onnx.")]
+
+
+def test_a_second_decode_of_the_same_results_is_refused(trained, caplog, capsys):
+    """``asr decode`` took no lock: two runs decoding one test set with one searcher wrote the
+    same recogs / errs / summary files, each run's files over the other's. The lock is taken
+    before anything is decoded; another test set's results are another output."""
+    out = trained / "ctc_greedy-locks"
+    summary = out / "wer-summary-test-clean-ctc_greedy-locks.txt"
+    args = ["decode", "--exp-dir", str(trained), "--searcher", "ctc_greedy", "--epoch", "2",
+            "--tag", "locks", "--parts", "test-clean", "test-clean"]
+    with output_lock(summary):  # as another run holds it (flock: per open file, not process)
+        assert main(args) == 2
+        assert f"{summary} is being written by another process" in caplog.text
+        assert not [p for p in out.iterdir() if not p.name.endswith(".lock")]
+    assert main(args) == 0  # the part given twice: decoded (and locked) once
+    assert capsys.readouterr().out.split() == [str(summary)]
+    assert sorted(p.name for p in out.iterdir()) == [
+        f"{kind}-test-clean-ctc_greedy-locks.txt" for kind in ("errs", "recogs", "wer-summary")]
+
+
+def test_a_failed_input_leaves_no_earlier_output_for_it(package, tmp_path, caplog):
+    """``asr transcribe --output-dir``: an input that failed kept the file an earlier run wrote
+    for it, which looked like this run's transcript (exit status 1 was the only sign); the other
+    inputs' files are written and the directory's other files kept."""
+    good, bad = tmp_path / "good.wav", tmp_path / "bad.wav"
+    for wav in (good, bad):
+        soundfile.write(wav, random_speech_like(8000), 16000)
+    out = tmp_path / "out"
+    args = ["transcribe", str(good), str(bad), "--model", str(package), "--output-dir", str(out),
+            "--format", "json"]
+    assert main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["bad.json", "good.json"]
+    (out / "notes.txt").write_text("mine\n")
+    bad.write_bytes(b"not audio any more" * 50)
+    assert main(args) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["good.json", "notes.txt"]
+    assert f"removed {out / 'bad.json'}, an earlier run's output for {bad}" in caplog.text
+    assert (out / "notes.txt").read_text() == "mine\n"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]

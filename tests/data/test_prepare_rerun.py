@@ -4,6 +4,8 @@ inputs are reused, stale or half-written ones are made again."""
 from __future__ import annotations
 
 import gzip
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,8 +13,10 @@ from lhotse import CutSet
 from librispeech_tree import TREE, write_part
 
 import asr.data.fbank
+from asr.cli.main import main
 from asr.data.fbank import compute_fbank_for_parts
 from asr.data.librispeech import prepare_manifests
+from asr.fileio import output_lock
 
 PART = "dev-clean-2"
 
@@ -85,23 +89,56 @@ def test_stored_features_follow_their_input_and_speed_perturbation(corpus, tmp_p
     assert len(ids) == 3 * (n + 1) and "1003-50-0000_sp1.1" in ids
 
 
-def test_a_killed_recomputation_leaves_no_manifest_into_its_archive(prepared, tmp_path,
-                                                                   monkeypatch):
-    """--overwrite rewrites the archive in place: the old manifest (whose ids pass as current)
-    must not survive a kill to point into a half-written archive."""
-    import shutil
+def _features(manifest: Path) -> dict:
+    return {c.id: c.load_features() for c in CutSet.from_file(manifest)}
 
-    fbank = tmp_path / "fbank"
-    shutil.copytree(prepared["root"] / "fbank", fbank)
-    out = fbank / prepared["fbank"][PART].name
 
-    def killed(*args, **kwargs):
+def test_a_killed_recomputation_keeps_the_part_it_replaces(prepared, tmp_path, monkeypatch):
+    """--overwrite removed the manifest and rewrote the archive in place: a run killed while it
+    wrote lost the part, and left half an archive under the name its manifest reads. The new
+    archive is written under a temporary name: the earlier part stays whole, and the temporary
+    a killed run leaves is removed by the next run."""
+    manifests, fbank = prepared["root"] / "manifests", tmp_path / "fbank"
+    out = compute_fbank_for_parts(manifests, fbank, [PART])[PART]
+    archive = fbank / f"librispeech_feats_{PART}.lca"
+    before, archived = _features(out), archive.read_bytes()
+
+    def killed(cuts, storage_path, *args, **kwargs):
+        Path(storage_path).write_bytes(b"half an archive")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(asr.data.fbank, "compute_fbank_for_cuts", killed)
-    with pytest.raises(KeyboardInterrupt):
-        compute_fbank_for_parts(prepared["root"] / "manifests", fbank, [PART], overwrite=True)
-    assert not out.exists()
+    with monkeypatch.context() as m:
+        m.setattr(asr.data.fbank, "compute_fbank_for_cuts", killed)
+        with pytest.raises(KeyboardInterrupt):
+            compute_fbank_for_parts(manifests, fbank, [PART], overwrite=True)
+    assert archive.read_bytes() == archived
+    after = _features(out)
+    assert after.keys() == before.keys() and all((after[k] == before[k]).all() for k in before)
+    assert not [p.name for p in fbank.iterdir() if p.name.startswith(".")]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    left = fbank / f".{archive.name}.tmp-{dead}.lca"  # what a SIGKILLed run leaves
+    left.write_bytes(b"half an archive")
+    compute_fbank_for_parts(manifests, fbank, [PART], overwrite=True)
+    assert not left.exists() and archive.read_bytes() == archived
+
+
+def test_a_second_run_on_a_part_is_refused(prepared, tmp_path, caplog):
+    """`asr prepare fbank` took no lock: two runs on one part both wrote its archive and
+    manifest, one's manifest over the other's archive. The part's manifest is locked before any
+    part is computed; a refused run (exit 2) computes none."""
+    fbank = tmp_path / "fbank"
+    args = ["prepare", "fbank", "--manifest-dir", str(prepared["root"] / "manifests"),
+            "--output-dir", str(fbank), "--parts", "train-clean-5", PART, PART]
+    busy = fbank / f"librispeech_cuts_{PART}.jsonl.gz"
+    with output_lock(busy):  # as another run holds it (flock: per open file, not process)
+        assert main(args) == 2
+        assert f"{busy} is being written by another process" in caplog.text
+        assert not [p for p in fbank.iterdir() if not p.name.endswith(".lock")]
+    assert main(args) == 0  # the part given twice: locked and computed once
+    assert sorted(p.name for p in fbank.iterdir()) == sorted(
+        f"librispeech_{kind}_{part}{ext}" for part in ("train-clean-5", PART)
+        for kind, ext in (("cuts", ".jsonl.gz"), ("feats", ".lca")))
 
 
 def test_a_cut_manifest_is_complete_or_absent(corpus, tmp_path, monkeypatch):
