@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from asr.heads.joiner import Joiner
 from asr.heads.predictor import LstmPredictor, StatelessPredictor
+from asr.losses.mutual_information import check_backend
 from asr.losses.pruned_rnnt import (
     blank_padded_tokens,
     do_rnnt_pruning,
@@ -93,7 +94,8 @@ class TransducerConfig:
         clamp: torchaudio gradient clamp for the full loss (-1 = off).
         backend: recursion backend ``auto`` | ``torch`` | ``triton`` | ``k2`` of the
             mutual-information (pruned, TDT's omega) and TDT recursions (k2 only for the
-            pruned loss, where it is importable; ``auto``: Triton on CUDA).
+            pruned loss, where it is importable: training checks that before it starts,
+            :meth:`check_backend`; ``auto``: Triton on CUDA).
         blank_id: blank index.
     """
 
@@ -135,6 +137,22 @@ class TransducerConfig:
             raise ValueError(f"need sigma >= 0 and 0 <= omega < 1, got {self.sigma}, {self.omega}")
         if self.is_tdt and self.backend == "k2":
             raise ValueError("backend 'k2' has no TDT recursion: use auto, torch or triton")
+
+    def check_backend(self) -> None:
+        """Checks that the loss' recursion backend can run here: k2, an optional package, must
+        import for ``backend: k2`` (imported now, not at module import). Training calls this
+        before it builds anything; reading the config does not, because a model trained with
+        k2 is rebuilt for decoding, where no loss runs, on machines without it.
+
+        Raises:
+            ValueError: ``backend: ...`` saying why it cannot run and what to use instead.
+        """
+        if self.loss != "pruned":  # the only loss that runs the k2 backend (see __post_init__)
+            return
+        try:
+            check_backend(self.backend)
+        except ImportError as err:
+            raise ValueError(f"backend: {err}") from None
 
     @property
     def is_tdt(self) -> bool:

@@ -2,6 +2,7 @@
 incremental predictor == batch predictor."""
 
 import sys
+import types
 
 import pytest
 import torch
@@ -296,3 +297,17 @@ def test_direct_loss_calls_still_check_their_tokens_once(monkeypatch):
     tokens[0, 0] = VOCAB
     with pytest.raises(ValueError, match="outside the vocabulary"):
         tdt_loss_pruned(logits, tokens, ranges, enc_lens, token_lens, (0, 1, 2), omega=0.1)
+
+
+def test_a_k2_backend_is_checked_by_training_not_by_reading_the_config(monkeypatch):
+    """Without k2, ``backend: k2`` still reads and builds (a model trained with k2 is rebuilt
+    for decoding anywhere), and :meth:`check_backend`, which training runs first, refuses it
+    naming the field; the full loss never runs the backend, a stand-in k2 passes."""
+    monkeypatch.setitem(sys.modules, "k2", None)  # makes `import k2` raise ImportError
+    cfg = from_dict(TransducerConfig, {"loss": "pruned", "backend": "k2"})
+    TransducerHead(cfg, ENC_DIM, VOCAB)
+    with pytest.raises(ValueError, match="^backend: backend='k2' needs the k2 package"):
+        cfg.check_backend()
+    TransducerConfig(loss="full", backend="k2").check_backend()
+    monkeypatch.setitem(sys.modules, "k2", types.ModuleType("k2"))
+    cfg.check_backend()
