@@ -26,7 +26,7 @@ from asr.cli.options import add_num_threads_argument, check_experiment_dir, set_
 from asr.config import ConfigError, load_config, save_config, to_dict
 from asr.experiment import CONFIG_FILE, ExperimentConfig
 from asr.fileio import write_bytes_atomic
-from asr.run.train import train_experiment
+from asr.run.train import check_training_config, train_experiment
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ def _set_threads(requested: int) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(ExperimentConfig, args.config, args.overrides)
+        check_training_config(cfg)
     except (ConfigError, FileNotFoundError) as err:
         logger.error("asr train: %s", err)
         return 2

@@ -46,7 +46,9 @@ from torch import Tensor, nn
 
 from asr.heads.joiner import Joiner
 from asr.heads.predictor import LstmPredictor, StatelessPredictor
+from asr.losses.mutual_information import check_backend
 from asr.losses.pruned_rnnt import (
+    blank_padded_tokens,
     do_rnnt_pruning,
     get_pruning_ranges,
     rnnt_loss_pruned,
@@ -92,7 +94,8 @@ class TransducerConfig:
         clamp: torchaudio gradient clamp for the full loss (-1 = off).
         backend: recursion backend ``auto`` | ``torch`` | ``triton`` | ``k2`` of the
             mutual-information (pruned, TDT's omega) and TDT recursions (k2 only for the
-            pruned loss, where it is importable; ``auto``: Triton on CUDA).
+            pruned loss, where it is importable: training checks that before it starts,
+            :meth:`check_backend`; ``auto``: Triton on CUDA).
         blank_id: blank index.
     """
 
@@ -134,6 +137,22 @@ class TransducerConfig:
             raise ValueError(f"need sigma >= 0 and 0 <= omega < 1, got {self.sigma}, {self.omega}")
         if self.is_tdt and self.backend == "k2":
             raise ValueError("backend 'k2' has no TDT recursion: use auto, torch or triton")
+
+    def check_backend(self) -> None:
+        """Checks that the loss' recursion backend can run here: k2, an optional package, must
+        import for ``backend: k2`` (imported now, not at module import). Training calls this
+        before it builds anything; reading the config does not, because a model trained with
+        k2 is rebuilt for decoding, where no loss runs, on machines without it.
+
+        Raises:
+            ValueError: ``backend: ...`` saying why it cannot run and what to use instead.
+        """
+        if self.loss != "pruned":  # the only loss that runs the k2 backend (see __post_init__)
+            return
+        try:
+            check_backend(self.backend)
+        except ImportError as err:
+            raise ValueError(f"backend: {err}") from None
 
     @property
     def is_tdt(self) -> bool:
@@ -210,12 +229,20 @@ class TransducerHead(nn.Module):
     ) -> LossOutput:
         """Transducer loss SUMMED over utterances.
 
+        The tokens are blank-padded and checked against the vocabulary here, once per batch,
+        before the predictor embeds them; the losses take them as checked (no second check and
+        device sync).
+
         Args:
             enc: (B, T, D) encoder output. enc_lens: (B,) valid frames.
-            tokens: (B, U) padded with 0. token_lens: (B,) valid tokens.
+            tokens: (B, U), any padding value beyond ``token_lens`` (0, WeNet's ignore id -1).
+            token_lens: (B,) valid tokens.
             step: training step of the pruned loss' warm-up (None: warmed up).
+
+        Raises:
+            ValueError: naming a token within ``token_lens`` outside ``[0, V)``.
         """
-        tokens = tokens.to(torch.int64)
+        tokens = blank_padded_tokens(tokens, token_lens, self.blank_id, self.vocab_size)
         pred = self.predict(tokens)
         metrics: dict[str, float] = {}
         if self.cfg.is_pruned:
@@ -223,8 +250,9 @@ class TransducerHead(nn.Module):
         elif self.cfg.loss == "full":
             logits = self.joiner(enc, pred)
             per_utt = rnnt_loss(
-                logits, tokens, enc_lens, token_lens, self.blank_id, self.cfg.clamp, "none"
-            )
+                logits, tokens, enc_lens, token_lens, self.blank_id, self.cfg.clamp, "none",
+                tokens_checked=True,
+            )  # fmt: skip
             metrics["rnnt_loss"] = 0.0
         else:
             logits = self.joiner(enc, pred)
@@ -239,6 +267,7 @@ class TransducerHead(nn.Module):
                 "none",
                 omega=self.cfg.omega,
                 backend=self.cfg.backend,
+                tokens_checked=True,
             )
             metrics["tdt_loss"] = 0.0
         finite = torch.isfinite(per_utt)
@@ -271,15 +300,17 @@ class TransducerHead(nn.Module):
         smoothing = (cfg.lm_only_scale, cfg.am_only_scale, self.blank_id, cfg.backend, "none")
         if cfg.is_tdt:
             simple, (token_occ, blank_occ) = tdt_loss_simple(
-                am, lm, tokens, enc_lens, token_lens, cfg.durations, *smoothing, return_grad=True
-            )
+                am, lm, tokens, enc_lens, token_lens, cfg.durations, *smoothing, return_grad=True,
+                tokens_checked=True,
+            )  # fmt: skip
             ranges = tdt_pruning_ranges(
                 token_occ, blank_occ, enc_lens, token_lens, cfg.durations, cfg.prune_range
             )
         else:
             simple, (px_grad, py_grad) = rnnt_loss_simple(
-                am, lm, tokens, enc_lens, token_lens, *smoothing, return_grad=True
-            )
+                am, lm, tokens, enc_lens, token_lens, *smoothing, return_grad=True,
+                tokens_checked=True,
+            )  # fmt: skip
             ranges = get_pruning_ranges(px_grad, py_grad, enc_lens, token_lens, cfg.prune_range)
         enc_band, pred_band = do_rnnt_pruning(
             self.joiner.project_encoder(enc), self.joiner.project_predictor(pred), ranges
@@ -288,12 +319,13 @@ class TransducerHead(nn.Module):
         if cfg.is_tdt:
             pruned = tdt_loss_pruned(
                 logits, tokens, ranges, enc_lens, token_lens, cfg.durations, self.blank_id,
-                cfg.sigma, "none", omega=cfg.omega, backend=cfg.backend,
+                cfg.sigma, "none", omega=cfg.omega, backend=cfg.backend, tokens_checked=True,
             )  # fmt: skip
         else:
             pruned = rnnt_loss_pruned(
-                logits, tokens, ranges, enc_lens, token_lens, self.blank_id, cfg.backend, "none"
-            )
+                logits, tokens, ranges, enc_lens, token_lens, self.blank_id, cfg.backend, "none",
+                tokens_checked=True,
+            )  # fmt: skip
         simple_scale, pruned_scale = self.loss_scales(step)
         finite = torch.isfinite(simple) & torch.isfinite(pruned)
         metrics["simple_loss"] = float(torch.where(finite, simple, 0.0).detach().sum())

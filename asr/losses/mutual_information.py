@@ -46,6 +46,7 @@ from torch import Tensor
 
 __all__ = [
     "Backend",
+    "check_backend",
     "mutual_information_recursion",
     "mutual_information_occupation",
     "forward_torch",
@@ -201,17 +202,27 @@ def occupation_from_alpha_beta(
     return px_grad, py_grad
 
 
-def _resolve_backend(backend: str, px: Tensor) -> str:
-    if backend == "auto":
-        return "triton" if px.is_cuda else "torch"
-    if backend in ("torch", "triton"):
-        return backend
+def check_backend(backend: str) -> None:
+    """Checks, before any tensor exists (e.g. when a training config is read), that
+    ``backend`` is a backend name and, for ``"k2"``, that k2 imports (it is imported only here and
+    where it runs, never at module import: it is optional).
+
+    Raises:
+        ValueError: an unknown name. ImportError: ``"k2"`` without an importable k2.
+    """
     if backend == "k2":
         _import_k2()
-        return backend
-    raise ValueError(
-        f"unknown mutual-information backend {backend!r}; expected auto|torch|triton|k2"
-    )
+    elif backend not in ("auto", "torch", "triton"):
+        raise ValueError(
+            f"unknown mutual-information backend {backend!r}; expected auto|torch|triton|k2"
+        )
+
+
+def _resolve_backend(backend: str, px: Tensor) -> str:
+    check_backend(backend)
+    if backend == "auto":
+        return "triton" if px.is_cuda else "torch"
+    return backend
 
 
 def _import_k2():

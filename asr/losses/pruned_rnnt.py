@@ -117,21 +117,28 @@ def reduce_per_utterance(per_utt: Tensor, reduction: str) -> Tensor:
 
 
 def blank_padded_tokens(
-    tokens: Tensor, token_lens: Tensor, blank_id: int = 0, vocab_size: int | None = None
+    tokens: Tensor, token_lens: Tensor, blank_id: int = 0, vocab_size: int | None = None,
+    *, checked: bool = False,
 ) -> Tensor:
     """(B, U) int64 ``tokens`` with ``blank_id`` beyond each ``token_lens``: the losses gather
     log-probs at every position, so whatever the caller padded with (0, WeNet's ignore id -1)
     must be a valid index there; its value never matters.
 
+    The vocabulary check costs a device sync. ``checked=True`` skips it: the caller already ran
+    this function with the vocabulary on these tokens (:class:`asr.heads.transducer.TransducerHead`
+    checks each batch once and hands the losses ``tokens_checked=True``); the padding, which
+    needs no sync, is still applied.
+
     Raises:
-        ValueError: if ``vocab_size`` is given and a token within ``token_lens`` is outside
-            ``[0, vocab_size)`` (a tokenizer that does not match the model's vocabulary), which
-            the losses would otherwise turn into a finite, meaningless value or an index error.
+        ValueError: if ``vocab_size`` is given, ``checked`` is False and a token within
+            ``token_lens`` is outside ``[0, vocab_size)`` (a tokenizer that does not match the
+            model's vocabulary), which the losses would otherwise turn into a finite,
+            meaningless value or an index error.
     """
     positions = torch.arange(tokens.shape[1], device=tokens.device)[None, :]
     beyond = positions >= token_lens.to(tokens.device)[:, None]
     tokens = tokens.to(torch.int64).masked_fill(beyond, blank_id)
-    if vocab_size is not None:
+    if vocab_size is not None and not checked:
         outside = (tokens < 0) | (tokens >= vocab_size)
         if bool(outside.any()):
             b, u = (int(i) for i in outside.nonzero()[0])
@@ -289,6 +296,8 @@ def rnnt_loss_simple(
     backend: str = "auto",
     reduction: str = "sum",
     return_grad: bool = False,
+    *,
+    tokens_checked: bool = False,
 ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
     """RNN-T loss of the additive "trivial joiner" over the full lattice (float32 or float64).
 
@@ -298,6 +307,8 @@ def rnnt_loss_simple(
         backend: mutual-information backend (``auto | torch | triton``).
         return_grad: also return the detached arc occupations ``(px_grad (B, U, T + 1),
             py_grad (B, U + 1, T))`` used by :func:`get_pruning_ranges`.
+        tokens_checked: :func:`blank_padded_tokens`' ``checked`` (the transducer head's
+            tokens, checked once per batch: no second device sync).
 
     Returns:
         the loss (reduced per ``reduction``; ``+inf`` for utterances without frames), and
@@ -312,7 +323,9 @@ def rnnt_loss_simple(
             num_tokens = tokens.shape[1]
             px_grad = am.new_zeros(am.shape[0], num_tokens, 1)
             return loss, (px_grad, am.new_zeros(am.shape[0], num_tokens + 1, 0))
-        tokens = blank_padded_tokens(tokens, token_lens, blank_id, am.shape[2])
+        tokens = blank_padded_tokens(
+            tokens, token_lens, blank_id, am.shape[2], checked=tokens_checked
+        )
         px, py = simple_lattice_logprobs(
             am, lm, tokens, frame_lens, lm_only_scale, am_only_scale, blank_id
         )
@@ -473,12 +486,15 @@ def rnnt_loss_pruned(
     blank_id: int = 0,
     backend: str = "auto",
     reduction: str = "sum",
+    *,
+    tokens_checked: bool = False,
 ) -> Tensor:
     """RNN-T loss restricted to the band ``ranges`` (computed in float32, or float64 if given).
 
     Args:
         logits: (B, T, R, V) real-joiner outputs on the band (from :func:`do_rnnt_pruning`).
         tokens: (B, U), any padding value; ranges: (B, T, R); frame_lens, token_lens: (B,).
+        tokens_checked: as in :func:`rnnt_loss_simple`.
 
     Returns:
         the negative log-likelihood of the paths inside the band, reduced per ``reduction``
@@ -489,7 +505,9 @@ def rnnt_loss_pruned(
             logits = logits.float()
         if logits.shape[1] == 0:
             return frameless_batch_loss(logits, reduction)
-        tokens = blank_padded_tokens(tokens, token_lens, blank_id, logits.shape[-1])
+        tokens = blank_padded_tokens(
+            tokens, token_lens, blank_id, logits.shape[-1], checked=tokens_checked
+        )
         px, py = pruned_lattice_logprobs(logits, tokens, ranges, frame_lens, token_lens, blank_id)
         total = mutual_information_recursion(px, py, token_lens, frame_lens, backend)
     return reduce_per_utterance(_infeasible_without_frames(-total, frame_lens), reduction)

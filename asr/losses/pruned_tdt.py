@@ -105,6 +105,8 @@ def tdt_loss_simple(
     backend: str = "auto",
     reduction: str = "sum",
     return_grad: bool = False,
+    *,
+    tokens_checked: bool = False,
 ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
     """TDT loss of the additive "trivial joiner" over the full lattice (float32 or float64).
 
@@ -116,6 +118,8 @@ def tdt_loss_simple(
         backend: TDT recursion backend (``auto | torch | triton``).
         return_grad: also return the detached arc occupations ``(token_occ (B, T, U, D),
             blank_occ (B, T, U + 1, D))`` used by :func:`tdt_pruning_ranges`.
+        tokens_checked: :func:`asr.losses.pruned_rnnt.blank_padded_tokens`' ``checked``
+            (the transducer head's tokens, checked once per batch: no second device sync).
 
     Returns:
         the loss (reduced per ``reduction``; ``+inf`` for utterances without a complete
@@ -129,7 +133,9 @@ def tdt_loss_simple(
         if am.shape[1] == 0:
             return _frameless(am, reduction, return_grad, num_tokens, num_durations)
         vocab_size = am.shape[2] - num_durations
-        tokens = blank_padded_tokens(tokens, token_lens, blank_id, vocab_size)
+        tokens = blank_padded_tokens(
+            tokens, token_lens, blank_id, vocab_size, checked=tokens_checked
+        )
         px, py = simple_lattice_logprobs(
             am[..., :vocab_size], lm[..., :vocab_size], tokens, frame_lens, lm_only_scale,
             am_only_scale, blank_id,
@@ -207,6 +213,7 @@ def tdt_loss_pruned(
     *,
     omega: float = 0.0,
     backend: str = "auto",
+    tokens_checked: bool = False,
 ) -> Tensor:
     """TDT loss restricted to the band ``ranges`` (computed in float32, or float64 if given).
 
@@ -217,6 +224,7 @@ def tdt_loss_pruned(
         sigma, omega: as in :func:`asr.losses.tdt.tdt_loss` (the RNN-T term of ``omega`` is
             the pruned RNN-T loss on the same band's token logits).
         backend: recursion backend (``auto | torch | triton``).
+        tokens_checked: as in :func:`tdt_loss_simple`.
 
     Returns:
         the negative log-likelihood of the paths inside the band, reduced per ``reduction``
@@ -232,7 +240,9 @@ def tdt_loss_pruned(
             return frameless_batch_loss(logits, reduction)
         num_tokens = tokens.shape[1]
         vocab_size = logits.shape[-1] - len(durations)
-        tokens = blank_padded_tokens(tokens, token_lens, blank_id, vocab_size)
+        tokens = blank_padded_tokens(
+            tokens, token_lens, blank_id, vocab_size, checked=tokens_checked
+        )
         padded = torch.cat([tokens, tokens.new_zeros(tokens.shape[0], 1)], 1)
         symbols = torch.gather(padded, 1, ranges.clamp(max=num_tokens).flatten(1))
         sym_lp, blank_lp, dur_lp = tdt_node_logprobs(
@@ -245,7 +255,7 @@ def tdt_loss_pruned(
         loss = tdt_nll(total)
         if omega > 0.0:
             rnnt = rnnt_loss_pruned(logits[..., :vocab_size], tokens, ranges, frame_lens,
-                                    token_lens, blank_id, backend, "none")
+                                    token_lens, blank_id, backend, "none", tokens_checked=True)
             rnnt = torch.where(torch.isfinite(loss), rnnt, torch.zeros_like(rnnt))
             loss = (1.0 - omega) * loss + omega * rnnt
     return reduce_per_utterance(loss, reduction)

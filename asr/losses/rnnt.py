@@ -36,6 +36,8 @@ def rnnt_loss(
     blank_id: int = 0,
     clamp: float = -1.0,
     reduction: str = "sum",
+    *,
+    tokens_checked: bool = False,
 ) -> Tensor:
     """Negative log-likelihood of the standard RNN-T lattice.
 
@@ -46,6 +48,8 @@ def rnnt_loss(
         blank_id: blank index (0 everywhere in this toolkit).
         clamp: gradient clamp passed to torchaudio (``-1`` disables it).
         reduction: ``"sum"`` (default, the heads' convention), ``"mean"`` or ``"none"``.
+        tokens_checked: :func:`asr.losses.pruned_rnnt.blank_padded_tokens`' ``checked``
+            (the transducer head's tokens, checked once per batch: no second device sync).
 
     Returns:
         scalar for ``sum``/``mean``, else (B,); ``+inf`` for utterances with ``T_b = 0``.
@@ -66,7 +70,9 @@ def rnnt_loss(
     no_frames = frame_lens.to(logits.device) <= 0
     if logits.shape[1] == 0 or bool(no_frames.all()):  # nothing torchaudio could run on
         return frameless_batch_loss(logits.float(), reduction)
-    tokens = blank_padded_tokens(tokens, token_lens, blank_id, logits.shape[-1])
+    tokens = blank_padded_tokens(
+        tokens, token_lens, blank_id, logits.shape[-1], checked=tokens_checked
+    )
     # Frame-less utterances run on one padding frame (finite, then replaced by inf).
     frame_lens = frame_lens.clamp(min=1)
     # torchaudio insists that the padded sizes equal the longest lengths: trim extra padding.

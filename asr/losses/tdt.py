@@ -173,6 +173,7 @@ def tdt_loss(
     *,
     omega: float = 0.0,
     backend: str = "auto",
+    tokens_checked: bool = False,
 ) -> Tensor:
     """TDT negative log-likelihood (computed in float32, or float64 when given float64).
 
@@ -185,6 +186,8 @@ def tdt_loss(
         omega: weight of the plain RNN-T loss on the token logits, in ``[0, 1)`` (module
             docstring; 0 disables).
         backend: recursion backend ``auto | torch | triton`` (TDT and, with ``omega``, RNN-T).
+        tokens_checked: :func:`asr.losses.pruned_rnnt.blank_padded_tokens`' ``checked``
+            (the transducer head's tokens, checked once per batch: no second device sync).
 
     Returns:
         scalar for ``sum``/``mean``, else (B,); ``+inf`` for utterances without a complete
@@ -205,7 +208,9 @@ def tdt_loss(
         frame_lens = frame_lens.to(logits.device, torch.int64)
         token_lens = token_lens.to(logits.device, torch.int64)
         vocab_size = logits.shape[-1] - len(durations)
-        tokens = blank_padded_tokens(tokens, token_lens, blank_id, vocab_size)
+        tokens = blank_padded_tokens(
+            tokens, token_lens, blank_id, vocab_size, checked=tokens_checked
+        )
         padded = torch.cat([tokens, tokens.new_zeros(tokens.shape[0], 1)], 1)
         sym_lp, blank_lp, dur_lp = tdt_node_logprobs(logits, padded, durations, blank_id)
         token_w, blank_w = tdt_arc_weights(sym_lp, blank_lp, dur_lp, durations, sigma)

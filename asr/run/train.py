@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from lhotse import CutSet
 
-from asr.config import to_dict
+from asr.config import ConfigError, to_dict
 from asr.data.dataset import load_cuts, make_dataloader, speed_factors
 from asr.data.epochs import EpochBatches
 from asr.data.filtering import filter_cuts
@@ -41,7 +41,13 @@ from asr.train.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DevWer", "seed_everything", "spread_subset", "train_experiment"]
+__all__ = [
+    "DevWer",
+    "check_training_config",
+    "seed_everything",
+    "spread_subset",
+    "train_experiment",
+]
 
 
 def seed_everything(seed: int) -> None:
@@ -149,6 +155,21 @@ def _init_input_norm(model: ASRModel, cfg: ExperimentConfig, train_cuts) -> None
     norm.set_stats(mean, std)
 
 
+def check_training_config(cfg: ExperimentConfig) -> None:
+    """Checks what only training needs of ``cfg``, before any data is read or model built: the
+    transducer loss' backend must run here (``backend: k2`` needs k2,
+    :meth:`asr.heads.transducer.TransducerConfig.check_backend`).
+
+    Raises:
+        asr.config.ConfigError: naming the field (``asr train`` exits with 2).
+    """
+    if cfg.heads.transducer is not None:
+        try:
+            cfg.heads.transducer.check_backend()
+        except ValueError as err:
+            raise ConfigError(f"heads.transducer.{err}") from None
+
+
 def train_experiment(
     cfg: ExperimentConfig,
     exp_dir: str | Path,
@@ -160,7 +181,11 @@ def train_experiment(
         cfg: the resolved experiment configuration.
         exp_dir: experiment directory (checkpoints, TensorBoard logs, ``training.png``).
         dist: process placement; by default set up from the ``torchrun`` environment.
+
+    Raises:
+        asr.config.ConfigError: from :func:`check_training_config`, before anything is built.
     """
+    check_training_config(cfg)
     own_dist = dist is None
     dist = dist or setup_distributed(cfg.train.device)
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import yaml
 from train_helpers import train_tiny
@@ -26,6 +28,16 @@ def test_train_rejects_unknown_config_keys(tmp_path, tiny_corpus, caplog):
     assert train_tiny(tmp_path, tiny_corpus, "bad", "train.max_epoch=3") == 2
     assert "did you mean 'max_epochs'" in caplog.text
     assert not (tmp_path / "bad" / "config.yaml").exists()
+
+
+def test_train_refuses_a_k2_backend_without_k2_before_reading_data(tmp_path, tiny_corpus,
+                                                                  caplog, monkeypatch):
+    """``backend: k2`` where k2 does not import: exit 2 naming the field, before anything is
+    written; it failed with exit 1 at the first training step, after loading the data."""
+    monkeypatch.setitem(sys.modules, "k2", None)  # makes `import k2` raise ImportError
+    assert train_tiny(tmp_path, tiny_corpus, "k2", "heads.transducer.backend=k2") == 2
+    assert "heads.transducer.backend: backend='k2' needs the k2 package" in caplog.text
+    assert not (tmp_path / "k2").exists()
 
 
 def test_killed_training_resumes_to_the_same_parameters(tmp_path, tiny_corpus, trained):

@@ -1,6 +1,9 @@
 """TransducerHead, Joiner and predictors: loss contract, oracles through the head, warm-up,
 incremental predictor == batch predictor."""
 
+import sys
+import types
+
 import pytest
 import torch
 
@@ -8,8 +11,9 @@ from asr.config import from_dict
 from asr.heads.joiner import Joiner
 from asr.heads.predictor import LstmPredictor, StatelessPredictor
 from asr.heads.transducer import TransducerConfig, TransducerHead
+from asr.losses import pruned_rnnt
 from asr.losses.pruned_rnnt import rnnt_loss_simple
-from asr.losses.pruned_tdt import tdt_loss_simple
+from asr.losses.pruned_tdt import tdt_loss_pruned, tdt_loss_simple
 from asr.losses.rnnt import rnnt_loss
 from asr.losses.tdt import tdt_loss
 from asr.types import LossOutput
@@ -209,3 +213,101 @@ def test_float64_head_trains_and_its_predictor_state_follows_the_weights(predict
     assert torch.isfinite(out.loss)
     pred, _ = head.predictor.step(torch.tensor([3, 4]), head.predictor.init_state(2, "cpu"))
     assert pred.dtype == torch.float64
+
+
+HEAD_LOSSES = [
+    {"loss": "full"},
+    {"loss": "pruned"},
+    {"loss": "tdt", "durations": (0, 1, 2)},
+    {"loss": "tdt", "durations": (0, 1, 2), "omega": 0.1},
+    {"loss": "pruned_tdt", "durations": (0, 1, 2)},
+    {"loss": "pruned_tdt", "durations": (0, 1, 2), "omega": 0.1},
+]
+
+
+def count_vocabulary_checks(monkeypatch) -> list[int]:
+    """Replaces ``blank_padded_tokens`` in every ``asr`` module that binds it by a wrapper that
+    counts the calls running the vocabulary check (a device sync); returns the counter."""
+    original = pruned_rnnt.blank_padded_tokens
+    checks = [0]
+
+    def counting(tokens, token_lens, blank_id=0, vocab_size=None, **kwargs):
+        checks[0] += vocab_size is not None and not kwargs.get("checked", False)
+        return original(tokens, token_lens, blank_id, vocab_size, **kwargs)
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith("asr.") and getattr(module, "blank_padded_tokens", None) is original:
+            monkeypatch.setattr(module, "blank_padded_tokens", counting)
+    return checks
+
+
+@pytest.mark.parametrize("options", HEAD_LOSSES, ids=lambda o: "-".join(map(str, o.values())))
+def test_head_checks_the_tokens_once_per_batch(options, monkeypatch):
+    """One vocabulary check (one device sync) per batch: the pruned losses checked the same
+    tokens in the simple and the pruned loss, the pruned TDT loss with omega a third time."""
+    head = small_head(warm_step=0, **options)
+    checks = count_vocabulary_checks(monkeypatch)
+    head.loss(*batch()).loss.backward()
+    assert checks[0] == 1
+
+
+@pytest.mark.parametrize("options", HEAD_LOSSES, ids=lambda o: "-".join(map(str, o.values())))
+def test_training_step_on_minus_one_padded_tokens_equals_the_blank_padded_one(options):
+    """WeNet's ignore id -1 beyond ``token_lens`` trains exactly as blank padding: the head
+    pads before the predictor, whose embedding raised an index error on -1."""
+    enc, enc_lens, tokens, token_lens = batch()
+    padded = tokens.clone()
+    padded[1, 2:] = -1
+    padded[2, 3:] = -1
+    steps = []
+    for toks in (tokens, padded):
+        torch.manual_seed(1)
+        head = small_head(warm_step=0, predictor_dropout=0.0, **options)
+        optimizer = torch.optim.SGD(head.parameters(), lr=0.1)
+        out = head.loss(enc, enc_lens, toks, token_lens, step=0)
+        out.loss.backward()
+        optimizer.step()
+        steps.append((out.loss.detach(), [p.detach().clone() for p in head.parameters()]))
+    (loss, params), (want_loss, want_params) = steps[1], steps[0]
+    torch.testing.assert_close(loss, want_loss, rtol=0, atol=0)
+    for got, want in zip(params, want_params, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("loss", ["full", "pruned", "tdt", "pruned_tdt"])
+def test_head_refuses_a_token_outside_the_vocabulary_naming_it(loss):
+    """A token >= V within ``token_lens`` is a ValueError naming it, before the predictor's
+    embedding (which raised a bare IndexError)."""
+    head = small_head(loss=loss)
+    enc, enc_lens, tokens, token_lens = batch()
+    tokens[2, 1] = VOCAB
+    with pytest.raises(ValueError, match=rf"tokens\[2, 1\] = {VOCAB} is outside the vocabulary"):
+        head.loss(enc, enc_lens, tokens, token_lens)
+
+
+def test_direct_loss_calls_still_check_their_tokens_once(monkeypatch):
+    """A loss called without the head checks its own tokens, once: the pruned TDT loss with
+    omega checked them again in its RNN-T term."""
+    enc, enc_lens, tokens, token_lens = batch()
+    logits = torch.randn(3, 9, 2, VOCAB + 3)
+    ranges = torch.arange(2).expand(3, 9, 2)
+    checks = count_vocabulary_checks(monkeypatch)
+    tdt_loss_pruned(logits, tokens, ranges, enc_lens, token_lens, (0, 1, 2), omega=0.1)
+    assert checks[0] == 1
+    tokens[0, 0] = VOCAB
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        tdt_loss_pruned(logits, tokens, ranges, enc_lens, token_lens, (0, 1, 2), omega=0.1)
+
+
+def test_a_k2_backend_is_checked_by_training_not_by_reading_the_config(monkeypatch):
+    """Without k2, ``backend: k2`` still reads and builds (a model trained with k2 is rebuilt
+    for decoding anywhere), and :meth:`check_backend`, which training runs first, refuses it
+    naming the field; the full loss never runs the backend, a stand-in k2 passes."""
+    monkeypatch.setitem(sys.modules, "k2", None)  # makes `import k2` raise ImportError
+    cfg = from_dict(TransducerConfig, {"loss": "pruned", "backend": "k2"})
+    TransducerHead(cfg, ENC_DIM, VOCAB)
+    with pytest.raises(ValueError, match="^backend: backend='k2' needs the k2 package"):
+        cfg.check_backend()
+    TransducerConfig(loss="full", backend="k2").check_backend()
+    monkeypatch.setitem(sys.modules, "k2", types.ModuleType("k2"))
+    cfg.check_backend()
