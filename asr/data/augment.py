@@ -202,8 +202,8 @@ class UtteranceSpecAugment:
         """The training SpecAugment of ``data.spec_augment``, its numbers passed to lhotse as
         icefall passes them.
 
-        lhotse draws a mask's width from ``[0, width)``: ``max_*_mask_width: 1`` would never
-        mask, so it is refused. ``num_time_masks: 0`` (no time masks; lhotse divides by the
+        A width that never masks is refused (:meth:`SpecAugmentConfig.check_masks`).
+        ``num_time_masks: 0`` (no time masks; lhotse divides by the
         count) runs as one time mask of width 1, which is empty and draws what that setting drew.
 
         Raises:
@@ -211,15 +211,7 @@ class UtteranceSpecAugment:
         """
         from lhotse.dataset import SpecAugment
 
-        for axis, count, width, unit in (
-                ("freq", cfg.num_freq_masks, cfg.max_freq_mask_width, "mel bins"),
-                ("time", cfg.num_time_masks, cfg.max_time_mask_width, "frames")):
-            if count > 0 and width < 2:
-                raise ValueError(
-                    f"data.spec_augment.max_{axis}_mask_width={width} never masks: lhotse (as "
-                    f"icefall) draws each mask's width from [0, max_{axis}_mask_width), so its "
-                    f"masks span at most max_{axis}_mask_width - 1 {unit}; use 2 or more, or "
-                    f"data.spec_augment.num_{axis}_masks: 0 for none")
+        cfg.check_masks()
         time_masks, time_width = ((cfg.num_time_masks, cfg.max_time_mask_width)
                                   if cfg.num_time_masks > 0 else (1, 1))
         return cls(SpecAugment(

@@ -70,6 +70,26 @@ class SpecAugmentConfig:
             raise ValueError("spec_augment.max_time_mask_fraction must be in (0, 1], got "
                              f"{self.max_time_mask_fraction}")
 
+    def check_masks(self) -> None:
+        """Refuses a mask width that can never mask, for training (a model trained with one,
+        before this check, still loads for decoding).
+
+        lhotse (as icefall) draws a mask's width from ``[0, width)``: ``max_*_mask_width: 1``
+        with masks of that axis asked for would never mask.
+
+        Raises:
+            ValueError: naming the ``data.spec_augment`` key.
+        """
+        for axis, count, width, unit in (
+                ("freq", self.num_freq_masks, self.max_freq_mask_width, "mel bins"),
+                ("time", self.num_time_masks, self.max_time_mask_width, "frames")):
+            if count > 0 and width < 2:
+                raise ValueError(
+                    f"data.spec_augment.max_{axis}_mask_width={width} never masks: lhotse (as "
+                    f"icefall) draws each mask's width from [0, max_{axis}_mask_width), so its "
+                    f"masks span at most max_{axis}_mask_width - 1 {unit}; use 2 or more, or "
+                    f"data.spec_augment.num_{axis}_masks: 0 for none")
+
 
 @dataclass(frozen=True)
 class FreqWarpConfig:

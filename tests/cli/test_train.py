@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import pytest
 import torch
 import yaml
 from train_helpers import train_tiny
@@ -38,6 +39,17 @@ def test_train_refuses_a_k2_backend_without_k2_before_reading_data(tmp_path, tin
     assert train_tiny(tmp_path, tiny_corpus, "k2", "heads.transducer.backend=k2") == 2
     assert "heads.transducer.backend: backend='k2' needs the k2 package" in caplog.text
     assert not (tmp_path / "k2").exists()
+
+
+@pytest.mark.parametrize("axis", ["freq", "time"])
+def test_train_refuses_a_mask_width_that_never_masks_before_reading_data(tmp_path, tiny_corpus,
+                                                                         caplog, axis):
+    """``max_*_mask_width: 1`` (lhotse draws widths from [0, 1)): exit 2 naming the key before
+    anything is written; it failed with exit 1 when the training dataset was built."""
+    assert train_tiny(tmp_path, tiny_corpus, "w1", "data.spec_augment.enabled=true",
+                      f"data.spec_augment.max_{axis}_mask_width=1") == 2
+    assert f"data.spec_augment.max_{axis}_mask_width=1 never masks" in caplog.text
+    assert not (tmp_path / "w1").exists()
 
 
 def test_killed_training_resumes_to_the_same_parameters(tmp_path, tiny_corpus, trained):
