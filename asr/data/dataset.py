@@ -172,7 +172,8 @@ class AsrDataset(torch.utils.data.Dataset):
             noise = CutSet.from_file(cfg.noise.cuts_path).to_eager()
             if len(noise) == 0:
                 raise ValueError(f"data.noise.cuts_path {cfg.noise.cuts_path} holds no cuts")
-            transforms.append(NoiseMixing(noise, cfg.noise.snr_db, cfg.noise.probability))
+            transforms.append(NoiseMixing(noise, cfg.noise.snr_db, cfg.noise.probability,
+                                          cfg.fbank.sample_rate))
         feature_transforms = []
         if train and cfg.freq_warp.enabled:
             feature_transforms.append(FrequencyWarp.from_fbank(cfg.fbank, cfg.freq_warp))
