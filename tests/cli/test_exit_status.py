@@ -124,6 +124,15 @@ def _manifest_dir(tmp: Path, kind: str) -> Path:
     return directory
 
 
+def _cut_short(tmp: Path) -> Path:
+    """TMP/short.jsonl.gz: a gzip cut manifest whose first line is whole but not its end."""
+    path = tmp / "short.jsonl.gz"
+    _cuts_of_missing_audio(path, tmp / "gone.flac")
+    data = gzip.compress(gzip.decompress(path.read_bytes()) * 200)
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
 def _corpus(tmp: Path) -> Path:
     (tmp / "corpus" / "part").mkdir(parents=True)
     return tmp / "corpus"
@@ -162,6 +171,9 @@ PREPARE_CASES = {
     "missing shuffle input": lambda tmp: (
         ["shuffle", "--cuts", tmp / "none.jsonl.gz", "--output", tmp / "out"],
         f"cut manifest {tmp / 'none.jsonl.gz'} does not exist"),
+    "shuffle input cut short": lambda tmp: (  # a bare EOFError past the first line, exit 1
+        ["shuffle", "--cuts", _cut_short(tmp), "--output", tmp / "out"],
+        f"cut manifest {tmp / 'short.jsonl.gz'} cannot be read: Compressed file ended"),
 }
 
 
