@@ -138,6 +138,20 @@ def _corpus(tmp: Path) -> Path:
     return tmp / "corpus"
 
 
+def _corpus_with_truncated_flac(tmp: Path) -> Path:
+    """TMP/corpus/part with one utterance, whose flac lost its last 2000 bytes."""
+    import numpy as np
+    import soundfile as sf
+
+    chapter = tmp / "corpus" / "part" / "1" / "2"
+    chapter.mkdir(parents=True)
+    noise = np.random.default_rng(0).uniform(-0.5, 0.5, 16000).astype(np.float32)
+    sf.write(chapter / "1-2-3.flac", noise, 16000)
+    (chapter / "1-2-3.flac").write_bytes((chapter / "1-2-3.flac").read_bytes()[:-2000])
+    (chapter / "1-2.trans.txt").write_text("1-2-3 HELLO\n")
+    return tmp / "corpus"
+
+
 def _a_file(tmp: Path) -> Path:
     (tmp / "a_file").write_text("x\n")
     return tmp / "a_file"
@@ -153,6 +167,9 @@ PREPARE_CASES = {
     "no transcripts": lambda tmp: (
         [*_MANIFESTS, _corpus(tmp), "--output-dir", tmp / "out"],
         "no '*.trans.txt' transcript files found"),
+    "truncated flac": lambda tmp: (  # exit 0, with the duration of its intact header
+        [*_MANIFESTS, _corpus_with_truncated_flac(tmp), "--output-dir", tmp / "out"],
+        f"{tmp / 'corpus' / 'part' / '1' / '2' / '1-2-3.flac'}: truncated or corrupt audio"),
     "manifests output a file": lambda tmp: (  # found after the corpus was read (1)
         [*_MANIFESTS, tmp, "--output-dir", _a_file(tmp)],
         f"--output-dir {tmp / 'a_file'} is a file, not a directory"),
