@@ -31,14 +31,16 @@ logger = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="prepare_command", metavar="STEP", required=True)
 
-    man = sub.add_parser("manifests", help="validate the corpus and write recordings/supervisions/cuts",
+    man = sub.add_parser("manifests", help="validate the corpus (decoding every flac once) and "
+                                           "write recordings/supervisions/cuts",
                          formatter_class=parser.formatter_class)
     man.add_argument("--corpus-dir", type=Path, required=True,
                      help="directory containing the part directories (e.g. download/LibriSpeech)")
     man.add_argument("--output-dir", type=Path, default=Path("data/manifests"),
                      help="where the manifests go")
     man.add_argument("--parts", nargs="+", required=True, help="part directory names")
-    man.add_argument("--num-jobs", type=int, default=1, help="parallel processes")
+    man.add_argument("--num-jobs", type=int, default=1,
+                     help="parallel processes (threads for decoding the flacs)")
     man.add_argument("--normalize-text", choices=("none", "lower"), default="none",
                      help="transcript normalization")
     man.set_defaults(_prepare=_run_manifests)

@@ -298,33 +298,39 @@ class NoiseMixing:
     dataset seeds per batch (:func:`seed_rngs`), unlike ``CutMix``, whose generator is made
     once and then runs on from batch to batch in each DataLoader worker.
 
-    Noise recordings at another sampling rate than the cuts' are resampled to it (lhotse's mixer
-    refuses to mix two rates).
+    The noise recordings are resampled to ``sample_rate``, the rate of the dataset's cuts
+    (lhotse's mixer refuses to mix two rates), once, here.
 
     Args:
         noise: eager CutSet of noise recordings (at least one).
         snr_db: (low, high) signal-to-noise ratio range in dB.
         probability: the chance that a cut gets noise.
+        sample_rate: the rate in Hz of the cuts to mix (``data.fbank.sample_rate``).
+
+    Raises:
+        ValueError: on no noise cut.
     """
 
-    def __init__(self, noise, snr_db: tuple[float, float], probability: float) -> None:
+    def __init__(self, noise, snr_db: tuple[float, float], probability: float,
+                 sample_rate: int) -> None:
         if len(noise) == 0:
             raise ValueError("NoiseMixing needs at least one noise cut")
-        self.noise = noise
+        self.sample_rate = sample_rate
+        self.noise = noise.map(
+            lambda cut: cut if cut.sampling_rate == sample_rate else cut.resample(sample_rate)
+        ).to_eager()
         self.snr_db = (float(snr_db[0]), float(snr_db[1]))
         self.probability = probability
-        self._noise_by_rate = {}
-
-    def noise_at(self, sample_rate: int):
-        """The noise cuts at ``sample_rate`` Hz (resampled where they are not; made once)."""
-        if sample_rate not in self._noise_by_rate:
-            self._noise_by_rate[sample_rate] = self.noise.map(
-                lambda cut: cut if cut.sampling_rate == sample_rate else cut.resample(sample_rate)
-            ).to_eager()
-        return self._noise_by_rate[sample_rate]
 
     def __call__(self, cuts):
-        """The cuts of a batch (CutSet) with noise mixed into some of them (an eager CutSet)."""
-        noise = self.noise_at(next(iter(cuts)).sampling_rate)
-        return cuts.mix(noise, snr=self.snr_db, mix_prob=self.probability,
+        """The cuts of a batch (CutSet) with noise mixed into some of them (an eager CutSet).
+
+        Raises:
+            ValueError: naming a cut that is not at ``sample_rate``.
+        """
+        for cut in cuts:
+            if cut.sampling_rate != self.sample_rate:
+                raise ValueError(f"cut {cut.id!r} is at {cut.sampling_rate} Hz, the noise was "
+                                 f"resampled to {self.sample_rate} Hz (data.fbank.sample_rate)")
+        return cuts.mix(self.noise, snr=self.snr_db, mix_prob=self.probability,
                         preserve_id="left", seed=random.getrandbits(32)).to_eager()

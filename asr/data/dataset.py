@@ -32,7 +32,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -65,6 +65,7 @@ __all__ = [
     "DataError",
     "TextEncoder",
     "check_cut_manifest",
+    "cut_manifest_lines",
     "load_cuts",
     "make_dataloader",
     "pad_tokens",
@@ -172,7 +173,8 @@ class AsrDataset(torch.utils.data.Dataset):
             noise = CutSet.from_file(cfg.noise.cuts_path).to_eager()
             if len(noise) == 0:
                 raise ValueError(f"data.noise.cuts_path {cfg.noise.cuts_path} holds no cuts")
-            transforms.append(NoiseMixing(noise, cfg.noise.snr_db, cfg.noise.probability))
+            transforms.append(NoiseMixing(noise, cfg.noise.snr_db, cfg.noise.probability,
+                                          cfg.fbank.sample_rate))
         feature_transforms = []
         if train and cfg.freq_warp.enabled:
             feature_transforms.append(FrequencyWarp.from_fbank(cfg.fbank, cfg.freq_warp))
@@ -286,22 +288,50 @@ class AsrDataset(torch.utils.data.Dataset):
 def check_cut_manifest(path: Path) -> None:
     """Raises ValueError naming ``path`` unless its first line is a JSON cut (an empty manifest
     passes): read lazily, a text file or a corrupt gzip failed later with a bare JSON or gzip
-    error that named no file."""
+    error that named no file. Reads only up to that line (:func:`cut_manifest_lines`)."""
+    lines = cut_manifest_lines(path)
     try:
-        with gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(
-                encoding="utf-8") as f:
-            first = next((line for line in f if line.strip()), None)
-    except (OSError, EOFError, UnicodeDecodeError) as err:
+        next(lines, None)
+    finally:
+        lines.close()
+
+
+def cut_manifest_lines(path: Path) -> Iterator[bytes]:
+    """The non-empty lines of the cut manifest ``path`` (gzip-compressed when its name ends in
+    ``.gz``, else plain), each ending in a newline, read in one pass; the first is checked to be
+    a JSON cut before it is given.
+
+    Raises:
+        ValueError: naming ``path`` when it cannot be read (a broken or cut-short gzip, a first
+            line that is not UTF-8) or when its first line is no JSON cut.
+    """
+    checked = False
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                if not checked:
+                    _check_first_cut(path, line)
+                    checked = True
+                yield line if line.endswith(b"\n") else line + b"\n"
+    except (OSError, EOFError) as err:
         raise ValueError(f"cut manifest {path} cannot be read: {err}") from None
-    if first is None:
-        return
+
+
+def _check_first_cut(path: Path, line: bytes) -> None:
+    """Raises ValueError naming ``path`` unless ``line``, its first one, is a JSON cut."""
     try:
-        cut = json.loads(first)
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"cut manifest {path} cannot be read: {err}") from None
+    try:
+        cut = json.loads(text)
     except json.JSONDecodeError:
         cut = None
     if not isinstance(cut, dict) or "id" not in cut:
         raise ValueError(f"{path} is not a lhotse cut manifest: its first line is "
-                         f"{first.strip()[:80]!r}, not a JSON cut")
+                         f"{text.strip()[:80]!r}, not a JSON cut")
 
 
 def load_cuts(manifest_dir: str | Path, names: Sequence[str]):

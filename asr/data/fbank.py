@@ -29,7 +29,7 @@ from pathlib import Path
 
 from asr.checkpoints.io import remove_stale_temporaries
 from asr.data.dataset import DataError, check_cut_manifest
-from asr.data.filtering import check_cut_audio, cut_files
+from asr.data.filtering import check_cut_audio, cut_files, unreadable_field
 from asr.data.librispeech import PREFIX, cuts_path
 from asr.features.fbank import FbankConfig, make_lhotse_fbank
 from asr.fileio import output_lock, publish_directory, staging_directory, write_atomic
@@ -103,22 +103,12 @@ def compute_fbank_for_cuts(
             shutil.rmtree(storage, ignore_errors=True)
         else:
             storage.unlink(missing_ok=True)
+        problem = unreadable_field(lost[0], ["recording"])
         raise DataError(f"cannot compute the features of {len(lost)} of {len(cuts)} cuts; the "
-                        f"first, {lost[0].id!r} ({cut_files(lost[0])}): {_audio_problem(lost[0])}"
+                        f"first, {lost[0].id!r} ({cut_files(lost[0])}): "
+                        f"{problem[1] if problem else 'lhotse left it out'}"
                         f" (the features of the others, {storage}, were removed)")
     return with_feats
-
-
-def _audio_problem(cut) -> str:
-    """Why the audio of ``cut`` cannot be read, in one line."""
-    for source in cut.recording.sources if cut.has_recording else ():
-        if source.type == "file" and not Path(source.source).is_file():
-            return f"{source.source} does not exist"
-    try:
-        cut.load_audio()
-    except Exception as err:  # noqa: BLE001 - soundfile, audioread, lhotse... types
-        return " ".join(str(err).split())[:300]
-    return "lhotse left it out"
 
 
 @contextlib.contextmanager

@@ -25,14 +25,15 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["SPEEDS_FIELD", "FilterStats", "TextEncoder", "allowed_speeds", "check_cut_audio",
-           "cut_files", "drop_reason", "filter_cuts"]
+           "cut_files", "data_files", "drop_reason", "filter_cuts", "unreadable_field"]
 
 #: The custom field of a cut kept at only some of the speeds it was judged at: those speeds.
 SPEEDS_FIELD = "speed_factors"
@@ -91,6 +92,51 @@ def cut_files(cut) -> str:
     if cut.has_recording:
         files += [f"audio {source.source}" for source in cut.recording.sources]
     return ", ".join(files) or "no data files"
+
+
+def data_files(cut, fields: Collection[str]) -> Iterator[str]:
+    """The local paths holding the data of ``fields`` (``"features"``, ``"recording"``) of ``cut``
+    (of each track of a mixed cut): a feature archive or a per-cut feature file, audio files.
+    Data kept in the manifest itself (``memory_*`` storage) or read otherwise (audio URLs and
+    commands) has none."""
+    tracks = getattr(cut, "tracks", None)
+    if tracks is not None:
+        for track in tracks:
+            yield from data_files(track.cut, fields)
+        return
+    features = getattr(cut, "features", None)
+    if "features" in fields and features is not None:
+        kind = features.storage_type
+        if kind.endswith("_files"):
+            yield str(Path(features.storage_path) / features.storage_key)
+        elif not kind.startswith("memory") and kind != "shar":
+            yield str(features.storage_path)
+    recording = getattr(cut, "recording", None)
+    if "recording" in fields and recording is not None:
+        yield from (source.source for source in recording.sources if source.type == "file")
+
+
+def unreadable_field(cut, fields: Collection[str]) -> tuple[str, str] | None:
+    """The first of ``fields`` (``"features"``, ``"recording"``; others are not checked) whose
+    data cannot be loaded for ``cut``, and why in one line (``"<file> does not exist"``, else the
+    loader's error type and message); None when every one loads.
+
+    For the messages of a step that failed on a cut without saying why (lhotse leaves a cut it
+    cannot read out of a feature computation; its Shar writer's own error often names neither
+    the cut nor the file).
+    """
+    loaders = {"features": cut.load_features, "recording": cut.load_audio}
+    for field in fields:
+        if field not in loaders:
+            continue
+        missing = next((f for f in data_files(cut, [field]) if not Path(f).exists()), None)
+        if missing is not None:
+            return field, f"{missing} does not exist"
+        try:
+            loaders[field]()
+        except Exception as err:  # noqa: BLE001 - lilcom, soundfile, audioread, lhotse... types
+            return field, " ".join(f"{type(err).__name__}: {err}".split())[:400]
+    return None
 
 
 def check_cut_audio(cuts, sample_rate: int) -> None:

@@ -30,11 +30,11 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from asr.data.dataset import DataError, load_cuts
-from asr.data.filtering import cut_files
+from asr.data.filtering import cut_files, data_files, unreadable_field
 from asr.fileio import output_lock, publish_directory, staging_directory
 from asr.fingerprint import (
     file_states,
@@ -135,7 +135,12 @@ def export_shar(
                     verbose=progress,
                 )
             except Exception as err:  # e.g. unreadable features: name the cut
-                _raise_for_unreadable_cut(cuts, fields, err)
+                # lhotse's error often names neither the cut nor its file
+                for cut in cuts:
+                    problem = unreadable_field(cut, fields)
+                    if problem is not None:
+                        raise DataError(f"cannot read the {problem[0]} of cut {cut.id!r} "
+                                        f"({cut_files(cut)}): {problem[1]}") from err
                 raise
             publish_directory(tmp, output_dir)  # the old one goes once the new one is in place
             write_fingerprint(output_dir, made_from)
@@ -176,46 +181,10 @@ def _check_cuts(cuts, fields: Mapping[str, str]) -> tuple[int, set[str]]:
             attribute = checks.get(field)
             if attribute is not None and not getattr(cut, attribute):
                 raise ValueError(f"cut {cut.id!r} has no {field} to write to Shar")
-        files.update(_data_files(cut, fields))
+        files.update(data_files(cut, fields))
     if count == 0:
         raise ValueError("export_shar: the CutSet is empty")
     return count, files
-
-
-def _data_files(cut, fields: Mapping[str, str]) -> Iterator[str]:
-    """The local paths holding the data of ``fields`` of ``cut`` (of each track of a mixed cut):
-    a feature archive or a per-cut feature file, audio files. Data kept in the manifest itself
-    (``memory_*`` storage) or read otherwise (audio URLs and commands) has none."""
-    tracks = getattr(cut, "tracks", None)
-    if tracks is not None:
-        for track in tracks:
-            yield from _data_files(track.cut, fields)
-        return
-    features = getattr(cut, "features", None)
-    if "features" in fields and features is not None:
-        kind = features.storage_type
-        if kind.endswith("_files"):
-            yield str(Path(features.storage_path) / features.storage_key)
-        elif not kind.startswith("memory") and kind != "shar":
-            yield str(features.storage_path)
-    recording = getattr(cut, "recording", None)
-    if "recording" in fields and recording is not None:
-        yield from (source.source for source in recording.sources if source.type == "file")
-
-
-def _raise_for_unreadable_cut(cuts, fields: Mapping[str, str], err: Exception) -> None:
-    """Raises DataError naming the first cut of ``cuts`` whose ``fields`` cannot be loaded (what
-    made lhotse's export fail with ``err``, which often names neither the cut nor its file)."""
-    for cut in cuts:
-        loaders = {"features": cut.load_features, "recording": cut.load_audio}
-        for field in fields:
-            try:
-                loaders.get(field, lambda: None)()
-            except Exception as cause:  # noqa: BLE001 - lilcom, soundfile, lhotse... types
-                raise DataError(
-                    f"cannot read the {field} of cut {cut.id!r} ({cut_files(cut)}): "
-                    f"{type(cause).__name__}: {str(cause).strip()[:400]}"
-                ) from err
 
 
 def shar_fields(shar_dir: str | Path) -> dict[str, list[Path]]:

@@ -124,8 +124,31 @@ def _manifest_dir(tmp: Path, kind: str) -> Path:
     return directory
 
 
+def _cut_short(tmp: Path) -> Path:
+    """TMP/short.jsonl.gz: a gzip cut manifest whose first line is whole but not its end."""
+    path = tmp / "short.jsonl.gz"
+    _cuts_of_missing_audio(path, tmp / "gone.flac")
+    data = gzip.compress(gzip.decompress(path.read_bytes()) * 200)
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
 def _corpus(tmp: Path) -> Path:
     (tmp / "corpus" / "part").mkdir(parents=True)
+    return tmp / "corpus"
+
+
+def _corpus_with_truncated_flac(tmp: Path) -> Path:
+    """TMP/corpus/part with one utterance, whose flac lost its last 2000 bytes."""
+    import numpy as np
+    import soundfile as sf
+
+    chapter = tmp / "corpus" / "part" / "1" / "2"
+    chapter.mkdir(parents=True)
+    noise = np.random.default_rng(0).uniform(-0.5, 0.5, 16000).astype(np.float32)
+    sf.write(chapter / "1-2-3.flac", noise, 16000)
+    (chapter / "1-2-3.flac").write_bytes((chapter / "1-2-3.flac").read_bytes()[:-2000])
+    (chapter / "1-2.trans.txt").write_text("1-2-3 HELLO\n")
     return tmp / "corpus"
 
 
@@ -144,6 +167,9 @@ PREPARE_CASES = {
     "no transcripts": lambda tmp: (
         [*_MANIFESTS, _corpus(tmp), "--output-dir", tmp / "out"],
         "no '*.trans.txt' transcript files found"),
+    "truncated flac": lambda tmp: (  # exit 0, with the duration of its intact header
+        [*_MANIFESTS, _corpus_with_truncated_flac(tmp), "--output-dir", tmp / "out"],
+        f"{tmp / 'corpus' / 'part' / '1' / '2' / '1-2-3.flac'}: truncated or corrupt audio"),
     "manifests output a file": lambda tmp: (  # found after the corpus was read (1)
         [*_MANIFESTS, tmp, "--output-dir", _a_file(tmp)],
         f"--output-dir {tmp / 'a_file'} is a file, not a directory"),
@@ -162,6 +188,9 @@ PREPARE_CASES = {
     "missing shuffle input": lambda tmp: (
         ["shuffle", "--cuts", tmp / "none.jsonl.gz", "--output", tmp / "out"],
         f"cut manifest {tmp / 'none.jsonl.gz'} does not exist"),
+    "shuffle input cut short": lambda tmp: (  # a bare EOFError past the first line, exit 1
+        ["shuffle", "--cuts", _cut_short(tmp), "--output", tmp / "out"],
+        f"cut manifest {tmp / 'short.jsonl.gz'} cannot be read: Compressed file ended"),
 }
 
 

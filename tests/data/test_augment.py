@@ -281,8 +281,51 @@ def test_noise_is_mixed_at_the_stated_snr_whatever_its_sample_rate(tmp_path, noi
     cut.supervisions = [SupervisionSegment("s", "speech", 0.0, 1.0, text="A")]
     noise = CutSet.from_cuts([Recording.from_file(tmp_path / "noise.wav").to_cut()])
     random.seed(0)
-    mixed = NoiseMixing(noise, (10.0, 10.0), probability=1.0)(CutSet.from_cuts([cut]))[0]
+    mixed = NoiseMixing(noise, (10.0, 10.0), 1.0, 16000)(CutSet.from_cuts([cut]))[0]
     assert mixed.id == "speech" and mixed.sampling_rate == 16000 and mixed.duration == 1.0
     added = mixed.load_audio()[0] - speech
     snr = 10 * math.log10(float((speech**2).mean() / (added**2).mean()))
     assert snr == pytest.approx(10.0, abs=0.05)
+
+
+def test_noise_is_resampled_once_to_the_dataset_rate_and_mixed_as_lhotse_mixes(tmp_path,
+                                                                               monkeypatch):
+    """The noise is resampled when the mixer is made, not looked up per batch: a batch mixes
+    exactly what lhotse's ``CutSet.mix`` mixes with the noise resampled by hand (bit for bit),
+    and a cut at another rate is refused by name instead of failing inside lhotse's mixer."""
+    from lhotse.cut import MonoCut
+
+    rng = np.random.default_rng(1)
+    cuts = []
+    for i in range(3):
+        sf.write(tmp_path / f"s{i}.wav", (0.2 * rng.standard_normal(12000 + 2000 * i)).astype(
+            np.float32), 16000)
+        cut = Recording.from_file(tmp_path / f"s{i}.wav").to_cut()
+        cut.supervisions = [SupervisionSegment(f"s{i}", cut.recording_id, 0.0, cut.duration)]
+        cuts.append(cut)
+    for rate in (8000, 16000):
+        sf.write(tmp_path / f"n{rate}.wav", (0.05 * rng.standard_normal(2 * rate)).astype(
+            np.float32), rate)
+    noise = CutSet.from_cuts([Recording.from_file(tmp_path / f"n{r}.wav").to_cut()
+                              for r in (8000, 16000)])
+    mixing = NoiseMixing(noise, (0.0, 20.0), 0.7, sample_rate=16000)
+    assert [c.sampling_rate for c in mixing.noise] == [16000, 16000]
+    resampled = CutSet.from_cuts([noise[0].resample(16000), noise[1]])
+    calls, mixed = [], 0
+    batch = CutSet.from_cuts(cuts)
+    for seed in range(3):
+        random.seed(seed)
+        with monkeypatch.context() as patch:
+            patch.setattr(MonoCut, "resample", lambda *args, **kwargs: calls.append(args))
+            got = mixing(batch)
+        random.seed(seed)
+        want = batch.mix(resampled, snr=(0.0, 20.0), mix_prob=0.7, preserve_id="left",
+                         seed=random.getrandbits(32)).to_eager()  # lazy: each pass draws anew
+        assert [c.id for c in got] == [c.id for c in want] == [c.id for c in cuts]
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g.load_audio(), w.load_audio())
+            mixed += type(g).__name__ == "MixedCut"
+    assert not calls and 0 < mixed < 9
+    with pytest.raises(ValueError, match=r"cut 's1' is at 8000 Hz, the noise was resampled to "
+                                         r"16000 Hz \(data.fbank.sample_rate\)"):
+        mixing(CutSet.from_cuts([cuts[0], noise[0].with_id("s1")]))

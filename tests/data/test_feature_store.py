@@ -91,3 +91,40 @@ def test_a_cut_whose_audio_is_gone_fails_the_part_and_leaves_no_archive(tmp_path
                                         r"not exist \(the features of the others"):
         compute_fbank_for_cuts(cuts, tmp_path / "feats.lca", progress_bar=False)
     assert not (tmp_path / "feats.lca").exists()
+
+
+def test_fbank_and_shar_give_one_reason_for_a_cut_they_cannot_read(tmp_path) -> None:
+    """``asr prepare fbank`` and ``asr shar`` say why a cut's data cannot be read with the same
+    helper: a missing file is named as such, else the loader's error in one line."""
+    from lhotse import AudioSource
+    from lhotse.cut import MonoCut
+
+    from asr.data.filtering import unreadable_field
+    from asr.data.shar import export_shar
+
+    sf.write(tmp_path / "ok.wav", np.zeros(16000, dtype=np.float32), 16000)
+    good = Recording.from_file(tmp_path / "ok.wav", recording_id="ok").to_cut()
+    (tmp_path / "junk.wav").write_bytes(b"RIFF, but no audio after it\n" * 4)
+    cuts = {}
+    for name in ("junk", "gone"):
+        rec = Recording(id=name, sources=[AudioSource("file", [0], str(tmp_path / f"{name}.wav"))],
+                        sampling_rate=16000, num_samples=16000, duration=1.0)
+        cuts[name] = MonoCut(f"c-{name}", 0.0, 1.0, 0, recording=rec)
+    assert unreadable_field(good, ["features", "recording", "custom"]) is None
+    assert unreadable_field(cuts["gone"], ["recording"]) == (
+        "recording", f"{tmp_path / 'gone.wav'} does not exist")
+    field, reason = unreadable_field(cuts["junk"], ["features", "recording"])
+    assert field == "recording" and "\n" not in reason and len(reason) <= 400
+    for name, cut in cuts.items():
+        why = unreadable_field(cut, ["recording"])[1]
+        with pytest.raises(DataError) as fbank_err:
+            compute_fbank_for_cuts(CutSet.from_cuts([good, cut]), tmp_path / "feats.lca",
+                                   progress_bar=False)
+        CutSet.from_cuts([good, cut]).to_file(tmp_path / "cuts.jsonl.gz")
+        with pytest.raises(DataError) as shar_err:
+            export_shar([tmp_path / "cuts.jsonl.gz"], tmp_path / "shar", {"recording": "wav"},
+                        progress=False)
+        assert f"{cut.id!r} (audio {tmp_path / name}.wav): {why} (the features" in str(
+            fbank_err.value)
+        assert str(shar_err.value) == (f"cannot read the recording of cut {cut.id!r} (audio "
+                                       f"{tmp_path / name}.wav): {why}")

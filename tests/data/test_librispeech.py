@@ -48,6 +48,42 @@ def test_missing_flac_names_file_and_line(corpus, tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()  # validation runs before lhotse writes anything
 
 
+def test_a_flac_cut_short_is_refused_by_prepare_manifests(corpus, tmp_path: Path) -> None:
+    """Its header is intact: lhotse took the header's duration, and the file passed until its
+    audio was read (prepare fbank, or training with on-the-fly features)."""
+    corpus_dir, _ = corpus
+    flac = corpus_dir / "train-clean-5/1001/10/1001-10-0003.flac"
+    flac.write_bytes(flac.read_bytes()[:-3000])
+    for num_jobs in (1, 2):
+        with pytest.raises(CorpusError, match=re.escape(f"{flac}: truncated or corrupt audio: "
+                                                        "its header declares 33600 samples")):
+            prepare_manifests(corpus_dir, tmp_path / "out", list(TREE), num_jobs=num_jobs)
+        assert not list((tmp_path / "out").glob("librispeech_*_train-clean-5.*"))
+        assert not list((tmp_path / "out").glob("librispeech_cuts_*"))
+
+
+def test_audio_that_decodes_to_other_lengths_is_named_first_in_order(tmp_path: Path) -> None:
+    """A file that decodes without an error to fewer samples than its recording declares."""
+    import numpy as np
+    import soundfile as sf
+    from lhotse import Recording
+    from lhotse.utils import fastcopy
+
+    from asr.data.librispeech import check_audio_lengths
+
+    recordings = []
+    for i, (actual, declared) in enumerate(((800, 800), (700, 800), (800, 900))):
+        sf.write(tmp_path / f"{i}.flac", np.zeros(actual, dtype=np.float32), 16000)
+        recordings.append(fastcopy(Recording.from_file(tmp_path / f"{i}.flac"),
+                                   num_samples=declared))
+    check_audio_lengths(recordings[:1], num_jobs=2)
+    for num_jobs in (1, 2):
+        with pytest.raises(CorpusError, match=re.escape(
+                f"{tmp_path / '1.flac'}: truncated or corrupt audio: its header declares 800 "
+                "samples, 700 decode; replace the file, or remove it and its transcript line")):
+            check_audio_lengths(recordings, num_jobs=num_jobs)
+
+
 @pytest.mark.parametrize(
     ("bad_line", "message"),
     [

@@ -71,3 +71,19 @@ def test_shuffle_is_seeded_and_keeps_every_line(tmp_path):
     lines = lambda p: gzip.open(p, "rb").read().splitlines()  # noqa: E731
     assert lines(a) == lines(b) and sorted(lines(a)) == sorted(lines(c))
     assert sorted(lines(a)) == sorted(line for p in parts for line in lines(p))
+
+
+def test_each_input_is_decompressed_once(tmp_path, monkeypatch):
+    """The first-line check and the read were two passes, each decompressing the input."""
+    parts = _part_manifests(tmp_path)
+    opened = []
+    real_open = gzip.open
+
+    def counting_open(path, mode="rb", *args, **kwargs):
+        if "r" in mode:
+            opened.append(path)
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(gzip, "open", counting_open)
+    write_shuffled_cuts(parts, tmp_path / "shuf.jsonl.gz", seed=1)
+    assert opened == parts
