@@ -222,7 +222,9 @@ def stack_states(states: Sequence[S]) -> S:
     )
 
 
-def unstack_states(state: S, copy: bool = False) -> list[S]:
+def unstack_states(
+    state: S, copy: bool = False, ragged_sizes: Sequence[int] | None = None
+) -> list[S]:
     """Splits a batched state into one state per stream (each keeps a batch dimension of 1).
 
     Args:
@@ -231,17 +233,32 @@ def unstack_states(state: S, copy: bool = False) -> list[S]:
             tensors (states are never modified in place), and a view keeps the whole batched
             tensor alive: a stream kept at rest between batches would hold every other
             stream's memory of that batch.
+        ragged_sizes: per stream, how many entries of each ragged dimension
+            (``state_field(ragged_dim=...)``) it keeps: the last ones, its valid entries
+            (stacking's left padding is dropped, in the same slice, before any copy); None:
+            every stream keeps the batch's size.
+
+    Raises:
+        ValueError: when ``ragged_sizes`` does not give one size within the batch's per stream.
     """
     batch_size = state_batch_size(state)
+    if ragged_sizes is not None and len(ragged_sizes) != batch_size:
+        raise ValueError(f"unstack_states: {len(ragged_sizes)} ragged_sizes for {batch_size} "
+                         f"streams")
 
-    def take(tensor: Tensor, dim: int, i: int) -> Tensor:
+    def take(tensor: Tensor, dim: int, ragged: int | None, i: int) -> Tensor:
         part = tensor.narrow(dim, i, 1)
+        if ragged is not None and ragged_sizes is not None:
+            size, keep = part.shape[ragged], int(ragged_sizes[i])
+            if not 0 <= keep <= size:
+                raise ValueError(f"ragged_sizes[{i}] = {keep} is not within [0, {size}]")
+            part = part.narrow(ragged, size - keep, keep)
         return part.clone() if copy else part
 
     return [
         _map_fields(
             [state],
-            lambda items, dim, _ragged, i=i: take(items[0], dim, i),
+            lambda items, dim, ragged, i=i: take(items[0], dim, ragged, i),
             lambda tuples, i=i: (tuples[0][i],),
             "unstack_states",
         )

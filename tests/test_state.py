@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from asr.state import (
     select_states,
@@ -193,6 +194,82 @@ def test_a_ragged_field_stacks_streams_of_different_sizes_left_padded():
         stack_states([young, Growing(torch.randn(1, 2, 1, 3), torch.randn(1, 4))])
     with pytest.raises(ValueError, match="ragged_dim"):
         state_field(batch_dim=1, ragged_dim=1)
+
+
+def test_unstacking_with_ragged_sizes_keeps_each_streams_last_entries_in_one_copy():
+    """ragged_sizes drops stacking's left padding while splitting: each stream keeps the last
+    entries of its ragged fields, in a tensor of exactly that size; the other fields are whole."""
+    young = Growing(torch.randn(1, 2, 1, 3) + 1, torch.randn(1, 3))
+    old = Growing(torch.randn(2, 2, 4, 3) + 1, torch.randn(2, 3))
+    both = stack_states([young, old, young])
+    parts = unstack_states(both, copy=True, ragged_sizes=[1, 4, 2, 0])
+    assert torch.equal(parts[0].cache, young.cache) and torch.equal(parts[3].fixed, young.fixed)
+    assert torch.equal(parts[1].cache, old.cache[:1]) and parts[3].cache.shape == (1, 2, 0, 3)
+    assert torch.equal(parts[2].cache, old.cache[1:, :, 2:])
+    for part in parts:
+        cache = part.cache
+        assert cache.untyped_storage().nbytes() == cache.numel() * cache.element_size()
+    views = unstack_states(both, ragged_sizes=[1, 4, 2, 0])
+    assert views[2].cache.untyped_storage().data_ptr() == both.cache.untyped_storage().data_ptr()
+    with pytest.raises(ValueError, match="3 ragged_sizes for 4 streams"):
+        unstack_states(both, ragged_sizes=[1, 4, 4])
+    with pytest.raises(ValueError, match=r"ragged_sizes\[1\] = 5 is not within \[0, 4\]"):
+        unstack_states(both, ragged_sizes=[1, 5, 4, 1])
+
+
+class _HostReadsAndWrites(TorchDispatchMode):
+    """Counts the tensor values read back to the host (``.item()``, ``int()``: a device sync
+    each) and the bytes of the new tensors the ops make (views excluded)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.reads += 1
+        inputs = {a.untyped_storage().data_ptr() for a in args if isinstance(a, Tensor)}
+        for tensor in out if isinstance(out, (tuple, list)) else [out]:
+            if (isinstance(tensor, Tensor) and tensor.numel()
+                    and tensor.untyped_storage().data_ptr() not in inputs):
+                self.bytes += tensor.numel() * tensor.element_size()
+        return out
+
+
+def test_an_encoder_batch_splits_with_one_read_of_its_counts_and_one_copy_per_cache():
+    """With unlimited left context, splitting B streams of different ages reads the batch's
+    cache counts once (not once per stream and layer: each read is a device sync), and writes
+    no byte it does not keep (each stream's valid frames are sliced before the one copy, not
+    copied with the batch's padding and then cut); the streams are the generic split's, trimmed."""
+    from asr.encoders import EncoderConfig, build_encoder
+
+    cfg = EncoderConfig(d_model=16, num_layers=3, num_heads=2, ff_dim=32, conv_kernel_size=3,
+                        subsampling_channels=4, dropout=0.0, attention_dropout=0.0, causal=True)
+    encoder = build_encoder(cfg, 10).eval()
+    with torch.no_grad():
+        states = []
+        for frames in (51, 27, 11, 3):
+            state = encoder.init_state(1, left_chunks=-1, chunk_size=2)
+            _, _, state = encoder.forward_chunk(torch.randn(1, frames, 10),
+                                                torch.tensor([frames]), state)
+            states.append(state)
+        _, _, batch = encoder.forward_chunk(torch.randn(4, 8, 10), torch.full((4,), 8),
+                                            stack_states(states))
+        with _HostReadsAndWrites() as counter:
+            streams = encoder.unstack_state(batch)
+    assert batch.attn_cache_len.tolist() == [14, 8, 4, 2]
+    assert counter.reads <= 1
+    kept = sum(t.numel() * t.element_size() for s in streams for t in _flatten(s)
+               if isinstance(t, Tensor))
+    assert counter.bytes == kept
+    for stream, generic, size in zip(streams, unstack_states(batch), (14, 8, 4, 2)):
+        assert stream.layers[0].key.shape[2] == size
+        trimmed = [t[:, :, -size:] if t.dim() == 4 else t for t in _flatten(generic)
+                   if isinstance(t, Tensor)]
+        got = [t for t in _flatten(stream) if isinstance(t, Tensor)]
+        assert all(torch.equal(a, b) for a, b in zip(got, trimmed, strict=True))
 
 
 def test_encoder_states_of_unlimited_left_context_round_trip_and_keep_their_limit():

@@ -335,7 +335,9 @@ class ChunkedEncoder(nn.Module):
 
         The streams' tensors are copies (a view would keep the whole batch's caches alive while
         the stream waits for audio), and with unlimited left context each stream's key/value
-        caches keep only its valid frames, not the padding up to the batch's oldest stream.
+        caches keep only its valid frames, not the padding up to the batch's oldest stream:
+        the batch's counts are read once (one device sync per call, not one per stream) and
+        each stream's frames are sliced before its one copy.
 
         Args:
             state: state of B streams (from :meth:`forward_chunk`).
@@ -343,14 +345,10 @@ class ChunkedEncoder(nn.Module):
         Returns:
             B states of one stream each.
         """
-        streams = unstack_states(state, copy=True)
-        if state.cache_limit is not None:
-            return streams
-        return [
-            replace(single, layers=tuple(
-                _resize_cache(layer, int(single.attn_cache_len)) for layer in single.layers))
-            for single in streams
-        ]
+        # one read of the counts for the whole batch (a device sync), and each stream's valid
+        # frames sliced before the one copy
+        sizes = None if state.cache_limit is not None else state.attn_cache_len.tolist()
+        return unstack_states(state, copy=True, ragged_sizes=sizes)
 
 
 def _resize_cache(state: LayerState, size: int) -> LayerState:

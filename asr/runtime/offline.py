@@ -8,9 +8,17 @@ start/end).
 Offline decoding batches many inputs: every input is cut into windows, windows of similar length
 are batched (sorted by length), encoded once and searched once per batch.
 
-Long inputs: windows of ``window_seconds`` overlapping by ``overlap_seconds``; window ``k``
-starts at ``k * (window_seconds - overlap_seconds)``, except the last, which ends with the input
-(so every window is whole and the last overlaps its neighbour by at least ``overlap_seconds``).
+Long inputs: windows of ``window_seconds`` overlapping by at least ``overlap_seconds``, whose
+starts lie on the encoder's chunk grid (:attr:`Transcriber.window_grid`: a whole number of
+encoder chunks of the offline chunk mask, ``chunk_size`` encoder frames of ``subsampling_factor``
+feature frames each): window ``k`` starts at ``k * step``, the step being ``window_seconds -
+overlap_seconds`` rounded down to the grid, except the last, which starts at the first grid
+point from which it fits (so it ends with the input, at most one chunk shorter than a window, and
+overlaps its neighbour by at least ``overlap_seconds``). On the grid a window's feature frames
+are the whole input's and its chunks are the whole input's chunks, so where the window holds all
+the left context its frames see (``left_chunks`` chunks per layer), its encoder frames are those
+of a one-window decode of the whole input (off the grid, every frame of a later window
+differed).
 **Merge rule**: the middle of each overlap is the cut between neighbouring windows; each window
 keeps only the tokens whose time falls in its own span (from the previous cut to the next cut),
 so every instant is decided by the window that sees it with the most context on both sides, and
@@ -84,33 +92,55 @@ class Window:
 
 
 def plan_windows(
-    index: int, num_samples: int, sample_rate: int, window_seconds: float, overlap_seconds: float
+    index: int,
+    num_samples: int,
+    sample_rate: int,
+    window_seconds: float,
+    overlap_seconds: float,
+    grid: int = 1,
 ) -> list[Window]:
     """Overlapping windows covering ``num_samples`` samples and the span each one owns.
 
+    Args:
+        index: the input's index (kept in each window).
+        num_samples: the input's length in samples.
+        sample_rate: samples per second.
+        window_seconds: the longest window.
+        overlap_seconds: the least overlap of neighbouring windows.
+        grid: samples between the possible window starts (the encoder's chunk in samples,
+            :attr:`Transcriber.window_grid`): every start is a multiple of it, the step between
+            windows is ``window_seconds - overlap_seconds`` rounded down to it, and the last
+            window starts at the first multiple from which it ends with the input.
+
     Raises:
         ValueError: unless ``0 <= overlap_seconds < window_seconds`` and, in samples, the window
-            and its step (window minus overlap) are at least one sample.
+            and its step (window minus overlap) are at least one sample and one ``grid``.
     """
     if not 0 <= overlap_seconds < window_seconds:
         raise ValueError(
             f"need 0 <= overlap ({overlap_seconds}) < window ({window_seconds}) seconds"
         )
+    if grid < 1:
+        raise ValueError(f"plan_windows: grid must be >= 1 sample, got {grid}")
     length = int(round(window_seconds * sample_rate))
     step = length - int(round(overlap_seconds * sample_rate))
-    if step < 1:  # the windows would never advance
+    if step < grid:  # the windows would never advance, or not by a whole chunk
+        chunk = " (one encoder chunk: windows start on the chunk grid)" if grid > 1 else ""
         raise ValueError(
             f"window ({window_seconds} s) and overlap ({overlap_seconds} s) at {sample_rate} Hz "
-            f"leave a step of {step} samples between windows: need at least one"
+            f"leave a step of {step} samples between windows: need at least {grid}{chunk}"
         )
+    step -= step % grid
     if num_samples <= length:
         return [Window(index, 0, num_samples, -math.inf, math.inf)]
     # every window starts ``step`` after the previous one, but the last ends with the input:
-    # a full window, so that the end is decided with as much left context as any other part.
+    # a full window (up to less than one grid step), so that the end is decided with as much
+    # left context as any other part; it starts at or before the regular step's start, so it
+    # overlaps its neighbour by at least the overlap
     starts = [0]
     while starts[-1] + length < num_samples:
         starts.append(starts[-1] + step)
-    starts[-1] = num_samples - length
+    starts[-1] = -(-(num_samples - length) // grid) * grid
     spans = [(s, min(s + length, num_samples)) for s in starts]
     cuts = [(spans[k + 1][0] + spans[k][1]) / 2 / sample_rate for k in range(len(spans) - 1)]
     bounds = [-math.inf, *cuts, math.inf]
@@ -132,6 +162,15 @@ class Transcriber:
     def sample_rate(self) -> int:
         """Rate (Hz) the model's features expect."""
         return self.runtime.sample_rate
+
+    @property
+    def window_grid(self) -> int:
+        """Samples between the starts that long-input windows may take: one chunk of the
+        offline chunk mask (``chunk_size`` encoder frames, or one frame under full context),
+        each frame ``subsampling_factor`` feature frames of ``hop_samples``."""
+        runtime = self.runtime
+        frame = runtime.fbank.hop_samples * runtime.model.encoder.subsampling_factor
+        return frame * max(1, runtime.chunk_size)
 
     def searcher(self, name: str | None = None, hotwords: HotwordsSpec = None) -> Searcher:
         """The offline searcher ``name`` (default: the runtime's; cached), biased toward
@@ -293,7 +332,8 @@ class Transcriber:
     ) -> list[TranscriptionResult]:
         rate = self.sample_rate
         results = self.runtime.results
-        plans = [plan_windows(i, a.samples.shape[0], rate, window_seconds, overlap_seconds)
+        plans = [plan_windows(i, a.samples.shape[0], rate, window_seconds, overlap_seconds,
+                              self.window_grid)
                  for i, a in enumerate(audios)]
         windows = [w for plan in plans for w in plan]
         windows.sort(key=lambda w: w.end - w.start, reverse=True)
