@@ -15,7 +15,8 @@ a path themselves: ``torch.save``, safetensors, sentencepiece, lhotse, soundfile
 
 A made output that a second run on the same path could also write (a tokenizer, an LM and its
 fingerprint, a Shar directory, a model package, an ONNX export, averaged weights, the result
-files of a test set, a part's features, a directory of transcripts) is made under
+files of a test set, a part's manifests or features, a shuffled manifest, a directory of
+transcripts) is made under
 :func:`output_lock`: an exclusive ``flock`` on ``.<name>.lock`` beside it, held for the whole run
 and released by the kernel when the process ends however it ends. A second run is refused at
 once (:class:`OutputBusyError`, naming the output) rather than made to wait: a wait would hide

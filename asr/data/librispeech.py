@@ -35,12 +35,13 @@ import random
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 from asr.audio import AudioError, decode_audio
 from asr.data.dataset import cut_manifest_lines
-from asr.fileio import read_text, write_atomic
+from asr.fileio import output_lock, read_text, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -210,14 +211,25 @@ def prepare_manifests(
         CorpusError: see :func:`validate_librispeech_tree`; or naming an audio file that does
             not decode to the samples its header declares (:func:`check_audio_lengths`), before
             any cut manifest is written (the part's recordings and supervisions are removed).
+        asr.fileio.OutputBusyError: while another run prepares one of ``parts`` in
+            ``output_dir`` (each part is locked on its cut manifest, before anything is read).
     """
-    from lhotse import CutSet
-    from lhotse.recipes import prepare_librispeech
-
     if normalize_text not in ("none", "lower"):
         raise ValueError(f"normalize_text must be 'none' or 'lower', got {normalize_text!r}")
     validate_librispeech_tree(corpus_dir, parts)
     output_dir = Path(output_dir)
+    with ExitStack() as locks:  # lhotse writes a part's recordings and supervisions in place
+        for part in dict.fromkeys(parts):
+            locks.enter_context(output_lock(cuts_path(output_dir, part)))
+        return _write_manifests(corpus_dir, output_dir, parts, num_jobs, normalize_text)
+
+
+def _write_manifests(corpus_dir: str | Path, output_dir: Path, parts: Sequence[str],
+                     num_jobs: int, normalize_text: str) -> dict[str, Path]:
+    """The body of :func:`prepare_manifests`, run under the parts' locks."""
+    from lhotse import CutSet
+    from lhotse.recipes import prepare_librispeech
+
     for part in parts:
         texts = _corpus_texts(Path(corpus_dir) / part, normalize_text)
         _drop_stale_manifests(output_dir, part, texts)
@@ -354,6 +366,7 @@ def write_shuffled_cuts(inputs: Sequence[str | Path], output: str | Path, seed: 
         FileNotFoundError: naming a missing input.
         ValueError: naming an input that cannot be read (e.g. a gzip cut short) or whose first
             line is no JSON cut.
+        asr.fileio.OutputBusyError: while another run writes ``output``.
     """
     lines: list[bytes] = []
     for path in inputs:
@@ -369,6 +382,7 @@ def write_shuffled_cuts(inputs: Sequence[str | Path], output: str | Path, seed: 
         with gzip.open(tmp, "wb") as f:
             f.writelines(lines)
 
-    write_atomic(output, write)
+    with output_lock(output):
+        write_atomic(output, write)
     logger.info("wrote %d shuffled cuts of %d manifests to %s", len(lines), len(inputs), output)
     return len(lines)

@@ -157,3 +157,32 @@ def test_a_cut_manifest_is_complete_or_absent(corpus, tmp_path, monkeypatch):
         with pytest.raises(OSError, match="rename refused"):
             prepare_manifests(corpus_dir, out, [PART])
     assert not list(out.glob("librispeech_cuts_*")) and not list(out.glob(".*tmp*"))
+
+
+def test_a_second_manifests_run_on_a_part_is_refused(corpus, tmp_path, caplog):
+    """`asr prepare manifests` took no lock: lhotse writes a part's recordings and supervisions
+    in place, so two runs on one part could each read the other's half-written manifest. Each
+    part is locked on its cut manifest before anything is read; a refused run (exit 2) writes
+    nothing."""
+    corpus_dir, _ = corpus
+    out = tmp_path / "manifests"
+    args = ["prepare", "manifests", "--corpus-dir", str(corpus_dir), "--output-dir", str(out),
+            "--parts", PART]
+    busy = out / f"librispeech_cuts_{PART}.jsonl.gz"
+    with output_lock(busy):  # as another run holds it
+        assert main(args) == 2
+        assert f"{busy} is being written by another process" in caplog.text
+        assert not [p for p in out.iterdir() if not p.name.endswith(".lock")]
+    assert main(args) == 0 and busy.is_file()
+
+
+def test_a_second_shuffle_into_one_output_is_refused(prepared, tmp_path, caplog):
+    """`asr prepare shuffle` is locked on its output as the other outputs are (exit 2)."""
+    source = prepared["root"] / "manifests" / f"librispeech_cuts_{PART}.jsonl.gz"
+    out = tmp_path / "shuf" / "cuts.jsonl.gz"
+    args = ["prepare", "shuffle", "--cuts", str(source), "--output", str(out)]
+    with output_lock(out):
+        assert main(args) == 2
+        assert f"{out} is being written by another process" in caplog.text
+        assert not out.exists()
+    assert main(args) == 0 and out.is_file()
