@@ -7,16 +7,22 @@ and prints each summary's path. Greedy search (at most one symbol per frame) unl
 ``--decoding-method modified_beam_search`` (transducers; ``--hotwords-file`` then biases it with
 sherpa-onnx's own hotwords, read with the export's ``bpe.vocab``); streaming directories are
 decoded chunk by chunk with their chunk size.
+
+As ``asr decode``, a run takes the lock of each summary file it will write
+(:func:`asr.fileio.output_lock`) before it decodes anything: a second run on one of them is
+refused (exit 2, naming it).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+from contextlib import ExitStack
 from pathlib import Path
 
 from asr.export.sherpa_decode import decode_part_sherpa, load_recognizer
-from asr.run.evaluate import write_results
+from asr.fileio import OutputBusyError, output_lock
+from asr.run.evaluate import result_paths, write_results
 
 logger = logging.getLogger(__name__)
 
@@ -57,14 +63,18 @@ def run(args: argparse.Namespace) -> int:
         )
         name = "sherpa-onnx-" + recognizer.layout.replace("_", "-") + ("-int8" if args.int8 else "")
         name += f"-{args.tag}" if args.tag else ""
-        for part in args.parts:
-            recognitions = decode_part_sherpa(recognizer, args.manifest_dir, part,
-                                              args.batch_size)
-            wer, paths = write_results(args.output_dir or args.onnx_dir, part, name, recognitions,
-                                       {"engine": name})
-            logger.info("%s %s: WER %.2f%% -> %s", part, name, wer, paths["wer_summary"])
-            print(paths["wer_summary"], flush=True)
-    except (FileNotFoundError, ValueError, KeyError) as err:
+        out_dir = args.output_dir or args.onnx_dir
+        parts = list(dict.fromkeys(args.parts))  # one lock, and one decode, per part
+        with ExitStack() as locks:
+            for part in parts:  # all before any work
+                locks.enter_context(output_lock(result_paths(out_dir, part, name)["wer_summary"]))
+            for part in parts:
+                recognitions = decode_part_sherpa(recognizer, args.manifest_dir, part,
+                                                  args.batch_size)
+                wer, paths = write_results(out_dir, part, name, recognitions, {"engine": name})
+                logger.info("%s %s: WER %.2f%% -> %s", part, name, wer, paths["wer_summary"])
+                print(paths["wer_summary"], flush=True)
+    except (FileNotFoundError, ValueError, KeyError, OutputBusyError) as err:
         logger.error("asr decode-onnx: %s", err)
         return 2
     return 0

@@ -13,6 +13,8 @@ import pytest
 import soundfile
 import torch
 
+from asr.fileio import output_lock
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -235,6 +237,11 @@ def test_decode_onnx_bad_options(beam_package, tiny_corpus, tmp_path):
         code, [line] = _asr(*common, *options)
         assert code == 2 and message in line, line
     assert not (tmp_path / "out").exists()
+    busy = tmp_path / "out" / "wer-summary-test-clean-sherpa-onnx-transducer.txt"
+    with output_lock(busy):  # as another run decoding the same set holds it
+        code, [line] = _asr(*common)
+    assert code == 2 and f"{busy} is being written by another process" in line, line
+    assert not (tmp_path / "out").exists()  # the lock's directory goes with the lock
 
 
 def test_a_missing_hotwords_file_is_named(beam_package, wav, tmp_path):
