@@ -71,6 +71,7 @@ __all__ = [
     "DEFAULT_MAX_LEFT_SECONDS",
     "Stream",
     "StreamingRecognizer",
+    "check_chunking_options",
     "left_context_bound",
     "transcribe_streaming",
 ]
@@ -408,6 +409,24 @@ class StreamingRecognizer:
         stream.search_state = self._search_state(stream.context)
         stream.hypothesis = _EMPTY
         return final
+
+
+def check_chunking_options(streaming: bool, chunk_size: int | None = None,
+                           left_chunks: int | None = None,
+                           max_left_seconds: float | None = None) -> None:
+    """Refuses a streaming chunking given for an offline decode (:meth:`Transcriber.transcribe
+    <asr.runtime.offline.Transcriber.transcribe>` and ``asr transcribe``, which calls it before
+    it loads the model), where it would be ignored.
+
+    Raises:
+        ValueError: ``chunk_size``, ``left_chunks`` or ``max_left_seconds`` set without
+            ``streaming``, naming the arguments and their options.
+    """
+    if not streaming and (chunk_size is not None or left_chunks is not None
+                          or max_left_seconds is not None):
+        raise ValueError("chunk_size, left_chunks and max_left_seconds set the streaming "
+                         "chunking: pass streaming=True (on the command line, --chunk-size, "
+                         "--left-chunks and --max-left-seconds: add --streaming)")
 
 
 def left_context_bound(max_left_seconds: float, chunk_seconds: float) -> int | None:
