@@ -54,6 +54,7 @@ import torch
 from asr.checkpoints.io import CheckpointError, load_weights, save_weights
 from asr.checkpoints.selection import WeightSelection, select_weights
 from asr.config import ConfigError, load_config, save_config
+from asr.constants import METADATA_FILE
 from asr.decoding.config import override_search
 from asr.decoding.registry import (
     available_searchers,
@@ -88,7 +89,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
-METADATA_FILE = "metadata.json"
 TOKENIZER_DIR = "tokenizer"
 LM_DIR = "lm"
 HOTWORDS_DIR = "hotwords"

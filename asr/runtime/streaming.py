@@ -58,6 +58,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from asr.audio import DecodedAudio, StreamingResampler, to_model_rate
+from asr.constants import DEFAULT_MAX_LEFT_SECONDS
 from asr.decoding.context_graph import ContextGraph
 from asr.decoding.registry import BIASING_STREAMING_SEARCHERS, resolve_searcher, searcher_biases
 from asr.features.online import OnlineFbank
@@ -77,11 +78,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Default bound (seconds) on the left context of unlimited left context (``left_chunks`` -1):
-#: the window of the offline transcriber (``window_seconds``), so a stream never sees more
-#: context than an offline window does, and an hour-long stream keeps 30 s of cache, not 1 h.
-DEFAULT_MAX_LEFT_SECONDS = 30.0
 
 _EMPTY = Hypothesis(tokens=())
 
