@@ -43,7 +43,8 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ import torch
 from asr.checkpoints.io import CheckpointError, load_weights, save_weights
 from asr.checkpoints.selection import WeightSelection, select_weights
 from asr.config import ConfigError, load_config, save_config
+from asr.constants import METADATA_FILE
 from asr.decoding.config import override_search
 from asr.decoding.registry import (
     available_searchers,
@@ -80,13 +82,13 @@ __all__ = [
     "PackageMetadata",
     "check_output_dir",
     "export_package",
+    "locked_output_dir",
     "load_package",
 ]
 
 logger = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
-METADATA_FILE = "metadata.json"
 TOKENIZER_DIR = "tokenizer"
 LM_DIR = "lm"
 HOTWORDS_DIR = "hotwords"
@@ -401,6 +403,34 @@ def check_output_dir(out_dir: Path, replace: bool, marker: str, inputs: Iterable
                          "earlier output (or an empty directory), never other files")
 
 
+@contextmanager
+def locked_output_dir(out_dir: Path, replace: bool, marker: str, inputs: Iterable[Path],
+                      option: str, error: Callable[[str], Exception]) -> Iterator[None]:
+    """Holds the lock of the output directory ``out_dir`` (:func:`asr.fileio.output_lock`)
+    while the block makes it: checks it (:func:`check_output_dir`) before the lock, so that an
+    output in the way is refused at once, and again under it, since another run may have
+    published it meanwhile. ``asr export-package`` and ``asr export-onnx`` make their outputs
+    in it.
+
+    Args:
+        out_dir, replace, marker, inputs, option: as :func:`check_output_dir` takes them.
+        error: the caller's error type, made from a message (:class:`PackageError`...).
+
+    Raises:
+        error: for an output the checks refuse, or one that another run is writing (naming
+            it); an exception of the block passes as it is.
+    """
+    inputs = list(inputs)
+    with ExitStack() as lock:
+        try:
+            check_output_dir(out_dir, replace, marker, inputs, option)
+            lock.enter_context(output_lock(out_dir))
+            check_output_dir(out_dir, replace, marker, inputs, option)
+        except (ValueError, OutputBusyError) as err:
+            raise error(str(err)) from err
+        yield
+
+
 def export_package(
     exp_dir: str | Path,
     out_dir: str | Path,
@@ -412,7 +442,7 @@ def export_package(
     search: Mapping[str, Any] | Iterable[str] | None = None,
 ) -> PackageMetadata:
     """Writes a model package from an experiment, holding the lock of ``out_dir``
-    (:func:`asr.fileio.output_lock`) from its first check to its last write.
+    (:func:`locked_output_dir`) from its check under the lock to its last write.
 
     Args:
         exp_dir: experiment directory written by ``asr train``.
@@ -439,16 +469,10 @@ def export_package(
             ``out_dir``.
     """
     exp_dir, out_dir = Path(exp_dir), Path(out_dir)
-    try:
-        check_output_dir(out_dir, overwrite, METADATA_FILE, [exp_dir], "--overwrite")
-    except ValueError as err:
-        raise PackageError(str(err)) from err
-    try:
-        with output_lock(out_dir):
-            return _export_package(exp_dir, out_dir, selection, tokenizer_dir, wer, overwrite,
-                                   searcher, search)
-    except OutputBusyError as err:
-        raise PackageError(str(err)) from err
+    with locked_output_dir(out_dir, overwrite, METADATA_FILE, [exp_dir], "--overwrite",
+                           PackageError):
+        return _export_package(exp_dir, out_dir, selection, tokenizer_dir, wer, overwrite,
+                               searcher, search)
 
 
 def _export_package(
@@ -462,10 +486,6 @@ def _export_package(
     search: Mapping[str, Any] | Iterable[str] | None,
 ) -> PackageMetadata:
     """The body of :func:`export_package`, run under the lock of ``out_dir``."""
-    try:
-        check_output_dir(out_dir, overwrite, METADATA_FILE, [exp_dir], "--overwrite")
-    except ValueError as err:
-        raise PackageError(str(err)) from err
     try:
         weights = select_weights(exp_dir, selection or WeightSelection())
     except (FileNotFoundError, ValueError, CheckpointError) as err:
@@ -487,7 +507,7 @@ def _export_package(
         cfg = dataclasses.replace(cfg, tokenizer_dir=Path(tokenizer_dir))
     sources = [*weights.sources, cfg.tokenizer_dir]
     sources += [Path(p) for p in (getattr(cfg.search, n) for n in SEARCH_FILES) if p is not None]
-    try:
+    try:  # the output is checked against what it is made from, known only now
         check_output_dir(out_dir, overwrite, METADATA_FILE, sources, "--overwrite")
     except ValueError as err:
         raise PackageError(str(err)) from err

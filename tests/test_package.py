@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -235,3 +236,63 @@ def test_hotword_file_travels_with_the_package(tmp_path):
     with pytest.raises(PackageError, match="ZULU"):
         export_package(exp, tmp_path / "c", searcher="beam",
                        search=[f"search.hotwords_file={phrases}"])
+
+
+def test_one_locked_output_wrapper_checks_before_and_under_the_lock(tmp_path, monkeypatch):
+    """``asr export-package`` and ``asr export-onnx`` each wrote "check, lock, check again"; one
+    context manager now does: an output in the way is refused before the lock is taken, one
+    another run writes is refused naming it, one published by another run between the first
+    check and the lock is refused under it, and the block's own errors pass unchanged."""
+    import asr.package as package_module
+    from asr.fileio import output_lock
+    from asr.package import locked_output_dir
+
+    taken = []
+
+    @contextmanager
+    def spy(path, publish_first=None):
+        taken.append(path)
+        if publish_first is not None:  # another run publishes it meanwhile
+            publish_first.mkdir()
+            (publish_first / METADATA_FILE).write_text("{}")
+        with output_lock(path):
+            yield
+
+    monkeypatch.setattr(package_module, "output_lock", spy)
+
+    def locked(out, replace=False):
+        return locked_output_dir(out, replace, METADATA_FILE, [tmp_path / "exp"], "--overwrite",
+                                 PackageError)
+
+    in_the_way = tmp_path / "in_the_way"
+    in_the_way.mkdir()
+    (in_the_way / "notes.txt").write_text("mine")
+    with pytest.raises(PackageError, match=r"already exists \(pass --overwrite"):
+        with locked(in_the_way):
+            raise AssertionError("the block ran")
+    with pytest.raises(PackageError, match="holds no metadata.json"):
+        with locked(in_the_way, replace=True):
+            raise AssertionError("the block ran")
+    assert taken == []  # refused before the lock
+
+    busy = tmp_path / "busy"
+    with output_lock(busy):
+        with pytest.raises(PackageError, match=f"{busy} is being written by another process"):
+            with locked(busy):
+                raise AssertionError("the block ran")
+    assert not busy.exists()
+
+    raced = tmp_path / "raced"
+    monkeypatch.setattr(package_module, "output_lock", lambda p: spy(p, publish_first=raced))
+    with pytest.raises(PackageError, match=f"{raced}: already exists"):
+        with locked(raced):
+            raise AssertionError("the block ran")
+    assert taken == [busy, raced] and not (tmp_path / ".raced.lock").exists()
+    monkeypatch.setattr(package_module, "output_lock", spy)
+
+    out = tmp_path / "out"
+    with pytest.raises(ValueError) as err:
+        with locked(out):
+            assert (tmp_path / ".out.lock").is_file()  # held while the block runs
+            raise ValueError("the block's own")
+    assert type(err.value) is ValueError and not (tmp_path / ".out.lock").exists()

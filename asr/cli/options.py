@@ -15,8 +15,7 @@ from typing import Any, TypeVar
 import torch
 
 from asr.checkpoints.selection import WeightSelection
-from asr.package import METADATA_FILE
-from asr.runtime.streaming import DEFAULT_MAX_LEFT_SECONDS
+from asr.constants import DEFAULT_MAX_LEFT_SECONDS, METADATA_FILE
 
 __all__ = [
     "add_checkpoint_arguments",

@@ -50,6 +50,7 @@ from asr.fileio import OutputBusyError, check_writable_dir, output_lock, write_t
 from asr.package import PackageError
 from asr.results import FailedInput
 from asr.runtime.offline import load_model
+from asr.runtime.streaming import check_chunking_options
 
 logger = logging.getLogger(__name__)
 
@@ -182,10 +183,11 @@ def run(args: argparse.Namespace) -> int:
     if files.count("-") > 1:
         logger.error("asr transcribe: '-' (stdin) can be given only once")
         return 2
-    if not args.streaming and (args.chunk_size is not None or args.left_chunks is not None
-                               or args.max_left_seconds is not None):
-        logger.error("asr transcribe: --chunk-size, --left-chunks and --max-left-seconds set the "
-                     "streaming chunking: add --streaming")
+    try:  # before the model is loaded
+        check_chunking_options(args.streaming, args.chunk_size, args.left_chunks,
+                               args.max_left_seconds)
+    except ValueError as err:
+        logger.error("asr transcribe: %s", err)
         return 2
     if args.format in ("srt", "vtt") and len(files) > 1 and not args.output_dir:
         logger.error("asr transcribe: --format %s with several inputs needs --output-dir",

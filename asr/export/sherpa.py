@@ -81,7 +81,7 @@ from asr.export.graphs import (
     nemo_state_width,
 )
 from asr.features.fbank import FbankConfig, compute_fbank
-from asr.fileio import OutputBusyError, output_lock, publish_directory, staging_directory
+from asr.fileio import publish_directory, staging_directory
 from asr.heads.ctc import CTCHead
 from asr.heads.predictor import StatelessPredictor
 from asr.heads.transducer import TransducerHead
@@ -89,8 +89,8 @@ from asr.model import ASRModel
 from asr.package import (
     ModelPackage,
     PackageError,
-    check_output_dir,
     load_package,
+    locked_output_dir,
 )
 from asr.tokenizers.bpe import BpeTokenizer
 from asr.version import __version__
@@ -294,28 +294,19 @@ def export_onnx(
     if left_chunks is not None and left_chunks < -1:
         raise OnnxInputError(f"--left-chunks {left_chunks}: the left context is a number of "
                              "chunks >= 0 (-1, unlimited, has no fixed-shape layout)")
-    try:
-        check_output_dir(out_dir, force, _REPORT, [Path(package_dir)], "--force")
-        package = load_package(package_dir)
-    except (PackageError, ValueError) as err:
-        raise OnnxInputError(str(err)) from err
-    try:
-        with output_lock(out_dir):
-            return _export(package, out_dir, streaming, int8, opset, head, force, chunk_size,
-                           left_chunks)
-    except OutputBusyError as err:
-        raise OnnxInputError(str(err)) from err
+    with locked_output_dir(out_dir, force, _REPORT, [Path(package_dir)], "--force",
+                           OnnxInputError):
+        try:
+            package = load_package(package_dir)
+        except PackageError as err:
+            raise OnnxInputError(str(err)) from err
+        return _export(package, out_dir, streaming, int8, opset, head, chunk_size, left_chunks)
 
 
 def _export(package: ModelPackage, out_dir: Path, streaming: bool, int8: bool, opset: int,
-            head: str | None, force: bool, chunk_size: int | None,
-            left_chunks: int | None) -> ExportReport:
+            head: str | None, chunk_size: int | None, left_chunks: int | None) -> ExportReport:
     """The body of :func:`export_onnx`, run under the lock of ``out_dir``."""
     package_dir = package.directory
-    try:
-        check_output_dir(out_dir, force, _REPORT, [package_dir], "--force")
-    except ValueError as err:  # another run published it before this one took the lock
-        raise OnnxInputError(str(err)) from err
     model = package.build_model("cpu")
     head = _choose_head(model, head, streaming)
     if model.head_kinds()[head] != "tdt":

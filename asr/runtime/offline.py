@@ -64,7 +64,11 @@ from asr.package import load_package
 from asr.results import FailedInput, TranscriptionResult
 from asr.runtime.bundle import HotwordsSpec, Runtime, SearchOptions
 from asr.runtime.endpoint import EndpointConfig
-from asr.runtime.streaming import StreamingRecognizer, transcribe_streaming
+from asr.runtime.streaming import (
+    StreamingRecognizer,
+    check_chunking_options,
+    transcribe_streaming,
+)
 
 __all__ = ["AudioInput", "Transcriber", "Window", "load_model", "plan_windows"]
 
@@ -282,10 +286,7 @@ class Transcriber:
         if on_error not in ("raise", "return"):
             raise ValueError(f"on_error must be 'raise' or 'return', got {on_error!r}")
         _array_rate(sample_rate, self.sample_rate)  # a bad rate fails before any input
-        if not streaming and (chunk_size is not None or left_chunks is not None
-                              or max_left_seconds is not None):
-            raise ValueError("chunk_size, left_chunks and max_left_seconds set the streaming "
-                             "chunking: pass streaming=True")
+        check_chunking_options(streaming, chunk_size, left_chunks, max_left_seconds)
         recognizer = (self.streaming_recognizer(searcher, chunk_size=chunk_size,
                                                 left_chunks=left_chunks,
                                                 max_left_seconds=max_left_seconds)

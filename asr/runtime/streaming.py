@@ -58,6 +58,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from asr.audio import DecodedAudio, StreamingResampler, to_model_rate
+from asr.constants import DEFAULT_MAX_LEFT_SECONDS
 from asr.decoding.context_graph import ContextGraph
 from asr.decoding.registry import BIASING_STREAMING_SEARCHERS, resolve_searcher, searcher_biases
 from asr.features.online import OnlineFbank
@@ -71,16 +72,12 @@ __all__ = [
     "DEFAULT_MAX_LEFT_SECONDS",
     "Stream",
     "StreamingRecognizer",
+    "check_chunking_options",
     "left_context_bound",
     "transcribe_streaming",
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Default bound (seconds) on the left context of unlimited left context (``left_chunks`` -1):
-#: the window of the offline transcriber (``window_seconds``), so a stream never sees more
-#: context than an offline window does, and an hour-long stream keeps 30 s of cache, not 1 h.
-DEFAULT_MAX_LEFT_SECONDS = 30.0
 
 _EMPTY = Hypothesis(tokens=())
 
@@ -408,6 +405,24 @@ class StreamingRecognizer:
         stream.search_state = self._search_state(stream.context)
         stream.hypothesis = _EMPTY
         return final
+
+
+def check_chunking_options(streaming: bool, chunk_size: int | None = None,
+                           left_chunks: int | None = None,
+                           max_left_seconds: float | None = None) -> None:
+    """Refuses a streaming chunking given for an offline decode (:meth:`Transcriber.transcribe
+    <asr.runtime.offline.Transcriber.transcribe>` and ``asr transcribe``, which calls it before
+    it loads the model), where it would be ignored.
+
+    Raises:
+        ValueError: ``chunk_size``, ``left_chunks`` or ``max_left_seconds`` set without
+            ``streaming``, naming the arguments and their options.
+    """
+    if not streaming and (chunk_size is not None or left_chunks is not None
+                          or max_left_seconds is not None):
+        raise ValueError("chunk_size, left_chunks and max_left_seconds set the streaming "
+                         "chunking: pass streaming=True (on the command line, --chunk-size, "
+                         "--left-chunks and --max-left-seconds: add --streaming)")
 
 
 def left_context_bound(max_left_seconds: float, chunk_seconds: float) -> int | None:

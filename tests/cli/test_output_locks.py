@@ -202,3 +202,27 @@ def test_a_failed_input_leaves_no_earlier_output_for_it(package, tmp_path, caplo
     assert f"removed {out / 'bad.json'}, an earlier run's output for {bad}" in caplog.text
     assert (out / "notes.txt").read_text() == "mine\n"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+
+
+@pytest.mark.parametrize("command", ["export-package", "export-onnx"])
+def test_an_output_published_before_the_lock_is_taken_is_refused_under_it(
+        command, experiment, package, tmp_path, monkeypatch, caplog):
+    """Between an export's first check and its lock another run may publish the output: the
+    check under the lock refuses it (exit 2), and that run's output stays as it was."""
+    import asr.package as package_module
+
+    args, output = _commands(tmp_path, experiment, package)[command]
+    real = package_module.output_lock
+
+    @contextmanager
+    def published_meanwhile(path: Path) -> Iterator[None]:
+        output.mkdir()
+        (output / "theirs.txt").write_text("the other run's")
+        with real(path):
+            yield
+
+    monkeypatch.setattr(package_module, "output_lock", published_meanwhile)
+    assert main([str(a) for a in args]) == 2
+    assert f"{output}: already exists" in caplog.text
+    assert [p.name for p in output.iterdir()] == ["theirs.txt"]
+    assert not _lock_of(output).exists()

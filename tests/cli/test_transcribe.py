@@ -386,6 +386,24 @@ def test_bad_streaming_chunking_is_a_clear_error(tiny, audio_dir, capsys, caplog
     assert code == 2 and out == "" and message in caplog.text
 
 
+def test_chunking_without_streaming_is_the_runtimes_error_before_the_model_loads(
+        tiny, audio_dir, tmp_path, capsys, caplog):
+    """The CLI wrote its own copy of the Python API's check, in other words; it now reports the
+    runtime's one error, still before it reads the package (a missing one is not reached)."""
+    import asr
+
+    wav = audio_dir / "utt0.wav"
+    for options, kwargs in ((["--chunk-size", "2"], {"chunk_size": 2}),
+                            (["--left-chunks", "-1"], {"left_chunks": -1}),
+                            (["--max-left-seconds", "5"], {"max_left_seconds": 5.0})):
+        with pytest.raises(ValueError) as err:
+            asr.load_model(tiny.package_dir).transcribe([wav], **kwargs)
+        caplog.clear()
+        code, out, _ = _run([wav, "--model", tmp_path / "no-package", *options], capsys)
+        assert code == 2 and out == ""
+        assert [r.getMessage() for r in caplog.records] == [f"asr transcribe: {err.value}"]
+
+
 def test_a_name_stdout_cannot_encode_is_escaped_not_a_crash(tiny, audio_dir, tmp_path,
                                                              monkeypatch, capsys):
     """With a strict latin-1 stdout (PYTHONIOENCODING=latin-1), a file name outside latin-1
