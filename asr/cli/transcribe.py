@@ -46,6 +46,7 @@ from asr.cli.options import (
     add_streaming_arguments,
     set_num_threads,
 )
+from asr.constants import DEFAULT_WINDOW_SECONDS
 from asr.fileio import OutputBusyError, check_writable_dir, output_lock, write_text_atomic
 from asr.package import PackageError
 from asr.results import FailedInput
@@ -86,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser)
     add_num_threads_argument(parser)
     add_streaming_arguments(parser)
-    parser.add_argument("--window-seconds", type=float, default=30.0,
+    parser.add_argument("--window-seconds", type=float, default=DEFAULT_WINDOW_SECONDS,
                         help="offline: long inputs are decoded in windows of this length")
     parser.add_argument("--overlap-seconds", type=float, default=2.0,
                         help="offline: overlap of consecutive windows (cut in its middle)")

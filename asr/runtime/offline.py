@@ -58,6 +58,7 @@ from asr.audio import (
     decode_audio,
     resample,
 )
+from asr.constants import DEFAULT_WINDOW_SECONDS
 from asr.decoding import Searcher
 from asr.features.fbank import compute_fbank
 from asr.package import load_package
@@ -234,7 +235,7 @@ class Transcriber:
         searcher: str | None = None,
         batch_size: int = 8,
         streaming: bool = False,
-        window_seconds: float = 30.0,
+        window_seconds: float = DEFAULT_WINDOW_SECONDS,
         overlap_seconds: float = 2.0,
         progress: bool = False,
         on_error: Literal["raise", "return"] = "raise",
