@@ -7,7 +7,9 @@ idea import it from here (and re-export it), so that there is one value.
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_MAX_LEFT_SECONDS", "DEFAULT_WINDOW_SECONDS", "METADATA_FILE"]
+__all__ = [
+    "DEFAULT_MAX_LEFT_SECONDS", "DEFAULT_OVERLAP_SECONDS", "DEFAULT_WINDOW_SECONDS", "METADATA_FILE",
+]
 
 #: The file every model package holds (:mod:`asr.package`): its provenance, default searcher and
 #: the sha256 of each file; a directory holding it is a package, not an experiment.
@@ -16,6 +18,10 @@ METADATA_FILE = "metadata.json"
 #: Default length (seconds) of the windows the offline transcriber decodes long inputs in
 #: (``Transcriber.transcribe(window_seconds=)``, ``asr transcribe --window-seconds``).
 DEFAULT_WINDOW_SECONDS = 30.0
+
+#: Default overlap (seconds) of consecutive offline windows (``overlap_seconds``,
+#: ``--overlap-seconds``); each window keeps the tokens up to the middle of its overlaps.
+DEFAULT_OVERLAP_SECONDS = 2.0
 
 #: Default bound (seconds) on the left context of unlimited left context (``left_chunks`` -1,
 #: :class:`asr.runtime.streaming.StreamingRecognizer`, ``--max-left-seconds``): the window of

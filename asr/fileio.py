@@ -34,8 +34,8 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ __all__ = [
     "check_writable_file",
     "current_umask",
     "output_lock",
+    "output_locks",
     "publish_directory",
     "read_text",
     "remove_stale_staging",
@@ -277,6 +278,21 @@ def output_lock(path: str | Path) -> Iterator[None]:
                 directory.rmdir()  # only when empty: the block made nothing there
             except OSError:
                 break
+
+
+@contextmanager
+def output_locks(paths: Iterable[str | Path]) -> Iterator[None]:
+    """Holds :func:`output_lock` of every one of ``paths`` (a path given twice is locked once)
+    while the block runs: all are taken before the block's first work, so a run that would
+    collide with another on any of its outputs is refused before it makes one.
+
+    Raises:
+        OutputBusyError: naming the first busy path; the locks taken before it are released.
+    """
+    with ExitStack() as locks:
+        for path in dict.fromkeys(Path(p) for p in paths):
+            locks.enter_context(output_lock(path))
+        yield
 
 
 def _locked_new_directory(prefix: str, parent: Path) -> tuple[Path, int]:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from contextlib import ExitStack
 from pathlib import Path
 
 from asr.checkpoints.io import CheckpointError
@@ -44,7 +43,7 @@ from asr.config import ConfigError
 from asr.decoding import available_searchers, build_searcher
 from asr.decoding.registry import resolve_searcher
 from asr.experiment import load_trained_model
-from asr.fileio import OutputBusyError, output_lock
+from asr.fileio import OutputBusyError, output_locks
 from asr.run.evaluate import decode_part, result_paths, write_results
 from asr.runtime.bundle import resolve_device
 
@@ -92,11 +91,8 @@ def run(args: argparse.Namespace) -> int:
         settings = {"weights": tag, **search_settings}
         labels = {name: f"{name}-{args.tag}" if args.tag else name for name in names}
         parts = list(dict.fromkeys(args.parts))  # one lock, and one decode, per part
-        with ExitStack() as locks:
-            for label in labels.values():  # all before any work
-                for part in parts:
-                    locks.enter_context(output_lock(
-                        result_paths(args.exp_dir / label, part, label)["wer_summary"]))
+        with output_locks(result_paths(args.exp_dir / label, part, label)["wer_summary"]
+                          for label in labels.values() for part in parts):  # before any work
             for name, label in labels.items():
                 searcher = build_searcher(name, model, cfg.search, tokenizer=tokenizer)
                 for part in parts:

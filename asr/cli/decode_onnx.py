@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-from contextlib import ExitStack
 from pathlib import Path
 
 from asr.export.sherpa_decode import decode_part_sherpa, load_recognizer
-from asr.fileio import OutputBusyError, output_lock
+from asr.fileio import OutputBusyError, output_locks
 from asr.run.evaluate import result_paths, write_results
 
 logger = logging.getLogger(__name__)
@@ -65,9 +64,7 @@ def run(args: argparse.Namespace) -> int:
         name += f"-{args.tag}" if args.tag else ""
         out_dir = args.output_dir or args.onnx_dir
         parts = list(dict.fromkeys(args.parts))  # one lock, and one decode, per part
-        with ExitStack() as locks:
-            for part in parts:  # all before any work
-                locks.enter_context(output_lock(result_paths(out_dir, part, name)["wer_summary"]))
+        with output_locks(result_paths(out_dir, part, name)["wer_summary"] for part in parts):
             for part in parts:
                 recognitions = decode_part_sherpa(recognizer, args.manifest_dir, part,
                                                   args.batch_size)

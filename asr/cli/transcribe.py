@@ -46,7 +46,7 @@ from asr.cli.options import (
     add_streaming_arguments,
     set_num_threads,
 )
-from asr.constants import DEFAULT_WINDOW_SECONDS
+from asr.constants import DEFAULT_OVERLAP_SECONDS, DEFAULT_WINDOW_SECONDS
 from asr.fileio import OutputBusyError, check_writable_dir, output_lock, write_text_atomic
 from asr.package import PackageError
 from asr.results import FailedInput
@@ -89,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_streaming_arguments(parser)
     parser.add_argument("--window-seconds", type=float, default=DEFAULT_WINDOW_SECONDS,
                         help="offline: long inputs are decoded in windows of this length")
-    parser.add_argument("--overlap-seconds", type=float, default=2.0,
+    parser.add_argument("--overlap-seconds", type=float, default=DEFAULT_OVERLAP_SECONDS,
                         help="offline: overlap of consecutive windows (cut in its middle)")
     parser.add_argument("--output-dir",
                         help="write <stem>.<format> per input here (default: stdout)")

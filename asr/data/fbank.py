@@ -32,7 +32,7 @@ from asr.data.dataset import DataError, check_cut_manifest
 from asr.data.filtering import check_cut_audio, cut_files, unreadable_field
 from asr.data.librispeech import PREFIX, cuts_path
 from asr.features.fbank import FbankConfig, make_lhotse_fbank
-from asr.fileio import output_lock, publish_directory, staging_directory, write_atomic
+from asr.fileio import output_locks, publish_directory, staging_directory, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def compute_fbank_for_cuts(
         raise DataError(f"cannot compute the features of {len(lost)} of {len(cuts)} cuts; the "
                         f"first, {lost[0].id!r} ({cut_files(lost[0])}): "
                         f"{problem[1] if problem else 'lhotse left it out'}"
-                        f" (the features of the others, {storage}, were removed)")
+                        " (the features computed for the others were removed)")
     return with_feats
 
 
@@ -179,9 +179,8 @@ def compute_fbank_for_parts(
         raise ValueError(f"perturb_parts {sorted(unknown)} are not among parts {list(parts)}")
     parts = list(dict.fromkeys(parts))  # one lock per part
     results = {}
-    with contextlib.ExitStack() as locks:
-        for part in parts:  # all before any work: a second run on one of them is refused now
-            locks.enter_context(output_lock(cuts_path(output_dir, part, prefix)))
+    # all before any work: a second run on one of the parts is refused now
+    with output_locks(cuts_path(output_dir, part, prefix) for part in parts):
         remove_stale_temporaries(output_dir)  # archives of killed runs
         for part in parts:
             src = cuts_path(manifest_dir, part, prefix)

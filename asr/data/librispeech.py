@@ -35,13 +35,12 @@ import random
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 from asr.audio import AudioError, decode_audio
 from asr.data.dataset import cut_manifest_lines
-from asr.fileio import output_lock, read_text, write_atomic
+from asr.fileio import output_lock, output_locks, read_text, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -218,9 +217,8 @@ def prepare_manifests(
         raise ValueError(f"normalize_text must be 'none' or 'lower', got {normalize_text!r}")
     validate_librispeech_tree(corpus_dir, parts)
     output_dir = Path(output_dir)
-    with ExitStack() as locks:  # lhotse writes a part's recordings and supervisions in place
-        for part in dict.fromkeys(parts):
-            locks.enter_context(output_lock(cuts_path(output_dir, part)))
+    # lhotse writes a part's recordings and supervisions in place
+    with output_locks(cuts_path(output_dir, part) for part in parts):
         return _write_manifests(corpus_dir, output_dir, parts, num_jobs, normalize_text)
 
 

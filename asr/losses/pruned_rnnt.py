@@ -118,19 +118,18 @@ def reduce_per_utterance(per_utt: Tensor, reduction: str) -> Tensor:
 
 def blank_padded_tokens(
     tokens: Tensor, token_lens: Tensor, blank_id: int = 0, vocab_size: int | None = None,
-    *, checked: bool = False,
 ) -> Tensor:
     """(B, U) int64 ``tokens`` with ``blank_id`` beyond each ``token_lens``: the losses gather
     log-probs at every position, so whatever the caller padded with (0, WeNet's ignore id -1)
     must be a valid index there; its value never matters.
 
-    The vocabulary check costs a device sync. ``checked=True`` skips it: the caller already ran
-    this function with the vocabulary on these tokens (:class:`asr.heads.transducer.TransducerHead`
-    checks each batch once and hands the losses ``tokens_checked=True``); the padding, which
-    needs no sync, is still applied.
+    The vocabulary check costs a device sync. ``vocab_size=None`` skips it, where the caller
+    already ran this function with the vocabulary on these tokens
+    (:class:`asr.heads.transducer.TransducerHead` checks each batch once and hands the losses
+    ``tokens_checked=True``); the padding, which needs no sync, is still applied.
 
     Raises:
-        ValueError: if ``vocab_size`` is given, ``checked`` is False and a token within
+        ValueError: if ``vocab_size`` is given and a token within
             ``token_lens`` is outside ``[0, vocab_size)`` (a tokenizer that does not match the
             model's vocabulary), which the losses would otherwise turn into a finite,
             meaningless value or an index error.
@@ -138,7 +137,7 @@ def blank_padded_tokens(
     positions = torch.arange(tokens.shape[1], device=tokens.device)[None, :]
     beyond = positions >= token_lens.to(tokens.device)[:, None]
     tokens = tokens.to(torch.int64).masked_fill(beyond, blank_id)
-    if vocab_size is not None and not checked:
+    if vocab_size is not None:
         outside = (tokens < 0) | (tokens >= vocab_size)
         if bool(outside.any()):
             b, u = (int(i) for i in outside.nonzero()[0])
@@ -324,7 +323,7 @@ def rnnt_loss_simple(
             px_grad = am.new_zeros(am.shape[0], num_tokens, 1)
             return loss, (px_grad, am.new_zeros(am.shape[0], num_tokens + 1, 0))
         tokens = blank_padded_tokens(
-            tokens, token_lens, blank_id, am.shape[2], checked=tokens_checked
+            tokens, token_lens, blank_id, None if tokens_checked else am.shape[2]
         )
         px, py = simple_lattice_logprobs(
             am, lm, tokens, frame_lens, lm_only_scale, am_only_scale, blank_id
@@ -506,7 +505,7 @@ def rnnt_loss_pruned(
         if logits.shape[1] == 0:
             return frameless_batch_loss(logits, reduction)
         tokens = blank_padded_tokens(
-            tokens, token_lens, blank_id, logits.shape[-1], checked=tokens_checked
+            tokens, token_lens, blank_id, None if tokens_checked else logits.shape[-1]
         )
         px, py = pruned_lattice_logprobs(logits, tokens, ranges, frame_lens, token_lens, blank_id)
         total = mutual_information_recursion(px, py, token_lens, frame_lens, backend)

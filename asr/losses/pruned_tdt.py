@@ -134,7 +134,7 @@ def tdt_loss_simple(
             return _frameless(am, reduction, return_grad, num_tokens, num_durations)
         vocab_size = am.shape[2] - num_durations
         tokens = blank_padded_tokens(
-            tokens, token_lens, blank_id, vocab_size, checked=tokens_checked
+            tokens, token_lens, blank_id, None if tokens_checked else vocab_size
         )
         px, py = simple_lattice_logprobs(
             am[..., :vocab_size], lm[..., :vocab_size], tokens, frame_lens, lm_only_scale,
@@ -241,7 +241,7 @@ def tdt_loss_pruned(
         num_tokens = tokens.shape[1]
         vocab_size = logits.shape[-1] - len(durations)
         tokens = blank_padded_tokens(
-            tokens, token_lens, blank_id, vocab_size, checked=tokens_checked
+            tokens, token_lens, blank_id, None if tokens_checked else vocab_size
         )
         padded = torch.cat([tokens, tokens.new_zeros(tokens.shape[0], 1)], 1)
         symbols = torch.gather(padded, 1, ranges.clamp(max=num_tokens).flatten(1))

@@ -71,7 +71,7 @@ def rnnt_loss(
     if logits.shape[1] == 0 or bool(no_frames.all()):  # nothing torchaudio could run on
         return frameless_batch_loss(logits.float(), reduction)
     tokens = blank_padded_tokens(
-        tokens, token_lens, blank_id, logits.shape[-1], checked=tokens_checked
+        tokens, token_lens, blank_id, None if tokens_checked else logits.shape[-1]
     )
     # Frame-less utterances run on one padding frame (finite, then replaced by inf).
     frame_lens = frame_lens.clamp(min=1)

@@ -209,7 +209,7 @@ def tdt_loss(
         token_lens = token_lens.to(logits.device, torch.int64)
         vocab_size = logits.shape[-1] - len(durations)
         tokens = blank_padded_tokens(
-            tokens, token_lens, blank_id, vocab_size, checked=tokens_checked
+            tokens, token_lens, blank_id, None if tokens_checked else vocab_size
         )
         padded = torch.cat([tokens, tokens.new_zeros(tokens.shape[0], 1)], 1)
         sym_lp, blank_lp, dur_lp = tdt_node_logprobs(logits, padded, durations, blank_id)

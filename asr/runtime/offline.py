@@ -58,7 +58,7 @@ from asr.audio import (
     decode_audio,
     resample,
 )
-from asr.constants import DEFAULT_WINDOW_SECONDS
+from asr.constants import DEFAULT_OVERLAP_SECONDS, DEFAULT_WINDOW_SECONDS
 from asr.decoding import Searcher
 from asr.features.fbank import compute_fbank
 from asr.package import load_package
@@ -236,7 +236,7 @@ class Transcriber:
         batch_size: int = 8,
         streaming: bool = False,
         window_seconds: float = DEFAULT_WINDOW_SECONDS,
-        overlap_seconds: float = 2.0,
+        overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
         progress: bool = False,
         on_error: Literal["raise", "return"] = "raise",
         hotwords: HotwordsSpec = None,
@@ -332,10 +332,9 @@ class Transcriber:
         progress: bool,
         searcher_name: str | None = None,
     ) -> list[TranscriptionResult]:
-        rate = self.sample_rate
+        rate, grid = self.sample_rate, self.window_grid
         results = self.runtime.results
-        plans = [plan_windows(i, a.samples.shape[0], rate, window_seconds, overlap_seconds,
-                              self.window_grid)
+        plans = [plan_windows(i, a.samples.shape[0], rate, window_seconds, overlap_seconds, grid)
                  for i, a in enumerate(audios)]
         windows = [w for plan in plans for w in plan]
         windows.sort(key=lambda w: w.end - w.start, reverse=True)

@@ -261,8 +261,10 @@ def _finder(needles: Sequence[str]) -> Callable[[str], list[str]]:
         found = []
         for start, word in enumerate(words):
             for length in lengths.get(word, ()):
+                if start + length > len(words):
+                    continue
                 run = " ".join(words[start : start + length])
-                if start + length <= len(words) and run in wanted:
+                if run in wanted:
                     found.append(run)
         return found
 

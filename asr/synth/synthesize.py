@@ -459,7 +459,7 @@ def synthesize_corpus(
     with output_lock(corpus_dir), ExitStack() as staging:
         kept = reuse_existing(corpus_dir, settings, sizes, overwrite)
         num_sentences = {p: -(-n // repeats[p]) for p, n in sizes.items()}  # ceil
-        order, num_free = shuffle_pool(pool, seed), len(pool.sentences)
+        order = shuffle_pool(pool, seed)
         if not segments:  # sentences inside other pool sentences last: never dev/test ones
             order, num_free = contained_last(order)
         texts = {p: order for p in sizes}

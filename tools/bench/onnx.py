@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         export_onnx(package, exports["streaming"], streaming=True, int8=True, force=True)
     logger.info("%d files, %.1f s of audio; package %s", len(waves), seconds, package)
 
-    batch = max(1, args.batch_size)
+    batch = args.batch_size
     load_before = _load()
     no_endpoints = EndpointConfig(enabled=False)
     rows: dict[tuple[str, str], dict[int, tuple[tuple[float, float], ...]]] = {}
