@@ -4,6 +4,8 @@ checking, which files the stages hand each other, and failures that must stop a 
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import stat
 import subprocess
 from pathlib import Path
@@ -16,7 +18,7 @@ RUN, PREPARE = LIBRI / "run.sh", LIBRI / "prepare.sh"
 MINI_TTS = REPO / "egs" / "mini_tts" / "ASR" / "run.sh"
 END = "@@end"
 
-# `asr`, `python` and `lhotse` of the stub venv: records each call's arguments (NUL-separated, END
+# `asr`, `python`, `lhotse` and `torchrun` of the stub venv: records each call's arguments (NUL-separated, END
 # after the last), fails the subcommand named in $STUB_FAIL, and prints what the scripts read: a
 # WER summary path for the decoders, a report for export-onnx, which with $STUB_NO_STREAMING has
 # no streaming layout (as for a TDT, CTC or CIF model: exit 1, or 0 without a report with
@@ -47,7 +49,7 @@ def stub(tmp_path: Path):
     of the stub `asr` (and with everything=True of `python` and `lhotse`, the program first)."""
     venv_bin = tmp_path / "venv" / "bin"
     venv_bin.mkdir(parents=True)
-    for program in ("asr", "python", "lhotse"):
+    for program in ("asr", "python", "lhotse", "torchrun"):
         (venv_bin / program).write_text(STUB)
         (venv_bin / program).chmod((venv_bin / program).stat().st_mode | stat.S_IEXEC)
     log = tmp_path / "calls.txt"
@@ -294,3 +296,55 @@ def test_stage_4_makes_musan_fbank_again_only_when_it_is_stale(stub, tmp_path):
     cuts.unlink()
     (cuts.parent / "musan_cuts.partial.jsonl.gz").write_bytes(b"")  # a killed extraction
     assert stage_4() == made and cuts.is_file()
+
+
+def _documented_runs(readme: str) -> list[tuple[list[str], list[list[str]]]]:
+    """(script argv, the commands the README says it runs) for each ``bash run.sh|prepare.sh``
+    line of the README's shell blocks followed by (or ending in) ``#   asr ...`` /
+    ``#   torchrun ...`` comments; ``\\`` continuations joined."""
+    runs: list[tuple[list[str], list[list[str]]]] = []
+    for block in re.findall(r"```bash\n(.*?)```", readme, flags=re.S):
+        for line in re.sub(r"\\\n\s*#?\s*", " ", block).splitlines():
+            code, _, comment = line.partition("  # ")
+            if code.startswith("bash "):
+                runs.append((shlex.split(code)[1:], []))
+                line = "#   " + comment
+            command = re.match(r"#\s+((?:asr|torchrun)\b.*)", line.strip())
+            if command and runs:
+                runs[-1][1].append(shlex.split(command.group(1)))
+    return [run for run in runs if run[1]]
+
+
+def _matches(documented: list[str], actual: list[str]) -> bool:
+    """Whether a documented command is a call: ``...`` stands for any arguments, and a path may
+    be written relative to the repository (``recipes/...``, where the script passes it whole)."""
+    if not documented:
+        return not actual
+    if documented[0] == "...":
+        return any(_matches(documented[1:], actual[i:]) for i in range(len(actual) + 1))
+    return bool(actual) and (actual[0] == documented[0] or actual[0].endswith("/" + documented[0])) \
+        and _matches(documented[1:], actual[1:])
+
+
+def test_the_librispeech_readme_shows_the_commands_its_stages_run(stub, tmp_path):
+    """Each command recipes/librispeech/README.md says a stage runs is one the stage runs, in
+    order (the stage 6 comment had lost the shuffled training manifest it trains on)."""
+    run, calls = stub
+    readme = (REPO / "recipes" / "librispeech" / "README.md").read_text(encoding="utf-8")
+    runs = _documented_runs(readme)
+    assert len(runs) >= 6, runs
+    for i, ((script, *args), documented) in enumerate(runs):
+        work = tmp_path / f"work{i}"
+        for command in documented:  # what the earlier stages would have made (stage 8's weights)
+            for option, value in zip(command, command[1:]):
+                if option == "--output" and value.endswith(".safetensors"):
+                    (work / value).parent.mkdir(parents=True, exist_ok=True)
+                    (work / value).write_bytes(b"")
+        before = len(calls(everything=True))
+        result = run(LIBRI / script, "--work-dir", str(work), *args)
+        assert result.returncode == 0, result.stderr
+        made = iter(calls(everything=True)[before:])
+        for command in documented:
+            assert any(_matches(command, call) for call in made), (
+                f"bash {script} {shlex.join(args)} runs no `{shlex.join(command)}`: "
+                f"{calls(everything=True)[before:]}")

@@ -18,7 +18,9 @@
 #        a streaming recipe also at full context (results in <searcher>-full-context/); with
 #        --lm-unit token|word the beam searches fuse that LM of stage 5 (--lm-weight; not
 #        tuned on LibriSpeech: pick it on dev-clean)
-#   8    average epochs (epoch-avg+1)..epoch into exp/${recipe}/averaged-epoch-E-avg-N.safetensors
+#   8    average epochs (epoch-avg+1)..epoch into
+#        exp/${recipe}/averaged-epoch-E-avg-N-use-averaged-model.safetensors (without the suffix
+#        with --use-averaged-model false)
 #   9    export a model package exp/${recipe}/package from the averaged weights
 #   10   export it for sherpa-onnx (exp/${recipe}/onnx, and exp/${recipe}/onnx-streaming when the
 #        model streams and is an RNN-T transducer; fp32 and int8: each layout sherpa-onnx has for
