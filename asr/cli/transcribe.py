@@ -9,7 +9,8 @@ recipe exported it with); ``--searcher`` and ``--set search.FIELD=VALUE`` change
 
 Output goes to stdout (or one file per input with ``--output-dir``):
 
-* ``text``: one line per input: its transcript, or ``SOURCE<TAB>TEXT`` with several inputs;
+* ``text``: one line per input: its transcript, or ``SOURCE<TAB>TEXT`` with several inputs on
+  stdout (a file of ``--output-dir`` holds its transcript alone);
 * ``json``: JSON Lines: one JSON object per input and line (source, text, tokens, token times,
   words, segments), in input order;
 * ``srt`` / ``vtt``: subtitles; cues break at segments, pauses >= ``PAUSE`` s, and after
@@ -61,7 +62,8 @@ MAX_CUE_SECONDS = 6.0
 MAX_CUE_CHARS = 42
 
 
-FORMAT_HELP = ("text: one line per input (its text; SOURCE<TAB>TEXT with several inputs); "
+FORMAT_HELP = ("text: one line per input (its text; SOURCE<TAB>TEXT with several inputs on "
+               "stdout); "
                "json: JSON Lines, one object per input (text, tokens, times, words); "
                "srt / vtt: subtitles (several inputs need --output-dir)")
 
@@ -222,7 +224,9 @@ def _transcribe(args: argparse.Namespace, files: list[str]) -> int:
         model = load_model(args.model, device=args.device, searcher=args.searcher,
                            search=args.search_overrides)
         if not args.streaming:  # a missing LM or hotword file, bad phrases fail here
-            model.searcher(args.searcher, args.hotwords)
+            model.searcher(args.searcher)  # built once (cached); with hotwords, per call
+            if args.hotwords is not None:
+                model.runtime.hotword_graph(args.hotwords)
         if args.streaming:  # a searcher that does not stream (or bias) fails here
             recognizer = model.streaming_recognizer(args.searcher, chunk_size=args.chunk_size,
                                                     left_chunks=args.left_chunks,
@@ -266,7 +270,8 @@ def _transcribe(args: argparse.Namespace, files: list[str]) -> int:
                 logger.warning("removed %s, an earlier run's output for %s, which failed now",
                                paths[index], result.source)
             continue
-        text = format_result(result, args.format, with_source=len(files) > 1)
+        # a file of its own holds its text alone, whatever the number of inputs
+        text = format_result(result, args.format, with_source=out_dir is None and len(files) > 1)
         if out_dir is not None:
             write_text_atomic(paths[index], text)
         else:

@@ -33,7 +33,7 @@ class ServerConfig:
 
     Attributes:
         host: interface to bind; the loopback interface unless asked otherwise.
-        port: TCP port (0: any free port, see ``RecognitionServer.port``).
+        port: TCP port (0: any free port; the server logs the one it got).
         max_connections: websocket sessions served at once; more are refused with HTTP 503.
         max_message_bytes: largest websocket message accepted; larger ones close the
             connection with code 1009 (message too big).

@@ -223,6 +223,17 @@ def test_subtitles_for_several_files_need_output_dir(tiny, audio_dir, tmp_path, 
         assert " ".join(c[2] for c in cues) == text
 
 
+def test_text_files_of_output_dir_hold_their_transcript_alone(tiny, audio_dir, tmp_path, capsys):
+    """With several inputs a file of --output-dir held ``SOURCE<TAB>TEXT``, with one input the
+    text alone: a file's content depended on the rest of the command line."""
+    files = [audio_dir / "utt0.wav", audio_dir / "utt1.mp3"]
+    code, _, _ = _run([*files, "--model", tiny.package_dir, "--output-dir", tmp_path / "txt"],
+                      capsys)
+    assert code == 0
+    for name, text in (("utt0.txt", tiny.texts[0]), ("utt1.txt", tiny.texts[1])):
+        assert (tmp_path / "txt" / name).read_text() == text + "\n"
+
+
 def test_bad_inputs_fail_per_file(tiny, audio_dir, tmp_path):
     """Missing, empty, corrupt and non-audio files: errors naming them, exit 1, the rest done."""
     empty = tmp_path / "empty.wav"
@@ -319,6 +330,10 @@ def test_hotwords_options(tiny, audio_dir, tmp_path, capsys, caplog):
     model = load_model(tiny.package_dir, searcher="ctc_prefix_beam")
     result = model.transcribe(wav, hotwords=[words[0]])[0]
     assert result.text.split()[0] == words[0]
+    caplog.clear()  # a searcher without biasing says so once (the early check built it twice)
+    code, greedy, _ = _run([wav, "--model", tiny.package_dir, "--searcher", "ctc_greedy",
+                            "--hotwords", words[0]], capsys)
+    assert code == 0 and greedy and caplog.text.count("does not use hotwords") == 1
 
 
 def test_streaming_hotwords_options(tiny, audio_dir, tmp_path, capsys, caplog):
