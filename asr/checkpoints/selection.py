@@ -52,8 +52,9 @@ class WeightSelection:
             raise ValueError("--use-averaged-model needs --epoch (and --avg)")
         if self.avg != 1 and self.epoch is None:
             raise ValueError("--avg needs --epoch")
-        if self.avg < 1:
-            raise ValueError(f"--avg must be >= 1, got {self.avg}")
+        for flag, value in (("--avg", self.avg), ("--last", self.last), ("--epoch", self.epoch)):
+            if value is not None and value < 1:
+                raise ValueError(f"{flag} must be >= 1, got {value}")
 
     def is_default(self) -> bool:
         """Whether no way was chosen (the newest step checkpoint)."""

@@ -118,10 +118,10 @@ class TimeBudget:
     the cost of a step (from a fifth of the calibration steps on, over the latest
     ``time_budget_window`` steps, without the ends of epochs) and of an end of epoch, plans the
     total step count (:func:`plan_total_steps`) after ``time_budget_calibration_steps`` steps,
-    every ``time_budget_quantum`` steps after that and at every end of epoch, and says when the
-    budget is spent. Every method that plans or checks the budget is collective when
-    distributed: rank 0's plan holds everywhere, and every rank stops once any rank's clock says
-    the budget is spent.
+    every ``time_budget_quantum`` steps after that and at every end of epoch, and says after every
+    step and every end of epoch whether the budget is spent. Every method that plans or checks
+    the budget is collective when distributed: rank 0's plan holds everywhere, and every rank
+    stops once any rank's clock says the budget is spent.
 
     Args:
         cfg: the loop settings.
@@ -187,8 +187,8 @@ class TimeBudget:
             total = self._plan(progress)  # after calibration, then every quantum steps
             if since > 0:
                 self._mark_rate(progress)
-        if progress.step % self.cfg.log_interval == 0:
-            self._check(progress)
+        # Every step, not every log_interval: a run stops at the first step past its budget.
+        self._check(progress)
         return total
 
     def after_epoch(self, progress: Progress, end_seconds: float) -> int | None:

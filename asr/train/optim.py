@@ -128,9 +128,10 @@ class Scheduler:
 
     Its state is the optimizer steps taken, the reference steps they made, the epochs completed
     and the cosine horizon in reference steps (``cfg.total_steps`` unless a time-budgeted run
-    re-planned it with :meth:`set_total_steps`). Each step counts at the scale of the run that
-    took it: a run resumed with another global batch (another number of processes) continues
-    the schedule from the audio trained so far.
+    re-planned it with :meth:`set_total_steps`: a resumed run takes its configuration's
+    ``total_steps``, changed or not, unless the horizon was re-planned, whose plan it continues).
+    Each step counts at the scale of the run that took it: a run resumed with another global
+    batch (another number of processes) continues the schedule from the audio trained so far.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, cfg: OptimConfig,
@@ -145,6 +146,7 @@ class Scheduler:
         # (reference steps, optimizer steps) from which steps count at this step_scale
         self._base_reference, self._base_count = 0.0, 0
         self.total_reference = float(cfg.total_steps)
+        self.planned = False  # whether set_total_steps replaced cfg.total_steps
         self._apply()
 
     @property
@@ -161,6 +163,7 @@ class Scheduler:
         """Moves the end of the cosine decay to optimizer step ``total_steps`` from now on."""
         self.total_reference = (self._base_reference
                                 + (int(total_steps) - self._base_count) * self.step_scale)
+        self.planned = True
         self._apply()
 
     def set_epoch(self, epochs_done: int) -> None:
@@ -181,12 +184,13 @@ class Scheduler:
     def get_last_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
-    def state_dict(self) -> dict[str, float]:
+    def state_dict(self) -> dict[str, float | bool]:
         return {"step_count": self.step_count, "epoch": self.epoch,
-                "total_reference": self.total_reference, "step_scale": self.step_scale,
-                "base_reference": self._base_reference, "base_count": self._base_count}
+                "total_reference": self.total_reference, "planned": self.planned,
+                "step_scale": self.step_scale, "base_reference": self._base_reference,
+                "base_count": self._base_count}
 
-    def load_state_dict(self, state: dict[str, float]) -> None:
+    def load_state_dict(self, state: dict[str, float | bool]) -> None:
         self.step_count = int(state["step_count"])
         self.epoch = int(state.get("epoch", 0))
         scale = float(state.get("step_scale", self.step_scale))  # older states: this scale
@@ -196,10 +200,16 @@ class Scheduler:
             base_reference += (self.step_count - base_count) * scale
             base_count = self.step_count
         self._base_reference, self._base_count = base_reference, base_count
-        if "total_reference" in state:
+        # a plan is the run's own; otherwise the horizon is the config's (older states, which
+        # do not say, keep theirs)
+        self.planned = bool(state.get("planned", True))
+        if not self.planned:
+            self.total_reference = float(self.cfg.total_steps)
+        elif "total_reference" in state:
             self.total_reference = float(state["total_reference"])
         elif "total_steps" in state:  # older states: the horizon in optimizer steps
             self.total_reference = float(state["total_steps"]) * scale
         else:
             self.total_reference = float(self.cfg.total_steps)
+            self.planned = False
         self._apply()

@@ -1,4 +1,5 @@
 import random
+import re
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from asr.checkpoints.io import (
     safe_torch_load,
     save_weights,
 )
+from asr.checkpoints.selection import WeightSelection
 
 
 def test_atomic_save_round_trip_and_no_temp_left(tmp_path):
@@ -116,3 +118,15 @@ def test_running_average_equals_mean_of_sampled_models():
     assert torch.allclose(avg.averaged_state_dict(model)["weight"].double(), expected, atol=1e-5)
 
 
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"last": 0}, "--last must be >= 1, got 0"),
+    ({"last": -2}, "--last must be >= 1, got -2"),
+    ({"epoch": 0}, "--epoch must be >= 1, got 0"),
+])
+def test_a_selection_of_no_checkpoint_is_refused_as_such(tmp_path, kwargs, message):
+    """``--last 0`` was reported as missing files ("holds 3 checkpoint-N.pt files, 0
+    requested") and ``--epoch 0`` as a missing ``epoch-0.pt``: bad values, named as such."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        WeightSelection(**kwargs)

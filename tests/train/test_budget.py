@@ -114,7 +114,7 @@ class TimedToy(ToyModel):
 
 
 def budget_run(exp_dir, clock, budget=60.0, resume=False, fail_at=0, max_epochs=50,
-               calibration=3, window=200, **timing):
+               calibration=3, window=200, quantum=1, log_interval=1, **timing):
     torch.manual_seed(0)
     model = TimedToy(clock, **timing)
 
@@ -131,9 +131,10 @@ def budget_run(exp_dir, clock, budget=60.0, resume=False, fail_at=0, max_epochs=
     trainer = Trainer(
         model,
         OptimConfig(lr=1e-2, warmup_steps=3, schedule="cosine", total_steps=1000, min_lr=1e-4),
-        TrainConfig(max_epochs=max_epochs, checkpoint_interval=4, log_interval=1, average_period=0,
-                    keep_last=0, time_budget_s=budget, time_budget_calibration_steps=calibration,
-                    time_budget_quantum=1, time_budget_window=window),
+        TrainConfig(max_epochs=max_epochs, checkpoint_interval=4, log_interval=log_interval,
+                    average_period=0, keep_last=0, time_budget_s=budget,
+                    time_budget_calibration_steps=calibration, time_budget_quantum=quantum,
+                    time_budget_window=window),
         exp_dir, train_batches=train_batches, valid_batches=lambda: batches(99, 0, 2),
         evaluate=evaluate, clock=clock,
     )
@@ -176,6 +177,19 @@ def test_a_stall_no_plan_can_absorb_stops_at_the_budget(tmp_path, caplog):
     p = trainer.progress
     assert 60.0 <= clock.now <= 60.0 + 11.0  # checked after every step (log_interval 1)
     assert (tmp_path / f"checkpoint-{p.step}.pt").is_file()
+
+
+def test_the_budget_stops_a_run_at_the_first_step_past_it_whatever_the_log_interval(tmp_path):
+    """A 30 s stall in step 26 spends the 60 s budget that the plan made at step 23 (30 steps)
+    did not foresee: the run stops right after that step, not at the next logged step or end of
+    epoch (log_interval 10, as in the recipes)."""
+    clock = FakeClock()
+    trainer = budget_run(tmp_path, clock, budget=60.0, stall_at=26, stall_s=30.0, quantum=10,
+                         log_interval=10)
+    p = trainer.progress
+    assert p.planned_steps == 30 and p.step == 26
+    assert clock.now == pytest.approx(26 + 3 * 5 + 30)  # 26 steps, 3 epoch ends, the stall
+    assert (tmp_path / "checkpoint-26.pt").is_file()
 
 
 def _changing_run(tmp_path, caplog, window, change_after, factor):

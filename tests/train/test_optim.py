@@ -78,6 +78,30 @@ def test_scheduler_state_holds_the_epoch():
         OptimConfig(reference_batch_seconds=-1.0)
 
 
+def test_a_resumed_run_takes_a_changed_cosine_horizon_and_keeps_a_time_budgets_plan():
+    """``--set optim.total_steps=100`` on resuming a run begun with 10: the checkpoint's horizon
+    replaced the new one, so the run decayed to the old end (the config's other schedule
+    values, lr and warmup, did take effect). A horizon re-planned by a time budget is the run's
+    own and is restored."""
+    def scheduler(total_steps):
+        cfg = OptimConfig(lr=1e-2, schedule="cosine", warmup_steps=2, total_steps=total_steps)
+        return Scheduler(build_optimizer(torch.nn.Linear(2, 2), cfg), cfg), cfg
+
+    old, _ = scheduler(10)
+    for _ in range(4):
+        old.step()
+    longer, cfg = scheduler(100)
+    longer.load_state_dict(old.state_dict())
+    assert longer.get_last_lr() == pytest.approx(1e-2 * lr_factor(cfg, 4))
+    assert longer.total_steps == 100
+
+    old.set_total_steps(8)  # a time budget's plan
+    planned, _ = scheduler(100)
+    planned.load_state_dict(old.state_dict())
+    assert planned.total_steps == 8
+    assert planned.get_last_lr() == pytest.approx(old.get_last_lr())
+
+
 @pytest.mark.parametrize("schedule", ["noam", "cosine"])
 def test_resuming_with_another_number_of_processes_continues_the_schedule_in_audio(schedule):
     """30 steps of 100 s (1 process), then resumed with 2 processes (200 s steps): the schedule
