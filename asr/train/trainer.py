@@ -42,6 +42,7 @@ from asr.checkpoints.io import (
     epoch_checkpoint_path,
     latest_checkpoint,
     link_epoch_checkpoint,
+    list_checkpoints,
     remove_old_checkpoints,
     remove_stale_temporaries,
     restore_rng_state,
@@ -219,10 +220,19 @@ class Trainer:
         """
         if self.dist.is_main:
             remove_stale_temporaries(self.exp_dir)
+        newest = not path
         path = Path(path) if path else latest_checkpoint(self.exp_dir)
         if path is None:
             return False
-        state = safe_torch_load(path, map_location=self.device)
+        try:
+            state = safe_torch_load(path, map_location=self.device)
+        except CheckpointError as err:
+            earlier = [p for _, p in list_checkpoints(self.exp_dir) if p != path]
+            if not newest or not earlier:
+                raise
+            raise CheckpointError(  # the newest is unreadable: say how to go on from the one before
+                f"{err}; to resume from the checkpoint before it ({earlier[-1].name}), move "
+                f"{path.name} out of {self.exp_dir}") from err
         try:
             self.load_state_dict(state)
         except (RuntimeError, KeyError, ValueError) as err:

@@ -125,6 +125,22 @@ def test_resuming_another_models_checkpoint_names_the_file(tmp_path):
         trainer.resume()
 
 
+def test_an_unreadable_newest_checkpoint_says_how_to_resume_from_the_one_before(tmp_path):
+    """A newest checkpoint damaged after it was written (a disk error, a partial copy): resume
+    refuses it, naming it, and says which earlier one resuming would take once it is moved."""
+    run(tmp_path, max_steps=4)  # checkpoints at steps 2 and 4
+    newest = tmp_path / "checkpoint-4.pt"
+    newest.write_bytes(newest.read_bytes()[:100])
+    trainer = Trainer(ToyModel(), OptimConfig(lr=1e-2), TrainConfig(max_epochs=1), tmp_path,
+                      train_batches=batches)
+    with pytest.raises(CheckpointError, match=r"checkpoint-4\.pt \(100 bytes\).*; to resume "
+                       r"from the checkpoint before it \(checkpoint-2\.pt\), move checkpoint-4"):
+        trainer.resume()
+    with pytest.raises(CheckpointError) as named:  # a file asked for by name: no hint
+        trainer.resume(newest)
+    assert "to resume from" not in str(named.value)
+
+
 def test_resume_names_an_epoch_left_unnamed_and_removes_dead_writers_temporaries(tmp_path):
     """A run killed after writing its epoch-end checkpoint but before linking ``epoch-E.pt``,
     and one killed inside a checkpoint write: resuming repairs both."""
