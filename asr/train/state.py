@@ -18,7 +18,10 @@ class TrainConfig:
         valid_interval: steps between mid-epoch validations (0: only at the end of each epoch).
         checkpoint_interval: steps between ``checkpoint-N.pt`` writes (0: only per epoch).
         keep_last: how many step checkpoints to keep (0 keeps all).
-        average_period: steps between updates of the running parameter average (0: off).
+        average_period: steps between updates of the running parameter average (0: off). A
+            resumed run keeps the period its checkpoint was written with (the average is a
+            mean over samples every that many steps); averaging turned on at a resume starts
+            from the resumed weights, counted as the mean of every earlier step.
         use_amp: mixed precision on CUDA (losses stay float32); ignored on CPU.
         amp_dtype: ``bfloat16`` (no loss scaling needed; Ampere and newer GPUs) or ``float16``
             (with a GradScaler, which skips overflowing steps and lowers its scale): the choice
