@@ -306,8 +306,8 @@ def rnnt_loss_simple(
         backend: mutual-information backend (``auto | torch | triton``).
         return_grad: also return the detached arc occupations ``(px_grad (B, U, T + 1),
             py_grad (B, U + 1, T))`` used by :func:`get_pruning_ranges`.
-        tokens_checked: :func:`blank_padded_tokens`' ``checked`` (the transducer head's
-            tokens, checked once per batch: no second device sync).
+        tokens_checked: the tokens were checked against the vocabulary already (the
+            transducer head's, once per batch): padded only, no second check and device sync.
 
     Returns:
         the loss (reduced per ``reduction``; ``+inf`` for utterances without frames), and

@@ -118,8 +118,8 @@ def tdt_loss_simple(
         backend: TDT recursion backend (``auto | torch | triton``).
         return_grad: also return the detached arc occupations ``(token_occ (B, T, U, D),
             blank_occ (B, T, U + 1, D))`` used by :func:`tdt_pruning_ranges`.
-        tokens_checked: :func:`asr.losses.pruned_rnnt.blank_padded_tokens`' ``checked``
-            (the transducer head's tokens, checked once per batch: no second device sync).
+        tokens_checked: the tokens were checked against the vocabulary already (the
+            transducer head's, once per batch): padded only, no second check and device sync.
 
     Returns:
         the loss (reduced per ``reduction``; ``+inf`` for utterances without a complete

@@ -48,8 +48,8 @@ def rnnt_loss(
         blank_id: blank index (0 everywhere in this toolkit).
         clamp: gradient clamp passed to torchaudio (``-1`` disables it).
         reduction: ``"sum"`` (default, the heads' convention), ``"mean"`` or ``"none"``.
-        tokens_checked: :func:`asr.losses.pruned_rnnt.blank_padded_tokens`' ``checked``
-            (the transducer head's tokens, checked once per batch: no second device sync).
+        tokens_checked: the tokens were checked against the vocabulary already (the
+            transducer head's, once per batch): padded only, no second check and device sync.
 
     Returns:
         scalar for ``sum``/``mean``, else (B,); ``+inf`` for utterances with ``T_b = 0``.

@@ -186,8 +186,8 @@ def tdt_loss(
         omega: weight of the plain RNN-T loss on the token logits, in ``[0, 1)`` (module
             docstring; 0 disables).
         backend: recursion backend ``auto | torch | triton`` (TDT and, with ``omega``, RNN-T).
-        tokens_checked: :func:`asr.losses.pruned_rnnt.blank_padded_tokens`' ``checked``
-            (the transducer head's tokens, checked once per batch: no second device sync).
+        tokens_checked: the tokens were checked against the vocabulary already (the
+            transducer head's, once per batch): padded only, no second check and device sync.
 
     Returns:
         scalar for ``sum``/``mean``, else (B,); ``+inf`` for utterances without a complete
