@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torchrun_helpers import run_torchrun
 from train_helpers import tiny_experiment, write_yaml
 
 from asr.checkpoints.io import safe_torch_load
@@ -41,9 +42,7 @@ def test_two_process_asr_train_equals_one_process_accumulating_two_batches(tmp_p
     config = write_yaml(_deterministic_experiment(tiny_corpus), tmp_path / "ddp.yaml")
     env = _env()
     main = ["-m", "asr.cli.main", "train", "--config", str(config), "--num-threads", "1"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    subprocess.run(torchrun + main + ["--exp-dir", str(tmp_path / "two")], env=env,
-                   check=True, capture_output=True, timeout=300)
+    run_torchrun([*main, "--exp-dir", str(tmp_path / "two")], nproc=2, env=env, timeout=300)
     subprocess.run([sys.executable, *main, "--exp-dir", str(tmp_path / "one"),
                     "--set", "train.accum_grad=2"], env=env, check=True, capture_output=True,
                    timeout=300)
@@ -66,10 +65,8 @@ def test_two_processes_accumulating_equal_one_process_accumulating_twice_as_many
     config = write_yaml(_deterministic_experiment(tiny_corpus), tmp_path / "ddp.yaml")
     env = _env()
     main = ["-m", "asr.cli.main", "train", "--config", str(config), "--num-threads", "1"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    subprocess.run(torchrun + main + ["--exp-dir", str(tmp_path / "two"),
-                                      "--set", "train.accum_grad=2"], env=env, check=True,
-                   capture_output=True, timeout=300)
+    run_torchrun([*main, "--exp-dir", str(tmp_path / "two"), "--set", "train.accum_grad=2"],
+                 nproc=2, env=env, timeout=300)
     subprocess.run([sys.executable, *main, "--exp-dir", str(tmp_path / "one"),
                     "--set", "train.accum_grad=4"], env=env, check=True, capture_output=True,
                    timeout=300)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torchrun_helpers import run_torchrun
 
 from asr.checkpoints.io import CheckpointError, list_checkpoints, safe_torch_load
 from asr.train.optim import OptimConfig, lr_factor
@@ -273,7 +274,7 @@ def test_non_finite_steps_in_a_row_stop_training_naming_the_cuts(tmp_path):
 
 DDP_SCRIPT = r'''
 import os, sys, torch
-sys.path.insert(0, os.environ["TEST_DIR"])
+sys.path[:0] = [os.environ["TEST_DIR"], os.path.dirname(os.environ["TEST_DIR"])]
 from test_trainer import ToyModel, make_batch
 from asr.train.distributed import setup_distributed, cleanup_distributed
 from asr.train.optim import OptimConfig, lr_factor
@@ -301,15 +302,20 @@ cleanup_distributed()
 '''
 
 
+def _ddp_env(tmp_path: Path) -> dict[str, str]:
+    """TEST_DIR and OUT_DIR for the scripts, one thread per process, and this checkout first on
+    the import path (an installed asr may be another checkout's)."""
+    root = str(Path(__file__).resolve().parents[2])
+    return dict(os.environ, TEST_DIR=str(Path(__file__).parent), OUT_DIR=str(tmp_path),
+                OMP_NUM_THREADS="1",
+                PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+
+
 def test_two_process_torchrun_gives_the_same_gradients_as_one_process(tmp_path):
     script = tmp_path / "ddp_check.py"
     script.write_text(DDP_SCRIPT)
-    env = dict(os.environ, TEST_DIR=str(Path(__file__).parent), OUT_DIR=str(tmp_path),
-               OMP_NUM_THREADS="1")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     for nproc in (1, 2):
-        subprocess.run(torchrun + [f"--nproc-per-node={nproc}", str(script)], env=env, check=True,
-                       capture_output=True, timeout=180)
+        run_torchrun([str(script)], nproc=nproc, env=_ddp_env(tmp_path), timeout=180)
     one = torch.load(tmp_path / "grads_1.pt")
     two = torch.load(tmp_path / "grads_2.pt")
     for name in one:
@@ -327,7 +333,7 @@ def test_each_forward_gets_the_optimizer_steps_taken_so_far(tmp_path):
 
 DDP_SKIP_SCRIPT = r'''
 import os, sys, torch
-sys.path.insert(0, os.environ["TEST_DIR"])
+sys.path[:0] = [os.environ["TEST_DIR"], os.path.dirname(os.environ["TEST_DIR"])]
 from test_trainer import NanAt, batches
 from asr.train.distributed import setup_distributed, cleanup_distributed
 from asr.train.optim import OptimConfig, lr_factor
@@ -349,17 +355,10 @@ cleanup_distributed()
 
 
 def _torchrun_two(tmp_path: Path, script: str) -> None:
-    """Runs ``script`` in 2 torchrun processes (gloo on CPU) with TEST_DIR and OUT_DIR set and
-    this checkout first on the import path."""
+    """Runs ``script`` in 2 torchrun processes (gloo on CPU), environment as :func:`_ddp_env`."""
     path = tmp_path / "ddp_script.py"
     path.write_text(script)
-    root = str(Path(__file__).resolve().parents[2])
-    env = dict(os.environ, TEST_DIR=str(Path(__file__).parent), OUT_DIR=str(tmp_path),
-               OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    "--nproc-per-node=2", str(path)], env=env, check=True, capture_output=True,
-                   timeout=180)
+    run_torchrun([str(path)], nproc=2, env=_ddp_env(tmp_path), timeout=180)
 
 
 def test_a_non_finite_step_on_one_rank_is_skipped_on_every_rank(tmp_path):
@@ -373,7 +372,7 @@ def test_a_non_finite_step_on_one_rank_is_skipped_on_every_rank(tmp_path):
 
 DDP_RESUME_SCRIPT = r'''
 import os, sys, torch
-sys.path.insert(0, os.environ["TEST_DIR"])
+sys.path[:0] = [os.environ["TEST_DIR"], os.path.dirname(os.environ["TEST_DIR"])]
 from test_trainer import ToyModel, batches
 from asr.train.distributed import setup_distributed, cleanup_distributed
 from asr.train.optim import OptimConfig
