@@ -1,13 +1,36 @@
 import os
+import subprocess
 
 import pytest
 import torch
 
+pytest_plugins = ["pytester"]
+
 # Two cores here and in CI: keep intra-op threads bounded so parallel work is predictable.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+#: characters of a failed subprocess' captured stdout / stderr shown in a failure report
+SUBPROCESS_TAIL = 6000
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A test that fails on ``subprocess.run(..., check=True, capture_output=True)`` reports the
+    process' captured output (its tail), which ``CalledProcessError`` alone does not print."""
+    outcome = yield
+    error = call.excinfo.value if call.excinfo is not None else None
+    if not isinstance(error, subprocess.CalledProcessError):
+        return
+    report = outcome.get_result()
+    for name, data in (("stdout", error.stdout), ("stderr", error.stderr)):
+        if isinstance(data, bytes):
+            data = data.decode("utf-8", "replace")
+        if data:
+            report.sections.append((f"Captured {name} of the failed subprocess",
+                                    data[-SUBPROCESS_TAIL:]))
