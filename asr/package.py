@@ -101,6 +101,24 @@ class PackageError(ValueError):
     """A package or experiment file that is missing, truncated, corrupt or inconsistent."""
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+#: JSON type of each annotation of :class:`PackageMetadata`: (what it is, a check of a value).
+_METADATA_TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "int": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "tuple[str, ...]": ("a list of strings",
+                        lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
+    "dict[str, float]": ("an object of numbers", lambda v: isinstance(v, dict) and all(
+        isinstance(k, str) and _number(x) for k, x in v.items())),
+    "dict[str, str]": ("an object of strings", lambda v: isinstance(v, dict) and all(
+        isinstance(k, str) and isinstance(x, str) for k, x in v.items())),
+}
+
+
 @dataclass(frozen=True)
 class PackageMetadata:
     """Contents of ``metadata.json``.
@@ -142,7 +160,8 @@ class PackageMetadata:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], source: str) -> PackageMetadata:
-        """Builds the metadata from parsed JSON, rejecting unknown keys (naming ``source``)."""
+        """Builds the metadata from parsed JSON, rejecting unknown keys and values of the wrong
+        JSON type (naming ``source`` and the field)."""
         version = data.get("format_version", FORMAT_VERSION)
         integer = isinstance(version, int) and not isinstance(version, bool)
         if not integer or version != FORMAT_VERSION:
@@ -159,6 +178,10 @@ class PackageMetadata:
         if not isinstance(sha256, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in sha256.items()):
             raise PackageError(f"{source}: sha256 must map file names to hex digests")
+        for f in dataclasses.fields(cls):
+            kind, fits = _METADATA_TYPES[str(f.type)]
+            if f.name in data and not fits(data[f.name]):
+                raise PackageError(f"{source}: {f.name} must be {kind}, got {data[f.name]!r}")
         values = dict(data)
         for key in ("checkpoints", "training_data"):
             if key in values:

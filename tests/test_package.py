@@ -178,6 +178,22 @@ def test_metadata_format_and_types_are_checked_first(exp_dir, tmp_path):
         load_package(tmp_path / "pkg")
 
 
+@pytest.mark.parametrize(("field", "value", "kind"), [
+    ("streaming", "no", "true or false"), ("searcher", 5, "a string"),
+    ("vocab_size", "20", "an integer"), ("chunk_size", True, "an integer"),
+    ("wer", [21.0], "an object of numbers"), ("wer", {"dev": "21"}, "an object of numbers"),
+    ("checkpoints", "epoch-3.pt", "a list of strings"),
+])
+def test_a_metadata_field_of_the_wrong_type_is_an_error_naming_it(exp_dir, tmp_path, field, value,
+                                                                  kind):
+    """metadata.json has no sha256 of its own: a hand-edited "streaming": "no" (a true string)
+    or a searcher that is no name is refused by field, not used."""
+    export_package(exp_dir, tmp_path / "pkg")
+    _edit_metadata(tmp_path / "pkg", lambda m: m.update({field: value}))
+    with pytest.raises(PackageError, match=f"metadata.json: {field} must be {kind}, got"):
+        load_package(tmp_path / "pkg")
+
+
 def test_package_files_follow_the_umask(exp_dir, tmp_path):
     """safetensors creates its file 0600: the weights of a package other users can list were
     unreadable to them."""

@@ -15,6 +15,8 @@ the ids a tokenizer produces), or symbols mapped to ids with ``symbol_to_id``, o
 in the order of the unigram section (:meth:`NgramLM.from_word_arpa`, a word LM); one checked
 reader serves all three. ``<s>``, ``</s>`` and ``<unk>`` are the usual specials (a token
 missing from the unigrams takes ``<unk>``'s probability, or ``oov_log_prob`` without ``<unk>``).
+An n-gram whose history is not listed itself (SRILM's pruning leaves such files) is reached all
+the same: the history is a state with back-off weight 0, as KenLM completes it.
 
 Shape legend: V vocabulary incl. blank (blank's entry is never used by a searcher).
 """
@@ -115,6 +117,9 @@ class NgramLM:
             )
         self.unk_log_prob = self.probs.get((UNK,), oov_log_prob)
         self._successors: dict[tuple[int, ...], list[tuple[int, float]]] = {}
+        # every history an n-gram extends: one missing from the n-grams of its order (a pruned
+        # SRILM file) is still a state, with back-off weight 0, as KenLM completes such files
+        self._contexts = {gram[:-1] for gram in self.probs}
         for gram, log_prob in self.probs.items():
             if gram[-1] >= 0:
                 self._successors.setdefault(gram[:-1], []).append((gram[-1], log_prob))
@@ -133,9 +138,10 @@ class NgramLM:
 
         Raises:
             ValueError: naming the file (and the line) when it is not a complete ARPA file: no
-                ``\\data\\`` counts, a section whose entries differ from its count (a truncated
-                file), a field that is no number, a positive log10 probability, an n-gram listed
-                twice, a word that is no token id, or no ``\\end\\``.
+                ``\\data\\`` counts, orders that skip one, a section whose entries differ from
+                its count (a truncated file), a field that is no number, NaN or +inf, a positive
+                log10 probability, an n-gram listed twice, a word that is no token id (a
+                negative integer neither), or no ``\\end\\``.
         """
         probs, backoffs = _read_arpa(path, lambda word, _: _word_id(word, symbol_to_id))
         return cls._checked(path, probs, backoffs, vocab_size, oov_log_prob)
@@ -219,10 +225,10 @@ class NgramLM:
         return vector
 
     def _reduce(self, history: tuple[int, ...]) -> tuple[int, ...]:
-        """The longest suffix of ``history`` (at most order - 1 words) listed as an n-gram:
-        a history that is not an n-gram has no successors and back-off weight 0."""
+        """The longest suffix of ``history`` (at most order - 1 words) listed as an n-gram or
+        extended by one: a shorter one has no successors and back-off weight 0."""
         history = history[max(0, len(history) - (self.order - 1)) :] if self.order > 1 else ()
-        while history and history not in self.probs:
+        while history and history not in self.probs and history not in self._contexts:
             history = history[1:]
         return history
 
@@ -245,7 +251,7 @@ def _read_arpa(
     found: dict[int, int] = {}  # order -> entries read
     section: str | None = None  # None before \data\, then "data", "grams" or "end"
     order = number = 0
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is no text
         try:
             for number, raw in enumerate(f, start=1):
                 line = raw.strip()
@@ -280,6 +286,9 @@ def _read_arpa(
     missing = sorted(set(declared) - set(found))
     if missing:
         raise ValueError(f"{path}: \\data\\ declares {missing[0]}-grams but has no such section")
+    if sorted(declared) != list(range(1, len(declared) + 1)):
+        raise ValueError(f"{path}: \\data\\ declares the orders {sorted(declared)}; an N-gram "
+                         f"file has every order from 1 to N")
     return probs, backoffs
 
 
@@ -332,6 +341,8 @@ def _read_entry(
         ) from None
     if values[0] > 0.0:
         raise _LineError(f"positive log10 probability {fields[0]} (a probability above 1): {line!r}")
+    if any(math.isnan(v) or v == math.inf for v in values):
+        raise _LineError(f"a log10 probability or back-off weight that is NaN or +inf: {line!r}")
     gram = tuple(word_id(w, order) for w in fields[1 : order + 1])
     if gram in probs:
         raise _LineError(f"the {order}-gram {' '.join(fields[1 : order + 1])!r} is listed twice")
@@ -348,6 +359,9 @@ def _word_id(word: str, symbol_to_id: Mapping[str, int] | None) -> int:
             raise _LineError(f"word {word!r} is not in the symbol table")
         return int(symbol_to_id[word])
     try:
-        return int(word)
+        token = int(word)
     except ValueError:
-        raise _LineError(f"word {word!r} is not a token id; pass symbol_to_id") from None
+        token = -1
+    if token < 0:
+        raise _LineError(f"word {word!r} is not a token id; pass symbol_to_id")
+    return token

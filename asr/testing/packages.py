@@ -72,7 +72,7 @@ def random_experiment(
     """
     root = Path(root)
     if bpe_vocab_size:
-        texts = list(TINY_SENTENCES) * 30  # sentencepiece trains on more than 100 lines
+        texts = list(TINY_SENTENCES) * 30  # repeated: the BPE model the tests were written with
         tokenizer = train_bpe(texts, root / "tokenizer", bpe_vocab_size, force=True)
     else:
         tokenizer = build_char_tokenizer(TINY_SENTENCES)

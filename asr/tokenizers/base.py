@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from asr.fileio import write_text_atomic
+from asr.fileio import read_text, write_text_atomic
 
 BLANK_ID = 0
 SOS_EOS_ID = 1
@@ -136,7 +136,7 @@ def write_tokens_file(path: Path, pieces: Sequence[str]) -> None:
 def read_tokens_file(path: Path) -> list[str]:
     """Read ``tokens.txt`` written by :func:`write_tokens_file`; ids must be 0, 1, 2, ... in order."""
     pieces: list[str] = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_no, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         fields = line.split()

@@ -4,7 +4,8 @@ with Subword Units"; Kudo & Richardson 2018, "SentencePiece").
 The model is trained with ``<blk>`` at id 0, ``<sos/eos>`` at id 1 and ``<unk>`` at id 2 (no
 sentencepiece bos/eos/pad of its own), full character coverage and the identity normaliser, so
 ``decode(encode(text)) == text`` for whitespace-normalised text of seen characters (unseen ones
-encode to ``<unk>``, which sentencepiece decodes as `` ⁇ ``). Training reads
+encode to ``<unk>``, which sentencepiece decodes as `` ⁇ ``; so do ``<blk>`` and ``<sos/eos>``
+written in a text). Training reads
 the sentences in the given order with one thread, which makes the model bytes reproducible.
 """
 
@@ -46,7 +47,10 @@ class BpeTokenizer(ReservedIds):
         import sentencepiece as spm
 
         self._proto = bytes(model_proto)
-        self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
+        try:
+            self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
+        except RuntimeError as err:
+            raise ValueError(f"{source}: not a sentencepiece model (corrupt file?): {err}") from None
         found = tuple(self._sp.id_to_piece(i) for i in range(min(3, self._sp.get_piece_size())))
         if found != SPECIAL_PIECES or self._sp.unk_id() != UNK_ID:
             raise ValueError(
@@ -66,10 +70,16 @@ class BpeTokenizer(ReservedIds):
         return int(self._sp.get_piece_size())
 
     def encode(self, text: str) -> list[int]:
-        return list(self._sp.encode(text))
+        return self._unknown_specials(self._sp.encode(text))
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [list(ids) for ids in self._sp.encode(list(texts))]
+        return [self._unknown_specials(ids) for ids in self._sp.encode(list(texts))]
+
+    def _unknown_specials(self, ids: Iterable[int]) -> list[int]:
+        """``ids`` with ``<unk>`` for blank and ``<sos/eos>``: sentencepiece matches the
+        user-defined ``<blk>`` and ``<sos/eos>`` pieces in any text, and a transcript that writes
+        them is unknown text, not a blank or an end of sentence in the training targets."""
+        return [UNK_ID if i in self._skip else i for i in ids]
 
     def decode(self, ids: Iterable[int]) -> str:
         kept = [i for i in check_ids(ids, self.vocab_size) if i not in self._skip]
@@ -183,7 +193,7 @@ def _train_proto(
             eos_id=-1,
             pad_id=-1,
             normalization_rule_name="identity",
-            input_sentence_size=len(sentences) + 1,
+            input_sentence_size=0,  # every sentence (sentencepiece refuses 1 to 100)
             shuffle_input_sentence=False,
             max_sentence_length=max_sentence_length,
             num_threads=num_threads,

@@ -96,9 +96,19 @@ BIGRAMS = ARPA.split("\\2-grams:")[0]
          "outside the vocabulary of 7"),
         ("", r"bad.arpa: no \\data\\ section"),
         (b"\x1f\x8b\x08\x00 gzip", r"bad.arpa:1: not UTF-8 text"),
+        (ARPA.replace("-0.7 3", "nan 3"), r"bad.arpa:10: .* NaN or \+inf: 'nan 3"),
+        (ARPA.replace("2 -0.3", "2 nan"), r"bad.arpa:9: .* NaN or \+inf: '-0.4 2 nan'"),
+        (ARPA.replace("2 -0.3", "2 inf"), r"bad.arpa:9: .* NaN or \+inf: '-0.4 2 inf'"),
+        (ARPA.replace("-0.7 3", "-0.7 -4"), r"bad.arpa:10: word '-4' is not a token id"),
+        (ARPA.replace("-0.7 3", "-0.7 -1"), r"bad.arpa:10: word '-1' is not a token id"),
+        (ARPA.replace("ngram 2=4", "ngram 3=4").replace("\\2-grams:", "\\3-grams:")
+         .replace("-0.2 <s> 2", "-0.2 <s> 2 2").replace("-0.3 2 3", "-0.3 2 3 3")
+         .replace("-0.5 3 </s>", "-0.5 3 </s> </s>").replace("-0.1 2 2", "-0.1 2 2 3"),
+         r"bad.arpa: \\data\\ declares the orders \[1, 3\]"),
     ],
     ids=["truncated", "count", "prob", "backoff", "section", "order", "positive", "twice",
-         "vocab", "empty", "gzip"],
+         "vocab", "empty", "gzip", "nan-prob", "nan-backoff", "inf-backoff", "negative-id",
+         "id-of-start", "skipped-order"],
 )
 def test_a_malformed_arpa_file_is_an_error_naming_its_file_and_line(tmp_path, text, message):
     """Reading as KenLM does: the \\data\\ counts hold (a truncated or edited file is no
@@ -109,11 +119,81 @@ def test_a_malformed_arpa_file_is_an_error_naming_its_file_and_line(tmp_path, te
         NgramLM.from_arpa(path, vocab_size=7)
 
 
-def test_an_arpa_file_may_have_crlf_lines_and_text_before_its_data(tmp_path):
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"], ids=["plain", "byte-order-mark"])
+def test_an_arpa_file_may_have_crlf_lines_and_text_before_its_data(tmp_path, bom):
     path = tmp_path / "lm.arpa"
-    path.write_bytes(("written by a tool\n" + ARPA).replace("\n", "\r\n").encode())
+    path.write_bytes(bom + ("written by a tool\n" + ARPA).replace("\n", "\r\n").encode())
     lm = NgramLM.from_arpa(path, vocab_size=7)
     assert lm.log_prob(lm.init_state(), 3) == pytest.approx((-0.5 - 0.7) * LN10)
+    if bom:  # the mark is not text before the data: the \data\ line is the file's first
+        path.write_bytes(bom + ARPA.lstrip().encode())
+        assert NgramLM.from_arpa(path, vocab_size=7).order == 2
+
+
+PRUNED = """
+\\data\\
+ngram 1=5
+ngram 2=2
+ngram 3=2
+
+\\1-grams:
+-99 <s> -0.5
+-0.6 </s>
+-0.4 2 -0.3
+-0.7 3 -0.2
+-0.9 4
+
+\\2-grams:
+-0.3 2 3 -0.25
+-0.5 3 4
+
+\\3-grams:
+-0.05 2 3 4
+-0.15 3 2 4
+
+\\end\\
+"""
+
+
+def arpa_log10(history: tuple[int, ...], word: int, probs: dict, backoffs: dict) -> float:
+    """The ARPA back-off rule written out: the listed n-gram, else the history's back-off weight
+    (0 when unlisted) plus the word's probability after the history's shorter suffix."""
+    if history + (word,) in probs:
+        return probs[history + (word,)]
+    if not history:
+        return probs[("<unk>",)] if ("<unk>",) in probs else -23.0 / LN10
+    return backoffs.get(history, 0.0) + arpa_log10(history[1:], word, probs, backoffs)
+
+
+def test_an_ngram_whose_history_is_not_listed_is_reached_as_kenlm_reaches_it(tmp_path):
+    """Pruning leaves the 3-gram '3 2 4' without its 2-gram '3 2': the history '3 2' is still a
+    state (back-off weight 0), so P(4 | 3 2) is the listed 3-gram, as KenLM completes the file.
+    Every probability after every history equals the back-off rule written out."""
+    path = tmp_path / "pruned.arpa"
+    path.write_text(PRUNED)
+    lm = NgramLM.from_arpa(path, vocab_size=6)
+    probs, backoffs, order = {}, {}, 0
+    for line in PRUNED.splitlines():
+        fields = line.split()
+        if line.startswith("\\"):
+            order = int(line[1]) if line.endswith("-grams:") else 0
+        elif fields and order:
+            gram = tuple(int(w) if w.isdigit() else w for w in fields[1 : order + 1])
+            probs[gram] = float(fields[0])
+            if len(fields) == order + 2:
+                backoffs[gram] = float(fields[-1])
+    assert probs[(3, 2, 4)] == -0.15 and backoffs[(2, 3)] == -0.25 and (3, 2) not in probs
+    state = lm.advance(lm.advance(lm.init_state(), 3), 2)
+    assert lm.log_prob(state, 4) == pytest.approx(-0.15 * LN10)
+    for first in range(2, 6):
+        for second in range(2, 6):
+            state = lm.advance(lm.advance(lm.init_state(), first), second)
+            for word in [*range(1, 6), EOS]:
+                key = "</s>" if word == EOS else word
+                expected = arpa_log10((first, second), key, probs, backoffs) * LN10
+                assert lm.log_prob(state, word) == pytest.approx(expected), (first, second, word)
+                if word != EOS:
+                    assert float(lm.score(state)[word]) == pytest.approx(expected, abs=1e-5)
 
 
 def test_lm_weight_zero_leaves_results_unchanged(lm):

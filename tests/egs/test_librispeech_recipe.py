@@ -13,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 RUN = REPO / "egs" / "librispeech" / "ASR" / "run.sh"
 PREPARE = REPO / "egs" / "librispeech" / "ASR" / "prepare.sh"
-# BPE training needs more than 100 sentences (sentencepiece).
+# 110 training utterances: text enough for the recipe's BPE stage
 PARTS = {"train-clean-100": 110, "dev-clean": 3, "dev-other": 3, "test-clean": 3, "test-other": 3}
 TINY_MODEL = [
     "encoder.d_model=32", "encoder.num_layers=1", "encoder.num_heads=2", "encoder.ff_dim=64",

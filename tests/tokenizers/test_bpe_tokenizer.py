@@ -114,3 +114,31 @@ def test_rejects_model_without_special_ids(tmp_path):
     )
     with pytest.raises(ValueError, match="must have"):
         BpeTokenizer(buffer.getvalue())
+
+
+def test_trains_on_a_tiny_text_of_unicode_words_and_empty_lines(tmp_path):
+    """A handful of lines (sentencepiece refused 1 to 100 sentences as its sample size): the
+    empty lines are skipped, every non-ASCII character gets a piece and text round-trips."""
+    texts = ["ÉCOLE ÜBER NAÏVE", "", "   ", "日本語 テキスト", "HE DIDN'T KNOW", "NAÏVE ÉCOLE"]
+    tok = train_bpe(texts, tmp_path / "tiny", vocab_size=40)
+    assert tok.vocab_size == 40
+    for text in (t for t in texts if t.strip()):
+        ids = tok.encode(text)
+        assert tok.unk_id not in ids and tok.decode(ids) == text
+    assert load_tokenizer(tmp_path / "tiny").pieces() == tok.pieces()
+
+
+def test_blank_and_sos_eos_written_in_a_text_encode_to_unk(bpe_dir):
+    """sentencepiece matches its user-defined pieces anywhere: a transcript holding "<blk>"
+    must not put a blank (or an end of sentence) into the training targets."""
+    tok = load_tokenizer(bpe_dir)
+    for text in ("THE <blk> QUEEN", "THE <sos/eos> QUEEN"):
+        ids = tok.encode(text)
+        assert tok.blank_id not in ids and tok.sos_id not in ids and tok.unk_id in ids, text
+        assert tok.encode_batch([text]) == [ids]
+
+
+def test_a_corrupt_model_file_is_an_error_naming_it(tmp_path):
+    (tmp_path / "bpe.model").write_bytes(b"not a sentencepiece model")
+    with pytest.raises(ValueError, match=r"bpe.model: not a sentencepiece model"):
+        load_tokenizer(tmp_path)

@@ -51,3 +51,9 @@ def test_errors(tmp_path):
     (tmp_path / "tokens.txt").write_text("<blk> 0\n<unk> 1\n")
     with pytest.raises(ValueError, match="tokens.txt:2: expected 'piece 1'|ids 0, 1, 2"):
         load_tokenizer(tmp_path)
+
+
+def test_a_tokens_file_that_is_not_utf8_is_an_error_naming_its_line(tmp_path):
+    (tmp_path / "tokens.txt").write_bytes(b"<blk> 0\n<sos/eos> 1\n<unk> 2\n\xe9 3\n")
+    with pytest.raises(ValueError, match=r"tokens.txt:4: not UTF-8 text"):
+        load_tokenizer(tmp_path)
