@@ -78,7 +78,7 @@ class SelectedWeights:
     """Weights chosen by a :class:`WeightSelection`.
 
     Attributes:
-        state_dict: model weights (averages in float64 where averaged).
+        state_dict: model weights (averages in their checkpoints' dtype).
         tag: names the selection, e.g. ``epoch-8-avg-3`` or ``checkpoint-4500``.
         sources: the files the weights come from, oldest first.
         checkpoint: the newest source's whole training checkpoint (progress, ``extra`` config);
