@@ -112,14 +112,13 @@ def load_experiment_config(
 
 def save_experiment_weights(exp_dir: str | Path, state_dict: dict, output: str | Path,
                             tag: str) -> Path:
-    """Writes ``state_dict`` as safetensors with the experiment's config YAML as metadata."""
+    """Writes ``state_dict`` as safetensors, each tensor in its own dtype (averages come in
+    their checkpoints'), with the experiment's config YAML as metadata."""
     config = Path(exp_dir) / CONFIG_FILE
     metadata = {"tag": tag}
     if config.is_file():
         metadata["config"] = config.read_text(encoding="utf-8")
-    # Averaging works in float64; store the model's own float32.
-    tensors = {k: (v.float() if v.dtype == torch.float64 else v) for k, v in state_dict.items()}
-    save_weights(tensors, output, metadata)
+    save_weights(state_dict, output, metadata)
     return Path(output)
 
 

@@ -27,6 +27,10 @@ def average_state_dicts(
 ) -> dict[str, torch.Tensor]:
     """Element-wise mean of floating-point tensors; integer tensors (e.g. counters) come from the last.
 
+    Each mean is accumulated in float64 and returned in the dtype of its inputs (float16,
+    bfloat16 and float32 checkpoints average to weights of their own dtype, as icefall keeps
+    the model's).
+
     Args:
         state_dicts: the state dicts to average.
         names: what each state dict is (e.g. its checkpoint file), for messages; default
@@ -34,10 +38,12 @@ def average_state_dicts(
 
     Raises:
         ValueError: on an empty input, or state dicts with different keys or a tensor whose
-            shape differs from the first state dict's (naming both sources and the tensor).
+            shape or dtype differs from the first state dict's (naming both sources and the
+            tensor).
     """
     total: dict[str, torch.Tensor] = {}
     shapes: dict[str, torch.Size] = {}
+    dtypes: dict[str, torch.dtype] = {}
     count = 0
     keys: set[str] | None = None
 
@@ -48,6 +54,7 @@ def average_state_dicts(
         if keys is None:
             keys = set(sd)
             shapes = {k: v.shape for k, v in sd.items()}
+            dtypes = {k: v.dtype for k, v in sd.items()}
         elif set(sd) != keys:
             raise ValueError(
                 f"{name(count)} and {name(0)} differ in keys: {sorted(keys ^ set(sd))[:5]}"
@@ -58,6 +65,11 @@ def average_state_dicts(
                     f"{name(count)} and {name(0)} differ in the shape of {key}: "
                     f"{tuple(value.shape)} vs {tuple(shapes[key])} (checkpoints of different "
                     "models cannot be averaged)"
+                )
+            if value.dtype != dtypes[key]:
+                raise ValueError(
+                    f"{name(count)} and {name(0)} differ in the dtype of {key}: {value.dtype} vs "
+                    f"{dtypes[key]} (the average would have no one dtype to be written in)"
                 )
             if value.is_floating_point():
                 acc = value.detach().to(torch.float64)
@@ -71,14 +83,15 @@ def average_state_dicts(
     out = {}
     for key in ref:
         value = total[key]
-        out[key] = value / count if value.is_floating_point() else value
+        out[key] = (value / count).to(dtypes[key]) if value.is_floating_point() else value
     return out
 
 
 def average_checkpoints(paths: Iterable[str | Path], key: str = "model") -> dict[str, torch.Tensor]:
     """Averages the ``key`` state dicts of several training checkpoints (weights-only loading).
 
-    The result is returned in float64 for accumulated precision; cast with ``load_state_dict``.
+    Each mean is accumulated in float64 and returned in its checkpoints' dtype
+    (:func:`average_state_dicts`).
     """
     paths = [Path(p) for p in paths]
     return average_state_dicts((safe_torch_load(p)[key] for p in paths), [str(p) for p in paths])

@@ -8,6 +8,11 @@
 * ``--last N``: the average of the newest ``N`` step checkpoints ``checkpoint-K.pt``;
 * nothing: the newest ``checkpoint-K.pt`` (every epoch end writes one, so it is at least as
   new as the newest ``epoch-E.pt``).
+
+Choosing is two steps: :func:`plan_weights` finds the files and the tag that names them from
+the directory listing alone, reading no checkpoint (so ``asr average`` can lock the output that
+the tag names before it reads any), and :func:`read_weights` reads (and averages) them;
+:func:`select_weights` does both.
 """
 
 from __future__ import annotations
@@ -27,7 +32,14 @@ from asr.checkpoints.averaging import (
 )
 from asr.checkpoints.io import epoch_checkpoint_path, latest_checkpoint, read_model_weights
 
-__all__ = ["SelectedWeights", "WeightSelection", "select_weights"]
+__all__ = [
+    "PlannedWeights",
+    "SelectedWeights",
+    "WeightSelection",
+    "plan_weights",
+    "read_weights",
+    "select_weights",
+]
 
 
 @dataclass(frozen=True)
@@ -66,7 +78,7 @@ class SelectedWeights:
     """Weights chosen by a :class:`WeightSelection`.
 
     Attributes:
-        state_dict: model weights (averages in float64 where averaged).
+        state_dict: model weights (averages in their checkpoints' dtype).
         tag: names the selection, e.g. ``epoch-8-avg-3`` or ``checkpoint-4500``.
         sources: the files the weights come from, oldest first.
         checkpoint: the newest source's whole training checkpoint (progress, ``extra`` config);
@@ -79,20 +91,29 @@ class SelectedWeights:
     checkpoint: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _average(paths: list[Path], tag: str) -> SelectedWeights:
-    loaded = [read_model_weights(p) for p in paths]
-    state_dict = loaded[0][0] if len(loaded) == 1 else average_state_dicts(
-        [sd for sd, _ in loaded], [str(p) for p in paths])
-    return SelectedWeights(state_dict, tag, tuple(paths), loaded[-1][1])
+@dataclass(frozen=True)
+class PlannedWeights:
+    """The files a :class:`WeightSelection` names in an experiment directory (none read yet).
+
+    Attributes:
+        exp_dir: the experiment directory.
+        selection: the selection planned.
+        tag: names the selection, e.g. ``epoch-8-avg-3`` or ``checkpoint-4500``.
+        sources: the files the weights come from, oldest first (for ``--use-averaged-model``
+            the end epoch's checkpoint, whose running average is used).
+    """
+
+    exp_dir: Path
+    selection: WeightSelection
+    tag: str
+    sources: tuple[Path, ...]
 
 
-def select_weights(exp_dir: str | Path, selection: WeightSelection) -> SelectedWeights:
-    """Reads (and averages) the weights ``selection`` names in ``exp_dir``.
+def plan_weights(exp_dir: str | Path, selection: WeightSelection) -> PlannedWeights:
+    """The files ``selection`` names in ``exp_dir`` and their tag, from the listing alone.
 
     Raises:
         FileNotFoundError: naming missing checkpoints.
-        ValueError: when ``--use-averaged-model`` finds no running average to use.
-        asr.checkpoints.io.CheckpointError: naming a file that is corrupt or not a checkpoint.
     """
     exp_dir = Path(exp_dir)
     if selection.checkpoint is not None:
@@ -102,20 +123,52 @@ def select_weights(exp_dir: str | Path, selection: WeightSelection) -> SelectedW
                                     ".safetensors file")
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {path} does not exist")
-        return _average([path], path.stem)
+        return PlannedWeights(exp_dir, selection, path.stem, (path,))
     if selection.epoch is not None:
         epoch, avg = selection.epoch, selection.avg
         if selection.use_averaged_model:
-            weights, checkpoint = averaged_model_between(exp_dir, epoch, avg)
-            return SelectedWeights(
-                weights, f"epoch-{epoch}-avg-{avg}-use-averaged-model",
-                (epoch_checkpoint_path(exp_dir, epoch),), checkpoint,
-            )
-        return _average(epoch_checkpoints(exp_dir, epoch, avg), f"epoch-{epoch}-avg-{avg}")
+            return PlannedWeights(exp_dir, selection,
+                                  f"epoch-{epoch}-avg-{avg}-use-averaged-model",
+                                  (epoch_checkpoint_path(exp_dir, epoch),))
+        return PlannedWeights(exp_dir, selection, f"epoch-{epoch}-avg-{avg}",
+                              tuple(epoch_checkpoints(exp_dir, epoch, avg)))
     if selection.last is not None:
         paths = last_step_checkpoints(exp_dir, selection.last)
-        return _average(paths, f"last-{selection.last}-{paths[-1].stem}")
+        return PlannedWeights(exp_dir, selection, f"last-{selection.last}-{paths[-1].stem}",
+                              tuple(paths))
     path = latest_checkpoint(exp_dir)
     if path is None:
         raise FileNotFoundError(f"{exp_dir} holds no checkpoint-N.pt")
-    return _average([path], path.stem)
+    return PlannedWeights(exp_dir, selection, path.stem, (path,))
+
+
+def read_weights(plan: PlannedWeights) -> SelectedWeights:
+    """Reads (and averages) the weights of ``plan``.
+
+    Raises:
+        ValueError: when ``--use-averaged-model`` finds no running average to use, or averaged
+            checkpoints do not fit together.
+        asr.checkpoints.io.CheckpointError: naming a file that is missing, corrupt or not a
+            checkpoint.
+    """
+    selection = plan.selection
+    if selection.use_averaged_model:
+        assert selection.epoch is not None  # WeightSelection checks it
+        weights, checkpoint = averaged_model_between(plan.exp_dir, selection.epoch, selection.avg)
+        return SelectedWeights(weights, plan.tag, plan.sources, checkpoint)
+    loaded = [read_model_weights(p) for p in plan.sources]
+    state_dict = loaded[0][0] if len(loaded) == 1 else average_state_dicts(
+        [sd for sd, _ in loaded], [str(p) for p in plan.sources])
+    return SelectedWeights(state_dict, plan.tag, plan.sources, loaded[-1][1])
+
+
+def select_weights(exp_dir: str | Path, selection: WeightSelection) -> SelectedWeights:
+    """Reads (and averages) the weights ``selection`` names in ``exp_dir``: :func:`read_weights`
+    of :func:`plan_weights`.
+
+    Raises:
+        FileNotFoundError: naming missing checkpoints.
+        ValueError: when ``--use-averaged-model`` finds no running average to use.
+        asr.checkpoints.io.CheckpointError: naming a file that is corrupt or not a checkpoint.
+    """
+    return read_weights(plan_weights(exp_dir, selection))

@@ -11,19 +11,19 @@ Examples::
 method) instead of only the 9 end-of-epoch snapshots. The output (default
 ``<exp-dir>/averaged-<tag>.safetensors``) carries the experiment's resolved config as metadata.
 It is written atomically by one run at a time: a second run on the same output is refused
-(exit 2, naming it; :func:`asr.fileio.output_lock`), from the start with ``--output`` and, for
-the default output, whose name needs the selected checkpoints, once they are read.
+(exit 2, naming it; :func:`asr.fileio.output_lock`) before it reads any checkpoint (the default
+output's name comes from the selected checkpoints' file names, found by listing
+:func:`asr.checkpoints.selection.plan_weights`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-from contextlib import ExitStack
 from pathlib import Path
 
 from asr.checkpoints.io import CheckpointError
-from asr.checkpoints.selection import select_weights
+from asr.checkpoints.selection import plan_weights, read_weights
 from asr.cli.options import add_checkpoint_arguments, selection_from_args
 from asr.experiment import save_experiment_weights
 from asr.fileio import OutputBusyError, check_writable_file, output_lock
@@ -42,15 +42,14 @@ def run(args: argparse.Namespace) -> int:
         selection = selection_from_args(args)
         if selection.is_default():
             raise ValueError("give --epoch E [--avg N], --last N or --checkpoint F")
+        plan = plan_weights(args.exp_dir, selection)  # lists the files, reads none
         output = args.output
-        with ExitStack() as lock:
-            if output is not None:
-                check_writable_file(output, "--output")
-                lock.enter_context(output_lock(output))
-            weights = select_weights(args.exp_dir, selection)
-            if output is None:
-                output = args.exp_dir / f"averaged-{weights.tag}.safetensors"
-                lock.enter_context(output_lock(output))
+        if output is None:
+            output = args.exp_dir / f"averaged-{plan.tag}.safetensors"
+        else:
+            check_writable_file(output, "--output")
+        with output_lock(output):  # before any checkpoint is read
+            weights = read_weights(plan)
             save_experiment_weights(args.exp_dir, weights.state_dict, output, weights.tag)
     except (FileNotFoundError, ValueError, CheckpointError, OutputBusyError) as err:
         logger.error("asr average: %s", err)

@@ -22,7 +22,9 @@ by default in the experiment's ``data.manifest_dir``. ``--set`` overrides the ex
 The result files of one test set and searcher are made by one run at a time: a run takes the
 lock of each summary file it will write (:func:`asr.fileio.output_lock`) before it decodes
 anything, and a second run on one of them is refused (exit 2, naming it); each file is written
-atomically.
+atomically, after the earlier summary is removed, and the summary last: a run stopped on the way
+leaves no summary, so a summary file means that the recogs and errs beside it are complete and
+of its run (:mod:`asr.run.evaluate`).
 """
 
 from __future__ import annotations

@@ -10,6 +10,12 @@ Result files of one test set ``part`` and searcher ``name`` (icefall's layout), 
 * ``recogs-<part>-<name>.txt``: ``utt_id:\\tref=[...]`` / ``utt_id:\\thyp=[...]`` lines,
 * ``errs-<part>-<name>.txt``: the WER line, per-utterance alignments and error counts,
 * ``wer-summary-<part>-<name>.txt``: ``settings\\tWER`` table (one row).
+
+Each file is written atomically, and the three as a set by one rule: :func:`write_results` first
+removes the summary an earlier run left, then writes the recogs, the errs and, last, the summary.
+A run stopped between them (killed, or a failed write) leaves no summary, so a summary file means
+that the recogs and errs beside it are complete and of the run that wrote it; without one, the
+other two may be any mix of an earlier run's and a stopped one's.
 """
 
 from __future__ import annotations
@@ -114,7 +120,7 @@ def score_recognitions(recognitions: Iterable[Recognition]) -> CorpusResult:
 
 def result_paths(out_dir: str | Path, part: str, searcher_name: str) -> dict[str, Path]:
     """The result files of test set ``part`` and searcher ``searcher_name`` in ``out_dir``:
-    ``recogs``, ``errs`` and ``wer_summary`` (the one written last) -> path."""
+    ``recogs``, ``errs`` and ``wer_summary`` (removed first and written last) -> path."""
     out_dir = Path(out_dir)
     return {
         "recogs": out_dir / f"recogs-{part}-{searcher_name}.txt",
@@ -132,6 +138,9 @@ def write_results(
 ) -> tuple[float, dict[str, Path]]:
     """Writes the recogs / errs / wer-summary files of one test set; returns (WER %, paths).
 
+    The earlier summary is removed first and the new one written last (the module's rule: a
+    summary present means its set is complete and current).
+
     Args:
         out_dir: directory for the files (``<exp_dir>/<searcher_name>``).
         part: test set name, e.g. ``test-clean``.
@@ -144,6 +153,9 @@ def write_results(
     result = score_recognitions(recognitions)
     wer = 100.0 * result.stats.wer
     paths = result_paths(out_dir, part, searcher_name)
+    # first: from here until the new one is written, no summary vouches for the set (the
+    # directory sync of the recogs' atomic write makes the removal durable before them)
+    paths["wer_summary"].unlink(missing_ok=True)
     write_recognitions(paths["recogs"], result)
     write_error_report(paths["errs"], result)
     tag = "_".join(f"{k}-{v}" for k, v in (settings or {}).items()) or searcher_name

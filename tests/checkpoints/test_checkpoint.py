@@ -91,7 +91,7 @@ def test_average_checkpoints_is_elementwise_mean(tmp_path):
     for i, sd in enumerate(sds):
         atomic_torch_save({"model": sd}, tmp_path / f"c{i}.pt")
     avg = average_checkpoints(tmp_path / f"c{i}.pt" for i in range(3))
-    assert torch.allclose(avg["w"], torch.full((2,), 3.0, dtype=torch.float64))
+    assert torch.equal(avg["w"], torch.full((2,), 3.0))  # float32, as the checkpoints
     assert avg["n"].item() == 6  # integer tensors come from the last
     with pytest.raises(ValueError, match="differ in keys"):
         average_state_dicts([{"a": torch.zeros(1)}, {"b": torch.zeros(1)}])
@@ -103,6 +103,41 @@ def test_averaging_checkpoints_of_different_models_names_the_files_and_tensor(tm
         atomic_torch_save({"model": {"w": torch.ones(size)}}, tmp_path / f"{name}.pt")
     with pytest.raises(ValueError, match=r"big\.pt and .*small\.pt differ in the shape of w"):
         average_checkpoints([tmp_path / "small.pt", tmp_path / "big.pt"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_averages_keep_their_checkpoints_dtype(dtype):
+    """The mean was returned in float64 and written float32: half-precision checkpoints
+    averaged to weights twice their size, in another dtype than the model's. It is still
+    accumulated in float64: exactly the float64 mean, rounded once to the dtype."""
+    generator = torch.Generator().manual_seed(0)
+    sds = [{"w": torch.randn(64, generator=generator).to(dtype), "step": torch.tensor(i),
+            "scale": torch.rand(3, generator=generator)} for i in range(3)]
+    avg = average_state_dicts(sds)
+    expected = (sum(sd["w"].double() for sd in sds) / 3).to(dtype)
+    assert avg["w"].dtype == dtype and torch.equal(avg["w"], expected)
+    assert avg["scale"].dtype == torch.float32  # each tensor its own inputs' dtype
+    assert avg["step"].item() == 2 and avg["step"].dtype == torch.int64
+
+
+def test_averaging_tensors_of_different_dtypes_names_the_tensor():
+    sds = [{"w": torch.zeros(2, dtype=torch.float16)}, {"w": torch.zeros(2, dtype=torch.bfloat16)}]
+    with pytest.raises(ValueError, match=r"b\.pt and a\.pt differ in the dtype of w: "
+                                         r"torch\.bfloat16 vs torch\.float16"):
+        average_state_dicts(sds, ["a.pt", "b.pt"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_asr_average_writes_the_checkpoints_dtype(dtype, tmp_path):
+    from asr.cli.main import main
+
+    sds = [{"w": torch.tensor([0.1, 1.3, -2.7], dtype=dtype) * e} for e in (1, 2)]
+    for epoch, sd in enumerate(sds, start=1):
+        atomic_torch_save({"model": sd}, tmp_path / f"epoch-{epoch}.pt")
+    assert main(["average", "--exp-dir", str(tmp_path), "--epoch", "2", "--avg", "2"]) == 0
+    written = load_weights(tmp_path / "averaged-epoch-2-avg-2.safetensors")["w"]
+    assert written.dtype == dtype
+    assert torch.equal(written, ((sds[0]["w"].double() + sds[1]["w"].double()) / 2).to(dtype))
 
 
 def test_running_average_equals_mean_of_sampled_models():

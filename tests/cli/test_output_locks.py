@@ -226,3 +226,35 @@ def test_an_output_published_before_the_lock_is_taken_is_refused_under_it(
     assert f"{output}: already exists" in caplog.text
     assert [p.name for p in output.iterdir()] == ["theirs.txt"]
     assert not _lock_of(output).exists()
+
+
+@pytest.mark.parametrize("selection", [["--epoch", "1"], ["--last", "1"], ["--checkpoint"]])
+def test_a_second_average_to_the_default_output_is_refused_before_it_reads(
+        selection, experiment, tmp_path, monkeypatch, caplog):
+    """Without ``--output`` the output's name (``averaged-<tag>``) needs the selection, and
+    ``asr average`` took its lock only once it had read (and averaged) the checkpoints: a second
+    run loaded every one of them before it was refused. The tag comes from the file names."""
+    import asr.checkpoints.averaging as averaging
+    import asr.checkpoints.selection as selection_module
+
+    if selection == ["--checkpoint"]:
+        selection = ["--checkpoint", str(experiment / "epoch-1.pt")]
+    tag = {"--epoch": "epoch-1-avg-1", "--last": "last-1-checkpoint-1",
+           "--checkpoint": "epoch-1"}[selection[0]]
+    output = experiment / f"averaged-{tag}.safetensors"
+    reads: list[Path] = []
+    real_read, real_load = selection_module.read_model_weights, averaging.safe_torch_load
+    monkeypatch.setattr(selection_module, "read_model_weights",
+                        lambda path: (reads.append(path), real_read(path))[1])
+    monkeypatch.setattr(averaging, "safe_torch_load",
+                        lambda path, *a, **k: (reads.append(path), real_load(path, *a, **k))[1])
+    args = ["average", "--exp-dir", str(experiment), *selection]
+    try:
+        with output_lock(output):  # as another run holds it
+            assert main(args) == 2
+            assert f"{output} is being written by another process" in caplog.text
+            assert reads == [] and not output.exists()
+        assert main(args) == 0
+        assert output.is_file() and reads
+    finally:
+        output.unlink(missing_ok=True)
