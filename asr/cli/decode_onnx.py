@@ -10,13 +10,15 @@ decoded chunk by chunk with their chunk size.
 
 As ``asr decode``, a run takes the lock of each summary file it will write
 (:func:`asr.fileio.output_lock`) before it decodes anything: a second run on one of them is
-refused (exit 2, naming it).
+refused (exit 2, naming it), as is an ``--output-dir`` that cannot be written, a broken export
+directory or a search option its layout has not (a CTC export: greedy search, no blank penalty).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+from contextlib import ExitStack
 from pathlib import Path
 
 from asr.export.sherpa_decode import decode_part_sherpa, load_recognizer
@@ -64,7 +66,14 @@ def run(args: argparse.Namespace) -> int:
         name += f"-{args.tag}" if args.tag else ""
         out_dir = args.output_dir or args.onnx_dir
         parts = list(dict.fromkeys(args.parts))  # one lock, and one decode, per part
-        with output_locks(result_paths(out_dir, part, name)["wer_summary"] for part in parts):
+        with ExitStack() as held:
+            try:
+                held.enter_context(output_locks(
+                    result_paths(out_dir, part, name)["wer_summary"] for part in parts))
+            except OutputBusyError:
+                raise
+            except OSError as err:  # unwritable: no permission, a read-only file system
+                raise ValueError(f"--output-dir {out_dir}: cannot write there: {err}") from err
             for part in parts:
                 recognitions = decode_part_sherpa(recognizer, args.manifest_dir, part,
                                                   args.batch_size)

@@ -150,7 +150,8 @@ class OnnxExportError(ValueError):
 
 class OnnxInputError(OnnxExportError):
     """A bad input or option of the export, found before any graph is made: the package (missing,
-    corrupt, not a package), ``out_dir`` (in the way, being written by another run), ``head``,
+    corrupt, not a package), ``out_dir`` (in the way, being written by another run, not
+    writable), ``head``,
     the chunking, or a package sherpa-onnx has no layout for (:class:`NoLayoutError`)."""
 
 
@@ -277,7 +278,8 @@ def export_onnx(
     Raises:
         NoLayoutError: for a package (head, features, streaming) without a sherpa-onnx layout.
         OnnxInputError: for a missing or corrupt package, an existing ``out_dir`` without
-            ``force`` (or one that is no earlier export, or one another run is writing), an
+            ``force`` (or one that is no earlier export, or one another run is writing, or one
+            that cannot be written: no permission, a read-only file system), an
             unknown ``head``, an ``opset`` out of range, a chunking without ``streaming`` or
             a chunk size below 1 or left chunks below -1 (bad values, never "no layout").
         OnnxExportError: for a failed export or self-check (nothing is written then).
@@ -294,8 +296,12 @@ def export_onnx(
     if left_chunks is not None and left_chunks < -1:
         raise OnnxInputError(f"--left-chunks {left_chunks}: the left context is a number of "
                              "chunks >= 0 (-1, unlimited, has no fixed-shape layout)")
-    with locked_output_dir(out_dir, force, _REPORT, [Path(package_dir)], "--force",
-                           OnnxInputError):
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(locked_output_dir(out_dir, force, _REPORT, [Path(package_dir)],
+                                                 "--force", OnnxInputError))
+        except OSError as err:  # unwritable: no permission, a read-only file system
+            raise OnnxInputError(f"--output-dir {out_dir}: cannot write there: {err}") from err
         try:
             package = load_package(package_dir)
         except PackageError as err:

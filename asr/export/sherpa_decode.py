@@ -31,6 +31,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -199,18 +200,23 @@ def load_recognizer(
         FileNotFoundError: without ``export.json`` or the graphs asked for (int8 ones exist only
             when exported with ``--int8``), a missing ``hotwords_file``, or hotwords without
             ``bpe.vocab``.
-        ValueError: hotwords with a CTC layout or greedy search; ``max_active_paths`` < 1 with a
-            beam search.
+        ValueError: an ``export.json`` that is corrupt or lacks a field (naming it); hotwords with
+            a CTC layout or greedy search; a CTC layout with another ``decoding_method`` or a
+            ``blank_penalty``; ``max_active_paths`` < 1 with a beam search; graphs sherpa-onnx
+            cannot load.
     """
     import sherpa_onnx
 
     onnx_dir = Path(onnx_dir)
-    report_path = onnx_dir / "export.json"
-    if not report_path.is_file():
-        raise FileNotFoundError(f"{report_path}: not an asr export-onnx directory")
-    report = json.loads(report_path.read_text(encoding="utf-8"))
+    report = _read_report(onnx_dir / "export.json")
     suffix = ".int8.onnx" if int8 else ".onnx"
     layout = report["layout"]
+    if layout == "ctc" and decoding_method != "greedy_search":
+        raise ValueError(f"decoding_method {decoding_method!r} (--decoding-method): {onnx_dir} "
+                         "is a CTC export, which sherpa-onnx decodes with greedy_search only")
+    if layout == "ctc" and blank_penalty:
+        raise ValueError(f"blank_penalty {blank_penalty} (--blank-penalty): {onnx_dir} is a CTC "
+                         "export; the blank penalty is a transducer search option")
     names = ["model"] if layout == "ctc" else ["encoder", "decoder", "joiner"]
     files = {name: onnx_dir / f"{name}{suffix}" for name in names}
     for path in files.values():
@@ -225,7 +231,7 @@ def load_recognizer(
         if max_active_paths < 1:  # sherpa-onnx crashes (SIGSEGV) on 0
             raise ValueError(f"max_active_paths must be >= 1, got {max_active_paths}")
         common["max_active_paths"] = max_active_paths
-    if blank_penalty and layout != "ctc":
+    if blank_penalty:
         common["blank_penalty"] = blank_penalty
     if hotwords_file is not None:
         if layout == "ctc" or decoding_method != "modified_beam_search":
@@ -240,25 +246,60 @@ def load_recognizer(
         common |= {"hotwords_file": str(hotwords_file), "hotwords_score": hotwords_score,
                    "modeling_unit": "bpe", "bpe_vocab": str(vocab)}
     streaming = layout == "streaming_transducer"
-    chunk_size = 0
-    if layout == "ctc":
-        recognizer = sherpa_onnx.OfflineRecognizer.from_zipformer_ctc(
-            model=str(files["model"]), **common)
-    elif streaming:
-        recognizer = sherpa_onnx.OnlineRecognizer.from_transducer(
-            encoder=str(files["encoder"]), decoder=str(files["decoder"]),
-            joiner=str(files["joiner"]), **common, **(online_options or {}))
-        chunk_size = int(report["metadata"]["encoder.onnx"]["chunk_size"])
-    else:
-        recognizer = sherpa_onnx.OfflineRecognizer.from_transducer(
-            encoder=str(files["encoder"]), decoder=str(files["decoder"]),
-            joiner=str(files["joiner"]),
-            model_type="nemo_transducer" if layout == "tdt" else "transducer", **common)
+    chunk_size = int(report["metadata"]["encoder.onnx"]["chunk_size"]) if streaming else 0
+    try:
+        if layout == "ctc":
+            recognizer = sherpa_onnx.OfflineRecognizer.from_zipformer_ctc(
+                model=str(files["model"]), **common)
+        elif streaming:
+            recognizer = sherpa_onnx.OnlineRecognizer.from_transducer(
+                encoder=str(files["encoder"]), decoder=str(files["decoder"]),
+                joiner=str(files["joiner"]), **common, **(online_options or {}))
+        else:
+            recognizer = sherpa_onnx.OfflineRecognizer.from_transducer(
+                encoder=str(files["encoder"]), decoder=str(files["decoder"]),
+                joiner=str(files["joiner"]),
+                model_type="nemo_transducer" if layout == "tdt" else "transducer", **common)
+    except RuntimeError as err:  # onnxruntime's: a truncated or foreign graph
+        raise ValueError(f"{onnx_dir}: sherpa-onnx cannot load its graphs: {err}") from err
     pieces = [line.split()[0] for line in
               (onnx_dir / "tokens.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
     fbank = FbankConfig(**{f.name: features[f.name] for f in dataclasses.fields(FbankConfig)
                            if f.name in features})
     return SherpaRecognizer(recognizer, layout, pieces, common["sample_rate"], fbank, chunk_size)
+
+
+_LAYOUTS = ("transducer", "streaming_transducer", "ctc", "tdt")
+
+
+def _read_report(path: Path) -> dict:
+    """The ``export.json`` of an export directory, with the fields :func:`load_recognizer`
+    reads.
+
+    Raises:
+        FileNotFoundError: without it.
+        ValueError: for one that is no JSON object or lacks a field, naming the file and field.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not an asr export-onnx directory")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: corrupt JSON: {err}") from err
+    if not isinstance(report, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(report).__name__}")
+    if report.get("layout") not in _LAYOUTS:
+        raise ValueError(f"{path}: layout {report.get('layout')!r} is none of {list(_LAYOUTS)}")
+    fields = [("features", "sample_rate"), ("features", "num_mel_bins")]
+    if report["layout"] == "streaming_transducer":
+        fields.append(("metadata", "encoder.onnx", "chunk_size"))
+    for names in fields:
+        value: Any = report
+        for name in names:
+            if not isinstance(value, dict) or name not in value:
+                raise ValueError(f"{path}: no field {'.'.join(names)}")
+            value = value[name]
+    return report
 
 
 def decode_part_sherpa(

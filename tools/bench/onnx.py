@@ -89,18 +89,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=COUNT, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work-dir", type=Path, default=None,
-                        help="where the exports (and the tiny model) go (default: a temp dir)")
+                        help="where the exports (and the tiny model) go, kept (default: a temp "
+                             "dir, removed at the end)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.work_dir is not None:
+        args.work_dir.mkdir(parents=True, exist_ok=True)
+        return _run(args, args.work_dir)
+    with tempfile.TemporaryDirectory(prefix="bench-onnx-") as tmp:
+        return _run(args, Path(tmp))
 
+
+def _run(args: argparse.Namespace, work: Path) -> int:
+    """The bench of :func:`main`'s ``args``, its exports (and tiny model, audio) in ``work``."""
     from asr.audio import load_audio
     from asr.export import export_onnx
     from asr.export.sherpa_decode import load_recognizer
     from asr.runtime.endpoint import EndpointConfig
     from asr.runtime.offline import load_model
 
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-onnx-"))
-    work.mkdir(parents=True, exist_ok=True)
     package = args.model
     if package is None:
         from asr.testing.packages import trained_tiny_package

@@ -1,0 +1,85 @@
+"""Bad inputs of ``asr export-onnx`` and ``asr decode-onnx``: exit status 2 and a message naming
+the option, file or field (a random-weight package; no decoding needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from asr.cli.main import main
+from asr.testing.packages import random_package
+
+#: A directory no one may create files in, root included (sysfs refuses new entries).
+UNWRITABLE = Path("/sys/asr-onnx-test")
+
+needs_sysfs = pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux sysfs")
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("onnx_inputs")
+    package = random_package(root / "rnnt", head="transducer", seed=3)
+    out = {"package": package}
+    for name, options in {"transducer": [], "ctc": ["--head", "ctc"]}.items():
+        out[name] = root / name
+        assert main(["export-onnx", "--model", str(package), "--output-dir", str(out[name]),
+                     *options]) == 0
+    return out
+
+
+@needs_sysfs
+def test_an_unwritable_output_dir_is_a_bad_option(exports, caplog):
+    """It exited 1 with 'PermissionError: ... /sys/.asr-onnx-test.lock' (the lock's name)."""
+    out = UNWRITABLE / "onnx"
+    assert main(["export-onnx", "--model", str(exports["package"]), "--output-dir",
+                 str(out)]) == 2
+    assert f"--output-dir {out}: cannot write there" in caplog.text
+    caplog.clear()
+    assert main(["decode-onnx", "--onnx-dir", str(exports["transducer"]), "--manifest-dir",
+                 str(exports["package"]), "--output-dir", str(out)]) == 2
+    assert f"--output-dir {out}: cannot write there" in caplog.text
+
+
+def test_decode_onnx_options_a_ctc_export_has_not(exports, caplog, tmp_path):
+    """modified_beam_search on a CTC export exited 1 with a TypeError from sherpa-onnx's loader
+    ('unexpected keyword argument max_active_paths'); --blank-penalty was dropped silently."""
+    common = ["decode-onnx", "--onnx-dir", str(exports["ctc"]), "--manifest-dir", str(tmp_path),
+              "--output-dir", str(tmp_path / "out")]
+    for options, message in (
+            (["--decoding-method", "modified_beam_search"],
+             "decoding_method 'modified_beam_search' (--decoding-method)"),
+            (["--blank-penalty", "1.5"], "blank_penalty 1.5 (--blank-penalty)")):
+        caplog.clear()
+        assert main([*common, *options]) == 2
+        assert message in caplog.text and f"{exports['ctc']} is a CTC export" in caplog.text
+    assert not (tmp_path / "out").exists()
+
+
+def test_decode_onnx_names_a_broken_export(exports, caplog, tmp_path):
+    """A corrupt export.json gave only json's message ('Expecting value: line 1 ...'), one
+    without a field the bare key ("'layout'"), a truncated graph exit 1 with onnxruntime's
+    RuntimeError."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for path in exports["transducer"].iterdir():
+        (broken / path.name).write_bytes(path.read_bytes())
+    report = json.loads((broken / "export.json").read_text())
+    features = {k: v for k, v in report["features"].items() if k != "num_mel_bins"}
+    cases = (
+        ("export.json", "{", f"{broken / 'export.json'}: corrupt JSON"),
+        ("export.json", "[]", f"{broken / 'export.json'}: expected a JSON object, got list"),
+        ("export.json", "{}", f"{broken / 'export.json'}: layout None is none of"),
+        ("export.json", json.dumps({**report, "features": features}),
+         f"{broken / 'export.json'}: no field features.num_mel_bins"),
+        ("encoder.onnx", "not a graph", f"{broken}: sherpa-onnx cannot load its graphs"),
+    )
+    for name, text, message in cases:
+        original = (broken / name).read_bytes()
+        (broken / name).write_text(text)
+        caplog.clear()
+        assert main(["decode-onnx", "--onnx-dir", str(broken), "--manifest-dir",
+                     str(tmp_path), "--output-dir", str(tmp_path / "out")]) == 2, name
+        assert message in caplog.text, caplog.text
+        (broken / name).write_bytes(original)
