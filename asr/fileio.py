@@ -29,6 +29,7 @@ and ``.<name>.old-*`` that no live process holds locked).
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import re
@@ -37,6 +38,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +199,22 @@ def read_text(path: str | Path) -> str:
             f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x} at column {column}); "
             "convert it to UTF-8, e.g. iconv -f latin1 -t utf-8"
         ) from None
+
+
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """The JSON object (mapping) stored in the UTF-8 file ``path``.
+
+    Raises:
+        OSError: when it cannot be read.
+        ValueError: when it is not UTF-8, not JSON or not an object, naming the file.
+    """
+    try:
+        data = json.loads(read_text(path))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: corrupt JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def _fsync_file(path: Path) -> None:

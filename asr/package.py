@@ -69,6 +69,7 @@ from asr.fileio import (
     check_writable_dir,
     output_lock,
     publish_directory,
+    read_json_object,
     staging_directory,
 )
 from asr.fingerprint import sha256_of_file
@@ -236,11 +237,9 @@ def _read_metadata(directory: Path) -> PackageMetadata:
     path = directory / METADATA_FILE
     _require_file(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise PackageError(f"{path}: corrupt JSON: {err}") from err
-    if not isinstance(data, dict):
-        raise PackageError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        data = read_json_object(path)
+    except ValueError as err:
+        raise PackageError(str(err)) from None
     return PackageMetadata.from_json(data, str(path))
 
 

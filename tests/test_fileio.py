@@ -23,12 +23,14 @@ from asr.fileio import (
     OutputBusyError,
     current_umask,
     output_lock,
+    read_json_object,
     temporary_path,
     write_atomic,
     write_bytes_atomic,
     write_text_atomic,
 )
 from asr.metrics.wer import compute_wer, write_error_report, write_recognitions
+from asr.synth.corpus_state import MANIFEST_NAME, load_manifest
 from asr.tokenizers.base import write_tokens_file
 from asr.train.plot import plot_history
 from asr.train.state import EpochRecord
@@ -219,3 +221,24 @@ def test_the_output_lock_is_exclusive_and_leaves_nothing(tmp_path):
     with output_lock(out):
         out.write_text("made\n")
     assert sorted(p.name for p in out.parent.iterdir()) == ["lm.arpa"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'{"a": 1', "corrupt JSON"),
+    (b"[1, 2]", "expected a JSON object, got list"),
+    (b'{"a": "\xe9"}', "not UTF-8 text"),
+])
+def test_a_json_file_that_is_no_object_is_an_error_naming_it(tmp_path, content, message):
+    path = tmp_path / "metadata.json"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message) as err:
+        read_json_object(path)
+    assert str(path) in str(err.value)
+    path.write_text('{"a": [1]}', encoding="utf-8")
+    assert read_json_object(path) == {"a": [1]}
+
+
+def test_a_corrupt_synthesis_manifest_is_an_error_naming_it(tmp_path):
+    (tmp_path / MANIFEST_NAME).write_text("[]", encoding="utf-8")
+    with pytest.raises(ValueError, match=f"{MANIFEST_NAME}: expected a JSON object"):
+        load_manifest(tmp_path)

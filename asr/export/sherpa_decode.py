@@ -25,7 +25,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -42,6 +41,7 @@ from asr.encoders.subsampling import subsampled_length
 from asr.export.graphs import chunk_frames
 from asr.export.sherpa import BPE_VOCAB
 from asr.features.fbank import FbankConfig, num_frames
+from asr.fileio import read_json_object
 from asr.run.evaluate import Recognition
 
 __all__ = ["SherpaRecognizer", "SherpaResult", "decode_part_sherpa", "flush_samples",
@@ -282,12 +282,7 @@ def _read_report(path: Path) -> dict:
     """
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not an asr export-onnx directory")
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: corrupt JSON: {err}") from err
-    if not isinstance(report, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(report).__name__}")
+    report = read_json_object(path)
     if report.get("layout") not in _LAYOUTS:
         raise ValueError(f"{path}: layout {report.get('layout')!r} is none of {list(_LAYOUTS)}")
     fields = [("features", "sample_rate"), ("features", "num_mel_bins")]

@@ -22,7 +22,7 @@ from typing import Any
 
 import soundfile as sf
 
-from asr.fileio import write_text_atomic
+from asr.fileio import read_json_object, write_text_atomic
 from asr.synth.biasing import BIASING_DIR
 from asr.synth.parts import BIASING_PARTS, PARTS, ROLE_ORDER
 from asr.synth.sentences import SentencePool
@@ -86,7 +86,7 @@ def load_manifest(corpus_dir: Path) -> dict[str, Any] | None:
     path = corpus_dir / MANIFEST_NAME
     if not path.is_file():
         return None
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = read_json_object(path)
     if data.get("format") != MANIFEST_FORMAT:
         raise ValueError(f"{path}: format {data.get('format')!r}, expected {MANIFEST_FORMAT!r}")
     return data
