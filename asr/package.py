@@ -439,8 +439,9 @@ def locked_output_dir(out_dir: Path, replace: bool, marker: str, inputs: Iterabl
         error: the caller's error type, made from a message (:class:`PackageError`...).
 
     Raises:
-        error: for an output the checks refuse, or one that another run is writing (naming
-            it); an exception of the block passes as it is.
+        error: for an output the checks refuse, one that another run is writing, or one that
+            cannot be written (no permission, a read-only file system), naming it; an exception
+            of the block passes as it is.
     """
     inputs = list(inputs)
     with ExitStack() as lock:
@@ -450,6 +451,8 @@ def locked_output_dir(out_dir: Path, replace: bool, marker: str, inputs: Iterabl
             check_output_dir(out_dir, replace, marker, inputs, option)
         except (ValueError, OutputBusyError) as err:
             raise error(str(err)) from err
+        except OSError as err:  # the lock cannot be made: no permission, a read-only file system
+            raise error(f"--output-dir {out_dir}: cannot write there: {err}") from err
         yield
 
 

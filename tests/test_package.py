@@ -119,6 +119,15 @@ def test_cli_export_package(exp_dir, tmp_path, capsys):
                  "--out", str(tmp_path / "pkg2")]) == 2
 
 
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux sysfs")
+def test_cli_export_package_to_an_unwritable_dir_is_a_bad_option(exp_dir, caplog):
+    """It exited 1 with a PermissionError naming the lock file (sysfs refuses new entries, to
+    root as well)."""
+    out = Path("/sys/asr-package-test/pkg")
+    assert main(["export-package", "--exp-dir", str(exp_dir), "--output-dir", str(out)]) == 2
+    assert f"--output-dir {out}: cannot write there" in caplog.text
+
+
 def test_cli_export_package_old_out_option_still_works(exp_dir, tmp_path, caplog):
     out = tmp_path / "pkg"
     assert main(["export-package", "--exp-dir", str(exp_dir), "--out", str(out)]) == 0

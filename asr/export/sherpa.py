@@ -296,12 +296,8 @@ def export_onnx(
     if left_chunks is not None and left_chunks < -1:
         raise OnnxInputError(f"--left-chunks {left_chunks}: the left context is a number of "
                              "chunks >= 0 (-1, unlimited, has no fixed-shape layout)")
-    with contextlib.ExitStack() as held:
-        try:
-            held.enter_context(locked_output_dir(out_dir, force, _REPORT, [Path(package_dir)],
-                                                 "--force", OnnxInputError))
-        except OSError as err:  # unwritable: no permission, a read-only file system
-            raise OnnxInputError(f"--output-dir {out_dir}: cannot write there: {err}") from err
+    with locked_output_dir(out_dir, force, _REPORT, [Path(package_dir)], "--force",
+                           OnnxInputError):
         try:
             package = load_package(package_dir)
         except PackageError as err:
