@@ -40,6 +40,7 @@ from asr.heads.decoder_layers import (
     trained_utterances,
 )
 from asr.losses.label_smoothing import label_smoothing_loss
+from asr.losses.pruned_rnnt import blank_padded_tokens
 from asr.state import state_field
 from asr.types import LossOutput
 
@@ -288,14 +289,19 @@ class AEDHead(nn.Module):
         Args:
             enc: (B, T, enc_dim) encoder output.
             enc_lens: (B,) valid frames.
-            tokens: (B, U) target ids (no sos/eos), padded with 0 beyond ``token_lens``.
+            tokens: (B, U) target ids (no sos/eos), padded beyond ``token_lens`` with any value
+                (0, WeNet's -1: it is never read).
             token_lens: (B,) number of target tokens.
 
         Returns:
             LossOutput; metrics ``loss_l2r`` (and ``loss_r2l``), ``num_correct`` and
             ``num_tokens`` (of the left-to-right decoder, eos included) for accuracy, and
             ``num_infinite`` (utterances without frames, left out of all of them).
+
+        Raises:
+            ValueError: naming a token within ``token_lens`` outside ``[0, V)``.
         """
+        tokens = blank_padded_tokens(tokens, token_lens, 0, self.vocab_size)
         memory = self.memory_proj(enc)
         memory_mask = lengths_to_mask(enc_lens, enc.shape[1])
         trained = trained_utterances(enc_lens.to(memory.device), "AED")

@@ -57,6 +57,7 @@ from asr.heads.decoder_layers import (
 from asr.losses.cif import quantity_loss, scale_alphas
 from asr.losses.ctc import ctc_forced_align
 from asr.losses.label_smoothing import label_smoothing_loss
+from asr.losses.pruned_rnnt import blank_padded_tokens
 from asr.types import LossOutput
 
 __all__ = [
@@ -569,7 +570,8 @@ class CIFHead(nn.Module):
         Args:
             enc: (B, T, D) encoder output.
             enc_lens: (B,) valid frames.
-            tokens: (B, U) target ids, padded with 0 beyond ``token_lens``.
+            tokens: (B, U) target ids, padded beyond ``token_lens`` with any value (0, WeNet's
+                -1: it is never read).
             token_lens: (B,) number of target tokens.
 
         Returns:
@@ -579,8 +581,12 @@ class CIFHead(nn.Module):
             ``num_infinite`` (utterances without frames: nothing to integrate or attend to,
             left out of the loss and of the other metrics, as the CTC and transducer heads
             drop them) and, with glancing, ``num_glanced``.
+
+        Raises:
+            ValueError: naming a token within ``token_lens`` outside ``[0, V)``.
         """
         cfg = self.cfg
+        tokens = blank_padded_tokens(tokens, token_lens, 0, self.vocab_size)
         inputs, targets, target_lens, alphas = self.teacher_inputs(
             enc, enc_lens, tokens, token_lens
         )

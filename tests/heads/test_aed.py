@@ -92,6 +92,21 @@ def test_loss_without_smoothing_is_minus_sequence_scores_and_padding_invariant()
     assert out.metrics["num_tokens"] == float((token_lens + 1).sum())
 
 
+@pytest.mark.parametrize("reverse_weight", [0.0, 0.3])
+def test_loss_reads_no_padding_value_and_names_a_token_outside_the_vocabulary(reverse_weight):
+    """WeNet pads targets with -1 (its ignore id): the loss is that of 0 padding, as in the CTC
+    and transducer heads; a token outside the vocabulary is a ValueError naming it."""
+    torch.manual_seed(0)
+    head = AEDHead(_tiny_cfg(reverse_weight=reverse_weight), 12, VOCAB).eval()
+    enc, enc_lens, tokens, token_lens = _batch()
+    padded = torch.where(lengths_to_mask(token_lens, tokens.shape[1]), tokens, -1)
+    expected = head.loss(enc, enc_lens, tokens, token_lens).loss
+    torch.testing.assert_close(head.loss(enc, enc_lens, padded, token_lens).loss, expected)
+    tokens[1, 1] = VOCAB
+    with pytest.raises(ValueError, match=rf"tokens\[1, 1\] = {VOCAB} is outside"):
+        head.loss(enc, enc_lens, tokens, token_lens)
+
+
 def test_reverse_decoder_mixes_scores():
     head = AEDHead(_tiny_cfg(reverse_weight=0.3, label_smoothing=0.0), 12, VOCAB).eval()
     enc, enc_lens, tokens, token_lens = _batch()

@@ -270,6 +270,22 @@ def test_end_slot_trains_one_more_position_labelled_end():
     assert head.end_id == 1 and CIFHead(_tiny_cfg(), 12, 9).end_id is None
 
 
+@pytest.mark.parametrize("options", [{}, {"end_slot": True}, {"segments": "ctc"}])
+def test_loss_reads_no_padding_value_and_names_a_token_outside_the_vocabulary(options):
+    """WeNet pads targets with -1 (its ignore id): the loss is that of 0 padding, as in the CTC
+    and transducer heads; a token outside the vocabulary is a ValueError naming it."""
+    torch.manual_seed(0)
+    head = CIFHead(_tiny_cfg(**options), enc_dim=12, vocab_size=9).eval()
+    head.use_ctc(CTCHead(CTCConfig(), 12, 9))
+    enc, enc_lens = torch.randn(2, 10, 12), torch.tensor([10, 7])
+    tokens, token_lens = torch.tensor([[3, 4, 5], [6, 7, 0]]), torch.tensor([3, 2])
+    expected = head.loss(enc, enc_lens, tokens, token_lens).loss
+    padded = torch.tensor([[3, 4, 5], [6, 7, -1]])
+    torch.testing.assert_close(head.loss(enc, enc_lens, padded, token_lens).loss, expected)
+    with pytest.raises(ValueError, match=r"tokens\[0, 2\] = 9 is outside"):
+        head.loss(enc, enc_lens, torch.tensor([[3, 4, 9], [6, 7, 0]]), token_lens)
+
+
 def test_greedy_ctc_segments():
     labels = torch.tensor([[0, 3, 3, 0, 3, 4, 4, 0], [5, 5, 0, 0, 2, 0, 0, 0]])
     segments = ctc_greedy_segments(labels, torch.tensor([8, 5]))
