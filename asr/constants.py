@@ -19,8 +19,9 @@ METADATA_FILE = "metadata.json"
 #: (``Transcriber.transcribe(window_seconds=)``, ``asr transcribe --window-seconds``).
 DEFAULT_WINDOW_SECONDS = 30.0
 
-#: Default overlap (seconds) of consecutive offline windows (``overlap_seconds``,
-#: ``--overlap-seconds``); each window keeps the tokens up to the middle of its overlaps.
+#: Default least overlap (seconds) of consecutive offline windows (``overlap_seconds``,
+#: ``--overlap-seconds``), raised for a chunked encoder with limited left context to that context;
+#: each window keeps the tokens up to the cut in its overlaps (:mod:`asr.runtime.offline`).
 DEFAULT_OVERLAP_SECONDS = 2.0
 
 #: Default bound (seconds) on the left context of unlimited left context (``left_chunks`` -1,

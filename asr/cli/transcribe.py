@@ -92,7 +92,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window-seconds", type=float, default=DEFAULT_WINDOW_SECONDS,
                         help="offline: long inputs are decoded in windows of this length")
     parser.add_argument("--overlap-seconds", type=float, default=DEFAULT_OVERLAP_SECONDS,
-                        help="offline: overlap of consecutive windows (cut in its middle)")
+                        help="offline: least overlap of consecutive windows, cut in its "
+                             "middle; for a chunked streaming encoder raised to its left context "
+                             "(layers x left chunks, logged), so that every window decodes its "
+                             "part as one window over the whole input would")
     parser.add_argument("--output-dir",
                         help="write <stem>.<format> per input here (default: stdout)")
     progress = parser.add_mutually_exclusive_group()

@@ -12,17 +12,41 @@ Long inputs: windows of ``window_seconds`` overlapping by at least ``overlap_sec
 starts lie on the encoder's chunk grid (:attr:`Transcriber.window_grid`: a whole number of
 encoder chunks of the offline chunk mask, ``chunk_size`` encoder frames of ``subsampling_factor``
 feature frames each): window ``k`` starts at ``k * step``, the step being ``window_seconds -
-overlap_seconds`` rounded down to the grid, except the last, which starts at the first grid
+overlap_seconds`` (the overlap raised for a chunked encoder, see below) rounded down to the
+grid, except the last, which starts at the first grid
 point from which it fits (so it ends with the input, at most one chunk shorter than a window, and
 overlaps its neighbour by at least ``overlap_seconds``). On the grid a window's feature frames
-are the whole input's and its chunks are the whole input's chunks, so where the window holds all
-the left context its frames see (``left_chunks`` chunks per layer), its encoder frames are those
-of a one-window decode of the whole input (off the grid, every frame of a later window
-differed).
-**Merge rule**: the middle of each overlap is the cut between neighbouring windows; each window
-keeps only the tokens whose time falls in its own span (from the previous cut to the next cut),
-so every instant is decided by the window that sees it with the most context on both sides, and
-no token is counted twice. A word that straddles a cut keeps the tokens each side decided.
+are the whole input's and its chunks are the whole input's chunks (off the grid, every frame of a
+later window differed).
+
+**Merge rule**: each window keeps only the tokens whose time falls in its own span, from the
+cut with the previous window to the cut with the next (token times are counted in whole encoder
+frames from the input's start, so a token on a cut is kept by exactly one window), so no token
+is counted twice; a word that straddles a cut keeps the tokens each side decided. Where the cut
+lies depends on what an encoder frame sees (:class:`WindowContext`,
+:attr:`Transcriber.window_context`):
+
+* an encoder whose frames see the future (full context, or a centred convolution): the middle
+  of the overlap, so every instant is decided by the window that sees it with the most context
+  on both sides;
+* a causal chunked encoder with limited left context (``left_chunks >= 0``): a frame reads
+  ``num_layers x (left_chunks + the chunks a causal convolution's kernel reaches back)`` chunks
+  before its own, and past its chunk only the few samples its last features read. So a later
+  window's frames are those of one window over the whole input from ``left`` samples after its
+  start on (those chunks, and the chunk whose first features see the window's edge), an earlier
+  window's up to the end of its last chunk that ends ``right`` samples before the window does,
+  and the cut is the middle of the stretch between the two, where both windows' frames are the
+  one-window decode's. The overlap is raised (logged once) until that stretch exists: to about
+  ``left`` (5.4 s for 4 layers of 4 chunks of 0.32 s), rounded to the grid. A greedy search's
+  tokens are then those of one window as far as its state at a cut (a transducer's last tokens,
+  decided by the later window's own earlier frames) has converged, which on the mini_tts model
+  it did everywhere (426 of 426 words at windows of 8-30 s). A beam search's can still differ:
+  its final ranking (``length_norm``) and the alternatives its beam keeps for seconds depend on
+  where the window starts and ends. When the window cannot hold ``left`` and ``right`` and a chunk, the overlap
+  is kept, the cut is the middle of it, and a log line (once) names the shortest window that
+  would (unlimited left context, ``left_chunks < 0``, which no window but the whole input
+  holds, cuts so too, without a word).
+
 The rule needs token times: with a searcher that gives none (``aed_beam``), an input longer than
 one window is an error.
 
@@ -60,6 +84,7 @@ from asr.audio import (
 )
 from asr.constants import DEFAULT_OVERLAP_SECONDS, DEFAULT_WINDOW_SECONDS
 from asr.decoding import Searcher
+from asr.encoders.subsampling import RECEPTIVE_FIELD
 from asr.features.fbank import compute_fbank
 from asr.package import load_package
 from asr.results import FailedInput, TranscriptionResult
@@ -71,7 +96,9 @@ from asr.runtime.streaming import (
     transcribe_streaming,
 )
 
-__all__ = ["AudioInput", "Transcriber", "Window", "load_model", "plan_windows"]
+__all__ = [
+    "AudioInput", "Transcriber", "Window", "WindowContext", "load_model", "plan_windows",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +123,31 @@ class Window:
     keep_to: float
 
 
+@dataclass(frozen=True)
+class WindowContext:
+    """What the frames of a causal chunked encoder read outside their own chunk, in samples at
+    the model rate (see the module doc; :attr:`Transcriber.window_context`).
+
+    Attributes:
+        left: samples from a window's start after which its frames are those of one window
+            over the whole input: the chunks of left context its frames see through every layer,
+            and the chunk whose first features see the window's edge (a whole number of
+            chunks; ``math.inf`` for unlimited left context).
+        right: samples past the end of a chunk that its frames read (the subsampling's and the
+            fbank window's reach): an earlier window's frames are one window's up to the end of
+            its last chunk that ends at least ``right`` samples before the window does.
+    """
+
+    left: float
+    right: int
+
+    def exact_step(self, length: int, grid: int) -> float:
+        """The longest step between windows of ``length`` samples on a ``grid`` at which the
+        later window's exact frames begin no later than the earlier window's end (may be < 1:
+        none; ``-inf`` for unlimited left context)."""
+        return (length - self.right) // grid * grid - self.left
+
+
 def plan_windows(
     index: int,
     num_samples: int,
@@ -103,6 +155,7 @@ def plan_windows(
     window_seconds: float,
     overlap_seconds: float,
     grid: int = 1,
+    context: WindowContext | None = None,
 ) -> list[Window]:
     """Overlapping windows covering ``num_samples`` samples and the span each one owns.
 
@@ -116,6 +169,12 @@ def plan_windows(
             :attr:`Transcriber.window_grid`): every start is a multiple of it, the step between
             windows is ``window_seconds - overlap_seconds`` rounded down to it, and the last
             window starts at the first multiple from which it ends with the input.
+        context: for a causal chunked encoder, what its frames read outside their chunk
+            (:attr:`Transcriber.window_context`): when the window holds it, the step is
+            shortened so that neighbours share a stretch where both decide frames as one window
+            over the whole input (:func:`window_step`), and each cut is its middle. None
+            (frames that see the future), or a window too short to hold the context: the cut is
+            the middle of the overlap.
 
     Raises:
         ValueError: unless ``0 <= overlap_seconds < window_seconds`` and, in samples, the window
@@ -128,14 +187,15 @@ def plan_windows(
     if grid < 1:
         raise ValueError(f"plan_windows: grid must be >= 1 sample, got {grid}")
     length = int(round(window_seconds * sample_rate))
-    step = length - int(round(overlap_seconds * sample_rate))
+    overlap = int(round(overlap_seconds * sample_rate))
+    step = length - overlap
     if step < grid:  # the windows would never advance, or not by a whole chunk
         chunk = " (one encoder chunk: windows start on the chunk grid)" if grid > 1 else ""
         raise ValueError(
             f"window ({window_seconds} s) and overlap ({overlap_seconds} s) at {sample_rate} Hz "
             f"leave a step of {step} samples between windows: need at least {grid}{chunk}"
         )
-    step -= step % grid
+    step = window_step(length, overlap, grid, context)
     if num_samples <= length:
         return [Window(index, 0, num_samples, -math.inf, math.inf)]
     # every window starts ``step`` after the previous one, but the last ends with the input:
@@ -147,9 +207,34 @@ def plan_windows(
         starts.append(starts[-1] + step)
     starts[-1] = -(-(num_samples - length) // grid) * grid
     spans = [(s, min(s + length, num_samples)) for s in starts]
-    cuts = [(spans[k + 1][0] + spans[k][1]) / 2 / sample_rate for k in range(len(spans) - 1)]
+    cuts = [_cut(spans[k], spans[k + 1][0], grid, context) / sample_rate
+            for k in range(len(spans) - 1)]
     bounds = [-math.inf, *cuts, math.inf]
     return [Window(index, s, e, bounds[k], bounds[k + 1]) for k, (s, e) in enumerate(spans)]
+
+
+def window_step(length: int, overlap: int, grid: int, context: WindowContext | None) -> int:
+    """The step (samples) between the starts of windows of ``length`` samples asked to overlap
+    by at least ``overlap`` samples (``length - overlap`` at least one ``grid``): ``length -
+    overlap`` rounded down to the grid, shortened to the context's exact step when that is
+    shorter and still at least one grid (the overlap raised to what the windows need for their
+    frames to be one window's)."""
+    step = (length - overlap) // grid * grid
+    exact = -math.inf if context is None else context.exact_step(length, grid)
+    return int(min(step, exact)) if exact >= grid else step
+
+
+def _cut(earlier: tuple[int, int], later: int, grid: int, context: WindowContext | None) -> float:
+    """The sample at which the window spanning ``earlier`` hands over to the one starting at
+    ``later`` (the merge rule of the module doc): the middle of the stretch where both decide
+    frames as one window, else the middle of their overlap."""
+    start, end = earlier
+    if context is not None:
+        last = start + (end - context.right - start) // grid * grid  # its last exact chunk's end
+        first = later + context.left  # the later window's first exact sample
+        if first <= last:
+            return (first + last) / 2
+    return (later + end) / 2
 
 
 class Transcriber:
@@ -162,6 +247,7 @@ class Transcriber:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self._searchers: dict[str, Searcher] = {}
+        self._logged_windows: set[tuple[float, float]] = set()
 
     @property
     def sample_rate(self) -> int:
@@ -173,9 +259,34 @@ class Transcriber:
         """Samples between the starts that long-input windows may take: one chunk of the
         offline chunk mask (``chunk_size`` encoder frames, or one frame under full context),
         each frame ``subsampling_factor`` feature frames of ``hop_samples``."""
+        return self._frame_samples * max(1, self.runtime.chunk_size)
+
+    @property
+    def _frame_samples(self) -> int:
+        """Samples per encoder frame."""
+        return self.runtime.fbank.hop_samples * self.runtime.model.encoder.subsampling_factor
+
+    @property
+    def window_context(self) -> WindowContext | None:
+        """What an encoder frame reads outside its chunk, for the merge rule (see the module
+        doc), or None for an encoder whose frames see the future: full context, or a
+        convolution that is not causal (one that cannot stream)."""
         runtime = self.runtime
-        frame = runtime.fbank.hop_samples * runtime.model.encoder.subsampling_factor
-        return frame * max(1, runtime.chunk_size)
+        encoder = runtime.model.encoder
+        if runtime.chunk_size <= 0 or encoder.streaming_problem(encoder.cfg) is not None:
+            return None
+        hop = runtime.fbank.hop_samples
+        factor = encoder.subsampling_factor
+        # the last frame of a chunk (and its look-ahead) reads RECEPTIVE_FIELD feature frames
+        # from its own first one, the last of which reads a window of samples from its start
+        right = ((RECEPTIVE_FIELD - 1 - factor + factor * encoder.right_context) * hop
+                 + runtime.fbank.window_samples)
+        if runtime.left_chunks < 0:
+            return WindowContext(math.inf, right)
+        reach = runtime.left_chunks  # chunks of the previous layer's output a frame reads
+        if encoder.has_convolution:  # a causal kernel reads kernel - 1 frames back
+            reach += -(-(encoder.cfg.conv_kernel_size - 1) // runtime.chunk_size)
+        return WindowContext((encoder.cfg.num_layers * reach + 1) * self.window_grid, right)
 
     def searcher(self, name: str | None = None, hotwords: HotwordsSpec = None) -> Searcher:
         """The offline searcher ``name`` (default: the runtime's; cached), biased toward
@@ -332,10 +443,14 @@ class Transcriber:
         progress: bool,
         searcher_name: str | None = None,
     ) -> list[TranscriptionResult]:
-        rate, grid = self.sample_rate, self.window_grid
+        rate, grid, context = self.sample_rate, self.window_grid, self.window_context
+        frame = self._frame_samples
         results = self.runtime.results
-        plans = [plan_windows(i, a.samples.shape[0], rate, window_seconds, overlap_seconds, grid)
+        plans = [plan_windows(i, a.samples.shape[0], rate, window_seconds, overlap_seconds, grid,
+                              context)
                  for i, a in enumerate(audios)]
+        if any(len(plan) > 1 for plan in plans):
+            self._log_window_rule(window_seconds, overlap_seconds)
         windows = [w for plan in plans for w in plan]
         windows.sort(key=lambda w: w.end - w.start, reverse=True)
         kept: list[list[tuple[int, float]]] = [[] for _ in audios]
@@ -348,7 +463,9 @@ class Transcriber:
             hyps = self._decode_windows([audios[w.index].samples[w.start: w.end] for w in batch],
                                         search)
             for window, hyp in zip(batch, hyps):
-                offset = window.start / rate
+                # in whole frames (starts lie on the grid), so that every window gives a frame
+                # the one-window decode's time: a token at a cut is kept by exactly one window
+                offset = window.start // frame
                 if hyp.tokens and not hyp.frames and len(plans[window.index]) > 1:
                     # every token would sit at its window's start, outside the span it owns
                     raise ValueError(
@@ -359,9 +476,9 @@ class Transcriber:
                         f"searcher with token times (attention_rescoring keeps the CTC ones)"
                     )
                 frames = hyp.frames or (0,) * len(hyp.tokens)
-                for token, time in zip(hyp.tokens, results.seconds(frames)):
-                    if window.keep_from <= offset + time < window.keep_to:
-                        kept[window.index].append((int(token), offset + time))
+                for token, time in zip(hyp.tokens, results.seconds(frames, offset)):
+                    if window.keep_from <= time < window.keep_to:
+                        kept[window.index].append((int(token), time))
                 bar.update((window.end - window.start) / rate)
         bar.close()
         transcripts = []
@@ -370,6 +487,30 @@ class Transcriber:
             segment = results.segment([t for t, _ in tokens], [s for _, s in tokens])
             transcripts.append(results.transcript(audio.source, audio.duration, [segment]))
         return transcripts
+
+    def _log_window_rule(self, window_seconds: float, overlap_seconds: float) -> None:
+        """Says once per window and overlap when a chunked encoder's windows overlap by more
+        than asked, or are too short to decode as one window (see the module doc)."""
+        context = self.window_context
+        if (context is None or math.isinf(context.left)
+                or (window_seconds, overlap_seconds) in self._logged_windows):
+            return
+        self._logged_windows.add((window_seconds, overlap_seconds))
+        rate, grid = self.sample_rate, self.window_grid
+        length, overlap = int(round(window_seconds * rate)), int(round(overlap_seconds * rate))
+        step = window_step(length, overlap, grid, context)
+        if context.exact_step(length, grid) < grid:
+            logger.info(
+                "offline windows of %g s cannot hold this encoder's left context (%.2f s): "
+                "tokens near their cuts can differ from one window's; windows of at least %.2f s "
+                "(--window-seconds) decode as one window", window_seconds, context.left / rate,
+                (context.left + context.right + grid) / rate)
+        elif step < window_step(length, overlap, grid, None):
+            logger.info(
+                "offline windows of %g s overlap by %.2f s, not %g s: this encoder's frames see "
+                "%.2f s of left context, which a window needs before the tokens it keeps for "
+                "them to be one window's", window_seconds, (length - step) / rate,
+                overlap_seconds, context.left / rate)
 
     def _decode_windows(self, waves: Sequence[np.ndarray], search: Searcher) -> list:
         runtime = self.runtime
