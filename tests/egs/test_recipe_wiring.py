@@ -348,3 +348,17 @@ def test_the_librispeech_readme_shows_the_commands_its_stages_run(stub, tmp_path
             assert any(_matches(command, call) for call in made), (
                 f"bash {script} {shlex.join(args)} runs no `{shlex.join(command)}`: "
                 f"{calls(everything=True)[before:]}")
+
+
+def test_run_sh_hands_lm_text_to_prepare_sh(stub, tmp_path):
+    """run.sh forwards every prepare.sh option but --lm-text: `bash run.sh --lm-text F` was
+    refused, so the LMs of another text needed prepare.sh run on its own."""
+    run, calls = stub
+    result = run(RUN, "--work-dir", str(tmp_path / "work"), "--full-libri", "false", "--stage",
+                 "5", "--stop-stage", "5", "--lm-text", "a.txt b.txt")
+    assert result.returncode == 0, result.stderr
+    bpe, token_lm, word_lm = calls()
+    for lm in (token_lm, word_lm):
+        start = lm.index("--transcripts") + 1
+        assert lm[start:start + 2] == ["a.txt", "b.txt"]
+    assert "--lm-text" in run(RUN, "--help").stderr
