@@ -32,6 +32,13 @@ case "$1" in
     echo "exp/stub/wer-summary-$1.txt" ;;
   feat)  # lhotse feat extract-cuts ... CUTS_IN CUTS_OUT STORAGE: the output manifest
     : > "${{@: -2:1}}" ;;
+  prepare)  # lhotse prepare musan CORPUS OUT: (re)writes every manifest, as lhotse does
+    if [ "$2" = musan ]; then
+      mkdir -p "$4"
+      for kind in recordings_noise recordings_music supervisions_music; do
+        echo "$kind ${{STUB_MUSAN:-}}" | gzip > "$4/musan_$kind.jsonl.gz"
+      done
+    fi ;;
   export-onnx)
     if [ -n "${{STUB_NO_STREAMING:-}}" ] && [[ " $* " == *" --streaming "* ]]; then
       [[ " $* " == *" --if-supported "* ]] && exit 0
@@ -362,3 +369,28 @@ def test_run_sh_hands_lm_text_to_prepare_sh(stub, tmp_path):
         start = lm.index("--transcripts") + 1
         assert lm[start:start + 2] == ["a.txt", "b.txt"]
     assert "--lm-text" in run(RUN, "--help").stderr
+
+
+def test_a_rerun_of_stages_2_to_4_keeps_the_musan_fbank(stub, tmp_path):
+    """`lhotse prepare musan` rewrites its manifests on every run, so stage 4 found the recordings
+    newer than the MUSAN fbank and computed it again on each rerun of prepare.sh (or run.sh from
+    stage 0); a manifest whose content changed must still make it again."""
+    run, calls = stub
+    work, dl_dir = tmp_path / "work", tmp_path / "dl dir"
+    (dl_dir / "musan").mkdir(parents=True)
+    manifests = work / "data" / "manifests"
+
+    def stages_2_to_4(**env: str) -> list[list[str]]:
+        before = len(calls(everything=True))
+        result = run(PREPARE, "--work-dir", str(work), "--dl-dir", str(dl_dir), "--stage", "2",
+                     "--stop-stage", "4", env=env)
+        assert result.returncode == 0, result.stderr
+        return [c[1:3] for c in calls(everything=True)[before:] if c[0] == "lhotse"]
+
+    made = [["prepare", "musan"], ["cut", "simple"], ["feat", "extract-cuts"]]
+    assert stages_2_to_4() == made
+    assert stages_2_to_4() == [["prepare", "musan"]]  # the same recordings: fbank kept
+    assert sorted(p.name for p in manifests.iterdir()) == [
+        "musan_recordings_music.jsonl.gz", "musan_recordings_noise.jsonl.gz",
+        "musan_supervisions_music.jsonl.gz"]  # no scratch directory left
+    assert stages_2_to_4(STUB_MUSAN="more noise") == made  # other recordings: made again
