@@ -394,3 +394,30 @@ def test_a_rerun_of_stages_2_to_4_keeps_the_musan_fbank(stub, tmp_path):
         "musan_recordings_music.jsonl.gz", "musan_recordings_noise.jsonl.gz",
         "musan_supervisions_music.jsonl.gz"]  # no scratch directory left
     assert stages_2_to_4(STUB_MUSAN="more noise") == made  # other recordings: made again
+
+
+def test_mini_tts_stage_6_records_only_a_wer_measured_with_the_package_search(stub, tmp_path):
+    """Stage 6 took the WER that stage 5 measured with the package searcher, whatever search
+    options stage 5 had used: after `--stage 5 --stop-stage 5 --lm-weight 0.4`, a stage 6 with the
+    default 0.55 recorded 0.4's WER in a package that searches with 0.55."""
+    run, calls = stub
+    work = tmp_path / "work"
+    trans = work / "data" / "LibriSpeech" / "test-clean" / "1" / "2" / "1-2.trans.txt"
+    trans.parent.mkdir(parents=True)
+    trans.write_text("1-2-0000 HELLO\n")
+    (work / "exp" / "transformer_transducer").mkdir(parents=True)  # what the stub average skips
+    common = ["--work-dir", str(work), "--searchers", "greedy beam"]
+
+    def exported(*args: str) -> list[str]:
+        result = run(MINI_TTS, *common, "--stage", "6", "--stop-stage", "6", *args)
+        assert result.returncode == 0, result.stderr
+        (call,) = [c for c in calls() if c[0] == "export-package"][-1:]
+        return call
+
+    assert run(MINI_TTS, *common, "--stage", "5", "--stop-stage", "5",
+               "--lm-weight", "0.4").returncode == 0
+    assert "--wer" not in exported()  # measured with 0.4, exported with 0.55
+    call = exported("--lm-weight", "0.4")
+    assert call[call.index("--wer") + 1] == "test-clean=1.00" and "search.lm_weight=0.4" in call
+    call = exported("--package-searcher", "greedy", "--lm-weight", "0.7")  # greedy: no LM
+    assert call[call.index("--wer") + 1] == "test-clean=1.00"
