@@ -7,9 +7,10 @@ Examples::
         --set train.max_epochs=30 optim.lr=2e-3
     torchrun --nproc-per-node 2 -m asr.cli.main train --config ... --exp-dir ...   # DDP
 
-The resolved configuration (YAML plus ``--set`` overrides) is written to ``<exp-dir>/config.yaml``;
-training resumes from the newest ``checkpoint-N.pt`` in the directory, so re-running the same
-command after a kill continues where it stopped.
+The resolved configuration (YAML plus ``--set`` overrides) is written to ``<exp-dir>/config.yaml``
+(a run that fails before it writes a checkpoint puts the earlier one back, the one the directory's
+checkpoints fit); training resumes from the newest ``checkpoint-N.pt`` in the directory, so
+re-running the same command after a kill continues where it stopped.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from asr.checkpoints.io import CheckpointError
+from asr.checkpoints.io import CheckpointError, list_checkpoints
 from asr.cli.options import add_num_threads_argument, check_experiment_dir, set_num_threads
 from asr.config import ConfigError, load_config, save_config, to_dict
 from asr.experiment import CONFIG_FILE, ExperimentConfig
@@ -88,18 +89,17 @@ def run(args: argparse.Namespace) -> int:
     main = int(os.environ.get("RANK", "0")) == 0
     config_path = args.exp_dir / CONFIG_FILE
     previous = config_path.read_bytes() if main and config_path.is_file() else None
+    checkpoints = list_checkpoints(args.exp_dir)
     if main:
         args.exp_dir.mkdir(parents=True, exist_ok=True)
         _save_resolved_config(cfg, args.exp_dir)
     try:
         train_experiment(cfg, args.exp_dir)
-    except CheckpointError as err:
-        # resume refused the directory's checkpoint: its config.yaml stays the one it fits
-        if previous is not None:
+    except (CheckpointError, FileNotFoundError, ValueError) as err:
+        # stopped before this configuration wrote a checkpoint (a refused resume, missing or bad
+        # data): config.yaml stays the one the directory's checkpoints fit
+        if previous is not None and list_checkpoints(args.exp_dir) == checkpoints:
             write_bytes_atomic(config_path, previous)
-        logger.error("asr train: %s", err, exc_info=logger.isEnabledFor(logging.DEBUG))
-        return 1
-    except (FileNotFoundError, ValueError) as err:
         logger.error("asr train: %s", err, exc_info=logger.isEnabledFor(logging.DEBUG))
         return 1
     return 0

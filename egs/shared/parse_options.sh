@@ -6,7 +6,7 @@
 # the type: an option whose default is true or false takes only true or false, and one whose
 # default is an integer takes only an integer (`--stage six` would otherwise skip every stage and
 # exit 0). The scripts take no positional arguments: one left over (e.g. `--train-args --set k=v`,
-# where only `--set` is the value) is an error. `--help` prints the variables and their values.
+# where only `--set` is the value) is an error. `--help` prints the caller's `usage` (and exits 0).
 # Bash only; the caller must define `usage` (a string) and the defaults before sourcing.
 
 while [ $# -gt 0 ]; do

@@ -146,3 +146,16 @@ def test_a_refused_resume_leaves_the_config_its_checkpoints_fit(tmp_path, tiny_c
     assert train_tiny(tmp_path, tiny_corpus, "changed", "encoder.d_model=48") == 1
     assert "cannot resume from" in caplog.text and "checkpoint-1.pt" in caplog.text
     assert (tmp_path / "changed" / "config.yaml").read_bytes() == before
+
+
+def test_a_run_stopped_before_a_checkpoint_leaves_the_config_its_checkpoints_fit(
+        tmp_path, tiny_corpus, caplog):
+    """A recipe's training stage rerun with another model size that stopped on missing training
+    cuts left config.yaml describing the new model, which none of the directory's checkpoints
+    fit: the decoding and export stages then failed on the trained experiment."""
+    assert train_tiny(tmp_path, tiny_corpus, "kept", "train.max_steps=1") == 0
+    before = (tmp_path / "kept" / "config.yaml").read_bytes()
+    assert train_tiny(tmp_path, tiny_corpus, "kept", "encoder.d_model=48",
+                      "data.train_cuts=[missing.jsonl.gz]") == 1
+    assert "missing.jsonl.gz does not exist" in caplog.text
+    assert (tmp_path / "kept" / "config.yaml").read_bytes() == before

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import time
 
 from lhotse import CutSet
 from lhotse.testing.dummies import dummy_cut
@@ -87,3 +88,17 @@ def test_each_input_is_decompressed_once(tmp_path, monkeypatch):
     monkeypatch.setattr(gzip, "open", counting_open)
     write_shuffled_cuts(parts, tmp_path / "shuf.jsonl.gz", seed=1)
     assert opened == parts
+
+
+def test_a_rerun_writes_the_same_bytes(tmp_path, monkeypatch):
+    """prepare.sh stage 3 writes the shuffled manifest on every run, and `asr shar` (run.sh
+    stage 6) keeps its shards while that manifest has the same sha256: the gzip header's time
+    made a rerun on the same cuts rewrite every shard."""
+    parts = _part_manifests(tmp_path)
+    out = tmp_path / "shuf.jsonl.gz"
+    write_shuffled_cuts(parts, out, seed=1)
+    first = out.read_bytes()
+    later = time.time() + 3600.0
+    monkeypatch.setattr(time, "time", lambda: later)  # the rerun an hour later
+    write_shuffled_cuts(parts, out, seed=1)
+    assert out.read_bytes() == first

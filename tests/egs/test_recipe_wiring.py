@@ -32,6 +32,13 @@ case "$1" in
     echo "exp/stub/wer-summary-$1.txt" ;;
   feat)  # lhotse feat extract-cuts ... CUTS_IN CUTS_OUT STORAGE: the output manifest
     : > "${{@: -2:1}}" ;;
+  prepare)  # lhotse prepare musan CORPUS OUT: (re)writes every manifest, as lhotse does
+    if [ "$2" = musan ]; then
+      mkdir -p "$4"
+      for kind in recordings_noise recordings_music supervisions_music; do
+        echo "$kind ${{STUB_MUSAN:-}}" | gzip > "$4/musan_$kind.jsonl.gz"
+      done
+    fi ;;
   export-onnx)
     if [ -n "${{STUB_NO_STREAMING:-}}" ] && [[ " $* " == *" --streaming "* ]]; then
       [[ " $* " == *" --if-supported "* ]] && exit 0
@@ -348,3 +355,69 @@ def test_the_librispeech_readme_shows_the_commands_its_stages_run(stub, tmp_path
             assert any(_matches(command, call) for call in made), (
                 f"bash {script} {shlex.join(args)} runs no `{shlex.join(command)}`: "
                 f"{calls(everything=True)[before:]}")
+
+
+def test_run_sh_hands_lm_text_to_prepare_sh(stub, tmp_path):
+    """run.sh forwards every prepare.sh option but --lm-text: `bash run.sh --lm-text F` was
+    refused, so the LMs of another text needed prepare.sh run on its own."""
+    run, calls = stub
+    result = run(RUN, "--work-dir", str(tmp_path / "work"), "--full-libri", "false", "--stage",
+                 "5", "--stop-stage", "5", "--lm-text", "a.txt b.txt")
+    assert result.returncode == 0, result.stderr
+    bpe, token_lm, word_lm = calls()
+    for lm in (token_lm, word_lm):
+        start = lm.index("--transcripts") + 1
+        assert lm[start:start + 2] == ["a.txt", "b.txt"]
+    assert "--lm-text" in run(RUN, "--help").stderr
+
+
+def test_a_rerun_of_stages_2_to_4_keeps_the_musan_fbank(stub, tmp_path):
+    """`lhotse prepare musan` rewrites its manifests on every run, so stage 4 found the recordings
+    newer than the MUSAN fbank and computed it again on each rerun of prepare.sh (or run.sh from
+    stage 0); a manifest whose content changed must still make it again."""
+    run, calls = stub
+    work, dl_dir = tmp_path / "work", tmp_path / "dl dir"
+    (dl_dir / "musan").mkdir(parents=True)
+    manifests = work / "data" / "manifests"
+
+    def stages_2_to_4(**env: str) -> list[list[str]]:
+        before = len(calls(everything=True))
+        result = run(PREPARE, "--work-dir", str(work), "--dl-dir", str(dl_dir), "--stage", "2",
+                     "--stop-stage", "4", env=env)
+        assert result.returncode == 0, result.stderr
+        return [c[1:3] for c in calls(everything=True)[before:] if c[0] == "lhotse"]
+
+    made = [["prepare", "musan"], ["cut", "simple"], ["feat", "extract-cuts"]]
+    assert stages_2_to_4() == made
+    assert stages_2_to_4() == [["prepare", "musan"]]  # the same recordings: fbank kept
+    assert sorted(p.name for p in manifests.iterdir()) == [
+        "musan_recordings_music.jsonl.gz", "musan_recordings_noise.jsonl.gz",
+        "musan_supervisions_music.jsonl.gz"]  # no scratch directory left
+    assert stages_2_to_4(STUB_MUSAN="more noise") == made  # other recordings: made again
+
+
+def test_mini_tts_stage_6_records_only_a_wer_measured_with_the_package_search(stub, tmp_path):
+    """Stage 6 took the WER that stage 5 measured with the package searcher, whatever search
+    options stage 5 had used: after `--stage 5 --stop-stage 5 --lm-weight 0.4`, a stage 6 with the
+    default 0.55 recorded 0.4's WER in a package that searches with 0.55."""
+    run, calls = stub
+    work = tmp_path / "work"
+    trans = work / "data" / "LibriSpeech" / "test-clean" / "1" / "2" / "1-2.trans.txt"
+    trans.parent.mkdir(parents=True)
+    trans.write_text("1-2-0000 HELLO\n")
+    (work / "exp" / "transformer_transducer").mkdir(parents=True)  # what the stub average skips
+    common = ["--work-dir", str(work), "--searchers", "greedy beam"]
+
+    def exported(*args: str) -> list[str]:
+        result = run(MINI_TTS, *common, "--stage", "6", "--stop-stage", "6", *args)
+        assert result.returncode == 0, result.stderr
+        (call,) = [c for c in calls() if c[0] == "export-package"][-1:]
+        return call
+
+    assert run(MINI_TTS, *common, "--stage", "5", "--stop-stage", "5",
+               "--lm-weight", "0.4").returncode == 0
+    assert "--wer" not in exported()  # measured with 0.4, exported with 0.55
+    call = exported("--lm-weight", "0.4")
+    assert call[call.index("--wer") + 1] == "test-clean=1.00" and "search.lm_weight=0.4" in call
+    call = exported("--package-searcher", "greedy", "--lm-weight", "0.7")  # greedy: no LM
+    assert call[call.index("--wer") + 1] == "test-clean=1.00"

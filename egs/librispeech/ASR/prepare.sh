@@ -10,7 +10,8 @@
 #   0  download LibriSpeech (and MUSAN with --download-musan true) with lhotse; skipped when
 #      $dl_dir/LibriSpeech already holds every part (and no lhotse extraction was left unfinished)
 #   1  lhotse manifests of every part             -> data/manifests/librispeech_*_<part>.jsonl.gz
-#   2  MUSAN manifests (skipped when $dl_dir/musan does not exist)
+#   2  MUSAN manifests (skipped when $dl_dir/musan does not exist; a rerun leaves each one whose
+#      content is the same untouched)
 #   3  fbank of every part, 0.9/1.1 speed-perturbed copies of the training parts -> data/fbank
 #      and the training cuts in one random order (librispeech_cuts_train-<parts>-shuf.jsonl.gz)
 #   4  MUSAN noise cuts with fbank (skipped without MUSAN) -> data/fbank/musan_cuts.jsonl.gz;
@@ -100,7 +101,20 @@ fi
 if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
   if [ -d "$dl_dir/musan" ]; then
     log "stage 2: MUSAN manifests"
-    lhotse prepare musan "$dl_dir/musan" data/manifests
+    # lhotse rewrites every manifest: made in a scratch directory, a manifest replaces the one in
+    # data/manifests only when its content changed, so that stage 4 keeps the MUSAN fbank made
+    # from the same recordings (it compares their times)
+    scratch=data/manifests/.musan.partial
+    rm -rf "$scratch"
+    lhotse prepare musan "$dl_dir/musan" "$scratch"
+    for made in "$scratch"/musan_*.jsonl.gz; do
+      kept=data/manifests/${made##*/}
+      if [ -f "$kept" ] && cmp -s <(gzip -dc "$made") <(gzip -dc "$kept"); then
+        continue
+      fi
+      mv "$made" "$kept"
+    done
+    rm -rf "$scratch"
   else
     log "stage 2: no $dl_dir/musan: skipping MUSAN"
   fi

@@ -38,6 +38,8 @@ vocab_size=500
 download_musan=false
 lm_order=4                     # token n-gram LM (prepare.sh stage 5)
 word_lm_order=3                # word n-gram LM (prepare.sh stage 5)
+lm_text=""                     # their training text (prepare.sh --lm-text); default: the
+                               # training parts' transcripts
 lm_unit=none                   # stage 7 fuses no LM, the token LM or the word LM (lexicon)
 lm_weight=0.3                  # its weight in the beam searches
 recipe=conformer_transducer    # recipes/librispeech/<recipe>.yaml
@@ -55,7 +57,7 @@ use_shar=false                 # true: train from Lhotse Shar shards of the trai
 
 usage="Usage: $0 [--stage N] [--stop-stage N] [--dl-dir DIR] [--full-libri true|false]
   [--num-jobs N] [--vocab-size N] [--download-musan true|false] [--lm-order N] [--word-lm-order N]
-  [--lm-unit none|token|word] [--lm-weight W] [--recipe NAME] [--nproc N]
+  [--lm-text \"F ...\"] [--lm-unit none|token|word] [--lm-weight W] [--recipe NAME] [--nproc N]
   [--epoch E] [--avg N] [--use-averaged-model true|false] [--searchers \"A B\"|all]
   [--test-parts \"P Q\"] [--train-args \"...\"] [--decode-args \"...\"] [--work-dir DIR] [--skip-setup true|false]
   [--use-shar true|false]"
@@ -77,7 +79,7 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 0 ]; then
   bash "$HERE/prepare.sh" --work-dir "$work_dir" --stage "$stage" --stop-stage "$(( stop_stage < 5 ? stop_stage : 5 ))" \
     --dl-dir "$dl_dir" --full-libri "$full_libri" --num-jobs "$num_jobs" \
     --vocab-size "$vocab_size" --download-musan "$download_musan" --skip-setup "$skip_setup" \
-    --lm-order "$lm_order" --word-lm-order "$word_lm_order"
+    --lm-order "$lm_order" --word-lm-order "$word_lm_order" --lm-text "$lm_text"
 elif [ "$skip_setup" != true ]; then
   bash "$ROOT/tools/setup.sh"
 fi

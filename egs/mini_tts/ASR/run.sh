@@ -21,13 +21,14 @@
 #                                   count is planned on the machine, see asr/train/budget.py)
 #   5  average the last checkpoints (exp/${recipe}/averaged.safetensors) and decode test-clean
 #                                   (exp/${recipe}/<searcher>/wer-summary-test-clean-<searcher>.txt,
-#                                   and one "SEARCHER NAME WER" line per searcher in
-#                                   exp/${recipe}/wer-test-clean.txt); transducer_beam, tdt_beam,
+#                                   and one "SEARCHER NAME WER [SEARCH OPTIONS]" line per
+#                                   searcher in exp/${recipe}/wer-test-clean.txt); transducer_beam, tdt_beam,
 #                                   ctc_prefix_beam and cif_beam fuse the LM of --lm-unit (token;
 #                                   word: lexicon-constrained)
 #   6  export a model package (exp/${recipe}/package) that decodes with --package-searcher and
 #                                   the search options stage 5 used for it (beam, LM copied into
-#                                   the package) and records its test-clean WER of stage 5, then
+#                                   the package) and records its test-clean WER of stage 5 (when
+#                                   stage 5 measured it with the same search options), then
 #                                   transcribe a held-out test-clean file with it
 #   7  export the package for sherpa-onnx (exp/${recipe}/onnx, and onnx-streaming when the model
 #                                   streams and is an RNN-T transducer; fp32 and int8: each
@@ -135,7 +136,8 @@ lm_path=$lang_dir/token_${lm_order}gram.arpa
 word_lm_path=$lang_dir/word_${word_lm_order}gram.arpa
 case "$lm_unit" in token|word) ;; *) echo "$0: --lm-unit must be token or word, got $lm_unit" >&2; exit 1 ;; esac
 parts="train-clean-5 dev-clean-2 test-clean"
-wer_file=$exp_dir/wer-test-clean.txt  # stage 5: "SEARCHER NAME WER" per searcher; stage 6 reads it
+wer_file=$exp_dir/wer-test-clean.txt  # stage 5: "SEARCHER NAME WER [SEARCH OPTIONS]" per
+                                      # searcher; stage 6 reads it
 
 # The search options of searcher $1 (a name or role), in search_args: none for the greedy ones;
 # the LM of --lm-unit, beam size, blank penalty, insertion bonus and length norm for the others.
@@ -224,7 +226,9 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
     for summary in $summaries; do
       cat "$summary" >&2
       name=$(basename "$(dirname "$summary")")
-      echo "$searcher $name $(awk -F'\t' 'NR == 2 {print $2}' "$summary")" >> "$wer_file"
+      # with the search options, which stage 6 compares with those it packages
+      echo "$searcher $name $(awk -F'\t' 'NR == 2 {print $2}' "$summary")${search_args[*]:+ ${search_args[*]}}" \
+        >> "$wer_file"
     done
   done
 fi
@@ -237,14 +241,18 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
   audio=$(dirname "$trans")/$utt.flac
   set_search_args "$package_searcher"
   # the test-clean WER stage 5 measured with this searcher (by the name given or its own name)
+  # and the search options the package gets (a WER of other options would be recorded as its own)
   wer=""
-  [ -f "$wer_file" ] && wer=$(awk -v s="$package_searcher" '$1 == s || $2 == s {w = $3} END {print w}' "$wer_file")
+  [ -f "$wer_file" ] && wer=$(awk -v s="$package_searcher" -v a="${search_args[*]}" '
+    { options = $0; sub(/^[^ ]+ [^ ]+ [^ ]+ ?/, "", options) }
+    ($1 == s || $2 == s) && options == a {w = $3} END {print w}' "$wer_file")
   wer_args=()
   if [ -n "$wer" ]; then
     wer_args=(--wer "test-clean=$wer")
   else
-    log "stage 6: no test-clean WER of $package_searcher in $wer_file (stage 5 with --searchers" \
-      "including it writes one); the package records none"
+    log "stage 6: no test-clean WER of $package_searcher with these search options in" \
+      "$wer_file (stage 5 with --searchers including it and the same options writes one);" \
+      "the package records none"
   fi
   timed export asr export-package --exp-dir "$exp_dir" --checkpoint "$weights" \
     --output-dir "$exp_dir/package" --overwrite --searcher "$package_searcher" \
