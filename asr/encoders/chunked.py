@@ -33,6 +33,7 @@ D model dims.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import ClassVar, Protocol
 
@@ -48,6 +49,7 @@ from asr.encoders.base import EncoderConfig
 from asr.encoders.dropout import Dropout
 from asr.encoders.layers import LayerState
 from asr.encoders.subsampling import (
+    RECEPTIVE_FIELD,
     SUBSAMPLING_FACTOR,
     Conv2dSubsampling,
     SubsamplingState,
@@ -158,6 +160,27 @@ class ChunkedEncoder(nn.Module):
     @property
     def right_context(self) -> int:
         return 0
+
+    def context_chunks(self, chunk_size: int, left_chunks: int) -> float:
+        """Chunks before its own that an encoder frame depends on through every layer under
+        this chunking: each layer reads ``left_chunks`` chunks of the layer below, and a causal
+        convolution ``ceil((kernel - 1) / chunk_size)`` more (``math.inf`` for unlimited left
+        context, ``left_chunks < 0``). Only meaningful for a chunking that streams
+        (:meth:`streaming_problem` is None): a frame under full context sees every frame."""
+        if left_chunks < 0:
+            return math.inf
+        reach = left_chunks
+        if self.has_convolution:
+            reach += -(-(self.cfg.conv_kernel_size - 1) // chunk_size)
+        return self.cfg.num_layers * reach
+
+    @property
+    def feature_lookahead(self) -> int:
+        """Feature frames past the end of a chunk (its encoder frames x the subsampling factor)
+        that the chunk's last encoder frame reads: the subsampling's reach
+        (``RECEPTIVE_FIELD`` frames from its own first one) and the right context."""
+        factor = self.subsampling_factor
+        return RECEPTIVE_FIELD - 1 - factor + factor * self.right_context
 
     def _chunking(self, chunk_size: int | None, left_chunks: int | None) -> tuple[int, int]:
         """Explicit arguments win; then dynamic draws in training; then config defaults."""

@@ -84,7 +84,6 @@ from asr.audio import (
 )
 from asr.constants import DEFAULT_OVERLAP_SECONDS, DEFAULT_WINDOW_SECONDS
 from asr.decoding import Searcher
-from asr.encoders.subsampling import RECEPTIVE_FIELD
 from asr.features.fbank import compute_fbank
 from asr.package import load_package
 from asr.results import FailedInput, TranscriptionResult
@@ -275,18 +274,12 @@ class Transcriber:
         encoder = runtime.model.encoder
         if runtime.chunk_size <= 0 or encoder.streaming_problem(encoder.cfg) is not None:
             return None
-        hop = runtime.fbank.hop_samples
-        factor = encoder.subsampling_factor
-        # the last frame of a chunk (and its look-ahead) reads RECEPTIVE_FIELD feature frames
-        # from its own first one, the last of which reads a window of samples from its start
-        right = ((RECEPTIVE_FIELD - 1 - factor + factor * encoder.right_context) * hop
-                 + runtime.fbank.window_samples)
-        if runtime.left_chunks < 0:
-            return WindowContext(math.inf, right)
-        reach = runtime.left_chunks  # chunks of the previous layer's output a frame reads
-        if encoder.has_convolution:  # a causal kernel reads kernel - 1 frames back
-            reach += -(-(encoder.cfg.conv_kernel_size - 1) // runtime.chunk_size)
-        return WindowContext((encoder.cfg.num_layers * reach + 1) * self.window_grid, right)
+        # the last feature frame a chunk reads, itself a window of samples from its start
+        right = encoder.feature_lookahead * runtime.fbank.hop_samples + runtime.fbank.window_samples
+        # the chunks of context through every layer, and the chunk whose first features see
+        # the window's edge
+        chunks = encoder.context_chunks(runtime.chunk_size, runtime.left_chunks)
+        return WindowContext((chunks + 1) * self.window_grid, right)
 
     def searcher(self, name: str | None = None, hotwords: HotwordsSpec = None) -> Searcher:
         """The offline searcher ``name`` (default: the runtime's; cached), biased toward

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from asr.runtime import offline
-from asr.runtime.offline import plan_windows
+from asr.runtime.offline import WindowContext, plan_windows
 
 
 @pytest.mark.parametrize("seconds", [8.0, 8.01, 13.9, 14.0, 14.1, 15.8, 61.3])
@@ -114,8 +114,6 @@ def test_window_frames_are_the_one_window_decodes_where_the_window_holds_their_c
 
 def _grid_context(rate: int = 100):
     """A toy context on a grid of 8 samples: 40 samples of left context, 3 of right."""
-    from asr.runtime.offline import WindowContext
-
     return 8, WindowContext(left=40, right=3)
 
 
