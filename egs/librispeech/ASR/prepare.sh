@@ -122,7 +122,7 @@ fi
 
 if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
   log "stage 3: fbank (speed perturbation of $train_parts)"
-  # One process is faster than lhotse's process pool for small corpora; use --num-jobs on big ones.
+  # --num-jobs processes (default 4, for LibriSpeech); one is faster for a small corpus, e.g. --num-jobs 1
   asr prepare fbank --manifest-dir data/manifests --output-dir data/fbank --parts $parts \
     --speed-perturb --perturb-parts $train_parts --num-jobs "$num_jobs"
   shuffled=$(librispeech_shuffled_cuts "$full_libri")
