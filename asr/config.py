@@ -5,6 +5,7 @@ turns nested plain data (from YAML, or overrides) into those dataclasses and bac
 anything it does not understand:
 
 * an unknown key is an error naming its full path, with a did-you-mean hint;
+* a YAML mapping that names a key twice is an error naming the file and both lines;
 * a value of the wrong type is an error naming the path, the expected type and the value;
 * ``--set a.b=c`` values are parsed as YAML scalars (``3``, ``0.5``, ``true``, ``[1, 2]``, ``null``)
   and then checked against the field type, so ``--set optim.lr=1e-3`` becomes a float;
@@ -62,6 +63,32 @@ BASE_KEY = "_base_"
 
 class ConfigError(ValueError):
     """A configuration value or key that does not fit its dataclass schema."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping naming a key twice (PyYAML keeps the last
+    silently, so the first value would be lost without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *alias`` may come with keys
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, typing.Hashable):
+                continue  # the base class reports it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark,
+                    f"key {key!r} is given twice (first on line {seen[key].line + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str) -> Any:
+    """The data of YAML ``text`` (safe types only; a mapping may not name a key twice)."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
 
 
 def _where(path: str) -> str:
@@ -219,7 +246,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not all(keys):
         raise ConfigError(f"override {text!r} has an empty key component")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"override {text!r}: value is not valid YAML: {err}") from err
     return keys, value
@@ -300,7 +327,7 @@ def read_yaml(path: str | Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         wanted = f" (the {BASE_KEY} of {chain[-1]})" if chain else ""
         raise FileNotFoundError(f"{path}: no such file{wanted}")
     try:
-        data = yaml.safe_load(read_text(path)) or {}
+        data = _load_yaml(read_text(path)) or {}
     except ValueError as err:  # not UTF-8
         raise ConfigError(str(err)) from None
     except yaml.YAMLError as err:

@@ -176,3 +176,34 @@ def test_librispeech_recipes_name_their_presets_instead_of_copying_them():
             continue
         assert "_base_: ../presets/encoder_m.yaml" in recipe.read_text()
         assert cfg.encoder == preset, recipe
+
+
+def test_a_key_given_twice_in_a_yaml_file_is_an_error_naming_file_and_lines(tmp_path):
+    # PyYAML keeps the last of two equal keys silently: the first value would be lost
+    path = tmp_path / "dup.yaml"
+    path.write_text("name: demo\noptim:\n  lr: 0.1\n  schedule: cosine\n  lr: 0.2\n")
+    with pytest.raises(ConfigError, match=r"(?s)dup\.yaml.*'lr' is given twice \(first on line 3\)"
+                                          r".*line 5"):
+        load_config(Experiment, path)
+    path.write_text("name: demo\noptim: {lr: 0.1}\nname: other\n")
+    with pytest.raises(ConfigError, match=r"'name' is given twice \(first on line 1\)"):
+        read_yaml(path)
+    with pytest.raises(ConfigError, match="given twice"):
+        parse_override("optim={lr: 1, lr: 2}")
+
+
+def test_anchors_aliases_and_merge_keys_still_load(tmp_path):
+    # a merge key's mapping may be overridden by the keys beside it: that is not a duplicate
+    path = tmp_path / "anchors.yaml"
+    path.write_text(
+        "name: demo\nctc: &c {weight: 0.5}\n"
+        "optim:\n  <<: {lr: 0.1, schedule: cosine}\n  lr: 0.2\n"
+    )
+    assert read_yaml(path) == {"name": "demo", "ctc": {"weight": 0.5},
+                               "optim": {"lr": 0.2, "schedule": "cosine"}}
+    cfg = load_config(Experiment, path)
+    assert cfg.optim.lr == 0.2 and cfg.optim.schedule == "cosine" and cfg.ctc.weight == 0.5
+
+
+def test_a_key_given_twice_on_the_command_line_takes_the_last():
+    assert apply_overrides({}, ["a.b=1", "a.b=2"]) == {"a": {"b": 2}}
