@@ -69,6 +69,9 @@ class HeadsConfig:
                 f"heads.loss_weights names {unknown}, which are not configured heads "
                 f"(configured: {sorted(enabled)})"
             )
+        bad = {k: w for k, w in self.loss_weights.items() if not 0 <= w < math.inf}
+        if bad:  # a negative weight trains its head to get worse, NaN ruins every step
+            raise ValueError(f"heads.loss_weights must be >= 0 and finite, got {bad}")
         if self.cif is not None and self.cif.segments == "ctc" and self.ctc is None:
             raise ValueError("heads.cif.segments: ctc needs a ctc head (heads.ctc: {})")
 

@@ -207,3 +207,42 @@ def test_anchors_aliases_and_merge_keys_still_load(tmp_path):
 
 def test_a_key_given_twice_on_the_command_line_takes_the_last():
     assert apply_overrides({}, ["a.b=1", "a.b=2"]) == {"a": {"b": 2}}
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.log_interval=0", "log_interval"),  # the loop takes steps modulo it: step 1 crashed
+        ("train.max_steps=-5", "max_steps"),
+        ("train.keep_last=-1", "keep_last"),
+        ("train.checkpoint_interval=-1", "checkpoint_interval"),
+        ("train.average_period=-1", "average_period"),
+        ("train.max_skipped_in_a_row=-1", "max_skipped_in_a_row"),
+        ("train.time_budget_s=nan", "time_budget_s"),
+        ("train.min_loss_scale=.nan", "min_loss_scale"),
+        ("optim.lr=nan", "lr"),
+        ("optim.lr=.inf", "lr"),
+        ("optim.min_lr=-1e-5", "min_lr"),  # cosine would end with a negative learning rate
+        ("optim.weight_decay=-0.1", "weight_decay"),
+        ("optim.betas=[0.9, 1.0]", "betas"),
+        ("optim.total_steps=0", "total_steps"),
+        ("optim.grad_clip=nan", "grad_clip"),
+        ("optim.lr_batches=inf", "lr_batches"),
+        ("heads.loss_weights.ctc=-1", "loss_weights"),
+        ("heads.loss_weights.ctc=nan", "loss_weights"),
+    ],
+)
+def test_invalid_training_values_are_refused_at_load_naming_the_key(override, key):
+    overrides = ["heads.ctc={}", override]
+    with pytest.raises(ConfigError, match=key):
+        load_config(ExperimentConfig, None, overrides)
+
+
+def test_the_documented_off_values_still_load():
+    cfg = load_config(ExperimentConfig, None, [
+        "train.max_steps=0", "train.valid_interval=0", "train.checkpoint_interval=0",
+        "train.keep_last=0", "train.average_period=0", "train.min_loss_scale=0",
+        "optim.grad_clip=0", "optim.weight_decay=0", "optim.min_lr=0", "heads.ctc={}",
+        "heads.loss_weights.ctc=0",
+    ])
+    assert cfg.optim.grad_clip == 0 and cfg.heads.weights() == {"ctc": 0.0}

@@ -55,17 +55,26 @@ class OptimConfig:
     grad_clip: float = 5.0
 
     def __post_init__(self) -> None:
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 < self.lr < math.inf:  # NaN fails too
+            raise ValueError(f"lr must be > 0 and finite, got {self.lr}")
+        if not all(0 <= beta < 1 for beta in self.betas):
+            raise ValueError(f"betas must be within [0, 1), got {self.betas}")
+        for name in ("weight_decay", "min_lr"):  # a negative min_lr ends cosine going uphill
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be >= 0 and finite, got {getattr(self, name)}")
+        if self.total_steps <= 0:
+            raise ValueError(f"total_steps must be > 0, got {self.total_steps}")
+        if math.isnan(self.grad_clip):
+            raise ValueError("grad_clip must be a number (<= 0: no clipping), got nan")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if self.lr_batches <= 0 or self.lr_epochs <= 0:
+        if not (0 < self.lr_batches < math.inf and 0 < self.lr_epochs < math.inf):
             raise ValueError(
-                f"lr_batches and lr_epochs must be > 0, got {self.lr_batches}, {self.lr_epochs}"
+                f"lr_batches and lr_epochs must be > 0 and finite, got {self.lr_batches}, {self.lr_epochs}"
             )
-        if self.reference_batch_seconds < 0:
+        if not 0 <= self.reference_batch_seconds < math.inf:
             raise ValueError(
-                f"reference_batch_seconds must be >= 0, got {self.reference_batch_seconds}"
+                f"reference_batch_seconds must be >= 0 and finite, got {self.reference_batch_seconds}"
             )
 
     def step_scale(self, batch_seconds: float) -> float:

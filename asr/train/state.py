@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -99,10 +100,16 @@ class TrainConfig:
             raise ValueError(f"max_epochs must be > 0, got {self.max_epochs}")
         if self.accum_grad <= 0:
             raise ValueError(f"accum_grad must be > 0, got {self.accum_grad}")
-        if self.min_loss_scale < 0:
-            raise ValueError(f"min_loss_scale must be >= 0, got {self.min_loss_scale}")
-        if self.time_budget_s < 0:
-            raise ValueError(f"time_budget_s must be >= 0, got {self.time_budget_s}")
+        if self.log_interval <= 0:  # the loop takes the step count modulo it
+            raise ValueError(f"log_interval must be > 0, got {self.log_interval}")
+        for name in ("max_steps", "valid_interval", "checkpoint_interval", "keep_last",
+                     "average_period", "dev_wer_max_utterances", "max_skipped_in_a_row"):
+            if getattr(self, name) < 0:  # 0 is each one's "off" / "all"
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.min_loss_scale < math.inf:  # NaN fails too
+            raise ValueError(f"min_loss_scale must be >= 0 and finite, got {self.min_loss_scale}")
+        if not 0 <= self.time_budget_s < math.inf:
+            raise ValueError(f"time_budget_s must be >= 0 and finite, got {self.time_budget_s}")
         knobs = ("calibration_steps", "quantum", "window")
         if any(getattr(self, f"time_budget_{k}") <= 0 for k in knobs):
             raise ValueError(
