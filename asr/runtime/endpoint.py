@@ -34,7 +34,7 @@ class EndpointRule:
     min_utterance_length: float
 
     def __post_init__(self) -> None:
-        if self.min_trailing_silence < 0 or self.min_utterance_length < 0:
+        if not (self.min_trailing_silence >= 0 and self.min_utterance_length >= 0):  # NaN too
             raise ValueError(
                 f"endpoint rule durations must be >= 0, got trailing silence "
                 f"{self.min_trailing_silence}, utterance length {self.min_utterance_length}"

@@ -421,6 +421,10 @@ def test_endpoint_rules():
     assert not detect_endpoint(EndpointConfig(enabled=False), 1000, None, frame)
     with pytest.raises(ValueError, match=">= 0"):
         EndpointRule(False, -1.0, 0.0)
+    with pytest.raises(ValueError, match=">= 0"):  # a NaN rule would never fire, silently
+        EndpointRule(True, math.nan, 0.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        EndpointRule(False, 0.0, math.nan)
 
 
 def _feed_until_endpoint(recognizer, stream, samples, piece=640):
