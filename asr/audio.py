@@ -182,6 +182,9 @@ def resampling_problem(orig_rate: int, new_rate: int, max_term: int = MAX_RATE_R
     The rule every resampling path applies (files, arrays, the server's streams): the ratio of
     the two rates, reduced, must have terms of at most ``max_term``.
     """
+    for rate in (orig_rate, new_rate):  # int() would cut 22050.5 to 22050 without a word
+        if isinstance(rate, bool) or not float(rate).is_integer():
+            return f"sample rates must be whole numbers of Hz, got {orig_rate} -> {new_rate}"
     if orig_rate <= 0 or new_rate <= 0:
         return f"sample rates must be > 0, got {orig_rate} -> {new_rate}"
     gcd = math.gcd(int(orig_rate), int(new_rate))
@@ -464,7 +467,7 @@ def to_model_rate(
     """
     wave = as_waveform(samples, name, allow_empty=True)
     if resampler is None:
-        resampler = StreamingResampler(sample_rate, model_rate)
+        resampler = StreamingResampler(sample_rate, model_rate, name)
     elif resampler.orig_rate != sample_rate:
         raise ValueError(
             f"{name}: sample rate changed from {resampler.orig_rate} to {sample_rate} Hz")

@@ -363,6 +363,17 @@ def test_invalid_input(transducer_model):
         recognizer.accept_waveform(stream, np.zeros(100, np.float32), 8000)
 
 
+@pytest.mark.parametrize("rate", [16000.5, 8000.25, True])
+def test_a_sample_rate_that_is_not_whole_hz_is_an_error_naming_the_stream(transducer_model, rate):
+    """16000.5 Hz was cut to 16000 (and 8000.25 to 8000) and taken without a word."""
+    recognizer = transducer_model.streaming_recognizer()
+    stream = recognizer.new_stream()
+    with pytest.raises(ValueError, match=rf"stream {stream.id}: sample rates must be whole"):
+        recognizer.accept_waveform(stream, np.zeros(1600, np.float32), rate)
+    recognizer.accept_waveform(stream, np.zeros(1600, np.float32), 16000.0)  # whole: fine
+    assert stream.num_samples == 1600
+
+
 def test_misuse_that_was_silently_wrong_is_an_error(transducer_model):
     """A channels-first stereo array (read as 2 samples of 16000 channels) and one stream given
     twice to one decode call (stepped twice on the same chunk)."""
