@@ -375,10 +375,13 @@ def make_dataloader(
 
     Raises:
         ValueError: naming a cut that is not at the features' sample rate (``cfg.fbank``) or
-            holds several audio channels (:func:`~asr.data.filtering.check_cut_audio`).
+            holds several audio channels, or, without ``cfg.on_the_fly_feats``, has no stored
+            features or stored features of other mel bins or frame shift than ``cfg.fbank``
+            (:func:`~asr.data.filtering.check_cut_audio`).
     """
     rank, world_size = resolve_rank_world_size(rank, world_size)
-    check_cut_audio(cuts if bucket_cuts is None else bucket_cuts, cfg.fbank.sample_rate)
+    check_cut_audio(cuts if bucket_cuts is None else bucket_cuts, cfg.fbank.sample_rate,
+                    stored=None if cfg.on_the_fly_feats else cfg.fbank)
     dataset = AsrDataset.from_config(cfg, encoder, train=train)
     if dataset.speed_perturbation is not None:
         # the buckets are estimated from the cuts as they are (the factors average out)

@@ -25,10 +25,14 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:  # pragma: no cover
+    from asr.features.fbank import FbankConfig
 
 logger = logging.getLogger(__name__)
 
@@ -139,25 +143,44 @@ def unreadable_field(cut, fields: Collection[str]) -> tuple[str, str] | None:
     return None
 
 
-def check_cut_audio(cuts, sample_rate: int) -> None:
+def check_cut_audio(cuts, sample_rate: int, stored: FbankConfig | None = None) -> None:
     """Checks, in one pass over ``cuts``, that every cut (its audio, or the audio its features
     were computed from) is at ``sample_rate`` Hz, the rate of the feature extractor that reads
-    it, and holds one audio channel.
+    it, and holds one audio channel; with ``stored``, also that every cut has stored features
+    of ``stored``'s mel bins and frame shift.
 
     lhotse computes the features of a multi-channel cut (stored or on the fly) from its first
     channel alone, while ``asr transcribe`` averages a file's channels (:mod:`asr.audio`): a
     model trained on such cuts would meet other features at inference, so they are refused.
+    Stored features are read as they are: made with other options than the ones recognition
+    computes (``data.fbank``, recorded in the model's config), they would train the model on
+    another front end, silently when only the frame shift differs.
+
+    Args:
+        cuts: a CutSet (lazy or eager).
+        sample_rate: the rate in Hz the cuts must be at.
+        stored: the options the cuts' stored features must have (``num_mel_bins``,
+            ``frame_shift_ms``); None when features are computed on the fly (not checked).
 
     Raises:
-        ValueError: naming how many cuts are at another rate (or have several channels), the
-            first one and its files.
+        ValueError: naming how many cuts are at another rate (or have several channels, no
+            stored features, stored features of other mel bins or frame shift), the first one
+            and its files.
     """
-    other_rate, multi_channel = [], []
+    other_rate, multi_channel, unstored, other_bins, other_shift = [], [], [], [], []
     for cut in cuts:
         if cut.sampling_rate != sample_rate:
             other_rate.append(cut)
         if getattr(cut, "num_channels", 1) > 1:
             multi_channel.append(cut)
+        if stored is None:
+            continue
+        if not cut.has_features:
+            unstored.append(cut)
+        elif cut.num_features != stored.num_mel_bins:
+            other_bins.append(cut)
+        elif not math.isclose(cut.frame_shift, stored.frame_shift, rel_tol=1e-6):
+            other_shift.append(cut)
     if other_rate:
         bad = other_rate
         raise ValueError(
@@ -172,6 +195,30 @@ def check_cut_audio(cuts, sample_rate: int) -> None:
             f"{bad[0].num_channels} ({cut_files(bad[0])}); lhotse would compute its features "
             "from the first channel only: downmix the recordings to mono, averaging the "
             "channels as `asr transcribe` does (e.g. `ffmpeg -i in.wav -ac 1 out.wav`)"
+        )
+    if unstored:
+        bad = unstored
+        raise ValueError(
+            f"{len(bad)} cuts have no stored features, e.g. cut {bad[0].id!r} "
+            f"({cut_files(bad[0])}); store them with `asr prepare fbank`, or set "
+            "data.on_the_fly_feats=true to compute them from the audio"
+        )
+    if other_bins:
+        bad = other_bins
+        raise ValueError(
+            f"{len(bad)} cuts have stored features with other than {stored.num_mel_bins} mel "
+            f"bins (data.fbank.num_mel_bins), e.g. cut {bad[0].id!r} with "
+            f"{bad[0].num_features} ({cut_files(bad[0])}); store them again with `asr prepare "
+            f"fbank --num-mel-bins {stored.num_mel_bins} --overwrite`, or set "
+            "data.on_the_fly_feats=true"
+        )
+    if other_shift:
+        bad = other_shift
+        raise ValueError(
+            f"{len(bad)} cuts have stored features with a frame shift other than "
+            f"{stored.frame_shift_ms:g} ms (data.fbank.frame_shift_ms), e.g. cut "
+            f"{bad[0].id!r} with {bad[0].frame_shift * 1000:g} ms ({cut_files(bad[0])}); set "
+            "data.on_the_fly_feats=true to compute features of that shift from the audio"
         )
 
 

@@ -383,6 +383,41 @@ def test_multi_channel_cuts_are_refused_before_any_batch(prepared: dict, tmp_pat
         make_dataloader(CutSet.from_cuts([*cuts[:2], stereo]), cfg, CharEncoder(), train=True)
 
 
+@pytest.mark.parametrize("fbank, field", [
+    (FbankConfig(num_mel_bins=40), r"other than 40 mel bins \(data\.fbank\.num_mel_bins\), "
+                                   r"e\.g\. cut '[^']+' with 80"),
+    (FbankConfig(frame_shift_ms=20.0), r"a frame shift other than 20 ms "
+                                       r"\(data\.fbank\.frame_shift_ms\), e\.g\. cut '[^']+' with "
+                                       r"10 ms"),
+])
+def test_stored_features_made_with_other_fbank_options_are_refused_before_any_batch(
+        prepared: dict, fbank: FbankConfig, field: str) -> None:
+    """Features stored by `asr prepare fbank` with other options than data.fbank were read as
+    they were: a frame shift of 10 ms under a 20 ms config trained silently (inference then
+    feeds the model 20 ms frames); other mel bins failed in the encoder, naming no file. Both
+    are refused when the loader is made, naming the cut, its feature file and the option."""
+    cfg = _cfg(prepared, fbank=fbank, spec_augment=SpecAugmentConfig(max_freq_mask_width=10))
+    for train in (True, False):
+        with pytest.raises(ValueError, match=rf"8 cuts have stored features with {field} "
+                                             r"\(features .*librispeech_feats_train-clean-5\.lca"):
+            make_dataloader(_train_cuts(prepared), cfg, CharEncoder(), train=train)
+
+
+def test_cuts_without_stored_features_are_refused_unless_computed_on_the_fly(
+        prepared: dict) -> None:
+    """Cuts of `asr prepare manifests` (no features) under data.on_the_fly_feats=false failed
+    at their first batch with a bare AssertionError; now the loader names the setting."""
+    cuts = CutSet.from_file(prepared["manifests"]["train-clean-5"])
+    first = next(iter(cuts))
+    with pytest.raises(ValueError, match=rf"8 cuts have no stored features, e.g. cut "
+                                         rf"{first.id!r} \(audio .*\.flac\).*"
+                                         r"data\.on_the_fly_feats=true"):
+        make_dataloader(cuts, _cfg(prepared), CharEncoder(), train=True)
+    batches = list(make_dataloader(cuts, _cfg(prepared, on_the_fly_feats=True), CharEncoder(),
+                                   train=False))
+    assert sum(len(batch.cut_ids) for batch in batches) == 8
+
+
 def test_evaluation_batches_of_on_the_fly_features_get_no_dither(prepared: dict) -> None:
     """data.fbank.dither is training noise: dev batches (validation loss, dev WER) and
     `asr decode` on on-the-fly features got it too, so their features and scores moved with the
