@@ -5,7 +5,8 @@
 # an error, not a silently ignored setting. As in Kaldi's parse_options.sh, the default also fixes
 # the type: an option whose default is true or false takes only true or false, and one whose
 # default is an integer takes only an integer (`--stage six` would otherwise skip every stage and
-# exit 0). The scripts take no positional arguments: one left over (e.g. `--train-args --set k=v`,
+# exit 0), and one whose default is a decimal number (`lm_weight=0.3`) only a number (a typo there
+# failed only at the decode stage, after training). The scripts take no positional arguments: one left over (e.g. `--train-args --set k=v`,
 # where only `--set` is the value) is an error. `--help` prints the caller's `usage` (and exits 0).
 # Bash only; the caller must define `usage` (a string) and the defaults before sourcing.
 
@@ -47,6 +48,11 @@ while [ $# -gt 0 ]; do
   esac
   if [[ "${!_name}" =~ ^-?[0-9]+$ ]] && ! [[ "$_value" =~ ^-?[0-9]+$ ]]; then
     echo "$0: --${_name//_/-} takes an integer, got '$_value'" >&2
+    exit 2
+  fi
+  if [[ "${!_name}" =~ ^-?[0-9]*\.[0-9]+$ ]] \
+      && ! [[ "$_value" =~ ^-?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$ ]]; then
+    echo "$0: --${_name//_/-} takes a number, got '$_value'" >&2
     exit 2
   fi
   printf -v "$_name" '%s' "$_value"
