@@ -8,6 +8,7 @@ import re
 import shlex
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,39 @@ def test_options_are_checked_against_their_defaults(stub, tmp_path, script, args
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert calls(everything=True) == [] and "done (stages" not in result.stderr
+
+
+@pytest.mark.parametrize("script", [RUN, MINI_TTS])
+def test_a_decimal_option_takes_only_a_number(stub, tmp_path, script):
+    """--lm-weight's default is 0.3 / 0.55: a typo used to pass and fail only at the decode stage,
+    after training."""
+    run, calls = stub
+    work = str(tmp_path / "work")
+    for bad in ("0.3x", "abc", "", "1.2.3"):
+        result = run(script, "--work-dir", work, "--lm-weight", bad)
+        assert result.returncode == 2, (bad, result.stderr)
+        assert f"--lm-weight takes a number, got '{bad}'" in result.stderr
+        assert calls(everything=True) == []
+    for good in ("1", "0.4", "-0.5", ".5", "2.", "1e-2", "3E+1"):
+        result = run(script, "--work-dir", work, "--lm-weight", good, "--stage", "99",
+                     "--stop-stage", "0")
+        assert result.returncode == 0, (good, result.stderr)
+
+
+def test_a_misspelt_searcher_is_refused_before_training(stub, tmp_path):
+    """--searchers used to be read only by stage 7's `asr decode`, after training. The check
+    runs in the real venv (the stub's python accepts anything); nothing is trained."""
+    run, calls = stub
+    real = {"ASR_VENV": sys.prefix, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    result = run(RUN, "--work-dir", str(tmp_path / "work"), "--stage", "6", "--stop-stage", "7",
+                 "--searchers", "greedy trnasducer_beam", env=real)
+    assert result.returncode == 2, result.stderr
+    assert "--searchers: unknown ['trnasducer_beam']" in result.stderr
+    assert "stage 6" not in result.stderr
+    # known names pass the check; stage 7 then fails in `asr decode` (nothing was trained)
+    result = run(RUN, "--work-dir", str(tmp_path / "work"), "--stage", "7", "--stop-stage", "7",
+                 "--searchers", "greedy transducer_beam", env=real)
+    assert "--searchers: unknown" not in result.stderr and "stage 7: decode" in result.stderr
 
 
 @pytest.mark.parametrize("script", [RUN, MINI_TTS])

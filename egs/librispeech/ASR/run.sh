@@ -87,6 +87,16 @@ VENV=${ASR_VENV:-$ROOT/.venv}
 [[ $VENV = /* ]] || VENV=$ROOT/$VENV  # relative to the repository, as tools/setup.sh takes it
 asr() { "$VENV/bin/asr" "$@"; }
 . "$HERE/train_parts.sh"
+if [ $stage -le 7 ] && [ $stop_stage -ge 7 ] && [ "$searchers" != all ]; then
+  # a misspelt searcher fails now, not at stage 7 after training (which heads have it is
+  # checked there, against the trained model)
+  # shellcheck disable=SC2086
+  "$VENV/bin/python" -c 'import sys
+from asr.decoding.registry import ROLES, SEARCHER_NAMES
+bad = [s for s in sys.argv[1:] if s not in SEARCHER_NAMES + ROLES + ("all",)]
+sys.exit(f"--searchers: unknown {bad}; expected names of {list(SEARCHER_NAMES)}, the roles "
+         f"{list(ROLES)} or all" if bad else 0)' $searchers || exit 2
+fi
 exp_dir=exp/$recipe
 averaged=""
 [ "$use_averaged_model" = true ] && averaged="--use-averaged-model"
