@@ -5,7 +5,8 @@ A package is a directory::
     PKG/config.yaml         the resolved ExperimentConfig (tokenizer_dir: tokenizer)
     PKG/tokenizer/          tokenizer files (tokens.txt, bpe.model for sentencepiece)
     PKG/model.safetensors   weights (safetensors: tensors only, no code)
-    PKG/lm/NAME.arpa        the n-gram LM of ``search.lm_path``, when the search fuses one
+    PKG/lm/NAME.arpa        the n-gram LM of ``search.lm_path``, when the search fuses one (a
+                            copy of the file as it is: ``NAME.arpa.gz`` stays compressed)
     PKG/hotwords/NAME       the phrase list of ``search.hotwords_file``, when the search biases
     PKG/metadata.json       provenance, default searcher, sizes, WER if known, sha256 of each file
 
