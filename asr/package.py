@@ -450,10 +450,8 @@ def locked_output_dir(out_dir: Path, replace: bool, marker: str, inputs: Iterabl
             check_output_dir(out_dir, replace, marker, inputs, option)
             lock.enter_context(output_lock(out_dir))
             check_output_dir(out_dir, replace, marker, inputs, option)
-        except (ValueError, OutputBusyError) as err:
+        except (ValueError, OutputBusyError) as err:  # OutputUnwritableError is a ValueError
             raise error(str(err)) from err
-        except OSError as err:  # the lock cannot be made: no permission, a read-only file system
-            raise error(f"--output-dir {out_dir}: cannot write there: {err}") from err
         yield
 
 
