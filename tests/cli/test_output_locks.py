@@ -288,3 +288,13 @@ def test_a_second_average_to_the_default_output_is_refused_before_it_reads(
         assert output.is_file() and reads
     finally:
         output.unlink(missing_ok=True)
+
+
+def test_average_reports_a_missing_checkpoint_before_a_busy_output(experiment, tmp_path, caplog):
+    """The order is kept on purpose: the missing checkpoint is a mistake no wait mends, the busy
+    output ends with the other run; both exit 2."""
+    output = tmp_path / "averaged.safetensors"
+    with _held_by_another_process(_lock_of(output)):
+        assert main(["average", "--exp-dir", str(experiment), "--epoch", "9", "--output",
+                     str(output)]) == 2
+    assert "epoch-9.pt" in caplog.text and "being written by another process" not in caplog.text
