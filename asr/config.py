@@ -18,7 +18,8 @@ anything it does not understand:
         _base_: ../presets/encoder_m.yaml   # a file of EncoderConfig fields
         chunk_size: 16                      # this recipe's own value
 
-Supported field types: ``bool``, ``int``, ``float`` (ints accepted), ``str``, ``pathlib.Path``,
+Supported field types: ``bool``, ``int`` (a whole number written as a float accepted:
+``1e3``, ``2.0``; never ``1.5``, NaN, infinity or a boolean), ``float`` (ints accepted), ``str``, ``pathlib.Path``,
 ``Literal[...]``, ``X | None``, ``list[X]``, ``tuple[X, ...]``, ``dict[str, X]`` and nested
 dataclasses (a missing nested section takes its defaults; ``null`` is allowed only for optional
 ones).
@@ -101,6 +102,17 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
+def _float_of_string(value: Any) -> float | None:
+    """The number a string holds, else None: YAML 1.1 reads ``1e3`` and ``1e-3`` (no dot) as
+    strings, which a number field takes as the numbers they are."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
 def _convert(value: Any, tp: Any, path: str) -> Any:
     """Checks and converts ``value`` to type ``tp``; raises ConfigError naming ``path``."""
     origin = typing.get_origin(tp)
@@ -156,17 +168,16 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
+        number = value if isinstance(value, float) else _float_of_string(value)
+        if number is not None and number.is_integer():  # 2.0, 1e3; not 1.5, nan, inf
+            return int(number)
         raise ConfigError(f"{_where(path)}: expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
+        number = _float_of_string(value)
+        if number is not None:
+            return number
         raise ConfigError(f"{_where(path)}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):

@@ -20,7 +20,11 @@ transcripts) is made under
 :func:`output_lock`: an exclusive ``flock`` on ``.<name>.lock`` beside it, held for the whole run
 and released by the kernel when the process ends however it ends. A second run is refused at
 once (:class:`OutputBusyError`, naming the output) rather than made to wait: a wait would hide
-a mistake (two recipe stages writing one file) and could outlast the first run by hours.
+a mistake (two recipe stages writing one file) and could outlast the first run by hours. An
+output whose lock cannot be made (a file where a directory should be, no permission, a
+read-only file system) is refused there too, before any work and having made nothing
+(:class:`OutputUnwritableError`, naming the output and the system's reason): every command
+reports it alike, as a bad option.
 A directory output is built in :func:`staging_directory`, itself locked while it is built; each
 new staging directory first removes those a killed run left beside the output (``.<name>.tmp-*``
 and ``.<name>.old-*`` that no live process holds locked).
@@ -28,6 +32,7 @@ and ``.<name>.old-*`` that no live process holds locked).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -45,6 +50,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "TEMPORARY_PATTERN",
     "OutputBusyError",
+    "OutputUnwritableError",
     "check_writable_dir",
     "check_writable_file",
     "current_umask",
@@ -243,6 +249,41 @@ class OutputBusyError(FileExistsError):
     """Another live process is making the same output (it holds the output's lock)."""
 
 
+#: The errors of making a file that say the place cannot hold it (a file in the way, no
+#: permission, a read-only or full file system, a name too long), not that the system failed.
+_PLACE_ERRORS = frozenset({
+    errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR,
+    errno.ENOENT, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.ELOOP,
+})
+
+
+class OutputUnwritableError(ValueError):
+    """The output cannot be written where it is asked for (its lock cannot be made there): a
+    bad option, as a file in the way is to :func:`check_writable_dir`."""
+
+
+def _cannot_write(path: Path, lock: Path, err: OSError) -> OutputUnwritableError:
+    """The error of an output ``path`` whose ``lock`` could not be made: names the path and the
+    reason (the file in the way, else the system's words and the path it refused)."""
+    reason = f"{err.strerror or err} ({err.filename})" if err.filename else str(err.strerror or err)
+    for parent in lock.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                reason = f"{parent} is a file, not a directory"
+            break
+    return OutputUnwritableError(f"{path}: cannot write there: {reason}")
+
+
+def _remove_empty(directories: Iterable[Path]) -> None:
+    """Removes ``directories`` (given outermost first), innermost first, while they are
+    empty."""
+    for directory in reversed(list(directories)):
+        try:
+            directory.rmdir()
+        except OSError:
+            break
+
+
 def _try_lock(fd: int) -> bool:
     """Takes an exclusive ``flock`` on the open file or directory ``fd`` without waiting;
     whether it was free."""
@@ -266,13 +307,21 @@ def output_lock(path: str | Path) -> Iterator[None]:
 
     Raises:
         OutputBusyError: at once, naming ``path``, while another run holds it.
+        OutputUnwritableError: (a ValueError) at once, naming ``path`` and the reason, when the
+            lock cannot be made there; the directories made for it are removed.
     """
     path = Path(path)
     lock = path.with_name(f".{path.name}.lock")
     made = [d for d in reversed(lock.parents) if not d.exists()]
-    lock.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, _FILE_MODE)
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, _FILE_MODE)
+        except OSError as err:
+            _remove_empty(made)
+            if err.errno in _PLACE_ERRORS:
+                raise _cannot_write(path, lock, err) from err
+            raise
         if not _try_lock(fd):
             os.close(fd)
             raise OutputBusyError(
@@ -291,11 +340,7 @@ def output_lock(path: str | Path) -> Iterator[None]:
     finally:
         lock.unlink(missing_ok=True)  # while still held, so no one locks a removed file
         os.close(fd)
-        for directory in reversed(made):
-            try:
-                directory.rmdir()  # only when empty: the block made nothing there
-            except OSError:
-                break
+        _remove_empty(made)  # only when empty: the block made nothing there
 
 
 @contextmanager

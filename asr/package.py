@@ -5,7 +5,8 @@ A package is a directory::
     PKG/config.yaml         the resolved ExperimentConfig (tokenizer_dir: tokenizer)
     PKG/tokenizer/          tokenizer files (tokens.txt, bpe.model for sentencepiece)
     PKG/model.safetensors   weights (safetensors: tensors only, no code)
-    PKG/lm/NAME.arpa        the n-gram LM of ``search.lm_path``, when the search fuses one
+    PKG/lm/NAME.arpa        the n-gram LM of ``search.lm_path``, when the search fuses one (a
+                            copy of the file as it is: ``NAME.arpa.gz`` stays compressed)
     PKG/hotwords/NAME       the phrase list of ``search.hotwords_file``, when the search biases
     PKG/metadata.json       provenance, default searcher, sizes, WER if known, sha256 of each file
 
@@ -449,10 +450,8 @@ def locked_output_dir(out_dir: Path, replace: bool, marker: str, inputs: Iterabl
             check_output_dir(out_dir, replace, marker, inputs, option)
             lock.enter_context(output_lock(out_dir))
             check_output_dir(out_dir, replace, marker, inputs, option)
-        except (ValueError, OutputBusyError) as err:
+        except (ValueError, OutputBusyError) as err:  # OutputUnwritableError is a ValueError
             raise error(str(err)) from err
-        except OSError as err:  # the lock cannot be made: no permission, a read-only file system
-            raise error(f"--output-dir {out_dir}: cannot write there: {err}") from err
         yield
 
 

@@ -90,6 +90,25 @@ def test_overrides_coerce_types_and_create_optional_sections():
     assert cfg.extra == {"a": 1.0}
 
 
+def test_int_fields_take_whole_numbers_written_as_floats(tmp_path):
+    """``--set max_steps=1e3`` (YAML 1.1 reads 1e3 as a string) was refused for an int field;
+    a whole number is taken, a fraction, NaN, infinity or a boolean is not (naming the key)."""
+    for text, expected in (("1e3", 1000), ("2.0", 2), ("1.0e+3", 1000), ("-3e0", -3)):
+        cfg = from_dict(Experiment, apply_overrides({"name": "x"}, [f"max_steps={text}"]))
+        assert cfg.max_steps == expected and type(cfg.max_steps) is int
+    cfg = from_dict(Experiment, apply_overrides({"name": "x"}, ["chunk_sizes=[1e1, 2.0]"]))
+    assert cfg.chunk_sizes == [10, 2]
+    path = tmp_path / "exp.yaml"
+    path.write_text("name: demo\nmax_steps: 1e3\n")
+    assert load_config(Experiment, path).max_steps == 1000
+    experiment = load_config(ExperimentConfig, "recipes/mini_tts/conformer_transducer.yaml",
+                             overrides=["train.max_steps=1e3"])
+    assert experiment.train.max_steps == 1000
+    for text in ("1.5", "1.5e0", "nan", ".nan", "inf", ".inf", "-.inf", "1e400", "true", "ten"):
+        with pytest.raises(ConfigError, match=r"^max_steps: expected an integer"):
+            from_dict(Experiment, apply_overrides({"name": "x"}, [f"max_steps={text}"]))
+
+
 def test_override_errors():
     with pytest.raises(ConfigError, match="must look like"):
         parse_override("optim.lr")

@@ -5,6 +5,7 @@ the package goes through the one helper."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from asr.decoding.ngram_train import NgramEstimate, write_arpa
 from asr.fileio import (
     TEMPORARY_PATTERN,
     OutputBusyError,
+    OutputUnwritableError,
     current_umask,
     output_lock,
     read_json_object,
@@ -221,6 +223,39 @@ def test_the_output_lock_is_exclusive_and_leaves_nothing(tmp_path):
     with output_lock(out):
         out.write_text("made\n")
     assert sorted(p.name for p in out.parent.iterdir()) == ["lm.arpa"]
+
+
+def test_an_output_whose_lock_cannot_be_made_is_refused_naming_it_and_the_reason(
+        tmp_path, monkeypatch):
+    """The lock's own OSError (FileExistsError, PermissionError...) went to each command, which
+    mapped it to exit 2 or let it out as a failure (exit 1); it is one error here, a ValueError
+    naming the output and the reason, and the directories made for the lock are removed."""
+    (tmp_path / "file").write_text("in the way\n")
+    out = tmp_path / "file" / "sub" / "lm.arpa"
+    with pytest.raises(OutputUnwritableError, match=rf"^{out}: cannot write there: "
+                       rf"{tmp_path / 'file'} is a file, not a directory$"):
+        with output_lock(out):
+            pytest.fail("the block ran")
+    busy = tmp_path / "busy.arpa"
+    (tmp_path / ".busy.arpa.lock").mkdir()  # no file can be the lock
+    with pytest.raises(ValueError, match=rf"^{busy}: cannot write there: Is a directory "
+                       rf"\({tmp_path / '.busy.arpa.lock'}\)$"):
+        with output_lock(busy):
+            pass
+    real_open = os.open
+
+    def refusing_open(path, *args, **kwargs):
+        if str(path).endswith(".lock"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    deep = tmp_path / "new" / "dirs" / "out.safetensors"
+    with pytest.raises(OutputUnwritableError, match=rf"^{deep}: cannot write there: "
+                       "Permission denied"):
+        with output_lock(deep):
+            pass
+    assert not (tmp_path / "new").exists()  # nothing half-made
 
 
 @pytest.mark.parametrize("content, message", [

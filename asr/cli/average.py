@@ -13,7 +13,10 @@ method) instead of only the 9 end-of-epoch snapshots. The output (default
 It is written atomically by one run at a time: a second run on the same output is refused
 (exit 2, naming it; :func:`asr.fileio.output_lock`) before it reads any checkpoint (the default
 output's name comes from the selected checkpoints' file names, found by listing
-:func:`asr.checkpoints.selection.plan_weights`).
+:func:`asr.checkpoints.selection.plan_weights`). A selection naming a missing checkpoint is
+reported before a busy output, also with ``--output``: it is a mistake in the command that no
+wait mends, while the busy output goes when the other run ends, so a user fixes the command
+now rather than wait for the other run to learn of it.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
         selection = selection_from_args(args)
         if selection.is_default():
             raise ValueError("give --epoch E [--avg N], --last N or --checkpoint F")
-        plan = plan_weights(args.exp_dir, selection)  # lists the files, reads none
+        # lists the files, reads none; before the lock (see the module docstring)
+        plan = plan_weights(args.exp_dir, selection)
         output = args.output
         if output is None:
             output = args.exp_dir / f"averaged-{plan.tag}.safetensors"

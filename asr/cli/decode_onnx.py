@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from contextlib import ExitStack
 from pathlib import Path
 
 from asr.export.sherpa_decode import decode_part_sherpa, load_recognizer
@@ -66,14 +65,7 @@ def run(args: argparse.Namespace) -> int:
         name += f"-{args.tag}" if args.tag else ""
         out_dir = args.output_dir or args.onnx_dir
         parts = list(dict.fromkeys(args.parts))  # one lock, and one decode, per part
-        with ExitStack() as held:
-            try:
-                held.enter_context(output_locks(
-                    result_paths(out_dir, part, name)["wer_summary"] for part in parts))
-            except OutputBusyError:
-                raise
-            except OSError as err:  # unwritable: no permission, a read-only file system
-                raise ValueError(f"--output-dir {out_dir}: cannot write there: {err}") from err
+        with output_locks(result_paths(out_dir, part, name)["wer_summary"] for part in parts):
             for part in parts:
                 recognitions = decode_part_sherpa(recognizer, args.manifest_dir, part,
                                                   args.batch_size)

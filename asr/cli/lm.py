@@ -1,4 +1,5 @@
-"""``asr lm``: train an n-gram LM (interpolated modified Kneser-Ney) and write it as ARPA.
+"""``asr lm``: train an n-gram LM (interpolated modified Kneser-Ney) and write it as ARPA
+(gzip-compressed when ``--output`` ends in ``.gz``: ``lm.arpa.gz``).
 
 ``--unit token`` (default): the transcripts are tokenized with the model's tokenizer, so the LM's
 words are token ids, the form ``search.lm_path`` expects with ``search.lm_unit=token`` (shallow
@@ -49,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="n-gram over token ids or over words",
     )  # fmt: skip
     parser.add_argument("--order", type=int, default=4, help="n-gram order")
-    parser.add_argument("--output", required=True, help="ARPA file to write")
+    parser.add_argument("--output", required=True, help="ARPA file to write; gzip-compressed when it ends in .gz")
     parser.add_argument("--force", action="store_true",
                         help="retrain even if the output exists and was made from these "
                         "transcripts and options (otherwise it is reused)")

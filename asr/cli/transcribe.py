@@ -48,7 +48,13 @@ from asr.cli.options import (
     set_num_threads,
 )
 from asr.constants import DEFAULT_OVERLAP_SECONDS, DEFAULT_WINDOW_SECONDS
-from asr.fileio import OutputBusyError, check_writable_dir, output_lock, write_text_atomic
+from asr.fileio import (
+    OutputBusyError,
+    OutputUnwritableError,
+    check_writable_dir,
+    output_lock,
+    write_text_atomic,
+)
 from asr.package import PackageError
 from asr.results import FailedInput
 from asr.runtime.offline import load_model
@@ -213,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
         if args.output_dir:
             try:
                 lock.enter_context(output_lock(Path(args.output_dir)))
-            except OutputBusyError as err:
+            except (OutputBusyError, OutputUnwritableError) as err:
                 logger.error("asr transcribe: %s", err)
                 return 2
         return _transcribe(args, files)

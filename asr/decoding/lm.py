@@ -13,7 +13,8 @@ format of the SRILM / KenLM / kaldilm tools), pure Python + torch:
 natural logs here. The words of the ARPA file are token ids written as integers (an n-gram over
 the ids a tokenizer produces), or symbols mapped to ids with ``symbol_to_id``, or words numbered
 in the order of the unigram section (:meth:`NgramLM.from_word_arpa`, a word LM); one checked
-reader serves all three. ``<s>``, ``</s>`` and ``<unk>`` are the usual specials (a token
+reader serves all three, and reads a gzip-compressed file (``lm.arpa.gz``, told by its first
+bytes, whatever its name) as KenLM and icefall do. ``<s>``, ``</s>`` and ``<unk>`` are the usual specials (a token
 missing from the unigrams takes ``<unk>``'s probability, or ``oov_log_prob`` without ``<unk>``).
 An n-gram whose history is not listed itself (SRILM's pruning leaves such files) is reached all
 the same: the history is a state with back-off weight 0, as KenLM completes it.
@@ -23,8 +24,11 @@ Shape legend: V vocabulary incl. blank (blank's entry is never used by a searche
 
 from __future__ import annotations
 
+import gzip
+import io
 import logging
 import math
+import zlib
 from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -39,6 +43,8 @@ logger = logging.getLogger(__name__)
 LN10 = math.log(10.0)
 BOS, EOS, UNK = -1, -2, -3
 _SPECIALS = {"<s>": BOS, "</s>": EOS, "<unk>": UNK}
+#: The first bytes of a gzip stream (RFC 1952).
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 @runtime_checkable
@@ -134,14 +140,15 @@ class NgramLM:
         symbol_to_id: Mapping[str, int] | None = None,
         oov_log_prob: float = -23.0,
     ) -> NgramLM:
-        """Reads an ARPA file whose words are token ids (or symbols in ``symbol_to_id``).
+        """Reads an ARPA file whose words are token ids (or symbols in ``symbol_to_id``),
+        plain or gzip-compressed.
 
         Raises:
             ValueError: naming the file (and the line) when it is not a complete ARPA file: no
                 ``\\data\\`` counts, orders that skip one, a section whose entries differ from
                 its count (a truncated file), a field that is no number, NaN or +inf, a positive
                 log10 probability, an n-gram listed twice, a word that is no token id (a
-                negative integer neither), or no ``\\end\\``.
+                negative integer neither), no ``\\end\\``, or corrupt or truncated gzip data.
         """
         probs, backoffs = _read_arpa(path, lambda word, _: _word_id(word, symbol_to_id))
         return cls._checked(path, probs, backoffs, vocab_size, oov_log_prob)
@@ -251,7 +258,7 @@ def _read_arpa(
     found: dict[int, int] = {}  # order -> entries read
     section: str | None = None  # None before \data\, then "data", "grams" or "end"
     order = number = 0
-    with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is no text
+    with _open_text(path) as f:
         try:
             for number, raw in enumerate(f, start=1):
                 line = raw.strip()
@@ -275,6 +282,9 @@ def _read_arpa(
                     raise ValueError(f"{path}:{number}: {err}") from None
         except UnicodeDecodeError:
             raise ValueError(f"{path}:{number + 1}: not UTF-8 text; not an ARPA file") from None
+        except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+            raise ValueError(f"{path}: corrupt or truncated gzip data after {number} lines "
+                             f"({err}); not a complete ARPA file") from None
     if section is None:
         raise ValueError(f"{path}: no \\data\\ section; not an ARPA file")
     if section != "end":
@@ -290,6 +300,16 @@ def _read_arpa(
         raise ValueError(f"{path}: \\data\\ declares the orders {sorted(declared)}; an N-gram "
                          f"file has every order from 1 to N")
     return probs, backoffs
+
+
+def _open_text(path: str | Path) -> io.TextIOBase:
+    """``path`` opened as UTF-8 text, decompressed when it is gzip (told by :data:`GZIP_MAGIC`,
+    not by its name); a byte-order mark is dropped (``utf-8-sig``), being no text."""
+    with open(path, "rb") as f:
+        compressed = f.read(len(GZIP_MAGIC)) == GZIP_MAGIC
+    if compressed:
+        return gzip.open(path, "rt", encoding="utf-8-sig")  # type: ignore[return-value]
+    return open(path, encoding="utf-8-sig")  # noqa: SIM115 (the caller closes it)
 
 
 def _declared_count(line: str) -> tuple[int, int]:

@@ -27,6 +27,7 @@ tokens) takes a second.
 
 from __future__ import annotations
 
+import gzip
 import logging
 import math
 from collections import Counter, defaultdict
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from asr.decoding.lm import BOS, EOS, UNK
-from asr.fileio import write_text_atomic
+from asr.fileio import write_bytes_atomic
 
 __all__ = ["NgramEstimate", "estimate_kneser_ney", "write_arpa"]
 
@@ -184,8 +185,9 @@ def write_arpa(
 
     Args:
         estimate: the n-gram.
-        path: the ARPA file; written atomically (:func:`asr.fileio.write_text_atomic`), so a
-            crash leaves no partial LM.
+        path: the ARPA file, gzip-compressed when its name ends in ``.gz`` (``lm.arpa.gz``,
+            with no time stamp, so the same LM makes the same bytes); written atomically
+            (:func:`asr.fileio.write_bytes_atomic`), so a crash leaves no partial LM.
         symbols: the word written for each id (a word LM); None writes the ids themselves
             (a token LM).
 
@@ -218,4 +220,7 @@ def write_arpa(
             lines.append("\t".join(fields))
     lines += ["", "\\end\\", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, "\n".join(lines))
+    data = "\n".join(lines).encode("utf-8")
+    if path.name.endswith(".gz"):
+        data = gzip.compress(data, mtime=0)
+    write_bytes_atomic(path, data)

@@ -39,6 +39,13 @@ TOKENS_FILE = "tokens.txt"
 BPE_MODEL_FILE = "bpe.model"
 
 
+def normalize_whitespace(text: str) -> str:
+    """``text`` with each run of whitespace (tabs, newlines, no-break spaces: whatever
+    :meth:`str.isspace` calls whitespace) made one space, and none at either end: the form in
+    which every tokenizer is trained on a sentence (a piece never holds whitespace)."""
+    return " ".join(text.split())
+
+
 @runtime_checkable
 class Tokenizer(Protocol):
     """Maps normalised text to token ids and back.

@@ -29,6 +29,7 @@ from asr.tokenizers.base import (
     UNK_ID,
     ReservedIds,
     check_ids,
+    normalize_whitespace,
     write_tokens_file,
 )
 
@@ -125,7 +126,9 @@ def train_bpe(
 
     Args:
         texts: training sentences (normalised transcripts, see :mod:`asr.tokenizers.base`),
-            read in this order.
+            read in this order; their whitespace is normalised first
+            (:func:`asr.tokenizers.base.normalize_whitespace`, as ``asr bpe`` reads them) and
+            empty ones are dropped.
         output_dir: directory for the model files (created if needed).
         vocab_size: V, the total number of ids including ``<blk>``, ``<sos/eos>`` and ``<unk>``.
         force: retrain even when the model exists.
@@ -144,7 +147,9 @@ def train_bpe(
     model_path = output_dir / BPE_MODEL_FILE
     if vocab_size <= len(SPECIAL_PIECES):
         raise ValueError(f"vocab_size must be > {len(SPECIAL_PIECES)}, got {vocab_size}")
-    sentences = [t.strip() for t in texts]
+    # as asr bpe reads transcripts: a tab or a double space would otherwise become a piece
+    # of its own, refused only once the model is trained
+    sentences = [normalize_whitespace(t) for t in texts]
     sentences = [t for t in sentences if t]
     # num_threads is left out: it changes how the model is trained, not what it is trained from
     made_from = {"texts_sha256": sha256_of_texts(sentences), "num_sentences": len(sentences),

@@ -9,7 +9,9 @@ The format is chosen by the path (first matching rule):
   first field is dropped;
 * anything else: plain text, one sentence per line.
 
-Empty sentences are skipped; the text is returned as written (no case change).
+Each sentence's whitespace is normalised (:func:`asr.tokenizers.base.normalize_whitespace`, as
+the tokenizers' trainers normalise it) and empty sentences are skipped; the text is otherwise
+returned as written (no case change).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from asr.fileio import read_text
+from asr.tokenizers.base import normalize_whitespace
 
 
 def transcript_kind(path: Path) -> str:
@@ -63,7 +66,7 @@ def _iter_path(path: Path) -> Iterator[str]:
         yield from _iter_kaldi(path)
     else:
         for line in _lines(path):
-            yield " ".join(line.split())
+            yield normalize_whitespace(line)
 
 
 def _lines(path: Path) -> Iterator[str]:
@@ -75,7 +78,7 @@ def _iter_kaldi(path: Path) -> Iterator[str]:
     for line in _lines(path):
         fields = line.split(maxsplit=1)
         if len(fields) == 2:
-            yield " ".join(fields[1].split())
+            yield normalize_whitespace(fields[1])
 
 
 def _iter_lhotse(path: Path) -> Iterator[str]:
@@ -88,4 +91,4 @@ def _iter_lhotse(path: Path) -> Iterator[str]:
         for sup in supervisions:
             text = getattr(sup, "text", None)
             if text:
-                yield " ".join(text.split())
+                yield normalize_whitespace(text)

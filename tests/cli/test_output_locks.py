@@ -116,6 +116,36 @@ def test_a_second_run_on_the_same_output_is_refused(command, experiment, package
     assert output.exists() and not _lock_of(output).exists()
 
 
+@pytest.mark.parametrize("command", ["lm", "bpe", "export-package", "export-onnx", "average",
+                                     "transcribe", "decode"])
+def test_an_output_that_cannot_be_written_is_a_bad_option(command, experiment, package,
+                                                         tmp_path, caplog):
+    """Each command mapped the lock's OSError its own way: exit 2 with the raw error (lm, bpe),
+    exit 2 with '--output-dir X: cannot write there' (export-package, export-onnx), or exit 1
+    with a traceback's last line (average, transcribe, decode). All exit 2 now with one message
+    naming the output and the reason, before any work, having written nothing. As root no
+    permission stops a write: the lock's place is taken by a directory, or the results'
+    directory by a file."""
+    if command == "decode":
+        label = "transducer_greedy-unwritable"
+        (tmp_path / "exp").mkdir()
+        for name in ("config.yaml", "epoch-1.pt"):
+            (tmp_path / "exp" / name).symlink_to(experiment / name)
+        output = tmp_path / "exp" / label / f"wer-summary-test-clean-{label}.txt"
+        (tmp_path / "exp" / label).write_text("a file where the results' directory goes\n")
+        args = ["decode", "--exp-dir", tmp_path / "exp", "--searcher", "greedy", "--epoch", "1",
+                "--tag", "unwritable", "--manifest-dir", tmp_path / "none"]
+        reason = f"{tmp_path / 'exp' / label} is a file, not a directory"
+    else:
+        args, output = _commands(tmp_path, experiment, package)[command]
+        _lock_of(output).mkdir()
+        reason = f"Is a directory ({_lock_of(output)})"
+    before = sorted(tmp_path.rglob("*"))
+    assert main([str(a) for a in args]) == 2
+    assert f"asr {command}: {output}: cannot write there: {reason}\n" in caplog.text + "\n"
+    assert sorted(tmp_path.rglob("*")) == before  # nothing made
+
+
 def _staging(output: Path, kind: str, name: str) -> Path:
     path = output.with_name(f".{output.name}.{kind}-{name}")
     path.mkdir()
@@ -258,3 +288,13 @@ def test_a_second_average_to_the_default_output_is_refused_before_it_reads(
         assert output.is_file() and reads
     finally:
         output.unlink(missing_ok=True)
+
+
+def test_average_reports_a_missing_checkpoint_before_a_busy_output(experiment, tmp_path, caplog):
+    """The order is kept on purpose: the missing checkpoint is a mistake no wait mends, the busy
+    output ends with the other run; both exit 2."""
+    output = tmp_path / "averaged.safetensors"
+    with _held_by_another_process(_lock_of(output)):
+        assert main(["average", "--exp-dir", str(experiment), "--epoch", "9", "--output",
+                     str(output)]) == 2
+    assert "epoch-9.pt" in caplog.text and "being written by another process" not in caplog.text

@@ -4,7 +4,9 @@ transducer modified beam search (against brute-force enumeration of the fused sc
 
 from __future__ import annotations
 
+import gzip
 import math
+import re
 
 import pytest
 import torch
@@ -12,7 +14,7 @@ from search_helpers import encoder_output, make_model
 
 from asr.decoding import LanguageModel, NgramLM, SearchConfig, build_searcher
 from asr.decoding.ctc_prefix_beam import CtcPrefixBeamSearch
-from asr.decoding.lm import EOS
+from asr.decoding.lm import BOS, EOS
 
 ARPA = """
 \\data\\
@@ -95,7 +97,8 @@ BIGRAMS = ARPA.split("\\2-grams:")[0]
         (ARPA.replace("-0.4 2 -0.3", "-0.4 9 -0.3"), r"bad.arpa: NgramLM: token ids \[9\] are "
          "outside the vocabulary of 7"),
         ("", r"bad.arpa: no \\data\\ section"),
-        (b"\x1f\x8b\x08\x00 gzip", r"bad.arpa:1: not UTF-8 text"),
+        (b"\x1f\x8b\x08\x00 gzip", r"bad.arpa: corrupt or truncated gzip data after 0 lines"),
+        (b"\x1f\x8c\x08\x00 gzip", r"bad.arpa:1: not UTF-8 text"),
         (ARPA.replace("-0.7 3", "nan 3"), r"bad.arpa:10: .* NaN or \+inf: 'nan 3"),
         (ARPA.replace("2 -0.3", "2 nan"), r"bad.arpa:9: .* NaN or \+inf: '-0.4 2 nan'"),
         (ARPA.replace("2 -0.3", "2 inf"), r"bad.arpa:9: .* NaN or \+inf: '-0.4 2 inf'"),
@@ -107,7 +110,7 @@ BIGRAMS = ARPA.split("\\2-grams:")[0]
          r"bad.arpa: \\data\\ declares the orders \[1, 3\]"),
     ],
     ids=["truncated", "count", "prob", "backoff", "section", "order", "positive", "twice",
-         "vocab", "empty", "gzip", "nan-prob", "nan-backoff", "inf-backoff", "negative-id",
+         "vocab", "empty", "corrupt-gzip", "binary", "nan-prob", "nan-backoff", "inf-backoff", "negative-id",
          "id-of-start", "skipped-order"],
 )
 def test_a_malformed_arpa_file_is_an_error_naming_its_file_and_line(tmp_path, text, message):
@@ -117,6 +120,37 @@ def test_a_malformed_arpa_file_is_an_error_naming_its_file_and_line(tmp_path, te
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(ValueError, match=message):
         NgramLM.from_arpa(path, vocab_size=7)
+
+
+@pytest.mark.parametrize("name", ["lm.arpa.gz", "lm.arpa"])
+def test_a_gzip_compressed_arpa_file_is_read_as_kenlm_reads_it(tmp_path, name):
+    """``lm.arpa.gz`` was refused as 'not UTF-8 text'; gzip is told by its first bytes, so a
+    compressed file under a plain name is read too, with the checks of a plain file."""
+    plain = tmp_path / "plain.arpa"
+    plain.write_text(ARPA)
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(b"\xef\xbb\xbf" + ARPA.encode()))
+    lm, expected = NgramLM.from_arpa(path, vocab_size=7), NgramLM.from_arpa(plain, vocab_size=7)
+    assert (lm.probs, lm.backoffs) == (expected.probs, expected.backoffs)
+    words = re.sub(r"(?<= )([23])(?=[ \n])", lambda m: {"2": "HE", "3": "SAID"}[m[1]], ARPA)
+    path.write_bytes(gzip.compress(words.encode()))
+    word_lm, vocabulary = NgramLM.from_word_arpa(path)
+    assert vocabulary == ["HE", "SAID"] and word_lm.probs[(BOS, 0)] == pytest.approx(-0.2 * LN10)
+    # what is wrong inside the compressed text is reported as in a plain file, by line
+    path.write_bytes(gzip.compress(ARPA.replace("-0.1 2 2\n", "").encode()))
+    with pytest.raises(ValueError, match=rf"{name}:18: the 2-grams section has 3 entries"):
+        NgramLM.from_arpa(path, vocab_size=7)
+
+
+def test_a_truncated_or_corrupt_gzip_arpa_file_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "lm.arpa.gz"
+    data = gzip.compress(ARPA.encode())
+    for bad in (data[: len(data) // 2], data[:-4] + b"\0\0\0\0",  # cut; a wrong length
+                data[:10] + bytes(b ^ 0x55 for b in data[10:-8]) + data[-8:]):  # corrupt
+        path.write_bytes(bad)
+        with pytest.raises(ValueError, match=r"lm\.arpa\.gz: corrupt or truncated gzip data "
+                           r"after \d+ lines \(.+\); not a complete ARPA file"):
+            NgramLM.from_arpa(path, vocab_size=7)
 
 
 @pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"], ids=["plain", "byte-order-mark"])

@@ -260,9 +260,10 @@ ngram 2=2
         (WORD_ARPA.replace("CAT SAT", "CAT DOG"), r"words.arpa:13: word 'DOG' is not in the "
          "1-grams section"),
         (WORD_ARPA.replace("\\end\\\n", ""), r"words.arpa: no \\end\\ after line 14"),
-        (b"\x1f\x8b\x08\x00 gzip", r"words.arpa:1: not UTF-8 text"),
+        (b"\x1f\x8b\x08\x00 gzip", r"words.arpa: corrupt or truncated gzip data"),
+        (b"\xff\xfe\x08\x00 utf-16", r"words.arpa:1: not UTF-8 text"),
     ],
-    ids=["truncated", "prob", "twice", "fields", "unknown", "end", "gzip"],
+    ids=["truncated", "prob", "twice", "fields", "unknown", "end", "corrupt-gzip", "binary"],
 )
 def test_a_malformed_word_arpa_file_is_an_error_naming_its_file_and_line(setup, tmp_path, text,
                                                                          message):

@@ -142,3 +142,17 @@ def test_a_corrupt_model_file_is_an_error_naming_it(tmp_path):
     (tmp_path / "bpe.model").write_bytes(b"not a sentencepiece model")
     with pytest.raises(ValueError, match=r"bpe.model: not a sentencepiece model"):
         load_tokenizer(tmp_path)
+
+
+def test_train_bpe_normalises_whitespace_as_asr_bpe_does(bpe_dir, train_texts, tmp_path):
+    """Tabs and runs of whitespace, which ``asr bpe`` makes single spaces when it reads
+    transcripts, failed the API only after training ('piece '\\t' ... contains whitespace'),
+    leaving a bpe.model without tokens.txt; the API now trains on the text ``asr bpe`` would."""
+    messy = [f"\t {text.replace(' ', chr(9), 1).replace(' ', '  ', 1)}\u00a0\n"
+             for text in train_texts]
+    assert messy[0] != train_texts[0]
+    tokenizer = train_bpe(messy, tmp_path, vocab_size=120)
+    assert tokenizer.pieces() == read_tokens_file(tmp_path / "tokens.txt")
+    assert (tmp_path / "bpe.model").read_bytes() == (bpe_dir / "bpe.model").read_bytes()
+    assert fingerprint_path(tmp_path / "bpe.model").read_bytes() == \
+        fingerprint_path(bpe_dir / "bpe.model").read_bytes()
