@@ -10,7 +10,8 @@ Examples::
 
 ``--searcher`` takes searcher names, the roles ``greedy`` / ``beam`` (the greedy or beam searcher
 of the model's main head: :func:`asr.decoding.registry.searcher_for`) or ``all`` (every searcher
-the heads support). Per test set ``PART`` and searcher it writes, into ``<exp-dir>/<searcher>/``
+the heads support); a name the model's heads do not support is refused (exit 2) before anything
+is decoded. Per test set ``PART`` and searcher it writes, into ``<exp-dir>/<searcher>/``
 (icefall's layout; ``<searcher>-<tag>`` with ``--tag``), ``recogs-PART-<searcher>.txt``,
 ``errs-PART-<searcher>.txt`` (alignments, per-utterance errors, most frequent errors) and
 ``wer-summary-PART-<searcher>.txt``, logs the WER
@@ -42,8 +43,8 @@ from asr.cli.options import (
     set_num_threads,
 )
 from asr.config import ConfigError
-from asr.decoding import available_searchers, build_searcher
-from asr.decoding.registry import resolve_searcher
+from asr.decoding import build_searcher
+from asr.decoding.registry import select_searchers
 from asr.experiment import load_trained_model
 from asr.fileio import OutputBusyError, output_locks
 from asr.run.evaluate import decode_part, result_paths, write_results
@@ -85,10 +86,7 @@ def run(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
         cfg, tokenizer, model, tag = load_trained_model(
             args.exp_dir, selection_from_args(args), args.overrides, device)
-        if "all" in args.searchers:
-            names = available_searchers(model)
-        else:
-            names = list(dict.fromkeys(resolve_searcher(n, model) for n in args.searchers))
+        names = select_searchers(args.searchers, model)  # all checked before any decoding
         manifest_dir = args.manifest_dir or cfg.data.manifest_dir
         settings = {"weights": tag, **search_settings}
         labels = {name: f"{name}-{args.tag}" if args.tag else name for name in names}

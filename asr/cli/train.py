@@ -6,11 +6,18 @@ Examples::
     asr train --config recipes/librispeech/conformer_ctc_aed.yaml --exp-dir exp/ctc_aed \\
         --set train.max_epochs=30 optim.lr=2e-3
     torchrun --nproc-per-node 2 -m asr.cli.main train --config ... --exp-dir ...   # DDP
+    asr train --config R.yaml --exp-dir E --set ... --searchers greedy aed_beam --check-only
 
 The resolved configuration (YAML plus ``--set`` overrides) is written to ``<exp-dir>/config.yaml``
 (a run that fails before it writes a checkpoint puts the earlier one back, the one the directory's
 checkpoints fit); training resumes from the newest ``checkpoint-N.pt`` in the directory, so
 re-running the same command after a kill continues where it stopped.
+
+The configuration is checked before anything is read or written (exit 2 naming the key): with
+``--searchers`` also that its heads have those searchers (as ``asr decode --searcher`` takes them;
+:func:`asr.decoding.registry.select_searchers`), and ``--check-only`` stops there (exit 0 when it
+fits): the recipe scripts check a recipe, their ``--train-args`` and their decoding options that
+way before their first stage.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import yaml
 from asr.checkpoints.io import CheckpointError, list_checkpoints
 from asr.cli.options import add_num_threads_argument, check_experiment_dir, set_num_threads
 from asr.config import ConfigError, load_config, save_config, to_dict
+from asr.decoding.registry import select_searchers
 from asr.experiment import CONFIG_FILE, ExperimentConfig
 from asr.fileio import write_bytes_atomic
 from asr.run.train import check_training_config, train_experiment
@@ -38,6 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="experiment directory: config.yaml, checkpoints, logs, plot")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
                         metavar="KEY=VALUE", help="config overrides, e.g. train.max_epochs=2 (default: none)")
+    parser.add_argument("--searchers", nargs="+", default=[], metavar="NAME",
+                        help="also check that the config's heads have these searchers, as asr "
+                             "decode --searcher takes them (names, greedy / beam, all): exit 2 "
+                             "before training otherwise (default: none)")
+    parser.add_argument("--check-only", action="store_true",
+                        help="check the config (with --set and --searchers) and exit: 0 when it "
+                             "fits, 2 naming what does not; reads no data and writes nothing")
     add_num_threads_argument(parser, zero="CPU cores / processes on this node")
 
 
@@ -81,11 +96,19 @@ def run(args: argparse.Namespace) -> int:
         logger.error("asr train: %s", err)
         return 2
     try:
+        select_searchers(args.searchers, cfg.heads)
+    except ValueError as err:
+        logger.error("asr train: --searchers: %s", err)
+        return 2
+    try:
         _set_threads(args.num_threads)
         check_experiment_dir(args.exp_dir, must_exist=False)
     except ValueError as err:
         logger.error("asr train: %s", err)
         return 2
+    if args.check_only:
+        logger.info("asr train: %s fits (--check-only: nothing trained)", args.config)
+        return 0
     main = int(os.environ.get("RANK", "0")) == 0
     config_path = args.exp_dir / CONFIG_FILE
     previous = config_path.read_bytes() if main and config_path.is_file() else None

@@ -2,7 +2,9 @@
 an LM, and how it is built. Every question about searchers is answered from :data:`SEARCHERS`:
 the names a model supports (:func:`available_searchers`), the greedy or beam searcher of a model's
 main head (:func:`searcher_for`, the default of packages, the dev WER of training and
-``asr decode --searcher greedy|beam``), and what :func:`build_searcher` builds.
+``asr decode --searcher greedy|beam``), the searchers a list of names and roles selects for a
+model or, before training, for a config's heads (:func:`select_searchers`: ``asr decode
+--searcher`` and ``asr train --searchers``), and what :func:`build_searcher` builds.
 
 =====================  =======  ========  =====  ====================================================
 name                   role     streams   LM     needs
@@ -35,9 +37,9 @@ hotword graph (:mod:`asr.decoding.context_graph`; the rows' ``biases``): that of
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 from asr.decoding.aed_beam import AedBeamSearch
 from asr.decoding.base import Searcher, StreamingSearcher
@@ -53,7 +55,7 @@ from asr.decoding.tdt_beam import TdtBeamSearch
 from asr.decoding.transducer_beam import ModifiedBeamSearch
 from asr.decoding.transducer_greedy import LabelLoopingGreedy
 from asr.decoding.word_lm import load_word_lm
-from asr.model import ASRModel
+from asr.model import HEADS, ASRModel, HeadsConfig
 from asr.tokenizers.base import Tokenizer
 
 __all__ = [
@@ -70,6 +72,7 @@ __all__ = [
     "searcher_biases",
     "searcher_for",
     "searcher_lm",
+    "select_searchers",
     "streaming_searcher_for",
 ]
 
@@ -203,7 +206,12 @@ def searcher_for(
         trained_only: skip heads of loss weight 0 (the dev WER of a training run).
         heads: consider only these heads.
     """
-    kinds = model.head_kinds(trained_only)
+    return _searcher_of_role(role, model.head_kinds(trained_only), heads)
+
+
+def _searcher_of_role(
+    role: str, kinds: Mapping[str, str], heads: tuple[str, ...] | None = None
+) -> str | None:
     for head in kinds:
         if heads is not None and head not in heads:
             continue
@@ -239,12 +247,52 @@ def resolve_searcher(name: str, model: ASRModel) -> str:
     Raises:
         ValueError: for an unknown name, or a role none of the model's heads has.
     """
+    return _resolve(name, _head_configs(model))
+
+
+def select_searchers(names: Sequence[str], heads: ASRModel | HeadsConfig) -> list[str]:
+    """The searchers that ``names`` select for a model, or for the heads of a config before a
+    model is trained: each name as ``asr decode --searcher`` takes it (a searcher name, a role
+    ``greedy`` / ``beam`` for the main head's, or ``all`` for every searcher the heads support),
+    in order, each searcher once.
+
+    Raises:
+        ValueError: at the first name that is unknown, a role none of the heads has, or a
+            searcher the heads do not support (naming the heads and the available searchers).
+    """
+    configs = _head_configs(heads)
+    selected: list[str] = []
+    for name in names:
+        if name == "all":
+            selected += _available(configs)
+        else:
+            selected.append(_check_configs(_resolve(name, configs), configs).name)
+    return list(dict.fromkeys(selected))
+
+
+def _head_configs(heads: ASRModel | HeadsConfig) -> dict[str, Any]:
+    """Head name -> its config section, of a model or of a config's ``heads``."""
+    if isinstance(heads, HeadsConfig):
+        return heads.enabled()
+    return {name: head.cfg for name, head in heads.heads.items()}
+
+
+def _kinds(configs: Mapping[str, Any]) -> dict[str, str]:
+    return {name: HEADS[name].kind(cfg) for name, cfg in configs.items()}
+
+
+def _available(configs: Mapping[str, Any]) -> list[str]:
+    kinds = _kinds(configs)
+    return [spec.name for spec in SEARCHERS if spec.usable(kinds)]
+
+
+def _resolve(name: str, configs: Mapping[str, Any]) -> str:
     if name in ROLES:
-        resolved = searcher_for(name, model)  # type: ignore[arg-type]
+        resolved = _searcher_of_role(name, _kinds(configs))
         if resolved is None:
             raise ValueError(
-                f"no {name} searcher for heads {_describe_heads(model)}; available searchers: "
-                f"{available_searchers(model)}"
+                f"no {name} searcher for heads {_describe_heads(configs)}; available searchers: "
+                f"{_available(configs)}"
             )
         return resolved
     if name not in _BY_NAME:
@@ -255,19 +303,23 @@ def resolve_searcher(name: str, model: ASRModel) -> str:
     return name
 
 
-def _describe_heads(model: ASRModel) -> list[str]:
+def _describe_heads(configs: Mapping[str, Any]) -> list[str]:
     return [
-        f"transducer(loss={head.cfg.loss})" if key == "transducer" else key
-        for key, head in model.heads.items()
+        f"transducer(loss={cfg.loss})" if key == "transducer" else key
+        for key, cfg in configs.items()
     ]
 
 
 def _check(name: str, model: ASRModel) -> SearcherSpec:
+    return _check_configs(name, _head_configs(model))
+
+
+def _check_configs(name: str, configs: Mapping[str, Any]) -> SearcherSpec:
     spec = _BY_NAME[name]
-    if not spec.usable(model.head_kinds()):
+    if not spec.usable(_kinds(configs)):
         raise ValueError(
-            f"searcher {name!r} needs {spec.needs}, but the model has heads "
-            f"{_describe_heads(model)}; available searchers: {available_searchers(model)}"
+            f"searcher {name!r} needs {spec.needs}, but the heads are "
+            f"{_describe_heads(configs)}; available searchers: {_available(configs)}"
         )
     return spec
 

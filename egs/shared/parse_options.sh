@@ -6,8 +6,10 @@
 # the type: an option whose default is true or false takes only true or false, and one whose
 # default is an integer takes only an integer (`--stage six` would otherwise skip every stage and
 # exit 0), and one whose default is a decimal number (`lm_weight=0.3`) only a number (a typo there
-# failed only at the decode stage, after training). The scripts take no positional arguments: one left over (e.g. `--train-args --set k=v`,
-# where only `--set` is the value) is an error. `--help` prints the caller's `usage` (and exits 0).
+# failed only at the decode stage, after training). An option whose default is an array
+# (`lm_text=()`) is a list: each occurrence adds one value, kept whole (a path may hold spaces).
+# The scripts take no positional arguments: one left over (e.g. `--train-args --set k=v`, where
+# only `--set` is the value) is an error. `--help` prints the caller's `usage` (and exits 0).
 # Bash only; the caller must define `usage` (a string) and the defaults before sourcing.
 
 while [ $# -gt 0 ]; do
@@ -37,6 +39,12 @@ while [ $# -gt 0 ]; do
   if ! declare -p "$_name" >/dev/null 2>&1; then
     echo "$0: unknown option --${_name//_/-} (see --help)" >&2
     exit 2
+  fi
+  if [[ "$(declare -p "$_name")" == "declare -a"* ]]; then
+    declare -n _list="$_name"
+    _list+=("$_value")
+    unset -n _list
+    continue
   fi
   case "${!_name}" in
     true|false)

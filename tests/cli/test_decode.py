@@ -45,6 +45,9 @@ def test_decode_errors_name_the_problem(trained, caplog):
     assert _decode(trained, "--searcher", "no_such_search") == 2
     assert "unknown searcher" in caplog.text
     assert _decode(trained, "--searcher", "aed_beam") == 2  # the tiny model has no AED head
+    # every name is checked before the first is decoded: ctc_greedy's results were written first
+    assert _decode(trained, "--searcher", "ctc_greedy", "aed_beam", "--tag", "refused") == 2
+    assert "needs an 'aed' head" in caplog.text and not (trained / "ctc_greedy-refused").exists()
     assert _decode(trained, "--searcher", "ctc_greedy", "--set", "search.beam_sz=2") == 2
     assert "did you mean 'beam_size'" in caplog.text
     assert _decode(trained, "--searcher", "ctc_greedy", "--epoch", "7") == 2

@@ -3,6 +3,7 @@ composition invariance, timestamps)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import pytest
@@ -22,8 +23,10 @@ from asr.decoding.registry import (
     SEARCHERS,
     resolve_searcher,
     searcher_for,
+    select_searchers,
     streaming_searcher_for,
 )
+from asr.model import HeadsConfig
 from asr.types import Hypothesis
 
 
@@ -179,6 +182,28 @@ def test_roles_resolve_to_the_first_head_that_has_one(heads, greedy, beam):
     else:
         with pytest.raises(ValueError, match=r"no greedy searcher for heads \['aed'\]"):
             resolve_searcher("greedy", model)
+
+
+@pytest.mark.parametrize("heads", [dict(transducer="tdt", aed=True), dict(ctc=True, cif=True)])
+def test_a_config_selects_the_searchers_its_trained_model_will(heads):
+    """select_searchers answers from a config's heads, before training, as from the model: what
+    the recipe scripts check before their first stage."""
+    model = make_model(**heads)
+    config = from_dict(HeadsConfig, {name: ({"loss": v} if name == "transducer" else {})
+                                     for name, v in heads.items()})
+    names = ["beam", "all", "greedy"]
+    assert select_searchers(names, config) == select_searchers(names, model) == list(dict.fromkeys(
+        [searcher_for("beam", model), *available_searchers(model), searcher_for("greedy", model)]))
+    for bad, message in (("trnasducer_beam", "unknown searcher 'trnasducer_beam'; expected one of"),
+                         ("transducer_greedy", "needs a 'transducer' head with loss full|pruned"),
+                         ("attention_rescoring", "needs an 'aed' head")):
+        if bad in available_searchers(model):
+            continue
+        for heads_of in (config, model):
+            with pytest.raises(ValueError, match=re.escape(message)):
+                select_searchers(["greedy", bad], heads_of)
+    with pytest.raises(ValueError, match=r"no greedy searcher for heads \['aed'\]"):
+        select_searchers(["greedy"], HeadsConfig(aed=from_dict(HeadsConfig, {"aed": {}}).aed))
 
 
 def test_untrained_heads_are_skipped_for_the_dev_wer():

@@ -3,12 +3,15 @@ checking, which files the stages hand each other, and failures that must stop a 
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shlex
+import shutil
 import stat
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -55,7 +58,7 @@ exit 0
 def stub(tmp_path: Path):
     """Runs a script with a stub venv; returns (run, calls): calls() lists the argv of each call
     of the stub `asr` (and with everything=True of `python` and `lhotse`, the program first)."""
-    venv_bin = tmp_path / "venv" / "bin"
+    venv_bin = tmp_path / "stub venv" / "bin"  # a path with a space, as every path of the tests
     venv_bin.mkdir(parents=True)
     for program in ("asr", "python", "lhotse", "torchrun"):
         (venv_bin / program).write_text(STUB)
@@ -64,7 +67,7 @@ def stub(tmp_path: Path):
 
     def run(script: Path, *args: str, fail: str = "", no_streaming: bool = False,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        env = {**os.environ, "ASR_VENV": str(tmp_path / "venv"), "STUB_LOG": str(log),
+        env = {**os.environ, "ASR_VENV": str(tmp_path / "stub venv"), "STUB_LOG": str(log),
                "STUB_FAIL": fail, "STUB_NO_STREAMING": "1" if no_streaming else "", **(env or {})}
         return subprocess.run(["bash", str(script), "--skip-setup", "true", *args], env=env,
                               capture_output=True, text=True, timeout=60)
@@ -119,20 +122,67 @@ def test_a_decimal_option_takes_only_a_number(stub, tmp_path, script):
         assert result.returncode == 0, (good, result.stderr)
 
 
-def test_a_misspelt_searcher_is_refused_before_training(stub, tmp_path):
-    """--searchers used to be read only by stage 7's `asr decode`, after training. The check
-    runs in the real venv (the stub's python accepts anything); nothing is trained."""
+REAL = {"ASR_VENV": sys.prefix, "PYTHONPATH": str(REPO)}  # this checkout's asr
+
+
+@pytest.mark.parametrize("script, refused", [
+    (RUN, [("--searchers", "greedy trnasducer_beam", "unknown searcher 'trnasducer_beam'"),
+           ("--searchers", "greedy aed_beam", "searcher 'aed_beam' needs an 'aed' head"),
+           ("--train-args", "--set train.max_epoch=2", "train.max_epoch"),
+           ("--lm-unit", "token", None)]),
+    (MINI_TTS, [("--searchers", "greedy trnasducer_beam", "unknown searcher 'trnasducer_beam'"),
+                ("--package-searcher", "aed_beam", "searcher 'aed_beam' needs an 'aed' head"),
+                ("--beam-size", "0", "search.beam_size must be >= 1, got 0")]),
+])
+def test_searchers_and_train_args_are_checked_before_the_first_stage(stub, tmp_path, script,
+                                                                      refused):
+    """A misspelt searcher, one the recipe's heads lack, a bad --train-args key or search option
+    were found by the decode (or training) stage, after the data preparation and training; they
+    are checked by `asr train --check-only` before stage 0 (the real one: the stub's accepts
+    anything). A good setting passes the check, which runs nothing."""
+    run, _ = stub
+    work = str(tmp_path / "work")
+    for option, value, message in refused:
+        if message is None:
+            continue
+        result = run(script, "--work-dir", work, option, value, env=REAL)
+        assert result.returncode == 2, (option, result.stderr)
+        assert message in result.stderr and "nothing was run" in result.stderr
+        assert "stage 0" not in result.stderr and "stage 4" not in result.stderr
+        assert not (tmp_path / "work" / "exp").exists()
+    if script is RUN:  # the default options pass; stage 6 then fails (nothing was prepared)
+        result = run(RUN, "--work-dir", work, "--stage", "6", "--stop-stage", "7", "--lm-unit",
+                     "token", env=REAL)
+        assert "nothing was run" not in result.stderr and "stage 6: train" in result.stderr
+    else:  # the default options pass; the time budget is then too small for training
+        result = run(MINI_TTS, "--work-dir", work, "--stage", "4", "--time-budget", "100", env=REAL)
+        assert result.returncode == 1 and "time budget left for training" in result.stderr
+    # decode alone: `asr decode` checks the searchers against the trained model at once
+    stage = "7" if script is RUN else "5"
+    result = run(script, "--work-dir", work, "--stage", stage, "--stop-stage", stage,
+                 "--searchers", "trnasducer_beam", env=REAL)
+    assert "nothing was run" not in result.stderr
+
+
+@pytest.mark.parametrize("script, args, message", [
+    (RUN, ["--avg", "31"], "--avg 31 averages more epochs than --epoch 30 has"),
+    (RUN, ["--avg", "0"], "--avg must be at least 1, got 0"),
+    (RUN, ["--test-parts", "test-clean test-clen"], "--test-parts: unknown 'test-clen'"),
+    (RUN, ["--lm-order", "0"], "--lm-order must be at least 1, got 0"),
+    (PREPARE, ["--word-lm-order", "-1"], "--word-lm-order must be at least 1, got -1"),
+    (RUN, ["--nproc", "0"], "--nproc must be at least 1, got 0"),
+    (MINI_TTS, ["--avg", "0"], "--avg must be at least 1, got 0"),
+    (MINI_TTS, ["--lm-order", "0"], "--lm-order must be at least 1, got 0"),
+    (MINI_TTS, ["--fbank-jobs", "0"], "--fbank-jobs must be at least 1, got 0"),
+])
+def test_values_a_late_stage_reads_are_refused_before_the_first(stub, tmp_path, script, args,
+                                                               message):
+    """Each one was found by the stage that reads it: decoding or averaging after training, the
+    LMs after hours of fbank."""
     run, calls = stub
-    real = {"ASR_VENV": sys.prefix, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    result = run(RUN, "--work-dir", str(tmp_path / "work"), "--stage", "6", "--stop-stage", "7",
-                 "--searchers", "greedy trnasducer_beam", env=real)
+    result = run(script, "--work-dir", str(tmp_path / "work"), *args)
     assert result.returncode == 2, result.stderr
-    assert "--searchers: unknown ['trnasducer_beam']" in result.stderr
-    assert "stage 6" not in result.stderr
-    # known names pass the check; stage 7 then fails in `asr decode` (nothing was trained)
-    result = run(RUN, "--work-dir", str(tmp_path / "work"), "--stage", "7", "--stop-stage", "7",
-                 "--searchers", "greedy transducer_beam", env=real)
-    assert "--searchers: unknown" not in result.stderr and "stage 7: decode" in result.stderr
+    assert message in result.stderr and calls(everything=True) == []
 
 
 @pytest.mark.parametrize("script", [RUN, MINI_TTS])
@@ -149,7 +199,7 @@ def test_a_relative_asr_venv_is_taken_from_the_repository_as_setup_takes_it(stub
     """The scripts cd into their work directory: a relative ASR_VENV resolved there found no
     `asr` (rc 127) while tools/setup.sh had installed it relative to the repository."""
     run, calls = stub
-    relative = os.path.relpath(tmp_path / "venv", REPO)
+    relative = os.path.relpath(tmp_path / "stub venv", REPO)
     result = run(RUN, "--work-dir", str(tmp_path / "work"), "--stage", "8", "--stop-stage", "8",
                  env={"ASR_VENV": relative})
     assert result.returncode == 0, result.stderr
@@ -219,19 +269,76 @@ def test_a_failing_sherpa_onnx_decode_fails_stage_10(stub, tmp_path):
     assert [c[0] for c in calls()] == ["export-onnx", "decode-onnx"]
 
 
+def _lm_texts(work: Path) -> list[str]:
+    """Two LM texts in ``work``, their names with spaces (relative: the scripts' work dir)."""
+    texts = ["lm texts/a b.txt", "c.txt"]
+    for text in texts:
+        (work / text).parent.mkdir(parents=True, exist_ok=True)
+        (work / text).write_text("A SENTENCE\n")
+    return texts
+
+
+def _assert_whole(calls: list[list[str]], *paths: Path) -> None:
+    """No argument of any call is a piece of one of ``paths`` split at a space."""
+    pieces = {piece for path in paths for piece in str(path).split(" ")[:-1]}
+    assert not [arg for call in calls for arg in call if arg in pieces]
+
+
 def test_stage_5_keeps_a_corpus_path_with_spaces_whole(stub, tmp_path):
     run, calls = stub
-    dl_dir = tmp_path / "my corpora"
-    result = run(PREPARE, "--work-dir", str(tmp_path / "work"), "--dl-dir", str(dl_dir),
-                 "--full-libri", "false", "--stage", "5", "--lm-text", "a.txt b.txt")
+    dl_dir, work = tmp_path / "my corpora", tmp_path / "my work"
+    texts = _lm_texts(work)
+    result = run(PREPARE, "--work-dir", str(work), "--dl-dir", str(dl_dir), "--full-libri",
+                 "false", "--stage", "5", "--lm-text", texts[0], "--lm-text", texts[1])
     assert result.returncode == 0, result.stderr
     bpe, token_lm, word_lm = calls()
     assert bpe[:3] == ["bpe", "--transcripts", f"{dl_dir}/LibriSpeech/train-clean-100"]
     assert bpe[3] == "--output-dir"
-    for lm in (token_lm, word_lm):  # --lm-text is a list of files
+    for lm in (token_lm, word_lm):  # one --lm-text per file, each kept whole
         start = lm.index("--transcripts") + 1
-        assert lm[start:start + 3] == ["a.txt", "b.txt", "--tokenizer-dir" if lm is token_lm
-                                       else "--order"]
+        assert lm[start:start + 3] == [*texts, "--tokenizer-dir" if lm is token_lm else "--order"]
+
+
+@pytest.mark.parametrize("script", [RUN, PREPARE])
+def test_a_missing_lm_text_is_refused_before_the_first_stage(stub, tmp_path, script):
+    """--lm-text used to take a space-separated list: `--lm-text "a.txt b.txt"` is now one file
+    name, and a file that is not there was found by stage 5 only, after hours of fbank."""
+    run, calls = stub
+    work = tmp_path / "work"
+    _lm_texts(work)
+    result = run(script, "--work-dir", str(work), "--lm-text", "lm texts/a b.txt", "--lm-text",
+                 "c.txt d.txt")
+    assert result.returncode == 2, result.stderr
+    assert "--lm-text 'c.txt d.txt': no such file or directory" in result.stderr
+    assert calls(everything=True) == [] and "stage 0" not in result.stderr
+
+
+def test_every_path_option_may_hold_spaces(stub, tmp_path):
+    """The work directory, the corpus directory, the venv and the LM texts, through every stage of
+    run.sh that the stub lets run (--lm-text was split at its spaces)."""
+    run, calls = stub
+    work, dl_dir = tmp_path / "my work", tmp_path / "my corpora"
+    for part in ("dev-clean", "dev-other", "test-clean", "test-other", "train-clean-100"):
+        (dl_dir / "LibriSpeech" / part).mkdir(parents=True)
+    (dl_dir / "musan").mkdir()
+    texts = _lm_texts(work)
+    result = run(RUN, "--work-dir", str(work), "--dl-dir", str(dl_dir), "--full-libri", "false",
+                 "--lm-text", texts[0], "--lm-text", texts[1], "--stop-stage", "8",
+                 "--use-shar", "true")
+    assert result.returncode == 0, result.stderr
+    made = calls(everything=True)
+    _assert_whole(made, work, dl_dir, tmp_path / "stub venv")
+    by_name = {tuple(c[:3]): c for c in made}
+    assert by_name[("lhotse", "prepare", "musan")][3] == f"{dl_dir}/musan"
+    manifests = by_name[("asr", "prepare", "manifests")]
+    assert manifests[manifests.index("--corpus-dir") + 1] == f"{dl_dir}/LibriSpeech"
+    lms = [c for c in made if c[:2] == ["asr", "lm"]]
+    assert len(lms) == 2 and all(c[c.index("--transcripts") + 1:][:2] == texts for c in lms)
+    assert [c[1] for c in made if c[0] == "asr"][-3:] == ["train", "decode", "average"]
+    (work / "exp" / "transformer_transducer").mkdir(parents=True)  # what the stub train skips
+    mini = run(MINI_TTS, "--work-dir", str(work), "--stop-stage", "5")
+    assert mini.returncode == 0, mini.stderr
+    _assert_whole(calls(everything=True), work, tmp_path / "stub venv")
 
 
 def test_stage_6_hands_existing_shar_shards_to_asr_shar(stub, tmp_path):
@@ -245,7 +352,8 @@ def test_stage_6_hands_existing_shar_shards_to_asr_shar(stub, tmp_path):
     result = run(RUN, "--work-dir", str(work), "--full-libri", "false", "--stage", "6",
                  "--stop-stage", "6", "--use-shar", "true")
     assert result.returncode == 0, result.stderr
-    (shar_call, train_call) = calls()
+    (check_call, shar_call, train_call) = calls()
+    assert check_call[0] == "train" and "--check-only" in check_call
     assert shar_call[0] == "shar" and train_call[0] == "train"
     assert shar_call[shar_call.index("--output-dir") + 1] == "data/shar/train-clean-100"
     assert "data.train_shar_dirs=[data/shar/train-clean-100]" in train_call
@@ -395,13 +503,14 @@ def test_run_sh_hands_lm_text_to_prepare_sh(stub, tmp_path):
     """run.sh forwards every prepare.sh option but --lm-text: `bash run.sh --lm-text F` was
     refused, so the LMs of another text needed prepare.sh run on its own."""
     run, calls = stub
+    texts = _lm_texts(tmp_path / "work")
     result = run(RUN, "--work-dir", str(tmp_path / "work"), "--full-libri", "false", "--stage",
-                 "5", "--stop-stage", "5", "--lm-text", "a.txt b.txt")
+                 "5", "--stop-stage", "5", "--lm-text", texts[0], "--lm-text", texts[1])
     assert result.returncode == 0, result.stderr
     bpe, token_lm, word_lm = calls()
     for lm in (token_lm, word_lm):
         start = lm.index("--transcripts") + 1
-        assert lm[start:start + 2] == ["a.txt", "b.txt"]
+        assert lm[start:start + 2] == texts
     assert "--lm-text" in run(RUN, "--help").stderr
 
 
@@ -455,3 +564,75 @@ def test_mini_tts_stage_6_records_only_a_wer_measured_with_the_package_search(st
     assert call[call.index("--wer") + 1] == "test-clean=1.00" and "search.lm_weight=0.4" in call
     call = exported("--package-searcher", "greedy", "--lm-weight", "0.7")  # greedy: no LM
     assert call[call.index("--wer") + 1] == "test-clean=1.00"
+
+
+def _fake_musan(path: Path) -> dict[str, bytes]:
+    """A tiny musan.tar.gz at ``path``; returns its files (path under the archive -> bytes)."""
+    files = {f"musan/noise/free-sound/noise-{i:04d}.wav": bytes([i]) * 1000 for i in range(3)}
+    files["musan/README"] = b"MUSAN\n"
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return files
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_killed_musan_extraction_is_refused_until_it_is_redone(stub, tmp_path):
+    """lhotse extracts MUSAN in place and writes $dl_dir/.musan_completed after it; a half
+    extracted musan/ was checked only with --download-musan true and otherwise prepared as if
+    whole (stage 2), on every later run."""
+    run, calls = stub
+    work, dl_dir = tmp_path / "work", tmp_path / "dl dir"
+    (dl_dir / "musan" / "noise").mkdir(parents=True)  # what the killed extraction got to
+    (dl_dir / "musan.tar.gz").write_bytes(b"")
+    common = ["--work-dir", str(work), "--dl-dir", str(dl_dir)]
+    for args in (["--stage", "2"], ["--stage", "1", "--stop-stage", "4"],
+                 ["--stage", "2", "--download-musan", "true"]):  # stage 0 would extract it again
+        result = run(PREPARE, *common, *args)
+        assert result.returncode == 2, result.stderr
+        assert f"{dl_dir}/musan is an unfinished extraction" in result.stderr
+        assert calls(everything=True) == []
+    assert run(PREPARE, *common, "--stage", "3", "--stop-stage", "4").returncode == 0  # no MUSAN
+    (dl_dir / ".musan_completed").write_text("")
+    result = run(PREPARE, *common, "--stage", "2", "--stop-stage", "2")
+    assert result.returncode == 0, result.stderr
+    assert calls(everything=True)[-1][:3] == ["lhotse", "prepare", "musan"]
+
+
+def test_stage_0_extracts_musan_whole_or_not_at_all(stub, tmp_path):
+    """The real stage 0 (lhotse's download helper, this Python) on a tiny fake archive: a half
+    extraction is redone from the archive already there, without a download; without an archive
+    it is fetched from --musan-url first. The extraction is renamed into place when whole and
+    the marker written last."""
+    run, _ = stub
+    dl_dir = tmp_path / "dl dir"
+    for part in ("dev-clean", "dev-other", "test-clean", "test-other", "train-clean-100"):
+        (dl_dir / "LibriSpeech" / part).mkdir(parents=True)
+    files = _fake_musan(dl_dir / "musan.tar.gz")
+    (dl_dir / "musan" / "noise").mkdir(parents=True)  # a killed extraction: a file cut short
+    (dl_dir / "musan" / "noise" / "x.wav").write_bytes(b"RIFF")
+    args = ["--work-dir", str(tmp_path / "work"), "--dl-dir", str(dl_dir), "--full-libri",
+            "false", "--stop-stage", "0", "--download-musan", "true", "--musan-url",
+            "http://0.0.0.0:9/unreachable/musan.tar.gz"]
+    result = run(PREPARE, *args, env={"ASR_VENV": sys.prefix})
+    assert result.returncode == 0, result.stderr
+    assert _tree(dl_dir / "musan") == {k.removeprefix("musan/"): v for k, v in files.items()}
+    assert (dl_dir / ".musan_completed").is_file() and not (dl_dir / ".musan.partial").exists()
+    again = run(PREPARE, *args, env={"ASR_VENV": sys.prefix})  # complete: nothing to do
+    assert again.returncode == 0 and "download MUSAN" not in again.stderr
+    # no archive here: downloaded from --musan-url
+    source = tmp_path / "mirror" / "musan.tar.gz"
+    source.parent.mkdir()
+    (dl_dir / "musan.tar.gz").rename(source)
+    shutil.rmtree(dl_dir / "musan")
+    (dl_dir / ".musan_completed").unlink()
+    args[-1] = source.as_uri()
+    result = run(PREPARE, *args, env={"ASR_VENV": sys.prefix})
+    assert result.returncode == 0, result.stderr
+    assert (dl_dir / "musan.tar.gz").read_bytes() == source.read_bytes()
+    assert _tree(dl_dir / "musan") == {k.removeprefix("musan/"): v for k, v in files.items()}

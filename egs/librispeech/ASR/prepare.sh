@@ -9,9 +9,13 @@
 # Stages:
 #   0  download LibriSpeech (and MUSAN with --download-musan true) with lhotse; skipped when
 #      $dl_dir/LibriSpeech already holds every part (and no lhotse extraction was left unfinished)
+#      and $dl_dir/musan is complete. MUSAN is extracted into $dl_dir/.musan.partial and renamed
+#      to $dl_dir/musan when whole, then $dl_dir/.musan_completed is written (lhotse's marker)
 #   1  lhotse manifests of every part             -> data/manifests/librispeech_*_<part>.jsonl.gz
 #   2  MUSAN manifests (skipped when $dl_dir/musan does not exist; a rerun leaves each one whose
-#      content is the same untouched)
+#      content is the same untouched). A $dl_dir/musan beside $dl_dir/musan.tar.gz without
+#      $dl_dir/.musan_completed is an extraction that was killed: refused (before stage 0) unless
+#      stage 0 with --download-musan true extracts it again
 #   3  fbank of every part, 0.9/1.1 speed-perturbed copies of the training parts -> data/fbank
 #      and the training cuts in one random order (librispeech_cuts_train-<parts>-shuf.jsonl.gz)
 #   4  MUSAN noise cuts with fbank (skipped without MUSAN) -> data/fbank/musan_cuts.jsonl.gz;
@@ -36,19 +40,38 @@ full_libri=true            # false: train-clean-100 only
 num_jobs=4
 vocab_size=500
 download_musan=false
+musan_url=https://www.openslr.org/resources/17/musan.tar.gz  # or a mirror (e.g. us.openslr.org)
 lm_order=4                 # token n-gram LM (stage 5)
 word_lm_order=3            # word n-gram LM (stage 5)
-lm_text=""                 # LM training text (plain text, one sentence per line, or transcript
-                           # dirs); default: the training parts' transcripts
+lm_text=()                 # LM training texts, one --lm-text each (plain text, one sentence per
+                           # line, or transcript dirs); default: the training parts' transcripts
 work_dir=$HERE                  # where data/, exp/ (and download/) go; relative paths start here
 skip_setup=false           # true: use the existing .venv without running tools/setup.sh
 
 usage="Usage: $0 [--stage N] [--stop-stage N] [--dl-dir DIR] [--full-libri true|false]
-  [--num-jobs N] [--vocab-size N] [--download-musan true|false] [--lm-order N]
-  [--word-lm-order N] [--lm-text \"F ...\"] [--work-dir DIR] [--skip-setup true|false]"
+  [--num-jobs N] [--vocab-size N] [--download-musan true|false] [--musan-url URL]
+  [--lm-order N] [--word-lm-order N] [--lm-text F]... [--work-dir DIR] [--skip-setup true|false]"
 . "$ROOT/egs/shared/parse_options.sh"
+. "$ROOT/egs/shared/checks.sh"
 work_dir=$(mkdir -p "$work_dir" && cd "$work_dir" && pwd)
 cd "$work_dir"
+corpus=$dl_dir/LibriSpeech
+
+# Options whose bad value would otherwise stop the script only at a late stage, after hours
+if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
+  check_at_least 1 vocab_size lm_order word_lm_order
+  check_paths_exist lm_text
+fi
+if [ $stage -le 3 ] && [ $stop_stage -ge 1 ]; then check_at_least 1 num_jobs; fi
+# an extraction of $dl_dir/musan that did not finish: lhotse's archive is there, its marker not
+musan_unfinished() { [ -f "$dl_dir/musan.tar.gz" ] && [ ! -f "$dl_dir/.musan_completed" ]; }
+if [ $stage -le 2 ] && [ $stop_stage -ge 2 ] && [ -d "$dl_dir/musan" ] && musan_unfinished &&
+    { [ "$download_musan" != true ] || [ $stage -gt 0 ]; }; then
+  echo "$0: $dl_dir/musan is an unfinished extraction of $dl_dir/musan.tar.gz (no" \
+    "$dl_dir/.musan_completed): run stage 0 with --download-musan true to extract it again, or" \
+    "remove $dl_dir/musan to prepare no MUSAN noise" >&2
+  exit 2
+fi
 
 if [ "$skip_setup" != true ]; then
   bash "$ROOT/tools/setup.sh"
@@ -61,8 +84,7 @@ log() { echo "$(date '+%F %T') [librispeech prepare] $*" >&2; }
 
 . "$HERE/train_parts.sh"
 train_parts=$(librispeech_train_parts "$full_libri")
-parts="dev-clean dev-other test-clean test-other $train_parts"
-corpus=$dl_dir/LibriSpeech
+parts="$(librispeech_eval_parts) $train_parts"
 
 if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
   # A part is missing without its directory, or when lhotse's archive lies in $dl_dir but its
@@ -85,10 +107,47 @@ if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
 from lhotse.recipes import download_librispeech
 download_librispeech(sys.argv[1], dataset_parts=sys.argv[2:])' "$dl_dir" "${missing[@]}"
   fi
-  if [ "$download_musan" = true ] && { [ ! -d "$dl_dir/musan" ] ||
-      { [ -f "$dl_dir/musan.tar.gz" ] && [ ! -f "$dl_dir/.musan_completed" ]; }; }; then
-    log "stage 0: download MUSAN into $dl_dir"
-    lhotse download musan "$dl_dir"
+  if [ "$download_musan" = true ] && { [ ! -d "$dl_dir/musan" ] || musan_unfinished; }; then
+    log "stage 0: download MUSAN into $dl_dir (from $musan_url) and extract it"
+    mkdir -p "$dl_dir"
+    # An archive already here is extracted as it is (no download) unless it is cut short; the
+    # extraction goes into a staging directory renamed to musan/ when whole, and lhotse's marker
+    # is written last, so that a kill at any point leaves no musan/ that looks complete.
+    "$VENV/bin/python" - "$dl_dir" "$musan_url" <<'EOF'
+import logging
+import shutil
+import sys
+import tarfile
+import zlib
+from pathlib import Path
+
+from lhotse.utils import resumable_download, safe_extract
+
+dl_dir, url = Path(sys.argv[1]), sys.argv[2]
+archive, staging = dl_dir / "musan.tar.gz", dl_dir / ".musan.partial"
+
+
+def extract() -> None:
+    shutil.rmtree(staging, ignore_errors=True)
+    with tarfile.open(archive) as tar:
+        safe_extract(tar, path=staging)
+    if not (staging / "musan").is_dir():
+        sys.exit(f"{archive} holds no musan/ directory")
+    shutil.rmtree(dl_dir / "musan", ignore_errors=True)
+    (staging / "musan").rename(dl_dir / "musan")
+    shutil.rmtree(staging)
+    (dl_dir / ".musan_completed").touch()
+
+
+if archive.is_file():
+    try:
+        extract()
+        sys.exit(0)
+    except (tarfile.TarError, EOFError, zlib.error) as err:
+        logging.warning("%s is cut short (%s): resuming its download", archive, err)
+resumable_download(url, filename=archive)
+extract()
+EOF
   fi
 fi
 
@@ -161,7 +220,7 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   for part in $train_parts; do transcripts+=("$corpus/$part"); done
   lang=data/lang_bpe_${vocab_size}
   asr bpe --transcripts "${transcripts[@]}" --output-dir "$lang" --vocab-size "$vocab_size"
-  [ -n "$lm_text" ] && read -ra transcripts <<< "$lm_text"  # a list: "F ..."
+  [ ${#lm_text[@]} -gt 0 ] && transcripts=("${lm_text[@]}")
   log "stage 5: token ${lm_order}-gram and word ${word_lm_order}-gram LMs of ${transcripts[*]}"
   asr lm --transcripts "${transcripts[@]}" --tokenizer-dir "$lang" --order "$lm_order" \
     --output "$lang/token_${lm_order}gram.arpa"

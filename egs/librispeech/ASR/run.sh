@@ -38,8 +38,8 @@ vocab_size=500
 download_musan=false
 lm_order=4                     # token n-gram LM (prepare.sh stage 5)
 word_lm_order=3                # word n-gram LM (prepare.sh stage 5)
-lm_text=""                     # their training text (prepare.sh --lm-text); default: the
-                               # training parts' transcripts
+lm_text=()                     # their training texts, one --lm-text each (prepare.sh --lm-text);
+                               # default: the training parts' transcripts
 lm_unit=none                   # stage 7 fuses no LM, the token LM or the word LM (lexicon)
 lm_weight=0.3                  # its weight in the beam searches
 recipe=conformer_transducer    # recipes/librispeech/<recipe>.yaml
@@ -57,47 +57,83 @@ use_shar=false                 # true: train from Lhotse Shar shards of the trai
 
 usage="Usage: $0 [--stage N] [--stop-stage N] [--dl-dir DIR] [--full-libri true|false]
   [--num-jobs N] [--vocab-size N] [--download-musan true|false] [--lm-order N] [--word-lm-order N]
-  [--lm-text \"F ...\"] [--lm-unit none|token|word] [--lm-weight W] [--recipe NAME] [--nproc N]
+  [--lm-text F]... [--lm-unit none|token|word] [--lm-weight W] [--recipe NAME] [--nproc N]
   [--epoch E] [--avg N] [--use-averaged-model true|false] [--searchers \"A B\"|all]
   [--test-parts \"P Q\"] [--train-args \"...\"] [--decode-args \"...\"] [--work-dir DIR] [--skip-setup true|false]
   [--use-shar true|false]"
 . "$ROOT/egs/shared/parse_options.sh"
 . "$ROOT/egs/shared/sherpa_onnx.sh"
+. "$ROOT/egs/shared/checks.sh"
+. "$HERE/train_parts.sh"
 work_dir=$(mkdir -p "$work_dir" && cd "$work_dir" && pwd)
 cd "$work_dir"
 
 log() { echo "$(date '+%F %T') [librispeech] $*" >&2; }
 config="$ROOT/recipes/librispeech/${recipe}.yaml"
 case "$lm_unit" in none|token|word) ;; *)
-  echo "$0: --lm-unit must be none, token or word, got $lm_unit" >&2; exit 1 ;; esac
+  echo "$0: --lm-unit must be none, token or word, got $lm_unit" >&2; exit 2 ;; esac
 if [ ! -f "$config" ]; then
   echo "$0: no recipe $config (see recipes/librispeech/README.md)" >&2
   exit 2
 fi
+# what stages 7-10 would be the first to read, after training: checked now
+if [ $stage -le 9 ] && [ $stop_stage -ge 7 ]; then
+  check_at_least 1 epoch avg
+  if [ "$avg" -gt "$epoch" ]; then
+    echo "$0: --avg $avg averages more epochs than --epoch $epoch has" >&2
+    exit 2
+  fi
+fi
+if [ $stage -le 10 ] && [ $stop_stage -ge 7 ]; then
+  check_one_of test_parts $(librispeech_eval_parts)
+fi
+[ $stage -le 6 ] && [ $stop_stage -ge 6 ] && check_at_least 1 nproc
+# prepare.sh checks its own options again (also run on its own)
+if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
+  check_at_least 1 lm_order word_lm_order
+  check_paths_exist lm_text
+fi
+exp_dir=exp/$recipe
+lm_args=()  # stage 7's LM (--lm-unit)
+if [ "$lm_unit" != none ]; then
+  lm_path=data/lang_bpe_${vocab_size}/token_${lm_order}gram.arpa
+  [ "$lm_unit" = word ] && lm_path=data/lang_bpe_${vocab_size}/word_${word_lm_order}gram.arpa
+  lm_args=(--set "search.lm_path=$lm_path" "search.lm_unit=$lm_unit" "search.lm_weight=$lm_weight")
+fi
 
-if [ $stage -le 5 ] && [ $stop_stage -ge 0 ]; then
-  bash "$HERE/prepare.sh" --work-dir "$work_dir" --stage "$stage" --stop-stage "$(( stop_stage < 5 ? stop_stage : 5 ))" \
-    --dl-dir "$dl_dir" --full-libri "$full_libri" --num-jobs "$num_jobs" \
-    --vocab-size "$vocab_size" --download-musan "$download_musan" --skip-setup "$skip_setup" \
-    --lm-order "$lm_order" --word-lm-order "$word_lm_order" --lm-text "$lm_text"
-elif [ "$skip_setup" != true ]; then
+if [ "$skip_setup" != true ]; then
   bash "$ROOT/tools/setup.sh"
 fi
 VENV=${ASR_VENV:-$ROOT/.venv}
 [[ $VENV = /* ]] || VENV=$ROOT/$VENV  # relative to the repository, as tools/setup.sh takes it
 asr() { "$VENV/bin/asr" "$@"; }
-. "$HERE/train_parts.sh"
-if [ $stage -le 7 ] && [ $stop_stage -ge 7 ] && [ "$searchers" != all ]; then
-  # a misspelt searcher fails now, not at stage 7 after training (which heads have it is
-  # checked there, against the trained model)
+if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
+  # The recipe with --train-args, and the searchers and LM options of stage 7, checked as stage 6
+  # and 7 will take them (a misspelt key or searcher, or one the recipe's heads lack), before the
+  # data preparation; stage 7 alone checks them against the trained model at once.
+  check=(--set "tokenizer_dir=data/lang_bpe_${vocab_size}")
+  if [ $stop_stage -ge 7 ]; then
+    read -ra names <<< "$searchers"
+    check+=(--searchers "${names[@]}" "${lm_args[@]}")
+  fi
+  rc=0
   # shellcheck disable=SC2086
-  "$VENV/bin/python" -c 'import sys
-from asr.decoding.registry import ROLES, SEARCHER_NAMES
-bad = [s for s in sys.argv[1:] if s not in SEARCHER_NAMES + ROLES + ("all",)]
-sys.exit(f"--searchers: unknown {bad}; expected names of {list(SEARCHER_NAMES)}, the roles "
-         f"{list(ROLES)} or all" if bad else 0)' $searchers || exit 2
+  asr train --config "$config" --exp-dir "$exp_dir" --check-only "${check[@]}" $train_args || rc=$?
+  if [ $rc -ne 0 ]; then
+    echo "$0: --recipe $recipe does not take these --train-args / --searchers / LM options" \
+      "(above); nothing was run" >&2
+    exit $rc
+  fi
 fi
-exp_dir=exp/$recipe
+
+if [ $stage -le 5 ] && [ $stop_stage -ge 0 ]; then
+  lm_text_args=()
+  for text in "${lm_text[@]}"; do lm_text_args+=(--lm-text "$text"); done
+  bash "$HERE/prepare.sh" --work-dir "$work_dir" --stage "$stage" --stop-stage "$(( stop_stage < 5 ? stop_stage : 5 ))" \
+    --dl-dir "$dl_dir" --full-libri "$full_libri" --num-jobs "$num_jobs" \
+    --vocab-size "$vocab_size" --download-musan "$download_musan" --skip-setup true \
+    --lm-order "$lm_order" --word-lm-order "$word_lm_order" "${lm_text_args[@]}"
+fi
 averaged=""
 [ "$use_averaged_model" = true ] && averaged="--use-averaged-model"
 # what stage 8 writes and stage 9 packages: the weights of exactly these --epoch/--avg/
@@ -129,12 +165,6 @@ fi
 
 if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
   log "stage 7: decode $test_parts with $searchers (epoch $epoch, avg $avg, LM: $lm_unit)"
-  lm_args=()
-  if [ "$lm_unit" != none ]; then
-    lm_path=data/lang_bpe_${vocab_size}/token_${lm_order}gram.arpa
-    [ "$lm_unit" = word ] && lm_path=data/lang_bpe_${vocab_size}/word_${word_lm_order}gram.arpa
-    lm_args=(--set "search.lm_path=$lm_path" "search.lm_unit=$lm_unit" "search.lm_weight=$lm_weight")
-  fi
   # shellcheck disable=SC2086
   summaries=$(asr decode --exp-dir "$exp_dir" --searcher $searchers --epoch "$epoch" --avg "$avg" \
     $averaged --parts $test_parts "${lm_args[@]}" $decode_args)

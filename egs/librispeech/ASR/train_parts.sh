@@ -1,4 +1,4 @@
-# Sourced by prepare.sh and run.sh: the LibriSpeech training parts that --full-libri selects.
+# Sourced by prepare.sh and run.sh: the LibriSpeech parts that prepare.sh makes.
 # librispeech_train_parts true|false -> "train-clean-100 train-clean-360 train-other-500" | "train-clean-100"
 librispeech_train_parts() {
   if [ "$1" = true ]; then
@@ -6,6 +6,12 @@ librispeech_train_parts() {
   else
     echo "train-clean-100"
   fi
+}
+
+# librispeech_eval_parts -> the dev and test parts (prepared whatever --full-libri says; run.sh
+# decodes those of --test-parts)
+librispeech_eval_parts() {
+  echo "dev-clean dev-other test-clean test-other"
 }
 
 # librispeech_shuffled_cuts true|false -> the file name (in data/fbank) of the globally shuffled

@@ -102,6 +102,7 @@ defaults: stage=$stage stop_stage=$stop_stage recipe=$recipe num_jobs=$num_jobs 
   time_budget=$time_budget"
 . "$ROOT/egs/shared/parse_options.sh"
 . "$ROOT/egs/shared/sherpa_onnx.sh"
+. "$ROOT/egs/shared/checks.sh"
 work_dir=$(mkdir -p "$work_dir" && cd "$work_dir" && pwd)
 cd "$work_dir"
 
@@ -134,7 +135,10 @@ weights=$exp_dir/averaged.safetensors
 lang_dir=data/lang_bpe_${vocab_size}
 lm_path=$lang_dir/token_${lm_order}gram.arpa
 word_lm_path=$lang_dir/word_${word_lm_order}gram.arpa
-case "$lm_unit" in token|word) ;; *) echo "$0: --lm-unit must be token or word, got $lm_unit" >&2; exit 1 ;; esac
+case "$lm_unit" in token|word) ;; *) echo "$0: --lm-unit must be token or word, got $lm_unit" >&2; exit 2 ;; esac
+# what a stage after the synthesis or training would be the first to read: checked now
+if [ $stage -le 3 ] && [ $stop_stage -ge 2 ]; then check_at_least 1 fbank_jobs lm_order word_lm_order; fi
+if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then check_at_least 1 avg; fi
 parts="train-clean-5 dev-clean-2 test-clean"
 wer_file=$exp_dir/wer-test-clean.txt  # stage 5: "SEARCHER NAME WER [SEARCH OPTIONS]" per
                                       # searcher; stage 6 reads it
@@ -154,6 +158,30 @@ set_search_args() {
         "search.insertion_bonus=$insertion_bonus" "search.length_norm=$length_norm") ;;
   esac
 }
+
+if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
+  # The recipe with --train-args, and the searchers and search options of stages 5, 6 and 8,
+  # checked as those stages will take them (a misspelt key or searcher, one the recipe's heads
+  # lack, a bad --beam-size), before the synthesis; a run from stage 5 on checks them against
+  # the trained model at once.
+  check=(--set "tokenizer_dir=$lang_dir")
+  names=()
+  [ $stop_stage -ge 5 ] && read -ra names <<< "$searchers"
+  [ $stop_stage -ge 6 ] && names+=("$package_searcher")
+  [ $stop_stage -ge 8 ] && [ "$biasing" -gt 0 ] && names+=(beam)
+  if [ ${#names[@]} -gt 0 ]; then
+    set_search_args beam  # the options of every searcher but the greedy ones
+    check+=(--searchers "${names[@]}" "${search_args[@]}")
+  fi
+  rc=0
+  # shellcheck disable=SC2086
+  asr train --config "$config" --exp-dir "$exp_dir" --check-only "${check[@]}" $train_args || rc=$?
+  if [ $rc -ne 0 ]; then
+    echo "$0: --recipe $recipe does not take these --train-args / --searchers /" \
+      "--package-searcher / search options (above); nothing was run" >&2
+    exit $rc
+  fi
+fi
 
 if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
   log "stage 0: synthesize the corpus"

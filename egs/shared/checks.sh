@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Sourced by the stage scripts after parse_options.sh: checks of option values that a script
+# makes before its first stage, for options whose bad value a later stage (after hours of data
+# preparation or training) would be the first to read. Each one exits with 2 naming the option.
+# What needs the toolkit's own rules (a recipe's heads and their searchers, search options) is
+# checked by `asr train --check-only` instead.
+
+# check_at_least MIN NAME...: each option NAME (the variable of --NAME) is an integer >= MIN.
+check_at_least() {
+  local min=$1 name
+  shift
+  for name in "$@"; do
+    if [ "${!name}" -lt "$min" ]; then
+      echo "$0: --${name//_/-} must be at least $min, got ${!name}" >&2
+      exit 2
+    fi
+  done
+}
+
+# check_one_of NAME CHOICE...: option NAME holds only words among the CHOICEs (a list option such
+# as --test-parts "test-clean test-other" may hold several).
+check_one_of() {
+  local name=$1 word words
+  shift
+  read -ra words <<< "${!name}"
+  for word in "${words[@]}"; do
+    if [[ " $* " != *" $word "* ]]; then
+      echo "$0: --${name//_/-}: unknown '$word'; expected one of: $*" >&2
+      exit 2
+    fi
+  done
+}
+
+# check_paths_exist NAME: every path of the array option NAME exists (relative to the current
+# directory, the work directory).
+check_paths_exist() {
+  declare -n _paths=$1
+  local path
+  for path in "${_paths[@]}"; do
+    if [ ! -e "$path" ]; then
+      echo "$0: --${1//_/-} '$path': no such file or directory (in $PWD; give each file its" \
+        "own --${1//_/-})" >&2
+      exit 2
+    fi
+  done
+}
