@@ -11,6 +11,11 @@ The resolved configuration (YAML plus ``--set`` overrides) is written to ``<exp-
 (a run that fails before it writes a checkpoint puts the earlier one back, the one the directory's
 checkpoints fit); training resumes from the newest ``checkpoint-N.pt`` in the directory, so
 re-running the same command after a kill continues where it stopped.
+
+A config error, or a dev manifest (``data.dev_cuts``) that names a cut id twice, exits with 2
+before anything is written. Training manifests may repeat cuts (oversampling, e.g. a
+manifest listed twice in ``data.train_cuts``): each repeat is trained as ``<id>_repeat<k>``, with
+its own augmentation draws (:mod:`asr.data.cut_ids`).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from asr.cli.options import add_num_threads_argument, check_experiment_dir, set_
 from asr.config import ConfigError, load_config, save_config, to_dict
 from asr.experiment import CONFIG_FILE, ExperimentConfig
 from asr.fileio import write_bytes_atomic
-from asr.run.train import check_training_config, train_experiment
+from asr.run.train import check_dev_cuts, check_training_config, train_experiment
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(ExperimentConfig, args.config, args.overrides)
         check_training_config(cfg)
-    except (ConfigError, FileNotFoundError) as err:
+        check_dev_cuts(cfg)  # a repeated dev id would be scored twice in every dev WER
+    except (ConfigError, FileNotFoundError, ValueError) as err:
         logger.error("asr train: %s", err)
         return 2
     try:
