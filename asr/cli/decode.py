@@ -25,7 +25,9 @@ lock of each summary file it will write (:func:`asr.fileio.output_lock`) before 
 anything, and a second run on one of them is refused (exit 2, naming it); each file is written
 atomically, after the earlier summary is removed, and the summary last: a run stopped on the way
 leaves no summary, so a summary file means that the recogs and errs beside it are complete and
-of its run (:mod:`asr.run.evaluate`).
+of its run (:mod:`asr.run.evaluate`). A test set that holds a cut id twice (it would be decoded
+and scored twice) is refused before anything is decoded or written: exit 2, naming the file, the
+id and both lines.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from asr.cli.options import (
     set_num_threads,
 )
 from asr.config import ConfigError
+from asr.data.librispeech import check_test_parts
 from asr.decoding import build_searcher
 from asr.decoding.registry import select_searchers
 from asr.experiment import load_trained_model
@@ -59,7 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="searcher names (e.g. transducer_greedy ctc_prefix_beam aed_beam), "
                              "'greedy' / 'beam' for those of the model's main head, or 'all' "
                              "for every searcher the model's heads support")
-    parser.add_argument("--parts", nargs="+", default=["test-clean"], help="test sets to decode")
+    parser.add_argument("--parts", nargs="+", default=["test-clean"],
+                        help="test sets to decode (a cut id twice in one is an error)")
     parser.add_argument("--manifest-dir", type=Path, default=None,
                         help="where librispeech_cuts_<part>.jsonl.gz are (default: data.manifest_dir)")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
@@ -91,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         settings = {"weights": tag, **search_settings}
         labels = {name: f"{name}-{args.tag}" if args.tag else name for name in names}
         parts = list(dict.fromkeys(args.parts))  # one lock, and one decode, per part
+        check_test_parts(manifest_dir, parts)  # a repeated id, before any part is written
         with output_locks(result_paths(args.exp_dir / label, part, label)["wer_summary"]
                           for label in labels.values() for part in parts):  # before any work
             for name, label in labels.items():

@@ -11,7 +11,8 @@ decoded chunk by chunk with their chunk size.
 As ``asr decode``, a run takes the lock of each summary file it will write
 (:func:`asr.fileio.output_lock`) before it decodes anything: a second run on one of them is
 refused (exit 2, naming it), as is an ``--output-dir`` that cannot be written, a broken export
-directory or a search option its layout has not (a CTC export: greedy search, no blank penalty).
+directory or a search option its layout has not (a CTC export: greedy search, no blank penalty),
+and a test set that holds a cut id twice (naming the file, the id and both lines).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from asr.data.librispeech import check_test_parts
 from asr.export.sherpa_decode import decode_part_sherpa, load_recognizer
 from asr.fileio import OutputBusyError, output_locks
 from asr.run.evaluate import result_paths, write_results
@@ -32,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="directory written by asr export-onnx")
     parser.add_argument("--manifest-dir", type=Path, required=True,
                         help="where librispeech_cuts_<part>.jsonl.gz are")
-    parser.add_argument("--parts", nargs="+", default=["test-clean"], help="test sets to decode")
+    parser.add_argument("--parts", nargs="+", default=["test-clean"],
+                        help="test sets to decode (a cut id twice in one is an error)")
     parser.add_argument("--int8", action="store_true", help="the *.int8.onnx graphs")
     parser.add_argument("--num-threads", type=int, default=1, help="onnxruntime threads")
     parser.add_argument("--batch-size", type=int, default=32, help="streams decoded together")
@@ -65,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         name += f"-{args.tag}" if args.tag else ""
         out_dir = args.output_dir or args.onnx_dir
         parts = list(dict.fromkeys(args.parts))  # one lock, and one decode, per part
+        check_test_parts(args.manifest_dir, parts)  # a repeated id, before any part is written
         with output_locks(result_paths(out_dir, part, name)["wer_summary"] for part in parts):
             for part in parts:
                 recognitions = decode_part_sherpa(recognizer, args.manifest_dir, part,

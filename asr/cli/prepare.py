@@ -65,7 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     sh = sub.add_parser("shuffle", help="write the cuts of several manifests in one random order "
                                         "(a globally shuffled training manifest)")
-    sh.add_argument("--cuts", type=Path, nargs="+", required=True, help="cut manifests")
+    sh.add_argument("--cuts", type=Path, nargs="+", required=True,
+                    help="cut manifests; one listed twice is oversampled (its cuts are written "
+                         "twice, and training names each repeat <id>_repeat<k>, with its own "
+                         "augmentation)")
     sh.add_argument("--output", type=Path, required=True, help="the shuffled manifest to write")
     sh.add_argument("--seed", type=int, default=42, help="shuffle seed (default: 42)")
     sh.set_defaults(_prepare=_run_shuffle)

@@ -9,7 +9,9 @@ Examples::
     asr shar --cuts data/manifests/cuts_train.jsonl.gz --fields recording=flac --output-dir D
 
 Train from it with ``--set data.train_shar_dirs=[data/shar/train]`` (see :mod:`asr.data.shar`).
-The manifests are concatenated in the order given; shuffling happens per epoch when training.
+The manifests are concatenated in the order given (cuts that repeat an id are kept: training
+gives each repeat its own id and augmentation, :mod:`asr.data.cut_ids`); shuffling happens per
+epoch when training.
 Run again, it keeps the directory while its fingerprint (``<output-dir>.fingerprint.json``) says
 it was made from the same manifest bytes, data files (size and modification time), fields and
 shard size, and writes it again otherwise; that check parses no cut (see
@@ -35,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         nargs="+",
         required=True,
-        help="cut manifests (.jsonl.gz) to write, concatenated in this order",
+        help="cut manifests (.jsonl.gz) to write, concatenated in this order; one listed "
+        "twice is oversampled (training names each repeat <id>_repeat<k>, with its own "
+        "augmentation)",
     )
     parser.add_argument(
         "--output-dir", type=Path, required=True,

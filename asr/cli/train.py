@@ -18,6 +18,11 @@ The configuration is checked before anything is read or written (exit 2 naming t
 :func:`asr.decoding.registry.select_searchers`), and ``--check-only`` stops there (exit 0 when it
 fits): the recipe scripts check a recipe, their ``--train-args`` and their decoding options that
 way before their first stage.
+
+A config error, or a dev manifest (``data.dev_cuts``) that names a cut id twice, exits with 2
+before anything is written. Training manifests may repeat cuts (oversampling, e.g. a
+manifest listed twice in ``data.train_cuts``): each repeat is trained as ``<id>_repeat<k>``, with
+its own augmentation draws (:mod:`asr.data.cut_ids`).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from asr.config import ConfigError, load_config, save_config, to_dict
 from asr.decoding.registry import select_searchers
 from asr.experiment import CONFIG_FILE, ExperimentConfig
 from asr.fileio import write_bytes_atomic
-from asr.run.train import check_training_config, train_experiment
+from asr.run.train import check_dev_cuts, check_training_config, train_experiment
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(ExperimentConfig, args.config, args.overrides)
         check_training_config(cfg)
-    except (ConfigError, FileNotFoundError) as err:
+        check_dev_cuts(cfg)  # a repeated dev id would be scored twice in every dev WER
+    except (ConfigError, FileNotFoundError, ValueError) as err:
         logger.error("asr train: %s", err)
         return 2
     try:

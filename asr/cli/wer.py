@@ -1,6 +1,9 @@
 """``asr wer REF HYP``: score hypotheses against references (Kaldi ``text`` files), or
 ``asr wer RECOGS`` the references and hypotheses of an ``asr decode`` recogs file; with
-``--phrases TSV`` (a biasing set's ``utt_id<TAB>phrase`` lines) also the phrase recall."""
+``--phrases TSV`` (a biasing set's ``utt_id<TAB>phrase`` lines) also the phrase recall.
+
+Each file names an utterance once (a recogs file once per side): a repeated id, whose text to
+score would be ambiguous, is an error (exit 2) naming the file, the id and both lines."""
 
 from __future__ import annotations
 
@@ -24,10 +27,11 @@ logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("ref", help="reference text file: 'utt_id TEXT' per line")
+    parser.add_argument("ref", help="reference text file: 'utt_id TEXT' per line, each id once "
+                                    "(a repeated id is an error naming both lines)")
     parser.add_argument("hyp", nargs="?", default=None,
-                        help="hypothesis text file: 'utt_id TEXT' per line; without it REF is an "
-                             "`asr decode` recogs file holding both")
+                        help="hypothesis text file: 'utt_id TEXT' per line, each id once; without "
+                             "it REF is an `asr decode` recogs file holding both")
     parser.add_argument("--phrases", help="'utt_id<TAB>phrase' lines: also print the phrase recall, "
                         "the share of phrases said exactly as whole words (default: none)")
     parser.add_argument("--cer", action="store_true", help="score characters instead of words")

@@ -12,8 +12,9 @@ Random draws are a function of ``(data seed, epoch, cut ids)`` only: the cut tra
 feature loading (dither) of a batch run under RNGs seeded from its cut ids, the feature transforms
 and SpecAugment of an utterance under RNGs seeded from its cut id
 (:func:`asr.data.augment.seed_rngs`), and the caller's RNGs are left as they were. A batch is therefore augmented the same whichever
-DataLoader worker makes it, with any ``num_workers``, and in a run resumed mid-epoch; a cut that
-occurs twice in one epoch (the same id) is augmented the same way both times.
+DataLoader worker makes it, with any ``num_workers``, and in a run resumed mid-epoch. Copies of a
+cut under one id would therefore be augmented the same way: training renames the repeats of an id
+before they get here (:mod:`asr.data.cut_ids`), and an evaluation set must not have any.
 
 Features are either read from storage (lhotse ``PrecomputedFeatures``) or computed from audio by
 lhotse ``OnTheFlyFeatures`` with the extractor of :func:`asr.features.fbank.make_lhotse_fbank`,
@@ -68,6 +69,7 @@ __all__ = [
     "cut_manifest_lines",
     "load_cuts",
     "make_dataloader",
+    "numbered_cut_lines",
     "pad_tokens",
     "speed_factors",
 ]
@@ -305,16 +307,23 @@ def cut_manifest_lines(path: Path) -> Iterator[bytes]:
         ValueError: naming ``path`` when it cannot be read (a broken or cut-short gzip, a first
             line that is not UTF-8) or when its first line is no JSON cut.
     """
+    for _, line in numbered_cut_lines(path):
+        yield line
+
+
+def numbered_cut_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """:func:`cut_manifest_lines` with the number of each line in the file (from 1, blank lines
+    counted), for messages that point at a line."""
     checked = False
     try:
         with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as f:
-            for line in f:
+            for line_no, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
                 if not checked:
                     _check_first_cut(path, line)
                     checked = True
-                yield line if line.endswith(b"\n") else line + b"\n"
+                yield line_no, line if line.endswith(b"\n") else line + b"\n"
     except (OSError, EOFError) as err:
         raise ValueError(f"cut manifest {path} cannot be read: {err}") from None
 

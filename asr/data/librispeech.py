@@ -33,13 +33,14 @@ import io
 import logging
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from asr.audio import AudioError, decode_audio
-from asr.data.dataset import cut_manifest_lines
+from asr.data.cut_ids import Repeats, check_unique_ids, line_cut_id, load_eval_cuts
+from asr.data.dataset import numbered_cut_lines
 from asr.fileio import output_lock, output_locks, read_text, write_atomic
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,9 @@ __all__ = [
     "CorpusError",
     "PartSummary",
     "check_audio_lengths",
+    "check_test_parts",
     "cuts_path",
+    "load_test_part",
     "prepare_manifests",
     "validate_librispeech_tree",
 ]
@@ -348,31 +351,61 @@ def _drop_stale_manifests(output_dir: Path, part: str, texts: dict[str, str]) ->
         path.unlink(missing_ok=True)
 
 
+def check_test_parts(manifest_dir: str | Path, parts: Sequence[str]) -> None:
+    """Checks that each test set ``<manifest_dir>/librispeech_cuts_<part>.jsonl.gz`` names each
+    cut once (:func:`asr.data.cut_ids.check_unique_ids`), before a decoding run writes anything.
+
+    Raises:
+        FileNotFoundError / DuplicateIdError / ValueError: as ``check_unique_ids``.
+    """
+    for part in parts:
+        check_unique_ids([cuts_path(manifest_dir, part)])
+
+
+def load_test_part(manifest_dir: str | Path, part: str):
+    """The cuts of the test set ``<manifest_dir>/librispeech_cuts_<part>.jsonl.gz``, eager, each
+    id once (:func:`asr.data.cut_ids.load_eval_cuts`)."""
+    return load_eval_cuts(manifest_dir, [cuts_path(manifest_dir, part).name]).to_eager()
+
+
 def write_shuffled_cuts(inputs: Sequence[str | Path], output: str | Path, seed: int = 42) -> int:
     """Writes the cuts of every manifest of ``inputs``, in one random order, to ``output``.
 
     Speed-perturbed copies are written back to back and training parts are concatenated in
     order, so without this a sampler's shuffle buffer sees one subset at one speed at a time
     (icefall measured 2.93/6.61 unshuffled against 2.64/6.35 shuffled on LibriSpeech). Lines are
-    shuffled as text (each input is read once, and only its first line is parsed, as a check:
-    :func:`asr.data.dataset.cut_manifest_lines`), seeded, and the file is written atomically,
-    byte for byte the same for the same inputs and seed.
+    shuffled as text (each input is read once, its first line checked to be a cut:
+    :func:`asr.data.dataset.numbered_cut_lines`, and only each line's id parsed), seeded, and
+    the file is written atomically, byte for byte the same for the same inputs and seed.
+
+    Cuts are kept as they are, repeated ids too: an input listed twice (or cuts in several
+    inputs) oversamples them, as a manifest listed twice in ``data.train_cuts`` does, and
+    training gives each repeat its own id and augmentation (:mod:`asr.data.cut_ids`); how many
+    ids repeat is logged.
 
     Returns:
         The number of cuts written.
 
     Raises:
         FileNotFoundError: naming a missing input.
-        ValueError: naming an input that cannot be read (e.g. a gzip cut short) or whose first
-            line is no JSON cut.
+        ValueError: naming an input that cannot be read (e.g. a gzip cut short) or a line (its
+            number) that is no JSON cut with an id.
         asr.fileio.OutputBusyError: while another run writes ``output``.
     """
     lines: list[bytes] = []
-    for path in inputs:
-        path = Path(path)
+
+    def read_ids(path: Path) -> Iterator[str]:
+        """The ids of ``path``'s cuts, its lines kept in ``lines`` on the way (one pass)."""
+        for line_no, line in numbered_cut_lines(path):
+            lines.append(line)
+            yield line_cut_id(line, path, line_no)
+
+    for path in map(Path, inputs):
         if not path.is_file():
             raise FileNotFoundError(f"cut manifest {path} does not exist")
-        lines.extend(cut_manifest_lines(path))  # one pass, its first line checked to be a cut
+    # repeated ids are kept: an input listed twice oversamples it (asr.data.cut_ids)
+    Repeats.of_ids(cut_id for path in map(Path, inputs) for cut_id in read_ids(path)).log(
+        f"the manifests shuffled into {output}")
     random.Random(seed).shuffle(lines)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

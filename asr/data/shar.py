@@ -226,6 +226,13 @@ class SharCuts:
         shuffle: shuffle the shard order (all directories together) every epoch.
         seed: shard order of epoch ``e`` is drawn with ``seed + e``.
 
+    Attributes:
+        cuts: the lazy CutSet of the cuts with ``field``'s data (what training iterates).
+        manifests: the lazy CutSet of the cut manifests alone (counting, filtering, buckets).
+        manifest_paths: the shards' cut manifests (``cuts.NNNNNN.jsonl.gz``), directory by
+            directory in shard order.
+        num_shards: how many shards the directories hold together.
+
     Raises:
         FileNotFoundError / ValueError: as :func:`shar_fields`, or when a directory lacks
             ``field`` (naming it).
@@ -248,6 +255,7 @@ class SharCuts:
             streams["cuts"] += fields["cuts"]
             streams[field] += fields[field]
         self.num_shards = len(streams["cuts"])
+        self.manifest_paths = list(streams["cuts"])  # in directory and shard order
         self.seed = seed
         # stateful_shuffle=False: lhotse's reader would add its own pass counter to the seed,
         # so a second pass over the same epoch (a DataLoader with workers iterates its sampler

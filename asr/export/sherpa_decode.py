@@ -34,9 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from asr.data.dataset import load_cuts
 from asr.data.filtering import cut_text
-from asr.data.librispeech import cuts_path
+from asr.data.librispeech import load_test_part
 from asr.encoders.subsampling import subsampled_length
 from asr.export.graphs import chunk_frames
 from asr.export.sherpa import BPE_VOCAB
@@ -305,11 +304,13 @@ def decode_part_sherpa(
 
     Raises:
         ValueError: for ``batch_size`` < 1.
+        asr.data.cut_ids.DuplicateIdError: naming a cut id the test set holds twice (before
+            anything is decoded).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     manifest_dir = Path(manifest_dir)
-    cuts = load_cuts(manifest_dir, [cuts_path(manifest_dir, part).name]).to_eager()
+    cuts = load_test_part(manifest_dir, part)  # each id once: scored once
     recognitions: list[Recognition] = []
     seconds = audio = 0.0
     cut_list = list(cuts)

@@ -385,19 +385,32 @@ def read_kaldi_text(path: str | Path) -> dict[str, str]:
     """Read a Kaldi ``text`` file (``utt_id TEXT`` lines; the text may be empty).
 
     Raises:
-        ValueError: for a duplicated utterance id (naming the file and line).
+        ValueError: for a duplicated utterance id (naming the file and both lines: which of
+            the two texts to score is ambiguous).
     """
     path = Path(path)
     texts: dict[str, str] = {}
+    first: dict[str, int] = {}
     for line_no, line in enumerate(read_text(path).splitlines(), start=1):
         fields = line.split(maxsplit=1)
         if not fields:
             continue
         utt_id = fields[0]
-        if utt_id in texts:
-            raise ValueError(f"{path}:{line_no}: duplicated utterance id {utt_id!r}")
+        _check_new_id(path, line_no, utt_id, first)
         texts[utt_id] = " ".join(fields[1].split()) if len(fields) > 1 else ""
     return texts
+
+
+def _check_new_id(path: Path, line_no: int, utt_id: str, first: dict[str, int]) -> None:
+    """Records that ``utt_id`` is on line ``line_no`` of ``path`` in ``first`` (id -> line).
+
+    Raises:
+        ValueError: naming the file, the id and both lines when ``first`` already has it.
+    """
+    earlier = first.setdefault(utt_id, line_no)
+    if earlier != line_no:
+        raise ValueError(f"{path}:{line_no}: duplicated utterance id {utt_id!r} (first on "
+                         f"line {earlier})")
 
 
 def read_recognitions(path: str | Path) -> tuple[dict[str, str], dict[str, str]]:
@@ -405,10 +418,12 @@ def read_recognitions(path: str | Path) -> tuple[dict[str, str], dict[str, str]]
     references and hypotheses, ``utt_id -> text``.
 
     Raises:
-        ValueError: for a line that is neither ``utt_id:\\tref=[...]`` nor ``hyp=[...]``.
+        ValueError: for a line that is neither ``utt_id:\\tref=[...]`` nor ``hyp=[...]``, or
+            a second ``ref=`` (or ``hyp=``) line of one utterance id (naming both lines).
     """
     path = Path(path)
     texts: dict[str, dict[str, str]] = {"ref": {}, "hyp": {}}
+    first: dict[str, dict[str, int]] = {"ref": {}, "hyp": {}}
     for line_no, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
@@ -416,6 +431,7 @@ def read_recognitions(path: str | Path) -> tuple[dict[str, str], dict[str, str]]
         kind, _, words = rest.partition("=")
         if kind not in texts or not words.startswith("["):
             raise ValueError(f"{path}:{line_no}: not a recognition line: {line!r}")
+        _check_new_id(path, line_no, utt, first[kind])
         texts[kind][utt] = " ".join(ast.literal_eval(words))
     return texts["ref"], texts["hyp"]
 
@@ -425,10 +441,11 @@ def read_phrases(path: str | Path) -> dict[str, str]:
 
     Raises:
         ValueError: for a line without a tab or without a phrase, or a duplicated utterance id
-            (naming the file and line).
+            (naming the file and both lines).
     """
     path = Path(path)
     phrases: dict[str, str] = {}
+    first: dict[str, int] = {}
     for line_no, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
@@ -436,8 +453,7 @@ def read_phrases(path: str | Path) -> dict[str, str]:
         utt_id, phrase = utt_id.strip(), " ".join(phrase.split())
         if not tab or not utt_id or not phrase:
             raise ValueError(f"{path}:{line_no}: expected 'utt_id<TAB>phrase', got {line!r}")
-        if utt_id in phrases:
-            raise ValueError(f"{path}:{line_no}: duplicated utterance id {utt_id!r}")
+        _check_new_id(path, line_no, utt_id, first)
         phrases[utt_id] = phrase
     return phrases
 

@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from asr.data.dataset import load_cuts, make_dataloader
-from asr.data.librispeech import cuts_path
+from asr.data.dataset import make_dataloader
+from asr.data.librispeech import load_test_part
 from asr.decoding import Searcher
 from asr.experiment import ExperimentConfig
 from asr.fileio import write_text_atomic
@@ -175,8 +175,13 @@ def decode_part(
     device: torch.device | str,
 ) -> list[Recognition]:
     """Recognitions of one test set ``<manifest_dir>/librispeech_cuts_<part>.jsonl.gz`` (all of
-    its cuts, unfiltered)."""
-    cuts = load_cuts(manifest_dir, [cuts_path(manifest_dir, part).name]).to_eager()
+    its cuts, unfiltered).
+
+    Raises:
+        asr.data.cut_ids.DuplicateIdError: naming a cut id the test set holds twice (before
+            anything is decoded).
+    """
+    cuts = load_test_part(manifest_dir, part)  # each id once: scored once
     loader = make_dataloader(cuts, cfg.data, tokenizer, train=False, rank=0, world_size=1)
     recognitions, seconds = recognize(model, searcher, loader, tokenizer, device)
     audio = sum(c.duration for c in cuts)

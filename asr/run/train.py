@@ -23,6 +23,7 @@ import torch
 from lhotse import CutSet
 
 from asr.config import ConfigError, to_dict
+from asr.data.cut_ids import Repeats, check_unique_ids, load_eval_cuts
 from asr.data.dataset import load_cuts, make_dataloader, speed_factors
 from asr.data.epochs import EpochBatches
 from asr.data.filtering import filter_cuts
@@ -43,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DevWer",
+    "check_dev_cuts",
     "check_training_config",
     "seed_everything",
     "spread_subset",
@@ -127,14 +129,22 @@ def _filter_or_fail(cfg: ExperimentConfig, model: ASRModel, cuts, tokenizer: Tok
 
 def _load_filtered(cfg: ExperimentConfig, model: ASRModel, names: Sequence[str],
                    tokenizer: Tokenizer, what: str, train: bool = False):
-    cuts = load_cuts(cfg.data.manifest_dir, names)
-    where = f"{cfg.data.manifest_dir}/{list(names)}"
-    return _filter_or_fail(cfg, model, cuts, tokenizer, where, what, train=train).to_eager()
+    """The filtered cuts of the manifests ``names`` (eager). Dev cuts must name each utterance
+    once (:func:`asr.data.cut_ids.load_eval_cuts`); training cuts that repeat an id get their
+    own ids, and so their own augmentation (:meth:`asr.data.cut_ids.Repeats.rename`)."""
+    manifest_dir = cfg.data.manifest_dir
+    cuts = load_cuts(manifest_dir, names) if train else load_eval_cuts(manifest_dir, names)
+    where = f"{manifest_dir}/{list(names)}"
+    kept = _filter_or_fail(cfg, model, cuts, tokenizer, where, what, train=train).to_eager()
+    if train:
+        kept = Repeats.of_manifests([Path(manifest_dir) / name for name in names]).rename(kept)
+    return kept
 
 
 def _load_shar(cfg: ExperimentConfig, model: ASRModel, tokenizer: Tokenizer):
     """Training cuts from ``data.train_shar_dirs``: (lazy filtered cuts, SharCuts). Counting,
-    filtering and the bucket estimate read the cut manifests only, never the tar data."""
+    filtering, the bucket estimate and finding repeated ids read the cut manifests only, never
+    the tar data; repeats are renamed as the cuts stream."""
     data = cfg.data
     field = "recording" if data.on_the_fly_feats else "features"
     shar = SharCuts(data.train_shar_dirs, field, shuffle=data.shuffle, seed=data.seed)
@@ -142,7 +152,20 @@ def _load_shar(cfg: ExperimentConfig, model: ASRModel, tokenizer: Tokenizer):
     kept = _filter_or_fail(cfg, model, shar.manifests, tokenizer, str(dirs), "training",
                            shar.cuts, train=True)
     logger.info("training from %d Lhotse Shar shards in %s", shar.num_shards, dirs)
-    return kept, shar
+    return Repeats.of_manifests(shar.manifest_paths).rename(kept), shar
+
+
+def check_dev_cuts(cfg: ExperimentConfig) -> None:
+    """Checks that the dev manifests (``data.dev_cuts``) name each cut once, before a run
+    writes anything (:func:`asr.data.cut_ids.check_unique_ids`). A missing one is left to
+    :func:`train_experiment`, which names it as it does a missing training manifest.
+
+    Raises:
+        asr.data.cut_ids.DuplicateIdError: naming a repeated id, its file(s) and both lines.
+        ValueError: naming a dev manifest that is no cut manifest.
+    """
+    paths = [Path(cfg.data.manifest_dir) / name for name in cfg.data.dev_cuts]
+    check_unique_ids([path for path in paths if path.is_file()])
 
 
 def _init_input_norm(model: ASRModel, cfg: ExperimentConfig, train_cuts) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import logging
 import re
+import shutil
 
 from asr.cli.main import main
 
@@ -62,3 +65,23 @@ def test_roles_resolve_per_head_and_summaries_are_printed(trained, capsys):
         str(trained / name / f"wer-summary-{PART}-{name}.txt")
         for name in ("transducer_greedy", "transducer_beam")
     ]
+
+
+def test_a_test_set_that_repeats_a_cut_id_is_refused_before_any_part_is_written(
+        trained, tiny_corpus, tmp_path, caplog):
+    """A repeated id was decoded and counted twice in the WER, and written twice into recogs
+    and errs: exit 2 naming the file, the id and both lines, and no result file of any part."""
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    for part in ("dev-clean-2", PART):
+        shutil.copy(tiny_corpus / "fbank" / f"librispeech_cuts_{part}.jsonl.gz", manifests)
+    test_set = manifests / f"librispeech_cuts_{PART}.jsonl.gz"
+    lines = gzip.open(test_set, "rb").readlines()
+    with gzip.open(test_set, "wb") as f:
+        f.writelines([*lines, lines[0]])
+    assert _decode(trained, "--searcher", "ctc_greedy", "--tag", "dup", "--manifest-dir",
+                   str(manifests), "--parts", "dev-clean-2", PART) == 2
+    cut_id = json.loads(lines[0])["id"]
+    assert (f"cut id {cut_id!r} occurs twice in an evaluation set: lines 1 and "
+            f"{len(lines) + 1} of {test_set}") in caplog.text
+    assert not (trained / "ctc_greedy-dup").exists()

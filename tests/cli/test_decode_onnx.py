@@ -3,6 +3,8 @@ results in ``asr decode``'s files, and the CTC hypotheses equal ``asr decode``'s
 
 from __future__ import annotations
 
+import gzip
+
 from asr.cli.main import main
 
 PART = "test-clean"
@@ -12,7 +14,7 @@ def _hyps(path) -> list[str]:
     return [line.split("hyp=", 1)[1] for line in path.read_text().splitlines() if "\thyp=" in line]
 
 
-def test_sherpa_onnx_test_set_wer(trained, tiny_corpus, tmp_path, capsys):
+def test_sherpa_onnx_test_set_wer(trained, tiny_corpus, tmp_path, capsys, caplog):
     package = tmp_path / "package"
     assert main(["export-package", "--exp-dir", str(trained), "--checkpoint",
                  str(trained / "epoch-2.pt"), "--output-dir", str(package)]) == 0
@@ -40,3 +42,14 @@ def test_sherpa_onnx_test_set_wer(trained, tiny_corpus, tmp_path, capsys):
     assert len(ours) == 4 and theirs == ours
     assert main(["decode-onnx", "--onnx-dir", str(tmp_path / "ctc"), "--int8",
                  "--manifest-dir", manifests]) == 2  # exported without --int8
+    # a test set that repeats a cut id (decoded and scored twice): refused, nothing written
+    lines = gzip.open(tiny_corpus / "fbank" / f"librispeech_cuts_{PART}.jsonl.gz").readlines()
+    (tmp_path / "dup").mkdir()
+    with gzip.open(tmp_path / "dup" / f"librispeech_cuts_{PART}.jsonl.gz", "wb") as f:
+        f.writelines([*lines, lines[-1]])
+    assert main(["decode-onnx", "--onnx-dir", str(tmp_path / "ctc"), "--manifest-dir",
+                 str(tmp_path / "dup"), "--parts", PART, "--output-dir",
+                 str(tmp_path / "dup-out")]) == 2
+    assert f"occurs twice in an evaluation set: lines {len(lines)} and {len(lines) + 1}" \
+        in caplog.text
+    assert not (tmp_path / "dup-out").exists()

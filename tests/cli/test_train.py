@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import sys
 
 import pytest
@@ -159,3 +161,19 @@ def test_a_run_stopped_before_a_checkpoint_leaves_the_config_its_checkpoints_fit
                       "data.train_cuts=[missing.jsonl.gz]") == 1
     assert "missing.jsonl.gz does not exist" in caplog.text
     assert (tmp_path / "kept" / "config.yaml").read_bytes() == before
+
+
+def test_a_dev_set_that_repeats_a_cut_id_is_refused_before_anything_is_written(
+        tmp_path, tiny_corpus, caplog):
+    """A repeated dev id was decoded and counted twice in every epoch's dev WER: exit 2 naming
+    the file, the id and both lines, before the experiment directory is made."""
+    lines = gzip.open(tiny_corpus / "fbank" / "librispeech_cuts_dev-clean-2.jsonl.gz",
+                      "rb").readlines()
+    dev = tmp_path / "dev-dup.jsonl.gz"
+    with gzip.open(dev, "wb") as f:
+        f.writelines([lines[1], *lines])
+    assert train_tiny(tmp_path, tiny_corpus, "dupdev", f"data.dev_cuts=[{dev}]") == 2
+    cut_id = json.loads(lines[1])["id"]
+    assert f"cut id {cut_id!r} occurs twice in an evaluation set: lines 1 and 3 of {dev}" \
+        in caplog.text
+    assert not (tmp_path / "dupdev").exists()

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import logging
+import re
 import time
 
+import pytest
 from lhotse import CutSet
 from lhotse.testing.dummies import dummy_cut
 
@@ -102,3 +105,22 @@ def test_a_rerun_writes_the_same_bytes(tmp_path, monkeypatch):
     monkeypatch.setattr(time, "time", lambda: later)  # the rerun an hour later
     write_shuffled_cuts(parts, out, seed=1)
     assert out.read_bytes() == first
+
+
+def test_a_manifest_listed_twice_is_kept_twice_and_its_repeats_counted(tmp_path, caplog):
+    """Oversampling by listing a manifest twice, as in data.train_cuts: every cut is written
+    twice (training then names each repeat <id>_repeat<k>, with its own augmentation), and the
+    log says so; a line that is no cut is named by its number, not written."""
+    part = _part_manifests(tmp_path)[0]
+    out = tmp_path / "twice.jsonl.gz"
+    caplog.set_level(logging.INFO)
+    assert write_shuffled_cuts([part, part], out, seed=1) == 2 * len(SPEEDS) * PER_BLOCK
+    ids = [c.id for c in CutSet.from_file(out)]
+    assert sorted(ids) == sorted(2 * [c.id for c in CutSet.from_file(part)])
+    assert (f"{len(SPEEDS) * PER_BLOCK} cut ids occur more than once in the manifests shuffled "
+            f"into {out} ({len(SPEEDS) * PER_BLOCK} repeats)") in caplog.text
+    broken = tmp_path / "broken.jsonl"
+    broken.write_bytes(gzip.open(part, "rb").readline() + b"\n{not json\n")
+    with pytest.raises(ValueError, match=re.escape(f"{broken}:3: not a JSON cut")):
+        write_shuffled_cuts([broken], tmp_path / "never.jsonl.gz")
+    assert not (tmp_path / "never.jsonl.gz").exists()

@@ -55,3 +55,21 @@ def test_phrase_recall_cli_refuses_phrase_files_it_would_misread(tmp_path, capsy
         caplog.clear()
         assert main(["wer", str(ref), str(hyp), "--phrases", str(phrases)]) == 2
         assert any(re.search(message, r.getMessage()) for r in caplog.records), text
+
+
+def test_a_repeated_utterance_id_is_an_error_naming_both_lines(tmp_path, capsys, caplog):
+    """Which of two texts of one id to score is ambiguous: REF, HYP and each side of a recogs
+    file name an utterance once; the error names the file, the id and both lines, and nothing
+    is scored or written (a recogs file kept the last of two ref= lines silently)."""
+    ref, hyp, recogs = tmp_path / "ref.txt", tmp_path / "hyp.txt", tmp_path / "recogs.txt"
+    report = tmp_path / "errs.txt"
+    ref.write_text("u1 A B\nu2 C\n\nu1 A\n")
+    hyp.write_text("u1 A B\nu2 C\n")
+    assert main(["wer", str(ref), str(hyp), "--report", str(report)]) == 2
+    assert f"{ref}:4: duplicated utterance id 'u1' (first on line 1)" in caplog.text
+    assert main(["wer", str(hyp), str(ref)]) == 2  # as HYP
+    recogs.write_text("u1:\tref=['A']\nu1:\thyp=['A']\nu1:\tref=['B']\n")
+    caplog.clear()
+    assert main(["wer", str(recogs), "--report", str(report)]) == 2
+    assert f"{recogs}:3: duplicated utterance id 'u1' (first on line 1)" in caplog.text
+    assert capsys.readouterr().out == "" and not report.exists()

@@ -1,0 +1,200 @@
+"""Cut ids that occur more than once: an error in an evaluation set, separate copies in training.
+
+An evaluation set (a test set of ``asr decode`` and ``asr decode-onnx``, the dev set of ``asr
+train``) names each utterance once: a repeated id would be decoded and scored twice, and written
+twice into the recogs and errs files. :func:`load_eval_cuts` opens such a set after
+:func:`check_unique_ids` has read its ids (a set of them: evaluation sets are small); a repeat
+is a :class:`DuplicateIdError` naming the id, its file(s) and both lines.
+
+Training may repeat a cut on purpose: listing a manifest twice (``data.train_cuts``,
+``data.train_shar_dirs``, ``asr prepare shuffle --cuts``, ``asr shar --cuts``) oversamples it.
+Every random draw of the data path is seeded from the cut id (:func:`asr.data.augment.draw_seed`:
+speed factor, noise, frequency warp, SpecAugment, dither), so copies under one id would be
+augmented identically in every epoch and add weight without variety. Training therefore renames
+them as lhotse's ``CutSet.repeat`` does: the k-th repeat (k >= 1, in the order the cuts stream)
+of an id becomes ``<id>_repeat<k>`` (:meth:`Repeats.rename`), and draws on its own; the first
+keeps its id. Finding the repeats reads the manifests' ids once and keeps a 64-bit hash per cut
+(8 bytes: ~7 MB for LibriSpeech 960 h with its speed-perturbed copies, 840k cuts), so a streamed
+training set (Lhotse Shar) stays streamed; two different ids with one hash (odds ~1e-8 at that
+size) only rename one of them.
+
+Example:
+    >>> dev = load_eval_cuts("data/fbank", ["librispeech_cuts_dev-clean.jsonl.gz"])
+    >>> names = ["librispeech_cuts_train-clean-100.jsonl.gz"] * 2  # oversampled twice
+    >>> repeats = Repeats.of_manifests([Path("data/fbank") / name for name in names])
+    >>> train = repeats.rename(load_cuts("data/fbank", names))  # 2nd copies: <id>_repeat1
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from asr.data.augment import draw_seed
+from asr.data.dataset import load_cuts, numbered_cut_lines
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["REPEAT_SUFFIX", "DuplicateIdError", "Repeats", "check_unique_ids", "line_cut_id",
+           "load_eval_cuts", "manifest_ids"]
+
+#: What joins an id and its repeat number in the name of a repeated training cut (lhotse's).
+REPEAT_SUFFIX = "_repeat"
+
+
+class DuplicateIdError(ValueError):
+    """A cut id that occurs twice in an evaluation set (the message names the id and both
+    lines)."""
+
+
+def manifest_ids(path: str | Path) -> Iterator[tuple[int, str]]:
+    """(line number, cut id) of every cut of the manifest ``path``, in one pass over its lines.
+
+    Raises:
+        ValueError: naming the file (and the line) when it cannot be read or a line is no
+            JSON cut.
+    """
+    path = Path(path)
+    for line_no, line in numbered_cut_lines(path):
+        yield line_no, line_cut_id(line, path, line_no)
+
+
+def line_cut_id(line: bytes, path: str | Path, line_no: int) -> str:
+    """The id of the cut on ``line`` (line ``line_no`` of the manifest ``path``).
+
+    Raises:
+        ValueError: naming ``path`` and the line when it is no JSON cut with an id.
+    """
+    try:
+        cut = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        cut = None
+    if not isinstance(cut, dict) or not isinstance(cut.get("id"), str):
+        raise ValueError(f"{path}:{line_no}: not a JSON cut with an id: "
+                         f"{line.decode('utf-8', 'replace').strip()[:80]!r}")
+    return cut["id"]
+
+
+def check_unique_ids(paths: Sequence[str | Path]) -> None:
+    """Checks that the manifests ``paths`` (one evaluation set) name each cut id once.
+
+    Raises:
+        FileNotFoundError: naming the first missing manifest.
+        DuplicateIdError: naming the first repeated id, the file(s) and both line numbers.
+        ValueError: as :func:`manifest_ids`.
+    """
+    first: dict[str, tuple[Path, int]] = {}
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise FileNotFoundError(f"cut manifest {path} does not exist")
+        for line_no, cut_id in manifest_ids(path):
+            seen = first.setdefault(cut_id, (path, line_no))
+            if seen != (path, line_no):
+                where = (f"lines {seen[1]} and {line_no} of {path}" if seen[0] == path else
+                         f"{seen[0]} line {seen[1]} and {path} line {line_no}")
+                raise DuplicateIdError(
+                    f"cut id {cut_id!r} occurs twice in an evaluation set: {where}; a test or "
+                    "dev set names each utterance once (a repeat would be decoded and scored "
+                    "twice)")
+
+
+def load_eval_cuts(manifest_dir: str | Path, names: Sequence[str]):
+    """:func:`asr.data.dataset.load_cuts` of an evaluation set (lazy), whose ids are checked
+    to be unique first (:func:`check_unique_ids`).
+
+    Raises:
+        FileNotFoundError / ValueError: as ``load_cuts``.
+        DuplicateIdError: naming a repeated id, its file(s) and both lines.
+    """
+    cuts = load_cuts(manifest_dir, names)
+    check_unique_ids([Path(manifest_dir) / name for name in names])
+    return cuts
+
+
+def _id_key(cut_id: str) -> int:
+    """The 64-bit hash that stands for ``cut_id`` (the same in every process)."""
+    return draw_seed(cut_id)
+
+
+@dataclass(frozen=True)
+class Repeats:
+    """The cut ids of a training set that occur more than once, as sorted 64-bit hashes.
+
+    Attributes:
+        keys: (N,) uint64, sorted: the hashes of the ids that repeat.
+        copies: how many cuts repeat an id seen before (``0``: none).
+    """
+
+    keys: np.ndarray
+    copies: int
+
+    @classmethod
+    def of_ids(cls, ids: Iterable[str]) -> Repeats:
+        """The repeats among ``ids`` (read once; 8 bytes kept per id)."""
+        keys = array("Q", map(_id_key, ids))
+        unique, counts = np.unique(np.frombuffer(keys, dtype=np.uint64), return_counts=True)
+        return cls(unique[counts > 1], len(keys) - len(unique))
+
+    @classmethod
+    def of_manifests(cls, paths: Sequence[str | Path]) -> Repeats:
+        """The repeats of the training manifests ``paths`` (concatenated), logged when there are
+        any.
+
+        Raises:
+            ValueError: as :func:`manifest_ids`.
+        """
+        repeats = cls.of_ids(cut_id for path in paths for _, cut_id in manifest_ids(path))
+        repeats.log("the training manifests")
+        return repeats
+
+    def log(self, where: str) -> None:
+        """Logs (at INFO) how many ids repeat in ``where`` and what training makes of them,
+        when any does."""
+        if self.copies:
+            logger.info("%d cut ids occur more than once in %s (%d repeats): training names "
+                        "each repeat <id>%s<k>, so that it gets its own augmentation draws",
+                        len(self.keys), where, self.copies, REPEAT_SUFFIX)
+
+    def rename(self, cuts):
+        """``cuts`` (a lhotse CutSet) with the k-th repeat of each repeated id renamed
+        ``<id>_repeat<k>`` (k from 1, in iteration order): an eager CutSet for an eager one, a
+        lazy one, renamed as it streams, for a lazy one; ``cuts`` itself without repeats."""
+        from lhotse import CutSet
+
+        if not self.copies:
+            return cuts
+        if cuts.is_lazy:
+            return CutSet(_RenamedRepeats(cuts, self.keys))
+        return CutSet(list(_renamed(cuts, self.keys)))
+
+
+def _renamed(cuts: Iterable, keys: np.ndarray) -> Iterator:
+    """The cuts with the k-th repeat (k >= 1) of each id whose hash is in ``keys`` renamed."""
+    seen = np.zeros(len(keys), dtype=np.int64)
+    for cut in cuts:
+        key = np.uint64(_id_key(cut.id))
+        index = int(keys.searchsorted(key))
+        if index < len(keys) and keys[index] == key:
+            repeat = int(seen[index])
+            seen[index] += 1
+            if repeat:
+                cut = cut.with_id(f"{cut.id}{REPEAT_SUFFIX}{repeat}")
+        yield cut
+
+
+class _RenamedRepeats:
+    """A lazy lhotse source: ``cuts`` with their repeats renamed, counted anew on each
+    iteration (so every pass over one epoch's stream names the same cuts alike)."""
+
+    def __init__(self, cuts, keys: np.ndarray) -> None:
+        self.cuts = cuts
+        self.keys = keys
+
+    def __iter__(self) -> Iterator:
+        return _renamed(self.cuts, self.keys)

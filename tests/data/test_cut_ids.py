@@ -1,0 +1,112 @@
+"""Repeated cut ids: an error naming the file, the id and both lines in an evaluation set; in
+training, repeats (oversampling) renamed <id>_repeat<k> so each copy is augmented on its own."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import re
+from types import SimpleNamespace
+
+import pytest
+import torch
+from lhotse import CutSet
+from librispeech_tree import CharEncoder
+
+from asr.data.config import DataConfig, SpecAugmentConfig
+from asr.data.cut_ids import DuplicateIdError, Repeats, load_eval_cuts
+from asr.data.epochs import EpochBatches
+from asr.data.librispeech import load_test_part
+from asr.data.sampler import lazy_view
+from asr.data.shar import export_shar
+from asr.encoders.subsampling import subsampled_length
+from asr.experiment import ExperimentConfig
+from asr.run.train import _load_filtered, _load_shar
+
+MODEL = SimpleNamespace(encoder=SimpleNamespace(output_length=subsampled_length))
+
+
+def _lines(path) -> list[bytes]:
+    with gzip.open(path, "rb") as f:
+        return f.readlines()
+
+
+def _write(path, lines: list[bytes]):
+    with gzip.open(path, "wb") as f:
+        f.writelines(lines)
+    return path
+
+
+def _train_config(prepared: dict, **kw) -> DataConfig:
+    base = dict(manifest_dir=prepared["root"] / "fbank", max_duration=30.0, num_buckets=1,
+                num_workers=0, max_cut_duration=20.0, drop_last=False,
+                spec_augment=SpecAugmentConfig(time_warp_factor=0, probability=1.0))
+    base.update(kw)
+    return DataConfig(**base)
+
+
+def test_a_test_set_that_repeats_an_id_is_refused_naming_file_id_and_lines(prepared, tmp_path):
+    lines = _lines(prepared["fbank"]["dev-clean-2"])
+    repeated = re.search(rb'"id": "([^"]+)"', lines[0]).group(1).decode()
+    dup = _write(tmp_path / "librispeech_cuts_dev-clean-2.jsonl.gz", [*lines, lines[0]])
+    with pytest.raises(DuplicateIdError) as err:
+        load_test_part(tmp_path, "dev-clean-2")
+    assert f"cut id {repeated!r}" in str(err.value)
+    assert f"lines 1 and {len(lines) + 1} of {dup}" in str(err.value)
+    # across the files of one set (the dev manifests of a training run)
+    one = _write(tmp_path / "one.jsonl.gz", lines)
+    other = _write(tmp_path / "other.jsonl.gz", [b"\n", lines[0]])  # blank lines count
+    with pytest.raises(DuplicateIdError, match=re.escape(f"{one} line 1 and {other} line 2")):
+        load_eval_cuts(tmp_path, [one.name, other.name])
+    assert len(load_test_part(prepared["root"] / "fbank", "dev-clean-2")) == len(lines)
+
+
+def test_a_manifest_listed_twice_trains_two_differently_augmented_copies(prepared, caplog):
+    """Every augmentation draw is seeded from the cut id: the second copy under the same id was
+    masked, warped and perturbed exactly as the first in every epoch."""
+    name = prepared["fbank"]["train-clean-5"].name
+    data = _train_config(prepared, train_cuts=(name, name))
+    caplog.set_level(logging.INFO)
+    kept = _load_filtered(ExperimentConfig(data=data), MODEL, data.train_cuts, CharEncoder(),
+                          "training", train=True)
+    originals = [c.id for c in CutSet.from_file(prepared["fbank"]["train-clean-5"])]
+    assert [c.id for c in kept] == originals + [f"{i}_repeat1" for i in originals]
+    assert "8 cut ids occur more than once in the training manifests (8 repeats)" in caplog.text
+    feats = {}
+    for batch in EpochBatches(kept, data, CharEncoder())(1, 0):
+        for cut_id, row, length in zip(batch.cut_ids, batch.feats, batch.feat_lens.tolist()):
+            feats[cut_id] = row[:length]
+    assert len(feats) == 2 * len(originals)
+    for cut_id in originals:
+        assert not torch.equal(feats[cut_id], feats[f"{cut_id}_repeat1"]), cut_id
+
+
+def test_repeats_in_shar_are_renamed_as_they_stream(prepared, tmp_path):
+    """A Shar directory made of a manifest listed twice: the lazy training stream names the
+    repeats, alike on every pass, without loading the cuts."""
+    manifest = prepared["fbank"]["train-clean-5"]
+    shar = tmp_path / "shar"
+    export_shar([manifest, manifest], shar, {"features": "numpy"}, shard_size=3, progress=False)
+    data = _train_config(prepared, train_shar_dirs=(shar,), shuffle=True)
+    kept, reader = _load_shar(ExperimentConfig(data=data), MODEL, CharEncoder())
+    assert kept.is_lazy
+    originals = [c.id for c in CutSet.from_file(manifest)]
+    first = [c.id for c in kept]
+    assert sorted(first) == sorted(originals + [f"{i}_repeat1" for i in originals])
+    assert [c.id for c in kept] == first  # a second pass over one epoch: the same names
+    reader.set_epoch(2)  # another shard order: the first copy met keeps the id
+    assert sorted(c.id for c in kept) == sorted(first)
+
+
+def test_repeats_rename_eager_and_lazy_cuts_alike():
+    from lhotse.testing.dummies import dummy_cut
+
+    cuts = [dummy_cut(i).with_id(name) for i, name in enumerate(["a", "b", "a", "c", "a", "b"])]
+    repeats = Repeats.of_ids(c.id for c in cuts)
+    assert repeats.copies == 3 and len(repeats.keys) == 2
+    expected = ["a", "b", "a_repeat1", "c", "a_repeat2", "b_repeat1"]
+    assert [c.id for c in repeats.rename(CutSet(cuts))] == expected
+    lazy = repeats.rename(lazy_view(CutSet(cuts)))
+    assert lazy.is_lazy and [c.id for c in lazy] == expected == [c.id for c in lazy]
+    unique = CutSet([dummy_cut(i).with_id(f"u{i}") for i in range(3)])
+    assert Repeats.of_ids(c.id for c in unique).rename(unique) is unique
