@@ -462,7 +462,14 @@ def test_augmented_batches_do_not_depend_on_workers_or_the_resume_point(prepared
     cuts = CutSet.from_file(prepared["manifests"]["train-clean-5"])
     cfg = _augmented(prepared, _write_noise_cuts(tmp_path))
     before = (random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state())
-    in_process = list(EpochBatches(cuts, cfg, CharEncoder())(2, 0))
+    # one thread, as in a DataLoader worker: with two, some CPUs sum the fbank's products in
+    # another order (1e-4 apart), which is not what this test is about
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        in_process = list(EpochBatches(cuts, cfg, CharEncoder())(2, 0))
+    finally:
+        torch.set_num_threads(threads)
     after = (random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state())
     with_workers = EpochBatches(cuts, replace(cfg, num_workers=2), CharEncoder())
     assert len(in_process) >= 4
