@@ -95,9 +95,9 @@ def run(args: argparse.Namespace) -> int:
         settings = {"weights": tag, **search_settings}
         labels = {name: f"{name}-{args.tag}" if args.tag else name for name in names}
         parts = list(dict.fromkeys(args.parts))  # one lock, and one decode, per part
-        check_test_parts(manifest_dir, parts)  # a repeated id, before any part is written
         with output_locks(result_paths(args.exp_dir / label, part, label)["wer_summary"]
                           for label in labels.values() for part in parts):  # before any work
+            check_test_parts(manifest_dir, parts)  # a repeated id, before any part is written
             for name, label in labels.items():
                 searcher = build_searcher(name, model, cfg.search, tokenizer=tokenizer)
                 for part in parts:

@@ -68,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
         name += f"-{args.tag}" if args.tag else ""
         out_dir = args.output_dir or args.onnx_dir
         parts = list(dict.fromkeys(args.parts))  # one lock, and one decode, per part
-        check_test_parts(args.manifest_dir, parts)  # a repeated id, before any part is written
         with output_locks(result_paths(out_dir, part, name)["wer_summary"] for part in parts):
+            check_test_parts(args.manifest_dir, parts)  # a repeated id, before any part is written
             for part in parts:
                 recognitions = decode_part_sherpa(recognizer, args.manifest_dir, part,
                                                   args.batch_size)

@@ -3,6 +3,7 @@ named conftest is ambiguous once several test folders have one)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import Tensor, nn
 
@@ -72,3 +73,14 @@ def assert_frames_valid(nbests, enc_lens: Tensor) -> None:
             assert len(hyp.frames) == len(hyp.tokens)
             assert list(hyp.frames) == sorted(hyp.frames)
             assert all(0 <= frame < length for frame in hyp.frames)
+
+
+def assert_same_hypotheses(got, expected) -> None:
+    """Hypotheses (lists of them) with the same tokens and frames, and the same scores up to
+    float rounding: a joiner projection of a chunk's few frames may round in the last bit
+    unlike that of all frames (a BLAS sums its products in an order that can depend on the
+    number of rows; seen on an AVX-512 AMD EPYC), which no search step should magnify."""
+    assert len(got) == len(expected), (got, expected)
+    for g, e in zip(got, expected):
+        assert (g.tokens, g.frames) == (e.tokens, e.frames), (g, e)
+        assert g.score == pytest.approx(e.score, rel=1e-6, abs=1e-4), (g, e)
