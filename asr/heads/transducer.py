@@ -31,11 +31,6 @@ durations can place before the final blank, or a ``T_b`` the blank durations can
 are dropped from the sum (no gradient) and counted in ``metrics["num_infinite"]``, as the CTC
 head does (:mod:`asr.heads.ctc`). Empty targets are ordinary utterances (the all-blank path).
 
-Encoder frames beyond ``enc_lens`` are set to zero before any projection: the losses never read
-the joiner's output there, but its backward multiplies their zero gradient by the padding's
-values, and ``0 * nan`` or ``0 * inf`` (padding garbage, an fp16 overflow) is NaN, which would
-reach the gradients of every weight and of the valid frames.
-
 Shapes: B batch, T frames, U tokens, D encoder dim, P predictor dim, J joiner dim, V vocab
 (incl. blank 0), R prune_range.
 """
@@ -49,7 +44,6 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from asr.heads.decoder_layers import lengths_to_mask
 from asr.heads.joiner import Joiner
 from asr.heads.predictor import LstmPredictor, StatelessPredictor
 from asr.losses.mutual_information import check_backend
@@ -240,8 +234,7 @@ class TransducerHead(nn.Module):
         device sync).
 
         Args:
-            enc: (B, T, D) encoder output; frames beyond ``enc_lens`` may hold anything, inf
-                and NaN included (they are zeroed first). enc_lens: (B,) valid frames.
+            enc: (B, T, D) encoder output. enc_lens: (B,) valid frames.
             tokens: (B, U), any padding value beyond ``token_lens`` (0, WeNet's ignore id -1).
             token_lens: (B,) valid tokens.
             step: training step of the pruned loss' warm-up (None: warmed up).
@@ -250,8 +243,6 @@ class TransducerHead(nn.Module):
             ValueError: naming a token within ``token_lens`` outside ``[0, V)``.
         """
         tokens = blank_padded_tokens(tokens, token_lens, self.blank_id, self.vocab_size)
-        valid = lengths_to_mask(enc_lens.to(enc.device), enc.shape[1]).unsqueeze(-1)  # (B, T, 1)
-        enc = enc.masked_fill(~valid, 0.0)  # see the module doc: no 0 * nan in the backward
         pred = self.predict(tokens)
         metrics: dict[str, float] = {}
         if self.cfg.is_pruned:
