@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from asr.heads.aed import AEDConfig, AEDHead
 from asr.heads.cif import CIFConfig, CIFHead
 from asr.heads.ctc import CTCConfig, CTCHead
+from asr.heads.decoder_layers import lengths_to_mask
 from asr.heads.transducer import TransducerConfig, TransducerHead
 from asr.types import Batch, LossOutput
 
@@ -205,8 +206,17 @@ class ASRModel(nn.Module):
         }
 
     def encode(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, T, F), (B,) -> enc (B, T', D), enc_lens (B,)."""
-        return self.encoder(feats, feat_lens)
+        """(B, T, F), (B,) -> enc (B, T', D) zero beyond ``enc_lens``, enc_lens (B,).
+
+        The padding is set to zero here, once for every head and searcher: none of them reads
+        it, but a head multiplies it by zero weights (masked attention, the joiner's backward,
+        CTC's gradient), and ``0 * nan`` or ``0 * inf`` (padding garbage, an fp16 overflow) is
+        NaN, which then reached a loss, every weight's gradient or an attention decoder's
+        search.
+        """
+        enc, enc_lens = self.encoder(feats, feat_lens)
+        valid = lengths_to_mask(enc_lens.to(enc.device), enc.shape[1]).unsqueeze(-1)  # (B, T', 1)
+        return enc.masked_fill(~valid, 0.0), enc_lens
 
     def forward(
         self,

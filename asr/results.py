@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from asr.tokenizers.base import WORD_START
+from asr.tokenizers.base import piece_words
 from asr.types import Hypothesis
 
 __all__ = [
@@ -36,9 +36,8 @@ __all__ = [
 
 
 class Detokenizer(Protocol):
-    """What results need from a tokenizer (every :class:`asr.tokenizers.base.Tokenizer` is one)."""
-
-    def decode(self, ids: Sequence[int]) -> str: ...
+    """What results need from a tokenizer (every :class:`asr.tokenizers.base.Tokenizer` is one):
+    the pieces; words and text are read from them (:func:`asr.tokenizers.base.piece_words`)."""
 
     def id_to_piece(self, token_id: int) -> str: ...
 
@@ -163,32 +162,16 @@ class FailedInput:
 def words_from_tokens(
     pieces: Sequence[str], times: Sequence[float], frame_seconds: float
 ) -> list[Word]:
-    """Groups tokens into words: a piece starting with ``▁`` (or a bare ``▁``) starts a word.
+    """The words of token pieces (:func:`asr.tokenizers.base.piece_words`: ``▁`` separates
+    words) with their times; their texts joined by spaces are the text of the pieces.
 
     Args:
-        pieces: token pieces in order.
-        times: time of each token in seconds.
+        pieces: (U,) token pieces in order.
+        times: (U,) time of each token in seconds.
         frame_seconds: duration of one encoder frame (a word ends one frame after its last token).
     """
-    words: list[Word] = []
-    text, start, end, new_word = "", 0.0, 0.0, True
-    for piece, time in zip(pieces, times):
-        if piece.startswith(WORD_START):
-            new_word = True
-            piece = piece[len(WORD_START):]
-            if not piece:
-                continue
-        if new_word and text:
-            words.append(Word(text, start, end))
-            text = ""
-        if not text:
-            start = time
-        new_word = False
-        text += piece
-        end = time + frame_seconds
-    if text:
-        words.append(Word(text, start, end))
-    return words
+    return [Word(text, times[first], times[last] + frame_seconds)
+            for text, first, last in piece_words(pieces)]
 
 
 class ResultBuilder:
@@ -234,7 +217,7 @@ class ResultBuilder:
         times = tuple(float(t) for t in timestamps)
         words = tuple(words_from_tokens(pieces, times, self.frame_seconds))
         return Segment(
-            text=self.tokenizer.decode(ids),
+            text=" ".join(w.text for w in words),  # = the tokenizer's decode(ids)
             start=words[0].start if words else start,
             end=words[-1].end if words else start,
             tokens=pieces, token_ids=ids, timestamps=times, words=words, index=index,

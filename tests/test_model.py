@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from asr.config import ConfigError, from_dict
+from asr.decoding.registry import available_searchers, build_searcher
 from asr.heads.aed import AEDHead
 from asr.heads.cif import CIFHead
 from asr.heads.ctc import CTCHead
@@ -200,3 +201,80 @@ def test_every_head_drops_and_counts_an_utterance_without_frames():
                         token_lens=batch.token_lens))
     torch.testing.assert_close(again.loss, out.loss)
     assert out.metrics["aed/num_tokens"] == float(batch.token_lens[0] + 1)
+
+
+class PaddingGarbageEncoder(nn.Module):
+    """Linear over feats (no subsampling); frames beyond ``feat_lens`` hold ``garbage`` (None:
+    what the linear layer makes of the padding), as a real encoder's padding may (fp16
+    overflow on padding, a -inf from a masked position)."""
+
+    def __init__(self, garbage: float | None, feat_dim: int = 8) -> None:
+        super().__init__()
+        self.proj = nn.Linear(feat_dim, ENC_DIM)
+        self.garbage = garbage
+
+    def forward(self, feats, feat_lens):
+        out = torch.tanh(self.proj(feats))
+        if self.garbage is not None:
+            valid = torch.arange(feats.shape[1])[None, :] < feat_lens[:, None]
+            out = out.masked_fill(~valid.unsqueeze(-1), self.garbage)
+        return out, feat_lens
+
+
+def _garbage_models(transducer: str, garbage: float) -> tuple[ASRModel, ASRModel]:
+    """Two models with the same weights and every head kind: encoder padding clean, and full
+    of ``garbage``."""
+    data = dict(HEADS_YAML, transducer={"loss": transducer, "pred_dim": 8, "joiner_dim": 8,
+                                        "prune_range": 3, "warm_step": 0})
+    data["loss_weights"] = dict(HEADS_YAML["loss_weights"], transducer=1.0)
+    torch.manual_seed(0)
+    heads, weights = build_heads(from_dict(HeadsConfig, data), ENC_DIM, VOCAB)
+    clean = ASRModel(PaddingGarbageEncoder(None), heads, weights).eval()
+    dirty = ASRModel(PaddingGarbageEncoder(garbage), heads, weights).eval()
+    dirty.encoder.load_state_dict(clean.encoder.state_dict())
+    return clean, dirty
+
+
+@pytest.mark.parametrize("garbage", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("transducer", ["full", "pruned", "tdt", "pruned_tdt"])
+def test_non_finite_encoder_padding_changes_no_loss_or_gradient(transducer, garbage):
+    """Encoder frames beyond enc_lens holding nan/inf: every head's loss and metrics, and the
+    gradients of every weight and of the valid input frames, are those of the clean batch
+    (0 * nan in a joiner's backward, a masked attention or CTC's gradient made NaN of them)."""
+    batch = _batch()
+    valid = torch.arange(20)[None, :] < batch.feat_lens[:, None]  # (B, T)
+
+    def run(model):
+        feats = batch.feats.clone().requires_grad_()
+        model.zero_grad()
+        out = model(feats, batch.feat_lens, batch.tokens, batch.token_lens)
+        out.loss.backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters()
+                 if p.grad is not None}
+        return out, feats.grad, grads
+
+    clean, dirty = _garbage_models(transducer, garbage)
+    clean_out, clean_feats, clean_grads = run(clean)
+    dirty_out, dirty_feats, dirty_grads = run(dirty)
+    assert torch.isfinite(clean_out.loss)
+    torch.testing.assert_close(dirty_out.loss, clean_out.loss)
+    assert dirty_out.metrics == pytest.approx(clean_out.metrics)
+    assert dirty_grads.keys() == clean_grads.keys()
+    for name, grad in clean_grads.items():
+        torch.testing.assert_close(dirty_grads[name], grad, msg=name)
+    torch.testing.assert_close(dirty_feats[valid], clean_feats[valid])
+
+
+@pytest.mark.parametrize("garbage", [float("nan"), float("inf")])
+@pytest.mark.parametrize("transducer", ["full", "tdt"])
+def test_non_finite_encoder_padding_changes_no_search(transducer, garbage):
+    """Every searcher of every head finds the clean batch's hypotheses (scores included) when
+    the encoder's padding holds nan/inf (the attention decoders' did not)."""
+    batch = _batch()
+    found = []
+    for model in _garbage_models(transducer, garbage):
+        with torch.no_grad():
+            enc, enc_lens = model.encode(batch.feats, batch.feat_lens)
+            found.append({name: build_searcher(name, model)(enc, enc_lens)
+                          for name in available_searchers(model)})
+    assert found[1] == found[0]

@@ -20,9 +20,6 @@ class _Pieces:
     def id_to_piece(self, token_id: int) -> str:
         return self.table[token_id]
 
-    def decode(self, ids) -> str:
-        return "".join(self.table[i] for i in ids).replace("\u2581", " ").strip()
-
 
 def test_words_group_pieces_and_end_one_frame_after_their_last_token():
     words = words_from_tokens(["\u2581HE", "LLO", "\u2581", "\u2581WOR", "LD"],

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from asr.data.config import FreqWarpConfig, SpecAugmentConfig
-from asr.data.filtering import allowed_speeds
+from asr.data.filtering import allowed_speeds, check_cut_audio
 from asr.features.fbank import FbankConfig, htk_mel
 
 __all__ = ["FrequencyWarp", "NoiseMixing", "SpeedPerturbation", "UtteranceSpecAugment",
@@ -326,11 +326,11 @@ class NoiseMixing:
         """The cuts of a batch (CutSet) with noise mixed into some of them (an eager CutSet).
 
         Raises:
-            ValueError: naming a cut that is not at ``sample_rate``.
+            ValueError: naming a cut that is not at ``sample_rate`` and its files, or holds
+                several channels (:func:`asr.data.filtering.check_cut_audio`, which the data
+                loaders run on every cut before any batch; a dataset used without them meets
+                it here, not inside lhotse's mixer).
         """
-        for cut in cuts:
-            if cut.sampling_rate != self.sample_rate:
-                raise ValueError(f"cut {cut.id!r} is at {cut.sampling_rate} Hz, the noise was "
-                                 f"resampled to {self.sample_rate} Hz (data.fbank.sample_rate)")
+        check_cut_audio(cuts, self.sample_rate)
         return cuts.mix(self.noise, snr=self.snr_db, mix_prob=self.probability,
                         preserve_id="left", seed=random.getrandbits(32)).to_eager()

@@ -54,6 +54,8 @@ from asr.data.filtering import (
     check_cut_audio,
     cut_files,
     cut_text,
+    error_reason,
+    unreadable_cut_error,
 )
 from asr.data.sampler import lazy_view, make_sampler, resolve_rank_world_size
 from asr.features.fbank import make_lhotse_fbank
@@ -262,29 +264,33 @@ class AsrDataset(torch.utils.data.Dataset):
 
         Raises:
             DataError: naming the first cut that cannot be loaded and its files (the
-                strategy's own errors name at most one of them).
+                strategy's own errors name at most one of them): a cut whose features (stored
+                ones) or audio (on the fly) cannot be read, in the words of
+                :func:`~asr.data.filtering.unreadable_cut_error`; else the first cut the
+                strategy fails on alone, or the batch.
         """
         try:
             return self.input_strategy(cuts)[:2]
         except Exception as err:  # lhotse, lilcom, soundfile, ... each raise their own types
             batch_err = err
         from lhotse import CutSet
+        from lhotse.dataset import PrecomputedFeatures
 
-        culprit, cause = None, batch_err
+        field = "features" if isinstance(self.input_strategy, PrecomputedFeatures) else "recording"
         for cut in cuts:
+            message = unreadable_cut_error(cut, [field])
+            if message is not None:
+                raise DataError(message) from batch_err
+        for cut in cuts:  # every cut's data reads: what fails is the strategy on one of them
             try:
                 self.input_strategy(CutSet.from_cuts([cut]))
             except Exception as err:  # noqa: BLE001 - the same errors, one cut at a time
-                culprit, cause = cut, err
-                break
-        reason = f"{type(cause).__name__}: {str(cause).strip()[:400]}"
-        if culprit is None:
-            raise DataError(
-                f"cannot load the batch of {len(cuts)} cuts starting with {cuts[0].id!r} "
-                f"({cut_files(cuts[0])}): {reason}"
-            ) from batch_err
-        raise DataError(f"cannot load cut {culprit.id!r} ({cut_files(culprit)}): {reason}"
-                        ) from cause
+                raise DataError(f"cannot load cut {cut.id!r} ({cut_files(cut)}): "
+                                f"{error_reason(err)}") from err
+        raise DataError(
+            f"cannot load the batch of {len(cuts)} cuts starting with {cuts[0].id!r} "
+            f"({cut_files(cuts[0])}): {error_reason(batch_err)}"
+        ) from batch_err
 
 
 def check_cut_manifest(path: Path) -> None:

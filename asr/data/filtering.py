@@ -37,7 +37,8 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 __all__ = ["SPEEDS_FIELD", "FilterStats", "TextEncoder", "allowed_speeds", "check_cut_audio",
-           "cut_files", "data_files", "drop_reason", "filter_cuts", "unreadable_field"]
+           "cut_files", "data_files", "drop_reason", "error_reason", "filter_cuts",
+           "unreadable_cut_error", "unreadable_field"]
 
 #: The custom field of a cut kept at only some of the speeds it was judged at: those speeds.
 SPEEDS_FIELD = "speed_factors"
@@ -139,8 +140,24 @@ def unreadable_field(cut, fields: Collection[str]) -> tuple[str, str] | None:
         try:
             loaders[field]()
         except Exception as err:  # noqa: BLE001 - lilcom, soundfile, audioread, lhotse... types
-            return field, " ".join(f"{type(err).__name__}: {err}".split())[:400]
+            return field, error_reason(err)
     return None
+
+
+def unreadable_cut_error(cut, fields: Collection[str]) -> str | None:
+    """The one wording of a cut whose data cannot be read: ``cannot read the <field> of cut
+    '<id>' (<its files>): <why>``, for the first of ``fields`` that :func:`unreadable_field`
+    finds unreadable; None when every one loads."""
+    problem = unreadable_field(cut, fields)
+    if problem is None:
+        return None
+    return f"cannot read the {problem[0]} of cut {cut.id!r} ({cut_files(cut)}): {problem[1]}"
+
+
+def error_reason(err: BaseException) -> str:
+    """``<error type>: <message>`` on one line of at most 400 characters, for the messages
+    that name a cut beside what its loader said."""
+    return " ".join(f"{type(err).__name__}: {err}".split())[:400]
 
 
 def check_cut_audio(cuts, sample_rate: int, stored: FbankConfig | None = None) -> None:

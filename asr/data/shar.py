@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from asr.data.dataset import DataError, load_cuts
-from asr.data.filtering import cut_files, data_files, unreadable_field
+from asr.data.filtering import data_files, unreadable_cut_error
 from asr.fileio import output_lock, publish_directory, staging_directory
 from asr.fingerprint import (
     file_states,
@@ -137,10 +137,9 @@ def export_shar(
             except Exception as err:  # e.g. unreadable features: name the cut
                 # lhotse's error often names neither the cut nor its file
                 for cut in cuts:
-                    problem = unreadable_field(cut, fields)
-                    if problem is not None:
-                        raise DataError(f"cannot read the {problem[0]} of cut {cut.id!r} "
-                                        f"({cut_files(cut)}): {problem[1]}") from err
+                    message = unreadable_cut_error(cut, fields)
+                    if message is not None:
+                        raise DataError(message) from err
                 raise
             publish_directory(tmp, output_dir)  # the old one goes once the new one is in place
             write_fingerprint(output_dir, made_from)

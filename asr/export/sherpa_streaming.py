@@ -42,28 +42,21 @@ from asr.export.sherpa_decode import (
     load_recognizer,
     room_tone,
 )
-from asr.features.fbank import num_frames
+from asr.features.fbank import encoder_frame_seconds, num_frames
 from asr.results import ResultBuilder, Segment
 from asr.runtime.endpoint import EndpointConfig
-from asr.tokenizers.base import WORD_START
 
 __all__ = ["SherpaStream", "SherpaStreamingRecognizer", "TokenTable", "load_streaming_recognizer"]
 
 
 class TokenTable:
-    """``tokens.txt`` as a :class:`asr.results.Detokenizer`: pieces joined, ``▁`` read as a
-    space, the special pieces (``<blk>``, ``<sos/eos>``, ``<unk>``) dropped."""
+    """``tokens.txt`` as a :class:`asr.results.Detokenizer` (its pieces in id order)."""
 
     def __init__(self, pieces: Sequence[str]) -> None:
         self.pieces = list(pieces)
 
     def id_to_piece(self, token_id: int) -> str:
         return self.pieces[int(token_id)]
-
-    def decode(self, ids: Sequence[int]) -> str:
-        text = "".join(p for p in map(self.id_to_piece, ids)
-                       if not (p.startswith("<") and p.endswith(">")))
-        return " ".join(text.replace(WORD_START, " ").split())
 
 
 @dataclass(eq=False)
@@ -117,7 +110,7 @@ class SherpaStreamingRecognizer:
         self.online = recognizer.recognizer
         self.fbank = recognizer.fbank
         self.chunk_size = recognizer.chunk_size
-        self.frame_seconds = self.fbank.frame_shift * SUBSAMPLING_FACTOR
+        self.frame_seconds = encoder_frame_seconds(self.fbank, SUBSAMPLING_FACTOR)
         self.results = ResultBuilder(TokenTable(tokens), self.frame_seconds)
         self._block = round(ROOM_TONE_SECONDS * self.sample_rate)
         self._ids = itertools.count()

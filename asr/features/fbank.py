@@ -30,8 +30,9 @@ from asr.audio import as_waveform, resample
 if TYPE_CHECKING:  # pragma: no cover
     import lhotse
 
-__all__ = ["MEL_FILTERS", "WINDOW_TYPES", "FbankConfig", "compute_fbank", "htk_mel", "kaldi_blackman_window",
-           "make_lhotse_fbank", "num_frames", "slaney_mel_filters"]
+__all__ = ["MEL_FILTERS", "WINDOW_TYPES", "FbankConfig", "compute_fbank", "encoder_frame_samples",
+           "encoder_frame_seconds", "htk_mel", "kaldi_blackman_window", "make_lhotse_fbank",
+           "num_frames", "slaney_mel_filters"]
 
 #: Values of :attr:`FbankConfig.mel_filters`.
 MEL_FILTERS = ("kaldi", "librosa")
@@ -195,6 +196,18 @@ def num_frames(num_samples: int, cfg: FbankConfig) -> int:
         window = cfg.window_samples
         return 0 if num_samples < window else 1 + (num_samples - window) // hop
     return (num_samples + hop // 2) // hop
+
+
+def encoder_frame_samples(cfg: FbankConfig, subsampling_factor: int) -> int:
+    """Samples (at ``cfg.sample_rate``) per encoder frame: ``subsampling_factor`` feature frames
+    of ``cfg.hop_samples``. The one source of an encoder frame's length; its duration is
+    :func:`encoder_frame_seconds`."""
+    return cfg.hop_samples * subsampling_factor
+
+
+def encoder_frame_seconds(cfg: FbankConfig, subsampling_factor: int) -> float:
+    """Seconds per encoder frame: :func:`encoder_frame_samples` at ``cfg.sample_rate``."""
+    return encoder_frame_samples(cfg, subsampling_factor) / cfg.sample_rate
 
 
 def slaney_mel_filters(cfg: FbankConfig) -> Tensor:

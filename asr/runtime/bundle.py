@@ -1,9 +1,9 @@
 """The runtime bundle: what both recognizers need from a model package, made once.
 
 :class:`Runtime` holds the model (eval mode, on its device), the tokenizer, the feature
-configuration and its extractor, the duration of an encoder frame (the feature frame shift times
-the encoder's own subsampling factor), the default searcher, the search options, the encoder's
-streaming chunking and the result builder. The offline :class:`asr.runtime.offline.Transcriber`
+configuration and its extractor, the length of an encoder frame (the feature frame shift times
+the encoder's own subsampling factor, in samples and in seconds), the default searcher, the
+search options, the encoder's streaming chunking and the result builder. The offline :class:`asr.runtime.offline.Transcriber`
 and the :class:`asr.runtime.streaming.StreamingRecognizer` are built from it side by side.
 
 Example:
@@ -34,7 +34,12 @@ from asr.decoding.registry import (
     searcher_lm,
     streaming_searcher_for,
 )
-from asr.features.fbank import FbankConfig, make_lhotse_fbank
+from asr.features.fbank import (
+    FbankConfig,
+    encoder_frame_samples,
+    encoder_frame_seconds,
+    make_lhotse_fbank,
+)
 from asr.model import ASRModel
 from asr.package import ModelPackage
 from asr.results import ResultBuilder
@@ -86,7 +91,6 @@ class Runtime:
         tokenizer: the package's tokenizer.
         fbank: feature options (the training features', without dither).
         extractor: lhotse's fbank extractor for ``fbank``, shared by every stream.
-        frame_seconds: duration of one encoder frame.
         searcher: default searcher name.
         search: search options.
         chunk_size: encoder frames per streaming chunk (the encoder config's).
@@ -105,7 +109,6 @@ class Runtime:
     tokenizer: Tokenizer
     fbank: FbankConfig
     extractor: Fbank
-    frame_seconds: float
     searcher: str
     search: SearchConfig
     chunk_size: int
@@ -154,7 +157,6 @@ class Runtime:
         if name not in available_searchers(model):
             raise ValueError(f"searcher {name!r} does not fit this model; available searchers: "
                              f"{available_searchers(model)}")
-        frame_seconds = cfg.data.fbank.frame_shift * model.encoder.subsampling_factor
         # without the training dither (it made transcripts random and OnlineFbank refuse)
         fbank = cfg.data.fbank.for_recognition()
         return cls(
@@ -163,13 +165,13 @@ class Runtime:
             tokenizer=package.tokenizer,
             fbank=fbank,
             extractor=make_lhotse_fbank(fbank),
-            frame_seconds=frame_seconds,
             searcher=name,
             search=options,
             chunk_size=cfg.encoder.chunk_size,
             left_chunks=cfg.encoder.left_chunks,
             device=device,
-            results=ResultBuilder(package.tokenizer, frame_seconds),
+            results=ResultBuilder(package.tokenizer,
+                                  encoder_frame_seconds(fbank, model.encoder.subsampling_factor)),
             streaming_searcher=streaming,
         )
 
@@ -177,6 +179,18 @@ class Runtime:
     def sample_rate(self) -> int:
         """Rate (Hz) the model's features expect."""
         return self.fbank.sample_rate
+
+    @property
+    def frame_samples(self) -> int:
+        """Samples (at :attr:`sample_rate`) per encoder frame
+        (:func:`asr.features.fbank.encoder_frame_samples`)."""
+        return encoder_frame_samples(self.fbank, self.model.encoder.subsampling_factor)
+
+    @property
+    def frame_seconds(self) -> float:
+        """Duration in seconds of one encoder frame, :attr:`frame_samples` long (the results'
+        times count in it)."""
+        return encoder_frame_seconds(self.fbank, self.model.encoder.subsampling_factor)
 
     def build_searcher(self, name: str | None = None, hotwords: HotwordsSpec = None) -> Searcher:
         """The offline searcher ``name`` (default: :attr:`searcher`) over this model.

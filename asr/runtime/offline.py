@@ -258,12 +258,7 @@ class Transcriber:
         """Samples between the starts that long-input windows may take: one chunk of the
         offline chunk mask (``chunk_size`` encoder frames, or one frame under full context),
         each frame ``subsampling_factor`` feature frames of ``hop_samples``."""
-        return self._frame_samples * max(1, self.runtime.chunk_size)
-
-    @property
-    def _frame_samples(self) -> int:
-        """Samples per encoder frame."""
-        return self.runtime.fbank.hop_samples * self.runtime.model.encoder.subsampling_factor
+        return self.runtime.frame_samples * max(1, self.runtime.chunk_size)
 
     @property
     def window_context(self) -> WindowContext | None:
@@ -437,7 +432,7 @@ class Transcriber:
         searcher_name: str | None = None,
     ) -> list[TranscriptionResult]:
         rate, grid, context = self.sample_rate, self.window_grid, self.window_context
-        frame = self._frame_samples
+        frame = self.runtime.frame_samples
         results = self.runtime.results
         plans = [plan_windows(i, a.samples.shape[0], rate, window_seconds, overlap_seconds, grid,
                               context)

@@ -11,6 +11,11 @@ apostrophes) separated by single spaces, such as ``"HE DIDN'T KNOW"``. Tokenizer
 case or strip punctuation (that is the corpus preparation's job, see ``asr/synth/text_norm.py``); text
 with characters unseen in training encodes to ``<unk>``.
 
+Text of ids (:meth:`Tokenizer.decode`, and the words and text of every recognition result) is
+read from the pieces by one rule, :func:`piece_words`: each ``▁`` is a space between words,
+``<blk>`` and ``<sos/eos>`` are left out, and every other piece reads as written in
+``tokens.txt`` (``<unk>`` as ``<unk>``, as sherpa-onnx prints it, not sentencepiece's `` ⁇ ``).
+
 Every tokenizer directory holds a ``tokens.txt`` (``piece id`` per line, k2/icefall style);
 sentencepiece tokenizers also hold ``bpe.model``. :func:`asr.tokenizers.load_tokenizer` picks the
 kind from those files.
@@ -34,6 +39,8 @@ UNK_PIECE = "<unk>"
 SPECIAL_PIECES = (BLANK_PIECE, SOS_EOS_PIECE, UNK_PIECE)
 #: Prefix of a sentencepiece piece that starts a word (``▁HE``; a bare ``▁`` piece too).
 WORD_START = "\u2581"
+#: Pieces that are no text (decoding leaves them out).
+_SILENT_PIECES = frozenset((BLANK_PIECE, SOS_EOS_PIECE))
 
 TOKENS_FILE = "tokens.txt"
 BPE_MODEL_FILE = "bpe.model"
@@ -44,6 +51,40 @@ def normalize_whitespace(text: str) -> str:
     :meth:`str.isspace` calls whitespace) made one space, and none at either end: the form in
     which every tokenizer is trained on a sentence (a piece never holds whitespace)."""
     return " ".join(text.split())
+
+
+def piece_words(pieces: Iterable[str]) -> list[tuple[str, int, int]]:
+    """The words that token pieces spell: ``(text, index of its first piece, index of its last
+    piece)`` for each word, in order.
+
+    Every ``▁`` in a piece is a boundary between words (``▁HE`` starts a word, a bare ``▁`` is
+    a space), so leading, trailing, repeated and bare ``▁`` make no empty word; ``<blk>`` and
+    ``<sos/eos>`` are left out; other pieces read as written (``<unk>`` too, inside a word or
+    as one). The one rule of text from pieces: :func:`text_of_pieces` joins these words.
+
+    Args:
+        pieces: (U,) token pieces in order.
+    """
+    words: list[tuple[str, int, int]] = []
+    text, first, last = "", 0, 0
+    for index, piece in enumerate(pieces):
+        if piece in _SILENT_PIECES:
+            continue
+        for part_no, part in enumerate(piece.split(WORD_START)):
+            if part_no and text:
+                words.append((text, first, last))
+                text = ""
+            if part:
+                first = index if not text else first
+                text, last = text + part, index
+    if text:
+        words.append((text, first, last))
+    return words
+
+
+def text_of_pieces(pieces: Iterable[str]) -> str:
+    """The text of token pieces: their :func:`piece_words` joined by single spaces."""
+    return " ".join(word for word, _, _ in piece_words(pieces))
 
 
 @runtime_checkable
@@ -87,7 +128,8 @@ class Tokenizer(Protocol):
         ...
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Text of token ids; blank and ``<sos/eos>`` are ignored."""
+        """Text of token ids (:func:`text_of_pieces` of their pieces); blank and ``<sos/eos>``
+        are ignored."""
         ...
 
     def id_to_piece(self, token_id: int) -> str:

@@ -4,8 +4,9 @@ with Subword Units"; Kudo & Richardson 2018, "SentencePiece").
 The model is trained with ``<blk>`` at id 0, ``<sos/eos>`` at id 1 and ``<unk>`` at id 2 (no
 sentencepiece bos/eos/pad of its own), full character coverage and the identity normaliser, so
 ``decode(encode(text)) == text`` for whitespace-normalised text of seen characters (unseen ones
-encode to ``<unk>``, which sentencepiece decodes as `` ⁇ ``; so do ``<blk>`` and ``<sos/eos>``
-written in a text). Training reads
+encode to ``<unk>``, and so do ``<blk>`` and ``<sos/eos>`` written in a text; ``<unk>`` decodes
+to the text ``<unk>``, :func:`asr.tokenizers.base.text_of_pieces`, where sentencepiece's own
+decoder writes `` ⁇ ``). Training reads
 the sentences in the given order with one thread, which makes the model bytes reproducible.
 """
 
@@ -30,6 +31,7 @@ from asr.tokenizers.base import (
     ReservedIds,
     check_ids,
     normalize_whitespace,
+    text_of_pieces,
     write_tokens_file,
 )
 
@@ -83,8 +85,7 @@ class BpeTokenizer(ReservedIds):
         return [UNK_ID if i in self._skip else i for i in ids]
 
     def decode(self, ids: Iterable[int]) -> str:
-        kept = [i for i in check_ids(ids, self.vocab_size) if i not in self._skip]
-        return str(self._sp.decode(kept))
+        return text_of_pieces(self._sp.id_to_piece(i) for i in check_ids(ids, self.vocab_size))
 
     def id_to_piece(self, token_id: int) -> str:
         check_ids([token_id], self.vocab_size)

@@ -3,7 +3,8 @@
 Ids: ``<blk>`` 0, ``<sos/eos>`` 1, ``<unk>`` 2, the space symbol ``▁`` 3, then the training
 characters in code-point order. Runs of whitespace are one space and leading/trailing
 whitespace is dropped, so ``decode(encode(text)) == " ".join(text.split())`` for seen characters;
-unseen characters encode to ``<unk>``, which decodes to the text ``<unk>``.
+unseen characters encode to ``<unk>``, which decodes to the text ``<unk>``
+(:func:`asr.tokenizers.base.text_of_pieces`).
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from asr.tokenizers.base import (
-    BLANK_ID,
-    SOS_EOS_ID,
     SPECIAL_PIECES,
     TOKENS_FILE,
     UNK_ID,
     ReservedIds,
     check_ids,
     read_tokens_file,
+    text_of_pieces,
     write_tokens_file,
 )
 
@@ -71,12 +71,7 @@ class CharTokenizer(ReservedIds):
         return [self.encode(text) for text in texts]
 
     def decode(self, ids: Iterable[int]) -> str:
-        out = []
-        for token_id in check_ids(ids, self.vocab_size):
-            if token_id in (BLANK_ID, SOS_EOS_ID):
-                continue
-            out.append(" " if token_id == self._space_id else self._pieces[token_id])
-        return " ".join("".join(out).split())
+        return text_of_pieces(self._pieces[i] for i in check_ids(ids, self.vocab_size))
 
     def id_to_piece(self, token_id: int) -> str:
         check_ids([token_id], self.vocab_size)

@@ -18,7 +18,7 @@ from torch import Tensor
 from asr.config import ConfigError, from_dict
 from asr.data.config import DataConfig, FreqWarpConfig, NoiseConfig, SpecAugmentConfig
 from asr.data.dataset import AsrDataset, DataError, load_cuts, make_dataloader, pad_tokens
-from asr.data.filtering import filter_cuts
+from asr.data.filtering import filter_cuts, unreadable_cut_error
 from asr.encoders.subsampling import subsampled_length
 from asr.features.fbank import FbankConfig
 from asr.types import Batch
@@ -351,8 +351,12 @@ def test_a_cut_that_cannot_be_loaded_is_named_with_its_file(prepared: dict, tmp_
         expected = r"\.lca"
     cfg = _cfg(prepared, on_the_fly_feats=on_the_fly)
     dataset = AsrDataset.from_config(cfg, CharEncoder(), train=False)
-    with pytest.raises(DataError, match=rf"cut {victim.id!r} \(.*{expected}"):
+    with pytest.raises(DataError, match=rf"cut {victim.id!r} \(.*{expected}") as err:
         dataset[CutSet.from_cuts(cuts)]
+    # one wording with Shar export and the other readers of cut data
+    field = "recording" if on_the_fly else "features"
+    assert str(err.value) == unreadable_cut_error(victim, [field])
+    assert str(err.value).startswith(f"cannot read the {field} of cut {victim.id!r} (")
 
 
 def test_cuts_at_another_sample_rate_are_refused_before_any_batch(prepared: dict,

@@ -113,3 +113,18 @@ def test_predictor_step_equals_forward(predictor, context_size):
         for u in range(5):
             pred, state = net.step(tokens[:, u], state)
             torch.testing.assert_close(pred, full[:, u], atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("garbage", [float("nan"), float("inf")])
+@pytest.mark.parametrize(("loss", "names"), [("full", ["transducer_greedy", "transducer_beam"]),
+                                            ("tdt", ["tdt_greedy", "tdt_beam"])])
+def test_non_finite_padding_frames_do_not_change_the_search(loss, names, garbage):
+    """Frames beyond enc_lens holding nan/inf give the clean batch's hypotheses and scores."""
+    model = make_model(transducer=loss)
+    enc, enc_lens = encoder_output([9, 6, 7])
+    dirty = enc.clone()
+    for b, n in enumerate(enc_lens.tolist()):
+        dirty[b, n:] = garbage
+    for name in names:
+        searcher = build_searcher(name, model, SearchConfig(beam_size=3))
+        assert searcher(dirty, enc_lens) == searcher(enc, enc_lens), name

@@ -50,3 +50,18 @@ def test_a_model_trained_with_dither_recognizes_without_it(tmp_path):
     first = model.transcribe(wave)[0]
     assert all(model.transcribe(wave)[0].token_ids == first.token_ids for _ in range(3))
     assert model.transcribe(wave, streaming=True)[0].token_ids is not None
+
+
+def test_one_encoder_frame_length_in_samples_and_seconds(tmp_path):
+    """The offline window grid, the token times and the streaming chunk length all count in
+    one encoder frame: ``subsampling_factor`` feature frames of ``hop_samples``."""
+    model = load_model(random_package(tmp_path, head="ctc"))
+    runtime = model.runtime
+    frame = runtime.fbank.hop_samples * runtime.model.encoder.subsampling_factor
+    assert runtime.frame_samples == frame == 640  # 4 frames of 10 ms at 16 kHz
+    assert runtime.frame_seconds == frame / runtime.sample_rate == 0.04
+    assert runtime.results.frame_seconds == runtime.frame_seconds
+    assert model.window_grid == frame * max(1, runtime.chunk_size)
+    wave = (np.random.default_rng(0).standard_normal(16000) * 0.1).astype(np.float32)
+    result = model.transcribe(wave)[0]
+    assert all(round(t / runtime.frame_seconds, 6).is_integer() for t in result.timestamps)
