@@ -268,6 +268,77 @@ def test_transducer_beams_lm_weight_zero_leaves_results_unchanged(lm, name, loss
     assert build_searcher(name, model, cfg, lm=lm)(enc, enc_lens) == plain
 
 
+class ForbiddingLM:
+    """A token LM that forbids token 3 (log-probability -inf), uniform over the others."""
+
+    vocab_size = 7
+
+    def init_state(self) -> tuple:
+        return ()
+
+    def score(self, state: tuple) -> torch.Tensor:
+        scores = torch.full((self.vocab_size,), -math.log(self.vocab_size - 1))
+        scores[3] = -math.inf
+        return scores
+
+    def advance(self, state: tuple, token: int) -> tuple:
+        return ()
+
+    def final_score(self, state: tuple) -> float:
+        return 0.0
+
+
+@pytest.mark.parametrize("name, heads", [("ctc_prefix_beam", dict(ctc=True)),
+                                         ("transducer_beam", dict(transducer="pruned")),
+                                         ("tdt_beam", dict(transducer="tdt"))])
+def test_lm_weight_zero_leaves_results_unchanged_even_where_the_lm_forbids(name, heads):
+    """lm_weight 0 means no LM: a token the LM forbids (-inf, a word LM's word outside its
+    lexicon) stays possible, as without the LM (0 * -inf must not reach a score)."""
+    model = make_model(**heads)
+    enc, enc_lens = encoder_output([12, 7])
+    cfg = SearchConfig(beam_size=4, nbest=4, lm_weight=0.0)
+    plain = build_searcher(name, model, cfg)(enc, enc_lens)
+    assert any(3 in h.tokens for nbest in plain for h in nbest)
+    assert build_searcher(name, model, cfg, lm=ForbiddingLM())(enc, enc_lens) == plain
+
+
+class NoEndLM:
+    """A token LM under which no hypothesis can end (as a word LM mid-word): every token -1.0,
+    end of sentence -inf. Fused with weight w it is an insertion bonus of -w, plus -inf."""
+
+    vocab_size = 7
+
+    def init_state(self) -> tuple:
+        return ()
+
+    def score(self, state: tuple) -> torch.Tensor:
+        return torch.full((self.vocab_size,), -1.0)
+
+    def advance(self, state: tuple, token: int) -> tuple:
+        return ()
+
+    def final_score(self, state: tuple) -> float:
+        return -math.inf
+
+
+@pytest.mark.parametrize("name, heads, norm", [("transducer_beam", dict(transducer="pruned"), 0.5),
+                                               ("tdt_beam", dict(transducer="tdt"), 0.5),
+                                               ("ctc_prefix_beam", dict(ctc=True), 0.0)])
+def test_hypotheses_that_cannot_end_are_ranked_by_their_score_so_far(name, heads, norm):
+    """When no hypothesis can end (every final score -inf) the n-best is still ranked, by the
+    score so far as the final ranking would take it (length-normalised): the order of the same
+    search with the LM's token scores as an insertion bonus and no LM (merged hypotheses'
+    probabilities summed there too), all scores -inf."""
+    model = make_model(**heads)
+    enc, enc_lens = encoder_output([12, 9], scale=2.0)
+    cfg = dict(beam_size=6, nbest=6, length_norm=norm)
+    fused = build_searcher(name, model, SearchConfig(lm_weight=0.5, **cfg), lm=NoEndLM())
+    plain = build_searcher(name, model, SearchConfig(insertion_bonus=-0.5, **cfg))
+    for got, expected in zip(fused(enc, enc_lens), plain(enc, enc_lens)):
+        assert [h.tokens for h in got] == [h.tokens for h in expected]
+        assert all(h.score == -math.inf for h in got)
+
+
 def lm_total(lm: NgramLM, tokens: tuple[int, ...]) -> float:
     """LM log-probability of ``tokens`` followed by </s>."""
     state, score = lm.init_state(), 0.0

@@ -69,6 +69,21 @@ def test_prefix_beam_equals_exhaustive_search():
     assert [h.score for h in nbest] == pytest.approx([score for _, score in exact[:8]], abs=1e-5)
 
 
+def test_a_beam_of_exactly_every_labelling_keeps_them_all():
+    """5 frames, 2 labels: 25 labellings have a path (a repeated label needs a blank between).
+    A beam of exactly 25 never prunes (every prefix on a frame is one of them), so its n-best of
+    25 is every labelling with its exact probability; one place fewer loses one."""
+    model = make_model(ctc=True, vocab=3)
+    enc, enc_lens = encoder_output([5], scale=2.0)
+    with torch.no_grad():
+        log_probs = ctc_log_probs(model.heads["ctc"], enc)[0]
+    exact = exhaustive_labelling_log_probs(log_probs)
+    assert len(exact) == 25
+    cfg = SearchConfig(beam_size=25, nbest=25)
+    nbest = build_searcher("ctc_prefix_beam", model, cfg)(enc, enc_lens)[0]
+    assert {h.tokens: h.score for h in nbest} == pytest.approx(exact, abs=1e-4)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 4])
 def test_prefix_beam_timestamps_are_those_of_the_most_probable_alignment(seed):
     """Unpruned (beam 64 over 2 labels and 6 frames): every hypothesis' frames are where its

@@ -10,6 +10,7 @@ import torch
 from search_helpers import assert_frames_valid, encoder_output, make_model
 
 from asr.decoding import SearchConfig, build_searcher
+from asr.decoding.transducer_beam import topk_per_group
 from asr.decoding.transducer_common import TransducerScorer
 from asr.types import Hypothesis
 
@@ -128,3 +129,20 @@ def test_non_finite_padding_frames_do_not_change_the_search(loss, names, garbage
     for name in names:
         searcher = build_searcher(name, model, SearchConfig(beam_size=3))
         assert searcher(dirty, enc_lens) == searcher(enc, enc_lens), name
+
+
+def test_topk_per_group_by_hand():
+    """Per group of rows the k best entries as flat ``row * V + column`` indices, best first,
+    never an impossible (-inf) one, even when a group has fewer finite entries than k; groups
+    of different sizes (the later one larger) and a group with nothing finite."""
+    inf = float("inf")
+    scores = torch.tensor([
+        [-1.0, -inf],  # group 0
+        [-2.0, -0.5],  # group 1
+        [-inf, -3.0],
+        [-0.1, -inf],
+        [-inf, -inf],  # group 2
+    ])
+    owners = torch.tensor([0, 1, 1, 1, 2])
+    assert topk_per_group(scores, owners, 3, 3) == [[0], [6, 3, 2], []]
+    assert topk_per_group(scores, owners, 3, 1) == [[0], [6], []]

@@ -173,3 +173,13 @@ def test_phrase_recall_and_recogs_round_trip(tmp_path):
     phrases = {"u1": "ZEPPELIN", "u2": "GOLDEN GATE", "u3": "NO"}
     assert phrase_recall(phrases, dict(zip(ids, hyps))) == (1, 3)
     assert phrase_recall({"u1": "BIG ZEP"}, {"u1": "A BIG ZEPPELIN"}) == (0, 1)  # whole words
+
+
+def test_phrase_recall_finds_a_phrase_anywhere_and_a_missing_hypothesis_says_nothing():
+    from asr.metrics.wer import phrase_recall
+
+    assert phrase_recall({"u": "A B"}, {"u": "A B"}) == (1, 1)  # the whole hypothesis
+    assert phrase_recall({"u": "B C"}, {"u": "A B C"}) == (1, 1)  # at its end
+    assert phrase_recall({"u": "A B"}, {"u": "A B C"}) == (1, 1)  # at its start
+    assert phrase_recall({"u": "A B C D"}, {"u": "A B C"}) == (0, 1)  # longer than it
+    assert phrase_recall({"u": "A", "v": "B"}, {"u": "A"}) == (1, 2)  # no hypothesis for v

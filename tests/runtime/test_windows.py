@@ -144,6 +144,16 @@ def test_windows_too_short_for_the_context_keep_the_overlap_and_its_middle():
     assert [w.start for w in windows[:-1]] == [40 * k for k in range(len(windows) - 1)]
 
 
+def test_an_exact_step_of_one_grid_is_taken():
+    """The exact step may be as short as one chunk: windows of 100 samples on a grid of 8 with
+    88 samples of left context and 3 of right have (100 - 3) // 8 * 8 - 88 = 8, so they step
+    by 8 (not the asked 88) and cut where the exact stretch is one point (sample 96)."""
+    rate, grid, context = 100, 8, WindowContext(left=88, right=3)
+    windows = plan_windows(0, 130, rate, 1.0, 0.1, grid, context)
+    assert [w.start for w in windows[:-1]] == [0, 8, 16, 24]
+    assert windows[0].keep_to == pytest.approx(96 / rate)
+
+
 @pytest.fixture(scope="module")
 def conformer(tmp_path_factory):
     """A random-weight causal chunked Conformer transducer (2 layers, chunks of 2 frames, 1 chunk
