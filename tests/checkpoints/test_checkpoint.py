@@ -5,12 +5,18 @@ import numpy as np
 import pytest
 import torch
 
-from asr.checkpoints.averaging import RunningAverage, average_checkpoints, average_state_dicts
+from asr.checkpoints.averaging import (
+    RunningAverage,
+    average_checkpoints,
+    average_state_dicts,
+    averaged_model_between,
+)
 from asr.checkpoints.io import (
     CheckpointError,
     atomic_torch_save,
     capture_rng_state,
     checkpoint_path,
+    epoch_checkpoint_path,
     latest_checkpoint,
     list_checkpoints,
     load_weights,
@@ -19,7 +25,7 @@ from asr.checkpoints.io import (
     safe_torch_load,
     save_weights,
 )
-from asr.checkpoints.selection import WeightSelection
+from asr.checkpoints.selection import WeightSelection, select_weights
 
 
 def test_atomic_save_round_trip_and_no_temp_left(tmp_path):
@@ -165,3 +171,34 @@ def test_a_selection_of_no_checkpoint_is_refused_as_such(tmp_path, kwargs, messa
     requested") and ``--epoch 0`` as a missing ``epoch-0.pt``: bad values, named as such."""
     with pytest.raises(ValueError, match=re.escape(message)):
         WeightSelection(**kwargs)
+
+
+def test_last_n_averages_the_newest_step_checkpoints_and_keeps_the_newest_progress(tmp_path):
+    for step in (10, 20, 30):
+        atomic_torch_save({"model": {"w": torch.full((2,), float(step))},
+                           "progress": {"step": step}}, checkpoint_path(tmp_path, step))
+    chosen = select_weights(tmp_path, WeightSelection(last=2))
+    assert torch.equal(chosen.state_dict["w"], torch.full((2,), 25.0))
+    assert chosen.tag == "last-2-checkpoint-30" and chosen.checkpoint["progress"]["step"] == 30
+    assert chosen.sources == (checkpoint_path(tmp_path, 20), checkpoint_path(tmp_path, 30))
+    with pytest.raises(FileNotFoundError, match="holds 3 checkpoint-N.pt files, 4 requested"):
+        select_weights(tmp_path, WeightSelection(last=4))
+    with pytest.raises(ValueError, match="choose one of"):
+        WeightSelection(epoch=3, last=2)
+
+
+def test_averaged_model_between_is_the_mean_of_the_samples_of_those_epochs(tmp_path):
+    """Running averages (period 10) of the samples 1, 2, ..., k (sample k = k): epoch 1 ends at
+    step 35 (3 samples), epoch 2 at 52 (5), epoch 3 at 85 (8). Epochs 2-3 hold samples 4..8."""
+    for epoch, (step, samples) in enumerate([(35, 3), (52, 5), (85, 8)], start=1):
+        mean = (samples + 1) / 2
+        atomic_torch_save({
+            "model": {"w": torch.zeros(2), "n": torch.tensor(epoch)},
+            "averager": {"period": 10, "average": {"w": torch.full((2,), mean, dtype=torch.float64)}},
+            "progress": {"step": step},
+        }, epoch_checkpoint_path(tmp_path, epoch))
+    weights, checkpoint = averaged_model_between(tmp_path, epoch=3, avg=2)
+    assert torch.equal(weights["w"], torch.full((2,), 6.0)) and weights["w"].dtype == torch.float32
+    assert weights["n"].item() == 3 and checkpoint["progress"]["step"] == 85
+    whole, _ = averaged_model_between(tmp_path, epoch=3, avg=3)
+    assert torch.equal(whole["w"], torch.full((2,), 4.5))

@@ -144,3 +144,27 @@ def test_an_epoch_without_batches_is_an_error_and_left_out_cuts_are_logged(prepa
     assert 0 < kept < len(cuts)
     assert f"{len(batches)} batches (0 skipped at resumption), {kept} cuts" in caplog.text
     assert f"{len(cuts) - kept} of {len(cuts)} cuts left out" in caplog.text
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_evaluation_keeps_every_cut_whatever_drop_last_says(prepared: dict,
+                                                            world_size: int) -> None:
+    """``drop_last`` is for training: an evaluation sampler given a config with it still yields
+    every cut (a dropped last batch would score a WER on part of the test set)."""
+    cuts = _cuts(prepared)
+    cfg = _cfg(drop_last=True, max_duration=2.2, max_cut_duration=2.2)
+    ids = [c.id.removesuffix("_dup") for rank in range(world_size)
+           for batch in make_sampler(cuts, cfg, train=False, rank=rank, world_size=world_size)
+           for c in batch]
+    assert set(ids) == {c.id for c in cuts}
+    trained = [c.id for rank in range(world_size)
+               for batch in make_sampler(cuts, cfg, train=True, rank=rank, world_size=world_size)
+               for c in batch]
+    assert len(trained) < len(cuts)  # what the same config drops when training
+
+
+def test_the_buffer_size_reaches_the_sampler(prepared: dict) -> None:
+    cuts = _cuts(prepared)
+    assert make_sampler(cuts, _cfg(buffer_size=123), train=True).buffer_size == 123
+    single = make_sampler(cuts, _cfg(buffer_size=45, num_buckets=1), train=True)
+    assert single.shuffle_buffer_size == 45

@@ -90,3 +90,28 @@ def test_config_validation():
         CTCConfig(dropout=1.0)
     with pytest.raises(ValueError, match="blank_id=9"):
         CTCHead(CTCConfig(blank_id=9), 4, 5)
+
+
+def test_counts_every_impossible_utterance_and_uses_its_blank_id():
+    head = CTCHead(CTCConfig(blank_id=5), enc_dim=8, vocab_size=6)
+    enc = torch.randn(3, 4, 8)
+    enc_lens = torch.tensor([4, 2, 3])
+    tokens = torch.tensor([[1, 0, 2], [1, 2, 3], [4, 4, 4]])  # the last two cannot be aligned
+    token_lens = torch.tensor([3, 3, 3])
+    out = head.loss(enc, enc_lens, tokens, token_lens)
+    assert out.metrics["num_infinite"] == 2.0
+    lp = head.log_probs(enc).transpose(0, 1)
+    reference = F.ctc_loss(lp[:, :1], tokens[:1], enc_lens[:1], token_lens[:1], blank=5,
+                           reduction="sum")
+    torch.testing.assert_close(out.loss, reference)
+    with pytest.raises(ValueError, match="blank_id=6"):
+        CTCHead(CTCConfig(blank_id=6), 4, 6)
+
+
+def test_dropout_applies_in_training_only():
+    head = CTCHead(CTCConfig(dropout=0.5), enc_dim=8, vocab_size=6)
+    enc = torch.randn(2, 5, 8)
+    plain = head.output(enc)
+    assert not torch.equal(head.logits(enc), plain)
+    head.eval()
+    assert torch.equal(head.logits(enc), plain)

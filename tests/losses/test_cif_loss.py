@@ -41,3 +41,17 @@ def test_rejects_bad_shapes():
         quantity_loss(torch.rand(2, 3), torch.tensor([1, 2, 3]))
     with pytest.raises(ValueError, match="integer"):
         scale_alphas(torch.rand(2, 3), torch.tensor([1.0, 2.0]))
+
+
+def test_scale_alphas_small_and_all_zero_rows():
+    """A row summing to less than 1 still scales to U exactly (the floor ``eps`` only guards
+    an all-zero row, which stays all-zero rather than NaN)."""
+    alphas = torch.tensor([[0.1, 0.2, 0.0], [0.0, 0.0, 0.0]])
+    scaled = scale_alphas(alphas, torch.tensor([3, 2]))
+    torch.testing.assert_close(scaled, torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.0, 0.0]]))
+
+
+def test_quantity_loss_is_float32_for_any_input_dtype():
+    for dtype in (torch.bfloat16, torch.float64):
+        loss = quantity_loss(torch.full((1, 4), 0.5, dtype=dtype), torch.tensor([3]))
+        assert loss.dtype == torch.float32 and loss.item() == 1.0

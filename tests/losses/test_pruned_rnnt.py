@@ -480,3 +480,17 @@ def test_simple_losses_ignore_non_finite_padding(kind, garbage):
             torch.testing.assert_close(occupation[:1, :rows, :cols], expected)
         else:  # (B, T, U [+ 1], D)
             torch.testing.assert_close(occupation[:1, :4, : expected.shape[2]], expected)
+
+
+def test_ranges_follow_the_symbol_arc_occupation_too():
+    """Node occupation is blank-arc plus symbol-arc occupation: mass on the symbol arc of
+    ``(u=2, t=3)`` alone must put position 2 in frame 3's window (the bounds would allow a
+    window without it)."""
+    frames, num_tokens, prune_range = 6, 3, 2
+    px_grad = torch.zeros(1, num_tokens, frames + 1)
+    py_grad = torch.zeros(1, num_tokens + 1, frames)
+    px_grad[0, 2, 3] = 1.0
+    ranges = get_pruning_ranges(
+        px_grad, py_grad, torch.tensor([frames]), torch.tensor([num_tokens]), prune_range
+    )
+    assert 2 in ranges[0, 3].tolist()

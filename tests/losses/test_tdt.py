@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from asr.losses.rnnt import rnnt_loss
-from asr.losses.tdt import tdt_loss
+from asr.losses.tdt import rnnt_nll_from_logprobs, tdt_lattice_weights, tdt_loss
+from asr.losses.tdt_recursion import NEG, tdt_recursion
 
 
 def brute_force_nll(logits, tokens, frames, num_tokens, durations, sigma=0.0):
@@ -188,3 +189,82 @@ def test_bad_durations_are_reported():
         tdt_loss(logits, tokens, *lens, durations=(0,))
     with pytest.raises(ValueError, match="distinct"):
         tdt_loss(logits, tokens, *lens, durations=(1, 1))
+
+
+def brute_force_total(token_w, blank_w, frames, num_tokens, durations):
+    """log-sum over the complete paths of one utterance, straight from the arc weights: token
+    arcs of any duration (0 included), blank arcs of duration >= 1 only, ending with a blank on
+    ``(frames, num_tokens)``; arcs only leave nodes with ``t < frames``."""
+    complete = []
+
+    def walk(t, u, score):
+        if t >= frames:
+            return
+        for i, d in enumerate(durations):
+            if t + d > frames:
+                continue
+            if u < num_tokens:
+                walk(t + d, u + 1, score + token_w[t, u, i])
+            if d >= 1:
+                blank = score + blank_w[t, u, i]
+                if t + d == frames and u == num_tokens:
+                    complete.append(blank)
+                else:
+                    walk(t + d, u, blank)
+
+    walk(0, 0, torch.zeros((), dtype=blank_w.dtype))
+    return torch.logsumexp(torch.stack(complete), dim=0)
+
+
+@pytest.mark.parametrize("durations", [(0, 1, 2), (2, 0, 3)], ids=str)
+def test_recursion_of_unmasked_weights_equals_brute_force(durations):
+    """``tdt_recursion`` takes any weights: finite blank weights of duration 0 and on padding
+    must not count (values), and get no gradient (occupations == autograd through the paths)."""
+    frames, num_tokens = 5, 3
+    frame_lens, token_lens = torch.tensor([5, 4, 3]), torch.tensor([3, 1, 0])
+    gen = torch.Generator().manual_seed(7)
+    shape = (3, frames, num_tokens + 1, len(durations))
+    token_w = torch.randn(shape, generator=gen, dtype=torch.float64)[:, :, :-1].contiguous()
+    blank_w = torch.randn(shape, generator=gen, dtype=torch.float64)
+    token_w.requires_grad_(True)
+    blank_w.requires_grad_(True)
+    total = tdt_recursion(token_w, blank_w, frame_lens, token_lens, durations, backend="torch")
+    grads = torch.autograd.grad(total.sum(), (token_w, blank_w))
+    for b in range(3):
+        tok, blank = token_w[b].detach().requires_grad_(True), blank_w[b].detach().requires_grad_(True)
+        ref = brute_force_total(tok, blank, int(frame_lens[b]), int(token_lens[b]), durations)
+        torch.testing.assert_close(total[b], ref, rtol=1e-10, atol=1e-10)
+        ref_grads = torch.autograd.grad(ref, (tok, blank), materialize_grads=True)
+        torch.testing.assert_close(grads[0][b], ref_grads[0], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(grads[1][b], ref_grads[1], rtol=1e-10, atol=1e-12)
+
+
+def test_lattice_weights_are_the_losss_arc_weights():
+    """``tdt_lattice_weights`` -> ``tdt_recursion`` is ``-tdt_loss``, and blank arcs of duration 0
+    are ``NEG`` in the weights themselves (not only after the recursion's masking)."""
+    durations = (0, 1, 2)
+    logits = torch.randn(2, 5, 4, 5 + 3, dtype=torch.float64)
+    tokens = torch.randint(1, 5, (2, 3))
+    frame_lens, token_lens = torch.tensor([5, 4]), torch.tensor([3, 2])
+    token_w, blank_w = tdt_lattice_weights(logits, tokens, durations, sigma=0.05)
+    assert token_w.shape == (2, 5, 3, 3) and blank_w.shape == (2, 5, 4, 3)
+    assert bool((blank_w[..., 0] == NEG).all()) and bool((blank_w[..., 1:] > NEG / 2).all())
+    total = tdt_recursion(token_w, blank_w, frame_lens, token_lens, durations)
+    loss = tdt_loss(logits, tokens, frame_lens, token_lens, durations, sigma=0.05,
+                    reduction="none")
+    torch.testing.assert_close(-total, loss, rtol=1e-10, atol=1e-10)
+
+
+def test_rnnt_term_is_infinite_without_frames():
+    """``rnnt_nll_from_logprobs`` on a frameless utterance with an empty target: +inf (no path
+    ends with a blank), not the log-probability 0 of the empty recursion."""
+    sym_lp = torch.randn(2, 3, 1, dtype=torch.float64).log_softmax(1)
+    blank_lp = torch.randn(2, 3, 2, dtype=torch.float64).log_softmax(1)
+    nll = rnnt_nll_from_logprobs(sym_lp, blank_lp, torch.tensor([3, 0]), torch.tensor([1, 0]))
+    assert torch.isfinite(nll[0]) and nll[1] == float("inf")
+
+
+def test_token_lens_beyond_the_padded_tokens_are_reported():
+    logits = torch.randn(1, 3, 2, 4 + 2)
+    with pytest.raises(ValueError, match="exceed the padded sizes"):
+        tdt_loss(logits, torch.tensor([[1]]), torch.tensor([3]), torch.tensor([2]), (0, 1))

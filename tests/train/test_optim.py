@@ -128,3 +128,58 @@ def test_resuming_with_another_number_of_processes_continues_the_schedule_in_aud
     assert again.get_last_lr() == pytest.approx(one.get_last_lr(), rel=1e-12)
     if schedule == "cosine":
         assert two.get_last_lr() == pytest.approx(cfg.min_lr)
+
+
+def test_cosine_decays_from_one_to_the_floor_after_warm_up():
+    """Hand values: 1 at the end of warm-up, halfway between 1 and the floor at mid-horizon, the
+    floor at and past the horizon (it never climbs back)."""
+    cfg = OptimConfig(lr=1e-3, schedule="cosine", warmup_steps=10, total_steps=110, min_lr=1e-4)
+    assert lr_factor(cfg, 9) == pytest.approx(1.0)
+    assert lr_factor(cfg, 59) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(cfg, 109) == pytest.approx(0.1)
+    assert lr_factor(cfg, 500) == pytest.approx(0.1)
+
+
+def test_weight_decay_goes_to_weight_matrices_only_and_the_optimizer_is_the_configured_one():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    decay, no_decay = build_optimizer(model, OptimConfig(weight_decay=0.1)).param_groups
+    assert [p is model[0].weight for p in decay["params"]] == [True]
+    assert {id(p) for p in no_decay["params"]} == {
+        id(model[0].bias), id(model[1].weight), id(model[1].bias)}
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.1, 0.0)
+    assert type(build_optimizer(model, OptimConfig(optimizer="adamw"))) is torch.optim.AdamW
+    assert type(build_optimizer(model, OptimConfig(optimizer="adam"))) is torch.optim.Adam
+
+
+def test_older_scheduler_states_keep_their_horizon_in_optimizer_steps():
+    """A state saved before ``planned`` / ``total_reference`` existed holds ``total_steps`` in
+    optimizer steps at the resuming run's scale: it stays the run's horizon."""
+    cfg = OptimConfig(lr=1e-3, schedule="cosine", warmup_steps=0, total_steps=1000)
+    sched = Scheduler(build_optimizer(torch.nn.Linear(2, 2), cfg), cfg, step_scale=2.0)
+    sched.load_state_dict({"step_count": 10, "total_steps": 40})
+    assert sched.planned and sched.total_steps == 40 and sched.reference_steps == 20
+    assert sched.get_last_lr() == pytest.approx(1e-3 * lr_factor(cfg, 20, total_steps=80))
+
+
+def test_a_new_epoch_sets_eden_s_learning_rate_at_once():
+    cfg = OptimConfig(lr=1e-3, schedule="eden", warmup_steps=0, lr_epochs=1.0)
+    sched = Scheduler(build_optimizer(torch.nn.Linear(2, 2), cfg), cfg)
+    sched.set_epoch(1)
+    assert sched.get_last_lr() == pytest.approx(1e-3 * lr_factor(cfg, 0, epoch=1))
+
+
+def test_a_budget_plan_after_resuming_at_another_scale_ends_where_it_says():
+    """``set_total_steps(N)`` puts the horizon at optimizer step N of this run, also when the
+    steps before the resume counted at another scale."""
+    cfg = OptimConfig(lr=1e-3, schedule="cosine", warmup_steps=0, total_steps=1000,
+                      reference_batch_seconds=100.0)
+    one = Scheduler(build_optimizer(torch.nn.Linear(2, 2), cfg), cfg, cfg.step_scale(100.0))
+    for _ in range(10):
+        one.step()
+    two = Scheduler(build_optimizer(torch.nn.Linear(2, 2), cfg), cfg, cfg.step_scale(200.0))
+    two.load_state_dict(one.state_dict())
+    two.set_total_steps(30)
+    assert two.total_steps == 30
+    for _ in range(20):
+        two.step()
+    assert two.get_last_lr() == pytest.approx(cfg.min_lr)
