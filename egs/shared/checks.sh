@@ -44,3 +44,17 @@ check_paths_exist() {
     fi
   done
 }
+
+# check_recipe WHAT ARG...: `asr train --check-only` of the recipe ($config, $exp_dir and
+# $train_args of the calling script) with the extra ARGs (--searchers, --set ...); on failure it
+# names the options WHAT lists and exits with asr's status (2), before any stage ran.
+check_recipe() {
+  local what=$1 rc=0
+  shift
+  # shellcheck disable=SC2086  # --train-args is a word list by design
+  asr train --config "$config" --exp-dir "$exp_dir" --check-only "$@" $train_args || rc=$?
+  if [ $rc -ne 0 ]; then
+    echo "$0: --recipe $recipe does not take these $what (above); nothing was run" >&2
+    exit $rc
+  fi
+}

@@ -116,14 +116,7 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
     read -ra names <<< "$searchers"
     check+=(--searchers "${names[@]}" "${lm_args[@]}")
   fi
-  rc=0
-  # shellcheck disable=SC2086
-  asr train --config "$config" --exp-dir "$exp_dir" --check-only "${check[@]}" $train_args || rc=$?
-  if [ $rc -ne 0 ]; then
-    echo "$0: --recipe $recipe does not take these --train-args / --searchers / LM options" \
-      "(above); nothing was run" >&2
-    exit $rc
-  fi
+  check_recipe "--train-args / --searchers / LM options" "${check[@]}"
 fi
 
 if [ $stage -le 5 ] && [ $stop_stage -ge 0 ]; then

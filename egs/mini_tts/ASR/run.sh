@@ -173,14 +173,7 @@ if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
     set_search_args beam  # the options of every searcher but the greedy ones
     check+=(--searchers "${names[@]}" "${search_args[@]}")
   fi
-  rc=0
-  # shellcheck disable=SC2086
-  asr train --config "$config" --exp-dir "$exp_dir" --check-only "${check[@]}" $train_args || rc=$?
-  if [ $rc -ne 0 ]; then
-    echo "$0: --recipe $recipe does not take these --train-args / --searchers /" \
-      "--package-searcher / search options (above); nothing was run" >&2
-    exit $rc
-  fi
+  check_recipe "--train-args / --searchers / --package-searcher / search options" "${check[@]}"
 fi
 
 if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
