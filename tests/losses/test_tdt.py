@@ -9,11 +9,10 @@ from asr.losses.tdt import rnnt_nll_from_logprobs, tdt_lattice_weights, tdt_loss
 from asr.losses.tdt_recursion import NEG, tdt_recursion
 
 
-def brute_force_nll(logits, tokens, frames, num_tokens, durations, sigma=0.0):
-    """Enumerates every TDT alignment of one utterance (paper conventions) by recursion."""
-    vocab = logits.shape[-1] - len(durations)
-    token_lp = torch.log_softmax(logits[..., :vocab], dim=-1) - sigma
-    dur_lp = torch.log_softmax(logits[..., vocab:], dim=-1)
+def brute_force_total(token_w, blank_w, frames, num_tokens, durations):
+    """log-sum over the complete paths of one utterance, straight from the arc weights: token
+    arcs of any duration (0 included), blank arcs of duration >= 1 only, ending with a blank on
+    ``(frames, num_tokens)``; arcs only leave nodes with ``t < frames``."""
     complete = []
 
     def walk(t, u, score):
@@ -23,16 +22,30 @@ def brute_force_nll(logits, tokens, frames, num_tokens, durations, sigma=0.0):
             if t + d > frames:
                 continue
             if u < num_tokens:
-                walk(t + d, u + 1, score + token_lp[t, u, tokens[u]] + dur_lp[t, u, i])
+                walk(t + d, u + 1, score + token_w[t, u, i])
             if d >= 1:
-                blank = score + token_lp[t, u, 0] + dur_lp[t, u, i]
+                blank = score + blank_w[t, u, i]
                 if t + d == frames and u == num_tokens:
                     complete.append(blank)
                 else:
                     walk(t + d, u, blank)
 
-    walk(0, 0, torch.zeros((), dtype=logits.dtype))
-    return -torch.logsumexp(torch.stack(complete), dim=0)
+    walk(0, 0, torch.zeros((), dtype=blank_w.dtype))
+    return torch.logsumexp(torch.stack(complete), dim=0)
+
+
+def brute_force_nll(logits, tokens, frames, num_tokens, durations, sigma=0.0):
+    """Enumerates every TDT alignment of one utterance (paper conventions): the arc weights of
+    the logits (token or blank log-probability, minus ``sigma`` for either, plus the duration's
+    log-probability) summed over the paths by :func:`brute_force_total`."""
+    vocab = logits.shape[-1] - len(durations)
+    token_lp = torch.log_softmax(logits[..., :vocab], dim=-1) - sigma
+    dur_lp = torch.log_softmax(logits[..., vocab:], dim=-1)
+    steps = torch.arange(num_tokens)
+    targets = torch.as_tensor(tokens)[:num_tokens]
+    token_w = token_lp[:, steps, targets].unsqueeze(-1) + dur_lp[:, :num_tokens]  # (T, U, D)
+    blank_w = token_lp[..., 0].unsqueeze(-1) + dur_lp  # (T, U + 1, D)
+    return -brute_force_total(token_w, blank_w, frames, num_tokens, durations)
 
 
 @pytest.mark.parametrize(
@@ -189,31 +202,6 @@ def test_bad_durations_are_reported():
         tdt_loss(logits, tokens, *lens, durations=(0,))
     with pytest.raises(ValueError, match="distinct"):
         tdt_loss(logits, tokens, *lens, durations=(1, 1))
-
-
-def brute_force_total(token_w, blank_w, frames, num_tokens, durations):
-    """log-sum over the complete paths of one utterance, straight from the arc weights: token
-    arcs of any duration (0 included), blank arcs of duration >= 1 only, ending with a blank on
-    ``(frames, num_tokens)``; arcs only leave nodes with ``t < frames``."""
-    complete = []
-
-    def walk(t, u, score):
-        if t >= frames:
-            return
-        for i, d in enumerate(durations):
-            if t + d > frames:
-                continue
-            if u < num_tokens:
-                walk(t + d, u + 1, score + token_w[t, u, i])
-            if d >= 1:
-                blank = score + blank_w[t, u, i]
-                if t + d == frames and u == num_tokens:
-                    complete.append(blank)
-                else:
-                    walk(t + d, u, blank)
-
-    walk(0, 0, torch.zeros((), dtype=blank_w.dtype))
-    return torch.logsumexp(torch.stack(complete), dim=0)
 
 
 @pytest.mark.parametrize("durations", [(0, 1, 2), (2, 0, 3)], ids=str)
