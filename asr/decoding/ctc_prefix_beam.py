@@ -180,12 +180,14 @@ class CtcPrefixBeamSearch(StreamingBeamSearch):
     def _nbest(self, beam: StreamBeam) -> list[Hypothesis]:
         """The prefixes of ``beam`` ranked as at the end, best first."""
         context = beam.context
+        norm = self.cfg.length_norm
         final = [
-            (self._total(prefix, entry, context, final=True), self._total(prefix, entry, context),
-             prefix, entry)
+            (self._total(prefix, entry, context, final=True),
+             rank_score(self._total(prefix, entry, context), len(prefix), norm), prefix, entry)
             for prefix, entry in beam.hyps
         ]
-        # best first; prefixes that cannot end (-inf) after the others, by their score so far
+        # best first; prefixes that cannot end (-inf) after the others, by their score so far as
+        # the final ranking takes it (length-normalised), as the transducer and TDT beams rank
         final.sort(key=lambda item: item[:2], reverse=True)
         return [
             Hypothesis(tokens=prefix, score=score, frames=entry.best()[1])

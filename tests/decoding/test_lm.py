@@ -323,7 +323,7 @@ class NoEndLM:
 
 @pytest.mark.parametrize("name, heads, norm", [("transducer_beam", dict(transducer="pruned"), 0.5),
                                                ("tdt_beam", dict(transducer="tdt"), 0.5),
-                                               ("ctc_prefix_beam", dict(ctc=True), 0.0)])
+                                               ("ctc_prefix_beam", dict(ctc=True), 0.5)])
 def test_hypotheses_that_cannot_end_are_ranked_by_their_score_so_far(name, heads, norm):
     """When no hypothesis can end (every final score -inf) the n-best is still ranked, by the
     score so far as the final ranking would take it (length-normalised): the order of the same
