@@ -636,3 +636,27 @@ def test_stage_0_extracts_musan_whole_or_not_at_all(stub, tmp_path):
     assert result.returncode == 0, result.stderr
     assert (dl_dir / "musan.tar.gz").read_bytes() == source.read_bytes()
     assert _tree(dl_dir / "musan") == {k.removeprefix("musan/"): v for k, v in files.items()}
+
+
+def test_mini_tts_stage_5_averages_the_checkpoints_a_short_run_left(stub, tmp_path):
+    """The time budget decides how many checkpoints training leaves: on a busy machine a run
+    left one, and `asr average --last 2` failed the job at stage 5. Fewer than --avg are all
+    averaged; none is left to asr average to name."""
+    run, calls = stub
+    work = tmp_path / "work"
+    exp = work / "exp" / "transformer_transducer"
+    exp.mkdir(parents=True)
+
+    def last(*args: str) -> str:
+        result = run(MINI_TTS, "--work-dir", str(work), "--searchers", "greedy", "--stage", "5",
+                     "--stop-stage", "5", *args)
+        assert result.returncode == 0, result.stderr
+        (call,) = [c for c in calls() if c[0] == "average"][-1:]
+        return call[call.index("--last") + 1]
+
+    assert last() == "2"  # none: asked as it is
+    (exp / "checkpoint-350.pt").write_bytes(b"")
+    assert last() == "1"
+    for step in (700, 1050):
+        (exp / f"checkpoint-{step}.pt").write_bytes(b"")
+    assert last() == "2" and last("--avg", "3") == "3" and last("--avg", "4") == "3"

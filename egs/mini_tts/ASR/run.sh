@@ -236,8 +236,16 @@ if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
 fi
 
 if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
-  log "stage 5: average the last $avg checkpoints, decode test-clean with: $searchers"
-  timed average asr average --exp-dir "$exp_dir" --last "$avg" --output "$weights"
+  # the time budget decides how many checkpoints a run makes: a slow or busy machine may leave
+  # fewer than --avg, and then all of them are averaged (none: asr average names the problem)
+  have=$(find "$exp_dir" -maxdepth 1 -name 'checkpoint-[0-9]*.pt' 2>/dev/null | wc -l)
+  use=$avg
+  if [ "$have" -ge 1 ] && [ "$have" -lt "$avg" ]; then
+    use=$have
+    log "stage 5: the training left $have checkpoint(s), fewer than --avg $avg: averaging $use"
+  fi
+  log "stage 5: average the last $use checkpoints, decode test-clean with: $searchers"
+  timed average asr average --exp-dir "$exp_dir" --last "$use" --output "$weights"
   : > "$wer_file"
   for searcher in $searchers; do
     set_search_args "$searcher"
