@@ -18,9 +18,11 @@ context (``l < 0``, WeNet's ``num_decoding_left_chunks=-1``) it holds every earl
 grows with the stream: memory and the cost of a chunk grow linearly with the stream's length.
 ``init_state(..., max_left_chunks=m)`` bounds that growth: the cache grows as before up to
 ``m * c`` frames and then slides (the last ``m * c`` kept). A stream of at most ``(m + 1) * c``
-encoder frames is then exactly the unlimited one, and any stream fed one chunk per call is
-exactly ``forward(..., chunk_size=c, left_chunks=m)``; only the memory differs from starting
-with ``left_chunks=m``: a young stream's cache holds its own frames, not ``m * c`` slots.
+encoder frames is then the unlimited one, and any stream fed one chunk per call is
+``forward(..., chunk_size=c, left_chunks=m)``, both up to float rounding (a chunk's attention
+spans cache slots of another number, which some CPUs' kernels round differently); only the
+memory differs from starting with ``left_chunks=m``: a young stream's cache holds its own
+frames, not ``m * c`` slots.
 Streams of different ages still share a batch: their caches are left-padded to the longest
 (:func:`asr.state.stack_states` pads the ragged key/value fields) and the padding is masked by
 ``attn_cache_len``; each call trims the batch's caches to the longest valid one, and

@@ -162,8 +162,9 @@ class Conv2dSubsampling(nn.Module):
         # Always RECEPTIVE_FIELD zero frames more, so that the convolutions get a full window for
         # any T (0 included) without a branch on the shape, which a trace (the ONNX export)
         # would freeze at its example's length. The T' frames kept read real input frames only,
-        # so they are exactly those of the unpadded input; the 1 or 2 frames after them, which
-        # read the zeros, are dropped before the projection (whose matrix product could round
+        # so they are those of the unpadded input (up to the last bit: some CPUs' convolution
+        # kernels round by the input's length); the 1 or 2 frames after them, which read the
+        # zeros, are dropped before the projection (whose matrix product could round
         # differently with more rows).
         feats = nn.functional.pad(feats, (0, 0, 0, RECEPTIVE_FIELD))
         return self.windows(feats, out_frames), subsampled_length(feat_lens)

@@ -179,8 +179,10 @@ def _encoder_run(recognizer, wave: np.ndarray, piece: int = 1000):
 def test_unlimited_left_context_is_bounded_by_max_left_seconds(unlimited_model, caplog):
     """left_chunks -1 with max_left_seconds 0.5 (6 chunks of 0.08 s): a long stream's cache
     grows to 6 chunks and stays there (it grew with the stream: 100 frames after 4 s); it
-    decodes exactly as left_chunks 6, and a stream within the bound (at most 7 chunks) exactly
-    as with no bound. When a stream's context starts to slide is logged, once."""
+    decodes as left_chunks 6, and a stream within the bound (at most 7 chunks) as with no
+    bound, both to float rounding (the last chunk of the 13 frames attends over a cache of 12
+    slots, not 13, a product some CPUs round differently; a frame too few moves frames by
+    ~0.1). When a stream's context starts to slide is logged, once."""
     quiet = EndpointConfig(enabled=False)
     bounded = unlimited_model.streaming_recognizer(endpoint=quiet, max_left_seconds=0.5)
     unbounded = unlimited_model.streaming_recognizer(endpoint=quiet, max_left_seconds=math.inf)
@@ -200,7 +202,7 @@ def test_unlimited_left_context_is_bounded_by_max_left_seconds(unlimited_model, 
     short = long[:9000]  # 13 encoder frames, within 7 chunks
     frames, sizes = _encoder_run(bounded, short)
     assert frames.shape[0] == 13 and max(sizes) == 12
-    assert torch.equal(frames, _encoder_run(unbounded, short)[0])
+    torch.testing.assert_close(frames, _encoder_run(unbounded, short)[0], atol=1e-5, rtol=0)
 
 
 def test_max_left_seconds_default_and_errors(unlimited_model, transducer_model):
