@@ -136,8 +136,10 @@ def _load_filtered(cfg: ExperimentConfig, model: ASRModel, names: Sequence[str],
     cuts = load_cuts(manifest_dir, names) if train else load_eval_cuts(manifest_dir, names)
     where = f"{manifest_dir}/{list(names)}"
     kept = _filter_or_fail(cfg, model, cuts, tokenizer, where, what, train=train).to_eager()
-    if train:
-        kept = Repeats.of_manifests([Path(manifest_dir) / name for name in names]).rename(kept)
+    if train:  # the ids are in memory: no second read of the manifests (Shar's must stream)
+        repeats = Repeats.of_ids(cut.id for cut in kept)
+        repeats.log("the training manifests")
+        kept = repeats.rename(kept)
     return kept
 
 
