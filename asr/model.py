@@ -21,10 +21,10 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from asr.encoders.base import zero_padding
 from asr.heads.aed import AEDConfig, AEDHead
 from asr.heads.cif import CIFConfig, CIFHead
 from asr.heads.ctc import CTCConfig, CTCHead
-from asr.heads.decoder_layers import lengths_to_mask
 from asr.heads.transducer import TransducerConfig, TransducerHead
 from asr.types import Batch, LossOutput
 
@@ -208,15 +208,31 @@ class ASRModel(nn.Module):
     def encode(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
         """(B, T, F), (B,) -> enc (B, T', D) zero beyond ``enc_lens``, enc_lens (B,).
 
-        The padding is set to zero here, once for every head and searcher: none of them reads
-        it, but a head multiplies it by zero weights (masked attention, the joiner's backward,
-        CTC's gradient), and ``0 * nan`` or ``0 * inf`` (padding garbage, an fp16 overflow) is
-        NaN, which then reached a loss, every weight's gradient or an attention decoder's
-        search.
+        The padding is set to zero here (:func:`asr.encoders.base.zero_padding`), once for every
+        head and offline searcher, whatever the encoder leaves there: none of them reads it, but
+        ``0 * nan`` in a masked attention or a joiner's backward would carry padding garbage
+        into a loss, a gradient or a search.
         """
         enc, enc_lens = self.encoder(feats, feat_lens)
-        valid = lengths_to_mask(enc_lens.to(enc.device), enc.shape[1]).unsqueeze(-1)  # (B, T', 1)
-        return enc.masked_fill(~valid, 0.0), enc_lens
+        return zero_padding(enc, enc_lens), enc_lens
+
+    def encode_chunk(
+        self, feats: Tensor, feat_lens: Tensor, state: Any
+    ) -> tuple[Tensor, Tensor, Any]:
+        """Continues B streams: the encoder's ``forward_chunk`` (see
+        :class:`asr.encoders.base.StreamingEncoder`), its frames zero beyond the counts as
+        :meth:`encode`'s, for the streaming searchers.
+
+        Args:
+            feats: (B, T, F) each stream's next feature frames, padded beyond ``feat_lens``.
+            feat_lens: (B,) new frames per stream (may differ, may be 0).
+            state: the streams' stacked encoder state.
+
+        Returns:
+            (B, T', D) new encoder frames zero beyond the counts, (B,) counts, the new state.
+        """
+        enc, enc_lens, state = self.encoder.forward_chunk(feats, feat_lens, state)
+        return zero_padding(enc, enc_lens), enc_lens, state
 
     def forward(
         self,

@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-__all__ = ["Encoder", "EncoderConfig", "StreamingEncoder"]
+__all__ = ["Encoder", "EncoderConfig", "StreamingEncoder", "zero_padding"]
 
 
 @dataclass(frozen=True)
@@ -140,3 +140,17 @@ class StreamingEncoder(Encoder, Protocol):
         """One state per stream of a batched state, each holding only its own memory (no view
         of the batch's tensors, no padding shared with older streams)."""
         ...
+
+
+def zero_padding(frames: Tensor, lens: Tensor) -> Tensor:
+    """(B, T, D) frames, (B,) valid counts -> the frames with zeros beyond each count.
+
+    The one rule for encoder frames handed on (:meth:`asr.model.ASRModel.encode` and
+    ``encode_chunk``, each head's ``loss``): nothing reads the padding, but a head multiplies it
+    by zero weights (masked attention, the joiner's backward, CTC's gradient), and ``0 * nan``
+    or ``0 * inf`` (padding garbage, an fp16 overflow) is NaN, which would reach a loss, every
+    weight's gradient or a search.
+    """
+    positions = torch.arange(frames.shape[1], device=frames.device)
+    valid = positions[None, :] < lens.to(frames.device)[:, None]  # (B, T)
+    return frames.masked_fill(~valid[:, :, None], 0.0)

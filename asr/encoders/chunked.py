@@ -47,7 +47,7 @@ from asr.encoders.attention import (
     chunk_attention_mask,
     streaming_attention_mask,
 )
-from asr.encoders.base import EncoderConfig
+from asr.encoders.base import EncoderConfig, zero_padding
 from asr.encoders.dropout import Dropout
 from asr.encoders.layers import LayerState
 from asr.encoders.subsampling import (
@@ -239,8 +239,7 @@ class ChunkedEncoder(nn.Module):
         x = self.dropout(x)
         for layer in self.layers:
             x, _ = layer(x, mask, rel_pos, valid)
-        x = self.final_norm(x)
-        return x.masked_fill(~valid[:, :, None], 0.0), enc_lens
+        return zero_padding(self.final_norm(x), enc_lens), enc_lens
 
     def init_state(
         self,
@@ -344,7 +343,7 @@ class ChunkedEncoder(nn.Module):
         for layer, layer_state in zip(self.layers, layer_states):
             x, layer_state = layer(x, mask, rel_pos, valid, layer_state, num_new)
             new_layers.append(layer_state)
-        x = self.final_norm(x).masked_fill(~valid[:, :, None], 0.0)
+        x = zero_padding(self.final_norm(x), num_new)
         new_state = EncoderState(
             subsampling=sub_state,
             layers=tuple(new_layers),

@@ -3,8 +3,9 @@
 Each :class:`Stream` owns an online fbank (:class:`asr.features.online.OnlineFbank`, the same
 frames as the training features), the pending feature frames, an encoder state and a search
 state (both batch-1 State dataclasses). :meth:`StreamingRecognizer.decode` takes all ready
-streams, stacks their states with :func:`asr.state.stack_states`, runs ONE encoder
-``forward_chunk`` and ONE searcher ``step`` for the batch, and splits the states back: streams at
+streams, stacks their states with :func:`asr.state.stack_states`, runs ONE encoder chunk
+(:meth:`asr.model.ASRModel.encode_chunk`, zero beyond each stream's new frames) and ONE searcher
+``step`` for the batch, and splits the states back: streams at
 different positions share the batch, and each gets exactly what it would get decoded alone.
 
 A stream is *ready* when it holds the feature frames of its next full chunk
@@ -334,7 +335,7 @@ class StreamingRecognizer:
         ).to(device)
         feat_lens = torch.tensor([n for _, n in batch], device=device)
         enc_state = stack_states([s.encoder_state for s, _ in batch])
-        enc, enc_lens, enc_state = self.encoder.forward_chunk(feats, feat_lens, enc_state)
+        enc, enc_lens, enc_state = self.runtime.model.encode_chunk(feats, feat_lens, enc_state)
         search_state = stack_states([s.search_state for s, _ in batch])
         if enc.shape[1] > 0:
             search_state = self.searcher.step(enc, enc_lens, search_state)

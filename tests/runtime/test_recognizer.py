@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from asr.audio import load_audio, resample
+from asr.decoding.registry import STREAMING_SEARCHER_NAMES, available_searchers
 from asr.runtime.endpoint import EndpointConfig, EndpointRule, detect_endpoint
 from asr.runtime.offline import load_model
 from asr.testing.tiny import espeak_available
@@ -252,6 +253,59 @@ def test_streaming_beam_equals_offline_beam_chunk_masked_forward(model, searcher
         assert result.token_ids == expected.token_ids
         assert result.timestamps == pytest.approx(expected.timestamps)
         _same(result, _decode_alone(recognizer, wave, 700))
+
+
+def _decode_at_once(recognizer, waves) -> list[list]:
+    """Streams given all their audio at once, decoded together one chunk each per call; the
+    hypotheses of every stream after each call."""
+    streams = [recognizer.new_stream() for _ in waves]
+    for stream, wave in zip(streams, waves):
+        recognizer.accept_waveform(stream, wave, 16000)
+        recognizer.input_finished(stream)
+    steps = []
+    while not all(s.done for s in streams):
+        recognizer.decode(streams)
+        steps.append([s.hypothesis for s in streams])
+    return steps
+
+
+@pytest.mark.parametrize("model", ["transducer_model", "tdt_model"])
+def test_garbage_in_a_chunks_padding_reaches_no_stream(model, request, monkeypatch):
+    """An encoder whose chunk output holds NaN beyond each stream's count (the rows of the
+    streams whose last chunk is shorter than the others'): every streaming searcher gives
+    every stream, at every step, the clean run's hypothesis, and no NaN score (CTC greedy's
+    partial scores were NaN), as offline (``ASRModel.encode_chunk`` and ``encode`` zero the
+    padding alike)."""
+    model = request.getfixturevalue(model)
+    rng = np.random.default_rng(2)
+    waves = [(rng.standard_normal(n) * 0.1).astype(np.float32)
+             for n in (13000, 5000, 5700, 6300)]  # the short ones end on chunks of other lengths
+    encoder = model.runtime.model.encoder
+    forward_chunk = encoder.forward_chunk
+    padded = []
+
+    def dirty_forward_chunk(feats, feat_lens, state):
+        enc, enc_lens, state = forward_chunk(feats, feat_lens, state)
+        valid = torch.arange(enc.shape[1])[None, :] < enc_lens[:, None]
+        padded.append(int((~valid).sum()))
+        return enc.masked_fill(~valid[:, :, None], float("nan")), enc_lens, state
+
+    names = available_searchers(model.runtime.model)
+    searchers = [name for name in names if name in STREAMING_SEARCHER_NAMES]
+    assert {"ctc_greedy", "ctc_prefix_beam"} < set(searchers) and len(searchers) == 4
+    for searcher in searchers:
+        recognizer = model.streaming_recognizer(searcher, endpoint=EndpointConfig(enabled=False))
+        clean = _decode_at_once(recognizer, waves)
+        with monkeypatch.context() as patch:
+            patch.setattr(encoder, "forward_chunk", dirty_forward_chunk)
+            dirty = _decode_at_once(recognizer, waves)
+        assert len(dirty) == len(clean)
+        for step, (expected, got) in enumerate(zip(clean, dirty)):
+            for stream, (e, g) in enumerate(zip(expected, got)):
+                where = (searcher, step, stream)
+                assert (g.tokens, g.frames) == (e.tokens, e.frames), where
+                assert g.score == pytest.approx(e.score, nan_ok=False), where
+    assert sum(padded) > 0  # the batches had padding to fill
 
 
 def _segments_with_resets(recognizer, wave: np.ndarray, piece: int = 700):
