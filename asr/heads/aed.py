@@ -29,6 +29,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from asr.encoders.base import zero_padding
 from asr.encoders.dropout import Dropout
 from asr.heads.decoder_layers import (
     DecoderLayer,
@@ -301,6 +302,7 @@ class AEDHead(nn.Module):
         Raises:
             ValueError: naming a token within ``token_lens`` outside ``[0, V)``.
         """
+        enc = zero_padding(enc, enc_lens)  # masked attention weighs padding by 0: 0 * nan
         tokens = blank_padded_tokens(tokens, token_lens, 0, self.vocab_size)
         memory = self.memory_proj(enc)
         memory_mask = lengths_to_mask(enc_lens, enc.shape[1])

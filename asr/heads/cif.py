@@ -44,6 +44,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from asr.encoders.base import zero_padding
 from asr.encoders.dropout import Dropout
 from asr.heads.ctc import CTCHead
 from asr.heads.decoder_layers import (
@@ -586,6 +587,7 @@ class CIFHead(nn.Module):
             ValueError: naming a token within ``token_lens`` outside ``[0, V)``.
         """
         cfg = self.cfg
+        enc = zero_padding(enc, enc_lens)  # masked attention weighs padding by 0: 0 * nan
         tokens = blank_padded_tokens(tokens, token_lens, 0, self.vocab_size)
         inputs, targets, target_lens, alphas = self.teacher_inputs(
             enc, enc_lens, tokens, token_lens

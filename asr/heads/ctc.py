@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from asr.encoders.base import zero_padding
 from asr.encoders.dropout import Dropout
 from asr.losses.ctc import ctc_loss
 from asr.types import LossOutput
@@ -92,6 +93,7 @@ class CTCHead(nn.Module):
             LossOutput with metrics ``ctc_loss`` (summed) and ``num_infinite`` (utterances with
             no valid alignment, whose loss and gradient were zeroed).
         """
+        enc = zero_padding(enc, enc_lens)  # padding garbage would reach the gradients (0 * nan)
         losses, infeasible = ctc_loss(
             self.log_probs(enc), enc_lens, tokens, token_lens, blank_id=self.blank_id
         )

@@ -44,6 +44,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from asr.encoders.base import zero_padding
 from asr.heads.joiner import Joiner
 from asr.heads.predictor import LstmPredictor, StatelessPredictor
 from asr.losses.mutual_information import check_backend
@@ -242,6 +243,7 @@ class TransducerHead(nn.Module):
         Raises:
             ValueError: naming a token within ``token_lens`` outside ``[0, V)``.
         """
+        enc = zero_padding(enc, enc_lens)  # padding garbage would reach the gradients (0 * nan)
         tokens = blank_padded_tokens(tokens, token_lens, self.blank_id, self.vocab_size)
         pred = self.predict(tokens)
         metrics: dict[str, float] = {}
