@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
-from lhotse import CutSet
+from lhotse import CutSet, MonoCut
+from lhotse.dataset.sampling.base import TimeConstraint
+from lhotse.dataset.sampling.dynamic_bucketing import estimate_duration_buckets
 
 from asr.data.config import DataConfig
 from asr.data.sampler import make_sampler, resolve_rank_world_size
@@ -168,3 +172,35 @@ def test_the_buffer_size_reaches_the_sampler(prepared: dict) -> None:
     assert make_sampler(cuts, _cfg(buffer_size=123), train=True).buffer_size == 123
     single = make_sampler(cuts, _cfg(buffer_size=45, num_buckets=1), train=True)
     assert single.shuffle_buffer_size == 45
+
+
+def _drifting_cuts(count: int) -> CutSet:
+    """``count`` (> 10000) cuts without data (the bucket estimate reads only durations): the
+    first 10 of 30 s, then durations growing from 1 to 10 s up to cut 10000, then 25 s ones;
+    so the boundaries estimated from any other number of first cuts differ."""
+
+    def duration(i: int) -> float:
+        if i < 10:
+            return 30.0
+        return round(1.0 + 9.0 * i / 10000, 4) if i < 10000 else 25.0
+
+    return CutSet.from_cuts(MonoCut(f"cut-{i}", 0.0, duration(i), 0) for i in range(count))
+
+
+def test_duration_buckets_are_estimated_from_the_first_10000_cuts() -> None:
+    """lhotse's own sample for the estimate: the first 10000 cuts, no fewer (unrepresentative
+    first cuts) and no more (the whole of a large corpus would be read before the first batch)."""
+    cuts = _drifting_cuts(10500)
+    cfg = _cfg(max_duration=60.0, max_cut_duration=40.0, num_buckets=4)
+    sampler = make_sampler(cuts, cfg, train=True)
+
+    def estimate(first: int) -> list[float]:
+        return [float(b) for b in estimate_duration_buckets(
+            itertools.islice(cuts, first), num_buckets=4,
+            constraint=TimeConstraint(max_duration=60.0))]
+
+    bins = [float(b) for b in sampler.duration_bins]
+    assert bins == estimate(10000)
+    assert 1.0 < bins[0] < bins[-1] < 10.0  # neither the 30 s head nor the 25 s tail
+    for other in (10, 9999, 10001, 10500):  # the corpus tells these apart
+        assert estimate(other) != bins, other
