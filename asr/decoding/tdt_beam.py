@@ -23,11 +23,11 @@ same tokens are log-added (each is a set of complete alignments of those tokens;
 that never drops a move, the score of a token sequence is ``-tdt_loss`` of it when no alignment
 of it breaks the ``max_symbols_per_frame`` rule). That rule, as in greedy search: the token
 that would be the ``max_symbols_per_frame``-th on its frame may not take duration 0. Scores
-only decrease, so a live hypothesis below the ``beam_size``-th finished score is dropped (it
-could only add to a finished hypothesis with the same tokens), and the search stops when none
-is live. With no frames the result is the empty hypothesis with score 0 (the loss drops such
-utterances); if no path can end on ``T`` (possible only when 1 is not a duration), the empty
-hypothesis with score ``-inf``.
+only decrease, so a live hypothesis at or below the ``beam_size``-th finished score (once
+``beam_size`` hypotheses have finished) is dropped (it could only add to a finished hypothesis
+with the same tokens), and the search stops when none is live. With no frames the result is
+the empty hypothesis with score 0 (the loss drops such utterances); if no path can end on
+``T`` (possible only when 1 is not a duration), the empty hypothesis with score ``-inf``.
 
 NeMo's greedy TDT search ends at the first move that reaches or passes ``T`` (a token, or a
 jump past ``T``), which its own TDT loss, like ours, does not score; such an ending skips the
