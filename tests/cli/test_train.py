@@ -158,8 +158,8 @@ def test_a_run_stopped_before_a_checkpoint_leaves_the_config_its_checkpoints_fit
     assert train_tiny(tmp_path, tiny_corpus, "kept", "train.max_steps=1") == 0
     before = (tmp_path / "kept" / "config.yaml").read_bytes()
     assert train_tiny(tmp_path, tiny_corpus, "kept", "encoder.d_model=48",
-                      "data.train_cuts=[missing.jsonl.gz]") == 1
-    assert "missing.jsonl.gz does not exist" in caplog.text
+                      "data.min_cut_duration=8.0") == 1
+    assert "no training cuts left" in caplog.text
     assert (tmp_path / "kept" / "config.yaml").read_bytes() == before
 
 
@@ -177,3 +177,35 @@ def test_a_dev_set_that_repeats_a_cut_id_is_refused_before_anything_is_written(
     assert f"cut id {cut_id!r} occurs twice in an evaluation set: lines 1 and 3 of {dev}" \
         in caplog.text
     assert not (tmp_path / "dupdev").exists()
+
+
+#: id -> (the override, the config field and the missing path named), functions of the corpus
+#: and TMP.
+MISSING_INPUTS = {
+    "dev manifest": lambda corpus, tmp: (
+        "data.dev_cuts=[missing-dev.jsonl.gz]",
+        f"data.dev_cuts: cut manifest {corpus / 'fbank' / 'missing-dev.jsonl.gz'} does not "
+        "exist"),
+    "training manifest": lambda corpus, tmp: (
+        "data.train_cuts=[missing.jsonl.gz]",
+        f"data.train_cuts: cut manifest {corpus / 'fbank' / 'missing.jsonl.gz'} does not exist"),
+    "Shar directory": lambda corpus, tmp: (
+        f"data.train_shar_dirs=[{tmp / 'none'}]",
+        f"data.train_shar_dirs: Shar directory {tmp / 'none'} does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", MISSING_INPUTS)
+def test_a_missing_input_of_the_config_is_refused_naming_its_field(case, tmp_path, tiny_corpus,
+                                                                   caplog):
+    """A missing dev or training manifest exited with 1 once the model was built, as a failed
+    run does: exit 2 naming the field and the path, before anything is written. ``--check-only``
+    reads no data (the recipes check before their data stages), so it still passes."""
+    override, message = MISSING_INPUTS[case](tiny_corpus, tmp_path)
+    assert train_tiny(tmp_path, tiny_corpus, "missing", override) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [f"asr train: {message}"]
+    assert not (tmp_path / "missing").exists()
+    config = tmp_path / "missing.yaml"
+    assert main(["train", "--config", str(config), "--exp-dir", str(tmp_path / "missing"),
+                 "--set", override, "--check-only"]) == 0
