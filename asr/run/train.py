@@ -24,7 +24,7 @@ from lhotse import CutSet
 
 from asr.config import ConfigError, to_dict
 from asr.data.cut_ids import Repeats, check_unique_ids, load_eval_cuts
-from asr.data.dataset import load_cuts, make_dataloader, speed_factors
+from asr.data.dataset import check_cut_manifest, load_cuts, make_dataloader, speed_factors
 from asr.data.epochs import EpochBatches
 from asr.data.filtering import filter_cuts
 from asr.data.shar import SharCuts, shar_fields
@@ -159,15 +159,17 @@ def _load_shar(cfg: ExperimentConfig, model: ASRModel, tokenizer: Tokenizer):
 
 
 def check_data_inputs(cfg: ExperimentConfig) -> None:
-    """Checks that the data files the config names exist, before a run writes anything: the
-    training manifests (``data.train_cuts`` in ``data.manifest_dir``, or the Shar directories
+    """Checks the data files the config names, before a run writes anything: the training
+    manifests (``data.train_cuts`` in ``data.manifest_dir``, or the Shar directories
     ``data.train_shar_dirs`` with their cut manifests, :func:`asr.data.shar.shar_fields`) and
-    the dev manifests (``data.dev_cuts``). Reads no cut.
+    the dev manifests (``data.dev_cuts``) exist, and each manifest's first line is a cut and its
+    name says whether it is gzip-compressed (:func:`asr.data.dataset.check_cut_manifest`).
 
     Raises:
         FileNotFoundError: naming the config field and the missing path (``asr train`` exits
             with 2).
-        ValueError: naming the field and a Shar directory whose shards do not match.
+        ValueError: naming the field and a manifest that lhotse cannot read, or a Shar
+            directory whose shards do not match.
     """
     data = cfg.data
     if data.train_shar_dirs:
@@ -179,16 +181,21 @@ def check_data_inputs(cfg: ExperimentConfig) -> None:
             except ValueError as err:
                 raise ValueError(f"data.train_shar_dirs: {err}") from None
     else:
-        _check_manifests_exist(data.manifest_dir, data.train_cuts, "data.train_cuts")
-    _check_manifests_exist(data.manifest_dir, data.dev_cuts, "data.dev_cuts")
+        _check_manifests(data.manifest_dir, data.train_cuts, "data.train_cuts")
+    _check_manifests(data.manifest_dir, data.dev_cuts, "data.dev_cuts")
 
 
-def _check_manifests_exist(manifest_dir: Path, names: Sequence[str], field: str) -> None:
+def _check_manifests(manifest_dir: Path, names: Sequence[str], field: str) -> None:
     """FileNotFoundError naming ``field`` and the first manifest of ``names`` (in
-    ``manifest_dir``) that is no file."""
+    ``manifest_dir``) that is no file; ValueError naming it and the first that
+    :func:`asr.data.dataset.check_cut_manifest` refuses."""
     for path in (Path(manifest_dir) / name for name in names):
         if not path.is_file():
             raise FileNotFoundError(f"{field}: cut manifest {path} does not exist")
+        try:
+            check_cut_manifest(path)
+        except ValueError as err:
+            raise ValueError(f"{field}: {err}") from None
 
 
 def check_dev_cuts(cfg: ExperimentConfig) -> None:

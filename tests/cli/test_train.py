@@ -192,19 +192,30 @@ MISSING_INPUTS = {
     "Shar directory": lambda corpus, tmp: (
         f"data.train_shar_dirs=[{tmp / 'none'}]",
         f"data.train_shar_dirs: Shar directory {tmp / 'none'} does not exist"),
+    "misnamed gzip dev manifest": lambda corpus, tmp: (  # lhotse reads it as text, by the name
+        f"data.dev_cuts=[{_dev_copy(corpus, tmp / 'dev.jsonl')}]",
+        f"data.dev_cuts: cut manifest {tmp / 'dev.jsonl'} is gzip-compressed but its name does "
+        "not end in .gz"),
 }
+
+
+def _dev_copy(corpus, path):
+    """The tiny corpus' dev manifest (gzip) copied to ``path``."""
+    path.write_bytes((corpus / "fbank" / "librispeech_cuts_dev-clean-2.jsonl.gz").read_bytes())
+    return path
 
 
 @pytest.mark.parametrize("case", MISSING_INPUTS)
 def test_a_missing_input_of_the_config_is_refused_naming_its_field(case, tmp_path, tiny_corpus,
                                                                    caplog):
-    """A missing dev or training manifest exited with 1 once the model was built, as a failed
-    run does: exit 2 naming the field and the path, before anything is written. ``--check-only``
-    reads no data (the recipes check before their data stages), so it still passes."""
+    """A missing dev or training manifest (or one lhotse cannot read) exited with 1 once the
+    model was built, as a failed run does: exit 2 naming the field and the path, before
+    anything is written. ``--check-only`` reads no data (the recipes check before their data
+    stages), so it still passes."""
     override, message = MISSING_INPUTS[case](tiny_corpus, tmp_path)
     assert train_tiny(tmp_path, tiny_corpus, "missing", override) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert errors == [f"asr train: {message}"]
+    assert len(errors) == 1 and errors[0].startswith(f"asr train: {message}"), errors
     assert not (tmp_path / "missing").exists()
     config = tmp_path / "missing.yaml"
     assert main(["train", "--config", str(config), "--exp-dir", str(tmp_path / "missing"),
