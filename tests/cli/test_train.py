@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -220,3 +221,16 @@ def test_a_missing_input_of_the_config_is_refused_naming_its_field(case, tmp_pat
     config = tmp_path / "missing.yaml"
     assert main(["train", "--config", str(config), "--exp-dir", str(tmp_path / "missing"),
                  "--set", override, "--check-only"]) == 0
+
+
+def test_a_quoted_number_in_a_recipe_is_refused_and_a_set_number_taken(tmp_path, caplog):
+    """A recipe's ``lr: "3e-3"`` is a string: exit 2 naming the key (it was taken as the number);
+    ``--set optim.lr=0.5``, text on the command line, is read as YAML and so a number."""
+    recipe = Path("recipes/mini_tts/conformer_transducer.yaml").resolve()
+    config = tmp_path / "quoted.yaml"
+    config.write_text(f'_base_: {recipe}\noptim:\n  lr: "3e-3"\n', encoding="utf-8")
+    base = ["train", "--config", str(config), "--exp-dir", str(tmp_path / "exp"), "--check-only"]
+    assert main(base) == 2
+    assert "optim.lr: expected a number, got '3e-3' (a string: write the number without " \
+           "quotes)" in caplog.text
+    assert main([*base, "--set", "optim.lr=0.5"]) == 0
