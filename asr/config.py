@@ -23,9 +23,9 @@ anything it does not understand:
 
 Supported field types: ``bool``, ``int`` (a whole number written as a float accepted:
 ``1e3``, ``2.0``; never ``1.5``, NaN, infinity, a boolean or a string), ``float`` (ints
-accepted; never a boolean or a string), ``str``, ``pathlib.Path``, ``Literal[...]``, ``X | None``, ``list[X]``, ``tuple[X, ...]``, ``dict[str, X]`` and nested
-dataclasses (a missing nested section takes its defaults; ``null`` is allowed only for optional
-ones).
+accepted; never a boolean or a string), ``str``, ``pathlib.Path``, ``Literal[...]``,
+``X | None``, ``list[X]``, ``tuple[X, ...]``, ``dict[str, X]`` and nested dataclasses (a missing
+nested section takes its defaults; ``null`` is allowed only for optional ones).
 
 Example:
     >>> cfg = load_config(ExperimentConfig, "recipes/mini_tts/conformer_transducer.yaml",

@@ -19,9 +19,10 @@ The configuration is checked before anything is read or written (exit 2 naming t
 fits): the recipe scripts check a recipe, their ``--train-args`` and their decoding options that
 way before their first stage.
 
-A config error, a dev manifest (``data.dev_cuts``) that names a cut id twice, or a missing
-training or dev manifest (or Shar directory) exits with 2 naming the config field, before anything
-is written (``--check-only`` reads no data: the manifests are not checked then). Training manifests may repeat cuts (oversampling, e.g. a
+A config error, a dev manifest (``data.dev_cuts``) that names a cut id twice, or a missing or
+unreadable training or dev manifest (or Shar directory) exits with 2 naming the config field,
+before anything is written (``--check-only`` stops before the manifests are checked: the recipes
+run it before their data stages). Training manifests may repeat cuts (oversampling, e.g. a
 manifest listed twice in ``data.train_cuts``): each repeat is trained as ``<id>_repeat<k>``, with
 its own augmentation draws (:mod:`asr.data.cut_ids`).
 """

@@ -568,3 +568,15 @@ def test_a_manifest_whose_name_belies_its_compression_is_refused_naming_it(prepa
     with pytest.raises(ValueError, match=rf"cut manifest {plain} is not gzip-compressed but its "
                                          r"name ends in \.gz"):
         load_cuts(tmp_path, [plain.name])
+
+
+def test_a_corrupt_gzip_manifest_is_an_error_naming_it(prepared: dict, tmp_path) -> None:
+    """Corrupt compressed data (not cut short) raised a bare ``zlib.error`` naming no file from
+    the manifest reader; the ARPA reader named its file for the same error."""
+    from asr.data.cut_ids import manifest_ids
+
+    data = prepared["fbank"]["train-clean-5"].read_bytes()
+    path = tmp_path / "corrupt.jsonl.gz"
+    path.write_bytes(data[:10] + bytes(b ^ 0x55 for b in data[10:-8]) + data[-8:])
+    with pytest.raises(ValueError, match=rf"cut manifest {path} cannot be read: "):
+        list(manifest_ids(path))
