@@ -9,6 +9,9 @@ anything it does not understand:
 * a value of the wrong type is an error naming the path, the expected type and the value;
 * ``--set a.b=c`` values are parsed as YAML scalars (``3``, ``0.5``, ``true``, ``[1, 2]``, ``null``)
   and then checked against the field type, so ``--set optim.lr=1e-3`` becomes a float;
+* a number is what YAML reads as one, with YAML 1.2's exponents (``1e-3``, ``1.0e3``: strings to
+  PyYAML's YAML 1.1); a quoted number (``lr: "0.5"``, ``--set 'lr="0.5"'``) is a string, refused
+  for a number field as a boolean is;
 * a mapping may name YAML files it extends with ``_base_: FILE`` (or a list of files), relative
   to the file that names them: the bases are merged in order, then the mapping's own keys
   (mappings merge key by key, anything else replaces). Recipes thus name a preset instead of
@@ -19,10 +22,10 @@ anything it does not understand:
         chunk_size: 16                      # this recipe's own value
 
 Supported field types: ``bool``, ``int`` (a whole number written as a float accepted:
-``1e3``, ``2.0``; never ``1.5``, NaN, infinity or a boolean), ``float`` (ints accepted), ``str``, ``pathlib.Path``,
-``Literal[...]``, ``X | None``, ``list[X]``, ``tuple[X, ...]``, ``dict[str, X]`` and nested
-dataclasses (a missing nested section takes its defaults; ``null`` is allowed only for optional
-ones).
+``1e3``, ``2.0``; never ``1.5``, NaN, infinity, a boolean or a string), ``float`` (ints
+accepted; never a boolean or a string), ``str``, ``pathlib.Path``, ``Literal[...]``,
+``X | None``, ``list[X]``, ``tuple[X, ...]``, ``dict[str, X]`` and nested dataclasses (a missing
+nested section takes its defaults; ``null`` is allowed only for optional ones).
 
 Example:
     >>> cfg = load_config(ExperimentConfig, "recipes/mini_tts/conformer_transducer.yaml",
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -87,6 +91,15 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# YAML 1.2's floats with an exponent that YAML 1.1 (PyYAML) reads as strings: no dot (1e3,
+# 1e-3) or an unsigned exponent (1.0e3); YAML 1.1's own forms stay as they are.
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
 def _load_yaml(text: str) -> Any:
     """The data of YAML ``text`` (safe types only; a mapping may not name a key twice)."""
     return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
@@ -102,15 +115,16 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
-def _float_of_string(value: Any) -> float | None:
-    """The number a string holds, else None: YAML 1.1 reads ``1e3`` and ``1e-3`` (no dot) as
-    strings, which a number field takes as the numbers they are."""
-    if not isinstance(value, str):
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        return None
+def _not_a_number(value: Any, expected: str, path: str) -> ConfigError:
+    """The error for ``value`` in a number field; a string that spells a number was quoted."""
+    hint = ""
+    if isinstance(value, str):
+        try:
+            float(value)
+            hint = " (a string: write the number without quotes)"
+        except ValueError:
+            pass
+    return ConfigError(f"{_where(path)}: expected {expected}, got {value!r}{hint}")
 
 
 def _convert(value: Any, tp: Any, path: str) -> Any:
@@ -168,17 +182,13 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        number = value if isinstance(value, float) else _float_of_string(value)
-        if number is not None and number.is_integer():  # 2.0, 1e3; not 1.5, nan, inf
-            return int(number)
-        raise ConfigError(f"{_where(path)}: expected an integer, got {value!r}")
+        if isinstance(value, float) and value.is_integer():  # 2.0, 1e3; not 1.5, nan, inf
+            return int(value)
+        raise _not_a_number(value, "an integer", path)
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        number = _float_of_string(value)
-        if number is not None:
-            return number
-        raise ConfigError(f"{_where(path)}: expected a number, got {value!r}")
+        raise _not_a_number(value, "a number", path)
     if tp is str:
         if isinstance(value, str):
             return value

@@ -1,5 +1,11 @@
-"""Atomic file writing: the one way the package replaces a file; and reading a text file as
-UTF-8 with an error that names the file and line (:func:`read_text`).
+"""Atomic file writing: the one way the package replaces a file; reading a text file as UTF-8
+with an error that names the file and line (:func:`read_text`); and the one rule for reading a
+file that may be gzip-compressed (an ARPA LM, a cut manifest): gzip is told by its first bytes,
+:data:`GZIP_MAGIC`, whatever the file's name (:func:`open_maybe_gzip`). Where a file is read by
+a library that goes by the name instead (lhotse opens ``*.gz`` with gzip and anything else as
+plain text), :func:`check_gzip_name` refuses a name that says otherwise than the bytes, naming
+the file, before the library's own error would (a bare decoding error naming no file). Writing
+chooses by the output's name: gzip for a name ending in ``.gz``.
 
 A file is written to a temporary in the same directory, named ``.<name>.tmp-<pid>`` (the pid of
 the writing process, so that :data:`TEMPORARY_PATTERN` and
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import gzip
 import json
 import logging
 import os
@@ -43,17 +50,21 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Literal
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "GZIP_MAGIC",
     "TEMPORARY_PATTERN",
     "OutputBusyError",
     "OutputUnwritableError",
+    "check_gzip_name",
     "check_writable_dir",
     "check_writable_file",
     "current_umask",
+    "is_gzip",
+    "open_maybe_gzip",
     "output_lock",
     "output_locks",
     "publish_directory",
@@ -69,6 +80,9 @@ __all__ = [
 #: The name of a temporary of :func:`write_atomic`; group 1 is the writer's pid. A temporary may
 #: end in the target's extensions (``suffix``) for savers that choose the format by them.
 TEMPORARY_PATTERN = re.compile(r"^\..+\.tmp-(\d+)((?:\.[A-Za-z0-9]+)*)$")
+
+#: The first bytes of a gzip stream (RFC 1952): what tells a compressed file when reading.
+GZIP_MAGIC = b"\x1f\x8b"
 
 _FILE_MODE = 0o666  # what open() asks for; the umask takes its bits away
 
@@ -205,6 +219,57 @@ def read_text(path: str | Path) -> str:
             f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x} at column {column}); "
             "convert it to UTF-8, e.g. iconv -f latin1 -t utf-8"
         ) from None
+
+
+def is_gzip(path: str | Path) -> bool:
+    """Whether the file ``path`` is gzip-compressed, told by its first bytes (:data:`GZIP_MAGIC`).
+
+    Raises:
+        OSError: when it cannot be read.
+    """
+    with open(path, "rb") as f:
+        return f.read(len(GZIP_MAGIC)) == GZIP_MAGIC
+
+
+def open_maybe_gzip(path: str | Path, mode: Literal["rb", "rt"] = "rb",
+                    encoding: str | None = None) -> IO:
+    """``path`` opened for reading, decompressed when it is gzip (:func:`is_gzip`: by its first
+    bytes, not by its name), in ``mode`` (``"rt"``: text in ``encoding``). The caller closes it.
+
+    Raises:
+        OSError: when it cannot be opened; reading a compressed one raises what :mod:`gzip`
+            raises (``gzip.BadGzipFile``, ``EOFError``, ``zlib.error``) on corrupt or cut-short
+            data.
+    """
+    if mode not in ("rb", "rt"):
+        raise ValueError(f"open_maybe_gzip reads ('rb' or 'rt'), got mode {mode!r}")
+    if is_gzip(path):
+        return gzip.open(path, mode, encoding=encoding)
+    return open(path, mode, encoding=encoding)  # noqa: SIM115 (the caller closes it)
+
+
+def check_gzip_name(path: str | Path, what: str) -> None:
+    """Checks that the name of the file ``path`` says what its bytes are, for a reader that goes
+    by the name (lhotse: gzip for ``*.gz``, plain text otherwise).
+
+    Args:
+        path: an existing file.
+        what: what the file is, for the message (e.g. ``"cut manifest"``).
+
+    Raises:
+        ValueError: naming ``what`` and ``path``, whether it is compressed, and the fix.
+        OSError: when it cannot be read.
+    """
+    path = Path(path)
+    compressed, named = is_gzip(path), path.name.endswith(".gz")
+    if compressed and not named:
+        raise ValueError(f"{what} {path} is gzip-compressed but its name does not end in .gz, "
+                         f"and lhotse, which reads it, goes by the name: rename it "
+                         f"{path.name}.gz")
+    if named and not compressed:
+        raise ValueError(f"{what} {path} is not gzip-compressed but its name ends in .gz, and "
+                         "lhotse, which reads it, goes by the name: compress it (gzip) or drop "
+                         "the .gz from its name")
 
 
 def read_json_object(path: str | Path) -> dict[str, Any]:

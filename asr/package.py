@@ -53,7 +53,12 @@ from typing import Any
 import torch
 
 from asr.checkpoints.io import CheckpointError, load_weights, save_weights
-from asr.checkpoints.selection import WeightSelection, select_weights
+from asr.checkpoints.selection import (
+    PlannedWeights,
+    WeightSelection,
+    plan_weights,
+    read_weights,
+)
 from asr.config import ConfigError, load_config, save_config
 from asr.constants import METADATA_FILE
 from asr.decoding.config import override_search
@@ -466,7 +471,10 @@ def export_package(
     search: Mapping[str, Any] | Iterable[str] | None = None,
 ) -> PackageMetadata:
     """Writes a model package from an experiment, holding the lock of ``out_dir``
-    (:func:`locked_output_dir`) from its check under the lock to its last write.
+    (:func:`locked_output_dir`) from its check under the lock to its last write. The weights
+    are planned before the lock, from the directory listing (as ``asr average`` plans them): a
+    missing checkpoint is a mistake in the command that no wait mends, so it is reported before
+    an output another run is writing, and makes nothing; they are read under the lock.
 
     Args:
         exp_dir: experiment directory written by ``asr train``.
@@ -493,16 +501,20 @@ def export_package(
             ``out_dir``.
     """
     exp_dir, out_dir = Path(exp_dir), Path(out_dir)
+    try:  # lists the files, reads none: before the lock
+        plan = plan_weights(exp_dir, selection or WeightSelection())
+    except (FileNotFoundError, ValueError) as err:
+        raise PackageError(f"{exp_dir}: {err}") from err
     with locked_output_dir(out_dir, overwrite, METADATA_FILE, [exp_dir], "--overwrite",
                            PackageError):
-        return _export_package(exp_dir, out_dir, selection, tokenizer_dir, wer, overwrite,
+        return _export_package(exp_dir, out_dir, plan, tokenizer_dir, wer, overwrite,
                                searcher, search)
 
 
 def _export_package(
     exp_dir: Path,
     out_dir: Path,
-    selection: WeightSelection | None,
+    plan: PlannedWeights,
     tokenizer_dir: str | Path | None,
     wer: Mapping[str, float] | None,
     overwrite: bool,
@@ -511,7 +523,7 @@ def _export_package(
 ) -> PackageMetadata:
     """The body of :func:`export_package`, run under the lock of ``out_dir``."""
     try:
-        weights = select_weights(exp_dir, selection or WeightSelection())
+        weights = read_weights(plan)
     except (FileNotFoundError, ValueError, CheckpointError) as err:
         raise PackageError(f"{exp_dir}: {err}") from err
     logger.info("weights %s from %s", weights.tag, ", ".join(p.name for p in weights.sources))

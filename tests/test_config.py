@@ -265,3 +265,25 @@ def test_the_documented_off_values_still_load():
         "heads.loss_weights.ctc=0",
     ])
     assert cfg.optim.grad_clip == 0 and cfg.heads.weights() == {"ctc": 0.0}
+
+
+def test_a_quoted_number_is_text_and_refused_for_a_number_field(tmp_path):
+    """``lr: "0.5"`` in a YAML (or ``--set 'lr="0.5"'``) is a string: it was taken as the number
+    it spells, as a bool or NaN is not; refused naming the key. A number written as YAML writes
+    numbers (``0.5``, ``1e-3``, ``1.0e3``, ``--set max_steps=7``) is taken."""
+    path = tmp_path / "exp.yaml"
+    for text, key in (('optim:\n  lr: "0.5"\n', "optim.lr"), ("max_steps: '7'\n", "max_steps"),
+                      ("optim:\n  betas: [0.9, '0.98']\n", r"optim.betas\[1\]"),
+                      ("ctc:\n  weight: !!str 1\n", "ctc.weight")):
+        path.write_text("name: demo\n" + text)
+        with pytest.raises(ConfigError, match=rf"{key}: expected an? (number|integer), got "
+                                              r"'[0-9.]+' \(a string: write the number "
+                                              r"without quotes\)"):
+            load_config(Experiment, path)
+    with pytest.raises(ConfigError, match=r"optim.lr: expected a number, got '0.5'"):
+        load_config(Experiment, None, ['name=x', 'optim.lr="0.5"'])
+    path.write_text("name: demo\noptim:\n  lr: 1e-3\n  betas: [1.0e-1, 5E-1]\nmax_steps: 1e3\n")
+    cfg = load_config(Experiment, path, overrides=["optim.lr=0.5", "ctc.weight=2e-1"])
+    assert (cfg.optim.lr, cfg.optim.betas, cfg.max_steps) == (0.5, (0.1, 0.5), 1000)
+    assert cfg.ctc == CTCSection(weight=0.2) and type(cfg.ctc.weight) is float
+    assert load_config(Experiment, path, overrides=["optim.lr=1.0e3"]).optim.lr == 1000.0

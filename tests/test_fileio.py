@@ -277,3 +277,30 @@ def test_a_corrupt_synthesis_manifest_is_an_error_naming_it(tmp_path):
     (tmp_path / MANIFEST_NAME).write_text("[]", encoding="utf-8")
     with pytest.raises(ValueError, match=f"{MANIFEST_NAME}: expected a JSON object"):
         load_manifest(tmp_path)
+
+
+def test_reading_tells_gzip_by_its_first_bytes_whatever_the_name(tmp_path):
+    """One rule for every file the package reads that may be compressed (an ARPA LM, a cut
+    manifest): the bytes decide, not the name; a reader that goes by the name (lhotse) is
+    guarded by a check naming the file."""
+    import gzip
+
+    from asr.fileio import check_gzip_name, is_gzip, open_maybe_gzip
+
+    files = {"gz.txt": gzip.compress(b"text\n"), "plain.txt.gz": b"text\n",
+             "gz.txt.gz": gzip.compress(b"text\n"), "plain.txt": b"text\n"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        with open_maybe_gzip(tmp_path / name) as f:
+            assert f.read() == b"text\n", name
+        with open_maybe_gzip(tmp_path / name, "rt", encoding="utf-8") as f:
+            assert f.read() == "text\n", name
+        assert is_gzip(tmp_path / name) == (name.startswith("gz"))
+    check_gzip_name(tmp_path / "gz.txt.gz", "list")
+    check_gzip_name(tmp_path / "plain.txt", "list")
+    with pytest.raises(ValueError, match=rf"list {tmp_path / 'gz.txt'} is gzip-compressed but "
+                                         r"its name does not end in .gz.*rename it gz.txt.gz"):
+        check_gzip_name(tmp_path / "gz.txt", "list")
+    with pytest.raises(ValueError, match=rf"list {tmp_path / 'plain.txt.gz'} is not "
+                                         "gzip-compressed but its name ends in .gz"):
+        check_gzip_name(tmp_path / "plain.txt.gz", "list")

@@ -16,7 +16,9 @@ The package decodes by default as the recipe tuned it: ``--searcher beam`` (or a
 
 A bad option or input (missing or corrupt checkpoints, config, tokenizer or LM, a searcher or
 search option the model cannot use, an output in the way or being written by another run)
-exits with 2; a failure while writing, with 1.
+exits with 2; a failure while writing, with 1. The checkpoints a selection names are found
+before the output's lock is taken, as in ``asr average``: a missing one is reported even while
+another run writes the output, and leaves nothing behind.
 """
 
 from __future__ import annotations

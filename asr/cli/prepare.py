@@ -69,7 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="cut manifests; one listed twice is oversampled (its cuts are written "
                          "twice, and training names each repeat <id>_repeat<k>, with its own "
                          "augmentation)")
-    sh.add_argument("--output", type=Path, required=True, help="the shuffled manifest to write")
+    sh.add_argument("--output", type=Path, required=True,
+                    help="the shuffled manifest to write (gzip-compressed when it ends in .gz)")
     sh.add_argument("--seed", type=int, default=42, help="shuffle seed (default: 42)")
     sh.set_defaults(_prepare=_run_shuffle)
 

@@ -19,8 +19,10 @@ The configuration is checked before anything is read or written (exit 2 naming t
 fits): the recipe scripts check a recipe, their ``--train-args`` and their decoding options that
 way before their first stage.
 
-A config error, or a dev manifest (``data.dev_cuts``) that names a cut id twice, exits with 2
-before anything is written. Training manifests may repeat cuts (oversampling, e.g. a
+A config error, a dev manifest (``data.dev_cuts``) that names a cut id twice, or a missing or
+unreadable training or dev manifest (or Shar directory) exits with 2 naming the config field,
+before anything is written (``--check-only`` stops before the manifests are checked: the recipes
+run it before their data stages). Training manifests may repeat cuts (oversampling, e.g. a
 manifest listed twice in ``data.train_cuts``): each repeat is trained as ``<id>_repeat<k>``, with
 its own augmentation draws (:mod:`asr.data.cut_ids`).
 """
@@ -40,7 +42,12 @@ from asr.config import ConfigError, load_config, save_config, to_dict
 from asr.decoding.registry import select_searchers
 from asr.experiment import CONFIG_FILE, ExperimentConfig
 from asr.fileio import write_bytes_atomic
-from asr.run.train import check_dev_cuts, check_training_config, train_experiment
+from asr.run.train import (
+    check_data_inputs,
+    check_dev_cuts,
+    check_training_config,
+    train_experiment,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +122,11 @@ def run(args: argparse.Namespace) -> int:
     if args.check_only:
         logger.info("asr train: %s fits (--check-only: nothing trained)", args.config)
         return 0
+    try:
+        check_data_inputs(cfg)  # the data stages come after a recipe's --check-only
+    except (FileNotFoundError, ValueError) as err:
+        logger.error("asr train: %s", err)
+        return 2
     main = int(os.environ.get("RANK", "0")) == 0
     config_path = args.exp_dir / CONFIG_FILE
     previous = config_path.read_bytes() if main and config_path.is_file() else None

@@ -13,10 +13,12 @@ speed factor, noise, frequency warp, SpecAugment, dither), so copies under one i
 augmented identically in every epoch and add weight without variety. Training therefore renames
 them as lhotse's ``CutSet.repeat`` does: the k-th repeat (k >= 1, in the order the cuts stream)
 of an id becomes ``<id>_repeat<k>`` (:meth:`Repeats.rename`), and draws on its own; the first
-keeps its id. Finding the repeats reads the manifests' ids once and keeps a 64-bit hash per cut
+keeps its id. A suffix that the id of a real cut of the set already has is skipped (a real
+``a_repeat1`` beside a repeated ``a``: its repeat becomes ``a_repeat2``), so no two cuts share
+an id. Finding the repeats reads the manifests' ids once and keeps a 64-bit hash per cut
 (8 bytes: ~7 MB for LibriSpeech 960 h with its speed-perturbed copies, 840k cuts), so a streamed
 training set (Lhotse Shar) stays streamed; two different ids with one hash (odds ~1e-8 at that
-size) only rename one of them.
+size) only rename one of them, or skip one more suffix.
 
 Example:
     >>> dev = load_eval_cuts("data/fbank", ["librispeech_cuts_dev-clean.jsonl.gz"])
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -46,6 +49,9 @@ __all__ = ["REPEAT_SUFFIX", "DuplicateIdError", "Repeats", "check_unique_ids", "
 
 #: What joins an id and its repeat number in the name of a repeated training cut (lhotse's).
 REPEAT_SUFFIX = "_repeat"
+
+#: A real cut id that has the form of a renamed repeat (``<id>_repeat<k>``).
+_REPEAT_NAME = re.compile(re.escape(REPEAT_SUFFIX) + r"[0-9]+\Z")
 
 
 class DuplicateIdError(ValueError):
@@ -129,17 +135,27 @@ class Repeats:
     Attributes:
         keys: (N,) uint64, sorted: the hashes of the ids that repeat.
         copies: how many cuts repeat an id seen before (``0``: none).
+        taken: (M,) uint64, sorted: the hashes of the set's ids that have the form of a
+            renamed repeat, ``<id>_repeat<k>``: names a repeat must not take.
     """
 
     keys: np.ndarray
     copies: int
+    taken: np.ndarray
 
     @classmethod
     def of_ids(cls, ids: Iterable[str]) -> Repeats:
         """The repeats among ``ids`` (read once; 8 bytes kept per id)."""
-        keys = array("Q", map(_id_key, ids))
+        keys = array("Q")
+        taken = array("Q")
+        for cut_id in ids:
+            key = _id_key(cut_id)
+            keys.append(key)
+            if _REPEAT_NAME.search(cut_id):
+                taken.append(key)
         unique, counts = np.unique(np.frombuffer(keys, dtype=np.uint64), return_counts=True)
-        return cls(unique[counts > 1], len(keys) - len(unique))
+        return cls(unique[counts > 1], len(keys) - len(unique),
+                   np.unique(np.frombuffer(taken, dtype=np.uint64)))
 
     @classmethod
     def of_manifests(cls, paths: Sequence[str | Path]) -> Repeats:
@@ -163,28 +179,40 @@ class Repeats:
 
     def rename(self, cuts):
         """``cuts`` (a lhotse CutSet) with the k-th repeat of each repeated id renamed
-        ``<id>_repeat<k>`` (k from 1, in iteration order): an eager CutSet for an eager one, a
-        lazy one, renamed as it streams, for a lazy one; ``cuts`` itself without repeats."""
+        ``<id>_repeat<k>`` (k from 1, in iteration order; a ``k`` whose name is the id of a real
+        cut, one of :attr:`taken`, is skipped): an eager CutSet for an eager one, a lazy one,
+        renamed as it streams, for a lazy one; ``cuts`` itself without repeats."""
         from lhotse import CutSet
 
         if not self.copies:
             return cuts
         if cuts.is_lazy:
-            return CutSet(_RenamedRepeats(cuts, self.keys))
-        return CutSet(list(_renamed(cuts, self.keys)))
+            return CutSet(_RenamedRepeats(cuts, self))
+        return CutSet(list(_renamed(cuts, self)))
 
 
-def _renamed(cuts: Iterable, keys: np.ndarray) -> Iterator:
-    """The cuts with the k-th repeat (k >= 1) of each id whose hash is in ``keys`` renamed."""
-    seen = np.zeros(len(keys), dtype=np.int64)
+def _contains(keys: np.ndarray, key: np.uint64) -> tuple[bool, int]:
+    """(whether the sorted ``keys`` hold ``key``, its index there if so)."""
+    index = int(keys.searchsorted(key))
+    return index < len(keys) and keys[index] == key, index
+
+
+def _renamed(cuts: Iterable, repeats: Repeats) -> Iterator:
+    """The cuts with each repeat (after the first) of an id in ``repeats.keys`` renamed
+    ``<id>_repeat<k>``, k the next suffix of that id (from 1) whose name is not taken."""
+    next_suffix = np.ones(len(repeats.keys), dtype=np.int64)
+    met = np.zeros(len(repeats.keys), dtype=bool)
     for cut in cuts:
-        key = np.uint64(_id_key(cut.id))
-        index = int(keys.searchsorted(key))
-        if index < len(keys) and keys[index] == key:
-            repeat = int(seen[index])
-            seen[index] += 1
-            if repeat:
-                cut = cut.with_id(f"{cut.id}{REPEAT_SUFFIX}{repeat}")
+        repeated, index = _contains(repeats.keys, np.uint64(_id_key(cut.id)))
+        if repeated:
+            if met[index]:
+                suffix = int(next_suffix[index])
+                while _contains(repeats.taken,
+                                np.uint64(_id_key(f"{cut.id}{REPEAT_SUFFIX}{suffix}")))[0]:
+                    suffix += 1
+                next_suffix[index] = suffix + 1
+                cut = cut.with_id(f"{cut.id}{REPEAT_SUFFIX}{suffix}")
+            met[index] = True
         yield cut
 
 
@@ -192,9 +220,9 @@ class _RenamedRepeats:
     """A lazy lhotse source: ``cuts`` with their repeats renamed, counted anew on each
     iteration (so every pass over one epoch's stream names the same cuts alike)."""
 
-    def __init__(self, cuts, keys: np.ndarray) -> None:
+    def __init__(self, cuts, repeats: Repeats) -> None:
         self.cuts = cuts
-        self.keys = keys
+        self.repeats = repeats
 
     def __iter__(self) -> Iterator:
-        return _renamed(self.cuts, self.keys)
+        return _renamed(self.cuts, self.repeats)

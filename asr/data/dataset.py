@@ -30,9 +30,9 @@ Example:
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -59,6 +59,7 @@ from asr.data.filtering import (
 )
 from asr.data.sampler import lazy_view, make_sampler, resolve_rank_world_size
 from asr.features.fbank import make_lhotse_fbank
+from asr.fileio import check_gzip_name, open_maybe_gzip
 from asr.types import TOKEN_PAD_ID, Batch
 
 logger = logging.getLogger(__name__)
@@ -174,6 +175,7 @@ class AsrDataset(torch.utils.data.Dataset):
         if train and cfg.noise.cuts_path is not None:
             from lhotse import CutSet
 
+            check_gzip_name(cfg.noise.cuts_path, "data.noise.cuts_path: cut manifest")
             noise = CutSet.from_file(cfg.noise.cuts_path).to_eager()
             if len(noise) == 0:
                 raise ValueError(f"data.noise.cuts_path {cfg.noise.cuts_path} holds no cuts")
@@ -294,20 +296,27 @@ class AsrDataset(torch.utils.data.Dataset):
 
 
 def check_cut_manifest(path: Path) -> None:
-    """Raises ValueError naming ``path`` unless its first line is a JSON cut (an empty manifest
-    passes): read lazily, a text file or a corrupt gzip failed later with a bare JSON or gzip
-    error that named no file. Reads only up to that line (:func:`cut_manifest_lines`)."""
+    """Checks the cut manifest ``path`` before lhotse opens it: its first line is a JSON cut (an
+    empty manifest passes), and its name ends in ``.gz`` if and only if it is gzip-compressed
+    (:func:`asr.fileio.check_gzip_name`: lhotse goes by the name). Read lazily by lhotse, a text
+    file, a corrupt gzip or a misnamed one failed later with a bare JSON, gzip or UTF-8 error
+    that named no file. Reads only up to that line (:func:`cut_manifest_lines`).
+
+    Raises:
+        ValueError: naming ``path`` and what is wrong.
+    """
     lines = cut_manifest_lines(path)
     try:
         next(lines, None)
     finally:
         lines.close()
+    check_gzip_name(path, "cut manifest")
 
 
 def cut_manifest_lines(path: Path) -> Iterator[bytes]:
-    """The non-empty lines of the cut manifest ``path`` (gzip-compressed when its name ends in
-    ``.gz``, else plain), each ending in a newline, read in one pass; the first is checked to be
-    a JSON cut before it is given.
+    """The non-empty lines of the cut manifest ``path`` (decompressed when it is gzip, told by
+    its first bytes: :func:`asr.fileio.open_maybe_gzip`), each ending in a newline, read in one
+    pass; the first is checked to be a JSON cut before it is given.
 
     Raises:
         ValueError: naming ``path`` when it cannot be read (a broken or cut-short gzip, a first
@@ -322,7 +331,7 @@ def numbered_cut_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     counted), for messages that point at a line."""
     checked = False
     try:
-        with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as f:
+        with open_maybe_gzip(path) as f:
             for line_no, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
@@ -330,7 +339,7 @@ def numbered_cut_lines(path: Path) -> Iterator[tuple[int, bytes]]:
                     _check_first_cut(path, line)
                     checked = True
                 yield line_no, line if line.endswith(b"\n") else line + b"\n"
-    except (OSError, EOFError) as err:
+    except (OSError, EOFError, zlib.error) as err:
         raise ValueError(f"cut manifest {path} cannot be read: {err}") from None
 
 

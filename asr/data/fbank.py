@@ -29,7 +29,7 @@ from pathlib import Path
 
 from asr.checkpoints.io import remove_stale_temporaries
 from asr.data.dataset import DataError, check_cut_manifest
-from asr.data.filtering import check_cut_audio, cut_files, unreadable_field
+from asr.data.filtering import check_cut_audio, cut_files, unreadable_cut_error
 from asr.data.librispeech import PREFIX, cuts_path
 from asr.features.fbank import FbankConfig, make_lhotse_fbank
 from asr.fileio import output_locks, publish_directory, staging_directory, write_atomic
@@ -79,9 +79,10 @@ def compute_fbank_for_cuts(
     Raises:
         ValueError: naming a cut whose audio is not at ``cfg.sample_rate``, or has several
             channels (:func:`asr.data.filtering.check_cut_audio`).
-        DataError: naming the first cut whose audio cannot be read, and its files (lhotse
-            leaves such cuts out with a warning: the manifest would lose them silently); the
-            archive of the other cuts' features is removed then.
+        DataError: naming the first cut whose audio cannot be read, and its files, in the
+            words of :func:`asr.data.filtering.unreadable_cut_error` (lhotse leaves such cuts
+            out with a warning: the manifest would lose them silently); the archive of the
+            other cuts' features is removed then.
     """
     from lhotse import LilcomChunkyWriter
 
@@ -103,11 +104,10 @@ def compute_fbank_for_cuts(
             shutil.rmtree(storage, ignore_errors=True)
         else:
             storage.unlink(missing_ok=True)
-        problem = unreadable_field(lost[0], ["recording"])
+        first = (unreadable_cut_error(lost[0], ["recording"])
+                 or f"lhotse left out cut {lost[0].id!r} ({cut_files(lost[0])})")
         raise DataError(f"cannot compute the features of {len(lost)} of {len(cuts)} cuts; the "
-                        f"first, {lost[0].id!r} ({cut_files(lost[0])}): "
-                        f"{problem[1] if problem else 'lhotse left it out'}"
-                        " (the features computed for the others were removed)")
+                        f"first: {first} (the features computed for the others were removed)")
     return with_feats
 
 

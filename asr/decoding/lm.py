@@ -14,8 +14,9 @@ natural logs here. The words of the ARPA file are token ids written as integers 
 the ids a tokenizer produces), or symbols mapped to ids with ``symbol_to_id``, or words numbered
 in the order of the unigram section (:meth:`NgramLM.from_word_arpa`, a word LM); one checked
 reader serves all three, and reads a gzip-compressed file (``lm.arpa.gz``, told by its first
-bytes, whatever its name) as KenLM and icefall do. ``<s>``, ``</s>`` and ``<unk>`` are the usual specials (a token
-missing from the unigrams takes ``<unk>``'s probability, or ``oov_log_prob`` without ``<unk>``).
+bytes, whatever its name: :func:`asr.fileio.open_maybe_gzip`) as KenLM and icefall do. ``<s>``,
+``</s>`` and ``<unk>`` are the usual specials (a token missing from the unigrams takes
+``<unk>``'s probability, or ``oov_log_prob`` without ``<unk>``).
 An n-gram whose history is not listed itself (SRILM's pruning leaves such files) is reached all
 the same: the history is a state with back-off weight 0, as KenLM completes it.
 
@@ -25,7 +26,6 @@ Shape legend: V vocabulary incl. blank (blank's entry is never used by a searche
 from __future__ import annotations
 
 import gzip
-import io
 import logging
 import math
 import zlib
@@ -36,6 +36,8 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from asr.fileio import open_maybe_gzip
+
 __all__ = ["LanguageModel", "NgramLM", "fusion_lm"]
 
 logger = logging.getLogger(__name__)
@@ -43,8 +45,6 @@ logger = logging.getLogger(__name__)
 LN10 = math.log(10.0)
 BOS, EOS, UNK = -1, -2, -3
 _SPECIALS = {"<s>": BOS, "</s>": EOS, "<unk>": UNK}
-#: The first bytes of a gzip stream (RFC 1952).
-GZIP_MAGIC = b"\x1f\x8b"
 
 
 @runtime_checkable
@@ -258,7 +258,8 @@ def _read_arpa(
     found: dict[int, int] = {}  # order -> entries read
     section: str | None = None  # None before \data\, then "data", "grams" or "end"
     order = number = 0
-    with _open_text(path) as f:
+    # a byte-order mark is dropped (utf-8-sig), being no text
+    with open_maybe_gzip(path, "rt", encoding="utf-8-sig") as f:
         try:
             for number, raw in enumerate(f, start=1):
                 line = raw.strip()
@@ -300,16 +301,6 @@ def _read_arpa(
         raise ValueError(f"{path}: \\data\\ declares the orders {sorted(declared)}; an N-gram "
                          f"file has every order from 1 to N")
     return probs, backoffs
-
-
-def _open_text(path: str | Path) -> io.TextIOBase:
-    """``path`` opened as UTF-8 text, decompressed when it is gzip (told by :data:`GZIP_MAGIC`,
-    not by its name); a byte-order mark is dropped (``utf-8-sig``), being no text."""
-    with open(path, "rb") as f:
-        compressed = f.read(len(GZIP_MAGIC)) == GZIP_MAGIC
-    if compressed:
-        return gzip.open(path, "rt", encoding="utf-8-sig")  # type: ignore[return-value]
-    return open(path, encoding="utf-8-sig")  # noqa: SIM115 (the caller closes it)
 
 
 def _declared_count(line: str) -> tuple[int, int]:

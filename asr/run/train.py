@@ -24,10 +24,10 @@ from lhotse import CutSet
 
 from asr.config import ConfigError, to_dict
 from asr.data.cut_ids import Repeats, check_unique_ids, load_eval_cuts
-from asr.data.dataset import load_cuts, make_dataloader, speed_factors
+from asr.data.dataset import check_cut_manifest, load_cuts, make_dataloader, speed_factors
 from asr.data.epochs import EpochBatches
 from asr.data.filtering import filter_cuts
-from asr.data.shar import SharCuts
+from asr.data.shar import SharCuts, shar_fields
 from asr.decoding import build_searcher
 from asr.decoding.registry import searcher_for
 from asr.experiment import ExperimentConfig, build_model
@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DevWer",
+    "check_data_inputs",
     "check_dev_cuts",
     "check_training_config",
     "seed_everything",
@@ -157,10 +158,51 @@ def _load_shar(cfg: ExperimentConfig, model: ASRModel, tokenizer: Tokenizer):
     return Repeats.of_manifests(shar.manifest_paths).rename(kept), shar
 
 
+def check_data_inputs(cfg: ExperimentConfig) -> None:
+    """Checks the data files the config names, before a run writes anything: the training
+    manifests (``data.train_cuts`` in ``data.manifest_dir``, or the Shar directories
+    ``data.train_shar_dirs`` with their cut manifests, :func:`asr.data.shar.shar_fields`) and
+    the dev manifests (``data.dev_cuts``) exist, and each manifest's first line is a cut and its
+    name says whether it is gzip-compressed (:func:`asr.data.dataset.check_cut_manifest`).
+
+    Raises:
+        FileNotFoundError: naming the config field and the missing path (``asr train`` exits
+            with 2).
+        ValueError: naming the field and a manifest that lhotse cannot read, or a Shar
+            directory whose shards do not match.
+    """
+    data = cfg.data
+    if data.train_shar_dirs:
+        for shar_dir in data.train_shar_dirs:
+            try:
+                shar_fields(shar_dir)
+            except FileNotFoundError as err:
+                raise FileNotFoundError(f"data.train_shar_dirs: {err}") from None
+            except ValueError as err:
+                raise ValueError(f"data.train_shar_dirs: {err}") from None
+    else:
+        _check_manifests(data.manifest_dir, data.train_cuts, "data.train_cuts")
+    _check_manifests(data.manifest_dir, data.dev_cuts, "data.dev_cuts")
+
+
+def _check_manifests(manifest_dir: Path, names: Sequence[str], field: str) -> None:
+    """FileNotFoundError naming ``field`` and the first manifest of ``names`` (in
+    ``manifest_dir``) that is no file; ValueError naming it and the first that
+    :func:`asr.data.dataset.check_cut_manifest` refuses."""
+    for path in (Path(manifest_dir) / name for name in names):
+        if not path.is_file():
+            raise FileNotFoundError(f"{field}: cut manifest {path} does not exist")
+        try:
+            check_cut_manifest(path)
+        except ValueError as err:
+            raise ValueError(f"{field}: {err}") from None
+
+
 def check_dev_cuts(cfg: ExperimentConfig) -> None:
     """Checks that the dev manifests (``data.dev_cuts``) name each cut once, before a run
     writes anything (:func:`asr.data.cut_ids.check_unique_ids`). A missing one is left to
-    :func:`train_experiment`, which names it as it does a missing training manifest.
+    :func:`check_data_inputs`, which ``asr train`` runs after ``--check-only`` (the recipes
+    check their config before their data stages).
 
     Raises:
         asr.data.cut_ids.DuplicateIdError: naming a repeated id, its file(s) and both lines.

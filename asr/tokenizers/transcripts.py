@@ -4,7 +4,8 @@ The format is chosen by the path (first matching rule):
 
 * a directory: every ``*.trans.txt`` below it, in sorted path order (a LibriSpeech tree);
 * ``*.jsonl.gz`` / ``*.jsonl``: a lhotse manifest of supervisions or cuts; the ``text`` of every
-  supervision, in manifest order;
+  supervision, in manifest order (gzip-compressed if and only if its name ends in ``.gz``, as
+  lhotse reads it: :func:`asr.fileio.check_gzip_name`);
 * ``*.trans.txt`` or a file named ``text``: ``utt_id TEXT`` lines (LibriSpeech / Kaldi); the
   first field is dropped;
 * anything else: plain text, one sentence per line.
@@ -20,7 +21,7 @@ import io
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from asr.fileio import read_text
+from asr.fileio import check_gzip_name, read_text
 from asr.tokenizers.base import normalize_whitespace
 
 
@@ -84,6 +85,7 @@ def _iter_kaldi(path: Path) -> Iterator[str]:
 def _iter_lhotse(path: Path) -> Iterator[str]:
     from lhotse import load_manifest_lazy
 
+    check_gzip_name(path, "lhotse manifest")  # lhotse tells gzip by the name
     for item in load_manifest_lazy(path):
         supervisions = getattr(item, "supervisions", None)
         if supervisions is None:

@@ -259,7 +259,7 @@ def test_a_file_that_is_no_cut_manifest_is_named(tmp_path):
     'Expecting value: line 1 column 1 (char 0)' or gzip error that named no file."""
     text, broken = tmp_path / "text.jsonl", tmp_path / "broken.jsonl.gz"
     text.write_text("HELLO WORLD\n")
-    broken.write_bytes(b"not gzip")
+    broken.write_bytes(b"\x1f\x8b\x08\x00 broken")  # gzip by its first bytes (as it is read)
     for manifest, message in ((text, f"{text} is not a lhotse cut manifest: its first line is "
                                      "'HELLO WORLD'"),
                               (broken, f"cut manifest {broken} cannot be read")):

@@ -181,7 +181,8 @@ PREPARE_CASES = {
         f"{tmp / 'text' / 'librispeech_cuts_p.jsonl.gz'} is not a lhotse cut manifest"),
     "missing audio": lambda tmp: (  # exit 0, a manifest without the cut
         [*_FBANK, _manifest_dir(tmp, "gone"), "--output-dir", tmp / "out"],
-        f"the first, 'c1' (audio {tmp / 'gone.flac'}): {tmp / 'gone.flac'} does not exist"),
+        f"the first: cannot read the recording of cut 'c1' (audio {tmp / 'gone.flac'}): "
+        f"{tmp / 'gone.flac'} does not exist"),
     "fbank output a file": lambda tmp: (  # FileExistsError, exit 1
         [*_FBANK, _manifest_dir(tmp, "gone"), "--output-dir", _a_file(tmp)],
         f"--output-dir {tmp / 'a_file'} is a file, not a directory"),

@@ -298,3 +298,27 @@ def test_average_reports_a_missing_checkpoint_before_a_busy_output(experiment, t
         assert main(["average", "--exp-dir", str(experiment), "--epoch", "9", "--output",
                      str(output)]) == 2
     assert "epoch-9.pt" in caplog.text and "being written by another process" not in caplog.text
+
+
+@pytest.mark.parametrize("selection", [["--epoch", "9"], ["--last", "5"], ["--checkpoint"]])
+def test_export_package_reports_a_missing_checkpoint_before_a_busy_output(
+        selection, experiment, tmp_path, caplog):
+    """As ``asr average``: the selection is planned from the directory listing before the
+    output's lock, so a missing checkpoint (a mistake no wait mends) is reported even while
+    another run writes the output; export-package took the lock first and reported the busy
+    output. Refused so, it makes nothing."""
+    if selection == ["--checkpoint"]:
+        selection = ["--checkpoint", str(tmp_path / "none.pt")]
+    output = tmp_path / "out" / "pkg"
+    args = ["export-package", "--exp-dir", str(experiment), *selection, "--output-dir",
+            str(output)]
+    missing = {"--epoch": "epoch-9.pt", "--last": "5 requested",
+               "--checkpoint": f"checkpoint {tmp_path / 'none.pt'} does not exist"}[selection[0]]
+    (tmp_path / "out").mkdir()
+    with _held_by_another_process(_lock_of(output)):
+        assert main(args) == 2
+    assert missing in caplog.text and "being written by another process" not in caplog.text
+    _lock_of(output).unlink()
+    caplog.clear()
+    assert main(args) == 2 and missing in caplog.text
+    assert list(tmp_path.rglob("*")) == [tmp_path / "out"]

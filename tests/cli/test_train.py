@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -158,8 +159,8 @@ def test_a_run_stopped_before_a_checkpoint_leaves_the_config_its_checkpoints_fit
     assert train_tiny(tmp_path, tiny_corpus, "kept", "train.max_steps=1") == 0
     before = (tmp_path / "kept" / "config.yaml").read_bytes()
     assert train_tiny(tmp_path, tiny_corpus, "kept", "encoder.d_model=48",
-                      "data.train_cuts=[missing.jsonl.gz]") == 1
-    assert "missing.jsonl.gz does not exist" in caplog.text
+                      "data.min_cut_duration=8.0") == 1
+    assert "no training cuts left" in caplog.text
     assert (tmp_path / "kept" / "config.yaml").read_bytes() == before
 
 
@@ -177,3 +178,59 @@ def test_a_dev_set_that_repeats_a_cut_id_is_refused_before_anything_is_written(
     assert f"cut id {cut_id!r} occurs twice in an evaluation set: lines 1 and 3 of {dev}" \
         in caplog.text
     assert not (tmp_path / "dupdev").exists()
+
+
+#: id -> (the override, the config field and the missing path named), functions of the corpus
+#: and TMP.
+MISSING_INPUTS = {
+    "dev manifest": lambda corpus, tmp: (
+        "data.dev_cuts=[missing-dev.jsonl.gz]",
+        f"data.dev_cuts: cut manifest {corpus / 'fbank' / 'missing-dev.jsonl.gz'} does not "
+        "exist"),
+    "training manifest": lambda corpus, tmp: (
+        "data.train_cuts=[missing.jsonl.gz]",
+        f"data.train_cuts: cut manifest {corpus / 'fbank' / 'missing.jsonl.gz'} does not exist"),
+    "Shar directory": lambda corpus, tmp: (
+        f"data.train_shar_dirs=[{tmp / 'none'}]",
+        f"data.train_shar_dirs: Shar directory {tmp / 'none'} does not exist"),
+    "misnamed gzip dev manifest": lambda corpus, tmp: (  # lhotse reads it as text, by the name
+        f"data.dev_cuts=[{_dev_copy(corpus, tmp / 'dev.jsonl')}]",
+        f"data.dev_cuts: cut manifest {tmp / 'dev.jsonl'} is gzip-compressed but its name does "
+        "not end in .gz"),
+}
+
+
+def _dev_copy(corpus, path):
+    """The tiny corpus' dev manifest (gzip) copied to ``path``."""
+    path.write_bytes((corpus / "fbank" / "librispeech_cuts_dev-clean-2.jsonl.gz").read_bytes())
+    return path
+
+
+@pytest.mark.parametrize("case", MISSING_INPUTS)
+def test_a_missing_input_of_the_config_is_refused_naming_its_field(case, tmp_path, tiny_corpus,
+                                                                   caplog):
+    """A missing dev or training manifest (or one lhotse cannot read) exited with 1 once the
+    model was built, as a failed run does: exit 2 naming the field and the path, before
+    anything is written. ``--check-only`` reads no data (the recipes check before their data
+    stages), so it still passes."""
+    override, message = MISSING_INPUTS[case](tiny_corpus, tmp_path)
+    assert train_tiny(tmp_path, tiny_corpus, "missing", override) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith(f"asr train: {message}"), errors
+    assert not (tmp_path / "missing").exists()
+    config = tmp_path / "missing.yaml"
+    assert main(["train", "--config", str(config), "--exp-dir", str(tmp_path / "missing"),
+                 "--set", override, "--check-only"]) == 0
+
+
+def test_a_quoted_number_in_a_recipe_is_refused_and_a_set_number_taken(tmp_path, caplog):
+    """A recipe's ``lr: "3e-3"`` is a string: exit 2 naming the key (it was taken as the number);
+    ``--set optim.lr=0.5``, text on the command line, is read as YAML and so a number."""
+    recipe = Path("recipes/mini_tts/conformer_transducer.yaml").resolve()
+    config = tmp_path / "quoted.yaml"
+    config.write_text(f'_base_: {recipe}\noptim:\n  lr: "3e-3"\n', encoding="utf-8")
+    base = ["train", "--config", str(config), "--exp-dir", str(tmp_path / "exp"), "--check-only"]
+    assert main(base) == 2
+    assert "optim.lr: expected a number, got '3e-3' (a string: write the number without " \
+           "quotes)" in caplog.text
+    assert main([*base, "--set", "optim.lr=0.5"]) == 0

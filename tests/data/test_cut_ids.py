@@ -110,3 +110,34 @@ def test_repeats_rename_eager_and_lazy_cuts_alike():
     assert lazy.is_lazy and [c.id for c in lazy] == expected == [c.id for c in lazy]
     unique = CutSet([dummy_cut(i).with_id(f"u{i}") for i in range(3)])
     assert Repeats.of_ids(c.id for c in unique).rename(unique) is unique
+
+
+def test_a_repeat_is_never_renamed_to_the_id_of_a_real_cut():
+    """A real cut named ``a_repeat1`` and a repeated ``a``: the copy takes the next free
+    suffix, so that no two training cuts share an id (and their augmentation draws)."""
+    from lhotse.testing.dummies import dummy_cut
+
+    names = ["a", "a_repeat1", "a", "a", "a_repeat1"]
+    cuts = [dummy_cut(i).with_id(name) for i, name in enumerate(names)]
+    repeats = Repeats.of_ids(names)
+    expected = ["a", "a_repeat1", "a_repeat2", "a_repeat3", "a_repeat1_repeat1"]
+    assert [c.id for c in repeats.rename(CutSet(cuts))] == expected
+    assert [c.id for c in repeats.rename(lazy_view(CutSet(cuts)))] == expected
+
+
+def test_shar_repeats_skip_the_ids_of_real_cuts_in_its_streamed_manifests(prepared, tmp_path):
+    """Shar's ids are known from its shards' manifests alone (the cuts stream): a real cut
+    named ``<id>_repeat1`` there is not the name of ``<id>``'s repeat."""
+    manifest = prepared["fbank"]["train-clean-5"]
+    lines = _lines(manifest)
+    first = re.search(rb'"id": "([^"]+)"', lines[0]).group(1).decode()
+    taken = _write(tmp_path / "taken.jsonl.gz", [lines[0].replace(
+        f'"id": "{first}"'.encode(), f'"id": "{first}_repeat1"'.encode())])
+    shar = tmp_path / "shar"
+    export_shar([manifest, manifest, taken], shar, {"features": "numpy"}, shard_size=3,
+                progress=False)
+    data = _train_config(prepared, train_shar_dirs=(shar,), shuffle=True)
+    kept, _ = _load_shar(ExperimentConfig(data=data), MODEL, CharEncoder())
+    ids = [c.id for c in kept]
+    assert len(set(ids)) == len(ids) == 2 * len(lines) + 1
+    assert f"{first}_repeat2" in ids

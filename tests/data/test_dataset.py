@@ -525,3 +525,58 @@ def test_an_utterances_draws_follow_seed_epoch_and_cut_id_not_its_batch(prepared
     assert torch.equal(feats_of(per_batch, target, audio_cuts, epoch=3), noisy)
     assert not torch.equal(feats_of(per_batch, target, audio_cuts, epoch=4), noisy)
     assert not torch.equal(feats_of(per_batch, target, audio_cuts, epoch=3, seed=43), noisy)
+
+
+def _misnamed_manifests(prepared: dict, directory: Path) -> tuple[Path, Path]:
+    """(a gzip manifest named ``.jsonl``, a plain one named ``.jsonl.gz``) of the dev cuts."""
+    import gzip
+
+    data = prepared["fbank"]["dev-clean-2"].read_bytes()
+    compressed, plain = directory / "gzip.jsonl", directory / "plain.jsonl.gz"
+    compressed.write_bytes(data)
+    plain.write_bytes(gzip.decompress(data))
+    return compressed, plain
+
+
+def test_lhotse_tells_a_gzip_manifest_by_its_name(prepared: dict, tmp_path) -> None:
+    """What :func:`asr.fileio.check_gzip_name` guards against: lhotse opens ``*.gz`` with gzip
+    and anything else as text, and fails with errors that name no file. (If lhotse comes to go
+    by the bytes, this fails: the check can then let such names through.)"""
+    import gzip
+
+    compressed, plain = _misnamed_manifests(prepared, tmp_path)
+    with pytest.raises(UnicodeDecodeError):
+        list(CutSet.from_jsonl_lazy(compressed))
+    with pytest.raises(gzip.BadGzipFile):
+        list(CutSet.from_jsonl_lazy(plain))
+
+
+def test_a_manifest_whose_name_belies_its_compression_is_refused_naming_it(prepared: dict,
+                                                                            tmp_path) -> None:
+    """The project's own readers take both (by the bytes); where lhotse reads the manifest
+    (``load_cuts``), its name must tell gzip: an error naming the file and the fix, not a bare
+    'utf-8 codec can't decode' or 'Not a gzipped file'."""
+    from asr.data.cut_ids import manifest_ids
+
+    compressed, plain = _misnamed_manifests(prepared, tmp_path)
+    ids = [cut_id for _, cut_id in manifest_ids(prepared["fbank"]["dev-clean-2"])]
+    assert [cut_id for _, cut_id in manifest_ids(compressed)] == ids
+    assert [cut_id for _, cut_id in manifest_ids(plain)] == ids
+    with pytest.raises(ValueError, match=rf"cut manifest {compressed} is gzip-compressed but its "
+                                         r"name does not end in \.gz.*rename it gzip\.jsonl\.gz"):
+        load_cuts(tmp_path, [compressed.name])
+    with pytest.raises(ValueError, match=rf"cut manifest {plain} is not gzip-compressed but its "
+                                         r"name ends in \.gz"):
+        load_cuts(tmp_path, [plain.name])
+
+
+def test_a_corrupt_gzip_manifest_is_an_error_naming_it(prepared: dict, tmp_path) -> None:
+    """Corrupt compressed data (not cut short) raised a bare ``zlib.error`` naming no file from
+    the manifest reader; the ARPA reader named its file for the same error."""
+    from asr.data.cut_ids import manifest_ids
+
+    data = prepared["fbank"]["train-clean-5"].read_bytes()
+    path = tmp_path / "corrupt.jsonl.gz"
+    path.write_bytes(data[:10] + bytes(b ^ 0x55 for b in data[10:-8]) + data[-8:])
+    with pytest.raises(ValueError, match=rf"cut manifest {path} cannot be read: "):
+        list(manifest_ids(path))

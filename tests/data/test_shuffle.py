@@ -124,3 +124,21 @@ def test_a_manifest_listed_twice_is_kept_twice_and_its_repeats_counted(tmp_path,
     with pytest.raises(ValueError, match=re.escape(f"{broken}:3: not a JSON cut")):
         write_shuffled_cuts([broken], tmp_path / "never.jsonl.gz")
     assert not (tmp_path / "never.jsonl.gz").exists()
+
+
+def test_shuffle_reads_by_the_bytes_and_writes_by_the_output_name(tmp_path):
+    """Inputs are read as gzip when they are, whatever their name (a gzip ``.jsonl`` was 'not
+    UTF-8', a plain ``.jsonl.gz`` 'not a gzipped file'); the output is gzip-compressed only
+    when its name ends in ``.gz`` (a ``.jsonl`` output was gzip, which lhotse then read as text)."""
+    cuts = CutSet.from_cuts([dummy_cut(i) for i in range(5)])
+    cuts.to_file(tmp_path / "a.jsonl.gz")
+    compressed = tmp_path / "gzip.jsonl"
+    compressed.write_bytes((tmp_path / "a.jsonl.gz").read_bytes())
+    plain = tmp_path / "plain.jsonl.gz"
+    plain.write_bytes(gzip.decompress(compressed.read_bytes()))
+    out = tmp_path / "out.jsonl"
+    assert write_shuffled_cuts([compressed, plain], out, seed=1) == 10
+    assert not out.read_bytes().startswith(b"\x1f\x8b")
+    assert sorted(c.id for c in CutSet.from_jsonl_lazy(out)) == sorted(2 * [c.id for c in cuts])
+    write_shuffled_cuts([compressed, plain], tmp_path / "out.jsonl.gz", seed=1)
+    assert gzip.decompress((tmp_path / "out.jsonl.gz").read_bytes()) == out.read_bytes()

@@ -47,3 +47,20 @@ def test_lhotse_manifests(tmp_path):
     assert read_transcripts([tmp_path / "supervisions.jsonl.gz", tmp_path / "cuts.jsonl.gz"]) == [
         "FIRST ONE", "SECOND", "FROM A CUT",
     ]
+
+
+@pytest.mark.parametrize("name", ["cuts.jsonl", "cuts.jsonl.gz"])
+def test_a_lhotse_manifest_whose_name_belies_its_compression_is_named(tmp_path, name):
+    """lhotse reads a manifest by its name: a gzip ``cuts.jsonl`` failed with a bare
+    UnicodeDecodeError, a plain ``cuts.jsonl.gz`` with 'Not a gzipped file'."""
+    import gzip
+
+    from lhotse import CutSet
+    from lhotse.testing.dummies import dummy_cut
+
+    CutSet.from_cuts([dummy_cut(0)]).to_file(tmp_path / "right.jsonl.gz")
+    data = (tmp_path / "right.jsonl.gz").read_bytes()
+    path = tmp_path / name
+    path.write_bytes(data if name == "cuts.jsonl" else gzip.decompress(data))
+    with pytest.raises(ValueError, match=rf"lhotse manifest {path} is (not )?gzip-compressed"):
+        read_transcripts([path])
