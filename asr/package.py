@@ -62,12 +62,7 @@ from asr.checkpoints.selection import (
 from asr.config import ConfigError, load_config, save_config
 from asr.constants import METADATA_FILE
 from asr.decoding.config import override_search
-from asr.decoding.registry import (
-    available_searchers,
-    build_searcher,
-    resolve_searcher,
-    searcher_for,
-)
+from asr.decoding.registry import build_searcher, searcher_for, select_searcher
 from asr.encoders import is_streaming
 from asr.experiment import CONFIG_FILE, ExperimentConfig, build_model, load_experiment_config
 from asr.fileio import (
@@ -569,10 +564,7 @@ def _export_package(
         assert searcher is not None, "every head has a greedy or a beam searcher"
     else:
         try:
-            searcher = resolve_searcher(searcher, model)
-            if searcher not in available_searchers(model):
-                raise ValueError(f"searcher {searcher!r} does not fit this model; available "
-                                 f"searchers: {available_searchers(model)}")
+            searcher = select_searcher(searcher, model)
         except ValueError as err:
             raise PackageError(f"--searcher {searcher}: {err}") from err
     if any(getattr(cfg.search, name) is not None for name in (*SEARCH_FILES, "hotwords")):

@@ -7,6 +7,11 @@ A tokenizer already in ``--output-dir`` is reused only while its fingerprint
 (``bpe.model.fingerprint.json`` / ``tokens.txt.fingerprint.json``, :mod:`asr.fingerprint`) says
 it was made from the same sentences and options; otherwise it is trained again. A second run on the
 same ``--output-dir`` while one makes it is refused (exit 2, :func:`asr.fileio.output_lock`).
+A ``--vocab-size`` too small for the text (each of its characters, the word-start mark ``▁`` and
+the three special pieces take an id: :func:`asr.tokenizers.bpe.check_vocab_size`) is refused
+before sentencepiece reads it; ``--check-only`` checks it (against the ``--transcripts`` given,
+if any, else the least any text needs) and exits, as the recipe scripts do before their first
+stage.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from pathlib import Path
 from asr.fileio import check_writable_dir, output_lock
 from asr.fingerprint import fingerprint_path, is_current, sha256_of_texts, write_fingerprint
 from asr.tokenizers.base import BPE_MODEL_FILE, TOKENS_FILE
-from asr.tokenizers.bpe import train_bpe
+from asr.tokenizers.bpe import MIN_VOCAB_SIZE, check_vocab_size, train_bpe
 from asr.tokenizers.char import build_char_tokenizer
 from asr.tokenizers.transcripts import read_transcripts
 
@@ -27,24 +32,52 @@ logger = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--transcripts", nargs="+", required=True, metavar="F",
-        help="LibriSpeech dirs / *.trans.txt, Kaldi 'text', lhotse *.jsonl.gz, or plain text files",
+        "--transcripts", nargs="+", default=[], metavar="F",
+        help="LibriSpeech dirs / *.trans.txt, Kaldi 'text', lhotse *.jsonl.gz, or plain text "
+             "files (required but with --check-only)",
     )
-    parser.add_argument("--output-dir", required=True, help="where bpe.model / tokens.txt go")
+    parser.add_argument("--output-dir", default=None,
+                        help="where bpe.model / tokens.txt go (required but with --check-only)")
     parser.add_argument("--vocab-size", type=int, default=500,
-                        help="BPE vocabulary size incl. <blk>, <sos/eos>, <unk> ")
+                        help=f"BPE vocabulary size incl. <blk>, <sos/eos>, <unk>: at least "
+                             f"{MIN_VOCAB_SIZE}, and one id per character of the text with the "
+                             f"word-start mark (default: 500)")
     parser.add_argument("--kind", choices=("bpe", "char"), default="bpe", help="tokenizer kind")
     parser.add_argument("--force", action="store_true",
                         help="retrain even if the model exists and was made from these "
                         "transcripts and options (otherwise it is reused)")
+    parser.add_argument("--check-only", action="store_true",
+                        help="check --vocab-size (against the --transcripts given, if any) and "
+                             "that --output-dir (if given) can be written, and exit: 0 when they "
+                             "fit, 2 naming what does not; trains and writes nothing")
+
+
+def _check_only(args: argparse.Namespace) -> None:
+    """``--check-only``: ValueError (or OSError) for what training would refuse."""
+    if args.output_dir is not None:
+        check_writable_dir(Path(args.output_dir), "--output-dir")
+    if args.kind == "bpe":
+        texts = read_transcripts(args.transcripts) if args.transcripts else None
+        try:
+            check_vocab_size(args.vocab_size, texts)
+        except ValueError as err:
+            raise ValueError(f"--vocab-size {args.vocab_size}: {err}"
+                             + (f" ({' '.join(args.transcripts)})" if texts else "")) from err
 
 
 def run(args: argparse.Namespace) -> int:
     """Train the tokenizer, or keep the existing one while its fingerprint says it was made from
     the same transcripts and options (:mod:`asr.fingerprint`); errors are reported without a
     traceback (exit 2)."""
-    output_dir = Path(args.output_dir)
     try:
+        if args.check_only:
+            _check_only(args)
+            logger.info("asr bpe: --vocab-size %d fits (--check-only: nothing trained)",
+                        args.vocab_size)
+            return 0
+        if not args.transcripts or args.output_dir is None:
+            raise ValueError("--transcripts and --output-dir are required (but with --check-only)")
+        output_dir = Path(args.output_dir)
         check_writable_dir(output_dir, "--output-dir")
         texts = read_transcripts(args.transcripts)
         with output_lock(output_dir):  # another run making it is refused, naming it

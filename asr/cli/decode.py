@@ -28,22 +28,21 @@ leaves no summary, so a summary file means that the recogs and errs beside it ar
 of its run (:mod:`asr.run.evaluate`). A test set that holds a cut id twice (it would be decoded
 and scored twice) is refused before anything is decoded or written: exit 2, naming the file, the
 id and both lines.
+
+Its options, and :func:`asr.cli.decode_options.check_arguments` that checks a decode command
+line before the experiment is trained with them (``asr train --check-only --decode-arg``: the
+recipe scripts' check of their decode stage), are in :mod:`asr.cli.decode_options`, which loads
+no model and no runtime.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 from asr.checkpoints.io import CheckpointError
-from asr.cli.options import (
-    add_checkpoint_arguments,
-    add_device_argument,
-    add_num_threads_argument,
-    selection_from_args,
-    set_num_threads,
-)
+from asr.cli.decode_options import add_arguments, check_arguments
+from asr.cli.options import selection_from_args, set_num_threads
 from asr.config import ConfigError
 from asr.data.librispeech import check_test_parts
 from asr.decoding import build_searcher
@@ -53,29 +52,9 @@ from asr.fileio import OutputBusyError, output_locks
 from asr.run.evaluate import decode_part, result_paths, write_results
 from asr.runtime.bundle import resolve_device
 
+__all__ = ["add_arguments", "check_arguments", "run"]
+
 logger = logging.getLogger(__name__)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_checkpoint_arguments(parser)
-    parser.add_argument("--searcher", nargs="+", required=True, dest="searchers", metavar="NAME",
-                        help="searcher names (e.g. transducer_greedy ctc_prefix_beam aed_beam), "
-                             "'greedy' / 'beam' for those of the model's main head, or 'all' "
-                             "for every searcher the model's heads support")
-    parser.add_argument("--parts", nargs="+", default=["test-clean"],
-                        help="test sets to decode (a cut id twice in one is an error)")
-    parser.add_argument("--manifest-dir", type=Path, default=None,
-                        help="where librispeech_cuts_<part>.jsonl.gz are (default: data.manifest_dir)")
-    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
-                        metavar="KEY=VALUE",
-                        help="experiment config overrides; search.<field>=.. for the searchers "
-                             "(default: none)")
-    parser.add_argument("--tag", default="",
-                        help="suffix of the result directory and files, e.g. full-context for "
-                             "a decode with --set encoder.chunk_size=0 encoder.left_chunks=-1 "
-                             "(default: none)")
-    add_device_argument(parser)
-    add_num_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:

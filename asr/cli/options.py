@@ -159,11 +159,12 @@ def check_experiment_dir(exp_dir: str | Path, must_exist: bool = True) -> None:
                          "experiment directory (asr train)")
 
 
-def selection_from_args(args: argparse.Namespace) -> WeightSelection:
+def selection_from_args(args: argparse.Namespace, check_dir: bool = True) -> WeightSelection:
     """The :class:`WeightSelection` described by the checkpoint options (ValueError if it is
-    inconsistent, or if ``--exp-dir`` is not an experiment directory:
+    inconsistent, or with ``check_dir`` if ``--exp-dir`` is not an experiment directory:
     :func:`check_experiment_dir`)."""
-    check_experiment_dir(args.exp_dir)
+    if check_dir:
+        check_experiment_dir(args.exp_dir)
     return WeightSelection(epoch=args.epoch, avg=args.avg, last=args.last,
                            checkpoint=args.checkpoint, use_averaged_model=args.use_averaged_model)
 

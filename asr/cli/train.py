@@ -7,6 +7,8 @@ Examples::
         --set train.max_epochs=30 optim.lr=2e-3
     torchrun --nproc-per-node 2 -m asr.cli.main train --config ... --exp-dir ...   # DDP
     asr train --config R.yaml --exp-dir E --set ... --searchers greedy aed_beam --check-only
+    asr train --config R.yaml --exp-dir E --check-only --decode-arg=--searcher --decode-arg=beam \\
+        --decode-arg=--set --decode-arg=search.beam_size=8
 
 The resolved configuration (YAML plus ``--set`` overrides) is written to ``<exp-dir>/config.yaml``
 (a run that fails before it writes a checkpoint puts the earlier one back, the one the directory's
@@ -15,9 +17,11 @@ re-running the same command after a kill continues where it stopped.
 
 The configuration is checked before anything is read or written (exit 2 naming the key): with
 ``--searchers`` also that its heads have those searchers (as ``asr decode --searcher`` takes them;
-:func:`asr.decoding.registry.select_searchers`), and ``--check-only`` stops there (exit 0 when it
-fits): the recipe scripts check a recipe, their ``--train-args`` and their decoding options that
-way before their first stage.
+:func:`asr.decoding.registry.select_searchers`), with ``--biasing-searchers`` also that those take
+hotwords, with ``--decode-arg`` an ``asr decode`` command line against this config
+(:func:`asr.cli.decode_options.check_arguments`: its own parser, its ``--set``, its searchers), and
+``--check-only`` stops there (exit 0 when it fits): the recipe scripts check a recipe, their
+``--train-args`` and their decoding options that way before their first stage.
 
 A config error, a dev manifest (``data.dev_cuts``) that names a cut id twice, or a missing or
 unreadable training or dev manifest (or Shar directory) exits with 2 naming the config field,
@@ -32,11 +36,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 from pathlib import Path
 
 import yaml
 
 from asr.checkpoints.io import CheckpointError, list_checkpoints
+from asr.cli.decode_options import check_arguments as check_decode_arguments
 from asr.cli.options import add_num_threads_argument, check_experiment_dir, set_num_threads
 from asr.config import ConfigError, load_config, save_config, to_dict
 from asr.decoding.registry import select_searchers
@@ -62,6 +68,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also check that the config's heads have these searchers, as asr "
                              "decode --searcher takes them (names, greedy / beam, all): exit 2 "
                              "before training otherwise (default: none)")
+    parser.add_argument("--biasing-searchers", nargs="+", default=[], metavar="NAME",
+                        help="as --searchers, and each must take hotwords (contextual biasing: "
+                             "search.hotwords_file): exit 2 before training otherwise "
+                             "(default: none)")
+    parser.add_argument("--decode-arg", dest="decode_args", action="append", default=[],
+                        metavar="ARG",
+                        help="one argument of an asr decode command line to check against this "
+                             "config before training (repeat it for each, written "
+                             "--decode-arg=--set for one that starts with -; --exp-dir is this "
+                             "one): parsed by asr decode's own parser, its --set applied after "
+                             "this --set, its --searcher selected for the heads; exit 2 "
+                             "otherwise (default: none)")
     parser.add_argument("--check-only", action="store_true",
                         help="check the config (with --set and --searchers) and exit: 0 when it "
                              "fits, 2 naming what does not; reads no data and writes nothing")
@@ -112,6 +130,18 @@ def run(args: argparse.Namespace) -> int:
         select_searchers(args.searchers, cfg.heads)
     except ValueError as err:
         logger.error("asr train: --searchers: %s", err)
+        return 2
+    try:
+        select_searchers(args.biasing_searchers, cfg.heads, biasing=True)
+    except ValueError as err:
+        logger.error("asr train: --biasing-searchers: %s", err)
+        return 2
+    try:
+        if args.decode_args:
+            check_decode_arguments(args.decode_args, args.exp_dir, args.config, args.overrides)
+    except ValueError as err:
+        logger.error("asr train: --decode-arg: asr decode %s: %s", shlex.join(args.decode_args),
+                     err)
         return 2
     try:
         _set_threads(args.num_threads)

@@ -4,7 +4,8 @@ the names a model supports (:func:`available_searchers`), the greedy or beam sea
 main head (:func:`searcher_for`, the default of packages, the dev WER of training and
 ``asr decode --searcher greedy|beam``), the searchers a list of names and roles selects for a
 model or, before training, for a config's heads (:func:`select_searchers`: ``asr decode
---searcher`` and ``asr train --searchers``), and what :func:`build_searcher` builds.
+--searcher`` and ``asr train --searchers``; one name: :func:`select_searcher`, for packages and
+runtimes), and what :func:`build_searcher` builds.
 
 =====================  =======  ========  =====  ====================================================
 name                   role     streams   LM     needs
@@ -250,24 +251,54 @@ def resolve_searcher(name: str, model: ASRModel) -> str:
     return _resolve(name, _head_configs(model))
 
 
-def select_searchers(names: Sequence[str], heads: ASRModel | HeadsConfig) -> list[str]:
+def select_searchers(
+    names: Sequence[str], heads: ASRModel | HeadsConfig, *, biasing: bool = False
+) -> list[str]:
     """The searchers that ``names`` select for a model, or for the heads of a config before a
     model is trained: each name as ``asr decode --searcher`` takes it (a searcher name, a role
     ``greedy`` / ``beam`` for the main head's, or ``all`` for every searcher the heads support),
     in order, each searcher once.
 
+    Args:
+        names: searcher names, roles or ``all``.
+        heads: a model, or a config's ``heads``.
+        biasing: also require that every selected searcher takes hotwords (contextual biasing:
+            the rows' ``biases``), as a decode with ``search.hotwords_file`` needs.
+
     Raises:
         ValueError: at the first name that is unknown, a role none of the heads has, or a
-            searcher the heads do not support (naming the heads and the available searchers).
+            searcher the heads do not support (naming the heads and the available searchers);
+            with ``biasing``, at the first selected searcher that takes no hotwords.
     """
     configs = _head_configs(heads)
     selected: list[str] = []
     for name in names:
-        if name == "all":
-            selected += _available(configs)
-        else:
-            selected.append(_check_configs(_resolve(name, configs), configs).name)
-    return list(dict.fromkeys(selected))
+        selected += _available(configs) if name == "all" else [_select(name, configs)]
+    selected = list(dict.fromkeys(selected))
+    if biasing:
+        for name in selected:
+            if not _BY_NAME[name].biases:
+                raise ValueError(
+                    f"searcher {name!r} takes no hotwords (contextual biasing); these do: "
+                    f"{', '.join(s.name for s in SEARCHERS if s.biases)}"
+                )
+    return selected
+
+
+def select_searcher(name: str, heads: ASRModel | HeadsConfig) -> str:
+    """The one searcher that ``name`` (a searcher name or a role) selects for a model or a
+    config's heads, by the rule of :func:`select_searchers` (a package's default searcher,
+    ``asr export-package --searcher``, a runtime's ``searcher=``).
+
+    Raises:
+        ValueError: for an unknown name, a role none of the heads has, or a searcher the heads
+            do not support (naming the heads and the available searchers).
+    """
+    return _select(name, _head_configs(heads))
+
+
+def _select(name: str, configs: Mapping[str, Any]) -> str:
+    return _check_configs(_resolve(name, configs), configs).name
 
 
 def _head_configs(heads: ASRModel | HeadsConfig) -> dict[str, Any]:

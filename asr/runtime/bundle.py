@@ -29,9 +29,9 @@ from asr.decoding.config import override_search
 from asr.decoding.context_graph import ContextGraph, as_hotwords, context_graph_for
 from asr.decoding.lm import LanguageModel
 from asr.decoding.registry import (
-    available_searchers,
     resolve_searcher,
     searcher_lm,
+    select_searcher,
     streaming_searcher_for,
 )
 from asr.features.fbank import (
@@ -148,15 +148,9 @@ class Runtime:
         options = search if isinstance(search, SearchConfig) else override_search(cfg.search,
                                                                                    search)
         model = package.build_model(device)
-        if searcher is None:
-            name = package.metadata.searcher
-            streaming = streaming_searcher_for(model, name)
-        else:
-            name = resolve_searcher(searcher, model)
-            streaming = name
-        if name not in available_searchers(model):
-            raise ValueError(f"searcher {name!r} does not fit this model; available searchers: "
-                             f"{available_searchers(model)}")
+        name = select_searcher(searcher or package.metadata.searcher, model)
+        # the package's own default may not stream: then the model's streaming greedy one
+        streaming = streaming_searcher_for(model, name) if searcher is None else name
         # without the training dither (it made transcripts random and OnlineFbank refuse)
         fbank = cfg.data.fbank.for_recognition()
         return cls(

@@ -28,6 +28,7 @@ from asr.tokenizers.base import (
     SPECIAL_PIECES,
     TOKENS_FILE,
     UNK_ID,
+    WORD_START,
     ReservedIds,
     check_ids,
     normalize_whitespace,
@@ -107,6 +108,48 @@ class BpeTokenizer(ReservedIds):
         write_tokens_file(directory / TOKENS_FILE, self.pieces())
 
 
+#: The smallest ``vocab_size`` of a BPE model of any text: the special pieces, the word-start
+#: mark ``▁`` and one character (:func:`vocab_size_needed` of a one-letter text).
+MIN_VOCAB_SIZE = len(SPECIAL_PIECES) + 2
+
+
+def vocab_size_needed(sentences: Iterable[str]) -> int:
+    """The smallest ``vocab_size`` that sentencepiece trains a model of ``sentences`` with:
+    every character of the text has an id of its own (full character coverage), and so does the
+    word-start mark ``▁`` that stands for the spaces, beside the special pieces.
+
+    Args:
+        sentences: the training text (its whitespace normalised first, as :func:`train_bpe`
+            reads it).
+    """
+    characters = {c for sentence in sentences for c in normalize_whitespace(sentence) if c != " "}
+    return len(SPECIAL_PIECES) + len(characters | {WORD_START})
+
+
+def check_vocab_size(vocab_size: int, sentences: Sequence[str] | None = None) -> None:
+    """Refuses a ``vocab_size`` too small for any text (:data:`MIN_VOCAB_SIZE`) or, given the
+    training ``sentences``, too small for them (:func:`vocab_size_needed`):
+    sentencepiece's own refusal comes only after it has read the text.
+
+    Raises:
+        ValueError: naming the smallest size that would do and why.
+    """
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise ValueError(
+            f"vocab_size must be at least {MIN_VOCAB_SIZE} (the {len(SPECIAL_PIECES)} special "
+            f"pieces {', '.join(SPECIAL_PIECES)}, the word-start mark {WORD_START} and a "
+            f"character), got {vocab_size}"
+        )
+    if sentences is not None:
+        needed = vocab_size_needed(sentences)
+        if vocab_size < needed:
+            raise ValueError(
+                f"vocab_size {vocab_size} is too small for the training text: its "
+                f"{needed - len(SPECIAL_PIECES) - 1} characters, the word-start mark "
+                f"{WORD_START} and the {len(SPECIAL_PIECES)} special pieces need at least {needed}"
+            )
+
+
 def train_bpe(
     texts: Iterable[str],
     output_dir: str | Path,
@@ -141,13 +184,13 @@ def train_bpe(
         The trained (or existing) tokenizer.
 
     Raises:
-        ValueError: for a bad ``vocab_size``, no training text, or a vocabulary too large for
-            the text (sentencepiece's message is kept).
+        ValueError: for a ``vocab_size`` too small for the text (:func:`check_vocab_size`), no
+            training text, or a vocabulary too large for the text (sentencepiece's message is
+            kept).
     """
     output_dir = Path(output_dir)
     model_path = output_dir / BPE_MODEL_FILE
-    if vocab_size <= len(SPECIAL_PIECES):
-        raise ValueError(f"vocab_size must be > {len(SPECIAL_PIECES)}, got {vocab_size}")
+    check_vocab_size(vocab_size)
     # as asr bpe reads transcripts: a tab or a double space would otherwise become a piece
     # of its own, refused only once the model is trained
     sentences = [normalize_whitespace(t) for t in texts]
@@ -164,6 +207,7 @@ def train_bpe(
 
     if not sentences:
         raise ValueError(f"no training text for the BPE model in {output_dir}")
+    check_vocab_size(vocab_size, sentences)
     fingerprint_path(model_path).unlink(missing_ok=True)  # with force: the model is replaced
     # tokens.txt is rewritten too: a char tokenizer's fingerprint of it would describe a file
     # that is no longer there (and let ``asr bpe --kind char`` reuse the BPE model's)

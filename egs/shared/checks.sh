@@ -2,8 +2,9 @@
 # Sourced by the stage scripts after parse_options.sh: checks of option values that a script
 # makes before its first stage, for options whose bad value a later stage (after hours of data
 # preparation or training) would be the first to read. Each one exits with 2 naming the option.
-# What needs the toolkit's own rules (a recipe's heads and their searchers, search options) is
-# checked by `asr train --check-only` instead.
+# What needs the toolkit's own rules (a recipe's heads and their searchers, search options, an
+# `asr decode` command line) is checked by `asr train --check-only` instead, and the BPE
+# vocabulary size by `asr bpe --check-only`.
 
 # check_at_least MIN NAME...: each option NAME (the variable of --NAME) is an integer >= MIN.
 check_at_least() {
@@ -45,16 +46,30 @@ check_paths_exist() {
   done
 }
 
-# check_recipe WHAT ARG...: `asr train --check-only` of the recipe ($config, $exp_dir and
-# $train_args of the calling script) with the extra ARGs (--searchers, --set ...); on failure it
-# names the options WHAT lists and exits with asr's status (2), before any stage ran.
+# check_recipe WHAT ARG...: `asr train --check-only` of the recipe ($config, $exp_dir and the
+# words of --train-args, $train_words, of the calling script) with the extra ARGs (--searchers,
+# --biasing-searchers, --decode-arg=..., --set ...); on failure it names the options WHAT lists
+# and exits with asr's status (2), before any stage ran.
 check_recipe() {
   local what=$1 rc=0
   shift
-  # shellcheck disable=SC2086  # --train-args is a word list by design
-  asr train --config "$config" --exp-dir "$exp_dir" --check-only "$@" $train_args || rc=$?
+  asr train --config "$config" --exp-dir "$exp_dir" --check-only "$@" "${train_words[@]}" || rc=$?
   if [ $rc -ne 0 ]; then
     echo "$0: --recipe $recipe does not take these $what (above); nothing was run" >&2
+    exit $rc
+  fi
+}
+
+# check_vocab_size [TRANSCRIPT...]: `asr bpe --check-only` of --vocab-size ($vocab_size): at least
+# what any text needs and, given the TRANSCRIPTs (the training text, where it exists already and
+# no stage will make it again), what they need; on failure it exits with asr's status (2),
+# before any stage ran.
+check_vocab_size() {
+  local rc=0 texts=()
+  [ $# -gt 0 ] && texts=(--transcripts "$@")
+  asr bpe --check-only --vocab-size "$vocab_size" "${texts[@]}" || rc=$?
+  if [ $rc -ne 0 ]; then
+    echo "$0: --vocab-size $vocab_size is too small for the BPE stage (above); nothing was run" >&2
     exit $rc
   fi
 }

@@ -10,7 +10,61 @@
 # (`lm_text=()`) is a list: each occurrence adds one value, kept whole (a path may hold spaces).
 # The scripts take no positional arguments: one left over (e.g. `--train-args --set k=v`, where
 # only `--set` is the value) is an error. `--help` prints the caller's `usage` (and exits 0).
+# An option that holds extra arguments of a command (--train-args "--set a=1 b=2") is split into
+# its words by option_words (below) as the shell splits a command line, so that quotes keep a
+# value with spaces whole: --train-args "--set 'data.train_cuts=[my data/cuts.jsonl.gz]'".
 # Bash only; the caller must define `usage` (a string) and the defaults before sourcing.
+
+# option_words NAME ARRAY: the words of option NAME (the variable of --NAME) in the array ARRAY,
+# split as the shell splits a command line but with no expansion or comment ($, *, ~, ` and #
+# are kept as they are): blanks and newlines separate words; '...' keeps what it holds whole;
+# "..." too, where \" \\ \$ and \` stand for the character after the backslash; outside quotes a
+# backslash keeps the next character. An unclosed quote or a backslash at the end exits 2 naming
+# the option.
+option_words() {
+  declare -n _words=$2
+  local text=${!1} word="" quote="" started=false c i=0
+  _words=()
+  while [ $i -lt ${#text} ]; do
+    c=${text:i:1}
+    i=$((i + 1))
+    if [ "$quote" = "'" ]; then
+      if [ "$c" = "'" ]; then quote=""; else word+=$c; fi
+    elif [ "$quote" = '"' ]; then
+      if [ "$c" = '"' ]; then
+        quote=""
+      elif [ "$c" = '\' ] && [[ "${text:i:1}" == [\"\\\$\`] ]]; then
+        word+=${text:i:1}
+        i=$((i + 1))
+      else
+        word+=$c
+      fi
+    elif [[ "$c" == [[:space:]] ]]; then
+      if [ $started = true ]; then _words+=("$word"); fi
+      word="" started=false
+    else
+      started=true
+      case "$c" in
+        "'" | '"') quote=$c ;;
+        '\')
+          if [ $i -ge ${#text} ]; then
+            echo "$0: --${1//_/-}: a backslash ends: $text (quote a value with spaces: see" \
+              "--help)" >&2
+            exit 2
+          fi
+          word+=${text:i:1}
+          i=$((i + 1)) ;;
+        *) word+=$c ;;
+      esac
+    fi
+  done
+  if [ -n "$quote" ]; then
+    echo "$0: --${1//_/-}: unclosed $quote quote in: $text (quote a value with spaces as in" \
+      "the shell, e.g. --${1//_/-} \"--set 'k=a b'\")" >&2
+    exit 2
+  fi
+  if [ $started = true ]; then _words+=("$word"); fi
+}
 
 while [ $# -gt 0 ]; do
   case "$1" in

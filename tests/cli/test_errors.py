@@ -64,7 +64,8 @@ def test_a_searcher_the_model_cannot_run(beam_package, wav):
     code, [line] = _asr("transcribe", wav, "--model", beam_package, "--streaming",
                         "--searcher", "attention_rescoring")
     assert code == 2
-    assert "searcher 'attention_rescoring' does not fit this model" in line
+    assert "searcher 'attention_rescoring' needs an 'aed' head" in line
+    assert "available searchers: [" in line
     code, [line] = _asr("transcribe", wav, "--model", beam_package, "--searcher", "nonesuch")
     assert code == 2 and "unknown searcher 'nonesuch'" in line
 

@@ -23,6 +23,7 @@ from asr.decoding.registry import (
     SEARCHERS,
     resolve_searcher,
     searcher_for,
+    select_searcher,
     select_searchers,
     streaming_searcher_for,
 )
@@ -204,6 +205,42 @@ def test_a_config_selects_the_searchers_its_trained_model_will(heads):
                 select_searchers(["greedy", bad], heads_of)
     with pytest.raises(ValueError, match=r"no greedy searcher for heads \['aed'\]"):
         select_searchers(["greedy"], HeadsConfig(aed=from_dict(HeadsConfig, {"aed": {}}).aed))
+
+
+def test_one_searcher_is_selected_by_the_rule_of_a_list():
+    """select_searcher (packages, runtimes) answers each name as select_searchers does, with the
+    same messages: their own resolve-then-check had drifted to vaguer ones."""
+    model = make_model(transducer="tdt", aed=True)
+    config = from_dict(HeadsConfig, {"transducer": {"loss": "tdt"}, "aed": {}})
+    for heads_of in (model, config):
+        for name in ("greedy", "beam", "tdt_beam", "aed_beam", "attention_rescoring"):
+            assert [select_searcher(name, heads_of)] == select_searchers([name], heads_of)
+        for bad in ("ctc_greedy", "trnasducer_beam"):
+            with pytest.raises(ValueError) as many:
+                select_searchers([bad], heads_of)
+            with pytest.raises(ValueError, match=re.escape(str(many.value))):
+                select_searcher(bad, heads_of)
+
+
+@pytest.mark.parametrize("heads, beam, biases", [
+    (dict(transducer="pruned"), "transducer_beam", True),
+    (dict(transducer="tdt"), "tdt_beam", True),
+    (dict(ctc=True), "ctc_prefix_beam", True),
+    (dict(aed=True), "aed_beam", False),
+    (dict(cif=True), "cif_beam", False),
+])
+def test_a_selection_for_hotwords_refuses_a_searcher_that_cannot_bias(heads, beam, biases):
+    """What a recipe's biasing stage decodes with (the role beam and hotwords) is refused before
+    training when the heads' beam search takes no hotwords: build_searcher only warns."""
+    config = from_dict(HeadsConfig, {name: ({"loss": v} if name == "transducer" else {})
+                                     for name, v in heads.items()})
+    assert select_searchers(["beam"], config) == [beam]
+    if biases:
+        assert select_searchers(["beam"], config, biasing=True) == [beam]
+    else:
+        with pytest.raises(ValueError, match=f"searcher '{beam}' takes no hotwords .*; these do: "
+                                             "ctc_prefix_beam, transducer_beam, tdt_beam"):
+            select_searchers(["beam"], config, biasing=True)
 
 
 def test_untrained_heads_are_skipped_for_the_dev_wer():

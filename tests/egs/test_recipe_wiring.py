@@ -291,7 +291,8 @@ def test_stage_5_keeps_a_corpus_path_with_spaces_whole(stub, tmp_path):
     result = run(PREPARE, "--work-dir", str(work), "--dl-dir", str(dl_dir), "--full-libri",
                  "false", "--stage", "5", "--lm-text", texts[0], "--lm-text", texts[1])
     assert result.returncode == 0, result.stderr
-    bpe, token_lm, word_lm = calls()
+    check, bpe, token_lm, word_lm = calls()
+    assert check == ["bpe", "--check-only", "--vocab-size", "500"]  # no corpus yet: any text's
     assert bpe[:3] == ["bpe", "--transcripts", f"{dl_dir}/LibriSpeech/train-clean-100"]
     assert bpe[3] == "--output-dir"
     for lm in (token_lm, word_lm):  # one --lm-text per file, each kept whole
@@ -507,7 +508,8 @@ def test_run_sh_hands_lm_text_to_prepare_sh(stub, tmp_path):
     result = run(RUN, "--work-dir", str(tmp_path / "work"), "--full-libri", "false", "--stage",
                  "5", "--stop-stage", "5", "--lm-text", texts[0], "--lm-text", texts[1])
     assert result.returncode == 0, result.stderr
-    bpe, token_lm, word_lm = calls()
+    check, bpe, token_lm, word_lm = calls()
+    assert check[:2] == ["bpe", "--check-only"] and bpe[0] == "bpe"
     for lm in (token_lm, word_lm):
         start = lm.index("--transcripts") + 1
         assert lm[start:start + 2] == texts
@@ -660,3 +662,146 @@ def test_mini_tts_stage_5_averages_the_checkpoints_a_short_run_left(stub, tmp_pa
     for step in (700, 1050):
         (exp / f"checkpoint-{step}.pt").write_bytes(b"")
     assert last() == "2" and last("--avg", "3") == "3" and last("--avg", "4") == "3"
+
+
+@pytest.mark.parametrize("decode_args, message", [
+    ("--beam-size 8", "unrecognized arguments: --beam-size 8"),
+    ("--set search.beam_sise=8", "search.beam_sise"),
+    ("--set search.beam_size=0", "search.beam_size must be >= 1, got 0"),
+    ("--epoch x", "argument --epoch: invalid int value: 'x'"),
+])
+def test_decode_args_are_checked_before_the_first_stage(stub, tmp_path, decode_args, message):
+    """A misspelt `asr decode` option or a bad value in --decode-args was found by stage 7, after
+    the data preparation and training: asr decode's own parser and config check it now."""
+    run, _ = stub
+    dl_dir = tmp_path / "dl"
+    for part in ("dev-clean", "dev-other", "test-clean", "test-other", "train-clean-100"):
+        (dl_dir / "LibriSpeech" / part).mkdir(parents=True)
+    result = run(RUN, "--work-dir", str(tmp_path / "work"), "--dl-dir", str(dl_dir),
+                 "--full-libri", "false", "--decode-args", decode_args, env=REAL)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "--decode-args (above); nothing was run" in result.stderr
+    assert "stage 0" not in result.stderr and not (tmp_path / "work" / "data").exists()
+
+
+def test_decode_args_that_fit_pass_the_check(stub, tmp_path):
+    run, _ = stub
+    result = run(RUN, "--work-dir", str(tmp_path / "work"), "--stage", "6", "--stop-stage", "7",
+                 "--decode-args", "--set search.beam_size=8 --num-threads 2 --device cpu",
+                 env=REAL)
+    assert "nothing was run" not in result.stderr and "stage 6: train" in result.stderr
+
+
+def test_train_and_decode_args_keep_a_quoted_value_with_spaces_whole(stub, tmp_path):
+    """--train-args / --decode-args were split at every space ($train_args): a value with a
+    space (a path, a YAML mapping) could not be given. They are split as the shell splits words,
+    so quotes keep a value whole, and the documented unquoted use stays as it was."""
+    run, calls = stub
+    work = str(tmp_path / "work")
+    train_args = "--set 'data.train_cuts=[my data/a.jsonl.gz]' train.max_epochs=2"
+    decode_args = "--set \"search.lm_path=my lms/x.arpa\" search.beam_size=8"
+    result = run(RUN, "--work-dir", work, "--stage", "6", "--stop-stage", "7",
+                 "--train-args", train_args, "--decode-args", decode_args)
+    assert result.returncode == 0, result.stderr
+    check, train, decode = calls()  # (the stub python: no streaming model, no full context)
+    for call in (check, train):
+        assert call[-3:] == ["--set", "data.train_cuts=[my data/a.jsonl.gz]", "train.max_epochs=2"]
+    assert decode[-3:] == ["--set", "search.lm_path=my lms/x.arpa", "search.beam_size=8"]
+    assert "--decode-arg=search.lm_path=my lms/x.arpa" in check  # and checked as decoded
+    (tmp_path / "work" / "exp" / "transformer_transducer").mkdir(parents=True)
+    result = run(MINI_TTS, "--work-dir", work, "--stage", "4", "--stop-stage", "4",
+                 "--time-budget", "0", "--train-args", "--set 'heads.loss_weights={ctc: 1.0}'")
+    assert result.returncode == 0, result.stderr
+    assert [c[-1] for c in calls()[-2:]] == ["heads.loss_weights={ctc: 1.0}"] * 2
+
+
+@pytest.mark.parametrize("value, message", [
+    ("--set 'a=b c", "--train-args: unclosed ' quote in: --set 'a=b c"),
+    ('--set "a=b', "--train-args: unclosed \" quote in: --set \"a=b"),
+    ("--set a=b\\", "--train-args: a backslash ends: --set a=b\\"),
+])
+def test_a_train_args_value_with_an_open_quote_is_refused(stub, tmp_path, value, message):
+    run, calls = stub
+    for script in (RUN, MINI_TTS):
+        result = run(script, "--work-dir", str(tmp_path / "work"), "--train-args", value)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert calls(everything=True) == []
+
+
+@pytest.mark.parametrize("text", [
+    "--set train.max_epochs=2", "--set a=1 b=2", "", "   ", "''", "a''b \"\" c",
+    "--set 'a=b c' \"d=e\\\"f\" g\\ h", "x\"y z\"w", "--set \"a=\\$HOME\" 'b=$x' c=*", "a\\\\b",
+    "\t--set\ta=1  b=\"2 3\"\t", "'it'\\''s'", "\"a\\b\" 'c\\d'",
+])
+def test_option_words_splits_as_the_shell_does(text):
+    """option_words against bash's own word splitting (eval of the text, safe here: no
+    expansion the texts trigger)."""
+    script = f"""
+train_args=$1
+set --  # no option for parse_options.sh to parse
+. "{REPO}/egs/shared/parse_options.sh"
+option_words train_args words
+printf '%s\\0' "${{#words[@]}}" "${{words[@]}}"
+eval "set -- $train_args"
+printf '%s\\0' "$#" "$@"
+"""
+    out = subprocess.run(["bash", "-c", script, "bash", text], capture_output=True, text=True,
+                         check=True).stdout.split("\0")[:-1]
+    count = int(out[0])
+    assert out[1:count + 1] == out[count + 2:] and int(out[count + 1]) == count
+    assert out[1:count + 1] == shlex.split(text) or "\\" in text
+
+
+def test_mini_tts_refuses_biasing_with_a_beam_search_that_takes_no_hotwords(stub, tmp_path):
+    """--biasing N decodes stage 8 with the beam search and hotwords: a recipe whose beam search
+    takes none (here aed_beam: a CTC/AED recipe without its CTC head) was checked only for having
+    a beam search, and stage 8 compared two identical decodes after training."""
+    run, _ = stub
+    aed_only = ["--work-dir", str(tmp_path / "work"), "--recipe", "conformer_ctc_aed",
+                "--searchers", "aed_beam", "--package-searcher", "aed_beam", "--stage", "4",
+                "--time-budget", "100",
+                "--train-args", "--set heads.ctc=null 'heads.loss_weights={aed: 1.0}'"]
+    result = run(MINI_TTS, *aed_only, "--biasing", "2", env=REAL)
+    assert result.returncode == 2, result.stderr
+    assert "--biasing-searchers: searcher 'aed_beam' takes no hotwords" in result.stderr
+    assert "nothing was run" in result.stderr
+    result = run(MINI_TTS, *aed_only, env=REAL)  # no stage 8: the check passes
+    assert result.returncode == 1 and "time budget left for training" in result.stderr
+    result = run(MINI_TTS, "--work-dir", str(tmp_path / "work"), "--stage", "4",
+                 "--time-budget", "100", "--biasing", "2", env=REAL)  # the default recipe biases
+    assert result.returncode == 1 and "time budget left for training" in result.stderr
+
+
+def _transcripts(part: Path, text: str) -> None:
+    part.joinpath("1", "2").mkdir(parents=True)
+    part.joinpath("1", "2", "1-2.trans.txt").write_text(f"1-2-0000 {text}\n")
+
+
+def test_a_vocab_size_too_small_is_refused_before_the_first_stage(stub, tmp_path):
+    """sentencepiece refused a --vocab-size below what the text needs only at the BPE stage,
+    after hours of downloads and fbank (prepare.sh checked only >= 1, mini_tts nothing)."""
+    run, _ = stub
+    dl_dir, work = tmp_path / "dl", tmp_path / "work"
+    common = ["--work-dir", str(work), "--dl-dir", str(dl_dir), "--full-libri", "false"]
+    # any text needs the 3 special pieces, the word-start mark and a character
+    result = run(PREPARE, *common, "--stage", "5", "--vocab-size", "4", env=REAL)
+    assert result.returncode == 2, result.stderr
+    assert "--vocab-size 4: vocab_size must be at least 5" in result.stderr
+    assert "nothing was run" in result.stderr and "stage 5" not in result.stderr
+    # the training text there: its 10 letters, the word-start mark and the specials need 14
+    _transcripts(dl_dir / "LibriSpeech" / "train-clean-100", "ABCDE FGHIJ")
+    for script in (PREPARE, RUN):
+        result = run(script, *common, "--stage", "5", "--stop-stage", "5", "--vocab-size", "13",
+                     env=REAL)
+        assert result.returncode == 2, result.stderr
+        assert "--vocab-size 13: vocab_size 13 is too small for the training text: its 10 " \
+            "characters" in result.stderr and "need at least 14" in result.stderr
+        assert "nothing was run" in result.stderr and "stage 5" not in result.stderr
+    _transcripts(work / "data" / "LibriSpeech" / "train-clean-5", "ABCDE FGHIJ")
+    result = run(MINI_TTS, "--work-dir", str(work), "--stage", "1", "--stop-stage", "3",
+                 "--vocab-size", "13", env=REAL)
+    assert result.returncode == 2 and "need at least 14" in result.stderr, result.stderr
+    assert "stage 1" not in result.stderr
+    result = run(PREPARE, *common, "--stage", "5", "--stop-stage", "5", "--vocab-size", "14",
+                 env=REAL)  # what it needs: trained
+    assert result.returncode == 0 and "stage 5: BPE" in result.stderr, result.stderr

@@ -8,7 +8,13 @@ import pytest
 from asr.fingerprint import fingerprint_path
 from asr.tokenizers import load_tokenizer
 from asr.tokenizers.base import Tokenizer, read_tokens_file
-from asr.tokenizers.bpe import BpeTokenizer, train_bpe
+from asr.tokenizers.bpe import (
+    MIN_VOCAB_SIZE,
+    BpeTokenizer,
+    check_vocab_size,
+    train_bpe,
+    vocab_size_needed,
+)
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +100,8 @@ def test_training_is_idempotent_while_the_text_and_options_are_the_same(tmp_path
 
 
 def test_bad_arguments(tmp_path):
-    with pytest.raises(ValueError, match="vocab_size must be > 3"):
-        train_bpe(["A B"], tmp_path / "a", vocab_size=3)
+    with pytest.raises(ValueError, match="vocab_size must be at least 5"):
+        train_bpe(["A B"], tmp_path / "a", vocab_size=4)
     with pytest.raises(ValueError, match="no training text"):
         train_bpe(["", "  "], tmp_path / "b", vocab_size=10)
     with pytest.raises(ValueError, match="could not train"):
@@ -156,3 +162,20 @@ def test_train_bpe_normalises_whitespace_as_asr_bpe_does(bpe_dir, train_texts, t
     assert (tmp_path / "bpe.model").read_bytes() == (bpe_dir / "bpe.model").read_bytes()
     assert fingerprint_path(tmp_path / "bpe.model").read_bytes() == \
         fingerprint_path(bpe_dir / "bpe.model").read_bytes()
+
+
+@pytest.mark.parametrize("texts", [["A"], ["AB CD", "A\tB"], ["HELLO WORLD", "IT'S"]])
+def test_the_vocab_size_a_text_needs_is_what_sentencepiece_needs(tmp_path, texts):
+    """A size below what the text needs was refused by sentencepiece only after it had read the
+    text (recipes: after the data preparation); check_vocab_size knows it beforehand."""
+    needed = vocab_size_needed(texts)
+    assert needed >= MIN_VOCAB_SIZE == 5
+    assert train_bpe(texts, tmp_path / "fits", vocab_size=needed).vocab_size == needed
+    with pytest.raises(ValueError, match=f"at least {needed}"):
+        check_vocab_size(needed - 1, texts)
+    with pytest.raises(ValueError, match=f"at least {needed}") as refused:
+        train_bpe(texts, tmp_path / "small", vocab_size=needed - 1)
+    assert "sentencepiece" not in str(refused.value)
+    check_vocab_size(MIN_VOCAB_SIZE)  # some text fits it
+    with pytest.raises(ValueError, match="must be at least 5 .*got 4"):
+        check_vocab_size(MIN_VOCAB_SIZE - 1)

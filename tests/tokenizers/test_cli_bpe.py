@@ -67,3 +67,22 @@ def test_a_bpe_model_trained_over_a_char_tokenizer_leaves_no_char_fingerprint(tm
     assert not (out / "tokens.txt.fingerprint.json").exists()
     assert main(char) == 2  # "holds a BPE model"
     assert isinstance(load_tokenizer(out), BpeTokenizer)
+
+
+def test_check_only_refuses_a_vocab_size_too_small_and_trains_nothing(tmp_path, caplog):
+    """What the recipe scripts run before their first stage: with no text, the least any text
+    needs; with the training text, what it needs (sentencepiece found it only at the BPE stage)."""
+    corpus = _write_librispeech(tmp_path, ["ABCDE FGHIJ"])
+    out = tmp_path / "lang"
+    assert main(["bpe", "--check-only", "--vocab-size", "5"]) == 0
+    assert main(["bpe", "--check-only", "--vocab-size", "4"]) == 2
+    assert "--vocab-size 4: vocab_size must be at least 5" in caplog.text
+    check = ["bpe", "--check-only", "--transcripts", str(corpus), "--output-dir", str(out)]
+    assert main([*check, "--vocab-size", "14"]) == 0
+    assert main([*check, "--vocab-size", "13"]) == 2
+    assert "--vocab-size 13: vocab_size 13 is too small for the training text: its 10 " \
+        f"characters, the word-start mark ▁ and the 3 special pieces need at least 14 ({corpus})" \
+        in caplog.text
+    assert not out.exists()
+    assert main(["bpe", "--output-dir", str(out)]) == 2  # training needs its text
+    assert "--transcripts and --output-dir are required" in caplog.text

@@ -59,7 +59,7 @@ corpus=$dl_dir/LibriSpeech
 
 # Options whose bad value would otherwise stop the script only at a late stage, after hours
 if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
-  check_at_least 1 vocab_size lm_order word_lm_order
+  check_at_least 1 lm_order word_lm_order  # --vocab-size: by asr bpe, below
   check_paths_exist lm_text
 fi
 if [ $stage -le 3 ] && [ $stop_stage -ge 1 ]; then check_at_least 1 num_jobs; fi
@@ -85,6 +85,14 @@ log() { echo "$(date '+%F %T') [librispeech prepare] $*" >&2; }
 . "$HERE/train_parts.sh"
 train_parts=$(librispeech_train_parts "$full_libri")
 parts="$(librispeech_eval_parts) $train_parts"
+if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
+  # the BPE vocabulary of stage 5: against the training transcripts when no download comes first
+  texts=()
+  if [ $stage -ge 1 ]; then
+    for part in $train_parts; do [ -d "$corpus/$part" ] && texts+=("$corpus/$part"); done
+  fi
+  check_vocab_size "${texts[@]}"
+fi
 
 if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
   # A part is missing without its directory, or when lhotse's archive lies in $dl_dir but its

@@ -50,7 +50,9 @@ use_averaged_model=true        # average the running averages over the epochs' s
 searchers=all                  # decode with these searchers ("all": every one the heads support)
 test_parts="test-clean test-other"
 train_args=""                  # extra `asr train` arguments, e.g. "--set train.max_epochs=2"
-decode_args=""                 # extra `asr decode` arguments, e.g. "--set search.beam_size=8"
+decode_args=""                 # extra `asr decode` arguments, e.g. "--set search.beam_size=8";
+                               # both split into words as the shell splits them: quote a value
+                               # with spaces inside, "--set 'data.train_cuts=[my dir/c.jsonl.gz]'"
 work_dir=$HERE                  # where data/, exp/ (and download/) go; relative paths start here
 skip_setup=false
 use_shar=false                 # true: train from Lhotse Shar shards of the training cuts
@@ -60,11 +62,15 @@ usage="Usage: $0 [--stage N] [--stop-stage N] [--dl-dir DIR] [--full-libri true|
   [--lm-text F]... [--lm-unit none|token|word] [--lm-weight W] [--recipe NAME] [--nproc N]
   [--epoch E] [--avg N] [--use-averaged-model true|false] [--searchers \"A B\"|all]
   [--test-parts \"P Q\"] [--train-args \"...\"] [--decode-args \"...\"] [--work-dir DIR] [--skip-setup true|false]
-  [--use-shar true|false]"
+  [--use-shar true|false]
+--train-args / --decode-args are split into words as the shell splits them: quote a value with
+  spaces inside, e.g. --train-args \"--set 'data.train_cuts=[my data/cuts.jsonl.gz]'\""
 . "$ROOT/egs/shared/parse_options.sh"
 . "$ROOT/egs/shared/sherpa_onnx.sh"
 . "$ROOT/egs/shared/checks.sh"
 . "$HERE/train_parts.sh"
+option_words train_args train_words
+option_words decode_args decode_words
 work_dir=$(mkdir -p "$work_dir" && cd "$work_dir" && pwd)
 cd "$work_dir"
 
@@ -100,6 +106,13 @@ if [ "$lm_unit" != none ]; then
   [ "$lm_unit" = word ] && lm_path=data/lang_bpe_${vocab_size}/word_${word_lm_order}gram.arpa
   lm_args=(--set "search.lm_path=$lm_path" "search.lm_unit=$lm_unit" "search.lm_weight=$lm_weight")
 fi
+averaged=()
+[ "$use_averaged_model" = true ] && averaged=(--use-averaged-model)
+# stage 7's `asr decode` arguments (but --exp-dir), also checked before the first stage below
+read -ra searcher_names <<< "$searchers"
+read -ra parts_to_test <<< "$test_parts"
+decode_line=(--searcher "${searcher_names[@]}" --epoch "$epoch" --avg "$avg" "${averaged[@]}"
+  --parts "${parts_to_test[@]}" "${lm_args[@]}" "${decode_words[@]}")
 
 if [ "$skip_setup" != true ]; then
   bash "$ROOT/tools/setup.sh"
@@ -108,15 +121,15 @@ VENV=${ASR_VENV:-$ROOT/.venv}
 [[ $VENV = /* ]] || VENV=$ROOT/$VENV  # relative to the repository, as tools/setup.sh takes it
 asr() { "$VENV/bin/asr" "$@"; }
 if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
-  # The recipe with --train-args, and the searchers and LM options of stage 7, checked as stage 6
-  # and 7 will take them (a misspelt key or searcher, or one the recipe's heads lack), before the
-  # data preparation; stage 7 alone checks them against the trained model at once.
+  # The recipe with --train-args, and stage 7's decode command line (searchers, LM options,
+  # --decode-args) checked as stage 6 and 7 will take them (a misspelt key, option or searcher,
+  # one the recipe's heads lack, a bad value), before the data preparation; stage 7 alone checks
+  # them against the trained model at once.
   check=(--set "tokenizer_dir=data/lang_bpe_${vocab_size}")
   if [ $stop_stage -ge 7 ]; then
-    read -ra names <<< "$searchers"
-    check+=(--searchers "${names[@]}" "${lm_args[@]}")
+    for arg in "${decode_line[@]}"; do check+=("--decode-arg=$arg"); done
   fi
-  check_recipe "--train-args / --searchers / LM options" "${check[@]}"
+  check_recipe "--train-args / --searchers / LM options / --decode-args" "${check[@]}"
 fi
 
 if [ $stage -le 5 ] && [ $stop_stage -ge 0 ]; then
@@ -127,11 +140,9 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 0 ]; then
     --vocab-size "$vocab_size" --download-musan "$download_musan" --skip-setup true \
     --lm-order "$lm_order" --word-lm-order "$word_lm_order" "${lm_text_args[@]}"
 fi
-averaged=""
-[ "$use_averaged_model" = true ] && averaged="--use-averaged-model"
 # what stage 8 writes and stage 9 packages: the weights of exactly these --epoch/--avg/
 # --use-averaged-model settings
-averaged_weights=$exp_dir/averaged-epoch-$epoch-avg-$avg${averaged:+-use-averaged-model}.safetensors
+averaged_weights=$exp_dir/averaged-epoch-$epoch-avg-$avg${averaged[*]:+-use-averaged-model}.safetensors
 
 if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
   log "stage 6: train $recipe on $nproc process(es)"
@@ -152,24 +163,20 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
   if [ "$nproc" -gt 1 ]; then
     launcher=("$VENV/bin/torchrun" --standalone --nproc-per-node "$nproc" -m asr.cli.main)
   fi
-  # shellcheck disable=SC2086
-  "${launcher[@]}" train --config "$config" --exp-dir "$exp_dir" --set $sets $train_args
+  # shellcheck disable=SC2086  # $sets: words without spaces
+  "${launcher[@]}" train --config "$config" --exp-dir "$exp_dir" --set $sets "${train_words[@]}"
 fi
 
 if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
   log "stage 7: decode $test_parts with $searchers (epoch $epoch, avg $avg, LM: $lm_unit)"
-  # shellcheck disable=SC2086
-  summaries=$(asr decode --exp-dir "$exp_dir" --searcher $searchers --epoch "$epoch" --avg "$avg" \
-    $averaged --parts $test_parts "${lm_args[@]}" $decode_args)
+  summaries=$(asr decode --exp-dir "$exp_dir" "${decode_line[@]}")
   # an assignment of its own, so that a failure to read the config stops the script (as an
   # `if` condition it read as "not streaming" and dropped the full-context decode silently)
   mode=$("$VENV/bin/python" -c "import sys; from asr.experiment import load_experiment_config as c
 print('streaming' if c(sys.argv[1]).encoder.chunk_size > 0 else 'offline')" "$exp_dir")
   if [ "$mode" = streaming ]; then
     # a streaming recipe: also at full context (icefall reports both modes)
-    # shellcheck disable=SC2086
-    summaries+=" "$(asr decode --exp-dir "$exp_dir" --searcher $searchers --epoch "$epoch" \
-      --avg "$avg" $averaged --parts $test_parts "${lm_args[@]}" $decode_args --tag full-context \
+    summaries+=" "$(asr decode --exp-dir "$exp_dir" "${decode_line[@]}" --tag full-context \
       --set encoder.chunk_size=0 encoder.left_chunks=-1)
   fi
   for summary in $summaries; do
@@ -179,7 +186,7 @@ fi
 
 if [ $stage -le 8 ] && [ $stop_stage -ge 8 ]; then
   log "stage 8: average epochs $(( epoch - avg + 1 ))..$epoch"
-  asr average --exp-dir "$exp_dir" --epoch "$epoch" --avg "$avg" $averaged \
+  asr average --exp-dir "$exp_dir" --epoch "$epoch" --avg "$avg" "${averaged[@]}" \
     --output "$averaged_weights"
 fi
 

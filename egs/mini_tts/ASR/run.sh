@@ -78,7 +78,9 @@ package_searcher=beam           # the package's default searcher (stage 6), with
                                 # LM stage 5 decoded it with
 work_dir=$HERE                  # where data/, exp/ (and download/) go; relative paths start here
 skip_setup=false                # true: use the existing .venv without running tools/setup.sh
-train_args=""                   # extra `asr train` arguments, e.g. "--set train.max_epochs=2"
+train_args=""                   # extra `asr train` arguments, e.g. "--set train.max_epochs=2",
+                                # split into words as the shell splits them (quote a value with
+                                # spaces inside: see the usage below)
 time_budget=1710                # seconds this invocation may take; training gets what the stages
                                 # before it left, less $post_train_reserve (0: the recipe's steps)
 post_train_reserve=60           # seconds kept for training start-up and stages 5-6
@@ -99,10 +101,13 @@ defaults: stage=$stage stop_stage=$stop_stage recipe=$recipe num_jobs=$num_jobs 
   word_lm_order=$word_lm_order lm_unit=$lm_unit lm_weight=$lm_weight
   beam_size=$beam_size blank_penalty=$blank_penalty insertion_bonus=$insertion_bonus
   length_norm=$length_norm package_searcher=$package_searcher
-  time_budget=$time_budget"
+  time_budget=$time_budget
+--train-args is split into words as the shell splits them: quote a value with spaces inside,
+  e.g. --train-args \"--set 'data.train_cuts=[my data/cuts.jsonl.gz]'\""
 . "$ROOT/egs/shared/parse_options.sh"
 . "$ROOT/egs/shared/sherpa_onnx.sh"
 . "$ROOT/egs/shared/checks.sh"
+option_words train_args train_words
 work_dir=$(mkdir -p "$work_dir" && cd "$work_dir" && pwd)
 cd "$work_dir"
 
@@ -159,16 +164,23 @@ set_search_args() {
   esac
 }
 
+if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
+  # the BPE vocabulary of stage 3: against the training transcripts when stage 0 does not make
+  # them again
+  texts=()
+  [ $stage -ge 1 ] && [ -d data/LibriSpeech/train-clean-5 ] && texts=(data/LibriSpeech/train-clean-5)
+  check_vocab_size "${texts[@]}"
+fi
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
   # The recipe with --train-args, and the searchers and search options of stages 5, 6 and 8,
   # checked as those stages will take them (a misspelt key or searcher, one the recipe's heads
-  # lack, a bad --beam-size), before the synthesis; a run from stage 5 on checks them against
-  # the trained model at once.
+  # lack, a bad --beam-size, a beam search that takes no hotwords for stage 8), before the
+  # synthesis; a run from stage 5 on checks them against the trained model at once.
   check=(--set "tokenizer_dir=$lang_dir")
   names=()
   [ $stop_stage -ge 5 ] && read -ra names <<< "$searchers"
   [ $stop_stage -ge 6 ] && names+=("$package_searcher")
-  [ $stop_stage -ge 8 ] && [ "$biasing" -gt 0 ] && names+=(beam)
+  [ $stop_stage -ge 8 ] && [ "$biasing" -gt 0 ] && check+=(--biasing-searchers beam)
   if [ ${#names[@]} -gt 0 ]; then
     set_search_args beam  # the options of every searcher but the greedy ones
     check+=(--searchers "${names[@]}" "${search_args[@]}")
@@ -230,9 +242,8 @@ if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
     log "stage 4: time budget: $train_budget s of training (--time-budget $time_budget)"
     budget_args=("train.time_budget_s=$train_budget" "train.max_steps=0")
   fi
-  # shellcheck disable=SC2086
   timed train asr train --config "$config" --exp-dir "$exp_dir" \
-    --set tokenizer_dir="$lang_dir" "${budget_args[@]}" $train_args
+    --set tokenizer_dir="$lang_dir" "${budget_args[@]}" "${train_words[@]}"
 fi
 
 if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then

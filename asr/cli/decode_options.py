@@ -1,0 +1,77 @@
+"""The options of ``asr decode`` (:mod:`asr.cli.decode`), and the check of a decode command line
+before the experiment it decodes is trained (:func:`check_arguments`), which ``asr train
+--check-only --decode-arg`` runs for the recipe scripts. Light: it loads no model, no runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from asr.cli.options import (
+    add_checkpoint_arguments,
+    add_device_argument,
+    add_num_threads_argument,
+    selection_from_args,
+)
+from asr.config import load_config
+from asr.decoding.registry import select_searchers
+from asr.experiment import ExperimentConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``asr decode``."""
+    add_checkpoint_arguments(parser)
+    parser.add_argument("--searcher", nargs="+", required=True, dest="searchers", metavar="NAME",
+                        help="searcher names (e.g. transducer_greedy ctc_prefix_beam aed_beam), "
+                             "'greedy' / 'beam' for those of the model's main head, or 'all' "
+                             "for every searcher the model's heads support")
+    parser.add_argument("--parts", nargs="+", default=["test-clean"],
+                        help="test sets to decode (a cut id twice in one is an error)")
+    parser.add_argument("--manifest-dir", type=Path, default=None,
+                        help="where librispeech_cuts_<part>.jsonl.gz are (default: data.manifest_dir)")
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
+                        metavar="KEY=VALUE",
+                        help="experiment config overrides; search.<field>=.. for the searchers "
+                             "(default: none)")
+    parser.add_argument("--tag", default="",
+                        help="suffix of the result directory and files, e.g. full-context for "
+                             "a decode with --set encoder.chunk_size=0 encoder.left_chunks=-1 "
+                             "(default: none)")
+    add_device_argument(parser)
+    add_num_threads_argument(parser)
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    """A parser that raises ValueError with argparse's message where argparse would exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(message)
+
+
+def check_arguments(
+    argv: Sequence[str], exp_dir: Path, config: Path, train_overrides: Sequence[str] = ()
+) -> None:
+    """Checks an ``asr decode`` command line before the experiment it decodes is trained: what
+    a recipe script will decode with, checked before its first stage (``asr train --check-only
+    --decode-arg``).
+
+    The line (``--exp-dir`` may be left out: ``exp_dir``) is parsed by the command's own parser,
+    its weight selection checked, its ``--set`` applied to the recipe ``config`` after
+    ``train_overrides`` (as they will be applied to the trained experiment's config) and its
+    ``--searcher`` selected for that config's heads. (``--device`` is left to the decode: its
+    resolution belongs to the runtime, which this module does not load.)
+
+    Raises:
+        ValueError: for an option the command does not have or a bad value (argparse's
+            message), an inconsistent weight selection, a bad ``--set`` key or value
+            (ConfigError), or searchers the heads do not have.
+    """
+    parser = _RaisingParser(prog="asr decode", add_help=False)
+    add_arguments(parser)
+    args = parser.parse_args(["--exp-dir", str(exp_dir), *argv])
+    selection_from_args(args, check_dir=False)
+    cfg = load_config(ExperimentConfig, config, [*train_overrides, *args.overrides])
+    select_searchers(args.searchers, cfg.heads)
