@@ -133,6 +133,14 @@ def reference_texts(make_recognizer, speech) -> list[str]:
     return [offline_streaming_text(recognizer, s.samples, s.sample_rate) for s in speech]
 
 
+@pytest.fixture(scope="session")
+def offline_text(make_recognizer):
+    """``offline_text(samples, rate)``: :func:`offline_streaming_text` with a recognizer of its
+    own."""
+    recognizer = make_recognizer()
+    return lambda samples, sample_rate: offline_streaming_text(recognizer, samples, sample_rate)
+
+
 def _wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
     """Polls ``predicate`` until it is true or ``timeout`` seconds passed."""
     deadline = time.monotonic() + timeout

@@ -61,7 +61,8 @@ def test_concurrent_connections_get_their_own_hotwords(tiny, beam_server, hello,
     results = _run(main())
     assert [r.close_code for r in results] == [1000] * 4, [r.errors for r in results]
     texts = [r.text for r in results]
-    assert texts[2:] == ["HELLO WORLD", "HELLO WORLD"]
+    plain = _alone(tiny, hello, None)  # what the tiny model hears depends on its training
+    assert plain and texts[2:] == [plain, plain]
     # a large enough boost pulls the tiny model toward each phrase, each stream as when alone
     assert "HELLO WORD" in texts[0] and "WORLDS" in texts[1] and len(set(texts)) == 3
     assert texts[:2] == [_alone(tiny, hello, h) for h in lists[:2]]
