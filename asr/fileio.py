@@ -1,11 +1,12 @@
-"""Atomic file writing: the one way the package replaces a file; reading a text file as UTF-8
-with an error that names the file and line (:func:`read_text`); and the one rule for reading a
-file that may be gzip-compressed (an ARPA LM, a cut manifest): gzip is told by its first bytes,
-:data:`GZIP_MAGIC`, whatever the file's name (:func:`open_maybe_gzip`). Where a file is read by
-a library that goes by the name instead (lhotse opens ``*.gz`` with gzip and anything else as
-plain text), :func:`check_gzip_name` refuses a name that says otherwise than the bytes, naming
-the file, before the library's own error would (a bare decoding error naming no file). Writing
-chooses by the output's name: gzip for a name ending in ``.gz``.
+"""Atomic file writing: the one way the package replaces a file; reading a text file as UTF-8 with
+an error that names the file and line (:func:`read_text`); and the one rule for reading a file
+that may be gzip-compressed (an ARPA LM, a cut manifest, a text file :func:`read_text` reads: a
+transcript or LM corpus such as ``librispeech-lm-norm.txt.gz``): gzip is told by its first
+bytes, :data:`GZIP_MAGIC`, whatever the file's name (:func:`open_maybe_gzip`). Where a file is
+read by a library that goes by the name instead (lhotse opens ``*.gz`` with gzip and anything
+else as plain text), :func:`check_gzip_name` refuses a name that says otherwise than the bytes,
+naming the file, before the library's own error would (a bare decoding error naming no file).
+Writing chooses by the output's name: gzip for a name ending in ``.gz``.
 
 A file is written to a temporary in the same directory, named ``.<name>.tmp-<pid>`` (the pid of
 the writing process, so that :data:`TEMPORARY_PATTERN` and
@@ -47,6 +48,7 @@ import os
 import re
 import shutil
 import tempfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -202,14 +204,21 @@ def check_writable_dir(path: str | Path, option: str) -> None:
 
 
 def read_text(path: str | Path) -> str:
-    """The content of the UTF-8 text file ``path`` (newlines as they are in the file).
+    """The content of the UTF-8 text file ``path`` (newlines as they are in the file),
+    decompressed when it is gzip (:func:`open_maybe_gzip`: told by its first bytes, whatever
+    its name, so ``corpus.txt.gz`` reads as ``corpus.txt``).
 
     Raises:
         OSError: when it cannot be read.
         ValueError: when it is not UTF-8, naming the file, the line and the byte (Python's own
-            error names neither file nor line).
+            error names neither file nor line); when its gzip data is corrupt or cut short,
+            naming the file.
     """
-    data = Path(path).read_bytes()
+    try:
+        with open_maybe_gzip(path) as f:
+            data = f.read()
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        raise ValueError(f"{path}: corrupt or truncated gzip data ({err})") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:

@@ -26,6 +26,7 @@ from asr.fileio import (
     current_umask,
     output_lock,
     read_json_object,
+    read_text,
     temporary_path,
     write_atomic,
     write_bytes_atomic,
@@ -304,3 +305,22 @@ def test_reading_tells_gzip_by_its_first_bytes_whatever_the_name(tmp_path):
     with pytest.raises(ValueError, match=rf"list {tmp_path / 'plain.txt.gz'} is not "
                                          "gzip-compressed but its name ends in .gz"):
         check_gzip_name(tmp_path / "plain.txt.gz", "list")
+
+
+@pytest.mark.parametrize("name", ["corpus.txt.gz", "corpus.txt"])
+def test_read_text_reads_gzip_by_its_first_bytes(tmp_path, name):
+    """A text corpus that ships compressed (``librispeech-lm-norm.txt.gz``) was refused as
+    'not UTF-8 text': the text is read as the plain file's, whatever the name, and a byte that
+    is not UTF-8 is still named by file and line."""
+    import gzip
+
+    text = "ONE LINE\r\nÉTÉ TWO\n"
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(text.encode("utf-8")))
+    assert read_text(path) == text
+    path.write_bytes(gzip.compress(b"fine\nbad \xe9\n"))
+    with pytest.raises(ValueError, match=rf"{name}:2: not UTF-8 text \(byte 0xe9 at column 5\)"):
+        read_text(path)
+    path.write_bytes(gzip.compress(text.encode("utf-8"))[:-9])  # cut short
+    with pytest.raises(ValueError, match=rf"{name}: corrupt or truncated gzip data"):
+        read_text(path)

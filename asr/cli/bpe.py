@@ -2,7 +2,8 @@
 
 Transcript formats, by path (see :mod:`asr.tokenizers.transcripts`): a directory -> all
 ``*.trans.txt`` below it; ``*.jsonl.gz`` / ``*.jsonl`` -> lhotse supervision or cut manifest;
-``*.trans.txt`` or ``text`` -> ``utt_id TEXT`` lines; anything else -> one sentence per line.
+``*.trans.txt`` or ``text`` -> ``utt_id TEXT`` lines; anything else -> one sentence per line. A
+text file may be gzip-compressed, told by its first bytes (``librispeech-lm-norm.txt.gz``).
 A tokenizer already in ``--output-dir`` is reused only while its fingerprint
 (``bpe.model.fingerprint.json`` / ``tokens.txt.fingerprint.json``, :mod:`asr.fingerprint`) says
 it was made from the same sentences and options; otherwise it is trained again. A second run on the
@@ -25,7 +26,7 @@ from asr.fingerprint import fingerprint_path, is_current, sha256_of_texts, write
 from asr.tokenizers.base import BPE_MODEL_FILE, TOKENS_FILE
 from asr.tokenizers.bpe import MIN_VOCAB_SIZE, check_vocab_size, train_bpe
 from asr.tokenizers.char import build_char_tokenizer
-from asr.tokenizers.transcripts import read_transcripts
+from asr.tokenizers.transcripts import TRANSCRIPTS_HELP, read_transcripts
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +34,7 @@ logger = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--transcripts", nargs="+", default=[], metavar="F",
-        help="LibriSpeech dirs / *.trans.txt, Kaldi 'text', lhotse *.jsonl.gz, or plain text "
-             "files (required but with --check-only)",
+        help=f"{TRANSCRIPTS_HELP} (required but with --check-only)",
     )
     parser.add_argument("--output-dir", default=None,
                         help="where bpe.model / tokens.txt go (required but with --check-only)")

@@ -7,8 +7,10 @@ fusion in ``transducer_beam``, ``tdt_beam``, ``ctc_prefix_beam`` and ``cif_beam`
 ``--unit word``: an n-gram over the transcripts' words, written out; its vocabulary becomes the
 lexicon of ``search.lm_unit=word`` (hypotheses are restricted to those words, see
 :mod:`asr.decoding.word_lm`), so pass every text the recognizer may have to say.
-Transcript formats as for ``asr bpe``. Pass each transcript once: a cut manifest with speed
-perturbation repeats every sentence per speed (use the LibriSpeech directory instead).
+Transcript formats as for ``asr bpe`` (a text file may be gzip-compressed, e.g. LibriSpeech's
+LM corpus ``librispeech-lm-norm.txt.gz`` as it ships). Pass each transcript once: a cut
+manifest with speed perturbation repeats every sentence per speed (use the LibriSpeech
+directory instead).
 An existing ``--output`` is reused only while its fingerprint (``<output>.fingerprint.json``,
 :mod:`asr.fingerprint`: the sha256 of the transcripts' sentences, the unit, the order and, for
 tokens, of the tokenizer's files) equals this run's; otherwise the LM is trained again. A second
@@ -32,7 +34,7 @@ from asr.fingerprint import (
 )
 from asr.tokenizers import load_tokenizer
 from asr.tokenizers.base import BPE_MODEL_FILE, TOKENS_FILE
-from asr.tokenizers.transcripts import read_transcripts
+from asr.tokenizers.transcripts import TRANSCRIPTS_HELP, read_transcripts
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ logger = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--transcripts", nargs="+", required=True, metavar="F",
-        help="LibriSpeech dirs / *.trans.txt, Kaldi 'text', lhotse *.jsonl.gz, or plain text files",
+        help=TRANSCRIPTS_HELP,
     )  # fmt: skip
     parser.add_argument(
         "--tokenizer-dir", help="directory of the tokenizer (default: none; needed for --unit token)"

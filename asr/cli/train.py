@@ -23,12 +23,14 @@ hotwords, with ``--decode-arg`` an ``asr decode`` command line against this conf
 ``--check-only`` stops there (exit 0 when it fits): the recipe scripts check a recipe, their
 ``--train-args`` and their decoding options that way before their first stage.
 
-A config error, a dev manifest (``data.dev_cuts``) that names a cut id twice, or a missing or
-unreadable training or dev manifest (or Shar directory) exits with 2 naming the config field,
-before anything is written (``--check-only`` stops before the manifests are checked: the recipes
-run it before their data stages). Training manifests may repeat cuts (oversampling, e.g. a
-manifest listed twice in ``data.train_cuts``): each repeat is trained as ``<id>_repeat<k>``, with
-its own augmentation draws (:mod:`asr.data.cut_ids`).
+A config error exits with 2 naming the key. After ``--check-only``'s stop, a missing or
+unreadable training, dev or noise manifest (or Shar directory) and a dev manifest
+(``data.dev_cuts``) that names a cut id twice exit with 2 naming the config field, before
+anything is written. ``--check-only`` reads no data: the recipes run it before their data
+stages, when the manifests of an earlier run may be stale and about to be rewritten. Training
+manifests may repeat cuts (oversampling, e.g. a manifest listed twice in ``data.train_cuts``):
+each repeat is trained as ``<id>_repeat<k>``, with its own augmentation draws
+(:mod:`asr.data.cut_ids`).
 """
 
 from __future__ import annotations
@@ -122,7 +124,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(ExperimentConfig, args.config, args.overrides)
         check_training_config(cfg)
-        check_dev_cuts(cfg)  # a repeated dev id would be scored twice in every dev WER
     except (ConfigError, FileNotFoundError, ValueError) as err:
         logger.error("asr train: %s", err)
         return 2
@@ -152,8 +153,9 @@ def run(args: argparse.Namespace) -> int:
     if args.check_only:
         logger.info("asr train: %s fits (--check-only: nothing trained)", args.config)
         return 0
-    try:
-        check_data_inputs(cfg)  # the data stages come after a recipe's --check-only
+    try:  # the data stages come after a recipe's --check-only: its manifests may be stale then
+        check_data_inputs(cfg)
+        check_dev_cuts(cfg)  # a repeated dev id would be scored twice in every dev WER
     except (FileNotFoundError, ValueError) as err:
         logger.error("asr train: %s", err)
         return 2

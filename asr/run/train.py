@@ -24,7 +24,13 @@ from lhotse import CutSet
 
 from asr.config import ConfigError, to_dict
 from asr.data.cut_ids import Repeats, check_unique_ids, load_eval_cuts
-from asr.data.dataset import check_cut_manifest, load_cuts, make_dataloader, speed_factors
+from asr.data.dataset import (
+    check_cut_manifest,
+    cut_manifest_lines,
+    load_cuts,
+    make_dataloader,
+    speed_factors,
+)
 from asr.data.epochs import EpochBatches
 from asr.data.filtering import filter_cuts
 from asr.data.shar import SharCuts, shar_fields
@@ -161,9 +167,11 @@ def _load_shar(cfg: ExperimentConfig, model: ASRModel, tokenizer: Tokenizer):
 def check_data_inputs(cfg: ExperimentConfig) -> None:
     """Checks the data files the config names, before a run writes anything: the training
     manifests (``data.train_cuts`` in ``data.manifest_dir``, or the Shar directories
-    ``data.train_shar_dirs`` with their cut manifests, :func:`asr.data.shar.shar_fields`) and
-    the dev manifests (``data.dev_cuts``) exist, and each manifest's first line is a cut and its
-    name says whether it is gzip-compressed (:func:`asr.data.dataset.check_cut_manifest`).
+    ``data.train_shar_dirs`` with their cut manifests, :func:`asr.data.shar.shar_fields`), the
+    dev manifests (``data.dev_cuts``) and the noise cuts of noise augmentation
+    (``data.noise.cuts_path``, when set) exist, and each manifest's first line is a cut and its
+    name says whether it is gzip-compressed (:func:`asr.data.dataset.check_cut_manifest`); the
+    noise manifest must hold a cut (noise is drawn from it).
 
     Raises:
         FileNotFoundError: naming the config field and the missing path (``asr train`` exits
@@ -183,26 +191,40 @@ def check_data_inputs(cfg: ExperimentConfig) -> None:
     else:
         _check_manifests(data.manifest_dir, data.train_cuts, "data.train_cuts")
     _check_manifests(data.manifest_dir, data.dev_cuts, "data.dev_cuts")
+    noise = data.noise.cuts_path
+    if noise is not None:
+        _check_manifest(Path(noise), "data.noise.cuts_path")
+        lines = cut_manifest_lines(Path(noise))
+        try:
+            if next(lines, None) is None:
+                raise ValueError(f"data.noise.cuts_path: cut manifest {noise} holds no cuts")
+        finally:
+            lines.close()
 
 
 def _check_manifests(manifest_dir: Path, names: Sequence[str], field: str) -> None:
-    """FileNotFoundError naming ``field`` and the first manifest of ``names`` (in
-    ``manifest_dir``) that is no file; ValueError naming it and the first that
-    :func:`asr.data.dataset.check_cut_manifest` refuses."""
-    for path in (Path(manifest_dir) / name for name in names):
-        if not path.is_file():
-            raise FileNotFoundError(f"{field}: cut manifest {path} does not exist")
-        try:
-            check_cut_manifest(path)
-        except ValueError as err:
-            raise ValueError(f"{field}: {err}") from None
+    """:func:`_check_manifest` of each of ``names`` (in ``manifest_dir``), in order."""
+    for name in names:
+        _check_manifest(Path(manifest_dir) / name, field)
+
+
+def _check_manifest(path: Path, field: str) -> None:
+    """FileNotFoundError naming ``field`` and ``path`` when it is no file; ValueError naming
+    them when :func:`asr.data.dataset.check_cut_manifest` refuses it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{field}: cut manifest {path} does not exist")
+    try:
+        check_cut_manifest(path)
+    except ValueError as err:
+        raise ValueError(f"{field}: {err}") from None
 
 
 def check_dev_cuts(cfg: ExperimentConfig) -> None:
     """Checks that the dev manifests (``data.dev_cuts``) name each cut once, before a run
     writes anything (:func:`asr.data.cut_ids.check_unique_ids`). A missing one is left to
-    :func:`check_data_inputs`, which ``asr train`` runs after ``--check-only`` (the recipes
-    check their config before their data stages).
+    :func:`check_data_inputs`; ``asr train`` runs both after ``--check-only``'s stop (the
+    recipes check their config before their data stages, when a dev manifest of an earlier run
+    may be stale).
 
     Raises:
         asr.data.cut_ids.DuplicateIdError: naming a repeated id, its file(s) and both lines.

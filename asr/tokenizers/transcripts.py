@@ -6,9 +6,13 @@ The format is chosen by the path (first matching rule):
 * ``*.jsonl.gz`` / ``*.jsonl``: a lhotse manifest of supervisions or cuts; the ``text`` of every
   supervision, in manifest order (gzip-compressed if and only if its name ends in ``.gz``, as
   lhotse reads it: :func:`asr.fileio.check_gzip_name`);
-* ``*.trans.txt`` or a file named ``text``: ``utt_id TEXT`` lines (LibriSpeech / Kaldi); the
-  first field is dropped;
+* ``*.trans.txt`` or a file named ``text`` (either with ``.gz`` after it): ``utt_id TEXT``
+  lines (LibriSpeech / Kaldi); the first field is dropped;
 * anything else: plain text, one sentence per line.
+
+A text file (plain or Kaldi) may be gzip-compressed, told by its first bytes whatever its name
+(:func:`asr.fileio.read_text`): LibriSpeech's LM corpus ``librispeech-lm-norm.txt.gz`` is read
+as it ships.
 
 Each sentence's whitespace is normalised (:func:`asr.tokenizers.base.normalize_whitespace`, as
 the tokenizers' trainers normalise it) and empty sentences are skipped; the text is otherwise
@@ -24,6 +28,13 @@ from pathlib import Path
 from asr.fileio import check_gzip_name, read_text
 from asr.tokenizers.base import normalize_whitespace
 
+#: The command-line help of a ``--transcripts`` option read by :func:`read_transcripts`.
+TRANSCRIPTS_HELP = (
+    "LibriSpeech dirs / *.trans.txt, Kaldi 'text', lhotse *.jsonl.gz, or plain text files (one "
+    "sentence per line); a text file may be gzip-compressed whatever its name, e.g. "
+    "librispeech-lm-norm.txt.gz"
+)
+
 
 def transcript_kind(path: Path) -> str:
     """``"dir"``, ``"lhotse"``, ``"kaldi"`` or ``"plain"``, by the rules of this module."""
@@ -32,7 +43,8 @@ def transcript_kind(path: Path) -> str:
         return "dir"
     if name.endswith((".jsonl.gz", ".jsonl")):
         return "lhotse"
-    if name.endswith(".trans.txt") or name == "text":
+    base = name.removesuffix(".gz")
+    if base.endswith(".trans.txt") or base == "text":
         return "kaldi"
     return "plain"
 
@@ -71,7 +83,8 @@ def _iter_path(path: Path) -> Iterator[str]:
 
 
 def _lines(path: Path) -> Iterator[str]:
-    """The lines of a UTF-8 text file (universal newlines, as ``open()`` reads them)."""
+    """The lines of a UTF-8 text file, plain or gzip-compressed (universal newlines, as
+    ``open()`` reads them)."""
     return iter(io.StringIO(read_text(path), newline=None))
 
 

@@ -1,5 +1,6 @@
 """A package carries the search its recipe tuned (searcher, options, LM): decoded through the CLI
-it gives what ``asr decode`` gives with the same settings on the test set."""
+it gives what ``asr decode`` gives with the same settings on the test set, and its searcher is
+the one those settings build by hand (the LM fused at its weight: not the one without it)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 import asr
 from asr.cli.main import main
+from asr.decoding import SearchConfig, build_searcher
+from asr.features.fbank import compute_fbank
 from asr.metrics.wer import compute_wer
 from asr.package import load_package
+from asr.runtime.offline import Transcriber
 
 PART = "test-clean"
 
@@ -37,6 +42,17 @@ def _recogs(path: Path) -> dict[str, str]:
     return hyps
 
 
+def _encode(model: Transcriber, audio: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``model``'s encoder output ``(B, T, D)`` and its lengths ``(B,)`` for the files
+    ``audio``, with the features its transcription computes."""
+    runtime = model.runtime
+    feats = [compute_fbank(model.load(path).samples, model.sample_rate, runtime.fbank,
+                           runtime.extractor) for path in audio]
+    lens = torch.tensor([f.shape[0] for f in feats])
+    with torch.no_grad():
+        return runtime.model.encode(torch.nn.utils.rnn.pad_sequence(feats, True), lens)
+
+
 @pytest.fixture(scope="module")
 def token_lm(tiny_corpus, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("lm") / "token_3gram.arpa"
@@ -48,8 +64,6 @@ def token_lm(tiny_corpus, tmp_path_factory) -> Path:
 
 def test_package_decodes_with_its_own_lm_as_asr_decode(trained, tiny_corpus, token_lm, tmp_path,
                                                         capsys, caplog):
-    # with these settings the barely trained tiny model says what its LM says: long hypotheses
-    # that only this LM gives
     settings = ["search.beam_size=3", f"search.lm_path={token_lm}", "search.lm_weight=0.6",
                 "search.blank_penalty=3"]
     weights = ["--checkpoint", str(trained / "epoch-2.pt")]
@@ -61,7 +75,7 @@ def test_package_decodes_with_its_own_lm_as_asr_decode(trained, tiny_corpus, tok
     assert summary.name == f"wer-summary-{PART}-transducer_beam.txt"
     decode_wer = float(summary.read_text().splitlines()[1].split("\t")[1])
     decoded = _recogs(summary.parent / f"recogs-{PART}-transducer_beam.txt")
-    assert len(decoded) == 4 and all(len(hyp.split()) >= 3 for hyp in decoded.values()), decoded
+    assert len(decoded) == 4, decoded
 
     # the package keeps the searcher, the options and a copy of the LM ...
     lm = tmp_path / "lm.arpa"
@@ -86,6 +100,19 @@ def test_package_decodes_with_its_own_lm_as_asr_decode(trained, tiny_corpus, tok
 
     refs = _references(tiny_corpus)
     utts = sorted(refs)
+    # its searcher is the one its settings build by hand, with the LM fused: the hypotheses'
+    # scores (the LM's end of sentence is in every one) are those of that search, not of the
+    # same search with LM weight 0 (no LM), whatever words the tiny model's weights give
+    default = asr.load_model(package)
+    by_hand = {weight: build_searcher(
+        "transducer_beam", default.runtime.model,
+        SearchConfig(beam_size=3, lm_path=token_lm, lm_weight=weight, blank_penalty=3.0),
+        tokenizer=default.runtime.tokenizer) for weight in (0.6, 0.0)}
+    enc, enc_lens = _encode(default, [refs[u][0] for u in utts])
+    packaged = default.searcher()(enc, enc_lens)
+    assert packaged == by_hand[0.6](enc, enc_lens)
+    assert packaged != by_hand[0.0](enc, enc_lens)
+
     code = main(["transcribe", "--model", str(package), "--format", "json",
                  *[str(refs[u][0]) for u in utts]])
     assert code == 0

@@ -178,6 +178,14 @@ def test_a_dev_set_that_repeats_a_cut_id_is_refused_before_anything_is_written(
     assert f"cut id {cut_id!r} occurs twice in an evaluation set: lines 1 and 3 of {dev}" \
         in caplog.text
     assert not (tmp_path / "dupdev").exists()
+    # --check-only reads no data: the recipes run it before their data stages rewrite the
+    # manifests, so a stale dev manifest of an earlier run must not fail it
+    caplog.clear()
+    assert main(["train", "--config", str(tmp_path / "dupdev.yaml"), "--exp-dir",
+                 str(tmp_path / "dupdev"), "--set", f"data.dev_cuts=[{dev}]",
+                 "--check-only"]) == 0
+    assert "occurs twice" not in caplog.text
+    assert not (tmp_path / "dupdev").exists()
 
 
 #: id -> (the override, the config field and the missing path named), functions of the corpus
@@ -197,7 +205,23 @@ MISSING_INPUTS = {
         f"data.dev_cuts=[{_dev_copy(corpus, tmp / 'dev.jsonl')}]",
         f"data.dev_cuts: cut manifest {tmp / 'dev.jsonl'} is gzip-compressed but its name does "
         "not end in .gz"),
+    "noise manifest": lambda corpus, tmp: (
+        f"data.noise.cuts_path={tmp / 'noise.jsonl.gz'}",
+        f"data.noise.cuts_path: cut manifest {tmp / 'noise.jsonl.gz'} does not exist"),
+    "misnamed gzip noise manifest": lambda corpus, tmp: (
+        f"data.noise.cuts_path={_dev_copy(corpus, tmp / 'noise.jsonl')}",
+        f"data.noise.cuts_path: cut manifest {tmp / 'noise.jsonl'} is gzip-compressed but its "
+        "name does not end in .gz"),
+    "noise manifest of no cut": lambda corpus, tmp: (
+        f"data.noise.cuts_path={_empty(tmp / 'noise.jsonl')}",
+        f"data.noise.cuts_path: cut manifest {tmp / 'noise.jsonl'} holds no cuts"),
 }
+
+
+def _empty(path):
+    """An empty file at ``path``."""
+    path.write_bytes(b"")
+    return path
 
 
 def _dev_copy(corpus, path):
@@ -209,9 +233,9 @@ def _dev_copy(corpus, path):
 @pytest.mark.parametrize("case", MISSING_INPUTS)
 def test_a_missing_input_of_the_config_is_refused_naming_its_field(case, tmp_path, tiny_corpus,
                                                                    caplog):
-    """A missing dev or training manifest (or one lhotse cannot read) exited with 1 once the
-    model was built, as a failed run does: exit 2 naming the field and the path, before
-    anything is written. ``--check-only`` reads no data (the recipes check before their data
+    """A missing dev, training or noise manifest (or one lhotse cannot read, or noise without
+    cuts) exited with 1 once the model was built, as a failed run does: exit 2 naming the field
+    and the path, before anything is written. ``--check-only`` reads no data (the recipes check before their data
     stages), so it still passes."""
     override, message = MISSING_INPUTS[case](tiny_corpus, tmp_path)
     assert train_tiny(tmp_path, tiny_corpus, "missing", override) == 2

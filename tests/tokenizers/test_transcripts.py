@@ -64,3 +64,19 @@ def test_a_lhotse_manifest_whose_name_belies_its_compression_is_named(tmp_path, 
     path.write_bytes(data if name == "cuts.jsonl" else gzip.decompress(data))
     with pytest.raises(ValueError, match=rf"lhotse manifest {path} is (not )?gzip-compressed"):
         read_transcripts([path])
+
+
+def test_text_files_may_be_gzip_compressed_whatever_their_names(tmp_path):
+    """LibriSpeech's LM corpus ships as ``librispeech-lm-norm.txt.gz``: a gzip text file is
+    read as the plain one (told by its first bytes), and a Kaldi ``text.gz`` or
+    ``*.trans.txt.gz`` still drops its utterance ids."""
+    import gzip
+
+    files = {"lm-norm.txt.gz": b"ONE SENTENCE\n  TWO  \n", "lm-norm.txt": b"THREE\n",
+             "text.gz": b"u1 KALDI TEXT\n", "1-2.trans.txt.gz": b"1-2-0000 TRANS TEXT\n"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(gzip.compress(data))
+    assert [transcript_kind(tmp_path / name) for name in files] == [
+        "plain", "plain", "kaldi", "kaldi"]
+    assert read_transcripts([tmp_path / name for name in files]) == [
+        "ONE SENTENCE", "TWO", "THREE", "KALDI TEXT", "TRANS TEXT"]

@@ -44,7 +44,8 @@ musan_url=https://www.openslr.org/resources/17/musan.tar.gz  # or a mirror (e.g.
 lm_order=4                 # token n-gram LM (stage 5)
 word_lm_order=3            # word n-gram LM (stage 5)
 lm_text=()                 # LM training texts, one --lm-text each (plain text, one sentence per
-                           # line, or transcript dirs); default: the training parts' transcripts
+                           # line, gzip too, e.g. librispeech-lm-norm.txt.gz; or transcript
+                           # dirs); default: the training parts' transcripts
 work_dir=$HERE                  # where data/, exp/ (and download/) go; relative paths start here
 skip_setup=false           # true: use the existing .venv without running tools/setup.sh
 
