@@ -1,5 +1,7 @@
+import gzip
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,3 +36,20 @@ def pytest_runtest_makereport(item, call):
         if data:
             report.sections.append((f"Captured {name} of the failed subprocess",
                                     data[-SUBPROCESS_TAIL:]))
+
+
+@pytest.fixture
+def gzip_copies(tmp_path):
+    """``write(stem, data)`` stores the bytes ``data`` in ``tmp_path`` three ways and returns
+    the paths: plain (``<stem>.txt``), gzip under a .gz name (``<stem>.txt.gz``) and gzip under
+    a plain name (``<stem>-gzip.txt``), for readers that must tell gzip by the first bytes."""
+
+    def write(stem: str, data: bytes) -> list[Path]:
+        plain, named, unnamed = (tmp_path / f"{stem}.txt", tmp_path / f"{stem}.txt.gz",
+                                 tmp_path / f"{stem}-gzip.txt")
+        plain.write_bytes(data)
+        named.write_bytes(gzip.compress(data))
+        unnamed.write_bytes(gzip.compress(data))
+        return [plain, named, unnamed]
+
+    return write

@@ -168,27 +168,21 @@ def test_cli_trains_a_token_lm(tmp_path):
 
 
 @pytest.mark.parametrize("unit", ["token", "word"])
-def test_cli_trains_from_a_gzip_text_as_from_the_plain_one(tmp_path, unit):
+def test_cli_trains_from_a_gzip_text_as_from_the_plain_one(tmp_path, unit, gzip_copies):
     """LibriSpeech's LM corpus ships as ``librispeech-lm-norm.txt.gz``, which was refused as
     'not UTF-8 text': gzip is told by the first bytes, with or without a .gz name, and the LM
     is the plain text's."""
-    import gzip
-
     from asr.cli.main import main
     from asr.tokenizers.bpe import train_bpe
 
     texts = ["THE CAT SAT ON THE MAT", "A DOG SAT ON A LOG", "THE DOG ATE THE CAT FOOD"] * 40
     lang = tmp_path / "lang"
     train_bpe(texts, lang, 40)
-    data = ("\n".join(texts) + "\n").encode("utf-8")
-    (tmp_path / "lm-norm.txt").write_bytes(data)
-    (tmp_path / "lm-norm.txt.gz").write_bytes(gzip.compress(data))
-    (tmp_path / "gzip-named-plain.txt").write_bytes(gzip.compress(data))
     arpas = []
-    for name in ("lm-norm.txt", "lm-norm.txt.gz", "gzip-named-plain.txt"):
-        out = tmp_path / f"{name}.arpa"
+    for text in gzip_copies("lm-norm", ("\n".join(texts) + "\n").encode("utf-8")):
+        out = tmp_path / f"{text.name}.arpa"
         unit_args = ["--tokenizer-dir", str(lang)] if unit == "token" else ["--unit", "word"]
-        assert main(["lm", "--transcripts", str(tmp_path / name), *unit_args, "--order", "3",
+        assert main(["lm", "--transcripts", str(text), *unit_args, "--order", "3",
                      "--output", str(out)]) == 0
         arpas.append(out.read_bytes())
     assert arpas[1] == arpas[0] and arpas[2] == arpas[0]

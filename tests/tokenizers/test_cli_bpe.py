@@ -89,20 +89,14 @@ def test_check_only_refuses_a_vocab_size_too_small_and_trains_nothing(tmp_path, 
 
 
 def test_bpe_cli_trains_from_a_gzip_text_as_from_the_plain_one(tmp_path, train_texts,
-                                                               heldout_texts):
+                                                               heldout_texts, gzip_copies):
     """A compressed corpus (``librispeech-lm-norm.txt.gz``, as it ships) was refused as 'not
     UTF-8 text': gzip is told by the first bytes, with or without a .gz name, and the model is
     the plain text's."""
-    import gzip
-
-    data = "".join(f"{text}\n" for text in train_texts).encode("utf-8")
-    (tmp_path / "corpus.txt").write_bytes(data)
-    (tmp_path / "corpus.txt.gz").write_bytes(gzip.compress(data))
-    (tmp_path / "gzip-named-plain.txt").write_bytes(gzip.compress(data))
     tokenizers = []
-    for name in ("corpus.txt", "corpus.txt.gz", "gzip-named-plain.txt"):
-        out = tmp_path / f"lang-{name}"
-        assert main(["bpe", "--transcripts", str(tmp_path / name), "--output-dir", str(out),
+    for corpus in gzip_copies("corpus", "".join(f"{text}\n" for text in train_texts).encode()):
+        out = tmp_path / f"lang-{corpus.name}"
+        assert main(["bpe", "--transcripts", str(corpus), "--output-dir", str(out),
                      "--vocab-size", "80"]) == 0
         tokenizers.append(load_tokenizer(out))
         assert (out / "tokens.txt").read_bytes() == (tmp_path / "lang-corpus.txt" /
