@@ -47,10 +47,10 @@ from asr.config import ConfigError
 from asr.data.librispeech import check_test_parts
 from asr.decoding import build_searcher
 from asr.decoding.registry import select_searchers
+from asr.device import resolve_device
 from asr.experiment import load_trained_model
 from asr.fileio import OutputBusyError, output_locks
 from asr.run.evaluate import decode_part, result_paths, write_results
-from asr.runtime.bundle import resolve_device
 
 __all__ = ["add_arguments", "check_arguments", "run"]
 

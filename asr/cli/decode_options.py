@@ -14,10 +14,12 @@ from asr.cli.options import (
     add_checkpoint_arguments,
     add_device_argument,
     add_num_threads_argument,
+    check_num_threads,
     selection_from_args,
 )
 from asr.config import load_config
 from asr.decoding.registry import select_searchers
+from asr.device import resolve_device
 from asr.experiment import ExperimentConfig
 
 
@@ -61,17 +63,25 @@ def check_arguments(
     The line (``--exp-dir`` may be left out: ``exp_dir``) is parsed by the command's own parser,
     its weight selection checked, its ``--set`` applied to the recipe ``config`` after
     ``train_overrides`` (as they will be applied to the trained experiment's config) and its
-    ``--searcher`` selected for that config's heads. (``--device`` is left to the decode: its
-    resolution belongs to the runtime, which this module does not load.)
+    ``--searcher`` selected for that config's heads. Its ``--device`` is resolved by the rule
+    the decode applies (:func:`asr.device.resolve_device`: a name torch does not know, CUDA
+    without a GPU, ``cuda:N`` past this machine's GPUs) and its ``--num-threads`` checked
+    (:func:`asr.cli.options.check_num_threads`), on this machine, where the recipe decodes.
 
     Raises:
         ValueError: for an option the command does not have or a bad value (argparse's
-            message), an inconsistent weight selection, a bad ``--set`` key or value
-            (ConfigError), or searchers the heads do not have.
+            message, or one naming ``--device`` / ``--num-threads``), an inconsistent weight
+            selection, a bad ``--set`` key or value (ConfigError), or searchers the heads do
+            not have.
     """
     parser = _RaisingParser(prog="asr decode", add_help=False)
     add_arguments(parser)
     args = parser.parse_args(["--exp-dir", str(exp_dir), *argv])
+    try:
+        resolve_device(args.device)
+    except ValueError as err:
+        raise ValueError(f"argument --device: {err}") from err
+    check_num_threads(args.num_threads)
     selection_from_args(args, check_dir=False)
     cfg = load_config(ExperimentConfig, config, [*train_overrides, *args.overrides])
     select_searchers(args.searchers, cfg.heads)

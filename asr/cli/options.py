@@ -16,6 +16,7 @@ import torch
 
 from asr.checkpoints.selection import WeightSelection
 from asr.constants import DEFAULT_MAX_LEFT_SECONDS, METADATA_FILE
+from asr.device import DEVICE_HELP
 
 __all__ = [
     "add_checkpoint_arguments",
@@ -26,6 +27,7 @@ __all__ = [
     "add_streaming_arguments",
     "attribute_docs",
     "check_experiment_dir",
+    "check_num_threads",
     "dataclass_from_args",
     "selection_from_args",
     "set_num_threads",
@@ -56,9 +58,8 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
     """``--device``, the same in every subcommand that runs a model (resolved by
-    :func:`asr.runtime.bundle.resolve_device`)."""
-    parser.add_argument("--device", default="auto",
-                        help="auto (cuda when a GPU is available, else cpu), cpu, cuda, cuda:1, ...")
+    :func:`asr.device.resolve_device`)."""
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
 def add_num_threads_argument(parser: argparse.ArgumentParser, default: int = 0,
@@ -79,16 +80,26 @@ def add_num_threads_argument(parser: argparse.ArgumentParser, default: int = 0,
                              f"{zero} (default: {default}{why})")
 
 
+def check_num_threads(num_threads: int) -> None:
+    """Refuses a ``--num-threads`` that :func:`set_num_threads` cannot apply, without applying
+    it (``asr train --check-only --decode-arg`` checks a decode's before training).
+
+    Raises:
+        ValueError: a negative ``num_threads``, naming the option.
+    """
+    if num_threads < 0:
+        raise ValueError(f"--num-threads must be >= 0, got {num_threads}")
+
+
 def set_num_threads(num_threads: int) -> None:
     """Applies ``--num-threads``: N > 0 sets torch's intra-op threads and its inter-op threads
     (these only while this process has run no inter-op parallel work yet; else left as they are,
     logged); 0 leaves torch's defaults.
 
     Raises:
-        ValueError: a negative ``num_threads``.
+        ValueError: a negative ``num_threads`` (:func:`check_num_threads`).
     """
-    if num_threads < 0:
-        raise ValueError(f"--num-threads must be >= 0, got {num_threads}")
+    check_num_threads(num_threads)
     if num_threads == 0:
         return
     torch.set_num_threads(num_threads)

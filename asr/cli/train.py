@@ -19,7 +19,8 @@ The configuration is checked before anything is read or written (exit 2 naming t
 ``--searchers`` also that its heads have those searchers (as ``asr decode --searcher`` takes them;
 :func:`asr.decoding.registry.select_searchers`), with ``--biasing-searchers`` also that those take
 hotwords, with ``--decode-arg`` an ``asr decode`` command line against this config
-(:func:`asr.cli.decode_options.check_arguments`: its own parser, its ``--set``, its searchers), and
+(:func:`asr.cli.decode_options.check_arguments`: its own parser, its ``--set``, its searchers,
+its ``--device`` on this machine and its ``--num-threads``), and
 ``--check-only`` stops there (exit 0 when it fits): the recipe scripts check a recipe, their
 ``--train-args`` and their decoding options that way before their first stage.
 
@@ -80,8 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "config before training (repeat it for each, written "
                              "--decode-arg=--set for one that starts with -; --exp-dir is this "
                              "one): parsed by asr decode's own parser, its --set applied after "
-                             "this --set, its --searcher selected for the heads; exit 2 "
-                             "otherwise (default: none)")
+                             "this --set, its --searcher selected for the heads, its --device "
+                             "resolved on this machine; exit 2 otherwise (default: none)")
     parser.add_argument("--check-only", action="store_true",
                         help="check the config (with --set and --searchers) and exit: 0 when it "
                              "fits, 2 naming what does not; reads no data and writes nothing")

@@ -34,6 +34,7 @@ from asr.decoding.registry import (
     select_searcher,
     streaming_searcher_for,
 )
+from asr.device import DEVICE_HELP, resolve_device
 from asr.features.fbank import (
     FbankConfig,
     encoder_frame_samples,
@@ -53,32 +54,6 @@ HotwordsSpec = str | Path | Sequence[str] | None
 #: What ``search=`` takes: the options themselves, or changes to the package's (a mapping
 #: ``field -> value`` or ``search.field=value`` strings).
 SearchOptions = SearchConfig | Mapping[str, Any] | Iterable[str]
-
-DEVICE_HELP = "auto (cuda when a GPU is available, else cpu), cpu, cuda, cuda:1, ..."
-
-
-def resolve_device(device: torch.device | str) -> torch.device:
-    """``auto`` -> ``cuda`` when a GPU is available, else ``cpu``; other names as torch reads
-    them.
-
-    Raises:
-        ValueError: for a name torch does not know, or a CUDA device without a usable GPU.
-    """
-    if isinstance(device, torch.device):
-        resolved = device
-    elif str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            resolved = torch.device(str(device))
-        except RuntimeError as err:
-            raise ValueError(f"device {device!r}: not a torch device ({DEVICE_HELP})") from err
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device}: no CUDA GPU is available here; use cpu or auto")
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device}: only {torch.cuda.device_count()} CUDA GPU(s) here")
-    return resolved
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
 """A package carries the search its recipe tuned (searcher, options, LM): decoded through the CLI
 it gives what ``asr decode`` gives with the same settings on the test set, and its searcher is
-the one those settings build by hand (the LM fused at its weight: not the one without it)."""
+the one those settings build by hand (the LM fused at its weight: not the one without it), and
+so is its streaming searcher, with every setting it reads."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -13,11 +15,13 @@ import torch
 
 import asr
 from asr.cli.main import main
-from asr.decoding import SearchConfig, build_searcher
+from asr.decoding import SearchConfig, StreamingSearcher, build_searcher, build_streaming_searcher
+from asr.decoding.context_graph import ContextGraph
 from asr.features.fbank import compute_fbank
 from asr.metrics.wer import compute_wer
-from asr.package import load_package
+from asr.package import export_package, load_package
 from asr.runtime.offline import Transcriber
+from asr.runtime.streaming import StreamingRecognizer
 
 PART = "test-clean"
 
@@ -51,6 +55,50 @@ def _encode(model: Transcriber, audio: list[Path]) -> tuple[torch.Tensor, torch.
     lens = torch.tensor([f.shape[0] for f in feats])
     with torch.no_grad():
         return runtime.model.encode(torch.nn.utils.rnn.pad_sequence(feats, True), lens)
+
+
+def _stream(recognizer: StreamingRecognizer, samples) -> tuple[list, object]:
+    """Decodes ``samples`` as one stream of ``recognizer``: the encoder chunks ``(enc (1, T',
+    D), enc_lens (1,))`` its searcher was given, and the finished stream."""
+    chunks = []
+    model = recognizer.runtime.model
+    encode_chunk = model.encode_chunk
+
+    def recording(*args, **kwargs):
+        out = encode_chunk(*args, **kwargs)
+        if out[0].shape[1] > 0:  # (a chunk of no frame is not searched)
+            chunks.append(out[:2])
+        return out
+
+    model.encode_chunk = recording
+    try:
+        stream = recognizer.new_stream()
+        recognizer.accept_waveform(stream, samples, recognizer.sample_rate)
+        recognizer.input_finished(stream)
+        while recognizer.is_ready(stream):
+            recognizer.decode([stream])
+    finally:
+        del model.encode_chunk
+    assert stream.done
+    return chunks, stream
+
+
+def _graph(graph: ContextGraph | None) -> tuple | None:
+    """A hotword graph as comparable values (None: no graph)."""
+    if graph is None:
+        return None
+    return graph.next_state.tolist(), graph.delta.tolist(), graph.final.tolist()
+
+
+def _search(searcher: StreamingSearcher, chunks: list) -> tuple:
+    """What ``searcher`` keeps and gives over the encoder ``chunks`` of one stream, from its
+    own initial state: the live hypotheses (tokens, frames, scores, LM and hotword states),
+    the hotword graph and the final hypothesis."""
+    state = searcher.init_state(1, "cpu")
+    for enc, enc_lens in chunks:
+        state = searcher.step(enc, enc_lens, state)
+    (beam,) = state.beams
+    return beam.hyps, _graph(beam.context), searcher.finalize(state)[0]
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +189,44 @@ def test_package_decodes_with_its_own_lm_as_asr_decode(trained, tiny_corpus, tok
     assert main(["transcribe", "--model", str(package), "--set", "search.beam_sz=2",
                  str(refs[utts[0]][0])]) == 2
     assert "did you mean 'beam_size'" in caplog.text
+
+
+def test_package_streams_with_its_own_search_settings(trained, tiny_corpus, token_lm, tmp_path):
+    """The streaming recognizer of a package (``asr transcribe --streaming``, ``asr serve``)
+    searches with every setting of the package's search that its searcher reads: on the encoder
+    chunks it was given, it keeps and gives exactly what the streaming searcher built by hand
+    with those settings does, and not what it does without any one of them (each changes the
+    scores, LM states, hotword graph or beam whatever the tiny model's weights)."""
+    refs = _references(tiny_corpus)
+    utt = sorted(refs)[0]
+    phrases = tmp_path / "hotwords.txt"
+    phrases.write_text(refs[utt][1].split()[0] + "\n", encoding="utf-8")
+    settings = {"beam_size": 3, "lm_path": token_lm, "lm_weight": 0.6, "blank_penalty": 1.0,
+                "length_norm": 0.5, "insertion_bonus": 0.3, "hotwords_file": phrases,
+                "hotwords_score": 2.5, "hotwords_unboosted_prefix": 0}
+    package = tmp_path / "package"
+    export_package(trained, package, searcher="beam",
+                   search={k: str(v) if isinstance(v, Path) else v for k, v in settings.items()})
+    model = asr.load_model(package)
+    recognizer = model.streaming_recognizer()
+    assert recognizer.searcher_name == "transducer_beam"
+    runtime = model.runtime
+
+    def by_hand(**changes) -> StreamingSearcher:
+        cfg = dataclasses.replace(SearchConfig(**settings), **changes)
+        return build_streaming_searcher("transducer_beam", runtime.model, cfg,
+                                        tokenizer=runtime.tokenizer)
+
+    default = SearchConfig()
+    searchers = {"": by_hand()} | {name: by_hand(**{name: getattr(default, name)})
+                                   for name in settings}
+    chunks, stream = _stream(recognizer, model.load(refs[utt][0]).samples)
+    (beam,) = stream.search_state.beams
+    streamed = beam.hyps, _graph(beam.context), stream.hypothesis
+    assert beam.context is not None
+    assert streamed == _search(searchers[""], chunks)
+    for name in settings:  # a runtime that dropped this setting would give these
+        assert streamed != _search(searchers[name], chunks), name
 
 
 def test_export_package_rejects_a_missing_lm_and_a_foreign_searcher(trained, tmp_path, caplog):

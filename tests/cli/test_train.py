@@ -258,3 +258,31 @@ def test_a_quoted_number_in_a_recipe_is_refused_and_a_set_number_taken(tmp_path,
     assert "optim.lr: expected a number, got '3e-3' (a string: write the number without " \
            "quotes)" in caplog.text
     assert main([*base, "--set", "optim.lr=0.5"]) == 0
+
+
+@pytest.mark.parametrize("args, gpus, message", [
+    (["--device", "cuda"], 0, "argument --device: device cuda: no CUDA GPU is available here"),
+    (["--device", "cuda:3"], 1, "argument --device: device cuda:3: only 1 CUDA GPU(s) here"),
+    (["--device", "gpu"], 1, "argument --device: device 'gpu': not a torch device"),
+    (["--num-threads", "-2"], 0, "--num-threads must be >= 0, got -2"),
+])
+def test_a_decode_device_this_machine_lacks_is_refused_before_training(args, gpus, message,
+                                                                       tmp_path, monkeypatch,
+                                                                       caplog):
+    """``--decode-arg`` left ``--device`` to stage 7's ``asr decode``: a recipe asked to decode
+    on a GPU the machine lacks (or a device torch does not know) failed after training. The
+    check resolves it as the decode does, on this machine (``gpus`` CUDA GPUs, mocked)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    recipe = Path("recipes/mini_tts/conformer_transducer.yaml").resolve()
+    base = ["train", "--config", str(recipe), "--exp-dir", str(tmp_path / "exp"), "--check-only",
+            "--decode-arg=--searcher", "--decode-arg=greedy"]
+    assert main([*base, *[f"--decode-arg={arg}" for arg in args]]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith("asr train: --decode-arg: asr decode "), errors
+    assert message in errors[0] and not (tmp_path / "exp").exists()
+    # what this machine has passes: its GPUs by number, the CPU, auto
+    fits = [["--device", "cpu"], ["--device", "auto"], ["--num-threads", "2"]]
+    fits += [["--device", f"cuda:{gpus - 1}"]] if gpus else []
+    for arg in fits:
+        assert main([*base, *[f"--decode-arg={a}" for a in arg]]) == 0, arg

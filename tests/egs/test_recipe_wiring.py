@@ -669,6 +669,9 @@ def test_mini_tts_stage_5_averages_the_checkpoints_a_short_run_left(stub, tmp_pa
     ("--set search.beam_sise=8", "search.beam_sise"),
     ("--set search.beam_size=0", "search.beam_size must be >= 1, got 0"),
     ("--epoch x", "argument --epoch: invalid int value: 'x'"),
+    ("--device gpu", "argument --device: device 'gpu': not a torch device"),
+    ("--device cuda:99", "argument --device: device cuda:99: "),  # no GPU, or fewer
+    ("--num-threads -1", "--num-threads must be >= 0, got -1"),
 ])
 def test_decode_args_are_checked_before_the_first_stage(stub, tmp_path, decode_args, message):
     """A misspelt `asr decode` option or a bad value in --decode-args was found by stage 7, after
