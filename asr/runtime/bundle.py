@@ -34,7 +34,7 @@ from asr.decoding.registry import (
     select_searcher,
     streaming_searcher_for,
 )
-from asr.device import DEVICE_HELP, resolve_device
+from asr.device import resolve_device
 from asr.features.fbank import (
     FbankConfig,
     encoder_frame_samples,
@@ -46,7 +46,7 @@ from asr.package import ModelPackage
 from asr.results import ResultBuilder
 from asr.tokenizers.base import Tokenizer
 
-__all__ = ["DEVICE_HELP", "HotwordsSpec", "Runtime", "SearchOptions", "resolve_device"]
+__all__ = ["HotwordsSpec", "Runtime", "SearchOptions"]
 
 #: What ``hotwords=`` takes: a hotword file, inline phrases ``"ALPHA BETA;GAMMA :2.5"``, a list
 #: of phrases, or None.
