@@ -76,12 +76,13 @@ def run(args: argparse.Namespace) -> int:
         parts = list(dict.fromkeys(args.parts))  # one lock, and one decode, per part
         with output_locks(result_paths(args.exp_dir / label, part, label)["wer_summary"]
                           for label in labels.values() for part in parts):  # before any work
-            check_test_parts(manifest_dir, parts)  # a repeated id, before any part is written
+            # a repeated id, before any part is written; each manifest read once
+            test_sets = check_test_parts(manifest_dir, parts)
             for name, label in labels.items():
                 searcher = build_searcher(name, model, cfg.search, tokenizer=tokenizer)
                 for part in parts:
                     recognitions = decode_part(model, searcher, cfg, tokenizer, part,
-                                               manifest_dir, device)
+                                               manifest_dir, device, test_sets[part])
                     wer, paths = write_results(args.exp_dir / label, part, label, recognitions,
                                                settings)
                     logger.info("%s %s (%s): WER %.2f%% -> %s", part, name, tag, wer,

@@ -69,10 +69,11 @@ def run(args: argparse.Namespace) -> int:
         out_dir = args.output_dir or args.onnx_dir
         parts = list(dict.fromkeys(args.parts))  # one lock, and one decode, per part
         with output_locks(result_paths(out_dir, part, name)["wer_summary"] for part in parts):
-            check_test_parts(args.manifest_dir, parts)  # a repeated id, before any part is written
+            # a repeated id, before any part is written; each manifest read once
+            test_sets = check_test_parts(args.manifest_dir, parts)
             for part in parts:
                 recognitions = decode_part_sherpa(recognizer, args.manifest_dir, part,
-                                                  args.batch_size)
+                                                  args.batch_size, test_sets[part])
                 wer, paths = write_results(out_dir, part, name, recognitions, {"engine": name})
                 logger.info("%s %s: WER %.2f%% -> %s", part, name, wer, paths["wer_summary"])
                 print(paths["wer_summary"], flush=True)

@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     try:  # the data stages come after a recipe's --check-only: its manifests may be stale then
         check_data_inputs(cfg)
-        check_dev_cuts(cfg)  # a repeated dev id would be scored twice in every dev WER
+        dev_cuts = check_dev_cuts(cfg)  # a repeated dev id would be scored twice in every dev WER
     except (FileNotFoundError, ValueError) as err:
         logger.error("asr train: %s", err)
         return 2
@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         args.exp_dir.mkdir(parents=True, exist_ok=True)
         _save_resolved_config(cfg, args.exp_dir)
     try:
-        train_experiment(cfg, args.exp_dir)
+        train_experiment(cfg, args.exp_dir, dev_cuts=dev_cuts)
     except (CheckpointError, FileNotFoundError, ValueError) as err:
         # stopped before this configuration wrote a checkpoint (a refused resume, missing or bad
         # data): config.yaml stays the one the directory's checkpoints fit

@@ -2,9 +2,9 @@
 
 An evaluation set (a test set of ``asr decode`` and ``asr decode-onnx``, the dev set of ``asr
 train``) names each utterance once: a repeated id would be decoded and scored twice, and written
-twice into the recogs and errs files. :func:`load_eval_cuts` opens such a set after
-:func:`check_unique_ids` has read its ids (a set of them: evaluation sets are small); a repeat
-is a :class:`DuplicateIdError` naming the id, its file(s) and both lines.
+twice into the recogs and errs files. :func:`load_eval_cuts` loads such a set (eager:
+evaluation sets are small) in one pass over its manifests that checks each id to be new (a set
+of them); a repeat is a :class:`DuplicateIdError` naming the id, its file(s) and both lines.
 
 Training may repeat a cut on purpose: listing a manifest twice (``data.train_cuts``,
 ``data.train_shar_dirs``, ``asr prepare shuffle --cuts``, ``asr shar --cuts``) oversamples it.
@@ -36,16 +36,17 @@ from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from asr.data.augment import draw_seed
-from asr.data.dataset import load_cuts, numbered_cut_lines
+from asr.data.dataset import checked_manifests, numbered_cut_lines
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["REPEAT_SUFFIX", "DuplicateIdError", "Repeats", "check_unique_ids", "line_cut_id",
-           "load_eval_cuts", "manifest_ids"]
+__all__ = ["REPEAT_SUFFIX", "DuplicateIdError", "Repeats", "line_cut",
+           "line_cut_id", "load_eval_cuts", "manifest_ids"]
 
 #: What joins an id and its repeat number in the name of a repeated training cut (lhotse's).
 REPEAT_SUFFIX = "_repeat"
@@ -75,6 +76,15 @@ def line_cut_id(line: bytes, path: str | Path, line_no: int) -> str:
     """The id of the cut on ``line`` (line ``line_no`` of the manifest ``path``).
 
     Raises:
+        ValueError: as :func:`line_cut`.
+    """
+    return line_cut(line, path, line_no)["id"]
+
+
+def line_cut(line: bytes, path: str | Path, line_no: int) -> dict[str, Any]:
+    """The JSON cut on ``line`` (line ``line_no`` of the manifest ``path``), with a string id.
+
+    Raises:
         ValueError: naming ``path`` and the line when it is no JSON cut with an id.
     """
     try:
@@ -84,22 +94,22 @@ def line_cut_id(line: bytes, path: str | Path, line_no: int) -> str:
     if not isinstance(cut, dict) or not isinstance(cut.get("id"), str):
         raise ValueError(f"{path}:{line_no}: not a JSON cut with an id: "
                          f"{line.decode('utf-8', 'replace').strip()[:80]!r}")
-    return cut["id"]
+    return cut
 
 
-def check_unique_ids(paths: Sequence[str | Path]) -> None:
-    """Checks that the manifests ``paths`` (one evaluation set) name each cut id once.
+def _unique_cuts(paths: Sequence[Path]) -> Iterator[dict[str, Any]]:
+    """The JSON cuts of the manifests ``paths`` (one evaluation set, existing files), in order,
+    read once, each id checked to be new.
 
     Raises:
-        FileNotFoundError: naming the first missing manifest.
         DuplicateIdError: naming the first repeated id, the file(s) and both line numbers.
         ValueError: as :func:`manifest_ids`.
     """
     first: dict[str, tuple[Path, int]] = {}
-    for path in map(Path, paths):
-        if not path.is_file():
-            raise FileNotFoundError(f"cut manifest {path} does not exist")
-        for line_no, cut_id in manifest_ids(path):
+    for path in paths:
+        for line_no, line in numbered_cut_lines(path):
+            cut = line_cut(line, path, line_no)
+            cut_id = cut["id"]
             seen = first.setdefault(cut_id, (path, line_no))
             if seen != (path, line_no):
                 where = (f"lines {seen[1]} and {line_no} of {path}" if seen[0] == path else
@@ -108,19 +118,24 @@ def check_unique_ids(paths: Sequence[str | Path]) -> None:
                     f"cut id {cut_id!r} occurs twice in an evaluation set: {where}; a test or "
                     "dev set names each utterance once (a repeat would be decoded and scored "
                     "twice)")
+            yield cut
 
 
 def load_eval_cuts(manifest_dir: str | Path, names: Sequence[str]):
-    """:func:`asr.data.dataset.load_cuts` of an evaluation set (lazy), whose ids are checked
-    to be unique first (:func:`check_unique_ids`).
+    """The cuts of an evaluation set, the manifests ``manifest_dir/name`` concatenated in
+    order, as an eager lhotse CutSet, each id checked to be unique in the one pass that reads
+    them. The manifests are checked first as
+    :func:`asr.data.dataset.load_cuts` checks them (:func:`~asr.data.dataset.checked_manifests`).
 
     Raises:
-        FileNotFoundError / ValueError: as ``load_cuts``.
+        FileNotFoundError / ValueError: as ``load_cuts``, and naming a line that is no JSON cut.
         DuplicateIdError: naming a repeated id, its file(s) and both lines.
     """
-    cuts = load_cuts(manifest_dir, names)
-    check_unique_ids([Path(manifest_dir) / name for name in names])
-    return cuts
+    from lhotse import CutSet
+    from lhotse.serialization import deserialize_item  # what lhotse's own jsonl reader uses
+
+    paths = checked_manifests(manifest_dir, names)
+    return CutSet([deserialize_item(cut) for cut in _unique_cuts(paths)])
 
 
 def _id_key(cut_id: str) -> int:

@@ -69,6 +69,7 @@ __all__ = [
     "DataError",
     "TextEncoder",
     "check_cut_manifest",
+    "checked_manifests",
     "cut_manifest_lines",
     "load_cuts",
     "make_dataloader",
@@ -367,6 +368,19 @@ def load_cuts(manifest_dir: str | Path, names: Sequence[str]):
     """
     from lhotse import CutSet, combine
 
+    lazy = [CutSet.from_jsonl_lazy(path) for path in checked_manifests(manifest_dir, names)]
+    return lazy[0] if len(lazy) == 1 else combine(*lazy)
+
+
+def checked_manifests(manifest_dir: str | Path, names: Sequence[str]) -> list[Path]:
+    """The paths ``manifest_dir/name`` of the cut manifests ``names``, each checked to exist and
+    then (in order) by :func:`check_cut_manifest`, which reads only their first lines.
+
+    Raises:
+        FileNotFoundError: naming the first missing manifest.
+        ValueError: for no ``names``, or naming a manifest that is unreadable or whose first
+            line is no JSON cut.
+    """
     if not names:
         raise ValueError(f"no cut manifest names given for {manifest_dir}")
     paths = [Path(manifest_dir) / name for name in names]
@@ -374,8 +388,7 @@ def load_cuts(manifest_dir: str | Path, names: Sequence[str]):
         if not path.is_file():
             raise FileNotFoundError(f"cut manifest {path} does not exist")
         check_cut_manifest(path)
-    lazy = [CutSet.from_jsonl_lazy(path) for path in paths]
-    return lazy[0] if len(lazy) == 1 else combine(*lazy)
+    return paths
 
 
 def make_dataloader(

@@ -37,11 +37,15 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from asr.audio import AudioError, decode_audio
-from asr.data.cut_ids import Repeats, check_unique_ids, line_cut_id, load_eval_cuts
+from asr.data.cut_ids import Repeats, line_cut_id, load_eval_cuts
 from asr.data.dataset import numbered_cut_lines
 from asr.fileio import output_lock, output_locks, read_text, write_atomic
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lhotse import CutSet
 
 logger = logging.getLogger(__name__)
 
@@ -351,21 +355,29 @@ def _drop_stale_manifests(output_dir: Path, part: str, texts: dict[str, str]) ->
         path.unlink(missing_ok=True)
 
 
-def check_test_parts(manifest_dir: str | Path, parts: Sequence[str]) -> None:
-    """Checks that each test set ``<manifest_dir>/librispeech_cuts_<part>.jsonl.gz`` names each
-    cut once (:func:`asr.data.cut_ids.check_unique_ids`), before a decoding run writes anything.
+def check_test_parts(manifest_dir: str | Path, parts: Sequence[str]) -> dict[str, CutSet]:
+    """The test sets ``<manifest_dir>/librispeech_cuts_<part>.jsonl.gz`` of ``parts``, each
+    loaded by :func:`load_test_part` (so checked to name each cut once), all before a decoding
+    run writes anything; a run decodes the cuts returned here, each manifest read once.
+
+    Returns:
+        part -> its cuts (an eager lhotse CutSet), in the order of ``parts``.
 
     Raises:
-        FileNotFoundError / DuplicateIdError / ValueError: as ``check_unique_ids``.
+        FileNotFoundError / DuplicateIdError / ValueError: as ``load_test_part``, for the first
+            part that fails.
     """
-    for part in parts:
-        check_unique_ids([cuts_path(manifest_dir, part)])
+    return {part: load_test_part(manifest_dir, part) for part in parts}
 
 
-def load_test_part(manifest_dir: str | Path, part: str):
+def load_test_part(manifest_dir: str | Path, part: str) -> CutSet:
     """The cuts of the test set ``<manifest_dir>/librispeech_cuts_<part>.jsonl.gz``, eager, each
-    id once (:func:`asr.data.cut_ids.load_eval_cuts`)."""
-    return load_eval_cuts(manifest_dir, [cuts_path(manifest_dir, part).name]).to_eager()
+    id once (:func:`asr.data.cut_ids.load_eval_cuts`: one read of the manifest).
+
+    Raises:
+        FileNotFoundError / DuplicateIdError / ValueError: as ``load_eval_cuts``.
+    """
+    return load_eval_cuts(manifest_dir, [cuts_path(manifest_dir, part).name])
 
 
 def write_shuffled_cuts(inputs: Sequence[str | Path], output: str | Path, seed: int = 42) -> int:

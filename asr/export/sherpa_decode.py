@@ -30,7 +30,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,6 +42,9 @@ from asr.export.sherpa import BPE_VOCAB
 from asr.features.fbank import FbankConfig, num_frames
 from asr.fileio import read_json_object
 from asr.run.evaluate import Recognition
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lhotse import CutSet
 
 __all__ = ["SherpaRecognizer", "SherpaResult", "decode_part_sherpa", "flush_samples",
            "load_recognizer", "room_tone"]
@@ -298,9 +301,15 @@ def _read_report(path: Path) -> dict:
 
 def decode_part_sherpa(
     recognizer: SherpaRecognizer, manifest_dir: str | Path, part: str, batch_size: int = 32,
+    cuts: CutSet | None = None,
 ) -> list[Recognition]:
     """Recognitions of the test set ``<manifest_dir>/librispeech_cuts_<part>.jsonl.gz`` (audio of
     every cut, unfiltered), as :func:`asr.run.evaluate.decode_part` makes them.
+
+    Args:
+        cuts: the test set's cuts as :func:`asr.data.librispeech.check_test_parts` returns them
+            (the manifest is not read again); by default loaded here
+            (:func:`asr.data.librispeech.load_test_part`).
 
     Raises:
         ValueError: for ``batch_size`` < 1.
@@ -310,7 +319,8 @@ def decode_part_sherpa(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     manifest_dir = Path(manifest_dir)
-    cuts = load_test_part(manifest_dir, part)  # each id once: scored once
+    if cuts is None:
+        cuts = load_test_part(manifest_dir, part)  # each id once: scored once
     recognitions: list[Recognition] = []
     seconds = audio = 0.0
     cut_list = list(cuts)

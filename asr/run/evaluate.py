@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm import tqdm
@@ -39,6 +39,9 @@ from asr.metrics.wer import CorpusResult, compute_wer, write_error_report, write
 from asr.model import ASRModel
 from asr.tokenizers import Tokenizer
 from asr.types import Batch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lhotse import CutSet
 
 logger = logging.getLogger(__name__)
 
@@ -173,15 +176,22 @@ def decode_part(
     part: str,
     manifest_dir: Path,
     device: torch.device | str,
+    cuts: CutSet | None = None,
 ) -> list[Recognition]:
     """Recognitions of one test set ``<manifest_dir>/librispeech_cuts_<part>.jsonl.gz`` (all of
     its cuts, unfiltered).
+
+    Args:
+        cuts: the test set's cuts as :func:`asr.data.librispeech.check_test_parts` returns them
+            (checked already: the manifest is not read again); by default loaded here
+            (:func:`asr.data.librispeech.load_test_part`).
 
     Raises:
         asr.data.cut_ids.DuplicateIdError: naming a cut id the test set holds twice (before
             anything is decoded).
     """
-    cuts = load_test_part(manifest_dir, part)  # each id once: scored once
+    if cuts is None:
+        cuts = load_test_part(manifest_dir, part)  # each id once: scored once
     loader = make_dataloader(cuts, cfg.data, tokenizer, train=False, rank=0, world_size=1)
     recognitions, seconds = recognize(model, searcher, loader, tokenizer, device)
     audio = sum(c.duration for c in cuts)

@@ -23,7 +23,7 @@ import torch
 from lhotse import CutSet
 
 from asr.config import ConfigError, to_dict
-from asr.data.cut_ids import Repeats, check_unique_ids, load_eval_cuts
+from asr.data.cut_ids import Repeats, load_eval_cuts
 from asr.data.dataset import (
     check_cut_manifest,
     cut_manifest_lines,
@@ -135,12 +135,14 @@ def _filter_or_fail(cfg: ExperimentConfig, model: ASRModel, cuts, tokenizer: Tok
 
 
 def _load_filtered(cfg: ExperimentConfig, model: ASRModel, names: Sequence[str],
-                   tokenizer: Tokenizer, what: str, train: bool = False):
-    """The filtered cuts of the manifests ``names`` (eager). Dev cuts must name each utterance
-    once (:func:`asr.data.cut_ids.load_eval_cuts`); training cuts that repeat an id get their
-    own ids, and so their own augmentation (:meth:`asr.data.cut_ids.Repeats.rename`)."""
+                   tokenizer: Tokenizer, what: str, train: bool = False, cuts=None):
+    """The filtered cuts of the manifests ``names`` (eager; ``cuts``: theirs, loaded already).
+    Dev cuts must name each utterance once (:func:`asr.data.cut_ids.load_eval_cuts`); training
+    cuts that repeat an id get their own ids, and so their own augmentation
+    (:meth:`asr.data.cut_ids.Repeats.rename`)."""
     manifest_dir = cfg.data.manifest_dir
-    cuts = load_cuts(manifest_dir, names) if train else load_eval_cuts(manifest_dir, names)
+    if cuts is None:
+        cuts = load_cuts(manifest_dir, names) if train else load_eval_cuts(manifest_dir, names)
     where = f"{manifest_dir}/{list(names)}"
     kept = _filter_or_fail(cfg, model, cuts, tokenizer, where, what, train=train).to_eager()
     if train:  # the ids are in memory: no second read of the manifests (Shar's must stream)
@@ -219,19 +221,23 @@ def _check_manifest(path: Path, field: str) -> None:
         raise ValueError(f"{field}: {err}") from None
 
 
-def check_dev_cuts(cfg: ExperimentConfig) -> None:
-    """Checks that the dev manifests (``data.dev_cuts``) name each cut once, before a run
-    writes anything (:func:`asr.data.cut_ids.check_unique_ids`). A missing one is left to
-    :func:`check_data_inputs`; ``asr train`` runs both after ``--check-only``'s stop (the
-    recipes check their config before their data stages, when a dev manifest of an earlier run
-    may be stale).
+def check_dev_cuts(cfg: ExperimentConfig) -> CutSet:
+    """The dev cuts (``data.dev_cuts`` in ``data.manifest_dir``), checked to name each cut once,
+    before a run writes anything (:func:`asr.data.cut_ids.load_eval_cuts`); pass them on to
+    :func:`train_experiment`, which then reads no dev manifest again. ``asr train`` runs it after
+    :func:`check_data_inputs` (whose errors name the field), both after ``--check-only``'s stop
+    (the recipes check their config before their data stages, when a dev manifest of an earlier
+    run may be stale).
+
+    Returns:
+        The dev cuts, eager and unfiltered.
 
     Raises:
         asr.data.cut_ids.DuplicateIdError: naming a repeated id, its file(s) and both lines.
-        ValueError: naming a dev manifest that is no cut manifest.
+        FileNotFoundError / ValueError: as ``load_eval_cuts``: a missing dev manifest, or one
+            that is no cut manifest.
     """
-    paths = [Path(cfg.data.manifest_dir) / name for name in cfg.data.dev_cuts]
-    check_unique_ids([path for path in paths if path.is_file()])
+    return load_eval_cuts(cfg.data.manifest_dir, cfg.data.dev_cuts)
 
 
 def _init_input_norm(model: ASRModel, cfg: ExperimentConfig, train_cuts) -> None:
@@ -269,6 +275,7 @@ def train_experiment(
     cfg: ExperimentConfig,
     exp_dir: str | Path,
     dist: DistInfo | None = None,
+    dev_cuts: CutSet | None = None,
 ) -> Progress:
     """Trains ``cfg`` into ``exp_dir`` (resuming from its newest checkpoint); returns the progress.
 
@@ -276,6 +283,8 @@ def train_experiment(
         cfg: the resolved experiment configuration.
         exp_dir: experiment directory (checkpoints, TensorBoard logs, ``training.png``).
         dist: process placement; by default set up from the ``torchrun`` environment.
+        dev_cuts: the dev cuts as :func:`check_dev_cuts` returns them (not read again); by
+            default loaded from ``data.dev_cuts``.
 
     Raises:
         asr.config.ConfigError: from :func:`check_training_config`, before anything is built.
@@ -297,7 +306,8 @@ def train_experiment(
         else:
             train_cuts = _load_filtered(cfg, model, cfg.data.train_cuts, tokenizer, "training",
                                         train=True)
-        dev_cuts = _load_filtered(cfg, model, cfg.data.dev_cuts, tokenizer, "dev")
+        dev_cuts = _load_filtered(cfg, model, cfg.data.dev_cuts, tokenizer, "dev",
+                                  cuts=dev_cuts)
 
         def valid_batches():
             return make_dataloader(dev_cuts, cfg.data, tokenizer, train=False, rank=dist.rank,

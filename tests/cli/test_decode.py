@@ -8,6 +8,8 @@ import logging
 import re
 import shutil
 
+from manifest_reads import count_manifest_reads
+
 from asr.cli.main import main
 
 PART = "test-clean"
@@ -85,3 +87,21 @@ def test_a_test_set_that_repeats_a_cut_id_is_refused_before_any_part_is_written(
     assert (f"cut id {cut_id!r} occurs twice in an evaluation set: lines 1 and "
             f"{len(lines) + 1} of {test_set}") in caplog.text
     assert not (trained / "ctc_greedy-dup").exists()
+
+
+def test_each_test_set_is_read_once(trained, tiny_corpus, tmp_path, monkeypatch):
+    """The up-front id check read every test manifest, then each searcher's decode of the part
+    read it twice more (its ids again, then its cuts): now the checked cuts are decoded."""
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    parts = ("dev-clean-2", PART)
+    for part in parts:
+        shutil.copy(tiny_corpus / "fbank" / f"librispeech_cuts_{part}.jsonl.gz", manifests)
+    reads = count_manifest_reads(monkeypatch)
+    assert _decode(trained, "--searcher", "ctc_greedy", "transducer_greedy", "--tag", "reads",
+                   "--manifest-dir", str(manifests), "--parts", *parts) == 0
+    assert dict(reads) == {manifests / f"librispeech_cuts_{part}.jsonl.gz": 1 for part in parts}
+    for name in ("ctc_greedy", "transducer_greedy"):
+        for part in parts:
+            recogs = trained / f"{name}-reads" / f"recogs-{part}-{name}-reads.txt"
+            assert len(recogs.read_text().splitlines()) == 2 * 4  # every cut, once

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from manifest_reads import count_manifest_reads
 from train_helpers import train_tiny
 
 from asr.checkpoints.io import list_checkpoints, load_weights, safe_torch_load
@@ -186,6 +187,14 @@ def test_a_dev_set_that_repeats_a_cut_id_is_refused_before_anything_is_written(
                  "--check-only"]) == 0
     assert "occurs twice" not in caplog.text
     assert not (tmp_path / "dupdev").exists()
+
+
+def test_the_dev_set_is_read_once(tmp_path, tiny_corpus, monkeypatch):
+    """``asr train`` checked the dev ids up front, then read them again and the cuts a third
+    time to load the dev set: now the checked cuts are trained with."""
+    reads = count_manifest_reads(monkeypatch)
+    assert train_tiny(tmp_path, tiny_corpus, "devreads", "train.max_steps=1") == 0
+    assert reads[tiny_corpus / "fbank" / "librispeech_cuts_dev-clean-2.jsonl.gz"] == 1
 
 
 #: id -> (the override, the config field and the missing path named), functions of the corpus

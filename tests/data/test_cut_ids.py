@@ -61,6 +61,16 @@ def test_a_test_set_that_repeats_an_id_is_refused_naming_file_id_and_lines(prepa
     assert len(load_test_part(prepared["root"] / "fbank", "dev-clean-2")) == len(lines)
 
 
+def test_an_evaluation_set_is_loaded_eager_as_lhotse_reads_it(prepared):
+    """Its one read (the ids checked on the way) gives the cuts lhotse's reader gives, in
+    memory: a caller decodes them without reading the manifest again."""
+    paths = [prepared["fbank"][part] for part in ("dev-clean-2", "train-clean-5")]
+    cuts = load_eval_cuts(paths[0].parent, [path.name for path in paths])
+    assert not cuts.is_lazy
+    expected = [cut for path in paths for cut in CutSet.from_file(path)]
+    assert [cut.to_dict() for cut in cuts] == [cut.to_dict() for cut in expected]
+
+
 def test_a_manifest_listed_twice_trains_two_differently_augmented_copies(prepared, caplog):
     """Every augmentation draw is seeded from the cut id: the second copy under the same id was
     masked, warped and perturbed exactly as the first in every epoch."""
