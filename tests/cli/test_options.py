@@ -175,8 +175,9 @@ def test_train_num_threads_is_the_shared_option_with_cores_per_process_for_zero(
     monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(("intra", n)))
     monkeypatch.setattr(torch, "set_num_interop_threads", lambda n: calls.append(("inter", n)))
     monkeypatch.setattr(torch, "get_num_interop_threads", lambda: 99)
-    monkeypatch.setattr(train_cli, "train_experiment", lambda cfg, exp_dir: None)
+    monkeypatch.setattr(train_cli, "train_experiment", lambda cfg, exp_dir, dev_cuts: None)
     monkeypatch.setattr(train_cli, "check_data_inputs", lambda cfg: None)  # no data here
+    monkeypatch.setattr(train_cli, "check_dev_cuts", lambda cfg: None)
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     args = ["train", "--config", str(REPO / "recipes/mini_tts/transformer_transducer.yaml"),
