@@ -1,8 +1,7 @@
 """The one rule that turns a device name into a ``torch.device``: ``--device`` of every command
 that runs a model (``asr decode``, ``asr transcribe``, ``asr serve``), the ``device=`` of
 :func:`asr.load_model`, and the early check of a recipe's decode options (``asr train
---check-only --decode-arg``, which loads no runtime). The runtime bundle
-(:mod:`asr.runtime.bundle`) re-exports it.
+--check-only --decode-arg``, which loads no runtime). Every caller imports it from here.
 """
 
 from __future__ import annotations
