@@ -25,7 +25,7 @@ from lhotse import CutSet
 from asr.config import ConfigError, to_dict
 from asr.data.cut_ids import Repeats, load_eval_cuts
 from asr.data.dataset import (
-    check_cut_manifest,
+    checked_manifests,
     cut_manifest_lines,
     load_cuts,
     make_dataloader,
@@ -195,7 +195,7 @@ def check_data_inputs(cfg: ExperimentConfig) -> None:
     _check_manifests(data.manifest_dir, data.dev_cuts, "data.dev_cuts")
     noise = data.noise.cuts_path
     if noise is not None:
-        _check_manifest(Path(noise), "data.noise.cuts_path")
+        _check_manifests(Path(noise).parent, [Path(noise).name], "data.noise.cuts_path")
         lines = cut_manifest_lines(Path(noise))
         try:
             if next(lines, None) is None:
@@ -205,18 +205,15 @@ def check_data_inputs(cfg: ExperimentConfig) -> None:
 
 
 def _check_manifests(manifest_dir: Path, names: Sequence[str], field: str) -> None:
-    """:func:`_check_manifest` of each of ``names`` (in ``manifest_dir``), in order."""
-    for name in names:
-        _check_manifest(Path(manifest_dir) / name, field)
-
-
-def _check_manifest(path: Path, field: str) -> None:
-    """FileNotFoundError naming ``field`` and ``path`` when it is no file; ValueError naming
-    them when :func:`asr.data.dataset.check_cut_manifest` refuses it."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{field}: cut manifest {path} does not exist")
+    """The manifests ``names`` in ``manifest_dir`` checked as they will be loaded
+    (:func:`asr.data.dataset.checked_manifests`: they exist, their first lines are cuts), the
+    error naming ``field``; no names: nothing to check here."""
+    if not names:
+        return
     try:
-        check_cut_manifest(path)
+        checked_manifests(manifest_dir, names)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{field}: {err}") from None
     except ValueError as err:
         raise ValueError(f"{field}: {err}") from None
 
