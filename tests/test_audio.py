@@ -58,3 +58,22 @@ def test_integer_scaled_floats_are_warned_about_once(monkeypatch, caplog) -> Non
     caplog.clear()
     audio.as_waveform(scaled, "<array 1>")
     assert caplog.text == ""
+
+
+def test_an_integer_scaled_float_file_is_warned_about_naming_it(tmp_path, monkeypatch,
+                                                                 caplog) -> None:
+    """A float wav holding int16-scaled samples was only warned about by the features, as
+    ``compute_fbank input``: with many files, none named; the warning names the file now."""
+    import asr.audio as audio
+
+    monkeypatch.setattr(audio, "_warned_about_scale", False)
+    speech = np.sin(np.linspace(0, 400, 16000)).astype(np.float32) * 0.5
+    path = tmp_path / "scaled.wav"
+    sf.write(path, speech * 32768, 16000, subtype="FLOAT")
+    decoded = decode_audio(path, 16000)
+    assert np.allclose(decoded.samples, speech * 32768)  # taken as it is, as sherpa-onnx does
+    assert f"{path}: float samples reach 16384" in caplog.text
+    assert "divide them by 32768" in caplog.text
+    caplog.clear()
+    compute_fbank(decoded.samples, 16000)  # warned once: not again under another name
+    assert caplog.text == ""
