@@ -329,7 +329,8 @@ def decode_audio(
     """Reads a file (or encoded bytes), downmixes to mono and resamples to ``target_rate``.
 
     Args:
-        source: a path, ``"-"`` for standard input, or the encoded bytes of a file.
+        source: a path (a named pipe too, such as a shell's ``<(...)``), ``"-"`` for standard
+            input, or the encoded bytes of a file.
         target_rate: output rate in Hz; None keeps the file's rate.
         name: name used in messages (default: the path, or ``<stdin>`` for bytes).
 
@@ -354,6 +355,11 @@ def decode_audio(
         name = name or str(path)
         if not path.exists():
             raise AudioError(f"{name}: no such file")
+        if path.is_fifo():  # a shell's process substitution, <(sox in.mp3 -t wav -): read once
+            return decode_audio(path.read_bytes(), target_rate, name)
+        if path.is_dir():
+            raise AudioError(f"{name}: a directory, not an audio file (give its files, e.g. "
+                             f"{path / '*.wav'})")
         if not path.is_file():
             raise AudioError(f"{name}: not a regular file")
         if path.stat().st_size == 0:

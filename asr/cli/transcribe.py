@@ -76,7 +76,9 @@ FORMAT_HELP = ("text: one line per input (its text; SOURCE<TAB>TEXT with several
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # "*" and not "+": files written after ``--set A=1 B=2`` are taken back from --set in run()
-    parser.add_argument("files", nargs="*", help="audio files; '-' reads one file from stdin")
+    parser.add_argument("files", nargs="*",
+                        help="audio files or named pipes (a shell's <(...)); '-' reads one "
+                             "file from stdin")
     parser.add_argument("--model", required=True, help="model package directory")
     add_search_arguments(parser, "the package's")
     parser.add_argument("--hotwords", metavar="FILE|PHRASES",
