@@ -7,7 +7,9 @@ By default the package's own search decodes (the searcher and options, LM includ
 recipe exported it with); ``--searcher`` and ``--set search.FIELD=VALUE`` change it, as in
 ``asr decode``.
 
-Output goes to stdout (or one file per input with ``--output-dir``):
+Output goes to stdout (or one file per input with ``--output-dir``: ``<stem>.<format>``, ``txt``
+for text; a stem that an earlier input has, such as ``b/a.wav`` after ``a/a.wav``, gets
+``<stem>-2.<format>``, ``-3``, ..., logged with the input it stands for):
 
 * ``text``: one line per input: its transcript, or ``SOURCE<TAB>TEXT`` with several inputs on
   stdout (a file of ``--output-dir`` holds its transcript alone);
@@ -105,7 +107,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(layers x left chunks, logged), so that every window decodes its "
                              "part as one window over the whole input would")
     parser.add_argument("--output-dir",
-                        help="write <stem>.<format> per input here (default: stdout)")
+                        help="write <stem>.<format> per input here, <stem>-2.<format> ... for "
+                             "a stem an earlier input has (logged) (default: stdout)")
     progress = parser.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_true", default=None,
                           help="show a progress bar in audio seconds (default: when stderr is "
@@ -173,16 +176,23 @@ def format_result(result, fmt: str, with_source: bool) -> str:
 
 
 def _output_paths(sources: Sequence[str], out_dir: Path, fmt: str) -> list[Path]:
+    """The file of ``--output-dir`` for each input: ``<stem>.<ext>``, or ``<stem>-<n>.<ext>``
+    (n from 2) for a name an earlier input took (two ``a.wav`` of other directories), logged
+    with the input whose it is, since the name alone does not tell."""
     ext = {"text": "txt"}.get(fmt, fmt)
-    used: set[str] = set()
+    owner: dict[str, str] = {}
     paths = []
     for source in sources:
         stem = "stdin" if source in ("-", "<stdin>") else Path(source).stem or "audio"
-        name, n = f"{stem}.{ext}", 1
-        while name in used:
+        first = name = f"{stem}.{ext}"
+        n = 1
+        while name in owner:
             n += 1
             name = f"{stem}-{n}.{ext}"
-        used.add(name)
+        if name != first:
+            logger.warning("%s is written to %s: %s is %s's", source, out_dir / name,
+                           out_dir / first, owner[first])
+        owner[name] = source
         paths.append(out_dir / name)
     return paths
 

@@ -309,6 +309,24 @@ def test_text_files_of_output_dir_hold_their_transcript_alone(tiny, model, audio
         assert (tmp_path / "txt" / name).read_text() == text + "\n"
 
 
+
+def test_inputs_of_one_stem_get_files_of_their_own_named_in_the_log(tiny, model, audio_dir,
+                                                                    tmp_path, capsys, caplog):
+    """Two ``utt.flac`` of other directories: the second one's text went to ``utt-2.txt`` without
+    a word, and the name alone does not tell which input it is."""
+    first, second = tmp_path / "a" / "utt.flac", tmp_path / "b" / "utt.flac"
+    for path, source in ((first, "utt0.flac"), (second, "utt1.flac")):
+        path.parent.mkdir()
+        shutil.copy(audio_dir / source, path)
+    out = tmp_path / "out"
+    code, _, _ = _run([first, second, "--model", tiny.package_dir, "--output-dir", out], capsys)
+    assert code == 0
+    texts = api_texts(model, [first, second])
+    assert (out / "utt.txt").read_text() == texts[0] + "\n"
+    assert (out / "utt-2.txt").read_text() == texts[1] + "\n"
+    assert f"{second} is written to {out / 'utt-2.txt'}: {out / 'utt.txt'} is {first}'s" \
+        in caplog.text
+
 def test_bad_inputs_fail_per_file(tiny, model, audio_dir, tmp_path):
     """Missing, empty, corrupt and non-audio files: errors naming them, exit 1, the rest done."""
     empty = tmp_path / "empty.wav"
