@@ -144,10 +144,9 @@ def as_waveform(samples: np.ndarray | Tensor, name: str, allow_empty: bool = Fal
         raise AudioError(f"{name}: empty waveform")
     if not np.isfinite(mono).all():
         raise AudioError(f"{name}: NaN or infinite samples")
-    if is_float and not _warned_about_scale and mono.size:
-        peak = float(np.abs(mono).max())
-        if peak > INTEGER_SCALE_PEAK:
-            _warn_integer_scale(name, peak)
+    if is_float:
+        _check_scale(mono, name, "integer PCM cast to float? pass the int16 array itself (it is "
+                                 "scaled by 1/32768) or divide by 32768")
     return mono
 
 
@@ -158,14 +157,17 @@ INTEGER_SCALE_PEAK = 32.0
 _warned_about_scale = False
 
 
-def _warn_integer_scale(name: str, peak: float) -> None:
-    """Logs, once per process, that float samples look integer-scaled."""
+def _check_scale(mono: np.ndarray, name: str, hint: str) -> None:
+    """Logs, once per process, that the float samples ``mono`` of ``name`` look integer-scaled
+    (a peak above :data:`INTEGER_SCALE_PEAK`), with ``hint``: how to fix it."""
     global _warned_about_scale
-    _warned_about_scale = True
-    logger.warning(
-        "%s: float samples reach %.0f, but floats are taken as they are, expected in [-1, 1]; "
-        "integer PCM cast to float? pass the int16 array itself (it is scaled by 1/32768) or "
-        "divide by 32768 (warned once)", name, peak)
+    if _warned_about_scale or not mono.size:
+        return
+    peak = float(np.abs(mono).max())
+    if peak > INTEGER_SCALE_PEAK:
+        _warned_about_scale = True
+        logger.warning("%s: float samples reach %.0f, but floats are taken as they are, expected "
+                       "in [-1, 1]; %s (warned once)", name, peak, hint)
 
 
 #: Largest term of two rates' reduced ratio that :func:`resample` and
@@ -327,7 +329,8 @@ def decode_audio(
     """Reads a file (or encoded bytes), downmixes to mono and resamples to ``target_rate``.
 
     Args:
-        source: a path, ``"-"`` for standard input, or the encoded bytes of a file.
+        source: a path (a named pipe too, such as a shell's ``<(...)``), ``"-"`` for standard
+            input, or the encoded bytes of a file.
         target_rate: output rate in Hz; None keeps the file's rate.
         name: name used in messages (default: the path, or ``<stdin>`` for bytes).
 
@@ -352,6 +355,11 @@ def decode_audio(
         name = name or str(path)
         if not path.exists():
             raise AudioError(f"{name}: no such file")
+        if path.is_fifo():  # a shell's process substitution, <(sox in.mp3 -t wav -): read once
+            return decode_audio(path.read_bytes(), target_rate, name)
+        if path.is_dir():
+            raise AudioError(f"{name}: a directory, not an audio file (give its files, e.g. "
+                             f"{path / '*.wav'})")
         if not path.is_file():
             raise AudioError(f"{name}: not a regular file")
         if path.stat().st_size == 0:
@@ -362,6 +370,9 @@ def decode_audio(
     if not np.isfinite(samples).all():
         raise AudioError(f"{name}: the audio holds NaN or infinite samples")
     mono = to_mono(samples)
+    # a float file may hold integer-scaled samples; named here, before its features would be
+    _check_scale(mono, name, "a float file written with integer-scaled samples? divide them by "
+                             "32768 (e.g. `sox -v 0.000030517578125 IN OUT`)")
     out_rate = rate if target_rate is None else int(target_rate)
     if out_rate != rate:
         mono = resample(mono, rate, out_rate, name)

@@ -5,7 +5,9 @@ transcript or LM corpus such as ``librispeech-lm-norm.txt.gz``): gzip is told by
 bytes, :data:`GZIP_MAGIC`, whatever the file's name (:func:`open_maybe_gzip`). Where a file is
 read by a library that goes by the name instead (lhotse opens ``*.gz`` with gzip and anything
 else as plain text), :func:`check_gzip_name` refuses a name that says otherwise than the bytes,
-naming the file, before the library's own error would (a bare decoding error naming no file).
+naming the file, before the library's own error would (a bare decoding error naming no file); a
+cut manifest that asr reads itself (an evaluation set) is held to the same rule, the message
+saying so, so that one manifest serves lhotse and asr alike.
 Writing chooses by the output's name: gzip for a name ending in ``.gz``.
 
 A file is written to a temporary in the same directory, named ``.<name>.tmp-<pid>`` (the pid of
@@ -257,28 +259,38 @@ def open_maybe_gzip(path: str | Path, mode: Literal["rb", "rt"] = "rb",
     return open(path, mode, encoding=encoding)  # noqa: SIM115 (the caller closes it)
 
 
-def check_gzip_name(path: str | Path, what: str) -> None:
-    """Checks that the name of the file ``path`` says what its bytes are, for a reader that goes
-    by the name (lhotse: gzip for ``*.gz``, plain text otherwise).
+def check_gzip_name(path: str | Path, what: str, read_by_lhotse: bool = True) -> None:
+    """Checks that the name of the file ``path`` says what its bytes are: lhotse goes by the name
+    (gzip for ``*.gz``, plain text otherwise).
+
+    The one rule for a cut manifest's name, whoever reads it: lhotse reads a training manifest
+    (and noise cuts, a Shar source, a transcript manifest), so a name that belies the bytes fails
+    there; asr reads an evaluation set (test and dev sets) itself, by its bytes
+    (:func:`open_maybe_gzip`), and holds it to the same rule so that one file serves as either.
+    The message says which of the two is the case.
 
     Args:
         path: an existing file.
         what: what the file is, for the message (e.g. ``"cut manifest"``).
+        read_by_lhotse: whether lhotse reads ``path`` (False: asr does, by its bytes).
 
     Raises:
-        ValueError: naming ``what`` and ``path``, whether it is compressed, and the fix.
+        ValueError: naming ``what`` and ``path``, whether it is compressed, why the name
+            matters, and the fix.
         OSError: when it cannot be read.
     """
     path = Path(path)
     compressed, named = is_gzip(path), path.name.endswith(".gz")
-    if compressed and not named:
+    if compressed == named:
+        return
+    reason = ("lhotse, which reads it, goes by the name" if read_by_lhotse else
+              "asr, which reads this evaluation set, goes by its bytes, but lhotse, which reads "
+              "training manifests, goes by the name (one rule for every cut manifest)")
+    if compressed:
         raise ValueError(f"{what} {path} is gzip-compressed but its name does not end in .gz, "
-                         f"and lhotse, which reads it, goes by the name: rename it "
-                         f"{path.name}.gz")
-    if named and not compressed:
-        raise ValueError(f"{what} {path} is not gzip-compressed but its name ends in .gz, and "
-                         "lhotse, which reads it, goes by the name: compress it (gzip) or drop "
-                         "the .gz from its name")
+                         f"and {reason}: rename it {path.name}.gz")
+    raise ValueError(f"{what} {path} is not gzip-compressed but its name ends in .gz, and "
+                     f"{reason}: compress it (gzip) or drop the .gz from its name")
 
 
 def read_json_object(path: str | Path) -> dict[str, Any]:

@@ -58,3 +58,56 @@ def test_integer_scaled_floats_are_warned_about_once(monkeypatch, caplog) -> Non
     caplog.clear()
     audio.as_waveform(scaled, "<array 1>")
     assert caplog.text == ""
+
+
+def test_an_integer_scaled_float_file_is_warned_about_naming_it(tmp_path, monkeypatch,
+                                                                 caplog) -> None:
+    """A float wav holding int16-scaled samples was only warned about by the features, as
+    ``compute_fbank input``: with many files, none named; the warning names the file now."""
+    import asr.audio as audio
+
+    monkeypatch.setattr(audio, "_warned_about_scale", False)
+    speech = np.sin(np.linspace(0, 400, 16000)).astype(np.float32) * 0.5
+    path = tmp_path / "scaled.wav"
+    sf.write(path, speech * 32768, 16000, subtype="FLOAT")
+    decoded = decode_audio(path, 16000)
+    assert np.allclose(decoded.samples, speech * 32768)  # taken as it is, as sherpa-onnx does
+    assert f"{path}: float samples reach 16384" in caplog.text
+    assert "divide them by 32768" in caplog.text
+    caplog.clear()
+    compute_fbank(decoded.samples, 16000)  # warned once: not again under another name
+    assert caplog.text == ""
+
+
+def test_a_named_pipe_is_read_and_a_directory_named_as_one(tmp_path) -> None:
+    """``asr transcribe <(sox in.mp3 -t wav -)`` gives a named pipe, which was refused as 'not a
+    regular file'; it is read like standard input. A directory says it is one."""
+    import io
+    import os
+    import threading
+
+    speech = (np.sin(np.linspace(0, 400, 8000)) * 0.5).astype(np.float32)
+    data = io.BytesIO()
+    sf.write(data, speech, 8000, format="WAV", subtype="FLOAT")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+
+    def write() -> None:
+        try:
+            with open(fifo, "wb") as f:
+                f.write(data.getvalue())
+        except BrokenPipeError:
+            pass
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        decoded = decode_audio(fifo, None)
+    finally:  # a reader that never opened the pipe leaves the writer blocked: release it
+        release = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        writer.join(timeout=10)
+        os.close(release)
+    assert decoded.sample_rate == 8000 and np.array_equal(decoded.samples, speech)
+    assert decoded.source == str(fifo)
+    with pytest.raises(AudioError, match=rf"{tmp_path}: a directory, not an audio file"):
+        decode_audio(tmp_path)

@@ -7,7 +7,9 @@ By default the package's own search decodes (the searcher and options, LM includ
 recipe exported it with); ``--searcher`` and ``--set search.FIELD=VALUE`` change it, as in
 ``asr decode``.
 
-Output goes to stdout (or one file per input with ``--output-dir``):
+Output goes to stdout (or one file per input with ``--output-dir``: ``<stem>.<format>``, ``txt``
+for text; a stem that an earlier input has, such as ``b/a.wav`` after ``a/a.wav``, gets
+``<stem>-2.<format>``, ``-3``, ..., logged with the input it stands for):
 
 * ``text``: one line per input: its transcript, or ``SOURCE<TAB>TEXT`` with several inputs on
   stdout (a file of ``--output-dir`` holds its transcript alone);
@@ -16,6 +18,11 @@ Output goes to stdout (or one file per input with ``--output-dir``):
 * ``srt`` / ``vtt``: subtitles; cues break at segments, pauses >= ``PAUSE`` s, and after
   ``MAX_CUE_SECONDS`` s or ``MAX_CUE_CHARS`` characters. With several inputs, srt / vtt need
   ``--output-dir``.
+
+Inputs are read and decoded in groups (about half an hour of audio each:
+:meth:`asr.runtime.offline.Transcriber.transcribe_iter`), and each output is written as soon as
+its group is decoded, in input order: many or long inputs do not all sit in memory, and a run
+stopped on the way keeps the outputs it has written.
 
 A missing, empty, corrupt or non-audio input is reported on stderr (naming it) and the exit
 status is 1, while the other inputs are still transcribed. A bad model package, searcher, search
@@ -39,6 +46,8 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
+from tqdm import tqdm
+
 from asr.audio import AudioError
 from asr.cli.options import (
     add_device_argument,
@@ -56,7 +65,7 @@ from asr.fileio import (
     write_text_atomic,
 )
 from asr.package import PackageError
-from asr.results import FailedInput
+from asr.results import FailedInput, TranscriptionResult
 from asr.runtime.offline import load_model
 from asr.runtime.streaming import check_chunking_options
 
@@ -76,7 +85,9 @@ FORMAT_HELP = ("text: one line per input (its text; SOURCE<TAB>TEXT with several
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # "*" and not "+": files written after ``--set A=1 B=2`` are taken back from --set in run()
-    parser.add_argument("files", nargs="*", help="audio files; '-' reads one file from stdin")
+    parser.add_argument("files", nargs="*",
+                        help="audio files or named pipes (a shell's <(...)); '-' reads one "
+                             "file from stdin")
     parser.add_argument("--model", required=True, help="model package directory")
     add_search_arguments(parser, "the package's")
     parser.add_argument("--hotwords", metavar="FILE|PHRASES",
@@ -103,7 +114,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(layers x left chunks, logged), so that every window decodes its "
                              "part as one window over the whole input would")
     parser.add_argument("--output-dir",
-                        help="write <stem>.<format> per input here (default: stdout)")
+                        help="write <stem>.<format> per input here, <stem>-2.<format> ... for "
+                             "a stem an earlier input has (logged) (default: stdout)")
     progress = parser.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_true", default=None,
                           help="show a progress bar in audio seconds (default: when stderr is "
@@ -171,16 +183,23 @@ def format_result(result, fmt: str, with_source: bool) -> str:
 
 
 def _output_paths(sources: Sequence[str], out_dir: Path, fmt: str) -> list[Path]:
+    """The file of ``--output-dir`` for each input: ``<stem>.<ext>``, or ``<stem>-<n>.<ext>``
+    (n from 2) for a name an earlier input took (two ``a.wav`` of other directories), logged
+    with the input whose it is, since the name alone does not tell."""
     ext = {"text": "txt"}.get(fmt, fmt)
-    used: set[str] = set()
+    owner: dict[str, str] = {}
     paths = []
     for source in sources:
         stem = "stdin" if source in ("-", "<stdin>") else Path(source).stem or "audio"
-        name, n = f"{stem}.{ext}", 1
-        while name in used:
+        first = name = f"{stem}.{ext}"
+        n = 1
+        while name in owner:
             n += 1
             name = f"{stem}-{n}.{ext}"
-        used.add(name)
+        if name != first:
+            logger.warning("%s is written to %s: %s is %s's", source, out_dir / name,
+                           out_dir / first, owner[first])
+        owner[name] = source
         paths.append(out_dir / name)
     return paths
 
@@ -250,7 +269,7 @@ def _transcribe(args: argparse.Namespace, files: list[str]) -> int:
         return 2
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     try:
-        results = model.transcribe(
+        results = model.transcribe_iter(
             files, batch_size=args.batch_size, streaming=args.streaming,
             window_seconds=args.window_seconds, overlap_seconds=args.overlap_seconds,
             progress=progress, on_error="return", searcher=args.searcher,
@@ -270,22 +289,38 @@ def _transcribe(args: argparse.Namespace, files: list[str]) -> int:
         # old Pythons) is written as a \uXXXX escape -- valid JSON inside strings -- instead of
         # failing after all the work
         sys.stdout.reconfigure(errors="backslashreplace")
-    for index, result in enumerate(results):
-        if isinstance(result, FailedInput):
-            failed += 1
-            logger.error("%s", result.error)
-            if out_dir is not None and paths[index].is_file():
-                paths[index].unlink()  # an earlier run's: it would pass for this run's output
-                logger.warning("removed %s, an earlier run's output for %s, which failed now",
-                               paths[index], result.source)
-            continue
-        # a file of its own holds its text alone, whatever the number of inputs
-        text = format_result(result, args.format, with_source=out_dir is None and len(files) > 1)
-        if out_dir is not None:
-            write_text_atomic(paths[index], text)
-        else:
-            sys.stdout.write(text)
-    sys.stdout.flush()
+    try:
+        # each result is written as it comes (inputs are decoded group by group): a run stopped
+        # on the way keeps what it has done
+        for index, result in enumerate(results):
+            # the progress bar, on the terminal, is cleared for the line and drawn again after
+            with tqdm.external_write_mode():
+                failed += _write_result(result, args.format, files,
+                                        None if out_dir is None else paths[index])
+    except (AudioError, ValueError, KeyError) as err:  # e.g. windows a searcher cannot join
+        logger.error("asr transcribe: %s", err)
+        return 2
     if failed and len(files) > 1:
         logger.error("asr transcribe: %d of %d inputs failed", failed, len(files))
     return 1 if failed else 0
+
+
+def _write_result(result: TranscriptionResult | FailedInput, fmt: str, files: Sequence[str],
+                  path: Path | None) -> int:
+    """Writes one input's output to ``path`` (``--output-dir``) or stdout, or logs its error and
+    removes the file an earlier run left at ``path``; returns 1 for a failed input, else 0."""
+    if isinstance(result, FailedInput):
+        logger.error("%s", result.error)
+        if path is not None and path.is_file():
+            path.unlink()  # an earlier run's: it would pass for this run's output
+            logger.warning("removed %s, an earlier run's output for %s, which failed now", path,
+                           result.source)
+        return 1
+    # a file of its own holds its text alone, whatever the number of inputs
+    text = format_result(result, fmt, with_source=path is None and len(files) > 1)
+    if path is not None:
+        write_text_atomic(path, text)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    return 0

@@ -125,7 +125,8 @@ def load_eval_cuts(manifest_dir: str | Path, names: Sequence[str]):
     """The cuts of an evaluation set, the manifests ``manifest_dir/name`` concatenated in
     order, as an eager lhotse CutSet, each id checked to be unique in the one pass that reads
     them. The manifests are checked first as
-    :func:`asr.data.dataset.load_cuts` checks them (:func:`~asr.data.dataset.checked_manifests`).
+    :func:`asr.data.dataset.load_cuts` checks them (:func:`~asr.data.dataset.checked_manifests`;
+    a name error says that asr reads them, by their bytes).
 
     Raises:
         FileNotFoundError / ValueError: as ``load_cuts``, and naming a line that is no JSON cut.
@@ -134,7 +135,7 @@ def load_eval_cuts(manifest_dir: str | Path, names: Sequence[str]):
     from lhotse import CutSet
     from lhotse.serialization import deserialize_item  # what lhotse's own jsonl reader uses
 
-    paths = checked_manifests(manifest_dir, names)
+    paths = checked_manifests(manifest_dir, names, read_by_lhotse=False)
     return CutSet([deserialize_item(cut) for cut in _unique_cuts(paths)])
 
 

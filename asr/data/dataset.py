@@ -296,12 +296,17 @@ class AsrDataset(torch.utils.data.Dataset):
         ) from batch_err
 
 
-def check_cut_manifest(path: Path) -> None:
-    """Checks the cut manifest ``path`` before lhotse opens it: its first line is a JSON cut (an
+def check_cut_manifest(path: Path, read_by_lhotse: bool = True) -> None:
+    """Checks the cut manifest ``path`` before it is read: its first line is a JSON cut (an
     empty manifest passes), and its name ends in ``.gz`` if and only if it is gzip-compressed
     (:func:`asr.fileio.check_gzip_name`: lhotse goes by the name). Read lazily by lhotse, a text
     file, a corrupt gzip or a misnamed one failed later with a bare JSON, gzip or UTF-8 error
     that named no file. Reads only up to that line (:func:`cut_manifest_lines`).
+
+    Args:
+        path: the manifest.
+        read_by_lhotse: whether lhotse reads it (a training manifest), or asr by its bytes (an
+            evaluation set, :func:`asr.data.cut_ids.load_eval_cuts`): what a name error says.
 
     Raises:
         ValueError: naming ``path`` and what is wrong.
@@ -311,7 +316,7 @@ def check_cut_manifest(path: Path) -> None:
         next(lines, None)
     finally:
         lines.close()
-    check_gzip_name(path, "cut manifest")
+    check_gzip_name(path, "cut manifest", read_by_lhotse)
 
 
 def cut_manifest_lines(path: Path) -> Iterator[bytes]:
@@ -372,9 +377,12 @@ def load_cuts(manifest_dir: str | Path, names: Sequence[str]):
     return lazy[0] if len(lazy) == 1 else combine(*lazy)
 
 
-def checked_manifests(manifest_dir: str | Path, names: Sequence[str]) -> list[Path]:
+def checked_manifests(
+    manifest_dir: str | Path, names: Sequence[str], read_by_lhotse: bool = True
+) -> list[Path]:
     """The paths ``manifest_dir/name`` of the cut manifests ``names``, each checked to exist and
-    then (in order) by :func:`check_cut_manifest`, which reads only their first lines.
+    then (in order) by :func:`check_cut_manifest` (``read_by_lhotse``: see there), which reads
+    only their first lines.
 
     Raises:
         FileNotFoundError: naming the first missing manifest.
@@ -387,7 +395,7 @@ def checked_manifests(manifest_dir: str | Path, names: Sequence[str]) -> list[Pa
     for path in paths:
         if not path.is_file():
             raise FileNotFoundError(f"cut manifest {path} does not exist")
-        check_cut_manifest(path)
+        check_cut_manifest(path, read_by_lhotse)
     return paths
 
 

@@ -13,9 +13,10 @@ batches and exact mid-epoch resumption are :class:`asr.data.epochs.EpochBatches`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ import torch
 from lhotse import CutSet
 
 from asr.config import ConfigError, to_dict
-from asr.data.cut_ids import Repeats, load_eval_cuts
+from asr.data.cut_ids import DuplicateIdError, Repeats, load_eval_cuts
 from asr.data.dataset import (
     checked_manifests,
     cut_manifest_lines,
@@ -169,11 +170,12 @@ def _load_shar(cfg: ExperimentConfig, model: ASRModel, tokenizer: Tokenizer):
 def check_data_inputs(cfg: ExperimentConfig) -> None:
     """Checks the data files the config names, before a run writes anything: the training
     manifests (``data.train_cuts`` in ``data.manifest_dir``, or the Shar directories
-    ``data.train_shar_dirs`` with their cut manifests, :func:`asr.data.shar.shar_fields`), the
-    dev manifests (``data.dev_cuts``) and the noise cuts of noise augmentation
-    (``data.noise.cuts_path``, when set) exist, and each manifest's first line is a cut and its
-    name says whether it is gzip-compressed (:func:`asr.data.dataset.check_cut_manifest`); the
-    noise manifest must hold a cut (noise is drawn from it).
+    ``data.train_shar_dirs`` with their cut manifests, :func:`asr.data.shar.shar_fields`) and
+    the noise cuts of noise augmentation (``data.noise.cuts_path``, when set) exist, and each
+    manifest's first line is a cut and its name says whether it is gzip-compressed
+    (:func:`asr.data.dataset.check_cut_manifest`); the noise manifest must hold a cut (noise is
+    drawn from it). The dev manifests are checked so by :func:`check_dev_cuts`, as it loads
+    them (their errors naming ``data.dev_cuts`` too).
 
     Raises:
         FileNotFoundError: naming the config field and the missing path (``asr train`` exits
@@ -192,7 +194,6 @@ def check_data_inputs(cfg: ExperimentConfig) -> None:
                 raise ValueError(f"data.train_shar_dirs: {err}") from None
     else:
         _check_manifests(data.manifest_dir, data.train_cuts, "data.train_cuts")
-    _check_manifests(data.manifest_dir, data.dev_cuts, "data.dev_cuts")
     noise = data.noise.cuts_path
     if noise is not None:
         _check_manifests(Path(noise).parent, [Path(noise).name], "data.noise.cuts_path")
@@ -210,21 +211,32 @@ def _check_manifests(manifest_dir: Path, names: Sequence[str], field: str) -> No
     error naming ``field``; no names: nothing to check here."""
     if not names:
         return
-    try:
+    with _naming_field(field):
         checked_manifests(manifest_dir, names)
+
+
+@contextlib.contextmanager
+def _naming_field(field: str) -> Iterator[None]:
+    """Re-raises the block's FileNotFoundError or ValueError (a DuplicateIdError as one) with
+    the config field ``field`` before its message."""
+    try:
+        yield
     except FileNotFoundError as err:
         raise FileNotFoundError(f"{field}: {err}") from None
+    except DuplicateIdError as err:
+        raise DuplicateIdError(f"{field}: {err}") from None
     except ValueError as err:
         raise ValueError(f"{field}: {err}") from None
 
 
 def check_dev_cuts(cfg: ExperimentConfig) -> CutSet:
-    """The dev cuts (``data.dev_cuts`` in ``data.manifest_dir``), checked to name each cut once,
-    before a run writes anything (:func:`asr.data.cut_ids.load_eval_cuts`); pass them on to
-    :func:`train_experiment`, which then reads no dev manifest again. ``asr train`` runs it after
-    :func:`check_data_inputs` (whose errors name the field), both after ``--check-only``'s stop
-    (the recipes check their config before their data stages, when a dev manifest of an earlier
-    run may be stale).
+    """The dev cuts (``data.dev_cuts`` in ``data.manifest_dir``), checked as manifests
+    (:func:`asr.data.dataset.checked_manifests`: they exist, their first lines are cuts, their
+    names tell gzip) and to name each cut once, before a run writes anything
+    (:func:`asr.data.cut_ids.load_eval_cuts`: a first-line check and one full read); pass them
+    on to :func:`train_experiment`, which then reads no dev manifest again. ``asr train`` runs it
+    after :func:`check_data_inputs`, both after ``--check-only``'s stop (the recipes check their
+    config before their data stages, when a dev manifest of an earlier run may be stale).
 
     Returns:
         The dev cuts, eager and unfiltered.
@@ -233,8 +245,11 @@ def check_dev_cuts(cfg: ExperimentConfig) -> CutSet:
         asr.data.cut_ids.DuplicateIdError: naming a repeated id, its file(s) and both lines.
         FileNotFoundError / ValueError: as ``load_eval_cuts``: a missing dev manifest, or one
             that is no cut manifest.
+
+    Every message begins with the field, ``data.dev_cuts:``.
     """
-    return load_eval_cuts(cfg.data.manifest_dir, cfg.data.dev_cuts)
+    with _naming_field("data.dev_cuts"):
+        return load_eval_cuts(cfg.data.manifest_dir, cfg.data.dev_cuts)
 
 
 def _init_input_norm(model: ASRModel, cfg: ExperimentConfig, train_cuts) -> None:

@@ -6,7 +6,10 @@ features, searcher) and transcribes files, encoded bytes or waveforms into
 start/end).
 
 Offline decoding batches many inputs: every input is cut into windows, windows of similar length
-are batched (sorted by length), encoded once and searched once per batch.
+are batched (sorted by length), encoded once and searched once per batch. Inputs are read and
+decoded in groups of about :data:`GROUP_SECONDS` of audio, in order
+(:meth:`Transcriber.transcribe_iter` gives each group's results before it reads the next), so
+that many or long inputs do not all sit in memory at once.
 
 Long inputs: windows of ``window_seconds`` overlapping by at least ``overlap_seconds``, whose
 starts lie on the encoder's chunk grid (:attr:`Transcriber.window_grid`: a whole number of
@@ -64,7 +67,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -96,13 +99,20 @@ from asr.runtime.streaming import (
 )
 
 __all__ = [
-    "AudioInput", "Transcriber", "Window", "WindowContext", "load_model", "plan_windows",
+    "GROUP_SECONDS", "AudioInput", "Transcriber", "Window", "WindowContext", "load_model",
+    "plan_windows",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: What :meth:`Transcriber.transcribe` takes: a path (``"-"`` = stdin), encoded bytes, or samples.
 AudioInput = str | Path | bytes | np.ndarray | Tensor
+
+#: Seconds of audio that :meth:`Transcriber.transcribe_iter` reads before it decodes them: the
+#: inputs are read and decoded in groups of this much (at least one input each), so memory holds
+#: one group's samples (30 min: 115 MB at 16 kHz) whatever the number of inputs, and each
+#: group's results are given before the next group is read.
+GROUP_SECONDS = 1800.0
 
 
 @dataclass(frozen=True)
@@ -179,21 +189,7 @@ def plan_windows(
         ValueError: unless ``0 <= overlap_seconds < window_seconds`` and, in samples, the window
             and its step (window minus overlap) are at least one sample and one ``grid``.
     """
-    if not 0 <= overlap_seconds < window_seconds:
-        raise ValueError(
-            f"need 0 <= overlap ({overlap_seconds}) < window ({window_seconds}) seconds"
-        )
-    if grid < 1:
-        raise ValueError(f"plan_windows: grid must be >= 1 sample, got {grid}")
-    length = int(round(window_seconds * sample_rate))
-    overlap = int(round(overlap_seconds * sample_rate))
-    step = length - overlap
-    if step < grid:  # the windows would never advance, or not by a whole chunk
-        chunk = " (one encoder chunk: windows start on the chunk grid)" if grid > 1 else ""
-        raise ValueError(
-            f"window ({window_seconds} s) and overlap ({overlap_seconds} s) at {sample_rate} Hz "
-            f"leave a step of {step} samples between windows: need at least {grid}{chunk}"
-        )
+    length, overlap = window_samples(sample_rate, window_seconds, overlap_seconds, grid)
     step = window_step(length, overlap, grid, context)
     if num_samples <= length:
         return [Window(index, 0, num_samples, -math.inf, math.inf)]
@@ -210,6 +206,34 @@ def plan_windows(
             for k in range(len(spans) - 1)]
     bounds = [-math.inf, *cuts, math.inf]
     return [Window(index, s, e, bounds[k], bounds[k + 1]) for k, (s, e) in enumerate(spans)]
+
+
+def window_samples(
+    sample_rate: int, window_seconds: float, overlap_seconds: float, grid: int = 1
+) -> tuple[int, int]:
+    """The window and the least overlap of :func:`plan_windows` in samples, ``(length,
+    overlap)``, checked.
+
+    Raises:
+        ValueError: unless ``0 <= overlap_seconds < window_seconds`` and, in samples, the window
+            and its step (window minus overlap) are at least one sample and one ``grid``.
+    """
+    if not 0 <= overlap_seconds < window_seconds:
+        raise ValueError(
+            f"need 0 <= overlap ({overlap_seconds}) < window ({window_seconds}) seconds"
+        )
+    if grid < 1:
+        raise ValueError(f"plan_windows: grid must be >= 1 sample, got {grid}")
+    length = int(round(window_seconds * sample_rate))
+    overlap = int(round(overlap_seconds * sample_rate))
+    step = length - overlap
+    if step < grid:  # the windows would never advance, or not by a whole chunk
+        chunk = " (one encoder chunk: windows start on the chunk grid)" if grid > 1 else ""
+        raise ValueError(
+            f"window ({window_seconds} s) and overlap ({overlap_seconds} s) at {sample_rate} Hz "
+            f"leave a step of {step} samples between windows: need at least {grid}{chunk}"
+        )
+    return length, overlap
 
 
 def window_step(length: int, overlap: int, grid: int, context: WindowContext | None) -> int:
@@ -381,12 +405,42 @@ class Transcriber:
         Returns:
             One :class:`asr.results.TranscriptionResult` (or ``FailedInput``) per input, in order.
         """
+        return list(self.transcribe_iter(
+            inputs, sample_rate, searcher, batch_size, streaming, window_seconds,
+            overlap_seconds, progress, on_error, hotwords, chunk_size, left_chunks,
+            max_left_seconds))
+
+    def transcribe_iter(
+        self,
+        inputs: AudioInput | Sequence[AudioInput],
+        sample_rate: int | None = None,
+        searcher: str | None = None,
+        batch_size: int = 8,
+        streaming: bool = False,
+        window_seconds: float = DEFAULT_WINDOW_SECONDS,
+        overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
+        progress: bool = False,
+        on_error: Literal["raise", "return"] = "raise",
+        hotwords: HotwordsSpec = None,
+        chunk_size: int | None = None,
+        left_chunks: int | None = None,
+        max_left_seconds: float | None = None,
+    ) -> Iterator[TranscriptionResult | FailedInput]:
+        """:meth:`transcribe`, its results given one at a time, in input order, as they are
+        decoded: the inputs are read and decoded in groups of about :data:`GROUP_SECONDS` of
+        audio, and a group's results are given before the next group is read (a caller can
+        write each one as it comes; memory holds one group's audio). The arguments are checked
+        before any input is read (the errors of :meth:`transcribe`); an input's
+        :class:`AudioError` (``on_error="raise"``) comes when its group is read.
+        """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if on_error not in ("raise", "return"):
             raise ValueError(f"on_error must be 'raise' or 'return', got {on_error!r}")
         _array_rate(sample_rate, self.sample_rate)  # a bad rate fails before any input
         check_chunking_options(streaming, chunk_size, left_chunks, max_left_seconds)
+        if not streaming:  # a bad window fails before any input
+            window_samples(self.sample_rate, window_seconds, overlap_seconds, self.window_grid)
         recognizer = (self.streaming_recognizer(searcher, chunk_size=chunk_size,
                                                 left_chunks=left_chunks,
                                                 max_left_seconds=max_left_seconds)
@@ -397,26 +451,56 @@ class Transcriber:
         search = searcher
         if hotwords is not None and not streaming:
             search = self.searcher(searcher, hotwords)
-        single = not isinstance(inputs, (list, tuple))
-        items = [inputs] if single else list(inputs)
-        audios: list[DecodedAudio | FailedInput] = []
+        items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+
+        def results() -> Iterator[TranscriptionResult | FailedInput]:
+            bar = tqdm(total=0, unit="s", unit_scale=True,
+                       desc="stream" if streaming else "transcribe", disable=not progress,
+                       leave=False)
+            try:
+                for group in self._read_groups(items, sample_rate, on_error):
+                    good = [a for a in group if isinstance(a, DecodedAudio)]
+                    bar.total = round(bar.total + sum(a.duration for a in good), 2)
+                    bar.refresh()
+                    if streaming:
+                        decoded = transcribe_streaming(recognizer, good, batch_size,
+                                                       context=context, bar=bar)
+                    else:
+                        decoded = self._transcribe_offline(
+                            good, search, batch_size, window_seconds, overlap_seconds, bar,
+                            searcher)
+                    done = iter(decoded)
+                    for audio in group:
+                        yield audio if isinstance(audio, FailedInput) else next(done)
+            finally:
+                bar.close()
+
+        return results()
+
+    def _read_groups(
+        self, items: Sequence[AudioInput], sample_rate: int | None, on_error: str
+    ) -> Iterator[list[DecodedAudio | FailedInput]]:
+        """The inputs read in order, in groups of at least :data:`GROUP_SECONDS` of audio (the
+        last one shorter), an input that cannot be read a :class:`FailedInput` in its place
+        (or its error raised, with ``on_error="raise"``)."""
+        group: list[DecodedAudio | FailedInput] = []
+        seconds = 0.0
         for index, item in enumerate(items):
             try:
-                audios.append(self.load(item, sample_rate, index))
+                audio = self.load(item, sample_rate, index)
             except AudioError as err:
                 if on_error == "raise":
                     raise
                 logger.debug("skipping input %d: %s", index, err)
-                audios.append(FailedInput(_name_of(item, index), str(err)))
-        good = [a for a in audios if isinstance(a, DecodedAudio)]
-        if streaming:
-            decoded = transcribe_streaming(recognizer, good, batch_size, progress, context=context)
-        else:
-            decoded = self._transcribe_offline(
-                good, search, batch_size, window_seconds, overlap_seconds, progress, searcher
-            )
-        results = iter(decoded)
-        return [a if isinstance(a, FailedInput) else next(results) for a in audios]
+                group.append(FailedInput(_name_of(item, index), str(err)))
+                continue
+            group.append(audio)
+            seconds += audio.duration
+            if seconds >= GROUP_SECONDS:
+                yield group
+                group, seconds = [], 0.0
+        if group:
+            yield group
 
     # ------------------------------------------------------------------------- offline
 
@@ -428,9 +512,11 @@ class Transcriber:
         batch_size: int,
         window_seconds: float,
         overlap_seconds: float,
-        progress: bool,
+        bar: tqdm,
         searcher_name: str | None = None,
     ) -> list[TranscriptionResult]:
+        """Decodes ``audios`` in windows (see the module doc), counting their seconds on
+        ``bar``."""
         rate, grid, context = self.sample_rate, self.window_grid, self.window_context
         frame = self.runtime.frame_samples
         results = self.runtime.results
@@ -444,8 +530,6 @@ class Transcriber:
         kept: list[list[tuple[int, float]]] = [[] for _ in audios]
         search = searcher if callable(searcher) else self.searcher(searcher)
         searcher_name = searcher_name or self.runtime.searcher
-        bar = tqdm(total=sum(a.duration for a in audios), unit="s", unit_scale=True,
-                   desc="transcribe", disable=not progress, leave=False)
         for begin in range(0, len(windows), batch_size):  # >= 1: transcribe checks it
             batch = windows[begin: begin + batch_size]
             hyps = self._decode_windows([audios[w.index].samples[w.start: w.end] for w in batch],
@@ -468,7 +552,6 @@ class Transcriber:
                     if window.keep_from <= time < window.keep_to:
                         kept[window.index].append((int(token), time))
                 bar.update((window.end - window.start) / rate)
-        bar.close()
         transcripts = []
         for audio, tokens in zip(audios, kept):
             tokens.sort(key=lambda pair: pair[1])

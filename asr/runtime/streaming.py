@@ -469,12 +469,14 @@ def transcribe_streaming(
     progress: bool = False,
     feed_seconds: float = 1.0,
     context: ContextGraph | None = None,
+    bar: tqdm | None = None,
 ) -> list[TranscriptionResult]:
     """Decodes whole waveforms as concurrent streams (at most ``batch_size`` at a time).
 
     Audio is fed ``feed_seconds`` at a time to streams that need frames; endpoints split the
     transcript into segments. The progress bar counts seconds of audio decoded, so one long
-    input shows its progress too. ``context``: a hotword graph for every stream
+    input shows its progress too: ``bar``, a caller's (left open), or one of its own with
+    ``progress``. ``context``: a hotword graph for every stream
     (:meth:`StreamingRecognizer.hotword_graph`), or None for the streams' default.
     """
     rate = recognizer.sample_rate
@@ -483,8 +485,10 @@ def transcribe_streaming(
     active: dict[int, tuple[Stream, list[int]]] = {}
     results: list[TranscriptionResult | None] = [None] * len(audios)
     shown = [0.0] * len(audios)  # seconds of each input the bar has counted
-    bar = tqdm(total=round(sum(a.duration for a in audios), 2), unit="s", unit_scale=True,
-               desc="stream", disable=not progress, leave=False)
+    own_bar = bar is None
+    if bar is None:
+        bar = tqdm(total=round(sum(a.duration for a in audios), 2), unit="s", unit_scale=True,
+                   desc="stream", disable=not progress, leave=False)
     while queue or active:
         while queue and len(active) < max(1, batch_size):
             index = queue.pop(0)
@@ -517,5 +521,6 @@ def transcribe_streaming(
                     audio.source, audio.duration, segments
                 )
                 del active[index]
-    bar.close()
+    if own_bar:
+        bar.close()
     return [r for r in results if r is not None]

@@ -49,3 +49,18 @@ def count_manifest_reads(monkeypatch) -> Counter:
     monkeypatch.setattr(dataset, "open_maybe_gzip", counted_open)
     monkeypatch.setattr(lhotse.lazy.LazyJsonlIterator, "__iter__", counted_lhotse_iter)
     return reads
+
+
+def count_manifest_opens(monkeypatch) -> Counter:
+    """Path -> how often asr's manifest reader opened it (a first-line check or a full read)."""
+    from asr.data import dataset
+
+    opens: Counter = Counter()
+    opener = dataset.open_maybe_gzip
+
+    def counted_open(path, *args, **kwargs):
+        opens[Path(path)] += 1
+        return opener(path, *args, **kwargs)
+
+    monkeypatch.setattr(dataset, "open_maybe_gzip", counted_open)
+    return opens

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from manifest_reads import count_manifest_reads
+from manifest_reads import count_manifest_opens, count_manifest_reads
 from train_helpers import train_tiny
 
 from asr.checkpoints.io import list_checkpoints, load_weights, safe_torch_load
@@ -191,10 +191,14 @@ def test_a_dev_set_that_repeats_a_cut_id_is_refused_before_anything_is_written(
 
 def test_the_dev_set_is_read_once(tmp_path, tiny_corpus, monkeypatch):
     """``asr train`` checked the dev ids up front, then read them again and the cuts a third
-    time to load the dev set: now the checked cuts are trained with."""
+    time to load the dev set: now the checked cuts are trained with. Its first line is checked
+    once too (the data check and the dev-set load each checked it)."""
     reads = count_manifest_reads(monkeypatch)
+    opens = count_manifest_opens(monkeypatch)
     assert train_tiny(tmp_path, tiny_corpus, "devreads", "train.max_steps=1") == 0
-    assert reads[tiny_corpus / "fbank" / "librispeech_cuts_dev-clean-2.jsonl.gz"] == 1
+    dev = tiny_corpus / "fbank" / "librispeech_cuts_dev-clean-2.jsonl.gz"
+    assert reads[dev] == 1
+    assert opens[dev] == 2  # the first-line check, then the one read
 
 
 #: id -> (the override, the config field and the missing path named), functions of the corpus
@@ -210,10 +214,10 @@ MISSING_INPUTS = {
     "Shar directory": lambda corpus, tmp: (
         f"data.train_shar_dirs=[{tmp / 'none'}]",
         f"data.train_shar_dirs: Shar directory {tmp / 'none'} does not exist"),
-    "misnamed gzip dev manifest": lambda corpus, tmp: (  # lhotse reads it as text, by the name
+    "misnamed gzip dev manifest": lambda corpus, tmp: (  # asr reads it, by the bytes
         f"data.dev_cuts=[{_dev_copy(corpus, tmp / 'dev.jsonl')}]",
         f"data.dev_cuts: cut manifest {tmp / 'dev.jsonl'} is gzip-compressed but its name does "
-        "not end in .gz"),
+        "not end in .gz, and asr, which reads this evaluation set, goes by its bytes"),
     "noise manifest": lambda corpus, tmp: (
         f"data.noise.cuts_path={tmp / 'noise.jsonl.gz'}",
         f"data.noise.cuts_path: cut manifest {tmp / 'noise.jsonl.gz'} does not exist"),

@@ -309,6 +309,50 @@ def test_text_files_of_output_dir_hold_their_transcript_alone(tiny, model, audio
         assert (tmp_path / "txt" / name).read_text() == text + "\n"
 
 
+
+def test_inputs_of_one_stem_get_files_of_their_own_named_in_the_log(tiny, model, audio_dir,
+                                                                    tmp_path, capsys, caplog):
+    """Two ``utt.flac`` of other directories: the second one's text went to ``utt-2.txt`` without
+    a word, and the name alone does not tell which input it is."""
+    first, second = tmp_path / "a" / "utt.flac", tmp_path / "b" / "utt.flac"
+    for path, source in ((first, "utt0.flac"), (second, "utt1.flac")):
+        path.parent.mkdir()
+        shutil.copy(audio_dir / source, path)
+    out = tmp_path / "out"
+    code, _, _ = _run([first, second, "--model", tiny.package_dir, "--output-dir", out], capsys)
+    assert code == 0
+    texts = api_texts(model, [first, second])
+    assert (out / "utt.txt").read_text() == texts[0] + "\n"
+    assert (out / "utt-2.txt").read_text() == texts[1] + "\n"
+    assert f"{second} is written to {out / 'utt-2.txt'}: {out / 'utt.txt'} is {first}'s" \
+        in caplog.text
+
+
+def test_outputs_are_written_as_their_inputs_are_done(tiny, model, audio_dir, tmp_path, capsys,
+                                                      monkeypatch):
+    """Every input was read before any was decoded, and the outputs written after the last: a
+    run stopped while reading its 3rd input (Ctrl-C, a crash) lost the work on the first two.
+    Inputs go in groups (here one input each), each output written once its group is done."""
+    from asr.runtime import offline
+
+    load = offline.Transcriber.load
+
+    def interrupted(self, item, sample_rate=None, index=0):
+        if index == 2:
+            raise KeyboardInterrupt
+        return load(self, item, sample_rate, index)
+
+    monkeypatch.setattr(offline.Transcriber, "load", interrupted)
+    monkeypatch.setattr(offline, "GROUP_SECONDS", 0.1, raising=False)
+    files = [audio_dir / f"utt{i}.flac" for i in range(3)]
+    out = tmp_path / "out"
+    code, _, _ = _run([*files, "--model", tiny.package_dir, "--output-dir", out], capsys)
+    assert code == 130
+    assert sorted(p.name for p in out.iterdir()) == ["utt0.txt", "utt1.txt"]
+    monkeypatch.setattr(offline.Transcriber, "load", load)
+    for name, text in zip(("utt0.txt", "utt1.txt"), api_texts(model, files[:2])):
+        assert (out / name).read_text() == text + "\n"
+
 def test_bad_inputs_fail_per_file(tiny, model, audio_dir, tmp_path):
     """Missing, empty, corrupt and non-audio files: errors naming them, exit 1, the rest done."""
     empty = tmp_path / "empty.wav"

@@ -570,6 +570,23 @@ def test_a_manifest_whose_name_belies_its_compression_is_refused_naming_it(prepa
         load_cuts(tmp_path, [plain.name])
 
 
+
+def test_a_misnamed_evaluation_set_is_refused_saying_asr_reads_it(prepared: dict,
+                                                                   tmp_path) -> None:
+    """A test or dev set is read by asr, by its bytes (``load_eval_cuts``), not by lhotse: the
+    name check, the same rule as for training manifests, said "lhotse, which reads it"."""
+    from asr.data.cut_ids import load_eval_cuts
+
+    for path in _misnamed_manifests(prepared, tmp_path):
+        with pytest.raises(ValueError, match=rf"cut manifest {path} is .*, and asr, which reads "
+                                             r"this evaluation set, goes by its bytes, but "
+                                             r"lhotse, which reads training manifests, goes by "
+                                             r"the name") as err:
+            load_eval_cuts(tmp_path, [path.name])
+        assert "lhotse, which reads it" not in str(err.value)
+        with pytest.raises(ValueError, match="lhotse, which reads it, goes by the name"):
+            load_cuts(tmp_path, [path.name])
+
 def test_a_corrupt_gzip_manifest_is_an_error_naming_it(prepared: dict, tmp_path) -> None:
     """Corrupt compressed data (not cut short) raised a bare ``zlib.error`` naming no file from
     the manifest reader; the ARPA reader named its file for the same error."""

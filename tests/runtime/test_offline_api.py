@@ -130,3 +130,36 @@ def test_an_unknown_on_error_is_refused(model):
     # on_error="rais" returned FailedInput values instead of raising
     with pytest.raises(ValueError, match="on_error"):
         model.transcribe([b"not audio"], on_error="rais")
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_inputs_are_read_group_by_group_each_result_given_before_the_next_group(
+        model, monkeypatch, streaming):
+    """Every input was read into memory before the first was decoded (a directory of long
+    recordings could not fit), and nothing came out before the last was done: inputs are read
+    in groups of about GROUP_SECONDS of audio, each group's results given before the next group
+    is read, and the results are those of one group."""
+    from asr.runtime import offline
+
+    inputs = [_noise(0.7, seed) for seed in range(3)]
+    whole = model.transcribe(inputs, streaming=streaming)
+    events, load = [], offline.Transcriber.load
+
+    def spy(self, item, sample_rate=None, index=0):
+        events.append(f"read {index}")
+        return load(self, item, sample_rate, index)
+
+    monkeypatch.setattr(offline.Transcriber, "load", spy)
+    monkeypatch.setattr(offline, "GROUP_SECONDS", 1.0)  # groups: inputs 0 and 1, then 2
+    results = []
+    for result in model.transcribe_iter(inputs, streaming=streaming):
+        events.append(f"result {len(results)}")
+        results.append(result)
+    assert events == ["read 0", "read 1", "result 0", "result 1", "read 2", "result 2"]
+    assert results == whole
+
+
+def test_a_bad_window_is_refused_before_any_input_is_read(model, tmp_path):
+    # the window was checked after every input had been read and decoded
+    with pytest.raises(ValueError, match=r"need 0 <= overlap \(2.0\) < window \(1.0\)"):
+        model.transcribe([tmp_path / "missing.wav"], window_seconds=1.0, overlap_seconds=2.0)
