@@ -67,7 +67,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -107,6 +107,10 @@ logger = logging.getLogger(__name__)
 
 #: What :meth:`Transcriber.transcribe` takes: a path (``"-"`` = stdin), encoded bytes, or samples.
 AudioInput = str | Path | bytes | np.ndarray | Tensor
+
+#: The input types that are one input (an array or bytes are iterable, yet one input); any other
+#: iterable given to :meth:`Transcriber.transcribe` holds many.
+SINGLE_INPUT_TYPES = (str, Path, bytes, bytearray, np.ndarray, Tensor)
 
 #: Seconds of audio that :meth:`Transcriber.transcribe_iter` reads before it decodes them: the
 #: inputs are read and decoded in groups of this much (at least one input each), so memory holds
@@ -353,7 +357,7 @@ class Transcriber:
 
     def transcribe(
         self,
-        inputs: AudioInput | Sequence[AudioInput],
+        inputs: AudioInput | Iterable[AudioInput],
         sample_rate: int | None = None,
         searcher: str | None = None,
         batch_size: int = 8,
@@ -370,8 +374,9 @@ class Transcriber:
         """Transcribes files, encoded bytes or waveforms.
 
         Args:
-            inputs: one input or a list: paths (``"-"`` = stdin), encoded bytes, or (N,) /
-                (N, C) arrays at ``sample_rate`` (float in [-1, 1], or integer PCM).
+            inputs: one input, or many in any iterable (a list, a generator: read as it is
+                consumed): paths (``"-"`` = stdin), encoded bytes, or (N,) / (N, C) arrays at
+                ``sample_rate`` (float in [-1, 1], or integer PCM).
             sample_rate: rate of array inputs in Hz, a positive whole number (default: the
                 model rate); files and bytes carry their own.
             searcher: searcher name (default: the runtime's).
@@ -412,7 +417,7 @@ class Transcriber:
 
     def transcribe_iter(
         self,
-        inputs: AudioInput | Sequence[AudioInput],
+        inputs: AudioInput | Iterable[AudioInput],
         sample_rate: int | None = None,
         searcher: str | None = None,
         batch_size: int = 8,
@@ -451,7 +456,8 @@ class Transcriber:
         search = searcher
         if hotwords is not None and not streaming:
             search = self.searcher(searcher, hotwords)
-        items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        many = isinstance(inputs, Iterable) and not isinstance(inputs, (*SINGLE_INPUT_TYPES, Mapping))
+        items = inputs if many else [inputs]  # one input of another type: load() names it
 
         def results() -> Iterator[TranscriptionResult | FailedInput]:
             bar = tqdm(total=0, unit="s", unit_scale=True,
@@ -478,7 +484,7 @@ class Transcriber:
         return results()
 
     def _read_groups(
-        self, items: Sequence[AudioInput], sample_rate: int | None, on_error: str
+        self, items: Iterable[AudioInput], sample_rate: int | None, on_error: str
     ) -> Iterator[list[DecodedAudio | FailedInput]]:
         """The inputs read in order, in groups of at least :data:`GROUP_SECONDS` of audio (the
         last one shorter), an input that cannot be read a :class:`FailedInput` in its place

@@ -163,3 +163,29 @@ def test_a_bad_window_is_refused_before_any_input_is_read(model, tmp_path):
     # the window was checked after every input had been read and decoded
     with pytest.raises(ValueError, match=r"need 0 <= overlap \(2.0\) < window \(1.0\)"):
         model.transcribe([tmp_path / "missing.wav"], window_seconds=1.0, overlap_seconds=2.0)
+
+
+def test_a_generator_of_inputs_is_many_inputs_read_as_it_is_consumed(model, monkeypatch):
+    """A generator was taken as one input ('unsupported type generator'): any iterable other
+    than one input's own types holds many, and it is pulled group by group, not all at once."""
+    from asr.runtime import offline
+
+    inputs = [_noise(0.7, seed) for seed in range(3)]
+    pulled = []
+
+    def lazily():
+        for index, wave in enumerate(inputs):
+            pulled.append(index)
+            yield wave
+
+    monkeypatch.setattr(offline, "GROUP_SECONDS", 1.0)  # groups: inputs 0 and 1, then 2
+    results = model.transcribe_iter(lazily())
+    first = next(results)
+    assert pulled == [0, 1]
+    assert [first, *results] == model.transcribe(inputs)
+
+
+@pytest.mark.parametrize("item", [3, {"path": "a.wav"}])
+def test_an_input_of_another_type_is_an_error_naming_its_type(model, item):
+    with pytest.raises(AudioError, match=f"unsupported type {type(item).__name__}"):
+        model.transcribe(item)
