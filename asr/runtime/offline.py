@@ -557,7 +557,10 @@ class Transcriber:
                 for token, time in zip(hyp.tokens, results.seconds(frames, offset)):
                     if window.keep_from <= time < window.keep_to:
                         kept[window.index].append((int(token), time))
-                bar.update((window.end - window.start) / rate)
+                # the seconds this window owns: the windows' spans partition the input, so the
+                # bar ends at the inputs' duration (window lengths would count overlaps twice)
+                duration = audios[window.index].duration
+                bar.update(min(window.keep_to, duration) - max(window.keep_from, 0.0))
         transcripts = []
         for audio, tokens in zip(audios, kept):
             tokens.sort(key=lambda pair: pair[1])

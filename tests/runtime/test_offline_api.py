@@ -189,3 +189,22 @@ def test_a_generator_of_inputs_is_many_inputs_read_as_it_is_consumed(model, monk
 def test_an_input_of_another_type_is_an_error_naming_its_type(model, item):
     with pytest.raises(AudioError, match=f"unsupported type {type(item).__name__}"):
         model.transcribe(item)
+
+
+def test_the_progress_bar_of_windowed_inputs_ends_at_their_duration(model, monkeypatch):
+    # it counted each window's length, so overlaps twice: a long input ran past the total
+    from asr.runtime import offline
+
+    bars = []
+
+    class Recording(offline.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(offline, "tqdm", Recording)
+    inputs = [_noise(3.3, 0), _noise(0.6, 1)]
+    model.transcribe(inputs, window_seconds=1.0, overlap_seconds=0.4, progress=True)
+    [bar] = bars
+    assert bar.total == pytest.approx(3.9, abs=0.01)
+    assert bar.n == pytest.approx(bar.total, abs=0.01)
