@@ -155,6 +155,7 @@ class Trainer:
         self._step_metrics: dict[str, float] = {}
         self._skips_in_a_row = 0
         self._writer = None
+        self._first_logged_step = 1  # the first step this run may log (fit() sets it)
         self.budget = TimeBudget(train_cfg, self.dist, clock)
 
     # ----------------------------------------------------------------------------------- state
@@ -259,8 +260,14 @@ class Trainer:
     # ------------------------------------------------------------------------------------ loop
     @property
     def writer(self):
+        """TensorBoard's writer (rank 0 only). It purges the steps from the first one this run
+        logs on: a run killed after its last checkpoint logged steps that the resumed run logs
+        again, and their earlier values, from the event files the killed run left, must not
+        show beside the new ones (nor, for a run that restarts from step 0, the whole earlier
+        run's)."""
         if self._writer is None and self.dist.is_main:
-            self._writer = SummaryWriter(log_dir=str(self.exp_dir / "tensorboard"))
+            self._writer = SummaryWriter(log_dir=str(self.exp_dir / "tensorboard"),
+                                         purge_step=self._first_logged_step)
         return self._writer
 
     def _autocast(self):
@@ -280,6 +287,7 @@ class Trainer:
         """Trains until ``max_epochs``, ``max_steps`` or the time budget; returns the progress."""
         self.exp_dir.mkdir(parents=True, exist_ok=True)
         self.budget.start(self.progress)
+        self._first_logged_step = self.progress.step + 1
         while self.progress.epoch <= self.cfg.max_epochs and not self._finished():
             epoch_done = self._train_epoch()
             if self._finished() and not epoch_done:

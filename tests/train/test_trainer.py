@@ -562,3 +562,20 @@ def test_tensorboard_logs_each_steps_learning_rate_and_loss(tmp_path):
     assert [v for _, v in scalars["train/sq_err"]] == pytest.approx(expected, rel=1e-6)
     assert [v for _, v in scalars["valid/wer"]] == [12.5, 12.5]
     assert [s for s, _ in scalars["valid/loss"]] == [4, 8]
+
+
+def test_tensorboard_of_a_run_killed_after_its_last_checkpoint_has_each_step_once(tmp_path):
+    """A run killed after logging step 5, its last checkpoint being step 4's: the resumed run
+    logs step 5 again, and TensorBoard showed both values at step 5 (the killed run's event
+    file is kept beside the new one). The resumed run's writer purges the steps it logs again,
+    so the logs read as the uninterrupted run's."""
+    run(tmp_path / "full")
+    run(tmp_path / "killed", max_steps=5)
+    (tmp_path / "killed" / "checkpoint-5.pt").unlink()  # killed before that checkpoint
+    torch.manual_seed(12345)
+    run(tmp_path / "killed", resume=True)
+    full, killed = _scalars(tmp_path / "full"), _scalars(tmp_path / "killed")
+    assert [s for s, _ in killed["train/loss"]] == list(range(1, 15))
+    for tag in ("train/loss", "train/lr", "valid/loss", "valid/wer"):
+        assert killed[tag] == full[tag], tag
+    assert len(list((tmp_path / "killed" / "tensorboard").glob("events.out.tfevents.*"))) == 2
