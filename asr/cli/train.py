@@ -13,7 +13,10 @@ Examples::
 The resolved configuration (YAML plus ``--set`` overrides) is written to ``<exp-dir>/config.yaml``
 (a run that fails before it writes a checkpoint puts the earlier one back, the one the directory's
 checkpoints fit); training resumes from the newest ``checkpoint-N.pt`` in the directory, so
-re-running the same command after a kill continues where it stopped.
+re-running the same command after a kill continues where it stopped. A checkpoint that does not
+fit is refused (exit 1 naming it, nothing written): an unreadable file, another model's
+parameters, or another vocabulary than ``tokenizer_dir``'s (each checkpoint records its
+tokens, so a tokenizer made again with as many but other pieces is caught too).
 
 The configuration is checked before anything is read or written (exit 2 naming the key): with
 ``--searchers`` also that its heads have those searchers (as ``asr decode --searcher`` takes them;

@@ -94,6 +94,10 @@ class Trainer:
         clock: monotonic seconds, for ``train.time_budget_s`` (replaceable in tests).
         schedule_scale: reference steps of the LR schedule per optimizer step
             (:meth:`asr.train.optim.OptimConfig.step_scale` of the global batch's audio).
+        check_resume: called by :meth:`resume` with the ``extra`` state of the checkpoint it
+            read, before anything of it is loaded; a ``ValueError`` it raises (the checkpoint
+            was made for other data, e.g. another vocabulary of the same size, which the
+            parameter shapes cannot tell) refuses the checkpoint.
     """
 
     def __init__(
@@ -109,8 +113,10 @@ class Trainer:
         extra_state: Mapping[str, Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
         schedule_scale: float = 1.0,
+        check_resume: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> None:
         self.cfg = train_cfg
+        self.check_resume = check_resume
         self.dist = dist or DistInfo()
         self.exp_dir = Path(exp_dir)
         self.train_batches = train_batches
@@ -216,8 +222,9 @@ class Trainer:
         """Loads ``path`` or the newest ``checkpoint-N.pt`` in exp_dir; returns whether it did.
 
         Raises:
-            CheckpointError: naming the file, when it is unreadable or holds the state of
-                another model (another configuration's shapes or parameters).
+            CheckpointError: naming the file, when it is unreadable, holds the state of
+                another model (another configuration's shapes or parameters) or is refused by
+                ``check_resume``.
         """
         if self.dist.is_main:
             remove_stale_temporaries(self.exp_dir)
@@ -234,6 +241,12 @@ class Trainer:
             raise CheckpointError(  # the newest is unreadable: say how to go on from the one before
                 f"{err}; to resume from the checkpoint before it ({earlier[-1].name}), move "
                 f"{path.name} out of {self.exp_dir}") from err
+        if self.check_resume is not None:
+            extra = state.get("extra") if isinstance(state, Mapping) else None
+            try:
+                self.check_resume(extra if isinstance(extra, Mapping) else {})
+            except ValueError as err:
+                raise CheckpointError(f"cannot resume from {path}: {err}") from err
         try:
             self.load_state_dict(state)
         except (RuntimeError, KeyError, ValueError) as err:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -150,6 +151,28 @@ def test_a_refused_resume_leaves_the_config_its_checkpoints_fit(tmp_path, tiny_c
     assert train_tiny(tmp_path, tiny_corpus, "changed", "encoder.d_model=48") == 1
     assert "cannot resume from" in caplog.text and "checkpoint-1.pt" in caplog.text
     assert (tmp_path / "changed" / "config.yaml").read_bytes() == before
+
+
+def test_a_checkpoint_of_another_vocabulary_of_the_same_size_is_refused(tmp_path, tiny_corpus,
+                                                                       caplog):
+    """A tokenizer made again with as many pieces but other ones (two characters' ids swapped):
+    the parameters' shapes are the same, and the run resumed, training every output id towards
+    another piece than before. Now: exit 1 naming the checkpoint and the first id that differs,
+    with the directory's files as they were."""
+    from asr.tokenizers.char import CharTokenizer
+
+    assert train_tiny(tmp_path, tiny_corpus, "vocab", "train.max_steps=1") == 0
+    pieces = CharTokenizer.from_file(tiny_corpus / "lang_char" / "tokens.txt").pieces()
+    pieces[4], pieces[5] = pieces[5], pieces[4]
+    CharTokenizer(pieces).save(tmp_path / "lang_swapped")
+    exp = tmp_path / "vocab"
+    before = {p.name: p.read_bytes() for p in exp.iterdir() if p.is_file()}
+    assert train_tiny(tmp_path, tiny_corpus, "vocab",
+                      f"tokenizer_dir={tmp_path / 'lang_swapped'}") == 1
+    assert re.search(r"cannot resume from \S*checkpoint-1\.pt: it was trained with another "
+                     r"vocabulary than tokenizer_dir \S*lang_swapped \(token 4 is "
+                     f"{pieces[5]!r} there and {pieces[4]!r} in", caplog.text)
+    assert {p.name: p.read_bytes() for p in exp.iterdir() if p.is_file()} == before
 
 
 def test_a_run_stopped_before_a_checkpoint_leaves_the_config_its_checkpoints_fit(
