@@ -153,6 +153,21 @@ def test_a_refused_resume_leaves_the_config_its_checkpoints_fit(tmp_path, tiny_c
     assert (tmp_path / "changed" / "config.yaml").read_bytes() == before
 
 
+def test_a_second_run_into_an_experiment_directory_being_trained_is_refused(tmp_path,
+                                                                          tiny_corpus, caplog):
+    """Two runs into one experiment directory (a stage rerun while the first still trains):
+    the second resumed from the first's checkpoint and both wrote the same checkpoints,
+    config.yaml and TensorBoard logs, each ending with exit 0. The first run's lock now
+    refuses the second at once, exit 2 naming the directory, before it writes anything."""
+    from asr.fileio import output_lock
+
+    exp = tmp_path / "busy"
+    with output_lock(exp):  # held as a run training into it holds it
+        assert train_tiny(tmp_path, tiny_corpus, "busy", "train.max_steps=1") == 2
+    assert f"{exp} is being written by another process" in caplog.text
+    assert not exp.exists()
+
+
 def test_a_checkpoint_of_another_vocabulary_of_the_same_size_is_refused(tmp_path, tiny_corpus,
                                                                        caplog):
     """A tokenizer made again with as many pieces but other ones (two characters' ids swapped):
