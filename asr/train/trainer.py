@@ -472,9 +472,15 @@ class Trainer:
             )
 
     def _save_bad_batches(self, batches: list[Batch]) -> tuple[Path, list[str]]:
-        """Saves the batches of the current step under ``bad-batches/``; returns the file and
-        their cut ids."""
-        path = self.exp_dir / "bad-batches" / f"step-{self.progress.step}-rank-{self.dist.rank}.pt"
+        """Saves the batches of the current step under ``bad-batches/`` as
+        ``epoch-E-batch-B-rank-R.pt`` (``B``: the place of the step's last batch in epoch
+        ``E``); returns the file and their cut ids. Named by the place in the data, not by the
+        step count, which a skipped step leaves where it was: the steps skipped in a row would
+        each overwrite the one before.
+        """
+        p = self.progress
+        path = (self.exp_dir / "bad-batches"
+                / f"epoch-{p.epoch}-batch-{p.batches_in_epoch}-rank-{self.dist.rank}.pt")
         atomic_torch_save([dataclasses.asdict(b) for b in batches], path)
         return path, [c for b in batches for c in b.cut_ids]
 
