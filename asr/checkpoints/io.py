@@ -62,14 +62,19 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def _load_reason(err: Exception) -> str:
-    """What ``torch.load`` says went wrong, in one line: for a weights-only unpickling failure
-    only its cause (its message spans lines and suggests ``weights_only=False``, which would
-    run the file's code)."""
-    text = str(err)
+    """What ``torch.load`` says went wrong, in one line. A weights-only unpickling failure keeps
+    only its cause: torch's message spans lines and, for a file whose code it blocks (such as
+    ``os.system``), suggests ``weights_only=False``, which would run that code."""
+    text = " ".join(str(err).split())
     marker = "WeightsUnpickler error:"
     if marker in text:
-        text = text.split(marker, 1)[1].split("Check the documentation of torch.load", 1)[0]
-    return " ".join(text.split())
+        text = text.split(marker, 1)[1]
+    if "Weights only load failed" in text or marker in str(err):
+        text = text.split("Check the documentation of torch.load", 1)[0]
+        sentences = re.split(r"(?<=\.) ", text)
+        text = " ".join(s for s in sentences if not any(
+            word in s for word in ("weights_only", "Weights only load failed", "trusted source")))
+    return text.strip()
 
 
 def read_model_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

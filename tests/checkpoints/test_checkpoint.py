@@ -235,3 +235,26 @@ def test_use_averaged_model_on_checkpoints_that_do_not_fit_names_them(tmp_path, 
                  "--use-averaged-model"]) == 2
     assert re.search(message, caplog.text)
     assert not list(tmp_path.glob("averaged-*"))
+
+
+class _System:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("true",))
+
+
+def test_a_checkpoint_that_would_run_a_shell_command_is_refused_without_advice_to_run_it(
+        tmp_path):
+    """For a file calling a module torch blocks (os.system), torch's message says that loading
+    with weights_only=False "will likely succeed": the error passed that advice on, which
+    would run the file's command. Only the cause is kept."""
+    path = tmp_path / "checkpoint-1.pt"
+    torch.save({"model": _System()}, path)
+    with pytest.raises(CheckpointError) as refused:
+        safe_torch_load(path)
+    message = str(refused.value)
+    assert re.search(r"checkpoint-1\.pt .*not a weights-only checkpoint: UnpicklingError: "
+                     r"Trying to load unsupported GLOBAL \S*system whose module \S+ is blocked",
+                     message), message
+    assert "weights_only" not in message and "False" not in message
