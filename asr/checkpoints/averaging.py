@@ -20,6 +20,7 @@ from asr.checkpoints.io import (
     epoch_checkpoint_path,
     list_checkpoints,
     safe_torch_load,
+    training_checkpoint,
 )
 
 
@@ -261,11 +262,10 @@ def _running_average(
         asr.checkpoints.io.CheckpointError: when it is no training checkpoint (no model, no
             step count, or a running average that is not one).
     """
-    model = state.get("model") if isinstance(state, dict) else None
-    progress = state.get("progress") if isinstance(state, dict) else None
-    if not isinstance(model, dict) or not isinstance(progress, dict) or "step" not in progress:
-        raise CheckpointError(f"{path}: not a training checkpoint (no 'model' state dict or "
-                              "no 'progress' step count)")
+    model = training_checkpoint(state, path)["model"]
+    progress = state.get("progress")
+    if not isinstance(progress, dict) or "step" not in progress:
+        raise CheckpointError(f"{path}: not a training checkpoint (no 'progress' step count)")
     averager = state.get("averager")
     if not averager:
         raise ValueError(f"{path} holds no running average (train.average_period was 0)")

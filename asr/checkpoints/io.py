@@ -91,10 +91,21 @@ def read_model_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[
     path = Path(path)
     if path.suffix == ".safetensors":
         return load_weights(path), {}
-    data = safe_torch_load(path)
+    data = training_checkpoint(safe_torch_load(path), path)
+    return data["model"], data
+
+
+def training_checkpoint(data: Any, path: str | Path) -> dict[str, Any]:
+    """``data``, read from ``path`` by :func:`safe_torch_load`, as a training checkpoint: a
+    dict with a ``model`` state dict.
+
+    Raises:
+        CheckpointError: naming ``path`` when ``data`` is anything else (a bare tensor, a list,
+            a dict without model weights).
+    """
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
         raise CheckpointError(f"{path}: not a training checkpoint (no 'model' state dict)")
-    return data["model"], data
+    return data
 
 
 def capture_rng_state() -> dict[str, Any]:

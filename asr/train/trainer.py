@@ -47,6 +47,7 @@ from asr.checkpoints.io import (
     remove_stale_temporaries,
     restore_rng_state,
     safe_torch_load,
+    training_checkpoint,
 )
 from asr.train.budget import TimeBudget
 from asr.train.distributed import DistInfo, all_reduce_sum, average_gradients, barrier
@@ -233,7 +234,7 @@ class Trainer:
         if path is None:
             return False
         try:
-            state = safe_torch_load(path, map_location=self.device)
+            state = training_checkpoint(safe_torch_load(path, map_location=self.device), path)
         except CheckpointError as err:
             earlier = [p for _, p in list_checkpoints(self.exp_dir) if p != path]
             if not newest or not earlier:
@@ -242,14 +243,14 @@ class Trainer:
                 f"{err}; to resume from the checkpoint before it ({earlier[-1].name}), move "
                 f"{path.name} out of {self.exp_dir}") from err
         if self.check_resume is not None:
-            extra = state.get("extra") if isinstance(state, Mapping) else None
+            extra = state.get("extra")
             try:
                 self.check_resume(extra if isinstance(extra, Mapping) else {})
             except ValueError as err:
                 raise CheckpointError(f"cannot resume from {path}: {err}") from err
         try:
             self.load_state_dict(state)
-        except (RuntimeError, KeyError, ValueError) as err:
+        except (RuntimeError, KeyError, TypeError, ValueError) as err:
             details = "; ".join(line.strip() for line in str(err).splitlines()[1:4] if line.strip())
             raise CheckpointError(
                 f"cannot resume from {path}: it does not fit this model and optimizer (was the "

@@ -126,6 +126,18 @@ def test_resuming_another_models_checkpoint_names_the_file(tmp_path):
         trainer.resume()
 
 
+@pytest.mark.parametrize("content", [[1, 2], torch.ones(3), None, {"model": [1]}],
+                         ids=["list", "tensor", "none", "model-list"])
+def test_resuming_a_file_that_is_no_training_checkpoint_names_it(tmp_path, content):
+    """A weights-only file that is not a checkpoint's dict (a bare tensor, a list...) failed
+    with a TypeError or IndexError from indexing it, naming no file."""
+    torch.save(content, tmp_path / "checkpoint-3.pt")
+    trainer = Trainer(ToyModel(), OptimConfig(lr=1e-2), TrainConfig(max_epochs=1), tmp_path,
+                      train_batches=batches)
+    with pytest.raises(CheckpointError, match=r"checkpoint-3\.pt: not a training checkpoint"):
+        trainer.resume()
+
+
 def test_an_unreadable_newest_checkpoint_says_how_to_resume_from_the_one_before(tmp_path):
     """A newest checkpoint damaged after it was written (a disk error, a partial copy): resume
     refuses it, naming it, and says which earlier one resuming would take once it is moved."""
