@@ -16,10 +16,33 @@ from torch import nn
 
 from asr.checkpoints.io import (
     EPOCH_PATTERN,
+    CheckpointError,
     epoch_checkpoint_path,
     list_checkpoints,
     safe_torch_load,
+    training_checkpoint,
 )
+
+
+def _difference(state: Mapping[str, torch.Tensor],
+                reference: Mapping[str, tuple[torch.Size, torch.dtype]]) -> str | None:
+    """How ``state`` differs from the ``(shape, dtype)`` of each tensor of ``reference`` (its
+    keys, then a tensor's shape, then its dtype, in words), or None when it does not."""
+    if set(state) != set(reference):
+        return f"keys: {sorted(set(reference) ^ set(state))[:5]}"
+    for key, value in state.items():
+        shape, dtype = reference[key]
+        if value.shape != shape:
+            return (f"the shape of {key}: {tuple(value.shape)} vs {tuple(shape)} (checkpoints "
+                    "of different models cannot be averaged)")
+        if value.dtype != dtype:
+            return (f"the dtype of {key}: {value.dtype} vs {dtype} (the average would have no "
+                    "one dtype to be written in)")
+    return None
+
+
+def _signature(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Size, torch.dtype]]:
+    return {k: (v.shape, v.dtype) for k, v in state.items()}
 
 
 def average_state_dicts(
@@ -42,48 +65,31 @@ def average_state_dicts(
             tensor).
     """
     total: dict[str, torch.Tensor] = {}
-    shapes: dict[str, torch.Size] = {}
-    dtypes: dict[str, torch.dtype] = {}
+    reference: dict[str, tuple[torch.Size, torch.dtype]] | None = None
     count = 0
-    keys: set[str] | None = None
 
     def name(index: int) -> str:
         return names[index] if names is not None else f"state dict {index}"
 
     for sd in state_dicts:
-        if keys is None:
-            keys = set(sd)
-            shapes = {k: v.shape for k, v in sd.items()}
-            dtypes = {k: v.dtype for k, v in sd.items()}
-        elif set(sd) != keys:
-            raise ValueError(
-                f"{name(count)} and {name(0)} differ in keys: {sorted(keys ^ set(sd))[:5]}"
-            )
+        if reference is None:
+            reference = _signature(sd)
+        difference = _difference(sd, reference)
+        if difference is not None:
+            raise ValueError(f"{name(count)} and {name(0)} differ in {difference}")
         for key, value in sd.items():
-            if value.shape != shapes[key]:
-                raise ValueError(
-                    f"{name(count)} and {name(0)} differ in the shape of {key}: "
-                    f"{tuple(value.shape)} vs {tuple(shapes[key])} (checkpoints of different "
-                    "models cannot be averaged)"
-                )
-            if value.dtype != dtypes[key]:
-                raise ValueError(
-                    f"{name(count)} and {name(0)} differ in the dtype of {key}: {value.dtype} vs "
-                    f"{dtypes[key]} (the average would have no one dtype to be written in)"
-                )
             if value.is_floating_point():
                 acc = value.detach().to(torch.float64)
                 total[key] = total[key] + acc if key in total else acc.clone()
             else:
                 total[key] = value.detach().clone()
         count += 1
-    if count == 0:
+    if count == 0 or reference is None:
         raise ValueError("no state dicts to average")
-    ref = {} if keys is None else keys
     out = {}
-    for key in ref:
+    for key, (_, dtype) in reference.items():
         value = total[key]
-        out[key] = (value / count).to(dtypes[key]) if value.is_floating_point() else value
+        out[key] = (value / count).to(dtype) if value.is_floating_point() else value
     return out
 
 
@@ -211,7 +217,10 @@ def averaged_model_between(
         (the averaged model weights, the whole training checkpoint ``epoch-<epoch>.pt``).
 
     Raises:
-        ValueError: when the checkpoints hold no running average or no steps lie between.
+        ValueError: when the checkpoints hold no running average, no steps lie between, or
+            their averages are of different models (naming both files and the tensor).
+        asr.checkpoints.io.CheckpointError: naming a checkpoint that is missing, unreadable or
+            not a training checkpoint.
     """
     if avg < 1 or avg > epoch:
         raise ValueError(f"need 1 <= avg <= epoch, got epoch={epoch} avg={avg}")
@@ -222,6 +231,10 @@ def averaged_model_between(
     if epoch > avg:
         start_path = epoch_checkpoint_path(exp_dir, epoch - avg)
         start = _running_average(safe_torch_load(start_path), start_path)
+        difference = _difference(start[0], _signature(avg_end))
+        if difference is not None:
+            raise ValueError(f"the running averages of {start_path} and {end_path} differ in "
+                             f"{difference}")
     n_start = start[1] if start else 0
     if n_end <= n_start:
         raise ValueError(
@@ -240,11 +253,26 @@ def averaged_model_between(
 
 
 def _running_average(
-    state: dict[str, Any], path: Path
+    state: Any, path: Path
 ) -> tuple[dict[str, torch.Tensor], int, dict[str, torch.Tensor]]:
-    """(average, number of samples, model state) of the training checkpoint ``path``."""
+    """(average, number of samples, model state) of the training checkpoint ``path``.
+
+    Raises:
+        ValueError: when it holds no running average.
+        asr.checkpoints.io.CheckpointError: when it is no training checkpoint (no model, no
+            step count, or a running average that is not one).
+    """
+    model = training_checkpoint(state, path)["model"]
+    progress = state.get("progress")
+    if not isinstance(progress, dict) or "step" not in progress:
+        raise CheckpointError(f"{path}: not a training checkpoint (no 'progress' step count)")
     averager = state.get("averager")
     if not averager:
         raise ValueError(f"{path} holds no running average (train.average_period was 0)")
-    samples = int(state["progress"]["step"]) // int(averager["period"])
-    return averager["average"], samples, state["model"]
+    average = averager.get("average") if isinstance(averager, dict) else None
+    period = averager.get("period") if isinstance(averager, dict) else None
+    if (not isinstance(average, dict) or not isinstance(period, int) or period < 1
+            or any(k not in model or v.shape != model[k].shape for k, v in average.items())):
+        raise CheckpointError(f"{path}: its running average ('averager') does not fit its "
+                              "model: the file is not a training checkpoint of this program")
+    return average, int(progress["step"]) // period, model

@@ -62,14 +62,19 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def _load_reason(err: Exception) -> str:
-    """What ``torch.load`` says went wrong, in one line: for a weights-only unpickling failure
-    only its cause (its message spans lines and suggests ``weights_only=False``, which would
-    run the file's code)."""
-    text = str(err)
+    """What ``torch.load`` says went wrong, in one line. A weights-only unpickling failure keeps
+    only its cause: torch's message spans lines and, for a file whose code it blocks (such as
+    ``os.system``), suggests ``weights_only=False``, which would run that code."""
+    text = " ".join(str(err).split())
     marker = "WeightsUnpickler error:"
     if marker in text:
-        text = text.split(marker, 1)[1].split("Check the documentation of torch.load", 1)[0]
-    return " ".join(text.split())
+        text = text.split(marker, 1)[1]
+    if "Weights only load failed" in text or marker in str(err):
+        text = text.split("Check the documentation of torch.load", 1)[0]
+        sentences = re.split(r"(?<=\.) ", text)
+        text = " ".join(s for s in sentences if not any(
+            word in s for word in ("weights_only", "Weights only load failed", "trusted source")))
+    return text.strip()
 
 
 def read_model_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -86,10 +91,21 @@ def read_model_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[
     path = Path(path)
     if path.suffix == ".safetensors":
         return load_weights(path), {}
-    data = safe_torch_load(path)
+    data = training_checkpoint(safe_torch_load(path), path)
+    return data["model"], data
+
+
+def training_checkpoint(data: Any, path: str | Path) -> dict[str, Any]:
+    """``data``, read from ``path`` by :func:`safe_torch_load`, as a training checkpoint: a
+    dict with a ``model`` state dict.
+
+    Raises:
+        CheckpointError: naming ``path`` when ``data`` is anything else (a bare tensor, a list,
+            a dict without model weights).
+    """
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
         raise CheckpointError(f"{path}: not a training checkpoint (no 'model' state dict)")
-    return data["model"], data
+    return data
 
 
 def capture_rng_state() -> dict[str, Any]:

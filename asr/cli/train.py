@@ -13,7 +13,12 @@ Examples::
 The resolved configuration (YAML plus ``--set`` overrides) is written to ``<exp-dir>/config.yaml``
 (a run that fails before it writes a checkpoint puts the earlier one back, the one the directory's
 checkpoints fit); training resumes from the newest ``checkpoint-N.pt`` in the directory, so
-re-running the same command after a kill continues where it stopped.
+re-running the same command after a kill continues where it stopped. One run at a time
+trains into a directory: while one does (its rank 0 holds the lock ``.<exp-dir name>.lock``
+beside it, :func:`asr.fileio.output_lock`), a second is refused at once, exit 2 naming it. A checkpoint that does not
+fit is refused (exit 1 naming it, nothing written): an unreadable file, another model's
+parameters, or another vocabulary than ``tokenizer_dir``'s (each checkpoint records its
+tokens, so a tokenizer made again with as many but other pieces is caught too).
 
 The configuration is checked before anything is read or written (exit 2 naming the key): with
 ``--searchers`` also that its heads have those searchers (as ``asr decode --searcher`` takes them;
@@ -37,6 +42,7 @@ each repeat is trained as ``<id>_repeat<k>``, with its own augmentation draws
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shlex
@@ -50,7 +56,12 @@ from asr.cli.options import add_num_threads_argument, check_experiment_dir, set_
 from asr.config import ConfigError, load_config, save_config, to_dict
 from asr.decoding.registry import select_searchers
 from asr.experiment import CONFIG_FILE, ExperimentConfig
-from asr.fileio import write_bytes_atomic
+from asr.fileio import (
+    OutputBusyError,
+    OutputUnwritableError,
+    output_lock,
+    write_bytes_atomic,
+)
 from asr.run.train import (
     check_data_inputs,
     check_dev_cuts,
@@ -154,13 +165,27 @@ def run(args: argparse.Namespace) -> int:
     if args.check_only:
         logger.info("asr train: %s fits (--check-only: nothing trained)", args.config)
         return 0
+    main = int(os.environ.get("RANK", "0")) == 0
+    try:
+        # rank 0 holds the experiment directory's lock until training ends: a second run into
+        # it (a stage rerun while the first one still trains) would resume from the same
+        # checkpoint and write the same checkpoints, config.yaml and logs beside it
+        with output_lock(args.exp_dir) if main else contextlib.nullcontext():
+            return _train(args, cfg, main)
+    except (OutputBusyError, OutputUnwritableError) as err:
+        logger.error("asr train: %s", err)
+        return 2
+
+
+def _train(args: argparse.Namespace, cfg: ExperimentConfig, main: bool) -> int:
+    """``asr train`` after its checks of the command line: the data checks, config.yaml and
+    training; returns the exit status."""
     try:  # the data stages come after a recipe's --check-only: its manifests may be stale then
         check_data_inputs(cfg)
         dev_cuts = check_dev_cuts(cfg)  # a repeated dev id would be scored twice in every dev WER
     except (FileNotFoundError, ValueError) as err:
         logger.error("asr train: %s", err)
         return 2
-    main = int(os.environ.get("RANK", "0")) == 0
     config_path = args.exp_dir / CONFIG_FILE
     previous = config_path.read_bytes() if main and config_path.is_file() else None
     checkpoints = list_checkpoints(args.exp_dir)

@@ -47,6 +47,7 @@ from asr.checkpoints.io import (
     remove_stale_temporaries,
     restore_rng_state,
     safe_torch_load,
+    training_checkpoint,
 )
 from asr.train.budget import TimeBudget
 from asr.train.distributed import DistInfo, all_reduce_sum, average_gradients, barrier
@@ -94,6 +95,10 @@ class Trainer:
         clock: monotonic seconds, for ``train.time_budget_s`` (replaceable in tests).
         schedule_scale: reference steps of the LR schedule per optimizer step
             (:meth:`asr.train.optim.OptimConfig.step_scale` of the global batch's audio).
+        check_resume: called by :meth:`resume` with the ``extra`` state of the checkpoint it
+            read, before anything of it is loaded; a ``ValueError`` it raises (the checkpoint
+            was made for other data, e.g. another vocabulary of the same size, which the
+            parameter shapes cannot tell) refuses the checkpoint.
     """
 
     def __init__(
@@ -109,8 +114,10 @@ class Trainer:
         extra_state: Mapping[str, Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
         schedule_scale: float = 1.0,
+        check_resume: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> None:
         self.cfg = train_cfg
+        self.check_resume = check_resume
         self.dist = dist or DistInfo()
         self.exp_dir = Path(exp_dir)
         self.train_batches = train_batches
@@ -155,6 +162,7 @@ class Trainer:
         self._step_metrics: dict[str, float] = {}
         self._skips_in_a_row = 0
         self._writer = None
+        self._first_logged_step = 1  # the first step this run may log (fit() sets it)
         self.budget = TimeBudget(train_cfg, self.dist, clock)
 
     # ----------------------------------------------------------------------------------- state
@@ -215,8 +223,9 @@ class Trainer:
         """Loads ``path`` or the newest ``checkpoint-N.pt`` in exp_dir; returns whether it did.
 
         Raises:
-            CheckpointError: naming the file, when it is unreadable or holds the state of
-                another model (another configuration's shapes or parameters).
+            CheckpointError: naming the file, when it is unreadable, holds the state of
+                another model (another configuration's shapes or parameters) or is refused by
+                ``check_resume``.
         """
         if self.dist.is_main:
             remove_stale_temporaries(self.exp_dir)
@@ -225,7 +234,7 @@ class Trainer:
         if path is None:
             return False
         try:
-            state = safe_torch_load(path, map_location=self.device)
+            state = training_checkpoint(safe_torch_load(path, map_location=self.device), path)
         except CheckpointError as err:
             earlier = [p for _, p in list_checkpoints(self.exp_dir) if p != path]
             if not newest or not earlier:
@@ -233,9 +242,15 @@ class Trainer:
             raise CheckpointError(  # the newest is unreadable: say how to go on from the one before
                 f"{err}; to resume from the checkpoint before it ({earlier[-1].name}), move "
                 f"{path.name} out of {self.exp_dir}") from err
+        if self.check_resume is not None:
+            extra = state.get("extra")
+            try:
+                self.check_resume(extra if isinstance(extra, Mapping) else {})
+            except ValueError as err:
+                raise CheckpointError(f"cannot resume from {path}: {err}") from err
         try:
             self.load_state_dict(state)
-        except (RuntimeError, KeyError, ValueError) as err:
+        except (RuntimeError, KeyError, TypeError, ValueError) as err:
             details = "; ".join(line.strip() for line in str(err).splitlines()[1:4] if line.strip())
             raise CheckpointError(
                 f"cannot resume from {path}: it does not fit this model and optimizer (was the "
@@ -259,8 +274,14 @@ class Trainer:
     # ------------------------------------------------------------------------------------ loop
     @property
     def writer(self):
+        """TensorBoard's writer (rank 0 only). It purges the steps from the first one this run
+        logs on: a run killed after its last checkpoint logged steps that the resumed run logs
+        again, and their earlier values, from the event files the killed run left, must not
+        show beside the new ones (nor, for a run that restarts from step 0, the whole earlier
+        run's)."""
         if self._writer is None and self.dist.is_main:
-            self._writer = SummaryWriter(log_dir=str(self.exp_dir / "tensorboard"))
+            self._writer = SummaryWriter(log_dir=str(self.exp_dir / "tensorboard"),
+                                         purge_step=self._first_logged_step)
         return self._writer
 
     def _autocast(self):
@@ -280,6 +301,7 @@ class Trainer:
         """Trains until ``max_epochs``, ``max_steps`` or the time budget; returns the progress."""
         self.exp_dir.mkdir(parents=True, exist_ok=True)
         self.budget.start(self.progress)
+        self._first_logged_step = self.progress.step + 1
         while self.progress.epoch <= self.cfg.max_epochs and not self._finished():
             epoch_done = self._train_epoch()
             if self._finished() and not epoch_done:
@@ -451,9 +473,15 @@ class Trainer:
             )
 
     def _save_bad_batches(self, batches: list[Batch]) -> tuple[Path, list[str]]:
-        """Saves the batches of the current step under ``bad-batches/``; returns the file and
-        their cut ids."""
-        path = self.exp_dir / "bad-batches" / f"step-{self.progress.step}-rank-{self.dist.rank}.pt"
+        """Saves the batches of the current step under ``bad-batches/`` as
+        ``epoch-E-batch-B-rank-R.pt`` (``B``: the place of the step's last batch in epoch
+        ``E``); returns the file and their cut ids. Named by the place in the data, not by the
+        step count, which a skipped step leaves where it was: the steps skipped in a row would
+        each overwrite the one before.
+        """
+        p = self.progress
+        path = (self.exp_dir / "bad-batches"
+                / f"epoch-{p.epoch}-batch-{p.batches_in_epoch}-rank-{self.dist.rank}.pt")
         atomic_torch_save([dataclasses.asdict(b) for b in batches], path)
         return path, [c for b in batches for c in b.cut_ids]
 

@@ -202,3 +202,59 @@ def test_averaged_model_between_is_the_mean_of_the_samples_of_those_epochs(tmp_p
     assert weights["n"].item() == 3 and checkpoint["progress"]["step"] == 85
     whole, _ = averaged_model_between(tmp_path, epoch=3, avg=3)
     assert torch.equal(whole["w"], torch.full((2,), 4.5))
+
+
+def _epoch_with_average(tmp_path, epoch, width, step=10, **changes):
+    state = {"model": {"w": torch.zeros(width)}, "progress": {"step": step},
+             "averager": {"period": 1, "average": {"w": torch.zeros(width, dtype=torch.float64)}}}
+    state.update(changes)
+    atomic_torch_save(state, epoch_checkpoint_path(tmp_path, epoch))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("other model", r"the running averages of .*epoch-1\.pt and .*epoch-2\.pt differ in the "
+                    r"shape of w: \(3,\) vs \(2,\)"),
+    ("no progress", r"epoch-1\.pt: not a training checkpoint"),
+])
+def test_use_averaged_model_on_checkpoints_that_do_not_fit_names_them(tmp_path, case, message,
+                                                                     caplog):
+    """--use-averaged-model between an epoch checkpoint of another model (an experiment
+    directory reused) or a file that is no training checkpoint: it failed with a bare
+    RuntimeError (a tensor size mismatch) or KeyError, exit 1, naming no file."""
+    from asr.cli.main import main
+
+    if case == "other model":
+        _epoch_with_average(tmp_path, 1, width=3, step=5)
+    else:
+        atomic_torch_save({"model": {"w": torch.zeros(2)}, "averager": {"period": 1, "average": {
+            "w": torch.zeros(2, dtype=torch.float64)}}}, epoch_checkpoint_path(tmp_path, 1))
+    _epoch_with_average(tmp_path, 2, width=2)
+    with pytest.raises((ValueError, CheckpointError), match=message):
+        averaged_model_between(tmp_path, epoch=2, avg=1)
+    assert main(["average", "--exp-dir", str(tmp_path), "--epoch", "2", "--avg", "1",
+                 "--use-averaged-model"]) == 2
+    assert re.search(message, caplog.text)
+    assert not list(tmp_path.glob("averaged-*"))
+
+
+class _System:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("true",))
+
+
+def test_a_checkpoint_that_would_run_a_shell_command_is_refused_without_advice_to_run_it(
+        tmp_path):
+    """For a file calling a module torch blocks (os.system), torch's message says that loading
+    with weights_only=False "will likely succeed": the error passed that advice on, which
+    would run the file's command. Only the cause is kept."""
+    path = tmp_path / "checkpoint-1.pt"
+    torch.save({"model": _System()}, path)
+    with pytest.raises(CheckpointError) as refused:
+        safe_torch_load(path)
+    message = str(refused.value)
+    assert re.search(r"checkpoint-1\.pt .*not a weights-only checkpoint: UnpicklingError: "
+                     r"Trying to load unsupported GLOBAL \S*system whose module \S+ is blocked",
+                     message), message
+    assert "weights_only" not in message and "False" not in message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -150,6 +151,43 @@ def test_a_refused_resume_leaves_the_config_its_checkpoints_fit(tmp_path, tiny_c
     assert train_tiny(tmp_path, tiny_corpus, "changed", "encoder.d_model=48") == 1
     assert "cannot resume from" in caplog.text and "checkpoint-1.pt" in caplog.text
     assert (tmp_path / "changed" / "config.yaml").read_bytes() == before
+
+
+def test_a_second_run_into_an_experiment_directory_being_trained_is_refused(tmp_path,
+                                                                          tiny_corpus, caplog):
+    """Two runs into one experiment directory (a stage rerun while the first still trains):
+    the second resumed from the first's checkpoint and both wrote the same checkpoints,
+    config.yaml and TensorBoard logs, each ending with exit 0. The first run's lock now
+    refuses the second at once, exit 2 naming the directory, before it writes anything."""
+    from asr.fileio import output_lock
+
+    exp = tmp_path / "busy"
+    with output_lock(exp):  # held as a run training into it holds it
+        assert train_tiny(tmp_path, tiny_corpus, "busy", "train.max_steps=1") == 2
+    assert f"{exp} is being written by another process" in caplog.text
+    assert not exp.exists()
+
+
+def test_a_checkpoint_of_another_vocabulary_of_the_same_size_is_refused(tmp_path, tiny_corpus,
+                                                                       caplog):
+    """A tokenizer made again with as many pieces but other ones (two characters' ids swapped):
+    the parameters' shapes are the same, and the run resumed, training every output id towards
+    another piece than before. Now: exit 1 naming the checkpoint and the first id that differs,
+    with the directory's files as they were."""
+    from asr.tokenizers.char import CharTokenizer
+
+    assert train_tiny(tmp_path, tiny_corpus, "vocab", "train.max_steps=1") == 0
+    pieces = CharTokenizer.from_file(tiny_corpus / "lang_char" / "tokens.txt").pieces()
+    pieces[4], pieces[5] = pieces[5], pieces[4]
+    CharTokenizer(pieces).save(tmp_path / "lang_swapped")
+    exp = tmp_path / "vocab"
+    before = {p.name: p.read_bytes() for p in exp.iterdir() if p.is_file()}
+    assert train_tiny(tmp_path, tiny_corpus, "vocab",
+                      f"tokenizer_dir={tmp_path / 'lang_swapped'}") == 1
+    assert re.search(r"cannot resume from \S*checkpoint-1\.pt: it was trained with another "
+                     r"vocabulary than tokenizer_dir \S*lang_swapped \(token 4 is "
+                     + re.escape(f"{pieces[5]!r} there and {pieces[4]!r} in"), caplog.text)
+    assert {p.name: p.read_bytes() for p in exp.iterdir() if p.is_file()} == before
 
 
 def test_a_run_stopped_before_a_checkpoint_leaves_the_config_its_checkpoints_fit(

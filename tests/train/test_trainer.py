@@ -126,6 +126,18 @@ def test_resuming_another_models_checkpoint_names_the_file(tmp_path):
         trainer.resume()
 
 
+@pytest.mark.parametrize("content", [[1, 2], torch.ones(3), None, {"model": [1]}],
+                         ids=["list", "tensor", "none", "model-list"])
+def test_resuming_a_file_that_is_no_training_checkpoint_names_it(tmp_path, content):
+    """A weights-only file that is not a checkpoint's dict (a bare tensor, a list...) failed
+    with a TypeError or IndexError from indexing it, naming no file."""
+    torch.save(content, tmp_path / "checkpoint-3.pt")
+    trainer = Trainer(ToyModel(), OptimConfig(lr=1e-2), TrainConfig(max_epochs=1), tmp_path,
+                      train_batches=batches)
+    with pytest.raises(CheckpointError, match=r"checkpoint-3\.pt: not a training checkpoint"):
+        trainer.resume()
+
+
 def test_an_unreadable_newest_checkpoint_says_how_to_resume_from_the_one_before(tmp_path):
     """A newest checkpoint damaged after it was written (a disk error, a partial copy): resume
     refuses it, naming it, and says which earlier one resuming would take once it is moved."""
@@ -259,9 +271,22 @@ def test_non_finite_step_is_skipped_saved_and_training_goes_on(tmp_path, cpu_amp
     assert progress.skipped_steps == 1 and progress.step == 6  # 7 batches, the third skipped
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert math.isfinite(progress.history[0].train_loss)
-    saved = safe_torch_load(tmp_path / "bad-batches" / "step-2-rank-0.pt")
+    saved = safe_torch_load(tmp_path / "bad-batches" / "epoch-1-batch-3-rank-0.pt")
     assert saved[0]["cut_ids"] == ["e1b2u0", "e1b2u1", "e1b2u2"]
     assert trainer.scheduler.step_count == 6  # the schedule did not move on the skipped step
+
+
+def test_each_skipped_step_keeps_its_own_saved_batches(tmp_path):
+    """Two steps in a row with non-finite gradients: the step count stays where it was, and the
+    second step's batches, saved under the same step number, replaced the first one's, whose
+    warning had named the file."""
+    torch.manual_seed(0)
+    trainer = Trainer(NanAt(bad={3, 4}), OptimConfig(), TrainConfig(
+        max_epochs=1, checkpoint_interval=0, accum_grad=1), tmp_path, _named(batches))
+    assert trainer.fit().skipped_steps == 2
+    saved = {p.name: safe_torch_load(p)[0]["cut_ids"][0]
+             for p in (tmp_path / "bad-batches").iterdir()}
+    assert saved == {"epoch-1-batch-3-rank-0.pt": "e1b2u0", "epoch-1-batch-4-rank-0.pt": "e1b3u0"}
 
 
 def test_non_finite_steps_in_a_row_stop_training_naming_the_cuts(tmp_path):
@@ -367,7 +392,7 @@ def test_a_non_finite_step_on_one_rank_is_skipped_on_every_rank(tmp_path):
     assert (rank0["step"], rank0["skipped"]) == (rank1["step"], rank1["skipped"]) == (3, 1)
     for name, value in rank0["weights"].items():
         assert torch.isfinite(value).all() and torch.equal(value, rank1["weights"][name]), name
-    assert (tmp_path / "rank1" / "bad-batches" / "step-1-rank-1.pt").is_file()
+    assert (tmp_path / "rank1" / "bad-batches" / "epoch-1-batch-2-rank-1.pt").is_file()
 
 
 DDP_RESUME_SCRIPT = r'''
@@ -454,7 +479,7 @@ def test_a_float16_loss_that_always_overflows_stops_training_at_the_scale_floor(
         "0.0078125", "0.00390625", "0.00195312", "0.000976562"]
     p = trainer.progress
     assert p.step == p.skipped_steps == trainer.scheduler.step_count == 0
-    assert safe_torch_load(tmp_path / "bad-batches" / "step-0-rank-0.pt")[0]["cut_ids"][0] == "e1b5u0"
+    assert safe_torch_load(tmp_path / "bad-batches" / "epoch-1-batch-6-rank-0.pt")[0]["cut_ids"][0] == "e1b5u0"
     with pytest.raises(ValueError, match="min_loss_scale must be >= 0"):
         TrainConfig(min_loss_scale=-1.0)
 
@@ -562,3 +587,20 @@ def test_tensorboard_logs_each_steps_learning_rate_and_loss(tmp_path):
     assert [v for _, v in scalars["train/sq_err"]] == pytest.approx(expected, rel=1e-6)
     assert [v for _, v in scalars["valid/wer"]] == [12.5, 12.5]
     assert [s for s, _ in scalars["valid/loss"]] == [4, 8]
+
+
+def test_tensorboard_of_a_run_killed_after_its_last_checkpoint_has_each_step_once(tmp_path):
+    """A run killed after logging step 5, its last checkpoint being step 4's: the resumed run
+    logs step 5 again, and TensorBoard showed both values at step 5 (the killed run's event
+    file is kept beside the new one). The resumed run's writer purges the steps it logs again,
+    so the logs read as the uninterrupted run's."""
+    run(tmp_path / "full")
+    run(tmp_path / "killed", max_steps=5)
+    (tmp_path / "killed" / "checkpoint-5.pt").unlink()  # killed before that checkpoint
+    torch.manual_seed(12345)
+    run(tmp_path / "killed", resume=True)
+    full, killed = _scalars(tmp_path / "full"), _scalars(tmp_path / "killed")
+    assert [s for s, _ in killed["train/loss"]] == list(range(1, 15))
+    for tag in ("train/loss", "train/lr", "valid/loss", "valid/wer"):
+        assert killed[tag] == full[tag], tag
+    assert len(list((tmp_path / "killed" / "tensorboard").glob("events.out.tfevents.*"))) == 2
