@@ -29,6 +29,7 @@ from asr.decoding.config import SearchConfig
 from asr.encoders import EncoderConfig, build_encoder
 from asr.model import ASRModel, HeadsConfig, build_heads
 from asr.tokenizers import Tokenizer, load_tokenizer
+from asr.tokenizers.base import check_vocabulary
 from asr.train.optim import OptimConfig
 from asr.train.state import TrainConfig
 
@@ -36,6 +37,7 @@ __all__ = [
     "CONFIG_FILE",
     "ExperimentConfig",
     "build_model",
+    "check_checkpoint_vocabulary",
     "load_experiment_config",
     "load_trained_model",
     "save_experiment_weights",
@@ -122,6 +124,23 @@ def save_experiment_weights(exp_dir: str | Path, state_dict: dict, output: str |
     return Path(output)
 
 
+def check_checkpoint_vocabulary(checkpoint: Mapping[str, Any], tokenizer: Tokenizer,
+                                tokenizer_dir: str | Path, source: str | Path) -> None:
+    """Checks that the weights of the training checkpoint ``checkpoint`` (read from ``source``;
+    ``{}`` for a weights file, which records no vocabulary) were trained on ``tokenizer``'s
+    pieces (:func:`asr.tokenizers.base.check_vocabulary`).
+
+    Raises:
+        ValueError: naming ``source``, the tokenizer directory and the first id that differs.
+    """
+    extra = checkpoint.get("extra")
+    trained = extra.get("tokens") if isinstance(extra, Mapping) else None
+    try:
+        check_vocabulary(trained, tokenizer, tokenizer_dir)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
+
+
 def load_trained_model(
     exp_dir: str | Path,
     selection: WeightSelection | None = None,
@@ -136,6 +155,8 @@ def load_trained_model(
     weights = select_weights(exp_dir, selection or WeightSelection())
     cfg = load_experiment_config(exp_dir, overrides, weights.checkpoint)
     tokenizer = load_tokenizer(cfg.tokenizer_dir)
+    check_checkpoint_vocabulary(weights.checkpoint, tokenizer, cfg.tokenizer_dir,
+                                weights.sources[-1])
     model = build_model(cfg, tokenizer.vocab_size)
     reference = model.state_dict()
     model.load_state_dict({k: v.to(reference[k].dtype) if k in reference else v

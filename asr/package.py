@@ -64,7 +64,13 @@ from asr.constants import METADATA_FILE
 from asr.decoding.config import override_search
 from asr.decoding.registry import build_searcher, searcher_for, select_searcher
 from asr.encoders import is_streaming
-from asr.experiment import CONFIG_FILE, ExperimentConfig, build_model, load_experiment_config
+from asr.experiment import (
+    CONFIG_FILE,
+    ExperimentConfig,
+    build_model,
+    check_checkpoint_vocabulary,
+    load_experiment_config,
+)
 from asr.fileio import (
     OutputBusyError,
     check_writable_dir,
@@ -546,6 +552,11 @@ def _export_package(
         tokenizer = load_tokenizer(cfg.tokenizer_dir)
     except (OSError, ValueError) as err:
         raise PackageError(f"tokenizer_dir {cfg.tokenizer_dir}: {err} (pass --tokenizer-dir)") from err
+    try:
+        check_checkpoint_vocabulary(weights.checkpoint, tokenizer, cfg.tokenizer_dir,
+                                    weights.sources[-1])
+    except ValueError as err:
+        raise PackageError(f"{err} (pass --tokenizer-dir)") from err
     model = build_model(cfg, tokenizer.vocab_size)
     reference = model.state_dict()
     try:

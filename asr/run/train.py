@@ -16,9 +16,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -44,6 +43,7 @@ from asr.features.fbank import make_lhotse_fbank
 from asr.model import ASRModel
 from asr.run.evaluate import recognize, score_recognitions
 from asr.tokenizers import Tokenizer, load_tokenizer
+from asr.tokenizers.base import check_vocabulary
 from asr.train.distributed import DistInfo, cleanup_distributed, setup_distributed
 from asr.train.state import Progress
 from asr.train.trainer import Trainer
@@ -55,10 +55,8 @@ __all__ = [
     "check_data_inputs",
     "check_dev_cuts",
     "check_training_config",
-    "check_vocabulary",
     "seed_everything",
     "spread_subset",
-    "token_pieces",
     "train_experiment",
 ]
 
@@ -265,39 +263,6 @@ def _init_input_norm(model: ASRModel, cfg: ExperimentConfig, train_cuts) -> None
     norm.set_stats(mean, std)
 
 
-def token_pieces(tokenizer: Tokenizer) -> list[str]:
-    """Every piece of ``tokenizer`` in id order: the vocabulary a checkpoint is trained on
-    (kept in its ``extra`` state as ``tokens``)."""
-    return [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)]
-
-
-def check_vocabulary(extra: Mapping[str, Any], pieces: Sequence[str], tokenizer_dir: Path) -> None:
-    """Checks that a checkpoint to resume from was trained on the vocabulary ``pieces`` (of
-    ``tokenizer_dir``), as its ``tokens`` entry records (a checkpoint without one passes).
-
-    A tokenizer made again with the same size but other pieces (``asr bpe`` remakes its model
-    when the training texts change) gives parameters of the same shapes, so only this tells
-    that every output id of the checkpoint's model now means another piece.
-
-    Raises:
-        ValueError: naming the tokenizer directory and the first id whose piece differs.
-    """
-    trained = extra.get("tokens")
-    if trained is None or list(trained) == list(pieces):
-        return
-    trained = list(trained)
-    if len(trained) != len(pieces):
-        detail = f"{len(trained)} tokens, {tokenizer_dir} has {len(pieces)}"
-    else:
-        first = next(i for i, (a, b) in enumerate(zip(trained, pieces)) if a != b)
-        detail = (f"token {first} is {trained[first]!r} there and {pieces[first]!r} in "
-                  f"{tokenizer_dir}")
-    raise ValueError(
-        f"it was trained with another vocabulary than tokenizer_dir {tokenizer_dir} ({detail}); "
-        "train into a new experiment directory, or point tokenizer_dir at the tokenizer the "
-        "checkpoint was trained with")
-
-
 def check_training_config(cfg: ExperimentConfig) -> None:
     """Checks what only training needs of ``cfg``, before any data is read or model built: the
     transducer loss' backend must run here (``backend: k2`` needs k2,
@@ -343,7 +308,7 @@ def train_experiment(
     try:
         seed_everything(cfg.train.seed + dist.rank)
         tokenizer = load_tokenizer(cfg.tokenizer_dir)
-        pieces = token_pieces(tokenizer)
+        pieces = tokenizer.pieces()
         model = build_model(cfg, tokenizer.vocab_size)
         if dist.is_main:
             num_params = sum(p.numel() for p in model.parameters())
@@ -371,7 +336,8 @@ def train_experiment(
                       if cfg.train.dev_wer else None),
             dist=dist,
             extra_state={"config": to_dict(cfg), "tokens": pieces},
-            check_resume=lambda extra: check_vocabulary(extra, pieces, cfg.tokenizer_dir),
+            check_resume=lambda extra: check_vocabulary(extra.get("tokens"), tokenizer,
+                                                         cfg.tokenizer_dir),
             # the audio of a global batch, for a schedule counted in audio (optim's module doc)
             schedule_scale=cfg.optim.step_scale(
                 cfg.data.max_duration * dist.world_size * cfg.train.accum_grad),

@@ -136,6 +136,11 @@ class Tokenizer(Protocol):
         """The piece (sub-word or character) of one id."""
         ...
 
+    def pieces(self) -> list[str]:
+        """Every piece in id order: the vocabulary a model is trained on (a training
+        checkpoint keeps it as ``extra["tokens"]``, see :func:`check_vocabulary`)."""
+        ...
+
     def save(self, directory: str | Path) -> None:
         """Write the files :func:`load_tokenizer` reads into ``directory`` (created if needed)."""
         ...
@@ -199,3 +204,31 @@ def read_tokens_file(path: Path) -> list[str]:
             f"{path}: ids 0, 1, 2 must be {list(SPECIAL_PIECES)}, got {pieces[:3]}"
         )
     return pieces
+
+
+def check_vocabulary(trained: Sequence[str] | None, tokenizer: Tokenizer,
+                     tokenizer_dir: str | Path) -> None:
+    """Checks that weights trained on the vocabulary ``trained`` (a training checkpoint's
+    ``extra["tokens"]``; ``None`` for weights that do not record one) are used with
+    ``tokenizer`` (loaded from ``tokenizer_dir``).
+
+    A tokenizer made again with the same size but other pieces (``asr bpe`` remakes its model
+    when the training texts change) gives parameters of the same shapes, so only this tells that
+    every output id of the model now means another piece.
+
+    Raises:
+        ValueError: naming the tokenizer directory and the first id whose piece differs.
+    """
+    pieces = tokenizer.pieces()
+    if trained is None or list(trained) == pieces:
+        return
+    trained = list(trained)
+    if len(trained) != len(pieces):
+        detail = f"{len(trained)} tokens, {tokenizer_dir} has {len(pieces)}"
+    else:
+        first = next(i for i, (a, b) in enumerate(zip(trained, pieces)) if a != b)
+        detail = (f"token {first} is {trained[first]!r} there and {pieces[first]!r} in "
+                  f"{tokenizer_dir}")
+    raise ValueError(
+        f"it was trained with another vocabulary than tokenizer_dir {tokenizer_dir} ({detail}); "
+        "point tokenizer_dir at the tokenizer the checkpoint was trained with, or train anew")

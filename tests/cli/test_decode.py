@@ -8,6 +8,7 @@ import logging
 import re
 import shutil
 
+import pytest
 from manifest_reads import count_manifest_reads
 
 from asr.cli.main import main
@@ -105,3 +106,35 @@ def test_each_test_set_is_read_once(trained, tiny_corpus, tmp_path, monkeypatch)
         for part in parts:
             recogs = trained / f"{name}-reads" / f"recogs-{part}-{name}-reads.txt"
             assert len(recogs.read_text().splitlines()) == 2 * 4  # every cut, once
+
+
+def _swapped_tokenizer(tiny_corpus, directory):
+    """The tiny corpus' tokenizer with the pieces of ids 4 and 5 swapped: as many pieces, the
+    same parameter shapes, other meanings; returns the pieces."""
+    from asr.tokenizers.char import CharTokenizer
+
+    pieces = CharTokenizer.from_file(tiny_corpus / "lang_char" / "tokens.txt").pieces()
+    pieces[4], pieces[5] = pieces[5], pieces[4]
+    CharTokenizer(pieces).save(directory)
+    return pieces
+
+
+def test_weights_of_another_vocabulary_of_the_same_size_are_refused(
+        trained, tiny_corpus, tmp_path, caplog):
+    """A tokenizer made again with as many pieces but other ones decoded without a word: every
+    id read as another piece. asr decode and export-package now compare the checkpoint's
+    recorded vocabulary with the tokenizer's."""
+    from asr.checkpoints.selection import WeightSelection
+    from asr.package import PackageError, export_package
+
+    pieces = _swapped_tokenizer(tiny_corpus, tmp_path / "lang_swapped")
+    override = f"tokenizer_dir={tmp_path / 'lang_swapped'}"
+    assert _decode(trained, "--searcher", "ctc_greedy", "--epoch", "2", "--avg", "1",
+                   "--tag", "swapped", "--set", override) == 2
+    assert re.search(r"epoch-2\.pt: it was trained with another vocabulary than tokenizer_dir "
+                     r"\S*lang_swapped \(token 4 is "
+                     + re.escape(f"{pieces[5]!r} there and {pieces[4]!r} in"), caplog.text)
+    assert not (trained / "ctc_greedy-swapped").exists()
+    with pytest.raises(PackageError, match=r"epoch-2\.pt: it was trained with another vocabulary"):
+        export_package(trained, tmp_path / "package", WeightSelection(epoch=2, avg=1),
+                       tokenizer_dir=tmp_path / "lang_swapped")
