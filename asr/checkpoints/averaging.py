@@ -93,16 +93,6 @@ def average_state_dicts(
     return out
 
 
-def average_checkpoints(paths: Iterable[str | Path], key: str = "model") -> dict[str, torch.Tensor]:
-    """Averages the ``key`` state dicts of several training checkpoints (weights-only loading).
-
-    Each mean is accumulated in float64 and returned in its checkpoints' dtype
-    (:func:`average_state_dicts`).
-    """
-    paths = [Path(p) for p in paths]
-    return average_state_dicts((safe_torch_load(p)[key] for p in paths), [str(p) for p in paths])
-
-
 class RunningAverage:
     """Cumulative average of a model's parameters over training steps.
 

@@ -7,7 +7,6 @@ import torch
 
 from asr.checkpoints.averaging import (
     RunningAverage,
-    average_checkpoints,
     average_state_dicts,
     averaged_model_between,
 )
@@ -92,11 +91,11 @@ def test_safetensors_weights_round_trip(tmp_path):
         load_weights(tmp_path / "bad.safetensors")
 
 
-def test_average_checkpoints_is_elementwise_mean(tmp_path):
+def test_average_of_checkpoints_is_elementwise_mean(tmp_path):
     sds = [{"w": torch.full((2,), float(i)), "n": torch.tensor(i)} for i in (1, 2, 6)]
-    for i, sd in enumerate(sds):
-        atomic_torch_save({"model": sd}, tmp_path / f"c{i}.pt")
-    avg = average_checkpoints(tmp_path / f"c{i}.pt" for i in range(3))
+    for i, sd in enumerate(sds, start=1):
+        atomic_torch_save({"model": sd}, tmp_path / f"checkpoint-{i}.pt")
+    avg = select_weights(tmp_path, WeightSelection(last=3)).state_dict
     assert torch.equal(avg["w"], torch.full((2,), 3.0))  # float32, as the checkpoints
     assert avg["n"].item() == 6  # integer tensors come from the last
     with pytest.raises(ValueError, match="differ in keys"):
@@ -105,10 +104,11 @@ def test_average_checkpoints_is_elementwise_mean(tmp_path):
 
 def test_averaging_checkpoints_of_different_models_names_the_files_and_tensor(tmp_path):
     """A (1,)-shaped tensor would broadcast against a (3,)-shaped one: refused, not averaged."""
-    for name, size in (("small", 1), ("big", 3)):
-        atomic_torch_save({"model": {"w": torch.ones(size)}}, tmp_path / f"{name}.pt")
-    with pytest.raises(ValueError, match=r"big\.pt and .*small\.pt differ in the shape of w"):
-        average_checkpoints([tmp_path / "small.pt", tmp_path / "big.pt"])
+    for step, size in ((1, 1), (2, 3)):
+        atomic_torch_save({"model": {"w": torch.ones(size)}}, tmp_path / f"checkpoint-{step}.pt")
+    with pytest.raises(ValueError,
+                       match=r"checkpoint-2\.pt and .*checkpoint-1\.pt differ in the shape of w"):
+        select_weights(tmp_path, WeightSelection(last=2))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
