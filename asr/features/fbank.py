@@ -117,14 +117,16 @@ class FbankConfig:
             )
         empty = _empty_filters(self, self.num_mel_bins)
         if empty:
-            most = next(n for n in range(self.num_mel_bins - 1, 0, -1)
-                        if not _empty_filters(self, n))
+            # 0: not even one filter holds an FFT bin of so narrow a band
+            most = next((n for n in range(self.num_mel_bins - 1, 0, -1)
+                         if not _empty_filters(self, n)), 0)
+            remedy = f"use at most {most} bins or a wider band" if most else "use a wider band"
             raise ValueError(
                 f"FbankConfig.num_mel_bins={self.num_mel_bins} is too many for the band "
                 f"{self.low_freq:g}-{self.high_freq_hz:g} Hz at sample_rate {self.sample_rate} "
                 f"({self.fft_size}-point FFT, {self.mel_filters} mel filters): {len(empty)} of "
                 f"the filters hold no FFT bin (the first is filter {empty[0]}) and would give "
-                f"constant features, which Kaldi refuses; use at most {most} bins or a wider band"
+                f"constant features, which Kaldi refuses; {remedy}"
             )
 
     def for_recognition(self) -> FbankConfig:
