@@ -18,6 +18,7 @@ from asr.decoding.ctc_prefix_score import CtcPrefixScorer
 from asr.heads.aed import AEDConfig, AEDHead
 from asr.heads.decoder_layers import lengths_to_mask
 from asr.model import ASRModel
+from asr.types import Hypothesis
 
 EOS = 1
 
@@ -300,3 +301,22 @@ def test_the_ctc_pre_beam_is_the_attention_candidates_that_get_a_ctc_score():
     hyp = build_searcher("aed_beam", model, narrow)(enc, enc_lens)[0][0]
     assert hyp.tokens == greedy_argmax(model.heads["aed"], enc[0], 3) == ()
     assert hyp.score == pytest.approx(brute_force_prefix(log_probs, (), complete=True), abs=1e-4)
+
+
+@pytest.mark.parametrize("ctc_weight", [0.0, 0.5])
+def test_an_utterance_without_frames_is_the_empty_hypothesis_in_any_batch(ctc_weight):
+    """An utterance of no frames is not searched (its decoder would attend to padding only):
+    batched with others it is the empty hypothesis of score 0, and they are searched as
+    alone; a batch of no frames at all gives every utterance that hypothesis."""
+    model = make_model(aed=True, ctc=True)
+    enc, enc_lens = encoder_output([5, 0, 3])
+    searcher = build_searcher("aed_beam", model, SearchConfig(beam_size=3, nbest=2,
+                                                              ctc_weight=ctc_weight))
+    nbests = searcher(enc, enc_lens)
+    assert nbests[1] == [Hypothesis(tokens=())]
+    for b in (0, 2):
+        alone = searcher(enc[b: b + 1, : int(enc_lens[b])], enc_lens[b: b + 1])[0]
+        assert [h.tokens for h in nbests[b]] == [h.tokens for h in alone]
+        assert [h.score for h in nbests[b]] == pytest.approx([h.score for h in alone], abs=1e-5)
+    empty = searcher(enc[:, :0], torch.zeros(3, dtype=torch.long))
+    assert empty == [[Hypothesis(tokens=())]] * 3

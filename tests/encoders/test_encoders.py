@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from asr.encoders import build_encoder
+from asr.encoders.attention import RelativePositions
 from asr.encoders.base import Encoder, EncoderConfig, StreamingEncoder
 from asr.encoders.layers import ConvolutionModule
 from asr.encoders.subsampling import RECEPTIVE_FIELD, subsampled_length
@@ -177,6 +178,8 @@ def test_dynamic_chunk_training_draws_from_configured_choices():
     draws = {encoder._chunking(None, None) for _ in range(200)}
     assert draws == {(0, 1), (0, -1), (2, 1), (2, -1), (5, 1), (5, -1)}
     assert encoder._chunking(7, 0) == (7, 0)
+    # a left context given explicitly is kept while the chunk size is drawn
+    assert {encoder._chunking(None, 3)[1] for _ in range(50)} == {3}
     encoder.eval()
     assert encoder._chunking(None, None) == (4, 3)
     # Training forward equals the eval forward under the drawn chunking (dropout is 0).
@@ -189,6 +192,33 @@ def test_dynamic_chunk_training_draws_from_configured_choices():
     encoder.eval()
     expected, _ = encoder(feats, lens, *drawn)
     torch.testing.assert_close(trained, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_block_is_the_documented_sum_of_its_modules(kind):
+    """A Conformer block is ``x + FFN/2 -> x + MHSA -> x + Conv -> x + FFN/2`` and a Transformer
+    block ``x + MHSA(LN(x)) -> x + FFN(x)`` (the feed-forward modules hold their own
+    LayerNorm): the weights of a trained package are only meaningful under that composition."""
+    torch.manual_seed(0)
+    layer = _encoder(kind, num_layers=1).layers[0]
+    x = torch.randn(2, 9, 32)
+    valid = torch.ones(2, 9, dtype=torch.bool)
+    mask = torch.ones(2, 9, 9, dtype=torch.bool)
+    rel_pos = RelativePositions.build(9, 0, 32, torch.device("cpu"))
+    with torch.no_grad():
+        out, _ = layer(x, mask, rel_pos, valid)
+
+        def attend(h):
+            return h + layer.attn(layer.norm_attn(h), mask, rel_pos)[0]
+
+        if kind == "conformer":
+            h = attend(x + 0.5 * layer.ff_first(x))
+            h = h + layer.conv(h, valid)[0]
+            expected = h + 0.5 * layer.ff_last(h)
+        else:
+            h = attend(x)
+            expected = h + layer.ff(h)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("kind", KINDS)
