@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["MEL_FILTERS", "WINDOW_TYPES", "FbankConfig", "compute_fbank", "encoder_frame_samples",
            "encoder_frame_seconds", "htk_mel", "kaldi_blackman_window", "make_lhotse_fbank",
-           "num_frames", "slaney_mel_filters"]
+           "mono_waveform", "num_frames", "slaney_mel_filters"]
 
 #: Values of :attr:`FbankConfig.mel_filters`.
 MEL_FILTERS = ("kaldi", "librosa")
@@ -315,6 +315,23 @@ def _lhotse_fbank(cfg: FbankConfig) -> lhotse.Fbank:
     )
 
 
+def mono_waveform(samples: Tensor | np.ndarray, owner: str) -> Tensor | np.ndarray:
+    """``samples`` as an (N,) waveform: an (N,) or (1, N) tensor or array (anything else that
+    numpy takes becomes an array).
+
+    Raises:
+        ValueError: naming ``owner`` and the shape, for any other shape (several channels).
+    """
+    if not isinstance(samples, Tensor):
+        samples = np.asarray(samples)
+    shape = tuple(samples.shape)
+    if len(shape) == 2 and shape[0] == 1:
+        return samples[0]
+    if len(shape) != 1:
+        raise ValueError(f"{owner} expects a mono (N,) waveform, got shape {shape}")
+    return samples
+
+
 def compute_fbank(
     samples: Tensor | np.ndarray,
     sample_rate: int,
@@ -341,13 +358,7 @@ def compute_fbank(
             int64) or NaN / infinite ones, which would give NaN features.
     """
     cfg = cfg or FbankConfig()
-    if not isinstance(samples, Tensor):
-        samples = np.asarray(samples)
-    shape = tuple(samples.shape)
-    if len(shape) == 2 and shape[0] == 1:
-        samples = samples[0]
-    if len(shape) not in (1, 2) or (len(shape) == 2 and shape[0] != 1):
-        raise ValueError(f"compute_fbank expects a mono (N,) waveform, got shape {shape}")
+    samples = mono_waveform(samples, "compute_fbank")
     if sample_rate <= 0:
         raise ValueError(f"compute_fbank: sample_rate must be > 0, got {sample_rate}")
     wave = torch.tensor(as_waveform(samples, "compute_fbank input", allow_empty=True))
