@@ -178,9 +178,10 @@ class ChunkedEncoder(nn.Module):
 
     @property
     def feature_lookahead(self) -> int:
-        """Feature frames past the end of a chunk (its encoder frames x the subsampling factor)
-        that the chunk's last encoder frame reads: the subsampling's reach
-        (``RECEPTIVE_FIELD`` frames from its own first one) and the right context."""
+        """The last feature frame that a chunk's last encoder frame reads, counted from the end
+        of the chunk (its encoder frames x the subsampling factor: the first feature frame after
+        it), which is frame 0: the subsampling's reach (``RECEPTIVE_FIELD`` frames from its own
+        first one) and the right context."""
         factor = self.subsampling_factor
         return RECEPTIVE_FIELD - 1 - factor + factor * self.right_context
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["MEL_FILTERS", "WINDOW_TYPES", "FbankConfig", "compute_fbank", "encoder_frame_samples",
            "encoder_frame_seconds", "htk_mel", "kaldi_blackman_window", "make_lhotse_fbank",
-           "num_frames", "slaney_mel_filters"]
+           "mono_waveform", "num_frames", "slaney_mel_filters"]
 
 #: Values of :attr:`FbankConfig.mel_filters`.
 MEL_FILTERS = ("kaldi", "librosa")
@@ -117,14 +117,16 @@ class FbankConfig:
             )
         empty = _empty_filters(self, self.num_mel_bins)
         if empty:
-            most = next(n for n in range(self.num_mel_bins - 1, 0, -1)
-                        if not _empty_filters(self, n))
+            # 0: not even one filter holds an FFT bin of so narrow a band
+            most = next((n for n in range(self.num_mel_bins - 1, 0, -1)
+                         if not _empty_filters(self, n)), 0)
+            remedy = f"use at most {most} bins or a wider band" if most else "use a wider band"
             raise ValueError(
                 f"FbankConfig.num_mel_bins={self.num_mel_bins} is too many for the band "
                 f"{self.low_freq:g}-{self.high_freq_hz:g} Hz at sample_rate {self.sample_rate} "
                 f"({self.fft_size}-point FFT, {self.mel_filters} mel filters): {len(empty)} of "
                 f"the filters hold no FFT bin (the first is filter {empty[0]}) and would give "
-                f"constant features, which Kaldi refuses; use at most {most} bins or a wider band"
+                f"constant features, which Kaldi refuses; {remedy}"
             )
 
     def for_recognition(self) -> FbankConfig:
@@ -313,6 +315,23 @@ def _lhotse_fbank(cfg: FbankConfig) -> lhotse.Fbank:
     )
 
 
+def mono_waveform(samples: Tensor | np.ndarray, owner: str) -> Tensor | np.ndarray:
+    """``samples`` as an (N,) waveform: an (N,) or (1, N) tensor or array (anything else that
+    numpy takes becomes an array).
+
+    Raises:
+        ValueError: naming ``owner`` and the shape, for any other shape (several channels).
+    """
+    if not isinstance(samples, Tensor):
+        samples = np.asarray(samples)
+    shape = tuple(samples.shape)
+    if len(shape) == 2 and shape[0] == 1:
+        return samples[0]
+    if len(shape) != 1:
+        raise ValueError(f"{owner} expects a mono (N,) waveform, got shape {shape}")
+    return samples
+
+
 def compute_fbank(
     samples: Tensor | np.ndarray,
     sample_rate: int,
@@ -339,13 +358,7 @@ def compute_fbank(
             int64) or NaN / infinite ones, which would give NaN features.
     """
     cfg = cfg or FbankConfig()
-    if not isinstance(samples, Tensor):
-        samples = np.asarray(samples)
-    shape = tuple(samples.shape)
-    if len(shape) == 2 and shape[0] == 1:
-        samples = samples[0]
-    if len(shape) not in (1, 2) or (len(shape) == 2 and shape[0] != 1):
-        raise ValueError(f"compute_fbank expects a mono (N,) waveform, got shape {shape}")
+    samples = mono_waveform(samples, "compute_fbank")
     if sample_rate <= 0:
         raise ValueError(f"compute_fbank: sample_rate must be > 0, got {sample_rate}")
     wave = torch.tensor(as_waveform(samples, "compute_fbank input", allow_empty=True))

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from asr.audio import as_waveform
-from asr.features.fbank import FbankConfig, make_lhotse_fbank, num_frames
+from asr.features.fbank import FbankConfig, make_lhotse_fbank, mono_waveform, num_frames
 
 __all__ = ["OnlineFbank"]
 
@@ -86,17 +86,19 @@ class OnlineFbank:
         return self._finished
 
     def accept_waveform(self, samples: np.ndarray | Tensor) -> Tensor:
-        """Appends (N,) samples at ``cfg.sample_rate`` (float in [-1, 1], or integer PCM scaled as
-        :func:`asr.audio.as_waveform` does, as :func:`compute_fbank` takes them); returns the
-        (T, F) new final frames.
+        """Appends (N,) or (1, N) samples at ``cfg.sample_rate`` (float in [-1, 1], or integer
+        PCM scaled as :func:`asr.audio.as_waveform` does, as :func:`compute_fbank` takes them);
+        returns the (T, F) new final frames.
 
         Raises:
+            ValueError: for samples of another shape (several channels), as
+                :func:`compute_fbank` refuses them.
             asr.audio.AudioError: for samples that are not audio or not finite.
         """
         if self._finished:
             raise RuntimeError("OnlineFbank.accept_waveform after input_finished()")
-        array = samples.detach().cpu().numpy() if isinstance(samples, Tensor) else np.asarray(samples)
-        wave = torch.tensor(as_waveform(array.reshape(-1), "OnlineFbank input", allow_empty=True))
+        mono = mono_waveform(samples, "OnlineFbank.accept_waveform")
+        wave = torch.tensor(as_waveform(mono, "OnlineFbank input", allow_empty=True))
         if wave.numel() == 0:
             return self._empty()
         if self._head.numel() < self._left_pad:

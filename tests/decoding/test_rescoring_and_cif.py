@@ -3,6 +3,8 @@ the CIF fire frames (timestamps)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from search_helpers import encoder_output, make_model
@@ -46,6 +48,10 @@ def test_attention_rescoring_formula(heads, first_pass):
         assert [h.tokens for h in hyps] == [tokens for _, tokens, _ in expected]
         assert [h.frames for h in hyps] == [frames for _, _, frames in expected]
         assert [h.score for h in hyps] == pytest.approx([s for s, _, _ in expected], abs=1e-4)
+    # nbest below the beam: the first pass still proposes beam_size hypotheses, the best
+    # nbest of them after rescoring are returned
+    top = build_searcher("attention_rescoring", model, replace(cfg, nbest=2))(enc, enc_lens)
+    assert [[h.tokens for h in n] for n in top] == [[h.tokens for h in n[:2]] for n in rescored]
 
 
 @pytest.mark.parametrize("cif_options", [{}, {"segments": "ctc"}, {"end_slot": True}])
@@ -104,6 +110,24 @@ def test_a_hypothesis_impossible_on_either_side_stays_impossible(weight):
     assert [h.tokens for h in hyps] == [(2,), (4,), (3,), (1,), (5,)]
     assert [h.score for h in hyps[3:]] == [-INF, -INF]
     assert hyps[0].score == pytest.approx((1 - weight) * -2.0 + weight * -1.0)
+
+
+@pytest.mark.parametrize(("heads", "name"), [(dict(ctc=True, aed=True), "attention_rescoring"),
+                                           (dict(ctc=True, cif=True), "cif_rescoring")])
+def test_an_utterance_without_frames_keeps_the_first_pass_empty_hypothesis(heads, name):
+    """An utterance of no frames, batched with others, is the empty hypothesis of score 0, as
+    in the first pass: the second head is not asked to score it (it would attend to padding),
+    and the other utterances are rescored as when alone."""
+    model = make_model(**heads)
+    enc, enc_lens = encoder_output([9, 0, 6])
+    cfg = SearchConfig(beam_size=4, nbest=4, ctc_weight=0.3)
+    searcher = build_searcher(name, model, cfg)
+    nbests = searcher(enc, enc_lens)
+    assert nbests[1] == [Hypothesis(tokens=())]
+    for b in (0, 2):
+        alone = searcher(enc[b: b + 1, : int(enc_lens[b])], enc_lens[b: b + 1])[0]
+        assert [h.tokens for h in nbests[b]] == [h.tokens for h in alone]
+        assert [h.score for h in nbests[b]] == pytest.approx([h.score for h in alone], abs=1e-4)
 
 
 @pytest.mark.parametrize(("heads", "name"), [(dict(ctc=True, aed=True), "attention_rescoring"),

@@ -9,13 +9,16 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from search_helpers import encoder_output, make_model
+from search_helpers import ENC_DIM, VOCAB, encoder_output, make_model
 
 from asr.decoding import SearchConfig, build_searcher
 from asr.decoding.aed_beam import length_normalised
 from asr.decoding.ctc_greedy import ctc_log_probs
 from asr.decoding.ctc_prefix_score import CtcPrefixScorer
+from asr.heads.aed import AEDConfig, AEDHead
 from asr.heads.decoder_layers import lengths_to_mask
+from asr.model import ASRModel
+from asr.types import Hypothesis
 
 EOS = 1
 
@@ -161,3 +164,159 @@ def test_step_with_precomputed_memory_equals_step():
             plain, cache_a = head.step(tokens[:, u], cache_a, enc, mask)
             fast, cache_b = head.step(tokens[:, u], cache_b, enc, mask, memory)
             torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("ctc_weight", "length_penalty"), [(0.0, 0.0), (0.4, 1.0), (1.0, 0.5)])
+def test_a_beam_of_every_hypothesis_is_the_exhaustive_search(ctc_weight, length_penalty):
+    """A beam as wide as the hypothesis space (the 1 + 5 + 25 labellings of at most 2 tokens
+    of 2 frames) prunes nothing: the n-best is every labelling, each scored by
+    ``(1 - w) * log P_att + w * log P_ctc`` of the whole labelling (teacher forcing with
+    ``<eos>``, and the CTC loss) and length normalised, ranked by that score. Utterance 1, of one
+    frame, ends after one token; padding must not change utterance 0."""
+    model = make_model(aed=True, ctc=True)
+    enc, enc_lens = encoder_output([2, 1], seed=3)
+    tokens = range(2, VOCAB)
+    space = [()] + [(a,) for a in tokens] + list(itertools.product(tokens, repeat=2))
+    cfg = SearchConfig(beam_size=len(space), nbest=len(space), ctc_weight=ctc_weight,
+                       length_penalty=length_penalty)
+    nbests = build_searcher("aed_beam", model, cfg)(enc, enc_lens)
+    with torch.no_grad():
+        log_probs = ctc_log_probs(model.heads["ctc"], enc)
+    for b, hyps in enumerate(nbests):
+        length = int(enc_lens[b])
+        labellings = [h for h in space if len(h) <= length]
+        with torch.no_grad():
+            att = model.heads["aed"].score_sequences(enc[b: b + 1], enc_lens[b: b + 1], labellings)
+        expected = []
+        for labelling, joint in zip(labellings, att.tolist()):
+            if ctc_weight > 0:  # (4, 4) has no CTC path on 2 frames: it is not in the n-best
+                ctc = -float(F.ctc_loss(log_probs[b, :length],
+                                        torch.tensor(labelling, dtype=torch.long),
+                                        torch.tensor([length]), torch.tensor([len(labelling)]),
+                                        reduction="sum"))
+                if ctc == -math.inf:
+                    continue
+                joint = (1 - ctc_weight) * joint + ctc_weight * ctc
+            expected.append((length_normalised(joint, len(labelling), length_penalty), labelling))
+        expected.sort(reverse=True)
+        assert [h.tokens for h in hyps] == [tokens for _, tokens in expected]
+        assert [h.score for h in hyps] == pytest.approx([s for s, _ in expected], abs=1e-4)
+
+
+def reference_beam(head, enc, length: int, beam: int, alpha: float
+                   ) -> tuple[list[tuple[float, tuple]], bool]:
+    """The module doc's beam search for one utterance, hypothesis by hypothesis: each step
+    walks the continuations of the live hypotheses best first, ``<eos>`` ones join the
+    finished list and the others the new beam until it holds ``beam``; the search stops once
+    ``beam`` have finished (or none is live); at ``length`` tokens only ``<eos>``; never blank,
+    nor a start symbol of its own. Returns the finished (normalised score, tokens), best
+    first, and whether the search stopped before the length limit."""
+    mask = lengths_to_mask(torch.tensor([length]), enc.shape[0])
+    sos, eos = head.cfg.sos_id, head.cfg.eos_id
+
+    def next_log_probs(prefix: tuple[int, ...]) -> torch.Tensor:
+        cache = head.init_cache(1, enc.device)
+        for token in (sos, *prefix):
+            log_probs, cache = head.step(torch.tensor([token]), cache, enc[None], mask)
+        return log_probs[0]
+
+    live, finished = [((), 0.0)], []
+    for step in range(length + 1):
+        continuations = []
+        for prefix, score in live:
+            log_probs = next_log_probs(prefix)
+            allowed = [eos] if step >= length else [
+                t for t in range(1, log_probs.shape[0]) if t == eos or t != sos]
+            continuations += [(score + float(log_probs[t]), prefix, t) for t in allowed]
+        live = []
+        for value, prefix, token in sorted(continuations, key=lambda c: c[0], reverse=True):
+            if len(live) == beam:
+                break
+            if token == eos:
+                finished.append((length_normalised(value, len(prefix), alpha), prefix))
+            else:
+                live.append((prefix + (token,), value))
+        if len(finished) >= beam or not live:
+            break
+    return sorted(finished, key=lambda item: item[0], reverse=True), step < length
+
+
+@pytest.mark.parametrize(("beam", "nbest", "alpha", "eos_bias", "sos"), [
+    (3, 3, 1.0, 0.0, EOS), (4, 2, 0.0, 2.0, EOS), (2, 2, 2.0, 1.0, EOS), (3, 3, 0.5, 1.0, 6)])
+def test_batched_beam_search_is_the_documented_search_of_each_utterance(
+        beam, nbest, alpha, eos_bias, sos):
+    """The batched search (rows of several utterances, early-finished ones padded) returns for
+    each utterance the ``nbest`` best finished hypotheses of the one-utterance reference, with
+    their normalised scores: with an ``<eos>`` likely enough that ``beam`` hypotheses finish
+    before the length limit, and with a start symbol apart from ``<eos>`` (made likely: it is
+    never a token)."""
+    torch.manual_seed(1)
+    head = AEDHead(AEDConfig(d_model=16, num_heads=2, num_layers=2, ffn_dim=32, dropout=0.0,
+                             sos_id=sos, eos_id=EOS), ENC_DIM, VOCAB).eval()
+    with torch.no_grad():
+        head.decoder.output.bias[EOS] += eos_bias
+        head.decoder.output.bias[sos] += 3.0 if sos != EOS else 0.0
+    model = ASRModel(torch.nn.Identity(), {"aed": head}, {"aed": 1.0}).eval()
+    enc, enc_lens = encoder_output([7, 3, 5, 1], seed=5)
+    cfg = SearchConfig(beam_size=beam, nbest=nbest, length_penalty=alpha)
+    nbests = build_searcher("aed_beam", model, cfg)(enc, enc_lens)
+    early = False
+    for b, hyps in enumerate(nbests):
+        with torch.no_grad():
+            finished, stopped = reference_beam(head, enc[b], int(enc_lens[b]), beam, alpha)
+        early |= stopped
+        expected = finished[:nbest]
+        assert [h.tokens for h in hyps] == [tokens for _, tokens in expected], b
+        assert [h.score for h in hyps] == pytest.approx([s for s, _ in expected], abs=1e-4)
+    assert any(len(h.tokens) > 1 for hyps in nbests for h in hyps) or eos_bias
+    assert early or not eos_bias  # the search stopped before the limit somewhere
+
+
+def test_the_ctc_pre_beam_is_the_attention_candidates_that_get_a_ctc_score():
+    """With ctc_weight 1 the attention only chooses the candidates: a pre-beam of one
+    (``ceil(1.0 * 1)``) leaves each step the attention's best token, so beam 1 follows the
+    attention's greedy search (here ``<eos>`` at once: its bias is raised), scored by CTC; one
+    as wide as the vocabulary leaves every token, so beam 1 takes at each step the
+    continuation of highest CTC prefix probability (or ends where the labelling itself is
+    likelier), by alignment enumeration."""
+    model = make_model(aed=True, ctc=True)
+    with torch.no_grad():
+        model.heads["aed"].decoder.output.bias[EOS] += 1.0
+    enc, enc_lens = encoder_output([3], seed=2)
+    with torch.no_grad():
+        log_probs = ctc_log_probs(model.heads["ctc"], enc)[0]
+    prefix: tuple[int, ...] = ()
+    for _ in range(4):
+        options = [(brute_force_prefix(log_probs, prefix, complete=True), None)]
+        if len(prefix) < 3:
+            options += [(brute_force_prefix(log_probs, prefix + (t,), complete=False), t)
+                        for t in range(2, VOCAB)]
+        token = max(options, key=lambda option: option[0])[1]
+        if token is None:
+            break
+        prefix += (token,)
+    wide = SearchConfig(beam_size=1, ctc_weight=1.0, ctc_pre_beam=float(VOCAB))
+    assert build_searcher("aed_beam", model, wide)(enc, enc_lens)[0][0].tokens == prefix != ()
+    narrow = SearchConfig(beam_size=1, ctc_weight=1.0, ctc_pre_beam=1.0)
+    hyp = build_searcher("aed_beam", model, narrow)(enc, enc_lens)[0][0]
+    assert hyp.tokens == greedy_argmax(model.heads["aed"], enc[0], 3) == ()
+    assert hyp.score == pytest.approx(brute_force_prefix(log_probs, (), complete=True), abs=1e-4)
+
+
+@pytest.mark.parametrize("ctc_weight", [0.0, 0.5])
+def test_an_utterance_without_frames_is_the_empty_hypothesis_in_any_batch(ctc_weight):
+    """An utterance of no frames is not searched (its decoder would attend to padding only):
+    batched with others it is the empty hypothesis of score 0, and they are searched as
+    alone; a batch of no frames at all gives every utterance that hypothesis."""
+    model = make_model(aed=True, ctc=True)
+    enc, enc_lens = encoder_output([5, 0, 3])
+    searcher = build_searcher("aed_beam", model, SearchConfig(beam_size=3, nbest=2,
+                                                              ctc_weight=ctc_weight))
+    nbests = searcher(enc, enc_lens)
+    assert nbests[1] == [Hypothesis(tokens=())]
+    for b in (0, 2):
+        alone = searcher(enc[b: b + 1, : int(enc_lens[b])], enc_lens[b: b + 1])[0]
+        assert [h.tokens for h in nbests[b]] == [h.tokens for h in alone]
+        assert [h.score for h in nbests[b]] == pytest.approx([h.score for h in alone], abs=1e-5)
+    empty = searcher(enc[:, :0], torch.zeros(3, dtype=torch.long))
+    assert empty == [[Hypothesis(tokens=())]] * 3

@@ -87,6 +87,24 @@ def test_streams_at_different_positions_batched_equal_each_alone(name, predictor
     swapped = select_states(stepped, [1, 0])
     assert streaming.partial(swapped) == batched_hyps[::-1]
     assert max(batched_hyps[1].frames, default=0) < 16  # absolute frames of stream b
+    # ... and they go on alike after a chunk that was only padding for a, and one that was
+    # partly padding for b: what a searcher keeps from a chunk (say the label that a run goes
+    # on in) must come from the stream's valid frames, not from the padding, which holds here
+    # the other stream's frames
+    pos = [13, 16]
+    for counts in ((0, 5), (5, 3)):
+        lens = torch.tensor(counts)
+        chunk = torch.stack([enc[1 - b, pos[1 - b]: pos[1 - b] + 5] for b in range(2)])
+        for b, count in enumerate(counts):
+            chunk[b, :count] = enc[b, pos[b]: pos[b] + count]
+        stepped = streaming.step(chunk, lens, stepped)
+        alone_a = streaming.step(chunk[:1, : counts[0]], lens[:1], alone_a)
+        alone_b = streaming.step(chunk[1:, : counts[1]], lens[1:], alone_b)
+        pos = [pos[0] + counts[0], pos[1] + counts[1]]
+    alone = streaming.finalize(alone_a) + streaming.finalize(alone_b)
+    for got, expected in zip(streaming.finalize(stepped), alone):
+        assert got.tokens == expected.tokens and got.frames == expected.frames
+        assert got.score == pytest.approx(expected.score, abs=1e-4)
 
 
 def test_full_stream_buffer_drops_tokens_with_a_warning(caplog):

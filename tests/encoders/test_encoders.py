@@ -3,10 +3,13 @@ batch composition and padding, dynamic chunk training, state handling."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from asr.encoders import build_encoder
+from asr.encoders.attention import RelativePositions
 from asr.encoders.base import Encoder, EncoderConfig, StreamingEncoder
 from asr.encoders.layers import ConvolutionModule
 from asr.encoders.subsampling import RECEPTIVE_FIELD, subsampled_length
@@ -156,6 +159,17 @@ def test_one_chunk_covering_everything_is_full_context(kind):
     assert not torch.allclose(full, chunked, atol=1e-3)
 
 
+@pytest.mark.parametrize("prob,low,high", [(0.0, 0, 0), (0.2, 50, 110), (1.0, 400, 400)])
+def test_full_context_prob_is_the_chance_of_a_full_context_batch(prob, low, high):
+    """Dynamic chunk training draws full context (chunk size 0) with probability
+    ``full_context_prob``: never at 0, always at 1, about 80 times in 400 at 0.2."""
+    encoder = _encoder("conformer", dynamic_chunk_training=True, dynamic_chunk_sizes=(2, 5),
+                       full_context_prob=prob).train()
+    torch.manual_seed(0)
+    full = sum(encoder._chunking(None, None)[0] == 0 for _ in range(400))
+    assert low <= full <= high
+
+
 def test_dynamic_chunk_training_draws_from_configured_choices():
     encoder = _encoder("conformer", dynamic_chunk_training=True, dynamic_chunk_sizes=(2, 5),
                        dynamic_left_chunks=(1, -1), full_context_prob=0.3,
@@ -164,6 +178,8 @@ def test_dynamic_chunk_training_draws_from_configured_choices():
     draws = {encoder._chunking(None, None) for _ in range(200)}
     assert draws == {(0, 1), (0, -1), (2, 1), (2, -1), (5, 1), (5, -1)}
     assert encoder._chunking(7, 0) == (7, 0)
+    # a left context given explicitly is kept while the chunk size is drawn
+    assert {encoder._chunking(None, 3)[1] for _ in range(50)} == {3}
     encoder.eval()
     assert encoder._chunking(None, None) == (4, 3)
     # Training forward equals the eval forward under the drawn chunking (dropout is 0).
@@ -176,6 +192,33 @@ def test_dynamic_chunk_training_draws_from_configured_choices():
     encoder.eval()
     expected, _ = encoder(feats, lens, *drawn)
     torch.testing.assert_close(trained, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_block_is_the_documented_sum_of_its_modules(kind):
+    """A Conformer block is ``x + FFN/2 -> x + MHSA -> x + Conv -> x + FFN/2`` and a Transformer
+    block ``x + MHSA(LN(x)) -> x + FFN(x)`` (the feed-forward modules hold their own
+    LayerNorm): the weights of a trained package are only meaningful under that composition."""
+    torch.manual_seed(0)
+    layer = _encoder(kind, num_layers=1).layers[0]
+    x = torch.randn(2, 9, 32)
+    valid = torch.ones(2, 9, dtype=torch.bool)
+    mask = torch.ones(2, 9, 9, dtype=torch.bool)
+    rel_pos = RelativePositions.build(9, 0, 32, torch.device("cpu"))
+    with torch.no_grad():
+        out, _ = layer(x, mask, rel_pos, valid)
+
+        def attend(h):
+            return h + layer.attn(layer.norm_attn(h), mask, rel_pos)[0]
+
+        if kind == "conformer":
+            h = attend(x + 0.5 * layer.ff_first(x))
+            h = h + layer.conv(h, valid)[0]
+            expected = h + 0.5 * layer.ff_last(h)
+        else:
+            h = attend(x)
+            expected = h + layer.ff(h)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -239,7 +282,9 @@ def test_unlimited_left_context_streams_of_any_age_regrouped_equal_full(kind):
             outs[b].append(out[i, :emitted])
             pos[b] += n
         states = [*states]
-        for i, single in zip(group, unstack_states(state)):
+        for i, single in zip(group, encoder.unstack_state(state)):
+            # each stream keeps its own frames, not the batch's padding to its oldest stream
+            assert single.layers[0].key.shape[2] == int(single.attn_cache_len)
             states[i] = single
     for b in range(3):
         streamed = torch.cat(outs[b])
@@ -274,6 +319,44 @@ def test_a_growth_limited_unlimited_cache_stays_bounded_and_slides_as_left_chunk
         encoder.init_state(1, left_chunks=-1, chunk_size=chunk, max_left_chunks=0)
     with pytest.raises(ValueError, match="growth_limit"):  # only states of one limit stack
         stack_states([state, encoder.init_state(1, left_chunks=-1, chunk_size=chunk)])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("chunk_size,left_chunks", [(3, 1), (2, 0), (4, 2), (3, -1)])
+def test_context_chunks_and_feature_lookahead_are_the_exact_reach_of_a_chunk(
+        kind, chunk_size, left_chunks):
+    """What sizes the windows of long inputs (asr.runtime.offline): by the gradients, the first
+    frame of a chunk reads, through every layer, the frames of the chunk ``context_chunks``
+    before its own and none before that (every earlier frame when unlimited), and a chunk's
+    frames read the feature frames up to ``feature_lookahead`` past its end and none after."""
+    encoder = _encoder(kind).train()  # dropout 0: train() only keeps the autograd graph
+    captured = {}
+
+    def keep(module, inputs, output):
+        output[0].retain_grad()
+        captured["x"] = output[0]
+
+    hook = encoder.subsampling.register_forward_hook(keep)
+    feats, lens = _batch([143])  # 34 encoder frames
+    feats.requires_grad_(True)
+    enc, _ = encoder(feats, lens, chunk_size=chunk_size, left_chunks=left_chunks)
+    hook.remove()
+    reach = encoder.context_chunks(chunk_size, left_chunks)
+    chunk = enc.shape[1] // chunk_size - 1  # the last whole chunk
+    assert left_chunks < 0 or chunk - reach >= 1  # room to see that nothing before is read
+    weights = torch.randn(enc.shape[2])  # a plain sum through the final LayerNorm is constant
+    frames = slice(chunk * chunk_size, (chunk + 1) * chunk_size)
+    (enc[0, chunk * chunk_size] @ weights).backward(retain_graph=True)
+    read = captured["x"].grad[0].abs().sum(dim=1).nonzero().flatten()
+    if left_chunks < 0:
+        assert reach == math.inf and int(read[0]) == 0
+    else:
+        assert int(read[0]) // chunk_size == chunk - reach
+    feats.grad = None
+    (enc[0, frames] @ weights).sum().backward()
+    last_read = int(feats.grad[0].abs().sum(dim=1).nonzero().max())
+    end = (chunk + 1) * chunk_size * encoder.subsampling_factor  # first feature frame after it
+    assert last_read == end + encoder.feature_lookahead
 
 
 def test_unstreamable_settings_are_rejected():

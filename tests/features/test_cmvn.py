@@ -96,3 +96,16 @@ def test_a_lazy_stream_gives_its_first_cuts():
     np.testing.assert_allclose(everything.numpy(), frames.mean(0), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="no cuts"):
         compute_cmvn_stats(_Stream([]))
+
+
+def test_a_constant_bin_has_a_standard_deviation_of_zero_not_nan():
+    """A bin of one value in every frame (digital silence's log floor, -15.94) has variance 0,
+    which the sum of squares minus the squared mean computes as -2.8e-14 in float64: its square
+    root was NaN, which the normalisation's statistics refuse."""
+    cuts = [FakeCut(f"c{i}", np.full((500, 2), -15.9423851)) for i in range(2)]
+    cuts[1].feats[:, 1] = np.linspace(-1.0, 1.0, 500)
+    mean, std = compute_cmvn_stats(cuts)
+    assert std[0] == 0.0 and mean[0] == pytest.approx(-15.9423851)
+    norm = GlobalCMVN(2)
+    norm.set_stats(mean, std)  # the constant bin's std is floored
+    assert norm.inv_std[0] == pytest.approx(1 / STD_FLOOR)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import kaldi_native_fbank as knf
 import numpy as np
 import pytest
 import soundfile as sf
@@ -13,7 +14,13 @@ from lhotse import Recording
 
 from asr.audio import AudioError
 from asr.config import ConfigError, from_dict
-from asr.features.fbank import FbankConfig, compute_fbank, make_lhotse_fbank, num_frames
+from asr.features.fbank import (
+    FbankConfig,
+    compute_fbank,
+    make_lhotse_fbank,
+    num_frames,
+    slaney_mel_filters,
+)
 from asr.testing.tiny import random_speech_like
 
 
@@ -140,6 +147,7 @@ def test_non_finite_samples_are_refused_not_turned_into_nan_features(bad: float)
     ({"low_freq": 8000.0}, "low_freq=8000"), ({"high_freq": -9000.0}, "high_freq=-9000"),
     ({"sample_rate": 8000, "high_freq": 7600.0}, "Nyquist \\(4000 Hz"),
     ({"window_type": "hann"}, "window_type"),
+    ({"low_freq": 7600.0}, "low_freq=7600"),  # an empty band: low_freq must be below high_freq
 ])
 def test_band_edges_and_window_are_checked_by_the_config(options: dict, field: str) -> None:
     """A bad option fails where the config is read, naming the field -- not as lhotse's
@@ -165,3 +173,35 @@ def test_mel_filters_without_an_fft_bin_are_refused(options: dict, empty: int, m
     assert feats.shape[1] == most and bool((feats.std(dim=0) > 0).all())
     with pytest.raises(ConfigError, match="num_mel_bins=256"):
         from_dict(FbankConfig, {"num_mel_bins": 256})
+
+
+@pytest.mark.parametrize("options", [{"num_mel_bins": 1, "low_freq": 100.0, "high_freq": 101.0},
+                                     {"num_mel_bins": 80, "low_freq": 100.0, "high_freq": 110.0},
+                                     {"num_mel_bins": 2, "low_freq": 100.0, "high_freq": 110.0,
+                                      "mel_filters": "librosa"}])
+def test_a_band_too_narrow_for_any_filter_is_refused_naming_it(options: dict) -> None:
+    """A band between two FFT bins fits no filter at all: the search for the largest count that
+    fits raised a bare StopIteration (no message) from the config."""
+    with pytest.raises(ValueError, match=r"num_mel_bins=\d+ is too many for the band 100-1\d+ "
+                                         r"Hz .*; use a wider band$"):
+        FbankConfig(**options)
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"low_freq": 20.0, "high_freq": 7000.0, "num_mel_bins": 64},
+    {"sample_rate": 8000, "high_freq": 0.0, "num_mel_bins": 40},
+    {"frame_length_ms": 32.0},  # a window of 512 samples: a 512-point FFT, not 1024
+])
+def test_librosa_filters_are_kaldi_native_fbanks(options: dict) -> None:
+    """``mel_filters: librosa`` is kaldi-native-fbank's ``is_librosa`` filter bank (sherpa-onnx's
+    front end for NeMo-style models): the same Slaney-scale, area-normalised triangles at every
+    FFT bin, Nyquist included."""
+    cfg = FbankConfig(**{"mel_filters": "librosa", "low_freq": 0.0, **options})
+    mel = knf.MelBanksOptions()
+    mel.num_bins, mel.is_librosa = cfg.num_mel_bins, True
+    mel.low_freq, mel.high_freq = cfg.low_freq, cfg.high_freq
+    frames = knf.FrameExtractionOptions()
+    frames.samp_freq, frames.frame_length_ms = cfg.sample_rate, cfg.frame_length_ms
+    expected = np.array(knf.MelBanks(mel, frames, 1.0).get_matrix()).T
+    assert cfg.fft_size == 2 * (expected.shape[0] - 1)
+    np.testing.assert_allclose(slaney_mel_filters(cfg).numpy(), expected, rtol=0, atol=1e-6)

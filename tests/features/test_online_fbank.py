@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -61,6 +63,24 @@ def test_input_finished_twice_and_accept_after_finish():
     assert fbank.input_finished().shape == (0, 80)
     with pytest.raises(RuntimeError, match="after input_finished"):
         fbank.accept_waveform(np.zeros(10, np.float32))
+
+
+def test_several_channels_are_refused_as_compute_fbank_refuses_them():
+    """(N, 2) stereo was flattened, its channels interleaved into one signal of twice the
+    length, and gave features without a word; now it is refused naming the shape, as
+    compute_fbank refuses it, and (1, N) is (N,) in both."""
+    rng = np.random.default_rng(0)
+    samples = (rng.standard_normal(1600) * 0.1).astype(np.float32)
+    for stereo in (np.stack([samples, samples], axis=1), np.stack([samples, samples])):
+        shape = str(tuple(stereo.shape))
+        with pytest.raises(ValueError, match=rf"mono \(N,\) waveform, got shape {re.escape(shape)}"):
+            OnlineFbank().accept_waveform(stereo)
+        with pytest.raises(ValueError, match=rf"mono \(N,\) waveform, got shape {re.escape(shape)}"):
+            compute_fbank(stereo, 16000)
+    fbank = OnlineFbank()
+    row = torch.cat([fbank.accept_waveform(torch.from_numpy(samples)[None]),
+                     fbank.input_finished()])
+    torch.testing.assert_close(row, compute_fbank(samples[None], 16000), atol=1e-4, rtol=0)
 
 
 def test_rejects_configs_that_cannot_match_offline():

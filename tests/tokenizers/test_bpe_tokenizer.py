@@ -97,6 +97,12 @@ def test_training_is_idempotent_while_the_text_and_options_are_the_same(tmp_path
     stamp = model.stat().st_mtime_ns
     train_bpe(train_texts[500:1000], out, vocab_size=70, force=True)
     assert model.stat().st_mtime_ns != stamp
+    # A current model whose tokens.txt is gone: kept, and tokens.txt written again.
+    tokens = (out / "tokens.txt").read_text()
+    (out / "tokens.txt").unlink()
+    stamp = model.stat().st_mtime_ns
+    train_bpe(train_texts[500:1000], out, vocab_size=70)
+    assert model.stat().st_mtime_ns == stamp and (out / "tokens.txt").read_text() == tokens
 
 
 def test_bad_arguments(tmp_path):

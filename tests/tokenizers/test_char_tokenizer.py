@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from asr.tokenizers import load_tokenizer
-from asr.tokenizers.base import Tokenizer
+from asr.tokenizers.base import Tokenizer, read_tokens_file, write_tokens_file
 from asr.tokenizers.char import SPACE_PIECE, CharTokenizer, build_char_tokenizer
 
 
@@ -44,6 +44,8 @@ def test_errors(tmp_path):
         build_char_tokenizer([f"A{SPACE_PIECE}B"])
     with pytest.raises(ValueError, match="distinct single"):
         CharTokenizer(["<blk>", "<sos/eos>", "<unk>", SPACE_PIECE, "A", "A"])
+    with pytest.raises(ValueError, match="distinct single"):  # a second space piece
+        CharTokenizer(["<blk>", "<sos/eos>", "<unk>", SPACE_PIECE, "A", SPACE_PIECE])
     with pytest.raises(ValueError, match="outside the vocabulary"):
         build_char_tokenizer(["A"]).id_to_piece(5)
     with pytest.raises(FileNotFoundError, match="no tokenizer found"):
@@ -57,3 +59,17 @@ def test_a_tokens_file_that_is_not_utf8_is_an_error_naming_its_line(tmp_path):
     (tmp_path / "tokens.txt").write_bytes(b"<blk> 0\n<sos/eos> 1\n<unk> 2\n\xe9 3\n")
     with pytest.raises(ValueError, match=r"tokens.txt:4: not UTF-8 text"):
         load_tokenizer(tmp_path)
+
+
+def test_tokens_txt_ids_are_read_in_order_and_pieces_written_without_whitespace(tmp_path):
+    """Each line of tokens.txt must give the next id (a gap or a swap is named by its line);
+    blank lines are skipped; a piece with whitespace cannot be written (it would read back as
+    three fields)."""
+    path = tmp_path / "tokens.txt"
+    path.write_text(f"<blk> 0\n<sos/eos> 1\n<unk> 2\n{SPACE_PIECE} 3\nA 5\n")
+    with pytest.raises(ValueError, match="tokens.txt:5: expected 'piece 4', got 'A 5'"):
+        read_tokens_file(path)
+    path.write_text(f"<blk> 0\n<sos/eos> 1\n<unk> 2\n\n{SPACE_PIECE} 3\nA 4\n\n")
+    assert read_tokens_file(path) == ["<blk>", "<sos/eos>", "<unk>", SPACE_PIECE, "A"]
+    with pytest.raises(ValueError, match=r"piece 'A B' \(id 3\) is empty or contains whitespace"):
+        write_tokens_file(path, ["<blk>", "<sos/eos>", "<unk>", "A B"])

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from asr.tokenizers.transcripts import read_transcripts, transcript_kind
@@ -80,3 +82,15 @@ def test_text_files_may_be_gzip_compressed_whatever_their_names(tmp_path):
         "plain", "plain", "kaldi", "kaldi"]
     assert read_transcripts([tmp_path / name for name in files]) == [
         "ONE SENTENCE", "TWO", "THREE", "KALDI TEXT", "TRANS TEXT"]
+
+
+def test_a_librispeech_tree_is_read_in_sorted_path_order(tmp_path, monkeypatch):
+    """Whatever order the file system lists them in (here: reversed), the *.trans.txt files of
+    a directory are read in sorted path order, so the same tree trains the same BPE model."""
+    for speaker in ("19", "103", "2"):
+        folder = tmp_path / speaker / "1"
+        folder.mkdir(parents=True)
+        (folder / f"{speaker}-1.trans.txt").write_text(f"{speaker}-1-0000 SPEAKER {speaker}\n")
+    listed = Path.rglob
+    monkeypatch.setattr(Path, "rglob", lambda self, pattern: reversed(sorted(listed(self, pattern))))
+    assert read_transcripts([tmp_path]) == ["SPEAKER 103", "SPEAKER 19", "SPEAKER 2"]
