@@ -14,8 +14,10 @@ best first, ``<eos>`` continuations join the finished list and the others the ne
 holds K. An utterance stops when K hypotheses have finished; at ``enc_len`` tokens only ``<eos>``
 is allowed. An utterance with no frames is not searched (the decoder would attend to its padding,
 :meth:`~asr.heads.decoder_layers.MultiHeadAttention.attend`): it is the empty hypothesis with
-score 0, as in a batch with no frames at all. With ``beam_size = 1`` and ``ctc_weight = 0``
-this is greedy argmax decoding.
+score 0, as in a batch with no frames at all. If no hypothesis can end (every candidate
+impossible under the CTC prefix score before ``<eos>`` is among them), the result is the empty
+hypothesis with score ``-inf``, as in the TDT searches, not a confident empty transcript. With
+``beam_size = 1`` and ``ctc_weight = 0`` this is greedy argmax decoding.
 
 Shape legend: B batch, K beam, N = B * K rows, T frames, D encoder dims, V vocabulary, C
 candidates per row.
@@ -107,7 +109,7 @@ class AedBeamSearch:
             state = self._select(state, candidates, att, joint, psi, r, scorer, finished, done)
             if all(done):
                 break
-        return [self._nbest(items) for items in finished]
+        return [self._nbest(items, frames > 0) for items, frames in zip(finished, max_lens)]
 
     def _init(self, batch: int, device, dtype, scorer: CtcPrefixScorer | None) -> _Beam:
         beam = self.cfg.beam_size
@@ -217,9 +219,12 @@ class AedBeamSearch:
             ctc=ctc,
         )
 
-    def _nbest(self, items: list[tuple[float, tuple[int, ...], float]]) -> list[Hypothesis]:
-        """Finished (normalised score, tokens, raw score) -> n-best by normalised score."""
+    def _nbest(self, items: list[tuple[float, tuple[int, ...], float]],
+               searched: bool) -> list[Hypothesis]:
+        """Finished (normalised score, tokens, raw score) -> n-best by normalised score; with
+        none, the empty hypothesis: score 0 for an utterance without frames, ``-inf`` for a
+        search in which no hypothesis could end."""
         if not items:
-            return [Hypothesis(tokens=())]
+            return [Hypothesis(tokens=(), score=NEG_INF if searched else 0.0)]
         ranked = sorted(items, key=lambda item: item[0], reverse=True)[: self.cfg.nbest]
         return [Hypothesis(tokens=tokens, score=norm) for norm, tokens, _ in ranked]

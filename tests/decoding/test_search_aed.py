@@ -320,3 +320,20 @@ def test_an_utterance_without_frames_is_the_empty_hypothesis_in_any_batch(ctc_we
         assert [h.score for h in nbests[b]] == pytest.approx([h.score for h in alone], abs=1e-5)
     empty = searcher(enc[:, :0], torch.zeros(3, dtype=torch.long))
     assert empty == [[Hypothesis(tokens=())]] * 3
+
+
+def test_a_search_in_which_no_hypothesis_can_end_gives_score_minus_inf():
+    """Two frames, an attention decoder that always prefers token 5 and one candidate per step
+    (``ctc_pre_beam`` 1): "5 5" needs three frames under CTC, so the only continuation of "5" is
+    impossible and nothing finishes. The result was the empty hypothesis with score 0, a
+    confident empty transcript; it is now score -inf (as the TDT searches say it), while an
+    utterance without frames in the same batch keeps score 0."""
+    model = make_model(aed=True, ctc=True)
+    with torch.no_grad():
+        model.heads["aed"].decoder.output.bias[5] += 50.0
+    enc, lens = encoder_output([2, 0])
+    search = build_searcher("aed_beam", model, SearchConfig(beam_size=1, ctc_weight=1.0,
+                                                            ctc_pre_beam=1.0))
+    stuck, empty = search(enc, lens)
+    assert stuck[0].tokens == () and stuck[0].score == -math.inf
+    assert empty[0].tokens == () and empty[0].score == 0.0
