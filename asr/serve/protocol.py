@@ -49,6 +49,7 @@ the code of :class:`ProtocolError`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass
@@ -123,16 +124,22 @@ class StreamSettings:
     hotwords_score: float | None = None
 
 
+def _preview(text: str) -> str:
+    """``text`` cut to 40 characters for a message (a client's value may be megabytes)."""
+    return text[:40] + ("..." if len(text) > 40 else "")
+
+
 def _check_rate(value: Any, low: int, high: int, source: str) -> int:
+    shown = _preview(repr(value))
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ProtocolError(f"{source}: sample_rate must be an integer, got {value!r}")
+        raise ProtocolError(f"{source}: sample_rate must be an integer, got {shown}")
     try:
         rate = float(value)
-    except ValueError:
-        raise ProtocolError(f"{source}: sample_rate must be an integer, got {value!r}") from None
+    except (ValueError, OverflowError):  # OverflowError: an integer beyond any float
+        raise ProtocolError(f"{source}: sample_rate must be an integer, got {shown}") from None
     if not math.isfinite(rate) or rate != int(rate) or not low <= rate <= high:
         raise ProtocolError(
-            f"{source}: sample_rate must be an integer in [{low}, {high}], got {value!r}"
+            f"{source}: sample_rate must be an integer in [{low}, {high}], got {shown}"
         )
     return int(rate)
 
@@ -185,10 +192,10 @@ def parse_text(
     """
     if text == DONE:
         return DONE
-    preview = text[:40] + ("..." if len(text) > 40 else "")
+    preview = _preview(text)
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
         raise ProtocolError(
             f"text message {preview!r}: expected 'Done' or a JSON object {{\"sample_rate\": N}}",
             CLOSE_UNSUPPORTED,
@@ -203,19 +210,27 @@ def parse_text(
     rate = data.get("sample_rate")
     score = data.get("hotwords_score")
     if score is not None:
-        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(
-            score
-        ):
-            raise ProtocolError(
-                f"hotwords_score must be a finite number, got {score!r}", CLOSE_INVALID_DATA
-            )
-        score = float(score)
+        score = _check_score(score)
     hotwords = data.get("hotwords")
     return StreamSettings(
         None if rate is None else _check_rate(rate, min_rate, max_rate, "text message"),
         None if hotwords is None else _check_hotwords(hotwords, limits),
         score,
     )
+
+
+def _check_score(value: Any) -> float:
+    """A ``hotwords_score`` value as a finite float."""
+    score = math.nan
+    if not isinstance(value, bool) and isinstance(value, (int, float)):
+        with contextlib.suppress(OverflowError):  # an integer beyond any float
+            score = float(value)
+    if not math.isfinite(score):
+        raise ProtocolError(
+            f"hotwords_score must be a finite number, got {_preview(repr(value))}",
+            CLOSE_INVALID_DATA,
+        )
+    return score
 
 
 def _check_hotwords(value: Any, limits: HotwordLimits) -> tuple[str, ...]:

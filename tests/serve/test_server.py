@@ -136,6 +136,8 @@ BAD_INPUTS = {
     ),
     "text garbage": (["hello server"], 1003, "expected 'Done'"),
     "json garbage": (['{"rate": 8000}'], 1003, "only JSON"),
+    "deep json": (["[" * 5000 + "]" * 5000], 1003, "expected 'Done'"),
+    "huge integer": (['{"sample_rate": 1' + "0" * 400 + "}"], 1008, "must be an integer"),
     "late sample rate": ([np.zeros(160, "<f4").tobytes(), '{"sample_rate": 8000}'], 1008, "before"),
     "oversized message": ([np.zeros(1 << 15, "<f4").tobytes()], 1009, None),
     # its 4001:16000 resampling filter took 3 s and 256 MB to build in the shared decode thread
