@@ -403,3 +403,38 @@ def test_a_shutdown_that_cannot_wait_for_a_backlog_says_so(tiny, speech):
 
     close_code, received = _run(main(), 60)
     assert close_code == 1001 and "server shutting down" in received[-1]["error"]
+
+
+def test_samples_that_overflow_the_features_fail_their_own_stream_only(
+    tiny, speech, tmp_path_factory
+):
+    """Finite samples far beyond [-1, 1] (3e38) passed the NaN check and gave NaN features; a
+    transducer beam search lost every hypothesis of that stream and failed the decode step of
+    the whole batch: every client sharing it was closed with 'internal decoding error'. Now
+    that stream alone is refused, naming the overflow, and the others decode as alone."""
+    import asr
+    from asr.serve.config import ServerConfig
+    from asr.serve.server import BackgroundServer
+    from asr.testing.packages import trained_tiny_package
+
+    transducer = trained_tiny_package(tmp_path_factory.getbasetemp() / "tiny_models",
+                                      head="transducer")
+    recognizer = asr.load_model(transducer.package_dir).streaming_recognizer("transducer_beam")
+    good = speech[7]  # two sentences, two segments
+    loud = np.full(1600, 3e38, "<f4").tobytes()
+    with BackgroundServer(recognizer, ServerConfig(port=0, idle_timeout=5.0)) as background:
+        alone = _run(stream_samples(background.url, good.samples, 16000), 30)
+
+        async def main():
+            return await asyncio.gather(
+                stream_samples(background.url, good.samples, 16000, timeout=30),
+                *(_misbehave(background.url, [loud] * 20 + ["Done"]) for _ in range(2)))
+
+        together, *bad = _run(main(), 60)
+    finals = [[(m["segment"], m["text"]) for m in r.messages if m["is_final"]]
+              for r in (alone, together)]
+    assert together.errors == [] and together.close_code == 1000 and finals[0] == finals[1]
+    assert alone.text
+    for close_code, received in bad:
+        assert close_code == 1008, received
+        assert "samples reaching 3e+38 overflow the log-mel features" in received[-1]["error"]
