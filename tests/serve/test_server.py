@@ -438,3 +438,21 @@ def test_samples_that_overflow_the_features_fail_their_own_stream_only(
     for close_code, received in bad:
         assert close_code == 1008, received
         assert "samples reaching 3e+38 overflow the log-mel features" in received[-1]["error"]
+
+
+def test_the_file_client_reports_a_stream_the_server_cut_short(server, speech, tmp_path, capsys):
+    """A message over the server's size limit (2 s of audio > 64 KiB) closes the connection
+    with 1009 and no error message: the client printed the empty transcript and exited 0, the
+    audio lost without a word. A missing file said 'System error'."""
+    from asr.serve.client import main as client_main
+
+    long = speech[-1]
+    assert long.samples.size > 2 * long.sample_rate
+    assert client_main(["--server", server.url, "--chunk-seconds", "2", str(long.path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{long.path}: error: the server closed the connection with code 1009" in err
+    assert "(--chunk-seconds)" in err
+    assert client_main(["--server", server.url, str(tmp_path / "none.wav"), str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'none.wav'}: error: no such file" in err
+    assert f"{tmp_path}: error: not a file" in err
