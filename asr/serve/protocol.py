@@ -21,7 +21,8 @@ Client to server:
   :mod:`asr.decoding.context_graph`): a list of phrases or one string of phrases separated by
   ``;`` (``"JOHN SMITH;ACME"``), each optionally ending with `` :SCORE``, its per-token boost
   (sherpa-onnx's hotword format), added to the server's own list; ``hotwords_score`` is the
-  boost of a phrase without its own (default: the server's ``search.hotwords_score``).
+  boost of a phrase without its own (default: the server's ``search.hotwords_score``); a boost
+  is at most 100 in magnitude.
   Hotwords may be given once per connection and need a server whose searcher biases
   (``asr serve --searcher transducer_beam``, ``tdt_beam`` or ``ctc_prefix_beam``); the number
   of phrases, the characters of a phrase and the bytes of the whole list are limited
