@@ -158,6 +158,11 @@ def test_result_message():
         ({"port": 70000}, "port"),
         ({"max_connections": 0}, "max_connections"),
         ({"idle_timeout": -1}, "idle_timeout"),
+        # NaN passed '<= 0': every client hung (the reader waits for a backlog below NaN)
+        ({"max_buffered_seconds": float("nan")}, "max_buffered_seconds must be > 0, got nan"),
+        ({"idle_timeout": float("nan")}, "idle_timeout must be > 0, got nan"),
+        ({"shutdown_timeout": float("nan")}, "shutdown_timeout must be > 0, got nan"),
+        ({"max_session_seconds": float("nan")}, "max_session_seconds must be >= 0, got nan"),
         ({"max_message_bytes": 2}, "max_message_bytes"),
         ({"min_sample_rate": 16000, "max_sample_rate": 8000}, "max_sample_rate"),
     ],
