@@ -25,13 +25,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from asr.audio import AudioError, as_waveform, resample
+from asr.audio import as_waveform, resample
 
 if TYPE_CHECKING:  # pragma: no cover
     import lhotse
 
-__all__ = ["MEL_FILTERS", "WINDOW_TYPES", "FbankConfig", "check_finite_features", "compute_fbank",
-           "encoder_frame_samples", "encoder_frame_seconds", "htk_mel", "kaldi_blackman_window", "make_lhotse_fbank",
+__all__ = ["MEL_FILTERS", "WINDOW_TYPES", "FbankConfig", "compute_fbank", "encoder_frame_samples",
+           "encoder_frame_seconds", "htk_mel", "kaldi_blackman_window", "make_lhotse_fbank",
            "num_frames", "slaney_mel_filters"]
 
 #: Values of :attr:`FbankConfig.mel_filters`.
@@ -336,8 +336,7 @@ def compute_fbank(
     Raises:
         ValueError: for multi-channel input or a non-positive ``sample_rate``.
         asr.audio.AudioError: (a ValueError) for samples that are not audio (bool, complex,
-            int64) or NaN / infinite ones, which would give NaN features, and for samples so
-            large that the features overflow (:func:`check_finite_features`).
+            int64) or NaN / infinite ones, which would give NaN features.
     """
     cfg = cfg or FbankConfig()
     if not isinstance(samples, Tensor):
@@ -362,25 +361,4 @@ def compute_fbank(
         wave = torch.nn.functional.pad(wave, (0, cfg.window_samples - wave.numel()))
     extractor = extractor or make_lhotse_fbank(cfg)
     feats = torch.as_tensor(extractor.extract(wave, cfg.sample_rate), dtype=torch.float32)
-    check_finite_features(feats, wave, "compute_fbank input")
     return feats[:total]
-
-
-def check_finite_features(feats: Tensor, wave: Tensor, name: str) -> None:
-    """Refuses features that overflowed: finite samples far beyond [-1, 1] (about 1e17 and up)
-    overflow the float32 power spectrum, and their NaN frames would reach the model (a batch's
-    beam search, where other inputs share the step, failed on them).
-
-    Args:
-        feats: (T, F) features computed from ``wave``.
-        wave: (N,) the samples they were computed from.
-        name: the input's name for the message.
-
-    Raises:
-        AudioError: naming ``name`` and the samples' peak, when a feature is NaN or infinite.
-    """
-    if not bool(torch.isfinite(feats).all()):
-        raise AudioError(
-            f"{name}: samples reaching {float(wave.abs().max()):.3g} overflow the log-mel "
-            "features; float samples are expected in [-1, 1]"
-        )

@@ -33,12 +33,7 @@ import torch
 from torch import Tensor
 
 from asr.audio import as_waveform
-from asr.features.fbank import (
-    FbankConfig,
-    check_finite_features,
-    make_lhotse_fbank,
-    num_frames,
-)
+from asr.features.fbank import FbankConfig, make_lhotse_fbank, num_frames
 
 __all__ = ["OnlineFbank"]
 
@@ -50,7 +45,6 @@ class OnlineFbank:
         cfg: feature options; ``snip_edges`` must be False and ``dither`` 0 (deterministic
             features are the only ones that can equal the offline ones).
         extractor: a ``lhotse.Fbank`` for ``cfg`` to share between streams (built if None).
-        name: the stream's name in error messages.
 
     Example:
         >>> fbank = OnlineFbank(FbankConfig())
@@ -59,16 +53,13 @@ class OnlineFbank:
         >>> torch.cat(frames)  # == compute_fbank(torch.cat(pieces), 16000)
     """
 
-    def __init__(
-        self, cfg: FbankConfig | None = None, extractor=None, name: str = "OnlineFbank input"
-    ) -> None:
+    def __init__(self, cfg: FbankConfig | None = None, extractor=None) -> None:
         cfg = cfg or FbankConfig()
         if cfg.snip_edges:
             raise ValueError("OnlineFbank supports snip_edges=False only (the training setting)")
         if cfg.dither != 0:
             raise ValueError(f"OnlineFbank needs dither=0 to match offline features, got {cfg.dither}")
         self.cfg = cfg
-        self.name = name
         self._fbank = (extractor or make_lhotse_fbank(cfg)).extractor
         self._hop = cfg.hop_samples
         self._window = cfg.window_samples
@@ -100,13 +91,12 @@ class OnlineFbank:
         (T, F) new final frames.
 
         Raises:
-            asr.audio.AudioError: for samples that are not audio or not finite, or so large
-                that the features overflow (:func:`asr.features.fbank.check_finite_features`).
+            asr.audio.AudioError: for samples that are not audio or not finite.
         """
         if self._finished:
             raise RuntimeError("OnlineFbank.accept_waveform after input_finished()")
         array = samples.detach().cpu().numpy() if isinstance(samples, Tensor) else np.asarray(samples)
-        wave = torch.tensor(as_waveform(array.reshape(-1), self.name, allow_empty=True))
+        wave = torch.tensor(as_waveform(array.reshape(-1), "OnlineFbank input", allow_empty=True))
         if wave.numel() == 0:
             return self._empty()
         if self._head.numel() < self._left_pad:
@@ -156,7 +146,6 @@ class OnlineFbank:
         with torch.no_grad():
             x_strided, log_energy = self._fbank.wav2win._forward_strided(frames)
             feats = self._fbank._forward_strided(x_strided, log_energy)[0]
-        check_finite_features(feats, frames, self.name)
         self._num_frames = upto
         keep_from = max(upto * self._hop - self._left_pad, 0)
         self._buffer = self._buffer[keep_from - self._buffer_start:]

@@ -212,10 +212,9 @@ class StreamingRecognizer:
         context = getattr(self.searcher, "context", None)
         if hotwords is not None or hotwords_score is not None:
             context = self.hotword_graph(hotwords, hotwords_score)
-        stream_id = next(self._ids)
         return Stream(
-            id=stream_id,
-            fbank=OnlineFbank(self.runtime.fbank, self.runtime.extractor, f"stream {stream_id}"),
+            id=next(self._ids),
+            fbank=OnlineFbank(self.runtime.fbank, self.runtime.extractor),
             feats=torch.zeros(0, self.runtime.fbank.num_mel_bins),
             encoder_state=self.encoder.init_state(
                 1, self.runtime.device, left_chunks=self.left_chunks, chunk_size=self.chunk_size,
@@ -267,9 +266,8 @@ class StreamingRecognizer:
         [-1, 1] or integer PCM (:func:`asr.audio.as_waveform`).
 
         Raises:
-            ValueError: after :meth:`input_finished`, for samples that are not audio or so
-                large that the features overflow (:class:`asr.audio.AudioError`), or when the
-                rate changes within a stream.
+            ValueError: after :meth:`input_finished`, for samples that are not audio
+                (:class:`asr.audio.AudioError`), or when the rate changes within a stream.
         """
         if stream.input_done:
             raise ValueError(f"stream {stream.id}: accept_waveform after input_finished")
@@ -278,11 +276,7 @@ class StreamingRecognizer:
         self._append(stream, stream.fbank.accept_waveform(wave))
 
     def input_finished(self, stream: Stream) -> None:
-        """No more audio for ``stream``: computes its last feature frames.
-
-        Raises:
-            asr.audio.AudioError: when the last samples overflow the features.
-        """
+        """No more audio for ``stream``: computes its last feature frames."""
         if stream.input_done:
             return
         if stream.resampler is not None:

@@ -4,7 +4,7 @@ Client to server:
 
 * **binary** messages: mono float32 little-endian PCM in [-1, 1], any number of samples per
   message (a multiple of 4 bytes; NaN and infinite values are rejected, 1007, and so are
-  samples so far beyond [-1, 1] that their features overflow, about 1e17 and up, 1008);
+  samples beyond :data:`asr.audio.MAX_SAMPLE_MAGNITUDE`, 1008: not audio);
 * the **text** ``Done``: no more audio; the server decodes what is left, sends the final result
   and closes the connection with code 1000;
 * optionally, **before the first audio**, a text JSON object of stream settings, each key
