@@ -33,8 +33,10 @@ from torch import Tensor
 
 __all__ = [
     "MAX_RATE_RATIO_TERM",
+    "MAX_SAMPLE_MAGNITUDE",
     "AudioError",
     "as_waveform",
+    "check_magnitude",
     "check_resampling",
     "DecodedAudio",
     "StreamingResampler",
@@ -117,8 +119,8 @@ def as_waveform(samples: np.ndarray | Tensor, name: str, allow_empty: bool = Fal
 
     Raises:
         AudioError: naming ``name``, for other types (bool, complex, int64, objects), more than
-            two dimensions, more than ``MAX_CHANNELS`` channels (a (C, N) array), no samples, or
-            NaN / infinite values.
+            two dimensions, more than ``MAX_CHANNELS`` channels (a (C, N) array), no samples,
+            NaN / infinite values, or values beyond :data:`MAX_SAMPLE_MAGNITUDE`.
     """
     array = samples.detach().cpu().numpy() if isinstance(samples, Tensor) else np.asarray(samples)
     if array.dtype.byteorder not in "=|":  # e.g. np.frombuffer(data, ">i2"): network order
@@ -144,6 +146,7 @@ def as_waveform(samples: np.ndarray | Tensor, name: str, allow_empty: bool = Fal
         raise AudioError(f"{name}: empty waveform")
     if not np.isfinite(mono).all():
         raise AudioError(f"{name}: NaN or infinite samples")
+    check_magnitude(mono, name)
     if is_float:
         _check_scale(mono, name, "integer PCM cast to float? pass the int16 array itself (it is "
                                  "scaled by 1/32768) or divide by 32768")
@@ -168,6 +171,26 @@ def _check_scale(mono: np.ndarray, name: str, hint: str) -> None:
         _warned_about_scale = True
         logger.warning("%s: float samples reach %.0f, but floats are taken as they are, expected "
                        "in [-1, 1]; %s (warned once)", name, peak, hint)
+
+
+#: The largest sample magnitude taken as audio: integer PCM cast to float reaches 2**31 (int32);
+#: far beyond (from about 1e17) the float32 power spectrum of the features overflows, and their
+#: NaN frames failed a beam search shared by other streams (a server's batch).
+MAX_SAMPLE_MAGNITUDE = 1e10
+
+
+def check_magnitude(samples: np.ndarray, name: str) -> None:
+    """Refuses samples beyond :data:`MAX_SAMPLE_MAGNITUDE` (finite, but not audio).
+
+    Raises:
+        AudioError: naming ``name`` and the samples' peak.
+    """
+    peak = float(np.abs(samples).max()) if samples.size else 0.0
+    if peak > MAX_SAMPLE_MAGNITUDE:
+        raise AudioError(
+            f"{name}: samples reach {peak:.3g}, which is not audio (float samples are expected "
+            f"in [-1, 1]; beyond {MAX_SAMPLE_MAGNITUDE:.0e} the features overflow)"
+        )
 
 
 #: Largest term of two rates' reduced ratio that :func:`resample` and
@@ -339,7 +362,7 @@ def decode_audio(
 
     Raises:
         AudioError: naming the input, when it is missing, not a file, empty, undecodable, holds
-            no samples or holds non-finite samples.
+            no samples, or holds non-finite samples or ones beyond :data:`MAX_SAMPLE_MAGNITUDE`.
     """
     if isinstance(source, (bytes, bytearray)):
         name = name or STDIN_NAME
@@ -369,6 +392,7 @@ def decode_audio(
         raise AudioError(f"{name}: the audio holds no samples")
     if not np.isfinite(samples).all():
         raise AudioError(f"{name}: the audio holds NaN or infinite samples")
+    check_magnitude(samples, name)
     mono = to_mono(samples)
     # a float file may hold integer-scaled samples; named here, before its features would be
     _check_scale(mono, name, "a float file written with integer-scaled samples? divide them by "

@@ -111,3 +111,30 @@ def test_a_named_pipe_is_read_and_a_directory_named_as_one(tmp_path) -> None:
     assert decoded.source == str(fifo)
     with pytest.raises(AudioError, match=rf"{tmp_path}: a directory, not an audio file"):
         decode_audio(tmp_path)
+
+
+def test_samples_far_beyond_any_pcm_scale_are_not_audio(tmp_path) -> None:
+    """Finite floats of 3e38 passed the NaN check, gave NaN features and failed the beam search
+    of a whole batch (a server's other clients, asr transcribe's other files). Refused when
+    read, per input, naming it; int32 PCM cast to float (2**31) is still taken (and warned)."""
+    import asr
+    from asr.audio import MAX_SAMPLE_MAGNITUDE, as_waveform
+    from asr.results import FailedInput
+    from asr.testing.packages import random_package
+
+    loud = np.full(16000, 3e38, np.float32)
+    with pytest.raises(AudioError, match=r"stream 4: samples reach 3e\+38, which is not audio"):
+        as_waveform(loud, "stream 4", allow_empty=True)
+    path = tmp_path / "loud.wav"
+    sf.write(path, loud, 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match=r"loud\.wav: samples reach 3e\+38, which is not audio"):
+        decode_audio(path)
+    assert MAX_SAMPLE_MAGNITUDE > 2.0**31
+    assert as_waveform(np.full(10, -(2.0**31), np.float32), "int32 as float").size == 10
+    model = asr.load_model(random_package(tmp_path / "model"))
+    speech = np.sin(np.linspace(0, 400, 16000)).astype(np.float32) * 0.5
+    for streaming in (False, True):
+        failed, result = model.transcribe([path, speech], searcher="ctc_prefix_beam",
+                                          streaming=streaming, on_error="return")
+        assert isinstance(failed, FailedInput) and "not audio" in failed.error
+        assert not isinstance(result, FailedInput)

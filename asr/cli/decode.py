@@ -42,12 +42,11 @@ import logging
 
 from asr.checkpoints.io import CheckpointError
 from asr.cli.decode_options import add_arguments, check_arguments
-from asr.cli.options import selection_from_args, set_num_threads
+from asr.cli.options import device_from_args, selection_from_args, set_num_threads
 from asr.config import ConfigError
 from asr.data.librispeech import check_test_parts
 from asr.decoding import build_searcher
 from asr.decoding.registry import select_searchers
-from asr.device import resolve_device
 from asr.experiment import load_trained_model
 from asr.fileio import OutputBusyError, output_locks
 from asr.run.evaluate import decode_part, result_paths, write_results
@@ -66,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     search_settings = dict(o[len("search."):].split("=", 1) for o in args.overrides
                            if o.startswith("search.") and "=" in o)
     try:
-        device = resolve_device(args.device)
+        device = device_from_args(args.device)
         cfg, tokenizer, model, tag = load_trained_model(
             args.exp_dir, selection_from_args(args), args.overrides, device)
         names = select_searchers(args.searchers, model)  # all checked before any decoding

@@ -15,11 +15,11 @@ from asr.cli.options import (
     add_device_argument,
     add_num_threads_argument,
     check_num_threads,
+    device_from_args,
     selection_from_args,
 )
 from asr.config import load_config
 from asr.decoding.registry import select_searchers
-from asr.device import resolve_device
 from asr.experiment import ExperimentConfig
 
 
@@ -77,10 +77,7 @@ def check_arguments(
     parser = _RaisingParser(prog="asr decode", add_help=False)
     add_arguments(parser)
     args = parser.parse_args(["--exp-dir", str(exp_dir), *argv])
-    try:
-        resolve_device(args.device)
-    except ValueError as err:
-        raise ValueError(f"argument --device: {err}") from err
+    device_from_args(args.device)
     check_num_threads(args.num_threads)
     selection_from_args(args, check_dir=False)
     cfg = load_config(ExperimentConfig, config, [*train_overrides, *args.overrides])

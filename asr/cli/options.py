@@ -16,7 +16,7 @@ import torch
 
 from asr.checkpoints.selection import WeightSelection
 from asr.constants import DEFAULT_MAX_LEFT_SECONDS, METADATA_FILE
-from asr.device import DEVICE_HELP
+from asr.device import DEVICE_HELP, resolve_device
 
 __all__ = [
     "add_checkpoint_arguments",
@@ -29,6 +29,7 @@ __all__ = [
     "check_experiment_dir",
     "check_num_threads",
     "dataclass_from_args",
+    "device_from_args",
     "selection_from_args",
     "set_num_threads",
 ]
@@ -60,6 +61,21 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
     """``--device``, the same in every subcommand that runs a model (resolved by
     :func:`asr.device.resolve_device`)."""
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+
+
+def device_from_args(device: str) -> torch.device:
+    """The ``--device`` of a command line resolved on this machine
+    (:func:`asr.device.resolve_device`), for every command that runs a model and for the
+    recipes' early check of ``asr decode``'s options.
+
+    Raises:
+        ValueError: naming ``--device``, for a name torch does not know or a device this
+            machine lacks.
+    """
+    try:
+        return resolve_device(device)
+    except ValueError as err:
+        raise ValueError(f"argument --device: {err}") from err
 
 
 def add_num_threads_argument(parser: argparse.ArgumentParser, default: int = 0,

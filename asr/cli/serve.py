@@ -17,6 +17,7 @@ from asr.cli.options import (
     add_search_arguments,
     add_streaming_arguments,
     dataclass_from_args,
+    device_from_args,
     set_num_threads,
 )
 from asr.export.sherpa_streaming import load_streaming_recognizer
@@ -91,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
                 args.model, int8=args.int8, num_threads=max(1, args.num_threads),
                 endpoint=endpoint)
         else:
-            model = load_model(args.model, device=args.device, search=args.search_overrides)
+            model = load_model(args.model, device=device_from_args(args.device),
+                               search=args.search_overrides)
             recognizer = model.streaming_recognizer(args.searcher, endpoint=endpoint,
                                                     chunk_size=args.chunk_size,
                                                     left_chunks=args.left_chunks,

@@ -54,6 +54,7 @@ from asr.cli.options import (
     add_num_threads_argument,
     add_search_arguments,
     add_streaming_arguments,
+    device_from_args,
     set_num_threads,
 )
 from asr.constants import DEFAULT_OVERLAP_SECONDS, DEFAULT_WINDOW_SECONDS
@@ -249,8 +250,8 @@ def _transcribe(args: argparse.Namespace, files: list[str]) -> int:
     if args.hotwords_score is not None:
         args.search_overrides.append(f"search.hotwords_score={args.hotwords_score}")
     try:
-        model = load_model(args.model, device=args.device, searcher=args.searcher,
-                           search=args.search_overrides)
+        model = load_model(args.model, device=device_from_args(args.device),
+                           searcher=args.searcher, search=args.search_overrides)
         if not args.streaming:  # a missing LM or hotword file, bad phrases fail here
             model.searcher(args.searcher)  # built once (cached); with hotwords, per call
             if args.hotwords is not None:

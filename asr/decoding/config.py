@@ -86,7 +86,8 @@ class SearchConfig:
         hotwords: more phrases inline, separated by ``;`` (``"ALPHA BETA;GAMMA :2.5"``), added
             to those of ``hotwords_file``; null for none.
         hotwords_score: the per-token boost of a phrase without its own score (sherpa-onnx's
-            ``hotwords_score``); 0 with no per-phrase scores turns biasing off.
+            ``hotwords_score``); 0 with no per-phrase scores turns biasing off; at most 100 in
+            magnitude (:data:`asr.decoding.context_graph.MAX_HOTWORD_SCORE`).
         hotwords_unboosted_prefix: the first this many tokens of each phrase (at most all but
             its last) must match but carry no boost (a phrase's first piece is often a letter
             that begins many words); 0 boosts every token, as icefall and sherpa-onnx do.

@@ -39,7 +39,8 @@ enter the beam; blank adds nothing and keeps the state. The transitions are dens
 
 Hotword lists (:func:`parse_hotwords`) use sherpa-onnx's text format, so one file serves both
 runtimes: one phrase per line (or phrases separated by ``;`` / ``/`` when given inline), words
-separated by spaces, optionally ending with `` :SCORE``, the phrase's per-token boost.
+separated by spaces, optionally ending with `` :SCORE``, the phrase's per-token boost (at most
+:data:`MAX_HOTWORD_SCORE` in magnitude, as ``hotwords_score``).
 
 Shape legend: S graph states (trie nodes, root 0), V vocabulary incl. blank, N hypotheses.
 """
@@ -64,6 +65,7 @@ __all__ = [
     "Hotword",
     "HotwordError",
     "MAX_HOTWORDS",
+    "MAX_HOTWORD_SCORE",
     "MAX_HOTWORD_TOKENS",
     "as_hotwords",
     "context_graph_for",
@@ -78,6 +80,10 @@ logger = logging.getLogger(__name__)
 MAX_HOTWORDS = 10_000
 #: The most tokens one phrase may take.
 MAX_HOTWORD_TOKENS = 64
+#: The largest magnitude of a per-token boost (a phrase's ``:SCORE``, ``hotwords_score``): boosts
+#: add to log-probabilities, where a few units already outweigh the acoustics; near float32's
+#: range (3.4e38) the searchers' scores overflow to inf and NaN and a beam loses every hypothesis.
+MAX_HOTWORD_SCORE = 100.0
 #: Characters that separate phrases given inline (``"ALPHA BETA;GAMMA"``); ``/`` is sherpa-onnx's.
 INLINE_SEPARATORS = (";", "/", "\n")
 
@@ -273,12 +279,20 @@ class ContextGraph:
 
         Raises:
             HotwordError: for a phrase with characters the tokenizer does not know (they would
-                encode to ``<unk>``), or longer than :data:`MAX_HOTWORD_TOKENS` tokens.
+                encode to ``<unk>``), longer than :data:`MAX_HOTWORD_TOKENS` tokens, or a boost
+                (its own or ``default_score``) beyond :data:`MAX_HOTWORD_SCORE`.
         """
         if len(hotwords) > MAX_HOTWORDS:
             raise HotwordError(f"{len(hotwords)} hotwords: at most {MAX_HOTWORDS} are allowed")
+        if hotwords and not abs(default_score) <= MAX_HOTWORD_SCORE:
+            raise HotwordError(f"hotwords_score {default_score:g}: a per-token boost must be in "
+                               f"[-{MAX_HOTWORD_SCORE:g}, {MAX_HOTWORD_SCORE:g}]")
         phrases = []
         for hotword in hotwords:
+            if hotword.score is not None and not abs(hotword.score) <= MAX_HOTWORD_SCORE:
+                raise HotwordError(
+                    f"hotword {hotword.text!r}: score {hotword.score:g}: a per-token boost must "
+                    f"be in [-{MAX_HOTWORD_SCORE:g}, {MAX_HOTWORD_SCORE:g}]")
             ids = tokenizer.encode(hotword.text)
             if tokenizer.unk_id in ids:
                 unknown = sorted(

@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -73,6 +74,19 @@ class ClientResult:
     def errors(self) -> list[str]:
         """Error messages sent by the server."""
         return [m["error"] for m in self.messages if "error" in m]
+
+    @property
+    def problem(self) -> str | None:
+        """Why the transcript may be incomplete, or None: the server's errors, or a connection
+        that ended otherwise than with the final result and code 1000 (a message over the
+        server's size limit, 1009, is refused that way, without an error message)."""
+        if self.errors:
+            return "; ".join(self.errors)
+        if self.close_code == 1000:
+            return None
+        reason = f" ({self.close_reason})" if self.close_reason else ""
+        hint = "; send less audio per message (--chunk-seconds)" if self.close_code == 1009 else ""
+        return f"the server closed the connection with code {self.close_code}{reason}{hint}"
 
 
 def settings_message(
@@ -179,9 +193,16 @@ async def stream_samples(
 
 
 def read_audio(path: str) -> tuple[np.ndarray, int]:
-    """(N,) float32 mono samples and the rate of an audio file (soundfile)."""
+    """(N,) float32 mono samples and the rate of an audio file (soundfile).
+
+    Raises:
+        FileNotFoundError: for a path that is not a file (soundfile says 'System error').
+        soundfile.LibsndfileError: for a file it cannot read.
+    """
     import soundfile
 
+    if not Path(path).is_file():  # the message of the one path the caller gave
+        raise FileNotFoundError("not a file" if Path(path).exists() else "no such file")
     data, rate = soundfile.read(path, dtype="float32", always_2d=True)
     return data.mean(axis=1, dtype=np.float32), int(rate)
 
@@ -339,8 +360,8 @@ async def _run_files(args: argparse.Namespace) -> int:
         if isinstance(outcome, Exception):
             print(f"{path}: error: {outcome}", file=sys.stderr)
             status = 1
-        elif outcome.errors:
-            print(f"{path}: error: {'; '.join(outcome.errors)}", file=sys.stderr)
+        elif outcome.problem is not None:
+            print(f"{path}: error: {outcome.problem}", file=sys.stderr)
             status = 1
         elif len(args.files) > 1:
             print(f"{path}\t{outcome.text}")

@@ -89,13 +89,13 @@ class ServerConfig:
             "max_hotwords_bytes": self.max_hotwords_bytes,
         }
         for name, value in positive.items():
-            if value <= 0:
+            if not value > 0:  # NaN too: max_buffered_seconds NaN paused every reader forever
                 raise ValueError(f"{name} must be > 0, got {value}")
         if self.max_message_bytes < 4:
             raise ValueError(
                 f"max_message_bytes must hold one sample (>= 4), got {self.max_message_bytes}"
             )
-        if self.max_session_seconds < 0:
+        if not self.max_session_seconds >= 0:
             raise ValueError(f"max_session_seconds must be >= 0, got {self.max_session_seconds}")
         if self.max_sample_rate < self.min_sample_rate:
             raise ValueError(

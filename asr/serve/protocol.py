@@ -3,7 +3,8 @@
 Client to server:
 
 * **binary** messages: mono float32 little-endian PCM in [-1, 1], any number of samples per
-  message (a multiple of 4 bytes; NaN and infinite values are rejected);
+  message (a multiple of 4 bytes; NaN and infinite values are rejected, 1007, and so are
+  samples beyond :data:`asr.audio.MAX_SAMPLE_MAGNITUDE`, 1008: not audio);
 * the **text** ``Done``: no more audio; the server decodes what is left, sends the final result
   and closes the connection with code 1000;
 * optionally, **before the first audio**, a text JSON object of stream settings, each key
@@ -20,7 +21,8 @@ Client to server:
   :mod:`asr.decoding.context_graph`): a list of phrases or one string of phrases separated by
   ``;`` (``"JOHN SMITH;ACME"``), each optionally ending with `` :SCORE``, its per-token boost
   (sherpa-onnx's hotword format), added to the server's own list; ``hotwords_score`` is the
-  boost of a phrase without its own (default: the server's ``search.hotwords_score``).
+  boost of a phrase without its own (default: the server's ``search.hotwords_score``); a boost
+  is at most 100 in magnitude.
   Hotwords may be given once per connection and need a server whose searcher biases
   (``asr serve --searcher transducer_beam``, ``tdt_beam`` or ``ctc_prefix_beam``); the number
   of phrases, the characters of a phrase and the bytes of the whole list are limited
@@ -49,6 +51,7 @@ the code of :class:`ProtocolError`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass
@@ -123,16 +126,22 @@ class StreamSettings:
     hotwords_score: float | None = None
 
 
+def _preview(text: str) -> str:
+    """``text`` cut to 40 characters for a message (a client's value may be megabytes)."""
+    return text[:40] + ("..." if len(text) > 40 else "")
+
+
 def _check_rate(value: Any, low: int, high: int, source: str) -> int:
+    shown = _preview(repr(value))
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ProtocolError(f"{source}: sample_rate must be an integer, got {value!r}")
+        raise ProtocolError(f"{source}: sample_rate must be an integer, got {shown}")
     try:
         rate = float(value)
-    except ValueError:
-        raise ProtocolError(f"{source}: sample_rate must be an integer, got {value!r}") from None
+    except (ValueError, OverflowError):  # OverflowError: an integer beyond any float
+        raise ProtocolError(f"{source}: sample_rate must be an integer, got {shown}") from None
     if not math.isfinite(rate) or rate != int(rate) or not low <= rate <= high:
         raise ProtocolError(
-            f"{source}: sample_rate must be an integer in [{low}, {high}], got {value!r}"
+            f"{source}: sample_rate must be an integer in [{low}, {high}], got {shown}"
         )
     return int(rate)
 
@@ -185,10 +194,10 @@ def parse_text(
     """
     if text == DONE:
         return DONE
-    preview = text[:40] + ("..." if len(text) > 40 else "")
+    preview = _preview(text)
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
         raise ProtocolError(
             f"text message {preview!r}: expected 'Done' or a JSON object {{\"sample_rate\": N}}",
             CLOSE_UNSUPPORTED,
@@ -203,19 +212,27 @@ def parse_text(
     rate = data.get("sample_rate")
     score = data.get("hotwords_score")
     if score is not None:
-        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(
-            score
-        ):
-            raise ProtocolError(
-                f"hotwords_score must be a finite number, got {score!r}", CLOSE_INVALID_DATA
-            )
-        score = float(score)
+        score = _check_score(score)
     hotwords = data.get("hotwords")
     return StreamSettings(
         None if rate is None else _check_rate(rate, min_rate, max_rate, "text message"),
         None if hotwords is None else _check_hotwords(hotwords, limits),
         score,
     )
+
+
+def _check_score(value: Any) -> float:
+    """A ``hotwords_score`` value as a finite float."""
+    score = math.nan
+    if not isinstance(value, bool) and isinstance(value, (int, float)):
+        with contextlib.suppress(OverflowError):  # an integer beyond any float
+            score = float(value)
+    if not math.isfinite(score):
+        raise ProtocolError(
+            f"hotwords_score must be a finite number, got {_preview(repr(value))}",
+            CLOSE_INVALID_DATA,
+        )
+    return score
 
 
 def _check_hotwords(value: Any, limits: HotwordLimits) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ from search_helpers import encoder_output, make_model
 
 from asr.decoding import SearchConfig, build_searcher
 from asr.decoding.context_graph import (
+    MAX_HOTWORD_SCORE,
     MAX_HOTWORD_TOKENS,
     MAX_HOTWORDS,
     ContextGraph,
@@ -156,6 +157,20 @@ def test_size_limits_are_clear_errors():
         context_graph_for(SearchConfig(hotwords="A" * (MAX_HOTWORD_TOKENS + 1)), _CharTokenizer())
     with pytest.raises(HotwordError, match="at most"):
         load_hotwords(";".join(["AB"] * (MAX_HOTWORDS + 1)))
+
+
+def test_boosts_beyond_the_limit_are_clear_errors():
+    """A boost of 1e38 overflowed the searchers' float32 scores: the transducer beam lost
+    every hypothesis and failed the decode step (of every stream of a server's batch)."""
+    tokenizer = _CharTokenizer()
+    for spec, score, match in [("ABC :1e38", 1.5, r"hotword 'ABC': score 1e\+38: a per-token boost"),
+                               ("ABC", -1e308, r"hotwords_score -1e\+308: a per-token boost"),
+                               ("ABC :-101", 1.5, r"score -101: .* must be in \[-100, 100\]")]:
+        with pytest.raises(HotwordError, match=match):
+            context_graph_for(SearchConfig(hotwords=spec, hotwords_score=score), tokenizer)
+    limit = f"ABC :{MAX_HOTWORD_SCORE};DE :-{MAX_HOTWORD_SCORE}"
+    assert context_graph_for(SearchConfig(hotwords=limit), tokenizer).num_phrases == 2
+    assert context_graph_for(SearchConfig(hotwords=" ; ", hotwords_score=1e9), tokenizer) is None
 
 
 # --- the three biasing beams -------------------------------------------------------------------

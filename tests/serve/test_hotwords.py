@@ -78,6 +78,9 @@ BAD_HOTWORDS = {
     "wrong type": ([json.dumps({"hotwords": 3})], 1007, "list of strings"),
     "bad score": ([json.dumps({"hotwords": ["HELLO"], "hotwords_score": "high"})], 1007,
                   "finite number"),
+    # its float32 scores overflowed: 'internal decoding error' for every stream of the batch
+    "huge score": ([json.dumps({"hotwords": ["HELLO"], "hotwords_score": 1e308})], 1007,
+                   "hotwords_score 1e+308: a per-token boost must be in [-100, 100]"),
     "too many": ([json.dumps({"hotwords": ["A", "B", "D", "E"]})], 1008, "4 phrases, at most 3"),
     "too long": ([json.dumps({"hotwords": ["HELLO WORLD HELLO WORLD"]})], 1008,
                  "23 characters, at most 20"),

@@ -63,6 +63,9 @@ def test_parse_text():
         ('{"sample_rate": 16000.5}', "integer"),
         ('{"sample_rate": true}', "integer"),
         ('{"sample_rate": NaN}', "integer"),
+        # each raised past the parser: a traceback in the server log, close 1011, no error sent
+        ('{"sample_rate": 1' + "0" * 400 + "}", r"integer, got 1000000000000000000000000000000000000000\.\.\.$"),
+        ("[" * 5000 + "]" * 5000, r"text message '\[\[\[.*\.\.\.': expected 'Done'"),
     ],
 )
 def test_parse_text_rejects(text, match):
@@ -92,6 +95,7 @@ def test_parse_text_stream_settings_with_hotwords():
         ('{"hotwords_score": "big"}', CLOSE_INVALID_DATA, "finite number"),
         ('{"hotwords_score": true}', CLOSE_INVALID_DATA, "finite number"),
         ('{"hotwords_score": NaN}', CLOSE_INVALID_DATA, "finite number"),
+        ('{"hotwords_score": 1' + "0" * 400 + "}", CLOSE_INVALID_DATA, "finite number"),
         ("{}", CLOSE_UNSUPPORTED, "only JSON message"),
         ('{"hotwords": ["A", "B", "C"]}', 1008, "3 phrases, at most 2"),
         ('{"hotwords": ["ABCDEF"]}', 1008, "6 characters, at most 5"),
@@ -154,6 +158,11 @@ def test_result_message():
         ({"port": 70000}, "port"),
         ({"max_connections": 0}, "max_connections"),
         ({"idle_timeout": -1}, "idle_timeout"),
+        # NaN passed '<= 0': every client hung (the reader waits for a backlog below NaN)
+        ({"max_buffered_seconds": float("nan")}, "max_buffered_seconds must be > 0, got nan"),
+        ({"idle_timeout": float("nan")}, "idle_timeout must be > 0, got nan"),
+        ({"shutdown_timeout": float("nan")}, "shutdown_timeout must be > 0, got nan"),
+        ({"max_session_seconds": float("nan")}, "max_session_seconds must be >= 0, got nan"),
         ({"max_message_bytes": 2}, "max_message_bytes"),
         ({"min_sample_rate": 16000, "max_sample_rate": 8000}, "max_sample_rate"),
     ],

@@ -136,6 +136,8 @@ BAD_INPUTS = {
     ),
     "text garbage": (["hello server"], 1003, "expected 'Done'"),
     "json garbage": (['{"rate": 8000}'], 1003, "only JSON"),
+    "deep json": (["[" * 5000 + "]" * 5000], 1003, "expected 'Done'"),
+    "huge integer": (['{"sample_rate": 1' + "0" * 400 + "}"], 1008, "must be an integer"),
     "late sample rate": ([np.zeros(160, "<f4").tobytes(), '{"sample_rate": 8000}'], 1008, "before"),
     "oversized message": ([np.zeros(1 << 15, "<f4").tobytes()], 1009, None),
     # its 4001:16000 resampling filter took 3 s and 256 MB to build in the shared decode thread
@@ -401,3 +403,56 @@ def test_a_shutdown_that_cannot_wait_for_a_backlog_says_so(tiny, speech):
 
     close_code, received = _run(main(), 60)
     assert close_code == 1001 and "server shutting down" in received[-1]["error"]
+
+
+def test_samples_that_overflow_the_features_fail_their_own_stream_only(
+    tiny, speech, tmp_path_factory
+):
+    """Finite samples far beyond [-1, 1] (3e38) passed the NaN check and gave NaN features; a
+    transducer beam search lost every hypothesis of that stream and failed the decode step of
+    the whole batch: every client sharing it was closed with 'internal decoding error'. Now
+    that stream alone is refused, as not audio, and the others decode as alone."""
+    import asr
+    from asr.serve.config import ServerConfig
+    from asr.serve.server import BackgroundServer
+    from asr.testing.packages import trained_tiny_package
+
+    transducer = trained_tiny_package(tmp_path_factory.getbasetemp() / "tiny_models",
+                                      head="transducer")
+    recognizer = asr.load_model(transducer.package_dir).streaming_recognizer("transducer_beam")
+    good = speech[7]  # two sentences, two segments
+    loud = np.full(1600, 3e38, "<f4").tobytes()
+    with BackgroundServer(recognizer, ServerConfig(port=0, idle_timeout=5.0)) as background:
+        alone = _run(stream_samples(background.url, good.samples, 16000), 30)
+
+        async def main():
+            return await asyncio.gather(
+                stream_samples(background.url, good.samples, 16000, timeout=30),
+                *(_misbehave(background.url, [loud] * 20 + ["Done"]) for _ in range(2)))
+
+        together, *bad = _run(main(), 60)
+    finals = [[(m["segment"], m["text"]) for m in r.messages if m["is_final"]]
+              for r in (alone, together)]
+    assert together.errors == [] and together.close_code == 1000 and finals[0] == finals[1]
+    assert alone.text
+    for close_code, received in bad:
+        assert close_code == 1008, received
+        assert "samples reach 3e+38, which is not audio" in received[-1]["error"]
+
+
+def test_the_file_client_reports_a_stream_the_server_cut_short(server, speech, tmp_path, capsys):
+    """A message over the server's size limit (2 s of audio > 64 KiB) closes the connection
+    with 1009 and no error message: the client printed the empty transcript and exited 0, the
+    audio lost without a word. A missing file said 'System error'."""
+    from asr.serve.client import main as client_main
+
+    long = speech[-1]
+    assert long.samples.size > 2 * long.sample_rate
+    assert client_main(["--server", server.url, "--chunk-seconds", "2", str(long.path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{long.path}: error: the server closed the connection with code 1009" in err
+    assert "(--chunk-seconds)" in err
+    assert client_main(["--server", server.url, str(tmp_path / "none.wav"), str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'none.wav'}: error: no such file" in err
+    assert f"{tmp_path}: error: not a file" in err
