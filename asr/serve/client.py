@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import signal
 import sys
 import time
@@ -223,8 +224,10 @@ async def stream_microphone(
     hotwords: str | Sequence[str] | None = None,
     hotwords_score: float | None = None,
 ) -> ClientResult:
-    """Streams the microphone until ``stop`` is set (or the task is cancelled, e.g. by Ctrl-C);
-    ``hotwords``, ``hotwords_score`` as :func:`stream_samples`'s.
+    """Streams the microphone until ``stop`` is set, the server closes the connection, or the
+    task is cancelled (e.g. by Ctrl-C); ``hotwords``, ``hotwords_score`` as
+    :func:`stream_samples`'s. The result records how the connection closed
+    (:attr:`ClientResult.problem`).
 
     Raises:
         RuntimeError: when the ``sounddevice`` package is not installed.
@@ -272,9 +275,10 @@ async def stream_microphone(
         ):
             stopper = asyncio.create_task(stop.wait())
             try:
-                while not stop.is_set():
+                while not stop.is_set() and not receiver.done():  # done: the server closed
                     getter = asyncio.create_task(queue.get())
-                    await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait({getter, stopper, receiver},
+                                       return_when=asyncio.FIRST_COMPLETED)
                     if getter.done():
                         await ws.send(getter.result().tobytes())
                     else:
@@ -286,6 +290,8 @@ async def stream_microphone(
         with contextlib.suppress(ConnectionClosed):
             await ws.send("Done")
         await receiver
+        result.close_code = ws.close_code
+        result.close_reason = ws.close_reason or ""
     return result
 
 
@@ -309,6 +315,17 @@ class _Printer:
             print(f"\r{self.prefix}{msg.get('text', '')}\033[K", end="", flush=True)
 
 
+def _positive_seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m asr.serve.client", description=__doc__.split("\n")[0]
@@ -319,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--realtime", action="store_true", help="send audio at the speed of speech")
     parser.add_argument(
-        "--chunk-seconds", type=float, default=0.1, help="audio per message (default: 0.1)"
+        "--chunk-seconds", type=_positive_seconds, default=0.1,
+        help="audio per message (default: 0.1)"
     )
     parser.add_argument("--microphone", action="store_true", help="stream the default microphone")
     parser.add_argument("--device", default=None, help="sounddevice input device")
@@ -377,11 +395,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.microphone:
         device = int(args.device) if args.device and args.device.isdigit() else args.device
 
-        async def microphone() -> None:
+        async def microphone() -> ClientResult:
             stop = asyncio.Event()  # Ctrl-C ends the capture; the final result still arrives
             asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
             print("listening; Ctrl-C to stop", file=sys.stderr)
-            await stream_microphone(
+            return await stream_microphone(
                 args.server,
                 chunk_seconds=args.chunk_seconds,
                 device=device,
@@ -392,9 +410,12 @@ def main(argv: list[str] | None = None) -> int:
             )
 
         try:
-            asyncio.run(microphone())
+            result = asyncio.run(microphone())
         except RuntimeError as err:
             print(f"error: {err}", file=sys.stderr)
+            return 1
+        if result.problem is not None:  # the server's errors were printed as they came
+            print(f"error: {result.problem}", file=sys.stderr)
             return 1
         return 0
     return asyncio.run(_run_files(args))

@@ -456,3 +456,47 @@ def test_the_file_client_reports_a_stream_the_server_cut_short(server, speech, t
     err = capsys.readouterr().err
     assert f"{tmp_path / 'none.wav'}: error: no such file" in err
     assert f"{tmp_path}: error: not a file" in err
+
+
+class _FakeInputStream:
+    """A stand-in for ``sounddevice.InputStream`` that delivers one block of 2 s of silence
+    when opened (over the test server's 64 KiB message limit)."""
+
+    def __init__(self, channels, samplerate, dtype, blocksize, device, callback):
+        self.block = np.zeros((blocksize, channels), dtype)
+        self.callback = callback
+
+    def __enter__(self):
+        self.callback(self.block, self.block.shape[0], None, None)
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_the_microphone_client_stops_and_fails_when_the_server_closes(server, monkeypatch,
+                                                                        capsys):
+    """The microphone client waited for audio until Ctrl-C after the server had closed the
+    connection, and then exited 0 whatever the close: it stops when the server closes, and a
+    close other than the final result's 1000 is an error (exit 1) naming the code."""
+    import sys
+    import types
+
+    from asr.serve.client import main as client_main
+
+    monkeypatch.setitem(sys.modules, "sounddevice",
+                        types.SimpleNamespace(InputStream=_FakeInputStream))
+    status = client_main(["--server", server.url, "--microphone", "--chunk-seconds", "2"])
+    assert status == 1
+    assert "error: the server closed the connection with code 1009" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seconds", ["0", "-1", "nan", "inf"])
+def test_the_client_refuses_a_chunk_that_is_no_positive_duration(seconds, capsys):
+    # 0 and below sent one sample per message
+    from asr.serve.client import main as client_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        client_main(["--chunk-seconds", seconds, "x.wav"])
+    assert exit_info.value.code == 2
+    assert "--chunk-seconds: must be a number of seconds above 0" in capsys.readouterr().err
