@@ -37,7 +37,8 @@ class ServerConfig:
         max_connections: websocket sessions served at once; more are refused with HTTP 503.
         max_message_bytes: largest websocket message accepted; larger ones close the
             connection with code 1009 (message too big).
-        idle_timeout: seconds a client may stay silent (no message) before it is closed.
+        idle_timeout: seconds a client may stay silent (no message; empty audio frames do not
+            count) before it is closed.
         max_buffered_seconds: audio a connection may have waiting to be decoded; beyond it the
             server stops reading from that connection until the decoder catches up, so a client
             sending faster than real time is slowed to the decoding speed.

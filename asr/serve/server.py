@@ -303,15 +303,22 @@ class RecognitionServer:
     async def _receive_loop(self, ws: ServerConnection, session: Session) -> None:
         """Reads audio until ``Done``; raises ProtocolError / ConnectionClosed."""
         cfg = self.config
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + cfg.idle_timeout
         while True:
-            await session.drained.wait()  # back-pressure: the decoder must catch up first
+            if not session.drained.is_set():  # back-pressure: the decoder must catch up first
+                await session.drained.wait()
+                deadline = loop.time() + cfg.idle_timeout  # the server was behind, not the client
             if session.error is not None:
                 return
             try:
-                async with asyncio.timeout(cfg.idle_timeout):
+                async with asyncio.timeout_at(deadline):
                     message = await ws.recv()
             except TimeoutError:
                 raise ProtocolError(f"no message for {cfg.idle_timeout} s (idle timeout)") from None
+            if message == b"":  # an empty audio frame is no message: it does not hold the session
+                continue
+            deadline = loop.time() + cfg.idle_timeout
             if isinstance(message, str):
                 parsed = parse_text(
                     message, cfg.min_sample_rate, cfg.max_sample_rate, cfg.hotword_limits

@@ -6,9 +6,11 @@ Every loop here is bounded in count and time; all traffic goes to 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import http.client
 import json
+import time
 import tracemalloc
 
 import numpy as np
@@ -500,3 +502,24 @@ def test_the_client_refuses_a_chunk_that_is_no_positive_duration(seconds, capsys
         client_main(["--chunk-seconds", seconds, "x.wav"])
     assert exit_info.value.code == 2
     assert "--chunk-seconds: must be a number of seconds above 0" in capsys.readouterr().err
+
+
+async def _keep_alive_with_empty_frames(url: str, seconds: float) -> tuple[int | None, float]:
+    """Sends an empty audio frame every 0.2 s for ``seconds``; (close code, seconds open)."""
+    start = time.monotonic()
+    async with connect(url) as ws:
+        with contextlib.suppress(ConnectionClosed):
+            while time.monotonic() - start < seconds:
+                await ws.send(b"")
+                await asyncio.sleep(0.2)
+            await ws.send("Done")
+            async for _ in ws:
+                pass
+        return ws.close_code, time.monotonic() - start
+
+
+def test_empty_frames_do_not_hold_a_session_past_the_idle_timeout(server):
+    """An empty audio frame reset the idle timeout, so a client sending nothing else held its
+    session (and a connection slot) for ever: it is closed after the idle timeout (1.5 s)."""
+    close_code, seconds = _run(_keep_alive_with_empty_frames(server.url, 6.0), 20)
+    assert close_code == 1008 and seconds < 4.0
