@@ -220,3 +220,42 @@ def test_a_page_that_cannot_capture_closes_its_connection(engine, tmp_path, wait
                 assert devtools.evaluate("document.getElementById('start').disabled") is False
         finally:
             stop_process(proc)
+
+
+def test_the_page_keeps_the_servers_error_when_the_connection_closes(
+        engine, recognizer, speech, tmp_path):
+    """The server's error message was replaced on the page by the close status that follows it,
+    whose reason the protocol cuts to 123 bytes: the page now shows the error in full."""
+    from asr.serve.config import ServerConfig
+    from asr.serve.server import BackgroundServer
+
+    if engine != "pytorch":
+        pytest.skip("the page's own conduct, the same for every engine")
+    fake_mic = tmp_path / "mic.wav"
+    soundfile.write(fake_mic, np.tile(soundfile.read(speech[2].path, dtype="float32")[0], 3),
+                    speech[2].sample_rate, subtype="PCM_16")
+    config = ServerConfig(port=0, max_session_seconds=0.5)
+    with BackgroundServer(recognizer, config) as background:
+        proc = _open_page(
+            f"{background.http_url}/?autostart=1",
+            tmp_path,
+            "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={fake_mic}%noloop",
+        )
+        try:
+            with connect(_page_socket(_devtools_port(proc)), max_size=None,
+                         open_timeout=10) as ws:
+                devtools = DevTools(ws)
+
+                def status() -> str:
+                    return devtools.evaluate("document.getElementById('status').textContent") or ""
+
+                deadline = time.monotonic() + 30.0
+                while time.monotonic() < deadline and not status().startswith("disconnected"):
+                    time.sleep(0.1)
+                shown = status()
+        finally:
+            stop_process(proc)
+    assert shown == ("disconnected (1008: server error: more than 0.5 s of audio in one "
+                     "connection)"), shown

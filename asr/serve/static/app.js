@@ -15,6 +15,7 @@ const ui = {
 };
 
 let session = null;
+let serverError = null; // the last error message the server sent on this connection
 
 function setStatus(text) {
   ui.status.textContent = text;
@@ -23,6 +24,7 @@ function setStatus(text) {
 // Shows a result: final segments become lines, the current partial stays in grey.
 function showResult(msg) {
   if (msg.error) {
+    serverError = msg.error; // kept for the close that follows, whose reason may be cut short
     setStatus("server error: " + msg.error);
     return;
   }
@@ -57,8 +59,11 @@ async function start() {
     const hotwords = ui.hotwords ? ui.hotwords.value.trim() : "";
     if (hotwords) ws.send(JSON.stringify({ hotwords })); // phrases separated by ";"
     ws.onmessage = (event) => showResult(JSON.parse(event.data));
+    serverError = null;
     ws.onclose = (event) => {
-      setStatus(`disconnected (${event.code}${event.reason ? ": " + event.reason : ""})`);
+      // the server's error message in full: a close reason is cut to 123 bytes
+      const why = serverError ? "server error: " + serverError : event.reason;
+      setStatus(`disconnected (${event.code}${why ? ": " + why : ""})`);
       stopCapture();
       ui.start.disabled = false;
       ui.stop.disabled = true;
