@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from asr.data.filtering import cut_text
+from asr.data.filtering import check_cut_audio, cut_text
 from asr.data.librispeech import load_test_part
 from asr.encoders.subsampling import subsampled_length
 from asr.export.graphs import chunk_frames
@@ -312,7 +312,9 @@ def decode_part_sherpa(
             (:func:`asr.data.librispeech.load_test_part`).
 
     Raises:
-        ValueError: for ``batch_size`` < 1.
+        ValueError: for ``batch_size`` < 1, or naming a cut of several audio channels (before
+            anything is decoded; ``asr decode`` refuses them too:
+            :func:`asr.data.filtering.check_cut_audio`).
         asr.data.cut_ids.DuplicateIdError: naming a cut id the test set holds twice (before
             anything is decoded).
     """
@@ -321,6 +323,9 @@ def decode_part_sherpa(
     manifest_dir = Path(manifest_dir)
     if cuts is None:
         cuts = load_test_part(manifest_dir, part)  # each id once: scored once
+    # the audio of a cut of C channels loads as (C, N): flattened, sherpa-onnx would decode its
+    # channels one after the other. Other rates are resampled below, so only channels count.
+    check_cut_audio(cuts.resample(recognizer.sample_rate), recognizer.sample_rate)
     recognitions: list[Recognition] = []
     seconds = audio = 0.0
     cut_list = list(cuts)

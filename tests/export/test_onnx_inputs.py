@@ -84,3 +84,34 @@ def test_decode_onnx_names_a_broken_export(exports, caplog, tmp_path):
                      str(tmp_path), "--output-dir", str(tmp_path / "out")]) == 2, name
         assert message in caplog.text, caplog.text
         (broken / name).write_bytes(original)
+
+
+def test_decode_onnx_refuses_a_cut_of_several_channels(exports, caplog, tmp_path):
+    """A stereo cut's audio loads as (2, N) and was flattened: sherpa-onnx decoded its two
+    channels one after the other, a wrong transcript scored without a word of warning, where
+    ``asr decode`` refuses the cut. Now decode-onnx refuses it too, naming it, before writing."""
+    import numpy as np
+    import soundfile as sf
+    from lhotse import CutSet, MonoCut, Recording, SupervisionSegment
+    from lhotse.cut import MultiCut
+
+    from asr.testing.tiny import random_speech_like
+
+    mono = random_speech_like(8000, seed=1).astype(np.float32)
+    cuts = []
+    for name, wave in (("mono", mono), ("stereo", np.stack([mono, 0.5 * mono], axis=1))):
+        sf.write(tmp_path / f"{name}.wav", wave, 16000)
+        recording = Recording.from_file(tmp_path / f"{name}.wav", recording_id=name)
+        channels = recording.channel_ids
+        supervision = SupervisionSegment(id=name, recording_id=name, start=0.0,
+                                         duration=recording.duration, text="GREEN DOOR",
+                                         channel=channels if len(channels) > 1 else 0)
+        kind = MultiCut if len(channels) > 1 else MonoCut
+        cuts.append(kind(id=name, start=0.0, duration=recording.duration,
+                         channel=channels if len(channels) > 1 else 0, recording=recording,
+                         supervisions=[supervision]))
+    CutSet.from_cuts(cuts).to_file(tmp_path / "librispeech_cuts_test-clean.jsonl.gz")
+    assert main(["decode-onnx", "--onnx-dir", str(exports["transducer"]), "--manifest-dir",
+                 str(tmp_path), "--output-dir", str(tmp_path / "out")]) == 2
+    assert "cut 'stereo' with 2" in caplog.text and "several audio channels" in caplog.text
+    assert not list((tmp_path / "out").glob("recogs-*"))
