@@ -115,3 +115,35 @@ def test_decode_onnx_refuses_a_cut_of_several_channels(exports, caplog, tmp_path
                  str(tmp_path), "--output-dir", str(tmp_path / "out")]) == 2
     assert "cut 'stereo' with 2" in caplog.text and "several audio channels" in caplog.text
     assert not list((tmp_path / "out").glob("recogs-*"))
+
+
+def test_decode_onnx_checks_the_hotwords_as_asr_decode_does(tmp_path, caplog):
+    """sherpa-onnx stopped at a bad ``:SCORE`` with a bare 'stof', and of a lower-case phrase
+    for an upper-case model kept the pieces it found, boosting another phrase than the one
+    written, without a word; ``asr decode`` refuses both. decode-onnx now does too, naming the
+    file and the phrase, and still loads a good list."""
+    from asr.export import export_onnx
+    from asr.export.sherpa_decode import load_recognizer
+    from asr.package import export_package
+    from asr.testing.packages import random_experiment
+
+    export_package(random_experiment(tmp_path, head="transducer", bpe_vocab_size=30),
+                   tmp_path / "package")
+    out = tmp_path / "onnx"
+    export_onnx(tmp_path / "package", out)
+    hotwords = tmp_path / "hotwords.txt"
+    search = {"decoding_method": "modified_beam_search", "hotwords_file": hotwords}
+    for text, message in (("GREEN DOOR :2x\n", "bad score ':2x'"),
+                          ("SEVEN APPLES\ngreen door\n", "hotword 'green door' has characters "
+                           "no piece of the model has: 'degnor'")):
+        hotwords.write_text(text)
+        with pytest.raises(ValueError, match="hotwords file") as err:
+            load_recognizer(out, **search)
+        assert message in str(err.value) and str(hotwords) in str(err.value)
+    caplog.clear()
+    assert main(["decode-onnx", "--onnx-dir", str(out), "--manifest-dir", str(tmp_path),
+                 "--decoding-method", "modified_beam_search", "--hotwords-file",
+                 str(hotwords)]) == 2
+    assert "hotword 'green door'" in caplog.text
+    hotwords.write_text("GREEN DOOR :2\nSEVEN APPLES\n")
+    assert load_recognizer(out, **search).layout == "transducer"
