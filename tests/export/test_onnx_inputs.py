@@ -86,10 +86,12 @@ def test_decode_onnx_names_a_broken_export(exports, caplog, tmp_path):
         (broken / name).write_bytes(original)
 
 
-def test_decode_onnx_refuses_a_cut_of_several_channels(exports, caplog, tmp_path):
+def test_decode_onnx_refuses_cuts_asr_decode_refuses(exports, caplog, tmp_path):
     """A stereo cut's audio loads as (2, N) and was flattened: sherpa-onnx decoded its two
-    channels one after the other, a wrong transcript scored without a word of warning, where
-    ``asr decode`` refuses the cut. Now decode-onnx refuses it too, naming it, before writing."""
+    channels one after the other, a wrong transcript scored without a word of warning; a cut
+    without a supervision was scored against an empty reference, its words counted as
+    insertions. ``asr decode`` refuses both; decode-onnx now does too, naming the cut, before
+    writing anything."""
     import numpy as np
     import soundfile as sf
     from lhotse import CutSet, MonoCut, Recording, SupervisionSegment
@@ -110,11 +112,19 @@ def test_decode_onnx_refuses_a_cut_of_several_channels(exports, caplog, tmp_path
         cuts.append(kind(id=name, start=0.0, duration=recording.duration,
                          channel=channels if len(channels) > 1 else 0, recording=recording,
                          supervisions=[supervision]))
-    CutSet.from_cuts(cuts).to_file(tmp_path / "librispeech_cuts_test-clean.jsonl.gz")
-    assert main(["decode-onnx", "--onnx-dir", str(exports["transducer"]), "--manifest-dir",
-                 str(tmp_path), "--output-dir", str(tmp_path / "out")]) == 2
-    assert "cut 'stereo' with 2" in caplog.text and "several audio channels" in caplog.text
-    assert not list((tmp_path / "out").glob("recogs-*"))
+    cuts.append(cuts[0].with_id("silent").drop_supervisions())
+    for part, members, message in (
+            ("stereo", cuts[:2], "1 cuts hold several audio channels, e.g. cut 'stereo' with 2"),
+            ("unsupervised", [cuts[0], cuts[2]],
+             "1 cuts of unsupervised have no supervision (nothing to transcribe), e.g. cut "
+             "'silent'")):
+        CutSet.from_cuts(members).to_file(tmp_path / f"librispeech_cuts_{part}.jsonl.gz")
+        caplog.clear()
+        assert main(["decode-onnx", "--onnx-dir", str(exports["transducer"]), "--manifest-dir",
+                     str(tmp_path), "--parts", part, "--output-dir",
+                     str(tmp_path / "out")]) == 2, part
+        assert message in caplog.text, caplog.text
+        assert not list((tmp_path / "out").glob("recogs-*"))
 
 
 def test_decode_onnx_checks_the_hotwords_as_asr_decode_does(tmp_path, caplog):
