@@ -12,7 +12,8 @@ As ``asr decode``, a run takes the lock of each summary file it will write
 (:func:`asr.fileio.output_lock`) before it decodes anything: a second run on one of them is
 refused (exit 2, naming it), as is an ``--output-dir`` that cannot be written, a broken export
 directory or a search option its layout has not (a CTC export: greedy search, no blank penalty),
-and a test set that holds a cut id twice (naming the file, the id and both lines).
+a test set that holds a cut id twice (naming the file, the id and both lines), and one with a
+cut of several audio channels or without a supervision (naming it; as ``asr decode``).
 """
 
 from __future__ import annotations

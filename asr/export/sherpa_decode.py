@@ -34,8 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from asr.data.filtering import cut_text
+from asr.data.filtering import check_cut_audio, cut_text
 from asr.data.librispeech import load_test_part
+from asr.decoding.context_graph import HotwordError, load_hotwords
 from asr.encoders.subsampling import subsampled_length
 from asr.export.graphs import chunk_frames
 from asr.export.sherpa import BPE_VOCAB
@@ -203,7 +204,8 @@ def load_recognizer(
             when exported with ``--int8``), a missing ``hotwords_file``, or hotwords without
             ``bpe.vocab``.
         ValueError: an ``export.json`` that is corrupt or lacks a field (naming it); hotwords with
-            a CTC layout or greedy search; a CTC layout with another ``decoding_method`` or a
+            a CTC layout or greedy search; a hotword file ``asr decode`` would refuse (a bad
+            ``:SCORE``) or with a phrase the model's pieces cannot spell (naming it); a CTC layout with another ``decoding_method`` or a
             ``blank_penalty``; ``max_active_paths`` < 1 with a beam search; graphs sherpa-onnx
             cannot load.
     """
@@ -245,6 +247,7 @@ def load_recognizer(
         if not vocab.is_file():
             raise FileNotFoundError(f"{vocab}: missing (hotwords need a BPE model's bpe.vocab; "
                                     "export it again with this version)")
+        _check_hotwords(Path(hotwords_file), _read_pieces(onnx_dir / "tokens.txt"))
         common |= {"hotwords_file": str(hotwords_file), "hotwords_score": hotwords_score,
                    "modeling_unit": "bpe", "bpe_vocab": str(vocab)}
     streaming = layout == "streaming_transducer"
@@ -264,11 +267,43 @@ def load_recognizer(
                 model_type="nemo_transducer" if layout == "tdt" else "transducer", **common)
     except RuntimeError as err:  # onnxruntime's: a truncated or foreign graph
         raise ValueError(f"{onnx_dir}: sherpa-onnx cannot load its graphs: {err}") from err
-    pieces = [line.split()[0] for line in
-              (onnx_dir / "tokens.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
+    pieces = _read_pieces(onnx_dir / "tokens.txt")
     fbank = FbankConfig(**{f.name: features[f.name] for f in dataclasses.fields(FbankConfig)
                            if f.name in features})
     return SherpaRecognizer(recognizer, layout, pieces, common["sample_rate"], fbank, chunk_size)
+
+
+def _read_pieces(path: Path) -> list[str]:
+    """The pieces of a ``tokens.txt`` (``piece id`` lines) in line order."""
+    return [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+
+
+def _check_hotwords(path: Path, pieces: Sequence[str]) -> None:
+    """Reads the hotword file ``path`` as ``asr decode`` reads it
+    (:func:`asr.decoding.context_graph.load_hotwords`) and checks that the model's ``pieces``
+    spell every character of its phrases.
+
+    sherpa-onnx stops at a bad ``:SCORE`` with only ``stof``, and of a phrase with a character
+    no piece has (a lower-case phrase for an upper-case model) it keeps the pieces it finds and
+    drops the rest without a word, boosting another phrase than the one written.
+
+    Raises:
+        ValueError: naming the file, the phrase and what is wrong with it.
+    """
+    try:
+        hotwords = load_hotwords(path)
+    except HotwordError as err:
+        raise ValueError(f"hotwords file {path}: {err}") from err
+    known = {ch for piece in pieces if not (piece.startswith("<") and piece.endswith(">"))
+             for ch in piece}
+    for hotword in hotwords:
+        unknown = sorted({ch for ch in hotword.text if ch != " " and ch not in known})
+        if unknown:
+            raise ValueError(
+                f"hotwords file {path}: hotword {hotword.text!r} has characters no piece of the "
+                f"model has: {''.join(unknown)!r} (check the case; sherpa-onnx would drop them "
+                "and boost what is left)")
 
 
 _LAYOUTS = ("transducer", "streaming_transducer", "ctc", "tdt")
@@ -312,7 +347,9 @@ def decode_part_sherpa(
             (:func:`asr.data.librispeech.load_test_part`).
 
     Raises:
-        ValueError: for ``batch_size`` < 1.
+        ValueError: for ``batch_size`` < 1, or naming a cut of several audio channels
+            (:func:`asr.data.filtering.check_cut_audio`) or one without a supervision, before
+            anything is decoded (``asr decode`` refuses both).
         asr.data.cut_ids.DuplicateIdError: naming a cut id the test set holds twice (before
             anything is decoded).
     """
@@ -321,9 +358,16 @@ def decode_part_sherpa(
     manifest_dir = Path(manifest_dir)
     if cuts is None:
         cuts = load_test_part(manifest_dir, part)  # each id once: scored once
+    # the audio of a cut of C channels loads as (C, N): flattened, sherpa-onnx would decode its
+    # channels one after the other. Other rates are resampled below, so only channels count.
+    check_cut_audio(cuts.resample(recognizer.sample_rate), recognizer.sample_rate)
+    cut_list = list(cuts)
+    unsupervised = [cut.id for cut in cut_list if not cut.supervisions]
+    if unsupervised:  # scored against an empty reference, its words would count as insertions
+        raise ValueError(f"{len(unsupervised)} cuts of {part} have no supervision (nothing to "
+                         f"transcribe), e.g. cut {unsupervised[0]!r}")
     recognitions: list[Recognition] = []
     seconds = audio = 0.0
-    cut_list = list(cuts)
     for start in range(0, len(cut_list), batch_size):
         batch = cut_list[start: start + batch_size]
         waves = []

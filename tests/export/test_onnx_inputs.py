@@ -84,3 +84,76 @@ def test_decode_onnx_names_a_broken_export(exports, caplog, tmp_path):
                      str(tmp_path), "--output-dir", str(tmp_path / "out")]) == 2, name
         assert message in caplog.text, caplog.text
         (broken / name).write_bytes(original)
+
+
+def test_decode_onnx_refuses_cuts_asr_decode_refuses(exports, caplog, tmp_path):
+    """A stereo cut's audio loads as (2, N) and was flattened: sherpa-onnx decoded its two
+    channels one after the other, a wrong transcript scored without a word of warning; a cut
+    without a supervision was scored against an empty reference, its words counted as
+    insertions. ``asr decode`` refuses both; decode-onnx now does too, naming the cut, before
+    writing anything."""
+    import numpy as np
+    import soundfile as sf
+    from lhotse import CutSet, MonoCut, Recording, SupervisionSegment
+    from lhotse.cut import MultiCut
+
+    from asr.testing.tiny import random_speech_like
+
+    mono = random_speech_like(8000, seed=1).astype(np.float32)
+    cuts = []
+    for name, wave in (("mono", mono), ("stereo", np.stack([mono, 0.5 * mono], axis=1))):
+        sf.write(tmp_path / f"{name}.wav", wave, 16000)
+        recording = Recording.from_file(tmp_path / f"{name}.wav", recording_id=name)
+        channels = recording.channel_ids
+        supervision = SupervisionSegment(id=name, recording_id=name, start=0.0,
+                                         duration=recording.duration, text="GREEN DOOR",
+                                         channel=channels if len(channels) > 1 else 0)
+        kind = MultiCut if len(channels) > 1 else MonoCut
+        cuts.append(kind(id=name, start=0.0, duration=recording.duration,
+                         channel=channels if len(channels) > 1 else 0, recording=recording,
+                         supervisions=[supervision]))
+    cuts.append(cuts[0].with_id("silent").drop_supervisions())
+    for part, members, message in (
+            ("stereo", cuts[:2], "1 cuts hold several audio channels, e.g. cut 'stereo' with 2"),
+            ("unsupervised", [cuts[0], cuts[2]],
+             "1 cuts of unsupervised have no supervision (nothing to transcribe), e.g. cut "
+             "'silent'")):
+        CutSet.from_cuts(members).to_file(tmp_path / f"librispeech_cuts_{part}.jsonl.gz")
+        caplog.clear()
+        assert main(["decode-onnx", "--onnx-dir", str(exports["transducer"]), "--manifest-dir",
+                     str(tmp_path), "--parts", part, "--output-dir",
+                     str(tmp_path / "out")]) == 2, part
+        assert message in caplog.text, caplog.text
+        assert not list((tmp_path / "out").glob("recogs-*"))
+
+
+def test_decode_onnx_checks_the_hotwords_as_asr_decode_does(tmp_path, caplog):
+    """sherpa-onnx stopped at a bad ``:SCORE`` with a bare 'stof', and of a lower-case phrase
+    for an upper-case model kept the pieces it found, boosting another phrase than the one
+    written, without a word; ``asr decode`` refuses both. decode-onnx now does too, naming the
+    file and the phrase, and still loads a good list."""
+    from asr.export import export_onnx
+    from asr.export.sherpa_decode import load_recognizer
+    from asr.package import export_package
+    from asr.testing.packages import random_experiment
+
+    export_package(random_experiment(tmp_path, head="transducer", bpe_vocab_size=30),
+                   tmp_path / "package")
+    out = tmp_path / "onnx"
+    export_onnx(tmp_path / "package", out)
+    hotwords = tmp_path / "hotwords.txt"
+    search = {"decoding_method": "modified_beam_search", "hotwords_file": hotwords}
+    for text, message in (("GREEN DOOR :2x\n", "bad score ':2x'"),
+                          ("SEVEN APPLES\ngreen door\n", "hotword 'green door' has characters "
+                           "no piece of the model has: 'degnor'")):
+        hotwords.write_text(text)
+        with pytest.raises(ValueError, match="hotwords file") as err:
+            load_recognizer(out, **search)
+        assert message in str(err.value) and str(hotwords) in str(err.value)
+    caplog.clear()
+    assert main(["decode-onnx", "--onnx-dir", str(out), "--manifest-dir", str(tmp_path),
+                 "--decoding-method", "modified_beam_search", "--hotwords-file",
+                 str(hotwords)]) == 2
+    assert "hotword 'green door'" in caplog.text
+    hotwords.write_text("GREEN DOOR :2\nSEVEN APPLES\n")
+    assert load_recognizer(out, **search).layout == "transducer"
