@@ -10,6 +10,7 @@ text of decoding it offline.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import re
@@ -17,6 +18,7 @@ import shutil
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -112,6 +114,29 @@ def _open_page(url: str, tmp_path, *flags: str) -> subprocess.Popen:
     )
 
 
+@contextlib.contextmanager
+def _fake_microphone_page(http_url: str, tmp_path, fake_mic) -> Iterator[DevTools]:
+    """The microphone page in Chromium, started at once, capturing the wav ``fake_mic`` once
+    through; yields its DevTools and stops Chromium after."""
+    proc = _open_page(
+        f"{http_url}/?autostart=1",
+        tmp_path,
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={fake_mic}%noloop",
+    )
+    try:
+        with connect(_page_socket(_devtools_port(proc)), max_size=None, open_timeout=10) as ws:
+            yield DevTools(ws)
+    finally:
+        stop_process(proc)
+
+
+def _status(devtools: DevTools) -> str:
+    """The page's status line."""
+    return devtools.evaluate("document.getElementById('status').textContent") or ""
+
+
 class RecordingRecognizer:
     """A recognizer that keeps a copy of the audio the server hands it: ``(rate, samples)``."""
 
@@ -147,42 +172,30 @@ def test_microphone_page_in_headless_chromium(engine, recognizer, offline_text, 
     soundfile.write(fake_mic, wave, rate, subtype="PCM_16")
     recording = RecordingRecognizer(recognizer)
     with BackgroundServer(recording, ServerConfig(port=0)) as background:
-        proc = _open_page(
-            f"{background.http_url}/?autostart=1",
-            tmp_path,
-            "--use-fake-ui-for-media-stream",
-            "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-audio-capture={fake_mic}%noloop",
-        )
-        try:
-            with connect(_page_socket(_devtools_port(proc)), max_size=None,
-                         open_timeout=10) as ws:
-                devtools = DevTools(ws)
+        with _fake_microphone_page(background.http_url, tmp_path, fake_mic) as devtools:
 
-                def status() -> str:
-                    return devtools.evaluate("document.getElementById('status').textContent") or ""
+            def status() -> str:
+                return _status(devtools)
 
-                def finals() -> list[str]:
-                    return devtools.evaluate(
-                        "Array.from(document.querySelectorAll('#segments p.final'))"
-                        ".map(p => p.textContent)"
-                    ) or []
+            def finals() -> list[str]:
+                return devtools.evaluate(
+                    "Array.from(document.querySelectorAll('#segments p.final'))"
+                    ".map(p => p.textContent)"
+                ) or []
 
-                # the speech ends 2 s before the file does: its final (an endpoint) comes first
-                deadline = time.monotonic() + 30.0
-                while time.monotonic() < deadline and not finals():
-                    if status().startswith(("error", "disconnected", "server error")):
-                        break
-                    time.sleep(0.25)
-                recording_status = status()
-                devtools.evaluate("document.getElementById('stop').click()")
-                deadline = time.monotonic() + 10.0
-                while time.monotonic() < deadline and not status().startswith("disconnected"):
-                    time.sleep(0.1)
-                assert status().startswith("disconnected (1000"), status()
-                shown = finals()
-        finally:
-            stop_process(proc)
+            # the speech ends 2 s before the file does: its final (an endpoint) comes first
+            deadline = time.monotonic() + 30.0
+            while time.monotonic() < deadline and not finals():
+                if status().startswith(("error", "disconnected", "server error")):
+                    break
+                time.sleep(0.25)
+            recording_status = status()
+            devtools.evaluate("document.getElementById('stop').click()")
+            deadline = time.monotonic() + 10.0
+            while time.monotonic() < deadline and not status().startswith("disconnected"):
+                time.sleep(0.1)
+            assert status().startswith("disconnected (1000"), status()
+            shown = finals()
     assert re.fullmatch(r"recording \(\d+ Hz -> 16000 Hz\)", recording_status), recording_status
     assert {r for r, _ in recording.chunks} == {16000}
     received = np.concatenate([c for _, c in recording.chunks])
@@ -236,26 +249,14 @@ def test_the_page_keeps_the_servers_error_when_the_connection_closes(
                     speech[2].sample_rate, subtype="PCM_16")
     config = ServerConfig(port=0, max_session_seconds=0.5)
     with BackgroundServer(recognizer, config) as background:
-        proc = _open_page(
-            f"{background.http_url}/?autostart=1",
-            tmp_path,
-            "--use-fake-ui-for-media-stream",
-            "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-audio-capture={fake_mic}%noloop",
-        )
-        try:
-            with connect(_page_socket(_devtools_port(proc)), max_size=None,
-                         open_timeout=10) as ws:
-                devtools = DevTools(ws)
+        with _fake_microphone_page(background.http_url, tmp_path, fake_mic) as devtools:
 
-                def status() -> str:
-                    return devtools.evaluate("document.getElementById('status').textContent") or ""
+            def status() -> str:
+                return _status(devtools)
 
-                deadline = time.monotonic() + 30.0
-                while time.monotonic() < deadline and not status().startswith("disconnected"):
-                    time.sleep(0.1)
-                shown = status()
-        finally:
-            stop_process(proc)
+            deadline = time.monotonic() + 30.0
+            while time.monotonic() < deadline and not status().startswith("disconnected"):
+                time.sleep(0.1)
+            shown = status()
     assert shown == ("disconnected (1008: server error: more than 0.5 s of audio in one "
                      "connection)"), shown
