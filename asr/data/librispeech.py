@@ -372,12 +372,20 @@ def check_test_parts(manifest_dir: str | Path, parts: Sequence[str]) -> dict[str
 
 def load_test_part(manifest_dir: str | Path, part: str) -> CutSet:
     """The cuts of the test set ``<manifest_dir>/librispeech_cuts_<part>.jsonl.gz``, eager, each
-    id once (:func:`asr.data.cut_ids.load_eval_cuts`: one read of the manifest).
+    id once (:func:`asr.data.cut_ids.load_eval_cuts`: one read of the manifest), each with a
+    supervision (a cut without one has no reference: scored against an empty one, its words
+    would all count as insertions).
 
     Raises:
-        FileNotFoundError / DuplicateIdError / ValueError: as ``load_eval_cuts``.
+        FileNotFoundError / DuplicateIdError / ValueError: as ``load_eval_cuts``; ValueError
+            naming how many cuts have no supervision and the first.
     """
-    return load_eval_cuts(manifest_dir, [cuts_path(manifest_dir, part).name])
+    cuts = load_eval_cuts(manifest_dir, [cuts_path(manifest_dir, part).name])
+    unsupervised = [cut.id for cut in cuts if not cut.supervisions]
+    if unsupervised:
+        raise ValueError(f"{len(unsupervised)} cuts of {part} have no supervision (nothing to "
+                         f"transcribe), e.g. cut {unsupervised[0]!r}")
+    return cuts
 
 
 def write_shuffled_cuts(inputs: Sequence[str | Path], output: str | Path, seed: int = 42) -> int:

@@ -108,6 +108,24 @@ def test_each_test_set_is_read_once(trained, tiny_corpus, tmp_path, monkeypatch)
             assert len(recogs.read_text().splitlines()) == 2 * 4  # every cut, once
 
 
+def test_a_test_cut_without_a_supervision_is_refused_before_any_part_is_written(
+        trained, tiny_corpus, tmp_path, caplog):
+    """A cut without a supervision has no reference: asr decode failed inside the dataset with a
+    traceback. Now exit 2 naming the part and the cut (as decode-onnx does), nothing written."""
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    test_set = manifests / f"librispeech_cuts_{PART}.jsonl.gz"
+    lines = gzip.open(tiny_corpus / "fbank" / test_set.name, "rb").readlines()
+    bare = {**json.loads(lines[0]), "id": "bare", "supervisions": []}
+    with gzip.open(test_set, "wb") as f:
+        f.writelines([*lines, (json.dumps(bare) + "\n").encode()])
+    assert _decode(trained, "--searcher", "ctc_greedy", "--tag", "bare", "--manifest-dir",
+                   str(manifests)) == 2
+    assert (f"1 cuts of {PART} have no supervision (nothing to transcribe), e.g. cut 'bare'"
+            in caplog.text)
+    assert not (trained / "ctc_greedy-bare").exists()
+
+
 def _swapped_tokenizer(tiny_corpus, directory):
     """The tiny corpus' tokenizer with the pieces of ids 4 and 5 swapped: as many pieces, the
     same parameter shapes, other meanings; returns the pieces."""
