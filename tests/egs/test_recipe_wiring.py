@@ -641,6 +641,22 @@ def test_stage_0_extracts_musan_whole_or_not_at_all(stub, tmp_path):
     assert _tree(dl_dir / "musan") == {k.removeprefix("musan/"): v for k, v in files.items()}
 
 
+def test_run_sh_passes_the_musan_mirror_to_prepare_sh(stub, tmp_path):
+    """run.sh --download-musan true had no --musan-url (an unknown option): a run.sh user could
+    not name a mirror."""
+    run, calls = stub
+    dl_dir = tmp_path / "dl dir"
+    for part in ("dev-clean", "dev-other", "test-clean", "test-other", "train-clean-100"):
+        (dl_dir / "LibriSpeech" / part).mkdir(parents=True)
+    mirror = "https://us.openslr.org/resources/17/musan.tar.gz"
+    result = run(RUN, "--work-dir", str(tmp_path / "work"), "--dl-dir", str(dl_dir),
+                 "--full-libri", "false", "--stop-stage", "0", "--download-musan", "true",
+                 "--musan-url", mirror)
+    assert result.returncode == 0, result.stderr
+    (download,) = [c for c in calls(everything=True) if c[0] == "python"]
+    assert download[1:] == ["-", str(dl_dir), mirror]
+
+
 def test_mini_tts_stage_5_averages_the_checkpoints_a_short_run_left(stub, tmp_path):
     """The time budget decides how many checkpoints training leaves: on a busy machine a run
     left one, and `asr average --last 2` failed the job at stage 5. Fewer than --avg are all

@@ -36,6 +36,7 @@ full_libri=true
 num_jobs=4
 vocab_size=500
 download_musan=false
+musan_url=https://www.openslr.org/resources/17/musan.tar.gz  # stage 0 with --download-musan true
 lm_order=4                     # token n-gram LM (prepare.sh stage 5)
 word_lm_order=3                # word n-gram LM (prepare.sh stage 5)
 lm_text=()                     # their training texts, one --lm-text each (prepare.sh --lm-text);
@@ -58,8 +59,8 @@ skip_setup=false
 use_shar=false                 # true: train from Lhotse Shar shards of the training cuts
 
 usage="Usage: $0 [--stage N] [--stop-stage N] [--dl-dir DIR] [--full-libri true|false]
-  [--num-jobs N] [--vocab-size N] [--download-musan true|false] [--lm-order N] [--word-lm-order N]
-  [--lm-text F]... [--lm-unit none|token|word] [--lm-weight W] [--recipe NAME] [--nproc N]
+  [--num-jobs N] [--vocab-size N] [--download-musan true|false] [--musan-url URL]
+  [--lm-order N] [--word-lm-order N] [--lm-text F]... [--lm-unit none|token|word] [--lm-weight W] [--recipe NAME] [--nproc N]
   [--epoch E] [--avg N] [--use-averaged-model true|false] [--searchers \"A B\"|all]
   [--test-parts \"P Q\"] [--train-args \"...\"] [--decode-args \"...\"] [--work-dir DIR] [--skip-setup true|false]
   [--use-shar true|false]
@@ -142,7 +143,8 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 0 ]; then
   for text in "${lm_text[@]}"; do lm_text_args+=(--lm-text "$text"); done
   bash "$HERE/prepare.sh" --work-dir "$work_dir" --stage "$stage" --stop-stage "$(( stop_stage < 5 ? stop_stage : 5 ))" \
     --dl-dir "$dl_dir" --full-libri "$full_libri" --num-jobs "$num_jobs" \
-    --vocab-size "$vocab_size" --download-musan "$download_musan" --skip-setup true \
+    --vocab-size "$vocab_size" --download-musan "$download_musan" --musan-url "$musan_url" \
+    --skip-setup true \
     --lm-order "$lm_order" --word-lm-order "$word_lm_order" "${lm_text_args[@]}"
 fi
 # what stage 8 writes and stage 9 packages: the weights of exactly these --epoch/--avg/
