@@ -60,7 +60,7 @@ def check_arguments(
     config: Path,
     train_overrides: Sequence[str] = (),
     prepared_parts: Collection[str] = (),
-    manifests_exist: bool = False,
+    data_ready: bool = False,
 ) -> None:
     """Checks an ``asr decode`` command line before the experiment it decodes is trained: what
     a recipe script will decode with, checked before its first stage (``asr train --check-only
@@ -75,8 +75,8 @@ def check_arguments(
     without a GPU, ``cuda:N`` past this machine's GPUs) and its ``--num-threads`` checked
     (:func:`asr.cli.options.check_num_threads`), on this machine, where the recipe decodes.
     Its test sets (``--parts`` in ``--manifest-dir``, default the config's
-    ``data.manifest_dir``) are checked as far as they are known before the recipe's data
-    stages ran: see ``prepared_parts`` and ``manifests_exist``.
+    ``data.manifest_dir``) and its ``search.lm_path`` are checked as far as they are known
+    before the recipe's data stages ran: see ``prepared_parts`` and ``data_ready``.
 
     Args:
         argv: the ``asr decode`` arguments.
@@ -85,16 +85,17 @@ def check_arguments(
         train_overrides: the ``--set`` of training, applied before the line's own ``--set``.
         prepared_parts: the test sets the recipe's data stages will write into
             ``data.manifest_dir`` (empty: not known). A line without ``--manifest-dir`` of
-            its own may decode only these, unless ``manifests_exist``.
-        manifests_exist: the test sets exist already (the recipe starts after its data
-            stages): the manifest directory must hold each part's
-            ``librispeech_cuts_<part>.jsonl.gz``.
+            its own may decode only these, unless ``data_ready``.
+        data_ready: the recipe's data stages ran already (it starts after them): the
+            manifest directory must hold each part's ``librispeech_cuts_<part>.jsonl.gz``,
+            and the n-gram LM ``search.lm_path`` (where set) must exist.
 
     Raises:
         ValueError: for an option the command does not have or a bad value (argparse's
-            message, or one naming ``--device`` / ``--num-threads`` / ``--epoch`` / ``--parts`` /
-            ``--manifest-dir``), an inconsistent weight selection, a bad ``--set`` key or
-            value (ConfigError), or searchers the heads do not have.
+            message, or one naming ``--device`` / ``--num-threads`` / ``--epoch`` /
+            ``--parts`` / ``--manifest-dir`` / ``search.lm_path``), an inconsistent weight
+            selection, a bad ``--set`` key or value (ConfigError), or searchers the heads do
+            not have.
     """
     parser = _RaisingParser(prog="asr decode", add_help=False)
     add_arguments(parser)
@@ -111,16 +112,18 @@ def check_arguments(
         raise ValueError(f"argument --epoch: {args.epoch} is past train.max_epochs "
                          f"{cfg.train.max_epochs}: training writes no epoch-{args.epoch}.pt")
     _check_test_sets(args.parts, args.manifest_dir, Path(cfg.data.manifest_dir), prepared_parts,
-                     manifests_exist)
+                     data_ready)
+    if data_ready and cfg.search.lm_path is not None and not Path(cfg.search.lm_path).is_file():
+        raise ValueError(f"search.lm_path: no file {cfg.search.lm_path}")
 
 
 def _check_test_sets(parts: Sequence[str], manifest_dir: Path | None, prepared_dir: Path,
-                     prepared_parts: Collection[str], manifests_exist: bool) -> None:
+                     prepared_parts: Collection[str], data_ready: bool) -> None:
     """:func:`check_arguments`' check of ``--parts`` in ``manifest_dir`` (None: the recipe's
     ``prepared_dir``, which its data stages fill with ``prepared_parts``)."""
     directory = prepared_dir if manifest_dir is None else manifest_dir
     option = "data.manifest_dir" if manifest_dir is None else "argument --manifest-dir"
-    if manifests_exist:
+    if data_ready:
         if not directory.is_dir():
             raise ValueError(f"{option}: no directory {directory}")
         missing = [str(cuts_path(directory, part)) for part in parts

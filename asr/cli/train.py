@@ -27,8 +27,8 @@ hotwords, with ``--decode-arg`` an ``asr decode`` command line against this conf
 (:func:`asr.cli.decode_options.check_arguments`: its own parser, its ``--set``, its searchers,
 its ``--device`` on this machine, its ``--num-threads`` and its ``--epoch`` against
 ``train.max_epochs``; with ``--decode-prepared-parts`` its
-``--parts`` against the test sets the recipe prepares, with ``--decode-manifests-exist`` that
-their manifests are there), and
+``--parts`` against the test sets the recipe prepares, with ``--decode-data-ready`` that
+their manifests and its ``search.lm_path`` are there), and
 ``--check-only`` stops there (exit 0 when it fits): the recipe scripts check a recipe, their
 ``--train-args`` and their decoding options that way before their first stage.
 
@@ -102,12 +102,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the test sets a recipe's data stages will write into "
                              "data.manifest_dir: a --decode-arg line without --manifest-dir of "
                              "its own may decode only these --parts (but with "
-                             "--decode-manifests-exist); exit 2 otherwise (default: any)")
-    parser.add_argument("--decode-manifests-exist", action="store_true",
-                        help="the --decode-arg line's test sets exist already (a recipe that "
-                             "starts after its data stages): its --manifest-dir (default "
+                             "--decode-data-ready); exit 2 otherwise (default: any)")
+    parser.add_argument("--decode-data-ready", action="store_true",
+                        help="the data of the --decode-arg line exists already (a recipe "
+                             "that starts after its data stages): its --manifest-dir (default "
                              "data.manifest_dir) must hold librispeech_cuts_<part>.jsonl.gz of "
-                             "each --parts; exit 2 otherwise")
+                             "each --parts, and its search.lm_path must exist; exit 2 otherwise")
     parser.add_argument("--check-only", action="store_true",
                         help="check the config (with --set and --searchers) and exit: 0 when it "
                              "fits, 2 naming what does not; reads no data and writes nothing")
@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.decode_args:
             check_decode_arguments(args.decode_args, args.exp_dir, args.config, args.overrides,
-                                   args.decode_prepared_parts, args.decode_manifests_exist)
+                                   args.decode_prepared_parts, args.decode_data_ready)
     except ValueError as err:
         logger.error("asr train: --decode-arg: asr decode %s: %s", shlex.join(args.decode_args),
                      err)

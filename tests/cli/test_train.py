@@ -344,7 +344,7 @@ def test_decode_test_sets_are_checked_as_far_as_known_before_training(tmp_path, 
     """``--parts`` / ``--manifest-dir`` of a decode line were checked by the decode only, after
     training. Before the data stages the part names are checked against those the recipe
     prepares (a ``--manifest-dir`` of the user's own may hold others); once the data is
-    prepared, their manifests."""
+    prepared, their manifests and the LM."""
     monkeypatch.chdir(tmp_path)
     recipe = Path(__file__).resolve().parents[2] / "recipes/librispeech/conformer_transducer.yaml"
     base = ["train", "--config", str(recipe), "--exp-dir", "exp", "--check-only",
@@ -365,13 +365,17 @@ def test_decode_test_sets_are_checked_as_far_as_known_before_training(tmp_path, 
     own = ["--decode-arg=--manifest-dir", "--decode-arg=mine"]
     assert check(*parts, *own) == ""  # the user's own test sets: not known before they exist
     assert "argument --manifest-dir: no directory mine" in check(*parts, *own,
-                                                                 "--decode-manifests-exist")
+                                                                 "--decode-data-ready")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "librispeech_cuts_test-other.jsonl.gz").write_bytes(b"")
     assert "argument --parts: no test set mine/librispeech_cuts_test-clena.jsonl.gz (in " \
-           "argument --manifest-dir mine)" in check(*parts, *own, "--decode-manifests-exist")
-    assert check(*parts[:2], *own, "--decode-manifests-exist") == ""
-    assert "data.manifest_dir: no directory data/fbank" in check("--decode-manifests-exist")
+           "argument --manifest-dir mine)" in check(*parts, *own, "--decode-data-ready")
+    assert check(*parts[:2], *own, "--decode-data-ready") == ""
+    assert "data.manifest_dir: no directory data/fbank" in check("--decode-data-ready")
+    lm = ["--decode-arg=--set", "--decode-arg=search.lm_path=token_3gram.arpa"]
+    assert check(*parts[:2], *own, *lm) == ""  # stage 5 will make it
+    assert "search.lm_path: no file token_3gram.arpa" in check(*parts[:2], *own, *lm,
+                                                                "--decode-data-ready")
     assert not (tmp_path / "exp").exists()
 
 

@@ -151,7 +151,9 @@ def test_searchers_and_train_args_are_checked_before_the_first_stage(stub, tmp_p
         assert "stage 0" not in result.stderr and "stage 4" not in result.stderr
         assert not (tmp_path / "work" / "exp").exists()
     if script is RUN:  # the default options pass; stage 6 then fails (no training data)
-        _prepared_test_sets(tmp_path / "work")  # what stage 7 would decode
+        _prepared_test_sets(tmp_path / "work")  # what stage 7 would decode, with the LM
+        (tmp_path / "work" / "data" / "lang_bpe_500").mkdir()
+        (tmp_path / "work" / "data" / "lang_bpe_500" / "token_4gram.arpa").write_text("")
         result = run(RUN, "--work-dir", work, "--stage", "6", "--stop-stage", "7", "--lm-unit",
                      "token", env=REAL)
         assert "nothing was run" not in result.stderr and "stage 6: train" in result.stderr
@@ -730,12 +732,13 @@ def _prepared_test_sets(work: Path) -> None:
     ("--parts dev-clean test-clena", "argument --parts: no test set "
                                      "data/fbank/librispeech_cuts_test-clena.jsonl.gz"),
     ("--manifest-dir 'no sets'", "argument --manifest-dir: no directory no sets"),
+    ("--set search.lm_path=lms/4gram.arpa", "search.lm_path: no file lms/4gram.arpa"),
     ("--manifest-dir 'my sets' --parts mine", None),
 ])
 def test_decode_test_sets_are_checked_when_the_run_starts_on_prepared_data(stub, tmp_path,
                                                                            decode_args, message):
-    """--parts / --manifest-dir of --decode-args were checked by stage 7 only, after training:
-    from stage 6 on the data is prepared, so their manifests must be there now."""
+    """--parts / --manifest-dir of --decode-args (and an LM) were checked by stage 7 only, after
+    training: from stage 6 on the data is prepared, so their files must be there now."""
     run, calls = stub
     work = tmp_path / "work"
     _prepared_test_sets(work)

@@ -127,13 +127,13 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
   # one the recipe's heads lack, a bad value), before the data preparation; stage 7 alone checks
   # them against the trained model at once. Its test sets: before the data stages, --parts of
   # --decode-args among those prepare.sh makes (but in a --manifest-dir of the user's own);
-  # from stage 6 on, their manifests there.
+  # from stage 6 on, their manifests there, and the LM of --lm-unit.
   check=(--set "tokenizer_dir=data/lang_bpe_${vocab_size}")
   if [ $stop_stage -ge 7 ]; then
     for arg in "${decode_line[@]}"; do check+=("--decode-arg=$arg"); done
     # shellcheck disable=SC2046  # the part names: words without spaces
     check+=(--decode-prepared-parts $(librispeech_eval_parts))
-    [ $stage -ge 6 ] && check+=(--decode-manifests-exist)
+    [ $stage -ge 6 ] && check+=(--decode-data-ready)
   fi
   check_recipe "--train-args / --searchers / LM options / --decode-args" "${check[@]}"
 fi
