@@ -6,7 +6,7 @@ before the experiment it decodes is trained (:func:`check_arguments`), which ``a
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -19,6 +19,7 @@ from asr.cli.options import (
     selection_from_args,
 )
 from asr.config import load_config
+from asr.data.librispeech import cuts_path
 from asr.decoding.registry import select_searchers
 from asr.experiment import ExperimentConfig
 
@@ -54,7 +55,12 @@ class _RaisingParser(argparse.ArgumentParser):
 
 
 def check_arguments(
-    argv: Sequence[str], exp_dir: Path, config: Path, train_overrides: Sequence[str] = ()
+    argv: Sequence[str],
+    exp_dir: Path,
+    config: Path,
+    train_overrides: Sequence[str] = (),
+    prepared_parts: Collection[str] = (),
+    data_ready: bool = False,
 ) -> None:
     """Checks an ``asr decode`` command line before the experiment it decodes is trained: what
     a recipe script will decode with, checked before its first stage (``asr train --check-only
@@ -62,15 +68,32 @@ def check_arguments(
 
     The line (``--exp-dir`` may be left out: ``exp_dir``) is parsed by the command's own parser,
     its weight selection checked, its ``--set`` applied to the recipe ``config`` after
-    ``train_overrides`` (as they will be applied to the trained experiment's config) and its
+    ``train_overrides`` (as they will be applied to the trained experiment's config), its
+    ``--epoch`` checked to be one that training writes (not past ``train.max_epochs``) and its
     ``--searcher`` selected for that config's heads. Its ``--device`` is resolved by the rule
     the decode applies (:func:`asr.device.resolve_device`: a name torch does not know, CUDA
     without a GPU, ``cuda:N`` past this machine's GPUs) and its ``--num-threads`` checked
     (:func:`asr.cli.options.check_num_threads`), on this machine, where the recipe decodes.
+    Its test sets (``--parts`` in ``--manifest-dir``, default the config's
+    ``data.manifest_dir``) and its ``search.lm_path`` are checked as far as they are known
+    before the recipe's data stages ran: see ``prepared_parts`` and ``data_ready``.
+
+    Args:
+        argv: the ``asr decode`` arguments.
+        exp_dir: the experiment directory the recipe trains.
+        config: the recipe YAML.
+        train_overrides: the ``--set`` of training, applied before the line's own ``--set``.
+        prepared_parts: the test sets the recipe's data stages will write into
+            ``data.manifest_dir`` (empty: not known). A line without ``--manifest-dir`` of
+            its own may decode only these, unless ``data_ready``.
+        data_ready: the recipe's data stages ran already (it starts after them): the
+            manifest directory must hold each part's ``librispeech_cuts_<part>.jsonl.gz``,
+            and the n-gram LM ``search.lm_path`` (where set) must exist.
 
     Raises:
         ValueError: for an option the command does not have or a bad value (argparse's
-            message, or one naming ``--device`` / ``--num-threads``), an inconsistent weight
+            message, or one naming ``--device`` / ``--num-threads`` / ``--epoch`` /
+            ``--parts`` / ``--manifest-dir`` / ``search.lm_path``), an inconsistent weight
             selection, a bad ``--set`` key or value (ConfigError), or searchers the heads do
             not have.
     """
@@ -82,3 +105,33 @@ def check_arguments(
     selection_from_args(args, check_dir=False)
     cfg = load_config(ExperimentConfig, config, [*train_overrides, *args.overrides])
     select_searchers(args.searchers, cfg.heads)
+    if args.epoch is not None and args.epoch > cfg.train.max_epochs:
+        raise ValueError(f"argument --epoch: {args.epoch} is past train.max_epochs "
+                         f"{cfg.train.max_epochs}: training writes no epoch-{args.epoch}.pt")
+    _check_test_sets(args.parts, args.manifest_dir, Path(cfg.data.manifest_dir), prepared_parts,
+                     data_ready)
+    if data_ready and cfg.search.lm_path is not None and not Path(cfg.search.lm_path).is_file():
+        raise ValueError(f"search.lm_path: no file {cfg.search.lm_path}")
+
+
+def _check_test_sets(parts: Sequence[str], manifest_dir: Path | None, prepared_dir: Path,
+                     prepared_parts: Collection[str], data_ready: bool) -> None:
+    """:func:`check_arguments`' check of ``--parts`` in ``manifest_dir`` (None: the recipe's
+    ``prepared_dir``, which its data stages fill with ``prepared_parts``)."""
+    directory = prepared_dir if manifest_dir is None else manifest_dir
+    option = "data.manifest_dir" if manifest_dir is None else "argument --manifest-dir"
+    if data_ready:
+        if not directory.is_dir():
+            raise ValueError(f"{option}: no directory {directory}")
+        missing = [str(cuts_path(directory, part)) for part in parts
+                   if not cuts_path(directory, part).is_file()]
+        if missing:
+            raise ValueError(f"argument --parts: no test set {', '.join(missing)} (in {option} "
+                             f"{directory})")
+    elif prepared_parts and manifest_dir is None:
+        unknown = [part for part in parts if part not in prepared_parts]
+        if unknown:
+            raise ValueError(
+                f"argument --parts: {', '.join(unknown)}: not among the test sets the recipe "
+                f"prepares in {prepared_dir} ({', '.join(prepared_parts)}); give --manifest-dir "
+                f"for test sets of your own")

@@ -25,7 +25,10 @@ The configuration is checked before anything is read or written (exit 2 naming t
 :func:`asr.decoding.registry.select_searchers`), with ``--biasing-searchers`` also that those take
 hotwords, with ``--decode-arg`` an ``asr decode`` command line against this config
 (:func:`asr.cli.decode_options.check_arguments`: its own parser, its ``--set``, its searchers,
-its ``--device`` on this machine and its ``--num-threads``), and
+its ``--device`` on this machine, its ``--num-threads`` and its ``--epoch`` against
+``train.max_epochs``; with ``--decode-prepared-parts`` its
+``--parts`` against the test sets the recipe prepares, with ``--decode-data-ready`` that
+their manifests and its ``search.lm_path`` are there), and
 ``--check-only`` stops there (exit 0 when it fits): the recipe scripts check a recipe, their
 ``--train-args`` and their decoding options that way before their first stage.
 
@@ -93,7 +96,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--decode-arg=--set for one that starts with -; --exp-dir is this "
                              "one): parsed by asr decode's own parser, its --set applied after "
                              "this --set, its --searcher selected for the heads, its --device "
-                             "resolved on this machine; exit 2 otherwise (default: none)")
+                             "resolved on this machine, its --epoch not past train.max_epochs; "
+                             "exit 2 otherwise (default: none)")
+    parser.add_argument("--decode-prepared-parts", nargs="+", default=[], metavar="PART",
+                        help="the test sets a recipe's data stages will write into "
+                             "data.manifest_dir: a --decode-arg line without --manifest-dir of "
+                             "its own may decode only these --parts (but with "
+                             "--decode-data-ready); exit 2 otherwise (default: any)")
+    parser.add_argument("--decode-data-ready", action="store_true",
+                        help="the data of the --decode-arg line exists already (a recipe "
+                             "that starts after its data stages): its --manifest-dir (default "
+                             "data.manifest_dir) must hold librispeech_cuts_<part>.jsonl.gz of "
+                             "each --parts, and its search.lm_path must exist; exit 2 otherwise")
     parser.add_argument("--check-only", action="store_true",
                         help="check the config (with --set and --searchers) and exit: 0 when it "
                              "fits, 2 naming what does not; reads no data and writes nothing")
@@ -151,7 +165,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.decode_args:
-            check_decode_arguments(args.decode_args, args.exp_dir, args.config, args.overrides)
+            check_decode_arguments(args.decode_args, args.exp_dir, args.config, args.overrides,
+                                   args.decode_prepared_parts, args.decode_data_ready)
     except ValueError as err:
         logger.error("asr train: --decode-arg: asr decode %s: %s", shlex.join(args.decode_args),
                      err)

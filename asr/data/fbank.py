@@ -156,9 +156,9 @@ def compute_fbank_for_parts(
         prefix: manifest name prefix.
         overwrite: recompute parts whose output cuts already exist. Otherwise such a part is
             skipped while its output holds exactly the cut ids its input gives (with the speed
-            copies when it is in ``perturb_parts``), and recomputed with a warning when not: the
-            input manifest changed since, speed perturbation was switched, or a kill cut the
-            output short.
+            copies when it is in ``perturb_parts``) with the same transcripts, and recomputed
+            with a warning when not: the input manifest changed since (cuts, or a corrected
+            transcript), speed perturbation was switched, or a kill cut the output short.
 
     Returns:
         part -> path of its cuts with features.
@@ -250,19 +250,31 @@ def _relocated(cuts, written: Path, final: Path):
 def _stale_reason(src: Path, dst: Path, perturbed: bool) -> str | None:
     """Why the stored cuts ``dst`` are not those of the input ``src`` (None: they are, or there
     is no input left to compare with). Compares cut ids: ``src``'s, and with ``perturbed`` also
-    their speed copies (lhotse's ``<id>_sp<factor>``)."""
+    their speed copies (lhotse's ``<id>_sp<factor>``), and each cut's transcripts (a corrected
+    transcript, which stage 1 takes into ``src``, would leave the stored references stale)."""
     from lhotse.serialization import load_jsonl
 
     if not src.is_file():
         return None
     try:
-        stored = [record["id"] for record in load_jsonl(dst)]
+        stored = [(record["id"], _texts(record)) for record in load_jsonl(dst)]
     except (OSError, EOFError, ValueError, KeyError) as err:
         return f"is unreadable ({type(err).__name__})"
-    ids = [record["id"] for record in load_jsonl(src)]
+    wanted = [(record["id"], _texts(record)) for record in load_jsonl(src)]
     if perturbed:
-        ids += [f"{cut_id}_sp{factor}" for factor in SPEED_FACTORS for cut_id in ids]
-    if set(stored) == set(ids) and len(stored) == len(ids):
-        return None
-    return (f"holds {len(stored)} cuts, not the {len(ids)} of {src}"
-            f"{' with speed copies' if perturbed else ''}")
+        wanted += [(f"{cut_id}_sp{factor}", texts) for factor in SPEED_FACTORS
+                   for cut_id, texts in wanted]
+    copies = " with speed copies" if perturbed else ""
+    if {i for i, _ in stored} != {i for i, _ in wanted} or len(stored) != len(wanted):
+        return f"holds {len(stored)} cuts, not the {len(wanted)} of {src}{copies}"
+    changed = set(stored) ^ set(wanted)
+    if changed:
+        example = min(cut_id for cut_id, _ in changed)
+        return (f"holds other transcripts than {src}{copies} "
+                f"({len(changed) // 2} cut(s), e.g. {example})")
+    return None
+
+
+def _texts(record: dict) -> tuple[str | None, ...]:
+    """The transcripts of a cut manifest's record, one per supervision."""
+    return tuple(sup.get("text") for sup in record.get("supervisions", []))

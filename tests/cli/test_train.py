@@ -337,3 +337,56 @@ def test_a_decode_device_this_machine_lacks_is_refused_before_training(args, gpu
     fits += [["--device", f"cuda:{gpus - 1}"]] if gpus else []
     for arg in fits:
         assert main([*base, *[f"--decode-arg={a}" for a in arg]]) == 0, arg
+
+
+def test_decode_test_sets_are_checked_as_far_as_known_before_training(tmp_path, monkeypatch,
+                                                                      caplog):
+    """``--parts`` / ``--manifest-dir`` of a decode line were checked by the decode only, after
+    training. Before the data stages the part names are checked against those the recipe
+    prepares (a ``--manifest-dir`` of the user's own may hold others); once the data is
+    prepared, their manifests and the LM."""
+    monkeypatch.chdir(tmp_path)
+    recipe = Path(__file__).resolve().parents[2] / "recipes/librispeech/conformer_transducer.yaml"
+    base = ["train", "--config", str(recipe), "--exp-dir", "exp", "--check-only",
+            "--decode-arg=--searcher", "--decode-arg=greedy",
+            "--decode-prepared-parts", "test-clean", "test-other"]
+
+    def check(*args: str) -> str:
+        caplog.clear()
+        if main([*base, *args]) == 0:
+            return ""
+        (error,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        return error
+
+    parts = ["--decode-arg=--parts", "--decode-arg=test-other", "--decode-arg=test-clena"]
+    assert "argument --parts: test-clena: not among the test sets the recipe prepares in " \
+           "data/fbank (test-clean, test-other)" in check(*parts)
+    assert check(*parts[:2]) == ""
+    own = ["--decode-arg=--manifest-dir", "--decode-arg=mine"]
+    assert check(*parts, *own) == ""  # the user's own test sets: not known before they exist
+    assert "argument --manifest-dir: no directory mine" in check(*parts, *own,
+                                                                 "--decode-data-ready")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "librispeech_cuts_test-other.jsonl.gz").write_bytes(b"")
+    assert "argument --parts: no test set mine/librispeech_cuts_test-clena.jsonl.gz (in " \
+           "argument --manifest-dir mine)" in check(*parts, *own, "--decode-data-ready")
+    assert check(*parts[:2], *own, "--decode-data-ready") == ""
+    assert "data.manifest_dir: no directory data/fbank" in check("--decode-data-ready")
+    lm = ["--decode-arg=--set", "--decode-arg=search.lm_path=token_3gram.arpa"]
+    assert check(*parts[:2], *own, *lm) == ""  # stage 5 will make it
+    assert "search.lm_path: no file token_3gram.arpa" in check(*parts[:2], *own, *lm,
+                                                                "--decode-data-ready")
+    assert not (tmp_path / "exp").exists()
+
+
+def test_a_decode_epoch_past_training_is_refused_before_training(tmp_path, caplog):
+    """``run.sh --train-args "--set train.max_epochs=10"`` with the default ``--epoch 30``
+    trained ten epochs, then stage 7 failed on a missing epoch-30.pt."""
+    recipe = Path(__file__).resolve().parents[2] / "recipes/librispeech/conformer_transducer.yaml"
+    base = ["train", "--config", str(recipe), "--exp-dir", str(tmp_path / "exp"), "--check-only",
+            "--set", "train.max_epochs=10", "--decode-arg=--searcher", "--decode-arg=greedy",
+            "--decode-arg=--avg", "--decode-arg=2", "--decode-arg=--epoch"]
+    assert main([*base, "--decode-arg=30"]) == 2
+    assert "argument --epoch: 30 is past train.max_epochs 10: training writes no epoch-30.pt" \
+        in caplog.text
+    assert main([*base, "--decode-arg=10"]) == 0

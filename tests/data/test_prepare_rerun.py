@@ -186,3 +186,23 @@ def test_a_second_shuffle_into_one_output_is_refused(prepared, tmp_path, caplog)
         assert f"{out} is being written by another process" in caplog.text
         assert not out.exists()
     assert main(args) == 0 and out.is_file()
+
+
+def test_stored_features_follow_a_corrected_transcript(corpus, tmp_path, caplog):
+    """Stage 1 took a corrected transcript into its manifests, but the fbank stage kept the part
+    (the same cut ids): training and the test references kept the old text."""
+    corpus_dir, _ = corpus
+    part = "train-clean-5"
+    manifests, fbank = tmp_path / "manifests", tmp_path / "fbank"
+    prepare_manifests(corpus_dir, manifests, [part])
+    out = compute_fbank_for_parts(manifests, fbank, [part], perturb_parts=[part])[part]
+    trans = corpus_dir / part / "1001" / "10" / "1001-10.trans.txt"
+    old, new = trans.read_text().splitlines()[0].split(" ", 1)[1], "A CORRECTED LINE"
+    trans.write_text(trans.read_text().replace(old, new, 1))
+    prepare_manifests(corpus_dir, manifests, [part])
+    compute_fbank_for_parts(manifests, fbank, [part], perturb_parts=[part])
+    assert "holds other transcripts than" in caplog.text and "(3 cut(s), e.g. 1001-10-0000)" \
+        in caplog.text
+    texts = {c.id: c.supervisions[0].text for c in CutSet.from_file(out)}
+    assert [texts[f"1001-10-0000{s}"] for s in ("", "_sp0.9", "_sp1.1")] == [new] * 3
+    assert old not in texts.values()

@@ -150,7 +150,10 @@ def test_searchers_and_train_args_are_checked_before_the_first_stage(stub, tmp_p
         assert message in result.stderr and "nothing was run" in result.stderr
         assert "stage 0" not in result.stderr and "stage 4" not in result.stderr
         assert not (tmp_path / "work" / "exp").exists()
-    if script is RUN:  # the default options pass; stage 6 then fails (nothing was prepared)
+    if script is RUN:  # the default options pass; stage 6 then fails (no training data)
+        _prepared_test_sets(tmp_path / "work")  # what stage 7 would decode, with the LM
+        (tmp_path / "work" / "data" / "lang_bpe_500").mkdir()
+        (tmp_path / "work" / "data" / "lang_bpe_500" / "token_4gram.arpa").write_text("")
         result = run(RUN, "--work-dir", work, "--stage", "6", "--stop-stage", "7", "--lm-unit",
                      "token", env=REAL)
         assert "nothing was run" not in result.stderr and "stage 6: train" in result.stderr
@@ -640,6 +643,22 @@ def test_stage_0_extracts_musan_whole_or_not_at_all(stub, tmp_path):
     assert _tree(dl_dir / "musan") == {k.removeprefix("musan/"): v for k, v in files.items()}
 
 
+def test_run_sh_passes_the_musan_mirror_to_prepare_sh(stub, tmp_path):
+    """run.sh --download-musan true had no --musan-url (an unknown option): a run.sh user could
+    not name a mirror."""
+    run, calls = stub
+    dl_dir = tmp_path / "dl dir"
+    for part in ("dev-clean", "dev-other", "test-clean", "test-other", "train-clean-100"):
+        (dl_dir / "LibriSpeech" / part).mkdir(parents=True)
+    mirror = "https://us.openslr.org/resources/17/musan.tar.gz"
+    result = run(RUN, "--work-dir", str(tmp_path / "work"), "--dl-dir", str(dl_dir),
+                 "--full-libri", "false", "--stop-stage", "0", "--download-musan", "true",
+                 "--musan-url", mirror)
+    assert result.returncode == 0, result.stderr
+    (download,) = [c for c in calls(everything=True) if c[0] == "python"]
+    assert download[1:] == ["-", str(dl_dir), mirror]
+
+
 def test_mini_tts_stage_5_averages_the_checkpoints_a_short_run_left(stub, tmp_path):
     """The time budget decides how many checkpoints training leaves: on a busy machine a run
     left one, and `asr average --last 2` failed the job at stage 5. Fewer than --avg are all
@@ -672,6 +691,8 @@ def test_mini_tts_stage_5_averages_the_checkpoints_a_short_run_left(stub, tmp_pa
     ("--device gpu", "argument --device: device 'gpu': not a torch device"),
     ("--device cuda:99", "argument --device: device cuda:99: "),  # no GPU, or fewer
     ("--num-threads -1", "--num-threads must be >= 0, got -1"),
+    ("--parts test-clena", "argument --parts: test-clena: not among the test sets the recipe "
+                           "prepares in data/fbank (dev-clean, dev-other, test-clean, test-other)"),
 ])
 def test_decode_args_are_checked_before_the_first_stage(stub, tmp_path, decode_args, message):
     """A misspelt `asr decode` option or a bad value in --decode-args was found by stage 7, after
@@ -687,8 +708,55 @@ def test_decode_args_are_checked_before_the_first_stage(stub, tmp_path, decode_a
     assert "stage 0" not in result.stderr and not (tmp_path / "work" / "data").exists()
 
 
+def test_an_epoch_that_training_does_not_reach_is_refused_before_the_first_stage(stub, tmp_path):
+    """Fewer epochs in --train-args with the default --epoch 30: stage 7 failed on a missing
+    epoch-30.pt after the whole preparation and training."""
+    run, calls = stub
+    work = tmp_path / "work"
+    result = run(RUN, "--work-dir", str(work), "--train-args", "--set train.max_epochs=10",
+                 env=REAL)
+    assert result.returncode == 2, result.stderr
+    assert "argument --epoch: 30 is past train.max_epochs 10: training writes no epoch-30.pt" \
+        in result.stderr and "nothing was run" in result.stderr
+    assert "stage 0" not in result.stderr and not (work / "data").exists()
+
+
+def _prepared_test_sets(work: Path) -> None:
+    """The (empty) test set manifests prepare.sh stage 3 leaves in ``work``."""
+    (work / "data" / "fbank").mkdir(parents=True)
+    for part in ("dev-clean", "dev-other", "test-clean", "test-other"):
+        (work / "data" / "fbank" / f"librispeech_cuts_{part}.jsonl.gz").write_bytes(b"")
+
+
+@pytest.mark.parametrize("decode_args, message", [
+    ("--parts dev-clean test-clena", "argument --parts: no test set "
+                                     "data/fbank/librispeech_cuts_test-clena.jsonl.gz"),
+    ("--manifest-dir 'no sets'", "argument --manifest-dir: no directory no sets"),
+    ("--set search.lm_path=lms/4gram.arpa", "search.lm_path: no file lms/4gram.arpa"),
+    ("--manifest-dir 'my sets' --parts mine", None),
+])
+def test_decode_test_sets_are_checked_when_the_run_starts_on_prepared_data(stub, tmp_path,
+                                                                           decode_args, message):
+    """--parts / --manifest-dir of --decode-args (and an LM) were checked by stage 7 only, after
+    training: from stage 6 on the data is prepared, so their files must be there now."""
+    run, calls = stub
+    work = tmp_path / "work"
+    _prepared_test_sets(work)
+    (work / "my sets").mkdir()
+    (work / "my sets" / "librispeech_cuts_mine.jsonl.gz").write_bytes(b"")
+    result = run(RUN, "--work-dir", str(work), "--stage", "6", "--stop-stage", "7",
+                 "--decode-args", decode_args, env=REAL)
+    if message is None:
+        assert "nothing was run" not in result.stderr and "stage 6: train" in result.stderr
+        return
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "--decode-args (above); nothing was run" in result.stderr
+    assert "stage 6" not in result.stderr and calls() == []
+
+
 def test_decode_args_that_fit_pass_the_check(stub, tmp_path):
     run, _ = stub
+    _prepared_test_sets(tmp_path / "work")
     result = run(RUN, "--work-dir", str(tmp_path / "work"), "--stage", "6", "--stop-stage", "7",
                  "--decode-args", "--set search.beam_size=8 --num-threads 2 --device cpu",
                  env=REAL)

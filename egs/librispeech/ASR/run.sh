@@ -36,6 +36,7 @@ full_libri=true
 num_jobs=4
 vocab_size=500
 download_musan=false
+musan_url=https://www.openslr.org/resources/17/musan.tar.gz  # stage 0 with --download-musan true
 lm_order=4                     # token n-gram LM (prepare.sh stage 5)
 word_lm_order=3                # word n-gram LM (prepare.sh stage 5)
 lm_text=()                     # their training texts, one --lm-text each (prepare.sh --lm-text);
@@ -58,8 +59,8 @@ skip_setup=false
 use_shar=false                 # true: train from Lhotse Shar shards of the training cuts
 
 usage="Usage: $0 [--stage N] [--stop-stage N] [--dl-dir DIR] [--full-libri true|false]
-  [--num-jobs N] [--vocab-size N] [--download-musan true|false] [--lm-order N] [--word-lm-order N]
-  [--lm-text F]... [--lm-unit none|token|word] [--lm-weight W] [--recipe NAME] [--nproc N]
+  [--num-jobs N] [--vocab-size N] [--download-musan true|false] [--musan-url URL]
+  [--lm-order N] [--word-lm-order N] [--lm-text F]... [--lm-unit none|token|word] [--lm-weight W] [--recipe NAME] [--nproc N]
   [--epoch E] [--avg N] [--use-averaged-model true|false] [--searchers \"A B\"|all]
   [--test-parts \"P Q\"] [--train-args \"...\"] [--decode-args \"...\"] [--work-dir DIR] [--skip-setup true|false]
   [--use-shar true|false]
@@ -124,10 +125,15 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
   # The recipe with --train-args, and stage 7's decode command line (searchers, LM options,
   # --decode-args) checked as stage 6 and 7 will take them (a misspelt key, option or searcher,
   # one the recipe's heads lack, a bad value), before the data preparation; stage 7 alone checks
-  # them against the trained model at once.
+  # them against the trained model at once. Its test sets: before the data stages, --parts of
+  # --decode-args among those prepare.sh makes (but in a --manifest-dir of the user's own);
+  # from stage 6 on, their manifests there, and the LM of --lm-unit.
   check=(--set "tokenizer_dir=data/lang_bpe_${vocab_size}")
   if [ $stop_stage -ge 7 ]; then
     for arg in "${decode_line[@]}"; do check+=("--decode-arg=$arg"); done
+    # shellcheck disable=SC2046  # the part names: words without spaces
+    check+=(--decode-prepared-parts $(librispeech_eval_parts))
+    [ $stage -ge 6 ] && check+=(--decode-data-ready)
   fi
   check_recipe "--train-args / --searchers / LM options / --decode-args" "${check[@]}"
 fi
@@ -137,7 +143,8 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 0 ]; then
   for text in "${lm_text[@]}"; do lm_text_args+=(--lm-text "$text"); done
   bash "$HERE/prepare.sh" --work-dir "$work_dir" --stage "$stage" --stop-stage "$(( stop_stage < 5 ? stop_stage : 5 ))" \
     --dl-dir "$dl_dir" --full-libri "$full_libri" --num-jobs "$num_jobs" \
-    --vocab-size "$vocab_size" --download-musan "$download_musan" --skip-setup true \
+    --vocab-size "$vocab_size" --download-musan "$download_musan" --musan-url "$musan_url" \
+    --skip-setup true \
     --lm-order "$lm_order" --word-lm-order "$word_lm_order" "${lm_text_args[@]}"
 fi
 # what stage 8 writes and stage 9 packages: the weights of exactly these --epoch/--avg/
