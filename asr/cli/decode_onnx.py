@@ -22,6 +22,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from asr.cli.options import part_name
 from asr.data.librispeech import check_test_parts
 from asr.export.sherpa_decode import decode_part_sherpa, load_recognizer
 from asr.fileio import OutputBusyError, output_locks
@@ -35,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="directory written by asr export-onnx")
     parser.add_argument("--manifest-dir", type=Path, required=True,
                         help="where librispeech_cuts_<part>.jsonl.gz are")
-    parser.add_argument("--parts", nargs="+", default=["test-clean"],
+    parser.add_argument("--parts", nargs="+", type=part_name, default=["test-clean"],
                         help="test sets to decode (a cut id twice in one is an error)")
     parser.add_argument("--int8", action="store_true", help="the *.int8.onnx graphs")
     parser.add_argument("--num-threads", type=int, default=1, help="onnxruntime threads")

@@ -16,6 +16,7 @@ from asr.cli.options import (
     add_num_threads_argument,
     check_num_threads,
     device_from_args,
+    part_name,
     selection_from_args,
 )
 from asr.config import load_config
@@ -31,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="searcher names (e.g. transducer_greedy ctc_prefix_beam aed_beam), "
                              "'greedy' / 'beam' for those of the model's main head, or 'all' "
                              "for every searcher the model's heads support")
-    parser.add_argument("--parts", nargs="+", default=["test-clean"],
+    parser.add_argument("--parts", nargs="+", type=part_name, default=["test-clean"],
                         help="test sets to decode (a cut id twice in one is an error)")
     parser.add_argument("--manifest-dir", type=Path, default=None,
                         help="where librispeech_cuts_<part>.jsonl.gz are (default: data.manifest_dir)")

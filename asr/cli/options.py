@@ -57,6 +57,16 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: see --epoch)")
 
 
+def part_name(text: str) -> str:
+    """An argparse type for a data set part (``test-clean``): one plain name, since it names
+    files (``librispeech_cuts_<part>.jsonl.gz``, ``recogs-<part>-...``) inside the given
+    directories; a path (``../x``, ``a/b``) would put them elsewhere."""
+    if not text or text in (".", "..") or any(sep in text for sep in ("/", "\\", "\0")):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a part name (one name such as test-clean, no path)")
+    return text
+
+
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
     """``--device``, the same in every subcommand that runs a model (resolved by
     :func:`asr.device.resolve_device`)."""

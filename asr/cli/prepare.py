@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from asr.cli.options import part_name
 from asr.data.fbank import compute_fbank_for_parts
 from asr.data.librispeech import prepare_manifests, write_shuffled_cuts
 from asr.features.fbank import FbankConfig
@@ -38,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="directory containing the part directories (e.g. download/LibriSpeech)")
     man.add_argument("--output-dir", type=Path, default=Path("data/manifests"),
                      help="where the manifests go")
-    man.add_argument("--parts", nargs="+", required=True, help="part directory names")
+    man.add_argument("--parts", nargs="+", required=True, type=part_name,
+                     help="part directory names")
     man.add_argument("--num-jobs", type=int, default=1,
                      help="parallel processes (threads for decoding the flacs)")
     man.add_argument("--normalize-text", choices=("none", "lower"), default="none",
@@ -51,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="where the manifests of asr prepare manifests are")
     fb.add_argument("--output-dir", type=Path, default=Path("data/fbank"),
                     help="where the features and cut manifests with features go")
-    fb.add_argument("--parts", nargs="+", required=True, help="part names")
+    fb.add_argument("--parts", nargs="+", required=True, type=part_name, help="part names")
     fb.add_argument("--speed-perturb", action="store_true",
                     help="add 0.9/1.1 speed-perturbed copies of the parts whose name starts "
                          "with 'train' (see --perturb-parts)")

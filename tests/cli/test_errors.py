@@ -349,3 +349,22 @@ def test_ctrl_c_while_a_command_loads_or_runs_exits_130_in_one_line(monkeypatch,
     monkeypatch.setattr(wer, "run", run)
     assert cli_main.main(["wer", "a", "b"]) == 130
     assert "asr wer: interrupted" in caplog.text
+
+
+@pytest.mark.parametrize("command", [
+    ["decode", "--exp-dir", "EXP", "--searcher", "greedy", "--parts"],
+    ["decode-onnx", "--onnx-dir", "ONNX", "--manifest-dir", "M", "--parts"],
+    ["prepare", "manifests", "--corpus-dir", "C", "--parts"],
+    ["prepare", "fbank", "--parts"],
+])
+@pytest.mark.parametrize("part", ["../x", "a/b", "..", ""])
+def test_a_part_that_is_a_path_is_refused(command, part, capsys):
+    """A part names files inside the given directories (librispeech_cuts_<part>.jsonl.gz,
+    recogs-<part>-...): '--parts ../x' put result files and locks outside the output
+    directory. Refused by the parser, exit 2, before anything is read or written."""
+    from asr.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, part])
+    assert exit_info.value.code == 2
+    assert f"--parts: {part!r} is not a part name" in capsys.readouterr().err
