@@ -175,7 +175,8 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
 fi
 
 if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
-  log "stage 7: decode $test_parts with $searchers (epoch $epoch, avg $avg, LM: $lm_unit)"
+  # the whole line: --decode-args may override what the options above chose (e.g. --parts)
+  log "stage 7: asr decode --exp-dir $exp_dir ${decode_line[*]}"
   summaries=$(asr decode --exp-dir "$exp_dir" "${decode_line[@]}")
   # an assignment of its own, so that a failure to read the config stops the script (as an
   # `if` condition it read as "not streaming" and dropped the full-context decode silently)
