@@ -436,7 +436,8 @@ def left_context_bound(max_left_seconds: float, chunk_seconds: float) -> int | N
     seconds = _positive_seconds(max_left_seconds)
     if math.isinf(seconds):
         return None
-    chunks = math.floor(seconds / chunk_seconds + 1e-9)  # 0.48 / 0.16 is 2.9999999999999996
+    # 4.64 / (4 * 0.04) is 28.999999999999996
+    chunks = math.floor(seconds / chunk_seconds + 1e-9)
     if chunks < 1:
         raise ValueError(f"max_left_seconds (--max-left-seconds) {seconds:g} is shorter than "
                          f"one chunk ({chunk_seconds:g} s): give at least {chunk_seconds:g}")

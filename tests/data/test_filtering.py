@@ -10,7 +10,13 @@ from lhotse.audio import AudioSource
 from librispeech_tree import CharEncoder
 
 from asr.data.augment import SpeedPerturbation, draw_seed
-from asr.data.filtering import SPEEDS_FIELD, FilterStats, allowed_speeds, filter_cuts
+from asr.data.filtering import (
+    SPEEDS_FIELD,
+    FilterStats,
+    allowed_speeds,
+    drop_reason,
+    filter_cuts,
+)
 from asr.encoders.subsampling import subsampled_length
 
 
@@ -150,3 +156,34 @@ def test_a_marked_cut_is_drawn_only_at_its_speeds() -> None:
     assert drawn == {1.0, 1.1} and durations == {19.0, 17.27}
     with pytest.raises(ValueError, match=r"cut 'x' may be trained only at speeds \[1.2\]"):
         speed.factor("x", (1.2,))
+
+
+class _LettersOnlyEncoder(CharEncoder):
+    """Spells letters and spaces; drops every other character (as a tokenizer may drop
+    punctuation)."""
+
+    def encode(self, text: str) -> list[int]:
+        return [t for t in super().encode(text) if t != 28]
+
+
+def test_the_duration_range_is_inclusive_and_text_without_tokens_is_empty() -> None:
+    """A cut of exactly min_duration or max_duration seconds is kept (one just outside is not);
+    text the tokenizer encodes as no token at all is dropped as empty, however long the cut."""
+    cuts = CutSet.from_cuts([
+        _cut("at-min", 0.5, "A"), _cut("below-min", 0.49, "A"),
+        _cut("at-max", 20.0, "A"), _cut("above-max", 20.01, "A"),
+        _cut("punctuation", 1.0, "?!"),
+    ])
+    kept, stats = filter_cuts(cuts, _LettersOnlyEncoder(), subsampled_length, min_duration=0.5,
+                              max_duration=20.0)
+    assert sorted(c.id for c in kept) == ["at-max", "at-min"]
+    assert stats == FilterStats(kept=2, too_short=1, too_long=1, empty_text=1)
+
+
+def test_a_cut_dropped_at_every_speed_is_counted_under_its_reason_at_the_first() -> None:
+    """0.52 s of 23 tokens: too many tokens at speed 1 (24 encoder frames), too short at 1.1
+    (0.473 s): the reason counted is that of the first speed judged."""
+    cut = _cut("both", 0.52, "A" * 23)
+    for speeds, reason in [((1.0, 1.1), "too_many_tokens"), ((1.1, 1.0), "too_short")]:
+        assert drop_reason(cut, CharEncoder(), subsampled_length, min_duration=0.5,
+                           speed_factors=speeds) == reason

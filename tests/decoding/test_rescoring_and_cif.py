@@ -10,6 +10,7 @@ import torch
 from search_helpers import encoder_output, make_model
 
 from asr.decoding import SearchConfig, build_searcher
+from asr.decoding.cif_greedy import cif_hypotheses
 from asr.decoding.context_graph import ContextGraph
 from asr.decoding.rescoring import NbestRescoring
 from asr.types import Hypothesis
@@ -196,3 +197,20 @@ def test_cif_greedy_timestamps_are_the_fire_frames_of_the_kept_tokens():
     for b, count in enumerate(out.token_lens.tolist()):
         pairs = zip(out.logits[b, :count].argmax(-1).tolist(), out.fire_frames[b].tolist())
         assert hyps[b][0].frames == tuple(f for t, f in pairs if t != 0)
+
+
+def test_cif_hypotheses_read_only_the_fired_positions():
+    """Positions past an utterance's fired tokens are padding: an end label there neither ends
+    nor lengthens the hypothesis; one among the fired tokens ends it (itself not a token)."""
+    from asr.heads.cif import CIFInference
+
+    end, vocab = 5, 6
+    labels = torch.tensor([[3, 4, 1, end], [3, end, 4, 2]])  # fired: 2 and 4 tokens
+    log_probs = torch.log_softmax(torch.nn.functional.one_hot(labels, vocab).float() * 4, -1)
+    out = CIFInference(logits=log_probs, token_lens=torch.tensor([2, 4]),
+                       fire_frames=torch.tensor([[1, 3, 5, 7], [0, 2, 4, 6]]))
+    first, second = cif_hypotheses(out, log_probs, end_id=end)
+    assert (first.tokens, first.frames) == ((3, 4), (1, 3))
+    assert first.score == pytest.approx(float(log_probs[0, :2].max(-1).values.sum()))
+    assert (second.tokens, second.frames) == ((3,), (0,))
+    assert second.score == pytest.approx(float(log_probs[1, :2].max(-1).values.sum()))

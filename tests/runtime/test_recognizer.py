@@ -13,6 +13,7 @@ from asr.audio import load_audio, resample
 from asr.decoding.registry import STREAMING_SEARCHER_NAMES, available_searchers
 from asr.runtime.endpoint import EndpointConfig, EndpointRule, detect_endpoint
 from asr.runtime.offline import load_model
+from asr.runtime.streaming import left_context_bound
 from asr.testing.tiny import espeak_available
 
 needs_espeak = pytest.mark.skipif(not espeak_available(), reason="needs espeak-ng")
@@ -211,6 +212,9 @@ def test_max_left_seconds_default_and_errors(unlimited_model, transducer_model):
     left_chunks needs no bound. A bound that is not a positive number of seconds, or shorter
     than one chunk, is an error naming the option."""
     assert unlimited_model.streaming_recognizer().max_left_chunks == 375
+    # whole chunks despite float rounding: 4.64 / (4 * 0.04) is 28.999999999999996 in floats
+    assert [left_context_bound(s, 4 * 0.04) for s in (4.64, 4.63, 0.16)] == [29, 28, 1]
+    assert left_context_bound(math.inf, 0.16) is None
     assert transducer_model.streaming_recognizer(max_left_seconds=0.01).max_left_chunks is None
     for bad in (0, -1.0, math.nan, "x", True):
         for model in (unlimited_model, transducer_model):
@@ -221,6 +225,16 @@ def test_max_left_seconds_default_and_errors(unlimited_model, transducer_model):
         unlimited_model.streaming_recognizer(max_left_seconds=0.05)
     with pytest.raises(ValueError, match="max_left_seconds set the streaming chunking"):
         unlimited_model.transcribe([np.zeros(1600, np.float32)], max_left_seconds=5)
+
+
+def test_chunking_that_is_not_whole_numbers_is_an_error_naming_the_option(transducer_model):
+    """A boolean is no chunk count (True was taken as 1), nor is a fraction."""
+    for kwargs, name in [({"chunk_size": True}, "chunk_size"), ({"chunk_size": 2.5}, "chunk_size"),
+                         ({"left_chunks": False}, "left_chunks"),
+                         ({"left_chunks": 1.0}, "left_chunks")]:
+        with pytest.raises(ValueError, match=rf"{name} \(--{name.replace('_', '-')}\) must be "
+                                             "a whole number"):
+            transducer_model.streaming_recognizer(**kwargs)
 
 
 @pytest.fixture(scope="session")
@@ -519,6 +533,23 @@ def test_endpoint_on_silence_only(tiny):
 
 
 @needs_espeak
+def test_a_finished_stream_is_at_no_endpoint(tiny):
+    """3 s of silence decoded to the end without a reset: rule 1 (2.4 s without a token) holds,
+    but the stream is done, so a caller's loop (``if is_endpoint: reset``) does not end its
+    final segment a second time and add an empty one."""
+    recognizer = load_model(tiny.package_dir).streaming_recognizer()
+    stream = recognizer.new_stream()
+    recognizer.accept_waveform(stream, np.zeros(16000 * 3, np.float32), 16000)
+    recognizer.input_finished(stream)
+    while recognizer.is_ready(stream):
+        recognizer.decode([stream])
+    assert stream.done and stream.frames_decoded * recognizer.frame_seconds > 2.4
+    assert not recognizer.is_endpoint(stream)
+    result = recognizer.result(stream)
+    assert (result.index, result.is_final, result.text) == (0, True, "")
+
+
+@needs_espeak
 def test_endpoint_after_speech_then_new_segment(tiny):
     """The endpoint splits the stream's tokens, which are the offline ones of the whole input
     (the tiny model's encoder is causal and chunked; its CTC greedy search decides each frame
@@ -535,6 +566,9 @@ def test_endpoint_after_speech_then_new_segment(tiny):
     assert when - result.timestamps[-1] == pytest.approx(1.2 + recognizer.frame_seconds,
                                                          abs=recognizer.chunk_size * 0.04)
     recognizer.reset(stream)
+    # the new segment starts empty: no partial result repeats the ended segment's text
+    fresh = recognizer.result(stream)
+    assert (fresh.index, fresh.token_ids, fresh.text, fresh.is_final) == (1, (), "", False)
     rest = np.concatenate([speech[1], np.zeros(8000, np.float32)])
     [offline] = model.transcribe([np.concatenate([speech[0], silence, rest])])
     before = [i for i, t in zip(offline.token_ids, offline.timestamps) if t < when]
@@ -657,3 +691,22 @@ def test_hotwords_need_a_searcher_that_biases(tiny):
     beam = load_model(tiny.package_dir).streaming_recognizer("ctc_prefix_beam")
     with pytest.raises(ValueError, match="does not know"):
         beam.new_stream(hotwords="hello")
+
+
+def test_a_stream_is_ready_as_soon_as_it_holds_its_next_chunk(transducer_model):
+    """Fed one feature frame (10 ms) at a time, a stream is ready exactly when it holds the
+    frames of its next chunk (``4c + 3`` first, ``4c`` afterwards), not one frame later: a
+    stream that waited for more audio than its chunk needs would lag behind the speaker."""
+    recognizer = transducer_model.streaming_recognizer()
+    stream = recognizer.new_stream()
+    chunks = 0
+    for _ in range(60):
+        recognizer.accept_waveform(stream, np.full(160, 0.1, np.float32), 16000)
+        needed = int(recognizer.encoder.frames_needed(stream.encoder_state,
+                                                      recognizer.chunk_size)[0])
+        assert recognizer.is_ready(stream) == (stream.feats.shape[0] >= needed)
+        if recognizer.is_ready(stream):
+            assert stream.feats.shape[0] == needed  # fed one frame at a time: no frame late
+            recognizer.decode([stream])
+            chunks += 1
+    assert chunks >= 5

@@ -265,3 +265,33 @@ def test_the_client_refuses_samples_it_would_send_as_noise(samples):
 
     with pytest.raises(ValueError, match="float mono"):
         asyncio.run(stream_samples("ws://127.0.0.1:9", samples, 16000, timeout=5))
+
+
+def test_limits_are_inclusive_and_each_refusal_has_its_close_code():
+    """A value at a limit is accepted (a sample rate of exactly min/max, exactly max_hotwords
+    phrases of exactly max_hotword_chars characters, exactly max_hotwords_bytes bytes), one past
+    it refused; text that is not JSON, or JSON that is not the settings object, closes with 1003
+    (unsupported data), a limit with 1008 (policy)."""
+    assert parse_text('{"sample_rate": 4000}') == StreamSettings(4000)
+    assert parse_text('{"sample_rate": 192000}') == StreamSettings(192000)
+    assert sample_rate_from_path("/?sample_rate=4000", min_rate=4000, max_rate=8000) == 4000
+    assert sample_rate_from_path("/?sample_rate=8000", min_rate=4000, max_rate=8000) == 8000
+    for rate in (3999, 192001):
+        with pytest.raises(ProtocolError, match=r"\[4000, 192000\]"):
+            parse_text(f'{{"sample_rate": {rate}}}')
+    limits = HotwordLimits(max_hotwords=2, max_hotword_chars=5, max_hotwords_bytes=10)
+    assert parse_text('{"hotwords": ["ABCDE", "FGHIJ"]}', limits=limits) == StreamSettings(
+        None, ("ABCDE", "FGHIJ"))
+    for text, match in [('{"hotwords": ["AB", "CD", "E"]}', "3 phrases"),
+                        ('{"hotwords": ["ABCDEF"]}', "6 characters"),
+                        ('{"hotwords": ["ABCDE", "FGHIJK"]}', "11 bytes")]:
+        with pytest.raises(ProtocolError, match=match) as err:
+            parse_text(text, limits=limits)
+        assert err.value.code == 1008
+    for text in ("done", "[1, 2]", '{"x": 1}'):
+        with pytest.raises(ProtocolError) as err:
+            parse_text(text)
+        assert err.value.code == CLOSE_UNSUPPORTED
+    with pytest.raises(ProtocolError) as err:  # a long message is quoted by its first 40 chars
+        parse_text("x" * 100_000)
+    assert len(str(err.value)) < 200

@@ -604,3 +604,22 @@ def test_tensorboard_of_a_run_killed_after_its_last_checkpoint_has_each_step_onc
     for tag in ("train/loss", "train/lr", "valid/loss", "valid/wer"):
         assert killed[tag] == full[tag], tag
     assert len(list((tmp_path / "killed" / "tensorboard").glob("events.out.tfevents.*"))) == 2
+
+
+def test_skipped_steps_apart_do_not_stop_training(tmp_path):
+    """``max_skipped_in_a_row`` counts the skips in a row: a good step between two skipped ones
+    starts the count again, so three skips apart pass a limit of one."""
+    torch.manual_seed(0)
+    trainer = Trainer(NanAt(bad={2, 4, 6}), OptimConfig(), TrainConfig(
+        max_epochs=1, checkpoint_interval=0, max_skipped_in_a_row=1), tmp_path, _named(batches))
+    progress = trainer.fit()
+    assert progress.skipped_steps == 3 and progress.step == 4
+
+
+def test_the_trainer_keeps_only_the_newest_keep_last_checkpoints(tmp_path):
+    """Pruned at each interval checkpoint, not only at an epoch's end: a run stopped inside its
+    first epoch (step 6 of 7) keeps the newest two of checkpoints 2, 4 and 6."""
+    torch.manual_seed(0)
+    Trainer(ToyModel(), OptimConfig(), TrainConfig(max_epochs=1, max_steps=6,
+            checkpoint_interval=2, keep_last=2), tmp_path, batches).fit()
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [4, 6]
