@@ -313,10 +313,12 @@ class Trainer:
 
     def _save_at_stop(self) -> None:
         """The checkpoint of a finished run to decode or continue from (unless the interval just
-        wrote it)."""
+        wrote it), the older ones pruned to ``keep_last`` as at every other checkpoint."""
         interval = self.cfg.checkpoint_interval
         if interval <= 0 or self.progress.step % interval != 0:
             self.save(checkpoint_path(self.exp_dir, self.progress.step))
+            if self.dist.is_main:
+                remove_old_checkpoints(self.exp_dir, self.cfg.keep_last)
 
     def _stop_ends_epoch(self) -> bool:
         """Whether stopping now still ends an epoch that has no batch left: a stop by

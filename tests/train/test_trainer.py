@@ -623,3 +623,13 @@ def test_the_trainer_keeps_only_the_newest_keep_last_checkpoints(tmp_path):
     Trainer(ToyModel(), OptimConfig(), TrainConfig(max_epochs=1, max_steps=6,
             checkpoint_interval=2, keep_last=2), tmp_path, batches).fit()
     assert [s for s, _ in list_checkpoints(tmp_path)] == [4, 6]
+
+
+def test_the_checkpoint_written_at_a_stop_is_pruned_to_keep_last(tmp_path):
+    """A run stopped by max_steps off the interval (step 5 of 7, interval 2) writes checkpoint 5
+    at the stop: it was not pruned, so keep_last + 1 checkpoints stayed until a resumed run's
+    next prune."""
+    torch.manual_seed(0)
+    Trainer(ToyModel(), OptimConfig(), TrainConfig(max_epochs=1, max_steps=5,
+            checkpoint_interval=2, keep_last=2), tmp_path, batches).fit()
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [4, 5]
