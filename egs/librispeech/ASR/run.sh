@@ -176,7 +176,7 @@ fi
 
 if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
   # the whole line: --decode-args may override what the options above chose (e.g. --parts)
-  log "stage 7: asr decode --exp-dir $exp_dir ${decode_line[*]}"
+  log "stage 7: decode (LM: $lm_unit): asr decode --exp-dir $exp_dir ${decode_line[*]}"
   summaries=$(asr decode --exp-dir "$exp_dir" "${decode_line[@]}")
   # an assignment of its own, so that a failure to read the config stops the script (as an
   # `if` condition it read as "not streaming" and dropped the full-context decode silently)
