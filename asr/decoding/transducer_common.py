@@ -106,10 +106,6 @@ class TransducerScorer:
             return token_lp, None
         return token_lp, torch.log_softmax(logits[..., self.vocab_size :], dim=-1)
 
-    def blank_duration_mask(self, device: torch.device) -> Tensor:
-        """(K,) bool, True where blank may take that duration (> 0)."""
-        return self.duration_values(device) > 0
-
     def _tables(self, device: torch.device) -> tuple[Tensor | None, Tensor]:
         """Cached lookup tensors on ``device``: the additive blank-penalty vector (V,) (None
         without a penalty) and the move class of each joiner output (V + K,): 0 blank, 1 a

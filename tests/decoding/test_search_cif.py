@@ -16,6 +16,7 @@ from test_lm import ARPA
 from asr.decoding import NgramLM, SearchConfig, build_searcher
 from asr.decoding.base import log_add
 from asr.decoding.cif_beam import CifBeamSearch
+from asr.decoding.lm import UNK
 from asr.heads.cif import CIFInference
 from asr.losses.ctc import ctc_loss
 
@@ -204,3 +205,99 @@ def test_lm_path_is_read_and_its_vocabulary_checked(lm, tmp_path):
     )(enc, enc_lens)
     with pytest.raises(ValueError, match="LM vocabulary 7 differs from the CIF head's 9"):
         build_searcher("cif_beam", make_model(cif=True, vocab=9), cfg, lm=lm)
+
+
+def _one_hot_log_probs(rows: list[dict[int, float]], vocab: int) -> torch.Tensor:
+    """(N, V) log-probabilities: each row's listed labels with their weights, the rest 1e-4."""
+    probs = torch.full((len(rows), vocab), 1e-4)
+    for position, row in enumerate(rows):
+        for label, weight in row.items():
+            probs[position, label] = weight
+    return torch.log(probs / probs.sum(-1, keepdim=True))
+
+
+@pytest.mark.parametrize("end_slot", [False, True])
+def test_blank_and_the_end_label_take_no_lm_term_when_the_labels_are_chosen(lm, end_slot):
+    """Beam 1 expands one label: blank (or the end label) at 0.5 beats token 2 at 0.4 whatever
+    the LM says of label 0 or 1 (its <unk> log-probability if it were scored)."""
+    label = 1 if end_slot else 0
+    model = make_model(cif=True, cif_options=dict(end_slot=True) if end_slot else None, vocab=7)
+    log_probs = _one_hot_log_probs([{label: 0.5, 2: 0.4}, {0: 1.0}], vocab=7)
+    cfg = SearchConfig(beam_size=1, lm_weight=1.0)
+    best = CifBeamSearch(model.heads["cif"], cfg, lm).search(log_probs, [1, 3])[0]
+    assert best.tokens == ()
+
+
+def test_the_merged_path_keeps_the_frames_of_the_more_probable_one():
+    """(2, blank) at 0.6 * 0.65 and (blank, 2) at 0.4 * 0.35 both give (2,): its frame is the
+    first position's, whichever path the beam meets first."""
+    head = make_model(cif=True, vocab=4).heads["cif"]
+    for first, second in (({2: 0.6, 0: 0.4}, {0: 0.65, 2: 0.35}),
+                          ({2: 0.4, 0: 0.6}, {0: 0.35, 2: 0.65})):  # fmt: skip
+        log_probs = _one_hot_log_probs([first, second], vocab=4)
+        hyps = CifBeamSearch(head, SearchConfig(beam_size=8, nbest=8)).search(log_probs, [1, 3])
+        (single,) = [h for h in hyps if h.tokens == (2,)]
+        assert single.frames == ((1,) if first[2] > second[2] else (3,))
+
+
+def test_hypotheses_the_lm_forbids_are_dropped_while_others_remain(lm):
+    """An LM without <unk> (-inf for token 1): of the 4 one-position hypotheses, the 3 it allows
+    are the n-best, none with token 1 or a -inf score."""
+    probs = {gram: value for gram, value in lm.probs.items() if gram != (UNK,)}
+    forbids = NgramLM(probs, lm.backoffs, vocab_size=4, oov_log_prob=-math.inf)
+    log_probs = _one_hot_log_probs([{1: 0.5, 2: 0.2, 3: 0.2, 0: 0.1}], vocab=4)
+    head = make_model(cif=True, vocab=4).heads["cif"]
+    cfg = SearchConfig(beam_size=4, nbest=4, lm_weight=0.5)
+    hyps = CifBeamSearch(head, cfg, forbids).search(log_probs, [1])
+    assert sorted(h.tokens for h in hyps) == [(), (2,), (3,)]
+    assert all(math.isfinite(h.score) for h in hyps)
+
+
+def test_ctc_pre_beam_widens_the_labels_a_hypothesis_is_expanded_by():
+    """Beam 1 with ctc_pre_beam 2 expands the two best labels: CTC, sure of 3, picks the
+    acoustically second label over the first."""
+    model = make_model(cif=True, ctc=True, vocab=4)
+    log_probs = _one_hot_log_probs([{2: 0.55, 3: 0.45}], vocab=4)
+    ctc = _one_hot_log_probs([{3: 1.0}, {0: 1.0}, {0: 1.0}], vocab=4)
+    cfg = SearchConfig(beam_size=1, ctc_weight=0.5, ctc_pre_beam=2.0)
+    search = CifBeamSearch(model.heads["cif"], cfg, ctc_head=model.heads["ctc"])
+    assert search.search(log_probs, [1], ctc[None])[0].tokens == (3,)
+
+
+def test_an_ended_hypothesis_competes_with_the_ctc_score_of_its_whole_labelling():
+    """Positions 2, then <end> (0.55) or 3 (0.45); CTC says "2 3". Ended, (2,) is ranked by the
+    CTC probability of the whole labelling "2" (tiny), not of its prefix, so a beam of 1 keeps
+    (2, 3)."""
+    model = make_model(cif=True, ctc=True, cif_options=dict(end_slot=True), vocab=5)
+    log_probs = _one_hot_log_probs([{2: 1.0}, {1: 0.55, 3: 0.45}], vocab=5)
+    ctc = _one_hot_log_probs([{2: 1.0}, {2: 1.0}, {3: 1.0}, {3: 1.0}], vocab=5)
+    cfg = SearchConfig(beam_size=1, ctc_weight=0.5, ctc_pre_beam=2.0)
+    search = CifBeamSearch(model.heads["cif"], cfg, ctc_head=model.heads["ctc"])
+    assert search.search(log_probs, [1, 3], ctc[None])[0].tokens == (2, 3)
+
+
+def _enumerate_ended(log_probs: torch.Tensor, end_id: int) -> dict:
+    """Every path; a path's tokens stop at its first end label (the positions after it sum to
+    probability 1 whatever their labels); equal token sequences log-add."""
+    acoustic: dict[tuple[int, ...], float] = {}
+    for labels in itertools.product(range(log_probs.shape[1]), repeat=log_probs.shape[0]):
+        stop = labels.index(end_id) if end_id in labels else len(labels)
+        if any(label != 0 for label in labels[stop + 1 :]):
+            continue  # count each ended prefix once: later positions all blank
+        tokens = tuple(label for label in labels[:stop] if label != 0)
+        score = sum(float(log_probs[n, label]) for n, label in enumerate(labels[: stop + 1]))
+        acoustic[tokens] = log_add(acoustic[tokens], score) if tokens in acoustic else score
+    return acoustic
+
+
+def test_wide_beam_with_an_end_slot_equals_enumeration():
+    """V = 5 (blank, end, 3 tokens), N = 3: a sequence's probability sums the paths that give it
+    without ending and those that end after it (ended and unended hypotheses log-add)."""
+    generator = torch.Generator().manual_seed(7)
+    log_probs = torch.log_softmax(torch.randn(3, 5, generator=generator), dim=-1)
+    expected = _enumerate_ended(log_probs, end_id=1)
+    head = make_model(cif=True, cif_options=dict(end_slot=True), vocab=5).heads["cif"]
+    hyps = CifBeamSearch(head, SearchConfig(beam_size=200, nbest=12)).search(log_probs, [0, 2, 5])
+    ranked = sorted(expected, key=expected.get, reverse=True)[:12]
+    assert [h.tokens for h in hyps] == ranked
+    assert [h.score for h in hyps] == pytest.approx([expected[t] for t in ranked], abs=1e-5)

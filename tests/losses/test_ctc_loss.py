@@ -115,6 +115,8 @@ def test_min_frames_counts_repeats_within_length_only():
     lens = torch.tensor([4, 2, 3])
     assert ctc_min_frames(tokens, lens).tolist() == [6, 3, 3]
     assert ctc_min_frames(torch.zeros(2, 0, dtype=torch.long), torch.zeros(2)).tolist() == [0, 0]
+    pair = torch.tensor([[5, 5], [5, 6], [5, 5]])  # U = 2: one pair to compare
+    assert ctc_min_frames(pair, torch.tensor([2, 2, 1])).tolist() == [3, 2, 1]
 
 
 def test_rejects_bad_shapes():

@@ -38,3 +38,15 @@ def test_float32_under_autocast_and_gradient_flows():
     assert loss.dtype == torch.float32
     loss.backward()
     assert logits.grad is not None and torch.isfinite(logits.grad).all()
+
+
+def test_clamp_bounds_the_gradient_of_the_logits():
+    """torchaudio's ``clamp`` bounds each logit's gradient to [-clamp, clamp]; -1 leaves it."""
+    generator = torch.Generator().manual_seed(0)
+    logits = (torch.randn(2, 6, 4, 5, generator=generator) * 4).requires_grad_()
+    tokens = torch.tensor([[1, 2, 3], [4, 4, 0]])
+    args = (tokens, torch.tensor([6, 5]), torch.tensor([3, 2]))
+    (free,) = torch.autograd.grad(rnnt_loss(logits, *args), logits)
+    (clamped,) = torch.autograd.grad(rnnt_loss(logits, *args, clamp=0.05), logits)
+    assert free.abs().max() > 0.2
+    assert clamped.abs().max() <= 0.05 + 1e-6
