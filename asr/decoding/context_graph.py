@@ -92,6 +92,14 @@ class HotwordError(ValueError):
     """A hotword list that cannot be used (names the phrase and what is wrong)."""
 
 
+def _check_boost(score: float, what: str) -> None:
+    """Raises a HotwordError starting with ``what`` unless ``|score| <=``
+    :data:`MAX_HOTWORD_SCORE` (NaN fails too)."""
+    if not abs(score) <= MAX_HOTWORD_SCORE:
+        raise HotwordError(f"{what}: a per-token boost must be in "
+                           f"[-{MAX_HOTWORD_SCORE:g}, {MAX_HOTWORD_SCORE:g}]")
+
+
 @dataclass(frozen=True)
 class Hotword:
     """One phrase of a hotword list.
@@ -284,15 +292,12 @@ class ContextGraph:
         """
         if len(hotwords) > MAX_HOTWORDS:
             raise HotwordError(f"{len(hotwords)} hotwords: at most {MAX_HOTWORDS} are allowed")
-        if hotwords and not abs(default_score) <= MAX_HOTWORD_SCORE:
-            raise HotwordError(f"hotwords_score {default_score:g}: a per-token boost must be in "
-                               f"[-{MAX_HOTWORD_SCORE:g}, {MAX_HOTWORD_SCORE:g}]")
+        if hotwords:
+            _check_boost(default_score, f"hotwords_score {default_score:g}")
         phrases = []
         for hotword in hotwords:
-            if hotword.score is not None and not abs(hotword.score) <= MAX_HOTWORD_SCORE:
-                raise HotwordError(
-                    f"hotword {hotword.text!r}: score {hotword.score:g}: a per-token boost must "
-                    f"be in [-{MAX_HOTWORD_SCORE:g}, {MAX_HOTWORD_SCORE:g}]")
+            if hotword.score is not None:
+                _check_boost(hotword.score, f"hotword {hotword.text!r}: score {hotword.score:g}")
             ids = tokenizer.encode(hotword.text)
             if tokenizer.unk_id in ids:
                 unknown = sorted(
