@@ -180,6 +180,8 @@ class AsrDataset(torch.utils.data.Dataset):
             noise = CutSet.from_file(cfg.noise.cuts_path).to_eager()
             if len(noise) == 0:
                 raise ValueError(f"data.noise.cuts_path {cfg.noise.cuts_path} holds no cuts")
+            if not cfg.on_the_fly_feats:
+                _check_stored_noise(noise, cfg)
             transforms.append(NoiseMixing(noise, cfg.noise.snr_db, cfg.noise.probability,
                                           cfg.fbank.sample_rate))
         feature_transforms = []
@@ -294,6 +296,24 @@ class AsrDataset(torch.utils.data.Dataset):
             f"cannot load the batch of {len(cuts)} cuts starting with {cuts[0].id!r} "
             f"({cut_files(cuts[0])}): {error_reason(batch_err)}"
         ) from batch_err
+
+
+def _check_stored_noise(noise, cfg: DataConfig) -> None:
+    """Refuses noise cuts that cannot be mixed into stored training features: lhotse then mixes
+    in the feature domain, so each noise cut needs stored features of ``cfg.fbank``'s rate,
+    mel bins and frame shift (:func:`~asr.data.filtering.check_cut_audio`); without them the
+    first training batch failed inside lhotse's mixer, naming no noise file.
+
+    Raises:
+        ValueError: naming ``data.noise.cuts_path``, a noise cut and its files.
+    """
+    try:
+        check_cut_audio(noise, cfg.fbank.sample_rate, stored=cfg.fbank)
+    except ValueError as err:
+        raise ValueError(
+            f"data.noise.cuts_path {cfg.noise.cuts_path}: noise is mixed into stored training "
+            f"features (data.on_the_fly_feats=false) in the feature domain: {err}"
+        ) from None
 
 
 def check_cut_manifest(path: Path, read_by_lhotse: bool = True) -> None:

@@ -121,13 +121,25 @@ def supervision_outside(cut) -> SupervisionSegment | None:
 
 
 def cut_files(cut) -> str:
-    """The files a cut's data comes from (its feature archive, its audio), for messages."""
+    """The files a cut's data comes from (its feature archive, its audio; those of every track
+    of a mixed cut, e.g. a training cut with noise mixed in), for messages."""
+    return ", ".join(dict.fromkeys(_file_names(cut))) or "no data files"
+
+
+def _file_names(cut) -> list[str]:
+    """``"features <path>"`` and ``"audio <source>"`` of ``cut`` (of each track of a mixed cut;
+    a padding track has none)."""
+    tracks = getattr(cut, "tracks", None)
+    if tracks is not None:  # a MixedCut has neither .features nor .recording of its own
+        return [name for track in tracks for name in _file_names(track.cut)]
     files = []
-    if cut.has_features:
-        files.append(f"features {cut.features.storage_path}")
-    if cut.has_recording:
-        files += [f"audio {source.source}" for source in cut.recording.sources]
-    return ", ".join(files) or "no data files"
+    features = getattr(cut, "features", None)
+    if features is not None:
+        files.append(f"features {features.storage_path}")
+    recording = getattr(cut, "recording", None)
+    if recording is not None:
+        files += [f"audio {source.source}" for source in recording.sources]
+    return files
 
 
 def data_files(cut, fields: Collection[str]) -> Iterator[str]:

@@ -286,6 +286,44 @@ def test_noise_mixing_in_training_only(prepared: dict, tmp_path) -> None:
         assert (noisy.feats[i, :n, 60:] - clean.feats[i, :n, 60:]).mean() > 1.0
 
 
+def test_noise_without_stored_features_is_refused_for_stored_training_features(
+        prepared: dict, tmp_path) -> None:
+    """With stored features lhotse mixes noise in the feature domain: noise cuts without
+    features failed the first training batch with an AttributeError naming no file; they are
+    refused when the dataset is made, naming the option and a noise cut, and noise with stored
+    features is mixed."""
+    import warnings
+
+    from lhotse import LilcomChunkyWriter
+
+    from asr.features.fbank import make_lhotse_fbank
+
+    cuts = _train_cuts(prepared)
+    no_features = _write_noise_cuts(tmp_path)
+    quiet = dict(spec_augment=SpecAugmentConfig(enabled=False))
+    cfg = _cfg(prepared, noise=NoiseConfig(cuts_path=no_features, probability=1.0), **quiet)
+    with pytest.raises(ValueError, match=rf"data.noise.cuts_path {no_features}: .*feature "
+                                         r"domain: 1 cuts have no stored features, e.g. cut .*"
+                                         r"noise\.flac"):
+        AsrDataset.from_config(cfg, CharEncoder(), train=True)
+    AsrDataset.from_config(cfg, CharEncoder(), train=False)  # evaluation mixes no noise
+    stored = CutSet.from_file(no_features).compute_and_store_features(
+        make_lhotse_fbank(FbankConfig()), tmp_path / "noise_feats",
+        storage_type=LilcomChunkyWriter)
+    stored.to_file(tmp_path / "stored_noise.jsonl.gz")
+    cfg = _cfg(prepared, noise=NoiseConfig(cuts_path=tmp_path / "stored_noise.jsonl.gz",
+                                           probability=1.0, snr_db=(0.0, 5.0)), **quiet)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nor lhotse's warning about a lambda in a lazy map
+        dataset = AsrDataset.from_config(cfg, CharEncoder(), train=True)
+    noisy = dataset[cuts]
+    clean = AsrDataset.from_config(cfg, CharEncoder(), train=False)[cuts]
+    assert noisy.cut_ids == clean.cut_ids and torch.equal(noisy.feat_lens, clean.feat_lens)
+    assert noisy.texts == clean.texts
+    for i, n in enumerate(clean.feat_lens.tolist()):  # the noise raises the high bins' energy
+        assert (noisy.feats[i, :n, 60:] - clean.feats[i, :n, 60:]).mean() > 0.1
+
+
 def test_make_dataloader_and_strict_config(prepared: dict) -> None:
     data = {"manifest_dir": str(prepared["root"] / "fbank"),
             "train_cuts": ["librispeech_cuts_train-clean-5.jsonl.gz"],
@@ -357,6 +395,26 @@ def test_a_cut_that_cannot_be_loaded_is_named_with_its_file(prepared: dict, tmp_
     field = "recording" if on_the_fly else "features"
     assert str(err.value) == unreadable_cut_error(victim, [field])
     assert str(err.value).startswith(f"cannot read the {field} of cut {victim.id!r} (")
+
+
+def test_a_corrupt_audio_file_under_noise_is_named_with_its_cut_and_file(prepared: dict,
+                                                                          tmp_path) -> None:
+    """With noise mixing a training cut is a mixed cut (its audio and the noise's): the message
+    about one that cannot be loaded failed itself (AttributeError: a mixed cut has no
+    ``recording`` or ``features`` of its own) instead of naming the cut and its files."""
+    cuts = list(CutSet.from_file(prepared["manifests"]["train-clean-5"]))[:3]
+    victim = cuts[1]
+    truncated = tmp_path / "truncated.flac"
+    data = Path(victim.recording.sources[0].source).read_bytes()
+    truncated.write_bytes(data[: len(data) // 3])
+    victim.recording.sources[0].source = str(truncated)
+    noise = _write_noise_cuts(tmp_path)
+    cfg = _cfg(prepared, on_the_fly_feats=True, spec_augment=SpecAugmentConfig(enabled=False),
+               noise=NoiseConfig(cuts_path=noise, probability=1.0))
+    dataset = AsrDataset.from_config(cfg, CharEncoder(), train=True)
+    with pytest.raises(DataError, match=rf"cut {victim.id!r} \(audio .*truncated\.flac, "
+                                        r"audio .*noise\.flac\)"):
+        dataset[CutSet.from_cuts(cuts)]
 
 
 def test_cuts_at_another_sample_rate_are_refused_before_any_batch(prepared: dict,
