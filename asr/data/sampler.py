@@ -23,7 +23,8 @@ is initialised.
 ``max_duration``: lhotse closes a batch once one more cut as long as its longest would exceed
 it, so a batch can pass it by up to the difference between its last cut and the longest one
 before it; with duration buckets (cuts of similar length) that is small (none of the batches of
-a LibriSpeech-like duration mix at 200 s and 30 buckets did).
+a LibriSpeech-like duration mix at 200 s and 30 buckets did). The padded size of a batch (its
+cuts times its longest) is not bounded by ``max_duration``; no batch is empty.
 
 Resuming: the trainer does not use lhotse's sampler state (which, with DataLoader workers, counts
 the prefetched batches as yielded). :class:`asr.data.epochs.EpochBatches` re-seeds the sampler
