@@ -218,15 +218,24 @@ class AsrDataset(torch.utils.data.Dataset):
     def __getitem__(self, cuts) -> Batch:
         """Turns a CutSet into a Batch (cuts sorted by decreasing duration).
 
+        Each cut's features span its whole audio; its text is that of all its supervisions in
+        the order they start (:func:`~asr.data.filtering.cut_text`).
+
         Returns:
             Batch with feats (B, T, F) float32 zero-padded, feat_lens (B,), tokens (B, U)
             padded with ``TOKEN_PAD_ID``, token_lens (B,), texts and cut_ids.
+
+        Raises:
+            ValueError: on no cut, or naming a cut without any supervision and its files (the
+                training filter drops such cuts as ``empty_text``).
+            DataError: naming a cut whose data cannot be loaded and its files.
         """
         if len(cuts) == 0:
             raise ValueError("AsrDataset got an empty CutSet")
         for cut in cuts:
             if not cut.supervisions:
-                raise ValueError(f"cut {cut.id!r} has no supervision (nothing to transcribe)")
+                raise ValueError(f"cut {cut.id!r} ({cut_files(cut)}) has no supervision "
+                                 "(nothing to transcribe)")
         with preserved_rngs():
             seed_rngs(self.seed_for("batch", *(cut.id for cut in cuts)))
             for transform in self.cut_transforms:

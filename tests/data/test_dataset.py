@@ -417,6 +417,16 @@ def test_a_corrupt_audio_file_under_noise_is_named_with_its_cut_and_file(prepare
         dataset[CutSet.from_cuts(cuts)]
 
 
+def test_a_cut_without_supervision_is_named_with_its_file(prepared: dict) -> None:
+    """An unfiltered set (filter_cuts drops them as empty_text) with a cut that has nothing to
+    transcribe: the error named the cut alone, not where it comes from."""
+    cuts = list(_train_cuts(prepared))[:2]
+    cuts[1].supervisions = []
+    dataset = AsrDataset.from_config(_cfg(prepared), CharEncoder(), train=False)
+    with pytest.raises(ValueError, match=rf"cut {cuts[1].id!r} \(features .*\.lca, audio .*"
+                                         rf"{cuts[1].id}\.flac\) has no supervision"):
+        dataset[CutSet.from_cuts(cuts)]
+
 def test_cuts_at_another_sample_rate_are_refused_before_any_batch(prepared: dict,
                                                                    tmp_path) -> None:
     cuts = list(_train_cuts(prepared).drop_features())[:3]
