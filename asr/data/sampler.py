@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Iterator
 
 from asr.data.config import DataConfig
 
@@ -88,7 +89,7 @@ class _RankShare:
         self.rank = rank
         self.world_size = world_size
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator:
         return itertools.islice(self.cuts, self.rank, None, self.world_size)
 
 
@@ -133,6 +134,7 @@ def make_sampler(
     if not train and world_size > 1:
         from lhotse import CutSet
 
+        logger.debug("evaluation sampler: the share of rank %d of %d", rank, world_size)
         cuts = CutSet(_RankShare(cuts, rank, world_size))
         rank, world_size = 0, 1  # lhotse's own split would repeat and merge cuts at the end
     # lhotse needs at least one cut per bucket to estimate the bucket boundaries; peeking at
