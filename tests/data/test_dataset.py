@@ -80,6 +80,25 @@ def test_on_the_fly_equals_stored_features(prepared: dict) -> None:
     assert torch.equal(otf.tokens, stored.tokens)
 
 
+
+def test_stored_speed_copies_equal_on_the_fly_perturbation(prepared: dict, tmp_path) -> None:
+    """``asr prepare fbank --speed-perturb`` stores copies at 0.9 and 1.1 that training with
+    ``data.speed_perturb`` computes on the fly instead: the same frames and features."""
+    from asr.data.fbank import compute_fbank_for_cuts, speed_perturb_cuts
+
+    cuts = CutSet.from_file(prepared["manifests"]["train-clean-5"]).subset(first=3)
+    stored = compute_fbank_for_cuts(speed_perturb_cuts(cuts), tmp_path / "sp.lca",
+                                    progress_bar=False)
+    from_store = AsrDataset.from_config(_cfg(prepared), CharEncoder(), train=False)
+    on_the_fly = AsrDataset.from_config(_cfg(prepared, on_the_fly_feats=True), CharEncoder(),
+                                        train=False)
+    for factor in (0.9, 1.1):
+        copies = from_store[CutSet.from_cuts(c for c in stored if c.id.endswith(f"_sp{factor}"))]
+        computed = on_the_fly[CutSet.from_cuts(c.perturb_speed(factor) for c in cuts)]
+        assert copies.cut_ids == computed.cut_ids and copies.texts == computed.texts
+        assert torch.equal(copies.feat_lens, computed.feat_lens)
+        torch.testing.assert_close(copies.feats, computed.feats, atol=LILCOM_ATOL, rtol=0)
+
 def test_spec_augment_only_in_training(prepared: dict) -> None:
     cuts = _train_cuts(prepared)
     strong = SpecAugmentConfig(time_warp_factor=0, num_freq_masks=2, max_freq_mask_width=20,
