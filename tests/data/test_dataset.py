@@ -119,6 +119,29 @@ def test_spec_augment_only_in_training(prepared: dict) -> None:
                        reference.feats)
 
 
+
+def test_time_masks_keep_within_each_utterances_own_length_and_budget(prepared: dict) -> None:
+    """Time masks are drawn on each utterance's valid frames: the frames they change lie within
+    its length and number at most ``max_time_mask_fraction`` of that length, not of the padded
+    batch's (a short utterance beside a 2.1 s one would otherwise lose most of its frames, or
+    have its masks fall into the padding, which is zeroed after)."""
+    cuts = _train_cuts(prepared)  # 60 to 210 frames
+    masks = SpecAugmentConfig(time_warp_factor=0, num_freq_masks=0, num_time_masks=10,
+                              max_time_mask_width=100, max_time_mask_fraction=0.3,
+                              probability=1.0)
+    cfg = _cfg(prepared, spec_augment=masks)
+    clean = AsrDataset.from_config(cfg, CharEncoder(), train=False)[cuts]
+    masked_any = 0
+    for seed in range(4):
+        batch = AsrDataset.from_config(replace(cfg, seed=seed), CharEncoder(), train=True)[cuts]
+        assert batch.cut_ids == clean.cut_ids
+        for i, n in enumerate(batch.feat_lens.tolist()):
+            changed = (batch.feats[i] != clean.feats[i]).any(dim=1).nonzero().flatten()
+            assert len(changed) <= int(0.3 * n), (batch.cut_ids[i], n, len(changed))
+            assert len(changed) == 0 or int(changed.max()) < n
+            masked_any += len(changed) > 0
+    assert masked_any > 16  # most of the 32 utterances got a mask
+
 def test_spec_augment_starts_at_its_epoch(prepared: dict) -> None:
     cuts = _train_cuts(prepared)
     masks = SpecAugmentConfig(time_warp_factor=0, num_freq_masks=2, max_freq_mask_width=20,
