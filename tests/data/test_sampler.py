@@ -238,3 +238,25 @@ def test_evaluation_ranks_see_every_cut_exactly_once_in_bounded_batches(world_si
                 assert len(batch) > 0 and _within_lhotses_bound(batch, 10.0), list(batch)
                 ids += [c.id for c in batch]
         assert sorted(ids) == sorted(c.id for c in cuts), durations  # each once, no _dup
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+@pytest.mark.parametrize("num_buckets", [1, 3])
+def test_training_batches_keep_lhotses_bound_on_every_rank(world_size: int,
+                                                           num_buckets: int) -> None:
+    """With drop_last (the training default) every batch of every rank is non-empty and within
+    the documented bound, the ranks are disjoint and yield as many batches."""
+    rng = random.Random(7)
+    cuts = _timed_cuts([round(rng.uniform(0.5, 5.0), 2) for _ in range(41)])
+    cfg = _cfg(max_duration=10.0, max_cut_duration=5.0, num_buckets=num_buckets,
+               drop_last=True, seed=2)
+    per_rank = []
+    for rank in range(world_size):
+        sampler = make_sampler(cuts, cfg, train=True, rank=rank, world_size=world_size)
+        sampler.set_epoch(4)
+        batches = list(sampler)
+        assert batches and all(len(b) > 0 and _within_lhotses_bound(b, 10.0) for b in batches)
+        per_rank.append([[c.id for c in b] for b in batches])
+    assert len({len(batches) for batches in per_rank}) == 1
+    ids = [cut_id for batches in per_rank for batch in batches for cut_id in batch]
+    assert len(ids) == len(set(ids)) and "_dup" not in "".join(ids)
