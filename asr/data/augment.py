@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import math
 import random
@@ -289,6 +290,12 @@ class SpeedPerturbation:
         return cut.drop_features().perturb_speed(factor, affix_id=False)
 
 
+def _at_rate(cut, sample_rate: int):
+    """``cut`` resampled to ``sample_rate`` Hz (itself when it is at that rate); a function, not
+    a lambda, which lhotse's lazy map warns about."""
+    return cut if cut.sampling_rate == sample_rate else cut.resample(sample_rate)
+
+
 class NoiseMixing:
     """Additive noise for a batch of cuts: each cut gets, with ``probability``, noise cuts mixed in
     over its whole duration at an SNR drawn uniformly from ``snr_db`` (lhotse's ``CutSet.mix``,
@@ -316,9 +323,7 @@ class NoiseMixing:
         if len(noise) == 0:
             raise ValueError("NoiseMixing needs at least one noise cut")
         self.sample_rate = sample_rate
-        self.noise = noise.map(
-            lambda cut: cut if cut.sampling_rate == sample_rate else cut.resample(sample_rate)
-        ).to_eager()
+        self.noise = noise.map(functools.partial(_at_rate, sample_rate=sample_rate)).to_eager()
         self.snr_db = (float(snr_db[0]), float(snr_db[1]))
         self.probability = probability
 

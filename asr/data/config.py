@@ -149,7 +149,8 @@ class DataConfig:
             (``asr shar`` writes them; read lazily, shard order shuffled per epoch, see
             :mod:`asr.data.shar`); empty: use ``train_cuts``.
         dev_cuts: validation cut manifest file names.
-        max_duration: total seconds of audio per batch (per rank).
+        max_duration: total seconds of audio per batch (per rank), as lhotse bounds it (a
+            batch may pass it by a little: :mod:`asr.data.sampler`).
         num_buckets: duration buckets of the ``DynamicBucketingSampler``.
         shuffle: shuffle training cuts (evaluation is never shuffled).
         buffer_size: cuts the sampler holds to shuffle and bucket from (lhotse's buffer): a

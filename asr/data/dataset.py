@@ -180,6 +180,8 @@ class AsrDataset(torch.utils.data.Dataset):
             noise = CutSet.from_file(cfg.noise.cuts_path).to_eager()
             if len(noise) == 0:
                 raise ValueError(f"data.noise.cuts_path {cfg.noise.cuts_path} holds no cuts")
+            if not cfg.on_the_fly_feats:
+                _check_stored_noise(noise, cfg)
             transforms.append(NoiseMixing(noise, cfg.noise.snr_db, cfg.noise.probability,
                                           cfg.fbank.sample_rate))
         feature_transforms = []
@@ -216,15 +218,24 @@ class AsrDataset(torch.utils.data.Dataset):
     def __getitem__(self, cuts) -> Batch:
         """Turns a CutSet into a Batch (cuts sorted by decreasing duration).
 
+        Each cut's features span its whole audio; its text is that of all its supervisions in
+        the order they start (:func:`~asr.data.filtering.cut_text`).
+
         Returns:
             Batch with feats (B, T, F) float32 zero-padded, feat_lens (B,), tokens (B, U)
             padded with ``TOKEN_PAD_ID``, token_lens (B,), texts and cut_ids.
+
+        Raises:
+            ValueError: on no cut, or naming a cut without any supervision and its files (the
+                training filter drops such cuts as ``empty_text``).
+            DataError: naming a cut whose data cannot be loaded and its files.
         """
         if len(cuts) == 0:
             raise ValueError("AsrDataset got an empty CutSet")
         for cut in cuts:
             if not cut.supervisions:
-                raise ValueError(f"cut {cut.id!r} has no supervision (nothing to transcribe)")
+                raise ValueError(f"cut {cut.id!r} ({cut_files(cut)}) has no supervision "
+                                 "(nothing to transcribe)")
         with preserved_rngs():
             seed_rngs(self.seed_for("batch", *(cut.id for cut in cuts)))
             for transform in self.cut_transforms:
@@ -294,6 +305,24 @@ class AsrDataset(torch.utils.data.Dataset):
             f"cannot load the batch of {len(cuts)} cuts starting with {cuts[0].id!r} "
             f"({cut_files(cuts[0])}): {error_reason(batch_err)}"
         ) from batch_err
+
+
+def _check_stored_noise(noise, cfg: DataConfig) -> None:
+    """Refuses noise cuts that cannot be mixed into stored training features: lhotse then mixes
+    in the feature domain, so each noise cut needs stored features of ``cfg.fbank``'s rate,
+    mel bins and frame shift (:func:`~asr.data.filtering.check_cut_audio`); without them the
+    first training batch failed inside lhotse's mixer, naming no noise file.
+
+    Raises:
+        ValueError: naming ``data.noise.cuts_path``, a noise cut and its files.
+    """
+    try:
+        check_cut_audio(noise, cfg.fbank.sample_rate, stored=cfg.fbank)
+    except ValueError as err:
+        raise ValueError(
+            f"data.noise.cuts_path {cfg.noise.cuts_path}: noise is mixed into stored training "
+            f"features (data.on_the_fly_feats=false) in the feature domain: {err}"
+        ) from None
 
 
 def check_cut_manifest(path: Path, read_by_lhotse: bool = True) -> None:

@@ -16,6 +16,14 @@ field ``speed_factors`` (:func:`allowed_speeds`), and the perturbation draws amo
 no drawn speed can take a kept cut out of range or give it more tokens than frames. A cut that
 fails at every speed is dropped and counted once, under its reason at the first speed judged.
 
+Transcripts: a cut is trained on its whole audio (features from its start to its end) with the
+texts of all its supervisions, in the order they start (:func:`cut_text`). A supervision may be
+shorter than the cut (the audio around it is taken to hold no other speech), and a cut may have
+several; but a supervision that starts before the cut or ends after it (beyond
+:data:`SUPERVISION_TOLERANCE`, e.g. a cut truncated within an utterance) has text for audio the
+cut lacks, so such a cut is dropped and counted (``outside_cut``), as lhotse's
+``validate_for_asr`` refuses it.
+
 Lazy CutSets: :func:`filter_cuts` makes one counting pass over the cuts (reading the manifest and
 tokenizing once), then returns ``cuts.filter(...)``, which stays lazy for a lazy input (the check
 is redone, without counting, when it is iterated); eager inputs give an eager result.
@@ -32,16 +40,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover
+    from lhotse import SupervisionSegment
+
     from asr.features.fbank import FbankConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SPEEDS_FIELD", "FilterStats", "TextEncoder", "allowed_speeds", "check_cut_audio",
-           "cut_files", "data_files", "drop_reason", "error_reason", "filter_cuts",
+__all__ = ["SPEEDS_FIELD", "SUPERVISION_TOLERANCE", "FilterStats", "TextEncoder",
+           "allowed_speeds", "check_cut_audio", "cut_files", "cut_text", "data_files",
+           "drop_reason", "error_reason", "filter_cuts", "supervision_outside",
            "unreadable_cut_error", "unreadable_field"]
 
 #: The custom field of a cut kept at only some of the speeds it was judged at: those speeds.
 SPEEDS_FIELD = "speed_factors"
+
+#: Seconds a supervision may reach outside its cut (rounding), lhotse's ``validate_for_asr``'s.
+SUPERVISION_TOLERANCE = 2e-3
 
 
 class TextEncoder(Protocol):
@@ -57,6 +71,8 @@ class FilterStats:
     Attributes:
         kept: cuts kept (at one speed factor at least).
         empty_text: dropped: transcript empty (or encoding to no tokens).
+        outside_cut: dropped: a supervision starts before the cut or ends after it (its text
+            holds words whose audio the cut lacks, e.g. a cut truncated within an utterance).
         too_short: dropped: duration below ``min_duration`` (at the first speed factor, and
             some check failed at each of the others).
         too_long: dropped: duration above ``max_duration`` (likewise).
@@ -69,6 +85,7 @@ class FilterStats:
 
     kept: int = 0
     empty_text: int = 0
+    outside_cut: int = 0
     too_short: int = 0
     too_long: int = 0
     too_many_tokens: int = 0
@@ -77,7 +94,8 @@ class FilterStats:
 
     @property
     def dropped(self) -> int:
-        return self.empty_text + self.too_short + self.too_long + self.too_many_tokens
+        return (self.empty_text + self.outside_cut + self.too_short + self.too_long
+                + self.too_many_tokens)
 
     @property
     def total(self) -> int:
@@ -85,18 +103,43 @@ class FilterStats:
 
 
 def cut_text(cut) -> str:
-    """The cut's transcript: its supervisions' texts joined by spaces."""
-    return " ".join(s.text.strip() for s in cut.supervisions if s.text and s.text.strip())
+    """The cut's transcript: the texts of its supervisions in the order they start (the order a
+    manifest or a mixed cut lists them in need not be that), joined by spaces."""
+    supervisions = sorted(cut.supervisions, key=lambda s: s.start)  # stable: ties keep order
+    return " ".join(s.text.strip() for s in supervisions if s.text and s.text.strip())
+
+
+def supervision_outside(cut) -> SupervisionSegment | None:
+    """The first supervision of ``cut`` that starts before it or ends after it (by more than
+    :data:`SUPERVISION_TOLERANCE`), e.g. in a cut truncated within an utterance: its text names
+    words whose audio the cut lacks; None when every supervision lies within the cut."""
+    for supervision in cut.supervisions:
+        if (supervision.start < -SUPERVISION_TOLERANCE
+                or supervision.end > cut.duration + SUPERVISION_TOLERANCE):
+            return supervision
+    return None
 
 
 def cut_files(cut) -> str:
-    """The files a cut's data comes from (its feature archive, its audio), for messages."""
+    """The files a cut's data comes from (its feature archive, its audio; those of every track
+    of a mixed cut, e.g. a training cut with noise mixed in), for messages."""
+    return ", ".join(dict.fromkeys(_file_names(cut))) or "no data files"
+
+
+def _file_names(cut) -> list[str]:
+    """``"features <path>"`` and ``"audio <source>"`` of ``cut`` (of each track of a mixed cut;
+    a padding track has none)."""
+    tracks = getattr(cut, "tracks", None)
+    if tracks is not None:  # a MixedCut has neither .features nor .recording of its own
+        return [name for track in tracks for name in _file_names(track.cut)]
     files = []
-    if cut.has_features:
-        files.append(f"features {cut.features.storage_path}")
-    if cut.has_recording:
-        files += [f"audio {source.source}" for source in cut.recording.sources]
-    return ", ".join(files) or "no data files"
+    features = getattr(cut, "features", None)
+    if features is not None:
+        files.append(f"features {features.storage_path}")
+    recording = getattr(cut, "recording", None)
+    if recording is not None:
+        files += [f"audio {source.source}" for source in recording.sources]
+    return files
 
 
 def data_files(cut, fields: Collection[str]) -> Iterator[str]:
@@ -281,7 +324,7 @@ def drop_reason(
     frame_shift: float = 0.01,
     speed_factors: tuple[float, ...] = (1.0,),
 ) -> str | None:
-    """Why ``cut`` should be dropped ("empty_text", "too_short", "too_long",
+    """Why ``cut`` should be dropped ("empty_text", "outside_cut", "too_short", "too_long",
     "too_many_tokens"), or ``None`` to keep it (it passes at one of ``speed_factors`` at least).
     Arguments as in :func:`filter_cuts`."""
     return _judge(cut, encoder, output_length, min_duration, max_duration, frame_shift,
@@ -311,6 +354,8 @@ def _judge(cut, encoder: TextEncoder, output_length: Callable[[int], int], min_d
     text = cut_text(cut)
     if not text:
         return _Verdict("empty_text", [], ())
+    if supervision_outside(cut) is not None:  # at every speed: perturbation scales both alike
+        return _Verdict("outside_cut", [], ())
     tokens: list[int] | None = None
     reasons: dict[float, str | None] = {}
     for factor in speed_factors:
@@ -375,8 +420,9 @@ def filter_cuts(
     apply_to=None,
     speed_factors: tuple[float, ...] = (1.0,),
 ):
-    """Drops cuts with empty text, duration out of range or more tokens than encoder frames;
-    counts (and keeps) those with text that ``encoder`` turns into its ``unk_id``.
+    """Drops cuts with empty text, a supervision outside the cut, duration out of range or
+    more tokens than encoder frames; counts (and keeps) those with text that ``encoder`` turns
+    into its ``unk_id``.
 
     Args:
         cuts: a lhotse ``CutSet`` (lazy or eager).
@@ -403,8 +449,8 @@ def filter_cuts(
         raise ValueError(f"speed_factors must be > 0 (and at least one), got {speed_factors}")
     speed_factors = tuple(speed_factors)
     keep = _Keep(encoder, output_length, min_duration, max_duration, frame_shift, speed_factors)
-    counts = {"kept": 0, "empty_text": 0, "too_short": 0, "too_long": 0, "too_many_tokens": 0,
-              "with_unk": 0, "some_speeds": 0}
+    counts = {"kept": 0, "empty_text": 0, "outside_cut": 0, "too_short": 0, "too_long": 0,
+              "too_many_tokens": 0, "with_unk": 0, "some_speeds": 0}
     examples: dict[str, str] = {}
     unk_id = getattr(encoder, "unk_id", None)
     kept = []

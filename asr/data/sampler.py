@@ -6,16 +6,25 @@ are batched together and padding stays small (the dynamic-bucketing idea of lhot
 "Lhotse: a speech data representation library for the modern deep learning ecosystem", 2021).
 
 Distributed training: every rank iterates the same (identically shuffled, seeded) stream and keeps
-every ``world_size``-th batch starting at ``rank``, so ranks never share a cut, yield as many
-batches each, and together cover the data, less what ``drop_last`` leaves out (see
-:mod:`asr.data.epochs`); without ``drop_last`` (evaluation) lhotse splits the last batches among
-the ranks, repeating a cut (id suffixed ``_dup``) only when fewer cuts than ranks are left.
-``rank``/``world_size`` default to ``torch.distributed`` when it is initialised.
+every ``world_size``-th batch starting at ``rank``, so ranks yield as many batches each (a DDP
+step needs every rank) and never share a cut; together they cover the data, less what
+``drop_last`` leaves out (see :mod:`asr.data.epochs`). Training without ``drop_last`` keeps
+lhotse's end of an epoch: it splits the last batches among the ranks, repeating a cut (id
+suffixed ``_dup<k>``) when fewer cuts than ranks are left, and such a split batch may mix cuts of
+different buckets.
+
+Distributed evaluation (the validation loss, summed per rank and reduced once) needs no equal
+batch counts, but every cut exactly once: each rank samples, alone, its own share of the cuts
+(those at positions ``rank``, ``rank + world_size``, ...), so no cut is repeated or left out and
+every batch keeps the ``max_duration`` bound below; ranks may yield different numbers of
+batches (one with no cut, none). ``rank``/``world_size`` default to ``torch.distributed`` when it
+is initialised.
 
 ``max_duration``: lhotse closes a batch once one more cut as long as its longest would exceed
 it, so a batch can pass it by up to the difference between its last cut and the longest one
 before it; with duration buckets (cuts of similar length) that is small (none of the batches of
-a LibriSpeech-like duration mix at 200 s and 30 buckets did).
+a LibriSpeech-like duration mix at 200 s and 30 buckets did). The padded size of a batch (its
+cuts times its longest) is not bounded by ``max_duration``; no batch is empty.
 
 Resuming: the trainer does not use lhotse's sampler state (which, with DataLoader workers, counts
 the prefetched batches as yielded). :class:`asr.data.epochs.EpochBatches` re-seeds the sampler
@@ -27,6 +36,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Iterator
 
 from asr.data.config import DataConfig
 
@@ -70,6 +80,19 @@ def lazy_view(cuts):
     return cuts
 
 
+class _RankShare:
+    """A lazy lhotse source: the cuts of ``cuts`` at positions ``rank``, ``rank + world_size``,
+    ... (one rank's share of an evaluation set), read anew on each iteration."""
+
+    def __init__(self, cuts, rank: int, world_size: int) -> None:
+        self.cuts = cuts
+        self.rank = rank
+        self.world_size = world_size
+
+    def __iter__(self) -> Iterator:
+        return itertools.islice(self.cuts, self.rank, None, self.world_size)
+
+
 def make_sampler(
     cuts,
     cfg: DataConfig,
@@ -85,7 +108,8 @@ def make_sampler(
         cfg: data configuration (max_duration, num_buckets, buffer_size, shuffle, drop_last,
             seed).
         train: training sampling (``cfg.shuffle``/``cfg.drop_last``) or evaluation sampling
-            (no shuffling, last batch kept).
+            (no shuffling, last batch kept; with several ranks, each samples its share of the
+            cuts: module docstring).
         rank: this process's rank; see :func:`resolve_rank_world_size`.
         world_size: number of processes.
         bucket_cuts: the same cuts without their data (e.g. Lhotse Shar manifests, see
@@ -106,7 +130,13 @@ def make_sampler(
     cuts = lazy_view(cuts)
     rank, world_size = resolve_rank_world_size(rank, world_size)
     num_buckets = cfg.num_buckets
-    bucket_cuts = cuts if bucket_cuts is None else bucket_cuts
+    bucket_cuts = cuts if bucket_cuts is None else bucket_cuts  # all of them, on every rank
+    if not train and world_size > 1:
+        from lhotse import CutSet
+
+        logger.debug("evaluation sampler: the share of rank %d of %d", rank, world_size)
+        cuts = CutSet(_RankShare(cuts, rank, world_size))
+        rank, world_size = 0, 1  # lhotse's own split would repeat and merge cuts at the end
     # lhotse needs at least one cut per bucket to estimate the bucket boundaries; peeking at
     # the first num_buckets cuts is cheap even for a lazy CutSet.
     num_cuts = sum(1 for _ in itertools.islice(bucket_cuts, num_buckets))

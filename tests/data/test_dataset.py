@@ -80,6 +80,25 @@ def test_on_the_fly_equals_stored_features(prepared: dict) -> None:
     assert torch.equal(otf.tokens, stored.tokens)
 
 
+
+def test_stored_speed_copies_equal_on_the_fly_perturbation(prepared: dict, tmp_path) -> None:
+    """``asr prepare fbank --speed-perturb`` stores copies at 0.9 and 1.1 that training with
+    ``data.speed_perturb`` computes on the fly instead: the same frames and features."""
+    from asr.data.fbank import compute_fbank_for_cuts, speed_perturb_cuts
+
+    cuts = CutSet.from_file(prepared["manifests"]["train-clean-5"]).subset(first=3)
+    stored = compute_fbank_for_cuts(speed_perturb_cuts(cuts), tmp_path / "sp.lca",
+                                    progress_bar=False)
+    from_store = AsrDataset.from_config(_cfg(prepared), CharEncoder(), train=False)
+    on_the_fly = AsrDataset.from_config(_cfg(prepared, on_the_fly_feats=True), CharEncoder(),
+                                        train=False)
+    for factor in (0.9, 1.1):
+        copies = from_store[CutSet.from_cuts(c for c in stored if c.id.endswith(f"_sp{factor}"))]
+        computed = on_the_fly[CutSet.from_cuts(c.perturb_speed(factor) for c in cuts)]
+        assert copies.cut_ids == computed.cut_ids and copies.texts == computed.texts
+        assert torch.equal(copies.feat_lens, computed.feat_lens)
+        torch.testing.assert_close(copies.feats, computed.feats, atol=LILCOM_ATOL, rtol=0)
+
 def test_spec_augment_only_in_training(prepared: dict) -> None:
     cuts = _train_cuts(prepared)
     strong = SpecAugmentConfig(time_warp_factor=0, num_freq_masks=2, max_freq_mask_width=20,
@@ -99,6 +118,29 @@ def test_spec_augment_only_in_training(prepared: dict) -> None:
     assert torch.equal(AsrDataset.from_config(off, CharEncoder(), train=True)[cuts].feats,
                        reference.feats)
 
+
+
+def test_time_masks_keep_within_each_utterances_own_length_and_budget(prepared: dict) -> None:
+    """Time masks are drawn on each utterance's valid frames: the frames they change lie within
+    its length and number at most ``max_time_mask_fraction`` of that length, not of the padded
+    batch's (a short utterance beside a 2.1 s one would otherwise lose most of its frames, or
+    have its masks fall into the padding, which is zeroed after)."""
+    cuts = _train_cuts(prepared)  # 60 to 210 frames
+    masks = SpecAugmentConfig(time_warp_factor=0, num_freq_masks=0, num_time_masks=10,
+                              max_time_mask_width=100, max_time_mask_fraction=0.3,
+                              probability=1.0)
+    cfg = _cfg(prepared, spec_augment=masks)
+    clean = AsrDataset.from_config(cfg, CharEncoder(), train=False)[cuts]
+    masked_any = 0
+    for seed in range(4):
+        batch = AsrDataset.from_config(replace(cfg, seed=seed), CharEncoder(), train=True)[cuts]
+        assert batch.cut_ids == clean.cut_ids
+        for i, n in enumerate(batch.feat_lens.tolist()):
+            changed = (batch.feats[i] != clean.feats[i]).any(dim=1).nonzero().flatten()
+            assert len(changed) <= int(0.3 * n), (batch.cut_ids[i], n, len(changed))
+            assert len(changed) == 0 or int(changed.max()) < n
+            masked_any += len(changed) > 0
+    assert masked_any > 16  # most of the 32 utterances got a mask
 
 def test_spec_augment_starts_at_its_epoch(prepared: dict) -> None:
     cuts = _train_cuts(prepared)
@@ -286,6 +328,44 @@ def test_noise_mixing_in_training_only(prepared: dict, tmp_path) -> None:
         assert (noisy.feats[i, :n, 60:] - clean.feats[i, :n, 60:]).mean() > 1.0
 
 
+def test_noise_without_stored_features_is_refused_for_stored_training_features(
+        prepared: dict, tmp_path) -> None:
+    """With stored features lhotse mixes noise in the feature domain: noise cuts without
+    features failed the first training batch with an AttributeError naming no file; they are
+    refused when the dataset is made, naming the option and a noise cut, and noise with stored
+    features is mixed."""
+    import warnings
+
+    from lhotse import LilcomChunkyWriter
+
+    from asr.features.fbank import make_lhotse_fbank
+
+    cuts = _train_cuts(prepared)
+    no_features = _write_noise_cuts(tmp_path)
+    quiet = dict(spec_augment=SpecAugmentConfig(enabled=False))
+    cfg = _cfg(prepared, noise=NoiseConfig(cuts_path=no_features, probability=1.0), **quiet)
+    with pytest.raises(ValueError, match=rf"data.noise.cuts_path {no_features}: .*feature "
+                                         r"domain: 1 cuts have no stored features, e.g. cut .*"
+                                         r"noise\.flac"):
+        AsrDataset.from_config(cfg, CharEncoder(), train=True)
+    AsrDataset.from_config(cfg, CharEncoder(), train=False)  # evaluation mixes no noise
+    stored = CutSet.from_file(no_features).compute_and_store_features(
+        make_lhotse_fbank(FbankConfig()), tmp_path / "noise_feats",
+        storage_type=LilcomChunkyWriter)
+    stored.to_file(tmp_path / "stored_noise.jsonl.gz")
+    cfg = _cfg(prepared, noise=NoiseConfig(cuts_path=tmp_path / "stored_noise.jsonl.gz",
+                                           probability=1.0, snr_db=(0.0, 5.0)), **quiet)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nor lhotse's warning about a lambda in a lazy map
+        dataset = AsrDataset.from_config(cfg, CharEncoder(), train=True)
+    noisy = dataset[cuts]
+    clean = AsrDataset.from_config(cfg, CharEncoder(), train=False)[cuts]
+    assert noisy.cut_ids == clean.cut_ids and torch.equal(noisy.feat_lens, clean.feat_lens)
+    assert noisy.texts == clean.texts
+    for i, n in enumerate(clean.feat_lens.tolist()):  # the noise raises the high bins' energy
+        assert (noisy.feats[i, :n, 60:] - clean.feats[i, :n, 60:]).mean() > 0.1
+
+
 def test_make_dataloader_and_strict_config(prepared: dict) -> None:
     data = {"manifest_dir": str(prepared["root"] / "fbank"),
             "train_cuts": ["librispeech_cuts_train-clean-5.jsonl.gz"],
@@ -358,6 +438,36 @@ def test_a_cut_that_cannot_be_loaded_is_named_with_its_file(prepared: dict, tmp_
     assert str(err.value) == unreadable_cut_error(victim, [field])
     assert str(err.value).startswith(f"cannot read the {field} of cut {victim.id!r} (")
 
+
+def test_a_corrupt_audio_file_under_noise_is_named_with_its_cut_and_file(prepared: dict,
+                                                                          tmp_path) -> None:
+    """With noise mixing a training cut is a mixed cut (its audio and the noise's): the message
+    about one that cannot be loaded failed itself (AttributeError: a mixed cut has no
+    ``recording`` or ``features`` of its own) instead of naming the cut and its files."""
+    cuts = list(CutSet.from_file(prepared["manifests"]["train-clean-5"]))[:3]
+    victim = cuts[1]
+    truncated = tmp_path / "truncated.flac"
+    data = Path(victim.recording.sources[0].source).read_bytes()
+    truncated.write_bytes(data[: len(data) // 3])
+    victim.recording.sources[0].source = str(truncated)
+    noise = _write_noise_cuts(tmp_path)
+    cfg = _cfg(prepared, on_the_fly_feats=True, spec_augment=SpecAugmentConfig(enabled=False),
+               noise=NoiseConfig(cuts_path=noise, probability=1.0))
+    dataset = AsrDataset.from_config(cfg, CharEncoder(), train=True)
+    with pytest.raises(DataError, match=rf"cut {victim.id!r} \(audio .*truncated\.flac, "
+                                        r"audio .*noise\.flac\)"):
+        dataset[CutSet.from_cuts(cuts)]
+
+
+def test_a_cut_without_supervision_is_named_with_its_file(prepared: dict) -> None:
+    """An unfiltered set (filter_cuts drops them as empty_text) with a cut that has nothing to
+    transcribe: the error named the cut alone, not where it comes from."""
+    cuts = list(_train_cuts(prepared))[:2]
+    cuts[1].supervisions = []
+    dataset = AsrDataset.from_config(_cfg(prepared), CharEncoder(), train=False)
+    with pytest.raises(ValueError, match=rf"cut {cuts[1].id!r} \(features .*\.lca, audio .*"
+                                         rf"{cuts[1].id}\.flac\) has no supervision"):
+        dataset[CutSet.from_cuts(cuts)]
 
 def test_cuts_at_another_sample_rate_are_refused_before_any_batch(prepared: dict,
                                                                    tmp_path) -> None:

@@ -187,3 +187,46 @@ def test_a_cut_dropped_at_every_speed_is_counted_under_its_reason_at_the_first()
     for speeds, reason in [((1.0, 1.1), "too_many_tokens"), ((1.1, 1.0), "too_short")]:
         assert drop_reason(cut, CharEncoder(), subsampled_length, min_duration=0.5,
                            speed_factors=speeds) == reason
+
+
+def _with_supervisions(cut_id: str, duration: float, *spans: tuple[float, float, str]) -> MonoCut:
+    """A cut of ``duration`` s with one supervision per ``(start, duration, text)``, listed in
+    the order given."""
+    cut = _cut(cut_id, duration, "")
+    cut.supervisions = [SupervisionSegment(f"{cut_id}-{i}", cut_id, start, length, channel=0,
+                                           text=text)
+                        for i, (start, length, text) in enumerate(spans)]
+    return cut
+
+
+def test_a_cuts_transcript_is_its_supervisions_in_the_order_they_start() -> None:
+    """The texts were joined in the order the supervisions were listed: a manifest (or a mixed
+    cut) listing the later one first trained the cut on 'WORLD HELLO'."""
+    from asr.data.filtering import cut_text
+
+    listed_late_first = _with_supervisions("two", 2.0, (1.0, 1.0, "WORLD"), (0.0, 1.0, "HELLO"))
+    assert cut_text(listed_late_first) == "HELLO WORLD"
+    same_start = _with_supervisions("tie", 2.0, (0.0, 1.0, "A"), (0.0, 2.0, "B"), (0.5, 1, " "))
+    assert cut_text(same_start) == "A B"  # ties keep their order, blank texts are left out
+
+
+def test_a_supervision_outside_its_cut_drops_the_cut_and_is_counted(caplog) -> None:
+    """A cut truncated within its utterance kept the whole utterance's transcript for part of
+    its audio and was trained on it; a supervision shorter than the cut, or several within it,
+    are fine."""
+    whole = _cut("whole", 2.0, "HELLO WORLD")
+    cuts = CutSet.from_cuts([
+        whole.truncate(duration=1.0, preserve_id=True),  # the supervision ends at 2 s
+        whole.truncate(offset=0.5, duration=1.5, preserve_id=False),  # it starts at -0.5 s
+        _with_supervisions("inside", 3.0, (0.5, 1.0, "HELLO")),
+        _with_supervisions("several", 3.0, (2.0, 1.0, "WORLD"), (0.0, 1.5, "HELLO")),
+        _with_supervisions("rounding", 1.0, (-0.001, 1.002, "HELLO")),
+        whole,
+    ])
+    with caplog.at_level(logging.WARNING):
+        kept, stats = filter_cuts(cuts, CharEncoder(), subsampled_length,
+                                  speed_factors=(0.9, 1.0, 1.1))
+    assert [c.id for c in kept] == ["inside", "several", "rounding", "whole"]
+    assert stats == FilterStats(kept=4, outside_cut=2) and stats.dropped == 2
+    assert "dropped 2 cuts: outside_cut (e.g. whole at every speed" in caplog.text
+    assert drop_reason(cuts[0], CharEncoder(), subsampled_length) == "outside_cut"

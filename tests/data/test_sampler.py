@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 
 import pytest
 from lhotse import CutSet, MonoCut
@@ -204,3 +205,58 @@ def test_duration_buckets_are_estimated_from_the_first_10000_cuts() -> None:
     assert 1.0 < bins[0] < bins[-1] < 10.0  # neither the 30 s head nor the 25 s tail
     for other in (10, 9999, 10001, 10500):  # the corpus tells these apart
         assert estimate(other) != bins, other
+
+
+def _timed_cuts(durations: list[float]) -> CutSet:
+    return CutSet.from_cuts(MonoCut(f"cut-{i}", 0.0, d, 0) for i, d in enumerate(durations))
+
+
+def _within_lhotses_bound(batch, max_duration: float) -> bool:
+    """lhotse's bound (module docstring): over ``max_duration`` by at most the last cut's excess
+    over the longest one before it."""
+    durations = [c.duration for c in batch]
+    excess = durations[-1] - max(durations[:-1]) if len(durations) > 1 else 0.0
+    return len(durations) == 1 or sum(durations) <= max_duration + max(excess, 0.0) + 1e-6
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
+@pytest.mark.parametrize("num_buckets", [1, 3])
+def test_evaluation_ranks_see_every_cut_exactly_once_in_bounded_batches(world_size: int,
+                                                                        num_buckets: int) -> None:
+    """lhotse splits the last batches of a distributed evaluation among the ranks: it repeated
+    cuts (``<id>_dup0``, scored twice by the validation loss) when fewer cuts than ranks were
+    left, and merged batches of different lengths into one (a 9 s cut with three 1 s ones under
+    max_duration 10: 12 s, 36 s padded). Each rank now samples its own share of the cuts."""
+    rng = random.Random(world_size)
+    spread = [round(rng.uniform(0.5, 5.0), 2) for _ in range(37)]
+    for durations in (spread, [9.0] + [1.0] * 10, [2.0], [2.0, 3.0, 4.0]):
+        cuts = _timed_cuts(durations)
+        cfg = _cfg(max_duration=10.0, max_cut_duration=9.0, num_buckets=num_buckets, seed=1)
+        ids = []
+        for rank in range(world_size):
+            for batch in make_sampler(cuts, cfg, train=False, rank=rank, world_size=world_size):
+                assert len(batch) > 0 and _within_lhotses_bound(batch, 10.0), list(batch)
+                ids += [c.id for c in batch]
+        assert sorted(ids) == sorted(c.id for c in cuts), durations  # each once, no _dup
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+@pytest.mark.parametrize("num_buckets", [1, 3])
+def test_training_batches_keep_lhotses_bound_on_every_rank(world_size: int,
+                                                           num_buckets: int) -> None:
+    """With drop_last (the training default) every batch of every rank is non-empty and within
+    the documented bound, the ranks are disjoint and yield as many batches."""
+    rng = random.Random(7)
+    cuts = _timed_cuts([round(rng.uniform(0.5, 5.0), 2) for _ in range(41)])
+    cfg = _cfg(max_duration=10.0, max_cut_duration=5.0, num_buckets=num_buckets,
+               drop_last=True, seed=2)
+    per_rank = []
+    for rank in range(world_size):
+        sampler = make_sampler(cuts, cfg, train=True, rank=rank, world_size=world_size)
+        sampler.set_epoch(4)
+        batches = list(sampler)
+        assert batches and all(len(b) > 0 and _within_lhotses_bound(b, 10.0) for b in batches)
+        per_rank.append([[c.id for c in b] for b in batches])
+    assert len({len(batches) for batches in per_rank}) == 1
+    ids = [cut_id for batches in per_rank for batch in batches for cut_id in batch]
+    assert len(ids) == len(set(ids)) and "_dup" not in "".join(ids)

@@ -1,0 +1,59 @@
+"""EpochBatches across ranks and resumptions: manifests (lazy or in memory) and Lhotse Shar."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from lhotse import CutSet
+from librispeech_tree import CharEncoder
+
+from asr.data.config import DataConfig
+from asr.data.epochs import EpochBatches
+from asr.data.shar import SharCuts, export_shar
+
+
+@pytest.fixture(scope="module")
+def both_parts_shar(prepared, tmp_path_factory) -> Path:
+    """Both prepared parts (11 cuts) as Shar shards of 3 cuts with their stored features."""
+    out = tmp_path_factory.mktemp("shar") / "both"
+    export_shar([prepared["fbank"]["train-clean-5"], prepared["fbank"]["dev-clean-2"]], out,
+                {"features": "numpy"}, shard_size=3, progress=False)
+    return out
+
+
+@pytest.mark.parametrize("source", ["lazy", "eager", "shar"])
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_ranks_are_disjoint_equal_and_resume_at_every_batch(prepared, both_parts_shar,
+                                                            source: str, drop_last: bool,
+                                                            world_size: int) -> None:
+    """Every rank yields as many batches (a DDP step needs each), no cut reaches two ranks, all
+    cuts are trained on without drop_last (11 cuts: uneven for 2 and 3 ranks), and an epoch
+    resumed after any number of its batches yields exactly the rest of them."""
+    cfg = DataConfig(max_duration=2.5, max_cut_duration=2.5, num_buckets=2, shuffle=True,
+                     drop_last=drop_last, num_workers=0, seed=5)
+    paths = [prepared["fbank"]["train-clean-5"], prepared["fbank"]["dev-clean-2"]]
+    every_id = {c.id for path in paths for c in CutSet.from_file(path)}
+
+    def epoch_batches(rank: int) -> EpochBatches:
+        if source == "shar":
+            shar = SharCuts([both_parts_shar], "features", shuffle=True, seed=5)
+            return EpochBatches(shar.cuts, cfg, CharEncoder(), rank, world_size, shar=shar)
+        cuts = CutSet.from_jsonl_lazy(paths[0]) + CutSet.from_jsonl_lazy(paths[1])
+        return EpochBatches(cuts if source == "lazy" else cuts.to_eager(), cfg, CharEncoder(),
+                            rank, world_size)
+
+    per_rank = []
+    for rank in range(world_size):
+        batches = epoch_batches(rank)
+        full = [b.cut_ids for b in batches(2, 0)]
+        for skip in range(len(full) + 1):
+            assert [b.cut_ids for b in batches(2, skip)] == full[skip:], (rank, skip)
+        per_rank.append(full)
+    assert len({len(full) for full in per_rank}) == 1 and per_rank[0]
+    ids = [cut_id for full in per_rank for batch in full for cut_id in batch]
+    real = [cut_id for cut_id in ids if "_dup" not in cut_id]
+    assert len(real) == len(set(real)) and set(real) <= every_id
+    if not drop_last:
+        assert set(real) == every_id
