@@ -28,7 +28,8 @@ hotwords, with ``--decode-arg`` an ``asr decode`` command line against this conf
 its ``--device`` on this machine, its ``--num-threads`` and its ``--epoch`` against
 ``train.max_epochs``; with ``--decode-prepared-parts`` its
 ``--parts`` against the test sets the recipe prepares, with ``--decode-data-ready`` that
-their manifests and its ``search.lm_path`` are there), and
+their manifests and its ``search.lm_path`` are there), with ``--tokenizer-made-by STAGE`` that
+``tokenizer_dir`` holds a tokenizer (a recipe that starts after STAGE, which makes it), and
 ``--check-only`` stops there (exit 0 when it fits): the recipe scripts check a recipe, their
 ``--train-args`` and their decoding options that way before their first stage.
 
@@ -71,6 +72,7 @@ from asr.run.train import (
     check_training_config,
     train_experiment,
 )
+from asr.tokenizers import tokenizer_file
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +110,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "that starts after its data stages): its --manifest-dir (default "
                              "data.manifest_dir) must hold librispeech_cuts_<part>.jsonl.gz of "
                              "each --parts, and its search.lm_path must exist; exit 2 otherwise")
+    parser.add_argument("--tokenizer-made-by", default=None, metavar="STAGE",
+                        help="the recipe's stage STAGE makes tokenizer_dir and this run starts "
+                             "after it: tokenizer_dir must hold a tokenizer (bpe.model or "
+                             "tokens.txt) now; exit 2 naming the missing file and STAGE "
+                             "otherwise (default: not checked, training loads it)")
     parser.add_argument("--check-only", action="store_true",
                         help="check the config (with --set and --searchers) and exit: 0 when it "
                              "fits, 2 naming what does not; reads no data and writes nothing")
@@ -171,6 +178,13 @@ def run(args: argparse.Namespace) -> int:
         logger.error("asr train: --decode-arg: asr decode %s: %s", shlex.join(args.decode_args),
                      err)
         return 2
+    if args.tokenizer_made_by is not None:
+        try:
+            tokenizer_file(cfg.tokenizer_dir)
+        except FileNotFoundError as err:
+            logger.error("asr train: tokenizer_dir: %s; %s makes it, and this run starts after it",
+                         err, args.tokenizer_made_by)
+            return 2
     try:
         _set_threads(args.num_threads)
         check_experiment_dir(args.exp_dir, must_exist=False)

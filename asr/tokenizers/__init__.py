@@ -8,23 +8,35 @@ from asr.tokenizers.base import BPE_MODEL_FILE, TOKENS_FILE, Tokenizer
 from asr.tokenizers.bpe import BpeTokenizer
 from asr.tokenizers.char import CharTokenizer
 
-__all__ = ["BpeTokenizer", "CharTokenizer", "Tokenizer", "load_tokenizer"]
+__all__ = ["BpeTokenizer", "CharTokenizer", "Tokenizer", "load_tokenizer", "tokenizer_file"]
+
+
+def tokenizer_file(directory: str | Path) -> Path:
+    """The file of the tokenizer saved in ``directory``, without loading it: ``bpe.model``
+    (sentencepiece), otherwise ``tokens.txt`` (characters).
+
+    Raises:
+        FileNotFoundError: when the directory holds neither file, naming both.
+    """
+    directory = Path(directory)
+    for name in (BPE_MODEL_FILE, TOKENS_FILE):
+        if (directory / name).is_file():
+            return directory / name
+    raise FileNotFoundError(
+        f"{directory}: no tokenizer found (expected {directory / BPE_MODEL_FILE} or {TOKENS_FILE})"
+    )
 
 
 def load_tokenizer(directory: str | Path) -> Tokenizer:
     """Loads the tokenizer saved in ``directory``.
 
-    The kind comes from the files: ``bpe.model`` -> sentencepiece (:class:`BpeTokenizer`),
-    otherwise ``tokens.txt`` -> characters (:class:`CharTokenizer`).
+    The kind comes from the files (:func:`tokenizer_file`): ``bpe.model`` -> sentencepiece
+    (:class:`BpeTokenizer`), otherwise ``tokens.txt`` -> characters (:class:`CharTokenizer`).
 
     Raises:
         FileNotFoundError: when the directory holds neither file.
     """
-    directory = Path(directory)
-    if (directory / BPE_MODEL_FILE).is_file():
-        return BpeTokenizer.from_file(directory / BPE_MODEL_FILE)
-    if (directory / TOKENS_FILE).is_file():
-        return CharTokenizer.from_file(directory / TOKENS_FILE)
-    raise FileNotFoundError(
-        f"{directory}: no tokenizer found (expected {BPE_MODEL_FILE} or {TOKENS_FILE})"
-    )
+    path = tokenizer_file(directory)
+    if path.name == BPE_MODEL_FILE:
+        return BpeTokenizer.from_file(path)
+    return CharTokenizer.from_file(path)

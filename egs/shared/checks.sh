@@ -46,16 +46,31 @@ check_paths_exist() {
   done
 }
 
+# check_made STAGE PATH...: each PATH (relative to the work directory), which STAGE makes, is
+# there for a run that starts after STAGE (--stage $stage) and reads it; exits 2 naming the
+# first missing one and STAGE.
+check_made() {
+  local made_by=$1 path
+  shift
+  for path in "$@"; do
+    if [ ! -e "$path" ]; then
+      echo "$0: no $path (in $PWD), which $made_by makes: --stage $stage starts after it;" \
+        "run that stage first, or give the options it ran with; nothing was run" >&2
+      exit 2
+    fi
+  done
+}
+
 # check_recipe WHAT ARG...: `asr train --check-only` of the recipe ($config, $exp_dir and the
 # words of --train-args, $train_words, of the calling script) with the extra ARGs (--searchers,
-# --biasing-searchers, --decode-arg=..., --set ...); on failure it names the options WHAT lists
-# and exits with asr's status (2), before any stage ran.
+# --biasing-searchers, --decode-arg=..., --tokenizer-made-by, --set ...); on failure it names the
+# options WHAT lists and exits with asr's status (2), before any stage ran.
 check_recipe() {
   local what=$1 rc=0
   shift
   asr train --config "$config" --exp-dir "$exp_dir" --check-only "$@" "${train_words[@]}" || rc=$?
   if [ $rc -ne 0 ]; then
-    echo "$0: --recipe $recipe does not take these $what (above); nothing was run" >&2
+    echo "$0: refused: --recipe $recipe with these $what (above); nothing was run" >&2
     exit $rc
   fi
 }

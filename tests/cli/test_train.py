@@ -390,3 +390,21 @@ def test_a_decode_epoch_past_training_is_refused_before_training(tmp_path, caplo
     assert "argument --epoch: 30 is past train.max_epochs 10: training writes no epoch-30.pt" \
         in caplog.text
     assert main([*base, "--decode-arg=10"]) == 0
+
+
+def test_a_tokenizer_an_earlier_stage_makes_is_checked_before_training(tmp_path, caplog):
+    """``--tokenizer-made-by STAGE``: a recipe run that starts after the stage making
+    tokenizer_dir needs it there now; the error names the file and STAGE. The directory checked
+    is the config's after --set, and a character tokenizer (tokens.txt) is one too."""
+    recipe = Path(__file__).resolve().parents[2] / "recipes/mini_tts/transformer_transducer.yaml"
+    lang = tmp_path / "lang"
+    base = ["train", "--config", str(recipe), "--exp-dir", str(tmp_path / "exp"), "--check-only",
+            "--tokenizer-made-by", "stage 3", "--set", f"tokenizer_dir={lang}"]
+    assert main(base) == 2
+    assert f"tokenizer_dir: {lang}: no tokenizer found (expected {lang}/bpe.model or " \
+        "tokens.txt); stage 3 makes it, and this run starts after it" in caplog.text
+    assert not (tmp_path / "exp").exists()
+    lang.mkdir()
+    (lang / "tokens.txt").write_text("")
+    assert main(base) == 0
+    assert main(base[:6] + base[8:] + [f"tokenizer_dir={tmp_path}"]) == 0  # not asked: unchecked

@@ -121,6 +121,8 @@ def test_every_stage_but_download_on_a_synthesized_tree(tmp_path):
 
 
 def test_mini_tts_refuses_a_time_budget_too_small_for_training(tmp_path):
+    (tmp_path / "data" / "lang_bpe_128").mkdir(parents=True)  # stage 3's tokenizer
+    (tmp_path / "data" / "lang_bpe_128" / "bpe.model").write_bytes(b"")
     result = _bash(REPO / "egs" / "mini_tts" / "ASR" / "run.sh", "--work-dir", str(tmp_path),
                    "--stage", "4", "--stop-stage", "4", "--time-budget", "100")
     assert result.returncode == 1

@@ -105,6 +105,50 @@ def test_options_are_checked_against_their_defaults(stub, tmp_path, script, args
     assert calls(everything=True) == [] and "done (stages" not in result.stderr
 
 
+@pytest.mark.parametrize("script", [RUN, PREPARE, MINI_TTS])
+@pytest.mark.parametrize("option", [
+    "--PATH", "--IFS", "--HOME", "--ROOT", "--HERE", "--usage", "--stop_stage", "--work_dir",
+    "--config", "--stage stop-stage",
+])
+def test_only_the_options_of_the_usage_are_taken(stub, tmp_path, script, option):
+    """Any shell variable was an option: --PATH or --IFS overwrote the environment, --ROOT or
+    --HERE the script's own paths, and --stop_stage a second spelling of --stop-stage."""
+    run, calls = stub
+    result = run(script, "--work-dir", str(tmp_path / "work"), option, "/tmp")
+    assert result.returncode == 2, result.stderr
+    assert f"unknown option {option}; the options are: --stage --stop-stage " in result.stderr
+    assert "--work-dir" in result.stderr.splitlines()[-1]
+    assert calls(everything=True) == [] and "done (stages" not in result.stderr
+
+
+def test_an_option_of_the_usage_needs_its_default():
+    """The usage declares the options: one without a default (a script's slip) stops it."""
+    script = f"""
+stage=0
+usage="Usage: x [--stage N] [--stop-stage N]"
+. "{REPO}/egs/shared/parse_options.sh"
+"""
+    result = subprocess.run(["bash", "-c", script, "x", "--stage", "1"], capture_output=True,
+                            text=True)
+    assert result.returncode == 2
+    assert "its usage lists --stop-stage, but it sets no default $stop_stage" in result.stderr
+
+
+def test_an_integer_option_is_read_in_base_10(stub, tmp_path):
+    """bash's arithmetic reads a leading 0 as octal: --epoch 09 failed at stage 8, after
+    training and decoding ("value too great for base"), and 010 averaged up to epoch 8."""
+    run, calls = stub
+    (tmp_path / "work" / "exp" / "conformer_transducer").mkdir(parents=True)
+    result = run(RUN, "--work-dir", str(tmp_path / "work"), "--stage", "08", "--stop-stage", "8",
+                 "--epoch", "09", "--avg", "-0", "--avg", "002")
+    assert result.returncode == 0, result.stderr
+    assert "average epochs 8..9" in result.stderr and "done (stages 8..8)" in result.stderr
+    (average,) = calls()
+    assert average[average.index("--epoch") + 1:average.index("--epoch") + 4] == [
+        "9", "--avg", "2"]
+    assert average[-1].endswith("averaged-epoch-9-avg-2-use-averaged-model.safetensors")
+
+
 @pytest.mark.parametrize("script", [RUN, MINI_TTS])
 def test_a_decimal_option_takes_only_a_number(stub, tmp_path, script):
     """--lm-weight's default is 0.3 / 0.55: a typo used to pass and fail only at the decode stage,
@@ -123,6 +167,15 @@ def test_a_decimal_option_takes_only_a_number(stub, tmp_path, script):
 
 
 REAL = {"ASR_VENV": sys.prefix, "PYTHONPATH": str(REPO)}  # this checkout's asr
+
+
+def _mini_tts_stage_3_outputs(work: Path) -> None:
+    """What mini_tts stage 3 leaves in ``work`` with the default options: the tokenizer and the
+    token LM that the beam searches fuse (empty files: read by no stub)."""
+    lang = work / "data" / "lang_bpe_128"
+    lang.mkdir(parents=True, exist_ok=True)
+    for name in ("bpe.model", "token_6gram.arpa"):
+        (lang / name).write_bytes(b"")
 
 
 @pytest.mark.parametrize("script, refused", [
@@ -152,12 +205,12 @@ def test_searchers_and_train_args_are_checked_before_the_first_stage(stub, tmp_p
         assert not (tmp_path / "work" / "exp").exists()
     if script is RUN:  # the default options pass; stage 6 then fails (no training data)
         _prepared_test_sets(tmp_path / "work")  # what stage 7 would decode, with the LM
-        (tmp_path / "work" / "data" / "lang_bpe_500").mkdir()
         (tmp_path / "work" / "data" / "lang_bpe_500" / "token_4gram.arpa").write_text("")
         result = run(RUN, "--work-dir", work, "--stage", "6", "--stop-stage", "7", "--lm-unit",
                      "token", env=REAL)
         assert "nothing was run" not in result.stderr and "stage 6: train" in result.stderr
     else:  # the default options pass; the time budget is then too small for training
+        _mini_tts_stage_3_outputs(tmp_path / "work")
         result = run(MINI_TTS, "--work-dir", work, "--stage", "4", "--time-budget", "100", env=REAL)
         assert result.returncode == 1 and "time budget left for training" in result.stderr
     # decode alone: `asr decode` checks the searchers against the trained model at once
@@ -369,6 +422,7 @@ def test_mini_tts_stage_8_fails_when_scoring_fails(stub, tmp_path):
     bias_dir.mkdir(parents=True)
     for name in ("dev-biasing.hotwords.txt", "test-biasing.hotwords.txt", "distractors.txt"):
         (bias_dir / name).write_text("PHRASE\n")
+    _mini_tts_stage_3_outputs(tmp_path / "work")  # the LM that stage 8's beam search fuses
     result = run(MINI_TTS, "--work-dir", str(tmp_path / "work"), "--stage", "8",
                  "--biasing", "2", fail="wer")
     assert result.returncode == 2, result.stderr
@@ -554,6 +608,7 @@ def test_mini_tts_stage_6_records_only_a_wer_measured_with_the_package_search(st
     trans.parent.mkdir(parents=True)
     trans.write_text("1-2-0000 HELLO\n")
     (work / "exp" / "transformer_transducer").mkdir(parents=True)  # what the stub average skips
+    _mini_tts_stage_3_outputs(work)  # the LM the beam search fuses
     common = ["--work-dir", str(work), "--searchers", "greedy beam"]
 
     def exported(*args: str) -> list[str]:
@@ -722,10 +777,13 @@ def test_an_epoch_that_training_does_not_reach_is_refused_before_the_first_stage
 
 
 def _prepared_test_sets(work: Path) -> None:
-    """The (empty) test set manifests prepare.sh stage 3 leaves in ``work``."""
+    """The (empty) test set manifests prepare.sh stage 3 leaves in ``work``, and the tokenizer
+    of its stage 5 (with the default --vocab-size), which training loads."""
     (work / "data" / "fbank").mkdir(parents=True)
     for part in ("dev-clean", "dev-other", "test-clean", "test-other"):
         (work / "data" / "fbank" / f"librispeech_cuts_{part}.jsonl.gz").write_bytes(b"")
+    (work / "data" / "lang_bpe_500").mkdir(parents=True)
+    (work / "data" / "lang_bpe_500" / "bpe.model").write_bytes(b"")
 
 
 @pytest.mark.parametrize("decode_args, message", [
@@ -789,7 +847,7 @@ def test_train_and_decode_args_keep_a_quoted_value_with_spaces_whole(stub, tmp_p
 @pytest.mark.parametrize("value, message", [
     ("--set 'a=b c", "--train-args: unclosed ' quote in: --set 'a=b c"),
     ('--set "a=b', "--train-args: unclosed \" quote in: --set \"a=b"),
-    ("--set a=b\\", "--train-args: a backslash ends: --set a=b\\"),
+    ("--set \"a=b\\\"", "--train-args: unclosed \" quote in: --set \"a=b\\\""),
 ])
 def test_a_train_args_value_with_an_open_quote_is_refused(stub, tmp_path, value, message):
     run, calls = stub
@@ -803,24 +861,39 @@ def test_a_train_args_value_with_an_open_quote_is_refused(stub, tmp_path, value,
     "--set train.max_epochs=2", "--set a=1 b=2", "", "   ", "''", "a''b \"\" c",
     "--set 'a=b c' \"d=e\\\"f\" g\\ h", "x\"y z\"w", "--set \"a=\\$HOME\" 'b=$x' c=*", "a\\\\b",
     "\t--set\ta=1  b=\"2 3\"\t", "'it'\\''s'", "\"a\\b\" 'c\\d'",
+    # empty quoted words, alone and beside others
+    "'' \"\"", "a \"\" ''b \"\"'' ''", "\"\"''",
+    # a comment starts only at the start of a word, and ends at its line
+    "--set a=1 # b=2", "a#b #c d", "#x", "a '#b' \"#c\" \\#d e#", "a #c\nb", "a\n#c\n  d",
+    # backslashes: before a newline they join lines (but in '...'), at the very end one stays
+    "a\\\nb", "\"c\\\nd\" 'e\\\nf'", "a \\\n#c\nd", "a\\", "'a'\\", "\\ a",
+    "\"\\a\\$\\`\\\\\"",
+    # only blanks and newlines separate words: carriage returns and other spaces do not
+    "a\rb\vc\fd --set k=v\r", "a\n\nb\n",
 ])
 def test_option_words_splits_as_the_shell_does(text):
-    """option_words against bash's own word splitting (eval of the text, safe here: no
-    expansion the texts trigger)."""
+    """option_words against bash's own word splitting (eval of the text in an array assignment,
+    where newlines separate words as blanks do; safe here: no expansion the texts trigger).
+    Comments, backslash-newlines, a backslash at the end and carriage returns were split
+    otherwise."""
     script = f"""
 train_args=$1
 set --  # no option for parse_options.sh to parse
 . "{REPO}/egs/shared/parse_options.sh"
 option_words train_args words
 printf '%s\\0' "${{#words[@]}}" "${{words[@]}}"
-eval "set -- $train_args"
-printf '%s\\0' "$#" "$@"
+if [[ "$train_args" == *$'\\n'* ]]; then
+  eval "bash_words=( $train_args"$'\\n'")"
+else
+  eval "set -- $train_args"  # a backslash at the very end stays (it escapes no newline)
+  bash_words=("$@")
+fi
+printf '%s\\0' "${{#bash_words[@]}}" "${{bash_words[@]}}"
 """
     out = subprocess.run(["bash", "-c", script, "bash", text], capture_output=True, text=True,
                          check=True).stdout.split("\0")[:-1]
     count = int(out[0])
-    assert out[1:count + 1] == out[count + 2:] and int(out[count + 1]) == count
-    assert out[1:count + 1] == shlex.split(text) or "\\" in text
+    assert out[1:count + 1] == out[count + 2:] and int(out[count + 1]) == count, out
 
 
 def test_mini_tts_refuses_biasing_with_a_beam_search_that_takes_no_hotwords(stub, tmp_path):
@@ -828,6 +901,7 @@ def test_mini_tts_refuses_biasing_with_a_beam_search_that_takes_no_hotwords(stub
     takes none (here aed_beam: a CTC/AED recipe without its CTC head) was checked only for having
     a beam search, and stage 8 compared two identical decodes after training."""
     run, _ = stub
+    _mini_tts_stage_3_outputs(tmp_path / "work")
     aed_only = ["--work-dir", str(tmp_path / "work"), "--recipe", "conformer_ctc_aed",
                 "--searchers", "aed_beam", "--package-searcher", "aed_beam", "--stage", "4",
                 "--time-budget", "100",
@@ -841,6 +915,87 @@ def test_mini_tts_refuses_biasing_with_a_beam_search_that_takes_no_hotwords(stub
     result = run(MINI_TTS, "--work-dir", str(tmp_path / "work"), "--stage", "4",
                  "--time-budget", "100", "--biasing", "2", env=REAL)  # the default recipe biases
     assert result.returncode == 1 and "time budget left for training" in result.stderr
+
+
+@pytest.mark.parametrize("script, stage, made_by", [
+    (MINI_TTS, "4", "stage 3 (BPE, --vocab-size 256)"),
+    (RUN, "6", "stage 5 (BPE, --vocab-size 256)"),
+])
+def test_a_run_from_training_on_needs_the_tokenizer_of_its_vocab_size(stub, tmp_path, script,
+                                                                      stage, made_by):
+    """Starting at the training stage with a --vocab-size whose BPE stage never ran went into
+    training (for LibriSpeech after writing the Shar shards of 960 h) and failed there; now the
+    check before the first stage names the missing file and the stage that makes it. A
+    tokenizer_dir of --train-args is the one checked."""
+    run, calls = stub
+    work = tmp_path / "work"
+    _prepared_test_sets(work)  # LibriSpeech's test sets, and lang_bpe_500
+    _mini_tts_stage_3_outputs(work)  # mini_tts's lang_bpe_128
+    common = ["--work-dir", str(work), "--stage", stage, "--vocab-size", "256",
+              *(["--stop-stage", "4", "--time-budget", "100"] if script is MINI_TTS
+                else ["--use-shar", "true"])]
+    result = run(script, *common, env=REAL)
+    assert result.returncode == 2, result.stderr
+    assert "tokenizer_dir: data/lang_bpe_256: no tokenizer found (expected " \
+        f"data/lang_bpe_256/bpe.model or tokens.txt); {made_by} makes it" in result.stderr
+    assert "nothing was run" in result.stderr and f"stage {stage}:" not in result.stderr
+    assert calls(everything=True) == [] and not (work / "exp").exists()
+    # a character tokenizer of one's own, through --train-args: taken
+    (work / "chars").mkdir()
+    (work / "chars" / "tokens.txt").write_text("")
+    own = run(script, *common, "--train-args", "--set tokenizer_dir=chars", env=REAL)
+    assert "nothing was run" not in own.stderr, own.stderr
+    # the tokenizer of this --vocab-size there: the run goes on to training
+    (work / "data" / "lang_bpe_256").mkdir()
+    (work / "data" / "lang_bpe_256" / "bpe.model").write_bytes(b"")
+    result = run(script, *common, env=REAL)
+    assert "nothing was run" not in result.stderr, result.stderr
+    if script is MINI_TTS:
+        assert result.returncode == 1 and "time budget left for training" in result.stderr
+    else:
+        assert "stage 6: train" in result.stderr
+
+
+@pytest.mark.parametrize("args, lm", [
+    (["--stage", "5", "--lm-order", "5"], "data/lang_bpe_128/token_5gram.arpa"),
+    (["--stage", "4", "--vocab-size", "64"], "data/lang_bpe_64/token_6gram.arpa"),
+    (["--stage", "5", "--lm-unit", "word"], "data/lang_bpe_128/word_3gram.arpa"),
+    (["--stage", "6", "--searchers", "greedy"], "data/lang_bpe_128/token_6gram.arpa"),
+    (["--stage", "8", "--biasing", "2", "--package-searcher", "greedy"],
+     "data/lang_bpe_128/token_6gram.arpa"),
+    (["--stage", "5", "--searchers", "greedy", "--package-searcher", "greedy"], None),
+    (["--stage", "7", "--lm-order", "5"], None),
+])
+def test_mini_tts_from_stage_4_on_needs_the_lm_its_searches_fuse(stub, tmp_path, args, lm):
+    """A run after stage 3 whose beam searches fuse an LM stage 3 never made (another order,
+    unit or --vocab-size) trained for half an hour and failed at the decode; greedy searchers
+    and the stages after 6 fuse none."""
+    run, calls = stub
+    work = tmp_path / "work"
+    (work / "data" / "lang_bpe_128").mkdir(parents=True)
+    (work / "data" / "lang_bpe_128" / "bpe.model").write_bytes(b"")  # but no LM
+    (work / "exp" / "transformer_transducer" / "package").mkdir(parents=True)
+    (work / "exp" / "transformer_transducer" / "package" / "metadata.json").write_text("{}")
+    _transcripts(work / "data" / "LibriSpeech" / "test-clean", "HELLO")  # stage 6's file
+    result = run(MINI_TTS, "--work-dir", str(work), "--time-budget", "0", *args)
+    if lm is None:
+        assert result.returncode == 0, result.stderr
+        return
+    assert result.returncode == 2, result.stderr
+    assert f"no {lm} (in {work}), which stage 3 (the LMs, " in result.stderr
+    assert f"--stage {args[1]} starts after it" in result.stderr
+    assert calls(everything=True) == [] and "nothing was run" in result.stderr
+
+
+def test_mini_tts_stage_5_without_training_lets_asr_average_say_so(stub, tmp_path):
+    """No exp/<recipe>: the checkpoint count (find in a pipeline, under pipefail) ended the
+    script with status 1 and no word before asr average could name the problem."""
+    run, calls = stub
+    result = run(MINI_TTS, "--work-dir", str(tmp_path / "work"), "--stage", "5",
+                 "--stop-stage", "5", "--searchers", "greedy", fail="average")
+    assert result.returncode == 2, result.stderr
+    assert [c[0] for c in calls()] == ["average"], result.stderr
+    assert "stage 'average' failed" in result.stderr
 
 
 def _transcripts(part: Path, text: str) -> None:

@@ -129,6 +129,8 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
   # --decode-args among those prepare.sh makes (but in a --manifest-dir of the user's own);
   # from stage 6 on, their manifests there, and the LM of --lm-unit.
   check=(--set "tokenizer_dir=data/lang_bpe_${vocab_size}")
+  # from stage 6 on, the tokenizer of stage 5 must be there already (training loads it)
+  [ $stage -ge 6 ] && check+=(--tokenizer-made-by "stage 5 (BPE, --vocab-size $vocab_size)")
   if [ $stop_stage -ge 7 ]; then
     for arg in "${decode_line[@]}"; do check+=("--decode-arg=$arg"); done
     # shellcheck disable=SC2046  # the part names: words without spaces

@@ -140,6 +140,8 @@ weights=$exp_dir/averaged.safetensors
 lang_dir=data/lang_bpe_${vocab_size}
 lm_path=$lang_dir/token_${lm_order}gram.arpa
 word_lm_path=$lang_dir/word_${word_lm_order}gram.arpa
+fused_lm=$lm_path  # the LM of --lm-unit, which the beam searches fuse
+[ "$lm_unit" = word ] && fused_lm=$word_lm_path
 case "$lm_unit" in token|word) ;; *) echo "$0: --lm-unit must be token or word, got $lm_unit" >&2; exit 2 ;; esac
 # what a stage after the synthesis or training would be the first to read: checked now
 if [ $stage -le 3 ] && [ $stop_stage -ge 2 ]; then check_at_least 1 fbank_jobs lm_order word_lm_order; fi
@@ -156,13 +158,27 @@ set_search_args() {
   case "$1" in
     greedy|*_greedy) ;;
     *)
-      local fused=$lm_path
-      [ "$lm_unit" = word ] && fused=$word_lm_path
       search_args=(--set "search.beam_size=$beam_size" "search.blank_penalty=$blank_penalty"
-        "search.lm_path=$fused" "search.lm_unit=$lm_unit" "search.lm_weight=$lm_weight"
+        "search.lm_path=$fused_lm" "search.lm_unit=$lm_unit" "search.lm_weight=$lm_weight"
         "search.insertion_bonus=$insertion_bonus" "search.length_norm=$length_norm") ;;
   esac
 }
+
+# A run that starts after stage 3 and decodes with a searcher that fuses the LM (stages 5, 6
+# and 8) needs the LM stage 3 made for these --vocab-size, --lm-unit and LM order: checked now,
+# not after training.
+if [ $stage -ge 4 ]; then
+  fusing=()
+  [ $stage -le 5 ] && [ $stop_stage -ge 5 ] && read -ra fusing <<< "$searchers"
+  [ $stage -le 6 ] && [ $stop_stage -ge 6 ] && fusing+=("$package_searcher")
+  [ $stage -le 8 ] && [ $stop_stage -ge 8 ] && [ "$biasing" -gt 0 ] && fusing+=(beam)
+  for name in "${fusing[@]}"; do
+    set_search_args "$name"
+    if [ ${#search_args[@]} -gt 0 ]; then
+      check_made "stage 3 (the LMs, --vocab-size $vocab_size)" "$fused_lm"
+    fi
+  done
+fi
 
 if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
   # the BPE vocabulary of stage 3: against the training transcripts when stage 0 does not make
@@ -177,6 +193,8 @@ if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
   # lack, a bad --beam-size, a beam search that takes no hotwords for stage 8), before the
   # synthesis; a run from stage 5 on checks them against the trained model at once.
   check=(--set "tokenizer_dir=$lang_dir")
+  # from stage 4 on, the tokenizer of stage 3 must be there already (training loads it)
+  [ $stage -ge 4 ] && check+=(--tokenizer-made-by "stage 3 (BPE, --vocab-size $vocab_size)")
   names=()
   [ $stop_stage -ge 5 ] && read -ra names <<< "$searchers"
   [ $stop_stage -ge 6 ] && names+=("$package_searcher")
@@ -248,8 +266,9 @@ fi
 
 if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   # the time budget decides how many checkpoints a run makes: a slow or busy machine may leave
-  # fewer than --avg, and then all of them are averaged (none: asr average names the problem)
-  have=$(find "$exp_dir" -maxdepth 1 -name 'checkpoint-[0-9]*.pt' 2>/dev/null | wc -l)
+  # fewer than --avg, and then all of them are averaged (none, or no $exp_dir at all: asr
+  # average names the problem; find's failure must not end the script without a word)
+  have=$(find "$exp_dir" -maxdepth 1 -name 'checkpoint-[0-9]*.pt' 2>/dev/null | wc -l) || true
   use=$avg
   if [ "$have" -ge 1 ] && [ "$have" -lt "$avg" ]; then
     use=$have
