@@ -2,7 +2,8 @@
 # Kaldi/icefall-style option parsing, sourced by the stage scripts after they set their defaults:
 #   --stage 3 --stop-stage 5 --dl-dir /data   sets $stage, $stop_stage, $dl_dir
 # The options are those the caller's `usage` lists, each as `[--NAME ...]`, and each must have its
-# default (the variable of --NAME, dashes as underscores) set before this file is sourced; any
+# default (the variable of --NAME, dashes as underscores; --stop_stage is taken for --stop-stage,
+# as in Kaldi) set before this file is sourced; any
 # other --NAME is an error naming it and listing the valid ones (exit 2), so that neither a
 # misspelt option nor the name of another shell variable (--PATH, --IFS, --ROOT) is taken. As in
 # Kaldi's parse_options.sh, the default also fixes the type: an option whose default is true or
@@ -108,10 +109,11 @@ while [ $# -gt 0 ]; do
       exit 2
       ;;
   esac
-  # only the spelling of the usage, --stop-stage: $stop_stage's other names (--stop_stage) and
-  # any variable that is no option (--PATH, --IFS, --usage) are unknown
+  # an option of the usage, spelt with dashes or (as Kaldi's parse_options.sh also takes) with
+  # underscores: --stop-stage or --stop_stage; any variable that is no option (--PATH, --IFS,
+  # --usage) is unknown
   _name="${_name#--}"
-  if ! [[ "$_name" =~ ^[a-z][a-z0-9-]*$ ]] || [[ " ${_options[*]} " != *" ${_name//-/_} "* ]]; then
+  if ! [[ "$_name" =~ ^[a-z][a-z0-9_-]*$ ]] || [[ " ${_options[*]} " != *" ${_name//-/_} "* ]]; then
     _valid=("${_options[@]//_/-}")
     echo "$0: unknown option --$_name; the options are: ${_valid[*]/#/--} (see --help)" >&2
     exit 2

@@ -107,18 +107,33 @@ def test_options_are_checked_against_their_defaults(stub, tmp_path, script, args
 
 @pytest.mark.parametrize("script", [RUN, PREPARE, MINI_TTS])
 @pytest.mark.parametrize("option", [
-    "--PATH", "--IFS", "--HOME", "--ROOT", "--HERE", "--usage", "--stop_stage", "--work_dir",
-    "--config", "--stage stop-stage",
+    "--PATH", "--IFS", "--HOME", "--ROOT", "--HERE", "--usage", "--Stage", "--config",
+    "--stage stop-stage",
 ])
 def test_only_the_options_of_the_usage_are_taken(stub, tmp_path, script, option):
     """Any shell variable was an option: --PATH or --IFS overwrote the environment, --ROOT or
-    --HERE the script's own paths, and --stop_stage a second spelling of --stop-stage."""
+    --HERE the script's own paths."""
     run, calls = stub
     result = run(script, "--work-dir", str(tmp_path / "work"), option, "/tmp")
     assert result.returncode == 2, result.stderr
     assert f"unknown option {option}; the options are: --stage --stop-stage " in result.stderr
     assert "--work-dir" in result.stderr.splitlines()[-1]
     assert calls(everything=True) == [] and "done (stages" not in result.stderr
+
+
+def test_an_option_may_be_spelt_with_underscores_as_in_kaldi():
+    """Kaldi's (and icefall's) parse_options.sh take --stop_stage for --stop-stage."""
+    script = f"""
+stage=0
+stop_stage=100
+usage="Usage: x [--stage N] [--stop-stage N]"
+. "{REPO}/egs/shared/parse_options.sh"
+echo "$stage $stop_stage"
+"""
+    result = subprocess.run(["bash", "-c", script, "x", "--stop_stage", "4", "--stage=2"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["2", "4"]
 
 
 def test_an_option_of_the_usage_needs_its_default():
