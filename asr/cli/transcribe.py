@@ -8,8 +8,10 @@ recipe exported it with); ``--searcher`` and ``--set search.FIELD=VALUE`` change
 ``asr decode``.
 
 Output goes to stdout (or one file per input with ``--output-dir``: ``<stem>.<format>``, ``txt``
-for text; a stem that an earlier input has, such as ``b/a.wav`` after ``a/a.wav``, gets
-``<stem>-2.<format>``, ``-3``, ..., logged with the input it stands for):
+for text, each control character or path separator of the stem written as ``_``; a stem that an
+earlier input has, such as ``b/a.wav`` after ``a/a.wav``, or has up to letter case, such as
+``A.wav`` after ``a.wav`` (one file on case-insensitive file systems), gets ``<stem>-2.<format>``,
+``-3``, ...; an input whose file is not its plain ``<stem>.<format>`` is logged with its file):
 
 * ``text``: one line per input: its transcript, or ``SOURCE<TAB>TEXT`` with several inputs on
   stdout (a file of ``--output-dir`` holds its transcript alone);
@@ -42,6 +44,7 @@ import argparse
 import json
 import logging
 import sys
+import unicodedata
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -115,8 +118,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(layers x left chunks, logged), so that every window decodes its "
                              "part as one window over the whole input would")
     parser.add_argument("--output-dir",
-                        help="write <stem>.<format> per input here, <stem>-2.<format> ... for "
-                             "a stem an earlier input has (logged) (default: stdout)")
+                        help="write <stem>.<format> per input here (control characters and "
+                             "path separators as _), <stem>-2.<format> ... for a stem an "
+                             "earlier input has, up to letter case (logged) (default: stdout)")
     progress = parser.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_true", default=None,
                           help="show a progress bar in audio seconds (default: when stderr is "
@@ -184,25 +188,57 @@ def format_result(result, fmt: str, with_source: bool) -> str:
 
 
 def _output_paths(sources: Sequence[str], out_dir: Path, fmt: str) -> list[Path]:
-    """The file of ``--output-dir`` for each input: ``<stem>.<ext>``, or ``<stem>-<n>.<ext>``
-    (n from 2) for a name an earlier input took (two ``a.wav`` of other directories), logged
-    with the input whose it is, since the name alone does not tell."""
+    """The file of ``--output-dir`` for each input: ``<stem>.<ext>``, its stem made safe
+    (:func:`_safe_stem`), or ``<stem>-<n>.<ext>`` (n from 2) for a name an earlier input took
+    (two ``a.wav`` of other directories) or that differs from one only by letter case or
+    Unicode normalization (``A.wav`` and ``a.wav``: one file on case-insensitive file systems,
+    macOS's and Windows's). An input whose file is not its plain ``<stem>.<ext>`` is logged
+    with its file (and with the input that took the name), since the name alone does not tell."""
     ext = {"text": "txt"}.get(fmt, fmt)
-    owner: dict[str, str] = {}
+    owner: dict[str, tuple[str, str]] = {}  # folded name -> (name, input)
     paths = []
     for source in sources:
-        stem = "stdin" if source in ("-", "<stdin>") else Path(source).stem or "audio"
-        first = name = f"{stem}.{ext}"
+        stem = "stdin" if source in ("-", "<stdin>") else Path(source).stem
+        safe = _safe_stem(stem)
+        plain = f"{stem}.{ext}"
+        name = first = f"{safe}.{ext}"
         n = 1
-        while name in owner:
+        while _folded(name) in owner:
             n += 1
-            name = f"{stem}-{n}.{ext}"
-        if name != first:
-            logger.warning("%s is written to %s: %s is %s's", source, out_dir / name,
-                           out_dir / first, owner[first])
-        owner[name] = source
+            name = f"{safe}-{n}.{ext}"
+        if name != plain:
+            why = []
+            if safe != stem:
+                why.append("its name holds control characters or path separators")
+            if name != first:
+                taken, earlier = owner[_folded(first)]
+                why.append(f"{out_dir / taken} is {_shown(earlier)}'s" if taken == first else
+                           f"{out_dir / taken} is {_shown(earlier)}'s (file names that differ "
+                           f"only in letter case are one file on case-insensitive file systems)")
+            logger.warning("%s is written to %s: %s", _shown(source), out_dir / name,
+                           "; ".join(why))
+        owner[_folded(name)] = (name, source)
         paths.append(out_dir / name)
     return paths
+
+
+def _safe_stem(stem: str) -> str:
+    """``stem`` with each control character (tab, newline, ...), line or paragraph separator and
+    path separator (``/``, ``\\``) replaced by ``_``; ``audio`` for an empty stem."""
+    safe = "".join("_" if ch in "/\\" or unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch
+                   for ch in stem)
+    return safe or "audio"
+
+
+def _folded(name: str) -> str:
+    """The one form of the file names a case-insensitive file system takes for one file."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def _shown(source: str) -> str:
+    """``source`` for a log line: as it is, or quoted with escapes when it holds characters
+    that would break the line (tab, newline, other control characters)."""
+    return source if source.isprintable() else repr(source)
 
 
 def run(args: argparse.Namespace) -> int:

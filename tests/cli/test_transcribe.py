@@ -328,6 +328,30 @@ def test_inputs_of_one_stem_get_files_of_their_own_named_in_the_log(tiny, model,
         in caplog.text
 
 
+def test_output_names_are_safe_and_case_insensitively_distinct(tiny, model, audio_dir,
+                                                              tmp_path, capsys, caplog):
+    """A stem holding a tab or newline gave a file name holding them, and ``UTT.flac`` after
+    ``utt.flac`` got ``UTT.txt``: on a case-insensitive file system (macOS, Windows) the same
+    file as ``utt.txt``, whose transcript it overwrote. Now control characters become ``_``,
+    names equal up to case are numbered, and the log says which input went where."""
+    inputs = [tmp_path / "a" / "utt.flac", tmp_path / "b" / "UTT.flac",
+              tmp_path / "c" / "ut\tt\n.flac"]
+    for path, source in zip(inputs, ("utt0.flac", "utt1.flac", "utt2.flac")):
+        path.parent.mkdir()
+        shutil.copy(audio_dir / source, path)
+    out = tmp_path / "out"
+    code, _, _ = _run([*inputs, "--model", tiny.package_dir, "--output-dir", out], capsys)
+    assert code == 0
+    names = ["utt.txt", "UTT-2.txt", "ut_t_.txt"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(names)
+    for name, text in zip(names, api_texts(model, inputs)):
+        assert (out / name).read_text() == text + "\n"
+    assert (f"{inputs[1]} is written to {out / 'UTT-2.txt'}: {out / 'utt.txt'} is {inputs[0]}'s"
+            " (file names that differ only in letter case") in caplog.text
+    assert (f"{str(inputs[2])!r} is written to {out / 'ut_t_.txt'}: its name holds control "
+            "characters") in caplog.text
+
+
 def test_outputs_are_written_as_their_inputs_are_done(tiny, model, audio_dir, tmp_path, capsys,
                                                       monkeypatch):
     """Every input was read before any was decoded, and the outputs written after the last: a
