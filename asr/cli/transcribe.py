@@ -8,10 +8,11 @@ recipe exported it with); ``--searcher`` and ``--set search.FIELD=VALUE`` change
 ``asr decode``.
 
 Output goes to stdout (or one file per input with ``--output-dir``: ``<stem>.<format>``, ``txt``
-for text, each control character or path separator of the stem written as ``_``; a stem that an
-earlier input has, such as ``b/a.wav`` after ``a/a.wav``, or has up to letter case, such as
-``A.wav`` after ``a.wav`` (one file on case-insensitive file systems), gets ``<stem>-2.<format>``,
-``-3``, ...; an input whose file is not its plain ``<stem>.<format>`` is logged with its file):
+for text, each control character or path separator of the stem written as ``_``, a stem too
+long for a file name cut short; a stem that an earlier input has, such as ``b/a.wav`` after
+``a/a.wav``, or has up to letter case, such as ``A.wav`` after ``a.wav`` (one file on
+case-insensitive file systems), gets ``<stem>-2.<format>``, ``-3``, ...; an input whose file is
+not its plain ``<stem>.<format>`` is logged with its file):
 
 * ``text``: one line per input: its transcript, or ``SOURCE<TAB>TEXT`` with several inputs on
   stdout (a file of ``--output-dir`` holds its transcript alone);
@@ -79,6 +80,8 @@ FORMATS = ("text", "json", "srt", "vtt")
 PAUSE = 0.8
 MAX_CUE_SECONDS = 6.0
 MAX_CUE_CHARS = 42
+#: The longest file name, in bytes, that common file systems take (ext4, APFS, NTFS: 255).
+MAX_NAME_BYTES = 255
 
 
 FORMAT_HELP = ("text: one line per input (its text; SOURCE<TAB>TEXT with several inputs on "
@@ -189,7 +192,7 @@ def format_result(result, fmt: str, with_source: bool) -> str:
 
 def _output_paths(sources: Sequence[str], out_dir: Path, fmt: str) -> list[Path]:
     """The file of ``--output-dir`` for each input: ``<stem>.<ext>``, its stem made safe
-    (:func:`_safe_stem`), or ``<stem>-<n>.<ext>`` (n from 2) for a name an earlier input took
+    (:func:`_safe_stem`) and cut short to fit a file name (:func:`_fit`), or ``<stem>-<n>.<ext>`` (n from 2) for a name an earlier input took
     (two ``a.wav`` of other directories) or that differs from one only by letter case or
     Unicode normalization (``A.wav`` and ``a.wav``: one file on case-insensitive file systems,
     macOS's and Windows's). An input whose file is not its plain ``<stem>.<ext>`` is logged
@@ -201,15 +204,17 @@ def _output_paths(sources: Sequence[str], out_dir: Path, fmt: str) -> list[Path]
         stem = "stdin" if source in ("-", "<stdin>") else Path(source).stem
         safe = _safe_stem(stem)
         plain = f"{stem}.{ext}"
-        name = first = f"{safe}.{ext}"
+        name = first = _fit(safe, f".{ext}")
         n = 1
         while _folded(name) in owner:
             n += 1
-            name = f"{safe}-{n}.{ext}"
+            name = _fit(safe, f"-{n}.{ext}")
         if name != plain:
             why = []
             if safe != stem:
                 why.append("its name holds control characters or path separators")
+            if not name.startswith(safe):
+                why.append(f"its name is longer than a file name may be ({MAX_NAME_BYTES} bytes)")
             if name != first:
                 taken, earlier = owner[_folded(first)]
                 why.append(f"{out_dir / taken} is {_shown(earlier)}'s" if taken == first else
@@ -228,6 +233,13 @@ def _safe_stem(stem: str) -> str:
     safe = "".join("_" if ch in "/\\" or unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch
                    for ch in stem)
     return safe or "audio"
+
+
+def _fit(stem: str, suffix: str) -> str:
+    """``stem + suffix``, the stem cut short (at a character) so that the name fits in
+    :data:`MAX_NAME_BYTES` bytes of UTF-8."""
+    room = MAX_NAME_BYTES - len(suffix.encode())
+    return stem.encode()[:room].decode(errors="ignore") + suffix
 
 
 def _folded(name: str) -> str:

@@ -352,6 +352,22 @@ def test_output_names_are_safe_and_case_insensitively_distinct(tiny, model, audi
             "characters") in caplog.text
 
 
+def test_output_names_fit_a_file_name(tmp_path, caplog):
+    """An input of a 252-byte stem and a 3-letter extension gave ``<stem>.txt``, 256 bytes:
+    writing it failed (ENAMETOOLONG) after the decoding, a traceback and exit 1. Now a stem is
+    cut short (at a character) to fit, numbered names included."""
+    from asr.cli.transcribe import MAX_NAME_BYTES, _output_paths
+
+    long = "é" * 126  # 252 bytes
+    paths = _output_paths([f"a/{long}.wav", f"b/{long}.wav"], tmp_path, "text")
+    assert [p.name for p in paths] == ["é" * 125 + ".txt", "é" * 124 + "-2.txt"]
+    assert all(len(p.name.encode()) <= MAX_NAME_BYTES for p in paths)
+    assert f"a/{long}.wav is written to {paths[0]}: its name is longer than a file name may " \
+        "be (255 bytes)" in caplog.text
+    for path in paths:
+        path.write_text("x")  # the file system takes it
+
+
 def test_outputs_are_written_as_their_inputs_are_done(tiny, model, audio_dir, tmp_path, capsys,
                                                       monkeypatch):
     """Every input was read before any was decoded, and the outputs written after the last: a
