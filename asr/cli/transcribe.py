@@ -15,7 +15,8 @@ case-insensitive file systems), gets ``<stem>-2.<format>``, ``-3``, ...; an inpu
 not its plain ``<stem>.<format>`` is logged with its file):
 
 * ``text``: one line per input: its transcript, or ``SOURCE<TAB>TEXT`` with several inputs on
-  stdout (a file of ``--output-dir`` holds its transcript alone);
+  stdout (a control character of SOURCE, such as a tab or newline, written as an escape: ``\\t``,
+  ``\\n``; a file of ``--output-dir`` holds its transcript alone);
 * ``json``: JSON Lines: one JSON object per input and line (source, text, tokens, token times,
   words, segments), in input order;
 * ``srt`` / ``vtt``: subtitles; cues break at segments, pauses >= ``PAUSE`` s, and after
@@ -66,6 +67,8 @@ from asr.fileio import (
     OutputBusyError,
     OutputUnwritableError,
     check_writable_dir,
+    is_control,
+    one_line,
     output_lock,
     write_text_atomic,
 )
@@ -174,7 +177,8 @@ def cues(result) -> list[tuple[float, float, str]]:
 def format_result(result, fmt: str, with_source: bool) -> str:
     """One input's output in ``fmt`` (``text``, ``json``, ``srt`` or ``vtt``)."""
     if fmt == "text":
-        return f"{result.source}\t{result.text}\n" if with_source else f"{result.text}\n"
+        # a source's tab or newline would break its line: written as \t, \n
+        return f"{one_line(result.source)}\t{result.text}\n" if with_source else f"{result.text}\n"
     if fmt == "json":
         return json.dumps(result.to_dict(), ensure_ascii=False) + "\n"
     blocks = []
@@ -217,10 +221,10 @@ def _output_paths(sources: Sequence[str], out_dir: Path, fmt: str) -> list[Path]
                 why.append(f"its name is longer than a file name may be ({MAX_NAME_BYTES} bytes)")
             if name != first:
                 taken, earlier = owner[_folded(first)]
-                why.append(f"{out_dir / taken} is {_shown(earlier)}'s" if taken == first else
-                           f"{out_dir / taken} is {_shown(earlier)}'s (file names that differ "
+                why.append(f"{out_dir / taken} is {one_line(earlier)}'s" if taken == first else
+                           f"{out_dir / taken} is {one_line(earlier)}'s (file names that differ "
                            f"only in letter case are one file on case-insensitive file systems)")
-            logger.warning("%s is written to %s: %s", _shown(source), out_dir / name,
+            logger.warning("%s is written to %s: %s", one_line(source), out_dir / name,
                            "; ".join(why))
         owner[_folded(name)] = (name, source)
         paths.append(out_dir / name)
@@ -228,10 +232,10 @@ def _output_paths(sources: Sequence[str], out_dir: Path, fmt: str) -> list[Path]
 
 
 def _safe_stem(stem: str) -> str:
-    """``stem`` with each control character (tab, newline, ...), line or paragraph separator and
-    path separator (``/``, ``\\``) replaced by ``_``; ``audio`` for an empty stem."""
-    safe = "".join("_" if ch in "/\\" or unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch
-                   for ch in stem)
+    """``stem`` with each control character (tab, newline, ...), line or paragraph separator
+    (:func:`asr.fileio.is_control`) and path separator (``/``, ``\\``) replaced by ``_``;
+    ``audio`` for an empty stem."""
+    safe = "".join("_" if ch in "/\\" or is_control(ch) else ch for ch in stem)
     return safe or "audio"
 
 
@@ -245,12 +249,6 @@ def _fit(stem: str, suffix: str) -> str:
 def _folded(name: str) -> str:
     """The one form of the file names a case-insensitive file system takes for one file."""
     return unicodedata.normalize("NFC", name).casefold()
-
-
-def _shown(source: str) -> str:
-    """``source`` for a log line: as it is, or quoted with escapes when it holds characters
-    that would break the line (tab, newline, other control characters)."""
-    return source if source.isprintable() else repr(source)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -348,8 +348,15 @@ def test_output_names_are_safe_and_case_insensitively_distinct(tiny, model, audi
         assert (out / name).read_text() == text + "\n"
     assert (f"{inputs[1]} is written to {out / 'UTT-2.txt'}: {out / 'utt.txt'} is {inputs[0]}'s"
             " (file names that differ only in letter case") in caplog.text
-    assert (f"{str(inputs[2])!r} is written to {out / 'ut_t_.txt'}: its name holds control "
+    shown = str(inputs[2]).replace("\t", "\\t").replace("\n", "\\n")
+    assert (f"{shown} is written to {out / 'ut_t_.txt'}: its name holds control "
             "characters") in caplog.text
+    # on stdout, SOURCE<TAB>TEXT: the source's tab and newline broke its line in three fields
+    # over two lines
+    code, stdout, _ = _run([inputs[0], inputs[2], "--model", tiny.package_dir], capsys)
+    texts = api_texts(model, [inputs[0], inputs[2]])
+    assert code == 0
+    assert stdout.splitlines() == [f"{inputs[0]}\t{texts[0]}", f"{shown}\t{texts[1]}"]
 
 
 def test_output_names_fit_a_file_name(tmp_path, caplog):
