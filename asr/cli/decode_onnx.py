@@ -24,7 +24,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from asr.cli.options import part_name
+from asr.cli.options import part_name, tag_name
 from asr.data.librispeech import check_test_parts
 from asr.export.sherpa_decode import check_part_audio, decode_part_sherpa, load_recognizer
 from asr.fileio import OutputBusyError, output_locks
@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sherpa-onnx's per-token hotword boost")
     parser.add_argument("--blank-penalty", type=float, default=0.0,
                         help="subtracted from the blank logit (transducers)")
-    parser.add_argument("--tag", default="", help="suffix of the result files' name")
+    parser.add_argument("--tag", type=tag_name, default="", help="suffix of the result files' name")
     parser.add_argument("--output-dir", type=Path, default=None,
                         help="where the result files go (default: --onnx-dir)")
 
