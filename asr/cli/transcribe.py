@@ -11,8 +11,8 @@ Output goes to stdout (or one file per input with ``--output-dir``: ``<stem>.<fo
 for text, each control character or path separator of the stem written as ``_``, a stem too
 long for a file name cut short; a stem that an earlier input has, such as ``b/a.wav`` after
 ``a/a.wav``, or has up to letter case, such as ``A.wav`` after ``a.wav`` (one file on
-case-insensitive file systems), gets ``<stem>-2.<format>``, ``-3``, ...; an input whose file is
-not its plain ``<stem>.<format>`` is logged with its file):
+case-insensitive file systems), or that a directory there has, gets ``<stem>-2.<format>``,
+``-3``, ...; an input whose file is not its plain ``<stem>.<format>`` is logged with its file):
 
 * ``text``: one line per input: its transcript, or ``SOURCE<TAB>TEXT`` with several inputs on
   stdout (a control character of SOURCE, such as a tab or newline, written as an escape: ``\\t``,
@@ -196,11 +196,13 @@ def format_result(result, fmt: str, with_source: bool) -> str:
 
 def _output_paths(sources: Sequence[str], out_dir: Path, fmt: str) -> list[Path]:
     """The file of ``--output-dir`` for each input: ``<stem>.<ext>``, its stem made safe
-    (:func:`_safe_stem`) and cut short to fit a file name (:func:`_fit`), or ``<stem>-<n>.<ext>`` (n from 2) for a name an earlier input took
-    (two ``a.wav`` of other directories) or that differs from one only by letter case or
-    Unicode normalization (``A.wav`` and ``a.wav``: one file on case-insensitive file systems,
-    macOS's and Windows's). An input whose file is not its plain ``<stem>.<ext>`` is logged
-    with its file (and with the input that took the name), since the name alone does not tell."""
+    (:func:`_safe_stem`) and cut short to fit a file name (:func:`_fit`), or
+    ``<stem>-<n>.<ext>`` (n from 2) for a name an earlier input took (two ``a.wav`` of other
+    directories) or that differs from one only by letter case or Unicode normalization
+    (``A.wav`` and ``a.wav``: one file on case-insensitive file systems, macOS's and
+    Windows's), or that a directory in ``out_dir`` has. An input whose file is not its plain
+    ``<stem>.<ext>`` is logged with its file (and with the input that took the name), since the
+    name alone does not tell."""
     ext = {"text": "txt"}.get(fmt, fmt)
     owner: dict[str, tuple[str, str]] = {}  # folded name -> (name, input)
     paths = []
@@ -210,7 +212,7 @@ def _output_paths(sources: Sequence[str], out_dir: Path, fmt: str) -> list[Path]
         plain = f"{stem}.{ext}"
         name = first = _fit(safe, f".{ext}")
         n = 1
-        while _folded(name) in owner:
+        while _folded(name) in owner or (out_dir / name).is_dir():
             n += 1
             name = _fit(safe, f"-{n}.{ext}")
         if name != plain:
@@ -219,7 +221,9 @@ def _output_paths(sources: Sequence[str], out_dir: Path, fmt: str) -> list[Path]
                 why.append("its name holds control characters or path separators")
             if not name.startswith(safe):
                 why.append(f"its name is longer than a file name may be ({MAX_NAME_BYTES} bytes)")
-            if name != first:
+            if name != first and _folded(first) not in owner:
+                why.append(f"{out_dir / first} is a directory")
+            elif name != first:
                 taken, earlier = owner[_folded(first)]
                 why.append(f"{out_dir / taken} is {one_line(earlier)}'s" if taken == first else
                            f"{out_dir / taken} is {one_line(earlier)}'s (file names that differ "

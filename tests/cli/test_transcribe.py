@@ -361,8 +361,8 @@ def test_output_names_are_safe_and_case_insensitively_distinct(tiny, model, audi
 
 def test_output_names_fit_a_file_name(tmp_path, caplog):
     """An input of a 252-byte stem and a 3-letter extension gave ``<stem>.txt``, 256 bytes:
-    writing it failed (ENAMETOOLONG) after the decoding, a traceback and exit 1. Now a stem is
-    cut short (at a character) to fit, numbered names included."""
+    writing it failed (ENAMETOOLONG) after the decoding, exit 1, the later inputs left undone.
+    Now a stem is cut short (at a character) to fit, numbered names included."""
     from asr.cli.transcribe import MAX_NAME_BYTES, _output_paths
 
     long = "é" * 126  # 252 bytes
@@ -373,6 +373,18 @@ def test_output_names_fit_a_file_name(tmp_path, caplog):
         "be (255 bytes)" in caplog.text
     for path in paths:
         path.write_text("x")  # the file system takes it
+
+
+def test_an_output_name_a_directory_has_is_not_used(tmp_path, caplog):
+    """A directory ``utt.txt`` in --output-dir: the write of utt.wav's transcript failed after
+    the decoding (IsADirectoryError, exit 1, the later inputs left undone). Now the name is
+    numbered, and logged."""
+    from asr.cli.transcribe import _output_paths
+
+    (tmp_path / "utt.txt").mkdir()
+    assert _output_paths(["a/utt.wav"], tmp_path, "text") == [tmp_path / "utt-2.txt"]
+    assert f"a/utt.wav is written to {tmp_path / 'utt-2.txt'}: {tmp_path / 'utt.txt'} is a " \
+        "directory" in caplog.text
 
 
 def test_outputs_are_written_as_their_inputs_are_done(tiny, model, audio_dir, tmp_path, capsys,
