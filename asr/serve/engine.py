@@ -10,9 +10,10 @@ next audio.
 
 A stream's fault stays its own: a call on one stream that raises (feeding its audio, its result)
 closes that stream's connection alone (1011, saying what failed), and when a batched decode step
-raises, each of its streams is decoded alone (a recognizer's ``decode`` changes no stream when
-it raises): the healthy ones get exactly the step they would get alone, and only the streams
-that fail alone are closed. A failed session's stream is decoded no more.
+raises, each of its streams is decoded alone (:meth:`StreamingRecognizer.decode
+<asr.runtime.streaming.StreamingRecognizer.decode>` changes no stream when it raises): the
+healthy ones get exactly the step they would get alone, and only the streams that fail alone
+are closed. (sherpa-onnx cannot undo what a failed batch did to its streams.) A failed session's stream is decoded no more.
 
 All recognizer calls happen in the worker thread, one step at a time, a session's
 ``new_stream`` included (a transducer's start state runs the predictor); the event loop only
@@ -333,7 +334,7 @@ class DecodeEngine:
     def _decode(self, ready: list[_Work]) -> list[_Work]:
         """Worker thread: ONE batched decode step over ``ready``; the items it decoded.
 
-        When the batched step raises, each stream is decoded alone (a recognizer's ``decode``
+        When the batched step raises, each stream is decoded alone (our recognizer's ``decode``
         changes no stream when it raises), so that the healthy ones get exactly their step and
         only the streams that fail alone are given the error.
         """
@@ -416,4 +417,3 @@ class DecodeEngine:
         session.completed.set()
         session.has_mail.set()
         session.drained.set()
-
