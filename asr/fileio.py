@@ -34,6 +34,8 @@ output whose lock cannot be made (a file where a directory should be, no permiss
 read-only file system) is refused there too, before any work and having made nothing
 (:class:`OutputUnwritableError`, naming the output and the system's reason): every command
 reports it alike, as a bad option.
+A name written as a field of a line of output (an input's ``SOURCE<TAB>TEXT``, a log line) goes
+through :func:`one_line`, which writes its control characters as escapes.
 A directory output is built in :func:`staging_directory`, itself locked while it is built; each
 new staging directory first removes those a killed run left beside the output (``.<name>.tmp-*``
 and ``.<name>.old-*`` that no live process holds locked).
@@ -50,6 +52,7 @@ import os
 import re
 import shutil
 import tempfile
+import unicodedata
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -67,7 +70,9 @@ __all__ = [
     "check_writable_dir",
     "check_writable_file",
     "current_umask",
+    "is_control",
     "is_gzip",
+    "one_line",
     "open_maybe_gzip",
     "output_lock",
     "output_locks",
@@ -525,3 +530,23 @@ def publish_directory(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     finally:
         os.close(fd)
+
+
+_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def is_control(ch: str) -> bool:
+    """Whether the character ``ch`` is a control character (tab, newline, escape, ...) or a line
+    or paragraph separator: what breaks a line, or a field of a tab-separated line."""
+    return unicodedata.category(ch) in ("Cc", "Zl", "Zp")
+
+
+def one_line(text: str) -> str:
+    """``text`` with each character of :func:`is_control` written as an escape (``\\t``,
+    ``\\n``, ``\\r``, ``\\x1b``, ``\\u2028``): a name as one field of a line of output
+    (``SOURCE<TAB>TEXT``) or of a log line."""
+    return "".join(
+        (_ESCAPES.get(ch) or (f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}"))
+        if is_control(ch) else ch
+        for ch in text
+    )

@@ -324,3 +324,13 @@ def test_read_text_reads_gzip_by_its_first_bytes(tmp_path, name):
     path.write_bytes(gzip.compress(text.encode("utf-8"))[:-9])  # cut short
     with pytest.raises(ValueError, match=rf"{name}: corrupt or truncated gzip data"):
         read_text(path)
+
+
+def test_one_line_escapes_what_breaks_a_line_or_field():
+    """A name holding a tab or newline, written as a field of a tab-separated line, broke the
+    line's fields; each control character is now an escape, and nothing else changes."""
+    from asr.fileio import is_control, one_line
+
+    assert one_line("a\tb\nc\rd\x1be\u2028f") == "a\\tb\\nc\\rd\\x1be\\u2028f"
+    assert one_line("C:\\dir\\Straße é.wav") == "C:\\dir\\Straße é.wav"
+    assert is_control("\x00") and not is_control(" ") and not is_control("\u00a0")

@@ -12,8 +12,10 @@ As ``asr decode``, a run takes the lock of each summary file it will write
 (:func:`asr.fileio.output_lock`) before it decodes anything: a second run on one of them is
 refused (exit 2, naming it), as is an ``--output-dir`` that cannot be written, a broken export
 directory or a search option its layout has not (a CTC export: greedy search, no blank penalty),
-a test set that holds a cut id twice (naming the file, the id and both lines), and one with a
-cut of several audio channels or without a supervision (naming it; as ``asr decode``).
+a test set that holds a cut id twice (naming the file, the id and both lines), one with a cut of
+several audio channels or without a supervision (naming it; as ``asr decode``), and one with a
+cut whose audio file is missing (naming the cut and the file; every part is checked before any is
+decoded). A cut whose audio cannot be loaded is named with its files (exit 2).
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from asr.cli.options import part_name
+from asr.cli.options import part_name, tag_name
 from asr.data.librispeech import check_test_parts
-from asr.export.sherpa_decode import decode_part_sherpa, load_recognizer
+from asr.export.sherpa_decode import check_part_audio, decode_part_sherpa, load_recognizer
 from asr.fileio import OutputBusyError, output_locks
 from asr.run.evaluate import result_paths, write_results
 
@@ -53,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sherpa-onnx's per-token hotword boost")
     parser.add_argument("--blank-penalty", type=float, default=0.0,
                         help="subtracted from the blank logit (transducers)")
-    parser.add_argument("--tag", default="", help="suffix of the result files' name")
+    parser.add_argument("--tag", type=tag_name, default="", help="suffix of the result files' name")
     parser.add_argument("--output-dir", type=Path, default=None,
                         help="where the result files go (default: --onnx-dir)")
 
@@ -73,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
         with output_locks(result_paths(out_dir, part, name)["wer_summary"] for part in parts):
             # a repeated id, before any part is written; each manifest read once
             test_sets = check_test_parts(args.manifest_dir, parts)
+            for part in parts:  # a missing audio file, before any part is decoded
+                check_part_audio(test_sets[part], part, recognizer.sample_rate)
             for part in parts:
                 recognitions = decode_part_sherpa(recognizer, args.manifest_dir, part,
                                                   args.batch_size, test_sets[part])

@@ -18,6 +18,7 @@ from asr.cli.options import (
     device_from_args,
     part_name,
     selection_from_args,
+    tag_name,
 )
 from asr.config import load_config
 from asr.data.librispeech import cuts_path
@@ -40,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="KEY=VALUE",
                         help="experiment config overrides; search.<field>=.. for the searchers "
                              "(default: none)")
-    parser.add_argument("--tag", default="",
+    parser.add_argument("--tag", type=tag_name, default="",
                         help="suffix of the result directory and files, e.g. full-context for "
                              "a decode with --set encoder.chunk_size=0 encoder.left_chunks=-1 "
                              "(default: none)")

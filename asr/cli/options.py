@@ -17,6 +17,7 @@ import torch
 from asr.checkpoints.selection import WeightSelection
 from asr.constants import DEFAULT_MAX_LEFT_SECONDS, METADATA_FILE
 from asr.device import DEVICE_HELP, resolve_device
+from asr.fileio import is_control
 
 __all__ = [
     "add_checkpoint_arguments",
@@ -64,6 +65,17 @@ def part_name(text: str) -> str:
     if not text or text in (".", "..") or any(sep in text for sep in ("/", "\\", "\0")):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a part name (one name such as test-clean, no path)")
+    return text
+
+
+def tag_name(text: str) -> str:
+    """An argparse type for ``--tag``: empty, or text that suffixes file and directory names
+    (``recogs-<part>-<searcher>-<tag>.txt``), so without a path separator (``a/b`` would put
+    the results elsewhere) or a control character (a tab or newline in a file name)."""
+    if any(sep in text for sep in ("/", "\\")) or any(is_control(ch) for ch in text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a tag (part of a file name: no path separator or control "
+            "character)")
     return text
 
 

@@ -8,11 +8,15 @@ recipe exported it with); ``--searcher`` and ``--set search.FIELD=VALUE`` change
 ``asr decode``.
 
 Output goes to stdout (or one file per input with ``--output-dir``: ``<stem>.<format>``, ``txt``
-for text; a stem that an earlier input has, such as ``b/a.wav`` after ``a/a.wav``, gets
-``<stem>-2.<format>``, ``-3``, ..., logged with the input it stands for):
+for text, each control character or path separator of the stem written as ``_``, a stem too
+long for a file name cut short; a stem that an earlier input has, such as ``b/a.wav`` after
+``a/a.wav``, or has up to letter case, such as ``A.wav`` after ``a.wav`` (one file on
+case-insensitive file systems), or that a directory there has, gets ``<stem>-2.<format>``,
+``-3``, ...; an input whose file is not its plain ``<stem>.<format>`` is logged with its file):
 
 * ``text``: one line per input: its transcript, or ``SOURCE<TAB>TEXT`` with several inputs on
-  stdout (a file of ``--output-dir`` holds its transcript alone);
+  stdout (a control character of SOURCE, such as a tab or newline, written as an escape: ``\\t``,
+  ``\\n``; a file of ``--output-dir`` holds its transcript alone);
 * ``json``: JSON Lines: one JSON object per input and line (source, text, tokens, token times,
   words, segments), in input order;
 * ``srt`` / ``vtt``: subtitles; cues break at segments, pauses >= ``PAUSE`` s, and after
@@ -42,6 +46,7 @@ import argparse
 import json
 import logging
 import sys
+import unicodedata
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -62,6 +67,8 @@ from asr.fileio import (
     OutputBusyError,
     OutputUnwritableError,
     check_writable_dir,
+    is_control,
+    one_line,
     output_lock,
     write_text_atomic,
 )
@@ -76,6 +83,8 @@ FORMATS = ("text", "json", "srt", "vtt")
 PAUSE = 0.8
 MAX_CUE_SECONDS = 6.0
 MAX_CUE_CHARS = 42
+#: The longest file name, in bytes, that common file systems take (ext4, APFS, NTFS: 255).
+MAX_NAME_BYTES = 255
 
 
 FORMAT_HELP = ("text: one line per input (its text; SOURCE<TAB>TEXT with several inputs on "
@@ -115,8 +124,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(layers x left chunks, logged), so that every window decodes its "
                              "part as one window over the whole input would")
     parser.add_argument("--output-dir",
-                        help="write <stem>.<format> per input here, <stem>-2.<format> ... for "
-                             "a stem an earlier input has (logged) (default: stdout)")
+                        help="write <stem>.<format> per input here (control characters and "
+                             "path separators as _), <stem>-2.<format> ... for a stem an "
+                             "earlier input has, up to letter case (logged) (default: stdout)")
     progress = parser.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_true", default=None,
                           help="show a progress bar in audio seconds (default: when stderr is "
@@ -167,7 +177,8 @@ def cues(result) -> list[tuple[float, float, str]]:
 def format_result(result, fmt: str, with_source: bool) -> str:
     """One input's output in ``fmt`` (``text``, ``json``, ``srt`` or ``vtt``)."""
     if fmt == "text":
-        return f"{result.source}\t{result.text}\n" if with_source else f"{result.text}\n"
+        # a source's tab or newline would break its line: written as \t, \n
+        return f"{one_line(result.source)}\t{result.text}\n" if with_source else f"{result.text}\n"
     if fmt == "json":
         return json.dumps(result.to_dict(), ensure_ascii=False) + "\n"
     blocks = []
@@ -184,25 +195,64 @@ def format_result(result, fmt: str, with_source: bool) -> str:
 
 
 def _output_paths(sources: Sequence[str], out_dir: Path, fmt: str) -> list[Path]:
-    """The file of ``--output-dir`` for each input: ``<stem>.<ext>``, or ``<stem>-<n>.<ext>``
-    (n from 2) for a name an earlier input took (two ``a.wav`` of other directories), logged
-    with the input whose it is, since the name alone does not tell."""
+    """The file of ``--output-dir`` for each input: ``<stem>.<ext>``, its stem made safe
+    (:func:`_safe_stem`) and cut short to fit a file name (:func:`_fit`), or
+    ``<stem>-<n>.<ext>`` (n from 2) for a name an earlier input took (two ``a.wav`` of other
+    directories) or that differs from one only by letter case or Unicode normalization
+    (``A.wav`` and ``a.wav``: one file on case-insensitive file systems, macOS's and
+    Windows's), or that a directory in ``out_dir`` has. An input whose file is not its plain
+    ``<stem>.<ext>`` is logged with its file (and with the input that took the name), since the
+    name alone does not tell."""
     ext = {"text": "txt"}.get(fmt, fmt)
-    owner: dict[str, str] = {}
+    owner: dict[str, tuple[str, str]] = {}  # folded name -> (name, input)
     paths = []
     for source in sources:
-        stem = "stdin" if source in ("-", "<stdin>") else Path(source).stem or "audio"
-        first = name = f"{stem}.{ext}"
+        stem = "stdin" if source in ("-", "<stdin>") else Path(source).stem
+        safe = _safe_stem(stem)
+        plain = f"{stem}.{ext}"
+        name = first = _fit(safe, f".{ext}")
         n = 1
-        while name in owner:
+        while _folded(name) in owner or (out_dir / name).is_dir():
             n += 1
-            name = f"{stem}-{n}.{ext}"
-        if name != first:
-            logger.warning("%s is written to %s: %s is %s's", source, out_dir / name,
-                           out_dir / first, owner[first])
-        owner[name] = source
+            name = _fit(safe, f"-{n}.{ext}")
+        if name != plain:
+            why = []
+            if safe != stem:
+                why.append("its name holds control characters or path separators")
+            if not name.startswith(safe):
+                why.append(f"its name is longer than a file name may be ({MAX_NAME_BYTES} bytes)")
+            if name != first and _folded(first) not in owner:
+                why.append(f"{out_dir / first} is a directory")
+            elif name != first:
+                taken, earlier = owner[_folded(first)]
+                why.append(f"{out_dir / taken} is {one_line(earlier)}'s" if taken == first else
+                           f"{out_dir / taken} is {one_line(earlier)}'s (file names that differ "
+                           f"only in letter case are one file on case-insensitive file systems)")
+            logger.warning("%s is written to %s: %s", one_line(source), out_dir / name,
+                           "; ".join(why))
+        owner[_folded(name)] = (name, source)
         paths.append(out_dir / name)
     return paths
+
+
+def _safe_stem(stem: str) -> str:
+    """``stem`` with each control character (tab, newline, ...), line or paragraph separator
+    (:func:`asr.fileio.is_control`) and path separator (``/``, ``\\``) replaced by ``_``;
+    ``audio`` for an empty stem."""
+    safe = "".join("_" if ch in "/\\" or is_control(ch) else ch for ch in stem)
+    return safe or "audio"
+
+
+def _fit(stem: str, suffix: str) -> str:
+    """``stem + suffix``, the stem cut short (at a character) so that the name fits in
+    :data:`MAX_NAME_BYTES` bytes of UTF-8."""
+    room = MAX_NAME_BYTES - len(suffix.encode())
+    return stem.encode()[:room].decode(errors="ignore") + suffix
+
+
+def _folded(name: str) -> str:
+    """The one form of the file names a case-insensitive file system takes for one file."""
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 def run(args: argparse.Namespace) -> int:

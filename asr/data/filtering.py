@@ -47,8 +47,8 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 __all__ = ["SPEEDS_FIELD", "SUPERVISION_TOLERANCE", "FilterStats", "TextEncoder",
-           "allowed_speeds", "check_cut_audio", "cut_files", "cut_text", "data_files",
-           "drop_reason", "error_reason", "filter_cuts", "supervision_outside",
+           "allowed_speeds", "check_cut_audio", "check_cut_files", "cut_files", "cut_text",
+           "data_files", "drop_reason", "error_reason", "filter_cuts", "supervision_outside",
            "unreadable_cut_error", "unreadable_field"]
 
 #: The custom field of a cut kept at only some of the speeds it was judged at: those speeds.
@@ -177,7 +177,7 @@ def unreadable_field(cut, fields: Collection[str]) -> tuple[str, str] | None:
     for field in fields:
         if field not in loaders:
             continue
-        missing = next((f for f in data_files(cut, [field]) if not Path(f).exists()), None)
+        missing = _missing_file(cut, field)
         if missing is not None:
             return field, f"{missing} does not exist"
         try:
@@ -185,6 +185,35 @@ def unreadable_field(cut, fields: Collection[str]) -> tuple[str, str] | None:
         except Exception as err:  # noqa: BLE001 - lilcom, soundfile, audioread, lhotse... types
             return field, error_reason(err)
     return None
+
+
+def _missing_file(cut, field: str) -> str | None:
+    """The first local file holding the data of ``field`` of ``cut`` that does not exist."""
+    return next((f for f in data_files(cut, [field]) if not Path(f).exists()), None)
+
+
+def check_cut_files(cuts, field: str, what: str) -> None:
+    """Checks, in one pass over ``cuts`` and reading nothing (a look-up per file), that every
+    local file holding the data of ``field`` (``"features"``, ``"recording"``) of each cut
+    exists: a run that reads them checks before its long work, rather than failing on the way.
+
+    Args:
+        cuts: a CutSet (lazy or eager).
+        field: the data the run reads.
+        what: the cuts, for the message (``"test set test-clean"``).
+
+    Raises:
+        FileNotFoundError: naming how many cuts of ``what`` lack a file and, in the words of
+            :func:`unreadable_cut_error`, the first one, its files and the one missing.
+    """
+    lost, first = 0, None
+    for cut in cuts:
+        missing = _missing_file(cut, field)
+        if missing is not None:
+            lost += 1
+            first = first or unreadable_cut_error(cut, [field])  # reads nothing: a file is missing
+    if lost:
+        raise FileNotFoundError(f"{lost} cuts of {what} have a missing file; the first: {first}")
 
 
 def unreadable_cut_error(cut, fields: Collection[str]) -> str | None:

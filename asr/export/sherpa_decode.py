@@ -34,7 +34,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from asr.data.filtering import check_cut_audio, cut_text
+from asr.data.dataset import DataError
+from asr.data.filtering import (
+    check_cut_audio,
+    check_cut_files,
+    cut_files,
+    cut_text,
+    error_reason,
+    unreadable_cut_error,
+)
 from asr.data.librispeech import load_test_part
 from asr.decoding.context_graph import HotwordError, load_hotwords
 from asr.encoders.subsampling import subsampled_length
@@ -47,8 +55,8 @@ from asr.run.evaluate import Recognition
 if TYPE_CHECKING:  # pragma: no cover
     from lhotse import CutSet
 
-__all__ = ["SherpaRecognizer", "SherpaResult", "decode_part_sherpa", "flush_samples",
-           "load_recognizer", "room_tone"]
+__all__ = ["SherpaRecognizer", "SherpaResult", "check_part_audio", "decode_part_sherpa",
+           "flush_samples", "load_recognizer", "room_tone"]
 
 logger = logging.getLogger(__name__)
 
@@ -334,6 +342,22 @@ def _read_report(path: Path) -> dict:
     return report
 
 
+def check_part_audio(cuts: CutSet, part: str, sample_rate: int) -> None:
+    """Checks what decoding the test set ``part`` in sherpa-onnx needs of its cuts' audio,
+    before anything is decoded: that every audio file exists
+    (:func:`asr.data.filtering.check_cut_files`; a stat per file) and that each cut has one
+    channel (:func:`asr.data.filtering.check_cut_audio`: the audio of a cut of C channels loads
+    as (C, N), and flattened sherpa-onnx would decode its channels one after the other; other
+    rates are resampled, so only channels count).
+
+    Raises:
+        FileNotFoundError: naming how many cuts lack their audio file, the first, its files.
+        ValueError: naming a cut of several channels.
+    """
+    check_cut_files(cuts, "recording", f"test set {part}")
+    check_cut_audio(cuts.resample(sample_rate), sample_rate)
+
+
 def decode_part_sherpa(
     recognizer: SherpaRecognizer, manifest_dir: str | Path, part: str, batch_size: int = 32,
     cuts: CutSet | None = None,
@@ -347,8 +371,11 @@ def decode_part_sherpa(
             (:func:`asr.data.librispeech.load_test_part`).
 
     Raises:
+        FileNotFoundError: naming a cut whose audio file is missing, before anything is
+            decoded (:func:`check_part_audio`).
+        asr.data.dataset.DataError: naming a cut whose audio cannot be loaded, and its files.
         ValueError: for ``batch_size`` < 1, naming a cut of several audio channels
-            (:func:`asr.data.filtering.check_cut_audio`), or one without a supervision
+            (:func:`check_part_audio`), or one without a supervision
             (:func:`asr.data.librispeech.load_test_part`), before anything is decoded (``asr
             decode`` refuses both).
         asr.data.cut_ids.DuplicateIdError: naming a cut id the test set holds twice (before
@@ -359,9 +386,7 @@ def decode_part_sherpa(
     manifest_dir = Path(manifest_dir)
     if cuts is None:
         cuts = load_test_part(manifest_dir, part)  # each id once: scored once
-    # the audio of a cut of C channels loads as (C, N): flattened, sherpa-onnx would decode its
-    # channels one after the other. Other rates are resampled below, so only channels count.
-    check_cut_audio(cuts.resample(recognizer.sample_rate), recognizer.sample_rate)
+    check_part_audio(cuts, part, recognizer.sample_rate)
     cut_list = list(cuts)
     recognitions: list[Recognition] = []
     seconds = audio = 0.0
@@ -369,7 +394,12 @@ def decode_part_sherpa(
         batch = cut_list[start: start + batch_size]
         waves = []
         for cut in batch:
-            samples = cut.resample(recognizer.sample_rate).load_audio()
+            try:
+                samples = cut.resample(recognizer.sample_rate).load_audio()
+            except Exception as err:  # noqa: BLE001 - lhotse, soundfile, audioread... types
+                raise DataError(unreadable_cut_error(cut, ["recording"]) or
+                                f"cannot load cut {cut.id!r} ({cut_files(cut)}): "
+                                f"{error_reason(err)}") from err
             waves.append(np.asarray(samples, dtype=np.float32).reshape(-1))
         began = time.perf_counter()
         results = recognizer.decode(waves, batch_size=batch_size)

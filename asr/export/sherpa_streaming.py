@@ -185,7 +185,9 @@ class SherpaStreamingRecognizer:
 
     def decode(self, streams: Sequence[SherpaStream]) -> None:
         """One batched ``decode_streams`` call over the ready streams among ``streams``; a
-        stream whose input has ended and that has no whole chunk left is done.
+        stream whose input has ended and that has no whole chunk left is done. When
+        ``decode_streams`` raises, no stream's count of chunks changes (what sherpa-onnx's
+        streams hold is theirs: a failed batch cannot be undone there).
 
         Raises:
             ValueError: when a stream is given twice.

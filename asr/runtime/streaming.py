@@ -124,6 +124,25 @@ class Stream:
         return self.fbank.num_samples
 
 
+@dataclass(frozen=True)
+class _StreamStep:
+    """What one decode step computed for one stream, before the stream takes it.
+
+    Attributes:
+        taken: feature frames the step consumed.
+        encoder_state: the stream's batch-1 encoder state after the step.
+        search_state: its batch-1 search state after the step.
+        num_new: encoder frames the step produced.
+        partial: its best hypothesis after the step.
+    """
+
+    taken: int
+    encoder_state: Any
+    search_state: Any
+    num_new: int
+    partial: Hypothesis
+
+
 class StreamingRecognizer:
     """Batched chunk-by-chunk recognition over many streams.
 
@@ -311,7 +330,10 @@ class StreamingRecognizer:
     def decode(self, streams: Sequence[Stream]) -> None:
         """One batched encoder chunk + search step over the ready streams among ``streams``.
 
-        Streams whose input has ended and whose frames are all decoded are finalized.
+        Streams whose input has ended and whose frames are all decoded are finalized. All or
+        nothing: every new state and final hypothesis is computed before any stream is changed,
+        so when it raises no stream has changed, and a caller may decode each stream alone to
+        find the one at fault (as the server does).
 
         Raises:
             ValueError: when a stream is given twice.
@@ -321,14 +343,25 @@ class StreamingRecognizer:
         ready = [s for s in streams if self.is_ready(s)]
         takes = [self._frames_to_take(s) for s in ready]
         batch = [(s, n) for s, n in zip(ready, takes) if n > 0]
-        if batch:
-            self._step(batch)
+        steps = dict(zip((id(s) for s, _ in batch), self._step(batch))) if batch else {}
+        finals = {}
         for stream in ready:
-            if stream.input_done and stream.feats.shape[0] == 0:
-                stream.hypothesis = self.searcher.finalize(stream.search_state)[0]
+            step = steps.get(id(stream))
+            left = stream.feats.shape[0] - (step.taken if step is not None else 0)
+            if stream.input_done and left == 0:
+                state = step.search_state if step is not None else stream.search_state
+                finals[id(stream)] = self.searcher.finalize(state)[0]
+        for stream in ready:  # nothing failed: every stream takes its step
+            step = steps.get(id(stream))
+            if step is not None:
+                self._advance(stream, step)
+            if id(stream) in finals:
+                stream.hypothesis = finals[id(stream)]
                 stream.done = True
 
-    def _step(self, batch: Sequence[tuple[Stream, int]]) -> None:
+    def _step(self, batch: Sequence[tuple[Stream, int]]) -> list[_StreamStep]:
+        """The step of each stream of ``batch`` (stream, frames it takes), in its order; the
+        streams are not changed."""
         device = self.runtime.device
         feats = torch.nn.utils.rnn.pad_sequence(
             [s.feats[:n] for s, n in batch], batch_first=True
@@ -343,13 +376,19 @@ class StreamingRecognizer:
         # copies: a stream waits for audio between batches, and a view would keep the batch
         enc_states = self.encoder.unstack_state(enc_state)
         search_states = unstack_states(search_state, copy=True)
-        for i, ((stream, taken), num_new) in enumerate(zip(batch, enc_lens.tolist())):
-            stream.feats = stream.feats[taken:]
-            stream.encoder_state = enc_states[i]
-            stream.search_state = search_states[i]
-            self._note_sliding(stream, int(num_new))
-            stream.frames_decoded += int(num_new)
-            stream.hypothesis = partials[i]
+        return [
+            _StreamStep(taken, enc_states[i], search_states[i], int(num_new), partials[i])
+            for i, ((_, taken), num_new) in enumerate(zip(batch, enc_lens.tolist()))
+        ]
+
+    def _advance(self, stream: Stream, step: _StreamStep) -> None:
+        """Gives ``stream`` its computed ``step``."""
+        stream.feats = stream.feats[step.taken:]
+        stream.encoder_state = step.encoder_state
+        stream.search_state = step.search_state
+        self._note_sliding(stream, step.num_new)
+        stream.frames_decoded += step.num_new
+        stream.hypothesis = step.partial
 
     def _note_sliding(self, stream: Stream, num_new: int) -> None:
         """Logs the step after which ``stream``'s growing cache first drops a frame."""

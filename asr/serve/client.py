@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from asr.fileio import one_line
+
 __all__ = ["ClientResult", "stream_file", "stream_microphone", "stream_samples", "main"]
 
 logger = logging.getLogger(__name__)
@@ -382,7 +384,7 @@ async def _run_files(args: argparse.Namespace) -> int:
             print(f"{path}: error: {outcome.problem}", file=sys.stderr)
             status = 1
         elif len(args.files) > 1:
-            print(f"{path}\t{outcome.text}")
+            print(f"{one_line(str(path))}\t{outcome.text}")  # a tab in a name: \t
     return status
 
 

@@ -8,6 +8,13 @@ single worker thread (so the event loop stays responsive) feeds it to the stream
 each decoded stream's result. It repeats while any stream made progress, then sleeps until the
 next audio.
 
+A stream's fault stays its own: a call on one stream that raises (feeding its audio, its result)
+closes that stream's connection alone (1011, saying what failed), and when a batched decode step
+raises, each of its streams is decoded alone (:meth:`StreamingRecognizer.decode
+<asr.runtime.streaming.StreamingRecognizer.decode>` changes no stream when it raises): the
+healthy ones get exactly the step they would get alone, and only the streams that fail alone
+are closed. (sherpa-onnx cannot undo what a failed batch did to its streams.) A failed session's stream is decoded no more.
+
 All recognizer calls happen in the worker thread, one step at a time, a session's
 ``new_stream`` included (a transducer's start state runs the predictor); the event loop only
 moves numpy buffers and messages, so the model runs in one thread and streams are never touched
@@ -33,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from asr.data.filtering import error_reason
 from asr.serve.protocol import CLOSE_INTERNAL, CLOSE_POLICY, ProtocolError, result_message
 
 __all__ = ["DecodeEngine", "EngineStats", "Session"]
@@ -125,7 +133,7 @@ class _Work:
     session: Session
     chunks: list[np.ndarray]
     finish: bool
-    error: str | None = None
+    error: ProtocolError | None = None  # the stream failed: its client is closed with this
     hotwords: tuple[Any] | None = None  # a hotword graph for the stream, before its audio
 
 
@@ -256,6 +264,9 @@ class DecodeEngine:
     def _collect(self) -> list[_Work]:
         work = []
         for session in self._sessions.values():
+            if session.error is not None:  # failed: its stream is decoded no more
+                session.pending, session.pending_samples = [], 0
+                continue
             finish = session.finish_requested and not session.finish_sent
             session.finish_sent = session.finish_sent or finish
             work.append(_Work(session, session.pending, finish, hotwords=session.hotwords))
@@ -265,55 +276,115 @@ class DecodeEngine:
         return work
 
     def _step(self, work: list[_Work]) -> tuple[list[_Output], bool]:
-        """Worker thread: feed audio, one batched decode step, endpointing."""
+        """Worker thread: feed audio, one batched decode step, endpointing.
+
+        A stream whose call fails is isolated: its item gets the error and the others go on
+        (:meth:`_decode`), so one faulty client never closes the clients it shares a batch with.
+        """
         rec = self.recognizer
         start = time.perf_counter()
-        audio = 0.0
+        audio = sum(self._feed(item) for item in work)
+        ready = [i for i in work if i.error is None and self._is_ready(i)]
+        decoded = self._decode(ready) if ready else []
+        outputs = [out for out in map(self._output, decoded) if out is not None]
         for item in work:
-            session = item.session
-            if session.stream is None:  # made here: the model runs in this thread only
-                session.stream = rec.new_stream()
-            try:
-                if item.hotwords is not None:
-                    rec.set_hotword_graph(session.stream, item.hotwords[0])
-                for chunk in item.chunks:
-                    rec.accept_waveform(session.stream, chunk, session.sample_rate)
-                    session.accepted_samples += chunk.size
-                    audio += chunk.size / session.sample_rate
-                if item.finish:
-                    rec.input_finished(session.stream)
-            except ValueError as err:
-                item.error = str(err)
-        ready = [i for i in work if i.error is None and rec.is_ready(i.session.stream)]
-        if ready:
-            rec.decode([i.session.stream for i in ready])
-        outputs = []
-        for item in ready:
-            session, stream = item.session, item.session.stream
-            # at an endpoint, reset's final result is the message (result() would finalize the
-            # same search once more)
-            ended = not stream.done and rec.is_endpoint(stream)
-            result = rec.reset(stream) if ended else rec.result(stream)
-            audio_end = session.accepted_samples / session.sample_rate
-            outputs.append(
-                _Output(session, result_message(result, audio_end, stream.done), result.is_final,
-                        stream.done)
-            )
-        for item in work:
-            item.session.backlog_seconds = rec.pending_seconds(item.session.stream)
+            if item.session.stream is not None:
+                try:
+                    item.session.backlog_seconds = rec.pending_seconds(item.session.stream)
+                except Exception as err:  # noqa: BLE001 - whatever the stream's fault, its own
+                    self._isolate(item, "measuring its backlog", err)
         elapsed = time.perf_counter() - start
         self.stats.busy_seconds += elapsed
         self.stats.audio_seconds += audio
-        if ready:
+        if decoded:
             self.stats.steps += 1
-            self.stats.streams_decoded += len(ready)
-            self.stats.max_batch = max(self.stats.max_batch, len(ready))
-        return outputs, bool(ready)
+            self.stats.streams_decoded += len(decoded)
+            self.stats.max_batch = max(self.stats.max_batch, len(decoded))
+        return outputs, bool(decoded)
+
+    def _feed(self, item: _Work) -> float:
+        """Worker thread: hands ``item``'s hotwords, audio and end of input to its stream (made
+        here: the model runs in this thread only); the seconds of audio handed."""
+        rec, session = self.recognizer, item.session
+        audio = 0.0
+        try:
+            if session.stream is None:
+                session.stream = rec.new_stream()
+            if item.hotwords is not None:
+                rec.set_hotword_graph(session.stream, item.hotwords[0])
+            for chunk in item.chunks:
+                rec.accept_waveform(session.stream, chunk, session.sample_rate)
+                session.accepted_samples += chunk.size
+                audio += chunk.size / session.sample_rate
+            if item.finish:
+                rec.input_finished(session.stream)
+        except ValueError as err:  # the client's: samples that are not audio, a rate change
+            item.error = ProtocolError(str(err))
+        except Exception as err:  # noqa: BLE001 - whatever the stream's fault, its own
+            self._isolate(item, "feeding its audio", err)
+        return audio
+
+    def _is_ready(self, item: _Work) -> bool:
+        try:
+            return bool(self.recognizer.is_ready(item.session.stream))
+        except Exception as err:  # noqa: BLE001 - whatever the stream's fault, its own
+            self._isolate(item, "checking it", err)
+            return False
+
+    def _decode(self, ready: list[_Work]) -> list[_Work]:
+        """Worker thread: ONE batched decode step over ``ready``; the items it decoded.
+
+        When the batched step raises, each stream is decoded alone (our recognizer's ``decode``
+        changes no stream when it raises), so that the healthy ones get exactly their step and
+        only the streams that fail alone are given the error.
+        """
+        rec = self.recognizer
+        try:
+            rec.decode([item.session.stream for item in ready])
+            return ready
+        except Exception as err:  # noqa: BLE001 - found out below, one stream at a time
+            if len(ready) == 1:
+                self._isolate(ready[0], "decoding it", err)
+                return []
+            logger.warning("a decode step of %d streams failed (%s); decoding each alone",
+                           len(ready), error_reason(err))
+        decoded = []
+        for item in ready:
+            try:
+                rec.decode([item.session.stream])
+            except Exception as err:  # noqa: BLE001 - whatever the stream's fault, its own
+                self._isolate(item, "decoding it", err)
+            else:
+                decoded.append(item)
+        return decoded
+
+    def _output(self, item: _Work) -> _Output | None:
+        """Worker thread: the result message of a decoded stream (at an endpoint, reset's final
+        result: result() would finalize the same search once more); None if that failed."""
+        rec, session = self.recognizer, item.session
+        stream = session.stream
+        try:
+            ended = not stream.done and rec.is_endpoint(stream)
+            result = rec.reset(stream) if ended else rec.result(stream)
+            audio_end = session.accepted_samples / session.sample_rate
+            return _Output(session, result_message(result, audio_end, stream.done),
+                           result.is_final, stream.done)
+        except Exception as err:  # noqa: BLE001 - whatever the stream's fault, its own
+            self._isolate(item, "making its result", err)
+            return None
+
+    def _isolate(self, item: _Work, doing: str, err: BaseException) -> None:
+        """Worker thread: ``item``'s stream failed while ``doing``; logs why, with the
+        traceback, and gives the item the error its client is closed with (1011)."""
+        logger.error("session %d: %s failed", item.session.id, doing,
+                     exc_info=(type(err), err, err.__traceback__))
+        item.error = ProtocolError(f"decoding this stream failed ({doing}: {error_reason(err)})",
+                                   CLOSE_INTERNAL)
 
     def _dispatch(self, work: list[_Work], outputs: list[_Output]) -> None:
         for item in work:
             if item.error is not None:
-                self._fail(item.session, ProtocolError(item.error))
+                self._fail(item.session, item.error)
             else:
                 self._update_drained(item.session)
         for out in outputs:

@@ -46,7 +46,8 @@ and ``words`` holds the segment's words with their times (sherpa-onnx: word ids)
 per-token scores (``ys_probs``, ``lm_probs``, ``context_scores``) are not sent. ``audio_end`` (an
 extension) is the stream time in seconds of the audio received before the decode step that
 produced the message. On a protocol error the server sends ``{"error": "..."}`` and closes with
-the code of :class:`ProtocolError`.
+the code of :class:`ProtocolError`; a stream whose decoding fails gets the same with 1011
+(``decoding this stream failed (...)``), while the streams decoded beside it go on.
 """
 
 from __future__ import annotations

@@ -368,3 +368,20 @@ def test_a_part_that_is_a_path_is_refused(command, part, capsys):
         main([*command, part])
     assert exit_info.value.code == 2
     assert f"--parts: {part!r} is not a part name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [
+    ["decode", "--exp-dir", "EXP", "--searcher", "greedy", "--tag"],
+    ["decode-onnx", "--onnx-dir", "ONNX", "--manifest-dir", "M", "--tag"],
+])
+@pytest.mark.parametrize("tag", ["../x", "a/b", "a\\b", "a\tb", "a\nb"])
+def test_a_tag_that_is_a_path_or_holds_control_characters_is_refused(command, tag, capsys):
+    """``--tag`` suffixes the result files' and directory's names: '--tag ../x' put them (and
+    their locks) elsewhere, a tab or newline went into a file name. Refused by the parser,
+    exit 2, before anything is read or written."""
+    from asr.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, tag])
+    assert exit_info.value.code == 2
+    assert f"--tag: {tag!r} is not a tag (part of a file name" in capsys.readouterr().err

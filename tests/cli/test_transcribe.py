@@ -328,6 +328,65 @@ def test_inputs_of_one_stem_get_files_of_their_own_named_in_the_log(tiny, model,
         in caplog.text
 
 
+def test_output_names_are_safe_and_case_insensitively_distinct(tiny, model, audio_dir,
+                                                              tmp_path, capsys, caplog):
+    """A stem holding a tab or newline gave a file name holding them, and ``UTT.flac`` after
+    ``utt.flac`` got ``UTT.txt``: on a case-insensitive file system (macOS, Windows) the same
+    file as ``utt.txt``, whose transcript it overwrote. Now control characters become ``_``,
+    names equal up to case are numbered, and the log says which input went where."""
+    inputs = [tmp_path / "a" / "utt.flac", tmp_path / "b" / "UTT.flac",
+              tmp_path / "c" / "ut\tt\n.flac"]
+    for path, source in zip(inputs, ("utt0.flac", "utt1.flac", "utt2.flac")):
+        path.parent.mkdir()
+        shutil.copy(audio_dir / source, path)
+    out = tmp_path / "out"
+    code, _, _ = _run([*inputs, "--model", tiny.package_dir, "--output-dir", out], capsys)
+    assert code == 0
+    names = ["utt.txt", "UTT-2.txt", "ut_t_.txt"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(names)
+    for name, text in zip(names, api_texts(model, inputs)):
+        assert (out / name).read_text() == text + "\n"
+    assert (f"{inputs[1]} is written to {out / 'UTT-2.txt'}: {out / 'utt.txt'} is {inputs[0]}'s"
+            " (file names that differ only in letter case") in caplog.text
+    shown = str(inputs[2]).replace("\t", "\\t").replace("\n", "\\n")
+    assert (f"{shown} is written to {out / 'ut_t_.txt'}: its name holds control "
+            "characters") in caplog.text
+    # on stdout, SOURCE<TAB>TEXT: the source's tab and newline broke its line in three fields
+    # over two lines
+    code, stdout, _ = _run([inputs[0], inputs[2], "--model", tiny.package_dir], capsys)
+    texts = api_texts(model, [inputs[0], inputs[2]])
+    assert code == 0
+    assert stdout.splitlines() == [f"{inputs[0]}\t{texts[0]}", f"{shown}\t{texts[1]}"]
+
+
+def test_output_names_fit_a_file_name(tmp_path, caplog):
+    """An input of a 252-byte stem and a 3-letter extension gave ``<stem>.txt``, 256 bytes:
+    writing it failed (ENAMETOOLONG) after the decoding, exit 1, the later inputs left undone.
+    Now a stem is cut short (at a character) to fit, numbered names included."""
+    from asr.cli.transcribe import MAX_NAME_BYTES, _output_paths
+
+    long = "é" * 126  # 252 bytes
+    paths = _output_paths([f"a/{long}.wav", f"b/{long}.wav"], tmp_path, "text")
+    assert [p.name for p in paths] == ["é" * 125 + ".txt", "é" * 124 + "-2.txt"]
+    assert all(len(p.name.encode()) <= MAX_NAME_BYTES for p in paths)
+    assert f"a/{long}.wav is written to {paths[0]}: its name is longer than a file name may " \
+        "be (255 bytes)" in caplog.text
+    for path in paths:
+        path.write_text("x")  # the file system takes it
+
+
+def test_an_output_name_a_directory_has_is_not_used(tmp_path, caplog):
+    """A directory ``utt.txt`` in --output-dir: the write of utt.wav's transcript failed after
+    the decoding (IsADirectoryError, exit 1, the later inputs left undone). Now the name is
+    numbered, and logged."""
+    from asr.cli.transcribe import _output_paths
+
+    (tmp_path / "utt.txt").mkdir()
+    assert _output_paths(["a/utt.wav"], tmp_path, "text") == [tmp_path / "utt-2.txt"]
+    assert f"a/utt.wav is written to {tmp_path / 'utt-2.txt'}: {tmp_path / 'utt.txt'} is a " \
+        "directory" in caplog.text
+
+
 def test_outputs_are_written_as_their_inputs_are_done(tiny, model, audio_dir, tmp_path, capsys,
                                                       monkeypatch):
     """Every input was read before any was decoded, and the outputs written after the last: a

@@ -127,6 +127,46 @@ def test_decode_onnx_refuses_cuts_asr_decode_refuses(exports, caplog, tmp_path):
         assert not list((tmp_path / "out").glob("recogs-*"))
 
 
+def test_decode_onnx_names_a_cut_whose_audio_file_is_missing(exports, caplog, tmp_path):
+    """A test set whose cut's audio file is gone was found only when its batch loaded, after
+    every part before it was decoded and written; lhotse's error named neither the cut nor
+    ``asr decode-onnx``. Now every part is checked first: exit 2 naming the cut and the file,
+    nothing decoded or written."""
+    import numpy as np
+    import soundfile as sf
+    from lhotse import CutSet, MonoCut, Recording, SupervisionSegment
+
+    from asr.testing.tiny import random_speech_like
+
+    def cut(name: str) -> MonoCut:
+        sf.write(tmp_path / f"{name}.wav", random_speech_like(8000, seed=1).astype(np.float32),
+                 16000)
+        recording = Recording.from_file(tmp_path / f"{name}.wav", recording_id=name)
+        supervision = SupervisionSegment(id=name, recording_id=name, start=0.0,
+                                         duration=recording.duration, text="GREEN DOOR")
+        return MonoCut(id=name, start=0.0, duration=recording.duration, channel=0,
+                       recording=recording, supervisions=[supervision])
+
+    CutSet.from_cuts([cut("here")]).to_file(tmp_path / "librispeech_cuts_present.jsonl.gz")
+    CutSet.from_cuts([cut("kept"), cut("gone")]).to_file(
+        tmp_path / "librispeech_cuts_lost.jsonl.gz")
+    (tmp_path / "gone.wav").unlink()
+    out = tmp_path / "out"
+    assert main(["decode-onnx", "--onnx-dir", str(exports["transducer"]), "--manifest-dir",
+                 str(tmp_path), "--parts", "present", "lost", "--output-dir", str(out)]) == 2
+    assert (f"asr decode-onnx: 1 cuts of test set lost have a missing file; the first: cannot "
+            f"read the recording of cut 'gone' (audio {tmp_path / 'gone.wav'}): "
+            f"{tmp_path / 'gone.wav'} does not exist") in caplog.text
+    assert not list(out.glob("*.txt"))  # the present part was not decoded either
+    # a file that is there but no audio: exit 1 with lhotse's AudioLoadingError; now named
+    (tmp_path / "here.wav").write_bytes(b"not audio")
+    caplog.clear()
+    assert main(["decode-onnx", "--onnx-dir", str(exports["transducer"]), "--manifest-dir",
+                 str(tmp_path), "--parts", "present", "--output-dir", str(out)]) == 2
+    assert (f"asr decode-onnx: cannot read the recording of cut 'here' (audio "
+            f"{tmp_path / 'here.wav'}): AudioLoadingError") in caplog.text, caplog.text
+
+
 def test_decode_onnx_checks_the_hotwords_as_asr_decode_does(tmp_path, caplog):
     """sherpa-onnx stopped at a bad ``:SCORE`` with a bare 'stof', and of a lower-case phrase
     for an upper-case model kept the pieces it found, boosting another phrase than the one

@@ -710,3 +710,32 @@ def test_a_stream_is_ready_as_soon_as_it_holds_its_next_chunk(transducer_model):
             recognizer.decode([stream])
             chunks += 1
     assert chunks >= 5
+
+
+def test_a_decode_that_raises_changes_no_stream(transducer_model, monkeypatch):
+    """decode() gave the batch's streams their new states before it finalized the streams
+    whose input had ended: a finalize that raised left the others one chunk on, so a caller
+    that decoded each stream alone to find the faulty one (the server) stepped them twice.
+    Now nothing changes unless everything succeeded."""
+    recognizer = transducer_model.streaming_recognizer()
+    rng = np.random.default_rng(0)
+    ending, going = recognizer.new_stream(), recognizer.new_stream()
+    recognizer.accept_waveform(ending, rng.uniform(-0.1, 0.1, 1600).astype(np.float32), 16000)
+    recognizer.input_finished(ending)
+    recognizer.accept_waveform(going, rng.uniform(-0.1, 0.1, 16000).astype(np.float32), 16000)
+    before = [(s.feats.clone(), s.frames_decoded, s.encoder_state, s.search_state, s.hypothesis)
+              for s in (ending, going)]
+
+    def fail(state):
+        raise RuntimeError("finalize failed")
+
+    monkeypatch.setattr(recognizer.searcher, "finalize", fail)
+    with pytest.raises(RuntimeError, match="finalize failed"):
+        recognizer.decode([going, ending])
+    for stream, (feats, frames, enc_state, search_state, hyp) in zip((ending, going), before):
+        assert torch.equal(stream.feats, feats) and stream.frames_decoded == frames
+        assert stream.encoder_state is enc_state and stream.search_state is search_state
+        assert stream.hypothesis == hyp and not stream.done
+    monkeypatch.undo()
+    recognizer.decode([going, ending])
+    assert ending.done and going.frames_decoded > 0

@@ -442,6 +442,76 @@ def test_samples_that_overflow_the_features_fail_their_own_stream_only(
         assert "samples reach 3e+38, which is not audio" in received[-1]["error"]
 
 
+POISON = 0.123456789  # a sample value that makes _Poisoned fail the stream that received it
+
+
+class _Poisoned:
+    """A recognizer whose ``decode`` raises for any call that holds a stream which was fed a
+    sample of :data:`POISON` (a stream whose state or search went bad); it records the sizes
+    of the calls that raised and pauses ``delay`` seconds per call (so that streams queue
+    up and share batches)."""
+
+    def __init__(self, recognizer, delay: float) -> None:
+        self._recognizer, self._delay = recognizer, delay
+        self.poisoned: set[int] = set()
+        self.failed_calls: list[int] = []
+
+    def __getattr__(self, name):
+        return getattr(self._recognizer, name)
+
+    def accept_waveform(self, stream, samples, sample_rate):
+        if np.any(np.asarray(samples) == np.float32(POISON)):
+            self.poisoned.add(stream.id)
+        return self._recognizer.accept_waveform(stream, samples, sample_rate)
+
+    def decode(self, streams):
+        time.sleep(self._delay)
+        if any(s.id in self.poisoned for s in streams):
+            self.failed_calls.append(len(streams))
+            raise RuntimeError("the search lost every hypothesis")
+        return self._recognizer.decode(streams)
+
+
+def test_a_stream_whose_decoding_fails_is_closed_alone(tiny, speech, wait_until):
+    """A decode step that raised for one stream failed every stream of its batch: each
+    client was closed with 'internal decoding error'. Now the batch is decoded stream by
+    stream, the faulty stream alone is closed (1011, saying why) and the others get exactly
+    the results they get alone."""
+    import asr
+    from asr.serve.config import ServerConfig
+    from asr.serve.server import BackgroundServer
+
+    recognizer = _Poisoned(asr.load_model(tiny.package_dir).streaming_recognizer(), 0.02)
+    good = [speech[3], speech[7]]
+    poisoned = np.concatenate([speech[5].samples[:8000], np.full(800, POISON, np.float32),
+                               speech[5].samples[8000:]])
+    config = ServerConfig(port=0, max_buffered_seconds=30.0)
+    with BackgroundServer(recognizer, config) as background:
+        alone = [_run(stream_samples(background.url, s.samples, 16000), 30) for s in good]
+
+        async def late_poison():
+            await asyncio.sleep(0.1)  # the good streams are decoding
+            return await stream_samples(background.url, poisoned, 16000, timeout=30)
+
+        async def main():
+            return await asyncio.gather(
+                *(stream_samples(background.url, s.samples, 16000, timeout=30) for s in good),
+                late_poison())
+
+        *together, bad = _run(main(), 60)
+        assert wait_until(lambda: background.server.num_sessions == 0, 5.0)
+    assert recognizer.failed_calls and max(recognizer.failed_calls) > 1  # it shared a batch
+    for solo, shared in zip(alone, together):
+        assert shared.errors == [] and shared.close_code == 1000
+        assert shared.text == solo.text and solo.text
+        finals = [[(m["segment"], m["text"], m["timestamps"]) for m in r.messages
+                   if m["is_final"]] for r in (solo, shared)]
+        assert finals[0] == finals[1]
+    assert bad.close_code == 1011, bad.errors
+    assert "decoding this stream failed (decoding it: RuntimeError: the search lost every " \
+           "hypothesis)" in bad.errors[-1]
+
+
 def test_the_file_client_reports_a_stream_the_server_cut_short(server, speech, tmp_path, capsys):
     """A message over the server's size limit (2 s of audio > 64 KiB) closes the connection
     with 1009 and no error message: the client printed the empty transcript and exited 0, the
