@@ -44,6 +44,7 @@ from asr.checkpoints.io import CheckpointError
 from asr.cli.decode_options import add_arguments, check_arguments
 from asr.cli.options import device_from_args, selection_from_args, set_num_threads
 from asr.config import ConfigError
+from asr.data.filtering import check_cut_files
 from asr.data.librispeech import check_test_parts
 from asr.decoding import build_searcher
 from asr.decoding.registry import select_searchers
@@ -77,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
                           for label in labels.values() for part in parts):  # before any work
             # a repeated id, before any part is written; each manifest read once
             test_sets = check_test_parts(manifest_dir, parts)
+            field = "recording" if cfg.data.on_the_fly_feats else "features"
+            for part in parts:  # a missing audio or feature file, before any part is decoded
+                check_cut_files(test_sets[part], field, f"test set {part}")
             for name, label in labels.items():
                 searcher = build_searcher(name, model, cfg.search, tokenizer=tokenizer)
                 for part in parts:

@@ -126,6 +126,31 @@ def test_a_test_cut_without_a_supervision_is_refused_before_any_part_is_written(
     assert not (trained / "ctc_greedy-bare").exists()
 
 
+def test_a_test_cut_whose_data_file_is_missing_is_refused_before_any_part_is_decoded(
+        trained, tiny_corpus, tmp_path, caplog):
+    """A test cut whose feature (or audio) file is gone failed when its batch loaded, after the
+    parts before it were decoded and written. Now exit 2 naming the part, the cut and the file,
+    before any decoding."""
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    for part in ("dev-clean-2", PART):
+        lines = gzip.open(tiny_corpus / "fbank" / f"librispeech_cuts_{part}.jsonl.gz",
+                          "rb").readlines()
+        if part == PART:  # the last part: its cut's file is missing
+            cut = json.loads(lines[-1])
+            data = cut["features"] if "features" in cut else cut["recording"]["sources"][0]
+            key = "storage_path" if "features" in cut else "source"
+            data[key] = str(tmp_path / "gone" / "missing.file")
+            lines[-1] = (json.dumps(cut) + "\n").encode()
+        with gzip.open(manifests / f"librispeech_cuts_{part}.jsonl.gz", "wb") as f:
+            f.writelines(lines)
+    assert _decode(trained, "--searcher", "ctc_greedy", "--tag", "gone", "--manifest-dir",
+                   str(manifests), "--parts", "dev-clean-2", PART) == 2
+    assert f"1 cuts of test set {PART} have a missing file" in caplog.text
+    assert "missing.file" in caplog.text and cut["id"] in caplog.text
+    assert not (trained / "ctc_greedy-gone").exists()
+
+
 def _swapped_tokenizer(tiny_corpus, directory):
     """The tiny corpus' tokenizer with the pieces of ids 4 and 5 swapped: as many pieces, the
     same parameter shapes, other meanings; returns the pieces."""
