@@ -81,11 +81,11 @@ class _UnkCharEncoder(CharEncoder):
 
 def test_text_outside_the_tokenizer_is_counted_and_logged(caplog) -> None:
     cuts = CutSet.from_cuts([_cut("upper", 1.0, "HELLO"), _cut("lower", 1.0, "hello"),
-                             _cut("umlaut", 1.0, "HÄLLO")])
+                             _cut("umlaut", 1.0, "HÄLLO"), _cut("first", 1.0, "ÄBC")])
     with caplog.at_level(logging.INFO):
         kept, stats = filter_cuts(cuts, _UnkCharEncoder(), subsampled_length)
-    assert stats == FilterStats(kept=3, with_unk=2) and len(kept) == 3
-    assert "2 kept cuts have text the tokenizer encodes as <unk>" in caplog.text
+    assert stats == FilterStats(kept=4, with_unk=3) and len(kept) == 4
+    assert "3 kept cuts have text the tokenizer encodes as <unk>" in caplog.text
     assert "lower: 'hello'" in caplog.text
 
 
@@ -187,3 +187,14 @@ def test_a_cut_dropped_at_every_speed_is_counted_under_its_reason_at_the_first()
     for speeds, reason in [((1.0, 1.1), "too_many_tokens"), ((1.1, 1.0), "too_short")]:
         assert drop_reason(cut, CharEncoder(), subsampled_length, min_duration=0.5,
                            speed_factors=speeds) == reason
+
+
+def test_a_perturbed_duration_is_lhotses_sample_count_at_that_speed() -> None:
+    """2.2 s at 16 kHz is 35200 samples; lhotse's perturb_speed makes 32000 of them at 1.1:
+    2.0 s exactly (35200 / 1.1 / 16000 is 1.9999999999999998), inside an inclusive
+    min_duration of 2.0, so the cut is kept at both speeds."""
+    cut = _cut("c", 2.2, "A")
+    assert cut.perturb_speed(1.1).duration == 2.0
+    kept, stats = filter_cuts(CutSet.from_cuts([cut]), CharEncoder(), subsampled_length,
+                              min_duration=2.0, max_duration=2.2, speed_factors=(1.0, 1.1))
+    assert stats == FilterStats(kept=1) and allowed_speeds(next(iter(kept))) is None
