@@ -167,6 +167,26 @@ def test_cli_trains_a_token_lm(tmp_path):
     assert main(["lm", *missing, "--output", str(tmp_path / "x.arpa")]) == 2
 
 
+
+def test_cli_token_lm_gives_every_token_but_blank_a_unigram(tmp_path):
+    """Tokens the text never uses (here <unk>) share the unigram mass too, blank gets none:
+    from <s>, the tokens, </s> and <unk> of the written LM sum to 1."""
+    from asr.cli.main import main
+    from asr.tokenizers.bpe import train_bpe
+
+    texts = ["THE CAT SAT ON THE MAT", "A DOG SAT ON A LOG"] * 20
+    lang, text_file, out = tmp_path / "lang", tmp_path / "train.txt", tmp_path / "lm.arpa"
+    tokenizer = train_bpe(texts, lang, 30)
+    text_file.write_text("\n".join(texts) + "\n")
+    assert main(["lm", "--transcripts", str(text_file), "--tokenizer-dir", str(lang),
+                 "--order", "2", "--output", str(out)]) == 0
+    lm = NgramLM.from_arpa(out, vocab_size=tokenizer.vocab_size)
+    listed = {gram[0] for gram in lm.probs if len(gram) == 1 and gram[0] >= 0}
+    assert listed == set(range(tokenizer.vocab_size)) - {tokenizer.blank_id}
+    state = lm.init_state()
+    total = sum(math.exp(lm.log_prob(state, t)) for t in (*listed, EOS, UNK))
+    assert total == pytest.approx(1.0, abs=1e-4)
+
 @pytest.mark.parametrize("unit", ["token", "word"])
 def test_cli_trains_from_a_gzip_text_as_from_the_plain_one(tmp_path, unit, gzip_copies):
     """LibriSpeech's LM corpus ships as ``librispeech-lm-norm.txt.gz``, which was refused as

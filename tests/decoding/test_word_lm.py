@@ -192,7 +192,8 @@ def test_cli_trains_a_word_lm(tmp_path, setup):
     out = tmp_path / "words.arpa"
     args = ["lm", "--unit", "word", "--transcripts", str(text_file), "--order", "3"]
     assert main([*args, "--output", str(out)]) == 0
-    assert sorted(arpa_words(out)) == sorted({w for t in TEXTS for w in t.split()})
+    # words in sorted order: the same text makes the same file whatever the hash seed
+    assert arpa_words(out) == sorted({w for t in TEXTS for w in t.split()})
     lm = load_word_lm(out, tokenizer)
     state = lm.init_state()
     for token in tokenizer.encode("THE CAT SAT ON THE"):
