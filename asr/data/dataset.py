@@ -177,9 +177,10 @@ class AsrDataset(torch.utils.data.Dataset):
             from lhotse import CutSet
 
             check_gzip_name(cfg.noise.cuts_path, "data.noise.cuts_path: cut manifest")
-            noise = CutSet.from_file(cfg.noise.cuts_path).to_eager()
-            if len(noise) == 0:
+            noise = CutSet.from_file(cfg.noise.cuts_path)
+            if noise is None or len(noise) == 0:  # lhotse reads an empty manifest as None
                 raise ValueError(f"data.noise.cuts_path {cfg.noise.cuts_path} holds no cuts")
+            noise = noise.to_eager()
             if not cfg.on_the_fly_feats:
                 _check_stored_noise(noise, cfg)
             transforms.append(NoiseMixing(noise, cfg.noise.snr_db, cfg.noise.probability,

@@ -168,8 +168,6 @@ def estimate_kneser_ney(
                 backoffs[history] = math.log(gamma)
         log_probs[n - 1] = {g: math.log(p) for g, p in current.items()}
         lower = current
-    if order > 1 and (BOS,) not in backoffs:
-        backoffs[(BOS,)] = 0.0
     logger.info(
         "%d-gram from %d sentences: %s n-grams; discounts %s",
         order, len(corpus), "/".join(str(len(p)) for p in log_probs),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -12,12 +13,23 @@ import soundfile as sf
 import torch
 from lhotse import CutSet, Recording
 from lhotse.dataset import PerturbSpeed
+from lhotse.testing.dummies import dummy_cut, dummy_supervision
 from librispeech_tree import CharEncoder
 from torch import Tensor
 
 from asr.config import ConfigError, from_dict
+from asr.data.augment import SpeedPerturbation
 from asr.data.config import DataConfig, FreqWarpConfig, NoiseConfig, SpecAugmentConfig
-from asr.data.dataset import AsrDataset, DataError, load_cuts, make_dataloader, pad_tokens
+from asr.data.dataset import (
+    ON_THE_FLY_SPEED_FACTORS,
+    AsrDataset,
+    DataError,
+    checked_manifests,
+    load_cuts,
+    make_dataloader,
+    pad_tokens,
+    speed_factors,
+)
 from asr.data.filtering import filter_cuts, unreadable_cut_error
 from asr.encoders.subsampling import subsampled_length
 from asr.features.fbank import FbankConfig
@@ -42,6 +54,7 @@ def _train_cuts(prepared: dict) -> CutSet:
 def test_pad_tokens() -> None:
     tokens, lens = pad_tokens([[3, 1], [], [5, 6, 7]])
     assert tokens.tolist() == [[3, 1, 0], [0, 0, 0], [5, 6, 7]] and lens.tolist() == [2, 0, 3]
+    assert tokens.dtype == lens.dtype == torch.int64  # as Batch documents them
 
 
 def test_eval_batch_contents(prepared: dict) -> None:
@@ -707,3 +720,126 @@ def test_a_corrupt_gzip_manifest_is_an_error_naming_it(prepared: dict, tmp_path)
     path.write_bytes(data[:10] + bytes(b ^ 0x55 for b in data[10:-8]) + data[-8:])
     with pytest.raises(ValueError, match=rf"cut manifest {path} cannot be read: "):
         list(manifest_ids(path))
+
+
+class _HeldFeatures:
+    """An input strategy that hands out (and keeps) one float32 tensor: frame t of cut i holds
+    i + t / 100 in every bin, ``round(100 * duration)`` frames, then padding of 7."""
+
+    def __init__(self) -> None:
+        self.held: Tensor | None = None
+
+    def __call__(self, cuts) -> tuple[Tensor, Tensor]:
+        lens = torch.tensor([round(100 * cut.duration) for cut in cuts])
+        feats = torch.full((len(lens), int(lens.max()), 4), 7.0)
+        for i, n in enumerate(lens.tolist()):
+            feats[i, :n] = (i + torch.arange(n) / 100).unsqueeze(1)
+        self.held = feats
+        return feats, lens
+
+
+def _dummy_cuts(*durations: float) -> CutSet:
+    return CutSet.from_cuts(
+        dummy_cut(i, duration=d, supervisions=[dummy_supervision(i, duration=d, text="AB")])
+        for i, d in enumerate(durations))
+
+
+def test_feature_transforms_get_the_valid_frames_and_leave_the_loaded_features_alone() -> None:
+    """Each utterance's transform sees its feat_lens frames (not the batch's padding), and the
+    tensor the input strategy gave stays as it was (the transforms work on a copy)."""
+    strategy, seen = _HeldFeatures(), []
+
+    def shift(x: Tensor) -> Tensor:
+        seen.append(x.clone())
+        return x + 1.0
+
+    batch = AsrDataset(CharEncoder(), strategy, feature_transforms=[shift])[_dummy_cuts(0.3, 0.5)]
+    loaded = strategy.held.clone()
+    strategy(CutSet.from_cuts(_dummy_cuts(0.5, 0.3).sort_by_duration(ascending=False)))
+    assert torch.equal(loaded, strategy.held)  # untouched by the dataset
+    assert [x.shape[0] for x in seen] == batch.feat_lens.tolist() == [50, 30]
+    for i, n in enumerate(batch.feat_lens.tolist()):
+        assert torch.equal(seen[i], loaded[i, :n])
+        assert torch.equal(batch.feats[i, :n], loaded[i, :n] + 1.0)
+        assert torch.all(batch.feats[i, n:] == 0)
+
+
+def test_batch_draws_follow_the_batchs_cut_ids() -> None:
+    """Cut transforms (noise, dither) draw from RNGs seeded with the batch's cut ids: the same
+    batch draws the same, another batch of the same size draws otherwise."""
+    draws: list[float] = []
+
+    def record(cuts):
+        draws.append(random.random())
+        return cuts
+
+    cuts = list(_dummy_cuts(0.3, 0.4, 0.5, 0.6))
+    dataset = AsrDataset(CharEncoder(), _HeldFeatures(), cut_transforms=[record])
+    for batch in (cuts[:2], cuts[2:], cuts[:2]):
+        dataset[CutSet.from_cuts(batch)]
+    assert draws[0] == draws[2] and draws[0] != draws[1]
+
+
+def test_an_empty_batch_and_a_cut_without_transcript_are_errors_naming_them() -> None:
+    dataset = AsrDataset(CharEncoder(), _HeldFeatures())
+    with pytest.raises(ValueError, match="AsrDataset got an empty CutSet"):
+        dataset[CutSet.from_cuts([])]
+    silent = dummy_cut(5, duration=0.4, supervisions=[])
+    with pytest.raises(ValueError, match=rf"cut {silent.id!r} \(.*\) has no supervision"):
+        dataset[CutSet.from_cuts([*_dummy_cuts(0.3), silent])]
+
+
+def test_manifest_checks_name_what_is_wrong(tmp_path) -> None:
+    """A JSON first line without an id is no cut; no manifest names is an error, not an
+    IndexError in load_cuts."""
+    path = tmp_path / "odd.jsonl"
+    path.write_text(json.dumps({"duration": 1.0}) + "\n")
+    with pytest.raises(ValueError, match=rf"{path} is not a lhotse cut manifest"):
+        load_cuts(tmp_path, [path.name])
+    for names in ([], ()):
+        with pytest.raises(ValueError, match=rf"no cut manifest names given for {tmp_path}"):
+            checked_manifests(tmp_path, names)
+        with pytest.raises(ValueError, match="no cut manifest names"):
+            load_cuts(tmp_path, names)
+
+
+def test_speed_factors_are_those_training_draws() -> None:
+    """Without speed perturbation a training cut is judged (filtered) at speed 1 alone."""
+    assert speed_factors(DataConfig()) == (1.0,)
+    perturbed = DataConfig(on_the_fly_feats=True, speed_perturb=True)
+    assert speed_factors(perturbed) == (1.0, 0.9, 1.1)
+    assert set(speed_factors(perturbed)) == {1.0, *ON_THE_FLY_SPEED_FACTORS}
+
+
+def test_set_epoch_draws_that_epochs_speed_factors(prepared: dict) -> None:
+    cfg = _cfg(prepared, on_the_fly_feats=True, speed_perturb=True)
+    dataset = AsrDataset.from_config(cfg, CharEncoder(), train=True)
+    ids = [f"cut-{i}" for i in range(20)]
+    by_epoch = {}
+    for epoch in (1, 2):
+        dataset.set_epoch(epoch)
+        reference = SpeedPerturbation(cfg.seed, ON_THE_FLY_SPEED_FACTORS)
+        reference.set_epoch(epoch)
+        by_epoch[epoch] = [dataset.speed_perturbation.factor(i) for i in ids]
+        assert by_epoch[epoch] == [reference.factor(i) for i in ids]
+    assert by_epoch[1] != by_epoch[2]
+
+
+def test_speed_perturbed_training_buckets_are_estimated_from_the_cuts_as_they_are(
+        prepared: dict) -> None:
+    """The duration buckets come from the unperturbed cuts (the factors average out), the same
+    buckets as without speed perturbation."""
+    cuts = CutSet.from_file(prepared["manifests"]["train-clean-5"])
+    cfg = _cfg(prepared, on_the_fly_feats=True, num_buckets=4, max_cut_duration=20.0)
+    plain = make_dataloader(cuts, cfg, CharEncoder(), train=True)
+    perturbed = make_dataloader(cuts, replace(cfg, speed_perturb=True), CharEncoder(), train=True)
+    assert perturbed.sampler.duration_bins == plain.sampler.duration_bins
+
+
+def test_an_empty_noise_manifest_is_refused_naming_it(prepared: dict, tmp_path) -> None:
+    path = tmp_path / "noise_cuts.jsonl.gz"
+    CutSet.from_cuts([]).to_file(path)
+    cfg = _cfg(prepared, on_the_fly_feats=True, noise=NoiseConfig(cuts_path=path))
+    with pytest.raises(ValueError, match=rf"data.noise.cuts_path {path} holds no cuts"):
+        AsrDataset.from_config(cfg, CharEncoder(), train=True)
+    assert AsrDataset.from_config(cfg, CharEncoder(), train=False).cut_transforms == []

@@ -81,11 +81,11 @@ class _UnkCharEncoder(CharEncoder):
 
 def test_text_outside_the_tokenizer_is_counted_and_logged(caplog) -> None:
     cuts = CutSet.from_cuts([_cut("upper", 1.0, "HELLO"), _cut("lower", 1.0, "hello"),
-                             _cut("umlaut", 1.0, "HÄLLO")])
+                             _cut("umlaut", 1.0, "HÄLLO"), _cut("first", 1.0, "ÄBC")])
     with caplog.at_level(logging.INFO):
         kept, stats = filter_cuts(cuts, _UnkCharEncoder(), subsampled_length)
-    assert stats == FilterStats(kept=3, with_unk=2) and len(kept) == 3
-    assert "2 kept cuts have text the tokenizer encodes as <unk>" in caplog.text
+    assert stats == FilterStats(kept=4, with_unk=3) and len(kept) == 4
+    assert "3 kept cuts have text the tokenizer encodes as <unk>" in caplog.text
     assert "lower: 'hello'" in caplog.text
 
 
@@ -230,3 +230,14 @@ def test_a_supervision_outside_its_cut_drops_the_cut_and_is_counted(caplog) -> N
     assert stats == FilterStats(kept=4, outside_cut=2) and stats.dropped == 2
     assert "dropped 2 cuts: outside_cut (e.g. whole at every speed" in caplog.text
     assert drop_reason(cuts[0], CharEncoder(), subsampled_length) == "outside_cut"
+
+
+def test_a_perturbed_duration_is_lhotses_sample_count_at_that_speed() -> None:
+    """2.2 s at 16 kHz is 35200 samples; lhotse's perturb_speed makes 32000 of them at 1.1:
+    2.0 s exactly (35200 / 1.1 / 16000 is 1.9999999999999998), inside an inclusive
+    min_duration of 2.0, so the cut is kept at both speeds."""
+    cut = _cut("c", 2.2, "A")
+    assert cut.perturb_speed(1.1).duration == 2.0
+    kept, stats = filter_cuts(CutSet.from_cuts([cut]), CharEncoder(), subsampled_length,
+                              min_duration=2.0, max_duration=2.2, speed_factors=(1.0, 1.1))
+    assert stats == FilterStats(kept=1) and allowed_speeds(next(iter(kept))) is None

@@ -142,3 +142,21 @@ def test_shuffle_reads_by_the_bytes_and_writes_by_the_output_name(tmp_path):
     assert sorted(c.id for c in CutSet.from_jsonl_lazy(out)) == sorted(2 * [c.id for c in cuts])
     write_shuffled_cuts([compressed, plain], tmp_path / "out.jsonl.gz", seed=1)
     assert gzip.decompress((tmp_path / "out.jsonl.gz").read_bytes()) == out.read_bytes()
+
+
+def test_inputs_whose_last_line_has_no_newline_lose_no_cut(tmp_path):
+    """A hand-written manifest may end without a newline: its last cut must not run into the
+    line shuffled after it."""
+    inputs = []
+    for p in range(2):
+        cuts = CutSet.from_cuts(dummy_cut(10 * p + i).with_id(f"p{p}-{i}") for i in range(5))
+        path = tmp_path / f"part{p}.jsonl"
+        cuts.to_file(path)
+        path.write_bytes(path.read_bytes().rstrip(b"\n"))
+        inputs.append(path)
+    output = tmp_path / "shuffled.jsonl"
+    assert write_shuffled_cuts(inputs, output, seed=3) == 10
+    lines = output.read_bytes().split(b"\n")
+    assert lines[-1] == b"" and len(lines) == 11
+    assert sorted(c.id for c in CutSet.from_jsonl_lazy(output)) == sorted(
+        f"p{p}-{i}" for p in range(2) for i in range(5))

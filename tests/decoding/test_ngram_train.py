@@ -167,6 +167,26 @@ def test_cli_trains_a_token_lm(tmp_path):
     assert main(["lm", *missing, "--output", str(tmp_path / "x.arpa")]) == 2
 
 
+
+def test_cli_token_lm_gives_every_token_but_blank_a_unigram(tmp_path):
+    """Tokens the text never uses (here <unk>) share the unigram mass too, blank gets none:
+    from <s>, the tokens, </s> and <unk> of the written LM sum to 1."""
+    from asr.cli.main import main
+    from asr.tokenizers.bpe import train_bpe
+
+    texts = ["THE CAT SAT ON THE MAT", "A DOG SAT ON A LOG"] * 20
+    lang, text_file, out = tmp_path / "lang", tmp_path / "train.txt", tmp_path / "lm.arpa"
+    tokenizer = train_bpe(texts, lang, 30)
+    text_file.write_text("\n".join(texts) + "\n")
+    assert main(["lm", "--transcripts", str(text_file), "--tokenizer-dir", str(lang),
+                 "--order", "2", "--output", str(out)]) == 0
+    lm = NgramLM.from_arpa(out, vocab_size=tokenizer.vocab_size)
+    listed = {gram[0] for gram in lm.probs if len(gram) == 1 and gram[0] >= 0}
+    assert listed == set(range(tokenizer.vocab_size)) - {tokenizer.blank_id}
+    state = lm.init_state()
+    total = sum(math.exp(lm.log_prob(state, t)) for t in (*listed, EOS, UNK))
+    assert total == pytest.approx(1.0, abs=1e-4)
+
 @pytest.mark.parametrize("unit", ["token", "word"])
 def test_cli_trains_from_a_gzip_text_as_from_the_plain_one(tmp_path, unit, gzip_copies):
     """LibriSpeech's LM corpus ships as ``librispeech-lm-norm.txt.gz``, which was refused as
@@ -239,3 +259,36 @@ def test_arpa_orders_of_ten_and_more_round_trip(tmp_path):
         state = lm.advance(state, token)
     assert len(state) == 10
     assert lm.log_prob(state, 1) == pytest.approx(estimate.log_prob(history, 1), abs=1e-5)
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_a_word_outside_the_vocabulary_is_scored_as_unk(tmp_path, order):
+    """An id the estimate never listed backs off to the unigram of <unk> like <unk> itself,
+    collecting every back-off weight on the way, as NgramLM reads it from the ARPA file."""
+    estimate = estimate_kneser_ney(_corpus(seed=5), order, vocab=VOCAB)
+    write_arpa(estimate, tmp_path / "lm.arpa")
+    lm = NgramLM.from_arpa(tmp_path / "lm.arpa", vocab_size=len(VOCAB) + 1)
+    for history in _histories(order):
+        if history[:1] != (BOS,):
+            continue
+        unk = estimate.log_prob(history, UNK)
+        assert estimate.log_prob(history, 99) == pytest.approx(unk, abs=1e-12), history
+        state = lm.init_state()
+        for token in history[1:]:
+            state = lm.advance(state, token)
+        assert lm.log_prob(state, 99) == pytest.approx(unk, abs=1e-5)
+        if len(history) > 1:  # a seen history: its back-off weight is part of the score
+            assert unk < estimate.log_probs[0][(UNK,)]
+
+
+def test_a_gzip_arpa_file_has_no_time_stamp(tmp_path):
+    """The gzip header's MTIME is 0 (the same LM makes the same bytes whenever it is written)
+    and the content is the plain file's."""
+    import gzip
+
+    estimate = estimate_kneser_ney(_corpus(seed=1), 2, vocab=VOCAB)
+    write_arpa(estimate, tmp_path / "lm.arpa")
+    write_arpa(estimate, tmp_path / "lm.arpa.gz")
+    data = (tmp_path / "lm.arpa.gz").read_bytes()
+    assert data[:2] == b"\x1f\x8b" and data[4:8] == b"\x00\x00\x00\x00"
+    assert gzip.decompress(data) == (tmp_path / "lm.arpa").read_bytes()

@@ -9,9 +9,12 @@ import torch
 from search_helpers import encoder_output, make_model
 
 from asr.decoding import SearchConfig, build_searcher
+from asr.decoding import word_lm as word_lm_module
 from asr.decoding.lm import NgramLM
 from asr.decoding.ngram_train import estimate_kneser_ney, write_arpa
 from asr.decoding.word_lm import LexiconWordLM, arpa_words, load_word_lm
+
+LN10 = math.log(10.0)
 
 TEXTS = [
     "THE CAT SAT ON THE MAT",
@@ -189,7 +192,8 @@ def test_cli_trains_a_word_lm(tmp_path, setup):
     out = tmp_path / "words.arpa"
     args = ["lm", "--unit", "word", "--transcripts", str(text_file), "--order", "3"]
     assert main([*args, "--output", str(out)]) == 0
-    assert sorted(arpa_words(out)) == sorted({w for t in TEXTS for w in t.split()})
+    # words in sorted order: the same text makes the same file whatever the hash seed
+    assert arpa_words(out) == sorted({w for t in TEXTS for w in t.split()})
     lm = load_word_lm(out, tokenizer)
     state = lm.init_state()
     for token in tokenizer.encode("THE CAT SAT ON THE"):
@@ -288,3 +292,121 @@ def test_a_word_arpa_file_is_read_once_in_unigram_order(setup, tmp_path):
     assert lm.word_lm.probs == reference.probs and lm.word_lm.backoffs == reference.backoffs
     assert lm.word_lm.log_prob(lm.word_lm.advance(lm.word_lm.init_state(), 0), 1) == (
         pytest.approx(-0.1 * math.log(10.0)))
+
+
+class _HandTokenizer:
+    """Seven pieces and a spelling for each word, written out: the lexicon is known exactly."""
+
+    PIECES = ["<blk>", "<unk>", "\u2581A", "B", "\u2581B", "C", "\u2581C"]
+    SPELLINGS = {"AB": [2, 3], "A": [2], "ABC": [2, 3, 5], "BCB": [4, 5, 3], "AXB": [2, 4],
+                 "Ab": [2, 3], "C": [6], "CC": [6, 5]}
+    vocab_size = len(PIECES)
+    unk_id = 1
+
+    def id_to_piece(self, i: int) -> str:
+        return self.PIECES[i]
+
+    def encode(self, text: str) -> list[int]:
+        return self.SPELLINGS[text]
+
+
+# a unigram: P(w) = 10^x, so every token score is a sum of these, computable by hand
+HAND_LOG10 = {"AB": -0.5, "A": -0.6, "ABC": -0.7, "BCB": -0.8, "AXB": -0.9, "Ab": -1.1,
+              "C": "-inf", "CC": -1.2}
+HAND_ARPA = "\\data\\\nngram 1=10\n\n\\1-grams:\n-99 <s>\n-1.0 </s>\n" + "".join(
+    f"{p} {w}\n" for w, p in HAND_LOG10.items()) + "\n\\end\\\n"
+
+
+def _hand_lm(directory) -> LexiconWordLM:
+    path = directory / "hand.arpa"
+    path.write_text(HAND_ARPA)
+    return load_word_lm(path, _HandTokenizer())
+
+
+@pytest.fixture
+def hand_lm(tmp_path) -> LexiconWordLM:
+    return _hand_lm(tmp_path)
+
+
+def _p(word: str) -> float:
+    return 10.0 ** float(HAND_LOG10[word])
+
+
+def test_the_lexicon_keeps_one_word_per_spelling_of_one_word_start(tmp_path, caplog):
+    """AXB's second piece starts a word (it could never be closed as one word); Ab is spelled
+    like AB, listed before it, which keeps its spelling; both are skipped and named."""
+    hand_lm = _hand_lm(tmp_path)
+    assert hand_lm.words == ["A", "AB", "ABC", "BCB", "C", "CC"]  # by spelling
+    assert "2 of 8 words skipped" in caplog.text and "AXB Ab" in caplog.text
+
+
+def test_token_scores_equal_hand_computed_lexicon_masses(hand_lm):
+    """Root: log of the mass of the words each first piece starts; within a word: the mass
+    left for the next piece over the prefix's mass; closing A: P(A) / M(▁A) times the next
+    word's first-piece mass (a unigram: the history changes nothing)."""
+    log = math.log
+    a_mass = _p("A") + _p("AB") + _p("ABC")
+    root = hand_lm.score(hand_lm.init_state())
+    assert root[2].item() == pytest.approx(log(a_mass), abs=1e-6)
+    assert root[4].item() == pytest.approx(log(_p("BCB")), abs=1e-6)
+    assert root[6].item() == pytest.approx(log(_p("CC")), abs=1e-6)  # P(C) = 0
+    assert torch.all(root[[0, 1, 3, 5]] == -math.inf)
+    after_a = hand_lm.advance(hand_lm.init_state(), 2)
+    scores = hand_lm.score(after_a)
+    assert scores[3].item() == pytest.approx(log((_p("AB") + _p("ABC")) / a_mass), abs=1e-6)
+    close_a = log(_p("A") / a_mass)
+    assert scores[2].item() == pytest.approx(close_a + log(a_mass), abs=1e-6)
+    assert scores[4].item() == pytest.approx(close_a + log(_p("BCB")), abs=1e-6)
+    assert torch.all(scores[[0, 1, 5]] == -math.inf)
+    assert hand_lm.final_score(after_a) == pytest.approx(close_a - 1.0 * LN10, abs=1e-6)
+
+
+def test_a_word_of_probability_zero_cannot_end_but_longer_words_go_on(hand_lm):
+    """C (log10 -inf) is a prefix of CC: after ▁C only C continues the word; closing C or
+    ending the sentence there is -inf, not a math error on log(0)."""
+    after_c = hand_lm.advance(hand_lm.init_state(), 6)
+    scores = hand_lm.score(after_c)
+    assert scores[5].item() == pytest.approx(0.0, abs=1e-6)  # CC takes all of M(▁C)
+    assert torch.all(scores[[2, 4, 6]] == -math.inf)
+    assert hand_lm.final_score(after_c) == -math.inf
+    after_cc = hand_lm.advance(after_c, 5)
+    assert hand_lm.final_score(after_cc) == pytest.approx(-1.0 * LN10, abs=1e-6)
+
+
+def test_a_word_start_after_a_prefix_that_is_no_word_is_dead(hand_lm):
+    """▁B C is only the beginning of BCB: a next word cannot start there."""
+    state = hand_lm.advance(hand_lm.advance(hand_lm.init_state(), 4), 5)
+    assert state is not None and hand_lm.final_score(state) == -math.inf
+    assert hand_lm.advance(state, 2) is None and hand_lm.advance(state, 6) is None
+    assert hand_lm.advance(hand_lm.advance(state, 3), 2) is not None  # BCB, then ▁A
+
+
+def test_tokens_outside_the_vocabulary_lead_to_the_dead_state(hand_lm):
+    state = hand_lm.init_state()
+    assert hand_lm.advance(state, hand_lm.vocab_size) is None
+    assert hand_lm.advance(state, -1) is None
+
+
+def test_a_word_arpa_file_without_words_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "empty.arpa"
+    path.write_text("\\data\\\nngram 1=2\n\n\\1-grams:\n-99 <s>\n-1.0 </s>\n\n\\end\\\n")
+    with pytest.raises(ValueError, match=rf"{path}: the word LM lists no words"):
+        load_word_lm(path, _HandTokenizer())
+
+
+def test_caches_keep_the_most_recently_used_entries_up_to_their_size(setup, monkeypatch):
+    """Least recently used out first: an entry used again outlives one added after it; the
+    newest entry is kept; a cache holds exactly its size once full; the vector cache is at
+    most 4096 entries however much memory is allowed."""
+    tokenizer, lm, _ = setup
+    monkeypatch.setattr(word_lm_module, "_SCORE_CACHE", 3)
+    fresh = LexiconWordLM(NgramLM(lm.word_lm.probs, lm.word_lm.backoffs, lm.word_lm.vocab_size),
+                          arpa_words_of(lm), tokenizer)
+    assert fresh._cache_size == 4096
+    states = [fresh.init_state()]
+    for token in tokenizer.encode("THE CAT SAT"):
+        states.append(fresh.advance(states[-1], token))
+    s0, s1, s2, s3 = states[:4]
+    for state in (s0, s1, s2, s0, s3):  # s0 used again before s3 comes
+        fresh.score(state)
+    assert list(fresh._scores) == [s2, s0, s3]
