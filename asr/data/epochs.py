@@ -60,8 +60,10 @@ class EpochBatches:
         tokenizer: text -> token ids.
         rank: this process' rank.
         world_size: the number of processes.
-        shar: the :class:`asr.data.shar.SharCuts` that ``cuts`` read from, if any: its shard
-            order is set per epoch and its manifests (no data) give the duration buckets.
+        shar: the :class:`asr.data.shar.SharCuts` that ``cuts`` read from, if any (filtered
+            as ``cuts`` are: :meth:`asr.data.shar.SharCuts.filter`): its shard order is set per
+            epoch and its manifests (no data) are what the loader checks (sample rate, stored
+            features) and estimates the duration buckets from.
     """
 
     def __init__(self, cuts, cfg: DataConfig, tokenizer: TextEncoder, rank: int = 0,

@@ -460,9 +460,10 @@ def filter_cuts(
         min_duration: minimum duration in seconds (inclusive).
         max_duration: maximum duration in seconds (inclusive).
         frame_shift: feature frame shift in seconds, for cuts without stored features.
-        apply_to: a lazy CutSet with the same cuts in the same order as ``cuts`` (e.g. a Lhotse
-            Shar reader with its data fields, while ``cuts`` reads only the Shar manifests):
-            counted on ``cuts``, the filter is returned on ``apply_to``.
+        apply_to: a lazy CutSet with the same cuts in the same order as ``cuts``, or anything
+            with a CutSet's lazy ``map`` and ``filter`` (a :class:`asr.data.shar.SharCuts`,
+            whose :attr:`~asr.data.shar.SharCuts.manifests` are ``cuts``): counted on
+            ``cuts``, the filter is returned on ``apply_to`` (on both views of a SharCuts).
         speed_factors: the speeds a cut may be trained at (on-the-fly speed perturbation,
             :func:`asr.data.dataset.speed_factors`); a cut is kept when every check passes at
             one of them at least, and marked with those it passes at when they are not all

@@ -17,8 +17,12 @@ archive per utterance, which is what large corpora on network or spinning storag
 * :class:`SharCuts` reads one or more such directories as ONE lazy CutSet whose shards are
   shuffled together with the seed ``seed + epoch`` (:meth:`SharCuts.set_epoch`, called by the
   trainer at the start of every epoch, so a resumed epoch sees the same shard order as the
-  interrupted one, however often the readers are iterated within the epoch). Only the fields training needs are opened; :attr:`SharCuts.manifests` reads
-  the cut manifests alone (no tar data) for counting and filtering.
+  interrupted one, however often the readers are iterated within the epoch). Only the fields
+  training needs are opened; :attr:`SharCuts.manifests` reads the cut manifests alone (no tar
+  data) for counting, filtering, the sample rate checks and the duration buckets. The two views
+  stay one cut stream: :meth:`SharCuts.map` and :meth:`SharCuts.filter` apply to both, so
+  :func:`asr.data.filtering.filter_cuts` (``apply_to``) drops a cut from the manifests that
+  the checks and the bucket estimate read as from the data that training reads.
 
 DDP: every rank reads the same shard stream and the sampler keeps every ``world_size``-th batch
 (:mod:`asr.data.sampler`), so ranks never share a cut and stay in step; each rank reads every
@@ -27,10 +31,11 @@ shard's bytes but decodes only its own batches' data.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from asr.data.dataset import DataError, load_cuts
@@ -276,10 +281,28 @@ class SharCuts:
         self.manifests = CutSet(self._manifests)
         self.set_epoch(0)
 
+    def map(self, transform: Callable) -> SharCuts:
+        """These shards with ``transform`` (cut -> cut) applied lazily to every cut of
+        :attr:`cuts` and of :attr:`manifests` alike; the readers (and so :meth:`set_epoch`) are
+        shared with ``self``."""
+        return self._view(self.cuts.map(transform), self.manifests.map(transform))
+
+    def filter(self, predicate: Callable) -> SharCuts:
+        """These shards without the cuts for which ``predicate`` (cut -> bool) is false, in
+        :attr:`cuts` and in :attr:`manifests` alike; the readers are shared with ``self``."""
+        return self._view(self.cuts.filter(predicate), self.manifests.filter(predicate))
+
+    def _view(self, cuts, manifests) -> SharCuts:
+        """A copy of ``self`` (sharing its readers) whose views are ``cuts`` and
+        ``manifests``."""
+        view = copy.copy(self)
+        view.cuts, view.manifests = cuts, manifests
+        return view
+
     def set_epoch(self, epoch: int) -> None:
         """Shard order of ``epoch`` for every following iteration (of :attr:`cuts` and
-        :attr:`manifests`) until the next call: drawn with ``seed + epoch``, however often the
-        readers are iterated."""
+        :attr:`manifests`, and of every view made by :meth:`map` and :meth:`filter`) until the
+        next call: drawn with ``seed + epoch``, however often the readers are iterated."""
         for reader in (self._reader, self._manifests):
             reader.seed = self.seed + epoch
             reader.epoch = epoch  # only stamped on the cuts (``shar_epoch``)

@@ -155,17 +155,20 @@ def _load_filtered(cfg: ExperimentConfig, model: ASRModel, names: Sequence[str],
 
 
 def _load_shar(cfg: ExperimentConfig, model: ASRModel, tokenizer: Tokenizer):
-    """Training cuts from ``data.train_shar_dirs``: (lazy filtered cuts, SharCuts). Counting,
-    filtering, the bucket estimate and finding repeated ids read the cut manifests only, never
-    the tar data; repeats are renamed as the cuts stream."""
+    """Training cuts from ``data.train_shar_dirs``: (lazy filtered cuts, filtered SharCuts).
+    Counting, filtering, the bucket estimate, the loaders' sample rate and feature checks and
+    finding repeated ids read the cut manifests only, never the tar data; the filter applies to
+    both views of the SharCuts (:meth:`asr.data.shar.SharCuts.filter`), so the checks and the
+    buckets see the cuts that training does, as with manifests (:func:`_load_filtered`); repeats
+    are renamed as the cuts stream."""
     data = cfg.data
     field = "recording" if data.on_the_fly_feats else "features"
     shar = SharCuts(data.train_shar_dirs, field, shuffle=data.shuffle, seed=data.seed)
     dirs = [str(d) for d in data.train_shar_dirs]
     kept = _filter_or_fail(cfg, model, shar.manifests, tokenizer, str(dirs), "training",
-                           shar.cuts, train=True)
+                           shar, train=True)
     logger.info("training from %d Lhotse Shar shards in %s", shar.num_shards, dirs)
-    return Repeats.of_manifests(shar.manifest_paths).rename(kept), shar
+    return Repeats.of_manifests(shar.manifest_paths).rename(kept.cuts), kept
 
 
 def check_data_inputs(cfg: ExperimentConfig) -> None:

@@ -4,19 +4,28 @@ from Shar equal to batches from the manifests."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from lhotse import CutSet, MonoCut
+from lhotse.dataset.sampling.base import TimeConstraint
+from lhotse.dataset.sampling.dynamic_bucketing import estimate_duration_buckets
 from librispeech_tree import CharEncoder
 
+import asr.run.train as train
 from asr.data.config import DataConfig
 from asr.data.dataset import DataError, make_dataloader
+from asr.data.epochs import EpochBatches
+from asr.data.filtering import filter_cuts
 from asr.data.shar import SharCuts, export_shar, shar_fields
+from asr.encoders.subsampling import subsampled_length
+from asr.experiment import ExperimentConfig
 
 
 def _train_cuts(prepared: dict) -> CutSet:
@@ -207,6 +216,26 @@ def test_shard_order_is_a_function_of_seed_and_epoch_only(shar_dir):
     assert [c.id for c in shar.manifests] == orders[2]
 
 
+def test_a_filtered_view_keeps_data_and_manifests_one_stream_in_every_epoch(shar_dir):
+    """``SharCuts.filter``/``map`` apply to both views, which share the readers: the shard
+    order set on either one holds for both, and the manifests name the cuts the data has."""
+    shar = SharCuts([shar_dir], "features", shuffle=True, seed=5)
+    odd = {c.id for k, c in enumerate(shar.manifests) if k % 2}
+
+    def even(cut) -> bool:
+        return cut.id not in odd
+
+    def marked(cut):
+        return cut.with_id(f"{cut.id}!")
+
+    view = shar.filter(even).map(marked)
+    for owner, epoch in ((shar, 1), (view, 3), (shar, 0)):
+        owner.set_epoch(epoch)
+        order = [f"{c.id}!" for c in shar.cuts if c.id not in odd]
+        assert [c.id for c in view.cuts] == [c.id for c in view.manifests] == order, epoch
+    assert len(order) == len(list(shar.cuts)) - len(odd) > 0
+
+
 def test_a_resumed_shar_epoch_yields_the_remaining_batches_with_workers(prepared, shar_dir):
     """With DataLoader workers the sampler is iterated twice per epoch (and a resumed epoch
     skips batches first, reading the whole small corpus): the shards must keep their order."""
@@ -290,7 +319,6 @@ def test_a_corrupt_feature_entry_is_named_with_its_cut(prepared, tmp_path):
 def test_cmvn_statistics_of_filtered_shar_training_cuts(prepared, shar_dir):
     """Training from Shar with ``input_norm: global_cmvn`` gets its statistics from the lazy,
     filtered Shar cuts (no length): those of the first cuts of the stream."""
-    from asr.data.filtering import filter_cuts
     from asr.features.cmvn import compute_cmvn_stats
 
     shar = SharCuts([shar_dir], "features", shuffle=True, seed=5)
@@ -350,3 +378,62 @@ def test_a_second_export_of_the_same_directory_is_refused_while_one_runs(prepare
     assert "being written by another process" in str(errors[0]) and str(out) in str(errors[0])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cuts.jsonl.gz", "shar",
                                                          "shar.fingerprint.json"]
+
+
+def _corpus_with_cuts_the_filter_drops(prepared, tmp_path, odd_rate: bool
+                                       ) -> tuple[Path, list[str]]:
+    """Both prepared parts (11 cuts of 0.6 to 2.1 s) and cuts that a 2 s ``max_cut_duration``
+    drops: copies of the 2.1 s cut (with ``odd_rate`` one at 8 kHz, a rate the features would
+    refuse) and one with an empty transcript, as one manifest; and the ids that remain."""
+    from lhotse.utils import fastcopy
+
+    cuts = [c for part in ("train-clean-5", "dev-clean-2")
+            for c in CutSet.from_file(prepared["fbank"][part])]
+    longest = max(cuts, key=lambda c: c.duration)
+    kept = [c.id for c in cuts if c is not longest]
+    copies = [fastcopy(longest, id=f"long-{k}") for k in range(2)]
+    slow = fastcopy(longest.features, sampling_rate=8000)
+    if odd_rate:
+        copies.append(fastcopy(longest, id="at-8-khz", features=slow,
+                               recording=fastcopy(longest.recording, sampling_rate=8000)))
+    silent = fastcopy(cuts[0].supervisions[0], text="")
+    copies.append(fastcopy(cuts[0], id="no-text", supervisions=[silent]))
+    return _written(cuts[:5] + copies + cuts[5:], tmp_path), kept
+
+
+@pytest.mark.parametrize("odd_rate", [False, True])
+def test_shar_and_manifests_train_on_the_same_filtered_cuts_checked_and_bucketed_alike(
+        prepared, tmp_path, monkeypatch, odd_rate: bool):
+    """One corpus, as a manifest and as Shar: the same filter statistics, the same training
+    cuts, the same duration buckets and batches. The checks of the loader (sample rate) and the
+    bucket estimate read the Shar manifests: they used to read them unfiltered, so a cut at
+    8 kHz that the filter drops stopped the run, and dropped long cuts moved the buckets."""
+    manifest, kept_ids = _corpus_with_cuts_the_filter_drops(prepared, tmp_path, odd_rate)
+    shar_dir = tmp_path / "shar"
+    export_shar([manifest], shar_dir, {"features": "numpy"}, shard_size=4, progress=False)
+    stats = []
+
+    def counting_filter(*args, **kwargs):
+        kept, found = filter_cuts(*args, **kwargs)
+        stats.append(found)
+        return kept, found
+
+    monkeypatch.setattr(train, "filter_cuts", counting_filter)
+    data = DataConfig(manifest_dir=tmp_path, train_cuts=(manifest.name,), max_duration=2.5,
+                      max_cut_duration=2.0, num_buckets=2, shuffle=False, drop_last=False,
+                      num_workers=0)
+    model = SimpleNamespace(encoder=SimpleNamespace(output_length=subsampled_length))
+    from_manifest = train._load_filtered(ExperimentConfig(data=data), model, data.train_cuts,
+                                         CharEncoder(), "training", train=True)
+    data = dataclasses.replace(data, train_shar_dirs=(shar_dir,))
+    from_shar, shar = train._load_shar(ExperimentConfig(data=data), model, CharEncoder())
+    assert stats[0] == stats[1] and stats[0].kept == len(kept_ids) and stats[0].dropped == 4 + odd_rate
+    assert [c.id for c in from_shar] == [c.id for c in from_manifest] == kept_ids
+    assert [c.id for c in shar.manifests] == kept_ids  # what the checks and buckets read
+
+    expected = EpochBatches(from_manifest, data, CharEncoder())
+    batches = EpochBatches(from_shar, data, CharEncoder(), shar=shar)  # raised on the 8 kHz cut
+    bins = estimate_duration_buckets(from_manifest, num_buckets=2,
+                                     constraint=TimeConstraint(max_duration=2.5))
+    assert batches.loader.sampler.duration_bins == expected.loader.sampler.duration_bins == bins
+    assert [b.cut_ids for b in batches(1, 0)] == [b.cut_ids for b in expected(1, 0)]
