@@ -582,3 +582,32 @@ def test_a_ten_minute_stream_keeps_a_constant_cache_and_drops_older_context(
                           left_chunks=left)
     assert expected.shape[1] == num_frames - start
     torch.testing.assert_close(last, expected[0, -last.shape[0]:], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_state_feeds_the_chunks_of_its_own_chunk_size(kind):
+    """``frames_needed(state)`` counts the chunks of the chunk size the state was made for:
+    it counted the config's (0 here, a full-context config: 0 frames, so a loop fed nothing;
+    or another size, which streams another mask than the one asked for). Fed so, the stream
+    equals the full forward of its chunking; another chunk size is an error naming both, and
+    states of different chunk sizes do not stack."""
+    encoder = _encoder(kind)
+    assert encoder.cfg.chunk_size == 0
+    state = encoder.init_state(1, chunk_size=16, left_chunks=1)
+    assert encoder.frames_needed(state).tolist() == [4 * 16 + 3]
+    feats, lens = _batch([203])
+    full, full_lens = encoder(feats, lens, chunk_size=16, left_chunks=1)
+    position, outs = 0, []
+    while position < 203:
+        take = min(int(encoder.frames_needed(state)[0]), 203 - position)
+        out, out_lens, state = encoder.forward_chunk(feats[:, position: position + take],
+                                                     torch.tensor([take]), state)
+        outs.append(out[0, : int(out_lens[0])])
+        position += take
+    assert len(outs) == 4 and state.chunk_size == 16
+    torch.testing.assert_close(torch.cat(outs), full[0, : full_lens[0]], atol=1e-5, rtol=0)
+    assert encoder.frames_needed(state, 16).tolist() == [4 * 16]
+    with pytest.raises(ValueError, match="chunk_size=8, but the state streams chunks of 16"):
+        encoder.frames_needed(state, 8)
+    with pytest.raises(ValueError, match="chunk_size"):
+        stack_states([state, encoder.init_state(1, chunk_size=8, left_chunks=2)])
