@@ -127,7 +127,8 @@ class StreamingEncoder(Encoder, Protocol):
         ...
 
     def frames_needed(self, state: Any, chunk_size: int | None = None) -> Tensor:
-        """(B,) new feature frames each stream needs for its next full chunk."""
+        """(B,) new feature frames each stream needs for its next full chunk (of the chunk
+        size the state streams)."""
         ...
 
     def forward_chunk(

@@ -9,9 +9,10 @@ its left context from ``dynamic_left_chunks``, so one model serves several laten
 
 Streaming contract (``forward_chunk``): feed each stream the next feature frames. To reproduce the
 full ``forward(..., chunk_size=c, left_chunks=l)`` exactly, start from
-``init_state(..., left_chunks=l, chunk_size=c)`` and feed ``frames_needed(state, c)`` frames per
-call (``4c + 3`` at the start, ``4c`` afterwards), and whatever is left at the end. All frames
-produced by one call form one chunk (they see each other), plus the valid cached frames.
+``init_state(..., left_chunks=l, chunk_size=c)`` and feed ``frames_needed(state)`` frames per
+call (``4c + 3`` at the start, ``4c`` afterwards; the state knows its ``c``), and whatever is
+left at the end. All frames produced by one call form one chunk (they see each other), plus the
+valid cached frames.
 
 The attention cache holds the last ``l * c`` encoder frames of each layer. With unlimited left
 context (``l < 0``, WeNet's ``num_decoding_left_chunks=-1``) it holds every earlier frame and
@@ -80,6 +81,9 @@ class EncoderState:
         growth_limit: with a growing cache (``cache_limit`` None), the most frames it grows to
             (``max_left_chunks * chunk_size``), past which it slides; None: it grows for as
             long as the stream lives. Only states with the same limit stack.
+        chunk_size: the encoder frames per chunk the state streams
+            (:meth:`ChunkedEncoder.frames_needed` feeds its chunks); None for a state made
+            without it. Only states with the same chunk size stack.
     """
 
     subsampling: SubsamplingState
@@ -88,6 +92,7 @@ class EncoderState:
     processed_frames: Tensor = state_field(batch_dim=0)
     cache_limit: int | None
     growth_limit: int | None = None
+    chunk_size: int | None = None
 
 
 class StreamingLayer(Protocol):
@@ -293,11 +298,27 @@ class ChunkedEncoder(nn.Module):
             processed_frames=zeros.clone(),
             cache_limit=cache_limit,
             growth_limit=growth_limit,
+            chunk_size=chunk_size,
         )
 
     def frames_needed(self, state: EncoderState, chunk_size: int | None = None) -> Tensor:
-        """(B,) new feature frames each stream needs for its next full chunk."""
-        chunk_size = self.cfg.chunk_size if chunk_size is None else chunk_size
+        """(B,) new feature frames each stream needs for its next full chunk.
+
+        Args:
+            state: the streams' state.
+            chunk_size: their chunk size; default: the state's (the one of :meth:`init_state`),
+                else, for a state made without one, the config's.
+
+        Raises:
+            ValueError: for a ``chunk_size`` other than the state's (its cache was sized for
+                that chunking: other chunks would stream another mask than the one asked for).
+        """
+        if chunk_size is None:
+            chunk_size = self.cfg.chunk_size if state.chunk_size is None else state.chunk_size
+        elif state.chunk_size is not None and chunk_size != state.chunk_size:
+            raise ValueError(
+                f"frames_needed: chunk_size={chunk_size}, but the state streams chunks of "
+                f"{state.chunk_size} frames (init_state's chunk_size); pass that or none")
         return frames_needed(chunk_size) - state.subsampling.cache_len
 
     def forward_chunk(
@@ -352,6 +373,7 @@ class ChunkedEncoder(nn.Module):
             processed_frames=state.processed_frames + num_new,
             cache_limit=state.cache_limit,
             growth_limit=state.growth_limit,
+            chunk_size=state.chunk_size,
         )
         return x, num_new, new_state
 

@@ -3,16 +3,20 @@ batch composition and padding, dynamic chunk training, state handling."""
 
 from __future__ import annotations
 
+import itertools
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
+from asr.config import load_config
 from asr.encoders import build_encoder
 from asr.encoders.attention import RelativePositions
 from asr.encoders.base import Encoder, EncoderConfig, StreamingEncoder
 from asr.encoders.layers import ConvolutionModule
 from asr.encoders.subsampling import RECEPTIVE_FIELD, subsampled_length
+from asr.experiment import ExperimentConfig
 from asr.state import select_states, stack_states, unstack_states
 
 FEAT_DIM = 20
@@ -485,3 +489,125 @@ def test_a_float64_encoder_streams_with_the_default_state(kind):
     full, full_lens = encoder(feats, lens, chunk_size=4, left_chunks=2)
     for b, out in enumerate(outs):
         torch.testing.assert_close(out, full[b, : full_lens[b]], rtol=0, atol=1e-12)
+
+
+def _recipe_chunkings() -> dict[tuple[str, int], set[tuple[int, int]]]:
+    """(kind, conv kernel) -> every (chunk_size, left_chunks) that a preset or recipe streams
+    or trains with: its default chunking and each of its dynamic chunk training draws."""
+    root = Path(__file__).resolve().parents[2] / "recipes"
+    configs = [load_config(EncoderConfig, path) for path in sorted(root.glob("presets/encoder_*.yaml"))]
+    configs += [load_config(ExperimentConfig, path).encoder
+                for path in sorted(root.glob("*/*.yaml")) if path.parent.name != "presets"]
+    found: dict[tuple[str, int], set[tuple[int, int]]] = {}
+    for cfg in configs:
+        chunkings = found.setdefault((cfg.kind, cfg.conv_kernel_size), set())
+        if cfg.chunk_size > 0:
+            chunkings.add((cfg.chunk_size, cfg.left_chunks))
+        if cfg.dynamic_chunk_training:
+            chunkings.update(itertools.product(cfg.dynamic_chunk_sizes, cfg.dynamic_left_chunks))
+    return {key: chunkings for key, chunkings in found.items() if chunkings}
+
+
+RECIPE_CHUNKINGS = _recipe_chunkings()
+
+
+def test_the_recipes_chunkings_are_found():
+    assert {"conformer", "transformer"} <= {kind for kind, _ in RECIPE_CHUNKINGS}
+    chunkings = set().union(*RECIPE_CHUNKINGS.values())
+    assert {(8, 4), (8, 8), (32, -1), (4, 2)} <= chunkings
+
+
+@pytest.mark.parametrize(("kind", "kernel"), sorted(RECIPE_CHUNKINGS))
+def test_streaming_equals_full_for_every_chunking_of_the_recipes(kind, kernel):
+    """Every chunk size and left context that a preset or recipe uses, with its convolution
+    kernel (a causal kernel of 31 reaches 30 frames back, past several chunks of 4): streams fed
+    chunk by chunk at different positions of one batch equal the full forward under the same
+    mask, for an input too short for the subsampling, one a frame short of the first chunk
+    (shorter than one chunk), exactly one chunk, one ending in a partial chunk, and one long
+    past the left context."""
+    encoder = _encoder(kind, conv_kernel_size=kernel)
+    for chunk, left in sorted(RECIPE_CHUNKINGS[(kind, kernel)]):
+        context = max(left, 1) + 1  # chunks: one past the left context, or two
+        # feature frames: 4c + 3 is exactly the first chunk's (subsampling right context 3)
+        lens = [5, 4 * chunk + 2, 4 * chunk + 3, 4 * (2 * chunk + chunk // 2) + 5,
+                4 * context * chunk + 9]  # that and a frame
+        feats, lens_t = _batch(lens)
+        full, full_lens = encoder(feats, lens_t, chunk_size=chunk, left_chunks=left)
+        assert full_lens.tolist()[:3] == [0, chunk - 1, chunk]
+        assert int(full_lens[3]) % chunk and int(full_lens[4]) % chunk
+        streamed, _ = _stream(encoder, feats, lens_t, chunk, left, start_delay=[2, 0, 1, 3, 0])
+        for b in range(len(lens)):
+            where = f"chunk {chunk}, left {left}, {lens[b]} frames"
+            assert streamed[b].shape[0] == full_lens[b], where
+            assert torch.allclose(streamed[b], full[b, : full_lens[b]], atol=1e-5, rtol=0), where
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("left_chunks", "max_left_chunks"), [(2, None), (-1, 2)])
+def test_a_ten_minute_stream_keeps_a_constant_cache_and_drops_older_context(
+        kind, left_chunks, max_left_chunks):
+    """Ten minutes of features (60000 frames, 14999 encoder frames) fed one chunk of 32 at a
+    time (a chunking of the recipes' dynamic chunk training), with two chunks of left context
+    or unlimited left context bounded to two chunks: once the cache is full, every call leaves
+    caches of the same shapes and storage (nothing grows with the stream), and the last chunk
+    equals the full forward of only the ``context_chunks`` chunks before it and itself: the
+    frames older than the left context are dropped, not merely kept and masked."""
+    chunk, left = 32, 2
+    encoder = _encoder(kind, conv_kernel_size=7)
+    frames = 10 * 60 * 100
+    feats = torch.randn(1, frames, FEAT_DIM, generator=torch.Generator().manual_seed(0))
+    state = encoder.init_state(1, chunk_size=chunk, left_chunks=left_chunks,
+                               max_left_chunks=max_left_chunks)
+    position, calls, sizes, out, out_lens = 0, 0, set(), None, None
+    while position < frames:  # (no autograd: 469 calls)
+        take = min(int(encoder.frames_needed(state, chunk)[0]), frames - position)
+        with torch.no_grad():
+            out, out_lens, state = encoder.forward_chunk(
+                feats[:, position: position + take], torch.tensor([take]), state)
+        position, calls = position + take, calls + 1
+        if calls > left:  # the cache is full
+            sizes.add(tuple((tuple(t.shape), t.untyped_storage().nbytes())
+                            for layer in state.layers for t in (layer.key, layer.value, layer.conv)
+                            if t is not None))
+    num_frames = subsampled_length(frames)
+    assert int(state.processed_frames) == num_frames and calls == -(-num_frames // chunk)
+    assert len(sizes) == 1 and int(state.attn_cache_len) == left * chunk
+    assert {shape[2] for shape, _ in next(iter(sizes))} <= {left * chunk, 6}  # 6: conv kernel 7
+    # the last (partial) chunk, from its context alone
+    last = out[0, : int(out_lens[0])]
+    assert last.shape[0] == num_frames % chunk
+    start = (num_frames // chunk - int(encoder.context_chunks(chunk, left))) * chunk
+    window = feats[:, encoder.subsampling_factor * start:]
+    expected, _ = encoder(window, torch.tensor([window.shape[1]]), chunk_size=chunk,
+                          left_chunks=left)
+    assert expected.shape[1] == num_frames - start
+    torch.testing.assert_close(last, expected[0, -last.shape[0]:], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_state_feeds_the_chunks_of_its_own_chunk_size(kind):
+    """``frames_needed(state)`` counts the chunks of the chunk size the state was made for:
+    it counted the config's (0 here, a full-context config: 0 frames, so a loop fed nothing;
+    or another size, which streams another mask than the one asked for). Fed so, the stream
+    equals the full forward of its chunking; another chunk size is an error naming both, and
+    states of different chunk sizes do not stack."""
+    encoder = _encoder(kind)
+    assert encoder.cfg.chunk_size == 0
+    state = encoder.init_state(1, chunk_size=16, left_chunks=1)
+    assert encoder.frames_needed(state).tolist() == [4 * 16 + 3]
+    feats, lens = _batch([203])
+    full, full_lens = encoder(feats, lens, chunk_size=16, left_chunks=1)
+    position, outs = 0, []
+    while position < 203:
+        take = min(int(encoder.frames_needed(state)[0]), 203 - position)
+        out, out_lens, state = encoder.forward_chunk(feats[:, position: position + take],
+                                                     torch.tensor([take]), state)
+        outs.append(out[0, : int(out_lens[0])])
+        position += take
+    assert len(outs) == 4 and state.chunk_size == 16
+    torch.testing.assert_close(torch.cat(outs), full[0, : full_lens[0]], atol=1e-5, rtol=0)
+    assert encoder.frames_needed(state, 16).tolist() == [4 * 16]
+    with pytest.raises(ValueError, match="chunk_size=8, but the state streams chunks of 16"):
+        encoder.frames_needed(state, 8)
+    with pytest.raises(ValueError, match="chunk_size"):
+        stack_states([state, encoder.init_state(1, chunk_size=8, left_chunks=2)])

@@ -112,6 +112,100 @@ def test_streaming_equals_offline_chunk_masked_forward(transducer_model):
         assert result.timestamps == pytest.approx(expected.timestamps)
 
 
+@pytest.fixture(scope="session", params=["conformer", "transformer"])
+def recipe_chunked_model(request, tmp_path_factory):
+    """A random-weight transducer with the recipes' streaming chunking (chunks of 8 frames,
+    4 chunks of left context, a causal kernel of 15 for the Conformer)."""
+    from asr.testing.packages import random_package
+
+    root = tmp_path_factory.mktemp(f"random_{request.param}_8x4")
+    return load_model(random_package(
+        root, head="transducer", chunk_size=8, left_chunks=4, seed=1,
+        encoder_overrides={"kind": request.param, "conv_kernel_size": 15}))
+
+
+def test_streams_joining_finishing_and_leaving_a_batch_equal_alone_and_offline(
+        recipe_chunked_model):
+    """Streams of the recipes' chunking decoded as a server decodes them: new streams join
+    while others are mid-way, a stream that is done leaves the list, and the others go on;
+    among them one shorter than the subsampling's window, one shorter than a chunk and ones
+    ending in a partial chunk. Each equals its solo decode and the offline decode of the same
+    model (tokens and timestamps), whose timestamps are monotonic and within the audio."""
+    model = recipe_chunked_model
+    recognizer = model.streaming_recognizer(endpoint=EndpointConfig(enabled=False))
+    rng = np.random.default_rng(7)
+    # 300 samples: 2 feature frames; 4000: 5 encoder frames; 16000: 3 whole chunks; the others
+    # end in a partial chunk
+    sizes = (300, 4000, 7000, 16000, 9999, 12345)
+    waves = [(rng.standard_normal(n) * 0.1).astype(np.float32) for n in sizes]
+    joins, pieces = (0, 0, 2, 1, 4, 9), (800, 4000, 640, 1600, 3000, 999)
+    active, cursors, results, tick = {}, {}, {}, 0
+    while len(results) < len(waves):
+        for i, join in enumerate(joins):
+            if join == tick:
+                active[i], cursors[i] = recognizer.new_stream(), 0
+        for i, stream in active.items():
+            if not stream.input_done:
+                recognizer.accept_waveform(stream, waves[i][cursors[i]: cursors[i] + pieces[i]],
+                                           16000)
+                cursors[i] += pieces[i]
+                if cursors[i] >= waves[i].shape[0]:
+                    recognizer.input_finished(stream)
+        recognizer.decode(list(active.values()))
+        for i, stream in list(active.items()):
+            if stream.done:
+                results[i] = recognizer.result(stream)
+                del active[i]  # a finished stream leaves; the others go on
+        tick += 1
+    assert joins[-1] < tick and len({results[i].token_ids for i in range(3, 6)}) == 3
+    offline = model.transcribe(waves)
+    for i, (wave, expected) in enumerate(zip(waves, offline)):
+        _same(results[i], _decode_alone(recognizer, wave, 1234))
+        assert results[i].token_ids == expected.token_ids
+        assert results[i].timestamps == pytest.approx(expected.timestamps)
+        times = list(results[i].timestamps)
+        assert times == sorted(times) and all(0 <= t < sizes[i] / 16000 for t in times)
+        assert all(word.end <= sizes[i] / 16000 + 1e-9 for word in results[i].words)
+    assert results[0].token_ids == () and sum(len(r.token_ids) for r in offline) > 20
+
+
+@pytest.mark.parametrize("model", ["transducer_model", "tdt_model"])
+def test_segmented_timestamps_are_monotonic_within_the_audio_and_their_segments(model, request):
+    """Every streaming searcher, with endpoints that end a segment every 0.4 s or after 0.2 s
+    without a token: the transcript's token times never go back, each lies within the audio
+    and within its own segment (from its start to the next segment's), and each word ends
+    within the audio and its segment."""
+    model = request.getfixturevalue(model)
+    rules = EndpointConfig(rule1=EndpointRule(False, 0.2, 0.0), rule2=EndpointRule(True, 0.2, 0.0),
+                           rule3=EndpointRule(False, 0.0, 0.4))
+    wave = (np.random.default_rng(8).standard_normal(38000) * 0.1).astype(np.float32)
+    wave[12000:20000] = 0.0  # a pause
+    duration = wave.shape[0] / 16000
+    names = [n for n in available_searchers(model.runtime.model) if n in STREAMING_SEARCHER_NAMES]
+    for searcher in names:
+        recognizer = model.streaming_recognizer(searcher, endpoint=rules)
+        stream = recognizer.new_stream()
+        for begin in range(0, wave.shape[0], 1000):
+            recognizer.accept_waveform(stream, wave[begin: begin + 1000], 16000)
+            if begin + 1000 >= wave.shape[0]:
+                recognizer.input_finished(stream)
+            while recognizer.is_ready(stream):
+                recognizer.decode([stream])
+                if recognizer.is_endpoint(stream):
+                    recognizer.reset(stream)
+        segments = [*stream.finished_segments, recognizer.result(stream)]
+        assert len(segments) > 4 and sum(len(s.token_ids) for s in segments) > 5, searcher
+        ends = [s.begin for s in segments[1:]] + [duration]
+        for segment, end in zip(segments, ends):
+            assert segment.begin <= end
+            assert all(segment.begin <= t < end for t in segment.timestamps), searcher
+            # (a word ends a frame after its last token: on the frame grid, to float rounding)
+            assert all(segment.begin <= w.start < w.end <= end + 1e-9 for w in segment.words), \
+                searcher
+        times = [t for s in segments for t in s.timestamps]
+        assert times == sorted(times), searcher
+
+
 @pytest.fixture(scope="session")
 def unlimited_model(tmp_path_factory):
     """A random-weight causal chunked Conformer with unlimited left context (left_chunks -1)."""
