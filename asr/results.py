@@ -5,7 +5,8 @@
   Offline decoding makes one segment per input; a streaming recognizer makes one per endpoint,
   and reports the current one (``is_final`` False) while it grows.
 * :class:`TranscriptionResult`: the transcript of one whole input, the concatenation of its
-  segments; :class:`FailedInput` stands in for an input that could not be read.
+  segments; :class:`FailedInput` stands in for an input that could not be read or decoded, and
+  :class:`TranscriptionError` is raised for one (naming it) when failures are not returned.
 
 Times: a searcher's :attr:`asr.types.Hypothesis.frames` are encoder frame indices; every time in
 these results is in **seconds** from the start of the input (``timestamps`` is the per-token
@@ -29,6 +30,7 @@ __all__ = [
     "FailedInput",
     "ResultBuilder",
     "Segment",
+    "TranscriptionError",
     "TranscriptionResult",
     "Word",
     "words_from_tokens",
@@ -157,6 +159,19 @@ class FailedInput:
 
     source: str
     error: str
+
+
+class TranscriptionError(RuntimeError):
+    """Decoding an input failed (its own fault, found by decoding it alone); the message names
+    the input and what failed, and the decoder's exception is the cause.
+
+    Attributes:
+        source: the input's name.
+    """
+
+    def __init__(self, source: str, message: str) -> None:
+        super().__init__(message)
+        self.source = source
 
 
 def words_from_tokens(

@@ -53,6 +53,14 @@ lies depends on what an encoder frame sees (:class:`WindowContext`,
 The rule needs token times: with a searcher that gives none (``aed_beam``), an input longer than
 one window is an error.
 
+**Failures are per input**: an input that cannot be read, or whose decoding raises, fails alone.
+When a batch of windows raises (a searcher error on one utterance, a bad window of a long
+input), each of its windows is decoded alone: the healthy ones get exactly their own decode, and
+an input with a window that fails alone is a :class:`asr.results.FailedInput` naming it, the
+window and the reason (its other windows are not decoded), or with ``on_error="raise"`` a
+:class:`asr.results.TranscriptionError`. Streaming isolates each stream the same way
+(:func:`asr.runtime.streaming.transcribe_streaming`).
+
 Streaming (``streaming=True``) runs the inputs through
 :class:`asr.runtime.streaming.StreamingRecognizer` (all inputs as concurrent streams, batched),
 which needs no windows.
@@ -86,6 +94,7 @@ from asr.audio import (
     resample,
 )
 from asr.constants import DEFAULT_OVERLAP_SECONDS, DEFAULT_WINDOW_SECONDS
+from asr.data.filtering import error_reason
 from asr.decoding import Searcher
 from asr.features.fbank import compute_fbank
 from asr.package import load_package
@@ -95,8 +104,10 @@ from asr.runtime.endpoint import EndpointConfig
 from asr.runtime.streaming import (
     StreamingRecognizer,
     check_chunking_options,
+    decoding_failure,
     transcribe_streaming,
 )
+from asr.types import Hypothesis
 
 __all__ = [
     "GROUP_SECONDS", "AudioInput", "Transcriber", "Window", "WindowContext", "load_model",
@@ -384,8 +395,12 @@ class Transcriber:
             streaming: decode chunk by chunk with the streaming recognizer.
             window_seconds, overlap_seconds: long-input windows (offline), see the module doc.
             progress: show a tqdm progress bar.
-            on_error: ``raise`` the first :class:`AudioError`, or ``return`` a
-                :class:`asr.results.FailedInput` in that input's place.
+            on_error: ``raise`` the first :class:`AudioError` (an input that cannot be read)
+                or :class:`asr.results.TranscriptionError` (one whose decoding fails), or
+                ``return`` a :class:`asr.results.FailedInput` in that input's place (its error
+                names it and the reason). Either way a failed decode is the input's own: a
+                batch that raises is decoded input by input (see the module doc), so the other
+                inputs' results are those they have alone.
             hotwords: phrases to bias recognition toward (contextual biasing, with the beam
                 searchers ``transducer_beam``, ``tdt_beam`` and ``ctc_prefix_beam``): a hotword
                 file (one phrase per line, optionally ending with `` :SCORE``, sherpa-onnx's
@@ -401,6 +416,9 @@ class Transcriber:
                 :class:`asr.runtime.streaming.StreamingRecognizer`). Only with ``streaming``.
 
         Raises:
+            AudioError: (``on_error="raise"``) naming an input that cannot be read.
+            asr.results.TranscriptionError: (``on_error="raise"``) naming an input whose
+                decoding fails alone, and why (the decoder's exception is its cause).
             asr.decoding.context_graph.HotwordError: for phrases the tokenizer cannot spell (a
                 ValueError), too many or too long ones; ValueError for hotwords with a
                 streaming searcher that does not bias, for a bad ``sample_rate``, ``batch_size``
@@ -436,7 +454,8 @@ class Transcriber:
         audio, and a group's results are given before the next group is read (a caller can
         write each one as it comes; memory holds one group's audio). The arguments are checked
         before any input is read (the errors of :meth:`transcribe`); an input's
-        :class:`AudioError` (``on_error="raise"``) comes when its group is read.
+        :class:`AudioError` (``on_error="raise"``) comes when its group is read, its
+        :class:`asr.results.TranscriptionError` when its group is decoded.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -470,11 +489,12 @@ class Transcriber:
                     bar.refresh()
                     if streaming:
                         decoded = transcribe_streaming(recognizer, good, batch_size,
-                                                       context=context, bar=bar)
+                                                       context=context, bar=bar,
+                                                       on_error=on_error)
                     else:
                         decoded = self._transcribe_offline(
                             good, search, batch_size, window_seconds, overlap_seconds, bar,
-                            searcher)
+                            searcher, on_error)
                     done = iter(decoded)
                     for audio in group:
                         yield audio if isinstance(audio, FailedInput) else next(done)
@@ -520,9 +540,12 @@ class Transcriber:
         overlap_seconds: float,
         bar: tqdm,
         searcher_name: str | None = None,
-    ) -> list[TranscriptionResult]:
+        on_error: str = "raise",
+    ) -> list[TranscriptionResult | FailedInput]:
         """Decodes ``audios`` in windows (see the module doc), counting their seconds on
-        ``bar``."""
+        ``bar``; an input that fails to decode alone is a :class:`FailedInput` in its place
+        (:meth:`_decode_batch`), or its :class:`asr.results.TranscriptionError` is raised with
+        ``on_error="raise"``."""
         rate, grid, context = self.sample_rate, self.window_grid, self.window_context
         frame = self.runtime.frame_samples
         results = self.runtime.results
@@ -534,13 +557,13 @@ class Transcriber:
         windows = [w for plan in plans for w in plan]
         windows.sort(key=lambda w: w.end - w.start, reverse=True)
         kept: list[list[tuple[int, float]]] = [[] for _ in audios]
+        failed: dict[int, FailedInput] = {}  # input index -> why it failed
         search = searcher if callable(searcher) else self.searcher(searcher)
         searcher_name = searcher_name or self.runtime.searcher
         for begin in range(0, len(windows), batch_size):  # >= 1: transcribe checks it
-            batch = windows[begin: begin + batch_size]
-            hyps = self._decode_windows([audios[w.index].samples[w.start: w.end] for w in batch],
-                                        search)
-            for window, hyp in zip(batch, hyps):
+            # a failed input's other windows are not decoded: it has no result to join them in
+            batch = [w for w in windows[begin: begin + batch_size] if w.index not in failed]
+            for window, hyp in self._decode_batch(audios, plans, batch, search, failed, on_error):
                 # in whole frames (starts lie on the grid), so that every window gives a frame
                 # the one-window decode's time: a token at a cut is kept by exactly one window
                 offset = window.start // frame
@@ -561,12 +584,78 @@ class Transcriber:
                 # bar ends at the inputs' duration (window lengths would count overlaps twice)
                 duration = audios[window.index].duration
                 bar.update(min(window.keep_to, duration) - max(window.keep_from, 0.0))
-        transcripts = []
-        for audio, tokens in zip(audios, kept):
+        transcripts: list[TranscriptionResult | FailedInput] = []
+        for index, (audio, tokens) in enumerate(zip(audios, kept)):
+            if index in failed:
+                transcripts.append(failed[index])
+                continue
             tokens.sort(key=lambda pair: pair[1])
             segment = results.segment([t for t, _ in tokens], [s for _, s in tokens])
             transcripts.append(results.transcript(audio.source, audio.duration, [segment]))
         return transcripts
+
+    def _decode_batch(
+        self,
+        audios: Sequence[DecodedAudio],
+        plans: Sequence[Sequence[Window]],
+        batch: Sequence[Window],
+        search: Searcher,
+        failed: dict[int, FailedInput],
+        on_error: str,
+    ) -> list[tuple[Window, Hypothesis]]:
+        """The best hypothesis of each window of ``batch``, decoded together; the pairs of the
+        windows decoded.
+
+        When the batch raises, each of its windows is decoded alone, so that one input's fault
+        (a searcher error on one utterance, a bad window of a long input) fails that input
+        alone, and the healthy windows get exactly their own decode. A window that fails alone
+        fails its input: a :class:`FailedInput` naming it and the reason is put in ``failed``
+        (its later windows are skipped), or, with ``on_error="raise"``, its
+        :class:`TranscriptionError` is raised.
+        """
+        if not batch:
+            return []
+        try:
+            return list(zip(batch, self._decode_windows(self._waves(audios, batch), search)))
+        except Exception as err:  # noqa: BLE001 - found out below, one window at a time
+            if len(batch) == 1:
+                self._fail(audios, plans, batch[0], err, failed, on_error)
+                return []
+            logger.warning("decoding a batch of %d windows failed (%s); decoding each alone",
+                           len(batch), error_reason(err))
+        decoded = []
+        for window in batch:
+            if window.index in failed:  # another of its windows failed alone
+                continue
+            try:
+                [hyp] = self._decode_windows(self._waves(audios, [window]), search)
+            except Exception as err:  # noqa: BLE001 - whatever the input's fault, its own
+                self._fail(audios, plans, window, err, failed, on_error)
+            else:
+                decoded.append((window, hyp))
+        return decoded
+
+    @staticmethod
+    def _waves(audios: Sequence[DecodedAudio], windows: Sequence[Window]) -> list[np.ndarray]:
+        """The samples of each of ``windows``."""
+        return [audios[w.index].samples[w.start: w.end] for w in windows]
+
+    def _fail(
+        self,
+        audios: Sequence[DecodedAudio],
+        plans: Sequence[Sequence[Window]],
+        window: Window,
+        err: Exception,
+        failed: dict[int, FailedInput],
+        on_error: str,
+    ) -> None:
+        """``window`` failed to decode alone: its input fails, named with the reason (and the
+        window's span, for an input of several windows; :func:`decoding_failure`)."""
+        where = ""
+        if len(plans[window.index]) > 1:
+            where = (f" (its window {window.start / self.sample_rate:.2f}-"
+                     f"{window.end / self.sample_rate:.2f} s)")
+        failed[window.index] = decoding_failure(audios[window.index].source, err, on_error, where)
 
     def _log_window_rule(self, window_seconds: float, overlap_seconds: float) -> None:
         """Says once per window and overlap when a chunked encoder's windows overlap by more
@@ -592,7 +681,9 @@ class Transcriber:
                 "them to be one window's", window_seconds, (length - step) / rate,
                 overlap_seconds, context.left / rate)
 
-    def _decode_windows(self, waves: Sequence[np.ndarray], search: Searcher) -> list:
+    def _decode_windows(self, waves: Sequence[np.ndarray], search: Searcher) -> list[Hypothesis]:
+        """The best hypothesis of each of ``waves`` (samples at the model rate), decoded as one
+        batch."""
         runtime = self.runtime
         feats = [compute_fbank(w, self.sample_rate, runtime.fbank, runtime.extractor)
                  for w in waves]

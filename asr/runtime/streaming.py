@@ -49,7 +49,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,10 +60,11 @@ from tqdm import tqdm
 
 from asr.audio import DecodedAudio, StreamingResampler, to_model_rate
 from asr.constants import DEFAULT_MAX_LEFT_SECONDS
+from asr.data.filtering import error_reason
 from asr.decoding.context_graph import ContextGraph
 from asr.decoding.registry import BIASING_STREAMING_SEARCHERS, resolve_searcher, searcher_biases
 from asr.features.online import OnlineFbank
-from asr.results import Segment, TranscriptionResult
+from asr.results import FailedInput, Segment, TranscriptionError, TranscriptionResult
 from asr.runtime.bundle import HotwordsSpec, Runtime
 from asr.runtime.endpoint import EndpointConfig, detect_endpoint
 from asr.state import stack_states, unstack_states
@@ -75,6 +76,7 @@ __all__ = [
     "StreamingRecognizer",
     "check_chunking_options",
     "left_context_bound",
+    "decoding_failure",
     "transcribe_streaming",
 ]
 
@@ -502,6 +504,18 @@ def _positive_seconds(max_left_seconds: float) -> float:
     return seconds
 
 
+def decoding_failure(source: str, err: Exception, on_error: str, where: str = "") -> FailedInput:
+    """The :class:`FailedInput` of input ``source``, whose decoding failed alone with ``err``
+    (``where``: e.g. which window), its traceback logged at DEBUG; with ``on_error="raise"``, its
+    :class:`TranscriptionError` raised instead (``err`` its cause). The message names the input,
+    where and why."""
+    message = f"{source}: decoding failed{where}: {error_reason(err)}"
+    if on_error == "raise":
+        raise TranscriptionError(source, message) from err
+    logger.debug("%s", message, exc_info=(type(err), err, err.__traceback__))
+    return FailedInput(source, message)
+
+
 def transcribe_streaming(
     recognizer: StreamingRecognizer,
     audios: Sequence[DecodedAudio],
@@ -510,7 +524,8 @@ def transcribe_streaming(
     feed_seconds: float = 1.0,
     context: ContextGraph | None = None,
     bar: tqdm | None = None,
-) -> list[TranscriptionResult]:
+    on_error: str = "raise",
+) -> list[TranscriptionResult | FailedInput]:
     """Decodes whole waveforms as concurrent streams (at most ``batch_size`` at a time).
 
     Audio is fed ``feed_seconds`` at a time to streams that need frames; endpoints split the
@@ -518,49 +533,112 @@ def transcribe_streaming(
     input shows its progress too: ``bar``, a caller's (left open), or one of its own with
     ``progress``. ``context``: a hotword graph for every stream
     (:meth:`StreamingRecognizer.hotword_graph`), or None for the streams' default.
+
+    One input's fault stays its own, as in the server: when a batched :meth:`decode
+    <StreamingRecognizer.decode>` raises (it then changes no stream), each stream is decoded
+    alone, so the healthy ones get exactly their own step, and a stream whose call fails alone
+    (feeding, decoding, its result) fails its input: a :class:`FailedInput` in its place, or
+    with ``on_error="raise"`` a :class:`TranscriptionError` naming it
+    (:func:`decoding_failure`).
+
+    Returns:
+        One result (or ``FailedInput``) per input of ``audios``, in order.
     """
     rate = recognizer.sample_rate
     step = max(1, int(feed_seconds * rate))
     queue = list(range(len(audios)))
     active: dict[int, tuple[Stream, list[int]]] = {}
-    results: list[TranscriptionResult | None] = [None] * len(audios)
+    results: list[TranscriptionResult | FailedInput | None] = [None] * len(audios)
     shown = [0.0] * len(audios)  # seconds of each input the bar has counted
     own_bar = bar is None
     if bar is None:
         bar = tqdm(total=round(sum(a.duration for a in audios), 2), unit="s", unit_scale=True,
                    desc="stream", disable=not progress, leave=False)
-    while queue or active:
-        while queue and len(active) < max(1, batch_size):
-            index = queue.pop(0)
-            stream = recognizer.new_stream()
-            if context is not None:
-                recognizer.set_hotword_graph(stream, context)
-            active[index] = (stream, [0])
-        for index, (stream, cursor) in active.items():
-            samples = audios[index].samples
-            while not stream.input_done and not recognizer._frames_to_take(stream):
-                recognizer.accept_waveform(stream, samples[cursor[0]: cursor[0] + step], rate)
-                cursor[0] += step
-                if cursor[0] >= samples.shape[0]:
-                    recognizer.input_finished(stream)
-        streams = [stream for stream, _ in active.values()]
-        recognizer.decode(streams)
-        for index, stream in list(active.items()):
-            stream = stream[0]
-            audio = audios[index]
-            if recognizer.is_endpoint(stream):
-                recognizer.reset(stream)
-            decoded = (audio.duration if stream.done
-                       else min(audio.duration, stream.frames_decoded * recognizer.frame_seconds))
-            if decoded > shown[index]:
-                bar.update(decoded - shown[index])
-                shown[index] = decoded
-            if stream.done:
-                segments = [*stream.finished_segments, recognizer.result(stream)]
-                results[index] = recognizer.runtime.results.transcript(
-                    audio.source, audio.duration, segments
-                )
-                del active[index]
-    if own_bar:
-        bar.close()
+
+    def fail(index: int, err: Exception) -> None:
+        results[index] = decoding_failure(audios[index].source, err, on_error)
+        active.pop(index, None)
+
+    def admit(index: int) -> None:
+        stream = recognizer.new_stream()
+        if context is not None:
+            recognizer.set_hotword_graph(stream, context)
+        active[index] = (stream, [0])
+
+    def feed(stream: Stream, samples: np.ndarray, cursor: list[int]) -> None:
+        while not stream.input_done and not recognizer._frames_to_take(stream):
+            recognizer.accept_waveform(stream, samples[cursor[0]: cursor[0] + step], rate)
+            cursor[0] += step
+            if cursor[0] >= samples.shape[0]:
+                recognizer.input_finished(stream)
+
+    def advance(index: int, stream: Stream) -> None:
+        audio = audios[index]
+        if recognizer.is_endpoint(stream):
+            recognizer.reset(stream)
+        decoded = (audio.duration if stream.done
+                   else min(audio.duration, stream.frames_decoded * recognizer.frame_seconds))
+        if decoded > shown[index]:
+            bar.update(decoded - shown[index])
+            shown[index] = decoded
+        if stream.done:
+            segments = [*stream.finished_segments, recognizer.result(stream)]
+            results[index] = recognizer.runtime.results.transcript(
+                audio.source, audio.duration, segments
+            )
+            del active[index]
+
+    try:
+        while queue or active:
+            while queue and len(active) < max(1, batch_size):
+                index = queue.pop(0)
+                try:
+                    admit(index)
+                except Exception as err:  # noqa: BLE001 - whatever the input's fault, its own
+                    fail(index, err)
+            for index, (stream, cursor) in list(active.items()):
+                try:
+                    feed(stream, audios[index].samples, cursor)
+                except Exception as err:  # noqa: BLE001 - whatever the input's fault, its own
+                    fail(index, err)
+            for index in _decode_isolated(recognizer, active, fail):
+                try:
+                    advance(index, active[index][0])
+                except Exception as err:  # noqa: BLE001 - whatever the input's fault, its own
+                    fail(index, err)
+    finally:
+        if own_bar:
+            bar.close()
     return [r for r in results if r is not None]
+
+
+def _decode_isolated(
+    recognizer: StreamingRecognizer,
+    active: dict[int, tuple[Stream, list[int]]],
+    fail: Callable[[int, Exception], None],
+) -> list[int]:
+    """One batched decode step over the ``active`` streams (input index -> stream, cursor); the
+    indices of the streams decoded. When the batch raises (:meth:`StreamingRecognizer.decode`
+    then changes no stream), each stream is decoded alone, and ``fail(index, err)`` is called
+    for each one that fails alone."""
+    indices = list(active)
+    if not indices:
+        return []
+    try:
+        recognizer.decode([active[i][0] for i in indices])
+        return indices
+    except Exception as err:  # noqa: BLE001 - found out below, one stream at a time
+        if len(indices) == 1:
+            fail(indices[0], err)
+            return []
+        logger.warning("a decode step of %d streams failed (%s); decoding each alone",
+                       len(indices), error_reason(err))
+    decoded = []
+    for index in indices:
+        try:
+            recognizer.decode([active[index][0]])
+        except Exception as err:  # noqa: BLE001 - whatever the input's fault, its own
+            fail(index, err)
+        else:
+            decoded.append(index)
+    return decoded

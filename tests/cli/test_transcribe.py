@@ -436,6 +436,47 @@ def test_bad_inputs_fail_per_file(tiny, model, audio_dir, tmp_path):
     assert "4 of 6 inputs failed" in proc.stderr
 
 
+
+def test_an_input_whose_decoding_fails_fails_alone(tmp_path, capsys, caplog, monkeypatch):
+    """An error decoding one input (here its encoder raises) ended the run (exit 1, one line
+    naming no input) with the rest of its batch and every later input unwritten: it fails as an
+    unreadable input does, named with the reason (exit 1), its earlier output removed, and the
+    others are written as the API transcribes them."""
+    import asr
+    from asr.features.fbank import compute_fbank
+    from asr.model import ASRModel
+    from asr.testing.packages import random_package
+
+    package = random_package(tmp_path / "random", seed=2)
+    rng = np.random.default_rng(0)
+    files = []
+    for name, seconds in (("a", 0.7), ("bad", 0.9), ("c", 0.5)):
+        files.append(tmp_path / f"{name}.wav")
+        soundfile.write(files[-1], 0.1 * rng.standard_normal(int(seconds * 16000)), 16000)
+    model = asr.load_model(package)
+    expected = [r.text for r in model.transcribe([str(files[0]), str(files[2])])]
+    runtime = model.runtime
+    bad_frames = compute_fbank(load_audio(files[1], 16000), 16000, runtime.fbank,
+                               runtime.extractor).shape[0]
+    encode = ASRModel.encode
+
+    def encode_or_fail(self, feats, feat_lens):
+        if bad_frames in feat_lens.tolist():  # the other inputs are shorter or longer
+            raise RuntimeError("encoder blew up")
+        return encode(self, feats, feat_lens)
+
+    monkeypatch.setattr(ASRModel, "encode", encode_or_fail)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "bad.txt").write_text("an earlier run's\n")
+    code, _, _ = _run([*files, "--model", package, "--output-dir", out], capsys)
+    assert code == 1
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt", "c.txt"]
+    assert [(out / n).read_text() for n in ("a.txt", "c.txt")] == [t + "\n" for t in expected]
+    assert f"{files[1]}: decoding failed: RuntimeError: encoder blew up" in caplog.text
+    assert "1 of 3 inputs failed" in caplog.text
+
+
 @needs_ffmpeg
 def test_a_truncated_file_is_an_error_not_the_transcript_of_its_first_part(tmp_path):
     """libsndfile stops at the cut (its flac decoder loses sync); ffmpeg, the fallback for

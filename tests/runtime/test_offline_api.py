@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
 import pytest
+import torch
 
 from asr.audio import AudioError
-from asr.results import FailedInput, TranscriptionResult
+from asr.results import FailedInput, TranscriptionError, TranscriptionResult
 from asr.runtime.offline import load_model, plan_windows
 
 
@@ -208,3 +210,109 @@ def test_the_progress_bar_of_windowed_inputs_ends_at_their_duration(model, monke
     [bar] = bars
     assert bar.total == pytest.approx(3.9, abs=0.01)
     assert bar.n == pytest.approx(bar.total, abs=0.01)
+
+
+def _poison(monkeypatch, model, *waves: np.ndarray) -> None:
+    """Makes ``model``'s encoder raise for a batch holding any of ``waves`` (samples at the
+    model rate, an input or one window of it), found by its features; other batches decode."""
+    from asr.features.fbank import compute_fbank
+
+    runtime = model.runtime
+    poisoned = [compute_fbank(w, model.sample_rate, runtime.fbank, runtime.extractor)
+                for w in waves]
+    encode = runtime.model.encode
+
+    def encode_or_fail(feats, feat_lens):
+        for row, n in zip(feats, feat_lens.tolist()):
+            if any(p.shape[0] == n and torch.equal(row[:n].cpu(), p.cpu()) for p in poisoned):
+                raise RuntimeError("encoder blew up")
+        return encode(feats, feat_lens)
+
+    monkeypatch.setattr(runtime.model, "encode", encode_or_fail)
+
+
+def _alone(model, inputs, indices, **kwargs) -> list[TranscriptionResult]:
+    """The results of ``inputs[k]`` for ``k`` in ``indices``, each transcribed alone, named as
+    input ``k`` of a batch."""
+    return [dataclasses.replace(model.transcribe(inputs[k], **kwargs)[0], source=f"<array {k}>")
+            for k in indices]
+
+
+def test_an_input_whose_decoding_fails_fails_alone(model, monkeypatch):
+    """An exception in one input's decoding stopped the whole run (the rest of its batch and
+    every later input lost): a batch that raises is decoded input by input, the input that
+    fails alone is a FailedInput naming it and why, the others are what they are alone."""
+    inputs = [_noise(0.7, 0), _noise(1.3, 1), _noise(0.9, 2), _noise(0.5, 3)]
+    alone = _alone(model, inputs, (0, 1, 3))
+    _poison(monkeypatch, model, inputs[2])
+    results = model.transcribe(inputs, on_error="return")
+    assert [type(r) for r in results] == [
+        TranscriptionResult, TranscriptionResult, FailedInput, TranscriptionResult]
+    assert [results[k] for k in (0, 1, 3)] == alone
+    assert results[2] == FailedInput(
+        "<array 2>", "<array 2>: decoding failed: RuntimeError: encoder blew up")
+
+
+def test_a_failed_decode_raises_naming_its_input(model, monkeypatch):
+    # the encoder's own error came out, naming no input
+    inputs = [_noise(0.7, 0), _noise(0.9, 2), _noise(0.5, 3)]
+    _poison(monkeypatch, model, inputs[1])
+    with pytest.raises(TranscriptionError,
+                       match=r"^<array 1>: decoding failed: RuntimeError: encoder blew up$") as err:
+        model.transcribe(inputs)
+    assert err.value.source == "<array 1>" and isinstance(err.value.__cause__, RuntimeError)
+
+
+def test_a_failing_window_of_a_long_input_fails_that_input_alone(model, monkeypatch, caplog):
+    """One window that raised lost every input; now the long input fails naming the window,
+    and the inputs decoded in its batches (2 windows each) keep their own results."""
+    from asr.runtime.offline import plan_windows
+
+    window = {"window_seconds": 1.0, "overlap_seconds": 0.4}
+    long, short = _noise(3.3, 5), [_noise(0.9, 6), _noise(1.0, 7), _noise(0.6, 8)]
+    inputs = [short[0], long, *short[1:]]
+    alone = _alone(model, inputs, (0, 2, 3), **window)
+    windows = plan_windows(1, long.shape[0], model.sample_rate, 1.0, 0.4, model.window_grid,
+                           model.window_context)
+    assert len(windows) >= 3
+    bad = windows[1]
+    _poison(monkeypatch, model, long[bad.start: bad.end])
+    results = model.transcribe(inputs, batch_size=2, on_error="return", **window)
+    assert [type(r) for r in results] == [
+        TranscriptionResult, FailedInput, TranscriptionResult, TranscriptionResult]
+    assert [results[k] for k in (0, 2, 3)] == alone
+    span = f"{bad.start / 16000:.2f}-{bad.end / 16000:.2f} s"
+    assert results[1].error == (f"<array 1>: decoding failed (its window {span}): "
+                                "RuntimeError: encoder blew up")
+    assert "decoding a batch of 2 windows failed" in caplog.text  # shared with a healthy one
+
+
+def test_a_stream_whose_decode_fails_fails_its_input_alone(model, monkeypatch):
+    """Streaming: a decode step that raised for one stream stopped the run; each stream of the
+    failed step is decoded alone, and only the one that fails alone fails its input."""
+    from asr.runtime.streaming import StreamingRecognizer
+
+    inputs = [_noise(0.7, 0), _noise(1.3, 1), _noise(0.9, 2), _noise(0.5, 3)]
+    alone = _alone(model, inputs, (0, 1, 3), streaming=True)
+    made, new_stream, step = [], StreamingRecognizer.new_stream, StreamingRecognizer._step
+
+    def recorded(self, *args, **kwargs):
+        made.append(new_stream(self, *args, **kwargs))
+        return made[-1]
+
+    def step_or_fail(self, batch):
+        if any(stream is made[2] for stream, _ in batch):  # the third input's stream
+            raise RuntimeError("search lost its hypotheses")
+        return step(self, batch)
+
+    monkeypatch.setattr(StreamingRecognizer, "new_stream", recorded)
+    monkeypatch.setattr(StreamingRecognizer, "_step", step_or_fail)
+    results = model.transcribe(inputs, streaming=True, on_error="return")
+    assert [type(r) for r in results] == [
+        TranscriptionResult, TranscriptionResult, FailedInput, TranscriptionResult]
+    assert [results[k] for k in (0, 1, 3)] == alone
+    assert results[2].error == ("<array 2>: decoding failed: RuntimeError: search lost its "
+                                "hypotheses")
+    made.clear()
+    with pytest.raises(TranscriptionError, match=r"^<array 2>: decoding failed: "):
+        model.transcribe(inputs, streaming=True)
