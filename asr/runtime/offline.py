@@ -495,6 +495,8 @@ class Transcriber:
                         decoded = self._transcribe_offline(
                             good, search, batch_size, window_seconds, overlap_seconds, bar,
                             searcher, on_error)
+                    if bar.n < bar.total:  # a failed input's undecoded seconds: done with too
+                        bar.update(bar.total - bar.n)
                     done = iter(decoded)
                     for audio in group:
                         yield audio if isinstance(audio, FailedInput) else next(done)

@@ -277,7 +277,19 @@ def test_a_failing_window_of_a_long_input_fails_that_input_alone(model, monkeypa
     assert len(windows) >= 3
     bad = windows[1]
     _poison(monkeypatch, model, long[bad.start: bad.end])
-    results = model.transcribe(inputs, batch_size=2, on_error="return", **window)
+    from asr.runtime import offline
+
+    bars = []
+
+    class Recording(offline.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(offline, "tqdm", Recording)
+    results = model.transcribe(inputs, batch_size=2, on_error="return", progress=True, **window)
+    [bar] = bars  # the failed input's undecoded seconds count: the bar ends at its total
+    assert bar.n == pytest.approx(bar.total, abs=0.01) and bar.total == pytest.approx(5.8, abs=0.01)
     assert [type(r) for r in results] == [
         TranscriptionResult, FailedInput, TranscriptionResult, TranscriptionResult]
     assert [results[k] for k in (0, 2, 3)] == alone
