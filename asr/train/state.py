@@ -144,6 +144,9 @@ class Progress:
             of ``max_epochs`` fit; the scheduler keeps the cosine horizon).
         train_seconds: wall-clock seconds spent training, summed over resumed runs.
         skipped_steps: optimizer steps skipped for non-finite gradients.
+        skipped_in_a_row: of them, those since the last step taken (``train.max_skipped_in_a_row``
+            counts them across a resumption, e.g. from the checkpoint of an epoch whose last
+            steps were skipped).
         valid_step / valid_loss: the step of the latest validation and its loss (None: no
             validation batches), so that an epoch ending on a step already validated
             (``train.valid_interval``) reuses that loss instead of validating and logging it
@@ -163,6 +166,7 @@ class Progress:
     planned_steps: int = 0
     train_seconds: float = 0.0
     skipped_steps: int = 0
+    skipped_in_a_row: int = 0
     valid_step: int = -1
     valid_loss: float | None = None
     step_scalars: dict[str, float] | None = field(default_factory=dict)
@@ -186,6 +190,7 @@ class Progress:
             planned_steps=int(state.get("planned_steps", 0)),
             train_seconds=float(state.get("train_seconds", 0.0)),
             skipped_steps=int(state.get("skipped_steps", 0)),
+            skipped_in_a_row=int(state.get("skipped_in_a_row", 0)),
             valid_step=int(state.get("valid_step", -1)),
             valid_loss=None if valid_loss is None else float(valid_loss),
             step_scalars=None if scalars is None else {str(k): float(v) for k, v in scalars.items()},

@@ -160,7 +160,6 @@ class Trainer:
         self._step_batches: list[Batch] = []  # the batches of the step being accumulated
         self._step_loss = 0.0  # their summed loss and metrics (this rank's), for the logs
         self._step_metrics: dict[str, float] = {}
-        self._skips_in_a_row = 0
         self._writer = None
         self._first_logged_step = 1  # the first step this run may log (fit() sets it)
         self._replayed: tuple[int, dict[str, float]] = (0, {})  # what fit() re-logs (writer)
@@ -322,6 +321,8 @@ class Trainer:
         # a checkpoint that does not say what was logged at its step: keep those logs as they are
         self._first_logged_step = p.step if p.step_scalars is not None else p.step + 1
         self._replayed = (p.step, dict(p.step_scalars or {}))
+        if self._epoch_end_left_by_a_stop():
+            self._end_epoch()
         while self.progress.epoch <= self.cfg.max_epochs and not self._finished():
             epoch_done = self._train_epoch()
             if self._finished() and not epoch_done:
@@ -339,6 +340,17 @@ class Trainer:
             self.save(checkpoint_path(self.exp_dir, self.progress.step))
             if self.dist.is_main:
                 remove_old_checkpoints(self.exp_dir, self.cfg.keep_last)
+
+    def _epoch_end_left_by_a_stop(self) -> bool:
+        """Whether a run resumed finished (by ``max_steps``) still owes the end of its epoch: it
+        was killed after the checkpoint of a stop on the epoch's last step (written before that
+        end, :meth:`_train_epoch`) and before the end's own. Told, as there, by a look for a
+        next batch of the epoch."""
+        p = self.progress
+        if not (p.batches_in_epoch > 0 and p.epoch <= self.cfg.max_epochs and self._finished()
+                and self._stop_ends_epoch()):
+            return False
+        return next(iter(self.train_batches(p.epoch, p.batches_in_epoch)), None) is None
 
     def _stop_ends_epoch(self) -> bool:
         """Whether stopping now still ends an epoch that has no batch left: a stop by
@@ -469,7 +481,7 @@ class Trainer:
         if scale is not None and self.scaler.get_scale() < scale:  # only an overflow lowers it
             self._check_loss_scale(batches)
             return False
-        self._skips_in_a_row = 0
+        self.progress.skipped_in_a_row = 0
         self.scheduler.step()
         return True
 
@@ -513,16 +525,16 @@ class Trainer:
     def _skip(self, batches: list[Batch], norm: float) -> None:
         p = self.progress
         p.skipped_steps += 1
-        self._skips_in_a_row += 1
+        p.skipped_in_a_row += 1
         path, cuts = self._save_bad_batches(batches)
         logger.warning(
             "non-finite gradients (norm %s) at step %d: step skipped (%d so far), its %d "
             "batch(es) saved to %s (cuts: %s)", norm, p.step, p.skipped_steps, len(batches), path,
             ", ".join(cuts[:4]) + ("..." if len(cuts) > 4 else ""),
         )
-        if self._skips_in_a_row > self.cfg.max_skipped_in_a_row:
+        if p.skipped_in_a_row > self.cfg.max_skipped_in_a_row:
             raise FloatingPointError(
-                f"{self._skips_in_a_row} steps in a row had non-finite gradients (at step {p.step},"
+                f"{p.skipped_in_a_row} steps in a row had non-finite gradients (at step {p.step},"
                 f" cuts: {', '.join(cuts[:4])}...); the last batches are in {path}"
             )
 

@@ -514,6 +514,34 @@ def test_max_steps_on_an_epochs_last_step_still_ends_that_epoch(tmp_path):
     assert trainer.progress.batches_in_epoch == 3
 
 
+def test_a_run_killed_after_its_stop_checkpoint_still_ends_the_epoch_when_resumed(tmp_path):
+    """max_steps on the first epoch's last step: the stop's checkpoint is written before that
+    epoch's end. A run killed in between resumed finished (its step count reached) and never
+    ended the epoch: no validation, dev WER, history entry or epoch-1.pt."""
+
+    def fit(kill):
+        torch.manual_seed(0)
+        trainer: Trainer | None = None
+
+        def evaluate(model):
+            if kill:
+                raise Killed
+            return 12.5
+
+        trainer = Trainer(ToyModel(), OptimConfig(), TrainConfig(
+            max_epochs=2, max_steps=7, checkpoint_interval=0, log_interval=1), tmp_path,
+            train_batches=batches, valid_batches=lambda: batches(99, 0, 2), evaluate=evaluate)
+        trainer.resume()
+        return trainer.fit()
+
+    with pytest.raises(Killed):
+        fit(kill=True)
+    progress = fit(kill=False)
+    assert [(r.epoch, r.step, r.valid_wer) for r in progress.history] == [(1, 7, 12.5)]
+    assert (progress.epoch, progress.batches_in_epoch) == (2, 0)
+    assert (tmp_path / "epoch-1.pt").samefile(tmp_path / "checkpoint-7.pt")
+
+
 def test_the_checkpoint_of_a_stop_holds_the_rng_state_before_any_further_batch(tmp_path):
     """Telling an epoch's last step from a step inside it takes a look at the next batch, whose
     loading may draw from the global RNG (augmentation): the checkpoint of the stop must hold
@@ -709,6 +737,25 @@ def test_skipped_steps_apart_do_not_stop_training(tmp_path):
         max_epochs=1, checkpoint_interval=0, max_skipped_in_a_row=1), tmp_path, _named(batches))
     progress = trainer.fit()
     assert progress.skipped_steps == 3 and progress.step == 4
+
+
+def test_skipped_steps_in_a_row_are_counted_across_a_resumption(tmp_path):
+    """The first epoch's last two steps are skipped and the second epoch's first would be the
+    third in a row, past a limit of two: a run resumed from the first epoch's checkpoint
+    started the count again and trained on."""
+
+    def fit(bad, max_epochs, resume=False):
+        torch.manual_seed(0)
+        trainer = Trainer(NanAt(bad=bad), OptimConfig(), TrainConfig(
+            max_epochs=max_epochs, checkpoint_interval=0, max_skipped_in_a_row=2), tmp_path,
+            _named(batches))
+        if resume:
+            assert trainer.resume()
+        return trainer.fit()
+
+    assert fit({6, 7}, max_epochs=1).skipped_steps == 2
+    with pytest.raises(FloatingPointError, match="3 steps in a row"):
+        fit({1}, max_epochs=2, resume=True)  # the resumed model's first forward: epoch 2's first
 
 
 def test_the_trainer_keeps_only_the_newest_keep_last_checkpoints(tmp_path):
