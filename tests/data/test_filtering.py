@@ -18,6 +18,7 @@ from asr.data.filtering import (
     filter_cuts,
 )
 from asr.encoders.subsampling import subsampled_length
+from asr.tokenizers.char import build_char_tokenizer
 
 
 def _cut(cut_id: str, duration: float, text: str) -> MonoCut:
@@ -187,3 +188,11 @@ def test_a_cut_dropped_at_every_speed_is_counted_under_its_reason_at_the_first()
     for speeds, reason in [((1.0, 1.1), "too_many_tokens"), ((1.1, 1.0), "too_short")]:
         assert drop_reason(cut, CharEncoder(), subsampled_length, min_duration=0.5,
                            speed_factors=speeds) == reason
+
+
+def test_a_text_the_tokenizer_refuses_is_named_with_its_cut() -> None:
+    """A transcript that writes ``▁`` is refused by the tokenizer, naming the text only; the
+    filter, which encodes every training text first, adds the cut."""
+    cuts = CutSet.from_cuts([_cut("fine", 2.0, "AB"), _cut("mark", 2.0, "A\u2581B")])
+    with pytest.raises(ValueError, match="^cut mark: text 'A\u2581B' holds '\u2581'"):
+        filter_cuts(cuts, build_char_tokenizer(["AB"]), subsampled_length)
