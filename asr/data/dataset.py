@@ -299,10 +299,11 @@ class AsrDataset(torch.utils.data.Dataset):
 def check_cut_manifest(path: Path, read_by_lhotse: bool = True, allow_empty: bool = True
                        ) -> None:
     """Checks the cut manifest ``path`` before it is read: its first line is a JSON cut (an
-    empty manifest passes unless not ``allow_empty``), and its name ends in ``.gz`` if and only if it is gzip-compressed
-    (:func:`asr.fileio.check_gzip_name`: lhotse goes by the name). Read lazily by lhotse, a text
-    file, a corrupt gzip or a misnamed one failed later with a bare JSON, gzip or UTF-8 error
-    that named no file. Reads only up to that line (:func:`cut_manifest_lines`).
+    empty manifest passes with ``allow_empty``), and its name ends in ``.gz`` if and only if it
+    is gzip-compressed (:func:`asr.fileio.check_gzip_name`: lhotse goes by the name). Read
+    lazily by lhotse, a text file, a corrupt gzip or a misnamed one failed later with a bare
+    JSON, gzip or UTF-8 error that named no file. Reads only up to that line
+    (:func:`cut_manifest_lines`).
 
     Args:
         path: the manifest.
