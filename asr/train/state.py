@@ -124,7 +124,7 @@ class EpochRecord:
     """Per-epoch summary kept in the checkpoint and plotted."""
 
     epoch: int
-    train_loss: float
+    train_loss: float  # per utterance, over the steps taken (NaN: none was)
     valid_loss: float | None = None
     valid_wer: float | None = None
     step: int | None = None  # optimizer steps at the end of the epoch

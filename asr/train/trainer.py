@@ -582,7 +582,9 @@ class Trainer:
     def _end_epoch(self) -> None:
         start = self.budget.clock()
         p = self.progress
-        train_loss = all_reduce_sum(p.loss_sum, self.dist) / max(all_reduce_sum(p.utts_sum, self.dist), 1.0)
+        utts = all_reduce_sum(p.utts_sum, self.dist)
+        # an epoch without a step taken has no train loss (not 0)
+        train_loss = all_reduce_sum(p.loss_sum, self.dist) / utts if utts > 0 else math.nan
         valid_loss = self._valid_loss()
         wer = None
         if self.evaluate is not None and self.dist.is_main:

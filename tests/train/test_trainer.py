@@ -739,6 +739,16 @@ def test_skipped_steps_apart_do_not_stop_training(tmp_path):
     assert progress.skipped_steps == 3 and progress.step == 4
 
 
+def test_an_epoch_without_a_step_taken_has_no_train_loss(tmp_path):
+    """Every step skipped: the epoch's train loss read 0, the best loss there is."""
+    torch.manual_seed(0)
+    progress = Trainer(NanAt(bad={"all"}), OptimConfig(), TrainConfig(
+        max_epochs=1, checkpoint_interval=0, max_skipped_in_a_row=10), tmp_path,
+        _named(batches)).fit()
+    assert progress.step == 0 and progress.skipped_steps == 7
+    assert math.isnan(progress.history[0].train_loss)
+
+
 def test_skipped_steps_in_a_row_are_counted_across_a_resumption(tmp_path):
     """The first epoch's last two steps are skipped and the second epoch's first would be the
     third in a row, past a limit of two: a run resumed from the first epoch's checkpoint
