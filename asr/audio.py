@@ -146,9 +146,9 @@ def as_waveform(samples: np.ndarray | Tensor, name: str, allow_empty: bool = Fal
         raise AudioError(f"{name}: empty waveform")
     if not np.isfinite(mono).all():
         raise AudioError(f"{name}: NaN or infinite samples")
-    check_magnitude(mono, name)
+    peak = check_magnitude(mono, name)
     if is_float:
-        _check_scale(mono, name, "integer PCM cast to float? pass the int16 array itself (it is "
+        _check_scale(peak, name, "integer PCM cast to float? pass the int16 array itself (it is "
                                  "scaled by 1/32768) or divide by 32768")
     return mono
 
@@ -160,13 +160,13 @@ INTEGER_SCALE_PEAK = 32.0
 _warned_about_scale = False
 
 
-def _check_scale(mono: np.ndarray, name: str, hint: str) -> None:
-    """Logs, once per process, that the float samples ``mono`` of ``name`` look integer-scaled
-    (a peak above :data:`INTEGER_SCALE_PEAK`), with ``hint``: how to fix it."""
+def _check_scale(peak: float, name: str, hint: str) -> None:
+    """Logs, once per process, that the float samples of ``name`` look integer-scaled (their
+    ``peak``, :func:`check_magnitude`'s, above :data:`INTEGER_SCALE_PEAK`), with ``hint``: how
+    to fix it."""
     global _warned_about_scale
-    if _warned_about_scale or not mono.size:
+    if _warned_about_scale:
         return
-    peak = float(np.abs(mono).max())
     if peak > INTEGER_SCALE_PEAK:
         _warned_about_scale = True
         logger.warning("%s: float samples reach %.0f, but floats are taken as they are, expected "
@@ -179,8 +179,9 @@ def _check_scale(mono: np.ndarray, name: str, hint: str) -> None:
 MAX_SAMPLE_MAGNITUDE = 1e10
 
 
-def check_magnitude(samples: np.ndarray, name: str) -> None:
-    """Refuses samples beyond :data:`MAX_SAMPLE_MAGNITUDE` (finite, but not audio).
+def check_magnitude(samples: np.ndarray, name: str) -> float:
+    """Refuses samples beyond :data:`MAX_SAMPLE_MAGNITUDE` (finite, but not audio); returns
+    their peak (the largest magnitude; 0 for no samples), for the other checks of the level.
 
     Raises:
         AudioError: naming ``name`` and the samples' peak.
@@ -191,6 +192,7 @@ def check_magnitude(samples: np.ndarray, name: str) -> None:
             f"{name}: samples reach {peak:.3g}, which is not audio (float samples are expected "
             f"in [-1, 1]; beyond {MAX_SAMPLE_MAGNITUDE:.0e} the features overflow)"
         )
+    return peak
 
 
 #: Largest term of two rates' reduced ratio that :func:`resample` and
@@ -392,10 +394,11 @@ def decode_audio(
         raise AudioError(f"{name}: the audio holds no samples")
     if not np.isfinite(samples).all():
         raise AudioError(f"{name}: the audio holds NaN or infinite samples")
-    check_magnitude(samples, name)
+    peak = check_magnitude(samples, name)
     mono = to_mono(samples)
-    # a float file may hold integer-scaled samples; named here, before its features would be
-    _check_scale(mono, name, "a float file written with integer-scaled samples? divide them by "
+    # a float file may hold integer-scaled samples (its loudest channel's peak tells); named
+    # here, before its features would be
+    _check_scale(peak, name, "a float file written with integer-scaled samples? divide them by "
                              "32768 (e.g. `sox -v 0.000030517578125 IN OUT`)")
     out_rate = rate if target_rate is None else int(target_rate)
     if out_rate != rate:

@@ -210,16 +210,21 @@ def check_writable_dir(path: str | Path, option: str) -> None:
     _check_parents(path, option)
 
 
-def read_text(path: str | Path) -> str:
+def read_text(path: str | Path, errors: Literal["strict", "replace"] = "strict") -> str:
     """The content of the UTF-8 text file ``path`` (newlines as they are in the file),
     decompressed when it is gzip (:func:`open_maybe_gzip`: told by its first bytes, whatever
     its name, so ``corpus.txt.gz`` reads as ``corpus.txt``).
 
+    Args:
+        path: the file.
+        errors: ``"replace"`` reads bytes that are not UTF-8 as U+FFFD (for sources of text
+            where a stray byte costs a sentence, not the file), instead of refusing the file.
+
     Raises:
         OSError: when it cannot be read.
-        ValueError: when it is not UTF-8, naming the file, the line and the byte (Python's own
-            error names neither file nor line); when its gzip data is corrupt or cut short,
-            naming the file.
+        ValueError: when it is not UTF-8 (unless ``errors="replace"``), naming the file, the
+            line and the byte (Python's own error names neither file nor line); when its gzip
+            data is corrupt or cut short, naming the file.
     """
     try:
         with open_maybe_gzip(path) as f:
@@ -227,7 +232,7 @@ def read_text(path: str | Path) -> str:
     except (gzip.BadGzipFile, EOFError, zlib.error) as err:
         raise ValueError(f"{path}: corrupt or truncated gzip data ({err})") from None
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8", errors=errors)
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
         column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1

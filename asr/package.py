@@ -62,6 +62,7 @@ from asr.checkpoints.selection import (
 from asr.config import ConfigError, load_config, save_config
 from asr.constants import METADATA_FILE
 from asr.decoding.config import override_search
+from asr.decoding.lm import check_lm_file
 from asr.decoding.registry import build_searcher, searcher_for, select_searcher
 from asr.encoders import is_streaming
 from asr.experiment import (
@@ -536,8 +537,10 @@ def _export_package(
         cfg = dataclasses.replace(cfg, search=override_search(cfg.search, search))
     except ConfigError as err:
         raise PackageError(str(err)) from err
-    if cfg.search.lm_path is not None and not Path(cfg.search.lm_path).is_file():
-        raise PackageError(f"search.lm_path {cfg.search.lm_path}: no such LM file")
+    try:
+        check_lm_file(cfg.search.lm_path)
+    except ValueError as err:
+        raise PackageError(str(err)) from err
     if cfg.search.hotwords_file is not None and not Path(cfg.search.hotwords_file).is_file():
         raise PackageError(f"search.hotwords_file {cfg.search.hotwords_file}: no such file")
     if tokenizer_dir is not None:

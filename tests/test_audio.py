@@ -60,6 +60,21 @@ def test_integer_scaled_floats_are_warned_about_once(monkeypatch, caplog) -> Non
     assert caplog.text == ""
 
 
+def test_integer_scaled_channels_that_cancel_in_the_mix_are_warned_about(tmp_path, monkeypatch,
+                                                                         caplog) -> None:
+    """The scale is judged by the peak the magnitude check computed, that of the loudest
+    channel: computed again on the mono mix, it missed int16-scaled channels in opposite
+    phase, whose mix is silence."""
+    import asr.audio as audio
+
+    monkeypatch.setattr(audio, "_warned_about_scale", False)
+    speech = np.sin(np.linspace(0, 400, 16000)).astype(np.float32) * 0.5 * 32768
+    path = tmp_path / "scaled.wav"
+    sf.write(path, np.stack([speech, -speech], axis=1), 16000, subtype="FLOAT")
+    decode_audio(path, 16000)
+    assert f"{path}: float samples reach 16384" in caplog.text
+
+
 def test_an_integer_scaled_float_file_is_warned_about_naming_it(tmp_path, monkeypatch,
                                                                  caplog) -> None:
     """A float wav holding int16-scaled samples was only warned about by the features, as

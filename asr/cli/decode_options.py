@@ -22,6 +22,7 @@ from asr.cli.options import (
 )
 from asr.config import load_config
 from asr.data.librispeech import cuts_path
+from asr.decoding.lm import check_lm_file
 from asr.decoding.registry import select_searchers
 from asr.experiment import ExperimentConfig
 
@@ -112,8 +113,8 @@ def check_arguments(
                          f"{cfg.train.max_epochs}: training writes no epoch-{args.epoch}.pt")
     _check_test_sets(args.parts, args.manifest_dir, Path(cfg.data.manifest_dir), prepared_parts,
                      data_ready)
-    if data_ready and cfg.search.lm_path is not None and not Path(cfg.search.lm_path).is_file():
-        raise ValueError(f"search.lm_path: no file {cfg.search.lm_path}")
+    if data_ready:
+        check_lm_file(cfg.search.lm_path)
 
 
 def _check_test_sets(parts: Sequence[str], manifest_dir: Path | None, prepared_dir: Path,

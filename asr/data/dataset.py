@@ -326,27 +326,33 @@ def _check_stored_noise(noise, cfg: DataConfig) -> None:
         ) from None
 
 
-def check_cut_manifest(path: Path, read_by_lhotse: bool = True) -> None:
+def check_cut_manifest(path: Path, read_by_lhotse: bool = True, allow_empty: bool = True
+                       ) -> None:
     """Checks the cut manifest ``path`` before it is read: its first line is a JSON cut (an
-    empty manifest passes), and its name ends in ``.gz`` if and only if it is gzip-compressed
-    (:func:`asr.fileio.check_gzip_name`: lhotse goes by the name). Read lazily by lhotse, a text
-    file, a corrupt gzip or a misnamed one failed later with a bare JSON, gzip or UTF-8 error
-    that named no file. Reads only up to that line (:func:`cut_manifest_lines`).
+    empty manifest passes with ``allow_empty``), and its name ends in ``.gz`` if and only if it
+    is gzip-compressed (:func:`asr.fileio.check_gzip_name`: lhotse goes by the name). Read
+    lazily by lhotse, a text file, a corrupt gzip or a misnamed one failed later with a bare
+    JSON, gzip or UTF-8 error that named no file. Reads only up to that line
+    (:func:`cut_manifest_lines`).
 
     Args:
         path: the manifest.
         read_by_lhotse: whether lhotse reads it (a training manifest), or asr by its bytes (an
             evaluation set, :func:`asr.data.cut_ids.load_eval_cuts`): what a name error says.
+        allow_empty: whether a manifest without a cut passes (not for the noise cuts, which
+            noise is drawn from).
 
     Raises:
         ValueError: naming ``path`` and what is wrong.
     """
     lines = cut_manifest_lines(path)
     try:
-        next(lines, None)
+        first = next(lines, None)
     finally:
         lines.close()
     check_gzip_name(path, "cut manifest", read_by_lhotse)
+    if first is None and not allow_empty:
+        raise ValueError(f"cut manifest {path} holds no cuts")
 
 
 def cut_manifest_lines(path: Path) -> Iterator[bytes]:
@@ -408,11 +414,12 @@ def load_cuts(manifest_dir: str | Path, names: Sequence[str]):
 
 
 def checked_manifests(
-    manifest_dir: str | Path, names: Sequence[str], read_by_lhotse: bool = True
+    manifest_dir: str | Path, names: Sequence[str], read_by_lhotse: bool = True,
+    allow_empty: bool = True,
 ) -> list[Path]:
     """The paths ``manifest_dir/name`` of the cut manifests ``names``, each checked to exist and
-    then (in order) by :func:`check_cut_manifest` (``read_by_lhotse``: see there), which reads
-    only their first lines.
+    then (in order) by :func:`check_cut_manifest` (``read_by_lhotse``, ``allow_empty``: see
+    there), which reads only their first lines.
 
     Raises:
         FileNotFoundError: naming the first missing manifest.
@@ -425,7 +432,7 @@ def checked_manifests(
     for path in paths:
         if not path.is_file():
             raise FileNotFoundError(f"cut manifest {path} does not exist")
-        check_cut_manifest(path, read_by_lhotse)
+        check_cut_manifest(path, read_by_lhotse, allow_empty)
     return paths
 
 

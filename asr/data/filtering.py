@@ -379,7 +379,12 @@ def _judge(cut, encoder: TextEncoder, output_length: Callable[[int], int], min_d
            max_duration: float, frame_shift: float, speed_factors: tuple[float, ...]
            ) -> _Verdict:
     """Every check at each of ``speed_factors`` (the text is encoded only for a speed whose
-    duration is in range)."""
+    duration is in range).
+
+    Raises:
+        ValueError: naming the cut, for a text the encoder refuses (e.g. one that writes the
+            tokenizers' word-boundary mark ``▁``, :func:`asr.tokenizers.base.check_text`).
+    """
     text = cut_text(cut)
     if not text:
         return _Verdict("empty_text", [], ())
@@ -395,7 +400,10 @@ def _judge(cut, encoder: TextEncoder, output_length: Callable[[int], int], min_d
             reasons[factor] = "too_long"
         else:
             if tokens is None:
-                tokens = encoder.encode(text)
+                try:
+                    tokens = encoder.encode(text)
+                except ValueError as err:
+                    raise ValueError(f"cut {cut.id}: {err}") from None
                 if len(tokens) == 0:
                     return _Verdict("empty_text", tokens, ())
             reasons[factor] = "too_many_tokens" if len(tokens) > output_length(frames) else None

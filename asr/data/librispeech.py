@@ -101,8 +101,10 @@ def _part_dir(corpus_dir: Path, part: str) -> Path:
     raise CorpusError(f"part directory {part_dir} does not exist{hint}")
 
 
-def _check_trans_file(trans_path: Path, part_dir: Path, seen: dict[str, str]) -> int:
-    """Checks one ``.trans.txt`` file; returns its number of utterances."""
+def _check_trans_file(trans_path: Path, part_dir: Path, seen: dict[str, str],
+                      texts: dict[str, str]) -> int:
+    """Checks one ``.trans.txt`` file, adding each utterance's text to ``texts`` (id -> text as
+    the file writes it); returns its number of utterances."""
     match = _TRANS_NAME.match(trans_path.name)
     if match is None:
         raise CorpusError(
@@ -143,6 +145,7 @@ def _check_trans_file(trans_path: Path, part_dir: Path, seen: dict[str, str]) ->
             if not flac.is_file():
                 raise CorpusError(f"{where}: audio file {flac} for utterance {utt_id!r} is missing")
             seen[utt_id] = where
+            texts[utt_id] = fields[1]
             count += 1
     return count
 
@@ -164,27 +167,35 @@ def validate_librispeech_tree(corpus_dir: str | Path, parts: Sequence[str]) -> l
             a duplicate id, a transcript line whose flac is missing, or a transcript that is
             not UTF-8.
     """
+    return [summary for summary, _ in _validated_parts(corpus_dir, parts)]
+
+
+def _validated_parts(corpus_dir: str | Path, parts: Sequence[str]
+                     ) -> list[tuple[PartSummary, dict[str, str]]]:
+    """:func:`validate_librispeech_tree` with each part's texts (utterance id -> text) read in
+    the same pass over its transcripts."""
     corpus_dir = Path(corpus_dir)
     if not parts:
         raise CorpusError("no dataset parts given")
-    summaries = []
+    validated = []
     for part in parts:
         part_dir = _part_dir(corpus_dir, part)
         trans_files = sorted(part_dir.rglob("*.trans.txt"))
         if not trans_files:
             raise CorpusError(f"{part_dir}: no '*.trans.txt' transcript files found")
         seen: dict[str, str] = {}
+        texts: dict[str, str] = {}
         speakers = set()
         for trans_path in trans_files:
-            if _check_trans_file(trans_path, part_dir, seen):
+            if _check_trans_file(trans_path, part_dir, seen, texts):
                 speakers.add(trans_path.parent.parent.name)
         flacs = {p.stem for p in part_dir.rglob("*.flac")}
         unreferenced = len(flacs - set(seen))
         if unreferenced:
             logger.warning("%s: %d flac files have no transcript line", part_dir, unreferenced)
-        summaries.append(PartSummary(part, len(seen), len(speakers), unreferenced))
+        validated.append((PartSummary(part, len(seen), len(speakers), unreferenced), texts))
         logger.info("%s: %d utterances, %d speakers", part_dir, len(seen), len(speakers))
-    return summaries
+    return validated
 
 
 def prepare_manifests(
@@ -222,22 +233,25 @@ def prepare_manifests(
     """
     if normalize_text not in ("none", "lower"):
         raise ValueError(f"normalize_text must be 'none' or 'lower', got {normalize_text!r}")
-    validate_librispeech_tree(corpus_dir, parts)
+    texts = {summary.part: texts for summary, texts in _validated_parts(corpus_dir, parts)}
     output_dir = Path(output_dir)
     # lhotse writes a part's recordings and supervisions in place
     with output_locks(cuts_path(output_dir, part) for part in parts):
-        return _write_manifests(corpus_dir, output_dir, parts, num_jobs, normalize_text)
+        return _write_manifests(corpus_dir, output_dir, parts, num_jobs, normalize_text, texts)
 
 
 def _write_manifests(corpus_dir: str | Path, output_dir: Path, parts: Sequence[str],
-                     num_jobs: int, normalize_text: str) -> dict[str, Path]:
-    """The body of :func:`prepare_manifests`, run under the parts' locks."""
+                     num_jobs: int, normalize_text: str, texts: dict[str, dict[str, str]]
+                     ) -> dict[str, Path]:
+    """The body of :func:`prepare_manifests`, run under the parts' locks; ``texts``: each
+    part's utterance texts as its transcripts write them (:func:`_validated_parts`)."""
     from lhotse import CutSet
     from lhotse.recipes import prepare_librispeech
 
     for part in parts:
-        texts = _corpus_texts(Path(corpus_dir) / part, normalize_text)
-        _drop_stale_manifests(output_dir, part, texts)
+        lower = normalize_text == "lower"  # as lhotse's recipe normalizes them
+        _drop_stale_manifests(output_dir, part, {utt: text.lower() if lower else text
+                                                 for utt, text in texts[part].items()})
     manifests = prepare_librispeech(
         corpus_dir,
         dataset_parts=list(parts),
@@ -310,17 +324,6 @@ def _length_problem(item: tuple[str, int]) -> str | None:
         return (f"{path}: truncated or corrupt audio: its header declares {declared} samples, "
                 f"{decoded} decode")
     return None
-
-
-def _corpus_texts(part_dir: Path, normalize_text: str) -> dict[str, str]:
-    """Utterance id -> text of a validated part, as lhotse's recipe reads and normalizes it."""
-    texts = {}
-    for trans_path in part_dir.rglob("*.trans.txt"):
-        with trans_path.open(encoding="utf-8") as f:
-            for line in f:
-                utt_id, text = line.strip().split(maxsplit=1)
-                texts[utt_id] = text.lower() if normalize_text == "lower" else text
-    return texts
 
 
 def _cached_manifests(output_dir: Path, part: str) -> list[Path]:

@@ -298,7 +298,10 @@ class ContextGraph:
         for hotword in hotwords:
             if hotword.score is not None:
                 _check_boost(hotword.score, f"hotword {hotword.text!r}: score {hotword.score:g}")
-            ids = tokenizer.encode(hotword.text)
+            try:
+                ids = tokenizer.encode(hotword.text)
+            except ValueError as err:  # a text no tokenizer takes (one that writes ▁)
+                raise HotwordError(f"hotword {hotword.text!r}: {err}") from None
             if tokenizer.unk_id in ids:
                 unknown = sorted(
                     {ch for ch in hotword.text if ch != " " and tokenizer.unk_id in tokenizer.encode(ch)}

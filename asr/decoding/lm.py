@@ -89,6 +89,18 @@ def fusion_lm(
     return lm if lm_weight > 0 else None
 
 
+def check_lm_file(path: str | Path | None) -> None:
+    """Refuses a ``search.lm_path`` that names no file, before the work that would read it (the
+    one check of ``asr export-package`` and of ``asr train --decode-arg``); ``None``: no LM.
+    Its format is checked by the reader (:meth:`NgramLM.from_arpa`), when the LM is loaded.
+
+    Raises:
+        ValueError: naming ``search.lm_path`` and the path.
+    """
+    if path is not None and not Path(path).is_file():
+        raise ValueError(f"search.lm_path {path}: no such LM file")
+
+
 class NgramLM:
     """Back-off token n-gram from an ARPA file (see the module docstring).
 

@@ -27,7 +27,6 @@ from asr.config import ConfigError, to_dict
 from asr.data.cut_ids import DuplicateIdError, Repeats, load_eval_cuts
 from asr.data.dataset import (
     checked_manifests,
-    cut_manifest_lines,
     load_cuts,
     make_dataloader,
     speed_factors,
@@ -199,24 +198,21 @@ def check_data_inputs(cfg: ExperimentConfig) -> None:
     else:
         _check_manifests(data.manifest_dir, data.train_cuts, "data.train_cuts")
     noise = data.noise.cuts_path
-    if noise is not None:
-        _check_manifests(Path(noise).parent, [Path(noise).name], "data.noise.cuts_path")
-        lines = cut_manifest_lines(Path(noise))
-        try:
-            if next(lines, None) is None:
-                raise ValueError(f"data.noise.cuts_path: cut manifest {noise} holds no cuts")
-        finally:
-            lines.close()
+    if noise is not None:  # read once: its first line is a cut, so it holds one
+        _check_manifests(Path(noise).parent, [Path(noise).name], "data.noise.cuts_path",
+                         allow_empty=False)
 
 
-def _check_manifests(manifest_dir: Path, names: Sequence[str], field: str) -> None:
+def _check_manifests(manifest_dir: Path, names: Sequence[str], field: str,
+                     allow_empty: bool = True) -> None:
     """The manifests ``names`` in ``manifest_dir`` checked as they will be loaded
-    (:func:`asr.data.dataset.checked_manifests`: they exist, their first lines are cuts), the
-    error naming ``field``; no names: nothing to check here."""
+    (:func:`asr.data.dataset.checked_manifests`: they exist, their first lines are cuts, and
+    unless ``allow_empty`` there is one), the error naming ``field``; no names: nothing to
+    check here."""
     if not names:
         return
     with _naming_field(field):
-        checked_manifests(manifest_dir, names)
+        checked_manifests(manifest_dir, names, allow_empty=allow_empty)
 
 
 @contextlib.contextmanager

@@ -202,7 +202,8 @@ def add_noise(
     """
     if not -1.0 < color < 1.0:
         raise ValueError(f"noise color must be in (-1, 1), got {color}")
-    active = samples[np.abs(samples) > 0.01 * np.max(np.abs(samples), initial=0.0)]
+    magnitude = np.abs(samples)
+    active = samples[magnitude > 0.01 * np.max(magnitude, initial=0.0)]
     if active.size == 0:
         return samples.copy()
     size = _smooth_size(len(samples))  # filtered circularly, then cut to length

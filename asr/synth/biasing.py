@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from asr.fileio import write_text_atomic
+from asr.fileio import read_text, write_text_atomic
 from asr.synth.parts import BIASING_PARTS
 from asr.synth.sentences import build_pool, default_sources
 
@@ -157,7 +157,7 @@ def plan_biasing_set(
     text_file = corpus_dir / "train-text.txt"
     if not text_file.is_file():
         raise FileNotFoundError(f"{text_file} is missing: synthesize the corpus first")
-    train_words = set(text_file.read_text(encoding="utf-8").split())
+    train_words = set(read_text(text_file).split())
     pool = build_pool(list(sources) if sources else default_sources(), min_words, max_words, None)
     chosen = choose_biasing_sentences(
         pool.sentences, train_words, num_per_part, num_distractors, seed

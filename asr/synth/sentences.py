@@ -39,6 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from asr.fileio import read_text
 from asr.synth.text_norm import normalize_sentence, split_sentences
 
 logger = logging.getLogger(__name__)
@@ -103,12 +104,13 @@ def read_raw_sentences(path: Path) -> list[str]:
     work; lines starting with ``--`` (attributions) are dropped.
 
     Args:
-        path: a UTF-8 text file.
+        path: a UTF-8 text file, gzip-compressed or not (:func:`asr.fileio.read_text`; bytes
+            that are not UTF-8 read as U+FFFD, which no kept sentence holds).
 
     Returns:
         Raw sentences in file order.
     """
-    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    text = read_text(path, errors="replace")
     sentences: list[str] = []
     for entry in _ENTRY_SEPARATOR.split(text):
         lines = [line for line in entry.splitlines() if not _ATTRIBUTION.match(line)]

@@ -53,6 +53,26 @@ def normalize_whitespace(text: str) -> str:
     return " ".join(text.split())
 
 
+def check_text(text: str) -> str:
+    """Returns ``text``, refusing one that writes the word-start mark ``▁`` (U+2581) itself.
+
+    Every tokenizer here reads ``▁`` in its pieces as a space between words (:func:`piece_words`)
+    and sentencepiece writes the spaces of a text as ``▁``, so a ``▁`` in a text would encode as
+    a word boundary and decode as a space: ``decode(encode(text)) != text``, silently.
+
+    Raises:
+        ValueError: naming the text (its first 100 characters) and the mark.
+    """
+    if WORD_START in text:
+        shown = text if len(text) <= 100 else text[:100] + "..."
+        raise ValueError(
+            f"text {shown!r} holds {WORD_START!r} (U+2581), the tokenizers' word-boundary mark, "
+            "which would read back as a space; replace it in the transcripts (the corpus "
+            "preparation's job)"
+        )
+    return text
+
+
 def piece_words(pieces: Iterable[str]) -> list[tuple[str, int, int]]:
     """The words that token pieces spell: ``(text, index of its first piece, index of its last
     piece)`` for each word, in order.

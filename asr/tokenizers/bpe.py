@@ -6,7 +6,9 @@ sentencepiece bos/eos/pad of its own), full character coverage and the identity 
 ``decode(encode(text)) == text`` for whitespace-normalised text of seen characters (unseen ones
 encode to ``<unk>``, and so do ``<blk>`` and ``<sos/eos>`` written in a text; ``<unk>`` decodes
 to the text ``<unk>``, :func:`asr.tokenizers.base.text_of_pieces`, where sentencepiece's own
-decoder writes `` ⁇ ``). Training reads
+decoder writes `` ⁇ ``). A text that writes the word-start mark ``▁`` itself, which
+sentencepiece would take for a space, is refused, in training and in encoding
+(:func:`asr.tokenizers.base.check_text`). Training reads
 the sentences in the given order with one thread, which makes the model bytes reproducible.
 """
 
@@ -31,6 +33,7 @@ from asr.tokenizers.base import (
     WORD_START,
     ReservedIds,
     check_ids,
+    check_text,
     normalize_whitespace,
     text_of_pieces,
     write_tokens_file,
@@ -74,10 +77,16 @@ class BpeTokenizer(ReservedIds):
         return int(self._sp.get_piece_size())
 
     def encode(self, text: str) -> list[int]:
-        return self._unknown_specials(self._sp.encode(text))
+        """Token ids of ``text``.
+
+        Raises:
+            ValueError: naming a text that holds ``▁`` (:func:`asr.tokenizers.base.check_text`).
+        """
+        return self._unknown_specials(self._sp.encode(check_text(text)))
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [self._unknown_specials(ids) for ids in self._sp.encode(list(texts))]
+        texts = [check_text(text) for text in texts]
+        return [self._unknown_specials(ids) for ids in self._sp.encode(texts)]
 
     def _unknown_specials(self, ids: Iterable[int]) -> list[int]:
         """``ids`` with ``<unk>`` for blank and ``<sos/eos>``: sentencepiece matches the
@@ -185,7 +194,8 @@ def train_bpe(
 
     Raises:
         ValueError: for a ``vocab_size`` too small for the text (:func:`check_vocab_size`), no
-            training text, or a vocabulary too large for the text (sentencepiece's message is
+            training text, a text that holds ``▁`` (naming it,
+            :func:`asr.tokenizers.base.check_text`), or a vocabulary too large for the text (sentencepiece's message is
             kept).
     """
     output_dir = Path(output_dir)
@@ -193,7 +203,7 @@ def train_bpe(
     check_vocab_size(vocab_size)
     # as asr bpe reads transcripts: a tab or a double space would otherwise become a piece
     # of its own, refused only once the model is trained
-    sentences = [normalize_whitespace(t) for t in texts]
+    sentences = [normalize_whitespace(check_text(t)) for t in texts]
     sentences = [t for t in sentences if t]
     # num_threads is left out: it changes how the model is trained, not what it is trained from
     made_from = {"texts_sha256": sha256_of_texts(sentences), "num_sentences": len(sentences),

@@ -4,7 +4,8 @@ Ids: ``<blk>`` 0, ``<sos/eos>`` 1, ``<unk>`` 2, the space symbol ``▁`` 3, then
 characters in code-point order. Runs of whitespace are one space and leading/trailing
 whitespace is dropped, so ``decode(encode(text)) == " ".join(text.split())`` for seen characters;
 unseen characters encode to ``<unk>``, which decodes to the text ``<unk>``
-(:func:`asr.tokenizers.base.text_of_pieces`).
+(:func:`asr.tokenizers.base.text_of_pieces`). A text that writes ``▁`` itself is refused
+(:func:`asr.tokenizers.base.check_text`): it would decode as a space.
 """
 
 from __future__ import annotations
@@ -16,15 +17,17 @@ from asr.tokenizers.base import (
     SPECIAL_PIECES,
     TOKENS_FILE,
     UNK_ID,
+    WORD_START,
     ReservedIds,
     check_ids,
+    check_text,
     read_tokens_file,
     text_of_pieces,
     write_tokens_file,
 )
 
 #: The piece standing for a space between words (as in sentencepiece).
-SPACE_PIECE = "\u2581"
+SPACE_PIECE = WORD_START
 
 
 class CharTokenizer(ReservedIds):
@@ -60,8 +63,13 @@ class CharTokenizer(ReservedIds):
         return len(self._pieces)
 
     def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``.
+
+        Raises:
+            ValueError: naming a text that holds ``▁`` (:func:`asr.tokenizers.base.check_text`).
+        """
         ids: list[int] = []
-        for word in text.split():
+        for word in check_text(text).split():
             if ids:
                 ids.append(self._space_id)
             ids.extend(self._ids.get(ch, UNK_ID) for ch in word)
@@ -91,13 +99,12 @@ def build_char_tokenizer(texts: Iterable[str]) -> CharTokenizer:
     """Build a character tokenizer from every non-space character of ``texts``.
 
     Raises:
-        ValueError: when ``texts`` hold no character, or hold ``▁`` (reserved for spaces).
+        ValueError: when ``texts`` hold no character, or naming a text that holds ``▁``
+            (reserved for spaces, :func:`asr.tokenizers.base.check_text`).
     """
     chars: set[str] = set()
     for text in texts:
-        chars.update(ch for ch in text if not ch.isspace())
+        chars.update(ch for ch in check_text(text) if not ch.isspace())
     if not chars:
         raise ValueError("no characters in the training texts of the char tokenizer")
-    if SPACE_PIECE in chars:
-        raise ValueError(f"training text contains {SPACE_PIECE!r}, which is reserved for spaces")
     return CharTokenizer([*SPECIAL_PIECES, SPACE_PIECE, *sorted(chars)])

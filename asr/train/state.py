@@ -16,7 +16,8 @@ class TrainConfig:
         max_steps: stop after this many optimizer steps (0: no limit); when that is an epoch's
             last step, the epoch still ends (validation, dev WER, ``epoch-N.pt``).
         log_interval: steps between TensorBoard scalars / progress-bar updates.
-        valid_interval: steps between mid-epoch validations (0: only at the end of each epoch).
+        valid_interval: steps between mid-epoch validations (0: only at the end of each epoch;
+            an epoch that ends on such a step takes its loss, validated once).
         checkpoint_interval: steps between ``checkpoint-N.pt`` writes (0: only per epoch).
         keep_last: how many step checkpoints to keep (0 keeps all).
         average_period: steps between updates of the running parameter average (0: off). A
@@ -123,7 +124,7 @@ class EpochRecord:
     """Per-epoch summary kept in the checkpoint and plotted."""
 
     epoch: int
-    train_loss: float
+    train_loss: float  # per utterance, over the steps taken (NaN: none was)
     valid_loss: float | None = None
     valid_wer: float | None = None
     step: int | None = None  # optimizer steps at the end of the epoch
@@ -143,6 +144,18 @@ class Progress:
             of ``max_epochs`` fit; the scheduler keeps the cosine horizon).
         train_seconds: wall-clock seconds spent training, summed over resumed runs.
         skipped_steps: optimizer steps skipped for non-finite gradients.
+        skipped_in_a_row: of them, those since the last step taken (``train.max_skipped_in_a_row``
+            counts them across a resumption, e.g. from the checkpoint of an epoch whose last
+            steps were skipped).
+        valid_step / valid_loss: the step of the latest validation and its loss (None: no
+            validation batches), so that an epoch ending on a step already validated
+            (``train.valid_interval``) reuses that loss instead of validating and logging it
+            again, also in a run resumed from that step's checkpoint. -1: none yet.
+        step_scalars: the TensorBoard scalars logged at ``step`` so far (tag -> value). A
+            resumed run purges the event files from ``step`` on (the killed run may have logged
+            more at that step after its checkpoint, e.g. an epoch end's) and writes these again.
+            None: unknown (a checkpoint written before they were kept); the resumed run then
+            purges from ``step + 1``.
     """
 
     epoch: int = 1
@@ -153,6 +166,10 @@ class Progress:
     planned_steps: int = 0
     train_seconds: float = 0.0
     skipped_steps: int = 0
+    skipped_in_a_row: int = 0
+    valid_step: int = -1
+    valid_loss: float | None = None
+    step_scalars: dict[str, float] | None = field(default_factory=dict)
     history: list[EpochRecord] = field(default_factory=list)
 
     def state_dict(self) -> dict[str, Any]:
@@ -163,6 +180,7 @@ class Progress:
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> Progress:
         history = [EpochRecord(**r) for r in state.get("history", [])]
+        valid_loss, scalars = state.get("valid_loss"), state.get("step_scalars")
         return cls(
             epoch=int(state["epoch"]),
             step=int(state["step"]),
@@ -172,5 +190,9 @@ class Progress:
             planned_steps=int(state.get("planned_steps", 0)),
             train_seconds=float(state.get("train_seconds", 0.0)),
             skipped_steps=int(state.get("skipped_steps", 0)),
+            skipped_in_a_row=int(state.get("skipped_in_a_row", 0)),
+            valid_step=int(state.get("valid_step", -1)),
+            valid_loss=None if valid_loss is None else float(valid_loss),
+            step_scalars=None if scalars is None else {str(k): float(v) for k, v in scalars.items()},
             history=history,
         )

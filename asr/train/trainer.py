@@ -160,9 +160,9 @@ class Trainer:
         self._step_batches: list[Batch] = []  # the batches of the step being accumulated
         self._step_loss = 0.0  # their summed loss and metrics (this rank's), for the logs
         self._step_metrics: dict[str, float] = {}
-        self._skips_in_a_row = 0
         self._writer = None
         self._first_logged_step = 1  # the first step this run may log (fit() sets it)
+        self._replayed: tuple[int, dict[str, float]] = (0, {})  # what fit() re-logs (writer)
         self.budget = TimeBudget(train_cfg, self.dist, clock)
 
     # ----------------------------------------------------------------------------------- state
@@ -278,11 +278,27 @@ class Trainer:
         logs on: a run killed after its last checkpoint logged steps that the resumed run logs
         again, and their earlier values, from the event files the killed run left, must not
         show beside the new ones (nor, for a run that restarts from step 0, the whole earlier
-        run's)."""
+        run's). That is the checkpoint's own step, at which the killed run may have logged more
+        after writing it (an epoch's end after an interval checkpoint of its last step): the
+        scalars the checkpoint says were logged at that step (``Progress.step_scalars``) are
+        written again first, so that step reads as in an uninterrupted run."""
         if self._writer is None and self.dist.is_main:
             self._writer = SummaryWriter(log_dir=str(self.exp_dir / "tensorboard"),
                                          purge_step=self._first_logged_step)
+            step, scalars = self._replayed
+            for tag, value in scalars.items():
+                self._writer.add_scalar(tag, value, step)
         return self._writer
+
+    def _add_scalar(self, tag: str, value: float) -> None:
+        """Logs ``value`` as ``tag`` at the current step (rank 0) and keeps it in
+        ``Progress.step_scalars`` for a run resumed from this step's checkpoint."""
+        if self.writer is None:
+            return
+        p = self.progress
+        self.writer.add_scalar(tag, value, p.step)
+        if p.step_scalars is not None:
+            p.step_scalars[tag] = float(value)
 
     def _autocast(self):
         if not self.amp:
@@ -300,8 +316,13 @@ class Trainer:
     def fit(self) -> Progress:
         """Trains until ``max_epochs``, ``max_steps`` or the time budget; returns the progress."""
         self.exp_dir.mkdir(parents=True, exist_ok=True)
-        self.budget.start(self.progress)
-        self._first_logged_step = self.progress.step + 1
+        p = self.progress
+        self.budget.start(p)
+        # a checkpoint that does not say what was logged at its step: keep those logs as they are
+        self._first_logged_step = p.step if p.step_scalars is not None else p.step + 1
+        self._replayed = (p.step, dict(p.step_scalars or {}))
+        if self._epoch_end_left_by_a_stop():
+            self._end_epoch()
         while self.progress.epoch <= self.cfg.max_epochs and not self._finished():
             epoch_done = self._train_epoch()
             if self._finished() and not epoch_done:
@@ -319,6 +340,17 @@ class Trainer:
             self.save(checkpoint_path(self.exp_dir, self.progress.step))
             if self.dist.is_main:
                 remove_old_checkpoints(self.exp_dir, self.cfg.keep_last)
+
+    def _epoch_end_left_by_a_stop(self) -> bool:
+        """Whether a run resumed finished (by ``max_steps``) still owes the end of its epoch: it
+        was killed after the checkpoint of a stop on the epoch's last step (written before that
+        end, :meth:`_train_epoch`) and before the end's own. Told, as there, by a look for a
+        next batch of the epoch."""
+        p = self.progress
+        if not (p.batches_in_epoch > 0 and p.epoch <= self.cfg.max_epochs and self._finished()
+                and self._stop_ends_epoch()):
+            return False
+        return next(iter(self.train_batches(p.epoch, p.batches_in_epoch)), None) is None
 
     def _stop_ends_epoch(self) -> bool:
         """Whether stopping now still ends an epoch that has no batch left: a stop by
@@ -338,11 +370,8 @@ class Trainer:
         it = iter(bar)
         for batch in it:
             last_of_step = (p.batches_in_epoch + 1) % self.cfg.accum_grad == 0
-            loss_value, num_utts, _ = self._forward_backward(batch, sync=last_of_step)
+            self._forward_backward(batch, sync=last_of_step)
             p.batches_in_epoch += 1
-            if math.isfinite(loss_value):
-                p.loss_sum += loss_value
-                p.utts_sum += num_utts
             if p.batches_in_epoch % self.cfg.accum_grad != 0:
                 continue
             if self._step(bar):
@@ -364,22 +393,28 @@ class Trainer:
         return epoch_done
 
     def _step(self, bar) -> bool:
-        """The optimizer step on the accumulated gradients and what follows it (averaging,
-        logs, validation, checkpoints); returns whether training is finished."""
+        """The optimizer step on the accumulated gradients and what follows it (the epoch's
+        running loss, averaging, logs, validation, checkpoints); returns whether training is
+        finished. A skipped step (non-finite gradients, a float16 overflow) counts nowhere: its
+        batches' losses and utterances stay out of the epoch's train loss."""
         p = self.progress
         lr = self.scheduler.get_last_lr()  # the rate of this step
         loss, utts, metrics = self._step_loss, self._accum_utts, self._step_metrics
         self._step_loss, self._step_metrics = 0.0, {}
         if not self._optimizer_step():
             return False
+        if math.isfinite(loss):
+            p.loss_sum += loss
+            p.utts_sum += utts
         p.step += 1
+        p.step_scalars = {}
         self._apply_plan(self.budget.after_step(p))
         if self.averager is not None:
             self.averager.update(unwrap(self.model), p.step)
         if p.step % self.cfg.log_interval == 0:
             self._log_step(loss, utts, metrics, lr, bar)
         if self.cfg.valid_interval > 0 and p.step % self.cfg.valid_interval == 0:
-            self._log_valid(self._validate())
+            self._valid_loss()
         if self.cfg.checkpoint_interval > 0 and p.step % self.cfg.checkpoint_interval == 0:
             self.save(checkpoint_path(self.exp_dir, p.step))
             if self.dist.is_main:
@@ -446,7 +481,7 @@ class Trainer:
         if scale is not None and self.scaler.get_scale() < scale:  # only an overflow lowers it
             self._check_loss_scale(batches)
             return False
-        self._skips_in_a_row = 0
+        self.progress.skipped_in_a_row = 0
         self.scheduler.step()
         return True
 
@@ -490,16 +525,16 @@ class Trainer:
     def _skip(self, batches: list[Batch], norm: float) -> None:
         p = self.progress
         p.skipped_steps += 1
-        self._skips_in_a_row += 1
+        p.skipped_in_a_row += 1
         path, cuts = self._save_bad_batches(batches)
         logger.warning(
             "non-finite gradients (norm %s) at step %d: step skipped (%d so far), its %d "
             "batch(es) saved to %s (cuts: %s)", norm, p.step, p.skipped_steps, len(batches), path,
             ", ".join(cuts[:4]) + ("..." if len(cuts) > 4 else ""),
         )
-        if self._skips_in_a_row > self.cfg.max_skipped_in_a_row:
+        if p.skipped_in_a_row > self.cfg.max_skipped_in_a_row:
             raise FloatingPointError(
-                f"{self._skips_in_a_row} steps in a row had non-finite gradients (at step {p.step},"
+                f"{p.skipped_in_a_row} steps in a row had non-finite gradients (at step {p.step},"
                 f" cuts: {', '.join(cuts[:4])}...); the last batches are in {path}"
             )
 
@@ -509,12 +544,10 @@ class Trainer:
         accumulated on this rank (sums over ``num_utts`` utterances) and the rate it used."""
         loss = loss / max(num_utts, 1.0)
         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
-        if self.writer is not None:
-            step = self.progress.step
-            self.writer.add_scalar("train/loss", loss, step)
-            self.writer.add_scalar("train/lr", lr, step)
-            for name, value in metrics.items():
-                self.writer.add_scalar(f"train/{name}", value / max(num_utts, 1.0), step)
+        self._add_scalar("train/loss", loss)
+        self._add_scalar("train/lr", lr)
+        for name, value in metrics.items():
+            self._add_scalar(f"train/{name}", value / max(num_utts, 1.0))
 
     @torch.no_grad()
     def _validate(self) -> float | None:
@@ -534,22 +567,30 @@ class Trainer:
         utts = all_reduce_sum(utts, self.dist)
         return loss_sum / utts if utts > 0 else None
 
-    def _log_valid(self, valid_loss: float | None) -> None:
-        if valid_loss is not None and self.writer is not None:
-            self.writer.add_scalar("valid/loss", valid_loss, self.progress.step)
-            logger.info("step %d: valid loss %.4f", self.progress.step, valid_loss)
+    def _valid_loss(self) -> float | None:
+        """The validation loss at the current step, validated and logged once per step: an
+        epoch that ends on a step validated by ``train.valid_interval`` (in this run or before
+        the checkpoint it resumed from) takes that step's loss."""
+        p = self.progress
+        if p.valid_step != p.step:
+            p.valid_step, p.valid_loss = p.step, self._validate()
+            if p.valid_loss is not None and self.dist.is_main:
+                self._add_scalar("valid/loss", p.valid_loss)
+                logger.info("step %d: valid loss %.4f", p.step, p.valid_loss)
+        return p.valid_loss
 
     def _end_epoch(self) -> None:
         start = self.budget.clock()
         p = self.progress
-        train_loss = all_reduce_sum(p.loss_sum, self.dist) / max(all_reduce_sum(p.utts_sum, self.dist), 1.0)
-        valid_loss = self._validate()
-        self._log_valid(valid_loss)
+        utts = all_reduce_sum(p.utts_sum, self.dist)
+        # an epoch without a step taken has no train loss (not 0)
+        train_loss = all_reduce_sum(p.loss_sum, self.dist) / utts if utts > 0 else math.nan
+        valid_loss = self._valid_loss()
         wer = None
         if self.evaluate is not None and self.dist.is_main:
             wer = self.evaluate(unwrap(self.model))
-            if wer is not None and self.writer is not None:
-                self.writer.add_scalar("valid/wer", wer, p.step)
+            if wer is not None:
+                self._add_scalar("valid/wer", wer)
         p.history.append(EpochRecord(p.epoch, train_loss, valid_loss, wer, p.step))
         logger.info(
             "epoch %d done: train loss %.4f, valid loss %s, dev WER %s", p.epoch, train_loss,

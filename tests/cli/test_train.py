@@ -374,7 +374,7 @@ def test_decode_test_sets_are_checked_as_far_as_known_before_training(tmp_path, 
     assert "data.manifest_dir: no directory data/fbank" in check("--decode-data-ready")
     lm = ["--decode-arg=--set", "--decode-arg=search.lm_path=token_3gram.arpa"]
     assert check(*parts[:2], *own, *lm) == ""  # stage 5 will make it
-    assert "search.lm_path: no file token_3gram.arpa" in check(*parts[:2], *own, *lm,
+    assert "search.lm_path token_3gram.arpa: no such LM file" in check(*parts[:2], *own, *lm,
                                                                 "--decode-data-ready")
     assert not (tmp_path / "exp").exists()
 

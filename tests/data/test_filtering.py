@@ -18,6 +18,7 @@ from asr.data.filtering import (
     filter_cuts,
 )
 from asr.encoders.subsampling import subsampled_length
+from asr.tokenizers.char import build_char_tokenizer
 
 
 def _cut(cut_id: str, duration: float, text: str) -> MonoCut:
@@ -241,3 +242,11 @@ def test_a_perturbed_duration_is_lhotses_sample_count_at_that_speed() -> None:
     kept, stats = filter_cuts(CutSet.from_cuts([cut]), CharEncoder(), subsampled_length,
                               min_duration=2.0, max_duration=2.2, speed_factors=(1.0, 1.1))
     assert stats == FilterStats(kept=1) and allowed_speeds(next(iter(kept))) is None
+
+
+def test_a_text_the_tokenizer_refuses_is_named_with_its_cut() -> None:
+    """A transcript that writes ``▁`` is refused by the tokenizer, naming the text only; the
+    filter, which encodes every training text first, adds the cut."""
+    cuts = CutSet.from_cuts([_cut("fine", 2.0, "AB"), _cut("mark", 2.0, "A\u2581B")])
+    with pytest.raises(ValueError, match="^cut mark: text 'A\u2581B' holds '\u2581'"):
+        filter_cuts(cuts, build_char_tokenizer(["AB"]), subsampled_length)

@@ -39,6 +39,32 @@ def test_validate_summaries(corpus) -> None:
     assert all(s.num_unreferenced_flacs == 0 for s in summaries)
 
 
+def test_prepare_manifests_reads_each_transcript_once(corpus, tmp_path: Path,
+                                                      monkeypatch) -> None:
+    """The texts that tell whether lhotse's cached manifests are stale are those the validation
+    read: each transcript was read a second time for them (lhotse's own reading aside)."""
+    import asr.data.librispeech as librispeech
+
+    corpus_dir, _ = corpus
+    reads: list[Path] = []
+    read_text, path_open = librispeech.read_text, Path.open
+
+    def counting_read_text(path, *args, **kwargs):
+        reads.append(Path(path))
+        return read_text(path, *args, **kwargs)
+
+    def counting_open(self, *args, **kwargs):
+        if self.name.endswith(".trans.txt"):
+            reads.append(self)
+        return path_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(librispeech, "read_text", counting_read_text)
+    monkeypatch.setattr(Path, "open", counting_open)
+    prepare_manifests(corpus_dir, tmp_path / "out", ["dev-clean-2"])
+    transcripts = sorted((corpus_dir / "dev-clean-2").rglob("*.trans.txt"))
+    assert sorted(reads) == transcripts
+
+
 def test_missing_flac_names_file_and_line(corpus, tmp_path: Path) -> None:
     corpus_dir, _ = corpus
     (corpus_dir / "train-clean-5/1002/20/1002-20-0002.flac").unlink()

@@ -22,6 +22,7 @@ from asr.decoding.context_graph import (
     load_hotwords,
     parse_hotwords,
 )
+from asr.tokenizers.char import build_char_tokenizer
 
 VOCAB = 7  # search_helpers.VOCAB; blank 0
 
@@ -150,6 +151,14 @@ def test_unknown_characters_are_a_clear_error_not_a_crash():
     graph = context_graph_for(SearchConfig(hotwords="ABC;DE :3"), _CharTokenizer())
     assert graph is not None and graph.num_phrases == 2
     assert context_graph_for(SearchConfig(hotwords=" ; "), _CharTokenizer()) is None
+
+
+def test_a_phrase_the_tokenizer_refuses_is_a_hotword_error_naming_it():
+    """A phrase that writes ``▁`` (a word boundary to every tokenizer) is refused by the
+    tokenizer with a ValueError; the graph names the hotword, with the error its callers
+    document."""
+    with pytest.raises(HotwordError, match="^hotword 'A\u2581B': text 'A\u2581B' holds"):
+        context_graph_for(SearchConfig(hotwords="AB;A\u2581B"), build_char_tokenizer(["AB"]))
 
 
 def test_size_limits_are_clear_errors():

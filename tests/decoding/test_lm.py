@@ -14,7 +14,7 @@ from search_helpers import encoder_output, make_model
 
 from asr.decoding import LanguageModel, NgramLM, SearchConfig, build_searcher
 from asr.decoding.ctc_prefix_beam import CtcPrefixBeamSearch
-from asr.decoding.lm import BOS, EOS
+from asr.decoding.lm import BOS, EOS, check_lm_file
 
 ARPA = """
 \\data\\
@@ -491,3 +491,15 @@ def test_tdt_beam_bonus_and_length_norm_by_hand(lm, bonus, norm):
     hyps = build_searcher("tdt_beam", model, cfg, lm=lm)(enc, enc_lens)[0]
     assert {h.tokens: h.score for h in hyps} == pytest.approx(expected, abs=1e-5)
     assert [h.tokens for h in hyps] == sorted(expected, key=expected.get, reverse=True)
+
+
+def test_check_lm_file_refuses_a_path_that_is_no_file_naming_the_option(tmp_path):
+    """The one check of an LM file's existence, which asr export-package and asr train
+    --decode-arg each wrote for themselves with messages of their own."""
+    check_lm_file(None)
+    (tmp_path / "lm.arpa").write_text("\\data\\\n")
+    check_lm_file(tmp_path / "lm.arpa")
+    for path in (tmp_path / "none.arpa", tmp_path):
+        with pytest.raises(ValueError, match=f"^search.lm_path {re.escape(str(path))}: no such "
+                                             "LM file$"):
+            check_lm_file(path)

@@ -805,7 +805,7 @@ def _prepared_test_sets(work: Path) -> None:
     ("--parts dev-clean test-clena", "argument --parts: no test set "
                                      "data/fbank/librispeech_cuts_test-clena.jsonl.gz"),
     ("--manifest-dir 'no sets'", "argument --manifest-dir: no directory no sets"),
-    ("--set search.lm_path=lms/4gram.arpa", "search.lm_path: no file lms/4gram.arpa"),
+    ("--set search.lm_path=lms/4gram.arpa", "search.lm_path lms/4gram.arpa: no such LM file"),
     ("--manifest-dir 'my sets' --parts mine", None),
 ])
 def test_decode_test_sets_are_checked_when_the_run_starts_on_prepared_data(stub, tmp_path,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,23 @@ def test_read_raw_sentences_drops_attributions(tmp_path: Path) -> None:
     sentences = read_raw_sentences(_write_fortunes(tmp_path / "f"))
     assert sentences[:3] == ["The cat sat on the mat.", "The cat ran.", "The dog sat on the mat."]
     assert not any("Author" in s for s in sentences)
+
+
+def test_a_gzip_source_text_reads_as_the_plain_one(tmp_path: Path) -> None:
+    """Source texts are read by the project's reader (asr.fileio.read_text), which tells gzip by
+    its first bytes: the compressed bytes were read as text and gave no sentence."""
+    plain = _write_fortunes(tmp_path / "f")
+    packed = tmp_path / "f.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    assert read_raw_sentences(packed) == read_raw_sentences(plain)
+
+
+def test_bytes_that_are_not_utf8_cost_their_sentence_not_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"The cat sat on the m\xe4t.\n%\nThe dog sat on the mat.\n")
+    sentences = read_raw_sentences(path)
+    assert sentences == ["The cat sat on the m\ufffdt.", "The dog sat on the mat."]
+    assert normalize_sentence(sentences[0]) is None
 
 
 def test_build_pool_frequency_filter_and_dedup(tmp_path: Path) -> None:

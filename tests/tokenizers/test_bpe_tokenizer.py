@@ -56,6 +56,19 @@ def test_unknown_character_maps_to_unk(bpe_dir):
     assert tok.unk_id in tok.encode("THE 7 QUEEN")
 
 
+def test_a_text_that_writes_the_word_start_mark_is_refused_naming_it(bpe_dir, tmp_path):
+    """sentencepiece took a ``▁`` in a text for a space: ``THE▁QUEEN`` encoded as
+    ``THE QUEEN`` and read back so; and a training text holding one trained without a word."""
+    tok = load_tokenizer(bpe_dir)
+    with pytest.raises(ValueError, match="text 'THE\u2581QUEEN' holds '\u2581'"):
+        tok.encode("THE\u2581QUEEN")
+    with pytest.raises(ValueError, match="text 'THE\u2581QUEEN' holds"):
+        tok.encode_batch(["THE QUEEN", "THE\u2581QUEEN"])
+    with pytest.raises(ValueError, match="text 'A\u2581B' holds"):
+        train_bpe(["A B", "A\u2581B"], tmp_path / "bpe", vocab_size=MIN_VOCAB_SIZE + 2)
+    assert not (tmp_path / "bpe" / "bpe.model").exists()
+
+
 def test_tokens_txt_matches_model(bpe_dir):
     tok = load_tokenizer(bpe_dir)
     assert read_tokens_file(bpe_dir / "tokens.txt") == tok.pieces()

@@ -37,11 +37,21 @@ def test_round_trip_and_save_load(tmp_path, train_texts, heldout_texts):
     assert first == ["<blk> 0", "<sos/eos> 1", "<unk> 2", f"{SPACE_PIECE} 3"]
 
 
+def test_a_text_that_writes_the_space_piece_is_refused_naming_it():
+    """``▁`` in a text encoded as the space between words, so the text read back otherwise:
+    ``A▁B`` decoded as ``A B``."""
+    tok = build_char_tokenizer(["AB"])
+    with pytest.raises(ValueError, match="text 'A\u2581B' holds '\u2581' \\(U\\+2581\\)"):
+        tok.encode(f"A{SPACE_PIECE}B")
+    with pytest.raises(ValueError, match="'\u2581'"):
+        tok.encode_batch(["AB", SPACE_PIECE])
+
+
 def test_errors(tmp_path):
     with pytest.raises(ValueError, match="no characters"):
         build_char_tokenizer([" ", ""])
-    with pytest.raises(ValueError, match="reserved for spaces"):
-        build_char_tokenizer([f"A{SPACE_PIECE}B"])
+    with pytest.raises(ValueError, match="'A\u2581B' holds '\u2581'"):  # names the text
+        build_char_tokenizer(["C", f"A{SPACE_PIECE}B"])
     with pytest.raises(ValueError, match="distinct single"):
         CharTokenizer(["<blk>", "<sos/eos>", "<unk>", SPACE_PIECE, "A", "A"])
     with pytest.raises(ValueError, match="distinct single"):  # a second space piece

@@ -514,6 +514,34 @@ def test_max_steps_on_an_epochs_last_step_still_ends_that_epoch(tmp_path):
     assert trainer.progress.batches_in_epoch == 3
 
 
+def test_a_run_killed_after_its_stop_checkpoint_still_ends_the_epoch_when_resumed(tmp_path):
+    """max_steps on the first epoch's last step: the stop's checkpoint is written before that
+    epoch's end. A run killed in between resumed finished (its step count reached) and never
+    ended the epoch: no validation, dev WER, history entry or epoch-1.pt."""
+
+    def fit(kill):
+        torch.manual_seed(0)
+        trainer: Trainer | None = None
+
+        def evaluate(model):
+            if kill:
+                raise Killed
+            return 12.5
+
+        trainer = Trainer(ToyModel(), OptimConfig(), TrainConfig(
+            max_epochs=2, max_steps=7, checkpoint_interval=0, log_interval=1), tmp_path,
+            train_batches=batches, valid_batches=lambda: batches(99, 0, 2), evaluate=evaluate)
+        trainer.resume()
+        return trainer.fit()
+
+    with pytest.raises(Killed):
+        fit(kill=True)
+    progress = fit(kill=False)
+    assert [(r.epoch, r.step, r.valid_wer) for r in progress.history] == [(1, 7, 12.5)]
+    assert (progress.epoch, progress.batches_in_epoch) == (2, 0)
+    assert (tmp_path / "epoch-1.pt").samefile(tmp_path / "checkpoint-7.pt")
+
+
 def test_the_checkpoint_of_a_stop_holds_the_rng_state_before_any_further_batch(tmp_path):
     """Telling an epoch's last step from a step inside it takes a look at the next batch, whose
     loading may draw from the global RNG (augmentation): the checkpoint of the stop must hold
@@ -606,6 +634,101 @@ def test_tensorboard_of_a_run_killed_after_its_last_checkpoint_has_each_step_onc
     assert len(list((tmp_path / "killed" / "tensorboard").glob("events.out.tfevents.*"))) == 2
 
 
+class Killed(Exception):
+    """Stands for the kill of a run (raised where it would have been killed)."""
+
+
+def _run_validating_on_the_epochs_last_step(exp_dir, valid_interval, kill=False, resume=False,
+                                            validations=None):
+    """Two epochs of 7 steps, an interval checkpoint at step 7 (the first epoch's last) and, with
+    ``kill``, a kill at the first epoch's end after it logged its validation (its checkpoint not
+    written), the logs written so far on disk."""
+    torch.manual_seed(0)
+    trainer: Trainer | None = None
+
+    def evaluate(model):
+        if kill:
+            trainer.writer.flush()
+            raise Killed
+        return 12.5
+
+    def valid_batches():
+        if validations is not None:
+            validations.append(trainer.progress.step)
+        return batches(99, 0, 2)
+
+    trainer = Trainer(ToyModel(), OptimConfig(lr=1e-2, warmup_steps=3),
+                      TrainConfig(max_epochs=2, checkpoint_interval=7, valid_interval=valid_interval,
+                                  log_interval=1, average_period=2, keep_last=0),
+                      exp_dir, train_batches=batches, valid_batches=valid_batches,
+                      evaluate=evaluate)
+    if resume:
+        assert trainer.resume()
+    try:
+        trainer.fit()
+    finally:
+        if trainer._writer is not None:
+            trainer._writer.close()
+    return trainer
+
+
+@pytest.mark.parametrize("valid_interval", [7, 0])
+def test_a_run_killed_between_the_interval_checkpoint_and_the_epoch_end_logs_as_uninterrupted(
+        tmp_path, caplog, valid_interval):
+    """Step 7, the first epoch's last, is an interval checkpoint: a run killed in that epoch's
+    end, after it logged valid/loss and before its own checkpoint, resumes from checkpoint 7 and
+    ends the epoch again. Its logs read as the uninterrupted run's: valid/loss was logged twice
+    at step 7 (the killed run's value was kept beside the resumed run's), and with
+    ``valid_interval`` 7 even the uninterrupted run validated and logged step 7 twice (at the
+    step and at the epoch's end)."""
+    validations: list[int] = []
+    full = _run_validating_on_the_epochs_last_step(tmp_path / "full", valid_interval,
+                                                   validations=validations)
+    with pytest.raises(Killed):
+        _run_validating_on_the_epochs_last_step(tmp_path / "killed", valid_interval, kill=True)
+    state = safe_torch_load(tmp_path / "killed" / "checkpoint-7.pt")
+    assert (state["progress"]["epoch"], state["progress"]["batches_in_epoch"]) == (1, 7)
+    torch.manual_seed(12345)
+    with caplog.at_level(logging.INFO, logger="asr.train.trainer"):
+        resumed = _run_validating_on_the_epochs_last_step(tmp_path / "killed", valid_interval,
+                                                          resume=True)
+    expected, got = _scalars(tmp_path / "full"), _scalars(tmp_path / "killed")
+    assert [s for s, _ in expected["valid/loss"]] == [7, 14]
+    assert validations == [7, 14]
+    assert set(got) == set(expected)
+    for tag, series in expected.items():
+        assert got[tag] == series, tag
+    assert resumed.progress.history == full.progress.history
+    # the killed run logged step 7's validation; the resumed one takes it from the checkpoint
+    assert ("step 7: valid loss" in caplog.text) == (valid_interval == 0)
+
+
+def test_a_skipped_step_counts_nowhere_in_the_epochs_train_loss(tmp_path):
+    """With two batches a step, the second step (batches 3 and 4) is skipped for batch 3's NaN;
+    batch 4's finite loss and utterances counted in the epoch's train loss all the same."""
+
+    class RecordingNanAt(NanAt):
+        def __init__(self, bad):
+            super().__init__(bad)
+            self.losses: list[tuple[float, int]] = []
+
+        def forward(self, batch, step=None):
+            out = super().forward(batch, step)
+            if self.training:
+                self.losses.append((float(out.loss.detach()), out.num_utterances))
+            return out
+
+    torch.manual_seed(0)
+    model = RecordingNanAt(bad={3})
+    trainer = Trainer(model, OptimConfig(), TrainConfig(max_epochs=1, accum_grad=2,
+                      checkpoint_interval=0), tmp_path, _named(batches))
+    progress = trainer.fit()
+    assert progress.skipped_steps == 1 and progress.step == 3
+    taken = [model.losses[i] for i in (0, 1, 4, 5, 6)]  # steps (1, 2), (5, 6) and (7)
+    assert progress.history[0].train_loss == pytest.approx(
+        sum(loss for loss, _ in taken) / sum(n for _, n in taken), rel=1e-6)
+
+
 def test_skipped_steps_apart_do_not_stop_training(tmp_path):
     """``max_skipped_in_a_row`` counts the skips in a row: a good step between two skipped ones
     starts the count again, so three skips apart pass a limit of one."""
@@ -614,6 +737,35 @@ def test_skipped_steps_apart_do_not_stop_training(tmp_path):
         max_epochs=1, checkpoint_interval=0, max_skipped_in_a_row=1), tmp_path, _named(batches))
     progress = trainer.fit()
     assert progress.skipped_steps == 3 and progress.step == 4
+
+
+def test_an_epoch_without_a_step_taken_has_no_train_loss(tmp_path):
+    """Every step skipped: the epoch's train loss read 0, the best loss there is."""
+    torch.manual_seed(0)
+    progress = Trainer(NanAt(bad={"all"}), OptimConfig(), TrainConfig(
+        max_epochs=1, checkpoint_interval=0, max_skipped_in_a_row=10), tmp_path,
+        _named(batches)).fit()
+    assert progress.step == 0 and progress.skipped_steps == 7
+    assert math.isnan(progress.history[0].train_loss)
+
+
+def test_skipped_steps_in_a_row_are_counted_across_a_resumption(tmp_path):
+    """The first epoch's last two steps are skipped and the second epoch's first would be the
+    third in a row, past a limit of two: a run resumed from the first epoch's checkpoint
+    started the count again and trained on."""
+
+    def fit(bad, max_epochs, resume=False):
+        torch.manual_seed(0)
+        trainer = Trainer(NanAt(bad=bad), OptimConfig(), TrainConfig(
+            max_epochs=max_epochs, checkpoint_interval=0, max_skipped_in_a_row=2), tmp_path,
+            _named(batches))
+        if resume:
+            assert trainer.resume()
+        return trainer.fit()
+
+    assert fit({6, 7}, max_epochs=1).skipped_steps == 2
+    with pytest.raises(FloatingPointError, match="3 steps in a row"):
+        fit({1}, max_epochs=2, resume=True)  # the resumed model's first forward: epoch 2's first
 
 
 def test_the_trainer_keeps_only_the_newest_keep_last_checkpoints(tmp_path):
