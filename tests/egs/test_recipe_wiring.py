@@ -164,6 +164,24 @@ def test_an_integer_option_is_read_in_base_10(stub, tmp_path):
     assert average[-1].endswith("averaged-epoch-9-avg-2-use-averaged-model.safetensors")
 
 
+@pytest.mark.parametrize("script", [RUN, PREPARE, MINI_TTS])
+def test_an_integer_option_of_more_than_9_digits_is_refused(stub, tmp_path, script):
+    """bash's 64-bit arithmetic wraps around: --stage 99999999999999999999 read as a negative
+    number, so every stage ran."""
+    run, calls = stub
+    work = str(tmp_path / "work")
+    for bad in ("99999999999999999999", "1000000000", "-18446744073709551615"):
+        result = run(script, "--work-dir", work, "--stage", bad)
+        assert result.returncode == 2, (bad, result.stderr)
+        assert f"--stage takes an integer of at most 9 digits, got '{bad}'" in result.stderr
+        assert calls(everything=True) == [] and "done (stages" not in result.stderr
+    # leading zeros are no digits of the value
+    result = run(script, "--work-dir", work, "--stage", "000000000099", "--stop-stage",
+                 "999999999")
+    assert result.returncode == 0, result.stderr
+    assert "done (stages 99..999999999" in result.stderr
+
+
 @pytest.mark.parametrize("script", [RUN, MINI_TTS])
 def test_a_decimal_option_takes_only_a_number(stub, tmp_path, script):
     """--lm-weight's default is 0.3 / 0.55: a typo used to pass and fail only at the decode stage,
