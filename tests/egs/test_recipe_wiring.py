@@ -199,6 +199,21 @@ def test_a_decimal_option_takes_only_a_number(stub, tmp_path, script):
         assert result.returncode == 0, (good, result.stderr)
 
 
+@pytest.mark.parametrize("script, args, option", [
+    (MINI_TTS, ["--searchers", "", "--stage", "5"], "--searchers"),
+    (MINI_TTS, ["--searchers", "  "], "--searchers"),
+    (RUN, ["--searchers", "", "--stage", "7"], "--searchers"),
+    (RUN, ["--test-parts", " ", "--stage", "10"], "--test-parts"),
+])
+def test_an_empty_list_option_is_refused(stub, tmp_path, script, args, option):
+    """mini_tts with --searchers "" decoded nothing at stage 5 and reported success."""
+    run, calls = stub
+    result = run(script, "--work-dir", str(tmp_path / "work"), *args)
+    assert result.returncode == 2, result.stderr
+    assert f"{option} is empty; give at least one name" in result.stderr
+    assert calls(everything=True) == [] and "done (stages" not in result.stderr
+
+
 REAL = {"ASR_VENV": sys.prefix, "PYTHONPATH": str(REPO)}  # this checkout's asr
 
 

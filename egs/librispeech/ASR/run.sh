@@ -91,7 +91,9 @@ if [ $stage -le 9 ] && [ $stop_stage -ge 7 ]; then
     exit 2
   fi
 fi
+[ $stage -le 7 ] && [ $stop_stage -ge 7 ] && check_not_empty searchers
 if [ $stage -le 10 ] && [ $stop_stage -ge 7 ]; then
+  check_not_empty test_parts
   check_one_of test_parts $(librispeech_eval_parts)
 fi
 [ $stage -le 6 ] && [ $stop_stage -ge 6 ] && check_at_least 1 nproc
