@@ -860,6 +860,28 @@ def test_decode_test_sets_are_checked_when_the_run_starts_on_prepared_data(stub,
     assert "stage 6" not in result.stderr and calls() == []
 
 
+@pytest.mark.parametrize("lm_unit, lm, options", [
+    ("token", "token_4gram.arpa", "--vocab-size 500 --lm-order 4"),
+    ("word", "word_3gram.arpa", "--vocab-size 500 --word-lm-order 3"),
+])
+def test_a_missing_lm_of_lm_unit_is_named_with_the_stage_that_makes_it(stub, tmp_path, lm_unit,
+                                                                      lm, options):
+    """--stage 6 --lm-unit token|word without the LM was refused without a word on which stage
+    makes it; an LM path of --decode-args' own is named as it is."""
+    run, calls = stub
+    work = tmp_path / "work"
+    _prepared_test_sets(work)
+    result = run(RUN, "--work-dir", str(work), "--stage", "6", "--lm-unit", lm_unit, env=REAL)
+    assert result.returncode == 2, result.stderr
+    assert f"search.lm_path: no file data/lang_bpe_500/{lm} (in {work}), which stage 5 " \
+           f"(prepare.sh's LMs, with {options}) makes; this run starts after it" in result.stderr
+    assert "nothing was run" in result.stderr and calls() == []
+    own = run(RUN, "--work-dir", str(work), "--stage", "6", "--lm-unit", lm_unit,
+              "--decode-args", "--set search.lm_path=mine.arpa", env=REAL)
+    assert own.returncode == 2, own.stderr
+    assert "search.lm_path: no file mine.arpa\n" in own.stderr and "stage 5" not in own.stderr
+
+
 def test_decode_args_that_fit_pass_the_check(stub, tmp_path):
     run, _ = stub
     _prepared_test_sets(tmp_path / "work")
