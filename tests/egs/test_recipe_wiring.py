@@ -26,9 +26,14 @@ END = "@@end"
 # after the last), fails the subcommand named in $STUB_FAIL, and prints what the scripts read: a
 # WER summary path for the decoders, a report for export-onnx, which with $STUB_NO_STREAMING has
 # no streaming layout (as for a TDT, CTC or CIF model: exit 1, or 0 without a report with
-# --if-supported).
+# --if-supported). `python -c` of a program that reads JSON and imports no asr (the package
+# metadata of egs/shared/sherpa_onnx.sh) runs for real.
 STUB = f"""#!/usr/bin/env bash
 printf '%s\\0' "$(basename "$0")" "$@" {END} >> "$STUB_LOG"
+if [ "$(basename "$0")" = python ] && [ "$1" = -c ] && [[ "$2" == *"import json"* ]] \\
+    && [[ "$2" != *asr* ]]; then
+  exec {shlex.quote(sys.executable)} "$@"
+fi
 [ "$1" = "${{STUB_FAIL:-}}" ] && exit 2
 case "$1" in
   decode|decode-onnx)
@@ -524,6 +529,41 @@ def test_the_onnx_stage_exports_the_layouts_the_model_has(stub, tmp_path, script
                  stage, fail="export-onnx")  # a failed export (mini_tts: inside `timed`) stops it
     assert failed.returncode == 2 and "done (stages" not in failed.stderr
     assert calls()[-1][0] == "export-onnx"
+
+
+@pytest.mark.parametrize("script, stage", [(RUN, "10"), (MINI_TTS, "7")])
+def test_the_onnx_stage_reads_the_streaming_field_of_the_metadata(stub, tmp_path, script,
+                                                                     stage):
+    """`grep '"streaming": true'` read a missing, unreadable or invalid metadata.json (and one
+    written without that spacing) as "not streaming": the streaming export was left out
+    without a word."""
+    run, calls = stub
+    exp = tmp_path / "work" / "exp" / ("conformer_transducer" if script == RUN
+                                       else "transformer_transducer")
+    (exp / "package").mkdir(parents=True)
+    metadata = exp / "package" / "metadata.json"
+    for text, modes in (('{"streaming":true}', 2), ('{\n  "streaming": false}', 1), ("{}", 1)):
+        metadata.write_text(text)
+        before = len(calls())
+        result = run(script, "--work-dir", str(tmp_path / "work"), "--stage", stage,
+                     "--stop-stage", stage)
+        assert result.returncode == 0, result.stderr
+        exports = [c for c in calls()[before:] if c[0] == "export-onnx"]
+        assert len(exports) == modes and ("--streaming" in exports[-1]) == (modes == 2), text
+    unread, no_field = ("cannot read the package metadata",
+                        'the package metadata has no boolean "streaming" field')
+    for text, message in ((None, unread), ('{"streaming": true', unread), ("[]", no_field),
+                          ('{"streaming": "true"}', no_field)):
+        if text is None:
+            metadata.unlink()
+        else:
+            metadata.write_text(text)
+        before = len(calls())
+        result = run(script, "--work-dir", str(tmp_path / "work"), "--stage", stage,
+                     "--stop-stage", stage)
+        assert result.returncode == 2, (text, result.stderr)
+        assert f"{metadata}: {message}" in result.stderr, result.stderr
+        assert calls()[before:] == [] and "done (stages" not in result.stderr
 
 
 def test_stage_4_makes_musan_fbank_again_only_when_it_is_stale(stub, tmp_path):
