@@ -64,6 +64,7 @@ def check_arguments(
     train_overrides: Sequence[str] = (),
     prepared_parts: Collection[str] = (),
     data_ready: bool = False,
+    lm_made_by: tuple[str, str] | None = None,
 ) -> None:
     """Checks an ``asr decode`` command line before the experiment it decodes is trained: what
     a recipe script will decode with, checked before its first stage (``asr train --check-only
@@ -92,6 +93,9 @@ def check_arguments(
         data_ready: the recipe's data stages ran already (it starts after them): the
             manifest directory must hold each part's ``librispeech_cuts_<part>.jsonl.gz``,
             and the n-gram LM ``search.lm_path`` (where set) must exist.
+        lm_made_by: (PATH, STAGE): the recipe's stage STAGE makes the LM file PATH; a missing
+            ``search.lm_path`` (with ``data_ready``) that is PATH is named with STAGE, one of
+            the line's own (e.g. a ``--set search.lm_path`` of the user's) as it is.
 
     Raises:
         ValueError: for an option the command does not have or a bad value (argparse's
@@ -114,7 +118,13 @@ def check_arguments(
     _check_test_sets(args.parts, args.manifest_dir, Path(cfg.data.manifest_dir), prepared_parts,
                      data_ready)
     if data_ready:
-        check_lm_file(cfg.search.lm_path)
+        try:
+            check_lm_file(cfg.search.lm_path)
+        except ValueError as err:
+            if lm_made_by is not None and Path(lm_made_by[0]) == Path(cfg.search.lm_path):
+                raise ValueError(f"{err} (in {Path.cwd()}), which {lm_made_by[1]} makes; this "
+                                 "run starts after it") from None
+            raise
 
 
 def _check_test_sets(parts: Sequence[str], manifest_dir: Path | None, prepared_dir: Path,

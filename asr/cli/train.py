@@ -28,7 +28,8 @@ hotwords, with ``--decode-arg`` an ``asr decode`` command line against this conf
 its ``--device`` on this machine, its ``--num-threads`` and its ``--epoch`` against
 ``train.max_epochs``; with ``--decode-prepared-parts`` its
 ``--parts`` against the test sets the recipe prepares, with ``--decode-data-ready`` that
-their manifests and its ``search.lm_path`` are there), with ``--tokenizer-made-by STAGE`` that
+their manifests and its ``search.lm_path`` are there, a missing LM named with the stage that
+makes it where ``--decode-lm-made-by`` gives that path), with ``--tokenizer-made-by STAGE`` that
 ``tokenizer_dir`` holds a tokenizer (a recipe that starts after STAGE, which makes it), and
 ``--check-only`` stops there (exit 0 when it fits): the recipe scripts check a recipe, their
 ``--train-args`` and their decoding options that way before their first stage.
@@ -110,6 +111,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "that starts after its data stages): its --manifest-dir (default "
                              "data.manifest_dir) must hold librispeech_cuts_<part>.jsonl.gz of "
                              "each --parts, and its search.lm_path must exist; exit 2 otherwise")
+    parser.add_argument("--decode-lm-made-by", nargs=2, default=None, metavar=("PATH", "STAGE"),
+                        help="the recipe's stage STAGE makes the LM file PATH: with "
+                             "--decode-data-ready, a missing search.lm_path that is PATH is "
+                             "named with STAGE (default: named alone)")
     parser.add_argument("--tokenizer-made-by", default=None, metavar="STAGE",
                         help="the recipe's stage STAGE makes tokenizer_dir and this run starts "
                              "after it: tokenizer_dir must hold a tokenizer (bpe.model or "
@@ -173,7 +178,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.decode_args:
             check_decode_arguments(args.decode_args, args.exp_dir, args.config, args.overrides,
-                                   args.decode_prepared_parts, args.decode_data_ready)
+                                   args.decode_prepared_parts, args.decode_data_ready,
+                                   None if args.decode_lm_made_by is None
+                                   else tuple(args.decode_lm_made_by))
     except ValueError as err:
         logger.error("asr train: --decode-arg: asr decode %s: %s", shlex.join(args.decode_args),
                      err)

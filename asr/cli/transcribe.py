@@ -8,8 +8,12 @@ recipe exported it with); ``--searcher`` and ``--set search.FIELD=VALUE`` change
 ``asr decode``.
 
 Output goes to stdout (or one file per input with ``--output-dir``: ``<stem>.<format>``, ``txt``
-for text, each control character or path separator of the stem written as ``_``, a stem too
-long for a file name cut short; a stem that an earlier input has, such as ``b/a.wav`` after
+for text, each control character, path separator or character Windows forbids in a file name
+(``<>:"|?*``) of the stem written as ``_``, a stem that Windows reserves for a device (``CON``,
+``PRN``, ``AUX``, ``NUL``, ``COM0``-``COM9``, ``LPT0``-``LPT9``, also with ``¹²³`` for the
+digit, in any letter case and with any extension, as in ``con.backup``) written with a leading
+``_``, a stem too long for a file name
+cut short; a stem that an earlier input has, such as ``b/a.wav`` after
 ``a/a.wav``, or has up to letter case, such as ``A.wav`` after ``a.wav`` (one file on
 case-insensitive file systems), or that a directory there has, gets ``<stem>-2.<format>``,
 ``-3``, ...; an input whose file is not its plain ``<stem>.<format>`` is logged with its file):
@@ -127,9 +131,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(layers x left chunks, logged), so that every window decodes its "
                              "part as one window over the whole input would")
     parser.add_argument("--output-dir",
-                        help="write <stem>.<format> per input here (control characters and "
-                             "path separators as _), <stem>-2.<format> ... for a stem an "
-                             "earlier input has, up to letter case (logged) (default: stdout)")
+                        help="write <stem>.<format> per input here (control characters, path "
+                             "separators and the characters <>:\"|?* as _, a device name "
+                             "Windows reserves such as CON or com1.x as _CON, _com1.x), "
+                             "<stem>-2.<format> ... for a stem an earlier input has, up to "
+                             "letter case (logged) (default: stdout)")
     progress = parser.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_true", default=None,
                           help="show a progress bar in audio seconds (default: when stderr is "
@@ -220,8 +226,7 @@ def _output_paths(sources: Sequence[str], out_dir: Path, fmt: str) -> list[Path]
             name = _fit(safe, f"-{n}.{ext}")
         if name != plain:
             why = []
-            if safe != stem:
-                why.append("its name holds control characters or path separators")
+            why += _unsafe_name_reasons(stem)
             if not name.startswith(safe):
                 why.append(f"its name is longer than a file name may be ({MAX_NAME_BYTES} bytes)")
             if name != first and _folded(first) not in owner:
@@ -238,12 +243,44 @@ def _output_paths(sources: Sequence[str], out_dir: Path, fmt: str) -> list[Path]
     return paths
 
 
+#: Characters Windows forbids in a file name, besides path separators and control characters.
+_WINDOWS_FORBIDDEN = frozenset('<>:"|?*')
+#: The device names Windows reserves: a file named so, in any letter case and with any extension
+#: (``con.txt``, ``Com1.backup.txt``), cannot be opened there.
+_WINDOWS_DEVICES = frozenset(
+    {"CON", "PRN", "AUX", "NUL"} | {f"{port}{n}" for port in ("COM", "LPT") for n in "0123456789¹²³"})
+
+
+def _is_windows_device(stem: str) -> bool:
+    """Whether a file named ``stem`` (plus any extension) is a device name Windows reserves:
+    its part before the first dot, trailing spaces aside (Windows drops them), in any case."""
+    return stem.split(".", 1)[0].rstrip(" ").upper() in _WINDOWS_DEVICES
+
+
 def _safe_stem(stem: str) -> str:
     """``stem`` with each control character (tab, newline, ...), line or paragraph separator
-    (:func:`asr.fileio.is_control`) and path separator (``/``, ``\\``) replaced by ``_``;
+    (:func:`asr.fileio.is_control`), path separator (``/``, ``\\``) and character Windows
+    forbids in a file name (``<>:"|?*``) replaced by ``_``, and a leading ``_`` for a name
+    Windows reserves for a device (:func:`_is_windows_device`: ``CON`` -> ``_CON``);
     ``audio`` for an empty stem."""
-    safe = "".join("_" if ch in "/\\" or is_control(ch) else ch for ch in stem)
+    safe = "".join("_" if ch in "/\\" or ch in _WINDOWS_FORBIDDEN or is_control(ch) else ch
+                   for ch in stem)
+    if _is_windows_device(safe):
+        safe = "_" + safe
     return safe or "audio"
+
+
+def _unsafe_name_reasons(stem: str) -> list[str]:
+    """Why :func:`_safe_stem` changes ``stem``, for the log (empty: it does not)."""
+    reasons = []
+    if any(ch in "/\\" or is_control(ch) for ch in stem):
+        reasons.append("its name holds control characters or path separators")
+    if any(ch in _WINDOWS_FORBIDDEN for ch in stem):
+        reasons.append('its name holds characters Windows forbids in file names (<>:"|?*)')
+    if _is_windows_device(stem):
+        reasons.append("its name is a device name Windows reserves (CON, PRN, AUX, NUL, COM0-9, "
+                       "LPT0-9)")
+    return reasons
 
 
 def _fit(stem: str, suffix: str) -> str:

@@ -18,6 +18,19 @@ check_at_least() {
   done
 }
 
+# check_not_empty NAME...: each list option NAME (a string of words, e.g. --searchers "A B") holds
+# at least one word: an empty one would make its stage loop over nothing and report success.
+check_not_empty() {
+  local name words
+  for name in "$@"; do
+    read -ra words <<< "${!name}"
+    if [ ${#words[@]} -eq 0 ]; then
+      echo "$0: --${name//_/-} is empty; give at least one name (see --help)" >&2
+      exit 2
+    fi
+  done
+}
+
 # check_one_of NAME CHOICE...: option NAME holds only words among the CHOICEs (a list option such
 # as --test-parts "test-clean test-other" may hold several).
 check_one_of() {

@@ -8,9 +8,11 @@
 # misspelt option nor the name of another shell variable (--PATH, --IFS, --ROOT) is taken. As in
 # Kaldi's parse_options.sh, the default also fixes the type: an option whose default is true or
 # false takes only true or false, and one whose default is an integer takes only an integer
-# (`--stage six` would otherwise skip every stage and exit 0), stored in base 10 (`--stage 08`
-# is 8: bash's arithmetic reads a leading 0 as octal), and one whose default is a decimal number
-# (`lm_weight=0.3`) only a number (a typo there failed only at the decode stage, after training).
+# (`--stage six` would otherwise skip every stage and exit 0) of at most 9 digits (leading zeros
+# aside: a longer one would wrap around in bash's 64-bit arithmetic), stored in base 10
+# (`--stage 08` is 8: bash's arithmetic reads a leading 0 as octal), and one whose default is a
+# decimal number (`lm_weight=0.3`) only a number (a typo there failed only at the decode stage,
+# after training).
 # An option whose default is an array (`lm_text=()`) is a list: each occurrence adds one value,
 # kept whole (a path may hold spaces).
 # The scripts take no positional arguments: one left over (e.g. `--train-args --set k=v`, where
@@ -138,7 +140,12 @@ while [ $# -gt 0 ]; do
       echo "$0: --${_name//_/-} takes an integer, got '$_value'" >&2
       exit 2
     fi
-    _value=${BASH_REMATCH[1]}$((10#${BASH_REMATCH[2]}))  # base 10: 08 is 8, not an octal error
+    _digits=${BASH_REMATCH[2]#"${BASH_REMATCH[2]%%[!0]*}"}  # without its leading zeros
+    if [ ${#_digits} -gt 9 ]; then  # bash's 64-bit arithmetic would wrap a longer one around
+      echo "$0: --${_name//_/-} takes an integer of at most 9 digits, got '$_value'" >&2
+      exit 2
+    fi
+    _value=${BASH_REMATCH[1]}$((10#${_digits:-0}))  # base 10: 08 is 8, not an octal error
   fi
   if [[ "${!_name}" =~ ^-?[0-9]*\.[0-9]+$ ]] \
       && ! [[ "$_value" =~ ^-?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$ ]]; then
@@ -147,4 +154,4 @@ while [ $# -gt 0 ]; do
   fi
   printf -v "$_name" '%s' "$_value"
 done
-unset _name _value _rest _options _valid
+unset _name _value _rest _options _valid _digits

@@ -379,6 +379,34 @@ def test_decode_test_sets_are_checked_as_far_as_known_before_training(tmp_path, 
     assert not (tmp_path / "exp").exists()
 
 
+def test_a_missing_lm_of_the_recipe_is_named_with_the_stage_that_makes_it(tmp_path, monkeypatch,
+                                                                          caplog):
+    """A recipe run after its LM stage without the LM said "no file ..." only: not which stage
+    and options make it. ``--decode-lm-made-by`` names them for that path, not for another
+    one the decode line sets (the user's own LM)."""
+    monkeypatch.chdir(tmp_path)
+    recipe = Path(__file__).resolve().parents[2] / "recipes/librispeech/conformer_transducer.yaml"
+    (tmp_path / "sets").mkdir()
+    (tmp_path / "sets" / "librispeech_cuts_mine.jsonl.gz").write_bytes(b"")
+    base = ["train", "--config", str(recipe), "--exp-dir", "exp", "--check-only",
+            "--decode-arg=--searcher", "--decode-arg=greedy", "--decode-arg=--manifest-dir",
+            "--decode-arg=sets", "--decode-arg=--parts", "--decode-arg=mine", "--decode-data-ready",
+            "--decode-lm-made-by", "lang/token_4gram.arpa", "stage 5 (the LMs, --lm-order 4)"]
+
+    def check(lm_path: str) -> str:
+        caplog.clear()
+        assert main([*base, "--decode-arg=--set", f"--decode-arg=search.lm_path={lm_path}"]) == 2
+        (error,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        return error
+
+    assert check("lang/token_4gram.arpa").endswith(
+        f"search.lm_path lang/token_4gram.arpa: no such LM file (in {tmp_path}), which stage 5 "
+        "(the LMs, --lm-order 4) makes; this run starts after it")
+    assert check("./lang/token_4gram.arpa").endswith("this run starts after it")
+    assert check("mine.arpa").endswith("search.lm_path mine.arpa: no such LM file")
+    assert not (tmp_path / "exp").exists()
+
+
 def test_a_decode_epoch_past_training_is_refused_before_training(tmp_path, caplog):
     """``run.sh --train-args "--set train.max_epochs=10"`` with the default ``--epoch 30``
     trained ten epochs, then stage 7 failed on a missing epoch-30.pt."""

@@ -375,6 +375,28 @@ def test_output_names_fit_a_file_name(tmp_path, caplog):
         path.write_text("x")  # the file system takes it
 
 
+def test_output_names_windows_cannot_open_are_made_safe(tmp_path, caplog):
+    """``CON.wav`` gave ``CON.txt`` and ``a?b.wav`` gave ``a?b.txt``: files a Windows user cannot
+    open (a reserved device name, with any extension and in any case; a forbidden character).
+    Now they are written as ``_CON.txt`` and ``a_b.txt``, as control characters are, and
+    logged."""
+    from asr.cli.transcribe import _output_paths
+
+    sources = ["a/CON.wav", "b/nul.x.wav", "c/Com1.wav", "d/lpt9 .wav", 'e/a<b>c:d"e|f?g*h.wav',
+               "f/aux:.wav", "g/console.wav", "h/com10.wav", "i/LPT0.wav", "j/xcon.wav"]
+    names = [p.name for p in _output_paths(sources, tmp_path, "text")]
+    assert names == ["_CON.txt", "_nul.x.txt", "_Com1.txt", "_lpt9 .txt", "a_b_c_d_e_f_g_h.txt",
+                     "aux_.txt", "console.txt", "com10.txt", "_LPT0.txt", "xcon.txt"]
+    assert f"a/CON.wav is written to {tmp_path / '_CON.txt'}: its name is a device name " \
+        "Windows reserves (CON, PRN, AUX, NUL, COM0-9, LPT0-9)" in caplog.text
+    assert f"f/aux:.wav is written to {tmp_path / 'aux_.txt'}: its name holds characters " \
+        'Windows forbids in file names (<>:"|?*)' in caplog.text
+    assert "console.wav" not in caplog.text  # its own name: nothing to say
+    # one of the names an earlier input took, up to case, is numbered as ever
+    assert [p.name for p in _output_paths(["a/con.wav", "b/_CON.wav"], tmp_path, "srt")] == [
+        "_con.srt", "_CON-2.srt"]
+
+
 def test_an_output_name_a_directory_has_is_not_used(tmp_path, caplog):
     """A directory ``utt.txt`` in --output-dir: the write of utt.wav's transcript failed after
     the decoding (IsADirectoryError, exit 1, the later inputs left undone). Now the name is

@@ -26,9 +26,14 @@ END = "@@end"
 # after the last), fails the subcommand named in $STUB_FAIL, and prints what the scripts read: a
 # WER summary path for the decoders, a report for export-onnx, which with $STUB_NO_STREAMING has
 # no streaming layout (as for a TDT, CTC or CIF model: exit 1, or 0 without a report with
-# --if-supported).
+# --if-supported). `python -c` of a program that reads JSON and imports no asr (the package
+# metadata of egs/shared/sherpa_onnx.sh) runs for real.
 STUB = f"""#!/usr/bin/env bash
 printf '%s\\0' "$(basename "$0")" "$@" {END} >> "$STUB_LOG"
+if [ "$(basename "$0")" = python ] && [ "$1" = -c ] && [[ "$2" == *"import json"* ]] \\
+    && [[ "$2" != *asr* ]]; then
+  exec {shlex.quote(sys.executable)} "$@"
+fi
 [ "$1" = "${{STUB_FAIL:-}}" ] && exit 2
 case "$1" in
   decode|decode-onnx)
@@ -164,6 +169,24 @@ def test_an_integer_option_is_read_in_base_10(stub, tmp_path):
     assert average[-1].endswith("averaged-epoch-9-avg-2-use-averaged-model.safetensors")
 
 
+@pytest.mark.parametrize("script", [RUN, PREPARE, MINI_TTS])
+def test_an_integer_option_of_more_than_9_digits_is_refused(stub, tmp_path, script):
+    """bash's 64-bit arithmetic wraps around: --stage 99999999999999999999 read as a negative
+    number, so every stage ran."""
+    run, calls = stub
+    work = str(tmp_path / "work")
+    for bad in ("99999999999999999999", "1000000000", "-18446744073709551615"):
+        result = run(script, "--work-dir", work, "--stage", bad)
+        assert result.returncode == 2, (bad, result.stderr)
+        assert f"--stage takes an integer of at most 9 digits, got '{bad}'" in result.stderr
+        assert calls(everything=True) == [] and "done (stages" not in result.stderr
+    # leading zeros are no digits of the value
+    result = run(script, "--work-dir", work, "--stage", "000000000099", "--stop-stage",
+                 "999999999")
+    assert result.returncode == 0, result.stderr
+    assert "done (stages 99..999999999" in result.stderr
+
+
 @pytest.mark.parametrize("script", [RUN, MINI_TTS])
 def test_a_decimal_option_takes_only_a_number(stub, tmp_path, script):
     """--lm-weight's default is 0.3 / 0.55: a typo used to pass and fail only at the decode stage,
@@ -179,6 +202,21 @@ def test_a_decimal_option_takes_only_a_number(stub, tmp_path, script):
         result = run(script, "--work-dir", work, "--lm-weight", good, "--stage", "99",
                      "--stop-stage", "0")
         assert result.returncode == 0, (good, result.stderr)
+
+
+@pytest.mark.parametrize("script, args, option", [
+    (MINI_TTS, ["--searchers", "", "--stage", "5"], "--searchers"),
+    (MINI_TTS, ["--searchers", "  "], "--searchers"),
+    (RUN, ["--searchers", "", "--stage", "7"], "--searchers"),
+    (RUN, ["--test-parts", " ", "--stage", "10"], "--test-parts"),
+])
+def test_an_empty_list_option_is_refused(stub, tmp_path, script, args, option):
+    """mini_tts with --searchers "" decoded nothing at stage 5 and reported success."""
+    run, calls = stub
+    result = run(script, "--work-dir", str(tmp_path / "work"), *args)
+    assert result.returncode == 2, result.stderr
+    assert f"{option} is empty; give at least one name" in result.stderr
+    assert calls(everything=True) == [] and "done (stages" not in result.stderr
 
 
 REAL = {"ASR_VENV": sys.prefix, "PYTHONPATH": str(REPO)}  # this checkout's asr
@@ -491,6 +529,41 @@ def test_the_onnx_stage_exports_the_layouts_the_model_has(stub, tmp_path, script
                  stage, fail="export-onnx")  # a failed export (mini_tts: inside `timed`) stops it
     assert failed.returncode == 2 and "done (stages" not in failed.stderr
     assert calls()[-1][0] == "export-onnx"
+
+
+@pytest.mark.parametrize("script, stage", [(RUN, "10"), (MINI_TTS, "7")])
+def test_the_onnx_stage_reads_the_streaming_field_of_the_metadata(stub, tmp_path, script,
+                                                                     stage):
+    """`grep '"streaming": true'` read a missing, unreadable or invalid metadata.json (and one
+    written without that spacing) as "not streaming": the streaming export was left out
+    without a word."""
+    run, calls = stub
+    exp = tmp_path / "work" / "exp" / ("conformer_transducer" if script == RUN
+                                       else "transformer_transducer")
+    (exp / "package").mkdir(parents=True)
+    metadata = exp / "package" / "metadata.json"
+    for text, modes in (('{"streaming":true}', 2), ('{\n  "streaming": false}', 1), ("{}", 1)):
+        metadata.write_text(text)
+        before = len(calls())
+        result = run(script, "--work-dir", str(tmp_path / "work"), "--stage", stage,
+                     "--stop-stage", stage)
+        assert result.returncode == 0, result.stderr
+        exports = [c for c in calls()[before:] if c[0] == "export-onnx"]
+        assert len(exports) == modes and ("--streaming" in exports[-1]) == (modes == 2), text
+    unread, no_field = ("cannot read the package metadata",
+                        'the package metadata has no boolean "streaming" field')
+    for text, message in ((None, unread), ('{"streaming": true', unread), ("[]", no_field),
+                          ('{"streaming": "true"}', no_field)):
+        if text is None:
+            metadata.unlink()
+        else:
+            metadata.write_text(text)
+        before = len(calls())
+        result = run(script, "--work-dir", str(tmp_path / "work"), "--stage", stage,
+                     "--stop-stage", stage)
+        assert result.returncode == 2, (text, result.stderr)
+        assert f"{metadata}: {message}" in result.stderr, result.stderr
+        assert calls()[before:] == [] and "done (stages" not in result.stderr
 
 
 def test_stage_4_makes_musan_fbank_again_only_when_it_is_stale(stub, tmp_path):
@@ -825,6 +898,29 @@ def test_decode_test_sets_are_checked_when_the_run_starts_on_prepared_data(stub,
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "--decode-args (above); nothing was run" in result.stderr
     assert "stage 6" not in result.stderr and calls() == []
+
+
+@pytest.mark.parametrize("lm_unit, lm, options", [
+    ("token", "token_4gram.arpa", "--vocab-size 500 --lm-order 4"),
+    ("word", "word_3gram.arpa", "--vocab-size 500 --word-lm-order 3"),
+])
+def test_a_missing_lm_of_lm_unit_is_named_with_the_stage_that_makes_it(stub, tmp_path, lm_unit,
+                                                                      lm, options):
+    """--stage 6 --lm-unit token|word without the LM was refused without a word on which stage
+    makes it; an LM path of --decode-args' own is named as it is."""
+    run, calls = stub
+    work = tmp_path / "work"
+    _prepared_test_sets(work)
+    result = run(RUN, "--work-dir", str(work), "--stage", "6", "--lm-unit", lm_unit, env=REAL)
+    assert result.returncode == 2, result.stderr
+    assert f"search.lm_path data/lang_bpe_500/{lm}: no such LM file (in {work}), which stage 5 " \
+           f"(prepare.sh's LMs, with {options}) makes; this run starts after it" in result.stderr
+    assert "nothing was run" in result.stderr and calls() == []
+    own = run(RUN, "--work-dir", str(work), "--stage", "6", "--lm-unit", lm_unit,
+              "--decode-args", "--set search.lm_path=mine.arpa", env=REAL)
+    assert own.returncode == 2, own.stderr
+    assert "search.lm_path mine.arpa: no such LM file\n" in own.stderr
+    assert "stage 5" not in own.stderr
 
 
 def test_decode_args_that_fit_pass_the_check(stub, tmp_path):

@@ -91,7 +91,9 @@ if [ $stage -le 9 ] && [ $stop_stage -ge 7 ]; then
     exit 2
   fi
 fi
+[ $stage -le 7 ] && [ $stop_stage -ge 7 ] && check_not_empty searchers
 if [ $stage -le 10 ] && [ $stop_stage -ge 7 ]; then
+  check_not_empty test_parts
   check_one_of test_parts $(librispeech_eval_parts)
 fi
 [ $stage -le 6 ] && [ $stop_stage -ge 6 ] && check_at_least 1 nproc
@@ -101,10 +103,14 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   check_paths_exist lm_text
 fi
 exp_dir=exp/$recipe
-lm_args=()  # stage 7's LM (--lm-unit)
+lm_args=()  # stage 7's LM (--lm-unit), and the prepare.sh options that make it at stage 5
 if [ "$lm_unit" != none ]; then
   lm_path=data/lang_bpe_${vocab_size}/token_${lm_order}gram.arpa
-  [ "$lm_unit" = word ] && lm_path=data/lang_bpe_${vocab_size}/word_${word_lm_order}gram.arpa
+  lm_made_by="stage 5 (prepare.sh's LMs, with --vocab-size $vocab_size --lm-order $lm_order)"
+  if [ "$lm_unit" = word ]; then
+    lm_path=data/lang_bpe_${vocab_size}/word_${word_lm_order}gram.arpa
+    lm_made_by="stage 5 (prepare.sh's LMs, with --vocab-size $vocab_size --word-lm-order $word_lm_order)"
+  fi
   lm_args=(--set "search.lm_path=$lm_path" "search.lm_unit=$lm_unit" "search.lm_weight=$lm_weight")
 fi
 averaged=()
@@ -127,7 +133,7 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
   # one the recipe's heads lack, a bad value), before the data preparation; stage 7 alone checks
   # them against the trained model at once. Its test sets: before the data stages, --parts of
   # --decode-args among those prepare.sh makes (but in a --manifest-dir of the user's own);
-  # from stage 6 on, their manifests there, and the LM of --lm-unit.
+  # from stage 6 on, their manifests there, and the LM of --lm-unit (named with stage 5).
   check=(--set "tokenizer_dir=data/lang_bpe_${vocab_size}")
   # from stage 6 on, the tokenizer of stage 5 must be there already (training loads it)
   [ $stage -ge 6 ] && check+=(--tokenizer-made-by "stage 5 (BPE, --vocab-size $vocab_size)")
@@ -135,7 +141,11 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
     for arg in "${decode_line[@]}"; do check+=("--decode-arg=$arg"); done
     # shellcheck disable=SC2046  # the part names: words without spaces
     check+=(--decode-prepared-parts $(librispeech_eval_parts))
-    [ $stage -ge 6 ] && check+=(--decode-data-ready)
+    if [ $stage -ge 6 ]; then
+      check+=(--decode-data-ready)
+      # a missing LM of --lm-unit (not one of --decode-args' own) is named with its stage
+      [ "$lm_unit" != none ] && check+=(--decode-lm-made-by "$lm_path" "$lm_made_by")
+    fi
   fi
   check_recipe "--train-args / --searchers / LM options / --decode-args" "${check[@]}"
 fi

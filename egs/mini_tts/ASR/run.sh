@@ -145,7 +145,7 @@ fused_lm=$lm_path  # the LM of --lm-unit, which the beam searches fuse
 case "$lm_unit" in token|word) ;; *) echo "$0: --lm-unit must be token or word, got $lm_unit" >&2; exit 2 ;; esac
 # what a stage after the synthesis or training would be the first to read: checked now
 if [ $stage -le 3 ] && [ $stop_stage -ge 2 ]; then check_at_least 1 fbank_jobs lm_order word_lm_order; fi
-if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then check_at_least 1 avg; fi
+if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then check_at_least 1 avg; check_not_empty searchers; fi
 parts="train-clean-5 dev-clean-2 test-clean"
 wer_file=$exp_dir/wer-test-clean.txt  # stage 5: "SEARCHER NAME WER [SEARCH OPTIONS]" per
                                       # searcher; stage 6 reads it
