@@ -4,7 +4,9 @@ Every configurable part of the toolkit is a dataclass with typed fields and defa
 turns nested plain data (from YAML, or overrides) into those dataclasses and back, and refuses
 anything it does not understand:
 
-* an unknown key is an error naming its full path, with a did-you-mean hint;
+* an unknown key is an error naming its full path, with a did-you-mean hint, except a key the
+  dataclass lists in its ``RETIRED_KEYS`` (a field it no longer has, that configs saved before
+  still name): it is ignored, with a warning;
 * a YAML mapping that names a key twice is an error naming the file and both lines;
 * a value of the wrong type is an error naming the path, the expected type and the value;
 * ``--set a.b=c`` values are parsed as YAML scalars (``3``, ``0.5``, ``true``, ``[1, 2]``, ``null``)
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import re
 import types
 import typing
@@ -47,6 +50,8 @@ from typing import Any, TypeVar
 import yaml
 
 from asr.fileio import read_text, write_text_atomic
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -222,7 +227,11 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, path: str = "") -> T
         raise ConfigError(f"{_where(path)}: expected a mapping for {cls.__name__}, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = [k for k in data if k not in fields]
+    retired = [k for k in data if k not in fields and k in getattr(cls, "RETIRED_KEYS", {})]
+    for key in retired:
+        prefix = f"{path}." if path else ""
+        logger.warning("ignoring '%s%s': %s", prefix, key, cls.RETIRED_KEYS[key])
+    unknown = [k for k in data if k not in fields and k not in retired]
     if unknown:
         key = unknown[0]
         close = difflib.get_close_matches(str(key), list(fields), n=1)

@@ -8,8 +8,9 @@
   :func:`asr.state.stack_states` / ``unstack_states`` / ``select_states`` batch
   streams that are at different positions.
 * :class:`TokenBuffer`: the emitted tokens, their absolute frames and the score of each stream,
-  held as fixed-capacity tensors inside a streaming state (a stream's hypothesis must live in
-  its state to be stacked with others).
+  held as growing, right-aligned tensors inside a streaming state (a stream's hypothesis must
+  live in its state to be stacked with others); :func:`right_aligned_append` appends to such a
+  store (also CIF's frame store).
 * :class:`StreamBeam` and :class:`BeamState`: the beam of one stream of a streaming beam search
   (hypotheses as Python objects, the predictor rows, frames not yet searched, the stream's
   hotword graph) and the State that carries one per stream (:func:`asr.state.stream_field`).
@@ -20,13 +21,13 @@
   (:class:`~asr.decoding.config.SearchConfig`), shared by the transducer, TDT and CTC prefix
   beam searches.
 
-Shape legend: B batch (streams), T frames, D encoder dims, C token capacity.
+Shape legend: B batch (streams), T frames, D encoder dims, C tokens held (the most of any
+stream), L candidates per step.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -48,11 +49,10 @@ __all__ = [
     "insertion_bonuses",
     "log_add",
     "rank_score",
+    "right_aligned_append",
     "stream_contexts",
     "where_state",
 ]
-
-logger = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -246,70 +246,56 @@ def where_state(mask: Tensor, new: Any, old: Any) -> Any:
 
 @dataclass(frozen=True)
 class TokenBuffer:
-    """Emitted tokens of B streams in fixed-capacity tensors (a State, batch dimension 0).
+    """Emitted tokens of B streams (a State, batch dimension 0) that grows with them: nothing
+    is ever dropped, and each stream keeps only its own tokens.
+
+    A row's tokens are its last ``num_tokens`` entries (right-aligned, zeros before them), so
+    that streams holding different numbers of tokens stack (:func:`asr.state.stack_states`
+    left-pads to the longest) and split back to their own tokens
+    (:func:`asr.state.unstack_states`). C is the most tokens any row holds.
 
     Attributes:
-        tokens: (B, C) int32 token ids, valid up to ``num_tokens``.
+        tokens: (B, C) int32 token ids, the last ``num_tokens`` of each row valid.
         frames: (B, C) int32 absolute encoder frame of each token.
         num_tokens: (B,) int64 tokens stored.
         score: (B,) float32 accumulated log-probability.
-        dropped: (B,) int64 tokens that did not fit (capacity reached).
     """
 
-    tokens: Tensor = state_field(batch_dim=0)
-    frames: Tensor = state_field(batch_dim=0)
+    tokens: Tensor = state_field(batch_dim=0, ragged_dim=1, counted_by="num_tokens")
+    frames: Tensor = state_field(batch_dim=0, ragged_dim=1, counted_by="num_tokens")
     num_tokens: Tensor = state_field(batch_dim=0)
     score: Tensor = state_field(batch_dim=0)
-    dropped: Tensor = state_field(batch_dim=0)
 
     @staticmethod
-    def empty(batch_size: int, capacity: int, device: torch.device | str) -> TokenBuffer:
-        """A buffer for ``batch_size`` streams holding up to ``capacity`` tokens each."""
-        ints = torch.zeros(batch_size, capacity, dtype=torch.int32, device=device)
-        counts = torch.zeros(batch_size, dtype=torch.int64, device=device)
+    def empty(batch_size: int, device: torch.device | str) -> TokenBuffer:
+        """A buffer for ``batch_size`` streams holding no token yet."""
+        ints = torch.zeros(batch_size, 0, dtype=torch.int32, device=device)
         return TokenBuffer(
             tokens=ints,
             frames=ints.clone(),
-            num_tokens=counts,
+            num_tokens=torch.zeros(batch_size, dtype=torch.int64, device=device),
             score=torch.zeros(batch_size, dtype=torch.float32, device=device),
-            dropped=counts.clone(),
         )
-
-    @property
-    def capacity(self) -> int:
-        return self.tokens.shape[1]
 
     def append(self, tokens: Tensor, frames: Tensor, emit: Tensor) -> TokenBuffer:
         """Appends (at most) one token per stream where ``emit``: tokens, frames, emit (B,)."""
         return self.extend(tokens[:, None], frames[:, None], emit[:, None])
 
     def extend(self, tokens: Tensor, frames: Tensor, emit: Tensor) -> TokenBuffer:
-        """Appends the tokens at the ``emit`` positions of each row, in order.
+        """Appends the tokens at the ``emit`` positions of each row, in order (the buffer
+        grows to the most tokens a row then holds: one device sync).
 
         Args:
             tokens, frames: (B, L) candidates; emit: (B, L) bool, which ones to append.
         """
-        position = self.num_tokens[:, None] + emit.long().cumsum(dim=1) - 1  # (B, L)
-        fits = emit & (position < self.capacity)
-        rows = torch.arange(tokens.shape[0], device=tokens.device)[:, None].expand_as(tokens)
-        new_tokens, new_frames = self.tokens.clone(), self.frames.clone()
-        new_tokens[rows[fits], position[fits]] = tokens[fits].to(new_tokens.dtype)
-        new_frames[rows[fits], position[fits]] = frames[fits].to(new_frames.dtype)
-        stored = fits.sum(dim=1)
-        dropped = (emit & ~fits).sum(dim=1)
-        if bool(dropped.any()):
-            logger.warning(
-                "a streaming search state is full (%d tokens): %d token(s) dropped; raise "
-                "search.max_stream_tokens or reset streams at endpoints",
-                self.capacity,
-                int(dropped.sum()),
-            )
+        added = emit.sum(dim=1)
+        num_tokens = self.num_tokens + added
+        width = int(num_tokens.max()) if num_tokens.numel() else 0
         return TokenBuffer(
-            new_tokens,
-            new_frames,
-            self.num_tokens + stored,
+            right_aligned_append(self.tokens, self.num_tokens, tokens, emit, width),
+            right_aligned_append(self.frames, self.num_tokens, frames, emit, width),
+            num_tokens,
             self.score,
-            self.dropped + dropped,
         )
 
     def add_score(self, delta: Tensor) -> TokenBuffer:
@@ -321,6 +307,36 @@ class TokenBuffer:
         tokens, frames = self.tokens.tolist(), self.frames.tolist()
         counts, scores = self.num_tokens.tolist(), self.score.tolist()
         return [
-            Hypothesis(tokens=tuple(t[:n]), score=float(s), frames=tuple(f[:n]))
+            Hypothesis(
+                tokens=tuple(t[len(t) - n:]), score=float(s), frames=tuple(f[len(f) - n:])
+            )
             for t, f, n, s in zip(tokens, frames, counts, scores)
         ]
+
+
+def right_aligned_append(
+    store: Tensor, counts: Tensor, values: Tensor, keep: Tensor, width: int
+) -> Tensor:
+    """Appends to each row of a right-aligned store the values it keeps, in order.
+
+    Args:
+        store: (B, C, ...) entries, the last ``counts`` of each row valid (zeros before them).
+        counts: (B,) int64 valid entries per row.
+        values: (B, L, ...) candidates; keep: (B, L) bool, which ones to append.
+        width: C' of the result, at least ``counts + keep.sum(1)`` of every row.
+
+    Returns:
+        (B, C', ...) the same dtype as ``store``: each row's old entries then its kept values,
+        right-aligned (zeros before them).
+    """
+    batch, capacity = store.shape[:2]
+    added = keep.sum(dim=1)
+    out = store.new_zeros((batch, width, *store.shape[2:]))
+    rows = torch.arange(batch, device=store.device)[:, None]
+    columns = torch.arange(capacity, device=store.device)[None, :]
+    old = columns >= capacity - counts[:, None]  # (B, C) valid old entries
+    target = columns + (width - capacity) - added[:, None]
+    out[rows.expand_as(old)[old], target[old]] = store[old]
+    position = width - added[:, None] + keep.long().cumsum(dim=1) - 1  # (B, L)
+    out[rows.expand_as(keep)[keep], position[keep]] = values[keep].to(store.dtype)
+    return out

@@ -12,34 +12,31 @@ label is the end label (that position and the later ones give no token). ``Hypot
 holds the frame of each kept token: where it fired (the end of its integration) or where its
 CTC segment starts.
 
-Streaming: the decoder attends to every token and every frame, so the state keeps the encoder
-frames of the segment so far (``search.max_stream_frames`` of them) and :meth:`partial` decodes
-them all, as the offline search does; the segments of the frames so far come from CTC on those
+Streaming: the decoder attends to every token and every frame, so the state keeps every encoder
+frame of the segment so far (a store that grows with it: each stream holds its own frames, none
+is dropped) and :meth:`partial` decodes them all, as the offline search does; the segments of the frames so far come from CTC on those
 cached frames. :meth:`finalize` on all frames is the offline search of the same frames
 (the tests check equality), and a partial result can change as frames arrive (a CTC run or a
 CIF integration may continue in the next chunk).
 
-Shape legend: B batch (streams), T frames, D encoder dims, N tokens, V vocabulary, F frame
-capacity.
+Shape legend: B batch (streams), T frames, D encoder dims, N tokens, V vocabulary, F frames
+held (the most of any stream).
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from asr.decoding.base import check_encoder_output
+from asr.decoding.base import check_encoder_output, right_aligned_append
 from asr.decoding.config import SearchConfig
 from asr.heads.cif import CIFHead, CIFInference
 from asr.state import state_field
 from asr.types import Hypothesis
 
 __all__ = ["CifGreedySearch", "CifStreamState", "cif_hypotheses"]
-
-logger = logging.getLogger(__name__)
 
 
 def cif_hypotheses(
@@ -78,14 +75,15 @@ class CifStreamState:
     """Streaming state of :class:`CifGreedySearch`.
 
     Attributes:
-        enc: (B, F, D) encoder frames of the segment so far (valid up to ``num_frames``).
+        enc: (B, F, D) encoder frames of the segment so far, right-aligned: the last
+            ``num_frames`` of each row are valid (zeros before them), so that streams of
+            different lengths stack (:mod:`asr.state` left-pads to the longest) and split back
+            to their own frames.
         num_frames: (B,) int64 frames stored.
-        dropped: (B,) int64 frames that did not fit (capacity reached).
     """
 
-    enc: Tensor = state_field(batch_dim=0)
+    enc: Tensor = state_field(batch_dim=0, ragged_dim=1, counted_by="num_frames")
     num_frames: Tensor = state_field(batch_dim=0)
-    dropped: Tensor = state_field(batch_dim=0)
 
 
 class CifGreedySearch:
@@ -93,7 +91,7 @@ class CifGreedySearch:
 
     Args:
         head: the CIF head.
-        cfg: uses ``blank_penalty`` (``segments: ctc``) and ``max_stream_frames``.
+        cfg: uses ``blank_penalty`` (``segments: ctc``).
         blank_id: id dropped from the output.
     """
 
@@ -116,50 +114,39 @@ class CifGreedySearch:
     # ------------------------------------------------------------------------- streaming
 
     @torch.no_grad()
-    def init_state(
-        self, batch_size: int, device: torch.device | str, capacity: int | None = None
-    ) -> CifStreamState:
-        """State of ``batch_size`` new streams (``capacity`` frames each, default from cfg)."""
-        capacity = capacity or self.cfg.max_stream_frames
+    def init_state(self, batch_size: int, device: torch.device | str) -> CifStreamState:
+        """State of ``batch_size`` new streams (no frame yet)."""
         dim = self.head.input_proj.in_features
         weight = self.head.input_proj.weight
-        counts = torch.zeros(batch_size, dtype=torch.int64, device=device)
         return CifStreamState(
-            enc=torch.zeros(batch_size, capacity, dim, dtype=weight.dtype, device=device),
-            num_frames=counts,
-            dropped=counts.clone(),
+            enc=torch.zeros(batch_size, 0, dim, dtype=weight.dtype, device=device),
+            num_frames=torch.zeros(batch_size, dtype=torch.int64, device=device),
         )
 
     @torch.no_grad()
     def step(self, enc: Tensor, enc_lens: Tensor, state: CifStreamState) -> CifStreamState:
-        """Appends a chunk's frames: enc (B, T, D), enc_lens (B,) valid frames of it."""
+        """Appends a chunk's frames: enc (B, T, D), enc_lens (B,) valid frames of it (the store
+        grows to the most frames a stream then holds: one device sync)."""
         check_encoder_output(enc, enc_lens)
         enc_lens = enc_lens.to(enc.device, torch.int64)
-        capacity = state.enc.shape[1]
-        times = torch.arange(enc.shape[1], device=enc.device)[None, :]
-        position = state.num_frames[:, None] + times  # (B, T)
-        valid = times < enc_lens[:, None]
-        fits = valid & (position < capacity)
-        rows = torch.arange(enc.shape[0], device=enc.device)[:, None].expand_as(position)
-        cache = state.enc.clone()
-        cache[rows[fits], position[fits]] = enc[fits].to(cache.dtype)
-        dropped = (valid & ~fits).sum(dim=1)
-        if bool(dropped.any()):
-            logger.warning(
-                "a CIF streaming state is full (%d frames): %d frame(s) dropped; raise "
-                "search.max_stream_frames or reset streams at endpoints",
-                capacity,
-                int(dropped.sum()),
-            )
-        return CifStreamState(cache, state.num_frames + fits.sum(dim=1), state.dropped + dropped)
+        num_frames = state.num_frames + enc_lens
+        width = int(num_frames.max()) if num_frames.numel() else 0
+        valid = torch.arange(enc.shape[1], device=enc.device)[None, :] < enc_lens[:, None]
+        cache = right_aligned_append(state.enc, state.num_frames, enc, valid, width)
+        return CifStreamState(cache, num_frames)
 
     @torch.no_grad()
     def partial(self, state: CifStreamState) -> list[Hypothesis]:
         """The greedy hypothesis of the frames so far, per stream."""
-        frames = int(state.num_frames.max()) if state.num_frames.numel() else 0
+        frames = state.enc.shape[1]
         if frames == 0:
             return [Hypothesis(tokens=()) for _ in range(state.num_frames.shape[0])]
-        return self._search(state.enc[:, :frames], state.num_frames)
+        # left-align each row's frames, as the offline search reads them
+        times = torch.arange(frames, device=state.enc.device)[None, :]
+        source = (times + frames - state.num_frames[:, None]).clamp(max=frames - 1)
+        enc = state.enc.gather(1, source[..., None].expand(-1, -1, state.enc.shape[2]))
+        enc = enc * (times < state.num_frames[:, None])[..., None].to(enc.dtype)
+        return self._search(enc, state.num_frames)
 
     def finalize(self, state: CifStreamState) -> list[Hypothesis]:
         """Same as :meth:`partial`: the offline search of all the frames."""

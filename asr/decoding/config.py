@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from asr.config import ConfigError, apply_overrides, from_dict, to_dict
 
@@ -74,11 +74,6 @@ class SearchConfig:
             hypotheses have read the same frames). 0 ranks by the raw score. Unlike
             ``length_penalty`` (AED, GNMT's formula) it applies to the frame-synchronous
             searches.
-        max_stream_tokens: token capacity of a streaming searcher's state per stream; a stream
-            that emits more (without being reset at an endpoint) keeps its first
-            ``max_stream_tokens`` tokens and a warning is logged.
-        max_stream_frames: encoder frames a streaming ``cif_greedy`` state keeps per stream
-            (its decoder attends to all of them); later frames are dropped with a warning.
         hotwords_file: a hotword list (contextual biasing, :mod:`asr.decoding.context_graph`)
             for ``transducer_beam``, ``tdt_beam`` and ``ctc_prefix_beam``: one phrase per line,
             optionally ending with `` :SCORE`` (its per-token boost); sherpa-onnx's format, so
@@ -105,13 +100,18 @@ class SearchConfig:
     lm_unit: str = "token"
     insertion_bonus: float = 0.0
     length_norm: float = 0.0
-    max_stream_tokens: int = 2048
     rescore_weight: float = 0.5
-    max_stream_frames: int = 1500
     hotwords_file: Path | None = None
     hotwords: str | None = None
     hotwords_score: float = 1.5
     hotwords_unboosted_prefix: int = 1
+
+    #: Options these searchers no longer have, which configs saved before still name: ignored
+    #: with a warning (:func:`asr.config.from_dict`).
+    RETIRED_KEYS: ClassVar[dict[str, str]] = {
+        "max_stream_tokens": "a streaming search state keeps every token (it grows)",
+        "max_stream_frames": "a streaming cif_greedy state keeps every frame (it grows)",
+    }
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
@@ -128,8 +128,6 @@ class SearchConfig:
             raise ValueError(f"search.ctc_weight must be in [0, 1], got {self.ctc_weight}")
         if not 0.0 <= self.rescore_weight <= 1.0:
             raise ValueError(f"search.rescore_weight must be in [0, 1], got {self.rescore_weight}")
-        if self.max_stream_frames < 1:
-            raise ValueError(f"search.max_stream_frames must be >= 1, got {self.max_stream_frames}")
         if self.ctc_pre_beam < 1.0:
             raise ValueError(f"search.ctc_pre_beam must be >= 1, got {self.ctc_pre_beam}")
         for name in (
@@ -149,8 +147,6 @@ class SearchConfig:
             raise ValueError(
                 f"search.hotwords_unboosted_prefix must be >= 0, got {self.hotwords_unboosted_prefix}"
             )
-        if self.max_stream_tokens < 1:
-            raise ValueError(f"search.max_stream_tokens must be >= 1, got {self.max_stream_tokens}")
 
 
 def override_search(

@@ -8,7 +8,7 @@ A token's timestamp is the first frame of its run. The score is the log-probabil
 Offline search is the streaming step applied to all frames at once: one implementation, no loop
 over frames (argmax, repeat mask and a cumulative-sum scatter are all vectorised).
 
-Shape legend: B batch (streams), T frames, D encoder dims, V vocabulary incl. blank, C capacity.
+Shape legend: B batch (streams), T frames, D encoder dims, V vocabulary incl. blank.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class CtcGreedySearcher:
 
     Args:
         head: the model's CTC head.
-        cfg: uses ``blank_penalty`` and ``max_stream_tokens``.
+        cfg: uses ``blank_penalty``.
     """
 
     def __init__(self, head: CTCHead, cfg: SearchConfig) -> None:
@@ -65,15 +65,13 @@ class CtcGreedySearcher:
         self.cfg = cfg
 
     @torch.no_grad()
-    def init_state(
-        self, batch_size: int, device: torch.device | str, capacity: int | None = None
-    ) -> CtcGreedyState:
-        """State of ``batch_size`` new streams (``capacity`` tokens each, default from cfg)."""
+    def init_state(self, batch_size: int, device: torch.device | str) -> CtcGreedyState:
+        """State of ``batch_size`` new streams."""
         zeros = torch.zeros(batch_size, dtype=torch.int64, device=device)
         return CtcGreedyState(
             last_label=zeros + self.head.blank_id,
             frames_done=zeros.clone(),
-            hyp=TokenBuffer.empty(batch_size, capacity or self.cfg.max_stream_tokens, device),
+            hyp=TokenBuffer.empty(batch_size, device),
         )
 
     @torch.no_grad()
@@ -104,5 +102,5 @@ class CtcGreedySearcher:
 
     def __call__(self, enc: Tensor, enc_lens: Tensor) -> list[list[Hypothesis]]:
         """Offline search: one step over all frames. enc (B, T, D), enc_lens (B,)."""
-        state = self.init_state(enc.shape[0], enc.device, capacity=max(enc.shape[1], 1))
+        state = self.init_state(enc.shape[0], enc.device)
         return [[hyp] for hyp in self.finalize(self.step(enc, enc_lens, state))]

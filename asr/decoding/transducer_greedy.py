@@ -38,7 +38,7 @@ that frame, keeping the (at most ``max(durations)``) projected frames from there
 duration), and a partial hypothesis lags only while a stream waits. RNN-T decisions never
 depend on the end: nothing waits. The offline search is one final step over all frames.
 
-Shape legend: B batch (streams), T frames, D encoder dims, J joiner dims, C token capacity.
+Shape legend: B batch (streams), T frames, D encoder dims, J joiner dims.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ class LabelLoopingGreedy:
 
     Args:
         head: a transducer head (``loss`` full/pruned for RNN-T, ``tdt`` for TDT).
-        cfg: uses ``max_symbols_per_frame``, ``blank_penalty`` and ``max_stream_tokens``.
+        cfg: uses ``max_symbols_per_frame`` and ``blank_penalty``.
     """
 
     def __init__(self, head: TransducerHead, cfg: SearchConfig) -> None:
@@ -128,10 +128,8 @@ class LabelLoopingGreedy:
         self.cfg = cfg
 
     @torch.no_grad()
-    def init_state(
-        self, batch_size: int, device: torch.device | str, capacity: int | None = None
-    ) -> TransducerGreedyState:
-        """State of ``batch_size`` new streams (``capacity`` tokens each, default from cfg)."""
+    def init_state(self, batch_size: int, device: torch.device | str) -> TransducerGreedyState:
+        """State of ``batch_size`` new streams."""
         pred_proj, pred_state = self.scorer.initial(batch_size, device)
         zeros = torch.zeros(batch_size, dtype=torch.int64, device=device)
         horizon = max(self.scorer.durations, default=0)
@@ -142,7 +140,7 @@ class LabelLoopingGreedy:
             num_pending=zeros,
             count=zeros.clone(),
             frames_done=zeros.clone(),
-            hyp=TokenBuffer.empty(batch_size, capacity or self.cfg.max_stream_tokens, device),
+            hyp=TokenBuffer.empty(batch_size, device),
         )
 
     @torch.no_grad()
@@ -364,7 +362,6 @@ class LabelLoopingGreedy:
     def __call__(self, enc: Tensor, enc_lens: Tensor) -> list[list[Hypothesis]]:
         """Offline search: one final step over all frames. enc (B, T, D), enc_lens (B,)."""
         check_encoder_output(enc, enc_lens)
-        capacity = max(enc.shape[1] * self.cfg.max_symbols_per_frame, 1)
-        state = self.init_state(enc.shape[0], enc.device, capacity=capacity)
+        state = self.init_state(enc.shape[0], enc.device)
         state = self._run(self.scorer.project_encoder(enc), enc_lens, state, final=True)
         return [[hyp] for hyp in state.hyp.hypotheses()]

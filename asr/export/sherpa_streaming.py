@@ -220,7 +220,17 @@ class SherpaStreamingRecognizer:
 
     def reset(self, stream: SherpaStream) -> Segment:
         """Ends the current segment and starts the next; returns the ended segment's final
-        result, also kept in ``stream.finished_segments``."""
+        result, also kept in ``stream.finished_segments``.
+
+        Raises:
+            ValueError: for a stream that is done, as
+                :meth:`asr.runtime.streaming.StreamingRecognizer.reset`.
+        """
+        if stream.done:
+            raise ValueError(
+                f"stream {stream.id}: reset after the stream is done (its last segment is "
+                f"already final: result() gives it)"
+            )
         final = dataclasses.replace(self.result(stream), is_final=True)
         stream.finished_segments.append(final)
         stream.segment += 1

@@ -30,7 +30,8 @@ Endpointing (:mod:`asr.runtime.endpoint`): after ``decode``, a caller checks
 :meth:`~StreamingRecognizer.reset`, which finalizes the segment's search, returns its final
 result (an :class:`asr.results.Segment` with ``is_final`` True) and starts a new segment (a
 fresh search state; the encoder keeps its context). At an endpoint,
-:meth:`~StreamingRecognizer.result` already gives that final result.
+:meth:`~StreamingRecognizer.result` already gives that final result. A stream that is done
+has no endpoint, and ``reset`` refuses it (ValueError): its last segment is already final.
 
 Example:
     >>> recognizer = asr.load_model("pkg").streaming_recognizer()
@@ -439,7 +440,17 @@ class StreamingRecognizer:
 
     def reset(self, stream: Stream) -> Segment:
         """Ends the current segment and starts the next; returns the ended segment's final
-        result (its search finalized), also kept in ``stream.finished_segments``."""
+        result (its search finalized), also kept in ``stream.finished_segments``.
+
+        Raises:
+            ValueError: for a stream that is done: its last segment is already final (it is
+                :meth:`result`, not in ``finished_segments``), and no audio can follow.
+        """
+        if stream.done:
+            raise ValueError(
+                f"stream {stream.id}: reset after the stream is done (its last segment is "
+                f"already final: result() gives it)"
+            )
         final = self._segment(stream, self._final_hypothesis(stream), True)
         stream.finished_segments.append(final)
         stream.segment += 1

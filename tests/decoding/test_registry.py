@@ -53,6 +53,17 @@ def test_search_config_loads_strictly_with_overrides():
     assert cfg.search.insertion_bonus == -0.5 and cfg.search.length_norm == 0.0  # a penalty
 
 
+def test_a_saved_config_that_names_the_retired_stream_capacities_still_loads(caplog):
+    """max_stream_tokens / max_stream_frames are gone (streaming stores grow), but every config
+    saved before names them: loading one ignores them with a warning, not an unknown-key error."""
+    saved = {"search": {"beam_size": 3, "max_stream_tokens": 2048, "max_stream_frames": 1500}}
+    assert from_dict(_Root, saved).search == SearchConfig(beam_size=3)
+    assert "ignoring 'search.max_stream_tokens'" in caplog.text
+    assert "ignoring 'search.max_stream_frames'" in caplog.text
+    with pytest.raises(ConfigError, match="unknown key 'search.max_stream_token'"):
+        from_dict(_Root, {"search": {"max_stream_token": 8}})
+
+
 def test_override_search_takes_a_mapping_or_set_strings():
     base = SearchConfig(beam_size=8, lm_weight=0.5)
     assert override_search(base, None) is base

@@ -107,13 +107,27 @@ def test_streams_at_different_positions_batched_equal_each_alone(name, predictor
         assert got.score == pytest.approx(expected.score, abs=1e-4)
 
 
-def test_full_stream_buffer_drops_tokens_with_a_warning(caplog):
-    _, streaming = build("ctc_greedy", max_stream_tokens=3, blank_penalty=10.0)
-    enc, enc_lens = encoder_output([12])
-    state = streaming.step(enc, enc_lens, streaming.init_state(1, enc.device))
-    hyp = streaming.finalize(state)[0]
-    assert len(hyp.tokens) == 3 and int(state.hyp.dropped[0]) > 0
-    assert "max_stream_tokens" in caplog.text
+@pytest.mark.parametrize("name", ["ctc_greedy", "transducer_greedy"])  # tdt: as transducer
+def test_a_stream_of_more_tokens_than_any_old_capacity_keeps_every_token(name):
+    """The token store grows: a stream past 2048 tokens (the old fixed capacity, which dropped
+    the rest with a warning) keeps every one, as the offline search; and a short stream that
+    shared a batch with it splits back to its own tokens only (no padding to the long one)."""
+    offline, streaming = build(name, blank_penalty=10.0)
+    enc, enc_lens = encoder_output([3000], seed=3)
+    expected = offline(enc, enc_lens)[0][0]
+    assert len(expected.tokens) > 2048
+    state = run_chunks(streaming, enc, enc_lens, [250])
+    got = streaming.finalize(state)[0]
+    assert got.tokens == expected.tokens and got.frames == expected.frames
+    assert got.score == pytest.approx(expected.score, rel=1e-4)
+    assert state.hyp.tokens.shape == (1, len(expected.tokens))  # what it holds, no more
+    before = streaming.partial(state)[0].tokens
+    fresh, chunk, lens = streaming.init_state(1, enc.device), enc[:, :4], torch.tensor([4])
+    both = streaming.step(chunk.expand(2, -1, -1), lens.expand(2), stack_states([state, fresh]))
+    long, short = unstack_states(both, copy=True)
+    assert short.hyp.tokens.shape[1] == int(short.hyp.num_tokens[0]) <= 4 * 3
+    assert streaming.partial(short) == streaming.partial(streaming.step(chunk, lens, fresh))
+    assert streaming.partial(long)[0].tokens[: len(before)] == before
 
 
 def test_build_streaming_searcher_rejects_offline_only_names():
@@ -183,11 +197,19 @@ def test_cif_streams_at_different_positions_batched_equal_each_alone():
     assert [h.tokens for h in split] == [h.tokens for h in alone]
 
 
-def test_cif_full_stream_state_drops_frames_with_a_warning(caplog):
-    offline, streaming = build_cif("ctc segments", max_stream_frames=8)
-    enc, enc_lens = encoder_output([12], scale=3.0)
-    state = run_chunks(streaming, enc, enc_lens, [5])
-    assert int(state.num_frames[0]) == 8 and int(state.dropped[0]) == 4
-    assert "max_stream_frames" in caplog.text
-    assert streaming.finalize(state) == [offline(enc[:, :8], torch.tensor([8]))[0][0]]
+def test_cif_segment_longer_than_the_old_frame_capacity_keeps_every_frame():
+    """The frame store grows: a segment past 1500 frames (the old fixed capacity, which
+    dropped the rest with a warning) decodes as the offline search of all its frames; a short
+    stream that shared a batch with it splits back to its own frames only."""
+    offline, streaming = build_cif("ctc segments")
+    enc, enc_lens = encoder_output([1600], scale=3.0)
+    state = run_chunks(streaming, enc, enc_lens, [400])
+    assert state.num_frames.tolist() == [1600] and state.enc.shape[1] == 1600
+    assert streaming.finalize(state) == [offline(enc, enc_lens)[0][0]]
+    fresh = streaming.init_state(1, enc.device)
+    chunk, lens = enc[:, :5].expand(2, -1, -1), torch.tensor([5, 5])
+    both = streaming.step(chunk, lens, stack_states([state, fresh]))
+    _, short = unstack_states(both, copy=True)
+    assert short.enc.shape[1] == 5
+    assert streaming.finalize(short) == [offline(enc[:, :5], torch.tensor([5]))[0][0]]
     assert streaming.partial(streaming.init_state(2, enc.device)) == [Hypothesis(())] * 2

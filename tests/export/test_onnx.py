@@ -326,6 +326,10 @@ def test_sherpa_streaming_recognizer_fed_in_pieces_equals_the_whole_decode(expor
     assert all(s.done and r.is_final for s, r in zip(streams, results))
     assert [r.token_ids for r in results] == [w.token_ids for w in whole]
     assert sum(len(r.token_ids) for r in results) > 3 * len(waves)
+    # a done stream's last segment is final already: reset refuses it, as our runtime's does
+    with pytest.raises(ValueError, match="reset after the stream is done"):
+        recognizer.reset(streams[0])
+    assert streams[0].finished_segments == [] and recognizer.result(streams[0]) == results[0]
 
 
 def test_room_tone_is_the_quietest_stretch():

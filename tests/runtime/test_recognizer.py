@@ -643,6 +643,23 @@ def test_a_finished_stream_is_at_no_endpoint(tiny):
     assert (result.index, result.is_final, result.text) == (0, True, "")
 
 
+def test_reset_of_a_done_stream_is_an_error_that_changes_nothing(transducer_model):
+    """A done stream's last segment is already final (result() gives it): reset() used to file
+    it again in finished_segments and start an empty segment after it."""
+    recognizer = transducer_model.streaming_recognizer()
+    stream = recognizer.new_stream()
+    recognizer.accept_waveform(stream, np.random.default_rng(0).normal(0, 0.1, 8000), 16000)
+    recognizer.input_finished(stream)
+    while recognizer.is_ready(stream):
+        recognizer.decode([stream])
+    assert stream.done
+    final = recognizer.result(stream)
+    with pytest.raises(ValueError, match=rf"stream {stream.id}: reset after the stream is done"):
+        recognizer.reset(stream)
+    assert stream.finished_segments == [] and stream.segment == 0
+    assert recognizer.result(stream) == final
+
+
 @needs_espeak
 def test_endpoint_after_speech_then_new_segment(tiny):
     """The endpoint splits the stream's tokens, which are the offline ones of the whole input

@@ -502,8 +502,8 @@ def main(argv: list[str] | None = None) -> None:
         rows.insert(4, (label, "aed_beam", rnnt, aed_cfg, setup))
     print_table(rows, enc, enc_lens, args.repeats)
     print(
-        "state B/stream: decoder state + token buffer (search.max_stream_tokens="
-        f"{cfg.max_stream_tokens} tokens and frames, int32) of a new stream, tensors only: the "
+        "state B/stream: decoder state + token buffer of a new stream (the buffer then grows by "
+        "8 B a token: its int32 id and frame), tensors only: the "
         "beam searches hold their hypotheses as Python objects, not counted (their '+ 0'), "
         "which grow with the stream"
     )
