@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from asr.fileio import check_gzip_name, read_text
-from asr.tokenizers.base import normalize_whitespace
+from asr.tokenizers.base import check_text, normalize_whitespace
 
 #: The command-line help of a ``--transcripts`` option read by :func:`read_transcripts`.
 TRANSCRIPTS_HELP = (
@@ -54,32 +54,43 @@ def read_transcripts(paths: Iterable[str | Path]) -> list[str]:
 
     Raises:
         FileNotFoundError: for a path that does not exist.
-        ValueError: for a directory without ``*.trans.txt`` files.
+        ValueError: for a directory without ``*.trans.txt`` files, and for a sentence that
+            writes the tokenizers' word-boundary mark ``▁`` (:func:`asr.tokenizers.base.check_text`),
+            naming the file that holds it (a tokenizer or LM trained on it would read it back as
+            a space).
     """
     sentences: list[str] = []
     for raw in paths:
         path = Path(raw)
         if not path.exists():
             raise FileNotFoundError(f"transcript file {path} does not exist")
-        sentences.extend(s for s in _iter_path(path) if s)
+        for file, sentence in _iter_path(path):
+            if not sentence:
+                continue
+            try:
+                check_text(sentence)
+            except ValueError as err:
+                raise ValueError(f"transcript file {file}: {err}") from None
+            sentences.append(sentence)
     return sentences
 
 
-def _iter_path(path: Path) -> Iterator[str]:
+def _iter_path(path: Path) -> Iterator[tuple[Path, str]]:
+    """(the file it is in, sentence) of each sentence of ``path``."""
     kind = transcript_kind(path)
     if kind == "dir":
         files = sorted(path.rglob("*.trans.txt"))
         if not files:
             raise ValueError(f"directory {path} holds no *.trans.txt files")
         for file in files:
-            yield from _iter_kaldi(file)
+            yield from ((file, s) for s in _iter_kaldi(file))
     elif kind == "lhotse":
-        yield from _iter_lhotse(path)
+        yield from ((path, s) for s in _iter_lhotse(path))
     elif kind == "kaldi":
-        yield from _iter_kaldi(path)
+        yield from ((path, s) for s in _iter_kaldi(path))
     else:
         for line in _lines(path):
-            yield normalize_whitespace(line)
+            yield path, normalize_whitespace(line)
 
 
 def _lines(path: Path) -> Iterator[str]:

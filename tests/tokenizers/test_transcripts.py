@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,19 @@ def test_a_librispeech_tree_is_read_in_sorted_path_order(tmp_path, monkeypatch):
     listed = Path.rglob
     monkeypatch.setattr(Path, "rglob", lambda self, pattern: reversed(sorted(listed(self, pattern))))
     assert read_transcripts([tmp_path]) == ["SPEAKER 103", "SPEAKER 19", "SPEAKER 2"]
+
+
+def test_a_sentence_with_the_word_boundary_mark_is_refused_naming_its_file(tmp_path):
+    """``asr lm`` and ``asr bpe`` read transcripts here; a ``▁`` in one was refused by the
+    tokenizer naming the text only (or, for a word LM, not at all: it became part of a word).
+    Now the file that holds it is named, the file of a LibriSpeech tree's directory too."""
+    folder = tmp_path / "tree" / "19" / "1"
+    folder.mkdir(parents=True)
+    bad = folder / "19-1.trans.txt"
+    bad.write_text("19-1-0000 FINE\n19-1-0001 A\u2581B\n", encoding="utf-8")
+    plain = tmp_path / "plain.txt"
+    plain.write_text("FINE\nC\u2581D\n", encoding="utf-8")
+    for path, file in ((tmp_path / "tree", bad), (plain, plain)):
+        with pytest.raises(ValueError, match=rf"^transcript file {re.escape(str(file))}: text "
+                                             r"'\w\u2581\w' holds '\u2581'"):
+            read_transcripts([path])
