@@ -52,7 +52,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -76,12 +76,15 @@ __all__ = [
     "Stream",
     "StreamingRecognizer",
     "check_chunking_options",
-    "left_context_bound",
+    "decode_isolated",
     "decoding_failure",
+    "left_context_bound",
     "transcribe_streaming",
 ]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _EMPTY = Hypothesis(tokens=())
 
@@ -612,7 +615,8 @@ def transcribe_streaming(
                     feed(stream, audios[index].samples, cursor)
                 except Exception as err:  # noqa: BLE001 - whatever the input's fault, its own
                     fail(index, err)
-            for index in _decode_isolated(recognizer, active, fail):
+            for index in decode_isolated(recognizer.decode, list(active),
+                                         lambda i: active[i][0], fail):
                 try:
                     advance(index, active[index][0])
                 except Exception as err:  # noqa: BLE001 - whatever the input's fault, its own
@@ -623,33 +627,36 @@ def transcribe_streaming(
     return [r for r in results if r is not None]
 
 
-def _decode_isolated(
-    recognizer: StreamingRecognizer,
-    active: dict[int, tuple[Stream, list[int]]],
-    fail: Callable[[int, Exception], None],
-) -> list[int]:
-    """One batched decode step over the ``active`` streams (input index -> stream, cursor); the
-    indices of the streams decoded. When the batch raises (:meth:`StreamingRecognizer.decode`
-    then changes no stream), each stream is decoded alone, and ``fail(index, err)`` is called
-    for each one that fails alone."""
-    indices = list(active)
-    if not indices:
+def decode_isolated(
+    decode: Callable[[list[Any]], None],
+    items: Sequence[T],
+    stream_of: Callable[[T], Any],
+    fail: Callable[[T, Exception], None],
+) -> list[T]:
+    """One batched decode step, ``decode([stream_of(item) for item in items])``; the items
+    decoded. When the batch raises (:meth:`StreamingRecognizer.decode` then changes no stream),
+    each stream is decoded alone, so that the healthy ones get exactly their own step, and
+    ``fail(item, err)`` is called for each one that fails alone: one stream's fault (a bad
+    input, a search that fails on it) fails it alone. The one rule of ``transcribe_streaming``
+    and the server.
+    """
+    if not items:
         return []
     try:
-        recognizer.decode([active[i][0] for i in indices])
-        return indices
+        decode([stream_of(item) for item in items])
+        return list(items)
     except Exception as err:  # noqa: BLE001 - found out below, one stream at a time
-        if len(indices) == 1:
-            fail(indices[0], err)
+        if len(items) == 1:
+            fail(items[0], err)
             return []
         logger.warning("a decode step of %d streams failed (%s); decoding each alone",
-                       len(indices), error_reason(err))
+                       len(items), error_reason(err))
     decoded = []
-    for index in indices:
+    for item in items:
         try:
-            recognizer.decode([active[index][0]])
-        except Exception as err:  # noqa: BLE001 - whatever the input's fault, its own
-            fail(index, err)
+            decode([stream_of(item)])
+        except Exception as err:  # noqa: BLE001 - whatever the stream's fault, its own
+            fail(item, err)
         else:
-            decoded.append(index)
+            decoded.append(item)
     return decoded

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from asr.data.filtering import error_reason
+from asr.runtime.streaming import decode_isolated
 from asr.serve.protocol import CLOSE_INTERNAL, CLOSE_POLICY, ProtocolError, result_message
 
 __all__ = ["DecodeEngine", "EngineStats", "Session"]
@@ -338,25 +339,8 @@ class DecodeEngine:
         changes no stream when it raises), so that the healthy ones get exactly their step and
         only the streams that fail alone are given the error.
         """
-        rec = self.recognizer
-        try:
-            rec.decode([item.session.stream for item in ready])
-            return ready
-        except Exception as err:  # noqa: BLE001 - found out below, one stream at a time
-            if len(ready) == 1:
-                self._isolate(ready[0], "decoding it", err)
-                return []
-            logger.warning("a decode step of %d streams failed (%s); decoding each alone",
-                           len(ready), error_reason(err))
-        decoded = []
-        for item in ready:
-            try:
-                rec.decode([item.session.stream])
-            except Exception as err:  # noqa: BLE001 - whatever the stream's fault, its own
-                self._isolate(item, "decoding it", err)
-            else:
-                decoded.append(item)
-        return decoded
+        return decode_isolated(self.recognizer.decode, ready, lambda item: item.session.stream,
+                               lambda item, err: self._isolate(item, "decoding it", err))
 
     def _output(self, item: _Work) -> _Output | None:
         """Worker thread: the result message of a decoded stream (at an endpoint, reset's final
