@@ -128,14 +128,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlap-seconds", type=float, default=DEFAULT_OVERLAP_SECONDS,
                         help="offline: least overlap of consecutive windows, cut in its "
                              "middle; for a chunked streaming encoder raised to its left context "
-                             "(layers x left chunks, logged), so that every window decodes its "
-                             "part as one window over the whole input would")
+                             "(layers x (left chunks + its causal convolution's), logged), so "
+                             "that a greedy search decodes every window's part as one window "
+                             "over the whole input would")
     parser.add_argument("--output-dir",
                         help="write <stem>.<format> per input here (control characters, path "
                              "separators and the characters <>:\"|?* as _, a device name "
-                             "Windows reserves such as CON or com1.x as _CON, _com1.x), "
-                             "<stem>-2.<format> ... for a stem an earlier input has, up to "
-                             "letter case (logged) (default: stdout)")
+                             "Windows reserves such as CON or com1.x as _CON, _com1.x; a stem too "
+                             "long for a file name cut to fit), <stem>-2.<format> ... for a "
+                             "stem an earlier input has, up to letter case and Unicode "
+                             "normalization, or a directory there has (logged) (default: stdout)")
     progress = parser.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_true", default=None,
                           help="show a progress bar in audio seconds (default: when stderr is "

@@ -1,6 +1,7 @@
 """The command lines the documentation names exist: every ``--option`` a doc gives an ``asr``
 subcommand is one of that subcommand's options, every config key it names (``search.lm_weight``)
-is a field of the experiment config, the ``asr export-onnx`` synopsis of docs/ONNX.md names all
+is a field of the experiment config, every module, function or class it names in code
+(``run.train.check_data_inputs``, ``asr.results.FailedInput``) exists, the ``asr export-onnx`` synopsis of docs/ONNX.md names all
 of its options, and the mini_tts README names every option of its ``run.sh``."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import pkgutil
 import re
 import typing
 from pathlib import Path
@@ -15,9 +17,11 @@ from typing import Any
 
 import pytest
 
+import asr
 from asr.cli.main import SUBCOMMANDS, build_parser
 from asr.encoders.chunked import ChunkedEncoder
 from asr.experiment import ExperimentConfig
+from asr.model import ASRModel
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = sorted([REPO / "README.md", *REPO.glob("docs/*.md"), *REPO.glob("recipes/*/*.md")])
@@ -126,7 +130,7 @@ def _module_attribute(dotted: str) -> bool:
     """Whether ``asr.<dotted>`` names a module or an attribute of one (ARCHITECTURE.md writes
     module paths without the package)."""
     parts = f"asr.{dotted}".split(".")
-    for i in range(len(parts), 1, -1):
+    for i in range(len(parts), 0, -1):
         try:
             obj = importlib.import_module(".".join(parts[:i]))
         except ImportError:
@@ -140,7 +144,7 @@ def _module_attribute(dotted: str) -> bool:
 
 
 #: Objects the docs name by a section's word: ``encoder.forward_chunk`` is the encoder's method.
-_OBJECTS = {"encoder": ChunkedEncoder}
+_OBJECTS = {"encoder": ChunkedEncoder, "model": ASRModel}
 
 
 def _method(dotted: str) -> bool:
@@ -168,4 +172,39 @@ def test_every_config_key_a_doc_names_exists(doc):
     unknown = [key for key in named_config_keys(doc.read_text(encoding="utf-8"))
                if not _config_field(key.split(".")) and not _module_attribute(key)
                and not _method(key)]
+    assert unknown == []
+
+
+#: The package's top-level modules and subpackages (``run``, ``decoding``, ``fileio``, ...).
+_MODULES = {m.name for m in pkgutil.iter_modules(asr.__path__)}
+
+
+def named_code_paths(text: str) -> list[str]:
+    """The dotted names of ``asr``'s code that a doc writes in inline code, without ``asr.``
+    (``run.train.check_data_inputs``, ``asr.results.FailedInput`` -> ``results.FailedInput``):
+    those whose first part is one of the package's modules; file names (``export.json``) aside,
+    and code blocks, whose examples name their own variables (``model.transcribe``)."""
+    names = []
+    for span in re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S)):
+        for name in re.findall(r"(?<![\w/.-])([a-z_]\w*(?:\.[A-Za-z_]\w*)+)", span):
+            if name.rsplit(".", 1)[-1] in _FILE_SUFFIXES:
+                continue
+            if name.startswith("asr.") or name.split(".", 1)[0] in _MODULES:
+                names.append(name.removeprefix("asr."))
+    return list(dict.fromkeys(names))
+
+
+def test_an_unknown_code_name_is_caught():
+    names = named_code_paths("`run.train.check_data_inputs` and `run.train.no_such_function`, "
+                             "`asr.results.FailedInput`, `asr.results.NoSuchResult`, `export.json`, "
+                             "`asr.StreamingRecognizer`, `asr.NoSuchFace`")
+    assert [n for n in names if not _module_attribute(n)] == [
+        "run.train.no_such_function", "results.NoSuchResult", "NoSuchFace"]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_code_name_a_doc_names_exists(doc):
+    unknown = [name for name in named_code_paths(doc.read_text(encoding="utf-8"))
+               if not _module_attribute(name) and not _config_field(name.split("."))
+               and not _method(name)]
     assert unknown == []
