@@ -555,9 +555,9 @@ class Trainer:
     def _save_bad_batches(self, batches: list[Batch]) -> tuple[Path, list[str]]:
         """Saves the batches of the current step under ``bad-batches/`` as
         ``epoch-E-batch-B-rank-R.pt`` (``B``: the global batches of epoch ``E`` taken with the
-        step's last batch, ``Progress.batches_in_epoch``); returns the file and their cut ids. Named by the place in the data, not by the
-        step count, which a skipped step leaves where it was: the steps skipped in a row would
-        each overwrite the one before.
+        step's last batch, ``Progress.batches_in_epoch``); returns the file and their cut ids.
+        Named by the place in the data, not by the step count, which a skipped step leaves where
+        it was: the steps skipped in a row would each overwrite the one before.
         """
         p = self.progress
         path = (self.exp_dir / "bad-batches"
