@@ -159,6 +159,6 @@ class EpochBatches:
         left_out = ""
         if self.world_size == 1 and skip == 0 and self.num_cuts is not None:
             left_out = f"; {self.num_cuts - cuts} of {self.num_cuts} cuts left out"
-        logger.info("epoch %d, rank %d: %d batches (after %d global batches skipped at "
-                    "resumption), %d cuts, %.1f s%s",
+        logger.info("epoch %d, rank %d: %d batches (%d global batches skipped at resumption), "
+                    "%d cuts, %.1f s%s",
                     epoch, self.rank, batches, skip, cuts, seconds, left_out)
