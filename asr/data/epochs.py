@@ -1,18 +1,28 @@
 """Training batches epoch by epoch, resumable mid-epoch: the trainer's ``train_batches``.
 
-:class:`EpochBatches` is ``(epoch, skip) -> batches`` for one rank. Each epoch re-seeds the
-sampler's shuffle (``set_epoch``), the dataset's epoch (SpecAugment's ``start_epoch``, and every
-augmentation draw: the speed factors from ``(seed, epoch, cut id)``, noise, frequency warp,
-SpecAugment and dither from ``(seed, epoch, the batch's or the utterance's cut ids)``, see
-:mod:`asr.data.dataset`) and the Shar shard order, so that an epoch's batches do not depend on
-what ran before it, nor on ``num_workers``. Exact resumption: a resumed epoch re-creates the
-sampler and skips the ``skip`` batches already trained on without loading their features; the
-batches after them are the uninterrupted run's, augmentation included.
+:class:`EpochBatches` is ``(epoch, skip, skip_world_size) -> batches`` for one rank. Each epoch
+re-seeds the sampler's shuffle (``set_epoch``), the dataset's epoch (SpecAugment's
+``start_epoch``, and every augmentation draw: the speed factors from ``(seed, epoch, cut id)``,
+noise, frequency warp, SpecAugment and dither from ``(seed, epoch, the batch's or the utterance's
+cut ids)``, see :mod:`asr.data.dataset`) and the Shar shard order, so that an epoch's batches do
+not depend on what ran before it, nor on ``num_workers``. Exact resumption: a resumed epoch
+re-creates the sampler and skips the ``skip`` batches already trained on without loading their
+features; the batches after them are the uninterrupted run's, augmentation included.
+
+Resuming with another number of processes: ``skip`` counts GLOBAL batches (all ranks together)
+of the epoch's stream as ``skip_world_size`` processes sampled it (the stream depends on it:
+:mod:`asr.data.sampler`). With ``skip_world_size`` processes and ``skip`` a multiple of it,
+each rank skips ``skip / skip_world_size`` of its own batches; otherwise each rank replays that
+stream (one sampler per rank of ``skip_world_size``, over the epoch's cuts) and takes
+its share of the rest (:func:`asr.data.sampler.resumed_share`), so the batches before the stop
+and after the resumption are the epoch's, each once.
 
 What an epoch leaves out (lhotse's sampler with ``data.drop_last``, as in icefall): the cuts left
 in every duration bucket that no longer fill a batch (at most about ``num_buckets * max_duration``
 seconds), and with N ranks up to N - 1 more batches, so that every rank yields as many batches.
-Each rank logs at the end of an epoch what it trained on (and, alone, how many cuts were left
+An epoch resumed with another number of processes can leave out up to N - 1 more batches at
+its end (the last round of the old stream that does not fill the new ranks' round). Each rank
+logs at the end of an epoch what it trained on (and, alone, how many cuts were left
 out); an epoch that gives no batch at all (a corpus smaller than its buckets' batches) is an
 error, not a silent empty epoch.
 """
@@ -27,6 +37,7 @@ import torch
 from asr.data.config import DataConfig
 from asr.data.dataset import make_dataloader
 from asr.data.filtering import TextEncoder
+from asr.data.sampler import global_batches, resumed_share
 from asr.data.shar import SharCuts
 from asr.types import Batch
 
@@ -51,8 +62,30 @@ class _SkipFirst:
         return it
 
 
+class _ResumedShare:
+    """Iterable over one rank's share of an epoch's global stream, as ``stream_world_size``
+    processes sample it, after its first ``skip`` batches
+    (:func:`asr.data.sampler.resumed_share`)."""
+
+    def __init__(self, sampler, skip: int, stream_world_size: int, rank: int,
+                 world_size: int) -> None:
+        self.sampler = sampler
+        self.skip = skip
+        self.stream_world_size = stream_world_size
+        self.rank = rank
+        self.world_size = world_size
+
+    def __iter__(self):
+        stream = global_batches(self.sampler, self.stream_world_size)
+        return resumed_share(stream, self.skip, self.rank, self.world_size,
+                             self.sampler.drop_last)
+
+
 class EpochBatches:
-    """``(epoch, skip) -> batches`` of one rank, the trainer's ``train_batches`` callable.
+    """``(epoch, skip, skip_world_size) -> batches`` of one rank, the trainer's ``train_batches``.
+
+    ``skip``: the epoch's global batches already trained on (all ranks together) in its stream
+    as ``skip_world_size`` processes (default: this run's) sample it; see the module docstring.
 
     Args:
         cuts: the (filtered) training CutSet.
@@ -79,16 +112,29 @@ class EpochBatches:
         # e.g. Shar, has none without reading it)
         self.num_cuts = None if getattr(cuts, "is_lazy", True) else len(cuts)
 
-    def __call__(self, epoch: int, skip: int) -> Iterator[Batch]:
+    def __call__(self, epoch: int, skip: int, skip_world_size: int | None = None
+                 ) -> Iterator[Batch]:
+        if skip < 0 or (skip_world_size is not None and skip_world_size < 1):
+            raise ValueError(f"need skip >= 0 and skip_world_size >= 1, got skip={skip} "
+                             f"skip_world_size={skip_world_size}")
+        stream_world_size = self.world_size if skip_world_size is None else skip_world_size
         loader = self.loader
         loader.sampler.set_epoch(epoch)
         if self.shar is not None:
             self.shar.set_epoch(epoch)
         dataset = loader.dataset
         dataset.set_epoch(epoch)
+        if stream_world_size == self.world_size and skip % self.world_size == 0:
+            sampler = _SkipFirst(loader.sampler, skip // self.world_size)
+        else:
+            logger.info("epoch %d resumed on %d processes after %d batches of its stream for %d: "
+                        "rank %d takes its share of the rest", epoch, self.world_size, skip,
+                        stream_world_size, self.rank)
+            sampler = _ResumedShare(loader.sampler, skip, stream_world_size, self.rank,
+                                    self.world_size)
         epoch_loader = torch.utils.data.DataLoader(
             dataset,
-            sampler=_SkipFirst(loader.sampler, skip),
+            sampler=sampler,
             batch_size=None,
             num_workers=self.cfg.num_workers,
             persistent_workers=False,
@@ -113,5 +159,6 @@ class EpochBatches:
         left_out = ""
         if self.world_size == 1 and skip == 0 and self.num_cuts is not None:
             left_out = f"; {self.num_cuts - cuts} of {self.num_cuts} cuts left out"
-        logger.info("epoch %d, rank %d: %d batches (%d skipped at resumption), %d cuts, %.1f s%s",
+        logger.info("epoch %d, rank %d: %d batches (%d global batches skipped at resumption), "
+                    "%d cuts, %.1f s%s",
                     epoch, self.rank, batches, skip, cuts, seconds, left_out)

@@ -26,14 +26,22 @@ before it; with duration buckets (cuts of similar length) that is small (none of
 a LibriSpeech-like duration mix at 200 s and 30 buckets did). The padded size of a batch (its
 cuts times its longest) is not bounded by ``max_duration``; no batch is empty.
 
+The epoch's global batch stream (every rank's batches, round by round: rank 0's, rank 1's...)
+depends on the number of ranks: lhotse's bucketing sampler draws one duration bucket per round
+of ``world_size`` batches, so that the ranks of a step get cuts of similar length.
+:func:`global_batches` replays the stream of any world size; :func:`resumed_share` gives one rank
+of another world size its share of the rest of it.
+
 Resuming: the trainer does not use lhotse's sampler state (which, with DataLoader workers, counts
 the prefetched batches as yielded). :class:`asr.data.epochs.EpochBatches` re-seeds the sampler
-for the epoch and skips the number of batches the checkpoint says were trained on, counted in
-the training loop, so a resumed epoch neither repeats nor skips a batch with any ``num_workers``.
+for the epoch and skips the number of global batches the checkpoint says were trained on,
+counted in the training loop, so a resumed epoch neither repeats nor skips a batch with any
+``num_workers`` nor with another number of processes.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 from collections.abc import Iterator
@@ -42,7 +50,9 @@ from asr.data.config import DataConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["lazy_view", "make_sampler", "resolve_rank_world_size"]
+__all__ = [
+    "global_batches", "lazy_view", "make_sampler", "resolve_rank_world_size", "resumed_share",
+]
 
 
 def resolve_rank_world_size(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -162,3 +172,76 @@ def make_sampler(
     )
     return DynamicBucketingSampler(cuts, duration_bins=duration_bins, buffer_size=cfg.buffer_size,
                                    **common)
+
+
+def _sampler_for_rank(sampler, rank: int, world_size: int):
+    """A copy of a training ``sampler`` (:func:`make_sampler`) sampling for ``rank`` of
+    ``world_size`` processes: the same cuts, buckets, seed and epoch, its own iteration."""
+    from lhotse.dataset.sampling.base import SamplingDiagnostics
+
+    other = copy.copy(sampler)
+    # lhotse's samplers pickle through their ``__dict__`` itself (``lhotse.lazy.Dillable``):
+    # a plain copy would share it, and with it the iteration
+    other.__dict__ = dict(sampler.__dict__)
+    other.rank, other.world_size = rank, world_size
+    other._diagnostics = SamplingDiagnostics()
+    other._transforms = list(sampler._transforms)
+    return other
+
+
+def global_batches(sampler, world_size: int) -> Iterator:
+    """The current epoch's batches as ``world_size`` processes sample them, in global order.
+
+    Args:
+        sampler: a training sampler of :func:`make_sampler` (any rank and world size), its
+            epoch set (``set_epoch``).
+        world_size: the number of processes whose stream to replay.
+
+    Yields:
+        CutSets: round by round, the batch of rank 0, 1, ..., ``world_size - 1``; the epoch's
+        end is lhotse's for that many ranks (``drop_last``: no partial round; without it, the
+        last round's cuts split among the ranks).
+    """
+    ranks = [iter(_sampler_for_rank(sampler, r, world_size)) for r in range(world_size)]
+    while True:
+        batches = [next(it, None) for it in ranks]
+        if any(batch is None for batch in batches):  # the ranks end together
+            return
+        yield from batches
+
+
+def resumed_share(stream: Iterator, skip: int, rank: int, world_size: int,
+                  drop_last: bool) -> Iterator:
+    """One rank's share of what is left of a global batch stream after ``skip`` batches.
+
+    Rank ``rank`` of ``world_size`` takes batches ``skip + rank``, ``skip + rank + world_size``,
+    ...; every rank yields as many batches (a DDP step needs each). A last round of fewer than
+    ``world_size`` batches is left out with ``drop_last`` and otherwise split among the ranks
+    as lhotse splits it (a cut repeated as ``<id>_dup<k>`` when fewer cuts than ranks are left).
+
+    Args:
+        stream: a global batch stream (:func:`global_batches`), CutSets.
+        skip: the global batches already trained on.
+        rank: this process's rank.
+        world_size: the number of processes sharing the rest.
+        drop_last: the training sampler's ``drop_last``.
+    """
+    from lhotse.dataset.sampling.base import mark_as_duplicate
+    from lhotse.manipulation import combine
+
+    rest = itertools.islice(stream, skip, None)
+    while True:
+        batches = list(itertools.islice(rest, world_size))
+        if len(batches) == world_size:
+            yield batches[rank]
+            continue
+        if not batches or drop_last:
+            return
+        combined = combine(batches)
+        chunk = 0
+        while (missing := world_size - len(combined)) > 0:
+            repeated = combined.subset(first=missing).modify_ids(mark_as_duplicate(chunk))
+            combined = combined + repeated
+            chunk += 1
+        yield combined.split(world_size)[rank]
+        return

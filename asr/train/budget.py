@@ -240,7 +240,8 @@ class TimeBudget:
         step_seconds = self.clock() - origin[0] - sum(self._epoch_end_seconds[origin[2]:])
         ends = [r.step for r in p.history if r.step is not None]
         steps_per_epoch = ends[-1] - (ends[-2] if len(ends) > 1 else 0) if ends else 0
-        steps_into_epoch = p.batches_in_epoch // self.cfg.accum_grad
+        # the epoch's global batches in this run's steps (each accum_grad batches of every rank)
+        steps_into_epoch = p.batches_in_epoch // (self.cfg.accum_grad * self.dist.world_size)
         inp = PlanInput(
             step=p.step,
             remaining_s=self.cfg.time_budget_s - self.elapsed(),

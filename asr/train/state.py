@@ -71,7 +71,9 @@ class TrainConfig:
     Resumption is bit-exact with any ``data.num_workers``: the data path's random draws
     (augmentation, dither) are a function of the data seed, the epoch and the cut ids
     (:mod:`asr.data.dataset`), and the model's (dropout, chunk sizes...) come from the main
-    process' RNG state, which checkpoints capture.
+    process' RNG state, which checkpoints capture. Resumed with another number of processes, a
+    run trains the rest of the epoch's batches, each once, but not bit-exactly (the RNG streams
+    restart from the seed; :mod:`asr.train.trainer`).
     """
 
     max_epochs: int = 10
@@ -136,8 +138,17 @@ class Progress:
 
     Attributes:
         epoch: current epoch (1-based).
-        step: optimizer steps taken so far.
-        batches_in_epoch: batches of the current epoch already consumed (the sampler position).
+        step: optimizer steps taken so far (each one step of every process: a count of global
+            batches of ``accum_grad`` x world size batches, whatever the world size was).
+        batches_in_epoch: GLOBAL batches of the current epoch already consumed, by all
+            processes together (the sampler position in the epoch's batch stream): each rank's
+            count times the world size.
+        epoch_world_size: the number of processes the current epoch's batch stream is sampled
+            for (the world size of the run that started the epoch; a run resumed mid-epoch with
+            another world size takes its share of the rest of that stream,
+            :class:`asr.data.epochs.EpochBatches`). None: unknown, in a checkpoint written
+            before it was kept, whose ``batches_in_epoch`` counts one process' batches (the
+            trainer takes them as batches of each of its processes, as it then did).
         history: finished epochs.
         loss_sum / utts_sum: running training loss of the current epoch.
         planned_steps: where a run stops to fit ``train.time_budget_s`` (0: no plan yet, or all
@@ -161,6 +172,7 @@ class Progress:
     epoch: int = 1
     step: int = 0
     batches_in_epoch: int = 0
+    epoch_world_size: int | None = 1
     loss_sum: float = 0.0
     utts_sum: float = 0.0
     planned_steps: int = 0
@@ -181,10 +193,12 @@ class Progress:
     def from_state_dict(cls, state: dict[str, Any]) -> Progress:
         history = [EpochRecord(**r) for r in state.get("history", [])]
         valid_loss, scalars = state.get("valid_loss"), state.get("step_scalars")
+        epoch_world_size = state.get("epoch_world_size")
         return cls(
             epoch=int(state["epoch"]),
             step=int(state["step"]),
             batches_in_epoch=int(state["batches_in_epoch"]),
+            epoch_world_size=None if epoch_world_size is None else int(epoch_world_size),
             loss_sum=float(state.get("loss_sum", 0.0)),
             utts_sum=float(state.get("utts_sum", 0.0)),
             planned_steps=int(state.get("planned_steps", 0)),

@@ -4,10 +4,23 @@ The trainer knows nothing about speech: it drives any module whose ``forward(bat
 (``step``: the optimizer steps taken so far, for losses with a schedule) returns an object with
 ``loss`` (scalar, SUMMED over utterances), ``num_utterances`` and ``metrics`` (a dict of floats,
 also sums), as :class:`asr.model.ASRModel` does. Wall-clock budgets are planned by
-:class:`asr.train.budget.TimeBudget`, called after each step and at each end of epoch. Batches come from a callable ``train_batches(epoch, skip)``
-that yields the batches of ``epoch`` after dropping the first ``skip`` (the same batches, augmentation
-included, as in an uninterrupted run: :class:`asr.data.epochs.EpochBatches`); that position plus
-the RNG states is what makes a resumed run continue exactly where the killed one stopped.
+:class:`asr.train.budget.TimeBudget`, called after each step and at each end of epoch. Batches
+come from a callable ``train_batches(epoch, skip, skip_world_size)`` that yields this rank's
+batches of ``epoch`` after the first ``skip`` GLOBAL batches (all ranks' together) of the epoch's
+stream as ``skip_world_size`` processes sample it (the same batches, augmentation included, as in
+an uninterrupted run: :class:`asr.data.epochs.EpochBatches`); that position plus the RNG states
+is what makes a resumed run continue exactly where the killed one stopped.
+
+Counters (:class:`asr.train.state.Progress`): ``step`` counts optimizer steps, one per step of
+all ranks together; ``batches_in_epoch`` counts the epoch's global batches (each rank's batches
+times the world size) and ``epoch_world_size`` the processes the epoch's stream is sampled for,
+so a run resumed mid-epoch with another number of processes takes its share of exactly the
+batches the killed run left (the RNG streams then restart from the seed: not bit-exact). Its
+steps take ``accum_grad`` batches of each of its processes: with
+``optim.reference_batch_seconds`` the LR schedule counts them by their audio
+(:class:`asr.train.optim.Scheduler`, ``schedule_scale``; without it, one per step), while
+``train.max_steps``, ``valid_interval``, ``checkpoint_interval`` and ``average_period`` count
+optimizer steps of whatever size.
 
 Gradient normalisation: each batch's summed loss is multiplied by the world size before
 ``backward`` (DDP averages gradients over ranks, so they become sums over the global batch); at the
@@ -62,7 +75,8 @@ logger = logging.getLogger(__name__)
 #: stops training.
 LOW_LOSS_SCALE = 0.01
 
-BatchSource = Callable[[int, int], Iterable[Batch]]
+#: ``(epoch, skip, skip_world_size) -> batches`` of this rank (module docstring)
+BatchSource = Callable[[int, int, int], Iterable[Batch]]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -87,7 +101,8 @@ class Trainer:
         optim_cfg: optimizer and learning-rate schedule.
         train_cfg: loop settings.
         exp_dir: where checkpoints, TensorBoard logs and ``training.png`` go.
-        train_batches: ``(epoch, skip) -> batches`` of this rank.
+        train_batches: ``(epoch, skip, skip_world_size) -> batches`` of this rank (module
+            docstring).
         valid_batches: ``() -> batches`` for the validation loss (or None).
         evaluate: ``(model) -> WER in percent`` run on rank 0 after each epoch (or None).
         dist: this process' place in the job.
@@ -155,7 +170,7 @@ class Trainer:
                 "slower than float32 (set train.cpu_amp=auto or false)"
             )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
-        self.progress = Progress()
+        self.progress = Progress(epoch_world_size=self.dist.world_size)
         self._accum_utts = 0.0  # utterances in the gradients accumulated since the last step
         self._step_batches: list[Batch] = []  # the batches of the step being accumulated
         self._step_loss = 0.0  # their summed loss and metrics (this rank's), for the logs
@@ -201,6 +216,7 @@ class Trainer:
         if self.averager is not None and state.get("averager"):
             self.averager.load_state_dict(state["averager"])
         rngs = state["rng_per_rank"]
+        self._resume_position(len(rngs))
         if len(rngs) == self.dist.world_size:
             restore_rng_state(rngs[self.dist.rank])
         else:
@@ -208,6 +224,29 @@ class Trainer:
                 "checkpoint was written by %d processes, resuming with %d: RNG streams restart "
                 "from the seed, so the run continues but not bit-exactly", len(rngs),
                 self.dist.world_size,
+            )
+
+    def _resume_position(self, written_by: int) -> None:
+        """Where this run enters the checkpoint's epoch, written by ``written_by`` processes."""
+        p, world_size = self.progress, self.dist.world_size
+        if p.epoch_world_size is None:  # a checkpoint without it counts one process' batches
+            if p.batches_in_epoch and written_by != world_size:
+                logger.warning(
+                    "checkpoint written by %d processes before checkpoints recorded their world "
+                    "size, resumed with %d mid-epoch: each process skips the %d batches one of "
+                    "them had trained on, so cuts of epoch %d may be trained on twice or not at "
+                    "all", written_by, world_size, p.batches_in_epoch, p.epoch,
+                )
+            p.batches_in_epoch *= world_size
+            p.epoch_world_size = world_size
+        if p.batches_in_epoch == 0:  # nothing of the epoch trained on: this run samples it
+            p.epoch_world_size = world_size
+        elif p.epoch_world_size != world_size:
+            logger.info(
+                "epoch %d was sampled for %d processes: the %d of this run share the rest of its "
+                "batches after the %d trained on (a step now takes another global batch, which "
+                "the LR schedule counts by its audio with optim.reference_batch_seconds)",
+                p.epoch, p.epoch_world_size, world_size, p.batches_in_epoch,
             )
 
     def save(self, path: Path) -> None:
@@ -258,7 +297,7 @@ class Trainer:
                 f"{details or err}"
             ) from err
         logger.info(
-            "resumed from %s at epoch %d, step %d (%d batches into the epoch)", path,
+            "resumed from %s at epoch %d, step %d (%d global batches into the epoch)", path,
             self.progress.epoch, self.progress.step, self.progress.batches_in_epoch,
         )
         p = self.progress
@@ -350,7 +389,8 @@ class Trainer:
         if not (p.batches_in_epoch > 0 and p.epoch <= self.cfg.max_epochs and self._finished()
                 and self._stop_ends_epoch()):
             return False
-        return next(iter(self.train_batches(p.epoch, p.batches_in_epoch)), None) is None
+        batches = self.train_batches(p.epoch, p.batches_in_epoch, p.epoch_world_size)
+        return next(iter(batches), None) is None
 
     def _stop_ends_epoch(self) -> bool:
         """Whether stopping now still ends an epoch that has no batch left: a stop by
@@ -363,16 +403,19 @@ class Trainer:
         p = self.progress
         self.model.train()
         self.scheduler.set_epoch(p.epoch - 1)
-        batches = self.train_batches(p.epoch, p.batches_in_epoch)
+        world_size = self.dist.world_size
+        batches = self.train_batches(p.epoch, p.batches_in_epoch, p.epoch_world_size)
         bar = tqdm(batches, desc=f"epoch {p.epoch}", disable=not self.dist.is_main,
-                   initial=p.batches_in_epoch, unit="batch", dynamic_ncols=True)
+                   initial=p.batches_in_epoch // world_size, unit="batch", dynamic_ncols=True)
         epoch_done = True
+        taken = 0  # this rank's batches of the epoch in this run (checkpoints are between steps)
         it = iter(bar)
         for batch in it:
-            last_of_step = (p.batches_in_epoch + 1) % self.cfg.accum_grad == 0
+            taken += 1
+            last_of_step = taken % self.cfg.accum_grad == 0
             self._forward_backward(batch, sync=last_of_step)
-            p.batches_in_epoch += 1
-            if p.batches_in_epoch % self.cfg.accum_grad != 0:
+            p.batches_in_epoch += world_size  # every rank took one
+            if not last_of_step:
                 continue
             if self._step(bar):
                 # Finished: saved before peeking at the next batch, whose loading may draw from
@@ -511,10 +554,10 @@ class Trainer:
 
     def _save_bad_batches(self, batches: list[Batch]) -> tuple[Path, list[str]]:
         """Saves the batches of the current step under ``bad-batches/`` as
-        ``epoch-E-batch-B-rank-R.pt`` (``B``: the place of the step's last batch in epoch
-        ``E``); returns the file and their cut ids. Named by the place in the data, not by the
-        step count, which a skipped step leaves where it was: the steps skipped in a row would
-        each overwrite the one before.
+        ``epoch-E-batch-B-rank-R.pt`` (``B``: the global batches of epoch ``E`` taken with the
+        step's last batch, ``Progress.batches_in_epoch``); returns the file and their cut ids.
+        Named by the place in the data, not by the step count, which a skipped step leaves where
+        it was: the steps skipped in a row would each overwrite the one before.
         """
         p = self.progress
         path = (self.exp_dir / "bad-batches"
@@ -599,6 +642,7 @@ class Trainer:
         )
         p.epoch += 1
         p.batches_in_epoch = 0
+        p.epoch_world_size = self.dist.world_size
         p.loss_sum = p.utts_sum = 0.0
         # Re-planned before the checkpoint, so that a resumed run continues this plan.
         self._apply_plan(self.budget.after_epoch(p, self.budget.clock() - start))

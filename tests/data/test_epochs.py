@@ -31,7 +31,8 @@ def test_ranks_are_disjoint_equal_and_resume_at_every_batch(prepared, both_parts
                                                             world_size: int) -> None:
     """Every rank yields as many batches (a DDP step needs each), no cut reaches two ranks, all
     cuts are trained on without drop_last (11 cuts: uneven for 2 and 3 ranks), and an epoch
-    resumed after any number of its batches yields exactly the rest of them. Filtered Shar (as
+    resumed after any number of its batches (``skip`` counts those of all ranks) yields exactly
+    the rest of them. Filtered Shar (as
     training filters it, :func:`asr.run.train._load_shar`: its manifests too, which the buckets
     are estimated from) leaves out the cut longer than 2 s and resumes alike."""
     cfg = DataConfig(max_duration=2.5, max_cut_duration=2.5, num_buckets=2, shuffle=True,
@@ -56,7 +57,8 @@ def test_ranks_are_disjoint_equal_and_resume_at_every_batch(prepared, both_parts
         batches = epoch_batches(rank)
         full = [b.cut_ids for b in batches(2, 0)]
         for skip in range(len(full) + 1):
-            assert [b.cut_ids for b in batches(2, skip)] == full[skip:], (rank, skip)
+            resumed = batches(2, skip * world_size)  # the global batches of all ranks
+            assert [b.cut_ids for b in resumed] == full[skip:], (rank, skip)
         per_rank.append(full)
     assert len({len(full) for full in per_rank}) == 1 and per_rank[0]
     ids = [cut_id for full in per_rank for batch in full for cut_id in batch]
@@ -64,3 +66,46 @@ def test_ranks_are_disjoint_equal_and_resume_at_every_batch(prepared, both_parts
     assert len(real) == len(set(real)) and set(real) <= every_id
     if not drop_last:
         assert set(real) == every_id
+
+
+@pytest.mark.parametrize("source", ["lazy", "shar"])
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize(("old_world", "new_world"), [(1, 2), (2, 1), (2, 3), (4, 2)])
+def test_an_epoch_resumed_with_another_number_of_processes_trains_each_cut_once(
+        prepared, both_parts_shar, source: str, drop_last: bool, old_world: int,
+        new_world: int) -> None:
+    """A checkpoint after ``k`` batches per rank of ``old_world`` processes holds ``k x
+    old_world`` global batches of the old stream; ``new_world`` processes resumed from it take
+    the rest of that stream, as many batches each: the cuts before the stop and after the
+    resumption are the epoch's, each once (with drop_last, the old stream up to the last full
+    round of the new ranks). Every position of the old ranks is tried, from manifests and from
+    Shar (every replayed rank reads the shards)."""
+    cfg = DataConfig(max_duration=2.5, max_cut_duration=2.5, num_buckets=2, shuffle=True,
+                     drop_last=drop_last, num_workers=0, seed=5)
+    paths = [prepared["fbank"]["train-clean-5"], prepared["fbank"]["dev-clean-2"]]
+    every_id = {c.id for path in paths for c in CutSet.from_file(path)}
+
+    def epoch_batches(rank: int, world_size: int) -> EpochBatches:
+        if source == "shar":
+            shar = SharCuts([both_parts_shar], "features", shuffle=True, seed=5)
+            return EpochBatches(shar.cuts, cfg, CharEncoder(), rank, world_size, shar=shar)
+        cuts = CutSet.from_jsonl_lazy(paths[0]) + CutSet.from_jsonl_lazy(paths[1])
+        return EpochBatches(cuts, cfg, CharEncoder(), rank, world_size)
+
+    old = [epoch_batches(rank, old_world) for rank in range(old_world)]
+    new = [epoch_batches(rank, new_world) for rank in range(new_world)]
+    old_full = [[b.cut_ids for b in batches(3, 0)] for batches in old]
+    per_rank = len(old_full[0])
+    stream = [old_full[rank][i] for i in range(per_rank) for rank in range(old_world)]
+    for k in range(per_rank + 1):
+        before = [ids for full in old_full for ids in full[:k]]
+        skip = k * old_world
+        after = [[b.cut_ids for b in batches(3, skip, old_world)] for batches in new]
+        assert len({len(share) for share in after}) == 1, (k, after)
+        seen = [c for ids in before + [ids for share in after for ids in share] for c in ids]
+        if drop_last:
+            kept = skip + new_world * ((len(stream) - skip) // new_world)
+            assert sorted(seen) == sorted(c for ids in stream[:kept] for c in ids), k
+        else:
+            real = [c for c in seen if "_dup" not in c]
+            assert sorted(real) == sorted(every_id), k

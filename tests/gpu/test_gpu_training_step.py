@@ -50,7 +50,7 @@ def test_training_step_under_autocast(device, full_size, record, tmp_path, recip
     cfg, train_cfg = _experiment(recipe, full_size, amp_dtype, on_cuda)
     torch.manual_seed(0)
     model = build_model(cfg, VOCAB)
-    trainer = Trainer(model, cfg.optim, train_cfg, tmp_path, train_batches=lambda e, s: [],
+    trainer = Trainer(model, cfg.optim, train_cfg, tmp_path, train_batches=lambda e, s, w: [],
                       dist=DistInfo(device=device))
     expected = torch.float16 if on_cuda and amp_dtype == "float16" else torch.bfloat16
     assert trainer.amp and trainer.amp_dtype == expected

@@ -118,7 +118,7 @@ def budget_run(exp_dir, clock, budget=60.0, resume=False, fail_at=0, max_epochs=
     torch.manual_seed(0)
     model = TimedToy(clock, **timing)
 
-    def train_batches(epoch, skip):
+    def train_batches(epoch, skip, skip_world_size):
         for i, b in enumerate(batches(epoch, skip), start=skip):
             if fail_at and epoch == 2 and i == fail_at:
                 raise KeyboardInterrupt("killed")
@@ -135,7 +135,7 @@ def budget_run(exp_dir, clock, budget=60.0, resume=False, fail_at=0, max_epochs=
                     average_period=0, keep_last=0, time_budget_s=budget,
                     time_budget_calibration_steps=calibration, time_budget_quantum=quantum,
                     time_budget_window=window),
-        exp_dir, train_batches=train_batches, valid_batches=lambda: batches(99, 0, 2),
+        exp_dir, train_batches=train_batches, valid_batches=lambda: batches(99, 0, num_batches=2),
         evaluate=evaluate, clock=clock,
     )
     if resume:

@@ -1,5 +1,6 @@
 """Trainer: exact resume after a stop mid-epoch, DDP gradient equivalence, logs and plot."""
 
+import json
 import logging
 import math
 import os
@@ -55,11 +56,13 @@ def make_batch(generator: torch.Generator, batch_size: int = 3) -> Batch:
     return Batch(feats, feat_lens, tokens, token_lens)
 
 
-def batches(epoch: int, skip: int, num_batches: int = 7):
+def batches(epoch: int, skip: int, skip_world_size: int = 1, num_batches: int = 7):
+    """The epoch's batches of every rank after ``skip`` global batches of ``skip_world_size``
+    ranks (each rank gets the same batches here)."""
     g = torch.Generator().manual_seed(1000 + epoch)  # the sampler's order is a function of epoch
     for i in range(num_batches):
         b = make_batch(g)
-        if i >= skip:
+        if i >= skip // skip_world_size:
             yield b
 
 
@@ -75,7 +78,7 @@ def run(exp_dir, max_steps=0, resume=False, checkpoint_interval=2, cpu_amp=False
                     keep_last=0, cpu_amp=cpu_amp, accum_grad=accum_grad),
         exp_dir,
         train_batches=batches,
-        valid_batches=lambda: batches(99, 0, 2),
+        valid_batches=lambda: batches(99, 0, num_batches=2),
         evaluate=lambda m: 12.5,
     )
     if resume:
@@ -113,6 +116,35 @@ def test_accumulation_does_not_cross_an_epoch_end_so_resuming_there_is_exact(tmp
     assert resumed.progress.step == 8
     for (name, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_a_checkpoint_without_its_world_size_resumes_as_before_with_a_warning(tmp_path,
+                                                                               caplog):
+    """Checkpoints written before the world size was recorded count one process' batches: the
+    resumed run skips that many of each of its own (as it did), and says that a checkpoint of
+    another number of processes may repeat or leave out cuts."""
+    run(tmp_path, max_steps=2, checkpoint_interval=0)  # 2 batches into epoch 1
+    (path,) = [p for _, p in list_checkpoints(tmp_path)]
+    state = torch.load(path, weights_only=False)
+    assert (state["progress"]["batches_in_epoch"], state["progress"]["epoch_world_size"]) == (2, 1)
+    del state["progress"]["epoch_world_size"]
+    state["rng_per_rank"] *= 2  # as if written by 2 processes
+    torch.save(state, path)
+    calls = []
+
+    def recorded(epoch, skip, skip_world_size):
+        calls.append((epoch, skip, skip_world_size))
+        return batches(epoch, skip, skip_world_size)
+
+    trainer = Trainer(ToyModel(), OptimConfig(), TrainConfig(max_epochs=1, checkpoint_interval=0),
+                      tmp_path, recorded)
+    with caplog.at_level(logging.WARNING, logger="asr.train.trainer"):
+        assert trainer.resume()
+    assert "before checkpoints recorded their world size" in caplog.text
+    assert "cuts of epoch 1 may be trained on twice or not at all" in caplog.text
+    trainer.fit()
+    assert calls[0] == (1, 2, 1)
+    assert trainer.progress.step == 7
 
 
 def test_resuming_another_models_checkpoint_names_the_file(tmp_path):
@@ -254,8 +286,8 @@ class NanAt(ToyModel):
 
 
 def _named(batches_fn):
-    def named(epoch, skip):
-        for i, b in enumerate(batches_fn(epoch, skip)):
+    def named(epoch, skip, skip_world_size):
+        for i, b in enumerate(batches_fn(epoch, skip, skip_world_size)):
             yield Batch(b.feats, b.feat_lens, b.tokens, b.token_lens,
                         cut_ids=[f"e{epoch}b{i}u{u}" for u in range(b.batch_size)])
     return named
@@ -314,7 +346,7 @@ idx = [0, 1, 2, 3] if info.world_size == 1 else [2 * info.rank, 2 * info.rank + 
 T = int(full.feat_lens[idx].max())
 part = Batch(full.feats[idx, :T], full.feat_lens[idx], full.tokens[idx], full.token_lens[idx])
 trainer = Trainer(model, OptimConfig(), TrainConfig(max_epochs=1), os.environ["OUT_DIR"],
-                  lambda e, s: [], dist=info)
+                  lambda e, s, w: [], dist=info)
 trainer.model.train()
 unwrapped = trainer.model.module if info.distributed else trainer.model
 unwrapped.net[2].p = 0.0
@@ -351,7 +383,7 @@ def test_each_forward_gets_the_optimizer_steps_taken_so_far(tmp_path):
     model = ToyModel()
     cfg = TrainConfig(max_epochs=1, accum_grad=2, checkpoint_interval=0)
     trainer = Trainer(model, OptimConfig(), cfg, tmp_path,
-                      lambda epoch, skip: batches(epoch, skip, num_batches=6))
+                      lambda epoch, skip, world: batches(epoch, skip, num_batches=6))
     trainer.fit()
     assert model.steps_seen == [0, 0, 1, 1, 2, 2]
 
@@ -369,7 +401,7 @@ torch.manual_seed(0)
 model = NanAt(bad={2} if info.rank == 1 else ())  # rank 1's second batch goes NaN
 out = os.path.join(os.environ["OUT_DIR"], f"rank{info.rank}")
 trainer = Trainer(model, OptimConfig(), TrainConfig(max_epochs=1, checkpoint_interval=0,
-                  average_period=0), out, lambda e, s: batches(e, s, num_batches=4), dist=info)
+                  average_period=0), out, lambda e, s, w: batches(e, s, num_batches=4), dist=info)
 progress = trainer.fit()
 unwrapped = trainer.model.module
 torch.save({"step": progress.step, "skipped": progress.skipped_steps,
@@ -392,7 +424,7 @@ def test_a_non_finite_step_on_one_rank_is_skipped_on_every_rank(tmp_path):
     assert (rank0["step"], rank0["skipped"]) == (rank1["step"], rank1["skipped"]) == (3, 1)
     for name, value in rank0["weights"].items():
         assert torch.isfinite(value).all() and torch.equal(value, rank1["weights"][name]), name
-    assert (tmp_path / "rank1" / "bad-batches" / "epoch-1-batch-2-rank-1.pt").is_file()
+    assert (tmp_path / "rank1" / "bad-batches" / "epoch-1-batch-4-rank-1.pt").is_file()
 
 
 DDP_RESUME_SCRIPT = r'''
@@ -432,6 +464,82 @@ def test_the_epoch_train_loss_of_a_resumed_ddp_run_counts_every_rank_once(tmp_pa
     for rank in (0, 1):
         losses = torch.load(tmp_path / f"losses{rank}.pt")
         assert losses["resumed"] == pytest.approx(losses["full"], rel=1e-12)
+
+
+WORLD_CHANGE_SCRIPT = r'''
+import json, os, sys, torch
+sys.path[:0] = [os.environ["TEST_DIR"], os.path.dirname(os.environ["TEST_DIR"])]
+from test_trainer import ToyModel, make_batch
+from asr.train.distributed import setup_distributed, cleanup_distributed
+from asr.train.optim import OptimConfig
+from asr.train.state import TrainConfig
+from asr.train.trainer import Trainer
+from asr.types import Batch
+info = setup_distributed("cpu")
+phase = os.environ["PHASE"]
+
+def stream(epoch):
+    """The epoch's 13 global batches (the same for any number of ranks here)."""
+    g = torch.Generator().manual_seed(1000 + epoch)
+    for j in range(13):
+        b = make_batch(g, batch_size=2)
+        yield Batch(b.feats, b.feat_lens, b.tokens, b.token_lens,
+                    cut_ids=[f"e{epoch}g{j}u{u}" for u in range(2)])
+
+def source(epoch, skip, skip_world_size=None):
+    """A rank's share of the global batches after ``skip`` (drop_last: as many per rank)."""
+    if skip_world_size is None:  # a trainer that counts one rank's batches
+        skip *= info.world_size
+    rest = list(stream(epoch))[skip:]
+    share = len(rest) // info.world_size
+    yield from rest[info.rank::info.world_size][:share]
+
+class Recording(ToyModel):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, batch, step=0):
+        if self.training:
+            self.seen.extend(batch.cut_ids)
+        return super().forward(batch, step)
+
+torch.manual_seed(0)
+model = Recording()
+trainer = Trainer(model, OptimConfig(lr=1e-2, warmup_steps=3),
+                  TrainConfig(max_epochs=1, max_steps=3 if phase == "stop" else 0,
+                              checkpoint_interval=0, average_period=0),
+                  os.path.join(os.environ["OUT_DIR"], "exp"), source, dist=info)
+if phase == "resume":
+    assert trainer.resume()
+progress = trainer.fit()
+with open(os.path.join(os.environ["OUT_DIR"], f"{phase}{info.rank}.json"), "w") as f:
+    json.dump({"seen": model.seen, "step": progress.step,
+               "scheduler_steps": trainer.scheduler.step_count}, f)
+cleanup_distributed()
+'''
+
+
+@pytest.mark.parametrize(("old_world", "new_world"), [(2, 1), (1, 2)])
+def test_an_epoch_resumed_with_another_number_of_processes_trains_each_batch_once(
+        tmp_path, old_world, new_world):
+    """A checkpoint counted one rank's batches: resumed with another number of processes, each
+    skipped that many of its own share, repeating batches (2 -> 1) or never training some
+    (1 -> 2). It counts the epoch's global batches and the processes that sampled them; the
+    resumed ranks share the rest. The step counter and the schedule go on from the checkpoint's
+    (steps of another global batch, each counted once)."""
+    script = tmp_path / "world_change.py"
+    script.write_text(WORLD_CHANGE_SCRIPT)
+    for phase, nproc in (("stop", old_world), ("resume", new_world)):
+        run_torchrun([str(script)], nproc=nproc, env=dict(_ddp_env(tmp_path), PHASE=phase),
+                     timeout=180)
+    stop = [json.loads((tmp_path / f"stop{r}.json").read_text()) for r in range(old_world)]
+    resume = [json.loads((tmp_path / f"resume{r}.json").read_text()) for r in range(new_world)]
+    seen = [c for run in stop + resume for c in run["seen"]]
+    trained = 3 * old_world + new_world * ((13 - 3 * old_world) // new_world)  # drop_last
+    assert sorted(seen) == sorted(f"e1g{j}u{u}" for j in range(trained) for u in range(2))
+    steps = 3 + (13 - 3 * old_world) // new_world
+    assert {(r["step"], r["scheduler_steps"]) for r in resume} == {(steps, steps)}
 
 
 def test_more_local_processes_than_gpus_is_a_clear_error(monkeypatch):
@@ -530,7 +638,7 @@ def test_a_run_killed_after_its_stop_checkpoint_still_ends_the_epoch_when_resume
 
         trainer = Trainer(ToyModel(), OptimConfig(), TrainConfig(
             max_epochs=2, max_steps=7, checkpoint_interval=0, log_interval=1), tmp_path,
-            train_batches=batches, valid_batches=lambda: batches(99, 0, 2), evaluate=evaluate)
+            train_batches=batches, valid_batches=lambda: batches(99, 0, num_batches=2), evaluate=evaluate)
         trainer.resume()
         return trainer.fit()
 
@@ -547,7 +655,7 @@ def test_the_checkpoint_of_a_stop_holds_the_rng_state_before_any_further_batch(t
     loading may draw from the global RNG (augmentation): the checkpoint of the stop must hold
     the state before it, or the resumed run draws twice and departs from the uninterrupted one."""
 
-    def drawing(epoch, skip):
+    def drawing(epoch, skip, skip_world_size):
         for batch in batches(epoch, skip):
             torch.rand(1)  # an augmentation drawing from the global RNG as the batch loads
             yield batch
@@ -602,7 +710,7 @@ def test_tensorboard_logs_each_steps_learning_rate_and_loss(tmp_path):
     optim = OptimConfig(lr=1e-2, warmup_steps=3)
     trainer = Trainer(model, optim, TrainConfig(max_epochs=2, accum_grad=2, log_interval=1,
                       checkpoint_interval=0), tmp_path, train_batches=batches,
-                      valid_batches=lambda: batches(99, 0, 2), evaluate=lambda m: 12.5)
+                      valid_batches=lambda: batches(99, 0, num_batches=2), evaluate=lambda m: 12.5)
     trainer.fit()
     scalars = _scalars(tmp_path)
     steps = list(range(1, 9))
@@ -655,7 +763,7 @@ def _run_validating_on_the_epochs_last_step(exp_dir, valid_interval, kill=False,
     def valid_batches():
         if validations is not None:
             validations.append(trainer.progress.step)
-        return batches(99, 0, 2)
+        return batches(99, 0, num_batches=2)
 
     trainer = Trainer(ToyModel(), OptimConfig(lr=1e-2, warmup_steps=3),
                       TrainConfig(max_epochs=2, checkpoint_interval=7, valid_interval=valid_interval,
