@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -207,6 +208,30 @@ def test_only_durable_writes_flush_to_disk(tmp_path, monkeypatch, durable, expec
     assert (tmp_path / "a.bin").read_bytes() == b"new"
     assert len(calls) == expected  # the file, then its directory
     assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
+
+
+def test_a_durable_write_flushes_the_temporary_before_the_rename_and_the_directory_after(
+        tmp_path, monkeypatch):
+    """The data reaches the disk before the name points at it (a power loss after the rename
+    must not leave an empty checkpoint-N.pt), and the rename itself is flushed with its
+    directory."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        info = os.fstat(fd)
+        events.append(("fsync", "directory" if stat.S_ISDIR(info.st_mode) else info.st_ino))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.stat(src).st_ino))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    write_atomic(tmp_path / "a.bin", lambda tmp: tmp.write_bytes(b"new"))
+    inode = (tmp_path / "a.bin").stat().st_ino
+    assert events == [("fsync", inode), ("replace", inode), ("fsync", "directory")]
 
 
 def test_the_output_lock_is_exclusive_and_leaves_nothing(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from contextlib import contextmanager
@@ -10,8 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from asr.checkpoints.io import load_weights, save_weights
 from asr.checkpoints.selection import WeightSelection
 from asr.cli.main import main
+from asr.fingerprint import sha256_of_file
 from asr.package import (
     METADATA_FILE,
     WEIGHTS_FILE,
@@ -349,3 +352,79 @@ def test_a_gzip_compressed_lm_is_made_packaged_and_loaded(exp_dir, tmp_path):
     model = load_model(out)
     assert model.runtime.searcher == "ctc_prefix_beam"
     assert model.searcher() is not None  # builds the searcher, with the LM read
+
+
+def test_export_metadata_describes_the_model_and_the_newest_dev_wer(tmp_path):
+    """Each metadata field against what it describes: the encoder's chunking (left_chunks 3 is
+    not chunk_size 2), the fbank rate, the parameters (not the CMVN buffers), the training
+    data, and the dev WER of the last epoch that has one (an earlier epoch's WER would describe
+    other weights); an explicit ``wer={}`` records none."""
+    exp_dir = random_experiment(tmp_path / "work", chunk_size=2, left_chunks=3,
+                                fbank={"sample_rate": 8000},
+                                encoder_overrides={"input_norm": "global_cmvn"})  # 2 buffers
+    checkpoint = torch.load(exp_dir / "epoch-1.pt", weights_only=True)
+    checkpoint["progress"]["history"] = [{"epoch": 1, "valid_wer": 30.0},
+                                         {"epoch": 2, "valid_wer": 25.5},
+                                         {"epoch": 3, "valid_wer": None}, {"epoch": 4}]
+    checkpoint["extra"]["config"]["data"]["train_cuts"] = ["data/a.jsonl.gz", "data/b.jsonl.gz"]
+    torch.save(checkpoint, exp_dir / "checkpoint-9.pt")
+    metadata = export_package(exp_dir, tmp_path / "pkg")
+    package = load_package(tmp_path / "pkg")
+    assert metadata == package.metadata
+    assert metadata.checkpoints == ("checkpoint-9.pt",) and metadata.wer == {"dev": 25.5}
+    assert (metadata.streaming, metadata.chunk_size, metadata.left_chunks) == (True, 2, 3)
+    assert metadata.sample_rate == 8000 == package.config.data.fbank.sample_rate
+    model = package.build_model()
+    assert metadata.num_parameters == sum(p.numel() for p in model.parameters())
+    assert metadata.num_parameters < sum(v.numel() for v in model.state_dict().values())
+    assert metadata.vocab_size == package.tokenizer.vocab_size
+    assert metadata.training_data == ("data/a.jsonl.gz", "data/b.jsonl.gz")
+    assert export_package(exp_dir, tmp_path / "pkg2", wer={}).wer == {}
+
+
+def test_a_package_file_changed_after_export_is_refused_by_its_sha256(exp_dir, tmp_path):
+    """A weights file replaced by other valid weights loads without error: only its sha256
+    tells it is not the file exported."""
+    export_package(exp_dir, tmp_path / "pkg")
+    path = tmp_path / "pkg" / WEIGHTS_FILE
+    save_weights({k: v * 2 for k, v in load_weights(path).items()}, path)
+    with pytest.raises(PackageError, match=r"model\.safetensors: sha256 mismatch"):
+        load_package(tmp_path / "pkg")
+    load_package(tmp_path / "pkg", verify=False)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda m, _: m.update(vocab_size=m["vocab_size"] + 1),
+     r"vocab_size \d+ differs from the tokenizer's \d+"),
+    (lambda m, _: m.update(new_field=1), r"unknown metadata keys \['new_field'\]"),
+    (lambda m, digest: m["sha256"].update({"../outside.txt": digest}),
+     r"file name '\.\./outside\.txt' leaves the package"),
+])
+def test_metadata_that_does_not_fit_the_package_is_refused(exp_dir, tmp_path, change, message):
+    """metadata.json has no sha256 of its own: a hand-edited vocabulary size, an unknown field
+    or a listed file outside the package (its digest right) is refused, naming it."""
+    export_package(exp_dir, tmp_path / "pkg")
+    (tmp_path / "outside.txt").write_text("not the package's")
+    digest = sha256_of_file(tmp_path / "outside.txt")
+    _edit_metadata(tmp_path / "pkg", lambda m: change(m, digest))
+    with pytest.raises(PackageError, match=f"metadata.json: {message}"):
+        load_package(tmp_path / "pkg")
+
+
+def test_an_empty_package_file_is_named_as_truncated(exp_dir, tmp_path):
+    export_package(exp_dir, tmp_path / "pkg")
+    (tmp_path / "pkg" / WEIGHTS_FILE).write_bytes(b"")
+    with pytest.raises(PackageError, match=r"model\.safetensors: empty package file"):
+        load_package(tmp_path / "pkg", verify=False)
+
+
+def test_package_weights_that_do_not_fit_the_config_are_refused(exp_dir, tmp_path):
+    """A weight missing from (or extra to) the package's weights would leave a layer at its
+    random initialisation: refused naming the weights file."""
+    export_package(exp_dir, tmp_path / "pkg")
+    package = load_package(tmp_path / "pkg")
+    name = next(iter(package.state_dict))
+    for state_dict in ({k: v for k, v in package.state_dict.items() if k != name},
+                       {**package.state_dict, "extra.weight": torch.zeros(1)}):
+        with pytest.raises(PackageError, match=r"model\.safetensors: weights do not fit"):
+            dataclasses.replace(package, state_dict=state_dict).build_model()

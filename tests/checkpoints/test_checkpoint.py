@@ -17,6 +17,7 @@ from asr.checkpoints.io import (
     checkpoint_path,
     epoch_checkpoint_path,
     latest_checkpoint,
+    link_epoch_checkpoint,
     list_checkpoints,
     load_weights,
     remove_old_checkpoints,
@@ -71,21 +72,75 @@ def test_rng_state_round_trip_through_weights_only_file(tmp_path):
     assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2])
 
 
+def test_rng_state_keeps_numpys_cached_gaussian(tmp_path):
+    """numpy draws normals in pairs and caches the second: a resume that dropped the cache
+    (has_gauss, cached_gaussian) would draw other noise than the run it continues."""
+    np.random.seed(5)
+    np.random.randn()  # leaves the pair's second value cached
+    atomic_torch_save({"rng": capture_rng_state()}, tmp_path / "rng.pt")
+    expected = np.random.randn(3)
+    np.random.randn(7)
+    restore_rng_state(safe_torch_load(tmp_path / "rng.pt")["rng"])
+    assert np.array_equal(np.random.randn(3), expected)
+
+
+def test_an_epoch_link_is_replaced_when_its_epoch_is_written_again(tmp_path):
+    """A resumed run that ends an epoch again links epoch-N.pt to its new step checkpoint."""
+    for step in (10, 12):
+        atomic_torch_save({"model": {"w": torch.full((1,), float(step))}},
+                          checkpoint_path(tmp_path, step))
+        link_epoch_checkpoint(checkpoint_path(tmp_path, step), 1)
+    assert epoch_checkpoint_path(tmp_path, 1).samefile(checkpoint_path(tmp_path, 12))
+    assert safe_torch_load(epoch_checkpoint_path(tmp_path, 1))["model"]["w"].item() == 12.0
+
+
+def test_a_weights_file_is_selected_as_it_is(tmp_path):
+    """``--checkpoint F.safetensors`` reads the weights file (no training checkpoint with it)."""
+    sd = {"a": torch.randn(3, 4), "b": torch.arange(5)}
+    save_weights(sd, tmp_path / "averaged.safetensors")
+    chosen = select_weights(tmp_path, WeightSelection(checkpoint=tmp_path / "averaged.safetensors"))
+    assert set(chosen.state_dict) == set(sd)
+    assert all(torch.equal(chosen.state_dict[k], sd[k]) for k in sd)
+    assert chosen.tag == "averaged" and chosen.checkpoint == {}
+
+
+def test_a_checkpoint_without_model_weights_is_named(tmp_path):
+    atomic_torch_save({"progress": {"step": 3}}, checkpoint_path(tmp_path, 3))
+    with pytest.raises(CheckpointError, match=r"checkpoint-3\.pt: not a training checkpoint"):
+        select_weights(tmp_path, WeightSelection())
+
+
+def test_a_directory_given_as_checkpoint_is_named_as_such(tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"checkpoint .*ckpt is a directory; give a \.pt"):
+        select_weights(tmp_path, WeightSelection(checkpoint=tmp_path / "ckpt"))
+
+
 def test_checkpoint_listing_and_pruning(tmp_path):
     for step in (10, 200, 30):
         atomic_torch_save({"step": step}, checkpoint_path(tmp_path, step))
     (tmp_path / "checkpoint-x.pt").write_text("not ours")
     assert [s for s, _ in list_checkpoints(tmp_path)] == [10, 30, 200]
     assert latest_checkpoint(tmp_path).name == "checkpoint-200.pt"
+    for keep_all in (0, -1):
+        remove_old_checkpoints(tmp_path, keep_last=keep_all)
+        assert [s for s, _ in list_checkpoints(tmp_path)] == [10, 30, 200]
     remove_old_checkpoints(tmp_path, keep_last=2)
     assert [s for s, _ in list_checkpoints(tmp_path)] == [30, 200]
 
 
 def test_safetensors_weights_round_trip(tmp_path):
-    sd = {"a": torch.randn(3, 4), "b": torch.arange(5)}
+    """Every tensor comes back equal (a transposed, non-contiguous one too: safetensors
+    refuses those unless they are made contiguous), and so does the metadata."""
+    from safetensors import safe_open
+
+    sd = {"a": torch.randn(3, 4), "b": torch.arange(5), "t": torch.randn(4, 2).t()}
+    assert not sd["t"].is_contiguous()
     save_weights(sd, tmp_path / "model.safetensors", metadata={"wer": "3.1"})
     out = load_weights(tmp_path / "model.safetensors")
-    assert torch.equal(out["a"], sd["a"]) and torch.equal(out["b"], sd["b"])
+    assert set(out) == set(sd) and all(torch.equal(out[k], sd[k]) for k in sd)
+    with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as f:
+        assert f.metadata() == {"wer": "3.1"}
     (tmp_path / "bad.safetensors").write_bytes(b"\x00garbage")
     with pytest.raises(CheckpointError, match="bad.safetensors"):
         load_weights(tmp_path / "bad.safetensors")
@@ -156,7 +211,36 @@ def test_running_average_equals_mean_of_sampled_models():
         if avg.update(model, step):
             snapshots.append(model.weight.detach().clone().double())
     expected = torch.stack(snapshots).mean(0)
-    assert torch.allclose(avg.averaged_state_dict(model)["weight"].double(), expected, atol=1e-5)
+    averaged = avg.averaged_state_dict(model)
+    assert averaged["weight"].dtype == torch.float32  # the model's dtype, not the float64 kept
+    assert torch.allclose(averaged["weight"].double(), expected, atol=1e-5)
+
+
+def test_running_average_skips_step_zero_and_resumes_exactly(tmp_path):
+    """Step 0 (before any optimizer step) is no sample: a weight period/0 would divide by
+    zero. An average saved mid-run and loaded into an averager made with another period goes
+    on exactly as the uninterrupted one: the period is part of its state."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    whole = RunningAverage(model, period=2)
+    before = {k: v.clone() for k, v in whole.average.items()}
+    assert not whole.update(model, 0)
+    assert all(torch.equal(whole.average[k], before[k]) for k in before)
+    resumed = None
+    for step in range(1, 11):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        whole.update(model, step)
+        if resumed is not None:
+            resumed.update(model, step)
+        if step == 4:
+            atomic_torch_save({"averager": whole.state_dict()}, tmp_path / "a.pt")
+            resumed = RunningAverage(model, period=3)
+            resumed.load_state_dict(safe_torch_load(tmp_path / "a.pt")["averager"])
+    assert resumed is not None and resumed.period == 2
+    assert set(resumed.average) == set(whole.average)
+    assert all(torch.equal(resumed.average[k], whole.average[k]) for k in whole.average)
 
 
 
@@ -165,6 +249,8 @@ def test_running_average_equals_mean_of_sampled_models():
     ({"last": 0}, "--last must be >= 1, got 0"),
     ({"last": -2}, "--last must be >= 1, got -2"),
     ({"epoch": 0}, "--epoch must be >= 1, got 0"),
+    ({"avg": 2}, "--avg needs --epoch"),
+    ({"use_averaged_model": True}, "--use-averaged-model needs --epoch"),
 ])
 def test_a_selection_of_no_checkpoint_is_refused_as_such(tmp_path, kwargs, message):
     """``--last 0`` was reported as missing files ("holds 3 checkpoint-N.pt files, 0
@@ -202,6 +288,21 @@ def test_averaged_model_between_is_the_mean_of_the_samples_of_those_epochs(tmp_p
     assert weights["n"].item() == 3 and checkpoint["progress"]["step"] == 85
     whole, _ = averaged_model_between(tmp_path, epoch=3, avg=3)
     assert torch.equal(whole["w"], torch.full((2,), 4.5))
+    chosen = select_weights(tmp_path, WeightSelection(epoch=3, avg=2, use_averaged_model=True))
+    assert torch.equal(chosen.state_dict["w"], torch.full((2,), 6.0))
+    assert chosen.tag == "epoch-3-avg-2-use-averaged-model"
+    assert chosen.sources == (epoch_checkpoint_path(tmp_path, 3),)
+    with pytest.raises(ValueError, match="need 1 <= avg <= epoch, got epoch=3 avg=4"):
+        averaged_model_between(tmp_path, epoch=3, avg=4)
+
+
+def test_averaged_model_between_epochs_without_samples_is_refused(tmp_path):
+    """Two epoch checkpoints with the same number of samples hold nothing between them: the
+    mean of no samples (0 / 0) is refused, not written as NaN weights."""
+    for epoch in (1, 2):
+        _epoch_with_average(tmp_path, epoch, width=2, step=10)
+    with pytest.raises(ValueError, match="no running-average samples between epoch 1 and 2"):
+        averaged_model_between(tmp_path, epoch=2, avg=1)
 
 
 def _epoch_with_average(tmp_path, epoch, width, step=10, **changes):
