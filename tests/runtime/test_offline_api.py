@@ -193,8 +193,8 @@ def test_an_input_of_another_type_is_an_error_naming_its_type(model, item):
         model.transcribe(item)
 
 
-def test_the_progress_bar_of_windowed_inputs_ends_at_their_duration(model, monkeypatch):
-    # it counted each window's length, so overlaps twice: a long input ran past the total
+def _recorded_bars(monkeypatch) -> list:
+    """The progress bars the offline runtime makes from now on, as it makes them."""
     from asr.runtime import offline
 
     bars = []
@@ -205,6 +205,12 @@ def test_the_progress_bar_of_windowed_inputs_ends_at_their_duration(model, monke
             bars.append(self)
 
     monkeypatch.setattr(offline, "tqdm", Recording)
+    return bars
+
+
+def test_the_progress_bar_of_windowed_inputs_ends_at_their_duration(model, monkeypatch):
+    # it counted each window's length, so overlaps twice: a long input ran past the total
+    bars = _recorded_bars(monkeypatch)
     inputs = [_noise(3.3, 0), _noise(0.6, 1)]
     model.transcribe(inputs, window_seconds=1.0, overlap_seconds=0.4, progress=True)
     [bar] = bars
@@ -277,16 +283,7 @@ def test_a_failing_window_of_a_long_input_fails_that_input_alone(model, monkeypa
     assert len(windows) >= 3
     bad = windows[1]
     _poison(monkeypatch, model, long[bad.start: bad.end])
-    from asr.runtime import offline
-
-    bars = []
-
-    class Recording(offline.tqdm):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            bars.append(self)
-
-    monkeypatch.setattr(offline, "tqdm", Recording)
+    bars = _recorded_bars(monkeypatch)
     results = model.transcribe(inputs, batch_size=2, on_error="return", progress=True, **window)
     [bar] = bars  # the failed input's undecoded seconds count: the bar ends at its total
     assert bar.n == pytest.approx(bar.total, abs=0.01) and bar.total == pytest.approx(5.8, abs=0.01)
