@@ -94,7 +94,6 @@ from asr.audio import (
     resample,
 )
 from asr.constants import DEFAULT_OVERLAP_SECONDS, DEFAULT_WINDOW_SECONDS
-from asr.data.filtering import error_reason
 from asr.decoding import Searcher
 from asr.features.fbank import compute_fbank
 from asr.package import load_package
@@ -104,6 +103,7 @@ from asr.runtime.endpoint import EndpointConfig
 from asr.runtime.streaming import (
     StreamingRecognizer,
     check_chunking_options,
+    decode_isolated,
     decoding_failure,
     transcribe_streaming,
 )
@@ -615,32 +615,12 @@ class Transcriber:
         (its later windows are skipped), or, with ``on_error="raise"``, its
         :class:`TranscriptionError` is raised.
         """
-        if not batch:
-            return []
-        try:
-            return list(zip(batch, self._decode_windows(self._waves(audios, batch), search)))
-        except Exception as err:  # noqa: BLE001 - found out below, one window at a time
-            if len(batch) == 1:
-                self._fail(audios, plans, batch[0], err, failed, on_error)
-                return []
-            logger.warning("decoding a batch of %d windows failed (%s); decoding each alone",
-                           len(batch), error_reason(err))
-        decoded = []
-        for window in batch:
-            if window.index in failed:  # another of its windows failed alone
-                continue
-            try:
-                [hyp] = self._decode_windows(self._waves(audios, [window]), search)
-            except Exception as err:  # noqa: BLE001 - whatever the input's fault, its own
-                self._fail(audios, plans, window, err, failed, on_error)
-            else:
-                decoded.append((window, hyp))
-        return decoded
-
-    @staticmethod
-    def _waves(audios: Sequence[DecodedAudio], windows: Sequence[Window]) -> list[np.ndarray]:
-        """The samples of each of ``windows``."""
-        return [audios[w.index].samples[w.start: w.end] for w in windows]
+        return decode_isolated(
+            lambda waves: self._decode_windows(waves, search), batch,
+            lambda window: audios[window.index].samples[window.start: window.end],
+            lambda window, err: self._fail(audios, plans, window, err, failed, on_error),
+            what="windows", skip=lambda window: window.index in failed,  # its input failed
+        )
 
     def _fail(
         self,

@@ -85,6 +85,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 _EMPTY = Hypothesis(tokens=())
 
@@ -615,8 +616,8 @@ def transcribe_streaming(
                     feed(stream, audios[index].samples, cursor)
                 except Exception as err:  # noqa: BLE001 - whatever the input's fault, its own
                     fail(index, err)
-            for index in decode_isolated(recognizer.decode, list(active),
-                                         lambda i: active[i][0], fail):
+            for index, _ in decode_isolated(recognizer.decode, list(active),
+                                            lambda i: active[i][0], fail):
                 try:
                     advance(index, active[index][0])
                 except Exception as err:  # noqa: BLE001 - whatever the input's fault, its own
@@ -628,35 +629,42 @@ def transcribe_streaming(
 
 
 def decode_isolated(
-    decode: Callable[[list[Any]], None],
+    decode: Callable[[list[Any]], Sequence[R] | None],
     items: Sequence[T],
     stream_of: Callable[[T], Any],
     fail: Callable[[T, Exception], None],
-) -> list[T]:
-    """One batched decode step, ``decode([stream_of(item) for item in items])``; the items
-    decoded. When the batch raises (:meth:`StreamingRecognizer.decode` then changes no stream),
-    each stream is decoded alone, so that the healthy ones get exactly their own step, and
-    ``fail(item, err)`` is called for each one that fails alone: one stream's fault (a bad
-    input, a search that fails on it) fails it alone. The one rule of ``transcribe_streaming``
-    and the server.
+    what: str = "streams",
+    skip: Callable[[T], bool] = lambda item: False,
+) -> list[tuple[T, R | None]]:
+    """One batched decode, ``decode([stream_of(item) for item in items])``; each item decoded
+    with its output (``decode``'s per item, or None when it returns None). When the batch raises
+    (:meth:`StreamingRecognizer.decode` then changes no stream), each item is decoded alone,
+    so that the healthy ones get exactly their own decode, and ``fail(item, err)`` is called for
+    each one that fails alone (or raises, ending the call): one input's fault (a bad input, a
+    search that fails on it) fails it alone. An item for which ``skip(item)`` holds when its
+    turn comes is not decoded alone (e.g. a window of an input that another window failed).
+    The one rule of ``transcribe_streaming``, the server and the offline windows (``what``: the
+    items' name in the log line).
     """
     if not items:
         return []
     try:
-        decode([stream_of(item) for item in items])
-        return list(items)
-    except Exception as err:  # noqa: BLE001 - found out below, one stream at a time
+        outputs = decode([stream_of(item) for item in items])
+        return list(zip(items, [None] * len(items) if outputs is None else outputs))
+    except Exception as err:  # noqa: BLE001 - found out below, one item at a time
         if len(items) == 1:
             fail(items[0], err)
             return []
-        logger.warning("a decode step of %d streams failed (%s); decoding each alone",
-                       len(items), error_reason(err))
+        logger.warning("decoding a batch of %d %s failed (%s); decoding each alone",
+                       len(items), what, error_reason(err))
     decoded = []
     for item in items:
+        if skip(item):
+            continue
         try:
-            decode([stream_of(item)])
-        except Exception as err:  # noqa: BLE001 - whatever the stream's fault, its own
+            outputs = decode([stream_of(item)])
+        except Exception as err:  # noqa: BLE001 - whatever the item's fault, its own
             fail(item, err)
         else:
-            decoded.append(item)
+            decoded.append((item, None if outputs is None else outputs[0]))
     return decoded

@@ -339,8 +339,10 @@ class DecodeEngine:
         changes no stream when it raises), so that the healthy ones get exactly their step and
         only the streams that fail alone are given the error.
         """
-        return decode_isolated(self.recognizer.decode, ready, lambda item: item.session.stream,
-                               lambda item, err: self._isolate(item, "decoding it", err))
+        decoded = decode_isolated(self.recognizer.decode, ready,
+                                  lambda item: item.session.stream,
+                                  lambda item, err: self._isolate(item, "decoding it", err))
+        return [item for item, _ in decoded]
 
     def _output(self, item: _Work) -> _Output | None:
         """Worker thread: the result message of a decoded stream (at an endpoint, reset's final
