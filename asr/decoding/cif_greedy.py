@@ -12,15 +12,31 @@ label is the end label (that position and the later ones give no token). ``Hypot
 holds the frame of each kept token: where it fired (the end of its integration) or where its
 CTC segment starts.
 
-Streaming: the decoder attends to every token and every frame, so the state keeps every encoder
-frame of the segment so far (a store that grows with it: each stream holds its own frames, none
-is dropped) and :meth:`partial` decodes them all, as the offline search does; the segments of the frames so far come from CTC on those
-cached frames. :meth:`finalize` on all frames is the offline search of the same frames
-(the tests check equality), and a partial result can change as frames arrive (a CTC run or a
-CIF integration may continue in the next chunk).
+Streaming: the decoder attends to every token and every frame, so no token's output can be
+computed once and kept; the state keeps every encoder frame of the segment (a store that grows
+with it: each stream holds its own frames, none is dropped), and :meth:`finalize` is the
+offline search of them all (the tests check equality: same frames, same result). A partial
+result (:meth:`partial`, after every chunk) decodes only a bounded window of recent frames, so
+that its cost does not grow with the segment (decoding every frame after every chunk costs the
+square of the segment's length, or more): the frames from ``window_start`` on, at most
+``partial_window`` plus a chunk. When a step leaves more than ``partial_window`` frames in the
+window, that window is decoded once and its tokens up to a boundary near its middle are
+*settled*: kept as they are in the state (``settled``) and put before every later partial;
+the window then starts at the boundary. The boundary is the frame after the first fire at
+or past the middle, before the window's last frame (the weight of the fire's frame left after
+the fire is not integrated again), or with ``segments: ctc`` the first frame from the middle
+on whose CTC label differs from the previous frame's (so no CTC run is cut, and the window's
+segments are the whole segment's from it on); the middle itself when there is none. A
+partial result is therefore the offline search of the segment so far while the segment holds
+at most ``partial_window`` frames; past that, it is the settled tokens and the search of the
+window, which can differ from the offline search of the frames so far (tokens decoded with
+less context, a token at a boundary merged or split), and the final result replaces it. A
+partial result can also change as frames arrive (a CTC run or a CIF integration may continue
+in the next chunk).
 
 Shape legend: B batch (streams), T frames, D encoder dims, N tokens, V vocabulary, F frames
-held (the most of any stream).
+held (the most of any stream), W frames of the partial's window (the most of any stream), R
+streams whose window is settled.
 """
 
 from __future__ import annotations
@@ -30,17 +46,26 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from asr.decoding.base import check_encoder_output, right_aligned_append
+from asr.decoding.base import TokenBuffer, check_encoder_output, right_aligned_append
 from asr.decoding.config import SearchConfig
 from asr.heads.cif import CIFHead, CIFInference
+from asr.heads.decoder_layers import lengths_to_mask
 from asr.state import state_field
 from asr.types import Hypothesis
 
-__all__ = ["CifGreedySearch", "CifStreamState", "cif_hypotheses"]
+__all__ = ["PARTIAL_WINDOW_FRAMES", "CifGreedySearch", "CifStreamState", "cif_hypotheses"]
+
+#: The most encoder frames a streaming partial result decodes, before a chunk's (about 10 s at
+#: 40 ms a frame; after a settling step, half of it).
+PARTIAL_WINDOW_FRAMES = 256
 
 
 def cif_hypotheses(
-    out: CIFInference, log_probs: Tensor, end_id: int | None, blank_id: int = 0
+    out: CIFInference,
+    log_probs: Tensor,
+    end_id: int | None,
+    blank_id: int = 0,
+    counts: Tensor | None = None,
 ) -> list[Hypothesis]:
     """The argmax hypothesis of every utterance of a CIF inference.
 
@@ -49,11 +74,14 @@ def cif_hypotheses(
         log_probs: (B, N, V) log-softmax of ``out.logits``.
         end_id: the label that ends a hypothesis (None without an end slot).
         blank_id: the label that gives no token.
+        counts: (B,) positions to read per utterance, at most ``out.token_lens`` (default: all
+            of them); the hypothesis of the first ``counts`` positions.
     """
     best_lp, best = log_probs.max(dim=-1)
+    lens = out.token_lens if counts is None else torch.minimum(counts, out.token_lens)
     results = []
     for tokens, lps, frames, count in zip(
-        best.tolist(), best_lp.tolist(), out.fire_frames.tolist(), out.token_lens.tolist()
+        best.tolist(), best_lp.tolist(), out.fire_frames.tolist(), lens.tolist()
     ):
         if end_id is not None and end_id in tokens[:count]:
             count = tokens.index(end_id) + 1
@@ -80,10 +108,15 @@ class CifStreamState:
             different lengths stack (:mod:`asr.state` left-pads to the longest) and split back
             to their own frames.
         num_frames: (B,) int64 frames stored.
+        window_start: (B,) int64 first frame (of the segment) that a partial result decodes;
+            the tokens of the frames before it are ``settled``.
+        settled: the tokens settled for partial results, their frames those of the segment.
     """
 
     enc: Tensor = state_field(batch_dim=0, ragged_dim=1, counted_by="num_frames")
     num_frames: Tensor = state_field(batch_dim=0)
+    window_start: Tensor = state_field(batch_dim=0)
+    settled: TokenBuffer
 
 
 class CifGreedySearch:
@@ -93,12 +126,30 @@ class CifGreedySearch:
         head: the CIF head.
         cfg: uses ``blank_penalty`` (``segments: ctc``).
         blank_id: id dropped from the output.
+        partial_window: streaming: the most frames a partial result decodes before a step
+            settles the first half of them (see the module doc); at least 2.
+
+    Raises:
+        ValueError: a ``partial_window`` that is not a whole number >= 2.
     """
 
-    def __init__(self, head: CIFHead, cfg: SearchConfig, blank_id: int = 0) -> None:
+    def __init__(
+        self,
+        head: CIFHead,
+        cfg: SearchConfig,
+        blank_id: int = 0,
+        partial_window: int = PARTIAL_WINDOW_FRAMES,
+    ) -> None:
+        if isinstance(partial_window, bool) or not isinstance(partial_window, int) or (
+            partial_window < 2
+        ):
+            raise ValueError(
+                f"partial_window must be a whole number of frames >= 2, got {partial_window!r}"
+            )
         self.head = head
         self.cfg = cfg
         self.blank_id = blank_id
+        self.partial_window = partial_window
 
     @torch.no_grad()
     def __call__(self, enc: Tensor, enc_lens: Tensor) -> list[list[Hypothesis]]:
@@ -107,9 +158,19 @@ class CifGreedySearch:
         return [[hyp] for hyp in self._search(enc, enc_lens.to(enc.device))]
 
     def _search(self, enc: Tensor, enc_lens: Tensor) -> list[Hypothesis]:
-        out = self.head.infer(enc, enc_lens, self.cfg.blank_penalty)  # logits (B, N, V)
-        log_probs = torch.log_softmax(out.logits.float(), dim=-1)
+        out, log_probs, _ = self._infer(enc, enc_lens)
         return cif_hypotheses(out, log_probs, self.head.end_id, self.blank_id)
+
+    def _infer(self, enc: Tensor, enc_lens: Tensor) -> tuple[CIFInference, Tensor, Tensor | None]:
+        """The head's inference on enc (B, T, D), its (B, N, V) log-probabilities and, with
+        ``segments: ctc``, the (B, T) greedy CTC labels that segment it (else None)."""
+        labels = None
+        if self.head.uses_ctc:
+            labels = self.head.ctc_labels(enc, self.cfg.blank_penalty)
+            out = self.head.infer_segments(enc, enc_lens, labels)
+        else:
+            out = self.head.infer(enc, enc_lens, self.cfg.blank_penalty)
+        return out, torch.log_softmax(out.logits.float(), dim=-1), labels
 
     # ------------------------------------------------------------------------- streaming
 
@@ -121,33 +182,107 @@ class CifGreedySearch:
         return CifStreamState(
             enc=torch.zeros(batch_size, 0, dim, dtype=weight.dtype, device=device),
             num_frames=torch.zeros(batch_size, dtype=torch.int64, device=device),
+            window_start=torch.zeros(batch_size, dtype=torch.int64, device=device),
+            settled=TokenBuffer.empty(batch_size, device),
         )
 
     @torch.no_grad()
     def step(self, enc: Tensor, enc_lens: Tensor, state: CifStreamState) -> CifStreamState:
         """Appends a chunk's frames: enc (B, T, D), enc_lens (B,) valid frames of it (the store
-        grows to the most frames a stream then holds: one device sync)."""
+        grows to the most frames a stream then holds: one device sync); settles the partial
+        window of each stream that now holds more than ``partial_window`` frames in it (a
+        second sync)."""
         check_encoder_output(enc, enc_lens)
         enc_lens = enc_lens.to(enc.device, torch.int64)
         num_frames = state.num_frames + enc_lens
         width = int(num_frames.max()) if num_frames.numel() else 0
         valid = torch.arange(enc.shape[1], device=enc.device)[None, :] < enc_lens[:, None]
         cache = right_aligned_append(state.enc, state.num_frames, enc, valid, width)
-        return CifStreamState(cache, num_frames)
+        state = CifStreamState(cache, num_frames, state.window_start, state.settled)
+        over = (num_frames - state.window_start) > self.partial_window
+        return self._settle(state, over) if bool(over.any()) else state
+
+    def _settle(self, state: CifStreamState, over: Tensor) -> CifStreamState:
+        """Decodes the window of each stream where ``over`` (B,) holds, settles its tokens before
+        the window's boundary (:meth:`_boundaries`) and starts its window there."""
+        rows = over.nonzero().squeeze(1)  # (R,)
+        starts = state.window_start[rows]
+        lens = state.num_frames[rows] - starts
+        recent = state.enc[:, state.enc.shape[1] - int(lens.max()):]  # holds every window
+        enc = _last_frames(recent[rows], lens)  # (R, W, D)
+        out, log_probs, labels = self._infer(enc, lens)
+        bounds = self._boundaries(out, labels, lens, lens - self.partial_window // 2)
+        fired = lengths_to_mask(out.token_lens, out.fire_frames.shape[1])
+        counts = ((out.fire_frames < bounds[:, None]) & fired).sum(dim=1)
+        hyps = cif_hypotheses(out, log_probs, self.head.end_id, self.blank_id, counts)
+        batch, device = over.shape[0], over.device
+        width = max((len(h.tokens) for h in hyps), default=0)
+        tokens = torch.zeros(batch, width, dtype=torch.int32, device=device)
+        frames = torch.zeros_like(tokens)
+        emit = torch.zeros(batch, width, dtype=torch.bool, device=device)
+        scores = torch.zeros(batch, dtype=torch.float32, device=device)
+        for row, start, hyp in zip(rows.tolist(), starts.tolist(), hyps):
+            n = len(hyp.tokens)
+            tokens[row, :n] = torch.tensor(hyp.tokens, dtype=torch.int32)
+            frames[row, :n] = torch.tensor(hyp.frames, dtype=torch.int32) + start
+            emit[row, :n] = True
+            scores[row] = hyp.score
+        window_start = state.window_start.index_add(0, rows, bounds)
+        settled = state.settled.extend(tokens, frames, emit).add_score(scores)
+        return CifStreamState(state.enc, state.num_frames, window_start, settled)
+
+    def _boundaries(
+        self, out: CIFInference, labels: Tensor | None, lens: Tensor, middle: Tensor
+    ) -> Tensor:
+        """(R,) int64 frame of each window where the next window starts: the frame after the
+        first fire in [middle, last frame) of the window (the last frame's fire may be the tail
+        of an unfinished integration), or with CTC ``labels`` (R, W) the first frame from
+        ``middle`` on whose label differs from the previous frame's (a token or a blank run
+        starts there, so no run is cut); ``middle`` (R,) where there is none."""
+        if labels is None:
+            candidates = out.fire_frames + 1
+            fired = lengths_to_mask(out.token_lens, candidates.shape[1])
+            ok = fired & (out.fire_frames >= middle[:, None]) & (candidates < lens[:, None])
+        else:
+            candidates = torch.arange(labels.shape[1], device=labels.device).expand_as(labels)
+            previous = torch.cat([labels[:, :1], labels[:, :-1]], dim=1)
+            ok = (labels != previous) & (candidates >= middle[:, None]) & (candidates < lens[:, None])
+        none = torch.iinfo(torch.int64).max
+        first = torch.where(ok, candidates, none).min(dim=1).values if ok.shape[1] else middle
+        return torch.where(first == none, middle, first)
 
     @torch.no_grad()
     def partial(self, state: CifStreamState) -> list[Hypothesis]:
-        """The greedy hypothesis of the frames so far, per stream."""
-        frames = state.enc.shape[1]
-        if frames == 0:
-            return [Hypothesis(tokens=()) for _ in range(state.num_frames.shape[0])]
-        # left-align each row's frames, as the offline search reads them
-        times = torch.arange(frames, device=state.enc.device)[None, :]
-        source = (times + frames - state.num_frames[:, None]).clamp(max=frames - 1)
-        enc = state.enc.gather(1, source[..., None].expand(-1, -1, state.enc.shape[2]))
-        enc = enc * (times < state.num_frames[:, None])[..., None].to(enc.dtype)
-        return self._search(enc, state.num_frames)
+        """Per stream, the settled tokens and the greedy hypothesis of the window's frames (the
+        greedy hypothesis of all the frames so far while nothing is settled)."""
+        lens = state.num_frames - state.window_start
+        settled = state.settled.hypotheses()
+        if state.enc.shape[1] == 0 or not int(lens.max()):
+            return settled
+        window = self._search(_last_frames(state.enc, lens), lens)
+        return [
+            Hypothesis(
+                tokens=before.tokens + hyp.tokens,
+                score=before.score + hyp.score,
+                frames=before.frames + tuple(f + start for f in hyp.frames),
+            )
+            for before, hyp, start in zip(settled, window, state.window_start.tolist())
+        ]
 
+    @torch.no_grad()
     def finalize(self, state: CifStreamState) -> list[Hypothesis]:
-        """Same as :meth:`partial`: the offline search of all the frames."""
-        return self.partial(state)
+        """The offline search of all the frames of the segment (settled tokens play no part)."""
+        if state.enc.shape[1] == 0:
+            return [Hypothesis(tokens=()) for _ in range(state.num_frames.shape[0])]
+        return self._search(_last_frames(state.enc, state.num_frames), state.num_frames)
+
+
+def _last_frames(enc: Tensor, lens: Tensor) -> Tensor:
+    """The last ``lens`` (B,) frames of each row of a right-aligned store enc (B, F, D),
+    left-aligned, as the offline search reads them: (B, max(lens), D), zeros after them."""
+    width = int(lens.max()) if lens.numel() else 0
+    frames = enc.shape[1]
+    times = torch.arange(width, device=enc.device)[None, :]
+    source = (times + frames - lens[:, None]).clamp(min=0, max=max(frames - 1, 0))
+    out = enc.gather(1, source[..., None].expand(-1, -1, enc.shape[2]))
+    return out * (times < lens[:, None])[..., None].to(out.dtype)

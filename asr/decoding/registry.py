@@ -22,7 +22,8 @@ attention_rescoring    rescore  no        no     an ``aed`` head and a first pas
                                                  with a ``ctc`` head, else ``transducer_beam`` /
                                                  ``tdt_beam``
 cif_greedy             greedy   yes       no     a ``cif`` head (streaming keeps the segment's frames
-                                                 and decodes them all at every partial result)
+                                                 for the final result; a partial result decodes
+                                                 a window of the last ones)
 cif_beam               beam     no        yes    a ``cif`` head (CTC prefix scores when a ``ctc`` head
                                                  exists and ``ctc_weight > 0``)
 cif_rescoring          rescore  no        no     a ``cif`` head and a first pass, as

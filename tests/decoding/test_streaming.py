@@ -8,6 +8,7 @@ import torch
 from search_helpers import encoder_output, make_model
 
 from asr.decoding import SearchConfig, build_searcher, build_streaming_searcher
+from asr.decoding.cif_greedy import CifGreedySearch
 from asr.state import select_states, stack_states, unstack_states
 from asr.types import Hypothesis
 
@@ -157,12 +158,28 @@ def test_tdt_decision_that_depends_on_the_stream_end_waits_for_the_next_chunk():
 CIF_MODES = {"ctc segments": dict(segments="ctc"), "integrate-and-fire": dict(end_slot=True)}
 
 
-def build_cif(mode: str, **cfg):
+def build_cif(mode: str, partial_window: int | None = None, **cfg):
+    """The offline and the streaming ``cif_greedy`` of a CIF model (``partial_window``: the
+    streaming searcher's, default its own)."""
     model = make_model(cif=True, ctc=True, cif_options=CIF_MODES[mode], vocab=9)
     search_cfg = SearchConfig(**cfg)
-    return build_searcher("cif_greedy", model, search_cfg), build_streaming_searcher(
-        "cif_greedy", model, search_cfg
-    )
+    streaming = build_streaming_searcher("cif_greedy", model, search_cfg)
+    if partial_window is not None:
+        streaming = CifGreedySearch(model.heads["cif"], search_cfg, partial_window=partial_window)
+    return build_searcher("cif_greedy", model, search_cfg), streaming
+
+
+def count_decoded_frames(monkeypatch, searcher) -> list[int]:
+    """The encoder frames of each call of the CIF head's decoder, from now on."""
+    frames: list[int] = []
+    decode = searcher.head.decode
+
+    def counting(inputs, input_lens, enc, enc_lens):
+        frames.append(enc.shape[1])
+        return decode(inputs, input_lens, enc, enc_lens)
+
+    monkeypatch.setattr(searcher.head, "decode", counting)
+    return frames
 
 
 @pytest.mark.parametrize("mode", list(CIF_MODES))
@@ -179,8 +196,12 @@ def test_cif_chunked_equals_offline(mode, chunk_sizes):
     assert sum(len(e[0].tokens) for e in expected) > 6
 
 
-def test_cif_streams_at_different_positions_batched_equal_each_alone():
-    _, streaming = build_cif("ctc segments")
+@pytest.mark.parametrize("mode", list(CIF_MODES))
+@pytest.mark.parametrize("window", [None, 6])
+def test_cif_streams_at_different_positions_batched_equal_each_alone(mode, window):
+    """Also when a stream's partial window is settled (window 6: the second stream's at 12
+    frames, both streams' in the step), and its settled tokens stack with the other's."""
+    _, streaming = build_cif(mode, partial_window=window)
     enc, _ = encoder_output([30, 30], seed=4, scale=3.0)
     state_a = run_chunks(streaming, enc[:1, :7], torch.tensor([7]), [5])
     state_b = run_chunks(streaming, enc[1:, :12], torch.tensor([12]), [5])
@@ -195,6 +216,50 @@ def test_cif_streams_at_different_positions_batched_equal_each_alone():
         assert got.score == pytest.approx(single.score, abs=1e-4)
     split = [streaming.partial(s)[0] for s in unstack_states(stepped)]
     assert [h.tokens for h in split] == [h.tokens for h in alone]
+    if window is not None:
+        assert stepped.window_start.tolist() != [0, 0] and stepped.settled.num_tokens.max() > 0
+
+
+@pytest.mark.parametrize("mode", list(CIF_MODES))
+def test_cif_partials_decode_a_bounded_window_and_the_final_result_every_frame(
+    mode, monkeypatch
+):
+    """A partial result decodes at most ``partial_window`` + a chunk of frames, whatever the
+    segment's length (decoding the whole segment after every chunk costs its square), and
+    settles at most once per half window; it is the offline search of the frames so far until
+    the segment outgrows the window. The final result of the long segment is the offline
+    search of all its frames, exactly."""
+    window, chunk, lens = 16, 5, [203, 150]
+    offline, streaming = build_cif(mode, partial_window=window, blank_penalty=0.5)
+    enc, enc_lens = encoder_output(lens, scale=3.0)
+    decoded = count_decoded_frames(monkeypatch, streaming)
+    state = streaming.init_state(2, enc.device)
+    chunks = 0
+    for start in range(0, max(lens), chunk):
+        chunk_lens = (enc_lens - start).clamp(min=0, max=chunk)
+        state = streaming.step(enc[:, start: start + chunk], chunk_lens, state)
+        partials = streaming.partial(state)
+        chunks += 1
+        held = state.num_frames
+        for hyp, n in zip(partials, held.tolist()):
+            assert list(hyp.frames) == sorted(hyp.frames) and all(0 <= f < n for f in hyp.frames)
+        if start + chunk <= window:
+            so_far = offline(enc[:, : start + chunk], held)
+            assert partials == [e[0] for e in so_far]
+    assert max(decoded) <= window + chunk
+    settles = sum(-(-n // (window // 2)) for n in lens)
+    assert len(decoded) <= chunks + settles
+    assert min(state.settled.num_tokens.tolist()) > 5  # settled many times
+    expected = offline(enc, enc_lens)
+    assert streaming.finalize(state) == [e[0] for e in expected]
+    assert decoded[-1] == max(lens)  # the final result decoded every frame
+
+
+def test_cif_partial_window_must_be_a_whole_number_of_at_least_two_frames():
+    model = make_model(cif=True, ctc=True, vocab=9)
+    for bad in (1, 0, 2.5, True):
+        with pytest.raises(ValueError, match="partial_window"):
+            CifGreedySearch(model.heads["cif"], SearchConfig(), partial_window=bad)
 
 
 def test_cif_segment_longer_than_the_old_frame_capacity_keeps_every_frame():

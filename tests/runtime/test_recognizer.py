@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from asr.audio import load_audio, resample
+from asr.audio import DecodedAudio, load_audio, resample
 from asr.decoding.registry import STREAMING_SEARCHER_NAMES, available_searchers
 from asr.runtime.endpoint import EndpointConfig, EndpointRule, detect_endpoint
 from asr.runtime.offline import load_model
-from asr.runtime.streaming import left_context_bound
+from asr.runtime.streaming import left_context_bound, transcribe_streaming
 from asr.testing.tiny import espeak_available
 
 needs_espeak = pytest.mark.skipif(not espeak_available(), reason="needs espeak-ng")
@@ -492,6 +492,34 @@ def test_ctc_segment_cif_streaming_equals_offline(tmp_path):
         result = _decode_alone(recognizer, wave, 700)
         assert result.token_ids == expected.token_ids
         assert result.timestamps == pytest.approx(expected.timestamps)
+
+
+def test_cif_streaming_partials_decode_a_bounded_window_final_all_frames(tmp_path, monkeypatch):
+    """transcribe_streaming (the server's decode loop is the same: ``decode`` takes the
+    searcher's partial after every chunk for the endpoints and the partial results) decodes a
+    CIF partial over at most ``partial_window`` + a chunk of frames; the final result of the
+    long segment decodes all its frames and is the offline chunk-masked one."""
+    from asr.testing.packages import random_package
+
+    model = load_model(random_package(tmp_path, head="cif", chunk_size=2, left_chunks=3))
+    recognizer = model.streaming_recognizer("cif_greedy", endpoint=EndpointConfig(enabled=False))
+    recognizer.searcher.partial_window = 8
+    head, decoded = recognizer.searcher.head, []
+    decode = head.decode
+
+    def counting(inputs, input_lens, enc, enc_lens):
+        decoded.append(enc.shape[1])
+        return decode(inputs, input_lens, enc, enc_lens)
+
+    monkeypatch.setattr(head, "decode", counting)
+    wave = (np.random.default_rng(3).standard_normal(32000) * 0.1).astype(np.float32)
+    [result] = transcribe_streaming(recognizer, [DecodedAudio(wave, 16000, "long")])
+    assert len(decoded) > 20 and max(decoded[:-1]) <= 8 + 2 < 40 < decoded[-1]  # 2 s: ~49
+    monkeypatch.undo()
+    [expected] = model.transcribe([wave], searcher="cif_greedy")
+    assert len(expected.token_ids) > 10
+    assert result.token_ids == expected.token_ids
+    assert result.timestamps == pytest.approx(expected.timestamps)
 
 
 @needs_espeak
