@@ -122,7 +122,7 @@ def parse_hotwords(
         text: the list: a file's content, or phrases joined by one of ``separators``.
         separators: what ends a phrase.
         source: the file ``text`` was read from (one phrase per line), which an error then
-            names with the line.
+            names (with the line of a bad phrase).
 
     Raises:
         HotwordError: for a ``:SCORE`` that is not a finite number or comes before a word, a
@@ -143,7 +143,8 @@ def parse_hotwords(
         if hotword is not None:
             hotwords.append(hotword)
     if len(hotwords) > MAX_HOTWORDS:
-        raise HotwordError(f"{len(hotwords)} hotwords: at most {MAX_HOTWORDS} are allowed")
+        where = "" if source is None else f"hotwords file {source}: "
+        raise HotwordError(f"{where}{len(hotwords)} hotwords: at most {MAX_HOTWORDS} are allowed")
     return hotwords
 
 

@@ -166,7 +166,7 @@ def test_a_bad_phrase_of_a_hotword_file_names_the_file_and_line(tmp_path):
     """A phrase of a hotword file that writes ``▁`` was refused by the tokenizer naming the
     phrase alone (and a bad score named no file either); now the file is read as
     read_transcripts reads one: the error names the file and the line, whichever way the
-    file is given."""
+    file is given (and the file alone for a list too long)."""
     tokenizer = build_char_tokenizer(["AB"])
     path = tmp_path / "hotwords.txt"
     for text, line, what in [("AB\nA\u2581B\n", 2, "hotword 'A\u2581B': text 'A\u2581B' holds"),
@@ -177,6 +177,10 @@ def test_a_bad_phrase_of_a_hotword_file_names_the_file_and_line(tmp_path):
             load_hotwords(path)
         with pytest.raises(HotwordError, match=message):
             context_graph_for(SearchConfig(hotwords_file=path), tokenizer)
+    path.write_text("AB\n" * (MAX_HOTWORDS + 1), encoding="utf-8")
+    with pytest.raises(HotwordError, match=f"^hotwords file {re.escape(str(path))}: "
+                                           f"{MAX_HOTWORDS + 1} hotwords: at most"):
+        load_hotwords(path)
 
 
 def test_size_limits_are_clear_errors():
