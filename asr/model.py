@@ -214,6 +214,11 @@ class ASRModel(nn.Module):
         into a loss, a gradient or a search.
         """
         enc, enc_lens = self.encoder(feats, feat_lens)
+        # Not redundant with the encoders' own zeroing (ChunkedEncoder ends with zero_padding
+        # too): theirs is the encoder's contract for its users alone (the ONNX export graphs,
+        # tests/encoders), this one the model's for ANY encoder module it is given, which the
+        # searchers rely on (tests/test_model.py: non-finite encoder padding changes no search
+        # fails without it). One masked_fill over (B, T', D): nothing next to the encoder.
         return zero_padding(enc, enc_lens), enc_lens
 
     def encode_chunk(

@@ -58,7 +58,7 @@ import torch
 from torch import Tensor
 
 from asr.decoding.config import SearchConfig
-from asr.tokenizers.base import Tokenizer
+from asr.tokenizers.base import Tokenizer, check_text
 
 __all__ = [
     "ContextGraph",
@@ -113,41 +113,68 @@ class Hotword:
     score: float | None = None
 
 
-def parse_hotwords(text: str, separators: Sequence[str] = ("\n",)) -> list[Hotword]:
+def parse_hotwords(
+    text: str, separators: Sequence[str] = ("\n",), source: str | Path | None = None
+) -> list[Hotword]:
     """Phrases of a hotword list in sherpa-onnx's format (see the module docstring).
 
     Args:
         text: the list: a file's content, or phrases joined by one of ``separators``.
         separators: what ends a phrase.
+        source: the file ``text`` was read from (one phrase per line), which an error then
+            names (with the line of a bad phrase).
 
     Raises:
-        HotwordError: for a ``:SCORE`` that is not a finite number or comes before a word, and
-            for more than :data:`MAX_HOTWORDS` phrases.
+        HotwordError: for a ``:SCORE`` that is not a finite number or comes before a word, a
+            phrase that writes the tokenizers' word-boundary mark ``▁``
+            (:func:`asr.tokenizers.base.check_text`), and for more than :data:`MAX_HOTWORDS`
+            phrases.
     """
     for sep in separators[1:]:
         text = text.replace(sep, separators[0])
     hotwords = []
-    for line in text.split(separators[0]):
-        words, score = [], None
-        for word in line.split():
-            if word.startswith(":"):
-                try:
-                    score = float(word[1:])
-                except ValueError:
-                    raise HotwordError(f"hotword {line.strip()!r}: bad score {word!r}") from None
-                if not math.isfinite(score):
-                    raise HotwordError(f"hotword {line.strip()!r}: bad score {word!r}")
-            elif score is not None:
-                raise HotwordError(
-                    f"hotword {line.strip()!r}: the :SCORE must come after the words"
-                )
-            else:
-                words.append(word)
-        if words:
-            hotwords.append(Hotword(" ".join(words), score))
+    for number, line in enumerate(text.split(separators[0]), start=1):
+        try:
+            hotword = _parse_phrase(line)
+        except HotwordError as err:
+            if source is None:
+                raise
+            raise HotwordError(f"hotwords file {source}:{number}: {err}") from None
+        if hotword is not None:
+            hotwords.append(hotword)
     if len(hotwords) > MAX_HOTWORDS:
-        raise HotwordError(f"{len(hotwords)} hotwords: at most {MAX_HOTWORDS} are allowed")
+        where = "" if source is None else f"hotwords file {source}: "
+        raise HotwordError(f"{where}{len(hotwords)} hotwords: at most {MAX_HOTWORDS} are allowed")
     return hotwords
+
+
+def _parse_phrase(line: str) -> Hotword | None:
+    """The phrase of one line of a hotword list (None for a line without words).
+
+    Raises:
+        HotwordError: as :func:`parse_hotwords`, naming the phrase.
+    """
+    words, score = [], None
+    for word in line.split():
+        if word.startswith(":"):
+            try:
+                score = float(word[1:])
+            except ValueError:
+                raise HotwordError(f"hotword {line.strip()!r}: bad score {word!r}") from None
+            if not math.isfinite(score):
+                raise HotwordError(f"hotword {line.strip()!r}: bad score {word!r}")
+        elif score is not None:
+            raise HotwordError(f"hotword {line.strip()!r}: the :SCORE must come after the words")
+        else:
+            words.append(word)
+    if not words:
+        return None
+    text = " ".join(words)
+    try:  # as read_transcripts checks a sentence: refused where it is read
+        check_text(text)
+    except ValueError as err:
+        raise HotwordError(f"hotword {text!r}: {err}") from None
+    return Hotword(text, score)
 
 
 def load_hotwords(spec: str | Path) -> list[Hotword]:
@@ -155,8 +182,9 @@ def load_hotwords(spec: str | Path) -> list[Hotword]:
     inline phrases of ``spec`` (``"ALPHA BETA;GAMMA :2.5"``).
 
     Raises:
-        HotwordError: for a bad phrase, or a ``spec`` that names a ``.txt`` file that does not
-            exist: read as phrases, its error would name a word of the path instead.
+        HotwordError: for a bad phrase (in a file: naming the file and line), or a ``spec``
+            that names a ``.txt`` file that does not exist: read as phrases, its error would
+            name a word of the path instead.
     """
     path = Path(spec)
     try:
@@ -164,7 +192,7 @@ def load_hotwords(spec: str | Path) -> list[Hotword]:
     except OSError:  # e.g. a name too long to be a path: inline phrases
         is_file = False
     if is_file:
-        return parse_hotwords(path.read_text(encoding="utf-8"))
+        return parse_hotwords(path.read_text(encoding="utf-8"), source=path)
     text = str(spec)
     if text.lower().endswith(".txt") and ";" not in text and "\n" not in text:
         raise HotwordError(f"hotwords file {text} does not exist (inline phrases are separated "
@@ -361,7 +389,7 @@ def hotwords_of(cfg: SearchConfig) -> list[Hotword]:
         path = Path(cfg.hotwords_file)
         if not path.is_file():
             raise HotwordError(f"search.hotwords_file {path} does not exist")
-        hotwords += parse_hotwords(path.read_text(encoding="utf-8"))
+        hotwords += parse_hotwords(path.read_text(encoding="utf-8"), source=path)
     if cfg.hotwords:
         hotwords += parse_hotwords(cfg.hotwords, INLINE_SEPARATORS)
     return hotwords

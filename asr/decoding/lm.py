@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from asr.fileio import open_maybe_gzip
+from asr.tokenizers.base import check_text
 
 __all__ = ["LanguageModel", "NgramLM", "fusion_lm"]
 
@@ -175,8 +176,10 @@ class NgramLM:
             ``(lm, words)``: the n-gram over word ids and the word of each id.
 
         Raises:
-            ValueError: naming the file and line as :meth:`from_arpa` does, and when a word
-                of a higher-order n-gram is not in the unigram section.
+            ValueError: naming the file and line as :meth:`from_arpa` does, when a word
+                of a higher-order n-gram is not in the unigram section, and for a word that
+                writes the tokenizers' word-boundary mark ``▁``
+                (:func:`asr.tokenizers.base.check_text`: no tokenizer spells it).
         """
         words: list[str] = []
         ids: dict[str, int] = {}
@@ -187,6 +190,10 @@ class NgramLM:
             if word not in ids:
                 if order != 1:
                     raise _LineError(f"word {word!r} is not in the 1-grams section")
+                try:  # as read_transcripts checks a sentence: refused here, at its line
+                    check_text(word)
+                except ValueError as err:
+                    raise _LineError(str(err)) from None
                 ids[word] = len(words)
                 words.append(word)
             return ids[word]

@@ -14,6 +14,8 @@ raises, each of its streams is decoded alone (:meth:`StreamingRecognizer.decode
 <asr.runtime.streaming.StreamingRecognizer.decode>` changes no stream when it raises): the
 healthy ones get exactly the step they would get alone, and only the streams that fail alone
 are closed. (sherpa-onnx cannot undo what a failed batch did to its streams.) A failed session's stream is decoded no more.
+A stream's failure is one log line, naming its session (ERROR with the traceback for a fault of
+the server, WARNING for the client's); a batch that is retried stream by stream is one WARNING.
 
 All recognizer calls happen in the worker thread, one step at a time, a session's
 ``new_stream`` included (a transducer's start state runs the predictor); the event loop only
@@ -360,12 +362,13 @@ class DecodeEngine:
             return None
 
     def _isolate(self, item: _Work, doing: str, err: BaseException) -> None:
-        """Worker thread: ``item``'s stream failed while ``doing``; logs why, with the
-        traceback, and gives the item the error its client is closed with (1011)."""
-        logger.error("session %d: %s failed", item.session.id, doing,
-                     exc_info=(type(err), err, err.__traceback__))
-        item.error = ProtocolError(f"decoding this stream failed ({doing}: {error_reason(err)})",
-                                   CLOSE_INTERNAL)
+        """Worker thread: ``item``'s stream failed while ``doing``; gives the item the error
+        its client is closed with (1011), caused by ``err`` (whose traceback :meth:`_fail`
+        logs)."""
+        error = ProtocolError(f"decoding this stream failed ({doing}: {error_reason(err)})",
+                              CLOSE_INTERNAL)
+        error.__cause__ = err
+        item.error = error
 
     def _dispatch(self, work: list[_Work], outputs: list[_Output]) -> None:
         for item in work:
@@ -396,9 +399,16 @@ class DecodeEngine:
                 session.completed.set()
 
     def _fail(self, session: Session, error: ProtocolError) -> None:
-        if session.closed or session.error is not None:
+        """Gives up on ``session`` with ``error``, in the one log line of its failure: ERROR
+        for a fault of the server (1011, with the traceback of its cause), WARNING for the
+        client's; the server closes the connection without logging it again. Logged even when
+        the client has left (the failure happened); a session fails once."""
+        if session.error is not None:
             return
-        logger.warning("session %d: %s", session.id, str(error))
+        cause = error.__cause__
+        logger.log(logging.ERROR if error.code == CLOSE_INTERNAL else logging.WARNING,
+                   "session %d: %s", session.id, str(error),
+                   exc_info=None if cause is None else (type(cause), cause, cause.__traceback__))
         session.error = error
         session.completed.set()
         session.has_mail.set()

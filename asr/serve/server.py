@@ -251,8 +251,8 @@ class RecognitionServer:
             if session.error is not None:
                 raise session.error
             await ws.close(code, reason)
-        except ProtocolError as err:
-            await self._close_with_error(ws, err, session)
+        except ProtocolError as err:  # the engine logged its own (session.error)
+            await self._close_with_error(ws, err, session, logged=err is session.error)
         except TimeoutError:
             if self._stopping.is_set():
                 why = f"server shutting down: no final result within {cfg.shutdown_timeout} s"
@@ -292,10 +292,14 @@ class RecognitionServer:
                     raise
 
     async def _close_with_error(
-        self, ws: ServerConnection, err: ProtocolError, session: Session | None = None
+        self, ws: ServerConnection, err: ProtocolError, session: Session | None = None,
+        logged: bool = False,
     ) -> None:
-        name = f"session {session.id}" if session is not None else "connection"
-        logger.warning("%s: %s", name, str(err))
+        """Sends ``err`` to the client and closes the connection with its code; logs it
+        unless it was ``logged`` where it happened (a stream's failure is one log line)."""
+        if not logged:
+            name = f"session {session.id}" if session is not None else "connection"
+            logger.warning("%s: %s", name, str(err))
         with contextlib.suppress(ConnectionClosed):
             await ws.send(error_message(str(err)))
         await ws.close(err.code, _reason(str(err)))

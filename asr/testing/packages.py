@@ -1,8 +1,11 @@
-"""Model packages for tests: a trained tiny CTC model (cached per process) and random-weight ones.
+"""Model packages for tests: a trained tiny CTC model (cached per process), random-weight ones,
+and a hand-built one whose searches' outcome is known.
 
 ``trained_tiny_package(root)`` trains :func:`asr.testing.tiny.train_tiny_experiment` once per
 process (about 10-20 s on 2 CPU cores) and exports it; later calls return the cached result, so
-test modules share it through their own session fixtures.
+test modules share it through their own session fixtures. What a trained model hears depends
+on weights trained on the machine; :func:`constant_ctc_package` hears nothing but what its
+search is biased toward, on any machine.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from asr.config import save_config, to_dict
 from asr.experiment import CONFIG_FILE, build_model
 from asr.package import export_package
 from asr.testing.tiny import TINY_SENTENCES, tiny_config, train_tiny_experiment
+from asr.tokenizers.base import BLANK_ID
 from asr.tokenizers.bpe import train_bpe
 from asr.tokenizers.char import build_char_tokenizer
 
-__all__ = ["TinyPackage", "random_package", "trained_tiny_package"]
+__all__ = ["TinyPackage", "constant_ctc_package", "random_package", "trained_tiny_package"]
 
 _LOCK = threading.Lock()
 _CACHE: dict[tuple[str, str, int], TinyPackage] = {}
@@ -98,6 +102,31 @@ def random_experiment(
 def random_package(root: str | Path, head: str = "ctc", seed: int = 0, **config_kwargs) -> Path:
     """A package of a random-weight tiny model (for tests that need no trained weights)."""
     exp_dir = random_experiment(root, head=head, seed=seed, **config_kwargs)
+    package_dir = Path(root) / "package"
+    export_package(exp_dir, package_dir, overwrite=True)
+    return package_dir
+
+
+def constant_ctc_package(root: str | Path, blank_logit: float = 6.0) -> Path:
+    """A package of the tiny CTC model (the char tokenizer of :data:`TINY_SENTENCES`, 20 ids)
+    whose CTC head ignores the encoder: its weight is zero and its bias ``blank_logit`` for
+    blank and 0 for every other id, so every frame's logits are exactly those, whatever the
+    audio and the machine.
+
+    What a search finds is then known from the search alone: a plain search hears nothing
+    (blank wins every frame), and a prefix beam search biased toward phrases by more than
+    ``blank_logit`` per token (with ``search.hotwords_unboosted_prefix: 0``, and
+    ``search.beam_size`` at least 20, so that no id is left out of a frame's candidates by a
+    tie) hears whole copies of its phrases, as many as the frames hold, and nothing else.
+    """
+    exp_dir = random_experiment(root, head="ctc")
+    path = checkpoint_path(exp_dir, 1)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    weights = checkpoint["model"]
+    weights["heads.ctc.output.weight"].zero_()
+    weights["heads.ctc.output.bias"].zero_()
+    weights["heads.ctc.output.bias"][BLANK_ID] = blank_logit
+    torch.save(checkpoint, path)  # rewritten in place: epoch-1.pt, its hard link, sees it too
     package_dir = Path(root) / "package"
     export_package(exp_dir, package_dir, overwrite=True)
     return package_dir

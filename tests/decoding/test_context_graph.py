@@ -5,6 +5,7 @@ exactly the phrase boosts when nothing is pruned)."""
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 import torch
@@ -159,6 +160,27 @@ def test_a_phrase_the_tokenizer_refuses_is_a_hotword_error_naming_it():
     document."""
     with pytest.raises(HotwordError, match="^hotword 'A\u2581B': text 'A\u2581B' holds"):
         context_graph_for(SearchConfig(hotwords="AB;A\u2581B"), build_char_tokenizer(["AB"]))
+
+
+def test_a_bad_phrase_of_a_hotword_file_names_the_file_and_line(tmp_path):
+    """A phrase of a hotword file that writes ``▁`` was refused by the tokenizer naming the
+    phrase alone (and a bad score named no file either); now the file is read as
+    read_transcripts reads one: the error names the file and the line, whichever way the
+    file is given (and the file alone for a list too long)."""
+    tokenizer = build_char_tokenizer(["AB"])
+    path = tmp_path / "hotwords.txt"
+    for text, line, what in [("AB\nA\u2581B\n", 2, "hotword 'A\u2581B': text 'A\u2581B' holds"),
+                             ("AB\n\nAB :x\n", 3, "hotword 'AB :x': bad score")]:
+        path.write_text(text, encoding="utf-8")
+        message = f"^hotwords file {re.escape(str(path))}:{line}: {what}"
+        with pytest.raises(HotwordError, match=message):
+            load_hotwords(path)
+        with pytest.raises(HotwordError, match=message):
+            context_graph_for(SearchConfig(hotwords_file=path), tokenizer)
+    path.write_text("AB\n" * (MAX_HOTWORDS + 1), encoding="utf-8")
+    with pytest.raises(HotwordError, match=f"^hotwords file {re.escape(str(path))}: "
+                                           f"{MAX_HOTWORDS + 1} hotwords: at most"):
+        load_hotwords(path)
 
 
 def test_size_limits_are_clear_errors():

@@ -263,16 +263,19 @@ ngram 2=2
         (WORD_ARPA.replace("-0.6 SAT", "-0.6"), r"words.arpa:8: expected a 1-gram line"),
         (WORD_ARPA.replace("CAT SAT", "CAT DOG"), r"words.arpa:13: word 'DOG' is not in the "
          "1-grams section"),
+        (WORD_ARPA.replace("SAT", "S\u2581AT"), "words.arpa:8: text 'S\u2581AT' holds '\u2581'"),
         (WORD_ARPA.replace("\\end\\\n", ""), r"words.arpa: no \\end\\ after line 14"),
         (b"\x1f\x8b\x08\x00 gzip", r"words.arpa: corrupt or truncated gzip data"),
         (b"\xff\xfe\x08\x00 utf-16", r"words.arpa:1: not UTF-8 text"),
     ],
-    ids=["truncated", "prob", "twice", "fields", "unknown", "end", "corrupt-gzip", "binary"],
+    ids=["truncated", "prob", "twice", "fields", "unknown", "mark", "end", "corrupt-gzip",
+         "binary"],
 )
 def test_a_malformed_word_arpa_file_is_an_error_naming_its_file_and_line(setup, tmp_path, text,
                                                                          message):
     """The word list and the word LM come from the one checked ARPA reader of NgramLM: a
-    truncated or edited file is an error at its line, not a shorter lexicon."""
+    truncated or edited file is an error at its line, not a shorter lexicon. A word that writes
+    ``▁`` failed in the tokenizer, naming the word alone, not the file it came from."""
     tokenizer, _, _ = setup
     path = tmp_path / "words.arpa"
     path.write_bytes(text if isinstance(text, bytes) else text.encode())

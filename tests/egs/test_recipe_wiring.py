@@ -630,11 +630,16 @@ def test_the_librispeech_readme_shows_the_commands_its_stages_run(stub, tmp_path
     assert len(runs) >= 6, runs
     for i, ((script, *args), documented) in enumerate(runs):
         work = tmp_path / f"work{i}"
-        for command in documented:  # what the earlier stages would have made (stage 8's weights)
+        for command in documented:  # what the earlier stages would have made
             for option, value in zip(command, command[1:]):
-                if option == "--output" and value.endswith(".safetensors"):
-                    (work / value).parent.mkdir(parents=True, exist_ok=True)
-                    (work / value).write_bytes(b"")
+                made_path = None
+                if option == "--output" and value.endswith(".safetensors"):  # stage 8's weights
+                    made_path = value
+                elif value.startswith("search.lm_path="):  # stage 5's LM
+                    made_path = value.removeprefix("search.lm_path=")
+                if made_path is not None:
+                    (work / made_path).parent.mkdir(parents=True, exist_ok=True)
+                    (work / made_path).write_bytes(b"")
         before = len(calls(everything=True))
         result = run(LIBRI / script, "--work-dir", str(work), *args)
         assert result.returncode == 0, result.stderr
@@ -921,6 +926,33 @@ def test_a_missing_lm_of_lm_unit_is_named_with_the_stage_that_makes_it(stub, tmp
     assert own.returncode == 2, own.stderr
     assert "search.lm_path mine.arpa: no such LM file\n" in own.stderr
     assert "stage 5" not in own.stderr
+
+
+@pytest.mark.parametrize("lm_unit, lm, options", [
+    ("token", "token_4gram.arpa", "--vocab-size 500 --lm-order 4"),
+    ("word", "word_3gram.arpa", "--vocab-size 500 --word-lm-order 3"),
+])
+def test_a_run_from_stage_7_names_the_stage_that_makes_its_missing_lm(stub, tmp_path, lm_unit,
+                                                                     lm, options):
+    """--stage 7 --lm-unit token|word without the LM failed inside `asr decode`, without a word
+    on which stage makes it; now it is refused before anything runs. An LM path of
+    --decode-args' own is asr decode's to check."""
+    run, calls = stub
+    work = tmp_path / "work"
+    _prepared_test_sets(work)
+    result = run(RUN, "--work-dir", str(work), "--stage", "7", "--lm-unit", lm_unit)
+    assert result.returncode == 2, result.stderr
+    assert f"no data/lang_bpe_500/{lm} (in {work}), which stage 5 (prepare.sh's LMs, with " \
+           f"{options}) makes: --stage 7 starts after it" in result.stderr
+    assert "nothing was run" in result.stderr and calls(everything=True) == []
+    own = run(RUN, "--work-dir", str(work), "--stage", "7", "--stop-stage", "7",
+              "--lm-unit", lm_unit, "--decode-args", "--set search.lm_path=mine.arpa")
+    assert own.returncode == 0, own.stderr
+    assert calls()[0][:1] == ["decode"] and "search.lm_path=mine.arpa" in calls()[0]
+    (work / "data" / "lang_bpe_500" / lm).write_text("")
+    made = run(RUN, "--work-dir", str(work), "--stage", "7", "--stop-stage", "7",
+               "--lm-unit", lm_unit)
+    assert made.returncode == 0, made.stderr
 
 
 def test_decode_args_that_fit_pass_the_check(stub, tmp_path):

@@ -512,6 +512,47 @@ def test_a_stream_whose_decoding_fails_is_closed_alone(tiny, speech, wait_until)
            "hypothesis)" in bad.errors[-1]
 
 
+def test_a_stream_whose_decoding_fails_is_logged_once(tiny, speech, wait_until, caplog):
+    """A stream whose decoding failed was logged three times: the stream's error with its
+    traceback, the engine giving up on it, and the server closing its connection. Now its
+    failure is one ERROR line naming its session (with the traceback); the batch that was
+    retried stream by stream is one WARNING that names no session."""
+    import logging
+
+    import asr
+    from asr.serve.config import ServerConfig
+    from asr.serve.server import BackgroundServer
+
+    recognizer = _Poisoned(asr.load_model(tiny.package_dir).streaming_recognizer(), 0.02)
+    poisoned = np.concatenate([speech[5].samples[:8000], np.full(800, POISON, np.float32),
+                               speech[5].samples[8000:]])
+    with BackgroundServer(recognizer, ServerConfig(port=0)) as background:
+
+        async def main():
+            return await asyncio.gather(
+                stream_samples(background.url, speech[3].samples, 16000, timeout=30),
+                stream_samples(background.url, poisoned, 16000, timeout=30))
+
+        with caplog.at_level(logging.INFO, logger="asr.serve"):
+            good, bad = _run(main(), 60)
+            assert wait_until(lambda: background.server.num_sessions == 0, 5.0)
+    assert good.close_code == 1000 and bad.close_code == 1011, bad.errors
+    loud = [r for r in caplog.records if r.name.startswith("asr.")
+            and r.levelno >= logging.WARNING]
+    failures = [r for r in loud if "decoding this stream failed" in r.getMessage()]
+    assert len(failures) == 1, [r.getMessage() for r in loud]
+    (failure,) = failures
+    assert failure.levelno == logging.ERROR and failure.exc_info is not None
+    session = failure.getMessage().split(":")[0]  # "session N"
+    assert session.startswith("session ")
+    assert failure.getMessage() == (f"{session}: decoding this stream failed (decoding it: "
+                                    "RuntimeError: the search lost every hypothesis)")
+    naming = [r for r in loud if session + ":" in r.getMessage()]
+    assert naming == [failure], [r.getMessage() for r in loud]
+    assert all("decoding a batch of" in r.getMessage() for r in loud if r is not failure), \
+        [r.getMessage() for r in loud]
+
+
 def test_the_file_client_reports_a_stream_the_server_cut_short(server, speech, tmp_path, capsys):
     """A message over the server's size limit (2 s of audio > 64 KiB) closes the connection
     with 1009 and no error message: the client printed the empty transcript and exited 0, the

@@ -112,6 +112,11 @@ if [ "$lm_unit" != none ]; then
     lm_made_by="stage 5 (prepare.sh's LMs, with --vocab-size $vocab_size --word-lm-order $word_lm_order)"
   fi
   lm_args=(--set "search.lm_path=$lm_path" "search.lm_unit=$lm_unit" "search.lm_weight=$lm_weight")
+  # a run that starts at stage 7 fuses the LM stage 5 made (from stage 6 on, `asr train
+  # --check-only` checks it below); an LM path of --decode-args' own is asr decode's to check
+  if [ $stage -eq 7 ] && [ $stop_stage -ge 7 ] && [[ "${decode_words[*]}" != *search.lm_path=* ]]; then
+    check_made "$lm_made_by" "$lm_path"
+  fi
 fi
 averaged=()
 [ "$use_averaged_model" = true ] && averaged=(--use-averaged-model)
