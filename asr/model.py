@@ -146,7 +146,8 @@ class ModelOutput:
     ``metrics``), as every head's :class:`asr.types.LossOutput`.
 
     Attributes:
-        loss: scalar, ``sum_h weight_h * loss_h`` (each summed over utterances).
+        loss: scalar, ``sum_h weight_h * loss_h`` (each summed over utterances), float32, or
+            float64 where a head's loss is (a float64 model).
         num_utterances: B.
         head_outputs: head name -> its LossOutput (heads with weight 0 are not run).
         metrics: ``{"loss": .., "<head>/loss": .., "<head>/<metric>": ..}`` (sums over
@@ -269,7 +270,8 @@ class ASRModel(nn.Module):
             if weight == 0:
                 continue
             outputs[name] = head.loss(enc, enc_lens, tokens, token_lens, step=step)
-            total = total + weight * outputs[name].loss.float()
+            loss = outputs[name].loss
+            total = total + weight * loss.to(torch.promote_types(loss.dtype, total.dtype))
         metrics = {"loss": float(total.detach())}
         for name, output in outputs.items():
             metrics[f"{name}/loss"] = float(output.loss.detach())

@@ -53,6 +53,7 @@ from asr.losses.mutual_information import (
     mutual_information_recursion,
     mutual_information_with_grad,
 )
+from asr.losses.precision import loss_dtype
 
 __all__ = [
     "simple_lattice_logprobs",
@@ -151,7 +152,7 @@ def blank_padded_tokens(
 def frameless_batch_loss(inputs: Tensor, reduction: str) -> Tensor:
     """The loss of a batch padded to zero frames: ``+inf`` per utterance (none is feasible),
     attached to the graph of ``inputs`` (B, 0, ...) with a zero gradient."""
-    dtype = inputs.dtype if inputs.dtype == torch.float64 else torch.float32
+    dtype = loss_dtype(inputs)
     inf = torch.full((inputs.shape[0],), float("inf"), dtype=dtype, device=inputs.device)
     return reduce_per_utterance(inf + 0.0 * inputs.sum().to(dtype), reduction)
 
@@ -207,7 +208,7 @@ def simple_loss_inputs(
     dtypes, which the matmul refuses), and 0 on the frames past ``frame_lens`` and the rows past
     ``token_lens`` (their values never matter; NaN or inf there would reach the valid pairs'
     gradients through the normaliser's matmul, whose backward multiplies them by 0)."""
-    dtype = torch.float64 if torch.float64 in (am.dtype, lm.dtype) else torch.float32
+    dtype = loss_dtype(am, lm)
     frames = torch.arange(am.shape[1], device=am.device)[None, :, None]
     rows = torch.arange(lm.shape[1], device=lm.device)[None, :, None]
     am = am.to(dtype).masked_fill(frames >= frame_lens.to(am.device)[:, None, None], 0.0)
@@ -500,8 +501,7 @@ def rnnt_loss_pruned(
         (``+inf`` where the band holds no path: ``T_b = 0`` or ``U_b > T_b * (R - 1)``).
     """
     with torch.autocast(device_type=logits.device.type, enabled=False):
-        if logits.dtype not in (torch.float32, torch.float64):
-            logits = logits.float()
+        logits = logits.to(loss_dtype(logits))
         if logits.shape[1] == 0:
             return frameless_batch_loss(logits, reduction)
         tokens = blank_padded_tokens(
