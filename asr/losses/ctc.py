@@ -81,7 +81,8 @@ def ctc_loss(
 
     Raises:
         ValueError: on inconsistent shapes, or a token within ``token_lens`` outside ``[0, V)``
-            (PyTorch's kernel returns a finite, meaningless loss for it).
+            or equal to ``blank_id`` (PyTorch's kernel returns a finite, meaningless loss for
+            either).
     """
     if log_probs.dim() != 3:
         raise ValueError(f"log_probs must be (B, T, V), got shape {tuple(log_probs.shape)}")
@@ -97,7 +98,9 @@ def ctc_loss(
         dtype = loss_dtype(log_probs)
         losses = log_probs.to(dtype).sum() * log_probs.new_zeros(batch_size, dtype=dtype)
         return losses, torch.ones(batch_size, dtype=torch.bool, device=log_probs.device)
-    tokens = blank_padded_tokens(tokens, token_lens, blank_id, log_probs.shape[-1])
+    tokens = blank_padded_tokens(
+        tokens, token_lens, blank_id, log_probs.shape[-1], reserved={blank_id: "the blank"}
+    )
     with torch.autocast(device_type=log_probs.device.type, enabled=False):
         log_probs = log_probs.to(loss_dtype(log_probs))
         args = (log_probs.transpose(0, 1), tokens, log_prob_lens.long(), token_lens.long())

@@ -44,7 +44,7 @@ Shapes: B batch, T frames, U tokens, V vocab incl. blank (blank_id 0), R prune_r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch import Tensor
@@ -119,6 +119,7 @@ def reduce_per_utterance(per_utt: Tensor, reduction: str) -> Tensor:
 
 def blank_padded_tokens(
     tokens: Tensor, token_lens: Tensor, blank_id: int = 0, vocab_size: int | None = None,
+    *, reserved: Mapping[int, str] | None = None,
 ) -> Tensor:
     """(B, U) int64 ``tokens`` with ``blank_id`` beyond each ``token_lens``: the losses gather
     log-probs at every position, so whatever the caller padded with (0, WeNet's ignore id -1)
@@ -129,22 +130,39 @@ def blank_padded_tokens(
     (:class:`asr.heads.transducer.TransducerHead` checks each batch once and hands the losses
     ``tokens_checked=True``); the padding, which needs no sync, is still applied.
 
+    ``reserved`` (checked with the vocabulary) names the ids that no target may hold, with what
+    each is: the blank of the CTC and transducer heads, the blank and ``<sos/eos>`` of the
+    attention decoders (no tokenizer here emits them, :mod:`asr.tokenizers.base`). A target
+    holding one is trained as if it were a token (a finite, meaningless CTC or transducer loss;
+    an attention decoder taught to end or to emit blank inside a sentence).
+
     Raises:
         ValueError: if ``vocab_size`` is given and a token within
             ``token_lens`` is outside ``[0, vocab_size)`` (a tokenizer that does not match the
             model's vocabulary), which the losses would otherwise turn into a finite,
-            meaningless value or an index error.
+            meaningless value or an index error, or is one of the ``reserved`` ids.
     """
     positions = torch.arange(tokens.shape[1], device=tokens.device)[None, :]
     beyond = positions >= token_lens.to(tokens.device)[:, None]
     tokens = tokens.to(torch.int64).masked_fill(beyond, blank_id)
     if vocab_size is not None:
         outside = (tokens < 0) | (tokens >= vocab_size)
-        if bool(outside.any()):
-            b, u = (int(i) for i in outside.nonzero()[0])
+        names = dict(reserved or {})
+        held = torch.zeros_like(outside)
+        if names:
+            ids = torch.tensor(sorted(names), device=tokens.device)
+            held = torch.isin(tokens, ids) & ~beyond
+        if bool((outside | held).any()):  # one device sync for both checks
+            b, u = (int(i) for i in (outside | held).nonzero()[0])
+            token, lens = int(tokens[b, u]), int(token_lens[b])
+            if bool(outside[b, u]):
+                raise ValueError(
+                    f"tokens[{b}, {u}] = {token} is outside the vocabulary [0, "
+                    f"{vocab_size}) of the logits (token_lens[{b}] = {lens})"
+                )
             raise ValueError(
-                f"tokens[{b}, {u}] = {int(tokens[b, u])} is outside the vocabulary [0, "
-                f"{vocab_size}) of the logits (token_lens[{b}] = {int(token_lens[b])})"
+                f"tokens[{b}, {u}] = {token} is {names[token]}, which no target may hold "
+                f"(token_lens[{b}] = {lens})"
             )
     return tokens
 

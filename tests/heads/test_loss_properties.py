@@ -6,6 +6,7 @@ float32: torchaudio's full RNN-T loss):
   whatever order: the heads report sums over utterances (``LossOutput``), so a batch's loss and
   metrics are the sums of its utterances' (the trainer divides them by the utterance count);
 * a head of loss weight 0 is not run and gets no gradient;
+* no target holds an id that is not a token (blank, the attention decoders' ``<sos/eos>``);
 * the AED's label smoothing is summed over the valid positions only, and CIF's quantity loss
   counts the end slot and the threshold.
 """
@@ -162,7 +163,7 @@ def test_a_float64_model_sums_its_head_losses_in_float64():
     assert out.loss.dtype == torch.float64
     want = sum(w * out.head_outputs[name].loss for name, w in weights.items())
     torch.testing.assert_close(out.loss, want, rtol=1e-14, atol=0)
-    assert out.metrics["loss"] == float(out.loss)
+    assert out.metrics["loss"] == float(out.loss.detach())
 
 
 ALL_HEADS = {"transducer": dict(TRANSDUCER, loss="pruned"), "ctc": {}, "aed": DECODER,
@@ -196,6 +197,33 @@ def test_a_zero_weight_head_is_not_run_and_gets_no_gradient(silent, monkeypatch)
     total = sum(model.heads[name].loss(alone, enc_lens, tokens, token_lens).loss for name in others)
     want = torch.autograd.grad(total, alone)[0]
     torch.testing.assert_close(enc.grad, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_target_holding_the_blank_is_refused_naming_it(case):
+    """No tokenizer here emits the blank (id 0) as a token: a target holding it is broken data,
+    which CTC (PyTorch's kernel) and the transducer losses turned into a finite, meaningless
+    loss, and the decoders learnt to emit; the same id as padding is fine."""
+    head = _head(case)
+    enc, enc_lens, tokens, token_lens = _batch(pad=0)
+    head.loss(enc, enc_lens, tokens, token_lens)  # zeros beyond token_lens: padding
+    tokens[3, 1] = 0
+    with pytest.raises(ValueError, match=r"tokens\[3, 1\] = 0 is the blank, which no target"):
+        head.loss(enc, enc_lens, tokens, token_lens)
+
+
+@pytest.mark.parametrize(
+    ("case", "token", "what"),
+    [("aed", 1, "the AED sos_id and eos_id"), ("cif_end_slot", 1, "the CIF end_id")],
+)
+def test_a_target_holding_the_end_label_is_refused_naming_it(case, token, what):
+    """An attention decoder's ``<sos/eos>`` (the CIF end slot's label) inside a target taught the
+    decoder to end the sentence there; a CIF head without an end slot has no end label."""
+    enc, enc_lens, tokens, token_lens = _batch()
+    tokens[1, 2] = token
+    with pytest.raises(ValueError, match=rf"tokens\[1, 2\] = {token} is {what}, which no target"):
+        _head(case).loss(enc, enc_lens, tokens, token_lens)
+    assert torch.isfinite(_head("cif").loss(enc, enc_lens, tokens, token_lens).loss)
 
 
 def test_aed_label_smoothing_is_summed_over_valid_positions_only():
@@ -234,7 +262,8 @@ def test_cif_quantity_loss_counts_the_end_slot_and_the_threshold(case):
     want = ((alphas.sum(1) / cfg.threshold - slots).abs() * has_frames).sum()
     assert out.metrics["quantity_loss"] == pytest.approx(float(want.detach()), rel=1e-12)
     ce = out.metrics["ce_loss"]
-    assert float(out.loss) == pytest.approx(ce + cfg.quantity_weight * float(want.detach()), rel=1e-12)
+    total = ce + cfg.quantity_weight * float(want.detach())
+    assert float(out.loss.detach()) == pytest.approx(total, rel=1e-12)
     inputs, targets, target_lens, _ = head.teacher_inputs(enc, enc_lens, tokens, token_lens)
     assert target_lens.tolist() == slots.tolist() and inputs.shape[1] == int(slots.max())
     assert out.metrics["num_tokens"] == float((slots * has_frames).sum())
