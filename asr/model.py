@@ -76,6 +76,23 @@ class HeadsConfig:
         if self.cif is not None and self.cif.segments == "ctc" and self.ctc is None:
             raise ValueError("heads.cif.segments: ctc needs a ctc head (heads.ctc: {})")
 
+    def check_training(self) -> None:
+        """Checks what only training needs of the heads: a CIF head with ``segments: ctc``
+        trains on the CTC head's paths, which a CTC loss weight of 0 leaves untrained (random
+        segments for the whole run). Reading the config does not check it, so that a model
+        trained so is still rebuilt for decoding.
+
+        Raises:
+            ValueError: naming the fields.
+        """
+        weights = self.weights()
+        if self.cif is not None and self.cif.segments == "ctc" and weights["cif"] > 0:
+            if weights["ctc"] == 0:
+                raise ValueError(
+                    "heads.cif.segments: ctc trains on the ctc head's paths, which "
+                    "heads.loss_weights.ctc: 0 leaves untrained: give ctc a weight > 0"
+                )
+
     def enabled(self) -> dict[str, Any]:
         """Head name -> its config, for every section that is set."""
         return {name: getattr(self, name) for name in HEADS if getattr(self, name) is not None}
