@@ -77,15 +77,18 @@ class HeadsConfig:
             raise ValueError("heads.cif.segments: ctc needs a ctc head (heads.ctc: {})")
 
     def check_training(self) -> None:
-        """Checks what only training needs of the heads: a CIF head with ``segments: ctc``
-        trains on the CTC head's paths, which a CTC loss weight of 0 leaves untrained (random
-        segments for the whole run). Reading the config does not check it, so that a model
-        trained so is still rebuilt for decoding.
+        """Checks what only training needs of the heads: a head that weighs > 0 (which
+        :class:`ASRModel` needs too, but only once the tokenizer is read), and for a CIF head
+        with ``segments: ctc`` a CTC head that trains, its paths being the CIF head's segments
+        (a CTC weight of 0 left them random for the whole run). Reading the config does not
+        check them, so that a model trained so is still rebuilt for decoding.
 
         Raises:
             ValueError: naming the fields.
         """
         weights = self.weights()
+        if weights and not any(weight > 0 for weight in weights.values()):
+            raise ValueError(f"heads.loss_weights: at least one head must weigh > 0, got {weights}")
         if self.cif is not None and self.cif.segments == "ctc" and weights["cif"] > 0:
             if weights["ctc"] == 0:
                 raise ValueError(

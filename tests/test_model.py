@@ -125,7 +125,7 @@ def test_weight_validation(weights, message):
         ASRModel(StubEncoder(), heads, weights)
 
 
-def test_cif_ctc_segments_need_a_trained_ctc_head_to_train_not_to_read():
+def test_training_needs_a_weighed_head_and_cif_ctc_segments_a_trained_ctc_head():
     """A CIF head with CTC segments trains on the CTC head's paths: a CTC weight of 0 is refused
     for training (``asr train`` runs :meth:`HeadsConfig.check_training`), not when a trained
     model's config is read back; with the CIF head silent too there is nothing to refuse."""
@@ -139,6 +139,9 @@ def test_cif_ctc_segments_need_a_trained_ctc_head_to_train_not_to_read():
                             "loss_weights": {"ctc": 0.0, "cif": 0.0}}).check_training()
     from_dict(HeadsConfig, {"ctc": {}, "cif": HEADS_YAML["cif"],
                             "loss_weights": {"ctc": 0.0}}).check_training()
+    silent = from_dict(HeadsConfig, {"ctc": {}, "aed": {}, "loss_weights": {"ctc": 0, "aed": 0}})
+    with pytest.raises(ValueError, match="at least one head must weigh > 0"):
+        silent.check_training()  # reads (a documented off value), does not train
 
 
 def test_rejects_non_heads_and_bad_configs():

@@ -58,6 +58,15 @@ def test_train_refuses_cif_ctc_segments_of_an_untrained_ctc_head(tmp_path, tiny_
     assert not (tmp_path / "cif").exists()
 
 
+def test_train_refuses_heads_that_all_weigh_0(tmp_path, tiny_corpus, caplog):
+    """Every loss weight 0: nothing would train; exit 2 naming the field before anything is
+    written."""
+    code = train_tiny(tmp_path, tiny_corpus, "silent", "heads.loss_weights={transducer: 0, ctc: 0}")
+    assert code == 2
+    assert "heads.loss_weights: at least one head must weigh > 0" in caplog.text
+    assert not (tmp_path / "silent").exists()
+
+
 @pytest.mark.parametrize("axis", ["freq", "time"])
 def test_train_refuses_a_mask_width_that_never_masks_before_reading_data(tmp_path, tiny_corpus,
                                                                          caplog, axis):
