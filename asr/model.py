@@ -76,6 +76,26 @@ class HeadsConfig:
         if self.cif is not None and self.cif.segments == "ctc" and self.ctc is None:
             raise ValueError("heads.cif.segments: ctc needs a ctc head (heads.ctc: {})")
 
+    def check_training(self) -> None:
+        """Checks what only training needs of the heads: a head that weighs > 0 (which
+        :class:`ASRModel` needs too, but only once the tokenizer is read), and for a CIF head
+        with ``segments: ctc`` a CTC head that trains, its paths being the CIF head's segments
+        (a CTC weight of 0 left them random for the whole run). Reading the config does not
+        check them, so that a model trained so is still rebuilt for decoding.
+
+        Raises:
+            ValueError: naming the fields.
+        """
+        weights = self.weights()
+        if weights and not any(weight > 0 for weight in weights.values()):
+            raise ValueError(f"heads.loss_weights: at least one head must weigh > 0, got {weights}")
+        if self.cif is not None and self.cif.segments == "ctc" and weights["cif"] > 0:
+            if weights["ctc"] == 0:
+                raise ValueError(
+                    "heads.cif.segments: ctc trains on the ctc head's paths, which "
+                    "heads.loss_weights.ctc: 0 leaves untrained: give ctc a weight > 0"
+                )
+
     def enabled(self) -> dict[str, Any]:
         """Head name -> its config, for every section that is set."""
         return {name: getattr(self, name) for name in HEADS if getattr(self, name) is not None}
@@ -146,7 +166,8 @@ class ModelOutput:
     ``metrics``), as every head's :class:`asr.types.LossOutput`.
 
     Attributes:
-        loss: scalar, ``sum_h weight_h * loss_h`` (each summed over utterances).
+        loss: scalar, ``sum_h weight_h * loss_h`` (each summed over utterances), float32, or
+            float64 where a head's loss is (a float64 model).
         num_utterances: B.
         head_outputs: head name -> its LossOutput (heads with weight 0 are not run).
         metrics: ``{"loss": .., "<head>/loss": .., "<head>/<metric>": ..}`` (sums over
@@ -274,7 +295,8 @@ class ASRModel(nn.Module):
             if weight == 0:
                 continue
             outputs[name] = head.loss(enc, enc_lens, tokens, token_lens, step=step)
-            total = total + weight * outputs[name].loss.float()
+            loss = outputs[name].loss
+            total = total + weight * loss.to(torch.promote_types(loss.dtype, total.dtype))
         metrics = {"loss": float(total.detach())}
         for name, output in outputs.items():
             metrics[f"{name}/loss"] = float(output.loss.detach())

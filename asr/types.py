@@ -82,8 +82,10 @@ class LossOutput:
     """What every ``Head.loss`` returns.
 
     Attributes:
-        loss: scalar tensor, the loss SUMMED over the utterances of the batch.
-        num_utterances: how many utterances contributed (normaliser for logging / averaging).
+        loss: scalar tensor, the loss SUMMED over the utterances of the batch (the infeasible
+            ones, counted in ``metrics["num_infinite"]``, add 0).
+        num_utterances: B, every utterance of the batch, the infeasible ones included: the one
+            normaliser of every head (per-utterance logging, the trainer's gradient average).
         metrics: detached scalar values for logging (e.g. ``{"simple_loss": 3.2}``), also summed.
     """
 

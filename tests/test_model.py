@@ -125,6 +125,25 @@ def test_weight_validation(weights, message):
         ASRModel(StubEncoder(), heads, weights)
 
 
+def test_training_needs_a_weighed_head_and_cif_ctc_segments_a_trained_ctc_head():
+    """A CIF head with CTC segments trains on the CTC head's paths: a CTC weight of 0 is refused
+    for training (``asr train`` runs :meth:`HeadsConfig.check_training`), not when a trained
+    model's config is read back; with the CIF head silent too there is nothing to refuse."""
+    cif = dict(HEADS_YAML["cif"], segments="ctc")
+    cfg = from_dict(HeadsConfig, {"ctc": {}, "cif": cif, "loss_weights": {"ctc": 0.0}})
+    with pytest.raises(ValueError, match="loss_weights.ctc: 0 leaves untrained"):
+        cfg.check_training()
+    build_heads(cfg, ENC_DIM, VOCAB)
+    from_dict(HeadsConfig, {"ctc": {}, "cif": cif, "loss_weights": {"ctc": 0.1}}).check_training()
+    from_dict(HeadsConfig, {"ctc": {}, "aed": HEADS_YAML["aed"], "cif": cif,
+                            "loss_weights": {"ctc": 0.0, "cif": 0.0}}).check_training()
+    from_dict(HeadsConfig, {"ctc": {}, "cif": HEADS_YAML["cif"],
+                            "loss_weights": {"ctc": 0.0}}).check_training()
+    silent = from_dict(HeadsConfig, {"ctc": {}, "aed": {}, "loss_weights": {"ctc": 0, "aed": 0}})
+    with pytest.raises(ValueError, match="at least one head must weigh > 0"):
+        silent.check_training()  # reads (a documented off value), does not train
+
+
 def test_rejects_non_heads_and_bad_configs():
     with pytest.raises(TypeError, match="no loss"):
         ASRModel(StubEncoder(), {"bad": nn.Linear(2, 2)}, {"bad": 1.0})

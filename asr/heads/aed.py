@@ -243,6 +243,15 @@ class AEDHead(nn.Module):
             else None
         )
 
+    @property
+    def reserved_ids(self) -> dict[int, str]:
+        """The ids no target may hold, with what each is: blank (0) and ``sos_id``/``eos_id``
+        (a target holding ``eos_id`` teaches the decoder to end the sentence there)."""
+        sos, eos = self.cfg.sos_id, self.cfg.eos_id
+        both = "the AED sos_id and eos_id"
+        return {0: "the blank", sos: both if sos == eos else "the AED sos_id",
+                eos: both if sos == eos else "the AED eos_id"}
+
     # ----------------------------------------------------------------------------- training
     def _teacher_forcing(self, tokens: Tensor, token_lens: Tensor) -> tuple[Tensor, Tensor]:
         """Inputs ``<sos> y`` and targets ``y <eos>``, both (B, U + 1) padded with 0."""
@@ -300,10 +309,13 @@ class AEDHead(nn.Module):
             ``num_infinite`` (utterances without frames, left out of all of them).
 
         Raises:
-            ValueError: naming a token within ``token_lens`` outside ``[0, V)``.
+            ValueError: naming a token within ``token_lens`` outside ``[0, V)``, or one of
+                :attr:`reserved_ids`.
         """
         enc = zero_padding(enc, enc_lens)  # masked attention weighs padding by 0: 0 * nan
-        tokens = blank_padded_tokens(tokens, token_lens, 0, self.vocab_size)
+        tokens = blank_padded_tokens(
+            tokens, token_lens, 0, self.vocab_size, reserved=self.reserved_ids
+        )
         memory = self.memory_proj(enc)
         memory_mask = lengths_to_mask(enc_lens, enc.shape[1])
         trained = trained_utterances(enc_lens.to(memory.device), "AED")

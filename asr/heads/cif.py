@@ -584,11 +584,15 @@ class CIFHead(nn.Module):
             drop them) and, with glancing, ``num_glanced``.
 
         Raises:
-            ValueError: naming a token within ``token_lens`` outside ``[0, V)``.
+            ValueError: naming a token within ``token_lens`` outside ``[0, V)``, the blank, or
+                with an end slot ``end_id``.
         """
         cfg = self.cfg
         enc = zero_padding(enc, enc_lens)  # masked attention weighs padding by 0: 0 * nan
-        tokens = blank_padded_tokens(tokens, token_lens, 0, self.vocab_size)
+        reserved = {0: "the blank"}  # and the end label, which the end slot appends
+        if self.end_id is not None:
+            reserved[self.end_id] = "the CIF end_id"
+        tokens = blank_padded_tokens(tokens, token_lens, 0, self.vocab_size, reserved=reserved)
         inputs, targets, target_lens, alphas = self.teacher_inputs(
             enc, enc_lens, tokens, token_lens
         )

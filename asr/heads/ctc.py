@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from asr.encoders.base import zero_padding
 from asr.encoders.dropout import Dropout
 from asr.losses.ctc import ctc_loss
+from asr.losses.precision import loss_dtype
 from asr.types import LossOutput
 
 __all__ = ["CTCConfig", "CTCHead"]
@@ -70,8 +71,9 @@ class CTCHead(nn.Module):
         return self.output(self.dropout(enc))
 
     def log_probs(self, enc: Tensor) -> Tensor:
-        """(B, T, D) -> (B, T, V) float32 log-probabilities."""
-        return torch.log_softmax(self.logits(enc).float(), dim=-1)
+        """(B, T, D) -> (B, T, V) float32 log-probabilities (float64 in a float64 model)."""
+        logits = self.logits(enc)
+        return torch.log_softmax(logits.to(loss_dtype(logits)), dim=-1)
 
     def forward(self, enc: Tensor) -> Tensor:
         """Same as :meth:`log_probs`."""

@@ -241,10 +241,14 @@ class TransducerHead(nn.Module):
             step: training step of the pruned loss' warm-up (None: warmed up).
 
         Raises:
-            ValueError: naming a token within ``token_lens`` outside ``[0, V)``.
+            ValueError: naming a token within ``token_lens`` outside ``[0, V)`` or equal to the
+                blank.
         """
         enc = zero_padding(enc, enc_lens)  # padding garbage would reach the gradients (0 * nan)
-        tokens = blank_padded_tokens(tokens, token_lens, self.blank_id, self.vocab_size)
+        reserved = {self.blank_id: "the blank"}
+        tokens = blank_padded_tokens(
+            tokens, token_lens, self.blank_id, self.vocab_size, reserved=reserved
+        )
         pred = self.predict(tokens)
         metrics: dict[str, float] = {}
         if self.cfg.is_pruned:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from asr.losses.precision import loss_dtype
+
 __all__ = ["quantity_loss", "scale_alphas"]
 
 
@@ -26,10 +28,11 @@ def quantity_loss(alphas: Tensor, token_lens: Tensor) -> Tensor:
         token_lens: (B,) int number of target tokens U.
 
     Returns:
-        (B,) float32 absolute differences.
+        (B,) float32 absolute differences (float64 for float64 ``alphas``).
     """
     _check(alphas, token_lens)
-    return (alphas.float().sum(dim=1) - token_lens.float()).abs()
+    dtype = loss_dtype(alphas)
+    return (alphas.to(dtype).sum(dim=1) - token_lens.to(dtype)).abs()
 
 
 def scale_alphas(alphas: Tensor, token_lens: Tensor, eps: float = 1e-6) -> Tensor:

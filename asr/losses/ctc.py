@@ -3,8 +3,9 @@
 Graves et al. 2006, "Connectionist Temporal Classification: Labelling Unsegmented Sequence Data
 with Recurrent Neural Networks". The forward-backward recursion itself is PyTorch's
 (``torch.nn.functional.ctc_loss``, cuDNN or native kernels); this module adds what training
-needs around it: float32 computation under autocast, per-utterance losses, and the set of
-utterances whose targets cannot be aligned at all.
+needs around it: float32 computation under autocast (float64 for float64 log-probs,
+:func:`asr.losses.precision.loss_dtype`), per-utterance losses, and the set of utterances whose
+targets cannot be aligned at all.
 
 An alignment of U tokens needs at least ``U + R`` frames, where R counts adjacent repeated
 tokens (a blank must separate them), and at least one frame: an utterance without frames is
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from asr.losses.precision import loss_dtype
 from asr.losses.pruned_rnnt import blank_padded_tokens
 
 __all__ = ["ctc_forced_align", "ctc_loss", "ctc_min_frames"]
@@ -63,21 +65,24 @@ def ctc_loss(
     """Per-utterance CTC negative log-likelihood; infeasible utterances give zero.
 
     Args:
-        log_probs: (B, T, V) log-softmax outputs (any float dtype; computed in float32).
+        log_probs: (B, T, V) log-softmax outputs (any float dtype; computed in float32, or
+            float64 if given float64).
         log_prob_lens: (B,) int number of valid frames.
         tokens: (B, U) int target ids without blanks, padded beyond ``token_lens``.
         token_lens: (B,) int number of target tokens.
         blank_id: index of the blank symbol.
 
     Returns:
-        losses: (B,) float32 ``-log P(tokens | log_probs)``; 0 (and no gradient) where infeasible.
+        losses: (B,) float32 (float64 for float64 ``log_probs``) ``-log P(tokens |
+            log_probs)``; 0 (and no gradient) where infeasible.
         infeasible: (B,) bool, True where the true loss is infinite: no alignment exists
             (``log_prob_lens`` shorter than :func:`ctc_min_frames`, or 0), or every alignment
             has probability 0 (``-inf`` log-probs on the way).
 
     Raises:
         ValueError: on inconsistent shapes, or a token within ``token_lens`` outside ``[0, V)``
-            (PyTorch's kernel returns a finite, meaningless loss for it).
+            or equal to ``blank_id`` (PyTorch's kernel returns a finite, meaningless loss for
+            either).
     """
     if log_probs.dim() != 3:
         raise ValueError(f"log_probs must be (B, T, V), got shape {tuple(log_probs.shape)}")
@@ -90,11 +95,15 @@ def ctc_loss(
         if value.shape[0] != batch_size:
             raise ValueError(f"{name} has batch size {value.shape[0]}, expected {batch_size}")
     if log_probs.shape[1] == 0:  # no frames in the whole batch: nothing is feasible
-        losses = log_probs.float().sum() * log_probs.new_zeros(batch_size, dtype=torch.float32)
+        dtype = loss_dtype(log_probs)
+        losses = log_probs.to(dtype).sum() * log_probs.new_zeros(batch_size, dtype=dtype)
         return losses, torch.ones(batch_size, dtype=torch.bool, device=log_probs.device)
-    tokens = blank_padded_tokens(tokens, token_lens, blank_id, log_probs.shape[-1])
+    tokens = blank_padded_tokens(
+        tokens, token_lens, blank_id, log_probs.shape[-1], reserved={blank_id: "the blank"}
+    )
     with torch.autocast(device_type=log_probs.device.type, enabled=False):
-        args = (log_probs.float().transpose(0, 1), tokens, log_prob_lens.long(), token_lens.long())
+        log_probs = log_probs.to(loss_dtype(log_probs))
+        args = (log_probs.transpose(0, 1), tokens, log_prob_lens.long(), token_lens.long())
         losses = F.ctc_loss(*args, blank=blank_id, reduction="none", zero_infinity=True)
         lens = log_prob_lens.long().to(losses.device)
         infeasible = (lens < ctc_min_frames(tokens, token_lens).to(lens.device)) | (lens <= 0)

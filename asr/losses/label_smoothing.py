@@ -17,6 +17,8 @@ import math
 import torch
 from torch import Tensor
 
+from asr.losses.precision import loss_dtype
+
 __all__ = ["label_smoothing_loss"]
 
 
@@ -24,13 +26,13 @@ def label_smoothing_loss(logits: Tensor, targets: Tensor, smoothing: float = 0.0
     """Per-position KL divergence between the smoothed one-hot target and ``softmax(logits)``.
 
     Args:
-        logits: (..., V) unnormalised scores (computed in float32 whatever their dtype).
+        logits: (..., V) unnormalised scores (computed in float32, or float64 if given float64).
         targets: (...) int reference ids in ``[0, V)``.
         smoothing: probability mass moved from the reference to the other ``V - 1`` classes,
             in ``[0, 1)``.
 
     Returns:
-        (...) float32 loss per position (the caller masks padding and sums).
+        (...) float32 (float64) loss per position (the caller masks padding and sums).
 
     Raises:
         ValueError: if ``smoothing`` is outside ``[0, 1)`` or the vocabulary has one class.
@@ -41,7 +43,7 @@ def label_smoothing_loss(logits: Tensor, targets: Tensor, smoothing: float = 0.0
     if vocab_size < 2:
         raise ValueError(f"label smoothing needs at least 2 classes, got V={vocab_size}")
     with torch.autocast(device_type=logits.device.type, enabled=False):
-        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        log_probs = torch.log_softmax(logits.to(loss_dtype(logits)), dim=-1)
         target_lp = log_probs.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)
         confidence = 1.0 - smoothing
         if smoothing == 0.0:

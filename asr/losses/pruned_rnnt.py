@@ -44,7 +44,7 @@ Shapes: B batch, T frames, U tokens, V vocab incl. blank (blank_id 0), R prune_r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch import Tensor
@@ -53,6 +53,7 @@ from asr.losses.mutual_information import (
     mutual_information_recursion,
     mutual_information_with_grad,
 )
+from asr.losses.precision import loss_dtype
 
 __all__ = [
     "simple_lattice_logprobs",
@@ -118,6 +119,7 @@ def reduce_per_utterance(per_utt: Tensor, reduction: str) -> Tensor:
 
 def blank_padded_tokens(
     tokens: Tensor, token_lens: Tensor, blank_id: int = 0, vocab_size: int | None = None,
+    *, reserved: Mapping[int, str] | None = None,
 ) -> Tensor:
     """(B, U) int64 ``tokens`` with ``blank_id`` beyond each ``token_lens``: the losses gather
     log-probs at every position, so whatever the caller padded with (0, WeNet's ignore id -1)
@@ -128,22 +130,39 @@ def blank_padded_tokens(
     (:class:`asr.heads.transducer.TransducerHead` checks each batch once and hands the losses
     ``tokens_checked=True``); the padding, which needs no sync, is still applied.
 
+    ``reserved`` (checked with the vocabulary) names the ids that no target may hold, with what
+    each is: the blank of the CTC and transducer heads, the blank and ``<sos/eos>`` of the
+    attention decoders (no tokenizer here emits them, :mod:`asr.tokenizers.base`). A target
+    holding one is trained as if it were a token (a finite, meaningless CTC or transducer loss;
+    an attention decoder taught to end or to emit blank inside a sentence).
+
     Raises:
         ValueError: if ``vocab_size`` is given and a token within
             ``token_lens`` is outside ``[0, vocab_size)`` (a tokenizer that does not match the
             model's vocabulary), which the losses would otherwise turn into a finite,
-            meaningless value or an index error.
+            meaningless value or an index error, or is one of the ``reserved`` ids.
     """
     positions = torch.arange(tokens.shape[1], device=tokens.device)[None, :]
     beyond = positions >= token_lens.to(tokens.device)[:, None]
     tokens = tokens.to(torch.int64).masked_fill(beyond, blank_id)
     if vocab_size is not None:
         outside = (tokens < 0) | (tokens >= vocab_size)
-        if bool(outside.any()):
-            b, u = (int(i) for i in outside.nonzero()[0])
+        names = dict(reserved or {})
+        held = torch.zeros_like(outside)
+        if names:
+            ids = torch.tensor(sorted(names), device=tokens.device)
+            held = torch.isin(tokens, ids) & ~beyond
+        if bool((outside | held).any()):  # one device sync for both checks
+            b, u = (int(i) for i in (outside | held).nonzero()[0])
+            token, lens = int(tokens[b, u]), int(token_lens[b])
+            if bool(outside[b, u]):
+                raise ValueError(
+                    f"tokens[{b}, {u}] = {token} is outside the vocabulary [0, "
+                    f"{vocab_size}) of the logits (token_lens[{b}] = {lens})"
+                )
             raise ValueError(
-                f"tokens[{b}, {u}] = {int(tokens[b, u])} is outside the vocabulary [0, "
-                f"{vocab_size}) of the logits (token_lens[{b}] = {int(token_lens[b])})"
+                f"tokens[{b}, {u}] = {token} is {names[token]}, which no target may hold "
+                f"(token_lens[{b}] = {lens})"
             )
     return tokens
 
@@ -151,7 +170,7 @@ def blank_padded_tokens(
 def frameless_batch_loss(inputs: Tensor, reduction: str) -> Tensor:
     """The loss of a batch padded to zero frames: ``+inf`` per utterance (none is feasible),
     attached to the graph of ``inputs`` (B, 0, ...) with a zero gradient."""
-    dtype = inputs.dtype if inputs.dtype == torch.float64 else torch.float32
+    dtype = loss_dtype(inputs)
     inf = torch.full((inputs.shape[0],), float("inf"), dtype=dtype, device=inputs.device)
     return reduce_per_utterance(inf + 0.0 * inputs.sum().to(dtype), reduction)
 
@@ -207,7 +226,7 @@ def simple_loss_inputs(
     dtypes, which the matmul refuses), and 0 on the frames past ``frame_lens`` and the rows past
     ``token_lens`` (their values never matter; NaN or inf there would reach the valid pairs'
     gradients through the normaliser's matmul, whose backward multiplies them by 0)."""
-    dtype = torch.float64 if torch.float64 in (am.dtype, lm.dtype) else torch.float32
+    dtype = loss_dtype(am, lm)
     frames = torch.arange(am.shape[1], device=am.device)[None, :, None]
     rows = torch.arange(lm.shape[1], device=lm.device)[None, :, None]
     am = am.to(dtype).masked_fill(frames >= frame_lens.to(am.device)[:, None, None], 0.0)
@@ -500,8 +519,7 @@ def rnnt_loss_pruned(
         (``+inf`` where the band holds no path: ``T_b = 0`` or ``U_b > T_b * (R - 1)``).
     """
     with torch.autocast(device_type=logits.device.type, enabled=False):
-        if logits.dtype not in (torch.float32, torch.float64):
-            logits = logits.float()
+        logits = logits.to(loss_dtype(logits))
         if logits.shape[1] == 0:
             return frameless_batch_loss(logits, reduction)
         tokens = blank_padded_tokens(

@@ -46,6 +46,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from asr.losses.precision import loss_dtype
 from asr.losses.pruned_rnnt import (
     blank_padded_tokens,
     frameless_batch_loss,
@@ -234,8 +235,7 @@ def tdt_loss_pruned(
     if not 0.0 <= omega < 1.0:
         raise ValueError(f"omega must be in [0, 1), got {omega}")
     with torch.autocast(device_type=logits.device.type, enabled=False):
-        if logits.dtype not in (torch.float32, torch.float64):
-            logits = logits.float()
+        logits = logits.to(loss_dtype(logits))
         if logits.shape[1] == 0:
             return frameless_batch_loss(logits, reduction)
         num_tokens = tokens.shape[1]

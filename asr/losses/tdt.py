@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from asr.losses.mutual_information import mutual_information_recursion
+from asr.losses.precision import loss_dtype
 from asr.losses.pruned_rnnt import (
     blank_padded_tokens,
     frameless_batch_loss,
@@ -201,8 +202,7 @@ def tdt_loss(
         raise ValueError(f"omega must be in [0, 1), got {omega}")
     durations = check_durations(durations)
     with torch.autocast(device_type=logits.device.type, enabled=False):
-        if logits.dtype not in (torch.float32, torch.float64):
-            logits = logits.float()
+        logits = logits.to(loss_dtype(logits))
         if logits.shape[1] == 0:
             return frameless_batch_loss(logits, reduction)
         frame_lens = frame_lens.to(logits.device, torch.int64)

@@ -265,8 +265,9 @@ def _init_input_norm(model: ASRModel, cfg: ExperimentConfig, train_cuts) -> None
 def check_training_config(cfg: ExperimentConfig) -> None:
     """Checks what only training needs of ``cfg``, before any data is read or model built: the
     transducer loss' backend must run here (``backend: k2`` needs k2,
-    :meth:`asr.heads.transducer.TransducerConfig.check_backend`) and SpecAugment's masks must
-    be able to mask (:meth:`asr.data.config.SpecAugmentConfig.check_masks`).
+    :meth:`asr.heads.transducer.TransducerConfig.check_backend`), the heads must be trainable
+    together (:meth:`asr.model.HeadsConfig.check_training`) and SpecAugment's masks must be able
+    to mask (:meth:`asr.data.config.SpecAugmentConfig.check_masks`).
 
     Raises:
         asr.config.ConfigError: naming the field (``asr train`` exits with 2).
@@ -276,6 +277,10 @@ def check_training_config(cfg: ExperimentConfig) -> None:
             cfg.heads.transducer.check_backend()
         except ValueError as err:
             raise ConfigError(f"heads.transducer.{err}") from None
+    try:
+        cfg.heads.check_training()
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if cfg.data.spec_augment.enabled:
         try:
             cfg.data.spec_augment.check_masks()

@@ -46,6 +46,27 @@ def test_train_refuses_a_k2_backend_without_k2_before_reading_data(tmp_path, tin
     assert not (tmp_path / "k2").exists()
 
 
+def test_train_refuses_cif_ctc_segments_of_an_untrained_ctc_head(tmp_path, tiny_corpus, caplog):
+    """``heads.cif.segments: ctc`` with ``heads.loss_weights.ctc: 0``: the CIF head would train
+    for the whole run on the segments of a CTC head that nothing trains (random paths); exit 2
+    naming the fields, before anything is written. It trained."""
+    sets = ("heads.ctc={}", "heads.cif={segments: ctc, d_model: 16, num_heads: 2, num_layers: 1}",
+            "heads.loss_weights={ctc: 0.0}")
+    assert train_tiny(tmp_path, tiny_corpus, "cif", *sets) == 2
+    assert "heads.cif.segments: ctc trains on the ctc head's paths, which " \
+        "heads.loss_weights.ctc: 0 leaves untrained" in caplog.text
+    assert not (tmp_path / "cif").exists()
+
+
+def test_train_refuses_heads_that_all_weigh_0(tmp_path, tiny_corpus, caplog):
+    """Every loss weight 0: nothing would train; exit 2 naming the field before anything is
+    written."""
+    code = train_tiny(tmp_path, tiny_corpus, "silent", "heads.loss_weights={transducer: 0, ctc: 0}")
+    assert code == 2
+    assert "heads.loss_weights: at least one head must weigh > 0" in caplog.text
+    assert not (tmp_path / "silent").exists()
+
+
 @pytest.mark.parametrize("axis", ["freq", "time"])
 def test_train_refuses_a_mask_width_that_never_masks_before_reading_data(tmp_path, tiny_corpus,
                                                                          caplog, axis):

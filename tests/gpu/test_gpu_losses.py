@@ -183,7 +183,7 @@ def test_ctc_loss_equals_cpu(device, full_size, record):
     s, gen, frame_lens, token_lens, tokens = _inputs(full_size, seed=4)
     logits = torch.randn(s["batch"], s["frames"], s["vocab"], generator=gen)
 
-    def ours(x, dev):  # computes in float32 whatever the input dtype
+    def ours(x, dev):  # run on float32 inputs only: computed in float32
         losses, infeasible = ctc_loss(torch.log_softmax(x, -1), frame_lens.to(dev),
                                       tokens.to(dev), token_lens.to(dev))
         assert not infeasible.any()

@@ -51,7 +51,12 @@ def test_scale_alphas_small_and_all_zero_rows():
     torch.testing.assert_close(scaled, torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.0, 0.0]]))
 
 
-def test_quantity_loss_is_float32_for_any_input_dtype():
-    for dtype in (torch.bfloat16, torch.float64):
+def test_quantity_loss_is_float32_or_float64_as_every_loss():
+    """Half precision is counted in float32; float64 weights keep float64 (they were cut to
+    float32, so a float64 CIF head's loss was float32: :func:`asr.losses.precision.loss_dtype`)."""
+    for dtype, want in ((torch.bfloat16, torch.float32), (torch.float32, torch.float32),
+                        (torch.float64, torch.float64)):
         loss = quantity_loss(torch.full((1, 4), 0.5, dtype=dtype), torch.tensor([3]))
-        assert loss.dtype == torch.float32 and loss.item() == 1.0
+        assert loss.dtype == want and loss.item() == 1.0
+    alphas = torch.full((1, 3), 1 / 3 + 1e-12, dtype=torch.float64)
+    assert quantity_loss(alphas, torch.tensor([1])).item() == pytest.approx(3e-12, rel=1e-3)
