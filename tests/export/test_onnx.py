@@ -8,6 +8,7 @@ configured as sherpa's (at most one symbol per frame). The token sequences must 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -541,6 +542,35 @@ def test_tdt_through_sherpa_onnx_nemo_path(tmp_path, utterances):
     report = json.loads((tmp_path / "onnx" / "export.json").read_text())
     assert "mel_filters='kaldi' (sherpa-onnx: 'librosa')" in report["notes"][0]  # trained on Kaldi
     assert sum(map(len, ours)) > 50 * len(ours) and same == 8
+
+
+def _with_context_size(monkeypatch, context_size: int) -> None:
+    """Packages made by :func:`random_package` get a predictor of ``context_size`` tokens."""
+    import asr.testing.packages as packages
+
+    tiny_config = packages.tiny_config
+
+    def config(*args, **kwargs):
+        cfg = tiny_config(*args, **kwargs)
+        head = dataclasses.replace(cfg.heads.transducer, context_size=context_size)
+        return dataclasses.replace(cfg, heads=dataclasses.replace(cfg.heads, transducer=head))
+
+    monkeypatch.setattr(packages, "tiny_config", config)
+
+
+@pytest.mark.parametrize("context_size", [1, 3])
+def test_tdt_of_any_context_size_decodes_in_sherpa_onnx(tmp_path, utterances, monkeypatch,
+                                                       context_size):
+    """sherpa-onnx makes both NeMo decoder states ``(pred_rnn_layers, N, pred_hidden)``. The
+    second was exported 1 wide, and the self-check fed it so: a TDT whose predictor sees 3
+    tokens (``pred_hidden`` 2) exported, and sherpa-onnx refused its first decoder call
+    ("Got invalid dimensions for input: states_1")."""
+    _with_context_size(monkeypatch, context_size)
+    package = random_package(tmp_path / "tdt", head="tdt", seed=3)
+    assert load_package(package).build_model("cpu").heads["transducer"].predictor.context_size \
+        == context_size
+    same, ours, _ = _tdt_tokens_equal(package, tmp_path / "onnx", utterances[:4])
+    assert same == 4 and sum(map(len, ours)) > 4 * 4
 
 
 @pytest.mark.slow
