@@ -95,6 +95,7 @@ from asr.package import (
     load_package,
     locked_output_dir,
 )
+from asr.tokenizers.base import write_tokens_file
 from asr.tokenizers.bpe import BpeTokenizer
 from asr.version import __version__
 
@@ -1037,12 +1038,12 @@ def write_bpe_vocab(tokenizer: BpeTokenizer, path: Path) -> None:
 
 
 def _write_tokens(package: ModelPackage, path: Path, blank_last: bool = False) -> None:
-    """``piece id`` lines; ``blank_last``: the NeMo path's ids (ours - 1, blank last)."""
-    tokenizer = package.tokenizer
-    pieces = [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)]
+    """``piece id`` lines (:func:`asr.tokenizers.base.write_tokens_file`); ``blank_last``: the
+    NeMo path's ids (ours - 1, blank last)."""
+    pieces = package.tokenizer.pieces()
     if blank_last:
         pieces = pieces[1:] + pieces[:1]
-    path.write_text("".join(f"{p} {i}\n" for i, p in enumerate(pieces)), encoding="utf-8")
+    write_tokens_file(path, pieces)
 
 
 def _write_report(report: ExportReport, package: ModelPackage, path: Path) -> None:

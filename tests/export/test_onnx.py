@@ -668,6 +668,34 @@ def test_bpe_vocab_loads_in_sherpa_onnx_with_hotwords(tmp_path):
     assert "decoded" in run.stdout, run.stderr
 
 
+@pytest.mark.parametrize("head,bpe_vocab_size", [("transducer", 30), ("tdt", 30), ("ctc", 0)])
+def test_tokens_and_bpe_vocab_are_the_tokenizers_for_every_id(tmp_path, head, bpe_vocab_size):
+    """tokens.txt has every id's piece, the specials included (the NeMo layout's ids one below
+    ours, blank last), bpe.vocab (BPE only) every piece with its score in id order, and the ids
+    our driver reads back from sherpa-onnx's result tokens (a leading ▁ shown as a space) are
+    the tokenizer's own."""
+    from asr.tokenizers.bpe import BpeTokenizer
+
+    exp = random_experiment(tmp_path, head=head, bpe_vocab_size=bpe_vocab_size)
+    export_package(exp, tmp_path / "package")
+    out = tmp_path / "onnx"
+    export_onnx(tmp_path / "package", out, head="ctc" if head == "ctc" else None)
+    tokenizer = load_package(tmp_path / "package").tokenizer
+    ids = list(range(tokenizer.vocab_size))
+    order = ids[1:] + ids[:1] if head == "tdt" else ids
+    lines = (out / "tokens.txt").read_text(encoding="utf-8").splitlines()
+    assert lines == [f"{tokenizer.id_to_piece(i)} {n}" for n, i in enumerate(order)]
+    assert {tokenizer.id_to_piece(i) for i in range(3)} == {"<blk>", "<sos/eos>", "<unk>"}
+    if isinstance(tokenizer, BpeTokenizer):
+        vocab = (out / "bpe.vocab").read_text(encoding="utf-8").splitlines()
+        assert vocab == [f"{tokenizer.id_to_piece(i)}\t{score}"
+                         for i, score in zip(ids, tokenizer.piece_scores())]
+    else:
+        assert not (out / "bpe.vocab").exists()
+    shown = [" " + p[1:] if p.startswith("\u2581") else p for p in map(tokenizer.id_to_piece, ids)]
+    assert load_recognizer(out).token_ids(shown) == tuple(ids)
+
+
 def test_force_replaces_only_an_earlier_export(tmp_path):
     """--force never deletes the package it exports (the output directory being it or holding
     it) nor a directory of other files; the export is readable by others as the package is."""

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from asr.export import OnnxExportError, export_onnx
-from asr.export import graphs
+from asr.export import OnnxExportError, export_onnx, graphs
 from asr.export import sherpa as sherpa_export
 from asr.testing.packages import random_package
 
