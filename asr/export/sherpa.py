@@ -965,8 +965,12 @@ def _quantize_all(report: ExportReport, out: Path) -> None:
         ops = ["MatMul", "Gather"] if name == "decoder.onnx" else ["MatMul"]
         with warnings.catch_warnings(), _quiet_root_logger():
             warnings.simplefilter("ignore")
-            quantize_dynamic(str(source), str(target), op_types_to_quantize=ops,
-                             weight_type=QuantType.QInt8)
+            try:
+                quantize_dynamic(str(source), str(target), op_types_to_quantize=ops,
+                                 weight_type=QuantType.QInt8)
+            except Exception as err:  # the quantizer raises many kinds; name the graph
+                raise OnnxExportError(f"{target.name}: onnxruntime's quantize_dynamic failed "
+                                      f"on {source.name}: {err}") from err
         _add_metadata(target, report.metadata[name])  # kept by quantize_dynamic; made sure
         report.checks.append(_check_int8(source, target))
 

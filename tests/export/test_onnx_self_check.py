@@ -136,3 +136,24 @@ def test_the_self_check_reads_the_metadata_as_sherpa_onnx_does(packages, tmp_pat
     with pytest.raises(OnnxExportError, match=rf"^{graph}: |^[a-z]+\.onnx: .*{key}"):
         export_onnx(package, tmp_path / "onnx", **options)
     assert not (tmp_path / "onnx").exists()
+
+
+def test_a_failed_quantization_names_the_graph(packages, tmp_path, monkeypatch, caplog):
+    """onnxruntime's quantizer raising went out as its own exception (a traceback, exit 1 with
+    no file named); it is an export that failed, naming the graph, and nothing is written."""
+    import onnxruntime.quantization
+
+    from asr.cli.main import main
+
+    def broken(model_input, model_output, **kwargs):
+        raise RuntimeError("unsupported node")
+
+    monkeypatch.setattr(onnxruntime.quantization, "quantize_dynamic", broken)
+    with pytest.raises(OnnxExportError, match=r"^encoder.int8.onnx: onnxruntime's "
+                                              r"quantize_dynamic failed on encoder.onnx: "
+                                              r"unsupported node"):
+        export_onnx(packages["transducer"], tmp_path / "onnx", int8=True)
+    assert main(["export-onnx", "--model", str(packages["transducer"]), "--output-dir",
+                 str(tmp_path / "onnx"), "--int8"]) == 1
+    assert "encoder.int8.onnx: onnxruntime's quantize_dynamic failed" in caplog.text
+    assert not (tmp_path / "onnx").exists()
