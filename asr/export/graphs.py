@@ -240,7 +240,8 @@ class StreamingEncoder(nn.Module):
 # by argmax, the index itself being the number of frames to skip. Our blank is 0, so ids are
 # rotated by one (ours = nemo + 1, nemo's last id = our blank), and our stateless predictor's
 # context (its last ``context_size - 1`` tokens, our ids) travels as floats in the first state
-# tensor; zeros are our start context (blank). The second state is a 1-wide pass-through.
+# tensor; zeros are our start context (blank). The second state is a pass-through of the same
+# shape: sherpa makes both ``(pred_rnn_layers, N, pred_hidden)`` from the encoder's metadata.
 
 
 class NemoEncoder(nn.Module):
@@ -263,9 +264,9 @@ def nemo_state_width(context_size: int) -> int:
 class NemoDecoder(nn.Module):
     """Stateless predictor behind the NeMo decoder contract (see above).
 
-    ``targets (N, 1) int32, target_length (N,) int32, states_0 (1, N, S), states_1 (1, N, 1)
+    ``targets (N, 1) int32, target_length (N,) int32, states_0 (1, N, S), states_1 (1, N, S)
     -> decoder_out (N, J, 1), target_length, states_0, states_1`` with ``S`` =
-    :func:`nemo_state_width`.
+    :func:`nemo_state_width` (``pred_hidden``; ``states_1`` is passed through).
     """
 
     def __init__(self, head: TransducerHead) -> None:

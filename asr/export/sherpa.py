@@ -26,7 +26,10 @@ same inputs as the PyTorch modules it came from (the model's own code paths, not
 wrappers): batches of 3 with different lengths padded as sherpa pads them and a batch shorter
 than the subsampling window (no output frame), the decoder on every
 start context sherpa builds, the streaming encoder over several chunks with states carried and
-two streams at different positions batched together. Outputs must agree within
+two streams at different positions batched together. Those inputs are made from the written
+graphs' metadata as sherpa-onnx's loaders make them (the streaming window and shift, a new
+stream's zero states, the decoder's context width, the NeMo decoder's states), so metadata they
+would misread fails the check. Outputs must agree within
 ``|onnx - torch| <= ATOL + RTOL * |torch|`` (:data:`ATOL`, :data:`RTOL`), lengths exactly, and
 the inputs and outputs must come in the count, order and dtypes the loaders index them by.
 int8 graphs are checked for that layout and for finite outputs; their numeric distance is
@@ -92,6 +95,7 @@ from asr.package import (
     load_package,
     locked_output_dir,
 )
+from asr.tokenizers.base import write_tokens_file
 from asr.tokenizers.bpe import BpeTokenizer
 from asr.version import __version__
 
@@ -430,7 +434,7 @@ def _export_transducer(
                   {"y": {0: "N"}, "decoder_out": {0: "N"}}, opset)
     _add_metadata(out / "decoder.onnx", dec_meta)
     report.metadata["decoder.onnx"] = dec_meta
-    report.checks.append(_check_decoder(out / "decoder.onnx", head, vocab))
+    report.checks.append(_check_decoder(out / "decoder.onnx", head))
 
     join_meta = {"joiner_dim": str(joiner_dim), "vocab_size": str(vocab)}
     enc_frame = torch.randn(2, joiner_dim)
@@ -439,7 +443,8 @@ def _export_transducer(
                   {"encoder_out": {0: "N"}, "decoder_out": {0: "N"}, "logit": {0: "N"}}, opset)
     _add_metadata(out / "joiner.onnx", join_meta)
     report.metadata["joiner.onnx"] = join_meta
-    report.checks.append(_check_joiner(out / "joiner.onnx", head, joiner_dim, vocab))
+    report.checks.append(_check_joiner(out / "joiner.onnx", out / "decoder.onnx", head,
+                                       joiner_dim))
     return report
 
 
@@ -505,7 +510,7 @@ def _export_tdt(
     dec_in = ["targets", "target_length", "states_0", "states_1"]
     dec_out = ["decoder_out", "decoder_out_length", "next_states_0", "next_states_1"]
     args = (torch.tensor([[vocab - 1], [1]], dtype=torch.int32), torch.ones(2, dtype=torch.int32),
-            torch.zeros(1, 2, width), torch.zeros(1, 2, 1))
+            torch.zeros(1, 2, width), torch.zeros(1, 2, width))
     _torch_export(decoder, args, out / "decoder.onnx", dec_in, dec_out,
                   {"targets": {0: "N"}, "target_length": {0: "N"}, "states_0": {1: "N"},
                    "states_1": {1: "N"}, "decoder_out": {0: "N"}, "decoder_out_length": {0: "N"},
@@ -513,7 +518,7 @@ def _export_tdt(
     dec_meta = {"vocab_size": str(vocab - 1), "context_size": str(head.predictor.context_size)}
     _add_metadata(out / "decoder.onnx", dec_meta)
     report.metadata["decoder.onnx"] = dec_meta
-    report.checks.append(_check_nemo_decoder(out / "decoder.onnx", head, width))
+    report.checks.append(_check_nemo_decoder(out / "decoder.onnx", out / "encoder.onnx", head))
 
     joiner = NemoJoiner(head).eval()
     _torch_export(joiner, (torch.randn(2, joiner_dim, 1), torch.randn(2, joiner_dim, 1)),
@@ -522,7 +527,8 @@ def _export_tdt(
     join_meta = {"joiner_dim": str(joiner_dim), "num_durations": str(max(head.durations) + 1)}
     _add_metadata(out / "joiner.onnx", join_meta)
     report.metadata["joiner.onnx"] = join_meta
-    report.checks.append(_check_nemo_joiner(out / "joiner.onnx", head, joiner_dim))
+    report.checks.append(_check_nemo_joiner(out / "joiner.onnx", out / "encoder.onnx", head,
+                                            joiner_dim))
     report.loader = (
         "sherpa_onnx.OfflineRecognizer.from_transducer(encoder='encoder.onnx', "
         "decoder='decoder.onnx', joiner='joiner.onnx', tokens='tokens.txt', "
@@ -648,6 +654,39 @@ def _check_io(session, path: Path, inputs: Sequence[tuple[str, str]],
             f"{list(outputs)} (sherpa-onnx indexes them by position)")
 
 
+def _metadata(path: Path) -> dict[str, str]:
+    """The metadata of the written graph ``path``, as sherpa-onnx's loaders read it."""
+    return dict(_session(path).get_modelmeta().custom_metadata_map)
+
+
+def _metadata_int(path: Path, key: str, meta: dict[str, str] | None = None) -> int:
+    """The integer that sherpa-onnx's loader reads from the metadata ``key`` of the written graph
+    ``path`` (``meta``: that metadata, read already): the self-check builds sherpa's inputs
+    from it, as the loader does.
+
+    Raises:
+        OnnxExportError: naming the graph and the key, when it is missing or no integer.
+    """
+    value = (_metadata(path) if meta is None else meta).get(key)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise OnnxExportError(f"{path.name}: metadata {key} is {value!r}; sherpa-onnx reads an "
+                              "integer there") from None
+
+
+def _run(session, path: Path, feed: dict[str, np.ndarray], what: str) -> list[np.ndarray]:
+    """``session.run`` on sherpa-onnx's inputs; onnxruntime's own errors name ``path``."""
+    try:
+        return session.run(None, feed)
+    except Exception as err:  # onnxruntime's error types; name the graph and what was fed
+        shapes = [f"{name} {tuple(value.shape)}" for name, value in feed.items()]
+        if len(shapes) > 4:  # a streaming encoder has 4 states per layer
+            shapes = [*shapes[:4], f"... ({len(shapes)} inputs)"]
+        raise OnnxExportError(f"{path.name}: onnxruntime fails on {what} "
+                              f"({', '.join(shapes)}): {err}") from err
+
+
 def _compare(path: Path, what: str, got: np.ndarray, want: Tensor) -> float:
     want_np = want.detach().numpy()
     if got.shape != want_np.shape:
@@ -722,11 +761,22 @@ def _check_offline(path: Path, in_names, out_names, reference, fbank: FbankConfi
 
 
 @torch.no_grad()
-def _check_decoder(path: Path, head: TransducerHead, vocab: int) -> str:
+def _check_decoder(path: Path, head: TransducerHead) -> str:
+    """The contexts sherpa-onnx builds, ``context_size`` (the graph's metadata) tokens wide,
+    against our predictor's steps; its metadata ``vocab_size`` must be the model's."""
     session = _session(path)
     _check_io(session, path, [("y", "tensor(int64)")], [("decoder_out", "tensor(float)")])
     predictor = head.predictor
-    context = predictor.context_size
+    meta = _metadata(path)
+    vocab = _metadata_int(path, "vocab_size", meta)
+    if vocab != head.vocab_size:
+        raise OnnxExportError(f"{path.name}: metadata vocab_size {vocab}, the model has "
+                              f"{head.vocab_size} tokens (sherpa-onnx reads the joiner's logits "
+                              "with it)")
+    context = _metadata_int(path, "context_size", meta)  # the width of the y sherpa-onnx builds
+    if context != predictor.context_size:
+        raise OnnxExportError(f"{path.name}: metadata context_size {context}, the predictor's "
+                              f"is {predictor.context_size}")
     generator = torch.Generator().manual_seed(0)
     rows = torch.randint(0, vocab, (16, context), generator=generator)
     start = torch.tensor([[-1] * (context - 1) + [head.blank_id]])  # sherpa's start context
@@ -736,7 +786,7 @@ def _check_decoder(path: Path, head: TransducerHead, vocab: int) -> str:
     state = dataclasses.replace(state, context=y[:, :-1].clamp(min=0))
     pred, _ = predictor.step(y[:, -1].clamp(min=0), state)
     want = head.joiner.project_predictor(pred)
-    (got,) = session.run(None, {"y": y.numpy()})
+    (got,) = _run(session, path, {"y": y.numpy()}, "the contexts sherpa-onnx builds")
     worst = _compare(path, "decoder_out", got, want)
     initial = head.joiner.project_predictor(
         predictor.step(torch.tensor([head.blank_id]), predictor.init_state(1, "cpu"))[0])
@@ -746,24 +796,30 @@ def _check_decoder(path: Path, head: TransducerHead, vocab: int) -> str:
 
 
 @torch.no_grad()
-def _check_joiner(path: Path, head: TransducerHead, joiner_dim: int, vocab: int) -> str:
+def _check_joiner(path: Path, decoder_path: Path, head: TransducerHead, joiner_dim: int) -> str:
+    """5 random frame pairs; the logits must be as many as the ``vocab_size`` of the decoder's
+    metadata (sherpa-onnx's row stride)."""
     session = _session(path)
     _check_io(session, path, [("encoder_out", "tensor(float)"), ("decoder_out", "tensor(float)")],
               [("logit", "tensor(float)")])
     generator = torch.Generator().manual_seed(0)
     enc = torch.randn(5, joiner_dim, generator=generator)
     dec = torch.randn(5, joiner_dim, generator=generator)
-    (got,) = session.run(None, {"encoder_out": enc.numpy(), "decoder_out": dec.numpy()})
+    (got,) = _run(session, path, {"encoder_out": enc.numpy(), "decoder_out": dec.numpy()},
+                  "frames")
+    vocab = _metadata_int(decoder_path, "vocab_size")
     if got.shape[-1] != vocab:
-        raise OnnxExportError(f"{path.name}: logit has {got.shape[-1]} columns, vocab_size {vocab}")
+        raise OnnxExportError(f"{path.name}: logit has {got.shape[-1]} columns, the vocab_size "
+                              f"of {decoder_path.name} {vocab}")
     worst = _compare(path, "logit", got, head.joiner.join(enc, dec))
     return f"{path.name}: 5 frames: max |diff| {worst:.2e}"
 
 
 @torch.no_grad()
-def _check_nemo_decoder(path: Path, head: TransducerHead, width: int) -> str:
-    """sherpa's first call (nemo blank, zero states), then token after token with the states
-    carried, against our predictor's steps."""
+def _check_nemo_decoder(path: Path, encoder_path: Path, head: TransducerHead) -> str:
+    """sherpa's first call (nemo blank, zero states, both ``(pred_rnn_layers, N, pred_hidden)``
+    from the encoder's metadata, as its loader makes them), then token after token with the
+    states carried, against our predictor's steps."""
     session = _session(path)
     names = ["targets", "target_length", "states_0", "states_1"]
     _check_io(session, path, list(zip(names, ["tensor(int32)"] * 2 + ["tensor(float)"] * 2)),
@@ -774,14 +830,19 @@ def _check_nemo_decoder(path: Path, head: TransducerHead, width: int) -> str:
     ours = [0] + torch.randint(0, vocab, (7,), generator=generator).tolist()  # blank, 7 tokens
     batch = 2  # two rows in step: the second row runs the same ids shifted by one
     state = head.predictor.init_state(batch, "cpu")
-    states = [np.zeros((1, batch, width), np.float32), np.zeros((1, batch, 1), np.float32)]
+    meta = _metadata(encoder_path)
+    shape = (_metadata_int(encoder_path, "pred_rnn_layers", meta), batch,
+             _metadata_int(encoder_path, "pred_hidden", meta))
+    states = [np.zeros(shape, np.float32), np.zeros(shape, np.float32)]
     worst = 0.0
     for step in range(len(ours) - 1):
         ids = torch.tensor([ours[step], ours[step + 1] if step else 0])
         nemo = torch.where(ids == 0, vocab - 1, ids - 1).to(torch.int32)[:, None]
-        got = session.run(None, {"targets": nemo.numpy(),
-                                 "target_length": np.ones(batch, np.int32),
-                                 "states_0": states[0], "states_1": states[1]})
+        got = _run(session, path, {"targets": nemo.numpy(),
+                                   "target_length": np.ones(batch, np.int32),
+                                   "states_0": states[0], "states_1": states[1]},
+                   f"the states sherpa-onnx makes from {encoder_path.name}'s pred_rnn_layers "
+                   "and pred_hidden")
         pred, state = head.predictor.step(ids, state)
         want = head.joiner.project_predictor(pred)
         worst = max(worst, _compare(path, f"decoder_out (step {step})", got[0][:, :, 0], want))
@@ -791,17 +852,24 @@ def _check_nemo_decoder(path: Path, head: TransducerHead, width: int) -> str:
 
 
 @torch.no_grad()
-def _check_nemo_joiner(path: Path, head: TransducerHead, joiner_dim: int) -> str:
+def _check_nemo_joiner(path: Path, encoder_path: Path, head: TransducerHead,
+                       joiner_dim: int) -> str:
+    """5 random frame pairs; the token logits come first, as many as the encoder's metadata
+    ``vocab_size`` + 1 (sherpa-onnx's count, blank included), then the skips."""
     session = _session(path)
     _check_io(session, path, [("encoder_out", "tensor(float)"), ("decoder_out", "tensor(float)")],
               [("logits", "tensor(float)")])
     generator = torch.Generator().manual_seed(0)
     enc = torch.randn(5, joiner_dim, generator=generator)
     dec = torch.randn(5, joiner_dim, generator=generator)
-    (got,) = session.run(None, {"encoder_out": enc[:, :, None].numpy(),
-                                "decoder_out": dec[:, :, None].numpy()})
+    (got,) = _run(session, path, {"encoder_out": enc[:, :, None].numpy(),
+                                  "decoder_out": dec[:, :, None].numpy()}, "frames")
     logits = head.joiner.join(enc, dec)
     vocab = head.vocab_size
+    tokens = _metadata_int(encoder_path, "vocab_size")  # NeMo's count: without blank
+    if tokens + 1 != vocab:
+        raise OnnxExportError(f"{encoder_path.name}: metadata vocab_size {tokens}, the model has "
+                              f"{vocab - 1} tokens besides blank")
     worst = _compare(path, "token logits (blank last)", got[:, :vocab],
                      torch.cat([logits[:, 1:vocab], logits[:, :1]], dim=1))
     for k, duration in enumerate(head.durations):
@@ -821,10 +889,14 @@ def _check_streaming(
     in_names, out_names = _streaming_names(wrapper.num_layers)
     dtypes = ["tensor(float)"] * (len(in_names) - 1) + ["tensor(int64)"]
     _check_io(session, path, list(zip(in_names, dtypes)), list(zip(out_names, dtypes)))
-    frames, shift = chunk_frames(chunk_size)
+    # sherpa's windows: T frames every decode_chunk_len, as its loader reads them
+    meta = _metadata(path)
+    frames, shift = _metadata_int(path, "T", meta), _metadata_int(path, "decode_chunk_len", meta)
+    ours = chunk_frames(chunk_size)
     num_chunks = max(4, left_chunks + 2)  # beyond the cache size: old frames must roll out
     delays = (0, 1)
-    feats = _check_features(fbank, [frames + shift * (num_chunks - 1)] * 2, seed=1)
+    length = max(frames, ours[0]) + max(shift, ours[1]) * (num_chunks - 1)
+    feats = _check_features(fbank, [length] * 2, seed=1)
     # PyTorch: each stream alone, fed exactly as the runtime feeds it (4c + 3, then 4c frames)
     want: list[list[Tensor]] = []
     for stream in range(2):
@@ -838,18 +910,24 @@ def _check_streaming(
             start += take
         want.append(outs)
     # onnxruntime: sherpa's windows (frames k*4c .. k*4c + 4c + 3), states stacked on axis 0
+    init = _sherpa_init_states(path, meta)
+    if len(init) != len(in_names) - 1:
+        raise OnnxExportError(f"{path.name}: metadata num_hidden_layers "
+                              f"{meta.get('num_hidden_layers')!r}, the graph has "
+                              f"{wrapper.num_layers} layers of states")
     states: dict[int, list[np.ndarray]] = {}
     worst = 0.0
     for tick in range(num_chunks + max(delays)):
         active = [s for s in range(2) if 0 <= tick - delays[s] < num_chunks]
         for s in active:
             if s not in states:
-                states[s] = [t.numpy() for t in wrapper.init_states(1)]
+                states[s] = init
         x = np.stack([feats[s][(tick - delays[s]) * shift:][:frames].numpy() for s in active])
         feed = {"x": x}
         for i, name in enumerate(in_names[1:]):
             feed[name] = np.concatenate([states[s][i] for s in active], axis=0)
-        result = session.run(None, feed)
+        result = _run(session, path, feed, f"windows of T={frames} frames and the states "
+                      "sherpa-onnx makes from the metadata")
         for row, s in enumerate(active):
             k = tick - delays[s]
             worst = max(worst, _compare(path, f"encoder_out (stream {s}, chunk {k})",
@@ -864,6 +942,20 @@ def _check_streaming(
             f"1st: max |diff| {worst:.2e} vs forward_chunk")
 
 
+def _sherpa_init_states(path: Path, meta: dict[str, str]) -> list[np.ndarray]:
+    """The zero states of one new stream as sherpa-onnx's ``ebranchformer`` loader makes them
+    from the metadata ``meta`` of ``path`` (``GetEncoderInitStates``), ``processed_lens``
+    last."""
+    def get(key: str) -> int:
+        return _metadata_int(path, key, meta)
+
+    kv = (1, get("num_heads"), get("left_context_len"), get("head_dim"))
+    conv = (1, get("intermediate_size") // 2, get("csgu_kernel_size") - 1)
+    fusion = (1, 2 * get("hidden_size"), get("merge_conv_kernel") - 1)
+    layer = [np.zeros(shape, np.float32) for shape in (kv, kv, conv, fusion)]
+    return layer * get("num_hidden_layers") + [np.zeros(1, np.int64)]
+
+
 # ----------------------------------------------------------------------------- int8, files
 
 
@@ -876,8 +968,12 @@ def _quantize_all(report: ExportReport, out: Path) -> None:
         ops = ["MatMul", "Gather"] if name == "decoder.onnx" else ["MatMul"]
         with warnings.catch_warnings(), _quiet_root_logger():
             warnings.simplefilter("ignore")
-            quantize_dynamic(str(source), str(target), op_types_to_quantize=ops,
-                             weight_type=QuantType.QInt8)
+            try:
+                quantize_dynamic(str(source), str(target), op_types_to_quantize=ops,
+                                 weight_type=QuantType.QInt8)
+            except Exception as err:  # the quantizer raises many kinds; name the graph
+                raise OnnxExportError(f"{target.name}: onnxruntime's quantize_dynamic failed "
+                                      f"on {source.name}: {err}") from err
         _add_metadata(target, report.metadata[name])  # kept by quantize_dynamic; made sure
         report.checks.append(_check_int8(source, target))
 
@@ -949,12 +1045,12 @@ def write_bpe_vocab(tokenizer: BpeTokenizer, path: Path) -> None:
 
 
 def _write_tokens(package: ModelPackage, path: Path, blank_last: bool = False) -> None:
-    """``piece id`` lines; ``blank_last``: the NeMo path's ids (ours - 1, blank last)."""
-    tokenizer = package.tokenizer
-    pieces = [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)]
+    """``piece id`` lines (:func:`asr.tokenizers.base.write_tokens_file`); ``blank_last``: the
+    NeMo path's ids (ours - 1, blank last)."""
+    pieces = package.tokenizer.pieces()
     if blank_last:
         pieces = pieces[1:] + pieces[:1]
-    path.write_text("".join(f"{p} {i}\n" for i, p in enumerate(pieces)), encoding="utf-8")
+    write_tokens_file(path, pieces)
 
 
 def _write_report(report: ExportReport, package: ModelPackage, path: Path) -> None:

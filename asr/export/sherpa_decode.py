@@ -51,6 +51,7 @@ from asr.export.sherpa import BPE_VOCAB
 from asr.features.fbank import FbankConfig, num_frames
 from asr.fileio import read_json_object
 from asr.run.evaluate import Recognition
+from asr.tokenizers.base import read_tokens_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from lhotse import CutSet
@@ -128,6 +129,7 @@ class SherpaRecognizer:
         self.sample_rate = sample_rate
         self.fbank = fbank
         self.chunk_size = chunk_size
+        self.pieces = list(pieces)
         # the NeMo layout (TDT) numbers tokens one below ours, blank last
         shift = 1 if layout == "tdt" else 0
         self._ids = {piece: (i + shift) % len(pieces) for i, piece in enumerate(pieces)}
@@ -208,10 +210,12 @@ def load_recognizer(
             streaming export (e.g. its endpoint rules).
 
     Raises:
-        FileNotFoundError: without ``export.json`` or the graphs asked for (int8 ones exist only
-            when exported with ``--int8``), a missing ``hotwords_file``, or hotwords without
-            ``bpe.vocab``.
-        ValueError: an ``export.json`` that is corrupt or lacks a field (naming it); hotwords with
+        FileNotFoundError: without ``export.json``, ``tokens.txt`` or the graphs asked for
+            (int8 ones exist only when exported with ``--int8``), a missing ``hotwords_file``,
+            or hotwords without ``bpe.vocab``.
+        ValueError: an ``export.json`` that is corrupt or lacks a field (naming it); a
+            ``tokens.txt`` with a line other than ``piece id`` (ids in order) or with another
+            number of pieces than the graphs' ``vocab_size`` (naming it); hotwords with
             a CTC layout or greedy search; a hotword file ``asr decode`` would refuse (a bad
             ``:SCORE``) or with a phrase the model's pieces cannot spell (naming it); a CTC layout with another ``decoding_method`` or a
             ``blank_penalty``; ``max_active_paths`` < 1 with a beam search; graphs sherpa-onnx
@@ -235,6 +239,7 @@ def load_recognizer(
         if not path.is_file():
             hint = " (export with --int8)" if int8 else ""
             raise FileNotFoundError(f"{path}: missing{hint}")
+    pieces = _read_pieces(onnx_dir / "tokens.txt", report)
     features = report["features"]
     common = {"tokens": str(onnx_dir / "tokens.txt"), "num_threads": num_threads,
               "sample_rate": int(features["sample_rate"]),
@@ -255,7 +260,7 @@ def load_recognizer(
         if not vocab.is_file():
             raise FileNotFoundError(f"{vocab}: missing (hotwords need a BPE model's bpe.vocab; "
                                     "export it again with this version)")
-        _check_hotwords(Path(hotwords_file), _read_pieces(onnx_dir / "tokens.txt"))
+        _check_hotwords(Path(hotwords_file), pieces)
         common |= {"hotwords_file": str(hotwords_file), "hotwords_score": hotwords_score,
                    "modeling_unit": "bpe", "bpe_vocab": str(vocab)}
     streaming = layout == "streaming_transducer"
@@ -275,16 +280,31 @@ def load_recognizer(
                 model_type="nemo_transducer" if layout == "tdt" else "transducer", **common)
     except RuntimeError as err:  # onnxruntime's: a truncated or foreign graph
         raise ValueError(f"{onnx_dir}: sherpa-onnx cannot load its graphs: {err}") from err
-    pieces = _read_pieces(onnx_dir / "tokens.txt")
     fbank = FbankConfig(**{f.name: features[f.name] for f in dataclasses.fields(FbankConfig)
                            if f.name in features})
     return SherpaRecognizer(recognizer, layout, pieces, common["sample_rate"], fbank, chunk_size)
 
 
-def _read_pieces(path: Path) -> list[str]:
-    """The pieces of a ``tokens.txt`` (``piece id`` lines) in line order."""
-    return [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip()]
+def _read_pieces(path: Path, report: dict) -> list[str]:
+    """The pieces of the export's ``tokens.txt`` in line order: ``piece id`` lines, ids 0, 1, ...
+    in order, as many as the graphs' vocabulary (``export.json``'s metadata ``vocab_size``,
+    which sherpa-onnx's loaders read; the NeMo layout's counts no blank). sherpa-onnx looks
+    up every id it decodes there; a tokens.txt of another model failed mid-decode with its
+    ``_Map_base::at``.
+
+    Raises:
+        FileNotFoundError: without it.
+        ValueError: for a line of another form, or another number of pieces, naming the file.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing (asr export-onnx writes it beside the graphs)")
+    pieces = read_tokens_file(path, specials=False)
+    graph, blank = _VOCAB_SIZE[report["layout"]]
+    vocab_size = int(report["metadata"][graph]["vocab_size"]) + blank
+    if len(pieces) != vocab_size:
+        raise ValueError(f"{path}: {len(pieces)} pieces, the graphs have {vocab_size} tokens "
+                         f"({graph} vocab_size): not the tokens.txt of this export")
+    return pieces
 
 
 def _check_hotwords(path: Path, pieces: Sequence[str]) -> None:
@@ -312,6 +332,10 @@ def _check_hotwords(path: Path, pieces: Sequence[str]) -> None:
 
 
 _LAYOUTS = ("transducer", "streaming_transducer", "ctc", "tdt")
+#: layout -> the graph whose metadata ``vocab_size`` counts the tokens, and the tokens it
+#: leaves out (the NeMo layout's count has no blank).
+_VOCAB_SIZE = {"transducer": ("decoder.onnx", 0), "streaming_transducer": ("decoder.onnx", 0),
+               "ctc": ("model.onnx", 0), "tdt": ("encoder.onnx", 1)}
 
 
 def _read_report(path: Path) -> dict:
@@ -327,7 +351,8 @@ def _read_report(path: Path) -> dict:
     report = read_json_object(path)
     if report.get("layout") not in _LAYOUTS:
         raise ValueError(f"{path}: layout {report.get('layout')!r} is none of {list(_LAYOUTS)}")
-    fields = [("features", "sample_rate"), ("features", "num_mel_bins")]
+    fields = [("features", "sample_rate"), ("features", "num_mel_bins"),
+              ("metadata", _VOCAB_SIZE[report["layout"]][0], "vocab_size")]
     if report["layout"] == "streaming_transducer":
         fields.append(("metadata", "encoder.onnx", "chunk_size"))
     for names in fields:

@@ -265,7 +265,4 @@ def load_streaming_recognizer(
     if not recognizer.streaming:
         raise ValueError(f"{onnx_dir}: an offline export ({recognizer.layout}); the server "
                          f"needs `asr export-onnx --streaming`")
-    tokens = [line.split()[0] for line in
-              (Path(onnx_dir) / "tokens.txt").read_text(encoding="utf-8").splitlines()
-              if line.strip()]
-    return SherpaStreamingRecognizer(recognizer, tokens)
+    return SherpaStreamingRecognizer(recognizer, recognizer.pieces)

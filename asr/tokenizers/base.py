@@ -207,8 +207,10 @@ def write_tokens_file(path: Path, pieces: Sequence[str]) -> None:
     write_text_atomic(path, "".join(f"{piece} {i}\n" for i, piece in enumerate(pieces)))
 
 
-def read_tokens_file(path: Path) -> list[str]:
-    """Read ``tokens.txt`` written by :func:`write_tokens_file`; ids must be 0, 1, 2, ... in order."""
+def read_tokens_file(path: Path, specials: bool = True) -> list[str]:
+    """Read ``tokens.txt`` written by :func:`write_tokens_file`; ids must be 0, 1, 2, ... in order,
+    the first three :data:`SPECIAL_PIECES` unless ``specials`` is False (the ``tokens.txt`` of
+    an ONNX export in sherpa-onnx's NeMo layout has the blank last)."""
     pieces: list[str] = []
     for line_no, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
@@ -219,7 +221,7 @@ def read_tokens_file(path: Path) -> list[str]:
                 f"{path}:{line_no}: expected 'piece {len(pieces)}', got {line!r}"
             )
         pieces.append(fields[0])
-    if tuple(pieces[: len(SPECIAL_PIECES)]) != SPECIAL_PIECES:
+    if specials and tuple(pieces[: len(SPECIAL_PIECES)]) != SPECIAL_PIECES:
         raise ValueError(
             f"{path}: ids 0, 1, 2 must be {list(SPECIAL_PIECES)}, got {pieces[:3]}"
         )

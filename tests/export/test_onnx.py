@@ -8,6 +8,7 @@ configured as sherpa's (at most one symbol per frame). The token sequences must 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -363,6 +364,39 @@ def test_int8_graphs_load_and_mostly_agree(tiny, exported, utterances):
     assert any(line.startswith("encoder.int8.onnx") for line in report["checks"])
 
 
+def test_int8_graphs_of_every_layout_keep_the_metadata_and_decode(tmp_path):
+    """sherpa-onnx reads an int8 graph's own metadata: each one has its fp32 graph's metadata
+    (onnxruntime's quantizer adds only ``onnx.infer``) and inputs and outputs, and every layout's
+    int8 graphs decode in sherpa-onnx (CTC and TDT ones too, which no other test loads):
+    nothing for audio without an encoder frame, tokens for 2 s of noise."""
+    transducer = random_package(tmp_path / "rnnt", head="transducer", seed=2)
+    tdt = random_package(tmp_path / "tdt", head="tdt", seed=3)
+    rng = np.random.default_rng(0)
+    waves = [(rng.standard_normal(n) * 0.1).astype(np.float32) for n in (640, 32000)]
+
+    def metadata(path: Path) -> dict[str, str]:
+        return {p.key: p.value for p in onnx.load(str(path)).metadata_props
+                if p.key != "onnx.infer"}
+
+    def io(path: Path) -> list:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return [(v.name, v.type) for v in session.get_inputs() + session.get_outputs()]
+
+    for name, package, options in (("offline", transducer, {}), ("ctc", transducer, {"head": "ctc"}),
+                                   ("streaming", transducer, {"streaming": True}),
+                                   ("tdt", tdt, {})):
+        out = tmp_path / f"onnx-{name}"
+        export_onnx(package, out, int8=True, **options)
+        graphs = sorted(p for p in out.glob("*.onnx") if not p.name.endswith(".int8.onnx"))
+        assert len(graphs) == (1 if name == "ctc" else 3)
+        for graph in graphs:
+            quantized = graph.with_name(graph.name.replace(".onnx", ".int8.onnx"))
+            assert metadata(quantized) == metadata(graph) and metadata(graph), quantized
+            assert io(quantized) == io(graph), quantized
+        results = load_recognizer(out, int8=True).decode(waves)
+        assert results[0].token_ids == () and results[1].token_ids, name
+
+
 def test_layout_metadata_and_tokens(tiny, exported):
     offline = exported["offline"]
     decoder = {p.key: p.value for p in onnx.load(str(offline / "decoder.onnx")).metadata_props}
@@ -543,6 +577,35 @@ def test_tdt_through_sherpa_onnx_nemo_path(tmp_path, utterances):
     assert sum(map(len, ours)) > 50 * len(ours) and same == 8
 
 
+def _with_context_size(monkeypatch, context_size: int) -> None:
+    """Packages made by :func:`random_package` get a predictor of ``context_size`` tokens."""
+    import asr.testing.packages as packages
+
+    tiny_config = packages.tiny_config
+
+    def config(*args, **kwargs):
+        cfg = tiny_config(*args, **kwargs)
+        head = dataclasses.replace(cfg.heads.transducer, context_size=context_size)
+        return dataclasses.replace(cfg, heads=dataclasses.replace(cfg.heads, transducer=head))
+
+    monkeypatch.setattr(packages, "tiny_config", config)
+
+
+@pytest.mark.parametrize("context_size", [1, 3])
+def test_tdt_of_any_context_size_decodes_in_sherpa_onnx(tmp_path, utterances, monkeypatch,
+                                                       context_size):
+    """sherpa-onnx makes both NeMo decoder states ``(pred_rnn_layers, N, pred_hidden)``. The
+    second was exported 1 wide, and the self-check fed it so: a TDT whose predictor sees 3
+    tokens (``pred_hidden`` 2) exported, and sherpa-onnx refused its first decoder call
+    ("Got invalid dimensions for input: states_1")."""
+    _with_context_size(monkeypatch, context_size)
+    package = random_package(tmp_path / "tdt", head="tdt", seed=3)
+    assert load_package(package).build_model("cpu").heads["transducer"].predictor.context_size \
+        == context_size
+    same, ours, _ = _tdt_tokens_equal(package, tmp_path / "onnx", utterances[:4])
+    assert same == 4 and sum(map(len, ours)) > 4 * 4
+
+
 @pytest.mark.slow
 def test_trained_tdt_through_sherpa_onnx_and_its_feature_cost(tmp_path, utterances):
     """A TDT trained on Kaldi fbank: the NeMo path decodes what our search decodes on that
@@ -636,6 +699,34 @@ def test_bpe_vocab_loads_in_sherpa_onnx_with_hotwords(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "decoded" in run.stdout, run.stderr
+
+
+@pytest.mark.parametrize("head,bpe_vocab_size", [("transducer", 30), ("tdt", 30), ("ctc", 0)])
+def test_tokens_and_bpe_vocab_are_the_tokenizers_for_every_id(tmp_path, head, bpe_vocab_size):
+    """tokens.txt has every id's piece, the specials included (the NeMo layout's ids one below
+    ours, blank last), bpe.vocab (BPE only) every piece with its score in id order, and the ids
+    our driver reads back from sherpa-onnx's result tokens (a leading ▁ shown as a space) are
+    the tokenizer's own."""
+    from asr.tokenizers.bpe import BpeTokenizer
+
+    exp = random_experiment(tmp_path, head=head, bpe_vocab_size=bpe_vocab_size)
+    export_package(exp, tmp_path / "package")
+    out = tmp_path / "onnx"
+    export_onnx(tmp_path / "package", out, head="ctc" if head == "ctc" else None)
+    tokenizer = load_package(tmp_path / "package").tokenizer
+    ids = list(range(tokenizer.vocab_size))
+    order = ids[1:] + ids[:1] if head == "tdt" else ids
+    lines = (out / "tokens.txt").read_text(encoding="utf-8").splitlines()
+    assert lines == [f"{tokenizer.id_to_piece(i)} {n}" for n, i in enumerate(order)]
+    assert {tokenizer.id_to_piece(i) for i in range(3)} == {"<blk>", "<sos/eos>", "<unk>"}
+    if isinstance(tokenizer, BpeTokenizer):
+        vocab = (out / "bpe.vocab").read_text(encoding="utf-8").splitlines()
+        assert vocab == [f"{tokenizer.id_to_piece(i)}\t{score}"
+                         for i, score in zip(ids, tokenizer.piece_scores())]
+    else:
+        assert not (out / "bpe.vocab").exists()
+    shown = [" " + p[1:] if p.startswith("\u2581") else p for p in map(tokenizer.id_to_piece, ids)]
+    assert load_recognizer(out).token_ids(shown) == tuple(ids)
 
 
 def test_force_replaces_only_an_earlier_export(tmp_path):
@@ -742,6 +833,38 @@ def test_offline_graphs_give_pytorch_frames_for_every_length(random_exports):
             assert got_lens.tolist() == enc_lens.tolist(), (name, frames)
             for b, n in enumerate(enc_lens.tolist()):
                 np.testing.assert_allclose(got[b, :n], want[b, :n].numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_sherpa_onnx_decodes_edge_lengths_as_ours(random_exports):
+    """One batch of the shortest audio with an encoder frame (7 feature frames), audio one
+    encoder frame over a chunk (c + 1 frames), 1 s and 12 s (299 encoder frames, beyond the
+    export's example and the self-check's lengths): sherpa-onnx's greedy tokens are ours for
+    the offline transducer and CTC graphs; the streaming graph's too on those lengths padded to
+    whole chunks, 75 chunks for the longest (its cache of 8 chunks rolled over 9 times). A
+    random model emits a token on nearly every frame, so a frame wrong anywhere shows."""
+    source, _, _ = random_exports["offline"]
+    chunk_size = load_package(source).config.encoder.chunk_size
+    feats = [7, 4 * (chunk_size + 1) + 3, 100, 1200]
+    assert [subsampled_length(n) for n in feats[:2]] == [1, chunk_size + 1]
+    rng = np.random.default_rng(5)
+    waves = [(rng.standard_normal(n * 160 - 40) * 0.1).astype(np.float32) for n in feats]
+    assert [num_frames(w.shape[0], FbankConfig()) for w in waves] == feats
+    for name, searcher in (("offline", "transducer_greedy"), ("ctc", "ctc_greedy")):
+        model = load_model(source, searcher=searcher, search=GREEDY_ONE_PER_FRAME)
+        ours = [r.token_ids for r in model.transcribe(waves)]
+        theirs = [r.token_ids for r in load_recognizer(random_exports[name][1]).decode(waves)]
+        assert theirs == ours, name
+        assert len(ours[-1]) > 200 or name == "ctc"
+    padded = [_whole_chunks(w, chunk_size) for w in waves]
+    model = load_model(source, searcher="transducer_greedy", search=GREEDY_ONE_PER_FRAME)
+    ours = _ours_streaming(model, padded)
+    directory = random_exports["streaming"][1]
+    recognizer = sherpa_onnx.OnlineRecognizer.from_transducer(
+        encoder=str(directory / "encoder.onnx"), decoder=str(directory / "decoder.onnx"),
+        joiner=str(directory / "joiner.onnx"), tokens=str(directory / "tokens.txt"),
+        num_threads=1, decoding_method="greedy_search")
+    assert _sherpa_streaming(recognizer, directory, padded) == ours
+    assert len(ours[-1]) > 200
 
 
 def test_the_printed_loader_call_decodes_an_8khz_model_as_ours(tmp_path, monkeypatch):

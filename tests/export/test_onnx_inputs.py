@@ -61,7 +61,7 @@ def test_decode_onnx_options_a_ctc_export_has_not(exports, caplog, tmp_path):
 def test_decode_onnx_names_a_broken_export(exports, caplog, tmp_path):
     """A corrupt export.json gave only json's message ('Expecting value: line 1 ...'), one
     without a field the bare key ("'layout'"), a truncated graph exit 1 with onnxruntime's
-    RuntimeError."""
+    RuntimeError, a tokens.txt that is not the graphs' a crash in the middle of decoding."""
     broken = tmp_path / "broken"
     broken.mkdir()
     for path in exports["transducer"].iterdir():
@@ -75,6 +75,13 @@ def test_decode_onnx_names_a_broken_export(exports, caplog, tmp_path):
         ("export.json", json.dumps({**report, "features": features}),
          f"{broken / 'export.json'}: no field features.num_mel_bins"),
         ("encoder.onnx", "not a graph", f"{broken}: sherpa-onnx cannot load its graphs"),
+        # another model's tokens.txt: sherpa-onnx loaded it and failed mid-decode with only
+        # "IndexError: _Map_base::at" (exit 1, a traceback)
+        ("tokens.txt", "<blk> 0\n<sos/eos> 1\n<unk> 2\n",
+         f"{broken / 'tokens.txt'}: 3 pieces, the graphs have 20 tokens"),
+        ("tokens.txt", "<blk> 0\n<sos/eos>\n", f"{broken / 'tokens.txt'}:2: expected 'piece 1'"),
+        ("export.json", json.dumps({**report, "metadata": {}}),
+         f"{broken / 'export.json'}: no field metadata.decoder.onnx.vocab_size"),
     )
     for name, text, message in cases:
         original = (broken / name).read_bytes()

@@ -1,0 +1,159 @@
+"""The self-check of ``asr export-onnx`` (:mod:`asr.export.sherpa`) fails on a wrong graph or on
+metadata that sherpa-onnx's loaders would misread, and a failed export changes nothing on disk.
+
+Each wrong graph is planted by patching one export wrapper (:mod:`asr.export.graphs`) while the
+export runs: the self-check compares with the model's own code paths, which stay as they are.
+Each wrong metadata value is planted as the graph file is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from asr.export import OnnxExportError, export_onnx, graphs
+from asr.export import sherpa as sherpa_export
+from asr.testing.packages import random_package
+
+
+@pytest.fixture(scope="module")
+def packages(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("self_check")
+    return {"transducer": random_package(root / "rnnt", head="transducer", seed=2),
+            "tdt": random_package(root / "tdt", head="tdt", seed=3)}
+
+
+def _wrap(monkeypatch, cls: type, change) -> None:
+    """Patches ``cls.forward`` so that ``change(self, outputs, *inputs)`` makes its outputs."""
+    forward = cls.forward
+
+    def planted(self, *inputs):
+        return change(self, forward(self, *inputs), *inputs)
+
+    monkeypatch.setattr(cls, "forward", planted)
+
+
+def _plant_decoder_reversed(monkeypatch) -> None:  # reads its context newest first
+    forward = graphs.Decoder.forward
+    monkeypatch.setattr(graphs.Decoder, "forward", lambda self, y: forward(self, y.flip(1)))
+
+
+def _plant_offline_lengths_ignored(monkeypatch) -> None:  # padding reaches valid frames
+    forward = graphs.OfflineEncoder.forward
+    monkeypatch.setattr(graphs.OfflineEncoder, "forward",
+                        lambda self, x, x_lens: forward(self, x, torch.full_like(x_lens,
+                                                                                 x.shape[1])))
+
+
+def _plant_streaming_cache_dropped(monkeypatch) -> None:  # attends to zeros, not its cache
+    forward = graphs.StreamingEncoder.forward
+    monkeypatch.setattr(graphs.StreamingEncoder, "forward",
+                        lambda self, x, *states: forward(self, x, *[s * 0 for s in states[:-1]],
+                                                         states[-1]))
+
+
+#: name -> (export options, graph the error names, what to patch).
+WRONG_GRAPHS = {
+    "decoder context reversed": ({}, "decoder.onnx", _plant_decoder_reversed),
+    "joiner logits shifted": ({}, "joiner.onnx", lambda mp: _wrap(
+        mp, graphs.Joiner, lambda self, out, *_: out + 0.05)),
+    "offline encoder ignores lengths": ({}, "encoder.onnx", _plant_offline_lengths_ignored),
+    "ctc probabilities, not log": ({"head": "ctc"}, "model.onnx", lambda mp: _wrap(
+        mp, graphs.CtcModel, lambda self, out, *_: (out[0].exp(), out[1]))),
+    "streaming cache dropped": ({"streaming": True}, "encoder.onnx",
+                                _plant_streaming_cache_dropped),
+    "streaming processed_lens off by one": ({"streaming": True}, "encoder.onnx", lambda mp: _wrap(
+        mp, graphs.StreamingEncoder, lambda self, out, *_: (*out[:-1], out[-1] + 1))),
+    "tdt decoder forgets its context": ({"tdt": True}, "decoder.onnx", lambda mp: _wrap(
+        mp, graphs.NemoDecoder, lambda self, out, *_: (out[0], out[1], out[2] * 0, out[3]))),
+    "tdt skips reversed": ({"tdt": True}, "joiner.onnx", lambda mp: _wrap(
+        mp, graphs.NemoJoiner, lambda self, out, *_: torch.cat(
+            [out[:, :self.vocab_size], out[:, self.vocab_size:].flip(1)], dim=1))),
+}
+
+
+def _snapshot(directory: Path) -> dict[str, str]:
+    """Every file under ``directory`` (and its siblings' names) -> a digest of its content."""
+    files = {p.relative_to(directory.parent).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in directory.rglob("*") if p.is_file()}
+    return {**files, **{p.name: "" for p in directory.parent.iterdir()}}
+
+
+@pytest.mark.parametrize("name", list(WRONG_GRAPHS))
+def test_the_self_check_fails_on_a_wrong_graph(packages, tmp_path, monkeypatch, name):
+    """A graph that computes something else than the model is refused, naming the graph, and a
+    forced export over an earlier one leaves that one as it was (nothing mixed, nothing left)."""
+    options, graph, plant = WRONG_GRAPHS[name]
+    options = dict(options)
+    package = packages["tdt" if options.pop("tdt", False) else "transducer"]
+    out = tmp_path / "onnx"
+    export_onnx(package, out, **options)
+    before = _snapshot(out)
+    plant(monkeypatch)
+    with pytest.raises(OnnxExportError, match=rf"^{graph}: "):
+        export_onnx(package, out, force=True, **options)
+    assert _snapshot(out) == before
+
+
+#: name -> (export options, graph, metadata key, the wrong value as a function of the right one).
+WRONG_METADATA = {
+    "streaming window": ({"streaming": True}, "encoder.onnx", "T", lambda v: v + 4),
+    "streaming shift": ({"streaming": True}, "encoder.onnx", "decode_chunk_len", lambda v: v - 4),
+    "streaming left context": ({"streaming": True}, "encoder.onnx", "left_context_len",
+                               lambda v: v + 4),
+    "streaming conv kernel": ({"streaming": True}, "encoder.onnx", "csgu_kernel_size",
+                              lambda v: v - 2),
+    "streaming layers": ({"streaming": True}, "encoder.onnx", "num_hidden_layers",
+                         lambda v: v + 1),
+    "decoder context size": ({}, "decoder.onnx", "context_size", lambda v: v + 1),
+    "decoder vocab size": ({}, "decoder.onnx", "vocab_size", lambda v: v + 1),
+    "tdt decoder states": ({"tdt": True}, "encoder.onnx", "pred_hidden", lambda v: v + 1),
+    "tdt vocab size": ({"tdt": True}, "encoder.onnx", "vocab_size", lambda v: v + 1),
+}
+
+
+@pytest.mark.parametrize("name", list(WRONG_METADATA))
+def test_the_self_check_reads_the_metadata_as_sherpa_onnx_does(packages, tmp_path, monkeypatch,
+                                                               name):
+    """sherpa-onnx builds its inputs from the graphs' metadata (the streaming window and shift,
+    the zero states of a new stream, the decoder's context width, the logits' row stride, the
+    NeMo decoder's states), and the self-check now builds them from it too. It used its own
+    values, so a directory whose metadata sherpa-onnx misreads (or cannot run with) passed."""
+    options, graph, key, wrong = WRONG_METADATA[name]
+    options = dict(options)
+    package = packages["tdt" if options.pop("tdt", False) else "transducer"]
+    write = sherpa_export._add_metadata
+
+    def planted(path: Path, meta: dict[str, str]) -> None:
+        if path.name == graph and key in meta:
+            meta = {**meta, key: str(wrong(int(meta[key])))}
+        write(path, meta)
+
+    monkeypatch.setattr(sherpa_export, "_add_metadata", planted)
+    with pytest.raises(OnnxExportError, match=rf"^{graph}: |^[a-z]+\.onnx: .*{key}"):
+        export_onnx(package, tmp_path / "onnx", **options)
+    assert not (tmp_path / "onnx").exists()
+
+
+def test_a_failed_quantization_names_the_graph(packages, tmp_path, monkeypatch, caplog):
+    """onnxruntime's quantizer raising went out as its own exception (a traceback, exit 1 with
+    no file named); it is an export that failed, naming the graph, and nothing is written."""
+    import onnxruntime.quantization
+
+    from asr.cli.main import main
+
+    def broken(model_input, model_output, **kwargs):
+        raise RuntimeError("unsupported node")
+
+    monkeypatch.setattr(onnxruntime.quantization, "quantize_dynamic", broken)
+    with pytest.raises(OnnxExportError, match=r"^encoder.int8.onnx: onnxruntime's "
+                                              r"quantize_dynamic failed on encoder.onnx: "
+                                              r"unsupported node"):
+        export_onnx(packages["transducer"], tmp_path / "onnx", int8=True)
+    assert main(["export-onnx", "--model", str(packages["transducer"]), "--output-dir",
+                 str(tmp_path / "onnx"), "--int8"]) == 1
+    assert "encoder.int8.onnx: onnxruntime's quantize_dynamic failed" in caplog.text
+    assert not (tmp_path / "onnx").exists()
