@@ -213,8 +213,12 @@ class Trainer:
         self.progress = Progress.from_state_dict(state["progress"])
         if not self.dist.is_main:  # rank 0 carries the whole job's running loss (state_dict)
             self.progress.loss_sum = self.progress.utts_sum = 0.0
-        if self.averager is not None and state.get("averager"):
-            self.averager.load_state_dict(state["averager"])
+        if self.averager is not None:
+            if state.get("averager"):
+                self.averager.load_state_dict(state["averager"])
+            else:  # averaging turned on at this resume: the resumed weights stand for every
+                # earlier step (not the freshly initialised ones the averager was made with)
+                self.averager = RunningAverage(unwrap(self.model), self.averager.period)
         rngs = state["rng_per_rank"]
         self._resume_position(len(rngs))
         if len(rngs) == self.dist.world_size:

@@ -893,3 +893,26 @@ def test_the_checkpoint_written_at_a_stop_is_pruned_to_keep_last(tmp_path):
     Trainer(ToyModel(), OptimConfig(), TrainConfig(max_epochs=1, max_steps=5,
             checkpoint_interval=2, keep_last=2), tmp_path, batches).fit()
     assert [s for s, _ in list_checkpoints(tmp_path)] == [4, 5]
+
+
+def test_averaging_turned_on_at_a_resume_starts_from_the_resumed_weights(tmp_path):
+    """A run without averaging (average_period=0) resumed with it: the averager was made from
+    the fresh model before resume() loaded the checkpoint's weights, so the average went on
+    from random initial weights, counted as the mean of every step before the resumption."""
+
+    def trainer(average_period, max_steps):
+        torch.manual_seed(0)
+        return Trainer(ToyModel(), OptimConfig(lr=1e-2, warmup_steps=3), TrainConfig(
+            max_epochs=1, max_steps=max_steps, checkpoint_interval=0,
+            average_period=average_period), tmp_path, batches)
+
+    trainer(average_period=0, max_steps=4).fit()
+    resumed = trainer(average_period=2, max_steps=6)
+    assert resumed.resume()
+    at_resume = {k: v.detach().double().clone() for k, v in resumed.model.state_dict().items()}
+    resumed.fit()
+    # samples at steps 2 and 4 are the resumed weights, at step 6 the model's
+    expected = {k: (2 * at_resume[k] + v.detach().double()) / 3
+                for k, v in resumed.model.state_dict().items()}
+    for name, value in expected.items():
+        torch.testing.assert_close(resumed.averager.average[name], value, rtol=1e-12, atol=1e-12)
