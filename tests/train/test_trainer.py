@@ -916,3 +916,60 @@ def test_averaging_turned_on_at_a_resume_starts_from_the_resumed_weights(tmp_pat
                 for k, v in resumed.model.state_dict().items()}
     for name, value in expected.items():
         torch.testing.assert_close(resumed.averager.average[name], value, rtol=1e-12, atol=1e-12)
+
+
+def _float16_trainer(exp_dir, model, max_steps=0, init_scale=2.0 ** 8):
+    """Two epochs of 7 steps under float16 autocast with an enabled GradScaler, on the CPU:
+    the CUDA float16 path (``train.amp_dtype=float16``) with a CPU scaler and CPU autocast
+    standing in for CUDA's. The scale grows after every 2 steps without overflow."""
+    trainer = Trainer(model, OptimConfig(lr=1e-2, warmup_steps=3), TrainConfig(
+        max_epochs=2, max_steps=max_steps, checkpoint_interval=0, average_period=2),
+        exp_dir, _named(batches))
+    trainer.amp, trainer.amp_dtype = True, torch.float16
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale, growth_interval=2)
+    return trainer
+
+
+def test_the_float16_grad_scaler_resumes_exactly_and_backs_off_at_a_non_finite_step(tmp_path):
+    """The GradScaler's state (its scale and the good steps since it last changed) is part of
+    every checkpoint: a float16 run resumed mid-epoch goes on with the same scale, grows it at
+    the same step and ends with the weights of the uninterrupted run. The non-finite step
+    (the third batch) is skipped, not counted, and halves the scale (here the grown scale also
+    overflows float16 late in epoch 2, after the resumption: a resumed scale that was not the
+    killed run's would overflow elsewhere)."""
+    torch.manual_seed(0)
+    full = _float16_trainer(tmp_path / "full", NanAt(bad={3}))
+    scales = []
+    step = full._optimizer_step
+
+    def recording_step():
+        took = step()
+        scales.append((took, full.scaler.get_scale()))
+        return took
+
+    full._optimizer_step = recording_step
+    progress = full.fit()
+    assert progress.history[0].step == 6 and progress.skipped_steps == 0
+    assert scales[:4] == [(True, 2.0 ** 8), (True, 2.0 ** 9), (False, 2.0 ** 8), (True, 2.0 ** 8)]
+    assert max(s for _, s in scales) > 2.0 ** 9  # it grew again after the skipped step
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in full.model.parameters())
+
+    torch.manual_seed(0)
+    killed = _float16_trainer(tmp_path / "resumed", NanAt(bad={3}), max_steps=5)
+    killed.fit()
+    saved = safe_torch_load(tmp_path / "resumed" / "checkpoint-5.pt")["scaler"]
+    assert saved == killed.scaler.state_dict()
+    assert (saved["scale"], saved["_growth_tracker"]) == (2.0 ** 9, 1)
+
+    torch.manual_seed(12345)
+    resumed = _float16_trainer(tmp_path / "resumed", NanAt(), init_scale=2.0 ** 16)
+    assert resumed.resume()
+    assert resumed.scaler.state_dict() == saved
+    resumed.fit()
+    assert resumed.progress.step == full.progress.step
+    assert resumed.scaler.state_dict() == full.scaler.state_dict()
+    for (name, a), (_, b) in zip(full.model.state_dict().items(),
+                                 resumed.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert [r.train_loss for r in resumed.progress.history] == [
+        r.train_loss for r in progress.history]
