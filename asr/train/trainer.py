@@ -277,7 +277,9 @@ class Trainer:
         if path is None:
             return False
         try:
-            state = training_checkpoint(safe_torch_load(path, map_location=self.device), path)
+            # read onto the CPU: the RNG states must be CPU tensors (read onto a GPU, every
+            # resume there failed), and the model, optimizer and average copy theirs to the device
+            state = training_checkpoint(safe_torch_load(path, map_location="cpu"), path)
         except CheckpointError as err:
             earlier = [p for _, p in list_checkpoints(self.exp_dir) if p != path]
             if not newest or not earlier:

@@ -15,6 +15,7 @@ from torch import nn
 from torchrun_helpers import run_torchrun
 
 from asr.checkpoints.io import CheckpointError, list_checkpoints, safe_torch_load
+from asr.train.distributed import DistInfo
 from asr.train.optim import OptimConfig, lr_factor
 from asr.train.state import TrainConfig
 from asr.train.trainer import Trainer
@@ -973,3 +974,27 @@ def test_the_float16_grad_scaler_resumes_exactly_and_backs_off_at_a_non_finite_s
         assert torch.equal(a, b), name
     assert [r.train_loss for r in resumed.progress.history] == [
         r.train_loss for r in progress.history]
+
+
+@pytest.mark.filterwarnings("ignore:for .* copying from a non-meta parameter:UserWarning")
+def test_a_checkpoint_resumes_onto_a_device_other_than_the_cpu(tmp_path):
+    """resume() read the checkpoint onto the trainer's device, RNG states included, which
+    torch and numpy take only as CPU tensors: every resume on a GPU failed, as a checkpoint that
+    "does not fit this model and optimizer". The "meta" device stands in for the GPU here: the
+    model, the optimizer's state and the running average go onto it, the RNG states are
+    restored (tests/gpu/test_gpu_resume.py resumes on CUDA)."""
+    torch.manual_seed(0)
+    Trainer(ToyModel(), OptimConfig(), TrainConfig(max_epochs=1, max_steps=2,
+            checkpoint_interval=0, average_period=1), tmp_path, batches).fit()
+    saved = safe_torch_load(tmp_path / "checkpoint-2.pt")
+    torch.manual_seed(12345)
+    meta = torch.device("meta")
+    trainer = Trainer(ToyModel(), OptimConfig(), TrainConfig(max_epochs=1, average_period=1),
+                      tmp_path, batches, dist=DistInfo(device=meta))
+    assert trainer.resume()
+    assert trainer.progress.step == 2
+    assert torch.equal(torch.get_rng_state(), saved["rng_per_rank"][0]["torch"])
+    assert all(p.device == meta for p in trainer.model.parameters())
+    assert {v.device for s in trainer.optimizer.state.values() for k, v in s.items()
+            if k != "step"} == {meta}
+    assert {v.device for v in trainer.averager.average.values()} == {meta}
