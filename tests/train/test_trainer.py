@@ -998,3 +998,63 @@ def test_a_checkpoint_resumes_onto_a_device_other_than_the_cpu(tmp_path):
     assert {v.device for s in trainer.optimizer.state.values() for k, v in s.items()
             if k != "step"} == {meta}
     assert {v.device for v in trainer.averager.average.values()} == {meta}
+
+
+def _log_messages(exp_dir: Path, name: str = "train.log") -> list[str]:
+    """The trainer's lines of a log in ``exp_dir`` without their time, the directory named E."""
+    lines = (exp_dir / name).read_text(encoding="utf-8").splitlines()
+    return [line.split(" ", 2)[2].replace(str(exp_dir), "E") for line in lines
+            if " asr.train." in line]
+
+
+def test_the_training_log_of_a_run_killed_after_its_checkpoint_reads_as_uninterrupted(
+        tmp_path, caplog):
+    """The run is killed at the first epoch's end, after it logged the epoch's validation and
+    before the epoch's checkpoint; the run resumed from the interval checkpoint of that step
+    validates and logs it again. train.log held both validations, as if the epoch had ended
+    twice: the resumed run moves what the log held after the checkpoint it resumes from to
+    train-superseded.log, so train.log reads as the uninterrupted run's (with one line saying
+    where it resumed), and the killed run's lines are kept."""
+    with caplog.at_level(logging.INFO):
+        _run_validating_on_the_epochs_last_step(tmp_path / "full", 0)
+        with pytest.raises(Killed):
+            _run_validating_on_the_epochs_last_step(tmp_path / "killed", 0, kill=True)
+        killed_log = _log_messages(tmp_path / "killed")
+        assert killed_log[-2:] == ["INFO asr.train.trainer: writing E/checkpoint-7.pt",
+                                   killed_log[-1]] and "step 7: valid loss" in killed_log[-1]
+        torch.manual_seed(12345)
+        _run_validating_on_the_epochs_last_step(tmp_path / "killed", 0, resume=True)
+    full, resumed = _log_messages(tmp_path / "full"), _log_messages(tmp_path / "killed")
+    where = [i for i, m in enumerate(resumed) if "resumed from E/checkpoint-7.pt" in m]
+    assert len(where) == 1 and resumed[where[0] - 1] == killed_log[-2]
+    assert resumed[:where[0]] + resumed[where[0] + 1:] == full
+    assert sum("step 7: valid loss" in m for m in resumed) == 1
+    superseded = (tmp_path / "killed" / "train-superseded.log").read_text().splitlines()
+    assert superseded[0].endswith(
+        "moved from train.log: what it held after checkpoint-7.pt was written, logged by the "
+        "run that wrote it; the run resumed from it logs that part again ===")
+    assert [line.split(" ", 2)[2].replace(str(tmp_path / "killed"), "E")
+            for line in superseded[1:]] == killed_log[-1:]
+
+
+def test_a_run_from_step_0_moves_an_earlier_runs_log_and_an_older_checkpoint_appends(
+        tmp_path, caplog):
+    """A run from step 0 (no checkpoint to resume from) supersedes an earlier run's whole
+    log, as its TensorBoard writer purges every earlier step; a checkpoint written before
+    checkpoints recorded the log's size says nothing of it, and its resumed run only appends."""
+    (tmp_path / "train.log").write_text("a run that stopped before its first checkpoint\n")
+    with caplog.at_level(logging.INFO):
+        run(tmp_path, max_steps=2, checkpoint_interval=0)
+        assert (tmp_path / "train-superseded.log").read_text().splitlines()[1:] == [
+            "a run that stopped before its first checkpoint"]
+        assert "writing" in (tmp_path / "train.log").read_text().splitlines()[0]
+        path = tmp_path / "checkpoint-2.pt"
+        state = torch.load(path, weights_only=False)
+        del state["progress"]["log_bytes"]
+        torch.save(state, path)
+        with (tmp_path / "train.log").open("a") as f:
+            f.write("logged after the checkpoint\n")
+        before = (tmp_path / "train.log").read_text()
+        run(tmp_path, max_steps=3, checkpoint_interval=0, resume=True)
+    assert (tmp_path / "train.log").read_text().startswith(before)
+    assert len((tmp_path / "train-superseded.log").read_text().splitlines()) == 2
