@@ -420,6 +420,7 @@ class Trainer:
             logger.info(
                 "resumed from %s at epoch %d, step %d (%d global batches into the epoch)",
                 self._resumed_from, p.epoch, p.step, p.batches_in_epoch)
+            self._resumed_from = None  # a later fit() continues this run
 
     def _fit(self) -> Progress:
         p = self.progress
