@@ -274,7 +274,10 @@ class Trainer:
             logger.info("writing %s", path)
             if self._log_handler is not None:
                 self._log_handler.flush()
-                self.progress.log_bytes = (self.exp_dir / TRAIN_LOG).stat().st_size
+                try:
+                    self.progress.log_bytes = (self.exp_dir / TRAIN_LOG).stat().st_size
+                except OSError:  # moved away meanwhile: a resumed run only appends
+                    self.progress.log_bytes = None
         state = self.state_dict()  # collective when distributed: every rank must call it
         if self.dist.is_main:
             atomic_torch_save(state, path)
@@ -375,11 +378,18 @@ class Trainer:
 
     def fit(self) -> Progress:
         """Trains until ``max_epochs``, ``max_steps`` or the time budget; returns the progress.
-        Rank 0 also writes what is logged meanwhile to ``train.log`` (:meth:`_open_log`)."""
+        Rank 0 also writes what is logged meanwhile to ``train.log`` (:meth:`_open_log`), and
+        the error that stops it, which the caller reports (``asr train`` on stderr)."""
         self.exp_dir.mkdir(parents=True, exist_ok=True)
         self._open_log()
         try:
             return self._fit()
+        except Exception as err:
+            if self._log_handler is not None:  # the command reports it, on stderr alone
+                self._log_handler.handle(logger.makeRecord(
+                    logger.name, logging.ERROR, __file__, 0, "training stopped: %s: %s",
+                    (type(err).__name__, err), None))
+            raise
         finally:
             if self._log_handler is not None:
                 logging.getLogger().removeHandler(self._log_handler)

@@ -1058,3 +1058,15 @@ def test_a_run_from_step_0_moves_an_earlier_runs_log_and_an_older_checkpoint_app
         run(tmp_path, max_steps=3, checkpoint_interval=0, resume=True)
     assert (tmp_path / "train.log").read_text().startswith(before)
     assert len((tmp_path / "train-superseded.log").read_text().splitlines()) == 2
+
+
+def test_the_error_that_stops_training_ends_the_training_log(tmp_path, caplog):
+    """The command reports the error that stops training on stderr; train.log, which a
+    long run is read by, ended before it without a word."""
+    trainer = Trainer(NanAt(bad={"all"}), OptimConfig(), TrainConfig(max_skipped_in_a_row=1),
+                      tmp_path, _named(batches))
+    with caplog.at_level(logging.INFO), pytest.raises(FloatingPointError):
+        trainer.fit()
+    last = (tmp_path / "train.log").read_text().splitlines()[-1]
+    assert " ERROR asr.train.trainer: training stopped: FloatingPointError: 2 steps in a row" in last
+    assert not any("training stopped" in r.getMessage() for r in caplog.records)
