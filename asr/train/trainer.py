@@ -386,9 +386,10 @@ class Trainer:
             return self._fit()
         except Exception as err:
             if self._log_handler is not None:  # the command reports it, on stderr alone
+                what = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
                 self._log_handler.handle(logger.makeRecord(
-                    logger.name, logging.ERROR, __file__, 0, "training stopped: %s: %s",
-                    (type(err).__name__, err), None))
+                    logger.name, logging.ERROR, __file__, 0, "training stopped: %s", (what,),
+                    None))
             raise
         finally:
             if self._log_handler is not None:

@@ -1020,13 +1020,14 @@ def test_the_training_log_of_a_run_killed_after_its_checkpoint_reads_as_uninterr
         with pytest.raises(Killed):
             _run_validating_on_the_epochs_last_step(tmp_path / "killed", 0, kill=True)
         killed_log = _log_messages(tmp_path / "killed")
-        assert killed_log[-2:] == ["INFO asr.train.trainer: writing E/checkpoint-7.pt",
-                                   killed_log[-1]] and "step 7: valid loss" in killed_log[-1]
+        assert killed_log[-3] == "INFO asr.train.trainer: writing E/checkpoint-7.pt"
+        assert "step 7: valid loss" in killed_log[-2]
+        assert killed_log[-1].startswith("ERROR asr.train.trainer: training stopped: Killed")
         torch.manual_seed(12345)
         _run_validating_on_the_epochs_last_step(tmp_path / "killed", 0, resume=True)
     full, resumed = _log_messages(tmp_path / "full"), _log_messages(tmp_path / "killed")
     where = [i for i, m in enumerate(resumed) if "resumed from E/checkpoint-7.pt" in m]
-    assert len(where) == 1 and resumed[where[0] - 1] == killed_log[-2]
+    assert len(where) == 1 and resumed[where[0] - 1] == killed_log[-3]
     assert resumed[:where[0]] + resumed[where[0] + 1:] == full
     assert sum("step 7: valid loss" in m for m in resumed) == 1
     superseded = (tmp_path / "killed" / "train-superseded.log").read_text().splitlines()
@@ -1034,7 +1035,7 @@ def test_the_training_log_of_a_run_killed_after_its_checkpoint_reads_as_uninterr
         "moved from train.log: what it held after checkpoint-7.pt was written, logged by the "
         "run that wrote it; the run resumed from it logs that part again ===")
     assert [line.split(" ", 2)[2].replace(str(tmp_path / "killed"), "E")
-            for line in superseded[1:]] == killed_log[-1:]
+            for line in superseded[1:]] == killed_log[-2:]
 
 
 def test_a_run_from_step_0_moves_an_earlier_runs_log_and_an_older_checkpoint_appends(
