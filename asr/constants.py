@@ -8,8 +8,13 @@ idea import it from here (and re-export it), so that there is one value.
 from __future__ import annotations
 
 __all__ = [
-    "DEFAULT_MAX_LEFT_SECONDS", "DEFAULT_OVERLAP_SECONDS", "DEFAULT_WINDOW_SECONDS", "METADATA_FILE",
+    "DEFAULT_MAX_LEFT_SECONDS", "DEFAULT_OVERLAP_SECONDS", "DEFAULT_WINDOW_SECONDS", "LOG_FORMAT",
+    "METADATA_FILE",
 ]
+
+#: The format of every log line of the ``asr`` command (``logging.basicConfig``) and of the
+#: training log ``<exp-dir>/train.log`` (:class:`asr.train.trainer.Trainer`).
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 #: The file every model package holds (:mod:`asr.package`): its provenance, default searcher and
 #: the sha256 of each file; a directory holding it is a package, not an experiment.

@@ -109,6 +109,7 @@ class RunningAverage:
         if period <= 0:
             raise ValueError(f"RunningAverage period must be > 0, got {period}")
         self.period = period
+        self.device = next((v.device for v in model.state_dict().values()), torch.device("cpu"))
         self.average = {
             k: v.detach().to(torch.float64).clone()
             for k, v in model.state_dict().items()
@@ -131,8 +132,13 @@ class RunningAverage:
         return {"period": self.period, "average": self.average}
 
     def load_state_dict(self, state: Mapping[str, object]) -> None:
+        """Takes ``state``'s period and average, the average onto the device it is kept on (the
+        model's), wherever ``state``'s tensors are (a checkpoint read onto the CPU)."""
         self.period = int(state["period"])  # type: ignore[arg-type]
-        self.average = {k: v.clone() for k, v in state["average"].items()}  # type: ignore[union-attr]
+        self.average = {
+            k: v.to(device=self.device, dtype=torch.float64, copy=True)
+            for k, v in state["average"].items()  # type: ignore[union-attr]
+        }
 
     def averaged_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The model's state dict with every float tensor replaced by its average (model dtype)."""

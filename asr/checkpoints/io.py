@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import re
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,14 +33,30 @@ FORMAT_VERSION = 1
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint file that is missing, truncated, or not one of ours."""
+    """A checkpoint file that is missing, truncated, not one of ours, or cannot be written."""
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` atomically (:func:`asr.fileio.write_atomic`)."""
+    """``torch.save`` to ``path`` atomically (:func:`asr.fileio.write_atomic`).
+
+    Raises:
+        CheckpointError: naming ``path`` and the space left on its file system, when the
+            write fails (``torch.save``'s own error on a full disk, ``unexpected pos 704 vs
+            598``, names neither); ``path`` is left as it was and no temporary stays behind.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda tmp: torch.save(obj, tmp))
+    try:
+        write_atomic(path, lambda tmp: torch.save(obj, tmp))
+    except (OSError, RuntimeError) as err:  # torch.save: RuntimeError; fsync, rename: OSError
+        try:
+            free = f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free there"
+        except OSError:
+            free = "its free space unknown"
+        raise CheckpointError(
+            f"cannot write {path} ({free}: is the disk full?): {type(err).__name__}: "
+            f"{' '.join(str(err).split())}; {path.name} was left as it was"
+        ) from err
 
 
 def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:

@@ -21,6 +21,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from asr.constants import LOG_FORMAT
 from asr.version import __version__
 
 #: name -> (module, one-line help).
@@ -136,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, args.log_level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
     )
     if not getattr(args, "command", None):
         parser.print_help()

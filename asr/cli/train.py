@@ -13,7 +13,11 @@ Examples::
 The resolved configuration (YAML plus ``--set`` overrides) is written to ``<exp-dir>/config.yaml``
 (a run that fails before it writes a checkpoint puts the earlier one back, the one the directory's
 checkpoints fit); training resumes from the newest ``checkpoint-N.pt`` in the directory, so
-re-running the same command after a kill continues where it stopped. One run at a time
+re-running the same command after a kill continues where it stopped. What rank 0 logs while it
+trains goes to ``<exp-dir>/train.log`` too; a resumed run first moves the lines the killed run
+logged after its checkpoint (and a run from step 0 an earlier run's whole log) to
+``train-superseded.log``, so that ``train.log`` reads as one uninterrupted run, as the
+TensorBoard logs do. One run at a time
 trains into a directory: while one does (its rank 0 holds the lock ``.<exp-dir name>.lock``
 beside it, :func:`asr.fileio.output_lock`), a second is refused at once, exit 2 naming it. A checkpoint that does not
 fit is refused (exit 1 naming it, nothing written): an unreadable file, another model's

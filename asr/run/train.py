@@ -298,7 +298,8 @@ def train_experiment(
 
     Args:
         cfg: the resolved experiment configuration.
-        exp_dir: experiment directory (checkpoints, TensorBoard logs, ``training.png``).
+        exp_dir: experiment directory (checkpoints, TensorBoard logs, ``train.log``,
+            ``training.png``).
         dist: process placement; by default set up from the ``torchrun`` environment.
         dev_cuts: the dev cuts as :func:`check_dev_cuts` returns them (not read again); by
             default loaded from ``data.dev_cuts``.

@@ -167,6 +167,13 @@ class Progress:
             more at that step after its checkpoint, e.g. an epoch end's) and writes these again.
             None: unknown (a checkpoint written before they were kept); the resumed run then
             purges from ``step + 1``.
+        log_bytes: the size of the training log ``<exp_dir>/train.log`` when this checkpoint
+            was written (0: a run from step 0, before it logged anything). A run resumed from
+            it moves what the log holds past that size (what the interrupted run logged after
+            its checkpoint, which the resumed run logs again) to ``train-superseded.log``, so
+            that ``train.log`` reads as one uninterrupted run, as TensorBoard does. None:
+            unknown (a checkpoint written before it was kept); the log is then only appended
+            to.
     """
 
     epoch: int = 1
@@ -182,6 +189,7 @@ class Progress:
     valid_step: int = -1
     valid_loss: float | None = None
     step_scalars: dict[str, float] | None = field(default_factory=dict)
+    log_bytes: int | None = 0
     history: list[EpochRecord] = field(default_factory=list)
 
     def state_dict(self) -> dict[str, Any]:
@@ -193,6 +201,7 @@ class Progress:
     def from_state_dict(cls, state: dict[str, Any]) -> Progress:
         history = [EpochRecord(**r) for r in state.get("history", [])]
         valid_loss, scalars = state.get("valid_loss"), state.get("step_scalars")
+        log_bytes = state.get("log_bytes")
         epoch_world_size = state.get("epoch_world_size")
         return cls(
             epoch=int(state["epoch"]),
@@ -208,5 +217,6 @@ class Progress:
             valid_step=int(state.get("valid_step", -1)),
             valid_loss=None if valid_loss is None else float(valid_loss),
             step_scalars=None if scalars is None else {str(k): float(v) for k, v in scalars.items()},
+            log_bytes=None if log_bytes is None else int(log_bytes),
             history=history,
         )

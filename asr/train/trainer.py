@@ -36,6 +36,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -62,6 +63,7 @@ from asr.checkpoints.io import (
     safe_torch_load,
     training_checkpoint,
 )
+from asr.constants import LOG_FORMAT
 from asr.train.budget import TimeBudget
 from asr.train.distributed import DistInfo, all_reduce_sum, average_gradients, barrier
 from asr.train.optim import OptimConfig, Scheduler, build_optimizer
@@ -74,6 +76,13 @@ logger = logging.getLogger(__name__)
 #: float16 loss scales below this are logged as warnings (icefall's level); ``min_loss_scale``
 #: stops training.
 LOW_LOSS_SCALE = 0.01
+
+#: The training log in the experiment directory: what rank 0 logs while :meth:`Trainer.fit`
+#: runs, appended to by every run into the directory.
+TRAIN_LOG = "train.log"
+#: Where a resumed run moves what the training log holds past its checkpoint (logged by the
+#: run that stopped after writing it, and logged again by the resumed run).
+SUPERSEDED_LOG = "train-superseded.log"
 
 #: ``(epoch, skip, skip_world_size) -> batches`` of this rank (module docstring)
 BatchSource = Callable[[int, int, int], Iterable[Batch]]
@@ -100,7 +109,7 @@ class Trainer:
             device and wrapped in DDP when distributed.
         optim_cfg: optimizer and learning-rate schedule.
         train_cfg: loop settings.
-        exp_dir: where checkpoints, TensorBoard logs and ``training.png`` go.
+        exp_dir: where checkpoints, TensorBoard logs, ``train.log`` and ``training.png`` go.
         train_batches: ``(epoch, skip, skip_world_size) -> batches`` of this rank (module
             docstring).
         valid_batches: ``() -> batches`` for the validation loss (or None).
@@ -178,6 +187,8 @@ class Trainer:
         self._writer = None
         self._first_logged_step = 1  # the first step this run may log (fit() sets it)
         self._replayed: tuple[int, dict[str, float]] = (0, {})  # what fit() re-logs (writer)
+        self._log_handler: logging.Handler | None = None  # train.log while fit() runs (rank 0)
+        self._resumed_from: Path | None = None  # the checkpoint resume() loaded
         self.budget = TimeBudget(train_cfg, self.dist, clock)
 
     # ----------------------------------------------------------------------------------- state
@@ -213,8 +224,12 @@ class Trainer:
         self.progress = Progress.from_state_dict(state["progress"])
         if not self.dist.is_main:  # rank 0 carries the whole job's running loss (state_dict)
             self.progress.loss_sum = self.progress.utts_sum = 0.0
-        if self.averager is not None and state.get("averager"):
-            self.averager.load_state_dict(state["averager"])
+        if self.averager is not None:
+            if state.get("averager"):
+                self.averager.load_state_dict(state["averager"])
+            else:  # averaging turned on at this resume: the resumed weights stand for every
+                # earlier step (not the freshly initialised ones the averager was made with)
+                self.averager = RunningAverage(unwrap(self.model), self.averager.period)
         rngs = state["rng_per_rank"]
         self._resume_position(len(rngs))
         if len(rngs) == self.dist.world_size:
@@ -250,12 +265,22 @@ class Trainer:
             )
 
     def save(self, path: Path) -> None:
+        """Writes the training checkpoint ``path`` (rank 0; every rank must call it). Logged
+        before the state is taken, so that ``Progress.log_bytes`` counts the line: a run
+        resumed from ``path`` keeps it and moves only what was logged later."""
         if self.budget.running:  # inside fit(): count this run's seconds
             self.progress.train_seconds = self.budget.elapsed()
+        if self.dist.is_main:
+            logger.info("writing %s", path)
+            if self._log_handler is not None:
+                self._log_handler.flush()
+                try:
+                    self.progress.log_bytes = (self.exp_dir / TRAIN_LOG).stat().st_size
+                except OSError:  # moved away meanwhile: a resumed run only appends
+                    self.progress.log_bytes = None
         state = self.state_dict()  # collective when distributed: every rank must call it
         if self.dist.is_main:
             atomic_torch_save(state, path)
-            logger.info("saved %s", path)
         barrier(self.dist)
 
     def resume(self, path: str | Path | None = None) -> bool:
@@ -273,7 +298,9 @@ class Trainer:
         if path is None:
             return False
         try:
-            state = training_checkpoint(safe_torch_load(path, map_location=self.device), path)
+            # read onto the CPU: the RNG states must be CPU tensors (read onto a GPU, every
+            # resume there failed), and the model, optimizer and average copy theirs to the device
+            state = training_checkpoint(safe_torch_load(path, map_location="cpu"), path)
         except CheckpointError as err:
             earlier = [p for _, p in list_checkpoints(self.exp_dir) if p != path]
             if not newest or not earlier:
@@ -296,10 +323,7 @@ class Trainer:
                 f"experiment's configuration changed?): {type(err).__name__}: "
                 f"{details or err}"
             ) from err
-        logger.info(
-            "resumed from %s at epoch %d, step %d (%d global batches into the epoch)", path,
-            self.progress.epoch, self.progress.step, self.progress.batches_in_epoch,
-        )
+        self._resumed_from = path  # fit() logs it, in train.log too
         p = self.progress
         epoch_end = p.batches_in_epoch == 0 and p.history and p.history[-1].step == p.step
         if (self.dist.is_main and epoch_end and path.parent.resolve() == self.exp_dir.resolve()
@@ -353,8 +377,63 @@ class Trainer:
             self.scheduler.set_total_steps(total)
 
     def fit(self) -> Progress:
-        """Trains until ``max_epochs``, ``max_steps`` or the time budget; returns the progress."""
+        """Trains until ``max_epochs``, ``max_steps`` or the time budget; returns the progress.
+        Rank 0 also writes what is logged meanwhile to ``train.log`` (:meth:`_open_log`), and
+        the error that stops it, which the caller reports (``asr train`` on stderr)."""
         self.exp_dir.mkdir(parents=True, exist_ok=True)
+        self._open_log()
+        try:
+            return self._fit()
+        except Exception as err:
+            if self._log_handler is not None:  # the command reports it, on stderr alone
+                what = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+                self._log_handler.handle(logger.makeRecord(
+                    logger.name, logging.ERROR, __file__, 0, "training stopped: %s", (what,),
+                    None))
+            raise
+        finally:
+            if self._log_handler is not None:
+                logging.getLogger().removeHandler(self._log_handler)
+                self._log_handler.close()
+                self._log_handler = None
+
+    def _open_log(self) -> None:
+        """Rank 0: appends every record the root logger passes (any module's, at its level)
+        to ``<exp_dir>/train.log`` until :meth:`fit` returns, after moving what the log holds
+        past ``Progress.log_bytes`` to ``train-superseded.log``: the lines that the run which
+        wrote the checkpoint logged after it (an epoch's validation and end, logged again by
+        this run; the error it stopped with), or for a run from step 0 an earlier run's whole
+        log. ``train.log`` then reads as one uninterrupted run, as the TensorBoard series do
+        (:attr:`writer`), and nothing is deleted. The moved lines are appended to the other
+        file, under a line that says what they are, before the log is cut."""
+        if not self.dist.is_main:
+            return
+        p, path = self.progress, self.exp_dir / TRAIN_LOG
+        kept = p.log_bytes
+        if kept is not None and path.is_file() and path.stat().st_size > kept:
+            with path.open("rb") as f:
+                f.seek(kept)
+                tail = f.read()
+            what = (f"what it held after {self._resumed_from.name} was written, logged by the "
+                    "run that wrote it; the run resumed from it logs that part again"
+                    if self._resumed_from else "an earlier run's log; a run from step 0 starts")
+            header = f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} moved from {TRAIN_LOG}: {what} ===\n"
+            with (self.exp_dir / SUPERSEDED_LOG).open("ab") as f:
+                f.write(header.encode() + tail + (b"" if tail.endswith(b"\n") else b"\n"))
+                f.flush()
+                os.fsync(f.fileno())
+            os.truncate(path, kept)
+        handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        logging.getLogger().addHandler(handler)
+        self._log_handler = handler
+        if self._resumed_from is not None:
+            logger.info(
+                "resumed from %s at epoch %d, step %d (%d global batches into the epoch)",
+                self._resumed_from, p.epoch, p.step, p.batches_in_epoch)
+            self._resumed_from = None  # a later fit() continues this run
+
+    def _fit(self) -> Progress:
         p = self.progress
         self.budget.start(p)
         # a checkpoint that does not say what was logged at its step: keep those logs as they are

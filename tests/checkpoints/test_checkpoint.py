@@ -1,5 +1,9 @@
 import random
 import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,6 +38,32 @@ def test_atomic_save_round_trip_and_no_temp_left(tmp_path):
     atomic_torch_save(obj, path)
     loaded = safe_torch_load(path)
     assert torch.equal(loaded["model"]["w"], obj["model"]["w"]) and loaded["step"] == 7
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-7.pt"]
+
+
+def test_a_checkpoint_the_disk_cannot_hold_is_an_error_naming_it(tmp_path):
+    """A full disk (here: a file size limit, in a process of its own) made torch.save fail with
+    "[enforce fail at inline_container.cc:...] unexpected pos 704 vs 598", naming neither the
+    file nor the disk: a run that trained for days died with that line. The error names the
+    file and the space left; the earlier file and no temporary stay behind."""
+    path = tmp_path / "checkpoint-7.pt"
+    atomic_torch_save({"step": 6}, path)
+    script = textwrap.dedent(f"""
+        import resource, signal, sys, torch
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+        from asr.checkpoints.io import CheckpointError, atomic_torch_save
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20000, resource.RLIM_INFINITY))
+        try:
+            atomic_torch_save({{"w": torch.zeros(100_000)}}, {str(path)!r})
+        except CheckpointError as err:
+            print(err)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert re.match(rf"cannot write {re.escape(str(path))} \(\d+ MiB free there: is the disk "
+                    r"full\?\): RuntimeError: .*; checkpoint-7.pt was left as it was$", out.strip())
+    assert safe_torch_load(path) == {"step": 6}
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-7.pt"]
 
 

@@ -159,7 +159,7 @@ def named_config_keys(text: str) -> list[str]:
     return [k for k in dict.fromkeys(keys) if k.rsplit(".", 1)[1] not in _FILE_SUFFIXES]
 
 
-_FILE_SUFFIXES = {"yaml", "py", "pt", "json", "txt", "tar", "md", "sh", "onnx", "arpa", "h"}
+_FILE_SUFFIXES = {"yaml", "py", "pt", "json", "txt", "tar", "md", "sh", "onnx", "arpa", "h", "log"}
 
 
 def test_an_unknown_config_key_is_caught():

@@ -15,6 +15,7 @@ from torch import nn
 from torchrun_helpers import run_torchrun
 
 from asr.checkpoints.io import CheckpointError, list_checkpoints, safe_torch_load
+from asr.train.distributed import DistInfo
 from asr.train.optim import OptimConfig, lr_factor
 from asr.train.state import TrainConfig
 from asr.train.trainer import Trainer
@@ -893,3 +894,180 @@ def test_the_checkpoint_written_at_a_stop_is_pruned_to_keep_last(tmp_path):
     Trainer(ToyModel(), OptimConfig(), TrainConfig(max_epochs=1, max_steps=5,
             checkpoint_interval=2, keep_last=2), tmp_path, batches).fit()
     assert [s for s, _ in list_checkpoints(tmp_path)] == [4, 5]
+
+
+def test_averaging_turned_on_at_a_resume_starts_from_the_resumed_weights(tmp_path):
+    """A run without averaging (average_period=0) resumed with it: the averager was made from
+    the fresh model before resume() loaded the checkpoint's weights, so the average went on
+    from random initial weights, counted as the mean of every step before the resumption."""
+
+    def trainer(average_period, max_steps):
+        torch.manual_seed(0)
+        return Trainer(ToyModel(), OptimConfig(lr=1e-2, warmup_steps=3), TrainConfig(
+            max_epochs=1, max_steps=max_steps, checkpoint_interval=0,
+            average_period=average_period), tmp_path, batches)
+
+    trainer(average_period=0, max_steps=4).fit()
+    resumed = trainer(average_period=2, max_steps=6)
+    assert resumed.resume()
+    at_resume = {k: v.detach().double().clone() for k, v in resumed.model.state_dict().items()}
+    resumed.fit()
+    # samples at steps 2 and 4 are the resumed weights, at step 6 the model's
+    expected = {k: (2 * at_resume[k] + v.detach().double()) / 3
+                for k, v in resumed.model.state_dict().items()}
+    for name, value in expected.items():
+        torch.testing.assert_close(resumed.averager.average[name], value, rtol=1e-12, atol=1e-12)
+
+
+def _float16_trainer(exp_dir, model, max_steps=0, init_scale=2.0 ** 8):
+    """Two epochs of 7 steps under float16 autocast with an enabled GradScaler, on the CPU:
+    the CUDA float16 path (``train.amp_dtype=float16``) with a CPU scaler and CPU autocast
+    standing in for CUDA's. The scale grows after every 2 steps without overflow."""
+    trainer = Trainer(model, OptimConfig(lr=1e-2, warmup_steps=3), TrainConfig(
+        max_epochs=2, max_steps=max_steps, checkpoint_interval=0, average_period=2),
+        exp_dir, _named(batches))
+    trainer.amp, trainer.amp_dtype = True, torch.float16
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale, growth_interval=2)
+    return trainer
+
+
+def test_the_float16_grad_scaler_resumes_exactly_and_backs_off_at_a_non_finite_step(tmp_path):
+    """The GradScaler's state (its scale and the good steps since it last changed) is part of
+    every checkpoint: a float16 run resumed mid-epoch goes on with the same scale, grows it at
+    the same step and ends with the weights of the uninterrupted run. The non-finite step
+    (the third batch) is skipped, not counted, and halves the scale (here the grown scale also
+    overflows float16 late in epoch 2, after the resumption: a resumed scale that was not the
+    killed run's would overflow elsewhere)."""
+    torch.manual_seed(0)
+    full = _float16_trainer(tmp_path / "full", NanAt(bad={3}))
+    scales = []
+    step = full._optimizer_step
+
+    def recording_step():
+        took = step()
+        scales.append((took, full.scaler.get_scale()))
+        return took
+
+    full._optimizer_step = recording_step
+    progress = full.fit()
+    assert progress.history[0].step == 6 and progress.skipped_steps == 0
+    assert scales[:4] == [(True, 2.0 ** 8), (True, 2.0 ** 9), (False, 2.0 ** 8), (True, 2.0 ** 8)]
+    assert max(s for _, s in scales) > 2.0 ** 9  # it grew again after the skipped step
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in full.model.parameters())
+
+    torch.manual_seed(0)
+    killed = _float16_trainer(tmp_path / "resumed", NanAt(bad={3}), max_steps=5)
+    killed.fit()
+    saved = safe_torch_load(tmp_path / "resumed" / "checkpoint-5.pt")["scaler"]
+    assert saved == killed.scaler.state_dict()
+    assert (saved["scale"], saved["_growth_tracker"]) == (2.0 ** 9, 1)
+
+    torch.manual_seed(12345)
+    resumed = _float16_trainer(tmp_path / "resumed", NanAt(), init_scale=2.0 ** 16)
+    assert resumed.resume()
+    assert resumed.scaler.state_dict() == saved
+    resumed.fit()
+    assert resumed.progress.step == full.progress.step
+    assert resumed.scaler.state_dict() == full.scaler.state_dict()
+    for (name, a), (_, b) in zip(full.model.state_dict().items(),
+                                 resumed.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert [r.train_loss for r in resumed.progress.history] == [
+        r.train_loss for r in progress.history]
+
+
+@pytest.mark.filterwarnings("ignore:for .* copying from a non-meta parameter:UserWarning")
+def test_a_checkpoint_resumes_onto_a_device_other_than_the_cpu(tmp_path):
+    """resume() read the checkpoint onto the trainer's device, RNG states included, which
+    torch and numpy take only as CPU tensors: every resume on a GPU failed, as a checkpoint that
+    "does not fit this model and optimizer". The "meta" device stands in for the GPU here: the
+    model, the optimizer's state and the running average go onto it, the RNG states are
+    restored (tests/gpu/test_gpu_resume.py resumes on CUDA)."""
+    torch.manual_seed(0)
+    Trainer(ToyModel(), OptimConfig(), TrainConfig(max_epochs=1, max_steps=2,
+            checkpoint_interval=0, average_period=1), tmp_path, batches).fit()
+    saved = safe_torch_load(tmp_path / "checkpoint-2.pt")
+    torch.manual_seed(12345)
+    meta = torch.device("meta")
+    trainer = Trainer(ToyModel(), OptimConfig(), TrainConfig(max_epochs=1, average_period=1),
+                      tmp_path, batches, dist=DistInfo(device=meta))
+    assert trainer.resume()
+    assert trainer.progress.step == 2
+    assert torch.equal(torch.get_rng_state(), saved["rng_per_rank"][0]["torch"])
+    assert all(p.device == meta for p in trainer.model.parameters())
+    assert {v.device for s in trainer.optimizer.state.values() for k, v in s.items()
+            if k != "step"} == {meta}
+    assert {v.device for v in trainer.averager.average.values()} == {meta}
+
+
+def _log_messages(exp_dir: Path, name: str = "train.log") -> list[str]:
+    """The trainer's lines of a log in ``exp_dir`` without their time, the directory named E."""
+    lines = (exp_dir / name).read_text(encoding="utf-8").splitlines()
+    return [line.split(" ", 2)[2].replace(str(exp_dir), "E") for line in lines
+            if " asr.train." in line]
+
+
+def test_the_training_log_of_a_run_killed_after_its_checkpoint_reads_as_uninterrupted(
+        tmp_path, caplog):
+    """The run is killed at the first epoch's end, after it logged the epoch's validation and
+    before the epoch's checkpoint; the run resumed from the interval checkpoint of that step
+    validates and logs it again. train.log held both validations, as if the epoch had ended
+    twice: the resumed run moves what the log held after the checkpoint it resumes from to
+    train-superseded.log, so train.log reads as the uninterrupted run's (with one line saying
+    where it resumed), and the killed run's lines are kept."""
+    with caplog.at_level(logging.INFO):
+        _run_validating_on_the_epochs_last_step(tmp_path / "full", 0)
+        with pytest.raises(Killed):
+            _run_validating_on_the_epochs_last_step(tmp_path / "killed", 0, kill=True)
+        killed_log = _log_messages(tmp_path / "killed")
+        assert killed_log[-3] == "INFO asr.train.trainer: writing E/checkpoint-7.pt"
+        assert "step 7: valid loss" in killed_log[-2]
+        assert killed_log[-1].startswith("ERROR asr.train.trainer: training stopped: Killed")
+        torch.manual_seed(12345)
+        _run_validating_on_the_epochs_last_step(tmp_path / "killed", 0, resume=True)
+    full, resumed = _log_messages(tmp_path / "full"), _log_messages(tmp_path / "killed")
+    where = [i for i, m in enumerate(resumed) if "resumed from E/checkpoint-7.pt" in m]
+    assert len(where) == 1 and resumed[where[0] - 1] == killed_log[-3]
+    assert resumed[:where[0]] + resumed[where[0] + 1:] == full
+    assert sum("step 7: valid loss" in m for m in resumed) == 1
+    superseded = (tmp_path / "killed" / "train-superseded.log").read_text().splitlines()
+    assert superseded[0].endswith(
+        "moved from train.log: what it held after checkpoint-7.pt was written, logged by the "
+        "run that wrote it; the run resumed from it logs that part again ===")
+    assert [line.split(" ", 2)[2].replace(str(tmp_path / "killed"), "E")
+            for line in superseded[1:]] == killed_log[-2:]
+
+
+def test_a_run_from_step_0_moves_an_earlier_runs_log_and_an_older_checkpoint_appends(
+        tmp_path, caplog):
+    """A run from step 0 (no checkpoint to resume from) supersedes an earlier run's whole
+    log, as its TensorBoard writer purges every earlier step; a checkpoint written before
+    checkpoints recorded the log's size says nothing of it, and its resumed run only appends."""
+    (tmp_path / "train.log").write_text("a run that stopped before its first checkpoint\n")
+    with caplog.at_level(logging.INFO):
+        run(tmp_path, max_steps=2, checkpoint_interval=0)
+        assert (tmp_path / "train-superseded.log").read_text().splitlines()[1:] == [
+            "a run that stopped before its first checkpoint"]
+        assert "writing" in (tmp_path / "train.log").read_text().splitlines()[0]
+        path = tmp_path / "checkpoint-2.pt"
+        state = torch.load(path, weights_only=False)
+        del state["progress"]["log_bytes"]
+        torch.save(state, path)
+        with (tmp_path / "train.log").open("a") as f:
+            f.write("logged after the checkpoint\n")
+        before = (tmp_path / "train.log").read_text()
+        run(tmp_path, max_steps=3, checkpoint_interval=0, resume=True)
+    assert (tmp_path / "train.log").read_text().startswith(before)
+    assert len((tmp_path / "train-superseded.log").read_text().splitlines()) == 2
+
+
+def test_the_error_that_stops_training_ends_the_training_log(tmp_path, caplog):
+    """The command reports the error that stops training on stderr; train.log, which a
+    long run is read by, ended before it without a word."""
+    trainer = Trainer(NanAt(bad={"all"}), OptimConfig(), TrainConfig(max_skipped_in_a_row=1),
+                      tmp_path, _named(batches))
+    with caplog.at_level(logging.INFO), pytest.raises(FloatingPointError):
+        trainer.fit()
+    last = (tmp_path / "train.log").read_text().splitlines()[-1]
+    assert " ERROR asr.train.trainer: training stopped: FloatingPointError: 2 steps in a row" in last
+    assert not any("training stopped" in r.getMessage() for r in caplog.records)
