@@ -215,6 +215,39 @@ def test_streaming_masks_are_the_training_masks():
         assert torch.equal(got, expected), (num_frames, chunk, left, growth)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_dynamic_chunk_training_forward_is_the_stream_of_its_draw(kind):
+    """In training, each batch's drawn chunking (a chunk size and left context, or full
+    context) gives the frames that streaming decodes with that chunking, one chunk covering
+    the utterance for full context: the model trains on the masks it streams with."""
+    lens = (97, 45, 8)
+    torch.manual_seed(0)
+    cfg = EncoderConfig(kind=kind, d_model=D_MODEL, num_layers=2, num_heads=2, ff_dim=24,
+                        conv_kernel_size=5, subsampling_channels=4, dropout=0.0,
+                        attention_dropout=0.0, dynamic_chunk_training=True,
+                        dynamic_chunk_sizes=(1, 3, 8), dynamic_left_chunks=(0, 2, -1),
+                        full_context_prob=0.3)
+    encoder = build_encoder(cfg, FEAT_DIM).double().train()  # dropout 0: train() draws only
+    drawn = set()
+    for draw in range(8):
+        case = Case(draw, kind, cfg.conv_kernel_size, 1, 0, None, lens)
+        feats, feat_lens = _features(case, 0.0)
+        torch.manual_seed(draw)
+        with torch.no_grad():
+            trained, trained_lens = encoder(feats, feat_lens)
+        torch.manual_seed(draw)
+        chunk, left = encoder._chunking(None, None)  # the draw of that forward
+        drawn.add(chunk)
+        if chunk == 0:  # full context: one chunk holds the whole utterance
+            chunk, left = int(trained_lens.max()), 0
+        case = Case(draw, kind, cfg.conv_kernel_size, chunk, left, None, lens)
+        streamed, _ = _stream(encoder, case, feats, 0.0)
+        for b in range(len(lens)):
+            torch.testing.assert_close(streamed[b], trained[b, : int(trained_lens[b])],
+                                       atol=ATOL, rtol=0, msg=f"{case}, stream {b}")
+    assert 0 in drawn and len(drawn) > 2  # full context and chunks were drawn
+
+
 @pytest.mark.parametrize(("kind", "left_chunks", "num_frames"),
                          [("conformer", 2, 400), ("transformer", 2, 400),
                           ("conformer", -1, 200), ("transformer", -1, 200)])
