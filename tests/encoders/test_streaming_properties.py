@@ -10,7 +10,9 @@ left context). The contract checked on each:
 - streams fed chunk by chunk, joining late, in random groups that stack and unstack, with
   garbage beyond each stream's new frames, get the full forward's frames under the same mask;
 - the streaming attention masks are the training masks (``chunk_attention_mask``, which
-  dynamic chunk training draws) row for row.
+  dynamic chunk training draws) row for row, and a training forward is the stream of its draw;
+- NaN or inf in the padding reaches no frame;
+- a long stream keeps its relative positions (there is no table of absolute positions).
 
 The draws are seeded: a failure names its case, which reruns alike.
 
