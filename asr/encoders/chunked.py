@@ -214,7 +214,8 @@ class ChunkedEncoder(nn.Module):
         """Encodes whole utterances under a chunk mask.
 
         Args:
-            feats: (B, T, F) features, zero-padded beyond ``feat_lens``.
+            feats: (B, T, F) features; what lies beyond ``feat_lens`` (NaN included) reaches
+                no output frame.
             feat_lens: (B,) valid frames.
             chunk_size: encoder frames per chunk (``<= 0``: full context); default: a dynamic
                 draw in training with dynamic chunk training, else ``cfg.chunk_size``.
@@ -231,6 +232,11 @@ class ChunkedEncoder(nn.Module):
         if self.input_norm is not None:
             feats = self.input_norm(feats)
         x, enc_lens = self.subsampling(feats, feat_lens, check=False)  # checked above
+        # The frames beyond each length read the features' padding (anything: NaN, inf, a
+        # value that overflows). Attention masks them as keys but still multiplies their values
+        # by weight 0, and 0 * nan is NaN in every frame of the utterance; from zeros they
+        # stay finite through the layers.
+        x = zero_padding(x, enc_lens)
         chunk_size, left_chunks = self._chunking(chunk_size, left_chunks)
         num_frames = x.shape[1]
         # every input shorter than the subsampling's receptive field. A trace (the ONNX export)
@@ -327,7 +333,8 @@ class ChunkedEncoder(nn.Module):
         """Continues B streams with their next feature frames.
 
         Args:
-            feats: (B, T, F) new frames per stream, zero-padded beyond ``feat_lens``.
+            feats: (B, T, F) new frames per stream; what lies beyond ``feat_lens`` reaches no
+                output frame.
             feat_lens: (B,) new frames per stream (may differ, may be 0).
             state: state from :meth:`init_state` or the previous call.
 
@@ -343,6 +350,7 @@ class ChunkedEncoder(nn.Module):
             feats = self.input_norm(feats)
         x, num_new, sub_state = self.subsampling.forward_chunk(
             feats, feat_lens, state.subsampling, check=False)  # checked above
+        x = zero_padding(x, num_new)  # the padding's frames, as in forward
         num_queries = x.shape[1]
         layer_states = state.layers
         if state.cache_limit is None:
