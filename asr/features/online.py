@@ -1,5 +1,8 @@
-"""Online (streaming) fbank: the same frames as :func:`asr.features.fbank.compute_fbank` on the
-whole signal, for ANY way of cutting the waveform into pieces.
+"""Online (streaming) fbank: the frames of :func:`asr.features.fbank.compute_fbank` on the
+whole signal, for ANY way of cutting the waveform into pieces: the same samples in every frame,
+the same maths, equal to float32 rounding (a piece's frames are computed as one batch, and
+float32 sums over batches of other sizes can round differently: up to ~5e-7 on log-mel values,
+so two ways of cutting one signal agree to that, not bit for bit).
 
 Frame geometry with ``snip_edges=False`` (Kaldi's centred frames, what training uses): with hop
 ``H`` and window ``W`` samples, a signal of ``N`` samples has ``T = (N + H // 2) // H`` frames and
