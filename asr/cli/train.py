@@ -46,6 +46,13 @@ stages, when the manifests of an earlier run may be stale and about to be rewrit
 manifests may repeat cuts (oversampling, e.g. a manifest listed twice in ``data.train_cuts``):
 each repeat is trained as ``<id>_repeat<k>``, with its own augmentation draws
 (:mod:`asr.data.cut_ids`).
+
+Preemption: SIGTERM (SLURM, Kubernetes, spot instances) or SIGUSR1 (SLURM's
+``--signal=USR1@90``) during training lets the step in progress finish, writes the checkpoint of
+that step (every rank stops at the same one, whichever got the signal) and exits with
+``128 + signal``: 143 for SIGTERM, 138 for SIGUSR1, told apart from a failure (1, 2) by a requeue
+script, which runs the same command again to resume exactly there
+(:mod:`asr.train.preemption`).
 """
 
 from __future__ import annotations
@@ -78,11 +85,25 @@ from asr.run.train import (
     train_experiment,
 )
 from asr.tokenizers import tokenizer_file
+from asr.train.preemption import TrainingPreempted
 
 logger = logging.getLogger(__name__)
 
 
+#: ``asr train --help``'s epilog: the exit statuses a requeue script tells apart.
+EXIT_STATUS_HELP = """\
+exit status:
+  0    trained to the end (train.max_epochs, train.max_steps or train.time_budget_s)
+  1    training failed (a refused checkpoint, bad data, an error)
+  2    bad arguments, config, data files, or a busy experiment directory
+  143  preempted by SIGTERM, 138 by SIGUSR1 (128 + signal): the step in progress finished and
+       its checkpoint was written (on every rank the same step); run the same command again to
+       resume exactly there
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EXIT_STATUS_HELP
     parser.add_argument("--config", type=Path, required=True, help="recipe YAML (ExperimentConfig)")
     parser.add_argument("--exp-dir", type=Path, required=True,
                         help="experiment directory: config.yaml, checkpoints, logs, plot")
@@ -234,6 +255,9 @@ def _train(args: argparse.Namespace, cfg: ExperimentConfig, main: bool) -> int:
         _save_resolved_config(cfg, args.exp_dir)
     try:
         train_experiment(cfg, args.exp_dir, dev_cuts=dev_cuts)
+    except TrainingPreempted as stop:  # checkpoint written: a requeue runs the command again
+        logger.warning("asr train: %s", stop)
+        return stop.exit_status
     except (CheckpointError, FileNotFoundError, ValueError) as err:
         # stopped before this configuration wrote a checkpoint (a refused resume, missing or bad
         # data): config.yaml stays the one the directory's checkpoints fit

@@ -67,13 +67,23 @@ def setup_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
 
-def all_reduce_sum(value: float, info: DistInfo) -> float:
-    """Sum of ``value`` over all processes (the value itself when not distributed)."""
+def _all_reduce(value: float, info: DistInfo, op: dist.ReduceOp.RedOpType) -> float:
+    """``value`` reduced by ``op`` over all processes (the value itself when not distributed)."""
     if not info.distributed:
         return float(value)
     t = torch.tensor([float(value)], dtype=torch.float64, device=info.device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    dist.all_reduce(t, op=op)
     return float(t.item())
+
+
+def all_reduce_sum(value: float, info: DistInfo) -> float:
+    """Sum of ``value`` over all processes (the value itself when not distributed)."""
+    return _all_reduce(value, info, dist.ReduceOp.SUM)
+
+
+def all_reduce_max(value: float, info: DistInfo) -> float:
+    """Maximum of ``value`` over all processes (the value itself when not distributed)."""
+    return _all_reduce(value, info, dist.ReduceOp.MAX)
 
 
 def average_gradients(parameters: Iterable[torch.nn.Parameter], info: DistInfo) -> None:

@@ -68,6 +68,7 @@ from asr.train.budget import TimeBudget
 from asr.train.distributed import DistInfo, all_reduce_sum, average_gradients, barrier
 from asr.train.optim import OptimConfig, Scheduler, build_optimizer
 from asr.train.plot import plot_history
+from asr.train.preemption import PreemptionGuard, TrainingPreempted
 from asr.train.state import EpochRecord, Progress, TrainConfig
 from asr.types import Batch
 
@@ -189,6 +190,7 @@ class Trainer:
         self._replayed: tuple[int, dict[str, float]] = (0, {})  # what fit() re-logs (writer)
         self._log_handler: logging.Handler | None = None  # train.log while fit() runs (rank 0)
         self._resumed_from: Path | None = None  # the checkpoint resume() loaded
+        self._guard = PreemptionGuard(self.dist)  # SIGTERM / SIGUSR1 while fit() runs
         self.budget = TimeBudget(train_cfg, self.dist, clock)
 
     # ----------------------------------------------------------------------------------- state
@@ -372,6 +374,9 @@ class Trainer:
         limit = self.budget.limit(self.progress)
         return 0 < limit <= self.progress.step or self.budget.spent
 
+    def _more_to_train(self) -> bool:
+        return self.progress.epoch <= self.cfg.max_epochs and not self._finished()
+
     def _apply_plan(self, total: int | None) -> None:
         if total is not None:
             self.scheduler.set_total_steps(total)
@@ -379,11 +384,21 @@ class Trainer:
     def fit(self) -> Progress:
         """Trains until ``max_epochs``, ``max_steps`` or the time budget; returns the progress.
         Rank 0 also writes what is logged meanwhile to ``train.log`` (:meth:`_open_log`), and
-        the error that stops it, which the caller reports (``asr train`` on stderr)."""
+        the error that stops it, which the caller reports (``asr train`` on stderr).
+
+        SIGTERM and SIGUSR1 (a preemption, :mod:`asr.train.preemption`) are caught while it
+        runs, their previous handlers restored when it returns: the step in progress finishes,
+        every rank stops after the same step, the checkpoint of that position is written (as
+        any checkpoint: a run resumed from it ends as an uninterrupted run) and
+        :class:`asr.train.preemption.TrainingPreempted` is raised.
+        """
         self.exp_dir.mkdir(parents=True, exist_ok=True)
         self._open_log()
         try:
-            return self._fit()
+            with self._guard:
+                return self._fit()
+        except TrainingPreempted:
+            raise  # logged where it stopped, as a warning
         except Exception as err:
             if self._log_handler is not None:  # the command reports it, on stderr alone
                 what = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
@@ -441,11 +456,13 @@ class Trainer:
         self._replayed = (p.step, dict(p.step_scalars or {}))
         if self._epoch_end_left_by_a_stop():
             self._end_epoch()
-        while self.progress.epoch <= self.cfg.max_epochs and not self._finished():
+        while self._more_to_train():
             epoch_done = self._train_epoch()
             if self._finished() and not epoch_done:
                 break  # stopped mid-epoch (or by the time budget): no end-of-epoch bookkeeping
             self._end_epoch()
+            if self._more_to_train():  # a signal during the end (its checkpoint is written)
+                self._stop_if_preempted(saved=True)
         if self._writer is not None:
             self._writer.flush()
         return self.progress
@@ -486,6 +503,14 @@ class Trainer:
         batches = self.train_batches(p.epoch, p.batches_in_epoch, p.epoch_world_size)
         bar = tqdm(batches, desc=f"epoch {p.epoch}", disable=not self.dist.is_main,
                    initial=p.batches_in_epoch // world_size, unit="batch", dynamic_ncols=True)
+        try:
+            return self._train_batches(bar)
+        finally:  # a preemption stops inside
+            bar.close()
+
+    def _train_batches(self, bar: tqdm) -> bool:
+        """:meth:`_train_epoch` on the epoch's batches ``bar``."""
+        world_size, p = self.dist.world_size, self.progress
         epoch_done = True
         taken = 0  # this rank's batches of the epoch in this run (checkpoints are between steps)
         it = iter(bar)
@@ -511,7 +536,6 @@ class Trainer:
                 if self._step(bar) and not self._stop_ends_epoch():
                     self._save_at_stop()
                     epoch_done = False
-        bar.close()
         return epoch_done
 
     def _step(self, bar) -> bool:
@@ -541,7 +565,28 @@ class Trainer:
             self.save(checkpoint_path(self.exp_dir, p.step))
             if self.dist.is_main:
                 remove_old_checkpoints(self.exp_dir, self.cfg.keep_last)
-        return self._finished()
+        finished = self._finished()
+        if not finished:  # a finished run stops anyway, with its own checkpoint
+            self._stop_if_preempted(saved=False)
+        return finished
+
+    def _stop_if_preempted(self, saved: bool) -> None:
+        """Between steps: when a preemption signal reached any rank (agreed by all of them,
+        :meth:`asr.train.preemption.PreemptionGuard.agreed`), writes the checkpoint of this
+        position (unless ``saved``, or the interval just wrote it) and stops.
+
+        Raises:
+            TrainingPreempted: naming the signal and the step.
+        """
+        signum = self._guard.agreed()
+        if signum is None:
+            return
+        if not saved:
+            self._save_at_stop()
+        stop = TrainingPreempted(signum, self.progress.step)
+        if self.dist.is_main:
+            logger.warning("%s; exiting with %d", stop, stop.exit_status)
+        raise stop
 
     def _forward_backward(self, batch: Batch, sync: bool = True
                           ) -> tuple[float, float, dict[str, float]]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 import torch
 import yaml
 from manifest_reads import count_manifest_opens, count_manifest_reads
-from train_helpers import train_tiny
+from train_helpers import tiny_experiment, train_tiny, write_yaml
 
 from asr.checkpoints.io import list_checkpoints, load_weights, safe_torch_load
 from asr.cli.main import main
@@ -88,6 +90,46 @@ def test_killed_training_resumes_to_the_same_parameters(tmp_path, tiny_corpus, t
     assert partial["progress"]["step"] == 1 and partial["progress"]["batches_in_epoch"] == 1
     torch.manual_seed(1234)  # a different process state must not matter
     assert train_tiny(tmp_path, tiny_corpus, "resumed") == 0
+    resumed = safe_torch_load(tmp_path / "resumed" / "epoch-2.pt")
+    assert resumed["progress"]["step"] == full["progress"]["step"]
+    for name, value in full["model"].items():
+        torch.testing.assert_close(resumed["model"][name], value, rtol=0, atol=0, msg=name)
+
+
+# ``asr train`` whose first batch sends it SIGTERM, as a cluster's preemption notice would
+# arrive while a step trains (argv: the command's arguments)
+PREEMPTED_TRAIN = """
+import os, signal, sys
+from asr.cli.main import main
+from asr.train.trainer import Trainer
+forward_backward = Trainer._forward_backward
+def signalled(self, batch, sync=True):
+    if self.progress.step == 0 and not self._step_batches:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return forward_backward(self, batch, sync)
+Trainer._forward_backward = signalled
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_exits_143_with_the_checkpoint_of_its_step_and_resumes_exactly(
+        tmp_path, tiny_corpus, trained):
+    """A preempted ``asr train`` (SIGTERM in step 1) finishes that step, writes its checkpoint
+    and exits with 143, which a requeue script tells from a failure; running the same command
+    again ends with the parameters of an uninterrupted run."""
+    config = write_yaml(tiny_experiment(tiny_corpus), tmp_path / "resumed.yaml")
+    proc = subprocess.run(
+        [sys.executable, "-c", PREEMPTED_TRAIN, "train", "--config", str(config), "--exp-dir",
+         str(tmp_path / "resumed")], capture_output=True, text=True, timeout=300,
+        cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 128 + signal.SIGTERM == 143, proc.stderr
+    assert "preempted by SIGTERM at step 1" in proc.stderr and "Traceback" not in proc.stderr
+    assert [n for n, _ in list_checkpoints(tmp_path / "resumed")] == [1]
+    partial = safe_torch_load(tmp_path / "resumed" / "checkpoint-1.pt")
+    assert partial["progress"]["step"] == 1 and partial["progress"]["batches_in_epoch"] == 1
+    assert "preempted by SIGTERM" in (tmp_path / "resumed" / "train.log").read_text()
+    assert train_tiny(tmp_path, tiny_corpus, "resumed") == 0
+    full = safe_torch_load(trained / "epoch-2.pt")
     resumed = safe_torch_load(tmp_path / "resumed" / "epoch-2.pt")
     assert resumed["progress"]["step"] == full["progress"]["step"]
     for name, value in full["model"].items():

@@ -4,6 +4,7 @@ import json
 import logging
 import math
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from torchrun_helpers import run_torchrun
 from asr.checkpoints.io import CheckpointError, list_checkpoints, safe_torch_load
 from asr.train.distributed import DistInfo
 from asr.train.optim import OptimConfig, lr_factor
+from asr.train.preemption import TrainingPreempted
 from asr.train.state import TrainConfig
 from asr.train.trainer import Trainer
 from asr.types import Batch
@@ -68,9 +70,9 @@ def batches(epoch: int, skip: int, skip_world_size: int = 1, num_batches: int = 
 
 
 def run(exp_dir, max_steps=0, resume=False, checkpoint_interval=2, cpu_amp=False, accum_grad=1,
-        max_epochs=2):
+        max_epochs=2, make_model=ToyModel, evaluate=lambda m: 12.5):
     torch.manual_seed(0)
-    model = ToyModel()
+    model = make_model()
     trainer = Trainer(
         model,
         OptimConfig(lr=1e-2, warmup_steps=3),
@@ -80,7 +82,7 @@ def run(exp_dir, max_steps=0, resume=False, checkpoint_interval=2, cpu_amp=False
         exp_dir,
         train_batches=batches,
         valid_batches=lambda: batches(99, 0, num_batches=2),
-        evaluate=lambda m: 12.5,
+        evaluate=evaluate,
     )
     if resume:
         assert trainer.resume()
@@ -1071,3 +1073,191 @@ def test_the_error_that_stops_training_ends_the_training_log(tmp_path, caplog):
     last = (tmp_path / "train.log").read_text().splitlines()[-1]
     assert " ERROR asr.train.trainer: training stopped: FloatingPointError: 2 steps in a row" in last
     assert not any("training stopped" in r.getMessage() for r in caplog.records)
+
+
+class SignalsAt(ToyModel):
+    """Sends ``signum`` to its own process in its ``at``-th training forward (from 1), as a
+    cluster's preemption notice arrives in the middle of a step."""
+
+    def __init__(self, at: int, signum: int = signal.SIGTERM):
+        super().__init__()
+        self.at, self.signum, self.forwards = at, signum, 0
+
+    def forward(self, batch: Batch, step: int | None = None) -> _Out:
+        if self.training:
+            self.forwards += 1
+            if self.forwards == self.at:
+                os.kill(os.getpid(), self.signum)
+        return super().forward(batch, step)
+
+
+class Uncaught(Exception):
+    """A preemption signal that reached the test's own handler: fit() did not catch it."""
+
+
+@pytest.fixture
+def outer_handlers():
+    """SIGTERM and SIGUSR1 raise :class:`Uncaught` outside fit() during the test (a regression
+    fails the test instead of ending pytest's process); the previous handlers are put back."""
+    def uncaught(signum, frame):
+        raise Uncaught(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, uncaught) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    yield
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def _preempted(exp_dir, **kwargs) -> TrainingPreempted:
+    """Runs :func:`run` until its preemption; returns the exception, after checking that fit()
+    put the signal handlers back."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    with pytest.raises(TrainingPreempted) as info:
+        run(exp_dir, **kwargs)
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+    return info.value
+
+
+def _assert_same_weights(a: Trainer, b: Trainer) -> None:
+    for (name, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(x, y), name
+    assert torch.equal(a.averager.average["net.0.weight"], b.averager.average["net.0.weight"])
+    assert [r.train_loss for r in a.progress.history] == [r.train_loss for r in b.progress.history]
+
+
+def test_sigterm_mid_step_finishes_it_checkpoints_there_and_resumes_exactly(tmp_path, caplog,
+                                                                           outer_handlers):
+    """SIGTERM in step 5's forward (mid epoch 1, no interval checkpoint there): step 5 is taken,
+    checkpoint-5.pt written at that position, exit status 143; resuming ends as uninterrupted."""
+    full = run(tmp_path / "full")
+    stop = _preempted(tmp_path / "preempted", make_model=lambda: SignalsAt(5))
+    assert (stop.signum, stop.step, stop.exit_status) == (signal.SIGTERM, 5, 143)
+    assert "preempted by SIGTERM at step 5" in caplog.text
+    state = safe_torch_load(tmp_path / "preempted" / "checkpoint-5.pt")
+    assert (state["progress"]["step"], state["progress"]["epoch"],
+            state["progress"]["batches_in_epoch"]) == (5, 1, 5)
+    assert [n for n, _ in list_checkpoints(tmp_path / "preempted")] == [2, 4, 5]
+    torch.manual_seed(12345)
+    resumed = run(tmp_path / "preempted", resume=True)
+    assert resumed.progress.step == 14
+    _assert_same_weights(full, resumed)
+
+
+def test_sigusr1_inside_an_accumulation_stops_after_the_whole_step(tmp_path, outer_handlers):
+    """SIGUSR1 (SLURM's --signal=USR1@90) in the first of step 2's two batches: the second one is
+    trained and step 2 applied before the stop (the interval's checkpoint-2.pt is its
+    checkpoint), exit status 138."""
+    full = run(tmp_path / "full", accum_grad=2)
+    stop = _preempted(tmp_path / "preempted", accum_grad=2,
+                      make_model=lambda: SignalsAt(3, signal.SIGUSR1))
+    assert (stop.signum, stop.step, stop.exit_status) == (signal.SIGUSR1, 2, 138)
+    state = safe_torch_load(tmp_path / "preempted" / "checkpoint-2.pt")
+    assert (state["progress"]["step"], state["progress"]["batches_in_epoch"]) == (2, 4)
+    assert [n for n, _ in list_checkpoints(tmp_path / "preempted")] == [2]
+    resumed = run(tmp_path / "preempted", accum_grad=2, resume=True)
+    _assert_same_weights(full, resumed)
+
+
+def test_a_signal_during_the_epoch_end_stops_after_its_checkpoint(tmp_path, outer_handlers):
+    """SIGTERM while the dev WER is evaluated: the epoch's end completes (its checkpoint and
+    epoch-1.pt) and training stops there instead of starting epoch 2."""
+    full = run(tmp_path / "full")
+
+    def evaluate(model):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return 12.5
+
+    stop = _preempted(tmp_path / "preempted", evaluate=evaluate)
+    assert stop.step == 7
+    state = safe_torch_load(tmp_path / "preempted" / "epoch-1.pt")
+    assert (state["progress"]["step"], state["progress"]["epoch"]) == (7, 2)
+    assert [n for n, _ in list_checkpoints(tmp_path / "preempted")] == [2, 4, 6, 7]
+    resumed = run(tmp_path / "preempted", resume=True)
+    _assert_same_weights(full, resumed)
+
+
+def test_a_signal_during_the_last_epochs_end_lets_the_finished_run_end(tmp_path,
+                                                                     outer_handlers):
+    """SIGTERM while the last epoch's dev WER is evaluated: nothing is left to train, so fit()
+    returns as usual (no preemption to report, ``asr train`` exits 0)."""
+    def evaluate(model):
+        if evaluate.calls == 1:  # the second epoch's, the last
+            os.kill(os.getpid(), signal.SIGTERM)
+        evaluate.calls += 1
+        return 12.5
+
+    evaluate.calls = 0
+    trainer = run(tmp_path / "exp", evaluate=evaluate)
+    assert (trainer.progress.step, len(trainer.progress.history)) == (14, 2)
+
+
+def test_a_second_signal_during_the_checkpoint_write_does_not_interrupt_it(
+        tmp_path, monkeypatch, outer_handlers):
+    """Another SIGTERM (and a SIGUSR1) arriving while the preemption checkpoint is written: the
+    write completes, one stop is raised, and the checkpoint resumes exactly."""
+    from asr.train import trainer as trainer_module
+
+    full = run(tmp_path / "full")
+    real_save = trainer_module.atomic_torch_save
+
+    def save_while_signalled(state, path):
+        if path.name == "checkpoint-3.pt":  # the preemption's
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGUSR1)
+        real_save(state, path)
+
+    monkeypatch.setattr(trainer_module, "atomic_torch_save", save_while_signalled)
+    stop = _preempted(tmp_path / "preempted", make_model=lambda: SignalsAt(3))
+    monkeypatch.undo()
+    assert (stop.step, stop.signum) == (3, signal.SIGTERM)
+    assert [n for n, _ in list_checkpoints(tmp_path / "preempted")] == [2, 3]
+    resumed = run(tmp_path / "preempted", resume=True)
+    _assert_same_weights(full, resumed)
+
+
+def test_fit_restores_the_signal_handlers_it_replaced(tmp_path):
+    """Handlers are SIGTERM's and SIGUSR1's only while fit() runs: a finished run puts back
+    the caller's own, which then handles the signal as before."""
+    got = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    try:
+        run(tmp_path / "exp", max_epochs=1)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert got == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+DDP_PREEMPT_SCRIPT = r'''
+import os, signal, sys, torch
+sys.path[:0] = [os.environ["TEST_DIR"], os.path.dirname(os.environ["TEST_DIR"])]
+from test_trainer import SignalsAt, ToyModel, batches
+from asr.train.distributed import setup_distributed, cleanup_distributed
+from asr.train.optim import OptimConfig
+from asr.train.preemption import TrainingPreempted
+from asr.train.state import TrainConfig
+from asr.train.trainer import Trainer
+info = setup_distributed("cpu")
+torch.manual_seed(0)
+model = SignalsAt(3) if info.rank == 1 else ToyModel()  # the notice reaches rank 1 alone
+trainer = Trainer(model, OptimConfig(), TrainConfig(max_epochs=1, checkpoint_interval=0,
+                  average_period=0), os.path.join(os.environ["OUT_DIR"], "exp"),
+                  lambda e, s, w: batches(e, s, num_batches=6), dist=info)
+try:
+    trainer.fit()
+    result = None
+except TrainingPreempted as stop:
+    result = (stop.step, stop.exit_status)
+torch.save({"stop": result, "step": trainer.progress.step},
+           os.path.join(os.environ["OUT_DIR"], f"result{info.rank}.pt"))
+cleanup_distributed()
+'''
+
+
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    _torchrun_two(tmp_path, DDP_PREEMPT_SCRIPT)
+    results = [torch.load(tmp_path / f"result{r}.pt") for r in (0, 1)]
+    assert results == [{"stop": (3, 143), "step": 3}] * 2
+    state = safe_torch_load(tmp_path / "exp" / "checkpoint-3.pt")
+    assert (state["progress"]["step"], state["progress"]["batches_in_epoch"]) == (3, 6)
+    assert [n for n, _ in list_checkpoints(tmp_path / "exp")] == [3]
