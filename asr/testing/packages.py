@@ -16,7 +16,11 @@ from pathlib import Path
 
 import torch
 
-from asr.checkpoints.io import checkpoint_path, link_epoch_checkpoint
+from asr.checkpoints.io import (
+    checkpoint_path,
+    link_epoch_checkpoint,
+    safe_torch_load,
+)
 from asr.config import save_config, to_dict
 from asr.experiment import CONFIG_FILE, build_model
 from asr.package import export_package
@@ -121,7 +125,7 @@ def constant_ctc_package(root: str | Path, blank_logit: float = 6.0) -> Path:
     """
     exp_dir = random_experiment(root, head="ctc")
     path = checkpoint_path(exp_dir, 1)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = safe_torch_load(path)  # weights only, as every checkpoint is read
     weights = checkpoint["model"]
     weights["heads.ctc.output.weight"].zero_()
     weights["heads.ctc.output.bias"].zero_()
