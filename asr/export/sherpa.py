@@ -654,9 +654,11 @@ def _check_io(session, path: Path, inputs: Sequence[tuple[str, str]],
             f"{list(outputs)} (sherpa-onnx indexes them by position)")
 
 
-def _metadata(path: Path) -> dict[str, str]:
-    """The metadata of the written graph ``path``, as sherpa-onnx's loaders read it."""
-    return dict(_session(path).get_modelmeta().custom_metadata_map)
+def _metadata(path: Path, session=None) -> dict[str, str]:
+    """The metadata of the written graph ``path``, as sherpa-onnx's loaders read it (from the
+    onnxruntime ``session`` of ``path`` when one is open: loading a graph is the costly part)."""
+    session = _session(path) if session is None else session
+    return dict(session.get_modelmeta().custom_metadata_map)
 
 
 def _metadata_int(path: Path, key: str, meta: dict[str, str] | None = None) -> int:
@@ -767,7 +769,7 @@ def _check_decoder(path: Path, head: TransducerHead) -> str:
     session = _session(path)
     _check_io(session, path, [("y", "tensor(int64)")], [("decoder_out", "tensor(float)")])
     predictor = head.predictor
-    meta = _metadata(path)
+    meta = _metadata(path, session)
     vocab = _metadata_int(path, "vocab_size", meta)
     if vocab != head.vocab_size:
         raise OnnxExportError(f"{path.name}: metadata vocab_size {vocab}, the model has "
@@ -890,7 +892,7 @@ def _check_streaming(
     dtypes = ["tensor(float)"] * (len(in_names) - 1) + ["tensor(int64)"]
     _check_io(session, path, list(zip(in_names, dtypes)), list(zip(out_names, dtypes)))
     # sherpa's windows: T frames every decode_chunk_len, as its loader reads them
-    meta = _metadata(path)
+    meta = _metadata(path, session)
     frames, shift = _metadata_int(path, "T", meta), _metadata_int(path, "decode_chunk_len", meta)
     ours = chunk_frames(chunk_size)
     num_chunks = max(4, left_chunks + 2)  # beyond the cache size: old frames must roll out
