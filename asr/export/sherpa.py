@@ -394,7 +394,8 @@ def _export_transducer(
                                 out / "encoder.onnx", opset, enc_meta)
         report.checks.append(_check_offline(
             out / "encoder.onnx", ["x", "x_lens"], ["encoder_out", "encoder_out_lens"],
-            lambda x, n: _project(encoder(x, n), head.joiner.encoder_proj), package.config.data.fbank))
+            lambda x, n: _project(encoder(x, n), head.joiner.encoder_proj),
+            package.config.data.fbank)[0])
         report.loader = (
             "sherpa_onnx.OfflineRecognizer.from_transducer(encoder='encoder.onnx', "
             "decoder='decoder.onnx', joiner='joiner.onnx', tokens='tokens.txt', "
@@ -434,7 +435,8 @@ def _export_transducer(
                   {"y": {0: "N"}, "decoder_out": {0: "N"}}, opset)
     _add_metadata(out / "decoder.onnx", dec_meta)
     report.metadata["decoder.onnx"] = dec_meta
-    report.checks.append(_check_decoder(out / "decoder.onnx", head))
+    line, dec_read = _check_decoder(out / "decoder.onnx", head)
+    report.checks.append(line)
 
     join_meta = {"joiner_dim": str(joiner_dim), "vocab_size": str(vocab)}
     enc_frame = torch.randn(2, joiner_dim)
@@ -443,8 +445,8 @@ def _export_transducer(
                   {"encoder_out": {0: "N"}, "decoder_out": {0: "N"}, "logit": {0: "N"}}, opset)
     _add_metadata(out / "joiner.onnx", join_meta)
     report.metadata["joiner.onnx"] = join_meta
-    report.checks.append(_check_joiner(out / "joiner.onnx", out / "decoder.onnx", head,
-                                       joiner_dim))
+    report.checks.append(_check_joiner(out / "joiner.onnx", out / "decoder.onnx", dec_read,
+                                       head, joiner_dim))
     return report
 
 
@@ -462,7 +464,7 @@ def _export_ctc(
     report.metadata["model.onnx"] = meta
     report.checks.append(_check_offline(
         out / "model.onnx", ["x", "x_lens"], ["log_probs", "log_probs_len"],
-        lambda x, n: _ctc_reference(model.encoder, head, x, n), package.config.data.fbank))
+        lambda x, n: _ctc_reference(model.encoder, head, x, n), package.config.data.fbank)[0])
     report.loader = ("sherpa_onnx.OfflineRecognizer.from_zipformer_ctc(model='model.onnx', "
                      f"tokens='tokens.txt', {_front_end_args(package.config.data.fbank)})")
     return report
@@ -501,10 +503,11 @@ def _export_tdt(
                    "outputs": {0: "N", 2: "T_out"}, "encoded_lengths": {0: "N"}}, opset)
     _add_metadata(out / "encoder.onnx", meta)
     report.metadata["encoder.onnx"] = meta
-    report.checks.append(_check_offline(
+    line, enc_read = _check_offline(
         out / "encoder.onnx", ["audio_signal", "length"], ["outputs", "encoded_lengths"],
         lambda x, n: _project(encoder(x, n), head.joiner.encoder_proj), fbank,
-        channels_first=True, pad_value=0.0))
+        channels_first=True, pad_value=0.0)
+    report.checks.append(line)
 
     decoder = NemoDecoder(head).eval()
     dec_in = ["targets", "target_length", "states_0", "states_1"]
@@ -518,7 +521,8 @@ def _export_tdt(
     dec_meta = {"vocab_size": str(vocab - 1), "context_size": str(head.predictor.context_size)}
     _add_metadata(out / "decoder.onnx", dec_meta)
     report.metadata["decoder.onnx"] = dec_meta
-    report.checks.append(_check_nemo_decoder(out / "decoder.onnx", out / "encoder.onnx", head))
+    report.checks.append(_check_nemo_decoder(out / "decoder.onnx", out / "encoder.onnx",
+                                             enc_read, head))
 
     joiner = NemoJoiner(head).eval()
     _torch_export(joiner, (torch.randn(2, joiner_dim, 1), torch.randn(2, joiner_dim, 1)),
@@ -527,8 +531,8 @@ def _export_tdt(
     join_meta = {"joiner_dim": str(joiner_dim), "num_durations": str(max(head.durations) + 1)}
     _add_metadata(out / "joiner.onnx", join_meta)
     report.metadata["joiner.onnx"] = join_meta
-    report.checks.append(_check_nemo_joiner(out / "joiner.onnx", out / "encoder.onnx", head,
-                                            joiner_dim))
+    report.checks.append(_check_nemo_joiner(out / "joiner.onnx", out / "encoder.onnx",
+                                            enc_read, head, joiner_dim))
     report.loader = (
         "sherpa_onnx.OfflineRecognizer.from_transducer(encoder='encoder.onnx', "
         "decoder='decoder.onnx', joiner='joiner.onnx', tokens='tokens.txt', "
@@ -654,22 +658,27 @@ def _check_io(session, path: Path, inputs: Sequence[tuple[str, str]],
             f"{list(outputs)} (sherpa-onnx indexes them by position)")
 
 
-def _metadata(path: Path, session=None) -> dict[str, str]:
-    """The metadata of the written graph ``path``, as sherpa-onnx's loaders read it (from the
-    onnxruntime ``session`` of ``path`` when one is open: loading a graph is the costly part)."""
-    session = _session(path) if session is None else session
+def _metadata(session) -> dict[str, str]:
+    """The metadata of a written graph, as sherpa-onnx's loaders read it, from the onnxruntime
+    ``session`` its own check holds.
+
+    Each graph is loaded into onnxruntime once per export (loading is the costly part): a check
+    that needs another graph's metadata (the joiner's needs the decoder's, the NeMo decoder's
+    and joiner's the encoder's) is handed what that graph's check read here. Reading it from
+    the session rather than with ``onnx.load`` reads it as the loaders do, at no extra cost.
+    """
     return dict(session.get_modelmeta().custom_metadata_map)
 
 
-def _metadata_int(path: Path, key: str, meta: dict[str, str] | None = None) -> int:
+def _metadata_int(path: Path, key: str, meta: dict[str, str]) -> int:
     """The integer that sherpa-onnx's loader reads from the metadata ``key`` of the written graph
-    ``path`` (``meta``: that metadata, read already): the self-check builds sherpa's inputs
-    from it, as the loader does.
+    ``path`` (``meta``: that graph's metadata, from :func:`_metadata`): the self-check builds
+    sherpa's inputs from it, as the loader does.
 
     Raises:
         OnnxExportError: naming the graph and the key, when it is missing or no integer.
     """
-    value = (_metadata(path) if meta is None else meta).get(key)
+    value = meta.get(key)
     try:
         return int(value)
     except (TypeError, ValueError):
@@ -727,7 +736,13 @@ def _padded(feats: Sequence[Tensor], pad_value: float = PAD_VALUE) -> tuple[Tens
 
 @torch.no_grad()
 def _check_offline(path: Path, in_names, out_names, reference, fbank: FbankConfig,
-                   channels_first: bool = False, pad_value: float = PAD_VALUE) -> str:
+                   channels_first: bool = False,
+                   pad_value: float = PAD_VALUE) -> tuple[str, dict[str, str]]:
+    """Batches of padded features against the ``reference`` on each utterance alone.
+
+    Returns:
+        The line of the report and the graph's metadata, as onnxruntime read it.
+    """
     session = _session(path)
     _check_io(session, path, [(in_names[0], "tensor(float)"), (in_names[1], "tensor(int64)")],
               [(out_names[0], "tensor(float)"), (out_names[1], "tensor(int64)")])
@@ -759,17 +774,22 @@ def _check_offline(path: Path, in_names, out_names, reference, fbank: FbankConfi
             raise OnnxExportError(f"{path.name}: {out_names[0]} has {got.shape[1]} frames for "
                                   f"a batch of {list(lengths)} frames, PyTorch {most}")
     return (f"{path.name}: batches of frames {' and '.join(map(str, map(list, batches)))} "
-            f"(padded with {pad_value:.2f}) vs PyTorch alone: max |diff| {worst:.2e}")
+            f"(padded with {pad_value:.2f}) vs PyTorch alone: max |diff| {worst:.2e}",
+            _metadata(session))
 
 
 @torch.no_grad()
-def _check_decoder(path: Path, head: TransducerHead) -> str:
+def _check_decoder(path: Path, head: TransducerHead) -> tuple[str, dict[str, str]]:
     """The contexts sherpa-onnx builds, ``context_size`` (the graph's metadata) tokens wide,
-    against our predictor's steps; its metadata ``vocab_size`` must be the model's."""
+    against our predictor's steps; its metadata ``vocab_size`` must be the model's.
+
+    Returns:
+        The line of the report and the graph's metadata, as onnxruntime read it.
+    """
     session = _session(path)
     _check_io(session, path, [("y", "tensor(int64)")], [("decoder_out", "tensor(float)")])
     predictor = head.predictor
-    meta = _metadata(path, session)
+    meta = _metadata(session)
     vocab = _metadata_int(path, "vocab_size", meta)
     if vocab != head.vocab_size:
         raise OnnxExportError(f"{path.name}: metadata vocab_size {vocab}, the model has "
@@ -794,13 +814,14 @@ def _check_decoder(path: Path, head: TransducerHead) -> str:
         predictor.step(torch.tensor([head.blank_id]), predictor.init_state(1, "cpu"))[0])
     worst = max(worst, _compare(path, "decoder_out of the start context", got[:1], initial))
     return (f"{path.name}: {y.shape[0]} contexts incl. the start context "
-            f"{start[0].tolist()}: max |diff| {worst:.2e}")
+            f"{start[0].tolist()}: max |diff| {worst:.2e}", meta)
 
 
 @torch.no_grad()
-def _check_joiner(path: Path, decoder_path: Path, head: TransducerHead, joiner_dim: int) -> str:
+def _check_joiner(path: Path, decoder_path: Path, decoder_meta: dict[str, str],
+                  head: TransducerHead, joiner_dim: int) -> str:
     """5 random frame pairs; the logits must be as many as the ``vocab_size`` of the decoder's
-    metadata (sherpa-onnx's row stride)."""
+    metadata ``decoder_meta`` (sherpa-onnx's row stride)."""
     session = _session(path)
     _check_io(session, path, [("encoder_out", "tensor(float)"), ("decoder_out", "tensor(float)")],
               [("logit", "tensor(float)")])
@@ -809,7 +830,7 @@ def _check_joiner(path: Path, decoder_path: Path, head: TransducerHead, joiner_d
     dec = torch.randn(5, joiner_dim, generator=generator)
     (got,) = _run(session, path, {"encoder_out": enc.numpy(), "decoder_out": dec.numpy()},
                   "frames")
-    vocab = _metadata_int(decoder_path, "vocab_size")
+    vocab = _metadata_int(decoder_path, "vocab_size", decoder_meta)
     if got.shape[-1] != vocab:
         raise OnnxExportError(f"{path.name}: logit has {got.shape[-1]} columns, the vocab_size "
                               f"of {decoder_path.name} {vocab}")
@@ -818,10 +839,11 @@ def _check_joiner(path: Path, decoder_path: Path, head: TransducerHead, joiner_d
 
 
 @torch.no_grad()
-def _check_nemo_decoder(path: Path, encoder_path: Path, head: TransducerHead) -> str:
+def _check_nemo_decoder(path: Path, encoder_path: Path, encoder_meta: dict[str, str],
+                        head: TransducerHead) -> str:
     """sherpa's first call (nemo blank, zero states, both ``(pred_rnn_layers, N, pred_hidden)``
-    from the encoder's metadata, as its loader makes them), then token after token with the
-    states carried, against our predictor's steps."""
+    from the encoder's metadata ``encoder_meta``, as its loader makes them), then token after
+    token with the states carried, against our predictor's steps."""
     session = _session(path)
     names = ["targets", "target_length", "states_0", "states_1"]
     _check_io(session, path, list(zip(names, ["tensor(int32)"] * 2 + ["tensor(float)"] * 2)),
@@ -832,9 +854,8 @@ def _check_nemo_decoder(path: Path, encoder_path: Path, head: TransducerHead) ->
     ours = [0] + torch.randint(0, vocab, (7,), generator=generator).tolist()  # blank, 7 tokens
     batch = 2  # two rows in step: the second row runs the same ids shifted by one
     state = head.predictor.init_state(batch, "cpu")
-    meta = _metadata(encoder_path)
-    shape = (_metadata_int(encoder_path, "pred_rnn_layers", meta), batch,
-             _metadata_int(encoder_path, "pred_hidden", meta))
+    shape = (_metadata_int(encoder_path, "pred_rnn_layers", encoder_meta), batch,
+             _metadata_int(encoder_path, "pred_hidden", encoder_meta))
     states = [np.zeros(shape, np.float32), np.zeros(shape, np.float32)]
     worst = 0.0
     for step in range(len(ours) - 1):
@@ -854,10 +875,11 @@ def _check_nemo_decoder(path: Path, encoder_path: Path, head: TransducerHead) ->
 
 
 @torch.no_grad()
-def _check_nemo_joiner(path: Path, encoder_path: Path, head: TransducerHead,
-                       joiner_dim: int) -> str:
+def _check_nemo_joiner(path: Path, encoder_path: Path, encoder_meta: dict[str, str],
+                       head: TransducerHead, joiner_dim: int) -> str:
     """5 random frame pairs; the token logits come first, as many as the encoder's metadata
-    ``vocab_size`` + 1 (sherpa-onnx's count, blank included), then the skips."""
+    ``encoder_meta`` ``vocab_size`` + 1 (sherpa-onnx's count, blank included), then the
+    skips."""
     session = _session(path)
     _check_io(session, path, [("encoder_out", "tensor(float)"), ("decoder_out", "tensor(float)")],
               [("logits", "tensor(float)")])
@@ -868,7 +890,7 @@ def _check_nemo_joiner(path: Path, encoder_path: Path, head: TransducerHead,
                                   "decoder_out": dec[:, :, None].numpy()}, "frames")
     logits = head.joiner.join(enc, dec)
     vocab = head.vocab_size
-    tokens = _metadata_int(encoder_path, "vocab_size")  # NeMo's count: without blank
+    tokens = _metadata_int(encoder_path, "vocab_size", encoder_meta)  # NeMo's: without blank
     if tokens + 1 != vocab:
         raise OnnxExportError(f"{encoder_path.name}: metadata vocab_size {tokens}, the model has "
                               f"{vocab - 1} tokens besides blank")
@@ -892,7 +914,7 @@ def _check_streaming(
     dtypes = ["tensor(float)"] * (len(in_names) - 1) + ["tensor(int64)"]
     _check_io(session, path, list(zip(in_names, dtypes)), list(zip(out_names, dtypes)))
     # sherpa's windows: T frames every decode_chunk_len, as its loader reads them
-    meta = _metadata(path, session)
+    meta = _metadata(session)
     frames, shift = _metadata_int(path, "T", meta), _metadata_int(path, "decode_chunk_len", meta)
     ours = chunk_frames(chunk_size)
     num_chunks = max(4, left_chunks + 2)  # beyond the cache size: old frames must roll out

@@ -157,3 +157,34 @@ def test_a_failed_quantization_names_the_graph(packages, tmp_path, monkeypatch, 
                  str(tmp_path / "onnx"), "--int8"]) == 1
     assert "encoder.int8.onnx: onnxruntime's quantize_dynamic failed" in caplog.text
     assert not (tmp_path / "onnx").exists()
+
+
+#: layout -> (package, export options).
+LAYOUTS = {
+    "transducer": ("transducer", {}),
+    "streaming transducer": ("transducer", {"streaming": True}),
+    "ctc": ("transducer", {"head": "ctc"}),
+    "tdt": ("tdt", {}),
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_the_self_check_loads_each_graph_into_onnxruntime_once(packages, tmp_path, monkeypatch,
+                                                                 layout):
+    """A check that needs another graph's metadata (the joiner's the decoder's, the NeMo
+    decoder's and joiner's the encoder's) opened that graph in a new onnxruntime session: the
+    decoder was loaded twice, the TDT encoder three times. It is handed what that graph's own
+    check read."""
+    import onnxruntime
+
+    loaded: list[str] = []
+    real = onnxruntime.InferenceSession
+
+    def counting(path, *args, **kwargs):
+        loaded.append(Path(path).name)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", counting)
+    package, options = LAYOUTS[layout]
+    report = export_onnx(packages[package], tmp_path / "onnx", **options)
+    assert sorted(loaded) == sorted(report.metadata)
