@@ -86,6 +86,12 @@ class SearchConfig:
         hotwords_unboosted_prefix: the first this many tokens of each phrase (at most all but
             its last) must match but carry no boost (a phrase's first piece is often a letter
             that begins many words); 0 boosts every token, as icefall and sherpa-onnx do.
+        partial_window: streaming ``cif_greedy``: the most encoder frames (256: about 10 s at
+            40 ms a frame) a partial result decodes, before a chunk's; a step that leaves more
+            in the window settles the tokens of its first half
+            (:mod:`asr.decoding.cif_greedy`). At least 2. Larger: partials closer to the
+            offline search, each costing more; the final result decodes every frame whatever
+            it is.
     """
 
     beam_size: int = 4
@@ -105,6 +111,7 @@ class SearchConfig:
     hotwords: str | None = None
     hotwords_score: float = 1.5
     hotwords_unboosted_prefix: int = 1
+    partial_window: int = 256
 
     #: Options these searchers no longer have, which configs saved before still name: ignored
     #: with a warning (:func:`asr.config.from_dict`).
@@ -146,6 +153,13 @@ class SearchConfig:
         if self.hotwords_unboosted_prefix < 0:
             raise ValueError(
                 f"search.hotwords_unboosted_prefix must be >= 0, got {self.hotwords_unboosted_prefix}"
+            )
+        if isinstance(self.partial_window, bool) or not isinstance(self.partial_window, int) or (
+            self.partial_window < 2
+        ):
+            raise ValueError(
+                "search.partial_window must be a whole number of encoder frames >= 2, got "
+                f"{self.partial_window!r}"
             )
 
 

@@ -497,13 +497,14 @@ def test_ctc_segment_cif_streaming_equals_offline(tmp_path):
 def test_cif_streaming_partials_decode_a_bounded_window_final_all_frames(tmp_path, monkeypatch):
     """transcribe_streaming (the server's decode loop is the same: ``decode`` takes the
     searcher's partial after every chunk for the endpoints and the partial results) decodes a
-    CIF partial over at most ``partial_window`` + a chunk of frames; the final result of the
-    long segment decodes all its frames and is the offline chunk-masked one."""
+    CIF partial over at most ``search.partial_window`` (here from the model's search options) +
+    a chunk of frames; the final result of the long segment decodes all its frames and is the
+    offline chunk-masked one."""
     from asr.testing.packages import random_package
 
-    model = load_model(random_package(tmp_path, head="cif", chunk_size=2, left_chunks=3))
+    model = load_model(random_package(tmp_path, head="cif", chunk_size=2, left_chunks=3),
+                       search={"partial_window": 8})
     recognizer = model.streaming_recognizer("cif_greedy", endpoint=EndpointConfig(enabled=False))
-    recognizer.searcher.partial_window = 8
     head, decoded = recognizer.searcher.head, []
     decode = head.decode
 
