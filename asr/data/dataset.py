@@ -54,6 +54,7 @@ from asr.data.filtering import (
     check_cut_audio,
     cut_files,
     cut_text,
+    encode_cut_text,
     error_reason,
     unreadable_cut_error,
 )
@@ -227,8 +228,10 @@ class AsrDataset(torch.utils.data.Dataset):
             padded with ``TOKEN_PAD_ID``, token_lens (B,), texts and cut_ids.
 
         Raises:
-            ValueError: on no cut, or naming a cut without any supervision and its files (the
-                training filter drops such cuts as ``empty_text``).
+            ValueError: on no cut, naming a cut without any supervision and its files (the
+                training filter drops such cuts as ``empty_text``), or naming a cut and its
+                supervisions' text when the tokenizer refuses the text (the filter, when it
+                runs, refuses it first).
             DataError: naming a cut whose data cannot be loaded and its files.
         """
         if len(cuts) == 0:
@@ -248,7 +251,8 @@ class AsrDataset(torch.utils.data.Dataset):
         frame_ids = torch.arange(feats.shape[1]).unsqueeze(0)
         feats = feats.masked_fill((frame_ids >= feat_lens.unsqueeze(1)).unsqueeze(2), 0.0)
         texts = [cut_text(cut) for cut in cuts]
-        tokens, token_lens = pad_tokens([self.encoder.encode(text) for text in texts])
+        tokens, token_lens = pad_tokens([encode_cut_text(cut, self.encoder, text)
+                                         for cut, text in zip(cuts, texts)])
         return Batch(
             feats=feats,
             feat_lens=feat_lens,

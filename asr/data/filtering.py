@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["SPEEDS_FIELD", "SUPERVISION_TOLERANCE", "FilterStats", "TextEncoder",
            "allowed_speeds", "check_cut_audio", "check_cut_files", "cut_files", "cut_text",
-           "data_files", "drop_reason", "error_reason", "filter_cuts", "supervision_outside",
+           "data_files", "encode_cut_text", "drop_reason", "error_reason", "filter_cuts", "supervision_outside",
            "unreadable_cut_error", "unreadable_field"]
 
 #: The custom field of a cut kept at only some of the speeds it was judged at: those speeds.
@@ -107,6 +107,21 @@ def cut_text(cut) -> str:
     manifest or a mixed cut lists them in need not be that), joined by spaces."""
     supervisions = sorted(cut.supervisions, key=lambda s: s.start)  # stable: ties keep order
     return " ".join(s.text.strip() for s in supervisions if s.text and s.text.strip())
+
+
+def encode_cut_text(cut, encoder: TextEncoder, text: str | None = None) -> list[int]:
+    """The token ids of ``cut``'s transcript (``text``: its :func:`cut_text`, when read
+    already).
+
+    Raises:
+        ValueError: naming the cut and the field, for a text the encoder refuses (e.g. one that
+            writes the tokenizers' word-boundary mark ``▁``, :func:`asr.tokenizers.base.check_text`:
+            the tokenizer's own error names the text only).
+    """
+    try:
+        return encoder.encode(cut_text(cut) if text is None else text)
+    except ValueError as err:
+        raise ValueError(f"cut {cut.id!r}, its supervisions' text: {err}") from None
 
 
 def supervision_outside(cut) -> SupervisionSegment | None:
@@ -400,10 +415,7 @@ def _judge(cut, encoder: TextEncoder, output_length: Callable[[int], int], min_d
             reasons[factor] = "too_long"
         else:
             if tokens is None:
-                try:
-                    tokens = encoder.encode(text)
-                except ValueError as err:
-                    raise ValueError(f"cut {cut.id}: {err}") from None
+                tokens = encode_cut_text(cut, encoder, text)
                 if len(tokens) == 0:
                     return _Verdict("empty_text", tokens, ())
             reasons[factor] = "too_many_tokens" if len(tokens) > output_length(frames) else None

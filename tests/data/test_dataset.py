@@ -33,6 +33,7 @@ from asr.data.dataset import (
 from asr.data.filtering import filter_cuts, unreadable_cut_error
 from asr.encoders.subsampling import subsampled_length
 from asr.features.fbank import FbankConfig
+from asr.tokenizers.char import build_char_tokenizer
 from asr.types import Batch
 
 LILCOM_ATOL = 0.02
@@ -481,6 +482,18 @@ def test_a_cut_without_supervision_is_named_with_its_file(prepared: dict) -> Non
     with pytest.raises(ValueError, match=rf"cut {cuts[1].id!r} \(features .*\.lca, audio .*"
                                          rf"{cuts[1].id}\.flac\) has no supervision"):
         dataset[CutSet.from_cuts(cuts)]
+
+
+def test_a_text_the_tokenizer_refuses_names_its_cut(prepared: dict) -> None:
+    """A dataset built without the filter (which refuses such a text first) encoded the texts
+    bare: the tokenizer's error named the text, not the cut nor where the text comes from."""
+    cuts = list(_train_cuts(prepared))[:3]
+    cuts[1].supervisions = [replace(cuts[1].supervisions[0], text="A\u2581B")]
+    dataset = AsrDataset.from_config(_cfg(prepared), build_char_tokenizer(["AB"]), train=False)
+    with pytest.raises(ValueError, match=rf"^cut {cuts[1].id!r}, its supervisions' text: "
+                                         "text 'A\u2581B' holds '\u2581'"):
+        dataset[CutSet.from_cuts(cuts)]
+
 
 def test_cuts_at_another_sample_rate_are_refused_before_any_batch(prepared: dict,
                                                                    tmp_path) -> None:

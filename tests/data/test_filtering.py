@@ -248,5 +248,6 @@ def test_a_text_the_tokenizer_refuses_is_named_with_its_cut() -> None:
     """A transcript that writes ``▁`` is refused by the tokenizer, naming the text only; the
     filter, which encodes every training text first, adds the cut."""
     cuts = CutSet.from_cuts([_cut("fine", 2.0, "AB"), _cut("mark", 2.0, "A\u2581B")])
-    with pytest.raises(ValueError, match="^cut mark: text 'A\u2581B' holds '\u2581'"):
+    with pytest.raises(ValueError, match="^cut 'mark', its supervisions' text: "
+                                         "text 'A\u2581B' holds '\u2581'"):
         filter_cuts(cuts, build_char_tokenizer(["AB"]), subsampled_length)
