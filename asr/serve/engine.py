@@ -137,6 +137,7 @@ class _Work:
     chunks: list[np.ndarray]
     finish: bool
     error: ProtocolError | None = None  # the stream failed: its client is closed with this
+    logged: bool = False  # its error is logged already (with the other streams of its step)
     hotwords: tuple[Any] | None = None  # a hotword graph for the stream, before its audio
 
 
@@ -339,12 +340,31 @@ class DecodeEngine:
 
         When the batched step raises, each stream is decoded alone (our recognizer's ``decode``
         changes no stream when it raises), so that the healthy ones get exactly their step and
-        only the streams that fail alone are given the error.
+        only the streams that fail alone are given the error. When every stream of a batch
+        fails alone, the fault is the step's rather than each stream's: it is logged here once
+        per reason, naming the sessions, instead of once per session.
         """
         decoded = decode_isolated(self.recognizer.decode, ready,
                                   lambda item: item.session.stream,
                                   lambda item, err: self._isolate(item, "decoding it", err))
+        if len(ready) > 1 and not decoded:
+            self._log_step_failure(ready)
         return [item for item, _ in decoded]
+
+    def _log_step_failure(self, failed: list[_Work]) -> None:
+        """Worker thread: every stream of a batch failed alone; one ERROR line per reason
+        (one for a fault of the step), naming its sessions, with the traceback of the first
+        of them; the items are marked ``logged`` (:meth:`_fail` logs them at DEBUG only)."""
+        by_reason: dict[str, list[_Work]] = {}
+        for item in failed:
+            by_reason.setdefault(str(item.error), []).append(item)
+            item.logged = True
+        for reason, items in by_reason.items():
+            cause = items[0].error.__cause__
+            logger.error("sessions %s (every stream of a batch of %d): %s",
+                         ", ".join(str(item.session.id) for item in items), len(failed), reason,
+                         exc_info=None if cause is None else (type(cause), cause,
+                                                              cause.__traceback__))
 
     def _output(self, item: _Work) -> _Output | None:
         """Worker thread: the result message of a decoded stream (at an endpoint, reset's final
@@ -373,7 +393,7 @@ class DecodeEngine:
     def _dispatch(self, work: list[_Work], outputs: list[_Output]) -> None:
         for item in work:
             if item.error is not None:
-                self._fail(item.session, item.error)
+                self._fail(item.session, item.error, logged=item.logged)
             else:
                 self._update_drained(item.session)
         for out in outputs:
@@ -398,17 +418,20 @@ class DecodeEngine:
             if out.done:
                 session.completed.set()
 
-    def _fail(self, session: Session, error: ProtocolError) -> None:
+    def _fail(self, session: Session, error: ProtocolError, logged: bool = False) -> None:
         """Gives up on ``session`` with ``error``, in the one log line of its failure: ERROR
         for a fault of the server (1011, with the traceback of its cause), WARNING for the
         client's; the server closes the connection without logging it again. Logged even when
-        the client has left (the failure happened); a session fails once."""
+        the client has left (the failure happened); a session fails once. ``logged``: the
+        failure is in a line already (:meth:`_log_step_failure`): this one is DEBUG, without
+        the traceback."""
         if session.error is not None:
             return
         cause = error.__cause__
-        logger.log(logging.ERROR if error.code == CLOSE_INTERNAL else logging.WARNING,
-                   "session %d: %s", session.id, str(error),
-                   exc_info=None if cause is None else (type(cause), cause, cause.__traceback__))
+        level = logging.ERROR if error.code == CLOSE_INTERNAL else logging.WARNING
+        traceback = None if cause is None or logged else (type(cause), cause, cause.__traceback__)
+        logger.log(logging.DEBUG if logged else level, "session %d: %s", session.id, str(error),
+                   exc_info=traceback)
         session.error = error
         session.completed.set()
         session.has_mail.set()

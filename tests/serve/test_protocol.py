@@ -295,3 +295,51 @@ def test_limits_are_inclusive_and_each_refusal_has_its_close_code():
     with pytest.raises(ProtocolError) as err:  # a long message is quoted by its first 40 chars
         parse_text("x" * 100_000)
     assert len(str(err.value)) < 200
+
+
+class _Broken:
+    """A recognizer whose ``decode`` raises for any streams (a bug in the decode step)."""
+
+    def __init__(self, recognizer) -> None:
+        self._recognizer = recognizer
+
+    def __getattr__(self, name):
+        return getattr(self._recognizer, name)
+
+    def is_ready(self, stream) -> bool:
+        return True
+
+    def decode(self, streams):
+        raise RuntimeError("the step is broken")
+
+
+def test_a_step_that_fails_every_stream_logs_its_traceback_once(recognizer, caplog):
+    """A decode step that fails for every stream (the step's fault, not a stream's) was logged
+    once for the batch and then once per session, each with the same traceback; now it is the
+    batch's WARNING and one ERROR line naming every session, with the traceback once. Each
+    client is still closed with its own error."""
+    import logging
+
+    from asr.serve.engine import DecodeEngine
+    from asr.serve.protocol import CLOSE_INTERNAL
+
+    engine = DecodeEngine(_Broken(recognizer))
+    sessions = [engine.open_session(16000) for _ in range(3)]
+    for session in sessions:
+        engine.push_audio(session, np.zeros(8000, np.float32))
+    with caplog.at_level(logging.DEBUG, logger="asr"):
+        work = engine._collect()
+        outputs, progressed = engine._step(work)
+        engine._dispatch(work, outputs)
+    engine._executor.shutdown()
+    assert not progressed and not outputs
+    for session in sessions:
+        assert session.error is not None and session.error.code == CLOSE_INTERNAL
+        assert "RuntimeError: the step is broken" in str(session.error)
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(loud) == 2, [r.getMessage() for r in loud]
+    assert "decoding a batch of 3 streams failed" in loud[0].getMessage()
+    ids = ", ".join(str(s.id) for s in sessions)
+    assert loud[1].levelno == logging.ERROR and loud[1].getMessage().startswith(
+        f"sessions {ids} (every stream of a batch of 3): decoding this stream failed")
+    assert sum(r.exc_info is not None for r in caplog.records) == 1
