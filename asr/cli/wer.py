@@ -2,6 +2,12 @@
 ``asr wer RECOGS`` the references and hypotheses of an ``asr decode`` recogs file; with
 ``--phrases TSV`` (a biasing set's ``utt_id<TAB>phrase`` lines) also the phrase recall.
 
+Words (characters with ``--cer``) are compared exactly: case-sensitive, no Unicode or
+punctuation normalisation (:mod:`asr.metrics.wer`). An utterance of REF missing from HYP is
+scored as empty (all deleted; ``--strict``: an error), an id of HYP not in REF is an error (exit
+2). An empty reference adds only its insertions; a corpus of empty references has WER 0 when the
+hypotheses are empty too, else ``inf``.
+
 Each file names an utterance once (a recogs file once per side): a repeated id, whose text to
 score would be ambiguous, is an error (exit 2) naming the file, the id and both lines."""
 

@@ -16,7 +16,10 @@ substitutions or a deletion and an insertion), so this choice fixes the reported
 Conventions:
 
 * Text is split on whitespace into words (WER) or taken character by character (CER, where a
-  run of whitespace is the one unit ``▁`` unless ``keep_spaces=False`` drops it).
+  run of whitespace is the one unit ``▁`` unless ``keep_spaces=False`` drops it). Units are
+  compared exactly, the same rule for both sides: case-sensitive, with no Unicode normalisation
+  (an NFC and an NFD ``é`` differ; a CER unit is one code point) and no punctuation removal, so
+  references and hypotheses must be normalised alike.
 * Error rates are fractions (``0.05`` = 5 %); reports print percentages.
 * An empty reference has ``wer == 0.0`` when the hypothesis is empty too and ``inf`` otherwise;
   corpus totals sum counts first, so empty references only add their insertions.
