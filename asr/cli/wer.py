@@ -43,7 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cer", action="store_true", help="score characters instead of words")
     parser.add_argument("--report", help="write an error report (alignments, frequent errors) here (default: "
                              "none)")
-    parser.add_argument("--recogs", help="write 'utt_id:\\tref=[...]' / 'hyp=[...]' lines here (default: none)")
+    parser.add_argument("--recogs", help="write 'utt_id:\\tref=[...]' / 'hyp=[...]' lines here: the "
+                        "words, also with --cer, so that `asr wer RECOGS` scores them again "
+                        "(default: none)")
     parser.add_argument(
         "--strict",
         action="store_true",

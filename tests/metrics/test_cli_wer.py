@@ -34,6 +34,26 @@ def test_cer_cli_and_errors(tmp_path, capsys):
     assert main(["wer", str(ref), str(tmp_path / "missing")]) == 2
 
 
+def test_the_recogs_of_a_cer_score_hold_the_texts_and_score_again_alike(tmp_path, capsys):
+    """`asr wer --cer --recogs R` wrote characters and ``▁`` as the units: read back, each
+    character was a word, so `asr wer R --cer` scored 'H ▁ E ...' (8 errors in 36, not 4 in 19)
+    and `asr wer R` printed that CER as a WER."""
+    ref, hyp, recogs = tmp_path / "ref.txt", tmp_path / "hyp.txt", tmp_path / "recogs.txt"
+    ref.write_text("u1 HELLO WORLD\nu2 GOOD DAY\n")
+    hyp.write_text("u1 HELO WORLD\nu2 GOOD DAY TO\n")
+    for metric, expected in (("--cer", "%CER 21.05 [ 4 / 19, 3 ins, 1 del, 0 sub ]"),
+                             (None, "%WER 50.00 [ 2 / 4, 1 ins, 0 del, 1 sub ]")):
+        flag = [metric] if metric else []
+        assert main(["wer", str(ref), str(hyp), *flag]) == 0
+        direct = capsys.readouterr().out.strip()
+        assert direct == expected
+        assert main(["wer", str(ref), str(hyp), "--cer", "--recogs", str(recogs)]) == 0
+        capsys.readouterr()
+        assert "u1:\tref=['HELLO', 'WORLD']" in recogs.read_text()
+        assert main(["wer", str(recogs), *flag]) == 0
+        assert capsys.readouterr().out.strip() == direct
+
+
 def test_phrase_recall_cli_refuses_phrase_files_it_would_misread(tmp_path, capsys, caplog):
     """A line without a tab or a phrase, or phrases of utterances the references do not hold
     (another set's list), are errors naming the file (and line), not a recall computed from an
