@@ -6,7 +6,7 @@ Words (characters with ``--cer``) are compared exactly: case-sensitive, no Unico
 punctuation normalisation (:mod:`asr.metrics.wer`). An utterance of REF missing from HYP is
 scored as empty (all deleted; ``--strict``: an error), an id of HYP not in REF is an error (exit
 2). An empty reference adds only its insertions; a corpus of empty references has WER 0 when the
-hypotheses are empty too, else ``inf``.
+hypotheses are empty too, else ``inf``, with a warning that the rate is undefined.
 
 Each file names an utterance once (a recogs file once per side): a repeated id, whose text to
 score would be ambiguous, is an error (exit 2) naming the file, the id and both lines."""
@@ -92,6 +92,10 @@ def run(args: argparse.Namespace) -> int:
     utt_ids = list(refs)
     score = compute_cer if args.cer else compute_wer
     result = score([refs[u] for u in utt_ids], [hyps.get(u, "") for u in utt_ids], utt_ids)
+    if not result.stats.num_ref:  # an empty file, or the wrong one: say so, not just "0.00"
+        logger.warning("%s holds no reference %s: the %s is undefined (printed as %s)",
+                       ref_name, result.unit, result.metric,
+                       "inf" if result.stats.errors else "0.00")
     print(result.stats.summary(result.metric))
     if phrases:
         found, total = phrase_recall(phrases, hyps)

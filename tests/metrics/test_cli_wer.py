@@ -93,3 +93,23 @@ def test_a_repeated_utterance_id_is_an_error_naming_both_lines(tmp_path, capsys,
     assert main(["wer", str(recogs), "--report", str(report)]) == 2
     assert f"{recogs}:3: duplicated utterance id 'u1' (first on line 1)" in caplog.text
     assert capsys.readouterr().out == "" and not report.exists()
+
+
+def test_references_without_words_are_said_to_leave_the_rate_undefined(tmp_path, capsys, caplog):
+    """No reference word (an empty file, or the wrong one): the rate is undefined, which only
+    "0.00" or "inf" on stdout did not say."""
+    ref, hyp = tmp_path / "ref.txt", tmp_path / "hyp.txt"
+    ref.write_text("u1\nu2\n")
+    for text, printed, rate in (("u1\nu2\n", "%WER 0.00 [ 0 / 0,", "0.00"),
+                                ("u1 A\nu2\n", "%WER inf [ 1 / 0, 1 ins,", "inf")):
+        hyp.write_text(text)
+        caplog.clear()
+        assert main(["wer", str(ref), str(hyp)]) == 0
+        assert capsys.readouterr().out.startswith(printed)
+        assert f"{ref} holds no reference words: the WER is undefined (printed as {rate})" in (
+            caplog.text)
+    hyp.write_text("u1 A\nu2 B\n")
+    ref.write_text("u1 A\nu2 C\n")
+    caplog.clear()
+    assert main(["wer", str(ref), str(hyp)]) == 0
+    assert "undefined" not in caplog.text
