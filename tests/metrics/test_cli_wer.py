@@ -113,3 +113,16 @@ def test_references_without_words_are_said_to_leave_the_rate_undefined(tmp_path,
     caplog.clear()
     assert main(["wer", str(ref), str(hyp)]) == 0
     assert "undefined" not in caplog.text
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_id(tmp_path, capsys):
+    """A reference file saved with a UTF-8 byte order mark (Windows editors) made its first id
+    '\\ufeffu1': 'u1' of the hypotheses was then an id not in the references (exit 2)."""
+    ref, hyp, recogs = tmp_path / "ref.txt", tmp_path / "hyp.txt", tmp_path / "recogs.txt"
+    ref.write_bytes("\ufeffu1 A B\nu2 C\n".encode())
+    hyp.write_text("u1 A B\nu2 D\n")
+    assert main(["wer", str(ref), str(hyp), "--recogs", str(recogs)]) == 0
+    assert capsys.readouterr().out.startswith("%WER 33.33 [ 1 / 3,")
+    recogs.write_bytes(b"\xef\xbb\xbf" + recogs.read_bytes())
+    assert main(["wer", str(recogs)]) == 0
+    assert capsys.readouterr().out.startswith("%WER 33.33 [ 1 / 3,")
