@@ -51,7 +51,8 @@ lies depends on what an encoder frame sees (:class:`WindowContext`,
   holds, cuts so too, without a word).
 
 The rule needs token times: with a searcher that gives none (``aed_beam``), an input longer than
-one window is an error.
+one window is an error, and an input of one window has no ``timestamps`` and words that span it
+(:mod:`asr.results`).
 
 **Failures are per input**: an input that cannot be read, or whose decoding raises, fails alone.
 When a batch of windows raises (a searcher error on one utterance, a bad window of a long
