@@ -13,6 +13,11 @@ these results is in **seconds** from the start of the input (``timestamps`` is t
 list, as in sherpa-onnx). :class:`ResultBuilder` is the one place that turns token ids and frames
 into these values.
 
+A searcher without token times (``aed_beam``: its tokens are not tied to frames) gives no
+``timestamps`` (empty, as sherpa-onnx's for a model without them), and each of its words spans
+its whole segment (``start`` / ``end`` of the segment: all that is known of where it was said),
+instead of times that were never decoded.
+
 Shape legend: U tokens of a segment.
 """
 
@@ -50,8 +55,10 @@ class Word:
 
     Attributes:
         text: the word.
-        start: start time in seconds (time of its first token).
-        end: end time in seconds (time of its last token plus one encoder frame).
+        start: start time in seconds (time of its first token; without token times, the
+            start of its segment).
+        end: end time in seconds (time of its last token plus one encoder frame; without token
+            times, the end of its segment).
     """
 
     text: str
@@ -72,7 +79,8 @@ class Segment:
         end: end of its last word in seconds (``start`` when it has none).
         tokens: (U,) token pieces (e.g. ``▁HE``), blank excluded.
         token_ids: (U,) their ids.
-        timestamps: (U,) time of each token in seconds from the start of the input.
+        timestamps: (U,) time of each token in seconds from the start of the input; empty
+            when the searcher gives no token times (the module doc).
         words: its words.
         index: 0, 1, ... in the order of the input's segments.
         is_final: the segment is over (streaming partial results are not).
@@ -118,7 +126,8 @@ class TranscriptionResult:
         text: the transcript (the segments' texts joined by spaces).
         tokens: token pieces (e.g. ``▁HE``), blank excluded.
         token_ids: their ids.
-        timestamps: time of each token in seconds from the start of the input.
+        timestamps: time of each token in seconds from the start of the input; empty when the
+            searcher gives no token times (the module doc).
         words: words with start/end times.
         duration: input length in seconds.
         segments: the non-empty segments (one offline; one per endpoint when streaming).
@@ -239,16 +248,58 @@ class ResultBuilder:
             is_final=is_final, begin=start,
         )  # fmt: skip
 
+    def untimed_segment(
+        self,
+        token_ids: Sequence[int],
+        start: float,
+        end: float,
+        index: int = 0,
+        is_final: bool = True,
+    ) -> Segment:
+        """The segment, from ``start`` to ``end`` seconds, of tokens without times (a searcher
+        that gives none): no ``timestamps``, and every word spans the segment.
+
+        Args:
+            token_ids: (U,) ids, blank excluded.
+            start, end: where the segment begins and ends, in seconds from the input's start.
+            index: the segment's place in its input.
+            is_final: whether the segment is over.
+        """
+        if end < start:
+            raise ValueError(f"a segment cannot end ({end} s) before it starts ({start} s)")
+        ids = tuple(int(t) for t in token_ids)
+        pieces = tuple(self.tokenizer.id_to_piece(t) for t in ids)
+        words = tuple(Word(text, start, end) for text, _, _ in piece_words(pieces))
+        return Segment(
+            text=" ".join(w.text for w in words), start=start, end=end if words else start,
+            tokens=pieces, token_ids=ids, timestamps=(), words=words, index=index,
+            is_final=is_final, begin=start,
+        )  # fmt: skip
+
     def hypothesis_segment(
-        self, hyp: Hypothesis, offset_frames: int = 0, index: int = 0, is_final: bool = True
+        self,
+        hyp: Hypothesis,
+        offset_frames: int = 0,
+        index: int = 0,
+        is_final: bool = True,
+        num_frames: int | None = None,
     ) -> Segment:
         """The segment of a searcher's hypothesis whose frames count from ``offset_frames``.
 
-        A searcher without alignment (empty ``hyp.frames``) puts every token at the offset.
+        A hypothesis without token frames (a searcher that gives none) is an
+        :meth:`untimed_segment` over the segment's ``num_frames`` frames.
+
+        Raises:
+            ValueError: for tokens without frames and no ``num_frames`` (no time to give them).
         """
-        frames = hyp.frames or (0,) * len(hyp.tokens)
         start = offset_frames * self.frame_seconds
-        return self.segment(hyp.tokens, self.seconds(frames, offset_frames), start, index,
+        if hyp.tokens and not hyp.frames:
+            if num_frames is None:
+                raise ValueError("a hypothesis without token frames needs the segment's "
+                                 "num_frames for its times")
+            end = (offset_frames + num_frames) * self.frame_seconds
+            return self.untimed_segment(hyp.tokens, start, end, index, is_final)
+        return self.segment(hyp.tokens, self.seconds(hyp.frames, offset_frames), start, index,
                             is_final)
 
     def transcript(

@@ -35,11 +35,28 @@ def test_hypothesis_segment_counts_frames_from_its_offset_in_seconds():
     assert (seg.text, seg.tokens, seg.token_ids) == ("HELLO", ("\u2581HE", "LLO"), (3, 4))
     assert (seg.start, seg.end, seg.index, seg.is_final) == (pytest.approx(0.44),
                                                              pytest.approx(0.56), 2, False)
-    # a searcher without alignment puts its tokens at the segment's start
-    unaligned = builder.hypothesis_segment(Hypothesis(tokens=(5, 6)), offset_frames=25)
-    assert unaligned.timestamps == pytest.approx((1.0, 1.0))
     empty = builder.hypothesis_segment(Hypothesis(tokens=()), offset_frames=25)
     assert (empty.text, empty.start, empty.end) == ("", pytest.approx(1.0), pytest.approx(1.0))
+
+
+def test_tokens_without_times_get_none_invented():
+    """A searcher without token times (aed_beam) gives no timestamps, and its words span their
+    segment: not every token at the segment's start and every word 40 ms long (which made
+    subtitles flash the whole transcript for one frame)."""
+    builder = ResultBuilder(_Pieces(), 0.04)
+    seg = builder.hypothesis_segment(Hypothesis(tokens=(3, 4, 5, 6)), offset_frames=25,
+                                     num_frames=50, index=1)
+    assert (seg.text, seg.token_ids, seg.timestamps) == ("HELLO WORLD", (3, 4, 5, 6), ())
+    assert seg.words == (Word("HELLO", pytest.approx(1.0), pytest.approx(3.0)),
+                         Word("WORLD", pytest.approx(1.0), pytest.approx(3.0)))
+    assert (seg.begin, seg.start, seg.end, seg.index) == (pytest.approx(1.0), pytest.approx(1.0),
+                                                          pytest.approx(3.0), 1)
+    assert seg.to_json()["timestamps"] == []
+    with pytest.raises(ValueError, match="without token frames needs the segment's num_frames"):
+        builder.hypothesis_segment(Hypothesis(tokens=(5, 6)), offset_frames=25)
+    result = builder.transcript("a.wav", 2.0, [builder.untimed_segment([5, 6], 0.0, 2.0)])
+    assert (result.text, result.timestamps) == ("WORLD", ())
+    assert result.to_dict()["words"] == [{"word": "WORLD", "start": 0.0, "end": 2.0}]
 
 
 def test_transcript_concatenates_the_non_empty_segments():

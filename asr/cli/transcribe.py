@@ -25,7 +25,8 @@ case-insensitive file systems), or that a directory there has, gets ``<stem>-2.<
   words, segments), in input order;
 * ``srt`` / ``vtt``: subtitles; cues break at segments, pauses >= ``PAUSE`` s, and after
   ``MAX_CUE_SECONDS`` s or ``MAX_CUE_CHARS`` characters. With several inputs, srt / vtt need
-  ``--output-dir``.
+  ``--output-dir``. They need token times: a searcher that gives none (``aed_beam``) is refused
+  (exit 2) before any input is decoded.
 
 Inputs are read and decoded in groups (about half an hour of audio each:
 :meth:`asr.runtime.offline.Transcriber.transcribe_iter`), and each output is written as soon as
@@ -70,6 +71,7 @@ from asr.cli.options import (
     set_num_threads,
 )
 from asr.constants import DEFAULT_OVERLAP_SECONDS, DEFAULT_WINDOW_SECONDS
+from asr.decoding.registry import resolve_searcher, searcher_gives_times
 from asr.fileio import (
     OutputBusyError,
     OutputUnwritableError,
@@ -97,7 +99,8 @@ MAX_NAME_BYTES = 255
 FORMAT_HELP = ("text: one line per input (its text; SOURCE<TAB>TEXT with several inputs on "
                "stdout); "
                "json: JSON Lines, one object per input (text, tokens, times, words); "
-               "srt / vtt: subtitles (several inputs need --output-dir)")
+               "srt / vtt: subtitles (several inputs need --output-dir; a searcher with "
+               "token times, not aed_beam)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -163,7 +166,14 @@ def cues(result) -> list[tuple[float, float, str]]:
     A word ends one encoder frame after its last token, and a transducer can emit the next
     word's first token on that same frame, so a cue's end is cut at the next cue's start: cues
     never overlap (players would show both at once).
+
+    Raises:
+        ValueError: naming the input, for a result without token times (its words only span
+            their segment: :mod:`asr.results`), which cannot be cut into cues.
     """
+    if result.tokens and not result.timestamps:
+        raise ValueError(f"{result.source}: subtitles need token times, and this result has none "
+                         f"(its searcher gives none)")
     out: list[tuple[float, float, str]] = []
     for segment in result.segments:
         current: list = []
@@ -360,6 +370,13 @@ def _transcribe(args: argparse.Namespace, files: list[str]) -> int:
     except (OSError, ValueError) as err:
         logger.error("asr transcribe: %s", err)
         return 2
+    if args.format in ("srt", "vtt") and not args.streaming:  # every streaming searcher times
+        name = resolve_searcher(args.searcher or model.runtime.searcher, model.runtime.model)
+        if not searcher_gives_times(name):
+            logger.error("asr transcribe: --format %s needs token times, which searcher %s does "
+                         "not give: use --format text or json, or a searcher with token times "
+                         "(--searcher)", args.format, name)
+            return 2
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     try:
         results = model.transcribe_iter(

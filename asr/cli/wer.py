@@ -2,6 +2,12 @@
 ``asr wer RECOGS`` the references and hypotheses of an ``asr decode`` recogs file; with
 ``--phrases TSV`` (a biasing set's ``utt_id<TAB>phrase`` lines) also the phrase recall.
 
+Words (characters with ``--cer``) are compared exactly: case-sensitive, no Unicode or
+punctuation normalisation (:mod:`asr.metrics.wer`). An utterance of REF missing from HYP is
+scored as empty (all deleted; ``--strict``: an error), an id of HYP not in REF is an error (exit
+2). An empty reference adds only its insertions; a corpus of empty references has WER 0 when the
+hypotheses are empty too, else ``inf``, with a warning that the rate is undefined.
+
 Each file names an utterance once (a recogs file once per side): a repeated id, whose text to
 score would be ambiguous, is an error (exit 2) naming the file, the id and both lines."""
 
@@ -37,7 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cer", action="store_true", help="score characters instead of words")
     parser.add_argument("--report", help="write an error report (alignments, frequent errors) here (default: "
                              "none)")
-    parser.add_argument("--recogs", help="write 'utt_id:\\tref=[...]' / 'hyp=[...]' lines here (default: none)")
+    parser.add_argument("--recogs", help="write 'utt_id:\\tref=[...]' / 'hyp=[...]' lines here: the "
+                        "words, also with --cer, so that `asr wer RECOGS` scores them again "
+                        "(default: none)")
     parser.add_argument(
         "--strict",
         action="store_true",
@@ -84,6 +92,10 @@ def run(args: argparse.Namespace) -> int:
     utt_ids = list(refs)
     score = compute_cer if args.cer else compute_wer
     result = score([refs[u] for u in utt_ids], [hyps.get(u, "") for u in utt_ids], utt_ids)
+    if not result.stats.num_ref:  # an empty file, or the wrong one: say so, not just "0.00"
+        logger.warning("%s holds no reference %s: the %s is undefined (printed as %s)",
+                       ref_name, result.unit, result.metric,
+                       "inf" if result.stats.errors else "0.00")
     print(result.stats.summary(result.metric))
     if phrases:
         found, total = phrase_recall(phrases, hyps)

@@ -30,6 +30,9 @@ cif_rescoring          rescore  no        no     a ``cif`` head and a first pass
                                                  ``attention_rescoring`` (its LM fuses there)
 =====================  =======  ========  =====  ====================================================
 
+Every searcher gives each token's encoder frame (``Hypothesis.frames``, token times) except
+``aed_beam`` (:func:`searcher_gives_times`).
+
 The LM of an LM-fusing searcher is ``search.lm_path`` (a token or word n-gram, ``search.lm_unit``)
 or the ``lm=`` argument. ``transducer_beam``, ``tdt_beam`` and ``ctc_prefix_beam`` also take a
 hotword graph (:mod:`asr.decoding.context_graph`; the rows' ``biases``): that of
@@ -73,6 +76,7 @@ __all__ = [
     "resolve_searcher",
     "searcher_biases",
     "searcher_for",
+    "searcher_gives_times",
     "searcher_lm",
     "select_searchers",
     "streaming_searcher_for",
@@ -106,6 +110,8 @@ class SearcherSpec:
             -> searcher``.
         also_needs: heads beyond ``head`` of which at least one must exist (rescoring's first pass).
         biases: whether it takes a hotword graph (``search.hotwords_file`` / ``hotwords``).
+        token_times: whether its hypotheses give each token's frame (``Hypothesis.frames``):
+            all but ``aed_beam``, whose tokens are not tied to frames.
     """
 
     name: str
@@ -118,6 +124,7 @@ class SearcherSpec:
     build: _Builder
     also_needs: tuple[str, ...] = ()
     biases: bool = False
+    token_times: bool = True
 
     def usable(self, kinds: Mapping[str, str]) -> bool:
         """Whether a model whose heads have ``kinds`` (name -> kind) supports this searcher."""
@@ -163,7 +170,8 @@ SEARCHERS: tuple[SearcherSpec, ...] = (
                  lambda m, c, lm, tok, ctx: TdtBeamSearch(m.heads["transducer"], c, lm, ctx),
                  biases=True),
     SearcherSpec("aed_beam", "aed", ("aed",), "beam", False, False, "an 'aed' head",
-                 lambda m, c, lm, tok, ctx: AedBeamSearch(m.heads["aed"], c, _ctc(m))),
+                 lambda m, c, lm, tok, ctx: AedBeamSearch(m.heads["aed"], c, _ctc(m)),
+                 token_times=False),
     SearcherSpec("attention_rescoring", "aed", ("aed",), "rescore", False, False,
                  "an 'aed' head and a 'ctc' or 'transducer' head",
                  lambda m, c, lm, tok, ctx: NbestRescoring(_first_pass(m, c, tok, ctx), m.heads["aed"], c),
@@ -236,6 +244,11 @@ def streaming_searcher_for(model: ASRModel, preferred: str | None = None) -> str
         return greedy
     streaming = [n for n in available_searchers(model) if _BY_NAME[n].streaming]
     return streaming[0] if streaming else None
+
+
+def searcher_gives_times(name: str) -> bool:
+    """Whether searcher ``name`` (a name, not a role) gives token times (``Hypothesis.frames``)."""
+    return _BY_NAME[name].token_times
 
 
 def searcher_biases(name: str) -> bool:

@@ -15,7 +15,10 @@ head scores whole hypotheses, and the two scores are mixed.
 
 Both re-rank by ``(1 - ctc_weight) * second + ctc_weight * first_pass`` (the joint CTC/attention
 weighting of Watanabe et al. 2017 applied to whole hypotheses; the first-pass score includes its
-LM, bonus and normalisation); a hypothesis impossible on either side (``-inf``: say one that ends
+LM, bonus and normalisation). WeNet's ``attention_rescoring`` adds ``ctc_weight * ctc`` to the
+whole attention score instead, which ranks as ``ctc_weight = w / (1 + w)`` does here (its 0.3 and
+0.5: 0.23 and 0.33), and reports that sum; the reported score here is the weighted mean. A
+hypothesis impossible on either side (``-inf``: say one that ends
 inside a word under a word LM) stays impossible whatever the weight, and ties keep the first
 pass's order. Timestamps are those of the first pass. An utterance with no frames keeps the first
 pass's n-best (the empty hypothesis, score 0): the second head has no frame to score it on (its

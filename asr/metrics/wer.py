@@ -16,7 +16,10 @@ substitutions or a deletion and an insertion), so this choice fixes the reported
 Conventions:
 
 * Text is split on whitespace into words (WER) or taken character by character (CER, where a
-  run of whitespace is the one unit ``▁`` unless ``keep_spaces=False`` drops it).
+  run of whitespace is the one unit ``▁`` unless ``keep_spaces=False`` drops it). Units are
+  compared exactly, the same rule for both sides: case-sensitive, with no Unicode normalisation
+  (an NFC and an NFD ``é`` differ; a CER unit is one code point) and no punctuation removal, so
+  references and hypotheses must be normalised alike.
 * Error rates are fractions (``0.05`` = 5 %); reports print percentages.
 * An empty reference has ``wer == 0.0`` when the hypothesis is empty too and ``inf`` otherwise;
   corpus totals sum counts first, so empty references only add their insertions.
@@ -27,7 +30,7 @@ from __future__ import annotations
 import ast
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,13 +215,24 @@ class ErrorStats:
 
 @dataclass(frozen=True)
 class UtteranceResult:
-    """Alignment and counts of one utterance (units are words or characters)."""
+    """Alignment and counts of one utterance.
+
+    Attributes:
+        utt_id: the utterance id.
+        ref, hyp: the units scored (words, or characters for CER).
+        alignment: their minimum-edit alignment.
+        stats: its counts.
+        ref_words, hyp_words: the words of the texts (the units themselves for WER): what a
+            recogs file holds (:func:`write_recognitions`), whatever the metric.
+    """
 
     utt_id: str
     ref: tuple[str, ...]
     hyp: tuple[str, ...]
     alignment: tuple[AlignedPair, ...]
     stats: ErrorStats
+    ref_words: tuple[str, ...]
+    hyp_words: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -252,9 +266,12 @@ def text_to_chars(text: str, keep_spaces: bool = True) -> tuple[str, ...]:
 
 
 def _score(
-    refs: Sequence[tuple[str, ...]], hyps: Sequence[tuple[str, ...]],
+    ref_words: Sequence[tuple[str, ...]], hyp_words: Sequence[tuple[str, ...]],
     utt_ids: Sequence[str] | None, metric: str,
+    units: Callable[[tuple[str, ...]], tuple[str, ...]] = lambda words: words,
 ) -> CorpusResult:
+    """Scores the ``units`` of each text's words (the words themselves by default)."""
+    refs, hyps = [units(w) for w in ref_words], [units(w) for w in hyp_words]
     if len(refs) != len(hyps):
         raise ValueError(f"got {len(refs)} references but {len(hyps)} hypotheses")
     if utt_ids is None:
@@ -263,11 +280,13 @@ def _score(
         raise ValueError(f"got {len(utt_ids)} utterance ids for {len(refs)} references")
     results = []
     total = ErrorStats()
-    for utt_id, ref, hyp, alignment in zip(utt_ids, refs, hyps, align_batch(refs, hyps)):
+    alignments = align_batch(refs, hyps)
+    for k, (utt_id, alignment) in enumerate(zip(utt_ids, alignments)):
         pairs = tuple(alignment)
         stats = ErrorStats.from_alignment(pairs)
         total = total + stats
-        results.append(UtteranceResult(str(utt_id), ref, hyp, pairs, stats))
+        results.append(UtteranceResult(str(utt_id), refs[k], hyps[k], pairs, stats,
+                                       ref_words[k], hyp_words[k]))
     return CorpusResult(tuple(results), total, metric)
 
 
@@ -295,10 +314,8 @@ def compute_cer(
     """Character error rate of a corpus; spaces count as the unit ``▁`` unless ``keep_spaces``
     is false. Arguments as in :func:`compute_wer`."""
     return _score(
-        [text_to_chars(r, keep_spaces) for r in refs],
-        [text_to_chars(h, keep_spaces) for h in hyps],
-        utt_ids,
-        "CER",
+        [text_to_words(r) for r in refs], [text_to_words(h) for h in hyps], utt_ids, "CER",
+        lambda words: text_to_chars(" ".join(words), keep_spaces),
     )
 
 
@@ -373,12 +390,21 @@ def write_error_report(path: str | Path, result: CorpusResult) -> None:
 
 def write_recognitions(path: str | Path, result: CorpusResult) -> None:
     """Write ``utt_id:\\tref=[...]`` and ``utt_id:\\thyp=[...]`` lines (Python list syntax),
-    sorted by utterance id."""
+    sorted by utterance id: the words of the texts, also for a CER result (its characters and
+    ``▁`` would read back as other texts), so that :func:`read_recognitions` gives the texts
+    back and either metric can score them again."""
     lines = []
     for utt in sorted(result.utterances, key=lambda u: u.utt_id):
-        lines.append(f"{utt.utt_id}:\tref={list(utt.ref)!r}")
-        lines.append(f"{utt.utt_id}:\thyp={list(utt.hyp)!r}")
+        lines.append(f"{utt.utt_id}:\tref={list(utt.ref_words)!r}")
+        lines.append(f"{utt.utt_id}:\thyp={list(utt.hyp_words)!r}")
     write_text_atomic(path, "".join(line + "\n" for line in lines))
+
+
+def _lines(path: Path) -> list[str]:
+    """The lines of the UTF-8 text file ``path``, without the byte order mark that some editors
+    write first (it is no text: it would be part of the first utterance id, which then matches
+    none in the other file)."""
+    return read_text(path).removeprefix("\ufeff").splitlines()
 
 
 def read_kaldi_text(path: str | Path) -> dict[str, str]:
@@ -391,7 +417,7 @@ def read_kaldi_text(path: str | Path) -> dict[str, str]:
     path = Path(path)
     texts: dict[str, str] = {}
     first: dict[str, int] = {}
-    for line_no, line in enumerate(read_text(path).splitlines(), start=1):
+    for line_no, line in enumerate(_lines(path), start=1):
         fields = line.split(maxsplit=1)
         if not fields:
             continue
@@ -424,7 +450,7 @@ def read_recognitions(path: str | Path) -> tuple[dict[str, str], dict[str, str]]
     path = Path(path)
     texts: dict[str, dict[str, str]] = {"ref": {}, "hyp": {}}
     first: dict[str, dict[str, int]] = {"ref": {}, "hyp": {}}
-    for line_no, line in enumerate(read_text(path).splitlines(), start=1):
+    for line_no, line in enumerate(_lines(path), start=1):
         if not line.strip():
             continue
         utt, _, rest = line.partition(":\t")
@@ -446,7 +472,7 @@ def read_phrases(path: str | Path) -> dict[str, str]:
     path = Path(path)
     phrases: dict[str, str] = {}
     first: dict[str, int] = {}
-    for line_no, line in enumerate(read_text(path).splitlines(), start=1):
+    for line_no, line in enumerate(_lines(path), start=1):
         if not line.strip():
             continue
         utt_id, tab, phrase = line.partition("\t")

@@ -51,7 +51,8 @@ lies depends on what an encoder frame sees (:class:`WindowContext`,
   holds, cuts so too, without a word).
 
 The rule needs token times: with a searcher that gives none (``aed_beam``), an input longer than
-one window is an error.
+one window is an error, and an input of one window has no ``timestamps`` and words that span it
+(:mod:`asr.results`).
 
 **Failures are per input**: an input that cannot be read, or whose decoding raises, fails alone.
 When a batch of windows raises (a searcher error on one utterance, a bad window of a long
@@ -559,6 +560,7 @@ class Transcriber:
         windows = [w for plan in plans for w in plan]
         windows.sort(key=lambda w: w.end - w.start, reverse=True)
         kept: list[list[tuple[int, float]]] = [[] for _ in audios]
+        untimed: dict[int, tuple[int, ...]] = {}  # one-window inputs' tokens without times
         failed: dict[int, FailedInput] = {}  # input index -> why it failed
         search = searcher if callable(searcher) else self.searcher(searcher)
         searcher_name = searcher_name or self.runtime.searcher
@@ -578,8 +580,9 @@ class Transcriber:
                         f"window_seconds (--window-seconds) of at least its length, or use a "
                         f"searcher with token times (attention_rescoring keeps the CTC ones)"
                     )
-                frames = hyp.frames or (0,) * len(hyp.tokens)
-                for token, time in zip(hyp.tokens, results.seconds(frames, offset)):
+                if hyp.tokens and not hyp.frames:  # its input's one window (checked above)
+                    untimed[window.index] = hyp.tokens
+                for token, time in zip(hyp.tokens, results.seconds(hyp.frames, offset)):
                     if window.keep_from <= time < window.keep_to:
                         kept[window.index].append((int(token), time))
                 # the seconds this window owns: the windows' spans partition the input, so the
@@ -591,8 +594,11 @@ class Transcriber:
             if index in failed:
                 transcripts.append(failed[index])
                 continue
-            tokens.sort(key=lambda pair: pair[1])
-            segment = results.segment([t for t, _ in tokens], [s for _, s in tokens])
+            if index in untimed:  # no token times: its words span the input (asr.results)
+                segment = results.untimed_segment(untimed[index], 0.0, audio.duration)
+            else:
+                tokens.sort(key=lambda pair: pair[1])
+                segment = results.segment([t for t, _ in tokens], [s for _, s in tokens])
             transcripts.append(results.transcript(audio.source, audio.duration, [segment]))
         return transcripts
 

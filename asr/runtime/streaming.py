@@ -440,7 +440,8 @@ class StreamingRecognizer:
 
     def _segment(self, stream: Stream, hyp: Hypothesis, is_final: bool) -> Segment:
         return self.runtime.results.hypothesis_segment(
-            hyp, stream.segment_start_frame, stream.segment, is_final)
+            hyp, stream.segment_start_frame, stream.segment, is_final,
+            num_frames=stream.frames_decoded - stream.segment_start_frame)
 
     def reset(self, stream: Stream) -> Segment:
         """Ends the current segment and starts the next; returns the ended segment's final

@@ -70,6 +70,30 @@ def test_a_searcher_the_model_cannot_run(beam_package, wav):
     assert code == 2 and "unknown searcher 'nonesuch'" in line
 
 
+def test_subtitles_from_a_searcher_without_token_times(wav, tmp_path):
+    """aed_beam gives no token times: srt / vtt are refused before anything is decoded (they
+    were one cue of the whole transcript, 40 ms long at 0:00), while json works, without
+    timestamps; the cue maker refuses such a result too (a caller of the API)."""
+    from asr.cli.transcribe import format_result
+    from asr.runtime.offline import load_model
+    from asr.testing.packages import random_package
+
+    package = random_package(tmp_path / "aed", head="aed")
+    for fmt in ("srt", "vtt"):
+        code, [line] = _asr("transcribe", wav, "--model", package, "--format", fmt)
+        assert code == 2
+        assert f"--format {fmt} needs token times, which searcher aed_beam does not give" in line
+    proc = subprocess.run([sys.executable, "-m", "asr.cli.main", "transcribe", str(wav),
+                           "--model", str(package), "--format", "json"], capture_output=True,
+                          timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert '"timestamps": []' in proc.stdout.decode()
+    [result] = load_model(package).transcribe(str(wav))
+    assert result.tokens and result.timestamps == ()
+    with pytest.raises(ValueError, match="tone.wav: subtitles need token times"):
+        format_result(result, "srt", with_source=False)
+
+
 def test_a_missing_lm_is_a_bad_search_option(beam_package, wav, tmp_path):
     """Exit status 2 before any audio is decoded, as for every bad search option (the LM was
     read only when the first batch was searched, and failed as an unexpected error)."""

@@ -34,6 +34,26 @@ def test_cer_cli_and_errors(tmp_path, capsys):
     assert main(["wer", str(ref), str(tmp_path / "missing")]) == 2
 
 
+def test_the_recogs_of_a_cer_score_hold_the_texts_and_score_again_alike(tmp_path, capsys):
+    """`asr wer --cer --recogs R` wrote characters and ``▁`` as the units: read back, each
+    character was a word, so `asr wer R --cer` scored 'H ▁ E ...' (8 errors in 36, not 4 in 19)
+    and `asr wer R` printed that CER as a WER."""
+    ref, hyp, recogs = tmp_path / "ref.txt", tmp_path / "hyp.txt", tmp_path / "recogs.txt"
+    ref.write_text("u1 HELLO WORLD\nu2 GOOD DAY\n")
+    hyp.write_text("u1 HELO WORLD\nu2 GOOD DAY TO\n")
+    for metric, expected in (("--cer", "%CER 21.05 [ 4 / 19, 3 ins, 1 del, 0 sub ]"),
+                             (None, "%WER 50.00 [ 2 / 4, 1 ins, 0 del, 1 sub ]")):
+        flag = [metric] if metric else []
+        assert main(["wer", str(ref), str(hyp), *flag]) == 0
+        direct = capsys.readouterr().out.strip()
+        assert direct == expected
+        assert main(["wer", str(ref), str(hyp), "--cer", "--recogs", str(recogs)]) == 0
+        capsys.readouterr()
+        assert "u1:\tref=['HELLO', 'WORLD']" in recogs.read_text()
+        assert main(["wer", str(recogs), *flag]) == 0
+        assert capsys.readouterr().out.strip() == direct
+
+
 def test_phrase_recall_cli_refuses_phrase_files_it_would_misread(tmp_path, capsys, caplog):
     """A line without a tab or a phrase, or phrases of utterances the references do not hold
     (another set's list), are errors naming the file (and line), not a recall computed from an
@@ -73,3 +93,36 @@ def test_a_repeated_utterance_id_is_an_error_naming_both_lines(tmp_path, capsys,
     assert main(["wer", str(recogs), "--report", str(report)]) == 2
     assert f"{recogs}:3: duplicated utterance id 'u1' (first on line 1)" in caplog.text
     assert capsys.readouterr().out == "" and not report.exists()
+
+
+def test_references_without_words_are_said_to_leave_the_rate_undefined(tmp_path, capsys, caplog):
+    """No reference word (an empty file, or the wrong one): the rate is undefined, which only
+    "0.00" or "inf" on stdout did not say."""
+    ref, hyp = tmp_path / "ref.txt", tmp_path / "hyp.txt"
+    ref.write_text("u1\nu2\n")
+    for text, printed, rate in (("u1\nu2\n", "%WER 0.00 [ 0 / 0,", "0.00"),
+                                ("u1 A\nu2\n", "%WER inf [ 1 / 0, 1 ins,", "inf")):
+        hyp.write_text(text)
+        caplog.clear()
+        assert main(["wer", str(ref), str(hyp)]) == 0
+        assert capsys.readouterr().out.startswith(printed)
+        assert f"{ref} holds no reference words: the WER is undefined (printed as {rate})" in (
+            caplog.text)
+    hyp.write_text("u1 A\nu2 B\n")
+    ref.write_text("u1 A\nu2 C\n")
+    caplog.clear()
+    assert main(["wer", str(ref), str(hyp)]) == 0
+    assert "undefined" not in caplog.text
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_id(tmp_path, capsys):
+    """A reference file saved with a UTF-8 byte order mark (Windows editors) made its first id
+    '\\ufeffu1': 'u1' of the hypotheses was then an id not in the references (exit 2)."""
+    ref, hyp, recogs = tmp_path / "ref.txt", tmp_path / "hyp.txt", tmp_path / "recogs.txt"
+    ref.write_bytes("\ufeffu1 A B\nu2 C\n".encode())
+    hyp.write_text("u1 A B\nu2 D\n")
+    assert main(["wer", str(ref), str(hyp), "--recogs", str(recogs)]) == 0
+    assert capsys.readouterr().out.startswith("%WER 33.33 [ 1 / 3,")
+    recogs.write_bytes(b"\xef\xbb\xbf" + recogs.read_bytes())
+    assert main(["wer", str(recogs)]) == 0
+    assert capsys.readouterr().out.startswith("%WER 33.33 [ 1 / 3,")

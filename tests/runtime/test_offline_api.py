@@ -101,21 +101,28 @@ def test_arrays_of_either_byte_order_are_read_alike(model, dtype):
 
 
 
-def test_a_searcher_without_token_times_refuses_to_join_windows(model, monkeypatch):
+def test_a_searcher_without_token_times_invents_none_and_refuses_to_join_windows(model, monkeypatch):
     """A searcher without token times (aed_beam) put every token at its window's start, before
     the span the window owns, so all windows but the first were dropped without a word."""
     from asr.types import Hypothesis
 
     real = model.searcher()
+    wave = _noise(2.5, 4)
+    timed = model.transcribe(wave)[0]
 
     def untimed(enc, enc_lens):
         return [[Hypothesis(tokens=h.tokens, score=h.score) for h in nbest]
                 for nbest in real(enc, enc_lens)]
 
     monkeypatch.setattr(model, "searcher", lambda *args, **kwargs: untimed)
-    wave = _noise(2.5, 4)
-    [whole] = model.transcribe(wave)  # one window: its tokens all at the input's start
-    assert whole.token_ids and set(whole.timestamps) == {0.0}
+    [whole] = model.transcribe(wave)
+    # one window: the tokens, with no times invented for them (they were all 0.0, every word
+    # 0.0-0.04 s), and each word spans the input, all that is known of where it was said
+    assert whole.token_ids == timed.token_ids and whole.text == timed.text != ""
+    assert whole.timestamps == () and whole.to_dict()["timestamps"] == []
+    assert [w.text for w in whole.words] == [w.text for w in timed.words]
+    assert all((w.start, w.end) == (0.0, pytest.approx(2.5)) for w in whole.words)
+    assert (whole.segments[0].start, whole.segments[0].end) == (0.0, pytest.approx(2.5))
     with pytest.raises(ValueError, match=r"^<array 0>: .* no token times"):
         model.transcribe(wave, window_seconds=1.0, overlap_seconds=0.2)
 
