@@ -3,11 +3,12 @@
 Clusters announce a kill some seconds ahead: SLURM and Kubernetes send SIGTERM, SLURM with
 ``--signal=USR1@90`` SIGUSR1. :class:`PreemptionGuard` (installed by
 :meth:`asr.train.trainer.Trainer.fit` while it runs, and only then) records such a signal and
-nothing else: the step in progress finishes, every rank agrees at the step's end to stop
-(:attr:`PreemptionGuard.signum` is a slot of the step's one all-reduce,
-:func:`asr.train.agreement.agree`), the trainer writes its checkpoint at that position and raises :class:`TrainingPreempted`, whose :attr:`TrainingPreempted.exit_status`
-(``128 + signal``: 143 for SIGTERM, 138 for SIGUSR1, as a shell reports a process the signal
-killed) ``asr train`` exits with. A second signal while the checkpoint is written is recorded
+nothing else: the step in progress finishes (taken or skipped), every rank agrees at the step's
+end to stop (:attr:`PreemptionGuard.signum` is a slot of the step's one all-reduce,
+:func:`asr.train.agreement.agree`), the trainer writes its checkpoint at that position and
+raises :class:`TrainingPreempted`, whose :attr:`TrainingPreempted.exit_status` (``128 +
+signal``: 143 for SIGTERM, 138 for SIGUSR1, as a shell reports a process the signal killed)
+``asr train`` exits with. A second signal while the checkpoint is written is recorded
 again and interrupts nothing.
 """
 

@@ -644,9 +644,10 @@ class Trainer:
 
     def _local_gradient_norm(self) -> float:
         """The L2 norm of the accumulated gradient sums, unscaled from float16's loss scale,
-        before the ranks agree on the global batch's utterances that divide them (a finite
-        norm stays finite divided by them): whether it is finite is this rank's part of the
-        step's agreement."""
+        before the ranks agree on the global batch's utterances that divide them: whether it is
+        finite is this rank's part of the step's agreement. It is not finite when a gradient is
+        not, or when the sums' norm overflows float32 (a divided norm above 3e38 / utterances:
+        no step to take either)."""
         self.scaler.unscale_(self.optimizer)
         return float(torch.nn.utils.get_total_norm(self._gradients()))
 
