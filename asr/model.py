@@ -28,7 +28,8 @@ from asr.heads.ctc import CTCConfig, CTCHead
 from asr.heads.transducer import TransducerConfig, TransducerHead
 from asr.types import Batch, LossOutput
 
-__all__ = ["ASRModel", "HEADS", "Head", "HeadSpec", "HeadsConfig", "ModelOutput", "build_heads"]
+__all__ = ["ASRModel", "HEADS", "Head", "HeadSpec", "HeadsConfig", "ModelOutput", "build_heads",
+           "check_a_head_trains"]
 
 
 @runtime_checkable
@@ -87,8 +88,8 @@ class HeadsConfig:
             ValueError: naming the fields.
         """
         weights = self.weights()
-        if weights and not any(weight > 0 for weight in weights.values()):
-            raise ValueError(f"heads.loss_weights: at least one head must weigh > 0, got {weights}")
+        if weights:  # no head at all is build_heads' error
+            check_a_head_trains(weights)
         if self.cif is not None and self.cif.segments == "ctc" and weights["cif"] > 0:
             if weights["ctc"] == 0:
                 raise ValueError(
@@ -180,6 +181,22 @@ class ModelOutput:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+def check_a_head_trains(loss_weights: Mapping[str, float]) -> None:
+    """Checks that at least one head weighs > 0, else nothing would train: the one check behind
+    :meth:`HeadsConfig.check_training` (``asr train`` exits 2 on it before reading data) and
+    :class:`ASRModel` (for its direct users).
+
+    Args:
+        loss_weights: head name -> loss weight.
+
+    Raises:
+        ValueError: naming ``heads.loss_weights`` and the weights.
+    """
+    if not any(weight > 0 for weight in loss_weights.values()):
+        raise ValueError("heads.loss_weights: at least one head must weigh > 0, got "
+                         f"{dict(loss_weights)}")
+
+
 def _check_weights(heads: Mapping[str, nn.Module], loss_weights: Mapping[str, float]) -> None:
     if set(heads) != set(loss_weights):
         raise ValueError(
@@ -188,8 +205,7 @@ def _check_weights(heads: Mapping[str, nn.Module], loss_weights: Mapping[str, fl
     for name, weight in loss_weights.items():
         if not math.isfinite(weight) or weight < 0:
             raise ValueError(f"loss weight of head '{name}' must be finite and >= 0, got {weight}")
-    if not any(weight > 0 for weight in loss_weights.values()):
-        raise ValueError(f"at least one loss weight must be > 0, got {dict(loss_weights)}")
+    check_a_head_trains(loss_weights)
     for name, head in heads.items():
         if not isinstance(head, Head):
             raise TypeError(f"head '{name}' ({type(head).__name__}) has no loss() method")

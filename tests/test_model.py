@@ -114,7 +114,7 @@ def test_zero_weight_head_is_kept_but_not_run():
     [
         ({"ctc": 1.0}, "must match the heads"),
         ({"ctc": 1.0, "aed": -0.1}, "must be finite and >= 0"),
-        ({"ctc": 0.0, "aed": 0.0}, "at least one loss weight"),
+        ({"ctc": 0.0, "aed": 0.0}, "at least one head must weigh > 0"),
         ({"ctc": float("nan"), "aed": 1.0}, "must be finite"),
     ],
 )

@@ -12,11 +12,15 @@
 Choosing is two steps: :func:`plan_weights` finds the files and the tag that names them from
 the directory listing alone, reading no checkpoint (so ``asr average`` can lock the output that
 the tag names before it reads any), and :func:`read_weights` reads (and averages) them;
-:func:`select_weights` does both.
+:func:`select_weights` does both. A training that still runs prunes its step checkpoints to
+``train.keep_last`` meanwhile, and may delete one that ``--last N`` (or the newest) chose between
+the listing and its reading: :func:`select_weights` then chooses again from a new listing (at most
+:data:`SELECT_ATTEMPTS` times), which names the newer checkpoints that replaced it.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +34,15 @@ from asr.checkpoints.averaging import (
     epoch_checkpoints,
     last_step_checkpoints,
 )
-from asr.checkpoints.io import epoch_checkpoint_path, latest_checkpoint, read_model_weights
+from asr.checkpoints.io import (
+    CheckpointError,
+    epoch_checkpoint_path,
+    latest_checkpoint,
+    read_model_weights,
+)
 
 __all__ = [
+    "SELECT_ATTEMPTS",
     "PlannedWeights",
     "SelectedWeights",
     "WeightSelection",
@@ -40,6 +50,12 @@ __all__ = [
     "read_weights",
     "select_weights",
 ]
+
+logger = logging.getLogger(__name__)
+
+#: How often :func:`select_weights` lists and reads when the checkpoints it chose vanish before
+#: they are read (a running training's ``keep_last`` pruning, module docstring).
+SELECT_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -164,11 +180,30 @@ def read_weights(plan: PlannedWeights) -> SelectedWeights:
 
 def select_weights(exp_dir: str | Path, selection: WeightSelection) -> SelectedWeights:
     """Reads (and averages) the weights ``selection`` names in ``exp_dir``: :func:`read_weights`
-    of :func:`plan_weights`.
+    of :func:`plan_weights`, planned again when a chosen file vanished before it was read (a
+    running training's ``keep_last`` pruning; module docstring), up to :data:`SELECT_ATTEMPTS`
+    times in all.
 
     Raises:
         FileNotFoundError: naming missing checkpoints.
         ValueError: when ``--use-averaged-model`` finds no running average to use.
-        asr.checkpoints.io.CheckpointError: naming a file that is corrupt or not a checkpoint.
+        asr.checkpoints.io.CheckpointError: naming a file that is corrupt or not a checkpoint,
+            or the last one that vanished after :data:`SELECT_ATTEMPTS` choices.
     """
-    return read_weights(plan_weights(exp_dir, selection))
+    for attempt in range(1, SELECT_ATTEMPTS + 1):
+        plan = plan_weights(exp_dir, selection)
+        try:
+            return read_weights(plan)
+        except CheckpointError as err:
+            vanished = [path for path in plan.sources if not path.exists()]
+            if not vanished:
+                raise
+            if attempt == SELECT_ATTEMPTS:
+                raise CheckpointError(
+                    f"{err}: the checkpoints chosen in {exp_dir} were deleted before they were "
+                    f"read, {SELECT_ATTEMPTS} times (a training that still runs there prunes "
+                    "them to train.keep_last): choose ones it keeps, or wait for it to end"
+                ) from err
+            logger.info("%s was deleted after it was chosen (a running training's keep_last "
+                        "pruning?): choosing again", vanished[0])
+    raise AssertionError("unreachable")

@@ -121,7 +121,9 @@ class TimeBudget:
     every ``time_budget_quantum`` steps after that and at every end of epoch, and says after every
     step and every end of epoch whether the budget is spent. Every method that plans or checks
     the budget is collective when distributed: rank 0's plan holds everywhere, and every rank
-    stops once any rank's clock says the budget is spent.
+    stops once any rank's clock says the budget is spent. After a step the ranks have agreed on
+    that already, in the step's one all-reduce (:func:`asr.train.agreement.agree` of each rank's
+    :meth:`over`), which :meth:`after_step` is given.
 
     Args:
         cfg: the loop settings.
@@ -173,8 +175,21 @@ class TimeBudget:
             return progress.planned_steps
         return self.cfg.max_steps
 
-    def after_step(self, progress: Progress) -> int | None:
-        """Called after each optimizer step; returns a new planned total, or None. Collective."""
+    def over(self) -> bool:
+        """Whether this rank's clock says the budget is spent (never without a budget). Not
+        collective: the trainer agrees on it with the other ranks at each step
+        (:func:`asr.train.agreement.agree`) and hands the outcome to :meth:`after_step`."""
+        return self.enabled and self.elapsed() >= self.cfg.time_budget_s
+
+    def after_step(self, progress: Progress, spent: bool) -> int | None:
+        """Called after each optimizer step taken; returns a new planned total, or None.
+        Collective at the steps it plans at.
+
+        Args:
+            progress: the progress after the step.
+            spent: whether any rank's :meth:`over` said so at the step's agreement (its last
+                backward done).
+        """
         if not self.enabled:
             return None
         total = None
@@ -188,7 +203,7 @@ class TimeBudget:
             if since > 0:
                 self._mark_rate(progress)
         # Every step, not every log_interval: a run stops at the first step past its budget.
-        self._check(progress)
+        self._stop_if(spent, progress)
         return total
 
     def after_epoch(self, progress: Progress, end_seconds: float) -> int | None:
@@ -205,8 +220,12 @@ class TimeBudget:
         return self._plan(progress)
 
     def _check(self, progress: Progress) -> None:
-        spent = 1.0 if self.elapsed() >= self.cfg.time_budget_s else 0.0
-        if all_reduce_sum(spent, self.dist) > 0 and not self.spent:
+        """Whether the budget is spent on any rank's clock: collective."""
+        self._stop_if(all_reduce_sum(float(self.over()), self.dist) > 0, progress)
+
+    def _stop_if(self, spent: bool, progress: Progress) -> None:
+        """Stops the run once ``spent`` (agreed by every rank) says so; logs it once."""
+        if spent and not self.spent:
             self.spent = True
             logger.warning(
                 "time budget of %.0f s spent at step %d (plan: %d steps): stopping here",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -67,23 +67,23 @@ def setup_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
 
-def _all_reduce(value: float, info: DistInfo, op: dist.ReduceOp.RedOpType) -> float:
-    """``value`` reduced by ``op`` over all processes (the value itself when not distributed)."""
+def all_reduce_sums(values: Sequence[float], info: DistInfo) -> list[float]:
+    """Each of ``values`` summed over all processes, in ONE all-reduce of a float64 vector (the
+    values themselves when not distributed).
+
+    Args:
+        values: this process' numbers, the same count on every process.
+    """
     if not info.distributed:
-        return float(value)
-    t = torch.tensor([float(value)], dtype=torch.float64, device=info.device)
-    dist.all_reduce(t, op=op)
-    return float(t.item())
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return [float(v) for v in t.tolist()]
 
 
 def all_reduce_sum(value: float, info: DistInfo) -> float:
     """Sum of ``value`` over all processes (the value itself when not distributed)."""
-    return _all_reduce(value, info, dist.ReduceOp.SUM)
-
-
-def all_reduce_max(value: float, info: DistInfo) -> float:
-    """Maximum of ``value`` over all processes (the value itself when not distributed)."""
-    return _all_reduce(value, info, dist.ReduceOp.MAX)
+    return all_reduce_sums([value], info)[0]
 
 
 def average_gradients(parameters: Iterable[torch.nn.Parameter], info: DistInfo) -> None:

@@ -3,11 +3,12 @@
 Clusters announce a kill some seconds ahead: SLURM and Kubernetes send SIGTERM, SLURM with
 ``--signal=USR1@90`` SIGUSR1. :class:`PreemptionGuard` (installed by
 :meth:`asr.train.trainer.Trainer.fit` while it runs, and only then) records such a signal and
-nothing else: the step in progress finishes, every rank agrees at the step's end to stop
-(:meth:`PreemptionGuard.agreed`, one all-reduce of a flag), the trainer writes its checkpoint at
-that position and raises :class:`TrainingPreempted`, whose :attr:`TrainingPreempted.exit_status`
-(``128 + signal``: 143 for SIGTERM, 138 for SIGUSR1, as a shell reports a process the signal
-killed) ``asr train`` exits with. A second signal while the checkpoint is written is recorded
+nothing else: the step in progress finishes (taken or skipped), every rank agrees at the step's
+end to stop (:attr:`PreemptionGuard.signum` is a slot of the step's one all-reduce,
+:func:`asr.train.agreement.agree`), the trainer writes its checkpoint at that position and
+raises :class:`TrainingPreempted`, whose :attr:`TrainingPreempted.exit_status` (``128 +
+signal``: 143 for SIGTERM, 138 for SIGUSR1, as a shell reports a process the signal killed)
+``asr train`` exits with. A second signal while the checkpoint is written is recorded
 again and interrupts nothing.
 """
 
@@ -17,8 +18,6 @@ import logging
 import signal
 import threading
 from types import FrameType, TracebackType
-
-from asr.train.distributed import DistInfo, all_reduce_max
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +54,13 @@ class PreemptionGuard:
     Handlers can only be installed from the main thread: elsewhere the guard records nothing
     (logged), and the signals act as they did before.
 
-    Args:
-        dist: this process' place in the job (for :meth:`agreed`).
+    Attributes:
+        signum: the first signal received in this process (ranks agree on theirs with
+            :func:`asr.train.agreement.agree`), or None.
     """
 
-    def __init__(self, dist: DistInfo) -> None:
-        self.dist = dist
-        self.signum: int | None = None  # the first signal received
+    def __init__(self) -> None:
+        self.signum: int | None = None
         self._previous: dict[signal.Signals, object] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
@@ -84,12 +83,3 @@ class PreemptionGuard:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
         self._previous.clear()
-
-    def agreed(self) -> int | None:
-        """The signal that stops every rank now, or None to go on: collective when distributed
-        (every rank must call it at the same step, one all-reduce), so that ranks which got no
-        signal stop too. Ranks that got different signals agree on the highest number."""
-        if not self.dist.distributed:
-            return self.signum
-        signum = int(all_reduce_max(float(self.signum or 0), self.dist))
-        return signum or None

@@ -64,6 +64,7 @@ from asr.checkpoints.io import (
     training_checkpoint,
 )
 from asr.constants import LOG_FORMAT
+from asr.train.agreement import StepReport, agree
 from asr.train.budget import TimeBudget
 from asr.train.distributed import DistInfo, all_reduce_sum, average_gradients, barrier
 from asr.train.optim import OptimConfig, Scheduler, build_optimizer
@@ -190,7 +191,11 @@ class Trainer:
         self._replayed: tuple[int, dict[str, float]] = (0, {})  # what fit() re-logs (writer)
         self._log_handler: logging.Handler | None = None  # train.log while fit() runs (rank 0)
         self._resumed_from: Path | None = None  # the checkpoint resume() loaded
-        self._guard = PreemptionGuard(self.dist)  # SIGTERM / SIGUSR1 while fit() runs
+        self._guard = PreemptionGuard()  # SIGTERM / SIGUSR1 while fit() runs
+        # (epoch, batches_in_epoch, step) of the latest checkpoint written: a stop writes its own
+        # unless that one holds its very position
+        self._saved_at: tuple[int, int, int] | None = None
+        self._agreed = StepReport()  # what the ranks agreed on at the latest step (_agree)
         self.budget = TimeBudget(train_cfg, self.dist, clock)
 
     # ----------------------------------------------------------------------------------- state
@@ -284,6 +289,7 @@ class Trainer:
         if self.dist.is_main:
             atomic_torch_save(state, path)
         barrier(self.dist)
+        self._saved_at = self._position()
 
     def resume(self, path: str | Path | None = None) -> bool:
         """Loads ``path`` or the newest ``checkpoint-N.pt`` in exp_dir; returns whether it did.
@@ -462,16 +468,23 @@ class Trainer:
                 break  # stopped mid-epoch (or by the time budget): no end-of-epoch bookkeeping
             self._end_epoch()
             if self._more_to_train():  # a signal during the end (its checkpoint is written)
-                self._stop_if_preempted(saved=True)
+                signum = agree(StepReport(signum=self._guard.signum), self.dist).signum
+                self._stop_if_preempted(signum, saved=True)
         if self._writer is not None:
             self._writer.flush()
         return self.progress
 
+    def _position(self) -> tuple[int, int, int]:
+        """Where training stands: (epoch, global batches into it, optimizer steps)."""
+        p = self.progress
+        return p.epoch, p.batches_in_epoch, p.step
+
     def _save_at_stop(self) -> None:
-        """The checkpoint of a finished run to decode or continue from (unless the interval just
-        wrote it), the older ones pruned to ``keep_last`` as at every other checkpoint."""
-        interval = self.cfg.checkpoint_interval
-        if interval <= 0 or self.progress.step % interval != 0:
+        """The checkpoint of a finished or stopped run to decode or continue from (unless the
+        latest one written holds this position: the interval's of this step; not that of the
+        step before a skipped one, whose batches it has not passed), the older ones pruned to
+        ``keep_last`` as at every other checkpoint."""
+        if self._saved_at != self._position():
             self.save(checkpoint_path(self.exp_dir, self.progress.step))
             if self.dist.is_main:
                 remove_old_checkpoints(self.exp_dir, self.cfg.keep_last)
@@ -541,20 +554,39 @@ class Trainer:
     def _step(self, bar) -> bool:
         """The optimizer step on the accumulated gradients and what follows it (the epoch's
         running loss, averaging, logs, validation, checkpoints); returns whether training is
-        finished. A skipped step (non-finite gradients, a float16 overflow) counts nowhere: its
-        batches' losses and utterances stay out of the epoch's train loss."""
-        p = self.progress
+        finished. First the ranks agree, in one all-reduce (:func:`asr.train.agreement.agree`),
+        on everything the step needs from all of them: the global batch's utterances, whether
+        its gradients are finite everywhere, whether a preemption signal reached any rank and
+        whether the time budget is spent. A skipped step (non-finite gradients, a float16
+        overflow) counts nowhere: its batches' losses and utterances stay out of the epoch's
+        train loss; a signal stops training after it as after a step taken.
+
+        Raises:
+            TrainingPreempted: a signal reached some rank (:meth:`_stop_if_preempted`).
+        """
         lr = self.scheduler.get_last_lr()  # the rate of this step
         loss, utts, metrics = self._step_loss, self._accum_utts, self._step_metrics
         self._step_loss, self._step_metrics = 0.0, {}
-        if not self._optimizer_step():
-            return False
+        stepped = self._optimizer_step()  # agrees: self._agreed
+        if stepped:
+            self._after_step(loss, utts, metrics, lr, bar, self._agreed.budget_spent)
+        finished = self._finished()
+        if not finished:  # a finished run stops anyway, with its own checkpoint
+            self._stop_if_preempted(self._agreed.signum, saved=False)
+        return finished
+
+    def _after_step(self, loss: float, utts: float, metrics: Mapping[str, float], lr: float,
+                    bar, budget_spent: bool) -> None:
+        """What follows a step taken: ``loss`` and ``utts`` (this rank's sums over the step's
+        batches) into the epoch's running loss, the step count, the time budget (``budget_spent``:
+        agreed by the ranks), averaging, logs, validation and the interval's checkpoint."""
+        p = self.progress
         if math.isfinite(loss):
             p.loss_sum += loss
             p.utts_sum += utts
         p.step += 1
         p.step_scalars = {}
-        self._apply_plan(self.budget.after_step(p))
+        self._apply_plan(self.budget.after_step(p, budget_spent))
         if self.averager is not None:
             self.averager.update(unwrap(self.model), p.step)
         if p.step % self.cfg.log_interval == 0:
@@ -565,20 +597,15 @@ class Trainer:
             self.save(checkpoint_path(self.exp_dir, p.step))
             if self.dist.is_main:
                 remove_old_checkpoints(self.exp_dir, self.cfg.keep_last)
-        finished = self._finished()
-        if not finished:  # a finished run stops anyway, with its own checkpoint
-            self._stop_if_preempted(saved=False)
-        return finished
 
-    def _stop_if_preempted(self, saved: bool) -> None:
-        """Between steps: when a preemption signal reached any rank (agreed by all of them,
-        :meth:`asr.train.preemption.PreemptionGuard.agreed`), writes the checkpoint of this
-        position (unless ``saved``, or the interval just wrote it) and stops.
+    def _stop_if_preempted(self, signum: int | None, saved: bool) -> None:
+        """Between steps: when a preemption signal ``signum`` reached some rank (agreed by all of
+        them, :func:`asr.train.agreement.agree`), writes the checkpoint of this position (unless
+        ``saved``, or the latest checkpoint holds it) and stops; nothing when ``signum`` is None.
 
         Raises:
             TrainingPreempted: naming the signal and the step.
         """
-        signum = self._guard.agreed()
         if signum is None:
             return
         if not saved:
@@ -612,35 +639,53 @@ class Trainer:
             self._step_metrics[name] = self._step_metrics.get(name, 0.0) + float(value)
         return loss_value, num_utts, dict(out.metrics)
 
-    def _normalize_gradients(self) -> None:
-        """Divides the accumulated gradient sums by the global number of utterances."""
-        total = all_reduce_sum(self._accum_utts, self.dist)
-        self._accum_utts = 0.0
-        factor = 1.0 / max(total, 1.0)
-        for param in self.model.parameters():
-            if param.grad is not None:
-                param.grad.mul_(factor)
+    def _gradients(self) -> list[torch.Tensor]:
+        return [param.grad for param in self.model.parameters() if param.grad is not None]
+
+    def _local_gradient_norm(self) -> float:
+        """The L2 norm of the accumulated gradient sums, unscaled from float16's loss scale,
+        before the ranks agree on the global batch's utterances that divide them: whether it is
+        finite is this rank's part of the step's agreement. It is not finite when a gradient is
+        not, or when the sums' norm overflows float32 (a divided norm above 3e38 / utterances:
+        no step to take either)."""
+        self.scaler.unscale_(self.optimizer)
+        return float(torch.nn.utils.get_total_norm(self._gradients()))
+
+    def _agree(self, norm: float) -> StepReport:
+        """What every rank must know of the step, agreed in one all-reduce
+        (:func:`asr.train.agreement.agree`): this rank's utterances (cleared for the next step),
+        whether its gradient ``norm`` is finite, its time budget and its preemption signal."""
+        utts, self._accum_utts = self._accum_utts, 0.0
+        return agree(StepReport(utterances=utts, non_finite=not math.isfinite(norm),
+                                budget_spent=self.budget.over(), signum=self._guard.signum),
+                     self.dist)
 
     def _optimizer_step(self) -> bool:
-        """Normalises, clips and applies the accumulated gradients; returns whether it stepped.
+        """Agrees with the other ranks on the step (:meth:`_agree`, kept in ``self._agreed`` for
+        :meth:`_step`), then normalises, clips and applies the accumulated gradients; returns
+        whether it stepped. The gradient sums are divided by the global batch's utterances and
+        clipped to ``optim.grad_clip`` in one multiplication (their per-utterance norm is their
+        norm divided by the utterances).
 
         With float16 the GradScaler skips overflowing steps itself (and lowers its scale); such a
         step is not taken either: no scheduler step, no step counted, and a scale that falls
         below ``train.min_loss_scale`` stops training (:meth:`_check_loss_scale`). Any other step whose
-        gradients are not finite (agreed across ranks) is skipped: no optimizer or scheduler
+        gradients are not finite (on any rank) is skipped: no optimizer or scheduler
         step, the batches saved for inspection, ``progress.skipped_steps`` counted; more than
         ``train.max_skipped_in_a_row`` in a row stop training.
         """
-        self._normalize_gradients()
-        self.scaler.unscale_(self.optimizer)
-        max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
-        norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
-        bad = all_reduce_sum(0.0 if math.isfinite(norm) else 1.0, self.dist) > 0
+        norm = self._local_gradient_norm()
+        job = self._agreed = self._agree(norm)
         batches, self._step_batches = self._step_batches, []
-        if bad and not self.scaler.is_enabled():
+        if job.non_finite and not self.scaler.is_enabled():
             self.optimizer.zero_grad(set_to_none=True)
             self._skip(batches, norm)
             return False
+        factor = 1.0 / max(job.utterances, 1.0)
+        if self.grad_clip > 0 and math.isfinite(norm):  # as clip_grad_norm_ computes it
+            factor *= min(1.0, self.grad_clip / (norm * factor + 1e-6))
+        for grad in self._gradients():
+            grad.mul_(factor)
         scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.step(self.optimizer)
         self.scaler.update()

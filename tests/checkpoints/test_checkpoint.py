@@ -389,3 +389,58 @@ def test_a_checkpoint_that_would_run_a_shell_command_is_refused_without_advice_t
                      r"Trying to load unsupported GLOBAL \S*system whose module \S+ is blocked",
                      message), message
     assert "weights_only" not in message and "False" not in message
+
+
+def _write_step_checkpoint(exp_dir: Path, step: int) -> None:
+    atomic_torch_save({"model": {"w": torch.full((2,), float(step))}, "progress": {"step": step}},
+                      checkpoint_path(exp_dir, step))
+
+
+def _train_meanwhile(monkeypatch, exp_dir: Path, times: int) -> list[Path]:
+    """Before each of the first ``times`` checkpoint reads of the selection, a training that
+    still runs in ``exp_dir`` writes its next step checkpoint and prunes to ``keep_last=2``;
+    returns the files the selection read (or tried to)."""
+    from asr.checkpoints import selection
+
+    real_read, tried = selection.read_model_weights, []
+
+    def read(path):
+        if len(tried) < times:
+            _write_step_checkpoint(exp_dir, list_checkpoints(exp_dir)[-1][0] + 10)
+            remove_old_checkpoints(exp_dir, keep_last=2)
+        tried.append(Path(path))
+        return real_read(path)
+
+    monkeypatch.setattr(selection, "read_model_weights", read)
+    return tried
+
+
+def test_last_n_chooses_again_when_a_running_training_prunes_a_chosen_checkpoint(
+        tmp_path, monkeypatch):
+    """``asr decode --last 2`` while training runs with ``keep_last: 2``: between the listing
+    (checkpoints 20 and 30) and the reading, the training wrote checkpoint 40 and deleted 20.
+    The selection failed on the missing file; it chooses again, 30 and 40."""
+    for step in (20, 30):
+        _write_step_checkpoint(tmp_path, step)
+    tried = _train_meanwhile(monkeypatch, tmp_path, times=1)
+    chosen = select_weights(tmp_path, WeightSelection(last=2))
+    assert chosen.tag == "last-2-checkpoint-40"
+    assert torch.equal(chosen.state_dict["w"], torch.full((2,), 35.0))
+    assert chosen.sources == (checkpoint_path(tmp_path, 30), checkpoint_path(tmp_path, 40))
+    assert [p.name for p in tried] == ["checkpoint-20.pt", "checkpoint-30.pt", "checkpoint-40.pt"]
+
+
+def test_a_selection_pruned_again_and_again_stops_with_an_error_saying_why(tmp_path,
+                                                                          monkeypatch):
+    """A chosen checkpoint deleted before every read: a bounded number of choices, then an
+    error naming the file, the directory and the cause."""
+    from asr.checkpoints.selection import SELECT_ATTEMPTS
+
+    for step in (20, 30):
+        _write_step_checkpoint(tmp_path, step)
+    tried = _train_meanwhile(monkeypatch, tmp_path, times=100)
+    with pytest.raises(CheckpointError, match=r"checkpoint-40\.pt does not exist.*deleted before "
+                       r"they were read, 3 times.*train\.keep_last"):
+        select_weights(tmp_path, WeightSelection(last=2))
+    assert [p.name for p in tried] == ["checkpoint-20.pt", "checkpoint-30.pt", "checkpoint-40.pt"]
+    assert SELECT_ATTEMPTS == 3

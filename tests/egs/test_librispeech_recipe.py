@@ -4,6 +4,7 @@ synthesized LibriSpeech-layout tree, training from Lhotse Shar shards (slow)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +142,132 @@ def test_mini_tts_refuses_an_unknown_lm_unit(tmp_path):
                    "--stage", "5", "--stop-stage", "5", "--lm-unit", "char")
     assert result.returncode == 2
     assert "--lm-unit must be token or word, got char" in result.stderr
+
+
+# Stage 6 with --nproc 2 under a stand-in venv: its `asr` accepts the checks, its `torchrun`
+# notes its arguments and pid and runs the real torchrun with run.sh's options on TRAIN_SCRIPT
+# (one process) instead of `-m asr.cli.main train ...`, or, with FAKE_STATUS set, exits with it.
+FAKE_TORCHRUN = r'''#!/usr/bin/env bash
+printf '%s\n' "$@" > "$FAKE_DIR/torchrun-args"
+[ -n "${FAKE_STATUS:-}" ] && exit "$FAKE_STATUS"
+options=()
+while [ "$1" != -m ]; do options+=("$1"); shift; done
+while [ "$1" != --exp-dir ]; do shift; done
+echo $$ > "$FAKE_DIR/torchrun.pid"
+exec "$FAKE_PYTHON" -m torch.distributed.run "${options[@]}" --nproc-per-node 1 \
+  "$FAKE_DIR/train.py" "$2"
+'''
+
+# A training that runs until a preemption signal stops it, exiting as `asr train` does.
+TRAIN_SCRIPT = r'''
+import logging, os, sys, time
+import torch
+from torch import nn
+from asr.train.optim import OptimConfig
+from asr.train.preemption import TrainingPreempted
+from asr.train.state import TrainConfig
+from asr.train.trainer import Trainer
+from asr.types import Batch
+
+class Out:
+    def __init__(self, loss, n):
+        self.loss, self.num_utterances, self.metrics = loss, n, {}
+
+class Slow(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 1)
+
+    def forward(self, batch, step=None):
+        open(os.path.join(os.environ["FAKE_DIR"], "started"), "a").close()
+        time.sleep(0.05)
+        return Out((self.lin(batch.feats.mean(1)) ** 2).sum(), batch.batch_size)
+
+def batches(epoch, skip, world_size):
+    for _ in range(100000):
+        yield Batch(torch.ones(2, 3, 2), torch.tensor([3, 3]), torch.ones(2, 1, dtype=torch.long),
+                    torch.tensor([1, 1]))
+
+logging.basicConfig(level=logging.INFO)
+trainer = Trainer(Slow(), OptimConfig(), TrainConfig(max_epochs=1, checkpoint_interval=0,
+                  average_period=0), sys.argv[1], batches)
+try:
+    trainer.fit()
+except TrainingPreempted as stop:
+    sys.exit(stop.exit_status)
+'''
+
+
+def _stage_6(tmp_path: Path, **env: str) -> subprocess.Popen:
+    """Starts run.sh's stage 6 with ``--nproc 2`` under the stand-in venv (:data:`FAKE_TORCHRUN`)."""
+    bin_dir = tmp_path / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "asr").write_text("#!/usr/bin/env bash\nexit 0\n")
+    (bin_dir / "torchrun").write_text(FAKE_TORCHRUN)
+    for tool in ("asr", "torchrun"):
+        (bin_dir / tool).chmod(0o755)
+    (tmp_path / "train.py").write_text(TRAIN_SCRIPT)
+    env = dict(os.environ, ASR_VENV=str(tmp_path / "venv"), FAKE_DIR=str(tmp_path),
+               FAKE_PYTHON=sys.executable, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **env)
+    return subprocess.Popen(
+        ["bash", str(RUN), "--skip-setup", "true", "--work-dir", str(tmp_path / "work"),
+         "--stage", "6", "--stop-stage", "6", "--nproc", "2"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)  # its own process group, which the test ends (_end)
+
+
+def _end(run: subprocess.Popen) -> None:
+    """Ends whatever is left of :func:`_stage_6`'s processes (a training that a torchrun which
+    died of the signal left behind keeps running)."""
+    try:
+        os.killpg(run.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_stage_6_passes_sigusr1_through_torchrun_and_exits_with_the_preemption_status(tmp_path):
+    """SIGUSR1 (SLURM's notice before the time limit) sent to torchrun: torchrun hands it to the
+    training process, which writes its checkpoint, and run.sh exits with 138, as `asr train`
+    alone does (torchrun's own status says nothing of it). torchrun was started without
+    SIGUSR1 among the signals it passes on, and died of it."""
+    from asr.checkpoints.io import list_checkpoints
+
+    run = _stage_6(tmp_path)
+    try:
+        started = tmp_path / "started"
+        for _ in range(1200):  # the training's first step (at most 2 minutes)
+            if started.exists() or run.poll() is not None:
+                break
+            subprocess.run(["sleep", "0.1"], check=True)
+        assert started.exists(), run.communicate()[1][-3000:]
+        os.kill(int((tmp_path / "torchrun.pid").read_text()), signal.SIGUSR1)
+        _, stderr = run.communicate(timeout=120)
+    finally:
+        _end(run)
+    assert run.returncode == 138, stderr[-3000:]
+    args = (tmp_path / "torchrun-args").read_text().splitlines()
+    handled = args[args.index("--signals-to-handle") + 1].split(",")
+    assert {"SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1"} <= set(handled)
+    exp = tmp_path / "work" / "exp" / "conformer_transducer"
+    assert "preempted by SIGUSR1" in (exp / "train.log").read_text()
+    assert list_checkpoints(exp)
+    assert "stage 6: preempted (exit status 138" in stderr
+
+
+def test_stage_6_reports_a_failure_after_an_earlier_preemption_as_a_failure(tmp_path):
+    """torchrun fails (status 1) without this run logging anything; the preemption that the
+    log's last line tells of is an earlier run's: run.sh exits 1, not 138."""
+    exp = tmp_path / "work" / "exp" / "conformer_transducer"
+    exp.mkdir(parents=True)
+    log = exp / "train.log"
+    log.write_text("2026-01-01 00:00:00 WARNING asr.train.trainer: preempted by SIGUSR1 at step "
+                   "3: its checkpoint is written, the same command resumes from it; exiting "
+                   "with 138\n")
+    os.utime(log, (1e9, 1e9))
+    run = _stage_6(tmp_path, FAKE_STATUS="1")
+    try:
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        _end(run)
+    assert run.returncode == 1, stderr[-3000:]
+    assert "preempted" not in stderr

@@ -1261,3 +1261,92 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     state = safe_torch_load(tmp_path / "exp" / "checkpoint-3.pt")
     assert (state["progress"]["step"], state["progress"]["batches_in_epoch"]) == (3, 6)
     assert [n for n, _ in list_checkpoints(tmp_path / "exp")] == [3]
+
+
+class NanAndSignalAt(SignalsAt):
+    """A :class:`SignalsAt` whose ``at``-th training forward also has a NaN loss: the signal
+    arrives in a step that is skipped for its non-finite gradients."""
+
+    def forward(self, batch: Batch, step: int | None = None) -> _Out:
+        out = super().forward(batch, step)
+        if self.training and self.forwards == self.at:
+            return _Out(out.loss * float("nan"), out.num_utterances)
+        return out
+
+
+def test_a_signal_in_a_skipped_step_stops_right_after_it(tmp_path, outer_handlers):
+    """SIGTERM in the third forward, whose NaN loss makes step 3 skipped: training stopped only
+    after the next step taken (a batch later). It stops after the skipped step, at step 2 with
+    the third batch passed: checkpoint-2.pt, which the interval wrote before that batch, is
+    written again at this position, and the run resumed from it ends as the uninterrupted run
+    that skipped the same step."""
+    torch.manual_seed(0)
+    full = run(tmp_path / "full", make_model=lambda: NanAt(bad={3}))
+    assert full.progress.skipped_steps == 1
+    stop = _preempted(tmp_path / "preempted", make_model=lambda: NanAndSignalAt(3))
+    assert (stop.signum, stop.step, stop.exit_status) == (signal.SIGTERM, 2, 143)
+    progress = safe_torch_load(tmp_path / "preempted" / "checkpoint-2.pt")["progress"]
+    assert (progress["step"], progress["batches_in_epoch"], progress["skipped_steps"]) == (2, 3, 1)
+    assert [n for n, _ in list_checkpoints(tmp_path / "preempted")] == [2]
+    torch.manual_seed(12345)
+    resumed = run(tmp_path / "preempted", resume=True)
+    assert resumed.progress.skipped_steps == 1
+    _assert_same_weights(full, resumed)
+
+
+COLLECTIVES_SCRIPT = r'''
+import json, os, sys, torch
+import torch.distributed as dist
+sys.path[:0] = [os.environ["TEST_DIR"], os.path.dirname(os.environ["TEST_DIR"])]
+from test_trainer import ToyModel, batches
+from asr.train.distributed import setup_distributed, cleanup_distributed
+from asr.train.optim import OptimConfig
+from asr.train.state import TrainConfig
+from asr.train.trainer import Trainer
+
+calls = []  # every collective of the process, by name
+for name in ("all_reduce", "all_gather", "all_gather_object", "broadcast", "barrier"):
+    def counting(*args, _real=getattr(dist, name), _name=name, **kwargs):
+        calls.append(_name)
+        return _real(*args, **kwargs)
+    setattr(dist, name, counting)
+
+
+class Counting(ToyModel):
+    """Notes the collectives made before each training forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.before: list[int] = []
+
+    def forward(self, batch, step=None):
+        if self.training:
+            self.before.append(len(calls))
+        return super().forward(batch, step)
+
+
+info = setup_distributed("cpu")
+torch.manual_seed(0)
+model = Counting()
+# a time budget far away (its check runs every step), no interval checkpoint or validation
+trainer = Trainer(model, OptimConfig(), TrainConfig(
+    max_epochs=1, checkpoint_interval=0, average_period=0, time_budget_s=1e6),
+    os.path.join(os.environ["OUT_DIR"], "exp"), lambda e, s, w: batches(e, s, num_batches=5),
+    dist=info)
+trainer.fit()
+steps = [b - a for a, b in zip(model.before, model.before[1:])]
+with open(os.path.join(os.environ["OUT_DIR"], f"collectives{info.rank}.json"), "w") as f:
+    json.dump({"per_step": steps, "step": trainer.progress.step}, f)
+cleanup_distributed()
+'''
+
+
+def test_each_step_makes_one_collective_besides_ddps_own(tmp_path):
+    """Under DDP the steps between the first and the last of an epoch make one all-reduce each
+    (the utterances, the non-finite agreement, the preemption flag and the time budget's check
+    were four), besides DDP's gradient reduction (its own, not torch.distributed's Python
+    calls)."""
+    _torchrun_two(tmp_path, COLLECTIVES_SCRIPT)
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"collectives{rank}.json").read_text())
+        assert got == {"per_step": [1, 1, 1, 1], "step": 5}, rank

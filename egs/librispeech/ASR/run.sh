@@ -10,7 +10,8 @@
 # Stages:
 #   0-5  prepare.sh: download, manifests, MUSAN, fbank with speed perturbation, MUSAN fbank, BPE
 #        and n-gram LMs (token and word)
-#   6    train recipes/librispeech/${recipe}.yaml into exp/${recipe} (resumes after a kill); with
+#   6    train recipes/librispeech/${recipe}.yaml into exp/${recipe} (resumes after a kill; a
+#        preemption, SIGTERM or SIGUSR1, exits 143 or 138, with --nproc above 1 too); with
 #        --use-shar true the training cuts are first written as Lhotse Shar shards
 #        (data/shar/train-<parts>, features as lilcom; kept on a rerun while the cuts are the
 #        same) and training reads those sequentially
@@ -185,10 +186,27 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
   fi
   launcher=("$VENV/bin/asr")
   if [ "$nproc" -gt 1 ]; then
-    launcher=("$VENV/bin/torchrun" --standalone --nproc-per-node "$nproc" -m asr.cli.main)
+    # torchrun passes on to its processes only the signals named here, and dies of the others:
+    # its default set and SIGUSR1, SLURM's usual notice before the time limit (--signal=USR1@90)
+    launcher=("$VENV/bin/torchrun" --standalone --nproc-per-node "$nproc"
+      --signals-to-handle SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 -m asr.cli.main)
   fi
+  started=$(mktemp)  # train.log written after this: by this run
+  rc=0
   # shellcheck disable=SC2086  # $sets: words without spaces
-  "${launcher[@]}" train --config "$config" --exp-dir "$exp_dir" --set $sets "${train_words[@]}"
+  "${launcher[@]}" train --config "$config" --exp-dir "$exp_dir" --set $sets "${train_words[@]}" || rc=$?
+  if [ $rc -ne 0 ] && [ "$nproc" -gt 1 ] && [ "$exp_dir/train.log" -nt "$started" ]; then
+    # torchrun exits 1 whatever ended its processes: a preemption is the last line this run's
+    # training logged ("preempted by SIGUSR1 at step N: ...; exiting with 138"), whose status
+    # (143 SIGTERM, 138 SIGUSR1) run.sh exits with, as `asr train` does on its own
+    preempted=$(tail -n 1 "$exp_dir/train.log" | sed -n 's/.* preempted by SIG[A-Z0-9]* at step [0-9]*: .*; exiting with \([0-9][0-9]*\)$/\1/p')
+    if [ -n "$preempted" ]; then
+      log "stage 6: preempted (exit status $preempted, see $exp_dir/train.log); run stage 6 again to resume"
+      rc=$preempted
+    fi
+  fi
+  rm -f "$started"
+  [ $rc -eq 0 ] || exit $rc
 fi
 
 if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
