@@ -245,9 +245,7 @@ def unstack_states(
     Args:
         state: a batched state.
         copy: give each stream copies of its slices. By default they are views of ``state``'s
-            tensors (no state's valid entries are ever modified in place: a step may write only
-            into the room before a ragged field's valid entries, as ``cif_greedy``'s does, which
-            a view of them does not hold), and a view keeps the whole batched
+            tensors (states are never modified in place), and a view keeps the whole batched
             tensor alive: a stream kept at rest between batches would hold every other
             stream's memory of that batch.
         ragged_sizes: per stream, how many entries of each ragged dimension

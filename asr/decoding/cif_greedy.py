@@ -15,18 +15,13 @@ CTC segment starts.
 Streaming: the decoder attends to every token and every frame, so no token's output can be
 computed once and kept; the state keeps every encoder frame of the segment (a store that grows
 with it: each stream holds its own frames, none is dropped), and :meth:`finalize` is the
-offline search of them all (the tests check equality: same frames, same result). The store
-holds the frames newest first, with room for more before them: a step writes its chunk into
-that room, and only a step that finds none moves the frames to a store twice as large, so a
-step's cost does not grow with the segment (a store rebuilt every chunk copies the square of
-the segment's length; stacking and splitting states, as :mod:`asr.runtime.streaming` does
-every chunk, still copies them). A partial
+offline search of them all (the tests check equality: same frames, same result). A partial
 result (:meth:`partial`, after every chunk) decodes only a bounded window of recent frames, so
 that its cost does not grow with the segment (decoding every frame after every chunk costs the
 square of the segment's length, or more): the frames from ``window_start`` on, at most
 ``partial_window`` (the search option ``search.partial_window``) plus a chunk. When a step
-leaves more than ``partial_window`` frames in the
-window, that window is decoded once and its tokens up to a boundary near its middle are
+leaves more than ``partial_window`` frames in the window, that window is decoded once and its
+tokens up to a boundary near its middle are
 *settled*: kept as they are in the state (``settled``) and put before every later partial;
 the window then starts at the boundary. The boundary is the frame after the first fire at
 or past the middle, before the window's last frame (the weight of the fire's frame left after
@@ -40,9 +35,9 @@ less context, a token at a boundary merged or split), and the final result repla
 partial result can also change as frames arrive (a CTC run or a CIF integration may continue
 in the next chunk).
 
-Shape legend: B batch (streams), T frames, D encoder dims, N tokens, V vocabulary, C frames
-the store has room for (at least the most frames any stream holds), W frames of the partial's
-window (the most of any stream), R streams whose window is settled.
+Shape legend: B batch (streams), T frames, D encoder dims, N tokens, V vocabulary, F frames
+held (the most of any stream), W frames of the partial's window (the most of any stream), R
+streams whose window is settled.
 """
 
 from __future__ import annotations
@@ -52,7 +47,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from asr.decoding.base import TokenBuffer, check_encoder_output
+from asr.decoding.base import TokenBuffer, check_encoder_output, right_aligned_append
 from asr.decoding.config import SearchConfig
 from asr.heads.cif import CIFHead, CIFInference
 from asr.heads.decoder_layers import lengths_to_mask
@@ -105,17 +100,11 @@ class CifStreamState:
     """Streaming state of :class:`CifGreedySearch`.
 
     Attributes:
-        enc: (B, C, D) encoder frames of the segment so far, newest first and right-aligned:
-            frame ``k`` of a row is its column ``C - 1 - k``, so the last ``num_frames`` columns
-            of each row are valid and the columns before them are room for the next frames
-            (zeros). Streams of different lengths stack (:mod:`asr.state` left-pads to the
-            longest: more room) and split back to their own frames.
+        enc: (B, F, D) encoder frames of the segment so far, right-aligned: the last
+            ``num_frames`` of each row are valid (zeros before them), so that streams of
+            different lengths stack (:mod:`asr.state` left-pads to the longest) and split back
+            to their own frames.
         num_frames: (B,) int64 frames stored.
-        written: (B,) int64 frames written in each row of ``enc``'s storage, shared by the
-            states of one stream that share ``enc`` and updated in place by the step that
-            writes: a step writes into the room only when it is the state's own
-            (``written == num_frames``); stepping an older state copies (states are never
-            changed by a step: a newer one's frames are not overwritten).
         window_start: (B,) int64 first frame (of the segment) that a partial result decodes;
             the tokens of the frames before it are ``settled``.
         settled: the tokens settled for partial results, their frames those of the segment.
@@ -123,7 +112,6 @@ class CifStreamState:
 
     enc: Tensor = state_field(batch_dim=0, ragged_dim=1, counted_by="num_frames")
     num_frames: Tensor = state_field(batch_dim=0)
-    written: Tensor = state_field(batch_dim=0)
     window_start: Tensor = state_field(batch_dim=0)
     settled: TokenBuffer
 
@@ -176,35 +164,23 @@ class CifGreedySearch:
         return CifStreamState(
             enc=torch.zeros(batch_size, 0, dim, dtype=weight.dtype, device=device),
             num_frames=torch.zeros(batch_size, dtype=torch.int64, device=device),
-            written=torch.zeros(batch_size, dtype=torch.int64, device=device),
             window_start=torch.zeros(batch_size, dtype=torch.int64, device=device),
             settled=TokenBuffer.empty(batch_size, device),
         )
 
     @torch.no_grad()
     def step(self, enc: Tensor, enc_lens: Tensor, state: CifStreamState) -> CifStreamState:
-        """Appends a chunk's frames: enc (B, T, D), enc_lens (B,) valid frames of it, written
-        into the store's room (one device sync); when there is too little, or the store is a
-        newer state's, its frames move to a new store with room for twice as many first.
-        Then settles the partial window of each stream that now holds more than
-        ``partial_window`` frames in it (a second sync)."""
+        """Appends a chunk's frames: enc (B, T, D), enc_lens (B,) valid frames of it (the store
+        grows to the most frames a stream then holds: one device sync); settles the partial
+        window of each stream that now holds more than ``partial_window`` frames in it (a
+        second sync)."""
         check_encoder_output(enc, enc_lens)
         enc_lens = enc_lens.to(enc.device, torch.int64)
         num_frames = state.num_frames + enc_lens
-        store, written = state.enc, state.written
-        if num_frames.numel():
-            most, taken = torch.stack(
-                [num_frames.max(), (written != state.num_frames).any().long()]
-            ).tolist()
-            if most > store.shape[1] or taken:
-                store = _moved(store, state.num_frames, max(most, 2 * store.shape[1]))
-                written = state.num_frames.clone()
+        width = int(num_frames.max()) if num_frames.numel() else 0
         valid = torch.arange(enc.shape[1], device=enc.device)[None, :] < enc_lens[:, None]
-        rows = torch.arange(enc.shape[0], device=enc.device)[:, None].expand_as(valid)
-        columns = store.shape[1] - 1 - (state.num_frames[:, None] + valid.long().cumsum(1) - 1)
-        store[rows[valid], columns[valid]] = enc[valid].to(store.dtype)
-        written.copy_(num_frames)
-        state = CifStreamState(store, num_frames, written, state.window_start, state.settled)
+        cache = right_aligned_append(state.enc, state.num_frames, enc, valid, width)
+        state = CifStreamState(cache, num_frames, state.window_start, state.settled)
         over = (num_frames - state.window_start) > self.partial_window
         return self._settle(state, over) if bool(over.any()) else state
 
@@ -214,7 +190,8 @@ class CifGreedySearch:
         rows = over.nonzero().squeeze(1)  # (R,)
         starts = state.window_start[rows]
         lens = state.num_frames[rows] - starts
-        enc = _last_frames(state.enc, state.num_frames, lens, rows)  # (R, W, D)
+        recent = state.enc[:, state.enc.shape[1] - int(lens.max()):]  # holds every window
+        enc = _last_frames(recent[rows], lens)  # (R, W, D)
         out, log_probs, labels = self._infer(enc, lens)
         bounds = self._boundaries(out, labels, lens, lens - self.partial_window // 2)
         fired = lengths_to_mask(out.token_lens, out.fire_frames.shape[1])
@@ -234,7 +211,7 @@ class CifGreedySearch:
             scores[row] = hyp.score
         window_start = state.window_start.index_add(0, rows, bounds)
         settled = state.settled.extend(tokens, frames, emit).add_score(scores)
-        return CifStreamState(state.enc, state.num_frames, state.written, window_start, settled)
+        return CifStreamState(state.enc, state.num_frames, window_start, settled)
 
     def _boundaries(
         self, out: CIFInference, labels: Tensor | None, lens: Tensor, middle: Tensor
@@ -264,7 +241,7 @@ class CifGreedySearch:
         settled = state.settled.hypotheses()
         if state.enc.shape[1] == 0 or not int(lens.max()):
             return settled
-        window = self._search(_last_frames(state.enc, state.num_frames, lens), lens)
+        window = self._search(_last_frames(state.enc, lens), lens)
         return [
             Hypothesis(
                 tokens=before.tokens + hyp.tokens,
@@ -279,34 +256,15 @@ class CifGreedySearch:
         """The offline search of all the frames of the segment (settled tokens play no part)."""
         if state.enc.shape[1] == 0:
             return [Hypothesis(tokens=()) for _ in range(state.num_frames.shape[0])]
-        frames = state.num_frames
-        return self._search(_last_frames(state.enc, frames, frames), frames)
+        return self._search(_last_frames(state.enc, state.num_frames), state.num_frames)
 
 
-def _moved(store: Tensor, counts: Tensor, capacity: int) -> Tensor:
-    """The ``counts`` (B,) frames of each row of a store (B, C, D) (:class:`CifStreamState`'s
-    layout) in a new store (B, ``capacity``, D), where they keep their columns counted from
-    the right; zeros before them (whatever the old store held there)."""
-    batch, size, dim = store.shape
-    out = store.new_zeros(batch, capacity, dim)
-    held = torch.arange(size, device=store.device)[None, :] >= size - counts[:, None]  # (B, C)
-    out[:, capacity - size:] = store * held[..., None].to(store.dtype)
-    return out
-
-
-def _last_frames(enc: Tensor, counts: Tensor, lens: Tensor, rows: Tensor | None = None) -> Tensor:
-    """The last ``lens`` (B,) of the ``counts`` (B,) frames of each row of a store enc (B, C, D)
-    (:class:`CifStreamState`'s layout), oldest first, as the offline search reads them:
-    (B, max(lens), D), zeros after them; only these frames are read. With ``rows`` (R,), of
-    those rows of ``enc`` (``counts`` and ``lens`` all B of them, ``lens`` then R of them)."""
+def _last_frames(enc: Tensor, lens: Tensor) -> Tensor:
+    """The last ``lens`` (B,) frames of each row of a right-aligned store enc (B, F, D),
+    left-aligned, as the offline search reads them: (B, max(lens), D), zeros after them."""
     width = int(lens.max()) if lens.numel() else 0
-    if rows is not None:
-        counts = counts[rows]
-    else:
-        rows = torch.arange(enc.shape[0], device=enc.device)
-    size = enc.shape[1]
+    frames = enc.shape[1]
     times = torch.arange(width, device=enc.device)[None, :]
-    frame = counts[:, None] - lens[:, None] + times  # (B, W) the segment's frame
-    source = (size - 1 - frame).clamp(min=0, max=max(size - 1, 0))
-    out = enc[rows[:, None], source]  # (B, W, D)
+    source = (times + frames - lens[:, None]).clamp(min=0, max=max(frames - 1, 0))
+    out = enc.gather(1, source[..., None].expand(-1, -1, enc.shape[2]))
     return out * (times < lens[:, None])[..., None].to(out.dtype)
