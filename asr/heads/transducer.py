@@ -25,15 +25,14 @@ Warm-up (pruned losses only): the trainer passes the training step to :meth:`Tra
 so early on, when the band chosen from a random simple joiner is poor, the simple loss dominates.
 Without a step (``None``: evaluation outside training) the loss is the warmed-up one.
 
-Symbol-delay penalty (``delay_penalty``, RNN-T losses only: ``full`` and ``pruned``, the latter
-in its simple and its pruned term; :mod:`asr.losses.delay_penalty`): each symbol emitted at frame
-``t`` of an utterance of ``T_b`` frames gets ``delay_penalty * ((T_b - 1) / 2 - t)`` added to its
-log-probability, so streaming models learn to emit earlier; the loss reported is the penalised
-one. As icefall's recipes do (the penalty applied from ``warmup >= 2``), it starts at step
-``2 * warm_step`` (at once with ``warm_step: 0``, and without a step); before that the losses
-are the plain ones. TDT heads refuse it: the TDT losses do not implement it (neither k2 nor
-NeMo has one to follow; a TDT token arc would take the same term at the frame it is emitted on,
-in the TDT recursion and its Triton kernel, the pruned TDT loss and the ``omega`` term).
+Symbol-delay penalty (``delay_penalty``, every loss; the pruned ones in their simple and their
+pruned term, TDT's in its ``omega`` term too; :mod:`asr.losses.delay_penalty`): each token
+emitted at frame ``t`` of an utterance of ``T_b`` frames (a TDT token whatever its duration) gets
+``delay_penalty * ((T_b - 1) / 2 - t)`` added to its log-probability, so streaming models learn
+to emit earlier; the loss reported is the penalised one. As icefall's recipes do (the penalty
+applied from ``warmup >= 2``), it starts at step ``2 * warm_step`` (at once with ``warm_step:
+0``, and without a step); before that the losses are the plain ones. k2 defines it for RNN-T;
+neither k2 nor NeMo has one for TDT, whose penalty is this toolkit's extension of it.
 
 Utterances with no alignment get an infinite loss from every loss function (``T_b = 0`` for all
 three; a pruned band too narrow, ``T_b * (prune_range - 1) < U_b``; for TDT, more tokens than the
@@ -103,10 +102,10 @@ class TransducerConfig:
         omega: TDT only: ``loss = (1 - omega) * tdt + omega * rnnt`` with the plain RNN-T loss
             on the token logits, in ``[0, 1)`` (0 = off; NeMo uses 0.1, sampled per batch: see
             :mod:`asr.losses.tdt`).
-        delay_penalty: symbol-delay penalty per frame of the RNN-T losses (``full``,
-            ``pruned``; >= 0, 0 = off; module docstring), from step ``2 * warm_step`` on.
-            icefall's default is 0; its delay-penalty experiments (arXiv:2211.00490) used
-            0.0015 to 0.01 (k2-fsa/icefall issue 710). TDT heads refuse a non-zero value.
+        delay_penalty: symbol-delay penalty per frame (>= 0, 0 = off; module docstring),
+            from step ``2 * warm_step`` on. icefall's default is 0; its delay-penalty
+            experiments (arXiv:2211.00490, RNN-T) used 0.0015 to 0.01 (k2-fsa/icefall
+            issue 710).
         clamp: torchaudio gradient clamp for the full loss (-1 = off; needs
             ``delay_penalty: 0``, the penalised full loss having no clamp).
         backend: recursion backend ``auto`` | ``torch`` | ``triton`` | ``k2`` of the
@@ -154,11 +153,6 @@ class TransducerConfig:
         if self.sigma < 0 or not 0 <= self.omega < 1:
             raise ValueError(f"need sigma >= 0 and 0 <= omega < 1, got {self.sigma}, {self.omega}")
         check_delay_penalty(self.delay_penalty)
-        if self.delay_penalty != 0.0 and self.is_tdt:
-            raise ValueError(
-                f"delay_penalty={self.delay_penalty} is for the RNN-T losses (full, pruned): "
-                f"loss {self.loss!r} has no symbol-delay penalty; set delay_penalty: 0"
-            )
         if self.delay_penalty != 0.0 and self.loss == "full" and self.clamp >= 0:
             raise ValueError(
                 f"clamp={self.clamp} needs delay_penalty: 0 (the penalised full loss runs the "
@@ -316,6 +310,7 @@ class TransducerHead(nn.Module):
                 omega=self.cfg.omega,
                 backend=self.cfg.backend,
                 tokens_checked=True,
+                delay_penalty=self.delay_penalty_at(step),
             )
             metrics["tdt_loss"] = 0.0
         finite = torch.isfinite(per_utt)
@@ -349,7 +344,7 @@ class TransducerHead(nn.Module):
         if cfg.is_tdt:
             simple, (token_occ, blank_occ) = tdt_loss_simple(
                 am, lm, tokens, enc_lens, token_lens, cfg.durations, *smoothing, return_grad=True,
-                tokens_checked=True,
+                tokens_checked=True, delay_penalty=self.delay_penalty_at(step),
             )  # fmt: skip
             ranges = tdt_pruning_ranges(
                 token_occ, blank_occ, enc_lens, token_lens, cfg.durations, cfg.prune_range
@@ -368,6 +363,7 @@ class TransducerHead(nn.Module):
             pruned = tdt_loss_pruned(
                 logits, tokens, ranges, enc_lens, token_lens, cfg.durations, self.blank_id,
                 cfg.sigma, "none", omega=cfg.omega, backend=cfg.backend, tokens_checked=True,
+                delay_penalty=self.delay_penalty_at(step),
             )  # fmt: skip
         else:
             pruned = rnnt_loss_pruned(

@@ -14,9 +14,16 @@ and makes the penalty independent of the batch an utterance is in. Blank arcs ar
 loss returned is the penalised one (as k2's); ``delay_penalty = 0`` adds nothing at all (no
 tensor is made), so it is exactly the plain loss.
 
-Shapes: B batch, S symbols, T frames (padded); ``px (B, S, T + 1)`` as in
+TDT (:mod:`asr.losses.tdt`): a token arc leaves node ``(t, u)`` with a duration ``d`` (0 included)
+and lands on ``(t + d, u + 1)``; it is emitted at frame ``t`` (the frame the joiner read, the
+frame greedy search stamps it with), whatever its duration, so it takes the same term at that
+``t``, on every duration; blank arcs are unchanged. Durations move later tokens to later
+frames, where their own terms account for it.
+
+Shapes: B batch, S symbols, U tokens, T frames (padded), D durations; ``px (B, S, T + 1)`` as in
 :mod:`asr.losses.mutual_information` (column ``T_b`` and beyond hold ``-inf``: no symbol after the
-last frame, whatever is added there).
+last frame, whatever is added there); TDT ``token_w (B, T, U, D)`` as in
+:mod:`asr.losses.tdt_recursion` (frames ``t >= T_b`` are masked by the recursion).
 """
 
 from __future__ import annotations
@@ -24,7 +31,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["check_delay_penalty", "add_delay_penalty", "delay_penalty_offsets"]
+__all__ = [
+    "check_delay_penalty",
+    "add_delay_penalty",
+    "add_token_delay_penalty",
+    "delay_penalty_offsets",
+]
 
 
 def check_delay_penalty(delay_penalty: float, name: str = "delay_penalty") -> None:
@@ -72,3 +84,23 @@ def add_delay_penalty(px: Tensor, frame_lens: Tensor, delay_penalty: float) -> T
         return px
     offsets = delay_penalty_offsets(frame_lens.to(px.device), px.shape[2], delay_penalty, px.dtype)
     return px + offsets
+
+
+def add_token_delay_penalty(token_w: Tensor, frame_lens: Tensor, delay_penalty: float) -> Tensor:
+    """TDT token-arc weights with the symbol-delay penalty of their emission frame added
+    (module docstring); ``token_w`` itself when the penalty is 0 (no new tensor).
+
+    Args:
+        token_w: (B, T, U, D) token-arc log-weights (emit ``y[u]`` at frame ``t`` with each
+            duration). frame_lens: (B,) T_b. delay_penalty: >= 0.
+
+    Returns:
+        (B, T, U, D), a new tensor unless ``delay_penalty == 0``.
+    """
+    check_delay_penalty(delay_penalty)
+    if delay_penalty == 0.0:
+        return token_w
+    offsets = delay_penalty_offsets(
+        frame_lens.to(token_w.device), token_w.shape[1], delay_penalty, token_w.dtype
+    )  # (B, 1, T)
+    return token_w + offsets.transpose(1, 2)[..., None]

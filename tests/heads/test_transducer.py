@@ -317,8 +317,7 @@ def test_a_k2_backend_is_checked_by_training_not_by_reading_the_config(monkeypat
     "bad, message",
     [
         ({"delay_penalty": -0.01}, "heads.transducer: delay_penalty must be a finite number >= 0"),
-        ({"loss": "tdt", "delay_penalty": 0.01}, "delay_penalty=0.01 is for the RNN-T losses"),
-        ({"loss": "pruned_tdt", "delay_penalty": 0.01}, "loss 'pruned_tdt' has no symbol-delay"),
+        ({"delay_penalty": float("nan")}, "delay_penalty must be a finite number >= 0"),
         ({"loss": "full", "delay_penalty": 0.01, "clamp": 1.0}, "clamp=1.0 needs delay_penalty"),
     ],
 )
@@ -358,6 +357,22 @@ def test_pruned_head_penalises_its_simple_and_pruned_terms():
     a = plain.loss(enc, enc_lens, tokens, token_lens).metrics
     b = penalised.loss(enc, enc_lens, tokens, token_lens).metrics
     assert b["simple_loss"] == pytest.approx(float(simple.detach()), rel=1e-6)
+    assert b["simple_loss"] != pytest.approx(a["simple_loss"], rel=1e-4)
+    assert b["pruned_loss"] != pytest.approx(a["pruned_loss"], rel=1e-4)
+
+
+def test_tdt_heads_pass_the_delay_penalty_to_every_term():
+    enc, enc_lens, tokens, token_lens = batch()
+    tdt = small_head(loss="tdt", durations=(0, 1, 2), omega=0.1, warm_step=0, delay_penalty=0.3)
+    logits = tdt.joiner(enc, tdt.predict(tokens))
+    ref = tdt_loss(logits, tokens, enc_lens, token_lens, (0, 1, 2), omega=0.1, delay_penalty=0.3)
+    torch.testing.assert_close(tdt.loss(enc, enc_lens, tokens, token_lens).loss, ref)
+    torch.manual_seed(0)
+    plain = small_head(loss="pruned_tdt", durations=(0, 1, 2), warm_step=0)
+    penalised = small_head(loss="pruned_tdt", durations=(0, 1, 2), warm_step=0, delay_penalty=0.3)
+    penalised.load_state_dict(plain.state_dict())
+    a = plain.loss(enc, enc_lens, tokens, token_lens).metrics
+    b = penalised.loss(enc, enc_lens, tokens, token_lens).metrics
     assert b["simple_loss"] != pytest.approx(a["simple_loss"], rel=1e-4)
     assert b["pruned_loss"] != pytest.approx(a["pruned_loss"], rel=1e-4)
 

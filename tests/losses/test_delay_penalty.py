@@ -1,7 +1,8 @@
-"""Symbol-delay penalty of the RNN-T losses (k2's ``delay_penalty``): 0 is exactly the plain
-loss; otherwise every loss equals a brute-force sum over the alignments of tiny utterances in
-which each symbol emitted at frame t gets ``delay_penalty * ((T_b - 1) / 2 - t)``; the centre is
-each utterance's own; float64 gradcheck; the Triton kernels (interpreter) agree with torch.
+"""Symbol-delay penalty of the transducer losses (k2's ``delay_penalty``): 0 is exactly the
+plain loss; otherwise every loss (RNN-T full, simple, pruned; TDT full, simple, pruned, with its
+``omega`` term) equals a brute-force sum over the alignments of tiny utterances in which each
+token emitted at frame t gets ``delay_penalty * ((T_b - 1) / 2 - t)``; the centre is each
+utterance's own; float64 gradcheck; the Triton kernels (interpreter) agree with torch.
 
 The Triton comparison runs this file as a script in a subprocess with ``TRITON_INTERPRET=1``
 (:mod:`interpreter_helpers`)."""
@@ -16,7 +17,11 @@ import pytest
 import torch
 from interpreter_helpers import run_in_interpreter
 
-from asr.losses.delay_penalty import add_delay_penalty, check_delay_penalty
+from asr.losses.delay_penalty import (
+    add_delay_penalty,
+    add_token_delay_penalty,
+    check_delay_penalty,
+)
 from asr.losses.mutual_information import mutual_information_recursion
 from asr.losses.pruned_rnnt import (
     get_pruning_ranges,
@@ -25,7 +30,10 @@ from asr.losses.pruned_rnnt import (
     rnnt_loss_simple,
     simple_lattice_logprobs,
 )
+from asr.losses.pruned_tdt import tdt_loss_pruned, tdt_loss_simple, tdt_pruning_ranges
 from asr.losses.rnnt import rnnt_loss
+from asr.losses.tdt import tdt_lattice_weights, tdt_loss, tdt_nll
+from asr.losses.tdt_recursion import tdt_recursion
 
 VOCAB = 5
 # Tiny utterances (T_b <= 4, U_b <= 3) in one batch padded to T = 4, U = 3.
@@ -91,6 +99,8 @@ def full_ranges(batch: int, frames: int, rows: int) -> torch.Tensor:
 def test_zero_penalty_adds_no_tensor_and_negative_is_refused():
     px = torch.randn(2, 3, 5)
     assert add_delay_penalty(px, torch.tensor([4, 2]), 0.0) is px
+    token_w = torch.randn(2, 4, 3, 2)
+    assert add_token_delay_penalty(token_w, torch.tensor([4, 2]), 0.0) is token_w
     for bad in (-0.01, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="delay_penalty must be a finite number >= 0"):
             check_delay_penalty(bad)
@@ -274,26 +284,170 @@ def test_full_loss_with_penalty_refuses_a_gradient_clamp():
 
 
 # ---------------------------------------------------------------------------------------------
+# TDT: a token emitted at frame t (any duration) takes the term of frame t
+
+DURATIONS = (0, 1, 2)
+
+
+def tdt_inputs(seed: int = 0, dtype=torch.float64):
+    """(B, T, U + 1, V + D) logits, (B, U) tokens, (B, T, V + D) am, (B, U + 1, V + D) lm."""
+    gen = torch.Generator().manual_seed(100 + seed)
+    batch, frames, num_tokens = len(FRAME_LENS), int(FRAME_LENS.max()), int(TOKEN_LENS.max())
+    width = VOCAB + len(DURATIONS)
+    logits = torch.randn(batch, frames, num_tokens + 1, width, generator=gen, dtype=dtype)
+    tokens = torch.randint(1, VOCAB, (batch, num_tokens), generator=gen)
+    am = torch.randn(batch, frames, width, generator=gen, dtype=dtype)
+    lm = torch.randn(batch, num_tokens + 1, width, generator=gen, dtype=dtype)
+    return logits, tokens, am, lm
+
+
+def tdt_brute_force_loss(logits: torch.Tensor, tokens: list[int], delay_penalty: float) -> float:
+    """``-log sum_paths exp(score)`` over every TDT alignment of ONE utterance.
+
+    Args:
+        logits: (T, U + 1, V + D) joiner outputs of the utterance (its own T and U).
+        tokens: its U tokens. delay_penalty: added per token as ``p * ((T - 1) / 2 - t)``, t the
+            frame the token is emitted on (whatever its duration).
+    """
+    frames, num_tokens = logits.shape[0], len(tokens)
+    token_lp = torch.log_softmax(logits[..., :VOCAB], -1)
+    dur_lp = torch.log_softmax(logits[..., VOCAB:], -1)
+    centre = (frames - 1) / 2
+    complete: list[float] = []
+
+    def walk(t: int, u: int, score: float) -> None:
+        """Extends a partial path at node (t, u); arcs leave only nodes with t < T, and only a
+        blank landing on (T, U) completes it."""
+        for i, d in enumerate(DURATIONS):
+            if u < num_tokens and t + d < frames:  # a token landing on T ends no path
+                token = float(token_lp[t, u, tokens[u]] + dur_lp[t, u, i])
+                walk(t + d, u + 1, score + token + delay_penalty * (centre - t))
+            if d >= 1 and t + d <= frames:
+                blank = score + float(token_lp[t, u, 0] + dur_lp[t, u, i])
+                if t + d == frames and u == num_tokens:
+                    complete.append(blank)
+                elif t + d < frames:
+                    walk(t + d, u, blank)
+
+    walk(0, 0, 0.0)
+    return -float(torch.logsumexp(torch.tensor(complete, dtype=torch.float64), 0))
+
+
+def tdt_brute_force_batch(logits: torch.Tensor, tokens: torch.Tensor, delay_penalty: float):
+    losses = []
+    for b, (frames, num_tokens) in enumerate(zip(FRAME_LENS.tolist(), TOKEN_LENS.tolist())):
+        own = logits[b, :frames, : num_tokens + 1]
+        losses.append(tdt_brute_force_loss(own, tokens[b, :num_tokens].tolist(), delay_penalty))
+    return torch.tensor(losses, dtype=torch.float64)
+
+
+def test_tdt_zero_penalty_is_bit_identical():
+    logits, tokens, _, _ = tdt_inputs(dtype=torch.float32)
+    logits.requires_grad_(True)
+    loss = tdt_loss(logits, tokens, FRAME_LENS, TOKEN_LENS, DURATIONS, reduction="none",
+                    backend="torch", delay_penalty=0.0)  # fmt: skip
+    (grad,) = torch.autograd.grad(loss.sum(), logits)
+    padded = tokens.masked_fill(torch.arange(tokens.shape[1]) >= TOKEN_LENS[:, None], 0)
+    token_w, blank_w = tdt_lattice_weights(logits, padded, DURATIONS)
+    ref = tdt_nll(tdt_recursion(token_w, blank_w, FRAME_LENS, TOKEN_LENS, DURATIONS, "torch"))
+    (ref_grad,) = torch.autograd.grad(ref.sum(), logits)
+    assert torch.equal(loss, ref) and torch.equal(grad, ref_grad)
+
+
+@pytest.mark.parametrize("delay_penalty", [0.0, PENALTY])
+def test_tdt_loss_equals_brute_force_enumeration(delay_penalty):
+    logits, tokens, _, _ = tdt_inputs()
+    loss = tdt_loss(logits, tokens, FRAME_LENS, TOKEN_LENS, DURATIONS, reduction="none",
+                    backend="torch", delay_penalty=delay_penalty)  # fmt: skip
+    ref = tdt_brute_force_batch(logits, tokens, delay_penalty)
+    torch.testing.assert_close(loss, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_tdt_omega_term_is_the_penalised_rnnt_loss():
+    logits, tokens, _, _ = tdt_inputs(1)
+    omega, kw = 0.3, {"reduction": "none", "backend": "torch", "delay_penalty": PENALTY}
+    mixed = tdt_loss(logits, tokens, FRAME_LENS, TOKEN_LENS, DURATIONS, omega=omega, **kw)
+    tdt = tdt_loss(logits, tokens, FRAME_LENS, TOKEN_LENS, DURATIONS, **kw)
+    rnnt = rnnt_loss(logits[..., :VOCAB], tokens, FRAME_LENS, TOKEN_LENS, **kw)
+    torch.testing.assert_close(mixed, (1 - omega) * tdt + omega * rnnt, rtol=1e-12, atol=1e-12)
+
+
+def test_simple_tdt_loss_is_the_penalised_tdt_loss_of_the_additive_joiner():
+    _, tokens, am, lm = tdt_inputs(2)
+    kw = {"reduction": "none", "backend": "torch", "delay_penalty": PENALTY}
+    simple = tdt_loss_simple(am, lm, tokens, FRAME_LENS, TOKEN_LENS, DURATIONS, **kw)
+    additive = am[:, :, None] + lm[:, None]
+    torch.testing.assert_close(simple, tdt_brute_force_batch(additive, tokens, PENALTY),
+                               rtol=1e-12, atol=1e-12)  # fmt: skip
+
+
+@pytest.mark.parametrize("omega", [0.0, 0.3])
+def test_pruned_tdt_equals_full_penalised_tdt_when_the_band_covers_every_label(omega):
+    logits, tokens, am, lm = tdt_inputs(3)
+    num_tokens = tokens.shape[1]
+    kw = {"reduction": "none", "backend": "torch", "delay_penalty": PENALTY}
+    _, occupations = tdt_loss_simple(am, lm, tokens, FRAME_LENS, TOKEN_LENS, DURATIONS,
+                                     return_grad=True, **kw)  # fmt: skip
+    ranges = tdt_pruning_ranges(*occupations, FRAME_LENS, TOKEN_LENS, DURATIONS, num_tokens + 1)
+    band = torch.gather(logits, 2, ranges[..., None].expand(-1, -1, -1, logits.shape[-1]))
+    pruned = tdt_loss_pruned(band, tokens, ranges, FRAME_LENS, TOKEN_LENS, DURATIONS,
+                             omega=omega, **kw)  # fmt: skip
+    full = tdt_loss(logits, tokens, FRAME_LENS, TOKEN_LENS, DURATIONS, omega=omega, **kw)
+    torch.testing.assert_close(pruned, full, rtol=1e-12, atol=1e-12)
+
+
+def test_tdt_gradcheck_float64_and_padding_invariance_with_penalty():
+    logits, tokens, am, lm = tdt_inputs(4)
+    kw = {"reduction": "none", "backend": "torch", "delay_penalty": PENALTY, "omega": 0.2}
+    x = logits.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda x: tdt_loss(x, tokens, FRAME_LENS, TOKEN_LENS, DURATIONS, **kw), (x,),
+        fast_mode=True,
+    )
+    a, b = am.clone().requires_grad_(True), lm.clone().requires_grad_(True)
+    simple_kw = {k: v for k, v in kw.items() if k != "omega"}
+    assert torch.autograd.gradcheck(
+        lambda a, b: tdt_loss_simple(a, b, tokens, FRAME_LENS, TOKEN_LENS, DURATIONS,
+                                     **simple_kw), (a, b), fast_mode=True,
+    )  # fmt: skip
+    batch = tdt_loss(logits, tokens, FRAME_LENS, TOKEN_LENS, DURATIONS, **kw)
+    for i in range(1, len(FRAME_LENS)):
+        frames, num_tokens = int(FRAME_LENS[i]), int(TOKEN_LENS[i])
+        alone = tdt_loss(logits[i : i + 1, :frames, : num_tokens + 1],
+                         tokens[i : i + 1, :num_tokens], FRAME_LENS[i : i + 1],
+                         TOKEN_LENS[i : i + 1], DURATIONS, **kw)  # fmt: skip
+        torch.testing.assert_close(alone[0], batch[i], rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
 # Triton kernels (interpreter) == torch
 
 
 def _triton_vs_torch(device: str) -> dict:
     """Max abs differences of values and gradients, triton vs torch, with the penalty."""
     logits, tokens, am, lm = (x.to(device) for x in batch_inputs(6))
+    tdt_logits, _, tdt_am, tdt_lm = (x.to(device) for x in tdt_inputs(6))
     frame_lens, token_lens = FRAME_LENS.to(device), TOKEN_LENS.to(device)
+    lens = (frame_lens, token_lens)
     ranges = full_ranges(*logits.shape[:3]).to(device)
+    losses = {
+        "full": (logits, lambda x, kw: rnnt_loss(x, tokens, *lens, **kw)),
+        "simple": (am, lambda x, kw: rnnt_loss_simple(x, lm, tokens, *lens, **kw)),
+        "pruned": (logits, lambda x, kw: rnnt_loss_pruned(x, tokens, ranges, *lens, **kw)),
+        "tdt": (tdt_logits,
+                lambda x, kw: tdt_loss(x, tokens, *lens, DURATIONS, omega=0.2, **kw)),
+        "tdt_simple": (tdt_am,
+                       lambda x, kw: tdt_loss_simple(x, tdt_lm, tokens, *lens, DURATIONS, **kw)),
+        "tdt_pruned": (tdt_logits, lambda x, kw: tdt_loss_pruned(
+            x, tokens, ranges, *lens, DURATIONS, omega=0.2, **kw)),
+    }  # fmt: skip
     results = {}
-    for name in ("full", "simple", "pruned"):
+    for name, (inputs, fn) in losses.items():
         outs = []
         for backend in ("triton", "torch"):
             kw = {"reduction": "none", "backend": backend, "delay_penalty": PENALTY}
-            x = (am if name == "simple" else logits).clone().requires_grad_(True)
-            if name == "full":
-                loss = rnnt_loss(x, tokens, frame_lens, token_lens, **kw)
-            elif name == "simple":
-                loss = rnnt_loss_simple(x, lm, tokens, frame_lens, token_lens, **kw)
-            else:
-                loss = rnnt_loss_pruned(x, tokens, ranges, frame_lens, token_lens, **kw)
+            x = inputs.clone().requires_grad_(True)
+            loss = fn(x, kw)
             (grad,) = torch.autograd.grad(loss.sum(), x)
             outs.append((loss.detach(), grad))
         results[name] = {
@@ -304,7 +458,7 @@ def _triton_vs_torch(device: str) -> dict:
 
 
 def _check_triton(results: dict) -> None:
-    assert set(results) == {"full", "simple", "pruned"}
+    assert set(results) == {"full", "simple", "pruned", "tdt", "tdt_simple", "tdt_pruned"}
     for name, diffs in results.items():
         for what, value in diffs.items():
             assert value <= 1e-10, f"{name} {what}: {value}"
