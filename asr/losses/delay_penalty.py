@@ -1,4 +1,4 @@
-"""Symbol-delay penalty of the RNN-T losses (k2's ``delay_penalty``; Kang et al. 2022,
+"""Symbol-delay penalty of the transducer losses (k2's ``delay_penalty``; Kang et al. 2022,
 "Delay-penalized transducer for low-latency streaming ASR", arXiv:2211.00490; k2 issue 955).
 
 A streaming encoder trained with the plain RNN-T loss is free to emit a symbol on any frame its
