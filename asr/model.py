@@ -294,7 +294,8 @@ class ASRModel(nn.Module):
             tokens: (B, U) target ids, padded with 0.
             token_lens: (B,) number of tokens.
             step: the training step, for heads whose loss has a schedule (the pruned
-                transducer's warm-up); None: the schedule's end.
+                transducer's warm-up, the transducer's delay-penalty start); None: the
+                schedule's end.
         """
         if isinstance(batch_or_feats, Batch):
             feats, feat_lens = batch_or_feats.feats, batch_or_feats.feat_lens

@@ -25,6 +25,15 @@ Warm-up (pruned losses only): the trainer passes the training step to :meth:`Tra
 so early on, when the band chosen from a random simple joiner is poor, the simple loss dominates.
 Without a step (``None``: evaluation outside training) the loss is the warmed-up one.
 
+Symbol-delay penalty (``delay_penalty``, every loss; the pruned ones in their simple and their
+pruned term, TDT's in its ``omega`` term too; :mod:`asr.losses.delay_penalty`): each token
+emitted at frame ``t`` of an utterance of ``T_b`` frames (a TDT token whatever its duration) gets
+``delay_penalty * ((T_b - 1) / 2 - t)`` added to its log-probability, so streaming models learn
+to emit earlier; the loss reported is the penalised one. As icefall's recipes do (the penalty
+applied from ``warmup >= 2``), it starts at step ``2 * warm_step`` (at once with ``warm_step:
+0``, and without a step); before that the losses are the plain ones. k2 defines it for RNN-T;
+neither k2 nor NeMo has one for TDT, whose penalty is this toolkit's extension of it.
+
 Utterances with no alignment get an infinite loss from every loss function (``T_b = 0`` for all
 three; a pruned band too narrow, ``T_b * (prune_range - 1) < U_b``; for TDT, more tokens than the
 durations can place before the final blank, or a ``T_b`` the blank durations cannot end on); they
@@ -47,6 +56,7 @@ from torch import Tensor, nn
 from asr.encoders.base import zero_padding
 from asr.heads.joiner import Joiner
 from asr.heads.predictor import LstmPredictor, StatelessPredictor
+from asr.losses.delay_penalty import check_delay_penalty
 from asr.losses.mutual_information import check_backend
 from asr.losses.pruned_rnnt import (
     blank_padded_tokens,
@@ -92,11 +102,16 @@ class TransducerConfig:
         omega: TDT only: ``loss = (1 - omega) * tdt + omega * rnnt`` with the plain RNN-T loss
             on the token logits, in ``[0, 1)`` (0 = off; NeMo uses 0.1, sampled per batch: see
             :mod:`asr.losses.tdt`).
-        clamp: torchaudio gradient clamp for the full loss (-1 = off).
+        delay_penalty: symbol-delay penalty per frame (>= 0, 0 = off; module docstring),
+            from step ``2 * warm_step`` on. icefall's default is 0; its delay-penalty
+            experiments (arXiv:2211.00490, RNN-T) used 0.0015 to 0.01 (k2-fsa/icefall
+            issue 710).
+        clamp: torchaudio gradient clamp for the full loss (-1 = off; needs
+            ``delay_penalty: 0``, the penalised full loss having no clamp).
         backend: recursion backend ``auto`` | ``torch`` | ``triton`` | ``k2`` of the
-            mutual-information (pruned, TDT's omega) and TDT recursions (k2 only for the
-            pruned loss, where it is importable: training checks that before it starts,
-            :meth:`check_backend`; ``auto``: Triton on CUDA).
+            mutual-information (pruned, full with a ``delay_penalty``, TDT's omega) and TDT
+            recursions (k2 only for those RNN-T losses, where it is importable: training
+            checks that before it starts, :meth:`check_backend`; ``auto``: Triton on CUDA).
         blank_id: blank index.
     """
 
@@ -117,6 +132,7 @@ class TransducerConfig:
     durations: tuple[int, ...] = (0, 1, 2, 3, 4)
     sigma: float = 0.0
     omega: float = 0.0
+    delay_penalty: float = 0.0
     clamp: float = -1.0
     backend: Literal["auto", "torch", "triton", "k2"] = "auto"
     blank_id: int = 0
@@ -136,6 +152,12 @@ class TransducerConfig:
             check_pruned_durations(self.durations)
         if self.sigma < 0 or not 0 <= self.omega < 1:
             raise ValueError(f"need sigma >= 0 and 0 <= omega < 1, got {self.sigma}, {self.omega}")
+        check_delay_penalty(self.delay_penalty)
+        if self.delay_penalty != 0.0 and self.loss == "full" and self.clamp >= 0:
+            raise ValueError(
+                f"clamp={self.clamp} needs delay_penalty: 0 (the penalised full loss runs the "
+                "mutual-information recursion, which has no gradient clamp); set clamp: -1"
+            )
         if self.is_tdt and self.backend == "k2":
             raise ValueError("backend 'k2' has no TDT recursion: use auto, torch or triton")
 
@@ -148,12 +170,18 @@ class TransducerConfig:
         Raises:
             ValueError: ``backend: ...`` saying why it cannot run and what to use instead.
         """
-        if self.loss != "pruned":  # the only loss that runs the k2 backend (see __post_init__)
+        if not self.runs_mutual_information:  # no recursion that k2 could run
             return
         try:
             check_backend(self.backend)
         except ImportError as err:
             raise ValueError(f"backend: {err}") from None
+
+    @property
+    def runs_mutual_information(self) -> bool:
+        """Whether the RNN-T loss runs the mutual-information recursion (the only one with a
+        k2 backend): ``pruned``, and ``full`` with a ``delay_penalty`` (torchaudio's otherwise)."""
+        return self.loss == "pruned" or (self.loss == "full" and self.delay_penalty != 0.0)
 
     @property
     def is_tdt(self) -> bool:
@@ -217,6 +245,13 @@ class TransducerHead(nn.Module):
         frac = 1.0 if warm == 0 or step is None else min(step / warm, 1.0)
         return 1.0 - frac * (1.0 - self.cfg.simple_loss_scale), 0.1 + 0.9 * frac
 
+    def delay_penalty_at(self, step: int | None = None) -> float:
+        """The symbol-delay penalty at training step ``step``: 0 before step ``2 * warm_step``,
+        then ``delay_penalty`` (module docstring; None: after the warm-up)."""
+        if step is not None and step < 2 * self.cfg.warm_step:
+            return 0.0
+        return self.cfg.delay_penalty
+
     def predict(self, tokens: Tensor) -> Tensor:
         """Predictor outputs for ``[blank] + tokens``: (B, U) -> (B, U + 1, P)."""
         state = self.predictor.init_state(tokens.shape[0], tokens.device)
@@ -257,7 +292,8 @@ class TransducerHead(nn.Module):
             logits = self.joiner(enc, pred)
             per_utt = rnnt_loss(
                 logits, tokens, enc_lens, token_lens, self.blank_id, self.cfg.clamp, "none",
-                tokens_checked=True,
+                tokens_checked=True, delay_penalty=self.delay_penalty_at(step),
+                backend=self.cfg.backend,
             )  # fmt: skip
             metrics["rnnt_loss"] = 0.0
         else:
@@ -274,6 +310,7 @@ class TransducerHead(nn.Module):
                 omega=self.cfg.omega,
                 backend=self.cfg.backend,
                 tokens_checked=True,
+                delay_penalty=self.delay_penalty_at(step),
             )
             metrics["tdt_loss"] = 0.0
         finite = torch.isfinite(per_utt)
@@ -307,7 +344,7 @@ class TransducerHead(nn.Module):
         if cfg.is_tdt:
             simple, (token_occ, blank_occ) = tdt_loss_simple(
                 am, lm, tokens, enc_lens, token_lens, cfg.durations, *smoothing, return_grad=True,
-                tokens_checked=True,
+                tokens_checked=True, delay_penalty=self.delay_penalty_at(step),
             )  # fmt: skip
             ranges = tdt_pruning_ranges(
                 token_occ, blank_occ, enc_lens, token_lens, cfg.durations, cfg.prune_range
@@ -315,7 +352,7 @@ class TransducerHead(nn.Module):
         else:
             simple, (px_grad, py_grad) = rnnt_loss_simple(
                 am, lm, tokens, enc_lens, token_lens, *smoothing, return_grad=True,
-                tokens_checked=True,
+                tokens_checked=True, delay_penalty=self.delay_penalty_at(step),
             )  # fmt: skip
             ranges = get_pruning_ranges(px_grad, py_grad, enc_lens, token_lens, cfg.prune_range)
         enc_band, pred_band = do_rnnt_pruning(
@@ -326,11 +363,12 @@ class TransducerHead(nn.Module):
             pruned = tdt_loss_pruned(
                 logits, tokens, ranges, enc_lens, token_lens, cfg.durations, self.blank_id,
                 cfg.sigma, "none", omega=cfg.omega, backend=cfg.backend, tokens_checked=True,
+                delay_penalty=self.delay_penalty_at(step),
             )  # fmt: skip
         else:
             pruned = rnnt_loss_pruned(
                 logits, tokens, ranges, enc_lens, token_lens, self.blank_id, cfg.backend, "none",
-                tokens_checked=True,
+                tokens_checked=True, delay_penalty=self.delay_penalty_at(step),
             )  # fmt: skip
         simple_scale, pruned_scale = self.loss_scales(step)
         finite = torch.isfinite(simple) & torch.isfinite(pruned)

@@ -27,6 +27,10 @@ Pipeline (what :class:`asr.heads.transducer.TransducerHead` runs):
    tensors of the full lattice (-inf off the band; these have no V dimension, so they are cheap),
    then the same recursion.
 
+Symbol-delay penalty (k2's ``delay_penalty``, :mod:`asr.losses.delay_penalty`): the simple and
+the pruned loss add it to their symbol arcs ``px`` before the recursion, so the simple loss'
+occupations, and the band chosen from them, are those of the penalised lattice, as in k2.
+
 Topology: the standard one of torchaudio (a symbol stays on its frame, one blank per frame, the
 path ends with the blank leaving ``(U_b, T_b - 1)``); ``px[b, :, t] = -inf`` for ``t >= T_b``.
 Per-utterance lengths are ``frame_lens`` (T_b) and ``token_lens`` (U_b). Feasibility: the full
@@ -49,6 +53,7 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import Tensor
 
+from asr.losses.delay_penalty import add_delay_penalty
 from asr.losses.mutual_information import (
     mutual_information_recursion,
     mutual_information_with_grad,
@@ -316,6 +321,7 @@ def rnnt_loss_simple(
     return_grad: bool = False,
     *,
     tokens_checked: bool = False,
+    delay_penalty: float = 0.0,
 ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
     """RNN-T loss of the additive "trivial joiner" over the full lattice (float32 or float64).
 
@@ -327,6 +333,8 @@ def rnnt_loss_simple(
             py_grad (B, U + 1, T))`` used by :func:`get_pruning_ranges`.
         tokens_checked: the tokens were checked against the vocabulary already (the
             transducer head's, once per batch): padded only, no second check and device sync.
+        delay_penalty: symbol-delay penalty per frame (:mod:`asr.losses.delay_penalty`; 0 =
+            off): the loss and the occupations are those of the penalised lattice, as k2's.
 
     Returns:
         the loss (reduced per ``reduction``; ``+inf`` for utterances without frames), and
@@ -347,6 +355,7 @@ def rnnt_loss_simple(
         px, py = simple_lattice_logprobs(
             am, lm, tokens, frame_lens, lm_only_scale, am_only_scale, blank_id
         )
+        px = add_delay_penalty(px, frame_lens, delay_penalty)
         if not return_grad:
             total = mutual_information_recursion(px, py, token_lens, frame_lens, backend)
             return reduce_per_utterance(_infeasible_without_frames(-total, frame_lens), reduction)
@@ -506,13 +515,14 @@ def rnnt_loss_pruned(
     reduction: str = "sum",
     *,
     tokens_checked: bool = False,
+    delay_penalty: float = 0.0,
 ) -> Tensor:
     """RNN-T loss restricted to the band ``ranges`` (computed in float32, or float64 if given).
 
     Args:
         logits: (B, T, R, V) real-joiner outputs on the band (from :func:`do_rnnt_pruning`).
         tokens: (B, U), any padding value; ranges: (B, T, R); frame_lens, token_lens: (B,).
-        tokens_checked: as in :func:`rnnt_loss_simple`.
+        tokens_checked, delay_penalty: as in :func:`rnnt_loss_simple`.
 
     Returns:
         the negative log-likelihood of the paths inside the band, reduced per ``reduction``
@@ -526,5 +536,6 @@ def rnnt_loss_pruned(
             tokens, token_lens, blank_id, None if tokens_checked else logits.shape[-1]
         )
         px, py = pruned_lattice_logprobs(logits, tokens, ranges, frame_lens, token_lens, blank_id)
+        px = add_delay_penalty(px, frame_lens, delay_penalty)
         total = mutual_information_recursion(px, py, token_lens, frame_lens, backend)
     return reduce_per_utterance(_infeasible_without_frames(-total, frame_lens), reduction)

@@ -21,6 +21,9 @@ Pipeline (what :class:`asr.heads.transducer.TransducerHead` runs for ``loss="pru
    full lattice (``NEG`` off the band; they have no V dimension, so they are cheap), then the TDT
    recursion (:mod:`asr.losses.tdt_recursion`; Triton on CUDA).
 
+Symbol-delay penalty (``delay_penalty``): added to the token arcs of the simple and of the
+pruned loss as :mod:`asr.losses.tdt` adds it, so the band is chosen on the penalised lattice.
+
 Band indexing: an arc's weight lives at its SOURCE node ``(t, u)``, so it is taken from frame
 ``t``'s band; the token arc of duration ``d`` lands on ``(t + d, u + 1)`` and the blank on
 ``(t + d, u)``, which go on only if frame ``t + d``'s band holds them (off the band a node has
@@ -46,6 +49,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from asr.losses.delay_penalty import add_token_delay_penalty
 from asr.losses.precision import loss_dtype
 from asr.losses.pruned_rnnt import (
     blank_padded_tokens,
@@ -108,6 +112,7 @@ def tdt_loss_simple(
     return_grad: bool = False,
     *,
     tokens_checked: bool = False,
+    delay_penalty: float = 0.0,
 ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
     """TDT loss of the additive "trivial joiner" over the full lattice (float32 or float64).
 
@@ -121,6 +126,8 @@ def tdt_loss_simple(
             blank_occ (B, T, U + 1, D))`` used by :func:`tdt_pruning_ranges`.
         tokens_checked: the tokens were checked against the vocabulary already (the
             transducer head's, once per batch): padded only, no second check and device sync.
+        delay_penalty: symbol-delay penalty of the token arcs (:mod:`asr.losses.delay_penalty`;
+            0 = off): the loss and the occupations are those of the penalised lattice.
 
     Returns:
         the loss (reduced per ``reduction``; ``+inf`` for utterances without a complete
@@ -151,7 +158,7 @@ def tdt_loss_simple(
         token_w, blank_w = tdt_arc_weights(
             sym_lp.transpose(1, 2), py.transpose(1, 2), dur_lp, durations
         )
-        token_w = token_w[:, :, :num_tokens]
+        token_w = add_token_delay_penalty(token_w[:, :, :num_tokens], frame_lens, delay_penalty)
         if not return_grad:
             total = tdt_recursion(token_w, blank_w, frame_lens, token_lens, durations, backend)
             return reduce_per_utterance(tdt_nll(total), reduction)
@@ -215,6 +222,7 @@ def tdt_loss_pruned(
     omega: float = 0.0,
     backend: str = "auto",
     tokens_checked: bool = False,
+    delay_penalty: float = 0.0,
 ) -> Tensor:
     """TDT loss restricted to the band ``ranges`` (computed in float32, or float64 if given).
 
@@ -225,7 +233,8 @@ def tdt_loss_pruned(
         sigma, omega: as in :func:`asr.losses.tdt.tdt_loss` (the RNN-T term of ``omega`` is
             the pruned RNN-T loss on the same band's token logits).
         backend: recursion backend (``auto | torch | triton``).
-        tokens_checked: as in :func:`tdt_loss_simple`.
+        tokens_checked, delay_penalty: as in :func:`tdt_loss_simple` (the penalty also in
+            the ``omega`` term).
 
     Returns:
         the negative log-likelihood of the paths inside the band, reduced per ``reduction``
@@ -250,12 +259,14 @@ def tdt_loss_pruned(
         )
         band_token_w, band_blank_w = tdt_arc_weights(sym_lp, blank_lp, dur_lp, durations, sigma)
         token_w = _band_to_lattice(band_token_w, ranges, num_tokens + 1)[:, :, :num_tokens]
+        token_w = add_token_delay_penalty(token_w, frame_lens, delay_penalty)
         blank_w = _band_to_lattice(band_blank_w, ranges, num_tokens + 1)
         total = tdt_recursion(token_w, blank_w, frame_lens, token_lens, durations, backend)
         loss = tdt_nll(total)
         if omega > 0.0:
             rnnt = rnnt_loss_pruned(logits[..., :vocab_size], tokens, ranges, frame_lens,
-                                    token_lens, blank_id, backend, "none", tokens_checked=True)
+                                    token_lens, blank_id, backend, "none", tokens_checked=True,
+                                    delay_penalty=delay_penalty)
             rnnt = torch.where(torch.isfinite(loss), rnnt, torch.zeros_like(rnnt))
             loss = (1.0 - omega) * loss + omega * rnnt
     return reduce_per_utterance(loss, reduction)

@@ -12,6 +12,14 @@ its loss is set to ``+inf`` with a zero gradient, as the pruned, simple and TDT 
 (:mod:`asr.losses.pruned_rnnt`, :mod:`asr.losses.tdt`); the heads drop such utterances and
 count them in ``metrics["num_infinite"]``. Any ``U_b >= 0`` is feasible when ``T_b >= 1`` (an
 empty target is the all-blank path).
+
+Symbol-delay penalty (``delay_penalty > 0``, :mod:`asr.losses.delay_penalty`): torchaudio has
+none, so the penalised loss runs on our mutual-information recursion instead
+(:mod:`asr.losses.mutual_information`, ``backend``): the arc log-probs of the full lattice are
+those of the pruned loss with a band covering every symbol position
+(:func:`asr.losses.pruned_rnnt.pruned_lattice_logprobs`), computed in float32, or float64 if
+given; there is no gradient ``clamp`` on that path. ``delay_penalty = 0`` is torchaudio's loss,
+untouched.
 """
 
 from __future__ import annotations
@@ -19,9 +27,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from asr.losses.delay_penalty import add_delay_penalty, check_delay_penalty
+from asr.losses.mutual_information import mutual_information_recursion
+from asr.losses.precision import loss_dtype
 from asr.losses.pruned_rnnt import (
     blank_padded_tokens,
     frameless_batch_loss,
+    pruned_lattice_logprobs,
     reduce_per_utterance,
 )
 
@@ -38,6 +50,8 @@ def rnnt_loss(
     reduction: str = "sum",
     *,
     tokens_checked: bool = False,
+    delay_penalty: float = 0.0,
+    backend: str = "auto",
 ) -> Tensor:
     """Negative log-likelihood of the standard RNN-T lattice.
 
@@ -50,13 +64,17 @@ def rnnt_loss(
         reduction: ``"sum"`` (default, the heads' convention), ``"mean"`` or ``"none"``.
         tokens_checked: the tokens were checked against the vocabulary already (the
             transducer head's, once per batch): padded only, no second check and device sync.
+        delay_penalty: symbol-delay penalty per frame (module docstring; 0 = off).
+        backend: mutual-information backend of the penalised loss (``auto | torch | triton |
+            k2``); unused when ``delay_penalty = 0``.
 
     Returns:
         scalar for ``sum``/``mean``, else (B,); ``+inf`` for utterances with ``T_b = 0``.
 
     Raises:
-        ValueError: on inconsistent shapes, or a token outside ``[0, V)`` (torchaudio returns a
-            finite, meaningless loss for it).
+        ValueError: on inconsistent shapes, a token outside ``[0, V)`` (torchaudio returns a
+            finite, meaningless loss for it), a negative ``delay_penalty``, or a ``clamp``
+            with a ``delay_penalty`` (that path has no gradient clamp).
     """
     if logits.dim() != 4:
         raise ValueError(f"logits must be (B, T, U+1, V), got shape {tuple(logits.shape)}")
@@ -64,6 +82,12 @@ def rnnt_loss(
         raise ValueError(
             f"logits U+1 dimension is {logits.shape[2]}, expected tokens.shape[1] + 1 = "
             f"{tokens.shape[1] + 1}"
+        )
+    check_delay_penalty(delay_penalty)
+    if delay_penalty != 0.0 and clamp >= 0:
+        raise ValueError(
+            f"clamp={clamp} needs delay_penalty=0: the penalised loss runs the mutual-information "
+            "recursion, which has no gradient clamp (use clamp=-1)"
         )
     import torchaudio.functional as taf
 
@@ -73,6 +97,10 @@ def rnnt_loss(
     tokens = blank_padded_tokens(
         tokens, token_lens, blank_id, None if tokens_checked else logits.shape[-1]
     )
+    if delay_penalty != 0.0:
+        return _penalised_loss(
+            logits, tokens, frame_lens, token_lens, blank_id, reduction, delay_penalty, backend
+        )
     # Frame-less utterances run on one padding frame (finite, then replaced by inf).
     frame_lens = frame_lens.clamp(min=1)
     # torchaudio insists that the padded sizes equal the longest lengths: trim extra padding.
@@ -92,4 +120,30 @@ def rnnt_loss(
             reduction="none",
         )
     losses = losses.masked_fill(no_frames, float("inf"))
+    return reduce_per_utterance(losses, reduction)
+
+
+def _penalised_loss(
+    logits: Tensor,
+    tokens: Tensor,
+    frame_lens: Tensor,
+    token_lens: Tensor,
+    blank_id: int,
+    reduction: str,
+    delay_penalty: float,
+    backend: str,
+) -> Tensor:
+    """The full loss with the symbol-delay penalty, on the mutual-information recursion (module
+    docstring). Shapes as in :func:`rnnt_loss`; ``tokens`` blank-padded."""
+    batch, num_frames, rows, _ = logits.shape
+    frame_lens = frame_lens.to(logits.device)
+    token_lens = token_lens.to(logits.device)
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        logits = logits.to(loss_dtype(logits))
+        # Every frame's band is the whole column 0 .. U: the pruned lattice IS the full one.
+        ranges = torch.arange(rows, device=logits.device).expand(batch, num_frames, rows)
+        px, py = pruned_lattice_logprobs(logits, tokens, ranges, frame_lens, token_lens, blank_id)
+        px = add_delay_penalty(px, frame_lens, delay_penalty)
+        total = mutual_information_recursion(px, py, token_lens, frame_lens, backend)
+    losses = (-total).masked_fill(frame_lens <= 0, float("inf"))
     return reduce_per_utterance(losses, reduction)

@@ -28,6 +28,11 @@ Options of the paper (section 3.3), both off by default; NeMo's TDT recipes use
   expectation is this mixture; computing the expectation keeps training deterministic and
   costs one more (cheap: no V dimension) recursion.
 
+``delay_penalty`` (:mod:`asr.losses.delay_penalty`, 0 = off): k2's symbol-delay penalty,
+extended to TDT: a token arc leaving ``(t, u)`` gets ``delay_penalty * ((T_b - 1) / 2 - t)``,
+whatever its duration (it is emitted at frame ``t``); the ``omega`` term is penalised as the
+RNN-T loss is. Neither k2 nor NeMo has a TDT delay penalty to compare with.
+
 Infeasible utterances (no complete alignment: ``T_b = 0``; more tokens than the durations can
 place, e.g. ``U_b >= T_b`` without duration 0; a ``T_b`` that no sum of the positive durations
 reaches) get a per-utterance loss of ``+inf`` with a zero gradient, as in the RNN-T losses
@@ -45,6 +50,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from asr.losses.delay_penalty import add_delay_penalty, add_token_delay_penalty
 from asr.losses.mutual_information import mutual_information_recursion
 from asr.losses.precision import loss_dtype
 from asr.losses.pruned_rnnt import (
@@ -140,7 +146,7 @@ def tdt_nll(total: Tensor) -> Tensor:
 
 def rnnt_nll_from_logprobs(
     sym_lp: Tensor, blank_lp: Tensor, frame_lens: Tensor, token_lens: Tensor,
-    backend: str = "auto",
+    backend: str = "auto", delay_penalty: float = 0.0,
 ) -> Tensor:
     """Plain RNN-T negative log-likelihood from per-node token and blank log-probs.
 
@@ -148,6 +154,7 @@ def rnnt_nll_from_logprobs(
         sym_lp: (B, T, U) ``log P(y[u] | t, u)``. blank_lp: (B, T, U + 1). frame_lens,
             token_lens: (B,).
         backend: mutual-information backend (``auto | torch | triton``).
+        delay_penalty: symbol-delay penalty (:mod:`asr.losses.delay_penalty`; 0 = off).
 
     Returns:
         (B,) ``-log P(y)`` over the standard RNN-T lattice; ``+inf`` without frames.
@@ -156,6 +163,7 @@ def rnnt_nll_from_logprobs(
     frame_ok = torch.arange(num_frames, device=sym_lp.device)[None, :] < frame_lens[:, None]
     px = sym_lp.masked_fill(~frame_ok[:, :, None], float("-inf")).transpose(1, 2)
     px = torch.cat([px, px.new_full((batch, num_tokens, 1), float("-inf"))], dim=2)
+    px = add_delay_penalty(px, frame_lens, delay_penalty)
     total = mutual_information_recursion(
         px, blank_lp.transpose(1, 2), token_lens, frame_lens, backend
     )
@@ -175,6 +183,7 @@ def tdt_loss(
     omega: float = 0.0,
     backend: str = "auto",
     tokens_checked: bool = False,
+    delay_penalty: float = 0.0,
 ) -> Tensor:
     """TDT negative log-likelihood (computed in float32, or float64 when given float64).
 
@@ -189,6 +198,8 @@ def tdt_loss(
         backend: recursion backend ``auto | torch | triton`` (TDT and, with ``omega``, RNN-T).
         tokens_checked: the tokens were checked against the vocabulary already (the
             transducer head's, once per batch): padded only, no second check and device sync.
+        delay_penalty: symbol-delay penalty per frame of each token arc's emission frame
+            (:mod:`asr.losses.delay_penalty`; 0 = off), in the TDT and the ``omega`` term.
 
     Returns:
         scalar for ``sum``/``mean``, else (B,); ``+inf`` for utterances without a complete
@@ -214,13 +225,12 @@ def tdt_loss(
         padded = torch.cat([tokens, tokens.new_zeros(tokens.shape[0], 1)], 1)
         sym_lp, blank_lp, dur_lp = tdt_node_logprobs(logits, padded, durations, blank_id)
         token_w, blank_w = tdt_arc_weights(sym_lp, blank_lp, dur_lp, durations, sigma)
-        total = tdt_recursion(
-            token_w[:, :, :-1], blank_w, frame_lens, token_lens, durations, backend
-        )
+        token_w = add_token_delay_penalty(token_w[:, :, :-1], frame_lens, delay_penalty)
+        total = tdt_recursion(token_w, blank_w, frame_lens, token_lens, durations, backend)
         loss = tdt_nll(total)
         if omega > 0.0:
             rnnt = rnnt_nll_from_logprobs(
-                sym_lp[:, :, :-1], blank_lp, frame_lens, token_lens, backend
+                sym_lp[:, :, :-1], blank_lp, frame_lens, token_lens, backend, delay_penalty
             )
             # +inf with a zero gradient where the TDT lattice has no path, whatever the RNN-T one
             rnnt = torch.where(torch.isfinite(loss), rnnt, torch.zeros_like(rnnt))

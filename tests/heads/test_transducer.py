@@ -7,7 +7,7 @@ import types
 import pytest
 import torch
 
-from asr.config import from_dict
+from asr.config import ConfigError, from_dict
 from asr.heads.joiner import Joiner
 from asr.heads.predictor import LstmPredictor, StatelessPredictor
 from asr.heads.transducer import TransducerConfig, TransducerHead
@@ -311,3 +311,74 @@ def test_a_k2_backend_is_checked_by_training_not_by_reading_the_config(monkeypat
     TransducerConfig(loss="full", backend="k2").check_backend()
     monkeypatch.setitem(sys.modules, "k2", types.ModuleType("k2"))
     cfg.check_backend()
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"delay_penalty": -0.01}, "heads.transducer: delay_penalty must be a finite number >= 0"),
+        ({"delay_penalty": float("nan")}, "delay_penalty must be a finite number >= 0"),
+        ({"loss": "full", "delay_penalty": 0.01, "clamp": 1.0}, "clamp=1.0 needs delay_penalty"),
+    ],
+)
+def test_config_refuses_bad_delay_penalty_naming_the_key(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(TransducerConfig, bad, "heads.transducer")
+
+
+def test_delay_penalty_starts_after_twice_the_warm_up():
+    head = small_head(loss="pruned", warm_step=10, delay_penalty=0.01)
+    assert [head.delay_penalty_at(s) for s in (0, 19, 20, None)] == [0.0, 0.0, 0.01, 0.01]
+    assert small_head(loss="pruned", warm_step=0, delay_penalty=0.01).delay_penalty_at(0) == 0.01
+    assert small_head(loss="pruned", warm_step=10).delay_penalty_at(None) == 0.0
+
+
+def test_full_head_passes_the_delay_penalty_to_the_loss():
+    head = small_head(loss="full", warm_step=5, delay_penalty=0.3)
+    enc, enc_lens, tokens, token_lens = batch()
+    logits = head.joiner(enc, head.predict(tokens))
+    ref = rnnt_loss(logits, tokens, enc_lens, token_lens, delay_penalty=0.3)
+    torch.testing.assert_close(head.loss(enc, enc_lens, tokens, token_lens, step=10).loss, ref)
+    before = head.loss(enc, enc_lens, tokens, token_lens, step=9).loss  # < 2 * warm_step
+    torch.testing.assert_close(before, rnnt_loss(logits, tokens, enc_lens, token_lens))
+    assert not torch.allclose(before, ref)
+
+
+def test_pruned_head_penalises_its_simple_and_pruned_terms():
+    torch.manual_seed(0)
+    plain = small_head(loss="pruned", warm_step=0)
+    penalised = small_head(loss="pruned", warm_step=0, delay_penalty=0.3)
+    penalised.load_state_dict(plain.state_dict())
+    enc, enc_lens, tokens, token_lens = batch()
+    simple = rnnt_loss_simple(
+        penalised.simple_am_proj(enc), penalised.simple_lm_proj(penalised.predict(tokens)),
+        tokens, enc_lens, token_lens, penalised.cfg.lm_only_scale, delay_penalty=0.3,
+    )  # fmt: skip
+    a = plain.loss(enc, enc_lens, tokens, token_lens).metrics
+    b = penalised.loss(enc, enc_lens, tokens, token_lens).metrics
+    assert b["simple_loss"] == pytest.approx(float(simple.detach()), rel=1e-6)
+    assert b["simple_loss"] != pytest.approx(a["simple_loss"], rel=1e-4)
+    assert b["pruned_loss"] != pytest.approx(a["pruned_loss"], rel=1e-4)
+
+
+def test_tdt_heads_pass_the_delay_penalty_to_every_term():
+    enc, enc_lens, tokens, token_lens = batch()
+    tdt = small_head(loss="tdt", durations=(0, 1, 2), omega=0.1, warm_step=0, delay_penalty=0.3)
+    logits = tdt.joiner(enc, tdt.predict(tokens))
+    ref = tdt_loss(logits, tokens, enc_lens, token_lens, (0, 1, 2), omega=0.1, delay_penalty=0.3)
+    torch.testing.assert_close(tdt.loss(enc, enc_lens, tokens, token_lens).loss, ref)
+    torch.manual_seed(0)
+    plain = small_head(loss="pruned_tdt", durations=(0, 1, 2), warm_step=0)
+    penalised = small_head(loss="pruned_tdt", durations=(0, 1, 2), warm_step=0, delay_penalty=0.3)
+    penalised.load_state_dict(plain.state_dict())
+    a = plain.loss(enc, enc_lens, tokens, token_lens).metrics
+    b = penalised.loss(enc, enc_lens, tokens, token_lens).metrics
+    assert b["simple_loss"] != pytest.approx(a["simple_loss"], rel=1e-4)
+    assert b["pruned_loss"] != pytest.approx(a["pruned_loss"], rel=1e-4)
+
+
+def test_full_loss_with_a_delay_penalty_runs_the_k2_backend_check(monkeypatch):
+    monkeypatch.setitem(sys.modules, "k2", None)
+    TransducerConfig(loss="full", backend="k2").check_backend()  # torchaudio: no recursion
+    with pytest.raises(ValueError, match="^backend: backend='k2' needs the k2 package"):
+        TransducerConfig(loss="full", backend="k2", delay_penalty=0.01).check_backend()
