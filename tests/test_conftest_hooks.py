@@ -23,7 +23,7 @@ def test_a_failed_checked_subprocess_reports_its_captured_output(pytester):
                            check=True, capture_output=True, text=True)
         """
     )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines([
         "*Captured stdout of the failed subprocess*", "OUT-MARK",

@@ -53,6 +53,16 @@ def test_dry_run_on_a_bare_machine_writes_every_table(tmp_path):
     assert "| 500 | full |" in rnnt and "| 500 | pruned |" in rnnt and "Goal at V=500" in rnnt
     for row in ("| 500 | tdt |", "| 500 | tdt_triton (interpreter) |", "| 500 | pruned_tdt |"):
         assert row in rnnt, row
+    # the TDT rows: the torch backend and the Triton kernel (interpreted on this CPU, and said
+    # so in the table and the printed rows) compute the same loss on the same inputs
+    losses = {cells[2].strip(): float(cells[-2]) for cells in
+              (line.split("|") for line in rnnt.splitlines() if line.startswith("| 500 |"))}
+    tdt, triton = losses["tdt"], losses["tdt_triton (interpreter)"]
+    assert abs(tdt - triton) <= 1e-4 * abs(tdt), losses
+    assert "not a speed" in rnnt
+    printed = (out / "logs" / "rnnt_loss.log").read_text().splitlines()
+    assert [line.rstrip().endswith("(interpreter)") for line in printed
+            if line.split()[:2] == ["500", "tdt_triton"]] == [True], printed
     train = (out / "train_throughput.md").read_text()
     assert "| float16" in train and "| bfloat16 |" in train
     assert "Largest max_duration whose worst-case batch trains (bfloat16): 9 s" in train

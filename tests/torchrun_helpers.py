@@ -27,6 +27,11 @@ SOCKET_SETUP_ERRORS = (
 )
 
 
+#: The launcher, ``torchrun --standalone`` of this interpreter; ``--nproc-per-node`` and the
+#: script follow it. The helper's own tests replace it to test the retry rule without torch.
+TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone")
+
+
 def run_torchrun(args: Sequence[str], *, nproc: int, env: Mapping[str, str],
                  timeout: float) -> subprocess.CompletedProcess[str]:
     """Runs ``python -m torch.distributed.run --standalone --nproc-per-node=nproc *args``.
@@ -40,8 +45,7 @@ def run_torchrun(args: Sequence[str], *, nproc: int, env: Mapping[str, str],
     Raises:
         AssertionError: a non-zero exit, with the tail of stdout and stderr.
     """
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={nproc}", *args]
+    command = [*TORCHRUN, f"--nproc-per-node={nproc}", *args]
     for attempt in (1, 2):
         result = subprocess.run(command, env=dict(env), capture_output=True, text=True,
                                 timeout=timeout)

@@ -402,6 +402,26 @@ def test_a_decode_device_this_machine_lacks_is_refused_before_training(args, gpu
         assert main([*base, *[f"--decode-arg={a}" for a in arg]]) == 0, arg
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--beam-size", "8"], "unrecognized arguments: --beam-size 8"),
+    (["--set", "search.beam_sise=8"], "search.beam_sise"),
+    (["--set", "search.beam_size=0"], "search.beam_size must be >= 1, got 0"),
+    (["--epoch", "x"], "argument --epoch: invalid int value: 'x'"),
+])
+def test_a_decode_line_asr_decode_refuses_is_refused_before_training(args, message, tmp_path,
+                                                                     caplog):
+    """What ``asr decode`` refuses in a recipe's decode line (its parser, its search config) was
+    found by the decode stage, after training: ``--decode-arg`` has the check refuse it first.
+    (That the recipes pass --decode-args to this check: tests/egs/test_recipe_wiring.py.)"""
+    recipe = Path(__file__).resolve().parents[2] / "recipes/librispeech/conformer_transducer.yaml"
+    base = ["train", "--config", str(recipe), "--exp-dir", str(tmp_path / "exp"), "--check-only",
+            "--decode-arg=--searcher", "--decode-arg=greedy"]
+    assert main([*base, *[f"--decode-arg={arg}" for arg in args]]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith("asr train: --decode-arg: asr decode "), errors
+    assert message in errors[0] and not (tmp_path / "exp").exists()
+
+
 def test_decode_test_sets_are_checked_as_far_as_known_before_training(tmp_path, monkeypatch,
                                                                       caplog):
     """``--parts`` / ``--manifest-dir`` of a decode line were checked by the decode only, after
@@ -435,6 +455,11 @@ def test_decode_test_sets_are_checked_as_far_as_known_before_training(tmp_path, 
            "argument --manifest-dir mine)" in check(*parts, *own, "--decode-data-ready")
     assert check(*parts[:2], *own, "--decode-data-ready") == ""
     assert "data.manifest_dir: no directory data/fbank" in check("--decode-data-ready")
+    (tmp_path / "data" / "fbank").mkdir(parents=True)  # the recipe's own, without test-clena
+    (tmp_path / "data" / "fbank" / "librispeech_cuts_test-other.jsonl.gz").write_bytes(b"")
+    assert "argument --parts: no test set data/fbank/librispeech_cuts_test-clena.jsonl.gz" \
+        in check(*parts, "--decode-data-ready")
+    assert check(*parts[:2], "--decode-data-ready") == ""
     lm = ["--decode-arg=--set", "--decode-arg=search.lm_path=token_3gram.arpa"]
     assert check(*parts[:2], *own, *lm) == ""  # stage 5 will make it
     assert "search.lm_path token_3gram.arpa: no such LM file" in check(*parts[:2], *own, *lm,
