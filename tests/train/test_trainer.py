@@ -1350,3 +1350,36 @@ def test_each_step_makes_one_collective_besides_ddps_own(tmp_path):
     for rank in (0, 1):
         got = json.loads((tmp_path / f"collectives{rank}.json").read_text())
         assert got == {"per_step": [1, 1, 1, 1], "step": 5}, rank
+
+
+@pytest.mark.parametrize("grad_clip", [0.0, 0.5, 1e6])  # off, clipping, too large to clip
+def test_a_step_divides_and_clips_the_gradients_as_clip_grad_norm_does(tmp_path, grad_clip):
+    """The step divides the accumulated gradient sums by the batch's utterances and clips them
+    in one multiplication: the gradients the optimizer gets are those of a division followed by
+    ``torch.nn.utils.clip_grad_norm_`` (its ``max_norm / (norm + 1e-6)``, at most 1)."""
+    torch.manual_seed(0)
+    model = ToyModel()
+    trainer = Trainer(model, OptimConfig(grad_clip=grad_clip),
+                      TrainConfig(max_epochs=1, checkpoint_interval=0, average_period=0),
+                      tmp_path, train_batches=batches)
+    sums = [10 * torch.randn_like(p) for p in model.parameters()]
+    for param, grad in zip(model.parameters(), sums):
+        param.grad = grad.clone()
+    trainer._accum_utts = 4.0
+    reference = [nn.Parameter(torch.zeros_like(g)) for g in sums]
+    for param, grad in zip(reference, sums):
+        param.grad = grad / 4.0
+    norm = torch.nn.utils.clip_grad_norm_(reference, grad_clip if grad_clip > 0 else math.inf)
+    assert (0 < grad_clip < float(norm)) == (grad_clip == 0.5)  # the cases are what they say
+    got: list[torch.Tensor] = []
+    real_step = trainer.optimizer.step
+
+    def step(*args, **kwargs):
+        got.extend(p.grad.clone() for p in model.parameters())
+        return real_step(*args, **kwargs)
+
+    trainer.optimizer.step = step
+    assert trainer._optimizer_step()
+    assert len(got) == len(reference)
+    for mine, theirs in zip(got, reference):
+        torch.testing.assert_close(mine, theirs.grad, rtol=1e-6, atol=1e-7)
