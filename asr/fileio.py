@@ -213,7 +213,8 @@ def check_writable_dir(path: str | Path, option: str) -> None:
 def read_text(path: str | Path, errors: Literal["strict", "replace"] = "strict") -> str:
     """The content of the UTF-8 text file ``path`` (newlines as they are in the file),
     decompressed when it is gzip (:func:`open_maybe_gzip`: told by its first bytes, whatever
-    its name, so ``corpus.txt.gz`` reads as ``corpus.txt``).
+    its name, so ``corpus.txt.gz`` reads as ``corpus.txt``), without the byte order mark that
+    some editors write first (it is no text: it would be part of the first word, id or key).
 
     Args:
         path: the file.
@@ -232,7 +233,7 @@ def read_text(path: str | Path, errors: Literal["strict", "replace"] = "strict")
     except (gzip.BadGzipFile, EOFError, zlib.error) as err:
         raise ValueError(f"{path}: corrupt or truncated gzip data ({err})") from None
     try:
-        return data.decode("utf-8", errors=errors)
+        text = data.decode("utf-8", errors=errors)
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
         column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
@@ -240,6 +241,7 @@ def read_text(path: str | Path, errors: Literal["strict", "replace"] = "strict")
             f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x} at column {column}); "
             "convert it to UTF-8, e.g. iconv -f latin1 -t utf-8"
         ) from None
+    return text.removeprefix("\ufeff")
 
 
 def is_gzip(path: str | Path) -> bool:

@@ -357,6 +357,29 @@ def test_read_text_reads_gzip_by_its_first_bytes(tmp_path, name):
         read_text(path)
 
 
+@pytest.mark.parametrize("compress", [False, True])
+def test_a_byte_order_mark_is_no_text_in_any_text_file_read(tmp_path, compress):
+    """Some editors write a UTF-8 byte order mark first. It was dropped from the scoring
+    files only (``asr wer``), so a transcript corpus taught the tokenizer a first word
+    ``\ufeffHELLO`` and a JSON file was refused as corrupt: every text file read drops it."""
+    import gzip
+
+    from asr.tokenizers.transcripts import read_transcripts
+
+    def write(name: str, text: str) -> Path:
+        data = ("\ufeff" + text).encode("utf-8")
+        path = tmp_path / name
+        path.write_bytes(gzip.compress(data) if compress else data)
+        return path
+
+    assert read_text(write("a.txt", "HELLO WORLD\n")) == "HELLO WORLD\n"
+    assert read_transcripts([write("corpus.txt", "HELLO WORLD\nAGAIN\n")]) == [
+        "HELLO WORLD", "AGAIN"]
+    assert read_json_object(write("meta.json", '{"a": 1}')) == {"a": 1}
+    # only a first one: a mark inside the text is the text's
+    assert read_text(write("b.txt", "A\ufeffB")) == "A\ufeffB"
+
+
 def test_one_line_escapes_what_breaks_a_line_or_field():
     """A name holding a tab or newline, written as a field of a tab-separated line, broke the
     line's fields; each control character is now an escape, and nothing else changes."""

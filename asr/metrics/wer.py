@@ -400,13 +400,6 @@ def write_recognitions(path: str | Path, result: CorpusResult) -> None:
     write_text_atomic(path, "".join(line + "\n" for line in lines))
 
 
-def _lines(path: Path) -> list[str]:
-    """The lines of the UTF-8 text file ``path``, without the byte order mark that some editors
-    write first (it is no text: it would be part of the first utterance id, which then matches
-    none in the other file)."""
-    return read_text(path).removeprefix("\ufeff").splitlines()
-
-
 def read_kaldi_text(path: str | Path) -> dict[str, str]:
     """Read a Kaldi ``text`` file (``utt_id TEXT`` lines; the text may be empty).
 
@@ -417,7 +410,7 @@ def read_kaldi_text(path: str | Path) -> dict[str, str]:
     path = Path(path)
     texts: dict[str, str] = {}
     first: dict[str, int] = {}
-    for line_no, line in enumerate(_lines(path), start=1):
+    for line_no, line in enumerate(read_text(path).splitlines(), start=1):
         fields = line.split(maxsplit=1)
         if not fields:
             continue
@@ -450,7 +443,7 @@ def read_recognitions(path: str | Path) -> tuple[dict[str, str], dict[str, str]]
     path = Path(path)
     texts: dict[str, dict[str, str]] = {"ref": {}, "hyp": {}}
     first: dict[str, dict[str, int]] = {"ref": {}, "hyp": {}}
-    for line_no, line in enumerate(_lines(path), start=1):
+    for line_no, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         utt, _, rest = line.partition(":\t")
@@ -472,7 +465,7 @@ def read_phrases(path: str | Path) -> dict[str, str]:
     path = Path(path)
     phrases: dict[str, str] = {}
     first: dict[str, int] = {}
-    for line_no, line in enumerate(_lines(path), start=1):
+    for line_no, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         utt_id, tab, phrase = line.partition("\t")
