@@ -559,7 +559,9 @@ class Trainer:
         its gradients are finite everywhere, whether a preemption signal reached any rank and
         whether the time budget is spent. A skipped step (non-finite gradients, a float16
         overflow) counts nowhere: its batches' losses and utterances stay out of the epoch's
-        train loss; a signal stops training after it as after a step taken.
+        train loss; a signal stops training after it as after a step taken. A step that wrote the
+        interval's checkpoint agrees once more, as an epoch's end does: a signal during that
+        write stops training right after it, rather than after another step and a second write.
 
         Raises:
             TrainingPreempted: a signal reached some rank (:meth:`_stop_if_preempted`).
@@ -572,7 +574,10 @@ class Trainer:
             self._after_step(loss, utts, metrics, lr, bar, self._agreed.budget_spent)
         finished = self._finished()
         if not finished:  # a finished run stops anyway, with its own checkpoint
-            self._stop_if_preempted(self._agreed.signum, saved=False)
+            signum = self._agreed.signum
+            if signum is None and self._saved_at == self._position():  # every rank saved
+                signum = agree(StepReport(signum=self._guard.signum), self.dist).signum
+            self._stop_if_preempted(signum, saved=False)
         return finished
 
     def _after_step(self, loss: float, utts: float, metrics: Mapping[str, float], lr: float,

@@ -1383,3 +1383,29 @@ def test_a_step_divides_and_clips_the_gradients_as_clip_grad_norm_does(tmp_path,
     assert len(got) == len(reference)
     for mine, theirs in zip(got, reference):
         torch.testing.assert_close(mine, theirs.grad, rtol=1e-6, atol=1e-7)
+
+
+def test_a_signal_during_the_interval_checkpoint_stops_right_after_it(tmp_path, monkeypatch,
+                                                                      outer_handlers):
+    """SIGTERM while the interval writes checkpoint-4.pt: training stops at step 4, whose
+    checkpoint holds its position, as after an epoch's end. It went on to step 5 and wrote a
+    second checkpoint before it stopped, doubling the writes inside the kill's grace period."""
+    from asr.train import trainer as trainer_module
+
+    full = run(tmp_path / "full")
+    real_save, written = trainer_module.atomic_torch_save, []
+
+    def save_while_signalled(state, path):
+        if path.name == "checkpoint-4.pt":  # the interval's (checkpoint_interval=2)
+            os.kill(os.getpid(), signal.SIGTERM)
+        written.append(path.name)
+        real_save(state, path)
+
+    monkeypatch.setattr(trainer_module, "atomic_torch_save", save_while_signalled)
+    stop = _preempted(tmp_path / "preempted")
+    monkeypatch.undo()
+    assert (stop.step, stop.signum) == (4, signal.SIGTERM)
+    assert written == ["checkpoint-2.pt", "checkpoint-4.pt"]
+    assert [n for n, _ in list_checkpoints(tmp_path / "preempted")] == [2, 4]
+    resumed = run(tmp_path / "preempted", resume=True)
+    _assert_same_weights(full, resumed)
