@@ -58,6 +58,7 @@ import torch
 from torch import Tensor
 
 from asr.decoding.config import SearchConfig
+from asr.fileio import read_text
 from asr.tokenizers.base import Tokenizer, check_text
 
 __all__ = [
@@ -192,7 +193,7 @@ def load_hotwords(spec: str | Path) -> list[Hotword]:
     except OSError:  # e.g. a name too long to be a path: inline phrases
         is_file = False
     if is_file:
-        return parse_hotwords(path.read_text(encoding="utf-8"), source=path)
+        return parse_hotwords(read_text(path), source=path)
     text = str(spec)
     if text.lower().endswith(".txt") and ";" not in text and "\n" not in text:
         raise HotwordError(f"hotwords file {text} does not exist (inline phrases are separated "
@@ -389,7 +390,7 @@ def hotwords_of(cfg: SearchConfig) -> list[Hotword]:
         path = Path(cfg.hotwords_file)
         if not path.is_file():
             raise HotwordError(f"search.hotwords_file {path} does not exist")
-        hotwords += parse_hotwords(path.read_text(encoding="utf-8"), source=path)
+        hotwords += parse_hotwords(read_text(path), source=path)
     if cfg.hotwords:
         hotwords += parse_hotwords(cfg.hotwords, INLINE_SEPARATORS)
     return hotwords

@@ -260,3 +260,15 @@ def test_a_boosted_phrase_wins(name, heads):
     graph = ContextGraph([list(phrase)], VOCAB, default_score=20.0)
     best = build_searcher(name, model, cfg, context=graph)(enc, enc_lens)[0][0].tokens
     assert any(best[i : i + 3] == phrase for i in range(len(best)))
+
+
+def test_a_hotword_file_with_a_byte_order_mark_reads_its_first_phrase(tmp_path):
+    """A hotwords file saved with a UTF-8 byte order mark (as some editors write) had the mark
+    glued to its first phrase, which no tokenizer knows; it is read as every text file is
+    (:func:`asr.fileio.read_text`), without it."""
+    tokenizer = build_char_tokenizer(["AB"])
+    path = tmp_path / "hotwords.txt"
+    path.write_text("\ufeffAB :2\nBA\n", encoding="utf-8")
+    assert [h.text for h in load_hotwords(path)] == ["AB", "BA"]
+    graph = context_graph_for(SearchConfig(hotwords_file=path), tokenizer)
+    assert graph is not None and graph.num_phrases == 2
