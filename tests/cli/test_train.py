@@ -389,12 +389,7 @@ def test_a_decode_device_this_machine_lacks_is_refused_before_training(args, gpu
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
     recipe = Path("recipes/mini_tts/conformer_transducer.yaml").resolve()
-    base = ["train", "--config", str(recipe), "--exp-dir", str(tmp_path / "exp"), "--check-only",
-            "--decode-arg=--searcher", "--decode-arg=greedy"]
-    assert main([*base, *[f"--decode-arg={arg}" for arg in args]]) == 2
-    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert len(errors) == 1 and errors[0].startswith("asr train: --decode-arg: asr decode "), errors
-    assert message in errors[0] and not (tmp_path / "exp").exists()
+    base = _assert_decode_line_refused(recipe, args, message, tmp_path, caplog)
     # what this machine has passes: its GPUs by number, the CPU, auto
     fits = [["--device", "cpu"], ["--device", "auto"], ["--num-threads", "2"]]
     fits += [["--device", f"cuda:{gpus - 1}"]] if gpus else []
@@ -414,12 +409,21 @@ def test_a_decode_line_asr_decode_refuses_is_refused_before_training(args, messa
     found by the decode stage, after training: ``--decode-arg`` has the check refuse it first.
     (That the recipes pass --decode-args to this check: tests/egs/test_recipe_wiring.py.)"""
     recipe = Path(__file__).resolve().parents[2] / "recipes/librispeech/conformer_transducer.yaml"
+    _assert_decode_line_refused(recipe, args, message, tmp_path, caplog)
+
+
+def _assert_decode_line_refused(recipe: Path, args: list[str], message: str, tmp_path,
+                                caplog) -> list[str]:
+    """``asr train --check-only`` of ``recipe`` with the decode line ``--searcher greedy`` +
+    ``args`` exits 2 with one error, from asr decode's check, holding ``message``, and creates
+    no experiment directory; returns the command without ``args``."""
     base = ["train", "--config", str(recipe), "--exp-dir", str(tmp_path / "exp"), "--check-only",
             "--decode-arg=--searcher", "--decode-arg=greedy"]
     assert main([*base, *[f"--decode-arg={arg}" for arg in args]]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and errors[0].startswith("asr train: --decode-arg: asr decode "), errors
     assert message in errors[0] and not (tmp_path / "exp").exists()
+    return base
 
 
 def test_decode_test_sets_are_checked_as_far_as_known_before_training(tmp_path, monkeypatch,
