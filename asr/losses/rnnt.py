@@ -15,10 +15,9 @@ empty target is the all-blank path).
 
 Symbol-delay penalty (``delay_penalty > 0``, :mod:`asr.losses.delay_penalty`): torchaudio has
 none, so the penalised loss runs on our mutual-information recursion instead
-(:mod:`asr.losses.mutual_information`, ``backend``): the arc log-probs of the full lattice are
-those of the pruned loss with a band covering every symbol position
-(:func:`asr.losses.pruned_rnnt.pruned_lattice_logprobs`), computed in float32, or float64 if
-given; there is no gradient ``clamp`` on that path. ``delay_penalty = 0`` is torchaudio's loss,
+(:mod:`asr.losses.mutual_information`, ``backend``): :func:`rnnt_nll_from_logprobs` of each
+node's token and blank log-probs (the same NLL that TDT's ``omega`` term takes), computed in
+float32, or float64 if given; there is no gradient ``clamp`` on that path. ``delay_penalty = 0`` is torchaudio's loss,
 untouched.
 """
 
@@ -33,11 +32,11 @@ from asr.losses.precision import loss_dtype
 from asr.losses.pruned_rnnt import (
     blank_padded_tokens,
     frameless_batch_loss,
-    pruned_lattice_logprobs,
+    gather_log_softmax,
     reduce_per_utterance,
 )
 
-__all__ = ["rnnt_loss"]
+__all__ = ["rnnt_loss", "rnnt_nll_from_logprobs"]
 
 
 def rnnt_loss(
@@ -134,16 +133,45 @@ def _penalised_loss(
     backend: str,
 ) -> Tensor:
     """The full loss with the symbol-delay penalty, on the mutual-information recursion (module
-    docstring). Shapes as in :func:`rnnt_loss`; ``tokens`` blank-padded."""
+    docstring): :func:`rnnt_nll_from_logprobs` of the nodes' token and blank log-probs. Shapes
+    as in :func:`rnnt_loss`; ``tokens`` blank-padded."""
     batch, num_frames, rows, _ = logits.shape
     frame_lens = frame_lens.to(logits.device)
     token_lens = token_lens.to(logits.device)
     with torch.autocast(device_type=logits.device.type, enabled=False):
         logits = logits.to(loss_dtype(logits))
-        # Every frame's band is the whole column 0 .. U: the pruned lattice IS the full one.
-        ranges = torch.arange(rows, device=logits.device).expand(batch, num_frames, rows)
-        px, py = pruned_lattice_logprobs(logits, tokens, ranges, frame_lens, token_lens, blank_id)
-        px = add_delay_penalty(px, frame_lens, delay_penalty)
-        total = mutual_information_recursion(px, py, token_lens, frame_lens, backend)
-    losses = (-total).masked_fill(frame_lens <= 0, float("inf"))
+        # the token after node u at every node (any id at the last one, whose is dropped)
+        padded = torch.cat([tokens.to(torch.int64), tokens.new_zeros(batch, 1).long()], dim=1)
+        symbols = padded[:, None, :].expand(batch, num_frames, rows)
+        index = torch.stack([symbols, torch.full_like(symbols, blank_id)], dim=-1)
+        sym_lp, blank_lp = gather_log_softmax(logits, index).unbind(-1)  # (B, T, U + 1) each
+        losses = rnnt_nll_from_logprobs(
+            sym_lp[:, :, :-1], blank_lp, frame_lens, token_lens, backend, delay_penalty
+        )
     return reduce_per_utterance(losses, reduction)
+
+
+def rnnt_nll_from_logprobs(
+    sym_lp: Tensor, blank_lp: Tensor, frame_lens: Tensor, token_lens: Tensor,
+    backend: str = "auto", delay_penalty: float = 0.0,
+) -> Tensor:
+    """Plain RNN-T negative log-likelihood from per-node token and blank log-probs.
+
+    Args:
+        sym_lp: (B, T, U) ``log P(y[u] | t, u)``. blank_lp: (B, T, U + 1). frame_lens,
+            token_lens: (B,).
+        backend: mutual-information backend (``auto | torch | triton``).
+        delay_penalty: symbol-delay penalty (:mod:`asr.losses.delay_penalty`; 0 = off).
+
+    Returns:
+        (B,) ``-log P(y)`` over the standard RNN-T lattice; ``+inf`` without frames.
+    """
+    batch, num_frames, num_tokens = sym_lp.shape
+    frame_ok = torch.arange(num_frames, device=sym_lp.device)[None, :] < frame_lens[:, None]
+    px = sym_lp.masked_fill(~frame_ok[:, :, None], float("-inf")).transpose(1, 2)
+    px = torch.cat([px, px.new_full((batch, num_tokens, 1), float("-inf"))], dim=2)
+    px = add_delay_penalty(px, frame_lens, delay_penalty)
+    total = mutual_information_recursion(
+        px, blank_lp.transpose(1, 2), token_lens, frame_lens, backend
+    )
+    return (-total).masked_fill(frame_lens <= 0, float("inf"))

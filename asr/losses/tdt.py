@@ -50,8 +50,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from asr.losses.delay_penalty import add_delay_penalty, add_token_delay_penalty
-from asr.losses.mutual_information import mutual_information_recursion
+from asr.losses.delay_penalty import add_token_delay_penalty
 from asr.losses.precision import loss_dtype
 from asr.losses.pruned_rnnt import (
     blank_padded_tokens,
@@ -59,6 +58,7 @@ from asr.losses.pruned_rnnt import (
     gather_log_softmax,
     reduce_per_utterance,
 )
+from asr.losses.rnnt import rnnt_nll_from_logprobs
 from asr.losses.tdt_recursion import NEG, check_durations, tdt_recursion
 
 __all__ = [
@@ -67,7 +67,6 @@ __all__ = [
     "tdt_arc_weights",
     "tdt_lattice_weights",
     "tdt_nll",
-    "rnnt_nll_from_logprobs",
 ]
 
 
@@ -142,32 +141,6 @@ def tdt_lattice_weights(
 def tdt_nll(total: Tensor) -> Tensor:
     """(B,) recursion totals -> negative log-likelihoods, ``+inf`` where no path exists."""
     return torch.where(total > NEG / 2, -total, torch.full_like(total, float("inf")))
-
-
-def rnnt_nll_from_logprobs(
-    sym_lp: Tensor, blank_lp: Tensor, frame_lens: Tensor, token_lens: Tensor,
-    backend: str = "auto", delay_penalty: float = 0.0,
-) -> Tensor:
-    """Plain RNN-T negative log-likelihood from per-node token and blank log-probs.
-
-    Args:
-        sym_lp: (B, T, U) ``log P(y[u] | t, u)``. blank_lp: (B, T, U + 1). frame_lens,
-            token_lens: (B,).
-        backend: mutual-information backend (``auto | torch | triton``).
-        delay_penalty: symbol-delay penalty (:mod:`asr.losses.delay_penalty`; 0 = off).
-
-    Returns:
-        (B,) ``-log P(y)`` over the standard RNN-T lattice; ``+inf`` without frames.
-    """
-    batch, num_frames, num_tokens = sym_lp.shape
-    frame_ok = torch.arange(num_frames, device=sym_lp.device)[None, :] < frame_lens[:, None]
-    px = sym_lp.masked_fill(~frame_ok[:, :, None], float("-inf")).transpose(1, 2)
-    px = torch.cat([px, px.new_full((batch, num_tokens, 1), float("-inf"))], dim=2)
-    px = add_delay_penalty(px, frame_lens, delay_penalty)
-    total = mutual_information_recursion(
-        px, blank_lp.transpose(1, 2), token_lens, frame_lens, backend
-    )
-    return (-total).masked_fill(frame_lens <= 0, float("inf"))
 
 
 def tdt_loss(

@@ -4,8 +4,8 @@ gradcheck, validation."""
 import pytest
 import torch
 
-from asr.losses.rnnt import rnnt_loss
-from asr.losses.tdt import rnnt_nll_from_logprobs, tdt_lattice_weights, tdt_loss
+from asr.losses.rnnt import rnnt_loss, rnnt_nll_from_logprobs
+from asr.losses.tdt import tdt_lattice_weights, tdt_loss
 from asr.losses.tdt_recursion import NEG, tdt_recursion
 
 
