@@ -42,14 +42,15 @@ TOKEN_LENS = torch.tensor([3, 1, 2, 0])
 PENALTY = 0.7  # large, so that a wrong centre or frame index shows at float64 precision
 
 
-def batch_inputs(seed: int = 0, dtype=torch.float64):
-    """(B, T, U + 1, V) logits, (B, U) tokens, (B, T, V) am and (B, U + 1, V) lm."""
+def batch_inputs(seed: int = 0, dtype=torch.float64, width: int = VOCAB):
+    """(B, T, U + 1, W) logits, (B, U) tokens (ids in [1, V)), (B, T, W) am and (B, U + 1, W)
+    lm; W is V, or V + D for TDT (:func:`tdt_inputs`)."""
     gen = torch.Generator().manual_seed(seed)
     batch, frames, num_tokens = len(FRAME_LENS), int(FRAME_LENS.max()), int(TOKEN_LENS.max())
-    logits = torch.randn(batch, frames, num_tokens + 1, VOCAB, generator=gen, dtype=dtype)
+    logits = torch.randn(batch, frames, num_tokens + 1, width, generator=gen, dtype=dtype)
     tokens = torch.randint(1, VOCAB, (batch, num_tokens), generator=gen)
-    am = torch.randn(batch, frames, VOCAB, generator=gen, dtype=dtype)
-    lm = torch.randn(batch, num_tokens + 1, VOCAB, generator=gen, dtype=dtype)
+    am = torch.randn(batch, frames, width, generator=gen, dtype=dtype)
+    lm = torch.randn(batch, num_tokens + 1, width, generator=gen, dtype=dtype)
     return logits, tokens, am, lm
 
 
@@ -290,15 +291,9 @@ DURATIONS = (0, 1, 2)
 
 
 def tdt_inputs(seed: int = 0, dtype=torch.float64):
-    """(B, T, U + 1, V + D) logits, (B, U) tokens, (B, T, V + D) am, (B, U + 1, V + D) lm."""
-    gen = torch.Generator().manual_seed(100 + seed)
-    batch, frames, num_tokens = len(FRAME_LENS), int(FRAME_LENS.max()), int(TOKEN_LENS.max())
-    width = VOCAB + len(DURATIONS)
-    logits = torch.randn(batch, frames, num_tokens + 1, width, generator=gen, dtype=dtype)
-    tokens = torch.randint(1, VOCAB, (batch, num_tokens), generator=gen)
-    am = torch.randn(batch, frames, width, generator=gen, dtype=dtype)
-    lm = torch.randn(batch, num_tokens + 1, width, generator=gen, dtype=dtype)
-    return logits, tokens, am, lm
+    """:func:`batch_inputs` with the D duration logits: (B, T, U + 1, V + D) logits, (B, U)
+    tokens, (B, T, V + D) am, (B, U + 1, V + D) lm."""
+    return batch_inputs(100 + seed, dtype, VOCAB + len(DURATIONS))
 
 
 def tdt_brute_force_loss(logits: torch.Tensor, tokens: list[int], delay_penalty: float) -> float:
