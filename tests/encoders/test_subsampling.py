@@ -108,3 +108,25 @@ def test_one_trace_runs_every_length_as_the_convolutions_on_the_input_alone():
                                        msg=lambda m, n=num_frames: f"{n} frames: {m}")
             traced_out, traced_lens = traced(feats, lens)
             assert torch.equal(traced_out, out) and torch.equal(traced_lens, out_lens), num_frames
+
+
+def test_a_chunk_checks_its_features_once(monkeypatch):
+    """``forward_chunk`` checks the new frames it is given (a range check is a device sync on a
+    GPU), then subsamples the cached and new frames without checking them again; with
+    ``check=False`` (the encoder, which checked them already) it checks nothing: a streaming
+    chunk had two syncs where the offline forward has one."""
+    import asr.encoders.subsampling as subsampling
+
+    calls = []
+    real = subsampling.check_features
+    monkeypatch.setattr(subsampling, "check_features",
+                        lambda *args: calls.append(args[-1]) or real(*args))
+    module = Conv2dSubsampling(input_dim=10, output_dim=6, channels=4)
+    state = module.init_state(2, torch.device("cpu"), torch.float32)
+    feats, lens = torch.randn(2, 11, 10), torch.tensor([11, 4])
+    _, _, state = module.forward_chunk(feats, lens, state)
+    assert len(calls) == 1
+    module.forward_chunk(feats, lens, state, check=False)
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match="feat_lens"):
+        module.forward_chunk(feats, torch.tensor([12, 4]), state)
