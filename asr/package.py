@@ -55,9 +55,10 @@ import torch
 from asr.checkpoints.io import CheckpointError, load_weights, save_weights
 from asr.checkpoints.selection import (
     PlannedWeights,
+    SelectedWeights,
     WeightSelection,
-    plan_weights,
     read_weights,
+    use_planned_weights,
 )
 from asr.config import ConfigError, load_config, save_config
 from asr.constants import METADATA_FILE
@@ -476,7 +477,9 @@ def export_package(
     (:func:`locked_output_dir`) from its check under the lock to its last write. The weights
     are planned before the lock, from the directory listing (as ``asr average`` plans them): a
     missing checkpoint is a mistake in the command that no wait mends, so it is reported before
-    an output another run is writing, and makes nothing; they are read under the lock.
+    an output another run is writing, and makes nothing; they are read under the lock, and
+    planned again when a running training pruned a chosen checkpoint meanwhile
+    (:func:`asr.checkpoints.selection.use_planned_weights`).
 
     Args:
         exp_dir: experiment directory written by ``asr train``.
@@ -503,31 +506,35 @@ def export_package(
             ``out_dir``.
     """
     exp_dir, out_dir = Path(exp_dir), Path(out_dir)
-    try:  # lists the files, reads none: before the lock
-        plan = plan_weights(exp_dir, selection or WeightSelection())
-    except (FileNotFoundError, ValueError) as err:
+
+    def export(plan: PlannedWeights) -> PackageMetadata:
+        with locked_output_dir(out_dir, overwrite, METADATA_FILE, [exp_dir], "--overwrite",
+                               PackageError):
+            try:  # a CheckpointError passes: a file pruned meanwhile is chosen again
+                weights = read_weights(plan)
+            except (FileNotFoundError, ValueError) as err:
+                raise PackageError(f"{exp_dir}: {err}") from err
+            return _export_package(exp_dir, out_dir, weights, tokenizer_dir, wer, overwrite,
+                                   searcher, search)
+
+    try:  # each plan lists the files, reading none, before the lock
+        return use_planned_weights(exp_dir, selection or WeightSelection(), export)
+    except (FileNotFoundError, CheckpointError) as err:
         raise PackageError(f"{exp_dir}: {err}") from err
-    with locked_output_dir(out_dir, overwrite, METADATA_FILE, [exp_dir], "--overwrite",
-                           PackageError):
-        return _export_package(exp_dir, out_dir, plan, tokenizer_dir, wer, overwrite,
-                               searcher, search)
 
 
 def _export_package(
     exp_dir: Path,
     out_dir: Path,
-    plan: PlannedWeights,
+    weights: SelectedWeights,
     tokenizer_dir: str | Path | None,
     wer: Mapping[str, float] | None,
     overwrite: bool,
     searcher: str | None,
     search: Mapping[str, Any] | Iterable[str] | None,
 ) -> PackageMetadata:
-    """The body of :func:`export_package`, run under the lock of ``out_dir``."""
-    try:
-        weights = read_weights(plan)
-    except (FileNotFoundError, ValueError, CheckpointError) as err:
-        raise PackageError(f"{exp_dir}: {err}") from err
+    """The body of :func:`export_package`, run under the lock of ``out_dir`` on the weights
+    read there."""
     logger.info("weights %s from %s", weights.tag, ", ".join(p.name for p in weights.sources))
     try:
         cfg = load_experiment_config(exp_dir, checkpoint=weights.checkpoint)

@@ -428,3 +428,28 @@ def test_package_weights_that_do_not_fit_the_config_are_refused(exp_dir, tmp_pat
                        {**package.state_dict, "extra.weight": torch.zeros(1)}):
         with pytest.raises(PackageError, match=r"model\.safetensors: weights do not fit"):
             dataclasses.replace(package, state_dict=state_dict).build_model()
+
+
+def test_export_package_chooses_again_when_a_running_training_prunes_a_chosen_checkpoint(
+        exp_dir, tmp_path, monkeypatch):
+    """``asr export-package --last 2`` while training runs with ``keep_last: 2``: a new
+    checkpoint is written and the oldest chosen one deleted between the listing and the
+    reading. The export stopped with "does not exist"; it chooses again, as ``asr decode``
+    does, and packages the newer checkpoints."""
+    from asr.checkpoints import selection
+    from asr.checkpoints.io import checkpoint_path, remove_old_checkpoints
+
+    real_read, tried = selection.read_model_weights, []
+
+    def read(path):
+        if not tried:  # the training saves checkpoint-4.pt and prunes to keep_last=2
+            (exp_dir / "checkpoint-4.pt").hardlink_to(exp_dir / "checkpoint-1.pt")
+            remove_old_checkpoints(exp_dir, keep_last=2)
+        tried.append(Path(path).name)
+        return real_read(path)
+
+    monkeypatch.setattr(selection, "read_model_weights", read)
+    metadata = export_package(exp_dir, tmp_path / "pkg", WeightSelection(last=2))
+    assert metadata.checkpoints == ("checkpoint-3.pt", "checkpoint-4.pt")
+    assert tried == ["checkpoint-2.pt", "checkpoint-3.pt", "checkpoint-4.pt"]
+    assert not checkpoint_path(exp_dir, 2).exists()

@@ -71,6 +71,8 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError as err:  # deleted since is_file (a training's keep_last pruning)
+        raise CheckpointError(f"checkpoint {path} does not exist") from err
     except Exception as err:  # torch raises several types for truncated / foreign files
         raise CheckpointError(
             f"cannot load checkpoint {path} ({path.stat().st_size} bytes): it is truncated, "

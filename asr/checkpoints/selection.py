@@ -14,17 +14,18 @@ the directory listing alone, reading no checkpoint (so ``asr average`` can lock 
 the tag names before it reads any), and :func:`read_weights` reads (and averages) them;
 :func:`select_weights` does both. A training that still runs prunes its step checkpoints to
 ``train.keep_last`` meanwhile, and may delete one that ``--last N`` (or the newest) chose between
-the listing and its reading: :func:`select_weights` then chooses again from a new listing (at most
+the listing and its reading: :func:`use_planned_weights` (which :func:`select_weights`, ``asr
+average`` and ``asr export-package`` read through) then chooses again from a new listing (at most
 :data:`SELECT_ATTEMPTS` times), which names the newer checkpoints that replaced it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -49,9 +50,12 @@ __all__ = [
     "plan_weights",
     "read_weights",
     "select_weights",
+    "use_planned_weights",
 ]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: How often :func:`select_weights` lists and reads when the checkpoints it chose vanish before
 #: they are read (a running training's ``keep_last`` pruning, module docstring).
@@ -178,22 +182,24 @@ def read_weights(plan: PlannedWeights) -> SelectedWeights:
     return SelectedWeights(state_dict, plan.tag, plan.sources, loaded[-1][1])
 
 
-def select_weights(exp_dir: str | Path, selection: WeightSelection) -> SelectedWeights:
-    """Reads (and averages) the weights ``selection`` names in ``exp_dir``: :func:`read_weights`
-    of :func:`plan_weights`, planned again when a chosen file vanished before it was read (a
-    running training's ``keep_last`` pruning; module docstring), up to :data:`SELECT_ATTEMPTS`
-    times in all.
+def use_planned_weights(exp_dir: str | Path, selection: WeightSelection,
+                        use: Callable[[PlannedWeights], T]) -> T:
+    """``use`` of the :func:`plan_weights` of ``selection``, planned again and used again when
+    a chosen file vanished before ``use`` read it (a running training's ``keep_last`` pruning;
+    module docstring), up to :data:`SELECT_ATTEMPTS` times in all. ``use`` reads the plan with
+    :func:`read_weights` and lets its :class:`~asr.checkpoints.io.CheckpointError` pass; what it
+    does around the reading (``asr average`` locks the output the tag names) is done again for
+    each plan.
 
     Raises:
         FileNotFoundError: naming missing checkpoints.
-        ValueError: when ``--use-averaged-model`` finds no running average to use.
-        asr.checkpoints.io.CheckpointError: naming a file that is corrupt or not a checkpoint,
-            or the last one that vanished after :data:`SELECT_ATTEMPTS` choices.
+        asr.checkpoints.io.CheckpointError: what ``use`` raised, or for the last file that
+            vanished after :data:`SELECT_ATTEMPTS` choices, saying so.
     """
     for attempt in range(1, SELECT_ATTEMPTS + 1):
         plan = plan_weights(exp_dir, selection)
         try:
-            return read_weights(plan)
+            return use(plan)
         except CheckpointError as err:
             vanished = [path for path in plan.sources if not path.exists()]
             if not vanished:
@@ -207,3 +213,17 @@ def select_weights(exp_dir: str | Path, selection: WeightSelection) -> SelectedW
             logger.info("%s was deleted after it was chosen (a running training's keep_last "
                         "pruning?): choosing again", vanished[0])
     raise AssertionError("unreachable")
+
+
+def select_weights(exp_dir: str | Path, selection: WeightSelection) -> SelectedWeights:
+    """Reads (and averages) the weights ``selection`` names in ``exp_dir``: :func:`read_weights`
+    of :func:`plan_weights`, planned again when a chosen file vanished before it was read
+    (:func:`use_planned_weights`).
+
+    Raises:
+        FileNotFoundError: naming missing checkpoints.
+        ValueError: when ``--use-averaged-model`` finds no running average to use.
+        asr.checkpoints.io.CheckpointError: naming a file that is corrupt or not a checkpoint,
+            or the last one that vanished after :data:`SELECT_ATTEMPTS` choices.
+    """
+    return use_planned_weights(exp_dir, selection, read_weights)

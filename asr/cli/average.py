@@ -13,7 +13,10 @@ method) instead of only the 9 end-of-epoch snapshots. The output (default
 It is written atomically by one run at a time: a second run on the same output is refused
 (exit 2, naming it; :func:`asr.fileio.output_lock`) before it reads any checkpoint (the default
 output's name comes from the selected checkpoints' file names, found by listing
-:func:`asr.checkpoints.selection.plan_weights`). A selection naming a missing checkpoint is
+:func:`asr.checkpoints.selection.plan_weights`). A training that still runs may prune a chosen
+checkpoint before it is read: the selection is then planned (and its output locked) again,
+naming the newer checkpoints (:func:`asr.checkpoints.selection.use_planned_weights`, as ``asr
+decode`` does). A selection naming a missing checkpoint is
 reported before a busy output, also with ``--output``: it is a mistake in the command that no
 wait mends, while the busy output goes when the other run ends, so a user fixes the command
 now rather than wait for the other run to learn of it.
@@ -26,7 +29,7 @@ import logging
 from pathlib import Path
 
 from asr.checkpoints.io import CheckpointError
-from asr.checkpoints.selection import plan_weights, read_weights
+from asr.checkpoints.selection import PlannedWeights, read_weights, use_planned_weights
 from asr.cli.options import add_checkpoint_arguments, selection_from_args
 from asr.experiment import save_experiment_weights
 from asr.fileio import OutputBusyError, check_writable_file, output_lock
@@ -41,12 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        selection = selection_from_args(args)
-        if selection.is_default():
-            raise ValueError("give --epoch E [--avg N], --last N or --checkpoint F")
-        # lists the files, reads none; before the lock (see the module docstring)
-        plan = plan_weights(args.exp_dir, selection)
+    def average(plan: PlannedWeights) -> tuple[Path, str]:
+        """Averages ``plan`` into its output under the output's lock (each plan its own)."""
         output = args.output
         if output is None:
             output = args.exp_dir / f"averaged-{plan.tag}.safetensors"
@@ -55,9 +54,17 @@ def run(args: argparse.Namespace) -> int:
         with output_lock(output):  # before any checkpoint is read
             weights = read_weights(plan)
             save_experiment_weights(args.exp_dir, weights.state_dict, output, weights.tag)
+        return output, weights.tag
+
+    try:
+        selection = selection_from_args(args)
+        if selection.is_default():
+            raise ValueError("give --epoch E [--avg N], --last N or --checkpoint F")
+        # plans from the listing before the lock, again if training pruned a chosen file
+        output, tag = use_planned_weights(args.exp_dir, selection, average)
     except (FileNotFoundError, ValueError, CheckpointError, OutputBusyError) as err:
         logger.error("asr average: %s", err)
         return 2
-    logger.info("wrote %s (%s)", output, weights.tag)
+    logger.info("wrote %s (%s)", output, tag)
     print(output)
     return 0

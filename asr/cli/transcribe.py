@@ -53,6 +53,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import unicodedata
 from collections.abc import Sequence
@@ -308,9 +309,11 @@ def _folded(name: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    # ``--set search.beam_size=8 a.wav``: --set took the file too; a file has no '='
-    files = list(args.files) + [o for o in args.search_overrides if "=" not in o]
-    args.search_overrides = [o for o in args.search_overrides if "=" in o]
+    # ``--set search.beam_size=8 a.wav``: --set took the file too; a word of it is a file when
+    # it has no '=' or names one (``take=1.wav``)
+    taken = [o for o in args.search_overrides if "=" not in o or os.path.exists(o)]
+    files = list(args.files) + taken
+    args.search_overrides = [o for o in args.search_overrides if o not in taken]
     if not files:
         logger.error("asr transcribe: no audio files given ('-' reads stdin)")
         return 2

@@ -335,17 +335,18 @@ def _export(package: ModelPackage, out_dir: Path, streaming: bool, int8: bool, o
             "pip install -e '.[onnx]'"
         ) from err
 
+    kept: dict[Path, Any] = {}  # each graph's onnxruntime session, from its own check
     with staging_directory(out_dir) as tmp:
         if model.head_kinds()[head] == "ctc":
-            report = _export_ctc(model, package, head, tmp, opset)
+            report = _export_ctc(model, package, head, tmp, opset, kept)
         elif model.head_kinds()[head] == "tdt":
-            report = _export_tdt(model, package, head, tmp, opset)
-        elif streaming:
-            report = _export_transducer(model, package, head, tmp, opset, (chunk_size, left_chunks))
+            report = _export_tdt(model, package, head, tmp, opset, kept)
         else:
-            report = _export_transducer(model, package, head, tmp, opset, None)
+            chunking = (chunk_size, left_chunks) if streaming else None
+            report = _export_transducer(model, package, head, tmp, opset, chunking, kept)
         if int8:
-            _quantize_all(report, tmp)
+            _quantize_all(report, tmp, kept)
+        kept.clear()  # every graph is checked: their sessions can go
         _write_tokens(package, tmp / _TOKENS, blank_last=report.layout == "tdt")
         if isinstance(package.tokenizer, BpeTokenizer):
             write_bpe_vocab(package.tokenizer, tmp / BPE_VOCAB)
@@ -375,7 +376,7 @@ def _base_metadata(package: ModelPackage, model_type: str) -> dict[str, str]:
 
 def _export_transducer(
     model: ASRModel, package: ModelPackage, head_name: str, out: Path, opset: int,
-    chunking: tuple[int, int] | None,
+    chunking: tuple[int, int] | None, kept: dict[Path, Any],
 ) -> ExportReport:
     head: TransducerHead = model.heads[head_name]
     encoder: ChunkedEncoder = model.encoder
@@ -395,7 +396,7 @@ def _export_transducer(
         report.checks.append(_check_offline(
             out / "encoder.onnx", ["x", "x_lens"], ["encoder_out", "encoder_out_lens"],
             lambda x, n: _project(encoder(x, n), head.joiner.encoder_proj),
-            package.config.data.fbank)[0])
+            package.config.data.fbank, kept=kept)[0])
         report.loader = (
             "sherpa_onnx.OfflineRecognizer.from_transducer(encoder='encoder.onnx', "
             "decoder='decoder.onnx', joiner='joiner.onnx', tokens='tokens.txt', "
@@ -421,7 +422,8 @@ def _export_transducer(
         _export_streaming_encoder(wrapper, out / "encoder.onnx", opset, enc_meta,
                                   package.config.data.fbank.num_mel_bins)
         report.checks.append(_check_streaming(out / "encoder.onnx", wrapper, encoder,
-                                              package.config.data.fbank, chunk_size, left_chunks))
+                                              package.config.data.fbank, chunk_size, left_chunks,
+                                              kept))
         report.loader = (
             "sherpa_onnx.OnlineRecognizer.from_transducer(encoder='encoder.onnx', "
             "decoder='decoder.onnx', joiner='joiner.onnx', tokens='tokens.txt', "
@@ -435,7 +437,7 @@ def _export_transducer(
                   {"y": {0: "N"}, "decoder_out": {0: "N"}}, opset)
     _add_metadata(out / "decoder.onnx", dec_meta)
     report.metadata["decoder.onnx"] = dec_meta
-    line, dec_read = _check_decoder(out / "decoder.onnx", head)
+    line, dec_read = _check_decoder(out / "decoder.onnx", head, kept)
     report.checks.append(line)
 
     join_meta = {"joiner_dim": str(joiner_dim), "vocab_size": str(vocab)}
@@ -446,12 +448,13 @@ def _export_transducer(
     _add_metadata(out / "joiner.onnx", join_meta)
     report.metadata["joiner.onnx"] = join_meta
     report.checks.append(_check_joiner(out / "joiner.onnx", out / "decoder.onnx", dec_read,
-                                       head, joiner_dim))
+                                       head, joiner_dim, kept))
     return report
 
 
 def _export_ctc(
-    model: ASRModel, package: ModelPackage, head_name: str, out: Path, opset: int
+    model: ASRModel, package: ModelPackage, head_name: str, out: Path, opset: int,
+    kept: dict[Path, Any],
 ) -> ExportReport:
     head: CTCHead = model.heads[head_name]
     meta = _base_metadata(package, "zipformer2_ctc")
@@ -464,14 +467,16 @@ def _export_ctc(
     report.metadata["model.onnx"] = meta
     report.checks.append(_check_offline(
         out / "model.onnx", ["x", "x_lens"], ["log_probs", "log_probs_len"],
-        lambda x, n: _ctc_reference(model.encoder, head, x, n), package.config.data.fbank)[0])
+        lambda x, n: _ctc_reference(model.encoder, head, x, n), package.config.data.fbank,
+        kept=kept)[0])
     report.loader = ("sherpa_onnx.OfflineRecognizer.from_zipformer_ctc(model='model.onnx', "
                      f"tokens='tokens.txt', {_front_end_args(package.config.data.fbank)})")
     return report
 
 
 def _export_tdt(
-    model: ASRModel, package: ModelPackage, head_name: str, out: Path, opset: int
+    model: ASRModel, package: ModelPackage, head_name: str, out: Path, opset: int,
+    kept: dict[Path, Any],
 ) -> ExportReport:
     """sherpa-onnx's NeMo transducer layout (graphs.NemoEncoder/NemoDecoder/NemoJoiner)."""
     head: TransducerHead = model.heads[head_name]
@@ -506,7 +511,7 @@ def _export_tdt(
     line, enc_read = _check_offline(
         out / "encoder.onnx", ["audio_signal", "length"], ["outputs", "encoded_lengths"],
         lambda x, n: _project(encoder(x, n), head.joiner.encoder_proj), fbank,
-        channels_first=True, pad_value=0.0)
+        channels_first=True, pad_value=0.0, kept=kept)
     report.checks.append(line)
 
     decoder = NemoDecoder(head).eval()
@@ -522,7 +527,7 @@ def _export_tdt(
     _add_metadata(out / "decoder.onnx", dec_meta)
     report.metadata["decoder.onnx"] = dec_meta
     report.checks.append(_check_nemo_decoder(out / "decoder.onnx", out / "encoder.onnx",
-                                             enc_read, head))
+                                             enc_read, head, kept))
 
     joiner = NemoJoiner(head).eval()
     _torch_export(joiner, (torch.randn(2, joiner_dim, 1), torch.randn(2, joiner_dim, 1)),
@@ -532,7 +537,7 @@ def _export_tdt(
     _add_metadata(out / "joiner.onnx", join_meta)
     report.metadata["joiner.onnx"] = join_meta
     report.checks.append(_check_nemo_joiner(out / "joiner.onnx", out / "encoder.onnx",
-                                            enc_read, head, joiner_dim))
+                                            enc_read, head, joiner_dim, kept))
     report.loader = (
         "sherpa_onnx.OfflineRecognizer.from_transducer(encoder='encoder.onnx', "
         "decoder='decoder.onnx', joiner='joiner.onnx', tokens='tokens.txt', "
@@ -637,14 +642,23 @@ def _add_metadata(path: Path, meta: dict[str, str]) -> None:
 # ----------------------------------------------------------------------------- self-check
 
 
-def _session(path: Path):
+def _session(path: Path, kept: dict[Path, Any] | None = None):
+    """An onnxruntime session of the graph ``path``: the one ``kept`` (an export's sessions,
+    by graph file) holds, else a new one, which ``kept`` then holds. Loading is the costly part
+    of a check: each graph of an export is loaded once, by its own check, and the int8 check
+    compares the quantized graph with that same session."""
+    if kept is not None and path in kept:
+        return kept[path]
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    if kept is not None:
+        kept[path] = session
+    return session
 
 
 def _check_io(session, path: Path, inputs: Sequence[tuple[str, str]],
@@ -736,14 +750,14 @@ def _padded(feats: Sequence[Tensor], pad_value: float = PAD_VALUE) -> tuple[Tens
 
 @torch.no_grad()
 def _check_offline(path: Path, in_names, out_names, reference, fbank: FbankConfig,
-                   channels_first: bool = False,
-                   pad_value: float = PAD_VALUE) -> tuple[str, dict[str, str]]:
+                   channels_first: bool = False, pad_value: float = PAD_VALUE,
+                   kept: dict[Path, Any] | None = None) -> tuple[str, dict[str, str]]:
     """Batches of padded features against the ``reference`` on each utterance alone.
 
     Returns:
         The line of the report and the graph's metadata, as onnxruntime read it.
     """
-    session = _session(path)
+    session = _session(path, kept)
     _check_io(session, path, [(in_names[0], "tensor(float)"), (in_names[1], "tensor(int64)")],
               [(out_names[0], "tensor(float)"), (out_names[1], "tensor(int64)")])
     worst = 0.0
@@ -779,14 +793,15 @@ def _check_offline(path: Path, in_names, out_names, reference, fbank: FbankConfi
 
 
 @torch.no_grad()
-def _check_decoder(path: Path, head: TransducerHead) -> tuple[str, dict[str, str]]:
+def _check_decoder(path: Path, head: TransducerHead,
+                   kept: dict[Path, Any] | None = None) -> tuple[str, dict[str, str]]:
     """The contexts sherpa-onnx builds, ``context_size`` (the graph's metadata) tokens wide,
     against our predictor's steps; its metadata ``vocab_size`` must be the model's.
 
     Returns:
         The line of the report and the graph's metadata, as onnxruntime read it.
     """
-    session = _session(path)
+    session = _session(path, kept)
     _check_io(session, path, [("y", "tensor(int64)")], [("decoder_out", "tensor(float)")])
     predictor = head.predictor
     meta = _metadata(session)
@@ -819,10 +834,11 @@ def _check_decoder(path: Path, head: TransducerHead) -> tuple[str, dict[str, str
 
 @torch.no_grad()
 def _check_joiner(path: Path, decoder_path: Path, decoder_meta: dict[str, str],
-                  head: TransducerHead, joiner_dim: int) -> str:
+                  head: TransducerHead, joiner_dim: int,
+                  kept: dict[Path, Any] | None = None) -> str:
     """5 random frame pairs; the logits must be as many as the ``vocab_size`` of the decoder's
     metadata ``decoder_meta`` (sherpa-onnx's row stride)."""
-    session = _session(path)
+    session = _session(path, kept)
     _check_io(session, path, [("encoder_out", "tensor(float)"), ("decoder_out", "tensor(float)")],
               [("logit", "tensor(float)")])
     generator = torch.Generator().manual_seed(0)
@@ -840,11 +856,11 @@ def _check_joiner(path: Path, decoder_path: Path, decoder_meta: dict[str, str],
 
 @torch.no_grad()
 def _check_nemo_decoder(path: Path, encoder_path: Path, encoder_meta: dict[str, str],
-                        head: TransducerHead) -> str:
+                        head: TransducerHead, kept: dict[Path, Any] | None = None) -> str:
     """sherpa's first call (nemo blank, zero states, both ``(pred_rnn_layers, N, pred_hidden)``
     from the encoder's metadata ``encoder_meta``, as its loader makes them), then token after
     token with the states carried, against our predictor's steps."""
-    session = _session(path)
+    session = _session(path, kept)
     names = ["targets", "target_length", "states_0", "states_1"]
     _check_io(session, path, list(zip(names, ["tensor(int32)"] * 2 + ["tensor(float)"] * 2)),
               list(zip(["decoder_out", "decoder_out_length", "next_states_0", "next_states_1"],
@@ -876,11 +892,12 @@ def _check_nemo_decoder(path: Path, encoder_path: Path, encoder_meta: dict[str, 
 
 @torch.no_grad()
 def _check_nemo_joiner(path: Path, encoder_path: Path, encoder_meta: dict[str, str],
-                       head: TransducerHead, joiner_dim: int) -> str:
+                       head: TransducerHead, joiner_dim: int,
+                       kept: dict[Path, Any] | None = None) -> str:
     """5 random frame pairs; the token logits come first, as many as the encoder's metadata
     ``encoder_meta`` ``vocab_size`` + 1 (sherpa-onnx's count, blank included), then the
     skips."""
-    session = _session(path)
+    session = _session(path, kept)
     _check_io(session, path, [("encoder_out", "tensor(float)"), ("decoder_out", "tensor(float)")],
               [("logits", "tensor(float)")])
     generator = torch.Generator().manual_seed(0)
@@ -905,11 +922,11 @@ def _check_nemo_joiner(path: Path, encoder_path: Path, encoder_meta: dict[str, s
 @torch.no_grad()
 def _check_streaming(
     path: Path, wrapper: StreamingEncoder, encoder: ChunkedEncoder, fbank: FbankConfig,
-    chunk_size: int, left_chunks: int,
+    chunk_size: int, left_chunks: int, kept: dict[Path, Any] | None = None,
 ) -> str:
     """Two streams, the second starting one chunk later, batched whenever both run; each
     against our own chunk-by-chunk streaming (``forward_chunk``) alone."""
-    session = _session(path)
+    session = _session(path, kept)
     in_names, out_names = _streaming_names(wrapper.num_layers)
     dtypes = ["tensor(float)"] * (len(in_names) - 1) + ["tensor(int64)"]
     _check_io(session, path, list(zip(in_names, dtypes)), list(zip(out_names, dtypes)))
@@ -983,7 +1000,7 @@ def _sherpa_init_states(path: Path, meta: dict[str, str]) -> list[np.ndarray]:
 # ----------------------------------------------------------------------------- int8, files
 
 
-def _quantize_all(report: ExportReport, out: Path) -> None:
+def _quantize_all(report: ExportReport, out: Path, kept: dict[Path, Any]) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     for name in list(report.metadata):
@@ -999,7 +1016,7 @@ def _quantize_all(report: ExportReport, out: Path) -> None:
                 raise OnnxExportError(f"{target.name}: onnxruntime's quantize_dynamic failed "
                                       f"on {source.name}: {err}") from err
         _add_metadata(target, report.metadata[name])  # kept by quantize_dynamic; made sure
-        report.checks.append(_check_int8(source, target))
+        report.checks.append(_check_int8(source, target, kept))
 
 
 @contextlib.contextmanager
@@ -1014,15 +1031,21 @@ def _quiet_root_logger() -> Iterator[None]:
         root.setLevel(level)
 
 
-def _check_int8(source: Path, target: Path) -> str:
+def _check_int8(source: Path, target: Path, kept: dict[Path, Any] | None = None) -> str:
     """Same inputs and outputs as the fp32 graph; every output of the shape of the fp32 graph's
     and finite on random inputs; the largest difference of any output is reported.
+
+    Args:
+        source: the float graph.
+        target: its quantized copy.
+        kept: the export's sessions (:func:`_session`): the float graph's, loaded by its own
+            self-check, is used, not loaded again.
 
     Raises:
         OnnxExportError: naming the graph and the output that differs in shape or is not
             finite.
     """
-    fp32, int8 = _session(source), _session(target)
+    fp32, int8 = _session(source, kept), _session(target)
     want = [(i.name, i.type) for i in fp32.get_inputs()]
     _check_io(int8, target, want, [(o.name, o.type) for o in fp32.get_outputs()])
     feed = {}

@@ -202,8 +202,9 @@ def plan_windows(
             the middle of the overlap.
 
     Raises:
-        ValueError: unless ``0 <= overlap_seconds < window_seconds`` and, in samples, the window
-            and its step (window minus overlap) are at least one sample and one ``grid``.
+        ValueError: unless ``0 <= overlap_seconds < window_seconds``, both finite, and, in
+            samples, the window and its step (window minus overlap) are at least one sample and
+            one ``grid``.
     """
     length, overlap = window_samples(sample_rate, window_seconds, overlap_seconds, grid)
     step = window_step(length, overlap, grid, context)
@@ -231,12 +232,14 @@ def window_samples(
     overlap)``, checked.
 
     Raises:
-        ValueError: unless ``0 <= overlap_seconds < window_seconds`` and, in samples, the window
-            and its step (window minus overlap) are at least one sample and one ``grid``.
+        ValueError: unless ``0 <= overlap_seconds < window_seconds``, both finite, and, in
+            samples, the window and its step (window minus overlap) are at least one sample and
+            one ``grid``.
     """
-    if not 0 <= overlap_seconds < window_seconds:
+    if not (0 <= overlap_seconds < window_seconds and math.isfinite(window_seconds)):
         raise ValueError(
-            f"need 0 <= overlap ({overlap_seconds}) < window ({window_seconds}) seconds"
+            f"need 0 <= overlap ({overlap_seconds}) < window ({window_seconds}) seconds, "
+            "both finite"
         )
     if grid < 1:
         raise ValueError(f"plan_windows: grid must be >= 1 sample, got {grid}")

@@ -444,3 +444,45 @@ def test_a_selection_pruned_again_and_again_stops_with_an_error_saying_why(tmp_p
         select_weights(tmp_path, WeightSelection(last=2))
     assert [p.name for p in tried] == ["checkpoint-20.pt", "checkpoint-30.pt", "checkpoint-40.pt"]
     assert SELECT_ATTEMPTS == 3
+
+
+@pytest.mark.parametrize("output", [None, "chosen.safetensors"])
+def test_asr_average_last_n_chooses_again_when_a_running_training_prunes_a_chosen_checkpoint(
+        tmp_path, monkeypatch, output):
+    """``asr average --last 2`` while training runs with ``keep_last: 2``: it planned the
+    selection (20, 30) and read it separately, so the pruned checkpoint-20.pt stopped it with
+    "does not exist". It chooses again (30, 40), as ``asr decode`` does; the default output is
+    named after what it averaged."""
+    from asr.cli.main import main
+
+    for step in (20, 30):
+        _write_step_checkpoint(tmp_path, step)
+    _train_meanwhile(monkeypatch, tmp_path, times=1)
+    command = ["average", "--exp-dir", str(tmp_path), "--last", "2"]
+    if output is not None:
+        command += ["--output", str(tmp_path / output)]
+    assert main(command) == 0
+    written = tmp_path / (output or "averaged-last-2-checkpoint-40.safetensors")
+    assert torch.equal(load_weights(written)["w"], torch.full((2,), 35.0))
+    assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == [written.name]
+
+
+def test_a_checkpoint_deleted_as_it_is_opened_is_chosen_again(tmp_path, monkeypatch):
+    """keep_last pruning that deletes a chosen checkpoint after its existence was checked but
+    before torch.load opened it: the error path asked the vanished file for its size, so a bare
+    FileNotFoundError escaped the selection, which chooses again only on a CheckpointError."""
+    for step in (20, 30):
+        _write_step_checkpoint(tmp_path, step)
+    real_load, opened = torch.load, []
+
+    def load(path, *args, **kwargs):
+        if not opened:  # the training writes checkpoint-40.pt and prunes to keep_last=2
+            _write_step_checkpoint(tmp_path, 40)
+            remove_old_checkpoints(tmp_path, keep_last=2)
+        opened.append(Path(path).name)
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load)
+    chosen = select_weights(tmp_path, WeightSelection(last=2))
+    assert chosen.tag == "last-2-checkpoint-40"
+    assert opened == ["checkpoint-20.pt", "checkpoint-30.pt", "checkpoint-40.pt"]

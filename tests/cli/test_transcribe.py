@@ -682,3 +682,21 @@ def test_a_name_stdout_cannot_encode_is_escaped_not_a_crash(tiny, audio_dir, tmp
             assert "\\u65e5\\u672c.flac\t" in out
         else:
             assert json.loads(out.splitlines()[0])["source"] == str(odd)
+
+
+def test_a_file_named_with_an_equals_sign_after_set_is_still_a_file(tmp_path, capsys):
+    """``--set`` takes the words after it, and the files among them were told from its
+    overrides by having no '=': ``take=1.wav`` was taken for an override, and the run
+    stopped with "only search options can be set here" (or "no audio files given")."""
+    from asr.testing.packages import random_package
+
+    package = random_package(tmp_path / "model")
+    t = np.arange(16000) / 16000
+    files = [tmp_path / "take.wav", tmp_path / "take=1.wav"]
+    for path in files:
+        soundfile.write(path, (0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000)
+    code, out, err = _run(["--model", package, "--set", "search.beam_size=2", *files], capsys)
+    assert code == 0, err
+    assert [line.split("\t")[0] for line in out.splitlines()] == [str(f) for f in files]
+    code, out, err = _run(["--model", package, "--set", "search.beam_size=2", files[1]], capsys)
+    assert code == 0, err

@@ -188,3 +188,24 @@ def test_the_self_check_loads_each_graph_into_onnxruntime_once(packages, tmp_pat
     package, options = LAYOUTS[layout]
     report = export_onnx(packages[package], tmp_path / "onnx", **options)
     assert sorted(loaded) == sorted(report.metadata)
+
+
+@pytest.mark.parametrize("layout", ["transducer", "tdt"])
+def test_an_int8_export_loads_each_graph_into_onnxruntime_once(packages, tmp_path, monkeypatch,
+                                                                layout):
+    """``--int8`` compares each quantized graph with its float graph: that comparison loaded
+    the float graph into onnxruntime a second time (its self-check had it loaded already)."""
+    import onnxruntime
+
+    loaded: list[str] = []
+    real = onnxruntime.InferenceSession
+
+    def counting(path, *args, **kwargs):
+        loaded.append(Path(path).name)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", counting)
+    package, options = LAYOUTS[layout]
+    report = export_onnx(packages[package], tmp_path / "onnx", int8=True, **options)
+    int8 = [name.replace(".onnx", ".int8.onnx") for name in report.metadata]
+    assert sorted(loaded) == sorted([*report.metadata, *int8])

@@ -174,6 +174,17 @@ def test_a_bad_window_is_refused_before_any_input_is_read(model, tmp_path):
         model.transcribe([tmp_path / "missing.wav"], window_seconds=1.0, overlap_seconds=2.0)
 
 
+
+@pytest.mark.parametrize("window, overlap", [(float("inf"), 2.0), (30.0, float("inf")),
+                                             (float("nan"), 2.0)])
+def test_a_window_of_no_finite_length_is_refused_naming_both(model, tmp_path, window, overlap):
+    """``--window-seconds inf`` (one window per input, a user might think) failed with
+    "OverflowError: cannot convert float infinity to integer", naming no option."""
+    with pytest.raises(ValueError, match=r"need 0 <= overlap \(.*\) < window \(.*\) seconds, "
+                                         r"both finite"):
+        model.transcribe([tmp_path / "missing.wav"], window_seconds=window,
+                         overlap_seconds=overlap)
+
 def test_a_generator_of_inputs_is_many_inputs_read_as_it_is_consumed(model, monkeypatch):
     """A generator was taken as one input ('unsupported type generator'): any iterable other
     than one input's own types holds many, and it is pulled group by group, not all at once."""
