@@ -230,6 +230,77 @@ def test_an_ngram_whose_history_is_not_listed_is_reached_as_kenlm_reaches_it(tmp
                     assert float(lm.score(state)[word]) == pytest.approx(expected, abs=1e-5)
 
 
+DEEPLY_PRUNED = """
+\\data\\
+ngram 1=5
+ngram 2=1
+ngram 3=0
+ngram 4=1
+
+\\1-grams:
+-99 <s> -0.1
+-0.6 </s>
+-0.4 2 -0.3
+-0.7 3 -0.2
+-0.8 4 -0.2
+
+\\2-grams:
+-0.2 <s> 2
+
+\\3-grams:
+
+\\4-grams:
+-0.05 3 4 2 3
+
+\\end\\
+"""
+
+
+def test_an_ngram_whose_shorter_histories_are_pruned_too_is_reached(tmp_path):
+    """The 4-gram '3 4 2 3' is listed while neither '3 4' nor '3 4 2' is (pruning removed both):
+    every prefix of its history is a state with back-off weight 0 (SRILM and KenLM look the
+    4-gram up), not only '3 4 2'; dropping '3 4' to '4' lost the listed 4-gram on the way."""
+    path = tmp_path / "pruned.arpa"
+    path.write_text(DEEPLY_PRUNED)
+    lm = NgramLM.from_arpa(path, vocab_size=5)
+    state = lm.init_state()
+    for token in (3, 4, 2):
+        state = lm.advance(state, token)
+    assert state == (3, 4, 2)
+    assert lm.log_prob(state, 3) == pytest.approx(-0.05 * LN10)
+    assert float(lm.score(state)[3]) == pytest.approx(-0.05 * LN10, abs=1e-5)
+    state = lm.advance(lm.advance(lm.advance(lm.init_state(), 2), 4), 2)  # no 4-gram: backs off
+    assert lm.log_prob(state, 3) == pytest.approx((-0.3 - 0.7) * LN10)
+
+
+def test_a_word_lm_read_as_a_token_lm_is_an_error_naming_the_unit_option(tmp_path):
+    """A word ARPA (``asr lm --unit word``) given with search.lm_unit=token: the error says what
+    to set, not the Python argument (symbol_to_id) no configuration can pass."""
+    path = tmp_path / "words.arpa"
+    path.write_text("\\data\\\nngram 1=2\n\\1-grams:\n-0.3 </s>\n-0.1 HELLO\n\\end\\\n")
+    with pytest.raises(ValueError, match=r"words.arpa:5: word 'HELLO' is not a token id.*"
+                                         r"search.lm_unit=word") as err:
+        NgramLM.from_arpa(path, vocab_size=7)
+    assert "symbol_to_id" not in str(err.value)
+
+
+def test_the_score_cache_of_a_token_lm_stays_within_its_budget(lm):
+    """A server decodes stream after stream with one LM: its cache of (V,) score vectors, one per
+    LM state ever scored, grew without bound; it keeps what fits in ``cache_bytes``."""
+    assert lm.cache_limit is not None
+    assert lm.cache_limit * 4 * lm.vocab_size <= 256 * 2**20
+    small = NgramLM(lm.probs, lm.backoffs, lm.vocab_size, cache_bytes=4 * lm.vocab_size * 20)
+    assert small.cache_limit == 20
+    states = [()]
+    for _ in range(3):  # every history of up to 3 tokens: 1 + 5 + 25 + 125 states
+        states += [state + (token,) for state in states for token in range(1, 6)]
+    states = list(dict.fromkeys(states))
+    for state in states:
+        assert torch.equal(small.score(state), lm.score(state))
+        assert len(small._cache) <= 20
+    assert len(lm._cache) <= lm.cache_limit
+
+
 def test_lm_weight_zero_leaves_results_unchanged(lm):
     model = make_model(ctc=True)
     enc, enc_lens = encoder_output([15, 9])
