@@ -330,6 +330,42 @@ def test_lm_weight_changes_the_ranking(lm, tmp_path):
     assert searcher.search(log_probs)[0] == fused[0]
 
 
+@pytest.mark.parametrize(
+    ("name", "heads"),
+    [("attention_rescoring", dict(ctc=True, aed=True)),
+     ("attention_rescoring", dict(aed=True, transducer="pruned")),
+     ("cif_rescoring", dict(ctc=True, cif=True))],
+)
+def test_a_rescoring_searcher_fuses_the_lm_it_is_given_in_its_first_pass(lm, tmp_path, monkeypatch,
+                                                                        name, heads):
+    """The LM of a rescoring searcher fuses in its first pass: ``searcher_lm`` gave None for it,
+    so a runtime that reads the LM once and builds the searcher per call with hotwords read the
+    ARPA file again on every call, and an LM passed as ``lm=`` was dropped (the first pass read
+    ``search.lm_path``, or fused nothing)."""
+    from asr.decoding.registry import searcher_lm
+
+    path = tmp_path / "lm.arpa"
+    path.write_text(ARPA)
+    reads = []
+    original = NgramLM.from_arpa.__func__
+
+    def counted(cls, *args, **kwargs):
+        reads.append(args[0])
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(NgramLM, "from_arpa", classmethod(counted))
+    model = make_model(**heads)
+    cfg = SearchConfig(beam_size=3, lm_weight=0.5, lm_path=path)
+    read = searcher_lm(name, model, cfg)
+    assert isinstance(read, NgramLM) and reads == [path]
+    for _ in range(2):
+        assert build_searcher(name, model, cfg, lm=read).first_pass.lm is read
+    assert reads == [path]
+    given = build_searcher(name, model, SearchConfig(beam_size=3, lm_weight=0.5), lm=lm)
+    assert given.first_pass.lm is lm
+    assert searcher_lm(name, model, SearchConfig(lm_weight=0.5)) is None
+
+
 @pytest.mark.parametrize("name, loss", [("transducer_beam", "pruned"), ("tdt_beam", "tdt")])
 def test_transducer_beams_lm_weight_zero_leaves_results_unchanged(lm, name, loss):
     model = make_model(transducer=loss)
