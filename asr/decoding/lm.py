@@ -298,14 +298,14 @@ def _read_arpa(
         try:
             for number, raw in enumerate(f, start=1):
                 line = raw.strip()
-                if not line or section == "end":
+                # text before \data\ is no part of the LM, whatever it holds (the CMU-Cambridge
+                # toolkit's preamble shows the format, \1-grams: lines too), as SRILM reads it
+                if not line or section == "end" or (section is None and line != "\\data\\"):
                     continue
                 try:
                     if line == "\\data\\":
                         section = "data"
                     elif line.startswith("\\"):
-                        if section is None:
-                            raise _LineError(f"{line!r} before \\data\\; not an ARPA file")
                         _check_count(order, found, declared)
                         section, order = _section(line, declared, found)
                     elif section == "data":

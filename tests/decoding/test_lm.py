@@ -164,6 +164,23 @@ def test_an_arpa_file_may_have_crlf_lines_and_text_before_its_data(tmp_path, bom
         assert NgramLM.from_arpa(path, vocab_size=7).order == 2
 
 
+def test_an_arpa_file_whose_preamble_shows_the_format_is_read_from_its_data(tmp_path):
+    """The CMU-Cambridge toolkit (Sphinx's LMs) writes a preamble describing the format, with its
+    own ``\\1-grams:`` lines, before ``\\data\\``; SRILM reads from ``\\data\\`` on, this
+    reader refused the file as 'not an ARPA file'."""
+    preamble = ("This LM was written by a tool that describes the format first:\n"
+                "\\1-grams:\np_1 wd_1 bo_wt_1\n\\2-grams:\np_2 wd_1 wd_2\n"
+                "end of data mark: \\end\\\n")
+    path = tmp_path / "lm.arpa"
+    path.write_text(preamble + ARPA)
+    lm = NgramLM.from_arpa(path, vocab_size=7)
+    assert lm.order == 2
+    assert lm.log_prob(lm.init_state(), 3) == pytest.approx((-0.5 - 0.7) * LN10)
+    path.write_text(preamble)
+    with pytest.raises(ValueError, match=r"lm.arpa: no \\data\\ section; not an ARPA file"):
+        NgramLM.from_arpa(path, vocab_size=7)
+
+
 PRUNED = """
 \\data\\
 ngram 1=5
