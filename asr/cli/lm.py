@@ -65,12 +65,15 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     try:
         check_writable_file(output, "--output")
+        # the options first: reading an LM corpus takes long
+        if args.order < 1:
+            raise ValueError(f"--order must be >= 1, got {args.order}")
+        if args.unit == "token" and args.tokenizer_dir is None:
+            raise ValueError("--unit token needs --tokenizer-dir")
         texts = read_transcripts(args.transcripts)
         made_from = {"unit": args.unit, "order": args.order,
                      "texts_sha256": sha256_of_texts(texts), "num_texts": len(texts)}
         if args.unit == "token":
-            if args.tokenizer_dir is None:
-                raise ValueError("--unit token needs --tokenizer-dir")
             made_from["tokenizer_sha256"] = sha256_of_files(
                 Path(args.tokenizer_dir) / name for name in (BPE_MODEL_FILE, TOKENS_FILE))
         with output_lock(output):  # another run making it is refused, naming it

@@ -168,6 +168,28 @@ def test_cli_trains_a_token_lm(tmp_path):
 
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [([], "--unit token needs --tokenizer-dir"),
+     (["--unit", "word", "--order", "0"], "--order must be >= 1, got 0")],
+)
+def test_cli_option_errors_come_before_the_transcripts_are_read(tmp_path, monkeypatch, caplog,
+                                                                 options, message):
+    """An LM corpus is large (LibriSpeech's: 800M words): a missing --tokenizer-dir or a bad
+    --order was reported only after every transcript had been read (the order as 'n-gram
+    order must be >= 1', naming no option)."""
+    import asr.cli.lm
+    from asr.cli.main import main
+
+    reads = []
+    monkeypatch.setattr(asr.cli.lm, "read_transcripts", lambda paths: reads.append(paths) or [])
+    text = tmp_path / "train.txt"
+    text.write_text("THE CAT\n")
+    args = ["lm", "--transcripts", str(text), "--output", str(tmp_path / "lm.arpa"), *options]
+    assert main(args) == 2
+    assert reads == [] and message in caplog.text
+
+
 def test_cli_token_lm_gives_every_token_but_blank_a_unigram(tmp_path):
     """Tokens the text never uses (here <unk>) share the unigram mass too, blank gets none:
     from <s>, the tokens, </s> and <unk> of the written LM sum to 1."""
