@@ -34,10 +34,10 @@ Every searcher gives each token's encoder frame (``Hypothesis.frames``, token ti
 ``aed_beam`` (:func:`searcher_gives_times`).
 
 The LM of an LM-fusing searcher is ``search.lm_path`` (a token or word n-gram, ``search.lm_unit``)
-or the ``lm=`` argument; a rescoring searcher fuses it in its first pass. ``transducer_beam``,
-``tdt_beam`` and ``ctc_prefix_beam`` also take a hotword graph
-(:mod:`asr.decoding.context_graph`; the rows' ``biases``): that of ``search.hotwords_file`` /
-``search.hotwords``, or the ``context=`` argument.
+or the ``lm=`` argument; a rescoring searcher fuses it in its first pass, and the others warn
+that they do not use it. ``transducer_beam``, ``tdt_beam`` and ``ctc_prefix_beam`` also take a
+hotword graph (:mod:`asr.decoding.context_graph`; the rows' ``biases``): that of
+``search.hotwords_file`` / ``search.hotwords``, or the ``context=`` argument.
 """
 
 from __future__ import annotations
@@ -400,6 +400,18 @@ def _load_lm(
     return load_word_lm(cfg.lm_path, tokenizer)
 
 
+def _warn_unused_lm(spec: SearcherSpec, cfg: SearchConfig, lm: LanguageModel | None) -> None:
+    """Warns when an LM is set (``lm``, or ``cfg.lm_path`` with ``cfg.lm_weight > 0``) for a
+    searcher that fuses none: ``aed_beam`` and the greedy ones would decode without it silently
+    (a rescoring searcher fuses it in its first pass)."""
+    if spec.fuses_lm or spec.role == "rescore":
+        return
+    if lm is not None or (cfg.lm_path is not None and cfg.lm_weight > 0):
+        logger.warning("searcher %r fuses no LM; the LM given (search.lm_path) is not used "
+                       "(LM fusion: %s)", spec.name,
+                       ", ".join(s.name for s in SEARCHERS if s.fuses_lm or s.role == "rescore"))
+
+
 def searcher_lm(
     name: str, model: ASRModel, cfg: SearchConfig, tokenizer: Tokenizer | None = None
 ) -> LanguageModel | None:
@@ -448,6 +460,7 @@ def build_searcher(
         logger.warning("build_searcher(%r): the model is in training mode (dropout is on)", name)
     if lm is None and spec.fuses_lm:
         lm = _load_lm(model, cfg, spec.head, tokenizer)
+    _warn_unused_lm(spec, cfg, lm)
     if spec.biases and context is None:
         context = context_graph_for(cfg, tokenizer)
     elif not spec.biases and spec.role != "rescore" and (context is not None or hotwords_of(cfg)):
@@ -479,6 +492,7 @@ def build_streaming_searcher(
             f"{streaming} (all streaming searchers: {list(STREAMING_SEARCHER_NAMES)})"
         )
     lm = _load_lm(model, cfg, spec.head, tokenizer) if spec.fuses_lm else None
+    _warn_unused_lm(spec, cfg, lm)
     context = context_graph_for(cfg, tokenizer) if spec.biases else None
     searcher = spec.build(model, cfg, lm, tokenizer, context)
     assert isinstance(searcher, StreamingSearcher)

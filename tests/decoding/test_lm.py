@@ -383,6 +383,27 @@ def test_a_rescoring_searcher_fuses_the_lm_it_is_given_in_its_first_pass(lm, tmp
     assert searcher_lm(name, model, SearchConfig(lm_weight=0.5)) is None
 
 
+def test_a_searcher_that_fuses_no_lm_says_that_the_lm_given_is_not_used(lm, tmp_path, caplog):
+    """ESPnet fuses an LM in attention beam search; here aed_beam (and greedy search) decoded
+    without the LM of search.lm_path and said nothing, as if it had been used."""
+    path = tmp_path / "lm.arpa"
+    path.write_text(ARPA)
+    model = make_model(ctc=True, aed=True)
+    fused = SearchConfig(beam_size=2, lm_weight=0.5, lm_path=path)
+    for name in ("aed_beam", "ctc_greedy"):
+        caplog.clear()
+        build_searcher(name, model, fused)
+        assert f"searcher {name!r} fuses no LM" in caplog.text
+    caplog.clear()
+    build_searcher("aed_beam", model, SearchConfig(beam_size=2), lm=lm)
+    assert "fuses no LM" in caplog.text
+    caplog.clear()
+    build_searcher("aed_beam", model, SearchConfig(beam_size=2, lm_path=path))  # weight 0
+    for name in ("ctc_prefix_beam", "attention_rescoring"):
+        build_searcher(name, model, fused)
+    assert "fuses no LM" not in caplog.text
+
+
 @pytest.mark.parametrize("name, loss", [("transducer_beam", "pruned"), ("tdt_beam", "tdt")])
 def test_transducer_beams_lm_weight_zero_leaves_results_unchanged(lm, name, loss):
     model = make_model(transducer=loss)
