@@ -104,6 +104,21 @@ def test_every_history_is_a_distribution(order):
     assert estimate.log_prob((), 6) < estimate.log_prob((), 4)  # unseen < seen
 
 
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_unk_in_the_sentences_is_counted_as_the_unknown_word(order):
+    """``<unk>`` written in the training text (KenLM counts it so) is a word of the n-gram,
+    once in the uniform distribution; every history is still a distribution."""
+    corpus = [[*s[:2], UNK, *s[2:]] for s in _corpus(seed=11)]
+    estimate = estimate_kneser_ney(corpus, order, vocab=VOCAB)
+    for history in _histories(order):
+        total = sum(math.exp(estimate.log_prob(history, w)) for w in (*VOCAB, EOS, UNK))
+        assert total == pytest.approx(1.0, abs=1e-9), history
+    unseen = estimate_kneser_ney(_corpus(seed=11), order, vocab=VOCAB)
+    assert estimate.log_prob((), UNK) > unseen.log_prob((), UNK)
+    with pytest.raises(ValueError, match=r"token ids must be >= 0 \(or <unk>\), got \[-2\]"):
+        estimate_kneser_ney([[1, EOS]], order)
+
+
 def test_continuation_counts_favour_words_with_many_left_neighbours():
     """2 follows only 1 (often); 3 follows four different words once each: Kneser-Ney's
     unigram prefers 3 although 2 is more frequent."""
@@ -140,7 +155,7 @@ def test_bad_input_is_rejected():
         estimate_kneser_ney([[1]], 0)
     with pytest.raises(ValueError, match="no sentences"):
         estimate_kneser_ney([], 2)
-    with pytest.raises(ValueError, match=r"token ids must be >= 0, got \[-4\]"):
+    with pytest.raises(ValueError, match=r"token ids must be >= 0 \(or <unk>\), got \[-4\]"):
         estimate_kneser_ney([[1, -4]], 2)
 
 
