@@ -6,7 +6,9 @@ words are token ids, the form ``search.lm_path`` expects with ``search.lm_unit=t
 fusion in ``transducer_beam``, ``tdt_beam``, ``ctc_prefix_beam`` and ``cif_beam``).
 ``--unit word``: an n-gram over the transcripts' words, written out; its vocabulary becomes the
 lexicon of ``search.lm_unit=word`` (hypotheses are restricted to those words, see
-:mod:`asr.decoding.word_lm`), so pass every text the recognizer may have to say.
+:mod:`asr.decoding.word_lm`), so pass every text the recognizer may have to say. A word
+written ``<unk>`` in the transcripts is the LM's unknown word (as KenLM counts it), no word
+of the lexicon.
 Transcript formats as for ``asr bpe`` (a text file may be gzip-compressed, e.g. LibriSpeech's
 LM corpus ``librispeech-lm-norm.txt.gz`` as it ships). Pass each transcript once: a cut
 manifest with speed perturbation repeats every sentence per speed (use the LibriSpeech
@@ -23,6 +25,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from asr.decoding.lm import UNK
 from asr.decoding.ngram_train import estimate_kneser_ney, write_arpa
 from asr.fileio import check_writable_file, output_lock
 from asr.fingerprint import (
@@ -65,12 +68,15 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     try:
         check_writable_file(output, "--output")
+        # the options first: reading an LM corpus takes long
+        if args.order < 1:
+            raise ValueError(f"--order must be >= 1, got {args.order}")
+        if args.unit == "token" and args.tokenizer_dir is None:
+            raise ValueError("--unit token needs --tokenizer-dir")
         texts = read_transcripts(args.transcripts)
         made_from = {"unit": args.unit, "order": args.order,
                      "texts_sha256": sha256_of_texts(texts), "num_texts": len(texts)}
         if args.unit == "token":
-            if args.tokenizer_dir is None:
-                raise ValueError("--unit token needs --tokenizer-dir")
             made_from["tokenizer_sha256"] = sha256_of_files(
                 Path(args.tokenizer_dir) / name for name in (BPE_MODEL_FILE, TOKENS_FILE))
         with output_lock(output):  # another run making it is refused, naming it
@@ -79,8 +85,9 @@ def run(args: argparse.Namespace) -> int:
             fingerprint_path(output).unlink(missing_ok=True)
             symbols = None
             if args.unit == "word":
-                symbols = sorted({word for text in texts for word in text.split()})
-                index = {word: i for i, word in enumerate(symbols)}
+                # <unk> in the text is the unknown word (as KenLM counts it), no lexicon word
+                symbols = sorted({word for text in texts for word in text.split()} - {"<unk>"})
+                index = {word: i for i, word in enumerate(symbols)} | {"<unk>": UNK}
                 sentences = [[index[word] for word in text.split()] for text in texts]
                 vocab: list[int] = []
             else:

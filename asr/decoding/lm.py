@@ -18,7 +18,8 @@ bytes, whatever its name: :func:`asr.fileio.open_maybe_gzip`) as KenLM and icefa
 ``</s>`` and ``<unk>`` are the usual specials (a token missing from the unigrams takes
 ``<unk>``'s probability, or ``oov_log_prob`` without ``<unk>``).
 An n-gram whose history is not listed itself (SRILM's pruning leaves such files) is reached all
-the same: the history is a state with back-off weight 0, as KenLM completes it.
+the same: its history and every prefix of it are states with back-off weight 0, as KenLM
+completes them.
 
 Shape legend: V vocabulary incl. blank (blank's entry is never used by a searcher).
 """
@@ -45,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 LN10 = math.log(10.0)
 BOS, EOS, UNK = -1, -2, -3
+#: Memory for the cached (V,) float32 score vectors of an :class:`NgramLM`.
+CACHE_BYTES = 256 * 2**20
 _SPECIALS = {"<s>": BOS, "</s>": EOS, "<unk>": UNK}
 
 
@@ -111,8 +114,9 @@ class NgramLM:
         vocab_size: V, the number of token ids (including blank).
         oov_log_prob: log-probability of a token absent from the unigrams when there is no
             ``<unk>``.
-        cache_limit: the most (V,) score vectors kept (the cache is emptied when it grows
-            past it); None keeps every one (token LMs: V is small).
+        cache_bytes: memory for cached (V,) score vectors, one per LM state scored: the
+            cache keeps ``cache_limit = max(16, cache_bytes // (4 V))`` of them and is emptied
+            when it grows past that (a server scores new states for as long as it runs).
     """
 
     def __init__(
@@ -121,7 +125,7 @@ class NgramLM:
         backoffs: Mapping[tuple[int, ...], float],
         vocab_size: int,
         oov_log_prob: float = -23.0,
-        cache_limit: int | None = None,
+        cache_bytes: int = CACHE_BYTES,
     ) -> None:
         if not probs:
             raise ValueError("NgramLM: no n-grams")
@@ -136,14 +140,20 @@ class NgramLM:
             )
         self.unk_log_prob = self.probs.get((UNK,), oov_log_prob)
         self._successors: dict[tuple[int, ...], list[tuple[int, float]]] = {}
-        # every history an n-gram extends: one missing from the n-grams of its order (a pruned
-        # SRILM file) is still a state, with back-off weight 0, as KenLM completes such files
-        self._contexts = {gram[:-1] for gram in self.probs}
+        # every history an n-gram extends, and every prefix of it: one missing from the n-grams
+        # of its order (a pruned SRILM file) is still a state, with back-off weight 0, as KenLM
+        # completes such files (else the state drops its first words before the n-gram's turn)
+        self._contexts: set[tuple[int, ...]] = set()
+        for gram in self.probs:
+            history = gram[:-1]
+            while history and history not in self._contexts:
+                self._contexts.add(history)
+                history = history[:-1]
         for gram, log_prob in self.probs.items():
             if gram[-1] >= 0:
                 self._successors.setdefault(gram[:-1], []).append((gram[-1], log_prob))
         self._cache: dict[tuple[int, ...], Tensor] = {}
-        self.cache_limit = cache_limit
+        self.cache_limit = cache_limit_for(cache_bytes, vocab_size)
 
     @classmethod
     def from_arpa(
@@ -245,7 +255,7 @@ class NgramLM:
             vector = vector.clone()
             for word, log_prob in self._successors.get(state, ()):
                 vector[word] = log_prob
-            if self.cache_limit is not None and len(self._cache) >= self.cache_limit:
+            if len(self._cache) >= self.cache_limit:
                 self._cache.clear()
             self._cache[state] = vector
         return vector
@@ -257,6 +267,12 @@ class NgramLM:
         while history and history not in self.probs and history not in self._contexts:
             history = history[1:]
         return history
+
+
+def cache_limit_for(cache_bytes: int, vocab_size: int) -> int:
+    """How many (``vocab_size``,) float32 score vectors :class:`NgramLM` caches in
+    ``cache_bytes`` (at least 16)."""
+    return max(16, cache_bytes // (4 * max(1, vocab_size)))
 
 
 class _LineError(ValueError):
@@ -282,14 +298,14 @@ def _read_arpa(
         try:
             for number, raw in enumerate(f, start=1):
                 line = raw.strip()
-                if not line or section == "end":
+                # text before \data\ is no part of the LM, whatever it holds (the CMU-Cambridge
+                # toolkit's preamble shows the format, \1-grams: lines too), as SRILM reads it
+                if not line or section == "end" or (section is None and line != "\\data\\"):
                     continue
                 try:
                     if line == "\\data\\":
                         section = "data"
                     elif line.startswith("\\"):
-                        if section is None:
-                            raise _LineError(f"{line!r} before \\data\\; not an ARPA file")
                         _check_count(order, found, declared)
                         section, order = _section(line, declared, found)
                     elif section == "data":
@@ -393,5 +409,7 @@ def _word_id(word: str, symbol_to_id: Mapping[str, int] | None) -> int:
     except ValueError:
         token = -1
     if token < 0:
-        raise _LineError(f"word {word!r} is not a token id; pass symbol_to_id")
+        raise _LineError(f"word {word!r} is not a token id (a token LM's words are the ids that "
+                         "'asr lm --unit token' writes); for an LM over words (asr lm --unit "
+                         "word) set search.lm_unit=word")
     return token

@@ -119,25 +119,26 @@ def estimate_kneser_ney(
     """Interpolated modified Kneser-Ney n-gram over token-id sentences (module docstring).
 
     Args:
-        sentences: token ids per sentence (without ``<s>``/``</s>``; ids must be >= 0).
+        sentences: token ids per sentence (without ``<s>``/``</s>``; ids must be >= 0, or
+            ``UNK``: an unknown word written in the text, counted as KenLM counts ``<unk>``).
         order: N >= 1.
         vocab: token ids that get a unigram even if unseen (e.g. every id of the tokenizer
             but blank); the ids seen in ``sentences`` are always included.
 
     Raises:
-        ValueError: on ``order < 1``, a negative id, or no sentences.
+        ValueError: on ``order < 1``, a negative id other than ``UNK``, or no sentences.
     """
     if order < 1:
         raise ValueError(f"n-gram order must be >= 1, got {order}")
     corpus = [tuple(int(t) for t in s) for s in sentences]
     if not corpus:
         raise ValueError("no sentences to estimate an n-gram from")
-    negative = sorted({t for s in corpus for t in s if t < 0})
+    negative = sorted({t for s in corpus for t in s if t < 0 and t != UNK})
     if negative:
-        raise ValueError(f"token ids must be >= 0, got {negative[:5]}")
+        raise ValueError(f"token ids must be >= 0 (or <unk>), got {negative[:5]}")
     adjusted = _adjusted_counts(corpus, order)
     discounts = tuple(_discounts(adjusted[n], n + 1) for n in range(order))
-    words = sorted({t for s in corpus for t in s} | {int(v) for v in vocab})
+    words = sorted({t for s in corpus for t in s if t >= 0} | {int(v) for v in vocab})
     uniform = 1.0 / (len(words) + 2)  # + </s> and <unk>
     log_probs: list[dict[Gram, float]] = [dict() for _ in range(order)]
     backoffs: dict[Gram, float] = {}

@@ -34,7 +34,8 @@ Every searcher gives each token's encoder frame (``Hypothesis.frames``, token ti
 ``aed_beam`` (:func:`searcher_gives_times`).
 
 The LM of an LM-fusing searcher is ``search.lm_path`` (a token or word n-gram, ``search.lm_unit``)
-or the ``lm=`` argument. ``transducer_beam``, ``tdt_beam`` and ``ctc_prefix_beam`` also take a
+or the ``lm=`` argument; a rescoring searcher fuses it in its first pass, and the others warn
+that they do not use it. ``transducer_beam``, ``tdt_beam`` and ``ctc_prefix_beam`` also take a
 hotword graph (:mod:`asr.decoding.context_graph`; the rows' ``biases``): that of
 ``search.hotwords_file`` / ``search.hotwords``, or the ``context=`` argument.
 """
@@ -133,16 +134,24 @@ class SearcherSpec:
         return not self.also_needs or any(h in kinds for h in self.also_needs)
 
 
+def _first_pass_name(model: ASRModel) -> str:
+    """The searcher of a rescoring searcher's first pass: ``ctc_prefix_beam`` with a ``ctc``
+    head, else the transducer head's beam search."""
+    if "ctc" in model.head_kinds():
+        return "ctc_prefix_beam"
+    return searcher_for("beam", model, heads=("transducer",))
+
+
 def _first_pass(
-    model: ASRModel, cfg: SearchConfig, tokenizer: Tokenizer | None,
+    model: ASRModel, cfg: SearchConfig, lm: LanguageModel | None, tokenizer: Tokenizer | None,
     context: ContextGraph | None,
 ) -> Searcher:
-    """n-best producer for the rescoring searchers: all ``beam_size`` hypotheses are kept; a
-    hotword graph biases it as it would the first pass on its own."""
+    """n-best producer for the rescoring searchers: all ``beam_size`` hypotheses are kept; the
+    LM (``lm``, else ``cfg.lm_path``) fuses and a hotword graph biases it as they would the
+    first pass on its own."""
     first_cfg = replace(cfg, nbest=cfg.beam_size)
-    kinds = model.head_kinds()
-    first = "ctc_prefix_beam" if "ctc" in kinds else searcher_for("beam", model, heads=("transducer",))
-    return build_searcher(first, model, first_cfg, tokenizer=tokenizer, context=context)
+    return build_searcher(_first_pass_name(model), model, first_cfg, lm=lm, tokenizer=tokenizer,
+                          context=context)
 
 
 def _ctc(model: ASRModel):
@@ -174,7 +183,7 @@ SEARCHERS: tuple[SearcherSpec, ...] = (
                  token_times=False),
     SearcherSpec("attention_rescoring", "aed", ("aed",), "rescore", False, False,
                  "an 'aed' head and a 'ctc' or 'transducer' head",
-                 lambda m, c, lm, tok, ctx: NbestRescoring(_first_pass(m, c, tok, ctx), m.heads["aed"], c),
+                 lambda m, c, lm, tok, ctx: NbestRescoring(_first_pass(m, c, lm, tok, ctx), m.heads["aed"], c),
                  also_needs=("ctc", "transducer")),
     SearcherSpec("cif_greedy", "cif", ("cif",), "greedy", True, False, "a 'cif' head",
                  lambda m, c, lm, tok, ctx: CifGreedySearch(m.heads["cif"], c)),
@@ -182,7 +191,7 @@ SEARCHERS: tuple[SearcherSpec, ...] = (
                  lambda m, c, lm, tok, ctx: CifBeamSearch(m.heads["cif"], c, lm, _ctc(m))),
     SearcherSpec("cif_rescoring", "cif", ("cif",), "rescore", False, False,
                  "a 'cif' head and a 'ctc' or 'transducer' head",
-                 lambda m, c, lm, tok, ctx: NbestRescoring(_first_pass(m, c, tok, ctx), m.heads["cif"], c),
+                 lambda m, c, lm, tok, ctx: NbestRescoring(_first_pass(m, c, lm, tok, ctx), m.heads["cif"], c),
                  also_needs=("ctc", "transducer")),
 )  # fmt: skip
 
@@ -391,13 +400,28 @@ def _load_lm(
     return load_word_lm(cfg.lm_path, tokenizer)
 
 
+def _warn_unused_lm(spec: SearcherSpec, cfg: SearchConfig, lm: LanguageModel | None) -> None:
+    """Warns when an LM is set (``lm``, or ``cfg.lm_path`` with ``cfg.lm_weight > 0``) for a
+    searcher that fuses none: ``aed_beam`` and the greedy ones would decode without it silently
+    (a rescoring searcher fuses it in its first pass)."""
+    if spec.fuses_lm or spec.role == "rescore":
+        return
+    if lm is not None or (cfg.lm_path is not None and cfg.lm_weight > 0):
+        logger.warning("searcher %r fuses no LM; the LM given (search.lm_path) is not used "
+                       "(LM fusion: %s)", spec.name,
+                       ", ".join(s.name for s in SEARCHERS if s.fuses_lm or s.role == "rescore"))
+
+
 def searcher_lm(
     name: str, model: ASRModel, cfg: SearchConfig, tokenizer: Tokenizer | None = None
 ) -> LanguageModel | None:
-    """The LM that searcher ``name`` (a name or role) loads from ``cfg.lm_path``; None when it
-    fuses none. For callers that build the searcher several times (with other hotwords) and
-    pass it as ``build_searcher(..., lm=...)``, so that the file is read once."""
+    """The LM that searcher ``name`` (a name or role) loads from ``cfg.lm_path`` (a rescoring
+    searcher: its first pass's); None when it fuses none. For callers that build the searcher
+    several times (with other hotwords) and pass it as ``build_searcher(..., lm=...)``, so that
+    the file is read once."""
     spec = _check(resolve_searcher(name, model), model)
+    if spec.role == "rescore":
+        spec = _BY_NAME[_first_pass_name(model)]
     return _load_lm(model, cfg, spec.head, tokenizer) if spec.fuses_lm else None
 
 
@@ -420,7 +444,8 @@ def build_searcher(
             searcher of that role (:func:`searcher_for`).
         model: the model whose heads are searched.
         cfg: search options.
-        lm: LM for the LM-fusing searchers (overrides ``cfg.lm_path``).
+        lm: LM for the LM-fusing searchers and the first pass of the rescoring ones
+            (overrides ``cfg.lm_path``).
         tokenizer: the model's tokenizer; needed to spell the lexicon of a word LM
             (``cfg.lm_unit == "word"``) and to tokenize hotwords.
         context: hotword graph for the biasing searchers (overrides ``cfg.hotwords_file`` and
@@ -435,6 +460,7 @@ def build_searcher(
         logger.warning("build_searcher(%r): the model is in training mode (dropout is on)", name)
     if lm is None and spec.fuses_lm:
         lm = _load_lm(model, cfg, spec.head, tokenizer)
+    _warn_unused_lm(spec, cfg, lm)
     if spec.biases and context is None:
         context = context_graph_for(cfg, tokenizer)
     elif not spec.biases and spec.role != "rescore" and (context is not None or hotwords_of(cfg)):
@@ -466,6 +492,7 @@ def build_streaming_searcher(
             f"{streaming} (all streaming searchers: {list(STREAMING_SEARCHER_NAMES)})"
         )
     lm = _load_lm(model, cfg, spec.head, tokenizer) if spec.fuses_lm else None
+    _warn_unused_lm(spec, cfg, lm)
     context = context_graph_for(cfg, tokenizer) if spec.biases else None
     searcher = spec.build(model, cfg, lm, tokenizer, context)
     assert isinstance(searcher, StreamingSearcher)

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from asr.decoding.lm import NgramLM
+from asr.decoding.lm import NgramLM, cache_limit_for
 from asr.tokenizers.base import WORD_START
 
 __all__ = ["LexiconWordLM", "arpa_words", "load_word_lm"]
@@ -137,7 +137,7 @@ class LexiconWordLM:
             self._pieces[row, : len(spelling)] = torch.tensor(spelling)
         self._nodes: dict[tuple[int, ...], _Node] = {}
         self._cache_size = max(16, min(4096, cache_bytes // (8 * len(self.words))))
-        word_lm.cache_limit = max(16, cache_bytes // (4 * word_lm.vocab_size))
+        word_lm.cache_limit = cache_limit_for(cache_bytes, word_lm.vocab_size)
         self._probs: OrderedDict[Hashable, Tensor] = OrderedDict()
         self._scores: OrderedDict[Hashable, Tensor] = OrderedDict()
         logger.info("lexicon of %d words, at most %d pieces each", len(self.words), depth)

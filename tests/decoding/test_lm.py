@@ -164,6 +164,23 @@ def test_an_arpa_file_may_have_crlf_lines_and_text_before_its_data(tmp_path, bom
         assert NgramLM.from_arpa(path, vocab_size=7).order == 2
 
 
+def test_an_arpa_file_whose_preamble_shows_the_format_is_read_from_its_data(tmp_path):
+    """The CMU-Cambridge toolkit (Sphinx's LMs) writes a preamble describing the format, with its
+    own ``\\1-grams:`` lines, before ``\\data\\``; SRILM reads from ``\\data\\`` on, this
+    reader refused the file as 'not an ARPA file'."""
+    preamble = ("This LM was written by a tool that describes the format first:\n"
+                "\\1-grams:\np_1 wd_1 bo_wt_1\n\\2-grams:\np_2 wd_1 wd_2\n"
+                "end of data mark: \\end\\\n")
+    path = tmp_path / "lm.arpa"
+    path.write_text(preamble + ARPA)
+    lm = NgramLM.from_arpa(path, vocab_size=7)
+    assert lm.order == 2
+    assert lm.log_prob(lm.init_state(), 3) == pytest.approx((-0.5 - 0.7) * LN10)
+    path.write_text(preamble)
+    with pytest.raises(ValueError, match=r"lm.arpa: no \\data\\ section; not an ARPA file"):
+        NgramLM.from_arpa(path, vocab_size=7)
+
+
 PRUNED = """
 \\data\\
 ngram 1=5
@@ -230,6 +247,77 @@ def test_an_ngram_whose_history_is_not_listed_is_reached_as_kenlm_reaches_it(tmp
                     assert float(lm.score(state)[word]) == pytest.approx(expected, abs=1e-5)
 
 
+DEEPLY_PRUNED = """
+\\data\\
+ngram 1=5
+ngram 2=1
+ngram 3=0
+ngram 4=1
+
+\\1-grams:
+-99 <s> -0.1
+-0.6 </s>
+-0.4 2 -0.3
+-0.7 3 -0.2
+-0.8 4 -0.2
+
+\\2-grams:
+-0.2 <s> 2
+
+\\3-grams:
+
+\\4-grams:
+-0.05 3 4 2 3
+
+\\end\\
+"""
+
+
+def test_an_ngram_whose_shorter_histories_are_pruned_too_is_reached(tmp_path):
+    """The 4-gram '3 4 2 3' is listed while neither '3 4' nor '3 4 2' is (pruning removed both):
+    every prefix of its history is a state with back-off weight 0 (SRILM and KenLM look the
+    4-gram up), not only '3 4 2'; dropping '3 4' to '4' lost the listed 4-gram on the way."""
+    path = tmp_path / "pruned.arpa"
+    path.write_text(DEEPLY_PRUNED)
+    lm = NgramLM.from_arpa(path, vocab_size=5)
+    state = lm.init_state()
+    for token in (3, 4, 2):
+        state = lm.advance(state, token)
+    assert state == (3, 4, 2)
+    assert lm.log_prob(state, 3) == pytest.approx(-0.05 * LN10)
+    assert float(lm.score(state)[3]) == pytest.approx(-0.05 * LN10, abs=1e-5)
+    state = lm.advance(lm.advance(lm.advance(lm.init_state(), 2), 4), 2)  # no 4-gram: backs off
+    assert lm.log_prob(state, 3) == pytest.approx((-0.3 - 0.7) * LN10)
+
+
+def test_a_word_lm_read_as_a_token_lm_is_an_error_naming_the_unit_option(tmp_path):
+    """A word ARPA (``asr lm --unit word``) given with search.lm_unit=token: the error says what
+    to set, not the Python argument (symbol_to_id) no configuration can pass."""
+    path = tmp_path / "words.arpa"
+    path.write_text("\\data\\\nngram 1=2\n\\1-grams:\n-0.3 </s>\n-0.1 HELLO\n\\end\\\n")
+    with pytest.raises(ValueError, match=r"words.arpa:5: word 'HELLO' is not a token id.*"
+                                         r"search.lm_unit=word") as err:
+        NgramLM.from_arpa(path, vocab_size=7)
+    assert "symbol_to_id" not in str(err.value)
+
+
+def test_the_score_cache_of_a_token_lm_stays_within_its_budget(lm):
+    """A server decodes stream after stream with one LM: its cache of (V,) score vectors, one per
+    LM state ever scored, grew without bound; it keeps what fits in ``cache_bytes``."""
+    assert lm.cache_limit is not None
+    assert lm.cache_limit * 4 * lm.vocab_size <= 256 * 2**20
+    small = NgramLM(lm.probs, lm.backoffs, lm.vocab_size, cache_bytes=4 * lm.vocab_size * 20)
+    assert small.cache_limit == 20
+    states = [()]
+    for _ in range(3):  # every history of up to 3 tokens: 1 + 5 + 25 + 125 states
+        states += [state + (token,) for state in states for token in range(1, 6)]
+    states = list(dict.fromkeys(states))
+    for state in states:
+        assert torch.equal(small.score(state), lm.score(state))
+        assert len(small._cache) <= 20
+    assert len(lm._cache) <= lm.cache_limit
+
+
 def test_lm_weight_zero_leaves_results_unchanged(lm):
     model = make_model(ctc=True)
     enc, enc_lens = encoder_output([15, 9])
@@ -257,6 +345,63 @@ def test_lm_weight_changes_the_ranking(lm, tmp_path):
     cfg = SearchConfig(beam_size=4, lm_weight=0.5, lm_path=path)
     searcher = build_searcher("ctc_prefix_beam", model, cfg)
     assert searcher.search(log_probs)[0] == fused[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "heads"),
+    [("attention_rescoring", dict(ctc=True, aed=True)),
+     ("attention_rescoring", dict(aed=True, transducer="pruned")),
+     ("cif_rescoring", dict(ctc=True, cif=True))],
+)
+def test_a_rescoring_searcher_fuses_the_lm_it_is_given_in_its_first_pass(lm, tmp_path, monkeypatch,
+                                                                        name, heads):
+    """The LM of a rescoring searcher fuses in its first pass: ``searcher_lm`` gave None for it,
+    so a runtime that reads the LM once and builds the searcher per call with hotwords read the
+    ARPA file again on every call, and an LM passed as ``lm=`` was dropped (the first pass read
+    ``search.lm_path``, or fused nothing)."""
+    from asr.decoding.registry import searcher_lm
+
+    path = tmp_path / "lm.arpa"
+    path.write_text(ARPA)
+    reads = []
+    original = NgramLM.from_arpa.__func__
+
+    def counted(cls, *args, **kwargs):
+        reads.append(args[0])
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(NgramLM, "from_arpa", classmethod(counted))
+    model = make_model(**heads)
+    cfg = SearchConfig(beam_size=3, lm_weight=0.5, lm_path=path)
+    read = searcher_lm(name, model, cfg)
+    assert isinstance(read, NgramLM) and reads == [path]
+    for _ in range(2):
+        assert build_searcher(name, model, cfg, lm=read).first_pass.lm is read
+    assert reads == [path]
+    given = build_searcher(name, model, SearchConfig(beam_size=3, lm_weight=0.5), lm=lm)
+    assert given.first_pass.lm is lm
+    assert searcher_lm(name, model, SearchConfig(lm_weight=0.5)) is None
+
+
+def test_a_searcher_that_fuses_no_lm_says_that_the_lm_given_is_not_used(lm, tmp_path, caplog):
+    """ESPnet fuses an LM in attention beam search; here aed_beam (and greedy search) decoded
+    without the LM of search.lm_path and said nothing, as if it had been used."""
+    path = tmp_path / "lm.arpa"
+    path.write_text(ARPA)
+    model = make_model(ctc=True, aed=True)
+    fused = SearchConfig(beam_size=2, lm_weight=0.5, lm_path=path)
+    for name in ("aed_beam", "ctc_greedy"):
+        caplog.clear()
+        build_searcher(name, model, fused)
+        assert f"searcher {name!r} fuses no LM" in caplog.text
+    caplog.clear()
+    build_searcher("aed_beam", model, SearchConfig(beam_size=2), lm=lm)
+    assert "fuses no LM" in caplog.text
+    caplog.clear()
+    build_searcher("aed_beam", model, SearchConfig(beam_size=2, lm_path=path))  # weight 0
+    for name in ("ctc_prefix_beam", "attention_rescoring"):
+        build_searcher(name, model, fused)
+    assert "fuses no LM" not in caplog.text
 
 
 @pytest.mark.parametrize("name, loss", [("transducer_beam", "pruned"), ("tdt_beam", "tdt")])

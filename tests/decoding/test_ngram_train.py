@@ -104,6 +104,21 @@ def test_every_history_is_a_distribution(order):
     assert estimate.log_prob((), 6) < estimate.log_prob((), 4)  # unseen < seen
 
 
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_unk_in_the_sentences_is_counted_as_the_unknown_word(order):
+    """``<unk>`` written in the training text (KenLM counts it so) is a word of the n-gram,
+    once in the uniform distribution; every history is still a distribution."""
+    corpus = [[*s[:2], UNK, *s[2:]] for s in _corpus(seed=11)]
+    estimate = estimate_kneser_ney(corpus, order, vocab=VOCAB)
+    for history in _histories(order):
+        total = sum(math.exp(estimate.log_prob(history, w)) for w in (*VOCAB, EOS, UNK))
+        assert total == pytest.approx(1.0, abs=1e-9), history
+    unseen = estimate_kneser_ney(_corpus(seed=11), order, vocab=VOCAB)
+    assert estimate.log_prob((), UNK) > unseen.log_prob((), UNK)
+    with pytest.raises(ValueError, match=r"token ids must be >= 0 \(or <unk>\), got \[-2\]"):
+        estimate_kneser_ney([[1, EOS]], order)
+
+
 def test_continuation_counts_favour_words_with_many_left_neighbours():
     """2 follows only 1 (often); 3 follows four different words once each: Kneser-Ney's
     unigram prefers 3 although 2 is more frequent."""
@@ -140,7 +155,7 @@ def test_bad_input_is_rejected():
         estimate_kneser_ney([[1]], 0)
     with pytest.raises(ValueError, match="no sentences"):
         estimate_kneser_ney([], 2)
-    with pytest.raises(ValueError, match=r"token ids must be >= 0, got \[-4\]"):
+    with pytest.raises(ValueError, match=r"token ids must be >= 0 \(or <unk>\), got \[-4\]"):
         estimate_kneser_ney([[1, -4]], 2)
 
 
@@ -166,6 +181,28 @@ def test_cli_trains_a_token_lm(tmp_path):
     missing = ["--transcripts", str(tmp_path / "nope.txt"), "--tokenizer-dir", str(lang)]
     assert main(["lm", *missing, "--output", str(tmp_path / "x.arpa")]) == 2
 
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [([], "--unit token needs --tokenizer-dir"),
+     (["--unit", "word", "--order", "0"], "--order must be >= 1, got 0")],
+)
+def test_cli_option_errors_come_before_the_transcripts_are_read(tmp_path, monkeypatch, caplog,
+                                                                 options, message):
+    """An LM corpus is large (LibriSpeech's: 800M words): a missing --tokenizer-dir or a bad
+    --order was reported only after every transcript had been read (the order as 'n-gram
+    order must be >= 1', naming no option)."""
+    import asr.cli.lm
+    from asr.cli.main import main
+
+    reads = []
+    monkeypatch.setattr(asr.cli.lm, "read_transcripts", lambda paths: reads.append(paths) or [])
+    text = tmp_path / "train.txt"
+    text.write_text("THE CAT\n")
+    args = ["lm", "--transcripts", str(text), "--output", str(tmp_path / "lm.arpa"), *options]
+    assert main(args) == 2
+    assert reads == [] and message in caplog.text
 
 
 def test_cli_token_lm_gives_every_token_but_blank_a_unigram(tmp_path):

@@ -204,6 +204,25 @@ def test_cli_trains_a_word_lm(tmp_path, setup):
     assert main(no_tokenizer) == 2  # a token LM needs --tokenizer-dir
 
 
+def test_cli_word_lm_counts_unk_in_the_transcripts_as_the_unknown_word(tmp_path):
+    """Transcripts such as TED-LIUM's write an out-of-vocabulary word as ``<unk>``: KenLM counts
+    it as its unknown word; ``asr lm --unit word`` made it a word of the lexicon and then
+    refused to write it ('ARPA words must be ... not specials')."""
+    from asr.cli.main import main
+    from asr.decoding.lm import UNK, NgramLM
+
+    text_file = tmp_path / "train.txt"
+    text_file.write_text("THE <unk> SAT\nA CAT SAT\nTHE <unk> <unk> RAN\n")
+    out = tmp_path / "words.arpa"
+    assert main(["lm", "--unit", "word", "--transcripts", str(text_file), "--order", "2",
+                 "--output", str(out)]) == 0
+    lm, words = NgramLM.from_word_arpa(out)
+    assert sorted(words) == ["A", "CAT", "RAN", "SAT", "THE"]
+    the = lm.advance(lm.init_state(), words.index("THE"))
+    assert lm.probs[(words.index("THE"), UNK)] == lm.log_prob(the, UNK)  # a listed bigram
+    assert (UNK, words.index("SAT")) in lm.probs and (UNK, UNK) in lm.probs  # a history too
+
+
 def test_write_arpa_refuses_words_it_cannot_write(tmp_path):
     estimate = estimate_kneser_ney([[0, 1]], 2)
     with pytest.raises(ValueError, match="ARPA words"):
