@@ -168,13 +168,8 @@ LAYOUTS = {
 }
 
 
-@pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_the_self_check_loads_each_graph_into_onnxruntime_once(packages, tmp_path, monkeypatch,
-                                                                 layout):
-    """A check that needs another graph's metadata (the joiner's the decoder's, the NeMo
-    decoder's and joiner's the encoder's) opened that graph in a new onnxruntime session: the
-    decoder was loaded twice, the TDT encoder three times. It is handed what that graph's own
-    check read."""
+def sessions_opened(monkeypatch) -> list[str]:
+    """A list that collects the file name of every onnxruntime session opened from now on."""
     import onnxruntime
 
     loaded: list[str] = []
@@ -185,6 +180,17 @@ def test_the_self_check_loads_each_graph_into_onnxruntime_once(packages, tmp_pat
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(onnxruntime, "InferenceSession", counting)
+    return loaded
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_the_self_check_loads_each_graph_into_onnxruntime_once(packages, tmp_path, monkeypatch,
+                                                                 layout):
+    """A check that needs another graph's metadata (the joiner's the decoder's, the NeMo
+    decoder's and joiner's the encoder's) opened that graph in a new onnxruntime session: the
+    decoder was loaded twice, the TDT encoder three times. It is handed what that graph's own
+    check read."""
+    loaded = sessions_opened(monkeypatch)
     package, options = LAYOUTS[layout]
     report = export_onnx(packages[package], tmp_path / "onnx", **options)
     assert sorted(loaded) == sorted(report.metadata)
@@ -195,16 +201,7 @@ def test_an_int8_export_loads_each_graph_into_onnxruntime_once(packages, tmp_pat
                                                                 layout):
     """``--int8`` compares each quantized graph with its float graph: that comparison loaded
     the float graph into onnxruntime a second time (its self-check had it loaded already)."""
-    import onnxruntime
-
-    loaded: list[str] = []
-    real = onnxruntime.InferenceSession
-
-    def counting(path, *args, **kwargs):
-        loaded.append(Path(path).name)
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(onnxruntime, "InferenceSession", counting)
+    loaded = sessions_opened(monkeypatch)
     package, options = LAYOUTS[layout]
     report = export_onnx(packages[package], tmp_path / "onnx", int8=True, **options)
     int8 = [name.replace(".onnx", ".int8.onnx") for name in report.metadata]
