@@ -227,6 +227,30 @@ def test_engine_backpressure_and_outbox(recognizer):
     engine._executor.shutdown()
 
 
+def test_engine_resumes_a_reader_whose_leftover_is_less_than_a_chunk(recognizer):
+    """With max_buffered_seconds below one chunk, the audio left after the decoder caught up
+    (less than a chunk: it needs more audio) must not keep the reader paused: it did, and the
+    stream hung with nobody to send the audio that would fill the chunk."""
+    from asr.serve.engine import DecodeEngine
+
+    engine = DecodeEngine(recognizer, max_buffered_seconds=0.05)
+    rate = recognizer.sample_rate
+    session = engine.open_session(rate)
+    engine.push_audio(session, np.zeros(int(1.07 * rate), np.float32))  # not whole chunks
+    assert not session.drained.is_set()
+    for _ in range(1000):  # the decode loop: steps while any stream makes progress
+        work = engine._collect()
+        outputs, progressed = engine._step(work)
+        engine._dispatch(work, outputs)
+        if not progressed:
+            break
+    assert session.error is None and not recognizer.is_ready(session.stream)
+    assert recognizer.pending_seconds(session.stream) > 0  # a part of a chunk waits
+    assert session.drained.is_set()  # ... for audio that the reader may now read
+    engine.close_session(session)
+    engine._executor.shutdown()
+
+
 def test_client_settings_message_round_trips_through_the_parser():
     from asr.serve.client import build_parser, settings_message
 
