@@ -171,27 +171,35 @@ async def stream_samples(
         except ConnectionClosed:
             pass
 
-    async with asyncio.timeout(timeout):
-        async with connect(url, max_size=1 << 22, open_timeout=30) as ws:
-            receiver = asyncio.create_task(receive(ws))
-            start = time.monotonic()
-            try:
-                settings = settings_message(sample_rate, hotwords, hotwords_score)
-                if settings is not None:
-                    await ws.send(settings)
-                for begin in range(0, samples.size, step):
-                    chunk = samples[begin : begin + step]
-                    if realtime:
-                        due = start + (begin + chunk.size) / sample_rate
-                        await asyncio.sleep(max(0.0, due - time.monotonic()))
-                    await ws.send(chunk.tobytes())
-                    result.send_times.append((time.monotonic(), (begin + chunk.size) / sample_rate))
-                await ws.send("Done")
-            except ConnectionClosed:  # the server ended the stream early (error or shutdown)
-                pass
-            await receiver
-            result.close_code = ws.close_code
-            result.close_reason = ws.close_reason or ""
+    deadline = asyncio.timeout(timeout)
+    try:
+        async with deadline:
+            async with connect(url, max_size=1 << 22, open_timeout=30) as ws:
+                receiver = asyncio.create_task(receive(ws))
+                start = time.monotonic()
+                try:
+                    settings = settings_message(sample_rate, hotwords, hotwords_score)
+                    if settings is not None:
+                        await ws.send(settings)
+                    for begin in range(0, samples.size, step):
+                        chunk = samples[begin : begin + step]
+                        if realtime:
+                            due = start + (begin + chunk.size) / sample_rate
+                            await asyncio.sleep(max(0.0, due - time.monotonic()))
+                        await ws.send(chunk.tobytes())
+                        sent = (begin + chunk.size) / sample_rate
+                        result.send_times.append((time.monotonic(), sent))
+                    await ws.send("Done")
+                except ConnectionClosed:  # the server ended the stream early (error or shutdown)
+                    pass
+                await receiver
+                result.close_code = ws.close_code
+                result.close_reason = ws.close_reason or ""
+    except TimeoutError:
+        if not deadline.expired():  # the connection's own (its opening handshake), with its words
+            raise
+        # asyncio's has no message: the command line printed "a.wav: error: " and nothing more
+        raise TimeoutError(f"no final result from {url} within {timeout:g} s") from None
     return result
 
 

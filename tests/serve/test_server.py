@@ -571,6 +571,25 @@ def test_the_file_client_reports_a_stream_the_server_cut_short(server, speech, t
     assert f"{tmp_path}: error: not a file" in err
 
 
+def test_the_file_client_says_when_no_final_result_came_in_time(tmp_path, capsys):
+    """A server that never answers (a socket that accepts and says nothing): the client's
+    --timeout ended it with asyncio's TimeoutError, which has no message: the command line
+    printed 'a.wav: error: ' and nothing more."""
+    import socket
+
+    import soundfile
+
+    from asr.serve.client import main as client_main
+
+    path = tmp_path / "a.wav"
+    soundfile.write(path, np.zeros(1600, np.float32), 16000)
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        url = f"ws://127.0.0.1:{silent.getsockname()[1]}"
+        assert client_main(["--server", url, "--timeout", "0.3", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}: error: no final result from {url} within 0.3 s" in err, err
+
+
 class _FakeInputStream:
     """A stand-in for ``sounddevice.InputStream`` that delivers one block of 2 s of silence
     when opened (over the test server's 64 KiB message limit)."""
