@@ -421,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             result = asyncio.run(microphone())
-        except RuntimeError as err:
+        except Exception as err:  # no sounddevice, no server (refused, 503): as for files
             print(f"error: {err}", file=sys.stderr)
             return 1
         if result.problem is not None:  # the server's errors were printed as they came

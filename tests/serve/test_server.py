@@ -623,6 +623,24 @@ def test_the_microphone_client_stops_and_fails_when_the_server_closes(server, mo
     assert "error: the server closed the connection with code 1009" in capsys.readouterr().err
 
 
+def test_the_microphone_client_reports_a_server_it_cannot_reach(monkeypatch, capsys):
+    """No server on the port (it was not started): the microphone client ended in a traceback
+    of ConnectionRefusedError, where the file client says 'error: ...' and exits 1."""
+    import socket
+    import sys
+    import types
+
+    from asr.serve.client import main as client_main
+
+    monkeypatch.setitem(sys.modules, "sounddevice",
+                        types.SimpleNamespace(InputStream=_FakeInputStream))
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]  # free once closed
+    assert client_main(["--server", f"ws://127.0.0.1:{port}", "--microphone"]) == 1
+    err = capsys.readouterr().err
+    assert "\nerror: " in err and "Connect call failed" in err and "Traceback" not in err, err
+
+
 @pytest.mark.parametrize("seconds", ["0", "-1", "nan", "inf"])
 def test_the_client_refuses_a_chunk_that_is_no_positive_duration(seconds, capsys):
     # 0 and below sent one sample per message
