@@ -49,6 +49,14 @@ async function start() {
   let media = null;
   let context = null;
   try {
+    if (!navigator.mediaDevices) {
+      // browsers capture only on secure pages: https, or http from localhost / 127.0.0.1
+      throw new Error(
+        "the microphone needs a secure page: open it as http://localhost:PORT on the " +
+          "server's machine (from another one, through an SSH tunnel: ssh -L PORT:localhost:PORT) " +
+          "or serve it over https",
+      );
+    }
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     ws = new WebSocket(`${scheme}://${location.host}/`);
     ws.binaryType = "arraybuffer";
