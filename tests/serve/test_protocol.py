@@ -45,6 +45,14 @@ def test_parse_audio_non_finite(bad):
     assert err.value.code == CLOSE_INVALID_DATA
 
 
+def test_parse_audio_names_the_format_that_16_bit_pcm_breaks():
+    """16-bit PCM (what WeNet's websocket protocol sends) read as float32: a negative sample in
+    the high half of a float is NaN, infinite or huge; the error said only 'NaN or infinite'."""
+    pcm = (np.sin(np.arange(1600) / 5.0) * 3000).astype("<i2")
+    with pytest.raises(ProtocolError, match=r"expected float32 samples in \[-1, 1\] \(16-bit PCM"):
+        parse_audio(pcm.tobytes())
+
+
 def test_parse_text():
     assert parse_text(DONE) == DONE
     assert parse_text('{"sample_rate": 8000}') == StreamSettings(8000)
