@@ -237,7 +237,8 @@ async def stream_microphone(
     """Streams the microphone until ``stop`` is set, the server closes the connection, or the
     task is cancelled (e.g. by Ctrl-C); ``hotwords``, ``hotwords_score`` as
     :func:`stream_samples`'s. The result records how the connection closed
-    (:attr:`ClientResult.problem`).
+    (:attr:`ClientResult.problem`). Audio captured while 100 blocks wait unsent (a server that
+    reads slower than real time) is dropped, with a warning: a microphone cannot wait.
 
     Raises:
         RuntimeError: when the ``sounddevice`` package is not installed.
@@ -257,9 +258,19 @@ async def stream_microphone(
     stop = stop or asyncio.Event()
     result = ClientResult()
 
+    dropped = [0]  # samples captured that found the queue full
+
+    def enqueue(block: np.ndarray) -> None:
+        if not queue.full():
+            queue.put_nowait(block)
+            return
+        if not dropped[0]:
+            logger.warning("the server reads slower than the microphone captures: dropping audio")
+        dropped[0] += block.size
+
     def callback(indata, frames, time_info, status) -> None:  # PortAudio thread
         block = indata[:, 0].copy()
-        loop.call_soon_threadsafe(lambda: queue.full() or queue.put_nowait(block))
+        loop.call_soon_threadsafe(enqueue, block)
 
     async def receive(ws) -> None:
         with contextlib.suppress(ConnectionClosed):
@@ -302,6 +313,9 @@ async def stream_microphone(
         await receiver
         result.close_code = ws.close_code
         result.close_reason = ws.close_reason or ""
+    if dropped[0]:
+        logger.warning("dropped %.2f s of microphone audio the server could not take in time "
+                       "(it was not recognized)", dropped[0] / sample_rate)
     return result
 
 

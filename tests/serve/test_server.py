@@ -623,6 +623,33 @@ def test_the_microphone_client_stops_and_fails_when_the_server_closes(server, mo
     assert "error: the server closed the connection with code 1009" in capsys.readouterr().err
 
 
+class _BurstInputStream(_FakeInputStream):
+    """Delivers 150 blocks at once when opened: more than the client's queue of 100 holds."""
+
+    def __enter__(self):
+        for _ in range(150):
+            self.callback(self.block, self.block.shape[0], None, None)
+        return self
+
+
+def test_the_microphone_client_warns_of_the_audio_it_drops(server, monkeypatch, caplog):
+    """Blocks captured while the queue to the server was full were dropped without a word: the
+    transcript silently lacked that audio."""
+    import sys
+    import types
+
+    from asr.serve.client import stream_microphone
+
+    monkeypatch.setitem(sys.modules, "sounddevice",
+                        types.SimpleNamespace(InputStream=_BurstInputStream))
+    with caplog.at_level("WARNING", logger="asr.serve.client"):
+        # nothing more is captured: the server closes the connection at its idle timeout
+        result = _run(stream_microphone(server.url, chunk_seconds=0.01), 20)
+    assert result.close_code == 1008
+    warnings = [r.getMessage() for r in caplog.records if r.name == "asr.serve.client"]
+    assert any("dropped 0.50 s of microphone audio" in w for w in warnings), warnings
+
+
 def test_the_microphone_client_reports_a_server_it_cannot_reach(monkeypatch, capsys):
     """No server on the port (it was not started): the microphone client ended in a traceback
     of ConnectionRefusedError, where the file client says 'error: ...' and exits 1."""
