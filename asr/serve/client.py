@@ -3,7 +3,8 @@
 * :func:`stream_samples` / :func:`stream_file`: send a waveform in chunks, in real time
   (``realtime=True``: one chunk per chunk duration, like a microphone) or as fast as the server
   reads, then ``Done``; collect every result until the server closes.
-* :func:`stream_microphone`: capture with ``sounddevice`` (imported lazily) until Ctrl-C.
+* :func:`stream_microphone`: capture with ``sounddevice`` (imported lazily) until Ctrl-C (the
+  final result follows; a second Ctrl-C ends the client without it).
 
 Examples::
 
@@ -421,8 +422,15 @@ def main(argv: list[str] | None = None) -> int:
 
         async def microphone() -> ClientResult:
             stop = asyncio.Event()  # Ctrl-C ends the capture; the final result still arrives
-            asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
-            print("listening; Ctrl-C to stop", file=sys.stderr)
+            task = asyncio.current_task()
+
+            def interrupt() -> None:  # a second Ctrl-C: no waiting for the final result
+                if stop.is_set():
+                    task.cancel()
+                stop.set()
+
+            asyncio.get_running_loop().add_signal_handler(signal.SIGINT, interrupt)
+            print("listening; Ctrl-C to stop (twice: without the final result)", file=sys.stderr)
             return await stream_microphone(
                 args.server,
                 chunk_seconds=args.chunk_seconds,
@@ -435,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             result = asyncio.run(microphone())
+        except asyncio.CancelledError:
+            print("error: interrupted before the final result", file=sys.stderr)
+            return 130
         except Exception as err:  # no sounddevice, no server (refused, 503): as for files
             print(f"error: {err}", file=sys.stderr)
             return 1

@@ -668,6 +668,30 @@ def test_the_microphone_client_reports_a_server_it_cannot_reach(monkeypatch, cap
     assert "\nerror: " in err and "Connect call failed" in err and "Traceback" not in err, err
 
 
+def test_a_second_ctrl_c_ends_the_microphone_client_without_its_final_result(monkeypatch,
+                                                                             capsys):
+    """After the first Ctrl-C the client waits for the final result; a second one did nothing
+    more (the handler only set the stop event again): a server that never answered held the
+    client until it was killed."""
+    import os
+    import signal
+
+    import asr.serve.client as client
+
+    async def no_final_result(url, stop, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # the first: the capture ends
+        await stop.wait()
+        os.kill(os.getpid(), signal.SIGINT)  # the second, while no final result comes
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10.0):  # (bounds the test: the fault waited for ever)
+                await asyncio.Event().wait()
+        return client.ClientResult(close_code=1000)
+
+    monkeypatch.setattr(client, "stream_microphone", no_final_result)
+    assert client.main(["--microphone"]) == 130
+    assert "error: interrupted before the final result" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("seconds", ["0", "-1", "nan", "inf"])
 def test_the_client_refuses_a_chunk_that_is_no_positive_duration(seconds, capsys):
     # 0 and below sent one sample per message
