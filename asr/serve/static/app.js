@@ -54,8 +54,8 @@ async function start() {
       // browsers capture only on secure pages: https, or http from localhost / 127.0.0.1
       throw new Error(
         "the microphone needs a secure page: open it as http://localhost:PORT on the " +
-          "server's machine (from another one, through an SSH tunnel: ssh -L PORT:localhost:PORT) " +
-          "or serve it over https",
+          "server's machine (from another one, through an SSH tunnel: " +
+          "ssh -L PORT:localhost:PORT) or serve it over https",
       );
     }
     const scheme = location.protocol === "https:" ? "wss" : "ws";
@@ -97,7 +97,8 @@ async function start() {
     await context.resume();
     if (ws.readyState !== WebSocket.OPEN) {
       // e.g. the idle timeout, while a permission prompt held the microphone back
-      throw new Error(`the server closed the connection while the microphone started (${closed || "closing"})`);
+      const how = closed || "closing";
+      throw new Error(`the server closed the connection while the microphone started (${how})`);
     }
     session = { ws, media, context, recorder };
     ui.stop.disabled = false;
