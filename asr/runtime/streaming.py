@@ -380,9 +380,11 @@ class StreamingRecognizer:
         if enc.shape[1] > 0:
             search_state = self.searcher.step(enc, enc_lens, search_state)
         partials = self.searcher.partial(search_state)
-        # copies: a stream waits for audio between batches, and a view would keep the batch
+        # copies: a stream waits for audio between batches, and a view would keep the batch;
+        # a lone stream's state is its own (copied, CIF's store of the segment's frames cost a
+        # copy of the whole segment per chunk)
         enc_states = self.encoder.unstack_state(enc_state)
-        search_states = unstack_states(search_state, copy=True)
+        search_states = unstack_states(search_state, copy=len(batch) > 1)
         return [
             _StreamStep(taken, enc_states[i], search_states[i], int(num_new), partials[i])
             for i, ((_, taken), num_new) in enumerate(zip(batch, enc_lens.tolist()))

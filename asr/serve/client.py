@@ -3,7 +3,8 @@
 * :func:`stream_samples` / :func:`stream_file`: send a waveform in chunks, in real time
   (``realtime=True``: one chunk per chunk duration, like a microphone) or as fast as the server
   reads, then ``Done``; collect every result until the server closes.
-* :func:`stream_microphone`: capture with ``sounddevice`` (imported lazily) until Ctrl-C.
+* :func:`stream_microphone`: capture with ``sounddevice`` (imported lazily) until Ctrl-C (the
+  final result follows; a second Ctrl-C ends the client without it).
 
 Examples::
 
@@ -171,27 +172,35 @@ async def stream_samples(
         except ConnectionClosed:
             pass
 
-    async with asyncio.timeout(timeout):
-        async with connect(url, max_size=1 << 22, open_timeout=30) as ws:
-            receiver = asyncio.create_task(receive(ws))
-            start = time.monotonic()
-            try:
-                settings = settings_message(sample_rate, hotwords, hotwords_score)
-                if settings is not None:
-                    await ws.send(settings)
-                for begin in range(0, samples.size, step):
-                    chunk = samples[begin : begin + step]
-                    if realtime:
-                        due = start + (begin + chunk.size) / sample_rate
-                        await asyncio.sleep(max(0.0, due - time.monotonic()))
-                    await ws.send(chunk.tobytes())
-                    result.send_times.append((time.monotonic(), (begin + chunk.size) / sample_rate))
-                await ws.send("Done")
-            except ConnectionClosed:  # the server ended the stream early (error or shutdown)
-                pass
-            await receiver
-            result.close_code = ws.close_code
-            result.close_reason = ws.close_reason or ""
+    deadline = asyncio.timeout(timeout)
+    try:
+        async with deadline:
+            async with connect(url, max_size=1 << 22, open_timeout=30) as ws:
+                receiver = asyncio.create_task(receive(ws))
+                start = time.monotonic()
+                try:
+                    settings = settings_message(sample_rate, hotwords, hotwords_score)
+                    if settings is not None:
+                        await ws.send(settings)
+                    for begin in range(0, samples.size, step):
+                        chunk = samples[begin : begin + step]
+                        if realtime:
+                            due = start + (begin + chunk.size) / sample_rate
+                            await asyncio.sleep(max(0.0, due - time.monotonic()))
+                        await ws.send(chunk.tobytes())
+                        sent = (begin + chunk.size) / sample_rate
+                        result.send_times.append((time.monotonic(), sent))
+                    await ws.send("Done")
+                except ConnectionClosed:  # the server ended the stream early (error or shutdown)
+                    pass
+                await receiver
+                result.close_code = ws.close_code
+                result.close_reason = ws.close_reason or ""
+    except TimeoutError:
+        if not deadline.expired():  # the connection's own (its opening handshake), with its words
+            raise
+        # asyncio's has no message: the command line printed "a.wav: error: " and nothing more
+        raise TimeoutError(f"no final result from {url} within {timeout:g} s") from None
     return result
 
 
@@ -229,7 +238,8 @@ async def stream_microphone(
     """Streams the microphone until ``stop`` is set, the server closes the connection, or the
     task is cancelled (e.g. by Ctrl-C); ``hotwords``, ``hotwords_score`` as
     :func:`stream_samples`'s. The result records how the connection closed
-    (:attr:`ClientResult.problem`).
+    (:attr:`ClientResult.problem`). Audio captured while 100 blocks wait unsent (a server that
+    reads slower than real time) is dropped, with a warning: a microphone cannot wait.
 
     Raises:
         RuntimeError: when the ``sounddevice`` package is not installed.
@@ -249,9 +259,19 @@ async def stream_microphone(
     stop = stop or asyncio.Event()
     result = ClientResult()
 
+    dropped = [0]  # samples captured that found the queue full
+
+    def enqueue(block: np.ndarray) -> None:
+        if not queue.full():
+            queue.put_nowait(block)
+            return
+        if not dropped[0]:
+            logger.warning("the server reads slower than the microphone captures: dropping audio")
+        dropped[0] += block.size
+
     def callback(indata, frames, time_info, status) -> None:  # PortAudio thread
         block = indata[:, 0].copy()
-        loop.call_soon_threadsafe(lambda: queue.full() or queue.put_nowait(block))
+        loop.call_soon_threadsafe(enqueue, block)
 
     async def receive(ws) -> None:
         with contextlib.suppress(ConnectionClosed):
@@ -294,6 +314,9 @@ async def stream_microphone(
         await receiver
         result.close_code = ws.close_code
         result.close_reason = ws.close_reason or ""
+    if dropped[0]:
+        logger.warning("dropped %.2f s of microphone audio the server could not take in time "
+                       "(it was not recognized)", dropped[0] / sample_rate)
     return result
 
 
@@ -399,8 +422,15 @@ def main(argv: list[str] | None = None) -> int:
 
         async def microphone() -> ClientResult:
             stop = asyncio.Event()  # Ctrl-C ends the capture; the final result still arrives
-            asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
-            print("listening; Ctrl-C to stop", file=sys.stderr)
+            task = asyncio.current_task()
+
+            def interrupt() -> None:  # a second Ctrl-C: no waiting for the final result
+                if stop.is_set():
+                    task.cancel()
+                stop.set()
+
+            asyncio.get_running_loop().add_signal_handler(signal.SIGINT, interrupt)
+            print("listening; Ctrl-C to stop (twice: without the final result)", file=sys.stderr)
             return await stream_microphone(
                 args.server,
                 chunk_seconds=args.chunk_seconds,
@@ -413,7 +443,10 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             result = asyncio.run(microphone())
-        except RuntimeError as err:
+        except asyncio.CancelledError:
+            print("error: interrupted before the final result", file=sys.stderr)
+            return 130
+        except Exception as err:  # no sounddevice, no server (refused, 503): as for files
             print(f"error: {err}", file=sys.stderr)
             return 1
         if result.problem is not None:  # the server's errors were printed as they came

@@ -41,7 +41,8 @@ class ServerConfig:
             count) before it is closed.
         max_buffered_seconds: audio a connection may have waiting to be decoded; beyond it the
             server stops reading from that connection until the decoder catches up, so a client
-            sending faster than real time is slowed to the decoding speed.
+            sending faster than real time is slowed to the decoding speed (audio short of a
+            whole chunk waits for more audio, not for the decoder: it does not count).
         max_session_seconds: total audio one connection may send (0: no limit).
         max_pending_messages: results a slow-reading client may leave unsent before it is closed.
         shutdown_timeout: seconds a graceful shutdown waits for streams to finish; also how

@@ -92,7 +92,8 @@ class Session:
         finish_requested: the client sent Done (or the server is shutting down).
         finish_sent: the worker was told the input ended.
         accepted_samples: samples fed to the stream (worker thread).
-        backlog_seconds: audio the recognizer holds undecoded (written by the worker).
+        backlog_seconds: audio the recognizer holds undecoded and could decode now (written
+            by the worker; 0 while the stream waits for more audio to fill its next chunk).
         decoded_steps: decode steps that produced a result for this stream.
         outbox: JSON messages not yet sent, as (text, is_final).
         closed: the connection is gone; results are dropped.
@@ -292,9 +293,13 @@ class DecodeEngine:
         decoded = self._decode(ready) if ready else []
         outputs = [out for out in map(self._output, decoded) if out is not None]
         for item in work:
-            if item.session.stream is not None:
+            stream = item.session.stream
+            if stream is not None:
                 try:
-                    item.session.backlog_seconds = rec.pending_seconds(item.session.stream)
+                    # audio that waits for more audio (less than a chunk) is no backlog: counted,
+                    # it paused the reader that must bring that audio, for good
+                    item.session.backlog_seconds = (
+                        rec.pending_seconds(stream) if rec.is_ready(stream) else 0.0)
                 except Exception as err:  # noqa: BLE001 - whatever the stream's fault, its own
                     self._isolate(item, "measuring its backlog", err)
         elapsed = time.perf_counter() - start

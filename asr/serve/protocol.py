@@ -178,7 +178,12 @@ def parse_audio(data: bytes | bytearray | memoryview) -> np.ndarray:
     samples = np.frombuffer(data, dtype="<f4").astype(np.float32)
     if not np.isfinite(samples).all():
         bad = int((~np.isfinite(samples)).sum())
-        raise ProtocolError(f"binary message has {bad} NaN or infinite samples", CLOSE_INVALID_DATA)
+        # what 16-bit PCM (WeNet's protocol, a raw .wav) read as float32 almost always holds
+        raise ProtocolError(
+            f"binary message has {bad} NaN or infinite samples: expected float32 samples in "
+            "[-1, 1] (16-bit PCM? convert it: samples / 32768)",
+            CLOSE_INVALID_DATA,
+        )
     return samples
 
 

@@ -230,6 +230,36 @@ def test_unlimited_left_context_caches_every_frame_of_a_stream(unlimited_model):
         assert stream.encoder_state.layers[0].key.shape[2] == stream.frames_decoded == decoded
 
 
+def test_a_lone_streams_cif_store_is_not_copied_each_chunk(tmp_path, monkeypatch):
+    """The search state of a stream decoded alone is the searcher's own (no other stream's
+    memory to let go of): it was copied after every chunk, for CIF the store of all the
+    segment's encoder frames. Streams decoded in a batch still get copies of their own parts."""
+    from asr.testing.packages import random_package
+
+    model = load_model(random_package(tmp_path, head="cif", chunk_size=2, left_chunks=3))
+    recognizer = model.streaming_recognizer("cif_greedy", endpoint=EndpointConfig(enabled=False))
+    searcher, stepped = recognizer.searcher, []
+    step = searcher.step
+
+    def recording(enc, enc_lens, state):
+        stepped.append(step(enc, enc_lens, state))
+        return stepped[-1]
+
+    monkeypatch.setattr(searcher, "step", recording)
+    rng = np.random.default_rng(5)
+    lone, other = recognizer.new_stream(), recognizer.new_stream()
+    for stream in (lone, other):
+        recognizer.accept_waveform(stream, (rng.standard_normal(16000) * 0.1).astype(np.float32),
+                                   16000)
+    for _ in range(3):
+        recognizer.decode([lone])
+        assert lone.search_state.enc.data_ptr() == stepped[-1].enc.data_ptr()
+    recognizer.decode([lone, other])
+    for stream in (lone, other):
+        store = stream.search_state.enc
+        assert store.untyped_storage().nbytes() == store.numel() * store.element_size()
+
+
 def test_a_waiting_stream_keeps_only_its_own_cache(unlimited_model):
     """A young stream decoded in a batch with an old one and then waiting for audio holds its
     own frames only: neither the padding up to the old stream's cache nor (through a view) the

@@ -260,3 +260,79 @@ def test_the_page_keeps_the_servers_error_when_the_connection_closes(
             shown = status()
     assert shown == ("disconnected (1008: server error: more than 0.5 s of audio in one "
                      "connection)"), shown
+
+
+def test_a_page_outside_a_secure_context_says_why_it_cannot_capture(engine, tmp_path, request):
+    """Opened by a name other than localhost over http (a server bound to the network, the page
+    opened from another machine), the page is no secure context: the browser gives it no
+    navigator.mediaDevices, and the page said 'error: Cannot read properties of undefined
+    (reading 'getUserMedia')', after opening a websocket session for nothing."""
+    from asr.serve.config import ServerConfig
+    from asr.serve.server import BackgroundServer
+
+    if engine != "pytorch":
+        pytest.skip("the page's own conduct, the same for every engine")
+    recognizer = request.getfixturevalue("recognizer")
+    with BackgroundServer(recognizer, ServerConfig(port=0)) as background:
+        # asr.test resolves to 127.0.0.1 in this browser alone: all traffic stays on loopback
+        url = f"http://asr.test:{background.server.port}/?autostart=1"
+        proc = _open_page(url, tmp_path, "--host-resolver-rules=MAP asr.test 127.0.0.1",
+                          "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream")
+        try:
+            with connect(_page_socket(_devtools_port(proc)), max_size=None, open_timeout=10) as ws:
+                devtools = DevTools(ws)
+                deadline = time.monotonic() + 30.0
+                while time.monotonic() < deadline and not _status(devtools).startswith("error"):
+                    time.sleep(0.1)
+                shown = _status(devtools)
+                assert devtools.evaluate("window.isSecureContext") is False
+                assert devtools.evaluate("document.getElementById('start').disabled") is False
+        finally:
+            stop_process(proc)
+        assert background.server.stats()["sessions_opened"] == 0
+    assert shown.startswith("error: the microphone needs a secure page"), shown
+    assert "localhost" in shown and "https" in shown, shown
+
+
+def test_a_connection_closed_while_the_microphone_starts_is_not_shown_as_recording(
+        engine, tmp_path, wait_until, request):
+    """The server closed the connection (here its idle timeout) while the page waited for the
+    microphone (a permission prompt): the page then went on to show 'recording' with Stop
+    enabled, capturing the microphone and sending nothing."""
+    from asr.serve.config import ServerConfig
+    from asr.serve.server import BackgroundServer
+
+    if engine != "pytorch":
+        pytest.skip("the page's own conduct, the same for every engine")
+    recognizer = request.getfixturevalue("recognizer")
+    with BackgroundServer(recognizer, ServerConfig(port=0, idle_timeout=0.5)) as background:
+        proc = _open_page(f"{background.http_url}/", tmp_path, "--use-fake-ui-for-media-stream",
+                          "--use-fake-device-for-media-stream")
+        try:
+            with connect(_page_socket(_devtools_port(proc)), max_size=None, open_timeout=10) as ws:
+                devtools = DevTools(ws)
+                assert wait_until(lambda: devtools.evaluate(
+                    "document.readyState === 'complete' && !!document.getElementById('start')"),
+                    20.0)
+                # the microphone waits for a gate the test opens once the server has closed
+                devtools.evaluate("""
+                    const media = navigator.mediaDevices, real = media.getUserMedia.bind(media);
+                    window.gate = new Promise((resolve) => { window.openGate = resolve; });
+                    media.getUserMedia = async (c) => { await window.gate; return real(c); };
+                    document.getElementById('start').click();
+                """)
+                stats = background.server.stats
+                assert wait_until(lambda: stats()["sessions_opened"] == 1, 20.0)
+                assert wait_until(lambda: background.server.num_sessions == 0, 20.0)
+                assert wait_until(lambda: _status(devtools).startswith("disconnected"), 20.0)
+                devtools.evaluate("window.openGate()")
+                assert wait_until(lambda: _status(devtools).startswith(("error", "recording")),
+                                  20.0), _status(devtools)
+                shown = _status(devtools)
+                buttons = devtools.evaluate("[document.getElementById('start').disabled, "
+                                            "document.getElementById('stop').disabled]")
+        finally:
+            stop_process(proc)
+    assert shown.startswith("error: the server closed the connection"), shown
+    assert "idle timeout" in shown, shown
+    assert buttons == [False, True], buttons

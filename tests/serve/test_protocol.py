@@ -45,6 +45,14 @@ def test_parse_audio_non_finite(bad):
     assert err.value.code == CLOSE_INVALID_DATA
 
 
+def test_parse_audio_names_the_format_that_16_bit_pcm_breaks():
+    """16-bit PCM (what WeNet's websocket protocol sends) read as float32: a negative sample in
+    the high half of a float is NaN, infinite or huge; the error said only 'NaN or infinite'."""
+    pcm = (np.sin(np.arange(1600) / 5.0) * 3000).astype("<i2")
+    with pytest.raises(ProtocolError, match=r"expected float32 samples in \[-1, 1\] \(16-bit PCM"):
+        parse_audio(pcm.tobytes())
+
+
 def test_parse_text():
     assert parse_text(DONE) == DONE
     assert parse_text('{"sample_rate": 8000}') == StreamSettings(8000)
@@ -224,6 +232,30 @@ def test_engine_backpressure_and_outbox(recognizer):
     assert session.error is not None and "unread" in str(session.error)
     engine.close_session(session)
     assert engine.num_sessions == 0
+    engine._executor.shutdown()
+
+
+def test_engine_resumes_a_reader_whose_leftover_is_less_than_a_chunk(recognizer):
+    """With max_buffered_seconds below one chunk, the audio left after the decoder caught up
+    (less than a chunk: it needs more audio) must not keep the reader paused: it did, and the
+    stream hung with nobody to send the audio that would fill the chunk."""
+    from asr.serve.engine import DecodeEngine
+
+    engine = DecodeEngine(recognizer, max_buffered_seconds=0.05)
+    rate = recognizer.sample_rate
+    session = engine.open_session(rate)
+    engine.push_audio(session, np.zeros(int(1.07 * rate), np.float32))  # not whole chunks
+    assert not session.drained.is_set()
+    for _ in range(1000):  # the decode loop: steps while any stream makes progress
+        work = engine._collect()
+        outputs, progressed = engine._step(work)
+        engine._dispatch(work, outputs)
+        if not progressed:
+            break
+    assert session.error is None and not recognizer.is_ready(session.stream)
+    assert recognizer.pending_seconds(session.stream) > 0  # a part of a chunk waits
+    assert session.drained.is_set()  # ... for audio that the reader may now read
+    engine.close_session(session)
     engine._executor.shutdown()
 
 

@@ -571,6 +571,25 @@ def test_the_file_client_reports_a_stream_the_server_cut_short(server, speech, t
     assert f"{tmp_path}: error: not a file" in err
 
 
+def test_the_file_client_says_when_no_final_result_came_in_time(tmp_path, capsys):
+    """A server that never answers (a socket that accepts and says nothing): the client's
+    --timeout ended it with asyncio's TimeoutError, which has no message: the command line
+    printed 'a.wav: error: ' and nothing more."""
+    import socket
+
+    import soundfile
+
+    from asr.serve.client import main as client_main
+
+    path = tmp_path / "a.wav"
+    soundfile.write(path, np.zeros(1600, np.float32), 16000)
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        url = f"ws://127.0.0.1:{silent.getsockname()[1]}"
+        assert client_main(["--server", url, "--timeout", "0.3", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}: error: no final result from {url} within 0.3 s" in err, err
+
+
 class _FakeInputStream:
     """A stand-in for ``sounddevice.InputStream`` that delivers one block of 2 s of silence
     when opened (over the test server's 64 KiB message limit)."""
@@ -602,6 +621,75 @@ def test_the_microphone_client_stops_and_fails_when_the_server_closes(server, mo
     status = client_main(["--server", server.url, "--microphone", "--chunk-seconds", "2"])
     assert status == 1
     assert "error: the server closed the connection with code 1009" in capsys.readouterr().err
+
+
+class _BurstInputStream(_FakeInputStream):
+    """Delivers 150 blocks at once when opened: more than the client's queue of 100 holds."""
+
+    def __enter__(self):
+        for _ in range(150):
+            self.callback(self.block, self.block.shape[0], None, None)
+        return self
+
+
+def test_the_microphone_client_warns_of_the_audio_it_drops(server, monkeypatch, caplog):
+    """Blocks captured while the queue to the server was full were dropped without a word: the
+    transcript silently lacked that audio."""
+    import sys
+    import types
+
+    from asr.serve.client import stream_microphone
+
+    monkeypatch.setitem(sys.modules, "sounddevice",
+                        types.SimpleNamespace(InputStream=_BurstInputStream))
+    with caplog.at_level("WARNING", logger="asr.serve.client"):
+        # nothing more is captured: the server closes the connection at its idle timeout
+        result = _run(stream_microphone(server.url, chunk_seconds=0.01), 20)
+    assert result.close_code == 1008
+    warnings = [r.getMessage() for r in caplog.records if r.name == "asr.serve.client"]
+    assert any("dropped 0.50 s of microphone audio" in w for w in warnings), warnings
+
+
+def test_the_microphone_client_reports_a_server_it_cannot_reach(monkeypatch, capsys):
+    """No server on the port (it was not started): the microphone client ended in a traceback
+    of ConnectionRefusedError, where the file client says 'error: ...' and exits 1."""
+    import socket
+    import sys
+    import types
+
+    from asr.serve.client import main as client_main
+
+    monkeypatch.setitem(sys.modules, "sounddevice",
+                        types.SimpleNamespace(InputStream=_FakeInputStream))
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]  # free once closed
+    assert client_main(["--server", f"ws://127.0.0.1:{port}", "--microphone"]) == 1
+    err = capsys.readouterr().err
+    assert "\nerror: " in err and "Connect call failed" in err and "Traceback" not in err, err
+
+
+def test_a_second_ctrl_c_ends_the_microphone_client_without_its_final_result(monkeypatch,
+                                                                             capsys):
+    """After the first Ctrl-C the client waits for the final result; a second one did nothing
+    more (the handler only set the stop event again): a server that never answered held the
+    client until it was killed."""
+    import os
+    import signal
+
+    import asr.serve.client as client
+
+    async def no_final_result(url, stop, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # the first: the capture ends
+        await stop.wait()
+        os.kill(os.getpid(), signal.SIGINT)  # the second, while no final result comes
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10.0):  # (bounds the test: the fault waited for ever)
+                await asyncio.Event().wait()
+        return client.ClientResult(close_code=1000)
+
+    monkeypatch.setattr(client, "stream_microphone", no_final_result)
+    assert client.main(["--microphone"]) == 130
+    assert "error: interrupted before the final result" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("seconds", ["0", "-1", "nan", "inf"])

@@ -48,7 +48,16 @@ async function start() {
   let ws = null;
   let media = null;
   let context = null;
+  let closed = null; // how the connection closed, if it did
   try {
+    if (!navigator.mediaDevices) {
+      // browsers capture only on secure pages: https, or http from localhost / 127.0.0.1
+      throw new Error(
+        "the microphone needs a secure page: open it as http://localhost:PORT on the " +
+          "server's machine (from another one, through an SSH tunnel: " +
+          "ssh -L PORT:localhost:PORT) or serve it over https",
+      );
+    }
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     ws = new WebSocket(`${scheme}://${location.host}/`);
     ws.binaryType = "arraybuffer";
@@ -63,7 +72,8 @@ async function start() {
     ws.onclose = (event) => {
       // the server's error message in full: a close reason is cut to 123 bytes
       const why = serverError ? "server error: " + serverError : event.reason;
-      setStatus(`disconnected (${event.code}${why ? ": " + why : ""})`);
+      closed = `${event.code}${why ? ": " + why : ""}`;
+      setStatus(`disconnected (${closed})`);
       stopCapture();
       ui.start.disabled = false;
       ui.stop.disabled = true;
@@ -85,6 +95,11 @@ async function start() {
       if (ws.readyState === WebSocket.OPEN) ws.send(event.data);
     };
     await context.resume();
+    if (ws.readyState !== WebSocket.OPEN) {
+      // e.g. the idle timeout, while a permission prompt held the microphone back
+      const how = closed || "closing";
+      throw new Error(`the server closed the connection while the microphone started (${how})`);
+    }
     session = { ws, media, context, recorder };
     ui.stop.disabled = false;
     setStatus(`recording (${context.sampleRate} Hz -> ${TARGET_RATE} Hz)`);
