@@ -2,7 +2,7 @@
 subcommand is one of that subcommand's options, every config key it names (``search.lm_weight``)
 is a field of the experiment config, every module, function or class it names in code
 (``run.train.check_data_inputs``, ``asr.results.FailedInput``) exists, the ``asr export-onnx`` synopsis of docs/ONNX.md names all
-of its options, and the mini_tts README names every option of its ``run.sh``."""
+of its options, and the mini_tts README names every option of its ``run.sh`` with its default."""
 
 from __future__ import annotations
 
@@ -110,6 +110,54 @@ def test_the_mini_tts_readme_names_every_run_sh_option():
     usage = usage.split('usage="', 1)[1].split("defaults:", 1)[0]
     readme = (REPO / "recipes" / "mini_tts" / "README.md").read_text(encoding="utf-8")
     assert sorted(set(_OPTION.findall(usage)) - set(_OPTION.findall(readme))) == []
+
+
+def run_sh_defaults(script: str) -> dict[str, str]:
+    """``--option`` -> default value of a recipe script's ``name=value`` settings (before its
+    usage text; quotes and comments dropped)."""
+    settings = script.split('usage="', 1)[0]
+    return {"--" + name.replace("_", "-"): value.strip('"')
+            for name, value in re.findall(r'^([a-z_]+)=("[^"]*"|\S*)', settings, flags=re.M)}
+
+
+def quoted_defaults(text: str) -> dict[str, set[str]]:
+    """``--option`` -> the values a README's "Options and their defaults" list gives it in its
+    inline code (``--lm-weight 0.55``; alternatives such as ``token|word`` are no value)."""
+    section = text.split("Options and their defaults", 1)[1].split("\n\n", 1)[0]
+    quoted: dict[str, set[str]] = {}
+    for span in re.findall(r"`([^`\n]+)`", section):
+        for option, value in re.findall(r'(--[a-z][a-z0-9-]*) ("[^"]*"|[^\s"|-][^\s|]*)(?=\s|$)',
+                                        span):
+            quoted.setdefault(option, set()).add(value.strip('"'))
+    return quoted
+
+
+def default_mismatches(script: str, readme: str, here: str) -> list[str]:
+    """The options of ``script`` with a default (``$HERE`` read as ``here``) that the README
+    gives values (placeholders such as ``N`` aside) of which none is that default."""
+    defaults = run_sh_defaults(script)
+    mismatches = []
+    for option, values in quoted_defaults(readme).items():
+        values = {v for v in values if not re.fullmatch(r"[A-Z]+", v)}
+        default = defaults.get(option, "").replace("$HERE", here)
+        if default and values and default not in values:
+            mismatches.append(f"{option}: README {sorted(values)}, run.sh {default!r}")
+    return mismatches
+
+
+def test_a_changed_run_sh_default_is_caught():
+    script = 'lm_weight=0.6  # tuned\nbeam_size=8\nusage="..."\n'
+    readme = "Options and their defaults:\n* LM: `--lm-weight 0.55`, `--beam-size 8`.\n"
+    assert default_mismatches(script, readme, "") == ["--lm-weight: README ['0.55'], run.sh '0.6'"]
+
+
+def test_the_mini_tts_readme_quotes_run_sh_defaults():
+    """The defaults the mini_tts README lists (``--lm-weight 0.55``, ``--time-budget 1710``, ...)
+    are run.sh's, which dev tuning changes."""
+    script = (REPO / "egs" / "mini_tts" / "ASR" / "run.sh").read_text(encoding="utf-8")
+    readme = (REPO / "recipes" / "mini_tts" / "README.md").read_text(encoding="utf-8")
+    assert len(quoted_defaults(readme)) >= 20  # the list is found, so a pass compares something
+    assert default_mismatches(script, readme, "egs/mini_tts/ASR") == []
 
 
 def _config_field(parts: list[str]) -> bool:

@@ -248,8 +248,8 @@ if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
   budget_args=()
   if [ "$time_budget" -gt 0 ]; then
     # The step count is planned to fit the time left (asr/train/budget.py): ~1700 float32 steps on
-    # a 2-core AVX2 machine (estimated), 2900-3400 bf16 steps measured on one with AMX;
-    # max_epochs still caps it.
+    # a 2-core AVX2 machine (estimated), 4300-5428 bf16 steps measured on one with AMX when
+    # nothing else runs there (recipes/mini_tts/README.md); max_epochs still caps it.
     train_budget=$(( time_budget - ($(date +%s) - started) - post_train_reserve ))
     [ $stop_stage -ge 7 ] && train_budget=$(( train_budget - onnx_reserve ))
     if [ "$train_budget" -lt 60 ]; then
