@@ -60,6 +60,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the result files go (default: --onnx-dir)")
 
 
+def result_name(layout: str, args: argparse.Namespace) -> str:
+    """The searcher name of the result files: ``sherpa-onnx-<layout>[-int8]``, then
+    ``-modified-beam-search`` for that method (as ``asr decode`` names each searcher's files),
+    then ``-<tag>``. Other settings (beam, hotwords, blank penalty) are in the summary's
+    settings, as ``asr decode``'s ``--set`` values are: runs that differ only there need their
+    own ``--tag`` or ``--output-dir``."""
+    name = "sherpa-onnx-" + layout.replace("_", "-") + ("-int8" if args.int8 else "")
+    if args.decoding_method != "greedy_search":
+        name += "-" + args.decoding_method.replace("_", "-")
+    return name + (f"-{args.tag}" if args.tag else "")
+
+
+def result_settings(name: str, args: argparse.Namespace) -> dict[str, object]:
+    """The summary's settings column: the engine and every search option that was set."""
+    settings: dict[str, object] = {"engine": name, "method": args.decoding_method}
+    if args.decoding_method == "modified_beam_search":
+        settings["max_active_paths"] = args.max_active_paths
+    if args.hotwords_file is not None:
+        settings["hotwords"] = args.hotwords_file.name
+        settings["hotwords_score"] = args.hotwords_score
+    if args.blank_penalty:
+        settings["blank_penalty"] = args.blank_penalty
+    return settings
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         recognizer = load_recognizer(
@@ -68,8 +93,7 @@ def run(args: argparse.Namespace) -> int:
             hotwords_file=args.hotwords_file, hotwords_score=args.hotwords_score,
             blank_penalty=args.blank_penalty,
         )
-        name = "sherpa-onnx-" + recognizer.layout.replace("_", "-") + ("-int8" if args.int8 else "")
-        name += f"-{args.tag}" if args.tag else ""
+        name = result_name(recognizer.layout, args)
         out_dir = args.output_dir or args.onnx_dir
         parts = list(dict.fromkeys(args.parts))  # one lock, and one decode, per part
         with output_locks(result_paths(out_dir, part, name)["wer_summary"] for part in parts):
@@ -80,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
             for part in parts:
                 recognitions = decode_part_sherpa(recognizer, args.manifest_dir, part,
                                                   args.batch_size, test_sets[part])
-                wer, paths = write_results(out_dir, part, name, recognitions, {"engine": name})
+                wer, paths = write_results(out_dir, part, name, recognitions,
+                                           result_settings(name, args))
                 logger.info("%s %s: WER %.2f%% -> %s", part, name, wer, paths["wer_summary"])
                 print(paths["wer_summary"], flush=True)
     except (FileNotFoundError, ValueError, KeyError, OutputBusyError) as err:

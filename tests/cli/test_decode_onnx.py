@@ -4,6 +4,7 @@ results in ``asr decode``'s files, and the CTC hypotheses equal ``asr decode``'s
 from __future__ import annotations
 
 import gzip
+from pathlib import Path
 
 from asr.cli.main import main
 
@@ -37,6 +38,16 @@ def test_sherpa_onnx_test_set_wer(trained, tiny_corpus, tmp_path, capsys, caplog
     assert summaries == [
         str(tmp_path / "ctc" / f"wer-summary-{PART}-sherpa-onnx-ctc.txt"),
         str(tmp_path / f"wer-summary-{PART}-sherpa-onnx-streaming-transducer-int8.txt")]
+    # the same export with the other search, into the same directory: files of its own, and
+    # each summary names its method (before, the second run replaced the first's files)
+    assert main(["decode-onnx", "--onnx-dir", str(tmp_path / "streaming"), "--int8",
+                 "--manifest-dir", manifests, "--parts", PART, "--output-dir", str(tmp_path),
+                 "--decoding-method", "modified_beam_search", "--max-active-paths", "3"]) == 0
+    beam = tmp_path / (f"wer-summary-{PART}-sherpa-onnx-streaming-transducer-int8"
+                       "-modified-beam-search.txt")
+    assert capsys.readouterr().out.split() == [str(beam)]
+    assert "method-modified_beam_search_max_active_paths-3" in beam.read_text()
+    assert "_method-greedy_search\t" in Path(summaries[1]).read_text()  # still there
     ours = _hyps(trained / "ctc_greedy" / f"recogs-{PART}-ctc_greedy.txt")
     theirs = _hyps(tmp_path / "ctc" / f"recogs-{PART}-sherpa-onnx-ctc.txt")
     assert len(ours) == 4 and theirs == ours
