@@ -42,10 +42,12 @@ def interpreter_enabled() -> bool:
 
 @triton.jit
 def log_add(a, b):
-    """``log(exp(a) + exp(b))`` elementwise, ``-inf`` when both are (also used by the TDT
-    kernels)."""
-    big = tl.maximum(a, b)
-    small = tl.minimum(a, b)
+    """``log(exp(a) + exp(b))`` elementwise, ``-inf`` when both are, NaN when either is (as
+    ``torch.logaddexp``; also used by the TDT kernels). ``tl.maximum`` / ``tl.minimum`` return
+    the other operand for a NaN unless told to propagate it (PTX ``max.f32``), which would turn
+    a NaN arc into a finite total."""
+    big = tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+    small = tl.minimum(a, b, propagate_nan=tl.PropagateNan.ALL)
     out = big + tl.log(1.0 + tl.exp(small - big))
     return tl.where(big == float("-inf"), big, out)
 

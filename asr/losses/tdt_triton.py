@@ -77,7 +77,7 @@ def _tdt_alpha_kernel(
                 a_blk = tl.load(alpha_b + src * rows + u, mask=m_blk, other=_NEG)
                 w_blk = tl.load(blank_b + (src * rows + u) * num_durations + i, mask=m_blk, other=_NEG)
                 acc = log_add(acc, a_blk + w_blk)
-            acc = tl.maximum(acc, _NEG)
+            acc = tl.maximum(acc, _NEG, propagate_nan=tl.PropagateNan.ALL)  # as clamp_
             acc = tl.where((u == 0) & (t == 0), 0.0, acc)
             tl.store(alpha_b + t * rows + u, acc, mask=valid)
         tl.debug_barrier()
@@ -125,7 +125,7 @@ def _tdt_beta_kernel(
                 b_blk = tl.load(beta_b + dst * rows + u, mask=m_blk, other=_NEG)
                 w_blk = tl.load(blank_b + (t * rows + u) * num_durations + i, mask=m_blk, other=_NEG)
                 acc = log_add(acc, b_blk + w_blk)
-            acc = tl.maximum(acc, _NEG)
+            acc = tl.maximum(acc, _NEG, propagate_nan=tl.PropagateNan.ALL)  # as clamp_
             acc = tl.where((t == end_t) & (u == end_u), 0.0, acc)
             tl.store(beta_b + t * rows + u, acc, mask=valid)
         tl.debug_barrier()

@@ -70,10 +70,35 @@ def _compare(device: str) -> dict:
                 grad_py=float((grads[0][1] - grads[1][1]).abs().max()),
             )
         mit._MAX_BLOCK = 1024
+    results["nan_arcs"] = _nan_arcs(device)
     return results
 
 
+def _nan_arcs(device: str) -> dict:
+    """Which totals are NaN, per dtype and backend, with a NaN arc inside utterance 0's lattice
+    and NaN arcs outside utterance 1's (masked: ignored). A NaN inside must give a NaN total (as
+    ``torch.logaddexp``), not a finite one that hides it from the trainer's non-finite check."""
+    from asr.losses.mutual_information import mutual_information_recursion
+
+    found = {}
+    for dtype in (torch.float32, torch.float64):
+        gen = torch.Generator().manual_seed(3)
+        px = torch.randn(2, 3, 5, generator=gen, dtype=dtype)
+        py = torch.randn(2, 4, 4, generator=gen, dtype=dtype)
+        px[0, 1, 2] = float("nan")  # inside: S_0 = 3, T_0 = 4
+        px[1, 2, 1] = py[1, 0, 3] = float("nan")  # outside: s >= S_1 = 2, t >= T_1 = 3
+        s_lens, f_lens = torch.tensor([3, 2], device=device), torch.tensor([4, 3], device=device)
+        for backend in ("triton", "torch"):
+            total = mutual_information_recursion(px.to(device), py.to(device), s_lens, f_lens,
+                                                 backend=backend)
+            found[f"{str(dtype).split('.')[-1]}/{backend}"] = torch.isnan(total).tolist()
+    return found
+
+
 def _check(results: dict) -> None:
+    nan_arcs = results.pop("nan_arcs")
+    assert nan_arcs == {f"{d}/{b}": [True, False] for d in ("float32", "float64")
+                        for b in ("triton", "torch")}, nan_arcs
     assert set(results) == {f"{c[0]}/{d}" for c in _cases() for d in ("float32", "float64")}
     for key, diffs in results.items():
         tol = 1e-4 if key.endswith("float32") else 1e-10
