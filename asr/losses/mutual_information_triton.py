@@ -22,6 +22,7 @@ No ``@triton.autotune``: it needs a GPU and would break the interpreter path.
 from __future__ import annotations
 
 import os
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import triton
@@ -29,7 +30,8 @@ import triton.language as tl
 from torch import Tensor
 
 __all__ = [
-    "forward_triton", "backward_triton", "interpreter_enabled", "check_device", "log_add",
+    "forward_triton", "backward_triton", "interpreter_enabled", "check_device", "on_device",
+    "log_add",
 ]
 
 _MAX_BLOCK = 1024
@@ -122,6 +124,18 @@ def check_device(tensor: Tensor, kernel: str = "mutual-information") -> None:
         )
 
 
+def on_device(tensor: Tensor) -> AbstractContextManager:
+    """Makes ``tensor``'s GPU the current device for a kernel launch (a no-op on CPU).
+
+    Triton launches on the CURRENT device and its current stream, not on the arguments' device
+    as torch ops do: for tensors on ``cuda:1`` while ``cuda:0`` is current (a model moved with
+    ``.to("cuda:1")`` without ``torch.cuda.set_device``) the driver refuses their pointers
+    ("cannot be accessed from Triton (cpu tensor?)") or the kernel would run on another stream
+    than the ops that produced them.
+    """
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else nullcontext()
+
+
 def _block(num_symbols: int) -> int:
     return max(16, min(_MAX_BLOCK, triton.next_power_of_2(num_symbols + 1)))
 
@@ -132,9 +146,10 @@ def forward_triton(px: Tensor, py: Tensor) -> Tensor:
     px, py = px.contiguous(), py.contiguous()
     batch, num_symbols, cols = px.shape
     alpha = torch.empty(batch, num_symbols + 1, cols, dtype=px.dtype, device=px.device)
-    _mi_forward_kernel[(batch,)](
-        px, py, alpha, num_symbols, cols - 1, BLOCK=_block(num_symbols), num_warps=4
-    )
+    with on_device(px):
+        _mi_forward_kernel[(batch,)](
+            px, py, alpha, num_symbols, cols - 1, BLOCK=_block(num_symbols), num_warps=4
+        )
     return alpha
 
 
@@ -144,15 +159,16 @@ def backward_triton(px: Tensor, py: Tensor, symbol_lens: Tensor, frame_lens: Ten
     px, py = px.contiguous(), py.contiguous()
     batch, num_symbols, cols = px.shape
     beta = torch.empty(batch, num_symbols + 1, cols, dtype=px.dtype, device=px.device)
-    _mi_backward_kernel[(batch,)](
-        px,
-        py,
-        beta,
-        symbol_lens.to(torch.int64).contiguous(),
-        frame_lens.to(torch.int64).contiguous(),
-        num_symbols,
-        cols - 1,
-        BLOCK=_block(num_symbols),
-        num_warps=4,
-    )
+    with on_device(px):
+        _mi_backward_kernel[(batch,)](
+            px,
+            py,
+            beta,
+            symbol_lens.to(px.device, torch.int64).contiguous(),
+            frame_lens.to(px.device, torch.int64).contiguous(),
+            num_symbols,
+            cols - 1,
+            BLOCK=_block(num_symbols),
+            num_warps=4,
+        )
     return beta

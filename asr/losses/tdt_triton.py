@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from asr.losses.mutual_information_triton import check_device, log_add
+from asr.losses.mutual_information_triton import check_device, log_add, on_device
 
 __all__ = ["alpha_triton", "beta_triton"]
 
@@ -147,10 +147,11 @@ def alpha_triton(token_w: Tensor, blank_w: Tensor, durations: Sequence[int]) -> 
     (B, T, U + 1, D), masked."""
     token_w, blank_w, durations_t, batch, num_frames, rows = _inputs(token_w, blank_w, durations)
     alpha = torch.empty(batch, num_frames + 1, rows, dtype=blank_w.dtype, device=blank_w.device)
-    _tdt_alpha_kernel[(batch,)](
-        token_w, blank_w, durations_t, alpha, num_frames, rows - 1, len(durations),
-        BLOCK=_block(rows), num_warps=4,
-    )  # fmt: skip
+    with on_device(blank_w):
+        _tdt_alpha_kernel[(batch,)](
+            token_w, blank_w, durations_t, alpha, num_frames, rows - 1, len(durations),
+            BLOCK=_block(rows), num_warps=4,
+        )  # fmt: skip
     return alpha
 
 
@@ -161,11 +162,12 @@ def beta_triton(
     """Backward node scores ``beta (B, T + 1, U + 1)`` to each end ``(T_b, U_b)``."""
     token_w, blank_w, durations_t, batch, num_frames, rows = _inputs(token_w, blank_w, durations)
     beta = torch.empty(batch, num_frames + 1, rows, dtype=blank_w.dtype, device=blank_w.device)
-    _tdt_beta_kernel[(batch,)](
-        token_w, blank_w, durations_t,
-        frame_lens.to(blank_w.device, torch.int64).contiguous(),
-        token_lens.to(blank_w.device, torch.int64).contiguous(),
-        beta, num_frames, rows - 1, len(durations),
-        BLOCK=_block(rows), num_warps=4,
-    )  # fmt: skip
+    with on_device(blank_w):
+        _tdt_beta_kernel[(batch,)](
+            token_w, blank_w, durations_t,
+            frame_lens.to(blank_w.device, torch.int64).contiguous(),
+            token_lens.to(blank_w.device, torch.int64).contiguous(),
+            beta, num_frames, rows - 1, len(durations),
+            BLOCK=_block(rows), num_warps=4,
+        )  # fmt: skip
     return beta

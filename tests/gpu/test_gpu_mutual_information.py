@@ -133,3 +133,26 @@ def test_recursion_gradients_triton_equal_torch(device, full_size, triton_ready,
     for what, diff, value32, value64 in zip(names, diffs, ref32, reference):
         torch_diff = float((value32.double() - value64).abs().max())
         assert diff <= 4 * torch_diff + 1e-5 * case[0], f"{what}: {diff} vs torch {torch_diff}"
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_kernels_launch_on_the_tensors_gpu_not_the_current_one():
+    """Tensors on ``cuda:1`` while ``cuda:0`` is current (a model moved with ``.to("cuda:1")``
+    without ``set_device``): Triton launches on the current device, so without
+    :func:`asr.losses.mutual_information_triton.on_device` the driver refuses the pointers."""
+    from asr.losses.tdt_recursion import alpha_torch
+    from asr.losses.tdt_triton import alpha_triton
+
+    other = torch.device("cuda", 1)
+    torch.cuda.set_device(0)
+    case = CASES["small"][0]
+    px, py, s_lens, f_lens = _lattice(case, torch.float64, other, seed=3)
+    totals = {backend: mutual_information_recursion(px, py, s_lens, f_lens, backend=backend)
+              for backend in ("triton", "torch")}
+    assert totals["triton"].device == other
+    torch.testing.assert_close(totals["triton"], totals["torch"], rtol=1e-12, atol=1e-12)
+    gen = torch.Generator().manual_seed(4)
+    token_w = torch.randn(2, 6, 3, 2, generator=gen, dtype=torch.float64).to(other)
+    blank_w = torch.randn(2, 6, 4, 2, generator=gen, dtype=torch.float64).to(other)
+    torch.testing.assert_close(alpha_triton(token_w, blank_w, (0, 1)),
+                               alpha_torch(token_w, blank_w, (0, 1)), rtol=1e-12, atol=1e-12)
