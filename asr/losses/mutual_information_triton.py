@@ -30,8 +30,8 @@ import triton.language as tl
 from torch import Tensor
 
 __all__ = [
-    "forward_triton", "backward_triton", "interpreter_enabled", "check_device", "on_device",
-    "log_add",
+    "forward_triton", "backward_triton", "interpreter_enabled", "check_device", "check_dtype",
+    "on_device", "log_add",
 ]
 
 _MAX_BLOCK = 1024
@@ -124,6 +124,19 @@ def check_device(tensor: Tensor, kernel: str = "mutual-information") -> None:
         )
 
 
+def check_dtype(tensor: Tensor, kernel: str = "mutual-information") -> None:
+    """Raises unless ``tensor`` is float32 or float64, the dtypes the kernels are built for.
+
+    float16 does not compile (``tl.exp`` / ``tl.log`` take float32 and float64 only) and bfloat16
+    would keep node scores of magnitude ~1e3 to 8 bits; the losses compute in float32 anyway.
+    """
+    if tensor.dtype not in (torch.float32, torch.float64):
+        raise ValueError(
+            f"the Triton {kernel} kernel takes float32 or float64 inputs, got {tensor.dtype}; "
+            "cast them (the losses of asr.losses compute in float32) or use backend='torch'"
+        )
+
+
 def on_device(tensor: Tensor) -> AbstractContextManager:
     """Makes ``tensor``'s GPU the current device for a kernel launch (a no-op on CPU).
 
@@ -142,6 +155,7 @@ def _block(num_symbols: int) -> int:
 
 def forward_triton(px: Tensor, py: Tensor) -> Tensor:
     """Forward node log-probabilities ``alpha (B, S + 1, T + 1)``; px (B,S,T+1), py (B,S+1,T)."""
+    check_dtype(px)
     check_device(px)
     px, py = px.contiguous(), py.contiguous()
     batch, num_symbols, cols = px.shape
@@ -155,6 +169,7 @@ def forward_triton(px: Tensor, py: Tensor) -> Tensor:
 
 def backward_triton(px: Tensor, py: Tensor, symbol_lens: Tensor, frame_lens: Tensor) -> Tensor:
     """Backward node log-probabilities ``beta (B, S + 1, T + 1)`` to each end ``(S_b, T_b)``."""
+    check_dtype(px)
     check_device(px)
     px, py = px.contiguous(), py.contiguous()
     batch, num_symbols, cols = px.shape

@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from asr.losses.mutual_information_triton import check_device, log_add, on_device
+from asr.losses.mutual_information_triton import check_device, check_dtype, log_add, on_device
 
 __all__ = ["alpha_triton", "beta_triton"]
 
@@ -136,6 +136,8 @@ def _block(rows: int) -> int:
 
 
 def _inputs(token_w: Tensor, blank_w: Tensor, durations: Sequence[int]):
+    for weights in (token_w, blank_w):
+        check_dtype(weights, "TDT")
     check_device(blank_w, "TDT")
     batch, num_frames, rows, num_durations = blank_w.shape
     durations_t = torch.tensor(list(durations), dtype=torch.int64, device=blank_w.device)

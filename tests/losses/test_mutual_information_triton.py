@@ -128,6 +128,31 @@ def test_triton_on_cpu_without_interpreter_is_refused():
         mit.forward_triton(px, torch.zeros(1, 3, 2))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_refused_with_the_dtype(dtype):
+    """float16 does not compile (``tl.exp`` takes float32 / float64) and bfloat16 gave wrong
+    totals in the interpreter; both are refused before any launch, naming the dtype."""
+    from asr.losses import mutual_information_triton as mit
+
+    px, py = torch.zeros(1, 2, 3, dtype=dtype), torch.zeros(1, 3, 2, dtype=dtype)
+    with pytest.raises(ValueError, match=f"float32 or float64 inputs, got {dtype}"):
+        mit.forward_triton(px, py)
+    with pytest.raises(ValueError, match=f"float32 or float64 inputs, got {dtype}"):
+        mit.backward_triton(px, py, torch.tensor([2]), torch.tensor([2]))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_half_precision_auto_backend_runs_torch_on_gpu():
+    """``auto`` on CUDA picks Triton only for float32 / float64: half precision runs torch."""
+    from asr.losses.mutual_information import mutual_information_recursion
+
+    px = torch.randn(2, 3, 5, device="cuda").log_softmax(-1).bfloat16()
+    py = torch.randn(2, 4, 4, device="cuda").log_softmax(-1).bfloat16()
+    assert torch.equal(mutual_information_recursion(px, py, backend="auto"),
+                       mutual_information_recursion(px, py, backend="torch"))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_triton_compiled_matches_torch_on_gpu():

@@ -192,6 +192,18 @@ def test_kernels_compile_for_a_cuda_target(tmp_path):
     assert len(done) == 4 and all(ok for *_, ok in done), done
 
 
+def test_bfloat16_weights_are_refused_with_the_dtype():
+    """Neither kernel compiles for bfloat16 (nor float16): refused before any launch."""
+    from asr.losses import tdt_triton
+
+    token_w, blank_w = torch.zeros(1, 2, 1, 2), torch.zeros(1, 2, 2, 2, dtype=torch.bfloat16)
+    for call in (lambda: tdt_triton.alpha_triton(token_w, blank_w, (0, 1)),
+                 lambda: tdt_triton.beta_triton(token_w, blank_w, (0, 1), torch.tensor([2]),
+                                                torch.tensor([1]))):
+        with pytest.raises(ValueError, match="float32 or float64 inputs, got torch.bfloat16"):
+            call()
+
+
 def test_triton_on_cpu_without_interpreter_is_refused():
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         pytest.skip("this process runs the interpreter")
