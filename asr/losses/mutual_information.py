@@ -30,10 +30,10 @@ diagonal, so the Python loop has ``S + T`` steps, not ``S * T``.
 
 Backends: ``"torch"`` (this file), ``"triton"`` (:mod:`asr.losses.mutual_information_triton`, one
 program per utterance looping over diagonals), ``"auto"`` (Triton on CUDA float32 / float64
-tensors, torch otherwise: the kernels take no half precision), and ``"k2"``: ``k2.mutual_information_recursion`` with a ``[0, 0, S_b, T_b]``
-boundary, used only when asked for and only if ``import k2`` works (PyPI's only k2 wheel is
-k2 1.23.4 for CPython 3.9 and torch 1.13.1, so it is never a dependency and ``"auto"`` never
-picks it).
+tensors, torch otherwise: the kernels take no half precision), and ``"k2"``:
+``k2.mutual_information_recursion`` with a ``[0, 0, S_b, T_b]`` boundary, used only when asked
+for and only if ``import k2`` works (PyPI's only k2 wheel is k2 1.23.4 for CPython 3.9 and torch
+1.13.1, so it is never a dependency and ``"auto"`` never picks it).
 """
 
 from __future__ import annotations
