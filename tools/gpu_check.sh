@@ -198,7 +198,8 @@ if [ "$MODE" = deps-only ]; then
   exit "$FAILED"
 fi
 
-TESTS=(tests/gpu tests/losses/test_mutual_information_triton.py tests/test_model.py)
+TESTS=(tests/gpu tests/losses/test_mutual_information_triton.py tests/losses/test_tdt_triton.py
+  tests/test_model.py)
 PYTEST_ARGS=(-m gpu -p no:cacheprovider -q -ra --durations=15 --junitxml="$OUT_DIR/pytest.xml")
 if "$PY" -c "import pytest_timeout" >/dev/null 2>&1; then
   PYTEST_ARGS+=(--timeout=120)

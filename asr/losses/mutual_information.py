@@ -29,11 +29,11 @@ likewise for ``py`` with ``beta[s, t + 1]``. Both recursions run over anti-diago
 diagonal, so the Python loop has ``S + T`` steps, not ``S * T``.
 
 Backends: ``"torch"`` (this file), ``"triton"`` (:mod:`asr.losses.mutual_information_triton`, one
-program per utterance looping over diagonals), ``"auto"`` (Triton on CUDA tensors, torch
-otherwise), and ``"k2"``: ``k2.mutual_information_recursion`` with a ``[0, 0, S_b, T_b]``
-boundary, used only when asked for and only if ``import k2`` works (PyPI's only k2 wheel is
-k2 1.23.4 for CPython 3.9 and torch 1.13.1, so it is never a dependency and ``"auto"`` never
-picks it).
+program per utterance looping over diagonals), ``"auto"`` (Triton on CUDA float32 / float64
+tensors, torch otherwise: the kernels take no half precision), and ``"k2"``:
+``k2.mutual_information_recursion`` with a ``[0, 0, S_b, T_b]`` boundary, used only when asked
+for and only if ``import k2`` works (PyPI's only k2 wheel is k2 1.23.4 for CPython 3.9 and torch
+1.13.1, so it is never a dependency and ``"auto"`` never picks it).
 """
 
 from __future__ import annotations
@@ -221,7 +221,7 @@ def check_backend(backend: str) -> None:
 def _resolve_backend(backend: str, px: Tensor) -> str:
     check_backend(backend)
     if backend == "auto":
-        return "triton" if px.is_cuda else "torch"
+        return "triton" if px.is_cuda and px.dtype in (torch.float32, torch.float64) else "torch"
     return backend
 
 

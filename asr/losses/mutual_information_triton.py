@@ -22,6 +22,7 @@ No ``@triton.autotune``: it needs a GPU and would break the interpreter path.
 from __future__ import annotations
 
 import os
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import triton
@@ -29,7 +30,8 @@ import triton.language as tl
 from torch import Tensor
 
 __all__ = [
-    "forward_triton", "backward_triton", "interpreter_enabled", "check_device", "log_add",
+    "forward_triton", "backward_triton", "interpreter_enabled", "check_device", "check_dtype",
+    "on_device", "log_add",
 ]
 
 _MAX_BLOCK = 1024
@@ -42,10 +44,12 @@ def interpreter_enabled() -> bool:
 
 @triton.jit
 def log_add(a, b):
-    """``log(exp(a) + exp(b))`` elementwise, ``-inf`` when both are (also used by the TDT
-    kernels)."""
-    big = tl.maximum(a, b)
-    small = tl.minimum(a, b)
+    """``log(exp(a) + exp(b))`` elementwise, ``-inf`` when both are, NaN when either is (as
+    ``torch.logaddexp``; also used by the TDT kernels). ``tl.maximum`` / ``tl.minimum`` return
+    the other operand for a NaN unless told to propagate it (PTX ``max.f32``), which would turn
+    a NaN arc into a finite total."""
+    big = tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+    small = tl.minimum(a, b, propagate_nan=tl.PropagateNan.ALL)
     out = big + tl.log(1.0 + tl.exp(small - big))
     return tl.where(big == float("-inf"), big, out)
 
@@ -120,37 +124,66 @@ def check_device(tensor: Tensor, kernel: str = "mutual-information") -> None:
         )
 
 
+def check_dtype(tensor: Tensor, kernel: str = "mutual-information") -> None:
+    """Raises unless ``tensor`` is float32 or float64, the dtypes the kernels are built for.
+
+    float16 does not compile (``tl.exp`` / ``tl.log`` take float32 and float64 only) and bfloat16
+    would keep node scores of magnitude ~1e3 to 8 bits; the losses compute in float32 anyway.
+    """
+    if tensor.dtype not in (torch.float32, torch.float64):
+        raise ValueError(
+            f"the Triton {kernel} kernel takes float32 or float64 inputs, got {tensor.dtype}; "
+            "cast them (the losses of asr.losses compute in float32) or use backend='torch'"
+        )
+
+
+def on_device(tensor: Tensor) -> AbstractContextManager:
+    """Makes ``tensor``'s GPU the current device for a kernel launch (a no-op on CPU).
+
+    Triton launches on the CURRENT device and its current stream, not on the arguments' device
+    as torch ops do: for tensors on ``cuda:1`` while ``cuda:0`` is current (a model moved with
+    ``.to("cuda:1")`` without ``torch.cuda.set_device``) the driver refuses their pointers
+    ("cannot be accessed from Triton (cpu tensor?)") or the kernel would run on another stream
+    than the ops that produced them.
+    """
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else nullcontext()
+
+
 def _block(num_symbols: int) -> int:
     return max(16, min(_MAX_BLOCK, triton.next_power_of_2(num_symbols + 1)))
 
 
 def forward_triton(px: Tensor, py: Tensor) -> Tensor:
     """Forward node log-probabilities ``alpha (B, S + 1, T + 1)``; px (B,S,T+1), py (B,S+1,T)."""
+    check_dtype(px)
     check_device(px)
     px, py = px.contiguous(), py.contiguous()
     batch, num_symbols, cols = px.shape
     alpha = torch.empty(batch, num_symbols + 1, cols, dtype=px.dtype, device=px.device)
-    _mi_forward_kernel[(batch,)](
-        px, py, alpha, num_symbols, cols - 1, BLOCK=_block(num_symbols), num_warps=4
-    )
+    with on_device(px):
+        _mi_forward_kernel[(batch,)](
+            px, py, alpha, num_symbols, cols - 1, BLOCK=_block(num_symbols), num_warps=4
+        )
     return alpha
 
 
 def backward_triton(px: Tensor, py: Tensor, symbol_lens: Tensor, frame_lens: Tensor) -> Tensor:
     """Backward node log-probabilities ``beta (B, S + 1, T + 1)`` to each end ``(S_b, T_b)``."""
+    check_dtype(px)
     check_device(px)
     px, py = px.contiguous(), py.contiguous()
     batch, num_symbols, cols = px.shape
     beta = torch.empty(batch, num_symbols + 1, cols, dtype=px.dtype, device=px.device)
-    _mi_backward_kernel[(batch,)](
-        px,
-        py,
-        beta,
-        symbol_lens.to(torch.int64).contiguous(),
-        frame_lens.to(torch.int64).contiguous(),
-        num_symbols,
-        cols - 1,
-        BLOCK=_block(num_symbols),
-        num_warps=4,
-    )
+    with on_device(px):
+        _mi_backward_kernel[(batch,)](
+            px,
+            py,
+            beta,
+            symbol_lens.to(px.device, torch.int64).contiguous(),
+            frame_lens.to(px.device, torch.int64).contiguous(),
+            num_symbols,
+            cols - 1,
+            BLOCK=_block(num_symbols),
+            num_warps=4,
+        )
     return beta

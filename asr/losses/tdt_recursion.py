@@ -28,8 +28,8 @@ at ``(0, 0)`` does not end with a blank). Such totals are ``NEG`` with zero occu
 Backends: ``"torch"`` (this file: the diagonals vectorised over batch and diagonal, with the
 durations folded into one gather, about ten tensor ops per diagonal and no autograd graph),
 ``"triton"`` (:mod:`asr.losses.tdt_triton`, one program per utterance looping over the
-diagonals inside the kernel), ``"auto"`` (Triton on CUDA tensors, torch otherwise). The
-occupations are elementwise tensor ops shared by both.
+diagonals inside the kernel), ``"auto"`` (Triton on CUDA float32 / float64 tensors, torch
+otherwise). The occupations are elementwise tensor ops shared by both.
 
 Shapes: B batch, T frames (padded), U tokens (padded), D durations, K = T + U + 1 diagonals.
 """
@@ -293,7 +293,8 @@ def arc_occupations(
 
 def _resolve_backend(backend: str, tensor: Tensor) -> str:
     if backend == "auto":
-        return "triton" if tensor.is_cuda else "torch"
+        wide = tensor.dtype in (torch.float32, torch.float64)  # the kernels' dtypes
+        return "triton" if tensor.is_cuda and wide else "torch"
     if backend in ("torch", "triton"):
         return backend
     raise ValueError(f"unknown TDT recursion backend {backend!r}; expected auto|torch|triton")

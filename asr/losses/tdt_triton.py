@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from asr.losses.mutual_information_triton import check_device, log_add
+from asr.losses.mutual_information_triton import check_device, check_dtype, log_add, on_device
 
 __all__ = ["alpha_triton", "beta_triton"]
 
@@ -77,7 +77,7 @@ def _tdt_alpha_kernel(
                 a_blk = tl.load(alpha_b + src * rows + u, mask=m_blk, other=_NEG)
                 w_blk = tl.load(blank_b + (src * rows + u) * num_durations + i, mask=m_blk, other=_NEG)
                 acc = log_add(acc, a_blk + w_blk)
-            acc = tl.maximum(acc, _NEG)
+            acc = tl.maximum(acc, _NEG, propagate_nan=tl.PropagateNan.ALL)  # as clamp_
             acc = tl.where((u == 0) & (t == 0), 0.0, acc)
             tl.store(alpha_b + t * rows + u, acc, mask=valid)
         tl.debug_barrier()
@@ -125,7 +125,7 @@ def _tdt_beta_kernel(
                 b_blk = tl.load(beta_b + dst * rows + u, mask=m_blk, other=_NEG)
                 w_blk = tl.load(blank_b + (t * rows + u) * num_durations + i, mask=m_blk, other=_NEG)
                 acc = log_add(acc, b_blk + w_blk)
-            acc = tl.maximum(acc, _NEG)
+            acc = tl.maximum(acc, _NEG, propagate_nan=tl.PropagateNan.ALL)  # as clamp_
             acc = tl.where((t == end_t) & (u == end_u), 0.0, acc)
             tl.store(beta_b + t * rows + u, acc, mask=valid)
         tl.debug_barrier()
@@ -136,6 +136,8 @@ def _block(rows: int) -> int:
 
 
 def _inputs(token_w: Tensor, blank_w: Tensor, durations: Sequence[int]):
+    for weights in (token_w, blank_w):
+        check_dtype(weights, "TDT")
     check_device(blank_w, "TDT")
     batch, num_frames, rows, num_durations = blank_w.shape
     durations_t = torch.tensor(list(durations), dtype=torch.int64, device=blank_w.device)
@@ -147,10 +149,11 @@ def alpha_triton(token_w: Tensor, blank_w: Tensor, durations: Sequence[int]) -> 
     (B, T, U + 1, D), masked."""
     token_w, blank_w, durations_t, batch, num_frames, rows = _inputs(token_w, blank_w, durations)
     alpha = torch.empty(batch, num_frames + 1, rows, dtype=blank_w.dtype, device=blank_w.device)
-    _tdt_alpha_kernel[(batch,)](
-        token_w, blank_w, durations_t, alpha, num_frames, rows - 1, len(durations),
-        BLOCK=_block(rows), num_warps=4,
-    )  # fmt: skip
+    with on_device(blank_w):
+        _tdt_alpha_kernel[(batch,)](
+            token_w, blank_w, durations_t, alpha, num_frames, rows - 1, len(durations),
+            BLOCK=_block(rows), num_warps=4,
+        )  # fmt: skip
     return alpha
 
 
@@ -161,11 +164,12 @@ def beta_triton(
     """Backward node scores ``beta (B, T + 1, U + 1)`` to each end ``(T_b, U_b)``."""
     token_w, blank_w, durations_t, batch, num_frames, rows = _inputs(token_w, blank_w, durations)
     beta = torch.empty(batch, num_frames + 1, rows, dtype=blank_w.dtype, device=blank_w.device)
-    _tdt_beta_kernel[(batch,)](
-        token_w, blank_w, durations_t,
-        frame_lens.to(blank_w.device, torch.int64).contiguous(),
-        token_lens.to(blank_w.device, torch.int64).contiguous(),
-        beta, num_frames, rows - 1, len(durations),
-        BLOCK=_block(rows), num_warps=4,
-    )  # fmt: skip
+    with on_device(blank_w):
+        _tdt_beta_kernel[(batch,)](
+            token_w, blank_w, durations_t,
+            frame_lens.to(blank_w.device, torch.int64).contiguous(),
+            token_lens.to(blank_w.device, torch.int64).contiguous(),
+            beta, num_frames, rows - 1, len(durations),
+            BLOCK=_block(rows), num_warps=4,
+        )  # fmt: skip
     return beta

@@ -1,7 +1,8 @@
 """Compiled Triton mutual-information kernels == the torch reference, values and gradients.
 
 On CUDA: float32 and float64, ragged batches up to B=32, T=1000, S (=U) = 200, and a lattice
-wider than one block (several chunks per diagonal). float64 must agree to rounding; float32 is
+wider than one block (several chunks per diagonal); a second run must be bit-identical (a race
+between the threads that write and read a diagonal would not be). float64 must agree to rounding; float32 is
 compared with the float64 reference and may be at most a few times less accurate than the torch
 float32 reference itself (both round alpha values of magnitude ~1e3 at every diagonal).
 Dry run: the same code in the Triton interpreter (``TRITON_INTERPRET=1``) at tiny sizes.
@@ -77,6 +78,9 @@ def test_compiled_kernels_equal_torch_reference(device, full_size, triton_ready,
 
     alpha = triton_ready.forward_triton(px64, py64)
     beta = triton_ready.backward_triton(px64, py64, s_lens, f_lens)
+    # No atomics: a second run is bit-identical unless threads race on the diagonals.
+    assert torch.equal(triton_ready.forward_triton(px64, py64), alpha)
+    assert torch.equal(triton_ready.backward_triton(px64, py64, s_lens, f_lens), beta)
     assert torch.equal(torch.isneginf(alpha), torch.isneginf(alpha_ref))
     assert torch.equal(torch.isneginf(beta), torch.isneginf(beta_ref))
     diffs64 = {"alpha": _max_diff(alpha, alpha_ref), "beta": _max_diff(beta, beta_ref)}
@@ -133,3 +137,26 @@ def test_recursion_gradients_triton_equal_torch(device, full_size, triton_ready,
     for what, diff, value32, value64 in zip(names, diffs, ref32, reference):
         torch_diff = float((value32.double() - value64).abs().max())
         assert diff <= 4 * torch_diff + 1e-5 * case[0], f"{what}: {diff} vs torch {torch_diff}"
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_kernels_launch_on_the_tensors_gpu_not_the_current_one():
+    """Tensors on ``cuda:1`` while ``cuda:0`` is current (a model moved with ``.to("cuda:1")``
+    without ``set_device``): Triton launches on the current device, so without
+    :func:`asr.losses.mutual_information_triton.on_device` the driver refuses the pointers."""
+    from asr.losses.tdt_recursion import alpha_torch
+    from asr.losses.tdt_triton import alpha_triton
+
+    other = torch.device("cuda", 1)
+    torch.cuda.set_device(0)
+    case = CASES["small"][0]
+    px, py, s_lens, f_lens = _lattice(case, torch.float64, other, seed=3)
+    totals = {backend: mutual_information_recursion(px, py, s_lens, f_lens, backend=backend)
+              for backend in ("triton", "torch")}
+    assert totals["triton"].device == other
+    torch.testing.assert_close(totals["triton"], totals["torch"], rtol=1e-12, atol=1e-12)
+    gen = torch.Generator().manual_seed(4)
+    token_w = torch.randn(2, 6, 3, 2, generator=gen, dtype=torch.float64).to(other)
+    blank_w = torch.randn(2, 6, 4, 2, generator=gen, dtype=torch.float64).to(other)
+    torch.testing.assert_close(alpha_triton(token_w, blank_w, (0, 1)),
+                               alpha_torch(token_w, blank_w, (0, 1)), rtol=1e-12, atol=1e-12)

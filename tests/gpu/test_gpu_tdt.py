@@ -2,7 +2,7 @@
 
 On CUDA: alpha and beta node scores of the compiled kernels against the torch recursion on the
 same device, float64 to rounding and float32 at most a few times farther from the float64
-reference than torch's own float32 result; ragged batches with infeasible utterances, durations
+reference than torch's own float32 result, a second run bit-identical; ragged batches with infeasible utterances, durations
 with and without 0, the issue's size (T=375, U=55) and a lattice wider than one block (several
 chunks per diagonal). Then the TDT loss (with sigma and omega) and its gradient through autograd,
 backend ``triton`` vs ``torch``. Dry run: the same code in the Triton interpreter
@@ -83,6 +83,9 @@ def test_compiled_tdt_kernels_equal_torch_reference(device, full_size, triton_re
 
     alpha = triton_ready.alpha_triton(tw64, bw64, durations)
     beta = triton_ready.beta_triton(tw64, bw64, durations, f_lens, u_lens)
+    # No atomics: a second run is bit-identical unless threads race on the diagonals.
+    assert torch.equal(triton_ready.alpha_triton(tw64, bw64, durations), alpha)
+    assert torch.equal(triton_ready.beta_triton(tw64, bw64, durations, f_lens, u_lens), beta)
     assert torch.equal(alpha > NEG / 2, alpha_ref > NEG / 2)
     assert torch.equal(beta > NEG / 2, beta_ref > NEG / 2)
     diffs64 = {"alpha": _max_diff(alpha, alpha_ref), "beta": _max_diff(beta, beta_ref)}

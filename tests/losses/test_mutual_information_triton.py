@@ -70,10 +70,35 @@ def _compare(device: str) -> dict:
                 grad_py=float((grads[0][1] - grads[1][1]).abs().max()),
             )
         mit._MAX_BLOCK = 1024
+    results["nan_arcs"] = _nan_arcs(device)
     return results
 
 
+def _nan_arcs(device: str) -> dict:
+    """Which totals are NaN, per dtype and backend, with a NaN arc inside utterance 0's lattice
+    and NaN arcs outside utterance 1's (masked: ignored). A NaN inside must give a NaN total (as
+    ``torch.logaddexp``), not a finite one that hides it from the trainer's non-finite check."""
+    from asr.losses.mutual_information import mutual_information_recursion
+
+    found = {}
+    for dtype in (torch.float32, torch.float64):
+        gen = torch.Generator().manual_seed(3)
+        px = torch.randn(2, 3, 5, generator=gen, dtype=dtype)
+        py = torch.randn(2, 4, 4, generator=gen, dtype=dtype)
+        px[0, 1, 2] = float("nan")  # inside: S_0 = 3, T_0 = 4
+        px[1, 2, 1] = py[1, 0, 3] = float("nan")  # outside: s >= S_1 = 2, t >= T_1 = 3
+        s_lens, f_lens = torch.tensor([3, 2], device=device), torch.tensor([4, 3], device=device)
+        for backend in ("triton", "torch"):
+            total = mutual_information_recursion(px.to(device), py.to(device), s_lens, f_lens,
+                                                 backend=backend)
+            found[f"{str(dtype).split('.')[-1]}/{backend}"] = torch.isnan(total).tolist()
+    return found
+
+
 def _check(results: dict) -> None:
+    nan_arcs = results.pop("nan_arcs")
+    assert nan_arcs == {f"{d}/{b}": [True, False] for d in ("float32", "float64")
+                        for b in ("triton", "torch")}, nan_arcs
     assert set(results) == {f"{c[0]}/{d}" for c in _cases() for d in ("float32", "float64")}
     for key, diffs in results.items():
         tol = 1e-4 if key.endswith("float32") else 1e-10
@@ -101,6 +126,31 @@ def test_triton_on_cpu_without_interpreter_is_refused():
     px = torch.zeros(1, 2, 3)
     with pytest.raises(RuntimeError, match="CUDA tensors"):
         mit.forward_triton(px, torch.zeros(1, 3, 2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_refused_with_the_dtype(dtype):
+    """float16 does not compile (``tl.exp`` takes float32 / float64) and bfloat16 gave wrong
+    totals in the interpreter; both are refused before any launch, naming the dtype."""
+    from asr.losses import mutual_information_triton as mit
+
+    px, py = torch.zeros(1, 2, 3, dtype=dtype), torch.zeros(1, 3, 2, dtype=dtype)
+    with pytest.raises(ValueError, match=f"float32 or float64 inputs, got {dtype}"):
+        mit.forward_triton(px, py)
+    with pytest.raises(ValueError, match=f"float32 or float64 inputs, got {dtype}"):
+        mit.backward_triton(px, py, torch.tensor([2]), torch.tensor([2]))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_half_precision_auto_backend_runs_torch_on_gpu():
+    """``auto`` on CUDA picks Triton only for float32 / float64: half precision runs torch."""
+    from asr.losses.mutual_information import mutual_information_recursion
+
+    px = torch.randn(2, 3, 5, device="cuda").log_softmax(-1).bfloat16()
+    py = torch.randn(2, 4, 4, device="cuda").log_softmax(-1).bfloat16()
+    assert torch.equal(mutual_information_recursion(px, py, backend="auto"),
+                       mutual_information_recursion(px, py, backend="torch"))
 
 
 @pytest.mark.gpu

@@ -91,10 +91,38 @@ def compare(device: str) -> dict:
                 })  # fmt: skip
             results[key]["expected_infinite"] = infeasible
     tdt_triton._MAX_BLOCK = 1024
+    results["nan_arcs"] = nan_arcs(device)
     return results
 
 
+#: What :func:`nan_arcs` must find: utterance 0's total NaN, utterance 1's not, both backends.
+NAN_TOTALS = {f"{d}/{b}": [True, False] for d in ("float32", "float64") for b in ("triton", "torch")}
+
+
+def nan_arcs(device: str) -> dict:
+    """Which totals are NaN, per dtype and backend, with a NaN arc inside utterance 0's lattice
+    and NaN arcs outside utterance 1's (masked: ignored). A NaN inside must give a NaN total (as
+    the torch recursion's logsumexp), not a finite one that hides it from the trainer."""
+    from asr.losses.tdt_recursion import tdt_recursion
+
+    durations, found = (0, 1, 2), {}
+    for dtype in (torch.float32, torch.float64):
+        gen = torch.Generator().manual_seed(5)
+        token_w = torch.randn(2, 5, 3, 3, generator=gen, dtype=dtype) - 2
+        blank_w = torch.randn(2, 5, 4, 3, generator=gen, dtype=dtype) - 2
+        token_w[0, 1, 1, 0] = float("nan")  # inside: T_0 = 5, U_0 = 3
+        token_w[1, 1, 2, 0] = blank_w[1, 4, 0, 1] = float("nan")  # outside: U_1 = 2, T_1 = 3
+        lens = [torch.tensor(x, device=device) for x in ([5, 3], [3, 2])]
+        for backend in ("triton", "torch"):
+            total = tdt_recursion(token_w.to(device), blank_w.to(device), *lens, durations,
+                                  backend=backend)
+            found[f"{str(dtype).split('.')[-1]}/{backend}"] = torch.isnan(total).tolist()
+    return found
+
+
 def check(results: dict) -> None:
+    found = results.pop("nan_arcs")
+    assert found == NAN_TOTALS, found
     assert set(results) == {f"{c}/{d}" for c in CASES for d in ("float32", "float64")}
     for key, diffs in results.items():
         tol = 1e-4 if key.endswith("float32") else 1e-10
@@ -115,6 +143,14 @@ def interpreter_results():
 
 def test_triton_interpreter_matches_torch_values_gradients_and_infeasible(interpreter_results):
     check(dict(interpreter_results))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_kernels_propagate_nan_on_gpu():
+    """The compiled kernels keep a NaN arc's NaN (PTX ``max.f32`` alone would drop it)."""
+    found = nan_arcs("cuda")
+    assert found == NAN_TOTALS, found
 
 
 _COMPILE = """
@@ -154,6 +190,18 @@ def test_kernels_compile_for_a_cuda_target(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     done = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(done) == 4 and all(ok for *_, ok in done), done
+
+
+def test_bfloat16_weights_are_refused_with_the_dtype():
+    """Neither kernel compiles for bfloat16 (nor float16): refused before any launch."""
+    from asr.losses import tdt_triton
+
+    token_w, blank_w = torch.zeros(1, 2, 1, 2), torch.zeros(1, 2, 2, 2, dtype=torch.bfloat16)
+    for call in (lambda: tdt_triton.alpha_triton(token_w, blank_w, (0, 1)),
+                 lambda: tdt_triton.beta_triton(token_w, blank_w, (0, 1), torch.tensor([2]),
+                                                torch.tensor([1]))):
+        with pytest.raises(ValueError, match="float32 or float64 inputs, got torch.bfloat16"):
+            call()
 
 
 def test_triton_on_cpu_without_interpreter_is_refused():
