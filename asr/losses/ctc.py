@@ -94,7 +94,7 @@ def ctc_loss(
     ):
         if value.shape[0] != batch_size:
             raise ValueError(f"{name} has batch size {value.shape[0]}, expected {batch_size}")
-    if log_probs.shape[1] == 0:  # no frames in the whole batch: nothing is feasible
+    if log_probs.shape[1] == 0 or batch_size == 0:  # no frames (or no utterance) at all
         dtype = loss_dtype(log_probs)
         losses = log_probs.to(dtype).sum() * log_probs.new_zeros(batch_size, dtype=dtype)
         return losses, torch.ones(batch_size, dtype=torch.bool, device=log_probs.device)

@@ -171,7 +171,7 @@ class _DiagonalLayout:
         t = torch.arange(self.num_frames + 1, device=buffer.device)[:, None]
         u = torch.arange(self.rows, device=buffer.device)[None, :]
         flat = ((self.pad + t + u) * (self.rows + 2) + u + 1).reshape(-1)
-        return buffer.reshape(batch, -1)[:, flat].reshape(batch, self.num_frames + 1, self.rows)
+        return buffer.flatten(1)[:, flat].reshape(batch, self.num_frames + 1, self.rows)
 
 
 def _log_sum_lanes(values: Tensor, out: Tensor) -> Tensor:
@@ -221,7 +221,7 @@ def _alpha_loop(token_w: Tensor, blank_w: Tensor, durations: Sequence[int]) -> T
     incoming = layout.arc_weights(token_w, blank_w, at_other_end=True)  # (B, K, 2D, R)
     index = layout.node_index()
     buffer = layout.new_buffer(blank_w)
-    flat = buffer.view(batch, -1)
+    flat = buffer.flatten(1)
     buffer[:, layout.pad, 1] = 0.0  # alpha(0, 0)
     for k in range(1, layout.num_diagonals):
         arriving = flat.index_select(1, index[k]).view(batch, layout.lanes, rows)
@@ -252,7 +252,7 @@ def _beta_loop(
     leaving = layout.arc_weights(token_w, blank_w, at_other_end=False)  # (B, K, 2D, R)
     index = layout.node_index()
     buffer = layout.new_buffer(blank_w)
-    flat = buffer.view(batch, -1)
+    flat = buffer.flatten(1)
     end_u = token_lens.to(device, torch.int64)
     end_diag = frame_lens.to(device, torch.int64) + end_u
     end_row = torch.arange(rows, device=device)[None, :] == end_u[:, None]  # (B, R)

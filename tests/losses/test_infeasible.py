@@ -220,3 +220,63 @@ def test_every_head_drops_and_counts_the_same_utterances(kind):
     for b in range(len(CASES)):
         assert (enc.grad[b].abs().max() == 0) == (b in infeasible), b
     assert all(torch.isfinite(p.grad).all() for p in head.parameters() if p.grad is not None)
+
+
+def empty_batch_losses(kind: str):
+    """Per-utterance losses of ``kind`` on a batch of no utterance (T = 4, U = 2 wide), and the
+    input tensors that require a gradient."""
+    gen = torch.Generator().manual_seed(5)
+    frames, rows = 4, 3
+    frame_lens = torch.zeros(0, dtype=torch.int64)
+    token_lens = torch.zeros(0, dtype=torch.int64)
+    tokens = torch.ones(0, rows - 1, dtype=torch.int64)
+
+    def rand(*shape):
+        return torch.randn(0, *shape, generator=gen, dtype=torch.float64).requires_grad_(True)
+
+    durations = DURATIONS.get(kind, (0, 1, 2, 3, 4))
+    num = VOCAB + len(durations)
+    if kind == "ctc":
+        inputs = [rand(frames, VOCAB)]
+        losses, infeasible = ctc_loss(inputs[0].log_softmax(-1), frame_lens, tokens, token_lens)
+        assert infeasible.shape == (0,)
+    elif kind == "full":
+        inputs = [rand(frames, rows, VOCAB)]
+        losses = rnnt_loss(inputs[0], tokens, frame_lens, token_lens, reduction="none")
+    elif kind in ("simple", "pruned"):
+        am, lm = rand(frames, VOCAB), rand(rows, VOCAB)
+        inputs = [am, lm]
+        losses, (px_grad, py_grad) = rnnt_loss_simple(
+            am, lm, tokens, frame_lens, token_lens, reduction="none", return_grad=True
+        )
+        if kind == "pruned":
+            ranges = get_pruning_ranges(px_grad, py_grad, frame_lens, token_lens, PRUNE_RANGE)
+            inputs = [rand(frames, PRUNE_RANGE, VOCAB)]
+            losses = rnnt_loss_pruned(inputs[0], tokens, ranges, frame_lens, token_lens,
+                                      reduction="none")
+    elif kind == "pruned_tdt":
+        am, lm = rand(frames, num), rand(rows, num)
+        _, occupations = tdt_loss_simple(am, lm, tokens, frame_lens, token_lens, durations,
+                                         return_grad=True)
+        ranges = tdt_pruning_ranges(*occupations, frame_lens, token_lens, durations, PRUNE_RANGE)
+        inputs = [rand(frames, PRUNE_RANGE, num)]
+        losses = tdt_loss_pruned(inputs[0], tokens, ranges, frame_lens, token_lens, durations,
+                                 reduction="none")
+    else:
+        inputs = [rand(frames, rows, num)]
+        losses = tdt_loss(inputs[0], tokens, frame_lens, token_lens, durations, reduction="none",
+                          omega=OMEGA.get(kind, 0.0), backend="torch")
+    return losses, inputs
+
+
+@pytest.mark.parametrize("kind", sorted(INFEASIBLE))
+def test_every_loss_takes_a_batch_of_no_utterance(kind):
+    """A batch of no utterance gives (0,) losses and empty gradients, as torchaudio's RNN-T loss
+    does; the torch TDT recursion could not reshape its empty buffer and PyTorch's CTC loss
+    refuses empty input."""
+    losses, inputs = empty_batch_losses(kind)
+    assert losses.shape == (0,)
+    for grad, tensor in zip(torch.autograd.grad(losses.sum(), inputs, allow_unused=True),
+                            inputs, strict=True):
+        assert grad is None or grad.shape == tensor.shape
+
