@@ -161,9 +161,21 @@ class AsrDataset(torch.utils.data.Dataset):
         Speed perturbation is not applied here but to the cuts before sampling: the training
         dataset only carries the :class:`~asr.data.augment.SpeedPerturbation` (see
         :func:`make_dataloader`).
+
+        Raises:
+            ValueError: for training with ``cfg.fbank.dither`` on stored features (naming the
+                fields): dither is added where features are computed, and stored ones were
+                computed without it, so the setting would be ignored.
         """
         from lhotse.dataset import OnTheFlyFeatures, PrecomputedFeatures
 
+        if train and cfg.fbank.dither > 0 and not cfg.on_the_fly_feats:
+            raise ValueError(
+                f"data.fbank.dither={cfg.fbank.dither} needs data.on_the_fly_feats=true: dither "
+                "is added to the samples where features are computed, and stored features "
+                "(`asr prepare fbank`) have none; set data.on_the_fly_feats=true, or "
+                "data.fbank.dither: 0"
+            )
         if cfg.on_the_fly_feats:
             # Per-utterance extraction: lhotse's batched path zero-pads the waveforms, which
             # changes the last frame of all but the longest utterance (Kaldi reflects the edge).

@@ -576,6 +576,19 @@ def test_evaluation_batches_of_on_the_fly_features_get_no_dither(prepared: dict)
     assert not torch.equal(training.feats, plain.feats)
 
 
+def test_training_with_dither_on_stored_features_is_refused_naming_the_fields(
+        prepared: dict) -> None:
+    """Stored features were computed without dither, and the training batches read them as
+    they are: data.fbank.dither was ignored without a word. Evaluation batches (which drop
+    dither anyway) still load."""
+    cfg = _cfg(prepared, fbank=FbankConfig(dither=0.1))
+    with pytest.raises(ValueError, match=r"data\.fbank\.dither=0\.1 needs "
+                                         r"data\.on_the_fly_feats=true"):
+        AsrDataset.from_config(cfg, CharEncoder(), train=True)
+    cuts = _train_cuts(prepared).subset(first=2)
+    assert len(AsrDataset.from_config(cfg, CharEncoder(), train=False)[cuts].cut_ids) == 2
+
+
 def _augmented(prepared: dict, noise_cuts: Path | None, **kw) -> DataConfig:
     """On-the-fly features with every random augmentation on: speed perturbation, noise, dither,
     frequency warp and SpecAugment (time warp, frequency and time masks)."""
