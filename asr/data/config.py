@@ -169,6 +169,9 @@ class DataConfig:
             perturbing drops stored features. The training cuts' filter judges each cut at all
             three speeds and keeps it at those it passes at, which alone are drawn for it (a 19 s
             cut under a 20 s ``max_cut_duration``: 1.0 and 1.1; :mod:`asr.data.filtering`).
+            Train it on manifests without the speed copies of ``asr prepare fbank
+            --speed-perturb`` (those of ``asr prepare manifests``): a copy would be perturbed
+            again, and the filter refuses it, naming it.
         spec_augment: SpecAugment settings.
         freq_warp: vocal tract length perturbation of the features (before SpecAugment).
         noise: additive noise settings.
