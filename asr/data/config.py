@@ -122,7 +122,8 @@ class NoiseConfig:
 
     Attributes:
         cuts_path: noise CutSet manifest; ``None`` disables noise. With precomputed features the
-            noise cuts need features too (lhotse then mixes in the feature domain). A noise cut
+            noise cuts need features too (lhotse then mixes in the feature domain), with
+            on-the-fly features audio (both checked when training starts). A noise cut
             longer than the utterance gives it a stretch from a random offset (whole MUSAN
             recordings serve as they are); the noise cuts' supervisions are ignored.
         snr_db: (low, high) SNR range in dB, sampled uniformly per utterance.
