@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["SPEEDS_FIELD", "SUPERVISION_TOLERANCE", "FilterStats", "TextEncoder",
            "allowed_speeds", "check_cut_audio", "check_cut_files", "cut_files", "cut_text",
            "data_files", "encode_cut_text", "drop_reason", "error_reason", "filter_cuts",
-           "speed_transform", "supervision_outside", "unreadable_cut_error", "unreadable_field"]
+           "supervision_outside", "unreadable_cut_error", "unreadable_field"]
 
 #: The custom field of a cut kept at only some of the speeds it was judged at: those speeds.
 SPEEDS_FIELD = "speed_factors"
@@ -454,13 +454,13 @@ class _Keep:
         return self.mark(cut, speeds) if speeds else _with_speeds(cut, ())
 
 
-def speed_transform(cut) -> str | None:
+def _speed_transform(cut) -> str | None:
     """The first transform of ``cut``'s audio (of any track of a mixed cut) that changes its
     speed or tempo, e.g. ``"Speed(factor=0.9)"`` on the copies of ``asr prepare fbank
     --speed-perturb`` (lhotse's ``perturb_speed``/``perturb_tempo``); None when there is none."""
     tracks = getattr(cut, "tracks", None)
     if tracks is not None:
-        return next(filter(None, (speed_transform(track.cut) for track in tracks)), None)
+        return next(filter(None, (_speed_transform(track.cut) for track in tracks)), None)
     recording = getattr(cut, "recording", None)
     for transform in (getattr(recording, "transforms", None) or []):
         name = transform.get("name") if isinstance(transform, dict) else type(transform).__name__
@@ -509,7 +509,7 @@ def filter_cuts(
 
     Raises:
         ValueError: a speed factor that is not > 0; or, with speeds other than 1, naming a cut
-            whose audio is speed-perturbed already (:func:`speed_transform`: a stored speed
+            whose audio is speed-perturbed already (:func:`_speed_transform`: a stored speed
             copy), which on-the-fly perturbation would perturb again (0.9 twice: 0.81).
     """
     if not speed_factors or any(f <= 0 for f in speed_factors):
@@ -524,7 +524,7 @@ def filter_cuts(
     speeds_text = "/".join(f"{f:g}" for f in sorted(speed_factors))
     perturbing = speed_factors != (1.0,)
     for cut in cuts:
-        if perturbing and (transform := speed_transform(cut)) is not None:
+        if perturbing and (transform := _speed_transform(cut)) is not None:
             raise ValueError(
                 f"cut {cut.id!r} ({cut_files(cut)}) is speed-perturbed already ({transform}: a "
                 "copy made by `asr prepare fbank --speed-perturb`), and on-the-fly speed "
