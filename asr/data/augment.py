@@ -290,9 +290,11 @@ class SpeedPerturbation:
         return cut.drop_features().perturb_speed(factor, affix_id=False)
 
 
-def _at_rate(cut, sample_rate: int):
-    """``cut`` resampled to ``sample_rate`` Hz (itself when it is at that rate); a function, not
-    a lambda, which lhotse's lazy map warns about."""
+def _as_noise(cut, sample_rate: int):
+    """``cut`` as noise to mix: without supervisions and resampled to ``sample_rate`` Hz (not
+    when it is at that rate); a function, not a lambda, which lhotse's lazy map warns about."""
+    if cut.supervisions:
+        cut = cut.drop_supervisions()
     return cut if cut.sampling_rate == sample_rate else cut.resample(sample_rate)
 
 
@@ -300,6 +302,15 @@ class NoiseMixing:
     """Additive noise for a batch of cuts: each cut gets, with ``probability``, noise cuts mixed in
     over its whole duration at an SNR drawn uniformly from ``snr_db`` (lhotse's ``CutSet.mix``,
     what its ``CutMix`` transform does with ``pad_to_longest=False``); the cuts keep their ids.
+
+    A noise cut longer than the cut it goes into gives a stretch of its own length from a random
+    offset (lhotse's ``random_mix_offset``), so every part of a long noise recording is used; from
+    offset 0 only its first seconds ever were (icefall cuts MUSAN into 10 s windows for the same
+    reason). As lhotse makes such a stretch, it ends 50 ms before the cut does (noise shorter
+    than the cut is followed by more noise cuts up to that point too). The noise cuts'
+    supervisions are dropped: a noise manifest with transcripts (babble
+    made of speech) would otherwise add its words to the transcript of every cut it goes into
+    (a mixed cut's supervisions are all its tracks').
 
     The draws come from Python's global :mod:`random` (one seed for lhotse's mixer), which the
     dataset seeds per batch (:func:`seed_rngs`), unlike ``CutMix``, whose generator is made
@@ -323,7 +334,7 @@ class NoiseMixing:
         if len(noise) == 0:
             raise ValueError("NoiseMixing needs at least one noise cut")
         self.sample_rate = sample_rate
-        self.noise = noise.map(functools.partial(_at_rate, sample_rate=sample_rate)).to_eager()
+        self.noise = noise.map(functools.partial(_as_noise, sample_rate=sample_rate)).to_eager()
         self.snr_db = (float(snr_db[0]), float(snr_db[1]))
         self.probability = probability
 
@@ -338,4 +349,5 @@ class NoiseMixing:
         """
         check_cut_audio(cuts, self.sample_rate)
         return cuts.mix(self.noise, snr=self.snr_db, mix_prob=self.probability,
-                        preserve_id="left", seed=random.getrandbits(32)).to_eager()
+                        preserve_id="left", seed=random.getrandbits(32),
+                        random_mix_offset=True).to_eager()

@@ -122,7 +122,10 @@ class NoiseConfig:
 
     Attributes:
         cuts_path: noise CutSet manifest; ``None`` disables noise. With precomputed features the
-            noise cuts need features too (lhotse then mixes in the feature domain).
+            noise cuts need features too (lhotse then mixes in the feature domain), with
+            on-the-fly features audio (both checked when training starts). A noise cut
+            longer than the utterance gives it a stretch from a random offset (whole MUSAN
+            recordings serve as they are); the noise cuts' supervisions are ignored.
         snr_db: (low, high) SNR range in dB, sampled uniformly per utterance.
         probability: probability of mixing noise into a given utterance.
     """
@@ -169,6 +172,9 @@ class DataConfig:
             perturbing drops stored features. The training cuts' filter judges each cut at all
             three speeds and keeps it at those it passes at, which alone are drawn for it (a 19 s
             cut under a 20 s ``max_cut_duration``: 1.0 and 1.1; :mod:`asr.data.filtering`).
+            Train it on manifests without the speed copies of ``asr prepare fbank
+            --speed-perturb`` (those of ``asr prepare manifests``): a copy would be perturbed
+            again, and the filter refuses it, naming it.
         spec_augment: SpecAugment settings.
         freq_warp: vocal tract length perturbation of the features (before SpecAugment).
         noise: additive noise settings.

@@ -161,9 +161,24 @@ class AsrDataset(torch.utils.data.Dataset):
         Speed perturbation is not applied here but to the cuts before sampling: the training
         dataset only carries the :class:`~asr.data.augment.SpeedPerturbation` (see
         :func:`make_dataloader`).
+
+        Raises:
+            ValueError: for training with ``cfg.fbank.dither`` on stored features (naming the
+                fields): dither is added where features are computed, and stored ones were
+                computed without it, so the setting would be ignored; naming
+                ``data.noise.cuts_path`` and a noise cut that cannot be mixed: without stored
+                features of ``cfg.fbank`` for stored training features, without audio for
+                on-the-fly ones.
         """
         from lhotse.dataset import OnTheFlyFeatures, PrecomputedFeatures
 
+        if train and cfg.fbank.dither > 0 and not cfg.on_the_fly_feats:
+            raise ValueError(
+                f"data.fbank.dither={cfg.fbank.dither} needs data.on_the_fly_feats=true: dither "
+                "is added to the samples where features are computed, and stored features "
+                "(`asr prepare fbank`) have none; set data.on_the_fly_feats=true, or "
+                "data.fbank.dither: 0"
+            )
         if cfg.on_the_fly_feats:
             # Per-utterance extraction: lhotse's batched path zero-pads the waveforms, which
             # changes the last frame of all but the longest utterance (Kaldi reflects the edge).
@@ -182,7 +197,9 @@ class AsrDataset(torch.utils.data.Dataset):
             if noise is None or len(noise) == 0:  # lhotse reads an empty manifest as None
                 raise ValueError(f"data.noise.cuts_path {cfg.noise.cuts_path} holds no cuts")
             noise = noise.to_eager()
-            if not cfg.on_the_fly_feats:
+            if cfg.on_the_fly_feats:
+                _check_noise_audio(noise, cfg)
+            else:
                 _check_stored_noise(noise, cfg)
             transforms.append(NoiseMixing(noise, cfg.noise.snr_db, cfg.noise.probability,
                                           cfg.fbank.sample_rate))
@@ -328,6 +345,25 @@ def _check_stored_noise(noise, cfg: DataConfig) -> None:
             f"data.noise.cuts_path {cfg.noise.cuts_path}: noise is mixed into stored training "
             f"features (data.on_the_fly_feats=false) in the feature domain: {err}"
         ) from None
+
+
+def _check_noise_audio(noise, cfg: DataConfig) -> None:
+    """Refuses noise cuts without audio for on-the-fly training features, into whose audio
+    the noise is mixed: the first training batch failed on one, its error naming the training
+    cut's audio (``AttributeError: 'NoneType' object has no attribute 'size'``), not the noise.
+
+    Raises:
+        ValueError: naming ``data.noise.cuts_path``, how many noise cuts lack audio, the first
+            and its files.
+    """
+    silent = [cut for cut in noise if not cut.has_recording]
+    if silent:
+        raise ValueError(
+            f"data.noise.cuts_path {cfg.noise.cuts_path}: noise is mixed into the audio of "
+            f"on-the-fly training features (data.on_the_fly_feats=true), but {len(silent)} "
+            f"noise cuts have no audio, e.g. cut {silent[0].id!r} ({cut_files(silent[0])}); "
+            "use a noise manifest whose cuts have recordings"
+        )
 
 
 def check_cut_manifest(path: Path, read_by_lhotse: bool = True, allow_empty: bool = True

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import shutil
 from collections.abc import Collection, Iterator, Sequence
@@ -156,9 +157,11 @@ def compute_fbank_for_parts(
         prefix: manifest name prefix.
         overwrite: recompute parts whose output cuts already exist. Otherwise such a part is
             skipped while its output holds exactly the cut ids its input gives (with the speed
-            copies when it is in ``perturb_parts``) with the same transcripts, and recomputed
-            with a warning when not: the input manifest changed since (cuts, or a corrected
-            transcript), speed perturbation was switched, or a kill cut the output short.
+            copies when it is in ``perturb_parts``) with the same transcripts and features of
+            ``cfg``'s mel bins and frame shift, and recomputed with a warning when not: the
+            input manifest changed since (cuts, or a corrected transcript), speed perturbation
+            was switched, other features were asked for (``--num-mel-bins``), or a kill cut
+            the output short.
 
     Returns:
         part -> path of its cuts with features.
@@ -172,6 +175,7 @@ def compute_fbank_for_parts(
     """
     from lhotse import CutSet
 
+    cfg = cfg or FbankConfig()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     unknown = set(perturb_parts) - set(parts)
@@ -187,7 +191,7 @@ def compute_fbank_for_parts(
             dst = cuts_path(output_dir, part, prefix)
             results[part] = dst
             if dst.is_file() and not overwrite:
-                stale = _stale_reason(src, dst, part in perturb_parts)
+                stale = _stale_reason(src, dst, part in perturb_parts, cfg)
                 if stale is None:
                     logger.info("%s exists: skipping part %s", dst, part)
                     continue
@@ -247,19 +251,32 @@ def _relocated(cuts, written: Path, final: Path):
     return cuts
 
 
-def _stale_reason(src: Path, dst: Path, perturbed: bool) -> str | None:
-    """Why the stored cuts ``dst`` are not those of the input ``src`` (None: they are, or there
-    is no input left to compare with). Compares cut ids: ``src``'s, and with ``perturbed`` also
-    their speed copies (lhotse's ``<id>_sp<factor>``), and each cut's transcripts (a corrected
-    transcript, which stage 1 takes into ``src``, would leave the stored references stale)."""
+def _stale_reason(src: Path, dst: Path, perturbed: bool, cfg: FbankConfig) -> str | None:
+    """Why the stored cuts ``dst`` are not those of the input ``src`` made with ``cfg`` (None:
+    they are, or there is no input left to compare with). Compares the mel bins and frame
+    shift of the stored features with ``cfg``'s (a run with another ``--num-mel-bins`` kept the
+    old features and said only that the part exists), cut ids: ``src``'s, and with
+    ``perturbed`` also their speed copies (lhotse's ``<id>_sp<factor>``), and each cut's
+    transcripts (a corrected transcript, which stage 1 takes into ``src``, would leave the
+    stored references stale)."""
     from lhotse.serialization import load_jsonl
 
     if not src.is_file():
         return None
+    stored, shapes = [], set()
     try:
-        stored = [(record["id"], _texts(record)) for record in load_jsonl(dst)]
-    except (OSError, EOFError, ValueError, KeyError) as err:
+        for record in load_jsonl(dst):
+            stored.append((record["id"], _texts(record)))
+            shapes.add((record["features"]["num_features"], record["features"]["frame_shift"]))
+    except (OSError, EOFError, ValueError, KeyError, TypeError) as err:
         return f"is unreadable ({type(err).__name__})"
+    other = sorted(shape for shape in shapes
+                   if shape[0] != cfg.num_mel_bins
+                   or not math.isclose(shape[1], cfg.frame_shift, rel_tol=1e-6))
+    if other:
+        bins, shift = other[0]
+        return (f"holds features of {bins} mel bins every {shift * 1000:g} ms, not the "
+                f"{cfg.num_mel_bins} every {cfg.frame_shift_ms:g} ms asked for")
     wanted = [(record["id"], _texts(record)) for record in load_jsonl(src)]
     if perturbed:
         wanted += [(f"{cut_id}_sp{factor}", texts) for factor in SPEED_FACTORS

@@ -48,8 +48,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["SPEEDS_FIELD", "SUPERVISION_TOLERANCE", "FilterStats", "TextEncoder",
            "allowed_speeds", "check_cut_audio", "check_cut_files", "cut_files", "cut_text",
-           "data_files", "encode_cut_text", "drop_reason", "error_reason", "filter_cuts", "supervision_outside",
-           "unreadable_cut_error", "unreadable_field"]
+           "data_files", "encode_cut_text", "drop_reason", "error_reason", "filter_cuts",
+           "supervision_outside", "unreadable_cut_error", "unreadable_field"]
 
 #: The custom field of a cut kept at only some of the speeds it was judged at: those speeds.
 SPEEDS_FIELD = "speed_factors"
@@ -454,6 +454,21 @@ class _Keep:
         return self.mark(cut, speeds) if speeds else _with_speeds(cut, ())
 
 
+def _speed_transform(cut) -> str | None:
+    """The first transform of ``cut``'s audio (of any track of a mixed cut) that changes its
+    speed or tempo, e.g. ``"Speed(factor=0.9)"`` on the copies of ``asr prepare fbank
+    --speed-perturb`` (lhotse's ``perturb_speed``/``perturb_tempo``); None when there is none."""
+    tracks = getattr(cut, "tracks", None)
+    if tracks is not None:
+        return next(filter(None, (_speed_transform(track.cut) for track in tracks)), None)
+    recording = getattr(cut, "recording", None)
+    for transform in (getattr(recording, "transforms", None) or []):
+        name = transform.get("name") if isinstance(transform, dict) else type(transform).__name__
+        if name in ("Speed", "Tempo"):
+            return str(transform)
+    return None
+
+
 def _is_kept(cut) -> bool:
     """Whether a cut mapped by :class:`_Keep` was kept (a dropped one has no speed)."""
     return allowed_speeds(cut) != ()
@@ -493,7 +508,9 @@ def filter_cuts(
         ``(kept_cuts, stats)``; see the module docstring for laziness.
 
     Raises:
-        ValueError: a speed factor that is not > 0.
+        ValueError: a speed factor that is not > 0; or, with speeds other than 1, naming a cut
+            whose audio is speed-perturbed already (:func:`_speed_transform`: a stored speed
+            copy), which on-the-fly perturbation would perturb again (0.9 twice: 0.81).
     """
     if not speed_factors or any(f <= 0 for f in speed_factors):
         raise ValueError(f"speed_factors must be > 0 (and at least one), got {speed_factors}")
@@ -505,7 +522,15 @@ def filter_cuts(
     unk_id = getattr(encoder, "unk_id", None)
     kept = []
     speeds_text = "/".join(f"{f:g}" for f in sorted(speed_factors))
+    perturbing = speed_factors != (1.0,)
     for cut in cuts:
+        if perturbing and (transform := _speed_transform(cut)) is not None:
+            raise ValueError(
+                f"cut {cut.id!r} ({cut_files(cut)}) is speed-perturbed already ({transform}: a "
+                "copy made by `asr prepare fbank --speed-perturb`), and on-the-fly speed "
+                f"perturbation (data.speed_perturb, speeds {speeds_text}) would perturb it "
+                "again; train on manifests without speed copies (those of `asr prepare "
+                "manifests`), or set data.speed_perturb: false to train on the copies")
         verdict = keep.judge(cut)
         if verdict.speeds:
             counts["kept"] += 1

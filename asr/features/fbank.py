@@ -53,7 +53,9 @@ class FbankConfig:
         frame_shift_ms: hop between frames in milliseconds.
         dither: standard deviation of the Gaussian noise added to samples (on the [-1, 1] float
             scale); 0 gives deterministic features (the default, as for stored features). It is
-            training noise: evaluation and recognition drop it (:meth:`for_recognition`).
+            training noise, added to on-the-fly training features only (training from stored
+            features with it is refused): evaluation and recognition drop it
+            (:meth:`for_recognition`).
         snip_edges: Kaldi's snip_edges; False (reflect the edges) is the only mode in which
             durations and frame counts agree, see the module docstring.
         low_freq: lowest mel filter edge in Hz.

@@ -284,8 +284,11 @@ def test_noise_is_mixed_at_the_stated_snr_whatever_its_sample_rate(tmp_path, noi
     random.seed(0)
     mixed = NoiseMixing(noise, (10.0, 10.0), 1.0, 16000)(CutSet.from_cuts([cut]))[0]
     assert mixed.id == "speech" and mixed.sampling_rate == 16000 and mixed.duration == 1.0
-    added = mixed.load_audio()[0] - speech
-    snr = 10 * math.log10(float((speech**2).mean() / (added**2).mean()))
+    # a stretch of the longer noise covers all but lhotse's last 50 ms: the SNR holds over it
+    covered = round(mixed.tracks[1].cut.duration * 16000)
+    assert covered >= 16000 - 800
+    added = (mixed.load_audio()[0] - speech)[:covered]
+    snr = 10 * math.log10(float((speech[:covered]**2).mean() / (added**2).mean()))
     assert snr == pytest.approx(10.0, abs=0.05)
 
 
@@ -321,7 +324,8 @@ def test_noise_is_resampled_once_to_the_dataset_rate_and_mixed_as_lhotse_mixes(t
             got = mixing(batch)
         random.seed(seed)
         want = batch.mix(resampled, snr=(0.0, 20.0), mix_prob=0.7, preserve_id="left",
-                         seed=random.getrandbits(32)).to_eager()  # lazy: each pass draws anew
+                         seed=random.getrandbits(32),
+                         random_mix_offset=True).to_eager()  # lazy: each pass draws anew
         assert [c.id for c in got] == [c.id for c in want] == [c.id for c in cuts]
         for g, w in zip(got, want):
             np.testing.assert_array_equal(g.load_audio(), w.load_audio())
@@ -335,3 +339,54 @@ def test_noise_is_resampled_once_to_the_dataset_rate_and_mixed_as_lhotse_mixes(t
         check_cut_audio(other, 16000)
     assert str(mixed_err.value) == str(loader_err.value)
     assert f"cut 's1' at 8000 Hz (audio {tmp_path / 'n8000.wav'})" in str(mixed_err.value)
+
+
+def _speech_and_long_noise(tmp_path, noise_text: str | None = None) -> tuple[CutSet, CutSet]:
+    """Four 2 s speech cuts (transcript ``A``) and one 60 s noise cut (with a supervision of
+    ``noise_text`` when given)."""
+    rng = np.random.default_rng(2)
+    cuts = []
+    for i in range(4):
+        sf.write(tmp_path / f"s{i}.wav", (0.2 * rng.standard_normal(32000)).astype(np.float32),
+                 16000)
+        cut = Recording.from_file(tmp_path / f"s{i}.wav").to_cut()
+        cut.supervisions = [SupervisionSegment(f"s{i}", cut.recording_id, 0.0, cut.duration,
+                                               text="A")]
+        cuts.append(cut)
+    sf.write(tmp_path / "noise.wav", (0.05 * rng.standard_normal(60 * 16000)).astype(np.float32),
+             16000)
+    noise = Recording.from_file(tmp_path / "noise.wav").to_cut()
+    if noise_text is not None:
+        noise.supervisions = [SupervisionSegment("n", noise.recording_id, 0.0, noise.duration,
+                                                 text=noise_text)]
+    return CutSet.from_cuts(cuts), CutSet.from_cuts([noise])
+
+
+def test_a_long_noise_recording_is_drawn_from_all_of_it(tmp_path) -> None:
+    """Each cut got the first seconds of a noise recording longer than itself (lhotse mixes
+    from offset 0 unless asked otherwise): of a 60 s noise, 2 s cuts only ever heard its first
+    2 s. The stretch mixed in now starts anywhere in it, and still covers the whole cut."""
+    cuts, noise = _speech_and_long_noise(tmp_path)
+    mixing = NoiseMixing(noise, (10.0, 20.0), 1.0, 16000)
+    starts = []
+    for seed in range(10):
+        random.seed(seed)
+        for mixed, cut in zip(mixing(cuts), cuts):
+            assert mixed.duration == cut.duration
+            (track,) = mixed.tracks[1:]
+            assert track.cut.duration >= cut.duration - 0.05 - 1e-6  # lhotse leaves 50 ms
+            starts.append(track.cut.start)
+    assert max(starts) > 30.0 and len(set(starts)) == len(starts)
+    assert all(0.0 <= start <= 58.0 for start in starts)
+
+
+def test_the_text_of_a_noise_cut_never_reaches_a_transcript(tmp_path) -> None:
+    """A mixed cut's supervisions are all its tracks': noise cuts with transcripts (babble
+    made of speech) added their words to the transcript of every cut they went into."""
+    cuts, noise = _speech_and_long_noise(tmp_path, noise_text="BABBLE WORDS")
+    dataset = AsrDataset(CharEncoder(), lambda cuts: (torch.zeros(len(cuts), 200, 80),
+                                                      torch.full((len(cuts),), 200)),
+                         cut_transforms=[NoiseMixing(noise, (10.0, 20.0), 1.0, 16000)])
+    batch = dataset[cuts]
+    assert batch.texts == ["A"] * 4
+    assert noise[0].supervisions  # the caller's noise cuts are left as they are

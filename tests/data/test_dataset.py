@@ -380,6 +380,30 @@ def test_noise_without_stored_features_is_refused_for_stored_training_features(
         assert (noisy.feats[i, :n, 60:] - clean.feats[i, :n, 60:]).mean() > 0.1
 
 
+def test_noise_without_audio_is_refused_for_on_the_fly_training_features(
+        prepared: dict, tmp_path) -> None:
+    """On-the-fly features mix the noise into the audio: noise cuts with stored features alone
+    failed the first training batch with an AttributeError on a NoneType, naming the training
+    cut's audio file as the one that cannot be read. They are refused when the dataset is
+    made, naming the option and a noise cut; evaluation (no noise) still builds."""
+    from lhotse import LilcomChunkyWriter
+
+    from asr.features.fbank import make_lhotse_fbank
+
+    with_audio = CutSet.from_file(_write_noise_cuts(tmp_path))
+    features_only = with_audio.compute_and_store_features(
+        make_lhotse_fbank(FbankConfig()), tmp_path / "noise_feats",
+        storage_type=LilcomChunkyWriter).drop_recordings()
+    features_only.to_file(tmp_path / "features_only.jsonl.gz")
+    cfg = _cfg(prepared, on_the_fly_feats=True, spec_augment=SpecAugmentConfig(enabled=False),
+               noise=NoiseConfig(cuts_path=tmp_path / "features_only.jsonl.gz",
+                                 probability=1.0))
+    with pytest.raises(ValueError, match=r"data\.noise\.cuts_path .*features_only\.jsonl\.gz: "
+                                         r".*1 noise cuts have no audio, e\.g\. cut .*noise_feats"):
+        AsrDataset.from_config(cfg, CharEncoder(), train=True)
+    AsrDataset.from_config(cfg, CharEncoder(), train=False)
+
+
 def test_make_dataloader_and_strict_config(prepared: dict) -> None:
     data = {"manifest_dir": str(prepared["root"] / "fbank"),
             "train_cuts": ["librispeech_cuts_train-clean-5.jsonl.gz"],
@@ -574,6 +598,19 @@ def test_evaluation_batches_of_on_the_fly_features_get_no_dither(prepared: dict)
     training = AsrDataset.from_config(dithered, CharEncoder(), train=True)[cuts]
     assert torch.equal(training.feat_lens, plain.feat_lens)
     assert not torch.equal(training.feats, plain.feats)
+
+
+def test_training_with_dither_on_stored_features_is_refused_naming_the_fields(
+        prepared: dict) -> None:
+    """Stored features were computed without dither, and the training batches read them as
+    they are: data.fbank.dither was ignored without a word. Evaluation batches (which drop
+    dither anyway) still load."""
+    cfg = _cfg(prepared, fbank=FbankConfig(dither=0.1))
+    with pytest.raises(ValueError, match=r"data\.fbank\.dither=0\.1 needs "
+                                         r"data\.on_the_fly_feats=true"):
+        AsrDataset.from_config(cfg, CharEncoder(), train=True)
+    cuts = _train_cuts(prepared).subset(first=2)
+    assert len(AsrDataset.from_config(cfg, CharEncoder(), train=False)[cuts].cut_ids) == 2
 
 
 def _augmented(prepared: dict, noise_cuts: Path | None, **kw) -> DataConfig:

@@ -251,3 +251,23 @@ def test_a_text_the_tokenizer_refuses_is_named_with_its_cut() -> None:
     with pytest.raises(ValueError, match="^cut 'mark', its supervisions' text: "
                                          "text 'A\u2581B' holds '\u2581'"):
         filter_cuts(cuts, build_char_tokenizer(["AB"]), subsampled_length)
+
+
+def test_a_stored_speed_copy_is_refused_for_on_the_fly_speed_perturbation() -> None:
+    """The recipe's training manifests hold the 0.9/1.1 copies of `asr prepare fbank
+    --speed-perturb`; with data.speed_perturb on the fly perturbed them again: a copy at 0.9
+    was trained at 0.81 (and 0.99) in some epochs. The filter's pass now refuses such a cut,
+    naming it; judged at speed 1 alone (no perturbation) the copies are cuts like any other."""
+    plain = _cut("a", 2.0, "HELLO")
+    cuts = CutSet.from_cuts([plain, plain.perturb_speed(0.9), plain.perturb_tempo(1.1)])
+    with pytest.raises(ValueError, match=r"cut 'a_sp0\.9' \(audio /nonexistent\.flac\) is "
+                                         r"speed-perturbed already \(Speed\(factor=0\.9\)"):
+        filter_cuts(cuts, CharEncoder(), subsampled_length, speed_factors=(1.0, 0.9, 1.1))
+    with pytest.raises(ValueError, match=r"cut 'a_tp1\.1' .* already \(Tempo\(factor=1\.1\)"):
+        filter_cuts(CutSet.from_cuts([cuts[2]]), CharEncoder(), subsampled_length,
+                    speed_factors=(1.0, 0.9, 1.1))
+    kept, stats = filter_cuts(cuts, CharEncoder(), subsampled_length)
+    assert stats.kept == 3 and [c.id for c in kept] == ["a", "a_sp0.9", "a_tp1.1"]
+    resampled = CutSet.from_cuts([plain.resample(8000)])  # not a speed: judged as before
+    assert filter_cuts(resampled, CharEncoder(), subsampled_length,
+                       speed_factors=(1.0, 0.9, 1.1))[1].kept == 1

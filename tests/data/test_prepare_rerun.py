@@ -16,6 +16,7 @@ import asr.data.fbank
 from asr.cli.main import main
 from asr.data.fbank import compute_fbank_for_parts
 from asr.data.librispeech import prepare_manifests
+from asr.features.fbank import FbankConfig
 from asr.fileio import output_lock
 
 PART = "dev-clean-2"
@@ -206,3 +207,20 @@ def test_stored_features_follow_a_corrected_transcript(corpus, tmp_path, caplog)
     texts = {c.id: c.supervisions[0].text for c in CutSet.from_file(out)}
     assert [texts[f"1001-10-0000{s}"] for s in ("", "_sp0.9", "_sp1.1")] == [new] * 3
     assert old not in texts.values()
+
+
+def test_stored_features_follow_the_mel_bins_asked_for(corpus, tmp_path, caplog):
+    """`asr prepare fbank --num-mel-bins 40` over a part stored with 80 bins said only that the
+    part exists and kept the 80-bin features (training then refused them)."""
+    corpus_dir, _ = corpus
+    part = "dev-clean-2"
+    manifests, fbank = tmp_path / "manifests", tmp_path / "fbank"
+    prepare_manifests(corpus_dir, manifests, [part])
+    out = compute_fbank_for_parts(manifests, fbank, [part])[part]
+    compute_fbank_for_parts(manifests, fbank, [part], cfg=FbankConfig(num_mel_bins=40))
+    assert "holds features of 80 mel bins every 10 ms, not the 40 every 10 ms asked for" \
+        in caplog.text
+    assert {c.num_features for c in CutSet.from_file(out)} == {40}
+    before = out.stat().st_mtime_ns  # the same request again: reused
+    compute_fbank_for_parts(manifests, fbank, [part], cfg=FbankConfig(num_mel_bins=40))
+    assert out.stat().st_mtime_ns == before
