@@ -181,7 +181,8 @@ class DataConfig:
         min_cut_duration: training cuts shorter than this (seconds) are dropped; with
             ``speed_perturb`` a cut is trained only at the speeds that keep it in range.
         max_cut_duration: training cuts longer than this (seconds) are dropped; with
-            ``speed_perturb`` likewise.
+            ``speed_perturb`` likewise. Neither limit applies to dev cuts (validation loss and
+            dev WER see every dev utterance the tokenizer and encoder can align).
         seed: seed of the sampler shuffling and of the data augmentation RNGs.
         fbank: feature options (the same ones streaming inference uses).
     """

@@ -122,12 +122,17 @@ def spread_subset(cuts: CutSet, count: int) -> CutSet:
 
 def _filter_or_fail(cfg: ExperimentConfig, model: ASRModel, cuts, tokenizer: Tokenizer,
                     where: str, what: str, apply_to=None, train: bool = False):
-    """``filter_cuts`` with the data config's limits and the encoder's length rule; ``train``
-    cuts are judged at every speed on-the-fly perturbation can give them (and kept, marked, at
-    those they pass at). An error naming ``where`` if no cut is left."""
+    """``filter_cuts`` with the encoder's length rule; ``train`` cuts also with the data
+    config's duration limits, judged at every speed on-the-fly perturbation can give them (and
+    kept, marked, at those they pass at). Dev cuts of any duration are kept, as icefall
+    validates on all of them (the limits are about training batches; LibriSpeech's dev sets
+    hold utterances up to ~33 s, over the default 20 s). An error naming ``where`` if no cut is
+    left."""
     kept, stats = filter_cuts(
-        cuts, tokenizer, model.encoder.output_length, min_duration=cfg.data.min_cut_duration,
-        max_duration=cfg.data.max_cut_duration, frame_shift=cfg.data.fbank.frame_shift,
+        cuts, tokenizer, model.encoder.output_length,
+        min_duration=cfg.data.min_cut_duration if train else 0.0,
+        max_duration=cfg.data.max_cut_duration if train else float("inf"),
+        frame_shift=cfg.data.fbank.frame_shift,
         apply_to=apply_to, speed_factors=speed_factors(cfg.data) if train else (1.0,),
     )
     if stats.kept == 0:

@@ -151,3 +151,21 @@ def test_shar_repeats_skip_the_ids_of_real_cuts_in_its_streamed_manifests(prepar
     ids = [c.id for c in kept]
     assert len(set(ids)) == len(ids) == 2 * len(lines) + 1
     assert f"{first}_repeat2" in ids
+
+
+def test_dev_cuts_of_any_duration_are_validated(prepared):
+    """The duration limits are training's: a dev utterance longer than ``max_cut_duration`` (or
+    shorter than ``min_cut_duration``) stays in the validation loss and dev WER, as in icefall;
+    they were dropped."""
+    name = prepared["fbank"]["dev-clean-2"].name
+    durations = [cut.duration for cut in CutSet.from_file(prepared["fbank"]["dev-clean-2"])]
+    lo, hi = min(durations), max(durations)
+    assert lo < hi
+    data = _train_config(prepared, dev_cuts=(name,), min_cut_duration=lo,
+                         max_cut_duration=(lo + hi) / 2)
+    cfg = ExperimentConfig(data=data)
+    dev = _load_filtered(cfg, MODEL, data.dev_cuts, CharEncoder(), "dev")
+    assert sorted(cut.duration for cut in dev) == sorted(durations)
+    train = _load_filtered(cfg, MODEL, data.dev_cuts, CharEncoder(), "training", train=True)
+    assert hi not in [cut.duration for cut in train]  # training keeps to the limits
+
