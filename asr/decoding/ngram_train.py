@@ -64,15 +64,18 @@ class NgramEstimate:
     discounts: tuple[tuple[float, float, float], ...]
 
     def log_prob(self, history: Sequence[int], word: int) -> float:
-        """Natural-log ``P(word | history)`` (history of token ids, ``BOS`` allowed first)."""
-        history = tuple(history)[-(self.order - 1) :] if self.order > 1 else ()
+        """Natural-log ``P(word | history)`` (history of token ids, ``BOS`` allowed first); an
+        id that is no unigram is ``<unk>``, as :class:`asr.decoding.lm.NgramLM` reads it."""
+        unigrams = self.log_probs[0]
+        known = tuple(w if w < 0 or (w,) in unigrams else UNK for w in (*history, word))
+        history, word = known[max(0, len(known) - self.order) : -1], known[-1]
         total = 0.0
         while True:
             value = self.log_probs[len(history)].get(history + (word,))
             if value is not None:
                 return total + value
             if not history:
-                return total + self.log_probs[0][(UNK,)]
+                return total + unigrams[(UNK,)]
             total += self.backoffs.get(history, 0.0)
             history = history[1:]
 
