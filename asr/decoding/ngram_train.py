@@ -38,7 +38,7 @@ from pathlib import Path
 from asr.decoding.lm import BOS, EOS, UNK
 from asr.fileio import write_bytes_atomic
 
-__all__ = ["NgramEstimate", "estimate_kneser_ney", "write_arpa"]
+__all__ = ["NgramEstimate", "check_words", "estimate_kneser_ney", "write_arpa"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +78,24 @@ class NgramEstimate:
                 return total + unigrams[(UNK,)]
             total += self.backoffs.get(history, 0.0)
             history = history[1:]
+
+
+def check_words(text: str) -> str:
+    """Returns the sentence ``text`` of a word LM's training text, refusing one that writes
+    ``<s>`` or ``</s>`` as a word: every sentence is counted between them already, and the
+    ARPA file could not write such a word (``<unk>`` is allowed: the unknown word, as KenLM
+    counts it).
+
+    Raises:
+        ValueError: naming the word.
+    """
+    for word in text.split():
+        if word in (_NAMES[BOS], _NAMES[EOS]):
+            raise ValueError(
+                f"the word {word!r}: {_NAMES[BOS]} and {_NAMES[EOS]} are the sentence start and "
+                "end of the n-gram (around every sentence already), no word a transcript may "
+                "write; remove them from the transcripts")
+    return text
 
 
 def _discounts(counts: Counter[Gram], order: int) -> tuple[float, float, float]:
