@@ -8,7 +8,8 @@ fusion in ``transducer_beam``, ``tdt_beam``, ``ctc_prefix_beam`` and ``cif_beam`
 lexicon of ``search.lm_unit=word`` (hypotheses are restricted to those words, see
 :mod:`asr.decoding.word_lm`), so pass every text the recognizer may have to say. A word
 written ``<unk>`` in the transcripts is the LM's unknown word (as KenLM counts it), no word
-of the lexicon.
+of the lexicon; ``<s>`` or ``</s>`` written there is refused while the transcripts are read,
+naming the file and line (every sentence is counted between them already).
 Transcript formats as for ``asr bpe`` (a text file may be gzip-compressed, e.g. LibriSpeech's
 LM corpus ``librispeech-lm-norm.txt.gz`` as it ships). Pass each transcript once: a cut
 manifest with speed perturbation repeats every sentence per speed (use the LibriSpeech
@@ -26,7 +27,7 @@ import logging
 from pathlib import Path
 
 from asr.decoding.lm import UNK
-from asr.decoding.ngram_train import estimate_kneser_ney, write_arpa
+from asr.decoding.ngram_train import check_words, estimate_kneser_ney, write_arpa
 from asr.fileio import check_writable_file, output_lock
 from asr.fingerprint import (
     fingerprint_path,
@@ -73,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--order must be >= 1, got {args.order}")
         if args.unit == "token" and args.tokenizer_dir is None:
             raise ValueError("--unit token needs --tokenizer-dir")
-        texts = read_transcripts(args.transcripts)
+        # a word LM's words are checked as they are read, naming the file and line
+        texts = read_transcripts(args.transcripts, check_words if args.unit == "word" else None)
         made_from = {"unit": args.unit, "order": args.order,
                      "texts_sha256": sha256_of_texts(texts), "num_texts": len(texts)}
         if args.unit == "token":

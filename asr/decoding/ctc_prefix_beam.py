@@ -16,7 +16,9 @@ label log-probs ``x``:
 Prefixes are ranked by ``log(P_ctc(h)) + lm_weight * log P_lm(h)`` and the ``beam_size`` best
 are kept; with a beam as large as the number of prefixes the result is the exact CTC
 probability of every labelling (the test compares it with exhaustive enumeration). Per frame
-only the ``beam_size`` most likely labels are expanded. At the end the LM's end-of-sentence
+only the ``beam_size`` most likely labels are expanded (all of them on a frame where the LM
+forbids every prefix those make, so that every prefix's score still has that frame's
+probability). At the end the LM's end-of-sentence
 probability is added. With ``insertion_bonus`` every token of a prefix adds that bonus to its
 ranking score (each frame's pruning and the final ranking), and with ``length_norm`` the final
 ranking divides the score by ``(L + 1) ** length_norm``
@@ -171,7 +173,8 @@ class CtcPrefixBeamSearch(StreamingBeamSearch):
         rows = zip(top_values.tolist(), top_labels.tolist())
         for offset, (values, labels) in enumerate(rows):
             prefixes = self._frame(
-                prefixes, beam.frames_done + offset, zip(labels, values), beam.context
+                prefixes, beam.frames_done + offset, list(zip(labels, values)),
+                log_probs[offset], beam.context,
             )
         return StreamBeam(
             tuple(prefixes.items()), beam.frames_done + log_probs.shape[0], beam.context
@@ -198,10 +201,43 @@ class CtcPrefixBeamSearch(StreamingBeamSearch):
         self,
         beam: dict[tuple[int, ...], _Prefix],
         frame: int,
-        labels,
+        labels: list[tuple[int, float]],
+        log_probs: Tensor,
         context: ContextGraph | None,
-    ) -> dict:
-        """Extends every prefix by the frame's candidate labels; keeps the ``beam_size`` best."""
+    ) -> dict[tuple[int, ...], _Prefix]:
+        """Extends every prefix by the frame's candidate ``(label, log-prob)`` pairs (its
+        ``beam_size`` most likely labels); keeps the ``beam_size`` best prefixes.
+
+        When the LM forbids every candidate (none is blank, and every new prefix is outside a
+        word LM's lexicon), the frame is extended by all its labels ``log_probs (V,)``: blank
+        among them keeps every prefix's LM score, so each prefix's score takes the frame's
+        probability as every other frame's (only a frame whose blank log-probability is -inf
+        or NaN leaves none, and then the beam is kept as it was: no score is right)."""
+        ranked = self._ranked(self._extend(beam, frame, labels, context), context)
+        if not ranked:
+            everything = list(enumerate(log_probs.tolist()))
+            ranked = self._ranked(self._extend(beam, frame, everything, context), context)
+        if not ranked:
+            return beam
+        return dict(item for _, item in ranked[: self.cfg.beam_size])
+
+    def _ranked(
+        self, new: dict[tuple[int, ...], _Prefix], context: ContextGraph | None
+    ) -> list[tuple[float, tuple[tuple[int, ...], _Prefix]]]:
+        """The prefixes of ``new`` with their ranking scores, best first; a prefix the LM
+        forbids (-inf: a word outside a word LM's lexicon) is dropped."""
+        scored = [(self._total(*item, context), item) for item in new.items()]
+        return sorted((p for p in scored if p[0] > NEG_INF), key=lambda p: p[0], reverse=True)
+
+    def _extend(
+        self,
+        beam: dict[tuple[int, ...], _Prefix],
+        frame: int,
+        labels: list[tuple[int, float]],
+        context: ContextGraph | None,
+    ) -> dict[tuple[int, ...], _Prefix]:
+        """The prefixes after ``frame``: every prefix of ``beam`` extended by every one of the
+        ``(label, log-prob)`` pairs ``labels`` (the recursion of the module docstring)."""
         blank_id = self.head.blank_id
         new: dict[tuple[int, ...], _Prefix] = {}
         for label, log_prob in labels:
@@ -224,12 +260,7 @@ class CtcPrefixBeamSearch(StreamingBeamSearch):
                     new, prefix + (label,), entry, "label", score + log_prob, best + log_prob,
                     frames + (frame,), label, context,
                 )
-        scored = [(self._total(*item, context), item) for item in new.items()]
-        # a prefix the LM forbids (-inf: a word outside a word LM's lexicon) is dropped
-        ranked = sorted((p for p in scored if p[0] > NEG_INF), key=lambda p: p[0], reverse=True)
-        if not ranked:  # every candidate forbidden: keep the beam as it was
-            return beam
-        return dict(item for _, item in ranked[: self.cfg.beam_size])
+        return new
 
     def _add(
         self,

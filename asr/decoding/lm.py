@@ -15,8 +15,11 @@ the ids a tokenizer produces), or symbols mapped to ids with ``symbol_to_id``, o
 in the order of the unigram section (:meth:`NgramLM.from_word_arpa`, a word LM); one checked
 reader serves all three, and reads a gzip-compressed file (``lm.arpa.gz``, told by its first
 bytes, whatever its name: :func:`asr.fileio.open_maybe_gzip`) as KenLM and icefall do. ``<s>``,
-``</s>`` and ``<unk>`` are the usual specials (a token missing from the unigrams takes
-``<unk>``'s probability, or ``oov_log_prob`` without ``<unk>``).
+``</s>`` and ``<unk>`` are the usual specials. A token missing from the unigrams is ``<unk>``,
+as KenLM maps an unknown word: its probability is ``<unk>``'s after the longest listed history
+(``h <unk>`` when listed, else backing off as for any word), and the state after it has
+``<unk>`` in its history; without ``<unk>`` in the file it gets ``oov_log_prob`` after the
+back-off weights.
 An n-gram whose history is not listed itself (SRILM's pruning leaves such files) is reached all
 the same: its history and every prefix of it are states with back-off weight 0, as KenLM
 completes them.
@@ -113,7 +116,7 @@ class NgramLM:
         backoffs: n-gram -> natural-log back-off weight (missing = 0).
         vocab_size: V, the number of token ids (including blank).
         oov_log_prob: log-probability of a token absent from the unigrams when there is no
-            ``<unk>``.
+            ``<unk>`` (with one, such a token is ``<unk>``: module docstring).
         cache_bytes: memory for cached (V,) score vectors, one per LM state scored: the
             cache keeps ``cache_limit = max(16, cache_bytes // (4 V))`` of them and is emptied
             when it grows past that (a server scores new states for as long as it runs).
@@ -139,6 +142,12 @@ class NgramLM:
                 f"NgramLM: token ids {bad[:5]} are outside the vocabulary of {vocab_size}"
             )
         self.unk_log_prob = self.probs.get((UNK,), oov_log_prob)
+        # the token ids that are no unigram: <unk> when the file lists it (as KenLM maps them)
+        self._has_unk = (UNK,) in self.probs
+        self._oov = torch.tensor(
+            [t for t in range(vocab_size) if (t,) not in self.probs], dtype=torch.long)
+        self._unk_successors = {gram[:-1]: log_prob for gram, log_prob in self.probs.items()
+                                if gram[-1] == UNK and len(gram) > 1 and self._has_unk}
         self._successors: dict[tuple[int, ...], list[tuple[int, float]]] = {}
         # every history an n-gram extends, and every prefix of it: one missing from the n-grams
         # of its order (a pruned SRILM file) is still a state, with back-off weight 0, as KenLM
@@ -227,10 +236,11 @@ class NgramLM:
         return self._reduce((BOS,))
 
     def advance(self, state: tuple[int, ...], token: int) -> tuple[int, ...]:
-        return self._reduce(state + (int(token),))
+        return self._reduce(state + (self._known(int(token)),))
 
     def log_prob(self, state: tuple[int, ...], word: int) -> float:
         """Natural-log ``P(word | state)`` with back-off (``word`` may be ``EOS``)."""
+        word = self._known(word)
         total = 0.0
         history = state
         while True:
@@ -255,10 +265,20 @@ class NgramLM:
             vector = vector.clone()
             for word, log_prob in self._successors.get(state, ()):
                 vector[word] = log_prob
+            unk = self._unk_successors.get(state)
+            if unk is not None:  # "state <unk>" is listed: every token that is no unigram
+                vector[self._oov] = unk
             if len(self._cache) >= self.cache_limit:
                 self._cache.clear()
             self._cache[state] = vector
         return vector
+
+    def _known(self, token: int) -> int:
+        """``token``, or ``UNK`` for a token id that is no unigram when the file lists
+        ``<unk>`` (KenLM's mapping of an unknown word)."""
+        if self._has_unk and token >= 0 and (token,) not in self.probs:
+            return UNK
+        return token
 
     def _reduce(self, history: tuple[int, ...]) -> tuple[int, ...]:
         """The longest suffix of ``history`` (at most order - 1 words) listed as an n-gram or

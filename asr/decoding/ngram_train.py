@@ -38,7 +38,7 @@ from pathlib import Path
 from asr.decoding.lm import BOS, EOS, UNK
 from asr.fileio import write_bytes_atomic
 
-__all__ = ["NgramEstimate", "estimate_kneser_ney", "write_arpa"]
+__all__ = ["NgramEstimate", "check_words", "estimate_kneser_ney", "write_arpa"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,17 +64,38 @@ class NgramEstimate:
     discounts: tuple[tuple[float, float, float], ...]
 
     def log_prob(self, history: Sequence[int], word: int) -> float:
-        """Natural-log ``P(word | history)`` (history of token ids, ``BOS`` allowed first)."""
-        history = tuple(history)[-(self.order - 1) :] if self.order > 1 else ()
+        """Natural-log ``P(word | history)`` (history of token ids, ``BOS`` allowed first); an
+        id that is no unigram is ``<unk>``, as :class:`asr.decoding.lm.NgramLM` reads it."""
+        unigrams = self.log_probs[0]
+        known = tuple(w if w < 0 or (w,) in unigrams else UNK for w in (*history, word))
+        history, word = known[max(0, len(known) - self.order) : -1], known[-1]
         total = 0.0
         while True:
             value = self.log_probs[len(history)].get(history + (word,))
             if value is not None:
                 return total + value
             if not history:
-                return total + self.log_probs[0][(UNK,)]
+                return total + unigrams[(UNK,)]
             total += self.backoffs.get(history, 0.0)
             history = history[1:]
+
+
+def check_words(text: str) -> str:
+    """Returns the sentence ``text`` of a word LM's training text, refusing one that writes
+    ``<s>`` or ``</s>`` as a word: every sentence is counted between them already, and the
+    ARPA file could not write such a word (``<unk>`` is allowed: the unknown word, as KenLM
+    counts it).
+
+    Raises:
+        ValueError: naming the word.
+    """
+    for word in text.split():
+        if word in (_NAMES[BOS], _NAMES[EOS]):
+            raise ValueError(
+                f"the word {word!r}: {_NAMES[BOS]} and {_NAMES[EOS]} are the sentence start and "
+                "end of the n-gram (around every sentence already), no word a transcript may "
+                "write; remove them from the transcripts")
+    return text
 
 
 def _discounts(counts: Counter[Gram], order: int) -> tuple[float, float, float]:

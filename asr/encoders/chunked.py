@@ -204,6 +204,32 @@ class ChunkedEncoder(nn.Module):
         left_chunks = cfg.left_chunks if left_chunks is None else left_chunks
         return chunk_size, left_chunks
 
+    def _features(self, feats: Tensor, feat_lens: Tensor) -> Tensor:
+        """The features as the subsampling reads them, in :meth:`forward` and
+        :meth:`forward_chunk` alike: checked, in the encoder's dtype (float32 features into a
+        float64 or bfloat16 encoder), normalised (``input_norm``), and zero beyond ``feat_lens``.
+
+        The padding (anything: NaN, inf, a value that overflows) would otherwise reach the
+        subsampling convolutions, whose weight gradients sum over every position: ``0 * nan``
+        is NaN, a non-finite gradient the trainer skips the step for, although no output frame
+        reads the padding.
+
+        Args:
+            feats: (B, T, F) features.
+            feat_lens: (B,) valid frames.
+
+        Returns:
+            (B, T, F) features.
+
+        Raises:
+            ValueError: as :meth:`forward`.
+        """
+        check_features(feats, feat_lens, self.input_dim, type(self).__name__)
+        feats = feats.to(self.subsampling.conv[0].weight.dtype)
+        if self.input_norm is not None:
+            feats = self.input_norm(feats)
+        return zero_padding(feats, feat_lens)
+
     def forward(
         self,
         feats: Tensor,
@@ -214,8 +240,8 @@ class ChunkedEncoder(nn.Module):
         """Encodes whole utterances under a chunk mask.
 
         Args:
-            feats: (B, T, F) features; what lies beyond ``feat_lens`` (NaN included) reaches
-                no output frame.
+            feats: (B, T, F) features, in any float dtype (cast to the encoder's); what lies
+                beyond ``feat_lens`` (NaN included) reaches no output frame and no gradient.
             feat_lens: (B,) valid frames.
             chunk_size: encoder frames per chunk (``<= 0``: full context); default: a dynamic
                 draw in training with dynamic chunk training, else ``cfg.chunk_size``.
@@ -228,14 +254,11 @@ class ChunkedEncoder(nn.Module):
             ValueError: when ``feats`` is not (B, T, F) or ``feat_lens`` not (B,) counts
                 within [0, T].
         """
-        check_features(feats, feat_lens, self.input_dim, type(self).__name__)
-        if self.input_norm is not None:
-            feats = self.input_norm(feats)
+        feats = self._features(feats, feat_lens)
         x, enc_lens = self.subsampling(feats, feat_lens, check=False)  # checked above
-        # The frames beyond each length read the features' padding (anything: NaN, inf, a
-        # value that overflows). Attention masks them as keys but still multiplies their values
-        # by weight 0, and 0 * nan is NaN in every frame of the utterance; from zeros they
-        # stay finite through the layers.
+        # The frames beyond each length also read valid frames (their windows straddle the
+        # end) and the convolutions' biases. Attention masks them as keys but still multiplies
+        # their values by weight 0; from zeros they stay finite through the layers.
         x = zero_padding(x, enc_lens)
         chunk_size, left_chunks = self._chunking(chunk_size, left_chunks)
         num_frames = x.shape[1]
@@ -345,9 +368,7 @@ class ChunkedEncoder(nn.Module):
             ValueError: when ``feats`` is not (B, T, F) or ``feat_lens`` not (B,) counts
                 within [0, T].
         """
-        check_features(feats, feat_lens, self.input_dim, type(self).__name__)
-        if self.input_norm is not None:
-            feats = self.input_norm(feats)
+        feats = self._features(feats, feat_lens)
         x, num_new, sub_state = self.subsampling.forward_chunk(
             feats, feat_lens, state.subsampling, check=False)  # checked above
         x = zero_padding(x, num_new)  # the padding's frames, as in forward

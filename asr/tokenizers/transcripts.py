@@ -22,7 +22,7 @@ returned as written (no case change).
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from asr.fileio import check_gzip_name, read_text
@@ -49,48 +49,58 @@ def transcript_kind(path: Path) -> str:
     return "plain"
 
 
-def read_transcripts(paths: Iterable[str | Path]) -> list[str]:
+def read_transcripts(
+    paths: Iterable[str | Path], check: Callable[[str], object] | None = None
+) -> list[str]:
     """All sentences of ``paths``, in order (see the module docstring for the formats).
+
+    Args:
+        paths: the transcript files and directories.
+        check: a further check of each sentence, raising ValueError with what is wrong (e.g.
+            ``asr lm --unit word``'s :func:`asr.decoding.ngram_train.check_words`); None: none.
 
     Raises:
         FileNotFoundError: for a path that does not exist.
         ValueError: for a directory without ``*.trans.txt`` files, and for a sentence that
-            writes the tokenizers' word-boundary mark ``▁`` (:func:`asr.tokenizers.base.check_text`),
-            naming the file that holds it (a tokenizer or LM trained on it would read it back as
-            a space).
+            writes the tokenizers' word-boundary mark ``▁`` (:func:`asr.tokenizers.base.check_text`;
+            a tokenizer or LM trained on it would read it back as a space) or that ``check``
+            refuses, naming the file and line that hold it (the item of a lhotse manifest).
     """
     sentences: list[str] = []
     for raw in paths:
         path = Path(raw)
         if not path.exists():
             raise FileNotFoundError(f"transcript file {path} does not exist")
-        for file, sentence in _iter_path(path):
+        for where, sentence in _iter_path(path):
             if not sentence:
                 continue
             try:
                 check_text(sentence)
+                if check is not None:
+                    check(sentence)
             except ValueError as err:
-                raise ValueError(f"transcript file {file}: {err}") from None
+                raise ValueError(f"transcript file {where}: {err}") from None
             sentences.append(sentence)
     return sentences
 
 
-def _iter_path(path: Path) -> Iterator[tuple[Path, str]]:
-    """(the file it is in, sentence) of each sentence of ``path``."""
+def _iter_path(path: Path) -> Iterator[tuple[str, str]]:
+    """(where it is: ``file:line``, or the item of a lhotse manifest; sentence) of each
+    sentence of ``path``."""
     kind = transcript_kind(path)
     if kind == "dir":
         files = sorted(path.rglob("*.trans.txt"))
         if not files:
             raise ValueError(f"directory {path} holds no *.trans.txt files")
         for file in files:
-            yield from ((file, s) for s in _iter_kaldi(file))
+            yield from _iter_kaldi(file)
     elif kind == "lhotse":
-        yield from ((path, s) for s in _iter_lhotse(path))
+        yield from _iter_lhotse(path)
     elif kind == "kaldi":
-        yield from ((path, s) for s in _iter_kaldi(path))
+        yield from _iter_kaldi(path)
     else:
-        for line in _lines(path):
-            yield path, normalize_whitespace(line)
+        for number, line in enumerate(_lines(path), start=1):
+            yield f"{path}:{number}", normalize_whitespace(line)
 
 
 def _lines(path: Path) -> Iterator[str]:
@@ -99,22 +109,22 @@ def _lines(path: Path) -> Iterator[str]:
     return iter(io.StringIO(read_text(path), newline=None))
 
 
-def _iter_kaldi(path: Path) -> Iterator[str]:
-    for line in _lines(path):
+def _iter_kaldi(path: Path) -> Iterator[tuple[str, str]]:
+    for number, line in enumerate(_lines(path), start=1):
         fields = line.split(maxsplit=1)
         if len(fields) == 2:
-            yield normalize_whitespace(fields[1])
+            yield f"{path}:{number}", normalize_whitespace(fields[1])
 
 
-def _iter_lhotse(path: Path) -> Iterator[str]:
+def _iter_lhotse(path: Path) -> Iterator[tuple[str, str]]:
     from lhotse import load_manifest_lazy
 
     check_gzip_name(path, "lhotse manifest")  # lhotse tells gzip by the name
-    for item in load_manifest_lazy(path):
+    for number, item in enumerate(load_manifest_lazy(path), start=1):
         supervisions = getattr(item, "supervisions", None)
         if supervisions is None:
             supervisions = [item]
         for sup in supervisions:
             text = getattr(sup, "text", None)
             if text:
-                yield normalize_whitespace(text)
+                yield f"{path} (item {number})", normalize_whitespace(text)

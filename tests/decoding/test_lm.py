@@ -648,3 +648,76 @@ def test_check_lm_file_refuses_a_path_that_is_no_file_naming_the_option(tmp_path
         with pytest.raises(ValueError, match=f"^search.lm_path {re.escape(str(path))}: no such "
                                              "LM file$"):
             check_lm_file(path)
+
+
+WITH_UNK_NGRAMS = """
+\\data\\
+ngram 1=5
+ngram 2=5
+ngram 3=1
+
+\\1-grams:
+-99 <s> -0.3
+-0.6 </s>
+-0.5 1 -0.4
+-0.7 2 -0.2
+-1.5 <unk> -0.35
+
+\\2-grams:
+-0.1 1 <unk> -0.15
+-0.2 <unk> 2
+-0.9 <s> <unk>
+-0.45 2 1
+-0.25 <unk> </s>
+
+\\3-grams:
+-0.05 1 <unk> 1
+
+\\end\\
+"""
+
+
+def kenlm_log10(words: tuple, probs: dict, backoffs: dict, order: int, unigrams: set) -> float:
+    """log10 P(sentence) as KenLM scores it, written out: a word that is no unigram is <unk>,
+    then each word takes the ARPA back-off rule after its last order - 1 words."""
+    known = ["<s>"] + [w if w in unigrams else "<unk>" for w in words] + ["</s>"]
+    return sum(arpa_log10(tuple(known[max(0, i - order + 1) : i]), known[i], probs, backoffs)
+               for i in range(1, len(known)))
+
+
+def test_a_token_that_is_no_unigram_is_unk_after_the_longest_listed_history(tmp_path):
+    """Token 3 is no unigram: KenLM scores it as <unk>, so P(3 | 1) is the listed '1 <unk>'
+    (-0.1), not back-off(1) + P(<unk>) (-1.9), and the state after it has <unk> in its history
+    ('<unk> 2', '1 <unk> 1'). Every sentence of up to three tokens over 1..4 scores as KenLM
+    would, through log_prob and through the score vectors."""
+    path = tmp_path / "unk.arpa"
+    path.write_text(WITH_UNK_NGRAMS)
+    lm = NgramLM.from_arpa(path, vocab_size=5)
+    probs, backoffs, order = {}, {}, 0
+    for line in WITH_UNK_NGRAMS.splitlines():
+        fields = line.split()
+        if line.startswith("\\"):
+            order = int(line[1]) if line.endswith("-grams:") else 0
+        elif fields and order:
+            gram = tuple(int(w) if w.isdigit() else w for w in fields[1 : order + 1])
+            probs[gram] = float(fields[0])
+            if len(fields) == order + 2:
+                backoffs[gram] = float(fields[-1])
+    unigrams = {gram[0] for gram in probs if len(gram) == 1}
+    after_1 = lm.advance(lm.init_state(), 1)
+    assert lm.log_prob(after_1, 3) == pytest.approx(-0.1 * LN10)
+    assert float(lm.score(after_1)[3]) == pytest.approx(-0.1 * LN10, abs=1e-5)
+    sentences = [()] + [(a,) for a in range(1, 5)] + [(a, b) for a in range(1, 5) for b in range(1, 5)]
+    sentences += [(a, b, c) for a in range(1, 5) for b in range(1, 5) for c in range(1, 5)]
+    for words in sentences:
+        by_log_prob = by_score = 0.0
+        state = lm.init_state()
+        for word in words:
+            by_log_prob += lm.log_prob(state, word)
+            by_score += float(lm.score(state)[word])
+            state = lm.advance(state, word)
+        by_log_prob += lm.final_score(state)
+        by_score += lm.final_score(state)
+        expected = kenlm_log10(words, probs, backoffs, 3, unigrams) * LN10
+        assert by_log_prob == pytest.approx(expected), words
+        assert by_score == pytest.approx(expected, abs=1e-4), words

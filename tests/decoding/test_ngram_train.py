@@ -318,6 +318,30 @@ def test_a_word_outside_the_vocabulary_is_scored_as_unk(tmp_path, order):
             assert unk < estimate.log_probs[0][(UNK,)]
 
 
+@pytest.mark.parametrize("order", [2, 3])
+def test_an_id_outside_the_vocabulary_is_unk_in_every_position(tmp_path, order):
+    """With <unk> seen in the text, n-grams such as '1 <unk>' and '<unk> 2' are listed: an id
+    that is no unigram (99) is <unk> as predicted word and in the history (KenLM's mapping),
+    in the estimate and in NgramLM reading its ARPA file alike."""
+    corpus = [[*s[:2], UNK, *s[2:]] for s in _corpus(seed=11)]
+    estimate = estimate_kneser_ney(corpus, order, vocab=VOCAB)
+    assert any(len(gram) > 1 and gram[-1] == UNK for gram in estimate.log_probs[1])
+    write_arpa(estimate, tmp_path / "lm.arpa")
+    lm = NgramLM.from_arpa(tmp_path / "lm.arpa", vocab_size=100)
+    for body in itertools.product((*VOCAB, UNK), repeat=order - 1):
+        history = (BOS, *body)
+        outside = tuple(99 if w == UNK else w for w in history)
+        state = lm.init_state()
+        for token in outside[1:]:
+            state = lm.advance(state, token)
+        for word in (*VOCAB, EOS, UNK):
+            expected = estimate.log_prob(history, word)
+            assert estimate.log_prob(outside, 99 if word == UNK else word) == pytest.approx(
+                expected, abs=1e-12), (history, word)
+            assert lm.log_prob(state, 99 if word == UNK else word) == pytest.approx(
+                expected, abs=1e-5), (history, word)
+
+
 def test_a_gzip_arpa_file_has_no_time_stamp(tmp_path):
     """The gzip header's MTIME is 0 (the same LM makes the same bytes whenever it is written)
     and the content is the plain file's."""

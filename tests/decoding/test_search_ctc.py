@@ -13,6 +13,7 @@ from search_helpers import ENC_DIM, encoder_output, make_model
 
 from asr.decoding import SearchConfig, build_searcher
 from asr.decoding.ctc_greedy import ctc_log_probs
+from asr.decoding.ctc_prefix_beam import CtcPrefixBeamSearch
 
 
 def exhaustive_labelling_log_probs(log_probs: torch.Tensor, blank: int = 0) -> dict:
@@ -174,3 +175,42 @@ def test_prefix_beam_bonus_and_length_norm_rank_the_exact_probabilities(bonus, n
     assert [labels for labels, _ in best] != sorted(exact, key=exact.get, reverse=True)[:8]
     assert [h.tokens for h in nbest] == [labels for labels, _ in best]
     assert [h.score for h in nbest] == pytest.approx([score for _, score in best], abs=1e-5)
+
+
+class FirstTokensForbiddenLM:
+    """A token LM that forbids tokens 1 and 2 (-inf, as a word LM forbids spellings outside its
+    lexicon) and is uniform over the other four, ending anywhere."""
+
+    vocab_size = 7
+
+    def init_state(self) -> tuple:
+        return ()
+
+    def score(self, state: tuple) -> torch.Tensor:
+        scores = torch.full((self.vocab_size,), math.log(1 / 4))
+        scores[[1, 2]] = -math.inf
+        return scores
+
+    def advance(self, state: tuple, token: int) -> tuple:
+        return ()
+
+    def final_score(self, state: tuple) -> float:
+        return 0.0
+
+
+def test_a_frame_whose_candidates_the_lm_all_forbids_still_counts_in_every_score():
+    """On both frames the two most likely labels (the beam of 2 expands those) are 1 and 2,
+    which the LM forbids: the frame is expanded by its other labels, blank among them, so every
+    hypothesis' score is its exact CTC probability (enumeration) plus the weighted LM score,
+    not that of the frames left (the empty prefix scored 0: probability 1)."""
+    model = make_model(ctc=True)
+    probs = torch.tensor([0.1, 0.4, 0.4, 0.02, 0.02, 0.035, 0.025])
+    log_probs = probs.log().expand(2, -1)
+    exact = exhaustive_labelling_log_probs(log_probs)
+    cfg = SearchConfig(beam_size=2, nbest=2, lm_weight=0.5)
+    searcher = CtcPrefixBeamSearch(model.heads["ctc"], cfg, FirstTokensForbiddenLM())
+    nbest = searcher.search(log_probs)
+    assert [h.tokens for h in nbest] == [(), (5,)]
+    for hyp in nbest:
+        expected = exact[hyp.tokens] + 0.5 * len(hyp.tokens) * math.log(1 / 4)
+        assert hyp.score == pytest.approx(expected, abs=1e-5), hyp.tokens

@@ -11,7 +11,7 @@ from search_helpers import encoder_output, make_model
 from asr.decoding import SearchConfig, build_searcher
 from asr.decoding import word_lm as word_lm_module
 from asr.decoding.lm import NgramLM
-from asr.decoding.ngram_train import estimate_kneser_ney, write_arpa
+from asr.decoding.ngram_train import check_words, estimate_kneser_ney, write_arpa
 from asr.decoding.word_lm import LexiconWordLM, arpa_words, load_word_lm
 
 LN10 = math.log(10.0)
@@ -221,6 +221,32 @@ def test_cli_word_lm_counts_unk_in_the_transcripts_as_the_unknown_word(tmp_path)
     the = lm.advance(lm.init_state(), words.index("THE"))
     assert lm.probs[(words.index("THE"), UNK)] == lm.log_prob(the, UNK)  # a listed bigram
     assert (UNK, words.index("SAT")) in lm.probs and (UNK, UNK) in lm.probs  # a history too
+
+
+@pytest.mark.parametrize("word", ["<s>", "</s>"])
+def test_cli_word_lm_refuses_sentence_marks_in_the_transcripts_naming_file_and_line(
+        tmp_path, monkeypatch, caplog, word):
+    """<s> and </s> surround every sentence already: one written in the transcripts was refused
+    only after estimation, by write_arpa, naming neither the file nor the line. It is refused
+    as the transcripts are read (nothing is estimated), naming both, in a plain text file and
+    in a Kaldi ``text`` file (the line of its utterance)."""
+    import asr.cli.lm
+    from asr.cli.main import main
+
+    estimated = []
+    monkeypatch.setattr(asr.cli.lm, "estimate_kneser_ney", lambda *a: estimated.append(a))
+    plain = tmp_path / "train.txt"
+    plain.write_text(f"THE CAT SAT\n\nA {word} RAN\n")
+    kaldi = tmp_path / "text"
+    kaldi.write_text(f"utt1 THE CAT\nutt2 {word} SAT\n")
+    for path, line in ((plain, 3), (kaldi, 2)):
+        caplog.clear()
+        out = tmp_path / "words.arpa"
+        assert main(["lm", "--unit", "word", "--transcripts", str(path), "--output",
+                     str(out)]) == 2
+        assert f"transcript file {path}:{line}: the word {word!r}" in caplog.text
+        assert not out.exists() and not estimated
+    assert check_words("THE <unk> CAT") == "THE <unk> CAT"  # <unk> is the unknown word
 
 
 def test_write_arpa_refuses_words_it_cannot_write(tmp_path):

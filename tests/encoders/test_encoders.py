@@ -611,3 +611,43 @@ def test_a_state_feeds_the_chunks_of_its_own_chunk_size(kind):
         encoder.frames_needed(state, 8)
     with pytest.raises(ValueError, match="chunk_size"):
         stack_states([state, encoder.init_state(1, chunk_size=8, left_chunks=2)])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_float64_encoder_takes_float32_features_offline_as_streaming(kind):
+    """forward_chunk cast the features to the encoder's dtype but forward did not: a float64
+    encoder given float32 features streamed, while its forward failed inside torch ('Input
+    type (float) and bias type (double) should be the same'). Both cast, to the same result."""
+    encoder = _encoder(kind).double()
+    feats, lens = _batch([23, 17])
+    full, full_lens = encoder(feats, lens, chunk_size=4, left_chunks=2)
+    assert full.dtype == torch.float64
+    expected, _ = encoder(feats.double(), lens, chunk_size=4, left_chunks=2)
+    torch.testing.assert_close(full, expected, rtol=0, atol=0)
+    outs, _ = _stream(encoder, feats, lens, chunk_size=4, left_chunks=2)
+    for b, out in enumerate(outs):
+        torch.testing.assert_close(out, full[b, : full_lens[b]], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_non_finite_feature_padding_leaves_every_gradient_finite(kind):
+    """NaN or inf beyond feat_lens reached the subsampling convolutions, which were zeroed only
+    after them: the outputs were finite but the convolution weights' gradients NaN (the trainer
+    then skips the step). The padded frames are zeroed before the subsampling: every gradient
+    is finite and equals that of zero padding."""
+    encoder = _encoder(kind).train()
+    feats, lens = _batch([400, 80, 3])
+    grads = []
+    for fill in (0.0, math.nan, math.inf):
+        x = feats.clone()
+        x[1, 80:], x[2, 3:] = fill, -fill
+        encoder.zero_grad()
+        torch.manual_seed(1)  # the same dynamic chunk draw each time
+        encoder(x, lens)[0].sum().backward()
+        grads.append({name: p.grad.clone() for name, p in encoder.named_parameters()
+                      if p.grad is not None})
+    assert "subsampling.conv.0.weight" in grads[0]
+    for grad in grads[1:]:
+        for name, value in grad.items():
+            assert torch.isfinite(value).all(), name
+            torch.testing.assert_close(value, grads[0][name], rtol=0, atol=0)

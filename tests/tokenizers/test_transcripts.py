@@ -100,7 +100,7 @@ def test_a_librispeech_tree_is_read_in_sorted_path_order(tmp_path, monkeypatch):
 def test_a_sentence_with_the_word_boundary_mark_is_refused_naming_its_file(tmp_path):
     """``asr lm`` and ``asr bpe`` read transcripts here; a ``▁`` in one was refused by the
     tokenizer naming the text only (or, for a word LM, not at all: it became part of a word).
-    Now the file that holds it is named, the file of a LibriSpeech tree's directory too."""
+    Now the file and line that hold it are named, in a LibriSpeech tree's directory too."""
     folder = tmp_path / "tree" / "19" / "1"
     folder.mkdir(parents=True)
     bad = folder / "19-1.trans.txt"
@@ -108,6 +108,28 @@ def test_a_sentence_with_the_word_boundary_mark_is_refused_naming_its_file(tmp_p
     plain = tmp_path / "plain.txt"
     plain.write_text("FINE\nC\u2581D\n", encoding="utf-8")
     for path, file in ((tmp_path / "tree", bad), (plain, plain)):
-        with pytest.raises(ValueError, match=rf"^transcript file {re.escape(str(file))}: text "
+        with pytest.raises(ValueError, match=rf"^transcript file {re.escape(str(file))}:2: text "
                                              r"'\w\u2581\w' holds '\u2581'"):
             read_transcripts([path])
+
+
+def test_a_sentence_the_caller_refuses_is_named_by_its_file_and_line_or_item(tmp_path):
+    """``check`` (``asr lm --unit word`` refuses ``<s>``) sees every sentence as it is read; its
+    error names the line of a text file and the item of a lhotse manifest."""
+    from lhotse import SupervisionSegment, SupervisionSet
+
+    def no_dog(text: str) -> None:
+        if "DOG" in text.split():
+            raise ValueError("no DOG here")
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("A CAT\n\nA DOG\n", encoding="utf-8")
+    SupervisionSet.from_segments([
+        SupervisionSegment(id=f"s{i}", recording_id="r1", start=i, duration=1, text=text)
+        for i, text in enumerate(["A CAT", "THE DOG"])
+    ]).to_file(tmp_path / "sups.jsonl.gz")
+    for path, where in ((plain, f"{plain}:3"), (tmp_path / "sups.jsonl.gz",
+                                                f"{tmp_path / 'sups.jsonl.gz'} (item 2)")):
+        with pytest.raises(ValueError, match=rf"^transcript file {re.escape(where)}: no DOG here"):
+            read_transcripts([path], check=no_dog)
+        assert read_transcripts([path])[-1].endswith("DOG")
