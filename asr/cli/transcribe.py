@@ -84,7 +84,7 @@ from asr.fileio import (
 )
 from asr.package import PackageError
 from asr.results import FailedInput, TranscriptionResult
-from asr.runtime.offline import load_model
+from asr.runtime.offline import check_window_seconds, load_model
 from asr.runtime.streaming import check_chunking_options
 
 logger = logging.getLogger(__name__)
@@ -326,6 +326,12 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         logger.error("asr transcribe: %s", err)
         return 2
+    if not args.streaming:
+        try:  # the rest (the step on the encoder's chunk grid) needs the model
+            check_window_seconds(args.window_seconds, args.overlap_seconds)
+        except ValueError as err:
+            logger.error("asr transcribe: --window-seconds, --overlap-seconds: %s", err)
+            return 2
     if args.format in ("srt", "vtt") and len(files) > 1 and not args.output_dir:
         logger.error("asr transcribe: --format %s with several inputs needs --output-dir",
                      args.format)

@@ -225,6 +225,20 @@ def plan_windows(
     return [Window(index, s, e, bounds[k], bounds[k + 1]) for k, (s, e) in enumerate(spans)]
 
 
+def check_window_seconds(window_seconds: float, overlap_seconds: float) -> None:
+    """Checks the part of the long-input windows that needs no model (the CLI checks it before
+    loading one); :func:`window_samples` checks the rest.
+
+    Raises:
+        ValueError: unless ``0 <= overlap_seconds < window_seconds``, both finite.
+    """
+    if not (0 <= overlap_seconds < window_seconds and math.isfinite(window_seconds)):
+        raise ValueError(
+            f"need 0 <= overlap ({overlap_seconds}) < window ({window_seconds}) seconds, "
+            "both finite"
+        )
+
+
 def window_samples(
     sample_rate: int, window_seconds: float, overlap_seconds: float, grid: int = 1
 ) -> tuple[int, int]:
@@ -236,11 +250,7 @@ def window_samples(
             samples, the window and its step (window minus overlap) are at least one sample and
             one ``grid``.
     """
-    if not (0 <= overlap_seconds < window_seconds and math.isfinite(window_seconds)):
-        raise ValueError(
-            f"need 0 <= overlap ({overlap_seconds}) < window ({window_seconds}) seconds, "
-            "both finite"
-        )
+    check_window_seconds(window_seconds, overlap_seconds)
     if grid < 1:
         raise ValueError(f"plan_windows: grid must be >= 1 sample, got {grid}")
     length = int(round(window_seconds * sample_rate))

@@ -665,6 +665,20 @@ def test_chunking_without_streaming_is_the_runtimes_error_before_the_model_loads
         assert [r.getMessage() for r in caplog.records] == [f"asr transcribe: {err.value}"]
 
 
+@pytest.mark.parametrize("window, overlap", [("1", "2"), ("nan", "0"), ("inf", "1"),
+                                             ("20", "-1")])
+def test_bad_windows_are_refused_before_the_model_loads(tmp_path, capsys, caplog, window,
+                                                         overlap):
+    """--window-seconds / --overlap-seconds were checked only once the model had loaded (a
+    missing package was reported instead); the runtime's check now runs first."""
+    code, out, _ = _run([tmp_path / "a.wav", "--model", tmp_path / "no-package",
+                         "--window-seconds", window, "--overlap-seconds", overlap], capsys)
+    assert code == 2 and out == ""
+    assert [r.getMessage() for r in caplog.records] == [
+        f"asr transcribe: --window-seconds, --overlap-seconds: need 0 <= overlap "
+        f"({float(overlap)}) < window ({float(window)}) seconds, both finite"]
+
+
 def test_a_name_stdout_cannot_encode_is_escaped_not_a_crash(tiny, audio_dir, tmp_path,
                                                              monkeypatch, capsys):
     """With a strict latin-1 stdout (PYTHONIOENCODING=latin-1), a file name outside latin-1
