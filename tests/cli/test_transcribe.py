@@ -584,7 +584,8 @@ def test_hotwords_options(tiny, audio_dir, tmp_path, capsys, caplog):
 
 def test_streaming_hotwords_options(tiny, audio_dir, tmp_path, capsys, caplog):
     """--streaming --hotwords: a biasing streaming searcher takes them (score 0 changes
-    nothing, unknown characters exit 2); a greedy one says it does not take hotwords."""
+    nothing, unknown characters exit 2); a greedy one ignores them with the offline path's
+    one warning and goes on (it refused them, exit 2, where offline warned)."""
     wav = audio_dir / "utt0.wav"
     base = [wav, "--model", tiny.package_dir, "--streaming", "--searcher", "ctc_prefix_beam"]
     code, plain, _ = _run(base, capsys)
@@ -595,8 +596,16 @@ def test_streaming_hotwords_options(tiny, audio_dir, tmp_path, capsys, caplog):
     code, _, _ = _run([*base, "--hotwords", f"{words[0]}\u03a9"], capsys)
     assert code == 2 and "does not know: '\u03a9'" in caplog.text
     greedy = [wav, "--model", tiny.package_dir, "--streaming", "--searcher", "ctc_greedy"]
-    code, _, _ = _run([*greedy, "--hotwords", words[0]], capsys)
-    assert code == 2 and "'ctc_greedy' does not take hotwords" in caplog.text
+    code, expected, _ = _run(greedy, capsys)
+    assert code == 0 and expected
+    caplog.clear()
+    code, out, _ = _run([*greedy, "--hotwords", words[0]], capsys)
+    assert (code, out) == (0, expected)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["searcher 'ctc_greedy' does not use hotwords; those given are ignored "
+                        "(hotwords bias: ctc_prefix_beam, transducer_beam, tdt_beam)"]
+    code, _, _ = _run([*greedy, "--hotwords", f"{words[0]}\u03a9"], capsys)
+    assert code == 2 and "does not know: '\u03a9'" in caplog.text  # checked all the same
 
 
 def test_streaming_chunking_options_reach_the_recognizer(tiny, audio_dir, capsys, monkeypatch):
