@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from asr.fileio import TEMPORARY_PATTERN, write_atomic
+from asr.fileio import TEMPORARY_PATTERN, temporary_path, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -187,11 +187,21 @@ def epoch_checkpoint_path(exp_dir: str | Path, epoch: int) -> Path:
 
 def link_epoch_checkpoint(checkpoint: str | Path, epoch: int) -> Path:
     """Names the step checkpoint written at the end of ``epoch`` after the epoch too (a hard
-    link beside it, replacing an older one), for averaging and decoding by epoch."""
+    link beside it, replacing an older one), for averaging and decoding by epoch.
+
+    The new link is made under a temporary name beside it and renamed over the old one, so a
+    reader (``asr decode --epoch N`` while training goes on) always finds ``epoch-N.pt``.
+    """
     checkpoint = Path(checkpoint)
     path = epoch_checkpoint_path(checkpoint.parent, epoch)
-    path.unlink(missing_ok=True)
-    os.link(checkpoint, path)
+    tmp = temporary_path(path)
+    tmp.unlink(missing_ok=True)
+    os.link(checkpoint, tmp)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -60,8 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          "phrases of search.hotwords_file are copied into the package")
     parser.add_argument("--wer", type=_wer, action="append", default=[], metavar="NAME=PERCENT",
                         help="record the WER of the package's search on a test set, e.g. "
-                             "test-clean=22.58; repeatable (default: the last dev WER of "
-                             "training)")
+                             "test-clean=22.58; repeatable, once per set (default: the last dev "
+                             "WER of training)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an earlier package in --output-dir (never the experiment "
                              "or another directory)")
@@ -70,6 +70,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.output_dir is None:
         logger.error("asr export-package: --output-dir PKG is required")
+        return 2
+    names = [name for name, _ in args.wer]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:  # dict() would keep the last value without a word
+        logger.error("asr export-package: --wer gives %s more than once; give each set once",
+                     ", ".join(repeated))
         return 2
     try:
         selection = selection_from_args(args)

@@ -84,7 +84,7 @@ from asr.fileio import (
 )
 from asr.package import PackageError
 from asr.results import FailedInput, TranscriptionResult
-from asr.runtime.offline import load_model
+from asr.runtime.offline import check_window_seconds, load_model
 from asr.runtime.streaming import check_chunking_options
 
 logger = logging.getLogger(__name__)
@@ -326,6 +326,12 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         logger.error("asr transcribe: %s", err)
         return 2
+    if not args.streaming:
+        try:  # the rest (the step on the encoder's chunk grid) needs the model
+            check_window_seconds(args.window_seconds, args.overlap_seconds)
+        except ValueError as err:
+            logger.error("asr transcribe: --window-seconds, --overlap-seconds: %s", err)
+            return 2
     if args.format in ("srt", "vtt") and len(files) > 1 and not args.output_dir:
         logger.error("asr transcribe: --format %s with several inputs needs --output-dir",
                      args.format)
@@ -357,16 +363,14 @@ def _transcribe(args: argparse.Namespace, files: list[str]) -> int:
     try:
         model = load_model(args.model, device=device_from_args(args.device),
                            searcher=args.searcher, search=args.search_overrides)
-        if not args.streaming:  # a missing LM or hotword file, bad phrases fail here
+        if not args.streaming:  # a missing LM fails here
             model.searcher(args.searcher)  # built once (cached); with hotwords, per call
-            if args.hotwords is not None:
-                model.runtime.hotword_graph(args.hotwords)
-        if args.streaming:  # a searcher that does not stream (or bias) fails here
-            recognizer = model.streaming_recognizer(args.searcher, chunk_size=args.chunk_size,
-                                                    left_chunks=args.left_chunks,
-                                                    max_left_seconds=args.max_left_seconds)
-            if args.hotwords is not None:
-                recognizer.hotword_graph(args.hotwords)
+        else:  # a searcher that does not stream fails here
+            model.streaming_recognizer(args.searcher, chunk_size=args.chunk_size,
+                                       left_chunks=args.left_chunks,
+                                       max_left_seconds=args.max_left_seconds)
+        if args.hotwords is not None:  # a missing hotword file, bad phrases fail here; a
+            model.runtime.hotword_graph(args.hotwords)  # searcher that ignores them warns later
     except PackageError as err:
         logger.error("asr transcribe: cannot load model package: %s", err)
         return 2

@@ -76,6 +76,7 @@ __all__ = [
     "build_streaming_searcher",
     "resolve_searcher",
     "searcher_biases",
+    "uses_given_hotwords",
     "searcher_for",
     "searcher_gives_times",
     "searcher_lm",
@@ -263,6 +264,18 @@ def searcher_gives_times(name: str) -> bool:
 def searcher_biases(name: str) -> bool:
     """Whether searcher ``name`` (a name, not a role) takes a hotword graph."""
     return _BY_NAME[name].biases
+
+
+def uses_given_hotwords(name: str) -> bool:
+    """Whether searcher ``name`` (a name, not a role) uses the hotwords a run gives it; when
+    it does not, logs the warning that they are ignored (naming the searchers that bias). The
+    one rule for a run with hotwords and such a searcher, offline or streaming: it warns and
+    goes on without them."""
+    if _BY_NAME[name].biases:
+        return True
+    logger.warning("searcher %r does not use hotwords; those given are ignored (hotwords bias: "
+                   "%s)", name, ", ".join(s.name for s in SEARCHERS if s.biases))
+    return False
 
 
 def resolve_searcher(name: str, model: ASRModel) -> str:
@@ -464,8 +477,7 @@ def build_searcher(
     if spec.biases and context is None:
         context = context_graph_for(cfg, tokenizer)
     elif not spec.biases and spec.role != "rescore" and (context is not None or hotwords_of(cfg)):
-        logger.warning("searcher %r does not use hotwords; those given are ignored (hotwords "
-                       "bias: %s)", spec.name, ", ".join(s.name for s in SEARCHERS if s.biases))
+        uses_given_hotwords(spec.name)  # warns that they are ignored
     return spec.build(model, cfg, lm, tokenizer, context)
 
 

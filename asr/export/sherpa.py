@@ -141,6 +141,9 @@ _FBANK_FIELDS = ("frame_length_ms", "frame_shift_ms", "snip_edges", "low_freq", 
 #: The front end sherpa-onnx imposes on NeMo-style transducers (TDT): librosa-style filters from
 #: 0 Hz, no DC removal, the rest as :data:`SHERPA_FBANK`.
 SHERPA_NEMO_FBANK = FbankConfig(mel_filters="librosa", low_freq=0.0, remove_dc_offset=False)
+#: The head kinds (:data:`asr.model.HEADS`) the export has a layout for: transducers (RNN-T,
+#: TDT) and CTC; any other is refused, naming these.
+LAYOUT_KINDS = ("rnnt", "tdt", "ctc")
 _TOKENS = "tokens.txt"
 #: sherpa-onnx's hotwords encoder reads it (``modeling_unit="bpe"``, ``bpe_vocab=``).
 BPE_VOCAB = "bpe.vocab"
@@ -217,7 +220,7 @@ def _choose_head(model: ASRModel, head: str | None, streaming: bool) -> str:
     kinds = model.head_kinds()
     trained = model.head_kinds(trained_only=True)
     if head is None:
-        candidates = [name for name, kind in trained.items() if kind in ("rnnt", "tdt", "ctc")]
+        candidates = [name for name, kind in trained.items() if kind in LAYOUT_KINDS]
         if streaming:
             candidates = [name for name in candidates if name == "transducer"] or candidates
         if not candidates:
@@ -229,9 +232,10 @@ def _choose_head(model: ASRModel, head: str | None, streaming: bool) -> str:
     if head not in kinds:
         raise OnnxInputError(f"--head {head}: the package has heads {sorted(kinds)}")
     kind = kinds[head]
-    if kind in ("aed", "cif"):
+    if kind not in LAYOUT_KINDS:
         raise NoLayoutError(
-            f"the {head} head has no sherpa-onnx layout (sherpa-onnx runs transducers and CTC "
+            f"the {head} head ({kind}) has no sherpa-onnx layout; the export has layouts for "
+            f"the head kinds {', '.join(LAYOUT_KINDS)} (sherpa-onnx runs transducers and CTC "
             "models of its own families; its AED and Paraformer loaders expect other networks "
             "and front ends): export a transducer or CTC head")
     if kind == "tdt" and streaming:

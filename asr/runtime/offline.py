@@ -96,6 +96,7 @@ from asr.audio import (
 )
 from asr.constants import DEFAULT_OVERLAP_SECONDS, DEFAULT_WINDOW_SECONDS
 from asr.decoding import Searcher
+from asr.decoding.registry import uses_given_hotwords
 from asr.features.fbank import compute_fbank
 from asr.package import load_package
 from asr.results import FailedInput, TranscriptionResult
@@ -225,6 +226,20 @@ def plan_windows(
     return [Window(index, s, e, bounds[k], bounds[k + 1]) for k, (s, e) in enumerate(spans)]
 
 
+def check_window_seconds(window_seconds: float, overlap_seconds: float) -> None:
+    """Checks the part of the long-input windows that needs no model (the CLI checks it before
+    loading one); :func:`window_samples` checks the rest.
+
+    Raises:
+        ValueError: unless ``0 <= overlap_seconds < window_seconds``, both finite.
+    """
+    if not (0 <= overlap_seconds < window_seconds and math.isfinite(window_seconds)):
+        raise ValueError(
+            f"need 0 <= overlap ({overlap_seconds}) < window ({window_seconds}) seconds, "
+            "both finite"
+        )
+
+
 def window_samples(
     sample_rate: int, window_seconds: float, overlap_seconds: float, grid: int = 1
 ) -> tuple[int, int]:
@@ -236,11 +251,7 @@ def window_samples(
             samples, the window and its step (window minus overlap) are at least one sample and
             one ``grid``.
     """
-    if not (0 <= overlap_seconds < window_seconds and math.isfinite(window_seconds)):
-        raise ValueError(
-            f"need 0 <= overlap ({overlap_seconds}) < window ({window_seconds}) seconds, "
-            "both finite"
-        )
+    check_window_seconds(window_seconds, overlap_seconds)
     if grid < 1:
         raise ValueError(f"plan_windows: grid must be >= 1 sample, got {grid}")
     length = int(round(window_seconds * sample_rate))
@@ -411,7 +422,8 @@ class Transcriber:
                 format), inline phrases ``"ALPHA BETA;GAMMA"``, or a list of phrases; added to
                 the search options' own (``search.hotwords_file``); boost
                 ``search.hotwords_score``. Streaming too, with those searchers (every stream
-                gets them).
+                gets them). Another searcher ignores them with a warning, offline or
+                streaming (:func:`asr.decoding.registry.uses_given_hotwords`).
             chunk_size, left_chunks: the streaming chunking (encoder frames per chunk, chunks
                 of left context, -1 every earlier frame); default the package's. Only with
                 ``streaming``.
@@ -424,10 +436,9 @@ class Transcriber:
             asr.results.TranscriptionError: (``on_error="raise"``) naming an input whose
                 decoding fails alone, and why (the decoder's exception is its cause).
             asr.decoding.context_graph.HotwordError: for phrases the tokenizer cannot spell (a
-                ValueError), too many or too long ones; ValueError for hotwords with a
-                streaming searcher that does not bias, for a bad ``sample_rate``, ``batch_size``
-                or window, and for an input longer than a window with a searcher that gives no
-                token times (``aed_beam``), whose windows cannot be joined.
+                ValueError), too many or too long ones; ValueError for a bad ``sample_rate``,
+                ``batch_size`` or window, and for an input longer than a window with a searcher
+                that gives no token times (``aed_beam``), whose windows cannot be joined.
 
         Returns:
             One :class:`asr.results.TranscriptionResult` (or ``FailedInput``) per input, in order.
@@ -475,7 +486,10 @@ class Transcriber:
                       if streaming else None)
         context = None
         if recognizer is not None and hotwords is not None:  # bad phrases fail before any audio
-            context = recognizer.hotword_graph(hotwords)
+            if uses_given_hotwords(recognizer.searcher_name):
+                context = recognizer.hotword_graph(hotwords)
+            else:  # checked all the same, as the offline searchers check them
+                self.runtime.hotword_graph(hotwords)
         search = searcher
         if hotwords is not None and not streaming:
             search = self.searcher(searcher, hotwords)

@@ -322,7 +322,7 @@ async def stream_microphone(
 
 class _Printer:
     """Prints partial results on one line (a terminal) and final ones on their own lines:
-    ``[SEGMENT START_TIME s] TEXT``."""
+    ``[SEGMENT START_TIME s] TEXT``; a final result without text clears the partial one."""
 
     def __init__(self, prefix: str = "") -> None:
         self.prefix = prefix
@@ -336,6 +336,8 @@ class _Printer:
                 start = f" {float(msg['start_time']):.2f}s" if "start_time" in msg else ""
                 line = f"{self.prefix}[{msg['segment']}{start}] {msg['text']}"
                 print(f"\r{line}\033[K" if self.tty else line, flush=True)
+            elif self.tty:  # nothing was said after all: clear the partial result shown
+                print("\r\033[K", end="", flush=True)
         elif self.tty:
             print(f"\r{self.prefix}{msg.get('text', '')}\033[K", end="", flush=True)
 

@@ -47,7 +47,9 @@ class ServerConfig:
         max_pending_messages: results a slow-reading client may leave unsent before it is closed.
         shutdown_timeout: seconds a graceful shutdown waits for streams to finish; also how
             long a stream that ended may go without a decode step before its client is told
-            (while its backlog is decoding, the final result is waited for however long it takes).
+            (while its backlog is decoding, the final result is waited for however long it takes),
+            and how long a client may leave its final result untaken (it stopped reading)
+            before it is closed.
         min_sample_rate: lowest sample rate a client may announce.
         max_sample_rate: highest sample rate a client may announce.
         max_hotwords: phrases one stream may send in its ``hotwords``.

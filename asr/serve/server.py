@@ -9,6 +9,10 @@ counters: live sessions, decode steps, batch sizes, busy time, audio seconds, re
 Per connection limits (:class:`asr.serve.config.ServerConfig`): message size (websockets closes
 with 1009), idle time, audio buffered ahead of the decoder (the reader pauses: back-pressure
 through TCP), total audio, unread results. Connections beyond ``max_connections`` get HTTP 503.
+A client that sent ``Done`` and does not read (its results fill the connection's buffers) holds
+its session for at most ``shutdown_timeout`` seconds after its final result is made, then
+:data:`CLOSE_TIMEOUT` more while the server closes the connection (1008, "client stopped
+reading"); any close the client does not take in that time is cut off.
 
 Graceful shutdown (SIGINT / SIGTERM, or :meth:`RecognitionServer.shutdown`): the listening socket
 closes, every live stream is finished as if its client had sent ``Done`` (its final result is
@@ -57,6 +61,10 @@ from asr.serve.web import load_static_site
 __all__ = ["BackgroundServer", "RecognitionServer"]
 
 logger = logging.getLogger(__name__)
+
+#: Seconds the server gives a connection to take its last messages and the close handshake
+#: before it drops it (a client that does not read would hold it until the ping timeout).
+CLOSE_TIMEOUT = 5.0
 
 
 def _reason(text: str) -> str:
@@ -133,7 +141,7 @@ class RecognitionServer:
             max_queue=16,
             ping_interval=20,
             ping_timeout=20,
-            close_timeout=5,
+            close_timeout=CLOSE_TIMEOUT,
             server_header="asr",
             compression=None,  # audio does not deflate; saves ~100 KiB per connection
         )
@@ -246,11 +254,15 @@ class RecognitionServer:
                 code, reason = CLOSE_GOING_AWAY, "server shutting down"
             self.engine.finish(session)
             await self._await_final(session)
-            async with asyncio.timeout(cfg.shutdown_timeout):
-                await sender
+            if not await self._delivered(sender):
+                why = (f"client stopped reading: its results were not taken for "
+                       f"{cfg.shutdown_timeout} s")
+                await self._close_with_error(ws, ProtocolError(why, CLOSE_POLICY), session,
+                                             tell=False)
+                return
             if session.error is not None:
                 raise session.error
-            await ws.close(code, reason)
+            await self._close(ws, code, reason)
         except ProtocolError as err:  # the engine logged its own (session.error)
             await self._close_with_error(ws, err, session, logged=err is session.error)
         except TimeoutError:
@@ -291,18 +303,46 @@ class RecognitionServer:
                 if session.decoded_steps == seen or self._stopping.is_set():
                     raise
 
+    async def _delivered(self, sender: asyncio.Task) -> bool:
+        """Whether ``sender`` sent the final result within ``shutdown_timeout`` seconds (it
+        is cancelled otherwise: the client stopped reading, and the connection's buffers are
+        full). Raises what the sender raised (ConnectionClosed: the client left)."""
+        try:
+            async with asyncio.timeout(self.config.shutdown_timeout):
+                await sender
+        except TimeoutError:
+            return False
+        return True
+
     async def _close_with_error(
         self, ws: ServerConnection, err: ProtocolError, session: Session | None = None,
-        logged: bool = False,
+        logged: bool = False, tell: bool = True,
     ) -> None:
-        """Sends ``err`` to the client and closes the connection with its code; logs it
-        unless it was ``logged`` where it happened (a stream's failure is one log line)."""
+        """Sends ``err`` to the client (unless ``tell`` is false: a client that does not read
+        would not get it) and closes the connection with its code; logs it unless it was
+        ``logged`` where it happened (a stream's failure is one log line)."""
         if not logged:
             name = f"session {session.id}" if session is not None else "connection"
             logger.warning("%s: %s", name, str(err))
-        with contextlib.suppress(ConnectionClosed):
-            await ws.send(error_message(str(err)))
-        await ws.close(err.code, _reason(str(err)))
+        await self._close(ws, err.code, _reason(str(err)),
+                          error_message(str(err)) if tell else None)
+
+    async def _close(
+        self, ws: ServerConnection, code: int, reason: str, message: str | None = None
+    ) -> None:
+        """Sends ``message`` (if any) and closes the connection with ``code``; a client that
+        has not taken them within :data:`CLOSE_TIMEOUT` seconds (one that stopped reading:
+        the writes wait for room in its buffers) is cut off."""
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                if message is not None:
+                    with contextlib.suppress(ConnectionClosed):
+                        await ws.send(message)
+                await ws.close(code, reason)
+        except TimeoutError:
+            logger.info("connection from %s: not closed within %s s, dropped",
+                        ws.remote_address, CLOSE_TIMEOUT)
+            ws.transport.abort()
 
     async def _receive_loop(self, ws: ServerConnection, session: Session) -> None:
         """Reads audio until ``Done``; raises ProtocolError / ConnectionClosed."""

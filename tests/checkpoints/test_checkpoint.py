@@ -1,3 +1,4 @@
+import os
 import random
 import re
 import subprocess
@@ -122,6 +123,30 @@ def test_an_epoch_link_is_replaced_when_its_epoch_is_written_again(tmp_path):
         link_epoch_checkpoint(checkpoint_path(tmp_path, step), 1)
     assert epoch_checkpoint_path(tmp_path, 1).samefile(checkpoint_path(tmp_path, 12))
     assert safe_torch_load(epoch_checkpoint_path(tmp_path, 1))["model"]["w"].item() == 12.0
+
+
+def test_an_epoch_link_is_never_missing_while_it_is_replaced(tmp_path, monkeypatch):
+    """Relinking epoch-N.pt deleted it first: a concurrent ``asr decode --epoch N`` could find
+    it missing. The new link is made beside it and renamed over it."""
+    import asr.checkpoints.io as io
+
+    for step in (10, 12):
+        atomic_torch_save({"model": {"w": torch.full((1,), float(step))}},
+                          checkpoint_path(tmp_path, step))
+    link_epoch_checkpoint(checkpoint_path(tmp_path, 10), 1)
+    seen, os_link = [], os.link
+
+    def link(src, dst):
+        seen.append(epoch_checkpoint_path(tmp_path, 1).exists())
+        os_link(src, dst)
+
+    monkeypatch.setattr(io.os, "link", link)
+    link_epoch_checkpoint(checkpoint_path(tmp_path, 12), 1)
+    monkeypatch.undo()
+    assert seen == [True]
+    assert epoch_checkpoint_path(tmp_path, 1).samefile(checkpoint_path(tmp_path, 12))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint-10.pt", "checkpoint-12.pt", "epoch-1.pt"]
 
 
 def test_a_weights_file_is_selected_as_it_is(tmp_path):

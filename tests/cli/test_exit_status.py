@@ -51,6 +51,9 @@ EXPORT_PACKAGE_CASES = {
                                     "none.arpa: no such LM file"),
     "unknown search option": lambda exp, tmp: (["--set", "search.beam_sz=2"],
                                                "did you mean 'beam_size'"),
+    "a set's WER twice": lambda exp, tmp: (["--wer", "test-clean=1", "--wer", "dev=3",
+                                            "--wer", "test-clean=2"],
+                                           "--wer gives test-clean more than once"),
 }
 
 

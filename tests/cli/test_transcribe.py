@@ -584,7 +584,8 @@ def test_hotwords_options(tiny, audio_dir, tmp_path, capsys, caplog):
 
 def test_streaming_hotwords_options(tiny, audio_dir, tmp_path, capsys, caplog):
     """--streaming --hotwords: a biasing streaming searcher takes them (score 0 changes
-    nothing, unknown characters exit 2); a greedy one says it does not take hotwords."""
+    nothing, unknown characters exit 2); a greedy one ignores them with the offline path's
+    one warning and goes on (it refused them, exit 2, where offline warned)."""
     wav = audio_dir / "utt0.wav"
     base = [wav, "--model", tiny.package_dir, "--streaming", "--searcher", "ctc_prefix_beam"]
     code, plain, _ = _run(base, capsys)
@@ -595,8 +596,16 @@ def test_streaming_hotwords_options(tiny, audio_dir, tmp_path, capsys, caplog):
     code, _, _ = _run([*base, "--hotwords", f"{words[0]}\u03a9"], capsys)
     assert code == 2 and "does not know: '\u03a9'" in caplog.text
     greedy = [wav, "--model", tiny.package_dir, "--streaming", "--searcher", "ctc_greedy"]
-    code, _, _ = _run([*greedy, "--hotwords", words[0]], capsys)
-    assert code == 2 and "'ctc_greedy' does not take hotwords" in caplog.text
+    code, expected, _ = _run(greedy, capsys)
+    assert code == 0 and expected
+    caplog.clear()
+    code, out, _ = _run([*greedy, "--hotwords", words[0]], capsys)
+    assert (code, out) == (0, expected)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["searcher 'ctc_greedy' does not use hotwords; those given are ignored "
+                        "(hotwords bias: ctc_prefix_beam, transducer_beam, tdt_beam)"]
+    code, _, _ = _run([*greedy, "--hotwords", f"{words[0]}\u03a9"], capsys)
+    assert code == 2 and "does not know: '\u03a9'" in caplog.text  # checked all the same
 
 
 def test_streaming_chunking_options_reach_the_recognizer(tiny, audio_dir, capsys, monkeypatch):
@@ -663,6 +672,20 @@ def test_chunking_without_streaming_is_the_runtimes_error_before_the_model_loads
         code, out, _ = _run([wav, "--model", tmp_path / "no-package", *options], capsys)
         assert code == 2 and out == ""
         assert [r.getMessage() for r in caplog.records] == [f"asr transcribe: {err.value}"]
+
+
+@pytest.mark.parametrize("window, overlap", [("1", "2"), ("nan", "0"), ("inf", "1"),
+                                             ("20", "-1")])
+def test_bad_windows_are_refused_before_the_model_loads(tmp_path, capsys, caplog, window,
+                                                         overlap):
+    """--window-seconds / --overlap-seconds were checked only once the model had loaded (a
+    missing package was reported instead); the runtime's check now runs first."""
+    code, out, _ = _run([tmp_path / "a.wav", "--model", tmp_path / "no-package",
+                         "--window-seconds", window, "--overlap-seconds", overlap], capsys)
+    assert code == 2 and out == ""
+    assert [r.getMessage() for r in caplog.records] == [
+        f"asr transcribe: --window-seconds, --overlap-seconds: need 0 <= overlap "
+        f"({float(overlap)}) < window ({float(window)}) seconds, both finite"]
 
 
 def test_a_name_stdout_cannot_encode_is_escaped_not_a_crash(tiny, audio_dir, tmp_path,

@@ -456,6 +456,24 @@ def test_cli_and_clear_errors(tmp_path, capsys, caplog):
     assert not (tmp_path / "x").exists()
 
 
+def test_a_head_kind_without_a_layout_is_refused_naming_those_with_one(tmp_path, monkeypatch):
+    """Only aed and cif were refused by name: a head of any other kind the export has no
+    layout for went down the transducer path."""
+    import dataclasses
+
+    import asr.model
+
+    package = random_package(tmp_path / "rnnt", head="transducer", seed=2)
+    spec = asr.model.HEADS["transducer"]
+    monkeypatch.setitem(asr.model.HEADS, "transducer",
+                        dataclasses.replace(spec, kind=lambda cfg: "mystery"))
+    with pytest.raises(NoLayoutError, match=r"the transducer head \(mystery\) has no sherpa-onnx "
+                                             r"layout; the export has layouts for the head "
+                                             r"kinds rnnt, tdt, ctc"):
+        export_onnx(package, tmp_path / "x", head="transducer")
+    assert not (tmp_path / "x").exists()
+
+
 def test_if_supported_skips_only_what_sherpa_onnx_has_no_layout_for(tmp_path, capsys, caplog):
     """The recipes export every layout a model has: a streaming CTC or TDT model's streaming
     export is skipped with its reason, anything else stays an error."""

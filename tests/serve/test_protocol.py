@@ -282,6 +282,19 @@ def test_the_microphone_client_prints_each_final_segment_with_its_start_time(cap
     assert capsys.readouterr().out == "[1 1.96s] HELLO\n[0] HI\n"
 
 
+def test_an_empty_final_result_clears_the_partial_one_in_a_terminal(capsys):
+    """A segment whose final result has no text left its last partial result on the terminal's
+    line, as if it had been said."""
+    from asr.serve.client import _Printer
+
+    printer = _Printer()
+    printer.tty = True
+    printer({"text": "UM", "segment": 2, "start_time": 3.0, "is_final": False})
+    printer({"text": "", "segment": 2, "start_time": 3.0, "is_final": True})
+    printer({"text": "HI", "segment": 3, "start_time": 4.0, "is_final": True})
+    assert capsys.readouterr().out == "\rUM\033[K\r\033[K\r[3 4.00s] HI\033[K\n"
+
+
 @pytest.mark.parametrize(
     "samples",
     [np.zeros(1600, np.int16), np.zeros((1600, 2), np.float32), np.zeros((2, 1600), np.float32)],

@@ -407,6 +407,46 @@ def test_a_shutdown_that_cannot_wait_for_a_backlog_says_so(tiny, speech):
     assert close_code == 1001 and "server shutting down" in received[-1]["error"]
 
 
+def test_a_client_that_stops_reading_is_told_so_and_cut_off(tiny, speech, monkeypatch,
+                                                              caplog):
+    """A client that sends Done and never reads (its results, made 8 MB each, fill the
+    connection's buffers) was blamed on the decoder ("no decoding progress"), and the error
+    sent to it waited for room until the ping timeout (40 s), holding the session. It is told
+    that it stopped reading and dropped within shutdown_timeout + CLOSE_TIMEOUT."""
+    import asr
+    import asr.serve.engine as engine_module
+    from asr.serve.config import ServerConfig
+    from asr.serve.server import CLOSE_TIMEOUT, BackgroundServer
+
+    message = engine_module.result_message
+
+    def big_message(result, audio_end, is_eof=False):
+        data = json.loads(message(result, audio_end, is_eof))
+        data["padding"] = "x" * (8 << 20)
+        return json.dumps(data)
+
+    monkeypatch.setattr(engine_module, "result_message", big_message)
+    recognizer = asr.load_model(tiny.package_dir).streaming_recognizer()
+    config = ServerConfig(port=0, shutdown_timeout=1.0, max_message_bytes=1 << 22)
+    samples = np.concatenate([speech[3].samples] * 3).astype("<f4")
+
+    async def main(url):
+        async with connect(url, max_size=None, max_queue=1) as ws:
+            for start in range(0, samples.size, 16000):
+                await ws.send(samples[start:start + 16000].tobytes())
+            await ws.send("Done")
+            start = time.monotonic()  # a deadline well short of the ping timeout, not a timing
+            while await asyncio.to_thread(background.call, lambda: background.server.num_sessions):
+                assert time.monotonic() - start < 1.0 + CLOSE_TIMEOUT + 9.0, "session held"
+                await asyncio.sleep(0.1)
+            ws.transport.abort()
+
+    with BackgroundServer(recognizer, config) as background:
+        _run(main(background.url), 60)
+    assert "client stopped reading: its results were not taken for 1.0 s" in caplog.text
+    assert "no decoding progress" not in caplog.text
+
+
 def test_samples_that_overflow_the_features_fail_their_own_stream_only(
     tiny, speech, tmp_path_factory
 ):

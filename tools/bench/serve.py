@@ -17,6 +17,7 @@ Bounded: 4 runs of about ``--seconds`` + 2 s each, every client under a timeout.
 
 Usage:
     python tools/bench/serve.py                      # trains a tiny model first (~20 s)
+                                                     # (with --model: only speaks the sentences)
     python tools/bench/serve.py --model PKG --streams 1 4 8 16 --seconds 8
     python tools/bench/serve.py --model PKG --searcher greedy     # or beam (the streaming beam)
     python tools/bench/serve.py --engine sherpa-onnx --model ONNX_DIR [--int8]   # asr export-onnx
@@ -49,12 +50,20 @@ logger = logging.getLogger("bench.serve")
 #: why --streams and --seconds have an upper bound
 BOUNDED = "a bounded benchmark"
 
-SENTENCES = (
-    "HELLO WORLD",
-    "GOOD MORNING",
-    "OPEN THE DOOR",
-    "SEVEN GREEN APPLES",
-)
+def speech_wavs(model: Path | None, work_dir: Path) -> tuple[Path, list[Path]]:
+    """The package to serve and the benchmark's speech: without ``model``, the tiny test model
+    trained under ``work_dir`` and its training recordings; with one, only the same sentences
+    spoken by espeak-ng (no model is trained that would not be served)."""
+    if model is None:
+        from asr.testing.packages import trained_tiny_package
+
+        tiny = trained_tiny_package(work_dir)
+        return tiny.package_dir, list(tiny.wavs)
+    from asr.testing.tiny import TINY_SENTENCES, synthesize
+
+    wavs = [synthesize(text, work_dir / "speech" / f"utt{i}.wav")
+            for i, text in enumerate(TINY_SENTENCES)]
+    return model, wavs
 
 
 def speech_audio(package_wavs: list[Path], seconds: float) -> np.ndarray:
@@ -126,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         "--work-dir",
         type=Path,
         default=Path("/tmp/asr_bench_serve"),
-        help="where the tiny model is trained (default: /tmp/asr_bench_serve)",
+        help="where the tiny model is trained, or with --model the speech is synthesized "
+        "(default: /tmp/asr_bench_serve)",
     )
     parser.add_argument("--streams", type=bounded(int, at_least=1, at_most=64, why=BOUNDED),
                         nargs="+", default=[1, 4, 8, 16])
@@ -151,13 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
-    from asr.testing.packages import trained_tiny_package
-
     if args.engine != "pytorch" and args.model is None:
         parser.error("--engine sherpa-onnx needs --model ONNX_DIR (asr export-onnx --streaming)")
-    tiny = trained_tiny_package(args.work_dir)
-    model = args.model or tiny.package_dir
-    audio = speech_audio(list(tiny.wavs), args.seconds)
+    model, wavs = speech_wavs(args.model, args.work_dir)
+    audio = speech_audio(wavs, args.seconds)
     extra = ["--engine", args.engine] + (["--int8"] if args.int8 else [])
     extra += ["--searcher", args.searcher] if args.searcher else []
     load_before = ", ".join(f"{x:.1f}" for x in os.getloadavg())
