@@ -141,6 +141,14 @@ class NgramLM:
             raise ValueError(
                 f"NgramLM: token ids {bad[:5]} are outside the vocabulary of {vocab_size}"
             )
+        # the 1-grams are the vocabulary (KenLM refuses a word seen only in longer n-grams): a
+        # token outside them is <unk> (or oov_log_prob) in log_prob but would keep its n-grams'
+        # scores in score(), two LMs in one search
+        stray = sorted({w for gram in self.probs if len(gram) > 1 for w in gram
+                        if w >= 0 and (w,) not in self.probs})
+        if stray:
+            raise ValueError(f"NgramLM: token ids {stray[:5]} are in longer n-grams but no "
+                             "unigram; the 1-grams must list every token (as KenLM requires)")
         self.unk_log_prob = self.probs.get((UNK,), oov_log_prob)
         # the token ids that are no unigram: <unk> when the file lists it (as KenLM maps them)
         self._has_unk = (UNK,) in self.probs
@@ -180,7 +188,8 @@ class NgramLM:
                 ``\\data\\`` counts, orders that skip one, a section whose entries differ from
                 its count (a truncated file), a field that is no number, NaN or +inf, a positive
                 log10 probability, an n-gram listed twice, a word that is no token id (a
-                negative integer neither), no ``\\end\\``, or corrupt or truncated gzip data.
+                negative integer neither), a token of a longer n-gram that is no unigram (as
+                KenLM refuses it), no ``\\end\\``, or corrupt or truncated gzip data.
         """
         probs, backoffs = _read_arpa(path, lambda word, _: _word_id(word, symbol_to_id))
         return cls._checked(path, probs, backoffs, vocab_size, oov_log_prob)

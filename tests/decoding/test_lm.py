@@ -721,3 +721,20 @@ def test_a_token_that_is_no_unigram_is_unk_after_the_longest_listed_history(tmp_
         expected = kenlm_log10(words, probs, backoffs, 3, unigrams) * LN10
         assert by_log_prob == pytest.approx(expected), words
         assert by_score == pytest.approx(expected, abs=1e-4), words
+
+
+@pytest.mark.parametrize("unk", [True, False])
+def test_a_token_of_a_longer_ngram_that_is_no_unigram_is_refused_as_kenlm_refuses_it(tmp_path,
+                                                                                     unk):
+    """An ARPA file's 1-grams list its whole vocabulary (KenLM refuses a word that appears
+    only in longer n-grams). Token 2 below is in '1 2' alone: with <unk> in the file, the
+    beam searches' score vectors gave P(2 | 1) the listed '1 2' while log_prob (final and
+    rescoring scores) took 2 as <unk> and backed off, two different LMs in one search."""
+    path = tmp_path / "lm.arpa"
+    unk_line = "-1.0\t<unk>\n" if unk else ""
+    path.write_text(
+        f"\\data\\\nngram 1={3 + unk}\nngram 2=2\n\n\\1-grams:\n-1.0\t<s>\t-0.5\n-1.0\t</s>\n"
+        f"{unk_line}-1.0\t1\t-0.3\n\n\\2-grams:\n-0.1\t1 2\n-0.2\t<s> 1\n\n\\end\\\n")
+    with pytest.raises(ValueError, match=re.escape(
+            f"{path}: NgramLM: token ids [2] are in longer n-grams but no unigram")):
+        NgramLM.from_arpa(path, vocab_size=4)
