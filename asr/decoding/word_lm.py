@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from asr.decoding.lm import NgramLM, cache_limit_for
+from asr.decoding.lm import CACHE_BYTES, NgramLM, cache_limit_for
 from asr.tokenizers.base import WORD_START
 
 __all__ = ["LexiconWordLM", "arpa_words", "load_word_lm"]
@@ -94,7 +94,7 @@ class LexiconWordLM:
         word_lm: NgramLM,
         words: Sequence[str],
         tokenizer,
-        cache_bytes: int = 256 * 2**20,
+        cache_bytes: int = CACHE_BYTES,
     ) -> None:
         self.word_lm = word_lm
         self.vocab_size = int(tokenizer.vocab_size)

@@ -14,6 +14,7 @@ batches and exact mid-epoch resumption are :class:`asr.data.epochs.EpochBatches`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 from collections.abc import Iterator, Sequence
@@ -94,7 +95,11 @@ class DevWer:
         was_training = model.training
         model.eval()
         try:
-            searcher = build_searcher(name, model, self.cfg.search, tokenizer=self.tokenizer)
+            # plain greedy: the decoding LM and hotwords of search.* are not this metric's, and
+            # a greedy searcher would warn at every epoch that it uses neither
+            search = dataclasses.replace(self.cfg.search, lm_path=None, hotwords_file=None,
+                                         hotwords=None)
+            searcher = build_searcher(name, model, search, tokenizer=self.tokenizer)
             loader = make_dataloader(self.cuts, self.cfg.data, self.tokenizer, train=False,
                                      rank=0, world_size=1)
             recognitions, seconds = recognize(model, searcher, loader, self.tokenizer,
