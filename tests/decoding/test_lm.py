@@ -216,15 +216,11 @@ def arpa_log10(history: tuple[int, ...], word: int, probs: dict, backoffs: dict)
     return backoffs.get(history, 0.0) + arpa_log10(history[1:], word, probs, backoffs)
 
 
-def test_an_ngram_whose_history_is_not_listed_is_reached_as_kenlm_reaches_it(tmp_path):
-    """Pruning leaves the 3-gram '3 2 4' without its 2-gram '3 2': the history '3 2' is still a
-    state (back-off weight 0), so P(4 | 3 2) is the listed 3-gram, as KenLM completes the file.
-    Every probability after every history equals the back-off rule written out."""
-    path = tmp_path / "pruned.arpa"
-    path.write_text(PRUNED)
-    lm = NgramLM.from_arpa(path, vocab_size=6)
+def arpa_table(text: str) -> tuple[dict[tuple, float], dict[tuple, float]]:
+    """The log10 probabilities and back-off weights an ARPA text lists, by n-gram (token ids as
+    ints): a reference read written out, for the back-off rule tests."""
     probs, backoffs, order = {}, {}, 0
-    for line in PRUNED.splitlines():
+    for line in text.splitlines():
         fields = line.split()
         if line.startswith("\\"):
             order = int(line[1]) if line.endswith("-grams:") else 0
@@ -233,6 +229,17 @@ def test_an_ngram_whose_history_is_not_listed_is_reached_as_kenlm_reaches_it(tmp
             probs[gram] = float(fields[0])
             if len(fields) == order + 2:
                 backoffs[gram] = float(fields[-1])
+    return probs, backoffs
+
+
+def test_an_ngram_whose_history_is_not_listed_is_reached_as_kenlm_reaches_it(tmp_path):
+    """Pruning leaves the 3-gram '3 2 4' without its 2-gram '3 2': the history '3 2' is still a
+    state (back-off weight 0), so P(4 | 3 2) is the listed 3-gram, as KenLM completes the file.
+    Every probability after every history equals the back-off rule written out."""
+    path = tmp_path / "pruned.arpa"
+    path.write_text(PRUNED)
+    lm = NgramLM.from_arpa(path, vocab_size=6)
+    probs, backoffs = arpa_table(PRUNED)
     assert probs[(3, 2, 4)] == -0.15 and backoffs[(2, 3)] == -0.25 and (3, 2) not in probs
     state = lm.advance(lm.advance(lm.init_state(), 3), 2)
     assert lm.log_prob(state, 4) == pytest.approx(-0.15 * LN10)
@@ -693,16 +700,7 @@ def test_a_token_that_is_no_unigram_is_unk_after_the_longest_listed_history(tmp_
     path = tmp_path / "unk.arpa"
     path.write_text(WITH_UNK_NGRAMS)
     lm = NgramLM.from_arpa(path, vocab_size=5)
-    probs, backoffs, order = {}, {}, 0
-    for line in WITH_UNK_NGRAMS.splitlines():
-        fields = line.split()
-        if line.startswith("\\"):
-            order = int(line[1]) if line.endswith("-grams:") else 0
-        elif fields and order:
-            gram = tuple(int(w) if w.isdigit() else w for w in fields[1 : order + 1])
-            probs[gram] = float(fields[0])
-            if len(fields) == order + 2:
-                backoffs[gram] = float(fields[-1])
+    probs, backoffs = arpa_table(WITH_UNK_NGRAMS)
     unigrams = {gram[0] for gram in probs if len(gram) == 1}
     after_1 = lm.advance(lm.init_state(), 1)
     assert lm.log_prob(after_1, 3) == pytest.approx(-0.1 * LN10)
