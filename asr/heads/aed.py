@@ -34,13 +34,14 @@ from asr.encoders.dropout import Dropout
 from asr.heads.decoder_layers import (
     DecoderLayer,
     causal_mask,
+    check_sinusoidal_dim,
     lengths_to_mask,
     pad_sequences,
     per_hypothesis,
     sinusoidal_positions,
     trained_utterances,
 )
-from asr.losses.label_smoothing import label_smoothing_loss
+from asr.losses.label_smoothing import check_label_smoothing, label_smoothing_loss
 from asr.losses.pruned_rnnt import blank_padded_tokens
 from asr.state import state_field
 from asr.types import LossOutput
@@ -53,14 +54,15 @@ class AEDConfig:
     """Configuration of :class:`AEDHead`.
 
     Attributes:
-        d_model: decoder dimension D (the encoder output is projected to it if different).
+        d_model: decoder dimension D (the encoder output is projected to it if different);
+            even with sinusoidal positions.
         num_heads: attention heads.
         num_layers: left-to-right decoder layers.
         ffn_dim: feed-forward hidden size.
         dropout: dropout in the decoder layers and on the embeddings.
         positional: ``sinusoidal`` (any length) or ``learned`` (at most ``max_len`` positions).
         max_len: number of learned positions.
-        label_smoothing: probability mass spread over the non-reference tokens.
+        label_smoothing: probability mass spread over the non-reference tokens, in ``[0, 1)``.
         reverse_weight: weight of the right-to-left decoder in the loss and in
             :meth:`AEDHead.score_sequences`; 0 builds no right-to-left decoder.
         num_r2l_layers: layers of the right-to-left decoder.
@@ -88,6 +90,10 @@ class AEDConfig:
             raise ValueError("reverse_weight > 0 needs num_r2l_layers >= 1")
         if self.num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
+        # refused here, not at the first training step (after the data and CMVN are read)
+        check_label_smoothing(self.label_smoothing, "label_smoothing")
+        if self.positional == "sinusoidal":
+            check_sinusoidal_dim(self.d_model, "d_model")
 
 
 @dataclass(frozen=True)

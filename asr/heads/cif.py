@@ -37,6 +37,7 @@ Shape legend: B batch, T frames, N fired tokens, U target tokens, D encoder dims
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -49,6 +50,7 @@ from asr.encoders.dropout import Dropout
 from asr.heads.ctc import CTCHead
 from asr.heads.decoder_layers import (
     DecoderLayer,
+    check_sinusoidal_dim,
     lengths_to_mask,
     pad_sequences,
     per_hypothesis,
@@ -57,7 +59,7 @@ from asr.heads.decoder_layers import (
 )
 from asr.losses.cif import quantity_loss, scale_alphas
 from asr.losses.ctc import ctc_forced_align
-from asr.losses.label_smoothing import label_smoothing_loss
+from asr.losses.label_smoothing import check_label_smoothing, label_smoothing_loss
 from asr.losses.pruned_rnnt import blank_padded_tokens
 from asr.types import LossOutput
 
@@ -257,7 +259,8 @@ class CIFConfig:
     """Configuration of :class:`CIFHead`.
 
     Attributes:
-        d_model: decoder dimension (fired embeddings and encoder output are projected to it).
+        d_model: decoder dimension (fired embeddings and encoder output are projected to it);
+            even (the decoder's sinusoidal positions).
         num_heads: decoder attention heads.
         num_layers: decoder layers.
         ffn_dim: decoder feed-forward size.
@@ -265,8 +268,8 @@ class CIFConfig:
         predictor_kernel: odd kernel of the predictor's depthwise convolution.
         predictor_dropout: dropout before the predictor's output layer.
         threshold: firing threshold.
-        label_smoothing: of the decoder cross-entropy.
-        quantity_weight: weight of the quantity loss.
+        label_smoothing: of the decoder cross-entropy, in ``[0, 1)``.
+        quantity_weight: weight of the quantity loss (>= 0).
         glancing_ratio: fraction of the first pass's errors replaced by reference embeddings;
             0 disables the glancing sampler (and the extra pass).
         segments: ``cif``: token embeddings by integrate-and-fire of predicted weights;
@@ -305,6 +308,11 @@ class CIFConfig:
             raise ValueError("end_slot needs segments: cif (CTC segments fix the count)")
         if self.end_id < 1:
             raise ValueError(f"end_id must be >= 1 (0 is blank), got {self.end_id}")
+        if not 0.0 <= self.quantity_weight < math.inf:  # < 0 trains the weights to miscount
+            raise ValueError(f"quantity_weight must be >= 0 and finite, got {self.quantity_weight}")
+        # refused here, not at the first training step (after the data and CMVN are read)
+        check_label_smoothing(self.label_smoothing, "label_smoothing")
+        check_sinusoidal_dim(self.d_model, "d_model")  # the decoder's positions
 
 
 class CIFPredictor(nn.Module):

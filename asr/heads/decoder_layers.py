@@ -29,6 +29,7 @@ __all__ = [
     "DecoderLayer",
     "MultiHeadAttention",
     "causal_mask",
+    "check_sinusoidal_dim",
     "lengths_to_mask",
     "pad_sequences",
     "per_hypothesis",
@@ -90,6 +91,13 @@ def causal_mask(length: int, device: torch.device | None = None) -> Tensor:
     return torch.ones(length, length, dtype=torch.bool, device=device).tril()
 
 
+def check_sinusoidal_dim(dim: int, name: str = "dim") -> None:
+    """Raises ``ValueError`` naming ``name`` unless ``dim`` is even: sinusoidal encodings pair a
+    sine and a cosine per frequency."""
+    if dim % 2:
+        raise ValueError(f"sinusoidal positions need an even {name}, got {dim}")
+
+
 def sinusoidal_positions(
     length: int,
     dim: int,
@@ -98,8 +106,7 @@ def sinusoidal_positions(
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """(length, dim) sinusoidal encodings of positions ``offset .. offset + length - 1``."""
-    if dim % 2:
-        raise ValueError(f"sinusoidal positions need an even dimension, got {dim}")
+    check_sinusoidal_dim(dim, "dimension")
     positions = torch.arange(offset, offset + length, device=device, dtype=torch.float32)
     inv_freq = torch.exp(
         torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim)

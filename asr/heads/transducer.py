@@ -47,6 +47,7 @@ Shapes: B batch, T frames, U tokens, D encoder dim, P predictor dim, J joiner di
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -93,8 +94,9 @@ class TransducerConfig:
         predictor_dropout: LSTM predictor dropout.
         joiner_dim: J. joiner_activation: ``tanh`` or ``relu``.
         prune_range: R, symbols per frame kept by the pruned losses (>= 2).
-        lm_only_scale, am_only_scale: smoothing of the simple loss.
-        simple_loss_scale: final weight of the simple loss (after ``warm_step`` steps).
+        lm_only_scale, am_only_scale: smoothing of the simple loss (each >= 0, their sum <= 1:
+            the weights of the lm-only and am-only log-probs beside the joint ones).
+        simple_loss_scale: final weight of the simple loss (after ``warm_step`` steps; >= 0).
         warm_step: warm-up steps (0 disables warm-up).
         durations: TDT durations (token durations may include 0; blank never takes 0;
             ``pruned_tdt`` needs 0 and 1).
@@ -142,6 +144,18 @@ class TransducerConfig:
             raise ValueError(f"prune_range must be >= 2, got {self.prune_range}")
         if self.warm_step < 0:
             raise ValueError(f"warm_step must be >= 0, got {self.warm_step}")
+        # the simple loss mixes log-probs with weights 1 - lm - am, lm and am: a negative one
+        # rewards the reference's improbability (a loss without a floor), as does a negative scale
+        smoothing = self.lm_only_scale + self.am_only_scale
+        if not (self.lm_only_scale >= 0 and self.am_only_scale >= 0 and smoothing <= 1):
+            raise ValueError(
+                f"lm_only_scale and am_only_scale must be >= 0 with a sum <= 1, got "
+                f"{self.lm_only_scale} and {self.am_only_scale}"
+            )
+        if not 0.0 <= self.simple_loss_scale < math.inf:
+            raise ValueError(
+                f"simple_loss_scale must be >= 0 and finite, got {self.simple_loss_scale}"
+            )
         if self.is_tdt and (
             not self.durations or min(self.durations) < 0 or max(self.durations) < 1
         ):

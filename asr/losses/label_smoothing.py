@@ -19,7 +19,14 @@ from torch import Tensor
 
 from asr.losses.precision import loss_dtype
 
-__all__ = ["label_smoothing_loss"]
+__all__ = ["check_label_smoothing", "label_smoothing_loss"]
+
+
+def check_label_smoothing(smoothing: float, name: str = "smoothing") -> None:
+    """Raises ``ValueError`` naming ``name`` unless ``smoothing`` is in ``[0, 1)`` (1 leaves the
+    reference no mass; NaN or a negative value is no distribution)."""
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {smoothing}")
 
 
 def label_smoothing_loss(logits: Tensor, targets: Tensor, smoothing: float = 0.0) -> Tensor:
@@ -37,8 +44,7 @@ def label_smoothing_loss(logits: Tensor, targets: Tensor, smoothing: float = 0.0
     Raises:
         ValueError: if ``smoothing`` is outside ``[0, 1)`` or the vocabulary has one class.
     """
-    if not 0.0 <= smoothing < 1.0:
-        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+    check_label_smoothing(smoothing)
     vocab_size = logits.shape[-1]
     if vocab_size < 2:
         raise ValueError(f"label smoothing needs at least 2 classes, got V={vocab_size}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asr.config import from_dict
+from asr.config import ConfigError, from_dict
 from asr.heads.decoder_layers import lengths_to_mask
 from asr.losses.label_smoothing import label_smoothing_loss
 from asr.model import ASRModel, HeadsConfig, build_heads
@@ -267,3 +267,46 @@ def test_cif_quantity_loss_counts_the_end_slot_and_the_threshold(case):
     inputs, targets, target_lens, _ = head.teacher_inputs(enc, enc_lens, tokens, token_lens)
     assert target_lens.tolist() == slots.tolist() and inputs.shape[1] == int(slots.max())
     assert out.metrics["num_tokens"] == float((slots * has_frames).sum())
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ({"aed": dict(DECODER, label_smoothing=1.0)}, r"aed: label_smoothing must be in \[0, 1\)"),
+        ({"aed": dict(DECODER, label_smoothing=-0.1)}, r"aed: label_smoothing must be in \[0, 1\)"),
+        ({"aed": dict(DECODER, d_model=15, num_heads=3)}, "aed: sinusoidal positions need an "
+                                                          "even d_model, got 15"),
+        ({"cif": dict(DECODER, label_smoothing=1.5)}, r"cif: label_smoothing must be in \[0, 1\)"),
+        ({"cif": dict(DECODER, d_model=15, num_heads=3)}, "cif: sinusoidal positions need an "
+                                                          "even d_model, got 15"),
+        ({"cif": dict(DECODER, quantity_weight=-1.0)}, "cif: quantity_weight must be >= 0"),
+        ({"cif": dict(DECODER, quantity_weight=float("nan"))}, "cif: quantity_weight must be"),
+        ({"transducer": dict(TRANSDUCER, lm_only_scale=1.5)}, "transducer: lm_only_scale and "
+                                                              "am_only_scale must be >= 0"),
+        ({"transducer": dict(TRANSDUCER, am_only_scale=-0.25)}, "am_only_scale must be >= 0"),
+        ({"transducer": dict(TRANSDUCER, lm_only_scale=0.75, am_only_scale=0.5)},
+         "with a sum <= 1, got 0.75 and 0.5"),
+        ({"transducer": dict(TRANSDUCER, simple_loss_scale=-0.5)},
+         "transducer: simple_loss_scale must be >= 0"),
+    ],
+)
+def test_a_head_option_that_cannot_train_is_refused_when_the_config_is_read(sections, message):
+    """Reading the config (``asr train`` exits 2 on it, before any data is read) refuses, naming
+    the section and the key, what passed it before: a label smoothing outside [0, 1) and an odd
+    ``d_model`` under sinusoidal positions failed only at the first training step (after the data
+    and its CMVN statistics were read, the message naming neither the head nor the key); a
+    negative quantity weight, lm-only / am-only smoothing weights leaving the joint log-probs a
+    negative weight, or a negative simple-loss scale trained silently towards a worse model (a
+    loss without a floor)."""
+    with pytest.raises(ConfigError, match=message):
+        from_dict(HeadsConfig, sections, "heads")
+
+
+def test_the_extreme_valid_head_options_are_accepted():
+    sections = {"transducer": dict(TRANSDUCER, lm_only_scale=0.5, am_only_scale=0.5,
+                                   simple_loss_scale=0.0),
+                "aed": dict(DECODER, label_smoothing=0.0, d_model=15, num_heads=3,
+                            positional="learned"),
+                "cif": dict(DECODER, label_smoothing=0.0, quantity_weight=0.0)}
+    cfg = from_dict(HeadsConfig, sections)
+    assert cfg.aed.d_model == 15 and cfg.transducer.am_only_scale == 0.5
