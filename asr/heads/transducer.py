@@ -95,7 +95,8 @@ class TransducerConfig:
         joiner_dim: J. joiner_activation: ``tanh`` or ``relu``.
         prune_range: R, symbols per frame kept by the pruned losses (>= 2).
         lm_only_scale, am_only_scale: smoothing of the simple loss (each >= 0, their sum <= 1:
-            the weights of the lm-only and am-only log-probs beside the joint ones).
+            the weights of the lm-only and am-only log-probs beside the joint ones; the am-only
+            ones are not k2's: :func:`asr.losses.pruned_rnnt.simple_lattice_logprobs`).
         simple_loss_scale: final weight of the simple loss (after ``warm_step`` steps; >= 0).
         warm_step: warm-up steps (0 disables warm-up).
         durations: TDT durations (token durations may include 0; blank never takes 0;

@@ -271,7 +271,11 @@ def simple_lattice_logprobs(
         am: (B, T, V) encoder-side logits. lm: (B, U + 1, V) predictor-side logits.
         tokens: (B, U) token ids. frame_lens: (B,) T_b.
         lm_only_scale / am_only_scale: weights of the lm-only / am-only normalised log-probs
-            mixed in: ``(1 - lm - am) * joint + lm * lm_only + am * am_only``.
+            mixed in: ``(1 - lm - am) * joint + lm * lm_only + am * am_only``, with
+            ``lm_only = log_softmax(lm)`` and ``am_only = log_softmax(am)``. k2's am-only part
+            differs: ``am`` plus the log of a unigram LM, the mean of ``softmax(lm)`` over the
+            batch and its positions, normalised (so an utterance's loss depends on its batch);
+            icefall's recipes leave ``am_only_scale`` at 0, where the two agree.
 
     Returns:
         ``px (B, U, T + 1)`` (``-inf`` for ``t >= T_b``) and ``py (B, U + 1, T)``.
