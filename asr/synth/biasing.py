@@ -20,6 +20,9 @@ list of those words, and distractors that occur nowhere. Here:
   ``biasing/distractors.txt`` holds ``num_distractors`` other rare phrases of the pool that share
   no word with the set's phrases and do not occur in any sentence of the set.
 
+A training part added to the corpus afterwards whose text would say a word of the phrases is
+refused (:func:`phrases_in_text`): the set would no longer be unseen.
+
 Usage::
 
     asr synthesize --root data --biasing 50   # after the corpus itself (needs train-text.txt)
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +40,13 @@ from asr.fileio import read_text, write_text_atomic
 from asr.synth.parts import BIASING_PARTS
 from asr.synth.sentences import build_pool, default_sources
 
-__all__ = ["BIASING_DIR", "BiasingSet", "choose_biasing_sentences", "plan_biasing_set"]
+__all__ = [
+    "BIASING_DIR",
+    "BiasingSet",
+    "choose_biasing_sentences",
+    "phrases_in_text",
+    "plan_biasing_set",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +145,25 @@ def choose_biasing_sentences(
         for i, part in enumerate(BIASING_PARTS)
     }
     return BiasingSet(parts, distractors)
+
+
+def phrases_in_text(corpus_dir: Path, texts: Iterable[str]) -> list[str]:
+    """The phrases of the biasing set in ``corpus_dir`` (``biasing/<part>.hotwords.txt``) that
+    share a word with ``texts``: phrases that a model trained on ``texts`` would have heard.
+
+    Args:
+        corpus_dir: ``<root>/LibriSpeech``; without a biasing set there, none.
+        texts: sentences of training text.
+    """
+    phrases = []
+    for part in BIASING_PARTS:
+        path = corpus_dir / BIASING_DIR / f"{part}.hotwords.txt"
+        if path.is_file():
+            phrases.extend(read_text(path).splitlines())
+    if not phrases:
+        return []
+    words = {word for text in texts for word in text.split()}
+    return [phrase for phrase in phrases if set(phrase.split()) & words]
 
 
 def plan_biasing_set(

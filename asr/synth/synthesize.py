@@ -49,7 +49,9 @@ Design:
   rest of the pool is where later dev/test parts take theirs.
 * Utterances are synthesized by a process pool (``num_jobs``) with a tqdm progress bar.
 * Re-running with the same settings skips completed parts; new parts can be added to an existing
-  corpus (they take sentences after those already used); different settings need ``overwrite``
+  corpus (they take sentences after those already used), except a training part whose text
+  would say a word of the biasing set's phrases (made before, as unseen in training: refused
+  before anything is written); different settings need ``overwrite``
   (:mod:`asr.synth.corpus_state`).
 * A part is built in a hidden staging directory beside its final name and renamed into place
   only once all its audio, transcripts and ``.completed`` are written
@@ -100,7 +102,7 @@ from asr.synth.audio_effects import (
     to_pcm16,
     trim_silence,
 )
-from asr.synth.biasing import BIASING_DIR, plan_biasing_set
+from asr.synth.biasing import BIASING_DIR, phrases_in_text, plan_biasing_set
 from asr.synth.corpus_state import (
     SPEAKERS_NAME,
     allocate,
@@ -358,6 +360,28 @@ def _check_free(slices: Mapping[str, tuple[int, int]], num_free: int) -> None:
             )
 
 
+def _check_biasing_unseen(corpus_dir: Path, new_train_parts: Sequence[str],
+                          lm_text: Sequence[str]) -> None:
+    """Refuse new training parts whose training text ``lm_text`` would say a word of the
+    corpus's biasing set's phrases, which were chosen as unseen in the training text before.
+
+    Raises:
+        ValueError: naming the parts, the phrases (the first five) and what to do.
+    """
+    if not new_train_parts:
+        return
+    said = phrases_in_text(corpus_dir, lm_text)
+    if said:
+        shown = ", ".join(repr(p) for p in said[:5]) + (" ..." if len(said) > 5 else "")
+        raise ValueError(
+            f"{', '.join(new_train_parts)} would put {len(said)} phrases of the biasing set in "
+            f"{corpus_dir / BIASING_DIR} ({shown}) into the training text, where a biasing "
+            f"phrase must be unseen; remove {', '.join(BIASING_PARTS)} and {BIASING_DIR}/ from "
+            f"{corpus_dir}, add the training parts, then make the biasing set again "
+            "(--biasing N), or pass overwrite=True (--overwrite)"
+        )
+
+
 def _voices_by_role(voices: Sequence[Voice], parts: Sequence[str]) -> dict[str, list[Voice]]:
     if not voices:
         raise ValueError(
@@ -485,6 +509,18 @@ def synthesize_corpus(
         else:
             slices = allocate(num_sentences, kept, len(pool.sentences), top_words)
             _check_free(slices, num_free)
+            # the training parts' own sentences, those kept and those made now, in that order
+            lm_text = [
+                sentence
+                for start, count in [
+                    *(info["sentences"] for info in kept.values() if info["role"] == "train"),
+                    *(v for p, v in slices.items() if PARTS[p].role == "train"),
+                ]
+                for sentence in order[start : start + count]
+            ]
+        if not overwrite:  # (overwrite removes the biasing set)
+            _check_biasing_unseen(corpus_dir, [p for p in slices if PARTS[p].role == "train"],
+                                  lm_text)  # fmt: skip
         parts_info = dict(kept)
         plans_by_part, staged = {}, {}
         for part, (start, count) in slices.items():
@@ -515,13 +551,6 @@ def synthesize_corpus(
                 slices[part],
             )
             (staged[part] / ".completed").touch()
-        if not segments:
-            lm_text = [
-                sentence
-                for info in parts_info.values()
-                if info["role"] == "train"
-                for sentence in order[info["sentences"][0] : sum(info["sentences"])]
-            ]
         if overwrite:  # only now that the new parts are made
             remove_replaced(corpus_dir, sizes)
         # The manifest before the parts: a run killed between the two leaves listed parts that

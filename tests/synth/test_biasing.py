@@ -63,3 +63,41 @@ def test_a_failed_rerun_keeps_the_earlier_set(tmp_path, monkeypatch):
     assert not [p for p in first.corpus_dir.iterdir() if ".tmp-" in p.name]
     with pytest.raises(ValueError, match=r"num_per_part must be a positive int \(--biasing\)"):
         synth_module.synthesize_biasing_set(tmp_path, -1, progress=False)
+
+
+def _silent_utterance(plan) -> int:
+    """A stand-in for the TTS rendering: a tenth of a second of silence (the text is all
+    these tests look at)."""
+    import numpy as np
+    import soundfile as sf
+
+    from asr.fileio import write_atomic
+
+    pcm = np.zeros(1600, dtype=np.int16)
+    write_atomic(plan.path, lambda tmp: sf.write(tmp, pcm, 16000, format="FLAC",
+                                                 subtype="PCM_16"), durable=False)
+    return len(pcm)
+
+
+def test_a_training_part_added_later_may_not_say_the_biasing_phrases(tmp_path, monkeypatch):
+    import asr.synth.synthesize as synth_module
+
+    monkeypatch.setattr(synth_module, "synthesize_utterance", _silent_utterance)
+    synthesize_corpus(tmp_path, {"train-clean-5": 20}, top_words=None, progress=False)
+    synth_module.synthesize_biasing_set(tmp_path, 20, num_distractors=10, progress=False)
+    corpus = tmp_path / "LibriSpeech"
+    text_before = (corpus / "train-text.txt").read_text()
+    # whole sentences of the unrestricted pool: 3000 more of them say most of the 40 phrases
+    with pytest.raises(ValueError, match=r"biasing set.*training text.*--biasing"):
+        synthesize_corpus(tmp_path, {"train-clean-5": 20, "train-clean-100": 3000},
+                          top_words=None, progress=False)  # fmt: skip
+    assert (corpus / "train-text.txt").read_text() == text_before
+    assert not (corpus / "train-clean-100").exists()
+    assert not [p for p in corpus.iterdir() if ".tmp-" in p.name]
+    # a part that is no training part leaves the training text as it is
+    synthesize_corpus(tmp_path, {"test-clean": 3}, top_words=None, progress=False)
+    assert (corpus / "test-clean" / ".completed").is_file()
+    words = set((corpus / "train-text.txt").read_text().split())
+    for part in BIASING_PARTS:
+        for phrase in (corpus / "biasing" / f"{part}.hotwords.txt").read_text().splitlines():
+            assert not set(phrase.split()) & words
