@@ -46,6 +46,7 @@ __all__ = [
     "choose_biasing_sentences",
     "phrases_in_text",
     "plan_biasing_set",
+    "write_phrase_lists",
 ]
 
 logger = logging.getLogger(__name__)
@@ -176,8 +177,9 @@ def plan_biasing_set(
     max_words: int = 16,
 ) -> BiasingSet:
     """Chooses the set for the corpus in ``corpus_dir`` (``<root>/LibriSpeech``, whose
-    ``train-text.txt`` is the training text) and writes its phrase lists under
-    ``corpus_dir/biasing`` (the audio is :func:`asr.synth.synthesize.synthesize_biasing_set`'s).
+    ``train-text.txt`` is the training text); writes nothing (the phrase lists are
+    :func:`write_phrase_lists`', once :func:`asr.synth.synthesize.synthesize_biasing_set` has
+    made the audio, so that a failed run leaves the lists of the set that is there).
 
     Raises:
         FileNotFoundError: without ``train-text.txt`` (synthesize the corpus first).
@@ -187,9 +189,14 @@ def plan_biasing_set(
         raise FileNotFoundError(f"{text_file} is missing: synthesize the corpus first")
     train_words = set(read_text(text_file).split())
     pool = build_pool(list(sources) if sources else default_sources(), min_words, max_words, None)
-    chosen = choose_biasing_sentences(
+    return choose_biasing_sentences(
         pool.sentences, train_words, num_per_part, num_distractors, seed
     )
+
+
+def write_phrase_lists(corpus_dir: Path, chosen: BiasingSet) -> None:
+    """Writes the phrase lists of ``chosen`` under ``corpus_dir/biasing``: per part
+    ``<part>.hotwords.txt``, and ``distractors.txt`` (see the module docstring)."""
     out = corpus_dir / BIASING_DIR
     out.mkdir(parents=True, exist_ok=True)
     for part, pairs in chosen.sentences.items():
@@ -199,4 +206,3 @@ def plan_biasing_set(
         "biasing set: %s sentences, %d distractors (phrases in %s)",
         "+".join(str(len(v)) for v in chosen.sentences.values()), len(chosen.distractors), out,
     )  # fmt: skip
-    return chosen

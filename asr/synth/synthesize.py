@@ -102,7 +102,12 @@ from asr.synth.audio_effects import (
     to_pcm16,
     trim_silence,
 )
-from asr.synth.biasing import BIASING_DIR, phrases_in_text, plan_biasing_set
+from asr.synth.biasing import (
+    BIASING_DIR,
+    phrases_in_text,
+    plan_biasing_set,
+    write_phrase_lists,
+)
 from asr.synth.corpus_state import (
     SPEAKERS_NAME,
     allocate,
@@ -591,8 +596,9 @@ def synthesize_biasing_set(
 
     Writes the parts of :data:`asr.synth.parts.BIASING_PARTS` in the LibriSpeech layout, spoken
     by the held-out voices with ``test-clean``'s acoustics, their phrase lists and, per part,
-    ``biasing/<part>.phrases.tsv`` (``utt_id<TAB>phrase``). Parts already there are replaced
-    once the new ones are made (built in staging directories, as the corpus's parts are).
+    ``biasing/<part>.phrases.tsv`` (``utt_id<TAB>phrase``). Parts already there and their phrase
+    lists are replaced once the new parts' audio is made (built in staging directories, as the
+    corpus's parts are): a failed run leaves the earlier set whole.
 
     Returns:
         A :class:`SynthesisResult` of the two parts.
@@ -627,6 +633,7 @@ def synthesize_biasing_set(
         elapsed = time.perf_counter() - started
         hours, records, offset = {}, {}, 0
         record_biasing_parts(corpus_dir, {})  # the earlier set's records go before it does
+        write_phrase_lists(corpus_dir, chosen)  # only now: the audio of these phrases is made
         for part, plans in plans_by_part.items():
             write_transcripts(plans)
             part_lengths = lengths[offset : offset + len(plans)]

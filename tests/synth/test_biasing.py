@@ -52,6 +52,9 @@ def test_a_failed_rerun_keeps_the_earlier_set(tmp_path, monkeypatch):
     part_dir = first.corpus_dir / "test-biasing"
     before = sorted(p.relative_to(part_dir) for p in part_dir.rglob("*"))
     assert (part_dir / ".completed").is_file() and len(before) > 2
+    lists = first.corpus_dir / "biasing"
+    lists_before = {p.name: p.read_text() for p in lists.iterdir()}
+    assert len(lists_before) == 5  # two hotwords.txt, two phrases.tsv, distractors.txt
 
     def crash(plan):
         raise RuntimeError("engine crashed")
@@ -60,6 +63,8 @@ def test_a_failed_rerun_keeps_the_earlier_set(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="engine crashed"):
         synth_module.synthesize_biasing_set(tmp_path, 3, num_distractors=3, progress=False)
     assert sorted(p.relative_to(part_dir) for p in part_dir.rglob("*")) == before
+    # the phrase lists still those of the utterances there (the new set's would miss them)
+    assert {p.name: p.read_text() for p in lists.iterdir()} == lists_before
     assert not [p for p in first.corpus_dir.iterdir() if ".tmp-" in p.name]
     with pytest.raises(ValueError, match=r"num_per_part must be a positive int \(--biasing\)"):
         synth_module.synthesize_biasing_set(tmp_path, -1, progress=False)
