@@ -111,6 +111,7 @@ from asr.synth.biasing import (
 from asr.synth.corpus_state import (
     SPEAKERS_NAME,
     allocate,
+    load_manifest,
     part_info,
     record_biasing_parts,
     remove_replaced,
@@ -592,7 +593,9 @@ def synthesize_biasing_set(
     progress: bool = True,
 ) -> SynthesisResult:
     """Synthesizes the contextual-biasing set of :mod:`asr.synth.biasing` into the corpus under
-    ``<root>/LibriSpeech`` (which must exist: its training text decides what is rare).
+    ``<root>/LibriSpeech`` (which must exist: its training text decides what is rare). The
+    candidate sentences come from the corpus's own sentence sources, of its sentence lengths
+    (``synthesis.json``'s settings; the defaults of :func:`synthesize_corpus` without one).
 
     Writes the parts of :data:`asr.synth.parts.BIASING_PARTS` in the LibriSpeech layout, spoken
     by the held-out voices with ``test-clean``'s acoustics, their phrase lists and, per part,
@@ -614,7 +617,13 @@ def synthesize_biasing_set(
             f"{corpus_dir / TRAIN_TEXT_FILE} is missing: synthesize the corpus first"
         )
     with output_lock(corpus_dir), ExitStack() as staging:
-        chosen = plan_biasing_set(corpus_dir, num_per_part, num_distractors, seed)
+        # candidates from the corpus's own sentence sources and lengths (synthesis.json)
+        settings = (load_manifest(corpus_dir) or {}).get("settings", {})
+        sources = [Path(p) for p in settings.get("sentence_sources", [])] or None
+        chosen = plan_biasing_set(
+            corpus_dir, num_per_part, num_distractors, seed, sources=sources,
+            min_words=settings.get("min_words", 4), max_words=settings.get("max_words", 16),
+        )  # fmt: skip
         plans_by_part, staged, phrases = {}, {}, {}
         for part, pairs in chosen.sentences.items():
             staged[part] = staging.enter_context(staging_directory(corpus_dir / part))

@@ -106,3 +106,24 @@ def test_a_training_part_added_later_may_not_say_the_biasing_phrases(tmp_path, m
     for part in BIASING_PARTS:
         for phrase in (corpus / "biasing" / f"{part}.hotwords.txt").read_text().splitlines():
             assert not set(phrase.split()) & words
+
+
+def test_the_set_comes_from_the_corpus_own_sentence_sources(tmp_path, monkeypatch):
+    import asr.synth.synthesize as synth_module
+
+    monkeypatch.setattr(synth_module, "synthesize_utterance", _silent_utterance)
+    subjects, verbs, objects = ("The cat", "The dog", "A bird", "My friend"), (
+        "sat on", "ran to", "looked at"), ("the mat", "the house", "a tree")  # fmt: skip
+    common = [f"{s} {v} {o}." for s in subjects for v in verbs for o in objects]
+    rare = ("zeppelin", "gondola", "platform", "hillside", "monument", "cushion", "balcony",
+            "carpet", "trellis", "veranda")  # fmt: skip
+    source = tmp_path / "my text.txt"
+    source.write_text("\n".join(common + [f"The cat sat on the {w}." for w in rare]) + "\n")
+    # the 16 common words only: training says all 36 sentences of them, none of the rare words
+    synthesize_corpus(tmp_path, {"train-clean-5": 36}, top_words=16, sources=[source],
+                      progress=False)  # fmt: skip
+    result = synth_module.synthesize_biasing_set(tmp_path, 2, num_distractors=2, progress=False)
+    lists = result.corpus_dir / "biasing"
+    phrases = [line.split("\t")[1] for part in BIASING_PARTS
+               for line in (lists / f"{part}.phrases.tsv").read_text().splitlines()]  # fmt: skip
+    assert len(phrases) == 4 and {p.lower() for p in phrases} <= set(rare)
