@@ -149,16 +149,18 @@ def choose_biasing_sentences(
 
 
 def phrases_in_text(corpus_dir: Path, texts: Iterable[str]) -> list[str]:
-    """The phrases of the biasing set in ``corpus_dir`` (``biasing/<part>.hotwords.txt``) that
-    share a word with ``texts``: phrases that a model trained on ``texts`` would have heard.
+    """The phrases of the biasing set in ``corpus_dir`` (``biasing/<part>.hotwords.txt`` and
+    ``biasing/distractors.txt``, all chosen as unseen in training) that share a word with
+    ``texts``: phrases that a model trained on ``texts`` would have heard.
 
     Args:
         corpus_dir: ``<root>/LibriSpeech``; without a biasing set there, none.
         texts: sentences of training text.
     """
     phrases = []
-    for part in BIASING_PARTS:
-        path = corpus_dir / BIASING_DIR / f"{part}.hotwords.txt"
+    lists = [f"{part}.hotwords.txt" for part in BIASING_PARTS] + ["distractors.txt"]
+    for name in lists:
+        path = corpus_dir / BIASING_DIR / name
         if path.is_file():
             phrases.extend(read_text(path).splitlines())
     if not phrases:

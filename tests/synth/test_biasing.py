@@ -127,3 +127,16 @@ def test_the_set_comes_from_the_corpus_own_sentence_sources(tmp_path, monkeypatc
     phrases = [line.split("\t")[1] for part in BIASING_PARTS
                for line in (lists / f"{part}.phrases.tsv").read_text().splitlines()]  # fmt: skip
     assert len(phrases) == 4 and {p.lower() for p in phrases} <= set(rare)
+
+
+def test_phrases_in_text_reads_the_hotword_lists_and_the_distractors(tmp_path):
+    from asr.synth.biasing import phrases_in_text
+
+    lists = tmp_path / "biasing"
+    lists.mkdir()
+    (lists / "dev-biasing.hotwords.txt").write_text("GOLDEN CARPET\nZEPPELIN\n")
+    (lists / "test-biasing.hotwords.txt").write_text("PLATFORM\n")
+    (lists / "distractors.txt").write_text("WOODEN BRIDGE\nHILLSIDE\n")
+    text = ["THE CAT SAT ON A CARPET", "A DOG RAN OVER THE HILLSIDE"]
+    assert phrases_in_text(tmp_path, text) == ["GOLDEN CARPET", "HILLSIDE"]
+    assert phrases_in_text(tmp_path / "none", text) == []
