@@ -9,6 +9,8 @@ anything it does not understand:
   still name): it is ignored, with a warning;
 * a YAML mapping that names a key twice is an error naming the file and both lines;
 * a value of the wrong type is an error naming the path, the expected type and the value;
+* :func:`load_config`'s errors start with where the fault is: the YAML file, or ``the --set
+  overrides`` when the file loads without them;
 * ``--set a.b=c`` values are parsed as YAML scalars (``3``, ``0.5``, ``true``, ``[1, 2]``, ``null``)
   and then checked against the field type, so ``--set optim.lr=1e-3`` becomes a float;
 * a number is what YAML reads as one, with YAML 1.2's exponents (``1e-3``, ``1.0e3``: strings to
@@ -373,15 +375,31 @@ def load_config(
     """Loads dataclass ``cls`` from a YAML file (or defaults) plus ``--set`` style overrides.
 
     Raises:
-        ConfigError: naming the file and key on any schema violation.
+        ConfigError: naming the key on any schema violation, and where it is: the file, or
+            ``the --set overrides`` when the file loads without them.
         FileNotFoundError: when ``path`` (or a file it extends) does not exist.
     """
     data: Any = read_yaml(path) if path is not None else {}
+    overrides = list(overrides)
     try:
         return from_dict(cls, apply_overrides(data, overrides))
     except ConfigError as err:
-        where = f"{path}: " if path is not None else ""
-        raise ConfigError(f"{where}{err}") from err
+        raise ConfigError(f"{_source_of_error(cls, data, path, overrides)}{err}") from err
+
+
+def _source_of_error(cls: type, data: Any, path: str | Path | None, overrides: list[str]) -> str:
+    """The prefix of a config error: the file's name, unless there is no file or it loads
+    without the overrides, which then made the error (a misspelt ``--set`` key is not in the
+    file)."""
+    if not overrides:
+        return f"{path}: " if path is not None else ""
+    if path is None:
+        return "the --set overrides: "
+    try:
+        from_dict(cls, data)
+    except ConfigError:
+        return f"{path}: "
+    return f"the --set overrides (on {path}): "
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

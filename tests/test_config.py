@@ -287,3 +287,18 @@ def test_a_quoted_number_is_text_and_refused_for_a_number_field(tmp_path):
     assert (cfg.optim.lr, cfg.optim.betas, cfg.max_steps) == (0.5, (0.1, 0.5), 1000)
     assert cfg.ctc == CTCSection(weight=0.2) and type(cfg.ctc.weight) is float
     assert load_config(Experiment, path, overrides=["optim.lr=1.0e3"]).optim.lr == 1000.0
+
+
+def test_an_error_of_a_set_override_names_the_overrides_not_the_file(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("name: demo\noptim:\n  lr: 0.5\n")
+    with pytest.raises(ConfigError, match=r"^the --set overrides \(on .*exp\.yaml\): unknown key "
+                       r"'optim\.lrr'.*did you mean 'lr'") as caught:  # fmt: skip
+        load_config(Experiment, path, overrides=["max_steps=5", "optim.lrr=1"])
+    assert not str(caught.value).startswith(str(path))
+    with pytest.raises(ConfigError, match=r"^the --set overrides: optim\.lr: expected a number"):
+        load_config(Experiment, None, overrides=["name=x", "optim.lr=abc"])
+    # an error of the file is the file's, with overrides or without
+    path.write_text("name: demo\noptimm: {}\n")
+    with pytest.raises(ConfigError, match=r"^.*exp\.yaml: unknown key 'optimm'"):
+        load_config(Experiment, path, overrides=["max_steps=5"])

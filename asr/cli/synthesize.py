@@ -76,8 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--biasing", type=int, metavar="N", default=0,
         help="instead of the corpus: synthesize its contextual-biasing set, dev-biasing and "
-        "test-biasing of N utterances each plus phrase lists (asr/synth/biasing.py); needs "
-        "the corpus (its training text) first",
+        "test-biasing of N utterances each plus phrase lists (asr/synth/biasing.py), of the "
+        "corpus's sentence sources; needs the corpus (its training text) first",
     )  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace an existing synthesis")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -98,6 +98,9 @@ def _synthesize(args: argparse.Namespace) -> int:
     if args.biasing < 0:
         raise ValueError(f"--biasing N needs N >= 1 (0: the corpus itself), got {args.biasing}")
     if args.biasing:
+        if args.text:
+            raise ValueError("--biasing takes its sentences from the corpus's own sources (its "
+                             "synthesis.json); --text is an option of the corpus synthesis")
         result = synthesize_biasing_set(
             args.root, args.biasing, seed=args.seed, num_jobs=args.num_jobs,
             progress=not args.no_progress,

@@ -7,7 +7,7 @@ arXiv:2104.02194): utterances whose rare words must be recognised, a per-utteran
 list of those words, and distractors that occur nowhere. Here:
 
 * candidate sentences come from the unrestricted sentence pool (:func:`asr.synth.sentences.build_pool`
-  with no ``top_words``) and must hold exactly one *phrase*: a run of one or two words that are
+  with no ``top_words``) of the corpus's sentence sources and lengths, and must hold exactly one *phrase*: a run of one or two words that are
   absent from the corpus's training text (``train-text.txt``, every text training may say), each
   at least ``min_letters`` long (so several BPE pieces); every other word is in the training
   text, so only the phrase is new to the model;
@@ -20,6 +20,9 @@ list of those words, and distractors that occur nowhere. Here:
   ``biasing/distractors.txt`` holds ``num_distractors`` other rare phrases of the pool that share
   no word with the set's phrases and do not occur in any sentence of the set.
 
+A training part added to the corpus afterwards whose text would say a word of the phrases is
+refused (:func:`phrases_in_text`): the set would no longer be unseen.
+
 Usage::
 
     asr synthesize --root data --biasing 50   # after the corpus itself (needs train-text.txt)
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +40,14 @@ from asr.fileio import read_text, write_text_atomic
 from asr.synth.parts import BIASING_PARTS
 from asr.synth.sentences import build_pool, default_sources
 
-__all__ = ["BIASING_DIR", "BiasingSet", "choose_biasing_sentences", "plan_biasing_set"]
+__all__ = [
+    "BIASING_DIR",
+    "BiasingSet",
+    "choose_biasing_sentences",
+    "phrases_in_text",
+    "plan_biasing_set",
+    "write_phrase_lists",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +148,27 @@ def choose_biasing_sentences(
     return BiasingSet(parts, distractors)
 
 
+def phrases_in_text(corpus_dir: Path, texts: Iterable[str]) -> list[str]:
+    """The phrases of the biasing set in ``corpus_dir`` (``biasing/<part>.hotwords.txt`` and
+    ``biasing/distractors.txt``, all chosen as unseen in training) that share a word with
+    ``texts``: phrases that a model trained on ``texts`` would have heard.
+
+    Args:
+        corpus_dir: ``<root>/LibriSpeech``; without a biasing set there, none.
+        texts: sentences of training text.
+    """
+    phrases = []
+    lists = [f"{part}.hotwords.txt" for part in BIASING_PARTS] + ["distractors.txt"]
+    for name in lists:
+        path = corpus_dir / BIASING_DIR / name
+        if path.is_file():
+            phrases.extend(read_text(path).splitlines())
+    if not phrases:
+        return []
+    words = {word for text in texts for word in text.split()}
+    return [phrase for phrase in phrases if set(phrase.split()) & words]
+
+
 def plan_biasing_set(
     corpus_dir: Path,
     num_per_part: int,
@@ -148,8 +179,9 @@ def plan_biasing_set(
     max_words: int = 16,
 ) -> BiasingSet:
     """Chooses the set for the corpus in ``corpus_dir`` (``<root>/LibriSpeech``, whose
-    ``train-text.txt`` is the training text) and writes its phrase lists under
-    ``corpus_dir/biasing`` (the audio is :func:`asr.synth.synthesize.synthesize_biasing_set`'s).
+    ``train-text.txt`` is the training text); writes nothing (the phrase lists are
+    :func:`write_phrase_lists`', once :func:`asr.synth.synthesize.synthesize_biasing_set` has
+    made the audio, so that a failed run leaves the lists of the set that is there).
 
     Raises:
         FileNotFoundError: without ``train-text.txt`` (synthesize the corpus first).
@@ -159,9 +191,14 @@ def plan_biasing_set(
         raise FileNotFoundError(f"{text_file} is missing: synthesize the corpus first")
     train_words = set(read_text(text_file).split())
     pool = build_pool(list(sources) if sources else default_sources(), min_words, max_words, None)
-    chosen = choose_biasing_sentences(
+    return choose_biasing_sentences(
         pool.sentences, train_words, num_per_part, num_distractors, seed
     )
+
+
+def write_phrase_lists(corpus_dir: Path, chosen: BiasingSet) -> None:
+    """Writes the phrase lists of ``chosen`` under ``corpus_dir/biasing``: per part
+    ``<part>.hotwords.txt``, and ``distractors.txt`` (see the module docstring)."""
     out = corpus_dir / BIASING_DIR
     out.mkdir(parents=True, exist_ok=True)
     for part, pairs in chosen.sentences.items():
@@ -171,4 +208,3 @@ def plan_biasing_set(
         "biasing set: %s sentences, %d distractors (phrases in %s)",
         "+".join(str(len(v)) for v in chosen.sentences.values()), len(chosen.distractors), out,
     )  # fmt: skip
-    return chosen

@@ -49,7 +49,9 @@ Design:
   rest of the pool is where later dev/test parts take theirs.
 * Utterances are synthesized by a process pool (``num_jobs``) with a tqdm progress bar.
 * Re-running with the same settings skips completed parts; new parts can be added to an existing
-  corpus (they take sentences after those already used); different settings need ``overwrite``
+  corpus (they take sentences after those already used), except a training part whose text
+  would say a word of the biasing set's phrases (made before, as unseen in training: refused
+  before anything is written); different settings need ``overwrite``
   (:mod:`asr.synth.corpus_state`).
 * A part is built in a hidden staging directory beside its final name and renamed into place
   only once all its audio, transcripts and ``.completed`` are written
@@ -100,10 +102,16 @@ from asr.synth.audio_effects import (
     to_pcm16,
     trim_silence,
 )
-from asr.synth.biasing import BIASING_DIR, plan_biasing_set
+from asr.synth.biasing import (
+    BIASING_DIR,
+    phrases_in_text,
+    plan_biasing_set,
+    write_phrase_lists,
+)
 from asr.synth.corpus_state import (
     SPEAKERS_NAME,
     allocate,
+    load_manifest,
     part_info,
     record_biasing_parts,
     remove_replaced,
@@ -358,6 +366,28 @@ def _check_free(slices: Mapping[str, tuple[int, int]], num_free: int) -> None:
             )
 
 
+def _check_biasing_unseen(corpus_dir: Path, new_train_parts: Sequence[str],
+                          lm_text: Sequence[str]) -> None:
+    """Refuse new training parts whose training text ``lm_text`` would say a word of the
+    corpus's biasing set's phrases, which were chosen as unseen in the training text before.
+
+    Raises:
+        ValueError: naming the parts, the phrases (the first five) and what to do.
+    """
+    if not new_train_parts:
+        return
+    said = phrases_in_text(corpus_dir, lm_text)
+    if said:
+        shown = ", ".join(repr(p) for p in said[:5]) + (" ..." if len(said) > 5 else "")
+        raise ValueError(
+            f"{', '.join(new_train_parts)} would put {len(said)} phrases of the biasing set in "
+            f"{corpus_dir / BIASING_DIR} ({shown}) into the training text, where a biasing "
+            f"phrase must be unseen; remove {', '.join(BIASING_PARTS)} and {BIASING_DIR}/ from "
+            f"{corpus_dir}, add the training parts, then make the biasing set again "
+            "(--biasing N), or pass overwrite=True (--overwrite)"
+        )
+
+
 def _voices_by_role(voices: Sequence[Voice], parts: Sequence[str]) -> dict[str, list[Voice]]:
     if not voices:
         raise ValueError(
@@ -485,6 +515,18 @@ def synthesize_corpus(
         else:
             slices = allocate(num_sentences, kept, len(pool.sentences), top_words)
             _check_free(slices, num_free)
+            # the training parts' own sentences, those kept and those made now, in that order
+            lm_text = [
+                sentence
+                for start, count in [
+                    *(info["sentences"] for info in kept.values() if info["role"] == "train"),
+                    *(v for p, v in slices.items() if PARTS[p].role == "train"),
+                ]
+                for sentence in order[start : start + count]
+            ]
+        if not overwrite:  # (overwrite removes the biasing set)
+            _check_biasing_unseen(corpus_dir, [p for p in slices if PARTS[p].role == "train"],
+                                  lm_text)  # fmt: skip
         parts_info = dict(kept)
         plans_by_part, staged = {}, {}
         for part, (start, count) in slices.items():
@@ -515,13 +557,6 @@ def synthesize_corpus(
                 slices[part],
             )
             (staged[part] / ".completed").touch()
-        if not segments:
-            lm_text = [
-                sentence
-                for info in parts_info.values()
-                if info["role"] == "train"
-                for sentence in order[info["sentences"][0] : sum(info["sentences"])]
-            ]
         if overwrite:  # only now that the new parts are made
             remove_replaced(corpus_dir, sizes)
         # The manifest before the parts: a run killed between the two leaves listed parts that
@@ -558,12 +593,15 @@ def synthesize_biasing_set(
     progress: bool = True,
 ) -> SynthesisResult:
     """Synthesizes the contextual-biasing set of :mod:`asr.synth.biasing` into the corpus under
-    ``<root>/LibriSpeech`` (which must exist: its training text decides what is rare).
+    ``<root>/LibriSpeech`` (which must exist: its training text decides what is rare). The
+    candidate sentences come from the corpus's own sentence sources, of its sentence lengths
+    (``synthesis.json``'s settings; the defaults of :func:`synthesize_corpus` without one).
 
     Writes the parts of :data:`asr.synth.parts.BIASING_PARTS` in the LibriSpeech layout, spoken
     by the held-out voices with ``test-clean``'s acoustics, their phrase lists and, per part,
-    ``biasing/<part>.phrases.tsv`` (``utt_id<TAB>phrase``). Parts already there are replaced
-    once the new ones are made (built in staging directories, as the corpus's parts are).
+    ``biasing/<part>.phrases.tsv`` (``utt_id<TAB>phrase``). Parts already there and their phrase
+    lists are replaced once the new parts' audio is made (built in staging directories, as the
+    corpus's parts are): a failed run leaves the earlier set whole.
 
     Returns:
         A :class:`SynthesisResult` of the two parts.
@@ -579,7 +617,13 @@ def synthesize_biasing_set(
             f"{corpus_dir / TRAIN_TEXT_FILE} is missing: synthesize the corpus first"
         )
     with output_lock(corpus_dir), ExitStack() as staging:
-        chosen = plan_biasing_set(corpus_dir, num_per_part, num_distractors, seed)
+        # candidates from the corpus's own sentence sources and lengths (synthesis.json)
+        settings = (load_manifest(corpus_dir) or {}).get("settings", {})
+        sources = [Path(p) for p in settings.get("sentence_sources", [])] or None
+        chosen = plan_biasing_set(
+            corpus_dir, num_per_part, num_distractors, seed, sources=sources,
+            min_words=settings.get("min_words", 4), max_words=settings.get("max_words", 16),
+        )  # fmt: skip
         plans_by_part, staged, phrases = {}, {}, {}
         for part, pairs in chosen.sentences.items():
             staged[part] = staging.enter_context(staging_directory(corpus_dir / part))
@@ -598,6 +642,7 @@ def synthesize_biasing_set(
         elapsed = time.perf_counter() - started
         hours, records, offset = {}, {}, 0
         record_biasing_parts(corpus_dir, {})  # the earlier set's records go before it does
+        write_phrase_lists(corpus_dir, chosen)  # only now: the audio of these phrases is made
         for part, plans in plans_by_part.items():
             write_transcripts(plans)
             part_lengths = lengths[offset : offset + len(plans)]

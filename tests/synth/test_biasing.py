@@ -52,6 +52,9 @@ def test_a_failed_rerun_keeps_the_earlier_set(tmp_path, monkeypatch):
     part_dir = first.corpus_dir / "test-biasing"
     before = sorted(p.relative_to(part_dir) for p in part_dir.rglob("*"))
     assert (part_dir / ".completed").is_file() and len(before) > 2
+    lists = first.corpus_dir / "biasing"
+    lists_before = {p.name: p.read_text() for p in lists.iterdir()}
+    assert len(lists_before) == 5  # two hotwords.txt, two phrases.tsv, distractors.txt
 
     def crash(plan):
         raise RuntimeError("engine crashed")
@@ -60,6 +63,80 @@ def test_a_failed_rerun_keeps_the_earlier_set(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="engine crashed"):
         synth_module.synthesize_biasing_set(tmp_path, 3, num_distractors=3, progress=False)
     assert sorted(p.relative_to(part_dir) for p in part_dir.rglob("*")) == before
+    # the phrase lists still those of the utterances there (the new set's would miss them)
+    assert {p.name: p.read_text() for p in lists.iterdir()} == lists_before
     assert not [p for p in first.corpus_dir.iterdir() if ".tmp-" in p.name]
     with pytest.raises(ValueError, match=r"num_per_part must be a positive int \(--biasing\)"):
         synth_module.synthesize_biasing_set(tmp_path, -1, progress=False)
+
+
+def _silent_utterance(plan) -> int:
+    """A stand-in for the TTS rendering: a tenth of a second of silence (the text is all
+    these tests look at)."""
+    import numpy as np
+    import soundfile as sf
+
+    from asr.fileio import write_atomic
+
+    pcm = np.zeros(1600, dtype=np.int16)
+    write_atomic(plan.path, lambda tmp: sf.write(tmp, pcm, 16000, format="FLAC",
+                                                 subtype="PCM_16"), durable=False)
+    return len(pcm)
+
+
+def test_a_training_part_added_later_may_not_say_the_biasing_phrases(tmp_path, monkeypatch):
+    import asr.synth.synthesize as synth_module
+
+    monkeypatch.setattr(synth_module, "synthesize_utterance", _silent_utterance)
+    synthesize_corpus(tmp_path, {"train-clean-5": 20}, top_words=None, progress=False)
+    synth_module.synthesize_biasing_set(tmp_path, 20, num_distractors=10, progress=False)
+    corpus = tmp_path / "LibriSpeech"
+    text_before = (corpus / "train-text.txt").read_text()
+    # whole sentences of the unrestricted pool: 3000 more of them say most of the 40 phrases
+    with pytest.raises(ValueError, match=r"biasing set.*training text.*--biasing"):
+        synthesize_corpus(tmp_path, {"train-clean-5": 20, "train-clean-100": 3000},
+                          top_words=None, progress=False)  # fmt: skip
+    assert (corpus / "train-text.txt").read_text() == text_before
+    assert not (corpus / "train-clean-100").exists()
+    assert not [p for p in corpus.iterdir() if ".tmp-" in p.name]
+    # a part that is no training part leaves the training text as it is
+    synthesize_corpus(tmp_path, {"test-clean": 3}, top_words=None, progress=False)
+    assert (corpus / "test-clean" / ".completed").is_file()
+    words = set((corpus / "train-text.txt").read_text().split())
+    for part in BIASING_PARTS:
+        for phrase in (corpus / "biasing" / f"{part}.hotwords.txt").read_text().splitlines():
+            assert not set(phrase.split()) & words
+
+
+def test_the_set_comes_from_the_corpus_own_sentence_sources(tmp_path, monkeypatch):
+    import asr.synth.synthesize as synth_module
+
+    monkeypatch.setattr(synth_module, "synthesize_utterance", _silent_utterance)
+    subjects, verbs, objects = ("The cat", "The dog", "A bird", "My friend"), (
+        "sat on", "ran to", "looked at"), ("the mat", "the house", "a tree")  # fmt: skip
+    common = [f"{s} {v} {o}." for s in subjects for v in verbs for o in objects]
+    rare = ("zeppelin", "gondola", "platform", "hillside", "monument", "cushion", "balcony",
+            "carpet", "trellis", "veranda")  # fmt: skip
+    source = tmp_path / "my text.txt"
+    source.write_text("\n".join(common + [f"The cat sat on the {w}." for w in rare]) + "\n")
+    # the 16 common words only: training says all 36 sentences of them, none of the rare words
+    synthesize_corpus(tmp_path, {"train-clean-5": 36}, top_words=16, sources=[source],
+                      progress=False)  # fmt: skip
+    result = synth_module.synthesize_biasing_set(tmp_path, 2, num_distractors=2, progress=False)
+    lists = result.corpus_dir / "biasing"
+    phrases = [line.split("\t")[1] for part in BIASING_PARTS
+               for line in (lists / f"{part}.phrases.tsv").read_text().splitlines()]  # fmt: skip
+    assert len(phrases) == 4 and {p.lower() for p in phrases} <= set(rare)
+
+
+def test_phrases_in_text_reads_the_hotword_lists_and_the_distractors(tmp_path):
+    from asr.synth.biasing import phrases_in_text
+
+    lists = tmp_path / "biasing"
+    lists.mkdir()
+    (lists / "dev-biasing.hotwords.txt").write_text("GOLDEN CARPET\nZEPPELIN\n")
+    (lists / "test-biasing.hotwords.txt").write_text("PLATFORM\n")
+    (lists / "distractors.txt").write_text("WOODEN BRIDGE\nHILLSIDE\n")
+    text = ["THE CAT SAT ON A CARPET", "A DOG RAN OVER THE HILLSIDE"]
+    assert phrases_in_text(tmp_path, text) == ["GOLDEN CARPET", "HILLSIDE"]
+    assert phrases_in_text(tmp_path / "none", text) == []

@@ -357,7 +357,8 @@ def test_bad_inputs_give_clear_errors(tmp_path: Path) -> None:
     assert not (tmp_path / "LibriSpeech" / "test-clean").exists()
 
 
-def test_asr_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_asr_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                 caplog: pytest.LogCaptureFixture) -> None:
     code = asr_main(
         ["synthesize", "--root", str(tmp_path), "--num-utts", "test-clean=2", "--seed", "3",
          "--num-jobs", "1", "--no-progress"]
@@ -367,6 +368,10 @@ def test_asr_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert len(list((tmp_path / "LibriSpeech" / "test-clean").rglob("*.flac"))) == 2
     assert asr_main(["synthesize", "--root", str(tmp_path), "--num-utts", "test-cleen=2"]) == 2
     assert asr_main(["synthesize", "--root", str(tmp_path), "--num-utts", "test-clean"]) == 2
+    # the biasing set takes the corpus's own sentence sources: another --text is refused
+    assert asr_main(["synthesize", "--root", str(tmp_path), "--biasing", "2", "--text",
+                     str(tmp_path / "other.txt")]) == 2  # fmt: skip
+    assert "--text is an option of the corpus synthesis" in caplog.text
 
 
 _BASES = ("NICE GUYS FINISH LAST", "ABSENCE MAKES HEARTS GROW FONDER", "I DON'T KNOW WHY",
