@@ -53,6 +53,7 @@ from asr.decoding.config import SearchConfig
 from asr.decoding.ctc_greedy import ctc_log_probs
 from asr.decoding.ctc_prefix_score import CtcPrefixScorer, CtcPrefixState
 from asr.decoding.lm import LanguageModel, fusion_lm
+from asr.encoders.base import zero_padding
 from asr.heads.cif import CIFHead
 from asr.heads.ctc import CTCHead
 from asr.types import Hypothesis
@@ -119,6 +120,7 @@ class CifBeamSearch:
         """enc (B, T, D), enc_lens (B,) -> an n-best list per utterance, best first."""
         check_encoder_output(enc, enc_lens)
         enc_lens = enc_lens.to(enc.device)
+        enc = zero_padding(enc, enc_lens)  # the head's masked layers weigh padding by 0: 0 * nan
         out = self.head.infer(enc, enc_lens, self.cfg.blank_penalty)
         log_probs = torch.log_softmax(out.logits.float(), dim=-1).cpu()  # (B, N, V)
         ctc = None
