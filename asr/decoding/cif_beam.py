@@ -171,8 +171,10 @@ class CifBeamSearch:
         ]
 
     def _rescore(self, finals: list[_Final], enc: Tensor, enc_lens: Tensor) -> list[float] | None:
-        """The decoder's log-probability of each final hypothesis with its own token count."""
-        if not self.cfg.rescore_weight or not finals:
+        """The decoder's log-probability of each final hypothesis with its own token count;
+        None without frames (the empty hypothesis keeps score 0: an end slot's decoder would
+        score its end label attending to no frame)."""
+        if not self.cfg.rescore_weight or not finals or not int(enc_lens[0]):
             return None
         return self.head.score_sequences(enc, enc_lens, [f.hyp.tokens for f in finals]).tolist()
 
