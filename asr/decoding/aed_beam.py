@@ -83,7 +83,7 @@ class AedBeamSearch:
         """enc (B, T, D), enc_lens (B,) -> per utterance the n-best, best first."""
         check_encoder_output(enc, enc_lens)
         batch, beam = enc.shape[0], self.cfg.beam_size
-        if enc.shape[1] == 0:
+        if enc.shape[1] == 0 or batch == 0:
             return [[Hypothesis(tokens=())] for _ in range(batch)]
         enc_lens = enc_lens.to(enc.device)
         enc = zero_padding(enc, enc_lens)  # masked attention weighs padding by 0: 0 * nan

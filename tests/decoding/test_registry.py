@@ -197,6 +197,21 @@ def test_non_finite_padding_frames_change_no_hypothesis_nor_score(kind, name, ga
 SEARCHERS_THAT_STREAM = {spec.name for spec in SEARCHERS if spec.streaming}
 
 
+@pytest.mark.parametrize(("kind", "name"), CASES, ids=[f"{k}-{n}" for k, n in CASES])
+def test_an_empty_batch_gives_no_hypotheses(kind, name):
+    """A batch of no utterance (with or without frames) is no result, not a crash, offline
+    and, for a streaming searcher, as a step of no stream."""
+    model = make_model(**ALL_HEADS[kind])
+    cfg = SearchConfig(beam_size=3)
+    enc, enc_lens = encoder_output([5, 3])
+    for frames in (5, 0):
+        assert build_searcher(name, model, cfg)(enc[:0, :frames], enc_lens[:0]) == []
+    if name in SEARCHERS_THAT_STREAM:
+        streaming = build_streaming_searcher(name, model, cfg)
+        state = streaming.step(enc[:0], enc_lens[:0], streaming.init_state(0, enc.device))
+        assert streaming.finalize(state) == []
+
+
 def test_every_searcher_is_covered_by_the_generic_test():
     assert {name for _, name in CASES} == set(SEARCHER_NAMES)
 
