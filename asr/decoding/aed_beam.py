@@ -35,6 +35,7 @@ from asr.decoding.base import check_encoder_output
 from asr.decoding.config import SearchConfig
 from asr.decoding.ctc_greedy import ctc_log_probs
 from asr.decoding.ctc_prefix_score import CtcPrefixScorer, CtcPrefixState
+from asr.encoders.base import zero_padding
 from asr.heads.aed import AEDCache, AEDHead
 from asr.heads.ctc import CTCHead
 from asr.heads.decoder_layers import lengths_to_mask
@@ -82,9 +83,10 @@ class AedBeamSearch:
         """enc (B, T, D), enc_lens (B,) -> per utterance the n-best, best first."""
         check_encoder_output(enc, enc_lens)
         batch, beam = enc.shape[0], self.cfg.beam_size
-        if enc.shape[1] == 0:
+        if enc.shape[1] == 0 or batch == 0:
             return [[Hypothesis(tokens=())] for _ in range(batch)]
         enc_lens = enc_lens.to(enc.device)
+        enc = zero_padding(enc, enc_lens)  # masked attention weighs padding by 0: 0 * nan
         rows_enc = enc.repeat_interleave(beam, dim=0)
         memory = self.head.precompute_memory(enc)
         memory = type(memory)(

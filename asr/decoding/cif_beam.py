@@ -53,6 +53,7 @@ from asr.decoding.config import SearchConfig
 from asr.decoding.ctc_greedy import ctc_log_probs
 from asr.decoding.ctc_prefix_score import CtcPrefixScorer, CtcPrefixState
 from asr.decoding.lm import LanguageModel, fusion_lm
+from asr.encoders.base import zero_padding
 from asr.heads.cif import CIFHead
 from asr.heads.ctc import CTCHead
 from asr.types import Hypothesis
@@ -119,6 +120,7 @@ class CifBeamSearch:
         """enc (B, T, D), enc_lens (B,) -> an n-best list per utterance, best first."""
         check_encoder_output(enc, enc_lens)
         enc_lens = enc_lens.to(enc.device)
+        enc = zero_padding(enc, enc_lens)  # the head's masked layers weigh padding by 0: 0 * nan
         out = self.head.infer(enc, enc_lens, self.cfg.blank_penalty)
         log_probs = torch.log_softmax(out.logits.float(), dim=-1).cpu()  # (B, N, V)
         ctc = None
@@ -169,8 +171,10 @@ class CifBeamSearch:
         ]
 
     def _rescore(self, finals: list[_Final], enc: Tensor, enc_lens: Tensor) -> list[float] | None:
-        """The decoder's log-probability of each final hypothesis with its own token count."""
-        if not self.cfg.rescore_weight or not finals:
+        """The decoder's log-probability of each final hypothesis with its own token count;
+        None without frames (the empty hypothesis keeps score 0: an end slot's decoder would
+        score its end label attending to no frame)."""
+        if not self.cfg.rescore_weight or not finals or not int(enc_lens[0]):
             return None
         return self.head.score_sequences(enc, enc_lens, [f.hyp.tokens for f in finals]).tolist()
 

@@ -49,6 +49,7 @@ from torch import Tensor
 
 from asr.decoding.base import TokenBuffer, check_encoder_output, right_aligned_append
 from asr.decoding.config import SearchConfig
+from asr.encoders.base import zero_padding
 from asr.heads.cif import CIFHead, CIFInference
 from asr.heads.decoder_layers import lengths_to_mask
 from asr.state import state_field
@@ -137,7 +138,9 @@ class CifGreedySearch:
     def __call__(self, enc: Tensor, enc_lens: Tensor) -> list[list[Hypothesis]]:
         """enc (B, T, D), enc_lens (B,) -> one hypothesis per utterance."""
         check_encoder_output(enc, enc_lens)
-        return [[hyp] for hyp in self._search(enc, enc_lens.to(enc.device))]
+        enc_lens = enc_lens.to(enc.device)
+        # the head's masked layers weigh padding by 0: 0 * nan (the stream store holds none)
+        return [[hyp] for hyp in self._search(zero_padding(enc, enc_lens), enc_lens)]
 
     def _search(self, enc: Tensor, enc_lens: Tensor) -> list[Hypothesis]:
         out, log_probs, _ = self._infer(enc, enc_lens)

@@ -85,7 +85,9 @@ class CtcGreedySearcher:
         previous = torch.cat([state.last_label[:, None], labels[:, :-1]], dim=1)
         emit = valid & (labels != self.head.blank_id) & (labels != previous)
         frames = state.frames_done[:, None] + torch.arange(enc.shape[1], device=enc.device)
-        hyp = state.hyp.extend(labels, frames, emit).add_score((best_lp * valid).sum(dim=1))
+        # where, not a product: 0 * nan (padding garbage) is nan
+        path_lp = torch.where(valid, best_lp, 0.0).sum(dim=1)
+        hyp = state.hyp.extend(labels, frames, emit).add_score(path_lp)
         last = state.last_label
         if enc.shape[1]:
             final = labels.gather(1, (enc_lens - 1).clamp(min=0)[:, None]).squeeze(1)

@@ -38,6 +38,7 @@ from torch import Tensor
 
 from asr.decoding.base import Searcher, check_encoder_output
 from asr.decoding.config import SearchConfig
+from asr.encoders.base import zero_padding
 from asr.types import Hypothesis
 
 NEG_INF = float("-inf")
@@ -88,8 +89,10 @@ class NbestRescoring:
         if not flat:
             return [hyps[: self.cfg.nbest] for hyps in nbests]
         index = torch.tensor(owners, device=enc.device)
+        enc_lens = enc_lens.to(enc.device)
+        enc = zero_padding(enc, enc_lens)  # the head's masked attention: 0 * nan
         second = self.head.score_sequences(
-            enc[index], enc_lens.to(enc.device)[index], [hyp.tokens for hyp in flat]
+            enc[index], enc_lens[index], [hyp.tokens for hyp in flat]
         ).tolist()
         rescored = [
             replace(hyp, score=combined_score(hyp.score, s, self.cfg.ctc_weight))

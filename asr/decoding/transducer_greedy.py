@@ -179,7 +179,7 @@ class LabelLoopingGreedy:
             masks = self.scorer.position_masks(remaining, batch * width, device)
             mask_pos = self._mask_pos(pos, state.count, batch * width)
         loop = _Loop(
-            frames=enc_proj.reshape(batch * width, -1),
+            frames=enc_proj.reshape(batch * width, enc_proj.shape[-1]),
             masks=masks,
             output_bias=self.scorer.output_bias(device),
             pos=pos,

@@ -170,6 +170,48 @@ def test_an_utterance_without_frames_is_empty_whatever_its_padding_holds(kind, n
     assert searcher(enc, enc_lens)[1:2] == empty
 
 
+@pytest.mark.parametrize("garbage", [float("nan"), float("inf")])
+@pytest.mark.parametrize(("kind", "name"), CASES, ids=[f"{k}-{n}" for k, n in CASES])
+def test_non_finite_padding_frames_change_no_hypothesis_nor_score(kind, name, garbage):
+    """Frames beyond enc_lens are not read: nan/inf there (an encoder that leaves garbage, an
+    fp16 overflow) give the clean batch's hypotheses and scores, offline and, for a streaming
+    searcher, in a chunk whose streams hold fewer valid frames than it has."""
+    model = make_model(**ALL_HEADS[kind])
+    cfg = SearchConfig(beam_size=3, nbest=2, ctc_weight=0.3)
+    enc, enc_lens = encoder_output([9, 6, 7, 0])
+    dirty = enc.clone()
+    for b, length in enumerate(enc_lens.tolist()):
+        dirty[b, length:] = garbage
+    assert build_searcher(name, model, cfg)(dirty, enc_lens) == build_searcher(
+        name, model, cfg
+    )(enc, enc_lens)
+    if name in SEARCHERS_THAT_STREAM:
+        streaming = build_streaming_searcher(name, model, cfg)
+        finals = [
+            streaming.finalize(streaming.step(x, enc_lens, streaming.init_state(4, x.device)))
+            for x in (dirty, enc)
+        ]
+        assert finals[0] == finals[1]
+
+
+SEARCHERS_THAT_STREAM = {spec.name for spec in SEARCHERS if spec.streaming}
+
+
+@pytest.mark.parametrize(("kind", "name"), CASES, ids=[f"{k}-{n}" for k, n in CASES])
+def test_an_empty_batch_gives_no_hypotheses(kind, name):
+    """A batch of no utterance (with or without frames) is no result, not a crash, offline
+    and, for a streaming searcher, as a step of no stream."""
+    model = make_model(**ALL_HEADS[kind])
+    cfg = SearchConfig(beam_size=3)
+    enc, enc_lens = encoder_output([5, 3])
+    for frames in (5, 0):
+        assert build_searcher(name, model, cfg)(enc[:0, :frames], enc_lens[:0]) == []
+    if name in SEARCHERS_THAT_STREAM:
+        streaming = build_streaming_searcher(name, model, cfg)
+        state = streaming.step(enc[:0], enc_lens[:0], streaming.init_state(0, enc.device))
+        assert streaming.finalize(state) == []
+
+
 def test_every_searcher_is_covered_by_the_generic_test():
     assert {name for _, name in CASES} == set(SEARCHER_NAMES)
 

@@ -19,6 +19,7 @@ from asr.decoding.cif_beam import CifBeamSearch
 from asr.decoding.lm import UNK
 from asr.heads.cif import CIFInference
 from asr.losses.ctc import ctc_loss
+from asr.types import Hypothesis
 
 
 @pytest.fixture
@@ -60,6 +61,18 @@ def test_beam_of_one_with_ctc_weight_zero_equals_greedy_search(mode):
     assert [b[0].tokens for b in beam] == [g[0].tokens for g in greedy]
     assert [b[0].frames for b in beam] == [g[0].frames for g in greedy]
     assert sum(len(g[0].tokens) for g in greedy) > 5
+
+
+@pytest.mark.parametrize("mode", list(CIF_MODES))
+def test_an_utterance_without_frames_is_not_rescored(mode):
+    """No frames: the empty hypothesis with score 0, alone or padded in a batch, rescoring on
+    (an end slot's decoder would score its end label attending to no frame, or to padding)."""
+    model = make_model(cif=True, ctc=True, cif_options=CIF_MODES[mode])
+    enc, enc_lens = encoder_output([9, 0], scale=2.0)
+    searcher = build_searcher("cif_beam", model, SearchConfig(beam_size=3, rescore_weight=0.5))
+    empty = [Hypothesis(tokens=())]
+    assert searcher(enc, enc_lens)[1] == empty
+    assert searcher(enc[1:2, :0], enc_lens[1:2]) == [empty]
 
 
 def _forced(head, logits: torch.Tensor, frames: list[int]):
