@@ -20,7 +20,10 @@ package can be moved or copied anywhere. :func:`load_package` reads it back with
 safetensors only, checking every file's sha256 so that a truncated or corrupt file is reported
 by name (:class:`PackageError`); every file it reads must be listed (an unlisted file in
 ``tokenizer/`` would otherwise choose the tokenizer), and it resolves the packaged search files
-against the package directory. Training checkpoints are read with
+against the package directory. A package that a newer asr wrote, with what this one cannot
+read (a ``format_version``, a metadata or config key it does not know, weights of a model it
+builds otherwise, and, when :class:`asr.runtime.bundle.Runtime` is built, a default searcher it
+does not know), is refused saying so: upgrade asr. Training checkpoints are read with
 ``torch.load(weights_only=True)``.
 
 Writing is atomic: the package is built in a hidden directory beside ``out_dir`` and renamed into
@@ -42,6 +45,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -94,6 +98,7 @@ __all__ = [
     "export_package",
     "locked_output_dir",
     "load_package",
+    "newer_writer",
 ]
 
 logger = logging.getLogger(__name__)
@@ -113,6 +118,23 @@ class PackageError(ValueError):
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _release(version: object) -> tuple[int, ...] | None:
+    """The release numbers of a version string (``"0.2.1rc1"`` -> ``(0, 2, 1)``), or None."""
+    match = re.match(r"\d+(?:\.\d+)*", version) if isinstance(version, str) else None
+    return tuple(int(part) for part in match.group().split(".")) if match else None
+
+
+def newer_writer(asr_version: object) -> str:
+    """What to add to the error of a package that this asr cannot read (a metadata or config
+    key it does not know, weights of a model it builds otherwise) when ``asr_version``, the
+    package's writer, is a newer release than this one: that, and to upgrade; else ``""``."""
+    theirs, ours = _release(asr_version), _release(__version__)
+    if theirs is None or ours is None or theirs <= ours:
+        return ""
+    return (f"; the package was written by asr {asr_version}, newer than this asr "
+            f"{__version__}: upgrade asr")
 
 
 #: JSON type of each annotation of :class:`PackageMetadata`: (what it is, a check of a value).
@@ -182,8 +204,9 @@ class PackageMetadata:
                                         if newer else ""))
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
+        upgrade = newer_writer(data.get("asr_version"))
         if unknown:
-            raise PackageError(f"{source}: unknown metadata keys {unknown}")
+            raise PackageError(f"{source}: unknown metadata keys {unknown}{upgrade}")
         sha256 = data.get("sha256", {})
         if not isinstance(sha256, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in sha256.items()):
@@ -191,7 +214,8 @@ class PackageMetadata:
         for f in dataclasses.fields(cls):
             kind, fits = _METADATA_TYPES[str(f.type)]
             if f.name in data and not fits(data[f.name]):
-                raise PackageError(f"{source}: {f.name} must be {kind}, got {data[f.name]!r}")
+                raise PackageError(f"{source}: {f.name} must be {kind}, got {data[f.name]!r}"
+                                   f"{upgrade}")
         values = dict(data)
         for key in ("checkpoints", "training_data"):
             if key in values:
@@ -199,7 +223,7 @@ class PackageMetadata:
         try:
             return cls(**values)
         except TypeError as err:
-            raise PackageError(f"{source}: invalid metadata: {err}") from err
+            raise PackageError(f"{source}: invalid metadata: {err}{upgrade}") from err
 
 
 @dataclass(frozen=True)
@@ -228,6 +252,7 @@ class ModelPackage:
         except RuntimeError as err:
             raise PackageError(
                 f"{self.directory / WEIGHTS_FILE}: weights do not fit {CONFIG_FILE}: {err}"
+                f"{newer_writer(self.metadata.asr_version)}"
             ) from err
         return model.to(device).eval()
 
@@ -325,11 +350,12 @@ def _check_is_package(directory: Path) -> None:
         )
 
 
-def _read_config(path: Path) -> ExperimentConfig:
+def _read_config(path: Path, newer: str = "") -> ExperimentConfig:
+    """The package's config; ``newer``: :func:`newer_writer`'s addition to an error."""
     try:
         return load_config(ExperimentConfig, path)
     except (ConfigError, OSError, ValueError) as err:
-        raise PackageError(f"{path}: {err}") from err
+        raise PackageError(f"{path}: {err}{newer}") from err
 
 
 def load_package(directory: str | Path, verify: bool = True) -> ModelPackage:
@@ -349,7 +375,8 @@ def load_package(directory: str | Path, verify: bool = True) -> ModelPackage:
     _require_file(config_path)
     if verify:
         _verify_files(directory, metadata)
-    cfg = _read_config(config_path)
+    newer = newer_writer(metadata.asr_version)
+    cfg = _read_config(config_path, newer)
     if verify:
         _check_listed(directory, metadata, cfg)
     cfg = dataclasses.replace(cfg, tokenizer_dir=directory / TOKENIZER_DIR)
@@ -364,7 +391,7 @@ def load_package(directory: str | Path, verify: bool = True) -> ModelPackage:
     try:
         tokenizer = load_tokenizer(directory / TOKENIZER_DIR)
     except (OSError, ValueError) as err:
-        raise PackageError(f"{directory / TOKENIZER_DIR}: {err}") from err
+        raise PackageError(f"{directory / TOKENIZER_DIR}: {err}{newer}") from err
     weights_path = directory / WEIGHTS_FILE
     _require_file(weights_path)
     try:

@@ -453,3 +453,35 @@ def test_export_package_chooses_again_when_a_running_training_prunes_a_chosen_ch
     assert metadata.checkpoints == ("checkpoint-3.pt", "checkpoint-4.pt")
     assert tried == ["checkpoint-2.pt", "checkpoint-3.pt", "checkpoint-4.pt"]
     assert not checkpoint_path(exp_dir, 2).exists()
+
+
+def test_a_package_a_newer_asr_wrote_is_refused_saying_to_upgrade(exp_dir, tmp_path):
+    """A newer asr may write a metadata key, a config key or a default searcher that this
+    one does not know, with the same format_version: the error names the file and what it does
+    not know, and says that a newer asr wrote the package (it used to read as a corrupt
+    package); a package of this version with the same fault is not said to be newer."""
+    from asr.runtime.offline import load_model
+
+    export_package(exp_dir, tmp_path / "pkg")
+    upgrade = r"written by asr 99\.0\.0, newer than this asr [\d.]+: upgrade asr"
+    _edit_metadata(tmp_path / "pkg", lambda m: m.update(asr_version="99.0.0", new_field=1))
+    with pytest.raises(PackageError, match=rf"metadata\.json: unknown metadata keys "
+                                           rf"\['new_field'\]; the package was {upgrade}"):
+        load_package(tmp_path / "pkg")
+    _edit_metadata(tmp_path / "pkg", lambda m: m.pop("new_field"))
+    config = tmp_path / "pkg" / "config.yaml"
+    config.write_text(config.read_text().replace("encoder:\n", "encoder:\n  new_knob: 3\n", 1))
+    _edit_metadata(tmp_path / "pkg", lambda m: m["sha256"].update(
+        {"config.yaml": sha256_of_file(config)}))
+    with pytest.raises(PackageError, match=rf"unknown key 'encoder\.new_knob'.*; the package "
+                                           rf"was {upgrade}"):
+        load_package(tmp_path / "pkg")
+    export_package(exp_dir, tmp_path / "pkg", overwrite=True)
+    _edit_metadata(tmp_path / "pkg", lambda m: m.update(asr_version="99.0.0",
+                                                         searcher="ctc_fancy_beam"))
+    with pytest.raises(PackageError, match=rf"metadata\.json: searcher: unknown searcher "
+                                           rf"'ctc_fancy_beam'.*; the package was {upgrade}"):
+        load_model(tmp_path / "pkg")
+    _edit_metadata(tmp_path / "pkg", lambda m: m.update(asr_version="0.0.1", new_field=1))
+    with pytest.raises(PackageError, match=r"unknown metadata keys \['new_field'\]$"):
+        load_package(tmp_path / "pkg")

@@ -317,7 +317,10 @@ def _export(package: ModelPackage, out_dir: Path, streaming: bool, int8: bool, o
             head: str | None, chunk_size: int | None, left_chunks: int | None) -> ExportReport:
     """The body of :func:`export_onnx`, run under the lock of ``out_dir``."""
     package_dir = package.directory
-    model = package.build_model("cpu")
+    try:
+        model = package.build_model("cpu")
+    except PackageError as err:  # weights that do not fit the config: a corrupt package
+        raise OnnxInputError(str(err)) from err
     head = _choose_head(model, head, streaming)
     if model.head_kinds()[head] != "tdt":
         problem = sherpa_fbank_problem(package.config.data.fbank)

@@ -185,9 +185,11 @@ class SherpaStreamingRecognizer:
 
     def decode(self, streams: Sequence[SherpaStream]) -> None:
         """One batched ``decode_streams`` call over the ready streams among ``streams``; a
-        stream whose input has ended and that has no whole chunk left is done. When
-        ``decode_streams`` raises, no stream's count of chunks changes (what sherpa-onnx's
-        streams hold is theirs: a failed batch cannot be undone there).
+        stream whose input has ended and that has no whole chunk left is done, at once after
+        its last chunk, as in our runtime (so its last segment ends with the stream, not at an
+        endpoint followed by an empty segment). When ``decode_streams`` raises, no stream's
+        count of chunks changes (what sherpa-onnx's streams hold is theirs: a failed batch
+        cannot be undone there).
 
         Raises:
             ValueError: when a stream is given twice.
@@ -200,7 +202,7 @@ class SherpaStreamingRecognizer:
             for stream in ready:
                 stream.chunks += 1
         for stream in streams:
-            if stream.input_done and not stream.done and stream not in ready:
+            if stream.input_done and not stream.done:
                 stream.done = not self.online.is_ready(stream.stream)
 
     # ------------------------------------------------------------------------- results

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from lhotse import Fbank
 
+from asr.constants import METADATA_FILE
 from asr.decoding import SearchConfig, Searcher, StreamingSearcher
 from asr.decoding import build_searcher as _build_searcher
 from asr.decoding import build_streaming_searcher as _build_streaming_searcher
@@ -42,7 +43,7 @@ from asr.features.fbank import (
     make_lhotse_fbank,
 )
 from asr.model import ASRModel
-from asr.package import ModelPackage
+from asr.package import ModelPackage, PackageError, newer_writer
 from asr.results import ResultBuilder
 from asr.tokenizers.base import Tokenizer
 
@@ -116,14 +117,23 @@ class Runtime:
 
         Raises:
             ValueError: for an unknown searcher or one the model's heads lack, a bad search
-                option, or an unusable device.
+                option, or an unusable device (:class:`asr.package.PackageError` naming
+                ``metadata.json`` for the package's own searcher, and saying when a newer asr
+                wrote the package).
         """
         device = resolve_device(device)
         cfg = package.config
         options = search if isinstance(search, SearchConfig) else override_search(cfg.search,
                                                                                    search)
         model = package.build_model(device)
-        name = select_searcher(searcher or package.metadata.searcher, model)
+        try:
+            name = select_searcher(searcher or package.metadata.searcher, model)
+        except ValueError as err:
+            if searcher is not None:
+                raise
+            raise PackageError(  # the package's own searcher, e.g. one of a newer asr
+                f"{package.directory / METADATA_FILE}: searcher: {err}"
+                f"{newer_writer(package.metadata.asr_version)}") from err
         # the package's own default may not stream: then the model's streaming greedy one
         streaming = streaming_searcher_for(model, name) if searcher is None else name
         # without the training dither (it made transcripts random and OnlineFbank refuse)

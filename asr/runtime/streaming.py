@@ -64,6 +64,7 @@ from asr.constants import DEFAULT_MAX_LEFT_SECONDS
 from asr.data.filtering import error_reason
 from asr.decoding.context_graph import ContextGraph
 from asr.decoding.registry import BIASING_STREAMING_SEARCHERS, resolve_searcher, searcher_biases
+from asr.encoders.subsampling import frames_needed
 from asr.features.online import OnlineFbank
 from asr.results import FailedInput, Segment, TranscriptionError, TranscriptionResult
 from asr.runtime.bundle import HotwordsSpec, Runtime
@@ -355,7 +356,9 @@ class StreamingRecognizer:
         for stream in ready:
             step = steps.get(id(stream))
             left = stream.feats.shape[0] - (step.taken if step is not None else 0)
-            if stream.input_done and left == 0:
+            encoder_state = step.encoder_state if step is not None else stream.encoder_state
+            # done with its last encoder frame: frames too few for another one end no segment
+            if stream.input_done and left < self._frames_for_one_more(encoder_state):
                 state = step.search_state if step is not None else stream.search_state
                 finals[id(stream)] = self.searcher.finalize(state)[0]
         for stream in ready:  # nothing failed: every stream takes its step
@@ -364,7 +367,15 @@ class StreamingRecognizer:
                 self._advance(stream, step)
             if id(stream) in finals:
                 stream.hypothesis = finals[id(stream)]
+                stream.feats = stream.feats[:0]
                 stream.done = True
+
+    def _frames_for_one_more(self, encoder_state: Any) -> int:
+        """New feature frames a stream of batch-1 ``encoder_state`` needs for one more encoder
+        frame: its next full chunk's, less those of the chunk's other frames (7 at the start,
+        then 4: the subsampling keeps the last frames of the previous chunk)."""
+        full = int(self.encoder.frames_needed(encoder_state, self.chunk_size)[0])
+        return full - (frames_needed(self.chunk_size) - frames_needed(1))
 
     def _step(self, batch: Sequence[tuple[Stream, int]]) -> list[_StreamStep]:
         """The step of each stream of ``batch`` (stream, frames it takes), in its order; the

@@ -36,7 +36,7 @@ from asr.export.sherpa_decode import load_recognizer, room_tone
 from asr.features.fbank import FbankConfig, compute_fbank, num_frames
 from asr.fileio import current_umask
 from asr.package import export_package, load_package
-from asr.runtime.endpoint import EndpointConfig
+from asr.runtime.endpoint import EndpointConfig, EndpointRule
 from asr.runtime.offline import load_model
 from asr.testing.packages import random_experiment, random_package
 from asr.testing.tiny import espeak_available
@@ -883,6 +883,33 @@ def test_sherpa_onnx_decodes_edge_lengths_as_ours(random_exports):
         num_threads=1, decoding_method="greedy_search")
     assert _sherpa_streaming(recognizer, directory, padded) == ours
     assert len(ours[-1]) > 200
+
+
+def test_an_endpoint_on_the_last_chunk_adds_no_empty_segment_in_the_sherpa_engine(
+        random_exports):
+    """The server's sherpa-onnx engine ends a stream as our runtime does: when an endpoint
+    rule fires on its last chunk, that chunk's segment is the stream's last, final one. The
+    stream used to be done only one decode call later, so the endpoint was taken, and the
+    stream then ended with an empty final segment after it (a client got a final result
+    with no text)."""
+    from asr.export.sherpa_streaming import load_streaming_recognizer
+
+    source, directory, _ = random_exports["streaming"]
+    wave = (np.random.default_rng(0).standard_normal(RATE) * 0.1).astype(np.float32)
+    # rule 3 fires after 0.9 s, on the last chunk of 1 s (0.96 s: 6 chunks of 0.16 s)
+    endpoint = EndpointConfig(rule3=EndpointRule(False, 0.0, 0.9))
+    for recognizer in (load_streaming_recognizer(directory, endpoint=endpoint),
+                       load_model(source).streaming_recognizer(endpoint=endpoint)):
+        stream = recognizer.new_stream()
+        recognizer.accept_waveform(stream, wave, RATE)
+        recognizer.input_finished(stream)
+        while recognizer.is_ready(stream):
+            recognizer.decode([stream])
+            if recognizer.is_endpoint(stream):
+                recognizer.reset(stream)
+        segments = [*stream.finished_segments, recognizer.result(stream)]
+        assert [(s.index, s.is_final) for s in segments] == [(0, True)], type(recognizer)
+        assert segments[0].token_ids and segments[0].end == pytest.approx(0.96)
 
 
 def test_the_printed_loader_call_decodes_an_8khz_model_as_ours(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from asr.cli.main import main
+from asr.fingerprint import sha256_of_file
 from asr.testing.packages import random_package
 
 #: A directory no one may create files in, root included (sysfs refuses new entries).
@@ -27,6 +28,24 @@ def exports(tmp_path_factory) -> dict[str, Path]:
         assert main(["export-onnx", "--model", str(package), "--output-dir", str(out[name]),
                      *options]) == 0
     return out
+
+
+def test_a_package_whose_weights_do_not_fit_its_config_is_a_bad_input(tmp_path, caplog):
+    """A corrupt package (its config.yaml edited, its sha256 made to match) exited 1, as an
+    export that failed, with PackageError's traceback-less line: it is a bad input (exit 2),
+    as a package that fails to load is."""
+    package = random_package(tmp_path / "rnnt", head="transducer", seed=3)
+    config = package / "config.yaml"
+    text = config.read_text()
+    config.write_text(text.replace("num_layers: 2", "num_layers: 3", 1))
+    assert config.read_text() != text
+    metadata = json.loads((package / "metadata.json").read_text())
+    metadata["sha256"]["config.yaml"] = sha256_of_file(config)
+    (package / "metadata.json").write_text(json.dumps(metadata))
+    out = tmp_path / "onnx"
+    assert main(["export-onnx", "--model", str(package), "--output-dir", str(out)]) == 2
+    assert f"asr export-onnx: {package / 'model.safetensors'}: weights do not fit" in caplog.text
+    assert not out.exists()
 
 
 @needs_sysfs

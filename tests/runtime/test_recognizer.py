@@ -719,6 +719,27 @@ def test_reset_of_a_done_stream_is_an_error_that_changes_nothing(transducer_mode
     assert recognizer.result(stream) == final
 
 
+def test_an_endpoint_on_the_last_encoder_frame_ends_no_segment_before_the_end(transducer_model):
+    """1 s is 100 feature frames: 12 chunks of 2 encoder frames read 99 of them (11, then 8 a
+    chunk), and the last one frame makes no encoder frame. The stream is done with its 12th
+    chunk: rule 3 (0.9 s), which fires on it, ended the segment there, and the stream then
+    ended with an empty final segment after it, made of that one frame."""
+    recognizer = transducer_model.streaming_recognizer(
+        endpoint=EndpointConfig(rule3=EndpointRule(False, 0.0, 0.9)))
+    stream = recognizer.new_stream()
+    recognizer.accept_waveform(stream, np.random.default_rng(0).normal(0, 0.1, 16000), 16000)
+    recognizer.input_finished(stream)
+    assert stream.feats.shape[0] == 100
+    while recognizer.is_ready(stream):
+        recognizer.decode([stream])
+        if recognizer.is_endpoint(stream):
+            recognizer.reset(stream)
+    assert stream.done and stream.frames_decoded == 24 and recognizer.pending_seconds(stream) == 0
+    segments = [*stream.finished_segments, recognizer.result(stream)]
+    assert [(s.index, s.is_final) for s in segments] == [(0, True)]
+    assert segments[0].token_ids and segments[0].end == pytest.approx(0.96)
+
+
 @needs_espeak
 def test_endpoint_after_speech_then_new_segment(tiny):
     """The endpoint splits the stream's tokens, which are the offline ones of the whole input
