@@ -355,7 +355,10 @@ def _read_config(path: Path, newer: str = "") -> ExperimentConfig:
     try:
         return load_config(ExperimentConfig, path)
     except (ConfigError, OSError, ValueError) as err:
-        raise PackageError(f"{path}: {err}{newer}") from err
+        message = str(err)
+        if str(path) not in message:  # ConfigError names the file already
+            message = f"{path}: {message}"
+        raise PackageError(f"{message}{newer}") from err
 
 
 def load_package(directory: str | Path, verify: bool = True) -> ModelPackage:

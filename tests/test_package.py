@@ -102,6 +102,15 @@ def test_corrupt_package_names_the_file(exp_dir, tmp_path, name, damage):
         load_package(tmp_path / "pkg")
 
 
+def test_a_config_error_names_the_package_config_once(exp_dir, tmp_path):
+    export_package(exp_dir, tmp_path / "pkg")
+    config = tmp_path / "pkg" / "config.yaml"
+    config.write_text(config.read_text() + "\nbogus_key: 1\n")
+    with pytest.raises(PackageError) as err:
+        load_package(tmp_path / "pkg", verify=False)
+    assert str(err.value).count(str(config)) == 1, str(err.value)
+
+
 def test_unverified_load_still_reports_the_file(exp_dir, tmp_path):
     export_package(exp_dir, tmp_path / "pkg")
     path = tmp_path / "pkg" / WEIGHTS_FILE
