@@ -247,7 +247,7 @@ def error_reason(err: BaseException) -> str:
     return " ".join(f"{type(err).__name__}: {err}".split())[:400]
 
 
-def check_cut_audio(cuts, sample_rate: int, stored: FbankConfig | None = None) -> None:
+def check_cut_audio(cuts, sample_rate: int | None, stored: FbankConfig | None = None) -> None:
     """Checks, in one pass over ``cuts``, that every cut (its audio, or the audio its features
     were computed from) is at ``sample_rate`` Hz, the rate of the feature extractor that reads
     it, and holds one audio channel; with ``stored``, also that every cut has stored features
@@ -262,7 +262,8 @@ def check_cut_audio(cuts, sample_rate: int, stored: FbankConfig | None = None) -
 
     Args:
         cuts: a CutSet (lazy or eager).
-        sample_rate: the rate in Hz the cuts must be at.
+        sample_rate: the rate in Hz the cuts must be at; None: any (noise, which is resampled
+            where it is mixed).
         stored: the options the cuts' stored features must have (``num_mel_bins``,
             ``frame_shift_ms``); None when features are computed on the fly (not checked).
 
@@ -273,7 +274,7 @@ def check_cut_audio(cuts, sample_rate: int, stored: FbankConfig | None = None) -
     """
     other_rate, multi_channel, unstored, other_bins, other_shift = [], [], [], [], []
     for cut in cuts:
-        if cut.sampling_rate != sample_rate:
+        if sample_rate is not None and cut.sampling_rate != sample_rate:
             other_rate.append(cut)
         if getattr(cut, "num_channels", 1) > 1:
             multi_channel.append(cut)
