@@ -33,13 +33,16 @@ logger = logging.getLogger(__name__)
 
 
 def _wer(text: str) -> tuple[str, float]:
+    """``NAME=PERCENT`` -> (name, percent); a missing ``=``, an empty (or blank) name or a
+    percent that is no number is refused, naming the option (argparse's exit 2)."""
     name, sep, value = text.partition("=")
     try:
-        if not sep:
+        if not sep or not name.strip():
             raise ValueError
         return name, float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--wer expects NAME=PERCENT, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"--wer expects NAME=PERCENT with a set name, got {text!r}") from None
 
 
 class _DeprecatedOut(argparse.Action):

@@ -58,7 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-endpoint",
         action="store_true",
-        help="disable endpointing (one segment per connection)",
+        help="disable endpointing (one segment per connection; with cif_greedy the "
+             "connection's encoder frames are then all kept, memory growing with it, for its "
+             "final result)",
     )
 
 

@@ -72,6 +72,7 @@ from asr.cli.options import (
     set_num_threads,
 )
 from asr.constants import DEFAULT_OVERLAP_SECONDS, DEFAULT_WINDOW_SECONDS
+from asr.decoding.context_graph import as_hotwords
 from asr.decoding.registry import resolve_searcher, searcher_gives_times
 from asr.fileio import (
     OutputBusyError,
@@ -369,8 +370,10 @@ def _transcribe(args: argparse.Namespace, files: list[str]) -> int:
             model.streaming_recognizer(args.searcher, chunk_size=args.chunk_size,
                                        left_chunks=args.left_chunks,
                                        max_left_seconds=args.max_left_seconds)
+        hotwords = None
         if args.hotwords is not None:  # a missing hotword file, bad phrases fail here; a
-            model.runtime.hotword_graph(args.hotwords)  # searcher that ignores them warns later
+            hotwords = as_hotwords(args.hotwords)  # read once: the phrases checked are used
+            model.runtime.hotword_graph(hotwords)  # searcher that ignores them warns later
     except PackageError as err:
         logger.error("asr transcribe: cannot load model package: %s", err)
         return 2
@@ -390,7 +393,7 @@ def _transcribe(args: argparse.Namespace, files: list[str]) -> int:
             files, batch_size=args.batch_size, streaming=args.streaming,
             window_seconds=args.window_seconds, overlap_seconds=args.overlap_seconds,
             progress=progress, on_error="return", searcher=args.searcher,
-            hotwords=args.hotwords, chunk_size=args.chunk_size, left_chunks=args.left_chunks,
+            hotwords=hotwords, chunk_size=args.chunk_size, left_chunks=args.left_chunks,
             max_left_seconds=args.max_left_seconds,
         )
     except (AudioError, ValueError, KeyError) as err:

@@ -167,8 +167,8 @@ class AsrDataset(torch.utils.data.Dataset):
                 fields): dither is added where features are computed, and stored ones were
                 computed without it, so the setting would be ignored; naming
                 ``data.noise.cuts_path`` and a noise cut that cannot be mixed: without stored
-                features of ``cfg.fbank`` for stored training features, without audio for
-                on-the-fly ones.
+                features of ``cfg.fbank`` for stored training features, without audio (or
+                with several channels) for on-the-fly ones.
         """
         from lhotse.dataset import OnTheFlyFeatures, PrecomputedFeatures
 
@@ -351,19 +351,27 @@ def _check_noise_audio(noise, cfg: DataConfig) -> None:
     """Refuses noise cuts without audio for on-the-fly training features, into whose audio
     the noise is mixed: the first training batch failed on one, its error naming the training
     cut's audio (``AttributeError: 'NoneType' object has no attribute 'size'``), not the noise.
+    Refuses noise of several channels too (:func:`~asr.data.filtering.check_cut_audio`, at any
+    rate: the noise is resampled): mixed into a mono cut it made a cut of as many channels,
+    whose features lhotse computes from the first alone, silently dropping the others (noise
+    corpora such as MUSAN are mono; training cuts of several channels are refused alike).
 
     Raises:
-        ValueError: naming ``data.noise.cuts_path``, how many noise cuts lack audio, the first
-            and its files.
+        ValueError: naming ``data.noise.cuts_path``, how many noise cuts lack audio (or hold
+            several channels), the first and its files.
     """
+    where = (f"data.noise.cuts_path {cfg.noise.cuts_path}: noise is mixed into the audio of "
+             "on-the-fly training features (data.on_the_fly_feats=true)")
     silent = [cut for cut in noise if not cut.has_recording]
     if silent:
         raise ValueError(
-            f"data.noise.cuts_path {cfg.noise.cuts_path}: noise is mixed into the audio of "
-            f"on-the-fly training features (data.on_the_fly_feats=true), but {len(silent)} "
-            f"noise cuts have no audio, e.g. cut {silent[0].id!r} ({cut_files(silent[0])}); "
-            "use a noise manifest whose cuts have recordings"
+            f"{where}, but {len(silent)} noise cuts have no audio, e.g. cut {silent[0].id!r} "
+            f"({cut_files(silent[0])}); use a noise manifest whose cuts have recordings"
         )
+    try:
+        check_cut_audio(noise, None)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
 
 
 def check_cut_manifest(path: Path, read_by_lhotse: bool = True, allow_empty: bool = True

@@ -34,6 +34,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import re
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,13 +47,22 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SPEEDS_FIELD", "SUPERVISION_TOLERANCE", "FilterStats", "TextEncoder",
-           "allowed_speeds", "check_cut_audio", "check_cut_files", "cut_files", "cut_text",
+__all__ = ["SPEEDS_FIELD", "SPEED_COPY_FIELD", "SUPERVISION_TOLERANCE", "FilterStats",
+           "TextEncoder", "allowed_speeds", "with_speed_copy_record", "check_cut_audio", "check_cut_files", "cut_files", "cut_text",
            "data_files", "encode_cut_text", "drop_reason", "error_reason", "filter_cuts",
            "supervision_outside", "unreadable_cut_error", "unreadable_field"]
 
 #: The custom field of a cut kept at only some of the speeds it was judged at: those speeds.
 SPEEDS_FIELD = "speed_factors"
+
+#: The custom field in which :func:`asr.data.shar.export_shar` keeps the speed transform of a
+#: cut's audio (:func:`with_speed_copy_record`): Shar stores the audio with its transforms
+#: applied and drops them from the recording, so without it a speed copy looked like a cut.
+SPEED_COPY_FIELD = "speed_copy"
+
+#: The id suffix lhotse's ``perturb_speed``/``perturb_tempo`` give a copy's recording
+#: (``_sp0.9``, ``_tp1.1``), all that tells a speed copy in a Shar directory written otherwise.
+_PERTURBED_ID = re.compile(r"_(?P<kind>sp|tp)(?P<factor>\d+(?:\.\d+)?)$")
 
 #: Seconds a supervision may reach outside its cut (rounding), lhotse's ``validate_for_asr``'s.
 SUPERVISION_TOLERANCE = 2e-3
@@ -247,7 +257,7 @@ def error_reason(err: BaseException) -> str:
     return " ".join(f"{type(err).__name__}: {err}".split())[:400]
 
 
-def check_cut_audio(cuts, sample_rate: int, stored: FbankConfig | None = None) -> None:
+def check_cut_audio(cuts, sample_rate: int | None, stored: FbankConfig | None = None) -> None:
     """Checks, in one pass over ``cuts``, that every cut (its audio, or the audio its features
     were computed from) is at ``sample_rate`` Hz, the rate of the feature extractor that reads
     it, and holds one audio channel; with ``stored``, also that every cut has stored features
@@ -262,7 +272,8 @@ def check_cut_audio(cuts, sample_rate: int, stored: FbankConfig | None = None) -
 
     Args:
         cuts: a CutSet (lazy or eager).
-        sample_rate: the rate in Hz the cuts must be at.
+        sample_rate: the rate in Hz the cuts must be at; None: any (noise, which is resampled
+            where it is mixed).
         stored: the options the cuts' stored features must have (``num_mel_bins``,
             ``frame_shift_ms``); None when features are computed on the fly (not checked).
 
@@ -273,7 +284,7 @@ def check_cut_audio(cuts, sample_rate: int, stored: FbankConfig | None = None) -
     """
     other_rate, multi_channel, unstored, other_bins, other_shift = [], [], [], [], []
     for cut in cuts:
-        if cut.sampling_rate != sample_rate:
+        if sample_rate is not None and cut.sampling_rate != sample_rate:
             other_rate.append(cut)
         if getattr(cut, "num_channels", 1) > 1:
             multi_channel.append(cut)
@@ -457,7 +468,12 @@ class _Keep:
 def _speed_transform(cut) -> str | None:
     """The first transform of ``cut``'s audio (of any track of a mixed cut) that changes its
     speed or tempo, e.g. ``"Speed(factor=0.9)"`` on the copies of ``asr prepare fbank
-    --speed-perturb`` (lhotse's ``perturb_speed``/``perturb_tempo``); None when there is none."""
+    --speed-perturb`` (lhotse's ``perturb_speed``/``perturb_tempo``); None when there is none.
+
+    Audio read from Shar has its transforms applied and none listed: there it is the one
+    :func:`with_speed_copy_record` kept for :func:`asr.data.shar.export_shar`, or, in a Shar
+    directory written otherwise (lhotse's ``to_shar``), the one that lhotse's id suffix of the
+    recording names (``<id>_sp0.9``: ``"Speed(factor=0.9), by its id"``)."""
     tracks = getattr(cut, "tracks", None)
     if tracks is not None:
         return next(filter(None, (_speed_transform(track.cut) for track in tracks)), None)
@@ -466,7 +482,29 @@ def _speed_transform(cut) -> str | None:
         name = transform.get("name") if isinstance(transform, dict) else type(transform).__name__
         if name in ("Speed", "Tempo"):
             return str(transform)
+    recorded = (getattr(cut, "custom", None) or {}).get(SPEED_COPY_FIELD)
+    if recorded is not None:
+        return str(recorded)
+    sources = getattr(recording, "sources", None) or []
+    if any(source.type == "shar" for source in sources):
+        suffix = _PERTURBED_ID.search(recording.id)
+        if suffix is not None:
+            kind = "Speed" if suffix["kind"] == "sp" else "Tempo"
+            return f"{kind}(factor={suffix['factor']}), by its id"
     return None
+
+
+def with_speed_copy_record(cut):
+    """``cut`` with the speed transform of its audio (:func:`_speed_transform`) kept in its
+    custom field :data:`SPEED_COPY_FIELD`, which Shar keeps (it drops the transform): so that
+    :func:`filter_cuts` still refuses to perturb a speed copy read from Shar again. A cut
+    without one is returned as it is (a copy is made otherwise: ``cut`` is not changed)."""
+    transform = _speed_transform(cut)
+    if transform is None or (cut.custom or {}).get(SPEED_COPY_FIELD) == transform:
+        return cut
+    if hasattr(cut, "with_custom"):
+        return cut.with_custom(SPEED_COPY_FIELD, transform)
+    return cut  # a MixedCut: Shar keeps its tracks' transforms
 
 
 def _is_kept(cut) -> bool:
@@ -530,7 +568,8 @@ def filter_cuts(
                 "copy made by `asr prepare fbank --speed-perturb`), and on-the-fly speed "
                 f"perturbation (data.speed_perturb, speeds {speeds_text}) would perturb it "
                 "again; train on manifests without speed copies (those of `asr prepare "
-                "manifests`), or set data.speed_perturb: false to train on the copies")
+                "manifests`, or a Shar export of them), or set data.speed_perturb: false to "
+                "train on the copies")
         verdict = keep.judge(cut)
         if verdict.speeds:
             counts["kept"] += 1

@@ -126,7 +126,8 @@ def make_sampler(
             :class:`asr.data.shar.SharCuts`) to count and estimate the duration buckets from,
             so that reading data is left to the epochs; default ``cuts``.
 
-    With ``cfg.num_buckets == 1`` (or a single cut) lhotse's ``DynamicCutSampler`` (same
+    With ``cfg.num_buckets == 1`` (or a single cut, or cuts among which the estimate finds no
+    bucket boundary, e.g. two cuts, the longer last) lhotse's ``DynamicCutSampler`` (same
     constraints, no bucketing) is used; a CutSet with fewer cuts than buckets gets one bucket
     per cut.
 
@@ -162,14 +163,21 @@ def make_sampler(
         seed=cfg.seed,
     )
     logger.debug("sampler: rank %d of %d, train=%s, %d buckets", rank, world_size, train, num_buckets)
-    if num_buckets <= 1:
+    duration_bins = []
+    if num_buckets > 1:
+        # lhotse's own estimate (the first 10000 cuts), made here from ``bucket_cuts``
+        duration_bins = estimate_duration_buckets(
+            itertools.islice(bucket_cuts, 10000),
+            num_buckets=num_buckets,
+            constraint=TimeConstraint(max_duration=cfg.max_duration),
+        )
+    if not duration_bins:
+        # one bucket: a few cuts (e.g. a small dev set: two cuts, the longer last) may give the
+        # estimate no boundary, and lhotse's bucketing sampler then averages the empty list of
+        # boundaries (numpy's "Mean of empty slice" RuntimeWarning) to sample one bucket
+        if num_buckets > 1:
+            logger.debug("no duration bucket boundary among these cuts: one bucket")
         return DynamicCutSampler(cuts, shuffle_buffer_size=cfg.buffer_size, **common)
-    # lhotse's own estimate (the first 10000 cuts), made here from ``bucket_cuts``
-    duration_bins = estimate_duration_buckets(
-        itertools.islice(bucket_cuts, 10000),
-        num_buckets=num_buckets,
-        constraint=TimeConstraint(max_duration=cfg.max_duration),
-    )
     return DynamicBucketingSampler(cuts, duration_bins=duration_bins, buffer_size=cfg.buffer_size,
                                    **common)
 

@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from asr.data.dataset import DataError, load_cuts
-from asr.data.filtering import data_files, unreadable_cut_error
+from asr.data.filtering import data_files, unreadable_cut_error, with_speed_copy_record
 from asr.fileio import output_lock, publish_directory, staging_directory
 from asr.fingerprint import (
     file_states,
@@ -80,6 +80,11 @@ def export_shar(
     fingerprint, is written again and then replaces it. ``num_jobs`` and ``progress`` are not
     recorded (they change how the shards are written, not what from).
 
+    Shar writes audio with its transforms applied and lists none: the speed transform of a
+    speed copy (``asr prepare fbank --speed-perturb``) is kept in the cut's custom field
+    :data:`asr.data.filtering.SPEED_COPY_FIELD`, so that training still refuses to perturb it
+    again on the fly (:func:`asr.data.filtering.filter_cuts`).
+
     Args:
         manifests: lhotse cut manifests (``.jsonl.gz``) whose cuts have the data in ``fields``;
             data paths in them are relative to the working directory.
@@ -118,6 +123,9 @@ def export_shar(
     if num_jobs < 1:
         raise ValueError(f"num_jobs must be >= 1, got {num_jobs}")
     cuts = load_cuts(Path.cwd(), [str(m) for m in manifests])  # absolute paths stay as they are
+    # Shar writes audio with its transforms applied and drops them: a speed copy keeps a record
+    # of its speed, which the filter's refusal to perturb it again on the fly reads
+    cuts = cuts.map(with_speed_copy_record)
     made_from = {"manifests_sha256": [sha256_of_file(m) for m in manifests],
                  "fields": dict(fields), "shard_size": shard_size}
     with output_lock(output_dir):

@@ -10,7 +10,7 @@
 * :class:`TokenBuffer`: the emitted tokens, their absolute frames and the score of each stream,
   held as growing, right-aligned tensors inside a streaming state (a stream's hypothesis must
   live in its state to be stacked with others); :func:`right_aligned_append` appends to such a
-  store (also CIF's frame store).
+  store.
 * :class:`StreamBeam` and :class:`BeamState`: the beam of one stream of a streaming beam search
   (hypotheses as Python objects, the predictor rows, frames not yet searched, the stream's
   hotword graph) and the State that carries one per stream (:func:`asr.state.stream_field`).

@@ -13,9 +13,16 @@ holds the frame of each kept token: where it fired (the end of its integration) 
 CTC segment starts.
 
 Streaming: the decoder attends to every token and every frame, so no token's output can be
-computed once and kept; the state keeps every encoder frame of the segment (a store that grows
-with it: each stream holds its own frames, none is dropped), and :meth:`finalize` is the
-offline search of them all (the tests check equality: same frames, same result). A partial
+computed once and kept; the state keeps every encoder frame of the segment, and
+:meth:`finalize` is the offline search of them all (the tests check equality: same frames, same
+result). Each stream holds its own frames as the chunks they came in (:class:`FrameChunks`):
+a step adds its chunk without copying the frames before it, and the frames are joined only
+where they are decoded (a partial result's window, the final result). The store is not bounded:
+it grows with the segment (``D`` numbers per encoder frame, e.g. 2 KiB per frame of a 512-dim
+float32 encoder, some 180 MiB per hour at 25 frames a second) until the segment ends, and the
+final result decodes all of it (attention over all its frames): a stream without endpointing
+(``asr serve --no-endpoint``, ``endpoint.enabled: false``) is one segment as long as the
+stream. A partial
 result (:meth:`partial`, after every chunk) decodes only a bounded window of recent frames, so
 that its cost does not grow with the segment (decoding every frame after every chunk costs the
 square of the segment's length, or more): the frames from ``window_start`` on, at most
@@ -42,20 +49,21 @@ streams whose window is settled.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from asr.decoding.base import TokenBuffer, check_encoder_output, right_aligned_append
+from asr.decoding.base import TokenBuffer, check_encoder_output
 from asr.decoding.config import SearchConfig
 from asr.encoders.base import zero_padding
 from asr.heads.cif import CIFHead, CIFInference
 from asr.heads.decoder_layers import lengths_to_mask
-from asr.state import state_field
+from asr.state import state_field, stream_field
 from asr.types import Hypothesis
 
-__all__ = ["CifGreedySearch", "CifStreamState", "cif_hypotheses"]
+__all__ = ["CifGreedySearch", "CifStreamState", "FrameChunks", "cif_hypotheses"]
 
 
 def cif_hypotheses(
@@ -96,22 +104,58 @@ def cif_hypotheses(
     return results
 
 
+@dataclass(frozen=True, eq=False, repr=False)
+class FrameChunks:
+    """The encoder frames one stream holds, as the chunks they came in: an immutable list,
+    newest chunk first, that a step extends without copying the frames before
+    (:meth:`append`), and whose last frames are read from the chunks that hold them alone
+    (:meth:`last`). Not compared or printed (a long segment holds thousands of chunks).
+
+    Attributes:
+        frames: (T, D) the newest chunk's frames (T >= 1).
+        before: the chunks before it; None for none.
+        num_frames: the frames of all the chunks.
+    """
+
+    frames: Tensor
+    before: FrameChunks | None
+    num_frames: int
+
+    @staticmethod
+    def append(chunks: FrameChunks | None, frames: Tensor) -> FrameChunks | None:
+        """``chunks`` (None: no frame yet) followed by ``frames`` (T, D), which become the
+        newest chunk (when T > 0); ``chunks`` is shared, not copied."""
+        if frames.shape[0] == 0:
+            return chunks
+        held = 0 if chunks is None else chunks.num_frames
+        return FrameChunks(frames, chunks, held + frames.shape[0])
+
+    def last(self, count: int) -> Tensor:
+        """(count, D) the last ``count`` frames (at most :attr:`num_frames`), in order."""
+        pieces, held, node = [], 0, self
+        while node is not None and held < count:
+            pieces.append(node.frames)
+            held += node.frames.shape[0]
+            node = node.before
+        joined = torch.cat(pieces[::-1]) if len(pieces) > 1 else pieces[0]
+        return joined[joined.shape[0] - min(count, held):]
+
+
 @dataclass(frozen=True)
 class CifStreamState:
     """Streaming state of :class:`CifGreedySearch`.
 
     Attributes:
-        enc: (B, F, D) encoder frames of the segment so far, right-aligned: the last
-            ``num_frames`` of each row are valid (zeros before them), so that streams of
-            different lengths stack (:mod:`asr.state` left-pads to the longest) and split back
-            to their own frames.
+        frames: per stream, the encoder frames of the segment so far (:class:`FrameChunks`;
+            None before the first frame), each stream's own: stacking and splitting states
+            moves them, never copies them.
         num_frames: (B,) int64 frames stored.
         window_start: (B,) int64 first frame (of the segment) that a partial result decodes;
             the tokens of the frames before it are ``settled``.
         settled: the tokens settled for partial results, their frames those of the segment.
     """
 
-    enc: Tensor = state_field(batch_dim=0, ragged_dim=1, counted_by="num_frames")
+    frames: tuple[FrameChunks | None, ...] = stream_field()
     num_frames: Tensor = state_field(batch_dim=0)
     window_start: Tensor = state_field(batch_dim=0)
     settled: TokenBuffer
@@ -162,10 +206,8 @@ class CifGreedySearch:
     @torch.no_grad()
     def init_state(self, batch_size: int, device: torch.device | str) -> CifStreamState:
         """State of ``batch_size`` new streams (no frame yet)."""
-        dim = self.head.input_proj.in_features
-        weight = self.head.input_proj.weight
         return CifStreamState(
-            enc=torch.zeros(batch_size, 0, dim, dtype=weight.dtype, device=device),
+            frames=(None,) * batch_size,
             num_frames=torch.zeros(batch_size, dtype=torch.int64, device=device),
             window_start=torch.zeros(batch_size, dtype=torch.int64, device=device),
             settled=TokenBuffer.empty(batch_size, device),
@@ -173,17 +215,19 @@ class CifGreedySearch:
 
     @torch.no_grad()
     def step(self, enc: Tensor, enc_lens: Tensor, state: CifStreamState) -> CifStreamState:
-        """Appends a chunk's frames: enc (B, T, D), enc_lens (B,) valid frames of it (the store
-        grows to the most frames a stream then holds: one device sync); settles the partial
-        window of each stream that now holds more than ``partial_window`` frames in it (a
-        second sync)."""
+        """Appends a chunk's frames: enc (B, T, D), enc_lens (B,) valid frames of it (each
+        stream's as a chunk of its own, a copy of its rows of ``enc``: the frames it held are
+        not copied; one device sync); settles the partial window of each stream that now holds
+        more than ``partial_window`` frames in it (a second sync)."""
         check_encoder_output(enc, enc_lens)
         enc_lens = enc_lens.to(enc.device, torch.int64)
         num_frames = state.num_frames + enc_lens
-        width = int(num_frames.max()) if num_frames.numel() else 0
-        valid = torch.arange(enc.shape[1], device=enc.device)[None, :] < enc_lens[:, None]
-        cache = right_aligned_append(state.enc, state.num_frames, enc, valid, width)
-        state = CifStreamState(cache, num_frames, state.window_start, state.settled)
+        dtype = self.head.input_proj.weight.dtype
+        frames = tuple(
+            FrameChunks.append(chunks, enc[row, :count].to(dtype, copy=True))
+            for row, (chunks, count) in enumerate(zip(state.frames, enc_lens.tolist()))
+        )
+        state = CifStreamState(frames, num_frames, state.window_start, state.settled)
         over = (num_frames - state.window_start) > self.partial_window
         return self._settle(state, over) if bool(over.any()) else state
 
@@ -193,8 +237,7 @@ class CifGreedySearch:
         rows = over.nonzero().squeeze(1)  # (R,)
         starts = state.window_start[rows]
         lens = state.num_frames[rows] - starts
-        recent = state.enc[:, state.enc.shape[1] - int(lens.max()):]  # holds every window
-        enc = _last_frames(recent[rows], lens)  # (R, W, D)
+        enc = self._last_frames([state.frames[row] for row in rows.tolist()], lens)  # (R, W, D)
         out, log_probs, labels = self._infer(enc, lens)
         bounds = self._boundaries(out, labels, lens, lens - self.partial_window // 2)
         fired = lengths_to_mask(out.token_lens, out.fire_frames.shape[1])
@@ -214,7 +257,7 @@ class CifGreedySearch:
             scores[row] = hyp.score
         window_start = state.window_start.index_add(0, rows, bounds)
         settled = state.settled.extend(tokens, frames, emit).add_score(scores)
-        return CifStreamState(state.enc, state.num_frames, window_start, settled)
+        return CifStreamState(state.frames, state.num_frames, window_start, settled)
 
     def _boundaries(
         self, out: CIFInference, labels: Tensor | None, lens: Tensor, middle: Tensor
@@ -242,9 +285,9 @@ class CifGreedySearch:
         greedy hypothesis of all the frames so far while nothing is settled)."""
         lens = state.num_frames - state.window_start
         settled = state.settled.hypotheses()
-        if state.enc.shape[1] == 0 or not int(lens.max()):
+        if not lens.numel() or not int(lens.max()):
             return settled
-        window = self._search(_last_frames(state.enc, lens), lens)
+        window = self._search(self._last_frames(state.frames, lens), lens)
         return [
             Hypothesis(
                 tokens=before.tokens + hyp.tokens,
@@ -257,17 +300,18 @@ class CifGreedySearch:
     @torch.no_grad()
     def finalize(self, state: CifStreamState) -> list[Hypothesis]:
         """The offline search of all the frames of the segment (settled tokens play no part)."""
-        if state.enc.shape[1] == 0:
+        if not state.num_frames.numel() or not int(state.num_frames.max()):
             return [Hypothesis(tokens=()) for _ in range(state.num_frames.shape[0])]
-        return self._search(_last_frames(state.enc, state.num_frames), state.num_frames)
+        return self._search(self._last_frames(state.frames, state.num_frames), state.num_frames)
 
-
-def _last_frames(enc: Tensor, lens: Tensor) -> Tensor:
-    """The last ``lens`` (B,) frames of each row of a right-aligned store enc (B, F, D),
-    left-aligned, as the offline search reads them: (B, max(lens), D), zeros after them."""
-    width = int(lens.max()) if lens.numel() else 0
-    frames = enc.shape[1]
-    times = torch.arange(width, device=enc.device)[None, :]
-    source = (times + frames - lens[:, None]).clamp(min=0, max=max(frames - 1, 0))
-    out = enc.gather(1, source[..., None].expand(-1, -1, enc.shape[2]))
-    return out * (times < lens[:, None])[..., None].to(out.dtype)
+    def _last_frames(self, stores: Sequence[FrameChunks | None], lens: Tensor) -> Tensor:
+        """The last ``lens`` (B,) frames of each stream's store, left-aligned, as the offline
+        search reads them: (B, max(lens), D), zeros after them (one host transfer)."""
+        counts = lens.tolist()
+        proj = self.head.input_proj
+        out = torch.zeros(len(counts), max(counts, default=0), proj.in_features,
+                          dtype=proj.weight.dtype, device=lens.device)
+        for row, (chunks, count) in enumerate(zip(stores, counts)):
+            if chunks is not None and count > 0:
+                out[row, :count] = chunks.last(count)
+        return out

@@ -396,15 +396,17 @@ def hotwords_of(cfg: SearchConfig) -> list[Hotword]:
     return hotwords
 
 
-def as_hotwords(spec: str | Path | Sequence[str] | None) -> list[Hotword]:
+def as_hotwords(spec: str | Path | Sequence[str | Hotword] | None) -> list[Hotword]:
     """Phrases given in any of the ways the runtime takes them: a file, inline phrases
     (``"ALPHA BETA;GAMMA :2.5"``, :func:`load_hotwords`), or a list of phrases (each may end
-    with `` :SCORE``); None for none."""
+    with `` :SCORE``) or of :class:`Hotword` (as they are, e.g. a file's, read once); None for
+    none."""
     if spec is None:
         return []
     if isinstance(spec, (str, Path)):
         return load_hotwords(spec)
-    return [h for phrase in spec for h in parse_hotwords(str(phrase))]
+    return [h for phrase in spec
+            for h in ([phrase] if isinstance(phrase, Hotword) else parse_hotwords(str(phrase)))]
 
 
 def context_graph_for(

@@ -27,7 +27,7 @@ from asr.decoding import SearchConfig, Searcher, StreamingSearcher
 from asr.decoding import build_searcher as _build_searcher
 from asr.decoding import build_streaming_searcher as _build_streaming_searcher
 from asr.decoding.config import override_search
-from asr.decoding.context_graph import ContextGraph, as_hotwords, context_graph_for
+from asr.decoding.context_graph import ContextGraph, Hotword, as_hotwords, context_graph_for
 from asr.decoding.lm import LanguageModel
 from asr.decoding.registry import (
     resolve_searcher,
@@ -50,8 +50,8 @@ from asr.tokenizers.base import Tokenizer
 __all__ = ["HotwordsSpec", "Runtime", "SearchOptions"]
 
 #: What ``hotwords=`` takes: a hotword file, inline phrases ``"ALPHA BETA;GAMMA :2.5"``, a list
-#: of phrases, or None.
-HotwordsSpec = str | Path | Sequence[str] | None
+#: of phrases (or of :class:`~asr.decoding.context_graph.Hotword`), or None.
+HotwordsSpec = str | Path | Sequence[str | Hotword] | None
 #: What ``search=`` takes: the options themselves, or changes to the package's (a mapping
 #: ``field -> value`` or ``search.field=value`` strings).
 SearchOptions = SearchConfig | Mapping[str, Any] | Iterable[str]

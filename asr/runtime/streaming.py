@@ -392,8 +392,7 @@ class StreamingRecognizer:
             search_state = self.searcher.step(enc, enc_lens, search_state)
         partials = self.searcher.partial(search_state)
         # copies: a stream waits for audio between batches, and a view would keep the batch;
-        # a lone stream's state is its own (copied, CIF's store of the segment's frames cost a
-        # copy of the whole segment per chunk)
+        # a lone stream's state is its own (copying it cost a copy of every cache per chunk)
         enc_states = self.encoder.unstack_state(enc_state)
         search_states = unstack_states(search_state, copy=len(batch) > 1)
         return [

@@ -582,6 +582,30 @@ def test_hotwords_options(tiny, audio_dir, tmp_path, capsys, caplog):
     assert code == 0 and greedy and caplog.text.count("does not use hotwords") == 1
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_hotwords_file_is_read_once(streaming, tiny, audio_dir, tmp_path, capsys,
+                                      monkeypatch):
+    """--hotwords FILE was read twice, once to check its phrases and once to use them: a file
+    changed in between (or a named pipe, read empty the second time) was not what was
+    checked. Its phrases are read once, checked and used."""
+    import asr.decoding.context_graph as context_graph
+
+    hotwords = tmp_path / "hotwords.txt"
+    hotwords.write_text("A\n")
+    reads = []
+
+    def counted(path, *args, **kwargs):
+        reads.append(Path(path))
+        return read_text(path, *args, **kwargs)
+
+    read_text = context_graph.read_text
+    monkeypatch.setattr(context_graph, "read_text", counted)
+    options = ["--streaming"] if streaming else []
+    code, _, _ = _run([audio_dir / "utt0.wav", "--model", tiny.package_dir, "--searcher",
+                       "ctc_prefix_beam", *options, "--hotwords", hotwords], capsys)
+    assert code == 0 and reads == [hotwords]
+
+
 def test_streaming_hotwords_options(tiny, audio_dir, tmp_path, capsys, caplog):
     """--streaming --hotwords: a biasing streaming searcher takes them (score 0 changes
     nothing, unknown characters exit 2); a greedy one ignores them with the offline path's

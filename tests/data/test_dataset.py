@@ -404,6 +404,30 @@ def test_noise_without_audio_is_refused_for_on_the_fly_training_features(
     AsrDataset.from_config(cfg, CharEncoder(), train=False)
 
 
+def test_multichannel_noise_is_refused_for_on_the_fly_training_features(
+        prepared: dict, tmp_path) -> None:
+    """A stereo noise recording was mixed into the mono training audio as it came: the mixed
+    cut had two channels, whose features lhotse computes from the first alone, so the
+    noise's other channel (and the SNR drawn for both) was silently not what training heard;
+    stored training cuts of several channels are refused for the same reason
+    (:func:`asr.data.filtering.check_cut_audio`), and noise corpora (MUSAN) are mono. It is
+    refused when the dataset is made, naming the option and the noise cut."""
+    rng = np.random.default_rng(2)
+    stereo = tmp_path / "stereo.flac"
+    sf.write(stereo, (0.3 * rng.standard_normal((32000, 2))).astype(np.float32), 16000)
+    mono = CutSet.from_file(_write_noise_cuts(tmp_path))
+    noise = mono + CutSet.from_manifests(
+        recordings=[Recording.from_file(stereo, recording_id="stereo")])
+    noise.to_file(tmp_path / "mixed_noise.jsonl.gz")
+    cfg = _cfg(prepared, on_the_fly_feats=True, spec_augment=SpecAugmentConfig(enabled=False),
+               noise=NoiseConfig(cuts_path=tmp_path / "mixed_noise.jsonl.gz", probability=1.0))
+    with pytest.raises(ValueError, match=r"data\.noise\.cuts_path .*mixed_noise\.jsonl\.gz: "
+                                         r".*: 1 cuts hold several audio channels, e\.g\. "
+                                         r"cut 'stereo.*' with 2 \(audio .*stereo\.flac\)"):
+        AsrDataset.from_config(cfg, CharEncoder(), train=True)
+    AsrDataset.from_config(cfg, CharEncoder(), train=False)
+
+
 def test_make_dataloader_and_strict_config(prepared: dict) -> None:
     data = {"manifest_dir": str(prepared["root"] / "fbank"),
             "train_cuts": ["librispeech_cuts_train-clean-5.jsonl.gz"],

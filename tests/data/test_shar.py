@@ -22,7 +22,8 @@ import asr.run.train as train
 from asr.data.config import DataConfig
 from asr.data.dataset import DataError, make_dataloader
 from asr.data.epochs import EpochBatches
-from asr.data.filtering import filter_cuts
+from asr.data.fbank import speed_perturb_cuts
+from asr.data.filtering import FilterStats, filter_cuts
 from asr.data.shar import SharCuts, export_shar, shar_fields
 from asr.encoders.subsampling import subsampled_length
 from asr.experiment import ExperimentConfig
@@ -437,3 +438,38 @@ def test_shar_and_manifests_train_on_the_same_filtered_cuts_checked_and_bucketed
                                      constraint=TimeConstraint(max_duration=2.5))
     assert batches.loader.sampler.duration_bins == expected.loader.sampler.duration_bins == bins
     assert [b.cut_ids for b in batches(1, 0)] == [b.cut_ids for b in expected(1, 0)]
+
+
+def test_speed_copies_in_shar_are_refused_for_on_the_fly_speed_perturbation(prepared, tmp_path):
+    """Shar writes audio with its speed transform applied and lists none: the filter's refusal
+    of on-the-fly perturbation on top of stored speed copies (0.9 twice: 0.81) saw none in a
+    Shar export of a corpus with its copies. ``asr shar`` keeps the speed in the cut, and a
+    Shar directory written by lhotse alone is judged by its recordings' ``_sp0.9`` ids; the
+    export of the cuts without copies trains at every speed."""
+    plain = CutSet.from_file(prepared["manifests"]["dev-clean-2"])
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    manifest = _written(speed_perturb_cuts(plain), copies)
+    export_shar([manifest], tmp_path / "asr", {"recording": "flac"}, shard_size=4, progress=False)
+    lhotse_only = tmp_path / "lhotse"
+    lhotse_only.mkdir()
+    CutSet.from_file(manifest).to_shar(lhotse_only, fields={"recording": "flac"}, shard_size=4,
+                                       verbose=False)
+    speeds = (1.0, 0.9, 1.1)
+    first_copy = f"{plain[0].id}_sp0.9"
+    for directory, transform in ((tmp_path / "asr", r"Speed\(factor=0\.9\)"),
+                                 (lhotse_only, r"Speed\(factor=0\.9\), by its id")):
+        shar = SharCuts([directory], "recording", shuffle=False, seed=0)
+        with pytest.raises(ValueError, match=rf"cut '{first_copy}' .*is speed-perturbed already "
+                                             rf"\({transform}: "):
+            filter_cuts(shar.manifests, CharEncoder(), subsampled_length, apply_to=shar,
+                        speed_factors=speeds)
+        kept, stats = filter_cuts(shar.manifests, CharEncoder(), subsampled_length,
+                                  apply_to=shar)  # no perturbation: the copies are cuts
+        assert stats.kept == 3 * len(plain)
+    export_shar([prepared["manifests"]["dev-clean-2"]], tmp_path / "plain", {"recording": "flac"},
+                shard_size=4, progress=False)
+    shar = SharCuts([tmp_path / "plain"], "recording", shuffle=False, seed=0)
+    _, stats = filter_cuts(shar.manifests, CharEncoder(), subsampled_length, apply_to=shar,
+                           speed_factors=speeds)
+    assert stats == FilterStats(kept=len(plain))

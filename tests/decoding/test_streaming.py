@@ -3,9 +3,11 @@ each stream alone, state stack/unstack round trip, absolute timestamps."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
-from search_helpers import encoder_output, make_model
+from search_helpers import ENC_DIM, encoder_output, make_model
 
 from asr.config import ConfigError
 from asr.decoding import SearchConfig, build_searcher, build_streaming_searcher
@@ -279,12 +281,54 @@ def test_cif_segment_longer_than_the_old_frame_capacity_keeps_every_frame():
     offline, streaming = build_cif("ctc segments")
     enc, enc_lens = encoder_output([1600], scale=3.0)
     state = run_chunks(streaming, enc, enc_lens, [400])
-    assert state.num_frames.tolist() == [1600] and state.enc.shape[1] == 1600
+    assert state.num_frames.tolist() == [1600] and state.frames[0].num_frames == 1600
     assert streaming.finalize(state) == [offline(enc, enc_lens)[0][0]]
     fresh = streaming.init_state(1, enc.device)
     chunk, lens = enc[:, :5].expand(2, -1, -1), torch.tensor([5, 5])
     both = streaming.step(chunk, lens, stack_states([state, fresh]))
     _, short = unstack_states(both, copy=True)
-    assert short.enc.shape[1] == 5
+    assert short.frames[0].num_frames == 5
     assert streaming.finalize(short) == [offline(enc[:, :5], torch.tensor([5]))[0][0]]
     assert streaming.partial(streaming.init_state(2, enc.device)) == [Hypothesis(())] * 2
+
+
+def _frame_memory(state) -> dict[int, int]:
+    """The memory of every float tensor of ``state`` as wide as the encoder (its frames):
+    storage address -> bytes."""
+    found: dict[int, int] = {}
+
+    def visit(value) -> None:
+        if isinstance(value, torch.Tensor):
+            storage = value.untyped_storage()
+            if (value.is_floating_point() and value.dim() > 1 and value.shape[-1] == ENC_DIM
+                    and storage.nbytes()):
+                found[storage.data_ptr()] = storage.nbytes()
+        elif dataclasses.is_dataclass(value):
+            for field in dataclasses.fields(value):
+                visit(getattr(value, field.name))
+        elif isinstance(value, tuple):
+            for item in value:
+                visit(item)
+
+    visit(state)
+    return found
+
+
+def test_a_cif_step_adds_its_chunk_without_copying_the_frames_held():
+    """Each step copied the store of all the segment's frames into a new one a chunk longer:
+    quadratic in the segment's length (a stream without endpointing is one segment). A step
+    now keeps the frames held before as they are (the same memory) and adds its chunk's, each
+    stream's own copy of its rows (not a view of the batch); the result is unchanged."""
+    offline, streaming = build_cif("ctc segments")
+    enc, enc_lens = encoder_output([40, 25], scale=3.0)
+    state = streaming.init_state(2, enc.device)
+    chunk_bytes = 4 * ENC_DIM * enc.element_size()
+    for start in range(0, 40, 4):
+        held = _frame_memory(state)
+        lens = (enc_lens - start).clamp(min=0, max=4)
+        state = streaming.step(enc[:, start : start + 4], lens, state)
+        now = _frame_memory(state)
+        assert held.items() <= now.items()
+        assert all(now[address] <= chunk_bytes for address in now.keys() - held.keys())
+    assert state.num_frames.tolist() == [40, 25]
+    assert streaming.finalize(state) == [h[0] for h in offline(enc, enc_lens)]

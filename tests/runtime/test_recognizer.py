@@ -253,11 +253,15 @@ def test_a_lone_streams_cif_store_is_not_copied_each_chunk(tmp_path, monkeypatch
                                    16000)
     for _ in range(3):
         recognizer.decode([lone])
-        assert lone.search_state.enc.data_ptr() == stepped[-1].enc.data_ptr()
+        assert lone.search_state.frames[0] is stepped[-1].frames[0]
+        assert lone.search_state.num_frames.data_ptr() == stepped[-1].num_frames.data_ptr()
     recognizer.decode([lone, other])
     for stream in (lone, other):
-        store = stream.search_state.enc
-        assert store.untyped_storage().nbytes() == store.numel() * store.element_size()
+        chunks = stream.search_state.frames[0]
+        while chunks is not None:  # each chunk its stream's own, not a view of the batch's
+            store = chunks.frames
+            assert store.untyped_storage().nbytes() == store.numel() * store.element_size()
+            chunks = chunks.before
 
 
 def test_a_waiting_stream_keeps_only_its_own_cache(unlimited_model):
