@@ -48,9 +48,10 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 __all__ = ["SPEEDS_FIELD", "SPEED_COPY_FIELD", "SUPERVISION_TOLERANCE", "FilterStats",
-           "TextEncoder", "allowed_speeds", "with_speed_copy_record", "check_cut_audio", "check_cut_files", "cut_files", "cut_text",
-           "data_files", "encode_cut_text", "drop_reason", "error_reason", "filter_cuts",
-           "supervision_outside", "unreadable_cut_error", "unreadable_field"]
+           "TextEncoder", "allowed_speeds", "check_cut_audio", "check_cut_files", "cut_files",
+           "cut_text", "data_files", "encode_cut_text", "drop_reason", "error_reason",
+           "filter_cuts", "supervision_outside", "unreadable_cut_error", "unreadable_field",
+           "with_speed_copy_record"]
 
 #: The custom field of a cut kept at only some of the speeds it was judged at: those speeds.
 SPEEDS_FIELD = "speed_factors"
