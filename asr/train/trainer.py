@@ -3,7 +3,9 @@
 The trainer knows nothing about speech: it drives any module whose ``forward(batch, step=...)``
 (``step``: the optimizer steps taken so far, for losses with a schedule) returns an object with
 ``loss`` (scalar, SUMMED over utterances), ``num_utterances`` and ``metrics`` (a dict of floats,
-also sums), as :class:`asr.model.ASRModel` does. Wall-clock budgets are planned by
+also sums), as :class:`asr.model.ASRModel` does; one whose loss leaves some trainable
+parameters out (``has_unused_parameters`` true: an ASRModel's heads of loss weight 0) has DDP
+look for them at every step, as it must. Wall-clock budgets are planned by
 :class:`asr.train.budget.TimeBudget`, called after each step and at each end of epoch. Batches
 come from a callable ``train_batches(epoch, skip, skip_world_size)`` that yields this rank's
 batches of ``epoch`` after the first ``skip`` GLOBAL batches (all ranks' together) of the epoch's
@@ -160,7 +162,8 @@ class Trainer:
         )
         if self.dist.distributed:
             model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=bool(getattr(model, "has_unused_parameters", False)),
             )
         self.model = model
         on_cuda = self.device.type == "cuda"

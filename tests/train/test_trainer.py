@@ -469,6 +469,37 @@ def test_the_epoch_train_loss_of_a_resumed_ddp_run_counts_every_rank_once(tmp_pa
         assert losses["resumed"] == pytest.approx(losses["full"], rel=1e-12)
 
 
+DDP_IDLE_HEAD_SCRIPT = r"""
+import os, sys, torch
+sys.path[:0] = [os.environ["TEST_DIR"], os.path.dirname(os.environ["TEST_DIR"])]
+from test_model import HEADS_YAML, _batch, _model
+from asr.train.distributed import setup_distributed, cleanup_distributed
+from asr.train.optim import OptimConfig
+from asr.train.state import TrainConfig
+from asr.train.trainer import Trainer
+info = setup_distributed("cpu")
+torch.manual_seed(0)
+model = _model(dict(HEADS_YAML, loss_weights={"ctc": 1.0, "aed": 0.0, "cif": 0.0})).train()
+trainer = Trainer(model, OptimConfig(), TrainConfig(max_epochs=1, checkpoint_interval=0,
+                  average_period=0), os.path.join(os.environ["OUT_DIR"], f"rank{info.rank}"),
+                  lambda epoch, skip, world: [_batch() for _ in range(3 - skip // world)],
+                  dist=info)
+untouched = {n: p.detach().clone() for n, p in model.heads["aed"].named_parameters()}
+progress = trainer.fit()
+assert progress.step == 3, progress.step
+for name, param in model.heads["aed"].named_parameters():  # as in one process: not trained
+    assert torch.equal(param, untouched[name]), name
+cleanup_distributed()
+"""
+
+
+def test_ddp_trains_a_model_with_a_head_of_weight_0(tmp_path):
+    """A head of loss weight 0 is kept for decoding but not run: DDP, not told that some
+    parameters get no gradient, failed every rank at the second step ('Expected to have
+    finished reduction in the prior iteration before starting a new one')."""
+    _torchrun_two(tmp_path, DDP_IDLE_HEAD_SCRIPT)
+
+
 WORLD_CHANGE_SCRIPT = r'''
 import json, os, sys, torch
 sys.path[:0] = [os.environ["TEST_DIR"], os.path.dirname(os.environ["TEST_DIR"])]
