@@ -654,10 +654,14 @@ class Trainer:
         """The L2 norm of the accumulated gradient sums, unscaled from float16's loss scale,
         before the ranks agree on the global batch's utterances that divide them: whether it is
         finite is this rank's part of the step's agreement. It is not finite when a gradient is
-        not, or when the sums' norm overflows float32 (a divided norm above 3e38 / utterances:
-        no step to take either)."""
+        not. Computed in float64: in float32 the squares of sums beyond ~1.8e19 overflow, and
+        finite gradients that clipping tames would skip the step as non-finite."""
         self.scaler.unscale_(self.optimizer)
-        return float(torch.nn.utils.get_total_norm(self._gradients()))
+        grads = self._gradients()
+        if not grads:
+            return 0.0
+        norms = torch._foreach_norm(grads, 2.0, dtype=torch.float64)
+        return float(torch.linalg.vector_norm(torch.stack(norms)))
 
     def _agree(self, norm: float) -> StepReport:
         """What every rank must know of the step, agreed in one all-reduce

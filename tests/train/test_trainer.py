@@ -1416,6 +1416,40 @@ def test_a_step_divides_and_clips_the_gradients_as_clip_grad_norm_does(tmp_path,
         torch.testing.assert_close(mine, theirs.grad, rtol=1e-6, atol=1e-7)
 
 
+def test_finite_gradient_sums_whose_float32_norm_would_overflow_are_clipped_not_skipped(
+        tmp_path):
+    """Gradient sums of elements ~1e19 are finite, yet their squares overflow float32: the
+    norm came out inf and the step was skipped as non-finite (its batches saved, 'non-finite
+    gradients (norm inf)' logged) instead of clipped, at norms ~19 orders of magnitude below
+    float32's limit. Clipped in float64 they make the step clip_grad_norm_ makes of them."""
+    torch.manual_seed(0)
+    model = ToyModel()
+    trainer = Trainer(model, OptimConfig(grad_clip=5.0),
+                      TrainConfig(max_epochs=1, checkpoint_interval=0, average_period=0),
+                      tmp_path, train_batches=batches)
+    sums = [1e19 * torch.randn_like(p) for p in model.parameters()]
+    assert all(torch.isfinite(g).all() for g in sums)
+    for param, grad in zip(model.parameters(), sums):
+        param.grad = grad.clone()
+    trainer._accum_utts = 4.0
+    reference = [nn.Parameter(torch.zeros_like(g, dtype=torch.float64)) for g in sums]
+    for param, grad in zip(reference, sums):
+        param.grad = grad.double() / 4.0
+    torch.nn.utils.clip_grad_norm_(reference, 5.0)
+    got: list[torch.Tensor] = []
+    real_step = trainer.optimizer.step
+
+    def step(*args, **kwargs):
+        got.extend(p.grad.clone() for p in model.parameters())
+        return real_step(*args, **kwargs)
+
+    trainer.optimizer.step = step
+    assert trainer._optimizer_step()
+    assert trainer.progress.skipped_steps == 0 and not (tmp_path / "bad-batches").exists()
+    for mine, theirs in zip(got, reference):
+        torch.testing.assert_close(mine, theirs.grad.float(), rtol=1e-5, atol=1e-7)
+
+
 def test_a_signal_during_the_interval_checkpoint_stops_right_after_it(tmp_path, monkeypatch,
                                                                       outer_handlers):
     """SIGTERM while the interval writes checkpoint-4.pt: training stops at step 4, whose
