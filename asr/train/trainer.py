@@ -563,8 +563,9 @@ class Trainer:
         whether the time budget is spent. A skipped step (non-finite gradients, a float16
         overflow) counts nowhere: its batches' losses and utterances stay out of the epoch's
         train loss; a signal stops training after it as after a step taken. A step that wrote the
-        interval's checkpoint agrees once more, as an epoch's end does: a signal during that
-        write stops training right after it, rather than after another step and a second write.
+        interval's checkpoint or validated (``train.valid_interval``) agrees once more, as an
+        epoch's end does: a signal during that write or validation stops training right after
+        it, rather than after another step (and a second write).
 
         Raises:
             TrainingPreempted: a signal reached some rank (:meth:`_stop_if_preempted`).
@@ -573,12 +574,15 @@ class Trainer:
         loss, utts, metrics = self._step_loss, self._accum_utts, self._step_metrics
         self._step_loss, self._step_metrics = 0.0, {}
         stepped = self._optimizer_step()  # agrees: self._agreed
+        validated = False
         if stepped:
             self._after_step(loss, utts, metrics, lr, bar, self._agreed.budget_spent)
+            validated = self.progress.valid_step == self.progress.step
         finished = self._finished()
         if not finished:  # a finished run stops anyway, with its own checkpoint
             signum = self._agreed.signum
-            if signum is None and self._saved_at == self._position():  # every rank saved
+            # every rank validated or saved after the agreement: a signal meanwhile stops here
+            if signum is None and (validated or self._saved_at == self._position()):
                 signum = agree(StepReport(signum=self._guard.signum), self.dist).signum
             self._stop_if_preempted(signum, saved=False)
         return finished

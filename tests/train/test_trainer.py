@@ -1416,6 +1416,40 @@ def test_a_step_divides_and_clips_the_gradients_as_clip_grad_norm_does(tmp_path,
         torch.testing.assert_close(mine, theirs.grad, rtol=1e-6, atol=1e-7)
 
 
+def _validating_every_3_steps(exp_dir, signal_at_step=None, resume=False) -> Trainer:
+    """Two epochs of 7 steps validated every 3 steps, checkpoints only at the epochs' ends; with
+    ``signal_at_step``, SIGTERM arrives while step ``signal_at_step`` validates."""
+    torch.manual_seed(0)
+    trainer: Trainer | None = None
+
+    def valid_batches():
+        if trainer.progress.step == signal_at_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return batches(99, 0, num_batches=2)
+
+    trainer = Trainer(ToyModel(), OptimConfig(lr=1e-2, warmup_steps=3),
+                      TrainConfig(max_epochs=2, checkpoint_interval=0, valid_interval=3,
+                                  average_period=2, keep_last=0),
+                      exp_dir, train_batches=batches, valid_batches=valid_batches)
+    if resume:
+        assert trainer.resume()
+    trainer.fit()
+    return trainer
+
+
+def test_a_signal_during_a_mid_epoch_validation_stops_right_after_it(tmp_path, outer_handlers):
+    """SIGTERM while step 3 validates (train.valid_interval; a validation can take minutes of
+    the kill's grace period): training stops at step 3 with its checkpoint. It trained step 4
+    first, and only then wrote the checkpoint the kill may not wait for."""
+    full = _validating_every_3_steps(tmp_path / "full")
+    with pytest.raises(TrainingPreempted) as stop:
+        _validating_every_3_steps(tmp_path / "preempted", signal_at_step=3)
+    assert stop.value.step == 3
+    assert [n for n, _ in list_checkpoints(tmp_path / "preempted")] == [3]
+    resumed = _validating_every_3_steps(tmp_path / "preempted", resume=True)
+    _assert_same_weights(full, resumed)
+
+
 def test_finite_gradient_sums_whose_float32_norm_would_overflow_are_clipped_not_skipped(
         tmp_path):
     """Gradient sums of elements ~1e19 are finite, yet their squares overflow float32: the
