@@ -127,8 +127,15 @@ def training_checkpoint(data: Any, path: str | Path) -> dict[str, Any]:
     return data
 
 
-def capture_rng_state() -> dict[str, Any]:
-    """RNG states of python, numpy and torch (CPU + CUDA) as weights-only-safe values."""
+def capture_rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """RNG states of python, numpy and torch (CPU, and one CUDA device's) as weights-only-safe
+    values.
+
+    Args:
+        device: the device the process computes on: a CUDA device's RNG state is kept (None:
+            the current CUDA device's, where CUDA is in use). Not every visible GPU's: a process
+            resumed where fewer are visible could not restore them.
+    """
     np_state = np.random.get_state()
     state: dict[str, Any] = {
         "python": _to_plain(random.getstate()),
@@ -140,13 +147,26 @@ def capture_rng_state() -> dict[str, Any]:
         },
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    cuda = _cuda_device(device)
+    if cuda is not None:
+        state["cuda"] = torch.cuda.get_rng_state(cuda)
     return state
 
 
-def restore_rng_state(state: Mapping[str, Any]) -> None:
-    """Inverse of :func:`capture_rng_state`."""
+def _cuda_device(device: torch.device | None) -> torch.device | None:
+    """The CUDA device whose RNG :func:`capture_rng_state` keeps for ``device`` (None: none)."""
+    if not torch.cuda.is_available():
+        return None
+    if device is None:  # CUDA not initialised: its RNG has drawn nothing
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_initialized() else None
+    if device.type != "cuda":
+        return None
+    return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
+
+
+def restore_rng_state(state: Mapping[str, Any], device: torch.device | None = None) -> None:
+    """Inverse of :func:`capture_rng_state` (``device``: as there). A state of every visible
+    GPU (``capture_rng_state`` once kept those) gives ``device``'s, where it has one."""
     random.setstate(_to_tuple(state["python"]))
     np_state = state["numpy"]
     np.random.set_state(
@@ -159,8 +179,13 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
         )
     )
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda, target = state.get("cuda"), _cuda_device(device)
+    if cuda is None or target is None:
+        return
+    if isinstance(cuda, (list, tuple)):  # every visible GPU's
+        cuda = cuda[target.index] if target.index < len(cuda) else None
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, target)
 
 
 def _to_plain(value: Any) -> Any:

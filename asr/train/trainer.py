@@ -203,7 +203,7 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        rng = capture_rng_state()
+        rng = capture_rng_state(self.device)
         if self.dist.distributed:
             gathered: list[Any] = [None] * self.dist.world_size
             torch.distributed.all_gather_object(gathered, rng)
@@ -243,7 +243,7 @@ class Trainer:
         rngs = state["rng_per_rank"]
         self._resume_position(len(rngs))
         if len(rngs) == self.dist.world_size:
-            restore_rng_state(rngs[self.dist.rank])
+            restore_rng_state(rngs[self.dist.rank], self.device)
         else:
             logger.warning(
                 "checkpoint was written by %d processes, resuming with %d: RNG streams restart "
