@@ -11,6 +11,7 @@ Model weights for distribution are written as safetensors (see :func:`save_weigh
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -210,9 +211,16 @@ def epoch_checkpoint_path(exp_dir: str | Path, epoch: int) -> Path:
     return Path(exp_dir) / f"epoch-{epoch}.pt"
 
 
+#: What ``os.link`` fails with on a file system without hard links (object-store mounts such
+#: as gcsfuse, s3fs and blobfuse; some SMB shares) or with too many of them.
+NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS,
+                           errno.EMLINK, errno.EXDEV})
+
+
 def link_epoch_checkpoint(checkpoint: str | Path, epoch: int) -> Path:
     """Names the step checkpoint written at the end of ``epoch`` after the epoch too (a hard
-    link beside it, replacing an older one), for averaging and decoding by epoch.
+    link beside it, replacing an older one), for averaging and decoding by epoch. Where the
+    file system has no hard links (:data:`NO_HARD_LINKS`), ``epoch-N.pt`` is a copy.
 
     The new link is made under a temporary name beside it and renamed over the old one, so a
     reader (``asr decode --epoch N`` while training goes on) always finds ``epoch-N.pt``.
@@ -221,7 +229,15 @@ def link_epoch_checkpoint(checkpoint: str | Path, epoch: int) -> Path:
     path = epoch_checkpoint_path(checkpoint.parent, epoch)
     tmp = temporary_path(path)
     tmp.unlink(missing_ok=True)
-    os.link(checkpoint, tmp)
+    try:
+        os.link(checkpoint, tmp)
+    except OSError as err:
+        if err.errno not in NO_HARD_LINKS:
+            raise
+        logger.info("%s: no hard link here (%s): %s is a copy", checkpoint.parent,
+                    os.strerror(err.errno), path.name)
+        write_atomic(path, lambda copy: shutil.copyfile(checkpoint, copy))
+        return path
     try:
         os.replace(tmp, path)
     except BaseException:

@@ -832,7 +832,7 @@ class Trainer:
         # Re-planned before the checkpoint, so that a resumed run continues this plan.
         self._apply_plan(self.budget.after_epoch(p, self.budget.clock() - start))
         # The epoch checkpoint is a step checkpoint (what resume() looks for) plus a hard link
-        # named after the epoch for averaging and decoding by epoch.
+        # (or copy) named after the epoch for averaging and decoding by epoch.
         path = checkpoint_path(self.exp_dir, p.step)
         self.save(path)
         if self.dist.is_main:

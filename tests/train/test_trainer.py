@@ -1,5 +1,6 @@
 """Trainer: exact resume after a stop mid-epoch, DDP gradient equivalence, logs and plot."""
 
+import errno
 import json
 import logging
 import math
@@ -270,6 +271,27 @@ def test_outputs_checkpoints_logs_and_plot(tmp_path):
     png = tmp_path / "training.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("code", [errno.EPERM, errno.EOPNOTSUPP])
+def test_an_experiment_directory_without_hard_links_gets_epoch_checkpoints_as_copies(
+        tmp_path, monkeypatch, code):
+    """Object-store mounts (gcsfuse, s3fs, blobfuse) have no hard links: the first epoch's end
+    failed after writing its checkpoint, and so did every resume, which names that epoch
+    again. epoch-N.pt is then a copy of the epoch's checkpoint, as icefall's own file is."""
+    from asr.checkpoints import io
+
+    def no_links(src, dst):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(io.os, "link", no_links)
+    run(tmp_path)
+    for epoch, step in ((1, 7), (2, 14)):
+        epoch_state = safe_torch_load(tmp_path / f"epoch-{epoch}.pt")
+        assert epoch_state["progress"]["step"] == step
+        assert (tmp_path / f"epoch-{epoch}.pt").read_bytes() == (
+            tmp_path / f"checkpoint-{step}.pt").read_bytes()
+    assert sorted(p.name for p in tmp_path.glob("epoch-*")) == ["epoch-1.pt", "epoch-2.pt"]
 
 
 class NanAt(ToyModel):
