@@ -234,6 +234,17 @@ class ASRModel(nn.Module):
             if link is not None:
                 link(head, self.heads)
 
+    @property
+    def has_unused_parameters(self) -> bool:
+        """Whether some trainable parameters take no part in the loss: those of heads of loss
+        weight 0, which :meth:`forward` does not run. The trainer then has DDP find them at
+        every step (``find_unused_parameters``), which it otherwise refuses."""
+        return any(
+            param.requires_grad
+            for name, head in self.heads.items() if self.loss_weights[name] == 0
+            for param in head.parameters()
+        )
+
     def head_kinds(self, trained_only: bool = False) -> dict[str, str]:
         """Head name -> kind (:data:`HEADS`), in the heads' order; ``trained_only`` leaves out
         heads of loss weight 0 (kept for decoding, not trained)."""

@@ -109,6 +109,14 @@ def test_zero_weight_head_is_kept_but_not_run():
     assert "aed" in model.heads
 
 
+def test_a_model_says_whether_a_head_of_weight_0_leaves_parameters_out_of_the_loss():
+    """The trainer has DDP look for parameters without gradients only then (every rank's
+    second step failed with 'Expected to have finished reduction in the prior iteration')."""
+    idle = _model(dict(HEADS_YAML, loss_weights={"ctc": 1.0, "aed": 0.0, "cif": 0.5}))
+    assert idle.has_unused_parameters
+    assert not _model().has_unused_parameters
+
+
 @pytest.mark.parametrize(
     ("weights", "message"),
     [

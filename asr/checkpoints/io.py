@@ -11,6 +11,7 @@ Model weights for distribution are written as safetensors (see :func:`save_weigh
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -127,8 +128,15 @@ def training_checkpoint(data: Any, path: str | Path) -> dict[str, Any]:
     return data
 
 
-def capture_rng_state() -> dict[str, Any]:
-    """RNG states of python, numpy and torch (CPU + CUDA) as weights-only-safe values."""
+def capture_rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """RNG states of python, numpy and torch (CPU, and one CUDA device's) as weights-only-safe
+    values.
+
+    Args:
+        device: the device the process computes on: a CUDA device's RNG state is kept (None:
+            the current CUDA device's, where CUDA is in use). Not every visible GPU's: a process
+            resumed where fewer are visible could not restore them.
+    """
     np_state = np.random.get_state()
     state: dict[str, Any] = {
         "python": _to_plain(random.getstate()),
@@ -140,13 +148,26 @@ def capture_rng_state() -> dict[str, Any]:
         },
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    cuda = _cuda_device(device)
+    if cuda is not None:
+        state["cuda"] = torch.cuda.get_rng_state(cuda)
     return state
 
 
-def restore_rng_state(state: Mapping[str, Any]) -> None:
-    """Inverse of :func:`capture_rng_state`."""
+def _cuda_device(device: torch.device | None) -> torch.device | None:
+    """The CUDA device whose RNG :func:`capture_rng_state` keeps for ``device`` (None: none)."""
+    if not torch.cuda.is_available():
+        return None
+    if device is None:  # CUDA not initialised: its RNG has drawn nothing
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_initialized() else None
+    if device.type != "cuda":
+        return None
+    return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
+
+
+def restore_rng_state(state: Mapping[str, Any], device: torch.device | None = None) -> None:
+    """Inverse of :func:`capture_rng_state` (``device``: as there). A state of every visible
+    GPU (``capture_rng_state`` once kept those) gives ``device``'s, where it has one."""
     random.setstate(_to_tuple(state["python"]))
     np_state = state["numpy"]
     np.random.set_state(
@@ -159,8 +180,13 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
         )
     )
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda, target = state.get("cuda"), _cuda_device(device)
+    if cuda is None or target is None:
+        return
+    if isinstance(cuda, (list, tuple)):  # every visible GPU's
+        cuda = cuda[target.index] if target.index < len(cuda) else None
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, target)
 
 
 def _to_plain(value: Any) -> Any:
@@ -185,9 +211,16 @@ def epoch_checkpoint_path(exp_dir: str | Path, epoch: int) -> Path:
     return Path(exp_dir) / f"epoch-{epoch}.pt"
 
 
+#: What ``os.link`` fails with on a file system without hard links (object-store mounts such
+#: as gcsfuse, s3fs and blobfuse; some SMB shares) or with too many of them.
+NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS,
+                           errno.EMLINK, errno.EXDEV})
+
+
 def link_epoch_checkpoint(checkpoint: str | Path, epoch: int) -> Path:
     """Names the step checkpoint written at the end of ``epoch`` after the epoch too (a hard
-    link beside it, replacing an older one), for averaging and decoding by epoch.
+    link beside it, replacing an older one), for averaging and decoding by epoch. Where the
+    file system has no hard links (:data:`NO_HARD_LINKS`), ``epoch-N.pt`` is a copy.
 
     The new link is made under a temporary name beside it and renamed over the old one, so a
     reader (``asr decode --epoch N`` while training goes on) always finds ``epoch-N.pt``.
@@ -196,7 +229,15 @@ def link_epoch_checkpoint(checkpoint: str | Path, epoch: int) -> Path:
     path = epoch_checkpoint_path(checkpoint.parent, epoch)
     tmp = temporary_path(path)
     tmp.unlink(missing_ok=True)
-    os.link(checkpoint, tmp)
+    try:
+        os.link(checkpoint, tmp)
+    except OSError as err:
+        if err.errno not in NO_HARD_LINKS:
+            raise
+        logger.info("%s: no hard link here (%s): %s is a copy", checkpoint.parent,
+                    os.strerror(err.errno), path.name)
+        write_atomic(path, lambda copy: shutil.copyfile(checkpoint, copy))
+        return path
     try:
         os.replace(tmp, path)
     except BaseException:

@@ -3,7 +3,9 @@
 The trainer knows nothing about speech: it drives any module whose ``forward(batch, step=...)``
 (``step``: the optimizer steps taken so far, for losses with a schedule) returns an object with
 ``loss`` (scalar, SUMMED over utterances), ``num_utterances`` and ``metrics`` (a dict of floats,
-also sums), as :class:`asr.model.ASRModel` does. Wall-clock budgets are planned by
+also sums), as :class:`asr.model.ASRModel` does; one whose loss leaves some trainable
+parameters out (``has_unused_parameters`` true: an ASRModel's heads of loss weight 0) has DDP
+look for them at every step, as it must. Wall-clock budgets are planned by
 :class:`asr.train.budget.TimeBudget`, called after each step and at each end of epoch. Batches
 come from a callable ``train_batches(epoch, skip, skip_world_size)`` that yields this rank's
 batches of ``epoch`` after the first ``skip`` GLOBAL batches (all ranks' together) of the epoch's
@@ -160,7 +162,8 @@ class Trainer:
         )
         if self.dist.distributed:
             model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=bool(getattr(model, "has_unused_parameters", False)),
             )
         self.model = model
         on_cuda = self.device.type == "cuda"
@@ -200,7 +203,7 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        rng = capture_rng_state()
+        rng = capture_rng_state(self.device)
         if self.dist.distributed:
             gathered: list[Any] = [None] * self.dist.world_size
             torch.distributed.all_gather_object(gathered, rng)
@@ -240,7 +243,7 @@ class Trainer:
         rngs = state["rng_per_rank"]
         self._resume_position(len(rngs))
         if len(rngs) == self.dist.world_size:
-            restore_rng_state(rngs[self.dist.rank])
+            restore_rng_state(rngs[self.dist.rank], self.device)
         else:
             logger.warning(
                 "checkpoint was written by %d processes, resuming with %d: RNG streams restart "
@@ -560,8 +563,9 @@ class Trainer:
         whether the time budget is spent. A skipped step (non-finite gradients, a float16
         overflow) counts nowhere: its batches' losses and utterances stay out of the epoch's
         train loss; a signal stops training after it as after a step taken. A step that wrote the
-        interval's checkpoint agrees once more, as an epoch's end does: a signal during that
-        write stops training right after it, rather than after another step and a second write.
+        interval's checkpoint or validated (``train.valid_interval``) agrees once more, as an
+        epoch's end does: a signal during that write or validation stops training right after
+        it, rather than after another step (and a second write).
 
         Raises:
             TrainingPreempted: a signal reached some rank (:meth:`_stop_if_preempted`).
@@ -570,12 +574,15 @@ class Trainer:
         loss, utts, metrics = self._step_loss, self._accum_utts, self._step_metrics
         self._step_loss, self._step_metrics = 0.0, {}
         stepped = self._optimizer_step()  # agrees: self._agreed
+        validated = False
         if stepped:
             self._after_step(loss, utts, metrics, lr, bar, self._agreed.budget_spent)
+            validated = self.progress.valid_step == self.progress.step
         finished = self._finished()
         if not finished:  # a finished run stops anyway, with its own checkpoint
             signum = self._agreed.signum
-            if signum is None and self._saved_at == self._position():  # every rank saved
+            # every rank validated or saved after the agreement: a signal meanwhile stops here
+            if signum is None and (validated or self._saved_at == self._position()):
                 signum = agree(StepReport(signum=self._guard.signum), self.dist).signum
             self._stop_if_preempted(signum, saved=False)
         return finished
@@ -651,10 +658,14 @@ class Trainer:
         """The L2 norm of the accumulated gradient sums, unscaled from float16's loss scale,
         before the ranks agree on the global batch's utterances that divide them: whether it is
         finite is this rank's part of the step's agreement. It is not finite when a gradient is
-        not, or when the sums' norm overflows float32 (a divided norm above 3e38 / utterances:
-        no step to take either)."""
+        not. Computed in float64: in float32 the squares of sums beyond ~1.8e19 overflow, and
+        finite gradients that clipping tames would skip the step as non-finite."""
         self.scaler.unscale_(self.optimizer)
-        return float(torch.nn.utils.get_total_norm(self._gradients()))
+        grads = self._gradients()
+        if not grads:
+            return 0.0
+        norms = torch._foreach_norm(grads, 2.0, dtype=torch.float64)
+        return float(torch.linalg.vector_norm(torch.stack(norms)))
 
     def _agree(self, norm: float) -> StepReport:
         """What every rank must know of the step, agreed in one all-reduce
@@ -821,7 +832,7 @@ class Trainer:
         # Re-planned before the checkpoint, so that a resumed run continues this plan.
         self._apply_plan(self.budget.after_epoch(p, self.budget.clock() - start))
         # The epoch checkpoint is a step checkpoint (what resume() looks for) plus a hard link
-        # named after the epoch for averaging and decoding by epoch.
+        # (or copy) named after the epoch for averaging and decoding by epoch.
         path = checkpoint_path(self.exp_dir, p.step)
         self.save(path)
         if self.dist.is_main:

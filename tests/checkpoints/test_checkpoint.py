@@ -115,6 +115,67 @@ def test_rng_state_keeps_numpys_cached_gaussian(tmp_path):
     assert np.array_equal(np.random.randn(3), expected)
 
 
+class FakeCuda:
+    """``torch.cuda``'s RNG functions for ``visible`` GPUs, the current one ``current``, as
+    torch implements them: a state per device, an IndexError for a device not visible."""
+
+    def __init__(self, visible: int, current: int = 0):
+        self.states = [torch.tensor([i], dtype=torch.uint8) for i in range(visible)]
+        self.current = current
+
+    def _index(self, device) -> int:
+        if isinstance(device, torch.device):
+            return self.current if device.index is None else device.index
+        return self.current if device == "cuda" else int(device)
+
+    def get_rng_state(self, device="cuda"):
+        return self.states[self._index(device)].clone()
+
+    def set_rng_state(self, state, device="cuda"):
+        self.states[self._index(device)] = state.clone()  # IndexError: not visible
+
+    def get_rng_state_all(self):
+        return [self.get_rng_state(i) for i in range(len(self.states))]
+
+    def set_rng_state_all(self, states):
+        for i, state in enumerate(states):
+            self.set_rng_state(state, i)
+
+    def install(self, monkeypatch):
+        for name in ("get_rng_state", "set_rng_state", "get_rng_state_all", "set_rng_state_all"):
+            monkeypatch.setattr(torch.cuda, name, getattr(self, name))
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: len(self.states))
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: self.current)
+
+
+def test_a_process_resumes_its_gpus_rng_where_fewer_gpus_are_visible(monkeypatch):
+    """A process trains on its current GPU, and its checkpoint keeps that GPU's RNG state: it
+    kept every visible GPU's, so a resume where fewer are visible (the same run on a machine
+    with fewer GPUs, or under CUDA_VISIBLE_DEVICES) failed with torch's IndexError. Lightning
+    too keeps the current device's alone."""
+    writer = FakeCuda(visible=2)
+    writer.install(monkeypatch)
+    writer.set_rng_state(torch.tensor([7], dtype=torch.uint8))  # its training drew
+    state = capture_rng_state(torch.device("cuda", 0))
+    reader = FakeCuda(visible=1)
+    reader.install(monkeypatch)
+    restore_rng_state(state, torch.device("cuda", 0))
+    assert reader.states[0].item() == 7
+    # a state of every visible GPU: the device's is restored
+    restore_rng_state(dict(state, cuda=[torch.tensor([9], dtype=torch.uint8),
+                                        torch.tensor([8], dtype=torch.uint8)]),
+                      torch.device("cuda", 0))
+    assert reader.states[0].item() == 9
+    # a process on cuda:1 keeps and restores cuda:1's, not the current device's
+    writer.install(monkeypatch)
+    writer.set_rng_state(torch.tensor([5], dtype=torch.uint8), 1)
+    assert capture_rng_state(torch.device("cuda", 1))["cuda"].item() == 5
+    # a CPU process keeps none
+    assert "cuda" not in capture_rng_state(torch.device("cpu"))
+
+
 def test_an_epoch_link_is_replaced_when_its_epoch_is_written_again(tmp_path):
     """A resumed run that ends an epoch again links epoch-N.pt to its new step checkpoint."""
     for step in (10, 12):

@@ -1,5 +1,6 @@
 """Trainer: exact resume after a stop mid-epoch, DDP gradient equivalence, logs and plot."""
 
+import errno
 import json
 import logging
 import math
@@ -272,6 +273,27 @@ def test_outputs_checkpoints_logs_and_plot(tmp_path):
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
+@pytest.mark.parametrize("code", [errno.EPERM, errno.EOPNOTSUPP])
+def test_an_experiment_directory_without_hard_links_gets_epoch_checkpoints_as_copies(
+        tmp_path, monkeypatch, code):
+    """Object-store mounts (gcsfuse, s3fs, blobfuse) have no hard links: the first epoch's end
+    failed after writing its checkpoint, and so did every resume, which names that epoch
+    again. epoch-N.pt is then a copy of the epoch's checkpoint, as icefall's own file is."""
+    from asr.checkpoints import io
+
+    def no_links(src, dst):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(io.os, "link", no_links)
+    run(tmp_path)
+    for epoch, step in ((1, 7), (2, 14)):
+        epoch_state = safe_torch_load(tmp_path / f"epoch-{epoch}.pt")
+        assert epoch_state["progress"]["step"] == step
+        assert (tmp_path / f"epoch-{epoch}.pt").read_bytes() == (
+            tmp_path / f"checkpoint-{step}.pt").read_bytes()
+    assert sorted(p.name for p in tmp_path.glob("epoch-*")) == ["epoch-1.pt", "epoch-2.pt"]
+
+
 class NanAt(ToyModel):
     """A ToyModel whose loss is NaN on the training forwards numbered in ``bad`` (1-based)."""
 
@@ -467,6 +489,37 @@ def test_the_epoch_train_loss_of_a_resumed_ddp_run_counts_every_rank_once(tmp_pa
     for rank in (0, 1):
         losses = torch.load(tmp_path / f"losses{rank}.pt")
         assert losses["resumed"] == pytest.approx(losses["full"], rel=1e-12)
+
+
+DDP_IDLE_HEAD_SCRIPT = r"""
+import os, sys, torch
+sys.path[:0] = [os.environ["TEST_DIR"], os.path.dirname(os.environ["TEST_DIR"])]
+from test_model import HEADS_YAML, _batch, _model
+from asr.train.distributed import setup_distributed, cleanup_distributed
+from asr.train.optim import OptimConfig
+from asr.train.state import TrainConfig
+from asr.train.trainer import Trainer
+info = setup_distributed("cpu")
+torch.manual_seed(0)
+model = _model(dict(HEADS_YAML, loss_weights={"ctc": 1.0, "aed": 0.0, "cif": 0.0})).train()
+trainer = Trainer(model, OptimConfig(), TrainConfig(max_epochs=1, checkpoint_interval=0,
+                  average_period=0), os.path.join(os.environ["OUT_DIR"], f"rank{info.rank}"),
+                  lambda epoch, skip, world: [_batch() for _ in range(3 - skip // world)],
+                  dist=info)
+untouched = {n: p.detach().clone() for n, p in model.heads["aed"].named_parameters()}
+progress = trainer.fit()
+assert progress.step == 3, progress.step
+for name, param in model.heads["aed"].named_parameters():  # as in one process: not trained
+    assert torch.equal(param, untouched[name]), name
+cleanup_distributed()
+"""
+
+
+def test_ddp_trains_a_model_with_a_head_of_weight_0(tmp_path):
+    """A head of loss weight 0 is kept for decoding but not run: DDP, not told that some
+    parameters get no gradient, failed every rank at the second step ('Expected to have
+    finished reduction in the prior iteration before starting a new one')."""
+    _torchrun_two(tmp_path, DDP_IDLE_HEAD_SCRIPT)
 
 
 WORLD_CHANGE_SCRIPT = r'''
@@ -1383,6 +1436,74 @@ def test_a_step_divides_and_clips_the_gradients_as_clip_grad_norm_does(tmp_path,
     assert len(got) == len(reference)
     for mine, theirs in zip(got, reference):
         torch.testing.assert_close(mine, theirs.grad, rtol=1e-6, atol=1e-7)
+
+
+def _validating_every_3_steps(exp_dir, signal_at_step=None, resume=False) -> Trainer:
+    """Two epochs of 7 steps validated every 3 steps, checkpoints only at the epochs' ends; with
+    ``signal_at_step``, SIGTERM arrives while step ``signal_at_step`` validates."""
+    torch.manual_seed(0)
+    trainer: Trainer | None = None
+
+    def valid_batches():
+        if trainer.progress.step == signal_at_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return batches(99, 0, num_batches=2)
+
+    trainer = Trainer(ToyModel(), OptimConfig(lr=1e-2, warmup_steps=3),
+                      TrainConfig(max_epochs=2, checkpoint_interval=0, valid_interval=3,
+                                  average_period=2, keep_last=0),
+                      exp_dir, train_batches=batches, valid_batches=valid_batches)
+    if resume:
+        assert trainer.resume()
+    trainer.fit()
+    return trainer
+
+
+def test_a_signal_during_a_mid_epoch_validation_stops_right_after_it(tmp_path, outer_handlers):
+    """SIGTERM while step 3 validates (train.valid_interval; a validation can take minutes of
+    the kill's grace period): training stops at step 3 with its checkpoint. It trained step 4
+    first, and only then wrote the checkpoint the kill may not wait for."""
+    full = _validating_every_3_steps(tmp_path / "full")
+    with pytest.raises(TrainingPreempted) as stop:
+        _validating_every_3_steps(tmp_path / "preempted", signal_at_step=3)
+    assert stop.value.step == 3
+    assert [n for n, _ in list_checkpoints(tmp_path / "preempted")] == [3]
+    resumed = _validating_every_3_steps(tmp_path / "preempted", resume=True)
+    _assert_same_weights(full, resumed)
+
+
+def test_finite_gradient_sums_whose_float32_norm_would_overflow_are_clipped_not_skipped(
+        tmp_path):
+    """Gradient sums of elements ~1e19 are finite, yet their squares overflow float32: the
+    norm came out inf and the step was skipped as non-finite (its batches saved, 'non-finite
+    gradients (norm inf)' logged) instead of clipped, at norms ~19 orders of magnitude below
+    float32's limit. Clipped in float64 they make the step clip_grad_norm_ makes of them."""
+    torch.manual_seed(0)
+    model = ToyModel()
+    trainer = Trainer(model, OptimConfig(grad_clip=5.0),
+                      TrainConfig(max_epochs=1, checkpoint_interval=0, average_period=0),
+                      tmp_path, train_batches=batches)
+    sums = [1e19 * torch.randn_like(p) for p in model.parameters()]
+    assert all(torch.isfinite(g).all() for g in sums)
+    for param, grad in zip(model.parameters(), sums):
+        param.grad = grad.clone()
+    trainer._accum_utts = 4.0
+    reference = [nn.Parameter(torch.zeros_like(g, dtype=torch.float64)) for g in sums]
+    for param, grad in zip(reference, sums):
+        param.grad = grad.double() / 4.0
+    torch.nn.utils.clip_grad_norm_(reference, 5.0)
+    got: list[torch.Tensor] = []
+    real_step = trainer.optimizer.step
+
+    def step(*args, **kwargs):
+        got.extend(p.grad.clone() for p in model.parameters())
+        return real_step(*args, **kwargs)
+
+    trainer.optimizer.step = step
+    assert trainer._optimizer_step()
+    assert trainer.progress.skipped_steps == 0 and not (tmp_path / "bad-batches").exists()
+    for mine, theirs in zip(got, reference):
+        torch.testing.assert_close(mine, theirs.grad.float(), rtol=1e-5, atol=1e-7)
 
 
 def test_a_signal_during_the_interval_checkpoint_stops_right_after_it(tmp_path, monkeypatch,
