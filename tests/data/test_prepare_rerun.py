@@ -224,3 +224,36 @@ def test_stored_features_follow_the_mel_bins_asked_for(corpus, tmp_path, caplog)
     before = out.stat().st_mtime_ns  # the same request again: reused
     compute_fbank_for_parts(manifests, fbank, [part], cfg=FbankConfig(num_mel_bins=40))
     assert out.stat().st_mtime_ns == before
+
+
+def _durations(manifest: Path) -> dict[str, float]:
+    return {c.id: round(c.duration, 2) for c in CutSet.from_file(manifest)}
+
+
+def _remake_audio(corpus_dir: Path, part: str, scale: float, seed: int) -> dict[str, float]:
+    """The audio of ``part`` made again under the same utterance ids and texts (as
+    `asr synthesize --overwrite` with other voices does), each utterance ``scale`` times as
+    long; returns utterance id -> its new duration."""
+    spec = {key: [(round(duration * scale, 2), text) for duration, text in entries]
+            for key, entries in TREE[part].items()}
+    return {u.utt_id: round(u.num_samples / 16000, 2)
+            for u in write_part(corpus_dir, part, spec, seed=seed)}
+
+
+def test_manifests_follow_audio_made_again_under_the_same_texts(corpus, tmp_path, caplog):
+    """Stage 1 compared only ids and texts: over audio made again with other lengths it reused
+    the recordings, and the decoding check then refused every file as "truncated or corrupt
+    audio ... replace the file" (a rerun succeeded, the manifests being removed by then)."""
+    corpus_dir, _ = corpus
+    out = tmp_path / "manifests"
+    prepare_manifests(corpus_dir, out, [PART])
+    recordings = out / f"librispeech_recordings_{PART}.jsonl.gz"
+    before = recordings.stat().st_mtime_ns
+    _remake_audio(corpus_dir, PART, 1.0, seed=5)  # other audio of the same lengths: still true
+    prepare_manifests(corpus_dir, out, [PART])
+    assert recordings.stat().st_mtime_ns == before and "preparing them again" not in caplog.text
+    new = _remake_audio(corpus_dir, PART, 1.5, seed=6)
+    assert _durations(prepare_manifests(corpus_dir, out, [PART])[PART]) == new
+    assert ("recordings of audio files that changed since (3 of 3, e.g. "
+            f"{corpus_dir / PART / '2001' / '30' / '2001-30-0000.flac'}: 12800 samples at 16000 Hz "
+            "in the manifest, 19200 at 16000 Hz in the file)") in caplog.text
