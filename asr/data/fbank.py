@@ -320,7 +320,7 @@ def _stale_reason(src: Path, dst: Path, perturbed: bool, cfg: FbankConfig) -> st
     if other_audio:
         cut_id, old, new = min(other_audio)
         return (f"holds features of other audio than {src} ({len(other_audio)} cut(s), e.g. "
-                f"{cut_id}: {_describe(old)}, now {_describe(new)})")
+                f"{cut_id}: {_describe(old)}, now {_describe(new, files=new[0] != old[0])})")
     return _changed_audio_files(dst)
 
 
@@ -336,12 +336,14 @@ def _audio(record: dict) -> tuple:
             record.get("start"), record.get("duration"), record.get("channel"))
 
 
-def _describe(audio: tuple) -> str:
-    """One cut's :func:`_audio` in words: ``"2.81 s of 44960 samples at 16000 Hz in <file>"``."""
+def _describe(audio: tuple, files: bool = True) -> str:
+    """One cut's :func:`_audio` in words: ``"2.81 s of 44960 samples at 16000 Hz in <file>"``
+    (without ``files``, the part from ``" in"`` left out)."""
     if audio[0] == "mix":
         return f"a mix of {len(audio[1])} tracks"
-    files, rate, samples, _, duration, _ = audio
-    return f"{duration:g} s of {samples} samples at {rate} Hz in {', '.join(map(str, files))}"
+    paths, rate, samples, _, duration, _ = audio
+    where = f" in {', '.join(map(str, paths))}" if files else ""
+    return f"{duration:g} s of {samples} samples at {rate} Hz{where}"
 
 
 def _changed_audio_files(dst: Path) -> str | None:

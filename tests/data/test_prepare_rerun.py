@@ -292,7 +292,7 @@ def test_stored_features_follow_audio_made_again(corpus, tmp_path, caplog):
     assert (f"holds features of other audio than {cuts_path(fresh, PART)} (3 cut(s), e.g. "
             f"2001-30-0000: 0.8 s of 12800 samples at 16000 Hz in "
             f"{corpus_dir / PART / '2001' / '30' / '2001-30-0000.flac'}, now 1.2 s of 19200 "
-            "samples") in caplog.text
+            "samples at 16000 Hz)") in caplog.text
 
 
 def test_stored_features_without_their_audio_record_are_computed_again(corpus, tmp_path, caplog):
