@@ -40,6 +40,7 @@ __all__ = [
     "check_resampling",
     "DecodedAudio",
     "StreamingResampler",
+    "declared_length",
     "decode_audio",
     "load_audio",
     "resample",
@@ -327,7 +328,7 @@ def _read(source: bytes | str, name: str) -> tuple[np.ndarray, int]:
             f"{name}: cannot decode audio (corrupt or not an audio file): libsndfile: {first}; "
             f"ffmpeg: {err}{hint}"
         ) from None
-    declared = _declared_length(source)
+    declared = declared_length(source)
     if declared is not None and declared[1] == rate and samples.shape[0] < declared[0]:
         # libsndfile knows the format but failed inside the data; ffmpeg decodes what it can
         raise AudioError(
@@ -337,8 +338,10 @@ def _read(source: bytes | str, name: str) -> tuple[np.ndarray, int]:
     return samples, rate
 
 
-def _declared_length(source: bytes | str) -> tuple[int, int] | None:
-    """(samples, rate) that the header of a format libsndfile knows declares, else None."""
+def declared_length(source: bytes | str) -> tuple[int, int] | None:
+    """(samples, rate) that the header of ``source`` (a path or a file's bytes) declares, read
+    by libsndfile without decoding; None for a format libsndfile does not know, or a header
+    that declares no samples."""
     import soundfile
 
     try:

@@ -1,6 +1,8 @@
-"""Fingerprints of made outputs: what a BPE model, an n-gram LM or a Shar directory was made from.
+"""Fingerprints of made outputs: what a BPE model, an n-gram LM, a Shar directory or a part's
+stored fbank features were made from.
 
-A maker (``asr bpe``, ``asr lm``, ``asr shar``) describes what it makes an output from as a
+A maker (``asr bpe``, ``asr lm``, ``asr shar``, ``asr prepare fbank``: the size and modification
+time of each audio file, :mod:`asr.data.fbank`) describes what it makes an output from as a
 JSON-ready mapping: digests of its inputs' content (for data files too large to read on every
 rerun, their size and modification time: :func:`file_states`) and every option that changes
 the output.

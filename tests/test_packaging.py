@@ -43,31 +43,56 @@ def test_building_the_package_prints_no_warnings(source, tmp_path, hook):
             assert f"asr/serve/static/{page}" in names
 
 
-def _setup_installs(tmp_path: Path, *args: str) -> str:
-    """What tools/setup.sh ARGS asks apt-get for on a machine that has none of the Debian
-    packages (a stub apt-get records it; the virtual environment is taken as up to date)."""
+def _stub(path: Path, body: str) -> None:
+    """An executable bash script at ``path`` that runs ``body``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'#!{shutil.which("bash")}\n{body}\n')
+    path.chmod(0o755)
+
+
+def _run_setup(tmp_path: Path, *args: str, python: str = "3.11") -> subprocess.CompletedProcess:
+    """tools/setup.sh ARGS on a machine with stubs of apt-get (recording its arguments in
+    ``apt.log``) and of the virtual environment's pip (in ``pip.log``) and python (version
+    ``python``, made from ``/usr/bin/python<python>``)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
-    for tool in ("bash", "dirname", "sha256sum", "cut", "cat"):
-        (bin_dir / tool).symlink_to(shutil.which(tool))
-    log = tmp_path / "apt.log"
-    stubs = {"apt-get": f'echo "$@" >> {log}', "id": "echo 0"}  # as root: no sudo
-    for name, body in stubs.items():
-        (bin_dir / name).write_text(f'#!{shutil.which("bash")}\n{body}\n')
-        (bin_dir / name).chmod(0o755)
+    for tool in ("bash", "dirname", "sha256sum", "cut", "cat", "grep"):
+        if not (bin_dir / tool).exists():
+            (bin_dir / tool).symlink_to(shutil.which(tool))
+    _stub(bin_dir / "apt-get", f'echo "$@" >> {tmp_path / "apt.log"}')
+    _stub(bin_dir / "id", "echo 0")  # as root: no sudo
     venv = tmp_path / "venv"
-    (venv / "bin").mkdir(parents=True, exist_ok=True)
-    (venv / "bin" / "python").write_text("")
-    (venv / "bin" / "python").chmod(0o755)
-    digest = subprocess.run("sha256sum setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1",
-                            shell=True, cwd=REPO, capture_output=True, text=True, check=True)
-    (venv / ".asr-setup-stamp").write_text(f"{digest.stdout.strip()} {REPO}\n")
+    _stub(venv / "bin" / "python", f'echo "python {python} from /usr/bin/python{python}"')
+    _stub(venv / "bin" / "pip", f'echo "$@" >> {tmp_path / "pip.log"}')
     env = {"PATH": str(bin_dir), "ASR_VENV": str(venv), "HOME": str(tmp_path)}
     proc = subprocess.run([str(bin_dir / "bash"), str(REPO / "tools" / "setup.sh"), *args],
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert "up to date" in proc.stderr
+    return proc
+
+
+def _setup_installs(tmp_path: Path, *args: str) -> str:
+    """What tools/setup.sh ARGS asks apt-get for on a machine that has none of the Debian
+    packages (the virtual environment installed by a first run, up to date in the second)."""
+    _run_setup(tmp_path, *args)
+    (tmp_path / "apt.log").unlink(missing_ok=True)
+    assert "up to date" in _run_setup(tmp_path, *args).stderr
+    log = tmp_path / "apt.log"
     return log.read_text() if log.exists() else ""
+
+
+def test_an_environment_made_again_from_another_python_is_installed_again(tmp_path):
+    """The stamp of the last install named the dependency files and the checkout only: an
+    environment made again from another Python (its interpreter gone), its site-packages empty,
+    was "up to date"."""
+    _run_setup(tmp_path)
+    assert "-e .[dev]" in (tmp_path / "pip.log").read_text()
+    (tmp_path / "pip.log").unlink()
+    assert "up to date" in _run_setup(tmp_path).stderr
+    assert not (tmp_path / "pip.log").exists()
+    assert "installing asr" in _run_setup(tmp_path, python="3.12").stderr
+    assert "-e .[dev]" in (tmp_path / "pip.log").read_text()
+    assert "python 3.12 from /usr/bin/python3.12" in (tmp_path / "venv/.asr-setup-stamp").read_text()
 
 
 def test_browser_test_packages_are_installed_only_for_the_tests(tmp_path):

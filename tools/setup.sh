@@ -4,7 +4,9 @@
 #      --test-deps (tools/test.sh) also chromium + nodejs for the browser and AudioWorklet tests
 #      and ffmpeg for the m4a test, which a training machine does not need,
 #   2. a virtual environment (default .venv, or $ASR_VENV) reused when present,
-#   3. `pip install -e .[dev]`, skipped when setup.cfg has not changed since the last install.
+#   3. `pip install -e .[dev]`, skipped when setup.cfg and pyproject.toml, the checkout and the
+#      environment's Python (version and the interpreter it was made from) are those of the
+#      last install.
 #
 #   bash tools/setup.sh [--test-deps]
 set -euo pipefail
@@ -58,9 +60,13 @@ if [ ! -x "$VENV/bin/python" ]; then
   pip_quiet install -q --upgrade pip setuptools wheel
 fi
 
-# Reinstall only when the dependency list changed or this checkout is not the one installed.
+# Reinstall only when the dependency list changed, this checkout is not the one installed, or
+# the environment's Python is not the one it was installed for: an environment made again from
+# another interpreter (its own gone) has an empty site-packages of another version.
 stamp="$VENV/.asr-setup-stamp"
-want="$(sha256sum setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1) $ROOT"
+venv_python=$("$VENV/bin/python" -c \
+  'import sys; print("python %d.%d from %s" % (*sys.version_info[:2], sys._base_executable))')
+want="$(sha256sum setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1) $ROOT $venv_python"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   log "installing asr and its dependencies into $VENV (torch is a large download the first time)"
   pip_quiet install -q --progress-bar off -e ".[dev]"

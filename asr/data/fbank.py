@@ -16,6 +16,12 @@ once every cut's features are in it, then the manifest is written atomically. A 
 computation leaves the part's earlier manifest and archive as they were (and the temporary,
 which the next run removes); only between the archive's rename and the manifest's write is the
 part without a manifest, which the next run then computes again.
+
+Beside the manifest, ``<prefix>_cuts_<part>.jsonl.gz.fingerprint.json`` (:mod:`asr.fingerprint`)
+records the size and modification time of each audio file the features were computed from,
+taken before they were read and written after the manifest: a rerun computes the part again
+when one of them changed since (audio made again with the same length), or when the record is
+missing (a kill before it was written, a part stored by an older version).
 """
 
 from __future__ import annotations
@@ -30,10 +36,11 @@ from pathlib import Path
 
 from asr.checkpoints.io import remove_stale_temporaries
 from asr.data.dataset import DataError, check_cut_manifest
-from asr.data.filtering import check_cut_audio, cut_files, unreadable_cut_error
+from asr.data.filtering import check_cut_audio, cut_files, data_files, unreadable_cut_error
 from asr.data.librispeech import PREFIX, cuts_path
 from asr.features.fbank import FbankConfig, make_lhotse_fbank
 from asr.fileio import output_locks, publish_directory, staging_directory, write_atomic
+from asr.fingerprint import file_states, fingerprint_path, read_fingerprint, write_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +48,10 @@ __all__ = ["SPEED_FACTORS", "compute_fbank_for_cuts", "compute_fbank_for_parts",
 
 #: Extra speed factors added to training data (1.0, the original, is always kept).
 SPEED_FACTORS = (0.9, 1.1)
+
+#: The entry of a part's fingerprint: audio file -> [size, modification time in ns] when its
+#: features were computed (:func:`asr.fingerprint.file_states`).
+AUDIO_FILES = "audio_files"
 
 
 def speed_perturb_cuts(cuts, factors: Sequence[float] = SPEED_FACTORS):
@@ -157,11 +168,15 @@ def compute_fbank_for_parts(
         prefix: manifest name prefix.
         overwrite: recompute parts whose output cuts already exist. Otherwise such a part is
             skipped while its output holds exactly the cut ids its input gives (with the speed
-            copies when it is in ``perturb_parts``) with the same transcripts and features of
-            ``cfg``'s mel bins and frame shift, and recomputed with a warning when not: the
-            input manifest changed since (cuts, or a corrected transcript), speed perturbation
-            was switched, other features were asked for (``--num-mel-bins``), or a kill cut
-            the output short.
+            copies when it is in ``perturb_parts``) with the same transcripts, the same audio
+            (each cut's audio files, sampling rate, samples, start and duration) and features
+            of ``cfg``'s mel bins and frame shift, and while each audio file that still exists
+            has the size and modification time it had when its features were computed (the
+            part's fingerprint); it is recomputed with a warning when not: the input manifest
+            changed since (cuts, a corrected transcript, audio made again), an audio file was
+            rewritten, speed perturbation was switched, other features were asked for
+            (``--num-mel-bins``), or a kill cut the output short or left it without its
+            fingerprint. An audio file removed since is not a change (its features are kept).
 
     Returns:
         part -> path of its cuts with features.
@@ -196,10 +211,15 @@ def compute_fbank_for_parts(
                     logger.info("%s exists: skipping part %s", dst, part)
                     continue
                 logger.warning("%s %s: computing part %s again", dst, stale, part)
+            # from here a kill leaves no record that could pass for the new features' audio
+            fingerprint_path(dst).unlink(missing_ok=True)
             if not src.is_file():
                 raise FileNotFoundError(f"input cuts {src} for part {part!r} do not exist")
             check_cut_manifest(src)  # lhotse's error on a text file or a broken gzip names no file
             cuts = CutSet.from_file(src)
+            # before the features read them: a file rewritten meanwhile is seen by the next run
+            audio = file_states(sorted({path for cut in cuts
+                                        for path in data_files(cut, ["recording"])}))
             if part in perturb_parts:
                 logger.info("%s: adding speed perturbation copies %s", part, SPEED_FACTORS)
                 cuts = speed_perturb_cuts(cuts)
@@ -209,6 +229,7 @@ def compute_fbank_for_parts(
             logger.info("%s: computing fbank into %s", part, storage)
             with_feats = _store_features(cuts, storage, dst, cfg, num_jobs)
             write_atomic(dst, with_feats.to_file, suffix=".jsonl.gz")  # lhotse reads it by name
+            write_fingerprint(dst, {AUDIO_FILES: audio})
             logger.info("%s: wrote %d cuts to %s", part, len(with_feats), dst)
     return results
 
@@ -256,17 +277,21 @@ def _stale_reason(src: Path, dst: Path, perturbed: bool, cfg: FbankConfig) -> st
     they are, or there is no input left to compare with). Compares the mel bins and frame
     shift of the stored features with ``cfg``'s (a run with another ``--num-mel-bins`` kept the
     old features and said only that the part exists), cut ids: ``src``'s, and with
-    ``perturbed`` also their speed copies (lhotse's ``<id>_sp<factor>``), and each cut's
+    ``perturbed`` also their speed copies (lhotse's ``<id>_sp<factor>``), each cut's
     transcripts (a corrected transcript, which stage 1 takes into ``src``, would leave the
-    stored references stale)."""
+    stored references stale), each cut's audio (:func:`_audio`; the speed copies are made from
+    it in the same run), and then the audio files' sizes and modification times with those
+    the part's fingerprint recorded (:func:`_changed_audio_files`): audio made again with
+    the same ids and texts left the features of the old audio."""
     from lhotse.serialization import load_jsonl
 
     if not src.is_file():
         return None
-    stored, shapes = [], set()
+    stored, shapes, stored_audio = [], set(), {}
     try:
         for record in load_jsonl(dst):
             stored.append((record["id"], _texts(record)))
+            stored_audio[record["id"]] = _audio(record)
             shapes.add((record["features"]["num_features"], record["features"]["frame_shift"]))
     except (OSError, EOFError, ValueError, KeyError, TypeError) as err:
         return f"is unreadable ({type(err).__name__})"
@@ -277,7 +302,8 @@ def _stale_reason(src: Path, dst: Path, perturbed: bool, cfg: FbankConfig) -> st
         bins, shift = other[0]
         return (f"holds features of {bins} mel bins every {shift * 1000:g} ms, not the "
                 f"{cfg.num_mel_bins} every {cfg.frame_shift_ms:g} ms asked for")
-    wanted = [(record["id"], _texts(record)) for record in load_jsonl(src)]
+    records = list(load_jsonl(src))
+    wanted = [(record["id"], _texts(record)) for record in records]
     if perturbed:
         wanted += [(f"{cut_id}_sp{factor}", texts) for factor in SPEED_FACTORS
                    for cut_id, texts in wanted]
@@ -289,6 +315,52 @@ def _stale_reason(src: Path, dst: Path, perturbed: bool, cfg: FbankConfig) -> st
         example = min(cut_id for cut_id, _ in changed)
         return (f"holds other transcripts than {src}{copies} "
                 f"({len(changed) // 2} cut(s), e.g. {example})")
+    other_audio = [(record["id"], stored_audio[record["id"]], _audio(record)) for record in records
+                   if stored_audio[record["id"]] != _audio(record)]
+    if other_audio:
+        cut_id, old, new = min(other_audio)
+        return (f"holds features of other audio than {src} ({len(other_audio)} cut(s), e.g. "
+                f"{cut_id}: {_describe(old)}, now {_describe(new, files=new[0] != old[0])})")
+    return _changed_audio_files(dst)
+
+
+def _audio(record: dict) -> tuple:
+    """What identifies the audio of a cut manifest's record: its recording's files, sampling
+    rate and number of samples, and the cut's start, duration and channel (a cut of another
+    kind, e.g. a mix, by its tracks)."""
+    if "tracks" in record:
+        return ("mix", tuple(_audio(track.get("cut", {})) for track in record["tracks"]))
+    recording = record.get("recording") or {}
+    return (tuple(source.get("source") for source in recording.get("sources", [])),
+            recording.get("sampling_rate"), recording.get("num_samples"),
+            record.get("start"), record.get("duration"), record.get("channel"))
+
+
+def _describe(audio: tuple, files: bool = True) -> str:
+    """One cut's :func:`_audio` in words: ``"2.81 s of 44960 samples at 16000 Hz in <file>"``
+    (without ``files``, the part from ``" in"`` left out)."""
+    if audio[0] == "mix":
+        return f"a mix of {len(audio[1])} tracks"
+    paths, rate, samples, _, duration, _ = audio
+    where = f" in {', '.join(map(str, paths))}" if files else ""
+    return f"{duration:g} s of {samples} samples at {rate} Hz{where}"
+
+
+def _changed_audio_files(dst: Path) -> str | None:
+    """Why the audio files recorded in the fingerprint of the stored cuts ``dst`` no longer
+    say that its features are theirs (None: each one that still exists has the size and
+    modification time recorded when its features were computed; a file removed since is no
+    change)."""
+    stored = (read_fingerprint(dst) or {}).get(AUDIO_FILES)
+    if not isinstance(stored, dict):
+        return (f"has no record of the audio files its features were computed from "
+                f"({fingerprint_path(dst).name})")
+    now = file_states(stored)
+    changed = sorted(path for path, state in now.items()
+                     if state is not None and state != stored[path])
+    if changed:
+        return (f"holds features of audio files rewritten since ({len(changed)} of "
+                f"{len(stored)}, e.g. {changed[0]})")
     return None
 
 

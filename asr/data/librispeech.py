@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from asr.audio import AudioError, decode_audio
+from asr.audio import AudioError, declared_length, decode_audio
 from asr.data.cut_ids import Repeats, line_cut_id, load_eval_cuts
 from asr.data.dataset import numbered_cut_lines
 from asr.fileio import output_lock, output_locks, read_text, write_atomic
@@ -211,14 +211,17 @@ def prepare_manifests(
     recipe, then ``librispeech_cuts_<part>.jsonl.gz``: one cut per supervision
     (``trim_to_supervisions``), without features. lhotse reuses the recordings and supervisions
     already in ``output_dir``; they are kept only while they hold exactly the corpus's
-    utterances and texts (see :func:`_drop_stale_manifests`), so a corpus that changed, a
-    different ``normalize_text`` or a manifest cut short by a kill is prepared again.
+    utterances and texts, and each recording the samples and rate its audio file's header
+    declares now (see :func:`_drop_stale_manifests`), so a corpus that changed (its
+    transcripts, or audio made again under the same ids), a different ``normalize_text`` or a
+    manifest cut short by a kill is prepared again.
 
     Args:
         corpus_dir: directory containing the part directories.
         output_dir: where the manifests are written (created if needed).
         parts: part directory names.
-        num_jobs: threads lhotse uses to read audio headers.
+        num_jobs: threads that read the audio headers (lhotse's and the check of the cached
+            recordings) and decode the audio (:func:`check_audio_lengths`).
         normalize_text: "none" (keep the corpus text) or "lower" (lhotse's lower-casing).
 
     Returns:
@@ -251,7 +254,7 @@ def _write_manifests(corpus_dir: str | Path, output_dir: Path, parts: Sequence[s
     for part in parts:
         lower = normalize_text == "lower"  # as lhotse's recipe normalizes them
         _drop_stale_manifests(output_dir, part, {utt: text.lower() if lower else text
-                                                 for utt, text in texts[part].items()})
+                                                 for utt, text in texts[part].items()}, num_jobs)
     manifests = prepare_librispeech(
         corpus_dir,
         dataset_parts=list(parts),
@@ -332,30 +335,78 @@ def _cached_manifests(output_dir: Path, part: str) -> list[Path]:
             for kind in ("recordings", "supervisions")]
 
 
-def _drop_stale_manifests(output_dir: Path, part: str, texts: dict[str, str]) -> None:
+def _drop_stale_manifests(output_dir: Path, part: str, texts: dict[str, str],
+                          num_jobs: int = 1) -> None:
     """Removes the cached recordings/supervisions of ``part`` unless they hold exactly the
-    utterances and texts of ``texts``, so that lhotse's recipe prepares the part again instead of
-    reusing them (it reuses whatever it finds: manifests of an earlier, partial corpus, or a
-    gzip file cut short by a kill, which it cannot read)."""
+    utterances and texts of ``texts`` and each recording still describes its audio file, so
+    that lhotse's recipe prepares the part again instead of reusing them (it reuses whatever it
+    finds: manifests of an earlier, partial corpus, of audio made again since, or a gzip file
+    cut short by a kill, which it cannot read).
+
+    A recording describes its file while the file's header declares the samples and rate the
+    recording holds (:func:`_changed_recordings`: the header alone is read, as lhotse reads it
+    to make the recording; ``num_jobs`` threads read them).
+    """
     from lhotse.serialization import load_jsonl
 
     paths = _cached_manifests(output_dir, part)
     if not any(path.is_file() for path in paths):
         return
     try:
-        recording_ids = {record["id"] for record in load_jsonl(paths[0])}
+        recordings = list(load_jsonl(paths[0]))
+        recording_ids = {record["id"] for record in recordings}
         supervised = {record["id"]: record.get("text") for record in load_jsonl(paths[1])}
     except (OSError, EOFError, ValueError, KeyError) as err:  # missing, truncated, not JSON
         reason = f"unreadable ({type(err).__name__}: {err})"
     else:
-        if recording_ids == texts.keys() and supervised == texts:
-            return
-        reason = (f"{len(recording_ids)} recordings and {len(supervised)} supervisions that differ "
-                  f"from the corpus's {len(texts)} utterances")
+        if recording_ids != texts.keys() or supervised != texts:
+            reason = (f"{len(recording_ids)} recordings and {len(supervised)} supervisions that "
+                      f"differ from the corpus's {len(texts)} utterances")
+        else:
+            changed = _changed_recordings(recordings, num_jobs)
+            if not changed:
+                return
+            reason = (f"recordings of audio files that changed since ({len(changed)} of "
+                      f"{len(recordings)}, e.g. {changed[0]})")
     logger.warning("%s: cached manifests of %s are %s: preparing them again", output_dir, part,
                    reason)
     for path in paths:
         path.unlink(missing_ok=True)
+
+
+def _changed_recordings(recordings: list[dict], num_jobs: int = 1) -> list[str]:
+    """The recordings (lhotse's manifest records) whose local audio file's header no longer
+    declares the samples and rate they hold, each as ``"<file>: <samples> samples at <rate> Hz
+    in the manifest, <samples> at <rate> Hz in the file"`` (or that it is gone or unreadable),
+    in the manifest's order.
+
+    An audio file made again (``asr synthesize --overwrite``, a corpus replaced under the same
+    utterance ids and texts) gives another length; the manifest's would then fail the decoding
+    check (:func:`check_audio_lengths`) as a truncated file. Sources that are not local files
+    (URLs, commands) are not read.
+    """
+    work = [(source["source"], record["num_samples"], record["sampling_rate"])
+            for record in recordings for source in record.get("sources", ())
+            if source.get("type") == "file"]
+    if num_jobs > 1:
+        with ThreadPoolExecutor(num_jobs) as pool:
+            problems = list(pool.map(_header_change, work))
+    else:
+        problems = [_header_change(item) for item in work]
+    return [problem for problem in problems if problem is not None]
+
+
+def _header_change(item: tuple[str, int, int]) -> str | None:
+    """How the header of the audio file ``item[0]`` differs from ``item[1]`` samples at
+    ``item[2]`` Hz (None: it declares them)."""
+    path, samples, rate = item
+    if not Path(path).is_file():
+        return f"{path}: no such file"
+    now = declared_length(path)
+    if now == (samples, rate):
+        return None
+    in_file = "no length readable" if now is None else f"{now[0]} at {now[1]} Hz"
+    return f"{path}: {samples} samples at {rate} Hz in the manifest, {in_file} in the file"
 
 
 def check_test_parts(manifest_dir: str | Path, parts: Sequence[str]) -> dict[str, CutSet]:

@@ -62,7 +62,8 @@ def settings_of(
         "top_words": top_words or None,
         "min_words": min_words,
         "max_words": max_words,
-        "sentence_sources": list(pool.sources),
+        # absolute: a rerun or `--biasing` from another directory reads the same files
+        "sentence_sources": [str(Path(source).resolve()) for source in pool.sources],
         "sentence_pool_sha256": pool.digest,
         "voices": [asdict(v) for v in sorted(voices, key=lambda v: v.speaker_id)],
         # rate, pitch, speed, noise and room ranges of every part (tuples as JSON lists)
@@ -92,6 +93,18 @@ def load_manifest(corpus_dir: Path) -> dict[str, Any] | None:
     return data
 
 
+def recorded_settings(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a loaded ``synthesis.json``, its ``sentence_sources`` absolute paths as
+    :func:`settings_of` records them. A relative one, as a manifest written before they were
+    recorded so holds (``--text`` as given), is taken relative to the working directory, as the
+    run that wrote it read it."""
+    settings = dict(manifest.get("settings", {}))
+    if isinstance(settings.get("sentence_sources"), list):
+        settings["sentence_sources"] = [str(Path(source).resolve())
+                                        for source in settings["sentence_sources"]]
+    return settings
+
+
 def reuse_existing(
     corpus_dir: Path, settings: dict[str, Any], sizes: dict[str, int], overwrite: bool
 ) -> dict[str, dict[str, Any]]:
@@ -118,8 +131,9 @@ def reuse_existing(
     if overwrite:
         return {}
     existing = dict((manifest or {}).get("parts", {}))
-    if manifest is not None and manifest["settings"] != settings:
-        changed = sorted(k for k in settings if manifest["settings"].get(k) != settings[k])
+    stored = None if manifest is None else recorded_settings(manifest)
+    if stored is not None and stored != settings:
+        changed = sorted(k for k in settings if stored.get(k) != settings[k])
         raise FileExistsError(
             f"{corpus_dir / MANIFEST_NAME} was synthesized with different settings "
             f"({', '.join(changed)}); pass overwrite=True (--overwrite) or another root"

@@ -114,6 +114,7 @@ from asr.synth.corpus_state import (
     load_manifest,
     part_info,
     record_biasing_parts,
+    recorded_settings,
     remove_replaced,
     reuse_existing,
     settings_of,
@@ -618,7 +619,8 @@ def synthesize_biasing_set(
         )
     with output_lock(corpus_dir), ExitStack() as staging:
         # candidates from the corpus's own sentence sources and lengths (synthesis.json)
-        settings = (load_manifest(corpus_dir) or {}).get("settings", {})
+        manifest = load_manifest(corpus_dir)
+        settings = {} if manifest is None else recorded_settings(manifest)
         sources = [Path(p) for p in settings.get("sentence_sources", [])] or None
         chosen = plan_biasing_set(
             corpus_dir, num_per_part, num_distractors, seed, sources=sources,

@@ -3,21 +3,27 @@ inputs are reused, stale or half-written ones are made again."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 from lhotse import CutSet
 from librispeech_tree import TREE, write_part
 
 import asr.data.fbank
 from asr.cli.main import main
 from asr.data.fbank import compute_fbank_for_parts
-from asr.data.librispeech import prepare_manifests
+from asr.data.librispeech import cuts_path, prepare_manifests
 from asr.features.fbank import FbankConfig
 from asr.fileio import output_lock
+from asr.fingerprint import fingerprint_path
+from asr.synth.synthesize import synthesize_corpus
+from asr.synth.voices import VOICES
 
 PART = "dev-clean-2"
 
@@ -139,7 +145,8 @@ def test_a_second_run_on_a_part_is_refused(prepared, tmp_path, caplog):
     assert main(args) == 0  # the part given twice: locked and computed once
     assert sorted(p.name for p in fbank.iterdir()) == sorted(
         f"librispeech_{kind}_{part}{ext}" for part in ("train-clean-5", PART)
-        for kind, ext in (("cuts", ".jsonl.gz"), ("feats", ".lca")))
+        for kind, ext in (("cuts", ".jsonl.gz"), ("cuts", ".jsonl.gz.fingerprint.json"),
+                          ("feats", ".lca")))
 
 
 def test_a_cut_manifest_is_complete_or_absent(corpus, tmp_path, monkeypatch):
@@ -224,3 +231,102 @@ def test_stored_features_follow_the_mel_bins_asked_for(corpus, tmp_path, caplog)
     before = out.stat().st_mtime_ns  # the same request again: reused
     compute_fbank_for_parts(manifests, fbank, [part], cfg=FbankConfig(num_mel_bins=40))
     assert out.stat().st_mtime_ns == before
+
+
+def _durations(manifest: Path) -> dict[str, float]:
+    return {c.id: round(c.duration, 2) for c in CutSet.from_file(manifest)}
+
+
+def _remake_audio(corpus_dir: Path, part: str, scale: float, seed: int) -> dict[str, float]:
+    """The audio of ``part`` made again under the same utterance ids and texts (as
+    `asr synthesize --overwrite` with other voices does), each utterance ``scale`` times as
+    long; returns utterance id -> its new duration."""
+    spec = {key: [(round(duration * scale, 2), text) for duration, text in entries]
+            for key, entries in TREE[part].items()}
+    return {u.utt_id: round(u.num_samples / 16000, 2)
+            for u in write_part(corpus_dir, part, spec, seed=seed)}
+
+
+def test_manifests_follow_audio_made_again_under_the_same_texts(corpus, tmp_path, caplog):
+    """Stage 1 compared only ids and texts: over audio made again with other lengths it reused
+    the recordings, and the decoding check then refused every file as "truncated or corrupt
+    audio ... replace the file" (a rerun succeeded, the manifests being removed by then)."""
+    corpus_dir, _ = corpus
+    out = tmp_path / "manifests"
+    prepare_manifests(corpus_dir, out, [PART])
+    recordings = out / f"librispeech_recordings_{PART}.jsonl.gz"
+    before = recordings.stat().st_mtime_ns
+    _remake_audio(corpus_dir, PART, 1.0, seed=5)  # other audio of the same lengths: still true
+    prepare_manifests(corpus_dir, out, [PART])
+    assert recordings.stat().st_mtime_ns == before and "preparing them again" not in caplog.text
+    new = _remake_audio(corpus_dir, PART, 1.5, seed=6)
+    assert _durations(prepare_manifests(corpus_dir, out, [PART])[PART]) == new
+    assert ("recordings of audio files that changed since (3 of 3, e.g. "
+            f"{corpus_dir / PART / '2001' / '30' / '2001-30-0000.flac'}: 12800 samples at 16000 Hz "
+            "in the manifest, 19200 at 16000 Hz in the file)") in caplog.text
+
+
+def test_stored_features_follow_audio_made_again(corpus, tmp_path, caplog):
+    """The fbank stage compared only ids, texts and feature shapes: over audio made again under
+    the same ids and texts it kept the features (and durations) of the old audio, both when the
+    new audio has other lengths (stage 1's manifest says so) and when only its sound changed
+    (the files' size and modification time say so)."""
+    corpus_dir, _ = corpus
+    manifests, fbank = tmp_path / "manifests", tmp_path / "fbank"
+    prepare_manifests(corpus_dir, manifests, [PART])
+    out = compute_fbank_for_parts(manifests, fbank, [PART])[PART]
+    before, stamp = _features(out), out.stat().st_mtime_ns
+    compute_fbank_for_parts(manifests, fbank, [PART])  # nothing changed: kept
+    assert out.stat().st_mtime_ns == stamp and "again" not in caplog.text
+    _remake_audio(corpus_dir, PART, 1.0, seed=5)  # the same lengths: stage 1's manifest stays
+    prepare_manifests(corpus_dir, manifests, [PART])
+    compute_fbank_for_parts(manifests, fbank, [PART])
+    assert "holds features of audio files rewritten since (3 of 3, e.g. " in caplog.text
+    after = _features(out)
+    assert all(after[k].shape == before[k].shape and (after[k] != before[k]).any() for k in before)
+    new = _remake_audio(corpus_dir, PART, 1.5, seed=6)  # other lengths: stage 1 follows
+    fresh = tmp_path / "manifests-again"  # as stage 1 over the old output would make them
+    prepare_manifests(corpus_dir, fresh, [PART])
+    compute_fbank_for_parts(fresh, fbank, [PART])
+    assert _durations(out) == new
+    assert (f"holds features of other audio than {cuts_path(fresh, PART)} (3 cut(s), e.g. "
+            f"2001-30-0000: 0.8 s of 12800 samples at 16000 Hz in "
+            f"{corpus_dir / PART / '2001' / '30' / '2001-30-0000.flac'}, now 1.2 s of 19200 "
+            "samples at 16000 Hz)") in caplog.text
+
+
+def test_stored_features_without_their_audio_record_are_computed_again(corpus, tmp_path, caplog):
+    """A part whose record of its audio files is missing (a kill after its manifest, or a part
+    stored by an older version) cannot say its audio is unchanged: computed again, and the
+    record written; audio removed since is no change (its features are kept)."""
+    corpus_dir, _ = corpus
+    manifests, fbank = tmp_path / "manifests", tmp_path / "fbank"
+    prepare_manifests(corpus_dir, manifests, [PART])
+    out = compute_fbank_for_parts(manifests, fbank, [PART])[PART]
+    record = fingerprint_path(out)
+    record.unlink()
+    compute_fbank_for_parts(manifests, fbank, [PART])
+    assert f"has no record of the audio files its features were computed from ({record.name})" \
+        in caplog.text and record.is_file()
+    shutil.rmtree(corpus_dir / PART)
+    stamp = out.stat().st_mtime_ns
+    compute_fbank_for_parts(manifests, fbank, [PART])
+    assert out.stat().st_mtime_ns == stamp
+
+
+def test_stage_1_and_2_follow_a_synthetic_corpus_made_again(tmp_path, caplog):
+    """`asr synthesize --overwrite` with slower voices (the same ids and texts): stage 1 refused
+    the new audio as truncated, and stage 2, once a rerun of stage 1 passed, kept the features
+    and durations of the old audio."""
+    held = [voice for voice in VOICES if voice.held_out]
+    part = "test-clean"
+    corpus_dir, manifests, fbank = tmp_path / "LibriSpeech", tmp_path / "m", tmp_path / "f"
+    synthesize_corpus(tmp_path, {part: 2}, progress=False, voices=held)
+    prepare_manifests(corpus_dir, manifests, [part])
+    out = compute_fbank_for_parts(manifests, fbank, [part])[part]
+    slow = [dataclasses.replace(voice, base_rate=voice.base_rate * 0.5) for voice in held]
+    synthesize_corpus(tmp_path, {part: 2}, progress=False, voices=slow, overwrite=True)
+    new = {path.stem: round(sf.info(path).duration, 2) for path in corpus_dir.rglob("*.flac")}
+    assert _durations(prepare_manifests(corpus_dir, manifests, [part])[part]) == new
+    compute_fbank_for_parts(manifests, fbank, [part])
+    assert _durations(out) == new

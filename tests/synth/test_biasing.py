@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from asr.synth.biasing import choose_biasing_sentences
@@ -140,3 +142,42 @@ def test_phrases_in_text_reads_the_hotword_lists_and_the_distractors(tmp_path):
     text = ["THE CAT SAT ON A CARPET", "A DOG RAN OVER THE HILLSIDE"]
     assert phrases_in_text(tmp_path, text) == ["GOLDEN CARPET", "HILLSIDE"]
     assert phrases_in_text(tmp_path / "none", text) == []
+
+
+def test_a_relative_text_is_found_from_another_directory(tmp_path, monkeypatch):
+    """`--text` was recorded in synthesis.json as given: `--biasing` (and a rerun) from another
+    directory could not find a relative one. It is recorded absolute; a manifest that holds a
+    relative one (written before) is read relative to the working directory, as its run read it."""
+    import json
+
+    import asr.synth.synthesize as synth_module
+
+    monkeypatch.setattr(synth_module, "synthesize_utterance", _silent_utterance)
+    texts, elsewhere = tmp_path / "texts", tmp_path / "elsewhere"
+    texts.mkdir()
+    elsewhere.mkdir()
+    common = [f"{s} {v} {o}." for s in ("The cat", "The dog", "A bird", "My friend")
+              for v in ("sat on", "ran to", "looked at") for o in ("the mat", "the house", "a tree")]
+    rare = ("zeppelin", "gondola", "platform", "hillside", "monument", "cushion")
+    (texts / "my text.txt").write_text(
+        "\n".join(common + [f"The cat sat on the {w}." for w in rare]) + "\n")
+    root = tmp_path / "corpus"
+    monkeypatch.chdir(texts)
+    synthesize_corpus(root, {"train-clean-5": 36}, top_words=16,
+                      sources=[Path("my text.txt")], progress=False)  # fmt: skip
+    manifest = root / "LibriSpeech" / "synthesis.json"
+    recorded = json.loads(manifest.read_text())["settings"]["sentence_sources"]
+    assert recorded == [str(texts / "my text.txt")]
+    monkeypatch.chdir(elsewhere)
+    result = synth_module.synthesize_biasing_set(root, 1, num_distractors=1, progress=False)
+    assert result.num_utts == {part: 1 for part in BIASING_PARTS}
+    again = synthesize_corpus(root, {"train-clean-5": 36}, top_words=16,
+                              sources=[texts / "my text.txt"], progress=False)  # fmt: skip
+    assert again.synthesized == 0
+    data = json.loads(manifest.read_text())  # as an older version recorded it
+    data["settings"]["sentence_sources"] = ["my text.txt"]
+    manifest.write_text(json.dumps(data))
+    monkeypatch.chdir(texts)
+    again = synthesize_corpus(root, {"train-clean-5": 36}, top_words=16,
+                              sources=[Path("my text.txt")], progress=False)  # fmt: skip
+    assert again.synthesized == 0
