@@ -8,7 +8,8 @@ trained head (:func:`asr.decoding.registry.searcher_for`).
 
 Launch with ``torchrun --nproc-per-node N -m asr.cli.main train ...`` for DDP: every rank reads
 the same shuffled cut stream and keeps every N-th batch (see :mod:`asr.data.sampler`); the epochs'
-batches and exact mid-epoch resumption are :class:`asr.data.epochs.EpochBatches`'.
+batches and exact mid-epoch resumption are :class:`asr.data.epochs.EpochBatches`'. The validation
+loss and the dev WER are computed by every rank on its share of the dev cuts and summed.
 """
 
 from __future__ import annotations
@@ -40,11 +41,17 @@ from asr.decoding.registry import searcher_for
 from asr.experiment import ExperimentConfig, build_model
 from asr.features.cmvn import compute_cmvn_stats
 from asr.features.fbank import make_lhotse_fbank
+from asr.metrics.wer import ErrorStats
 from asr.model import ASRModel
 from asr.run.evaluate import recognize, score_recognitions
 from asr.tokenizers import Tokenizer, load_tokenizer
 from asr.tokenizers.base import check_vocabulary
-from asr.train.distributed import DistInfo, cleanup_distributed, setup_distributed
+from asr.train.distributed import (
+    DistInfo,
+    all_reduce_sums,
+    cleanup_distributed,
+    setup_distributed,
+)
 from asr.train.state import Progress
 from asr.train.trainer import Trainer
 
@@ -70,7 +77,15 @@ def seed_everything(seed: int) -> None:
 
 class DevWer:
     """``(model) -> dev WER %`` with the greedy searcher of the first trained head; None when no
-    trained head has a greedy searcher (an attention decoder alone).
+    trained head has a greedy searcher (an attention decoder alone) or the decoding failed.
+
+    Distributed (``dist.world_size > 1``), it is a collective that every rank calls: each rank
+    decodes its own share of the dev cuts (:func:`asr.data.sampler.make_sampler`: every cut
+    once) and the error counts of all the shares are summed in one all-reduce, so that every
+    rank gets the WER that one process decoding every cut gets, and no rank waits in a
+    collective while another decodes the whole set (NCCL gives up on a collective after 10
+    minutes by default: a large dev set decoded by one rank would kill the job). A rank whose
+    share fails makes it None on every rank. The WER is logged by rank 0.
 
     Args:
         cuts: dev CutSet.
@@ -78,20 +93,26 @@ class DevWer:
         tokenizer: ids -> text.
         device: where to decode.
         max_utterances: decode at most this many dev cuts (0: all), spread evenly over the dev
-            cuts (so that every dev set of ``data.dev_cuts`` counts, not just the first one).
+            cuts (so that every dev set of ``data.dev_cuts`` counts, not just the first one);
+            the cap is on all the ranks' shares together.
+        dist: this process' place in the job (default: the only process).
     """
 
     def __init__(self, cuts: CutSet, cfg: ExperimentConfig, tokenizer: Tokenizer,
-                 device: torch.device, max_utterances: int = 0) -> None:
+                 device: torch.device, max_utterances: int = 0,
+                 dist: DistInfo | None = None) -> None:
         self.cuts = spread_subset(cuts, max_utterances)
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.device = device
+        self.dist = dist or DistInfo(device=device)
 
     def __call__(self, model: ASRModel) -> float | None:
+        # the same answer on every rank (the same model), before any collective
         name = searcher_for("greedy", model, trained_only=True)
         if name is None:
             return None
+        stats, utterances, seconds, failed = ErrorStats(), 0, 0.0, 0
         was_training = model.training
         model.eval()
         try:
@@ -101,18 +122,31 @@ class DevWer:
                                          hotwords=None)
             searcher = build_searcher(name, model, search, tokenizer=self.tokenizer)
             loader = make_dataloader(self.cuts, self.cfg.data, self.tokenizer, train=False,
-                                     rank=0, world_size=1)
+                                     rank=self.dist.rank, world_size=self.dist.world_size)
             recognitions, seconds = recognize(model, searcher, loader, self.tokenizer,
                                               self.device, progress=False)
+            stats, utterances = score_recognitions(recognitions).stats, len(recognitions)
         except Exception:  # an auxiliary metric must never cost the training run
-            logger.exception("dev WER evaluation with %s failed; training goes on without it",
-                             name)
-            return None
+            logger.exception("dev WER evaluation with %s failed%s; training goes on without it",
+                             name, f" on rank {self.dist.rank}" if self.dist.distributed else "")
+            failed = 1
         finally:
             model.train(was_training)
-        wer = 100.0 * score_recognitions(recognitions).stats.wer
-        logger.info("dev WER %.2f%% (%s, %d utterances, %.1f s)", wer, name, len(recognitions),
-                    seconds)
+        # every rank reaches this one all-reduce, a failed one too (else the others would wait)
+        num_ref, ins, dels, subs, utterances, failed = all_reduce_sums(
+            [stats.num_ref, stats.ins, stats.dels, stats.subs, utterances, failed], self.dist)
+        if failed:
+            if self.dist.distributed and self.dist.is_main:
+                logger.warning("dev WER: the decoding failed on %d of %d ranks; training goes on "
+                               "without it", int(failed), self.dist.world_size)
+            return None
+        wer = 100.0 * ErrorStats(int(num_ref), int(ins), int(dels), int(subs)).wer
+        if self.dist.distributed and self.dist.is_main:
+            logger.info("dev WER %.2f%% (%s, %d utterances on %d ranks; rank 0's share in %.1f s)",
+                        wer, name, int(utterances), self.dist.world_size, seconds)
+        elif self.dist.is_main:
+            logger.info("dev WER %.2f%% (%s, %d utterances, %.1f s)", wer, name, int(utterances),
+                        seconds)
         return wer
 
 
@@ -347,8 +381,8 @@ def train_experiment(
             train_batches=EpochBatches(train_cuts, cfg.data, tokenizer, dist.rank, dist.world_size,
                                        shar),
             valid_batches=valid_batches,
-            evaluate=(DevWer(dev_cuts, cfg, tokenizer, dist.device, cfg.train.dev_wer_max_utterances)
-                      if cfg.train.dev_wer else None),
+            evaluate=(DevWer(dev_cuts, cfg, tokenizer, dist.device, cfg.train.dev_wer_max_utterances,
+                             dist) if cfg.train.dev_wer else None),
             dist=dist,
             extra_state={"config": to_dict(cfg), "tokens": pieces},
             check_resume=lambda extra: check_vocabulary(extra.get("tokens"), tokenizer,

@@ -38,8 +38,10 @@ class TrainConfig:
             batches left over, so that no gradient is carried into the next epoch).
         seed: base random seed (each rank adds its rank).
         device: ``auto``, ``cpu`` or ``cuda``.
-        dev_wer: decode the dev set with a greedy searcher after each epoch (WER in the plot).
-        dev_wer_max_utterances: decode at most this many dev utterances for it (0: all).
+        dev_wer: decode the dev set with a greedy searcher after each epoch (WER in the plot);
+            with several processes each decodes its share and the error counts are summed.
+        dev_wer_max_utterances: decode at most this many dev utterances for it (0: all), on all
+            the processes together.
         max_skipped_in_a_row: optimizer steps with non-finite gradients are skipped (the
             batches saved under ``<exp_dir>/bad-batches/``); more than this many in a row stop
             training with an error.

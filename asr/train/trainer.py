@@ -117,7 +117,9 @@ class Trainer:
         train_batches: ``(epoch, skip, skip_world_size) -> batches`` of this rank (module
             docstring).
         valid_batches: ``() -> batches`` for the validation loss (or None).
-        evaluate: ``(model) -> WER in percent`` run on rank 0 after each epoch (or None).
+        evaluate: ``(model) -> WER in percent`` (or None) after each epoch, called on every rank
+            (distributed, a collective: each rank decodes its share, :class:`asr.run.train.DevWer`)
+            and the same number on each; rank 0 logs it.
         dist: this process' place in the job.
         extra_state: plain data stored in every checkpoint (e.g. the resolved config).
         clock: monotonic seconds, for ``train.time_budget_s`` (replaceable in tests).
@@ -815,7 +817,7 @@ class Trainer:
         train_loss = all_reduce_sum(p.loss_sum, self.dist) / utts if utts > 0 else math.nan
         valid_loss = self._valid_loss()
         wer = None
-        if self.evaluate is not None and self.dist.is_main:
+        if self.evaluate is not None:  # every rank: a collective where distributed
             wer = self.evaluate(unwrap(self.model))
             if wer is not None:
                 self._add_scalar("valid/wer", wer)

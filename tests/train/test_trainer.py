@@ -522,6 +522,44 @@ def test_ddp_trains_a_model_with_a_head_of_weight_0(tmp_path):
     _torchrun_two(tmp_path, DDP_IDLE_HEAD_SCRIPT)
 
 
+
+DDP_DEV_WER_SCRIPT = r"""
+import json, os, sys, torch
+sys.path[:0] = [os.environ["TEST_DIR"], os.path.dirname(os.environ["TEST_DIR"])]
+from test_trainer import ToyModel, batches
+from asr.train.distributed import setup_distributed, cleanup_distributed
+from asr.train.optim import OptimConfig
+from asr.train.state import TrainConfig
+from asr.train.trainer import Trainer
+info = setup_distributed("cpu")
+calls = []
+
+def evaluate(model):  # asr.run.train.DevWer sums its ranks' counts: the same WER on each
+    calls.append(info.rank)
+    return 5.0
+
+torch.manual_seed(0)
+trainer = Trainer(ToyModel(), OptimConfig(lr=1e-2, warmup_steps=3),
+                  TrainConfig(max_epochs=2, checkpoint_interval=0, average_period=0),
+                  os.path.join(os.environ["OUT_DIR"], "exp"), batches, evaluate=evaluate,
+                  dist=info)
+progress = trainer.fit()
+with open(os.path.join(os.environ["OUT_DIR"], f"wer{info.rank}.json"), "w") as f:
+    json.dump({"calls": calls, "wers": [r.valid_wer for r in progress.history]}, f)
+cleanup_distributed()
+"""
+
+
+def test_every_rank_takes_part_in_the_dev_wer_and_records_it(tmp_path):
+    """Rank 0 alone decoded the dev set while the others waited in the checkpoint's collective,
+    which NCCL gives up on after 10 minutes (a large dev set killed the job); and only rank 0's
+    history held the WER. Every rank now calls ``evaluate`` (each decodes its share,
+    :class:`asr.run.train.DevWer`) and records the same WER."""
+    _torchrun_two(tmp_path, DDP_DEV_WER_SCRIPT)
+    for rank in (0, 1):
+        result = json.loads((tmp_path / f"wer{rank}.json").read_text())
+        assert result == {"calls": [rank, rank], "wers": [5.0, 5.0]}, rank
+
 WORLD_CHANGE_SCRIPT = r'''
 import json, os, sys, torch
 sys.path[:0] = [os.environ["TEST_DIR"], os.path.dirname(os.environ["TEST_DIR"])]
