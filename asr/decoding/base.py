@@ -8,9 +8,9 @@
   :func:`asr.state.stack_states` / ``unstack_states`` / ``select_states`` batch
   streams that are at different positions.
 * :class:`TokenBuffer`: the emitted tokens, their absolute frames and the score of each stream,
-  held as growing, right-aligned tensors inside a streaming state (a stream's hypothesis must
-  live in its state to be stacked with others); :func:`right_aligned_append` appends to such a
-  store.
+  held inside a streaming state (a stream's hypothesis must live in its state to be stacked
+  with others): per stream a :class:`TokenRun`, which an append extends in place, amortised
+  O(1), unless an older state's tokens are in the way (then it copies them once).
 * :class:`StreamBeam` and :class:`BeamState`: the beam of one stream of a streaming beam search
   (hypotheses as Python objects, the predictor rows, frames not yet searched, the stream's
   hotword graph) and the State that carries one per stream (:func:`asr.state.stream_field`).
@@ -22,13 +22,14 @@
   beam searches.
 
 Shape legend: B batch (streams), T frames, D encoder dims, C tokens held (the most of any
-stream), L candidates per step.
+stream), L candidates per step, E tokens appended in a step (all streams).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -45,11 +46,11 @@ __all__ = [
     "StreamBeam",
     "StreamingSearcher",
     "TokenBuffer",
+    "TokenRun",
     "check_encoder_output",
     "insertion_bonuses",
     "log_add",
     "rank_score",
-    "right_aligned_append",
     "stream_contexts",
     "where_state",
 ]
@@ -244,36 +245,72 @@ def where_state(mask: Tensor, new: Any, old: Any) -> Any:
     return type(old)(**values)
 
 
+@dataclass(frozen=True, eq=False, repr=False)
+class TokenRun:
+    """The emitted tokens of one stream and their absolute frames: the first :attr:`count`
+    entries of two lists that later states of the stream may share and have extended.
+
+    :meth:`extend` appends to the lists themselves (amortised O(1) per token, as a Python list
+    grows) when nothing is held past this run's entries, which is every step of a stream that
+    goes on from its newest state; when another state already appended past them (an older
+    state stepped again, e.g. a batch decoded again after a failure), it first copies its own
+    entries, so no state ever sees another's tokens. Not compared or printed (a long stream
+    holds thousands of tokens; :meth:`TokenBuffer.hypotheses` gives them).
+
+    Attributes:
+        tokens: token ids, the first ``count`` this run's.
+        frames: the absolute encoder frame of each token, the first ``count`` this run's.
+        count: the tokens of this run.
+    """
+
+    tokens: list[int]
+    frames: list[int]
+    count: int
+
+    def extend(self, tokens: Sequence[int], frames: Sequence[int]) -> TokenRun:
+        """This run followed by ``tokens`` and their ``frames`` (as many); ``self`` unchanged."""
+        if not tokens:
+            return self
+        held_tokens, held_frames = self.tokens, self.frames
+        if len(held_tokens) != self.count:  # a later state holds more: keep to our own
+            held_tokens, held_frames = held_tokens[: self.count], held_frames[: self.count]
+        held_tokens.extend(tokens)
+        held_frames.extend(frames)
+        return TokenRun(held_tokens, held_frames, self.count + len(tokens))
+
+    def hypothesis(self, score: float) -> Hypothesis:
+        """The run as a :class:`Hypothesis` of log-probability ``score``."""
+        return Hypothesis(
+            tokens=tuple(self.tokens[: self.count]),
+            score=score,
+            frames=tuple(self.frames[: self.count]),
+        )
+
+
 @dataclass(frozen=True)
 class TokenBuffer:
     """Emitted tokens of B streams (a State, batch dimension 0) that grows with them: nothing
     is ever dropped, and each stream keeps only its own tokens.
 
-    A row's tokens are its last ``num_tokens`` entries (right-aligned, zeros before them), so
-    that streams holding different numbers of tokens stack (:func:`asr.state.stack_states`
-    left-pads to the longest) and split back to their own tokens
-    (:func:`asr.state.unstack_states`). C is the most tokens any row holds.
+    The tokens of a stream are its :class:`TokenRun` (a per-stream field: stacking and
+    splitting states pass it on without looking into it), which an append extends without
+    copying the tokens before, so a step costs the tokens it adds, not those the stream holds.
+    The tokens live on the host, where the results are built from them; the scores stay on
+    the searcher's device.
 
     Attributes:
-        tokens: (B, C) int32 token ids, the last ``num_tokens`` of each row valid.
-        frames: (B, C) int32 absolute encoder frame of each token.
-        num_tokens: (B,) int64 tokens stored.
+        runs: per stream, its tokens and their frames.
         score: (B,) float32 accumulated log-probability.
     """
 
-    tokens: Tensor = state_field(batch_dim=0, ragged_dim=1, counted_by="num_tokens")
-    frames: Tensor = state_field(batch_dim=0, ragged_dim=1, counted_by="num_tokens")
-    num_tokens: Tensor = state_field(batch_dim=0)
+    runs: tuple[TokenRun, ...] = stream_field()
     score: Tensor = state_field(batch_dim=0)
 
     @staticmethod
     def empty(batch_size: int, device: torch.device | str) -> TokenBuffer:
         """A buffer for ``batch_size`` streams holding no token yet."""
-        ints = torch.zeros(batch_size, 0, dtype=torch.int32, device=device)
         return TokenBuffer(
-            tokens=ints,
-            frames=ints.clone(),
-            num_tokens=torch.zeros(batch_size, dtype=torch.int64, device=device),
+            runs=tuple(TokenRun([], [], 0) for _ in range(batch_size)),
             score=torch.zeros(batch_size, dtype=torch.float32, device=device),
         )
 
@@ -282,21 +319,23 @@ class TokenBuffer:
         return self.extend(tokens[:, None], frames[:, None], emit[:, None])
 
     def extend(self, tokens: Tensor, frames: Tensor, emit: Tensor) -> TokenBuffer:
-        """Appends the tokens at the ``emit`` positions of each row, in order (the buffer
-        grows to the most tokens a row then holds: one device sync).
+        """Appends the tokens at the ``emit`` positions of each row, in order (one host
+        transfer of the appended tokens and frames: one device sync).
 
         Args:
             tokens, frames: (B, L) candidates; emit: (B, L) bool, which ones to append.
         """
-        added = emit.sum(dim=1)
-        num_tokens = self.num_tokens + added
-        width = int(num_tokens.max()) if num_tokens.numel() else 0
-        return TokenBuffer(
-            right_aligned_append(self.tokens, self.num_tokens, tokens, emit, width),
-            right_aligned_append(self.frames, self.num_tokens, frames, emit, width),
-            num_tokens,
-            self.score,
-        )
+        batch = emit.shape[0]
+        added = emit.sum(dim=1)  # (B,)
+        kept = torch.cat([added, tokens[emit].long(), frames[emit].long()]).tolist()
+        counts, values = kept[:batch], kept[batch:]
+        total = len(values) // 2
+        runs, start = [], 0
+        for run, count in zip(self.runs, counts):
+            end = start + count
+            runs.append(run.extend(values[start:end], values[total + start: total + end]))
+            start = end
+        return TokenBuffer(tuple(runs), self.score)
 
     def add_score(self, delta: Tensor) -> TokenBuffer:
         """Adds ``delta`` (B,) to the scores."""
@@ -304,39 +343,4 @@ class TokenBuffer:
 
     def hypotheses(self) -> list[Hypothesis]:
         """One :class:`Hypothesis` per stream (one host transfer)."""
-        tokens, frames = self.tokens.tolist(), self.frames.tolist()
-        counts, scores = self.num_tokens.tolist(), self.score.tolist()
-        return [
-            Hypothesis(
-                tokens=tuple(t[len(t) - n:]), score=float(s), frames=tuple(f[len(f) - n:])
-            )
-            for t, f, n, s in zip(tokens, frames, counts, scores)
-        ]
-
-
-def right_aligned_append(
-    store: Tensor, counts: Tensor, values: Tensor, keep: Tensor, width: int
-) -> Tensor:
-    """Appends to each row of a right-aligned store the values it keeps, in order.
-
-    Args:
-        store: (B, C, ...) entries, the last ``counts`` of each row valid (zeros before them).
-        counts: (B,) int64 valid entries per row.
-        values: (B, L, ...) candidates; keep: (B, L) bool, which ones to append.
-        width: C' of the result, at least ``counts + keep.sum(1)`` of every row.
-
-    Returns:
-        (B, C', ...) the same dtype as ``store``: each row's old entries then its kept values,
-        right-aligned (zeros before them).
-    """
-    batch, capacity = store.shape[:2]
-    added = keep.sum(dim=1)
-    out = store.new_zeros((batch, width, *store.shape[2:]))
-    rows = torch.arange(batch, device=store.device)[:, None]
-    columns = torch.arange(capacity, device=store.device)[None, :]
-    old = columns >= capacity - counts[:, None]  # (B, C) valid old entries
-    target = columns + (width - capacity) - added[:, None]
-    out[rows.expand_as(old)[old], target[old]] = store[old]
-    position = width - added[:, None] + keep.long().cumsum(dim=1) - 1  # (B, L)
-    out[rows.expand_as(keep)[keep], position[keep]] = values[keep].to(store.dtype)
-    return out
+        return [run.hypothesis(float(s)) for run, s in zip(self.runs, self.score.tolist())]

@@ -10,7 +10,11 @@ Training is teacher-forced: inputs ``<sos> y_1 .. y_U``, targets ``y_1 .. y_U <e
 label-smoothed KL of :func:`asr.losses.label_smoothing.label_smoothing_loss` summed over the
 valid positions of each utterance. An utterance without encoder frames has nothing to attend
 to (its cross-attention would read padding): it is dropped from the loss and counted in
-``metrics["num_infinite"]``, as the CTC and transducer heads drop it. Searches use
+``metrics["num_infinite"]``, as the CTC and transducer heads drop it. With learned positions
+a target of ``max_len`` tokens or more has no position for its last input (``<sos>`` takes the
+first): it is dropped from the loss too, counted in ``metrics["num_too_long"]`` and logged
+with the count, in training and validation alike (like WeNet's ``token_max_length`` data
+filter, but per head: the other heads still train on it, and the dev WER decodes it). Searches use
 :meth:`AEDHead.init_cache` / :meth:`AEDHead.step` (one token per hypothesis per call, with the
 self-attention keys and values of earlier positions kept in an explicit :class:`AEDCache`) and
 :meth:`AEDHead.score_sequences` (attention rescoring).
@@ -61,7 +65,8 @@ class AEDConfig:
         ffn_dim: feed-forward hidden size.
         dropout: dropout in the decoder layers and on the embeddings.
         positional: ``sinusoidal`` (any length) or ``learned`` (at most ``max_len`` positions).
-        max_len: number of learned positions.
+        max_len: number of learned positions: the AED loss leaves out a target of
+            ``max_len`` tokens or more (``<sos>`` takes a position).
         label_smoothing: probability mass spread over the non-reference tokens, in ``[0, 1)``.
         reverse_weight: weight of the right-to-left decoder in the loss and in
             :meth:`AEDHead.score_sequences`; 0 builds no right-to-left decoder.
@@ -258,6 +263,13 @@ class AEDHead(nn.Module):
         return {0: "the blank", sos: both if sos == eos else "the AED sos_id",
                 eos: both if sos == eos else "the AED eos_id"}
 
+    @property
+    def max_target_tokens(self) -> int | None:
+        """The most target tokens the loss trains on: with learned positions ``max_len - 1``
+        (``<sos>`` takes the first position), a longer target being left out of the loss;
+        None with sinusoidal positions (any length)."""
+        return self.cfg.max_len - 1 if self.cfg.positional == "learned" else None
+
     # ----------------------------------------------------------------------------- training
     def _teacher_forcing(self, tokens: Tensor, token_lens: Tensor) -> tuple[Tensor, Tensor]:
         """Inputs ``<sos> y`` and targets ``y <eos>``, both (B, U + 1) padded with 0."""
@@ -311,8 +323,9 @@ class AEDHead(nn.Module):
 
         Returns:
             LossOutput; metrics ``loss_l2r`` (and ``loss_r2l``), ``num_correct`` and
-            ``num_tokens`` (of the left-to-right decoder, eos included) for accuracy, and
-            ``num_infinite`` (utterances without frames, left out of all of them).
+            ``num_tokens`` (of the left-to-right decoder, eos included) for accuracy,
+            ``num_infinite`` (utterances without frames) and ``num_too_long`` (learned
+            positions: targets of ``max_len`` tokens or more), both left out of all of them.
 
         Raises:
             ValueError: naming a token within ``token_lens`` outside ``[0, V)``, or one of
@@ -324,8 +337,17 @@ class AEDHead(nn.Module):
         )
         memory = self.memory_proj(enc)
         memory_mask = lengths_to_mask(enc_lens, enc.shape[1])
-        trained = trained_utterances(enc_lens.to(memory.device), "AED")
-        num_infinite = int((~trained).sum())
+        enc_lens = enc_lens.to(memory.device)
+        limit = self.max_target_tokens
+        trained = trained_utterances(
+            enc_lens, "AED", token_lens, limit,
+            f"heads.aed.max_len={self.cfg.max_len} learned positions, <sos> first",
+        )
+        num_infinite = int((enc_lens == 0).sum())
+        num_too_long = int((enc_lens > 0).sum()) - int(trained.sum())
+        if limit is not None:  # the left-out targets' positions are never embedded
+            tokens = tokens[:, :limit]
+            token_lens = token_lens.clamp(max=limit)
         loss_l2r, correct = self._decoder_loss(
             self.decoder, memory, memory_mask, tokens, token_lens, trained
         )
@@ -334,6 +356,7 @@ class AEDHead(nn.Module):
             "num_correct": float(correct),
             "num_tokens": float(((token_lens.to(trained.device) + 1) * trained).sum()),
             "num_infinite": float(num_infinite),
+            "num_too_long": float(num_too_long),
         }
         loss = loss_l2r
         if self.r2l_decoder is not None:

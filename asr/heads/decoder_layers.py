@@ -69,12 +69,28 @@ def per_hypothesis(enc: Tensor, enc_lens: Tensor, num: int) -> tuple[Tensor, Ten
     return enc, enc_lens
 
 
-def trained_utterances(enc_lens: Tensor, head: str) -> Tensor:
-    """(B,) bool, True for the utterances with encoder frames, which a decoder loss trains on.
+def trained_utterances(
+    enc_lens: Tensor,
+    head: str,
+    token_lens: Tensor | None = None,
+    max_tokens: int | None = None,
+    option: str = "max_tokens",
+) -> Tensor:
+    """(B,) bool, True for the utterances a decoder loss trains on: those with encoder frames
+    and, given ``max_tokens``, at most that many target tokens.
 
     An utterance without frames has nothing to cross-attend to (:meth:`MultiHeadAttention.attend`
     would read padding for it), so the decoder heads leave it out of their loss, as the CTC and
-    transducer losses leave it out as infeasible; a warning names ``head`` and the count.
+    transducer losses leave it out as infeasible; so too a target longer than a decoder can
+    place (learned positions: none past the last). A warning names ``head`` and the count of
+    each kind (``option``: the setting that limits the tokens).
+
+    Args:
+        enc_lens: (B,) encoder frames.
+        head: the head's name, for the warning.
+        token_lens: (B,) target tokens; needed with ``max_tokens``.
+        max_tokens: the most target tokens a trained utterance may have; None: no limit.
+        option: the setting that gives ``max_tokens``, as the warning names it.
     """
     trained = enc_lens > 0
     dropped = int((~trained).sum())
@@ -83,6 +99,18 @@ def trained_utterances(enc_lens: Tensor, head: str) -> Tensor:
             "%s: %d of %d utterances have no encoder frames; their loss was zeroed",
             head, dropped, trained.shape[0],
         )  # fmt: skip
+    if max_tokens is not None:
+        if token_lens is None:
+            raise ValueError("trained_utterances: max_tokens needs token_lens")
+        fits = token_lens.to(trained.device) <= max_tokens
+        too_long = int((trained & ~fits).sum())
+        if too_long:
+            logger.warning(
+                "%s: %d of %d utterances have more than %d target tokens (%s); their loss "
+                "was zeroed",
+                head, too_long, trained.shape[0], max_tokens, option,
+            )  # fmt: skip
+        trained = trained & fits
     return trained
 
 

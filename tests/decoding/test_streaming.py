@@ -124,14 +124,53 @@ def test_a_stream_of_more_tokens_than_any_old_capacity_keeps_every_token(name):
     got = streaming.finalize(state)[0]
     assert got.tokens == expected.tokens and got.frames == expected.frames
     assert got.score == pytest.approx(expected.score, rel=1e-4)
-    assert state.hyp.tokens.shape == (1, len(expected.tokens))  # what it holds, no more
     before = streaming.partial(state)[0].tokens
     fresh, chunk, lens = streaming.init_state(1, enc.device), enc[:, :4], torch.tensor([4])
     both = streaming.step(chunk.expand(2, -1, -1), lens.expand(2), stack_states([state, fresh]))
     long, short = unstack_states(both, copy=True)
-    assert short.hyp.tokens.shape[1] == int(short.hyp.num_tokens[0]) <= 4 * 3
+    assert len(short.hyp.runs[0].tokens) == short.hyp.runs[0].count <= 4 * 3
     assert streaming.partial(short) == streaming.partial(streaming.step(chunk, lens, fresh))
     assert streaming.partial(long)[0].tokens[: len(before)] == before
+
+
+@pytest.mark.parametrize("name", ["ctc_greedy", "transducer_greedy", "tdt_greedy"])
+def test_a_step_appends_its_tokens_without_copying_the_tokens_held(name):
+    """Each append copied all of a stream's tokens into a new store: quadratic in the length
+    of a stream without endpointing. A step now extends the stream's own token lists (the same
+    lists, grown), also when its state is stacked with another stream's and split back, as the
+    runtime does every chunk; the result is the offline search's. An older state stepped again
+    copies its own tokens first, and the newer state keeps its tokens."""
+    offline, streaming = build(name, blank_penalty=10.0)
+    enc, enc_lens = encoder_output([120, 90], seed=5)
+    states = [streaming.init_state(1, enc.device) for _ in range(2)]
+    lists: list = [None, None]
+    middle = None
+    for start in range(0, 120, 10):
+        lens = (enc_lens - start).clamp(min=0, max=10)
+        stepped = streaming.step(enc[:, start: start + 10], lens, stack_states(states))
+        states = unstack_states(stepped, copy=True)
+        for b, state in enumerate(states):
+            run = state.hyp.runs[0]
+            if lists[b] is None and run.count:
+                lists[b] = (run.tokens, run.frames)
+            if lists[b] is not None:
+                assert run.tokens is lists[b][0] and run.frames is lists[b][1]
+        if start == 60:
+            middle = states[0]
+    assert all(held is not None for held in lists)
+    expected = [h[0] for h in offline(enc, enc_lens)]
+    got = streaming.finalize(stack_states(states))
+    assert [h.tokens for h in got] == [h.tokens for h in expected]
+    assert [h.frames for h in got] == [h.frames for h in expected]
+    # the older state goes on alone, on other frames: its own tokens, the newer ones kept
+    chunk, lens = enc[1:, :10], torch.tensor([10])
+    branch = streaming.partial(streaming.step(chunk, lens, middle))[0]
+    before = streaming.partial(middle)[0]
+    fresh = streaming.step(chunk, lens, dataclasses.replace(
+        middle, hyp=dataclasses.replace(middle.hyp, runs=(type(middle.hyp.runs[0])(
+            list(before.tokens), list(before.frames), len(before.tokens)),))))
+    assert branch == streaming.partial(fresh)[0]
+    assert streaming.finalize(states[0])[0].tokens == got[0].tokens
 
 
 def test_build_streaming_searcher_rejects_offline_only_names():
@@ -221,7 +260,8 @@ def test_cif_streams_at_different_positions_batched_equal_each_alone(mode, windo
     split = [streaming.partial(s)[0] for s in unstack_states(stepped)]
     assert [h.tokens for h in split] == [h.tokens for h in alone]
     if window is not None:
-        assert stepped.window_start.tolist() != [0, 0] and stepped.settled.num_tokens.max() > 0
+        assert stepped.window_start.tolist() != [0, 0]
+        assert max(run.count for run in stepped.settled.runs) > 0
 
 
 @pytest.mark.parametrize("mode", list(CIF_MODES))
@@ -253,7 +293,7 @@ def test_cif_partials_decode_a_bounded_window_and_the_final_result_every_frame(
     assert max(decoded) <= window + chunk
     settles = sum(-(-n // (window // 2)) for n in lens)
     assert len(decoded) <= chunks + settles
-    assert min(state.settled.num_tokens.tolist()) > 5  # settled many times
+    assert min(run.count for run in state.settled.runs) > 5  # settled many times
     expected = offline(enc, enc_lens)
     assert streaming.finalize(state) == [e[0] for e in expected]
     assert decoded[-1] == max(lens)  # the final result decoded every frame

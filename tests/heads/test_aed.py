@@ -192,3 +192,34 @@ def test_config_from_dict_and_validation():
             torch.randn(1, 2, 16),
             torch.ones(1, 2, dtype=torch.bool),
         )
+
+
+@pytest.mark.parametrize("reverse_weight", [0.0, 0.3])
+def test_a_target_longer_than_the_learned_positions_is_left_out_of_the_loss(
+    reverse_weight, caplog
+):
+    """With learned positions, a target of ``max_len`` tokens or more (``<sos>`` first, so at
+    least ``max_len + 1`` positions) raised "position 4 exceeds max_len=4" and stopped training
+    or validation (dev cuts are not filtered by token count). It is now left out of the AED
+    loss, counted and named in one warning with the option, as an utterance without frames
+    is; the other utterances' loss is theirs alone."""
+    torch.manual_seed(0)
+    head = AEDHead(
+        _tiny_cfg(positional="learned", max_len=4, reverse_weight=reverse_weight), 12, VOCAB
+    ).eval()
+    enc = torch.randn(3, 9, 12)
+    enc_lens = torch.tensor([9, 6, 3])
+    token_lens = torch.tensor([3, 4, 2])  # 3 tokens fit: <sos> + 3 = 4 positions; 4 do not
+    tokens = torch.randint(2, VOCAB, (3, 4)) * (torch.arange(4)[None] < token_lens[:, None])
+    with caplog.at_level("WARNING", logger="asr.heads.decoder_layers"):
+        out = head.loss(enc, enc_lens, tokens, token_lens)
+    keep = torch.tensor([0, 2])
+    alone = head.loss(enc[keep], enc_lens[keep], tokens[keep, :3], token_lens[keep])
+    torch.testing.assert_close(out.loss, alone.loss)
+    assert out.metrics["num_tokens"] == float(3 + 1 + 2 + 1)
+    assert out.metrics["num_too_long"] == 1.0 and out.metrics["num_infinite"] == 0.0
+    assert alone.metrics["num_too_long"] == 0.0
+    message = caplog.text
+    assert "AED: 1 of 3 utterances" in message and "heads.aed.max_len" in message
+    assert message.count("heads.aed.max_len") == 1
+    out.loss.backward()  # the loss trains the others
