@@ -1443,6 +1443,21 @@ def test_each_step_makes_one_collective_besides_ddps_own(tmp_path):
         assert got == {"per_step": [1, 1, 1, 1], "step": 5}, rank
 
 
+def _gradients_the_optimizer_steps_with(trainer: Trainer, model: nn.Module) -> list[torch.Tensor]:
+    """Runs the trainer's optimizer step (which must take the step) and returns the gradients
+    the optimizer saw, one per parameter of ``model``."""
+    got: list[torch.Tensor] = []
+    real_step = trainer.optimizer.step
+
+    def step(*args, **kwargs):
+        got.extend(p.grad.clone() for p in model.parameters())
+        return real_step(*args, **kwargs)
+
+    trainer.optimizer.step = step
+    assert trainer._optimizer_step()
+    return got
+
+
 @pytest.mark.parametrize("grad_clip", [0.0, 0.5, 1e6])  # off, clipping, too large to clip
 def test_a_step_divides_and_clips_the_gradients_as_clip_grad_norm_does(tmp_path, grad_clip):
     """The step divides the accumulated gradient sums by the batch's utterances and clips them
@@ -1462,15 +1477,7 @@ def test_a_step_divides_and_clips_the_gradients_as_clip_grad_norm_does(tmp_path,
         param.grad = grad / 4.0
     norm = torch.nn.utils.clip_grad_norm_(reference, grad_clip if grad_clip > 0 else math.inf)
     assert (0 < grad_clip < float(norm)) == (grad_clip == 0.5)  # the cases are what they say
-    got: list[torch.Tensor] = []
-    real_step = trainer.optimizer.step
-
-    def step(*args, **kwargs):
-        got.extend(p.grad.clone() for p in model.parameters())
-        return real_step(*args, **kwargs)
-
-    trainer.optimizer.step = step
-    assert trainer._optimizer_step()
+    got = _gradients_the_optimizer_steps_with(trainer, model)
     assert len(got) == len(reference)
     for mine, theirs in zip(got, reference):
         torch.testing.assert_close(mine, theirs.grad, rtol=1e-6, atol=1e-7)
@@ -1530,15 +1537,7 @@ def test_finite_gradient_sums_whose_float32_norm_would_overflow_are_clipped_not_
     for param, grad in zip(reference, sums):
         param.grad = grad.double() / 4.0
     torch.nn.utils.clip_grad_norm_(reference, 5.0)
-    got: list[torch.Tensor] = []
-    real_step = trainer.optimizer.step
-
-    def step(*args, **kwargs):
-        got.extend(p.grad.clone() for p in model.parameters())
-        return real_step(*args, **kwargs)
-
-    trainer.optimizer.step = step
-    assert trainer._optimizer_step()
+    got = _gradients_the_optimizer_steps_with(trainer, model)
     assert trainer.progress.skipped_steps == 0 and not (tmp_path / "bad-batches").exists()
     for mine, theirs in zip(got, reference):
         torch.testing.assert_close(mine, theirs.grad.float(), rtol=1e-5, atol=1e-7)
