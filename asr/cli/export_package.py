@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 
 from asr.cli.options import add_checkpoint_arguments, add_search_arguments, selection_from_args
 from asr.package import PackageError, export_package
@@ -34,15 +35,21 @@ logger = logging.getLogger(__name__)
 
 def _wer(text: str) -> tuple[str, float]:
     """``NAME=PERCENT`` -> (name, percent); a missing ``=``, an empty (or blank) name or a
-    percent that is no number is refused, naming the option (argparse's exit 2)."""
+    percent that is no number, not finite (``nan``, ``inf``: metadata.json would hold tokens
+    that are not JSON) or negative is refused, naming the option (argparse's exit 2). A WER
+    above 100 is one (insertions)."""
     name, sep, value = text.partition("=")
     try:
         if not sep or not name.strip():
             raise ValueError
-        return name, float(value)
+        percent = float(value)
+        if not 0.0 <= percent < math.inf:
+            raise ValueError
+        return name, percent
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"--wer expects NAME=PERCENT with a set name, got {text!r}") from None
+            f"--wer expects NAME=PERCENT with a set name and a finite percent >= 0, got "
+            f"{text!r}") from None
 
 
 class _DeprecatedOut(argparse.Action):

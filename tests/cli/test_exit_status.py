@@ -205,15 +205,19 @@ def test_prepare_bad_input(case, tmp_path, caplog):
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.jsonl.gz"))
 
 
-@pytest.mark.parametrize("wer", ["=5", " =5", "test-clean", "test-clean=x"])
+@pytest.mark.parametrize("wer", ["=5", " =5", "test-clean", "test-clean=x", "test-clean=nan",
+                                 "test-clean=inf", "test-clean=-1"])
 def test_export_package_refuses_a_wer_without_a_set_name_or_percent(wer, experiment, tmp_path,
                                                                     capsys):
-    """``--wer =5`` (no set name) was accepted and recorded a WER of a set named ''; like a
-    value without ``=`` or without a number, it is refused by the option's parser (exit 2,
+    """``--wer =5`` (no set name) was accepted and recorded a WER of a set named ''; so were
+    ``nan``, ``inf`` and negative percents (Python's float() reads them), which metadata.json
+    then held as ``NaN``/``Infinity``, tokens no strict JSON reader (jq, JavaScript) takes. Like
+    a value without ``=`` or without a number, they are refused by the option's parser (exit 2,
     naming --wer) before anything is written."""
     with pytest.raises(SystemExit) as exited:
         main(["export-package", "--exp-dir", str(experiment), "--output-dir",
               str(tmp_path / "pkg"), "--wer", wer])
     assert exited.value.code == 2
-    assert f"--wer expects NAME=PERCENT with a set name, got {wer!r}" in capsys.readouterr().err
+    assert (f"--wer expects NAME=PERCENT with a set name and a finite percent >= 0, got {wer!r}"
+            in capsys.readouterr().err)
     assert not (tmp_path / "pkg").exists()
