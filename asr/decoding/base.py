@@ -320,7 +320,8 @@ class TokenBuffer:
 
     def extend(self, tokens: Tensor, frames: Tensor, emit: Tensor) -> TokenBuffer:
         """Appends the tokens at the ``emit`` positions of each row, in order (one host
-        transfer of the appended tokens and frames: one device sync).
+        transfer of the appended tokens and frames; on a GPU three device syncs, the two
+        masked selections and the transfer, however many tokens the streams hold).
 
         Args:
             tokens, frames: (B, L) candidates; emit: (B, L) bool, which ones to append.
