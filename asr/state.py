@@ -40,7 +40,6 @@ from torch import Tensor
 
 __all__ = [
     "BATCH_DIM_KEY",
-    "COUNTED_BY_KEY",
     "RAGGED_DIM_KEY",
     "is_stream_field",
     "state_batch_size",
@@ -56,17 +55,13 @@ BATCH_DIM_KEY = "batch_dim"
 #: Field metadata key that declares the dimension along which a tensor field's size may differ
 #: between streams (a growing, right-aligned cache).
 RAGGED_DIM_KEY = "ragged_dim"
-#: Field metadata key that names the (B,) int field counting a ragged field's valid entries.
-COUNTED_BY_KEY = "counted_by"
 #: Field metadata key that declares a tuple with one Python object per stream.
 PER_STREAM_KEY = "per_stream"
 
 S = TypeVar("S")
 
 
-def state_field(
-    batch_dim: int, ragged_dim: int | None = None, counted_by: str | None = None, **kwargs: Any
-) -> Any:
+def state_field(batch_dim: int, ragged_dim: int | None = None, **kwargs: Any) -> Any:
     """A dataclass field for a tensor whose dimension ``batch_dim`` indexes streams.
 
     Args:
@@ -74,9 +69,6 @@ def state_field(
         ragged_dim: a dimension whose size may differ between streams (a cache that grows with
             its stream, valid entries last): :func:`stack_states` left-pads with zeros to the
             largest size along it; None: every stream has the same shape.
-        counted_by: with ``ragged_dim``, the name of the state's (B,) int tensor field that
-            counts each stream's valid entries: :func:`unstack_states` then gives each stream
-            only those (unless its ``ragged_sizes`` says otherwise).
         **kwargs: passed on to :func:`dataclasses.field` (e.g. ``default=None``).
     """
     metadata = dict(kwargs.pop("metadata", {}) or {})
@@ -85,10 +77,6 @@ def state_field(
         if ragged_dim == batch_dim:
             raise ValueError(f"state_field: ragged_dim={ragged_dim} is the batch dimension")
         metadata[RAGGED_DIM_KEY] = ragged_dim
-    if counted_by is not None:
-        if ragged_dim is None:
-            raise ValueError("state_field: counted_by needs a ragged_dim")
-        metadata[COUNTED_BY_KEY] = counted_by
     return dataclasses.field(metadata=metadata, **kwargs)
 
 
@@ -148,8 +136,7 @@ def state_batch_size(state: Any) -> int:
 
 def _map_fields(states: Sequence[Any], tensor_fn, tuple_fn, name: str) -> Any:
     """Builds one state from aligned ``states`` applying ``tensor_fn(tensors, batch_dim,
-    ragged_dim, counts)`` to tensor fields (``counts``: the first state's ``counted_by`` field,
-    or None) and ``tuple_fn(tuples)`` to per-stream fields."""
+    ragged_dim)`` to tensor fields and ``tuple_fn(tuples)`` to per-stream fields."""
     first = states[0]
     _check_state(first)
     for other in states[1:]:
@@ -168,10 +155,8 @@ def _map_fields(states: Sequence[Any], tensor_fn, tuple_fn, name: str) -> Any:
             values[f.name] = tuple_fn(items)
         elif isinstance(head, Tensor):
             dim = _batch_dim(first, f)
-            counted_by = f.metadata.get(COUNTED_BY_KEY)
-            counts = getattr(first, counted_by) if counted_by is not None else None
             try:
-                values[f.name] = tensor_fn(items, dim, f.metadata.get(RAGGED_DIM_KEY), counts)
+                values[f.name] = tensor_fn(items, dim, f.metadata.get(RAGGED_DIM_KEY))
             except RuntimeError as err:
                 raise ValueError(f"{name}: field {where}: {err}") from err
         elif _is_state(head):
@@ -202,7 +187,7 @@ def _left_pad(tensor: Tensor, dim: int, size: int) -> Tensor:
     return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
 
 
-def _concat(items: list[Tensor], dim: int, ragged_dim: int | None, _counts: Any = None) -> Tensor:
+def _concat(items: list[Tensor], dim: int, ragged_dim: int | None) -> Tensor:
     """Concatenates along ``dim``, first left-padding a ragged dimension to the largest size."""
     if ragged_dim is not None:
         size = max(item.shape[ragged_dim] for item in items)
@@ -251,8 +236,7 @@ def unstack_states(
         ragged_sizes: per stream, how many entries of each ragged dimension
             (``state_field(ragged_dim=...)``) it keeps: the last ones, its valid entries
             (stacking's left padding is dropped, in the same slice, before any copy); None:
-            every stream keeps the batch's size, except along a field declared with
-            ``counted_by``, where it keeps its counted entries.
+            every stream keeps the batch's size.
 
     Raises:
         ValueError: when ``ragged_sizes`` does not give one size within the batch's per stream.
@@ -262,17 +246,10 @@ def unstack_states(
         raise ValueError(f"unstack_states: {len(ragged_sizes)} ragged_sizes for {batch_size} "
                          f"streams")
 
-    counted: dict[int, list[int]] = {}  # id(counts tensor) -> its values (one read per batch)
-
-    def take(tensor: Tensor, dim: int, ragged: int | None, counts: Tensor | None, i: int) -> Tensor:
+    def take(tensor: Tensor, dim: int, ragged: int | None, i: int) -> Tensor:
         part = tensor.narrow(dim, i, 1)
-        sizes = ragged_sizes
-        if sizes is None and counts is not None:
-            if id(counts) not in counted:
-                counted[id(counts)] = counts.reshape(-1).tolist()
-            sizes = counted[id(counts)]
-        if ragged is not None and sizes is not None:
-            size, keep = part.shape[ragged], int(sizes[i])
+        if ragged is not None and ragged_sizes is not None:
+            size, keep = part.shape[ragged], int(ragged_sizes[i])
             if not 0 <= keep <= size:
                 raise ValueError(f"ragged_sizes[{i}] = {keep} is not within [0, {size}]")
             part = part.narrow(ragged, size - keep, keep)
@@ -281,7 +258,7 @@ def unstack_states(
     return [
         _map_fields(
             [state],
-            lambda items, dim, ragged, counts, i=i: take(items[0], dim, ragged, counts, i),
+            lambda items, dim, ragged, i=i: take(items[0], dim, ragged, i),
             lambda tuples, i=i: (tuples[0][i],),
             "unstack_states",
         )
@@ -304,7 +281,7 @@ def select_states(state: S, indices: Sequence[int] | Tensor) -> S:
         )
     index = index % max(batch_size, 1)
 
-    def take(items: list[Tensor], dim: int, _ragged: int | None, _counts: Any) -> Tensor:
+    def take(items: list[Tensor], dim: int, _ragged: int | None) -> Tensor:
         return items[0].index_select(dim, index.to(items[0].device))
 
     positions = index.tolist()

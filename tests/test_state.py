@@ -217,28 +217,6 @@ def test_unstacking_with_ragged_sizes_keeps_each_streams_last_entries_in_one_cop
         unstack_states(both, ragged_sizes=[1, 5, 4, 1])
 
 
-@dataclass(frozen=True)
-class Counted:
-    """A right-aligned store that names the field counting each stream's valid entries."""
-
-    store: Tensor = state_field(batch_dim=0, ragged_dim=1, counted_by="count")  # (B, C)
-    count: Tensor = state_field(batch_dim=0)  # (B,)
-
-
-def test_a_counted_ragged_field_splits_back_to_each_streams_own_entries():
-    """counted_by: unstacking keeps each stream's counted entries (the padding to the batch's
-    longest is dropped) unless ragged_sizes says otherwise; stacking pads as any ragged field."""
-    short = Counted(torch.tensor([[7]]), torch.tensor([1]))
-    long = Counted(torch.tensor([[1, 2, 3]]), torch.tensor([3]))
-    both = stack_states([short, long])
-    assert both.store.tolist() == [[0, 0, 7], [1, 2, 3]]
-    parts = unstack_states(both, copy=True)
-    assert parts[0].store.tolist() == [[7]] and parts[1].store.tolist() == [[1, 2, 3]]
-    assert unstack_states(both, ragged_sizes=[2, 2])[0].store.tolist() == [[0, 7]]
-    with pytest.raises(ValueError, match="counted_by needs a ragged_dim"):
-        state_field(batch_dim=0, counted_by="count")
-
-
 class _HostReadsAndWrites(TorchDispatchMode):
     """Counts the tensor values read back to the host (``.item()``, ``int()``: a device sync
     each) and the bytes of the new tensors the ops make (views excluded)."""
