@@ -1,5 +1,6 @@
 """Atomic file writing: the one way the package replaces a file; reading a text file as UTF-8 with
-an error that names the file and line (:func:`read_text`); and the one rule for reading a file
+an error that names the file and line (:func:`read_text`), and into its lines (:func:`read_lines`:
+broken at newlines only); and the one rule for reading a file
 that may be gzip-compressed (an ARPA LM, a cut manifest, a text file :func:`read_text` reads: a
 transcript or LM corpus such as ``librispeech-lm-norm.txt.gz``): gzip is told by its first
 bytes, :data:`GZIP_MAGIC`, whatever the file's name (:func:`open_maybe_gzip`). Where a file is
@@ -77,6 +78,7 @@ __all__ = [
     "output_lock",
     "output_locks",
     "publish_directory",
+    "read_lines",
     "read_text",
     "remove_stale_staging",
     "staging_directory",
@@ -92,6 +94,9 @@ TEMPORARY_PATTERN = re.compile(r"^\..+\.tmp-(\d+)((?:\.[A-Za-z0-9]+)*)$")
 
 #: The first bytes of a gzip stream (RFC 1952): what tells a compressed file when reading.
 GZIP_MAGIC = b"\x1f\x8b"
+
+#: What ends a line of a text file: what ``open()`` in text mode breaks lines at.
+_NEWLINE = re.compile(r"\r\n|\r|\n")
 
 _FILE_MODE = 0o666  # what open() asks for; the umask takes its bits away
 
@@ -242,6 +247,26 @@ def read_text(path: str | Path, errors: Literal["strict", "replace"] = "strict")
             "convert it to UTF-8, e.g. iconv -f latin1 -t utf-8"
         ) from None
     return text.removeprefix("\ufeff")
+
+
+def read_lines(path: str | Path, errors: Literal["strict", "replace"] = "strict") -> list[str]:
+    """The lines of the text file ``path`` as :func:`read_text` reads it, without their ends:
+    broken at ``\\n``, ``\\r\\n`` and ``\\r`` only, as ``open()`` reads a text file. The other
+    characters that ``str.splitlines`` breaks at (vertical tab, form feed, ``\\x1c``-``\\x1e``,
+    NEL ``\\x85``, ``\\u2028``, ``\\u2029``) stay in their line: inside a transcript they would otherwise start
+    a line of their own (an utterance id made of a word) and shift every later line number.
+
+    Args:
+        path: the file.
+        errors: as for :func:`read_text`.
+
+    Raises:
+        OSError, ValueError: as :func:`read_text`.
+    """
+    lines = _NEWLINE.split(read_text(path, errors))
+    if lines[-1] == "":
+        lines.pop()  # the end of the last line, or an empty file
+    return lines
 
 
 def is_gzip(path: str | Path) -> bool:

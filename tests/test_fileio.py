@@ -32,6 +32,7 @@ from asr.fileio import (
     current_umask,
     output_lock,
     read_json_object,
+    read_lines,
     read_text,
     temporary_path,
     write_atomic,
@@ -336,6 +337,19 @@ def test_reading_tells_gzip_by_its_first_bytes_whatever_the_name(tmp_path):
     with pytest.raises(ValueError, match=rf"list {tmp_path / 'plain.txt.gz'} is not "
                                          "gzip-compressed but its name ends in .gz"):
         check_gzip_name(tmp_path / "plain.txt.gz", "list")
+
+
+@pytest.mark.parametrize(("data", "lines"), [
+    (b"", []), (b"\n", [""]), (b"a", ["a"]), (b"a\r\nb\rc\n\nd", ["a", "b", "c", "", "d"]),
+    ("a\x0bb\x0cc\x1cd\x1de\x1ef\x85g\u2028h\u2029i\n".encode(),
+     ["a\x0bb\x0cc\x1cd\x1de\x1ef\x85g\u2028h\u2029i"]),
+])
+def test_read_lines_breaks_at_newlines_only(tmp_path, data, lines):
+    """Lines end at LF, CRLF and CR (as open() reads them); the other breaks of
+    str.splitlines are characters of the line."""
+    path = tmp_path / "lines.txt"
+    path.write_bytes(data)
+    assert read_lines(path) == lines
 
 
 @pytest.mark.parametrize("name", ["corpus.txt.gz", "corpus.txt"])

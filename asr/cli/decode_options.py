@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "'greedy' / 'beam' for those of the model's main head, or 'all' "
                              "for every searcher the model's heads support")
     parser.add_argument("--parts", nargs="+", type=part_name, default=["test-clean"],
-                        help="test sets to decode (a cut id twice in one is an error)")
+                        help="test sets to decode (one without cuts, or with a cut id twice, is "
+                             "an error)")
     parser.add_argument("--manifest-dir", type=Path, default=None,
                         help="where librispeech_cuts_<part>.jsonl.gz are (default: data.manifest_dir)")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],

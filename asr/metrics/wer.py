@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asr.fileio import read_text, write_text_atomic
+from asr.fileio import read_lines, write_text_atomic
 
 #: One aligned pair: ``(ref, hyp)``, ``(ref, None)`` a deletion, ``(None, hyp)`` an insertion.
 AlignedPair = tuple[str | None, str | None]
@@ -410,7 +410,7 @@ def read_kaldi_text(path: str | Path) -> dict[str, str]:
     path = Path(path)
     texts: dict[str, str] = {}
     first: dict[str, int] = {}
-    for line_no, line in enumerate(read_text(path).splitlines(), start=1):
+    for line_no, line in enumerate(read_lines(path), start=1):
         fields = line.split(maxsplit=1)
         if not fields:
             continue
@@ -437,13 +437,14 @@ def read_recognitions(path: str | Path) -> tuple[dict[str, str], dict[str, str]]
     references and hypotheses, ``utt_id -> text``.
 
     Raises:
-        ValueError: for a line that is neither ``utt_id:\\tref=[...]`` nor ``hyp=[...]``, or
-            a second ``ref=`` (or ``hyp=``) line of one utterance id (naming both lines).
+        ValueError: for a line that is neither ``utt_id:\\tref=[...]`` nor ``hyp=[...]`` with
+            a list of quoted words (naming the file and line), or a second ``ref=`` (or
+            ``hyp=``) line of one utterance id (naming both lines).
     """
     path = Path(path)
     texts: dict[str, dict[str, str]] = {"ref": {}, "hyp": {}}
     first: dict[str, dict[str, int]] = {"ref": {}, "hyp": {}}
-    for line_no, line in enumerate(read_text(path).splitlines(), start=1):
+    for line_no, line in enumerate(read_lines(path), start=1):
         if not line.strip():
             continue
         utt, _, rest = line.partition(":\t")
@@ -451,8 +452,23 @@ def read_recognitions(path: str | Path) -> tuple[dict[str, str], dict[str, str]]
         if kind not in texts or not words.startswith("["):
             raise ValueError(f"{path}:{line_no}: not a recognition line: {line!r}")
         _check_new_id(path, line_no, utt, first[kind])
-        texts[kind][utt] = " ".join(ast.literal_eval(words))
+        texts[kind][utt] = " ".join(_word_list(path, line_no, words))
     return texts["ref"], texts["hyp"]
+
+
+def _word_list(path: Path, line_no: int, literal: str) -> list[str]:
+    """The words of a recogs line's ``[...]`` (a Python list of strings).
+
+    Raises:
+        ValueError: naming the file and line when it is not one (e.g. a line cut short).
+    """
+    try:
+        words = ast.literal_eval(literal)
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+        words = None
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+        raise ValueError(f"{path}:{line_no}: expected a list of quoted words, got {literal!r}")
+    return words
 
 
 def read_phrases(path: str | Path) -> dict[str, str]:
@@ -465,7 +481,7 @@ def read_phrases(path: str | Path) -> dict[str, str]:
     path = Path(path)
     phrases: dict[str, str] = {}
     first: dict[str, int] = {}
-    for line_no, line in enumerate(read_text(path).splitlines(), start=1):
+    for line_no, line in enumerate(read_lines(path), start=1):
         if not line.strip():
             continue
         utt_id, tab, phrase = line.partition("\t")

@@ -126,6 +126,22 @@ def test_a_test_cut_without_a_supervision_is_refused_before_any_part_is_written(
     assert not (trained / "ctc_greedy-bare").exists()
 
 
+def test_an_empty_test_set_is_refused_before_any_part_is_written(
+        trained, tiny_corpus, tmp_path, caplog):
+    """A test manifest without cuts (a preparation that wrote nothing) was decoded into
+    ``%WER 0.00 [ 0 / 0 ...]`` result files, a rate of nothing read as a perfect score: exit 2
+    naming the part and its file, and no result file of any part."""
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    shutil.copy(tiny_corpus / "fbank" / "librispeech_cuts_dev-clean-2.jsonl.gz", manifests)
+    test_set = manifests / f"librispeech_cuts_{PART}.jsonl.gz"
+    gzip.open(test_set, "wb").close()
+    assert _decode(trained, "--searcher", "ctc_greedy", "--tag", "empty", "--manifest-dir",
+                   str(manifests), "--parts", "dev-clean-2", PART) == 2
+    assert f"test set {PART} ({test_set}) holds no cuts: nothing to score" in caplog.text
+    assert not (trained / "ctc_greedy-empty").exists()
+
+
 def test_a_test_cut_whose_data_file_is_missing_is_refused_before_any_part_is_decoded(
         trained, tiny_corpus, tmp_path, caplog):
     """A test cut whose feature (or audio) file is gone failed when its batch loaded, after the
