@@ -253,8 +253,9 @@ def read_lines(path: str | Path, errors: Literal["strict", "replace"] = "strict"
     """The lines of the text file ``path`` as :func:`read_text` reads it, without their ends:
     broken at ``\\n``, ``\\r\\n`` and ``\\r`` only, as ``open()`` reads a text file. The other
     characters that ``str.splitlines`` breaks at (vertical tab, form feed, ``\\x1c``-``\\x1e``,
-    NEL ``\\x85``, ``\\u2028``, ``\\u2029``) stay in their line: inside a transcript they would otherwise start
-    a line of their own (an utterance id made of a word) and shift every later line number.
+    NEL ``\\x85``, ``\\u2028``, ``\\u2029``) stay in their line: inside a transcript they would
+    otherwise start a line of their own (an utterance id made of a word) and shift every later
+    line number.
 
     Args:
         path: the file.

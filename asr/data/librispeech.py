@@ -29,7 +29,6 @@ Example:
 from __future__ import annotations
 
 import gzip
-import io
 import logging
 import random
 import re
@@ -42,7 +41,7 @@ from typing import TYPE_CHECKING
 from asr.audio import AudioError, declared_length, decode_audio
 from asr.data.cut_ids import Repeats, line_cut_id, load_eval_cuts
 from asr.data.dataset import numbered_cut_lines
-from asr.fileio import output_lock, output_locks, read_text, write_atomic
+from asr.fileio import output_lock, output_locks, read_lines, write_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     from lhotse import CutSet
@@ -116,37 +115,36 @@ def _check_trans_file(trans_path: Path, part_dir: Path, seen: dict[str, str],
         raise CorpusError(f"{trans_path}: must be located in {expected_dir}")
     count = 0
     try:
-        text = read_text(trans_path)
+        lines = read_lines(trans_path)  # line breaks as lhotse's open() reads them
     except ValueError as err:  # not UTF-8: names the file and line, Python's error neither
         raise CorpusError(str(err)) from None
-    with io.StringIO(text, newline=None) as f:  # line breaks as lhotse's open() reads them
-        for line_no, raw in enumerate(f, start=1):
-            where = f"{trans_path}:{line_no}"
-            fields = raw.strip().split(maxsplit=1)
-            if not fields:
-                raise CorpusError(f"{where}: empty line (expected '<speaker>-<chapter>-<utt> TEXT')")
-            utt_id = fields[0]
-            id_match = _UTT_ID.match(utt_id)
-            if id_match is None:
-                raise CorpusError(
-                    f"{where}: bad utterance id {utt_id!r} (expected '<speaker>-<chapter>-<utt>' "
-                    "with numeric fields)"
-                )
-            if id_match.groups()[:2] != (speaker, chapter):
-                raise CorpusError(
-                    f"{where}: utterance id {utt_id!r} does not belong to speaker {speaker} "
-                    f"chapter {chapter} of this file"
-                )
-            if len(fields) < 2 or not fields[1].strip():
-                raise CorpusError(f"{where}: utterance {utt_id!r} has no transcript text")
-            if utt_id in seen:
-                raise CorpusError(f"{where}: duplicate utterance id {utt_id!r} (first in {seen[utt_id]})")
-            flac = trans_path.parent / f"{utt_id}.flac"
-            if not flac.is_file():
-                raise CorpusError(f"{where}: audio file {flac} for utterance {utt_id!r} is missing")
-            seen[utt_id] = where
-            texts[utt_id] = fields[1]
-            count += 1
+    for line_no, raw in enumerate(lines, start=1):
+        where = f"{trans_path}:{line_no}"
+        fields = raw.strip().split(maxsplit=1)
+        if not fields:
+            raise CorpusError(f"{where}: empty line (expected '<speaker>-<chapter>-<utt> TEXT')")
+        utt_id = fields[0]
+        id_match = _UTT_ID.match(utt_id)
+        if id_match is None:
+            raise CorpusError(
+                f"{where}: bad utterance id {utt_id!r} (expected '<speaker>-<chapter>-<utt>' "
+                "with numeric fields)"
+            )
+        if id_match.groups()[:2] != (speaker, chapter):
+            raise CorpusError(
+                f"{where}: utterance id {utt_id!r} does not belong to speaker {speaker} "
+                f"chapter {chapter} of this file"
+            )
+        if len(fields) < 2 or not fields[1].strip():
+            raise CorpusError(f"{where}: utterance {utt_id!r} has no transcript text")
+        if utt_id in seen:
+            raise CorpusError(f"{where}: duplicate utterance id {utt_id!r} (first in {seen[utt_id]})")
+        flac = trans_path.parent / f"{utt_id}.flac"
+        if not flac.is_file():
+            raise CorpusError(f"{where}: audio file {flac} for utterance {utt_id!r} is missing")
+        seen[utt_id] = where
+        texts[utt_id] = fields[1]
+        count += 1
     return count
 
 

@@ -36,7 +36,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from asr.fileio import read_text, write_text_atomic
+from asr.fileio import read_lines, read_text, write_text_atomic
 from asr.synth.parts import BIASING_PARTS
 from asr.synth.sentences import build_pool, default_sources
 
@@ -162,7 +162,7 @@ def phrases_in_text(corpus_dir: Path, texts: Iterable[str]) -> list[str]:
     for name in lists:
         path = corpus_dir / BIASING_DIR / name
         if path.is_file():
-            phrases.extend(read_text(path).splitlines())
+            phrases.extend(read_lines(path))
     if not phrases:
         return []
     words = {word for text in texts for word in text.split()}

@@ -47,18 +47,18 @@ def test_prepare_manifests_reads_each_transcript_once(corpus, tmp_path: Path,
 
     corpus_dir, _ = corpus
     reads: list[Path] = []
-    read_text, path_open = librispeech.read_text, Path.open
+    read_lines, path_open = librispeech.read_lines, Path.open
 
-    def counting_read_text(path, *args, **kwargs):
+    def counting_read_lines(path, *args, **kwargs):
         reads.append(Path(path))
-        return read_text(path, *args, **kwargs)
+        return read_lines(path, *args, **kwargs)
 
     def counting_open(self, *args, **kwargs):
         if self.name.endswith(".trans.txt"):
             reads.append(self)
         return path_open(self, *args, **kwargs)
 
-    monkeypatch.setattr(librispeech, "read_text", counting_read_text)
+    monkeypatch.setattr(librispeech, "read_lines", counting_read_lines)
     monkeypatch.setattr(Path, "open", counting_open)
     prepare_manifests(corpus_dir, tmp_path / "out", ["dev-clean-2"])
     transcripts = sorted((corpus_dir / "dev-clean-2").rglob("*.trans.txt"))
