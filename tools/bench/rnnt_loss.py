@@ -57,6 +57,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run as a script: this checkout's asr before any other on the path
 
+from asr.fileio import write_text_atomic  # noqa: E402
 from tools.bench._args import COUNT, NON_NEGATIVE, bounded  # noqa: E402
 
 METHODS = ("full", "pruned", "tdt", "tdt_triton", "pruned_tdt")
@@ -347,7 +348,8 @@ def _run_one(method: str, vocab: int, passthrough: list[str], root: Path,
 
 def _write_markdown(path: Path, table: list[dict], args: argparse.Namespace) -> None:
     """The table so far as markdown (rewritten after each vocabulary, so a run that is stopped
-    keeps what it measured), with the V=500 goals of the pruned loss."""
+    keeps what it measured; replaced atomically, so a stop while it is written does too), with the
+    V=500 goals of the pruned loss."""
     lines = [
         f"B={args.batch} T={args.frames} U={args.tokens} J={args.joiner_dim} "
         f"R={args.prune_range}, device {args.device}; time: median of {args.repeats} "
@@ -387,7 +389,7 @@ def _write_markdown(path: Path, table: list[dict], args: argparse.Namespace) -> 
             lines += ["", f"Goal at V=500 ({name} >= {factor}x faster and >= 5x less memory than "
                       f"{ref_name}): {verdict} ({speed:.2f}x faster, {memory:.2f}x less memory)."]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text_atomic(path, "\n".join(lines) + "\n")  # a stop mid-write keeps the last table
 
 if __name__ == "__main__":
     raise SystemExit(main())
