@@ -10,7 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,3 +75,29 @@ def test_a_bench_run_as_a_script_measures_its_own_checkout(name, tmp_path):
                           cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == str(ROOT / "asr" / "__init__.py"), proc.stdout
+
+
+def test_transcribe_bench_times_streaming_as_often_as_the_rows_it_is_compared_with(monkeypatch):
+    """The speed-up column divides the batch-1 row's best time by each row's: a streaming row
+    timed once against a best of ``--repeat`` would be handicapped."""
+    import asr.audio
+    import asr.runtime.offline
+
+    model = _ColdFirst(cold=0.0)
+    model.sample_rate = 16000
+    monkeypatch.setattr(asr.runtime.offline, "load_model", lambda package, device: model)
+    monkeypatch.setattr(asr.audio, "decode_audio",
+                        lambda path, rate: type("Audio", (), {"samples": np.zeros(rate)})())
+    threads = torch.get_num_threads()
+    try:
+        assert _bench("transcribe").main(["--model", "pkg", "--files", "a.wav", "b.wav",
+                                          "--batch-size", "2", "--repeat", "3",
+                                          "--streaming"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    runs: dict = {}
+    for call in model.calls:
+        key = (call["batch_size"], call.get("streaming", False))
+        runs[key] = runs.get(key, 0) + 1
+    # every mode: one untimed warm-up, then --repeat timed runs
+    assert runs == {(1, False): 4, (2, False): 4, (1, True): 4, (2, True): 4}, runs

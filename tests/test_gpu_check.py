@@ -87,6 +87,26 @@ def test_a_failing_step_is_recorded_and_the_next_steps_run(tmp_path):
     assert "No such file" not in log and "not found" not in log, log
 
 
+def test_a_rerun_into_the_same_folder_leaves_no_earlier_output(tmp_path):
+    """A step that is skipped, times out or fails before writing its table must not leave the
+    previous run's table, log or environment in the folder: the summary would show them as
+    this run's."""
+    out = tmp_path / "out"
+    (out / "logs").mkdir(parents=True)
+    stale = ["env.json", "nvidia-smi.txt", "rnnt_loss.md", "train_throughput.md",
+             "train_throughput.json", "decode.md", "logs/tests.log", "logs/decode.log"]
+    for name in stale:
+        (out / name).write_text("from an earlier run\n")
+    env = _env(ASR_GPU_CHECK_FORCE_WHEELS="1", ASR_GPU_WHEELS=str(tmp_path / "no_wheels"))
+    proc = subprocess.run(["bash", str(SCRIPT), "--deps-only", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    left = [name for name in stale if (out / name).is_file()
+            and (out / name).read_text() == "from an earlier run\n"]
+    assert left == [], left
+    assert "from an earlier run" not in (out / "env.json").read_text()
+
+
 def _python312() -> str | None:
     """A CPython 3.12 that runs (a pyenv shim may exist without its version)."""
     for candidate in (str(Path.home() / ".pyenv/versions/3.12.1/bin/python"), "python3.12"):

@@ -101,7 +101,12 @@ fi
 OUT_DIR="${OUT_ARG:-${OUT:-gpu_check_out}}"
 mkdir -p "$OUT_DIR/logs" || exit 2
 OUT_DIR="$(cd "$OUT_DIR" && pwd)"
-rm -f "$OUT_DIR/steps.tsv" "$OUT_DIR/gpu_tests.jsonl" "$OUT_DIR/pytest.xml" "$OUT_DIR/summary.md"
+# Everything an earlier run into this folder wrote: a step that is skipped, or stopped before it
+# writes, must not leave that run's table, log or environment for the summary to show as this one's.
+rm -f "$OUT_DIR/steps.tsv" "$OUT_DIR/gpu_tests.jsonl" "$OUT_DIR/pytest.xml" "$OUT_DIR/summary.md" \
+  "$OUT_DIR/env.json" "$OUT_DIR/nvidia-smi.txt" "$OUT_DIR/site_path" "$OUT_DIR/rnnt_loss.md" \
+  "$OUT_DIR/train_throughput.md" "$OUT_DIR/train_throughput.json" "$OUT_DIR/decode.md" \
+  "$OUT_DIR"/logs/*.log
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONDONTWRITEBYTECODE=1
 if [ "$MODE" = dry-run ]; then

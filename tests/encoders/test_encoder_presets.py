@@ -60,3 +60,23 @@ def test_bench_tool_runs_on_tiny(capsys):
     cells = [c.strip() for c in row.split("|")]
     assert cells[0] == "tiny" and cells[1] == f"{_params('tiny') / 1e6:.2f}M"
     assert float(cells[3]) > 0 and float(cells[4]) > 0
+
+
+def test_bench_timer_waits_for_the_device_before_each_reading(monkeypatch):
+    """On CUDA a call returns once its kernels are queued: every timer reading after a timed
+    call must come after the device sync, or the table shows launch time, not compute time."""
+    bench = _bench_module()
+    events: list[str] = []
+    clock = iter(range(100))
+
+    def reading() -> float:
+        events.append("clock")
+        return float(next(clock))
+
+    monkeypatch.setattr(bench.time, "perf_counter", reading)
+    bench._timed(lambda: events.append("run"), 2, lambda: events.append("sync"))
+    timed = events[events.index("clock"):]
+    assert timed == ["clock", "run", "sync", "clock"] * 2, events
+    assert bench.device_sync("cuda") is torch.cuda.synchronize
+    assert bench.device_sync("cuda:0") is torch.cuda.synchronize
+    bench.device_sync("cpu")()  # nothing to wait for, and no CUDA needed

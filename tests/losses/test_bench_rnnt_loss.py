@@ -47,3 +47,49 @@ def test_bench_pruned_losses_equal_the_full_losses_on_the_same_inputs(tmp_path):
     checks = [line for line in out.splitlines() if line.startswith("check at V=40: ")]
     assert len(checks) == 2 and all(line.endswith("holds") for line in checks), out
     assert markdown.read_text().count("the band holds every path): holds.") == 2
+
+
+class _FakeCudaAllocator:
+    """torch.cuda's allocator counters for steps whose first call also allocates a buffer that
+    stays (as cuBLAS's workspace does on a GPU's first matrix product) and every call a
+    transient ``activations`` bytes."""
+
+    def __init__(self, workspace: int, activations: int) -> None:
+        self.workspace, self.activations = workspace, activations
+        self.allocated = self.peak = 1 << 20  # the inputs
+        self.steps = 0
+
+    def step(self) -> tuple[float, float]:
+        if self.steps == 0:
+            self.allocated += self.workspace
+        self.steps += 1
+        self.peak = max(self.peak, self.allocated + self.activations)
+        return 1.0, 1.0
+
+    def reset_peak_memory_stats(self) -> None:
+        self.peak = self.allocated
+
+
+def test_cuda_peak_is_the_loss_own_memory_not_first_step_one_time_buffers(monkeypatch):
+    """On CUDA, as on the CPU, the peak is read on a step after the first: the first step's
+    one-time buffers (cuBLAS workspace) would add the same constant to every method, shrinking
+    the 'x less memory' ratios."""
+    import argparse
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("bench_rnnt", ROOT / "tools/bench/rnnt_loss.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    fake = _FakeCudaAllocator(workspace=32 << 20, activations=100 << 20)
+    monkeypatch.setattr(bench, "_build", lambda method, args, vocab: fake.step)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a, **k: fake.allocated)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a, **k: fake.peak)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", fake.reset_peak_memory_stats)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    args = argparse.Namespace(device="cuda", threads=1, repeats=2)
+    row = bench.run_case("pruned", 500, args)
+    assert row["peak_mb"] == 100.0, row
+    assert fake.steps == 4  # the first step, the one measured, the two timed

@@ -114,6 +114,7 @@ from asr.decoding import (  # noqa: E402
 )
 from asr.decoding.registry import STREAMING_SEARCHER_NAMES  # noqa: E402
 from asr.experiment import ExperimentConfig, build_model  # noqa: E402
+from asr.fileio import write_text_atomic  # noqa: E402
 from asr.heads.aed import AEDConfig, AEDHead  # noqa: E402
 from asr.heads.cif import CIFConfig, CIFHead  # noqa: E402
 from asr.heads.ctc import CTCConfig, CTCHead  # noqa: E402
@@ -442,7 +443,7 @@ def greedy_rtfx(args: argparse.Namespace) -> None:
     print(text)
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(text, encoding="utf-8")
+        write_text_atomic(args.markdown, text)
 
 
 def main(argv: list[str] | None = None) -> None:

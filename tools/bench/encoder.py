@@ -23,6 +23,7 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -46,12 +47,27 @@ def transducer_head_params(enc_dim: int, vocab_size: int = 500, dim: int = 512) 
     return predictor + joiner
 
 
-def _timed(fn, repeats: int) -> float:
+def _no_sync() -> None:
+    """Nothing to wait for: CPU work is done when the call returns."""
+
+
+def device_sync(device: str) -> Callable[[], None]:
+    """What waits for ``device``'s queued work: ``torch.cuda.synchronize`` on CUDA (kernels run
+    asynchronously, a timer read right after the call would time their launch only), else
+    nothing."""
+    return torch.cuda.synchronize if torch.device(device).type == "cuda" else _no_sync
+
+
+def _timed(fn: Callable[[], object], repeats: int, sync: Callable[[], None] = _no_sync) -> float:
+    """Best wall time of ``repeats`` calls of ``fn`` after an untimed one, ``sync()`` waiting
+    for the device's queued work before each timer read."""
     fn()  # warm-up
+    sync()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        sync()
         best = min(best, time.perf_counter() - start)
     return best
 
@@ -79,11 +95,13 @@ def bench_preset(name: str, seconds: float, chunk_sizes: list[int], repeats: int
     left_chunks = max(cfg.left_chunks, 0)
     row = {"preset": name, "params": params,
            "with_head": params + transducer_head_params(cfg.d_model)}
+    sync = device_sync(device)
     with torch.inference_mode():
-        offline = _timed(lambda: encoder(feats, lens, chunk_size=0), repeats)
+        offline = _timed(lambda: encoder(feats, lens, chunk_size=0), repeats, sync)
         row["offline_ms_per_s"] = 1000.0 * offline / seconds
         for chunk in chunk_sizes:
-            elapsed = _timed(lambda c=chunk: _stream_once(encoder, feats, c, left_chunks), repeats)
+            elapsed = _timed(lambda c=chunk: _stream_once(encoder, feats, c, left_chunks),
+                             repeats, sync)
             row[f"rtf_{chunk}"] = elapsed / seconds
     return row
 

@@ -11,8 +11,9 @@ For each engine, mode (offline / streaming) and thread count (torch intra-op thr
 onnxruntime's ``num_threads``): RTF = wall time / seconds of audio (lower is faster), the
 minimum and the median of ``--repeat`` runs after an untimed warm-up run, for **one stream** (the files decoded one after another) and for **a batch**
 (``--batch-size`` files decoded together: one batched forward offline, concurrent streams in one
-``decode`` / ``decode_streams`` loop when streaming). The last line compares sherpa-onnx int8
-streaming with our PyTorch streaming at batch and one thread.
+``decode`` / ``decode_streams`` loop when streaming). The last lines compare sherpa-onnx int8
+streaming with our PyTorch streaming (medians), for one stream and for a batch at each thread
+count.
 
 Usage:
     .venv/bin/python tools/bench/onnx.py                       # tiny model trained here
@@ -175,7 +176,6 @@ def _run(args: argparse.Namespace, work: Path) -> int:
                            for one, many in (by_threads[t] for t in args.threads))
         print(f"| {engine} | {mode} | {cells} |")
     if streams:
-        t = args.threads[0]
         for t in args.threads:
             for size, name in ((0, "1 stream"), (1, f"batch {batch}")):
                 ours_rtf = rows[("pytorch", "streaming")][t][size][1]

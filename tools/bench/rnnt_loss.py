@@ -24,9 +24,10 @@ leaves paths out). A check that fails makes the exit code 1.
 
 Peak memory method: each case runs in its own fresh subprocess. The compared number is the
 high-water mark of torch's own allocator during one forward+backward above what was allocated
-before it: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the same quantity read from the
-profiler's memory events (``profile_memory=True``: every allocation and free with the running
-"Total Allocated"), after one warm-up step. A second column gives the growth of the process'
+before it, after one warm-up step (whose one-time buffers, such as cuBLAS's workspace, would add
+the same constant to every method): on CUDA ``torch.cuda.max_memory_allocated``; on CPU the same
+quantity read from the profiler's memory events (``profile_memory=True``: every allocation and
+free with the running "Total Allocated"). A second column gives the growth of the process'
 resident-set high-water mark (``ru_maxrss``) over the first step, which also counts one-time
 library buffers and allocator slack, so it is only a rough upper bound.
 Time: median of ``--repeats`` further runs.
@@ -57,6 +58,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run as a script: this checkout's asr before any other on the path
 
+from asr.fileio import write_text_atomic  # noqa: E402
 from tools.bench._args import COUNT, NON_NEGATIVE, bounded  # noqa: E402
 
 METHODS = ("full", "pruned", "tdt", "tdt_triton", "pruned_tdt")
@@ -151,18 +153,10 @@ def run_case(method: str, vocab: int, args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     step = _build(method, args, vocab)
     cuda = args.device.startswith("cuda")
-    if cuda:
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
     rss_base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    loss, lattice = step()
+    loss, lattice = step()  # also the warm-up of the peak and the timings
     rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_base
-    if cuda:
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        peak = _cpu_allocator_peak(step)
+    peak = _cuda_allocator_peak(step) if cuda else _cpu_allocator_peak(step)
     times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
@@ -179,6 +173,19 @@ def run_case(method: str, vocab: int, args: argparse.Namespace) -> dict:
         "peak_mb": peak / 2**20,
         "rss_mb": rss_peak / 2**20,
     }
+
+
+def _cuda_allocator_peak(step) -> float:
+    """Bytes: ``torch.cuda.max_memory_allocated`` during ``step()`` minus what was allocated
+    before it."""
+    import torch
+
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return float(torch.cuda.max_memory_allocated() - base)
 
 
 def _cpu_allocator_peak(step) -> float:
@@ -347,7 +354,8 @@ def _run_one(method: str, vocab: int, passthrough: list[str], root: Path,
 
 def _write_markdown(path: Path, table: list[dict], args: argparse.Namespace) -> None:
     """The table so far as markdown (rewritten after each vocabulary, so a run that is stopped
-    keeps what it measured), with the V=500 goals of the pruned loss."""
+    keeps what it measured; replaced atomically, so a stop while it is written does too), with the
+    V=500 goals of the pruned loss."""
     lines = [
         f"B={args.batch} T={args.frames} U={args.tokens} J={args.joiner_dim} "
         f"R={args.prune_range}, device {args.device}; time: median of {args.repeats} "
@@ -387,7 +395,7 @@ def _write_markdown(path: Path, table: list[dict], args: argparse.Namespace) -> 
             lines += ["", f"Goal at V=500 ({name} >= {factor}x faster and >= 5x less memory than "
                       f"{ref_name}): {verdict} ({speed:.2f}x faster, {memory:.2f}x less memory)."]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text_atomic(path, "\n".join(lines) + "\n")  # a stop mid-write keeps the last table
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))  # run as a script: this checkout's asr before any
 
 from asr.config import load_config  # noqa: E402
 from asr.experiment import ExperimentConfig, build_model  # noqa: E402
+from asr.fileio import write_text_atomic  # noqa: E402
 from asr.testing.synthetic import (  # noqa: E402
     bucketed_batches,
     librispeech_durations,
@@ -250,10 +251,12 @@ def main(argv: list[str] | None = None) -> int:
                                 "of audio per batch (--fake-memory-limit, a dry run).")
 
     def write() -> None:
+        """The results so far (after each dtype: a stopped run keeps what it measured)."""
         if args.markdown:
             _write_markdown(Path(args.markdown), results)
         if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=2), encoding="utf-8")
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(args.json, json.dumps(results, indent=2))
 
     print(f"{results['recipe']}: {params / 1e6:.1f}M parameters, device {device}, "
           f"max_duration {max_duration:g} s, max_cut_duration {max_cut:g} s, "
@@ -330,7 +333,7 @@ def _write_markdown(path: Path, results: dict) -> None:
     for note in results["notes"]:
         lines += ["", note]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text_atomic(path, "\n".join(lines) + "\n")  # a stop mid-write keeps the last table
 
 
 if __name__ == "__main__":

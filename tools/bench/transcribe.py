@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.streaming:
             for batch in (1, args.batch_size):
                 rows.append((f"streaming, {batch} stream(s) at a time",
-                             _measure(model, audios, 1, batch_size=batch, streaming=True)))
+                             _measure(model, audios, args.repeat, batch_size=batch,
+                                      streaming=True)))
     print(f"model {package}: {len(audios)} files, {total:.1f} s of audio, device {args.device}, "
           f"{args.threads} thread(s)")
     print(f"{'mode':<36} {'wall s':>8} {'audio s / s':>12} {'speed-up':>9}")
