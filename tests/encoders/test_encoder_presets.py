@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 
@@ -80,3 +81,16 @@ def test_bench_timer_waits_for_the_device_before_each_reading(monkeypatch):
     assert bench.device_sync("cuda") is torch.cuda.synchronize
     assert bench.device_sync("cuda:0") is torch.cuda.synchronize
     bench.device_sync("cpu")()  # nothing to wait for, and no CUDA needed
+
+
+def test_bench_streams_with_the_preset_left_context_even_unlimited(monkeypatch):
+    """A preset of unlimited left context (-1) streams with a growing cache, not with none
+    (which would time a cheaper encoder than the preset's)."""
+    bench = _bench_module()
+    tiny = load_config(EncoderConfig, ROOT / "recipes/presets/encoder_tiny.yaml")
+    unlimited = dataclasses.replace(tiny, left_chunks=-1)
+    monkeypatch.setattr(bench, "load_config", lambda *args, **kwargs: unlimited)
+    seen: list[int] = []
+    monkeypatch.setattr(bench, "_stream_once", lambda *args: seen.append(args[3]))
+    bench.bench_preset("tiny", 0.5, [2], 1, "cpu")
+    assert seen and set(seen) == {-1}
