@@ -12,7 +12,8 @@ As ``asr decode``, a run takes the lock of each summary file it will write
 (:func:`asr.fileio.output_lock`) before it decodes anything: a second run on one of them is
 refused (exit 2, naming it), as is an ``--output-dir`` that cannot be written, a broken export
 directory or a search option its layout has not (a CTC export: greedy search, no blank penalty),
-a test set that holds a cut id twice (naming the file, the id and both lines), one with a cut of
+a test set without cuts (its WER would read ``0.00``; naming the file) or that holds a cut id
+twice (naming the file, the id and both lines), one with a cut of
 several audio channels or without a supervision (naming it; as ``asr decode``), and one with a
 cut whose audio file is missing (naming the cut and the file; every part is checked before any is
 decoded). A cut whose audio cannot be loaded is named with its files (exit 2).
@@ -39,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest-dir", type=Path, required=True,
                         help="where librispeech_cuts_<part>.jsonl.gz are")
     parser.add_argument("--parts", nargs="+", type=part_name, default=["test-clean"],
-                        help="test sets to decode (a cut id twice in one is an error)")
+                        help="test sets to decode (one without cuts, or with a cut id twice, is "
+                             "an error)")
     parser.add_argument("--int8", action="store_true", help="the *.int8.onnx graphs")
     parser.add_argument("--num-threads", type=int, default=1, help="onnxruntime threads")
     parser.add_argument("--batch-size", type=int, default=32, help="streams decoded together")

@@ -423,16 +423,21 @@ def check_test_parts(manifest_dir: str | Path, parts: Sequence[str]) -> dict[str
 
 
 def load_test_part(manifest_dir: str | Path, part: str) -> CutSet:
-    """The cuts of the test set ``<manifest_dir>/librispeech_cuts_<part>.jsonl.gz``, eager, each
-    id once (:func:`asr.data.cut_ids.load_eval_cuts`: one read of the manifest), each with a
+    """The cuts of the test set ``<manifest_dir>/librispeech_cuts_<part>.jsonl.gz``, eager, at
+    least one (an empty set would be scored as a WER of 0.00), each id once
+    (:func:`asr.data.cut_ids.load_eval_cuts`: one read of the manifest), each with a
     supervision (a cut without one has no reference: scored against an empty one, its words
     would all count as insertions).
 
     Raises:
         FileNotFoundError / DuplicateIdError / ValueError: as ``load_eval_cuts``; ValueError
-            naming how many cuts have no supervision and the first.
+            naming the part and its file when it holds no cuts, or how many cuts have no
+            supervision and the first.
     """
-    cuts = load_eval_cuts(manifest_dir, [cuts_path(manifest_dir, part).name])
+    path = cuts_path(manifest_dir, part)
+    cuts = load_eval_cuts(manifest_dir, [path.name])
+    if len(cuts) == 0:  # its WER, of no words, would read 0.00: a perfect score
+        raise ValueError(f"test set {part} ({path}) holds no cuts: nothing to score")
     unsupervised = [cut.id for cut in cuts if not cut.supervisions]
     if unsupervised:
         raise ValueError(f"{len(unsupervised)} cuts of {part} have no supervision (nothing to "

@@ -153,6 +153,21 @@ def test_decode_onnx_refuses_cuts_asr_decode_refuses(exports, caplog, tmp_path):
         assert not list((tmp_path / "out").glob("recogs-*"))
 
 
+def test_decode_onnx_refuses_an_empty_test_set(exports, caplog, tmp_path):
+    """A test manifest without cuts was decoded into ``%WER 0.00 [ 0 / 0 ...]`` result files,
+    a rate of nothing read as a perfect score (``asr decode`` refused it, decode-onnx did not):
+    exit 2 naming the part and its file, and no result file."""
+    import gzip
+
+    test_set = tmp_path / "librispeech_cuts_void.jsonl.gz"
+    gzip.open(test_set, "wb").close()
+    out = tmp_path / "out"
+    assert main(["decode-onnx", "--onnx-dir", str(exports["transducer"]), "--manifest-dir",
+                 str(tmp_path), "--parts", "void", "--output-dir", str(out)]) == 2
+    assert f"test set void ({test_set}) holds no cuts: nothing to score" in caplog.text
+    assert not list(out.glob("*.txt"))
+
+
 def test_decode_onnx_names_a_cut_whose_audio_file_is_missing(exports, caplog, tmp_path):
     """A test set whose cut's audio file is gone was found only when its batch loaded, after
     every part before it was decoded and written; lhotse's error named neither the cut nor
