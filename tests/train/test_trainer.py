@@ -1455,6 +1455,7 @@ def _gradients_the_optimizer_steps_with(trainer: Trainer, model: nn.Module) -> l
 
     trainer.optimizer.step = step
     assert trainer._optimizer_step()
+    assert got, "the optimizer's step was not called"  # else a zip with it compares nothing
     return got
 
 
