@@ -14,7 +14,8 @@ warning that names the entries that changed.
 Output and fingerprint stay consistent across kills: :func:`is_current` removes a fingerprint
 that no longer fits before the output is made again, and the new one is written (atomically)
 only after the output is complete. An output without its fingerprint, left by a kill or by an
-older version, is therefore made again.
+older version, is therefore made again (except a part's stored features, which adopt the
+current states of their audio files while their cuts match the input: :mod:`asr.data.fbank`).
 """
 
 from __future__ import annotations

@@ -20,8 +20,10 @@ part without a manifest, which the next run then computes again.
 Beside the manifest, ``<prefix>_cuts_<part>.jsonl.gz.fingerprint.json`` (:mod:`asr.fingerprint`)
 records the size and modification time of each audio file the features were computed from,
 taken before they were read and written after the manifest: a rerun computes the part again
-when one of them changed since (audio made again with the same length), or when the record is
-missing (a kill before it was written, a part stored by an older version).
+when one of them changed since (audio made again with the same length). A part without the
+record (stored by an older version, or a kill between its manifest and its record) whose cuts
+match the input in ids, transcripts, features and audio records is kept and adopts the files'
+current states: the record is written then, logged at INFO, so that a later rewrite is seen.
 """
 
 from __future__ import annotations
@@ -175,8 +177,10 @@ def compute_fbank_for_parts(
             part's fingerprint); it is recomputed with a warning when not: the input manifest
             changed since (cuts, a corrected transcript, audio made again), an audio file was
             rewritten, speed perturbation was switched, other features were asked for
-            (``--num-mel-bins``), or a kill cut the output short or left it without its
-            fingerprint. An audio file removed since is not a change (its features are kept).
+            (``--num-mel-bins``), or a kill cut the output short. A part without its
+            fingerprint that matches in all the rest is kept and records the current states of
+            its audio files then. An audio file removed since is not a change (its features
+            are kept).
 
     Returns:
         part -> path of its cuts with features.
@@ -218,8 +222,7 @@ def compute_fbank_for_parts(
             check_cut_manifest(src)  # lhotse's error on a text file or a broken gzip names no file
             cuts = CutSet.from_file(src)
             # before the features read them: a file rewritten meanwhile is seen by the next run
-            audio = file_states(sorted({path for cut in cuts
-                                        for path in data_files(cut, ["recording"])}))
+            audio = file_states(_audio_files(cuts))
             if part in perturb_parts:
                 logger.info("%s: adding speed perturbation copies %s", part, SPEED_FACTORS)
                 cuts = speed_perturb_cuts(cuts)
@@ -282,7 +285,8 @@ def _stale_reason(src: Path, dst: Path, perturbed: bool, cfg: FbankConfig) -> st
     stored references stale), each cut's audio (:func:`_audio`; the speed copies are made from
     it in the same run), and then the audio files' sizes and modification times with those
     the part's fingerprint recorded (:func:`_changed_audio_files`): audio made again with
-    the same ids and texts left the features of the old audio."""
+    the same ids and texts left the features of the old audio. A part that matches in all
+    but has no fingerprint gets one here, of the files' current states."""
     from lhotse.serialization import load_jsonl
 
     if not src.is_file():
@@ -321,7 +325,13 @@ def _stale_reason(src: Path, dst: Path, perturbed: bool, cfg: FbankConfig) -> st
         cut_id, old, new = min(other_audio)
         return (f"holds features of other audio than {src} ({len(other_audio)} cut(s), e.g. "
                 f"{cut_id}: {_describe(old)}, now {_describe(new, files=new[0] != old[0])})")
-    return _changed_audio_files(dst)
+    return _changed_audio_files(dst, records)
+
+
+def _audio_files(cuts) -> list[str]:
+    """The audio files of ``cuts`` (a lhotse ``CutSet``), sorted: those a part's fingerprint
+    records."""
+    return sorted({path for cut in cuts for path in data_files(cut, ["recording"])})
 
 
 def _audio(record: dict) -> tuple:
@@ -346,15 +356,30 @@ def _describe(audio: tuple, files: bool = True) -> str:
     return f"{duration:g} s of {samples} samples at {rate} Hz{where}"
 
 
-def _changed_audio_files(dst: Path) -> str | None:
+def _changed_audio_files(dst: Path, records: list[dict]) -> str | None:
     """Why the audio files recorded in the fingerprint of the stored cuts ``dst`` no longer
     say that its features are theirs (None: each one that still exists has the size and
     modification time recorded when its features were computed; a file removed since is no
-    change)."""
+    change).
+
+    A part without a readable record (stored by a version that wrote none, or a kill between
+    its manifest and its record), whose cuts the caller found to match the input manifest's
+    ``records`` in ids, transcripts, features and audio, adopts the current states of the
+    input's audio files: they are recorded now, with one line at INFO, and the part is kept.
+    Computing it again would cost hours for LibriSpeech with speed copies, while stage 1 has
+    checked the files' headers against that manifest; a rewrite of the same length before
+    this run goes unseen, one after it is seen.
+    """
     stored = (read_fingerprint(dst) or {}).get(AUDIO_FILES)
     if not isinstance(stored, dict):
-        return (f"has no record of the audio files its features were computed from "
-                f"({fingerprint_path(dst).name})")
+        from lhotse import CutSet
+
+        audio = file_states(_audio_files(CutSet.from_dicts(records)))
+        write_fingerprint(dst, {AUDIO_FILES: audio})
+        logger.info("%s has no record of its audio files (%s): adopted the current states of "
+                    "the %d audio files of its input, whose manifest it matches", dst,
+                    fingerprint_path(dst).name, len(audio))
+        return None
     now = file_states(stored)
     changed = sorted(path for path, state in now.items()
                      if state is not None and state != stored[path])

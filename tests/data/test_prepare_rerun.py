@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import logging
 import shutil
 import subprocess
 import sys
@@ -295,23 +296,58 @@ def test_stored_features_follow_audio_made_again(corpus, tmp_path, caplog):
             "samples at 16000 Hz)") in caplog.text
 
 
-def test_stored_features_without_their_audio_record_are_computed_again(corpus, tmp_path, caplog):
-    """A part whose record of its audio files is missing (a kill after its manifest, or a part
-    stored by an older version) cannot say its audio is unchanged: computed again, and the
-    record written; audio removed since is no change (its features are kept)."""
+def test_stored_features_without_their_audio_record_adopt_the_current_files(corpus, tmp_path,
+                                                                           caplog):
+    """A part stored without a record of its audio files (by an older version, or a kill between
+    its manifest and its record) whose cuts match the input in every other respect used to be
+    computed again: hours of fbank for LibriSpeech on the first rerun after an upgrade. It is
+    kept and records the files' current states, so that a later rewrite of the same length is
+    seen; audio removed since is no change (its features are kept)."""
+    corpus_dir, _ = corpus
+    manifests, fbank = tmp_path / "manifests", tmp_path / "fbank"
+    prepare_manifests(corpus_dir, manifests, [PART])
+    out = compute_fbank_for_parts(manifests, fbank, [PART])[PART]
+    record = fingerprint_path(out)
+    written = record.read_text()
+    record.unlink()  # as an older version left it
+    before, stamp = _features(out), out.stat().st_mtime_ns
+    with caplog.at_level(logging.INFO, logger="asr.data.fbank"):
+        compute_fbank_for_parts(manifests, fbank, [PART])
+    assert out.stat().st_mtime_ns == stamp and "again" not in caplog.text
+    assert record.read_text() == written  # the same files in the same states
+    adopted = [r for r in caplog.records if "adopted" in r.getMessage()]
+    assert len(adopted) == 1 and adopted[0].levelno == logging.INFO
+    assert f"{out} has no record of its audio files ({record.name}): adopted the current " \
+        "states of the 3 audio files of its input" in adopted[0].getMessage()
+    caplog.clear()
+    _remake_audio(corpus_dir, PART, 1.0, seed=5)  # the same lengths: the manifests stay true
+    compute_fbank_for_parts(manifests, fbank, [PART])
+    assert "holds features of audio files rewritten since (3 of 3, e.g. " in caplog.text
+    after = _features(out)
+    assert all(after[k].shape == before[k].shape and (after[k] != before[k]).any() for k in before)
+    shutil.rmtree(corpus_dir / PART)
+    stamp = out.stat().st_mtime_ns
+    compute_fbank_for_parts(manifests, fbank, [PART])
+    assert out.stat().st_mtime_ns == stamp
+
+
+def test_stored_features_without_their_audio_record_are_checked_first(corpus, tmp_path,
+                                                                       caplog):
+    """A part without its record is adopted only while its cuts match the input: one of other
+    transcripts is computed again (and then records its audio files)."""
     corpus_dir, _ = corpus
     manifests, fbank = tmp_path / "manifests", tmp_path / "fbank"
     prepare_manifests(corpus_dir, manifests, [PART])
     out = compute_fbank_for_parts(manifests, fbank, [PART])[PART]
     record = fingerprint_path(out)
     record.unlink()
-    compute_fbank_for_parts(manifests, fbank, [PART])
-    assert f"has no record of the audio files its features were computed from ({record.name})" \
-        in caplog.text and record.is_file()
-    shutil.rmtree(corpus_dir / PART)
-    stamp = out.stat().st_mtime_ns
-    compute_fbank_for_parts(manifests, fbank, [PART])
-    assert out.stat().st_mtime_ns == stamp
+    trans = corpus_dir / PART / "2001" / "30" / "2001-30.trans.txt"
+    trans.write_text(trans.read_text().replace("TEST ONE", "TEST WON"))
+    prepare_manifests(corpus_dir, manifests, [PART])
+    with caplog.at_level(logging.INFO, logger="asr.data.fbank"):
+        compute_fbank_for_parts(manifests, fbank, [PART])
+    assert "holds other transcripts than" in caplog.text and "adopted" not in caplog.text
+    assert record.is_file()
 
 
 def test_stage_1_and_2_follow_a_synthetic_corpus_made_again(tmp_path, caplog):
