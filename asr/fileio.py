@@ -496,17 +496,29 @@ def _staging_prefixes(out_dir: Path) -> tuple[str, str]:
     return f".{out_dir.name}.tmp-", f".{out_dir.name}.old-"
 
 
+def _is_staging_of(name: str, out_dir: Path) -> bool:
+    """Whether ``name`` is one of ``out_dir``'s staging directories: a prefix of
+    :func:`_staging_prefixes` and a random part without a dot (mkdtemp's). Another output's
+    staging directory can start with the same prefix (``.<name>.tmp-x.tmp-<random>`` of the
+    output ``<name>.tmp-x``), but then holds a dot after it."""
+    for prefix in _staging_prefixes(out_dir):
+        if name.startswith(prefix):
+            rest = name[len(prefix):]
+            return bool(rest) and "." not in rest
+    return False
+
+
 def remove_stale_staging(out_dir: str | Path) -> list[Path]:
-    """Removes the staging directories of ``out_dir`` (``.<name>.tmp-*``, ``.<name>.old-*``)
-    that no live process holds locked: those a killed run left behind. A live run's are kept.
+    """Removes the staging directories of ``out_dir`` (``.<name>.tmp-*``, ``.<name>.old-*``,
+    ``*`` without a dot: not those of another output named ``<name>.tmp-...``) that no live
+    process holds locked: those a killed run left behind. A live run's are kept.
     Call it holding :func:`output_lock` of ``out_dir``. Returns what it removed."""
     out_dir = Path(out_dir)
     if not out_dir.parent.is_dir():
         return []
     removed = []
     for path in sorted(out_dir.parent.iterdir()):
-        if not path.name.startswith(_staging_prefixes(out_dir)) or path.is_symlink() \
-                or not path.is_dir():
+        if not _is_staging_of(path.name, out_dir) or path.is_symlink() or not path.is_dir():
             continue
         try:
             fd = os.open(path, os.O_RDONLY)

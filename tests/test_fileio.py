@@ -34,6 +34,7 @@ from asr.fileio import (
     read_json_object,
     read_lines,
     read_text,
+    remove_stale_staging,
     temporary_path,
     write_atomic,
     write_bytes_atomic,
@@ -256,6 +257,21 @@ def test_the_output_lock_is_exclusive_and_leaves_nothing(tmp_path):
     with output_lock(out):
         out.write_text("made\n")
     assert sorted(p.name for p in out.parent.iterdir()) == ["lm.arpa"]
+
+
+def test_stale_staging_of_another_output_named_like_a_staging_directory_is_kept(tmp_path):
+    """The outputs ``out`` and ``out.tmp-x`` side by side: ``out``'s run took the staging
+    directories of ``out.tmp-x`` (``.out.tmp-x.tmp-*``, ``.out.tmp-x.old-*``) for its own and
+    removed them (their names start ``.out.tmp-``), and could so remove one of a live run in
+    the moment between its creation and its lock."""
+    own = [tmp_path / ".out.tmp-k1ll3d", tmp_path / ".out.old-k1ll3d"]
+    other = [tmp_path / ".out.tmp-x.tmp-k1ll3d", tmp_path / ".out.tmp-x.old-k1ll3d",
+             tmp_path / ".out.old-x.tmp-k1ll3d"]
+    for path in own + other:
+        path.mkdir()
+    assert sorted(remove_stale_staging(tmp_path / "out")) == sorted(own)
+    assert all(path.is_dir() for path in other)
+    assert sorted(remove_stale_staging(tmp_path / "out.tmp-x")) == sorted(other[:2])
 
 
 def test_an_output_whose_lock_cannot_be_made_is_refused_naming_it_and_the_reason(
