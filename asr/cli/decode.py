@@ -27,7 +27,9 @@ atomically, after the earlier summary is removed, and the summary last: a run st
 leaves no summary, so a summary file means that the recogs and errs beside it are complete and
 of its run (:mod:`asr.run.evaluate`). A test set that holds a cut id twice (it would be decoded
 and scored twice) is refused before anything is decoded or written: exit 2, naming the file, the
-id and both lines; so is a test set without cuts (its WER would read ``0.00``).
+id and both lines; so is a test set without cuts (its WER would read ``0.00``). A test set whose
+transcripts are all empty is decoded and written, its WER (``0.00`` or ``inf``) with the warning
+``asr wer`` gives that the rate is undefined.
 
 Its options, and :func:`asr.cli.decode_options.check_arguments` that checks a decode command
 line before the experiment is trained with them (``asr train --check-only --decode-arg``: the

@@ -25,6 +25,7 @@ from asr.metrics.wer import (
     read_kaldi_text,
     read_phrases,
     read_recognitions,
+    warn_if_undefined,
     write_error_report,
     write_recognitions,
 )
@@ -92,10 +93,7 @@ def run(args: argparse.Namespace) -> int:
     utt_ids = list(refs)
     score = compute_cer if args.cer else compute_wer
     result = score([refs[u] for u in utt_ids], [hyps.get(u, "") for u in utt_ids], utt_ids)
-    if not result.stats.num_ref:  # an empty file, or the wrong one: say so, not just "0.00"
-        logger.warning("%s holds no reference %s: the %s is undefined (printed as %s)",
-                       ref_name, result.unit, result.metric,
-                       "inf" if result.stats.errors else "0.00")
+    warn_if_undefined(result, ref_name)  # an empty file, or the wrong one: not just "0.00"
     print(result.stats.summary(result.metric))
     if phrases:
         found, total = phrase_recall(phrases, hyps)

@@ -11,8 +11,12 @@ log P_ctc_prefix(h)`` (:mod:`asr.decoding.ctc_prefix_score`), computed for the
 
 Each step ranks the ``K * C`` continuations of an utterance's K live hypotheses; walking them
 best first, ``<eos>`` continuations join the finished list and the others the new beam until it
-holds K. An utterance stops when K hypotheses have finished; at ``enc_len`` tokens only ``<eos>``
-is allowed. An utterance with no frames is not searched (the decoder would attend to its padding,
+holds K. An utterance stops when K hypotheses have finished; at ``enc_len`` tokens, or at the
+head's :attr:`~asr.heads.aed.AEDHead.max_target_tokens` (learned positions: ``max_len - 1``)
+if fewer, only ``<eos>`` is allowed: every live hypothesis ends there with the log-probability
+of ``<eos>`` added, so that it scores as :meth:`~asr.heads.aed.AEDHead.score_sequences` scores
+it (ESPnet's ``BeamSearch`` also ends its live hypotheses at ``maxlen``, appending ``<eos>``
+without scoring it; WeNet's attention search keeps its best live hypothesis at ``maxlen``). An utterance with no frames is not searched (the decoder would attend to its padding,
 :meth:`~asr.heads.decoder_layers.MultiHeadAttention.attend`): it is the empty hypothesis with
 score 0, as in a batch with no frames at all. If no hypothesis can end (every candidate
 impossible under the CTC prefix score before ``<eos>`` is among them), the result is the empty
@@ -101,8 +105,10 @@ class AedBeamSearch:
             )
         state = self._init(batch, enc.device, enc.dtype, scorer)
         finished: list[list[tuple[float, tuple[int, ...], float]]] = [[] for _ in range(batch)]
-        max_lens = enc_lens.tolist()
-        done = [n == 0 for n in max_lens]  # no frames: finished with nothing, the empty hypothesis
+        frames = enc_lens.tolist()
+        done = [n == 0 for n in frames]  # no frames: finished with nothing, the empty hypothesis
+        limit = self.head.max_target_tokens
+        max_lens = frames if limit is None else [min(n, limit) for n in frames]
         for step in range(max(max_lens) + 1):
             log_probs, cache = self.head.step(state.last, state.cache, rows_enc, rows_mask, memory)
             state.cache = cache
@@ -111,7 +117,7 @@ class AedBeamSearch:
             state = self._select(state, candidates, att, joint, psi, r, scorer, finished, done)
             if all(done):
                 break
-        return [self._nbest(items, frames > 0) for items, frames in zip(finished, max_lens)]
+        return [self._nbest(items, n > 0) for items, n in zip(finished, frames)]
 
     def _init(self, batch: int, device, dtype, scorer: CtcPrefixScorer | None) -> _Beam:
         beam = self.cfg.beam_size

@@ -14,7 +14,9 @@ to (its cross-attention would read padding): it is dropped from the loss and cou
 a target of ``max_len`` tokens or more has no position for its last input (``<sos>`` takes the
 first): it is dropped from the loss too, counted in ``metrics["num_too_long"]`` and logged
 with the count, in training and validation alike (like WeNet's ``token_max_length`` data
-filter, but per head: the other heads still train on it, and the dev WER decodes it). Searches use
+filter, but per head: the other heads still train on it, and the dev WER decodes it); the
+AED beam search ends its hypotheses at that limit and :meth:`AEDHead.score_sequences` scores a
+longer hypothesis ``-inf``. Searches use
 :meth:`AEDHead.init_cache` / :meth:`AEDHead.step` (one token per hypothesis per call, with the
 self-attention keys and values of earlier positions kept in an explicit :class:`AEDCache`) and
 :meth:`AEDHead.score_sequences` (attention rescoring).
@@ -66,7 +68,9 @@ class AEDConfig:
         dropout: dropout in the decoder layers and on the embeddings.
         positional: ``sinusoidal`` (any length) or ``learned`` (at most ``max_len`` positions).
         max_len: number of learned positions: the AED loss leaves out a target of
-            ``max_len`` tokens or more (``<sos>`` takes a position).
+            ``max_len`` tokens or more (``<sos>`` takes a position), the AED beam search ends
+            its hypotheses at ``max_len - 1`` tokens and rescoring ranks a longer first-pass
+            hypothesis last.
         label_smoothing: probability mass spread over the non-reference tokens, in ``[0, 1)``.
         reverse_weight: weight of the right-to-left decoder in the loss and in
             :meth:`AEDHead.score_sequences`; 0 builds no right-to-left decoder.
@@ -265,9 +269,9 @@ class AEDHead(nn.Module):
 
     @property
     def max_target_tokens(self) -> int | None:
-        """The most target tokens the loss trains on: with learned positions ``max_len - 1``
-        (``<sos>`` takes the first position), a longer target being left out of the loss;
-        None with sinusoidal positions (any length)."""
+        """The most target tokens the loss trains on and a search produces or scores: with
+        learned positions ``max_len - 1`` (``<sos>`` takes the first position), a longer target
+        being left out of the loss; None with sinusoidal positions (any length)."""
         return self.cfg.max_len - 1 if self.cfg.positional == "learned" else None
 
     # ----------------------------------------------------------------------------- training
@@ -427,6 +431,10 @@ class AEDHead(nn.Module):
         With a right-to-left decoder the score is
         ``(1 - reverse_weight) * l2r + reverse_weight * r2l`` as in WeNet's attention rescoring.
 
+        A hypothesis longer than :attr:`max_target_tokens` (learned positions) scores
+        ``-inf``: the decoder has no position for it, so it can neither produce it (the AED
+        beam search ends every hypothesis there) nor score it.
+
         Args:
             enc: (N, T, enc_dim) encoder output, one row per hypothesis, or (1, T, enc_dim)
                 shared by all hypotheses.
@@ -440,6 +448,23 @@ class AEDHead(nn.Module):
         if num == 0:
             return torch.zeros(0, device=enc.device)
         enc, enc_lens = per_hypothesis(enc, enc_lens, num)
+        limit = self.max_target_tokens
+        placed = [row for row, hyp in enumerate(hyps) if limit is None or len(hyp) <= limit]
+        if len(placed) == num:
+            return self._score_placed(enc, enc_lens, hyps)
+        scores = torch.full((num,), float("-inf"), device=enc.device)
+        if placed:
+            rows = torch.tensor(placed, device=enc.device)
+            scores[rows] = self._score_placed(
+                enc[rows], enc_lens[rows.to(enc_lens.device)], [hyps[row] for row in placed]
+            )
+        return scores
+
+    def _score_placed(
+        self, enc: Tensor, enc_lens: Tensor, hyps: Sequence[Sequence[int]]
+    ) -> Tensor:
+        """:meth:`score_sequences` of N hypotheses that all fit the positions: enc (N, T,
+        enc_dim), enc_lens (N,) -> (N,) float32."""
         tokens, lens = pad_sequences(hyps, enc.device)
         memory = self.memory_proj(enc)
         mask = lengths_to_mask(enc_lens, enc.shape[1])

@@ -28,6 +28,7 @@ Conventions:
 from __future__ import annotations
 
 import ast
+import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from asr.fileio import read_lines, write_text_atomic
+
+logger = logging.getLogger(__name__)
 
 #: One aligned pair: ``(ref, hyp)``, ``(ref, None)`` a deletion, ``(None, hyp)`` an insertion.
 AlignedPair = tuple[str | None, str | None]
@@ -317,6 +320,25 @@ def compute_cer(
         [text_to_words(r) for r in refs], [text_to_words(h) for h in hyps], utt_ids, "CER",
         lambda words: text_to_chars(" ".join(words), keep_spaces),
     )
+
+
+def warn_if_undefined(result: CorpusResult, source: str) -> bool:
+    """Warns when ``result`` has no reference unit (an empty file, the wrong one, a test set of
+    empty transcripts): its rate is then undefined, printed as ``0.00`` (no hypothesis unit
+    either) or ``inf``, which alone do not say so.
+
+    Args:
+        result: the scored corpus.
+        source: what held the references, as the warning names it.
+
+    Returns:
+        True if the rate is undefined (warned), else False.
+    """
+    if result.stats.num_ref:
+        return False
+    logger.warning("%s holds no reference %s: the %s is undefined (printed as %s)", source,
+                   result.unit, result.metric, "inf" if result.stats.errors else "0.00")
+    return True
 
 
 def format_alignment(pairs: Sequence[AlignedPair]) -> str:

@@ -35,7 +35,13 @@ from asr.data.librispeech import load_test_part
 from asr.decoding import Searcher
 from asr.experiment import ExperimentConfig
 from asr.fileio import write_text_atomic
-from asr.metrics.wer import CorpusResult, compute_wer, write_error_report, write_recognitions
+from asr.metrics.wer import (
+    CorpusResult,
+    compute_wer,
+    warn_if_undefined,
+    write_error_report,
+    write_recognitions,
+)
 from asr.model import ASRModel
 from asr.tokenizers import Tokenizer
 from asr.types import Batch
@@ -141,6 +147,10 @@ def write_results(
 ) -> tuple[float, dict[str, Path]]:
     """Writes the recogs / errs / wer-summary files of one test set; returns (WER %, paths).
 
+    A test set without a reference word (every transcript empty) has an undefined WER, written
+    as ``0.00`` or ``inf`` as ``asr wer`` prints it, with its warning
+    (:func:`asr.metrics.wer.warn_if_undefined`).
+
     The earlier summary is removed first and the new one written last (the module's rule: a
     summary present means its set is complete and current).
 
@@ -154,6 +164,7 @@ def write_results(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = score_recognitions(recognitions)
+    warn_if_undefined(result, f"test set {part}")  # all transcripts empty: not just "inf"
     wer = 100.0 * result.stats.wer
     paths = result_paths(out_dir, part, searcher_name)
     # first: from here until the new one is written, no summary vouches for the set (the

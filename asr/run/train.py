@@ -85,7 +85,9 @@ class DevWer:
     rank gets the WER that one process decoding every cut gets, and no rank waits in a
     collective while another decodes the whole set (NCCL gives up on a collective after 10
     minutes by default: a large dev set decoded by one rank would kill the job). A rank whose
-    share fails makes it None on every rank. The WER is logged by rank 0.
+    share fails logs its traceback (on its stderr; rank 0's reaches ``train.log`` too) and makes
+    it None on every rank; the same all-reduce carries a failure flag per rank, so that rank 0's
+    warning names the ranks that failed. The WER is logged by rank 0.
 
     Args:
         cuts: dev CutSet.
@@ -132,13 +134,19 @@ class DevWer:
             failed = 1
         finally:
             model.train(was_training)
-        # every rank reaches this one all-reduce, a failed one too (else the others would wait)
-        num_ref, ins, dels, subs, utterances, failed = all_reduce_sums(
-            [stats.num_ref, stats.ins, stats.dels, stats.subs, utterances, failed], self.dist)
-        if failed:
+        # every rank reaches this one all-reduce, a failed one too (else the others would wait);
+        # with a failure flag per rank, so that rank 0 can name the ranks that failed
+        flags = [0] * self.dist.world_size
+        flags[self.dist.rank] = failed
+        sums = all_reduce_sums(
+            [stats.num_ref, stats.ins, stats.dels, stats.subs, utterances, *flags], self.dist)
+        num_ref, ins, dels, subs, utterances = sums[:5]
+        failed_ranks = [rank for rank, flag in enumerate(sums[5:]) if flag]
+        if failed_ranks:
             if self.dist.distributed and self.dist.is_main:
-                logger.warning("dev WER: the decoding failed on %d of %d ranks; training goes on "
-                               "without it", int(failed), self.dist.world_size)
+                logger.warning("dev WER: the decoding failed on rank %s of %d ranks (each logged "
+                               "its traceback on its own stderr); training goes on without it",
+                               ", ".join(map(str, failed_ranks)), self.dist.world_size)
             return None
         wer = 100.0 * ErrorStats(int(num_ref), int(ins), int(dels), int(subs)).wer
         if self.dist.distributed and self.dist.is_main:

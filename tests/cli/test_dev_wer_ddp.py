@@ -16,7 +16,7 @@ from asr.experiment import load_trained_model
 from asr.run.evaluate import Recognition
 
 SCRIPT = r"""
-import json, os, sys
+import json, logging, os, sys
 sys.path[:0] = [os.environ["TEST_DIR"], os.path.dirname(os.environ["TEST_DIR"])]
 import asr.run.train as run_train
 from asr.data.cut_ids import load_eval_cuts
@@ -25,6 +25,8 @@ from asr.train.distributed import cleanup_distributed, setup_distributed
 from test_dev_wer_ddp import first_two_words
 
 info = setup_distributed("cpu")
+logging.basicConfig(filename=os.path.join(os.environ["OUT_DIR"], f"rank{info.rank}.log"),
+                    level=logging.INFO)
 cfg, tokenizer, model, _ = load_trained_model(os.environ["TRAINED"])
 cuts = load_eval_cuts(cfg.data.manifest_dir, cfg.data.dev_cuts)
 decoded, fail = [], []
@@ -63,7 +65,9 @@ def test_two_ranks_decode_a_share_each_and_get_the_wer_of_one_process(trained, t
                                                                        monkeypatch):
     """Rank 0 alone decoded the whole dev set while the other ranks waited in the next
     collective (NCCL gives up after 10 minutes: a large dev set killed the job). A share that
-    fails on one rank leaves every rank without a WER, none waiting for it."""
+    fails on one rank leaves every rank without a WER, none waiting for it; that rank logs its
+    traceback, and rank 0's warning (in train.log) names it: it gave only the count of failed
+    ranks, so train.log did not say whose log holds the error."""
     cfg, tokenizer, model, _ = load_trained_model(trained)
     cuts = load_eval_cuts(cfg.data.manifest_dir, cfg.data.dev_cuts)
     monkeypatch.setattr(run_train, "recognize", first_two_words)
@@ -82,3 +86,7 @@ def test_two_ranks_decode_a_share_each_and_get_the_wer_of_one_process(trained, t
     assert all(shares) and not set(shares[0]) & set(shares[1])
     assert sorted(shares[0] + shares[1]) == sorted(c.id for c in cuts)
     assert [r["failed"] for r in ranks] == [None, None]
+    logs = [(tmp_path / f"rank{r}.log").read_text() for r in (0, 1)]
+    assert "dev WER: the decoding failed on rank 1 of 2 ranks" in logs[0]
+    assert "out of memory (a test's)" not in logs[0]
+    assert "failed on rank 1" in logs[1] and "RuntimeError: out of memory (a test's)" in logs[1]

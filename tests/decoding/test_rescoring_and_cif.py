@@ -7,12 +7,13 @@ from dataclasses import replace
 
 import pytest
 import torch
-from search_helpers import encoder_output, make_model
+from search_helpers import ENC_DIM, VOCAB, encoder_output, make_model
 
 from asr.decoding import SearchConfig, build_searcher
 from asr.decoding.cif_greedy import cif_hypotheses
 from asr.decoding.context_graph import ContextGraph
 from asr.decoding.rescoring import NbestRescoring
+from asr.heads.aed import AEDConfig, AEDHead
 from asr.types import Hypothesis
 
 INF = float("inf")
@@ -214,3 +215,28 @@ def test_cif_hypotheses_read_only_the_fired_positions():
     assert first.score == pytest.approx(float(log_probs[0, :2].max(-1).values.sum()))
     assert (second.tokens, second.frames) == ((3,), (0,))
     assert second.score == pytest.approx(float(log_probs[1, :2].max(-1).values.sum()))
+
+
+def test_attention_rescoring_ranks_hypotheses_longer_than_the_learned_positions_last():
+    """The first pass has no token limit, but an AED with learned positions (``max_len`` 3:
+    at most 2 tokens) raised "position 3 exceeds max_len=3" on a longer hypothesis and
+    stopped the decode. Such a hypothesis now gets the AED score -inf: it ranks after every
+    hypothesis the AED scores, in first-pass order, with score -inf."""
+    model = make_model(ctc=True, aed=True)
+    torch.manual_seed(0)
+    aed = AEDHead(
+        AEDConfig(d_model=16, num_heads=2, num_layers=2, ffn_dim=32, dropout=0.0,
+                  positional="learned", max_len=3),
+        ENC_DIM, VOCAB,
+    ).eval()
+    model.heads["aed"] = aed
+    enc, enc_lens = encoder_output([9, 6])
+    cfg = SearchConfig(beam_size=6, nbest=6, ctc_weight=0.3)
+    first = build_searcher("ctc_prefix_beam", model, cfg)(enc, enc_lens)
+    assert any(len(h.tokens) > 2 for hyps in first for h in hyps)  # the case is exercised
+    rescored = build_searcher("attention_rescoring", model, cfg)(enc, enc_lens)
+    for hyps, pool in zip(rescored, first):
+        long = [h.tokens for h in pool if len(h.tokens) > 2]
+        assert [h.tokens for h in hyps[len(hyps) - len(long):]] == long
+        assert all(h.score == -INF for h in hyps[len(hyps) - len(long):])
+        assert all(h.score > -INF for h in hyps[: len(hyps) - len(long)])

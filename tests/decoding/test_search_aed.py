@@ -337,3 +337,34 @@ def test_a_search_in_which_no_hypothesis_can_end_gives_score_minus_inf():
     stuck, empty = search(enc, lens)
     assert stuck[0].tokens == () and stuck[0].score == -math.inf
     assert empty[0].tokens == () and empty[0].score == 0.0
+
+
+@pytest.mark.parametrize("ctc_weight", [0.0, 0.5])
+def test_learned_positions_end_the_hypotheses_at_the_heads_target_limit(ctc_weight):
+    """With learned positions (``max_len`` 4, so at most 3 tokens after ``<sos>``) a search on
+    more frames than that raised "position 4 exceeds max_len=4" mid-search. Hypotheses now end
+    at ``max_target_tokens`` with the forced ``<eos>`` scored as ``score_sequences`` scores
+    it, as they do at ``enc_len`` tokens; a shorter utterance keeps its frame limit."""
+    model = make_model(aed=True, ctc=True)
+    torch.manual_seed(0)
+    cfg = AEDConfig(
+        d_model=16, num_heads=2, num_layers=2, ffn_dim=32, dropout=0.0,
+        positional="learned", max_len=4,
+    )
+    head = AEDHead(cfg, ENC_DIM, VOCAB).eval()
+    with torch.no_grad():
+        head.decoder.output.bias[EOS] = -50.0  # the decoder never wants to end
+    model.heads["aed"] = head
+    enc, enc_lens = encoder_output([9, 2])
+    search = SearchConfig(beam_size=2, nbest=2, ctc_weight=ctc_weight)
+    nbests = build_searcher("aed_beam", model, search)(enc, enc_lens)
+    assert [max(len(h.tokens) for h in hyps) for hyps in nbests] == [3, 2]
+    for b, hyps in enumerate(nbests):
+        assert all(math.isfinite(h.score) for h in hyps)
+        if ctc_weight == 0:
+            with torch.no_grad():
+                att = head.score_sequences(
+                    enc[b: b + 1], enc_lens[b: b + 1], [h.tokens for h in hyps]
+                )
+            expected = [length_normalised(float(a), len(h.tokens), 0.0) for a, h in zip(att, hyps)]
+            assert [h.score for h in hyps] == pytest.approx(expected, abs=1e-4)

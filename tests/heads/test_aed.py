@@ -223,3 +223,27 @@ def test_a_target_longer_than_the_learned_positions_is_left_out_of_the_loss(
     assert "AED: 1 of 3 utterances" in message and "heads.aed.max_len" in message
     assert message.count("heads.aed.max_len") == 1
     out.loss.backward()  # the loss trains the others
+
+
+@pytest.mark.parametrize("reverse_weight", [0.0, 0.3])
+def test_a_hypothesis_longer_than_the_learned_positions_scores_minus_inf(reverse_weight):
+    """score_sequences of a hypothesis of ``max_len`` tokens or more raised "position 4 exceeds
+    max_len=4" (attention rescoring passes it the first pass's n-best, which has no such
+    limit) and stopped ``asr decode``. It now scores -inf, as a hypothesis the decoder can
+    neither produce nor score; the others in the batch score as they do alone. Sinusoidal
+    positions have no limit."""
+    torch.manual_seed(0)
+    head = AEDHead(
+        _tiny_cfg(positional="learned", max_len=4, reverse_weight=reverse_weight), 12, VOCAB
+    ).eval()
+    enc, enc_lens = torch.randn(1, 9, 12), torch.tensor([9])
+    hyps = [[3, 4, 5, 6, 7], [3, 4, 5], [2, 3, 4, 5]]
+    with torch.no_grad():
+        scores = head.score_sequences(enc, enc_lens, hyps)
+        alone = head.score_sequences(enc, enc_lens, [[3, 4, 5]])
+        assert head.score_sequences(enc, enc_lens, [[3, 4, 5, 6, 7]]).tolist() == [-float("inf")]
+    assert scores[0] == scores[2] == -float("inf")
+    torch.testing.assert_close(scores[1:2], alone)
+    sinusoidal = AEDHead(_tiny_cfg(reverse_weight=reverse_weight), 12, VOCAB).eval()
+    with torch.no_grad():
+        assert torch.isfinite(sinusoidal.score_sequences(enc, enc_lens, hyps)).all()

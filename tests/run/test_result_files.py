@@ -46,3 +46,22 @@ def test_a_run_stopped_between_its_files_leaves_no_summary(stopped_at, tmp_path,
     monkeypatch.undo()
     write_results(tmp_path, "p", "s", LATER)  # the next run completes the set
     assert paths["wer_summary"].read_text().splitlines()[1] == "s\t66.67"
+
+
+def test_a_test_set_without_reference_words_warns_that_its_wer_is_undefined(tmp_path, caplog):
+    """Every transcript empty: ``asr decode`` wrote WER inf (or 0.00) without a word, where
+    ``asr wer`` warns that the rate is undefined. It now gives that warning (one
+    implementation), naming the test set, and still writes the files."""
+    for hyp, printed in (("", "0.00"), ("x", "inf")):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            wer, paths = write_results(
+                tmp_path, "p", "s", [Recognition("u1", "", hyp), Recognition("u2", "", "")]
+            )
+        assert f"test set p holds no reference words: the WER is undefined (printed as {printed})" \
+            in caplog.text
+        assert paths["wer_summary"].read_text().splitlines()[1] == f"s\t{printed}"
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        write_results(tmp_path, "p", "s", LATER)
+    assert "undefined" not in caplog.text
