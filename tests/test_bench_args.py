@@ -4,12 +4,12 @@ error (exit status 2, ``argument --NAME:`` on stderr) before any set-up, in ever
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from bench_helpers import load_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHES = ("decode", "encoder", "onnx", "rnnt_loss", "serve", "train_throughput", "transcribe")
@@ -17,15 +17,8 @@ BENCHES = ("decode", "encoder", "onnx", "rnnt_loss", "serve", "train_throughput"
 FREE = {("onnx", "seed"), ("transcribe", "seed")}
 
 
-def _bench(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / f"tools/bench/{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _args_module():
-    _bench("encoder")  # puts the checkout first on sys.path, as every bench does
+    load_bench("encoder")  # puts the checkout first on sys.path, as every bench does
     from tools.bench import _args
 
     return _args
@@ -38,7 +31,7 @@ class _Parsed(Exception):
 
 def _parser_of(name: str, monkeypatch) -> argparse.ArgumentParser:
     """The parser that ``main`` of bench ``name`` builds (stopped at its parse_args)."""
-    bench = _bench(name)
+    bench = load_bench(name)
 
     def stop(self, args=None, namespace=None):
         raise _Parsed(self)
@@ -135,7 +128,7 @@ def test_benches_refuse_values_that_measure_nothing(name, argv, named, capsys):
     """A count of 0 used to print ``inf`` (encoder), or end in a traceback after the set-up
     (median of no runs, max of an empty batch, a division by zero, ``int(nan)``), and a negative
     "0: none" value passed as none: a usage error naming that option instead."""
-    bench = _bench(name)
+    bench = load_bench(name)
     with pytest.raises(SystemExit) as exit_info:
         bench.main(argv)
     assert exit_info.value.code == 2

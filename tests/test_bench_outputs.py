@@ -5,20 +5,11 @@ exist yet is made."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _bench(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / f"tools/bench/{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from bench_helpers import load_bench
 
 
 def _interrupt_writes_halfway(monkeypatch) -> None:
@@ -45,7 +36,7 @@ def _rnnt_row(vocab: int, method: str) -> dict:
 
 
 def test_rnnt_loss_table_stopped_while_rewritten_keeps_the_earlier_table(tmp_path, monkeypatch):
-    bench = _bench("rnnt_loss")
+    bench = load_bench("rnnt_loss")
     args = argparse.Namespace(batch=2, frames=4, tokens=2, joiner_dim=8, prune_range=5,
                               device="cpu", repeats=1)
     path = tmp_path / "rnnt_loss.md"
@@ -62,7 +53,7 @@ def test_rnnt_loss_table_stopped_while_rewritten_keeps_the_earlier_table(tmp_pat
 
 def test_train_throughput_tables_stopped_while_rewritten_keep_the_earlier_ones(tmp_path,
                                                                               monkeypatch):
-    bench = _bench("train_throughput")
+    bench = load_bench("train_throughput")
     results = {"recipe": "r.yaml", "device": "cpu", "params": 1e6, "max_duration": 6.0,
                "max_cut_duration": 3.0, "tiny": True, "fit": None, "notes": [],
                "rows": [{"amp": "bfloat16", "effective": "bfloat16", "scaler": False,
@@ -83,7 +74,7 @@ def test_train_throughput_writes_its_json_into_a_folder_it_makes(tmp_path):
     """--json (alone) into a folder that does not exist: written after the measurement, not a
     FileNotFoundError that loses it."""
     out = tmp_path / "new" / "train.json"
-    bench = _bench("train_throughput")
+    bench = load_bench("train_throughput")
     code = bench.main(["--device", "cpu", "--tiny", "--max-duration", "6",
                        "--max-cut-duration", "3", "--steps", "1", "--warmup", "0",
                        "--fit-probes", "0", "--dtypes", "bfloat16", "--json", str(out)])

@@ -3,14 +3,12 @@ same (about 20 s, and a model it did not use) for its recordings, the benchmark'
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-
-ROOT = Path(__file__).resolve().parents[1]
+from bench_helpers import load_bench
 
 
 class _Started(Exception):
@@ -21,9 +19,7 @@ def test_the_serve_bench_trains_no_model_with_model(tmp_path, monkeypatch):
     import asr.testing.packages as packages
     import asr.testing.tiny as tiny
 
-    spec = importlib.util.spec_from_file_location("bench_serve", ROOT / "tools/bench/serve.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("serve")
     spoken = []
 
     def synthesize(text, path, **_):  # espeak-ng's place: 0.5 s of a tone per sentence

@@ -3,7 +3,6 @@ allocation) is not among the timed runs."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -13,15 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from bench_helpers import load_bench
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _bench(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / f"tools/bench/{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class _ColdFirst:
@@ -44,7 +37,7 @@ class _ColdFirst:
 
 def test_onnx_bench_does_not_time_the_first_run():
     run = _ColdFirst()
-    low, median = _bench("onnx")._timed(run, 2, 1.0)
+    low, median = load_bench("onnx")._timed(run, 2, 1.0)
     assert median < 0.1 and low < 0.1, (low, median)
     assert len(run.calls) == 3  # one warm-up, two timed
 
@@ -52,7 +45,7 @@ def test_onnx_bench_does_not_time_the_first_run():
 def test_transcribe_bench_warms_up_each_mode_before_timing_it():
     model = _ColdFirst()
     audios = [object()] * 4
-    best = _bench("transcribe")._measure(model, audios, 1, batch_size=1, streaming=True)
+    best = load_bench("transcribe")._measure(model, audios, 1, batch_size=1, streaming=True)
     assert best < 0.1, best
     assert model.calls[0] == {"batch_size": 1, "streaming": True}
 
@@ -90,7 +83,7 @@ def test_transcribe_bench_times_streaming_as_often_as_the_rows_it_is_compared_wi
                         lambda path, rate: type("Audio", (), {"samples": np.zeros(rate)})())
     threads = torch.get_num_threads()
     try:
-        assert _bench("transcribe").main(["--model", "pkg", "--files", "a.wav", "b.wav",
+        assert load_bench("transcribe").main(["--model", "pkg", "--files", "a.wav", "b.wav",
                                           "--batch-size", "2", "--repeat", "3",
                                           "--streaming"]) == 0
     finally:

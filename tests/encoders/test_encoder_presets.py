@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+from bench_helpers import load_bench
 
 from asr.config import load_config
 from asr.encoders import EncoderConfig, build_encoder
@@ -22,10 +22,7 @@ def _params(name: str) -> int:
 
 
 def _bench_module():
-    spec = importlib.util.spec_from_file_location("bench_encoder", ROOT / "tools/bench/encoder.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("encoder")
 
 
 def test_all_presets_load_and_tiny_is_tiny():

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench_helpers import load_bench
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -75,13 +77,10 @@ def test_cuda_peak_is_the_loss_own_memory_not_first_step_one_time_buffers(monkey
     one-time buffers (cuBLAS workspace) would add the same constant to every method, shrinking
     the 'x less memory' ratios."""
     import argparse
-    import importlib.util
 
     import torch
 
-    spec = importlib.util.spec_from_file_location("bench_rnnt", ROOT / "tools/bench/rnnt_loss.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("rnnt_loss")
     fake = _FakeCudaAllocator(workspace=32 << 20, activations=100 << 20)
     monkeypatch.setattr(bench, "_build", lambda method, args, vocab: fake.step)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
