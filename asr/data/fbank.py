@@ -319,8 +319,9 @@ def _stale_reason(src: Path, dst: Path, perturbed: bool, cfg: FbankConfig) -> st
         example = min(cut_id for cut_id, _ in changed)
         return (f"holds other transcripts than {src}{copies} "
                 f"({len(changed) // 2} cut(s), e.g. {example})")
-    other_audio = [(record["id"], stored_audio[record["id"]], _audio(record)) for record in records
-                   if stored_audio[record["id"]] != _audio(record)]
+    other_audio = [(cut_id, stored_audio[cut_id], audio)
+                   for cut_id, audio in ((record["id"], _audio(record)) for record in records)
+                   if stored_audio[cut_id] != audio]
     if other_audio:
         cut_id, old, new = min(other_audio)
         return (f"holds features of other audio than {src} ({len(other_audio)} cut(s), e.g. "
