@@ -28,15 +28,16 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import random
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from asr.audio import AudioError, declared_length, decode_audio
 from asr.data.cut_ids import Repeats, line_cut_id, load_eval_cuts
@@ -47,6 +48,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from lhotse import CutSet
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 __all__ = [
     "CorpusError",
@@ -303,15 +306,24 @@ def check_audio_lengths(recordings, num_jobs: int = 1) -> None:
     """
     work = [(source.source, recording.num_samples) for recording in recordings
             for source in recording.sources if source.type == "file"]
-    if num_jobs > 1:
-        with ThreadPoolExecutor(num_jobs) as pool:  # libsndfile decodes without the GIL
-            problems = pool.map(_length_problem, work)
-            problem = next((p for p in problems if p is not None), None)
-            pool.shutdown(cancel_futures=True)  # the files after a bad one need no decoding
-    else:
-        problem = next((p for p in map(_length_problem, work) if p is not None), None)
+    with _mapped(_length_problem, work, num_jobs) as problems:
+        problem = next((p for p in problems if p is not None), None)
     if problem is not None:
         raise CorpusError(f"{problem}; replace the file, or remove it and its transcript line")
+
+
+@contextlib.contextmanager
+def _mapped(check: Callable[[T], str | None], work: list[T], num_jobs: int
+            ) -> Iterator[Iterator[str | None]]:
+    """``check`` of each item of ``work`` (a per-file check of the audio), lazily, in order:
+    in ``num_jobs`` threads when more than one (libsndfile reads without the GIL). The files
+    the caller has not asked for when the block ends are not checked."""
+    if num_jobs <= 1:
+        yield map(check, work)
+        return
+    with ThreadPoolExecutor(num_jobs) as pool:
+        yield pool.map(check, work)
+        pool.shutdown(cancel_futures=True)  # e.g. the files after a bad one
 
 
 def _length_problem(item: tuple[str, int]) -> str | None:
@@ -386,12 +398,8 @@ def _changed_recordings(recordings: list[dict], num_jobs: int = 1) -> list[str]:
     work = [(source["source"], record["num_samples"], record["sampling_rate"])
             for record in recordings for source in record.get("sources", ())
             if source.get("type") == "file"]
-    if num_jobs > 1:
-        with ThreadPoolExecutor(num_jobs) as pool:
-            problems = list(pool.map(_header_change, work))
-    else:
-        problems = [_header_change(item) for item in work]
-    return [problem for problem in problems if problem is not None]
+    with _mapped(_header_change, work, num_jobs) as problems:
+        return [problem for problem in problems if problem is not None]
 
 
 def _header_change(item: tuple[str, int, int]) -> str | None:
