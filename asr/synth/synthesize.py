@@ -622,9 +622,9 @@ def synthesize_biasing_set(
         manifest = load_manifest(corpus_dir)
         settings = {} if manifest is None else recorded_settings(manifest)
         sources = [Path(p) for p in settings.get("sentence_sources", [])] or None
+        word_counts = {key: settings[key] for key in ("min_words", "max_words") if key in settings}
         chosen = plan_biasing_set(
-            corpus_dir, num_per_part, num_distractors, seed, sources=sources,
-            min_words=settings.get("min_words", 4), max_words=settings.get("max_words", 16),
+            corpus_dir, num_per_part, num_distractors, seed, sources=sources, **word_counts
         )  # fmt: skip
         plans_by_part, staged, phrases = {}, {}, {}
         for part, pairs in chosen.sentences.items():
