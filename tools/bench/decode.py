@@ -122,6 +122,7 @@ from asr.heads.transducer import TransducerConfig, TransducerHead  # noqa: E402
 from asr.model import ASRModel  # noqa: E402
 from asr.testing.synthetic import shrink_experiment  # noqa: E402
 from tools.bench._args import COUNT, FINITE, POSITIVE  # noqa: E402
+from tools.bench._sync import device_sync  # noqa: E402
 
 FRAMES_PER_SECOND = 25
 DIM, VOCAB = 256, 500
@@ -389,11 +390,12 @@ def greedy_rtfx(args: argparse.Namespace) -> None:
     feats, feat_lens = feats.to(device), feat_lens.to(device)
     audio = float(feat_lens.sum()) / 100
 
+    sync = device_sync(device)
+
     def synced(run: Callable[[], object]) -> Callable[[], object]:
         def call():
             out = run()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            sync()
             return out
         return call
 

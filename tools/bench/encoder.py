@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))  # run as a script: this checkout's asr before any
 from asr.config import load_config  # noqa: E402
 from asr.encoders import EncoderConfig, build_encoder  # noqa: E402
 from tools.bench._args import COUNT, NON_NEGATIVE_INT, POSITIVE  # noqa: E402
+from tools.bench._sync import device_sync, no_sync  # noqa: E402
 
 PRESET_DIR = ROOT / "recipes" / "presets"
 FRAMES_PER_SECOND = 100
@@ -47,18 +48,7 @@ def transducer_head_params(enc_dim: int, vocab_size: int = 500, dim: int = 512) 
     return predictor + joiner
 
 
-def _no_sync() -> None:
-    """Nothing to wait for: CPU work is done when the call returns."""
-
-
-def device_sync(device: str) -> Callable[[], None]:
-    """What waits for ``device``'s queued work: ``torch.cuda.synchronize`` on CUDA (kernels run
-    asynchronously, a timer read right after the call would time their launch only), else
-    nothing."""
-    return torch.cuda.synchronize if torch.device(device).type == "cuda" else _no_sync
-
-
-def _timed(fn: Callable[[], object], repeats: int, sync: Callable[[], None] = _no_sync) -> float:
+def _timed(fn: Callable[[], object], repeats: int, sync: Callable[[], None] = no_sync) -> float:
     """Best wall time of ``repeats`` calls of ``fn`` after an untimed one, ``sync()`` waiting
     for the device's queued work before each timer read."""
     fn()  # warm-up
