@@ -64,8 +64,8 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") 
     """Loads a file written by :func:`atomic_torch_save` with ``weights_only=True``.
 
     Raises:
-        CheckpointError: if the file is missing, truncated, or holds anything but tensors and
-            plain containers (which would need unpickling code).
+        CheckpointError: if the file is missing, truncated, holds anything but tensors and
+            plain containers (which would need unpickling code), or is deleted while it is read.
     """
     path = Path(path)
     if not path.is_file():
@@ -75,9 +75,17 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") 
     except FileNotFoundError as err:  # deleted since is_file (a training's keep_last pruning)
         raise CheckpointError(f"checkpoint {path} does not exist") from err
     except Exception as err:  # torch raises several types for truncated / foreign files
+        reason = f"{type(err).__name__}: {_load_reason(err)}"
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:  # the read failed as the file went (keep_last pruning)
+            raise CheckpointError(
+                f"checkpoint {path} was deleted while it was being read (a running training's "
+                f"train.keep_last pruning?); the read failed with {reason}"
+            ) from err
         raise CheckpointError(
-            f"cannot load checkpoint {path} ({path.stat().st_size} bytes): it is truncated, "
-            f"corrupt or not a weights-only checkpoint: {type(err).__name__}: {_load_reason(err)}"
+            f"cannot load checkpoint {path} ({size} bytes): it is truncated, corrupt or not a "
+            f"weights-only checkpoint: {reason}"
         ) from err
 
 

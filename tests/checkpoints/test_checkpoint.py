@@ -572,3 +572,36 @@ def test_a_checkpoint_deleted_as_it_is_opened_is_chosen_again(tmp_path, monkeypa
     chosen = select_weights(tmp_path, WeightSelection(last=2))
     assert chosen.tag == "last-2-checkpoint-40"
     assert opened == ["checkpoint-20.pt", "checkpoint-30.pt", "checkpoint-40.pt"]
+
+
+def test_a_checkpoint_deleted_while_its_read_fails_is_named_and_chosen_again(tmp_path,
+                                                                             monkeypatch):
+    """keep_last pruning that deletes a chosen checkpoint while torch.load reads it (on NFS a
+    read of a file deleted by another host fails midway, with ESTALE or a torn zip record): the
+    error path asked the vanished file for its size, so a bare FileNotFoundError, naming
+    neither what happened nor the read's error, escaped the load and the selection, which
+    chooses again only on a CheckpointError."""
+    for step in (20, 30):
+        _write_step_checkpoint(tmp_path, step)
+    real_load, opened = torch.load, []
+
+    def load(path, *args, **kwargs):
+        opened.append(Path(path).name)
+        if path == checkpoint_path(tmp_path, 20) and len(opened) == 1:
+            # the training writes checkpoint-40.pt and prunes to keep_last=2 mid-read
+            _write_step_checkpoint(tmp_path, 40)
+            remove_old_checkpoints(tmp_path, keep_last=2)
+            raise RuntimeError("PytorchStreamReader failed reading file data/0: invalid header")
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load)
+    chosen = select_weights(tmp_path, WeightSelection(last=2))
+    assert chosen.tag == "last-2-checkpoint-40"
+    assert opened == ["checkpoint-20.pt", "checkpoint-30.pt", "checkpoint-40.pt"]
+    _write_step_checkpoint(tmp_path, 20)
+    opened.clear()
+    with pytest.raises(CheckpointError, match=(
+            r"checkpoint \S+checkpoint-20\.pt was deleted while it was being read \(a running "
+            r"training's train\.keep_last pruning\?\); the read failed with RuntimeError: "
+            r"PytorchStreamReader failed reading file data/0: invalid header$")):
+        safe_torch_load(checkpoint_path(tmp_path, 20))
