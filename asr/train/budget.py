@@ -154,15 +154,31 @@ class TimeBudget:
         return self._run_start is not None
 
     def start(self, progress: Progress) -> None:
-        """A run starts (or resumes) at ``progress``. Collective."""
+        """A run starts (or resumes) at ``progress``. Collective.
+
+        A plan made for another ``time_budget_s`` than this run's (``Progress.plan_budget_s``)
+        is dropped: the run trains on (a raised budget continues a run that ended on its plan)
+        and plans for its own budget after ``time_budget_calibration_steps`` steps, as every
+        resumed run re-plans.
+        """
         self._run_start = self.clock()
         self._seconds_before = progress.train_seconds
         self._start_step = progress.step
         self._epoch_end_seconds = []
         self._rate_marks = []
         self.spent = False
-        if self.enabled:
-            self._check(progress)
+        if not self.enabled:
+            return
+        budget, planned_for = self.cfg.time_budget_s, progress.plan_budget_s
+        if progress.planned_steps > 0 and planned_for is not None and planned_for != budget:
+            logger.info(
+                "time budget %.0f s, the plan of %d steps was made for %.0f s: planning again "
+                "after %d steps", budget, progress.planned_steps, planned_for,
+                self.cfg.time_budget_calibration_steps,
+            )
+            progress.planned_steps = 0
+            progress.plan_budget_s = None
+        self._check(progress)
 
     def elapsed(self) -> float:
         """Training seconds so far, earlier (resumed) runs included."""
@@ -287,4 +303,5 @@ class TimeBudget:
             )
         self._planned_total = total
         p.planned_steps = 0 if by_epochs else total
+        p.plan_budget_s = self.cfg.time_budget_s
         return total

@@ -61,7 +61,11 @@ class TrainConfig:
             ``optim.total_steps``); ``max_steps`` (when > 0) and ``max_epochs`` cap the plan, and
             training stops when the budget is spent whatever the plan said. The step count then
             depends on the machine: resumption restores the plan and continues it, but is exact
-            only where the re-measured plan comes out the same.
+            only where the re-measured plan comes out the same. A run resumed with another
+            budget (as ``max_time`` in Lightning / NeMo, the budget counts the seconds of all
+            the runs) drops its plan and plans for the new one: a raised budget continues a run
+            that had ended on its plan (its cosine horizon moves out with the new plan, so the
+            rate rises again from the floor it had reached), a lowered one ends it sooner.
         time_budget_calibration_steps: steps before the first plan; the step cost is timed from
             a fifth of them on (the first steps of a run mostly pay for start-up).
         time_budget_quantum: plans are rounded down to a multiple of this many steps, so repeated
@@ -155,6 +159,10 @@ class Progress:
         loss_sum / utts_sum: running training loss of the current epoch.
         planned_steps: where a run stops to fit ``train.time_budget_s`` (0: no plan yet, or all
             of ``max_epochs`` fit; the scheduler keeps the cosine horizon).
+        plan_budget_s: the ``train.time_budget_s`` that ``planned_steps`` was planned for (None:
+            no plan yet, or unknown in a checkpoint written before it was kept). A run resumed
+            with another budget drops the plan and plans for its own budget
+            (:meth:`asr.train.budget.TimeBudget.start`).
         train_seconds: wall-clock seconds spent training, summed over resumed runs.
         skipped_steps: optimizer steps skipped for non-finite gradients.
         skipped_in_a_row: of them, those since the last step taken (``train.max_skipped_in_a_row``
@@ -185,6 +193,7 @@ class Progress:
     loss_sum: float = 0.0
     utts_sum: float = 0.0
     planned_steps: int = 0
+    plan_budget_s: float | None = None
     train_seconds: float = 0.0
     skipped_steps: int = 0
     skipped_in_a_row: int = 0
@@ -203,7 +212,7 @@ class Progress:
     def from_state_dict(cls, state: dict[str, Any]) -> Progress:
         history = [EpochRecord(**r) for r in state.get("history", [])]
         valid_loss, scalars = state.get("valid_loss"), state.get("step_scalars")
-        log_bytes = state.get("log_bytes")
+        log_bytes, plan_budget_s = state.get("log_bytes"), state.get("plan_budget_s")
         epoch_world_size = state.get("epoch_world_size")
         return cls(
             epoch=int(state["epoch"]),
@@ -213,6 +222,7 @@ class Progress:
             loss_sum=float(state.get("loss_sum", 0.0)),
             utts_sum=float(state.get("utts_sum", 0.0)),
             planned_steps=int(state.get("planned_steps", 0)),
+            plan_budget_s=None if plan_budget_s is None else float(plan_budget_s),
             train_seconds=float(state.get("train_seconds", 0.0)),
             skipped_steps=int(state.get("skipped_steps", 0)),
             skipped_in_a_row=int(state.get("skipped_in_a_row", 0)),

@@ -246,3 +246,24 @@ def test_start_up_cost_of_the_first_steps_is_not_taken_for_the_step_cost(tmp_pat
     trainer = budget_run(tmp_path, clock, budget=100.0, start_up=40.0, calibration=10)
     assert trainer.progress.step == trainer.progress.planned_steps == 35
     assert clock.now == pytest.approx(40 + 35 + 4 * 5)
+
+
+def test_a_raised_budget_continues_a_run_that_ended_on_its_plan(tmp_path, caplog):
+    """A run that ended on the plan for 60 s (35 steps) and is resumed with 120 s trains on, as
+    Lightning's / NeMo's ``max_time`` does: the stored plan was for 60 s, so it plans again, for
+    120 s summed over both runs, and the cosine schedule ends on the new plan. Resumed with the
+    budget it was planned for, a finished run stays finished."""
+    clock = FakeClock()
+    first = budget_run(tmp_path, clock, budget=60.0)
+    assert first.progress.step == first.progress.planned_steps == 35
+    assert first.progress.plan_budget_s == 60.0
+    same = budget_run(tmp_path, clock, budget=60.0, resume=True)
+    assert same.progress.step == 35 and clock.now == pytest.approx(35 + 4 * 5)
+    with caplog.at_level(logging.INFO, logger="asr.train.budget"):
+        raised = budget_run(tmp_path, clock, budget=120.0, resume=True)
+    assert "the plan of 35 steps was made for 60 s: planning again" in caplog.text
+    p = raised.progress
+    assert p.step == p.planned_steps == raised.scheduler.total_steps > 35
+    assert p.plan_budget_s == 120.0
+    assert 0.9 * 120.0 <= p.train_seconds <= 120.0
+    assert raised.scheduler.get_last_lr() == pytest.approx(1e-4)
