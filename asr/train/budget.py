@@ -1,8 +1,10 @@
 """Fitting a training run to a wall-clock budget: how many optimizer steps are left to plan.
 
-A budgeted run (``train.time_budget_s``) measures what a step and an end of epoch (validation, dev
-WER, checkpoint, plot) cost on the machine it runs on, and plans its total step count so that the
-whole run fits the budget; the cosine schedule then decays to its floor exactly at the planned step.
+A budgeted run (``train.time_budget_s``) measures what a step, an end of epoch (validation, dev
+WER, checkpoint, plot) and the work done every so many steps (a validation every
+``train.valid_interval`` steps, a checkpoint every ``checkpoint_interval``) cost on the machine it
+runs on, each apart, and plans its total step count so that the whole run fits the budget; the
+cosine schedule then decays to its floor exactly at the planned step.
 The mini_tts main job thus trains ~1700 float32 steps on a 2-core AVX2 machine (estimated) and
 2900-3400 bf16 steps on one with AMX (measured) in the same minutes, instead of a step count sized
 for the slowest machine.
@@ -13,10 +15,11 @@ the trainer calls it after every optimizer step and at every end of epoch, and a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from asr.train.distributed import DistInfo, all_reduce_sum
@@ -36,8 +39,8 @@ class PlanInput:
     Attributes:
         step: optimizer steps taken so far.
         remaining_s: budget seconds left.
-        sec_per_step: measured cost of one optimizer step (data, forward, backward, periodic
-            checkpoints).
+        sec_per_step: measured cost of one optimizer step (data, forward, backward, logs), without
+            the work between steps (``periodic``, ends of epochs).
         epoch_end_s: measured cost of one end of epoch (0 while none has happened).
         steps_per_epoch: optimizer steps of a whole epoch (0 while unknown: before the first one
             ends, epoch ends are neither counted nor capped).
@@ -45,6 +48,8 @@ class PlanInput:
             and its end comes before any further step (ignored while ``steps_per_epoch`` is 0).
         epochs_left: epochs that may still start or continue, the current one included.
         max_steps: a fixed upper limit on the total (0: none).
+        periodic: ``(every, seconds)`` of the work done after each optimizer step whose count is
+            a multiple of ``every`` (a validation, a checkpoint), ``seconds`` each time.
         quantum: the plan is rounded down to a multiple of this (so that repeated runs on the
             same machine usually agree), unless the epoch limit ends training first.
     """
@@ -57,6 +62,7 @@ class PlanInput:
     steps_left_in_epoch: int = 0
     epochs_left: int = 1
     max_steps: int = 0
+    periodic: tuple[tuple[int, float], ...] = ()
     quantum: int = 1
 
 
@@ -72,7 +78,10 @@ def _epoch_ends(n: int, inp: PlanInput) -> int:
 
 
 def _cost(n: int, inp: PlanInput) -> float:
-    return n * inp.sec_per_step + _epoch_ends(n, inp) * inp.epoch_end_s
+    """Seconds of ``n`` more steps, with the ends of epochs and the periodic work they bring."""
+    periodic = sum(((inp.step + n) // every - inp.step // every) * seconds
+                   for every, seconds in inp.periodic)
+    return n * inp.sec_per_step + _epoch_ends(n, inp) * inp.epoch_end_s + periodic
 
 
 @dataclass(frozen=True)
@@ -94,6 +103,8 @@ def plan_total_steps(inp: PlanInput) -> StepPlan:
         raise ValueError(f"sec_per_step must be a positive number, got {inp.sec_per_step}")
     if inp.quantum <= 0:
         raise ValueError(f"quantum must be > 0, got {inp.quantum}")
+    if any(every <= 0 for every, _ in inp.periodic):
+        raise ValueError(f"periodic work must come every > 0 steps, got {inp.periodic}")
     available = SAFETY * inp.remaining_s
     lo, hi = 0, max(int(available / inp.sec_per_step) + 1, 1)  # cost(lo) fits, cost(hi) not
     while hi - lo > 1:  # the cost grows with n: bisect for the most steps that fit
@@ -111,15 +122,28 @@ def plan_total_steps(inp: PlanInput) -> StepPlan:
     return StepPlan(max(total // inp.quantum * inp.quantum, inp.step))
 
 
+#: What :meth:`TimeBudget.between_steps` times: a validation every ``train.valid_interval``
+#: steps, a checkpoint every ``train.checkpoint_interval`` steps, and the rest of an end of epoch
+#: after its plan (its checkpoint, the plot).
+VALIDATION, CHECKPOINT, EPOCH_END = "validation", "checkpoint", "epoch end"
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
 class TimeBudget:
     """The wall clock of a training run and, with ``train.time_budget_s > 0``, its step plan.
 
     It counts the seconds trained (summed over resumed runs: ``Progress.train_seconds``), measures
     the cost of a step (from a fifth of the calibration steps on, over the latest
-    ``time_budget_window`` steps, without the ends of epochs) and of an end of epoch, plans the
-    total step count (:func:`plan_total_steps`) after ``time_budget_calibration_steps`` steps,
-    every ``time_budget_quantum`` steps after that and at every end of epoch, and says after every
-    step and every end of epoch whether the budget is spent. Every method that plans or checks
+    ``time_budget_window`` steps, without the work between steps that :meth:`after_epoch` and
+    :meth:`between_steps` are given) and, apart, of an end of epoch and of each kind of periodic
+    work (mean over this run's), so that a validation or a checkpoint inside the window does not
+    swing the step cost and the plan; plans the total step count (:func:`plan_total_steps`) after
+    ``time_budget_calibration_steps`` steps, every ``time_budget_quantum`` steps after that and
+    at every end of epoch, and says after every step and every end of epoch whether the budget
+    is spent. Every method that plans or checks
     the budget is collective when distributed: rank 0's plan holds everywhere, and every rank
     stops once any rank's clock says the budget is spent. After a step the ranks have agreed on
     that already, in the step's one all-reduce (:func:`asr.train.agreement.agree` of each rank's
@@ -141,11 +165,17 @@ class TimeBudget:
         self._run_start: float | None = None  # clock() when the run started
         self._seconds_before = 0.0  # training seconds of earlier (resumed) runs
         self._start_step = 0
-        self._epoch_end_seconds: list[float] = []  # end-of-epoch costs of this run
-        # (clock, step, epoch ends) marks that step timing starts from: the first one after the
-        # first steps of a run, whose cost is mostly start-up (first batches, kernel set-up), not
-        # steady training; then one per periodic re-plan, so that plans follow the recent cost.
-        self._rate_marks: list[tuple[float, int, int]] = []
+        # costs of this run's ends of epochs: up to their plans (validation, dev WER) and after
+        # them (the checkpoint, the plot: :data:`EPOCH_END`)
+        self._epoch_end_seconds: list[float] = []
+        self._epoch_end_tails: list[float] = []
+        self._periodic_seconds: dict[str, list[float]] = {VALIDATION: [], CHECKPOINT: []}
+        self._between = 0.0  # seconds of this run between steps (epoch ends, periodic work)
+        # (clock, step, self._between) marks that step timing starts from: the first one after
+        # the first steps of a run, whose cost is mostly start-up (first batches, kernel set-up),
+        # not steady training; then one per periodic re-plan, so that plans follow the recent
+        # cost.
+        self._rate_marks: list[tuple[float, int, float]] = []
         self._planned_total: int | None = None
 
     @property
@@ -165,6 +195,9 @@ class TimeBudget:
         self._seconds_before = progress.train_seconds
         self._start_step = progress.step
         self._epoch_end_seconds = []
+        self._epoch_end_tails = []
+        self._periodic_seconds = {VALIDATION: [], CHECKPOINT: []}
+        self._between = 0.0
         self._rate_marks = []
         self.spent = False
         if not self.enabled:
@@ -215,25 +248,44 @@ class TimeBudget:
             self._mark_rate(progress)
         since = steps_this_run - calibration
         if since >= 0 and since % self.cfg.time_budget_quantum == 0:
-            total = self._plan(progress)  # after calibration, then every quantum steps
+            # after calibration, then every quantum steps; before this step's periodic work
+            total = self._plan(progress, at_epoch_end=False)
             if since > 0:
                 self._mark_rate(progress)
         # Every step, not every log_interval: a run stops at the first step past its budget.
         self._stop_if(spent, progress)
         return total
 
+    @contextlib.contextmanager
+    def between_steps(self, kind: str) -> Iterator[None]:
+        """Times the work inside it, done between two optimizer steps, as ``kind``:
+        :data:`VALIDATION` or :data:`CHECKPOINT` (the interval's), whose mean cost plans count
+        at every ``valid_interval`` / ``checkpoint_interval`` steps, or :data:`EPOCH_END`, the
+        part of an end of epoch after :meth:`after_epoch` (its checkpoint, the plot), whose mean
+        cost plans add to that of the part before. Step costs leave it out."""
+        start = self.clock()
+        try:
+            yield
+        finally:
+            seconds = self.clock() - start
+            self._between += seconds
+            costs = self._epoch_end_tails if kind == EPOCH_END else self._periodic_seconds[kind]
+            costs.append(seconds)
+
     def after_epoch(self, progress: Progress, end_seconds: float) -> int | None:
-        """Called at an end of epoch that cost ``end_seconds`` (``progress.epoch`` is already the
-        next one), before its checkpoint; returns a new planned total, or None. Collective."""
+        """Called at an end of epoch that cost ``end_seconds`` so far (``progress.epoch`` is
+        already the next one), before its checkpoint, whose cost the trainer adds with
+        :meth:`between_steps`; returns a new planned total, or None. Collective."""
+        self._epoch_end_seconds.append(end_seconds)
+        self._between += end_seconds
         if not self.enabled:
             return None
-        self._epoch_end_seconds.append(end_seconds)
         self._check(progress)
         if self.spent or 0 < self.limit(progress) <= progress.step:
             return None
         if progress.epoch > self.cfg.max_epochs:
             return None
-        return self._plan(progress)
+        return self._plan(progress, at_epoch_end=True)
 
     def _check(self, progress: Progress) -> None:
         """Whether the budget is spent on any rank's clock: collective."""
@@ -249,37 +301,49 @@ class TimeBudget:
             )
 
     def _mark_rate(self, progress: Progress) -> None:
-        self._rate_marks.append((self.clock(), progress.step, len(self._epoch_end_seconds)))
+        self._rate_marks.append((self.clock(), progress.step, self._between))
         # Only the newest mark at least a window old is ever used (or the first one).
         window_start = progress.step - self.cfg.time_budget_window
         old = [i for i, m in enumerate(self._rate_marks) if m[1] <= window_start]
         if len(old) > 1:
             del self._rate_marks[1 : old[-1]]
 
-    def _plan(self, progress: Progress) -> int | None:
+    def _periodic(self) -> tuple[tuple[int, float], ...]:
+        """``PlanInput.periodic``: each kind of interval work done in this run, its mean cost."""
+        every = {VALIDATION: self.cfg.valid_interval, CHECKPOINT: self.cfg.checkpoint_interval}
+        return tuple((every[kind], _mean(costs))
+                     for kind, costs in self._periodic_seconds.items() if every[kind] > 0 and costs)
+
+    def _plan(self, progress: Progress, at_epoch_end: bool) -> int | None:
         """(Re)plans the total step count from this run's measured costs; sets
-        ``progress.planned_steps`` and returns the total for the schedule."""
+        ``progress.planned_steps`` and returns the total for the schedule. The work still due
+        before the next step is taken off the time left at its mean cost: at an end of epoch
+        (``at_epoch_end``) its checkpoint and plot, else the periodic work of the step just
+        taken (its validation, its checkpoint)."""
         p = progress
         if p.step - self._start_step <= 0:
             return None
         assert self._run_start is not None
-        epoch_end_s = (sum(self._epoch_end_seconds) / len(self._epoch_end_seconds)
-                       if self._epoch_end_seconds else 0.0)
+        tail_s = _mean(self._epoch_end_tails)
+        epoch_end_s = _mean(self._epoch_end_seconds) + tail_s
         # The cost of the latest time_budget_window steps (or more): a machine whose speed
         # changes during the run (other load, a shared host) gets plans that follow it.
         recent = [m for m in self._rate_marks if m[1] <= p.step - self.cfg.time_budget_window]
         origin = recent[-1] if recent else (self._rate_marks[0] if self._rate_marks else None)
         if origin is None or p.step <= origin[1]:  # too early: time the run from its start
-            origin = (self._run_start, self._start_step, 0)
+            origin = (self._run_start, self._start_step, 0.0)
         timed_steps = p.step - origin[1]
-        step_seconds = self.clock() - origin[0] - sum(self._epoch_end_seconds[origin[2]:])
+        step_seconds = self.clock() - origin[0] - (self._between - origin[2])
         ends = [r.step for r in p.history if r.step is not None]
         steps_per_epoch = ends[-1] - (ends[-2] if len(ends) > 1 else 0) if ends else 0
         # the epoch's global batches in this run's steps (each accum_grad batches of every rank)
         steps_into_epoch = p.batches_in_epoch // (self.cfg.accum_grad * self.dist.world_size)
+        periodic = self._periodic()
+        due = tail_s if at_epoch_end else sum(
+            seconds for every, seconds in periodic if p.step % every == 0)
         inp = PlanInput(
             step=p.step,
-            remaining_s=self.cfg.time_budget_s - self.elapsed(),
+            remaining_s=self.cfg.time_budget_s - self.elapsed() - due,
             sec_per_step=max(step_seconds / timed_steps, 1e-9),
             epoch_end_s=epoch_end_s,
             steps_per_epoch=steps_per_epoch,
@@ -287,6 +351,7 @@ class TimeBudget:
             steps_left_in_epoch=max(steps_per_epoch - steps_into_epoch, 0),
             epochs_left=self.cfg.max_epochs - p.epoch + 1,
             max_steps=self.cfg.max_steps,
+            periodic=periodic,
             quantum=self.cfg.time_budget_quantum,
         )
         plan = plan_total_steps(inp) if self.dist.is_main else None

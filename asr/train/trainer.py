@@ -67,7 +67,7 @@ from asr.checkpoints.io import (
 )
 from asr.constants import LOG_FORMAT
 from asr.train.agreement import StepReport, agree
-from asr.train.budget import TimeBudget
+from asr.train.budget import CHECKPOINT, EPOCH_END, VALIDATION, TimeBudget
 from asr.train.distributed import DistInfo, all_reduce_sum, average_gradients, barrier
 from asr.train.optim import OptimConfig, Scheduler, build_optimizer
 from asr.train.plot import plot_history
@@ -606,11 +606,13 @@ class Trainer:
         if p.step % self.cfg.log_interval == 0:
             self._log_step(loss, utts, metrics, lr, bar)
         if self.cfg.valid_interval > 0 and p.step % self.cfg.valid_interval == 0:
-            self._valid_loss()
+            with self.budget.between_steps(VALIDATION):  # the budget's plans count it apart
+                self._valid_loss()
         if self.cfg.checkpoint_interval > 0 and p.step % self.cfg.checkpoint_interval == 0:
-            self.save(checkpoint_path(self.exp_dir, p.step))
-            if self.dist.is_main:
-                remove_old_checkpoints(self.exp_dir, self.cfg.keep_last)
+            with self.budget.between_steps(CHECKPOINT):
+                self.save(checkpoint_path(self.exp_dir, p.step))
+                if self.dist.is_main:
+                    remove_old_checkpoints(self.exp_dir, self.cfg.keep_last)
 
     def _stop_if_preempted(self, signum: int | None, saved: bool) -> None:
         """Between steps: when a preemption signal ``signum`` reached some rank (agreed by all of
@@ -836,8 +838,9 @@ class Trainer:
         # The epoch checkpoint is a step checkpoint (what resume() looks for) plus a hard link
         # (or copy) named after the epoch for averaging and decoding by epoch.
         path = checkpoint_path(self.exp_dir, p.step)
-        self.save(path)
-        if self.dist.is_main:
-            link_epoch_checkpoint(path, p.epoch - 1)
-            remove_old_checkpoints(self.exp_dir, self.cfg.keep_last)
-            plot_history(p.history, self.exp_dir / "training.png")
+        with self.budget.between_steps(EPOCH_END):  # the end's cost for the next plans
+            self.save(path)
+            if self.dist.is_main:
+                link_epoch_checkpoint(path, p.epoch - 1)
+                remove_old_checkpoints(self.exp_dir, self.cfg.keep_last)
+                plot_history(p.history, self.exp_dir / "training.png")

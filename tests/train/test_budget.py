@@ -3,6 +3,7 @@
 import itertools
 import logging
 import random
+import re
 
 import pytest
 import torch
@@ -31,6 +32,7 @@ def brute_force_plan(inp: PlanInput) -> StepPlan:
             into_epoch = 0
             cost += inp.epoch_end_s  # an epoch ends before this step: paid since it is taken
         cost += inp.sec_per_step
+        cost += sum(seconds for every, seconds in inp.periodic if total % every == 0)
         if cost > available + 1e-9:
             break
         best = total
@@ -53,6 +55,7 @@ def test_plan_matches_brute_force_on_random_inputs():
             steps_left_in_epoch=rng.randint(0, steps_per_epoch) if steps_per_epoch else 0,
             epochs_left=rng.randint(1, 6),
             max_steps=rng.choice([0, 0, 30, 80]),
+            periodic=rng.choice([(), ((4, 2.0),), ((5, 3.0), (10, 1.5))]),
             quantum=rng.choice([1, 5, 10]),
         )
         assert plan_total_steps(inp) == brute_force_plan(inp), inp
@@ -73,8 +76,14 @@ def test_plan_examples():
                     steps_left_in_epoch=8, epochs_left=2, quantum=100)
     assert plan_total_steps(inp) == StepPlan(30, by_epochs=True)
     assert plan_total_steps(PlanInput(step=40, remaining_s=-3, sec_per_step=1.0)) == StepPlan(40)
+    # A 4 s validation after every 10th step: 70 steps and 7 of them fit 98 s (70 + 28).
+    inp = PlanInput(step=0, remaining_s=100, sec_per_step=1.0, periodic=((10, 4.0),))
+    assert plan_total_steps(inp) == StepPlan(70)
     with pytest.raises(ValueError, match="sec_per_step"):
         plan_total_steps(PlanInput(step=0, remaining_s=10, sec_per_step=0.0))
+    with pytest.raises(ValueError, match="every > 0 steps"):
+        plan_total_steps(PlanInput(step=0, remaining_s=10, sec_per_step=1.0,
+                                   periodic=((0, 1.0),)))
 
 
 class FakeClock:
@@ -114,7 +123,8 @@ class TimedToy(ToyModel):
 
 
 def budget_run(exp_dir, clock, budget=60.0, resume=False, fail_at=0, max_epochs=50,
-               calibration=3, window=200, quantum=1, log_interval=1, **timing):
+               calibration=3, window=200, quantum=1, log_interval=1, valid_interval=0,
+               valid_s=0.0, **timing):
     torch.manual_seed(0)
     model = TimedToy(clock, **timing)
 
@@ -128,14 +138,19 @@ def budget_run(exp_dir, clock, budget=60.0, resume=False, fail_at=0, max_epochs=
         clock.now += 5.0
         return 12.5
 
+    def valid_batches():
+        clock.now += valid_s
+        return batches(99, 0, num_batches=2)
+
     trainer = Trainer(
         model,
         OptimConfig(lr=1e-2, warmup_steps=3, schedule="cosine", total_steps=1000, min_lr=1e-4),
         TrainConfig(max_epochs=max_epochs, checkpoint_interval=4, log_interval=log_interval,
                     average_period=0, keep_last=0, time_budget_s=budget,
+                    valid_interval=valid_interval,
                     time_budget_calibration_steps=calibration, time_budget_quantum=quantum,
                     time_budget_window=window),
-        exp_dir, train_batches=train_batches, valid_batches=lambda: batches(99, 0, num_batches=2),
+        exp_dir, train_batches=train_batches, valid_batches=valid_batches,
         evaluate=evaluate, clock=clock,
     )
     if resume:
@@ -267,3 +282,37 @@ def test_a_raised_budget_continues_a_run_that_ended_on_its_plan(tmp_path, caplog
     assert p.plan_budget_s == 120.0
     assert 0.9 * 120.0 <= p.train_seconds <= 120.0
     assert raised.scheduler.get_last_lr() == pytest.approx(1e-4)
+
+
+def test_validations_and_checkpoints_between_steps_do_not_swing_the_plan(tmp_path, caplog,
+                                                                        monkeypatch):
+    """1 s steps, a 3 s validation after every 5th step and a 2 s checkpoint write after every
+    4th (and at each end of epoch, after the 5 s dev WER and the 3 s validation). Timed over the
+    latest 4 steps with the work between them, a step cost 1.5 s to 2.75 s as the window held
+    checkpoints or validations, and the plans made every step jumped between 41 and 57 steps
+    (and the steps' work due after a plan was not counted at all). Costed apart, a step costs
+    1 s in every plan, and from the first plan that knows every cost (after epoch 1's end and
+    its checkpoint) the plan is 43 steps until the end of epoch 5, which reuses the validation
+    of step 35 and so costs 3 s less than the others: 44 steps, ended on inside the budget."""
+    import asr.train.trainer as trainer_module
+
+    clock = FakeClock()
+    real_save = trainer_module.atomic_torch_save
+
+    def slow_save(obj, path):
+        clock.now += 2.0
+        real_save(obj, path)
+
+    monkeypatch.setattr(trainer_module, "atomic_torch_save", slow_save)
+    with caplog.at_level(logging.INFO, logger="asr.train.budget"):
+        trainer = budget_run(tmp_path, clock, budget=150.0, window=4, valid_interval=5,
+                             valid_s=3.0)
+    plans = [(int(m[1]), float(m[2]), int(m[3])) for m in re.finditer(
+        r"time budget: \S+ s left at step (\d+), (\S+) s per step,.* planning (\d+) steps",
+        caplog.text)]
+    assert {cost for _, cost, _ in plans} == {1.0}
+    assert [(step, total) for step, _, total in plans if step > 7] == [(8, 43), (35, 44)]
+    p = trainer.progress
+    assert p.step == p.planned_steps == 44
+    assert "time budget of 150 s spent" not in caplog.text
+    assert 0.9 * 150.0 <= p.train_seconds <= 150.0
