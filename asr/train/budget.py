@@ -128,6 +128,30 @@ def plan_total_steps(inp: PlanInput) -> StepPlan:
 VALIDATION, CHECKPOINT, EPOCH_END = "validation", "checkpoint", "epoch end"
 
 
+def epoch_steps(progress: Progress, accum_grad: int, world_size: int) -> tuple[int, int]:
+    """``(steps of a whole epoch, steps left in the current one)`` in optimizer steps of
+    ``world_size`` processes taking ``accum_grad`` batches each (``PlanInput.steps_per_epoch``
+    and ``steps_left_in_epoch``; ``(0, 0)`` before an epoch has ended), from the global batches
+    of the latest epoch finished (``EpochRecord.batches``) and those the current one has taken
+    (``Progress.batches_in_epoch``): right also when the world size changed at a resumption,
+    where the steps that epochs took would count steps of another size. An epoch's last step
+    takes the batches left over (:class:`asr.train.trainer.Trainer`). Checkpoints written
+    before epochs recorded their batches give the steps the latest epoch took.
+    """
+    ends = [r for r in progress.history if r.step is not None]
+    if not ends:
+        return 0, 0
+    last, into = ends[-1], progress.batches_in_epoch
+    if last.batches is None:
+        per_epoch = last.step - (ends[-2].step if len(ends) > 1 else 0)
+        return per_epoch, max(per_epoch - into // (accum_grad * world_size), 0)
+
+    def steps(global_batches: int) -> int:  # each process' share, accum_grad batches a step
+        return -(-(max(global_batches, 0) // world_size) // accum_grad)
+
+    return steps(last.batches), steps(last.batches - into)
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
@@ -334,10 +358,7 @@ class TimeBudget:
             origin = (self._run_start, self._start_step, 0.0)
         timed_steps = p.step - origin[1]
         step_seconds = self.clock() - origin[0] - (self._between - origin[2])
-        ends = [r.step for r in p.history if r.step is not None]
-        steps_per_epoch = ends[-1] - (ends[-2] if len(ends) > 1 else 0) if ends else 0
-        # the epoch's global batches in this run's steps (each accum_grad batches of every rank)
-        steps_into_epoch = p.batches_in_epoch // (self.cfg.accum_grad * self.dist.world_size)
+        steps_per_epoch, steps_left = epoch_steps(p, self.cfg.accum_grad, self.dist.world_size)
         periodic = self._periodic()
         due = tail_s if at_epoch_end else sum(
             seconds for every, seconds in periodic if p.step % every == 0)
@@ -348,7 +369,7 @@ class TimeBudget:
             epoch_end_s=epoch_end_s,
             steps_per_epoch=steps_per_epoch,
             # 0 on an epoch's last step: its end (validation, dev WER) comes before any more.
-            steps_left_in_epoch=max(steps_per_epoch - steps_into_epoch, 0),
+            steps_left_in_epoch=steps_left,
             epochs_left=self.cfg.max_epochs - p.epoch + 1,
             max_steps=self.cfg.max_steps,
             periodic=periodic,

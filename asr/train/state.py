@@ -80,7 +80,8 @@ class TrainConfig:
     (:mod:`asr.data.dataset`), and the model's (dropout, chunk sizes...) come from the main
     process' RNG state, which checkpoints capture. Resumed with another number of processes, a
     run trains the rest of the epoch's batches, each once, but not bit-exactly (the RNG streams
-    restart from the seed; :mod:`asr.train.trainer`).
+    restart from the seed; :mod:`asr.train.trainer`); a time budget's plans count the epochs'
+    batches in steps of the new number (:func:`asr.train.budget.epoch_steps`).
     """
 
     max_epochs: int = 10
@@ -137,6 +138,9 @@ class EpochRecord:
     valid_loss: float | None = None
     valid_wer: float | None = None
     step: int | None = None  # optimizer steps at the end of the epoch
+    # the epoch's global batches (all processes' together; None: unknown, in a checkpoint
+    # written before they were kept), which plans turn into steps of any world size
+    batches: int | None = None
 
 
 @dataclass

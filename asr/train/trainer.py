@@ -823,7 +823,8 @@ class Trainer:
             wer = self.evaluate(unwrap(self.model))
             if wer is not None:
                 self._add_scalar("valid/wer", wer)
-        p.history.append(EpochRecord(p.epoch, train_loss, valid_loss, wer, p.step))
+        p.history.append(EpochRecord(p.epoch, train_loss, valid_loss, wer, p.step,
+                                     p.batches_in_epoch))
         logger.info(
             "epoch %d done: train loss %.4f, valid loss %s, dev WER %s", p.epoch, train_loss,
             "n/a" if valid_loss is None else f"{valid_loss:.4f}",

@@ -167,7 +167,7 @@ def test_budgeted_run_fits_its_budget_and_ends_the_schedule_on_the_plan(tmp_path
     # (58 steps); from the end of epoch 1 on it is 35 steps and 4 ends (55 s <= 98% of 60 s);
     # one step more would pay for a 5th end (61 s).
     assert p.planned_steps == p.step == 35
-    assert len(p.history) == 4
+    assert [r.batches for r in p.history] == [7] * 4  # what plans count epochs by
     assert p.train_seconds <= 60.0
     assert clock.now == pytest.approx(35 + 4 * 5)
     # The cosine schedule reached its floor at the planned step, not at optim.total_steps.
@@ -316,3 +316,38 @@ def test_validations_and_checkpoints_between_steps_do_not_swing_the_plan(tmp_pat
     assert p.step == p.planned_steps == 44
     assert "time budget of 150 s spent" not in caplog.text
     assert 0.9 * 150.0 <= p.train_seconds <= 150.0
+
+
+@pytest.mark.parametrize("before, after, expected_total", [
+    # 20 global batches an epoch. 2 -> 1 processes: 11 of epoch 2's left after step 15, then 20
+    # of epoch 3 (the steps that epoch 1 took, 10, gave 15 + 1 + 10 = 26, half of epoch 3).
+    (2, 1, 15 + 11 + 20),
+    # 1 -> 2: 5 steps of 2 batches left after step 29, then 10 (the 20 steps of epoch 1 gave
+    # 29 + 15 + 20 = 64: a schedule that never reaches its floor).
+    (1, 2, 29 + 5 + 10),
+])
+def test_a_run_resumed_with_another_world_size_plans_its_epochs_in_its_own_steps(
+        monkeypatch, before, after, expected_total):
+    """A checkpoint of 2 (or 1) processes, resumed by 1 (or 2) in epoch 2 of 3 with a budget
+    that fits them all: the plan ends with the epochs, on the step the last epoch ends at in
+    steps of the new world size (each step takes one batch of each process)."""
+    import asr.train.budget as budget_module
+    from asr.train.distributed import DistInfo
+    from asr.train.state import EpochRecord, Progress
+
+    # rank 0 of a job of `after` processes: its sums are its own (the plan is rank 0's)
+    monkeypatch.setattr(budget_module, "all_reduce_sum", lambda value, _dist: value)
+    epoch_steps = 20 // before
+    taken = 8  # global batches of epoch 2 when the checkpoint was written
+    progress = Progress(epoch=2, step=epoch_steps + taken // before, batches_in_epoch=taken,
+                        epoch_world_size=before, history=[EpochRecord(1, 1.0, step=epoch_steps,
+                                                                      batches=20)])
+    clock = FakeClock()
+    cfg = TrainConfig(max_epochs=3, time_budget_s=1e6, time_budget_calibration_steps=1)
+    budget = budget_module.TimeBudget(cfg, DistInfo(rank=0, world_size=after), clock)
+    budget.start(progress)
+    clock.now += 1.0  # one step of this run: `after` global batches
+    progress.step += 1
+    progress.batches_in_epoch += after
+    assert budget.after_step(progress, spent=False) == expected_total
+    assert progress.planned_steps == 0  # all of max_epochs fit: they end the run
