@@ -45,9 +45,9 @@ def setup_distributed(device: str = "auto") -> DistInfo:
     ranks wait for one of them between collectives is rank 0 writing a checkpoint
     (:meth:`asr.train.trainer.Trainer.save`; the other ranks wait in its barrier) and then
     naming, pruning and plotting; every rank validates and decodes the dev WER on its own share.
-    A checkpoint holds ~16 bytes a parameter (weights, AdamW's two moments, the running
-    average): 2.4 GB for the largest preset (encoder_l, ~150M), which 10 minutes cover down to
-    a disk writing 4 MB/s.
+    A checkpoint holds ~20 bytes a parameter (float32 weights and AdamW's two moments, the
+    float64 running average): 3 GB for the largest preset (encoder_l, ~150M), which 10 minutes
+    cover down to a disk writing 5 MB/s.
 
     Args:
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
