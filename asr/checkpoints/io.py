@@ -254,17 +254,28 @@ def link_epoch_checkpoint(checkpoint: str | Path, epoch: int) -> Path:
     return path
 
 
-def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+def remove_stale_temporaries(directory: str | Path, writing_here: bool = True) -> list[Path]:
     """Deletes the temporaries of atomic writes (:func:`asr.fileio.write_atomic`) in
     ``directory`` whose writing process is gone (a run killed while it wrote a checkpoint leaves
-    one the size of a checkpoint); returns what it deleted."""
+    one the size of a checkpoint); returns what it deleted.
+
+    Args:
+        directory: where to look (not below it).
+        writing_here: whether this process may be writing in ``directory`` now: its own
+            temporaries are then live. A caller that is not (a training that resumes, before it
+            writes anything) removes those too: a container restarted after a kill often runs
+            the same command under the killed process' pid, whose temporaries stayed forever.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         return []
     removed = []
     for path in directory.iterdir():
         m = TEMPORARY_PATTERN.match(path.name)
-        if m is None or not path.is_file() or _process_alive(int(m.group(1))):
+        if m is None or not path.is_file():
+            continue
+        pid = int(m.group(1))
+        if (writing_here or pid != os.getpid()) and _process_alive(pid):
             continue
         path.unlink(missing_ok=True)
         removed.append(path)

@@ -305,7 +305,9 @@ class Trainer:
                 ``check_resume``.
         """
         if self.dist.is_main:
-            remove_stale_temporaries(self.exp_dir)
+            # nothing of this process is written there yet: a temporary with its pid is a
+            # killed process' whose pid it was given again (a restarted container)
+            remove_stale_temporaries(self.exp_dir, writing_here=False)
         newest = not path
         path = Path(path) if path else latest_checkpoint(self.exp_dir)
         if path is None:

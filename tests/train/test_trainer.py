@@ -201,12 +201,16 @@ def test_resume_names_an_epoch_left_unnamed_and_removes_dead_writers_temporaries
     stale.write_bytes(b"half a checkpoint")
     live = tmp_path / f".checkpoint-9.pt.tmp-{os.getppid()}"  # a writer still running
     live.write_bytes(b"being written")
+    # a killed writer whose pid this process was given (a container restarted after a kill
+    # starts the same processes in the same order): the resuming training writes nothing yet
+    reused = tmp_path / f".checkpoint-8.pt.tmp-{os.getpid()}"
+    reused.write_bytes(b"half a checkpoint")
     trainer = Trainer(ToyModel(), OptimConfig(lr=1e-2), TrainConfig(max_epochs=2), tmp_path,
                       train_batches=batches)
     assert trainer.resume()
     epoch = tmp_path / "epoch-1.pt"
     assert epoch.exists() and epoch.samefile(tmp_path / "checkpoint-7.pt")
-    assert not stale.exists() and live.exists()
+    assert not stale.exists() and live.exists() and not reused.exists()
 
 
 @pytest.fixture
