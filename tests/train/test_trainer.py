@@ -146,6 +146,8 @@ def test_a_checkpoint_without_its_world_size_resumes_as_before_with_a_warning(tm
         assert trainer.resume()
     assert "before checkpoints recorded their world size" in caplog.text
     assert "cuts of epoch 1 may be trained on twice or not at all" in caplog.text
+    # no rank's RNG state is this process' own: they restart from the seed, said so
+    assert "written by 2 processes, resuming with 1: RNG streams restart" in caplog.text
     trainer.fit()
     assert calls[0] == (1, 2, 1)
     assert trainer.progress.step == 7
