@@ -12,7 +12,8 @@ The format is chosen by the path (first matching rule):
 
 A text file (plain or Kaldi) may be gzip-compressed, told by its first bytes whatever its name
 (:func:`asr.fileio.read_text`): LibriSpeech's LM corpus ``librispeech-lm-norm.txt.gz`` is read
-as it ships.
+as it ships. Its lines end at ``\\n`` or ``\\r\\n`` (:func:`asr.fileio.read_lines`); a lone
+``\\r`` inside a line is whitespace of that sentence, as in Kaldi, not the end of it.
 
 Each sentence's whitespace is normalised (:func:`asr.tokenizers.base.normalize_whitespace`, as
 the tokenizers' trainers normalise it) and empty sentences are skipped; the text is otherwise
@@ -21,11 +22,10 @@ returned as written (no case change).
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from asr.fileio import check_gzip_name, read_text
+from asr.fileio import check_gzip_name, read_lines
 from asr.tokenizers.base import check_text, normalize_whitespace
 
 #: The command-line help of a ``--transcripts`` option read by :func:`read_transcripts`.
@@ -104,9 +104,10 @@ def _iter_path(path: Path) -> Iterator[tuple[str, str]]:
 
 
 def _lines(path: Path) -> Iterator[str]:
-    """The lines of a UTF-8 text file, plain or gzip-compressed (universal newlines, as
-    ``open()`` reads them)."""
-    return iter(io.StringIO(read_text(path), newline=None))
+    """The lines of a UTF-8 text file, plain or gzip-compressed, broken at ``\\n`` and
+    ``\\r\\n`` only (:func:`asr.fileio.read_lines`: a lone ``\\r`` is whitespace inside its
+    line, as in Kaldi)."""
+    return iter(read_lines(path))
 
 
 def _iter_kaldi(path: Path) -> Iterator[tuple[str, str]]:
