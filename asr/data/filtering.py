@@ -50,8 +50,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["SPEEDS_FIELD", "SPEED_COPY_FIELD", "SUPERVISION_TOLERANCE", "FilterStats",
            "TextEncoder", "allowed_speeds", "check_cut_audio", "check_cut_files", "cut_files",
            "cut_text", "data_files", "encode_cut_text", "drop_reason", "error_reason",
-           "filter_cuts", "supervision_outside", "unreadable_cut_error", "unreadable_field",
-           "with_speed_copy_record"]
+           "filter_cuts", "is_speed_copy", "supervision_outside", "unreadable_cut_error",
+           "unreadable_field", "with_speed_copy_record"]
 
 #: The custom field of a cut kept at only some of the speeds it was judged at: those speeds.
 SPEEDS_FIELD = "speed_factors"
@@ -493,6 +493,14 @@ def _speed_transform(cut) -> str | None:
             kind = "Speed" if suffix["kind"] == "sp" else "Tempo"
             return f"{kind}(factor={suffix['factor']}), by its id"
     return None
+
+
+def is_speed_copy(cut) -> bool:
+    """Whether ``cut``'s audio is a speed (or tempo) copy of another cut's
+    (:func:`_speed_transform`), e.g. one of the ``0.9``/``1.1`` copies that ``asr prepare fbank
+    --speed-perturb`` writes beside each original; False for anything without a recording (a
+    supervision)."""
+    return _speed_transform(cut) is not None
 
 
 def with_speed_copy_record(cut):
