@@ -64,7 +64,9 @@ SPEED_COPY_FIELD = "speed_copy"
 
 #: The id suffix lhotse's ``perturb_speed``/``perturb_tempo`` give a copy's recording
 #: (``f"_sp{factor}"`` of a float factor: ``_sp0.9``, ``_tp1.1``): all that tells a speed copy in
-#: a Shar directory of audio written without :data:`SPEED_COPY_FIELD` (lhotse's ``to_shar``).
+#: a cut of a Shar directory of audio that has no :data:`SPEED_COPY_FIELD` (lhotse's
+#: ``to_shar``, or an ``asr shar`` directory whose cuts other than copies have none: it is kept
+#: while its inputs are unchanged).
 #: The factor must have a decimal point, so that an id such as ``meeting_sp1`` is no copy.
 _PERTURBED_ID = re.compile(r"_(?P<kind>sp|tp)(?P<factor>\d+\.\d+)$")
 
