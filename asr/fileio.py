@@ -1,6 +1,6 @@
 """Atomic file writing: the one way the package replaces a file; reading a text file as UTF-8 with
 an error that names the file and line (:func:`read_text`), and into its lines (:func:`read_lines`:
-broken at newlines only); and the one rule for reading a file
+broken at ``\\n`` and ``\\r\\n`` only); and the one rule for reading a file
 that may be gzip-compressed (an ARPA LM, a cut manifest, a text file :func:`read_text` reads: a
 transcript or LM corpus such as ``librispeech-lm-norm.txt.gz``): gzip is told by its first
 bytes, :data:`GZIP_MAGIC`, whatever the file's name (:func:`open_maybe_gzip`). Where a file is
@@ -95,8 +95,9 @@ TEMPORARY_PATTERN = re.compile(r"^\..+\.tmp-(\d+)((?:\.[A-Za-z0-9]+)*)$")
 #: The first bytes of a gzip stream (RFC 1952): what tells a compressed file when reading.
 GZIP_MAGIC = b"\x1f\x8b"
 
-#: What ends a line of a text file: what ``open()`` in text mode breaks lines at.
-_NEWLINE = re.compile(r"\r\n|\r|\n")
+#: What ends a line of a text file: ``\n``, and ``\r\n`` as a Windows editor writes it (a lone
+#: ``\r`` does not: Kaldi's readers break lines at ``\n`` alone).
+_NEWLINE = re.compile(r"\r?\n")
 
 _FILE_MODE = 0o666  # what open() asks for; the umask takes its bits away
 
@@ -251,11 +252,14 @@ def read_text(path: str | Path, errors: Literal["strict", "replace"] = "strict")
 
 def read_lines(path: str | Path, errors: Literal["strict", "replace"] = "strict") -> list[str]:
     """The lines of the text file ``path`` as :func:`read_text` reads it, without their ends:
-    broken at ``\\n``, ``\\r\\n`` and ``\\r`` only, as ``open()`` reads a text file. The other
-    characters that ``str.splitlines`` breaks at (vertical tab, form feed, ``\\x1c``-``\\x1e``,
-    NEL ``\\x85``, ``\\u2028``, ``\\u2029``) stay in their line: inside a transcript they would
-    otherwise start a line of their own (an utterance id made of a word) and shift every later
-    line number.
+    broken at ``\\n`` and ``\\r\\n`` only (Kaldi breaks a ``text`` file at ``\\n``; the
+    ``\\r`` of a file saved by a Windows editor goes with it). A lone ``\\r`` and the other
+    characters that ``str.splitlines`` (or ``open()``, for ``\\r``) breaks at (vertical tab,
+    form feed, ``\\x1c``-``\\x1e``, NEL ``\\x85``, ``\\u2028``, ``\\u2029``) stay in their
+    line: inside a transcript they would otherwise start a line of their own (an utterance id
+    made of a word) and shift every later line number. A reader whose lines must match those
+    of a library that reads with ``open()`` refuses a line holding ``\\r``
+    (:func:`asr.data.librispeech.validate_librispeech_tree`).
 
     Args:
         path: the file.

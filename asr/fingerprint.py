@@ -47,10 +47,21 @@ def fingerprint_path(output: str | Path) -> Path:
 
 
 def sha256_of_texts(texts: Iterable[str]) -> str:
-    """The sha256 of ``texts`` in order (each one a line): the identity of a training text."""
+    """The sha256 of ``texts`` in order: the identity of a training text.
+
+    Each text is framed so that no two sequences of texts share their bytes: a text without a
+    newline is its UTF-8 bytes and ``\\n`` (one line, as digests stored before this framing
+    were made: every text of ``asr bpe`` and ``asr lm`` has its whitespace normalised, so their
+    fingerprints stay current); a text holding ``\\n`` is the byte ``0xff`` (which UTF-8 never
+    writes, so no line starts with it), its length in bytes in decimal, ``:``, its bytes and
+    ``\\n``. ``["a\\nb"]`` and ``["a", "b"]`` therefore differ.
+    """
     digest = hashlib.sha256()
     for text in texts:
-        digest.update(text.encode("utf-8"))
+        data = text.encode("utf-8")
+        if b"\n" in data:
+            digest.update(b"\xff%d:" % len(data))
+        digest.update(data)
         digest.update(b"\n")
     return digest.hexdigest()
 

@@ -356,13 +356,14 @@ def test_reading_tells_gzip_by_its_first_bytes_whatever_the_name(tmp_path):
 
 
 @pytest.mark.parametrize(("data", "lines"), [
-    (b"", []), (b"\n", [""]), (b"a", ["a"]), (b"a\r\nb\rc\n\nd", ["a", "b", "c", "", "d"]),
+    (b"", []), (b"\n", [""]), (b"a", ["a"]), (b"a\r\nb\rc\n\nd", ["a", "b\rc", "", "d"]),
+    (b"a\r\r\nb\r", ["a\r", "b\r"]),
     ("a\x0bb\x0cc\x1cd\x1de\x1ef\x85g\u2028h\u2029i\n".encode(),
      ["a\x0bb\x0cc\x1cd\x1de\x1ef\x85g\u2028h\u2029i"]),
 ])
 def test_read_lines_breaks_at_newlines_only(tmp_path, data, lines):
-    """Lines end at LF, CRLF and CR (as open() reads them); the other breaks of
-    str.splitlines are characters of the line."""
+    """Lines end at LF and CRLF (a Windows editor's); a lone CR (which open() breaks at,
+    Kaldi not) and the other breaks of str.splitlines are characters of the line."""
     path = tmp_path / "lines.txt"
     path.write_bytes(data)
     assert read_lines(path) == lines

@@ -63,6 +63,16 @@ def test_digests_are_those_of_the_content(tmp_path):
     assert json.loads(fingerprint_path(tmp_path / "bpe.model").read_text()) == {"a": [1, 2], "b": 1}
 
 
+def test_a_text_holding_a_newline_is_framed_apart_from_two_texts() -> None:
+    """A text with a newline is length-prefixed after a 0xff byte, so it is no longer two
+    texts' lines; texts without one keep the digest stored fingerprints were made with."""
+    assert sha256_of_texts(["a\nb"]) != sha256_of_texts(["a", "b"])
+    assert sha256_of_texts(["a\nb"]) == hashlib.sha256(b"\xff3:a\nb\n").hexdigest()
+    assert sha256_of_texts(["a", "b"]) == hashlib.sha256(b"a\nb\n").hexdigest()
+    assert sha256_of_texts(["a\n", ""]) != sha256_of_texts(["a", "", ""])
+    assert sha256_of_texts([]) != sha256_of_texts([""])
+
+
 def test_file_states_and_reading_a_stored_fingerprint(tmp_path) -> None:
     """The size and time of data files (None for one that is gone), and a stored fingerprint
     read back as a mapping, or None when it is missing or not a JSON mapping."""

@@ -4,6 +4,8 @@ Transcript formats, by path (see :mod:`asr.tokenizers.transcripts`): a directory
 ``*.trans.txt`` below it; ``*.jsonl.gz`` / ``*.jsonl`` -> lhotse supervision or cut manifest;
 ``*.trans.txt`` or ``text`` -> ``utt_id TEXT`` lines; anything else -> one sentence per line. A
 text file may be gzip-compressed, told by its first bytes (``librispeech-lm-norm.txt.gz``).
+The speed copies of a speed-perturbed cut manifest (``asr prepare fbank --speed-perturb``: told
+by :func:`asr.data.filtering.is_speed_copy`) are left out, so each utterance's text counts once.
 A tokenizer already in ``--output-dir`` is reused only while its fingerprint
 (``bpe.model.fingerprint.json`` / ``tokens.txt.fingerprint.json``, :mod:`asr.fingerprint`) says
 it was made from the same sentences and options; otherwise it is trained again. A second run on the
@@ -21,6 +23,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from asr.data.filtering import is_speed_copy
 from asr.fileio import check_writable_dir, output_lock
 from asr.fingerprint import fingerprint_path, is_current, sha256_of_texts, write_fingerprint
 from asr.tokenizers.base import BPE_MODEL_FILE, TOKENS_FILE
@@ -57,7 +60,8 @@ def _check_only(args: argparse.Namespace) -> None:
     if args.output_dir is not None:
         check_writable_dir(Path(args.output_dir), "--output-dir")
     if args.kind == "bpe":
-        texts = read_transcripts(args.transcripts) if args.transcripts else None
+        texts = (read_transcripts(args.transcripts, skip=is_speed_copy) if args.transcripts
+                 else None)
         try:
             check_vocab_size(args.vocab_size, texts)
         except ValueError as err:
@@ -79,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--transcripts and --output-dir are required (but with --check-only)")
         output_dir = Path(args.output_dir)
         check_writable_dir(output_dir, "--output-dir")
-        texts = read_transcripts(args.transcripts)
+        texts = read_transcripts(args.transcripts, skip=is_speed_copy)
         with output_lock(output_dir):  # another run making it is refused, naming it
             if args.kind == "char":
                 tokens = output_dir / TOKENS_FILE

@@ -11,9 +11,9 @@ written ``<unk>`` in the transcripts is the LM's unknown word (as KenLM counts i
 of the lexicon; ``<s>`` or ``</s>`` written there is refused while the transcripts are read,
 naming the file and line (every sentence is counted between them already).
 Transcript formats as for ``asr bpe`` (a text file may be gzip-compressed, e.g. LibriSpeech's
-LM corpus ``librispeech-lm-norm.txt.gz`` as it ships). Pass each transcript once: a cut
-manifest with speed perturbation repeats every sentence per speed (use the LibriSpeech
-directory instead).
+LM corpus ``librispeech-lm-norm.txt.gz`` as it ships). The speed copies of a speed-perturbed
+cut manifest (:func:`asr.data.filtering.is_speed_copy`) are left out, so each utterance's text
+counts once; a transcript passed twice counts twice.
 An existing ``--output`` is reused only while its fingerprint (``<output>.fingerprint.json``,
 :mod:`asr.fingerprint`: the sha256 of the transcripts' sentences, the unit, the order and, for
 tokens, of the tokenizer's files) equals this run's; otherwise the LM is trained again. A second
@@ -26,6 +26,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from asr.data.filtering import is_speed_copy
 from asr.decoding.lm import UNK
 from asr.decoding.ngram_train import check_words, estimate_kneser_ney, write_arpa
 from asr.fileio import check_writable_file, output_lock
@@ -75,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         if args.unit == "token" and args.tokenizer_dir is None:
             raise ValueError("--unit token needs --tokenizer-dir")
         # a word LM's words are checked as they are read, naming the file and line
-        texts = read_transcripts(args.transcripts, check_words if args.unit == "word" else None)
+        texts = read_transcripts(args.transcripts, check_words if args.unit == "word" else None,
+                                 skip=is_speed_copy)
         made_from = {"unit": args.unit, "order": args.order,
                      "texts_sha256": sha256_of_texts(texts), "num_texts": len(texts)}
         if args.unit == "token":

@@ -17,6 +17,14 @@ stream (one sampler per rank of ``skip_world_size``, over the epoch's cuts) and 
 its share of the rest (:func:`asr.data.sampler.resumed_share`), so the batches before the stop
 and after the resumption are the epoch's, each once.
 
+The count of batches to skip is a position in the epoch's stream as this sampler draws it:
+:attr:`EpochBatches.stream` names it (:func:`asr.data.sampler.sampler_stream`), the trainer
+records it in each checkpoint, and an epoch resumed with a sampler of another stream is trained
+again from its start (:class:`asr.train.trainer.Trainer`). A checkpoint written before the
+stream was recorded is taken to be in :attr:`EpochBatches.unrecorded_stream`: the stream of
+those versions, which sampled cuts among which the bucket estimate finds no boundary (a tiny
+corpus) with lhotse's bucketing sampler and no boundary, where this version samples one bucket.
+
 What an epoch leaves out (lhotse's sampler with ``data.drop_last``, as in icefall): the cuts left
 in every duration bucket that no longer fill a batch (at most about ``num_buckets * max_duration``
 seconds), and with N ranks up to N - 1 more batches, so that every rank yields as many batches.
@@ -37,7 +45,13 @@ import torch
 from asr.data.config import DataConfig
 from asr.data.dataset import make_dataloader
 from asr.data.filtering import TextEncoder
-from asr.data.sampler import global_batches, resumed_share
+from asr.data.sampler import (
+    ONE_BUCKET,
+    bucket_stream,
+    global_batches,
+    resumed_share,
+    sampler_stream,
+)
 from asr.data.shar import SharCuts
 from asr.types import Batch
 
@@ -81,6 +95,16 @@ class _ResumedShare:
                              self.sampler.drop_last)
 
 
+def _unrecorded_stream(stream: str, num_buckets: int, num_cuts: int | None) -> str:
+    """The stream that versions before checkpoints recorded it sampled where this one samples
+    ``stream``: lhotse's bucketing sampler with no boundary (``bucket_stream([])``)
+    for one bucket chosen because the estimate found no boundary among two cuts or more of
+    ``num_buckets > 1`` (``num_cuts``: None, unknown); ``stream`` itself otherwise."""
+    if stream == ONE_BUCKET and num_buckets > 1 and (num_cuts is None or num_cuts > 1):
+        return bucket_stream([])
+    return stream
+
+
 class EpochBatches:
     """``(epoch, skip, skip_world_size) -> batches`` of one rank, the trainer's ``train_batches``.
 
@@ -111,6 +135,10 @@ class EpochBatches:
         # the count of training cuts, for the log of what an epoch left out (a lazy CutSet,
         # e.g. Shar, has none without reading it)
         self.num_cuts = None if getattr(cuts, "is_lazy", True) else len(cuts)
+        #: the epoch's batch stream (:func:`asr.data.sampler.sampler_stream`), and what
+        #: versions that recorded none in their checkpoints sampled (module docstring)
+        self.stream = sampler_stream(self.loader.sampler)
+        self.unrecorded_stream = _unrecorded_stream(self.stream, cfg.num_buckets, self.num_cuts)
 
     def __call__(self, epoch: int, skip: int, skip_world_size: int | None = None
                  ) -> Iterator[Batch]:

@@ -50,20 +50,25 @@ logger = logging.getLogger(__name__)
 __all__ = ["SPEEDS_FIELD", "SPEED_COPY_FIELD", "SUPERVISION_TOLERANCE", "FilterStats",
            "TextEncoder", "allowed_speeds", "check_cut_audio", "check_cut_files", "cut_files",
            "cut_text", "data_files", "encode_cut_text", "drop_reason", "error_reason",
-           "filter_cuts", "supervision_outside", "unreadable_cut_error", "unreadable_field",
-           "with_speed_copy_record"]
+           "filter_cuts", "is_speed_copy", "supervision_outside", "unreadable_cut_error",
+           "unreadable_field", "with_speed_copy_record"]
 
 #: The custom field of a cut kept at only some of the speeds it was judged at: those speeds.
 SPEEDS_FIELD = "speed_factors"
 
 #: The custom field in which :func:`asr.data.shar.export_shar` keeps the speed transform of a
-#: cut's audio (:func:`with_speed_copy_record`): Shar stores the audio with its transforms
-#: applied and drops them from the recording, so without it a speed copy looked like a cut.
+#: cut's audio, or None for audio without one (:func:`with_speed_copy_record`): Shar stores the
+#: audio with its transforms applied and drops them from the recording (lhotse's
+#: ``to_shar_placeholder``), so without it a speed copy looked like a cut.
 SPEED_COPY_FIELD = "speed_copy"
 
 #: The id suffix lhotse's ``perturb_speed``/``perturb_tempo`` give a copy's recording
-#: (``_sp0.9``, ``_tp1.1``), all that tells a speed copy in a Shar directory written otherwise.
-_PERTURBED_ID = re.compile(r"_(?P<kind>sp|tp)(?P<factor>\d+(?:\.\d+)?)$")
+#: (``f"_sp{factor}"`` of a float factor: ``_sp0.9``, ``_tp1.1``): all that tells a speed copy in
+#: a cut of a Shar directory of audio that has no :data:`SPEED_COPY_FIELD` (lhotse's
+#: ``to_shar``, or an ``asr shar`` directory whose cuts other than copies have none: it is kept
+#: while its inputs are unchanged).
+#: The factor must have a decimal point, so that an id such as ``meeting_sp1`` is no copy.
+_PERTURBED_ID = re.compile(r"_(?P<kind>sp|tp)(?P<factor>\d+\.\d+)$")
 
 #: Seconds a supervision may reach outside its cut (rounding), lhotse's ``validate_for_asr``'s.
 SUPERVISION_TOLERANCE = 2e-3
@@ -471,10 +476,13 @@ def _speed_transform(cut) -> str | None:
     speed or tempo, e.g. ``"Speed(factor=0.9)"`` on the copies of ``asr prepare fbank
     --speed-perturb`` (lhotse's ``perturb_speed``/``perturb_tempo``); None when there is none.
 
-    Audio read from Shar has its transforms applied and none listed: there it is the one
-    :func:`with_speed_copy_record` kept for :func:`asr.data.shar.export_shar`, or, in a Shar
-    directory written otherwise (lhotse's ``to_shar``), the one that lhotse's id suffix of the
-    recording names (``<id>_sp0.9``: ``"Speed(factor=0.9), by its id"``)."""
+    Audio read from Shar has its transforms applied and none listed (lhotse keeps no other
+    trace of them): there it is what :func:`with_speed_copy_record` kept for
+    :func:`asr.data.shar.export_shar` (a transform, or None: none), or, for a cut without that
+    record (a Shar directory written by lhotse's ``to_shar`` alone), the one that lhotse's id
+    suffix of the recording names (``<id>_sp0.9``: ``"Speed(factor=0.9), by its id"``;
+    :data:`_PERTURBED_ID`), the one guess made: a real recording id of that form is taken for
+    a copy."""
     tracks = getattr(cut, "tracks", None)
     if tracks is not None:
         return next(filter(None, (_speed_transform(track.cut) for track in tracks)), None)
@@ -483,9 +491,10 @@ def _speed_transform(cut) -> str | None:
         name = transform.get("name") if isinstance(transform, dict) else type(transform).__name__
         if name in ("Speed", "Tempo"):
             return str(transform)
-    recorded = (getattr(cut, "custom", None) or {}).get(SPEED_COPY_FIELD)
-    if recorded is not None:
-        return str(recorded)
+    custom = getattr(cut, "custom", None) or {}
+    if SPEED_COPY_FIELD in custom:
+        recorded = custom[SPEED_COPY_FIELD]
+        return None if recorded is None else str(recorded)
     sources = getattr(recording, "sources", None) or []
     if any(source.type == "shar" for source in sources):
         suffix = _PERTURBED_ID.search(recording.id)
@@ -495,13 +504,26 @@ def _speed_transform(cut) -> str | None:
     return None
 
 
+def is_speed_copy(cut) -> bool:
+    """Whether ``cut``'s audio is a speed (or tempo) copy of another cut's
+    (:func:`_speed_transform`), e.g. one of the ``0.9``/``1.1`` copies that ``asr prepare fbank
+    --speed-perturb`` writes beside each original; False for anything without a recording (a
+    supervision)."""
+    return _speed_transform(cut) is not None
+
+
 def with_speed_copy_record(cut):
-    """``cut`` with the speed transform of its audio (:func:`_speed_transform`) kept in its
-    custom field :data:`SPEED_COPY_FIELD`, which Shar keeps (it drops the transform): so that
-    :func:`filter_cuts` still refuses to perturb a speed copy read from Shar again. A cut
-    without one is returned as it is (a copy is made otherwise: ``cut`` is not changed)."""
+    """``cut`` with the speed transform of its audio (:func:`_speed_transform`), or None when
+    it has none, kept in its custom field :data:`SPEED_COPY_FIELD`, which Shar keeps (it drops
+    the transform): so that :func:`filter_cuts` still refuses to perturb a speed copy read from
+    Shar again, and takes no other cut for one by its recording id. A cut that has the record
+    already, or a cut without a recording, is returned as it is (a copy is made otherwise:
+    ``cut`` is not changed)."""
+    if not getattr(cut, "has_recording", False):
+        return cut
     transform = _speed_transform(cut)
-    if transform is None or (cut.custom or {}).get(SPEED_COPY_FIELD) == transform:
+    custom = cut.custom or {}
+    if SPEED_COPY_FIELD in custom and custom[SPEED_COPY_FIELD] == transform:
         return cut
     if hasattr(cut, "with_custom"):
         return cut.with_custom(SPEED_COPY_FIELD, transform)

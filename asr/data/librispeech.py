@@ -118,11 +118,14 @@ def _check_trans_file(trans_path: Path, part_dir: Path, seen: dict[str, str],
         raise CorpusError(f"{trans_path}: must be located in {expected_dir}")
     count = 0
     try:
-        lines = read_lines(trans_path)  # line breaks as lhotse's open() reads them
+        lines = read_lines(trans_path)  # \n and \r\n, as lhotse's open() reads them
     except ValueError as err:  # not UTF-8: names the file and line, Python's error neither
         raise CorpusError(str(err)) from None
     for line_no, raw in enumerate(lines, start=1):
         where = f"{trans_path}:{line_no}"
+        if "\r" in raw:  # read_lines keeps a lone \r in its line; lhotse's open() breaks there
+            raise CorpusError(f"{where}: a carriage return (\\r) inside the line: lhotse's reader "
+                              "would start a new line there; remove it or make it a space")
         fields = raw.strip().split(maxsplit=1)
         if not fields:
             raise CorpusError(f"{where}: empty line (expected '<speaker>-<chapter>-<utt> TEXT')")

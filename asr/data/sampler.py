@@ -36,7 +36,10 @@ Resuming: the trainer does not use lhotse's sampler state (which, with DataLoade
 the prefetched batches as yielded). :class:`asr.data.epochs.EpochBatches` re-seeds the sampler
 for the epoch and skips the number of global batches the checkpoint says were trained on,
 counted in the training loop, so a resumed epoch neither repeats nor skips a batch with any
-``num_workers`` nor with another number of processes.
+``num_workers`` nor with another number of processes. That count is a position in one stream:
+the checkpoint records which (:func:`sampler_stream`), and an epoch resumed with a sampler of
+another (other duration buckets, or one bucket where there were several) is trained again from
+its start instead.
 """
 
 from __future__ import annotations
@@ -44,15 +47,19 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from asr.data.config import DataConfig
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "global_batches", "lazy_view", "make_sampler", "resolve_rank_world_size", "resumed_share",
+    "ONE_BUCKET", "bucket_stream", "global_batches", "lazy_view", "make_sampler", "resolve_rank_world_size",
+    "resumed_share", "sampler_stream",
 ]
+
+#: :func:`sampler_stream` of a sampler without duration buckets (``DynamicCutSampler``).
+ONE_BUCKET = "one bucket"
 
 
 def resolve_rank_world_size(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -180,6 +187,23 @@ def make_sampler(
         return DynamicCutSampler(cuts, shuffle_buffer_size=cfg.buffer_size, **common)
     return DynamicBucketingSampler(cuts, duration_bins=duration_bins, buffer_size=cfg.buffer_size,
                                    **common)
+
+
+def sampler_stream(sampler) -> str:
+    """What a training sampler of :func:`make_sampler` samples an epoch's batch stream with:
+    its duration buckets (``"duration buckets at [2.5, 7.25] s"``) or :data:`ONE_BUCKET`.
+    Samplers of the same cuts, configuration, world size and epoch that name the same stream
+    yield the same batches; a count of batches into one stream is no position in another
+    (:class:`asr.data.epochs.EpochBatches`)."""
+    return bucket_stream(getattr(sampler, "duration_bins", None))
+
+
+def bucket_stream(duration_bins: Sequence[float] | None) -> str:
+    """:func:`sampler_stream` of a sampler with the boundaries ``duration_bins`` (seconds), or
+    with no duration buckets (None: :data:`ONE_BUCKET`)."""
+    if duration_bins is None:
+        return ONE_BUCKET
+    return f"duration buckets at [{', '.join(repr(float(b)) for b in duration_bins)}] s"
 
 
 def _sampler_for_rank(sampler, rank: int, world_size: int):

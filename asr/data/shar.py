@@ -81,9 +81,11 @@ def export_shar(
     recorded (they change how the shards are written, not what from).
 
     Shar writes audio with its transforms applied and lists none: the speed transform of a
-    speed copy (``asr prepare fbank --speed-perturb``) is kept in the cut's custom field
-    :data:`asr.data.filtering.SPEED_COPY_FIELD`, so that training still refuses to perturb it
-    again on the fly (:func:`asr.data.filtering.filter_cuts`).
+    speed copy (``asr prepare fbank --speed-perturb``), or None for every other cut, is kept in
+    the cut's custom field :data:`asr.data.filtering.SPEED_COPY_FIELD`, so that training still
+    refuses to perturb a copy again on the fly (:func:`asr.data.filtering.filter_cuts`) and
+    takes no cut for one by its recording id (the guess made in a directory of lhotse's
+    ``to_shar``).
 
     Args:
         manifests: lhotse cut manifests (``.jsonl.gz``) whose cuts have the data in ``fields``;
@@ -123,8 +125,8 @@ def export_shar(
     if num_jobs < 1:
         raise ValueError(f"num_jobs must be >= 1, got {num_jobs}")
     cuts = load_cuts(Path.cwd(), [str(m) for m in manifests])  # absolute paths stay as they are
-    # Shar writes audio with its transforms applied and drops them: a speed copy keeps a record
-    # of its speed, which the filter's refusal to perturb it again on the fly reads
+    # Shar writes audio with its transforms applied and drops them: each cut keeps a record of
+    # its speed (None: none), which the filter's refusal to perturb it again on the fly reads
     cuts = cuts.map(with_speed_copy_record)
     made_from = {"manifests_sha256": [sha256_of_file(m) for m in manifests],
                  "fields": dict(fields), "shard_size": shard_size}

@@ -12,7 +12,8 @@ The format is chosen by the path (first matching rule):
 
 A text file (plain or Kaldi) may be gzip-compressed, told by its first bytes whatever its name
 (:func:`asr.fileio.read_text`): LibriSpeech's LM corpus ``librispeech-lm-norm.txt.gz`` is read
-as it ships.
+as it ships. Its lines end at ``\\n`` or ``\\r\\n`` (:func:`asr.fileio.read_lines`); a lone
+``\\r`` inside a line is whitespace of that sentence, as in Kaldi, not the end of it.
 
 Each sentence's whitespace is normalised (:func:`asr.tokenizers.base.normalize_whitespace`, as
 the tokenizers' trainers normalise it) and empty sentences are skipped; the text is otherwise
@@ -21,12 +22,14 @@ returned as written (no case change).
 
 from __future__ import annotations
 
-import io
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from asr.fileio import check_gzip_name, read_text
+from asr.fileio import check_gzip_name, read_lines
 from asr.tokenizers.base import check_text, normalize_whitespace
+
+logger = logging.getLogger(__name__)
 
 #: The command-line help of a ``--transcripts`` option read by :func:`read_transcripts`.
 TRANSCRIPTS_HELP = (
@@ -50,7 +53,9 @@ def transcript_kind(path: Path) -> str:
 
 
 def read_transcripts(
-    paths: Iterable[str | Path], check: Callable[[str], object] | None = None
+    paths: Iterable[str | Path],
+    check: Callable[[str], object] | None = None,
+    skip: Callable[[object], bool] | None = None,
 ) -> list[str]:
     """All sentences of ``paths``, in order (see the module docstring for the formats).
 
@@ -58,6 +63,10 @@ def read_transcripts(
         paths: the transcript files and directories.
         check: a further check of each sentence, raising ValueError with what is wrong (e.g.
             ``asr lm --unit word``'s :func:`asr.decoding.ngram_train.check_words`); None: none.
+        skip: which items of a lhotse manifest (cuts, supervisions) to leave out, e.g. the
+            speed copies of a speed-perturbed cut manifest
+            (:func:`asr.data.filtering.is_speed_copy`: ``asr bpe`` and ``asr lm`` count each
+            utterance's text once); how many were is logged. None: none.
 
     Raises:
         FileNotFoundError: for a path that does not exist.
@@ -71,7 +80,7 @@ def read_transcripts(
         path = Path(raw)
         if not path.exists():
             raise FileNotFoundError(f"transcript file {path} does not exist")
-        for where, sentence in _iter_path(path):
+        for where, sentence in _iter_path(path, skip):
             if not sentence:
                 continue
             try:
@@ -84,9 +93,10 @@ def read_transcripts(
     return sentences
 
 
-def _iter_path(path: Path) -> Iterator[tuple[str, str]]:
+def _iter_path(path: Path, skip: Callable[[object], bool] | None
+               ) -> Iterator[tuple[str, str]]:
     """(where it is: ``file:line``, or the item of a lhotse manifest; sentence) of each
-    sentence of ``path``."""
+    sentence of ``path`` (without the manifest items that ``skip`` leaves out)."""
     kind = transcript_kind(path)
     if kind == "dir":
         files = sorted(path.rglob("*.trans.txt"))
@@ -95,7 +105,7 @@ def _iter_path(path: Path) -> Iterator[tuple[str, str]]:
         for file in files:
             yield from _iter_kaldi(file)
     elif kind == "lhotse":
-        yield from _iter_lhotse(path)
+        yield from _iter_lhotse(path, skip)
     elif kind == "kaldi":
         yield from _iter_kaldi(path)
     else:
@@ -104,9 +114,10 @@ def _iter_path(path: Path) -> Iterator[tuple[str, str]]:
 
 
 def _lines(path: Path) -> Iterator[str]:
-    """The lines of a UTF-8 text file, plain or gzip-compressed (universal newlines, as
-    ``open()`` reads them)."""
-    return iter(io.StringIO(read_text(path), newline=None))
+    """The lines of a UTF-8 text file, plain or gzip-compressed, broken at ``\\n`` and
+    ``\\r\\n`` only (:func:`asr.fileio.read_lines`: a lone ``\\r`` is whitespace inside its
+    line, as in Kaldi)."""
+    return iter(read_lines(path))
 
 
 def _iter_kaldi(path: Path) -> Iterator[tuple[str, str]]:
@@ -116,11 +127,16 @@ def _iter_kaldi(path: Path) -> Iterator[tuple[str, str]]:
             yield f"{path}:{number}", normalize_whitespace(fields[1])
 
 
-def _iter_lhotse(path: Path) -> Iterator[tuple[str, str]]:
+def _iter_lhotse(path: Path, skip: Callable[[object], bool] | None
+                 ) -> Iterator[tuple[str, str]]:
     from lhotse import load_manifest_lazy
 
     check_gzip_name(path, "lhotse manifest")  # lhotse tells gzip by the name
+    skipped = 0
     for number, item in enumerate(load_manifest_lazy(path), start=1):
+        if skip is not None and skip(item):
+            skipped += 1
+            continue
         supervisions = getattr(item, "supervisions", None)
         if supervisions is None:
             supervisions = [item]
@@ -128,3 +144,6 @@ def _iter_lhotse(path: Path) -> Iterator[tuple[str, str]]:
             text = getattr(sup, "text", None)
             if text:
                 yield f"{path} (item {number})", normalize_whitespace(text)
+    if skipped:
+        logger.info("%s: left out %d of its %d items (read_transcripts' skip)", path, skipped,
+                    number)

@@ -160,6 +160,12 @@ class Progress:
             :class:`asr.data.epochs.EpochBatches`). None: unknown, in a checkpoint written
             before it was kept, whose ``batches_in_epoch`` counts one process' batches (the
             trainer takes them as batches of each of its processes, as it then did).
+        epoch_stream: what the current epoch's batch stream is sampled with, as the batch source
+            names it (``train_batches.stream``: :attr:`asr.data.epochs.EpochBatches.stream`, the
+            sampler and its duration buckets), recorded when the epoch starts; a run resumed
+            mid-epoch whose source names another stream trains the epoch again from its start
+            (``batches_in_epoch`` is a position in the recorded stream alone). None: a source
+            that names none, or a checkpoint written before it was kept.
         history: finished epochs.
         loss_sum / utts_sum: running training loss of the current epoch.
         planned_steps: where a run stops to fit ``train.time_budget_s`` (0: no plan yet, or all
@@ -195,6 +201,7 @@ class Progress:
     step: int = 0
     batches_in_epoch: int = 0
     epoch_world_size: int | None = 1
+    epoch_stream: str | None = None
     loss_sum: float = 0.0
     utts_sum: float = 0.0
     planned_steps: int = 0
@@ -218,12 +225,13 @@ class Progress:
         history = [EpochRecord(**r) for r in state.get("history", [])]
         valid_loss, scalars = state.get("valid_loss"), state.get("step_scalars")
         log_bytes, plan_budget_s = state.get("log_bytes"), state.get("plan_budget_s")
-        epoch_world_size = state.get("epoch_world_size")
+        epoch_world_size, epoch_stream = state.get("epoch_world_size"), state.get("epoch_stream")
         return cls(
             epoch=int(state["epoch"]),
             step=int(state["step"]),
             batches_in_epoch=int(state["batches_in_epoch"]),
             epoch_world_size=None if epoch_world_size is None else int(epoch_world_size),
+            epoch_stream=None if epoch_stream is None else str(epoch_stream),
             loss_sum=float(state.get("loss_sum", 0.0)),
             utts_sum=float(state.get("utts_sum", 0.0)),
             planned_steps=int(state.get("planned_steps", 0)),

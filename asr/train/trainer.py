@@ -11,7 +11,10 @@ come from a callable ``train_batches(epoch, skip, skip_world_size)`` that yields
 batches of ``epoch`` after the first ``skip`` GLOBAL batches (all ranks' together) of the epoch's
 stream as ``skip_world_size`` processes sample it (the same batches, augmentation included, as in
 an uninterrupted run: :class:`asr.data.epochs.EpochBatches`); that position plus the RNG states
-is what makes a resumed run continue exactly where the killed one stopped.
+is what makes a resumed run continue exactly where the killed one stopped. A source that names
+its stream (``train_batches.stream``, e.g. the sampler and its duration buckets) has it recorded
+in the checkpoint (``Progress.epoch_stream``): an epoch resumed in another stream, where the
+position means other batches, is trained again from its start, with a warning.
 
 Counters (:class:`asr.train.state.Progress`): ``step`` counts optimizer steps, one per step of
 all ranks together; ``batches_in_epoch`` counts the epoch's global batches (each rank's batches
@@ -276,6 +279,34 @@ class Trainer:
                 p.epoch, p.epoch_world_size, world_size, p.batches_in_epoch,
             )
 
+    def _check_epoch_stream(self, path: Path) -> None:
+        """Trains the resumed epoch again from its start, with a warning naming the checkpoint
+        ``path``, when it was interrupted mid-epoch in a batch stream other than the one the
+        batch source now samples (``train_batches.stream``; for a checkpoint that recorded none,
+        ``train_batches.unrecorded_stream``, what the source's earlier versions sampled):
+        skipping the checkpoint's count of batches there would train some cuts of the epoch
+        twice and leave others out. The steps taken stay counted."""
+        p = self.progress
+        current = getattr(self.train_batches, "stream", None)
+        if p.batches_in_epoch == 0 or current is None:
+            return
+        recorded = p.epoch_stream
+        if recorded is None:
+            recorded = getattr(self.train_batches, "unrecorded_stream", current)
+        if recorded == current:
+            p.epoch_stream = current  # a checkpoint that recorded none: its next one does
+            return
+        logger.warning(
+            "%s was written %d batches into epoch %d of a batch stream sampled with %s; this run "
+            "samples it with %s, where that position means other batches: epoch %d is trained "
+            "again from its first batch (the %d steps taken stay counted)",
+            path, p.batches_in_epoch, p.epoch, recorded, current, p.epoch, p.step,
+        )
+        p.batches_in_epoch = 0
+        p.epoch_world_size = self.dist.world_size
+        p.epoch_stream = current
+        p.loss_sum = p.utts_sum = 0.0
+
     def save(self, path: Path) -> None:
         """Writes the training checkpoint ``path`` (rank 0; every rank must call it). Logged
         before the state is taken, so that ``Progress.log_bytes`` counts the line: a run
@@ -339,6 +370,7 @@ class Trainer:
                 f"{details or err}"
             ) from err
         self._resumed_from = path  # fit() logs it, in train.log too
+        self._check_epoch_stream(path)
         p = self.progress
         epoch_end = p.batches_in_epoch == 0 and p.history and p.history[-1].step == p.step
         if (self.dist.is_main and epoch_end and path.parent.resolve() == self.exp_dir.resolve()
@@ -520,6 +552,8 @@ class Trainer:
         self.model.train()
         self.scheduler.set_epoch(p.epoch - 1)
         world_size = self.dist.world_size
+        if p.batches_in_epoch == 0:  # the stream a checkpoint of this epoch is a position in
+            p.epoch_stream = getattr(self.train_batches, "stream", None)
         batches = self.train_batches(p.epoch, p.batches_in_epoch, p.epoch_world_size)
         bar = tqdm(batches, desc=f"epoch {p.epoch}", disable=not self.dist.is_main,
                    initial=p.batches_in_epoch // world_size, unit="batch", dynamic_ncols=True)

@@ -109,3 +109,32 @@ def test_an_epoch_resumed_with_another_number_of_processes_trains_each_cut_once(
         else:
             real = [c for c in seen if "_dup" not in c]
             assert sorted(real) == sorted(every_id), k
+
+
+def test_the_epoch_stream_names_the_sampler_and_what_unrecorded_checkpoints_sampled(
+        prepared) -> None:
+    """A checkpoint's count of batches is a position in one stream: EpochBatches names it for
+    the trainer to record. Cuts among which the bucket estimate finds no boundary (the shortest
+    and then the longest cut) are sampled as one bucket, where versions that recorded no stream
+    sampled them with lhotse's bucketing sampler and no boundary: an old checkpoint of such a
+    corpus is in that stream. Bucketed cuts are in the same stream either way."""
+    from lhotse.dataset.sampling.dynamic_bucketing import estimate_duration_buckets
+
+    from asr.data.sampler import ONE_BUCKET
+
+    cfg = DataConfig(max_duration=2.5, max_cut_duration=2.5, num_buckets=2, num_workers=0)
+    cuts = (CutSet.from_file(prepared["fbank"]["train-clean-5"])
+            + CutSet.from_file(prepared["fbank"]["dev-clean-2"])).to_eager()
+    ordered = sorted(cuts, key=lambda c: c.duration)
+    tiny = CutSet.from_cuts([ordered[0], ordered[-1]])
+    assert estimate_duration_buckets(tiny, num_buckets=2) == []
+    batches = EpochBatches(tiny, cfg, CharEncoder())
+    assert (batches.stream, batches.unrecorded_stream) == (ONE_BUCKET, "duration buckets at [] s")
+    bins = estimate_duration_buckets(cuts, num_buckets=2)
+    batches = EpochBatches(cuts, cfg, CharEncoder())
+    expected = f"duration buckets at [{float(bins[0])!r}] s"
+    assert batches.stream == batches.unrecorded_stream == expected
+    one = EpochBatches(tiny, DataConfig(max_duration=2.5, max_cut_duration=2.5, num_buckets=1,
+                                        num_workers=0),
+                       CharEncoder())
+    assert one.stream == one.unrecorded_stream == ONE_BUCKET  # it never bucketed

@@ -11,11 +11,14 @@ from librispeech_tree import CharEncoder
 
 from asr.data.augment import SpeedPerturbation, draw_seed
 from asr.data.filtering import (
+    SPEED_COPY_FIELD,
     SPEEDS_FIELD,
     FilterStats,
     allowed_speeds,
     drop_reason,
     filter_cuts,
+    is_speed_copy,
+    with_speed_copy_record,
 )
 from asr.encoders.subsampling import subsampled_length
 from asr.tokenizers.char import build_char_tokenizer
@@ -271,3 +274,30 @@ def test_a_stored_speed_copy_is_refused_for_on_the_fly_speed_perturbation() -> N
     resampled = CutSet.from_cuts([plain.resample(8000)])  # not a speed: judged as before
     assert filter_cuts(resampled, CharEncoder(), subsampled_length,
                        speed_factors=(1.0, 0.9, 1.1))[1].kept == 1
+
+
+def _shar_manifest_cut(recording_id: str, custom: dict | None = None) -> MonoCut:
+    """A cut as a Shar cut manifest holds it: its recording a placeholder (source type
+    ``shar``, lhotse's ``to_shar_placeholder``: no transforms)."""
+    recording = Recording(recording_id, [AudioSource("shar", [0], "")], 16000, 16000, 1.0)
+    return MonoCut(recording_id, 0.0, 1.0, 0, recording=recording, custom=custom)
+
+
+def test_a_shar_recording_id_ending_in_sp_is_a_copy_only_without_a_record() -> None:
+    """A Shar cut whose recording id merely ended in ``_sp<number>`` was taken for a speed copy.
+    Shar drops the transforms (lhotse keeps no other trace of them), so ``asr shar`` records on
+    every cut whether it is a copy (:func:`with_speed_copy_record`); only a cut without that
+    record (lhotse's ``to_shar`` alone) is judged by the id, and only a float factor counts."""
+    plain = _cut("meeting_sp1.5", 1.0, "HELLO")
+    copy = _cut("a", 1.0, "HELLO").perturb_speed(0.9)
+    recorded = [with_speed_copy_record(cut) for cut in (plain, copy)]
+    assert [cut.custom[SPEED_COPY_FIELD] for cut in recorded] == [None, "Speed(factor=0.9)"]
+    # as a Shar manifest reads back (the record kept, the transforms gone)
+    read_back = [_shar_manifest_cut(cut.recording.id, MonoCut.from_dict(cut.to_dict()).custom)
+                 for cut in recorded]
+    assert [is_speed_copy(cut) for cut in read_back] == [False, True]
+    # without a record, the id: lhotse's float suffix alone
+    assert [is_speed_copy(_shar_manifest_cut(rid)) for rid in
+            ("meeting_sp1.5", "a_sp0.9", "a_tp1.1", "meeting_sp1", "meeting_sp12")] == [
+        True, True, True, False, False]
+    assert with_speed_copy_record(recorded[1]) is recorded[1]  # recorded once

@@ -39,6 +39,16 @@ def test_validate_summaries(corpus) -> None:
     assert all(s.num_unreferenced_flacs == 0 for s in summaries)
 
 
+def test_transcripts_saved_with_windows_line_ends_are_valid(corpus) -> None:
+    """A \\r\\n line end (a Windows editor's) is a line end, not a carriage return inside the
+    line (which lhotse would break the line at, and is refused)."""
+    corpus_dir, _ = corpus
+    for trans in corpus_dir.rglob("*.trans.txt"):
+        trans.write_bytes(trans.read_bytes().replace(b"\n", b"\r\n"))
+    summaries = validate_librispeech_tree(corpus_dir, list(TREE))
+    assert [s.num_utterances for s in summaries] == [8, 3]
+
+
 def test_prepare_manifests_reads_each_transcript_once(corpus, tmp_path: Path,
                                                       monkeypatch) -> None:
     """The texts that tell whether lhotse's cached manifests are stale are those the validation
@@ -120,6 +130,8 @@ def test_audio_that_decodes_to_other_lengths_is_named_first_in_order(tmp_path: P
         ("2001-31-0003 SOME TEXT\n", "does not belong to speaker 2001 chapter 30"),
         ("\n", "empty line"),
         ("2001-30-0000 DUPLICATE\n", "duplicate utterance id"),
+        # read_lines keeps it in the line, lhotse's open() would break the line there
+        ("2001-30-0003 SOME\rTEXT\n", "a carriage return (\\r) inside the line"),
     ],
 )
 def test_malformed_trans_line_names_file_and_line(corpus, bad_line: str, message: str) -> None:

@@ -23,7 +23,7 @@ from asr.data.config import DataConfig
 from asr.data.dataset import DataError, make_dataloader
 from asr.data.epochs import EpochBatches
 from asr.data.fbank import speed_perturb_cuts
-from asr.data.filtering import FilterStats, filter_cuts
+from asr.data.filtering import SPEED_COPY_FIELD, FilterStats, filter_cuts
 from asr.data.shar import SharCuts, export_shar, shar_fields
 from asr.encoders.subsampling import subsampled_length
 from asr.experiment import ExperimentConfig
@@ -473,3 +473,5 @@ def test_speed_copies_in_shar_are_refused_for_on_the_fly_speed_perturbation(prep
     _, stats = filter_cuts(shar.manifests, CharEncoder(), subsampled_length, apply_to=shar,
                            speed_factors=speeds)
     assert stats == FilterStats(kept=len(plain))
+    # every cut of asr shar says whether it is a copy: no recording id is guessed at
+    assert [c.custom[SPEED_COPY_FIELD] for c in shar.manifests] == [None] * len(plain)

@@ -186,19 +186,19 @@ def test_phrase_recall_finds_a_phrase_anywhere_and_a_missing_hypothesis_says_not
 
 
 def test_text_files_break_lines_only_at_newlines(tmp_path):
-    """NEL, LINE SEPARATOR and form feed inside a transcript are part of its line (as in Kaldi's
-    and Python's line readers), not the start of another utterance; CRLF ends a line."""
+    """NEL, LINE SEPARATOR, form feed and a lone CR inside a transcript are part of its line (as
+    in Kaldi's line reader), not the start of another utterance; CRLF ends a line."""
     from asr.metrics.wer import read_kaldi_text, read_phrases
 
     path = tmp_path / "text"
-    path.write_bytes("u1 A\x85B C\nu2 D\u2028E\r\nu3 F\x0cG\n".encode())
-    assert read_kaldi_text(path) == {"u1": "A B C", "u2": "D E", "u3": "F G"}
+    path.write_bytes("u1 A\x85B C\nu2 D\u2028E\r\nu3 F\x0cG\nu4 H\rI\r\n".encode())
+    assert read_kaldi_text(path) == {"u1": "A B C", "u2": "D E", "u3": "F G", "u4": "H I"}
     path.write_bytes("u1 A\u2028B\nu1 C\n".encode())
     with pytest.raises(ValueError, match=r"text:2: duplicated utterance id 'u1' \(first on line 1\)"):
         read_kaldi_text(path)  # the file's own line numbers
     phrases = tmp_path / "phrases.tsv"
-    phrases.write_bytes("u1\tA\u2029B\r\nu2\tC\n".encode())
-    assert read_phrases(phrases) == {"u1": "A B", "u2": "C"}
+    phrases.write_bytes("u1\tA\u2029B\r\nu2\tC\rD\n".encode())
+    assert read_phrases(phrases) == {"u1": "A B", "u2": "C D"}
 
 
 @pytest.mark.parametrize("words", ["['A', 'B'", "[1, 2]", "['A'] x", "'A B'"])

@@ -102,3 +102,31 @@ def test_bpe_cli_trains_from_a_gzip_text_as_from_the_plain_one(tmp_path, train_t
         assert (out / "tokens.txt").read_bytes() == (tmp_path / "lang-corpus.txt" /
                                                      "tokens.txt").read_bytes()
     assert len({tuple(tuple(tok.encode(t)) for t in heldout_texts) for tok in tokenizers}) == 1
+
+
+def test_speed_copies_of_a_cut_manifest_count_once_for_the_tokenizer_and_the_lm(tmp_path):
+    """A cut manifest of ``asr prepare fbank --speed-perturb`` holds each utterance at speeds
+    1.0, 0.9 and 1.1: its text was counted three times by ``asr bpe`` and ``asr lm`` (skewing
+    the BPE merges and the n-gram counts); the copies are left out."""
+    from lhotse import CutSet, SupervisionSegment
+    from lhotse.testing.dummies import dummy_cut
+
+    from asr.fingerprint import fingerprint_path, read_fingerprint, sha256_of_texts
+
+    texts = ["THE CAT", "A DOG SAT", "THE END"]
+    originals = CutSet.from_cuts([
+        dummy_cut(i, supervisions=[SupervisionSegment(f"s{i}", f"dummy-recording-{i:04d}", 0.0,
+                                                      1.0, text=text)])
+        for i, text in enumerate(texts)])
+    cuts = originals + originals.perturb_speed(0.9) + originals.perturb_speed(1.1)
+    manifest = tmp_path / "cuts_train.jsonl.gz"
+    cuts.to_file(manifest)
+    out = tmp_path / "lang_char"
+    assert main(["bpe", "--kind", "char", "--transcripts", str(manifest),
+                 "--output-dir", str(out)]) == 0
+    assert read_fingerprint(out / "tokens.txt")["texts_sha256"] == sha256_of_texts(texts)
+    lm = tmp_path / "lm.arpa"
+    assert main(["lm", "--unit", "word", "--order", "1", "--transcripts", str(manifest),
+                 "--output", str(lm)]) == 0
+    assert read_fingerprint(lm)["num_texts"] == 3
+    assert fingerprint_path(lm).is_file()

@@ -85,6 +85,16 @@ def test_text_files_may_be_gzip_compressed_whatever_their_names(tmp_path):
         "ONE SENTENCE", "TWO", "THREE", "KALDI TEXT", "TRANS TEXT"]
 
 
+def test_a_lone_carriage_return_is_whitespace_of_its_sentence(tmp_path):
+    """Lines end at \\n and \\r\\n (a Windows editor's); a lone \\r inside a Kaldi or plain
+    line stays in it (as Kaldi reads a text file): it was a line break, which made the
+    second half of a Kaldi line an utterance id and dropped a word of it."""
+    (tmp_path / "text").write_bytes(b"u1 ONE\rTWO THREE\r\nu2 FOUR\n")
+    (tmp_path / "corpus.txt").write_bytes(b"FIVE\rSIX\r\nSEVEN\n")
+    assert read_transcripts([tmp_path / "text", tmp_path / "corpus.txt"]) == [
+        "ONE TWO THREE", "FOUR", "FIVE SIX", "SEVEN"]
+
+
 def test_a_librispeech_tree_is_read_in_sorted_path_order(tmp_path, monkeypatch):
     """Whatever order the file system lists them in (here: reversed), the *.trans.txt files of
     a directory are read in sorted path order, so the same tree trains the same BPE model."""

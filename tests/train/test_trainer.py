@@ -153,6 +153,51 @@ def test_a_checkpoint_without_its_world_size_resumes_as_before_with_a_warning(tm
     assert trainer.progress.step == 7
 
 
+class _NamedStream:
+    """A batch source that names the stream it samples (as EpochBatches does) and records its
+    calls."""
+
+    def __init__(self, stream: str, unrecorded_stream: str | None = None) -> None:
+        self.stream = stream
+        self.unrecorded_stream = stream if unrecorded_stream is None else unrecorded_stream
+        self.calls: list[tuple[int, int, int]] = []
+
+    def __call__(self, epoch, skip, skip_world_size):
+        self.calls.append((epoch, skip, skip_world_size))
+        return batches(epoch, skip, skip_world_size)
+
+
+@pytest.mark.parametrize(("recorded", "source", "restarts"), [
+    ("buckets A", _NamedStream("buckets A"), False),
+    ("buckets A", _NamedStream("one bucket"), True),
+    (None, _NamedStream("buckets A"), False),  # an older checkpoint, the same stream then
+    (None, _NamedStream("one bucket", unrecorded_stream="buckets []"), True),
+])
+def test_an_epoch_resumed_in_another_batch_stream_is_trained_again_from_its_start(
+        tmp_path, caplog, recorded, source, restarts):
+    """A checkpoint's batches_in_epoch is a position in the stream its sampler drew (a tiny
+    corpus was sampled with lhotse's bucketing sampler, now with one bucket): skipping that
+    many batches of another stream silently trained some cuts twice and others not at all. The
+    checkpoint records the stream; resumed in another, the epoch starts again, with a warning
+    naming the checkpoint."""
+    run(tmp_path, max_steps=2, checkpoint_interval=0)  # 2 batches into epoch 1
+    (path,) = [p for _, p in list_checkpoints(tmp_path)]
+    state = torch.load(path, weights_only=False)
+    assert state["progress"]["epoch_stream"] is None  # run()'s source names no stream
+    state["progress"]["epoch_stream"] = recorded
+    torch.save(state, path)
+    trainer = Trainer(ToyModel(), OptimConfig(), TrainConfig(max_epochs=1, checkpoint_interval=0),
+                      tmp_path, source)
+    with caplog.at_level(logging.WARNING, logger="asr.train.trainer"):
+        assert trainer.resume()
+    assert (f"{path} was written 2 batches into epoch 1 of a batch stream sampled with "
+            in caplog.text) == restarts
+    trainer.fit()
+    assert source.calls[0] == ((1, 0, 1) if restarts else (1, 2, 1))
+    assert trainer.progress.step == (2 + 7 if restarts else 7)
+    assert trainer.progress.epoch_stream == source.stream
+
+
 def test_resuming_another_models_checkpoint_names_the_file(tmp_path):
     run(tmp_path, max_steps=2)
     wider = ToyModel()
