@@ -319,16 +319,19 @@ class TokenBuffer:
         return self.extend(tokens[:, None], frames[:, None], emit[:, None])
 
     def extend(self, tokens: Tensor, frames: Tensor, emit: Tensor) -> TokenBuffer:
-        """Appends the tokens at the ``emit`` positions of each row, in order (one host
-        transfer of the appended tokens and frames; on a GPU three device syncs, the two
-        masked selections and the transfer, however many tokens the streams hold).
+        """Appends the tokens at the ``emit`` positions of each row, in order (on a GPU two
+        device syncs, however many tokens the streams hold: the positions of the appended
+        tokens, whose number sizes what follows, and one host transfer of their counts, tokens
+        and frames).
 
         Args:
             tokens, frames: (B, L) candidates; emit: (B, L) bool, which ones to append.
         """
         batch = emit.shape[0]
         added = emit.sum(dim=1)  # (B,)
-        kept = torch.cat([added, tokens[emit].long(), frames[emit].long()]).tolist()
+        rows, columns = emit.nonzero(as_tuple=True)  # (E,) each: the only sync before the copy
+        picked = [tokens[rows, columns].long(), frames[rows, columns].long()]
+        kept = torch.cat([added, *picked]).tolist()
         counts, values = kept[:batch], kept[batch:]
         total = len(values) // 2
         runs, start = [], 0
