@@ -413,3 +413,20 @@ def test_a_cif_step_adds_its_chunk_without_copying_the_frames_held():
         assert all(now[address] <= chunk_bytes for address in now.keys() - held.keys())
     assert state.num_frames.tolist() == [40, 25]
     assert streaming.finalize(state) == [h[0] for h in offline(enc, enc_lens)]
+
+
+@pytest.mark.parametrize("mode", list(CIF_MODES))
+def test_the_cif_frame_count_is_that_of_the_frames_held(mode):
+    """``CifStreamState`` kept a (B,) count of its frames beside the frame store, which holds
+    its own count: two records that any state built from another's frames (here a stream's
+    store handed to the other) left apart, and the windows then read the wrong frames. The
+    count is now the store's: one record, so the state decodes the frames it holds."""
+    offline, streaming = build_cif(mode, blank_penalty=0.5)
+    enc, enc_lens = encoder_output([23, 14], scale=3.0)
+    state = streaming.step(enc, enc_lens, streaming.init_state(2, enc.device))
+    assert state.num_frames.tolist() == [23, 14]
+    assert "num_frames" not in {f.name for f in dataclasses.fields(state)}
+    swapped = dataclasses.replace(state, frames=state.frames[::-1])
+    assert swapped.num_frames.tolist() == [14, 23]
+    expected = [h[0] for h in offline(enc.flip(0), enc_lens.flip(0))]
+    assert streaming.finalize(swapped) == expected
