@@ -218,25 +218,26 @@ def test_cif_hypotheses_read_only_the_fired_positions():
 
 
 def test_attention_rescoring_ranks_hypotheses_longer_than_the_learned_positions_last():
-    """The first pass has no token limit, but an AED with learned positions (``max_len`` 3:
-    at most 2 tokens) raised "position 3 exceeds max_len=3" on a longer hypothesis and
+    """The first pass has no token limit, but an AED with learned positions (``max_len`` 4:
+    at most 3 tokens) raised "position 4 exceeds max_len=4" on a longer hypothesis and
     stopped the decode. Such a hypothesis now gets the AED score -inf: it ranks after every
     hypothesis the AED scores, in first-pass order, with score -inf."""
     model = make_model(ctc=True, aed=True)
     torch.manual_seed(0)
     aed = AEDHead(
         AEDConfig(d_model=16, num_heads=2, num_layers=2, ffn_dim=32, dropout=0.0,
-                  positional="learned", max_len=3),
+                  positional="learned", max_len=4),
         ENC_DIM, VOCAB,
     ).eval()
     model.heads["aed"] = aed
-    enc, enc_lens = encoder_output([9, 6])
+    enc, enc_lens = encoder_output([6, 4])
     cfg = SearchConfig(beam_size=6, nbest=6, ctc_weight=0.3)
     first = build_searcher("ctc_prefix_beam", model, cfg)(enc, enc_lens)
-    assert any(len(h.tokens) > 2 for hyps in first for h in hyps)  # the case is exercised
+    assert any(len(h.tokens) > 3 for hyps in first for h in hyps)  # the case is exercised
     rescored = build_searcher("attention_rescoring", model, cfg)(enc, enc_lens)
+    assert all(any(len(h.tokens) <= 3 for h in pool) for pool in first)  # the AED ranks some
     for hyps, pool in zip(rescored, first):
-        long = [h.tokens for h in pool if len(h.tokens) > 2]
+        long = [h.tokens for h in pool if len(h.tokens) > 3]
         assert [h.tokens for h in hyps[len(hyps) - len(long):]] == long
         assert all(h.score == -INF for h in hyps[len(hyps) - len(long):])
         assert all(h.score > -INF for h in hyps[: len(hyps) - len(long)])
