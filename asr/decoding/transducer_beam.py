@@ -30,8 +30,9 @@ match gives its boost back). Merged hypotheses share their tokens, so their grap
 
 Batched: the hypotheses of all utterances still inside their frames are one tensor batch for
 the joiner and the predictor on every frame; the per-utterance top-k runs on a padded
-(utterances, K * V) matrix; only the bookkeeping of the kept hypotheses (token tuples, merging)
-is Python.
+(utterances, K * V) matrix; only the bookkeeping of the kept hypotheses (their tokens, merging)
+is Python, O(1) per kept hypothesis however many tokens it holds: its tokens are a
+:class:`~asr.decoding.base.TokenChain`, extended and hashed without copying the tokens before.
 
 Streaming (:meth:`ModifiedBeamSearch.step`): the search is frame-synchronous and never looks
 ahead, so a chunk continues each stream's beam where the last one left it. A stream's beam (its
@@ -57,9 +58,11 @@ import torch
 from torch import Tensor
 
 from asr.decoding.base import (
+    EMPTY_CHAIN,
     BeamState,
     StreamBeam,
     StreamingBeamSearch,
+    TokenChain,
     insertion_bonuses,
     log_add,
     rank_score,
@@ -78,8 +81,7 @@ __all__ = ["ModifiedBeamSearch", "topk_per_group"]
 
 @dataclass(frozen=True)
 class _Hyp:
-    tokens: tuple[int, ...]
-    frames: tuple[int, ...]  # absolute encoder frame of each token
+    tokens: TokenChain  # with the absolute encoder frame of each token
     score: float  # AM + lm_weight * LM log-probability + insertion_bonus per token + hotwords
     lm_state: Hashable = None
     context: int = 0  # hotword graph state
@@ -150,7 +152,7 @@ class ModifiedBeamSearch(StreamingBeamSearch):
     ) -> tuple[StreamBeam, ...]:
         """A beam per stream: the start hypothesis and its rows of the predictor's start."""
         pred_proj, pred_state = self.scorer.initial(len(graphs), device)
-        start = _Hyp((), (), 0.0, self.lm.init_state() if self.lm is not None else None)
+        start = _Hyp(EMPTY_CHAIN, 0.0, self.lm.init_state() if self.lm is not None else None)
         return tuple(
             StreamBeam((start,), 0, graph, pred_proj[b : b + 1], select_states(pred_state, [b]))
             for b, graph in enumerate(graphs)
@@ -252,7 +254,7 @@ class ModifiedBeamSearch(StreamingBeamSearch):
         picks = topk_per_group(candidates, group_of, len(groups), self.cfg.beam_size)
         vocab = candidates.shape[1]
         flat_scores = candidates.view(-1).tolist()
-        kept: dict[tuple[int, tuple[int, ...]], int] = {}
+        kept: dict[tuple[int, TokenChain], int] = {}
         new_hyps: list[_Hyp] = []
         new_owners: list[int] = []
         parents: list[int] = []
@@ -263,7 +265,9 @@ class ModifiedBeamSearch(StreamingBeamSearch):
                 parent, owner = hyps[row], owners[row]
                 score = flat_scores[flat]
                 emit = label != self.scorer.blank_id
-                tokens = parent.tokens + (label,) if emit else parent.tokens
+                tokens = parent.tokens
+                if emit:
+                    tokens = tokens.push(label, beams[owner].frames_done + frame)
                 key = (owner, tokens)
                 if key in kept:  # same sequence reached twice: log-add the scores
                     index = kept[key]
@@ -272,14 +276,12 @@ class ModifiedBeamSearch(StreamingBeamSearch):
                     new_hyps[index] = dataclasses.replace(old, score=merged)
                     continue
                 kept[key] = len(new_hyps)
-                absolute = beams[owner].frames_done + frame
-                frames = parent.frames + (absolute,) if emit else parent.frames
                 lm_state, context = parent.lm_state, parent.context
                 if emit and self.lm is not None:
                     lm_state = self.lm.advance(lm_state, label)
                 if emit and graphs[row] is not None:
                     context = graphs[row].step(context, label)[1]
-                new_hyps.append(_Hyp(tokens, frames, score, lm_state, context))
+                new_hyps.append(_Hyp(tokens, score, lm_state, context))
                 new_owners.append(owner)
                 parents.append(row)
                 labels.append(label)
@@ -321,10 +323,7 @@ class ModifiedBeamSearch(StreamingBeamSearch):
         )
         if not scored:
             return [Hypothesis(tokens=())]
-        return [
-            Hypothesis(tokens=h.tokens, score=score, frames=h.frames)
-            for score, h in scored[: self.cfg.nbest]
-        ]
+        return [h.tokens.hypothesis(score) for score, h in scored[: self.cfg.nbest]]
 
 
 def _graph_deltas(
