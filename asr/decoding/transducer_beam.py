@@ -87,7 +87,9 @@ class _Hyp:
     context: int = 0  # hotword graph state
 
 
-def topk_per_group(scores: Tensor, owners: Tensor, num_groups: int, k: int) -> list[list[int]]:
+def topk_per_group(
+    scores: Tensor, owners: Tensor, num_groups: int, k: int
+) -> list[list[tuple[int, float]]]:
     """The ``k`` best finite entries of each group of rows.
 
     Args:
@@ -95,7 +97,8 @@ def topk_per_group(scores: Tensor, owners: Tensor, num_groups: int, k: int) -> l
         num_groups: G. k: entries per group.
 
     Returns:
-        per group, flat indices ``row * V + column`` into ``scores``, best first.
+        per group, its entries best first as ``(row * V + column, score)``: flat indices into
+        ``scores`` and their values (one host transfer of the G * k picks, not of ``scores``).
     """
     num_rows, width = scores.shape
     counts = torch.bincount(owners, minlength=num_groups)
@@ -110,9 +113,13 @@ def topk_per_group(scores: Tensor, owners: Tensor, num_groups: int, k: int) -> l
     values, index = flat.topk(min(k, flat.shape[1]), dim=1)
     picked_rows = rows.gather(1, index // width)
     chosen = picked_rows * width + index % width
+    # float64 holds every float32 score and every index below 2**53 exactly: one transfer
+    both = torch.stack([values.double(), chosen.double()]).tolist()
     result = []
-    for group_values, group_chosen in zip(values.tolist(), chosen.tolist()):
-        result.append([c for v, c in zip(group_values, group_chosen) if v > float("-inf")])
+    for group_values, group_chosen in zip(*both):
+        result.append(
+            [(int(c), v) for v, c in zip(group_values, group_chosen) if v > float("-inf")]
+        )
     return result
 
 
@@ -253,17 +260,15 @@ class ModifiedBeamSearch(StreamingBeamSearch):
         groups, group_of = torch.unique_consecutive(owner_index, return_inverse=True)
         picks = topk_per_group(candidates, group_of, len(groups), self.cfg.beam_size)
         vocab = candidates.shape[1]
-        flat_scores = candidates.view(-1).tolist()
         kept: dict[tuple[int, TokenChain], int] = {}
         new_hyps: list[_Hyp] = []
         new_owners: list[int] = []
         parents: list[int] = []
         labels: list[int] = []
         for group in picks:
-            for flat in group:
+            for flat, score in group:
                 row, label = divmod(flat, vocab)
                 parent, owner = hyps[row], owners[row]
-                score = flat_scores[flat]
                 emit = label != self.scorer.blank_id
                 tokens = parent.tokens
                 if emit:
