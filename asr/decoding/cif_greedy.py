@@ -162,9 +162,10 @@ class CifStreamState:
     @property
     def num_frames(self) -> Tensor:
         """(B,) int64 frames each stream holds (its :class:`FrameChunks`' count), on the
-        state's device."""
+        state's device (copied from the host without waiting for the device)."""
         counts = [0 if chunks is None else chunks.num_frames for chunks in self.frames]
-        return torch.tensor(counts, dtype=torch.int64, device=self.window_start.device)
+        host = torch.tensor(counts, dtype=torch.int64)
+        return host.to(self.window_start.device, non_blocking=True)
 
 
 class CifGreedySearch:
