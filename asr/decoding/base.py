@@ -11,6 +11,10 @@
   held inside a streaming state (a stream's hypothesis must live in its state to be stacked
   with others): per stream a :class:`TokenRun`, which an append extends in place, amortised
   O(1), unless an older state's tokens are in the way (then it copies them once).
+* :class:`TokenChain`: the tokens and token frames of a beam-search hypothesis as a persistent
+  linked list (a node per token pointing at the tokens before it, shared by every hypothesis
+  that extends them), so that an expansion, a merge key and its hash cost O(1) however many
+  tokens a stream has decoded; the tuples are built only for a result.
 * :class:`StreamBeam` and :class:`BeamState`: the beam of one stream of a streaming beam search
   (hypotheses as Python objects, the predictor rows, frames not yet searched, the stream's
   hotword graph) and the State that carries one per stream (:func:`asr.state.stream_field`).
@@ -41,11 +45,13 @@ from asr.state import BATCH_DIM_KEY, is_stream_field, state_field, stream_field
 from asr.types import Hypothesis
 
 __all__ = [
+    "EMPTY_CHAIN",
     "BeamState",
     "Searcher",
     "StreamBeam",
     "StreamingSearcher",
     "TokenBuffer",
+    "TokenChain",
     "TokenRun",
     "check_encoder_output",
     "insertion_bonuses",
@@ -85,6 +91,84 @@ class StreamingSearcher(Protocol):
     def finalize(self, state: Any) -> list[Hypothesis]:
         """Final hypothesis per stream (no more frames will come)."""
         ...
+
+
+class TokenChain:
+    """The tokens of a beam-search hypothesis and the frame of each, as a persistent linked
+    list: a node holds the last token and its frame and points at the chain of the tokens
+    before it, which every hypothesis extending them shares. :meth:`push` is O(1) (a tuple
+    copy was O(n) per expansion: quadratic in a stream without endpointing).
+
+    Equality and hash are those of the token sequence (frames are not compared: hypotheses
+    merge by their tokens): the hash is kept per node, built from the parent's, and equal
+    hashes are confirmed by walking both chains back to their first shared node, so a merge
+    key is exact. :data:`EMPTY_CHAIN` is the chain of no token.
+
+    Attributes:
+        parent: the chain of the tokens before the last; None for the empty chain.
+        token, frame: the last token and its frame (-1 for the empty chain).
+        length: the number of tokens.
+    """
+
+    __slots__ = ("frame", "length", "parent", "token", "_hash")
+
+    def __init__(self, parent: TokenChain | None, token: int, frame: int) -> None:
+        self.parent = parent
+        self.token = token
+        self.frame = frame
+        self.length = 0 if parent is None else parent.length + 1
+        self._hash = hash((None if parent is None else parent._hash, token))
+
+    def push(self, token: int, frame: int) -> TokenChain:
+        """This chain followed by ``token`` at ``frame`` (``self`` unchanged and shared)."""
+        return TokenChain(self, token, frame)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TokenChain):
+            return NotImplemented
+        a: TokenChain | None = self
+        b: TokenChain | None = other
+        while a is not b:
+            if a is None or b is None:
+                return False
+            if a._hash != b._hash or a.length != b.length or a.token != b.token:
+                return False
+            a, b = a.parent, b.parent
+        return True
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __repr__(self) -> str:
+        return f"TokenChain(length={self.length}, last={self.token})"
+
+    def tokens(self) -> tuple[int, ...]:
+        """(U,) the token ids, oldest first (O(U): for results, not for the search)."""
+        return self._pairs()[0]
+
+    def frames(self) -> tuple[int, ...]:
+        """(U,) the frame of each token, oldest first."""
+        return self._pairs()[1]
+
+    def hypothesis(self, score: float) -> Hypothesis:
+        """The chain as a :class:`Hypothesis` of ``score``."""
+        tokens, frames = self._pairs()
+        return Hypothesis(tokens=tokens, score=score, frames=frames)
+
+    def _pairs(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        tokens, frames = [], []
+        node: TokenChain | None = self
+        while node is not None and node.parent is not None:
+            tokens.append(node.token)
+            frames.append(node.frame)
+            node = node.parent
+        return tuple(reversed(tokens)), tuple(reversed(frames))
+
+
+EMPTY_CHAIN = TokenChain(None, -1, -1)
 
 
 @dataclass(frozen=True)
@@ -319,16 +403,19 @@ class TokenBuffer:
         return self.extend(tokens[:, None], frames[:, None], emit[:, None])
 
     def extend(self, tokens: Tensor, frames: Tensor, emit: Tensor) -> TokenBuffer:
-        """Appends the tokens at the ``emit`` positions of each row, in order (one host
-        transfer of the appended tokens and frames; on a GPU three device syncs, the two
-        masked selections and the transfer, however many tokens the streams hold).
+        """Appends the tokens at the ``emit`` positions of each row, in order (on a GPU two
+        device syncs, however many tokens the streams hold: the positions of the appended
+        tokens, whose number sizes what follows, and one host transfer of their counts, tokens
+        and frames).
 
         Args:
             tokens, frames: (B, L) candidates; emit: (B, L) bool, which ones to append.
         """
         batch = emit.shape[0]
         added = emit.sum(dim=1)  # (B,)
-        kept = torch.cat([added, tokens[emit].long(), frames[emit].long()]).tolist()
+        rows, columns = emit.nonzero(as_tuple=True)  # (E,) each: the only sync before the copy
+        picked = [tokens[rows, columns].long(), frames[rows, columns].long()]
+        kept = torch.cat([added, *picked]).tolist()
         counts, values = kept[:batch], kept[batch:]
         total = len(values) // 2
         runs, start = [], 0

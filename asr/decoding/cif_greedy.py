@@ -148,17 +148,24 @@ class CifStreamState:
     Attributes:
         frames: per stream, the encoder frames of the segment so far (:class:`FrameChunks`;
             None before the first frame), each stream's own: stacking and splitting states
-            moves them, never copies them.
-        num_frames: (B,) int64 frames stored.
+            moves them, never copies them. Their counts are the one record of the frames held
+            (:attr:`num_frames`).
         window_start: (B,) int64 first frame (of the segment) that a partial result decodes;
             the tokens of the frames before it are ``settled``.
         settled: the tokens settled for partial results, their frames those of the segment.
     """
 
     frames: tuple[FrameChunks | None, ...] = stream_field()
-    num_frames: Tensor = state_field(batch_dim=0)
     window_start: Tensor = state_field(batch_dim=0)
     settled: TokenBuffer
+
+    @property
+    def num_frames(self) -> Tensor:
+        """(B,) int64 frames each stream holds (its :class:`FrameChunks`' count), on the
+        state's device (copied from the host without waiting for the device)."""
+        counts = [0 if chunks is None else chunks.num_frames for chunks in self.frames]
+        host = torch.tensor(counts, dtype=torch.int64)
+        return host.to(self.window_start.device, non_blocking=True)
 
 
 class CifGreedySearch:
@@ -208,7 +215,6 @@ class CifGreedySearch:
         """State of ``batch_size`` new streams (no frame yet)."""
         return CifStreamState(
             frames=(None,) * batch_size,
-            num_frames=torch.zeros(batch_size, dtype=torch.int64, device=device),
             window_start=torch.zeros(batch_size, dtype=torch.int64, device=device),
             settled=TokenBuffer.empty(batch_size, device),
         )
@@ -220,15 +226,13 @@ class CifGreedySearch:
         not copied; one device sync); settles the partial window of each stream that now holds
         more than ``partial_window`` frames in it (a second sync)."""
         check_encoder_output(enc, enc_lens)
-        enc_lens = enc_lens.to(enc.device, torch.int64)
-        num_frames = state.num_frames + enc_lens
         dtype = self.head.input_proj.weight.dtype
         frames = tuple(
             FrameChunks.append(chunks, enc[row, :count].to(dtype, copy=True))
             for row, (chunks, count) in enumerate(zip(state.frames, enc_lens.tolist()))
         )
-        state = CifStreamState(frames, num_frames, state.window_start, state.settled)
-        over = (num_frames - state.window_start) > self.partial_window
+        state = CifStreamState(frames, state.window_start, state.settled)
+        over = (state.num_frames - state.window_start) > self.partial_window
         return self._settle(state, over) if bool(over.any()) else state
 
     def _settle(self, state: CifStreamState, over: Tensor) -> CifStreamState:
@@ -257,7 +261,7 @@ class CifGreedySearch:
             scores[row] = hyp.score
         window_start = state.window_start.index_add(0, rows, bounds)
         settled = state.settled.extend(tokens, frames, emit).add_score(scores)
-        return CifStreamState(state.frames, state.num_frames, window_start, settled)
+        return CifStreamState(state.frames, window_start, settled)
 
     def _boundaries(
         self, out: CIFInference, labels: Tensor | None, lens: Tensor, middle: Tensor
@@ -300,9 +304,10 @@ class CifGreedySearch:
     @torch.no_grad()
     def finalize(self, state: CifStreamState) -> list[Hypothesis]:
         """The offline search of all the frames of the segment (settled tokens play no part)."""
-        if not state.num_frames.numel() or not int(state.num_frames.max()):
-            return [Hypothesis(tokens=()) for _ in range(state.num_frames.shape[0])]
-        return self._search(self._last_frames(state.frames, state.num_frames), state.num_frames)
+        num_frames = state.num_frames
+        if not num_frames.numel() or not int(num_frames.max()):
+            return [Hypothesis(tokens=()) for _ in range(num_frames.shape[0])]
+        return self._search(self._last_frames(state.frames, num_frames), num_frames)
 
     def _last_frames(self, stores: Sequence[FrameChunks | None], lens: Tensor) -> Tensor:
         """The last ``lens`` (B,) frames of each stream's store, left-aligned, as the offline

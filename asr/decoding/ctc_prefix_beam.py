@@ -26,7 +26,8 @@ ranking divides the score by ``(L + 1) ** length_norm``
 timestamp is the frame at which the most probable alignment contributing to the prefix emitted
 it: beside the two sums, each prefix keeps the log-probability of its best alignment ending in
 blank and of its best ending in its last token (the same recursion with max for log-add), with
-their token frames.
+their token frames. Prefixes and those frames are :class:`~asr.decoding.base.TokenChain` s, so
+extending a prefix and looking it up cost O(1) however long it is.
 
 Contextual biasing (:mod:`asr.decoding.context_graph`): with a hotword graph each prefix
 carries its graph state and the sum of the graph's bonuses along its tokens, which its ranking
@@ -53,9 +54,11 @@ import torch
 from torch import Tensor
 
 from asr.decoding.base import (
+    EMPTY_CHAIN,
     BeamState,
     StreamBeam,
     StreamingBeamSearch,
+    TokenChain,
     log_add,
     rank_score,
 )
@@ -80,8 +83,8 @@ class _Prefix:
     label: float = NEG_INF
     best_blank: float = NEG_INF  # the most probable alignment ending in blank
     best_label: float = NEG_INF  # the most probable alignment ending in the last token
-    frames_blank: tuple[int, ...] = ()  # token frames of those two alignments
-    frames_label: tuple[int, ...] = ()
+    frames_blank: TokenChain = EMPTY_CHAIN  # the prefix with the frames of those alignments
+    frames_label: TokenChain = EMPTY_CHAIN
     lm_state: Hashable = None
     lm_score: float = 0.0
     lm_next: Tensor | None = field(default=None, repr=False)
@@ -92,7 +95,7 @@ class _Prefix:
     def ctc(self) -> float:
         return log_add(self.blank, self.label)
 
-    def best(self) -> tuple[float, tuple[int, ...]]:
+    def best(self) -> tuple[float, TokenChain]:
         """Log-probability and token frames of the prefix's most probable alignment."""
         if self.best_label > self.best_blank:
             return self.best_label, self.frames_label
@@ -155,7 +158,7 @@ class CtcPrefixBeamSearch(StreamingBeamSearch):
 
     def _new_beam(self, context: ContextGraph | None) -> StreamBeam:
         """The beam of a new stream: the empty prefix."""
-        return StreamBeam((((), self._root()),), 0, context)
+        return StreamBeam(((EMPTY_CHAIN, self._root()),), 0, context)
 
     def _root(self) -> _Prefix:
         root = _Prefix(blank=0.0, best_blank=0.0)
@@ -193,18 +196,18 @@ class CtcPrefixBeamSearch(StreamingBeamSearch):
         # the final ranking takes it (length-normalised), as the transducer and TDT beams rank
         final.sort(key=lambda item: item[:2], reverse=True)
         return [
-            Hypothesis(tokens=prefix, score=score, frames=entry.best()[1])
+            Hypothesis(tokens=prefix.tokens(), score=score, frames=entry.best()[1].frames())
             for score, _, prefix, entry in final[: self.cfg.nbest]
         ]
 
     def _frame(
         self,
-        beam: dict[tuple[int, ...], _Prefix],
+        beam: dict[TokenChain, _Prefix],
         frame: int,
         labels: list[tuple[int, float]],
         log_probs: Tensor,
         context: ContextGraph | None,
-    ) -> dict[tuple[int, ...], _Prefix]:
+    ) -> dict[TokenChain, _Prefix]:
         """Extends every prefix by the frame's candidate ``(label, log-prob)`` pairs (its
         ``beam_size`` most likely labels); keeps the ``beam_size`` best prefixes.
 
@@ -222,8 +225,8 @@ class CtcPrefixBeamSearch(StreamingBeamSearch):
         return dict(item for _, item in ranked[: self.cfg.beam_size])
 
     def _ranked(
-        self, new: dict[tuple[int, ...], _Prefix], context: ContextGraph | None
-    ) -> list[tuple[float, tuple[tuple[int, ...], _Prefix]]]:
+        self, new: dict[TokenChain, _Prefix], context: ContextGraph | None
+    ) -> list[tuple[float, tuple[TokenChain, _Prefix]]]:
         """The prefixes of ``new`` with their ranking scores, best first; a prefix the LM
         forbids (-inf: a word outside a word LM's lexicon) is dropped."""
         scored = [(self._total(*item, context), item) for item in new.items()]
@@ -231,15 +234,15 @@ class CtcPrefixBeamSearch(StreamingBeamSearch):
 
     def _extend(
         self,
-        beam: dict[tuple[int, ...], _Prefix],
+        beam: dict[TokenChain, _Prefix],
         frame: int,
         labels: list[tuple[int, float]],
         context: ContextGraph | None,
-    ) -> dict[tuple[int, ...], _Prefix]:
+    ) -> dict[TokenChain, _Prefix]:
         """The prefixes after ``frame``: every prefix of ``beam`` extended by every one of the
         ``(label, log-prob)`` pairs ``labels`` (the recursion of the module docstring)."""
         blank_id = self.head.blank_id
-        new: dict[tuple[int, ...], _Prefix] = {}
+        new: dict[TokenChain, _Prefix] = {}
         for label, log_prob in labels:
             for prefix, entry in beam.items():
                 best, frames = entry.best()
@@ -248,7 +251,7 @@ class CtcPrefixBeamSearch(StreamingBeamSearch):
                         new, prefix, entry, "blank", entry.ctc + log_prob, best + log_prob, frames
                     )
                     continue
-                if prefix and label == prefix[-1]:
+                if prefix.length and label == prefix.token:
                     self._add(
                         new, prefix, entry, "label", entry.label + log_prob,
                         entry.best_label + log_prob, entry.frames_label,
@@ -257,20 +260,20 @@ class CtcPrefixBeamSearch(StreamingBeamSearch):
                 else:
                     score = entry.ctc
                 self._add(
-                    new, prefix + (label,), entry, "label", score + log_prob, best + log_prob,
-                    frames + (frame,), label, context,
+                    new, prefix.push(label, frame), entry, "label", score + log_prob,
+                    best + log_prob, frames.push(label, frame), label, context,
                 )
         return new
 
     def _add(
         self,
-        new: dict[tuple[int, ...], _Prefix],
-        prefix: tuple[int, ...],
+        new: dict[TokenChain, _Prefix],
+        prefix: TokenChain,
         parent: _Prefix,
         kind: str,
         score: float,
         best: float,
-        frames: tuple[int, ...],
+        frames: TokenChain,
         label: int | None = None,
         context: ContextGraph | None = None,
     ) -> None:
@@ -308,7 +311,7 @@ class CtcPrefixBeamSearch(StreamingBeamSearch):
 
     def _total(
         self,
-        prefix: tuple[int, ...],
+        prefix: TokenChain,
         entry: _Prefix,
         context: ContextGraph | None,
         final: bool = False,

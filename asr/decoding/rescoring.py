@@ -25,13 +25,17 @@ pass's n-best (the empty hypothesis, score 0): the second head has no frame to s
 decoder would attend to the padding). A hypothesis longer than the AED can place (learned
 positions: more than ``heads.aed.max_len - 1`` tokens, :attr:`asr.heads.aed.AEDHead.max_target_tokens`)
 gets the AED score ``-inf`` (the AED can neither produce nor score it), so it ranks after every
-hypothesis the AED scores, in the first pass's order, reported with score ``-inf``.
+hypothesis the AED scores, in the first pass's order, reported with score ``-inf``. When the
+second head scores none of an utterance's hypotheses (every one ``-inf``: say all longer than the
+AED's positions), the mixed scores would all be ``-inf`` and rank nothing: the utterance keeps
+the first pass's n-best and scores (a warning is logged once per searcher).
 
 Shape legend: B batch, N hypotheses of the whole batch, T frames, D encoder dims.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Protocol
@@ -45,6 +49,8 @@ from asr.encoders.base import zero_padding
 from asr.types import Hypothesis
 
 NEG_INF = float("-inf")
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["NbestRescoring", "SequenceScorer", "combined_score"]
 
@@ -80,6 +86,7 @@ class NbestRescoring:
         self.first_pass = first_pass
         self.head = head
         self.cfg = cfg
+        self._warned = False
 
     @torch.no_grad()
     def __call__(self, enc: Tensor, enc_lens: Tensor) -> list[list[Hypothesis]]:
@@ -104,9 +111,28 @@ class NbestRescoring:
         results: list[list[Hypothesis]] = [
             [] if n > 0 else hyps for hyps, n in zip(nbests, enc_lens.tolist())
         ]
-        for owner, hyp in zip(owners, rescored):
+        unscored = set(scored)
+        for owner, hyp, s in zip(owners, rescored, second):
             results[owner].append(hyp)
+            if s != NEG_INF:
+                unscored.discard(owner)
+        if unscored:
+            self._warn_unscored(len(unscored))
         return [
-            sorted(hyps, key=lambda hyp: hyp.score, reverse=True)[: self.cfg.nbest]
-            for hyps in results
+            nbests[b][: self.cfg.nbest] if b in unscored  # nothing else to rank by
+            else sorted(hyps, key=lambda hyp: hyp.score, reverse=True)[: self.cfg.nbest]
+            for b, hyps in enumerate(results)
         ]
+
+    def _warn_unscored(self, count: int) -> None:
+        """Logs, once per searcher, that the second head scored no hypothesis of ``count``
+        utterances, which keep their first-pass n-best."""
+        if self._warned:
+            return
+        self._warned = True
+        logger.warning(
+            "n-best rescoring: the second head scores none of the first pass's hypotheses of "
+            "%d utterance(s) (e.g. all longer than the AED's learned positions, "
+            "heads.aed.max_len); they keep the first pass's n-best and scores (logged once)",
+            count,
+        )

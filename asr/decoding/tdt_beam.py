@@ -84,9 +84,11 @@ import torch
 from torch import Tensor
 
 from asr.decoding.base import (
+    EMPTY_CHAIN,
     BeamState,
     StreamBeam,
     StreamingBeamSearch,
+    TokenChain,
     insertion_bonuses,
     log_add,
     rank_score,
@@ -105,8 +107,7 @@ __all__ = ["TdtBeamSearch"]
 
 @dataclass(frozen=True)
 class _Hyp:
-    tokens: tuple[int, ...]
-    frames: tuple[int, ...]
+    tokens: TokenChain  # with the frame of each token
     score: float
     frame: int  # next frame to read
     count: int  # tokens emitted on ``frame`` (duration 0)
@@ -121,7 +122,6 @@ def _merge(kept: _Hyp, other: _Hyp) -> _Hyp:
     used by finished hypotheses, where :meth:`TdtBeamSearch._finish` set it)."""
     return _Hyp(
         kept.tokens,
-        kept.frames,
         log_add(kept.score, other.score),
         kept.frame,
         kept.count,
@@ -183,7 +183,7 @@ class TdtBeamSearch(StreamingBeamSearch):
     ) -> tuple[StreamBeam, ...]:
         """A beam per stream: the start hypothesis, the predictor's start, no frame held."""
         pred_proj, pred_state = self.scorer.initial(1, device)
-        start = _Hyp((), (), 0.0, 0, 0, self.lm.init_state() if self.lm is not None else None)
+        start = _Hyp(EMPTY_CHAIN, 0.0, 0, 0, self.lm.init_state() if self.lm is not None else None)
         none = pred_proj.new_zeros(0, pred_proj.shape[-1])
         return tuple(StreamBeam((start,), 0, graph, pred_proj, pred_state, none) for graph in graphs)
 
@@ -225,9 +225,9 @@ class TdtBeamSearch(StreamingBeamSearch):
         """The n-best of a stream that ends after its ``frames_done`` frames."""
         num_frames = beam.frames_done
         live = list(beam.hyps) if num_frames else []
-        finished: dict[tuple[int, ...], _Hyp] = {}
+        finished: dict[TokenChain, _Hyp] = {}
         if not num_frames:
-            finished[()] = self._finish(beam.hyps[0], beam.context)
+            finished[EMPTY_CHAIN] = self._finish(beam.hyps[0], beam.context)
         first = num_frames - beam.pending.shape[0]
         self._search(
             live, beam.pending, first, num_frames, num_frames, beam.pred_proj, beam.pred_state,
@@ -243,10 +243,7 @@ class TdtBeamSearch(StreamingBeamSearch):
             before_end = rank_score(h.before_end, length, alpha)
             scored.append((rank_score(h.score, length, alpha), before_end, h))
         scored.sort(key=lambda item: item[:2], reverse=True)
-        return [
-            Hypothesis(tokens=h.tokens, score=score, frames=h.frames)
-            for score, _, h in scored[: self.cfg.nbest]
-        ]
+        return [h.tokens.hypothesis(score) for score, _, h in scored[: self.cfg.nbest]]
 
     def _best_live(self, beam: StreamBeam) -> Hypothesis:
         """The live hypothesis that would rank first if it ended here (for partial results)."""
@@ -258,7 +255,7 @@ class TdtBeamSearch(StreamingBeamSearch):
         if not ranked:
             return Hypothesis(tokens=())
         score, best = max(ranked, key=lambda item: item[0])
-        return Hypothesis(tokens=best.tokens, score=score, frames=best.frames)
+        return best.tokens.hypothesis(score)
 
     def _search(
         self,
@@ -270,7 +267,7 @@ class TdtBeamSearch(StreamingBeamSearch):
         pred_proj: Tensor,
         pred_state: Any,
         context: ContextGraph | None,
-        finished: dict[tuple[int, ...], _Hyp],
+        finished: dict[TokenChain, _Hyp],
     ) -> tuple[list[_Hyp], Tensor, Any]:
         """Expands the live hypotheses on their smallest frame, again and again.
 
@@ -361,14 +358,14 @@ class TdtBeamSearch(StreamingBeamSearch):
         self,
         moves: list[_Move],
         live: list[_Hyp],
-        finished: dict[tuple[int, ...], _Hyp],
+        finished: dict[TokenChain, _Hyp],
         num_frames: int | None,
         context: ContextGraph | None,
     ) -> tuple[list[_Hyp], list[int], list[int]]:
         """The kept moves, best first: finished ones log-added into ``finished`` (by tokens),
         live ones into the new beam (merged by tokens and frame)."""
         new_live: list[_Hyp] = []
-        where: dict[tuple[tuple[int, ...], int], int] = {}
+        where: dict[tuple[TokenChain, int], int] = {}
         rows: list[int] = []
         labels: list[int] = []
         blank = self.scorer.blank_id
@@ -394,10 +391,10 @@ class TdtBeamSearch(StreamingBeamSearch):
         if move.label is None:
             return hyp
         count = 0
-        tokens, frames, lm_state = hyp.tokens, hyp.frames, hyp.lm_state
+        tokens, lm_state = hyp.tokens, hyp.lm_state
         state = hyp.context
         if move.label != self.scorer.blank_id:
-            tokens, frames = tokens + (move.label,), frames + (hyp.frame,)
+            tokens = tokens.push(move.label, hyp.frame)
             if self.lm is not None:
                 lm_state = self.lm.advance(lm_state, move.label)
             if context is not None:
@@ -405,7 +402,7 @@ class TdtBeamSearch(StreamingBeamSearch):
             if move.duration == 0:
                 count = hyp.count + 1
         return _Hyp(
-            tokens, frames, move.score, hyp.frame + move.duration, count, lm_state, context=state
+            tokens, move.score, hyp.frame + move.duration, count, lm_state, context=state
         )
 
     def _finish(self, hyp: _Hyp, context: ContextGraph | None) -> _Hyp:
@@ -439,7 +436,7 @@ class TdtBeamSearch(StreamingBeamSearch):
         live: list[_Hyp],
         pred_proj: Tensor,
         pred_state: Any,
-        finished: dict,
+        finished: dict[TokenChain, _Hyp],
         context: ContextGraph | None,
     ) -> tuple[list[_Hyp], Tensor, Any]:
         """Drops live hypotheses that cannot beat the ``beam_size``-th finished one (only

@@ -30,8 +30,9 @@ match gives its boost back). Merged hypotheses share their tokens, so their grap
 
 Batched: the hypotheses of all utterances still inside their frames are one tensor batch for
 the joiner and the predictor on every frame; the per-utterance top-k runs on a padded
-(utterances, K * V) matrix; only the bookkeeping of the kept hypotheses (token tuples, merging)
-is Python.
+(utterances, K * V) matrix; only the bookkeeping of the kept hypotheses (their tokens, merging)
+is Python, O(1) per kept hypothesis however many tokens it holds: its tokens are a
+:class:`~asr.decoding.base.TokenChain`, extended and hashed without copying the tokens before.
 
 Streaming (:meth:`ModifiedBeamSearch.step`): the search is frame-synchronous and never looks
 ahead, so a chunk continues each stream's beam where the last one left it. A stream's beam (its
@@ -57,9 +58,11 @@ import torch
 from torch import Tensor
 
 from asr.decoding.base import (
+    EMPTY_CHAIN,
     BeamState,
     StreamBeam,
     StreamingBeamSearch,
+    TokenChain,
     insertion_bonuses,
     log_add,
     rank_score,
@@ -78,14 +81,15 @@ __all__ = ["ModifiedBeamSearch", "topk_per_group"]
 
 @dataclass(frozen=True)
 class _Hyp:
-    tokens: tuple[int, ...]
-    frames: tuple[int, ...]  # absolute encoder frame of each token
+    tokens: TokenChain  # with the absolute encoder frame of each token
     score: float  # AM + lm_weight * LM log-probability + insertion_bonus per token + hotwords
     lm_state: Hashable = None
     context: int = 0  # hotword graph state
 
 
-def topk_per_group(scores: Tensor, owners: Tensor, num_groups: int, k: int) -> list[list[int]]:
+def topk_per_group(
+    scores: Tensor, owners: Tensor, num_groups: int, k: int
+) -> list[list[tuple[int, float]]]:
     """The ``k`` best finite entries of each group of rows.
 
     Args:
@@ -93,7 +97,8 @@ def topk_per_group(scores: Tensor, owners: Tensor, num_groups: int, k: int) -> l
         num_groups: G. k: entries per group.
 
     Returns:
-        per group, flat indices ``row * V + column`` into ``scores``, best first.
+        per group, its entries best first as ``(row * V + column, score)``: flat indices into
+        ``scores`` and their values (one host transfer of the G * k picks, not of ``scores``).
     """
     num_rows, width = scores.shape
     counts = torch.bincount(owners, minlength=num_groups)
@@ -108,9 +113,13 @@ def topk_per_group(scores: Tensor, owners: Tensor, num_groups: int, k: int) -> l
     values, index = flat.topk(min(k, flat.shape[1]), dim=1)
     picked_rows = rows.gather(1, index // width)
     chosen = picked_rows * width + index % width
+    # float64 holds every float32 score and every index below 2**53 exactly: one transfer
+    both = torch.stack([values.double(), chosen.double()]).tolist()
     result = []
-    for group_values, group_chosen in zip(values.tolist(), chosen.tolist()):
-        result.append([c for v, c in zip(group_values, group_chosen) if v > float("-inf")])
+    for group_values, group_chosen in zip(*both):
+        result.append(
+            [(int(c), v) for v, c in zip(group_values, group_chosen) if v > float("-inf")]
+        )
     return result
 
 
@@ -150,7 +159,7 @@ class ModifiedBeamSearch(StreamingBeamSearch):
     ) -> tuple[StreamBeam, ...]:
         """A beam per stream: the start hypothesis and its rows of the predictor's start."""
         pred_proj, pred_state = self.scorer.initial(len(graphs), device)
-        start = _Hyp((), (), 0.0, self.lm.init_state() if self.lm is not None else None)
+        start = _Hyp(EMPTY_CHAIN, 0.0, self.lm.init_state() if self.lm is not None else None)
         return tuple(
             StreamBeam((start,), 0, graph, pred_proj[b : b + 1], select_states(pred_state, [b]))
             for b, graph in enumerate(graphs)
@@ -251,19 +260,19 @@ class ModifiedBeamSearch(StreamingBeamSearch):
         groups, group_of = torch.unique_consecutive(owner_index, return_inverse=True)
         picks = topk_per_group(candidates, group_of, len(groups), self.cfg.beam_size)
         vocab = candidates.shape[1]
-        flat_scores = candidates.view(-1).tolist()
-        kept: dict[tuple[int, tuple[int, ...]], int] = {}
+        kept: dict[tuple[int, TokenChain], int] = {}
         new_hyps: list[_Hyp] = []
         new_owners: list[int] = []
         parents: list[int] = []
         labels: list[int] = []
         for group in picks:
-            for flat in group:
+            for flat, score in group:
                 row, label = divmod(flat, vocab)
                 parent, owner = hyps[row], owners[row]
-                score = flat_scores[flat]
                 emit = label != self.scorer.blank_id
-                tokens = parent.tokens + (label,) if emit else parent.tokens
+                tokens = parent.tokens
+                if emit:
+                    tokens = tokens.push(label, beams[owner].frames_done + frame)
                 key = (owner, tokens)
                 if key in kept:  # same sequence reached twice: log-add the scores
                     index = kept[key]
@@ -272,14 +281,12 @@ class ModifiedBeamSearch(StreamingBeamSearch):
                     new_hyps[index] = dataclasses.replace(old, score=merged)
                     continue
                 kept[key] = len(new_hyps)
-                absolute = beams[owner].frames_done + frame
-                frames = parent.frames + (absolute,) if emit else parent.frames
                 lm_state, context = parent.lm_state, parent.context
                 if emit and self.lm is not None:
                     lm_state = self.lm.advance(lm_state, label)
                 if emit and graphs[row] is not None:
                     context = graphs[row].step(context, label)[1]
-                new_hyps.append(_Hyp(tokens, frames, score, lm_state, context))
+                new_hyps.append(_Hyp(tokens, score, lm_state, context))
                 new_owners.append(owner)
                 parents.append(row)
                 labels.append(label)
@@ -321,10 +328,7 @@ class ModifiedBeamSearch(StreamingBeamSearch):
         )
         if not scored:
             return [Hypothesis(tokens=())]
-        return [
-            Hypothesis(tokens=h.tokens, score=score, frames=h.frames)
-            for score, h in scored[: self.cfg.nbest]
-        ]
+        return [h.tokens.hypothesis(score) for score, h in scored[: self.cfg.nbest]]
 
 
 def _graph_deltas(

@@ -70,7 +70,7 @@ class AEDConfig:
         max_len: number of learned positions: the AED loss leaves out a target of
             ``max_len`` tokens or more (``<sos>`` takes a position), the AED beam search ends
             its hypotheses at ``max_len - 1`` tokens and rescoring ranks a longer first-pass
-            hypothesis last.
+            hypothesis last (an utterance with no shorter one keeps its first-pass n-best).
         label_smoothing: probability mass spread over the non-reference tokens, in ``[0, 1)``.
         reverse_weight: weight of the right-to-left decoder in the loss and in
             :meth:`AEDHead.score_sequences`; 0 builds no right-to-left decoder.

@@ -28,7 +28,8 @@ Two switches of :class:`CIFConfig`:
   encoder frames of each token's CTC segment, taken from the model's CTC head (linked by
   :class:`asr.model.ASRModel`). Training uses the Viterbi alignment of the reference
   (:func:`asr.losses.ctc.ctc_forced_align`), inference the greedy CTC path, so the count is
-  exactly greedy CTC's. A segment is the run of frames on which the path emits the token (its
+  exactly greedy CTC's; both read the CTC head's eval-mode output (no dropout, no gradient:
+  the segments do not depend on a dropout draw). A segment is the run of frames on which the path emits the token (its
   blank frames belong to no token). The paper averages CTC posteriors; the encoder frames
   carry them (the CTC head is linear on them) and more.
 
@@ -411,9 +412,9 @@ class CIFHead(nn.Module):
 
     def ctc_labels(self, enc: Tensor, blank_penalty: float = 0.0) -> Tensor:
         """(B, T, D) -> (B, T) int64 best CTC label of every frame, the blank logit lowered by
-        ``blank_penalty`` (``segments: ctc``)."""
+        ``blank_penalty`` (``segments: ctc``), without the CTC head's dropout in either mode."""
         ctc = self._ctc_head()
-        logits = ctc.logits(enc).float()
+        logits = ctc.logits(enc, dropout=False).float()
         if blank_penalty:
             logits = logits.clone()
             logits[..., ctc.blank_id] -= blank_penalty
@@ -500,8 +501,8 @@ class CIFHead(nn.Module):
         targets, target_lens = self._targets(tokens, token_lens)
         if self.uses_ctc:
             ctc = self._ctc_head()
-            with torch.no_grad():
-                log_probs = ctc.log_probs(enc)
+            with torch.no_grad():  # the alignment does not depend on the CTC head's dropout
+                log_probs = ctc.log_probs(enc, dropout=False)
             aligned = ctc_forced_align(log_probs, enc_lens, tokens, token_lens, ctc.blank_id)
             return (
                 self.input_proj(segment_means(enc, aligned, targets.shape[1])),

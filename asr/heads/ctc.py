@@ -66,13 +66,16 @@ class CTCHead(nn.Module):
     def blank_id(self) -> int:
         return self.cfg.blank_id
 
-    def logits(self, enc: Tensor) -> Tensor:
-        """(B, T, D) -> (B, T, V) unnormalised scores (in the autocast dtype, if any)."""
-        return self.output(self.dropout(enc))
+    def logits(self, enc: Tensor, dropout: bool = True) -> Tensor:
+        """(B, T, D) -> (B, T, V) unnormalised scores (in the autocast dtype, if any);
+        ``dropout`` False: the eval-mode scores in either mode (for an alignment that must not
+        depend on the dropout draw, e.g. the CIF head's CTC segments while training)."""
+        return self.output(self.dropout(enc) if dropout else enc)
 
-    def log_probs(self, enc: Tensor) -> Tensor:
-        """(B, T, D) -> (B, T, V) float32 log-probabilities (float64 in a float64 model)."""
-        logits = self.logits(enc)
+    def log_probs(self, enc: Tensor, dropout: bool = True) -> Tensor:
+        """(B, T, D) -> (B, T, V) float32 log-probabilities (float64 in a float64 model);
+        ``dropout`` as in :meth:`logits`."""
+        logits = self.logits(enc, dropout)
         return torch.log_softmax(logits.to(loss_dtype(logits)), dim=-1)
 
     def forward(self, enc: Tensor) -> Tensor:

@@ -218,25 +218,54 @@ def test_cif_hypotheses_read_only_the_fired_positions():
 
 
 def test_attention_rescoring_ranks_hypotheses_longer_than_the_learned_positions_last():
-    """The first pass has no token limit, but an AED with learned positions (``max_len`` 3:
-    at most 2 tokens) raised "position 3 exceeds max_len=3" on a longer hypothesis and
+    """The first pass has no token limit, but an AED with learned positions (``max_len`` 4:
+    at most 3 tokens) raised "position 4 exceeds max_len=4" on a longer hypothesis and
     stopped the decode. Such a hypothesis now gets the AED score -inf: it ranks after every
     hypothesis the AED scores, in first-pass order, with score -inf."""
     model = make_model(ctc=True, aed=True)
     torch.manual_seed(0)
     aed = AEDHead(
         AEDConfig(d_model=16, num_heads=2, num_layers=2, ffn_dim=32, dropout=0.0,
-                  positional="learned", max_len=3),
+                  positional="learned", max_len=4),
         ENC_DIM, VOCAB,
     ).eval()
     model.heads["aed"] = aed
-    enc, enc_lens = encoder_output([9, 6])
+    enc, enc_lens = encoder_output([6, 4])
     cfg = SearchConfig(beam_size=6, nbest=6, ctc_weight=0.3)
     first = build_searcher("ctc_prefix_beam", model, cfg)(enc, enc_lens)
-    assert any(len(h.tokens) > 2 for hyps in first for h in hyps)  # the case is exercised
+    assert any(len(h.tokens) > 3 for hyps in first for h in hyps)  # the case is exercised
     rescored = build_searcher("attention_rescoring", model, cfg)(enc, enc_lens)
+    assert all(any(len(h.tokens) <= 3 for h in pool) for pool in first)  # the AED ranks some
     for hyps, pool in zip(rescored, first):
-        long = [h.tokens for h in pool if len(h.tokens) > 2]
+        long = [h.tokens for h in pool if len(h.tokens) > 3]
         assert [h.tokens for h in hyps[len(hyps) - len(long):]] == long
         assert all(h.score == -INF for h in hyps[len(hyps) - len(long):])
         assert all(h.score > -INF for h in hyps[: len(hyps) - len(long)])
+
+
+def test_attention_rescoring_keeps_the_first_pass_when_the_aed_scores_no_hypothesis(caplog):
+    """When every first-pass hypothesis of an utterance was longer than the AED's learned
+    positions, every mixed score was -inf and the n-best came back with no score to rank or
+    report. Such an utterance now keeps the first pass's n-best and scores (a warning logged
+    once per searcher); the others are rescored as before."""
+    model = make_model(ctc=True, aed=True)
+    torch.manual_seed(0)
+    model.heads["aed"] = AEDHead(
+        AEDConfig(d_model=16, num_heads=2, num_layers=2, ffn_dim=32, dropout=0.0,
+                  positional="learned", max_len=3),
+        ENC_DIM, VOCAB,
+    ).eval()
+    enc, enc_lens = encoder_output([9, 2])
+    cfg = SearchConfig(beam_size=3, nbest=2, ctc_weight=0.3, blank_penalty=4.0)
+    first = build_searcher("ctc_prefix_beam", model, replace(cfg, nbest=3))(enc, enc_lens)
+    assert all(len(h.tokens) > 2 for h in first[0])  # the AED scores none of utterance 0's
+    assert any(len(h.tokens) <= 2 for h in first[1])
+    searcher = build_searcher("attention_rescoring", model, cfg)
+    with caplog.at_level("WARNING", logger="asr.decoding.rescoring"):
+        rescored = searcher(enc, enc_lens)
+        again = searcher(enc, enc_lens)
+    assert rescored[0] == first[0][:2] == again[0]
+    assert all(h.score > -INF for h in rescored[0])
+    assert rescored[1][0].score > -INF and rescored[1] != first[1][:2]
+    assert [r.getMessage() for r in caplog.records].count(
+        caplog.records[0].getMessage()) == 1 and "1 utterance" in caplog.records[0].getMessage()

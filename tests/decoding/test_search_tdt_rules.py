@@ -194,7 +194,7 @@ def partial(table: Table, **options):
     searcher = TdtBeamSearch(scorer.head, SearchConfig(beam_size=3, **options), context=context)
     searcher.scorer = scorer
     state = searcher.step(frames(8), torch.tensor([8]), searcher.init_state(1, "cpu"))
-    assert sorted(h.tokens for h in state.beams[0].hyps) == [(), (A,), (B,)]
+    assert sorted(h.tokens.tokens() for h in state.beams[0].hyps) == [(), (A,), (B,)]
     return searcher.partial(state)[0]
 
 

@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 import torch
 from search_helpers import assert_frames_valid, encoder_output, make_model
+from torch.overrides import TorchFunctionMode
 
 from asr.decoding import SearchConfig, build_searcher
 from asr.decoding.transducer_beam import topk_per_group
@@ -132,9 +133,10 @@ def test_non_finite_padding_frames_do_not_change_the_search(loss, names, garbage
 
 
 def test_topk_per_group_by_hand():
-    """Per group of rows the k best entries as flat ``row * V + column`` indices, best first,
-    never an impossible (-inf) one, even when a group has fewer finite entries than k; groups
-    of different sizes (the later one larger) and a group with nothing finite."""
+    """Per group of rows the k best entries as flat ``row * V + column`` indices with their
+    scores, best first, never an impossible (-inf) one, even when a group has fewer finite
+    entries than k; groups of different sizes (the later one larger) and a group with nothing
+    finite."""
     inf = float("inf")
     scores = torch.tensor([
         [-1.0, -inf],  # group 0
@@ -144,5 +146,36 @@ def test_topk_per_group_by_hand():
         [-inf, -inf],  # group 2
     ])
     owners = torch.tensor([0, 1, 1, 1, 2])
-    assert topk_per_group(scores, owners, 3, 3) == [[0], [6, 3, 2], []]
-    assert topk_per_group(scores, owners, 3, 1) == [[0], [6], []]
+    def pick(row: int, column: int) -> tuple[int, float]:  # flat index, the float32 score
+        return row * 2 + column, float(scores[row, column])
+
+    assert topk_per_group(scores, owners, 3, 3) == [
+        [pick(0, 0)], [pick(3, 0), pick(1, 1), pick(1, 0)], []
+    ]
+    assert topk_per_group(scores, owners, 3, 1) == [[pick(0, 0)], [pick(3, 0)], []]
+    third = torch.tensor([[1 / 3]])  # a float32 score comes back as that float32, exactly
+    assert topk_per_group(third, torch.tensor([0]), 1, 1) == [[(0, float(third))]]
+
+
+def test_a_beam_frame_transfers_its_picks_not_every_candidate_score():
+    """Each frame copied the whole (hypotheses, V) candidate matrix to the host to read the
+    scores of the K picks per stream (V floats per hypothesis per frame: a large transfer for
+    a large vocabulary); the grouped top-k now hands back the picks' scores with their
+    indices, and the search is unchanged (the same float32 values)."""
+    vocab = 40
+    model = make_model(transducer="pruned", vocab=vocab)
+    enc, enc_lens = encoder_output([12, 7])
+    searcher = build_searcher("transducer_beam", model, SearchConfig(beam_size=3))
+    sizes: list[int] = []
+
+    class Transfers(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if getattr(func, "__name__", "") == "tolist":
+                sizes.append(args[0].numel())
+            return func(*args, **(kwargs or {}))
+
+    with Transfers():
+        hyps = searcher(enc, enc_lens)
+    assert sizes and max(sizes) < vocab  # not even one hypothesis's candidates
+    assert hyps == build_searcher("transducer_beam", model, SearchConfig(beam_size=3))(
+        enc, enc_lens)

@@ -8,9 +8,11 @@ import dataclasses
 import pytest
 import torch
 from search_helpers import ENC_DIM, encoder_output, make_model
+from torch.overrides import TorchFunctionMode
 
 from asr.config import ConfigError
 from asr.decoding import SearchConfig, build_searcher, build_streaming_searcher
+from asr.decoding.base import TokenBuffer
 from asr.decoding.config import override_search
 from asr.state import select_states, stack_states, unstack_states
 from asr.types import Hypothesis
@@ -171,6 +173,45 @@ def test_a_step_appends_its_tokens_without_copying_the_tokens_held(name):
             list(before.tokens), list(before.frames), len(before.tokens)),))))
     assert branch == streaming.partial(fresh)[0]
     assert streaming.finalize(states[0])[0].tokens == got[0].tokens
+
+
+class _HostSyncs(TorchFunctionMode):
+    """Counts the torch calls that wait for the device: host transfers (``tolist``, ``item``,
+    ``cpu``, ...) and the ops whose output size is data-dependent (``nonzero``, a boolean mask
+    index), so that a CPU test can count what would be a sync on a GPU."""
+
+    SYNCS = {"tolist", "item", "cpu", "numpy", "nonzero", "argwhere", "masked_select",
+             "__bool__", "__int__", "__float__"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        index = args[1] if name == "__getitem__" and len(args) > 1 else None
+        masks = index if isinstance(index, tuple) else (index,)
+        if name in self.SYNCS or any(
+            isinstance(m, torch.Tensor) and m.dtype == torch.bool for m in masks
+        ):
+            self.calls.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_token_buffer_extend_syncs_twice_and_appends_in_order():
+    """``TokenBuffer.extend`` made three device syncs per step (two boolean-mask selections
+    and the host transfer); the positions of the appended tokens are found once and the tokens
+    and frames gathered at them, so two do (the positions, and one transfer of everything)."""
+    buffer = TokenBuffer.empty(3, "cpu")
+    tokens = torch.tensor([[5, 6, 7], [1, 2, 3], [8, 9, 4]], dtype=torch.int32)
+    frames = torch.tensor([[0, 1, 2], [3, 4, 5], [6, 7, 8]], dtype=torch.int32)
+    emit = torch.tensor([[True, False, True], [False, False, False], [False, True, True]])
+    with _HostSyncs() as syncs:
+        extended = buffer.extend(tokens, frames, emit)
+    assert syncs.calls == ["nonzero", "tolist"]
+    assert [(h.tokens, h.frames) for h in extended.hypotheses()] == [
+        ((5, 7), (0, 2)), ((), ()), ((9, 4), (7, 8))
+    ]
 
 
 def test_build_streaming_searcher_rejects_offline_only_names():
@@ -372,3 +413,20 @@ def test_a_cif_step_adds_its_chunk_without_copying_the_frames_held():
         assert all(now[address] <= chunk_bytes for address in now.keys() - held.keys())
     assert state.num_frames.tolist() == [40, 25]
     assert streaming.finalize(state) == [h[0] for h in offline(enc, enc_lens)]
+
+
+@pytest.mark.parametrize("mode", list(CIF_MODES))
+def test_the_cif_frame_count_is_that_of_the_frames_held(mode):
+    """``CifStreamState`` kept a (B,) count of its frames beside the frame store, which holds
+    its own count: two records that any state built from another's frames (here a stream's
+    store handed to the other) left apart, and the windows then read the wrong frames. The
+    count is now the store's: one record, so the state decodes the frames it holds."""
+    offline, streaming = build_cif(mode, blank_penalty=0.5)
+    enc, enc_lens = encoder_output([23, 14], scale=3.0)
+    state = streaming.step(enc, enc_lens, streaming.init_state(2, enc.device))
+    assert state.num_frames.tolist() == [23, 14]
+    assert "num_frames" not in {f.name for f in dataclasses.fields(state)}
+    swapped = dataclasses.replace(state, frames=state.frames[::-1])
+    assert swapped.num_frames.tolist() == [14, 23]
+    expected = [h[0] for h in offline(enc.flip(0), enc_lens.flip(0))]
+    assert streaming.finalize(swapped) == expected

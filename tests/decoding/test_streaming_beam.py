@@ -12,8 +12,10 @@ from test_lm import ARPA
 from test_streaming import run_chunks
 
 from asr.decoding import NgramLM, SearchConfig, build_searcher, build_streaming_searcher
+from asr.decoding.base import EMPTY_CHAIN, TokenChain
 from asr.decoding.context_graph import ContextGraph
 from asr.state import stack_states, unstack_states
+from asr.types import Hypothesis
 
 BEAMS = {
     "transducer_beam": dict(transducer="pruned"),
@@ -142,3 +144,59 @@ def test_a_tdt_stream_holds_the_frames_its_moves_depend_on_until_they_arrive():
         assert all(first <= hyp.frame < beam.frames_done for hyp in beam.hyps)
     assert held[lookahead:] and 1 <= min(held[lookahead:]) and max(held) <= lookahead - 1
     assert_same_hypotheses(streaming.finalize(state), [offline(enc, enc_lens)[0][0]])
+
+
+def _chains(beam) -> list[TokenChain]:
+    """The token chain of every hypothesis of a stream's beam (CTC: its prefixes)."""
+    return [hyp[0] if isinstance(hyp, tuple) else hyp.tokens for hyp in beam.hyps]
+
+
+@pytest.mark.parametrize("name", ["transducer_beam", "tdt_beam", "ctc_prefix_beam"])
+def test_a_step_extends_the_hypotheses_tokens_without_copying_them(name):
+    """Every expansion copied its hypothesis' token and frame tuples and hashed them for the
+    merge key: O(tokens decoded) per expansion, quadratic in a stream without endpointing.
+    A hypothesis' tokens are now a :class:`TokenChain` whose nodes before a step are the
+    previous beam's own (shared, not copied): each live hypothesis reaches a node of the
+    previous step's chains in at most the tokens the step can add; the result is unchanged."""
+    offline, streaming = build(name, "stateless", None, None)
+    enc, enc_lens = encoder_output([120], seed=2, scale=2.0)
+    state = streaming.init_state(1, enc.device)
+    for start in range(0, 120, 6):
+        before = {id(node) for chain in _chains(state.beams[0]) for node in _nodes(chain)}
+        state = streaming.step(enc[:, start: start + 6], torch.tensor([6]), state)
+        for chain in _chains(state.beams[0]):
+            walked = 0
+            node = chain
+            while id(node) not in before:
+                node, walked = node.parent, walked + 1
+            assert walked <= 6 * streaming.cfg.max_symbols_per_frame  # TDT: a few pending
+    assert max(len(c) for c in _chains(state.beams[0])) >= 30  # the case is exercised
+    assert streaming.finalize(state) == [h[0] for h in offline(enc, enc_lens)]
+
+
+def _nodes(chain: TokenChain) -> list[TokenChain]:
+    nodes, node = [], chain
+    while node is not None:
+        nodes.append(node)
+        node = node.parent
+    return nodes
+
+
+def test_token_chains_are_equal_and_hash_alike_by_their_tokens_only():
+    """A merge key: chains built apart with the same tokens are equal whatever their frames;
+    a different token, a longer or shorter chain is not; the tuples come back in order."""
+    def chain(pairs):
+        node = EMPTY_CHAIN
+        for token, frame in pairs:
+            node = node.push(token, frame)
+        return node
+
+    a, b = chain([(3, 0), (4, 2), (3, 5)]), chain([(3, 1), (4, 1), (3, 9)])
+    assert a == b and hash(a) == hash(b) and len({(0, a): 1, (0, b): 2}) == 1
+    assert (a.tokens(), a.frames()) == ((3, 4, 3), (0, 2, 5))
+    assert a.hypothesis(-1.5) == Hypothesis(tokens=(3, 4, 3), score=-1.5, frames=(0, 2, 5))
+    shared = a.parent.push(3, 7)  # shares two nodes with a: compared from there by identity
+    assert shared == a and shared.frames() == (0, 2, 7)
+    assert a != chain([(3, 0), (4, 2), (5, 5)]) and a != a.parent and a.parent != a
+    assert a != chain([(4, 0), (3, 2), (3, 5)])  # the same last token, not the same before
+    assert EMPTY_CHAIN == chain([]) and len(EMPTY_CHAIN) == 0 and EMPTY_CHAIN.tokens() == ()

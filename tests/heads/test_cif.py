@@ -345,6 +345,27 @@ def test_ctc_segments_train_on_the_forced_alignment_of_the_reference():
     assert ctc.output.weight.grad is None  # the alignment takes no gradient into the CTC head
 
 
+def test_ctc_segments_while_training_do_not_depend_on_the_ctc_heads_dropout():
+    """In training mode the CTC head applied its dropout to the frames it aligned, so the
+    token segments (the decoder's inputs) changed with each dropout draw. The alignment (and
+    the greedy path of :meth:`CIFHead.ctc_labels`) now uses the CTC head's eval-mode output in
+    either mode, without changing the mode of any module."""
+    torch.manual_seed(0)
+    ctc = CTCHead(CTCConfig(dropout=0.5), 12, 9)
+    head = CIFHead(_tiny_cfg(segments="ctc"), 12, 9)
+    ASRModel(torch.nn.Identity(), {"ctc": ctc, "cif": head}, {"ctc": 1.0, "cif": 1.0}).train()
+    enc, enc_lens = torch.randn(2, 15, 12) * 3, torch.tensor([15, 11])
+    tokens, token_lens = torch.tensor([[3, 4, 4, 5], [6, 7, 0, 0]]), torch.tensor([4, 2])
+    trained = [head.teacher_inputs(enc, enc_lens, tokens, token_lens)[0] for _ in range(3)]
+    labels = [head.ctc_labels(enc) for _ in range(3)]
+    assert ctc.training and head.training
+    ctc.eval()
+    expected = head.teacher_inputs(enc, enc_lens, tokens, token_lens)[0]
+    for inputs, path in zip(trained, labels):
+        assert torch.equal(inputs, expected)
+        assert torch.equal(path, head.ctc_labels(enc))
+
+
 def test_a_batch_without_encoder_frames_fires_nothing_and_trains_nothing():
     """Inputs too short for the subsampling give (B, 0, D): the weight predictor's convolution
     and the fire frames raised on it; nothing fires and every utterance is counted infeasible."""
