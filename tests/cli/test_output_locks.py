@@ -25,7 +25,7 @@ import pytest
 import soundfile
 
 from asr.cli.main import main
-from asr.fileio import output_lock
+from asr.fileio import STAGING_MARKER, output_lock
 from asr.testing.packages import random_experiment
 from asr.testing.tiny import TINY_SENTENCES, random_speech_like
 
@@ -148,8 +148,10 @@ def test_an_output_that_cannot_be_written_is_a_bad_option(command, experiment, p
 
 
 def _staging(output: Path, kind: str, name: str) -> Path:
+    """A staging directory of ``output`` as a run leaves it: with the marker naming ``output``."""
     path = output.with_name(f".{output.name}.{kind}-{name}")
     path.mkdir()
+    (path / STAGING_MARKER).write_text(f"{output.name}\n")
     (path / "model.safetensors").write_bytes(b"half a model")
     return path
 
