@@ -4,9 +4,9 @@ Every command whose output a second run on the same path could also write (``asr
 ``asr bpe``, ``asr export-package``, ``asr export-onnx``, ``asr average``, ``asr decode``,
 ``asr transcribe --output-dir``; ``asr shar`` in ``tests/data/test_shar.py``,
 ``asr prepare fbank`` in ``tests/data/test_prepare_rerun.py`` and ``asr train``, its experiment
-directory, in ``tests/cli/test_train.py``) holds an exclusive ``flock`` on ``.<name>.lock`` beside it: a second
-run is refused at once, naming the output, and writes nothing. The lock is held here by a
-second process, as a concurrent run holds it. A directory output is built in a locked hidden
+directory, in ``tests/cli/test_train.py``) holds an exclusive ``flock`` on ``.<name>.lock`` beside
+it: a second run is refused at once, naming the output, and writes nothing. The lock is held here
+by a second process, as a concurrent run holds it. A directory output is built in a locked hidden
 staging directory; a killed run leaves one (``.<name>.tmp-*``, or ``.<name>.old-*`` while it
 replaced an earlier output) that no process holds, and the next run removes it, never one that a
 live process holds.
