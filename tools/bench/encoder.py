@@ -90,7 +90,8 @@ def _preset_names(text: str) -> list[str]:
     unknown = [name for name in names if name not in known]
     if unknown:
         raise argparse.ArgumentTypeError(
-            f"unknown preset(s) {', '.join(map(repr, unknown))} in {text!r}; known: {', '.join(known)}")
+            f"unknown preset(s) {', '.join(map(repr, unknown))} in {text!r}; "
+            f"known: {', '.join(known)}")
     return names
 
 
@@ -102,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=POSITIVE, default=8.0, help="audio length per run")
     parser.add_argument("--chunk-sizes", type=COUNT, nargs="+", default=[4, 8, 16, 32],
                         help="streaming chunk sizes in encoder frames (40 ms each)")
-    parser.add_argument("--repeats", type=COUNT, default=2, help="timed runs after a warm-up (the median is reported)")
+    parser.add_argument("--repeats", type=COUNT, default=2,
+                        help="timed runs after a warm-up (the median is reported)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=NON_NEGATIVE_INT, default=0,
                         help="torch threads (0: default)")

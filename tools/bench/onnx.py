@@ -52,21 +52,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run as a script: this checkout's asr before any other on the path
 
 from tools.bench._args import COUNT  # noqa: E402
+from tools.bench._speech import synthesize_utterances  # noqa: E402
 from tools.bench._timing import median_seconds  # noqa: E402
 
 logger = logging.getLogger("bench.onnx")
-
-
-def _synthesize(out_dir: Path, num_files: int, seed: int) -> list[Path]:
-    from asr.testing.tiny import TINY_SENTENCES, synthesize
-
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(num_files):
-        count = int(rng.integers(1, 5))
-        text = " ".join(TINY_SENTENCES[int(j)] for j in rng.integers(len(TINY_SENTENCES), size=count))
-        paths.append(synthesize(text, out_dir / f"bench{i:03d}.wav", speed=int(rng.integers(140, 190))))
-    return paths
 
 
 def _rtf(run: Callable[[], object], repeat: int, seconds: float) -> float:
@@ -128,7 +117,7 @@ def _run(args: argparse.Namespace, work: Path) -> int:
 
         logger.info("training a tiny transducer under %s", work)
         package = trained_tiny_package(work / "tiny", head="transducer").package_dir
-    files = args.files or _synthesize(work / "audio", args.num_files, args.seed)
+    files = args.files or synthesize_utterances(work / "audio", args.num_files, args.seed)
     # sherpa-onnx's search: greedy, at most one symbol per frame, no blank penalty (not the
     # package's own searcher, which may be a beam search with an LM)
     model = load_model(package, searcher="greedy",

@@ -315,12 +315,12 @@ def lattice_checks(rows: list[dict], args: argparse.Namespace) -> list[tuple[str
         slack = RTOL * max(abs(full), 1.0)
         if covers:
             ok = abs(term - full) <= slack
-            what = (f"{name} lattice term {term:.6g} == {ref_name} loss {full:.6g} (R={args.prune_range}"
-                    f" >= U+1={args.tokens + 1}: the band holds every path)")
+            what = (f"{name} lattice term {term:.6g} == {ref_name} loss {full:.6g} "
+                    f"(R={args.prune_range} >= U+1={args.tokens + 1}: the band holds every path)")
         else:
             ok = term >= full - slack
-            what = (f"{name} lattice term {term:.6g} >= {ref_name} loss {full:.6g} (R={args.prune_range}"
-                    f" < U+1={args.tokens + 1}: the band leaves paths out)")
+            what = (f"{name} lattice term {term:.6g} >= {ref_name} loss {full:.6g} "
+                    f"(R={args.prune_range} < U+1={args.tokens + 1}: the band leaves paths out)")
         lines.append((f"{what}: {'holds' if ok else 'MISMATCH'}", ok))
     return lines
 
@@ -373,8 +373,9 @@ def _write_markdown(path: Path, table: list[dict], args: argparse.Namespace) -> 
         else:
             lines.append(f"| {row['vocab']} | {row['method']} | {row['status']} | | | | |")
     if any(r.get("interpreted") for r in table):
-        lines += ["", "Rows marked (interpreter) ran the Triton kernel in Triton's CPU interpreter: "
-                  "a correctness and plumbing check (its loss equals the torch row's), not a speed."]
+        lines += ["", "Rows marked (interpreter) ran the Triton kernel in Triton's CPU "
+                  "interpreter: a correctness and plumbing check (its loss equals the torch "
+                  "row's), not a speed."]
     for vocab in dict.fromkeys(r["vocab"] for r in table):
         checks = lattice_checks([r for r in table if r["vocab"] == vocab], args)
         lines += [""] + [f"Check at V={vocab}: {line}." for line, _ in checks] if checks else []

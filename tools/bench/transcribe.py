@@ -22,28 +22,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run as a script: this checkout's asr before any other on the path
 
 from tools.bench._args import COUNT  # noqa: E402
+from tools.bench._speech import synthesize_utterances  # noqa: E402
 from tools.bench._timing import median_seconds  # noqa: E402
 
 logger = logging.getLogger("bench.transcribe")
-
-
-def _synthesize(out_dir: Path, num_files: int, seed: int) -> list[Path]:
-    from asr.testing.tiny import TINY_SENTENCES, synthesize
-
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(num_files):
-        count = int(rng.integers(1, 5))
-        text = " ".join(TINY_SENTENCES[int(j)] for j in rng.integers(len(TINY_SENTENCES), size=count))
-        paths.append(synthesize(text, out_dir / f"bench{i:03d}.wav", speed=int(rng.integers(140, 190))))
-    return paths
 
 
 def _measure(model, audios, repeat: int, **kwargs) -> float:
@@ -60,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", nargs="*", help="audio files (default: synthesized)")
     parser.add_argument("--num-files", type=COUNT, default=24)
     parser.add_argument("--batch-size", type=COUNT, default=8)
-    parser.add_argument("--repeat", type=COUNT, default=2, help="timed runs per mode (the median is reported)")
+    parser.add_argument("--repeat", type=COUNT, default=2,
+                        help="timed runs per mode (the median is reported)")
     parser.add_argument("--threads", type=COUNT, default=1,
                         help="torch intra-op threads (1: stable timings on a shared machine)")
     parser.add_argument("--device", default="cpu")
@@ -81,11 +70,12 @@ def main(argv: list[str] | None = None) -> int:
 
             print("training a tiny CTC model ...", file=sys.stderr)
             package = trained_tiny_package(work).package_dir
-        files = args.files or _synthesize(work / "audio", args.num_files, args.seed)
+        files = args.files or synthesize_utterances(work / "audio", args.num_files, args.seed)
         model = load_model(package, device=args.device)
         audios = [decode_audio(f, model.sample_rate).samples for f in files]
         total = sum(a.shape[0] for a in audios) / model.sample_rate
-        rows = [("one file at a time (batch 1)", _measure(model, audios, args.repeat, batch_size=1)),
+        rows = [("one file at a time (batch 1)",
+                 _measure(model, audios, args.repeat, batch_size=1)),
                 (f"batched (batch {args.batch_size})",
                  _measure(model, audios, args.repeat, batch_size=args.batch_size))]
         if args.streaming:
