@@ -2,11 +2,11 @@
 
 Every container libsndfile reads works (wav, flac, ogg/vorbis, opus, mp3 with libsndfile >= 1.1)
 and, when the ``ffmpeg`` program is installed, everything ffmpeg decodes (m4a/aac, webm, wma,
-video files' first audio stream, ...), at any sample rate and channel count. Channels are averaged to mono; resampling uses torchaudio's
-band-limited sinc interpolation (:class:`torchaudio.transforms.Resample`, the same filter lhotse
-and the training pipeline use). :class:`StreamingResampler` applies exactly the same filter to a
-waveform that arrives in pieces, so streamed audio at 8 kHz gives the same 16 kHz samples as the
-whole file resampled at once.
+video files' first audio stream, ...), at any sample rate and channel count. Channels are averaged
+to mono; resampling uses torchaudio's band-limited sinc interpolation
+(:class:`torchaudio.transforms.Resample`, the same filter lhotse and the training pipeline use).
+:class:`StreamingResampler` applies exactly the same filter to a waveform that arrives in pieces, so
+streamed audio at 8 kHz gives the same 16 kHz samples as the whole file resampled at once.
 
 Every failure is an :class:`AudioError` whose message names the file (or ``<stdin>``).
 
@@ -109,9 +109,9 @@ def as_waveform(samples: np.ndarray | Tensor, name: str, allow_empty: bool = Fal
     """The one rule for sample arrays given to a recognizer: (N,) or (N, C) -> (N,) float32 mono.
 
     Float samples are taken as they are (expected in [-1, 1]; a peak above
-    :data:`INTEGER_SCALE_PEAK`, integer PCM cast to float, is logged once). Integer PCM is scaled by its
-    type's range, as soundfile, torchaudio and sherpa-onnx read it: int16 / 32768, int32 / 2**31,
-    int8 / 128, uint8 (x - 128) / 128, in either byte order. Channels are averaged.
+    :data:`INTEGER_SCALE_PEAK`, integer PCM cast to float, is logged once). Integer PCM is scaled by
+    its type's range, as soundfile, torchaudio and sherpa-onnx read it: int16 / 32768, int32 /
+    2**31, int8 / 128, uint8 (x - 128) / 128, in either byte order. Channels are averaged.
 
     Args:
         samples: the array (numpy or torch).

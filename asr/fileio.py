@@ -39,7 +39,8 @@ A name written as a field of a line of output (an input's ``SOURCE<TAB>TEXT``, a
 through :func:`one_line`, which writes its control characters as escapes.
 A directory output is built in :func:`staging_directory`, itself locked while it is built; each
 new staging directory first removes those a killed run left beside the output (``.<name>.tmp-*``
-and ``.<name>.old-*`` that no live process holds locked).
+and ``.<name>.old-*`` that hold the :data:`STAGING_MARKER` naming the output and that no live
+process holds locked; a user's directory merely named like one is kept).
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ __all__ = [
     "read_lines",
     "read_text",
     "remove_stale_staging",
+    "STAGING_MARKER",
     "staging_directory",
     "temporary_path",
     "write_atomic",
@@ -486,11 +488,20 @@ def output_locks(paths: Iterable[str | Path]) -> Iterator[None]:
         yield
 
 
-def _locked_new_directory(prefix: str, parent: Path) -> tuple[Path, int]:
-    """A new directory ``parent/<prefix>XXXXXXXX`` and the descriptor of its ``flock``."""
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+#: The file in each staging directory (and in each directory holding an earlier output while it
+#: is replaced) that names the output it was made for: what tells it from a user's directory
+#: that happens to be named like one (``.<name>.tmp-mine``), which is never removed.
+STAGING_MARKER = ".asr-staging-of"
+
+
+def _locked_new_directory(prefix: str, out_dir: Path) -> tuple[Path, int]:
+    """A new directory ``<prefix>XXXXXXXX`` beside ``out_dir`` holding :data:`STAGING_MARKER`
+    (the name of ``out_dir``), and the descriptor of its ``flock``. A run killed before the
+    marker is written leaves an empty directory that no later run removes."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=out_dir.parent))
     fd = os.open(path, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)  # new: no one else can hold it
+    (path / STAGING_MARKER).write_text(out_dir.name + "\n", encoding="utf-8")
     return path, fd
 
 
@@ -500,29 +511,32 @@ def _staging_prefixes(out_dir: Path) -> tuple[str, str]:
     return f".{out_dir.name}.tmp-", f".{out_dir.name}.old-"
 
 
-def _is_staging_of(name: str, out_dir: Path) -> bool:
-    """Whether ``name`` is one of ``out_dir``'s staging directories: a prefix of
-    :func:`_staging_prefixes` and a random part without a dot (mkdtemp's). Another output's
-    staging directory can start with the same prefix (``.<name>.tmp-x.tmp-<random>`` of the
-    output ``<name>.tmp-x``), but then holds a dot after it."""
-    for prefix in _staging_prefixes(out_dir):
-        if name.startswith(prefix):
-            rest = name[len(prefix):]
-            return bool(rest) and "." not in rest
-    return False
+def _is_staging_of(path: Path, out_dir: Path) -> bool:
+    """Whether the directory ``path`` is one of ``out_dir``'s staging directories: named with a
+    prefix of :func:`_staging_prefixes` and holding the :data:`STAGING_MARKER` that names
+    ``out_dir``. Another output's staging directory can start with the same prefix
+    (``.<name>.tmp-x.tmp-<random>`` of the output ``<name>.tmp-x``), but its marker names that
+    output; a user's directory named like one has no marker."""
+    if not path.name.startswith(_staging_prefixes(out_dir)):
+        return False
+    try:
+        return (path / STAGING_MARKER).read_text(encoding="utf-8") == out_dir.name + "\n"
+    except (OSError, UnicodeDecodeError):  # no marker, or not a file we can read
+        return False
 
 
 def remove_stale_staging(out_dir: str | Path) -> list[Path]:
-    """Removes the staging directories of ``out_dir`` (``.<name>.tmp-*``, ``.<name>.old-*``,
-    ``*`` without a dot: not those of another output named ``<name>.tmp-...``) that no live
-    process holds locked: those a killed run left behind. A live run's are kept.
-    Call it holding :func:`output_lock` of ``out_dir``. Returns what it removed."""
+    """Removes the staging directories of ``out_dir`` (``.<name>.tmp-*`` and ``.<name>.old-*``
+    holding the :data:`STAGING_MARKER` of ``out_dir``) that no live process holds locked: those
+    a killed run left behind. A live run's are kept, and so is any directory without the marker
+    (a user's, named like a staging directory). Call it holding :func:`output_lock` of
+    ``out_dir``. Returns what it removed."""
     out_dir = Path(out_dir)
     if not out_dir.parent.is_dir():
         return []
     removed = []
     for path in sorted(out_dir.parent.iterdir()):
-        if not _is_staging_of(path.name, out_dir) or path.is_symlink() or not path.is_dir():
+        if path.is_symlink() or not path.is_dir() or not _is_staging_of(path, out_dir):
             continue
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -542,22 +556,25 @@ def remove_stale_staging(out_dir: str | Path) -> list[Path]:
 
 @contextmanager
 def staging_directory(out_dir: Path) -> Iterator[Path]:
-    """A new hidden directory beside ``out_dir`` to build it in, locked (``flock``) while the
-    block runs and removed after it unless :func:`publish_directory` moved it into place.
+    """A new empty directory to build ``out_dir`` in: ``.<name>.tmp-XXXXXXXX/<name>`` beside
+    ``out_dir``, whose hidden parent holds the :data:`STAGING_MARKER` and is locked (``flock``)
+    while the block runs, and is removed after it (with the build, unless
+    :func:`publish_directory` moved that into place).
 
-    It has the permissions of a directory made under the umask (mkdtemp's 0700 would hide the
-    result from other users). Stale staging directories of ``out_dir`` are removed first
-    (:func:`remove_stale_staging`); the caller holds :func:`output_lock` of ``out_dir``.
+    The directory built in is made under the umask (mkdtemp's 0700 would hide the result from
+    other users) and holds nothing but what the block writes. Stale staging directories of
+    ``out_dir`` are removed first (:func:`remove_stale_staging`); the caller holds
+    :func:`output_lock` of ``out_dir``.
     """
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(out_dir)
-    tmp, fd = _locked_new_directory(_staging_prefixes(out_dir)[0], out_dir.parent)
+    holder, fd = _locked_new_directory(_staging_prefixes(out_dir)[0], out_dir)
     try:
-        tmp.chmod(0o777 & ~current_umask())
+        tmp = holder / out_dir.name
+        tmp.mkdir()
         yield tmp
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(holder, ignore_errors=True)
         os.close(fd)
 
 
@@ -567,14 +584,14 @@ def publish_directory(tmp: Path, out_dir: Path) -> None:
     if not out_dir.exists():
         os.replace(tmp, out_dir)
         return
-    old, fd = _locked_new_directory(_staging_prefixes(out_dir)[1], out_dir.parent)
+    old, fd = _locked_new_directory(_staging_prefixes(out_dir)[1], out_dir)
     try:
         os.replace(out_dir, old / out_dir.name)
         try:
             os.replace(tmp, out_dir)
         except OSError:
             os.replace(old / out_dir.name, out_dir)  # the earlier output back in place
-            old.rmdir()
+            shutil.rmtree(old, ignore_errors=True)
             raise
         shutil.rmtree(old, ignore_errors=True)
     finally:

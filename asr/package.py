@@ -437,8 +437,9 @@ def _is_within(path: Path, directory: Path) -> bool:
 def check_output_dir(out_dir: Path, replace: bool, marker: str, inputs: Iterable[Path],
                      option: str) -> None:
     """Raises ValueError unless :func:`publish_directory` may write ``out_dir``: it does not
-    exist (and no file is in the way of its directory), or ``replace`` is set and it is an earlier output (it holds ``marker``) or an empty
-    directory, and it is none of ``inputs`` nor a directory holding one of them.
+    exist (and no file is in the way of its directory), or ``replace`` is set and it is an earlier
+    output (it holds ``marker``) or an empty directory, and it is none of ``inputs`` nor a directory
+    holding one of them.
 
     Args:
         out_dir: the directory to write.

@@ -26,15 +26,19 @@ from asr.data.librispeech import write_shuffled_cuts
 from asr.decoding.lm import EOS
 from asr.decoding.ngram_train import NgramEstimate, write_arpa
 from asr.fileio import (
+    STAGING_MARKER,
     TEMPORARY_PATTERN,
     OutputBusyError,
     OutputUnwritableError,
+    _locked_new_directory,
     current_umask,
     output_lock,
+    publish_directory,
     read_json_object,
     read_lines,
     read_text,
     remove_stale_staging,
+    staging_directory,
     temporary_path,
     write_atomic,
     write_bytes_atomic,
@@ -259,19 +263,71 @@ def test_the_output_lock_is_exclusive_and_leaves_nothing(tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == ["lm.arpa"]
 
 
+def _left_by_a_killed_run(out_dir: Path, kind: str) -> Path:
+    """A staging directory of ``out_dir`` (``kind``: ``tmp``, a build; ``old``, an earlier
+    output being replaced) as a killed run leaves it: made as a run makes it, with something
+    in it, its lock released as by the end of the process."""
+    path, fd = _locked_new_directory(f".{out_dir.name}.{kind}-", out_dir)
+    (path / out_dir.name).mkdir()
+    (path / out_dir.name / "half.bin").write_bytes(b"half an output")
+    os.close(fd)
+    return path
+
+
 def test_stale_staging_of_another_output_named_like_a_staging_directory_is_kept(tmp_path):
     """The outputs ``out`` and ``out.tmp-x`` side by side: ``out``'s run took the staging
     directories of ``out.tmp-x`` (``.out.tmp-x.tmp-*``, ``.out.tmp-x.old-*``) for its own and
     removed them (their names start ``.out.tmp-``), and could so remove one of a live run in
     the moment between its creation and its lock."""
-    own = [tmp_path / ".out.tmp-k1ll3d", tmp_path / ".out.old-k1ll3d"]
-    other = [tmp_path / ".out.tmp-x.tmp-k1ll3d", tmp_path / ".out.tmp-x.old-k1ll3d",
-             tmp_path / ".out.old-x.tmp-k1ll3d"]
-    for path in own + other:
-        path.mkdir()
+    own = [_left_by_a_killed_run(tmp_path / "out", kind) for kind in ("tmp", "old")]
+    other = [_left_by_a_killed_run(tmp_path / "out.tmp-x", kind) for kind in ("tmp", "old")]
     assert sorted(remove_stale_staging(tmp_path / "out")) == sorted(own)
     assert all(path.is_dir() for path in other)
-    assert sorted(remove_stale_staging(tmp_path / "out.tmp-x")) == sorted(other[:2])
+    assert sorted(remove_stale_staging(tmp_path / "out.tmp-x")) == sorted(other)
+
+
+def test_a_users_directory_named_like_a_staging_directory_is_never_removed(tmp_path):
+    """A directory the user named ``.out.tmp-mine`` (or ``.out.old-mine``) beside the output
+    ``out`` looked like a staging directory a killed run had left, and the next run that wrote
+    ``out`` removed it with its files. Staging directories are told by the marker file a run
+    writes in them when it makes them; a directory without one is the user's."""
+    mine = [tmp_path / ".out.tmp-mine", tmp_path / ".out.old-mine"]
+    for path in mine:
+        path.mkdir()
+        (path / "notes.txt").write_text("mine\n")
+    stale = _left_by_a_killed_run(tmp_path / "out", "tmp")
+    assert remove_stale_staging(tmp_path / "out") == [stale]
+    with staging_directory(tmp_path / "out") as built:
+        (built / "made.txt").write_text("made\n")
+        publish_directory(built, tmp_path / "out")
+    assert all((path / "notes.txt").read_text() == "mine\n" for path in mine)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.old-mine", ".out.tmp-mine", "out"]
+
+
+def test_a_staging_directory_holds_only_what_is_built_in_it(tmp_path):
+    """The marker lives beside the directory built in, not in it: a builder that lists its
+    directory (``asr export-onnx`` records its files) sees only its own, and so does the
+    published output, new or replacing an earlier one."""
+    out = tmp_path / "out"
+    for text in ("first\n", "second\n"):
+        with staging_directory(out) as built:
+            assert list(built.iterdir()) == [] and built.name == "out"
+            (built / "made.txt").write_text(text)
+            publish_directory(built, out)
+        assert [p.name for p in out.iterdir()] == ["made.txt"]
+        assert (out / "made.txt").read_text() == text
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_live_runs_staging_directory_is_kept(tmp_path):
+    """A staging directory whose run still holds its lock is being built: kept."""
+    path, fd = _locked_new_directory(".out.tmp-", tmp_path / "out")
+    try:
+        assert remove_stale_staging(tmp_path / "out") == []
+        assert (path / STAGING_MARKER).read_text() == "out\n"
+    finally:
+        os.close(fd)
+    assert remove_stale_staging(tmp_path / "out") == [path]
 
 
 def test_an_output_whose_lock_cannot_be_made_is_refused_naming_it_and_the_reason(

@@ -48,7 +48,8 @@ def _signature(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Size,
 def average_state_dicts(
     state_dicts: Iterable[Mapping[str, torch.Tensor]], names: Sequence[str] | None = None
 ) -> dict[str, torch.Tensor]:
-    """Element-wise mean of floating-point tensors; integer tensors (e.g. counters) come from the last.
+    """Element-wise mean of floating-point tensors; integer tensors (e.g. counters) come from the
+    last.
 
     Each mean is accumulated in float64 and returned in the dtype of its inputs (float16,
     bfloat16 and float32 checkpoints average to weights of their own dtype, as icefall keeps

@@ -1,10 +1,10 @@
 """Checkpoints that are written atomically and load without unpickling code.
 
 A training checkpoint is one ``torch.save`` file holding only tensors and plain Python containers /
-scalars, so it loads with ``torch.load(weights_only=True)``: a file from the network cannot run code.
-Writes go to a temporary file in the same directory, are fsync'ed and then renamed over the target,
-so a crash mid-write never leaves a truncated ``checkpoint-N.pt`` behind. A truncated or foreign file
-fails with :class:`CheckpointError` naming the file.
+scalars, so it loads with ``torch.load(weights_only=True)``: a file from the network cannot run
+code. Writes go to a temporary file in the same directory, are fsync'ed and then renamed over the
+target, so a crash mid-write never leaves a truncated ``checkpoint-N.pt`` behind. A truncated or
+foreign file fails with :class:`CheckpointError` naming the file.
 
 Model weights for distribution are written as safetensors (see :func:`save_weights`).
 """

@@ -2,11 +2,11 @@
 sherpa-onnx, for graphs written by ``asr export-onnx``.
 
 Writes the files ``asr decode`` writes (``recogs-``, ``errs-``, ``wer-summary-<part>-<name>.txt``,
-with ``name`` = ``sherpa-onnx-<layout>[-int8]``, e.g. ``sherpa-onnx-streaming-transducer``) into ``--output-dir`` (default: the ONNX directory)
-and prints each summary's path. Greedy search (at most one symbol per frame) unless
-``--decoding-method modified_beam_search`` (transducers; ``--hotwords-file`` then biases it with
-sherpa-onnx's own hotwords, read with the export's ``bpe.vocab``); streaming directories are
-decoded chunk by chunk with their chunk size.
+with ``name`` = ``sherpa-onnx-<layout>[-int8]``, e.g. ``sherpa-onnx-streaming-transducer``) into
+``--output-dir`` (default: the ONNX directory) and prints each summary's path. Greedy search (at
+most one symbol per frame) unless ``--decoding-method modified_beam_search`` (transducers;
+``--hotwords-file`` then biases it with sherpa-onnx's own hotwords, read with the export's
+``bpe.vocab``); streaming directories are decoded chunk by chunk with their chunk size.
 
 As ``asr decode``, a run takes the lock of each summary file it will write
 (:func:`asr.fileio.output_lock`) before it decodes anything: a second run on one of them is

@@ -58,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_fields(pairs: list[str]) -> dict[str, str]:
-    """``["features=lilcom"]`` -> ``{"features": "lilcom"}``; raises ValueError naming a bad pair."""
+    """``["features=lilcom"]`` -> ``{"features": "lilcom"}``; raises ValueError naming a bad
+    pair."""
     fields = {}
     for pair in pairs:
         field, sep, fmt = pair.partition("=")

@@ -1,4 +1,5 @@
-"""``asr synthesize``: write a synthetic LibriSpeech-layout corpus (see :mod:`asr.synth.synthesize`)."""
+"""``asr synthesize``: write a synthetic LibriSpeech-layout corpus (see
+:mod:`asr.synth.synthesize`)."""
 
 from __future__ import annotations
 

@@ -19,10 +19,10 @@ logged after its checkpoint (and a run from step 0 an earlier run's whole log) t
 ``train-superseded.log``, so that ``train.log`` reads as one uninterrupted run, as the
 TensorBoard logs do. One run at a time
 trains into a directory: while one does (its rank 0 holds the lock ``.<exp-dir name>.lock``
-beside it, :func:`asr.fileio.output_lock`), a second is refused at once, exit 2 naming it. A checkpoint that does not
-fit is refused (exit 1 naming it, nothing written): an unreadable file, another model's
-parameters, or another vocabulary than ``tokenizer_dir``'s (each checkpoint records its
-tokens, so a tokenizer made again with as many but other pieces is caught too).
+beside it, :func:`asr.fileio.output_lock`), a second is refused at once, exit 2 naming it. A
+checkpoint that does not fit is refused (exit 1 naming it, nothing written): an unreadable file,
+another model's parameters, or another vocabulary than ``tokenizer_dir``'s (each checkpoint records
+its tokens, so a tokenizer made again with as many but other pieces is caught too).
 
 The configuration is checked before anything is read or written (exit 2 naming the key): with
 ``--searchers`` also that its heads have those searchers (as ``asr decode --searcher`` takes them;

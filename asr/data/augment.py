@@ -18,8 +18,9 @@ drawn for (:func:`draw_seed`). Speed factors hash ``(seed, epoch, cut id)`` dire
 augmentations draw from the process' global RNGs (Python's :mod:`random`, NumPy's and torch's CPU
 generator: lhotse's ``SpecAugment`` uses all three), which :class:`asr.data.dataset.AsrDataset`
 seeds (:func:`seed_rngs`) per utterance (warp, SpecAugment) and per batch (noise, dither), and
-puts back afterwards (:func:`preserved_rngs`). So the draws do not depend on DataLoader workers, on ``num_workers`` or
-on where a run was resumed, and the data path leaves the training loop's RNGs alone.
+puts back afterwards (:func:`preserved_rngs`). So the draws do not depend on DataLoader workers, on
+``num_workers`` or on where a run was resumed, and the data path leaves the training loop's RNGs
+alone.
 
 Example:
     >>> warp = FrequencyWarp.from_fbank(FbankConfig(), FreqWarpConfig(enabled=True, max_warp=0.1))

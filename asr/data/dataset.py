@@ -11,10 +11,11 @@ none, and their on-the-fly features no dither.
 Random draws are a function of ``(data seed, epoch, cut ids)`` only: the cut transforms and the
 feature loading (dither) of a batch run under RNGs seeded from its cut ids, the feature transforms
 and SpecAugment of an utterance under RNGs seeded from its cut id
-(:func:`asr.data.augment.seed_rngs`), and the caller's RNGs are left as they were. A batch is therefore augmented the same whichever
-DataLoader worker makes it, with any ``num_workers``, and in a run resumed mid-epoch. Copies of a
-cut under one id would therefore be augmented the same way: training renames the repeats of an id
-before they get here (:mod:`asr.data.cut_ids`), and an evaluation set must not have any.
+(:func:`asr.data.augment.seed_rngs`), and the caller's RNGs are left as they were. A batch is
+therefore augmented the same whichever DataLoader worker makes it, with any ``num_workers``, and in
+a run resumed mid-epoch. Copies of a cut under one id would therefore be augmented the same way:
+training renames the repeats of an id before they get here (:mod:`asr.data.cut_ids`), and an
+evaluation set must not have any.
 
 Features are either read from storage (lhotse ``PrecomputedFeatures``) or computed from audio by
 lhotse ``OnTheFlyFeatures`` with the extractor of :func:`asr.features.fbank.make_lhotse_fbank`,

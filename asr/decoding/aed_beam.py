@@ -16,12 +16,13 @@ head's :attr:`~asr.heads.aed.AEDHead.max_target_tokens` (learned positions: ``ma
 if fewer, only ``<eos>`` is allowed: every live hypothesis ends there with the log-probability
 of ``<eos>`` added, so that it scores as :meth:`~asr.heads.aed.AEDHead.score_sequences` scores
 it (ESPnet's ``BeamSearch`` also ends its live hypotheses at ``maxlen``, appending ``<eos>``
-without scoring it; WeNet's attention search keeps its best live hypothesis at ``maxlen``). An utterance with no frames is not searched (the decoder would attend to its padding,
-:meth:`~asr.heads.decoder_layers.MultiHeadAttention.attend`): it is the empty hypothesis with
-score 0, as in a batch with no frames at all. If no hypothesis can end (every candidate
-impossible under the CTC prefix score before ``<eos>`` is among them), the result is the empty
-hypothesis with score ``-inf``, as in the TDT searches, not a confident empty transcript. With
-``beam_size = 1`` and ``ctc_weight = 0`` this is greedy argmax decoding.
+without scoring it; WeNet's attention search keeps its best live hypothesis at ``maxlen``). An
+utterance with no frames is not searched (the decoder would attend to its padding,
+:meth:`~asr.heads.decoder_layers.MultiHeadAttention.attend`): it is the empty hypothesis with score
+0, as in a batch with no frames at all. If no hypothesis can end (every candidate impossible under
+the CTC prefix score before ``<eos>`` is among them), the result is the empty hypothesis with score
+``-inf``, as in the TDT searches, not a confident empty transcript. With ``beam_size = 1`` and
+``ctc_weight = 0`` this is greedy argmax decoding.
 
 Shape legend: B batch, K beam, N = B * K rows, T frames, D encoder dims, V vocabulary, C
 candidates per row.

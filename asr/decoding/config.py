@@ -50,8 +50,8 @@ class SearchConfig:
         ctc_pre_beam: ``aed_beam`` computes CTC prefix scores only for the
             ``ceil(ctc_pre_beam * beam_size)`` best attention candidates of each hypothesis.
         lm_path: ARPA n-gram for ``ctc_prefix_beam``, ``transducer_beam``, ``tdt_beam`` and
-            ``cif_beam``, plain or gzip-compressed (``lm.arpa.gz``); null for none. Its words are token ids or words, as ``lm_unit`` says
-            (``asr lm --unit token|word`` trains either).
+            ``cif_beam``, plain or gzip-compressed (``lm.arpa.gz``); null for none. Its words are
+            token ids or words, as ``lm_unit`` says (``asr lm --unit token|word`` trains either).
         lm_unit: ``token``: an n-gram over token ids (:class:`asr.decoding.lm.NgramLM`);
             ``word``: an n-gram over words, whose vocabulary is the lexicon; hypotheses are then
             restricted to lexicon words, spelled with the model's tokenizer

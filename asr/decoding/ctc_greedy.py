@@ -28,7 +28,8 @@ __all__ = ["CtcGreedySearcher", "CtcGreedyState", "ctc_log_probs"]
 
 
 def ctc_log_probs(head: CTCHead, enc: Tensor, blank_penalty: float = 0.0) -> Tensor:
-    """(B, T, D) -> (B, T, V) float32 log-probabilities, blank logit lowered by ``blank_penalty``."""
+    """(B, T, D) -> (B, T, V) float32 log-probabilities, blank logit lowered by
+    ``blank_penalty``."""
     logits = head.logits(enc).float()
     if blank_penalty:
         logits = logits.clone()

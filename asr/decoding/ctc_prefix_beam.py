@@ -317,7 +317,8 @@ class CtcPrefixBeamSearch(StreamingBeamSearch):
         final: bool = False,
     ) -> float:
         """Ranking score: CTC log-probability + lm_weight * LM log-probability +
-        insertion_bonus per token + hotword bonuses; ``final``: with the LM's end of sentence, length-normalised."""
+        insertion_bonus per token + hotword bonuses; ``final``: with the LM's end of sentence,
+        length-normalised."""
         score = entry.ctc
         if self.lm is not None:
             lm_score = entry.lm_score

@@ -225,17 +225,16 @@ def write_arpa(
             return _NAMES[token]
         return str(token) if symbols is None else symbols[token]
 
-    grams_per_order = [dict(p) for p in estimate.log_probs]
-    if estimate.order > 1:  # <s> is a history, never predicted
-        grams_per_order[0].setdefault((BOS,), _NO_PROB * math.log(10.0))
+    log10s = [{g: p / math.log(10.0) for g, p in grams.items()} for grams in estimate.log_probs]
+    if estimate.order > 1:  # <s> is a history (with a back-off weight), never predicted
+        log10s[0][(BOS,)] = _NO_PROB
     lines = ["", "\\data\\"]
-    lines += [f"ngram {n + 1}={len(g)}" for n, g in enumerate(grams_per_order)]
-    for n, grams in enumerate(grams_per_order):
+    lines += [f"ngram {n + 1}={len(g)}" for n, g in enumerate(log10s)]
+    for n, grams in enumerate(log10s):
         lines += ["", f"\\{n + 1}-grams:"]
         for gram in sorted(grams, key=lambda g: tuple((w < 0, w) for w in g)):
-            log10 = _NO_PROB if gram == (BOS,) else grams[gram] / math.log(10.0)
-            fields = [f"{log10:.6f}", " ".join(_word(w) for w in gram)]
-            if n + 1 < estimate.order and gram in estimate.backoffs:
+            fields = [f"{grams[gram]:.6f}", " ".join(_word(w) for w in gram)]
+            if gram in estimate.backoffs:  # a history: shorter than the order, by construction
                 fields.append(f"{estimate.backoffs[gram] / math.log(10.0):.6f}")
             lines.append("\t".join(fields))
     lines += ["", "\\end\\", ""]

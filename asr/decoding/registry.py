@@ -7,28 +7,28 @@ model or, before training, for a config's heads (:func:`select_searchers`: ``asr
 --searcher`` and ``asr train --searchers``; one name: :func:`select_searcher`, for packages and
 runtimes), and what :func:`build_searcher` builds.
 
-=====================  =======  ========  =====  ====================================================
+=====================  =======  ========  =====  ===================================================
 name                   role     streams   LM     needs
-=====================  =======  ========  =====  ====================================================
+=====================  =======  ========  =====  ===================================================
 ctc_greedy             greedy   yes       no     a ``ctc`` head
 ctc_prefix_beam        beam     yes       yes    a ``ctc`` head
 transducer_greedy      greedy   yes       no     a ``transducer`` head with loss full|pruned
 transducer_beam        beam     yes       yes    a ``transducer`` head with loss full|pruned
 tdt_greedy             greedy   yes       no     a ``transducer`` head with loss tdt|pruned_tdt
 tdt_beam               beam     yes       yes    a ``transducer`` head with loss tdt|pruned_tdt
-aed_beam               beam     no        no     an ``aed`` head (CTC prefix scores when a ``ctc`` head
-                                                 exists and ``ctc_weight > 0``)
-attention_rescoring    rescore  no        no     an ``aed`` head and a first pass: ``ctc_prefix_beam``
-                                                 with a ``ctc`` head, else ``transducer_beam`` /
-                                                 ``tdt_beam``
-cif_greedy             greedy   yes       no     a ``cif`` head (streaming keeps the segment's frames
-                                                 for the final result; a partial result decodes
-                                                 a window of the last ones)
-cif_beam               beam     no        yes    a ``cif`` head (CTC prefix scores when a ``ctc`` head
-                                                 exists and ``ctc_weight > 0``)
+aed_beam               beam     no        no     an ``aed`` head (CTC prefix scores when a ``ctc``
+                                                 head exists and ``ctc_weight > 0``)
+attention_rescoring    rescore  no        no     an ``aed`` head and a first pass:
+                                                 ``ctc_prefix_beam`` with a ``ctc`` head, else
+                                                 ``transducer_beam`` / ``tdt_beam``
+cif_greedy             greedy   yes       no     a ``cif`` head (streaming keeps the segment's
+                                                 frames for the final result; a partial result
+                                                 decodes a window of the last ones)
+cif_beam               beam     no        yes    a ``cif`` head (CTC prefix scores when a ``ctc``
+                                                 head exists and ``ctc_weight > 0``)
 cif_rescoring          rescore  no        no     a ``cif`` head and a first pass, as
                                                  ``attention_rescoring`` (its LM fuses there)
-=====================  =======  ========  =====  ====================================================
+=====================  =======  ========  =====  ===================================================
 
 Every searcher gives each token's encoder frame (``Hypothesis.frames``, token times) except
 ``aed_beam`` (:func:`searcher_gives_times`).

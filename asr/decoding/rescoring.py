@@ -23,12 +23,13 @@ inside a word under a word LM) stays impossible whatever the weight, and ties ke
 pass's order. Timestamps are those of the first pass. An utterance with no frames keeps the first
 pass's n-best (the empty hypothesis, score 0): the second head has no frame to score it on (its
 decoder would attend to the padding). A hypothesis longer than the AED can place (learned
-positions: more than ``heads.aed.max_len - 1`` tokens, :attr:`asr.heads.aed.AEDHead.max_target_tokens`)
-gets the AED score ``-inf`` (the AED can neither produce nor score it), so it ranks after every
-hypothesis the AED scores, in the first pass's order, reported with score ``-inf``. When the
-second head scores none of an utterance's hypotheses (every one ``-inf``: say all longer than the
-AED's positions), the mixed scores would all be ``-inf`` and rank nothing: the utterance keeps
-the first pass's n-best and scores (a warning is logged once per searcher).
+positions: more than ``heads.aed.max_len - 1`` tokens,
+:attr:`asr.heads.aed.AEDHead.max_target_tokens`) gets the AED score ``-inf`` (the AED can neither
+produce nor score it), so it ranks after every hypothesis the AED scores, in the first pass's
+order, reported with score ``-inf``. When the second head scores none of an utterance's
+hypotheses (every one ``-inf``: say all longer than the AED's positions), the mixed scores would
+all be ``-inf`` and rank nothing: the utterance keeps the first pass's n-best and scores (a
+warning is logged once per searcher).
 
 Shape legend: B batch, N hypotheses of the whole batch, T frames, D encoder dims.
 """

@@ -62,8 +62,10 @@ take depends on ``T - t`` only while it is below the scorer's ``lookahead`` (e.g
 end the stream, and the moves are those of the offline search. The projected frames from the
 smallest live frame on (fewer than ``lookahead``) stay in the stream's state, and the rest of the
 search runs in :meth:`TdtBeamSearch.finalize`, where ``T`` is known. The offline search is this
-step over all frames followed by the end, so streaming results equal offline ones: the same moves on the same scores, up to the rounding of the encoder frames' joiner projection, which a BLAS may sum in another order for a chunk's few rows than for all frames (last-bit score differences on some CPUs).
-Where the positive durations share a factor (e.g. 0, 2, 4) the moves depend on ``T`` for ever
+step over all frames followed by the end, so streaming results equal offline ones: the same moves on
+the same scores, up to the rounding of the encoder frames' joiner projection, which a BLAS may sum
+in another order for a chunk's few rows than for all frames (last-bit score differences on some
+CPUs). Where the positive durations share a factor (e.g. 0, 2, 4) the moves depend on ``T`` for ever
 and a stream searches only at its end.
 
 Utterances are searched one after another; the joiner and predictor run batched over the
@@ -133,7 +135,8 @@ def _merge(kept: _Hyp, other: _Hyp) -> _Hyp:
 
 @dataclass(frozen=True)
 class _Move:
-    """A candidate: hypothesis ``row`` of the pool, optionally extended by ``label``/``duration``."""
+    """A candidate: hypothesis ``row`` of the pool, optionally extended by
+    ``label``/``duration``."""
 
     score: float
     row: int

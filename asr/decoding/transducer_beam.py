@@ -40,7 +40,9 @@ hypotheses with absolute token frames, scores, LM and graph states, and their ro
 predictor's projection and state) is its :class:`~asr.decoding.base.StreamBeam` in a
 :class:`~asr.decoding.base.BeamState`, so streams at different positions, each with its own
 hotword graph or none, share a batch. The offline search is one step over all frames, so
-streaming results equal offline ones: the same moves on the same scores, up to the rounding of the encoder frames' joiner projection, which a BLAS may sum in another order for a chunk's few rows than for all frames (last-bit score differences on some CPUs); a partial result is what ``finalize``
+streaming results equal offline ones: the same moves on the same scores, up to the rounding of the
+encoder frames' joiner projection, which a BLAS may sum in another order for a chunk's few rows than
+for all frames (last-bit score differences on some CPUs); a partial result is what ``finalize``
 would give.
 
 Shape legend: B batch, N live hypotheses (all utterances), T frames, D encoder dims, J joiner

@@ -168,7 +168,8 @@ class LexiconWordLM:
         return (history, next_prefix) if self._node(next_prefix) is not None else _DEAD
 
     def score(self, state: Hashable) -> Tensor:
-        """(V,) float32 log-probabilities of the next token (``-inf`` where the lexicon forbids it)."""
+        """(V,) float32 log-probabilities of the next token (``-inf`` where the lexicon forbids
+        it)."""
         if state is _DEAD:
             return torch.full((self.vocab_size,), -math.inf)
         cached = self._scores.get(state)

@@ -1,8 +1,8 @@
 """Conformer encoder (Gulati et al., 2020, "Conformer: Convolution-augmented Transformer for Speech
 Recognition", https://arxiv.org/abs/2005.08100).
 
-Each block is ``x + FFN/2 -> x + MHSA -> x + Conv -> x + FFN/2`` (macaron feed-forward halves), every
-module pre-normed, and one LayerNorm follows the stack. Deviations from the paper:
+Each block is ``x + FFN/2 -> x + MHSA -> x + Conv -> x + FFN/2`` (macaron feed-forward halves),
+every module pre-normed, and one LayerNorm follows the stack. Deviations from the paper:
 
 - No LayerNorm at the end of each block (the paper's, ESPnet's and WeNet's "norm_final"): the
   residual stream stays un-normalised between blocks and a single final LayerNorm closes the stack,

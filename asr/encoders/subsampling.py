@@ -1,7 +1,8 @@
 """Conv2d subsampling by 4 (two 3x3 stride-2 convolutions + a linear projection), full and chunked.
 
 The front end of the Conformer (Gulati et al., 2020, "Conformer: Convolution-augmented Transformer
-for Speech Recognition") and of most attention encoders since Dong et al. (2018, "Speech-Transformer").
+for Speech Recognition") and of most attention encoders since Dong et al. (2018,
+"Speech-Transformer").
 
 Output frame ``j`` reads input frames ``4j .. 4j + 6`` (a receptive field of 7 frames, stride 4), so
 ``T`` input frames give ``((T - 1) // 2 - 1) // 2`` output frames (:func:`subsampled_length`).

@@ -3,16 +3,19 @@ anything is written.
 
 Layouts (the files of ``OUT``; docs/ONNX.md has their inputs, outputs and metadata):
 
-=====================  ============================================  ==================================
-what                   files                                         sherpa-onnx loader
-=====================  ============================================  ==================================
-transducer, offline    ``encoder.onnx decoder.onnx joiner.onnx``     ``OfflineRecognizer.from_transducer``
-transducer, streaming  the same, ``encoder.onnx`` chunk by chunk     ``OnlineRecognizer.from_transducer``
-                       (``ebranchformer`` state layout)
-CTC, offline           ``model.onnx``                                ``OfflineRecognizer.from_zipformer_ctc``
-TDT, offline           ``encoder.onnx decoder.onnx joiner.onnx``     ``OfflineRecognizer.from_transducer``
-                       (NeMo transducer layout, blank last)          (``model_type="nemo_transducer"``)
-=====================  ============================================  ==================================
+=====================  ===================================  ========================================
+what                   files                                sherpa-onnx loader
+=====================  ===================================  ========================================
+transducer, offline    ``encoder.onnx``, ``decoder.onnx``,  ``OfflineRecognizer.from_transducer``
+                       ``joiner.onnx``
+transducer, streaming  the same, ``encoder.onnx`` chunk by  ``OnlineRecognizer.from_transducer``
+                       chunk (``ebranchformer`` state
+                       layout)
+CTC, offline           ``model.onnx``                       ``OfflineRecognizer.from_zipformer_ctc``
+TDT, offline           ``encoder.onnx``, ``decoder.onnx``,  ``OfflineRecognizer.from_transducer``
+                       ``joiner.onnx`` (NeMo transducer     (``model_type="nemo_transducer"``)
+                       layout, blank last)
+=====================  ===================================  ========================================
 
 plus ``tokens.txt`` (``piece id``, blank ``<blk>`` at 0), ``bpe.vocab`` for a BPE tokenizer
 (``piece<TAB>score``: what sherpa-onnx's hotwords need, ``modeling_unit="bpe"``,

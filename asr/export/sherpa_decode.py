@@ -217,9 +217,9 @@ def load_recognizer(
             ``tokens.txt`` with a line other than ``piece id`` (ids in order) or with another
             number of pieces than the graphs' ``vocab_size`` (naming it); hotwords with
             a CTC layout or greedy search; a hotword file ``asr decode`` would refuse (a bad
-            ``:SCORE``) or with a phrase the model's pieces cannot spell (naming it); a CTC layout with another ``decoding_method`` or a
-            ``blank_penalty``; ``max_active_paths`` < 1 with a beam search; graphs sherpa-onnx
-            cannot load.
+            ``:SCORE``) or with a phrase the model's pieces cannot spell (naming it); a CTC layout
+            with another ``decoding_method`` or a ``blank_penalty``; ``max_active_paths`` < 1 with a
+            beam search; graphs sherpa-onnx cannot load.
     """
     import sherpa_onnx
 

@@ -347,7 +347,8 @@ def compute_fbank(
             :func:`asr.audio.as_waveform`'s rule (int16 / 32768, ...).
         sample_rate: sampling rate of ``samples`` in Hz.
         cfg: feature options (defaults to ``FbankConfig()``).
-        extractor: an extractor made by :func:`make_lhotse_fbank` for ``cfg``, to reuse across calls.
+        extractor: an extractor made by :func:`make_lhotse_fbank` for ``cfg``, to reuse across
+            calls.
 
     Returns:
         (T, F) float32 features, ``T = num_frames(N', cfg)`` where ``N'`` is the length after

@@ -113,7 +113,8 @@ class OnlineFbank:
         return self._emit(max(ready, 0), self._buffer)
 
     def input_finished(self) -> Tensor:
-        """Ends the stream: returns the (T, F) last frames, computed with the mirrored right edge."""
+        """Ends the stream: returns the (T, F) last frames, computed with the mirrored right
+        edge."""
         if self._finished:
             return self._empty()
         self._finished = True

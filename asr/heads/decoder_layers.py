@@ -16,13 +16,13 @@ Shape legend: B batch, L query positions, S key positions, D model dims, H heads
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from asr.encoders.attention import sinusoid_encoding
 from asr.encoders.dropout import Dropout
 
 __all__ = [
@@ -133,15 +133,12 @@ def sinusoidal_positions(
     device: torch.device | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """(length, dim) sinusoidal encodings of positions ``offset .. offset + length - 1``."""
+    """(length, dim) sinusoidal encodings of positions ``offset .. offset + length - 1``
+    (:func:`asr.encoders.attention.sinusoid_encoding`, the one table of the encoders' relative
+    distances too)."""
     check_sinusoidal_dim(dim, "dimension")
-    positions = torch.arange(offset, offset + length, device=device, dtype=torch.float32)
-    inv_freq = torch.exp(
-        torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim)
-    )
-    angles = positions[:, None] * inv_freq[None, :]
-    table = torch.stack([angles.sin(), angles.cos()], dim=-1).reshape(length, dim)
-    return table.to(dtype)
+    positions = torch.arange(offset, offset + length, device=device)
+    return sinusoid_encoding(positions, dim, dtype)
 
 
 class MultiHeadAttention(nn.Module):

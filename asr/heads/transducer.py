@@ -200,7 +200,8 @@ class TransducerConfig:
 
     @property
     def is_tdt(self) -> bool:
-        """Whether the head is a TDT model (joiner with duration logits): ``tdt``, ``pruned_tdt``."""
+        """Whether the head is a TDT model (joiner with duration logits): ``tdt``,
+        ``pruned_tdt``."""
         return self.loss in ("tdt", "pruned_tdt")
 
     @property

@@ -117,7 +117,8 @@ def mask_outside(
 
 
 def _skew(values: Tensor, num_rows: int, num_diagonals: int) -> Tensor:
-    """Maps ``values (B, R, C)`` to diagonal layout ``(B, K, R)`` with ``out[b, k, r] = values[b, r, k - r]``.
+    """Maps ``values (B, R, C)`` to diagonal layout ``(B, K, R)`` with
+    ``out[b, k, r] = values[b, r, k - r]``.
 
     Entries with ``k - r`` outside ``[0, C)`` are ``-inf``.
     """
@@ -159,7 +160,8 @@ def forward_torch(px: Tensor, py: Tensor) -> Tensor:
 
 
 def backward_torch(px: Tensor, py: Tensor, symbol_lens: Tensor, frame_lens: Tensor) -> Tensor:
-    """Backward log-probabilities ``beta (B, S + 1, T + 1)``: node ``(s, t)`` to node ``(S_b, T_b)``."""
+    """Backward log-probabilities ``beta (B, S + 1, T + 1)``: node ``(s, t)`` to node
+    ``(S_b, T_b)``."""
     batch, num_symbols, num_frames = _check_shapes(px, py)
     rows, num_diagonals = num_symbols + 1, num_symbols + num_frames + 1
     px_d = _skew(px, rows, num_diagonals)
@@ -349,7 +351,8 @@ def mutual_information_occupation(
 
 
 class _KnownGradient(torch.autograd.Function):
-    """``total`` with a precomputed Jacobian: backward returns ``grad_total * (px_grad, py_grad)``."""
+    """``total`` with a precomputed Jacobian: backward returns
+    ``grad_total * (px_grad, py_grad)``."""
 
     @staticmethod
     def forward(ctx, px, py, total, px_grad, py_grad):  # type: ignore[override]

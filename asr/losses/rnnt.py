@@ -17,8 +17,8 @@ Symbol-delay penalty (``delay_penalty > 0``, :mod:`asr.losses.delay_penalty`): t
 none, so the penalised loss runs on our mutual-information recursion instead
 (:mod:`asr.losses.mutual_information`, ``backend``): :func:`rnnt_nll_from_logprobs` of each
 node's token and blank log-probs (the same NLL that TDT's ``omega`` term takes), computed in
-float32, or float64 if given; there is no gradient ``clamp`` on that path. ``delay_penalty = 0`` is torchaudio's loss,
-untouched.
+float32, or float64 if given; there is no gradient ``clamp`` on that path. ``delay_penalty = 0`` is
+torchaudio's loss, untouched.
 """
 
 from __future__ import annotations

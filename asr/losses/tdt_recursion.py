@@ -10,8 +10,10 @@ Given arc log-weights ``token_w (B, T, U, D)`` and ``blank_w (B, T, U + 1, D)`` 
 this module computes, per utterance, the log-sum over complete paths (``total``) and its
 gradients, which are arc occupation probabilities::
 
-    d total / d token_w[t, u, i] = exp(alpha[t, u] + token_w[t, u, i] + beta[t + d_i, u + 1] - total)
-    d total / d blank_w[t, u, i] = exp(alpha[t, u] + blank_w[t, u, i] + beta[t + d_i, u] - total)
+    d total / d token_w[t, u, i]
+        = exp(alpha[t, u] + token_w[t, u, i] + beta[t + d_i, u + 1] - total)
+    d total / d blank_w[t, u, i]
+        = exp(alpha[t, u] + blank_w[t, u, i] + beta[t + d_i, u] - total)
 
 ``alpha`` (forward, from ``(0, 0)``) and ``beta`` (backward, to the end) are node scores
 ``(B, T + 1, U + 1)``. Arcs that cannot be on a complete path of utterance ``b`` are masked

@@ -117,7 +117,8 @@ def _to_ids(seqs: Sequence[Sequence[str]], vocab: dict[str, int]) -> list[np.nda
 
 
 def edit_distance_matrix(ref: Sequence[str], hyp: Sequence[str]) -> np.ndarray:
-    """The (N+1, M+1) Levenshtein table: entry ``[i, j]`` is the distance of ``ref[:i]``, ``hyp[:j]``.
+    """The (N+1, M+1) Levenshtein table: entry ``[i, j]`` is the distance of ``ref[:i]``,
+    ``hyp[:j]``.
 
     Args:
         ref: N reference units.
@@ -190,7 +191,8 @@ class ErrorStats:
 
     @property
     def wer(self) -> float:
-        """``errors / num_ref`` (0.0 for an empty reference and hypothesis, else inf if empty ref)."""
+        """``errors / num_ref`` (0.0 for an empty reference and hypothesis, else inf if empty
+        ref)."""
         if self.num_ref == 0:
             return 0.0 if self.errors == 0 else math.inf
         return self.errors / self.num_ref
@@ -342,7 +344,8 @@ def warn_if_undefined(result: CorpusResult, source: str) -> bool:
 
 
 def format_alignment(pairs: Sequence[AlignedPair]) -> str:
-    """``A (B->C) (D->*) (*->E)``: matches as is, errors as ``(ref->hyp)`` with ``*`` for nothing."""
+    """``A (B->C) (D->*) (*->E)``: matches as is, errors as ``(ref->hyp)`` with ``*`` for
+    nothing."""
     out = []
     for ref, hyp in pairs:
         if ref == hyp:

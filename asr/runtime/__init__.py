@@ -1,1 +1,2 @@
-"""Runtimes: the bundle made from a model package, and the offline and streaming recognizers built on it."""
+"""Runtimes: the bundle made from a model package, and the offline and streaming recognizers built
+on it."""

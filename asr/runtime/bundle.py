@@ -3,8 +3,9 @@
 :class:`Runtime` holds the model (eval mode, on its device), the tokenizer, the feature
 configuration and its extractor, the length of an encoder frame (the feature frame shift times
 the encoder's own subsampling factor, in samples and in seconds), the default searcher, the
-search options, the encoder's streaming chunking and the result builder. The offline :class:`asr.runtime.offline.Transcriber`
-and the :class:`asr.runtime.streaming.StreamingRecognizer` are built from it side by side.
+search options, the encoder's streaming chunking and the result builder. The offline
+:class:`asr.runtime.offline.Transcriber` and the :class:`asr.runtime.streaming.StreamingRecognizer`
+are built from it side by side.
 
 Example:
     >>> runtime = Runtime.from_package(load_package("pkg"), device="cpu")

@@ -45,9 +45,9 @@ lies depends on what an encoder frame sees (:class:`WindowContext`,
   decided by the later window's own earlier frames) has converged, which on the mini_tts model
   it did everywhere (426 of 426 words at windows of 8-30 s). A beam search's can still differ:
   its final ranking (``length_norm``) and the alternatives its beam keeps for seconds depend on
-  where the window starts and ends. When the window cannot hold ``left`` and ``right`` and a chunk, the overlap
-  is kept, the cut is the middle of it, and a log line (once) names the shortest window that
-  would (unlimited left context, ``left_chunks < 0``, which no window but the whole input
+  where the window starts and ends. When the window cannot hold ``left`` and ``right`` and a chunk,
+  the overlap is kept, the cut is the middle of it, and a log line (once) names the shortest window
+  that would (unlimited left context, ``left_chunks < 0``, which no window but the whole input
   holds, cuts so too, without a word).
 
 The rule needs token times: with a searcher that gives none (``aed_beam``), an input longer than

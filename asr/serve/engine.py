@@ -13,9 +13,10 @@ closes that stream's connection alone (1011, saying what failed), and when a bat
 raises, each of its streams is decoded alone (:meth:`StreamingRecognizer.decode
 <asr.runtime.streaming.StreamingRecognizer.decode>` changes no stream when it raises): the
 healthy ones get exactly the step they would get alone, and only the streams that fail alone
-are closed. (sherpa-onnx cannot undo what a failed batch did to its streams.) A failed session's stream is decoded no more.
-A stream's failure is one log line, naming its session (ERROR with the traceback for a fault of
-the server, WARNING for the client's); a batch that is retried stream by stream is one WARNING.
+are closed. (sherpa-onnx cannot undo what a failed batch did to its streams.) A failed session's
+stream is decoded no more. A stream's failure is one log line, naming its session (ERROR with the
+traceback for a fault of the server, WARNING for the client's); a batch that is retried stream by
+stream is one WARNING.
 
 All recognizer calls happen in the worker thread, one step at a time, a session's
 ``new_stream`` included (a transducer's start state runs the predictor); the event loop only

@@ -6,11 +6,12 @@ streaming end-to-end speech recognition with trie-based deep biasing and shallow
 arXiv:2104.02194): utterances whose rare words must be recognised, a per-utterance or global
 list of those words, and distractors that occur nowhere. Here:
 
-* candidate sentences come from the unrestricted sentence pool (:func:`asr.synth.sentences.build_pool`
-  with no ``top_words``) of the corpus's sentence sources and lengths, and must hold exactly one *phrase*: a run of one or two words that are
-  absent from the corpus's training text (``train-text.txt``, every text training may say), each
-  at least ``min_letters`` long (so several BPE pieces); every other word is in the training
-  text, so only the phrase is new to the model;
+* candidate sentences come from the unrestricted sentence pool
+  (:func:`asr.synth.sentences.build_pool` with no ``top_words``) of the corpus's sentence sources
+  and lengths, and must hold exactly one *phrase*: a run of one or two words that are absent from
+  the corpus's training text (``train-text.txt``, every text training may say), each at least
+  ``min_letters`` long (so several BPE pieces); every other word is in the training text, so only
+  the phrase is new to the model;
 * phrases are distinct across the set; the sentences are shuffled with the seed and split into
   ``dev-biasing`` (tune the boost there) and ``test-biasing`` (report), ``num_per_part`` each,
   synthesized like ``test-clean`` (clean acoustics, held-out voices only);

@@ -4,10 +4,10 @@ The manifest records the settings (seed, sentence options and pool digest, voice
 acoustic ranges) and, per part, its size, speakers, sentence slice ``[start, count]`` of the
 shuffled pool, audio hours and samples per speaker (``speaker_samples``, from synthesis, which
 ``SPEAKERS.TXT`` is written from); ``biasing_parts`` holds the same records, without a slice,
-for the biasing set (:func:`record_biasing_parts`). A new run with the same settings skips completed parts and gives
-new parts sentences after every slice already used, so parts stay disjoint across runs; other
-settings need ``overwrite``, which deletes the previous synthesis only once the new parts are
-made (:func:`remove_replaced`).
+for the biasing set (:func:`record_biasing_parts`). A new run with the same settings skips completed
+parts and gives new parts sentences after every slice already used, so parts stay disjoint across
+runs; other settings need ``overwrite``, which deletes the previous synthesis only once the new
+parts are made (:func:`remove_replaced`).
 """
 
 from __future__ import annotations

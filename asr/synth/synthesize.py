@@ -12,22 +12,22 @@ tool reads unchanged (lhotse's ``prepare_librispeech`` included)::
 
 Design:
 
-* Parts use LibriSpeech names (:data:`asr.synth.parts.PARTS`): ``train-clean-5``, ``dev-clean-2`` (mini
-  LibriSpeech), ``test-clean`` and a few others. ``*-other`` parts get harsher acoustics.
+* Parts use LibriSpeech names (:data:`asr.synth.parts.PARTS`): ``train-clean-5``, ``dev-clean-2``
+  (mini LibriSpeech), ``test-clean`` and a few others. ``*-other`` parts get harsher acoustics.
 * Sentences (:mod:`asr.synth.sentences`) come from the Debian ``fortunes`` package, normalised to
-  upper-case ``A-Z'`` words (:mod:`asr.synth.text_norm`), 4-16 words, deduplicated, optionally limited
-  to the ``top_words`` most frequent words (1500 in the ``mini_tts`` preset) so a tiny model can
-  learn the corpus in minutes. The pool is shuffled with the seed and cut into consecutive,
+  upper-case ``A-Z'`` words (:mod:`asr.synth.text_norm`), 4-16 words, deduplicated, optionally
+  limited to the ``top_words`` most frequent words (1500 in the ``mini_tts`` preset) so a tiny model
+  can learn the corpus in minutes. The pool is shuffled with the seed and cut into consecutive,
   disjoint slices: test parts first, then dev, then train, so no sentence is in two parts and
   the test sentences do not change when the training size does. The few sentences (under 1%)
   that occur inside another pool sentence as a run of its words ("NICE GUYS FINISH LAST" in a
   longer quip) are moved to the end of the shuffled order
   (:func:`asr.synth.sentences.contained_last`), so no dev/test sentence is said inside a
-  training sentence (a dev/test part that would reach them is refused). With ``train_text="segments"``
-  (the ``mini_tts`` preset) training parts instead say *segments*: runs of allowed words from
-  any source sentence (:func:`asr.synth.sentences.training_segments`), about 7x more distinct text
-  than whole sentences; the first ``held_out_sentences`` sentences of the shuffled pool are then
-  reserved for dev/test parts and no training segment contains one of them.
+  training sentence (a dev/test part that would reach them is refused). With
+  ``train_text="segments"`` (the ``mini_tts`` preset) training parts instead say *segments*: runs of
+  allowed words from any source sentence (:func:`asr.synth.sentences.training_segments`), about 7x
+  more distinct text than whole sentences; the first ``held_out_sentences`` sentences of the
+  shuffled pool are then reserved for dev/test parts and no training segment contains one of them.
 * Speakers (:mod:`asr.synth.voices`) are 20 voice identities of espeak-ng and flite; 3 are held out:
   test parts use only those, train and dev parts only the other 17. Utterance ``i`` of a part
   goes to speaker ``i mod S``. With ``voices_per_sentence=R`` a training part speaks each of its
@@ -40,8 +40,9 @@ Design:
   rate and pitch, for training parts a speed factor (0.9-1.1: the rendering resampled, so tempo,
   pitch and formants move together, as in LibriSpeech recipes' speed perturbation, but without
   copies), leading/trailing silence, optional reverberation (synthetic exponential-decay
-  room response), coloured noise at a random SNR and the peak level (:mod:`asr.synth.audio_effects`),
-  so the same seed gives byte-identical FLAC files whatever the number of worker processes.
+  room response), coloured noise at a random SNR and the peak level
+  (:mod:`asr.synth.audio_effects`), so the same seed gives byte-identical FLAC files whatever the
+  number of worker processes.
 * ``train-text.txt`` is the corpus's LM text, the counterpart of LibriSpeech's
   ``librispeech-lm-norm.txt``: one line per text that training parts may say. With segments that
   is every training segment (more than the training parts speak, and still none containing a

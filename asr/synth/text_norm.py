@@ -2,9 +2,9 @@
 
 LibriSpeech transcripts are upper-case words of ``A-Z`` and apostrophes separated by single spaces.
 Text-to-speech engines read digits, symbols, abbreviations and acronyms in ways we cannot predict
-(``Dr.`` may become "doctor" or "drive", ``IBM`` is spelled letter by letter), so instead of guessing
-a verbalisation we *reject* every sentence that contains such a token. What survives is spoken
-exactly as written, which keeps transcript and audio consistent.
+(``Dr.`` may become "doctor" or "drive", ``IBM`` is spelled letter by letter), so instead of
+guessing a verbalisation we *reject* every sentence that contains such a token. What survives is
+spoken exactly as written, which keeps transcript and audio consistent.
 
 Public functions:
 

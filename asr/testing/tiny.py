@@ -82,7 +82,8 @@ def tiny_config(
     encoder_overrides: dict | None = None,
     fbank: dict | None = None,
 ) -> ExperimentConfig:
-    """A tiny causal chunked Conformer with a CTC or transducer head (no dropout, no dynamic chunks).
+    """A tiny causal chunked Conformer with a CTC or transducer head (no dropout, no dynamic
+    chunks).
 
     Args:
         tokenizer_dir: tokenizer directory.

@@ -8,8 +8,8 @@ Special ids (the same for every tokenizer kind):
 
 Expected input text: LibriSpeech-style transcripts, i.e. upper-case words (``A-Z`` and
 apostrophes) separated by single spaces, such as ``"HE DIDN'T KNOW"``. Tokenizers do not change
-case or strip punctuation (that is the corpus preparation's job, see ``asr/synth/text_norm.py``); text
-with characters unseen in training encodes to ``<unk>``.
+case or strip punctuation (that is the corpus preparation's job, see ``asr/synth/text_norm.py``);
+text with characters unseen in training encodes to ``<unk>``.
 
 Text of ids (:meth:`Tokenizer.decode`, and the words and text of every recognition result) is
 read from the pieces by one rule, :func:`piece_words`: each ``▁`` is a space between words,

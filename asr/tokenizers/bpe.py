@@ -195,8 +195,8 @@ def train_bpe(
     Raises:
         ValueError: for a ``vocab_size`` too small for the text (:func:`check_vocab_size`), no
             training text, a text that holds ``▁`` (naming it,
-            :func:`asr.tokenizers.base.check_text`), or a vocabulary too large for the text (sentencepiece's message is
-            kept).
+            :func:`asr.tokenizers.base.check_text`), or a vocabulary too large for the text
+            (sentencepiece's message is kept).
     """
     output_dir = Path(output_dir)
     model_path = output_dir / BPE_MODEL_FILE

@@ -725,8 +725,8 @@ class Trainer:
 
         With float16 the GradScaler skips overflowing steps itself (and lowers its scale); such a
         step is not taken either: no scheduler step, no step counted, and a scale that falls
-        below ``train.min_loss_scale`` stops training (:meth:`_check_loss_scale`). Any other step whose
-        gradients are not finite (on any rank) is skipped: no optimizer or scheduler
+        below ``train.min_loss_scale`` stops training (:meth:`_check_loss_scale`). Any other step
+        whose gradients are not finite (on any rank) is skipped: no optimizer or scheduler
         step, the batches saved for inspection, ``progress.skipped_steps`` counted; more than
         ``train.max_skipped_in_a_row`` in a row stop training.
         """

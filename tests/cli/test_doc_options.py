@@ -1,8 +1,9 @@
 """The command lines the documentation names exist: every ``--option`` a doc gives an ``asr``
 subcommand is one of that subcommand's options, every config key it names (``search.lm_weight``)
 is a field of the experiment config, every module, function or class it names in code
-(``run.train.check_data_inputs``, ``asr.results.FailedInput``) exists, the ``asr export-onnx`` synopsis of docs/ONNX.md names all
-of its options, and the mini_tts README names every option of its ``run.sh`` with its default."""
+(``run.train.check_data_inputs``, ``asr.results.FailedInput``) exists, the ``asr export-onnx``
+synopsis of docs/ONNX.md names all of its options, and the mini_tts README names every option of its
+``run.sh`` with its default."""
 
 from __future__ import annotations
 

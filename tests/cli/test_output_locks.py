@@ -4,9 +4,9 @@ Every command whose output a second run on the same path could also write (``asr
 ``asr bpe``, ``asr export-package``, ``asr export-onnx``, ``asr average``, ``asr decode``,
 ``asr transcribe --output-dir``; ``asr shar`` in ``tests/data/test_shar.py``,
 ``asr prepare fbank`` in ``tests/data/test_prepare_rerun.py`` and ``asr train``, its experiment
-directory, in ``tests/cli/test_train.py``) holds an exclusive ``flock`` on ``.<name>.lock`` beside it: a second
-run is refused at once, naming the output, and writes nothing. The lock is held here by a
-second process, as a concurrent run holds it. A directory output is built in a locked hidden
+directory, in ``tests/cli/test_train.py``) holds an exclusive ``flock`` on ``.<name>.lock`` beside
+it: a second run is refused at once, naming the output, and writes nothing. The lock is held here
+by a second process, as a concurrent run holds it. A directory output is built in a locked hidden
 staging directory; a killed run leaves one (``.<name>.tmp-*``, or ``.<name>.old-*`` while it
 replaced an earlier output) that no process holds, and the next run removes it, never one that a
 live process holds.
@@ -25,7 +25,7 @@ import pytest
 import soundfile
 
 from asr.cli.main import main
-from asr.fileio import output_lock
+from asr.fileio import STAGING_MARKER, output_lock
 from asr.testing.packages import random_experiment
 from asr.testing.tiny import TINY_SENTENCES, random_speech_like
 
@@ -148,8 +148,10 @@ def test_an_output_that_cannot_be_written_is_a_bad_option(command, experiment, p
 
 
 def _staging(output: Path, kind: str, name: str) -> Path:
+    """A staging directory of ``output`` as a run leaves it: with the marker naming ``output``."""
     path = output.with_name(f".{output.name}.{kind}-{name}")
     path.mkdir()
+    (path / STAGING_MARKER).write_text(f"{output.name}\n")
     (path / "model.safetensors").write_bytes(b"half a model")
     return path
 

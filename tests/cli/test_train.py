@@ -81,7 +81,8 @@ def test_train_refuses_a_mask_width_that_never_masks_before_reading_data(tmp_pat
 
 
 def test_killed_training_resumes_to_the_same_parameters(tmp_path, tiny_corpus, trained):
-    """Stop after 1 step (mid-epoch 1), run the same command again: same weights as uninterrupted."""
+    """Stop after 1 step (mid-epoch 1), run the same command again: same weights as
+    uninterrupted."""
     full = safe_torch_load(trained / "epoch-2.pt")
     steps_per_epoch = safe_torch_load(trained / "epoch-1.pt")["progress"]["step"]
     assert steps_per_epoch >= 2, "the tiny corpus must give at least 2 batches per epoch"
@@ -349,8 +350,8 @@ def test_a_missing_input_of_the_config_is_refused_naming_its_field(case, tmp_pat
                                                                    caplog):
     """A missing dev, training or noise manifest (or one lhotse cannot read, or noise without
     cuts) exited with 1 once the model was built, as a failed run does: exit 2 naming the field
-    and the path, before anything is written. ``--check-only`` reads no data (the recipes check before their data
-    stages), so it still passes."""
+    and the path, before anything is written. ``--check-only`` reads no data (the recipes check
+    before their data stages), so it still passes."""
     override, message = MISSING_INPUTS[case](tiny_corpus, tmp_path)
     assert train_tiny(tmp_path, tiny_corpus, "missing", override) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]

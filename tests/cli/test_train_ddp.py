@@ -1,4 +1,5 @@
-"""``asr train`` under ``torchrun``: 2 processes make the same update as 1 process with accum_grad=2.
+"""``asr train`` under ``torchrun``: 2 processes make the same update as 1 process with
+accum_grad=2.
 
 Rank r of 2 gets batches r, r+2, ... of the same sampler stream, so the first optimizer step of a
 2-process run sees batches 0 and 1, like one process accumulating 2 batches. Dropout, SpecAugment

@@ -39,7 +39,8 @@ def write_yaml(data: dict, path: Path) -> Path:
 
 
 def train_tiny(tmp_path: Path, corpus: Path, exp_name: str, *overrides: str, **train) -> int:
-    """``asr train`` of :func:`tiny_experiment` into ``tmp_path/exp_name``; returns the exit code."""
+    """``asr train`` of :func:`tiny_experiment` into ``tmp_path/exp_name``; returns the exit
+    code."""
     from asr.cli.main import main
 
     config = write_yaml(tiny_experiment(corpus, **train), tmp_path / f"{exp_name}.yaml")

@@ -353,3 +353,28 @@ def test_a_gzip_arpa_file_has_no_time_stamp(tmp_path):
     data = (tmp_path / "lm.arpa.gz").read_bytes()
     assert data[:2] == b"\x1f\x8b" and data[4:8] == b"\x00\x00\x00\x00"
     assert gzip.decompress(data) == (tmp_path / "lm.arpa").read_bytes()
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_arpa_lines_carry_a_back_off_weight_exactly_for_the_histories(tmp_path, order):
+    """The back-off weights are those of the seen histories, always shorter than the order, so
+    no top-order line has one; ``<s>`` is listed (at order > 1) with ARPA's -99 and its own
+    weight, as the history of every sentence start. (write_arpa checked the order before the
+    weight, and wrote -99 for ``<s>`` apart from its stored value: both never changed a line.)"""
+    estimate = estimate_kneser_ney(_corpus(seed=5), order, vocab=VOCAB)
+    assert all(0 < len(history) < order for history in estimate.backoffs)
+    write_arpa(estimate, tmp_path / "lm.arpa")
+    sections = (tmp_path / "lm.arpa").read_text().split("-grams:\n")[1:]
+    with_weight = set()
+    for n, section in enumerate(sections, start=1):
+        for line in section.split("\n\n")[0].splitlines():
+            fields = line.split("\t")
+            assert len(fields) == 2 or (len(fields) == 3 and n < order), line
+            if len(fields) == 3:
+                with_weight.add(fields[1])
+    names = {BOS: "<s>", EOS: "</s>", UNK: "<unk>"}
+    named = {" ".join(names.get(w, str(w)) for w in h) for h in estimate.backoffs}
+    assert with_weight == named
+    bos = [line for line in sections[0].splitlines() if "\t<s>" in line]
+    assert bos == ([] if order == 1 else
+                   [f"-99.000000\t<s>\t{estimate.backoffs[(BOS,)] / math.log(10.0):.6f}"])

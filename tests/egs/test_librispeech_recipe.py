@@ -199,7 +199,8 @@ except TrainingPreempted as stop:
 
 
 def _stage_6(tmp_path: Path, **env: str) -> subprocess.Popen:
-    """Starts run.sh's stage 6 with ``--nproc 2`` under the stand-in venv (:data:`FAKE_TORCHRUN`)."""
+    """Starts run.sh's stage 6 with ``--nproc 2`` under the stand-in venv
+    (:data:`FAKE_TORCHRUN`)."""
     bin_dir = tmp_path / "venv" / "bin"
     bin_dir.mkdir(parents=True)
     (bin_dir / "asr").write_text("#!/usr/bin/env bash\nexit 0\n")

@@ -22,12 +22,12 @@ RUN, PREPARE = LIBRI / "run.sh", LIBRI / "prepare.sh"
 MINI_TTS = REPO / "egs" / "mini_tts" / "ASR" / "run.sh"
 END = "@@end"
 
-# `asr`, `python`, `lhotse` and `torchrun` of the stub venv: records each call's arguments (NUL-separated, END
-# after the last), fails the subcommand named in $STUB_FAIL, and prints what the scripts read: a
-# WER summary path for the decoders, a report for export-onnx, which with $STUB_NO_STREAMING has
-# no streaming layout (as for a TDT, CTC or CIF model: exit 1, or 0 without a report with
-# --if-supported). `python -c` of a program that reads JSON and imports no asr (the package
-# metadata of egs/shared/sherpa_onnx.sh) runs for real.
+# `asr`, `python`, `lhotse` and `torchrun` of the stub venv: records each call's arguments
+# (NUL-separated, END after the last), fails the subcommand named in $STUB_FAIL, and prints what the
+# scripts read: a WER summary path for the decoders, a report for export-onnx, which with
+# $STUB_NO_STREAMING has no streaming layout (as for a TDT, CTC or CIF model: exit 1, or 0 without a
+# report with --if-supported). `python -c` of a program that reads JSON and imports no asr (the
+# package metadata of egs/shared/sherpa_onnx.sh) runs for real.
 STUB = f"""#!/usr/bin/env bash
 printf '%s\\0' "$(basename "$0")" "$@" {END} >> "$STUB_LOG"
 if [ "$(basename "$0")" = python ] && [ "$1" = -c ] && [[ "$2" == *"import json"* ]] \\

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import pytest
@@ -71,8 +72,8 @@ def test_bench_timer_waits_for_the_device_before_each_reading(monkeypatch):
         events.append("clock")
         return float(next(clock))
 
-    monkeypatch.setattr(bench.time, "perf_counter", reading)
-    bench._timed(lambda: events.append("run"), 2, lambda: events.append("sync"))
+    monkeypatch.setattr(time, "perf_counter", reading)
+    bench.median_seconds(lambda: events.append("run"), 2, lambda: events.append("sync"))
     timed = events[events.index("clock"):]
     assert timed == ["clock", "run", "sync", "clock"] * 2, events
     assert bench.device_sync("cuda") is torch.cuda.synchronize

@@ -14,6 +14,7 @@ from asr.encoders.attention import (
     sinusoid_encoding,
     streaming_attention_mask,
 )
+from asr.heads.decoder_layers import sinusoidal_positions
 
 
 def test_chunk_mask_hand_computed():
@@ -56,6 +57,26 @@ def test_sinusoid_values():
         [[math.sin(d), math.cos(d), math.sin(d / 100), math.cos(d / 100)] for d in (0, 3, -2)]
     )
     torch.testing.assert_close(enc, expected)
+
+
+def _exact_sinusoids(values: list[int], dim: int) -> torch.Tensor:
+    """(len(values), dim) float64 sinusoids by Python's math, the reference."""
+    return torch.tensor([[f(v * 10000.0 ** (-2 * k / dim)) for k in range(dim // 2)
+                          for f in (math.sin, math.cos)] for v in values], dtype=torch.float64)
+
+
+def test_sinusoid_values_at_long_distances_are_the_nearest_float32():
+    """At distances of thousands of frames (long audio, an unlimited left context) the float32
+    angle ``d w_k`` lost precision: the table was off by 6.5e-4 at d = 10000 (D = 256). It is
+    computed in float64 and cast: within float32 rounding of the exact values; the decoders'
+    position table is the same function."""
+    distances = [-10000, -4321, 750, 10000]
+    enc = sinusoid_encoding(torch.tensor(distances), 256)
+    assert enc.dtype == torch.float32
+    assert (enc.double() - _exact_sinusoids(distances, 256)).abs().max() <= 6e-8
+    positions = sinusoidal_positions(3, 256, offset=9998, dtype=torch.float64)
+    torch.testing.assert_close(positions, _exact_sinusoids([9998, 9999, 10000], 256),
+                               rtol=0, atol=1e-10)
 
 
 def _reference(module, x, mask, key_cache, value_cache):

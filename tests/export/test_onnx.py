@@ -39,6 +39,7 @@ from asr.package import export_package, load_package
 from asr.runtime.endpoint import EndpointConfig, EndpointRule
 from asr.runtime.offline import load_model
 from asr.testing.packages import random_experiment, random_package
+from asr.testing.streams import decode_with_endpoints
 from asr.testing.tiny import espeak_available
 
 RATE = 16000
@@ -900,14 +901,7 @@ def test_an_endpoint_on_the_last_chunk_adds_no_empty_segment_in_the_sherpa_engin
     endpoint = EndpointConfig(rule3=EndpointRule(False, 0.0, 0.9))
     for recognizer in (load_streaming_recognizer(directory, endpoint=endpoint),
                        load_model(source).streaming_recognizer(endpoint=endpoint)):
-        stream = recognizer.new_stream()
-        recognizer.accept_waveform(stream, wave, RATE)
-        recognizer.input_finished(stream)
-        while recognizer.is_ready(stream):
-            recognizer.decode([stream])
-            if recognizer.is_endpoint(stream):
-                recognizer.reset(stream)
-        segments = [*stream.finished_segments, recognizer.result(stream)]
+        segments = decode_with_endpoints(recognizer, recognizer.new_stream(), wave, RATE)
         assert [(s.index, s.is_final) for s in segments] == [(0, True)], type(recognizer)
         assert segments[0].token_ids and segments[0].end == pytest.approx(0.96)
 

@@ -2,9 +2,9 @@
 
 On CUDA: float32 and float64, ragged batches up to B=32, T=1000, S (=U) = 200, and a lattice
 wider than one block (several chunks per diagonal); a second run must be bit-identical (a race
-between the threads that write and read a diagonal would not be). float64 must agree to rounding; float32 is
-compared with the float64 reference and may be at most a few times less accurate than the torch
-float32 reference itself (both round alpha values of magnitude ~1e3 at every diagonal).
+between the threads that write and read a diagonal would not be). float64 must agree to rounding;
+float32 is compared with the float64 reference and may be at most a few times less accurate than the
+torch float32 reference itself (both round alpha values of magnitude ~1e3 at every diagonal).
 Dry run: the same code in the Triton interpreter (``TRITON_INTERPRET=1``) at tiny sizes.
 """
 

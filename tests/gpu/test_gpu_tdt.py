@@ -2,11 +2,11 @@
 
 On CUDA: alpha and beta node scores of the compiled kernels against the torch recursion on the
 same device, float64 to rounding and float32 at most a few times farther from the float64
-reference than torch's own float32 result, a second run bit-identical; ragged batches with infeasible utterances, durations
-with and without 0, the issue's size (T=375, U=55) and a lattice wider than one block (several
-chunks per diagonal). Then the TDT loss (with sigma and omega) and its gradient through autograd,
-backend ``triton`` vs ``torch``. Dry run: the same code in the Triton interpreter
-(``TRITON_INTERPRET=1``) at tiny sizes.
+reference than torch's own float32 result, a second run bit-identical; ragged batches with
+infeasible utterances, durations with and without 0, the issue's size (T=375, U=55) and a lattice
+wider than one block (several chunks per diagonal). Then the TDT loss (with sigma and omega) and its
+gradient through autograd, backend ``triton`` vs ``torch``. Dry run: the same code in the Triton
+interpreter (``TRITON_INTERPRET=1``) at tiny sizes.
 """
 
 from __future__ import annotations

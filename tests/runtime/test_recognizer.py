@@ -14,6 +14,7 @@ from asr.decoding.registry import STREAMING_SEARCHER_NAMES, available_searchers
 from asr.runtime.endpoint import EndpointConfig, EndpointRule, detect_endpoint
 from asr.runtime.offline import load_model
 from asr.runtime.streaming import left_context_bound, transcribe_streaming
+from asr.testing.streams import decode_with_endpoints
 from asr.testing.tiny import espeak_available
 
 needs_espeak = pytest.mark.skipif(not espeak_available(), reason="needs espeak-ng")
@@ -184,16 +185,7 @@ def test_segmented_timestamps_are_monotonic_within_the_audio_and_their_segments(
     names = [n for n in available_searchers(model.runtime.model) if n in STREAMING_SEARCHER_NAMES]
     for searcher in names:
         recognizer = model.streaming_recognizer(searcher, endpoint=rules)
-        stream = recognizer.new_stream()
-        for begin in range(0, wave.shape[0], 1000):
-            recognizer.accept_waveform(stream, wave[begin: begin + 1000], 16000)
-            if begin + 1000 >= wave.shape[0]:
-                recognizer.input_finished(stream)
-            while recognizer.is_ready(stream):
-                recognizer.decode([stream])
-                if recognizer.is_endpoint(stream):
-                    recognizer.reset(stream)
-        segments = [*stream.finished_segments, recognizer.result(stream)]
+        segments = decode_with_endpoints(recognizer, recognizer.new_stream(), wave, 16000, 1000)
         assert len(segments) > 4 and sum(len(s.token_ids) for s in segments) > 5, searcher
         ends = [s.begin for s in segments[1:]] + [duration]
         for segment, end in zip(segments, ends):

@@ -3,10 +3,11 @@
 What is measured: each searcher of :mod:`asr.decoding` decodes ONE random encoder output
 (``--batch`` utterances of ``--seconds`` s, 25 encoder frames per second: 10 ms fbank, 4x
 subsampling) with random-init heads of realistic size (D = J = P = 256, V = 500, AED 3 layers,
-CIF 2 layers). Time = median of ``--repeats`` runs after one warm-up run, divided by the seconds
-of audio in the batch (``ms/s``; RTF = ms/s / 1000). The encoder itself is not timed. One torch
-thread by default: search loops are many small ops, and on a shared 2-core machine a second
-intra-op thread made them far slower and noisier.
+CIF 2 layers). Time = median of ``--repeats`` runs after one warm-up run
+(:func:`tools.bench._timing.median_seconds`, as every bench times its repeats), divided by the
+seconds of audio in the batch (``ms/s``; RTF = ms/s / 1000). The encoder itself is not timed.
+One torch thread by default: search loops are many small ops, and on a shared 2-core machine a
+second intra-op thread made them far slower and noisier.
 
 How the TDT / RNN-T greedy ratio is produced. A random joiner emits a token on almost every
 frame and a random duration head picks durations uniformly, neither of which is what trained
@@ -92,6 +93,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 import statistics
 import sys
@@ -122,7 +124,7 @@ from asr.heads.transducer import TransducerConfig, TransducerHead  # noqa: E402
 from asr.model import ASRModel  # noqa: E402
 from asr.testing.synthetic import shrink_experiment  # noqa: E402
 from tools.bench._args import COUNT, FINITE, POSITIVE  # noqa: E402
-from tools.bench._sync import device_sync  # noqa: E402
+from tools.bench._timing import device_sync, median_seconds  # noqa: E402
 
 FRAMES_PER_SECOND = 25
 DIM, VOCAB = 256, 500
@@ -258,16 +260,6 @@ def state_bytes(state: object) -> tuple[int, int]:
     return total["state"], total["buffer"]
 
 
-def median_seconds(run: Callable[[], object], repeats: int) -> float:
-    run()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def print_table(rows: list, enc: Tensor, enc_lens: Tensor, repeats: int) -> dict[str, float]:
     """Times each (label, name, model, cfg, setup) row on the same encoder output; returns the
     median seconds per label."""
@@ -391,18 +383,9 @@ def greedy_rtfx(args: argparse.Namespace) -> None:
     audio = float(feat_lens.sum()) / 100
 
     sync = device_sync(device)
-
-    def synced(run: Callable[[], object]) -> Callable[[], object]:
-        def call():
-            out = run()
-            sync()
-            return out
-        return call
-
     encoder = models["rnnt"]
     with torch.inference_mode():
-        enc_seconds = median_seconds(synced(lambda: encoder.encode(feats, feat_lens)),
-                                     args.repeats)
+        enc_seconds = median_seconds(lambda: encoder.encode(feats, feat_lens), args.repeats, sync)
         enc, enc_lens = encoder.encode(feats, feat_lens)
     enc, enc_lens = enc.clone(), enc_lens.clone()
     one = SearchConfig(beam_size=1)
@@ -419,10 +402,10 @@ def greedy_rtfx(args: argparse.Namespace) -> None:
     for label, kind, name, layer_of in rows:
         model = models[kind]
         searcher = build_searcher(name, model, one)
-        run = synced(lambda s=searcher: s(enc, enc_lens))
+        run = functools.partial(searcher, enc, enc_lens)
         bias = calibrate(run, float(enc_lens.sum()) / FRAMES_PER_SECOND,
                          layer_of(model).output.bias, 0, args.tokens_per_second, False, steps=10)
-        search_seconds = median_seconds(run, args.repeats)
+        search_seconds = median_seconds(run, args.repeats, sync)
         tokens = sum(len(h[0].tokens) for h in run()) / audio
         table.append((label, search_seconds, tokens, bias))
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

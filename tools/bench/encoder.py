@@ -10,6 +10,9 @@ prints:
 * streaming: real-time factor (compute time / audio time) of ``forward_chunk`` for each chunk
   size (batch 1, feeding ``frames_needed`` frames per call).
 
+Times are the median of ``--repeats`` runs after an untimed warm-up run
+(:func:`tools.bench._timing.median_seconds`, as every bench times its repeats).
+
 Usage::
 
     python tools/bench/encoder.py                 # all presets, 8 s of audio, chunks 4 8 16 32
@@ -22,8 +25,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -34,7 +35,7 @@ sys.path.insert(0, str(ROOT))  # run as a script: this checkout's asr before any
 from asr.config import load_config  # noqa: E402
 from asr.encoders import EncoderConfig, build_encoder  # noqa: E402
 from tools.bench._args import COUNT, NON_NEGATIVE_INT, POSITIVE  # noqa: E402
-from tools.bench._sync import device_sync, no_sync  # noqa: E402
+from tools.bench._timing import device_sync, median_seconds  # noqa: E402
 
 PRESET_DIR = ROOT / "recipes" / "presets"
 FRAMES_PER_SECOND = 100
@@ -46,20 +47,6 @@ def transducer_head_params(enc_dim: int, vocab_size: int = 500, dim: int = 512) 
     predictor = vocab_size * dim + dim * 2 + dim
     joiner = (enc_dim * dim + dim) + (dim * dim + dim) + (dim * vocab_size + vocab_size)
     return predictor + joiner
-
-
-def _timed(fn: Callable[[], object], repeats: int, sync: Callable[[], None] = no_sync) -> float:
-    """Best wall time of ``repeats`` calls of ``fn`` after an untimed one, ``sync()`` waiting
-    for the device's queued work before each timer read."""
-    fn()  # warm-up
-    sync()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def _stream_once(encoder, feats: torch.Tensor, chunk_size: int, left_chunks: int) -> None:
@@ -87,10 +74,10 @@ def bench_preset(name: str, seconds: float, chunk_sizes: list[int], repeats: int
            "with_head": params + transducer_head_params(cfg.d_model)}
     sync = device_sync(device)
     with torch.inference_mode():
-        offline = _timed(lambda: encoder(feats, lens, chunk_size=0), repeats, sync)
+        offline = median_seconds(lambda: encoder(feats, lens, chunk_size=0), repeats, sync)
         row["offline_ms_per_s"] = 1000.0 * offline / seconds
         for chunk in chunk_sizes:
-            elapsed = _timed(lambda c=chunk: _stream_once(encoder, feats, c, left_chunks),
+            elapsed = median_seconds(lambda c=chunk: _stream_once(encoder, feats, c, left_chunks),
                              repeats, sync)
             row[f"rtf_{chunk}"] = elapsed / seconds
     return row
@@ -103,7 +90,8 @@ def _preset_names(text: str) -> list[str]:
     unknown = [name for name in names if name not in known]
     if unknown:
         raise argparse.ArgumentTypeError(
-            f"unknown preset(s) {', '.join(map(repr, unknown))} in {text!r}; known: {', '.join(known)}")
+            f"unknown preset(s) {', '.join(map(repr, unknown))} in {text!r}; "
+            f"known: {', '.join(known)}")
     return names
 
 
@@ -115,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=POSITIVE, default=8.0, help="audio length per run")
     parser.add_argument("--chunk-sizes", type=COUNT, nargs="+", default=[4, 8, 16, 32],
                         help="streaming chunk sizes in encoder frames (40 ms each)")
-    parser.add_argument("--repeats", type=COUNT, default=2, help="timed runs (best is kept)")
+    parser.add_argument("--repeats", type=COUNT, default=2,
+                        help="timed runs after a warm-up (the median is reported)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=NON_NEGATIVE_INT, default=0,
                         help="torch threads (0: default)")
@@ -137,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"{row['offline_ms_per_s']:.1f}"]
                     + [f"{row[f'rtf_{c}']:.3f}" for c in args.chunk_sizes])
     widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
-    print(f"device={args.device} threads={torch.get_num_threads()} audio={args.seconds:g}s")
+    print(f"device={args.device} threads={torch.get_num_threads()} audio={args.seconds:g}s; "
+          f"times: median of {args.repeats} run(s) after a warm-up")
     for r in [header] + rows:
         print(" | ".join(str(v).rjust(w) for v, w in zip(r, widths)))
     return 0

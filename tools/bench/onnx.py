@@ -8,12 +8,18 @@ One table, one run, the same package and audio for every engine:
   the package streams) in sherpa-onnx (:mod:`asr.export.sherpa_decode`), greedy search.
 
 For each engine, mode (offline / streaming) and thread count (torch intra-op threads, or
-onnxruntime's ``num_threads``): RTF = wall time / seconds of audio (lower is faster), the
-minimum and the median of ``--repeat`` runs after an untimed warm-up run, for **one stream** (the files decoded one after another) and for **a batch**
-(``--batch-size`` files decoded together: one batched forward offline, concurrent streams in one
-``decode`` / ``decode_streams`` loop when streaming). The last lines compare sherpa-onnx int8
-streaming with our PyTorch streaming (medians), for one stream and for a batch at each thread
-count.
+onnxruntime's ``num_threads``): RTF = wall time / seconds of audio (lower is faster), the median
+of ``--repeat`` runs after an untimed warm-up run (:func:`tools.bench._timing.median_seconds`, as
+every bench times its repeats), for **one stream** (the files decoded one after another) and for
+**a batch** (``--batch-size`` files decoded together: one batched forward offline, concurrent
+streams in one ``decode`` / ``decode_streams`` loop when streaming). The last lines compare
+sherpa-onnx int8 streaming with our PyTorch streaming, for one stream and for a batch at each
+thread count.
+
+Every row times the same thing: decoding, not construction. Each engine's recognizer (our loaded
+model and its streaming recognizer; sherpa-onnx's, built per thread count) is made before its
+timed runs, as a server or a batch job makes it once; each run makes its streams (per-utterance
+state, as a server makes one per connection) and decodes every file.
 
 Usage:
     .venv/bin/python tools/bench/onnx.py                       # tiny model trained here
@@ -31,10 +37,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,32 +52,30 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run as a script: this checkout's asr before any other on the path
 
 from tools.bench._args import COUNT  # noqa: E402
+from tools.bench._speech import synthesize_utterances  # noqa: E402
+from tools.bench._timing import median_seconds  # noqa: E402
 
 logger = logging.getLogger("bench.onnx")
 
 
-def _synthesize(out_dir: Path, num_files: int, seed: int) -> list[Path]:
-    from asr.testing.tiny import TINY_SENTENCES, synthesize
-
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(num_files):
-        count = int(rng.integers(1, 5))
-        text = " ".join(TINY_SENTENCES[int(j)] for j in rng.integers(len(TINY_SENTENCES), size=count))
-        paths.append(synthesize(text, out_dir / f"bench{i:03d}.wav", speed=int(rng.integers(140, 190))))
-    return paths
+def _rtf(run: Callable[[], object], repeat: int, seconds: float) -> float:
+    """Median RTF of ``repeat`` runs over ``seconds`` of audio, after one untimed run (the first
+    call of an engine pays for one-time allocation and graph set-up): the median of
+    :func:`tools.bench._timing.median_seconds`, as every bench times its repeats."""
+    return median_seconds(run, repeat) / seconds
 
 
-def _timed(run: Callable[[], object], repeat: int, seconds: float) -> tuple[float, float]:
-    """(min, median) RTF of ``repeat`` runs over ``seconds`` of audio, after one untimed run
-    (the first call of an engine pays for one-time allocation and graph set-up)."""
-    run()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - start) / seconds)
-    return min(times), statistics.median(times)
+def _decode_streams(recognizer, waves: list[np.ndarray], rate: int, size: int) -> None:
+    """Decodes ``waves`` with our streaming ``recognizer``, ``size`` concurrent streams at a time
+    (as sherpa-onnx's ``decode_streams`` loop does): new streams, the whole audio of each, then
+    chunk steps of the group until every stream is done."""
+    for start in range(0, len(waves), size):
+        group = [recognizer.new_stream() for _ in waves[start: start + size]]
+        for stream, wave in zip(group, waves[start: start + size]):
+            recognizer.accept_waveform(stream, wave, rate)
+            recognizer.input_finished(stream)
+        while not all(s.done for s in group):
+            recognizer.decode(group)
 
 
 def _load() -> str:
@@ -115,7 +117,7 @@ def _run(args: argparse.Namespace, work: Path) -> int:
 
         logger.info("training a tiny transducer under %s", work)
         package = trained_tiny_package(work / "tiny", head="transducer").package_dir
-    files = args.files or _synthesize(work / "audio", args.num_files, args.seed)
+    files = args.files or synthesize_utterances(work / "audio", args.num_files, args.seed)
     # sherpa-onnx's search: greedy, at most one symbol per frame, no blank penalty (not the
     # package's own searcher, which may be a beam search with an LM)
     model = load_model(package, searcher="greedy",
@@ -133,53 +135,45 @@ def _run(args: argparse.Namespace, work: Path) -> int:
 
     batch = args.batch_size
     load_before = _load()
-    no_endpoints = EndpointConfig(enabled=False)
-    rows: dict[tuple[str, str], dict[int, tuple[tuple[float, float], ...]]] = {}
+    # Every engine's recognizer is built before the timed runs (sherpa-onnx's per thread count,
+    # its num_threads being an option of the constructor); each timed run makes its own streams.
+    ours = {"offline": lambda size: model.transcribe(waves, batch_size=size)}
+    if streams:
+        recognizer = model.streaming_recognizer(endpoint=EndpointConfig(enabled=False))
+        ours["streaming"] = lambda size: _decode_streams(recognizer, waves, rate, size)
+    rows: dict[tuple[str, str], dict[int, tuple[float, float]]] = {}
     for threads in args.threads:
         torch.set_num_threads(threads)
-        modes = ["offline", "streaming"] if streams else ["offline"]
-        for mode in modes:
-            def ours(size: int, mode: str = mode) -> None:
-                if mode == "offline":
-                    model.transcribe(waves, batch_size=size)
-                    return
-                recognizer = model.streaming_recognizer(endpoint=no_endpoints)
-                for start in range(0, len(waves), size):
-                    group = [recognizer.new_stream() for _ in waves[start: start + size]]
-                    for stream, wave in zip(group, waves[start: start + size]):
-                        recognizer.accept_waveform(stream, wave, rate)
-                        recognizer.input_finished(stream)
-                    while not all(s.done for s in group):
-                        recognizer.decode(group)
-            one = _timed(lambda: ours(1), args.repeat, seconds)
-            many = _timed(lambda: ours(batch), args.repeat, seconds)
+        for mode, decode in ours.items():
+            one = _rtf(lambda d=decode: d(1), args.repeat, seconds)
+            many = _rtf(lambda d=decode: d(batch), args.repeat, seconds)
             rows.setdefault(("pytorch", mode), {})[threads] = (one, many)
             for int8 in (False, True):
-                recognizer = load_recognizer(exports[mode], int8=int8, num_threads=threads)
-                one = _timed(lambda r=recognizer: r.decode(waves, batch_size=1), args.repeat,
-                             seconds)
-                many = _timed(lambda r=recognizer: r.decode(waves, batch_size=batch),
-                              args.repeat, seconds)
+                sherpa = load_recognizer(exports[mode], int8=int8, num_threads=threads)
+                one = _rtf(lambda r=sherpa: r.decode(waves, batch_size=1), args.repeat, seconds)
+                many = _rtf(lambda r=sherpa: r.decode(waves, batch_size=batch), args.repeat,
+                            seconds)
                 engine = "sherpa-onnx int8" if int8 else "sherpa-onnx fp32"
                 rows.setdefault((engine, mode), {})[threads] = (one, many)
 
     header = "| engine | mode | " + " | ".join(
         f"{t} thread{'s' if t > 1 else ''}: 1 stream | {t}: batch {batch}" for t in args.threads)
-    print(f"\nRTF (wall / audio; lower is faster), min / median of {args.repeat} runs, "
-          f"{len(waves)} files, {seconds:.1f} s of audio; package {package}; "
+    print(f"\nRTF (wall / audio; lower is faster), median of {args.repeat} runs after a warm-up "
+          f"run, recognizers built before (not timed), streams made in each run; {len(waves)} "
+          f"files, {seconds:.1f} s of audio; package {package}; "
           f"{len(os.sched_getaffinity(0))} CPU cores, load average {load_before} before, "
           f"{_load()} after\n")
     print(header + " |")
     print("|---|---|" + "---|---|" * len(args.threads))
     for (engine, mode), by_threads in rows.items():
-        cells = " | ".join(f"{one[0]:.4f} / {one[1]:.4f} | {many[0]:.4f} / {many[1]:.4f}"
+        cells = " | ".join(f"{one:.4f} | {many:.4f}"
                            for one, many in (by_threads[t] for t in args.threads))
         print(f"| {engine} | {mode} | {cells} |")
     if streams:
         for t in args.threads:
             for size, name in ((0, "1 stream"), (1, f"batch {batch}")):
-                ours_rtf = rows[("pytorch", "streaming")][t][size][1]
-                int8_rtf = rows[("sherpa-onnx int8", "streaming")][t][size][1]
+                ours_rtf = rows[("pytorch", "streaming")][t][size]
+                int8_rtf = rows[("sherpa-onnx int8", "streaming")][t][size]
                 print(f"streaming, {name}, {t} thread(s): sherpa-onnx int8 is "
                       f"{ours_rtf / int8_rtf:.1f}x as fast as our PyTorch runtime (medians)")
     return 0

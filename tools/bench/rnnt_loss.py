@@ -30,7 +30,7 @@ quantity read from the profiler's memory events (``profile_memory=True``: every 
 free with the running "Total Allocated"). A second column gives the growth of the process'
 resident-set high-water mark (``ru_maxrss``) over the first step, which also counts one-time
 library buffers and allocator slack, so it is only a rough upper bound.
-Time: median of ``--repeats`` further runs.
+Time: median of ``--repeats`` further runs (:func:`tools.bench._timing.median_seconds`).
 
 Usage:
     python tools/bench/rnnt_loss.py                 # the table, B=8 T=200 U=50 V in {500, 2000}
@@ -49,10 +49,8 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,6 +58,7 @@ sys.path.insert(0, str(ROOT))  # run as a script: this checkout's asr before any
 
 from asr.fileio import write_text_atomic  # noqa: E402
 from tools.bench._args import COUNT, NON_NEGATIVE, bounded  # noqa: E402
+from tools.bench._timing import device_sync, median_seconds  # noqa: E402
 
 METHODS = ("full", "pruned", "tdt", "tdt_triton", "pruned_tdt")
 #: rows that run Triton's interpreter on a CPU (module docstring)
@@ -157,19 +156,14 @@ def run_case(method: str, vocab: int, args: argparse.Namespace) -> dict:
     loss, lattice = step()  # also the warm-up of the peak and the timings
     rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_base
     peak = _cuda_allocator_peak(step) if cuda else _cpu_allocator_peak(step)
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        step()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+    # warmed up by the two steps above
+    seconds = median_seconds(step, args.repeats, device_sync(args.device), warm_up=False)
     return {
         "method": method,
         "vocab": vocab,
         "loss": loss,
         "lattice_loss": lattice,
-        "seconds": statistics.median(times),
+        "seconds": seconds,
         "peak_mb": peak / 2**20,
         "rss_mb": rss_peak / 2**20,
     }
@@ -321,12 +315,12 @@ def lattice_checks(rows: list[dict], args: argparse.Namespace) -> list[tuple[str
         slack = RTOL * max(abs(full), 1.0)
         if covers:
             ok = abs(term - full) <= slack
-            what = (f"{name} lattice term {term:.6g} == {ref_name} loss {full:.6g} (R={args.prune_range}"
-                    f" >= U+1={args.tokens + 1}: the band holds every path)")
+            what = (f"{name} lattice term {term:.6g} == {ref_name} loss {full:.6g} "
+                    f"(R={args.prune_range} >= U+1={args.tokens + 1}: the band holds every path)")
         else:
             ok = term >= full - slack
-            what = (f"{name} lattice term {term:.6g} >= {ref_name} loss {full:.6g} (R={args.prune_range}"
-                    f" < U+1={args.tokens + 1}: the band leaves paths out)")
+            what = (f"{name} lattice term {term:.6g} >= {ref_name} loss {full:.6g} "
+                    f"(R={args.prune_range} < U+1={args.tokens + 1}: the band leaves paths out)")
         lines.append((f"{what}: {'holds' if ok else 'MISMATCH'}", ok))
     return lines
 
@@ -379,8 +373,9 @@ def _write_markdown(path: Path, table: list[dict], args: argparse.Namespace) -> 
         else:
             lines.append(f"| {row['vocab']} | {row['method']} | {row['status']} | | | | |")
     if any(r.get("interpreted") for r in table):
-        lines += ["", "Rows marked (interpreter) ran the Triton kernel in Triton's CPU interpreter: "
-                  "a correctness and plumbing check (its loss equals the torch row's), not a speed."]
+        lines += ["", "Rows marked (interpreter) ran the Triton kernel in Triton's CPU "
+                  "interpreter: a correctness and plumbing check (its loss equals the torch "
+                  "row's), not a speed."]
     for vocab in dict.fromkeys(r["vocab"] for r in table):
         checks = lattice_checks([r for r in table if r["vocab"] == vocab], args)
         lines += [""] + [f"Check at V={vocab}: {line}." for line, _ in checks] if checks else []

@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     extra += ["--searcher", args.searcher] if args.searcher else []
     load_before = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     # the server process (python -m asr.cli.main) runs this checkout's asr too, from any folder
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))
     proc, port = start_server(model, args.threads, max(args.streams) + 1, *extra)
     url = f"ws://127.0.0.1:{port}"
     rows = []

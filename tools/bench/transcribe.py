@@ -1,7 +1,8 @@
 """Offline transcription throughput: batched vs one file at a time (and streaming, optionally).
 
 Prints seconds of audio transcribed per second of wall time (higher is better) for
-``Transcriber.transcribe`` with ``batch_size=1`` and with ``--batch-size``, on the same files.
+``Transcriber.transcribe`` with ``batch_size=1`` and with ``--batch-size``, on the same files:
+the median of ``--repeat`` runs after an untimed warm-up, as every bench times its repeats.
 
 Usage:
     .venv/bin/python tools/bench/transcribe.py                      # tiny model trained here
@@ -19,43 +20,26 @@ import argparse
 import logging
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run as a script: this checkout's asr before any other on the path
 
 from tools.bench._args import COUNT  # noqa: E402
+from tools.bench._speech import synthesize_utterances  # noqa: E402
+from tools.bench._timing import median_seconds  # noqa: E402
 
 logger = logging.getLogger("bench.transcribe")
 
 
-def _synthesize(out_dir: Path, num_files: int, seed: int) -> list[Path]:
-    from asr.testing.tiny import TINY_SENTENCES, synthesize
-
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(num_files):
-        count = int(rng.integers(1, 5))
-        text = " ".join(TINY_SENTENCES[int(j)] for j in rng.integers(len(TINY_SENTENCES), size=count))
-        paths.append(synthesize(text, out_dir / f"bench{i:03d}.wav", speed=int(rng.integers(140, 190))))
-    return paths
-
-
 def _measure(model, audios, repeat: int, **kwargs) -> float:
-    """Best-of-``repeat`` wall time of one transcribe() call over ``audios``, after an untimed
-    call on two of them with the same options (the first call of a mode pays for one-time set-up
-    and allocation)."""
-    model.transcribe(audios[:2], **kwargs)
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        model.transcribe(audios, **kwargs)
-        best = min(best, time.perf_counter() - start)
-    return best
+    """Median wall time of ``repeat`` transcribe() calls over ``audios``
+    (:func:`tools.bench._timing.median_seconds`), after an untimed call on two of them with the
+    same options (the first call of a mode pays for one-time set-up and allocation)."""
+    return median_seconds(lambda: model.transcribe(audios, **kwargs), repeat,
+                          warm_up=lambda: model.transcribe(audios[:2], **kwargs))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", nargs="*", help="audio files (default: synthesized)")
     parser.add_argument("--num-files", type=COUNT, default=24)
     parser.add_argument("--batch-size", type=COUNT, default=8)
-    parser.add_argument("--repeat", type=COUNT, default=2, help="best of this many runs")
+    parser.add_argument("--repeat", type=COUNT, default=2,
+                        help="timed runs per mode (the median is reported)")
     parser.add_argument("--threads", type=COUNT, default=1,
                         help="torch intra-op threads (1: stable timings on a shared machine)")
     parser.add_argument("--device", default="cpu")
@@ -85,11 +70,12 @@ def main(argv: list[str] | None = None) -> int:
 
             print("training a tiny CTC model ...", file=sys.stderr)
             package = trained_tiny_package(work).package_dir
-        files = args.files or _synthesize(work / "audio", args.num_files, args.seed)
+        files = args.files or synthesize_utterances(work / "audio", args.num_files, args.seed)
         model = load_model(package, device=args.device)
         audios = [decode_audio(f, model.sample_rate).samples for f in files]
         total = sum(a.shape[0] for a in audios) / model.sample_rate
-        rows = [("one file at a time (batch 1)", _measure(model, audios, args.repeat, batch_size=1)),
+        rows = [("one file at a time (batch 1)",
+                 _measure(model, audios, args.repeat, batch_size=1)),
                 (f"batched (batch {args.batch_size})",
                  _measure(model, audios, args.repeat, batch_size=args.batch_size))]
         if args.streaming:
@@ -98,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                              _measure(model, audios, args.repeat, batch_size=batch,
                                       streaming=True)))
     print(f"model {package}: {len(audios)} files, {total:.1f} s of audio, device {args.device}, "
-          f"{args.threads} thread(s)")
+          f"{args.threads} thread(s); wall s: median of {args.repeat} run(s) after a warm-up")
     print(f"{'mode':<36} {'wall s':>8} {'audio s / s':>12} {'speed-up':>9}")
     for name, seconds in rows:
         print(f"{name:<36} {seconds:8.2f} {total / seconds:12.1f} {rows[0][1] / seconds:8.2f}x")
