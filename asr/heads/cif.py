@@ -29,9 +29,9 @@ Two switches of :class:`CIFConfig`:
   :class:`asr.model.ASRModel`). Training uses the Viterbi alignment of the reference
   (:func:`asr.losses.ctc.ctc_forced_align`), inference the greedy CTC path, so the count is
   exactly greedy CTC's; both read the CTC head's eval-mode output (no dropout, no gradient:
-  the segments do not depend on a dropout draw). A segment is the run of frames on which the path emits the token (its
-  blank frames belong to no token). The paper averages CTC posteriors; the encoder frames
-  carry them (the CTC head is linear on them) and more.
+  the segments do not depend on a dropout draw). A segment is the run of frames on which the
+  path emits the token (its blank frames belong to no token). The paper averages CTC
+  posteriors; the encoder frames carry them (the CTC head is linear on them) and more.
 
 Shape legend: B batch, T frames, N fired tokens, U target tokens, D encoder dims, V vocabulary.
 """

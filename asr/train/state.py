@@ -54,19 +54,19 @@ class TrainConfig:
             warning level are icefall's; from the initial 2**16 the floor is ~33 overflows in a
             row away. 0 never stops.
         time_budget_s: wall-clock seconds of training, summed over resumed runs (0: no budget).
-            A budgeted run measures its step and end-of-epoch costs and, apart from the steps,
-            those of the validations and checkpoints of ``valid_interval`` and
-            ``checkpoint_interval``, plans the total step count that fits
-            (:mod:`asr.train.budget`) after ``time_budget_calibration_steps`` steps, again every
-            ``time_budget_quantum`` steps and after every epoch, and ends the cosine schedule at
-            the plan (it replaces ``optim.total_steps``); ``max_steps`` (when > 0) and ``max_epochs`` cap the plan, and
+            A budgeted run measures its step and end-of-epoch costs and, apart from the steps, those
+            of the validations and checkpoints of ``valid_interval`` and ``checkpoint_interval``,
+            plans the total step count that fits (:mod:`asr.train.budget`) after
+            ``time_budget_calibration_steps`` steps, again every ``time_budget_quantum`` steps and
+            after every epoch, and ends the cosine schedule at the plan (it replaces
+            ``optim.total_steps``); ``max_steps`` (when > 0) and ``max_epochs`` cap the plan, and
             training stops when the budget is spent whatever the plan said. The step count then
-            depends on the machine: resumption restores the plan and continues it, but is exact
-            only where the re-measured plan comes out the same. A run resumed with another
-            budget (as ``max_time`` in Lightning / NeMo, the budget counts the seconds of all
-            the runs) drops its plan and plans for the new one: a raised budget continues a run
-            that had ended on its plan (its cosine horizon moves out with the new plan, so the
-            rate rises again from the floor it had reached), a lowered one ends it sooner.
+            depends on the machine: resumption restores the plan and continues it, but is exact only
+            where the re-measured plan comes out the same. A run resumed with another budget (as
+            ``max_time`` in Lightning / NeMo, the budget counts the seconds of all the runs) drops
+            its plan and plans for the new one: a raised budget continues a run that had ended on
+            its plan (its cosine horizon moves out with the new plan, so the rate rises again from
+            the floor it had reached), a lowered one ends it sooner.
         time_budget_calibration_steps: steps before the first plan; the step cost is timed from
             a fifth of them on (the first steps of a run mostly pay for start-up).
         time_budget_quantum: plans are rounded down to a multiple of this many steps, so repeated
