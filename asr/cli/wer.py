@@ -54,11 +54,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _read_recogs(path: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The references and hypotheses of the recogs file ``asr wer REF`` was given alone.
+
+    Raises:
+        ValueError: naming the file and line, and saying that a Kaldi text file needs HYP too
+            (the likely mistake: a second file forgotten).
+    """
+    try:
+        return read_recognitions(path)
+    except ValueError as err:
+        raise ValueError(f"{err}; given alone, REF is an `asr decode` recogs file "
+                         f"('UTT:\\tref=[...]' and 'UTT:\\thyp=[...]' lines): to score "
+                         f"'utt_id TEXT' files, give both, asr wer REF HYP") from err
+
+
 def run(args: argparse.Namespace) -> int:
     """Print the summary line; utterances missing from HYP count as empty (all deleted)."""
     try:
         if args.hyp is None:
-            refs, hyps = read_recognitions(args.ref)
+            refs, hyps = _read_recogs(args.ref)
         else:
             refs = read_kaldi_text(args.ref)
             hyps = read_kaldi_text(args.hyp)
