@@ -322,15 +322,19 @@ async def stream_microphone(
 
 class _Printer:
     """Prints partial results on one line (a terminal) and final ones on their own lines:
-    ``[SEGMENT START_TIME s] TEXT``; a final result without text clears the partial one."""
+    ``[SEGMENT START_TIME s] TEXT``; a final result without text clears the partial one.
+    ``errors``: also the server's error messages as they come (the microphone client; the file
+    client prints each file's errors once, with its name, when the file is done)."""
 
-    def __init__(self, prefix: str = "") -> None:
+    def __init__(self, prefix: str = "", errors: bool = True) -> None:
         self.prefix = prefix
+        self.errors = errors
         self.tty = sys.stdout.isatty()
 
     def __call__(self, msg: dict[str, Any]) -> None:
         if "error" in msg:
-            print(f"{self.prefix}error: {msg['error']}", file=sys.stderr)
+            if self.errors:
+                print(f"{self.prefix}error: {msg['error']}", file=sys.stderr)
         elif msg.get("is_final"):
             if msg.get("text"):
                 start = f" {float(msg['start_time']):.2f}s" if "start_time" in msg else ""
@@ -392,7 +396,7 @@ async def _run_files(args: argparse.Namespace) -> int:
                 path,
                 chunk_seconds=args.chunk_seconds,
                 realtime=args.realtime,
-                on_message=_Printer(prefix) if len(args.files) == 1 else None,
+                on_message=_Printer(prefix, errors=False) if len(args.files) == 1 else None,
                 timeout=args.timeout,
                 hotwords=args.hotwords,
                 hotwords_score=args.hotwords_score,

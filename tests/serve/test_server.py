@@ -611,6 +611,18 @@ def test_the_file_client_reports_a_stream_the_server_cut_short(server, speech, t
     assert f"{tmp_path}: error: not a file" in err
 
 
+def test_the_file_client_prints_a_server_error_once_naming_the_file(server, speech, capsys):
+    """With one file the client printed the server's error twice: 'error: ...' as the message
+    came, then 'FILE: error: ...' (the test server's searcher does not bias)."""
+    from asr.serve.client import main as client_main
+
+    path = speech[0].path
+    assert client_main(["--server", server.url, "--hotwords", "HELLO", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("does not take hotwords") == 1, err
+    assert err.startswith(f"{path}: error: "), err
+
+
 def test_the_file_client_says_when_no_final_result_came_in_time(tmp_path, capsys):
     """A server that never answers (a socket that accepts and says nothing): the client's
     --timeout ended it with asyncio's TimeoutError, which has no message: the command line
