@@ -69,6 +69,7 @@ from asr.cli.options import (
     add_search_arguments,
     add_streaming_arguments,
     device_from_args,
+    hotword_score,
     set_num_threads,
 )
 from asr.constants import DEFAULT_OVERLAP_SECONDS, DEFAULT_WINDOW_SECONDS
@@ -116,7 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bias the beam search toward these phrases: a file (one phrase per "
                              "line, optionally ending with ' :SCORE'; sherpa-onnx's format) or "
                              "phrases separated by ';' \"ALPHA BETA;GAMMA\" (default: none)")
-    parser.add_argument("--hotwords-score", type=float, metavar="S",
+    parser.add_argument("--hotwords-score", type=hotword_score, metavar="S",
                         help="per-token boost of a phrase without its own score (default: the "
                              "package's search.hotwords_score)")
     parser.add_argument("--format", choices=FORMATS, default="text", help=FORMAT_HELP)

@@ -57,6 +57,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from asr.constants import MAX_HOTWORD_SCORE
 from asr.decoding.config import SearchConfig
 from asr.fileio import read_text
 from asr.tokenizers.base import Tokenizer, check_text
@@ -81,10 +82,6 @@ logger = logging.getLogger(__name__)
 MAX_HOTWORDS = 10_000
 #: The most tokens one phrase may take.
 MAX_HOTWORD_TOKENS = 64
-#: The largest magnitude of a per-token boost (a phrase's ``:SCORE``, ``hotwords_score``): boosts
-#: add to log-probabilities, where a few units already outweigh the acoustics; near float32's
-#: range (3.4e38) the searchers' scores overflow to inf and NaN and a beam loses every hypothesis.
-MAX_HOTWORD_SCORE = 100.0
 #: Characters that separate phrases given inline (``"ALPHA BETA;GAMMA"``); ``/`` is sherpa-onnx's.
 INLINE_SEPARATORS = (";", "/", "\n")
 

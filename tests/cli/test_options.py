@@ -190,3 +190,21 @@ def test_train_num_threads_is_the_shared_option_with_cores_per_process_for_zero(
     calls.clear()
     assert main(args + ["--num-threads", "-2"]) == 2 and not calls
     assert "--num-threads must be >= 0, got -2" in caplog.text
+
+
+@pytest.mark.parametrize("command", ["transcribe", "decode-onnx"])
+@pytest.mark.parametrize("score", ["inf", "nan", "-101", "x"])
+def test_hotwords_score_out_of_range_is_an_error_naming_the_option(command, score, capsys):
+    """``--hotwords-score inf`` (float() takes it) became the override
+    ``search.hotwords_score=inf``, read back as a string: "search.hotwords_score: expected a
+    number, got 'inf' (a string: write the number without quotes)", naming neither the option
+    nor its range."""
+    required = {"transcribe": ["--model", "pkg", "a.wav"],
+                "decode-onnx": ["--onnx-dir", "d", "--manifest-dir", "m"]}[command]
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, *required, "--hotwords-score", score])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --hotwords-score: " in err and repr(score) in err
+    if score != "x":
+        assert "a per-token boost must be in [-100, 100]" in err
