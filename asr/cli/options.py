@@ -41,13 +41,22 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 
-def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+def add_checkpoint_arguments(parser: argparse.ArgumentParser, newest_by_default: bool = True
+                             ) -> None:
     """Options that choose model weights in an experiment directory (``asr average``, ``asr
-    decode``, ``asr export-package``; see :mod:`asr.checkpoints.selection`)."""
+    decode``, ``asr export-package``; see :mod:`asr.checkpoints.selection`).
+
+    Args:
+        parser: the subcommand's parser.
+        newest_by_default: without ``--epoch``, ``--last`` and ``--checkpoint`` the command uses
+            the newest ``checkpoint-N.pt``; False: it needs one of them (``asr average``), as
+            the help then says.
+    """
     parser.add_argument("--exp-dir", type=Path, required=True, help="experiment directory")
+    default = ("default: without --epoch, --last and --checkpoint, the newest checkpoint-N.pt"
+               if newest_by_default else "required: this, --last or --checkpoint")
     parser.add_argument("--epoch", type=int, default=None,
-                        help="last epoch to use, epoch-N.pt (default: without --epoch, --last "
-                             "and --checkpoint, the newest checkpoint-N.pt)")
+                        help=f"last epoch to use, epoch-N.pt ({default})")
     parser.add_argument("--avg", type=int, default=1, help="number of epochs averaged (with --epoch)")
     parser.add_argument("--use-averaged-model", action="store_true",
                         help="with --epoch/--avg: average the running averages over all steps")

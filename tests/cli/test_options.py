@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from asr.cli.main import main
+from asr.cli.main import build_parser, main
 from asr.cli.options import add_dataclass_arguments, attribute_docs, dataclass_from_args
 from asr.serve.config import ServerConfig
 
@@ -208,3 +208,21 @@ def test_hotwords_score_out_of_range_is_an_error_naming_the_option(command, scor
     assert "argument --hotwords-score: " in err and repr(score) in err
     if score != "x":
         assert "a per-token boost must be in [-100, 100]" in err
+
+
+def test_average_help_says_a_selection_is_required_as_the_command_does(tmp_path, caplog):
+    """`asr average --help` said that without --epoch, --last and --checkpoint the newest
+    checkpoint-N.pt is used (the help of decode and export-package), but average refuses that."""
+    helps = {}
+    for command in ("average", "decode", "export-package"):
+        parser = build_parser(command)
+        [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        [epoch] = [a for a in sub.choices[command]._actions if "--epoch" in a.option_strings]
+        helps[command] = epoch.help
+    assert helps["average"] == ("last epoch to use, epoch-N.pt (required: this, --last or "
+                                "--checkpoint)")
+    assert helps["decode"] == helps["export-package"] == (
+        "last epoch to use, epoch-N.pt (default: without --epoch, --last and --checkpoint, the "
+        "newest checkpoint-N.pt)")
+    assert main(["average", "--exp-dir", str(tmp_path)]) == 2
+    assert "give --epoch E [--avg N], --last N or --checkpoint F" in caplog.text
