@@ -387,6 +387,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _failure(err: Exception, server: str) -> str:
+    """The command line's words for a stream that raised ``err``: a refused connection says
+    where it tried and that a server may not be running there (the system's own words name
+    only an address, "[Errno 111] Connect call failed ('127.0.0.1', 6006)")."""
+    if isinstance(err, ConnectionRefusedError):
+        return f"cannot connect to {server}: {err} (is `asr serve` running there?)"
+    return str(err)
+
+
 async def _run_files(args: argparse.Namespace) -> int:
     async def one(path: str) -> tuple[str, ClientResult | Exception]:
         prefix = f"{path}: " if len(args.files) > 1 else ""
@@ -407,7 +416,7 @@ async def _run_files(args: argparse.Namespace) -> int:
     status = 0
     for path, outcome in await asyncio.gather(*(one(p) for p in args.files)):
         if isinstance(outcome, Exception):
-            print(f"{path}: error: {outcome}", file=sys.stderr)
+            print(f"{path}: error: {_failure(outcome, args.server)}", file=sys.stderr)
             status = 1
         elif outcome.problem is not None:
             print(f"{path}: error: {outcome.problem}", file=sys.stderr)
@@ -453,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
             print("error: interrupted before the final result", file=sys.stderr)
             return 130
         except Exception as err:  # no sounddevice, no server (refused, 503): as for files
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {_failure(err, args.server)}", file=sys.stderr)
             return 1
         if result.problem is not None:  # the server's errors were printed as they came
             print(f"error: {result.problem}", file=sys.stderr)

@@ -623,6 +623,26 @@ def test_the_file_client_prints_a_server_error_once_naming_the_file(server, spee
     assert err.startswith(f"{path}: error: "), err
 
 
+def test_the_file_client_says_where_it_could_not_connect(tmp_path, capsys):
+    """With no server running the client printed only "[Errno 111] Connect call failed
+    ('127.0.0.1', PORT)": it now names the URL and asks whether asr serve runs there."""
+    import socket
+
+    import soundfile
+
+    from asr.serve.client import main as client_main
+
+    path = tmp_path / "a.wav"
+    soundfile.write(path, np.zeros(1600, np.float32), 16000)
+    with socket.create_server(("127.0.0.1", 0)) as closed:  # a port nobody listens on after
+        port = closed.getsockname()[1]
+    url = f"ws://127.0.0.1:{port}"
+    assert client_main(["--server", url, str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"{path}: error: cannot connect to {url}: "), err
+    assert err.rstrip().endswith("(is `asr serve` running there?)"), err
+
+
 def test_the_file_client_says_when_no_final_result_came_in_time(tmp_path, capsys):
     """A server that never answers (a socket that accepts and says nothing): the client's
     --timeout ended it with asyncio's TimeoutError, which has no message: the command line
