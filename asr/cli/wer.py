@@ -69,9 +69,26 @@ def _read_recogs(path: str) -> tuple[dict[str, str], dict[str, str]]:
                          f"'utt_id TEXT' files, give both, asr wer REF HYP") from err
 
 
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Refuses an input that is not a file, naming its argument (an OSError names the path
+    alone: "[Errno 2] No such file or directory: 'hyp.txt'").
+
+    Raises:
+        ValueError: naming REF, HYP or --phrases and the path.
+    """
+    for name, path in (("REF", args.ref), ("HYP", args.hyp), ("--phrases", args.phrases)):
+        if path is None:
+            continue
+        if not Path(path).exists():
+            raise ValueError(f"{name} {path}: no such file")
+        if Path(path).is_dir():
+            raise ValueError(f"{name} {path}: a directory, not a text file")
+
+
 def run(args: argparse.Namespace) -> int:
     """Print the summary line; utterances missing from HYP count as empty (all deleted)."""
     try:
+        _check_inputs(args)
         if args.hyp is None:
             refs, hyps = _read_recogs(args.ref)
         else:
