@@ -209,13 +209,20 @@ def read_audio(path: str) -> tuple[np.ndarray, int]:
 
     Raises:
         FileNotFoundError: for a path that is not a file (soundfile says 'System error').
-        soundfile.LibsndfileError: for a file it cannot read.
+        ValueError: for a file libsndfile cannot read (m4a/aac, say, which ``asr transcribe``
+            reads through ffmpeg), saying so and how to convert it.
     """
     import soundfile
 
     if not Path(path).is_file():  # the message of the one path the caller gave
         raise FileNotFoundError("not a file" if Path(path).exists() else "no such file")
-    data, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    try:
+        data, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    except soundfile.LibsndfileError as err:
+        raise ValueError(
+            f"cannot read it as audio: {err.error_string.rstrip('.')} (this client reads what "
+            f"libsndfile reads: wav, flac, ogg, mp3, ...; convert other formats first, e.g. "
+            f"ffmpeg -i IN -ar 16000 OUT.wav)") from err
     return data.mean(axis=1, dtype=np.float32), int(rate)
 
 

@@ -643,6 +643,20 @@ def test_the_file_client_says_where_it_could_not_connect(tmp_path, capsys):
     assert err.rstrip().endswith("(is `asr serve` running there?)"), err
 
 
+def test_the_file_client_says_what_it_reads_of_a_file_it_cannot(tmp_path, capsys):
+    """An m4a (which asr transcribe reads through ffmpeg) said only "Error opening 'a.m4a':
+    Format not recognised.": the client reads what libsndfile reads, and says so."""
+    from asr.serve.client import main as client_main
+
+    path = tmp_path / "a.m4a"
+    path.write_bytes(b"\x00\x00\x00\x20ftypM4A not really")
+    assert client_main(["--server", "ws://127.0.0.1:9", str(path)]) == 1
+    assert capsys.readouterr().err == (
+        f"{path}: error: cannot read it as audio: Format not recognised (this client reads what "
+        f"libsndfile reads: wav, flac, ogg, mp3, ...; convert other formats first, e.g. "
+        f"ffmpeg -i IN -ar 16000 OUT.wav)\n")
+
+
 def test_the_file_client_says_when_no_final_result_came_in_time(tmp_path, capsys):
     """A server that never answers (a socket that accepts and says nothing): the client's
     --timeout ended it with asyncio's TimeoutError, which has no message: the command line
