@@ -179,6 +179,8 @@ def load_hotwords(spec: str | Path) -> list[Hotword]:
     """A hotword list from a file (one phrase per line) when ``spec`` names one, else from the
     inline phrases of ``spec`` (``"ALPHA BETA;GAMMA :2.5"``).
 
+    A file or text without a phrase gives none, with a warning (nothing will be biased).
+
     Raises:
         HotwordError: for a bad phrase (in a file: naming the file and line), or a ``spec``
             that names a ``.txt`` file that does not exist: read as phrases, its error would
@@ -190,12 +192,18 @@ def load_hotwords(spec: str | Path) -> list[Hotword]:
     except OSError:  # e.g. a name too long to be a path: inline phrases
         is_file = False
     if is_file:
-        return parse_hotwords(read_text(path), source=path)
+        hotwords = parse_hotwords(read_text(path), source=path)
+        if not hotwords:  # a wrong or unfinished file would bias nothing, unsaid
+            logger.warning("hotwords file %s holds no phrases: nothing is biased", path)
+        return hotwords
     text = str(spec)
     if text.lower().endswith(".txt") and ";" not in text and "\n" not in text:
         raise HotwordError(f"hotwords file {text} does not exist (inline phrases are separated "
                            "by ';')")
-    return parse_hotwords(text, INLINE_SEPARATORS)
+    hotwords = parse_hotwords(text, INLINE_SEPARATORS)
+    if not hotwords:
+        logger.warning("hotwords %r hold no phrases: nothing is biased", text)
+    return hotwords
 
 
 class ContextGraph:
