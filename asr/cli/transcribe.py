@@ -103,7 +103,8 @@ FORMAT_HELP = ("text: one line per input (its text; SOURCE<TAB>TEXT with several
                "stdout); "
                "json: JSON Lines, one object per input (text, tokens, times, words); "
                "srt / vtt: subtitles (several inputs need --output-dir; a searcher with "
-               "token times, not aed_beam)")
+               "token times, not aed_beam); an input that fails has no output, its error goes "
+               "to stderr")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -128,6 +128,8 @@ def test_transcribe_help_documents_the_output_shapes(capsys):
         main(["transcribe", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "one line per input" in text and "JSON Lines, one object per input" in text
+    # an input that fails writes no line or object: the help said one per input
+    assert "an input that fails has no output, its error goes to stderr" in text
     assert "(default: auto)" in text and "(default: the package's)" in text
 
 
