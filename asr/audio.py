@@ -291,6 +291,9 @@ def _ffmpeg(source: bytes | str) -> tuple[np.ndarray, int]:
                "pipe:1"]
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, check=False)
     reason = proc.stderr.decode(errors="replace").strip().splitlines()
+    if any("matches no streams" in line for line in reason):  # -map 0:a:0: its last line is
+        # "To ignore this, add a trailing '?' to the map", which names neither cause nor file
+        raise AudioError("it holds no audio stream (a video without sound?)")
     if proc.returncode != 0 or not proc.stdout:
         detail = reason[-1] if reason else f"exit status {proc.returncode}"
         raise AudioError(detail.replace(f"file:{source}: ", "").replace(f"{source}: ", ""))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "DEFAULT_MAX_LEFT_SECONDS", "DEFAULT_OVERLAP_SECONDS", "DEFAULT_WINDOW_SECONDS", "LOG_FORMAT",
-    "METADATA_FILE",
+    "MAX_HOTWORD_SCORE", "METADATA_FILE",
 ]
 
 #: The format of every log line of the ``asr`` command (``logging.basicConfig``) and of the
@@ -34,3 +34,9 @@ DEFAULT_OVERLAP_SECONDS = 2.0
 #: the offline transcriber, so a stream never sees more context than an offline window does, and
 #: an hour-long stream keeps 30 s of cache, not 1 h.
 DEFAULT_MAX_LEFT_SECONDS = DEFAULT_WINDOW_SECONDS
+
+#: The largest magnitude of a per-token hotword boost (a phrase's ``:SCORE``, ``hotwords_score``,
+#: ``--hotwords-score``; :mod:`asr.decoding.context_graph`): boosts add to log-probabilities,
+#: where a few units already outweigh the acoustics; near float32's range (3.4e38) the searchers'
+#: scores overflow to inf and NaN and a beam loses every hypothesis.
+MAX_HOTWORD_SCORE = 100.0

@@ -3,6 +3,10 @@ cost seconds and GBs to build is refused by name before any work."""
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -153,3 +157,16 @@ def test_samples_far_beyond_any_pcm_scale_are_not_audio(tmp_path) -> None:
                                           streaming=streaming, on_error="return")
         assert isinstance(failed, FailedInput) and "not audio" in failed.error
         assert not isinstance(result, FailedInput)
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
+def test_a_video_without_sound_is_said_to_hold_no_audio_stream(tmp_path) -> None:
+    """ffmpeg's last line was the reason given: "X: cannot decode audio ...; ffmpeg: To ignore
+    this, add a trailing '?' to the map", which says nothing of the file's missing sound."""
+    video = tmp_path / "silent film.mkv"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "color=c=black:s=16x16:d=0.2", "-c:v", "rawvideo", str(video)], check=True)
+    with pytest.raises(AudioError, match=re.escape(
+            f"{video}: cannot decode audio (corrupt or not an audio file): libsndfile: ")) as err:
+        decode_audio(video)
+    assert str(err.value).endswith("; ffmpeg: it holds no audio stream (a video without sound?)")

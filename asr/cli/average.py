@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_checkpoint_arguments(parser)
+    add_checkpoint_arguments(parser, newest_by_default=False)
     parser.add_argument("--output", type=Path, default=None,
                         help="weights file (default: <exp-dir>/averaged-<tag>.safetensors)")
 

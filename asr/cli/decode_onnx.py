@@ -25,7 +25,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from asr.cli.options import part_name, tag_name
+from asr.cli.options import hotword_score, part_name, tag_name
 from asr.data.librispeech import check_test_parts
 from asr.export.sherpa_decode import check_part_audio, decode_part_sherpa, load_recognizer
 from asr.fileio import OutputBusyError, output_locks
@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sherpa-onnx's hotwords (modified_beam_search; needs the export's "
                              "bpe.vocab); the file format of `asr decode --set "
                              "search.hotwords_file=` (default: none)")
-    parser.add_argument("--hotwords-score", type=float, default=1.5,
+    parser.add_argument("--hotwords-score", type=hotword_score, default=1.5,
                         help="sherpa-onnx's per-token hotword boost")
     parser.add_argument("--blank-penalty", type=float, default=0.0,
                         help="subtracted from the blank logit (transducers)")

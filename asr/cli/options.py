@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import torch
 
 from asr.checkpoints.selection import WeightSelection
-from asr.constants import DEFAULT_MAX_LEFT_SECONDS, METADATA_FILE
+from asr.constants import DEFAULT_MAX_LEFT_SECONDS, MAX_HOTWORD_SCORE, METADATA_FILE
 from asr.device import DEVICE_HELP, resolve_device
 from asr.fileio import is_control
 
@@ -31,6 +31,7 @@ __all__ = [
     "check_num_threads",
     "dataclass_from_args",
     "device_from_args",
+    "hotword_score",
     "selection_from_args",
     "set_num_threads",
 ]
@@ -40,13 +41,22 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 
-def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+def add_checkpoint_arguments(parser: argparse.ArgumentParser, newest_by_default: bool = True
+                             ) -> None:
     """Options that choose model weights in an experiment directory (``asr average``, ``asr
-    decode``, ``asr export-package``; see :mod:`asr.checkpoints.selection`)."""
+    decode``, ``asr export-package``; see :mod:`asr.checkpoints.selection`).
+
+    Args:
+        parser: the subcommand's parser.
+        newest_by_default: without ``--epoch``, ``--last`` and ``--checkpoint`` the command uses
+            the newest ``checkpoint-N.pt``; False: it needs one of them (``asr average``), as
+            the help then says.
+    """
     parser.add_argument("--exp-dir", type=Path, required=True, help="experiment directory")
+    default = ("default: without --epoch, --last and --checkpoint, the newest checkpoint-N.pt"
+               if newest_by_default else "required: this, --last or --checkpoint")
     parser.add_argument("--epoch", type=int, default=None,
-                        help="last epoch to use, epoch-N.pt (default: without --epoch, --last "
-                             "and --checkpoint, the newest checkpoint-N.pt)")
+                        help=f"last epoch to use, epoch-N.pt ({default})")
     parser.add_argument("--avg", type=int, default=1, help="number of epochs averaged (with --epoch)")
     parser.add_argument("--use-averaged-model", action="store_true",
                         help="with --epoch/--avg: average the running averages over all steps")
@@ -77,6 +87,21 @@ def tag_name(text: str) -> str:
             f"{text!r} is not a tag (part of a file name: no path separator or control "
             "character)")
     return text
+
+
+def hotword_score(text: str) -> float:
+    """An argparse type for ``--hotwords-score``: a per-token boost, at most
+    :data:`asr.constants.MAX_HOTWORD_SCORE` in magnitude (``inf`` and ``nan``,
+    which ``float`` takes, are refused here, naming the option, not later as a config value)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not abs(value) <= MAX_HOTWORD_SCORE:
+        raise argparse.ArgumentTypeError(
+            f"a per-token boost must be in [-{MAX_HOTWORD_SCORE:g}, {MAX_HOTWORD_SCORE:g}], "
+            f"got {text!r}")
+    return value
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:

@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "sherpa's endpointing with the same rules; docs/ONNX.md)",
     )
     parser.add_argument(
-        "--int8", action="store_true", help="--engine sherpa-onnx: the int8 graphs"
+        "--int8", action="store_true",
+        help="--engine sherpa-onnx: the int8 graphs (an error with the pytorch engine)"
     )
     add_dataclass_arguments(parser, ServerConfig)
     add_search_arguments(
@@ -81,6 +82,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     endpoint = EndpointConfig(enabled=not args.no_endpoint)
     try:
+        if args.int8 and args.engine != "sherpa-onnx":  # it would serve float32, unsaid
+            raise ValueError("--int8 selects the int8 graphs of --engine sherpa-onnx; the "
+                             "PyTorch runtime has no int8 model: add --engine sherpa-onnx or "
+                             "drop --int8")
         if args.engine == "sherpa-onnx":
             if (args.chunk_size is not None or args.left_chunks is not None
                     or args.max_left_seconds is not None):

@@ -69,6 +69,7 @@ from asr.cli.options import (
     add_search_arguments,
     add_streaming_arguments,
     device_from_args,
+    hotword_score,
     set_num_threads,
 )
 from asr.constants import DEFAULT_OVERLAP_SECONDS, DEFAULT_WINDOW_SECONDS
@@ -102,7 +103,8 @@ FORMAT_HELP = ("text: one line per input (its text; SOURCE<TAB>TEXT with several
                "stdout); "
                "json: JSON Lines, one object per input (text, tokens, times, words); "
                "srt / vtt: subtitles (several inputs need --output-dir; a searcher with "
-               "token times, not aed_beam)")
+               "token times, not aed_beam); an input that fails has no output, its error goes "
+               "to stderr")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,7 +118,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bias the beam search toward these phrases: a file (one phrase per "
                              "line, optionally ending with ' :SCORE'; sherpa-onnx's format) or "
                              "phrases separated by ';' \"ALPHA BETA;GAMMA\" (default: none)")
-    parser.add_argument("--hotwords-score", type=float, metavar="S",
+    parser.add_argument("--hotwords-score", type=hotword_score, metavar="S",
                         help="per-token boost of a phrase without its own score (default: the "
                              "package's search.hotwords_score)")
     parser.add_argument("--format", choices=FORMATS, default="text", help=FORMAT_HELP)
@@ -128,14 +130,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser)
     add_num_threads_argument(parser)
     add_streaming_arguments(parser)
-    parser.add_argument("--window-seconds", type=float, default=DEFAULT_WINDOW_SECONDS,
-                        help="offline: long inputs are decoded in windows of this length")
-    parser.add_argument("--overlap-seconds", type=float, default=DEFAULT_OVERLAP_SECONDS,
+    parser.add_argument("--window-seconds", type=float, default=None,
+                        help="offline: long inputs are decoded in windows of this length (an "
+                             "error with --streaming, which has no windows) (default: "
+                             f"{DEFAULT_WINDOW_SECONDS})")
+    parser.add_argument("--overlap-seconds", type=float, default=None,
                         help="offline: least overlap of consecutive windows, cut in its "
                              "middle; for a chunked streaming encoder raised to its left context "
                              "(layers x (left chunks + its causal convolution's), logged), so "
                              "that a greedy search decodes every window's part as one window "
-                             "over the whole input would")
+                             f"over the whole input would (default: {DEFAULT_OVERLAP_SECONDS})")
     parser.add_argument("--output-dir",
                         help="write <stem>.<format> per input here (control characters, path "
                              "separators and the characters <>:\"|?* as _, a device name "
@@ -327,6 +331,18 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         logger.error("asr transcribe: %s", err)
         return 2
+    windowing = [option for option, value in (("--window-seconds", args.window_seconds),
+                                              ("--overlap-seconds", args.overlap_seconds))
+                 if value is not None]
+    if args.streaming and windowing:  # as the chunking options are refused offline
+        logger.error("asr transcribe: %s: the offline windows, which --streaming does not use "
+                     "(it decodes each input as one stream): drop %s", ", ".join(windowing),
+                     "them" if len(windowing) > 1 else "it")
+        return 2
+    if args.window_seconds is None:
+        args.window_seconds = DEFAULT_WINDOW_SECONDS
+    if args.overlap_seconds is None:
+        args.overlap_seconds = DEFAULT_OVERLAP_SECONDS
     if not args.streaming:
         try:  # the rest (the step on the encoder's chunk grid) needs the model
             check_window_seconds(args.window_seconds, args.overlap_seconds)

@@ -54,11 +54,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _read_recogs(path: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The references and hypotheses of the recogs file ``asr wer REF`` was given alone.
+
+    Raises:
+        ValueError: naming the file and line, and saying that a Kaldi text file needs HYP too
+            (the likely mistake: a second file forgotten).
+    """
+    try:
+        return read_recognitions(path)
+    except ValueError as err:
+        raise ValueError(f"{err}; given alone, REF is an `asr decode` recogs file "
+                         f"('UTT:\\tref=[...]' and 'UTT:\\thyp=[...]' lines): to score "
+                         f"'utt_id TEXT' files, give both, asr wer REF HYP") from err
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Refuses an input that is not a file, naming its argument (an OSError names the path
+    alone: "[Errno 2] No such file or directory: 'hyp.txt'").
+
+    Raises:
+        ValueError: naming REF, HYP or --phrases and the path.
+    """
+    for name, path in (("REF", args.ref), ("HYP", args.hyp), ("--phrases", args.phrases)):
+        if path is None:
+            continue
+        if not Path(path).exists():
+            raise ValueError(f"{name} {path}: no such file")
+        if Path(path).is_dir():
+            raise ValueError(f"{name} {path}: a directory, not a text file")
+
+
 def run(args: argparse.Namespace) -> int:
     """Print the summary line; utterances missing from HYP count as empty (all deleted)."""
     try:
+        _check_inputs(args)
         if args.hyp is None:
-            refs, hyps = read_recognitions(args.ref)
+            refs, hyps = _read_recogs(args.ref)
         else:
             refs = read_kaldi_text(args.ref)
             hyps = read_kaldi_text(args.hyp)

@@ -57,6 +57,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from asr.constants import MAX_HOTWORD_SCORE
 from asr.decoding.config import SearchConfig
 from asr.fileio import read_text
 from asr.tokenizers.base import Tokenizer, check_text
@@ -81,10 +82,6 @@ logger = logging.getLogger(__name__)
 MAX_HOTWORDS = 10_000
 #: The most tokens one phrase may take.
 MAX_HOTWORD_TOKENS = 64
-#: The largest magnitude of a per-token boost (a phrase's ``:SCORE``, ``hotwords_score``): boosts
-#: add to log-probabilities, where a few units already outweigh the acoustics; near float32's
-#: range (3.4e38) the searchers' scores overflow to inf and NaN and a beam loses every hypothesis.
-MAX_HOTWORD_SCORE = 100.0
 #: Characters that separate phrases given inline (``"ALPHA BETA;GAMMA"``); ``/`` is sherpa-onnx's.
 INLINE_SEPARATORS = (";", "/", "\n")
 
@@ -182,6 +179,8 @@ def load_hotwords(spec: str | Path) -> list[Hotword]:
     """A hotword list from a file (one phrase per line) when ``spec`` names one, else from the
     inline phrases of ``spec`` (``"ALPHA BETA;GAMMA :2.5"``).
 
+    A file or text without a phrase gives none, with a warning (nothing will be biased).
+
     Raises:
         HotwordError: for a bad phrase (in a file: naming the file and line), or a ``spec``
             that names a ``.txt`` file that does not exist: read as phrases, its error would
@@ -193,12 +192,18 @@ def load_hotwords(spec: str | Path) -> list[Hotword]:
     except OSError:  # e.g. a name too long to be a path: inline phrases
         is_file = False
     if is_file:
-        return parse_hotwords(read_text(path), source=path)
+        hotwords = parse_hotwords(read_text(path), source=path)
+        if not hotwords:  # a wrong or unfinished file would bias nothing, unsaid
+            logger.warning("hotwords file %s holds no phrases: nothing is biased", path)
+        return hotwords
     text = str(spec)
     if text.lower().endswith(".txt") and ";" not in text and "\n" not in text:
         raise HotwordError(f"hotwords file {text} does not exist (inline phrases are separated "
                            "by ';')")
-    return parse_hotwords(text, INLINE_SEPARATORS)
+    hotwords = parse_hotwords(text, INLINE_SEPARATORS)
+    if not hotwords:
+        logger.warning("hotwords %r hold no phrases: nothing is biased", text)
+    return hotwords
 
 
 class ContextGraph:

@@ -98,7 +98,8 @@ def fusion_lm(
 
 def check_lm_file(path: str | Path | None) -> None:
     """Refuses a ``search.lm_path`` that names no file, before the work that would read it (the
-    one check of ``asr export-package`` and of ``asr train --decode-arg``); ``None``: no LM.
+    one check of ``asr export-package``, of ``asr train --decode-arg`` and of a searcher that
+    loads its LM, :func:`asr.decoding.registry.build_searcher`); ``None``: no LM.
     Its format is checked by the reader (:meth:`NgramLM.from_arpa`), when the LM is loaded.
 
     Raises:

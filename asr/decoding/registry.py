@@ -55,7 +55,7 @@ from asr.decoding.config import SearchConfig
 from asr.decoding.context_graph import ContextGraph, context_graph_for, hotwords_of
 from asr.decoding.ctc_greedy import CtcGreedySearcher
 from asr.decoding.ctc_prefix_beam import CtcPrefixBeamSearch
-from asr.decoding.lm import LanguageModel, NgramLM
+from asr.decoding.lm import LanguageModel, NgramLM, check_lm_file
 from asr.decoding.rescoring import NbestRescoring
 from asr.decoding.tdt_beam import TdtBeamSearch
 from asr.decoding.transducer_beam import ModifiedBeamSearch
@@ -398,6 +398,7 @@ def _load_lm(
     ``tokenizer`` (``cfg.lm_unit == "word"``)."""
     if cfg.lm_path is None:
         return None
+    check_lm_file(cfg.lm_path)  # names the field, not only the path (an OSError's words)
     vocab_size = model.heads[head].vocab_size
     if cfg.lm_unit == "token":
         return NgramLM.from_arpa(cfg.lm_path, vocab_size=vocab_size)

@@ -258,8 +258,12 @@ def load_recognizer(
             raise FileNotFoundError(f"hotwords file {hotwords_file} does not exist")
         vocab = onnx_dir / BPE_VOCAB
         if not vocab.is_file():
-            raise FileNotFoundError(f"{vocab}: missing (hotwords need a BPE model's bpe.vocab; "
-                                    "export it again with this version)")
+            raise FileNotFoundError(
+                f"{vocab}: missing: sherpa-onnx's hotwords need the bpe.vocab that asr "
+                f"export-onnx writes for a BPE tokenizer; a character tokenizer's export has "
+                f"none (bias with asr's own beam search instead: asr decode --set "
+                f"search.hotwords_file=...), an export made before bpe.vocab existed: export "
+                f"it again")
         _check_hotwords(Path(hotwords_file), pieces)
         common |= {"hotwords_file": str(hotwords_file), "hotwords_score": hotwords_score,
                    "modeling_unit": "bpe", "bpe_vocab": str(vocab)}

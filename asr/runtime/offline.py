@@ -1,7 +1,8 @@
 """The Python API: ``asr.load_model(package_dir).transcribe(paths_or_arrays)``.
 
 :class:`Transcriber` decodes with a :class:`asr.runtime.bundle.Runtime` (model, tokenizer,
-features, searcher) and transcribes files, encoded bytes or waveforms into
+features, searcher) and transcribes files (paths or binary file objects), encoded bytes or
+waveforms into
 :class:`asr.results.TranscriptionResult` values (text, tokens, token times in seconds, words with
 start/end).
 
@@ -74,12 +75,13 @@ Example:
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 import torch
@@ -118,12 +120,14 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: What :meth:`Transcriber.transcribe` takes: a path (``"-"`` = stdin), encoded bytes, or samples.
-AudioInput = str | Path | bytes | np.ndarray | Tensor
+#: What :meth:`Transcriber.transcribe` takes: a path (``"-"`` = stdin), a binary file object
+#: (``open(path, "rb")``, ``io.BytesIO``: read to its end), encoded bytes, or samples.
+AudioInput = str | Path | BinaryIO | bytes | bytearray | memoryview | np.ndarray | Tensor
 
-#: The input types that are one input (an array or bytes are iterable, yet one input); any other
-#: iterable given to :meth:`Transcriber.transcribe` holds many.
-SINGLE_INPUT_TYPES = (str, Path, bytes, bytearray, np.ndarray, Tensor)
+#: The input types that are one input (an array, bytes or a file object, which iterates over its
+#: lines, are iterable, yet one input); any other iterable given to
+#: :meth:`Transcriber.transcribe` holds many.
+SINGLE_INPUT_TYPES = (str, Path, io.IOBase, bytes, bytearray, memoryview, np.ndarray, Tensor)
 
 #: Seconds of audio that :meth:`Transcriber.transcribe_iter` reads before it decodes them: the
 #: inputs are read and decoded in groups of this much (at least one input each), so memory holds
@@ -360,7 +364,8 @@ class Transcriber:
         Arrays are (N,) or (N, C) samples at ``sample_rate`` (default: the model rate), float in
         [-1, 1] or integer PCM (:func:`asr.audio.as_waveform`). Messages and the result name an
         array ``<array INDEX>``, encoded bytes ``<bytes INDEX>``, a path itself (``-``:
-        ``<stdin>``).
+        ``<stdin>``), a file object by its ``name`` (``open(path, "rb")``: the path) or else
+        ``<file INDEX>``.
 
         Raises:
             AudioError: naming the input, when it cannot be read.
@@ -373,8 +378,10 @@ class Transcriber:
             if rate != self.sample_rate:
                 mono = resample(mono, rate, self.sample_rate, name)
             return DecodedAudio(mono, self.sample_rate, name, 1, rate)
-        if isinstance(item, (bytes, bytearray)):
-            return decode_audio(item, self.sample_rate, name)
+        if isinstance(item, (bytes, bytearray, memoryview)):
+            return decode_audio(bytes(item), self.sample_rate, name)
+        if isinstance(item, io.IOBase):
+            return decode_audio(_read_binary(item, name), self.sample_rate, name)
         if isinstance(item, (str, Path)):
             return decode_audio(item, self.sample_rate)
         raise AudioError(f"{name}: unsupported type {type(item).__name__}")
@@ -401,7 +408,8 @@ class Transcriber:
 
         Args:
             inputs: one input, or many in any iterable (a list, a generator: read as it is
-                consumed): paths (``"-"`` = stdin), encoded bytes, or (N,) / (N, C) arrays at
+                consumed): paths (``"-"`` = stdin), binary file objects (read to their end;
+                one is one input, not its lines), encoded bytes, or (N,) / (N, C) arrays at
                 ``sample_rate`` (float in [-1, 1], or integer PCM).
             sample_rate: rate of array inputs in Hz, a positive whole number (default: the
                 model rate); files and bytes carry their own.
@@ -702,11 +710,32 @@ def _name_of(item: object, index: int) -> str:
     """The name of input ``index`` in results and messages (see :meth:`Transcriber.load`)."""
     if isinstance(item, (str, Path)):
         return STDIN_NAME if str(item) == "-" else str(item)
-    if isinstance(item, (bytes, bytearray)):
+    if isinstance(item, (bytes, bytearray, memoryview)):
         return f"<bytes {index}>"
     if isinstance(item, (np.ndarray, Tensor)):
         return f"<array {index}>"
+    if isinstance(item, io.IOBase):
+        name = getattr(item, "name", None)  # open(path): the path; a file descriptor: an int
+        return name if isinstance(name, str) and name else f"<file {index}>"
     return f"<input {index}>"
+
+
+def _read_binary(stream: io.IOBase, name: str) -> bytes:
+    """The rest of a binary file object's bytes (an audio file's encoded bytes).
+
+    Raises:
+        AudioError: naming the input, for a text-mode file or one that cannot be read (closed,
+            not readable).
+    """
+    if isinstance(stream, io.TextIOBase):
+        raise AudioError(f"{name}: a file opened in text mode: open it in binary mode ('rb')")
+    try:
+        data = stream.read()
+    except (OSError, ValueError) as err:  # closed: ValueError; write-only: io.UnsupportedOperation
+        raise AudioError(f"{name}: cannot read the file object: {err}") from err
+    if not isinstance(data, (bytes, bytearray)):
+        raise AudioError(f"{name}: its read() gave {type(data).__name__}, not bytes")
+    return bytes(data)
 
 
 def _array_rate(sample_rate: float | None, model_rate: int) -> int:

@@ -209,13 +209,20 @@ def read_audio(path: str) -> tuple[np.ndarray, int]:
 
     Raises:
         FileNotFoundError: for a path that is not a file (soundfile says 'System error').
-        soundfile.LibsndfileError: for a file it cannot read.
+        ValueError: for a file libsndfile cannot read (m4a/aac, say, which ``asr transcribe``
+            reads through ffmpeg), saying so and how to convert it.
     """
     import soundfile
 
     if not Path(path).is_file():  # the message of the one path the caller gave
         raise FileNotFoundError("not a file" if Path(path).exists() else "no such file")
-    data, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    try:
+        data, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    except soundfile.LibsndfileError as err:
+        raise ValueError(
+            f"cannot read it as audio: {err.error_string.rstrip('.')} (this client reads what "
+            f"libsndfile reads: wav, flac, ogg, mp3, ...; convert other formats first, e.g. "
+            f"ffmpeg -i IN -ar 16000 OUT.wav)") from err
     return data.mean(axis=1, dtype=np.float32), int(rate)
 
 
@@ -322,15 +329,19 @@ async def stream_microphone(
 
 class _Printer:
     """Prints partial results on one line (a terminal) and final ones on their own lines:
-    ``[SEGMENT START_TIME s] TEXT``; a final result without text clears the partial one."""
+    ``[SEGMENT START_TIME s] TEXT``; a final result without text clears the partial one.
+    ``errors``: also the server's error messages as they come (the microphone client; the file
+    client prints each file's errors once, with its name, when the file is done)."""
 
-    def __init__(self, prefix: str = "") -> None:
+    def __init__(self, prefix: str = "", errors: bool = True) -> None:
         self.prefix = prefix
+        self.errors = errors
         self.tty = sys.stdout.isatty()
 
     def __call__(self, msg: dict[str, Any]) -> None:
         if "error" in msg:
-            print(f"{self.prefix}error: {msg['error']}", file=sys.stderr)
+            if self.errors:
+                print(f"{self.prefix}error: {msg['error']}", file=sys.stderr)
         elif msg.get("is_final"):
             if msg.get("text"):
                 start = f" {float(msg['start_time']):.2f}s" if "start_time" in msg else ""
@@ -383,6 +394,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _failure(err: Exception, server: str) -> str:
+    """The command line's words for a stream that raised ``err``: a refused connection says
+    where it tried and that a server may not be running there (the system's own words name
+    only an address, "[Errno 111] Connect call failed ('127.0.0.1', 6006)")."""
+    if isinstance(err, ConnectionRefusedError):
+        return f"cannot connect to {server}: {err} (is `asr serve` running there?)"
+    return str(err)
+
+
 async def _run_files(args: argparse.Namespace) -> int:
     async def one(path: str) -> tuple[str, ClientResult | Exception]:
         prefix = f"{path}: " if len(args.files) > 1 else ""
@@ -392,7 +412,7 @@ async def _run_files(args: argparse.Namespace) -> int:
                 path,
                 chunk_seconds=args.chunk_seconds,
                 realtime=args.realtime,
-                on_message=_Printer(prefix) if len(args.files) == 1 else None,
+                on_message=_Printer(prefix, errors=False) if len(args.files) == 1 else None,
                 timeout=args.timeout,
                 hotwords=args.hotwords,
                 hotwords_score=args.hotwords_score,
@@ -403,7 +423,7 @@ async def _run_files(args: argparse.Namespace) -> int:
     status = 0
     for path, outcome in await asyncio.gather(*(one(p) for p in args.files)):
         if isinstance(outcome, Exception):
-            print(f"{path}: error: {outcome}", file=sys.stderr)
+            print(f"{path}: error: {_failure(outcome, args.server)}", file=sys.stderr)
             status = 1
         elif outcome.problem is not None:
             print(f"{path}: error: {outcome.problem}", file=sys.stderr)
@@ -449,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
             print("error: interrupted before the final result", file=sys.stderr)
             return 130
         except Exception as err:  # no sounddevice, no server (refused, 503): as for files
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {_failure(err, args.server)}", file=sys.stderr)
             return 1
         if result.problem is not None:  # the server's errors were printed as they came
             print(f"error: {result.problem}", file=sys.stderr)

@@ -89,6 +89,17 @@ while [[ "$_rest" =~ \[--([a-z][a-z0-9-]*) ]]; do
   _options+=("$_name")
 done
 
+# exits (2) naming an option that is not one of the usage's: spelt with dashes or (as Kaldi's
+# parse_options.sh also takes) with underscores, --stop-stage or --stop_stage; any variable that
+# is no option (--PATH, --IFS, --usage) is unknown
+_check_option() {
+  if ! [[ "$1" =~ ^[a-z][a-z0-9_-]*$ ]] || [[ " ${_options[*]} " != *" ${1//-/_} "* ]]; then
+    local valid=("${_options[@]//_/-}")
+    echo "$0: unknown option --$1; the options are: ${valid[*]/#/--} (see --help)" >&2
+    exit 2
+  fi
+}
+
 while [ $# -gt 0 ]; do
   case "$1" in
     --help|-h)
@@ -99,7 +110,8 @@ while [ $# -gt 0 ]; do
       _name="${1%%=*}"; _value="${1#*=}"; shift
       ;;
     --*)
-      if [ $# -lt 2 ]; then
+      if [ $# -lt 2 ]; then  # a misspelt last option is unknown, not short of a value
+        _check_option "${1#--}"
         echo "$0: option $1 needs a value" >&2
         exit 2
       fi
@@ -111,15 +123,8 @@ while [ $# -gt 0 ]; do
       exit 2
       ;;
   esac
-  # an option of the usage, spelt with dashes or (as Kaldi's parse_options.sh also takes) with
-  # underscores: --stop-stage or --stop_stage; any variable that is no option (--PATH, --IFS,
-  # --usage) is unknown
   _name="${_name#--}"
-  if ! [[ "$_name" =~ ^[a-z][a-z0-9_-]*$ ]] || [[ " ${_options[*]} " != *" ${_name//-/_} "* ]]; then
-    _valid=("${_options[@]//_/-}")
-    echo "$0: unknown option --$_name; the options are: ${_valid[*]/#/--} (see --help)" >&2
-    exit 2
-  fi
+  _check_option "$_name"
   _name="${_name//-/_}"
   if [[ "$(declare -p "$_name")" == "declare -a"* ]]; then
     declare -n _list="$_name"

@@ -152,6 +152,18 @@ def test_a_streaming_chunking_the_server_cannot_use(beam_package):
     assert code == 2 and "(--max-left-seconds) must be a positive number of seconds" in line
 
 
+def test_int8_without_the_sherpa_onnx_engine_is_refused(tmp_path, caplog):
+    """`asr serve --int8 --model PKG` served the float32 PyTorch model without a word: --int8
+    selects sherpa-onnx's int8 graphs, and the PyTorch runtime has none. Refused before the
+    model is loaded (so a package that is not there is not the error)."""
+    from asr.cli.main import main
+
+    assert main(["serve", "--model", str(tmp_path / "none"), "--port", "0", "--int8"]) == 2
+    assert caplog.messages[-1] == (
+        "asr serve: --int8 selects the int8 graphs of --engine sherpa-onnx; the PyTorch runtime "
+        "has no int8 model: add --engine sherpa-onnx or drop --int8")
+
+
 def test_a_text_file_that_is_not_utf8_is_named(tmp_path):
     """Python's UnicodeDecodeError names neither the file nor the line (and a recipe YAML's
     failed as an unexpected error, exit 1)."""

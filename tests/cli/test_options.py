@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from asr.cli.main import main
+from asr.cli.main import build_parser, main
 from asr.cli.options import add_dataclass_arguments, attribute_docs, dataclass_from_args
 from asr.serve.config import ServerConfig
 
@@ -128,6 +128,8 @@ def test_transcribe_help_documents_the_output_shapes(capsys):
         main(["transcribe", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "one line per input" in text and "JSON Lines, one object per input" in text
+    # an input that fails writes no line or object: the help said one per input
+    assert "an input that fails has no output, its error goes to stderr" in text
     assert "(default: auto)" in text and "(default: the package's)" in text
 
 
@@ -190,3 +192,39 @@ def test_train_num_threads_is_the_shared_option_with_cores_per_process_for_zero(
     calls.clear()
     assert main(args + ["--num-threads", "-2"]) == 2 and not calls
     assert "--num-threads must be >= 0, got -2" in caplog.text
+
+
+@pytest.mark.parametrize("command", ["transcribe", "decode-onnx"])
+@pytest.mark.parametrize("score", ["inf", "nan", "-101", "x"])
+def test_hotwords_score_out_of_range_is_an_error_naming_the_option(command, score, capsys):
+    """``--hotwords-score inf`` (float() takes it) became the override
+    ``search.hotwords_score=inf``, read back as a string: "search.hotwords_score: expected a
+    number, got 'inf' (a string: write the number without quotes)", naming neither the option
+    nor its range."""
+    required = {"transcribe": ["--model", "pkg", "a.wav"],
+                "decode-onnx": ["--onnx-dir", "d", "--manifest-dir", "m"]}[command]
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, *required, "--hotwords-score", score])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --hotwords-score: " in err and repr(score) in err
+    if score != "x":
+        assert "a per-token boost must be in [-100, 100]" in err
+
+
+def test_average_help_says_a_selection_is_required_as_the_command_does(tmp_path, caplog):
+    """`asr average --help` said that without --epoch, --last and --checkpoint the newest
+    checkpoint-N.pt is used (the help of decode and export-package), but average refuses that."""
+    helps = {}
+    for command in ("average", "decode", "export-package"):
+        parser = build_parser(command)
+        [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        [epoch] = [a for a in sub.choices[command]._actions if "--epoch" in a.option_strings]
+        helps[command] = epoch.help
+    assert helps["average"] == ("last epoch to use, epoch-N.pt (required: this, --last or "
+                                "--checkpoint)")
+    assert helps["decode"] == helps["export-package"] == (
+        "last epoch to use, epoch-N.pt (default: without --epoch, --last and --checkpoint, the "
+        "newest checkpoint-N.pt)")
+    assert main(["average", "--exp-dir", str(tmp_path)]) == 2
+    assert "give --epoch E [--avg N], --last N or --checkpoint F" in caplog.text

@@ -712,6 +712,23 @@ def test_bad_windows_are_refused_before_the_model_loads(tmp_path, capsys, caplog
         f"({float(overlap)}) < window ({float(window)}) seconds, both finite"]
 
 
+@pytest.mark.parametrize("options, named", [
+    (["--window-seconds", "5"], "--window-seconds: the offline windows, which --streaming does "
+                                "not use (it decodes each input as one stream): drop it"),
+    (["--window-seconds", "5", "--overlap-seconds", "1"],
+     "--window-seconds, --overlap-seconds: the offline windows, which --streaming does not use "
+     "(it decodes each input as one stream): drop them"),
+])
+def test_offline_windows_with_streaming_are_refused(tmp_path, capsys, caplog, options, named):
+    """--streaming ignored --window-seconds / --overlap-seconds without a word, while the
+    chunking options without --streaming are refused: a user who set a window never learnt
+    that it had no effect."""
+    code, out, _ = _run([tmp_path / "a.wav", "--model", tmp_path / "no-package", "--streaming",
+                         *options], capsys)
+    assert code == 2 and out == ""
+    assert [r.getMessage() for r in caplog.records] == [f"asr transcribe: {named}"]
+
+
 def test_a_name_stdout_cannot_encode_is_escaped_not_a_crash(tiny, audio_dir, tmp_path,
                                                              monkeypatch, capsys):
     """With a strict latin-1 stdout (PYTHONIOENCODING=latin-1), a file name outside latin-1

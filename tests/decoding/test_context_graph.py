@@ -272,3 +272,17 @@ def test_a_hotword_file_with_a_byte_order_mark_reads_its_first_phrase(tmp_path):
     assert [h.text for h in load_hotwords(path)] == ["AB", "BA"]
     graph = context_graph_for(SearchConfig(hotwords_file=path), tokenizer)
     assert graph is not None and graph.num_phrases == 2
+
+
+def test_hotwords_without_a_phrase_are_warned_about(tmp_path, caplog):
+    """An empty hotwords file (or `--hotwords ""`) biased nothing without a word, while a list
+    with phrases logs its graph's size: a user could not tell the file was not the one meant."""
+    path = tmp_path / "hotwords.txt"
+    path.write_text("\n\n")
+    assert load_hotwords(path) == []
+    assert caplog.messages == [f"hotwords file {path} holds no phrases: nothing is biased"]
+    caplog.clear()
+    assert load_hotwords(";;") == []
+    assert caplog.messages == ["hotwords ';;' hold no phrases: nothing is biased"]
+    caplog.clear()
+    assert load_hotwords("ALPHA") != [] and caplog.messages == []

@@ -354,6 +354,18 @@ def test_lm_weight_changes_the_ranking(lm, tmp_path):
     assert searcher.search(log_probs)[0] == fused[0]
 
 
+@pytest.mark.parametrize("unit", ["token", "word"])
+def test_a_missing_lm_file_is_named_as_search_lm_path(tmp_path, unit):
+    """`asr transcribe --set search.lm_path=lm.arpa` with no such file said only "[Errno 2] No
+    such file or directory: 'lm.arpa'", naming no setting."""
+    model = make_model(ctc=True)
+    missing = tmp_path / "lm.arpa"
+    cfg = SearchConfig(beam_size=2, lm_weight=0.5, lm_path=missing, lm_unit=unit)
+    with pytest.raises(ValueError, match=f"^search.lm_path {re.escape(str(missing))}: no such "
+                                         f"LM file$"):
+        build_searcher("ctc_prefix_beam", model, cfg)
+
+
 @pytest.mark.parametrize(
     ("name", "heads"),
     [("attention_rescoring", dict(ctc=True, aed=True)),

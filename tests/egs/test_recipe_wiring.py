@@ -126,6 +126,19 @@ def test_only_the_options_of_the_usage_are_taken(stub, tmp_path, script, option)
     assert calls(everything=True) == [] and "done (stages" not in result.stderr
 
 
+@pytest.mark.parametrize("script", [RUN, PREPARE, MINI_TTS])
+def test_a_misspelt_last_option_is_unknown_not_short_of_a_value(stub, tmp_path, script):
+    """A typo in the last option (`run.sh --stage 4 --dry-run`) said "option --dry-run needs a
+    value", as if it were an option; a known last option still needs its value."""
+    run, calls = stub
+    result = run(script, "--work-dir", str(tmp_path / "work"), "--dry-run")
+    assert result.returncode == 2, result.stderr
+    assert "unknown option --dry-run; the options are: --stage --stop-stage " in result.stderr
+    result = run(script, "--work-dir", str(tmp_path / "work"), "--stage")
+    assert result.returncode == 2 and "option --stage needs a value" in result.stderr
+    assert calls(everything=True) == []
+
+
 def test_an_option_may_be_spelt_with_underscores_as_in_kaldi():
     """Kaldi's (and icefall's) parse_options.sh take --stop_stage for --stop-stage."""
     script = f"""

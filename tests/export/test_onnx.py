@@ -720,6 +720,19 @@ def test_bpe_vocab_loads_in_sherpa_onnx_with_hotwords(tmp_path):
     assert "decoded" in run.stdout, run.stderr
 
 
+def test_hotwords_with_a_character_tokenizers_export_say_it_has_no_bpe_vocab(tmp_path):
+    """The error told a user of a character model to "export it again with this version",
+    which writes no bpe.vocab either (sherpa-onnx reads hotwords through a BPE vocabulary)."""
+    exp = random_experiment(tmp_path, head="transducer")
+    export_package(exp, tmp_path / "package")
+    export_onnx(tmp_path / "package", tmp_path / "onnx")
+    hotwords = tmp_path / "hotwords.txt"
+    hotwords.write_text("HELLO\n")
+    with pytest.raises(FileNotFoundError, match="a character tokenizer's export has none"):
+        load_recognizer(tmp_path / "onnx", decoding_method="modified_beam_search",
+                        hotwords_file=hotwords)
+
+
 @pytest.mark.parametrize("head,bpe_vocab_size", [("transducer", 30), ("tdt", 30), ("ctc", 0)])
 def test_tokens_and_bpe_vocab_are_the_tokenizers_for_every_id(tmp_path, head, bpe_vocab_size):
     """tokens.txt has every id's piece, the specials included (the NeMo layout's ids one below

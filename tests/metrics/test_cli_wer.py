@@ -126,3 +126,31 @@ def test_a_byte_order_mark_is_not_part_of_the_first_id(tmp_path, capsys):
     recogs.write_bytes(b"\xef\xbb\xbf" + recogs.read_bytes())
     assert main(["wer", str(recogs)]) == 0
     assert capsys.readouterr().out.startswith("%WER 33.33 [ 1 / 3,")
+
+
+def test_a_kaldi_text_given_alone_is_an_error_that_asks_for_hyp(tmp_path, caplog):
+    """`asr wer ref.txt` (HYP forgotten) said only "ref.txt:1: not a recognition line: 'u1 A B'",
+    not that one file is read as a recogs file nor that two text files need REF and HYP."""
+    ref = tmp_path / "ref.txt"
+    ref.write_text("u1 A B\n")
+    assert main(["wer", str(ref)]) == 2
+    [record] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert record.getMessage() == (
+        f"asr wer: {ref}:1: not a recognition line: 'u1 A B'; given alone, REF is an `asr "
+        f"decode` recogs file ('UTT:\\tref=[...]' and 'UTT:\\thyp=[...]' lines): to score "
+        f"'utt_id TEXT' files, give both, asr wer REF HYP")
+
+
+def test_an_input_that_is_not_a_file_is_named_by_its_argument(tmp_path, caplog):
+    """A missing HYP said "[Errno 2] No such file or directory: '...'", naming no argument."""
+    ref = tmp_path / "ref.txt"
+    ref.write_text("u1 A B\n")
+    hyp = tmp_path / "hyp.txt"
+    cases = {("wer", str(ref), str(hyp)): f"HYP {hyp}: no such file",
+             ("wer", str(tmp_path), str(ref)): f"REF {tmp_path}: a directory, not a text file",
+             ("wer", str(ref), str(ref), "--phrases", str(tmp_path / "p.tsv")):
+                 f"--phrases {tmp_path / 'p.tsv'}: no such file"}
+    for argv, message in cases.items():
+        caplog.clear()
+        assert main(list(argv)) == 2
+        assert caplog.messages == [f"asr wer: {message}"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import threading
 
 import numpy as np
@@ -343,3 +344,38 @@ def test_a_stream_whose_decode_fails_fails_its_input_alone(model, monkeypatch):
     made.clear()
     with pytest.raises(TranscriptionError, match=r"^<array 2>: decoding failed: "):
         model.transcribe(inputs, streaming=True)
+
+
+def test_a_binary_file_object_is_one_input_named_by_its_path(model, tmp_path):
+    """A file object is iterable (over its lines), so ``transcribe(open(path, "rb"))`` decoded
+    each line as encoded bytes: "<bytes 0>: cannot decode audio", one failure per line."""
+    import io
+
+    import soundfile
+
+    path = tmp_path / "speech.wav"
+    soundfile.write(path, _noise(0.5, 0), 16000)
+    [expected] = model.transcribe(path)
+    with open(path, "rb") as stream:
+        [result] = model.transcribe(stream)
+    assert result == dataclasses.replace(expected, source=str(path))
+    buffers = [io.BytesIO(path.read_bytes()), io.BytesIO(b"not audio")]
+    ok, failed = model.transcribe(buffers, on_error="return")
+    assert ok == dataclasses.replace(expected, source="<file 0>")
+    assert isinstance(failed, FailedInput) and failed.source == "<file 1>"
+    assert failed.error.startswith("<file 1>: cannot decode audio")
+    [as_view] = model.transcribe(memoryview(path.read_bytes()))
+    assert as_view == dataclasses.replace(expected, source="<bytes 0>")
+
+
+def test_a_text_mode_or_closed_file_object_is_an_error_naming_it(model, tmp_path):
+    path = tmp_path / "speech.wav"
+    path.write_bytes(b"RIFF")
+    with open(path) as text:
+        [failed] = model.transcribe(text, on_error="return")
+    assert failed.error == f"{path}: a file opened in text mode: open it in binary mode ('rb')"
+    with open(path, "rb") as closed:
+        pass
+    message = rf"^{re.escape(str(path))}: cannot read the file object: .*closed"
+    with pytest.raises(AudioError, match=message):
+        model.transcribe(closed)

@@ -611,6 +611,52 @@ def test_the_file_client_reports_a_stream_the_server_cut_short(server, speech, t
     assert f"{tmp_path}: error: not a file" in err
 
 
+def test_the_file_client_prints_a_server_error_once_naming_the_file(server, speech, capsys):
+    """With one file the client printed the server's error twice: 'error: ...' as the message
+    came, then 'FILE: error: ...' (the test server's searcher does not bias)."""
+    from asr.serve.client import main as client_main
+
+    path = speech[0].path
+    assert client_main(["--server", server.url, "--hotwords", "HELLO", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("does not take hotwords") == 1, err
+    assert err.startswith(f"{path}: error: "), err
+
+
+def test_the_file_client_says_where_it_could_not_connect(tmp_path, capsys):
+    """With no server running the client printed only "[Errno 111] Connect call failed
+    ('127.0.0.1', PORT)": it now names the URL and asks whether asr serve runs there."""
+    import socket
+
+    import soundfile
+
+    from asr.serve.client import main as client_main
+
+    path = tmp_path / "a.wav"
+    soundfile.write(path, np.zeros(1600, np.float32), 16000)
+    with socket.create_server(("127.0.0.1", 0)) as closed:  # a port nobody listens on after
+        port = closed.getsockname()[1]
+    url = f"ws://127.0.0.1:{port}"
+    assert client_main(["--server", url, str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"{path}: error: cannot connect to {url}: "), err
+    assert err.rstrip().endswith("(is `asr serve` running there?)"), err
+
+
+def test_the_file_client_says_what_it_reads_of_a_file_it_cannot(tmp_path, capsys):
+    """An m4a (which asr transcribe reads through ffmpeg) said only "Error opening 'a.m4a':
+    Format not recognised.": the client reads what libsndfile reads, and says so."""
+    from asr.serve.client import main as client_main
+
+    path = tmp_path / "a.m4a"
+    path.write_bytes(b"\x00\x00\x00\x20ftypM4A not really")
+    assert client_main(["--server", "ws://127.0.0.1:9", str(path)]) == 1
+    assert capsys.readouterr().err == (
+        f"{path}: error: cannot read it as audio: Format not recognised (this client reads what "
+        f"libsndfile reads: wav, flac, ogg, mp3, ...; convert other formats first, e.g. "
+        f"ffmpeg -i IN -ar 16000 OUT.wav)\n")
+
+
 def test_the_file_client_says_when_no_final_result_came_in_time(tmp_path, capsys):
     """A server that never answers (a socket that accepts and says nothing): the client's
     --timeout ended it with asyncio's TimeoutError, which has no message: the command line
