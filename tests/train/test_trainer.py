@@ -393,11 +393,23 @@ def _ddp_env(tmp_path: Path) -> dict[str, str]:
                 PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
 
 
+def _run_processes(script: Path, nproc: int, env: dict[str, str]) -> None:
+    """Runs ``script`` in ``nproc`` processes: under torchrun (gloo on CPU) for 2 or more, as
+    a plain ``python script`` for 1, which is what torchrun with one process runs too (WORLD_SIZE
+    1: :func:`asr.train.distributed.setup_distributed` makes no process group) without the
+    seconds of the launcher's own start."""
+    if nproc > 1:
+        run_torchrun([str(script)], nproc=nproc, env=env, timeout=180)
+    else:
+        subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                       timeout=180, check=True)
+
+
 def test_two_process_torchrun_gives_the_same_gradients_as_one_process(tmp_path):
     script = tmp_path / "ddp_check.py"
     script.write_text(DDP_SCRIPT)
     for nproc in (1, 2):
-        run_torchrun([str(script)], nproc=nproc, env=_ddp_env(tmp_path), timeout=180)
+        _run_processes(script, nproc, _ddp_env(tmp_path))
     one = torch.load(tmp_path / "grads_1.pt")
     two = torch.load(tmp_path / "grads_2.pt")
     for name in one:
@@ -625,8 +637,7 @@ def test_an_epoch_resumed_with_another_number_of_processes_trains_each_batch_onc
     script = tmp_path / "world_change.py"
     script.write_text(WORLD_CHANGE_SCRIPT)
     for phase, nproc in (("stop", old_world), ("resume", new_world)):
-        run_torchrun([str(script)], nproc=nproc, env=dict(_ddp_env(tmp_path), PHASE=phase),
-                     timeout=180)
+        _run_processes(script, nproc, dict(_ddp_env(tmp_path), PHASE=phase))
     stop = [json.loads((tmp_path / f"stop{r}.json").read_text()) for r in range(old_world)]
     resume = [json.loads((tmp_path / f"resume{r}.json").read_text()) for r in range(new_world)]
     seen = [c for run in stop + resume for c in run["seen"]]
