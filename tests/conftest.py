@@ -1,5 +1,4 @@
 import gzip
-import os
 import subprocess
 from pathlib import Path
 
@@ -8,8 +7,13 @@ import torch
 
 pytest_plugins = ["pytester"]
 
-# Two cores here and in CI: keep intra-op threads bounded so parallel work is predictable.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One intra-op thread for the tests in this process (a test that needs more sets them and puts
+# them back). Two cores here and in CI, shared with the subprocesses the tests start (and on a
+# development box with other work): with two threads every parallel op waits for a second thread
+# that a busy core has descheduled. On the shared 2-core machine, tests/test_recipes.py and
+# tests/test_model.py took 47.9 s with two threads and 5.5 s with one; the tiny streaming encoder
+# of tests/gpu, 2.6 s per forward with two, 0.008 s with one.
+torch.set_num_threads(1)
 
 #: characters of a failed subprocess' captured stdout / stderr shown in a failure report
 SUBPROCESS_TAIL = 6000

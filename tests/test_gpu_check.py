@@ -63,6 +63,7 @@ def test_dry_run_on_a_bare_machine_writes_every_table(tmp_path):
     printed = (out / "logs" / "rnnt_loss.log").read_text().splitlines()
     assert [line.rstrip().endswith("(interpreter)") for line in printed
             if line.split()[:2] == ["500", "tdt_triton"]] == [True], printed
+    _assert_rnnt_bench_rows(printed)
     train = (out / "train_throughput.md").read_text()
     assert "| float16" in train and "| bfloat16 |" in train
     assert "Largest max_duration whose worst-case batch trains (bfloat16): 9 s" in train
@@ -70,6 +71,25 @@ def test_dry_run_on_a_bare_machine_writes_every_table(tmp_path):
     for row in ("| RNN-T greedy |", "| TDT greedy |", "| CTC greedy |"):
         assert row in decode
     assert proc.stdout.rstrip().endswith("summary.md"), "the summary is printed at the end"
+
+
+def _assert_rnnt_bench_rows(printed: list[str]) -> None:
+    """tools/bench/rnnt_loss.py's printed table of the dry run (every method, a band of R=5 <
+    U+1=9 symbols): a row per method with its time and allocator peak, the ratios against the
+    full loss, pruned losses that allocate less than their full ones, and the bench's check that
+    each pruned term, whose band leaves paths out, is at least its full loss."""
+    rows = {row[1]: row for row in (line.split() for line in printed) if row[:1] == ["500"]}
+    assert list(rows) == ["full", "pruned", "tdt", "tdt_triton", "pruned_tdt"], printed
+    for row in rows.values():
+        seconds, peak_mb = float(row[2]), float(row[3])
+        assert seconds > 0 and peak_mb > 0, printed
+    assert float(rows["full"][5]) == 1.0 and float(rows["full"][6]) == 1.0
+    peak = {method: float(row[3]) for method, row in rows.items()}
+    assert peak["pruned"] < peak["full"], "pruned must allocate less than full"
+    assert peak["pruned_tdt"] < peak["tdt"], "pruned TDT must allocate less than TDT"
+    checks = [line for line in printed if line.startswith("check at V=500: ")]
+    assert len(checks) == 2, printed
+    assert all("(R=5 < U+1=9: the band leaves paths out): holds" in line for line in checks)
 
 
 def test_a_failing_step_is_recorded_and_the_next_steps_run(tmp_path):

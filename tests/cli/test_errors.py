@@ -3,6 +3,7 @@ status: no traceback, and the line says what is wrong and what to do."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 import sys
@@ -13,21 +14,59 @@ import pytest
 import soundfile
 import torch
 
+from asr.cli.main import main
+from asr.constants import LOG_FORMAT
 from asr.export import export_onnx
 from asr.fileio import output_lock
 
 REPO = Path(__file__).resolve().parents[2]
 
 
+#: Commands :func:`_asr` runs in a process of their own: ``serve`` (one that wrongly starts is
+#: ended by the timeout there, not held for ever) and ``train`` (it sets torch's inter-op
+#: threads, once per process).
+OWN_PROCESS = ("serve", "train")
+
+
+class _LogLines(logging.Handler):
+    """Every record, formatted as ``asr`` writes it to stderr (:data:`LOG_FORMAT`)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(logging.Formatter(LOG_FORMAT))
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
 def _asr(*args: str, stdin: bytes | None = None) -> tuple[int, list[str]]:
-    """Runs ``asr ARGS`` as a user would; returns the exit status and the ERROR lines."""
-    proc = subprocess.run([sys.executable, "-m", "asr.cli.main", *map(str, args)], input=stdin,
-                          capture_output=True, timeout=120, cwd=REPO)
-    err = proc.stderr.decode()
+    """Runs ``asr ARGS`` as a user would; returns the exit status and the ERROR lines.
+
+    ``main`` of the ``asr`` script, in this process (a process of its own costs seconds of
+    imports each time) with its log lines as on stderr; :data:`OWN_PROCESS` commands, and any
+    with input on ``stdin``, in a process of their own. Either way the failure must be one
+    ERROR line, without a traceback.
+    """
+    if stdin is not None or args[0] in OWN_PROCESS:
+        proc = subprocess.run([sys.executable, "-m", "asr.cli.main", *map(str, args)],
+                              input=stdin, capture_output=True, timeout=120, cwd=REPO)
+        code, err = proc.returncode, proc.stderr.decode()
+    else:
+        handler, threads = _LogLines(), torch.get_num_threads()
+        logging.getLogger().addHandler(handler)
+        try:
+            code = main(list(map(str, args)))
+        except SystemExit as exit_:  # the parser's usage errors
+            code = exit_.code
+        finally:
+            logging.getLogger().removeHandler(handler)
+            torch.set_num_threads(threads)  # prepare fbank sets 1 (its --num-jobs processes)
+        err = "\n".join(handler.lines)
     assert "Traceback" not in err, err
     errors = [line for line in err.splitlines() if " ERROR " in line]
     assert len(errors) == 1, err
-    return proc.returncode, errors
+    return code, errors
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +148,6 @@ def test_a_missing_lm_is_a_bad_search_option(beam_package, wav, tmp_path):
 def test_cuda_without_a_gpu(command, trained, beam_package, wav, monkeypatch, caplog):
     """A device this machine lacks is a bad ``--device``, named as the recipes' early check of
     ``asr decode``'s options names it (the message did not say which option was wrong)."""
-    from asr.cli.main import main
-
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     argv = {"transcribe": ["transcribe", str(wav), "--model", str(beam_package)],
             "serve": ["serve", "--model", str(beam_package), "--port", "0"],
@@ -396,8 +433,6 @@ def test_a_part_that_is_a_path_is_refused(command, part, capsys):
     """A part names files inside the given directories (librispeech_cuts_<part>.jsonl.gz,
     recogs-<part>-...): '--parts ../x' put result files and locks outside the output
     directory. Refused by the parser, exit 2, before anything is read or written."""
-    from asr.cli.main import main
-
     with pytest.raises(SystemExit) as exit_info:
         main([*command, part])
     assert exit_info.value.code == 2
@@ -413,8 +448,6 @@ def test_a_tag_that_is_a_path_or_holds_control_characters_is_refused(command, ta
     """``--tag`` suffixes the result files' and directory's names: '--tag ../x' put them (and
     their locks) elsewhere, a tab or newline went into a file name. Refused by the parser,
     exit 2, before anything is read or written."""
-    from asr.cli.main import main
-
     with pytest.raises(SystemExit) as exit_info:
         main([*command, tag])
     assert exit_info.value.code == 2

@@ -444,11 +444,23 @@ def _ddp_env(tmp_path: Path) -> dict[str, str]:
                 PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
 
 
+def _run_processes(script: Path, nproc: int, env: dict[str, str]) -> None:
+    """Runs ``script`` in ``nproc`` processes: under torchrun (gloo on CPU) for 2 or more, as
+    a plain ``python script`` for 1, which is what torchrun with one process runs too (WORLD_SIZE
+    1: :func:`asr.train.distributed.setup_distributed` makes no process group) without the
+    seconds of the launcher's own start."""
+    if nproc > 1:
+        run_torchrun([str(script)], nproc=nproc, env=env, timeout=180)
+    else:
+        subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                       timeout=180, check=True)
+
+
 def test_two_process_torchrun_gives_the_same_gradients_as_one_process(tmp_path):
     script = tmp_path / "ddp_check.py"
     script.write_text(DDP_SCRIPT)
     for nproc in (1, 2):
-        run_torchrun([str(script)], nproc=nproc, env=_ddp_env(tmp_path), timeout=180)
+        _run_processes(script, nproc, _ddp_env(tmp_path))
     one = torch.load(tmp_path / "grads_1.pt")
     two = torch.load(tmp_path / "grads_2.pt")
     for name in one:
@@ -487,20 +499,55 @@ cleanup_distributed()
 '''
 
 
-def _torchrun_two(tmp_path: Path, script: str) -> None:
-    """Runs ``script`` in 2 torchrun processes (gloo on CPU), environment as :func:`_ddp_env`."""
-    path = tmp_path / "ddp_script.py"
-    path.write_text(script)
-    run_torchrun([str(path)], nproc=2, env=_ddp_env(tmp_path), timeout=180)
+#: Runs the scripts of :func:`ddp_runs` one after the other in the same 2 processes and process
+#: group (their cleanup_distributed waits for the last), each with OUT_DIR a folder of its own
+#: and torch.distributed's functions as they were before it (one script counts their calls).
+DDP_RUNS_SCRIPT = r"""
+import json, os, runpy
+import torch.distributed as dist
+import asr.train.distributed as distributed
+root, scripts = os.environ["OUT_DIR"], json.loads(os.environ["DDP_SCRIPTS"])
+cleanup, distributed.cleanup_distributed = distributed.cleanup_distributed, lambda: None
+for name, path in scripts.items():
+    os.environ["OUT_DIR"] = os.path.join(root, name)
+    os.makedirs(os.environ["OUT_DIR"], exist_ok=True)
+    functions = dict(vars(dist))
+    try:
+        runpy.run_path(path, run_name="__main__")
+    finally:
+        for key, value in functions.items():
+            setattr(dist, key, value)
+cleanup()
+"""
 
 
-def test_a_non_finite_step_on_one_rank_is_skipped_on_every_rank(tmp_path):
-    _torchrun_two(tmp_path, DDP_SKIP_SCRIPT)
-    rank0, rank1 = (torch.load(tmp_path / f"result{r}.pt") for r in (0, 1))
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory) -> dict[str, Path]:
+    """The output folder (OUT_DIR) of each 2-process script below, by name: every script in one
+    torchrun (gloo on CPU, environment as :func:`_ddp_env`), as each its own would start 3
+    Pythons that import torch (seconds each)."""
+    scripts = {"skip": DDP_SKIP_SCRIPT, "resume": DDP_RESUME_SCRIPT,
+               "idle_head": DDP_IDLE_HEAD_SCRIPT, "dev_wer": DDP_DEV_WER_SCRIPT,
+               "preempt": DDP_PREEMPT_SCRIPT, "collectives": COLLECTIVES_SCRIPT}
+    root = tmp_path_factory.mktemp("ddp_runs")
+    paths = {}
+    for name, script in scripts.items():
+        paths[name] = root / f"{name}.py"
+        paths[name].write_text(script)
+    driver = root / "ddp_runs.py"
+    driver.write_text(DDP_RUNS_SCRIPT)
+    env = dict(_ddp_env(root), DDP_SCRIPTS=json.dumps({n: str(p) for n, p in paths.items()}))
+    run_torchrun([str(driver)], nproc=2, env=env, timeout=300)
+    return {name: root / name for name in scripts}
+
+
+def test_a_non_finite_step_on_one_rank_is_skipped_on_every_rank(ddp_runs):
+    out = ddp_runs["skip"]
+    rank0, rank1 = (torch.load(out / f"result{r}.pt") for r in (0, 1))
     assert (rank0["step"], rank0["skipped"]) == (rank1["step"], rank1["skipped"]) == (3, 1)
     for name, value in rank0["weights"].items():
         assert torch.isfinite(value).all() and torch.equal(value, rank1["weights"][name]), name
-    assert (tmp_path / "rank1" / "bad-batches" / "epoch-1-batch-4-rank-1.pt").is_file()
+    assert (out / "rank1" / "bad-batches" / "epoch-1-batch-4-rank-1.pt").is_file()
 
 
 DDP_RESUME_SCRIPT = r'''
@@ -532,13 +579,13 @@ cleanup_distributed()
 '''
 
 
-def test_the_epoch_train_loss_of_a_resumed_ddp_run_counts_every_rank_once(tmp_path):
+def test_the_epoch_train_loss_of_a_resumed_ddp_run_counts_every_rank_once(ddp_runs):
     """The running loss of an epoch is a sum per rank; the checkpoint held rank 0's alone, which
     every rank took on resuming: the epoch's train loss counted rank 0's part N times and the
     other ranks' part never."""
-    _torchrun_two(tmp_path, DDP_RESUME_SCRIPT)
+    out = ddp_runs["resume"]
     for rank in (0, 1):
-        losses = torch.load(tmp_path / f"losses{rank}.pt")
+        losses = torch.load(out / f"losses{rank}.pt")
         assert losses["resumed"] == pytest.approx(losses["full"], rel=1e-12)
 
 
@@ -566,11 +613,11 @@ cleanup_distributed()
 """
 
 
-def test_ddp_trains_a_model_with_a_head_of_weight_0(tmp_path):
+def test_ddp_trains_a_model_with_a_head_of_weight_0(ddp_runs):
     """A head of loss weight 0 is kept for decoding but not run: DDP, not told that some
     parameters get no gradient, failed every rank at the second step ('Expected to have
     finished reduction in the prior iteration before starting a new one')."""
-    _torchrun_two(tmp_path, DDP_IDLE_HEAD_SCRIPT)
+    assert "idle_head" in ddp_runs  # its script asserts in each rank: a failure fails ddp_runs
 
 
 
@@ -601,14 +648,14 @@ cleanup_distributed()
 """
 
 
-def test_every_rank_takes_part_in_the_dev_wer_and_records_it(tmp_path):
+def test_every_rank_takes_part_in_the_dev_wer_and_records_it(ddp_runs):
     """Rank 0 alone decoded the dev set while the others waited in the checkpoint's collective,
     which NCCL gives up on after 10 minutes (a large dev set killed the job); and only rank 0's
     history held the WER. Every rank now calls ``evaluate`` (each decodes its share,
     :class:`asr.run.train.DevWer`) and records the same WER."""
-    _torchrun_two(tmp_path, DDP_DEV_WER_SCRIPT)
+    out = ddp_runs["dev_wer"]
     for rank in (0, 1):
-        result = json.loads((tmp_path / f"wer{rank}.json").read_text())
+        result = json.loads((out / f"wer{rank}.json").read_text())
         assert result == {"calls": [rank, rank], "wers": [5.0, 5.0]}, rank
 
 WORLD_CHANGE_SCRIPT = r'''
@@ -676,8 +723,7 @@ def test_an_epoch_resumed_with_another_number_of_processes_trains_each_batch_onc
     script = tmp_path / "world_change.py"
     script.write_text(WORLD_CHANGE_SCRIPT)
     for phase, nproc in (("stop", old_world), ("resume", new_world)):
-        run_torchrun([str(script)], nproc=nproc, env=dict(_ddp_env(tmp_path), PHASE=phase),
-                     timeout=180)
+        _run_processes(script, nproc, dict(_ddp_env(tmp_path), PHASE=phase))
     stop = [json.loads((tmp_path / f"stop{r}.json").read_text()) for r in range(old_world)]
     resume = [json.loads((tmp_path / f"resume{r}.json").read_text()) for r in range(new_world)]
     seen = [c for run in stop + resume for c in run["seen"]]
@@ -1396,13 +1442,13 @@ cleanup_distributed()
 '''
 
 
-def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
-    _torchrun_two(tmp_path, DDP_PREEMPT_SCRIPT)
-    results = [torch.load(tmp_path / f"result{r}.pt") for r in (0, 1)]
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(ddp_runs):
+    out = ddp_runs["preempt"]
+    results = [torch.load(out / f"result{r}.pt") for r in (0, 1)]
     assert results == [{"stop": (3, 143), "step": 3}] * 2
-    state = safe_torch_load(tmp_path / "exp" / "checkpoint-3.pt")
+    state = safe_torch_load(out / "exp" / "checkpoint-3.pt")
     assert (state["progress"]["step"], state["progress"]["batches_in_epoch"]) == (3, 6)
-    assert [n for n, _ in list_checkpoints(tmp_path / "exp")] == [3]
+    assert [n for n, _ in list_checkpoints(out / "exp")] == [3]
 
 
 class NanAndSignalAt(SignalsAt):
@@ -1483,14 +1529,14 @@ cleanup_distributed()
 '''
 
 
-def test_each_step_makes_one_collective_besides_ddps_own(tmp_path):
+def test_each_step_makes_one_collective_besides_ddps_own(ddp_runs):
     """Under DDP the steps between the first and the last of an epoch make one all-reduce each
     (the utterances, the non-finite agreement, the preemption flag and the time budget's check
     were four), besides DDP's gradient reduction (its own, not torch.distributed's Python
     calls)."""
-    _torchrun_two(tmp_path, COLLECTIVES_SCRIPT)
+    out = ddp_runs["collectives"]
     for rank in (0, 1):
-        got = json.loads((tmp_path / f"collectives{rank}.json").read_text())
+        got = json.loads((out / f"collectives{rank}.json").read_text())
         assert got == {"per_step": [1, 1, 1, 1], "step": 5}, rank
 
 
