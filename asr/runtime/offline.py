@@ -125,8 +125,9 @@ logger = logging.getLogger(__name__)
 AudioInput = str | Path | BinaryIO | bytes | bytearray | memoryview | np.ndarray | Tensor
 
 #: The input types that are one input (an array, bytes or a file object, which iterates over its
-#: lines, are iterable, yet one input); any other iterable given to
-#: :meth:`Transcriber.transcribe` holds many.
+#: lines, are iterable, yet one input; so is any object with a ``read`` method,
+#: :func:`_is_file_object`); any other iterable given to :meth:`Transcriber.transcribe` holds
+#: many.
 SINGLE_INPUT_TYPES = (str, Path, io.IOBase, bytes, bytearray, memoryview, np.ndarray, Tensor)
 
 #: Seconds of audio that :meth:`Transcriber.transcribe_iter` reads before it decodes them: the
@@ -380,7 +381,7 @@ class Transcriber:
             return DecodedAudio(mono, self.sample_rate, name, 1, rate)
         if isinstance(item, (bytes, bytearray, memoryview)):
             return decode_audio(bytes(item), self.sample_rate, name)
-        if isinstance(item, io.IOBase):
+        if _is_file_object(item):
             return decode_audio(_read_binary(item, name), self.sample_rate, name)
         if isinstance(item, (str, Path)):
             return decode_audio(item, self.sample_rate)
@@ -501,7 +502,8 @@ class Transcriber:
         search = searcher
         if hotwords is not None and not streaming:
             search = self.searcher(searcher, hotwords)
-        many = isinstance(inputs, Iterable) and not isinstance(inputs, (*SINGLE_INPUT_TYPES, Mapping))
+        many = (isinstance(inputs, Iterable) and not _is_file_object(inputs)
+                and not isinstance(inputs, (*SINGLE_INPUT_TYPES, Mapping)))
         items = inputs if many else [inputs]  # one input of another type: load() names it
 
         def results() -> Iterator[TranscriptionResult | FailedInput]:
@@ -714,13 +716,20 @@ def _name_of(item: object, index: int) -> str:
         return f"<bytes {index}>"
     if isinstance(item, (np.ndarray, Tensor)):
         return f"<array {index}>"
-    if isinstance(item, io.IOBase):
+    if _is_file_object(item):
         name = getattr(item, "name", None)  # open(path): the path; a file descriptor: an int
         return name if isinstance(name, str) and name else f"<file {index}>"
     return f"<input {index}>"
 
 
-def _read_binary(stream: io.IOBase, name: str) -> bytes:
+def _is_file_object(item: object) -> bool:
+    """Whether ``item`` is a file object: an :class:`io.IOBase` or any object with a ``read``
+    method (``tempfile.NamedTemporaryFile``'s wrapper, an upload object of a web framework),
+    which iterate over their lines yet are one input."""
+    return isinstance(item, io.IOBase) or callable(getattr(item, "read", None))
+
+
+def _read_binary(stream: BinaryIO | io.IOBase, name: str) -> bytes:
     """The rest of a binary file object's bytes (an audio file's encoded bytes).
 
     Raises:

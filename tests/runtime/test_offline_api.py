@@ -379,3 +379,21 @@ def test_a_text_mode_or_closed_file_object_is_an_error_naming_it(model, tmp_path
     message = rf"^{re.escape(str(path))}: cannot read the file object: .*closed"
     with pytest.raises(AudioError, match=message):
         model.transcribe(closed)
+
+
+def test_a_file_object_that_is_no_iobase_is_one_input_named_by_its_path(model, tmp_path):
+    """``tempfile.NamedTemporaryFile`` gives a wrapper that reads and iterates like a binary
+    file but is no ``io.IOBase``: ``transcribe`` took each of its lines for an input (hundreds
+    of "<bytes i>" results for one wav). Anything with a ``read`` method is one file object."""
+    import tempfile
+
+    import soundfile
+
+    path = tmp_path / "speech.wav"
+    soundfile.write(path, _noise(0.5, 0), 16000)
+    [expected] = model.transcribe(path)
+    with tempfile.NamedTemporaryFile(suffix=".wav", dir=tmp_path) as stream:
+        stream.write(path.read_bytes())
+        stream.seek(0)
+        [result] = model.transcribe(stream)
+    assert result == dataclasses.replace(expected, source=stream.name)
