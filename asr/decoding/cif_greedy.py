@@ -162,7 +162,9 @@ class CifStreamState:
     @property
     def num_frames(self) -> Tensor:
         """(B,) int64 frames each stream holds (its :class:`FrameChunks`' count), on the
-        state's device (copied from the host without waiting for the device)."""
+        state's device: a non-blocking copy of the host counts, which CUDA may still start only
+        once the stream is idle (they are pageable memory); every reader syncs right after
+        (``step`` has just read the chunk's lengths, ``finalize`` reads the largest count)."""
         counts = [0 if chunks is None else chunks.num_frames for chunks in self.frames]
         host = torch.tensor(counts, dtype=torch.int64)
         return host.to(self.window_start.device, non_blocking=True)
