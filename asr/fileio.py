@@ -496,13 +496,21 @@ STAGING_MARKER = ".asr-staging-of"
 
 def _locked_new_directory(prefix: str, out_dir: Path) -> tuple[Path, int]:
     """A new directory ``<prefix>XXXXXXXX`` beside ``out_dir`` holding :data:`STAGING_MARKER`
-    (the name of ``out_dir``), and the descriptor of its ``flock``. A run killed before the
-    marker is written leaves an empty directory that no later run removes."""
+    (the name of ``out_dir``, :func:`_marker_bytes`), and the descriptor of its ``flock``. A
+    run killed before the marker is written leaves an empty directory that no later run
+    removes."""
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=out_dir.parent))
     fd = os.open(path, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)  # new: no one else can hold it
-    (path / STAGING_MARKER).write_text(out_dir.name + "\n", encoding="utf-8")
+    (path / STAGING_MARKER).write_bytes(_marker_bytes(out_dir))
     return path, fd
+
+
+def _marker_bytes(out_dir: Path) -> bytes:
+    """What :data:`STAGING_MARKER` holds for ``out_dir``: its name as the file system spells it
+    (``os.fsencode``: a name that is not UTF-8, such as Latin-1 ``caf\\xe9``, is its bytes),
+    and a newline."""
+    return os.fsencode(out_dir.name) + b"\n"
 
 
 def _staging_prefixes(out_dir: Path) -> tuple[str, str]:
@@ -520,8 +528,8 @@ def _is_staging_of(path: Path, out_dir: Path) -> bool:
     if not path.name.startswith(_staging_prefixes(out_dir)):
         return False
     try:
-        return (path / STAGING_MARKER).read_text(encoding="utf-8") == out_dir.name + "\n"
-    except (OSError, UnicodeDecodeError):  # no marker, or not a file we can read
+        return (path / STAGING_MARKER).read_bytes() == _marker_bytes(out_dir)
+    except OSError:  # no marker, or not a file we can read
         return False
 
 

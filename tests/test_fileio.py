@@ -319,6 +319,22 @@ def test_a_staging_directory_holds_only_what_is_built_in_it(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
+def test_an_output_whose_name_is_not_utf8_is_staged_published_and_cleaned(tmp_path):
+    """A name the file system holds as bytes that are not UTF-8 (Latin-1 ``caf\\xe9``): the
+    marker was written as UTF-8 text, which such a name cannot be, so every staged output
+    (an export, a Shar directory, a synthesized part) failed with a UnicodeEncodeError and left
+    a staging directory without a marker, which no later run removes."""
+    out = tmp_path / os.fsdecode(b"caf\xe9")
+    for text in ("first\n", "second\n"):
+        with staging_directory(out) as built:
+            (built / "made.txt").write_text(text)
+            publish_directory(built, out)
+        assert (out / "made.txt").read_text() == text
+    stale = _left_by_a_killed_run(out, "tmp")
+    assert remove_stale_staging(out) == [stale]
+    assert list(tmp_path.iterdir()) == [out]
+
+
 def test_a_live_runs_staging_directory_is_kept(tmp_path):
     """A staging directory whose run still holds its lock is being built: kept."""
     path, fd = _locked_new_directory(".out.tmp-", tmp_path / "out")
