@@ -498,11 +498,17 @@ def _locked_new_directory(prefix: str, out_dir: Path) -> tuple[Path, int]:
     """A new directory ``<prefix>XXXXXXXX`` beside ``out_dir`` holding :data:`STAGING_MARKER`
     (the name of ``out_dir``, :func:`_marker_bytes`), and the descriptor of its ``flock``. A
     run killed before the marker is written leaves an empty directory that no later run
-    removes."""
+    removes; a marker that cannot be written (a full disk) takes the directory and its
+    descriptor with it and raises."""
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=out_dir.parent))
     fd = os.open(path, os.O_RDONLY)
-    fcntl.flock(fd, fcntl.LOCK_EX)  # new: no one else can hold it
-    (path / STAGING_MARKER).write_bytes(_marker_bytes(out_dir))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # new: no one else can hold it
+        (path / STAGING_MARKER).write_bytes(_marker_bytes(out_dir))
+    except BaseException:  # a full disk: no directory left that nothing would remove
+        shutil.rmtree(path, ignore_errors=True)
+        os.close(fd)
+        raise
     return path, fd
 
 

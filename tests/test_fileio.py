@@ -335,6 +335,21 @@ def test_an_output_whose_name_is_not_utf8_is_staged_published_and_cleaned(tmp_pa
     assert list(tmp_path.iterdir()) == [out]
 
 
+def test_a_staging_directory_whose_marker_cannot_be_written_is_not_left(tmp_path, monkeypatch):
+    """A full disk as the marker is written: the staging directory (which, without its marker,
+    no later run removes) and its locked descriptor were left behind; they go, the error
+    stands."""
+    def full(path, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    fds = len(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(OSError, match="No space left"):
+        with staging_directory(tmp_path / "out"):
+            pass
+    assert list(tmp_path.iterdir()) == [] and len(os.listdir("/proc/self/fd")) == fds
+
+
 def test_a_live_runs_staging_directory_is_kept(tmp_path):
     """A staging directory whose run still holds its lock is being built: kept."""
     path, fd = _locked_new_directory(".out.tmp-", tmp_path / "out")
