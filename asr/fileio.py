@@ -594,13 +594,18 @@ def staging_directory(out_dir: Path) -> Iterator[Path]:
 
 def publish_directory(tmp: Path, out_dir: Path) -> None:
     """Renames the finished ``tmp`` to ``out_dir``; an existing ``out_dir`` is moved aside
-    first (into a locked ``.<name>.old-*``) and removed only once the new one is in place."""
+    first (into a locked ``.<name>.old-*``) and removed only once the new one is in place. A
+    rename that fails leaves ``out_dir`` as it was and nothing beside it."""
     if not out_dir.exists():
         os.replace(tmp, out_dir)
         return
     old, fd = _locked_new_directory(_staging_prefixes(out_dir)[1], out_dir)
     try:
-        os.replace(out_dir, old / out_dir.name)
+        try:
+            os.replace(out_dir, old / out_dir.name)
+        except OSError:  # the earlier output stays where it is; its holder goes
+            shutil.rmtree(old, ignore_errors=True)
+            raise
         try:
             os.replace(tmp, out_dir)
         except OSError:

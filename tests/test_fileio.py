@@ -350,6 +350,34 @@ def test_a_staging_directory_whose_marker_cannot_be_written_is_not_left(tmp_path
     assert list(tmp_path.iterdir()) == [] and len(os.listdir("/proc/self/fd")) == fds
 
 
+def test_a_publish_whose_renames_fail_leaves_the_output_as_it_was(tmp_path, monkeypatch):
+    """Renaming the earlier output aside, or the new one into place, fails (a file system that
+    refuses the rename): the earlier output stays, the error stands, and the directory the
+    earlier output was to be moved into is not left beside it (it was, when the first rename
+    failed)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "made.txt").write_text("earlier\n")
+    rename = os.replace
+    for failing in (0, 1):  # the move aside; the move into place
+        calls = []
+
+        def refused(src, dst, failing=failing, calls=calls):
+            calls.append(src)
+            if len(calls) == failing + 1:
+                raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(src))
+            return rename(src, dst)
+
+        with staging_directory(out) as built:
+            (built / "made.txt").write_text("new\n")
+            monkeypatch.setattr(os, "replace", refused)
+            with pytest.raises(OSError, match="cross-device"):
+                publish_directory(built, out)
+            monkeypatch.setattr(os, "replace", rename)
+        assert [p.name for p in tmp_path.iterdir()] == ["out"], failing
+        assert (out / "made.txt").read_text() == "earlier\n"
+
+
 def test_a_live_runs_staging_directory_is_kept(tmp_path):
     """A staging directory whose run still holds its lock is being built: kept."""
     path, fd = _locked_new_directory(".out.tmp-", tmp_path / "out")
