@@ -595,7 +595,8 @@ def staging_directory(out_dir: Path) -> Iterator[Path]:
 def publish_directory(tmp: Path, out_dir: Path) -> None:
     """Renames the finished ``tmp`` to ``out_dir``; an existing ``out_dir`` is moved aside
     first (into a locked ``.<name>.old-*``) and removed only once the new one is in place. A
-    rename that fails leaves ``out_dir`` as it was and nothing beside it."""
+    rename that fails leaves ``out_dir`` as it was and nothing beside it (where the earlier
+    output cannot be renamed back either, :func:`_put_back` keeps it and says where)."""
     if not out_dir.exists():
         os.replace(tmp, out_dir)
         return
@@ -608,13 +609,30 @@ def publish_directory(tmp: Path, out_dir: Path) -> None:
             raise
         try:
             os.replace(tmp, out_dir)
-        except OSError:
-            os.replace(old / out_dir.name, out_dir)  # the earlier output back in place
+        except OSError as err:
+            _put_back(old, out_dir, err)
             shutil.rmtree(old, ignore_errors=True)
             raise
         shutil.rmtree(old, ignore_errors=True)
     finally:
         os.close(fd)
+
+
+def _put_back(old: Path, out_dir: Path, err: OSError) -> None:
+    """Renames the earlier output from its holder ``old`` back to ``out_dir`` after the new
+    one's rename failed with ``err``. Where that fails too, the holder loses its
+    :data:`STAGING_MARKER`, so that no later run removes the earlier output with it, and the
+    OSError raised says where the earlier output is."""
+    try:
+        os.replace(old / out_dir.name, out_dir)
+    except OSError as back:
+        try:
+            (old / STAGING_MARKER).unlink(missing_ok=True)
+        except OSError:  # the error below still says where the earlier output is
+            pass
+        raise OSError(back.errno, f"{out_dir}: the new output could not be renamed into place "
+                      f"({err.strerror}), nor the earlier one back ({back.strerror}): it is "
+                      f"{old / out_dir.name}; move it back by hand") from err
 
 
 _ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}

@@ -378,6 +378,34 @@ def test_a_publish_whose_renames_fail_leaves_the_output_as_it_was(tmp_path, monk
         assert (out / "made.txt").read_text() == "earlier\n"
 
 
+def test_an_earlier_output_that_cannot_be_put_back_is_kept_and_named(tmp_path, monkeypatch):
+    """The new output's rename fails and so does the rename of the earlier one back: it stayed
+    in its ``.out.old-*`` holder with the marker, and the next run that wrote ``out`` removed
+    it as a killed run's leftover. The holder now loses its marker and the error says where
+    the earlier output is."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "made.txt").write_text("earlier\n")
+    rename = os.replace
+
+    def refused(src, dst):
+        if Path(src).name == "out" and Path(src).parent.name.startswith(".out.old-"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(src))
+        if Path(dst) == out and Path(src).parent.name.startswith(".out.tmp-"):
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(src))
+        return rename(src, dst)
+
+    with staging_directory(out) as built:
+        monkeypatch.setattr(os, "replace", refused)
+        with pytest.raises(OSError, match="nor the earlier one back") as failed:
+            publish_directory(built, out)
+        monkeypatch.setattr(os, "replace", rename)
+    [holder] = tmp_path.iterdir()
+    assert f"it is {holder / 'out'};" in str(failed.value)
+    assert remove_stale_staging(out) == []
+    assert (holder / "out" / "made.txt").read_text() == "earlier\n"
+
+
 def test_a_live_runs_staging_directory_is_kept(tmp_path):
     """A staging directory whose run still holds its lock is being built: kept."""
     path, fd = _locked_new_directory(".out.tmp-", tmp_path / "out")
