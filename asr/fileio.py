@@ -57,7 +57,7 @@ import tempfile
 import unicodedata
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -519,6 +519,28 @@ def _marker_bytes(out_dir: Path) -> bytes:
     return os.fsencode(out_dir.name) + b"\n"
 
 
+def _remove_staging(path: Path) -> None:
+    """Removes the staging directory ``path`` with what it holds, its :data:`STAGING_MARKER`
+    last: where some of its files cannot be removed (a busy mount, a file system error), it
+    keeps the marker, so that a later run's :func:`remove_stale_staging` removes the rest
+    (without it, nothing would)."""
+    try:
+        entries = list(os.scandir(path))
+    except OSError:  # gone, or not ours to list
+        return
+    for entry in entries:
+        if entry.name == STAGING_MARKER:
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            with suppress(OSError):
+                os.unlink(entry.path)
+    with suppress(OSError):
+        if [e.name for e in os.scandir(path)] in ([], [STAGING_MARKER]):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def _staging_prefixes(out_dir: Path) -> tuple[str, str]:
     """The name prefixes of ``out_dir``'s staging directories and of its earlier version while
     :func:`publish_directory` replaces it."""
@@ -560,7 +582,10 @@ def remove_stale_staging(out_dir: str | Path) -> list[Path]:
             if not _try_lock(fd):
                 logger.info("kept %s: a live process is writing it", path)
                 continue
-            shutil.rmtree(path, ignore_errors=True)
+            _remove_staging(path)
+            if path.exists():  # kept with its marker: the next run tries again
+                logger.warning("could not remove all of %s, left by an interrupted run", path)
+                continue
             removed.append(path)
             logger.warning("removed %s, left by an interrupted run", path)
         finally:
@@ -588,7 +613,7 @@ def staging_directory(out_dir: Path) -> Iterator[Path]:
         tmp.mkdir()
         yield tmp
     finally:
-        shutil.rmtree(holder, ignore_errors=True)
+        _remove_staging(holder)
         os.close(fd)
 
 
@@ -613,7 +638,7 @@ def publish_directory(tmp: Path, out_dir: Path) -> None:
             _put_back(old, out_dir, err)
             shutil.rmtree(old, ignore_errors=True)
             raise
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_staging(old)  # the earlier output
     finally:
         os.close(fd)
 

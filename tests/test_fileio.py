@@ -406,6 +406,28 @@ def test_an_earlier_output_that_cannot_be_put_back_is_kept_and_named(tmp_path, m
     assert (holder / "out" / "made.txt").read_text() == "earlier\n"
 
 
+def test_a_staging_directory_that_cannot_be_removed_whole_keeps_its_marker(tmp_path,
+                                                                           monkeypatch):
+    """A file of the build that cannot be removed as the staging directory goes: the rest
+    was removed, the marker with it, and the directory left without one, which no later run
+    removes. The marker goes last, so the next run removes what is left."""
+    out = tmp_path / "out"
+    unlink = os.unlink
+
+    def stuck(path, *args, **kwargs):
+        if os.path.basename(path) == "stuck.bin":
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), path)
+        return unlink(path, *args, **kwargs)
+
+    with staging_directory(out) as built:
+        (built / "stuck.bin").write_bytes(b"busy")
+        monkeypatch.setattr(os, "unlink", stuck)
+    monkeypatch.setattr(os, "unlink", unlink)
+    [left] = tmp_path.iterdir()
+    assert (left / STAGING_MARKER).is_file()
+    assert remove_stale_staging(out) == [left] and list(tmp_path.iterdir()) == []
+
+
 def test_a_live_runs_staging_directory_is_kept(tmp_path):
     """A staging directory whose run still holds its lock is being built: kept."""
     path, fd = _locked_new_directory(".out.tmp-", tmp_path / "out")
