@@ -291,8 +291,9 @@ def _ffmpeg(source: bytes | str) -> tuple[np.ndarray, int]:
                "pipe:1"]
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, check=False)
     reason = proc.stderr.decode(errors="replace").strip().splitlines()
-    if any("matches no streams" in line for line in reason):  # -map 0:a:0: its last line is
-        # "To ignore this, add a trailing '?' to the map", which names neither cause nor file
+    # -map 0:a:0 matching nothing: ffmpeg's last line is "To ignore this, add a trailing '?' to
+    # the map", which names neither cause nor file (told by its own words, not the file's name)
+    if any("matches no streams" in line.replace(source, "") for line in reason):
         raise AudioError("it holds no audio stream (a video without sound?)")
     if proc.returncode != 0 or not proc.stdout:
         detail = reason[-1] if reason else f"exit status {proc.returncode}"

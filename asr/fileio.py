@@ -57,7 +57,7 @@ import tempfile
 import unicodedata
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -496,13 +496,49 @@ STAGING_MARKER = ".asr-staging-of"
 
 def _locked_new_directory(prefix: str, out_dir: Path) -> tuple[Path, int]:
     """A new directory ``<prefix>XXXXXXXX`` beside ``out_dir`` holding :data:`STAGING_MARKER`
-    (the name of ``out_dir``), and the descriptor of its ``flock``. A run killed before the
-    marker is written leaves an empty directory that no later run removes."""
+    (the name of ``out_dir``, :func:`_marker_bytes`), and the descriptor of its ``flock``. A
+    run killed before the marker is written leaves an empty directory that no later run
+    removes; a marker that cannot be written (a full disk) takes the directory and its
+    descriptor with it and raises."""
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=out_dir.parent))
     fd = os.open(path, os.O_RDONLY)
-    fcntl.flock(fd, fcntl.LOCK_EX)  # new: no one else can hold it
-    (path / STAGING_MARKER).write_text(out_dir.name + "\n", encoding="utf-8")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # new: no one else can hold it
+        (path / STAGING_MARKER).write_bytes(_marker_bytes(out_dir))
+    except BaseException:  # a full disk: no directory left that nothing would remove
+        shutil.rmtree(path, ignore_errors=True)
+        os.close(fd)
+        raise
     return path, fd
+
+
+def _marker_bytes(out_dir: Path) -> bytes:
+    """What :data:`STAGING_MARKER` holds for ``out_dir``: its name as the file system spells it
+    (``os.fsencode``: a name that is not UTF-8, such as Latin-1 ``caf\\xe9``, is its bytes),
+    and a newline."""
+    return os.fsencode(out_dir.name) + b"\n"
+
+
+def _remove_staging(path: Path) -> None:
+    """Removes the staging directory ``path`` with what it holds, its :data:`STAGING_MARKER`
+    last: where some of its files cannot be removed (a busy mount, a file system error), it
+    keeps the marker, so that a later run's :func:`remove_stale_staging` removes the rest
+    (without it, nothing would)."""
+    try:
+        entries = list(os.scandir(path))
+    except OSError:  # gone, or not ours to list
+        return
+    for entry in entries:
+        if entry.name == STAGING_MARKER:
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            with suppress(OSError):
+                os.unlink(entry.path)
+    with suppress(OSError):
+        if [e.name for e in os.scandir(path)] in ([], [STAGING_MARKER]):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _staging_prefixes(out_dir: Path) -> tuple[str, str]:
@@ -520,8 +556,8 @@ def _is_staging_of(path: Path, out_dir: Path) -> bool:
     if not path.name.startswith(_staging_prefixes(out_dir)):
         return False
     try:
-        return (path / STAGING_MARKER).read_text(encoding="utf-8") == out_dir.name + "\n"
-    except (OSError, UnicodeDecodeError):  # no marker, or not a file we can read
+        return (path / STAGING_MARKER).read_bytes() == _marker_bytes(out_dir)
+    except OSError:  # no marker, or not a file we can read
         return False
 
 
@@ -546,7 +582,10 @@ def remove_stale_staging(out_dir: str | Path) -> list[Path]:
             if not _try_lock(fd):
                 logger.info("kept %s: a live process is writing it", path)
                 continue
-            shutil.rmtree(path, ignore_errors=True)
+            _remove_staging(path)
+            if path.exists():  # kept with its marker: the next run tries again
+                logger.warning("could not remove all of %s, left by an interrupted run", path)
+                continue
             removed.append(path)
             logger.warning("removed %s, left by an interrupted run", path)
         finally:
@@ -574,28 +613,51 @@ def staging_directory(out_dir: Path) -> Iterator[Path]:
         tmp.mkdir()
         yield tmp
     finally:
-        shutil.rmtree(holder, ignore_errors=True)
+        _remove_staging(holder)
         os.close(fd)
 
 
 def publish_directory(tmp: Path, out_dir: Path) -> None:
     """Renames the finished ``tmp`` to ``out_dir``; an existing ``out_dir`` is moved aside
-    first (into a locked ``.<name>.old-*``) and removed only once the new one is in place."""
+    first (into a locked ``.<name>.old-*``) and removed only once the new one is in place. A
+    rename that fails leaves ``out_dir`` as it was and nothing beside it (where the earlier
+    output cannot be renamed back either, :func:`_put_back` keeps it and says where)."""
     if not out_dir.exists():
         os.replace(tmp, out_dir)
         return
     old, fd = _locked_new_directory(_staging_prefixes(out_dir)[1], out_dir)
     try:
-        os.replace(out_dir, old / out_dir.name)
         try:
-            os.replace(tmp, out_dir)
-        except OSError:
-            os.replace(old / out_dir.name, out_dir)  # the earlier output back in place
+            os.replace(out_dir, old / out_dir.name)
+        except OSError:  # the earlier output stays where it is; its holder goes
             shutil.rmtree(old, ignore_errors=True)
             raise
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.replace(tmp, out_dir)
+        except OSError as err:
+            _put_back(old, out_dir, err)
+            shutil.rmtree(old, ignore_errors=True)
+            raise
+        _remove_staging(old)  # the earlier output
     finally:
         os.close(fd)
+
+
+def _put_back(old: Path, out_dir: Path, err: OSError) -> None:
+    """Renames the earlier output from its holder ``old`` back to ``out_dir`` after the new
+    one's rename failed with ``err``. Where that fails too, the holder loses its
+    :data:`STAGING_MARKER`, so that no later run removes the earlier output with it, and the
+    OSError raised says where the earlier output is."""
+    try:
+        os.replace(old / out_dir.name, out_dir)
+    except OSError as back:
+        try:
+            (old / STAGING_MARKER).unlink(missing_ok=True)
+        except OSError:  # the error below still says where the earlier output is
+            pass
+        raise OSError(back.errno, f"{out_dir}: the new output could not be renamed into place "
+                      f"({err.strerror}), nor the earlier one back ({back.strerror}): it is "
+                      f"{old / out_dir.name}; move it back by hand") from err
 
 
 _ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}

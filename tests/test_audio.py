@@ -170,3 +170,16 @@ def test_a_video_without_sound_is_said_to_hold_no_audio_stream(tmp_path) -> None
             f"{video}: cannot decode audio (corrupt or not an audio file): libsndfile: ")) as err:
         decode_audio(video)
     assert str(err.value).endswith("; ffmpeg: it holds no audio stream (a video without sound?)")
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
+def test_a_file_named_like_ffmpegs_no_stream_message_gets_ffmpegs_own_reason(tmp_path) -> None:
+    """The no-audio-stream message was chosen when any line of ffmpeg's errors held "matches no
+    streams", and ffmpeg's errors name the file: an undecodable file whose name held those
+    words was said to be a video without sound."""
+    junk = tmp_path / "take 2 matches no streams.mkv"
+    junk.write_bytes(b"not a container at all" * 40)
+    with pytest.raises(AudioError) as err:
+        decode_audio(junk)
+    assert "no audio stream" not in str(err.value), err.value
+    assert "; ffmpeg: Invalid data found when processing input" in str(err.value), err.value

@@ -319,6 +319,115 @@ def test_a_staging_directory_holds_only_what_is_built_in_it(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
+def test_an_output_whose_name_is_not_utf8_is_staged_published_and_cleaned(tmp_path):
+    """A name the file system holds as bytes that are not UTF-8 (Latin-1 ``caf\\xe9``): the
+    marker was written as UTF-8 text, which such a name cannot be, so every staged output
+    (an export, a Shar directory, a synthesized part) failed with a UnicodeEncodeError and left
+    a staging directory without a marker, which no later run removes."""
+    out = tmp_path / os.fsdecode(b"caf\xe9")
+    for text in ("first\n", "second\n"):
+        with staging_directory(out) as built:
+            (built / "made.txt").write_text(text)
+            publish_directory(built, out)
+        assert (out / "made.txt").read_text() == text
+    stale = _left_by_a_killed_run(out, "tmp")
+    assert remove_stale_staging(out) == [stale]
+    assert list(tmp_path.iterdir()) == [out]
+
+
+def test_a_staging_directory_whose_marker_cannot_be_written_is_not_left(tmp_path, monkeypatch):
+    """A full disk as the marker is written: the staging directory (which, without its marker,
+    no later run removes) and its locked descriptor were left behind; they go, the error
+    stands."""
+    def full(path, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    fds = len(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(OSError, match="No space left"):
+        with staging_directory(tmp_path / "out"):
+            pass
+    assert list(tmp_path.iterdir()) == [] and len(os.listdir("/proc/self/fd")) == fds
+
+
+def test_a_publish_whose_renames_fail_leaves_the_output_as_it_was(tmp_path, monkeypatch):
+    """Renaming the earlier output aside, or the new one into place, fails (a file system that
+    refuses the rename): the earlier output stays, the error stands, and the directory the
+    earlier output was to be moved into is not left beside it (it was, when the first rename
+    failed)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "made.txt").write_text("earlier\n")
+    rename = os.replace
+    for failing in (0, 1):  # the move aside; the move into place
+        calls = []
+
+        def refused(src, dst, failing=failing, calls=calls):
+            calls.append(src)
+            if len(calls) == failing + 1:
+                raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(src))
+            return rename(src, dst)
+
+        with staging_directory(out) as built:
+            (built / "made.txt").write_text("new\n")
+            monkeypatch.setattr(os, "replace", refused)
+            with pytest.raises(OSError, match="cross-device"):
+                publish_directory(built, out)
+            monkeypatch.setattr(os, "replace", rename)
+        assert [p.name for p in tmp_path.iterdir()] == ["out"], failing
+        assert (out / "made.txt").read_text() == "earlier\n"
+
+
+def test_an_earlier_output_that_cannot_be_put_back_is_kept_and_named(tmp_path, monkeypatch):
+    """The new output's rename fails and so does the rename of the earlier one back: it stayed
+    in its ``.out.old-*`` holder with the marker, and the next run that wrote ``out`` removed
+    it as a killed run's leftover. The holder now loses its marker and the error says where
+    the earlier output is."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "made.txt").write_text("earlier\n")
+    rename = os.replace
+
+    def refused(src, dst):
+        if Path(src).name == "out" and Path(src).parent.name.startswith(".out.old-"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(src))
+        if Path(dst) == out and Path(src).parent.name.startswith(".out.tmp-"):
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(src))
+        return rename(src, dst)
+
+    with staging_directory(out) as built:
+        monkeypatch.setattr(os, "replace", refused)
+        with pytest.raises(OSError, match="nor the earlier one back") as failed:
+            publish_directory(built, out)
+        monkeypatch.setattr(os, "replace", rename)
+    [holder] = tmp_path.iterdir()
+    assert f"it is {holder / 'out'};" in str(failed.value)
+    assert remove_stale_staging(out) == []
+    assert (holder / "out" / "made.txt").read_text() == "earlier\n"
+
+
+def test_a_staging_directory_that_cannot_be_removed_whole_keeps_its_marker(tmp_path,
+                                                                           monkeypatch):
+    """A file of the build that cannot be removed as the staging directory goes: the rest
+    was removed, the marker with it, and the directory left without one, which no later run
+    removes. The marker goes last, so the next run removes what is left."""
+    out = tmp_path / "out"
+    unlink = os.unlink
+
+    def stuck(path, *args, **kwargs):
+        if os.path.basename(path) == "stuck.bin":
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), path)
+        return unlink(path, *args, **kwargs)
+
+    with staging_directory(out) as built:
+        (built / "stuck.bin").write_bytes(b"busy")
+        monkeypatch.setattr(os, "unlink", stuck)
+    monkeypatch.setattr(os, "unlink", unlink)
+    [left] = tmp_path.iterdir()
+    assert (left / STAGING_MARKER).is_file()
+    assert remove_stale_staging(out) == [left] and list(tmp_path.iterdir()) == []
+
+
 def test_a_live_runs_staging_directory_is_kept(tmp_path):
     """A staging directory whose run still holds its lock is being built: kept."""
     path, fd = _locked_new_directory(".out.tmp-", tmp_path / "out")

@@ -78,8 +78,11 @@ def _assert_rnnt_bench_rows(printed: list[str]) -> None:
     U+1=9 symbols): a row per method with its time and allocator peak, the ratios against the
     full loss, pruned losses that allocate less than their full ones, and the bench's check that
     each pruned term, whose band leaves paths out, is at least its full loss."""
-    rows = {row[1]: row for row in (line.split() for line in printed) if row[:1] == ["500"]}
-    assert list(rows) == ["full", "pruned", "tdt", "tdt_triton", "pruned_tdt"], printed
+    table = [row for row in (line.split() for line in printed) if row[:1] == ["500"]]
+    # one row per method, in order (a dict of the rows would hide a method printed twice)
+    assert [row[1] for row in table] == ["full", "pruned", "tdt", "tdt_triton", "pruned_tdt"], (
+        printed)
+    rows = {row[1]: row for row in table}
     for row in rows.values():
         seconds, peak_mb = float(row[2]), float(row[3])
         assert seconds > 0 and peak_mb > 0, printed
