@@ -20,10 +20,12 @@ and after the resumption are the epoch's, each once.
 The count of batches to skip is a position in the epoch's stream as this sampler draws it:
 :attr:`EpochBatches.stream` names it (:func:`asr.data.sampler.sampler_stream`), the trainer
 records it in each checkpoint, and an epoch resumed with a sampler of another stream is trained
-again from its start (:class:`asr.train.trainer.Trainer`). A checkpoint written before the
-stream was recorded is taken to be in :attr:`EpochBatches.unrecorded_stream`: the stream of
-those versions, which sampled cuts among which the bucket estimate finds no boundary (a tiny
-corpus) with lhotse's bucketing sampler and no boundary, where this version samples one bucket.
+again from its start (:class:`asr.train.trainer.Trainer`), unless the checkpoint knows its
+position to be the end of the recorded stream (``Progress.epoch_batches``). A checkpoint
+written before the stream was recorded is taken to be in :attr:`EpochBatches.unrecorded_stream`:
+the stream of those versions, which sampled cuts among which the bucket estimate finds no
+boundary (a tiny corpus) with lhotse's bucketing sampler and no boundary, where this version
+samples one bucket.
 
 What an epoch leaves out (lhotse's sampler with ``data.drop_last``, as in icefall): the cuts left
 in every duration bucket that no longer fill a batch (at most about ``num_buckets * max_duration``

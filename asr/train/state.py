@@ -164,8 +164,17 @@ class Progress:
             names it (``train_batches.stream``: :attr:`asr.data.epochs.EpochBatches.stream`, the
             sampler and its duration buckets), recorded when the epoch starts; a run resumed
             mid-epoch whose source names another stream trains the epoch again from its start
-            (``batches_in_epoch`` is a position in the recorded stream alone). None: a source
-            that names none, or a checkpoint written before it was kept.
+            (``batches_in_epoch`` is a position in the recorded stream alone), unless
+            ``epoch_batches`` says that position is the stream's end. None: a source that names
+            none, or a checkpoint written before it was kept.
+        epoch_batches: the current epoch's global batches in its recorded stream, once a look
+            past ``batches_in_epoch`` found none left: at a stop on a step (``max_steps``, the
+            time budget; the look is taken before its checkpoint is written, with the RNGs it
+            may draw from restored) and when the stream runs out. While it equals
+            ``batches_in_epoch`` the epoch's batches are all trained on and only its end is
+            due, whatever stream the batch source now samples. None: not known (any other
+            position, or a checkpoint written before it was kept: the trainer then looks for a
+            next batch in the current stream).
         history: finished epochs.
         loss_sum / utts_sum: running training loss of the current epoch.
         planned_steps: where a run stops to fit ``train.time_budget_s`` (0: no plan yet, or all
@@ -202,6 +211,7 @@ class Progress:
     batches_in_epoch: int = 0
     epoch_world_size: int | None = 1
     epoch_stream: str | None = None
+    epoch_batches: int | None = None
     loss_sum: float = 0.0
     utts_sum: float = 0.0
     planned_steps: int = 0
@@ -226,12 +236,14 @@ class Progress:
         valid_loss, scalars = state.get("valid_loss"), state.get("step_scalars")
         log_bytes, plan_budget_s = state.get("log_bytes"), state.get("plan_budget_s")
         epoch_world_size, epoch_stream = state.get("epoch_world_size"), state.get("epoch_stream")
+        epoch_batches = state.get("epoch_batches")
         return cls(
             epoch=int(state["epoch"]),
             step=int(state["step"]),
             batches_in_epoch=int(state["batches_in_epoch"]),
             epoch_world_size=None if epoch_world_size is None else int(epoch_world_size),
             epoch_stream=None if epoch_stream is None else str(epoch_stream),
+            epoch_batches=None if epoch_batches is None else int(epoch_batches),
             loss_sum=float(state.get("loss_sum", 0.0)),
             utts_sum=float(state.get("utts_sum", 0.0)),
             planned_steps=int(state.get("planned_steps", 0)),

@@ -14,7 +14,9 @@ an uninterrupted run: :class:`asr.data.epochs.EpochBatches`); that position plus
 is what makes a resumed run continue exactly where the killed one stopped. A source that names
 its stream (``train_batches.stream``, e.g. the sampler and its duration buckets) has it recorded
 in the checkpoint (``Progress.epoch_stream``): an epoch resumed in another stream, where the
-position means other batches, is trained again from its start, with a warning.
+position means other batches, is trained again from its start, with a warning; unless the
+checkpoint knows its position to be the end of the recorded stream (``Progress.epoch_batches``,
+looked for at a stop on a step), where only the epoch's end is due.
 
 Counters (:class:`asr.train.state.Progress`): ``step`` counts optimizer steps, one per step of
 all ranks together; ``batches_in_epoch`` counts the epoch's global batches (each rank's batches
@@ -43,7 +45,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -200,9 +202,9 @@ class Trainer:
         self._log_handler: logging.Handler | None = None  # train.log while fit() runs (rank 0)
         self._resumed_from: Path | None = None  # the checkpoint resume() loaded
         self._guard = PreemptionGuard()  # SIGTERM / SIGUSR1 while fit() runs
-        # (epoch, batches_in_epoch, step) of the latest checkpoint written: a stop writes its own
-        # unless that one holds its very position
-        self._saved_at: tuple[int, int, int] | None = None
+        # _position() of the latest checkpoint written: a stop writes its own unless that one
+        # holds its very position
+        self._saved_at: tuple[int, int, int, int | None] | None = None
         self._agreed = StepReport()  # what the ranks agreed on at the latest step (_agree)
         self.budget = TimeBudget(train_cfg, self.dist, clock)
 
@@ -285,7 +287,9 @@ class Trainer:
         batch source now samples (``train_batches.stream``; for a checkpoint that recorded none,
         ``train_batches.unrecorded_stream``, what the source's earlier versions sampled):
         skipping the checkpoint's count of batches there would train some cuts of the epoch
-        twice and leave others out. The steps taken stay counted."""
+        twice and leave others out. The steps taken stay counted. A position known to be the
+        end of the recorded stream (:meth:`_epoch_exhausted`) is kept: the epoch's batches are
+        all trained on, only its end is due."""
         p = self.progress
         current = getattr(self.train_batches, "stream", None)
         if p.batches_in_epoch == 0 or current is None:
@@ -295,6 +299,11 @@ class Trainer:
             recorded = getattr(self.train_batches, "unrecorded_stream", current)
         if recorded == current:
             p.epoch_stream = current  # a checkpoint that recorded none: its next one does
+            return
+        if self._epoch_exhausted():
+            logger.info(
+                "%s was written at the end of epoch %d's batch stream, sampled with %s (this run "
+                "samples %s): only the epoch's end is due", path, p.epoch, recorded, current)
             return
         logger.warning(
             "%s was written %d batches into epoch %d of a batch stream sampled with %s; this run "
@@ -513,10 +522,34 @@ class Trainer:
             self._writer.flush()
         return self.progress
 
-    def _position(self) -> tuple[int, int, int]:
-        """Where training stands: (epoch, global batches into it, optimizer steps)."""
+    def _position(self) -> tuple[int, int, int, int | None]:
+        """Where training stands: (epoch, global batches into it, optimizer steps, the epoch's
+        global batches where known): a checkpoint written at this step before its stream's end
+        was found (the interval's) does not hold the whole position."""
         p = self.progress
-        return p.epoch, p.batches_in_epoch, p.step
+        return p.epoch, p.batches_in_epoch, p.step, p.epoch_batches
+
+    def _epoch_exhausted(self) -> bool:
+        """Whether the current epoch is known to have no batch left after its position, in the
+        stream its position counts (``Progress.epoch_batches``), whatever stream the batch
+        source now samples: only its end is due."""
+        p = self.progress
+        return p.epoch_batches is not None and p.batches_in_epoch >= p.epoch_batches
+
+    def _look_for_a_batch(self, batches: Iterator[Batch]) -> bool:
+        """Whether the epoch's ``batches`` (its iterator, at the position) hold one more; if not,
+        the position is the end of the epoch's stream, recorded as ``Progress.epoch_batches``.
+        The batch's loading may draw from the RNGs a checkpoint holds (augmentation): they are
+        restored after the look, so a checkpoint written next holds them as before it. Every
+        rank yields as many batches of an epoch (:mod:`asr.data.epochs`): all find the same."""
+        rng = capture_rng_state(self.device)
+        try:
+            left = next(batches, None) is not None
+        finally:
+            restore_rng_state(rng, self.device)
+        if not left:
+            self.progress.epoch_batches = self.progress.batches_in_epoch
+        return left
 
     def _save_at_stop(self) -> None:
         """The checkpoint of a finished or stopped run to decode or continue from (unless the
@@ -531,12 +564,15 @@ class Trainer:
     def _epoch_end_left_by_a_stop(self) -> bool:
         """Whether a run resumed finished (by ``max_steps``) still owes the end of its epoch: it
         was killed after the checkpoint of a stop on the epoch's last step (written before that
-        end, :meth:`_train_epoch`) and before the end's own. Told, as there, by a look for a
-        next batch of the epoch."""
+        end, :meth:`_train_epoch`) and before the end's own. Told by the end the checkpoint
+        records (:meth:`_epoch_exhausted`), or in one that records none (written before it was
+        kept) by a look for a next batch of the epoch in the current stream."""
         p = self.progress
         if not (p.batches_in_epoch > 0 and p.epoch <= self.cfg.max_epochs and self._finished()
                 and self._stop_ends_epoch()):
             return False
+        if self._epoch_exhausted():
+            return True
         batches = self.train_batches(p.epoch, p.batches_in_epoch, p.epoch_world_size)
         return next(iter(batches), None) is None
 
@@ -554,6 +590,8 @@ class Trainer:
         world_size = self.dist.world_size
         if p.batches_in_epoch == 0:  # the stream a checkpoint of this epoch is a position in
             p.epoch_stream = getattr(self.train_batches, "stream", None)
+        if self._epoch_exhausted():  # no batch of the source, whose stream may be another
+            return True
         batches = self.train_batches(p.epoch, p.batches_in_epoch, p.epoch_world_size)
         bar = tqdm(batches, desc=f"epoch {p.epoch}", disable=not self.dist.is_main,
                    initial=p.batches_in_epoch // world_size, unit="batch", dynamic_ncols=True)
@@ -576,12 +614,14 @@ class Trainer:
             if not last_of_step:
                 continue
             if self._step(bar):
-                # Finished: saved before peeking at the next batch, whose loading may draw from
-                # the RNGs a checkpoint holds; if there is none, the epoch's end is still due.
+                # Finished: the checkpoint records whether a batch is left (none: the epoch's
+                # end is still due, also for a run resumed in another stream)
+                left = self._look_for_a_batch(it)
                 self._save_at_stop()
-                epoch_done = self._stop_ends_epoch() and next(it, None) is None
+                epoch_done = self._stop_ends_epoch() and not left
                 break
         else:
+            p.epoch_batches = p.batches_in_epoch  # the stream ran out
             if self._step_batches:
                 # The epoch ended inside an accumulation: its last step takes the batches left
                 # (no gradient crosses an epoch's end, where checkpoints hold none). The last of
@@ -869,6 +909,7 @@ class Trainer:
         p.epoch += 1
         p.batches_in_epoch = 0
         p.epoch_world_size = self.dist.world_size
+        p.epoch_batches = None
         p.loss_sum = p.utts_sum = 0.0
         # Re-planned before the checkpoint, so that a resumed run continues this plan.
         self._apply_plan(self.budget.after_epoch(p, self.budget.clock() - start))

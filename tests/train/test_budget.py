@@ -124,7 +124,7 @@ class TimedToy(ToyModel):
 
 def budget_run(exp_dir, clock, budget=60.0, resume=False, fail_at=0, max_epochs=50,
                calibration=3, window=200, quantum=1, log_interval=1, valid_interval=0,
-               valid_s=0.0, **timing):
+               valid_s=0.0, stream=None, **timing):
     torch.manual_seed(0)
     model = TimedToy(clock, **timing)
 
@@ -133,6 +133,8 @@ def budget_run(exp_dir, clock, budget=60.0, resume=False, fail_at=0, max_epochs=
             if fail_at and epoch == 2 and i == fail_at:
                 raise KeyboardInterrupt("killed")
             yield b
+
+    train_batches.stream = stream  # the batch stream it names (None: none)
 
     def evaluate(_model):
         clock.now += 5.0
@@ -282,6 +284,24 @@ def test_a_raised_budget_continues_a_run_that_ended_on_its_plan(tmp_path, caplog
     assert p.plan_budget_s == 120.0
     assert 0.9 * 120.0 <= p.train_seconds <= 120.0
     assert raised.scheduler.get_last_lr() == pytest.approx(1e-4)
+
+
+def test_a_raised_budget_in_another_batch_stream_ends_the_epoch_its_plan_ended_on(tmp_path,
+                                                                                 caplog):
+    """The run planned for 60 s stops on epoch 5's last step (35), its end left out by design.
+    Resumed with 120 s and a sampler of another stream (other buckets), the checkpoint's
+    position is the end of epoch 5's stream: the epoch ends at step 35 and epoch 6 starts in the
+    new stream. Epoch 5 was trained again from its start (ended at step 42), the end told by a
+    look at the new stream alone."""
+    clock = FakeClock()
+    first = budget_run(tmp_path, clock, budget=60.0, stream="buckets A")
+    assert (first.progress.step, first.progress.epoch, first.progress.batches_in_epoch) == (35, 5, 7)
+    with caplog.at_level(logging.WARNING, logger="asr.train.trainer"):
+        raised = budget_run(tmp_path, clock, budget=120.0, resume=True, stream="buckets B")
+    assert "trained again" not in caplog.text
+    history = raised.progress.history
+    assert [r.step for r in history[:6]] == [7, 14, 21, 28, 35, 42]
+    assert raised.progress.epoch_stream == "buckets B"
 
 
 def test_validations_and_checkpoints_between_steps_do_not_swing_the_plan(tmp_path, caplog,

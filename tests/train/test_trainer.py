@@ -198,6 +198,70 @@ def test_an_epoch_resumed_in_another_batch_stream_is_trained_again_from_its_star
     assert trainer.progress.epoch_stream == source.stream
 
 
+@pytest.mark.parametrize(("max_steps", "interval"), [(7, 0), (0, 0), (0, 7)])
+def test_a_stop_on_an_epochs_last_step_resumed_in_another_stream_only_ends_the_epoch(
+        tmp_path, caplog, max_steps, interval):
+    """max_steps on epoch 1's last step, killed after the stop's checkpoint and before the
+    epoch's end. Resumed with a source of another stream (re-run as it was, or continued with
+    no step limit), that checkpoint's position is the end of the epoch's recorded stream: only
+    the end is owed. The epoch was trained again from its start (to step 14; re-run as it was,
+    not even ended), because the end was told by a look at the current stream alone. An
+    interval checkpoint of that step, written before the look, is written again with the end."""
+
+    def trainer(source, max_steps, evaluate):
+        torch.manual_seed(0)
+        return Trainer(ToyModel(), OptimConfig(),
+                       TrainConfig(max_epochs=1, max_steps=max_steps, checkpoint_interval=interval),
+                       tmp_path, source, evaluate=evaluate)
+
+    def killed(model):
+        raise Killed
+
+    with pytest.raises(Killed):
+        trainer(_NamedStream("buckets A"), 7, killed).fit()
+    (path,) = [p for _, p in list_checkpoints(tmp_path)]
+    progress = safe_torch_load(path)["progress"]
+    assert (progress["batches_in_epoch"], progress["epoch_batches"]) == (7, 7)
+    assert progress["history"] == []
+    source = _NamedStream("one bucket")
+    resumed = trainer(source, max_steps, lambda model: 12.5)
+    with caplog.at_level(logging.WARNING, logger="asr.train.trainer"):
+        assert resumed.resume()
+    assert "trained again" not in caplog.text
+    p = resumed.fit()
+    assert [(r.epoch, r.step, r.batches) for r in p.history] == [(1, 7, 7)]
+    assert source.calls == []  # no batch of the new stream is drawn for the old epoch
+    assert (p.epoch, p.batches_in_epoch, p.epoch_batches) == (2, 0, None)
+
+
+def test_a_stop_checkpoint_without_the_epochs_end_looks_for_it_in_the_current_stream(tmp_path):
+    """A checkpoint written before Progress.epoch_batches was kept, at a max_steps stop on epoch
+    1's last step: the resumed run tells the end still owed by a look at the current stream, as
+    it did."""
+
+    def trainer(source, evaluate):
+        torch.manual_seed(0)
+        return Trainer(ToyModel(), OptimConfig(),
+                       TrainConfig(max_epochs=1, max_steps=7, checkpoint_interval=0),
+                       tmp_path, source, evaluate=evaluate)
+
+    def killed(model):
+        raise Killed
+
+    with pytest.raises(Killed):
+        trainer(_NamedStream("buckets A"), killed).fit()
+    (path,) = [p for _, p in list_checkpoints(tmp_path)]
+    state = torch.load(path, weights_only=False)
+    del state["progress"]["epoch_batches"]
+    torch.save(state, path)
+    source = _NamedStream("buckets A")
+    resumed = trainer(source, lambda model: 12.5)
+    assert resumed.resume() and resumed.progress.epoch_batches is None
+    p = resumed.fit()
+    assert source.calls == [(1, 7, 1)]
+    assert [(r.epoch, r.step, r.batches) for r in p.history] == [(1, 7, 7)]
+
+
 def test_resuming_another_models_checkpoint_names_the_file(tmp_path):
     run(tmp_path, max_steps=2)
     wider = ToyModel()
