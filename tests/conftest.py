@@ -1,4 +1,5 @@
 import gzip
+import os
 import subprocess
 from pathlib import Path
 
@@ -7,12 +8,19 @@ import torch
 
 pytest_plugins = ["pytester"]
 
-# One intra-op thread for the tests in this process (a test that needs more sets them and puts
-# them back). Two cores here and in CI, shared with the subprocesses the tests start (and on a
-# development box with other work): with two threads every parallel op waits for a second thread
-# that a busy core has descheduled. On the shared 2-core machine, tests/test_recipes.py and
-# tests/test_model.py took 47.9 s with two threads and 5.5 s with one; the tiny streaming encoder
-# of tests/gpu, 2.6 s per forward with two, 0.008 s with one.
+#: the thread-count variables a child process' torch, OpenMP and MKL read when they start
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+# One intra-op thread for the tests in this process and, through the environment torch (and OpenMP
+# / MKL) read at start-up, in the processes they start (CLI runs, torchrun, tools/ scripts; an
+# ``asr`` command with a thread choice of its own, such as ``asr train``'s cores per process, still
+# applies that). Two cores here and in CI, shared with those subprocesses (and on a development box
+# with other work): with two threads every parallel op waits for a second thread that a busy core
+# has descheduled. On the shared 2-core machine, tests/test_recipes.py and tests/test_model.py took
+# 47.9 s with two threads and 5.5 s with one; the tiny streaming encoder of tests/gpu, 2.6 s per
+# forward with two, 0.008 s with one. A test about threads sets what it needs (its own subprocess
+# environment included).
+os.environ.update({name: "1" for name in THREAD_ENV})
 torch.set_num_threads(1)
 
 #: characters of a failed subprocess' captured stdout / stderr shown in a failure report
@@ -22,6 +30,15 @@ SUBPROCESS_TAIL = 6000
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Every test starts with one intra-op thread, whatever an earlier test left: an in-process
+    ``asr train`` sets its cores per process (2 here) and keeps them, as a user's run should."""
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
     yield
 
 

@@ -1,4 +1,5 @@
-"""The suite's failure report shows what a failed ``check=True`` subprocess printed."""
+"""The suite's conftest: the failure report shows what a failed ``check=True`` subprocess
+printed; every test, and every process a test starts, runs torch with one intra-op thread."""
 
 from __future__ import annotations
 
@@ -30,3 +31,35 @@ def test_a_failed_checked_subprocess_reports_its_captured_output(pytester):
         "*Captured stderr of the failed subprocess*", "ERR-MARK",
     ])
     result.stdout.fnmatch_lines(["*Captured stderr of the failed subprocess*", "TXT-MARK"])
+
+
+def test_every_test_starts_with_one_thread_whatever_an_earlier_test_left(pytester):
+    pytester.makeconftest(CONFTEST.read_text())
+    pytester.makepyfile(
+        """
+        import torch
+
+        def test_leaves_two():
+            torch.set_num_threads(2)  # as an in-process `asr train` does on 2 cores
+
+        def test_next_has_one():
+            assert torch.get_num_threads() == 1
+        """
+    )
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
+
+
+def test_a_started_process_runs_torch_with_one_thread(pytester):
+    pytester.makeconftest(CONFTEST.read_text())
+    pytester.makepyfile(
+        """
+        import subprocess, sys
+
+        def test_child():
+            code = "import os, torch; print(os.environ.get('OMP_NUM_THREADS'), torch.get_num_threads())"
+            out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                                 text=True).stdout
+            assert out.split() == ["1", "1"]
+        """
+    )
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)

@@ -15,15 +15,6 @@ from asr.state import select_states
 VOCAB = 11
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny training loops: one intra-op thread is ~20x faster than two on a shared 2-core box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _tiny_cfg(**kwargs) -> AEDConfig:
     base = dict(d_model=16, num_heads=2, num_layers=2, ffn_dim=32, dropout=0.0, num_r2l_layers=1)
     base.update(kwargs)
@@ -158,7 +149,7 @@ def test_label_smoothing_matches_explicit_kl_and_cross_entropy():
         label_smoothing_loss(logits, targets, 1.0)
 
 
-def test_overfits_tiny_batch(one_thread):
+def test_overfits_tiny_batch():
     feats = torch.randn(2, 10, 8)
     feat_lens = torch.tensor([10, 7])
     tokens = torch.tensor([[3, 4, 5, 3], [6, 7, 0, 0]])

@@ -23,15 +23,6 @@ from asr.losses.ctc import ctc_forced_align
 from asr.model import ASRModel, HeadsConfig
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny training loops: one intra-op thread is ~20x faster than two on a shared 2-core box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def reference_cif(hidden: torch.Tensor, alphas: torch.Tensor, threshold: float = 1.0):
     """The paper's sequential loop for one utterance (each alpha < threshold)."""
     fired, accumulated, state = [], 0.0, torch.zeros(hidden.shape[-1], dtype=hidden.dtype)
@@ -179,7 +170,7 @@ def test_glancing_replaces_floor_ratio_times_errors():
     assert "num_glanced" not in head.loss(enc, enc_lens, tokens, token_lens).metrics
 
 
-def test_overfits_tiny_batch(one_thread):
+def test_overfits_tiny_batch():
     feats = torch.randn(2, 14, 8)
     feat_lens = torch.tensor([14, 11])
     tokens = torch.tensor([[3, 4, 5, 3], [6, 7, 0, 0]])

@@ -12,15 +12,6 @@ from asr.config import from_dict
 from asr.heads.ctc import CTCConfig, CTCHead
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny training loops: one intra-op thread is ~20x faster than two on a shared 2-core box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_log_probs_normalised_float32_and_forward():
     head = CTCHead(CTCConfig(), enc_dim=8, vocab_size=6)
     enc = torch.randn(2, 5, 8)
@@ -62,7 +53,7 @@ def test_padding_invariance():
     torch.testing.assert_close(out.loss, first.loss + alone.loss)
 
 
-def test_overfits_tiny_batch(one_thread):
+def test_overfits_tiny_batch():
     feats = torch.randn(2, 12, 8)
     feat_lens = torch.tensor([12, 9])
     tokens = torch.tensor([[3, 4, 4, 5], [6, 2, 0, 0]])

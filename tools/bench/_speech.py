@@ -9,7 +9,7 @@ import numpy as np
 
 def synthesize_utterances(out_dir: Path, num_files: int, seed: int) -> list[Path]:
     """``num_files`` wav files ``out_dir/benchNNN.wav``, each 1-4 sentences of
-    :data:`asr.testing.tiny.TINY_SENTENCES` at 140-190 words per minute, drawn with ``seed``.
+    :data:`asr.testing.tiny.TINY_SENTENCES` at 140-189 words per minute, drawn with ``seed``.
 
     Needs the ``espeak-ng`` program (:func:`asr.testing.tiny.synthesize`).
     """
