@@ -124,11 +124,10 @@ logger = logging.getLogger(__name__)
 #: (``open(path, "rb")``, ``io.BytesIO``: read to its end), encoded bytes, or samples.
 AudioInput = str | Path | BinaryIO | bytes | bytearray | memoryview | np.ndarray | Tensor
 
-#: The input types that are one input (an array, bytes or a file object, which iterates over its
-#: lines, are iterable, yet one input; so is any object with a ``read`` method,
-#: :func:`_is_file_object`); any other iterable given to :meth:`Transcriber.transcribe` holds
-#: many.
-SINGLE_INPUT_TYPES = (str, Path, io.IOBase, bytes, bytearray, memoryview, np.ndarray, Tensor)
+#: The input types that are one input (an array or bytes are iterable, yet one input; so is a
+#: file object, which iterates over its lines: :func:`_is_file_object` tells those); any other
+#: iterable given to :meth:`Transcriber.transcribe` holds many.
+SINGLE_INPUT_TYPES = (str, Path, bytes, bytearray, memoryview, np.ndarray, Tensor)
 
 #: Seconds of audio that :meth:`Transcriber.transcribe_iter` reads before it decodes them: the
 #: inputs are read and decoded in groups of this much (at least one input each), so memory holds
