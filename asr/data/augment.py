@@ -9,9 +9,10 @@ ICML 2013 workshop) warps the frequency axis of each training utterance by a ran
 pitch or tempo (speed perturbation changes all three). The warp is piecewise linear: ``f ->
 alpha * f`` up to a knee, then a straight line that maps the top edge onto itself, so no band
 leaves the spectrum. Here it is applied to stored log-mel features: output bin ``k`` (centre
-frequency ``f_k`` on Kaldi's mel scale) takes the log energy of the input at frequency
-``W_alpha(f_k)``, linearly interpolated between neighbouring bins, so it needs no audio and costs
-one gather per utterance.
+frequency ``f_k`` of its filter) takes the log energy of the input at frequency ``W_alpha(f_k)``,
+linearly interpolated between neighbouring bins on the filters' own mel scale (Kaldi's HTK mel, or
+librosa's Slaney mel for ``mel_filters: librosa``), so it needs no audio and costs one gather per
+utterance.
 
 Randomness: every draw is a function of the data seed, the epoch and the identity of what is
 drawn for (:func:`draw_seed`). Speed factors hash ``(seed, epoch, cut id)`` directly; the other
@@ -35,7 +36,7 @@ import functools
 import hashlib
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -43,10 +44,10 @@ from torch import Tensor
 
 from asr.data.config import FreqWarpConfig, SpecAugmentConfig
 from asr.data.filtering import allowed_speeds, check_cut_audio
-from asr.features.fbank import FbankConfig, htk_mel
+from asr.features.fbank import FbankConfig, filter_mel, htk_mel, mel_filter_centers
 
 __all__ = ["FrequencyWarp", "NoiseMixing", "SpeedPerturbation", "UtteranceSpecAugment",
-           "draw_seed", "kaldi_mel_centers", "preserved_rngs", "seed_rngs", "vtlp_warp"]
+           "draw_seed", "preserved_rngs", "seed_rngs", "vtlp_warp"]
 
 
 def draw_seed(*parts: object) -> int:
@@ -83,22 +84,6 @@ def preserved_rngs() -> Iterator[None]:
         torch.default_generator.set_state(torch_state)
 
 
-def kaldi_mel_centers(cfg: FbankConfig) -> tuple[Tensor, float, float]:
-    """Centre frequencies of Kaldi's triangular mel filters.
-
-    Returns:
-        centres (F,) float64 in Hz, the lowest edge's mel value and the mel spacing of the
-        filters (filter ``k`` peaks at mel ``low + (k + 1) * spacing``).
-    """
-    high = cfg.high_freq_hz  # FbankConfig keeps 0 <= low_freq < high <= Nyquist
-    mel_low = float(htk_mel(torch.tensor(cfg.low_freq, dtype=torch.float64)))
-    mel_high = float(htk_mel(torch.tensor(high, dtype=torch.float64)))
-    spacing = (mel_high - mel_low) / (cfg.num_mel_bins + 1)
-    mels = mel_low + spacing * torch.arange(1, cfg.num_mel_bins + 1, dtype=torch.float64)
-    centres = 700.0 * torch.expm1(mels / 1127.0)
-    return centres, mel_low, spacing
-
-
 def vtlp_warp(freq: Tensor, alpha: float, knee: float, top: float) -> Tensor:
     """Jaitly & Hinton's piecewise-linear warp: ``alpha * f`` below the knee, then to ``top``.
 
@@ -130,10 +115,13 @@ class FrequencyWarp:
         top: the upper band edge in Hz (mapped onto itself).
         cfg: warp range, knee (``F_hi``; 4800 Hz in the paper, for 16 kHz audio) and probability,
             validated by :class:`~asr.data.config.FreqWarpConfig`.
+        to_mel: the mel scale the filters are equally spaced on (Hz tensor -> mel tensor):
+            :func:`~asr.features.fbank.htk_mel` for Kaldi's filters.
     """
 
     def __init__(
-        self, centres: Tensor, mel_low: float, mel_spacing: float, top: float, cfg: FreqWarpConfig
+        self, centres: Tensor, mel_low: float, mel_spacing: float, top: float, cfg: FreqWarpConfig,
+        to_mel: Callable[[Tensor], Tensor] = htk_mel,
     ) -> None:
         if not cfg.knee_hz * (1 + cfg.max_warp) < top:
             raise ValueError(
@@ -145,17 +133,20 @@ class FrequencyWarp:
         self.mel_spacing = mel_spacing
         self.top = top
         self.cfg = cfg
+        self.to_mel = to_mel
 
     @classmethod
     def from_fbank(cls, fbank: FbankConfig, cfg: FreqWarpConfig) -> FrequencyWarp:
-        """The warp ``cfg`` for features made with ``fbank`` (its mel filters and band edges)."""
-        centres, mel_low, spacing = kaldi_mel_centers(fbank)
-        return cls(centres, mel_low, spacing, fbank.high_freq_hz, cfg)
+        """The warp ``cfg`` for features made with ``fbank``: its band edges and its mel filters'
+        centres and scale (Kaldi's HTK mel or librosa's Slaney mel, ``fbank.mel_filters``)."""
+        centres, mel_low, spacing = mel_filter_centers(fbank)
+        return cls(centres, mel_low, spacing, fbank.high_freq_hz, cfg,
+                   functools.partial(filter_mel, fbank))
 
     def source_positions(self, alpha: float) -> Tensor:
         """(F,) fractional input-bin index read by each output bin for warp factor ``alpha``."""
         warped = vtlp_warp(self.centres, alpha, self.cfg.knee_hz, self.top)
-        pos = (htk_mel(warped) - self.mel_low) / self.mel_spacing - 1.0
+        pos = (self.to_mel(warped) - self.mel_low) / self.mel_spacing - 1.0
         return pos.clamp(0.0, float(len(self.centres) - 1))
 
     def apply(self, feats: Tensor, alpha: float) -> Tensor:

@@ -18,6 +18,7 @@ cut durations no longer agree with the stored number of frames.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -31,8 +32,9 @@ if TYPE_CHECKING:  # pragma: no cover
     import lhotse
 
 __all__ = ["MEL_FILTERS", "WINDOW_TYPES", "FbankConfig", "compute_fbank", "encoder_frame_samples",
-           "encoder_frame_seconds", "htk_mel", "kaldi_blackman_window", "make_lhotse_fbank",
-           "mono_waveform", "num_frames", "slaney_mel_filters"]
+           "encoder_frame_seconds", "filter_mel", "htk_mel", "kaldi_blackman_window",
+           "make_lhotse_fbank", "mel_filter_centers", "mono_waveform", "num_frames", "slaney_mel",
+           "slaney_mel_filters"]
 
 #: Values of :attr:`FbankConfig.mel_filters`.
 MEL_FILTERS = ("kaldi", "librosa")
@@ -226,16 +228,7 @@ def _slaney_weights(cfg: FbankConfig, bins: int) -> Tensor:
     """(fft_size // 2 + 1, bins) :func:`slaney_mel_filters` of ``cfg`` with ``bins`` filters."""
     fft_size = cfg.fft_size
     high = cfg.high_freq_hz  # within (low_freq, Nyquist]: FbankConfig checks it
-
-    def to_mel(hz: np.ndarray) -> np.ndarray:
-        hz = np.asarray(hz, dtype=np.float64)
-        return np.where(hz <= 1000, hz * 3 / 200, 15 + 27 * np.log(np.maximum(hz, 1e-9) / 1000)
-                        / np.log(6.4))
-
-    def to_hz(mel: np.ndarray) -> np.ndarray:
-        return np.where(mel <= 15, mel * 200 / 3, 1000 * np.exp((mel - 15) * np.log(6.4) / 27))
-
-    edges = to_hz(np.linspace(to_mel(cfg.low_freq), to_mel(high), bins + 2))
+    edges = _slaney_hz(np.linspace(slaney_mel(cfg.low_freq), slaney_mel(high), bins + 2))
     left, center, right = edges[:-2], edges[1:-1], edges[2:]
     hz = np.arange(fft_size // 2 + 1)[:, None] * (cfg.sample_rate / fft_size)
     rising = (hz - left) / (center - left)
@@ -245,12 +238,56 @@ def _slaney_weights(cfg: FbankConfig, bins: int) -> Tensor:
     return torch.from_numpy(weights.astype(np.float32))
 
 
+def slaney_mel(hz: Tensor | np.ndarray | float) -> Tensor | np.ndarray:
+    """The Slaney mel scale of librosa's filters: ``3 hz / 200`` up to 1 kHz (mel 15), then
+    ``15 + 27 ln(hz / 1000) / ln 6.4``. A tensor stays a tensor (its dtype kept), anything else
+    becomes float64 numpy."""
+    if isinstance(hz, Tensor):
+        log_part = 15 + 27 * torch.log(hz.clamp(min=1e-9) / 1000) / math.log(6.4)
+        return torch.where(hz <= 1000, hz * 3 / 200, log_part)
+    hz = np.asarray(hz, dtype=np.float64)
+    return np.where(hz <= 1000, hz * 3 / 200,
+                    15 + 27 * np.log(np.maximum(hz, 1e-9) / 1000) / np.log(6.4))
+
+
+def _slaney_hz(mel: np.ndarray) -> np.ndarray:
+    """Hz of Slaney mel values (float64 numpy): the inverse of :func:`slaney_mel`."""
+    return np.where(mel <= 15, mel * 200 / 3, 1000 * np.exp((mel - 15) * np.log(6.4) / 27))
+
+
 def htk_mel(hz: Tensor | np.ndarray | float) -> Tensor | np.ndarray:
     """The HTK mel scale of Kaldi's filters, ``1127 ln(1 + hz / 700)``: a tensor stays a
     tensor (its dtype kept), anything else becomes float64 numpy."""
     if isinstance(hz, Tensor):
         return 1127.0 * torch.log1p(hz / 700.0)
     return 1127.0 * np.log1p(np.asarray(hz, dtype=np.float64) / 700.0)
+
+
+def filter_mel(cfg: FbankConfig, hz: Tensor) -> Tensor:
+    """``hz`` on the mel scale that ``cfg``'s filters are equally spaced on: :func:`htk_mel`
+    for ``mel_filters: kaldi``, :func:`slaney_mel` for ``librosa``; same shape and dtype."""
+    return slaney_mel(hz) if cfg.mel_filters == "librosa" else htk_mel(hz)
+
+
+def mel_filter_centers(cfg: FbankConfig) -> tuple[Tensor, float, float]:
+    """Centre frequencies of ``cfg``'s triangular mel filters (Kaldi's or librosa's).
+
+    Both banks space ``num_mel_bins + 2`` edges equally on their mel scale (:func:`filter_mel`)
+    from ``low_freq`` to ``high_freq``; filter ``k`` peaks at edge ``k + 1``.
+
+    Returns:
+        centres (F,) float64 in Hz, the lowest edge's mel value and the mel spacing of the
+        filters (filter ``k`` peaks at mel ``low + (k + 1) * spacing``).
+    """
+    band = torch.tensor([cfg.low_freq, cfg.high_freq_hz], dtype=torch.float64)
+    mel_low, mel_high = filter_mel(cfg, band).tolist()
+    spacing = (mel_high - mel_low) / (cfg.num_mel_bins + 1)
+    mels = mel_low + spacing * torch.arange(1, cfg.num_mel_bins + 1, dtype=torch.float64)
+    if cfg.mel_filters == "librosa":
+        centres = torch.from_numpy(_slaney_hz(mels.numpy()))
+    else:
+        centres = 700.0 * torch.expm1(mels / 1127.0)
+    return centres, mel_low, spacing
 
 
 def _empty_filters(cfg: FbankConfig, num_bins: int) -> list[int]:

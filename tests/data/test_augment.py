@@ -23,7 +23,6 @@ from asr.data.augment import (
     SpeedPerturbation,
     UtteranceSpecAugment,
     draw_seed,
-    kaldi_mel_centers,
     preserved_rngs,
     seed_rngs,
     vtlp_warp,
@@ -31,7 +30,7 @@ from asr.data.augment import (
 from asr.data.config import DataConfig, FreqWarpConfig, SpecAugmentConfig
 from asr.data.dataset import AsrDataset
 from asr.data.filtering import check_cut_audio
-from asr.features.fbank import FbankConfig, compute_fbank
+from asr.features.fbank import FbankConfig, compute_fbank, mel_filter_centers, slaney_mel
 
 
 def test_vtlp_warp_is_the_papers_piecewise_linear_map() -> None:
@@ -52,16 +51,39 @@ def test_vtlp_warp_is_the_papers_piecewise_linear_map() -> None:
         vtlp_warp(freq, 0.0, knee, top)
 
 
-def test_mel_centres_match_kaldi_filter_peaks() -> None:
-    """Filter k of Kaldi's bank peaks at centre k: a tone there maximises bin k."""
-    cfg = FbankConfig()
-    centres, _, _ = kaldi_mel_centers(cfg)
+#: Kaldi's filters, and librosa's as sherpa-onnx's NeMo front end sets them up.
+FILTER_BANKS = [FbankConfig(), FbankConfig(mel_filters="librosa", low_freq=0.0)]
+
+
+@pytest.mark.parametrize("cfg", FILTER_BANKS, ids=["kaldi", "librosa"])
+def test_warp_centres_are_the_filter_peaks(cfg: FbankConfig) -> None:
+    """The warp's centre k is where filter k of the features' own bank peaks: a tone there
+    maximises bin k."""
+    centres = FrequencyWarp.from_fbank(cfg, FreqWarpConfig()).centres
     assert centres.shape == (80,) and torch.all(torch.diff(centres) > 0)
-    assert 20.0 < float(centres[0]) and float(centres[-1]) < 7600.0
+    assert cfg.low_freq < float(centres[0]) and float(centres[-1]) < 7600.0
     t = np.arange(16000) / 16000.0
     for k in (10, 30, 50, 70):
         feats = compute_fbank(0.5 * np.sin(2 * np.pi * float(centres[k]) * t), 16000, cfg)
         assert int(feats.mean(0).argmax()) == k
+
+
+def test_librosa_warp_reads_the_warped_frequency_on_the_slaney_scale() -> None:
+    """Output bin k reads fractional input bin p with slaney_mel(W(f_k)) at p's place on the
+    bank's equally spaced Slaney mel axis: the centre of filter p when p is whole. (On Kaldi's
+    HTK scale p was up to 0.8 bins off: a warp off by up to 32% of alpha - 1.)"""
+    cfg = FbankConfig(mel_filters="librosa", low_freq=0.0)
+    warp = FrequencyWarp.from_fbank(cfg, FreqWarpConfig(max_warp=0.2))
+    centres, mel_low, spacing = mel_filter_centers(cfg)
+    assert torch.allclose(slaney_mel(centres), mel_low + spacing * torch.arange(1.0, 81.0, dtype=torch.float64),
+                          rtol=0, atol=1e-9)
+    for alpha in (0.85, 1.15):
+        pos = warp.source_positions(alpha)
+        warped = vtlp_warp(centres, alpha, warp.cfg.knee_hz, warp.top)
+        inside = (pos > 0) & (pos < 79)
+        assert int(inside.sum()) > 70
+        expected = (slaney_mel(warped) - mel_low) / spacing - 1.0
+        assert torch.allclose(pos[inside], expected[inside], rtol=0, atol=1e-9)
 
 
 def test_identity_warp_and_shape_checks() -> None:
