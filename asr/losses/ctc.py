@@ -134,7 +134,8 @@ def ctc_forced_align(
     frames) get an even split instead: frame t belongs to token ``floor(t * U / T)``.
 
     Args:
-        log_probs: (B, T, V) log-probabilities (any float dtype; computed in float32).
+        log_probs: (B, T, V) log-probabilities (any float dtype; computed in float32, or
+            float64 if given float64, as the losses: :func:`asr.losses.precision.loss_dtype`).
         log_prob_lens: (B,) int valid frames.
         tokens: (B, U) int target ids without blanks, padded beyond ``token_lens``.
         token_lens: (B,) int number of target tokens.
@@ -157,8 +158,9 @@ def ctc_forced_align(
     # the skip s-2 -> s is allowed onto a token that differs from the previous token
     skip = torch.zeros(batch, states, dtype=torch.bool, device=device)
     skip[:, 3::2] = labels[:, 3::2] != labels[:, 1:-2:2]
-    neg_inf = torch.tensor(float("-inf"), device=device)
-    x = log_probs.float().gather(2, labels[:, None, :].expand(batch, frames, states))  # (B,T,S)
+    neg_inf = torch.tensor(float("-inf"), dtype=loss_dtype(log_probs), device=device)
+    x = log_probs.to(loss_dtype(log_probs))
+    x = x.gather(2, labels[:, None, :].expand(batch, frames, states))  # (B, T, S)
     score = torch.where(state_ids[None, :] < 2, x[:, 0], neg_inf) if frames else x.new_empty(0)
     score = score.masked_fill(~inside, float("-inf")) if frames else score
     moves = torch.zeros(frames, batch, states, dtype=torch.long, device=device)

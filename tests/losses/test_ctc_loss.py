@@ -178,3 +178,14 @@ def test_forced_alignment_of_empty_targets_without_a_token_column():
     assert aligned.tolist() == [[-1] * 5, [-1] * 5]
     padded = ctc_forced_align(log_probs, lens, torch.zeros(2, 1, dtype=torch.long), empty)
     assert padded.tolist() == aligned.tolist()
+
+
+def test_forced_alignment_of_float64_log_probs_is_computed_in_float64():
+    """The losses' precision rule: a float64 model's alignment is not rounded to float32. Here a
+    token at frame 0 is 1e-12 less likely than a blank: float64 aligns blank then token, while
+    in float32 the two tie and the tie rule (stay) puts the token on both frames."""
+    c = -0.7
+    log_probs = torch.tensor([[[c, c - 1e-12], [-1.7, -0.5]]], dtype=torch.float64)
+    args = (torch.tensor([2]), torch.tensor([[1]]), torch.tensor([1]))
+    assert ctc_forced_align(log_probs, *args).tolist() == [[-1, 0]]
+    assert ctc_forced_align(log_probs.float(), *args).tolist() == [[0, 0]]
