@@ -4,10 +4,9 @@ Szegedy et al. 2016, "Rethinking the Inception Architecture for Computer Vision"
 smoothing). The smoothed target puts ``1 - smoothing`` on the reference token and spreads
 ``smoothing`` uniformly over the other ``V - 1`` classes, blank and ``<sos/eos>`` included, as
 WeNet's and ESPnet's ``LabelSmoothingLoss`` do (icefall's spreads ``smoothing / V`` over all ``V``
-classes, the reference too); the loss is KL(target || model), which
-differs from the smoothed cross-entropy only by the (constant) target entropy and so reaches 0
-when the model matches the smoothed target. With ``smoothing = 0`` it is the plain
-cross-entropy.
+classes, the reference too); the loss is KL(target || model), which differs from the smoothed
+cross-entropy only by the (constant) target entropy and so reaches 0 when the model matches the
+smoothed target. With ``smoothing = 0`` it is the plain cross-entropy.
 
 Shape legend: N positions, V vocabulary.
 """
