@@ -130,8 +130,8 @@ def recorded_sources(manifest: dict[str, Any], corpus_dir: Path) -> list[Path] |
             f"{corpus_dir / MANIFEST_NAME}: sentence sources {', '.join(map(repr, relative))} "
             "are recorded relative to the unrecorded directory of the run that synthesized the "
             "corpus (by an older asr): run the corpus synthesis again from that directory with "
-            "the same --text (it records them absolute and synthesizes nothing again), or write "
-            "their absolute paths into the manifest"
+            "the same options, --text among them (it records them absolute and synthesizes "
+            "nothing again), or write their absolute paths into the manifest"
         )
     return [Path(source) for source in sources]
 

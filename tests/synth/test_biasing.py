@@ -219,7 +219,8 @@ def test_an_old_relative_sentence_source_is_refused_until_a_synthesis_run_record
     with pytest.raises(ValueError, match=re.escape(
             f"{manifest}: sentence sources 'my text.txt' are recorded relative to the "
             "unrecorded directory of the run that synthesized the corpus (by an older asr): run "
-            "the corpus synthesis again from that directory with the same --text")):
+            "the corpus synthesis again from that directory with the same options, --text among "
+            "them")):
         synth_module.synthesize_biasing_set(root, 1, num_distractors=1, progress=False)
     assert not (root / "LibriSpeech" / "biasing").exists()
     monkeypatch.chdir(texts)
