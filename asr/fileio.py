@@ -561,18 +561,42 @@ def _is_staging_of(path: Path, out_dir: Path) -> bool:
         return False
 
 
+#: The name tail :func:`tempfile.mkdtemp` gives a staging directory after its prefix.
+_MKDTEMP_TAIL = re.compile(r"[a-z0-9_]{8}")
+
+
+def _warn_unmarked(path: Path, out_dir: Path) -> None:
+    """Logs the directory ``path``, which has no :data:`STAGING_MARKER`, when it is named
+    exactly as a run names a staging directory of ``out_dir`` (a prefix of
+    :func:`_staging_prefixes` and mkdtemp's 8 characters): one left by a killed run of a
+    version before the marker, by a run killed before it wrote the marker, or holding an
+    earlier output that could not be put back. It is kept (it may be a user's), so it is
+    named at every run until someone removes it by hand."""
+    for prefix in _staging_prefixes(out_dir):
+        if path.name.startswith(prefix) and _MKDTEMP_TAIL.fullmatch(path.name[len(prefix):]):
+            logger.warning("kept %s: named like a staging directory of %s but without its "
+                           "marker %s (left by a killed run of an older asr, or yours): remove "
+                           "it by hand if it is not yours", one_line(str(path)),
+                           one_line(out_dir.name), STAGING_MARKER)
+            return
+
+
 def remove_stale_staging(out_dir: str | Path) -> list[Path]:
     """Removes the staging directories of ``out_dir`` (``.<name>.tmp-*`` and ``.<name>.old-*``
     holding the :data:`STAGING_MARKER` of ``out_dir``) that no live process holds locked: those
     a killed run left behind. A live run's are kept, and so is any directory without the marker
-    (a user's, named like a staging directory). Call it holding :func:`output_lock` of
-    ``out_dir``. Returns what it removed."""
+    (a user's, named like a staging directory; one named exactly as a run names them, such as
+    an older asr's, is logged as a warning: :func:`_warn_unmarked`). Call it holding
+    :func:`output_lock` of ``out_dir``. Returns what it removed."""
     out_dir = Path(out_dir)
     if not out_dir.parent.is_dir():
         return []
     removed = []
     for path in sorted(out_dir.parent.iterdir()):
-        if path.is_symlink() or not path.is_dir() or not _is_staging_of(path, out_dir):
+        if path.is_symlink() or not path.is_dir():
+            continue
+        if not _is_staging_of(path, out_dir):
+            _warn_unmarked(path, out_dir)
             continue
         try:
             fd = os.open(path, os.O_RDONLY)

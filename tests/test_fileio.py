@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import logging
 import os
 import stat
 import subprocess
@@ -302,6 +303,27 @@ def test_a_users_directory_named_like_a_staging_directory_is_never_removed(tmp_p
         publish_directory(built, tmp_path / "out")
     assert all((path / "notes.txt").read_text() == "mine\n" for path in mine)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.old-mine", ".out.tmp-mine", "out"]
+
+
+def test_an_unmarked_directory_named_as_a_run_names_staging_is_kept_and_named(tmp_path,
+                                                                              caplog):
+    """A staging directory that a killed run of an asr before the marker left has none, so no
+    run removes it, and nothing said so: it held its half output unseen. Each run now names
+    such a directory (exactly a run's name: prefix and mkdtemp's 8 characters) in a warning,
+    and keeps it: it may be a user's. A user's other names are not warned about."""
+    out = tmp_path / "out"
+    old = [tmp_path / ".out.tmp-k2x_9q7a", tmp_path / ".out.old-0abcdefg"]
+    mine = [tmp_path / ".out.tmp-mine", tmp_path / ".out.tmp-abcdefghi"]
+    for path in old + mine:
+        path.mkdir()
+        (path / "half.bin").write_bytes(b"half an output")
+    with caplog.at_level(logging.WARNING, logger="asr.fileio"):
+        assert remove_stale_staging(out) == []
+    assert all((path / "half.bin").is_file() for path in old + mine)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"kept {path}: named like a staging directory of out but without its marker "
+        f"{STAGING_MARKER} (left by a killed run of an older asr, or yours): remove it by hand "
+        "if it is not yours" for path in sorted(old)]
 
 
 def test_a_staging_directory_holds_only_what_is_built_in_it(tmp_path):

@@ -24,6 +24,9 @@ when one of them changed since (audio made again with the same length). A part w
 record (stored by an older version, or a kill between its manifest and its record) whose cuts
 match the input in ids, transcripts, features and audio records is kept and adopts the files'
 current states: the record is written then, logged at INFO, so that a later rewrite is seen.
+A moved corpus (its audio files under other paths, each with its name and the size and
+modification time recorded, as ``mv``, ``cp -a`` or ``rsync -a`` leave them) keeps its features:
+the stored cuts and the record are rewritten to name the new paths, logged at INFO.
 """
 
 from __future__ import annotations
@@ -180,7 +183,8 @@ def compute_fbank_for_parts(
             (``--num-mel-bins``), or a kill cut the output short. A part without its
             fingerprint that matches in all the rest is kept and records the current states of
             its audio files then. An audio file removed since is not a change (its features
-            are kept).
+            are kept), and neither is a moved corpus: files under other paths with the names,
+            sizes and modification times recorded (the stored cuts then name the new paths).
 
     Returns:
         part -> path of its cuts with features.
@@ -286,7 +290,9 @@ def _stale_reason(src: Path, dst: Path, perturbed: bool, cfg: FbankConfig) -> st
     it in the same run), and then the audio files' sizes and modification times with those
     the part's fingerprint recorded (:func:`_changed_audio_files`): audio made again with
     the same ids and texts left the features of the old audio. A part that matches in all
-    but has no fingerprint gets one here, of the files' current states."""
+    but has no fingerprint gets one here, of the files' current states; one whose audio
+    differs only by the files' moves (:func:`_moved_audio_files`) is rewritten to name the
+    new paths here (:func:`_relocate`)."""
     from lhotse.serialization import load_jsonl
 
     if not src.is_file():
@@ -323,10 +329,60 @@ def _stale_reason(src: Path, dst: Path, perturbed: bool, cfg: FbankConfig) -> st
                    for cut_id, audio in ((record["id"], _audio(record)) for record in records)
                    if stored_audio[cut_id] != audio]
     if other_audio:
-        cut_id, old, new = min(other_audio)
-        return (f"holds features of other audio than {src} ({len(other_audio)} cut(s), e.g. "
-                f"{cut_id}: {_describe(old)}, now {_describe(new, files=new[0] != old[0])})")
+        moves = _moved_audio_files(dst, other_audio)
+        if moves is None:
+            cut_id, old, new = min(other_audio)
+            return (f"holds features of other audio than {src} ({len(other_audio)} cut(s), e.g. "
+                    f"{cut_id}: {_describe(old)}, now {_describe(new, files=new[0] != old[0])})")
+        _relocate(dst, moves)
     return _changed_audio_files(dst, records)
+
+
+def _moved_audio_files(dst: Path, other_audio: list[tuple[str, tuple, tuple]]
+                       ) -> dict[str, str] | None:
+    """The moves (stored path -> input path) that explain every difference ``other_audio``
+    (cut id, stored :func:`_audio`, input :func:`_audio`) between the stored cuts ``dst`` and
+    their input, when it is a moved corpus: only the audio files' paths differ, each file
+    keeps its name, and each input file now has the size and modification time that the
+    part's fingerprint recorded for the stored path when its features were computed (``mv``,
+    ``cp -a`` and ``rsync -a`` keep both). None otherwise, or without a readable record."""
+    stored = (read_fingerprint(dst) or {}).get(AUDIO_FILES)
+    if not isinstance(stored, dict):
+        return None
+    moves: dict[str, str] = {}
+    for _, old, new in other_audio:
+        if "mix" in (old[0], new[0]) or old[1:] != new[1:] or len(old[0]) != len(new[0]):
+            return None
+        for before, after in zip(old[0], new[0]):
+            if before != after and moves.setdefault(before, after) != after:
+                return None
+    now = file_states(moves.values())
+    if not moves or any(Path(before).name != Path(after).name or stored.get(before) is None
+                        or now[after] != stored[before] for before, after in moves.items()):
+        return None
+    return moves
+
+
+def _relocate(dst: Path, moves: dict[str, str]) -> None:
+    """Rewrites the stored cuts ``dst`` (their speed copies too) and the part's fingerprint to
+    name the audio files' new paths ``moves`` (old path -> new path): their features are
+    kept. The fingerprint goes first, so that a kill in between leaves a part that adopts the
+    files' states (:func:`_changed_audio_files`), not a record of the old paths."""
+    from lhotse.serialization import load_jsonl, save_to_jsonl
+
+    stored = read_fingerprint(dst)[AUDIO_FILES]
+    records = list(load_jsonl(dst))
+    for record in records:
+        for source in (record.get("recording") or {}).get("sources", []):
+            source["source"] = moves.get(source.get("source"), source.get("source"))
+    fingerprint_path(dst).unlink()
+    write_atomic(dst, lambda tmp: save_to_jsonl(records, tmp), suffix=".jsonl.gz")
+    write_fingerprint(dst, {AUDIO_FILES: {moves.get(path, path): state
+                                          for path, state in stored.items()}})
+    before, after = min(moves.items())
+    logger.info("%s: %d of its audio files moved (e.g. %s -> %s, with the size and modification "
+                "time recorded when their features were computed): kept its features, and it "
+                "now names the new paths", dst, len(moves), before, after)
 
 
 def _audio_files(cuts) -> list[str]:

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, TypeVar
 from asr.audio import AudioError, declared_length, decode_audio
 from asr.data.cut_ids import Repeats, line_cut_id, load_eval_cuts
 from asr.data.dataset import numbered_cut_lines
-from asr.fileio import output_lock, output_locks, read_lines, write_atomic
+from asr.fileio import output_lock, output_locks, read_lines, read_text, write_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     from lhotse import CutSet
@@ -121,6 +121,8 @@ def _check_trans_file(trans_path: Path, part_dir: Path, seen: dict[str, str],
         lines = read_lines(trans_path)  # \n and \r\n, as lhotse's open() reads them
     except ValueError as err:  # not UTF-8: names the file and line, Python's error neither
         raise CorpusError(str(err)) from None
+    if lines and lines[-1].endswith("\r") and read_text(trans_path).endswith("\r"):
+        lines[-1] = lines[-1][:-1]  # the file's last \r ends its last line, as open() reads it
     for line_no, raw in enumerate(lines, start=1):
         where = f"{trans_path}:{line_no}"
         if "\r" in raw:  # read_lines keeps a lone \r in its line; lhotse's open() breaks there
@@ -168,8 +170,9 @@ def validate_librispeech_tree(corpus_dir: str | Path, parts: Sequence[str]) -> l
         CorpusError: naming the file (and line) for a missing part directory, a part without
             transcripts, a badly named or misplaced ``.trans.txt``, an empty line, a malformed
             utterance id, an id not matching the file's speaker-chapter, a line without text,
-            a duplicate id, a transcript line whose flac is missing, or a transcript that is
-            not UTF-8.
+            a duplicate id, a transcript line whose flac is missing, a transcript that is
+            not UTF-8, or a carriage return inside a line (lhotse's ``open()`` starts a line
+            there; the file's last character may be one, which ends its last line).
     """
     return [summary for summary, _ in _validated_parts(corpus_dir, parts)]
 

@@ -95,14 +95,45 @@ def load_manifest(corpus_dir: Path) -> dict[str, Any] | None:
 
 def recorded_settings(manifest: dict[str, Any]) -> dict[str, Any]:
     """The settings of a loaded ``synthesis.json``, its ``sentence_sources`` absolute paths as
-    :func:`settings_of` records them. A relative one, as a manifest written before they were
-    recorded so holds (``--text`` as given), is taken relative to the working directory, as the
-    run that wrote it read it."""
+    :func:`settings_of` records them, to compare with those of a synthesis run. A relative one,
+    as a manifest written before they were recorded so holds (``--text`` as given), is taken
+    relative to the working directory, where the run comparing it reads its own ``--text``
+    (the recorded pool digest is compared as well). A reader without a ``--text`` of its own
+    takes the sources from :func:`recorded_sources`."""
     settings = dict(manifest.get("settings", {}))
     if isinstance(settings.get("sentence_sources"), list):
         settings["sentence_sources"] = [str(Path(source).resolve())
                                         for source in settings["sentence_sources"]]
     return settings
+
+
+def recorded_sources(manifest: dict[str, Any], corpus_dir: Path) -> list[Path] | None:
+    """The sentence sources that ``<corpus_dir>/synthesis.json`` (loaded: ``manifest``)
+    records, for a reader that is given none (the biasing set); ``None`` when it records none.
+
+    A relative one, as a manifest written before they were recorded absolute holds (``--text``
+    as given), names a file from the working directory of the run that wrote it, which is not
+    recorded: from another directory it could name another file, and the recorded pool digest
+    cannot tell (it covers only the sentences within ``top_words``, not the rare ones a
+    biasing set is made of). So it is refused; a corpus synthesis run from that directory,
+    with the same ``--text``, records the sources absolute (synthesizing nothing again).
+
+    Raises:
+        ValueError: naming the manifest and its relative sources.
+    """
+    sources = manifest.get("settings", {}).get("sentence_sources")
+    if not isinstance(sources, list) or not sources:
+        return None
+    relative = [str(source) for source in sources if not Path(source).is_absolute()]
+    if relative:
+        raise ValueError(
+            f"{corpus_dir / MANIFEST_NAME}: sentence sources {', '.join(map(repr, relative))} "
+            "are recorded relative to the unrecorded directory of the run that synthesized the "
+            "corpus (by an older asr): run the corpus synthesis again from that directory with "
+            "the same options, --text among them (it records them absolute and synthesizes "
+            "nothing again), or write their absolute paths into the manifest"
+        )
+    return [Path(source) for source in sources]
 
 
 def reuse_existing(

@@ -116,6 +116,7 @@ from asr.synth.corpus_state import (
     part_info,
     record_biasing_parts,
     recorded_settings,
+    recorded_sources,
     remove_replaced,
     reuse_existing,
     settings_of,
@@ -607,6 +608,10 @@ def synthesize_biasing_set(
 
     Returns:
         A :class:`SynthesisResult` of the two parts.
+
+    Raises:
+        ValueError: ``synthesis.json`` records a relative sentence source (an older asr's:
+            :func:`asr.synth.corpus_state.recorded_sources`), before anything is written.
     """
     _validate_run(seed, num_jobs)
     if not _int_within(num_per_part, 1):
@@ -622,7 +627,7 @@ def synthesize_biasing_set(
         # candidates from the corpus's own sentence sources and lengths (synthesis.json)
         manifest = load_manifest(corpus_dir)
         settings = {} if manifest is None else recorded_settings(manifest)
-        sources = [Path(p) for p in settings.get("sentence_sources", [])] or None
+        sources = None if manifest is None else recorded_sources(manifest, corpus_dir)
         word_counts = {key: settings[key] for key in ("min_words", "max_words") if key in settings}
         chosen = plan_biasing_set(
             corpus_dir, num_per_part, num_distractors, seed, sources=sources, **word_counts

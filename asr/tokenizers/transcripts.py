@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from asr.fileio import check_gzip_name, read_lines
@@ -80,7 +81,7 @@ def read_transcripts(
         path = Path(raw)
         if not path.exists():
             raise FileNotFoundError(f"transcript file {path} does not exist")
-        for where, sentence in _iter_path(path, skip):
+        for where, number, sentence in _iter_path(path, skip):
             if not sentence:
                 continue
             try:
@@ -88,15 +89,29 @@ def read_transcripts(
                 if check is not None:
                     check(sentence)
             except ValueError as err:
-                raise ValueError(f"transcript file {where}: {err}") from None
+                raise ValueError(f"transcript file {where.label(number)}: {err}") from None
             sentences.append(sentence)
     return sentences
 
 
+@dataclass(frozen=True)
+class _Where:
+    """Where a file's sentences are, told by their number only once one is refused: labelling
+    every sentence as it was read cost 0.9-1.2 us a line, a fifth of the reading (~40 s over
+    the 40M lines of ``librispeech-lm-norm.txt``, on a loaded 2-core machine)."""
+
+    prefix: str
+    suffix: str = ""
+
+    def label(self, number: int) -> str:
+        """``file:line``, or the item of a lhotse manifest, of the sentence ``number``."""
+        return f"{self.prefix}{number}{self.suffix}"
+
+
 def _iter_path(path: Path, skip: Callable[[object], bool] | None
-               ) -> Iterator[tuple[str, str]]:
-    """(where it is: ``file:line``, or the item of a lhotse manifest; sentence) of each
-    sentence of ``path`` (without the manifest items that ``skip`` leaves out)."""
+               ) -> Iterator[tuple[_Where, int, str]]:
+    """(its file, its line or item number there, sentence) of each sentence of ``path``
+    (without the manifest items that ``skip`` leaves out)."""
     kind = transcript_kind(path)
     if kind == "dir":
         files = sorted(path.rglob("*.trans.txt"))
@@ -109,8 +124,9 @@ def _iter_path(path: Path, skip: Callable[[object], bool] | None
     elif kind == "kaldi":
         yield from _iter_kaldi(path)
     else:
+        where = _Where(f"{path}:")
         for number, line in enumerate(_lines(path), start=1):
-            yield f"{path}:{number}", normalize_whitespace(line)
+            yield where, number, normalize_whitespace(line)
 
 
 def _lines(path: Path) -> Iterator[str]:
@@ -120,19 +136,21 @@ def _lines(path: Path) -> Iterator[str]:
     return iter(read_lines(path))
 
 
-def _iter_kaldi(path: Path) -> Iterator[tuple[str, str]]:
+def _iter_kaldi(path: Path) -> Iterator[tuple[_Where, int, str]]:
+    where = _Where(f"{path}:")
     for number, line in enumerate(_lines(path), start=1):
         fields = line.split(maxsplit=1)
         if len(fields) == 2:
-            yield f"{path}:{number}", normalize_whitespace(fields[1])
+            yield where, number, normalize_whitespace(fields[1])
 
 
 def _iter_lhotse(path: Path, skip: Callable[[object], bool] | None
-                 ) -> Iterator[tuple[str, str]]:
+                 ) -> Iterator[tuple[_Where, int, str]]:
     from lhotse import load_manifest_lazy
 
     check_gzip_name(path, "lhotse manifest")  # lhotse tells gzip by the name
     skipped = 0
+    where = _Where(f"{path} (item ", ")")
     for number, item in enumerate(load_manifest_lazy(path), start=1):
         if skip is not None and skip(item):
             skipped += 1
@@ -143,7 +161,7 @@ def _iter_lhotse(path: Path, skip: Callable[[object], bool] | None
         for sup in supervisions:
             text = getattr(sup, "text", None)
             if text:
-                yield f"{path} (item {number})", normalize_whitespace(text)
+                yield where, number, normalize_whitespace(text)
     if skipped:
         logger.info("%s: left out %d of its %d items (read_transcripts' skip)", path, skipped,
                     number)

@@ -9,6 +9,7 @@ import pytest
 from lhotse import CutSet, RecordingSet, SupervisionSet
 from librispeech_tree import TREE, write_part
 
+from asr.data import librispeech
 from asr.data.librispeech import CorpusError, prepare_manifests, validate_librispeech_tree
 
 
@@ -47,6 +48,47 @@ def test_transcripts_saved_with_windows_line_ends_are_valid(corpus) -> None:
         trans.write_bytes(trans.read_bytes().replace(b"\n", b"\r\n"))
     summaries = validate_librispeech_tree(corpus_dir, list(TREE))
     assert [s.num_utterances for s in summaries] == [8, 3]
+
+
+def _lhotse_reads(trans: Path) -> list[tuple[str, str]]:
+    """The (id, text) pairs of ``trans`` as lhotse's LibriSpeech recipe reads them:
+    ``open()`` lines (universal newlines), each ``line.strip().split(maxsplit=1)``."""
+    pairs = []
+    with open(trans) as f:
+        for line in f:
+            utt_id, text = line.strip().split(maxsplit=1)  # lhotse's parse_utterance
+            pairs.append((utt_id, text))
+    return pairs
+
+
+def test_a_last_line_ended_by_a_lone_carriage_return_is_valid_as_lhotse_reads_it(
+        corpus) -> None:
+    """``open()`` ends a line at a lone \\r, so lhotse reads a file whose last line ends in one
+    as it reads the file with \\n there: the validator accepts it, with the same texts."""
+    corpus_dir, _ = corpus
+    trans = corpus_dir / "dev-clean-2/2001/30/2001-30.trans.txt"
+    data = trans.read_bytes()
+    assert data.endswith(b"\n")
+    trans.write_bytes(data[:-1] + b"\r")
+    [(summary, texts)] = librispeech._validated_parts(corpus_dir, ["dev-clean-2"])
+    assert summary.num_utterances == 3
+    assert sorted(texts.items()) == sorted(_lhotse_reads(trans))
+
+
+@pytest.mark.parametrize(("end", "where"), [
+    (b"\r\r", "3: a carriage return"), (b"\r\r\n", "3: a carriage return"),
+    (b"\n\r", "4: empty line")])
+def test_a_carriage_return_before_the_last_line_end_is_still_refused(
+        corpus, end: bytes, where: str) -> None:
+    """Only the file's own last \\r ends a line that read_lines keeps it in: another one makes
+    lhotse read an empty line, on which its recipe fails."""
+    corpus_dir, _ = corpus
+    trans = corpus_dir / "dev-clean-2/2001/30/2001-30.trans.txt"
+    trans.write_bytes(trans.read_bytes()[:-1] + end)
+    with pytest.raises(ValueError):
+        _lhotse_reads(trans)
+    with pytest.raises(CorpusError, match=re.escape(f"{trans}:{where}")):
+        validate_librispeech_tree(corpus_dir, ["dev-clean-2"])
 
 
 def test_prepare_manifests_reads_each_transcript_once(corpus, tmp_path: Path,

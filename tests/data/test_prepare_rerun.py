@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import json
 import logging
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 from lhotse import CutSet
@@ -366,3 +368,53 @@ def test_stage_1_and_2_follow_a_synthetic_corpus_made_again(tmp_path, caplog):
     assert _durations(prepare_manifests(corpus_dir, manifests, [part])[part]) == new
     compute_fbank_for_parts(manifests, fbank, [part])
     assert _durations(out) == new
+
+
+def test_stored_features_follow_a_moved_corpus_without_being_computed_again(corpus, tmp_path,
+                                                                             caplog):
+    """A corpus moved elsewhere (``mv``, ``cp -a``: each file keeps its size and modification
+    time) gave stage 1 manifests naming the new paths, and stage 2 then computed every
+    feature again: hours for LibriSpeech with speed copies. The stored cuts now name the new
+    paths and keep their features; the record follows, so a later rewrite is still seen. A
+    file whose state is not the recorded one is no move: the part is computed again."""
+    corpus_dir, _ = corpus
+    part = "train-clean-5"
+    manifests, fbank = tmp_path / "manifests", tmp_path / "fbank"
+    prepare_manifests(corpus_dir, manifests, [part])
+    out = compute_fbank_for_parts(manifests, fbank, [part], perturb_parts=[part])[part]
+    before, stamp = _features(out), _storage(out)
+    moved = tmp_path / "moved" / "LibriSpeech"
+    moved.parent.mkdir()
+    shutil.move(corpus_dir, moved)
+    prepare_manifests(moved, manifests, [part])
+    with caplog.at_level(logging.INFO, logger="asr.data.fbank"):
+        compute_fbank_for_parts(manifests, fbank, [part], perturb_parts=[part])
+    assert "computing part" not in caplog.text and _storage(out) == stamp
+    cuts = CutSet.from_file(out)
+    assert len(cuts) == 3 * sum(len(v) for v in TREE[part].values())
+    assert all(Path(s.source).is_relative_to(moved / part) and Path(s.source).is_file()
+               for c in cuts for s in c.recording.sources)
+    after = _features(out)
+    assert after.keys() == before.keys()
+    assert all(np.array_equal(after[k], before[k]) for k in before)
+    record = json.loads(fingerprint_path(out).read_text())["audio_files"]
+    assert sorted(record) == sorted(str(Path(s.source)) for c in cuts for s in c.recording.sources
+                                    if "_sp" not in c.id)
+    assert f"{out}: 8 of its audio files moved (e.g. {corpus_dir / part}" in caplog.text
+    caplog.clear()
+    compute_fbank_for_parts(manifests, fbank, [part], perturb_parts=[part])  # as it is: kept
+    assert _storage(out) == stamp and "computing part" not in caplog.text
+    again = tmp_path / "again" / "LibriSpeech"
+    shutil.copytree(moved, again, copy_function=shutil.copyfile)  # new times: other files
+    shutil.rmtree(moved)
+    prepare_manifests(again, manifests, [part])
+    compute_fbank_for_parts(manifests, fbank, [part], perturb_parts=[part])
+    assert "holds features of other audio than" in caplog.text and _storage(out) != stamp
+
+
+def _storage(manifest: Path) -> tuple[int, int]:
+    """The inode and modification time of the feature archive of ``manifest``'s part: a
+    recomputation writes a new one."""
+    [path] = {c.features.storage_path for c in CutSet.from_file(manifest)}
+    stat = Path(path).stat()
+    return stat.st_ino, stat.st_mtime_ns

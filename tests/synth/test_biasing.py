@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -144,10 +145,20 @@ def test_phrases_in_text_reads_the_hotword_lists_and_the_distractors(tmp_path):
     assert phrases_in_text(tmp_path / "none", text) == []
 
 
+def _text_with_rare_words(
+        rare: tuple[str, ...] = ("zeppelin", "gondola", "platform", "hillside", "monument",
+                                 "cushion")) -> str:
+    """A sentence source of common sentences and one sentence for each of the ``rare`` words."""
+    common = [f"{s} {v} {o}." for s in ("The cat", "The dog", "A bird", "My friend")
+              for v in ("sat on", "ran to", "looked at") for o in ("the mat", "the house", "a tree")]
+    return "\n".join(common + [f"The cat sat on the {w}." for w in rare]) + "\n"
+
+
 def test_a_relative_text_is_found_from_another_directory(tmp_path, monkeypatch):
     """`--text` was recorded in synthesis.json as given: `--biasing` (and a rerun) from another
-    directory could not find a relative one. It is recorded absolute; a manifest that holds a
-    relative one (written before) is read relative to the working directory, as its run read it."""
+    directory could not find a relative one. It is recorded absolute; a synthesis run reads a
+    relative one of a manifest written before relative to the working directory, as it reads its
+    own --text (biasing refuses it: the next test)."""
     import json
 
     import asr.synth.synthesize as synth_module
@@ -156,11 +167,7 @@ def test_a_relative_text_is_found_from_another_directory(tmp_path, monkeypatch):
     texts, elsewhere = tmp_path / "texts", tmp_path / "elsewhere"
     texts.mkdir()
     elsewhere.mkdir()
-    common = [f"{s} {v} {o}." for s in ("The cat", "The dog", "A bird", "My friend")
-              for v in ("sat on", "ran to", "looked at") for o in ("the mat", "the house", "a tree")]
-    rare = ("zeppelin", "gondola", "platform", "hillside", "monument", "cushion")
-    (texts / "my text.txt").write_text(
-        "\n".join(common + [f"The cat sat on the {w}." for w in rare]) + "\n")
+    (texts / "my text.txt").write_text(_text_with_rare_words())
     root = tmp_path / "corpus"
     monkeypatch.chdir(texts)
     synthesize_corpus(root, {"train-clean-5": 36}, top_words=16,
@@ -181,3 +188,49 @@ def test_a_relative_text_is_found_from_another_directory(tmp_path, monkeypatch):
     again = synthesize_corpus(root, {"train-clean-5": 36}, top_words=16,
                               sources=[Path("my text.txt")], progress=False)  # fmt: skip
     assert again.synthesized == 0
+
+
+def test_an_old_relative_sentence_source_is_refused_until_a_synthesis_run_records_it(
+        tmp_path, monkeypatch):
+    """A relative source in an old synthesis.json names a file from the unrecorded directory of
+    the run that wrote it. From another directory, a file of that name with other text gave the
+    biasing set that text's rare sentences (the recorded pool digest covers only the top words,
+    so it passes). It is refused, naming the manifest, before anything is written; a synthesis
+    run with the same --text from its directory records it absolute, and biasing then works."""
+    import json
+
+    import asr.synth.synthesize as synth_module
+
+    monkeypatch.setattr(synth_module, "synthesize_utterance", _silent_utterance)
+    texts, elsewhere = tmp_path / "texts", tmp_path / "elsewhere"
+    texts.mkdir()
+    elsewhere.mkdir()
+    (texts / "my text.txt").write_text(_text_with_rare_words())
+    (elsewhere / "my text.txt").write_text(_text_with_rare_words(("lantern", "compass")))
+    root = tmp_path / "corpus"
+    monkeypatch.chdir(texts)
+    synthesize_corpus(root, {"train-clean-5": 36}, top_words=16,
+                      sources=[Path("my text.txt")], progress=False)  # fmt: skip
+    manifest = root / "LibriSpeech" / "synthesis.json"
+    data = json.loads(manifest.read_text())  # as an older version recorded it
+    data["settings"]["sentence_sources"] = ["my text.txt"]
+    manifest.write_text(json.dumps(data))
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(ValueError, match=re.escape(
+            f"{manifest}: sentence sources 'my text.txt' are recorded relative to the "
+            "unrecorded directory of the run that synthesized the corpus (by an older asr): run "
+            "the corpus synthesis again from that directory with the same options, --text among "
+            "them")):
+        synth_module.synthesize_biasing_set(root, 1, num_distractors=1, progress=False)
+    assert not (root / "LibriSpeech" / "biasing").exists()
+    monkeypatch.chdir(texts)
+    again = synthesize_corpus(root, {"train-clean-5": 36}, top_words=16,
+                              sources=[Path("my text.txt")], progress=False)  # fmt: skip
+    assert again.synthesized == 0
+    recorded = json.loads(manifest.read_text())["settings"]["sentence_sources"]
+    assert recorded == [str(texts / "my text.txt")]
+    monkeypatch.chdir(elsewhere)
+    synth_module.synthesize_biasing_set(root, 2, num_distractors=1, progress=False)
+    phrases = (root / "LibriSpeech" / "biasing" / "test-biasing.hotwords.txt").read_text()
+    assert set(phrases.split()) <= {"ZEPPELIN", "GONDOLA", "PLATFORM", "HILLSIDE", "MONUMENT",
+                                    "CUSHION"}
