@@ -48,7 +48,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from asr.decoding.base import check_encoder_output, log_add
+from asr.decoding.base import EMPTY_CHAIN, TokenChain, check_encoder_output, log_add
 from asr.decoding.config import SearchConfig
 from asr.decoding.ctc_greedy import ctc_log_probs
 from asr.decoding.ctc_prefix_score import CtcPrefixScorer, CtcPrefixState
@@ -65,13 +65,14 @@ __all__ = ["CifBeamSearch"]
 class _Hyp:
     """One token sequence in the beam.
 
-    ``ctc`` is the CTC prefix log-probability of ``tokens`` (of the whole labelling once
-    ``ended``), ``ctc_full`` that of the whole labelling; ``row`` indexes the hypothesis's CTC
-    state in the search's current :class:`CtcPrefixState` (-1: none).
+    ``tokens`` holds the tokens with the frame of each (a chain shared with the hypotheses it
+    was extended from: no copy per expansion). ``ctc`` is the CTC prefix log-probability of
+    ``tokens`` (of the whole labelling once ``ended``), ``ctc_full`` that of the whole
+    labelling; ``row`` indexes the hypothesis's CTC state in the search's current
+    :class:`CtcPrefixState` (-1: none).
     """
 
-    tokens: tuple[int, ...]
-    frames: tuple[int, ...]
+    tokens: TokenChain
     acoustic: float
     lm_score: float  # sum of the LM log-probabilities of ``tokens`` (unweighted)
     lm_state: Hashable
@@ -165,10 +166,7 @@ class CifBeamSearch:
                    self._score(hyp, acoustic, hyp.lm_score))  # fmt: skip
             scored.append((key, hyp))
         scored.sort(key=lambda item: item[0], reverse=True)
-        return [
-            Hypothesis(tokens=hyp.tokens, score=key[0], frames=hyp.frames)
-            for key, hyp in scored[: self.cfg.nbest]
-        ]
+        return [hyp.tokens.hypothesis(key[0]) for key, hyp in scored[: self.cfg.nbest]]
 
     def _rescore(self, finals: list[_Final], enc: Tensor, enc_lens: Tensor) -> list[float] | None:
         """The decoder's log-probability of each final hypothesis with its own token count;
@@ -176,7 +174,7 @@ class CifBeamSearch:
         score its end label attending to no frame)."""
         if not self.cfg.rescore_weight or not finals or not int(enc_lens[0]):
             return None
-        return self.head.score_sequences(enc, enc_lens, [f.hyp.tokens for f in finals]).tolist()
+        return self.head.score_sequences(enc, enc_lens, [f.hyp.tokens.tokens() for f in finals]).tolist()
 
     def _search(
         self, log_probs: Tensor, frames: list[int], ctc_log_probs: Tensor | None
@@ -196,7 +194,7 @@ class CifBeamSearch:
         start = lm.init_state() if lm is not None else None
         ctc_state = scorer.init_state(torch.zeros(1, dtype=torch.long)) if scorer else None
         empty_full = _full(ctc_state)[0] if ctc_state is not None else 0.0
-        beam = [_Hyp((), (), 0.0, 0.0, start, ctc_full=empty_full, row=0 if scorer else -1)]
+        beam = [_Hyp(EMPTY_CHAIN, 0.0, 0.0, start, ctc_full=empty_full, row=0 if scorer else -1)]
         for position in range(log_probs.shape[0]):
             live = [hyp for hyp in beam if not hyp.ended]
             expansions: list[tuple[_Hyp, list[int], list[float], Tensor | None]] = []
@@ -219,8 +217,8 @@ class CifBeamSearch:
                 live_state = _select(ctc_state, rows)
                 psi, ext_r = scorer.score(live_state, candidates)  # (L, C), (T, 2, L, C)
                 full = torch.logaddexp(ext_r[-1, 0], ext_r[-1, 1])
-            merged: dict[tuple[tuple[int, ...], bool], _Hyp] = {}
-            sources: dict[tuple[tuple[int, ...], bool], tuple[int, int]] = {}
+            merged: dict[tuple[TokenChain, bool], _Hyp] = {}
+            sources: dict[tuple[TokenChain, bool], tuple[int, int]] = {}
             for hyp in beam:
                 if hyp.ended:  # unchanged; its CTC state is no longer needed
                     merged[(hyp.tokens, True)] = replace(hyp, row=-1)
@@ -233,8 +231,7 @@ class CifBeamSearch:
                         new = replace(hyp, acoustic=hyp.acoustic + lp, ended=True, ctc=hyp.ctc_full)
                     else:
                         new = _Hyp(
-                            hyp.tokens + (label,),
-                            hyp.frames + (frames[position],),
+                            hyp.tokens.push(label, frames[position]),
                             hyp.acoustic + lp,
                             hyp.lm_score + (float(lm_next[label]) if lm_next is not None else 0.0),
                             lm.advance(hyp.lm_state, label) if lm is not None else None,
@@ -290,7 +287,7 @@ def _select(state: CtcPrefixState, rows: Tensor) -> CtcPrefixState:
 
 def _advance_ctc(
     beam: list[_Hyp],
-    sources: dict[tuple[tuple[int, ...], bool], tuple[int, int]],
+    sources: dict[tuple[TokenChain, bool], tuple[int, int]],
     live: list[_Hyp],
     state: CtcPrefixState,
     psi: Tensor,
@@ -314,7 +311,7 @@ def _advance_ctc(
         else:
             r_list.append(ext_r[:, :, parent, column])
             psi_list.append(psi[parent, column])
-            last.append(hyp.tokens[-1])
+            last.append(hyp.tokens.token)
             length.append(len(hyp.tokens))
         new_beam.append(replace(hyp, row=len(r_list) - 1))
     if not r_list:
@@ -331,7 +328,7 @@ def _advance_ctc(
 
 def _merge_ended(finals: list[_Final]) -> list[_Final]:
     """Hypotheses with the same tokens (one ended by the end label, one not) log-add."""
-    merged: dict[tuple[int, ...], _Final] = {}
+    merged: dict[TokenChain, _Final] = {}
     for final in finals:
         old = merged.get(final.hyp.tokens)
         if old is None:

@@ -16,9 +16,9 @@ label log-probs ``x``:
 Prefixes are ranked by ``log(P_ctc(h)) + lm_weight * log P_lm(h)`` and the ``beam_size`` best
 are kept; with a beam as large as the number of prefixes the result is the exact CTC
 probability of every labelling (the test compares it with exhaustive enumeration). Per frame
-only the ``beam_size`` most likely labels are expanded (all of them on a frame where the LM
-forbids every prefix those make, so that every prefix's score still has that frame's
-probability). At the end the LM's end-of-sentence
+only the ``beam_size`` most likely labels are expanded (all of them that can keep a prefix,
+blank among them, on a frame where the LM forbids every prefix those make, so that every
+prefix's score still has that frame's probability). At the end the LM's end-of-sentence
 probability is added. With ``insertion_bonus`` every token of a prefix adds that bonus to its
 ranking score (each frame's pruning and the final ranking), and with ``length_norm`` the final
 ranking divides the score by ``(L + 1) ** length_norm``
@@ -212,17 +212,38 @@ class CtcPrefixBeamSearch(StreamingBeamSearch):
         ``beam_size`` most likely labels); keeps the ``beam_size`` best prefixes.
 
         When the LM forbids every candidate (none is blank, and every new prefix is outside a
-        word LM's lexicon), the frame is extended by all its labels ``log_probs (V,)``: blank
-        among them keeps every prefix's LM score, so each prefix's score takes the frame's
-        probability as every other frame's (only a frame whose blank log-probability is -inf
-        or NaN leaves none, and then the beam is kept as it was: no score is right)."""
+        word LM's lexicon), the frame is extended by all its labels ``log_probs (V,)`` that can
+        keep a prefix (:meth:`_labels_kept`): blank among them keeps every prefix's LM score,
+        so each prefix's score takes the frame's probability as every other frame's (only a
+        frame whose blank log-probability is -inf or NaN leaves none, and then the beam is
+        kept as it was: no score is right)."""
         ranked = self._ranked(self._extend(beam, frame, labels, context), context)
         if not ranked:
-            everything = list(enumerate(log_probs.tolist()))
-            ranked = self._ranked(self._extend(beam, frame, everything, context), context)
+            retry = self._labels_kept(beam, log_probs)
+            ranked = self._ranked(self._extend(beam, frame, retry, context), context)
         if not ranked:
             return beam
         return dict(item for _, item in ranked[: self.cfg.beam_size])
+
+    def _labels_kept(
+        self, beam: dict[TokenChain, _Prefix], log_probs: Tensor
+    ) -> list[tuple[int, float]]:
+        """The ``(label, log-prob)`` pairs of ``log_probs (V,)``, in label order, that can give
+        a prefix the LM allows: blank, each prefix's last token (a repeat) and the labels the
+        LM allows after some prefix. Any other label only makes prefixes the LM forbids, which
+        the ranking drops, so the frame keeps the prefixes that extending by every label keeps,
+        in the same order, without building and scoring ``V`` per prefix (a word LM forbids
+        most labels after any prefix)."""
+        values = log_probs.tolist()
+        if self.lm is None:
+            return list(enumerate(values))
+        kept = torch.zeros(len(values), dtype=torch.bool)
+        kept[self.head.blank_id] = True
+        for prefix, entry in beam.items():
+            kept |= self._lm_next(entry).cpu() > NEG_INF
+            if prefix.length:
+                kept[prefix.token] = True
+        return [(label, values[label]) for label in kept.nonzero().flatten().tolist()]
 
     def _ranked(
         self, new: dict[TokenChain, _Prefix], context: ContextGraph | None

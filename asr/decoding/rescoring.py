@@ -26,10 +26,10 @@ decoder would attend to the padding). A hypothesis longer than the AED can place
 positions: more than ``heads.aed.max_len - 1`` tokens,
 :attr:`asr.heads.aed.AEDHead.max_target_tokens`) gets the AED score ``-inf`` (the AED can neither
 produce nor score it), so it ranks after every hypothesis the AED scores, in the first pass's
-order, reported with score ``-inf``. When the second head scores none of an utterance's
-hypotheses (every one ``-inf``: say all longer than the AED's positions), the mixed scores would
-all be ``-inf`` and rank nothing: the utterance keeps the first pass's n-best and scores (a
-warning is logged once per searcher).
+order, reported with score ``-inf``. When no hypothesis of an utterance is possible on both
+sides (every mixed score ``-inf``: say all longer than the AED's positions, or the ones the AED
+scores all impossible in the first pass), the mixed scores rank nothing: the utterance keeps the
+first pass's n-best and scores (a warning is logged once per searcher).
 
 Shape legend: B batch, N hypotheses of the whole batch, T frames, D encoder dims.
 """
@@ -112,10 +112,10 @@ class NbestRescoring:
         results: list[list[Hypothesis]] = [
             [] if n > 0 else hyps for hyps, n in zip(nbests, enc_lens.tolist())
         ]
-        unscored = set(scored)
-        for owner, hyp, s in zip(owners, rescored, second):
+        unscored = set(scored)  # utterances with no finite mixed score
+        for owner, hyp in zip(owners, rescored):
             results[owner].append(hyp)
-            if s != NEG_INF:
+            if hyp.score != NEG_INF:
                 unscored.discard(owner)
         if unscored:
             self._warn_unscored(len(unscored))
@@ -126,14 +126,15 @@ class NbestRescoring:
         ]
 
     def _warn_unscored(self, count: int) -> None:
-        """Logs, once per searcher, that the second head scored no hypothesis of ``count``
-        utterances, which keep their first-pass n-best."""
+        """Logs, once per searcher, that no hypothesis of ``count`` utterances is possible on
+        both passes, so they keep their first-pass n-best."""
         if self._warned:
             return
         self._warned = True
         logger.warning(
-            "n-best rescoring: the second head scores none of the first pass's hypotheses of "
-            "%d utterance(s) (e.g. all longer than the AED's learned positions, "
-            "heads.aed.max_len); they keep the first pass's n-best and scores (logged once)",
+            "n-best rescoring: no first-pass hypothesis of %d utterance(s) has a finite score "
+            "from both passes (e.g. all longer than the AED's learned positions, "
+            "heads.aed.max_len, or those within them all -inf in the first pass); they keep "
+            "the first pass's n-best and scores (logged once)",
             count,
         )

@@ -11,7 +11,10 @@ places of the ``beam_size``: each kept continuation takes one place whether it s
 finishes, and the others are dropped, finishing or not (so with ``beam_size = 1`` only the best
 move is ever taken). Among the kept moves, those with the same tokens on the same frame are
 merged by log-add, as in the modified beam search of icefall (Kuang et al. 2022,
-arXiv:2206.13236).
+arXiv:2206.13236) and NeMo's TDT beam search (by tokens and last frame). The key needs no count
+of the tokens a hypothesis emitted on its frame (the ``max_symbols_per_frame`` rule below): the
+hypotheses on the smallest frame are expanded together, so they share that count, and every
+other hypothesis arrived on its frame with a positive duration (count 0).
 
 Which moves exist is the TDT loss' rule (:mod:`asr.losses.tdt`): a path ends with a blank
 landing exactly on the last frame ``T``. So a token may not land on or past ``T``, a blank not
@@ -20,14 +23,15 @@ past it, and neither on a frame from which ``T`` cannot be reached
 search); a hypothesis is finished when its blank lands on ``T``. Every finished hypothesis is
 thus a sum of complete alignments that the loss also sums, and finished hypotheses with the
 same tokens are log-added (each is a set of complete alignments of those tokens; with a beam
-that never drops a move, the score of a token sequence is ``-tdt_loss`` of it when no alignment
-of it breaks the ``max_symbols_per_frame`` rule). That rule, as in greedy search: the token
-that would be the ``max_symbols_per_frame``-th on its frame may not take duration 0. Scores
-only decrease, so a live hypothesis at or below the ``beam_size``-th finished score (once
-``beam_size`` hypotheses have finished) is dropped (it could only add to a finished hypothesis
-with the same tokens), and the search stops when none is live. With no frames the result is
-the empty hypothesis with score 0 (the loss drops such utterances); if no path can end on
-``T`` (possible only when 1 is not a duration), the empty hypothesis with score ``-inf``.
+that never drops a move, the score of a token sequence is the sum of its alignments that keep
+the ``max_symbols_per_frame`` rule: ``-tdt_loss`` of it when none breaks the rule). That rule, as
+in greedy search: the token that would be the ``max_symbols_per_frame``-th on its frame may not
+take duration 0. Scores only decrease, so a live hypothesis at or below the ``beam_size``-th
+finished score (once ``beam_size`` hypotheses have finished) is dropped (it could only add to a
+finished hypothesis with the same tokens), and the search stops when none is live. With no
+frames the result is the empty hypothesis with score 0 (the loss drops such utterances); if no
+path can end on ``T`` (possible only when 1 is not a duration), the empty hypothesis with score
+``-inf``.
 
 NeMo's greedy TDT search ends at the first move that reaches or passes ``T`` (a token, or a
 jump past ``T``), which its own TDT loss, like ours, does not score; such an ending skips the

@@ -114,6 +114,19 @@ def test_a_hypothesis_impossible_on_either_side_stays_impossible(weight):
     assert hyps[0].score == pytest.approx((1 - weight) * -2.0 + weight * -1.0)
 
 
+def test_an_utterance_possible_on_neither_side_at_once_keeps_the_first_pass(caplog):
+    """The second head scores only hypotheses the first pass rules out (-inf), and rules out
+    the others: every mixed score is -inf, as when it scores none. The n-best came back ranked,
+    every score -inf; it now keeps the first pass's n-best and scores, with the warning."""
+    fixed = _FixedNbest([-1.0, -2.0, -INF], [-INF, -INF, -3.0])
+    cfg = SearchConfig(beam_size=3, nbest=3, ctc_weight=0.3)
+    with caplog.at_level("WARNING", logger="asr.decoding.rescoring"):
+        hyps = NbestRescoring(fixed, fixed, cfg)(torch.zeros(1, 3, 2), torch.tensor([3]))[0]
+    assert hyps == fixed.hyps
+    assert [h.score for h in hyps] == [-1.0, -2.0, -INF]
+    assert "1 utterance" in caplog.records[0].getMessage()
+
+
 @pytest.mark.parametrize(("heads", "name"), [(dict(ctc=True, aed=True), "attention_rescoring"),
                                            (dict(ctc=True, cif=True), "cif_rescoring")])
 def test_an_utterance_without_frames_keeps_the_first_pass_empty_hypothesis(heads, name):

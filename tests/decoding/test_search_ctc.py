@@ -214,3 +214,31 @@ def test_a_frame_whose_candidates_the_lm_all_forbids_still_counts_in_every_score
     for hyp in nbest:
         expected = exact[hyp.tokens] + 0.5 * len(hyp.tokens) * math.log(1 / 4)
         assert hyp.score == pytest.approx(expected, abs=1e-5), hyp.tokens
+
+
+class CountingForbiddingLM(FirstTokensForbiddenLM):
+    """:class:`FirstTokensForbiddenLM` that records the labels it is advanced by."""
+
+    def __init__(self) -> None:
+        self.advanced: list[int] = []
+
+    def advance(self, state: tuple, token: int) -> tuple:
+        self.advanced.append(token)
+        return ()
+
+
+def test_the_frame_retry_extends_prefixes_only_by_labels_that_can_keep_one():
+    """The retry of a frame whose candidates the LM all forbids extended every prefix by every
+    label, the forbidden ones again (V per prefix: a word LM forbids most of a BPE vocabulary).
+    It now takes only blank, the prefixes' last tokens and the labels the LM allows, which
+    keeps the same prefixes: the LM is advanced by the forbidden labels 1 and 2 once per prefix
+    and frame (the beam's own candidates), not a second time in the retry; the n-best is that
+    of the test above."""
+    model = make_model(ctc=True)
+    probs = torch.tensor([0.1, 0.4, 0.4, 0.02, 0.02, 0.035, 0.025])
+    lm = CountingForbiddingLM()
+    cfg = SearchConfig(beam_size=2, nbest=2, lm_weight=0.5)
+    nbest = CtcPrefixBeamSearch(model.heads["ctc"], cfg, lm).search(probs.log().expand(2, -1))
+    assert [h.tokens for h in nbest] == [(), (5,)]
+    prefixes_per_frame = [1, 2]  # () on frame 0; () and (5,) on frame 1
+    assert sum(label in (1, 2) for label in lm.advanced) == 2 * sum(prefixes_per_frame)
