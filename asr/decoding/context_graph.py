@@ -57,7 +57,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from asr.constants import MAX_HOTWORD_SCORE
+from asr.constants import MAX_HOTWORD_SCORE, hotword_score_problem
 from asr.decoding.config import SearchConfig
 from asr.fileio import read_text
 from asr.tokenizers.base import Tokenizer, check_text
@@ -91,11 +91,11 @@ class HotwordError(ValueError):
 
 
 def _check_boost(score: float, what: str) -> None:
-    """Raises a HotwordError starting with ``what`` unless ``|score| <=``
-    :data:`MAX_HOTWORD_SCORE` (NaN fails too)."""
-    if not abs(score) <= MAX_HOTWORD_SCORE:
-        raise HotwordError(f"{what}: a per-token boost must be in "
-                           f"[-{MAX_HOTWORD_SCORE:g}, {MAX_HOTWORD_SCORE:g}]")
+    """Raises a HotwordError starting with ``what`` for a boost that
+    :func:`asr.constants.hotword_score_problem` refuses."""
+    problem = hotword_score_problem(score)
+    if problem is not None:
+        raise HotwordError(f"{what}: {problem}")
 
 
 @dataclass(frozen=True)
