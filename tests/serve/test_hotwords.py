@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from test_server import _misbehave, _run
 
+from asr.decoding.registry import BIASING_STREAMING_SEARCHERS
 from asr.serve.client import stream_samples
 
 
@@ -118,9 +119,13 @@ def test_bad_hotwords_are_rejected(beam_server, name, wait_until):
 
 
 def test_hotwords_to_a_server_that_cannot_bias(server, wait_until):
-    """The default servers run a greedy search (ours) or sherpa-onnx: a clear error."""
+    """The default servers run a greedy search (ours) or sherpa-onnx: a clear error, which
+    names what biases. It told a sherpa-onnx server's client of a server started with
+    --searcher transducer_beam, which sherpa-onnx ignores."""
     close_code, received = _run(_misbehave(server.url, [json.dumps({"hotwords": ["HELLO"]})]), 20)
-    assert close_code == 1008 and "does not take hotwords" in received[-1]["error"]
+    error = received[-1]["error"]
+    assert close_code == 1008 and "does not take hotwords" in error
+    assert "PyTorch engine and --searcher " + " / ".join(BIASING_STREAMING_SEARCHERS) in error
     assert wait_until(lambda: server.server.num_sessions == 0, 5.0)
 
 
