@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import torch
 
 from asr.checkpoints.selection import WeightSelection
-from asr.constants import DEFAULT_MAX_LEFT_SECONDS, METADATA_FILE, hotword_score_problem
+from asr.constants import DEFAULT_MAX_LEFT_SECONDS, METADATA_FILE, hotword_score
 from asr.device import DEVICE_HELP, resolve_device
 from asr.fileio import is_control
 
@@ -87,21 +87,6 @@ def tag_name(text: str) -> str:
             f"{text!r} is not a tag (part of a file name: no path separator or control "
             "character)")
     return text
-
-
-def hotword_score(text: str) -> float:
-    """An argparse type for ``--hotwords-score``: a per-token boost, at most
-    :data:`asr.constants.MAX_HOTWORD_SCORE` in magnitude, by the rule of every boost
-    (:func:`asr.constants.hotword_score_problem`): ``inf`` and ``nan``, which ``float`` takes,
-    are refused here, naming the option, not later as a config value."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    problem = hotword_score_problem(value)
-    if problem is not None:
-        raise argparse.ArgumentTypeError(f"{problem}, got {text!r}")
-    return value
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:

@@ -13,8 +13,7 @@ import pytest
 import torch
 from search_helpers import encoder_output, make_model
 
-from asr.cli.options import hotword_score
-from asr.constants import hotword_score_problem
+from asr.constants import hotword_score, hotword_score_problem
 from asr.decoding import SearchConfig, build_searcher
 from asr.decoding.context_graph import (
     MAX_HOTWORD_SCORE,
