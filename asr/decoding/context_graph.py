@@ -123,8 +123,9 @@ def parse_hotwords(
             names (with the line of a bad phrase).
 
     Raises:
-        HotwordError: for a ``:SCORE`` that is not a finite number or comes before a word, a
-            phrase that writes the tokenizers' word-boundary mark ``▁``
+        HotwordError: for a ``:SCORE`` that is not a finite number, is beyond
+            :data:`MAX_HOTWORD_SCORE` in magnitude or comes before a word, a phrase that writes
+            the tokenizers' word-boundary mark ``▁``
             (:func:`asr.tokenizers.base.check_text`), and for more than :data:`MAX_HOTWORDS`
             phrases.
     """
@@ -172,6 +173,8 @@ def _parse_phrase(line: str) -> Hotword | None:
         check_text(text)
     except ValueError as err:
         raise HotwordError(f"hotword {text!r}: {err}") from None
+    if score is not None:  # where it is read, too: a file's error then names the file and line
+        _check_boost(score, f"hotword {text!r}: score {score:g}")
     return Hotword(text, score)
 
 

@@ -173,7 +173,10 @@ def test_a_bad_phrase_of_a_hotword_file_names_the_file_and_line(tmp_path):
     tokenizer = build_char_tokenizer(["AB"])
     path = tmp_path / "hotwords.txt"
     for text, line, what in [("AB\nA\u2581B\n", 2, "hotword 'A\u2581B': text 'A\u2581B' holds"),
-                             ("AB\n\nAB :x\n", 3, "hotword 'AB :x': bad score")]:
+                             ("AB\n\nAB :x\n", 3, "hotword 'AB :x': bad score"),
+                             # the range was checked when the graph was built, naming no file
+                             ("AB\nAB :1000\n", 2, r"hotword 'AB': score 1000: a per-token boost "
+                                                  r"must be in \[-100, 100\]")]:
         path.write_text(text, encoding="utf-8")
         message = f"^hotwords file {re.escape(str(path))}:{line}: {what}"
         with pytest.raises(HotwordError, match=message):
