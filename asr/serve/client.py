@@ -381,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--microphone", action="store_true", help="stream the default microphone")
     parser.add_argument("--device", default=None, help="sounddevice input device")
     parser.add_argument(
-        "--timeout", type=float, default=600.0, help="seconds per file (default: 600)"
+        "--timeout", type=_positive_seconds, default=600.0,
+        help="seconds per file (default: 600)"
     )
     parser.add_argument(
         "--hotwords", metavar="PHRASES", default=None,
