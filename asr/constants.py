@@ -1,5 +1,7 @@
 """Constants that the command line's options (their checks and ``--help`` defaults) share with
-the heavy modules they describe, kept here so that naming one imports neither torch nor a model:
+the heavy modules they describe, and the one check of a value that both make
+(:func:`hotword_score_problem`, and :func:`hotword_score`, the option type of every
+``--hotwords-score``), kept here so that naming one imports neither torch nor a model:
 ``asr average --help`` or ``asr train`` need not import :mod:`asr.package` or
 :mod:`asr.runtime.streaming` to say a default or recognize a package. The modules that own each
 idea import it from here (and re-export it), so that there is one value.
@@ -7,9 +9,11 @@ idea import it from here (and re-export it), so that there is one value.
 
 from __future__ import annotations
 
+import argparse
+
 __all__ = [
     "DEFAULT_MAX_LEFT_SECONDS", "DEFAULT_OVERLAP_SECONDS", "DEFAULT_WINDOW_SECONDS", "LOG_FORMAT",
-    "MAX_HOTWORD_SCORE", "METADATA_FILE",
+    "MAX_HOTWORD_SCORE", "METADATA_FILE", "hotword_score", "hotword_score_problem",
 ]
 
 #: The format of every log line of the ``asr`` command (``logging.basicConfig``) and of the
@@ -40,3 +44,30 @@ DEFAULT_MAX_LEFT_SECONDS = DEFAULT_WINDOW_SECONDS
 #: where a few units already outweigh the acoustics; near float32's range (3.4e38) the searchers'
 #: scores overflow to inf and NaN and a beam loses every hypothesis.
 MAX_HOTWORD_SCORE = 100.0
+
+
+def hotword_score_problem(score: float) -> str | None:
+    """What is wrong with ``score`` as a per-token hotword boost, or None when it is one.
+
+    The one rule of every boost (``--hotwords-score`` in :mod:`asr.cli.options`, a phrase's
+    ``:SCORE`` and ``hotwords_score`` in :mod:`asr.decoding.context_graph`): at most
+    :data:`MAX_HOTWORD_SCORE` in magnitude; inf and NaN are refused.
+    """
+    if abs(score) <= MAX_HOTWORD_SCORE:  # False for NaN
+        return None
+    return f"a per-token boost must be in [-{MAX_HOTWORD_SCORE:g}, {MAX_HOTWORD_SCORE:g}]"
+
+
+def hotword_score(text: str) -> float:
+    """An argparse type for ``--hotwords-score`` (``asr transcribe``, ``asr decode-onnx``, the
+    server's client): a per-token boost, at most :data:`MAX_HOTWORD_SCORE` in magnitude
+    (:func:`hotword_score_problem`); ``inf`` and ``nan``, which ``float`` takes, are refused
+    here, naming the option, not later as a config value or by the server."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    problem = hotword_score_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{problem}, got {text!r}")
+    return value

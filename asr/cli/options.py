@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import torch
 
 from asr.checkpoints.selection import WeightSelection
-from asr.constants import DEFAULT_MAX_LEFT_SECONDS, MAX_HOTWORD_SCORE, METADATA_FILE
+from asr.constants import DEFAULT_MAX_LEFT_SECONDS, METADATA_FILE, hotword_score
 from asr.device import DEVICE_HELP, resolve_device
 from asr.fileio import is_control
 
@@ -87,21 +87,6 @@ def tag_name(text: str) -> str:
             f"{text!r} is not a tag (part of a file name: no path separator or control "
             "character)")
     return text
-
-
-def hotword_score(text: str) -> float:
-    """An argparse type for ``--hotwords-score``: a per-token boost, at most
-    :data:`asr.constants.MAX_HOTWORD_SCORE` in magnitude (``inf`` and ``nan``,
-    which ``float`` takes, are refused here, naming the option, not later as a config value)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not abs(value) <= MAX_HOTWORD_SCORE:
-        raise argparse.ArgumentTypeError(
-            f"a per-token boost must be in [-{MAX_HOTWORD_SCORE:g}, {MAX_HOTWORD_SCORE:g}], "
-            f"got {text!r}")
-    return value
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:

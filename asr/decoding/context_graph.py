@@ -57,7 +57,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from asr.constants import MAX_HOTWORD_SCORE
+from asr.constants import MAX_HOTWORD_SCORE, hotword_score_problem
 from asr.decoding.config import SearchConfig
 from asr.fileio import read_text
 from asr.tokenizers.base import Tokenizer, check_text
@@ -91,11 +91,11 @@ class HotwordError(ValueError):
 
 
 def _check_boost(score: float, what: str) -> None:
-    """Raises a HotwordError starting with ``what`` unless ``|score| <=``
-    :data:`MAX_HOTWORD_SCORE` (NaN fails too)."""
-    if not abs(score) <= MAX_HOTWORD_SCORE:
-        raise HotwordError(f"{what}: a per-token boost must be in "
-                           f"[-{MAX_HOTWORD_SCORE:g}, {MAX_HOTWORD_SCORE:g}]")
+    """Raises a HotwordError starting with ``what`` for a boost that
+    :func:`asr.constants.hotword_score_problem` refuses."""
+    problem = hotword_score_problem(score)
+    if problem is not None:
+        raise HotwordError(f"{what}: {problem}")
 
 
 @dataclass(frozen=True)
@@ -123,8 +123,9 @@ def parse_hotwords(
             names (with the line of a bad phrase).
 
     Raises:
-        HotwordError: for a ``:SCORE`` that is not a finite number or comes before a word, a
-            phrase that writes the tokenizers' word-boundary mark ``▁``
+        HotwordError: for a ``:SCORE`` that is not a finite number, is beyond
+            :data:`MAX_HOTWORD_SCORE` in magnitude or comes before a word, a phrase that writes
+            the tokenizers' word-boundary mark ``▁``
             (:func:`asr.tokenizers.base.check_text`), and for more than :data:`MAX_HOTWORDS`
             phrases.
     """
@@ -172,6 +173,8 @@ def _parse_phrase(line: str) -> Hotword | None:
         check_text(text)
     except ValueError as err:
         raise HotwordError(f"hotword {text!r}: {err}") from None
+    if score is not None:  # where it is read, too: a file's error then names the file and line
+        _check_boost(score, f"hotword {text!r}: score {score:g}")
     return Hotword(text, score)
 
 

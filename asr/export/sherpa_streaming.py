@@ -14,8 +14,10 @@ over the ready streams (sherpa-onnx batches their encoder states). What differs 
   samples of its quietest 0.1 s stretch (:func:`~asr.export.sherpa_decode.room_tone`), since
   sherpa-onnx never decodes a partial last chunk;
 * greedy search only (sherpa-onnx's, at most one symbol per frame) and sherpa-onnx's own
-  endpointing with our :class:`asr.runtime.endpoint.EndpointConfig` values (its three rules
-  are ours); after an endpoint sherpa-onnx keeps the predictor's context, we start blank.
+  endpointing with our :class:`asr.runtime.endpoint.EndpointConfig` rules (its three rules
+  have our shapes), each duration given as :func:`sherpa_rule_seconds` so that a rule fires at
+  the frame where ours does; after an endpoint sherpa-onnx keeps the predictor's context, we
+  start blank.
 
 Example (the server, as ``asr serve --engine sherpa-onnx --model exp/onnx-streaming`` runs it):
     >>> recognizer = load_streaming_recognizer("exp/onnx-streaming", int8=True)
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,9 +47,40 @@ from asr.export.sherpa_decode import (
 )
 from asr.features.fbank import encoder_frame_seconds, num_frames
 from asr.results import ResultBuilder, Segment
-from asr.runtime.endpoint import EndpointConfig
+from asr.runtime.endpoint import ENDPOINT_TOLERANCE_SECONDS, EndpointConfig
 
-__all__ = ["SherpaStream", "SherpaStreamingRecognizer", "TokenTable", "load_streaming_recognizer"]
+__all__ = [
+    "SHERPA_ENDPOINT_FRAME_SECONDS", "SherpaStream", "SherpaStreamingRecognizer", "TokenTable",
+    "load_streaming_recognizer", "sherpa_rule_seconds",
+]
+
+#: The frame sherpa-onnx's endpointing counts a stream's length and trailing silence in: feature
+#: frames of 10 ms (its ``frame_shift_in_seconds = 0.01``, the shift an export's features must
+#: have), whose count it multiplies by 0.01 in float32 before comparing it with a rule's seconds.
+SHERPA_ENDPOINT_FRAME_SECONDS = 0.01
+
+
+def sherpa_rule_seconds(seconds: float) -> float:
+    """A rule duration (seconds) as sherpa-onnx must be given it to fire where ours does.
+
+    sherpa-onnx tests ``float32(frames) * float32(0.01) >= float32(seconds)``, and the float32
+    product falls short of the real one: 80 frames give 0.79999995 < 0.8, so a rule of 0.8 s
+    given as written (also 1.2, 1.6, 2.4 s: rule 1's and rule 2's defaults) would fire a chunk
+    later than ours (:func:`asr.runtime.endpoint.detect_endpoint`, which meets the value within
+    :data:`~asr.runtime.endpoint.ENDPOINT_TOLERANCE_SECONDS`). The value returned is
+    sherpa-onnx's own product at the first frame count that meets ``seconds`` by our rule, so
+    its test holds from exactly that count on.
+
+    Args:
+        seconds: a rule's ``min_trailing_silence`` or ``min_utterance_length`` (>= 0; inf is
+            given back: a rule that never fires).
+    """
+    if not math.isfinite(seconds):
+        return seconds
+    frames = math.ceil((seconds - ENDPOINT_TOLERANCE_SECONDS) / SHERPA_ENDPOINT_FRAME_SECONDS)
+    if frames <= 0:
+        return 0.0
+    return float(np.float32(frames) * np.float32(SHERPA_ENDPOINT_FRAME_SECONDS))
 
 
 class TokenTable:
@@ -259,9 +293,9 @@ def load_streaming_recognizer(
         raise ValueError("sherpa-onnx endpointing has fixed rule shapes: rule 1 trailing "
                          "silence, rule 2 trailing silence after speech, rule 3 length")
     options = {"enable_endpoint_detection": endpoint.enabled,
-               "rule1_min_trailing_silence": rules[0].min_trailing_silence,
-               "rule2_min_trailing_silence": rules[1].min_trailing_silence,
-               "rule3_min_utterance_length": rules[2].min_utterance_length}
+               "rule1_min_trailing_silence": sherpa_rule_seconds(rules[0].min_trailing_silence),
+               "rule2_min_trailing_silence": sherpa_rule_seconds(rules[1].min_trailing_silence),
+               "rule3_min_utterance_length": sherpa_rule_seconds(rules[2].min_utterance_length)}
     recognizer = load_recognizer(onnx_dir, int8=int8, num_threads=num_threads,
                                  online_options=options)
     if not recognizer.streaming:

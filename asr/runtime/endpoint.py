@@ -16,7 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["EndpointConfig", "EndpointRule", "detect_endpoint", "rule_fires"]
+__all__ = [
+    "ENDPOINT_TOLERANCE_SECONDS", "EndpointConfig", "EndpointRule", "detect_endpoint", "rule_fires",
+]
+
+#: What a segment's length and trailing silence may fall short of a rule's by and still meet it:
+#: float rounding can leave frames * frame seconds just below the value (11 * 0.03 < 0.33).
+ENDPOINT_TOLERANCE_SECONDS = 1e-6
 
 
 @dataclass(frozen=True)
@@ -95,8 +101,7 @@ def detect_endpoint(
         trailing = length
     else:
         trailing = max(num_frames - (last_token_frame + 1), 0) * frame_seconds
-    # a small tolerance keeps e.g. 30 frames * 0.04 s >= 1.2 s despite float rounding
-    eps = 1e-6
+    eps = ENDPOINT_TOLERANCE_SECONDS
     return any(
         rule_fires(rule, last_token_frame is not None, trailing + eps, length + eps)
         for rule in cfg.rules

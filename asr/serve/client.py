@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from asr.constants import hotword_score
 from asr.fileio import one_line
 
 __all__ = ["ClientResult", "stream_file", "stream_microphone", "stream_samples", "main"]
@@ -380,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--microphone", action="store_true", help="stream the default microphone")
     parser.add_argument("--device", default=None, help="sounddevice input device")
     parser.add_argument(
-        "--timeout", type=float, default=600.0, help="seconds per file (default: 600)"
+        "--timeout", type=_positive_seconds, default=600.0,
+        help="seconds per file (default: 600)"
     )
     parser.add_argument(
         "--hotwords", metavar="PHRASES", default=None,
@@ -388,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the server must run a beam searcher that biases (asr serve --searcher transducer_beam)",
     )
     parser.add_argument(
-        "--hotwords-score", type=float, metavar="S", default=None,
+        "--hotwords-score", type=hotword_score, metavar="S", default=None,
         help="per-token boost of a phrase without its own (default: the server's)",
     )
     return parser

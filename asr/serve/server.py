@@ -37,6 +37,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from asr.decoding.registry import BIASING_STREAMING_SEARCHERS
 from asr.serve.config import ServerConfig
 from asr.serve.engine import DecodeEngine, Session
 from asr.serve.protocol import (
@@ -403,8 +404,8 @@ class RecognitionServer:
         if not getattr(recognizer, "biases", False):
             name = getattr(recognizer, "searcher_name", "greedy")
             raise ProtocolError(
-                f"this server's searcher {name} does not take hotwords (a server started with "
-                "--searcher transducer_beam, tdt_beam or ctc_prefix_beam does)"
+                f"this server's searcher {name} does not take hotwords (`asr serve` biases with "
+                f"its PyTorch engine and --searcher {' / '.join(BIASING_STREAMING_SEARCHERS)})"
             )
         try:
             graph = await asyncio.to_thread(

@@ -4,6 +4,8 @@ exactly the phrase boosts when nothing is pruned)."""
 
 from __future__ import annotations
 
+import argparse
+import math
 import random
 import re
 
@@ -11,6 +13,7 @@ import pytest
 import torch
 from search_helpers import encoder_output, make_model
 
+from asr.constants import hotword_score, hotword_score_problem
 from asr.decoding import SearchConfig, build_searcher
 from asr.decoding.context_graph import (
     MAX_HOTWORD_SCORE,
@@ -170,7 +173,10 @@ def test_a_bad_phrase_of_a_hotword_file_names_the_file_and_line(tmp_path):
     tokenizer = build_char_tokenizer(["AB"])
     path = tmp_path / "hotwords.txt"
     for text, line, what in [("AB\nA\u2581B\n", 2, "hotword 'A\u2581B': text 'A\u2581B' holds"),
-                             ("AB\n\nAB :x\n", 3, "hotword 'AB :x': bad score")]:
+                             ("AB\n\nAB :x\n", 3, "hotword 'AB :x': bad score"),
+                             # the range was checked when the graph was built, naming no file
+                             ("AB\nAB :1000\n", 2, r"hotword 'AB': score 1000: a per-token boost "
+                                                  r"must be in \[-100, 100\]")]:
         path.write_text(text, encoding="utf-8")
         message = f"^hotwords file {re.escape(str(path))}:{line}: {what}"
         with pytest.raises(HotwordError, match=message):
@@ -202,6 +208,27 @@ def test_boosts_beyond_the_limit_are_clear_errors():
     limit = f"ABC :{MAX_HOTWORD_SCORE};DE :-{MAX_HOTWORD_SCORE}"
     assert context_graph_for(SearchConfig(hotwords=limit), tokenizer).num_phrases == 2
     assert context_graph_for(SearchConfig(hotwords=" ; ", hotwords_score=1e9), tokenizer) is None
+
+
+@pytest.mark.parametrize("score", [MAX_HOTWORD_SCORE, -MAX_HOTWORD_SCORE, 0.0, 100.00001, -1e308,
+                                   math.inf, math.nan])
+def test_the_option_and_the_graph_hold_a_boost_to_one_rule_with_one_message(score):
+    """``--hotwords-score`` and the graph's boosts each wrote out ``|score| <= 100`` and its
+    message; both now ask :func:`hotword_score_problem`: they take and refuse the same values,
+    with its words."""
+    problem = hotword_score_problem(score)
+    assert (problem is None) == (abs(score) <= MAX_HOTWORD_SCORE)
+    text = repr(score)
+    if problem is None:
+        assert hotword_score(text) == score
+        assert ContextGraph.from_hotwords([Hotword("ABC")], _CharTokenizer(), score).num_phrases
+        return
+    with pytest.raises(argparse.ArgumentTypeError) as option:
+        hotword_score(text)
+    assert str(option.value) == f"{problem}, got {text!r}"
+    with pytest.raises(HotwordError) as graph:
+        ContextGraph.from_hotwords([Hotword("ABC")], _CharTokenizer(), score)
+    assert str(graph.value) == f"hotwords_score {score:g}: {problem}"
 
 
 # --- the three biasing beams -------------------------------------------------------------------

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,11 @@ def test_mini_tts_refuses_an_unknown_lm_unit(tmp_path):
 # (one process) instead of `-m asr.cli.main train ...`, or, with FAKE_STATUS set, exits with it.
 FAKE_TORCHRUN = r'''#!/usr/bin/env bash
 printf '%s\n' "$@" > "$FAKE_DIR/torchrun-args"
+if [ -n "${FAKE_LOG_LINE:-}" ]; then  # logs a line, stamped by a clock 25 years behind ours
+  exp=$(sed -n '/^--exp-dir$/{n;p}' "$FAKE_DIR/torchrun-args")
+  mkdir -p "$exp" && printf '%s\n' "$FAKE_LOG_LINE" >> "$exp/train.log"
+  touch -d @1000000000 "$exp/train.log"
+fi
 [ -n "${FAKE_STATUS:-}" ] && exit "$FAKE_STATUS"
 options=()
 while [ "$1" != -m ]; do options+=("$1"); shift; done
@@ -255,16 +261,21 @@ def test_stage_6_passes_sigusr1_through_torchrun_and_exits_with_the_preemption_s
     assert "stage 6: preempted (exit status 138" in stderr
 
 
-def test_stage_6_reports_a_failure_after_an_earlier_preemption_as_a_failure(tmp_path):
+PREEMPTED_LINE = ("2026-01-01 00:00:00 WARNING asr.train.trainer: preempted by SIGUSR1 at step 3: "
+                  "its checkpoint is written, the same command resumes from it; exiting with 138")
+
+
+@pytest.mark.parametrize("mtime", [1e9, time.time() + 86400], ids=["behind", "ahead"])
+def test_stage_6_reports_a_failure_after_an_earlier_preemption_as_a_failure(tmp_path, mtime):
     """torchrun fails (status 1) without this run logging anything; the preemption that the
-    log's last line tells of is an earlier run's: run.sh exits 1, not 138."""
+    log's last line tells of is an earlier run's: run.sh exits 1, not 138. Also when the log's
+    time is ahead of ours (an NFS server's clock): run.sh took a log newer than its own marker
+    in $TMPDIR for one this run wrote."""
     exp = tmp_path / "work" / "exp" / "conformer_transducer"
     exp.mkdir(parents=True)
     log = exp / "train.log"
-    log.write_text("2026-01-01 00:00:00 WARNING asr.train.trainer: preempted by SIGUSR1 at step "
-                   "3: its checkpoint is written, the same command resumes from it; exiting "
-                   "with 138\n")
-    os.utime(log, (1e9, 1e9))
+    log.write_text(PREEMPTED_LINE + "\n")
+    os.utime(log, (mtime, mtime))
     run = _stage_6(tmp_path, FAKE_STATUS="1")
     try:
         _, stderr = run.communicate(timeout=60)
@@ -272,3 +283,18 @@ def test_stage_6_reports_a_failure_after_an_earlier_preemption_as_a_failure(tmp_
         _end(run)
     assert run.returncode == 1, stderr[-3000:]
     assert "preempted" not in stderr
+
+
+def test_stage_6_reads_a_preemption_this_run_logged_whatever_the_logs_clock(tmp_path):
+    """The training logs its preemption and torchrun exits 1, but the log's time is behind ours
+    (an NFS server's clock): run.sh took the log for an older one than its marker in $TMPDIR
+    and exited 1, not the preemption's 138."""
+    run = _stage_6(tmp_path, FAKE_STATUS="1", FAKE_LOG_LINE=PREEMPTED_LINE)
+    try:
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        _end(run)
+    log = tmp_path / "work" / "exp" / "conformer_transducer" / "train.log"
+    assert log.stat().st_mtime == 1e9  # the fake's stamp
+    assert run.returncode == 138, stderr[-3000:]
+    assert "stage 6: preempted (exit status 138" in stderr

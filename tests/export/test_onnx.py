@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import kaldi_native_fbank as knf
@@ -33,10 +34,11 @@ from asr.export.sherpa import (
     sherpa_fbank_problem,
 )
 from asr.export.sherpa_decode import load_recognizer, room_tone
+from asr.export.sherpa_streaming import load_streaming_recognizer, sherpa_rule_seconds
 from asr.features.fbank import FbankConfig, compute_fbank, num_frames
 from asr.fileio import current_umask
 from asr.package import export_package, load_package
-from asr.runtime.endpoint import EndpointConfig, EndpointRule
+from asr.runtime.endpoint import ENDPOINT_TOLERANCE_SECONDS, EndpointConfig, EndpointRule
 from asr.runtime.offline import load_model
 from asr.testing.packages import random_experiment, random_package
 from asr.testing.streams import decode_with_endpoints
@@ -308,8 +310,6 @@ def test_streaming_flush_decodes_every_frame_with_the_inputs_own_background(expo
 def test_sherpa_streaming_recognizer_fed_in_pieces_equals_the_whole_decode(exported, utterances):
     """The server's sherpa-onnx engine, fed pieces of 1234 samples with decode steps between
     them and all streams in one batch, gives decode-onnx's tokens (the same flush)."""
-    from asr.export.sherpa_streaming import load_streaming_recognizer
-
     directory = exported["streaming"]
     waves = utterances[:8]
     whole = load_recognizer(directory).decode(waves)
@@ -906,8 +906,6 @@ def test_an_endpoint_on_the_last_chunk_adds_no_empty_segment_in_the_sherpa_engin
     stream used to be done only one decode call later, so the endpoint was taken, and the
     stream then ended with an empty final segment after it (a client got a final result
     with no text)."""
-    from asr.export.sherpa_streaming import load_streaming_recognizer
-
     source, directory, _ = random_exports["streaming"]
     wave = (np.random.default_rng(0).standard_normal(RATE) * 0.1).astype(np.float32)
     # rule 3 fires after 0.9 s, on the last chunk of 1 s (0.96 s: 6 chunks of 0.16 s)
@@ -917,6 +915,39 @@ def test_an_endpoint_on_the_last_chunk_adds_no_empty_segment_in_the_sherpa_engin
         segments = decode_with_endpoints(recognizer, recognizer.new_stream(), wave, RATE)
         assert [(s.index, s.is_final) for s in segments] == [(0, True)], type(recognizer)
         assert segments[0].token_ids and segments[0].end == pytest.approx(0.96)
+
+
+@pytest.mark.parametrize("seconds", [0.0, 0.33, 0.8, 0.805, 1.2, 1.44, 1.6, 2.4, 20.0])
+def test_sherpa_rule_seconds_meet_our_rule_at_the_same_frame(seconds):
+    """sherpa-onnx's test of a rule (endpoint.cc: ``float(frames) * 0.01f >= rule``, float32)
+    holds, with the value we give it, from the first frame count our rule's holds at."""
+    frames = np.arange(0, 3000)
+    lengths = frames.astype(np.float32) * np.float32(0.01)  # sherpa-onnx's, in float32
+    theirs = lengths >= np.float32(sherpa_rule_seconds(seconds))
+    ours = frames * 0.01 + ENDPOINT_TOLERANCE_SECONDS >= seconds
+    assert (theirs == ours).all()
+    if seconds in (0.8, 1.2, 1.6, 2.4):  # the value as written: a frame (a chunk) later
+        assert (lengths >= np.float32(seconds)).sum() == ours.sum() - 1
+    assert sherpa_rule_seconds(math.inf) == math.inf
+
+
+@pytest.mark.parametrize("length", [0.8, 1.44])
+def test_the_sherpa_engine_ends_segments_where_ours_does(random_exports, length):
+    """Rule 3 (the longest segment) of 0.8 s or 1.44 s, a whole number of 0.16 s chunks: our
+    runtime ended each segment on that chunk, sherpa-onnx one chunk later (0.96 s, 1.6 s), its
+    float32 80 * 0.01 falling short of 0.8. The last segment, padded by the flush, is left out."""
+    source, directory, _ = random_exports["streaming"]
+    wave = (np.random.default_rng(0).standard_normal(2 * RATE) * 0.1).astype(np.float32)
+    endpoint = EndpointConfig(rule1=EndpointRule(False, 100.0, 0.0),
+                              rule2=EndpointRule(True, 100.0, 0.0),
+                              rule3=EndpointRule(False, 0.0, length))
+    ends = []
+    for recognizer in (load_streaming_recognizer(directory, endpoint=endpoint),
+                       load_model(source).streaming_recognizer(endpoint=endpoint)):
+        segments = decode_with_endpoints(recognizer, recognizer.new_stream(), wave, RATE)
+        ends.append([round(s.end, 3) for s in segments[:-1]])
+    expected = [round(length * k, 3) for k in range(1, int(2 / length) + 1)]
+    assert ends == [expected, expected]
 
 
 def test_the_printed_loader_call_decodes_an_8khz_model_as_ours(tmp_path, monkeypatch):

@@ -225,6 +225,8 @@ def test_decode_onnx_checks_the_hotwords_as_asr_decode_does(tmp_path, caplog):
     hotwords = tmp_path / "hotwords.txt"
     search = {"decoding_method": "modified_beam_search", "hotwords_file": hotwords}
     for text, message in (("GREEN DOOR :2x\n", "bad score ':2x'"),
+                          # asr decode refuses it; sherpa-onnx was given it
+                          ("GREEN DOOR :1000\n", "score 1000: a per-token boost must be in"),
                           ("SEVEN APPLES\ngreen door\n", "hotword 'green door' has characters "
                            "no piece of the model has: 'degnor'")):
         hotwords.write_text(text)

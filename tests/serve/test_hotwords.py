@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from test_server import _misbehave, _run
 
+from asr.decoding.registry import BIASING_STREAMING_SEARCHERS
+from asr.serve.client import main as client_main
 from asr.serve.client import stream_samples
 
 
@@ -117,10 +119,25 @@ def test_bad_hotwords_are_rejected(beam_server, name, wait_until):
     assert wait_until(lambda: beam_server.server.num_sessions == 0, 5.0)
 
 
+@pytest.mark.parametrize("score", ["inf", "1e9"])
+def test_the_client_refuses_a_boost_every_other_hotwords_score_option_refuses(score, capsys):
+    """The client's --hotwords-score was a plain float: inf went out as the JSON ``Infinity``
+    and 1e9 as a number, each refused only by the server, after connecting."""
+    with pytest.raises(SystemExit) as exit_info:
+        client_main(["--hotwords", "HELLO", "--hotwords-score", score, "speech.wav"])
+    assert exit_info.value.code == 2
+    assert ("argument --hotwords-score: a per-token boost must be in [-100, 100], "
+            f"got {score!r}") in capsys.readouterr().err
+
+
 def test_hotwords_to_a_server_that_cannot_bias(server, wait_until):
-    """The default servers run a greedy search (ours) or sherpa-onnx: a clear error."""
+    """The default servers run a greedy search (ours) or sherpa-onnx: a clear error, which
+    names what biases. It told a sherpa-onnx server's client of a server started with
+    --searcher transducer_beam, which sherpa-onnx ignores."""
     close_code, received = _run(_misbehave(server.url, [json.dumps({"hotwords": ["HELLO"]})]), 20)
-    assert close_code == 1008 and "does not take hotwords" in received[-1]["error"]
+    error = received[-1]["error"]
+    assert close_code == 1008 and "does not take hotwords" in error
+    assert "PyTorch engine and --searcher " + " / ".join(BIASING_STREAMING_SEARCHERS) in error
     assert wait_until(lambda: server.server.num_sessions == 0, 5.0)
 
 

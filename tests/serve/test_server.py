@@ -782,15 +782,19 @@ def test_a_second_ctrl_c_ends_the_microphone_client_without_its_final_result(mon
     assert "error: interrupted before the final result" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option", ["--chunk-seconds", "--timeout"])
 @pytest.mark.parametrize("seconds", ["0", "-1", "nan", "inf"])
-def test_the_client_refuses_a_chunk_that_is_no_positive_duration(seconds, capsys):
-    # 0 and below sent one sample per message
+def test_the_client_refuses_a_chunk_or_timeout_that_is_no_positive_duration(option, seconds,
+                                                                             capsys):
+    """A --chunk-seconds of 0 and below sent one sample per message; a --timeout of 0, below
+    or nan ended every file at once with 'no final result from URL within nan s', hiding
+    even a server that was not there."""
     from asr.serve.client import main as client_main
 
     with pytest.raises(SystemExit) as exit_info:
-        client_main(["--chunk-seconds", seconds, "x.wav"])
+        client_main([option, seconds, "x.wav"])
     assert exit_info.value.code == 2
-    assert "--chunk-seconds: must be a number of seconds above 0" in capsys.readouterr().err
+    assert f"{option}: must be a number of seconds above 0" in capsys.readouterr().err
 
 
 async def _keep_alive_with_empty_frames(url: str, seconds: float) -> tuple[int | None, float]:

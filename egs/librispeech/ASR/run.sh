@@ -191,21 +191,24 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
     launcher=("$VENV/bin/torchrun" --standalone --nproc-per-node "$nproc"
       --signals-to-handle SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 -m asr.cli.main)
   fi
-  started=$(mktemp)  # train.log written after this: by this run
+  # train.log's checksum before the run: a different one after it means this run logged. Not
+  # its time: on NFS a file's mtime comes from the server's clock, not from ours
+  train_log=$exp_dir/train.log
+  log_before=$( { [ -f "$train_log" ] && cksum < "$train_log"; } || true)
   rc=0
   # shellcheck disable=SC2086  # $sets: words without spaces
   "${launcher[@]}" train --config "$config" --exp-dir "$exp_dir" --set $sets "${train_words[@]}" || rc=$?
-  if [ $rc -ne 0 ] && [ "$nproc" -gt 1 ] && [ "$exp_dir/train.log" -nt "$started" ]; then
+  if [ $rc -ne 0 ] && [ "$nproc" -gt 1 ] && [ -f "$train_log" ] \
+      && [ "$(cksum < "$train_log")" != "$log_before" ]; then
     # torchrun exits 1 whatever ended its processes: a preemption is the last line this run's
     # training logged ("preempted by SIGUSR1 at step N: ...; exiting with 138"), whose status
     # (143 SIGTERM, 138 SIGUSR1) run.sh exits with, as `asr train` does on its own
-    preempted=$(tail -n 1 "$exp_dir/train.log" | sed -n 's/.* preempted by SIG[A-Z0-9]* at step [0-9]*: .*; exiting with \([0-9][0-9]*\)$/\1/p')
+    preempted=$(tail -n 1 "$train_log" | sed -n 's/.* preempted by SIG[A-Z0-9]* at step [0-9]*: .*; exiting with \([0-9][0-9]*\)$/\1/p')
     if [ -n "$preempted" ]; then
-      log "stage 6: preempted (exit status $preempted, see $exp_dir/train.log); run stage 6 again to resume"
+      log "stage 6: preempted (exit status $preempted, see $train_log); run stage 6 again to resume"
       rc=$preempted
     fi
   fi
-  rm -f "$started"
   [ $rc -eq 0 ] || exit $rc
 fi
 
