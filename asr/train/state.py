@@ -54,9 +54,10 @@ class TrainConfig:
             warning level are icefall's; from the initial 2**16 the floor is ~33 overflows in a
             row away. 0 never stops.
         time_budget_s: wall-clock seconds of training, summed over resumed runs (0: no budget).
-            A budgeted run measures its step and end-of-epoch costs and, apart from the steps, those
-            of the validations and checkpoints of ``valid_interval`` and ``checkpoint_interval``,
-            plans the total step count that fits (:mod:`asr.train.budget`) after
+            A budgeted run measures the costs of its steps and, apart, of its validations,
+            checkpoints and ends of epochs, plans the total step count that fits, each piece of
+            work charged once where it is done, the final stop's checkpoint or epoch end
+            included (:mod:`asr.train.budget`), after
             ``time_budget_calibration_steps`` steps, again every ``time_budget_quantum`` steps and
             after every epoch, and ends the cosine schedule at the plan (it replaces
             ``optim.total_steps``); ``max_steps`` (when > 0) and ``max_epochs`` cap the plan, and

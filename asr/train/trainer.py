@@ -603,7 +603,8 @@ class Trainer:
         step before a skipped one, whose batches it has not passed), the older ones pruned to
         ``keep_last`` as at every other checkpoint."""
         if self._saved_at != self._position():
-            self.save(checkpoint_path(self.exp_dir, self.progress.step))
+            with self.budget.between_steps(CHECKPOINT):
+                self.save(checkpoint_path(self.exp_dir, self.progress.step))
             if self.dist.is_main:
                 remove_old_checkpoints(self.exp_dir, self.cfg.keep_last)
 
@@ -729,8 +730,7 @@ class Trainer:
         if p.step % self.cfg.log_interval == 0:
             self._log_step(loss, utts, metrics, lr, bar)
         if self.cfg.valid_interval > 0 and p.step % self.cfg.valid_interval == 0:
-            with self.budget.between_steps(VALIDATION):  # the budget's plans count it apart
-                self._valid_loss()
+            self._valid_loss()
         if self.cfg.checkpoint_interval > 0 and p.step % self.cfg.checkpoint_interval == 0:
             with self.budget.between_steps(CHECKPOINT):
                 self.save(checkpoint_path(self.exp_dir, p.step))
@@ -925,22 +925,24 @@ class Trainer:
     def _valid_loss(self) -> float | None:
         """The validation loss at the current step, validated and logged once per step: an
         epoch that ends on a step validated by ``train.valid_interval`` (in this run or before
-        the checkpoint it resumed from) takes that step's loss."""
+        the checkpoint it resumed from) takes that step's loss. The time budget's plans count
+        its cost apart from the steps'."""
         p = self.progress
         if p.valid_step != p.step:
-            p.valid_step, p.valid_loss = p.step, self._validate()
+            with self.budget.between_steps(VALIDATION):
+                p.valid_step, p.valid_loss = p.step, self._validate()
             if p.valid_loss is not None and self.dist.is_main:
                 self._add_scalar("valid/loss", p.valid_loss)
                 logger.info("step %d: valid loss %.4f", p.step, p.valid_loss)
         return p.valid_loss
 
     def _end_epoch(self) -> None:
-        start = self.budget.clock()
         p = self.progress
+        valid_loss = self._valid_loss()  # timed apart, as every validation
+        start = self.budget.clock()
         utts = all_reduce_sum(p.utts_sum, self.dist)
         # an epoch without a step taken has no train loss (not 0)
         train_loss = all_reduce_sum(p.loss_sum, self.dist) / utts if utts > 0 else math.nan
-        valid_loss = self._valid_loss()
         wer = None
         if self.evaluate is not None:  # every rank: a collective where distributed
             wer = self.evaluate(unwrap(self.model))
@@ -963,8 +965,9 @@ class Trainer:
         # The epoch checkpoint is a step checkpoint (what resume() looks for) plus a hard link
         # (or copy) named after the epoch for averaging and decoding by epoch.
         path = checkpoint_path(self.exp_dir, p.step)
-        with self.budget.between_steps(EPOCH_END):  # the end's cost for the next plans
+        with self.budget.between_steps(CHECKPOINT):  # the end's costs for the next plans
             self.save(path)
+        with self.budget.between_steps(EPOCH_END):
             if self.dist.is_main:
                 link_epoch_checkpoint(path, p.epoch - 1)
                 remove_old_checkpoints(self.exp_dir, self.cfg.keep_last)
