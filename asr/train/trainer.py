@@ -3,24 +3,23 @@
 The trainer knows nothing about speech: it drives any module whose ``forward(batch, step=...)``
 (``step``: the optimizer steps taken so far, for losses with a schedule) returns an object with
 ``loss`` (scalar, SUMMED over utterances), ``num_utterances`` and ``metrics`` (a dict of floats,
-also sums), as :class:`asr.model.ASRModel` does; one whose loss leaves some trainable
-parameters out (``has_unused_parameters`` true: an ASRModel's heads of loss weight 0) has DDP
-look for them at every step, as it must, and only then: the walk of the autograd graph took
-~3 ms a step for the 1.1M-parameter mini_tts transducer on 2 CPU processes (58-87 ms steps of
-2 x 2 s; at a batch of 8 x 10 s, 1.04-1.06 s steps, it was within the noise). Wall-clock
-budgets are planned by :class:`asr.train.budget.TimeBudget`, called after each step and at each
-end of epoch. Batches
+also sums), as :class:`asr.model.ASRModel` does; one whose loss leaves some trainable parameters
+out (``has_unused_parameters`` true: an ASRModel's heads of loss weight 0) has DDP look for them
+at every step, as it must, and only then: the walk of the autograd graph took ~3 ms a step for
+the 1.1M-parameter mini_tts transducer on 2 CPU processes (58-87 ms steps of 2 x 2 s; at a batch
+of 8 x 10 s, 1.04-1.06 s steps, it was within the noise). Wall-clock budgets are planned by
+:class:`asr.train.budget.TimeBudget`, called after each step and at each end of epoch. Batches
 come from a callable ``train_batches(epoch, skip, skip_world_size)`` that yields this rank's
-batches of ``epoch`` after the first ``skip`` GLOBAL batches (all ranks' together) of the epoch's
-stream as ``skip_world_size`` processes sample it (the same batches, augmentation included, as in
-an uninterrupted run: :class:`asr.data.epochs.EpochBatches`); that position plus the RNG states
-is what makes a resumed run continue exactly where the killed one stopped. A source that names
-its stream (``train_batches.stream``, e.g. the sampler and its duration buckets) has it recorded
-in the checkpoint (``Progress.epoch_stream``): an epoch resumed in another stream, where the
-position means other batches, is trained again from its start, with a warning; unless the
-checkpoint knows its position to be the end of the recorded stream (``Progress.epoch_batches``,
-looked for by every checkpoint written inside an epoch, :meth:`Trainer.save`), where only the
-epoch's end is due.
+batches of ``epoch`` after the first ``skip`` GLOBAL batches (all ranks' together) of the
+epoch's stream as ``skip_world_size`` processes sample it (the same batches, augmentation
+included, as in an uninterrupted run: :class:`asr.data.epochs.EpochBatches`); that position plus
+the RNG states is what makes a resumed run continue exactly where the killed one stopped. A
+source that names its stream (``train_batches.stream``, e.g. the sampler and its duration
+buckets) has it recorded in the checkpoint (``Progress.epoch_stream``): an epoch resumed in
+another stream, where the position means other batches, is trained again from its start, with a
+warning; unless the checkpoint knows its position to be the end of the recorded stream
+(``Progress.epoch_batches``, looked for by every checkpoint written inside an epoch,
+:meth:`Trainer.save`), where only the epoch's end is due.
 
 Counters (:class:`asr.train.state.Progress`): ``step`` counts optimizer steps, one per step of
 all ranks together; ``batches_in_epoch`` counts the epoch's global batches (each rank's batches
