@@ -106,13 +106,14 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 class _EpochIterator:
-    """An epoch's batch iterator that can tell ahead whether a batch is left
-    (:meth:`has_next`), keeping the batch it loads for the loop: the look costs no load of its
-    own while the epoch goes on. The look leaves the RNGs as it found them (a batch's loading
-    may draw from them: augmentation), and the kept batch puts back the states its loading left
-    when the loop takes it: the draws happen where the loop takes the batch, as without the
-    look, so a checkpoint written between the look and that take holds the RNGs a resumed run
-    loads the batch with.
+    """An epoch's batch iterator that can tell ahead whether it has ended (:meth:`ended`),
+    keeping the batch it loads for the loop: the look costs no load of its own while the epoch
+    goes on. The look leaves the RNGs as it found them (a batch's loading may draw from them:
+    augmentation), and the kept batch puts back the states its loading left when the loop takes
+    it: the draws happen where the loop takes the batch, as without the look, so a checkpoint
+    written between the look and that take holds the RNGs a resumed run loads the batch with.
+    A batch whose loading fails (a bad file) is kept as its error, raised where the loop takes
+    it: the checkpoint that looked is written first.
 
     Args:
         batches: the epoch's batches of this rank, from the position on.
@@ -123,31 +124,38 @@ class _EpochIterator:
     def __init__(self, batches: Iterable[Batch], device: torch.device) -> None:
         self._batches = iter(batches)
         self._device = device
-        self._next: tuple[Batch, dict[str, Any]] | None = None  # the batch looked at, its RNGs
+        # the batch looked at and the RNGs its loading left, or the error it failed with
+        self._next: tuple[Batch, dict[str, Any]] | Exception | None = None
 
     def __iter__(self) -> _EpochIterator:
         return self
 
     def __next__(self) -> Batch:
-        if self._next is None:
+        looked, self._next = self._next, None
+        if looked is None:
             return next(self._batches)
-        batch, rng = self._next
-        self._next = None
+        if isinstance(looked, Exception):
+            raise looked
+        batch, rng = looked
         restore_rng_state(rng, self._device)
         return batch
 
-    def has_next(self) -> bool:
-        """Whether the epoch holds one more batch (loaded and kept, with the RNGs as before)."""
+    def ended(self) -> bool:
+        """Whether the epoch is known to hold no batch after the position (a look loads the next
+        one and keeps it, with the RNGs as before; one that fails to load is not known to be
+        the last)."""
         if self._next is None:
             before = capture_rng_state(self._device)
             try:
                 batch = next(self._batches, None)
                 if batch is None:
-                    return False
+                    return True
                 self._next = (batch, capture_rng_state(self._device))
+            except Exception as err:  # noqa: BLE001 - raised where the loop takes the batch
+                self._next = err
             finally:
                 restore_rng_state(before, self._device)
-        return True
+        return False
 
 
 def _cpu_has_bf16() -> bool:
@@ -596,7 +604,7 @@ class Trainer:
         same."""
         p = self.progress
         if (self._batches is not None and p.batches_in_epoch > 0 and p.epoch_batches is None
-                and not self._batches.has_next()):
+                and self._batches.ended()):
             p.epoch_batches = p.batches_in_epoch
 
     def _save_at_stop(self) -> None:

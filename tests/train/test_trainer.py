@@ -299,6 +299,38 @@ def test_a_stop_checkpoint_without_the_epochs_end_looks_for_it_in_the_current_st
     assert [(r.epoch, r.step, r.batches) for r in p.history] == [(1, 7, 7)]
 
 
+class BadBatch(Exception):
+    """A batch that fails to load (a bad feature file)."""
+
+
+@pytest.mark.parametrize(("max_steps", "interval"), [(0, 4), (4, 0)])
+def test_a_batch_that_fails_to_load_after_a_checkpoints_look_does_not_lose_the_checkpoint(
+        tmp_path, max_steps, interval):
+    """The 5th batch fails to load. The checkpoint of step 4 (the interval's, or a max_steps
+    stop's) looks for it first: the checkpoint is still written, and the error is raised where
+    the batch is taken (not at all by the stop, which takes none: the resumed run meets it).
+    The stop's look raised the error before the stop's checkpoint was written: no checkpoint."""
+
+    def failing(epoch, skip, skip_world_size):
+        for i, batch in enumerate(batches(epoch, skip), start=skip):
+            if i == 4:
+                raise BadBatch(f"epoch {epoch} batch {i}")
+            yield batch
+
+    trainer = Trainer(ToyModel(), OptimConfig(),
+                      TrainConfig(max_epochs=1, max_steps=max_steps,
+                                  checkpoint_interval=interval),
+                      tmp_path, failing)
+    if max_steps:
+        assert trainer.fit().step == 4
+    else:
+        with pytest.raises(BadBatch, match="epoch 1 batch 4"):
+            trainer.fit()
+    progress = safe_torch_load(tmp_path / "checkpoint-4.pt")["progress"]
+    assert (progress["step"], progress["batches_in_epoch"], progress["epoch_batches"]) == (
+        4, 4, None)
+
+
 def test_resuming_another_models_checkpoint_names_the_file(tmp_path):
     run(tmp_path, max_steps=2)
     wider = ToyModel()
