@@ -1,10 +1,12 @@
 """Fitting a training run to a wall-clock budget: how many optimizer steps are left to plan.
 
-A budgeted run (``train.time_budget_s``) measures what a step, an end of epoch (validation, dev
-WER, checkpoint, plot) and the work done every so many steps (a validation every
-``train.valid_interval`` steps, a checkpoint every ``checkpoint_interval``) cost on the machine it
-runs on, each apart, and plans its total step count so that the whole run fits the budget; the
-cosine schedule then decays to its floor exactly at the planned step.
+A budgeted run (``train.time_budget_s``) measures what a step, a validation, a checkpoint and
+the rest of an end of epoch (dev WER, plot) cost on the machine it runs on, each apart, and plans
+its total step count so that the whole run fits the budget, each piece of work charged once
+where it is done: a validation after every ``train.valid_interval``-th step and at every end of
+epoch (once at an end on such a step), a checkpoint after every ``checkpoint_interval``-th step,
+at every end of epoch and at the final stop (unless the interval's holds that step); the cosine
+schedule then decays to its floor exactly at the planned step.
 The mini_tts main job thus trains ~1700 float32 steps on a 2-core AVX2 machine (estimated) and
 2900-3400 bf16 steps on one with AMX (measured) in the same minutes, instead of a step count sized
 for the slowest machine.
@@ -40,16 +42,22 @@ class PlanInput:
         step: optimizer steps taken so far.
         remaining_s: budget seconds left.
         sec_per_step: measured cost of one optimizer step (data, forward, backward, logs), without
-            the work between steps (``periodic``, ends of epochs).
-        epoch_end_s: measured cost of one end of epoch (0 while none has happened).
+            the work between steps (validations, checkpoints, ends of epochs).
+        epoch_end_s: measured cost of one end of epoch besides its validation and checkpoint
+            (dev WER, plot; 0 while none has happened).
         steps_per_epoch: optimizer steps of a whole epoch (0 while unknown: before the first one
             ends, epoch ends are neither counted nor capped).
         steps_left_in_epoch: steps until the current epoch ends; 0 when its last step is done
             and its end comes before any further step (ignored while ``steps_per_epoch`` is 0).
         epochs_left: epochs that may still start or continue, the current one included.
         max_steps: a fixed upper limit on the total (0: none).
-        periodic: ``(every, seconds)`` of the work done after each optimizer step whose count is
-            a multiple of ``every`` (a validation, a checkpoint), ``seconds`` each time.
+        valid_every / valid_s: a validation of ``valid_s`` seconds after each optimizer step whose
+            count is a multiple of ``valid_every`` (0: none) and at each end of epoch, once at an
+            end on such a step (it reuses that step's loss).
+        checkpoint_every / checkpoint_s: a checkpoint of ``checkpoint_s`` seconds after each
+            optimizer step whose count is a multiple of ``checkpoint_every`` (0: none), at each
+            end of epoch and at the final step of a plan that ends before the epochs do (the
+            stop's own, unless the interval's holds that step).
         quantum: the plan is rounded down to a multiple of this (so that repeated runs on the
             same machine usually agree), unless the epoch limit ends training first.
     """
@@ -62,26 +70,52 @@ class PlanInput:
     steps_left_in_epoch: int = 0
     epochs_left: int = 1
     max_steps: int = 0
-    periodic: tuple[tuple[int, float], ...] = ()
+    valid_every: int = 0
+    valid_s: float = 0.0
+    checkpoint_every: int = 0
+    checkpoint_s: float = 0.0
     quantum: int = 1
 
 
-def _epoch_ends(n: int, inp: PlanInput) -> int:
-    """Ends of epochs that training continues after while taking ``n`` more steps.
+def _epoch_cap(inp: PlanInput) -> int | None:
+    """The step the last of ``epochs_left`` epochs ends at (None while epochs are unknown)."""
+    if inp.steps_per_epoch <= 0:
+        return None
+    return inp.step + inp.steps_left_in_epoch + max(inp.epochs_left - 1, 0) * inp.steps_per_epoch
 
-    A budgeted run that stops at an epoch's last step writes its checkpoint without the end-of-epoch
-    validation, so only ends strictly before the final step cost ``epoch_end_s``.
-    """
-    if inp.steps_per_epoch <= 0 or n <= inp.steps_left_in_epoch:
-        return 0
-    return 1 + (n - 1 - inp.steps_left_in_epoch) // inp.steps_per_epoch
+
+def _epoch_end_steps(n: int, inp: PlanInput) -> range:
+    """The steps whose end of epoch is paid for while taking ``n`` more steps: those training
+    continues after, and the last epoch's when the ``n``-th step is its last (the run ends with
+    the epochs, after that end). A budgeted run stopping on another epoch's last step writes
+    its checkpoint without the end."""
+    cap = _epoch_cap(inp)
+    if cap is None or n <= 0:
+        return range(0)
+    end = inp.step + n
+    last = end if end == cap else min(end - 1, cap)
+    return range(inp.step + inp.steps_left_in_epoch, last + 1, inp.steps_per_epoch)
+
+
+def _multiples(every: int, step: int, end: int) -> int:
+    """The multiples of ``every`` (0: none) in ``(step, end]``."""
+    return end // every - step // every if every > 0 else 0
 
 
 def _cost(n: int, inp: PlanInput) -> float:
-    """Seconds of ``n`` more steps, with the ends of epochs and the periodic work they bring."""
-    periodic = sum(((inp.step + n) // every - inp.step // every) * seconds
-                   for every, seconds in inp.periodic)
-    return n * inp.sec_per_step + _epoch_ends(n, inp) * inp.epoch_end_s + periodic
+    """Seconds of ``n`` more steps, with the validations, checkpoints and ends of epochs they
+    bring, each charged once (:class:`PlanInput`)."""
+    end = inp.step + n
+    ends = _epoch_end_steps(n, inp)
+    # an end on a step the interval validated reuses its loss (ends are at most epochs_left)
+    valid = inp.valid_every
+    validations = _multiples(valid, inp.step, end) + sum(
+        1 for e in ends if valid <= 0 or e % valid)
+    every = inp.checkpoint_every
+    stop = n > 0 and end not in ends and not (every > 0 and end % every == 0)
+    checkpoints = _multiples(every, inp.step, end) + len(ends) + int(stop)
+    return (n * inp.sec_per_step + len(ends) * inp.epoch_end_s + validations * inp.valid_s
+            + checkpoints * inp.checkpoint_s)
 
 
 @dataclass(frozen=True)
@@ -103,18 +137,16 @@ def plan_total_steps(inp: PlanInput) -> StepPlan:
         raise ValueError(f"sec_per_step must be a positive number, got {inp.sec_per_step}")
     if inp.quantum <= 0:
         raise ValueError(f"quantum must be > 0, got {inp.quantum}")
-    if any(every <= 0 for every, _ in inp.periodic):
-        raise ValueError(f"periodic work must come every > 0 steps, got {inp.periodic}")
+    if inp.valid_every < 0 or inp.checkpoint_every < 0:
+        raise ValueError(f"valid_every and checkpoint_every must be >= 0, got {inp.valid_every} "
+                         f"and {inp.checkpoint_every}")
     available = SAFETY * inp.remaining_s
     lo, hi = 0, max(int(available / inp.sec_per_step) + 1, 1)  # cost(lo) fits, cost(hi) not
     while hi - lo > 1:  # the cost grows with n: bisect for the most steps that fit
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if _cost(mid, inp) <= available else (lo, mid)
     total = inp.step + lo
-    epoch_cap = None
-    if inp.steps_per_epoch > 0:
-        epoch_cap = (inp.step + inp.steps_left_in_epoch
-                     + max(inp.epochs_left - 1, 0) * inp.steps_per_epoch)
+    epoch_cap = _epoch_cap(inp)
     if epoch_cap is not None and total >= epoch_cap and not 0 < inp.max_steps < epoch_cap:
         return StepPlan(epoch_cap, by_epochs=True)
     if 0 < inp.max_steps <= total:
@@ -122,9 +154,8 @@ def plan_total_steps(inp: PlanInput) -> StepPlan:
     return StepPlan(max(total // inp.quantum * inp.quantum, inp.step))
 
 
-#: What :meth:`TimeBudget.between_steps` times: a validation every ``train.valid_interval``
-#: steps, a checkpoint every ``train.checkpoint_interval`` steps, and the rest of an end of epoch
-#: after its plan (its checkpoint, the plot).
+#: What :meth:`TimeBudget.between_steps` times: every validation (the interval's, an end of
+#: epoch's), every checkpoint written, and the rest of an end of epoch after its plan (the plot).
 VALIDATION, CHECKPOINT, EPOCH_END = "validation", "checkpoint", "epoch end"
 
 
@@ -162,12 +193,12 @@ class TimeBudget:
     It counts the seconds trained (summed over resumed runs: ``Progress.train_seconds``), measures
     the cost of a step (from a fifth of the calibration steps on, over the latest
     ``time_budget_window`` steps, without the work between steps that :meth:`after_epoch` and
-    :meth:`between_steps` are given) and, apart, of an end of epoch and of each kind of periodic
-    work (mean over this run's), so that a validation or a checkpoint inside the window does not
-    swing the step cost and the plan; plans the total step count (:func:`plan_total_steps`) after
-    ``time_budget_calibration_steps`` steps, every ``time_budget_quantum`` steps after that and
-    at every end of epoch, and says after every step and every end of epoch whether the budget
-    is spent. Every method that plans or checks
+    :meth:`between_steps` are given) and, apart, of an end of epoch, a validation and a
+    checkpoint (mean over this run's), so that a validation or a checkpoint inside the window
+    does not swing the step cost and the plan; plans the total step count
+    (:func:`plan_total_steps`) after ``time_budget_calibration_steps`` steps, every
+    ``time_budget_quantum`` steps after that and at every end of epoch, and says after every
+    step and every end of epoch whether the budget is spent. Every method that plans or checks
     the budget is collective when distributed: rank 0's plan holds everywhere, and every rank
     stops once any rank's clock says the budget is spent. After a step the ranks have agreed on
     that already, in the step's one all-reduce (:func:`asr.train.agreement.agree` of each rank's
@@ -189,11 +220,11 @@ class TimeBudget:
         self._run_start: float | None = None  # clock() when the run started
         self._seconds_before = 0.0  # training seconds of earlier (resumed) runs
         self._start_step = 0
-        # costs of this run's ends of epochs: up to their plans (validation, dev WER) and after
-        # them (the checkpoint, the plot: :data:`EPOCH_END`)
+        # costs of this run's ends of epochs besides validation and checkpoint: up to their
+        # plans (dev WER) and after them (the plot: :data:`EPOCH_END`)
         self._epoch_end_seconds: list[float] = []
         self._epoch_end_tails: list[float] = []
-        self._periodic_seconds: dict[str, list[float]] = {VALIDATION: [], CHECKPOINT: []}
+        self._work_seconds: dict[str, list[float]] = {VALIDATION: [], CHECKPOINT: []}
         self._between = 0.0  # seconds of this run between steps (epoch ends, periodic work)
         # (clock, step, self._between) marks that step timing starts from: the first one after
         # the first steps of a run, whose cost is mostly start-up (first batches, kernel set-up),
@@ -220,7 +251,7 @@ class TimeBudget:
         self._start_step = progress.step
         self._epoch_end_seconds = []
         self._epoch_end_tails = []
-        self._periodic_seconds = {VALIDATION: [], CHECKPOINT: []}
+        self._work_seconds = {VALIDATION: [], CHECKPOINT: []}
         self._between = 0.0
         self._rate_marks = []
         self.spent = False
@@ -283,23 +314,25 @@ class TimeBudget:
     @contextlib.contextmanager
     def between_steps(self, kind: str) -> Iterator[None]:
         """Times the work inside it, done between two optimizer steps, as ``kind``:
-        :data:`VALIDATION` or :data:`CHECKPOINT` (the interval's), whose mean cost plans count
-        at every ``valid_interval`` / ``checkpoint_interval`` steps, or :data:`EPOCH_END`, the
-        part of an end of epoch after :meth:`after_epoch` (its checkpoint, the plot), whose mean
-        cost plans add to that of the part before. Step costs leave it out."""
+        :data:`VALIDATION` or :data:`CHECKPOINT` (any: the interval's, an end of epoch's, a
+        stop's), whose mean cost plans charge where each is done (:class:`PlanInput`), or
+        :data:`EPOCH_END`, the part of an end of epoch after :meth:`after_epoch` besides its
+        checkpoint (the plot), whose mean cost plans add to that of the part before. Step costs
+        leave it out. Not nested: the seconds inside count once."""
         start = self.clock()
         try:
             yield
         finally:
             seconds = self.clock() - start
             self._between += seconds
-            costs = self._epoch_end_tails if kind == EPOCH_END else self._periodic_seconds[kind]
+            costs = self._epoch_end_tails if kind == EPOCH_END else self._work_seconds[kind]
             costs.append(seconds)
 
     def after_epoch(self, progress: Progress, end_seconds: float) -> int | None:
-        """Called at an end of epoch that cost ``end_seconds`` so far (``progress.epoch`` is
-        already the next one), before its checkpoint, whose cost the trainer adds with
-        :meth:`between_steps`; returns a new planned total, or None. Collective."""
+        """Called at an end of epoch that cost ``end_seconds`` so far besides its validation
+        (``progress.epoch`` is already the next one), before its checkpoint and plot, whose costs
+        the trainer gives with :meth:`between_steps`; returns a new planned total, or None.
+        Collective."""
         self._epoch_end_seconds.append(end_seconds)
         self._between += end_seconds
         if not self.enabled:
@@ -332,17 +365,11 @@ class TimeBudget:
         if len(old) > 1:
             del self._rate_marks[1 : old[-1]]
 
-    def _periodic(self) -> tuple[tuple[int, float], ...]:
-        """``PlanInput.periodic``: each kind of interval work done in this run, its mean cost."""
-        every = {VALIDATION: self.cfg.valid_interval, CHECKPOINT: self.cfg.checkpoint_interval}
-        return tuple((every[kind], _mean(costs))
-                     for kind, costs in self._periodic_seconds.items() if every[kind] > 0 and costs)
-
     def _plan(self, progress: Progress, at_epoch_end: bool) -> int | None:
         """(Re)plans the total step count from this run's measured costs; sets
         ``progress.planned_steps`` and returns the total for the schedule. The work still due
         before the next step is taken off the time left at its mean cost: at an end of epoch
-        (``at_epoch_end``) its checkpoint and plot, else the periodic work of the step just
+        (``at_epoch_end``) its checkpoint and plot, else the interval's work of the step just
         taken (its validation, its checkpoint)."""
         p = progress
         if p.step - self._start_step <= 0:
@@ -359,9 +386,14 @@ class TimeBudget:
         timed_steps = p.step - origin[1]
         step_seconds = self.clock() - origin[0] - (self._between - origin[2])
         steps_per_epoch, steps_left = epoch_steps(p, self.cfg.accum_grad, self.dist.world_size)
-        periodic = self._periodic()
-        due = tail_s if at_epoch_end else sum(
-            seconds for every, seconds in periodic if p.step % every == 0)
+        valid_every, checkpoint_every = self.cfg.valid_interval, self.cfg.checkpoint_interval
+        valid_s = _mean(self._work_seconds[VALIDATION])
+        checkpoint_s = _mean(self._work_seconds[CHECKPOINT])
+        if at_epoch_end:
+            due = checkpoint_s + tail_s
+        else:
+            due = (_multiples(valid_every, p.step - 1, p.step) * valid_s
+                   + _multiples(checkpoint_every, p.step - 1, p.step) * checkpoint_s)
         inp = PlanInput(
             step=p.step,
             remaining_s=self.cfg.time_budget_s - self.elapsed() - due,
@@ -372,7 +404,10 @@ class TimeBudget:
             steps_left_in_epoch=steps_left,
             epochs_left=self.cfg.max_epochs - p.epoch + 1,
             max_steps=self.cfg.max_steps,
-            periodic=periodic,
+            valid_every=valid_every,
+            valid_s=valid_s,
+            checkpoint_every=checkpoint_every,
+            checkpoint_s=checkpoint_s,
             quantum=self.cfg.time_budget_quantum,
         )
         plan = plan_total_steps(inp) if self.dist.is_main else None

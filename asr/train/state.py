@@ -54,9 +54,10 @@ class TrainConfig:
             warning level are icefall's; from the initial 2**16 the floor is ~33 overflows in a
             row away. 0 never stops.
         time_budget_s: wall-clock seconds of training, summed over resumed runs (0: no budget).
-            A budgeted run measures its step and end-of-epoch costs and, apart from the steps, those
-            of the validations and checkpoints of ``valid_interval`` and ``checkpoint_interval``,
-            plans the total step count that fits (:mod:`asr.train.budget`) after
+            A budgeted run measures the costs of its steps and, apart, of its validations,
+            checkpoints and ends of epochs, plans the total step count that fits, each piece of
+            work charged once where it is done, the final stop's checkpoint or epoch end
+            included (:mod:`asr.train.budget`), after
             ``time_budget_calibration_steps`` steps, again every ``time_budget_quantum`` steps and
             after every epoch, and ends the cosine schedule at the plan (it replaces
             ``optim.total_steps``); ``max_steps`` (when > 0) and ``max_epochs`` cap the plan, and
@@ -168,13 +169,13 @@ class Progress:
             ``epoch_batches`` says that position is the stream's end. None: a source that names
             none, or a checkpoint written before it was kept.
         epoch_batches: the current epoch's global batches in its recorded stream, once a look
-            past ``batches_in_epoch`` found none left: at a stop on a step (``max_steps``, the
-            time budget; the look is taken before its checkpoint is written, with the RNGs it
-            may draw from restored) and when the stream runs out. While it equals
-            ``batches_in_epoch`` the epoch's batches are all trained on and only its end is
-            due, whatever stream the batch source now samples. None: not known (any other
-            position, or a checkpoint written before it was kept: the trainer then looks for a
-            next batch in the current stream).
+            past ``batches_in_epoch`` found none left: before every checkpoint written inside
+            the epoch (the interval's, a stop's, a preemption's; the batch found is kept for
+            the next step and the RNGs it may draw from are left as they were) and when the
+            stream runs out. While it equals ``batches_in_epoch`` the epoch's batches are all
+            trained on and only its end is due, whatever stream the batch source now samples.
+            None: not known (any other position, or a checkpoint written before it was kept:
+            the trainer then looks for a next batch in the current stream).
         history: finished epochs.
         loss_sum / utts_sum: running training loss of the current epoch.
         planned_steps: where a run stops to fit ``train.time_budget_s`` (0: no plan yet, or all

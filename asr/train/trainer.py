@@ -3,20 +3,23 @@
 The trainer knows nothing about speech: it drives any module whose ``forward(batch, step=...)``
 (``step``: the optimizer steps taken so far, for losses with a schedule) returns an object with
 ``loss`` (scalar, SUMMED over utterances), ``num_utterances`` and ``metrics`` (a dict of floats,
-also sums), as :class:`asr.model.ASRModel` does; one whose loss leaves some trainable
-parameters out (``has_unused_parameters`` true: an ASRModel's heads of loss weight 0) has DDP
-look for them at every step, as it must. Wall-clock budgets are planned by
+also sums), as :class:`asr.model.ASRModel` does; one whose loss leaves some trainable parameters
+out (``has_unused_parameters`` true: an ASRModel's heads of loss weight 0) has DDP look for them
+at every step, as it must, and only then: the walk of the autograd graph took ~3 ms a step for
+the 1.1M-parameter mini_tts transducer on 2 CPU processes (58-87 ms steps of 2 x 2 s; at a batch
+of 8 x 10 s, 1.04-1.06 s steps, it was within the noise). Wall-clock budgets are planned by
 :class:`asr.train.budget.TimeBudget`, called after each step and at each end of epoch. Batches
 come from a callable ``train_batches(epoch, skip, skip_world_size)`` that yields this rank's
-batches of ``epoch`` after the first ``skip`` GLOBAL batches (all ranks' together) of the epoch's
-stream as ``skip_world_size`` processes sample it (the same batches, augmentation included, as in
-an uninterrupted run: :class:`asr.data.epochs.EpochBatches`); that position plus the RNG states
-is what makes a resumed run continue exactly where the killed one stopped. A source that names
-its stream (``train_batches.stream``, e.g. the sampler and its duration buckets) has it recorded
-in the checkpoint (``Progress.epoch_stream``): an epoch resumed in another stream, where the
-position means other batches, is trained again from its start, with a warning; unless the
-checkpoint knows its position to be the end of the recorded stream (``Progress.epoch_batches``,
-looked for at a stop on a step), where only the epoch's end is due.
+batches of ``epoch`` after the first ``skip`` GLOBAL batches (all ranks' together) of the
+epoch's stream as ``skip_world_size`` processes sample it (the same batches, augmentation
+included, as in an uninterrupted run: :class:`asr.data.epochs.EpochBatches`); that position plus
+the RNG states is what makes a resumed run continue exactly where the killed one stopped. A
+source that names its stream (``train_batches.stream``, e.g. the sampler and its duration
+buckets) has it recorded in the checkpoint (``Progress.epoch_stream``): an epoch resumed in
+another stream, where the position means other batches, is trained again from its start, with a
+warning; unless the checkpoint knows its position to be the end of the recorded stream
+(``Progress.epoch_batches``, looked for by every checkpoint written inside an epoch,
+:meth:`Trainer.save`), where only the epoch's end is due.
 
 Counters (:class:`asr.train.state.Progress`): ``step`` counts optimizer steps, one per step of
 all ranks together; ``batches_in_epoch`` counts the epoch's global batches (each rank's batches
@@ -45,7 +48,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +103,59 @@ BatchSource = Callable[[int, int, int], Iterable[Batch]]
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside a DistributedDataParallel wrapper (or the module itself)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+class _EpochIterator:
+    """An epoch's batch iterator that can tell ahead whether it has ended (:meth:`ended`),
+    keeping the batch it loads for the loop: the look costs no load of its own while the epoch
+    goes on. The look leaves the RNGs as it found them (a batch's loading may draw from them:
+    augmentation), and the kept batch puts back the states its loading left when the loop takes
+    it: the draws happen where the loop takes the batch, as without the look, so a checkpoint
+    written between the look and that take holds the RNGs a resumed run loads the batch with.
+    A batch whose loading fails (a bad file) is kept as its error, raised where the loop takes
+    it: the checkpoint that looked is written first.
+
+    Args:
+        batches: the epoch's batches of this rank, from the position on.
+        device: the device whose CUDA RNG state is kept with the CPU ones
+            (:func:`asr.checkpoints.io.capture_rng_state`).
+    """
+
+    def __init__(self, batches: Iterable[Batch], device: torch.device) -> None:
+        self._batches = iter(batches)
+        self._device = device
+        # the batch looked at and the RNGs its loading left, or the error it failed with
+        self._next: tuple[Batch, dict[str, Any]] | Exception | None = None
+
+    def __iter__(self) -> _EpochIterator:
+        return self
+
+    def __next__(self) -> Batch:
+        looked, self._next = self._next, None
+        if looked is None:
+            return next(self._batches)
+        if isinstance(looked, Exception):
+            raise looked
+        batch, rng = looked
+        restore_rng_state(rng, self._device)
+        return batch
+
+    def ended(self) -> bool:
+        """Whether the epoch is known to hold no batch after the position (a look loads the next
+        one and keeps it, with the RNGs as before; one that fails to load is not known to be
+        the last)."""
+        if self._next is None:
+            before = capture_rng_state(self._device)
+            try:
+                batch = next(self._batches, None)
+                if batch is None:
+                    return True
+                self._next = (batch, capture_rng_state(self._device))
+            except Exception as err:  # noqa: BLE001 - raised where the loop takes the batch
+                self._next = err
+            finally:
+                restore_rng_state(before, self._device)
+        return False
 
 
 def _cpu_has_bf16() -> bool:
@@ -204,7 +260,8 @@ class Trainer:
         self._guard = PreemptionGuard()  # SIGTERM / SIGUSR1 while fit() runs
         # _position() of the latest checkpoint written: a stop writes its own unless that one
         # holds its very position
-        self._saved_at: tuple[int, int, int, int | None] | None = None
+        self._saved_at: tuple[int, int, int] | None = None
+        self._batches: _EpochIterator | None = None  # the epoch's, while _train_epoch runs
         self._agreed = StepReport()  # what the ranks agreed on at the latest step (_agree)
         self.budget = TimeBudget(train_cfg, self.dist, clock)
 
@@ -319,7 +376,11 @@ class Trainer:
     def save(self, path: Path) -> None:
         """Writes the training checkpoint ``path`` (rank 0; every rank must call it). Logged
         before the state is taken, so that ``Progress.log_bytes`` counts the line: a run
-        resumed from ``path`` keeps it and moves only what was logged later."""
+        resumed from ``path`` keeps it and moves only what was logged later. Inside an epoch,
+        it first looks whether the epoch has a batch left (:meth:`_note_the_epochs_end`), so
+        that every checkpoint of an epoch's last step (the interval's, a stop's, a
+        preemption's) records the epoch's end."""
+        self._note_the_epochs_end()
         if self.budget.running:  # inside fit(): count this run's seconds
             self.progress.train_seconds = self.budget.elapsed()
         if self.dist.is_main:
@@ -522,12 +583,10 @@ class Trainer:
             self._writer.flush()
         return self.progress
 
-    def _position(self) -> tuple[int, int, int, int | None]:
-        """Where training stands: (epoch, global batches into it, optimizer steps, the epoch's
-        global batches where known): a checkpoint written at this step before its stream's end
-        was found (the interval's) does not hold the whole position."""
+    def _position(self) -> tuple[int, int, int]:
+        """Where training stands: (epoch, global batches into it, optimizer steps)."""
         p = self.progress
-        return p.epoch, p.batches_in_epoch, p.step, p.epoch_batches
+        return p.epoch, p.batches_in_epoch, p.step
 
     def _epoch_exhausted(self) -> bool:
         """Whether the current epoch is known to have no batch left after its position, in the
@@ -536,20 +595,17 @@ class Trainer:
         p = self.progress
         return p.epoch_batches is not None and p.batches_in_epoch >= p.epoch_batches
 
-    def _look_for_a_batch(self, batches: Iterator[Batch]) -> bool:
-        """Whether the epoch's ``batches`` (its iterator, at the position) hold one more; if not,
-        the position is the end of the epoch's stream, recorded as ``Progress.epoch_batches``.
-        The batch's loading may draw from the RNGs a checkpoint holds (augmentation): they are
-        restored after the look, so a checkpoint written next holds them as before it. Every
-        rank yields as many batches of an epoch (:mod:`asr.data.epochs`): all find the same."""
-        rng = capture_rng_state(self.device)
-        try:
-            left = next(batches, None) is not None
-        finally:
-            restore_rng_state(rng, self.device)
-        if not left:
-            self.progress.epoch_batches = self.progress.batches_in_epoch
-        return left
+    def _note_the_epochs_end(self) -> None:
+        """Records the end of the epoch's stream as ``Progress.epoch_batches`` when the epoch
+        being trained has no batch left after its position (a look at its iterator, which keeps
+        the batch it finds for the loop and leaves the RNGs as they were:
+        :class:`_EpochIterator`); nothing outside an epoch's batches or where the end is known.
+        Every rank yields as many batches of an epoch (:mod:`asr.data.epochs`): all find the
+        same."""
+        p = self.progress
+        if (self._batches is not None and p.batches_in_epoch > 0 and p.epoch_batches is None
+                and self._batches.ended()):
+            p.epoch_batches = p.batches_in_epoch
 
     def _save_at_stop(self) -> None:
         """The checkpoint of a finished or stopped run to decode or continue from (unless the
@@ -557,7 +613,8 @@ class Trainer:
         step before a skipped one, whose batches it has not passed), the older ones pruned to
         ``keep_last`` as at every other checkpoint."""
         if self._saved_at != self._position():
-            self.save(checkpoint_path(self.exp_dir, self.progress.step))
+            with self.budget.between_steps(CHECKPOINT):
+                self.save(checkpoint_path(self.exp_dir, self.progress.step))
             if self.dist.is_main:
                 remove_old_checkpoints(self.exp_dir, self.cfg.keep_last)
 
@@ -595,9 +652,11 @@ class Trainer:
         batches = self.train_batches(p.epoch, p.batches_in_epoch, p.epoch_world_size)
         bar = tqdm(batches, desc=f"epoch {p.epoch}", disable=not self.dist.is_main,
                    initial=p.batches_in_epoch // world_size, unit="batch", dynamic_ncols=True)
+        self._batches = _EpochIterator(bar, self.device)
         try:
             return self._train_batches(bar)
         finally:  # a preemption stops inside
+            self._batches = None
             bar.close()
 
     def _train_batches(self, bar: tqdm) -> bool:
@@ -605,8 +664,8 @@ class Trainer:
         world_size, p = self.dist.world_size, self.progress
         epoch_done = True
         taken = 0  # this rank's batches of the epoch in this run (checkpoints are between steps)
-        it = iter(bar)
-        for batch in it:
+        assert self._batches is not None  # _train_epoch's
+        for batch in self._batches:
             taken += 1
             last_of_step = taken % self.cfg.accum_grad == 0
             self._forward_backward(batch, sync=last_of_step)
@@ -616,9 +675,8 @@ class Trainer:
             if self._step(bar):
                 # Finished: the checkpoint records whether a batch is left (none: the epoch's
                 # end is still due, also for a run resumed in another stream)
-                left = self._look_for_a_batch(it)
                 self._save_at_stop()
-                epoch_done = self._stop_ends_epoch() and not left
+                epoch_done = self._stop_ends_epoch() and self._epoch_exhausted()
                 break
         else:
             p.epoch_batches = p.batches_in_epoch  # the stream ran out
@@ -682,8 +740,7 @@ class Trainer:
         if p.step % self.cfg.log_interval == 0:
             self._log_step(loss, utts, metrics, lr, bar)
         if self.cfg.valid_interval > 0 and p.step % self.cfg.valid_interval == 0:
-            with self.budget.between_steps(VALIDATION):  # the budget's plans count it apart
-                self._valid_loss()
+            self._valid_loss()
         if self.cfg.checkpoint_interval > 0 and p.step % self.cfg.checkpoint_interval == 0:
             with self.budget.between_steps(CHECKPOINT):
                 self.save(checkpoint_path(self.exp_dir, p.step))
@@ -878,22 +935,24 @@ class Trainer:
     def _valid_loss(self) -> float | None:
         """The validation loss at the current step, validated and logged once per step: an
         epoch that ends on a step validated by ``train.valid_interval`` (in this run or before
-        the checkpoint it resumed from) takes that step's loss."""
+        the checkpoint it resumed from) takes that step's loss. The time budget's plans count
+        its cost apart from the steps'."""
         p = self.progress
         if p.valid_step != p.step:
-            p.valid_step, p.valid_loss = p.step, self._validate()
+            with self.budget.between_steps(VALIDATION):
+                p.valid_step, p.valid_loss = p.step, self._validate()
             if p.valid_loss is not None and self.dist.is_main:
                 self._add_scalar("valid/loss", p.valid_loss)
                 logger.info("step %d: valid loss %.4f", p.step, p.valid_loss)
         return p.valid_loss
 
     def _end_epoch(self) -> None:
-        start = self.budget.clock()
         p = self.progress
+        valid_loss = self._valid_loss()  # timed apart, as every validation
+        start = self.budget.clock()
         utts = all_reduce_sum(p.utts_sum, self.dist)
         # an epoch without a step taken has no train loss (not 0)
         train_loss = all_reduce_sum(p.loss_sum, self.dist) / utts if utts > 0 else math.nan
-        valid_loss = self._valid_loss()
         wer = None
         if self.evaluate is not None:  # every rank: a collective where distributed
             wer = self.evaluate(unwrap(self.model))
@@ -916,8 +975,9 @@ class Trainer:
         # The epoch checkpoint is a step checkpoint (what resume() looks for) plus a hard link
         # (or copy) named after the epoch for averaging and decoding by epoch.
         path = checkpoint_path(self.exp_dir, p.step)
-        with self.budget.between_steps(EPOCH_END):  # the end's cost for the next plans
+        with self.budget.between_steps(CHECKPOINT):  # the end's costs for the next plans
             self.save(path)
+        with self.budget.between_steps(EPOCH_END):
             if self.dist.is_main:
                 link_epoch_checkpoint(path, p.epoch - 1)
                 remove_old_checkpoints(self.exp_dir, self.cfg.keep_last)

@@ -1,5 +1,6 @@
 """Time-budgeted training: the step plan against brute force, and the trainer on a fake clock."""
 
+import dataclasses
 import itertools
 import logging
 import random
@@ -16,7 +17,9 @@ from tests.train.test_trainer import ToyModel, batches
 
 
 def brute_force_plan(inp: PlanInput) -> StepPlan:
-    """Walks the steps one by one, paying for each and for every epoch end it goes on after."""
+    """Walks the steps one by one, paying for each, for the validations and checkpoints after it
+    and for every epoch end it goes on after; a total fits when the work of stopping there fits
+    too: the last epoch's end, or else the stop's checkpoint (unless the interval's holds it)."""
     available = SAFETY * inp.remaining_s
     epoch_cap = None
     if inp.steps_per_epoch > 0:
@@ -26,19 +29,33 @@ def brute_force_plan(inp: PlanInput) -> StepPlan:
     by_epochs = cap is not None and cap == epoch_cap
     if cap is not None and cap <= inp.step:
         return StepPlan(inp.step, by_epochs)
+
+    def every(n, interval):
+        return interval > 0 and n % interval == 0
+
+    def end_of_epoch(after):  # the end after step `after`: its validation unless done, and more
+        return (inp.epoch_end_s + inp.checkpoint_s
+                + (0.0 if every(after, inp.valid_every) else inp.valid_s))
+
     best, cost, into_epoch = inp.step, 0.0, inp.steps_per_epoch - inp.steps_left_in_epoch
     for total in itertools.count(inp.step + 1):
         if inp.steps_per_epoch > 0 and into_epoch == inp.steps_per_epoch:
             into_epoch = 0
-            cost += inp.epoch_end_s  # an epoch ends before this step: paid since it is taken
+            cost += end_of_epoch(total - 1)  # an epoch ends before this step: paid if taken
         cost += inp.sec_per_step
-        cost += sum(seconds for every, seconds in inp.periodic if total % every == 0)
-        if cost > available + 1e-9:
+        cost += inp.valid_s * every(total, inp.valid_every)
+        cost += inp.checkpoint_s * every(total, inp.checkpoint_every)
+        into_epoch += 1
+        if total == epoch_cap:
+            stopping = end_of_epoch(total)
+        else:
+            stopping = 0.0 if every(total, inp.checkpoint_every) else inp.checkpoint_s
+        if cost + stopping <= available + 1e-9:
+            best = total
+            if best == cap:
+                return StepPlan(cap, by_epochs)  # a limit ends training exactly there, unrounded
+        elif cost > available + 1e-9:
             break
-        best = total
-        if best == cap:
-            return StepPlan(cap, by_epochs)  # a limit ends training exactly there, unrounded
-        into_epoch += 1  # an end after this step is paid only if training goes on
     return StepPlan(max(best // inp.quantum * inp.quantum, inp.step))
 
 
@@ -55,7 +72,10 @@ def test_plan_matches_brute_force_on_random_inputs():
             steps_left_in_epoch=rng.randint(0, steps_per_epoch) if steps_per_epoch else 0,
             epochs_left=rng.randint(1, 6),
             max_steps=rng.choice([0, 0, 30, 80]),
-            periodic=rng.choice([(), ((4, 2.0),), ((5, 3.0), (10, 1.5))]),
+            valid_every=rng.choice([0, 3, 5, 7]),
+            valid_s=rng.choice([0.0, 2.0, 3.0]),
+            checkpoint_every=rng.choice([0, 4, 10]),
+            checkpoint_s=rng.choice([0.0, 1.5, 5.0]),
             quantum=rng.choice([1, 5, 10]),
         )
         assert plan_total_steps(inp) == brute_force_plan(inp), inp
@@ -77,13 +97,24 @@ def test_plan_examples():
     assert plan_total_steps(inp) == StepPlan(30, by_epochs=True)
     assert plan_total_steps(PlanInput(step=40, remaining_s=-3, sec_per_step=1.0)) == StepPlan(40)
     # A 4 s validation after every 10th step: 70 steps and 7 of them fit 98 s (70 + 28).
-    inp = PlanInput(step=0, remaining_s=100, sec_per_step=1.0, periodic=((10, 4.0),))
+    inp = PlanInput(step=0, remaining_s=100, sec_per_step=1.0, valid_every=10, valid_s=4.0)
+    assert plan_total_steps(inp) == StepPlan(70)
+    # A 3 s checkpoint after every 10th step and at the stop: 74 steps pay for 7 and the stop's
+    # (74 + 24 = 98); in multiples of 10, the stop's checkpoint is the interval's (70 + 21).
+    inp = PlanInput(step=0, remaining_s=100, sec_per_step=1.0, checkpoint_every=10,
+                    checkpoint_s=3.0)
+    assert plan_total_steps(inp) == StepPlan(74)
+    assert plan_total_steps(dataclasses.replace(inp, quantum=10)) == StepPlan(70)
+    # A 4 s validation after every 20th step and at each end of 10-step epochs, once at an end on
+    # a validated step: 70 steps pay for those after 20, 40, 60 and the ends after 10, 30, 50
+    # (70 + 24 = 94); a 71st pays for the end after 70 too (99).
+    inp = PlanInput(step=0, remaining_s=100, sec_per_step=1.0, valid_every=20, valid_s=4.0,
+                    steps_per_epoch=10, steps_left_in_epoch=10, epochs_left=100)
     assert plan_total_steps(inp) == StepPlan(70)
     with pytest.raises(ValueError, match="sec_per_step"):
         plan_total_steps(PlanInput(step=0, remaining_s=10, sec_per_step=0.0))
-    with pytest.raises(ValueError, match="every > 0 steps"):
-        plan_total_steps(PlanInput(step=0, remaining_s=10, sec_per_step=1.0,
-                                   periodic=((0, 1.0),)))
+    with pytest.raises(ValueError, match="valid_every and checkpoint_every must be >= 0"):
+        plan_total_steps(PlanInput(step=0, remaining_s=10, sec_per_step=1.0, valid_every=-1))
 
 
 class FakeClock:
@@ -304,26 +335,31 @@ def test_a_raised_budget_in_another_batch_stream_ends_the_epoch_its_plan_ended_o
     assert raised.progress.epoch_stream == "buckets B"
 
 
+def _slow_saves(monkeypatch, clock: FakeClock, seconds: float) -> None:
+    """Every checkpoint write takes ``seconds`` of the fake clock."""
+    import asr.train.trainer as trainer_module
+
+    real_save = trainer_module.atomic_torch_save
+
+    def slow_save(obj, path):
+        clock.now += seconds
+        real_save(obj, path)
+
+    monkeypatch.setattr(trainer_module, "atomic_torch_save", slow_save)
+
+
 def test_validations_and_checkpoints_between_steps_do_not_swing_the_plan(tmp_path, caplog,
                                                                         monkeypatch):
     """1 s steps, a 3 s validation after every 5th step and a 2 s checkpoint write after every
     4th (and at each end of epoch, after the 5 s dev WER and the 3 s validation). Timed over the
     latest 4 steps with the work between them, a step cost 1.5 s to 2.75 s as the window held
-    checkpoints or validations, and the plans made every step jumped between 41 and 57 steps
-    (and the steps' work due after a plan was not counted at all). Costed apart, a step costs
-    1 s in every plan, and from the first plan that knows every cost (after epoch 1's end and
-    its checkpoint) the plan is 43 steps until the end of epoch 5, which reuses the validation
-    of step 35 and so costs 3 s less than the others: 44 steps, ended on inside the budget."""
-    import asr.train.trainer as trainer_module
-
+    checkpoints or validations, and the plans made every step jumped between 41 and 57 steps.
+    Costed apart, a step costs 1 s in every plan, and from the first plan that knows every
+    cost (at epoch 1's end) the plan is 44 steps, ended on inside the budget. The end of epoch
+    5 reuses the validation of step 35: charged there twice, the plans said 43 steps until that
+    end, and 44 after it."""
     clock = FakeClock()
-    real_save = trainer_module.atomic_torch_save
-
-    def slow_save(obj, path):
-        clock.now += 2.0
-        real_save(obj, path)
-
-    monkeypatch.setattr(trainer_module, "atomic_torch_save", slow_save)
+    _slow_saves(monkeypatch, clock, 2.0)
     with caplog.at_level(logging.INFO, logger="asr.train.budget"):
         trainer = budget_run(tmp_path, clock, budget=150.0, window=4, valid_interval=5,
                              valid_s=3.0)
@@ -331,11 +367,24 @@ def test_validations_and_checkpoints_between_steps_do_not_swing_the_plan(tmp_pat
         r"time budget: \S+ s left at step (\d+), (\S+) s per step,.* planning (\d+) steps",
         caplog.text)]
     assert {cost for _, cost, _ in plans} == {1.0}
-    assert [(step, total) for step, _, total in plans if step > 7] == [(8, 43), (35, 44)]
+    assert [(step, total) for step, _, total in plans if step >= 7] == [(7, 44)]
     p = trainer.progress
     assert p.step == p.planned_steps == 44
     assert "time budget of 150 s spent" not in caplog.text
-    assert 0.9 * 150.0 <= p.train_seconds <= 150.0
+    assert 0.9 * 150.0 <= clock.now <= 150.0
+
+
+def test_the_plan_leaves_time_for_the_checkpoint_of_its_stop(tmp_path, monkeypatch):
+    """5 s checkpoint writes (every 4th step and at each end of epoch), 7 steps per epoch: 16
+    steps fit 60 s (16 + 4 interval checkpoints + 2 ends of 10 s = 56 s); 17 would need the
+    stop's own checkpoint as well (62 s). Unplanned, that write ran the run past its budget:
+    19 steps ended at 64 s."""
+    clock = FakeClock()
+    _slow_saves(monkeypatch, clock, 5.0)
+    trainer = budget_run(tmp_path, clock, budget=60.0)
+    p = trainer.progress
+    assert p.step == p.planned_steps == 16
+    assert clock.now == pytest.approx(56.0)
 
 
 @pytest.mark.parametrize("before, after, expected_total", [

@@ -206,7 +206,7 @@ def test_a_stop_on_an_epochs_last_step_resumed_in_another_stream_only_ends_the_e
     no step limit), that checkpoint's position is the end of the epoch's recorded stream: only
     the end is owed. The epoch was trained again from its start (to step 14; re-run as it was,
     not even ended), because the end was told by a look at the current stream alone. An
-    interval checkpoint of that step, written before the look, is written again with the end."""
+    interval checkpoint of that step records the end itself: the stop writes no other."""
 
     def trainer(source, max_steps, evaluate):
         torch.manual_seed(0)
@@ -232,6 +232,43 @@ def test_a_stop_on_an_epochs_last_step_resumed_in_another_stream_only_ends_the_e
     assert [(r.epoch, r.step, r.batches) for r in p.history] == [(1, 7, 7)]
     assert source.calls == []  # no batch of the new stream is drawn for the old epoch
     assert (p.epoch, p.batches_in_epoch, p.epoch_batches) == (2, 0, None)
+
+
+@pytest.mark.parametrize("kind", ["preemption", "interval"])
+def test_every_checkpoint_of_an_epochs_last_step_records_the_epochs_end(tmp_path, caplog,
+                                                                        outer_handlers, kind):
+    """A SIGTERM in epoch 1's last step (its checkpoint is a preemption's), or an interval
+    checkpoint of that step killed in the end's dev WER: the checkpoint records the end of the
+    epoch's stream, so a run resumed in another stream only ends the epoch. Only a stop by
+    max_steps looked for the end: these two trained epoch 1 again from its start (to step 14)."""
+
+    def trainer(source, model, interval, evaluate):
+        torch.manual_seed(0)
+        return Trainer(model, OptimConfig(),
+                       TrainConfig(max_epochs=1, checkpoint_interval=interval), tmp_path, source,
+                       evaluate=evaluate)
+
+    def killed(model):
+        raise Killed
+
+    if kind == "preemption":
+        with pytest.raises(TrainingPreempted):
+            trainer(_NamedStream("buckets A"), SignalsAt(7), 0, killed).fit()
+    else:
+        with pytest.raises(Killed):
+            trainer(_NamedStream("buckets A"), ToyModel(), 7, killed).fit()
+    (path,) = [p for _, p in list_checkpoints(tmp_path)]
+    progress = safe_torch_load(path)["progress"]
+    assert (progress["step"], progress["batches_in_epoch"], progress["epoch_batches"]) == (7, 7, 7)
+    assert progress["history"] == []
+    source = _NamedStream("one bucket")
+    resumed = trainer(source, ToyModel(), 0, lambda model: 12.5)
+    with caplog.at_level(logging.WARNING, logger="asr.train.trainer"):
+        assert resumed.resume()
+    assert "trained again" not in caplog.text
+    p = resumed.fit()
+    assert [(r.epoch, r.step, r.batches) for r in p.history] == [(1, 7, 7)]
+    assert source.calls == []
 
 
 def test_a_stop_checkpoint_without_the_epochs_end_looks_for_it_in_the_current_stream(tmp_path):
@@ -260,6 +297,38 @@ def test_a_stop_checkpoint_without_the_epochs_end_looks_for_it_in_the_current_st
     p = resumed.fit()
     assert source.calls == [(1, 7, 1)]
     assert [(r.epoch, r.step, r.batches) for r in p.history] == [(1, 7, 7)]
+
+
+class BadBatch(Exception):
+    """A batch that fails to load (a bad feature file)."""
+
+
+@pytest.mark.parametrize(("max_steps", "interval"), [(0, 4), (4, 0)])
+def test_a_batch_that_fails_to_load_after_a_checkpoints_look_does_not_lose_the_checkpoint(
+        tmp_path, max_steps, interval):
+    """The 5th batch fails to load. The checkpoint of step 4 (the interval's, or a max_steps
+    stop's) looks for it first: the checkpoint is still written, and the error is raised where
+    the batch is taken (not at all by the stop, which takes none: the resumed run meets it).
+    The stop's look raised the error before the stop's checkpoint was written: no checkpoint."""
+
+    def failing(epoch, skip, skip_world_size):
+        for i, batch in enumerate(batches(epoch, skip), start=skip):
+            if i == 4:
+                raise BadBatch(f"epoch {epoch} batch {i}")
+            yield batch
+
+    trainer = Trainer(ToyModel(), OptimConfig(),
+                      TrainConfig(max_epochs=1, max_steps=max_steps,
+                                  checkpoint_interval=interval),
+                      tmp_path, failing)
+    if max_steps:
+        assert trainer.fit().step == 4
+    else:
+        with pytest.raises(BadBatch, match="epoch 1 batch 4"):
+            trainer.fit()
+    progress = safe_torch_load(tmp_path / "checkpoint-4.pt")["progress"]
+    assert (progress["step"], progress["batches_in_epoch"], progress["epoch_batches"]) == (
+        4, 4, None)
 
 
 def test_resuming_another_models_checkpoint_names_the_file(tmp_path):
@@ -908,18 +977,24 @@ def test_a_run_killed_after_its_stop_checkpoint_still_ends_the_epoch_when_resume
 def test_the_checkpoint_of_a_stop_holds_the_rng_state_before_any_further_batch(tmp_path):
     """Telling an epoch's last step from a step inside it takes a look at the next batch, whose
     loading may draw from the global RNG (augmentation): the checkpoint of the stop must hold
-    the state before it, or the resumed run draws twice and departs from the uninterrupted one."""
+    the state before it, or the resumed run draws twice and departs from the uninterrupted one.
+    Every checkpoint looks (the interval's keep the batch for the next step): the draws must
+    still happen where the batch is trained, so that interval checkpoints change nothing and a
+    run killed after one resumes exactly."""
 
-    def drawing(epoch, skip, skip_world_size):
-        for batch in batches(epoch, skip):
+    def drawing(epoch, skip, skip_world_size, kill_at=0):
+        for i, batch in enumerate(batches(epoch, skip), start=skip):
+            if epoch == 1 and i == kill_at > 0:
+                raise Killed
             torch.rand(1)  # an augmentation drawing from the global RNG as the batch loads
             yield batch
 
-    def fit(exp_dir, max_steps=0, resume=False):
+    def fit(exp_dir, max_steps=0, resume=False, interval=0, kill_at=0):
         torch.manual_seed(0)
         trainer = Trainer(ToyModel(), OptimConfig(lr=1e-2, warmup_steps=3),
-                          TrainConfig(max_epochs=2, max_steps=max_steps, checkpoint_interval=0),
-                          exp_dir, train_batches=drawing)
+                          TrainConfig(max_epochs=2, max_steps=max_steps,
+                                      checkpoint_interval=interval),
+                          exp_dir, train_batches=lambda *a: drawing(*a, kill_at=kill_at))
         if resume:
             assert trainer.resume()
         trainer.fit()
@@ -929,8 +1004,14 @@ def test_the_checkpoint_of_a_stop_holds_the_rng_state_before_any_further_batch(t
     fit(tmp_path / "resumed", max_steps=5)
     torch.manual_seed(12345)
     resumed = fit(tmp_path / "resumed", resume=True)
+    with_interval = fit(tmp_path / "interval", interval=2)
+    with pytest.raises(Killed):  # after checkpoint-4, which looked at the 5th batch
+        fit(tmp_path / "killed", interval=2, kill_at=5)
+    torch.manual_seed(12345)
+    killed = fit(tmp_path / "killed", interval=2, resume=True)
     for name, value in full.items():
-        assert torch.equal(resumed[name], value), name
+        for other in (resumed, with_interval, killed):
+            assert torch.equal(other[name], value), name
 
 
 class Recording(ToyModel):
