@@ -102,7 +102,8 @@ _PCM_SCALES = {
 }
 
 
-MAX_CHANNELS = 64  # more is a channels-first array read the wrong way round (third-order ambisonics: 16)
+#: More is a channels-first array read the wrong way round (third-order ambisonics: 16).
+MAX_CHANNELS = 64
 
 
 def as_waveform(samples: np.ndarray | Tensor, name: str, allow_empty: bool = False) -> np.ndarray:
@@ -204,7 +205,9 @@ def check_magnitude(samples: np.ndarray, name: str) -> float:
 MAX_RATE_RATIO_TERM = 1000
 
 
-def resampling_problem(orig_rate: int, new_rate: int, max_term: int = MAX_RATE_RATIO_TERM) -> str | None:
+def resampling_problem(
+    orig_rate: int, new_rate: int, max_term: int = MAX_RATE_RATIO_TERM
+) -> str | None:
     """Why ``orig_rate`` cannot be resampled to ``new_rate`` at a bounded cost, or None.
 
     The rule every resampling path applies (files, arrays, the server's streams): the ratio of

@@ -170,7 +170,9 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
             if len(items) != len(args):
                 raise ConfigError(f"{_where(path)}: expected {len(args)} items, got {len(items)}")
-            return tuple(_convert(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(items, args)))
+            return tuple(
+                _convert(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(items, args))
+            )
         item_type = args[0] if args else Any
         converted = [_convert(v, item_type, f"{path}[{i}]") for i, v in enumerate(items)]
         return tuple(converted) if (origin is tuple or tp is tuple) else converted
@@ -336,7 +338,9 @@ def _resolve_bases(data: Any, path: Path, chain: tuple[Path, ...]) -> Any:
     bases = data[BASE_KEY]
     bases = [bases] if isinstance(bases, str) else bases
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-        raise ConfigError(f"{path}: {BASE_KEY} must be a file name or a list of them, got {bases!r}")
+        raise ConfigError(
+            f"{path}: {BASE_KEY} must be a file name or a list of them, got {bases!r}"
+        )
     merged: Any = {}
     for base in bases:
         merged = _merge(merged, read_yaml(path.parent / base, chain))

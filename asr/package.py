@@ -592,7 +592,9 @@ def _export_package(
     try:
         tokenizer = load_tokenizer(cfg.tokenizer_dir)
     except (OSError, ValueError) as err:
-        raise PackageError(f"tokenizer_dir {cfg.tokenizer_dir}: {err} (pass --tokenizer-dir)") from err
+        raise PackageError(
+            f"tokenizer_dir {cfg.tokenizer_dir}: {err} (pass --tokenizer-dir)"
+        ) from err
     try:
         check_checkpoint_vocabulary(weights.checkpoint, tokenizer, cfg.tokenizer_dir,
                                     weights.sources[-1])

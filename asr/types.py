@@ -42,7 +42,8 @@ class Batch:
             value = getattr(self, name)
             if value.shape[0] != batch_size:
                 raise ValueError(
-                    f"Batch.{name} has batch size {value.shape[0]}, expected {batch_size} (from feats)"
+                    f"Batch.{name} has batch size {value.shape[0]}, "
+                    f"expected {batch_size} (from feats)"
                 )
 
     @property

@@ -167,7 +167,9 @@ def _cuda_device(device: torch.device | None) -> torch.device | None:
     if not torch.cuda.is_available():
         return None
     if device is None:  # CUDA not initialised: its RNG has drawn nothing
-        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_initialized() else None
+        if not torch.cuda.is_initialized():
+            return None
+        return torch.device("cuda", torch.cuda.current_device())
     if device.type != "cuda":
         return None
     return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())

@@ -102,5 +102,6 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         logger.error("asr bpe: %s", err)
         return 2
-    logger.info("%s tokenizer with vocab_size %d in %s", args.kind, tokenizer.vocab_size, output_dir)
+    logger.info("%s tokenizer with vocab_size %d in %s",
+                args.kind, tokenizer.vocab_size, output_dir)
     return 0

@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="test sets to decode (one without cuts, or with a cut id twice, is "
                              "an error)")
     parser.add_argument("--manifest-dir", type=Path, default=None,
-                        help="where librispeech_cuts_<part>.jsonl.gz are (default: data.manifest_dir)")
+                        help="where librispeech_cuts_<part>.jsonl.gz are "
+                             "(default: data.manifest_dir)")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
                         metavar="KEY=VALUE",
                         help="experiment config overrides; search.<field>=.. for the searchers "

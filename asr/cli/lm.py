@@ -50,14 +50,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=TRANSCRIPTS_HELP,
     )  # fmt: skip
     parser.add_argument(
-        "--tokenizer-dir", help="directory of the tokenizer (default: none; needed for --unit token)"
+        "--tokenizer-dir",
+        help="directory of the tokenizer (default: none; needed for --unit token)",
     )
     parser.add_argument(
         "--unit", choices=("token", "word"), default="token",
         help="n-gram over token ids or over words",
     )  # fmt: skip
     parser.add_argument("--order", type=int, default=4, help="n-gram order")
-    parser.add_argument("--output", required=True, help="ARPA file to write; gzip-compressed when it ends in .gz")
+    parser.add_argument("--output", required=True,
+                        help="ARPA file to write; gzip-compressed when it ends in .gz")
     parser.add_argument("--force", action="store_true",
                         help="retrain even if the output exists and was made from these "
                         "transcripts and options (otherwise it is reused)")

@@ -35,7 +35,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bpe": ("asr.cli.bpe", "train a BPE (sentencepiece) or character tokenizer from transcripts"),
     "lm": ("asr.cli.lm",
            "train a token or word n-gram LM (modified Kneser-Ney, ARPA) for shallow fusion"),
-    "wer": ("asr.cli.wer", "compute WER (or CER) between two Kaldi text files ('utt_id TEXT' lines)"),
+    "wer": ("asr.cli.wer",
+            "compute WER (or CER) between two Kaldi text files ('utt_id TEXT' lines)"),
     "train": ("asr.cli.train",
               "train a model from a recipe YAML (resumes from the newest checkpoint in --exp-dir)"),
     "average": ("asr.cli.average",
@@ -108,7 +109,8 @@ def _log_level(value: str) -> str:
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The ``asr`` parser; only ``command``'s module is imported to add its options."""
-    parser = argparse.ArgumentParser(prog="asr", description="End-to-end speech recognition toolkit",
+    parser = argparse.ArgumentParser(prog="asr",
+                                     description="End-to-end speech recognition toolkit",
                                      formatter_class=HelpFormatter)
     parser.add_argument("--log-level", default="INFO", type=_log_level, help=_LOG_LEVEL_HELP)
     parser.add_argument("--version", action="version", version=f"asr {__version__}")

@@ -57,7 +57,8 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, newest_by_default:
                if newest_by_default else "required: this, --last or --checkpoint")
     parser.add_argument("--epoch", type=int, default=None,
                         help=f"last epoch to use, epoch-N.pt ({default})")
-    parser.add_argument("--avg", type=int, default=1, help="number of epochs averaged (with --epoch)")
+    parser.add_argument("--avg", type=int, default=1,
+                        help="number of epochs averaged (with --epoch)")
     parser.add_argument("--use-averaged-model", action="store_true",
                         help="with --epoch/--avg: average the running averages over all steps")
     parser.add_argument("--last", type=int, default=None,
@@ -171,7 +172,8 @@ def add_search_arguments(parser: argparse.ArgumentParser, searcher_default: str,
     """
     parser.add_argument("--searcher", default=None, metavar="NAME",
                         help="searcher: greedy / beam (those of the model's main head) or a name "
-                             f"such as transducer_beam, ctc_prefix_beam (default: {searcher_default})")
+                             "such as transducer_beam, ctc_prefix_beam "
+                             f"(default: {searcher_default})")
     parser.add_argument("--set", dest="search_overrides", nargs="+", action="extend", default=[],
                         metavar="search.FIELD=VALUE",
                         help="search options, e.g. search.beam_size=8 search.lm_weight=0.3 "
@@ -186,8 +188,8 @@ def add_streaming_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk-size", type=int, default=None, metavar="N",
                         help="streaming: encoder frames per chunk, > 0 (default: the package's)")
     parser.add_argument("--left-chunks", type=int, default=None, metavar="N",
-                        help="streaming: chunks of left context; -1 (any negative) keeps every earlier frame "
-                             "up to --max-left-seconds (default: the package's)")
+                        help="streaming: chunks of left context; -1 (any negative) keeps every "
+                             "earlier frame up to --max-left-seconds (default: the package's)")
     parser.add_argument("--max-left-seconds", type=float, default=None, metavar="S",
                         help="streaming with --left-chunks -1: the most left context a chunk "
                              "sees, in whole chunks (at least one); a stream of at most that "
@@ -270,5 +272,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type,
 def dataclass_from_args(cls: type[T], args: argparse.Namespace, **extra: Any) -> T:
     """``cls`` built from the options :func:`add_dataclass_arguments` added (plus ``extra``);
     its own checks raise ValueError."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    values = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)
+    }
     return cls(**{**values, **extra})

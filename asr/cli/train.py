@@ -108,7 +108,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exp-dir", type=Path, required=True,
                         help="experiment directory: config.yaml, checkpoints, logs, plot")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
-                        metavar="KEY=VALUE", help="config overrides, e.g. train.max_epochs=2 (default: none)")
+                        metavar="KEY=VALUE",
+                        help="config overrides, e.g. train.max_epochs=2 (default: none)")
     parser.add_argument("--searchers", nargs="+", default=[], metavar="NAME",
                         help="also check that the config's heads have these searchers, as asr "
                              "decode --searcher takes them (names, greedy / beam, all): exit 2 "

@@ -266,7 +266,9 @@ _WINDOWS_FORBIDDEN = frozenset('<>:"|?*')
 #: The device names Windows reserves: a file named so, in any letter case and with any extension
 #: (``con.txt``, ``Com1.backup.txt``), cannot be opened there.
 _WINDOWS_DEVICES = frozenset(
-    {"CON", "PRN", "AUX", "NUL"} | {f"{port}{n}" for port in ("COM", "LPT") for n in "0123456789¹²³"})
+    {"CON", "PRN", "AUX", "NUL"}
+    | {f"{port}{n}" for port in ("COM", "LPT") for n in "0123456789¹²³"}
+)
 
 
 def _is_windows_device(stem: str) -> bool:

@@ -39,14 +39,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("hyp", nargs="?", default=None,
                         help="hypothesis text file: 'utt_id TEXT' per line, each id once; without "
                              "it REF is an `asr decode` recogs file holding both")
-    parser.add_argument("--phrases", help="'utt_id<TAB>phrase' lines: also print the phrase recall, "
-                        "the share of phrases said exactly as whole words (default: none)")
+    parser.add_argument("--phrases",
+                        help="'utt_id<TAB>phrase' lines: also print the phrase recall, "
+                             "the share of phrases said exactly as whole words (default: none)")
     parser.add_argument("--cer", action="store_true", help="score characters instead of words")
-    parser.add_argument("--report", help="write an error report (alignments, frequent errors) here (default: "
-                             "none)")
-    parser.add_argument("--recogs", help="write 'utt_id:\\tref=[...]' / 'hyp=[...]' lines here: the "
-                        "words, also with --cer, so that `asr wer RECOGS` scores them again "
-                        "(default: none)")
+    parser.add_argument("--report",
+                        help="write an error report (alignments, frequent errors) here "
+                             "(default: none)")
+    parser.add_argument("--recogs",
+                        help="write 'utt_id:\\tref=[...]' / 'hyp=[...]' lines here: the "
+                             "words, also with --cer, so that `asr wer RECOGS` scores them again "
+                             "(default: none)")
     parser.add_argument(
         "--strict",
         action="store_true",

@@ -229,7 +229,8 @@ class DataConfig:
         if self.speed_perturb and not self.on_the_fly_feats:
             raise ValueError(
                 "data.speed_perturb=true needs data.on_the_fly_feats=true (speed perturbation "
-                "drops stored features); for stored features use `asr prepare fbank --speed-perturb`"
+                "drops stored features); for stored features use "
+                "`asr prepare fbank --speed-perturb`"
             )
         if self.spec_augment.enabled and (
                 self.spec_augment.max_freq_mask_width > self.fbank.num_mel_bins):

@@ -49,7 +49,9 @@ from asr.fingerprint import file_states, fingerprint_path, read_fingerprint, wri
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SPEED_FACTORS", "compute_fbank_for_cuts", "compute_fbank_for_parts", "speed_perturb_cuts"]
+__all__ = [
+    "SPEED_FACTORS", "compute_fbank_for_cuts", "compute_fbank_for_parts", "speed_perturb_cuts",
+]
 
 #: Extra speed factors added to training data (1.0, the original, is always kept).
 SPEED_FACTORS = (0.9, 1.1)

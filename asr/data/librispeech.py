@@ -146,7 +146,9 @@ def _check_trans_file(trans_path: Path, part_dir: Path, seen: dict[str, str],
         if len(fields) < 2 or not fields[1].strip():
             raise CorpusError(f"{where}: utterance {utt_id!r} has no transcript text")
         if utt_id in seen:
-            raise CorpusError(f"{where}: duplicate utterance id {utt_id!r} (first in {seen[utt_id]})")
+            raise CorpusError(
+                f"{where}: duplicate utterance id {utt_id!r} (first in {seen[utt_id]})"
+            )
         flac = trans_path.parent / f"{utt_id}.flac"
         if not flac.is_file():
             raise CorpusError(f"{where}: audio file {flac} for utterance {utt_id!r} is missing")

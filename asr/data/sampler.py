@@ -54,15 +54,17 @@ from asr.data.config import DataConfig
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "ONE_BUCKET", "bucket_stream", "global_batches", "lazy_view", "make_sampler", "resolve_rank_world_size",
-    "resumed_share", "sampler_stream",
+    "ONE_BUCKET", "bucket_stream", "global_batches", "lazy_view", "make_sampler",
+    "resolve_rank_world_size", "resumed_share", "sampler_stream",
 ]
 
 #: :func:`sampler_stream` of a sampler without duration buckets (``DynamicCutSampler``).
 ONE_BUCKET = "one bucket"
 
 
-def resolve_rank_world_size(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+def resolve_rank_world_size(
+    rank: int | None = None, world_size: int | None = None
+) -> tuple[int, int]:
     """Returns explicit values, else ``torch.distributed``'s when initialised, else (0, 1).
 
     Raises:
@@ -169,7 +171,8 @@ def make_sampler(
         world_size=world_size,
         seed=cfg.seed,
     )
-    logger.debug("sampler: rank %d of %d, train=%s, %d buckets", rank, world_size, train, num_buckets)
+    logger.debug("sampler: rank %d of %d, train=%s, %d buckets",
+                 rank, world_size, train, num_buckets)
     duration_bins = []
     if num_buckets > 1:
         # lhotse's own estimate (the first 10000 cuts), made here from ``bucket_cuts``

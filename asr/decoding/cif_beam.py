@@ -174,7 +174,8 @@ class CifBeamSearch:
         score its end label attending to no frame)."""
         if not self.cfg.rescore_weight or not finals or not int(enc_lens[0]):
             return None
-        return self.head.score_sequences(enc, enc_lens, [f.hyp.tokens.tokens() for f in finals]).tolist()
+        sequences = [f.hyp.tokens.tokens() for f in finals]
+        return self.head.score_sequences(enc, enc_lens, sequences).tolist()
 
     def _search(
         self, log_probs: Tensor, frames: list[int], ctc_log_probs: Tensor | None

@@ -280,7 +280,11 @@ class CifGreedySearch:
         else:
             candidates = torch.arange(labels.shape[1], device=labels.device).expand_as(labels)
             previous = torch.cat([labels[:, :1], labels[:, :-1]], dim=1)
-            ok = (labels != previous) & (candidates >= middle[:, None]) & (candidates < lens[:, None])
+            ok = (
+                (labels != previous)
+                & (candidates >= middle[:, None])
+                & (candidates < lens[:, None])
+            )
         none = torch.iinfo(torch.int64).max
         first = torch.where(ok, candidates, none).min(dim=1).values if ok.shape[1] else middle
         return torch.where(first == none, middle, first)

@@ -152,7 +152,8 @@ class SearchConfig:
             raise ValueError(f"search.lm_unit must be 'token' or 'word', got {self.lm_unit!r}")
         if self.hotwords_unboosted_prefix < 0:
             raise ValueError(
-                f"search.hotwords_unboosted_prefix must be >= 0, got {self.hotwords_unboosted_prefix}"
+                "search.hotwords_unboosted_prefix must be >= 0, "
+                f"got {self.hotwords_unboosted_prefix}"
             )
         if isinstance(self.partial_window, bool) or not isinstance(self.partial_window, int) or (
             self.partial_window < 2

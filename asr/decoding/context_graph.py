@@ -340,9 +340,10 @@ class ContextGraph:
             except ValueError as err:  # a text no tokenizer takes (one that writes ▁)
                 raise HotwordError(f"hotword {hotword.text!r}: {err}") from None
             if tokenizer.unk_id in ids:
-                unknown = sorted(
-                    {ch for ch in hotword.text if ch != " " and tokenizer.unk_id in tokenizer.encode(ch)}
-                )
+                unknown = sorted({
+                    ch for ch in hotword.text
+                    if ch != " " and tokenizer.unk_id in tokenizer.encode(ch)
+                })
                 raise HotwordError(
                     f"hotword {hotword.text!r} has characters the model's tokenizer does not know: "
                     f"{''.join(unknown) or hotword.text!r} (check the case: the model writes e.g. "
@@ -430,7 +431,9 @@ def context_graph_for(
     if not hotwords:
         return None
     if tokenizer is None:
-        raise HotwordError("hotwords need the model's tokenizer (build_searcher(..., tokenizer=...))")
+        raise HotwordError(
+            "hotwords need the model's tokenizer (build_searcher(..., tokenizer=...))"
+        )
     graph = ContextGraph.from_hotwords(
         hotwords, tokenizer, cfg.hotwords_score, cfg.hotwords_unboosted_prefix
     )

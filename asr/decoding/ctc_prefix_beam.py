@@ -145,7 +145,9 @@ class CtcPrefixBeamSearch(StreamingBeamSearch):
         self, enc: Tensor, lens: list[int], beams: tuple[StreamBeam, ...]
     ) -> tuple[StreamBeam, ...]:
         log_probs = ctc_log_probs(self.head, enc, self.cfg.blank_penalty).cpu()
-        return tuple(self._advance(beam, log_probs[b, :n]) for b, (beam, n) in enumerate(zip(beams, lens)))
+        return tuple(
+            self._advance(beam, log_probs[b, :n]) for b, (beam, n) in enumerate(zip(beams, lens))
+        )
 
     def partial(self, state: BeamState) -> list[Hypothesis]:
         """Per stream the hypothesis :meth:`finalize` would give if it ended now."""

@@ -92,7 +92,9 @@ def fusion_lm(
             logger.warning("search.lm_weight=%g but no LM (search.lm_path) is given", lm_weight)
         return None
     if lm.vocab_size != vocab_size:
-        raise ValueError(f"LM vocabulary {lm.vocab_size} differs from the {head_name}'s {vocab_size}")
+        raise ValueError(
+            f"LM vocabulary {lm.vocab_size} differs from the {head_name}'s {vocab_size}"
+        )
     return lm if lm_weight > 0 else None
 
 
@@ -416,7 +418,9 @@ def _read_entry(
             f"a log10 probability or back-off weight that is no number: {line!r}"
         ) from None
     if values[0] > 0.0:
-        raise _LineError(f"positive log10 probability {fields[0]} (a probability above 1): {line!r}")
+        raise _LineError(
+            f"positive log10 probability {fields[0]} (a probability above 1): {line!r}"
+        )
     if any(math.isnan(v) or v == math.inf for v in values):
         raise _LineError(f"a log10 probability or back-off weight that is NaN or +inf: {line!r}")
     gram = tuple(word_id(w, order) for w in fields[1 : order + 1])

@@ -218,7 +218,9 @@ def write_arpa(
     if symbols is not None:
         bad = [w for w in symbols if not w or w != "".join(w.split()) or w in _NAMES.values()]
         if bad:
-            raise ValueError(f"ARPA words must be non-empty, without spaces, not specials: {bad[:5]}")
+            raise ValueError(
+                f"ARPA words must be non-empty, without spaces, not specials: {bad[:5]}"
+            )
 
     def _word(token: int) -> str:
         if token in _NAMES:

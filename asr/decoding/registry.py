@@ -184,7 +184,8 @@ SEARCHERS: tuple[SearcherSpec, ...] = (
                  token_times=False),
     SearcherSpec("attention_rescoring", "aed", ("aed",), "rescore", False, False,
                  "an 'aed' head and a 'ctc' or 'transducer' head",
-                 lambda m, c, lm, tok, ctx: NbestRescoring(_first_pass(m, c, lm, tok, ctx), m.heads["aed"], c),
+                 lambda m, c, lm, tok, ctx: NbestRescoring(_first_pass(m, c, lm, tok, ctx),
+                                                           m.heads["aed"], c),
                  also_needs=("ctc", "transducer")),
     SearcherSpec("cif_greedy", "cif", ("cif",), "greedy", True, False, "a 'cif' head",
                  lambda m, c, lm, tok, ctx: CifGreedySearch(m.heads["cif"], c)),
@@ -192,7 +193,8 @@ SEARCHERS: tuple[SearcherSpec, ...] = (
                  lambda m, c, lm, tok, ctx: CifBeamSearch(m.heads["cif"], c, lm, _ctc(m))),
     SearcherSpec("cif_rescoring", "cif", ("cif",), "rescore", False, False,
                  "a 'cif' head and a 'ctc' or 'transducer' head",
-                 lambda m, c, lm, tok, ctx: NbestRescoring(_first_pass(m, c, lm, tok, ctx), m.heads["cif"], c),
+                 lambda m, c, lm, tok, ctx: NbestRescoring(_first_pass(m, c, lm, tok, ctx),
+                                                           m.heads["cif"], c),
                  also_needs=("ctc", "transducer")),
 )  # fmt: skip
 
@@ -409,7 +411,8 @@ def _load_lm(
         )
     if tokenizer.vocab_size != vocab_size:
         raise ValueError(
-            f"tokenizer vocabulary {tokenizer.vocab_size} differs from the {head} head's {vocab_size}"
+            f"tokenizer vocabulary {tokenizer.vocab_size} differs from the {head} head's "
+            f"{vocab_size}"
         )
     return load_word_lm(cfg.lm_path, tokenizer)
 

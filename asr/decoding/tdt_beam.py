@@ -192,7 +192,9 @@ class TdtBeamSearch(StreamingBeamSearch):
         pred_proj, pred_state = self.scorer.initial(1, device)
         start = _Hyp(EMPTY_CHAIN, 0.0, 0, 0, self.lm.init_state() if self.lm is not None else None)
         none = pred_proj.new_zeros(0, pred_proj.shape[-1])
-        return tuple(StreamBeam((start,), 0, graph, pred_proj, pred_state, none) for graph in graphs)
+        return tuple(
+            StreamBeam((start,), 0, graph, pred_proj, pred_state, none) for graph in graphs
+        )
 
     def _step(
         self, enc: Tensor, lens: list[int], beams: tuple[StreamBeam, ...]
@@ -200,7 +202,9 @@ class TdtBeamSearch(StreamingBeamSearch):
         """Each stream searches its frames as far as its moves do not depend on where it ends
         (module docstring); the frames it has not searched stay in its state."""
         enc_proj = self.scorer.project_encoder(enc)
-        return tuple(self._advance(beam, enc_proj[b, :n]) for b, (beam, n) in enumerate(zip(beams, lens)))
+        return tuple(
+            self._advance(beam, enc_proj[b, :n]) for b, (beam, n) in enumerate(zip(beams, lens))
+        )
 
     def partial(self, state: BeamState) -> list[Hypothesis]:
         """Per stream its best live hypothesis, ranked as at the end (without the frames it

@@ -84,7 +84,9 @@ class RelativePositions:
     index: Tensor
 
     @staticmethod
-    def build(num_queries: int, cache_size: int, dim: int, device: torch.device) -> RelativePositions:
+    def build(
+        num_queries: int, cache_size: int, dim: int, device: torch.device
+    ) -> RelativePositions:
         """Positions for ``num_queries`` new frames after ``cache_size`` cached ones."""
         min_distance = -(num_queries - 1)
         distances = torch.arange(min_distance, num_queries + cache_size, device=device)

@@ -145,7 +145,9 @@ class Conv2dSubsampling(nn.Module):
         freq_out = ((input_dim - 1) // 2 - 1) // 2
         self.out = nn.Linear(channels * freq_out, output_dim)
 
-    def forward(self, feats: Tensor, feat_lens: Tensor, check: bool = True) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, feats: Tensor, feat_lens: Tensor, check: bool = True
+    ) -> tuple[Tensor, Tensor]:
         """Subsamples a whole (padded) batch.
 
         Args:
@@ -186,10 +188,14 @@ class Conv2dSubsampling(nn.Module):
         batch, channels, time, freq = x.shape
         return self.out(x.transpose(1, 2).reshape(batch, time, channels * freq))
 
-    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> SubsamplingState:
+    def init_state(
+        self, batch_size: int, device: torch.device, dtype: torch.dtype
+    ) -> SubsamplingState:
         """State of ``batch_size`` fresh streams (nothing cached)."""
         return SubsamplingState(
-            cache=torch.zeros(batch_size, MAX_CACHED_FRAMES, self.input_dim, device=device, dtype=dtype),
+            cache=torch.zeros(
+                batch_size, MAX_CACHED_FRAMES, self.input_dim, device=device, dtype=dtype
+            ),
             cache_len=torch.zeros(batch_size, dtype=torch.long, device=device),
         )
 

@@ -164,7 +164,8 @@ class StreamingEncoder(nn.Module):
                 "export with a bounded one (--left-chunks N, N > 0)")
         if left_chunks * chunk_size <= 0:
             raise ValueError("the sherpa-onnx streaming layout needs a left context "
-                             f"(left_chunks={left_chunks}); export with one (--left-chunks N, N > 0)")
+                             f"(left_chunks={left_chunks}); export with one "
+                             "(--left-chunks N, N > 0)")
         self.encoder = encoder
         self.projection = projection
         self.chunk_size = chunk_size

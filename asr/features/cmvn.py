@@ -60,7 +60,9 @@ class GlobalCMVN(nn.Module):
         return (feats - self.mean) * self.inv_std
 
 
-def compute_cmvn_stats(cuts: Iterable, max_cuts: int = 2000, extractor=None) -> tuple[Tensor, Tensor]:
+def compute_cmvn_stats(
+    cuts: Iterable, max_cuts: int = 2000, extractor=None
+) -> tuple[Tensor, Tensor]:
     """Per-bin mean and standard deviation of the features of up to ``max_cuts`` cuts.
 
     The cuts of a sequence (an eager CutSet, a list) are taken evenly spaced over the whole

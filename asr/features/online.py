@@ -61,7 +61,9 @@ class OnlineFbank:
         if cfg.snip_edges:
             raise ValueError("OnlineFbank supports snip_edges=False only (the training setting)")
         if cfg.dither != 0:
-            raise ValueError(f"OnlineFbank needs dither=0 to match offline features, got {cfg.dither}")
+            raise ValueError(
+                f"OnlineFbank needs dither=0 to match offline features, got {cfg.dither}"
+            )
         self.cfg = cfg
         self._fbank = (extractor or make_lhotse_fbank(cfg)).extractor
         self._hop = cfg.hop_samples

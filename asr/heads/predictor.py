@@ -152,7 +152,9 @@ class LstmPredictor(nn.Module):
     def init_state(self, batch_size: int, device: torch.device | str) -> LstmState:
         """Zero state of ``batch_size`` streams, in the dtype of the weights."""
         dtype = self.output.weight.dtype
-        zeros = torch.zeros(self.num_layers, batch_size, self.hidden_dim, device=device, dtype=dtype)
+        zeros = torch.zeros(
+            self.num_layers, batch_size, self.hidden_dim, device=device, dtype=dtype
+        )
         return LstmState(hidden=zeros, cell=zeros.clone())
 
     def forward(self, tokens: Tensor, state: LstmState) -> tuple[Tensor, LstmState]:

@@ -120,7 +120,8 @@ def check_device(tensor: Tensor, kernel: str = "mutual-information") -> None:
     if not tensor.is_cuda and not interpreter_enabled():
         raise RuntimeError(
             f"the Triton {kernel} kernel needs CUDA tensors (got device {tensor.device}); "
-            "set TRITON_INTERPRET=1 before importing triton to run it on CPU, or use backend='torch'"
+            "set TRITON_INTERPRET=1 before importing triton to run it on CPU, "
+            "or use backend='torch'"
         )
 
 

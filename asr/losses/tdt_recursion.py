@@ -80,7 +80,8 @@ def check_durations(durations: Sequence[int]) -> tuple[int, ...]:
 def _check_weights(token_w: Tensor, blank_w: Tensor, durations: Sequence[int]) -> None:
     if blank_w.dim() != 4 or token_w.dim() != 4:
         raise ValueError(
-            f"token_w and blank_w must be 4-D, got {tuple(token_w.shape)} and {tuple(blank_w.shape)}"
+            f"token_w and blank_w must be 4-D, got {tuple(token_w.shape)} "
+            f"and {tuple(blank_w.shape)}"
         )
     batch, num_frames, rows, depth = blank_w.shape
     if tuple(token_w.shape) != (batch, num_frames, rows - 1, depth) or depth != len(durations):
@@ -261,7 +262,9 @@ def _beta_loop(
     end_diagonals = set(end_diag.tolist())  # at most B diagonals hold an end node
     for k in range(layout.num_diagonals - 1, -1, -1):
         onward = flat.index_select(1, index[k]).view(batch, layout.lanes, rows)
-        current = _log_sum_lanes(onward.add_(leaving[:, k]), buffer[:, layout.pad + k, 1 : rows + 1])
+        current = _log_sum_lanes(
+            onward.add_(leaving[:, k]), buffer[:, layout.pad + k, 1 : rows + 1]
+        )
         if k in end_diagonals:
             current.masked_fill_(end_row & (end_diag[:, None] == k), 0.0)
     return layout.nodes(buffer)
@@ -285,7 +288,8 @@ def arc_occupations(
     num_frames = blank_w.shape[1]
     feasible = (total > NEG / 2)[:, None, None, None]
     safe_total = torch.where(feasible[:, 0, 0, 0], total, torch.zeros_like(total))
-    beta_pad = torch.cat([beta, beta.new_full((beta.shape[0], max(durations), beta.shape[2]), NEG)], 1)
+    beyond_end = beta.new_full((beta.shape[0], max(durations), beta.shape[2]), NEG)
+    beta_pad = torch.cat([beta, beyond_end], 1)
     dest = torch.stack([beta_pad[:, d : d + num_frames] for d in durations], dim=-1)  # (B,T,U+1,D)
     start = alpha[:, :num_frames, :, None] - safe_total[:, None, None, None]
     token_occ = torch.exp(start[:, :, :-1] + token_w + dest[:, :, 1:])

@@ -75,7 +75,9 @@ def _tdt_alpha_kernel(
                 acc = log_add(acc, a_tok + w_tok)
                 m_blk = valid & (d >= 1) & (src >= 0)
                 a_blk = tl.load(alpha_b + src * rows + u, mask=m_blk, other=_NEG)
-                w_blk = tl.load(blank_b + (src * rows + u) * num_durations + i, mask=m_blk, other=_NEG)
+                w_blk = tl.load(
+                    blank_b + (src * rows + u) * num_durations + i, mask=m_blk, other=_NEG
+                )
                 acc = log_add(acc, a_blk + w_blk)
             acc = tl.maximum(acc, _NEG, propagate_nan=tl.PropagateNan.ALL)  # as clamp_
             acc = tl.where((u == 0) & (t == 0), 0.0, acc)
@@ -123,7 +125,9 @@ def _tdt_beta_kernel(
                 acc = log_add(acc, b_tok + w_tok)
                 m_blk = leaves & (d >= 1) & (dst <= num_frames)
                 b_blk = tl.load(beta_b + dst * rows + u, mask=m_blk, other=_NEG)
-                w_blk = tl.load(blank_b + (t * rows + u) * num_durations + i, mask=m_blk, other=_NEG)
+                w_blk = tl.load(
+                    blank_b + (t * rows + u) * num_durations + i, mask=m_blk, other=_NEG
+                )
                 acc = log_add(acc, b_blk + w_blk)
             acc = tl.maximum(acc, _NEG, propagate_nan=tl.PropagateNan.ALL)  # as clamp_
             acc = tl.where((t == end_t) & (u == end_u), 0.0, acc)

@@ -113,7 +113,9 @@ def _backtrace(table: np.ndarray, ref: Sequence[str], hyp: Sequence[str]) -> lis
 
 
 def _to_ids(seqs: Sequence[Sequence[str]], vocab: dict[str, int]) -> list[np.ndarray]:
-    return [np.array([vocab.setdefault(t, len(vocab)) for t in seq], dtype=np.int64) for seq in seqs]
+    return [
+        np.array([vocab.setdefault(t, len(vocab)) for t in seq], dtype=np.int64) for seq in seqs
+    ]
 
 
 def edit_distance_matrix(ref: Sequence[str], hyp: Sequence[str]) -> np.ndarray:
@@ -307,7 +309,9 @@ def compute_wer(
         hyps: hypotheses, same length and order as ``refs``.
         utt_ids: utterance ids for reports (default ``"0"``, ``"1"``, ...).
     """
-    return _score([text_to_words(r) for r in refs], [text_to_words(h) for h in hyps], utt_ids, "WER")
+    return _score(
+        [text_to_words(r) for r in refs], [text_to_words(h) for h in hyps], utt_ids, "WER"
+    )
 
 
 def compute_cer(

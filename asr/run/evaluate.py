@@ -109,7 +109,8 @@ def recognize(
             nbest_lists = searcher(enc, enc_lens)
             if len(nbest_lists) != batch.batch_size:
                 raise RuntimeError(
-                    f"searcher returned {len(nbest_lists)} results for {batch.batch_size} utterances"
+                    f"searcher returned {len(nbest_lists)} results "
+                    f"for {batch.batch_size} utterances"
                 )
             for cut_id, ref, nbest in zip(batch.cut_ids, batch.texts, nbest_lists):
                 best = nbest[0] if nbest else None
@@ -124,7 +125,9 @@ def recognize(
 def score_recognitions(recognitions: Iterable[Recognition]) -> CorpusResult:
     """WER (:class:`asr.metrics.wer.CorpusResult`) of recognitions, sorted by cut id."""
     ordered = sorted(recognitions, key=lambda r: r.cut_id)
-    return compute_wer([r.ref for r in ordered], [r.hyp for r in ordered], [r.cut_id for r in ordered])
+    return compute_wer(
+        [r.ref for r in ordered], [r.hyp for r in ordered], [r.cut_id for r in ordered]
+    )
 
 
 def result_paths(out_dir: str | Path, part: str, searcher_name: str) -> dict[str, Path]:

@@ -389,8 +389,9 @@ def train_experiment(
             train_batches=EpochBatches(train_cuts, cfg.data, tokenizer, dist.rank, dist.world_size,
                                        shar),
             valid_batches=valid_batches,
-            evaluate=(DevWer(dev_cuts, cfg, tokenizer, dist.device, cfg.train.dev_wer_max_utterances,
-                             dist) if cfg.train.dev_wer else None),
+            evaluate=(DevWer(dev_cuts, cfg, tokenizer, dist.device,
+                             cfg.train.dev_wer_max_utterances, dist)
+                      if cfg.train.dev_wer else None),
             dist=dist,
             extra_state={"config": to_dict(cfg), "tokens": pieces},
             check_resume=lambda extra: check_vocabulary(extra.get("tokens"), tokenizer,

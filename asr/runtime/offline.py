@@ -358,7 +358,9 @@ class Transcriber:
 
     # ------------------------------------------------------------------------- input
 
-    def load(self, item: AudioInput, sample_rate: int | None = None, index: int = 0) -> DecodedAudio:
+    def load(
+        self, item: AudioInput, sample_rate: int | None = None, index: int = 0
+    ) -> DecodedAudio:
         """Decodes one input to mono at :attr:`sample_rate`.
 
         Arrays are (N,) or (N, C) samples at ``sample_rate`` (default: the model rate), float in

@@ -95,7 +95,9 @@ def random_experiment(
         checkpoint = {
             "model": model.state_dict(),
             "extra": {"config": to_dict(cfg)},
-            "progress": {"history": [{"epoch": epoch, "train_loss": 1.0, "valid_wer": 50.0 - epoch}]},
+            "progress": {
+                "history": [{"epoch": epoch, "train_loss": 1.0, "valid_wer": 50.0 - epoch}],
+            },
         }
         path = checkpoint_path(exp_dir, epoch)
         torch.save(checkpoint, path)

@@ -57,12 +57,15 @@ class BpeTokenizer(ReservedIds):
         try:
             self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
         except RuntimeError as err:
-            raise ValueError(f"{source}: not a sentencepiece model (corrupt file?): {err}") from None
+            raise ValueError(
+                f"{source}: not a sentencepiece model (corrupt file?): {err}"
+            ) from None
         found = tuple(self._sp.id_to_piece(i) for i in range(min(3, self._sp.get_piece_size())))
         if found != SPECIAL_PIECES or self._sp.unk_id() != UNK_ID:
             raise ValueError(
                 f"{source}: sentencepiece model must have {list(SPECIAL_PIECES)} at ids 0, 1, 2 "
-                f"(unk_id 2), got {list(found)} (unk_id {self._sp.unk_id()}); train it with train_bpe"
+                f"(unk_id 2), got {list(found)} (unk_id {self._sp.unk_id()}); "
+                "train it with train_bpe"
             )
         self._skip = frozenset((BLANK_ID, SOS_EOS_ID))
 

@@ -70,11 +70,13 @@ class OptimConfig:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if not (0 < self.lr_batches < math.inf and 0 < self.lr_epochs < math.inf):
             raise ValueError(
-                f"lr_batches and lr_epochs must be > 0 and finite, got {self.lr_batches}, {self.lr_epochs}"
+                "lr_batches and lr_epochs must be > 0 and finite, "
+                f"got {self.lr_batches}, {self.lr_epochs}"
             )
         if not 0 <= self.reference_batch_seconds < math.inf:
             raise ValueError(
-                f"reference_batch_seconds must be >= 0 and finite, got {self.reference_batch_seconds}"
+                "reference_batch_seconds must be >= 0 and finite, "
+                f"got {self.reference_batch_seconds}"
             )
 
     def step_scale(self, batch_seconds: float) -> float:

@@ -254,7 +254,9 @@ class Progress:
             skipped_in_a_row=int(state.get("skipped_in_a_row", 0)),
             valid_step=int(state.get("valid_step", -1)),
             valid_loss=None if valid_loss is None else float(valid_loss),
-            step_scalars=None if scalars is None else {str(k): float(v) for k, v in scalars.items()},
+            step_scalars=(
+                None if scalars is None else {str(k): float(v) for k, v in scalars.items()}
+            ),
             log_bytes=None if log_bytes is None else int(log_bytes),
             history=history,
         )

@@ -221,7 +221,9 @@ class Trainer:
         self.scheduler = Scheduler(self.optimizer, optim_cfg, schedule_scale)
         self.grad_clip = optim_cfg.grad_clip
         self.averager = (
-            RunningAverage(model, train_cfg.average_period) if train_cfg.average_period > 0 else None
+            RunningAverage(model, train_cfg.average_period)
+            if train_cfg.average_period > 0
+            else None
         )
         if self.dist.distributed:
             model = nn.parallel.DistributedDataParallel(
@@ -246,7 +248,9 @@ class Trainer:
                 "train.cpu_amp: this CPU has no native bfloat16 support; autocast will be much "
                 "slower than float32 (set train.cpu_amp=auto or false)"
             )
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.amp and self.amp_dtype == torch.float16
+        )
         self.progress = Progress(epoch_world_size=self.dist.world_size)
         self._accum_utts = 0.0  # utterances in the gradients accumulated since the last step
         self._step_batches: list[Batch] = []  # the batches of the step being accumulated
@@ -547,7 +551,8 @@ class Trainer:
             what = (f"what it held after {self._resumed_from.name} was written, logged by the "
                     "run that wrote it; the run resumed from it logs that part again"
                     if self._resumed_from else "an earlier run's log; a run from step 0 starts")
-            header = f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} moved from {TRAIN_LOG}: {what} ===\n"
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            header = f"=== {stamp} moved from {TRAIN_LOG}: {what} ===\n"
             with (self.exp_dir / SUPERSEDED_LOG).open("ab") as f:
                 f.write(header.encode() + tail + (b"" if tail.endswith(b"\n") else b"\n"))
                 f.flush()
