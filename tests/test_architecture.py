@@ -16,7 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _checker():
-    spec = importlib.util.spec_from_file_location("check_imports", ROOT / "tools" / "check_imports.py")
+    spec = importlib.util.spec_from_file_location(
+        "check_imports", ROOT / "tools" / "check_imports.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -46,10 +48,12 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
     [
         ({"asr/types.py": "from asr.model import ASRModel\n", "asr/model.py": ""},
          r"asr\.types:1: imports asr\.model from a higher layer \('foundation' -> 'model'\)"),
-        ({"asr/encoders/a.py": "import asr.encoders.b\n", "asr/encoders/b.py": "import asr.encoders.a\n",
+        ({"asr/encoders/a.py": "import asr.encoders.b\n",
+          "asr/encoders/b.py": "import asr.encoders.a\n",
           "asr/encoders/__init__.py": ""},
          r"import cycle: asr\.encoders\.a <-> asr\.encoders\.b"),
-        ({"asr/encoders/a.py": "def f():\n    from asr.encoders import b\n", "asr/encoders/b.py": "",
+        ({"asr/encoders/a.py": "def f():\n    from asr.encoders import b\n",
+          "asr/encoders/b.py": "",
           "asr/encoders/__init__.py": ""},
          r"asr\.encoders\.a:2: imports asr\.encoders\.b inside a function"),
         ({"asr/model.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"

@@ -120,7 +120,9 @@ def test_override_errors():
 
 
 def test_optional_section_can_be_disabled_with_null():
-    cfg = from_dict(Experiment, apply_overrides({"name": "x", "ctc": {"weight": 1.0}}, ["ctc=null"]))
+    cfg = from_dict(
+        Experiment, apply_overrides({"name": "x", "ctc": {"weight": 1.0}}, ["ctc=null"])
+    )
     assert cfg.ctc is None
 
 
@@ -174,7 +176,8 @@ def test_base_errors_name_the_files(tmp_path):
     with pytest.raises(ConfigError, match=r"extend each other: .*a.yaml -> .*b.yaml -> .*a.yaml"):
         read_yaml(tmp_path / "a.yaml")
     (tmp_path / "c.yaml").write_text("_base_: missing.yaml\n")
-    with pytest.raises(FileNotFoundError, match=r"missing.yaml: no such file \(the _base_ of .*c.yaml"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"missing.yaml: no such file \(the _base_ of .*c.yaml"):
         read_yaml(tmp_path / "c.yaml")
     (tmp_path / "d.yaml").write_text("_base_: {a: 1}\n")
     with pytest.raises(ConfigError, match="_base_ must be a file name"):

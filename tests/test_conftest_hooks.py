@@ -16,11 +16,13 @@ def test_a_failed_checked_subprocess_reports_its_captured_output(pytester):
 
         def test_fails():
             subprocess.run([sys.executable, "-c",
-                            "import sys; print('OUT-MARK'); sys.stderr.write('ERR-MARK'); sys.exit(3)"],
+                            "import sys; print('OUT-MARK'); sys.stderr.write('ERR-MARK'); "
+                            "sys.exit(3)"],
                            check=True, capture_output=True)
 
         def test_fails_in_text_mode():
-            subprocess.run([sys.executable, "-c", "import sys; sys.stderr.write('TXT-MARK'); sys.exit(1)"],
+            subprocess.run([sys.executable, "-c",
+                            "import sys; sys.stderr.write('TXT-MARK'); sys.exit(1)"],
                            check=True, capture_output=True, text=True)
         """
     )
@@ -56,7 +58,8 @@ def test_a_started_process_runs_torch_with_one_thread(pytester):
         import subprocess, sys
 
         def test_child():
-            code = "import os, torch; print(os.environ.get('OMP_NUM_THREADS'), torch.get_num_threads())"
+            code = ("import os, torch; "
+                    "print(os.environ.get('OMP_NUM_THREADS'), torch.get_num_threads())")
             out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                                  text=True).stdout
             assert out.split() == ["1", "1"]

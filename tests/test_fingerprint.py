@@ -37,7 +37,10 @@ def test_an_output_is_current_only_with_the_fingerprint_it_was_made_with(tmp_pat
     # made cannot leave the old fingerprint beside the new output
     assert not fingerprint_path(out).exists()
     assert not is_current(out, made_from)
-    assert f"has no fingerprint of what it was made from ({out.name}.fingerprint.json)" in caplog.text
+    assert (
+        f"has no fingerprint of what it was made from ({out.name}.fingerprint.json)"
+        in caplog.text
+    )
 
 
 def test_an_unreadable_fingerprint_or_a_vanished_output_is_not_current(tmp_path, caplog):

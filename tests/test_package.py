@@ -67,7 +67,8 @@ def test_checkpoint_selection_errors(exp_dir, tmp_path):
         export_package(exp_dir, tmp_path / "a", WeightSelection(epoch=3, avg=4))
     with pytest.raises(PackageError, match="does not exist"):
         export_package(exp_dir, tmp_path / "b", WeightSelection(checkpoint=exp_dir / "nope.pt"))
-    one = export_package(exp_dir, tmp_path / "c", WeightSelection(checkpoint=exp_dir / "epoch-1.pt"))
+    one = export_package(exp_dir, tmp_path / "c",
+                         WeightSelection(checkpoint=exp_dir / "epoch-1.pt"))
     assert one.checkpoints == ("epoch-1.pt",)
     newest = export_package(exp_dir, tmp_path / "d")  # default: the newest step checkpoint
     assert newest.checkpoints == (max(exp_dir.glob("checkpoint-*.pt"),
@@ -121,8 +122,8 @@ def test_unverified_load_still_reports_the_file(exp_dir, tmp_path):
 
 def test_cli_export_package(exp_dir, tmp_path, capsys):
     out = tmp_path / "pkg"
-    assert main(["export-package", "--exp-dir", str(exp_dir), "--output-dir", str(out), "--epoch", "3",
-                 "--avg", "3", "--wer", "test=12.5"]) == 0
+    assert main(["export-package", "--exp-dir", str(exp_dir), "--output-dir", str(out),
+                 "--epoch", "3", "--avg", "3", "--wer", "test=12.5"]) == 0
     assert "epoch-1.pt, epoch-2.pt, epoch-3.pt" in capsys.readouterr().out
     assert load_package(out).metadata.wer == {"test": 12.5}
     assert main(["export-package", "--exp-dir", str(exp_dir), "--out", str(out)]) == 2  # exists
@@ -172,7 +173,8 @@ def _edit_metadata(package: Path, change) -> None:
         (lambda p: _edit_metadata(p, lambda m: m["sha256"].pop(WEIGHTS_FILE)), WEIGHTS_FILE),
         (lambda p: _edit_metadata(p, lambda m: m.update(sha256={})), "config.yaml"),
         # a bpe.model beside tokens.txt would make it a BPE tokenizer
-        (lambda p: (p / "tokenizer" / "bpe.model").write_bytes(b"\x00" * 64), "tokenizer/bpe.model"),
+        (lambda p: (p / "tokenizer" / "bpe.model").write_bytes(b"\x00" * 64),
+         "tokenizer/bpe.model"),
         (lambda p: (p / "tokenizer" / "notes.txt").write_text("x"), "tokenizer/notes.txt"),
     ],
 )

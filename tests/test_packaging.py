@@ -92,7 +92,8 @@ def test_an_environment_made_again_from_another_python_is_installed_again(tmp_pa
     assert not (tmp_path / "pip.log").exists()
     assert "installing asr" in _run_setup(tmp_path, python="3.12").stderr
     assert "-e .[dev]" in (tmp_path / "pip.log").read_text()
-    assert "python 3.12 from /usr/bin/python3.12" in (tmp_path / "venv/.asr-setup-stamp").read_text()
+    stamp = (tmp_path / "venv/.asr-setup-stamp").read_text()
+    assert "python 3.12 from /usr/bin/python3.12" in stamp
 
 
 def test_browser_test_packages_are_installed_only_for_the_tests(tmp_path):

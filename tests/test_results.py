@@ -24,7 +24,9 @@ class _Pieces:
 def test_words_group_pieces_and_end_one_frame_after_their_last_token():
     words = words_from_tokens(["\u2581HE", "LLO", "\u2581", "\u2581WOR", "LD"],
                               [0.0, 0.08, 0.1, 0.2, 0.32], 0.04)
-    assert words == [Word("HELLO", 0.0, pytest.approx(0.12)), Word("WORLD", 0.2, pytest.approx(0.36))]
+    assert words == [
+        Word("HELLO", 0.0, pytest.approx(0.12)), Word("WORLD", 0.2, pytest.approx(0.36))
+    ]
 
 
 def test_hypothesis_segment_counts_frames_from_its_offset_in_seconds():

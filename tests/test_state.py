@@ -122,7 +122,8 @@ def test_errors_name_the_problem():
     with pytest.raises(TypeError, match="Undeclared.cache"):
         unstack_states(Undeclared())
     with pytest.raises(ValueError, match="Inner.cache"):
-        stack_states([Inner(torch.zeros(3, 1, 5), torch.zeros(1)), Inner(torch.zeros(3, 1, 6), torch.zeros(1))])
+        stack_states([Inner(torch.zeros(3, 1, 5), torch.zeros(1)),
+                      Inner(torch.zeros(3, 1, 6), torch.zeros(1))])
 
 
 def test_encoder_state_round_trip():

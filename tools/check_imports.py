@@ -28,8 +28,8 @@ from pathlib import Path
 
 #: Layers from the ground up; each a name and the module prefixes it holds.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("foundation", ("asr.version", "asr.fileio", "asr.config", "asr.types", "asr.state", "asr.audio",
-                    "asr.metrics", "asr.tokenizers", "asr.results", "asr.synth",
+    ("foundation", ("asr.version", "asr.fileio", "asr.config", "asr.types", "asr.state",
+                    "asr.audio", "asr.metrics", "asr.tokenizers", "asr.results", "asr.synth",
                     "asr.fingerprint", "asr.constants", "asr.device")),
     ("signal, losses, storage", ("asr.features", "asr.losses", "asr.checkpoints")),
     ("networks, data, training loop", ("asr.encoders", "asr.heads", "asr.data", "asr.train")),
@@ -101,7 +101,9 @@ def _function_nodes(tree: ast.Module) -> set[int]:
     inside: set[int] = set()
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-            inside.update(id(n) for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom)))
+            inside.update(
+                id(n) for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom))
+            )
     return inside
 
 

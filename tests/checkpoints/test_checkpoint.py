@@ -396,7 +396,9 @@ def test_averaged_model_between_is_the_mean_of_the_samples_of_those_epochs(tmp_p
         mean = (samples + 1) / 2
         atomic_torch_save({
             "model": {"w": torch.zeros(2), "n": torch.tensor(epoch)},
-            "averager": {"period": 10, "average": {"w": torch.full((2,), mean, dtype=torch.float64)}},
+            "averager": {
+                "period": 10, "average": {"w": torch.full((2,), mean, dtype=torch.float64)},
+            },
             "progress": {"step": step},
         }, epoch_checkpoint_path(tmp_path, epoch))
     weights, checkpoint = averaged_model_between(tmp_path, epoch=3, avg=2)

@@ -136,7 +136,8 @@ def test_config_validation() -> None:
 def test_a_frequency_mask_wider_than_the_spectrum_is_refused() -> None:
     """lhotse draws a negative start for a mask wider than the bins: it would mask the top."""
     narrow = {"fbank": {"num_mel_bins": 20}}
-    with pytest.raises(ValueError, match="max_freq_mask_width \\(27\\) exceeds .*num_mel_bins \\(20\\)"):
+    with pytest.raises(ValueError,
+                       match="max_freq_mask_width \\(27\\) exceeds .*num_mel_bins \\(20\\)"):
         from_dict(DataConfig, narrow)
     assert from_dict(DataConfig, {**narrow, "spec_augment": {"max_freq_mask_width": 20}})
     assert from_dict(DataConfig, {**narrow, "spec_augment": {"enabled": False}})

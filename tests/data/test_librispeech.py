@@ -17,7 +17,9 @@ def test_prepare_manifests_counts_texts_durations(prepared: dict) -> None:
     manifests_dir = prepared["root"] / "manifests"
     for part, utts in prepared["utts"].items():
         assert prepared["manifests"][part] == manifests_dir / f"librispeech_cuts_{part}.jsonl.gz"
-        recordings = RecordingSet.from_file(manifests_dir / f"librispeech_recordings_{part}.jsonl.gz")
+        recordings = RecordingSet.from_file(
+            manifests_dir / f"librispeech_recordings_{part}.jsonl.gz"
+        )
         sups = SupervisionSet.from_file(manifests_dir / f"librispeech_supervisions_{part}.jsonl.gz")
         cuts = CutSet.from_file(prepared["manifests"][part])
         assert len(recordings) == len(sups) == len(cuts) == len(utts)
@@ -121,7 +123,8 @@ def test_missing_flac_names_file_and_line(corpus, tmp_path: Path) -> None:
     corpus_dir, _ = corpus
     (corpus_dir / "train-clean-5/1002/20/1002-20-0002.flac").unlink()
     trans = corpus_dir / "train-clean-5/1002/20/1002-20.trans.txt"
-    with pytest.raises(CorpusError, match=re.escape(f"{trans}:3:") + ".*1002-20-0002.flac.*missing"):
+    with pytest.raises(CorpusError,
+                       match=re.escape(f"{trans}:3:") + ".*1002-20-0002.flac.*missing"):
         prepare_manifests(corpus_dir, tmp_path / "out", ["train-clean-5"])
     assert not (tmp_path / "out").exists()  # validation runs before lhotse writes anything
 

@@ -166,7 +166,10 @@ def test_an_epoch_without_batches_is_an_error_and_left_out_cuts_are_logged(prepa
     batches = list(EpochBatches(cuts, _cfg(drop_last=True, num_workers=0), CharEncoder())(1, 0))
     kept = sum(len(b.cut_ids) for b in batches)
     assert 0 < kept < len(cuts)
-    assert f"{len(batches)} batches (0 global batches skipped at resumption), {kept} cuts" in caplog.text
+    assert (
+        f"{len(batches)} batches (0 global batches skipped at resumption), {kept} cuts"
+        in caplog.text
+    )
     assert f"{len(cuts) - kept} of {len(cuts)} cuts left out" in caplog.text
 
 

@@ -428,7 +428,8 @@ def test_shar_and_manifests_train_on_the_same_filtered_cuts_checked_and_bucketed
                                          CharEncoder(), "training", train=True)
     data = dataclasses.replace(data, train_shar_dirs=(shar_dir,))
     from_shar, shar = train._load_shar(ExperimentConfig(data=data), model, CharEncoder())
-    assert stats[0] == stats[1] and stats[0].kept == len(kept_ids) and stats[0].dropped == 4 + odd_rate
+    assert stats[0] == stats[1]
+    assert stats[0].kept == len(kept_ids) and stats[0].dropped == 4 + odd_rate
     assert [c.id for c in from_shar] == [c.id for c in from_manifest] == kept_ids
     assert [c.id for c in shar.manifests] == kept_ids  # what the checks and buckets read
 

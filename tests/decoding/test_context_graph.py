@@ -200,7 +200,8 @@ def test_boosts_beyond_the_limit_are_clear_errors():
     """A boost of 1e38 overflowed the searchers' float32 scores: the transducer beam lost
     every hypothesis and failed the decode step (of every stream of a server's batch)."""
     tokenizer = _CharTokenizer()
-    for spec, score, match in [("ABC :1e38", 1.5, r"hotword 'ABC': score 1e\+38: a per-token boost"),
+    for spec, score, match in [("ABC :1e38", 1.5,
+                                r"hotword 'ABC': score 1e\+38: a per-token boost"),
                                ("ABC", -1e308, r"hotwords_score -1e\+308: a per-token boost"),
                                ("ABC :-101", 1.5, r"score -101: .* must be in \[-100, 100\]")]:
         with pytest.raises(HotwordError, match=match):

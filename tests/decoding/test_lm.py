@@ -110,8 +110,8 @@ BIGRAMS = ARPA.split("\\2-grams:")[0]
          r"bad.arpa: \\data\\ declares the orders \[1, 3\]"),
     ],
     ids=["truncated", "count", "prob", "backoff", "section", "order", "positive", "twice",
-         "vocab", "empty", "corrupt-gzip", "binary", "nan-prob", "nan-backoff", "inf-backoff", "negative-id",
-         "id-of-start", "skipped-order"],
+         "vocab", "empty", "corrupt-gzip", "binary", "nan-prob", "nan-backoff", "inf-backoff",
+         "negative-id", "id-of-start", "skipped-order"],
 )
 def test_a_malformed_arpa_file_is_an_error_naming_its_file_and_line(tmp_path, text, message):
     """Reading as KenLM does: the \\data\\ counts hold (a truncated or edited file is no
@@ -717,7 +717,8 @@ def test_a_token_that_is_no_unigram_is_unk_after_the_longest_listed_history(tmp_
     after_1 = lm.advance(lm.init_state(), 1)
     assert lm.log_prob(after_1, 3) == pytest.approx(-0.1 * LN10)
     assert float(lm.score(after_1)[3]) == pytest.approx(-0.1 * LN10, abs=1e-5)
-    sentences = [()] + [(a,) for a in range(1, 5)] + [(a, b) for a in range(1, 5) for b in range(1, 5)]
+    sentences = [()] + [(a,) for a in range(1, 5)]
+    sentences += [(a, b) for a in range(1, 5) for b in range(1, 5)]
     sentences += [(a, b, c) for a in range(1, 5) for b in range(1, 5) for c in range(1, 5)]
     for words in sentences:
         by_log_prob = by_score = 0.0

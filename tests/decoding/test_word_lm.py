@@ -303,8 +303,10 @@ ngram 2=2
     [
         (WORD_ARPA.split("-0.1 CAT SAT")[0], r"words.arpa:12: the 2-grams section has 1 entries "
          r"but \\data\\ declares 2"),  # truncated in the bigrams
-        (WORD_ARPA.replace("-0.6 SAT", "x.6 SAT"), r"words.arpa:8: a log10 probability .* no number"),
-        (WORD_ARPA.replace("-0.6 SAT", "-0.6 CAT"), r"words.arpa:8: the 1-gram 'CAT' is listed twice"),
+        (WORD_ARPA.replace("-0.6 SAT", "x.6 SAT"),
+         r"words.arpa:8: a log10 probability .* no number"),
+        (WORD_ARPA.replace("-0.6 SAT", "-0.6 CAT"),
+         r"words.arpa:8: the 1-gram 'CAT' is listed twice"),
         (WORD_ARPA.replace("-0.6 SAT", "-0.6"), r"words.arpa:8: expected a 1-gram line"),
         (WORD_ARPA.replace("CAT SAT", "CAT DOG"), r"words.arpa:13: word 'DOG' is not in the "
          "1-grams section"),

@@ -20,8 +20,10 @@ PARTS = {"train-clean-100": 110, "dev-clean": 3, "dev-other": 3, "test-clean": 3
 TINY_MODEL = [
     "encoder.d_model=32", "encoder.num_layers=1", "encoder.num_heads=2", "encoder.ff_dim=64",
     "encoder.conv_kernel_size=3", "encoder.subsampling_channels=8", "encoder.chunk_size=4",
-    "encoder.left_chunks=2", "encoder.dynamic_chunk_sizes=[2,4]", "encoder.dynamic_left_chunks=[1,-1]",
-    "heads.transducer.pred_dim=16", "heads.transducer.joiner_dim=16", "heads.transducer.warm_step=2",
+    "encoder.left_chunks=2", "encoder.dynamic_chunk_sizes=[2,4]",
+    "encoder.dynamic_left_chunks=[1,-1]",
+    "heads.transducer.pred_dim=16", "heads.transducer.joiner_dim=16",
+    "heads.transducer.warm_step=2",
     "data.max_duration=30", "data.max_cut_duration=8", "data.num_buckets=2", "data.num_workers=0",
     "optim.warmup_steps=2", "train.max_epochs=1", "train.device=cpu", "train.average_period=1",
     "train.checkpoint_interval=0",

@@ -630,8 +630,9 @@ def _matches(documented: list[str], actual: list[str]) -> bool:
         return not actual
     if documented[0] == "...":
         return any(_matches(documented[1:], actual[i:]) for i in range(len(actual) + 1))
-    return bool(actual) and (actual[0] == documented[0] or actual[0].endswith("/" + documented[0])) \
-        and _matches(documented[1:], actual[1:])
+    return bool(actual) and (
+        actual[0] == documented[0] or actual[0].endswith("/" + documented[0])
+    ) and _matches(documented[1:], actual[1:])
 
 
 def test_the_librispeech_readme_shows_the_commands_its_stages_run(stub, tmp_path):

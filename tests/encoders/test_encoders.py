@@ -129,7 +129,9 @@ def test_streaming_survives_unstack_regroup_stack(kind):
     second_b, _, two = encoder.forward_chunk(feats[1:, 19:35], torch.tensor([16]), two)
     second_a, _, one = encoder.forward_chunk(feats[:1, 19:35], torch.tensor([16]), one)
     state = select_states(stack_states([one, two]), [1, 0])
-    rest, rest_lens, _ = encoder.forward_chunk(feats.flip(0)[:, 35:51], torch.tensor([16, 16]), state)
+    rest, rest_lens, _ = encoder.forward_chunk(
+        feats.flip(0)[:, 35:51], torch.tensor([16, 16]), state
+    )
     assert rest_lens.tolist() == [4, 4]
     stream_a = torch.cat([first[0], second_a[0], rest[1]])
     stream_b = torch.cat([first[1], second_b[0], rest[0]])
@@ -138,7 +140,9 @@ def test_streaming_survives_unstack_regroup_stack(kind):
     torch.testing.assert_close(stream_b[:n], full[1, :n], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("kind,causal", [("conformer", True), ("conformer", False), ("transformer", True)])
+@pytest.mark.parametrize(
+    "kind,causal", [("conformer", True), ("conformer", False), ("transformer", True)]
+)
 @pytest.mark.parametrize("chunking", [(0, -1), (3, 1)])
 def test_invariant_to_batch_composition_and_padding(kind, chunking, causal):
     encoder = _encoder(kind, causal=causal)
@@ -455,7 +459,8 @@ def test_bad_features_and_lengths_are_named_not_broadcast(input_norm):
     for feat_lens in bad_lens:
         with pytest.raises(ValueError, match="feat_lens"):
             encoder(feats, feat_lens)
-    with pytest.raises(ValueError, match=rf"feats shape \(2, 40, 13\), expected \(B, T, {FEAT_DIM}\)"):
+    with pytest.raises(ValueError,
+                       match=rf"feats shape \(2, 40, 13\), expected \(B, T, {FEAT_DIM}\)"):
         encoder(feats[:, :, :13], lens)
     state = encoder.init_state(2, chunk_size=4, left_chunks=1)
     for feat_lens in [torch.tensor([19]), torch.tensor([20, 19]), torch.tensor([19.0, 19.0])]:
@@ -495,7 +500,8 @@ def _recipe_chunkings() -> dict[tuple[str, int], set[tuple[int, int]]]:
     """(kind, conv kernel) -> every (chunk_size, left_chunks) that a preset or recipe streams
     or trains with: its default chunking and each of its dynamic chunk training draws."""
     root = Path(__file__).resolve().parents[2] / "recipes"
-    configs = [load_config(EncoderConfig, path) for path in sorted(root.glob("presets/encoder_*.yaml"))]
+    configs = [load_config(EncoderConfig, path)
+               for path in sorted(root.glob("presets/encoder_*.yaml"))]
     configs += [load_config(ExperimentConfig, path).encoder
                 for path in sorted(root.glob("*/*.yaml")) if path.parent.name != "presets"]
     found: dict[tuple[str, int], set[tuple[int, int]]] = {}

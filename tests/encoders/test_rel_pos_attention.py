@@ -86,8 +86,10 @@ def _reference(module, x, mask, key_cache, value_cache):
     batch, time, dim = x.shape
     cache = key_cache.shape[2]
     q = module.linear_q(x).view(batch, time, heads, head_dim)
-    k = torch.cat([key_cache, module.linear_k(x).view(batch, time, heads, head_dim).transpose(1, 2)], 2)
-    v = torch.cat([value_cache, module.linear_v(x).view(batch, time, heads, head_dim).transpose(1, 2)], 2)
+    new_k = module.linear_k(x).view(batch, time, heads, head_dim).transpose(1, 2)
+    new_v = module.linear_v(x).view(batch, time, heads, head_dim).transpose(1, 2)
+    k = torch.cat([key_cache, new_k], 2)
+    v = torch.cat([value_cache, new_v], 2)
     out = torch.zeros(batch, time, heads, head_dim, dtype=x.dtype)
     for b in range(batch):
         for h in range(heads):
@@ -100,7 +102,9 @@ def _reference(module, x, mask, key_cache, value_cache):
                     s = (q[b, i, h] + module.pos_bias_u[h]) @ k[b, h, j]
                     s = s + (q[b, i, h] + module.pos_bias_v[h]) @ p
                     scores.append(s / math.sqrt(head_dim) if mask[b, i, j] else -math.inf)
-                weights = torch.softmax(torch.stack([torch.as_tensor(s, dtype=x.dtype) for s in scores]), 0)
+                weights = torch.softmax(
+                    torch.stack([torch.as_tensor(s, dtype=x.dtype) for s in scores]), 0
+                )
                 out[b, i, h] = weights @ v[b, h]
     return module.linear_out(out.reshape(batch, time, dim))
 

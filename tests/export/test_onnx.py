@@ -383,7 +383,8 @@ def test_int8_graphs_of_every_layout_keep_the_metadata_and_decode(tmp_path):
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return [(v.name, v.type) for v in session.get_inputs() + session.get_outputs()]
 
-    for name, package, options in (("offline", transducer, {}), ("ctc", transducer, {"head": "ctc"}),
+    for name, package, options in (("offline", transducer, {}),
+                                   ("ctc", transducer, {"head": "ctc"}),
                                    ("streaming", transducer, {"streaming": True}),
                                    ("tdt", tdt, {})):
         out = tmp_path / f"onnx-{name}"

@@ -141,7 +141,8 @@ def test_float64_head_infers_and_trains_in_float64():
     enc = torch.randn(2, 10, 12, dtype=torch.float64)
     enc_lens = torch.tensor([10, 6])
     logits, fired_lens = head(enc, enc_lens)
-    assert logits.dtype == torch.float64 and head.predict_alphas(enc, enc_lens).dtype == torch.float64
+    assert logits.dtype == torch.float64
+    assert head.predict_alphas(enc, enc_lens).dtype == torch.float64
     tokens = torch.tensor([[3, 4, 5], [6, 7, 0]])
     out = head.loss(enc, enc_lens, tokens, torch.tensor([3, 2]))
     assert torch.isfinite(out.loss)
@@ -205,7 +206,8 @@ def test_config_validation():
     with pytest.raises(ValueError, match="segments: ctc needs a ctc head"):
         HeadsConfig(cif=CIFConfig(segments="ctc"))
     with pytest.raises(ValueError, match="needs a 'ctc' head"):
-        ASRModel(torch.nn.Identity(), {"cif": CIFHead(_tiny_cfg(segments="ctc"), 12, 9)}, {"cif": 1})
+        ASRModel(torch.nn.Identity(), {"cif": CIFHead(_tiny_cfg(segments="ctc"), 12, 9)},
+                 {"cif": 1})
 
 
 def test_glancing_reports_the_first_pass_accuracy():

@@ -176,7 +176,9 @@ def test_penalty_rewards_early_symbols_in_closed_form():
     tokens, lens = torch.tensor([[2]]), (torch.tensor([3]), torch.tensor([1]))
     plain = rnnt_loss(logits, tokens, *lens, backend="torch")
     loss = rnnt_loss(logits, tokens, *lens, backend="torch", delay_penalty=PENALTY)
-    shift = torch.log((torch.exp(torch.tensor(PENALTY)) + 1 + torch.exp(torch.tensor(-PENALTY))) / 3)
+    shift = torch.log(
+        (torch.exp(torch.tensor(PENALTY)) + 1 + torch.exp(torch.tensor(-PENALTY))) / 3
+    )
     torch.testing.assert_close(loss.double(), plain.double() - shift.double())
     (grad,) = torch.autograd.grad(loss, logits)
     symbol = grad[0, :, 0, 2]  # d loss / d logit of the token at (t, u = 0)

@@ -36,7 +36,9 @@ INFEASIBLE = {
     "tdt omega (1, 2, 3)": NO_FRAMES | {4},  # the RNN-T term can align case 4: still infeasible
     "pruned_tdt": NO_FRAMES | {4},  # U_b > T_b * (R - 1), as pruned RNN-T
 }
-DURATIONS = {"tdt (0, 1, 2)": (0, 1, 2), "tdt (1, 2, 3)": (1, 2, 3), "tdt omega (1, 2, 3)": (1, 2, 3)}
+DURATIONS = {
+    "tdt (0, 1, 2)": (0, 1, 2), "tdt (1, 2, 3)": (1, 2, 3), "tdt omega (1, 2, 3)": (1, 2, 3),
+}
 OMEGA = {"tdt omega (1, 2, 3)": 0.1}
 
 
@@ -198,7 +200,8 @@ def make_head(kind: str) -> torch.nn.Module:
 
 @pytest.mark.parametrize(
     "kind",
-    ["ctc", "full", "pruned", "tdt (0, 1, 2)", "tdt (1, 2, 3)", "tdt omega (1, 2, 3)", "pruned_tdt"],
+    ["ctc", "full", "pruned", "tdt (0, 1, 2)", "tdt (1, 2, 3)", "tdt omega (1, 2, 3)",
+     "pruned_tdt"],
 )
 def test_every_head_drops_and_counts_the_same_utterances(kind):
     head = make_head(kind)
@@ -208,7 +211,8 @@ def test_every_head_drops_and_counts_the_same_utterances(kind):
     infeasible = INFEASIBLE[kind]
     assert out.metrics["num_infinite"] == len(infeasible)
     alone = [
-        head.loss(enc[b : b + 1, :t], frame_lens[b : b + 1], tokens[b : b + 1, :u], token_lens[b : b + 1])
+        head.loss(enc[b : b + 1, :t], frame_lens[b : b + 1],
+                  tokens[b : b + 1, :u], token_lens[b : b + 1])
         for b, (t, u) in enumerate(CASES)
     ]  # fmt: skip
     assert [a.metrics["num_infinite"] for a in alone] == [

@@ -426,7 +426,8 @@ def test_simple_losses_take_am_and_lm_of_different_dtypes(kind):
     gen = torch.Generator().manual_seed(7)
     am = torch.randn(2, 5, 9, generator=gen)
     lm = torch.randn(2, 3, 9, generator=gen).bfloat16()
-    tokens, frame_lens, token_lens = torch.tensor([[1, 2], [3, 0]]), torch.tensor([5, 4]), torch.tensor([2, 1])
+    tokens = torch.tensor([[1, 2], [3, 0]])
+    frame_lens, token_lens = torch.tensor([5, 4]), torch.tensor([2, 1])
 
     def simple(am, lm):
         if kind == "rnnt":

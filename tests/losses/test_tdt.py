@@ -225,7 +225,8 @@ def test_recursion_of_unmasked_weights_equals_brute_force(durations):
     total = tdt_recursion(token_w, blank_w, frame_lens, token_lens, durations, backend="torch")
     grads = torch.autograd.grad(total.sum(), (token_w, blank_w))
     for b in range(3):
-        tok, blank = token_w[b].detach().requires_grad_(True), blank_w[b].detach().requires_grad_(True)
+        tok = token_w[b].detach().requires_grad_(True)
+        blank = blank_w[b].detach().requires_grad_(True)
         ref = brute_force_total(tok, blank, int(frame_lens[b]), int(token_lens[b]), durations)
         torch.testing.assert_close(total[b], ref, rtol=1e-10, atol=1e-10)
         ref_grads = torch.autograd.grad(ref, (tok, blank), materialize_grads=True)

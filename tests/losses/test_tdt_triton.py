@@ -58,14 +58,16 @@ def compare(device: str) -> dict:
             scores = {
                 "alpha": (tdt_triton.alpha_triton(token_w, blank_w, durations),
                           alpha_torch(token_w, blank_w, durations)),
-                "beta": (tdt_triton.beta_triton(token_w, blank_w, durations, frame_lens, token_lens),
+                "beta": (tdt_triton.beta_triton(token_w, blank_w, durations,
+                                                frame_lens, token_lens),
                          beta_torch(token_w, blank_w, durations, frame_lens, token_lens)),
             }  # fmt: skip
             key = f"{name}/{str(dtype).split('.')[-1]}"
             results[key] = {}
             for what, (got, ref) in scores.items():
                 reachable = ref > NEG / 2
-                results[key][f"same_unreachable_{what}"] = bool(torch.equal(got > NEG / 2, reachable))
+                same = bool(torch.equal(got > NEG / 2, reachable))
+                results[key][f"same_unreachable_{what}"] = same
                 results[key][what] = float((got - ref)[reachable].abs().max())
             if dtype == torch.float32:
                 continue  # losses and gradients: float64
@@ -96,7 +98,9 @@ def compare(device: str) -> dict:
 
 
 #: What :func:`nan_arcs` must find: utterance 0's total NaN, utterance 1's not, both backends.
-NAN_TOTALS = {f"{d}/{b}": [True, False] for d in ("float32", "float64") for b in ("triton", "torch")}
+NAN_TOTALS = {
+    f"{d}/{b}": [True, False] for d in ("float32", "float64") for b in ("triton", "torch")
+}
 
 
 def nan_arcs(device: str) -> dict:

@@ -159,13 +159,15 @@ def test_batched_alignment_equals_single(monkeypatch):
     monkeypatch.setattr(wer, "_MAX_CELLS", 2000)  # many small batches
     assert wer.align_batch(refs, hyps) == single
     for ref, hyp, pairs in zip(refs, hyps, single):
-        assert ErrorStats.from_alignment(pairs).errors == kaldialign.edit_distance(ref, hyp)["total"]
+        expected = kaldialign.edit_distance(ref, hyp)["total"]
+        assert ErrorStats.from_alignment(pairs).errors == expected
 
 
 def test_phrase_recall_and_recogs_round_trip(tmp_path):
     from asr.metrics.wer import compute_wer, phrase_recall, read_recognitions, write_recognitions
 
-    refs, hyps = ["A BIG ZEPPELIN", "THE GOLDEN GATE", "NO"], ["A BIG ZEPPELIN", "THE GOLD GATE", ""]
+    refs = ["A BIG ZEPPELIN", "THE GOLDEN GATE", "NO"]
+    hyps = ["A BIG ZEPPELIN", "THE GOLD GATE", ""]
     ids = ["u1", "u2", "u3"]
     path = tmp_path / "recogs.txt"
     write_recognitions(path, compute_wer(refs, hyps, ids))
@@ -194,7 +196,8 @@ def test_text_files_break_lines_only_at_newlines(tmp_path):
     path.write_bytes("u1 A\x85B C\nu2 D\u2028E\r\nu3 F\x0cG\nu4 H\rI\r\n".encode())
     assert read_kaldi_text(path) == {"u1": "A B C", "u2": "D E", "u3": "F G", "u4": "H I"}
     path.write_bytes("u1 A\u2028B\nu1 C\n".encode())
-    with pytest.raises(ValueError, match=r"text:2: duplicated utterance id 'u1' \(first on line 1\)"):
+    with pytest.raises(ValueError,
+                       match=r"text:2: duplicated utterance id 'u1' \(first on line 1\)"):
         read_kaldi_text(path)  # the file's own line numbers
     phrases = tmp_path / "phrases.tsv"
     phrases.write_bytes("u1\tA\u2029B\r\nu2\tC\rD\n".encode())

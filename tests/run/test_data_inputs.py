@@ -19,7 +19,8 @@ from asr.run.train import check_data_inputs
 def _config(tmp_path: Path, noise: Path) -> ExperimentConfig:
     wav = tmp_path / "a.flac"
     sf.write(wav, np.zeros(1600, dtype=np.float32), 16000)
-    CutSet.from_manifests(recordings=[Recording.from_file(wav)]).to_file(tmp_path / "train.jsonl.gz")
+    cuts = CutSet.from_manifests(recordings=[Recording.from_file(wav)])
+    cuts.to_file(tmp_path / "train.jsonl.gz")
     data = DataConfig(manifest_dir=tmp_path, train_cuts=("train.jsonl.gz",),
                       noise=NoiseConfig(cuts_path=noise))
     return dataclasses.replace(ExperimentConfig(), data=data)

@@ -102,7 +102,9 @@ def test_arrays_of_either_byte_order_are_read_alike(model, dtype):
 
 
 
-def test_a_searcher_without_token_times_invents_none_and_refuses_to_join_windows(model, monkeypatch):
+def test_a_searcher_without_token_times_invents_none_and_refuses_to_join_windows(
+    model, monkeypatch
+):
     """A searcher without token times (aed_beam) put every token at its window's start, before
     the span the window owns, so all windows but the first were dropped without a word."""
     from asr.types import Hypothesis

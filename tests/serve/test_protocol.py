@@ -72,7 +72,8 @@ def test_parse_text():
         ('{"sample_rate": true}', "integer"),
         ('{"sample_rate": NaN}', "integer"),
         # each raised past the parser: a traceback in the server log, close 1011, no error sent
-        ('{"sample_rate": 1' + "0" * 400 + "}", r"integer, got 1000000000000000000000000000000000000000\.\.\.$"),
+        ('{"sample_rate": 1' + "0" * 400 + "}",
+         r"integer, got 1000000000000000000000000000000000000000\.\.\.$"),
         ("[" * 5000 + "]" * 5000, r"text message '\[\[\[.*\.\.\.': expected 'Done'"),
     ],
 )

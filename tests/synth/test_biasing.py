@@ -150,7 +150,8 @@ def _text_with_rare_words(
                                  "cushion")) -> str:
     """A sentence source of common sentences and one sentence for each of the ``rare`` words."""
     common = [f"{s} {v} {o}." for s in ("The cat", "The dog", "A bird", "My friend")
-              for v in ("sat on", "ran to", "looked at") for o in ("the mat", "the house", "a tree")]
+              for v in ("sat on", "ran to", "looked at")
+              for o in ("the mat", "the house", "a tree")]
     return "\n".join(common + [f"The cat sat on the {w}." for w in rare]) + "\n"
 
 

@@ -44,11 +44,13 @@ def test_char_cli(tmp_path):
     plain = tmp_path / "sentences.txt"
     plain.write_text("AB BA\nCAB\n")
     out = tmp_path / "lang_char"
-    assert main(["bpe", "--kind", "char", "--transcripts", str(plain), "--output-dir", str(out)]) == 0
+    assert main(["bpe", "--kind", "char", "--transcripts", str(plain),
+                 "--output-dir", str(out)]) == 0
     tok = load_tokenizer(out)
     assert isinstance(tok, CharTokenizer) and tok.vocab_size == 7  # 4 specials + A B C
     plain.write_text("AB BA\nCAB\nDAB\n")  # a new character: made again, not kept
-    assert main(["bpe", "--kind", "char", "--transcripts", str(plain), "--output-dir", str(out)]) == 0
+    assert main(["bpe", "--kind", "char", "--transcripts", str(plain),
+                 "--output-dir", str(out)]) == 0
     assert load_tokenizer(out).vocab_size == 8
     assert main(["bpe", "--transcripts", str(tmp_path / "nope.txt"), "--output-dir", str(out)]) == 2
 

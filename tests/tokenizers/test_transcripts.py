@@ -103,7 +103,8 @@ def test_a_librispeech_tree_is_read_in_sorted_path_order(tmp_path, monkeypatch):
         folder.mkdir(parents=True)
         (folder / f"{speaker}-1.trans.txt").write_text(f"{speaker}-1-0000 SPEAKER {speaker}\n")
     listed = Path.rglob
-    monkeypatch.setattr(Path, "rglob", lambda self, pattern: reversed(sorted(listed(self, pattern))))
+    monkeypatch.setattr(Path, "rglob",
+                        lambda self, pattern: reversed(sorted(listed(self, pattern))))
     assert read_transcripts([tmp_path]) == ["SPEAKER 103", "SPEAKER 19", "SPEAKER 2"]
 
 

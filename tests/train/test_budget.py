@@ -326,7 +326,8 @@ def test_a_raised_budget_in_another_batch_stream_ends_the_epoch_its_plan_ended_o
     look at the new stream alone."""
     clock = FakeClock()
     first = budget_run(tmp_path, clock, budget=60.0, stream="buckets A")
-    assert (first.progress.step, first.progress.epoch, first.progress.batches_in_epoch) == (35, 5, 7)
+    p = first.progress
+    assert (p.step, p.epoch, p.batches_in_epoch) == (35, 5, 7)
     with caplog.at_level(logging.WARNING, logger="asr.train.trainer"):
         raised = budget_run(tmp_path, clock, budget=120.0, resume=True, stream="buckets B")
     assert "trained again" not in caplog.text

@@ -99,7 +99,8 @@ def test_stop_mid_epoch_and_resume_equals_uninterrupted(tmp_path):
     torch.manual_seed(12345)
     resumed = run(tmp_path / "resumed", resume=True)
     assert resumed.progress.step == full.progress.step == 14
-    for (name, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
+    for (name, a), (_, b) in zip(full.model.state_dict().items(),
+                                 resumed.model.state_dict().items()):
         assert torch.equal(a, b), name
     assert torch.equal(
         full.averager.average["net.0.weight"], resumed.averager.average["net.0.weight"]
@@ -118,7 +119,8 @@ def test_accumulation_does_not_cross_an_epoch_end_so_resuming_there_is_exact(tmp
     torch.manual_seed(12345)
     resumed = run(tmp_path / "resumed", accum_grad=2, checkpoint_interval=0, resume=True)
     assert resumed.progress.step == 8
-    for (name, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
+    for (name, a), (_, b) in zip(full.model.state_dict().items(),
+                                 resumed.model.state_dict().items()):
         assert torch.equal(a, b), name
 
 
@@ -422,7 +424,8 @@ def test_cpu_amp_runs_matmuls_in_bfloat16_and_keeps_float32_weights(tmp_path, li
     assert safe_torch_load(tmp_path / "full" / "epoch-2.pt")["model"]["net.0.weight"].dtype == (
         torch.float32
     )
-    for (name, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
+    for (name, a), (_, b) in zip(full.model.state_dict().items(),
+                                 resumed.model.state_dict().items()):
         assert torch.equal(a, b), name
 
 
@@ -911,7 +914,8 @@ def test_a_float16_loss_that_always_overflows_stops_training_at_the_scale_floor(
         "0.0078125", "0.00390625", "0.00195312", "0.000976562"]
     p = trainer.progress
     assert p.step == p.skipped_steps == trainer.scheduler.step_count == 0
-    assert safe_torch_load(tmp_path / "bad-batches" / "epoch-1-batch-6-rank-0.pt")[0]["cut_ids"][0] == "e1b5u0"
+    saved = safe_torch_load(tmp_path / "bad-batches" / "epoch-1-batch-6-rank-0.pt")
+    assert saved[0]["cut_ids"][0] == "e1b5u0"
     with pytest.raises(ValueError, match="min_loss_scale must be >= 0"):
         TrainConfig(min_loss_scale=-1.0)
 
@@ -962,7 +966,8 @@ def test_a_run_killed_after_its_stop_checkpoint_still_ends_the_epoch_when_resume
 
         trainer = Trainer(ToyModel(), OptimConfig(), TrainConfig(
             max_epochs=2, max_steps=7, checkpoint_interval=0, log_interval=1), tmp_path,
-            train_batches=batches, valid_batches=lambda: batches(99, 0, num_batches=2), evaluate=evaluate)
+            train_batches=batches, valid_batches=lambda: batches(99, 0, num_batches=2),
+            evaluate=evaluate)
         trainer.resume()
         return trainer.fit()
 
@@ -1102,7 +1107,8 @@ def _run_validating_on_the_epochs_last_step(exp_dir, valid_interval, kill=False,
         return batches(99, 0, num_batches=2)
 
     trainer = Trainer(ToyModel(), OptimConfig(lr=1e-2, warmup_steps=3),
-                      TrainConfig(max_epochs=2, checkpoint_interval=7, valid_interval=valid_interval,
+                      TrainConfig(max_epochs=2, checkpoint_interval=7,
+                                  valid_interval=valid_interval,
                                   log_interval=1, average_period=2, keep_last=0),
                       exp_dir, train_batches=batches, valid_batches=valid_batches,
                       evaluate=evaluate)
@@ -1404,7 +1410,9 @@ def test_the_error_that_stops_training_ends_the_training_log(tmp_path, caplog):
     with caplog.at_level(logging.INFO), pytest.raises(FloatingPointError):
         trainer.fit()
     last = (tmp_path / "train.log").read_text().splitlines()[-1]
-    assert " ERROR asr.train.trainer: training stopped: FloatingPointError: 2 steps in a row" in last
+    assert (
+        " ERROR asr.train.trainer: training stopped: FloatingPointError: 2 steps in a row" in last
+    )
     assert not any("training stopped" in r.getMessage() for r in caplog.records)
 
 
