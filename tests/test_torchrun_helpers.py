@@ -142,3 +142,13 @@ def test_a_driver_that_writes_no_done_marker_is_refused(tmp_path, plain_launcher
     driver.write_text("pass\n")
     with pytest.raises(AssertionError, match=r"without writing the done markers of \['a'\]"):
         run_scripts(driver, paths, tmp_path / "runs", nproc=1, env=dict(os.environ), timeout=60)
+
+
+def test_a_process_killed_by_a_signal_leaves_its_python_stack(tmp_path, plain_launcher):
+    """A C++ ``std::terminate`` in a worker ends it with SIGABRT and no Python traceback; with
+    faulthandler on, the output says where each thread of the process was."""
+    script = tmp_path / "script.py"
+    script.write_text("import os\n\ndef where_it_aborted():\n    os.abort()\n\n"
+                      "where_it_aborted()\n")
+    with pytest.raises(AssertionError, match=r"(?s)Fatal Python error: Aborted.*where_it_aborted"):
+        run_torchrun([str(script)], nproc=1, env=dict(os.environ), timeout=60)

@@ -1,6 +1,8 @@
 """Running a script under ``torchrun --standalone`` (gloo on CPU) from a test.
 
-A failed run raises with the processes' own output, so a CI log says why it failed. A run that
+A failed run raises with the processes' own output, so a CI log says why it failed; the processes
+run with Python's faulthandler on, so a process killed by a signal (a C++ ``std::terminate``'s
+SIGABRT among them) leaves the Python stack of each of its threads in that output. A run that
 fails while gloo or the rendezvous sets up its sockets (a peer resetting a connection, a connect
 timeout, a port taken between its choice and its bind) is retried once: those come from the
 sandbox's network stack, not from the code under test; any other failure, or the same one twice,
@@ -49,7 +51,7 @@ def run_torchrun(args: Sequence[str], *, nproc: int, env: Mapping[str, str],
     Args:
         args: the script (or ``-m module``) and its arguments.
         nproc: processes to start.
-        env: their environment.
+        env: their environment (``PYTHONFAULTHANDLER=1`` unless it says otherwise).
         timeout: seconds per attempt.
 
     Raises:
@@ -57,8 +59,8 @@ def run_torchrun(args: Sequence[str], *, nproc: int, env: Mapping[str, str],
     """
     command = [*TORCHRUN, f"--nproc-per-node={nproc}", *args]
     for attempt in (1, 2):
-        result = subprocess.run(command, env=dict(env), capture_output=True, text=True,
-                                timeout=timeout)
+        result = subprocess.run(command, env={"PYTHONFAULTHANDLER": "1", **env},
+                                capture_output=True, text=True, timeout=timeout)
         if result.returncode == 0:
             return result
         output = result.stdout + result.stderr
