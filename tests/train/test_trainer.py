@@ -473,6 +473,7 @@ DDP_SCRIPT = r'''
 import os, sys, torch
 sys.path[:0] = [os.environ["TEST_DIR"], os.path.dirname(os.environ["TEST_DIR"])]
 from test_trainer import ToyModel, make_batch
+from torchrun_helpers import exit_before_finalization
 from asr.train.distributed import setup_distributed, cleanup_distributed
 from asr.train.optim import OptimConfig, lr_factor
 from asr.train.state import TrainConfig
@@ -496,6 +497,7 @@ grads = {n: p.grad for n, p in unwrapped.named_parameters()}
 if info.rank == 0:
     torch.save(grads, os.path.join(os.environ["OUT_DIR"], f"grads_{info.world_size}.pt"))
 cleanup_distributed()
+exit_before_finalization()
 '''
 
 
@@ -572,7 +574,7 @@ import json, os, runpy, sys
 import torch.distributed as dist
 import asr.train.distributed as distributed
 sys.path.insert(0, os.path.dirname(os.environ["TEST_DIR"]))
-from torchrun_helpers import SCRIPTS_ENV, done_marker
+from torchrun_helpers import SCRIPTS_ENV, done_marker, exit_before_finalization
 root, scripts = os.environ["OUT_DIR"], json.loads(os.environ[SCRIPTS_ENV])
 rank = int(os.environ["RANK"])
 cleanup, distributed.cleanup_distributed = distributed.cleanup_distributed, lambda: None
@@ -588,6 +590,7 @@ for name, path in scripts.items():
     done_marker(root, name, rank).parent.mkdir(exist_ok=True)
     done_marker(root, name, rank).touch()
 cleanup()
+exit_before_finalization()
 """
 
 
@@ -731,6 +734,7 @@ WORLD_CHANGE_SCRIPT = r'''
 import json, os, sys, torch
 sys.path[:0] = [os.environ["TEST_DIR"], os.path.dirname(os.environ["TEST_DIR"])]
 from test_trainer import ToyModel, make_batch
+from torchrun_helpers import exit_before_finalization
 from asr.train.distributed import setup_distributed, cleanup_distributed
 from asr.train.optim import OptimConfig
 from asr.train.state import TrainConfig
@@ -778,6 +782,7 @@ with open(os.path.join(os.environ["OUT_DIR"], f"{phase}{info.rank}.json"), "w") 
     json.dump({"seen": model.seen, "step": progress.step,
                "scheduler_steps": trainer.scheduler.step_count}, f)
 cleanup_distributed()
+exit_before_finalization()
 '''
 
 
