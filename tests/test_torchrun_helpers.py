@@ -14,7 +14,7 @@ import sys
 
 import pytest
 import torchrun_helpers
-from torchrun_helpers import run_torchrun
+from torchrun_helpers import run_scripts, run_torchrun
 
 SCRIPT = r'''
 import os, sys
@@ -62,3 +62,111 @@ def test_any_other_failure_fails_at_once_with_the_output(tmp_path):
     with pytest.raises(AssertionError, match="ValueError: bad shape"):
         _run(tmp_path, 5, "ValueError: bad shape")
     assert _run.attempts == 1
+
+
+#: A driver of :func:`torchrun_helpers.run_scripts` for one process (rank 0): notes each launch
+#: (its root folder) in LAUNCHES and, with FAIL_AT_EXIT, fails after its last script.
+DRIVER = r'''
+import json, os, runpy, sys
+sys.path.insert(0, os.environ["HELPERS_DIR"])
+from torchrun_helpers import SCRIPTS_ENV, done_marker
+root = os.environ["OUT_DIR"]
+with open(os.environ["LAUNCHES"], "a") as f:
+    f.write(os.path.basename(root) + "\n")
+for name, path in json.loads(os.environ[SCRIPTS_ENV]).items():
+    os.environ["OUT_DIR"] = os.path.join(root, name)
+    os.makedirs(os.environ["OUT_DIR"])
+    runpy.run_path(path, run_name="__main__")
+    done_marker(root, name, 0).parent.mkdir(exist_ok=True)
+    done_marker(root, name, 0).touch()
+if os.environ.get("FAIL_AT_EXIT"):
+    sys.exit("FailedAtExit")
+'''
+
+WRITES = "import os; open(os.path.join(os.environ['OUT_DIR'], 'out'), 'w').write('ok')\n"
+
+
+def _run_scripts(tmp_path, scripts: dict[str, str], **env: str):
+    """``scripts`` (name: source) through :func:`torchrun_helpers.run_scripts` with
+    :data:`DRIVER`; returns its outcome and the root folders of the launches."""
+    paths = {}
+    for name, source in scripts.items():
+        paths[name] = tmp_path / f"{name}.py"
+        paths[name].write_text(source)
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    launches = tmp_path / "launches"
+    env = dict(os.environ, HELPERS_DIR=os.path.dirname(torchrun_helpers.__file__),
+               LAUNCHES=str(launches), **env)
+    runs = run_scripts(driver, paths, tmp_path / "runs", nproc=1, env=env, timeout=120)
+    return runs, launches.read_text().split()
+
+
+def test_scripts_that_pass_run_in_one_launch(tmp_path, plain_launcher):
+    runs, launches = _run_scripts(tmp_path, {"a": WRITES, "b": WRITES})
+    assert launches == ["run1"] and runs.failures == {}
+    assert [(runs[n] / "out").read_text() for n in ("a", "b")] == ["ok", "ok"]
+
+
+def test_a_failing_script_fails_its_own_test_alone(tmp_path, plain_launcher):
+    """The script that failed gets the run's output once; the one before it passed in the same
+    run, the one after it runs again in a launch of its own (it had not run)."""
+    broken = "raise ValueError('b is broken')\n"
+    runs, launches = _run_scripts(tmp_path, {"a": WRITES, "b": broken, "c": WRITES})
+    assert launches == ["run1", "run2"]
+    assert runs["a"] == tmp_path / "runs" / "run1" / "a"
+    assert runs["c"] == tmp_path / "runs" / "run2" / "c"
+    assert [(runs[n] / "out").read_text() for n in ("a", "c")] == ["ok", "ok"]
+    assert list(runs.failures) == ["b"]
+    with pytest.raises(pytest.fail.Exception) as failed:
+        runs["b"]
+    assert str(failed.value).count("ValueError: b is broken") == 1
+    assert "script 'b' failed" in str(failed.value)
+
+
+def test_a_failure_after_the_last_script_fails_that_scripts_test(tmp_path, plain_launcher):
+    """Every script returned, then the processes failed on their way out: not hidden, the last
+    script's test reports it."""
+    runs, launches = _run_scripts(tmp_path, {"a": WRITES, "b": WRITES}, FAIL_AT_EXIT="1")
+    assert launches == ["run1"] and (runs["a"] / "out").read_text() == "ok"
+    with pytest.raises(pytest.fail.Exception, match=r"(?s)after its last script.*FailedAtExit"):
+        runs["b"]
+
+
+def test_a_driver_that_writes_no_done_marker_is_refused(tmp_path, plain_launcher):
+    """Without its markers a failure could not be told to its script: the helper refuses such a
+    driver even when it passes."""
+    paths = {"a": tmp_path / "a.py"}
+    paths["a"].write_text(WRITES)
+    driver = tmp_path / "driver.py"
+    driver.write_text("pass\n")
+    with pytest.raises(AssertionError, match=r"without writing the done markers of \['a'\]"):
+        run_scripts(driver, paths, tmp_path / "runs", nproc=1, env=dict(os.environ), timeout=60)
+
+
+def test_a_process_killed_by_a_signal_leaves_its_python_stack(tmp_path, plain_launcher):
+    """A C++ ``std::terminate`` in a worker ends it with SIGABRT and no Python traceback; with
+    faulthandler on, the output says where each thread of the process was."""
+    script = tmp_path / "script.py"
+    script.write_text("import os\n\ndef where_it_aborted():\n    os.abort()\n\n"
+                      "where_it_aborted()\n")
+    with pytest.raises(AssertionError, match=r"(?s)Fatal Python error: Aborted.*where_it_aborted"):
+        run_torchrun([str(script)], nproc=1, env=dict(os.environ), timeout=60)
+
+
+def test_a_script_ends_before_finalization_with_its_output(tmp_path, plain_launcher):
+    """Status 0 and what it printed, but no interpreter finalization: an atexit handler, which
+    finalization runs, did not."""
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import atexit, os, sys\n"
+        "sys.path.insert(0, os.environ['HELPERS_DIR'])\n"
+        "from torchrun_helpers import exit_before_finalization\n"
+        "atexit.register(lambda: open(os.environ['FINALIZED'], 'w').close())\n"
+        "print('results written', end='')\n"
+        "exit_before_finalization()\n")
+    finalized = tmp_path / "finalized"
+    env = dict(os.environ, HELPERS_DIR=os.path.dirname(torchrun_helpers.__file__),
+               FINALIZED=str(finalized))
+    result = run_torchrun([str(script)], nproc=1, env=env, timeout=60)
+    assert result.stdout == "results written" and not finalized.exists()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from torchrun_helpers import run_torchrun
+from torchrun_helpers import ScriptRuns, run_scripts, run_torchrun
 
 from asr.checkpoints.io import CheckpointError, list_checkpoints, safe_torch_load
 from asr.train.distributed import DistInfo
@@ -545,6 +545,7 @@ DDP_SCRIPT = r'''
 import os, sys, torch
 sys.path[:0] = [os.environ["TEST_DIR"], os.path.dirname(os.environ["TEST_DIR"])]
 from test_trainer import ToyModel, make_batch
+from torchrun_helpers import exit_before_finalization
 from asr.train.distributed import setup_distributed, cleanup_distributed
 from asr.train.optim import OptimConfig, lr_factor
 from asr.train.state import TrainConfig
@@ -568,6 +569,7 @@ grads = {n: p.grad for n, p in unwrapped.named_parameters()}
 if info.rank == 0:
     torch.save(grads, os.path.join(os.environ["OUT_DIR"], f"grads_{info.world_size}.pt"))
 cleanup_distributed()
+exit_before_finalization()
 '''
 
 
@@ -635,14 +637,18 @@ cleanup_distributed()
 '''
 
 
-#: Runs the scripts of :func:`ddp_runs` one after the other in the same 2 processes and process
-#: group (their cleanup_distributed waits for the last), each with OUT_DIR a folder of its own
-#: and torch.distributed's functions as they were before it (one script counts their calls).
+#: The driver of :func:`ddp_runs` (:func:`torchrun_helpers.run_scripts`): runs its scripts one
+#: after the other in the same 2 processes and process group (their cleanup_distributed waits for
+#: the last), each with OUT_DIR a folder of its own and torch.distributed's functions as they were
+#: before it (one script counts their calls).
 DDP_RUNS_SCRIPT = r"""
-import json, os, runpy
+import json, os, runpy, sys
 import torch.distributed as dist
 import asr.train.distributed as distributed
-root, scripts = os.environ["OUT_DIR"], json.loads(os.environ["DDP_SCRIPTS"])
+sys.path.insert(0, os.path.dirname(os.environ["TEST_DIR"]))
+from torchrun_helpers import SCRIPTS_ENV, done_marker, exit_before_finalization
+root, scripts = os.environ["OUT_DIR"], json.loads(os.environ[SCRIPTS_ENV])
+rank = int(os.environ["RANK"])
 cleanup, distributed.cleanup_distributed = distributed.cleanup_distributed, lambda: None
 for name, path in scripts.items():
     os.environ["OUT_DIR"] = os.path.join(root, name)
@@ -653,15 +659,19 @@ for name, path in scripts.items():
     finally:
         for key, value in functions.items():
             setattr(dist, key, value)
+    done_marker(root, name, rank).parent.mkdir(exist_ok=True)
+    done_marker(root, name, rank).touch()
 cleanup()
+exit_before_finalization()
 """
 
 
 @pytest.fixture(scope="module")
-def ddp_runs(tmp_path_factory) -> dict[str, Path]:
+def ddp_runs(tmp_path_factory) -> ScriptRuns:
     """The output folder (OUT_DIR) of each 2-process script below, by name: every script in one
     torchrun (gloo on CPU, environment as :func:`_ddp_env`), as each its own would start 3
-    Pythons that import torch (seconds each)."""
+    Pythons that import torch (seconds each). A failed script fails its own test alone, with its
+    run's output (:func:`torchrun_helpers.run_scripts`)."""
     scripts = {"skip": DDP_SKIP_SCRIPT, "resume": DDP_RESUME_SCRIPT,
                "idle_head": DDP_IDLE_HEAD_SCRIPT, "dev_wer": DDP_DEV_WER_SCRIPT,
                "preempt": DDP_PREEMPT_SCRIPT, "collectives": COLLECTIVES_SCRIPT}
@@ -672,9 +682,7 @@ def ddp_runs(tmp_path_factory) -> dict[str, Path]:
         paths[name].write_text(script)
     driver = root / "ddp_runs.py"
     driver.write_text(DDP_RUNS_SCRIPT)
-    env = dict(_ddp_env(root), DDP_SCRIPTS=json.dumps({n: str(p) for n, p in paths.items()}))
-    run_torchrun([str(driver)], nproc=2, env=env, timeout=300)
-    return {name: root / name for name in scripts}
+    return run_scripts(driver, paths, root, nproc=2, env=_ddp_env(root), timeout=300)
 
 
 def test_a_non_finite_step_on_one_rank_is_skipped_on_every_rank(ddp_runs):
@@ -753,7 +761,7 @@ def test_ddp_trains_a_model_with_a_head_of_weight_0(ddp_runs):
     """A head of loss weight 0 is kept for decoding but not run: DDP, not told that some
     parameters get no gradient, failed every rank at the second step ('Expected to have
     finished reduction in the prior iteration before starting a new one')."""
-    assert "idle_head" in ddp_runs  # its script asserts in each rank: a failure fails ddp_runs
+    ddp_runs["idle_head"]  # its script asserts in each rank: a failure fails this test
 
 
 
@@ -798,6 +806,7 @@ WORLD_CHANGE_SCRIPT = r'''
 import json, os, sys, torch
 sys.path[:0] = [os.environ["TEST_DIR"], os.path.dirname(os.environ["TEST_DIR"])]
 from test_trainer import ToyModel, make_batch
+from torchrun_helpers import exit_before_finalization
 from asr.train.distributed import setup_distributed, cleanup_distributed
 from asr.train.optim import OptimConfig
 from asr.train.state import TrainConfig
@@ -845,6 +854,7 @@ with open(os.path.join(os.environ["OUT_DIR"], f"{phase}{info.rank}.json"), "w") 
     json.dump({"seen": model.seen, "step": progress.step,
                "scheduler_steps": trainer.scheduler.step_count}, f)
 cleanup_distributed()
+exit_before_finalization()
 '''
 
 
