@@ -39,7 +39,10 @@ def _run(tmp_path, fail_until: int, message: str):
 
 
 #: ``python -c PLAIN --nproc-per-node=N SCRIPT``: runs SCRIPT as ``__main__`` in this process.
-PLAIN = "import runpy, sys; sys.argv = sys.argv[2:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+PLAIN = (
+    "import runpy, sys; sys.argv = sys.argv[2:]; "
+    "runpy.run_path(sys.argv[0], run_name='__main__')"
+)
 
 
 @pytest.fixture
