@@ -347,7 +347,10 @@ def _moved_audio_files(dst: Path, other_audio: list[tuple[str, tuple, tuple]]
     their input, when it is a moved corpus: only the audio files' paths differ, each file
     keeps its name, and each input file now has the size and modification time that the
     part's fingerprint recorded for the stored path when its features were computed (``mv``,
-    ``cp -a`` and ``rsync -a`` keep both). None otherwise, or without a readable record."""
+    ``cp -a`` and ``rsync -a`` keep both). A move is one to one onto paths the record does not
+    hold: files of one name, size and time in other folders (equal-length clips a tar
+    extracted) that the input swapped, or joined on one file, are no move. None otherwise, or
+    without a readable record."""
     stored = (read_fingerprint(dst) or {}).get(AUDIO_FILES)
     if not isinstance(stored, dict):
         return None
@@ -358,9 +361,12 @@ def _moved_audio_files(dst: Path, other_audio: list[tuple[str, tuple, tuple]]
         for before, after in zip(old[0], new[0]):
             if before != after and moves.setdefault(before, after) != after:
                 return None
+    targets = set(moves.values())
+    if not moves or len(targets) < len(moves) or not targets.isdisjoint(stored):
+        return None
     now = file_states(moves.values())
-    if not moves or any(Path(before).name != Path(after).name or stored.get(before) is None
-                        or now[after] != stored[before] for before, after in moves.items()):
+    if any(Path(before).name != Path(after).name or stored.get(before) is None
+           or now[after] != stored[before] for before, after in moves.items()):
         return None
     return moves
 

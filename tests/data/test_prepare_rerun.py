@@ -7,6 +7,7 @@ import dataclasses
 import gzip
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from lhotse import CutSet
+from lhotse import CutSet, Recording
 from librispeech_tree import TREE, write_part
 
 import asr.data.fbank
@@ -419,3 +420,44 @@ def _storage(manifest: Path) -> tuple[int, int]:
     [path] = {c.features.storage_path for c in CutSet.from_file(manifest)}
     stat = Path(path).stat()
     return stat.st_ino, stat.st_mtime_ns
+
+
+@pytest.mark.parametrize("remap", ["swapped", "joined", "merged"])
+def test_stored_features_are_not_kept_for_files_renamed_among_the_recorded_ones(tmp_path, remap):
+    """Files of one name in other folders (``a/x.wav``, ``b/x.wav``), of one size and time (as a
+    tar extracts equal-length clips), are no moved corpus when the input now pairs a cut with
+    another of the recorded files (two swapped, or two cuts on one file) or two of them with
+    one new file (a copy of one, ``cp -a``): the stored features of a cut are then of other
+    audio than its input's, and the part is computed again."""
+    rng = np.random.default_rng(3)
+    paths = []
+    for folder in ("a", "b"):
+        path = tmp_path / "corpus" / folder / "x.wav"
+        path.parent.mkdir(parents=True)
+        sf.write(path, 0.3 * rng.standard_normal(8000), 16000, subtype="PCM_16")
+        os.utime(path, ns=(1_600_000_000 * 10**9,) * 2)
+        paths.append(path)
+    manifests, fbank = tmp_path / "manifests", tmp_path / "fbank"
+    manifests.mkdir()
+    cuts = CutSet.from_cuts(Recording.from_file(p, recording_id=f"r{i}").to_cut()
+                            for i, p in enumerate(paths))
+    src = cuts_path(manifests, "part")
+    cuts.to_file(src)
+    out = compute_fbank_for_parts(manifests, fbank, ["part"])["part"]
+    records = [json.loads(line) for line in gzip.open(src, "rt")]
+    sources = [r["recording"]["sources"][0] for r in records]
+    if remap == "swapped":
+        sources[0]["source"], sources[1]["source"] = sources[1]["source"], sources[0]["source"]
+    elif remap == "joined":
+        sources[0]["source"] = sources[1]["source"]
+    else:
+        copy = tmp_path / "corpus" / "c" / "x.wav"
+        copy.parent.mkdir()
+        shutil.copy2(paths[0], copy)  # the size and modification time of both
+        sources[0]["source"] = sources[1]["source"] = str(copy)
+    with gzip.open(src, "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    compute_fbank_for_parts(manifests, fbank, ["part"])
+    fresh = compute_fbank_for_parts(manifests, tmp_path / "fresh", ["part"])["part"]
+    after, expected = _features(out), _features(fresh)
+    assert all(np.array_equal(after[k], expected[k]) for k in expected)
