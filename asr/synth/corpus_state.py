@@ -82,7 +82,10 @@ def load_manifest(corpus_dir: Path) -> dict[str, Any] | None:
     """Read ``<corpus_dir>/synthesis.json``; ``None`` when absent.
 
     Raises:
-        ValueError: the file is not a manifest of this format.
+        ValueError: the file is not a manifest of this format, or its ``settings`` are no
+            object or their ``sentence_sources`` no list of file paths (a hand edit, which
+            :func:`recorded_sources` asks for: a path given as a string would otherwise leave
+            the biasing set the default sentences), naming the file and the field.
     """
     path = corpus_dir / MANIFEST_NAME
     if not path.is_file():
@@ -90,6 +93,14 @@ def load_manifest(corpus_dir: Path) -> dict[str, Any] | None:
     data = read_json_object(path)
     if data.get("format") != MANIFEST_FORMAT:
         raise ValueError(f"{path}: format {data.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+    settings = data.get("settings", {})
+    if not isinstance(settings, dict):
+        raise ValueError(f"{path}: settings must be an object, got {settings!r}")
+    sources = settings.get("sentence_sources", [])
+    if not isinstance(sources, list) or not all(
+            isinstance(source, str) and source for source in sources):
+        raise ValueError(f"{path}: settings.sentence_sources must be a list of file paths, got "
+                         f"{sources!r}")
     return data
 
 

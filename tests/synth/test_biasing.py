@@ -235,3 +235,32 @@ def test_an_old_relative_sentence_source_is_refused_until_a_synthesis_run_record
     phrases = (root / "LibriSpeech" / "biasing" / "test-biasing.hotwords.txt").read_text()
     assert set(phrases.split()) <= {"ZEPPELIN", "GONDOLA", "PLATFORM", "HILLSIDE", "MONUMENT",
                                     "CUSHION"}
+
+
+@pytest.mark.parametrize("recorded", ["TEXT", [5], [""], {"0": "TEXT"}])
+def test_a_hand_edited_sentence_source_that_is_no_list_of_paths_is_refused(
+        tmp_path, monkeypatch, recorded):
+    """The relative-source refusal asks for the absolute paths to be written into the
+    manifest by hand. A path written as a string rather than a list (or a mapping) made
+    biasing take the default sentence pool, silently; a number raised a bare TypeError. Both
+    are refused naming the manifest and the field."""
+    import json
+
+    import asr.synth.synthesize as synth_module
+
+    monkeypatch.setattr(synth_module, "synthesize_utterance", _silent_utterance)
+    text = tmp_path / "my text.txt"
+    text.write_text(_text_with_rare_words())
+    root = tmp_path / "corpus"
+    synthesize_corpus(root, {"train-clean-5": 36}, top_words=16, sources=[text],
+                      progress=False)
+    manifest = root / "LibriSpeech" / "synthesis.json"
+    data = json.loads(manifest.read_text())
+    data["settings"]["sentence_sources"] = (str(text) if recorded == "TEXT" else
+                                            {"0": str(text)} if isinstance(recorded, dict)
+                                            else recorded)
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=re.escape(
+            f"{manifest}: settings.sentence_sources must be a list of file paths, got ")):
+        synth_module.synthesize_biasing_set(root, 1, num_distractors=1, progress=False)
+    assert not (root / "LibriSpeech" / "biasing").exists()
