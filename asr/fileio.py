@@ -575,9 +575,9 @@ def _warn_unmarked(path: Path, out_dir: Path) -> None:
     for prefix in _staging_prefixes(out_dir):
         if path.name.startswith(prefix) and _MKDTEMP_TAIL.fullmatch(path.name[len(prefix):]):
             logger.warning("kept %s: named like a staging directory of %s but without its "
-                           "marker %s (left by a killed run of an older asr, or yours): remove "
-                           "it by hand if it is not yours", one_line(str(path)),
-                           one_line(out_dir.name), STAGING_MARKER)
+                           "marker %s (a killed run's, an earlier output that could not be "
+                           "put back, or yours): remove it by hand if it is not yours",
+                           one_line(str(path)), one_line(out_dir.name), STAGING_MARKER)
             return
 
 

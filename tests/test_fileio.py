@@ -323,8 +323,8 @@ def test_an_unmarked_directory_named_as_a_run_names_staging_is_kept_and_named(tm
     assert all((path / "half.bin").is_file() for path in old + mine)
     assert [r.getMessage() for r in caplog.records] == [
         f"kept {path}: named like a staging directory of out but without its marker "
-        f"{STAGING_MARKER} (left by a killed run of an older asr, or yours): remove it by hand "
-        "if it is not yours" for path in sorted(old)]
+        f"{STAGING_MARKER} (a killed run's, an earlier output that could not be put back, or "
+        "yours): remove it by hand if it is not yours" for path in sorted(old)]
 
 
 def test_a_staging_directory_holds_only_what_is_built_in_it(tmp_path):
