@@ -136,6 +136,45 @@ def test_a_failure_after_the_last_script_fails_that_scripts_test(tmp_path, plain
         runs["b"]
 
 
+#: A script that passes on its first run and fails on every later one (its runs counted in
+#: TRIES_DIR, across launches).
+FAILS_WHEN_RUN_AGAIN = r'''
+import os
+tries = os.path.join(os.environ["TRIES_DIR"], "a")
+n = int(open(tries).read()) + 1 if os.path.exists(tries) else 1
+open(tries, "w").write(str(n))
+if n > 1:
+    raise ValueError("a fails when run again")
+open(os.path.join(os.environ["OUT_DIR"], "out"), "w").write("ok")
+'''
+
+#: A script whose first run fails as a socket set-up does (run_torchrun retries it once).
+SOCKET_FAILURE_ONCE = r'''
+import os, sys
+tries = os.path.join(os.environ["TRIES_DIR"], "b")
+if not os.path.exists(tries):
+    open(tries, "w").close()
+    sys.exit("RuntimeError: Connection reset by peer")
+open(os.path.join(os.environ["OUT_DIR"], "out"), "w").write("ok")
+'''
+
+
+def test_a_retried_launch_starts_from_an_empty_root(tmp_path, plain_launcher):
+    """The launch is retried after a socket set-up failure in script b, and script a, which had
+    passed in the failed attempt, fails in the retry: a's failure is a's. The retry ran in the
+    failed attempt's root, where a's done marker and output stood for it: the failure was put
+    on b and a's test passed on the failed attempt's output."""
+    tries = tmp_path / "tries"
+    tries.mkdir()
+    runs, launches = _run_scripts(tmp_path, {"a": FAILS_WHEN_RUN_AGAIN, "b": SOCKET_FAILURE_ONCE},
+                                  TRIES_DIR=str(tries))
+    assert launches == ["run1", "run1", "run2"]
+    assert list(runs.failures) == ["a"]
+    with pytest.raises(pytest.fail.Exception, match="a fails when run again"):
+        runs["a"]
+    assert (runs["b"] / "out").read_text() == "ok"
+
+
 def test_a_driver_that_writes_no_done_marker_is_refused(tmp_path, plain_launcher):
     """Without its markers a failure could not be told to its script: the helper refuses such a
     driver even when it passes."""

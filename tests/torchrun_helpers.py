@@ -19,6 +19,7 @@ import itertools
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -46,8 +47,8 @@ SOCKET_SETUP_ERRORS = (
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone")
 
 
-def run_torchrun(args: Sequence[str], *, nproc: int, env: Mapping[str, str],
-                 timeout: float) -> subprocess.CompletedProcess[str]:
+def run_torchrun(args: Sequence[str], *, nproc: int, env: Mapping[str, str], timeout: float,
+                 fresh: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Runs ``python -m torch.distributed.run --standalone --nproc-per-node=nproc *args``.
 
     Args:
@@ -55,12 +56,17 @@ def run_torchrun(args: Sequence[str], *, nproc: int, env: Mapping[str, str],
         nproc: processes to start.
         env: their environment (``PYTHONFAULTHANDLER=1`` unless it says otherwise).
         timeout: seconds per attempt.
+        fresh: a folder the processes write to, made anew (empty) before each attempt: a retry
+            finds nothing of the failed attempt's output to take for its own.
 
     Raises:
         AssertionError: a non-zero exit, with the tail of stdout and stderr.
     """
     command = [*TORCHRUN, f"--nproc-per-node={nproc}", *args]
     for attempt in (1, 2):
+        if fresh is not None:
+            shutil.rmtree(fresh, ignore_errors=True)
+            fresh.mkdir(parents=True)
         result = subprocess.run(command, env={"PYTHONFAULTHANDLER": "1", **env},
                                 capture_output=True, text=True, timeout=timeout)
         if result.returncode == 0:
@@ -139,7 +145,9 @@ def run_scripts(driver: Path, scripts: Mapping[str, Path], root: Path, *, nproc:
     first one not done failed (its test alone gets the run's output), and those after it, which
     had not run (or were stopped with it), run again in a torchrun of their own. A failure after
     every script was done (in the processes' exit) is the last script's. Each torchrun has a
-    root folder of its own, so a script that runs again starts from empty folders.
+    root folder of its own, emptied before a retry of the launch (:func:`run_torchrun`'s), so
+    a script that runs again starts from empty folders and only markers of the last attempt
+    count.
 
     Args:
         driver: the script that torchrun starts.
@@ -156,11 +164,10 @@ def run_scripts(driver: Path, scripts: Mapping[str, Path], root: Path, *, nproc:
     while pending:
         attempt += 1
         out = Path(root) / f"run{attempt}"
-        out.mkdir(parents=True)
         run_env = dict(env, OUT_DIR=str(out),
                        **{SCRIPTS_ENV: json.dumps({n: str(scripts[n]) for n in pending})})
         try:
-            run_torchrun([str(driver)], nproc=nproc, env=run_env, timeout=timeout)
+            run_torchrun([str(driver)], nproc=nproc, env=run_env, timeout=timeout, fresh=out)
             failed = None
         except (AssertionError, subprocess.TimeoutExpired) as error:
             failed = error
