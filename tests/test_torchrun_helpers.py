@@ -196,6 +196,37 @@ def test_a_process_killed_by_a_signal_leaves_its_python_stack(tmp_path, plain_la
         run_torchrun([str(script)], nproc=1, env=dict(os.environ), timeout=60)
 
 
+#: Runs until it is stopped; SIGTERM (what torchrun passes on to its workers) ends it with a
+#: note in TERMINATED.
+RUNS_ON = r'''
+import os, signal, sys, time
+
+def stop(signum, frame):
+    open(os.environ["TERMINATED"], "w").close()
+    sys.exit(143)
+
+signal.signal(signal.SIGTERM, stop)
+print("started, now stuck", flush=True)
+while True:
+    time.sleep(0.05)
+'''
+
+
+def test_a_run_past_its_timeout_is_stopped_as_torchrun_stops_its_workers(tmp_path,
+                                                                          plain_launcher):
+    """A hung run fails with its output, after SIGTERM to the launcher, which torchrun passes
+    on to its workers. It was SIGKILLed instead: its workers, each in a session of its own, ran
+    on past the test (or hung in a collective for gloo's 30 minutes), and the TimeoutExpired
+    said nothing of where they were."""
+    script = tmp_path / "script.py"
+    script.write_text(RUNS_ON)
+    terminated = tmp_path / "terminated"
+    env = dict(os.environ, TERMINATED=str(terminated))
+    with pytest.raises(AssertionError, match=r"(?s)ran past 1 s.*started, now stuck"):
+        run_torchrun([str(script)], nproc=1, env=env, timeout=1)
+    assert terminated.exists()
+
+
 def test_a_script_ends_before_finalization_with_its_output(tmp_path, plain_launcher):
     """Status 0 and what it printed, but no interpreter finalization: an atexit handler, which
     finalization runs, did not."""
