@@ -136,6 +136,45 @@ def test_a_failure_after_the_last_script_fails_that_scripts_test(tmp_path, plain
         runs["b"]
 
 
+#: A script that passes on its first run and fails on every later one (its runs counted in
+#: TRIES_DIR, across launches).
+FAILS_WHEN_RUN_AGAIN = r'''
+import os
+tries = os.path.join(os.environ["TRIES_DIR"], "a")
+n = int(open(tries).read()) + 1 if os.path.exists(tries) else 1
+open(tries, "w").write(str(n))
+if n > 1:
+    raise ValueError("a fails when run again")
+open(os.path.join(os.environ["OUT_DIR"], "out"), "w").write("ok")
+'''
+
+#: A script whose first run fails as a socket set-up does (run_torchrun retries it once).
+SOCKET_FAILURE_ONCE = r'''
+import os, sys
+tries = os.path.join(os.environ["TRIES_DIR"], "b")
+if not os.path.exists(tries):
+    open(tries, "w").close()
+    sys.exit("RuntimeError: Connection reset by peer")
+open(os.path.join(os.environ["OUT_DIR"], "out"), "w").write("ok")
+'''
+
+
+def test_a_retried_launch_starts_from_an_empty_root(tmp_path, plain_launcher):
+    """The launch is retried after a socket set-up failure in script b, and script a, which had
+    passed in the failed attempt, fails in the retry: a's failure is a's. The retry ran in the
+    failed attempt's root, where a's done marker and output stood for it: the failure was put
+    on b and a's test passed on the failed attempt's output."""
+    tries = tmp_path / "tries"
+    tries.mkdir()
+    runs, launches = _run_scripts(tmp_path, {"a": FAILS_WHEN_RUN_AGAIN, "b": SOCKET_FAILURE_ONCE},
+                                  TRIES_DIR=str(tries))
+    assert launches == ["run1", "run1", "run2"]
+    assert list(runs.failures) == ["a"]
+    with pytest.raises(pytest.fail.Exception, match="a fails when run again"):
+        runs["a"]
+    assert (runs["b"] / "out").read_text() == "ok"
+
+
 def test_a_driver_that_writes_no_done_marker_is_refused(tmp_path, plain_launcher):
     """Without its markers a failure could not be told to its script: the helper refuses such a
     driver even when it passes."""
@@ -155,6 +194,37 @@ def test_a_process_killed_by_a_signal_leaves_its_python_stack(tmp_path, plain_la
                       "where_it_aborted()\n")
     with pytest.raises(AssertionError, match=r"(?s)Fatal Python error: Aborted.*where_it_aborted"):
         run_torchrun([str(script)], nproc=1, env=dict(os.environ), timeout=60)
+
+
+#: Runs until it is stopped; SIGTERM (what torchrun passes on to its workers) ends it with a
+#: note in TERMINATED.
+RUNS_ON = r'''
+import os, signal, sys, time
+
+def stop(signum, frame):
+    open(os.environ["TERMINATED"], "w").close()
+    sys.exit(143)
+
+signal.signal(signal.SIGTERM, stop)
+print("started, now stuck", flush=True)
+while True:
+    time.sleep(0.05)
+'''
+
+
+def test_a_run_past_its_timeout_is_stopped_as_torchrun_stops_its_workers(tmp_path,
+                                                                          plain_launcher):
+    """A hung run fails with its output, after SIGTERM to the launcher, which torchrun passes
+    on to its workers. It was SIGKILLed instead: its workers, each in a session of its own, ran
+    on past the test (or hung in a collective for gloo's 30 minutes), and the TimeoutExpired
+    said nothing of where they were."""
+    script = tmp_path / "script.py"
+    script.write_text(RUNS_ON)
+    terminated = tmp_path / "terminated"
+    env = dict(os.environ, TERMINATED=str(terminated))
+    with pytest.raises(AssertionError, match=r"(?s)ran past 1 s.*started, now stuck"):
+        run_torchrun([str(script)], nproc=1, env=env, timeout=1)
+    assert terminated.exists()
 
 
 def test_a_script_ends_before_finalization_with_its_output(tmp_path, plain_launcher):

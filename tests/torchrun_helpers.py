@@ -1,7 +1,8 @@
 """Running a script under ``torchrun --standalone`` (gloo on CPU) from a test.
 
-A failed run raises with the processes' own output, so a CI log says why it failed; the processes
-run with Python's faulthandler on, so a process killed by a signal (a C++ ``std::terminate``'s
+A failed run raises with the processes' own output, so a CI log says why it failed (a run past
+its timeout too, stopped as a job's end stops torchrun: :func:`_stop`); the processes run with
+Python's faulthandler on, so a process killed by a signal (a C++ ``std::terminate``'s
 SIGABRT among them) leaves the Python stack of each of its threads in that output. A run that
 fails while gloo or the rendezvous sets up its sockets (a peer resetting a connection, a connect
 timeout, a port taken between its choice and its bind) is retried once: those come from the
@@ -19,6 +20,7 @@ import itertools
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -46,32 +48,69 @@ SOCKET_SETUP_ERRORS = (
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone")
 
 
-def run_torchrun(args: Sequence[str], *, nproc: int, env: Mapping[str, str],
-                 timeout: float) -> subprocess.CompletedProcess[str]:
+#: Seconds a run past its timeout is given to stop after SIGTERM (torchrun's own grace for its
+#: workers is 30 s) before SIGKILL.
+STOP_GRACE_S = 60.0
+
+
+def _failure(what: str, args: Sequence[str], stdout: str, stderr: str) -> AssertionError:
+    """The error of a failed run: ``what`` happened, with the tail of its output."""
+    return AssertionError(f"torchrun {what}: {' '.join(args)}\n"
+                          f"--- stdout (tail) ---\n{stdout[-3000:]}\n"
+                          f"--- stderr (tail) ---\n{stderr[-6000:]}")
+
+
+def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    """Stops a launcher past its timeout as a job's end does: SIGTERM, which torchrun passes on
+    to its workers (each in a session of its own: a SIGKILL of the launcher alone leaves them
+    running), then SIGKILL after :data:`STOP_GRACE_S`; returns its output (stdout, stderr)."""
+    proc.terminate()
+    try:
+        return proc.communicate(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        try:
+            return proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:  # orphaned workers hold the pipes
+            return "", "(no output: the launcher was killed, its workers hold its pipes)"
+
+
+def run_torchrun(args: Sequence[str], *, nproc: int, env: Mapping[str, str], timeout: float,
+                 fresh: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Runs ``python -m torch.distributed.run --standalone --nproc-per-node=nproc *args``.
 
     Args:
         args: the script (or ``-m module``) and its arguments.
         nproc: processes to start.
         env: their environment (``PYTHONFAULTHANDLER=1`` unless it says otherwise).
-        timeout: seconds per attempt.
+        timeout: seconds per attempt; a run past them is stopped (:func:`_stop`) and fails.
+        fresh: a folder the processes write to, made anew (empty) before each attempt: a retry
+            finds nothing of the failed attempt's output to take for its own.
 
     Raises:
-        AssertionError: a non-zero exit, with the tail of stdout and stderr.
+        AssertionError: a non-zero exit or a run past ``timeout``, with the tail of stdout and
+            stderr.
     """
     command = [*TORCHRUN, f"--nproc-per-node={nproc}", *args]
     for attempt in (1, 2):
-        result = subprocess.run(command, env={"PYTHONFAULTHANDLER": "1", **env},
-                                capture_output=True, text=True, timeout=timeout)
-        if result.returncode == 0:
-            return result
-        output = result.stdout + result.stderr
+        if fresh is not None:
+            shutil.rmtree(fresh, ignore_errors=True)
+            fresh.mkdir(parents=True)
+        with subprocess.Popen(command, env={"PYTHONFAULTHANDLER": "1", **env},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) as proc:
+            try:
+                stdout, stderr = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                raise _failure(f"with {nproc} processes ran past {timeout:g} s", args,
+                               *_stop(proc)) from None
+        if proc.returncode == 0:
+            return subprocess.CompletedProcess(command, 0, stdout, stderr)
+        output = stdout + stderr
         setup_error = next((e for e in SOCKET_SETUP_ERRORS if e in output), None)
         if setup_error is None or attempt == 2:
-            raise AssertionError(
-                f"torchrun with {nproc} processes exited {result.returncode}: {' '.join(args)}\n"
-                f"--- stdout (tail) ---\n{result.stdout[-3000:]}\n"
-                f"--- stderr (tail) ---\n{result.stderr[-6000:]}")
+            raise _failure(f"with {nproc} processes exited {proc.returncode}", args, stdout,
+                           stderr)
         logger.warning("torchrun failed setting up its sockets (%s); running it once more",
                        setup_error)
     raise AssertionError("unreachable")
@@ -139,7 +178,9 @@ def run_scripts(driver: Path, scripts: Mapping[str, Path], root: Path, *, nproc:
     first one not done failed (its test alone gets the run's output), and those after it, which
     had not run (or were stopped with it), run again in a torchrun of their own. A failure after
     every script was done (in the processes' exit) is the last script's. Each torchrun has a
-    root folder of its own, so a script that runs again starts from empty folders.
+    root folder of its own, emptied before a retry of the launch (:func:`run_torchrun`'s), so
+    a script that runs again starts from empty folders and only markers of the last attempt
+    count.
 
     Args:
         driver: the script that torchrun starts.
@@ -156,13 +197,12 @@ def run_scripts(driver: Path, scripts: Mapping[str, Path], root: Path, *, nproc:
     while pending:
         attempt += 1
         out = Path(root) / f"run{attempt}"
-        out.mkdir(parents=True)
         run_env = dict(env, OUT_DIR=str(out),
                        **{SCRIPTS_ENV: json.dumps({n: str(scripts[n]) for n in pending})})
         try:
-            run_torchrun([str(driver)], nproc=nproc, env=run_env, timeout=timeout)
+            run_torchrun([str(driver)], nproc=nproc, env=run_env, timeout=timeout, fresh=out)
             failed = None
-        except (AssertionError, subprocess.TimeoutExpired) as error:
+        except AssertionError as error:  # an exit or a timeout, with the output
             failed = error
         # each process runs the scripts in order: those done in every process are a prefix
         done = list(itertools.takewhile(
