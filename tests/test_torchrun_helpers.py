@@ -92,16 +92,10 @@ WRITES = "import os; open(os.path.join(os.environ['OUT_DIR'], 'out'), 'w').write
 def _run_scripts(tmp_path, scripts: dict[str, str], **env: str):
     """``scripts`` (name: source) through :func:`torchrun_helpers.run_scripts` with
     :data:`DRIVER`; returns its outcome and the root folders of the launches."""
-    paths = {}
-    for name, source in scripts.items():
-        paths[name] = tmp_path / f"{name}.py"
-        paths[name].write_text(source)
-    driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER)
     launches = tmp_path / "launches"
     env = dict(os.environ, HELPERS_DIR=os.path.dirname(torchrun_helpers.__file__),
                LAUNCHES=str(launches), **env)
-    runs = run_scripts(driver, paths, tmp_path / "runs", nproc=1, env=env, timeout=120)
+    runs = run_scripts(DRIVER, scripts, tmp_path / "runs", nproc=1, env=env, timeout=120)
     return runs, launches.read_text().split()
 
 
@@ -178,12 +172,9 @@ def test_a_retried_launch_starts_from_an_empty_root(tmp_path, plain_launcher):
 def test_a_driver_that_writes_no_done_marker_is_refused(tmp_path, plain_launcher):
     """Without its markers a failure could not be told to its script: the helper refuses such a
     driver even when it passes."""
-    paths = {"a": tmp_path / "a.py"}
-    paths["a"].write_text(WRITES)
-    driver = tmp_path / "driver.py"
-    driver.write_text("pass\n")
     with pytest.raises(AssertionError, match=r"without writing the done markers of \['a'\]"):
-        run_scripts(driver, paths, tmp_path / "runs", nproc=1, env=dict(os.environ), timeout=60)
+        run_scripts("pass\n", {"a": WRITES}, tmp_path / "runs", nproc=1, env=dict(os.environ),
+                    timeout=60)
 
 
 def test_a_process_killed_by_a_signal_leaves_its_python_stack(tmp_path, plain_launcher):

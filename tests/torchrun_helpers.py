@@ -166,10 +166,11 @@ class ScriptRuns:
         return self.folders[name]
 
 
-def run_scripts(driver: Path, scripts: Mapping[str, Path], root: Path, *, nproc: int,
+def run_scripts(driver: str, scripts: Mapping[str, str], root: Path, *, nproc: int,
                 env: Mapping[str, str], timeout: float) -> ScriptRuns:
     """Runs ``scripts`` one after the other in one torchrun of ``driver``, each script with an
-    output folder of its own, and tells each script's outcome apart.
+    output folder of its own, and tells each script's outcome apart. The sources are written
+    to ``<root>/scripts`` as ``driver.py`` and ``<name>.py``.
 
     The driver reads ``{name: path}`` (JSON, in order) from the environment variable
     :data:`SCRIPTS_ENV` and its root folder from ``OUT_DIR``; it runs each script with
@@ -183,13 +184,20 @@ def run_scripts(driver: Path, scripts: Mapping[str, Path], root: Path, *, nproc:
     count.
 
     Args:
-        driver: the script that torchrun starts.
-        scripts: the scripts by name, in the order they run.
-        root: a folder for the runs' output.
+        driver: the source of the script that torchrun starts.
+        scripts: the scripts' sources by name, in the order they run.
+        root: a folder for the scripts and the runs' output.
         nproc: processes to start.
         env: their environment (``OUT_DIR`` and :data:`SCRIPTS_ENV` are set here).
         timeout: seconds per torchrun.
     """
+    sources = Path(root) / "scripts"
+    sources.mkdir(parents=True)
+    driver_path = sources / "driver.py"
+    driver_path.write_text(driver)
+    paths = {name: sources / f"{name}.py" for name in scripts}
+    for name, source in scripts.items():
+        paths[name].write_text(source)
     pending = list(scripts)
     folders: dict[str, Path] = {}
     failures: dict[str, str] = {}
@@ -198,9 +206,9 @@ def run_scripts(driver: Path, scripts: Mapping[str, Path], root: Path, *, nproc:
         attempt += 1
         out = Path(root) / f"run{attempt}"
         run_env = dict(env, OUT_DIR=str(out),
-                       **{SCRIPTS_ENV: json.dumps({n: str(scripts[n]) for n in pending})})
+                       **{SCRIPTS_ENV: json.dumps({n: str(paths[n]) for n in pending})})
         try:
-            run_torchrun([str(driver)], nproc=nproc, env=run_env, timeout=timeout, fresh=out)
+            run_torchrun([str(driver_path)], nproc=nproc, env=run_env, timeout=timeout, fresh=out)
             failed = None
         except AssertionError as error:  # an exit or a timeout, with the output
             failed = error
@@ -209,19 +217,19 @@ def run_scripts(driver: Path, scripts: Mapping[str, Path], root: Path, *, nproc:
             lambda n, out=out: all(done_marker(out, n, r).is_file() for r in range(nproc)),
             pending))
         if failed is None and done != pending:
-            raise AssertionError(f"{driver} exited 0 without writing the done markers of "
+            raise AssertionError(f"{driver_path} exited 0 without writing the done markers of "
                                  f"{sorted(set(pending) - set(done))}")
         folders.update({name: out / name for name in done})
         pending = pending[len(done):]
         if failed is None:
             continue
         if not pending:  # every script returned: the processes failed in their exit
-            failures[done[-1]] = (f"torchrun of {driver.name} failed after its last script, "
+            failures[done[-1]] = (f"torchrun of the driver failed after its last script, "
                                   f"{done[-1]!r}, had returned in every process:\n{failed}")
             del folders[done[-1]]
             continue
         name, pending = pending[0], pending[1:]
-        failures[name] = (f"script {name!r} failed (torchrun of {driver.name} with "
+        failures[name] = (f"script {name!r} failed (torchrun of the driver with "
                           f"{', '.join([name, *pending])}):\n{failed}")
         if pending:
             logger.warning("script %r failed; running %s in a torchrun of their own", name,

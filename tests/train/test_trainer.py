@@ -676,13 +676,7 @@ def ddp_runs(tmp_path_factory) -> ScriptRuns:
                "idle_head": DDP_IDLE_HEAD_SCRIPT, "dev_wer": DDP_DEV_WER_SCRIPT,
                "preempt": DDP_PREEMPT_SCRIPT, "collectives": COLLECTIVES_SCRIPT}
     root = tmp_path_factory.mktemp("ddp_runs")
-    paths = {}
-    for name, script in scripts.items():
-        paths[name] = root / f"{name}.py"
-        paths[name].write_text(script)
-    driver = root / "ddp_runs.py"
-    driver.write_text(DDP_RUNS_SCRIPT)
-    return run_scripts(driver, paths, root, nproc=2, env=_ddp_env(root), timeout=300)
+    return run_scripts(DDP_RUNS_SCRIPT, scripts, root, nproc=2, env=_ddp_env(root), timeout=300)
 
 
 def test_a_non_finite_step_on_one_rank_is_skipped_on_every_rank(ddp_runs):
