@@ -138,7 +138,7 @@ async def stream_samples(
         chunk_seconds: audio per message.
         realtime: pace the chunks at the speed of speech.
         on_message: called with each result as it arrives.
-        timeout: seconds the whole exchange may take.
+        timeout: seconds the whole exchange may take (``math.inf``: no limit).
         hotwords, hotwords_score: phrases this stream is biased toward and their default
             boost (:func:`settings_message`; the server's searcher must bias).
 
@@ -354,15 +354,22 @@ class _Printer:
             print(f"\r{self.prefix}{msg.get('text', '')}\033[K", end="", flush=True)
 
 
-def _positive_seconds(text: str) -> float:
-    """An argparse type: a finite number of seconds above 0."""
+def _positive_seconds(text: str, unlimited: bool = False) -> float:
+    """An argparse type: a finite number of seconds above 0 (``unlimited``: or ``inf``)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
+    if not (value > 0 and (unlimited or math.isfinite(value))):  # NaN fails
+        what = "above 0, or inf for no limit" if unlimited else "above 0"
+        raise argparse.ArgumentTypeError(f"must be a number of seconds {what}, got {text!r}")
     return value
+
+
+def _timeout_seconds(text: str) -> float:
+    """An argparse type for ``--timeout``: seconds above 0, ``inf`` for no limit (an asyncio
+    deadline at inf never passes)."""
+    return _positive_seconds(text, unlimited=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -381,8 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--microphone", action="store_true", help="stream the default microphone")
     parser.add_argument("--device", default=None, help="sounddevice input device")
     parser.add_argument(
-        "--timeout", type=_positive_seconds, default=600.0,
-        help="seconds per file (default: 600)"
+        "--timeout", type=_timeout_seconds, default=600.0,
+        help="seconds per file; inf: no limit (default: 600)"
     )
     parser.add_argument(
         "--hotwords", metavar="PHRASES", default=None,

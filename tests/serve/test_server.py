@@ -10,6 +10,7 @@ import contextlib
 import gc
 import http.client
 import json
+import math
 import time
 import tracemalloc
 
@@ -782,8 +783,10 @@ def test_a_second_ctrl_c_ends_the_microphone_client_without_its_final_result(mon
     assert "error: interrupted before the final result" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("option", ["--chunk-seconds", "--timeout"])
-@pytest.mark.parametrize("seconds", ["0", "-1", "nan", "inf"])
+@pytest.mark.parametrize(("option", "seconds"), [
+    *[("--chunk-seconds", s) for s in ("0", "-1", "nan", "inf")],
+    *[("--timeout", s) for s in ("0", "-1", "nan")],
+])
 def test_the_client_refuses_a_chunk_or_timeout_that_is_no_positive_duration(option, seconds,
                                                                              capsys):
     """A --chunk-seconds of 0 and below sent one sample per message; a --timeout of 0, below
@@ -795,6 +798,18 @@ def test_the_client_refuses_a_chunk_or_timeout_that_is_no_positive_duration(opti
         client_main([option, seconds, "x.wav"])
     assert exit_info.value.code == 2
     assert f"{option}: must be a number of seconds above 0" in capsys.readouterr().err
+
+
+def test_the_clients_timeout_inf_is_no_limit(server):
+    """``--timeout inf`` waits as long as a file takes (asyncio's deadline at inf never
+    passes), as it did while --timeout was a plain float; the check that refuses 0 and nan
+    refused it too, saying that inf is not above 0."""
+    from asr.serve.client import build_parser
+
+    assert build_parser().parse_args(["--timeout", "inf", "x.wav"]).timeout == math.inf
+    samples = np.zeros(1600, dtype=np.float32)
+    result = _run(stream_samples(server.url, samples, timeout=math.inf), 20)
+    assert result.close_code == 1000 and result.messages[-1]["is_final"]
 
 
 async def _keep_alive_with_empty_frames(url: str, seconds: float) -> tuple[int | None, float]:
