@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -1507,6 +1508,21 @@ def test_sigusr1_inside_an_accumulation_stops_after_the_whole_step(tmp_path, out
     assert [n for n, _ in list_checkpoints(tmp_path / "preempted")] == [2]
     resumed = run(tmp_path / "preempted", accum_grad=2, resume=True)
     _assert_same_weights(full, resumed)
+
+
+def test_a_preempted_run_leaves_its_tensorboard_scalars_on_disk(tmp_path, outer_handlers,
+                                                               monkeypatch):
+    """fit() closes the TensorBoard writer however it ends: a preemption's status ends the
+    process next (under torchrun without the interpreter's finalization, asr.process_exit), so
+    steps 1 to 5 must be on disk when TrainingPreempted reaches the caller. The writer's thread
+    writes the queued records; slowed down here, it had not written them all by then."""
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    write = RecordWriter.write
+    monkeypatch.setattr(RecordWriter, "write",
+                        lambda self, data: (time.sleep(0.02), write(self, data))[1])
+    _preempted(tmp_path, make_model=lambda: SignalsAt(5))
+    assert [s for s, _ in _scalars(tmp_path)["train/loss"]] == [1, 2, 3, 4, 5]
 
 
 def test_a_signal_during_the_epoch_end_stops_after_its_checkpoint(tmp_path, outer_handlers):
