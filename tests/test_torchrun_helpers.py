@@ -156,20 +156,3 @@ def test_a_process_killed_by_a_signal_leaves_its_python_stack(tmp_path, plain_la
     with pytest.raises(AssertionError, match=r"(?s)Fatal Python error: Aborted.*where_it_aborted"):
         run_torchrun([str(script)], nproc=1, env=dict(os.environ), timeout=60)
 
-
-def test_a_script_ends_before_finalization_with_its_output(tmp_path, plain_launcher):
-    """Status 0 and what it printed, but no interpreter finalization: an atexit handler, which
-    finalization runs, did not."""
-    script = tmp_path / "script.py"
-    script.write_text(
-        "import atexit, os, sys\n"
-        "sys.path.insert(0, os.environ['HELPERS_DIR'])\n"
-        "from torchrun_helpers import exit_before_finalization\n"
-        "atexit.register(lambda: open(os.environ['FINALIZED'], 'w').close())\n"
-        "print('results written', end='')\n"
-        "exit_before_finalization()\n")
-    finalized = tmp_path / "finalized"
-    env = dict(os.environ, HELPERS_DIR=os.path.dirname(torchrun_helpers.__file__),
-               FINALIZED=str(finalized))
-    result = run_torchrun([str(script)], nproc=1, env=env, timeout=60)
-    assert result.stdout == "results written" and not finalized.exists()

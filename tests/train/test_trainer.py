@@ -546,7 +546,7 @@ DDP_SCRIPT = r'''
 import os, sys, torch
 sys.path[:0] = [os.environ["TEST_DIR"], os.path.dirname(os.environ["TEST_DIR"])]
 from test_trainer import ToyModel, make_batch
-from torchrun_helpers import exit_before_finalization
+from asr.process_exit import end_process
 from asr.train.distributed import setup_distributed, cleanup_distributed
 from asr.train.optim import OptimConfig, lr_factor
 from asr.train.state import TrainConfig
@@ -570,7 +570,7 @@ grads = {n: p.grad for n, p in unwrapped.named_parameters()}
 if info.rank == 0:
     torch.save(grads, os.path.join(os.environ["OUT_DIR"], f"grads_{info.world_size}.pt"))
 cleanup_distributed()
-exit_before_finalization()
+end_process(0)
 '''
 
 
@@ -647,7 +647,8 @@ import json, os, runpy, sys
 import torch.distributed as dist
 import asr.train.distributed as distributed
 sys.path.insert(0, os.path.dirname(os.environ["TEST_DIR"]))
-from torchrun_helpers import SCRIPTS_ENV, done_marker, exit_before_finalization
+from torchrun_helpers import SCRIPTS_ENV, done_marker
+from asr.process_exit import end_process
 root, scripts = os.environ["OUT_DIR"], json.loads(os.environ[SCRIPTS_ENV])
 rank = int(os.environ["RANK"])
 cleanup, distributed.cleanup_distributed = distributed.cleanup_distributed, lambda: None
@@ -663,7 +664,7 @@ for name, path in scripts.items():
     done_marker(root, name, rank).parent.mkdir(exist_ok=True)
     done_marker(root, name, rank).touch()
 cleanup()
-exit_before_finalization()
+end_process(0)
 """
 
 
@@ -807,7 +808,7 @@ WORLD_CHANGE_SCRIPT = r'''
 import json, os, sys, torch
 sys.path[:0] = [os.environ["TEST_DIR"], os.path.dirname(os.environ["TEST_DIR"])]
 from test_trainer import ToyModel, make_batch
-from torchrun_helpers import exit_before_finalization
+from asr.process_exit import end_process
 from asr.train.distributed import setup_distributed, cleanup_distributed
 from asr.train.optim import OptimConfig
 from asr.train.state import TrainConfig
@@ -855,7 +856,7 @@ with open(os.path.join(os.environ["OUT_DIR"], f"{phase}{info.rank}.json"), "w") 
     json.dump({"seen": model.seen, "step": progress.step,
                "scheduler_steps": trainer.scheduler.step_count}, f)
 cleanup_distributed()
-exit_before_finalization()
+end_process(0)
 '''
 
 
