@@ -217,20 +217,3 @@ def test_a_run_past_its_timeout_is_stopped_as_torchrun_stops_its_workers(tmp_pat
         run_torchrun([str(script)], nproc=1, env=env, timeout=1)
     assert terminated.exists()
 
-
-def test_a_script_ends_before_finalization_with_its_output(tmp_path, plain_launcher):
-    """Status 0 and what it printed, but no interpreter finalization: an atexit handler, which
-    finalization runs, did not."""
-    script = tmp_path / "script.py"
-    script.write_text(
-        "import atexit, os, sys\n"
-        "sys.path.insert(0, os.environ['HELPERS_DIR'])\n"
-        "from torchrun_helpers import exit_before_finalization\n"
-        "atexit.register(lambda: open(os.environ['FINALIZED'], 'w').close())\n"
-        "print('results written', end='')\n"
-        "exit_before_finalization()\n")
-    finalized = tmp_path / "finalized"
-    env = dict(os.environ, HELPERS_DIR=os.path.dirname(torchrun_helpers.__file__),
-               FINALIZED=str(finalized))
-    result = run_torchrun([str(script)], nproc=1, env=env, timeout=60)
-    assert result.stdout == "results written" and not finalized.exists()

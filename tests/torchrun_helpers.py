@@ -11,7 +11,8 @@ fails the test.
 
 :func:`run_scripts` runs several scripts one after the other in one torchrun (one start of the
 launcher and its processes for all) and gives each its own outcome: a failing script fails its
-own test alone. A gloo script ends with :func:`exit_before_finalization` (torch's exit race).
+own test alone. A gloo script ends with :func:`asr.process_exit.end_process` (torch's exit race:
+that module's docstring).
 """
 
 from __future__ import annotations
@@ -19,14 +20,12 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 
@@ -114,26 +113,6 @@ def run_torchrun(args: Sequence[str], *, nproc: int, env: Mapping[str, str], tim
         logger.warning("torchrun failed setting up its sockets (%s); running it once more",
                        setup_error)
     raise AssertionError("unreachable")
-
-
-def exit_before_finalization() -> NoReturn:
-    """Ends a gloo worker script at once with status 0, its output flushed, without the
-    interpreter's finalization: the last line of a 2-process script whose work is done.
-
-    torch 2.14's gloo worker threads outlive ``destroy_process_group`` (DDP keeps the process
-    group) and may drop a finished collective's last reference while the main thread finalizes
-    the interpreter. The work's captured ``at::ThreadLocalState`` holds a Python object, whose
-    decref takes the GIL; Python then ends that thread inside the destructor, and C++ calls
-    ``std::terminate``: SIGABRT, "terminate called without an active exception", after the
-    script had done its work (core dumps: ``runLoop`` > ``~AsyncAllreduceWork`` >
-    ``~ThreadLocalState`` > ``ConcretePyInterpreterVTable::decref`` > ``take_gil`` >
-    ``PyThread_exit_thread``, the main thread in ``Py_FinalizeEx``). A test's script checks its
-    results, not the interpreter's teardown; ``atexit`` handlers do not run.
-    """
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
 
 
 #: The environment variable that gives a driver of :func:`run_scripts` its scripts.

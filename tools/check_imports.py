@@ -30,7 +30,8 @@ from pathlib import Path
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundation", ("asr.version", "asr.fileio", "asr.config", "asr.types", "asr.state",
                     "asr.audio", "asr.metrics", "asr.tokenizers", "asr.results", "asr.synth",
-                    "asr.fingerprint", "asr.constants", "asr.device")),
+                    "asr.fingerprint", "asr.constants", "asr.device",
+                    "asr.process_exit")),
     ("signal, losses, storage", ("asr.features", "asr.losses", "asr.checkpoints")),
     ("networks, data, training loop", ("asr.encoders", "asr.heads", "asr.data", "asr.train")),
     ("model", ("asr.model",)),

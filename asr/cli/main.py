@@ -10,7 +10,9 @@ Every ``--help`` shows each option's default (:class:`HelpFormatter`). A failure
 ``asr NAME: ...`` line on stderr and a non-zero exit status: the subcommands report what a user
 can cause themselves (exit 2 for bad arguments, 1 for failed work); anything else they raise is
 reported here in one line (exit 1; ``--log-level DEBUG`` adds the traceback), and Ctrl-C exits
-with 130.
+with 130. A process that set up a torch process group (``asr train`` under ``torchrun``) ends
+with that status without the interpreter's finalization, its logs and output flushed first
+(:mod:`asr.process_exit`: torch's threads could abort the finalization).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import sys
 from collections.abc import Sequence
 
 from asr.constants import LOG_FORMAT
+from asr.process_exit import exit_status
 from asr.version import __version__
 
 #: name -> (module, one-line help).
@@ -129,6 +132,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the ``asr`` command line ``argv`` (default ``sys.argv[1:]``); returns its exit
+    status, or ends the process with it where :func:`asr.process_exit.exit_status` does."""
+    return exit_status(_main(argv))
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    """:func:`main` up to its exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = _command(argv)
     try:

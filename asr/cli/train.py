@@ -53,6 +53,11 @@ that step (every rank stops at the same one, whichever got the signal) and exits
 ``128 + signal``: 143 for SIGTERM, 138 for SIGUSR1, told apart from a failure (1, 2) by a requeue
 script, which runs the same command again to resume exactly there
 (:mod:`asr.train.preemption`).
+
+Under ``torchrun`` each process ends with its exit status once everything is written (the
+checkpoints, the TensorBoard logs, ``train.log``; its log and output flushed), without the
+interpreter's finalization, which torch's process-group threads could abort
+(:mod:`asr.process_exit`).
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from asr.process_exit import skip_finalization
+
 logger = logging.getLogger(__name__)
 
 
@@ -49,6 +51,11 @@ def setup_distributed(device: str = "auto") -> DistInfo:
     float64 running average): 3 GB for the largest preset (encoder_l, ~150M), which 10 minutes
     cover down to a disk writing 5 MB/s.
 
+    A process that sets up a group is marked to end without the interpreter's finalization
+    (:func:`asr.process_exit.skip_finalization`; ``asr train`` ends through
+    :func:`asr.process_exit.exit_status`): the group's threads outlive
+    :func:`cleanup_distributed` once DDP used it, and could abort that finalization.
+
     Args:
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
 
@@ -71,6 +78,9 @@ def setup_distributed(device: str = "auto") -> DistInfo:
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if use_cuda else "gloo"
         dist.init_process_group(backend=backend)
+        # the group's threads outlive cleanup_distributed once DDP used it: this process ends
+        # without the interpreter's finalization, which they could abort (asr.process_exit)
+        skip_finalization(f"a {backend} process group was set up; its threads outlive it")
         logger.info("initialised %s process group: rank %d of %d", backend, rank, world_size)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 

@@ -503,7 +503,9 @@ class Trainer:
     def fit(self) -> Progress:
         """Trains until ``max_epochs``, ``max_steps`` or the time budget; returns the progress.
         Rank 0 also writes what is logged meanwhile to ``train.log`` (:meth:`_open_log`), and
-        the error that stops it, which the caller reports (``asr train`` on stderr).
+        the error that stops it, which the caller reports (``asr train`` on stderr). However
+        it ends, the TensorBoard writer is closed (every scalar on disk; a later ``fit()`` opens
+        another) and ``train.log`` too.
 
         SIGTERM and SIGUSR1 (a preemption, :mod:`asr.train.preemption`) are caught while it
         runs, their previous handlers restored when it returns: the step in progress finishes,
@@ -526,6 +528,9 @@ class Trainer:
                     None))
             raise
         finally:
+            if self._writer is not None:  # its last scalars on disk, however fit() ended
+                self._writer.close()
+                self._writer = None
             if self._log_handler is not None:
                 logging.getLogger().removeHandler(self._log_handler)
                 self._log_handler.close()
@@ -584,8 +589,6 @@ class Trainer:
             if self._more_to_train():  # a signal during the end (its checkpoint is written)
                 signum = agree(StepReport(signum=self._guard.signum), self.dist).signum
                 self._stop_if_preempted(signum, saved=True)
-        if self._writer is not None:
-            self._writer.flush()
         return self.progress
 
     def _position(self) -> tuple[int, int, int]:

@@ -23,7 +23,7 @@ from asr.data.cut_ids import load_eval_cuts
 from asr.experiment import load_trained_model
 from asr.train.distributed import cleanup_distributed, setup_distributed
 from test_dev_wer_ddp import first_two_words
-from torchrun_helpers import exit_before_finalization
+from asr.process_exit import end_process
 
 info = setup_distributed("cpu")
 logging.basicConfig(filename=os.path.join(os.environ["OUT_DIR"], f"rank{info.rank}.log"),
@@ -49,7 +49,7 @@ failed = dev_wer(model)
 with open(os.path.join(os.environ["OUT_DIR"], f"rank{info.rank}.json"), "w") as f:
     json.dump({"wer": wer, "decoded": share, "failed": failed}, f)
 cleanup_distributed()
-exit_before_finalization()
+end_process(0)
 """
 
 _recognize = run_train.recognize

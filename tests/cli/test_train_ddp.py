@@ -30,6 +30,15 @@ def _env() -> dict[str, str]:
                 PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
 
 
+#: ``python -m asr.cli.main`` with an atexit handler that writes ``$FINALIZED.<rank>``: the file
+#: exists once that process' interpreter finalized.
+ASR_MAIN = """\
+import atexit, os, runpy
+atexit.register(lambda: open(f"{os.environ['FINALIZED']}.{os.environ['RANK']}", "w").close())
+runpy.run_module("asr.cli.main", run_name="__main__", alter_sys=True)
+"""
+
+
 def _deterministic_experiment(root):
     cfg = tiny_experiment(root, max_steps=1, dev_wer=False)
     cfg["data"]["spec_augment"] = {"enabled": False}
@@ -43,7 +52,14 @@ def test_two_process_asr_train_equals_one_process_accumulating_two_batches(tmp_p
     config = write_yaml(_deterministic_experiment(tiny_corpus), tmp_path / "ddp.yaml")
     env = _env()
     main = ["-m", "asr.cli.main", "train", "--config", str(config), "--num-threads", "1"]
-    run_torchrun([*main, "--exp-dir", str(tmp_path / "two")], nproc=2, env=env, timeout=300)
+    launcher = tmp_path / "asr_main.py"
+    launcher.write_text(ASR_MAIN)
+    run = run_torchrun([str(launcher), *main[2:], "--exp-dir", str(tmp_path / "two")], nproc=2,
+                       env=dict(env, FINALIZED=str(tmp_path / "finalized")), timeout=300)
+    # each process ended with status 0 after its last log line, without the interpreter's
+    # finalization, which torch's gloo threads could abort (asr.process_exit)
+    assert run.stderr.count("training stopped at step 1 (0 epochs done)") == 2, run.stderr
+    assert not list(tmp_path.glob("finalized.*"))
     subprocess.run([sys.executable, *main, "--exp-dir", str(tmp_path / "one"),
                     "--set", "train.accum_grad=2"], env=env, check=True, capture_output=True,
                    timeout=300)

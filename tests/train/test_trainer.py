@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -545,7 +546,7 @@ DDP_SCRIPT = r'''
 import os, sys, torch
 sys.path[:0] = [os.environ["TEST_DIR"], os.path.dirname(os.environ["TEST_DIR"])]
 from test_trainer import ToyModel, make_batch
-from torchrun_helpers import exit_before_finalization
+from asr.process_exit import end_process
 from asr.train.distributed import setup_distributed, cleanup_distributed
 from asr.train.optim import OptimConfig, lr_factor
 from asr.train.state import TrainConfig
@@ -569,7 +570,7 @@ grads = {n: p.grad for n, p in unwrapped.named_parameters()}
 if info.rank == 0:
     torch.save(grads, os.path.join(os.environ["OUT_DIR"], f"grads_{info.world_size}.pt"))
 cleanup_distributed()
-exit_before_finalization()
+end_process(0)
 '''
 
 
@@ -646,7 +647,8 @@ import json, os, runpy, sys
 import torch.distributed as dist
 import asr.train.distributed as distributed
 sys.path.insert(0, os.path.dirname(os.environ["TEST_DIR"]))
-from torchrun_helpers import SCRIPTS_ENV, done_marker, exit_before_finalization
+from torchrun_helpers import SCRIPTS_ENV, done_marker
+from asr.process_exit import end_process
 root, scripts = os.environ["OUT_DIR"], json.loads(os.environ[SCRIPTS_ENV])
 rank = int(os.environ["RANK"])
 cleanup, distributed.cleanup_distributed = distributed.cleanup_distributed, lambda: None
@@ -662,7 +664,7 @@ for name, path in scripts.items():
     done_marker(root, name, rank).parent.mkdir(exist_ok=True)
     done_marker(root, name, rank).touch()
 cleanup()
-exit_before_finalization()
+end_process(0)
 """
 
 
@@ -800,7 +802,7 @@ WORLD_CHANGE_SCRIPT = r'''
 import json, os, sys, torch
 sys.path[:0] = [os.environ["TEST_DIR"], os.path.dirname(os.environ["TEST_DIR"])]
 from test_trainer import ToyModel, make_batch
-from torchrun_helpers import exit_before_finalization
+from asr.process_exit import end_process
 from asr.train.distributed import setup_distributed, cleanup_distributed
 from asr.train.optim import OptimConfig
 from asr.train.state import TrainConfig
@@ -848,7 +850,7 @@ with open(os.path.join(os.environ["OUT_DIR"], f"{phase}{info.rank}.json"), "w") 
     json.dump({"seen": model.seen, "step": progress.step,
                "scheduler_steps": trainer.scheduler.step_count}, f)
 cleanup_distributed()
-exit_before_finalization()
+end_process(0)
 '''
 
 
@@ -1501,6 +1503,21 @@ def test_sigusr1_inside_an_accumulation_stops_after_the_whole_step(tmp_path, out
     assert [n for n, _ in list_checkpoints(tmp_path / "preempted")] == [2]
     resumed = run(tmp_path / "preempted", accum_grad=2, resume=True)
     _assert_same_weights(full, resumed)
+
+
+def test_a_preempted_run_leaves_its_tensorboard_scalars_on_disk(tmp_path, outer_handlers,
+                                                               monkeypatch):
+    """fit() closes the TensorBoard writer however it ends: a preemption's status ends the
+    process next (under torchrun without the interpreter's finalization, asr.process_exit), so
+    steps 1 to 5 must be on disk when TrainingPreempted reaches the caller. The writer's thread
+    writes the queued records; slowed down here, it had not written them all by then."""
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    write = RecordWriter.write
+    monkeypatch.setattr(RecordWriter, "write",
+                        lambda self, data: (time.sleep(0.02), write(self, data))[1])
+    _preempted(tmp_path, make_model=lambda: SignalsAt(5))
+    assert [s for s, _ in _scalars(tmp_path)["train/loss"]] == [1, 2, 3, 4, 5]
 
 
 def test_a_signal_during_the_epoch_end_stops_after_its_checkpoint(tmp_path, outer_handlers):

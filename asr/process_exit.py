@@ -1,0 +1,80 @@
+"""Ending a process without the interpreter's finalization, where torch's threads make that unsafe.
+
+torch 2.14's gloo worker threads (and nccl's likewise) outlive ``destroy_process_group`` once DDP
+has used the process group: torch's C++ parts keep references to the group's Python object (10
+of them stay after the DDP wrapper and the model are deleted, the group destroyed and ``gc`` run,
+none held by an object that ``gc`` finds; torch 2.14.1, gloo), so the group's destructor, which
+joins its threads, never runs before the interpreter's finalization. Without DDP the group's
+threads end in ``destroy_process_group``.
+Such a worker may drop the last reference to a finished collective while the main thread
+finalizes the interpreter (``Py_FinalizeEx``); the work's captured ``at::ThreadLocalState`` holds
+a Python object, whose decref takes the GIL, Python ends that thread inside the destructor, and
+C++ calls ``std::terminate``: SIGABRT, "terminate called without an active exception", after the
+process had done and written all its work, and ``torchrun`` reports the job failed (core dumps:
+``runLoop`` > ``~AsyncAllreduceWork`` > ``~ThreadLocalState`` >
+``ConcretePyInterpreterVTable::decref`` > ``take_gil`` > ``PyThread_exit_thread``; torch issue
+190489). A process that set up a process group therefore ends with :func:`end_process`: its logs
+and output flushed, then ``os._exit`` with the status it would have had, so the finalization,
+where that race lives, never runs (nor do ``atexit`` handlers).
+
+:func:`skip_finalization` marks the process (:func:`asr.train.distributed.setup_distributed`,
+when it sets up a group) and :func:`exit_status` is the command line's last step
+(:func:`asr.cli.main.main`): the status itself in an unmarked process, which exits as usual.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import NoReturn
+
+__all__ = ["end_process", "exit_status", "skip_finalization"]
+
+logger = logging.getLogger(__name__)
+
+#: Why this process must end without the interpreter's finalization (None: it ends as usual).
+_reason: str | None = None
+
+
+def skip_finalization(reason: str) -> None:
+    """Marks this process as one that :func:`exit_status` ends with :func:`end_process`.
+
+    Args:
+        reason: why (logged at DEBUG when the process ends).
+    """
+    global _reason
+    _reason = reason
+
+
+def end_process(status: int) -> NoReturn:
+    """Ends the process at once with ``status``, without the interpreter's finalization: logging
+    is shut down first (every handler flushed and closed: a log file's last lines, the
+    command's on stderr), then ``sys.stdout`` and ``sys.stderr`` are flushed. ``atexit``
+    handlers do not run: the caller has done and written all its work.
+
+    Args:
+        status: the exit status (0-255).
+    """
+    logger.debug("ending with status %d without the interpreter's finalization: %s", status,
+                 _reason or "asked for")
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+            pass
+    os._exit(status)
+
+
+def exit_status(status: int) -> int:
+    """``status``, for the caller to exit with; a process marked by :func:`skip_finalization`
+    ends here with it (:func:`end_process`).
+
+    Args:
+        status: the exit status (0-255).
+    """
+    if _reason is not None:
+        end_process(status)
+    return status

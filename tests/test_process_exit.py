@@ -1,0 +1,109 @@
+"""A process marked to skip the interpreter's finalization ends with its status, its logs and
+output flushed, and without running the finalization (an ``atexit`` handler, which the
+finalization runs, stands for it); an unmarked one exits as usual.
+
+The processes are plain ``python`` (no torch): ending one is this module's, not torch's.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from asr import process_exit
+from asr.process_exit import exit_status
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Registers an atexit handler that writes the file FINALIZED: it exists once the interpreter
+#: finalized.
+PRELUDE = (
+    "import atexit, os\n"
+    "atexit.register(lambda: open(os.environ['FINALIZED'], 'w').close())\n"
+)
+
+
+def _python(tmp_path: Path, code: str) -> subprocess.CompletedProcess[str]:
+    """Runs ``PRELUDE + code`` in a plain python with this checkout's asr first on its path."""
+    env = dict(os.environ, FINALIZED=str(tmp_path / "finalized"),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    return subprocess.run([sys.executable, "-c", PRELUDE + code], env=env, capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path)
+
+
+def test_end_process_flushes_the_logs_and_output_and_skips_the_finalization(tmp_path):
+    """The status as given; a buffered log handler (written on its flush alone) and stdout, a
+    pipe here (block-buffered), have their last lines out; the atexit handler did not run."""
+    result = _python(tmp_path, (
+        "import logging, logging.handlers\n"
+        "from asr.process_exit import end_process\n"
+        "target = logging.FileHandler('run.log')\n"
+        "logging.getLogger().addHandler(logging.handlers.MemoryHandler(100, target=target))\n"
+        "logging.getLogger().warning('last log line')\n"
+        "print('results written', end='')\n"
+        "end_process(3)\n"))
+    assert result.returncode == 3, result.stderr
+    assert result.stdout == "results written"
+    assert (tmp_path / "run.log").read_text() == "last log line\n"
+    assert not (tmp_path / "finalized").exists()
+
+
+@pytest.mark.parametrize(("words", "status", "stream", "line"), [
+    (["wer", "same.txt", "same.txt"], 0, "stdout", "WER 0.00"),
+    (["wer", "absent.txt", "same.txt"], 2, "stderr", "asr wer: "),
+])
+def test_the_command_line_of_a_marked_process_ends_with_its_status(tmp_path, words, status,
+                                                                    stream, line):
+    """``asr`` in a process marked by skip_finalization (as setup_distributed marks one): the
+    status the command returns (0, or a failure's) and its last lines, without finalization."""
+    (tmp_path / "same.txt").write_text("utt1 A B\n")
+    result = _python(tmp_path, (
+        "import sys\n"
+        "from asr.process_exit import skip_finalization\n"
+        "from asr.cli.main import main\n"
+        "skip_finalization('a test')\n"
+        f"sys.exit(main({words!r}))\n"))
+    assert result.returncode == status, result.stderr
+    assert line in getattr(result, stream)
+    assert not (tmp_path / "finalized").exists()
+
+
+def test_an_unmarked_process_exits_as_usual(tmp_path):
+    result = _python(tmp_path, (
+        "import sys\n"
+        "from asr.cli.main import main\n"
+        "sys.exit(main(['wer', 'absent.txt', 'absent.txt']))\n"))
+    assert result.returncode == 2 and "asr wer: " in result.stderr
+    assert (tmp_path / "finalized").exists()
+
+
+def test_exit_status_ends_only_a_marked_process(monkeypatch):
+    ended = []
+    monkeypatch.setattr(process_exit, "end_process", ended.append)
+    monkeypatch.setattr(process_exit, "_reason", None)
+    assert exit_status(143) == 143 and ended == []
+    process_exit.skip_finalization("a test")
+    exit_status(138)
+    assert ended == [138]
+
+
+def test_setting_up_a_process_group_marks_the_process(monkeypatch):
+    """setup_distributed under torchrun (WORLD_SIZE > 1) marks the process; without a group
+    (one process) it does not. torch's group itself is stood in for: its setup is torchrun's."""
+    import torch.distributed as dist
+
+    from asr.train import distributed
+
+    monkeypatch.setattr(process_exit, "_reason", None)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: None)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    distributed.setup_distributed("cpu")
+    assert process_exit._reason is None
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    distributed.setup_distributed("cpu")
+    assert "gloo" in process_exit._reason
