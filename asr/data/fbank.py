@@ -24,9 +24,10 @@ when one of them changed since (audio made again with the same length). A part w
 record (stored by an older version, or a kill between its manifest and its record) whose cuts
 match the input in ids, transcripts, features and audio records is kept and adopts the files'
 current states: the record is written then, logged at INFO, so that a later rewrite is seen.
-A moved corpus (its audio files under other paths, each with its name and the size and
-modification time recorded, as ``mv``, ``cp -a`` or ``rsync -a`` leave them) keeps its features:
-the stored cuts and the record are rewritten to name the new paths, logged at INFO.
+A moved corpus (its audio files moved with one folder, each keeping its path below it and the
+size and modification time recorded, as ``mv``, ``cp -a`` or ``rsync -a`` leave them) keeps
+its features: the stored cuts and the record are rewritten to name the new paths, logged at
+INFO.
 """
 
 from __future__ import annotations
@@ -185,8 +186,9 @@ def compute_fbank_for_parts(
             (``--num-mel-bins``), or a kill cut the output short. A part without its
             fingerprint that matches in all the rest is kept and records the current states of
             its audio files then. An audio file removed since is not a change (its features
-            are kept), and neither is a moved corpus: files under other paths with the names,
-            sizes and modification times recorded (the stored cuts then name the new paths).
+            are kept), and neither is a moved corpus: all files moved with one folder (each
+            keeping its path below it) and with the sizes and modification times recorded (the
+            stored cuts then name the new paths).
 
     Returns:
         part -> path of its cuts with features.
@@ -344,13 +346,16 @@ def _moved_audio_files(dst: Path, other_audio: list[tuple[str, tuple, tuple]]
                        ) -> dict[str, str] | None:
     """The moves (stored path -> input path) that explain every difference ``other_audio``
     (cut id, stored :func:`_audio`, input :func:`_audio`) between the stored cuts ``dst`` and
-    their input, when it is a moved corpus: only the audio files' paths differ, each file
-    keeps its name, and each input file now has the size and modification time that the
-    part's fingerprint recorded for the stored path when its features were computed (``mv``,
-    ``cp -a`` and ``rsync -a`` keep both). A move is one to one onto paths the record does not
-    hold: files of one name, size and time in other folders (equal-length clips a tar
-    extracted) that the input swapped, or joined on one file, are no move. None otherwise, or
-    without a readable record."""
+    their input, when it is a moved corpus: only the audio files' paths differ, all of them by
+    one move of a folder (:func:`_moved_root`: each ``<old root>/<rel>`` is now
+    ``<new root>/<rel>``, with the same roots for every file, as ``mv corpus new_place``
+    leaves them: one to one, then), onto paths the record does not hold, and each input file
+    now has the size and modification time that the part's fingerprint recorded for the
+    stored path when its features were computed (``mv``, ``cp -a`` and ``rsync -a`` keep
+    both). Files of one name, size and time in other folders (equal-length clips a tar
+    extracted) that the input paired with other cuts than their own (swapped, joined on one
+    file, or crossed between folders by a stage 1 whose cut ids do not follow the paths) are
+    no move. None otherwise, or without a readable record."""
     stored = (read_fingerprint(dst) or {}).get(AUDIO_FILES)
     if not isinstance(stored, dict):
         return None
@@ -361,14 +366,30 @@ def _moved_audio_files(dst: Path, other_audio: list[tuple[str, tuple, tuple]]
         for before, after in zip(old[0], new[0]):
             if before != after and moves.setdefault(before, after) != after:
                 return None
-    targets = set(moves.values())
-    if not moves or len(targets) < len(moves) or not targets.isdisjoint(stored):
+    if not moves or not set(moves.values()).isdisjoint(stored):
+        return None
+    roots = {_moved_root(before, after) for before, after in moves.items()}
+    if len(roots) != 1 or None in roots:
         return None
     now = file_states(moves.values())
-    if any(Path(before).name != Path(after).name or stored.get(before) is None
-           or now[after] != stored[before] for before, after in moves.items()):
+    if any(stored.get(before) is None or now[after] != stored[before]
+           for before, after in moves.items()):
         return None
     return moves
+
+
+def _moved_root(before: str, after: str) -> tuple[Path, Path] | None:
+    """The folders ``(old, new)`` whose move turned the path ``before`` into ``after``: the paths
+    less the longest tail of components they share (``/a/LibriSpeech/x/1.flac`` ->
+    ``/b/LibriSpeech/x/1.flac`` gives ``(/a, /b)``). Files moved together give one pair (the
+    tail of the roots they share is the same for each); None when the names differ."""
+    old, new = Path(before).parts, Path(after).parts
+    shared = 0
+    while shared < min(len(old), len(new)) and old[-1 - shared] == new[-1 - shared]:
+        shared += 1
+    if not shared:
+        return None
+    return Path(*old[:len(old) - shared]), Path(*new[:len(new) - shared])
 
 
 def _relocate(dst: Path, moves: dict[str, str]) -> None:

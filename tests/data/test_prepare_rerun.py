@@ -385,7 +385,7 @@ def test_stored_features_follow_a_moved_corpus_without_being_computed_again(corp
     prepare_manifests(corpus_dir, manifests, [part])
     out = compute_fbank_for_parts(manifests, fbank, [part], perturb_parts=[part])[part]
     before, stamp = _features(out), _storage(out)
-    moved = tmp_path / "moved" / "LibriSpeech"
+    moved = tmp_path / "moved" / "LS"  # mv LibriSpeech moved/LS: one folder moved, renamed
     moved.parent.mkdir()
     shutil.move(corpus_dir, moved)
     prepare_manifests(moved, manifests, [part])
@@ -461,3 +461,45 @@ def test_stored_features_are_not_kept_for_files_renamed_among_the_recorded_ones(
     fresh = compute_fbank_for_parts(manifests, tmp_path / "fresh", ["part"])["part"]
     after, expected = _features(out), _features(fresh)
     assert all(np.array_equal(after[k], expected[k]) for k in expected)
+
+
+@pytest.mark.parametrize("pairing", ["kept", "crossed"])
+def test_a_moved_corpus_keeps_each_file_in_its_folder(tmp_path, pairing):
+    """A corpus whose file names repeat across folders (``a/x.wav``, ``b/x.wav``, one size and
+    time) is moved (``corpus`` -> ``moved``). Stage 1 pairs each cut with the file of its own
+    folder (kept: the features are not computed again), or, its cut ids not following the
+    paths, with the same-named file of the other folder: compared by file name only, that was
+    a move, and each cut kept the features of the other file's audio. The files must keep
+    their paths below one moved folder, so the crossed part is computed again."""
+    rng = np.random.default_rng(5)
+    old_root, new_root = tmp_path / "corpus", tmp_path / "moved"
+    paths = []
+    for folder in ("a", "b"):
+        path = old_root / folder / "x.wav"
+        path.parent.mkdir(parents=True)
+        sf.write(path, 0.3 * rng.standard_normal(8000), 16000, subtype="PCM_16")
+        os.utime(path, ns=(1_600_000_000 * 10**9,) * 2)
+        paths.append(path)
+    manifests, fbank = tmp_path / "manifests", tmp_path / "fbank"
+    manifests.mkdir()
+    cuts = CutSet.from_cuts(Recording.from_file(p, recording_id=f"r{i}").to_cut()
+                            for i, p in enumerate(paths))
+    src = cuts_path(manifests, "part")
+    cuts.to_file(src)
+    out = compute_fbank_for_parts(manifests, fbank, ["part"])["part"]
+    stamp = _storage(out)
+    shutil.move(old_root, new_root)
+    folders = ("a", "b") if pairing == "kept" else ("b", "a")
+    records = [json.loads(line) for line in gzip.open(src, "rt")]
+    for record, folder in zip(records, folders):
+        record["recording"]["sources"][0]["source"] = str(new_root / folder / "x.wav")
+    with gzip.open(src, "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    compute_fbank_for_parts(manifests, fbank, ["part"])
+    assert (_storage(out) == stamp) == (pairing == "kept")
+    fresh = compute_fbank_for_parts(manifests, tmp_path / "fresh", ["part"])["part"]
+    after, expected = _features(out), _features(fresh)
+    assert after.keys() == expected.keys()
+    assert all(np.array_equal(after[k], expected[k]) for k in expected)
+    assert {c.id: c.recording.sources[0].source for c in CutSet.from_file(out)} == {
+        c.id: c.recording.sources[0].source for c in CutSet.from_file(fresh)}
