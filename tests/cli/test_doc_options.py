@@ -1,5 +1,6 @@
 """The command lines the documentation names exist: every ``--option`` a doc gives an ``asr``
-subcommand is one of that subcommand's options, every config key it names (``search.lm_weight``)
+subcommand is one of that subcommand's options (and one it gives ``python -m asr.serve.client``
+one of the client's), every config key it names (``search.lm_weight``)
 is a field of the experiment config, every module, function or class it names in code
 (``run.train.check_data_inputs``, ``asr.results.FailedInput``) exists, the ``asr export-onnx``
 synopsis of docs/ONNX.md names all of its options, and the mini_tts README names every option of its
@@ -23,12 +24,16 @@ from asr.cli.main import SUBCOMMANDS, build_parser
 from asr.encoders.chunked import ChunkedEncoder
 from asr.experiment import ExperimentConfig
 from asr.model import ASRModel
+from asr.serve.client import build_parser as client_parser
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = sorted([REPO / "README.md", *REPO.glob("docs/*.md"), *REPO.glob("recipes/*/*.md")])
 #: ``asr NAME``, longest names first (``decode-onnx`` before ``decode``).
 _NAMES = "|".join(sorted(map(re.escape, SUBCOMMANDS), key=len, reverse=True))
-_COMMAND = re.compile(rf"\basr ({_NAMES})\b")
+#: Modules the docs run as ``python -m MODULE`` with options -> their parsers.
+_MODULE_PARSERS = {"asr.serve.client": client_parser}
+_MODULES_RUN = "|".join(map(re.escape, _MODULE_PARSERS))
+_COMMAND = re.compile(rf"\basr ({_NAMES})\b|\bpython -m ({_MODULES_RUN})(?![\w.])")
 #: What ends one command's options inside a span: another program or a comment.
 _END = re.compile(r"\basr [a-z]|\bpython\b|\btorchrun\b|#")
 _OPTION = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
@@ -46,7 +51,10 @@ def _options(parser: argparse.ArgumentParser) -> set[str]:
 
 
 def command_options(command: str) -> set[str]:
-    """The options ``asr COMMAND`` accepts."""
+    """The options ``asr COMMAND`` accepts (or ``python -m COMMAND``, a module of
+    :data:`_MODULE_PARSERS`)."""
+    if command in _MODULE_PARSERS:
+        return _options(_MODULE_PARSERS[command]())
     parser = build_parser(command)
     [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     return _options(sub.choices[command])
@@ -62,7 +70,8 @@ def command_spans(text: str) -> list[str]:
 
 
 def named_options(text: str) -> list[tuple[str, str, str]]:
-    """(command, option, span) for each option a doc gives an ``asr`` subcommand."""
+    """(command, option, span) for each option a doc gives an ``asr`` subcommand (or a module
+    run as ``python -m``)."""
     named = []
     for span in command_spans(text):
         span = re.sub(r"^\s*#\s*", "", span)
@@ -70,7 +79,7 @@ def named_options(text: str) -> list[tuple[str, str, str]]:
             rest = span[match.end():]
             end = _END.search(rest)
             for option in _OPTION.findall(rest[: end.start() if end else None]):
-                named.append((match.group(1), option, span.strip()))
+                named.append((match.group(1) or match.group(2), option, span.strip()))
     return named
 
 
@@ -79,12 +88,14 @@ def test_the_spans_are_found():
     named = named_options((REPO / "README.md").read_text(encoding="utf-8"))
     assert ("transcribe", "--left-chunks") in {n[:2] for n in named}
     assert ("export-onnx", "--int8") in {n[:2] for n in named}
+    assert ("asr.serve.client", "--hotwords-score") in {n[:2] for n in named}
 
 
 def test_an_unknown_option_is_caught():
-    named = named_options("Run `asr decode --exp-dir E --no-such-option 3`.\n")
+    named = named_options("Run `asr decode --exp-dir E --no-such-option 3`.\n"
+                          "```bash\npython -m asr.serve.client a.flac --timeout 5 --no-such\n```\n")
     assert [(c, o) for c, o, _ in named if o not in command_options(c)] == [
-        ("decode", "--no-such-option")]
+        ("decode", "--no-such-option"), ("asr.serve.client", "--no-such")]
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO)))
