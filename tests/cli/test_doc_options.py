@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib
+import inspect
 import pkgutil
 import re
 import typing
@@ -270,3 +272,69 @@ def test_every_code_name_a_doc_names_exists(doc):
                if not _module_attribute(name) and not _config_field(name.split("."))
                and not _method(name)]
     assert unknown == []
+
+
+@functools.cache
+def _package_classes() -> dict[str, list[type]]:
+    """The classes ``asr`` defines, by name (every module imported)."""
+    found: dict[str, list[type]] = {}
+    for info in pkgutil.walk_packages(asr.__path__, "asr."):
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if inspect.isclass(obj) and obj.__module__ == module.__name__:
+                found.setdefault(name, []).append(obj)
+    return found
+
+
+def _class_member(cls: type, name: str) -> bool:
+    """Whether instances of ``cls`` have ``name``: a class attribute, a dataclass field or an
+    attribute its code sets on ``self`` (``self.stream = ...``)."""
+    if hasattr(cls, name) or name in getattr(cls, "__dataclass_fields__", {}):
+        return True
+    return any(re.search(rf"\bself\.{name}\b\s*(:[^=\n]+)?=(?!=)", inspect.getsource(c))
+               for c in cls.__mro__ if c.__module__.startswith("asr."))
+
+
+def _class_path(dotted: str, classes: dict[str, list[type]]) -> bool:
+    """Whether ``Class.member...`` names a member of one of the package's classes of that name
+    (past an instance attribute, whose type is unknown here, the rest is not checked)."""
+    head, *members = dotted.split(".")
+    for cls in classes.get(head, []):
+        obj: Any = cls
+        for member in members:
+            if not (inspect.isclass(obj) and _class_member(obj, member)):
+                break
+            obj = getattr(obj, member, None)
+            if obj is None:
+                return True
+        else:
+            return True
+    return False
+
+
+def named_class_paths(text: str) -> list[str]:
+    """The ``Class.member`` names (``Transcriber.window_context``, ``Progress.epoch_stream``)
+    that a doc writes in inline code, file names (``README.md``) aside, and code blocks."""
+    names = []
+    for span in re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S)):
+        for name in re.findall(r"(?<![\w/.-])([A-Z]\w*(?:\.[A-Za-z_]\w*)+)", span):
+            if name.rsplit(".", 1)[-1] not in _FILE_SUFFIXES:
+                names.append(name)
+    return list(dict.fromkeys(names))
+
+
+def test_an_unknown_class_member_is_caught():
+    names = named_class_paths("`Transcriber.window_context`, `Transcriber.no_such_method`, "
+                              "`EpochBatches.stream` (set in `__init__`), `Progress.epoch_stream`, "
+                              "`NoSuchClass.x`, `R.yaml`")
+    assert [n for n in names if not _class_path(n, _package_classes())] == [
+        "Transcriber.no_such_method", "NoSuchClass.x"]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_class_member_a_doc_names_exists(doc):
+    classes = _package_classes()
+    names = named_class_paths(doc.read_text(encoding="utf-8"))
+    if doc.name == "ARCHITECTURE.md":
+        assert len(names) >= 20  # the names are found, so a pass compares something
+    assert [name for name in names if not _class_path(name, classes)] == []
