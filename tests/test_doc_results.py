@@ -1,15 +1,24 @@
 """The README's mini_tts results quote ``recipes/mini_tts/README.md``, where each recorded run of
 the main job widens its rows' ranges: every test-clean WER range of the main job's rows there
 (greedy, beam + LM; one row per machine) is in the README too, so a run recorded in the recipe
-README cannot leave the README's figures behind."""
+README cannot leave the README's figures behind; and the number of runs either README gives
+with those ranges (``twelve runs: 20.10-24.94``, ``Twelve runs of the current recipe``) is a
+row's count (``12 runs of the current recipe``), so it cannot fall behind either."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 _MAIN_JOB_ROW = "| `transformer_transducer` (main job)"
+_RANGE = r"\d+\.\d+-\d+\.\d+"
+#: Run counts as the READMEs write them in words.
+_NUMBERS = {word: n for n, word in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen twenty".split())}
 
 
 def main_job_ranges(recipe_readme: str) -> list[str]:
@@ -18,7 +27,7 @@ def main_job_ranges(recipe_readme: str) -> list[str]:
     for line in recipe_readme.splitlines():
         if line.startswith(_MAIN_JOB_ROW):
             cells = [cell.strip().strip("*") for cell in line.split("|")[2:4]]
-            ranges += [cell for cell in cells if re.fullmatch(r"\d+\.\d+-\d+\.\d+", cell)]
+            ranges += [cell for cell in cells if re.fullmatch(_RANGE, cell)]
     return ranges
 
 
@@ -38,3 +47,48 @@ def test_the_readme_quotes_the_main_jobs_ranges():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert len(main_job_ranges(recipe)) >= 2  # the rows are found, so a pass compares something
     assert missing_ranges(readme, recipe) == []
+
+
+def main_job_runs(recipe_readme: str) -> dict[str, int]:
+    """Each test-clean range of the main job's rows -> the number of runs its row gives
+    (``12 runs of the current recipe``)."""
+    runs = {}
+    for line in recipe_readme.splitlines():
+        count = re.search(r"(\d+) runs of the current recipe", line)
+        if line.startswith(_MAIN_JOB_ROW) and count:
+            for cell in line.split("|")[2:4]:
+                if re.fullmatch(_RANGE, cell.strip().strip("*")):
+                    runs[cell.strip().strip("*")] = int(count.group(1))
+    return runs
+
+
+def _count(word: str) -> int | None:
+    return int(word) if word.isdigit() else _NUMBERS.get(word.lower())
+
+
+def miscounted_runs(text: str, runs: dict[str, int]) -> list[str]:
+    """The run counts of ``text`` that no main-job row gives: ``N runs: RANGE`` must be the count
+    of RANGE's row, ``N runs of the current recipe`` the count of one of the rows."""
+    wrong = [m.group(0) for m in re.finditer(rf"\b(\w+) runs: ({_RANGE})", text)
+             if m.group(2) in runs and _count(m.group(1)) != runs[m.group(2)]]
+    wrong += [m.group(0) for m in re.finditer(r"\b(\w+) runs of the current recipe", text)
+              if _count(m.group(1)) not in runs.values()]
+    return wrong
+
+
+def test_a_stale_run_count_is_caught():
+    recipe = ("| `transformer_transducer` (main job), Intel | 28.29-32.01 | **20.10-24.94** | "
+              "12 runs of the current recipe |\n"
+              "| `transformer_transducer` (main job), AMD | 29.90-35.73 | 19.73-23.95 | "
+              "7 runs of the current recipe |\n")
+    text = ("Eleven runs of the current recipe on Intel; noise (eleven runs: 20.10-24.94), "
+            "(7 runs: 19.73-23.95), seven runs of the current recipe.")
+    assert miscounted_runs(text, main_job_runs(recipe)) == [
+        "eleven runs: 20.10-24.94", "Eleven runs of the current recipe"]
+
+
+@pytest.mark.parametrize("doc", ["README.md", "recipes/mini_tts/README.md"])
+def test_the_run_counts_are_the_rows(doc):
+    runs = main_job_runs((REPO / "recipes" / "mini_tts" / "README.md").read_text(encoding="utf-8"))
+    assert len(runs) >= 4  # the rows' counts are found, so a pass compares something
+    assert miscounted_runs((REPO / doc).read_text(encoding="utf-8"), runs) == []

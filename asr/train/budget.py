@@ -8,8 +8,8 @@ epoch (once at an end on such a step), a checkpoint after every ``checkpoint_int
 at every end of epoch and at the final stop (unless the interval's holds that step); the cosine
 schedule then decays to its floor exactly at the planned step.
 The mini_tts main job thus trains ~1700 float32 steps on a 2-core AVX2 machine (estimated) and
-2900-3400 bf16 steps on one with AMX (measured) in the same minutes, instead of a step count sized
-for the slowest machine.
+4300-5428 bf16 steps on one with AMX (measured, recipes/mini_tts/README.md) in the same minutes,
+instead of a step count sized for the slowest machine.
 
 :func:`plan_total_steps` is the arithmetic; :class:`TimeBudget` measures the run and (re)plans;
 the trainer calls it after every optimizer step and at every end of epoch, and applies its plans.

@@ -1,5 +1,6 @@
 """The command lines the documentation names exist: every ``--option`` a doc gives an ``asr``
-subcommand is one of that subcommand's options, every config key it names (``search.lm_weight``)
+subcommand is one of that subcommand's options (and one it gives ``python -m asr.serve.client``
+one of the client's), every config key it names (``search.lm_weight``)
 is a field of the experiment config, every module, function or class it names in code
 (``run.train.check_data_inputs``, ``asr.results.FailedInput``) exists, the ``asr export-onnx``
 synopsis of docs/ONNX.md names all of its options, and the mini_tts README names every option of its
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib
+import inspect
 import pkgutil
 import re
 import typing
@@ -23,12 +26,16 @@ from asr.cli.main import SUBCOMMANDS, build_parser
 from asr.encoders.chunked import ChunkedEncoder
 from asr.experiment import ExperimentConfig
 from asr.model import ASRModel
+from asr.serve.client import build_parser as client_parser
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = sorted([REPO / "README.md", *REPO.glob("docs/*.md"), *REPO.glob("recipes/*/*.md")])
 #: ``asr NAME``, longest names first (``decode-onnx`` before ``decode``).
 _NAMES = "|".join(sorted(map(re.escape, SUBCOMMANDS), key=len, reverse=True))
-_COMMAND = re.compile(rf"\basr ({_NAMES})\b")
+#: Modules the docs run as ``python -m MODULE`` with options -> their parsers.
+_MODULE_PARSERS = {"asr.serve.client": client_parser}
+_MODULES_RUN = "|".join(map(re.escape, _MODULE_PARSERS))
+_COMMAND = re.compile(rf"\basr ({_NAMES})\b|\bpython -m ({_MODULES_RUN})(?![\w.])")
 #: What ends one command's options inside a span: another program or a comment.
 _END = re.compile(r"\basr [a-z]|\bpython\b|\btorchrun\b|#")
 _OPTION = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
@@ -46,7 +53,10 @@ def _options(parser: argparse.ArgumentParser) -> set[str]:
 
 
 def command_options(command: str) -> set[str]:
-    """The options ``asr COMMAND`` accepts."""
+    """The options ``asr COMMAND`` accepts (or ``python -m COMMAND``, a module of
+    :data:`_MODULE_PARSERS`)."""
+    if command in _MODULE_PARSERS:
+        return _options(_MODULE_PARSERS[command]())
     parser = build_parser(command)
     [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     return _options(sub.choices[command])
@@ -62,7 +72,8 @@ def command_spans(text: str) -> list[str]:
 
 
 def named_options(text: str) -> list[tuple[str, str, str]]:
-    """(command, option, span) for each option a doc gives an ``asr`` subcommand."""
+    """(command, option, span) for each option a doc gives an ``asr`` subcommand (or a module
+    run as ``python -m``)."""
     named = []
     for span in command_spans(text):
         span = re.sub(r"^\s*#\s*", "", span)
@@ -70,7 +81,7 @@ def named_options(text: str) -> list[tuple[str, str, str]]:
             rest = span[match.end():]
             end = _END.search(rest)
             for option in _OPTION.findall(rest[: end.start() if end else None]):
-                named.append((match.group(1), option, span.strip()))
+                named.append((match.group(1) or match.group(2), option, span.strip()))
     return named
 
 
@@ -79,12 +90,14 @@ def test_the_spans_are_found():
     named = named_options((REPO / "README.md").read_text(encoding="utf-8"))
     assert ("transcribe", "--left-chunks") in {n[:2] for n in named}
     assert ("export-onnx", "--int8") in {n[:2] for n in named}
+    assert ("asr.serve.client", "--hotwords-score") in {n[:2] for n in named}
 
 
 def test_an_unknown_option_is_caught():
-    named = named_options("Run `asr decode --exp-dir E --no-such-option 3`.\n")
+    named = named_options("Run `asr decode --exp-dir E --no-such-option 3`.\n"
+                          "```bash\npython -m asr.serve.client a.flac --timeout 5 --no-such\n```\n")
     assert [(c, o) for c, o, _ in named if o not in command_options(c)] == [
-        ("decode", "--no-such-option")]
+        ("decode", "--no-such-option"), ("asr.serve.client", "--no-such")]
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO)))
@@ -259,3 +272,69 @@ def test_every_code_name_a_doc_names_exists(doc):
                if not _module_attribute(name) and not _config_field(name.split("."))
                and not _method(name)]
     assert unknown == []
+
+
+@functools.cache
+def _package_classes() -> dict[str, list[type]]:
+    """The classes ``asr`` defines, by name (every module imported)."""
+    found: dict[str, list[type]] = {}
+    for info in pkgutil.walk_packages(asr.__path__, "asr."):
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if inspect.isclass(obj) and obj.__module__ == module.__name__:
+                found.setdefault(name, []).append(obj)
+    return found
+
+
+def _class_member(cls: type, name: str) -> bool:
+    """Whether instances of ``cls`` have ``name``: a class attribute, a dataclass field or an
+    attribute its code sets on ``self`` (``self.stream = ...``)."""
+    if hasattr(cls, name) or name in getattr(cls, "__dataclass_fields__", {}):
+        return True
+    return any(re.search(rf"\bself\.{name}\b\s*(:[^=\n]+)?=(?!=)", inspect.getsource(c))
+               for c in cls.__mro__ if c.__module__.startswith("asr."))
+
+
+def _class_path(dotted: str, classes: dict[str, list[type]]) -> bool:
+    """Whether ``Class.member...`` names a member of one of the package's classes of that name
+    (past an instance attribute, whose type is unknown here, the rest is not checked)."""
+    head, *members = dotted.split(".")
+    for cls in classes.get(head, []):
+        obj: Any = cls
+        for member in members:
+            if not (inspect.isclass(obj) and _class_member(obj, member)):
+                break
+            obj = getattr(obj, member, None)
+            if obj is None:
+                return True
+        else:
+            return True
+    return False
+
+
+def named_class_paths(text: str) -> list[str]:
+    """The ``Class.member`` names (``Transcriber.window_context``, ``Progress.epoch_stream``)
+    that a doc writes in inline code, file names (``README.md``) aside, and code blocks."""
+    names = []
+    for span in re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S)):
+        for name in re.findall(r"(?<![\w/.-])([A-Z]\w*(?:\.[A-Za-z_]\w*)+)", span):
+            if name.rsplit(".", 1)[-1] not in _FILE_SUFFIXES:
+                names.append(name)
+    return list(dict.fromkeys(names))
+
+
+def test_an_unknown_class_member_is_caught():
+    names = named_class_paths("`Transcriber.window_context`, `Transcriber.no_such_method`, "
+                              "`EpochBatches.stream` (set in `__init__`), `Progress.epoch_stream`, "
+                              "`NoSuchClass.x`, `R.yaml`")
+    assert [n for n in names if not _class_path(n, _package_classes())] == [
+        "Transcriber.no_such_method", "NoSuchClass.x"]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_class_member_a_doc_names_exists(doc):
+    classes = _package_classes()
+    names = named_class_paths(doc.read_text(encoding="utf-8"))
+    if doc.name == "ARCHITECTURE.md":
+        assert len(names) >= 20  # the names are found, so a pass compares something
+    assert [name for name in names if not _class_path(name, classes)] == []
