@@ -586,7 +586,9 @@ def remove_stale_staging(out_dir: str | Path) -> list[Path]:
     holding the :data:`STAGING_MARKER` of ``out_dir``) that no live process holds locked: those
     a killed run left behind. A live run's are kept, and so is any directory without the marker
     (a user's, named like a staging directory; one named exactly as a run names them, such as
-    an older asr's, is logged as a warning: :func:`_warn_unmarked`). Call it holding
+    an older asr's, is logged as a warning: :func:`_warn_unmarked`). An earlier output that a
+    run killed inside :func:`publish_directory` left set aside, with no ``out_dir`` in its
+    place, is renamed back first (:func:`_put_back_set_aside`). Call it holding
     :func:`output_lock` of ``out_dir``. Returns what it removed."""
     out_dir = Path(out_dir)
     if not out_dir.parent.is_dir():
@@ -606,6 +608,8 @@ def remove_stale_staging(out_dir: str | Path) -> list[Path]:
             if not _try_lock(fd):
                 logger.info("kept %s: a live process is writing it", path)
                 continue
+            if not _put_back_set_aside(path, out_dir):
+                continue
             _remove_staging(path)
             if path.exists():  # kept with its marker: the next run tries again
                 logger.warning("could not remove all of %s, left by an interrupted run", path)
@@ -615,6 +619,28 @@ def remove_stale_staging(out_dir: str | Path) -> list[Path]:
         finally:
             os.close(fd)
     return removed
+
+
+def _put_back_set_aside(holder: Path, out_dir: Path) -> bool:
+    """Renames the earlier output that a run killed between :func:`publish_directory`'s two
+    renames left in the stale ``holder`` (a ``.<name>.old-*``) back to ``out_dir``, where
+    ``out_dir`` is missing: the new output never reached its place, and removing the holder
+    would lose both. Returns whether ``holder`` may be removed (not where the rename back
+    failed: it keeps the earlier output and its marker, and a warning says where)."""
+    earlier = holder / out_dir.name
+    if (not holder.name.startswith(_staging_prefixes(out_dir)[1]) or out_dir.is_symlink()
+            or out_dir.exists() or not earlier.is_dir()):
+        return True
+    try:
+        os.replace(earlier, out_dir)
+    except OSError as err:
+        logger.warning("kept %s: it holds the earlier %s, set aside by an interrupted run, and "
+                       "renaming it back failed (%s)", one_line(str(earlier)),
+                       one_line(str(out_dir)), err.strerror)
+        return False
+    logger.warning("put back %s from %s, where an interrupted run had set it aside",
+                   one_line(str(out_dir)), one_line(str(holder)))
+    return True
 
 
 @contextmanager

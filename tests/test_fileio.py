@@ -276,6 +276,26 @@ def _left_by_a_killed_run(out_dir: Path, kind: str) -> Path:
     return path
 
 
+def test_an_earlier_output_set_aside_by_a_run_killed_while_publishing_is_put_back(tmp_path,
+                                                                                  caplog):
+    """A run killed between publish_directory's two renames left the earlier ``out`` set aside
+    in its ``.out.old-*`` holder and the new build in its ``.out.tmp-*``, and no ``out``: the
+    next run removed both stale directories, and with them the only copy of the earlier
+    output. It is renamed back; where ``out`` is in place (killed after the second rename),
+    the set-aside copy is the superseded one and goes."""
+    out = tmp_path / "out"
+    holders = [_left_by_a_killed_run(out, kind) for kind in ("tmp", "old")]
+    with caplog.at_level(logging.WARNING, logger="asr.fileio"):
+        assert sorted(remove_stale_staging(out)) == sorted(holders)
+    assert (out / "half.bin").read_bytes() == b"half an output"
+    assert f"put back {out} from {holders[1]}" in caplog.text
+    # killed after the new output was in place: the set-aside earlier one is removed
+    (out / "half.bin").write_bytes(b"the new output")
+    superseded = _left_by_a_killed_run(out, "old")
+    assert remove_stale_staging(out) == [superseded]
+    assert (out / "half.bin").read_bytes() == b"the new output"
+
+
 def test_stale_staging_of_another_output_named_like_a_staging_directory_is_kept(tmp_path):
     """The outputs ``out`` and ``out.tmp-x`` side by side: ``out``'s run took the staging
     directories of ``out.tmp-x`` (``.out.tmp-x.tmp-*``, ``.out.tmp-x.old-*``) for its own and
