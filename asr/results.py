@@ -13,6 +13,13 @@ these results is in **seconds** from the start of the input (``timestamps`` is t
 list, as in sherpa-onnx). :class:`ResultBuilder` is the one place that turns token ids and frames
 into these values.
 
+A decoder that runs on padding past the input's audio (sherpa-onnx's streaming engine, whose
+flush pads the last chunk: :mod:`asr.export.sherpa_streaming`) may put tokens on those frames,
+which would put times past the input's duration. Given where the input's last encoder frame
+ends (``last_frame_end``, never past its duration), :meth:`ResultBuilder.segment` clamps them:
+a token's time is at most that frame's start; a word's end, the segment's and where it began
+are at most ``last_frame_end``. Our own runtime decodes no padding, so its times need no clamp.
+
 A searcher without token times (``aed_beam``: its tokens are not tied to frames) gives no
 ``timestamps`` (empty, as sherpa-onnx's for a model without them), and each of its words spans
 its whole segment (``start`` / ``end`` of the segment: all that is known of where it was said),
@@ -224,6 +231,7 @@ class ResultBuilder:
         start: float = 0.0,
         index: int = 0,
         is_final: bool = True,
+        last_frame_end: float | None = None,
     ) -> Segment:
         """A segment of ``token_ids`` whose tokens fall at ``timestamps`` (seconds).
 
@@ -233,13 +241,21 @@ class ResultBuilder:
             start: where the segment began, its start when it has no words.
             index: the segment's place in its input.
             is_final: whether the segment is over.
+            last_frame_end: where the input's last encoder frame ends, in seconds; times a
+                decoder put on padding past it are clamped (the module doc). None: no bound.
         """
         ids = tuple(int(t) for t in token_ids)
         if len(timestamps) != len(ids):
             raise ValueError(f"{len(ids)} tokens but {len(timestamps)} timestamps")
         pieces = tuple(self.tokenizer.id_to_piece(t) for t in ids)
         times = tuple(float(t) for t in timestamps)
+        if last_frame_end is not None:
+            last_frame = max(0.0, last_frame_end - self.frame_seconds)
+            times = tuple(min(t, last_frame) for t in times)
+            start = min(start, last_frame_end)
         words = tuple(words_from_tokens(pieces, times, self.frame_seconds))
+        if last_frame_end is not None:  # under one frame: a token at 0 would end past it
+            words = tuple(Word(w.text, w.start, min(w.end, last_frame_end)) for w in words)
         return Segment(
             text=" ".join(w.text for w in words),  # = the tokenizer's decode(ids)
             start=words[0].start if words else start,

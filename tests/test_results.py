@@ -132,3 +132,22 @@ def test_channels_are_averaged_and_bad_arrays_named():
         with pytest.raises(AudioError, match=f"<array 3>: .*{reason}"):
             as_waveform(bad, "<array 3>")
     assert as_waveform(np.zeros(0, np.float32), "s", allow_empty=True).shape == (0,)
+
+
+def test_times_a_decoder_put_on_padding_are_clamped_to_where_the_last_frame_ends():
+    """Tokens on frames past the input's audio (sherpa-onnx's flush pads the last chunk) gave
+    times past its duration: a 3.0 s input's last word ended at 3.04 s. With ``last_frame_end``
+    (the end of its last encoder frame) a token is at most at that frame's start and nothing
+    ends after it; times within the audio are kept, and without it nothing is clamped."""
+    builder = ResultBuilder(_Pieces(), 0.04)
+    times = [2.8, 2.92, 2.96, 3.0]  # the last two on padded frames of an input of 74 frames
+    seg = builder.segment([3, 4, 5, 6], times, start=1.0, last_frame_end=2.96)
+    assert seg.timestamps == pytest.approx((2.8, 2.92, 2.92, 2.92))
+    assert seg.words == (Word("HELLO", pytest.approx(2.8), pytest.approx(2.96)),
+                         Word("WORLD", pytest.approx(2.92), pytest.approx(2.96)))
+    assert (seg.begin, seg.start, seg.end) == (1.0, pytest.approx(2.8), pytest.approx(2.96))
+    assert builder.segment([3, 4, 5, 6], times).end == pytest.approx(3.04)
+    late = builder.segment([], [], start=3.2, last_frame_end=2.96)  # began on padding
+    assert (late.begin, late.start, late.end) == (2.96, 2.96, 2.96)
+    short = builder.segment([5, 6], [0.0, 0.0], last_frame_end=0.02)  # under one frame
+    assert short.words == (Word("WORLD", 0.0, 0.02),) and short.end == 0.02

@@ -12,7 +12,9 @@ over the ready streams (sherpa-onnx batches their encoder states). What differs 
   feature frames, and a stream cannot change its rate, as in our recognizer);
 * at the end of input the stream is padded with :func:`asr.export.sherpa_decode.flush_samples`
   samples of its quietest 0.1 s stretch (:func:`~asr.export.sherpa_decode.room_tone`), since
-  sherpa-onnx never decodes a partial last chunk;
+  sherpa-onnx never decodes a partial last chunk; tokens it puts on the padded frames get the
+  time of the input's last encoder frame (the one our runtime decodes last), so no time is
+  past the input's end (:class:`asr.results.ResultBuilder`'s ``last_frame_end``);
 * greedy search only (sherpa-onnx's, at most one symbol per frame) and sherpa-onnx's own
   endpointing with our :class:`asr.runtime.endpoint.EndpointConfig` rules (its three rules
   have our shapes), each duration given as :func:`sherpa_rule_seconds` so that a rule fires at
@@ -37,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from asr.audio import StreamingResampler, to_model_rate
-from asr.encoders.subsampling import SUBSAMPLING_FACTOR
+from asr.encoders.subsampling import SUBSAMPLING_FACTOR, subsampled_length
 from asr.export.sherpa_decode import (
     ROOM_TONE_SECONDS,
     SherpaRecognizer,
@@ -252,7 +254,14 @@ class SherpaStreamingRecognizer:
         start = float(result.start_time)
         times = [start + float(t) for t in result.timestamps]
         return self.results.segment(ids, times, start, stream.segment,
-                                    stream.done or self.is_endpoint(stream))
+                                    stream.done or self.is_endpoint(stream),
+                                    last_frame_end=self.last_frame_end(stream))
+
+    def last_frame_end(self, stream: SherpaStream) -> float:
+        """Where the last encoder frame of the stream's audio so far ends, in seconds (the
+        frames our runtime decodes for it; the flush excluded)."""
+        frames = subsampled_length(num_frames(stream.num_samples, self.fbank))
+        return frames * self.frame_seconds
 
     def reset(self, stream: SherpaStream) -> Segment:
         """Ends the current segment and starts the next; returns the ended segment's final

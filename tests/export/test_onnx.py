@@ -936,7 +936,9 @@ def test_sherpa_rule_seconds_meet_our_rule_at_the_same_frame(seconds):
 def test_the_sherpa_engine_ends_segments_where_ours_does(random_exports, length):
     """Rule 3 (the longest segment) of 0.8 s or 1.44 s, a whole number of 0.16 s chunks: our
     runtime ended each segment on that chunk, sherpa-onnx one chunk later (0.96 s, 1.6 s), its
-    float32 80 * 0.01 falling short of 0.8. The last segment, padded by the flush, is left out."""
+    float32 80 * 0.01 falling short of 0.8. The last segment ends with the input's last encoder
+    frame in both (1.96 s of 2 s): sherpa-onnx's tokens on the frames its flush padded get that
+    frame's time."""
     source, directory, _ = random_exports["streaming"]
     wave = (np.random.default_rng(0).standard_normal(2 * RATE) * 0.1).astype(np.float32)
     endpoint = EndpointConfig(rule1=EndpointRule(False, 100.0, 0.0),
@@ -946,9 +948,32 @@ def test_the_sherpa_engine_ends_segments_where_ours_does(random_exports, length)
     for recognizer in (load_streaming_recognizer(directory, endpoint=endpoint),
                        load_model(source).streaming_recognizer(endpoint=endpoint)):
         segments = decode_with_endpoints(recognizer, recognizer.new_stream(), wave, RATE)
-        ends.append([round(s.end, 3) for s in segments[:-1]])
-    expected = [round(length * k, 3) for k in range(1, int(2 / length) + 1)]
+        ends.append([round(s.end, 3) for s in segments])
+    expected = [round(length * k, 3) for k in range(1, int(2 / length) + 1)] + [1.96]
     assert ends == [expected, expected]
+
+
+@pytest.mark.parametrize(("seconds", "last_frame_end"), [(3.0, 2.96), (2.5, 2.44)])
+def test_no_time_of_the_sherpa_engine_is_past_the_end_of_its_input(
+        random_exports, seconds, last_frame_end):
+    """sherpa-onnx decodes no partial last chunk, so the engine's flush pads the input to whole
+    chunks, and the random model puts tokens on the padded frames: a 3.0 s input's last
+    segment ended at 3.04 s (2.5 s: 2.56 s), past the audio. Those tokens now get the time of
+    the input's last encoder frame, which is where our runtime's last segment ends (2.96 s,
+    2.44 s), fed whole or in 0.1 s pieces."""
+    source, directory, _ = random_exports["streaming"]
+    wave = (np.random.default_rng(1).standard_normal(int(seconds * RATE)) * 0.1)
+    wave = wave.astype(np.float32)
+    model = load_model(source).streaming_recognizer()
+    ours = decode_with_endpoints(model, model.new_stream(), wave, RATE)
+    assert ours[-1].end == pytest.approx(last_frame_end)
+    engine = load_streaming_recognizer(directory)
+    for piece in (None, RATE // 10):
+        segments = decode_with_endpoints(engine, engine.new_stream(), wave, RATE, piece)
+        last = segments[-1]
+        assert last.token_ids and last.end == pytest.approx(last_frame_end), piece
+        assert last.end <= seconds and max(last.timestamps) < last.end
+        assert all(w.end <= last.end for w in last.words)
 
 
 def test_the_printed_loader_call_decodes_an_8khz_model_as_ours(tmp_path, monkeypatch):

@@ -35,13 +35,15 @@ def _check_segment_times(messages: list[dict]) -> None:
     """sherpa-onnx's ``start_time`` and ``is_eof``, which the messages lacked: a segment's
     start_time is where it began (0, then the endpoint that ended the one before), on the
     clock of our timestamps (seconds from the start of the stream), the same in each of its
-    messages; is_eof marks the stream's last message only."""
+    messages; no word ends past the audio received; is_eof marks the stream's last message
+    only."""
     starts: dict[int, set[float]] = {}
     for msg in messages:
         starts.setdefault(msg["segment"], set()).add(msg["start_time"])
         assert all(t >= msg["start_time"] for t in msg["timestamps"]), msg
         assert all(w["start"] >= msg["start_time"] for w in msg["words"]), msg
         assert msg["start_time"] <= msg["audio_end"], msg
+        assert all(w["end"] <= msg["audio_end"] for w in msg["words"]), msg  # none past the audio
     assert [m["is_eof"] for m in messages] == [False] * (len(messages) - 1) + [True]
     assert messages[-1]["is_final"]
     begins = [starts[k] for k in sorted(starts)]
