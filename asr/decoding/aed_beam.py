@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from asr.decoding.base import check_encoder_output
+from asr.decoding.base import EMPTY_CHAIN, TokenChain, check_encoder_output
 from asr.decoding.config import SearchConfig
 from asr.decoding.ctc_greedy import ctc_log_probs
 from asr.decoding.ctc_prefix_score import CtcPrefixScorer, CtcPrefixState
@@ -49,6 +49,9 @@ from asr.types import Hypothesis
 __all__ = ["AedBeamSearch", "length_normalised"]
 
 NEG_INF = float("-inf")
+#: The frame a hypothesis' :class:`~asr.decoding.base.TokenChain` gives each AED token: none (an
+#: AED token is not tied to a frame; results have no ``frames``).
+NO_FRAME = -1
 
 
 def length_normalised(score: float, num_tokens: int, alpha: float) -> float:
@@ -58,9 +61,15 @@ def length_normalised(score: float, num_tokens: int, alpha: float) -> float:
 
 @dataclass
 class _Beam:
-    """Live rows (N = B * K, row b * K + k belongs to utterance b); mutable search bookkeeping."""
+    """Live rows (N = B * K, row b * K + k belongs to utterance b); mutable search bookkeeping.
 
-    tokens: list[tuple[int, ...]]
+    ``tokens`` holds each row's prefix as a :class:`~asr.decoding.base.TokenChain`, which the
+    rows extending it share, so appending a token costs O(1) however long the prefix is (the
+    decoder reads only ``last`` and its cache, never the prefix); tuples are built only for
+    the results.
+    """
+
+    tokens: list[TokenChain]
     att: Tensor  # (N,) accumulated attention log-probability
     score: Tensor  # (N,) joint score, -inf for empty slots
     last: Tensor  # (N,) last token fed to the decoder
@@ -105,7 +114,7 @@ class AedBeamSearch:
                 log_probs, enc_lens, self.ctc_head.blank_id, self.head.cfg.eos_id
             )
         state = self._init(batch, enc.device, enc.dtype, scorer)
-        finished: list[list[tuple[float, tuple[int, ...], float]]] = [[] for _ in range(batch)]
+        finished: list[list[tuple[float, TokenChain, float]]] = [[] for _ in range(batch)]
         frames = enc_lens.tolist()
         done = [n == 0 for n in frames]  # no frames: finished with nothing, the empty hypothesis
         limit = self.head.max_target_tokens
@@ -127,7 +136,7 @@ class AedBeamSearch:
         score[::beam] = 0.0  # one live hypothesis per utterance at the start
         owner = torch.arange(batch, device=device).repeat_interleave(beam)
         return _Beam(
-            tokens=[()] * rows,
+            tokens=[EMPTY_CHAIN] * rows,
             att=torch.zeros(rows, device=device),
             score=score,
             last=torch.full((rows,), self.head.cfg.sos_id, dtype=torch.long, device=device),
@@ -180,7 +189,7 @@ class AedBeamSearch:
         psi: Tensor | None,
         r: Tensor | None,
         scorer: CtcPrefixScorer | None,
-        finished: list[list[tuple[float, tuple[int, ...], float]]],
+        finished: list[list[tuple[float, TokenChain, float]]],
         done: list[bool],
     ) -> _Beam:
         """Walks each utterance's continuations best first (see the module docstring) and
@@ -220,7 +229,7 @@ class AedBeamSearch:
         if scorer is not None and state.ctc is not None and psi is not None and r is not None:
             ctc = scorer.advance(state.ctc, psi, r, parent, column, token)
         return _Beam(
-            tokens=[state.tokens[p] + (t,) for p, t in zip(parents, token.tolist())],
+            tokens=[state.tokens[p].push(t, NO_FRAME) for p, t in zip(parents, token.tolist())],
             att=att[parent, column],
             score=score,
             last=token,
@@ -228,7 +237,7 @@ class AedBeamSearch:
             ctc=ctc,
         )
 
-    def _nbest(self, items: list[tuple[float, tuple[int, ...], float]],
+    def _nbest(self, items: list[tuple[float, TokenChain, float]],
                searched: bool) -> list[Hypothesis]:
         """Finished (normalised score, tokens, raw score) -> n-best by normalised score; with
         none, the empty hypothesis: score 0 for an utterance without frames, ``-inf`` for a
@@ -236,4 +245,4 @@ class AedBeamSearch:
         if not items:
             return [Hypothesis(tokens=(), score=NEG_INF if searched else 0.0)]
         ranked = sorted(items, key=lambda item: item[0], reverse=True)[: self.cfg.nbest]
-        return [Hypothesis(tokens=tokens, score=norm) for norm, tokens, _ in ranked]
+        return [Hypothesis(tokens=tokens.tokens(), score=norm) for norm, tokens, _ in ranked]

@@ -106,7 +106,8 @@ class TokenChain:
 
     Attributes:
         parent: the chain of the tokens before the last; None for the empty chain.
-        token, frame: the last token and its frame (-1 for the empty chain).
+        token, frame: the last token and its frame (-1 for the empty chain, and for every
+            token of ``aed_beam``, whose tokens are not tied to frames).
         length: the number of tokens.
     """
 

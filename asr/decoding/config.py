@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from asr.config import ConfigError, apply_overrides, from_dict, to_dict
+from asr.constants import hotword_score_problem
 
 __all__ = ["SEARCH_PREFIX", "SearchConfig", "override_search"]
 
@@ -82,7 +83,8 @@ class SearchConfig:
             to those of ``hotwords_file``; null for none.
         hotwords_score: the per-token boost of a phrase without its own score (sherpa-onnx's
             ``hotwords_score``); 0 with no per-phrase scores turns biasing off; at most 100 in
-            magnitude (:data:`asr.decoding.context_graph.MAX_HOTWORD_SCORE`).
+            magnitude (:func:`asr.constants.hotword_score_problem`, checked when the options
+            are made, phrases or not).
         hotwords_unboosted_prefix: the first this many tokens of each phrase (at most all but
             its last) must match but carry no boost (a phrase's first piece is often a letter
             that begins many words); 0 boosts every token, as icefall and sherpa-onnx do.
@@ -139,11 +141,13 @@ class SearchConfig:
             raise ValueError(f"search.ctc_pre_beam must be >= 1, got {self.ctc_pre_beam}")
         for name in (
             "length_penalty", "blank_penalty", "lm_weight", "insertion_bonus", "length_norm",
-            "hotwords_score",
         ):
             value = getattr(self, name)
             if not math.isfinite(value):
                 raise ValueError(f"search.{name} must be finite, got {value}")
+        problem = hotword_score_problem(self.hotwords_score)  # inf and nan included
+        if problem is not None:
+            raise ValueError(f"search.hotwords_score: {problem}, got {self.hotwords_score}")
         if self.lm_weight < 0:
             raise ValueError(f"search.lm_weight must be >= 0, got {self.lm_weight}")
         if self.length_norm < 0:

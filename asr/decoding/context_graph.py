@@ -419,10 +419,17 @@ def as_hotwords(spec: str | Path | Sequence[str | Hotword] | None) -> list[Hotwo
 
 
 def context_graph_for(
-    cfg: SearchConfig, tokenizer: Tokenizer | None, hotwords: Sequence[Hotword] = ()
+    cfg: SearchConfig,
+    tokenizer: Tokenizer | None,
+    hotwords: Sequence[Hotword] = (),
+    hotwords_score: float | None = None,
 ) -> ContextGraph | None:
     """The hotword graph of ``cfg`` (``hotwords_file``, ``hotwords``, ``hotwords_score``,
     ``hotwords_unboosted_prefix``) with ``hotwords`` added, or None when there is no phrase.
+
+    ``hotwords_score``, when given, replaces ``cfg.hotwords_score`` (a stream's own boost: the
+    runtimes' ``hotwords_score=``, a server client's); the graph checks it, naming it
+    ``hotwords_score`` (``cfg``'s own was checked when ``cfg`` was made).
 
     Raises:
         HotwordError: for a list that cannot be used, or phrases without a ``tokenizer``.
@@ -434,8 +441,7 @@ def context_graph_for(
         raise HotwordError(
             "hotwords need the model's tokenizer (build_searcher(..., tokenizer=...))"
         )
-    graph = ContextGraph.from_hotwords(
-        hotwords, tokenizer, cfg.hotwords_score, cfg.hotwords_unboosted_prefix
-    )
+    score = cfg.hotwords_score if hotwords_score is None else hotwords_score
+    graph = ContextGraph.from_hotwords(hotwords, tokenizer, score, cfg.hotwords_unboosted_prefix)
     logger.info("hotword graph: %d phrases, %d states", graph.num_phrases, graph.num_states)
     return graph

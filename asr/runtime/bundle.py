@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,12 +205,11 @@ class Runtime:
 
         Raises:
             asr.decoding.context_graph.HotwordError: for phrases the tokenizer cannot spell,
-                too many or too long ones.
+                too many or too long ones, or a boost beyond
+                :data:`~asr.constants.MAX_HOTWORD_SCORE` in magnitude.
         """
-        search = self.search
-        if hotwords_score is not None:
-            search = dataclasses.replace(search, hotwords_score=float(hotwords_score))
-        return context_graph_for(search, self.tokenizer, as_hotwords(hotwords))
+        score = None if hotwords_score is None else float(hotwords_score)
+        return context_graph_for(self.search, self.tokenizer, as_hotwords(hotwords), score)
 
     def build_streaming_searcher(self, name: str | None = None) -> StreamingSearcher:
         """The streaming searcher ``name`` (default: :attr:`streaming_searcher`) over this

@@ -394,7 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--hotwords", metavar="PHRASES", default=None,
         help="bias each stream toward these phrases, separated by ';' (\"JOHN SMITH;ACME :3\"); "
-        "the server must run a beam searcher that biases (asr serve --searcher transducer_beam)",
+        "the server must run its PyTorch engine with a searcher that biases (asr serve "
+        "--searcher transducer_beam, tdt_beam or ctc_prefix_beam; --engine sherpa-onnx searches "
+        "greedily and refuses hotwords)",
     )
     parser.add_argument(
         "--hotwords-score", type=hotword_score, metavar="S", default=None,

@@ -24,7 +24,9 @@ Client to server:
   boost of a phrase without its own (default: the server's ``search.hotwords_score``); a boost
   is at most 100 in magnitude.
   Hotwords may be given once per connection and need a server whose searcher biases
-  (``asr serve --searcher transducer_beam``, ``tdt_beam`` or ``ctc_prefix_beam``); the number
+  (``asr serve`` with its PyTorch engine and ``--searcher transducer_beam``, ``tdt_beam`` or
+  ``ctc_prefix_beam``; ``--engine sherpa-onnx`` runs sherpa-onnx's greedy search, which does
+  not); the number
   of phrases, the characters of a phrase and the bytes of the whole list are limited
   (:class:`asr.serve.config.ServerConfig`), and every character must be one the model's
   tokenizer spells. Anything else is answered with an error and the connection closed (1007

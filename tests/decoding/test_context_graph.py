@@ -200,15 +200,15 @@ def test_boosts_beyond_the_limit_are_clear_errors():
     """A boost of 1e38 overflowed the searchers' float32 scores: the transducer beam lost
     every hypothesis and failed the decode step (of every stream of a server's batch)."""
     tokenizer = _CharTokenizer()
-    for spec, score, match in [("ABC :1e38", 1.5,
+    for spec, score, match in [("ABC :1e38", None,
                                 r"hotword 'ABC': score 1e\+38: a per-token boost"),
                                ("ABC", -1e308, r"hotwords_score -1e\+308: a per-token boost"),
-                               ("ABC :-101", 1.5, r"score -101: .* must be in \[-100, 100\]")]:
-        with pytest.raises(HotwordError, match=match):
-            context_graph_for(SearchConfig(hotwords=spec, hotwords_score=score), tokenizer)
+                               ("ABC :-101", None, r"score -101: .* must be in \[-100, 100\]")]:
+        with pytest.raises(HotwordError, match=match):  # a stream's own hotwords_score
+            context_graph_for(SearchConfig(hotwords=spec), tokenizer, hotwords_score=score)
     limit = f"ABC :{MAX_HOTWORD_SCORE};DE :-{MAX_HOTWORD_SCORE}"
     assert context_graph_for(SearchConfig(hotwords=limit), tokenizer).num_phrases == 2
-    assert context_graph_for(SearchConfig(hotwords=" ; ", hotwords_score=1e9), tokenizer) is None
+    assert context_graph_for(SearchConfig(hotwords=" ; "), tokenizer, hotwords_score=1e9) is None
 
 
 @pytest.mark.parametrize("score", [MAX_HOTWORD_SCORE, -MAX_HOTWORD_SCORE, 0.0, 100.00001, -1e308,

@@ -3,6 +3,7 @@ composition invariance, timestamps)."""
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -11,6 +12,7 @@ import torch
 from search_helpers import assert_frames_valid, encoder_output, make_model
 
 from asr.config import ConfigError, apply_overrides, from_dict
+from asr.constants import MAX_HOTWORD_SCORE, hotword_score_problem
 from asr.decoding import (
     SEARCHER_NAMES,
     SearchConfig,
@@ -51,6 +53,31 @@ def test_search_config_loads_strictly_with_overrides():
         SearchConfig(insertion_bonus=float("inf"))
     cfg = from_dict(_Root, apply_overrides({}, ["search.insertion_bonus=-0.5"]))
     assert cfg.search.insertion_bonus == -0.5 and cfg.search.length_norm == 0.0  # a penalty
+
+
+@pytest.mark.parametrize(("score", "text"), [
+    (100.00001, "100.00001"), (-101.0, "-101"), (1e9, "1.0e+9"), (-1e308, "-1.0e+308"),
+    (math.inf, ".inf"), (math.nan, ".nan"),
+])
+def test_search_config_refuses_a_hotword_boost_by_the_one_rule_naming_its_field(score, text):
+    """``search.hotwords_score`` was only required to be finite: 1e9 in a YAML ``search:``
+    section or ``--set`` loaded, and was refused only when a hotword graph was built, as
+    "hotwords_score 1e+09" (and not at all without phrases). The config now refuses it with
+    :func:`hotword_score_problem`'s words, naming the field as every search option is named."""
+    message = f"search.hotwords_score: {hotword_score_problem(score)}, got {score}"
+    with pytest.raises(ValueError) as made:
+        SearchConfig(hotwords_score=score)
+    assert str(made.value) == message
+    with pytest.raises(ConfigError) as loaded:
+        from_dict(_Root, {"search": {"hotwords_score": score}})
+    assert str(loaded.value) == f"search: {message}"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        override_search(SearchConfig(), [f"search.hotwords_score={text}"])  # YAML
+
+
+def test_search_config_takes_a_hotword_boost_up_to_the_limit():
+    for score in (MAX_HOTWORD_SCORE, -MAX_HOTWORD_SCORE, 0.0):
+        assert override_search(SearchConfig(), {"hotwords_score": score}).hotwords_score == score
 
 
 def test_a_saved_config_that_names_the_retired_stream_capacities_still_loads(caplog):

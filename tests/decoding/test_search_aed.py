@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from search_helpers import ENC_DIM, VOCAB, encoder_output, make_model
 
 from asr.decoding import SearchConfig, build_searcher
-from asr.decoding.aed_beam import length_normalised
+from asr.decoding.aed_beam import AedBeamSearch, length_normalised
 from asr.decoding.ctc_greedy import ctc_log_probs
 from asr.decoding.ctc_prefix_score import CtcPrefixScorer
 from asr.heads.aed import AEDConfig, AEDHead
@@ -368,3 +368,27 @@ def test_learned_positions_end_the_hypotheses_at_the_heads_target_limit(ctc_weig
                 )
             expected = [length_normalised(float(a), len(h.tokens), 0.0) for a, h in zip(att, hyps)]
             assert [h.score for h in hyps] == pytest.approx(expected, abs=1e-4)
+
+
+def test_a_step_extends_the_prefixes_without_copying_them(monkeypatch):
+    """Each step copied every row's token tuple to append one token: O(prefix) per row and
+    step, a second way of holding hypothesis tokens beside the other beams'
+    :class:`~asr.decoding.base.TokenChain`. A row's prefix is now a chain whose parent is a
+    row of the step before (shared, not copied); the results are tuples without frames."""
+    steps = []
+    select = AedBeamSearch._select
+
+    def recording(self, state, *args):
+        new = select(self, state, *args)
+        steps.append(({id(chain) for chain in state.tokens}, new.tokens))
+        return new
+
+    monkeypatch.setattr(AedBeamSearch, "_select", recording)
+    model = make_model(aed=True, ctc=True)
+    enc, enc_lens = encoder_output([12, 7], seed=2)
+    cfg = SearchConfig(beam_size=3, nbest=3, ctc_weight=0.3)
+    nbests = build_searcher("aed_beam", model, cfg)(enc, enc_lens)
+    assert len(steps) >= 4  # the case is exercised
+    for step, (before, chains) in enumerate(steps):
+        assert all(len(chain) == step + 1 and id(chain.parent) in before for chain in chains)
+    assert all(type(h.tokens) is tuple and h.frames == () for hyps in nbests for h in hyps)

@@ -11,8 +11,8 @@ import pytest
 from test_server import _misbehave, _run
 
 from asr.decoding.registry import BIASING_STREAMING_SEARCHERS
+from asr.serve.client import build_parser, stream_samples
 from asr.serve.client import main as client_main
-from asr.serve.client import stream_samples
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +128,17 @@ def test_the_client_refuses_a_boost_every_other_hotwords_score_option_refuses(sc
     assert exit_info.value.code == 2
     assert ("argument --hotwords-score: a per-token boost must be in [-100, 100], "
             f"got {score!r}") in capsys.readouterr().err
+
+
+def test_the_client_help_names_every_server_that_biases(monkeypatch):
+    """``--hotwords`` said the server must run ``asr serve --searcher transducer_beam``: not
+    ``tdt_beam`` or ``ctc_prefix_beam``, and untrue with ``--engine sherpa-onnx``, which
+    ignores ``--searcher`` (greedy search) and refuses hotwords."""
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per option: no word is wrapped apart
+    help_text = build_parser().format_help()
+    line = next(line for line in help_text.splitlines() if line.lstrip().startswith("--hotwords "))
+    assert all(name in line for name in BIASING_STREAMING_SEARCHERS)
+    assert "--engine sherpa-onnx searches greedily and refuses hotwords" in line
 
 
 def test_hotwords_to_a_server_that_cannot_bias(server, wait_until):
