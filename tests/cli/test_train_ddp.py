@@ -30,6 +30,18 @@ def _env() -> dict[str, str]:
                 PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
 
 
+#: The line that each process of ``asr train`` logs once its process group is up
+#: (:func:`asr.train.distributed.setup_distributed`): ``up`` of :func:`run_torchrun`.
+TRAIN_UP = "initialised gloo process group: rank {rank} of 2"
+
+
+def _train_two(main: list[str], exp_dir: Path, *overrides: str) -> None:
+    """``main`` (``asr train``'s command) in 2 processes into ``exp_dir``, made anew for each
+    attempt: a retried launch cannot resume from the failed attempt's checkpoints."""
+    run_torchrun([*main, "--exp-dir", str(exp_dir), *overrides], nproc=2, env=_env(),
+                 timeout=300, fresh=exp_dir, up=TRAIN_UP)
+
+
 def _deterministic_experiment(root):
     cfg = tiny_experiment(root, max_steps=1, dev_wer=False)
     cfg["data"]["spec_augment"] = {"enabled": False}
@@ -43,7 +55,7 @@ def test_two_process_asr_train_equals_one_process_accumulating_two_batches(tmp_p
     config = write_yaml(_deterministic_experiment(tiny_corpus), tmp_path / "ddp.yaml")
     env = _env()
     main = ["-m", "asr.cli.main", "train", "--config", str(config), "--num-threads", "1"]
-    run_torchrun([*main, "--exp-dir", str(tmp_path / "two")], nproc=2, env=env, timeout=300)
+    _train_two(main, tmp_path / "two")
     subprocess.run([sys.executable, *main, "--exp-dir", str(tmp_path / "one"),
                     "--set", "train.accum_grad=2"], env=env, check=True, capture_output=True,
                    timeout=300)
@@ -66,8 +78,7 @@ def test_two_processes_accumulating_equal_one_process_accumulating_twice_as_many
     config = write_yaml(_deterministic_experiment(tiny_corpus), tmp_path / "ddp.yaml")
     env = _env()
     main = ["-m", "asr.cli.main", "train", "--config", str(config), "--num-threads", "1"]
-    run_torchrun([*main, "--exp-dir", str(tmp_path / "two"), "--set", "train.accum_grad=2"],
-                 nproc=2, env=env, timeout=300)
+    _train_two(main, tmp_path / "two", "--set", "train.accum_grad=2")
     subprocess.run([sys.executable, *main, "--exp-dir", str(tmp_path / "one"),
                     "--set", "train.accum_grad=4"], env=env, check=True, capture_output=True,
                    timeout=300)
