@@ -1,5 +1,5 @@
 """The torchrun test helper reports a failure with the processes' output and retries only a
-socket set-up failure, once.
+socket set-up failure (before any process's group was up), once.
 
 The retry rule is the helper's own: its tests run the script under a stand-in launcher that
 takes torchrun's arguments and runs the script in one plain process (a torchrun start imports
@@ -14,26 +14,41 @@ import sys
 
 import pytest
 import torchrun_helpers
-from torchrun_helpers import run_scripts, run_torchrun
+from torchrun_helpers import UP_LINE, run_scripts, run_torchrun
 
+#: Counts its runs in COUNT_DIR; fails with MESSAGE in the first FAIL_UNTIL of them, after its
+#: up line with UP_FIRST (its process group was up), and prints its up line when it passes
+#: (none with NO_UP). Each run finds FRESH empty, and leaves a file there.
 SCRIPT = r'''
 import os, sys
-count = os.path.join(os.environ["OUT_DIR"], "attempts")
+sys.path.insert(0, os.environ["HELPERS_DIR"])
+from torchrun_helpers import report_up
+count = os.path.join(os.environ["COUNT_DIR"], "attempts")
 n = int(open(count).read()) + 1 if os.path.exists(count) else 1
 open(count, "w").write(str(n))
-fail_until = int(os.environ["FAIL_UNTIL"])
-if n <= fail_until:
+if os.listdir(os.environ["FRESH"]):
+    sys.exit(f"FRESH holds {os.listdir(os.environ['FRESH'])}")
+open(os.path.join(os.environ["FRESH"], f"attempt{n}"), "w").close()
+if n <= int(os.environ["FAIL_UNTIL"]):
+    if os.environ.get("UP_FIRST"):
+        report_up(0)
     sys.stderr.write(os.environ["MESSAGE"] + "\n")
     sys.exit(1)
+if not os.environ.get("NO_UP"):
+    report_up(0)
 '''
 
 
-def _run(tmp_path, fail_until: int, message: str):
+def _run(tmp_path, fail_until: int, message: str, up: str | None = UP_LINE, **env: str):
+    """Runs :data:`SCRIPT` in one process; its number of runs is left in ``_run.attempts``."""
     script = tmp_path / "script.py"
     script.write_text(SCRIPT)
-    env = dict(os.environ, OUT_DIR=str(tmp_path), FAIL_UNTIL=str(fail_until), MESSAGE=message)
+    env = dict(os.environ, COUNT_DIR=str(tmp_path), FRESH=str(tmp_path / "fresh"),
+               HELPERS_DIR=os.path.dirname(torchrun_helpers.__file__),
+               FAIL_UNTIL=str(fail_until), MESSAGE=message, **env)
     try:
-        return run_torchrun([str(script)], nproc=1, env=env, timeout=120)
+        return run_torchrun([str(script)], nproc=1, env=env, timeout=120,
+                            fresh=tmp_path / "fresh", up=up)
     finally:
         _run.attempts = int((tmp_path / "attempts").read_text())
 
@@ -51,14 +66,38 @@ def plain_launcher(monkeypatch):
 
 
 def test_a_socket_setup_failure_is_run_once_more(tmp_path, plain_launcher):
+    """Before the group was up; the retry finds the fresh folder empty (the script checks)."""
     _run(tmp_path, 1, "RuntimeError: Gloo connectFullMesh failed with Connect timeout")
     assert _run.attempts == 2
+    assert os.listdir(tmp_path / "fresh") == ["attempt2"]
 
 
 def test_a_socket_setup_failure_twice_fails_with_the_output(tmp_path, plain_launcher):
     with pytest.raises(AssertionError, match="Connection reset by peer"):
         _run(tmp_path, 2, "Connection reset by peer")
     assert _run.attempts == 2
+
+
+def test_a_socket_error_after_the_group_was_up_fails_at_once(tmp_path, plain_launcher):
+    """A rank that fails inside a collective leaves its peers "Connection closed by peer": once
+    a process's group was up, the error is the code's, and a retry that passed hid it."""
+    with pytest.raises(AssertionError, match="Connection closed by peer"):
+        _run(tmp_path, 1, "Connection closed by peer", UP_FIRST="1")
+    assert _run.attempts == 1
+
+
+def test_without_an_up_line_no_failure_is_retried(tmp_path, plain_launcher):
+    """Nothing tells a set-up failure from a later one: the socket error fails the test."""
+    with pytest.raises(AssertionError, match="Connection reset by peer"):
+        _run(tmp_path, 1, "Connection reset by peer", up=None)
+    assert _run.attempts == 1
+
+
+def test_a_run_that_passes_without_its_up_line_is_refused(tmp_path, plain_launcher):
+    """An up line that the processes never print (a script without :func:`report_up`, a log
+    line that changed) would make every socket error look like a set-up failure."""
+    with pytest.raises(RuntimeError, match=r"ranks \[0\] never printed their line"):
+        _run(tmp_path, 0, "", NO_UP="1")
 
 
 def test_any_other_failure_fails_at_once_with_the_output(tmp_path):
@@ -68,14 +107,20 @@ def test_any_other_failure_fails_at_once_with_the_output(tmp_path):
 
 
 #: A driver of :func:`torchrun_helpers.run_scripts` for one process (rank 0): notes each launch
-#: (its root folder) in LAUNCHES and, with FAIL_AT_EXIT, fails after its last script.
+#: (its root folder) in LAUNCHES; with SETUP_FAILS (a file that it makes), its first launch
+#: fails as a socket set-up does, before its up line; with FAIL_AT_EXIT, it fails after its
+#: last script.
 DRIVER = r'''
 import json, os, runpy, sys
 sys.path.insert(0, os.environ["HELPERS_DIR"])
-from torchrun_helpers import SCRIPTS_ENV, done_marker
+from torchrun_helpers import SCRIPTS_ENV, done_marker, report_up
 root = os.environ["OUT_DIR"]
 with open(os.environ["LAUNCHES"], "a") as f:
     f.write(os.path.basename(root) + "\n")
+if os.environ.get("SETUP_FAILS") and not os.path.exists(os.environ["SETUP_FAILS"]):
+    open(os.environ["SETUP_FAILS"], "w").close()
+    sys.exit("RuntimeError: Gloo connectFullMesh failed with Connection refused")
+report_up(0)
 for name, path in json.loads(os.environ[SCRIPTS_ENV]).items():
     os.environ["OUT_DIR"] = os.path.join(root, name)
     os.makedirs(os.environ["OUT_DIR"])
@@ -130,19 +175,7 @@ def test_a_failure_after_the_last_script_fails_that_scripts_test(tmp_path, plain
         runs["b"]
 
 
-#: A script that passes on its first run and fails on every later one (its runs counted in
-#: TRIES_DIR, across launches).
-FAILS_WHEN_RUN_AGAIN = r'''
-import os
-tries = os.path.join(os.environ["TRIES_DIR"], "a")
-n = int(open(tries).read()) + 1 if os.path.exists(tries) else 1
-open(tries, "w").write(str(n))
-if n > 1:
-    raise ValueError("a fails when run again")
-open(os.path.join(os.environ["OUT_DIR"], "out"), "w").write("ok")
-'''
-
-#: A script whose first run fails as a socket set-up does (run_torchrun retries it once).
+#: A script whose first run fails with a socket error (after the driver's up line).
 SOCKET_FAILURE_ONCE = r'''
 import os, sys
 tries = os.path.join(os.environ["TRIES_DIR"], "b")
@@ -153,28 +186,37 @@ open(os.path.join(os.environ["OUT_DIR"], "out"), "w").write("ok")
 '''
 
 
-def test_a_retried_launch_starts_from_an_empty_root(tmp_path, plain_launcher):
-    """The launch is retried after a socket set-up failure in script b, and script a, which had
-    passed in the failed attempt, fails in the retry: a's failure is a's. The retry ran in the
-    failed attempt's root, where a's done marker and output stood for it: the failure was put
-    on b and a's test passed on the failed attempt's output."""
+def test_a_socket_error_in_a_script_fails_that_script(tmp_path, plain_launcher):
+    """The driver's group was up: script b's socket error is b's failure, not retried. The
+    launch was retried, and b, passing on its second run, hid it; c runs in a launch of its
+    own."""
     tries = tmp_path / "tries"
     tries.mkdir()
-    runs, launches = _run_scripts(tmp_path, {"a": FAILS_WHEN_RUN_AGAIN, "b": SOCKET_FAILURE_ONCE},
+    runs, launches = _run_scripts(tmp_path, {"a": WRITES, "b": SOCKET_FAILURE_ONCE, "c": WRITES},
                                   TRIES_DIR=str(tries))
-    assert launches == ["run1", "run1", "run2"]
-    assert list(runs.failures) == ["a"]
-    with pytest.raises(pytest.fail.Exception, match="a fails when run again"):
-        runs["a"]
-    assert (runs["b"] / "out").read_text() == "ok"
+    assert launches == ["run1", "run2"] and list(runs.failures) == ["b"]
+    with pytest.raises(pytest.fail.Exception, match="Connection reset by peer"):
+        runs["b"]
+    assert [(runs[n] / "out").read_text() for n in ("a", "c")] == ["ok", "ok"]
+
+
+def test_a_driver_that_fails_setting_up_is_launched_again(tmp_path, plain_launcher):
+    """A socket error before the driver's up line: the launch is retried in the same root (made
+    anew), and every script runs in the retry."""
+    runs, launches = _run_scripts(tmp_path, {"a": WRITES, "b": WRITES},
+                                  SETUP_FAILS=str(tmp_path / "setup-failed"))
+    assert launches == ["run1", "run1"] and runs.failures == {}
+    assert [(runs[n] / "out").read_text() for n in ("a", "b")] == ["ok", "ok"]
 
 
 def test_a_driver_that_writes_no_done_marker_is_refused(tmp_path, plain_launcher):
     """Without its markers a failure could not be told to its script: the helper refuses such a
     driver even when it passes."""
+    driver = ("import os, sys\nsys.path.insert(0, os.environ['HELPERS_DIR'])\n"
+              "from torchrun_helpers import report_up\nreport_up(0)\n")
+    env = dict(os.environ, HELPERS_DIR=os.path.dirname(torchrun_helpers.__file__))
     with pytest.raises(AssertionError, match=r"without writing the done markers of \['a'\]"):
-        run_scripts("pass\n", {"a": WRITES}, tmp_path / "runs", nproc=1, env=dict(os.environ),
-                    timeout=60)
+        run_scripts(driver, {"a": WRITES}, tmp_path / "runs", nproc=1, env=env, timeout=60)
 
 
 def test_a_process_killed_by_a_signal_leaves_its_python_stack(tmp_path, plain_launcher):

@@ -6,8 +6,11 @@ Python's faulthandler on, so a process killed by a signal (a C++ ``std::terminat
 SIGABRT among them) leaves the Python stack of each of its threads in that output. A run that
 fails while gloo or the rendezvous sets up its sockets (a peer resetting a connection, a connect
 timeout, a port taken between its choice and its bind) is retried once: those come from the
-sandbox's network stack, not from the code under test; any other failure, or the same one twice,
-fails the test.
+sandbox's network stack, not from the code under test. Only a failure before any process's
+group was up is such a failure: each process prints a line once its group is up (``up`` of
+:func:`run_torchrun`; :func:`report_up`), and a failure after one did is the code's, whatever
+it printed (a rank that fails inside a collective leaves its peers "Connection closed by
+peer"). Any other failure, or the same one twice, fails the test.
 
 :func:`run_scripts` runs several scripts one after the other in one torchrun (one start of the
 launcher and its processes for all) and gives each its own outcome: a failing script fails its
@@ -42,6 +45,11 @@ SOCKET_SETUP_ERRORS = (
 )
 
 
+#: The line that :func:`report_up` prints: ``up`` of :func:`run_torchrun` for a script that
+#: calls it.
+UP_LINE = "torchrun_helpers: the process group of rank {rank} is up"
+
+
 #: The launcher, ``torchrun --standalone`` of this interpreter; ``--nproc-per-node`` and the
 #: script follow it. The helper's own tests replace it to test the retry rule without torch.
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone")
@@ -74,8 +82,24 @@ def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
             return "", "(no output: the launcher was killed, its workers hold its pipes)"
 
 
+def report_up(rank: int) -> None:
+    """Prints :data:`UP_LINE` for ``rank`` (flushed): a script's line once its process group is
+    up, before it runs anything that a retry could hide."""
+    print(UP_LINE.format(rank=rank), flush=True)
+
+
+def _socket_setup_error(output: str, up: str | None, nproc: int) -> str | None:
+    """The socket error (one of :data:`SOCKET_SETUP_ERRORS`) that a failed run with ``output``
+    met while setting up, or None: none is named, no ``up`` line tells set-up from what came
+    after, or a process printed its ``up`` line (its group was up: the failure is the code's)."""
+    if up is None or any(up.format(rank=rank) in output for rank in range(nproc)):
+        return None
+    return next((e for e in SOCKET_SETUP_ERRORS if e in output), None)
+
+
 def run_torchrun(args: Sequence[str], *, nproc: int, env: Mapping[str, str], timeout: float,
-                 fresh: Path | None = None) -> subprocess.CompletedProcess[str]:
+                 fresh: Path | None = None,
+                 up: str | None = None) -> subprocess.CompletedProcess[str]:
     """Runs ``python -m torch.distributed.run --standalone --nproc-per-node=nproc *args``.
 
     Args:
@@ -85,10 +109,16 @@ def run_torchrun(args: Sequence[str], *, nproc: int, env: Mapping[str, str], tim
         timeout: seconds per attempt; a run past them is stopped (:func:`_stop`) and fails.
         fresh: a folder the processes write to, made anew (empty) before each attempt: a retry
             finds nothing of the failed attempt's output to take for its own.
+        up: the line that each process prints once its process group is up, ``{rank}`` standing
+            for its rank (:data:`UP_LINE` for a script that calls :func:`report_up`); a run that
+            passes must show it for every rank. A socket error before any process printed it is
+            retried once; without ``up`` nothing tells set-up from later, and no run is retried.
 
     Raises:
         AssertionError: a non-zero exit or a run past ``timeout``, with the tail of stdout and
             stderr.
+        RuntimeError: a run that passed without a process's ``up`` line: a retry could not tell
+            set-up from later (not a failure of the code under test).
     """
     command = [*TORCHRUN, f"--nproc-per-node={nproc}", *args]
     for attempt in (1, 2):
@@ -103,10 +133,16 @@ def run_torchrun(args: Sequence[str], *, nproc: int, env: Mapping[str, str], tim
             except subprocess.TimeoutExpired:
                 raise _failure(f"with {nproc} processes ran past {timeout:g} s", args,
                                *_stop(proc)) from None
-        if proc.returncode == 0:
-            return subprocess.CompletedProcess(command, 0, stdout, stderr)
         output = stdout + stderr
-        setup_error = next((e for e in SOCKET_SETUP_ERRORS if e in output), None)
+        if proc.returncode == 0:
+            silent = [r for r in range(nproc) if up is not None
+                      and up.format(rank=r) not in output]
+            if silent:
+                raise RuntimeError(f"torchrun passed, but the processes of ranks {silent} never "
+                                   f"printed their line {up!r}: a failed run's retry could not "
+                                   f"tell its set-up from later: {' '.join(args)}")
+            return subprocess.CompletedProcess(command, 0, stdout, stderr)
+        setup_error = _socket_setup_error(output, up, nproc)
         if setup_error is None or attempt == 2:
             raise _failure(f"with {nproc} processes exited {proc.returncode}", args, stdout,
                            stderr)
@@ -152,7 +188,9 @@ def run_scripts(driver: str, scripts: Mapping[str, str], root: Path, *, nproc: i
     to ``<root>/scripts`` as ``driver.py`` and ``<name>.py``.
 
     The driver reads ``{name: path}`` (JSON, in order) from the environment variable
-    :data:`SCRIPTS_ENV` and its root folder from ``OUT_DIR``; it runs each script with
+    :data:`SCRIPTS_ENV` and its root folder from ``OUT_DIR``; it sets up its process group and
+    calls :func:`report_up` before its first script (a socket error after that line is a
+    script's failure, never retried: :func:`run_torchrun`'s ``up``); it runs each script with
     ``OUT_DIR`` set to ``<OUT_DIR>/<name>`` and, once the script has returned, writes
     :func:`done_marker`. When the torchrun fails, the scripts done in every process passed, the
     first one not done failed (its test alone gets the run's output), and those after it, which
@@ -187,7 +225,8 @@ def run_scripts(driver: str, scripts: Mapping[str, str], root: Path, *, nproc: i
         run_env = dict(env, OUT_DIR=str(out),
                        **{SCRIPTS_ENV: json.dumps({n: str(paths[n]) for n in pending})})
         try:
-            run_torchrun([str(driver_path)], nproc=nproc, env=run_env, timeout=timeout, fresh=out)
+            run_torchrun([str(driver_path)], nproc=nproc, env=run_env, timeout=timeout, fresh=out,
+                         up=UP_LINE)
             failed = None
         except AssertionError as error:  # an exit or a timeout, with the output
             failed = error

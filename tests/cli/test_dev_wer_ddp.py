@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import torch
-from torchrun_helpers import run_torchrun
+from torchrun_helpers import UP_LINE, run_torchrun
 
 import asr.run.train as run_train
 from asr.data.cut_ids import load_eval_cuts
@@ -24,8 +24,10 @@ from asr.experiment import load_trained_model
 from asr.train.distributed import cleanup_distributed, setup_distributed
 from test_dev_wer_ddp import first_two_words
 from asr.process_exit import end_process
+from torchrun_helpers import report_up
 
 info = setup_distributed("cpu")
+report_up(info.rank)
 logging.basicConfig(filename=os.path.join(os.environ["OUT_DIR"], f"rank{info.rank}.log"),
                     level=logging.INFO)
 cfg, tokenizer, model, _ = load_trained_model(os.environ["TRAINED"])
@@ -82,7 +84,7 @@ def test_two_ranks_decode_a_share_each_and_get_the_wer_of_one_process(trained, t
     env = dict(os.environ, TRAINED=str(trained), OUT_DIR=str(tmp_path), OMP_NUM_THREADS="1",
                TEST_DIR=str(Path(__file__).parent),
                PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-    run_torchrun([str(script)], nproc=2, env=env, timeout=180)
+    run_torchrun([str(script)], nproc=2, env=env, timeout=180, up=UP_LINE)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["wer"] for r in ranks] == [one, one]
     shares = [r["decoded"] for r in ranks]

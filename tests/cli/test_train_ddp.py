@@ -39,6 +39,19 @@ runpy.run_module("asr.cli.main", run_name="__main__", alter_sys=True)
 """
 
 
+#: The line that each process of ``asr train`` logs once its process group is up
+#: (:func:`asr.train.distributed.setup_distributed`): ``up`` of :func:`run_torchrun`.
+TRAIN_UP = "initialised gloo process group: rank {rank} of 2"
+
+
+def _train_two(main: list[str], exp_dir: Path, *overrides: str,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``main`` (``asr train``'s command) in 2 processes into ``exp_dir``, made anew for each
+    attempt: a retried launch cannot resume from the failed attempt's checkpoints."""
+    return run_torchrun([*main, "--exp-dir", str(exp_dir), *overrides], nproc=2,
+                        env=env or _env(), timeout=300, fresh=exp_dir, up=TRAIN_UP)
+
+
 def _deterministic_experiment(root):
     cfg = tiny_experiment(root, max_steps=1, dev_wer=False)
     cfg["data"]["spec_augment"] = {"enabled": False}
@@ -54,8 +67,8 @@ def test_two_process_asr_train_equals_one_process_accumulating_two_batches(tmp_p
     main = ["-m", "asr.cli.main", "train", "--config", str(config), "--num-threads", "1"]
     launcher = tmp_path / "asr_main.py"
     launcher.write_text(ASR_MAIN)
-    run = run_torchrun([str(launcher), *main[2:], "--exp-dir", str(tmp_path / "two")], nproc=2,
-                       env=dict(env, FINALIZED=str(tmp_path / "finalized")), timeout=300)
+    run = _train_two([str(launcher), *main[2:]], tmp_path / "two",
+                     env=dict(env, FINALIZED=str(tmp_path / "finalized")))
     # each process ended with status 0 after its last log line, without the interpreter's
     # finalization, which torch's gloo threads could abort (asr.process_exit)
     assert run.stderr.count("training stopped at step 1 (0 epochs done)") == 2, run.stderr
@@ -82,8 +95,7 @@ def test_two_processes_accumulating_equal_one_process_accumulating_twice_as_many
     config = write_yaml(_deterministic_experiment(tiny_corpus), tmp_path / "ddp.yaml")
     env = _env()
     main = ["-m", "asr.cli.main", "train", "--config", str(config), "--num-threads", "1"]
-    run_torchrun([*main, "--exp-dir", str(tmp_path / "two"), "--set", "train.accum_grad=2"],
-                 nproc=2, env=env, timeout=300)
+    _train_two(main, tmp_path / "two", "--set", "train.accum_grad=2")
     subprocess.run([sys.executable, *main, "--exp-dir", str(tmp_path / "one"),
                     "--set", "train.accum_grad=4"], env=env, check=True, capture_output=True,
                    timeout=300)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from torchrun_helpers import ScriptRuns, run_scripts, run_torchrun
+from torchrun_helpers import UP_LINE, ScriptRuns, run_scripts, run_torchrun
 
 from asr.checkpoints.io import CheckpointError, list_checkpoints, safe_torch_load
 from asr.train.distributed import DistInfo
@@ -547,12 +547,14 @@ import os, sys, torch
 sys.path[:0] = [os.environ["TEST_DIR"], os.path.dirname(os.environ["TEST_DIR"])]
 from test_trainer import ToyModel, make_batch
 from asr.process_exit import end_process
+from torchrun_helpers import report_up
 from asr.train.distributed import setup_distributed, cleanup_distributed
 from asr.train.optim import OptimConfig, lr_factor
 from asr.train.state import TrainConfig
 from asr.train.trainer import Trainer
 from asr.types import Batch
 info = setup_distributed("cpu")
+report_up(info.rank)
 torch.manual_seed(0)
 model = ToyModel().eval()  # no dropout: the two runs must see identical functions
 full = make_batch(torch.Generator().manual_seed(7), batch_size=4)
@@ -589,7 +591,7 @@ def _run_processes(script: Path, nproc: int, env: dict[str, str]) -> None:
     1: :func:`asr.train.distributed.setup_distributed` makes no process group) without the
     seconds of the launcher's own start."""
     if nproc > 1:
-        run_torchrun([str(script)], nproc=nproc, env=env, timeout=180)
+        run_torchrun([str(script)], nproc=nproc, env=env, timeout=180, up=UP_LINE)
     else:
         subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
                        timeout=180, check=True)
@@ -638,19 +640,21 @@ cleanup_distributed()
 '''
 
 
-#: The driver of :func:`ddp_runs` (:func:`torchrun_helpers.run_scripts`): runs its scripts one
-#: after the other in the same 2 processes and process group (their cleanup_distributed waits for
-#: the last), each with OUT_DIR a folder of its own and torch.distributed's functions as they were
-#: before it (one script counts their calls).
+#: The driver of :func:`ddp_runs` (:func:`torchrun_helpers.run_scripts`): sets up the process
+#: group, then runs its scripts one after the other in the same 2 processes and process group
+#: (their setup_distributed finds it, their cleanup_distributed waits for the last), each with
+#: OUT_DIR a folder of its own and torch.distributed's functions as they were before it (one
+#: script counts their calls).
 DDP_RUNS_SCRIPT = r"""
 import json, os, runpy, sys
 import torch.distributed as dist
 import asr.train.distributed as distributed
 sys.path.insert(0, os.path.dirname(os.environ["TEST_DIR"]))
-from torchrun_helpers import SCRIPTS_ENV, done_marker
+from torchrun_helpers import SCRIPTS_ENV, done_marker, report_up
 from asr.process_exit import end_process
 root, scripts = os.environ["OUT_DIR"], json.loads(os.environ[SCRIPTS_ENV])
-rank = int(os.environ["RANK"])
+rank = distributed.setup_distributed("cpu").rank
+report_up(rank)
 cleanup, distributed.cleanup_distributed = distributed.cleanup_distributed, lambda: None
 for name, path in scripts.items():
     os.environ["OUT_DIR"] = os.path.join(root, name)
