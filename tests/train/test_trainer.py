@@ -806,6 +806,7 @@ WORLD_CHANGE_SCRIPT = r'''
 import json, os, sys, torch
 sys.path[:0] = [os.environ["TEST_DIR"], os.path.dirname(os.environ["TEST_DIR"])]
 from test_trainer import ToyModel, make_batch
+from torchrun_helpers import report_up
 from asr.process_exit import end_process
 from asr.train.distributed import setup_distributed, cleanup_distributed
 from asr.train.optim import OptimConfig
@@ -813,6 +814,7 @@ from asr.train.state import TrainConfig
 from asr.train.trainer import Trainer
 from asr.types import Batch
 info = setup_distributed("cpu")
+report_up(info.rank)
 phase = os.environ["PHASE"]
 
 def stream(epoch):
