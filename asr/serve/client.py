@@ -443,7 +443,8 @@ async def _run_files(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # files between options too (``a.flac --realtime b.flac``), as ``asr transcribe`` takes them
+    args = build_parser().parse_intermixed_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.microphone == bool(args.files):
         print("give audio files or --microphone (not both)", file=sys.stderr)

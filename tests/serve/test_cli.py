@@ -58,3 +58,12 @@ def test_microphone_client_without_sounddevice_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "sounddevice", None)  # import fails as if not installed
     with pytest.raises(RuntimeError, match="pip install sounddevice"):
         asyncio.run(stream_microphone("ws://127.0.0.1:9"))
+
+
+def test_client_takes_files_between_options(capsys):
+    """``python -m asr.serve.client a.flac --realtime b.flac`` refused ``b.flac`` (an
+    unrecognized argument, exit 2); both files are now streamed (here: each fails, named, for
+    want of a server)."""
+    code = client_main(["a.flac", "--server", "ws://127.0.0.1:1", "b.flac", "--timeout", "5"])
+    err = capsys.readouterr().err
+    assert code == 1 and "a.flac: error:" in err and "b.flac: error:" in err
