@@ -177,7 +177,7 @@ def test_an_unexpected_failure_is_one_line(tmp_path):
 
 def test_a_streaming_chunking_the_server_cannot_use(beam_package):
     code, [line] = _asr("serve", "--model", beam_package, "--port", "0", "--chunk-size", "0")
-    assert code == 2 and "chunk_size" in line
+    assert code == 2 and "chunk_size (--chunk-size) must be > 0 encoder frames, got 0" in line
     code, [line] = _asr("serve", "--model", beam_package, "--port", "0", "--engine",
                         "sherpa-onnx", "--left-chunks", "-1")
     assert code == 2 and "the chunking is fixed in the exported graphs" in line
