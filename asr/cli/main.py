@@ -6,13 +6,14 @@ Each subcommand lives in its own module ``asr.cli.<name>`` exposing
 their one-line help, so that ``asr --help`` imports no subcommand and ``asr NAME ...`` imports
 only ``NAME``'s module (and with it only what that subcommand needs).
 
-Every ``--help`` shows each option's default (:class:`HelpFormatter`). A failure ends in one
-``asr NAME: ...`` line on stderr and a non-zero exit status: the subcommands report what a user
-can cause themselves (exit 2 for bad arguments, 1 for failed work); anything else they raise is
-reported here in one line (exit 1; ``--log-level DEBUG`` adds the traceback), and Ctrl-C exits
-with 130. A process that set up a torch process group (``asr train`` under ``torchrun``) ends
-with that status without the interpreter's finalization, its logs and output flushed first
-(:mod:`asr.process_exit`: torch's threads could abort the finalization).
+Every ``--help`` shows each option's default (:class:`HelpFormatter`), and a subcommand takes
+its positional arguments between its options too (:class:`_IntermixedParser`). A failure ends
+in one ``asr NAME: ...`` line on stderr and a non-zero exit status: the subcommands report what
+a user can cause themselves (exit 2 for bad arguments, 1 for failed work); anything else they
+raise is reported here in one line (exit 1; ``--log-level DEBUG`` adds the traceback), and
+Ctrl-C exits with 130. A process that set up a torch process group (``asr train`` under
+``torchrun``) ends with that status without the interpreter's finalization, its logs and output
+flushed first (:mod:`asr.process_exit`: torch's threads could abort the finalization).
 """
 
 from __future__ import annotations
