@@ -67,3 +67,23 @@ def test_client_takes_files_between_options(capsys):
     code = client_main(["a.flac", "--server", "ws://127.0.0.1:1", "b.flac", "--timeout", "5"])
     err = capsys.readouterr().err
     assert code == 1 and "a.flac: error:" in err and "b.flac: error:" in err
+
+
+def test_a_refused_handshake_says_the_servers_reason():
+    """A server at --max-connections answers HTTP 503 "too many connections"; the client said
+    only "server rejected WebSocket connection: HTTP 503"."""
+    from websockets.datastructures import Headers
+    from websockets.exceptions import InvalidStatus
+    from websockets.http11 import Response
+
+    from asr.serve.client import _failure
+
+    full = InvalidStatus(Response(503, "Service Unavailable", Headers(),
+                                  bytearray(b"too many connections\n")))  # as received
+    assert _failure(full, "ws://h:1") == ("server rejected WebSocket connection: HTTP 503: too "
+                                          "many connections (asr serve --max-connections)")
+    closing = InvalidStatus(Response(503, "Service Unavailable", Headers(), b"server is shutting "
+                                                                            b"down\n"))
+    assert _failure(closing, "ws://h:1").endswith("HTTP 503: server is shutting down")
+    bare = InvalidStatus(Response(403, "Forbidden", Headers(), b""))
+    assert _failure(bare, "ws://h:1") == "server rejected WebSocket connection: HTTP 403"
