@@ -13,7 +13,8 @@ import argparse
 
 __all__ = [
     "DEFAULT_MAX_LEFT_SECONDS", "DEFAULT_OVERLAP_SECONDS", "DEFAULT_WINDOW_SECONDS", "LOG_FORMAT",
-    "MAX_HOTWORD_SCORE", "METADATA_FILE", "hotword_score", "hotword_score_problem",
+    "EXPORT_REPORT_FILE", "MAX_HOTWORD_SCORE", "METADATA_FILE", "hotword_score",
+    "hotword_score_problem",
 ]
 
 #: The format of every log line of the ``asr`` command (``logging.basicConfig``) and of the
@@ -23,6 +24,10 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: The file every model package holds (:mod:`asr.package`): its provenance, default searcher and
 #: the sha256 of each file; a directory holding it is a package, not an experiment.
 METADATA_FILE = "metadata.json"
+
+#: The file every ``asr export-onnx`` directory holds (:mod:`asr.export.sherpa`): what was
+#: exported and the front end it expects; a directory holding it is an export, not a package.
+EXPORT_REPORT_FILE = "export.json"
 
 #: Default length (seconds) of the windows the offline transcriber decodes long inputs in
 #: (``Transcriber.transcribe(window_seconds=)``, ``asr transcribe --window-seconds``).

@@ -65,7 +65,7 @@ from asr.checkpoints.selection import (
     use_planned_weights,
 )
 from asr.config import ConfigError, load_config, save_config
-from asr.constants import METADATA_FILE
+from asr.constants import EXPORT_REPORT_FILE, METADATA_FILE
 from asr.decoding.config import override_search
 from asr.decoding.lm import check_lm_file
 from asr.decoding.registry import build_searcher, searcher_for, select_searcher
@@ -321,7 +321,8 @@ def _export_hint(exp_dir: Path, weights: str) -> str:
 
 def _check_is_package(directory: Path) -> None:
     """Says what ``directory`` is when it is not a package: a checkpoint or weights file, an
-    experiment directory (and where its package is), or nothing at all."""
+    ``asr export-onnx`` directory (and what takes it), an experiment directory (and where its
+    package is), or nothing at all."""
     if not directory.exists():
         raise PackageError(f"{directory}: no such model package directory")
     if directory.is_file():
@@ -334,6 +335,13 @@ def _check_is_package(directory: Path) -> None:
         raise PackageError(f"{directory} is a file, not a model package directory")
     if (directory / METADATA_FILE).exists():
         return
+    if (directory / EXPORT_REPORT_FILE).is_file():
+        raise PackageError(
+            f"{directory} is an asr export-onnx directory (ONNX graphs for sherpa-onnx), not a "
+            f"model package: serve it with asr serve --engine sherpa-onnx --model {directory}, "
+            f"decode test sets with asr decode-onnx --onnx-dir {directory}; asr transcribe and "
+            f"the Python API need the package it was exported from"
+        )
     experiment = (directory / CONFIG_FILE).is_file() and (
         any(directory.glob("checkpoint-*.pt")) or any(directory.glob("epoch-*.pt"))
     )

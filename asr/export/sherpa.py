@@ -71,6 +71,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from asr.constants import EXPORT_REPORT_FILE
 from asr.encoders import encoder_class
 from asr.encoders.chunked import ChunkedEncoder
 from asr.export.graphs import (
@@ -150,7 +151,7 @@ LAYOUT_KINDS = ("rnnt", "tdt", "ctc")
 _TOKENS = "tokens.txt"
 #: sherpa-onnx's hotwords encoder reads it (``modeling_unit="bpe"``, ``bpe_vocab=``).
 BPE_VOCAB = "bpe.vocab"
-_REPORT = "export.json"
+_REPORT = EXPORT_REPORT_FILE
 
 
 class OnnxExportError(ValueError):

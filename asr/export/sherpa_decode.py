@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from asr.constants import EXPORT_REPORT_FILE, METADATA_FILE
 from asr.data.dataset import DataError
 from asr.data.filtering import (
     check_cut_audio,
@@ -224,7 +225,7 @@ def load_recognizer(
     import sherpa_onnx
 
     onnx_dir = Path(onnx_dir)
-    report = _read_report(onnx_dir / "export.json")
+    report = _read_report(onnx_dir / EXPORT_REPORT_FILE)
     suffix = ".int8.onnx" if int8 else ".onnx"
     layout = report["layout"]
     if layout == "ctc" and decoding_method != "greedy_search":
@@ -351,7 +352,15 @@ def _read_report(path: Path) -> dict:
         ValueError: for one that is no JSON object or lacks a field, naming the file and field.
     """
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not an asr export-onnx directory")
+        directory = path.parent
+        if (directory / METADATA_FILE).is_file():  # the package the graphs are exported from
+            raise FileNotFoundError(
+                f"{directory} is a model package (asr export-package), not an asr export-onnx "
+                f"directory: export its graphs with asr export-onnx --model {directory} "
+                f"--output-dir DIR (--streaming for asr serve --engine sherpa-onnx), or decode "
+                f"the package itself with asr transcribe / asr serve (engine pytorch)"
+            )
+        raise FileNotFoundError(f"{path}: missing: not an asr export-onnx directory")
     report = read_json_object(path)
     if report.get("layout") not in _LAYOUTS:
         raise ValueError(f"{path}: layout {report.get('layout')!r} is none of {list(_LAYOUTS)}")

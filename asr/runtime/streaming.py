@@ -189,6 +189,9 @@ class StreamingRecognizer:
         self.endpoint = endpoint or EndpointConfig()
         self.chunk_size = _whole(runtime.chunk_size if chunk_size is None else chunk_size,
                                  "chunk_size (--chunk-size)")
+        if chunk_size is not None and self.chunk_size < 1:  # the encoder's words name no option
+            raise ValueError(f"chunk_size (--chunk-size) must be > 0 encoder frames, got "
+                             f"{self.chunk_size}")
         self.left_chunks = _whole(runtime.left_chunks if left_chunks is None else left_chunks,
                                   "left_chunks (--left-chunks)")
         self.searcher = runtime.build_streaming_searcher(searcher)

@@ -408,9 +408,17 @@ def build_parser() -> argparse.ArgumentParser:
 def _failure(err: Exception, server: str) -> str:
     """The command line's words for a stream that raised ``err``: a refused connection says
     where it tried and that a server may not be running there (the system's own words name
-    only an address, "[Errno 111] Connect call failed ('127.0.0.1', 6006)")."""
+    only an address, "[Errno 111] Connect call failed ('127.0.0.1', 6006)"), and a refused
+    handshake says the server's reason, from the response body ("HTTP 503" alone did not say
+    whether the server was full or shutting down)."""
     if isinstance(err, ConnectionRefusedError):
         return f"cannot connect to {server}: {err} (is `asr serve` running there?)"
+    response = getattr(err, "response", None)  # websockets' InvalidStatus: the HTTP response
+    body = getattr(response, "body", None)
+    if isinstance(body, (bytes, bytearray)) and body.strip():  # a bytearray as received
+        reason = one_line(body.decode("utf-8", "replace").strip())
+        hint = (" (asr serve --max-connections)" if reason == "too many connections" else "")
+        return f"{err}: {reason}{hint}"
     return str(err)
 
 
@@ -445,7 +453,8 @@ async def _run_files(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # files between options too (``a.flac --realtime b.flac``), as ``asr transcribe`` takes them
+    args = build_parser().parse_intermixed_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.microphone == bool(args.files):
         print("give audio files or --microphone (not both)", file=sys.stderr)

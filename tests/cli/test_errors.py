@@ -177,7 +177,7 @@ def test_an_unexpected_failure_is_one_line(tmp_path):
 
 def test_a_streaming_chunking_the_server_cannot_use(beam_package):
     code, [line] = _asr("serve", "--model", beam_package, "--port", "0", "--chunk-size", "0")
-    assert code == 2 and "chunk_size" in line
+    assert code == 2 and "chunk_size (--chunk-size) must be > 0 encoder frames, got 0" in line
     code, [line] = _asr("serve", "--model", beam_package, "--port", "0", "--engine",
                         "sherpa-onnx", "--left-chunks", "-1")
     assert code == 2 and "the chunking is fixed in the exported graphs" in line
@@ -452,3 +452,33 @@ def test_a_tag_that_is_a_path_or_holds_control_characters_is_refused(command, ta
         main([*command, tag])
     assert exit_info.value.code == 2
     assert f"--tag: {tag!r} is not a tag (part of a file name" in capsys.readouterr().err
+
+
+def test_an_onnx_export_is_not_a_package_and_says_what_takes_it(wav, tmp_path):
+    """An ``asr export-onnx`` directory given as a package said only 'metadata.json: missing
+    package file'; it now says what it is and which commands take it."""
+    export = tmp_path / "onnx-stream"
+    export.mkdir()
+    (export / "export.json").write_text("{}", encoding="utf-8")
+    code, [line] = _asr("transcribe", wav, "--model", export)
+    assert code == 2
+    assert f"{export} is an asr export-onnx directory (ONNX graphs for sherpa-onnx), not a " \
+           "model package" in line
+    assert f"asr serve --engine sherpa-onnx --model {export}" in line
+    assert f"asr decode-onnx --onnx-dir {export}" in line
+    code, [line] = _asr("serve", "--model", export, "--port", "0")
+    assert code == 2 and "is an asr export-onnx directory" in line
+
+
+def test_a_package_is_not_an_onnx_export_and_says_how_to_export_it(tmp_path):
+    """A model package given to the sherpa-onnx paths said only 'export.json: not an asr
+    export-onnx directory'; it now says it is a package and how to export its graphs."""
+    package = tmp_path / "package"
+    package.mkdir()
+    (package / "metadata.json").write_text("{}", encoding="utf-8")
+    expected = (f"{package} is a model package (asr export-package), not an asr export-onnx "
+                f"directory: export its graphs with asr export-onnx --model {package}")
+    code, [line] = _asr("serve", "--engine", "sherpa-onnx", "--model", package, "--port", "0")
+    assert code == 2 and expected in line and "--streaming" in line
+    code, [line] = _asr("decode-onnx", "--onnx-dir", package, "--manifest-dir", tmp_path)
+    assert code == 2 and expected in line

@@ -80,6 +80,22 @@ def test_log_level_is_accepted_after_the_subcommand(tmp_path):
     assert main(["wer", str(ref), str(hyp), "--log-level", "DEBUG"]) == 0
 
 
+def test_files_are_taken_between_options():
+    """``asr transcribe --model PKG a.wav --format json b.wav`` refused ``b.wav`` as an
+    unrecognized argument; the files between options are all taken, in order, while nested steps
+    (``asr prepare manifests``) and unknown options parse as before."""
+    args = build_parser("transcribe").parse_args(
+        ["transcribe", "--model", "pkg", "a.wav", "--format", "json", "b.wav", "--streaming",
+         "-", "--log-level", "ERROR", "c.wav"])
+    assert args.files == ["a.wav", "b.wav", "-", "c.wav"]
+    assert (args.format, args.streaming, args.log_level) == ("json", True, "ERROR")
+    args = build_parser("prepare").parse_args(
+        ["prepare", "manifests", "--corpus-dir", "c", "--parts", "dev-clean"])
+    assert (args.prepare_command, args.parts) == ("manifests", ["dev-clean"])
+    with pytest.raises(SystemExit):
+        build_parser("transcribe").parse_args(["transcribe", "--model", "p", "a.wav", "--bogus"])
+
+
 def _subcommand_parsers():
     from asr.cli.main import SUBCOMMANDS, build_parser
 

@@ -666,7 +666,8 @@ def test_streaming_chunking_options_reach_the_recognizer(tiny, audio_dir, capsys
 
 @pytest.mark.parametrize("options, message", [
     (["--chunk-size", "2"], "add --streaming"),
-    (["--streaming", "--chunk-size", "0"], "chunk_size"),
+    (["--streaming", "--chunk-size", "0"], "chunk_size (--chunk-size) must be > 0 encoder frames, "
+                                           "got 0"),
     (["--max-left-seconds", "5"], "add --streaming"),
     (["--streaming", "--max-left-seconds", "0"], "--max-left-seconds) must be a positive"),
     (["--streaming", "--left-chunks", "-1", "--max-left-seconds", "nan"],

@@ -58,3 +58,32 @@ def test_microphone_client_without_sounddevice_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "sounddevice", None)  # import fails as if not installed
     with pytest.raises(RuntimeError, match="pip install sounddevice"):
         asyncio.run(stream_microphone("ws://127.0.0.1:9"))
+
+
+def test_client_takes_files_between_options(capsys):
+    """``python -m asr.serve.client a.flac --realtime b.flac`` refused ``b.flac`` (an
+    unrecognized argument, exit 2); both files are now streamed (here: each fails, named, for
+    want of a server)."""
+    code = client_main(["a.flac", "--server", "ws://127.0.0.1:1", "b.flac", "--timeout", "5"])
+    err = capsys.readouterr().err
+    assert code == 1 and "a.flac: error:" in err and "b.flac: error:" in err
+
+
+def test_a_refused_handshake_says_the_servers_reason():
+    """A server at --max-connections answers HTTP 503 "too many connections"; the client said
+    only "server rejected WebSocket connection: HTTP 503"."""
+    from websockets.datastructures import Headers
+    from websockets.exceptions import InvalidStatus
+    from websockets.http11 import Response
+
+    from asr.serve.client import _failure
+
+    full = InvalidStatus(Response(503, "Service Unavailable", Headers(),
+                                  bytearray(b"too many connections\n")))  # as received
+    assert _failure(full, "ws://h:1") == ("server rejected WebSocket connection: HTTP 503: too "
+                                          "many connections (asr serve --max-connections)")
+    closing = InvalidStatus(Response(503, "Service Unavailable", Headers(), b"server is shutting "
+                                                                            b"down\n"))
+    assert _failure(closing, "ws://h:1").endswith("HTTP 503: server is shutting down")
+    bare = InvalidStatus(Response(403, "Forbidden", Headers(), b""))
+    assert _failure(bare, "ws://h:1") == "server rejected WebSocket connection: HTTP 403"
