@@ -175,7 +175,30 @@ def epoch_checkpoints(exp_dir: str | Path, epoch: int, avg: int) -> list[Path]:
     """
     if avg < 1:
         raise ValueError(f"avg must be >= 1, got {avg}")
-    paths = [epoch_checkpoint_path(exp_dir, e) for e in range(epoch - avg + 1, epoch + 1)]
+    return _existing_epoch_checkpoints(exp_dir, range(epoch - avg + 1, epoch + 1))
+
+
+def averaged_model_checkpoints(exp_dir: str | Path, epoch: int, avg: int) -> list[Path]:
+    """The epoch checkpoints :func:`averaged_model_between` reads: ``epoch-(epoch-avg).pt``
+    (none for ``avg == epoch``: the average starts at the training's start) and
+    ``epoch-epoch.pt``, oldest first.
+
+    Raises:
+        ValueError: unless ``1 <= avg <= epoch``.
+        FileNotFoundError: naming every missing one and the epochs that do exist.
+    """
+    if avg < 1 or avg > epoch:
+        raise ValueError(f"need 1 <= avg <= epoch, got epoch={epoch} avg={avg}")
+    return _existing_epoch_checkpoints(exp_dir, [e for e in (epoch - avg, epoch) if e > 0])
+
+
+def _existing_epoch_checkpoints(exp_dir: str | Path, epochs: Iterable[int]) -> list[Path]:
+    """``epoch-N.pt`` of each of ``epochs`` in ``exp_dir``.
+
+    Raises:
+        FileNotFoundError: naming every missing one and the epochs that do exist.
+    """
+    paths = [epoch_checkpoint_path(exp_dir, e) for e in epochs]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(

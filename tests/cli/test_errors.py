@@ -271,6 +271,27 @@ def test_exp_dir_that_is_not_an_experiment(beam_package, tmp_path):
     assert not (tmp_path / "pkg").exists()
 
 
+def test_use_averaged_model_names_a_missing_epoch_checkpoint(trained, tmp_path):
+    """--epoch past the last trained epoch with --use-averaged-model (run.sh's default) was
+    taken for checkpoints a running training deleted: chosen again 3 times, then "deleted
+    before they were read ... wait for it to end", for a training long over. Both epochs read
+    (the end and the one before the averaged ones) are named, with the epochs there."""
+    lone = tmp_path / "lone"  # epoch 2 without epoch 1, which --epoch 2 --avg 1 starts from
+    lone.mkdir()
+    for name in ("config.yaml", "epoch-2.pt"):
+        shutil.copy(trained / name, lone / name)
+    for exp, epoch, missing, found in ((trained, "3", "epoch-3.pt", "[1, 2]"),
+                                       (lone, "2", "epoch-1.pt", "[2]")):
+        for command in (["average"], ["decode", "--searcher", "greedy"],
+                        ["export-package", "--output-dir", tmp_path / "pkg"]):
+            code, [line] = _asr(*command, "--exp-dir", exp, "--epoch", epoch, "--avg", "1",
+                                "--use-averaged-model")
+            assert code == 2, line
+            assert f"missing epoch checkpoints: {exp / missing} (found epochs {found})" in line
+            assert "deleted" not in line
+    assert not (tmp_path / "pkg").exists() and not list(trained.glob("averaged-epoch-3-*"))
+
+
 def test_prepare_and_shar_options_out_of_range(tmp_path):
     """--num-jobs 0 failed inside lhotse (an AssertionError or ValueError, exit 1), and
     --perturb-parts without --speed-perturb exited without an ERROR line."""
