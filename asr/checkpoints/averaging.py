@@ -257,8 +257,14 @@ def averaged_model_between(
                              f"{difference}")
     n_start = start[1] if start else 0
     if n_end <= n_start:
+        # _running_average checked both: the period is an int >= 1, the step count there
+        period, end_step = end_checkpoint["averager"]["period"], end_checkpoint["progress"]["step"]
         raise ValueError(
-            f"no running-average samples between epoch {epoch - avg} and {epoch} in {exp_dir}"
+            f"no running-average samples between epoch {epoch - avg} and {epoch} in {exp_dir}: "
+            f"the model is sampled every train.average_period={period} steps and epoch {epoch} "
+            f"ends at step {end_step} ({n_end} samples; {n_start} by epoch {epoch - avg}): "
+            "average the epochs' own weights instead (without --use-averaged-model; run.sh "
+            "--use-averaged-model false), or train with a smaller train.average_period"
         )
     out = {}
     for name, value in model_end.items():
