@@ -120,9 +120,10 @@ def relative_path_advice(exp_dir: str | Path, key: str, value: str | Path, fix: 
 
     Returns:
         ``" (...)"`` naming both directories and ``fix`` (the option that gives another path),
-        to append to the error; ``""`` for an absolute ``value``.
+        to append to the error; ``""`` for an absolute ``value`` or one that is there (what is
+        missing is inside it).
     """
-    if Path(value).is_absolute():
+    if Path(value).is_absolute() or Path(value).exists():
         return ""
     return (f" ({key} {value} of {exp_dir} is relative to the directory `asr train` ran in, "
             f"and was looked for in the current directory {Path.cwd()}: run from the training's "

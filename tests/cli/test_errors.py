@@ -319,6 +319,11 @@ def test_a_relative_path_of_the_experiment_not_found_here_says_what_to_do(traine
     assert line.endswith("or pass --manifest-dir DIR)"), line
     code, [line] = _asr(*decode, "--set", "tokenizer_dir=lang_char", "--manifest-dir", "mine")
     assert code == 2 and "cut manifest mine/" in line and "asr train` ran in" not in line, line
+    # the directory is here, a part is not: no advice to run elsewhere
+    code, [line] = _asr(*decode, "--set", "tokenizer_dir=lang_char", "data.manifest_dir=fbank",
+                        "--parts", "nonesuch")
+    assert code == 2 and "cut manifest fbank/librispeech_cuts_nonesuch" in line, line
+    assert "asr train` ran in" not in line, line
 
 
 def test_prepare_and_shar_options_out_of_range(tmp_path):
