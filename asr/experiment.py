@@ -40,6 +40,7 @@ __all__ = [
     "check_checkpoint_vocabulary",
     "load_experiment_config",
     "load_trained_model",
+    "relative_path_advice",
     "save_experiment_weights",
 ]
 
@@ -112,6 +113,23 @@ def load_experiment_config(
     return load_config(ExperimentConfig, path, overrides)
 
 
+def relative_path_advice(exp_dir: str | Path, key: str, value: str | Path, fix: str) -> str:
+    """What to do when the path ``value`` of the experiment's ``key`` is not found: a relative
+    one (what the recipe scripts train with, e.g. ``tokenizer_dir: data/lang_bpe_500``) is
+    relative to the directory ``asr train`` ran in, and is read from the current directory.
+
+    Returns:
+        ``" (...)"`` naming both directories and ``fix`` (the option that gives another path),
+        to append to the error; ``""`` for an absolute ``value`` or one that is there (what is
+        missing is inside it).
+    """
+    if Path(value).is_absolute() or Path(value).exists():
+        return ""
+    return (f" ({key} {value} of {exp_dir} is relative to the directory `asr train` ran in, "
+            f"and was looked for in the current directory {Path.cwd()}: run from the training's "
+            f"directory (a recipe's --work-dir), or pass {fix})")
+
+
 def save_experiment_weights(exp_dir: str | Path, state_dict: dict, output: str | Path,
                             tag: str) -> Path:
     """Writes ``state_dict`` as safetensors, each tensor in its own dtype (averages come in
@@ -154,7 +172,12 @@ def load_trained_model(
     """
     weights = select_weights(exp_dir, selection or WeightSelection())
     cfg = load_experiment_config(exp_dir, overrides, weights.checkpoint)
-    tokenizer = load_tokenizer(cfg.tokenizer_dir)
+    try:
+        tokenizer = load_tokenizer(cfg.tokenizer_dir)
+    except FileNotFoundError as err:
+        advice = relative_path_advice(exp_dir, "tokenizer_dir", cfg.tokenizer_dir,
+                                      "--set tokenizer_dir=DIR")
+        raise FileNotFoundError(f"{err}{advice}") from err
     check_checkpoint_vocabulary(weights.checkpoint, tokenizer, cfg.tokenizer_dir,
                                 weights.sources[-1])
     model = build_model(cfg, tokenizer.vocab_size)

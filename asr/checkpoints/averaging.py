@@ -175,7 +175,30 @@ def epoch_checkpoints(exp_dir: str | Path, epoch: int, avg: int) -> list[Path]:
     """
     if avg < 1:
         raise ValueError(f"avg must be >= 1, got {avg}")
-    paths = [epoch_checkpoint_path(exp_dir, e) for e in range(epoch - avg + 1, epoch + 1)]
+    return _existing_epoch_checkpoints(exp_dir, range(epoch - avg + 1, epoch + 1))
+
+
+def averaged_model_checkpoints(exp_dir: str | Path, epoch: int, avg: int) -> list[Path]:
+    """The epoch checkpoints :func:`averaged_model_between` reads: ``epoch-(epoch-avg).pt``
+    (none for ``avg == epoch``: the average starts at the training's start) and
+    ``epoch-epoch.pt``, oldest first.
+
+    Raises:
+        ValueError: unless ``1 <= avg <= epoch``.
+        FileNotFoundError: naming every missing one and the epochs that do exist.
+    """
+    if avg < 1 or avg > epoch:
+        raise ValueError(f"need 1 <= avg <= epoch, got epoch={epoch} avg={avg}")
+    return _existing_epoch_checkpoints(exp_dir, [e for e in (epoch - avg, epoch) if e > 0])
+
+
+def _existing_epoch_checkpoints(exp_dir: str | Path, epochs: Iterable[int]) -> list[Path]:
+    """``epoch-N.pt`` of each of ``epochs`` in ``exp_dir``.
+
+    Raises:
+        FileNotFoundError: naming every missing one and the epochs that do exist.
+    """
+    paths = [epoch_checkpoint_path(exp_dir, e) for e in epochs]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(
@@ -234,8 +257,14 @@ def averaged_model_between(
                              f"{difference}")
     n_start = start[1] if start else 0
     if n_end <= n_start:
+        # _running_average checked both: the period is an int >= 1, the step count there
+        period, end_step = end_checkpoint["averager"]["period"], end_checkpoint["progress"]["step"]
         raise ValueError(
-            f"no running-average samples between epoch {epoch - avg} and {epoch} in {exp_dir}"
+            f"no running-average samples between epoch {epoch - avg} and {epoch} in {exp_dir}: "
+            f"the model is sampled every train.average_period={period} steps and epoch {epoch} "
+            f"ends at step {end_step} ({n_end} samples; {n_start} by epoch {epoch - avg}): "
+            "average the epochs' own weights instead (without --use-averaged-model; run.sh "
+            "--use-averaged-model false), or train with a smaller train.average_period"
         )
     out = {}
     for name, value in model_end.items():

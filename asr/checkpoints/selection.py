@@ -32,12 +32,12 @@ import torch
 from asr.checkpoints.averaging import (
     average_state_dicts,
     averaged_model_between,
+    averaged_model_checkpoints,
     epoch_checkpoints,
     last_step_checkpoints,
 )
 from asr.checkpoints.io import (
     CheckpointError,
-    epoch_checkpoint_path,
     latest_checkpoint,
     read_model_weights,
 )
@@ -133,7 +133,9 @@ def plan_weights(exp_dir: str | Path, selection: WeightSelection) -> PlannedWeig
     """The files ``selection`` names in ``exp_dir`` and their tag, from the listing alone.
 
     Raises:
-        FileNotFoundError: naming missing checkpoints.
+        FileNotFoundError: naming missing checkpoints (for ``--use-averaged-model`` both epoch
+            checkpoints whose running averages it reads).
+        ValueError: for ``--use-averaged-model`` with ``--avg`` above ``--epoch``.
     """
     exp_dir = Path(exp_dir)
     if selection.checkpoint is not None:
@@ -147,9 +149,11 @@ def plan_weights(exp_dir: str | Path, selection: WeightSelection) -> PlannedWeig
     if selection.epoch is not None:
         epoch, avg = selection.epoch, selection.avg
         if selection.use_averaged_model:
+            # both epochs it reads must be there: a missing one is named now, not taken for
+            # one a running training deleted (use_planned_weights would choose again)
+            end = averaged_model_checkpoints(exp_dir, epoch, avg)[-1]
             return PlannedWeights(exp_dir, selection,
-                                  f"epoch-{epoch}-avg-{avg}-use-averaged-model",
-                                  (epoch_checkpoint_path(exp_dir, epoch),))
+                                  f"epoch-{epoch}-avg-{avg}-use-averaged-model", (end,))
         return PlannedWeights(exp_dir, selection, f"epoch-{epoch}-avg-{avg}",
                               tuple(epoch_checkpoints(exp_dir, epoch, avg)))
     if selection.last is not None:

@@ -16,7 +16,10 @@ is decoded. Per test set ``PART`` and searcher it writes, into ``<exp-dir>/<sear
 ``errs-PART-<searcher>.txt`` (alignments, per-utterance errors, most frequent errors) and
 ``wer-summary-PART-<searcher>.txt``, logs the WER
 and prints the summary file's path. Test cuts are ``<manifest-dir>/librispeech_cuts_PART.jsonl.gz``,
-by default in the experiment's ``data.manifest_dir``. ``--set`` overrides the experiment config:
+by default in the experiment's ``data.manifest_dir``. Relative paths of the experiment's config
+(the recipes' ``tokenizer_dir: data/lang_bpe_500``) are read from the current directory: one not
+found there is an error that says so, to run from the directory training ran in or to pass
+``--set tokenizer_dir=DIR`` / ``--manifest-dir DIR``. ``--set`` overrides the experiment config:
 ``search.X=..`` the searchers' options (the config's ``search`` section), any other key the rest
 (e.g. ``data.max_duration=300``).
 
@@ -50,7 +53,7 @@ from asr.data.filtering import check_cut_files
 from asr.data.librispeech import check_test_parts
 from asr.decoding import build_searcher
 from asr.decoding.registry import select_searchers
-from asr.experiment import load_trained_model
+from asr.experiment import load_trained_model, relative_path_advice
 from asr.fileio import OutputBusyError, output_locks
 from asr.run.evaluate import decode_part, result_paths, write_results
 
@@ -79,7 +82,14 @@ def run(args: argparse.Namespace) -> int:
         with output_locks(result_paths(args.exp_dir / label, part, label)["wer_summary"]
                           for label in labels.values() for part in parts):  # before any work
             # a repeated id, before any part is written; each manifest read once
-            test_sets = check_test_parts(manifest_dir, parts)
+            try:
+                test_sets = check_test_parts(manifest_dir, parts)
+            except FileNotFoundError as err:
+                if args.manifest_dir is not None:
+                    raise
+                advice = relative_path_advice(args.exp_dir, "data.manifest_dir", manifest_dir,
+                                              "--manifest-dir DIR")
+                raise FileNotFoundError(f"{err}{advice}") from err
             field = "recording" if cfg.data.on_the_fly_feats else "features"
             for part in parts:  # a missing audio or feature file, before any part is decoded
                 check_cut_files(test_sets[part], field, f"test set {part}")

@@ -52,7 +52,8 @@ Preemption: SIGTERM (SLURM, Kubernetes, spot instances) or SIGUSR1 (SLURM's
 that step (every rank stops at the same one, whichever got the signal) and exits with
 ``128 + signal``: 143 for SIGTERM, 138 for SIGUSR1, told apart from a failure (1, 2) by a requeue
 script, which runs the same command again to resume exactly there
-(:mod:`asr.train.preemption`).
+(:mod:`asr.train.preemption`). Ctrl-C (SIGINT without torchrun) stops at once, writes nothing
+and exits with 130, naming the newest checkpoint that the same command resumes from.
 
 Under ``torchrun`` each process ends with its exit status once everything is written (the
 checkpoints, the TensorBoard logs, ``train.log``; its log and output flushed), without the
@@ -71,7 +72,7 @@ from pathlib import Path
 
 import yaml
 
-from asr.checkpoints.io import CheckpointError, list_checkpoints
+from asr.checkpoints.io import CheckpointError, latest_checkpoint, list_checkpoints
 from asr.cli.decode_options import check_arguments as check_decode_arguments
 from asr.cli.options import add_num_threads_argument, check_experiment_dir, set_num_threads
 from asr.config import ConfigError, load_config, save_config, to_dict
@@ -242,6 +243,12 @@ def run(args: argparse.Namespace) -> int:
     except (OutputBusyError, OutputUnwritableError) as err:
         logger.error("asr train: %s", err)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: unlike a preemption, no checkpoint of this step
+        newest = latest_checkpoint(args.exp_dir)
+        logger.error("asr train: interrupted; %s", "nothing saved yet: the same command starts "
+                     "again" if newest is None else f"the same command resumes from {newest}, "
+                     "the newest checkpoint (the steps after it are trained again)")
+        return 130
 
 
 def _train(args: argparse.Namespace, cfg: ExperimentConfig, main: bool) -> int:

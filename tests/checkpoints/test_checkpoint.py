@@ -421,6 +421,19 @@ def test_averaged_model_between_epochs_without_samples_is_refused(tmp_path):
         _epoch_with_average(tmp_path, epoch, width=2, step=10)
     with pytest.raises(ValueError, match="no running-average samples between epoch 1 and 2"):
         averaged_model_between(tmp_path, epoch=2, avg=1)
+    # a quick run shorter than one period (the default 100 steps): the error said only the
+    # above, not why nor what to do (run.sh averages with --use-averaged-model by default)
+    short = tmp_path / "short"
+    short.mkdir()
+    _epoch_with_average(short, 2, width=2, step=49,
+                        averager={"period": 100, "average": {"w": torch.zeros(2)}})
+    with pytest.raises(ValueError) as refused:
+        averaged_model_between(short, epoch=2, avg=2)
+    assert str(refused.value) == (
+        f"no running-average samples between epoch 0 and 2 in {short}: the model is sampled "
+        "every train.average_period=100 steps and epoch 2 ends at step 49 (0 samples; 0 by "
+        "epoch 0): average the epochs' own weights instead (without --use-averaged-model; "
+        "run.sh --use-averaged-model false), or train with a smaller train.average_period")
 
 
 def _epoch_with_average(tmp_path, epoch, width, step=10, **changes):

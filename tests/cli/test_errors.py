@@ -271,6 +271,61 @@ def test_exp_dir_that_is_not_an_experiment(beam_package, tmp_path):
     assert not (tmp_path / "pkg").exists()
 
 
+def test_use_averaged_model_names_a_missing_epoch_checkpoint(trained, tmp_path):
+    """--epoch past the last trained epoch with --use-averaged-model (run.sh's default) was
+    taken for checkpoints a running training deleted: chosen again 3 times, then "deleted
+    before they were read ... wait for it to end", for a training long over. Both epochs read
+    (the end and the one before the averaged ones) are named, with the epochs there."""
+    lone = tmp_path / "lone"  # epoch 2 without epoch 1, which --epoch 2 --avg 1 starts from
+    lone.mkdir()
+    for name in ("config.yaml", "epoch-2.pt"):
+        shutil.copy(trained / name, lone / name)
+    for exp, epoch, missing, found in ((trained, "3", "epoch-3.pt", "[1, 2]"),
+                                       (lone, "2", "epoch-1.pt", "[2]")):
+        for command in (["average"], ["decode", "--searcher", "greedy"],
+                        ["export-package", "--output-dir", tmp_path / "pkg"]):
+            code, [line] = _asr(*command, "--exp-dir", exp, "--epoch", epoch, "--avg", "1",
+                                "--use-averaged-model")
+            assert code == 2, line
+            assert f"missing epoch checkpoints: {exp / missing} (found epochs {found})" in line
+            assert "deleted" not in line
+    assert not (tmp_path / "pkg").exists() and not list(trained.glob("averaged-epoch-3-*"))
+
+
+def test_a_relative_path_of_the_experiment_not_found_here_says_what_to_do(trained, tmp_path,
+                                                                        monkeypatch):
+    """The recipes train with relative paths (tokenizer_dir: data/lang_bpe_500), which
+    `asr decode` reads from the current directory: run elsewhere, it said only
+    "data/lang_bpe_500: no tokenizer found" or "cut manifest ... does not exist"."""
+    import yaml
+
+    config = yaml.safe_load((trained / "config.yaml").read_text())
+    root = Path(config["tokenizer_dir"]).parent  # holds lang_char/ and fbank/
+    decode = ["decode", "--exp-dir", trained, "--searcher", "greedy"]
+    monkeypatch.chdir(tmp_path)
+    code, [line] = _asr(*decode, "--set", "tokenizer_dir=lang_char")
+    assert code == 2 and "lang_char: no tokenizer found" in line, line
+    assert (f"(tokenizer_dir lang_char of {trained} is relative to the directory `asr train` ran "
+            f"in, and was looked for in the current directory {tmp_path}: run from the "
+            "training's directory (a recipe's --work-dir), or pass --set tokenizer_dir=DIR)"
+            ) in line
+    code, [line] = _asr(*decode, "--set", f"tokenizer_dir={tmp_path / 'lang'}")
+    assert code == 2 and "no tokenizer found" in line and "asr train` ran in" not in line, line
+    monkeypatch.chdir(root)
+    code, [line] = _asr(*decode, "--set", "tokenizer_dir=lang_char", "data.manifest_dir=elsewhere")
+    assert code == 2 and "cut manifest elsewhere/librispeech_cuts_test-clean" in line, line
+    assert (f"(data.manifest_dir elsewhere of {trained} is relative to the directory `asr train` "
+            f"ran in, and was looked for in the current directory {root}: ") in line
+    assert line.endswith("or pass --manifest-dir DIR)"), line
+    code, [line] = _asr(*decode, "--set", "tokenizer_dir=lang_char", "--manifest-dir", "mine")
+    assert code == 2 and "cut manifest mine/" in line and "asr train` ran in" not in line, line
+    # the directory is here, a part is not: no advice to run elsewhere
+    code, [line] = _asr(*decode, "--set", "tokenizer_dir=lang_char", "data.manifest_dir=fbank",
+                        "--parts", "nonesuch")
+    assert code == 2 and "cut manifest fbank/librispeech_cuts_nonesuch" in line, line
+    assert "asr train` ran in" not in line, line
+
+
 def test_prepare_and_shar_options_out_of_range(tmp_path):
     """--num-jobs 0 failed inside lhotse (an AssertionError or ValueError, exit 1), and
     --perturb-parts without --speed-perturb exited without an ERROR line."""

@@ -529,3 +529,35 @@ def test_a_tokenizer_an_earlier_stage_makes_is_checked_before_training(tmp_path,
     (lang / "tokens.txt").write_text("")
     assert main(base) == 0
     assert main(base[:6] + base[8:] + [f"tokenizer_dir={tmp_path}"]) == 0  # not asked: unchecked
+
+
+@pytest.mark.parametrize("saved", [True, False])
+def test_ctrl_c_names_the_checkpoint_the_same_command_resumes_from(saved, tmp_path, monkeypatch,
+                                                                   caplog):
+    """Ctrl-C during training said only "asr train: interrupted": not whether anything was
+    kept, nor how to go on."""
+    import asr.cli.train
+
+    exp = tmp_path / "exp"
+
+    def interrupted(args, cfg, main):
+        exp.mkdir(exist_ok=True)
+        if saved:
+            for step in (35, 40):
+                (exp / f"checkpoint-{step}.pt").write_bytes(b"")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(asr.cli.train, "_train", interrupted)
+    threads = torch.get_num_threads()
+    try:
+        recipe = (Path(__file__).resolve().parents[2] / "recipes" / "librispeech"
+                  / "conformer_transducer.yaml")
+        code = main(["train", "--config", str(recipe), "--exp-dir", str(exp)])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 130
+    [line] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert line == ("asr train: interrupted; " + (
+        f"the same command resumes from {exp / 'checkpoint-40.pt'}, the newest checkpoint (the "
+        "steps after it are trained again)" if saved else
+        "nothing saved yet: the same command starts again"))
