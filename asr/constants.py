@@ -1,7 +1,8 @@
 """Constants that the command line's options (their checks and ``--help`` defaults) share with
 the heavy modules they describe, and the one check of a value that both make
 (:func:`hotword_score_problem`, and :func:`hotword_score`, the option type of every
-``--hotwords-score``), kept here so that naming one imports neither torch nor a model:
+``--hotwords-score``), and the parser class of their command lines (:class:`IntermixedParser`),
+kept here so that naming one imports neither torch nor a model:
 ``asr average --help`` or ``asr train`` need not import :mod:`asr.package` or
 :mod:`asr.runtime.streaming` to say a default or recognize a package. The modules that own each
 idea import it from here (and re-export it), so that there is one value.
@@ -10,11 +11,12 @@ idea import it from here (and re-export it), so that there is one value.
 from __future__ import annotations
 
 import argparse
+import sys
 
 __all__ = [
     "DEFAULT_MAX_LEFT_SECONDS", "DEFAULT_OVERLAP_SECONDS", "DEFAULT_WINDOW_SECONDS", "LOG_FORMAT",
-    "EXPORT_REPORT_FILE", "MAX_HOTWORD_SCORE", "METADATA_FILE", "hotword_score",
-    "hotword_score_problem",
+    "EXPORT_REPORT_FILE", "MAX_HOTWORD_SCORE", "METADATA_FILE", "IntermixedParser",
+    "hotword_score", "hotword_score_problem",
 ]
 
 #: The format of every log line of the ``asr`` command (``logging.basicConfig``) and of the
@@ -76,3 +78,32 @@ def hotword_score(text: str) -> float:
     if problem is not None:
         raise argparse.ArgumentTypeError(f"{problem}, got {text!r}")
     return value
+
+
+class IntermixedParser(argparse.ArgumentParser):
+    """A parser that takes its positional arguments between options too, as
+    :meth:`argparse.ArgumentParser.parse_intermixed_args` does: ``asr transcribe --model PKG
+    a.wav --format json b.wav`` transcribes both files (a plain parser took ``a.wav`` alone and
+    refused ``b.wav`` as an unrecognized argument); every ``asr`` subcommand's parser and the
+    server's client (:mod:`asr.serve.client`) are one.
+
+    Two command lines parse as with a plain parser: those of a parser with steps of its own
+    (``asr prepare manifests``), which argparse cannot intermix, and those holding ``--``, after
+    which every word is a positional one (``-- -a.wav``): Python 3.11's intermixed parsing drops
+    the ``--`` and refuses ``-a.wav`` as an unrecognized argument.
+    """
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201 - argparse's
+        words = sys.argv[1:] if args is None else list(args)
+        steps = any(a.nargs in (argparse.PARSER, argparse.REMAINDER) for a in self._actions)
+        # self._intermixing: the two passes of Python 3.11's parse_known_intermixed_args, which
+        # call this method (later versions' call argparse's inner parsing, never this one)
+        if self._intermixing or steps or "--" in words:
+            return super().parse_known_args(words, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(words, namespace)
+        finally:
+            self._intermixing = False

@@ -7,11 +7,11 @@ their one-line help, so that ``asr --help`` imports no subcommand and ``asr NAME
 only ``NAME``'s module (and with it only what that subcommand needs).
 
 Every ``--help`` shows each option's default (:class:`HelpFormatter`), and a subcommand takes
-its positional arguments between its options too (:class:`_IntermixedParser`). A failure ends
-in one ``asr NAME: ...`` line on stderr and a non-zero exit status: the subcommands report what
-a user can cause themselves (exit 2 for bad arguments, 1 for failed work); anything else they
-raise is reported here in one line (exit 1; ``--log-level DEBUG`` adds the traceback), and
-Ctrl-C exits with 130. A process that set up a torch process group (``asr train`` under
+its positional arguments between its options too (:class:`asr.constants.IntermixedParser`). A
+failure ends in one ``asr NAME: ...`` line on stderr and a non-zero exit status: the subcommands
+report what a user can cause themselves (exit 2 for bad arguments, 1 for failed work); anything
+else they raise is reported here in one line (exit 1; ``--log-level DEBUG`` adds the traceback),
+and Ctrl-C exits with 130. A process that set up a torch process group (``asr train`` under
 ``torchrun``) ends with that status without the interpreter's finalization, its logs and output
 flushed first (:mod:`asr.process_exit`: torch's threads could abort the finalization).
 """
@@ -24,7 +24,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from asr.constants import LOG_FORMAT
+from asr.constants import LOG_FORMAT, IntermixedParser
 from asr.process_exit import exit_status
 from asr.version import __version__
 
@@ -89,26 +89,6 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
 
 
-class _IntermixedParser(argparse.ArgumentParser):
-    """A subcommand's parser that takes its positional arguments between options too, as
-    :meth:`argparse.ArgumentParser.parse_intermixed_args` does: ``asr transcribe --model PKG
-    a.wav --format json b.wav`` transcribes both files (a plain parser took ``a.wav`` alone and
-    refused ``b.wav`` as an unrecognized argument). A parser with steps of its own (``asr
-    prepare manifests``), which argparse cannot intermix, parses as a plain one."""
-
-    _intermixing = False
-
-    def parse_known_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201 - argparse's
-        steps = any(a.nargs in (argparse.PARSER, argparse.REMAINDER) for a in self._actions)
-        if self._intermixing or steps:  # the two passes of parse_known_intermixed_args
-            return super().parse_known_args(args, namespace)
-        self._intermixing = True
-        try:
-            return self.parse_known_intermixed_args(args, namespace)
-        finally:
-            self._intermixing = False
-
-
 def _command(argv: Sequence[str]) -> str | None:
     """The subcommand named in ``argv`` (the first word that is one), if any."""
     skip = False
@@ -138,7 +118,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                                      formatter_class=HelpFormatter)
     parser.add_argument("--log-level", default="INFO", type=_log_level, help=_LOG_LEVEL_HELP)
     parser.add_argument("--version", action="version", version=f"asr {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_IntermixedParser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=IntermixedParser)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text,
                            formatter_class=HelpFormatter)

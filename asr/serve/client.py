@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from asr.constants import hotword_score
+from asr.constants import IntermixedParser, hotword_score
 from asr.fileio import one_line
 
 __all__ = ["ClientResult", "stream_file", "stream_microphone", "stream_samples", "main"]
@@ -373,7 +373,8 @@ def _timeout_seconds(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    # files between options too (``a.flac --realtime b.flac``), as ``asr transcribe`` takes them
+    parser = IntermixedParser(
         prog="python -m asr.serve.client", description=__doc__.split("\n")[0]
     )
     parser.add_argument("files", nargs="*", help="audio files to stream (concurrently)")
@@ -453,8 +454,7 @@ async def _run_files(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # files between options too (``a.flac --realtime b.flac``), as ``asr transcribe`` takes them
-    args = build_parser().parse_intermixed_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.microphone == bool(args.files):
         print("give audio files or --microphone (not both)", file=sys.stderr)

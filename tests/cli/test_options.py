@@ -96,6 +96,17 @@ def test_files_are_taken_between_options():
         build_parser("transcribe").parse_args(["transcribe", "--model", "p", "a.wav", "--bogus"])
 
 
+def test_files_after_a_double_dash_are_taken():
+    """``--`` ends the options, so that a file may start with '-': ``asr transcribe --model P --
+    -a.wav`` took ``-a.wav`` before the parsers were intermixed; Python 3.11's intermixed
+    parsing drops the ``--`` and refused ``-a.wav`` as an unrecognized argument."""
+    args = build_parser("transcribe").parse_args(["transcribe", "--model", "p", "--", "-a.wav"])
+    assert args.files == ["-a.wav"]
+    args = build_parser("transcribe").parse_args(
+        ["transcribe", "--model", "p", "a.wav", "--", "-b.wav", "--format"])
+    assert (args.files, args.format) == (["a.wav", "-b.wav", "--format"], "text")
+
+
 def _subcommand_parsers():
     from asr.cli.main import SUBCOMMANDS, build_parser
 

@@ -69,6 +69,13 @@ def test_client_takes_files_between_options(capsys):
     assert code == 1 and "a.flac: error:" in err and "b.flac: error:" in err
 
 
+def test_client_takes_a_file_after_a_double_dash(capsys):
+    """``python -m asr.serve.client -- -a.flac``: a file may start with '-' after ``--``; Python
+    3.11's intermixed parsing dropped the ``--`` and refused ``-a.flac``."""
+    code = client_main(["--server", "ws://127.0.0.1:1", "--timeout", "5", "--", "-a.flac"])
+    assert code == 1 and "-a.flac: error:" in capsys.readouterr().err
+
+
 def test_a_refused_handshake_says_the_servers_reason():
     """A server at --max-connections answers HTTP 503 "too many connections"; the client said
     only "server rejected WebSocket connection: HTTP 503"."""
