@@ -17,8 +17,9 @@ A decoder that runs on padding past the input's audio (sherpa-onnx's streaming e
 flush pads the last chunk: :mod:`asr.export.sherpa_streaming`) may put tokens on those frames,
 which would put times past the input's duration. Given where the input's last encoder frame
 ends (``last_frame_end``, never past its duration), :meth:`ResultBuilder.segment` clamps them:
-a token's time is at most that frame's start; a word's end, the segment's and where it began
-are at most ``last_frame_end``. Our own runtime decodes no padding, so its times need no clamp.
+a token's time is at most that frame's start (or where its segment began, for one begun on
+the padding: an endpoint there); a word's end, the segment's and where it began are at most
+``last_frame_end``. Our own runtime decodes no padding, so its times need no clamp.
 
 A searcher without token times (``aed_beam``: its tokens are not tied to frames) gives no
 ``timestamps`` (empty, as sherpa-onnx's for a model without them), and each of its words spans
@@ -250,9 +251,10 @@ class ResultBuilder:
         pieces = tuple(self.tokenizer.id_to_piece(t) for t in ids)
         times = tuple(float(t) for t in timestamps)
         if last_frame_end is not None:
-            last_frame = max(0.0, last_frame_end - self.frame_seconds)
-            times = tuple(min(t, last_frame) for t in times)
             start = min(start, last_frame_end)
+            # a segment begun on padding (an endpoint there) has its tokens where it began
+            latest = max(0.0, last_frame_end - self.frame_seconds, start)
+            times = tuple(min(t, latest) for t in times)
         words = tuple(words_from_tokens(pieces, times, self.frame_seconds))
         if last_frame_end is not None:  # under one frame: a token at 0 would end past it
             words = tuple(Word(w.text, w.start, min(w.end, last_frame_end)) for w in words)

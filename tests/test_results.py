@@ -151,3 +151,16 @@ def test_times_a_decoder_put_on_padding_are_clamped_to_where_the_last_frame_ends
     assert (late.begin, late.start, late.end) == (2.96, 2.96, 2.96)
     short = builder.segment([5, 6], [0.0, 0.0], last_frame_end=0.02)  # under one frame
     assert short.words == (Word("WORLD", 0.0, 0.02),) and short.end == 0.02
+
+
+def test_a_segment_begun_on_padding_keeps_its_words_at_or_after_its_begin():
+    """An endpoint that fires on the flush's padding (room tone is silence) begins the next
+    segment past the input's last frame; a token the decoder then puts on a later padded frame
+    was clamped to the last frame's start, before the clamped ``begin``: the segment's first word
+    began before the segment (``start`` < ``begin``). Its words are now where it began."""
+    builder = ResultBuilder(_Pieces(), 0.04)
+    for start in (2.96, 3.2):  # began at the last frame's end, or on padding past it
+        seg = builder.segment([5, 6], [3.24, 3.28], start=start, last_frame_end=2.96)
+        assert seg.begin == 2.96 and seg.begin <= seg.start <= seg.end <= 2.96
+        assert all(seg.begin <= t for t in seg.timestamps)
+        assert seg.words == (Word("WORLD", 2.96, 2.96),)

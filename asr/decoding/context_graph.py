@@ -428,12 +428,15 @@ def context_graph_for(
     ``hotwords_unboosted_prefix``) with ``hotwords`` added, or None when there is no phrase.
 
     ``hotwords_score``, when given, replaces ``cfg.hotwords_score`` (a stream's own boost: the
-    runtimes' ``hotwords_score=``, a server client's); the graph checks it, naming it
-    ``hotwords_score`` (``cfg``'s own was checked when ``cfg`` was made).
+    runtimes' ``hotwords_score=``, a server client's); it is checked, naming it
+    ``hotwords_score``, phrases or not, as ``cfg``'s own was when ``cfg`` was made.
 
     Raises:
-        HotwordError: for a list that cannot be used, or phrases without a ``tokenizer``.
+        HotwordError: for a list that cannot be used, phrases without a ``tokenizer``, or a
+            ``hotwords_score`` beyond :data:`~asr.constants.MAX_HOTWORD_SCORE` in magnitude.
     """
+    if hotwords_score is not None:
+        _check_boost(hotwords_score, f"hotwords_score {hotwords_score:g}")
     hotwords = hotwords_of(cfg) + list(hotwords)
     if not hotwords:
         return None

@@ -13,7 +13,8 @@ over the ready streams (sherpa-onnx batches their encoder states). What differs 
 * at the end of input the stream is padded with :func:`asr.export.sherpa_decode.flush_samples`
   samples of its quietest 0.1 s stretch (:func:`~asr.export.sherpa_decode.room_tone`), since
   sherpa-onnx never decodes a partial last chunk; tokens it puts on the padded frames get the
-  time of the input's last encoder frame (the one our runtime decodes last), so no time is
+  time of the input's last encoder frame (the one our runtime decodes last; in a segment that
+  an endpoint on the padding began, the input's end, where it began), so no time is
   past the input's end (:class:`asr.results.ResultBuilder`'s ``last_frame_end``);
 * greedy search only (sherpa-onnx's, at most one symbol per frame) and sherpa-onnx's own
   endpointing with our :class:`asr.runtime.endpoint.EndpointConfig` rules (its three rules

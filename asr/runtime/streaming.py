@@ -237,7 +237,8 @@ class StreamingRecognizer:
         Raises:
             ValueError: for hotwords with a searcher that does not bias, and
                 :class:`asr.decoding.context_graph.HotwordError` for phrases the tokenizer
-                cannot spell, too many or too long ones.
+                cannot spell, too many or too long ones, or a ``hotwords_score`` beyond
+                :data:`~asr.constants.MAX_HOTWORD_SCORE` in magnitude (phrases or not).
         """
         context = getattr(self.searcher, "context", None)
         if hotwords is not None or hotwords_score is not None:

@@ -208,7 +208,9 @@ def test_boosts_beyond_the_limit_are_clear_errors():
             context_graph_for(SearchConfig(hotwords=spec), tokenizer, hotwords_score=score)
     limit = f"ABC :{MAX_HOTWORD_SCORE};DE :-{MAX_HOTWORD_SCORE}"
     assert context_graph_for(SearchConfig(hotwords=limit), tokenizer).num_phrases == 2
-    assert context_graph_for(SearchConfig(hotwords=" ; "), tokenizer, hotwords_score=1e9) is None
+    for score in (1e9, float("nan")):  # no phrase: checked as search.hotwords_score is
+        with pytest.raises(HotwordError, match=r"hotwords_score .*: a per-token boost"):
+            context_graph_for(SearchConfig(hotwords=" ; "), tokenizer, hotwords_score=score)
 
 
 @pytest.mark.parametrize("score", [MAX_HOTWORD_SCORE, -MAX_HOTWORD_SCORE, 0.0, 100.00001, -1e308,

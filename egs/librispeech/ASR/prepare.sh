@@ -21,7 +21,8 @@
 #      a rerun keeps a part while its cuts, transcripts, feature options and audio match stage 1's
 #      manifests and its audio files keep the size and time in its *.fingerprint.json (a part
 #      stored without that record is kept when the rest matches, and records the files then;
-#      a moved corpus, each file with its name, size and time, keeps its features)
+#      a corpus moved with its one folder, each file with its path below it, size and time,
+#      keeps its features)
 #   4  MUSAN noise cuts with fbank (skipped without MUSAN) -> data/fbank/musan_cuts.jsonl.gz;
 #      run.sh then trains with data.noise.cuts_path pointing at it; kept on a rerun while it is
 #      newer than the MUSAN recordings manifest
