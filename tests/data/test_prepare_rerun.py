@@ -422,14 +422,12 @@ def _storage(manifest: Path) -> tuple[int, int]:
     return stat.st_ino, stat.st_mtime_ns
 
 
-@pytest.mark.parametrize("remap", ["swapped", "joined", "merged"])
-def test_stored_features_are_not_kept_for_files_renamed_among_the_recorded_ones(tmp_path, remap):
-    """Files of one name in other folders (``a/x.wav``, ``b/x.wav``), of one size and time (as a
-    tar extracts equal-length clips), are no moved corpus when the input now pairs a cut with
-    another of the recorded files (two swapped, or two cuts on one file) or two of them with
-    one new file (a copy of one, ``cp -a``): the stored features of a cut are then of other
-    audio than its input's, and the part is computed again."""
-    rng = np.random.default_rng(3)
+def _same_named_files_stored(tmp_path: Path, seed: int) -> tuple[list[Path], Path, Path, Path]:
+    """Two files of one name in two folders (``corpus/a/x.wav``, ``corpus/b/x.wav``), of one
+    size and modification time but other audio, as cuts r0 and r1 of the part ``part``, whose
+    features are computed into ``tmp_path/fbank``. Returns the files, the manifests folder, the
+    part's cut manifest and its stored feature manifest."""
+    rng = np.random.default_rng(seed)
     paths = []
     for folder in ("a", "b"):
         path = tmp_path / "corpus" / folder / "x.wav"
@@ -437,13 +435,25 @@ def test_stored_features_are_not_kept_for_files_renamed_among_the_recorded_ones(
         sf.write(path, 0.3 * rng.standard_normal(8000), 16000, subtype="PCM_16")
         os.utime(path, ns=(1_600_000_000 * 10**9,) * 2)
         paths.append(path)
-    manifests, fbank = tmp_path / "manifests", tmp_path / "fbank"
+    manifests = tmp_path / "manifests"
     manifests.mkdir()
     cuts = CutSet.from_cuts(Recording.from_file(p, recording_id=f"r{i}").to_cut()
                             for i, p in enumerate(paths))
     src = cuts_path(manifests, "part")
     cuts.to_file(src)
-    out = compute_fbank_for_parts(manifests, fbank, ["part"])["part"]
+    out = compute_fbank_for_parts(manifests, tmp_path / "fbank", ["part"])["part"]
+    return paths, manifests, src, out
+
+
+@pytest.mark.parametrize("remap", ["swapped", "joined", "merged"])
+def test_stored_features_are_not_kept_for_files_renamed_among_the_recorded_ones(tmp_path, remap):
+    """Files of one name in other folders (``a/x.wav``, ``b/x.wav``), of one size and time (as a
+    tar extracts equal-length clips), are no moved corpus when the input now pairs a cut with
+    another of the recorded files (two swapped, or two cuts on one file) or two of them with
+    one new file (a copy of one, ``cp -a``): the stored features of a cut are then of other
+    audio than its input's, and the part is computed again."""
+    paths, manifests, src, out = _same_named_files_stored(tmp_path, seed=3)
+    fbank = tmp_path / "fbank"
     records = [json.loads(line) for line in gzip.open(src, "rt")]
     sources = [r["recording"]["sources"][0] for r in records]
     if remap == "swapped":
@@ -471,22 +481,9 @@ def test_a_moved_corpus_keeps_each_file_in_its_folder(tmp_path, pairing):
     paths, with the same-named file of the other folder: compared by file name only, that was
     a move, and each cut kept the features of the other file's audio. The files must keep
     their paths below one moved folder, so the crossed part is computed again."""
-    rng = np.random.default_rng(5)
+    _, manifests, src, out = _same_named_files_stored(tmp_path, seed=5)
+    fbank = tmp_path / "fbank"
     old_root, new_root = tmp_path / "corpus", tmp_path / "moved"
-    paths = []
-    for folder in ("a", "b"):
-        path = old_root / folder / "x.wav"
-        path.parent.mkdir(parents=True)
-        sf.write(path, 0.3 * rng.standard_normal(8000), 16000, subtype="PCM_16")
-        os.utime(path, ns=(1_600_000_000 * 10**9,) * 2)
-        paths.append(path)
-    manifests, fbank = tmp_path / "manifests", tmp_path / "fbank"
-    manifests.mkdir()
-    cuts = CutSet.from_cuts(Recording.from_file(p, recording_id=f"r{i}").to_cut()
-                            for i, p in enumerate(paths))
-    src = cuts_path(manifests, "part")
-    cuts.to_file(src)
-    out = compute_fbank_for_parts(manifests, fbank, ["part"])["part"]
     stamp = _storage(out)
     shutil.move(old_root, new_root)
     folders = ("a", "b") if pairing == "kept" else ("b", "a")
