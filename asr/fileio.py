@@ -588,7 +588,8 @@ def remove_stale_staging(out_dir: str | Path) -> list[Path]:
     (a user's, named like a staging directory; one named exactly as a run names them, such as
     an older asr's, is logged as a warning: :func:`_warn_unmarked`). An earlier output that a
     run killed inside :func:`publish_directory` left set aside, with no ``out_dir`` in its
-    place, is renamed back first (:func:`_put_back_set_aside`). Call it holding
+    place, is renamed back first (:func:`_put_back_set_aside`; where that fails, the OSError of
+    :func:`_put_back` says where it is, and no run removes it). Call it holding
     :func:`output_lock` of ``out_dir``. Returns what it removed."""
     out_dir = Path(out_dir)
     if not out_dir.parent.is_dir():
@@ -608,8 +609,7 @@ def remove_stale_staging(out_dir: str | Path) -> list[Path]:
             if not _try_lock(fd):
                 logger.info("kept %s: a live process is writing it", path)
                 continue
-            if not _put_back_set_aside(path, out_dir):
-                continue
+            _put_back_set_aside(path, out_dir)
             _remove_staging(path)
             if path.exists():  # kept with its marker: the next run tries again
                 logger.warning("could not remove all of %s, left by an interrupted run", path)
@@ -621,26 +621,20 @@ def remove_stale_staging(out_dir: str | Path) -> list[Path]:
     return removed
 
 
-def _put_back_set_aside(holder: Path, out_dir: Path) -> bool:
+def _put_back_set_aside(holder: Path, out_dir: Path) -> None:
     """Renames the earlier output that a run killed between :func:`publish_directory`'s two
     renames left in the stale ``holder`` (a ``.<name>.old-*``) back to ``out_dir``, where
     ``out_dir`` is missing: the new output never reached its place, and removing the holder
-    would lose both. Returns whether ``holder`` may be removed (not where the rename back
-    failed: it keeps the earlier output and its marker, and a warning says where)."""
+    would lose both. Where the rename back fails, :func:`_put_back` keeps the earlier output
+    (no later run removes it) and raises, saying where it is."""
     earlier = holder / out_dir.name
     if (not holder.name.startswith(_staging_prefixes(out_dir)[1]) or out_dir.is_symlink()
             or out_dir.exists() or not earlier.is_dir()):
-        return True
-    try:
-        os.replace(earlier, out_dir)
-    except OSError as err:
-        logger.warning("kept %s: it holds the earlier %s, set aside by an interrupted run, and "
-                       "renaming it back failed (%s)", one_line(str(earlier)),
-                       one_line(str(out_dir)), err.strerror)
-        return False
+        return
+    _put_back(holder, out_dir, "an interrupted run had set the earlier output aside, with no "
+                               "new one in its place")
     logger.warning("put back %s from %s, where an interrupted run had set it aside",
                    one_line(str(out_dir)), one_line(str(holder)))
-    return True
 
 
 @contextmanager
@@ -685,7 +679,8 @@ def publish_directory(tmp: Path, out_dir: Path) -> None:
         try:
             os.replace(tmp, out_dir)
         except OSError as err:
-            _put_back(old, out_dir, err)
+            _put_back(old, out_dir, f"the new output could not be renamed into place "
+                                    f"({err.strerror})")
             shutil.rmtree(old, ignore_errors=True)
             raise
         _remove_staging(old)  # the earlier output
@@ -693,21 +688,23 @@ def publish_directory(tmp: Path, out_dir: Path) -> None:
         os.close(fd)
 
 
-def _put_back(old: Path, out_dir: Path, err: OSError) -> None:
-    """Renames the earlier output from its holder ``old`` back to ``out_dir`` after the new
-    one's rename failed with ``err``. Where that fails too, the holder loses its
-    :data:`STAGING_MARKER`, so that no later run removes the earlier output with it, and the
-    OSError raised says where the earlier output is."""
+def _put_back(holder: Path, out_dir: Path, why: str) -> None:
+    """Renames the earlier output from its ``holder`` (a ``.<name>.old-*``) back to ``out_dir``;
+    ``why`` says why it must go back. The one rule for an earlier output that cannot be put
+    back, after a failed publish (:func:`publish_directory`) or at the next run
+    (:func:`_put_back_set_aside`): nothing is lost, as the holder loses its
+    :data:`STAGING_MARKER` (no later run removes it; each names it in a warning,
+    :func:`_warn_unmarked`), and the OSError raised says where the earlier output is."""
     try:
-        os.replace(old / out_dir.name, out_dir)
+        os.replace(holder / out_dir.name, out_dir)
     except OSError as back:
         try:
-            (old / STAGING_MARKER).unlink(missing_ok=True)
+            (holder / STAGING_MARKER).unlink(missing_ok=True)
         except OSError:  # the error below still says where the earlier output is
             pass
-        raise OSError(back.errno, f"{out_dir}: the new output could not be renamed into place "
-                      f"({err.strerror}), nor the earlier one back ({back.strerror}): it is "
-                      f"{old / out_dir.name}; move it back by hand") from err
+        raise OSError(back.errno, f"{out_dir}: {why}, and renaming the earlier one back failed "
+                      f"({back.strerror}): it is {holder / out_dir.name}; move it back by "
+                      "hand") from back
 
 
 _ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}

@@ -440,13 +440,43 @@ def test_an_earlier_output_that_cannot_be_put_back_is_kept_and_named(tmp_path, m
 
     with staging_directory(out) as built:
         monkeypatch.setattr(os, "replace", refused)
-        with pytest.raises(OSError, match="nor the earlier one back") as failed:
+        with pytest.raises(OSError, match="renamed into place .*, and renaming the earlier one "
+                                          "back failed") as failed:
             publish_directory(built, out)
         monkeypatch.setattr(os, "replace", rename)
     [holder] = tmp_path.iterdir()
     assert f"it is {holder / 'out'};" in str(failed.value)
     assert remove_stale_staging(out) == []
     assert (holder / "out" / "made.txt").read_text() == "earlier\n"
+
+
+def test_a_set_aside_output_that_cannot_be_put_back_is_kept_and_named(tmp_path,
+                                                                      monkeypatch):
+    """A run killed while publishing left the earlier ``out`` set aside, and the next run's
+    rename back failed: it warned and kept the holder with its marker, went on to publish its
+    own ``out``, and the run after removed the holder, the earlier output in it, as a killed
+    run's leftover. One rule with a failed publish now: the holder loses its marker (kept and
+    named at every run) and the error says where the earlier output is."""
+    out = tmp_path / "out"
+    holder = _left_by_a_killed_run(out, "old")
+    rename = os.replace
+
+    def refused(src, dst):
+        if Path(src) == holder / "out":
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(src))
+        return rename(src, dst)
+
+    monkeypatch.setattr(os, "replace", refused)
+    with pytest.raises(OSError, match="set the earlier output aside") as failed:
+        remove_stale_staging(out)
+    monkeypatch.setattr(os, "replace", rename)
+    assert f"it is {holder / 'out'}; move it back by hand" in str(failed.value)
+    assert not (holder / STAGING_MARKER).exists()
+    with staging_directory(out) as built:
+        (built / "made.txt").write_text("new\n")
+        publish_directory(built, out)
+    assert remove_stale_staging(out) == []
+    assert (holder / "out" / "half.bin").read_bytes() == b"half an output"
 
 
 def test_a_staging_directory_that_cannot_be_removed_whole_keeps_its_marker(tmp_path,
