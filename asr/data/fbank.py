@@ -37,6 +37,7 @@ import logging
 import math
 import os
 import shutil
+from collections import Counter
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
@@ -301,11 +302,11 @@ def _stale_reason(src: Path, dst: Path, perturbed: bool, cfg: FbankConfig) -> st
 
     if not src.is_file():
         return None
-    stored, shapes, stored_audio = [], set(), {}
+    stored, shapes, stored_audio = [], set(), []
     try:
         for record in load_jsonl(dst):
             stored.append((record["id"], _texts(record)))
-            stored_audio[record["id"]] = _audio(record)
+            stored_audio.append((record["id"], _texts(record), _audio(record)))
             shapes.add((record["features"]["num_features"], record["features"]["frame_shift"]))
     except (OSError, EOFError, ValueError, KeyError, TypeError) as err:
         return f"is unreadable ({type(err).__name__})"
@@ -329,53 +330,77 @@ def _stale_reason(src: Path, dst: Path, perturbed: bool, cfg: FbankConfig) -> st
         example = min(cut_id for cut_id, _ in changed)
         return (f"holds other transcripts than {src}{copies} "
                 f"({len(changed) // 2} cut(s), e.g. {example})")
-    other_audio = [(cut_id, stored_audio[cut_id], audio)
-                   for cut_id, audio in ((record["id"], _audio(record)) for record in records)
-                   if stored_audio[cut_id] != audio]
-    if other_audio:
-        moves = _moved_audio_files(dst, other_audio)
+    inputs = [(record["id"], _texts(record), _audio(record)) for record in records]
+    plain = {cut_id for cut_id, _, _ in inputs}  # the stored cuts less their speed copies
+    stored_plain = [cut for cut in stored_audio if cut[0] in plain]
+    if Counter(stored_plain) != Counter(inputs):
+        moves = _moved_audio_files(dst, stored_plain, inputs)
         if moves is None:
-            cut_id, old, new = min(other_audio)
-            return (f"holds features of other audio than {src} ({len(other_audio)} cut(s), e.g. "
+            other = Counter(inputs) - Counter(stored_plain)
+            cut_id, _, new = min(other, key=lambda cut: cut[0])
+            old = next(audio for i, _, audio in
+                       [*(Counter(stored_plain) - Counter(inputs)), *stored_plain]
+                       if i == cut_id)
+            return (f"holds features of other audio than {src} ({other.total()} cut(s), e.g. "
                     f"{cut_id}: {_describe(old)}, now {_describe(new, files=new[0] != old[0])})")
         _relocate(dst, moves)
     return _changed_audio_files(dst, records)
 
 
-def _moved_audio_files(dst: Path, other_audio: list[tuple[str, tuple, tuple]]
-                       ) -> dict[str, str] | None:
-    """The moves (stored path -> input path) that explain every difference ``other_audio``
-    (cut id, stored :func:`_audio`, input :func:`_audio`) between the stored cuts ``dst`` and
-    their input, when it is a moved corpus: only the audio files' paths differ, all of them by
-    one move of a folder (:func:`_moved_root`: each ``<old root>/<rel>`` is now
-    ``<new root>/<rel>``, with the same roots for every file, as ``mv corpus new_place``
-    leaves them: one to one, then), onto paths the record does not hold, and each input file
-    now has the size and modification time that the part's fingerprint recorded for the
+def _moved_audio_files(dst: Path, stored: list[tuple[str, tuple, tuple]],
+                       inputs: list[tuple[str, tuple, tuple]]) -> dict[str, str] | None:
+    """The moves (stored path -> input path) that turn the stored cuts ``stored`` of ``dst``
+    (id, transcripts, :func:`_audio`; speed copies left out) into their input ``inputs``,
+    when it is a moved corpus: the files the input names and the stored cuts do not are those
+    the stored cuts name and the input does not, each moved with its path below one folder
+    (:func:`_folder_move`, as ``mv corpus new_place`` leaves them), onto paths the part's
+    fingerprint does not hold; the stored cuts, each with its own file's new path, are then
+    the input's cuts (as many of each: paired by path, not by cut id, which may repeat), and
+    each input file has the size and modification time that the fingerprint recorded for its
     stored path when its features were computed (``mv``, ``cp -a`` and ``rsync -a`` keep
     both). Files of one name, size and time in other folders (equal-length clips a tar
     extracted) that the input paired with other cuts than their own (swapped, joined on one
     file, or crossed between folders by a stage 1 whose cut ids do not follow the paths) are
     no move. None otherwise, or without a readable record."""
-    stored = (read_fingerprint(dst) or {}).get(AUDIO_FILES)
-    if not isinstance(stored, dict):
+    recorded = (read_fingerprint(dst) or {}).get(AUDIO_FILES)
+    if not isinstance(recorded, dict) or any(
+            audio[0] == "mix" for _, _, audio in [*stored, *inputs]):
         return None
-    moves: dict[str, str] = {}
-    for _, old, new in other_audio:
-        if "mix" in (old[0], new[0]) or old[1:] != new[1:] or len(old[0]) != len(new[0]):
-            return None
-        for before, after in zip(old[0], new[0]):
-            if before != after and moves.setdefault(before, after) != after:
-                return None
-    if not moves or not set(moves.values()).isdisjoint(stored):
+    before = {path for _, _, audio in stored for path in audio[0]}
+    after = {path for _, _, audio in inputs for path in audio[0]}
+    came = after - before
+    if not came or not came.isdisjoint(recorded):
         return None
-    roots = {_moved_root(before, after) for before, after in moves.items()}
-    if len(roots) != 1 or None in roots:
+    moves = _folder_move(before - after, came)
+    if moves is None or Counter(
+            (cut_id, texts, (tuple(moves.get(path, path) for path in audio[0]), *audio[1:]))
+            for cut_id, texts, audio in stored) != Counter(inputs):
         return None
     now = file_states(moves.values())
-    if any(stored.get(before) is None or now[after] != stored[before]
-           for before, after in moves.items()):
+    if any(recorded.get(old) is None or now[new] != recorded[old] for old, new in moves.items()):
         return None
     return moves
+
+
+def _folder_move(gone: set[str], came: set[str]) -> dict[str, str] | None:
+    """The one move of a folder that takes the files ``gone`` to the files ``came`` (not empty;
+    old path ->
+    new path), each keeping its path below the folder: its roots are those
+    (:func:`_moved_root`) of the first new file and the old file that shares the longest tail
+    of components with it, then every old file below the old root must land on a new file
+    and every new file be reached. None where no move does (or more than one could)."""
+    first = min(came)
+    name = os.path.basename(first)
+    pairs = [(len(Path(old).parts) - len(root[0].parts), root) for old in gone
+             if os.path.basename(old) == name and (root := _moved_root(old, first))]
+    longest = max((shared for shared, _ in pairs), default=0)
+    roots = {root for shared, root in pairs if shared == longest}
+    if len(roots) != 1:
+        return None
+    [(old_root, new_root)] = roots
+    moves = {old: str(new_root / Path(old).relative_to(old_root)) for old in gone
+             if Path(old).is_relative_to(old_root)}
+    return moves if set(moves.values()) == came else None
 
 
 def _moved_root(before: str, after: str) -> tuple[Path, Path] | None:
@@ -423,13 +448,19 @@ def _audio_files(cuts) -> list[str]:
 def _audio(record: dict) -> tuple:
     """What identifies the audio of a cut manifest's record: its recording's files, sampling
     rate and number of samples, and the cut's start, duration and channel (a cut of another
-    kind, e.g. a mix, by its tracks)."""
+    kind, e.g. a mix, by its tracks); hashable."""
     if "tracks" in record:
         return ("mix", tuple(_audio(track.get("cut", {})) for track in record["tracks"]))
     recording = record.get("recording") or {}
     return (tuple(source.get("source") for source in recording.get("sources", [])),
             recording.get("sampling_rate"), recording.get("num_samples"),
-            record.get("start"), record.get("duration"), record.get("channel"))
+            record.get("start"), record.get("duration"), _hashable(record.get("channel")))
+
+
+def _hashable(value: object) -> object:
+    """``value`` read from JSON with its lists as tuples: a part of :func:`_audio`, which
+    counts cuts (a multichannel cut's ``channel`` is a list)."""
+    return tuple(map(_hashable, value)) if isinstance(value, list) else value
 
 
 def _describe(audio: tuple, files: bool = True) -> str:

@@ -500,3 +500,36 @@ def test_a_moved_corpus_keeps_each_file_in_its_folder(tmp_path, pairing):
     assert all(np.array_equal(after[k], expected[k]) for k in expected)
     assert {c.id: c.recording.sources[0].source for c in CutSet.from_file(out)} == {
         c.id: c.recording.sources[0].source for c in CutSet.from_file(fresh)}
+
+
+@pytest.mark.parametrize("pairing", ["moved", "joined"])
+def test_a_moved_corpus_is_paired_by_path_where_cut_ids_repeat(tmp_path, pairing):
+    """A user's own prepare step gave two cuts one id (``dup``), on ``a/x.wav`` and ``b/x.wav``
+    (one size and time). The move was found by pairing stored and input cuts by id, the last
+    stored cut of an id standing for all: the corpus moved as it was was computed again, and
+    one whose input put both cuts on ``moved/a/x.wav`` kept, under that path, the features of
+    ``b/x.wav``. Paired by path below the moved folder, the first keeps its features and the
+    second is computed again."""
+    _, manifests, src, out = _same_named_files_stored(tmp_path, seed=11)
+    fbank = tmp_path / "fbank"
+    records = [json.loads(line) for line in gzip.open(src, "rt")]
+    for record in records:
+        record["id"] = "dup"
+    with gzip.open(src, "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    compute_fbank_for_parts(manifests, fbank, ["part"])
+    stamp = _storage(out)
+    shutil.move(tmp_path / "corpus", tmp_path / "moved")
+    folders = ("a", "b") if pairing == "moved" else ("a", "a")
+    for record, folder in zip(records, folders):
+        record["recording"]["sources"][0]["source"] = str(tmp_path / "moved" / folder / "x.wav")
+    with gzip.open(src, "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    compute_fbank_for_parts(manifests, fbank, ["part"])
+    assert (_storage(out) == stamp) == (pairing == "moved")
+    fresh = compute_fbank_for_parts(manifests, tmp_path / "fresh", ["part"])["part"]
+    stored, expected = CutSet.from_file(out), CutSet.from_file(fresh)
+    assert [c.recording.sources[0].source for c in stored] == [
+        c.recording.sources[0].source for c in expected]
+    assert all(np.array_equal(a.load_features(), b.load_features())
+               for a, b in zip(stored, expected, strict=True))
