@@ -230,6 +230,17 @@ def shar_fields(shar_dir: str | Path) -> dict[str, list[Path]]:
     return fields
 
 
+#: What a Shar directory without the field training reads needs (:class:`SharCuts`).
+_MISSING_FIELD_FIX = {
+    "recording": "on-the-fly features (data.on_the_fly_feats: true) read the audio; write it "
+                 "with `asr shar --fields recording=flac`, or set data.on_the_fly_feats: false "
+                 "to read stored features",
+    "features": "stored features (data.on_the_fly_feats: false) are read from its features; "
+                "write them with `asr shar` (features=lilcom by default), or set "
+                "data.on_the_fly_feats: true to compute them from its audio",
+}
+
+
 class SharCuts:
     """One lazy training CutSet over Shar directories, shards shuffled per epoch.
 
@@ -264,7 +275,7 @@ class SharCuts:
             if field not in fields:
                 raise ValueError(
                     f"Shar directory {shar_dir} has no {field!r} shards (it has "
-                    f"{sorted(f for f in fields if f != 'cuts')})"
+                    f"{sorted(f for f in fields if f != 'cuts')}): {_MISSING_FIELD_FIX[field]}"
                 )
             streams["cuts"] += fields["cuts"]
             streams[field] += fields[field]

@@ -83,7 +83,9 @@ def test_export_and_read_errors_name_what_is_wrong(prepared, shar_dir, tmp_path)
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.tmp").exists()
     with pytest.raises(FileNotFoundError, match="does not exist"):
         SharCuts([tmp_path / "missing"], "features", shuffle=False, seed=0)
-    with pytest.raises(ValueError, match=r"has no 'recording' shards \(it has \['features'\]\)"):
+    with pytest.raises(ValueError, match=r"has no 'recording' shards \(it has \['features'\]\): "
+                       r".*write it with `asr shar --fields recording=flac`, or set "
+                       r"data.on_the_fly_feats: false"):
         SharCuts([shar_dir], "recording", shuffle=False, seed=0)
     broken = tmp_path / "broken"
     broken.mkdir()
