@@ -159,18 +159,33 @@ def cut_files(cut) -> str:
 
 def _file_names(cut) -> list[str]:
     """``"features <path>"`` and ``"audio <source>"`` of ``cut`` (of each track of a mixed cut;
-    a padding track has none)."""
+    a padding track has none), each as :func:`_data_name` names it."""
     tracks = getattr(cut, "tracks", None)
     if tracks is not None:  # a MixedCut has neither .features nor .recording of its own
         return [name for track in tracks for name in _file_names(track.cut)]
+    shard = getattr(cut, "shard_origin", None)
     files = []
     features = getattr(cut, "features", None)
     if features is not None:
-        files.append(f"features {features.storage_path}")
+        files.append(_data_name("features", features.storage_path,
+                                features.storage_type == "shar", shard))
     recording = getattr(cut, "recording", None)
     if recording is not None:
-        files += [f"audio {source.source}" for source in recording.sources]
+        files += [_data_name("audio", source.source, source.type == "shar", shard)
+                  for source in recording.sources]
     return files
+
+
+def _data_name(kind: str, path: str, shar: bool, shard: str | None) -> str:
+    """``"<kind> <path>"``; for data of a Lhotse Shar shard (``shar``, or read from one into
+    memory: no ``path``), whose manifest names no file, the shard's cut manifest ``shard``
+    (lhotse's ``shard_origin``, which the cuts a Shar reader yields carry):
+    ``"audio of Shar shard <dir>/cuts.000003.jsonl.gz"``."""
+    if shard and (shar or not path):
+        return f"{kind} of Shar shard {shard}"
+    if shar:
+        return f"{kind} of a Shar shard"
+    return f"{kind} {path}" if path else f"{kind} in memory"
 
 
 def data_files(cut, fields: Collection[str]) -> Iterator[str]:

@@ -23,7 +23,7 @@ from asr.data.config import DataConfig
 from asr.data.dataset import DataError, make_dataloader
 from asr.data.epochs import EpochBatches
 from asr.data.fbank import speed_perturb_cuts
-from asr.data.filtering import SPEED_COPY_FIELD, FilterStats, filter_cuts
+from asr.data.filtering import SPEED_COPY_FIELD, FilterStats, cut_files, filter_cuts
 from asr.data.shar import SharCuts, export_shar, shar_fields
 from asr.encoders.subsampling import subsampled_length
 from asr.experiment import ExperimentConfig
@@ -68,6 +68,19 @@ def test_export_audio_for_on_the_fly_features(prepared, tmp_path):
     assert [c.id for c in read] == [c.id for c in cuts]
     for a, b in zip(cuts, read):
         np.testing.assert_array_equal(a.load_audio(), b.load_audio())  # flac is lossless
+
+
+def test_messages_name_the_shar_shard_of_a_cut(prepared, shar_dir, tmp_path):
+    """A cut read from Shar named its data as ``audio `` (the shard's source is empty), so a
+    cut refused by the filter or failing to load in training named no file; it is named by
+    its shard's cut manifest."""
+    export_shar([prepared["manifests"]["dev-clean-2"]], tmp_path / "audio", {"recording": "flac"},
+                shard_size=10)
+    [first, *_] = SharCuts([tmp_path / "audio"], "recording", shuffle=False, seed=0).manifests
+    assert cut_files(first) == f"audio of Shar shard {tmp_path / 'audio' / 'cuts.000000.jsonl.gz'}"
+    [first, *_] = SharCuts([shar_dir], "features", shuffle=False, seed=0).cuts
+    assert cut_files(first).startswith(
+        f"features of Shar shard {shar_dir / 'cuts.000000.jsonl.gz'}, audio /")
 
 
 def test_export_and_read_errors_name_what_is_wrong(prepared, shar_dir, tmp_path):
