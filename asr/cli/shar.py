@@ -77,5 +77,7 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         logger.error("asr shar: %s", err)
         return 2
-    logger.info("Shar fields written: %s", {f: len(p) for f, p in written.items()})
+    # written now or kept from an earlier run (export_shar logged which)
+    logger.info("%s holds these shards per field: %s", args.output_dir,
+                {f: len(p) for f, p in written.items()})
     return 0

@@ -62,6 +62,20 @@ def test_shar_cli_rejects_bad_fields(tmp_path, tiny_corpus, caplog):
     assert code == 2 and "asr shar: --fields: bad entry 'features=mp3'" in caplog.text
 
 
+def test_a_kept_shar_directory_is_not_reported_as_written(tmp_path, tiny_corpus, caplog):
+    """A rerun that kept the shards (run.sh --use-shar true at every stage 6) logged "reusing
+    it" and then "Shar fields written": the last line now says what the directory holds."""
+    caplog.set_level(logging.INFO)
+    manifest = tiny_corpus / "fbank" / "librispeech_cuts_train-clean-5.jsonl.gz"
+    shar = tmp_path / "shar"
+    for _ in range(2):
+        assert main(["shar", "--cuts", str(manifest), "--output-dir", str(shar),
+                     "--shard-size", "4"]) == 0
+    assert "reusing it" in caplog.text and "written" not in caplog.messages[-1]
+    assert caplog.messages[-1] == (
+        f"{shar} holds these shards per field: {{'cuts': 4, 'features': 4}}")
+
+
 def test_nothing_left_after_filtering_names_the_source(tmp_path, tiny_corpus, caplog):
     """Cuts all longer than ``max_cut_duration``: the error names the manifests or the shards."""
     too_short = ["data.min_cut_duration=0", "data.max_cut_duration=0.05"]
