@@ -212,8 +212,9 @@ def data_files(cut, fields: Collection[str]) -> Iterator[str]:
 
 def unreadable_field(cut, fields: Collection[str]) -> tuple[str, str] | None:
     """The first of ``fields`` (``"features"``, ``"recording"``; others are not checked) whose
-    data cannot be loaded for ``cut``, and why in one line (``"<file> does not exist"``, else the
-    loader's error type and message); None when every one loads.
+    data cannot be loaded for ``cut``, and why in one line (``"<file> does not exist"``, with
+    the working directory for a relative path, else the loader's error type and message); None
+    when every one loads.
 
     For the messages of a step that failed on a cut without saying why (lhotse leaves a cut it
     cannot read out of a feature computation; its Shar writer's own error often names neither
@@ -225,12 +226,21 @@ def unreadable_field(cut, fields: Collection[str]) -> tuple[str, str] | None:
             continue
         missing = _missing_file(cut, field)
         if missing is not None:
-            return field, f"{missing} does not exist"
+            return field, f"{missing} does not exist{_relative_hint(missing)}"
         try:
             loaders[field]()
         except Exception as err:  # noqa: BLE001 - lilcom, soundfile, audioread, lhotse... types
             return field, error_reason(err)
     return None
+
+
+def _relative_hint(path: str) -> str:
+    """For a missing file named by a relative path (as stage 3 stores features:
+    ``data/fbank/...``), where it was looked for and what to do; empty for an absolute one."""
+    if Path(path).is_absolute():
+        return ""
+    return (f" in the working directory {Path.cwd()} (a relative path in the manifest: run from "
+            "the directory it is relative to, the one the manifest was written from)")
 
 
 def _missing_file(cut, field: str) -> str | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -91,6 +92,11 @@ def test_export_and_read_errors_name_what_is_wrong(prepared, shar_dir, tmp_path)
     assert (tmp_path / "data" / "notes.txt").read_text() == "mine"
     with pytest.raises(ValueError, match=r"cut '.*' has no features"):
         export_shar([prepared["manifests"]["dev-clean-2"]], tmp_path / "x", {"features": "lilcom"})
+    relative = dataclasses.replace(next(iter(_train_cuts(prepared))), id="moved")
+    relative.features = dataclasses.replace(relative.features, storage_path="data/feats.lca")
+    with pytest.raises(DataError, match=r"cut 'moved' .* data/feats.lca does not exist in the "
+                       rf"working directory {re.escape(str(Path.cwd()))} \(a relative path"):
+        export_shar([_written([relative], tmp_path)], tmp_path / "x", {"features": "lilcom"})
     with pytest.raises(FileNotFoundError, match=r"cut manifest .*nowhere.jsonl.gz does not exist"):
         export_shar([tmp_path / "nowhere.jsonl.gz"], tmp_path / "x", {"features": "lilcom"})
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.tmp").exists()
