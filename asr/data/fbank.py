@@ -398,8 +398,12 @@ def _folder_move(gone: set[str], came: set[str]) -> dict[str, str] | None:
     if len(roots) != 1:
         return None
     [(old_root, new_root)] = roots
-    moves = {old: str(new_root / Path(old).relative_to(old_root)) for old in gone
-             if Path(old).is_relative_to(old_root)}
+    # by strings: a Path per file took 20 s for LibriSpeech's 280k (a path spelled otherwise,
+    # such as a//b, then lands on no new file: no move, computed again)
+    old_prefix, new_prefix = (os.path.join(str(root), "") if str(root) != "." else ""
+                              for root in (old_root, new_root))
+    moves = {old: new_prefix + old[len(old_prefix):] for old in gone
+             if old.startswith(old_prefix)}
     return moves if set(moves.values()) == came else None
 
 
