@@ -91,12 +91,20 @@ class IntermixedParser(argparse.ArgumentParser):
     (``asr prepare manifests``), which argparse cannot intermix, and those holding ``--``, after
     which every word is a positional one (``-- -a.wav``): Python 3.11's intermixed parsing drops
     the ``--`` and refuses ``-a.wav`` as an unrecognized argument.
+
+    An option of several values whose action has a ``takes_word`` test (``--set``:
+    :func:`asr.cli.options.add_search_arguments`) takes the words after it only while they pass
+    it; the first that does not is a positional one, in its place among the others: ``a.wav
+    --set search.beam_size=8 b.wav --format json c.wav`` gives the files ``a.wav b.wav c.wav``
+    (argparse's ``nargs="+"`` took ``b.wav`` into ``--set``, out of its order among the files).
     """
 
     _intermixing = False
 
     def parse_known_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201 - argparse's
         words = sys.argv[1:] if args is None else list(args)
+        if not self._intermixing:
+            words = self._bound_tested_options(words)
         steps = any(a.nargs in (argparse.PARSER, argparse.REMAINDER) for a in self._actions)
         # self._intermixing: the two passes of Python 3.11's parse_known_intermixed_args, which
         # call this method (later versions' call argparse's inner parsing, never this one)
@@ -107,3 +115,26 @@ class IntermixedParser(argparse.ArgumentParser):
             return self.parse_known_intermixed_args(words, namespace)
         finally:
             self._intermixing = False
+
+    def _bound_tested_options(self, words: list[str]) -> list[str]:
+        """``words`` with each ``OPT W1 W2 ...`` of an option with a ``takes_word`` test written
+        ``OPT=W1 OPT=W2 ...`` for the words after it that pass the test, so that argparse takes
+        those alone (an ``OPT=W`` takes one value); words after ``--`` are left as they are, and
+        so is an option whose first word fails (argparse then takes it as it would)."""
+        out: list[str] = []
+        index = 0
+        while index < len(words):
+            word = words[index]
+            index += 1
+            if word == "--":
+                return out + [word] + words[index:]
+            takes_word = getattr(self._option_string_actions.get(word), "takes_word", None)
+            end = index
+            while takes_word is not None and end < len(words) and takes_word(words[end]):
+                end += 1
+            if end == index:
+                out.append(word)
+            else:
+                out += [f"{word}={value}" for value in words[index:end]]
+                index = end
+        return out
