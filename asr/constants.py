@@ -1,7 +1,8 @@
 """Constants that the command line's options (their checks and ``--help`` defaults) share with
 the heavy modules they describe, and the one check of a value that both make
 (:func:`hotword_score_problem`, and :func:`hotword_score`, the option type of every
-``--hotwords-score``), and the parser class of their command lines (:class:`IntermixedParser`),
+``--hotwords-score``), the one ``--overwrite`` flag (:func:`add_overwrite_argument`), and the
+parser class of their command lines (:class:`IntermixedParser`),
 kept here so that naming one imports neither torch nor a model:
 ``asr average --help`` or ``asr train`` need not import :mod:`asr.package` or
 :mod:`asr.runtime.streaming` to say a default or recognize a package. The modules that own each
@@ -16,7 +17,7 @@ import sys
 __all__ = [
     "DEFAULT_MAX_LEFT_SECONDS", "DEFAULT_OVERLAP_SECONDS", "DEFAULT_WINDOW_SECONDS", "LOG_FORMAT",
     "EXPORT_REPORT_FILE", "MAX_HOTWORD_SCORE", "METADATA_FILE", "IntermixedParser",
-    "hotword_score", "hotword_score_problem",
+    "add_overwrite_argument", "hotword_score", "hotword_score_problem",
 ]
 
 #: The format of every log line of the ``asr`` command (``logging.basicConfig``) and of the
@@ -78,6 +79,21 @@ def hotword_score(text: str) -> float:
     if problem is not None:
         raise argparse.ArgumentTypeError(f"{problem}, got {text!r}")
     return value
+
+
+def add_overwrite_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--overwrite``, the one name of every subcommand's "replace what an earlier run made"
+    flag (``args.overwrite``), as NeMo's and the Hugging Face scripts' ``overwrite``; ``--force``,
+    the name ``asr bpe``, ``asr lm`` and ``asr export-onnx`` had, is kept as its alias (hidden
+    from the help, in every subcommand that has the flag).
+
+    Args:
+        parser: the subcommand's parser.
+        what: the help: what the flag replaces, e.g. "replace an earlier package in
+            --output-dir".
+    """
+    parser.add_argument("--overwrite", action="store_true", help=what)
+    parser.add_argument("--force", dest="overwrite", action="store_true", help=argparse.SUPPRESS)
 
 
 class IntermixedParser(argparse.ArgumentParser):

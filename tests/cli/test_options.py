@@ -173,6 +173,25 @@ def test_one_device_option_and_one_output_spelling():
     assert outputs == {"--output", "--output-dir"}
 
 
+def test_one_overwrite_spelling_and_force_its_hidden_alias():
+    """"Replace what an earlier run made" was --overwrite in asr export-package, synthesize and
+    prepare fbank, and --force in asr bpe, lm and export-onnx. Every one shows --overwrite now,
+    and takes the old --force (hidden) for it."""
+    having = {}
+    for label, parser in _subcommand_parsers():
+        shown = {o for a in parser._actions if a.help != argparse.SUPPRESS
+                 for o in a.option_strings}
+        assert "--force" not in shown, label
+        if "--overwrite" in shown:
+            having[label] = parser
+    assert set(having) >= {"export-package", "synthesize", "prepare fbank", "bpe", "lm",
+                           "export-onnx"}
+    for label, parser in having.items():
+        for option in ("--overwrite", "--force"):
+            action = parser._option_string_actions[option]
+            assert (action.dest, action.const, action.default) == ("overwrite", True, False), label
+
+
 def test_transcribe_help_documents_the_output_shapes(capsys):
     with pytest.raises(SystemExit):
         main(["transcribe", "--help"])
