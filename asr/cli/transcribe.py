@@ -383,10 +383,10 @@ def _transcribe(args: argparse.Namespace, files: list[str]) -> int:
             model.streaming_recognizer(args.searcher, chunk_size=args.chunk_size,
                                        left_chunks=args.left_chunks,
                                        max_left_seconds=args.max_left_seconds)
-        hotwords = None
-        if args.hotwords is not None:  # a missing hotword file, bad phrases fail here; a
-            hotwords = as_hotwords(args.hotwords)  # read once: the phrases checked are used
-            model.runtime.hotword_graph(hotwords)  # searcher that ignores them warns later
+        # a missing or unreadable hotword file fails here; read once, so the phrases checked
+        # are those used. Their graph (phrases the tokenizer cannot spell fail) is built once,
+        # by transcribe_iter before it reads any input; a searcher that ignores them warns there
+        hotwords = None if args.hotwords is None else as_hotwords(args.hotwords)
     except PackageError as err:
         logger.error("asr transcribe: cannot load model package: %s", err)
         return 2
