@@ -1,7 +1,8 @@
 """Constants that the command line's options (their checks and ``--help`` defaults) share with
 the heavy modules they describe, and the one check of a value that both make
 (:func:`hotword_score_problem`, and :func:`hotword_score`, the option type of every
-``--hotwords-score``), and the parser class of their command lines (:class:`IntermixedParser`),
+``--hotwords-score``), the one ``--overwrite`` flag (:func:`add_overwrite_argument`), and the
+parser class of their command lines (:class:`IntermixedParser`),
 kept here so that naming one imports neither torch nor a model:
 ``asr average --help`` or ``asr train`` need not import :mod:`asr.package` or
 :mod:`asr.runtime.streaming` to say a default or recognize a package. The modules that own each
@@ -16,7 +17,7 @@ import sys
 __all__ = [
     "DEFAULT_MAX_LEFT_SECONDS", "DEFAULT_OVERLAP_SECONDS", "DEFAULT_WINDOW_SECONDS", "LOG_FORMAT",
     "EXPORT_REPORT_FILE", "MAX_HOTWORD_SCORE", "METADATA_FILE", "IntermixedParser",
-    "hotword_score", "hotword_score_problem",
+    "add_overwrite_argument", "hotword_score", "hotword_score_problem",
 ]
 
 #: The format of every log line of the ``asr`` command (``logging.basicConfig``) and of the
@@ -80,6 +81,21 @@ def hotword_score(text: str) -> float:
     return value
 
 
+def add_overwrite_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--overwrite``, the one name of every subcommand's "replace what an earlier run made"
+    flag (``args.overwrite``), as NeMo's and the Hugging Face scripts' ``overwrite``; ``--force``,
+    the name ``asr bpe``, ``asr lm`` and ``asr export-onnx`` had, is kept as its alias (hidden
+    from the help, in every subcommand that has the flag).
+
+    Args:
+        parser: the subcommand's parser.
+        what: the help: what the flag replaces, e.g. "replace an earlier package in
+            --output-dir".
+    """
+    parser.add_argument("--overwrite", action="store_true", help=what)
+    parser.add_argument("--force", dest="overwrite", action="store_true", help=argparse.SUPPRESS)
+
+
 class IntermixedParser(argparse.ArgumentParser):
     """A parser that takes its positional arguments between options too, as
     :meth:`argparse.ArgumentParser.parse_intermixed_args` does: ``asr transcribe --model PKG
@@ -91,12 +107,20 @@ class IntermixedParser(argparse.ArgumentParser):
     (``asr prepare manifests``), which argparse cannot intermix, and those holding ``--``, after
     which every word is a positional one (``-- -a.wav``): Python 3.11's intermixed parsing drops
     the ``--`` and refuses ``-a.wav`` as an unrecognized argument.
+
+    An option of several values whose action has a ``takes_word`` test (``--set``:
+    :func:`asr.cli.options.add_search_arguments`) takes the words after it only while they pass
+    it; the first that does not is a positional one, in its place among the others: ``a.wav
+    --set search.beam_size=8 b.wav --format json c.wav`` gives the files ``a.wav b.wav c.wav``
+    (argparse's ``nargs="+"`` took ``b.wav`` into ``--set``, out of its order among the files).
     """
 
     _intermixing = False
 
     def parse_known_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201 - argparse's
         words = sys.argv[1:] if args is None else list(args)
+        if not self._intermixing:
+            words = self._bound_tested_options(words)
         steps = any(a.nargs in (argparse.PARSER, argparse.REMAINDER) for a in self._actions)
         # self._intermixing: the two passes of Python 3.11's parse_known_intermixed_args, which
         # call this method (later versions' call argparse's inner parsing, never this one)
@@ -107,3 +131,26 @@ class IntermixedParser(argparse.ArgumentParser):
             return self.parse_known_intermixed_args(words, namespace)
         finally:
             self._intermixing = False
+
+    def _bound_tested_options(self, words: list[str]) -> list[str]:
+        """``words`` with each ``OPT W1 W2 ...`` of an option with a ``takes_word`` test written
+        ``OPT=W1 OPT=W2 ...`` for the words after it that pass the test, so that argparse takes
+        those alone (an ``OPT=W`` takes one value); words after ``--`` are left as they are, and
+        so is an option whose first word fails (argparse then takes it as it would)."""
+        out: list[str] = []
+        index = 0
+        while index < len(words):
+            word = words[index]
+            index += 1
+            if word == "--":
+                return out + [word] + words[index:]
+            takes_word = getattr(self._option_string_actions.get(word), "takes_word", None)
+            end = index
+            while takes_word is not None and end < len(words) and takes_word(words[end]):
+                end += 1
+            if end == index:
+                out.append(word)
+            else:
+                out += [f"{word}={value}" for value in words[index:end]]
+                index = end
+        return out

@@ -23,7 +23,7 @@ import torch
 
 from asr.checkpoints.io import save_weights
 from asr.checkpoints.selection import WeightSelection, select_weights
-from asr.config import apply_overrides, from_dict, load_config
+from asr.config import apply_overrides, from_dict, load_config, parse_override
 from asr.data.config import DataConfig
 from asr.decoding.config import SearchConfig
 from asr.encoders import EncoderConfig, build_encoder
@@ -113,18 +113,26 @@ def load_experiment_config(
     return load_config(ExperimentConfig, path, overrides)
 
 
-def relative_path_advice(exp_dir: str | Path, key: str, value: str | Path, fix: str) -> str:
-    """What to do when the path ``value`` of the experiment's ``key`` is not found: a relative
-    one (what the recipe scripts train with, e.g. ``tokenizer_dir: data/lang_bpe_500``) is
-    relative to the directory ``asr train`` ran in, and is read from the current directory.
+def relative_path_advice(exp_dir: str | Path, key: str, value: str | Path, fix: str,
+                         overrides: Iterable[str] = ()) -> str:
+    """What to do when the path ``value`` of the experiment's ``key`` is not found. A relative
+    one of the experiment (what the recipe scripts train with, e.g. ``tokenizer_dir:
+    data/lang_bpe_500``) is relative to the directory ``asr train`` ran in, and is read from the
+    current directory; one that this command line gave (``overrides``: its ``--set
+    KEY=VALUE``) is the user's own, read from the current directory, where it is not.
 
     Returns:
-        ``" (...)"`` naming both directories and ``fix`` (the option that gives another path),
-        to append to the error; ``""`` for an absolute ``value`` or one that is there (what is
-        missing is inside it).
+        ``" (...)"`` to append to the error: for the experiment's path, naming both
+        directories and ``fix`` (the option that gives another path); for a ``--set`` path,
+        naming the current directory; ``""`` for an absolute ``value`` or one that is there
+        (what is missing is inside it).
     """
     if Path(value).is_absolute() or Path(value).exists():
         return ""
+    if any(parse_override(text)[0] == key.split(".") for text in overrides):
+        return (f" ({key} {value} of this command line's --set is read from the current "
+                f"directory {Path.cwd()}, which has no {value}: give a path from there, or an "
+                f"absolute one)")
     return (f" ({key} {value} of {exp_dir} is relative to the directory `asr train` ran in, "
             f"and was looked for in the current directory {Path.cwd()}: run from the training's "
             f"directory (a recipe's --work-dir), or pass {fix})")
@@ -176,7 +184,7 @@ def load_trained_model(
         tokenizer = load_tokenizer(cfg.tokenizer_dir)
     except FileNotFoundError as err:
         advice = relative_path_advice(exp_dir, "tokenizer_dir", cfg.tokenizer_dir,
-                                      "--set tokenizer_dir=DIR")
+                                      "--set tokenizer_dir=DIR", overrides)
         raise FileNotFoundError(f"{err}{advice}") from err
     check_checkpoint_vocabulary(weights.checkpoint, tokenizer, cfg.tokenizer_dir,
                                 weights.sources[-1])

@@ -351,7 +351,7 @@ def test_a_gzip_compressed_lm_is_made_packaged_and_loaded(exp_dir, tmp_path):
     assert main(args) == 0
     data = lm.read_bytes()
     assert data[:2] == b"\x1f\x8b"
-    assert main([*args, "--force"]) == 0 and lm.read_bytes() == data
+    assert main([*args, "--overwrite"]) == 0 and lm.read_bytes() == data
     out = tmp_path / "pkg"
     assert main(["export-package", "--exp-dir", str(exp_dir), "--output-dir", str(out),
                  "--searcher", "beam", "--set", f"search.lm_path={lm}",

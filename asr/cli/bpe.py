@@ -23,6 +23,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from asr.constants import add_overwrite_argument
 from asr.data.filtering import is_speed_copy
 from asr.fileio import check_writable_dir, output_lock
 from asr.fingerprint import fingerprint_path, is_current, sha256_of_texts, write_fingerprint
@@ -46,9 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{MIN_VOCAB_SIZE}, and one id per character of the text with the "
                              f"word-start mark (default: 500)")
     parser.add_argument("--kind", choices=("bpe", "char"), default="bpe", help="tokenizer kind")
-    parser.add_argument("--force", action="store_true",
-                        help="retrain even if the model exists and was made from these "
-                        "transcripts and options (otherwise it is reused)")
+    add_overwrite_argument(parser, "retrain even if the model exists and was made from these "
+                                   "transcripts and options (otherwise it is reused)")
     parser.add_argument("--check-only", action="store_true",
                         help="check --vocab-size (against the --transcripts given, if any) and "
                              "that --output-dir (if given) can be written, and exit: 0 when they "
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
             if args.kind == "char":
                 tokens = output_dir / TOKENS_FILE
                 made_from = {"kind": "char", "texts_sha256": sha256_of_texts(texts)}
-                if not args.force and is_current(tokens, made_from):
+                if not args.overwrite and is_current(tokens, made_from):
                     return 0
                 if (output_dir / BPE_MODEL_FILE).is_file():
                     raise ValueError(f"{output_dir} holds a BPE model; use another --output-dir")
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
                 write_fingerprint(tokens, made_from)
             else:
                 # train_bpe reuses an existing model only while it was trained on these texts
-                tokenizer = train_bpe(texts, output_dir, args.vocab_size, force=args.force)
+                tokenizer = train_bpe(texts, output_dir, args.vocab_size, force=args.overwrite)
     except (OSError, ValueError) as err:
         logger.error("asr bpe: %s", err)
         return 2

@@ -19,9 +19,10 @@ and prints the summary file's path. Test cuts are ``<manifest-dir>/librispeech_c
 by default in the experiment's ``data.manifest_dir``. Relative paths of the experiment's config
 (the recipes' ``tokenizer_dir: data/lang_bpe_500``) are read from the current directory: one not
 found there is an error that says so, to run from the directory training ran in or to pass
-``--set tokenizer_dir=DIR`` / ``--manifest-dir DIR``. ``--set`` overrides the experiment config:
-``search.X=..`` the searchers' options (the config's ``search`` section), any other key the rest
-(e.g. ``data.max_duration=300``).
+``--set tokenizer_dir=DIR`` / ``--manifest-dir DIR`` (a relative path that this command line's
+``--set`` gave is the user's own: its error names the current directory it was read from).
+``--set`` overrides the experiment config: ``search.X=..`` the searchers' options (the config's
+``search`` section), any other key the rest (e.g. ``data.max_duration=300``).
 
 The result files of one test set and searcher are made by one run at a time: a run takes the
 lock of each summary file it will write (:func:`asr.fileio.output_lock`) before it decodes
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
                 if args.manifest_dir is not None:
                     raise
                 advice = relative_path_advice(args.exp_dir, "data.manifest_dir", manifest_dir,
-                                              "--manifest-dir DIR")
+                                              "--manifest-dir DIR", args.overrides)
                 raise FileNotFoundError(f"{err}{advice}") from err
             field = "recording" if cfg.data.on_the_fly_feats else "features"
             for part in parts:  # a missing audio or feature file, before any part is decoded

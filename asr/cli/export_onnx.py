@@ -21,6 +21,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from asr.constants import add_overwrite_argument
 from asr.export.sherpa import (
     DEFAULT_OPSET,
     NoLayoutError,
@@ -48,9 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="streaming chunk in encoder frames (default: the package's)")
     parser.add_argument("--left-chunks", type=int, default=None,
                         help="streaming left context in chunks (default: the package's)")
-    parser.add_argument("--force", action="store_true",
-                        help="replace an earlier export in --output-dir (never the package or "
-                             "another directory)")
+    add_overwrite_argument(parser, "replace an earlier export in --output-dir (never the "
+                                   "package or another directory)")
     parser.add_argument("--if-supported", action="store_true",
                         help="a package that sherpa-onnx has no layout for in this mode (its "
                              "heads, its features, streaming) is no error: say why, write "
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = export_onnx(
             args.model, args.output_dir, streaming=args.streaming, int8=args.int8, opset=args.opset,
-            head=args.head, force=args.force, chunk_size=args.chunk_size,
+            head=args.head, force=args.overwrite, chunk_size=args.chunk_size,
             left_chunks=args.left_chunks,
         )
     except NoLayoutError as err:

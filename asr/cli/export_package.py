@@ -28,6 +28,7 @@ import logging
 import math
 
 from asr.cli.options import add_checkpoint_arguments, add_search_arguments, selection_from_args
+from asr.constants import add_overwrite_argument
 from asr.package import PackageError, export_package
 
 logger = logging.getLogger(__name__)
@@ -72,9 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="record the WER of the package's search on a test set, e.g. "
                              "test-clean=22.58; repeatable, once per set (default: the last dev "
                              "WER of training)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an earlier package in --output-dir (never the experiment "
-                             "or another directory)")
+    add_overwrite_argument(parser, "replace an earlier package in --output-dir (never the "
+                                   "experiment or another directory)")
 
 
 def run(args: argparse.Namespace) -> int:

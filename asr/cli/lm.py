@@ -26,6 +26,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from asr.constants import add_overwrite_argument
 from asr.data.filtering import is_speed_copy
 from asr.decoding.lm import UNK
 from asr.decoding.ngram_train import check_words, estimate_kneser_ney, write_arpa
@@ -60,9 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--order", type=int, default=4, help="n-gram order")
     parser.add_argument("--output", required=True,
                         help="ARPA file to write; gzip-compressed when it ends in .gz")
-    parser.add_argument("--force", action="store_true",
-                        help="retrain even if the output exists and was made from these "
-                        "transcripts and options (otherwise it is reused)")
+    add_overwrite_argument(parser, "retrain even if the output exists and was made from these "
+                                   "transcripts and options (otherwise it is reused)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             made_from["tokenizer_sha256"] = sha256_of_files(
                 Path(args.tokenizer_dir) / name for name in (BPE_MODEL_FILE, TOKENS_FILE))
         with output_lock(output):  # another run making it is refused, naming it
-            if not args.force and is_current(output, made_from):
+            if not args.overwrite and is_current(output, made_from):
                 return 0
             fingerprint_path(output).unlink(missing_ok=True)
             symbols = None

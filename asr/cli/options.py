@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import inspect
 import logging
+import os
 import re
 import typing
 from pathlib import Path
@@ -32,6 +33,7 @@ __all__ = [
     "dataclass_from_args",
     "device_from_args",
     "hotword_score",
+    "is_override_word",
     "selection_from_args",
     "set_num_threads",
 ]
@@ -174,10 +176,20 @@ def add_search_arguments(parser: argparse.ArgumentParser, searcher_default: str,
                         help="searcher: greedy / beam (those of the model's main head) or a name "
                              "such as transducer_beam, ctc_prefix_beam "
                              f"(default: {searcher_default})")
-    parser.add_argument("--set", dest="search_overrides", nargs="+", action="extend", default=[],
-                        metavar="search.FIELD=VALUE",
-                        help="search options, e.g. search.beam_size=8 search.lm_weight=0.3 "
-                             f"(default: {search_default})")
+    overrides = parser.add_argument(
+        "--set", dest="search_overrides", nargs="+", action="extend", default=[],
+        metavar="search.FIELD=VALUE",
+        help="search options, e.g. search.beam_size=8 search.lm_weight=0.3; the first word "
+             f"after them without '=' (or naming a file) is not one (default: {search_default})")
+    # asr.constants.IntermixedParser: --set stops at the first word that is no override, so a
+    # file after it stays in its place among the files (asr transcribe a.wav --set X b.wav c.wav)
+    overrides.takes_word = is_override_word
+
+
+def is_override_word(word: str) -> bool:
+    """Whether ``word``, after ``--set``, is one of its ``FIELD=VALUE`` overrides: it holds a
+    ``=``, starts with no ``-`` (an option) and names no file (``take=1.wav``, a file)."""
+    return "=" in word and not word.startswith("-") and not os.path.exists(word)
 
 
 def add_streaming_arguments(parser: argparse.ArgumentParser) -> None:

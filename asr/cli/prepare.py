@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from asr.cli.options import part_name
+from asr.constants import add_overwrite_argument
 from asr.data.fbank import compute_fbank_for_parts
 from asr.data.librispeech import prepare_manifests, write_shuffled_cuts
 from asr.features.fbank import FbankConfig
@@ -62,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          "parts whose name starts with 'train')")
     fb.add_argument("--num-jobs", type=int, default=1, help="parallel processes")
     fb.add_argument("--num-mel-bins", type=int, default=80, help="mel bins per frame")
-    fb.add_argument("--overwrite", action="store_true", help="recompute existing outputs")
+    add_overwrite_argument(fb, "recompute existing outputs")
     fb.set_defaults(_prepare=_run_fbank)
 
     sh = sub.add_parser("shuffle", help="write the cuts of several manifests in one random order "

@@ -9,6 +9,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from asr.constants import add_overwrite_argument
 from asr.fileio import check_writable_dir
 from asr.synth.parts import PARTS
 from asr.synth.synthesize import PRESETS, TRAIN_TEXTS, synthesize_biasing_set, synthesize_corpus
@@ -80,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "test-biasing of N utterances each plus phrase lists (asr/synth/biasing.py), of the "
         "corpus's sentence sources; needs the corpus (its training text) first",
     )  # fmt: skip
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing synthesis")
+    add_overwrite_argument(parser, "replace an existing synthesis")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 

@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import unicodedata
 from collections.abc import Sequence
@@ -108,7 +107,7 @@ FORMAT_HELP = ("text: one line per input (its text; SOURCE<TAB>TEXT with several
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    # "*" and not "+": files written after ``--set A=1 B=2`` are taken back from --set in run()
+    # "*" and not "+": run() says what is missing in its own words
     parser.add_argument("files", nargs="*",
                         help="audio files or named pipes (a shell's <(...)); '-' reads one "
                              "file from stdin")
@@ -316,11 +315,7 @@ def _folded(name: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    # ``--set search.beam_size=8 a.wav``: --set took the file too; a word of it is a file when
-    # it has no '=' or names one (``take=1.wav``)
-    taken = [o for o in args.search_overrides if "=" not in o or os.path.exists(o)]
-    files = list(args.files) + taken
-    args.search_overrides = [o for o in args.search_overrides if o not in taken]
+    files = list(args.files)
     if not files:
         logger.error("asr transcribe: no audio files given ('-' reads stdin)")
         return 2
@@ -388,10 +383,10 @@ def _transcribe(args: argparse.Namespace, files: list[str]) -> int:
             model.streaming_recognizer(args.searcher, chunk_size=args.chunk_size,
                                        left_chunks=args.left_chunks,
                                        max_left_seconds=args.max_left_seconds)
-        hotwords = None
-        if args.hotwords is not None:  # a missing hotword file, bad phrases fail here; a
-            hotwords = as_hotwords(args.hotwords)  # read once: the phrases checked are used
-            model.runtime.hotword_graph(hotwords)  # searcher that ignores them warns later
+        # a missing or unreadable hotword file fails here; read once, so the phrases checked
+        # are those used. Their graph (phrases the tokenizer cannot spell fail) is built once,
+        # by transcribe_iter before it reads any input; a searcher that ignores them warns there
+        hotwords = None if args.hotwords is None else as_hotwords(args.hotwords)
     except PackageError as err:
         logger.error("asr transcribe: cannot load model package: %s", err)
         return 2

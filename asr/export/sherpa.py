@@ -308,7 +308,7 @@ def export_onnx(
     if left_chunks is not None and left_chunks < -1:
         raise OnnxInputError(f"--left-chunks {left_chunks}: the left context is a number of "
                              "chunks >= 0 (-1, unlimited, has no fixed-shape layout)")
-    with locked_output_dir(out_dir, force, _REPORT, [Path(package_dir)], "--force",
+    with locked_output_dir(out_dir, force, _REPORT, [Path(package_dir)], "--overwrite",
                            OnnxInputError):
         try:
             package = load_package(package_dir)

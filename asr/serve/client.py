@@ -21,9 +21,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import html
 import json
 import logging
 import math
+import re
 import signal
 import sys
 import time
@@ -42,6 +44,10 @@ __all__ = ["ClientResult", "stream_file", "stream_microphone", "stream_samples",
 logger = logging.getLogger(__name__)
 
 DEFAULT_SERVER = "ws://127.0.0.1:6006"
+#: The most characters of a refused handshake's response body that the client prints as its
+#: reason: ``asr serve`` says one short line, but a proxy in front of it answers with an HTML
+#: page of kilobytes.
+MAX_REASON_CHARS = 200
 
 
 @dataclass
@@ -411,16 +417,33 @@ def _failure(err: Exception, server: str) -> str:
     where it tried and that a server may not be running there (the system's own words name
     only an address, "[Errno 111] Connect call failed ('127.0.0.1', 6006)"), and a refused
     handshake says the server's reason, from the response body ("HTTP 503" alone did not say
-    whether the server was full or shutting down)."""
+    whether the server was full or shutting down), as one bounded line (:func:`_response_reason`:
+    a proxy's HTML page by its text, cut)."""
     if isinstance(err, ConnectionRefusedError):
         return f"cannot connect to {server}: {err} (is `asr serve` running there?)"
     response = getattr(err, "response", None)  # websockets' InvalidStatus: the HTTP response
     body = getattr(response, "body", None)
     if isinstance(body, (bytes, bytearray)) and body.strip():  # a bytearray as received
-        reason = one_line(body.decode("utf-8", "replace").strip())
+        reason = _response_reason(bytes(body))
         hint = (" (asr serve --max-connections)" if reason == "too many connections" else "")
         return f"{err}: {reason}{hint}"
     return str(err)
+
+
+def _response_reason(body: bytes) -> str:
+    """A refused handshake's response body as one line of at most :data:`MAX_REASON_CHARS`
+    characters (then ``...`` and how long it was): an HTML page (a proxy's error page) by its
+    text without markup, scripts or styles; every run of white space (newlines too) one space,
+    and other control characters escaped (:func:`asr.fileio.one_line`)."""
+    text = body.decode("utf-8", "replace")
+    if text.lstrip().startswith("<"):
+        text = re.sub(r"<(script|style)\b.*?</\1\s*>", " ", text, flags=re.S | re.I)
+        text = html.unescape(re.sub(r"<[^>]*>", " ", text))
+    text = " ".join(text.split())
+    if len(text) <= MAX_REASON_CHARS:
+        return one_line(text)
+    return (f"{one_line(text[:MAX_REASON_CHARS].rstrip())}... (cut: the response body's text "
+            f"is {len(text)} characters)")
 
 
 async def _run_files(args: argparse.Namespace) -> int:

@@ -48,7 +48,7 @@ sherpa_onnx_export() {
     fi
     # --if-supported: no layout for this mode is no error; the export then prints no report
     report=$(asr export-onnx --model "$exp_dir/package" --output-dir "$dir" "${flags[@]}" --int8 \
-      --force --if-supported) || return
+      --overwrite --if-supported) || return
     if [ -n "$report" ]; then
       echo "$report"
       onnx_dirs+=("$dir")

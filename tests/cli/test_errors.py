@@ -296,27 +296,50 @@ def test_a_relative_path_of_the_experiment_not_found_here_says_what_to_do(traine
                                                                         monkeypatch):
     """The recipes train with relative paths (tokenizer_dir: data/lang_bpe_500), which
     `asr decode` reads from the current directory: run elsewhere, it said only
-    "data/lang_bpe_500: no tokenizer found" or "cut manifest ... does not exist"."""
+    "data/lang_bpe_500: no tokenizer found" or "cut manifest ... does not exist". A relative
+    path of this command line's --set is the user's own: it was told to run from the
+    training's directory too, which was wrong advice; it is told the directory it was read
+    from now."""
     import yaml
+
+    from asr.checkpoints.io import safe_torch_load, save_weights
 
     config = yaml.safe_load((trained / "config.yaml").read_text())
     root = Path(config["tokenizer_dir"]).parent  # holds lang_char/ and fbank/
+    # an experiment whose own config holds relative paths (a weights file: its config is read)
+    relative = tmp_path / "relative"
+    relative.mkdir()
+    config["tokenizer_dir"], config["data"]["manifest_dir"] = "lang_char", "elsewhere"
+    (relative / "config.yaml").write_text(yaml.safe_dump(config))
+    weights = relative / "weights.safetensors"
+    save_weights(safe_torch_load(trained / "epoch-2.pt")["model"], weights)
+    own = ["decode", "--exp-dir", relative, "--checkpoint", weights, "--searcher", "greedy"]
     decode = ["decode", "--exp-dir", trained, "--searcher", "greedy"]
     monkeypatch.chdir(tmp_path)
-    code, [line] = _asr(*decode, "--set", "tokenizer_dir=lang_char")
+    code, [line] = _asr(*own)
     assert code == 2 and "lang_char: no tokenizer found" in line, line
-    assert (f"(tokenizer_dir lang_char of {trained} is relative to the directory `asr train` ran "
-            f"in, and was looked for in the current directory {tmp_path}: run from the "
+    assert (f"(tokenizer_dir lang_char of {relative} is relative to the directory `asr train` "
+            f"ran in, and was looked for in the current directory {tmp_path}: run from the "
             "training's directory (a recipe's --work-dir), or pass --set tokenizer_dir=DIR)"
             ) in line
+    code, [line] = _asr(*decode, "--set", "tokenizer_dir=lang_char")
+    assert code == 2 and "lang_char: no tokenizer found" in line, line
+    assert (f"(tokenizer_dir lang_char of this command line's --set is read from the current "
+            f"directory {tmp_path}, which has no lang_char: give a path from there, or an "
+            "absolute one)") in line and "asr train` ran in" not in line, line
     code, [line] = _asr(*decode, "--set", f"tokenizer_dir={tmp_path / 'lang'}")
     assert code == 2 and "no tokenizer found" in line and "asr train` ran in" not in line, line
     monkeypatch.chdir(root)
-    code, [line] = _asr(*decode, "--set", "tokenizer_dir=lang_char", "data.manifest_dir=elsewhere")
+    code, [line] = _asr(*own)
     assert code == 2 and "cut manifest elsewhere/librispeech_cuts_test-clean" in line, line
-    assert (f"(data.manifest_dir elsewhere of {trained} is relative to the directory `asr train` "
-            f"ran in, and was looked for in the current directory {root}: ") in line
+    assert (f"(data.manifest_dir elsewhere of {relative} is relative to the directory `asr "
+            f"train` ran in, and was looked for in the current directory {root}: ") in line
     assert line.endswith("or pass --manifest-dir DIR)"), line
+    code, [line] = _asr(*decode, "--set", "tokenizer_dir=lang_char", "data.manifest_dir=mine")
+    assert code == 2 and "cut manifest mine/librispeech_cuts_test-clean" in line, line
+    assert line.endswith(f"(data.manifest_dir mine of this command line's --set is read from "
+                         f"the current directory {root}, which has no mine: give a path from "
+                         "there, or an absolute one)"), line
     code, [line] = _asr(*decode, "--set", "tokenizer_dir=lang_char", "--manifest-dir", "mine")
     assert code == 2 and "cut manifest mine/" in line and "asr train` ran in" not in line, line
     # the directory is here, a part is not: no advice to run elsewhere

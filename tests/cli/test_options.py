@@ -107,6 +107,29 @@ def test_files_after_a_double_dash_are_taken():
     assert (args.files, args.format) == (["a.wav", "-b.wav", "--format"], "text")
 
 
+def test_files_after_set_keep_their_order(tmp_path, monkeypatch):
+    """``--set`` (several values) took every word after it, files too, and ``asr transcribe``
+    moved those files after the others: ``a.wav --set K=V b.wav --format json c.wav`` wrote b's
+    transcript after c's. It stops at the first word that is no override now, so the files keep
+    the order the user gave, its overrides stay several, and ``--`` still ends the options."""
+    parse = build_parser("transcribe").parse_args
+    args = parse(["transcribe", "--model", "p", "a.wav", "--set", "search.beam_size=2", "b.wav",
+                  "--format", "json", "c.wav"])
+    assert (args.files, args.search_overrides) == (["a.wav", "b.wav", "c.wav"],
+                                                   ["search.beam_size=2"])
+    args = parse(["transcribe", "a.wav", "--set", "search.beam_size=2", "search.lm_weight=0.3",
+                  "b.wav", "--model", "p", "--set=search.blank_penalty=1", "c.wav"])
+    assert args.files == ["a.wav", "b.wav", "c.wav"]
+    assert args.search_overrides == ["search.beam_size=2", "search.lm_weight=0.3",
+                                     "search.blank_penalty=1"]
+    monkeypatch.chdir(tmp_path)
+    Path("take=1.wav").touch()  # a file, though it holds a '='
+    args = parse(["transcribe", "--model", "p", "--set", "search.beam_size=2", "take=1.wav",
+                  "b.wav", "--", "-c.wav"])
+    assert (args.files, args.search_overrides) == (["take=1.wav", "b.wav", "-c.wav"],
+                                                   ["search.beam_size=2"])
+
+
 def _subcommand_parsers():
     from asr.cli.main import SUBCOMMANDS, build_parser
 
@@ -148,6 +171,25 @@ def test_one_device_option_and_one_output_spelling():
     assert set(devices) >= {"decode", "transcribe", "serve"}
     assert set(devices.values()) == {"auto"}
     assert outputs == {"--output", "--output-dir"}
+
+
+def test_one_overwrite_spelling_and_force_its_hidden_alias():
+    """"Replace what an earlier run made" was --overwrite in asr export-package, synthesize and
+    prepare fbank, and --force in asr bpe, lm and export-onnx. Every one shows --overwrite now,
+    and takes the old --force (hidden) for it."""
+    having = {}
+    for label, parser in _subcommand_parsers():
+        shown = {o for a in parser._actions if a.help != argparse.SUPPRESS
+                 for o in a.option_strings}
+        assert "--force" not in shown, label
+        if "--overwrite" in shown:
+            having[label] = parser
+    assert set(having) >= {"export-package", "synthesize", "prepare fbank", "bpe", "lm",
+                           "export-onnx"}
+    for label, parser in having.items():
+        for option in ("--overwrite", "--force"):
+            action = parser._option_string_actions[option]
+            assert (action.dest, action.const, action.default) == ("overwrite", True, False), label
 
 
 def test_transcribe_help_documents_the_output_shapes(capsys):

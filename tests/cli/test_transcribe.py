@@ -606,6 +606,36 @@ def test_a_hotwords_file_is_read_once(streaming, tiny, audio_dir, tmp_path, caps
     assert code == 0 and reads == [hotwords]
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+def test_the_hotword_graph_is_built_once(streaming, tmp_path, capsys, caplog, monkeypatch):
+    """--hotwords built the context graph twice, once to check the phrases and once to decode
+    with them (seconds each for thousands of phrases). It is built once now, and a phrase the
+    tokenizer cannot spell still exits 2 before any input is decoded or output written."""
+    import asr.runtime.bundle as bundle
+    from asr.testing.packages import random_package
+
+    package = random_package(tmp_path / "model")
+    wav = tmp_path / "a.wav"
+    t = np.arange(16000) / 16000
+    soundfile.write(wav, (0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000)
+    built = []
+
+    def counted(*args, **kwargs):
+        built.append(args)
+        return context_graph_for(*args, **kwargs)
+
+    context_graph_for = bundle.context_graph_for
+    monkeypatch.setattr(bundle, "context_graph_for", counted)
+    base = [wav, "--model", package, "--searcher", "ctc_prefix_beam",
+            *(["--streaming"] if streaming else []), "--hotwords"]
+    code, out, err = _run([*base, "ADEG;HIL MNOP"], capsys)
+    assert code == 0 and out.strip(), err
+    assert len(built) == 1
+    out_dir = tmp_path / "out"
+    code, _, _ = _run([*base, "AD\u03a9", "--output-dir", out_dir], capsys)
+    assert code == 2 and "does not know" in caplog.text and not list(out_dir.glob("*.txt"))
+
+
 def test_streaming_hotwords_options(tiny, audio_dir, tmp_path, capsys, caplog):
     """--streaming --hotwords: a biasing streaming searcher takes them (score 0 changes
     nothing, unknown characters exit 2); a greedy one ignores them with the offline path's

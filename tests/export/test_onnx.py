@@ -442,8 +442,8 @@ def test_cli_and_clear_errors(tmp_path, capsys, caplog):
     assert main(["export-onnx", "--model", str(package), "--output-dir", str(out)]) == 0
     assert "from_transducer" in capsys.readouterr().out
     assert main(["export-onnx", "--model", str(package), "--output-dir", str(out)]) == 2
-    assert "already exists (pass --force" in caplog.text  # a bad option: exit 2
-    assert main(["export-onnx", "--model", str(package), "--output-dir", str(out), "--force",
+    assert "already exists (pass --overwrite" in caplog.text  # a bad option: exit 2
+    assert main(["export-onnx", "--model", str(package), "--output-dir", str(out), "--overwrite",
                  "--head", "ctc"]) == 0
     assert (out / "model.onnx").is_file() and not (out / "encoder.onnx").exists()
     with pytest.raises(OnnxExportError, match="no streaming CTC layout"):
@@ -763,8 +763,9 @@ def test_tokens_and_bpe_vocab_are_the_tokenizers_for_every_id(tmp_path, head, bp
 
 
 def test_force_replaces_only_an_earlier_export(tmp_path):
-    """--force never deletes the package it exports (the output directory being it or holding
-    it) nor a directory of other files; the export is readable by others as the package is."""
+    """force (--overwrite) never deletes the package it exports (the output directory being it
+    or holding it) nor a directory of other files; the export is readable by others as the
+    package is."""
     package = random_package(tmp_path / "rnnt", head="transducer", seed=2)
     for out in (package, package.parent):
         with pytest.raises(OnnxExportError, match="which it is made from"):

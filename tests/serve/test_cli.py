@@ -94,3 +94,34 @@ def test_a_refused_handshake_says_the_servers_reason():
     assert _failure(closing, "ws://h:1").endswith("HTTP 503: server is shutting down")
     bare = InvalidStatus(Response(403, "Forbidden", Headers(), b""))
     assert _failure(bare, "ws://h:1") == "server rejected WebSocket connection: HTTP 403"
+
+
+def test_a_proxys_html_refusal_is_one_bounded_line():
+    """A proxy in front of the server (nginx, a load balancer) answers 503 with an HTML page:
+    the client printed all of it, kilobytes of markup escaped into one line. It prints the
+    page's text, one line of at most MAX_REASON_CHARS characters, and says when it cut it."""
+    from websockets.datastructures import Headers
+    from websockets.exceptions import InvalidStatus
+    from websockets.http11 import Response
+
+    from asr.serve.client import _failure
+
+    nginx = (b"<html>\r\n<head><title>503 Service Temporarily Unavailable</title></head>\r\n"
+             b"<body>\r\n<center><h1>503 Service Temporarily Unavailable</h1></center>\r\n"
+             b"<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
+    failure = _failure(InvalidStatus(Response(503, "Service Unavailable", Headers(), nginx)),
+                       "ws://h:1")
+    assert failure == ("server rejected WebSocket connection: HTTP 503: 503 Service Temporarily "
+                       "Unavailable 503 Service Temporarily Unavailable nginx")
+    page = (b"<!DOCTYPE html><html><head><style>body { color: red; }</style>"
+            b"<script>var x = '<b>';</script><title>Down &amp; out</title></head><body>"
+            + b"<p>Please try again later.</p>\n" * 200 + b"</body></html>")
+    failure = _failure(InvalidStatus(Response(503, "Service Unavailable", Headers(), page)),
+                       "ws://h:1")
+    reason = failure.split("HTTP 503: ", 1)[1]
+    assert "\n" not in failure and "\\n" not in failure and "<" not in reason
+    assert reason.startswith("Down & out Please try again later. Please try again later.")
+    assert reason.endswith(f"... (cut: the response body's text is {10 + 24 * 200} characters)")
+    from asr.serve.client import MAX_REASON_CHARS
+
+    assert len(reason) < MAX_REASON_CHARS + 60
