@@ -8,7 +8,8 @@ streams fed at once, then ``decode_streams`` over the ready streams until none i
 
 **Flushing a stream.** sherpa-onnx decodes a chunk only when one feature frame more than the
 chunk reads has arrived, and never decodes a partial last chunk, so a streaming input must be
-padded before ``input_finished``. Its examples append 0.66 s of zeros; we append
+padded before ``input_finished`` (sherpa-onnx pads nothing itself). Its examples append 0.5 or
+0.66 s of zeros; we append
 :func:`flush_samples` (the least that makes it decode every encoder frame our runtime decodes)
 of :func:`room_tone` (the input's quietest stretch, repeated), because digital silence is an
 input a model trained on recorded or noisy audio has never heard: its log-mel frames sit at the
