@@ -115,6 +115,7 @@ def test_serve_sherpa_onnx_applies_or_refuses_each_search_option(sherpa_dir, mon
     from asr.cli.main import main
     from asr.export.sherpa_decode import load_recognizer, sherpa_search_options
     from asr.export.sherpa_streaming import load_streaming_recognizer
+    from asr.testing.streams import decode_with_endpoints
 
     monkeypatch.setattr(asr.cli.serve, "RecognitionServer", _NoServer)
     common = ["serve", "--model", str(sherpa_dir), "--engine", "sherpa-onnx", "--port", "0"]
@@ -140,8 +141,11 @@ def test_serve_sherpa_onnx_applies_or_refuses_each_search_option(sherpa_dir, mon
     assert (config.decoding_method, config.max_active_paths) == ("modified_beam_search", 3)
     assert config.blank_penalty == 2.5
     assert beam.searcher_name == "sherpa-onnx modified_beam_search"
-    # the penalty reaches the search: a large one makes it emit on frames greedy leaves blank
     item = next(s for s in speech if s.sample_rate == 16000)
+    served = load_streaming_recognizer(sherpa_dir, search=sherpa_search_options("beam", []))
+    segments = decode_with_endpoints(served, served.new_stream(), item.samples, 16000)
+    assert segments[-1].is_final and segments[0].text  # the beam search serves
+    # the penalty reaches the search: a large one makes it emit on frames greedy leaves blank
     [plain] = load_recognizer(sherpa_dir).decode([item.samples])
     [penalized] = load_recognizer(
         sherpa_dir, **sherpa_search_options(None, ["search.blank_penalty=20"])).decode(
