@@ -11,7 +11,9 @@ most one symbol per frame) unless ``--decoding-method modified_beam_search`` (tr
 As ``asr decode``, a run takes the lock of each summary file it will write
 (:func:`asr.fileio.output_lock`) before it decodes anything: a second run on one of them is
 refused (exit 2, naming it), as is an ``--output-dir`` that cannot be written, a broken export
-directory or a search option its layout has not (a CTC export: greedy search, no blank penalty),
+directory, a search option its layout has not (a CTC export: greedy search, no blank penalty) or
+that the search chosen would not use (``--max-active-paths`` with greedy search,
+``--hotwords-score`` without ``--hotwords-file``: an option given is applied or refused),
 a test set without cuts (its WER would read ``0.00``; naming the file) or that holds a cut id
 twice (naming the file, the id and both lines), one with a cut of
 several audio channels or without a supervision (naming it; as ``asr decode``), and one with a
@@ -27,7 +29,13 @@ from pathlib import Path
 
 from asr.cli.options import hotword_score, part_name, tag_name
 from asr.data.librispeech import check_test_parts
-from asr.export.sherpa_decode import check_part_audio, decode_part_sherpa, load_recognizer
+from asr.export.sherpa_decode import (
+    DEFAULT_HOTWORDS_SCORE,
+    DEFAULT_MAX_ACTIVE_PATHS,
+    check_part_audio,
+    decode_part_sherpa,
+    load_recognizer,
+)
 from asr.fileio import OutputBusyError, output_locks
 from asr.run.evaluate import result_paths, write_results
 
@@ -47,14 +55,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="streams decoded together")
     parser.add_argument("--decoding-method", choices=["greedy_search", "modified_beam_search"],
                         default="greedy_search", help="sherpa-onnx's search (transducers)")
-    parser.add_argument("--max-active-paths", type=int, default=4,
-                        help="beam of modified_beam_search")
+    parser.add_argument("--max-active-paths", type=int, default=None,
+                        help="beam of modified_beam_search (default: 4; an error with "
+                             "greedy_search)")
     parser.add_argument("--hotwords-file", type=Path, default=None,
                         help="sherpa-onnx's hotwords (modified_beam_search; needs the export's "
                              "bpe.vocab); the file format of `asr decode --set "
                              "search.hotwords_file=` (default: none)")
-    parser.add_argument("--hotwords-score", type=hotword_score, default=1.5,
-                        help="sherpa-onnx's per-token hotword boost")
+    parser.add_argument("--hotwords-score", type=hotword_score, default=None,
+                        help="sherpa-onnx's per-token hotword boost (default: 1.5; an error "
+                             "without --hotwords-file)")
     parser.add_argument("--blank-penalty", type=float, default=0.0,
                         help="subtracted from the blank logit (transducers)")
     parser.add_argument("--tag", type=tag_name, default="", help="suffix of the result files' name")
@@ -78,10 +88,12 @@ def result_settings(name: str, args: argparse.Namespace) -> dict[str, object]:
     """The summary's settings column: the engine and every search option that was set."""
     settings: dict[str, object] = {"engine": name, "method": args.decoding_method}
     if args.decoding_method == "modified_beam_search":
-        settings["max_active_paths"] = args.max_active_paths
+        settings["max_active_paths"] = (DEFAULT_MAX_ACTIVE_PATHS if args.max_active_paths is None
+                                        else args.max_active_paths)
     if args.hotwords_file is not None:
         settings["hotwords"] = args.hotwords_file.name
-        settings["hotwords_score"] = args.hotwords_score
+        settings["hotwords_score"] = (DEFAULT_HOTWORDS_SCORE if args.hotwords_score is None
+                                      else args.hotwords_score)
     if args.blank_penalty:
         settings["blank_penalty"] = args.blank_penalty
     return settings

@@ -20,6 +20,7 @@ from asr.cli.options import (
     device_from_args,
     set_num_threads,
 )
+from asr.export.sherpa_decode import sherpa_search_options
 from asr.export.sherpa_streaming import load_streaming_recognizer
 from asr.package import PackageError
 from asr.runtime.endpoint import EndpointConfig
@@ -38,8 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--engine", choices=("pytorch", "sherpa-onnx"), default="pytorch",
-        help="decode with our PyTorch runtime (default) or in sherpa-onnx (greedy search, "
-        "sherpa's endpointing with the same rules; docs/ONNX.md)",
+        help="decode with our PyTorch runtime (default) or in sherpa-onnx (its greedy_search, "
+        "or modified_beam_search with --searcher beam; sherpa's endpointing with the same "
+        "rules; docs/ONNX.md)",
     )
     parser.add_argument(
         "--int8", action="store_true",
@@ -47,7 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_dataclass_arguments(parser, ServerConfig)
     add_search_arguments(
-        parser, "the package's searcher if it streams, else the model's streaming greedy one"
+        parser, "the package's searcher if it streams, else the model's streaming greedy one; "
+        "--engine sherpa-onnx: greedy (sherpa-onnx's greedy_search) or beam / transducer_beam "
+        "(its modified_beam_search), with only search.beam_size (its max_active_paths), "
+        "search.blank_penalty, search.hotwords_file, search.hotwords_score and "
+        "search.max_symbols_per_frame=1 (others are an error; the package's search options are "
+        "not in the export)"
     )
     add_device_argument(parser)
     add_streaming_arguments(parser)
@@ -92,12 +99,13 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError("--engine sherpa-onnx: the chunking is fixed in the exported "
                                  "graphs (asr export-onnx --streaming --chunk-size/--left-chunks"
                                  "); drop --chunk-size, --left-chunks and --max-left-seconds")
-            if args.searcher or args.search_overrides:
-                logger.warning("asr serve: --engine sherpa-onnx runs its greedy search; "
-                               "search options are ignored")
+            if args.device not in ("auto", "cpu"):
+                raise ValueError(f"--device {args.device}: --engine sherpa-onnx runs on the CPU "
+                                 "(onnxruntime's); drop --device")
             recognizer = load_streaming_recognizer(
                 args.model, int8=args.int8, num_threads=max(1, args.num_threads),
-                endpoint=endpoint)
+                endpoint=endpoint,
+                search=sherpa_search_options(args.searcher, args.search_overrides))
         else:
             model = load_model(args.model, device=device_from_args(args.device),
                                search=args.search_overrides)

@@ -8,7 +8,8 @@ streams fed at once, then ``decode_streams`` over the ready streams until none i
 
 **Flushing a stream.** sherpa-onnx decodes a chunk only when one feature frame more than the
 chunk reads has arrived, and never decodes a partial last chunk, so a streaming input must be
-padded before ``input_finished``. Its examples append 0.66 s of zeros; we append
+padded before ``input_finished`` (sherpa-onnx pads nothing itself). Its examples append 0.5 or
+0.66 s of zeros; we append
 :func:`flush_samples` (the least that makes it decode every encoder frame our runtime decodes)
 of :func:`room_tone` (the input's quietest stretch, repeated), because digital silence is an
 input a model trained on recorded or noisy audio has never heard: its log-mel frames sit at the
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from asr.config import parse_override
 from asr.constants import EXPORT_REPORT_FILE, METADATA_FILE
 from asr.data.dataset import DataError
 from asr.data.filtering import (
@@ -45,6 +47,7 @@ from asr.data.filtering import (
     unreadable_cut_error,
 )
 from asr.data.librispeech import load_test_part
+from asr.decoding.config import SEARCH_PREFIX, SearchConfig, override_search
 from asr.decoding.context_graph import load_hotwords
 from asr.encoders.subsampling import subsampled_length
 from asr.export.graphs import chunk_frames
@@ -57,8 +60,9 @@ from asr.tokenizers.base import read_tokens_file
 if TYPE_CHECKING:  # pragma: no cover
     from lhotse import CutSet
 
-__all__ = ["SherpaRecognizer", "SherpaResult", "check_part_audio", "decode_part_sherpa",
-           "flush_samples", "load_recognizer", "room_tone"]
+__all__ = ["SHERPA_DECODING_METHODS", "SherpaRecognizer", "SherpaResult", "check_part_audio",
+           "decode_part_sherpa", "flush_samples", "load_recognizer", "room_tone",
+           "sherpa_search_options"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +70,20 @@ _WORD_START = "\u2581"
 
 #: Length of the stretch :func:`room_tone` repeats, seconds.
 ROOM_TONE_SECONDS = 0.1
+
+#: sherpa-onnx's searches (``decoding_method``) for our layouts.
+SHERPA_DECODING_METHODS = ("greedy_search", "modified_beam_search")
+#: sherpa-onnx's defaults of ``max_active_paths`` and ``hotwords_score``.
+DEFAULT_MAX_ACTIVE_PATHS = 4
+DEFAULT_HOTWORDS_SCORE = 1.5
+
+#: Our searcher names and roles -> the sherpa-onnx ``decoding_method`` that searches as they do
+#: (transducers: ``transducer_beam`` is modified beam search, as sherpa-onnx's).
+_SHERPA_SEARCHERS = {"greedy": "greedy_search", "transducer_greedy": "greedy_search",
+                     "beam": "modified_beam_search", "transducer_beam": "modified_beam_search"}
+#: ``search.*`` fields -> the :func:`load_recognizer` argument that is sherpa-onnx's same setting.
+_SHERPA_SEARCH_FIELDS = {"blank_penalty": "blank_penalty", "beam_size": "max_active_paths",
+                         "hotwords_file": "hotwords_file", "hotwords_score": "hotwords_score"}
 
 
 def flush_samples(num_samples: int, chunk_size: int, fbank: FbankConfig) -> int:
@@ -120,11 +138,14 @@ class SherpaRecognizer:
         sample_rate: the model's sample rate.
         fbank: sherpa-onnx's front end for the model (the export's feature options).
         chunk_size: encoder frames per chunk of a streaming layout (0 otherwise).
+        decoding_method: sherpa-onnx's search the recognizer was built with.
     """
 
     def __init__(self, recognizer, layout: str, pieces: Sequence[str], sample_rate: int,
-                 fbank: FbankConfig, chunk_size: int = 0) -> None:
+                 fbank: FbankConfig, chunk_size: int = 0,
+                 decoding_method: str = "greedy_search") -> None:
         self.recognizer = recognizer
+        self.decoding_method = decoding_method
         self.layout = layout
         self.streaming = layout == "streaming_transducer"
         self.sample_rate = sample_rate
@@ -190,8 +211,8 @@ class SherpaRecognizer:
 
 def load_recognizer(
     onnx_dir: str | Path, int8: bool = False, num_threads: int = 1,
-    decoding_method: str = "greedy_search", max_active_paths: int = 4,
-    hotwords_file: str | Path | None = None, hotwords_score: float = 1.5,
+    decoding_method: str = "greedy_search", max_active_paths: int | None = None,
+    hotwords_file: str | Path | None = None, hotwords_score: float | None = None,
     blank_penalty: float = 0.0, online_options: dict | None = None,
 ) -> SherpaRecognizer:
     """The sherpa-onnx recognizer of an ``asr export-onnx`` directory.
@@ -201,11 +222,13 @@ def load_recognizer(
         int8: the ``*.int8.onnx`` graphs.
         num_threads: onnxruntime threads.
         decoding_method: ``greedy_search`` or ``modified_beam_search`` (transducers).
-        max_active_paths: the beam of ``modified_beam_search``.
+        max_active_paths: the beam of ``modified_beam_search`` (default 4); an error with
+            ``greedy_search``, which has none.
         hotwords_file: a hotword file (the format of :mod:`asr.decoding.context_graph`) for
             sherpa-onnx's own biasing: transducer layouts with ``modified_beam_search``; its
             phrases are split into pieces with the directory's ``bpe.vocab``.
-        hotwords_score: sherpa-onnx's per-token boost of a phrase without its own score.
+        hotwords_score: sherpa-onnx's per-token boost of a phrase without its own score
+            (default 1.5); an error without ``hotwords_file``.
         blank_penalty: subtracted from the blank logit (transducers), as ``search.blank_penalty``.
         online_options: more arguments of ``sherpa_onnx.OnlineRecognizer.from_transducer`` for a
             streaming export (e.g. its endpoint rules).
@@ -219,8 +242,10 @@ def load_recognizer(
             number of pieces than the graphs' ``vocab_size`` (naming it); hotwords with
             a CTC layout or greedy search; a hotword file ``asr decode`` would refuse (a bad
             ``:SCORE``) or with a phrase the model's pieces cannot spell (naming it); a CTC layout
-            with another ``decoding_method`` or a ``blank_penalty``; ``max_active_paths`` < 1 with a
-            beam search; graphs sherpa-onnx cannot load.
+            with another ``decoding_method`` or a ``blank_penalty``; a ``decoding_method``
+            sherpa-onnx has not; ``max_active_paths`` with greedy search or < 1 with a beam search;
+            ``hotwords_score`` without ``hotwords_file`` (an option set is applied or refused,
+            never dropped); graphs sherpa-onnx cannot load.
     """
     import sherpa_onnx
 
@@ -228,6 +253,16 @@ def load_recognizer(
     report = _read_report(onnx_dir / EXPORT_REPORT_FILE)
     suffix = ".int8.onnx" if int8 else ".onnx"
     layout = report["layout"]
+    if decoding_method not in SHERPA_DECODING_METHODS:
+        raise ValueError(f"decoding_method {decoding_method!r} (--decoding-method): sherpa-onnx "
+                         f"searches with one of {list(SHERPA_DECODING_METHODS)}")
+    if decoding_method == "greedy_search" and max_active_paths is not None:
+        raise ValueError(f"max_active_paths {max_active_paths} (--max-active-paths): the beam of "
+                         "modified_beam_search; greedy_search has none: choose "
+                         "modified_beam_search (--decoding-method) or drop it")
+    if hotwords_file is None and hotwords_score is not None:
+        raise ValueError(f"hotwords_score {hotwords_score} (--hotwords-score): the boost of the "
+                         "phrases of a hotwords file; give one (--hotwords-file) or drop it")
     if layout == "ctc" and decoding_method != "greedy_search":
         raise ValueError(f"decoding_method {decoding_method!r} (--decoding-method): {onnx_dir} "
                          "is a CTC export, which sherpa-onnx decodes with greedy_search only")
@@ -246,6 +281,8 @@ def load_recognizer(
               "sample_rate": int(features["sample_rate"]),
               "feature_dim": int(features["num_mel_bins"]), "decoding_method": decoding_method}
     if decoding_method != "greedy_search":
+        if max_active_paths is None:
+            max_active_paths = DEFAULT_MAX_ACTIVE_PATHS
         if max_active_paths < 1:  # sherpa-onnx crashes (SIGSEGV) on 0
             raise ValueError(f"max_active_paths must be >= 1, got {max_active_paths}")
         common["max_active_paths"] = max_active_paths
@@ -266,7 +303,8 @@ def load_recognizer(
                 f"search.hotwords_file=...), an export made before bpe.vocab existed: export "
                 f"it again")
         _check_hotwords(Path(hotwords_file), pieces)
-        common |= {"hotwords_file": str(hotwords_file), "hotwords_score": hotwords_score,
+        score = DEFAULT_HOTWORDS_SCORE if hotwords_score is None else hotwords_score
+        common |= {"hotwords_file": str(hotwords_file), "hotwords_score": score,
                    "modeling_unit": "bpe", "bpe_vocab": str(vocab)}
     streaming = layout == "streaming_transducer"
     chunk_size = int(report["metadata"]["encoder.onnx"]["chunk_size"]) if streaming else 0
@@ -287,7 +325,56 @@ def load_recognizer(
         raise ValueError(f"{onnx_dir}: sherpa-onnx cannot load its graphs: {err}") from err
     fbank = FbankConfig(**{f.name: features[f.name] for f in dataclasses.fields(FbankConfig)
                            if f.name in features})
-    return SherpaRecognizer(recognizer, layout, pieces, common["sample_rate"], fbank, chunk_size)
+    return SherpaRecognizer(recognizer, layout, pieces, common["sample_rate"], fbank, chunk_size,
+                            decoding_method)
+
+
+def sherpa_search_options(searcher: str | None, overrides: Sequence[str]) -> dict[str, Any]:
+    """Our ``--searcher`` and ``--set search.FIELD=VALUE`` as the :func:`load_recognizer`
+    arguments of sherpa-onnx's same settings (``asr serve --engine sherpa-onnx``): each one
+    applied or refused, never dropped.
+
+    ``greedy`` / ``transducer_greedy`` are ``greedy_search`` (one symbol per frame: of
+    ``search.max_symbols_per_frame`` only 1 is sherpa-onnx's), ``beam`` / ``transducer_beam``
+    ``modified_beam_search``; ``search.beam_size`` is its ``max_active_paths``;
+    ``search.blank_penalty``, ``search.hotwords_file`` and ``search.hotwords_score`` are
+    sherpa-onnx's own options of those names. No other searcher or option has a sherpa-onnx
+    equivalent (its LM is an RNN-LM graph, not our n-gram).
+
+    Args:
+        searcher: the ``--searcher`` value, or None (sherpa-onnx's ``greedy_search``).
+        overrides: the ``--set`` strings.
+
+    Raises:
+        ValueError: naming the searcher or option sherpa-onnx has not, or a ``--set`` value
+            ``asr decode`` would refuse (:func:`asr.decoding.config.override_search`).
+    """
+    cfg = override_search(SearchConfig(), overrides)  # names and values checked as asr decode's
+    options: dict[str, Any] = {}
+    if searcher is not None:
+        if searcher not in _SHERPA_SEARCHERS:
+            raise ValueError(
+                f"--searcher {searcher}: sherpa-onnx has no such search; it has "
+                f"{' / '.join(_SHERPA_SEARCHERS)} (its greedy_search and modified_beam_search); "
+                "serve with --engine pytorch for the others")
+        options["decoding_method"] = _SHERPA_SEARCHERS[searcher]
+    for text in overrides:
+        field = parse_override(text[len(SEARCH_PREFIX):])[0][0]
+        if field == "max_symbols_per_frame":
+            if cfg.max_symbols_per_frame != 1:
+                raise ValueError(f"--set {text}: sherpa-onnx's searches emit at most one symbol "
+                                 "per frame; drop it, or serve with --engine pytorch")
+            continue
+        if field not in _SHERPA_SEARCH_FIELDS:
+            raise ValueError(
+                f"--set {text}: sherpa-onnx has no search.{field}; it takes search."
+                f"{', search.'.join(_SHERPA_SEARCH_FIELDS)} (and search.max_symbols_per_frame=1"
+                "): drop it, or serve with --engine pytorch")
+        options[_SHERPA_SEARCH_FIELDS[field]] = getattr(cfg, field)
+    if "max_active_paths" in options and options.get("decoding_method") != "modified_beam_search":
+        raise ValueError("--set search.beam_size: the beam of sherpa-onnx's modified_beam_search;"
+                         " add --searcher beam, or drop it")
+    return options
 
 
 def _read_pieces(path: Path, report: dict) -> list[str]:

@@ -16,7 +16,9 @@ over the ready streams (sherpa-onnx batches their encoder states). What differs 
   time of the input's last encoder frame (the one our runtime decodes last; in a segment that
   an endpoint on the padding began, the input's end, where it began), so no time is
   past the input's end (:class:`asr.results.ResultBuilder`'s ``last_frame_end``);
-* greedy search only (sherpa-onnx's, at most one symbol per frame) and sherpa-onnx's own
+* sherpa-onnx's searches (``greedy_search``, at most one symbol per frame, by default, or
+  ``modified_beam_search``: :func:`~asr.export.sherpa_decode.sherpa_search_options` maps our
+  searcher names and ``search.*`` options onto them or refuses them) and sherpa-onnx's own
   endpointing with our :class:`asr.runtime.endpoint.EndpointConfig` rules (its three rules
   have our shapes), each duration given as :func:`sherpa_rule_seconds` so that a rule fires at
   the frame where ours does; after an endpoint sherpa-onnx keeps the predictor's context, we
@@ -32,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,12 +140,11 @@ class SherpaStreamingRecognizer:
         tokens: the export's ``tokens.txt`` pieces in id order.
     """
 
-    searcher_name = "sherpa-onnx greedy_search"
-
     def __init__(self, recognizer: SherpaRecognizer, tokens: Sequence[str]) -> None:
         if not recognizer.streaming:
             raise ValueError(f"not a streaming export (layout {recognizer.layout})")
         self.sherpa = recognizer
+        self.searcher_name = f"sherpa-onnx {recognizer.decoding_method}"
         self.online = recognizer.recognizer
         self.fbank = recognizer.fbank
         self.chunk_size = recognizer.chunk_size
@@ -286,14 +287,21 @@ class SherpaStreamingRecognizer:
 
 def load_streaming_recognizer(
     onnx_dir: str | Path, int8: bool = False, num_threads: int = 1,
-    endpoint: EndpointConfig | None = None,
+    endpoint: EndpointConfig | None = None, search: Mapping[str, Any] | None = None,
 ) -> SherpaStreamingRecognizer:
     """The sherpa-onnx streaming recognizer of an ``asr export-onnx --streaming`` directory.
 
+    Args:
+        search: :func:`asr.export.sherpa_decode.load_recognizer`'s search arguments
+            (``decoding_method``, ``blank_penalty``, ...; as
+            :func:`asr.export.sherpa_decode.sherpa_search_options` makes them of our
+            ``--searcher`` and ``--set``); by default sherpa-onnx's greedy search.
+
     Raises:
         FileNotFoundError: as :func:`asr.export.sherpa_decode.load_recognizer`.
-        ValueError: for an offline export, or endpoint rules sherpa-onnx cannot express (its
-            rule 1 and 3 ignore whether something was said, its rule 2 requires it).
+        ValueError: for an offline export, endpoint rules sherpa-onnx cannot express (its
+            rule 1 and 3 ignore whether something was said, its rule 2 requires it), or search
+            options :func:`~asr.export.sherpa_decode.load_recognizer` refuses.
     """
     endpoint = endpoint or EndpointConfig()
     rules = endpoint.rule1, endpoint.rule2, endpoint.rule3
@@ -307,7 +315,7 @@ def load_streaming_recognizer(
                "rule2_min_trailing_silence": sherpa_rule_seconds(rules[1].min_trailing_silence),
                "rule3_min_utterance_length": sherpa_rule_seconds(rules[2].min_utterance_length)}
     recognizer = load_recognizer(onnx_dir, int8=int8, num_threads=num_threads,
-                                 online_options=options)
+                                 online_options=options, **(search or {}))
     if not recognizer.streaming:
         raise ValueError(f"{onnx_dir}: an offline export ({recognizer.layout}); the server "
                          f"needs `asr export-onnx --streaming`")

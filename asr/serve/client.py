@@ -402,8 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--hotwords", metavar="PHRASES", default=None,
         help="bias each stream toward these phrases, separated by ';' (\"JOHN SMITH;ACME :3\"); "
         "the server must run its PyTorch engine with a searcher that biases (asr serve "
-        "--searcher transducer_beam, tdt_beam or ctc_prefix_beam; --engine sherpa-onnx searches "
-        "greedily and refuses hotwords)",
+        "--searcher transducer_beam, tdt_beam or ctc_prefix_beam; --engine sherpa-onnx refuses "
+        "a client's hotwords)",
     )
     parser.add_argument(
         "--hotwords-score", type=hotword_score, metavar="S", default=None,

@@ -25,8 +25,8 @@ Client to server:
   is at most 100 in magnitude.
   Hotwords may be given once per connection and need a server whose searcher biases
   (``asr serve`` with its PyTorch engine and ``--searcher transducer_beam``, ``tdt_beam`` or
-  ``ctc_prefix_beam``; ``--engine sherpa-onnx`` runs sherpa-onnx's greedy search, which does
-  not); the number
+  ``ctc_prefix_beam``; ``--engine sherpa-onnx`` takes no client's hotwords: it biases, with
+  ``--searcher beam``, only toward the server's own ``search.hotwords_file``); the number
   of phrases, the characters of a phrase and the bytes of the whole list are limited
   (:class:`asr.serve.config.ServerConfig`), and every character must be one the model's
   tokenizer spells. Anything else is answered with an error and the connection closed (1007

@@ -22,6 +22,7 @@ import sherpa_onnx
 import torch
 
 from asr.audio import load_audio
+from asr.checkpoints.io import checkpoint_path, safe_torch_load
 from asr.cli.main import main
 from asr.decoding import SearchConfig
 from asr.encoders.subsampling import subsampled_length
@@ -43,6 +44,7 @@ from asr.runtime.offline import load_model
 from asr.testing.packages import random_experiment, random_package
 from asr.testing.streams import decode_with_endpoints
 from asr.testing.tiny import espeak_available
+from asr.tokenizers.base import UNK_ID
 
 RATE = 16000
 GREEDY_ONE_PER_FRAME = SearchConfig(max_symbols_per_frame=1)
@@ -760,6 +762,36 @@ def test_tokens_and_bpe_vocab_are_the_tokenizers_for_every_id(tmp_path, head, bp
         assert not (out / "bpe.vocab").exists()
     shown = [" " + p[1:] if p.startswith("\u2581") else p for p in map(tokenizer.id_to_piece, ids)]
     assert load_recognizer(out).token_ids(shown) == tuple(ids)
+
+
+def test_sherpa_onnx_reads_unk_as_blank_in_the_transducer_layouts_only(tmp_path):
+    """What docs/ONNX.md says of ``<unk>`` (id 2 here, blank 0: every tokenizer's ids):
+    sherpa-onnx's transducer searches take the ``<unk>`` of tokens.txt for a blank (icefall's
+    convention), its CTC search emits it as ours does. A model whose joiner and CTC head give
+    ``<unk>`` the best logit on every frame: ours emits it on every frame (one symbol each),
+    sherpa-onnx's offline and streaming transducer nothing, both CTC searches one."""
+    exp = random_experiment(tmp_path / "unk", head="transducer", seed=2)
+    checkpoint = safe_torch_load(checkpoint_path(exp, 1))
+    for layer in ("heads.transducer.joiner.output", "heads.ctc.output"):
+        checkpoint["model"][f"{layer}.weight"].zero_()
+        bias = checkpoint["model"][f"{layer}.bias"]
+        bias.zero_()
+        bias[UNK_ID] = 3.0
+    torch.save(checkpoint, checkpoint_path(exp, 1))
+    package = tmp_path / "package"
+    export_package(exp, package, overwrite=True)
+    wave = (np.random.default_rng(0).standard_normal(RATE) * 0.1).astype(np.float32)
+    frames = subsampled_length(num_frames(RATE, FbankConfig()))
+    for name, options, searcher, theirs in (
+            ("offline", {}, "transducer_greedy", ()), ("streaming", {"streaming": True},
+                                                       "transducer_greedy", ()),
+            ("ctc", {"head": "ctc"}, "ctc_greedy", (UNK_ID,))):
+        export_onnx(package, tmp_path / name, **options)
+        model = load_model(package, searcher=searcher, search=GREEDY_ONE_PER_FRAME)
+        [ours] = model.transcribe([wave])
+        assert ours.token_ids == ((UNK_ID,) * frames if name != "ctc" else (UNK_ID,)), name
+        [result] = load_recognizer(tmp_path / name).decode([wave])
+        assert result.token_ids == theirs, name
 
 
 def test_force_replaces_only_an_earlier_export(tmp_path):

@@ -77,6 +77,25 @@ def test_decode_onnx_options_a_ctc_export_has_not(exports, caplog, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_decode_onnx_refuses_options_its_search_would_not_use(exports, caplog, tmp_path):
+    """--max-active-paths with greedy search and --hotwords-score without --hotwords-file were
+    dropped without a word (the run decoded as if they were not given); each is now an error
+    naming it, before anything is written."""
+    common = ["decode-onnx", "--onnx-dir", str(exports["transducer"]), "--manifest-dir",
+              str(tmp_path), "--output-dir", str(tmp_path / "out")]
+    for options, message in (
+            (["--max-active-paths", "8"],
+             "max_active_paths 8 (--max-active-paths): the beam of modified_beam_search; "
+             "greedy_search has none"),
+            (["--decoding-method", "modified_beam_search", "--hotwords-score", "2"],
+             "hotwords_score 2.0 (--hotwords-score): the boost of the phrases of a hotwords "
+             "file; give one (--hotwords-file) or drop it")):
+        caplog.clear()
+        assert main([*common, *options]) == 2
+        assert message in caplog.text
+    assert not (tmp_path / "out").exists()
+
+
 def test_decode_onnx_names_a_broken_export(exports, caplog, tmp_path):
     """A corrupt export.json gave only json's message ('Expecting value: line 1 ...'), one
     without a field the bare key ("'layout'"), a truncated graph exit 1 with onnxruntime's

@@ -125,3 +125,60 @@ def test_a_proxys_html_refusal_is_one_bounded_line():
     from asr.serve.client import MAX_REASON_CHARS
 
     assert len(reason) < MAX_REASON_CHARS + 60
+
+
+class _NoServer:
+    """Stands in for RecognitionServer: a command that got this far would serve."""
+
+    def __init__(self, recognizer, config) -> None:
+        self.recognizer = recognizer
+
+    async def serve_forever(self) -> None:
+        return None
+
+
+def test_serve_sherpa_onnx_applies_or_refuses_each_search_option(sherpa_dir, monkeypatch,
+                                                                  caplog, speech):
+    """``--engine sherpa-onnx`` ignored --searcher and --set with a warning (so a blank penalty
+    or a beam asked for was served without), while it refused the chunk options. Each is now
+    sherpa-onnx's same setting or an error naming it (exit 2), as a chunk option is."""
+    import asr.cli.serve
+    from asr.cli.main import main
+    from asr.export.sherpa_decode import load_recognizer, sherpa_search_options
+    from asr.export.sherpa_streaming import load_streaming_recognizer
+    from asr.testing.streams import decode_with_endpoints
+
+    monkeypatch.setattr(asr.cli.serve, "RecognitionServer", _NoServer)
+    common = ["serve", "--model", str(sherpa_dir), "--engine", "sherpa-onnx", "--port", "0"]
+    for options, message in (
+            (["--searcher", "ctc_prefix_beam"], "--searcher ctc_prefix_beam: sherpa-onnx has no "
+                                                "such search"),
+            (["--set", "search.lm_weight=0.3"], "--set search.lm_weight=0.3: sherpa-onnx has no "
+                                                "search.lm_weight"),
+            (["--set", "search.max_symbols_per_frame=3"], "--set search.max_symbols_per_frame=3"
+                                                          ": sherpa-onnx's searches emit at most "
+                                                          "one symbol per frame"),
+            (["--set", "search.beam_size=8"], "--set search.beam_size: the beam of sherpa-onnx's "
+                                              "modified_beam_search; add --searcher beam"),
+            (["--device", "cuda"], "--device cuda: --engine sherpa-onnx runs on the CPU")):
+        caplog.clear()
+        assert main([*common, *options]) == 2, options
+        assert message in caplog.text, (options, caplog.text)
+    assert main([*common, "--searcher", "greedy", "--set", "search.max_symbols_per_frame=1"]) == 0
+
+    beam = load_streaming_recognizer(sherpa_dir, search=sherpa_search_options(
+        "transducer_beam", ["search.beam_size=3", "search.blank_penalty=2.5"]))
+    config = beam.online.config
+    assert (config.decoding_method, config.max_active_paths) == ("modified_beam_search", 3)
+    assert config.blank_penalty == 2.5
+    assert beam.searcher_name == "sherpa-onnx modified_beam_search"
+    item = next(s for s in speech if s.sample_rate == 16000)
+    served = load_streaming_recognizer(sherpa_dir, search=sherpa_search_options("beam", []))
+    segments = decode_with_endpoints(served, served.new_stream(), item.samples, 16000)
+    assert segments[-1].is_final and segments[0].text  # the beam search serves
+    # the penalty reaches the search: a large one makes it emit on frames greedy leaves blank
+    [plain] = load_recognizer(sherpa_dir).decode([item.samples])
+    [penalized] = load_recognizer(
+        sherpa_dir, **sherpa_search_options(None, ["search.blank_penalty=20"])).decode(
+            [item.samples])
+    assert len(penalized.token_ids) > len(plain.token_ids)

@@ -133,18 +133,20 @@ def test_the_client_refuses_a_boost_every_other_hotwords_score_option_refuses(sc
 def test_the_client_help_names_every_server_that_biases(monkeypatch):
     """``--hotwords`` said the server must run ``asr serve --searcher transducer_beam``: not
     ``tdt_beam`` or ``ctc_prefix_beam``, and untrue with ``--engine sherpa-onnx``, which
-    ignores ``--searcher`` (greedy search) and refuses hotwords."""
+    refuses a client's hotwords (with ``--searcher beam`` it biases only toward the server's
+    own ``search.hotwords_file``)."""
     monkeypatch.setenv("COLUMNS", "1000")  # one line per option: no word is wrapped apart
     help_text = build_parser().format_help()
     line = next(line for line in help_text.splitlines() if line.lstrip().startswith("--hotwords "))
     assert all(name in line for name in BIASING_STREAMING_SEARCHERS)
-    assert "--engine sherpa-onnx searches greedily and refuses hotwords" in line
+    assert "--engine sherpa-onnx refuses a client's hotwords" in line
 
 
 def test_hotwords_to_a_server_that_cannot_bias(server, wait_until):
     """The default servers run a greedy search (ours) or sherpa-onnx: a clear error, which
     names what biases. It told a sherpa-onnx server's client of a server started with
-    --searcher transducer_beam, which sherpa-onnx ignores."""
+    --searcher transducer_beam, which sherpa-onnx takes only as its own beam search, without a
+    client's hotwords."""
     close_code, received = _run(_misbehave(server.url, [json.dumps({"hotwords": ["HELLO"]})]), 20)
     error = received[-1]["error"]
     assert close_code == 1008 and "does not take hotwords" in error
