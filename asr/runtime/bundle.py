@@ -32,6 +32,7 @@ from asr.decoding.context_graph import ContextGraph, Hotword, as_hotwords, conte
 from asr.decoding.lm import LanguageModel
 from asr.decoding.registry import (
     resolve_searcher,
+    searcher_biases,
     searcher_lm,
     searcher_uses_lm,
     select_searcher,
@@ -195,17 +196,23 @@ class Runtime:
 
     def search_for(self, name: str) -> SearchConfig:
         """The search options searcher ``name`` (a name, not a role) is built with:
-        :attr:`search`, without the package's own LM for a searcher that uses no LM.
+        :attr:`search`, without the package's own LM for a searcher that uses no LM, and
+        without its own hotwords (``search.hotwords_file``, ``search.hotwords``) for one that
+        does not bias.
 
-        A package carries the LM of its own searcher; another searcher chosen at run time
-        (``--searcher greedy``) decodes without it either way, and is not warned of an LM that
-        nobody gave. An LM given at run time (another ``search.lm_path``) stays, so such a
-        searcher warns that it is not used (:func:`asr.decoding.registry.build_searcher`).
+        A package carries the LM and phrases of its own searcher; another searcher chosen at run
+        time (``--searcher greedy``) decodes without them either way, and is not warned of an
+        LM or hotwords that nobody gave. Those given at run time (another ``search.lm_path``,
+        other phrases) stay, so such a searcher warns that they are not used
+        (:func:`asr.decoding.registry.build_searcher`).
         """
-        own = self.package.config.search.lm_path
-        if searcher_uses_lm(name) or own is None or self.search.lm_path != own:
-            return self.search
-        return dataclasses.replace(self.search, lm_path=None)
+        own = self.package.config.search
+        unused = {"lm_path": not searcher_uses_lm(name),
+                  "hotwords_file": not searcher_biases(name), "hotwords": not searcher_biases(name)}
+        dropped = {field: None for field, drop in unused.items()
+                   if drop and getattr(own, field) is not None
+                   and getattr(self.search, field) == getattr(own, field)}
+        return dataclasses.replace(self.search, **dropped) if dropped else self.search
 
     def hotword_graph(
         self, hotwords: HotwordsSpec, hotwords_score: float | None = None
