@@ -5,7 +5,9 @@ installed, everything ffmpeg decodes (m4a/aac, webm, ...), at any rate and chann
 
 By default the package's own search decodes (the searcher and options, LM included, that the
 recipe exported it with); ``--searcher`` and ``--set search.FIELD=VALUE`` change it, as in
-``asr decode``.
+``asr decode``. ``--streaming`` decodes chunk by chunk, a new segment searched afresh after each
+endpoint (sherpa-onnx's rules: a pause, and 20 s at least); with ``--no-endpoint`` an input is
+one segment, which every streaming searcher decodes as offline under the same chunking.
 
 Output goes to stdout (or one file per input with ``--output-dir``: ``<stem>.<format>``, ``txt``
 for text, each control character, path separator or character Windows forbids in a file name
@@ -85,6 +87,7 @@ from asr.fileio import (
 )
 from asr.package import PackageError
 from asr.results import FailedInput, TranscriptionResult
+from asr.runtime.endpoint import EndpointConfig
 from asr.runtime.offline import check_window_seconds, load_model
 from asr.runtime.streaming import check_chunking_options
 
@@ -129,6 +132,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser)
     add_num_threads_argument(parser)
     add_streaming_arguments(parser)
+    parser.add_argument("--no-endpoint", action="store_true",
+                        help="streaming: one segment per input, the search never reset (by "
+                             "default a pause, or 20 s of speech, ends a segment and the next "
+                             "is searched afresh); every streaming searcher then gives its "
+                             "offline result under the same chunking")
     parser.add_argument("--window-seconds", type=float, default=None,
                         help="offline: long inputs are decoded in windows of this length (an "
                              "error with --streaming, which has no windows) (default: "
@@ -328,6 +336,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         logger.error("asr transcribe: %s", err)
         return 2
+    if args.no_endpoint and not args.streaming:
+        logger.error("asr transcribe: --no-endpoint sets the endpointing of --streaming, and "
+                     "an offline decode has none: add --streaming or drop --no-endpoint")
+        return 2
     windowing = [option for option, value in (("--window-seconds", args.window_seconds),
                                               ("--overlap-seconds", args.overlap_seconds))
                  if value is not None]
@@ -408,6 +420,7 @@ def _transcribe(args: argparse.Namespace, files: list[str]) -> int:
             progress=progress, on_error="return", searcher=args.searcher,
             hotwords=hotwords, chunk_size=args.chunk_size, left_chunks=args.left_chunks,
             max_left_seconds=args.max_left_seconds,
+            endpoint=EndpointConfig(enabled=False) if args.no_endpoint else None,
         )
     except (AudioError, ValueError, KeyError) as err:
         logger.error("asr transcribe: %s", err)

@@ -80,6 +80,7 @@ __all__ = [
     "searcher_for",
     "searcher_gives_times",
     "searcher_lm",
+    "searcher_uses_lm",
     "select_searchers",
     "streaming_searcher_for",
 ]
@@ -268,6 +269,13 @@ def searcher_biases(name: str) -> bool:
     return _BY_NAME[name].biases
 
 
+def searcher_uses_lm(name: str) -> bool:
+    """Whether searcher ``name`` (a name, not a role) uses ``search.lm_path``: it fuses the LM,
+    or (a rescoring searcher) its first pass does."""
+    spec = _BY_NAME[name]
+    return spec.fuses_lm or spec.role == "rescore"
+
+
 def uses_given_hotwords(name: str) -> bool:
     """Whether searcher ``name`` (a name, not a role) uses the hotwords a run gives it; when
     it does not, logs the warning that they are ignored (naming the searchers that bias). The
@@ -421,12 +429,12 @@ def _warn_unused_lm(spec: SearcherSpec, cfg: SearchConfig, lm: LanguageModel | N
     """Warns when an LM is set (``lm``, or ``cfg.lm_path`` with ``cfg.lm_weight > 0``) for a
     searcher that fuses none: ``aed_beam`` and the greedy ones would decode without it silently
     (a rescoring searcher fuses it in its first pass)."""
-    if spec.fuses_lm or spec.role == "rescore":
+    if searcher_uses_lm(spec.name):
         return
     if lm is not None or (cfg.lm_path is not None and cfg.lm_weight > 0):
         logger.warning("searcher %r fuses no LM; the LM given (search.lm_path) is not used "
                        "(LM fusion: %s)", spec.name,
-                       ", ".join(s.name for s in SEARCHERS if s.fuses_lm or s.role == "rescore"))
+                       ", ".join(s.name for s in SEARCHERS if searcher_uses_lm(s.name)))
 
 
 def searcher_lm(

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,9 @@ from asr.decoding.context_graph import ContextGraph, Hotword, as_hotwords, conte
 from asr.decoding.lm import LanguageModel
 from asr.decoding.registry import (
     resolve_searcher,
+    searcher_biases,
     searcher_lm,
+    searcher_uses_lm,
     select_searcher,
     streaming_searcher_for,
 )
@@ -185,10 +188,31 @@ class Runtime:
         """
         context = self.hotword_graph(hotwords) if hotwords is not None else None
         name = resolve_searcher(name or self.searcher, self.model)
+        search = self.search_for(name)
         if name not in self._lms:  # read once: every call with other hotwords rebuilds the rest
-            self._lms[name] = searcher_lm(name, self.model, self.search, self.tokenizer)
-        return _build_searcher(name, self.model, self.search, lm=self._lms[name],
+            self._lms[name] = searcher_lm(name, self.model, search, self.tokenizer)
+        return _build_searcher(name, self.model, search, lm=self._lms[name],
                                tokenizer=self.tokenizer, context=context)
+
+    def search_for(self, name: str) -> SearchConfig:
+        """The search options searcher ``name`` (a name, not a role) is built with:
+        :attr:`search`, without the package's own LM for a searcher that uses no LM, and
+        without its own hotwords (``search.hotwords_file``, ``search.hotwords``) for one that
+        does not bias.
+
+        A package carries the LM and phrases of its own searcher; another searcher chosen at run
+        time (``--searcher greedy``) decodes without them either way, and is not warned of an
+        LM or hotwords that nobody gave. Those given at run time (another ``search.lm_path``,
+        other phrases) stay, so such a searcher warns that they are not used
+        (:func:`asr.decoding.registry.build_searcher`).
+        """
+        own = self.package.config.search
+        unused = {"lm_path": not searcher_uses_lm(name),
+                  "hotwords_file": not searcher_biases(name), "hotwords": not searcher_biases(name)}
+        dropped = {field: None for field, drop in unused.items()
+                   if drop and getattr(own, field) is not None
+                   and getattr(self.search, field) == getattr(own, field)}
+        return dataclasses.replace(self.search, **dropped) if dropped else self.search
 
     def hotword_graph(
         self, hotwords: HotwordsSpec, hotwords_score: float | None = None
@@ -218,5 +242,6 @@ class Runtime:
         Raises:
             ValueError: for a searcher that does not stream, naming those that do.
         """
-        return _build_streaming_searcher(name or self.streaming_searcher or self.searcher,
-                                         self.model, self.search, tokenizer=self.tokenizer)
+        name = resolve_searcher(name or self.streaming_searcher or self.searcher, self.model)
+        return _build_streaming_searcher(name, self.model, self.search_for(name),
+                                         tokenizer=self.tokenizer)

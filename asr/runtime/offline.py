@@ -405,6 +405,7 @@ class Transcriber:
         chunk_size: int | None = None,
         left_chunks: int | None = None,
         max_left_seconds: float | None = None,
+        endpoint: EndpointConfig | None = None,
     ) -> list[TranscriptionResult | FailedInput]:
         """Transcribes files, encoded bytes or waveforms.
 
@@ -440,6 +441,11 @@ class Transcriber:
             max_left_seconds: with ``left_chunks`` -1, the most left context a chunk sees
                 (default 30 s; ``math.inf``: no bound; see
                 :class:`asr.runtime.streaming.StreamingRecognizer`). Only with ``streaming``.
+            endpoint: the endpoint rules that split a stream into segments, each searched
+                afresh (default: sherpa-onnx's, :class:`asr.runtime.endpoint.EndpointConfig`,
+                whose rule 3 ends a segment every 20 s); ``EndpointConfig(enabled=False)``:
+                one segment per input, which every streaming searcher decodes as its offline
+                search of the same chunk-masked encoder output. Only with ``streaming``.
 
         Raises:
             AudioError: (``on_error="raise"``) naming an input that cannot be read.
@@ -456,7 +462,7 @@ class Transcriber:
         return list(self.transcribe_iter(
             inputs, sample_rate, searcher, batch_size, streaming, window_seconds,
             overlap_seconds, progress, on_error, hotwords, chunk_size, left_chunks,
-            max_left_seconds))
+            max_left_seconds, endpoint))
 
     def transcribe_iter(
         self,
@@ -473,6 +479,7 @@ class Transcriber:
         chunk_size: int | None = None,
         left_chunks: int | None = None,
         max_left_seconds: float | None = None,
+        endpoint: EndpointConfig | None = None,
     ) -> Iterator[TranscriptionResult | FailedInput]:
         """:meth:`transcribe`, its results given one at a time, in input order, as they are
         decoded: the inputs are read and decoded in groups of about :data:`GROUP_SECONDS` of
@@ -488,9 +495,12 @@ class Transcriber:
             raise ValueError(f"on_error must be 'raise' or 'return', got {on_error!r}")
         _array_rate(sample_rate, self.sample_rate)  # a bad rate fails before any input
         check_chunking_options(streaming, chunk_size, left_chunks, max_left_seconds)
+        if endpoint is not None and not streaming:
+            raise ValueError("endpoint sets the endpointing of a stream: pass streaming=True "
+                             "(on the command line, --no-endpoint: add --streaming)")
         if not streaming:  # a bad window fails before any input
             window_samples(self.sample_rate, window_seconds, overlap_seconds, self.window_grid)
-        recognizer = (self.streaming_recognizer(searcher, chunk_size=chunk_size,
+        recognizer = (self.streaming_recognizer(searcher, endpoint, chunk_size=chunk_size,
                                                 left_chunks=left_chunks,
                                                 max_left_seconds=max_left_seconds)
                       if streaming else None)

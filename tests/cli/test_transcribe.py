@@ -795,3 +795,28 @@ def test_a_file_named_with_an_equals_sign_after_set_is_still_a_file(tmp_path, ca
     assert [line.split("\t")[0] for line in out.splitlines()] == [str(f) for f in files]
     code, out, err = _run(["--model", package, "--set", "search.beam_size=2", files[1]], capsys)
     assert code == 0, err
+
+
+def test_no_endpoint_streams_one_segment_with_the_offline_transcript(tmp_path, capsys, caplog):
+    """``--streaming`` ended a segment at each endpoint (every 20 s at least) and searched the
+    next afresh, so a beam search's transcript differed from offline, and nothing turned that
+    off; ``--no-endpoint`` streams one segment, the offline transcript; offline it is refused."""
+    from asr.testing.packages import random_package
+
+    package = random_package(tmp_path / "pkg", head="transducer", chunk_size=2, left_chunks=3,
+                             seed=1)
+    path = tmp_path / "long.wav"
+    soundfile.write(path, (0.1 * np.random.default_rng(5).standard_normal(22 * 16000)), 16000)
+    results = {}
+    for mode in ([], ["--streaming"], ["--streaming", "--no-endpoint"]):
+        code, out, _ = _run([path, "--model", package, "--searcher", "transducer_beam",
+                             "--format", "json", *mode], capsys)
+        assert code == 0
+        results[len(mode)] = json.loads(out)
+    offline, split, whole = results[0], results[1], results[2]
+    assert len(split["segments"]) >= 2 and len(whole["segments"]) == 1
+    assert len(offline["token_ids"]) > 20 and whole["token_ids"] == offline["token_ids"]
+    caplog.clear()
+    code, out, _ = _run([path, "--model", package, "--no-endpoint"], capsys)
+    assert code == 2 and out == ""
+    assert "--no-endpoint" in caplog.text and "--streaming" in caplog.text

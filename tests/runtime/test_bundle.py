@@ -41,6 +41,55 @@ def test_the_lm_is_read_once_whatever_the_hotwords(tmp_path, monkeypatch):
     assert model.searcher().lm is not None  # the beam search fuses it
 
 
+def test_a_searcher_without_lm_is_not_warned_of_the_packages_own_lm(tmp_path, caplog):
+    """A package of beam + LM decoded with ``--searcher greedy`` (README's "faster" example, and
+    ``transcribe(searcher="greedy")``) warned "the LM given (search.lm_path) is not used" at
+    every run, offline and streaming, though no LM was given: the package carries its LM for
+    its own searcher. An LM given at run time to such a searcher is still warned of."""
+    exp = random_experiment(tmp_path / "work", head="transducer")
+    tokenizer = load_tokenizer(tmp_path / "work" / "tokenizer")
+    sentences = [tokenizer.encode(text) for text in TINY_SENTENCES]
+    lm = estimate_kneser_ney(sentences, 2, range(tokenizer.vocab_size))
+    write_arpa(lm, tmp_path / "lm.arpa")
+    write_arpa(lm, tmp_path / "other.arpa")
+    package = tmp_path / "pkg"
+    export_package(exp, package, searcher="beam",
+                   search=[f"search.lm_path={tmp_path / 'lm.arpa'}", "search.lm_weight=0.3"])
+    wave = (np.random.default_rng(0).standard_normal(16000) * 0.1).astype(np.float32)
+    model = load_model(package)
+    caplog.clear()
+    model.transcribe(wave, searcher="greedy")
+    model.transcribe(wave, searcher="greedy", streaming=True)
+    load_model(package, searcher="greedy").transcribe(wave)
+    assert "fuses no LM" not in caplog.text
+    assert model.searcher().lm is not None  # the package's own searcher still fuses it
+    given = load_model(package, search=[f"search.lm_path={tmp_path / 'other.arpa'}"])
+    given.transcribe(wave, searcher="greedy")
+    assert "searcher 'transducer_greedy' fuses no LM" in caplog.text
+
+
+def test_a_searcher_that_does_not_bias_is_not_warned_of_the_packages_own_hotwords(
+        tmp_path, caplog):
+    """A package whose beam search biases toward its own hotword file, decoded with
+    ``--searcher greedy``, warned "those given are ignored" though none were given; phrases
+    given at run time to such a searcher are still warned of."""
+    exp = random_experiment(tmp_path / "work", head="transducer")
+    (tmp_path / "hotwords.txt").write_text("OPEN DOOR\nHELLO WORLD\n")
+    package = tmp_path / "pkg"
+    export_package(exp, package, searcher="beam",
+                   search=[f"search.hotwords_file={tmp_path / 'hotwords.txt'}",
+                           "search.hotwords=GREEN"])
+    wave = (np.random.default_rng(0).standard_normal(16000) * 0.1).astype(np.float32)
+    model = load_model(package)
+    caplog.clear()
+    model.transcribe(wave, searcher="greedy")
+    model.transcribe(wave, searcher="greedy", streaming=True)
+    assert "does not use hotwords" not in caplog.text
+    assert model.searcher().context is not None  # the package's own searcher still biases
+    model.transcribe(wave, searcher="greedy", hotwords="SEVEN")
+    assert "searcher 'transducer_greedy' does not use hotwords" in caplog.text
+
+
 def test_a_model_trained_with_dither_recognizes_without_it(tmp_path):
     """data.fbank.dither is training noise; recognition used it too: the same audio gave other
     transcripts from call to call, and streaming refused (OnlineFbank needs dither 0)."""

@@ -399,3 +399,23 @@ def test_a_file_object_that_is_no_iobase_is_one_input_named_by_its_path(model, t
         stream.seek(0)
         [result] = model.transcribe(stream)
     assert result == dataclasses.replace(expected, source=stream.name)
+
+
+def test_streaming_without_endpoints_is_one_segment_of_the_offline_search(model):
+    """Streaming split every input at its endpoints (rule 3: each 20 s), searching each segment
+    afresh, and gave no way to keep one search: a beam search streamed differed from offline.
+    ``endpoint=EndpointConfig(enabled=False)`` streams one segment, the offline transcript."""
+    from asr.runtime.endpoint import EndpointConfig
+
+    wave = _noise(22.0, 5)
+    for searcher in ("transducer_beam", "transducer_greedy"):
+        offline = model.transcribe(wave, searcher=searcher)[0]
+        split = model.transcribe(wave, searcher=searcher, streaming=True)[0]
+        whole = model.transcribe(wave, searcher=searcher, streaming=True,
+                                 endpoint=EndpointConfig(enabled=False))[0]
+        assert len(split.segments) >= 2 and len(whole.segments) == 1, searcher
+        assert len(offline.token_ids) > 20, searcher
+        assert whole.token_ids == offline.token_ids, searcher
+        assert whole.timestamps == pytest.approx(offline.timestamps), searcher
+    with pytest.raises(ValueError, match="streaming=True"):
+        model.transcribe(wave, endpoint=EndpointConfig(enabled=False))
