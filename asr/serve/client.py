@@ -34,10 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from asr.constants import IntermixedParser, hotword_score
-from asr.fileio import one_line
+from asr.constants import IntermixedParser, hotword_score, hotwords_file
+from asr.fileio import one_line, read_text
 
-__all__ = ["ClientResult", "stream_file", "stream_microphone", "stream_samples", "main"]
+__all__ = ["ClientResult", "read_hotwords", "stream_file", "stream_microphone", "stream_samples",
+           "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +204,28 @@ async def stream_samples(
         # asyncio's has no message: the command line printed "a.wav: error: " and nothing more
         raise TimeoutError(f"no final result from {url} within {timeout:g} s") from None
     return result
+
+
+def read_hotwords(spec: str | None) -> str | list[str] | None:
+    """``--hotwords`` as the server takes it: the lines of the file ``spec`` names (one phrase
+    per line, each may end with `` :SCORE``: the file ``asr transcribe --hotwords`` and
+    sherpa-onnx's ``hotwords_file`` read), or ``spec`` itself, phrases separated by ``;``
+    (:func:`asr.constants.hotwords_file` tells which). A file was sent as a phrase, its path,
+    which the server refused as characters the model cannot spell.
+
+    Raises:
+        ValueError: for a ``.txt`` name that is no file, or a file that is not UTF-8 text.
+        OSError: for a file that cannot be read.
+    """
+    if spec is None:
+        return None
+    path = hotwords_file(spec)
+    if path is None:
+        return spec
+    phrases = [line for line in read_text(path).splitlines() if line.strip()]
+    if not phrases:  # the server biases nothing: said here, where the file is known
+        logger.warning("hotwords file %s holds no phrases: nothing is biased", path)
+    return phrases
 
 
 def read_audio(path: str) -> tuple[np.ndarray, int]:
@@ -393,8 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds per file; inf: no limit (default: 600)"
     )
     parser.add_argument(
-        "--hotwords", metavar="PHRASES", default=None,
-        help="bias each stream toward these phrases, separated by ';' (\"JOHN SMITH;ACME :3\"); "
+        "--hotwords", metavar="FILE|PHRASES", default=None,
+        help="bias each stream toward these phrases: a file (one phrase per line, optionally "
+        "ending with ' :SCORE', as asr transcribe --hotwords reads it) or phrases separated by "
+        "';' (\"JOHN SMITH;ACME :3\"); "
         "the server must run its PyTorch engine with a searcher that biases (asr serve "
         "--searcher transducer_beam, tdt_beam or ctc_prefix_beam; --engine sherpa-onnx searches "
         "greedily and refuses hotwords)",
@@ -458,6 +483,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.microphone == bool(args.files):
         print("give audio files or --microphone (not both)", file=sys.stderr)
+        return 2
+    try:
+        args.hotwords = read_hotwords(args.hotwords)  # read once, before any connection
+    except (OSError, ValueError) as err:
+        print(f"error: --hotwords: {err}", file=sys.stderr)
         return 2
     if args.microphone:
         device = int(args.device) if args.device and args.device.isdigit() else args.device
