@@ -2,7 +2,8 @@
 
 * :func:`stream_samples` / :func:`stream_file`: send a waveform in chunks, in real time
   (``realtime=True``: one chunk per chunk duration, like a microphone) or as fast as the server
-  reads, then ``Done``; collect every result until the server closes.
+  reads, then ``Done``; collect every result until the server closes (or, sherpa-onnx's C++
+  server, sends ``Done!``: the client then closes).
 * :func:`stream_microphone`: capture with ``sounddevice`` (imported lazily) until Ctrl-C (the
   final result follows; a second Ctrl-C ends the client without it).
 
@@ -43,6 +44,10 @@ __all__ = ["ClientResult", "read_hotwords", "stream_file", "stream_microphone", 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SERVER = "ws://127.0.0.1:6006"
+
+#: What sherpa-onnx's C++ websocket server sends after a stream's last result, instead of closing
+#: the connection (it waits for its client to close, as sherpa-onnx's clients do on this text).
+SHERPA_DONE = "Done!"
 
 
 @dataclass
@@ -93,6 +98,17 @@ class ClientResult:
         reason = f" ({self.close_reason})" if self.close_reason else ""
         hint = "; send less audio per message (--chunk-seconds)" if self.close_code == 1009 else ""
         return f"the server closed the connection with code {self.close_code}{reason}{hint}"
+
+
+async def _sherpa_done(ws: Any, text: str | bytes) -> bool:
+    """Whether ``text`` is sherpa-onnx's end of results (:data:`SHERPA_DONE`); the connection is
+    then closed (code 1000), as sherpa-onnx's own clients close it: its server would hold it
+    open, and this client, which read every message as JSON, failed on the text ("Expecting
+    value") with the transcript received."""
+    if text != SHERPA_DONE:
+        return False
+    await ws.close()
+    return True
 
 
 def settings_message(
@@ -166,6 +182,8 @@ async def stream_samples(
     async def receive(ws) -> None:
         try:
             async for text in ws:
+                if await _sherpa_done(ws, text):
+                    break
                 msg = json.loads(text)
                 msg["received"] = time.monotonic()
                 result.messages.append(msg)
@@ -307,6 +325,8 @@ async def stream_microphone(
     async def receive(ws) -> None:
         with contextlib.suppress(ConnectionClosed):
             async for text in ws:
+                if await _sherpa_done(ws, text):
+                    break
                 msg = json.loads(text)
                 result.messages.append(msg)
                 if on_message is not None:

@@ -55,7 +55,8 @@ websocket server, which its clients read, with these differences:
   after silence its next message has the same ``segment`` again);
 * after the last message sherpa-onnx's C++ server sends the text ``Done!`` (its clients close
   on it); this one sends only JSON and closes the connection itself, so a client reads
-  messages until the close (sherpa-onnx's clients end on that close too);
+  messages until the close (sherpa-onnx's clients end on that close too; ours,
+  :mod:`asr.serve.client`, also closes on a sherpa-onnx server's ``Done!``);
 * sherpa-onnx's per-token scores (``ys_probs``, ``lm_probs``, ``context_scores``) and its
   ``num_trailing_blanks`` are not sent.
 

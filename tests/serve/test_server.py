@@ -870,3 +870,31 @@ def test_a_server_on_an_ipv6_address_gives_urls_a_client_can_open(caplog):
 
         _run(handshake())
     assert f"serving on http://[::1]:{port} (websocket ws://[::1]:{port})" in caplog.text
+
+
+def test_the_client_ends_its_stream_at_sherpa_onnx_servers_done():
+    """sherpa-onnx's C++ websocket server ends a stream's results with the text ``Done!`` and
+    waits for its client to close: this client read it as JSON and failed ("Expecting
+    value"), the transcript received lost. It closes on it now, as sherpa-onnx's clients do."""
+    from websockets.asyncio.server import serve
+
+    final = {"text": "HELLO", "tokens": ["H", "E", "L", "L", "O"], "segment": 0,
+             "timestamps": [0.1, 0.2, 0.3, 0.4, 0.5], "start_time": 0.0, "is_final": True,
+             "is_eof": True}
+
+    async def sherpa_like(ws) -> None:  # its server's conduct: results, Done!, no close
+        async for message in ws:
+            if message == "Done":
+                await ws.send(json.dumps(final))
+                await ws.send("Done!")
+        await ws.wait_closed()
+
+    async def main():
+        async with serve(sherpa_like, "127.0.0.1", 0) as server:
+            port = next(iter(server.sockets)).getsockname()[1]
+            return await stream_samples(f"ws://127.0.0.1:{port}", np.zeros(3200, np.float32),
+                                        timeout=20)
+
+    result = _run(main(), 30)
+    assert result.text == "HELLO" and result.problem is None and result.close_code == 1000
+    assert [m["segment"] for m in result.messages] == [0]
