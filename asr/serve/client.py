@@ -14,7 +14,9 @@ Examples::
     python -m asr.serve.client --microphone
 
 Only numpy, soundfile and websockets are needed (no torch): audio at another rate is sent as is,
-after announcing its rate; the server resamples.
+after announcing its rate; the server resamples. (sherpa-onnx's own servers take no such
+announcement: its C++ server ignores it and reads the audio at its ``--input-sample-rate``, its
+Python example server fails on it; give them files at the rate they were started with.)
 """
 
 from __future__ import annotations
