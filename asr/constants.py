@@ -1,9 +1,10 @@
 """Constants that the command line's options (their checks and ``--help`` defaults) share with
 the heavy modules they describe, and the one check of a value that both make
 (:func:`hotword_score_problem`, and :func:`hotword_score`, the option type of every
-``--hotwords-score``), the one ``--overwrite`` flag (:func:`add_overwrite_argument`), and the
-parser class of their command lines (:class:`IntermixedParser`),
-kept here so that naming one imports neither torch nor a model:
+``--hotwords-score``; :func:`hotwords_file`, whether a ``--hotwords`` value names a file, for
+``asr transcribe`` and the server's torch-free client alike), the one ``--overwrite`` flag
+(:func:`add_overwrite_argument`), and the parser class of their command lines
+(:class:`IntermixedParser`), kept here so that naming one imports neither torch nor a model:
 ``asr average --help`` or ``asr train`` need not import :mod:`asr.package` or
 :mod:`asr.runtime.streaming` to say a default or recognize a package. The modules that own each
 idea import it from here (and re-export it), so that there is one value.
@@ -13,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 __all__ = [
     "DEFAULT_MAX_LEFT_SECONDS", "DEFAULT_OVERLAP_SECONDS", "DEFAULT_WINDOW_SECONDS", "LOG_FORMAT",
     "EXPORT_REPORT_FILE", "MAX_HOTWORD_SCORE", "METADATA_FILE", "IntermixedParser",
-    "add_overwrite_argument", "hotword_score", "hotword_score_problem",
+    "add_overwrite_argument", "hotword_score", "hotword_score_problem", "hotwords_file",
 ]
 
 #: The format of every log line of the ``asr`` command (``logging.basicConfig``) and of the
@@ -154,3 +156,25 @@ class IntermixedParser(argparse.ArgumentParser):
                 out += [f"{word}={value}" for value in words[index:end]]
                 index = end
         return out
+
+
+def hotwords_file(spec: str | Path) -> Path | None:
+    """The file a hotwords value names (``--hotwords FILE|PHRASES`` of ``asr transcribe`` and of
+    the server's client, the runtime's ``hotwords=``), or None when ``spec`` is inline phrases
+    (``"ALPHA BETA;GAMMA :2.5"``).
+
+    Raises:
+        ValueError: for a ``.txt`` name (without ``;`` or a newline) that is no file: read as
+            phrases, its error would name a word of the path instead.
+    """
+    path = Path(spec)
+    try:
+        if path.is_file():
+            return path
+    except OSError:  # e.g. a name too long to be a path: inline phrases
+        pass
+    text = str(spec)
+    if text.lower().endswith(".txt") and ";" not in text and "\n" not in text:
+        raise ValueError(f"hotwords file {text} does not exist (inline phrases are separated "
+                         "by ';')")
+    return None

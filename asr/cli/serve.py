@@ -26,7 +26,7 @@ from asr.package import PackageError
 from asr.runtime.endpoint import EndpointConfig
 from asr.runtime.offline import load_model
 from asr.serve.config import ServerConfig
-from asr.serve.server import RecognitionServer
+from asr.serve.server import RecognitionServer, host_port
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +136,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         asyncio.run(RecognitionServer(recognizer, config).serve_forever())
     except OSError as err:
-        logger.error("asr serve: cannot serve on %s:%d: %s", config.host, config.port, err)
+        logger.error("asr serve: cannot serve on %s: %s", host_port(config.host, config.port), err)
         return 1
     return 0

@@ -57,7 +57,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from asr.constants import MAX_HOTWORD_SCORE, hotword_score_problem
+from asr.constants import MAX_HOTWORD_SCORE, hotword_score_problem, hotwords_file
 from asr.decoding.config import SearchConfig
 from asr.fileio import read_text
 from asr.tokenizers.base import Tokenizer, check_text
@@ -189,20 +189,16 @@ def load_hotwords(spec: str | Path) -> list[Hotword]:
             that names a ``.txt`` file that does not exist: read as phrases, its error would
             name a word of the path instead.
     """
-    path = Path(spec)
     try:
-        is_file = path.is_file()
-    except OSError:  # e.g. a name too long to be a path: inline phrases
-        is_file = False
-    if is_file:
+        path = hotwords_file(spec)
+    except ValueError as err:  # a .txt name that is no file
+        raise HotwordError(str(err)) from None
+    if path is not None:
         hotwords = parse_hotwords(read_text(path), source=path)
         if not hotwords:  # a wrong or unfinished file would bias nothing, unsaid
             logger.warning("hotwords file %s holds no phrases: nothing is biased", path)
         return hotwords
     text = str(spec)
-    if text.lower().endswith(".txt") and ";" not in text and "\n" not in text:
-        raise HotwordError(f"hotwords file {text} does not exist (inline phrases are separated "
-                           "by ';')")
     hotwords = parse_hotwords(text, INLINE_SEPARATORS)
     if not hotwords:
         logger.warning("hotwords %r hold no phrases: nothing is biased", text)

@@ -2,7 +2,8 @@
 
 * :func:`stream_samples` / :func:`stream_file`: send a waveform in chunks, in real time
   (``realtime=True``: one chunk per chunk duration, like a microphone) or as fast as the server
-  reads, then ``Done``; collect every result until the server closes.
+  reads, then ``Done``; collect every result until the server closes (or, sherpa-onnx's C++
+  server, sends ``Done!``: the client then closes).
 * :func:`stream_microphone`: capture with ``sounddevice`` (imported lazily) until Ctrl-C (the
   final result follows; a second Ctrl-C ends the client without it).
 
@@ -13,7 +14,9 @@ Examples::
     python -m asr.serve.client --microphone
 
 Only numpy, soundfile and websockets are needed (no torch): audio at another rate is sent as is,
-after announcing its rate; the server resamples.
+after announcing its rate; the server resamples. (sherpa-onnx's own servers take no such
+announcement: its C++ server ignores it and reads the audio at its ``--input-sample-rate``, its
+Python example server fails on it; give them files at the rate they were started with.)
 """
 
 from __future__ import annotations
@@ -36,10 +39,11 @@ from typing import Any
 
 import numpy as np
 
-from asr.constants import IntermixedParser, hotword_score
-from asr.fileio import one_line
+from asr.constants import IntermixedParser, hotword_score, hotwords_file
+from asr.fileio import one_line, read_text
 
-__all__ = ["ClientResult", "stream_file", "stream_microphone", "stream_samples", "main"]
+__all__ = ["ClientResult", "read_hotwords", "stream_file", "stream_microphone", "stream_samples",
+           "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +52,10 @@ DEFAULT_SERVER = "ws://127.0.0.1:6006"
 #: reason: ``asr serve`` says one short line, but a proxy in front of it answers with an HTML
 #: page of kilobytes.
 MAX_REASON_CHARS = 200
+
+#: What sherpa-onnx's C++ websocket server sends after a stream's last result, instead of closing
+#: the connection (it waits for its client to close, as sherpa-onnx's clients do on this text).
+SHERPA_DONE = "Done!"
 
 
 @dataclass
@@ -98,6 +106,17 @@ class ClientResult:
         reason = f" ({self.close_reason})" if self.close_reason else ""
         hint = "; send less audio per message (--chunk-seconds)" if self.close_code == 1009 else ""
         return f"the server closed the connection with code {self.close_code}{reason}{hint}"
+
+
+async def _sherpa_done(ws: Any, text: str | bytes) -> bool:
+    """Whether ``text`` is sherpa-onnx's end of results (:data:`SHERPA_DONE`); the connection is
+    then closed (code 1000), as sherpa-onnx's own clients close it: its server would hold it
+    open, and this client, which read every message as JSON, failed on the text ("Expecting
+    value") with the transcript received."""
+    if text != SHERPA_DONE:
+        return False
+    await ws.close()
+    return True
 
 
 def settings_message(
@@ -171,6 +190,8 @@ async def stream_samples(
     async def receive(ws) -> None:
         try:
             async for text in ws:
+                if await _sherpa_done(ws, text):
+                    break
                 msg = json.loads(text)
                 msg["received"] = time.monotonic()
                 result.messages.append(msg)
@@ -209,6 +230,28 @@ async def stream_samples(
         # asyncio's has no message: the command line printed "a.wav: error: " and nothing more
         raise TimeoutError(f"no final result from {url} within {timeout:g} s") from None
     return result
+
+
+def read_hotwords(spec: str | None) -> str | list[str] | None:
+    """``--hotwords`` as the server takes it: the lines of the file ``spec`` names (one phrase
+    per line, each may end with `` :SCORE``: the file ``asr transcribe --hotwords`` and
+    sherpa-onnx's ``hotwords_file`` read), or ``spec`` itself, phrases separated by ``;``
+    (:func:`asr.constants.hotwords_file` tells which). A file was sent as a phrase, its path,
+    which the server refused as characters the model cannot spell.
+
+    Raises:
+        ValueError: for a ``.txt`` name that is no file, or a file that is not UTF-8 text.
+        OSError: for a file that cannot be read.
+    """
+    if spec is None:
+        return None
+    path = hotwords_file(spec)
+    if path is None:
+        return spec
+    phrases = [line for line in read_text(path).splitlines() if line.strip()]
+    if not phrases:  # the server biases nothing: said here, where the file is known
+        logger.warning("hotwords file %s holds no phrases: nothing is biased", path)
+    return phrases
 
 
 def read_audio(path: str) -> tuple[np.ndarray, int]:
@@ -290,6 +333,8 @@ async def stream_microphone(
     async def receive(ws) -> None:
         with contextlib.suppress(ConnectionClosed):
             async for text in ws:
+                if await _sherpa_done(ws, text):
+                    break
                 msg = json.loads(text)
                 result.messages.append(msg)
                 if on_message is not None:
@@ -399,8 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds per file; inf: no limit (default: 600)"
     )
     parser.add_argument(
-        "--hotwords", metavar="PHRASES", default=None,
-        help="bias each stream toward these phrases, separated by ';' (\"JOHN SMITH;ACME :3\"); "
+        "--hotwords", metavar="FILE|PHRASES", default=None,
+        help="bias each stream toward these phrases: a file (one phrase per line, optionally "
+        "ending with ' :SCORE', as asr transcribe --hotwords reads it) or phrases separated by "
+        "';' (\"JOHN SMITH;ACME :3\"); "
         "the server must run its PyTorch engine with a searcher that biases (asr serve "
         "--searcher transducer_beam, tdt_beam or ctc_prefix_beam; --engine sherpa-onnx refuses "
         "a client's hotwords)",
@@ -481,6 +528,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.microphone == bool(args.files):
         print("give audio files or --microphone (not both)", file=sys.stderr)
+        return 2
+    try:
+        args.hotwords = read_hotwords(args.hotwords)  # read once, before any connection
+    except (OSError, ValueError) as err:
+        print(f"error: --hotwords: {err}", file=sys.stderr)
         return 2
     if args.microphone:
         device = int(args.device) if args.device and args.device.isdigit() else args.device

@@ -41,15 +41,30 @@ Server to client, text JSON after decode steps::
 ``segment`` counts endpointed segments (0, 1, ...); ``start_time`` is where the segment began
 (0 for the first, then the endpoint that ended the one before), in seconds from the start of
 the stream; ``is_final`` is true for the last message of a segment; ``is_eof`` is true for the
-last message of the stream (after ``Done``, all its audio decoded; ``is_final`` too). These are
-the fields of sherpa-onnx's websocket server, with two differences: ``timestamps`` count from
-the start of the stream, as ``start_time`` does (sherpa-onnx counts them from ``start_time``),
-and ``words`` holds the segment's words with their times (sherpa-onnx: word ids); sherpa-onnx's
-per-token scores (``ys_probs``, ``lm_probs``, ``context_scores``) are not sent. ``audio_end`` (an
-extension) is the stream time in seconds of the audio received before the decode step that
-produced the message. On a protocol error the server sends ``{"error": "..."}`` and closes with
-the code of :class:`ProtocolError`; a stream whose decoding fails gets the same with 1011
-(``decoding this stream failed (...)``), while the streams decoded beside it go on.
+last message of the stream (after ``Done``, all its audio decoded; ``is_final`` too); the
+server then closes the connection with code 1000. These are the fields of sherpa-onnx's
+websocket server, which its clients read, with these differences:
+
+* ``timestamps`` count from the start of the stream, as ``start_time`` does (sherpa-onnx counts
+  them from ``start_time``);
+* ``words`` holds the segment's words with their times (sherpa-onnx: word ids);
+* ``tokens`` are the model's pieces as written, the word boundary ``▁`` included (sherpa-onnx
+  writes it as a space);
+* ``segment`` counts every endpoint, so a stretch of silence that an endpoint rule ends is a
+  segment of its own, with an empty ``text`` (sherpa-onnx numbers only segments with tokens:
+  after silence its next message has the same ``segment`` again);
+* after the last message sherpa-onnx's C++ server sends the text ``Done!`` (its clients close
+  on it); this one sends only JSON and closes the connection itself, so a client reads
+  messages until the close (sherpa-onnx's clients end on that close too; ours,
+  :mod:`asr.serve.client`, also closes on a sherpa-onnx server's ``Done!``);
+* sherpa-onnx's per-token scores (``ys_probs``, ``lm_probs``, ``context_scores``) and its
+  ``num_trailing_blanks`` are not sent.
+
+``audio_end`` (an extension) is the stream time in seconds of the audio received before the
+decode step that produced the message. On a protocol error the server sends
+``{"error": "..."}`` and closes with the code of :class:`ProtocolError`; a stream whose decoding
+fails gets the same with 1011 (``decoding this stream failed (...)``), while the streams
+decoded beside it go on.
 """
 
 from __future__ import annotations

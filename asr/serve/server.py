@@ -59,13 +59,19 @@ from asr.serve.protocol import (
 )
 from asr.serve.web import load_static_site
 
-__all__ = ["BackgroundServer", "RecognitionServer"]
+__all__ = ["BackgroundServer", "RecognitionServer", "host_port"]
 
 logger = logging.getLogger(__name__)
 
 #: Seconds the server gives a connection to take its last messages and the close handshake
 #: before it drops it (a client that does not read would hold it until the ping timeout).
 CLOSE_TIMEOUT = 5.0
+
+
+def host_port(host: str, port: int | None) -> str:
+    """``host:port`` as a URL writes it: an IPv6 address in brackets (``[::1]:6006``; the
+    ``ws://::1:6006`` written before was no URL a client or browser could open)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _reason(text: str) -> str:
@@ -100,7 +106,7 @@ class RecognitionServer:
     @property
     def url(self) -> str:
         """``ws://host:port`` of the running server."""
-        return f"ws://{self.config.host}:{self.port}"
+        return f"ws://{host_port(self.config.host, self.port)}"
 
     @property
     def num_sessions(self) -> int:
@@ -147,7 +153,7 @@ class RecognitionServer:
             compression=None,  # audio does not deflate; saves ~100 KiB per connection
         )
         self.port = next(iter(self._server.sockets)).getsockname()[1]
-        logger.info("serving on http://%s:%d (websocket %s)", cfg.host, self.port, self.url)
+        logger.info("serving on http://%s (websocket %s)", host_port(cfg.host, self.port), self.url)
 
     async def shutdown(self) -> None:
         """Graceful shutdown: finish every stream, close connections, stop the decode loop."""
@@ -451,7 +457,7 @@ class BackgroundServer:
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.server.config.host}:{self.server.port}"
+        return f"http://{host_port(self.server.config.host, self.server.port)}"
 
     def call(self, fn, timeout: float = 10.0):
         """Runs ``fn()`` in the server's loop thread and returns its result."""

@@ -137,7 +137,10 @@ def test_the_client_help_names_every_server_that_biases(monkeypatch):
     own ``search.hotwords_file``)."""
     monkeypatch.setenv("COLUMNS", "1000")  # one line per option: no word is wrapped apart
     help_text = build_parser().format_help()
-    line = next(line for line in help_text.splitlines() if line.lstrip().startswith("--hotwords "))
+    # the option's entry: its line, and the next one where argparse puts a long option's help
+    lines = help_text.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.lstrip().startswith("--hotwords "))
+    line = " ".join(lines[at:at + 2])
     assert all(name in line for name in BIASING_STREAMING_SEARCHERS)
     assert "--engine sherpa-onnx refuses a client's hotwords" in line
 
@@ -190,3 +193,29 @@ def test_the_recognizer_is_called_from_the_decode_thread_only(tiny, hello):
     assert threads.pop("hotword_graph") != threads["new_stream"]
     assert {"new_stream", "decode", "accept_waveform", "result"} <= set(threads)
     assert set.union(*threads.values()) == {"asr-decode_0"}, threads
+
+
+def test_the_client_reads_a_hotwords_file_as_asr_transcribe_does(constant_ctc, beam_server,
+                                                                  tmp_path, capsys):
+    """``--hotwords FILE`` (the file ``asr transcribe --hotwords`` and sherpa-onnx read) sent
+    the file's path as a phrase, which the server refused ("characters the model's tokenizer
+    does not know: '/.'"). Its lines are the phrases now: each stream hears what the API hears
+    with the same file; a ``.txt`` name that is no file is an error before any connection."""
+    import soundfile
+
+    wave = (0.1 * np.random.default_rng(1).standard_normal(9600)).astype(np.float32)
+    audio = [tmp_path / "a.wav", tmp_path / "b.wav"]
+    for path in audio:
+        soundfile.write(path, wave, 16000, subtype="FLOAT")
+    words = tmp_path / "words.txt"
+    words.write_text("WORLDS :8\n\n")
+    argv = [*map(str, audio), "--server", beam_server.url, "--hotwords", str(words)]
+    assert client_main(argv) == 0, capsys.readouterr().err
+    expected = _alone(constant_ctc, wave, str(words))
+    assert expected and not expected.replace("WORLDS", "")  # copies of the file's phrase
+    assert capsys.readouterr().out.splitlines() == [f"{path}\t{expected}" for path in audio]
+
+    missing = tmp_path / "missing.txt"
+    argv = [str(audio[0]), "--server", beam_server.url, "--hotwords", str(missing)]
+    assert client_main(argv) == 2
+    assert f"--hotwords: hotwords file {missing} does not exist" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """The server end to end on 127.0.0.1: concurrent clients, malformed input, disconnects, limits.
 
-Every loop here is bounded in count and time; all traffic goes to 127.0.0.1.
+Every loop here is bounded in count and time; all traffic goes to 127.0.0.1 (::1 in the one
+test of an IPv6 address).
 """
 
 from __future__ import annotations
@@ -10,9 +11,13 @@ import contextlib
 import gc
 import http.client
 import json
+import logging
 import math
+import socket
 import time
 import tracemalloc
+import urllib.parse
+import urllib.request
 
 import numpy as np
 import pytest
@@ -833,3 +838,63 @@ def test_empty_frames_do_not_hold_a_session_past_the_idle_timeout(server):
     session (and a connection slot) for ever: it is closed after the idle timeout (1.5 s)."""
     close_code, seconds = _run(_keep_alive_with_empty_frames(server.url, 6.0), 20)
     assert close_code == 1008 and seconds < 4.0
+
+
+def _ipv6_loopback() -> bool:
+    """Whether this machine can listen on ``::1``."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="needs an IPv6 loopback interface")
+def test_a_server_on_an_ipv6_address_gives_urls_a_client_can_open(caplog):
+    """``asr serve --host ::1`` logged ``serving on http://::1:PORT``, no URL a browser or
+    websockets' client opens; the address is bracketed, as URLs write an IPv6 address."""
+    from asr.serve.config import ServerConfig
+    from asr.serve.server import BackgroundServer
+
+    caplog.set_level(logging.INFO, logger="asr.serve.server")
+    with BackgroundServer(object(), ServerConfig(host="::1", port=0)) as background:
+        port = background.server.port
+        assert urllib.parse.urlsplit(background.url).port == port
+        with urllib.request.urlopen(background.http_url + "/stats", timeout=10) as reply:
+            assert json.load(reply)["sessions"] == 0
+
+        async def handshake() -> None:
+            async with connect(background.url, open_timeout=10):
+                pass
+
+        _run(handshake())
+    assert f"serving on http://[::1]:{port} (websocket ws://[::1]:{port})" in caplog.text
+
+
+def test_the_client_ends_its_stream_at_sherpa_onnx_servers_done():
+    """sherpa-onnx's C++ websocket server ends a stream's results with the text ``Done!`` and
+    waits for its client to close: this client read it as JSON and failed ("Expecting
+    value"), the transcript received lost. It closes on it now, as sherpa-onnx's clients do."""
+    from websockets.asyncio.server import serve
+
+    final = {"text": "HELLO", "tokens": ["H", "E", "L", "L", "O"], "segment": 0,
+             "timestamps": [0.1, 0.2, 0.3, 0.4, 0.5], "start_time": 0.0, "is_final": True,
+             "is_eof": True}
+
+    async def sherpa_like(ws) -> None:  # its server's conduct: results, Done!, no close
+        async for message in ws:
+            if message == "Done":
+                await ws.send(json.dumps(final))
+                await ws.send("Done!")
+        await ws.wait_closed()
+
+    async def main():
+        async with serve(sherpa_like, "127.0.0.1", 0) as server:
+            port = next(iter(server.sockets)).getsockname()[1]
+            return await stream_samples(f"ws://127.0.0.1:{port}", np.zeros(3200, np.float32),
+                                        timeout=20)
+
+    result = _run(main(), 30)
+    assert result.text == "HELLO" and result.problem is None and result.close_code == 1000
+    assert [m["segment"] for m in result.messages] == [0]
