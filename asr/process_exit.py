@@ -13,9 +13,19 @@ C++ calls ``std::terminate``: SIGABRT, "terminate called without an active excep
 process had done and written all its work, and ``torchrun`` reports the job failed (core dumps:
 ``runLoop`` > ``~AsyncAllreduceWork`` > ``~ThreadLocalState`` >
 ``ConcretePyInterpreterVTable::decref`` > ``take_gil`` > ``PyThread_exit_thread``; torch issue
-190489). A process that set up a process group therefore ends with :func:`end_process`: its logs
-and output flushed, then ``os._exit`` with the status it would have had, so the finalization,
-where that race lives, never runs (nor do ``atexit`` handlers).
+190489). A process that set up a process group therefore ends with :func:`end_process`: its
+``atexit`` handlers run, its logs and output are flushed, then ``os._exit`` with the status it
+would have had, so the rest of the finalization, where that race lives, never runs.
+
+The ``atexit`` handlers are run as ``Py_FinalizeEx`` would run them, by the interpreter's own
+``atexit._run_exitfuncs`` (CPython's, undocumented but in every CPython 3; there is no public
+way to run what others registered): a user's or a library's (``multiprocessing``'s join of its
+child processes, torch's shutdown of a DataLoader's persistent workers, ``logging.shutdown``)
+still gets to finish its work. That is not the race: ``Py_FinalizeEx`` calls them before it
+marks the interpreter as finalizing, and only a thread that takes the GIL after that mark is
+ended inside torch's destructor; while the handlers run, a gloo or nccl thread that takes the
+GIL just waits for it, as during training. Python threads still running are not waited for
+(``threading``'s shutdown, which ``Py_FinalizeEx`` runs before the handlers, is left out).
 
 :func:`skip_finalization` marks the process (:func:`asr.train.distributed.setup_distributed`,
 when it sets up a group) and :func:`exit_status` is the command line's last step
@@ -24,6 +34,7 @@ when it sets up a group) and :func:`exit_status` is the command line's last step
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -48,16 +59,18 @@ def skip_finalization(reason: str) -> None:
 
 
 def end_process(status: int) -> NoReturn:
-    """Ends the process at once with ``status``, without the interpreter's finalization: logging
-    is shut down first (every handler flushed and closed: a log file's last lines, the
-    command's on stderr), then ``sys.stdout`` and ``sys.stderr`` are flushed. ``atexit``
-    handlers do not run: the caller has done and written all its work.
+    """Ends the process with ``status`` without the interpreter's finalization: the ``atexit``
+    handlers run first, as at a normal exit (last registered first; one that raises is reported
+    on stderr and the others still run), then logging is shut down (every handler flushed and
+    closed: a log file's last lines, the command's on stderr) and ``sys.stdout`` and
+    ``sys.stderr`` are flushed.
 
     Args:
         status: the exit status (0-255).
     """
     logger.debug("ending with status %d without the interpreter's finalization: %s", status,
                  _reason or "asked for")
+    atexit._run_exitfuncs()  # what Py_FinalizeEx runs, before its race
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -1,6 +1,7 @@
-"""A process marked to skip the interpreter's finalization ends with its status, its logs and
-output flushed, and without running the finalization (an ``atexit`` handler, which the
-finalization runs, stands for it); an unmarked one exits as usual.
+"""A process marked to skip the interpreter's finalization ends with its status, its ``atexit``
+handlers run, its logs and output flushed, and without the rest of the finalization (the
+destructor of an object that ``__main__`` holds, which the finalization calls when it clears
+the modules after the handlers, stands for it); an unmarked one exits as usual.
 
 The processes are plain ``python`` (no torch): ending one is this module's, not torch's.
 """
@@ -19,17 +20,21 @@ from asr.process_exit import exit_status
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: Registers an atexit handler that writes the file FINALIZED: it exists once the interpreter
-#: finalized.
+#: Registers an atexit handler that writes the file ATEXIT, and holds an object whose destructor
+#: writes the file FINALIZED: it exists once the interpreter finalized (cleared ``__main__``).
 PRELUDE = (
     "import atexit, os\n"
-    "atexit.register(lambda: open(os.environ['FINALIZED'], 'w').close())\n"
+    "atexit.register(lambda: open(os.environ['ATEXIT'], 'w').close())\n"
+    "class Finalized:\n"
+    "    def __del__(self, open=open, path=os.environ['FINALIZED']):\n"
+    "        open(path, 'w').close()\n"
+    "finalized = Finalized()\n"
 )
 
 
 def _python(tmp_path: Path, code: str) -> subprocess.CompletedProcess[str]:
     """Runs ``PRELUDE + code`` in a plain python with this checkout's asr first on its path."""
-    env = dict(os.environ, FINALIZED=str(tmp_path / "finalized"),
+    env = dict(os.environ, FINALIZED=str(tmp_path / "finalized"), ATEXIT=str(tmp_path / "atexit"),
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     return subprocess.run([sys.executable, "-c", PRELUDE + code], env=env, capture_output=True,
                           text=True, timeout=60, cwd=tmp_path)
@@ -37,7 +42,8 @@ def _python(tmp_path: Path, code: str) -> subprocess.CompletedProcess[str]:
 
 def test_end_process_flushes_the_logs_and_output_and_skips_the_finalization(tmp_path):
     """The status as given; a buffered log handler (written on its flush alone) and stdout, a
-    pipe here (block-buffered), have their last lines out; the atexit handler did not run."""
+    pipe here (block-buffered), have their last lines out; the atexit handler ran, the rest of
+    the finalization did not."""
     result = _python(tmp_path, (
         "import logging, logging.handlers\n"
         "from asr.process_exit import end_process\n"
@@ -49,6 +55,34 @@ def test_end_process_flushes_the_logs_and_output_and_skips_the_finalization(tmp_
     assert result.returncode == 3, result.stderr
     assert result.stdout == "results written"
     assert (tmp_path / "run.log").read_text() == "last log line\n"
+    assert (tmp_path / "atexit").exists()
+    assert not (tmp_path / "finalized").exists()
+
+
+def test_end_process_runs_the_atexit_handlers_of_user_code_and_multiprocessing(tmp_path):
+    """Handlers registered by user code ran last registered first, as at a normal exit, and one
+    that raised (reported on stderr) kept none of them from it; ``multiprocessing``'s own (as a
+    DataLoader's workers are its processes) joined the child still at work, whose file is
+    there when the parent has ended. ``os._exit`` alone ran none: the child was still
+    sleeping."""
+    result = _python(tmp_path, (
+        "import atexit, multiprocessing, time\n"
+        "from asr.process_exit import end_process\n"
+        "def work():\n"
+        "    time.sleep(1.0)\n"
+        "    open('child-done', 'w').close()\n"
+        "order = []\n"
+        "atexit.register(lambda: print('handlers:', order))\n"
+        "atexit.register(order.append, 'first registered')\n"
+        "atexit.register(lambda: 1 / 0)\n"
+        "atexit.register(order.append, 'last registered')\n"
+        "if __name__ == '__main__':\n"
+        "    multiprocessing.get_context('fork').Process(target=work).start()\n"
+        "    end_process(0)\n"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "handlers: ['last registered', 'first registered']\n"
+    assert "ZeroDivisionError" in result.stderr
+    assert (tmp_path / "child-done").exists()
     assert not (tmp_path / "finalized").exists()
 
 

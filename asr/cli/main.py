@@ -12,8 +12,9 @@ failure ends in one ``asr NAME: ...`` line on stderr and a non-zero exit status:
 report what a user can cause themselves (exit 2 for bad arguments, 1 for failed work); anything
 else they raise is reported here in one line (exit 1; ``--log-level DEBUG`` adds the traceback),
 and Ctrl-C exits with 130. A process that set up a torch process group (``asr train`` under
-``torchrun``) ends with that status without the interpreter's finalization, its logs and output
-flushed first (:mod:`asr.process_exit`: torch's threads could abort the finalization).
+``torchrun``) ends with that status without the interpreter's finalization, its ``atexit``
+handlers run and its logs and output flushed first (:mod:`asr.process_exit`: torch's threads
+could abort the finalization).
 """
 
 from __future__ import annotations

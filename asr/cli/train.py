@@ -56,7 +56,8 @@ script, which runs the same command again to resume exactly there
 and exits with 130, naming the newest checkpoint that the same command resumes from.
 
 Under ``torchrun`` each process ends with its exit status once everything is written (the
-checkpoints, the TensorBoard logs, ``train.log``; its log and output flushed), without the
+checkpoints, the TensorBoard logs, ``train.log``; its ``atexit`` handlers run, its log and output
+flushed), without the
 interpreter's finalization, which torch's process-group threads could abort
 (:mod:`asr.process_exit`).
 """

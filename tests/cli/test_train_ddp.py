@@ -30,11 +30,16 @@ def _env() -> dict[str, str]:
                 PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
 
 
-#: ``python -m asr.cli.main`` with an atexit handler that writes ``$FINALIZED.<rank>``: the file
-#: exists once that process' interpreter finalized.
+#: ``python -m asr.cli.main`` with an atexit handler that writes ``$ATEXIT.<rank>``, and an object
+#: whose destructor writes ``$FINALIZED.<rank>``: that file exists once that process' interpreter
+#: finalized (cleared the launcher's module).
 ASR_MAIN = """\
 import atexit, os, runpy
-atexit.register(lambda: open(f"{os.environ['FINALIZED']}.{os.environ['RANK']}", "w").close())
+atexit.register(lambda: open(f"{os.environ['ATEXIT']}.{os.environ['RANK']}", "w").close())
+class Finalized:
+    def __del__(self, open=open, path=f"{os.environ['FINALIZED']}.{os.environ['RANK']}"):
+        open(path, "w").close()
+finalized = Finalized()
 runpy.run_module("asr.cli.main", run_name="__main__", alter_sys=True)
 """
 
@@ -68,10 +73,13 @@ def test_two_process_asr_train_equals_one_process_accumulating_two_batches(tmp_p
     launcher = tmp_path / "asr_main.py"
     launcher.write_text(ASR_MAIN)
     run = _train_two([str(launcher), *main[2:]], tmp_path / "two",
-                     env=dict(env, FINALIZED=str(tmp_path / "finalized")))
-    # each process ended with status 0 after its last log line, without the interpreter's
-    # finalization, which torch's gloo threads could abort (asr.process_exit)
+                     env=dict(env, FINALIZED=str(tmp_path / "finalized"),
+                              ATEXIT=str(tmp_path / "atexit")))
+    # each process ended with status 0 after its last log line and its atexit handlers,
+    # without the rest of the interpreter's finalization, which torch's gloo threads could
+    # abort (asr.process_exit)
     assert run.stderr.count("training stopped at step 1 (0 epochs done)") == 2, run.stderr
+    assert sorted(p.name for p in tmp_path.glob("atexit.*")) == ["atexit.0", "atexit.1"]
     assert not list(tmp_path.glob("finalized.*"))
     subprocess.run([sys.executable, *main, "--exp-dir", str(tmp_path / "one"),
                     "--set", "train.accum_grad=2"], env=env, check=True, capture_output=True,
