@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -182,3 +184,27 @@ def test_serve_sherpa_onnx_applies_or_refuses_each_search_option(sherpa_dir, mon
         sherpa_dir, **sherpa_search_options(None, ["search.blank_penalty=20"])).decode(
             [item.samples])
     assert len(penalized.token_ids) > len(plain.token_ids)
+
+
+def test_serve_sherpa_onnx_refuses_an_unused_option_in_its_own_words():
+    """``asr serve --engine sherpa-onnx --set search.hotwords_score=2`` (no hotwords file) was
+    refused by the loader in ``asr decode-onnx``'s words: "(--hotwords-score) ... give one
+    (--hotwords-file)", options serve has not; a ``search.hotwords_file`` without
+    ``--searcher beam`` named sherpa-onnx's ``decoding_method``. Each names serve's option and
+    its fix now, as ``search.beam_size`` without a beam search did."""
+    from asr.export.sherpa_decode import sherpa_search_options
+
+    for searcher, overrides, message in (
+            (None, ["search.hotwords_file=h.txt"], "--set search.hotwords_file: sherpa-onnx "
+                                                   "biases only in its modified_beam_search; add "
+                                                   "--searcher beam"),
+            ("greedy", ["search.hotwords_file=h.txt"], "add --searcher beam"),
+            ("beam", ["search.hotwords_score=2"], "--set search.hotwords_score: the boost of the "
+                                                  "phrases of search.hotwords_file; add --set "
+                                                  "search.hotwords_file=FILE")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            sherpa_search_options(searcher, overrides)
+    assert sherpa_search_options("beam", ["search.hotwords_file=h.txt",
+                                          "search.hotwords_score=2"]) == {
+        "decoding_method": "modified_beam_search", "hotwords_file": Path("h.txt"),
+        "hotwords_score": 2.0}
