@@ -129,6 +129,21 @@ def test_a_proxys_html_refusal_is_one_bounded_line():
     assert len(reason) < MAX_REASON_CHARS + 60
 
 
+def test_a_refusal_whose_page_has_no_text_ends_with_its_status():
+    """An HTML body of markup alone (a proxy's empty page) left the line ending in a bare
+    ": " after the status, a reason promised and none given; it ends with the status now."""
+    from websockets.datastructures import Headers
+    from websockets.exceptions import InvalidStatus
+    from websockets.http11 import Response
+
+    from asr.serve.client import _failure
+
+    for body in (b"<html><body></body></html>\r\n", b"<html><body> &nbsp; </body></html>"):
+        failure = _failure(InvalidStatus(Response(502, "Bad Gateway", Headers(), body)),
+                           "ws://h:1")
+        assert failure == "server rejected WebSocket connection: HTTP 502", body
+
+
 class _NoServer:
     """Stands in for RecognitionServer: a command that got this far would serve."""
 
