@@ -147,6 +147,11 @@ def test_set_in_a_command_without_files_takes_every_word():
         with pytest.raises(ConfigError, match=re.escape("override '0.3': only search options "
                                                         "can be set here (search.<field>=VALUE")):
             override_search(SearchConfig(), args.search_overrides)
+        # the help says where the words end, true of both kinds of command
+        [sub] = [a for a in build_parser(command[0])._actions
+                 if isinstance(a, argparse._SubParsersAction)]
+        help_text = sub.choices[command[0]]._option_string_actions["--set"].help
+        assert "in a command that takes files, the first word" in help_text, help_text
 
 
 def _subcommand_parsers():
