@@ -115,6 +115,9 @@ class IntermixedParser(argparse.ArgumentParser):
     it; the first that does not is a positional one, in its place among the others: ``a.wav
     --set search.beam_size=8 b.wav --format json c.wav`` gives the files ``a.wav b.wav c.wav``
     (argparse's ``nargs="+"`` took ``b.wav`` into ``--set``, out of its order among the files).
+    A parser without positional arguments (``asr serve``, ``asr export-package``) has no word
+    to give back: its option takes every word, as argparse's, so a malformed one
+    (``search.lm_weight 0.3``) gets the option's own error, which says the form it needs.
     """
 
     _intermixing = False
@@ -138,7 +141,10 @@ class IntermixedParser(argparse.ArgumentParser):
         """``words`` with each ``OPT W1 W2 ...`` of an option with a ``takes_word`` test written
         ``OPT=W1 OPT=W2 ...`` for the words after it that pass the test, so that argparse takes
         those alone (an ``OPT=W`` takes one value); words after ``--`` are left as they are, and
-        so is an option whose first word fails (argparse then takes it as it would)."""
+        so is an option whose first word fails (argparse then takes it as it would), and all of
+        them in a parser without positional arguments, which a word could be."""
+        if all(action.option_strings for action in self._actions):
+            return words
         out: list[str] = []
         index = 0
         while index < len(words):

@@ -129,13 +129,28 @@ def relative_path_advice(exp_dir: str | Path, key: str, value: str | Path, fix: 
     """
     if Path(value).is_absolute() or Path(value).exists():
         return ""
-    if any(parse_override(text)[0] == key.split(".") for text in overrides):
+    if any(_gives_key(text, key) for text in overrides):
         return (f" ({key} {value} of this command line's --set is read from the current "
                 f"directory {Path.cwd()}, which has no {value}: give a path from there, or an "
                 f"absolute one)")
     return (f" ({key} {value} of {exp_dir} is relative to the directory `asr train` ran in, "
             f"and was looked for in the current directory {Path.cwd()}: run from the training's "
             f"directory (a recipe's --work-dir), or pass {fix})")
+
+
+def _gives_key(override: str, key: str) -> bool:
+    """Whether the ``--set`` string ``override`` gives the dotted ``key``: ``KEY=VALUE`` itself,
+    or a section above it as a mapping that holds it (``data={manifest_dir: mine}`` gives
+    ``data.manifest_dir``)."""
+    keys, value = parse_override(override)
+    path = key.split(".")
+    if path[:len(keys)] != keys:
+        return False
+    for name in path[len(keys):]:
+        if not isinstance(value, dict) or name not in value:
+            return False
+        value = value[name]
+    return True
 
 
 def save_experiment_weights(exp_dir: str | Path, state_dict: dict, output: str | Path,

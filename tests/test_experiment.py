@@ -15,6 +15,7 @@ from asr.experiment import (
     check_checkpoint_vocabulary,
     load_experiment_config,
     load_trained_model,
+    relative_path_advice,
     save_experiment_weights,
 )
 from asr.testing.packages import random_experiment
@@ -85,3 +86,23 @@ def test_the_trained_model_has_the_selected_weights_in_eval_mode(exp_dir):
         assert all(torch.equal(state[k], expected[k]) for k in expected)
     frames, lens = model.encoder(torch.zeros(1, 64, 40), torch.tensor([64]))  # 40 mel bins in
     assert frames.shape[-1] == model.encoder.output_dim and lens.item() == frames.shape[1]
+
+
+def test_a_path_given_by_a_set_section_mapping_is_the_users_own(tmp_path, monkeypatch):
+    """``--set data={manifest_dir: mine}`` gives data.manifest_dir as much as
+    ``--set data.manifest_dir=mine``, but only the latter was recognized: the missing ``mine``
+    was said to be relative to the directory ``asr train`` ran in, advice for the experiment's
+    own path. Either spelling is the user's own now; a mapping without the key is not."""
+    monkeypatch.chdir(tmp_path)
+    own = (f" (data.manifest_dir mine of this command line's --set is read from the current "
+           f"directory {tmp_path}, which has no mine: give a path from there, or an absolute one)")
+    for override in ("data.manifest_dir=mine", "data={manifest_dir: mine}"):
+        advice = relative_path_advice("exp", "data.manifest_dir", "mine", "--manifest-dir DIR",
+                                      [override])
+        assert advice == own, override
+    for overrides in ([], ["data={max_duration: 300}"], ["data.max_duration=300"],
+                      ["tokenizer_dir=mine"]):
+        advice = relative_path_advice("exp", "data.manifest_dir", "mine", "--manifest-dir DIR",
+                                      overrides)
+        assert "relative to the directory `asr train` ran in" in advice, overrides
+

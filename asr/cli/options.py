@@ -179,10 +179,12 @@ def add_search_arguments(parser: argparse.ArgumentParser, searcher_default: str,
     overrides = parser.add_argument(
         "--set", dest="search_overrides", nargs="+", action="extend", default=[],
         metavar="search.FIELD=VALUE",
-        help="search options, e.g. search.beam_size=8 search.lm_weight=0.3; the first word "
-             f"after them without '=' (or naming a file) is not one (default: {search_default})")
-    # asr.constants.IntermixedParser: --set stops at the first word that is no override, so a
-    # file after it stays in its place among the files (asr transcribe a.wav --set X b.wav c.wav)
+        help="search options, e.g. search.beam_size=8 search.lm_weight=0.3; in a command that "
+             "takes files, the first word after them without '=' (or naming a file) is a file "
+             f"(default: {search_default})")
+    # asr.constants.IntermixedParser: in a parser with positional arguments --set stops at the
+    # first word that is no override, so a file after it stays in its place among the files
+    # (asr transcribe a.wav --set X b.wav c.wav)
     overrides.takes_word = is_override_word
 
 

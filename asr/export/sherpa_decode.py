@@ -346,8 +346,11 @@ def sherpa_search_options(searcher: str | None, overrides: Sequence[str]) -> dic
         overrides: the ``--set`` strings.
 
     Raises:
-        ValueError: naming the searcher or option sherpa-onnx has not, or a ``--set`` value
-            ``asr decode`` would refuse (:func:`asr.decoding.config.override_search`).
+        ValueError: naming the searcher or option sherpa-onnx has not, a ``--set`` value
+            ``asr decode`` would refuse (:func:`asr.decoding.config.override_search`), or an
+            option the search chosen would not use (``search.beam_size`` or
+            ``search.hotwords_file`` without ``--searcher beam``, ``search.hotwords_score``
+            without ``search.hotwords_file``), each in this command line's words.
     """
     cfg = override_search(SearchConfig(), overrides)  # names and values checked as asr decode's
     options: dict[str, Any] = {}
@@ -371,9 +374,18 @@ def sherpa_search_options(searcher: str | None, overrides: Sequence[str]) -> dic
                 f"{', search.'.join(_SHERPA_SEARCH_FIELDS)} (and search.max_symbols_per_frame=1"
                 "): drop it, or serve with --engine pytorch")
         options[_SHERPA_SEARCH_FIELDS[field]] = getattr(cfg, field)
-    if "max_active_paths" in options and options.get("decoding_method") != "modified_beam_search":
+    # what load_recognizer would refuse in decode-onnx's words (--hotwords-file, decoding_method),
+    # refused here in those of this command line
+    beam = options.get("decoding_method") == "modified_beam_search"
+    if "max_active_paths" in options and not beam:
         raise ValueError("--set search.beam_size: the beam of sherpa-onnx's modified_beam_search;"
                          " add --searcher beam, or drop it")
+    if "hotwords_file" in options and not beam:
+        raise ValueError("--set search.hotwords_file: sherpa-onnx biases only in its "
+                         "modified_beam_search; add --searcher beam, or drop it")
+    if "hotwords_score" in options and "hotwords_file" not in options:
+        raise ValueError("--set search.hotwords_score: the boost of the phrases of "
+                         "search.hotwords_file; add --set search.hotwords_file=FILE, or drop it")
     return options
 
 

@@ -470,8 +470,9 @@ def _failure(err: Exception, server: str) -> str:
         return f"cannot connect to {server}: {err} (is `asr serve` running there?)"
     response = getattr(err, "response", None)  # websockets' InvalidStatus: the HTTP response
     body = getattr(response, "body", None)
-    if isinstance(body, (bytes, bytearray)) and body.strip():  # a bytearray as received
-        reason = _response_reason(bytes(body))
+    # a bytearray as received; a page of markup alone (<html><body></body></html>) says nothing
+    reason = _response_reason(bytes(body)) if isinstance(body, (bytes, bytearray)) else ""
+    if reason:
         hint = (" (asr serve --max-connections)" if reason == "too many connections" else "")
         return f"{err}: {reason}{hint}"
     return str(err)
@@ -481,7 +482,8 @@ def _response_reason(body: bytes) -> str:
     """A refused handshake's response body as one line of at most :data:`MAX_REASON_CHARS`
     characters (then ``...`` and how long it was): an HTML page (a proxy's error page) by its
     text without markup, scripts or styles; every run of white space (newlines too) one space,
-    and other control characters escaped (:func:`asr.fileio.one_line`)."""
+    and other control characters escaped (:func:`asr.fileio.one_line`); empty for a body
+    without text."""
     text = body.decode("utf-8", "replace")
     if text.lstrip().startswith("<"):
         text = re.sub(r"<(script|style)\b.*?</\1\s*>", " ", text, flags=re.S | re.I)

@@ -130,6 +130,30 @@ def test_files_after_set_keep_their_order(tmp_path, monkeypatch):
                                                    ["search.beam_size=2"])
 
 
+def test_set_in_a_command_without_files_takes_every_word():
+    """``--set`` stopped at the first word without '=' in every command, so in one that takes
+    no files (``asr serve``, ``asr export-package``) ``--set search.beam_size=8 search.lm_weight
+    0.3`` failed as argparse's "unrecognized arguments: search.lm_weight 0.3", which says
+    nothing of the form an override needs. There, where no word can be a file, ``--set`` takes
+    every word again, and the overrides' own error says ``search.<field>=VALUE``."""
+    from asr.config import ConfigError
+    from asr.decoding.config import SearchConfig, override_search
+
+    words = ["--set", "search.beam_size=8", "search.lm_weight", "0.3"]
+    for command in (["serve", "--model", "p"], ["export-package", "--exp-dir", "e",
+                                                "--output-dir", "o"]):
+        args = build_parser(command[0]).parse_args([*command, *words])
+        assert args.search_overrides == words[1:], command
+        with pytest.raises(ConfigError, match=re.escape("override '0.3': only search options "
+                                                        "can be set here (search.<field>=VALUE")):
+            override_search(SearchConfig(), args.search_overrides)
+        # the help says where the words end, true of both kinds of command
+        [sub] = [a for a in build_parser(command[0])._actions
+                 if isinstance(a, argparse._SubParsersAction)]
+        help_text = sub.choices[command[0]]._option_string_actions["--set"].help
+        assert "in a command that takes files, the first word" in help_text, help_text
+
+
 def _subcommand_parsers():
     from asr.cli.main import SUBCOMMANDS, build_parser
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -127,6 +129,21 @@ def test_a_proxys_html_refusal_is_one_bounded_line():
     assert len(reason) < MAX_REASON_CHARS + 60
 
 
+def test_a_refusal_whose_page_has_no_text_ends_with_its_status():
+    """An HTML body of markup alone (a proxy's empty page) left the line ending in a bare
+    ": " after the status, a reason promised and none given; it ends with the status now."""
+    from websockets.datastructures import Headers
+    from websockets.exceptions import InvalidStatus
+    from websockets.http11 import Response
+
+    from asr.serve.client import _failure
+
+    for body in (b"<html><body></body></html>\r\n", b"<html><body> &nbsp; </body></html>"):
+        failure = _failure(InvalidStatus(Response(502, "Bad Gateway", Headers(), body)),
+                           "ws://h:1")
+        assert failure == "server rejected WebSocket connection: HTTP 502", body
+
+
 class _NoServer:
     """Stands in for RecognitionServer: a command that got this far would serve."""
 
@@ -182,3 +199,27 @@ def test_serve_sherpa_onnx_applies_or_refuses_each_search_option(sherpa_dir, mon
         sherpa_dir, **sherpa_search_options(None, ["search.blank_penalty=20"])).decode(
             [item.samples])
     assert len(penalized.token_ids) > len(plain.token_ids)
+
+
+def test_serve_sherpa_onnx_refuses_an_unused_option_in_its_own_words():
+    """``asr serve --engine sherpa-onnx --set search.hotwords_score=2`` (no hotwords file) was
+    refused by the loader in ``asr decode-onnx``'s words: "(--hotwords-score) ... give one
+    (--hotwords-file)", options serve has not; a ``search.hotwords_file`` without
+    ``--searcher beam`` named sherpa-onnx's ``decoding_method``. Each names serve's option and
+    its fix now, as ``search.beam_size`` without a beam search did."""
+    from asr.export.sherpa_decode import sherpa_search_options
+
+    for searcher, overrides, message in (
+            (None, ["search.hotwords_file=h.txt"], "--set search.hotwords_file: sherpa-onnx "
+                                                   "biases only in its modified_beam_search; add "
+                                                   "--searcher beam"),
+            ("greedy", ["search.hotwords_file=h.txt"], "add --searcher beam"),
+            ("beam", ["search.hotwords_score=2"], "--set search.hotwords_score: the boost of the "
+                                                  "phrases of search.hotwords_file; add --set "
+                                                  "search.hotwords_file=FILE")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            sherpa_search_options(searcher, overrides)
+    assert sherpa_search_options("beam", ["search.hotwords_file=h.txt",
+                                          "search.hotwords_score=2"]) == {
+        "decoding_method": "modified_beam_search", "hotwords_file": Path("h.txt"),
+        "hotwords_score": 2.0}
