@@ -64,11 +64,14 @@ def test_end_process_runs_the_atexit_handlers_of_user_code_and_multiprocessing(t
     that raised (reported on stderr) kept none of them from it; ``multiprocessing``'s own (as a
     DataLoader's workers are its processes) joined the child still at work, whose file is
     there when the parent has ended. ``os._exit`` alone ran none: the child was still
-    sleeping."""
+    sleeping. (The child closes the pipes it inherited, stdout and stderr, which the test's
+    ``subprocess.run`` reads to their end: open, they kept it waiting for the child however
+    the parent ended, and the child's file was there even without the join.)"""
     result = _python(tmp_path, (
-        "import atexit, multiprocessing, time\n"
+        "import atexit, multiprocessing, os, time\n"
         "from asr.process_exit import end_process\n"
         "def work():\n"
+        "    os.close(1), os.close(2)\n"
         "    time.sleep(1.0)\n"
         "    open('child-done', 'w').close()\n"
         "order = []\n"

@@ -3,7 +3,7 @@
 * :func:`stream_samples` / :func:`stream_file`: send a waveform in chunks, in real time
   (``realtime=True``: one chunk per chunk duration, like a microphone) or as fast as the server
   reads, then ``Done``; collect every result until the server closes (or, sherpa-onnx's C++
-  server, sends ``Done!``: the client then closes).
+  server, sends ``Done!``: the client then closes, once the final result has come).
 * :func:`stream_microphone`: capture with ``sounddevice`` (imported lazily) until Ctrl-C (the
   final result follows; a second Ctrl-C ends the client without it).
 
@@ -32,7 +32,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,11 @@ MAX_REASON_CHARS = 200
 #: What sherpa-onnx's C++ websocket server sends after a stream's last result, instead of closing
 #: the connection (it waits for its client to close, as sherpa-onnx's clients do on this text).
 SHERPA_DONE = "Done!"
+
+#: Seconds the client still waits after :data:`SHERPA_DONE` for a final result (``is_eof``) that
+#: has not come: that server sends ``Done!`` from its decoding threads and its results from its
+#: network threads, so the final result, sent before ``Done!``, may arrive after it.
+DONE_GRACE_SECONDS = 1.0
 
 
 @dataclass
@@ -108,15 +113,40 @@ class ClientResult:
         return f"the server closed the connection with code {self.close_code}{reason}{hint}"
 
 
-async def _sherpa_done(ws: Any, text: str | bytes) -> bool:
-    """Whether ``text`` is sherpa-onnx's end of results (:data:`SHERPA_DONE`); the connection is
-    then closed (code 1000), as sherpa-onnx's own clients close it: its server would hold it
-    open, and this client, which read every message as JSON, failed on the text ("Expecting
-    value") with the transcript received."""
-    if text != SHERPA_DONE:
-        return False
+async def _results(ws: Any) -> AsyncIterator[dict[str, Any]]:
+    """The JSON messages of a stream until the server closes the connection or sends
+    sherpa-onnx's end of results (:data:`SHERPA_DONE`), on which this client closes it (code
+    1000), as sherpa-onnx's own clients do: its server would hold it open, and this client,
+    which read every message as JSON, failed on the text ("Expecting value") with the
+    transcript received. A final result (``is_eof``) that has not come before ``Done!`` is
+    waited for, up to :data:`DONE_GRACE_SECONDS`: closing at once lost it, the last words of
+    the transcript, with no problem reported.
+
+    Raises:
+        websockets.exceptions.ConnectionClosed: when the connection fails before the end.
+    """
+    from websockets.exceptions import ConnectionClosed
+
+    final = False
+    async for text in ws:
+        if text == SHERPA_DONE:
+            break
+        msg = json.loads(text)
+        final = final or bool(msg.get("is_eof"))
+        yield msg
+    else:
+        return  # the server closed the connection
+    deadline = asyncio.get_running_loop().time() + DONE_GRACE_SECONDS
+    while not final:
+        try:
+            async with asyncio.timeout_at(deadline):
+                text = await ws.recv()
+        except (TimeoutError, ConnectionClosed):
+            break
+        msg = json.loads(text)
+        final = bool(msg.get("is_eof"))
+        yield msg
     await ws.close()
-    return True
 
 
 def settings_message(
@@ -189,10 +219,7 @@ async def stream_samples(
 
     async def receive(ws) -> None:
         try:
-            async for text in ws:
-                if await _sherpa_done(ws, text):
-                    break
-                msg = json.loads(text)
+            async for msg in _results(ws):
                 msg["received"] = time.monotonic()
                 result.messages.append(msg)
                 if on_message is not None:
@@ -332,10 +359,7 @@ async def stream_microphone(
 
     async def receive(ws) -> None:
         with contextlib.suppress(ConnectionClosed):
-            async for text in ws:
-                if await _sherpa_done(ws, text):
-                    break
-                msg = json.loads(text)
+            async for msg in _results(ws):
                 result.messages.append(msg)
                 if on_message is not None:
                     on_message(msg)

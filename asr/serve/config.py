@@ -32,7 +32,8 @@ class ServerConfig:
     """Settings of :class:`asr.serve.server.RecognitionServer`.
 
     Attributes:
-        host: interface to bind; the loopback interface unless asked otherwise.
+        host: interface to bind (an IPv6 address without brackets: ::1); the loopback
+            interface unless asked otherwise.
         port: TCP port (0: any free port; the server logs the one it got).
         max_connections: websocket sessions served at once; more are refused with HTTP 503.
         max_message_bytes: largest websocket message accepted; larger ones close the
@@ -80,6 +81,9 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if self.host.startswith("["):  # as a URL writes it: no interface has that name
+            raise ValueError(f"host {self.host}: give the address without brackets ("
+                             f"{self.host.strip('[]')}); only URLs bracket an IPv6 address")
         positive = {
             "max_connections": self.max_connections,
             "max_message_bytes": self.max_message_bytes,

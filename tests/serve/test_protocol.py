@@ -165,6 +165,9 @@ def test_result_message():
     "kwargs, match",
     [
         ({"port": 70000}, "port"),
+        # as the log's URL writes it: 'cannot serve on [[::1]]:6006: Name or service not
+        # known', after a warning that the server was reachable from the network
+        ({"host": "[::1]"}, r"host \[::1\]: give the address without brackets \(::1\)"),
         ({"max_connections": 0}, "max_connections"),
         ({"idle_timeout": -1}, "idle_timeout"),
         # NaN passed '<= 0': every client hung (the reader waits for a backlog below NaN)
