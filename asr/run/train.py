@@ -317,7 +317,9 @@ def _init_input_norm(model: ASRModel, cfg: ExperimentConfig, train_cuts) -> None
 def check_training_config(cfg: ExperimentConfig) -> None:
     """Checks what only training needs of ``cfg``, before any data is read or model built: the
     transducer loss' backend must run here (``backend: k2`` needs k2,
-    :meth:`asr.heads.transducer.TransducerConfig.check_backend`), the heads must be trainable
+    :meth:`asr.heads.transducer.TransducerConfig.check_backend`) and a plain RNN-T loss must
+    not be given TDT settings it would ignore
+    (:meth:`asr.heads.transducer.TransducerConfig.check_tdt_fields`), the heads must be trainable
     together (:meth:`asr.model.HeadsConfig.check_training`) and SpecAugment's masks must be able
     to mask (:meth:`asr.data.config.SpecAugmentConfig.check_masks`).
 
@@ -327,6 +329,7 @@ def check_training_config(cfg: ExperimentConfig) -> None:
     if cfg.heads.transducer is not None:
         try:
             cfg.heads.transducer.check_backend()
+            cfg.heads.transducer.check_tdt_fields()
         except ValueError as err:
             raise ConfigError(f"heads.transducer.{err}") from None
     try:

@@ -48,6 +48,26 @@ def test_train_refuses_a_k2_backend_without_k2_before_reading_data(tmp_path, tin
     assert not (tmp_path / "k2").exists()
 
 
+def test_check_only_refuses_tdt_durations_under_a_plain_rnnt_loss(tmp_path, caplog):
+    """A base config's TDT ``durations`` under ``--set heads.transducer.loss=pruned`` were
+    silently ignored (a plain RNN-T trained): exit 2 naming both fields and both fixes. The
+    defaults, which every saved config holds, still pass with any loss."""
+    data = tiny_experiment(tmp_path)
+    data["heads"]["transducer"].update(loss="tdt", durations=[0, 1, 2], omega=0.1)
+    config = write_yaml(data, tmp_path / "tdt.yaml")
+    command = ["train", "--config", str(config), "--exp-dir", str(tmp_path / "exp"), "--check-only"]
+    assert main([*command, "--set", "heads.transducer.loss=pruned"]) == 2
+    assert ("heads.transducer.durations: [0, 1, 2] is a TDT setting, which loss: pruned (plain "
+            "RNN-T) ignores: set loss: tdt or pruned_tdt") in caplog.text
+    caplog.clear()
+    assert main([*command, "--set", "heads.transducer.loss=full",
+                 "heads.transducer.durations=[0, 1, 2, 3, 4]"]) == 2
+    assert "heads.transducer.omega: 0.1 is a TDT setting, which loss: full" in caplog.text
+    assert main([*command, "--set", "heads.transducer.loss=pruned",
+                 "heads.transducer.durations=[0, 1, 2, 3, 4]", "heads.transducer.omega=0"]) == 0
+    assert main(command) == 0 and not (tmp_path / "exp").exists()
+
+
 def test_train_refuses_cif_ctc_segments_of_an_untrained_ctc_head(tmp_path, tiny_corpus, caplog):
     """``heads.cif.segments: ctc`` with ``heads.loss_weights.ctc: 0``: the CIF head would train
     for the whole run on the segments of a CTC head that nothing trains (random paths); exit 2
