@@ -26,7 +26,8 @@ its tokens, so a tokenizer made again with as many but other pieces is caught to
 
 The configuration is checked before anything is read or written (exit 2 naming the key): with
 ``--searchers`` also that its heads have those searchers (as ``asr decode --searcher`` takes them;
-:func:`asr.decoding.registry.select_searchers`), with ``--biasing-searchers`` also that those take
+:func:`asr.decoding.registry.select_searchers`; a searcher whose head has loss weight 0,
+untrained, is warned of), with ``--biasing-searchers`` also that those take
 hotwords, with ``--decode-arg`` an ``asr decode`` command line against this config
 (:func:`asr.cli.decode_options.check_arguments`: its own parser, its ``--set``, its searchers,
 its ``--device`` on this machine, its ``--num-threads`` and its ``--epoch`` against

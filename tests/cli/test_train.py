@@ -68,6 +68,25 @@ def test_check_only_refuses_tdt_durations_under_a_plain_rnnt_loss(tmp_path, capl
     assert main(command) == 0 and not (tmp_path / "exp").exists()
 
 
+def test_check_only_warns_of_a_searcher_whose_head_weighs_0(tmp_path, caplog):
+    """``heads.loss_weights.ctc: 0`` with ``--searchers ctc_greedy`` (or a decode line's
+    ``--searcher``) passed without a word, the head built but never trained: a warning naming
+    the searcher and the field (not refused: such a head may hold weights trained elsewhere)."""
+    config = write_yaml(tiny_experiment(tmp_path), tmp_path / "tiny.yaml")
+    command = ["train", "--config", str(config), "--exp-dir", str(tmp_path / "exp"),
+               "--check-only", "--set", "heads.loss_weights={transducer: 1.0, ctc: 0.0}"]
+    warning = ("searcher 'ctc_greedy' decodes with the ctc head, which heads.loss_weights.ctc: 0 "
+               "leaves untrained")
+    assert main([*command, "--searchers", "transducer_greedy"]) == 0
+    assert "leaves untrained" not in caplog.text
+    assert main([*command, "--searchers", "ctc_greedy"]) == 0
+    assert warning in caplog.text
+    caplog.clear()
+    assert main([*command, "--decode-arg=--searcher", "--decode-arg=ctc_greedy"]) == 0
+    assert warning in caplog.text
+    assert not (tmp_path / "exp").exists()
+
+
 def test_train_refuses_cif_ctc_segments_of_an_untrained_ctc_head(tmp_path, tiny_corpus, caplog):
     """``heads.cif.segments: ctc`` with ``heads.loss_weights.ctc: 0``: the CIF head would train
     for the whole run on the segments of a CTC head that nothing trains (random paths); exit 2
