@@ -87,6 +87,42 @@ def test_check_only_warns_of_a_searcher_whose_head_weighs_0(tmp_path, caplog):
     assert not (tmp_path / "exp").exists()
 
 
+def test_train_names_the_working_directory_of_a_relative_config_path(tmp_path, tiny_corpus,
+                                                                    caplog, monkeypatch):
+    """A relative config path (``data.manifest_dir``, ``data.train_shar_dirs``,
+    ``tokenizer_dir``) run from another directory said only "... does not exist" (or "no
+    tokenizer found"), while the user could see it from the recipe's directory: the message
+    names the working directory it was looked for in and says to run from the directory the
+    config's paths are relative to. An absolute path gets no such advice."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    advice = (f" in the working directory {elsewhere} (a relative path in {{}}: run from the "
+              "directory the config's paths are relative to")
+    data = tiny_experiment(tiny_corpus)
+    data["data"]["manifest_dir"] = "fbank"
+    config = write_yaml(data, tmp_path / "relative.yaml")
+    command = ["train", "--config", str(config), "--exp-dir", str(tmp_path / "exp")]
+    assert main(command) == 2
+    assert ("data.train_cuts: cut manifest fbank/librispeech_cuts_train-clean-5.jsonl.gz does "
+            "not exist" + advice.format("data.manifest_dir")) in caplog.text
+    caplog.clear()
+    assert main([*command, "--set", "data.train_shar_dirs=[shar/train]"]) == 2
+    assert ("data.train_shar_dirs: Shar directory shar/train does not exist"
+            + advice.format("data.train_shar_dirs")) in caplog.text
+    caplog.clear()
+    absolute = tmp_path / "lang_char"
+    assert main([*command, "--set", f"data.manifest_dir={tiny_corpus / 'fbank'}",
+                 f"tokenizer_dir={absolute}"]) == 1
+    assert (f"tokenizer_dir: {absolute}: no tokenizer found" in caplog.text
+            and "a relative path" not in caplog.text)
+    caplog.clear()
+    assert main([*command, "--set", f"data.manifest_dir={tiny_corpus / 'fbank'}",
+                 "tokenizer_dir=lang_char"]) == 1
+    assert "tokenizer_dir: lang_char: no tokenizer found" in caplog.text
+    assert advice.format("tokenizer_dir") in caplog.text
+
+
 def test_train_refuses_cif_ctc_segments_of_an_untrained_ctc_head(tmp_path, tiny_corpus, caplog):
     """``heads.cif.segments: ctc`` with ``heads.loss_weights.ctc: 0``: the CIF head would train
     for the whole run on the segments of a CTC head that nothing trains (random paths); exit 2
