@@ -65,7 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_arguments(parser)
     # required, and so in the usage line; --out, its hidden old name, stands for it there
     output = parser.add_mutually_exclusive_group(required=True)
-    output.add_argument("--output-dir", metavar="PKG", help="package directory to create (required)")
+    output.add_argument("--output-dir", metavar="PKG",
+                        help="package directory to create (required)")
     output.add_argument("--out", dest="output_dir", action=_DeprecatedOut, help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer-dir", help="tokenizer to package (default: the config's)")
     add_search_arguments(parser, "the model's greedy searcher",
