@@ -51,7 +51,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from asr.fileio import read_text, write_text_atomic
+from asr.fileio import read_text, relative_path_hint, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ __all__ = [
     "BASE_KEY",
     "ConfigError",
     "apply_overrides",
+    "config_path_hint",
     "from_dict",
     "load_config",
     "parse_override",
@@ -371,6 +372,16 @@ def read_yaml(path: str | Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     return _resolve_bases(data, path, (*chain, resolved))
+
+
+def config_path_hint(key: str, path: str | Path) -> str:
+    """For a config field ``key`` whose path ``path`` is not found: a relative path of a config
+    is read from the directory the command runs in, so this names that directory and says to
+    run from the one the config's paths are relative to (:func:`asr.fileio.relative_path_hint`;
+    ``""`` for an absolute path or one that is there). Every check of a config's path appends it
+    to its "does not exist"."""
+    return relative_path_hint(path, f"in {key}", "the directory the config's paths are relative "
+                              "to (a recipe's --work-dir), or give an absolute path")
 
 
 def load_config(

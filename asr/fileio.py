@@ -81,6 +81,7 @@ __all__ = [
     "publish_directory",
     "read_lines",
     "read_text",
+    "relative_path_hint",
     "remove_stale_staging",
     "STAGING_MARKER",
     "staging_directory",
@@ -714,6 +715,26 @@ def is_control(ch: str) -> bool:
     """Whether the character ``ch`` is a control character (tab, newline, escape, ...) or a line
     or paragraph separator: what breaks a line, or a field of a tab-separated line."""
     return unicodedata.category(ch) in ("Cc", "Zl", "Zp")
+
+
+def relative_path_hint(path: str | Path, source: str, relative_to: str) -> str:
+    """The one rule for the error of a path that is not found: for a relative ``path`` not
+    found here, where it was looked for (the current directory) and what to do; the caller
+    appends it to its own "... does not exist".
+
+    Args:
+        path: the path as it was given (a config field's value, a manifest's file).
+        source: where it was given, e.g. ``"in data.manifest_dir"``, ``"in the manifest"``.
+        relative_to: the directory to run from instead (and any other way out).
+
+    Returns:
+        ``" in the working directory CWD (a relative path SOURCE: run from RELATIVE_TO)"``;
+        ``""`` for an absolute ``path`` or one that is there (what is missing is inside it).
+    """
+    if Path(path).is_absolute() or Path(path).exists():
+        return ""
+    return (f" in the working directory {Path.cwd()} (a relative path {source}: run from "
+            f"{relative_to})")
 
 
 def one_line(text: str) -> str:

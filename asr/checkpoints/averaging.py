@@ -170,8 +170,9 @@ def epoch_checkpoints(exp_dir: str | Path, epoch: int, avg: int) -> list[Path]:
 
     Raises:
         ValueError: for ``avg < 1``.
-        FileNotFoundError: naming every missing ``epoch-N.pt`` (``avg > epoch`` reaches below
-            ``epoch-1.pt``, so it is reported the same way) and the epochs that do exist.
+        FileNotFoundError: naming every missing ``epoch-N.pt`` and the epochs that do exist
+            (``avg > epoch`` reaches below ``epoch-1.pt``: a
+            :class:`asr.checkpoints.selection.WeightSelection` refuses it first, naming both).
     """
     if avg < 1:
         raise ValueError(f"avg must be >= 1, got {avg}")

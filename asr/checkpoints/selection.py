@@ -87,6 +87,11 @@ class WeightSelection:
         for flag, value in (("--avg", self.avg), ("--last", self.last), ("--epoch", self.epoch)):
             if value is not None and value < 1:
                 raise ValueError(f"{flag} must be >= 1, got {value}")
+        if self.epoch is not None and self.avg > self.epoch:  # epoch-1.pt is the first one
+            raise ValueError(
+                f"--avg {self.avg} is more than --epoch {self.epoch}: it would average epochs "
+                f"{self.epoch - self.avg + 1}..{self.epoch}, and training writes epoch-1.pt "
+                f"first; give --avg {self.epoch} or less (or a later --epoch)")
 
     def is_default(self) -> bool:
         """Whether no way was chosen (the newest step checkpoint)."""

@@ -63,8 +63,11 @@ class _DeprecatedOut(argparse.Action):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_arguments(parser)
-    parser.add_argument("--output-dir", default=None, help="package directory to create (required)")
-    parser.add_argument("--out", dest="output_dir", action=_DeprecatedOut, help=argparse.SUPPRESS)
+    # required, and so in the usage line; --out, its hidden old name, stands for it there
+    output = parser.add_mutually_exclusive_group(required=True)
+    output.add_argument("--output-dir", metavar="PKG",
+                        help="package directory to create (required)")
+    output.add_argument("--out", dest="output_dir", action=_DeprecatedOut, help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer-dir", help="tokenizer to package (default: the config's)")
     add_search_arguments(parser, "the model's greedy searcher",
                          "the experiment's search section; the LM of search.lm_path and the "
@@ -78,9 +81,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.output_dir is None:
-        logger.error("asr export-package: --output-dir PKG is required")
-        return 2
     names = [name for name, _ in args.wer]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:  # dict() would keep the last value without a word

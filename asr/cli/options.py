@@ -60,7 +60,7 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, newest_by_default:
     parser.add_argument("--epoch", type=int, default=None,
                         help=f"last epoch to use, epoch-N.pt ({default})")
     parser.add_argument("--avg", type=int, default=1,
-                        help="number of epochs averaged (with --epoch)")
+                        help="number of epochs averaged (with --epoch; at most --epoch)")
     parser.add_argument("--use-averaged-model", action="store_true",
                         help="with --epoch/--avg: average the running averages over all steps")
     parser.add_argument("--last", type=int, default=None,

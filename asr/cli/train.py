@@ -26,7 +26,8 @@ its tokens, so a tokenizer made again with as many but other pieces is caught to
 
 The configuration is checked before anything is read or written (exit 2 naming the key): with
 ``--searchers`` also that its heads have those searchers (as ``asr decode --searcher`` takes them;
-:func:`asr.decoding.registry.select_searchers`), with ``--biasing-searchers`` also that those take
+:func:`asr.decoding.registry.select_searchers`; a searcher whose head has loss weight 0,
+untrained, is warned of), with ``--biasing-searchers`` also that those take
 hotwords, with ``--decode-arg`` an ``asr decode`` command line against this config
 (:func:`asr.cli.decode_options.check_arguments`: its own parser, its ``--set``, its searchers,
 its ``--device`` on this machine, its ``--num-threads`` and its ``--epoch`` against
@@ -38,14 +39,16 @@ makes it where ``--decode-lm-made-by`` gives that path), with ``--tokenizer-made
 ``--check-only`` stops there (exit 0 when it fits): the recipe scripts check a recipe, their
 ``--train-args`` and their decoding options that way before their first stage.
 
-A config error exits with 2 naming the key. After ``--check-only``'s stop, a missing or
-unreadable training, dev or noise manifest (or Shar directory) and a dev manifest
-(``data.dev_cuts``) that names a cut id twice exit with 2 naming the config field, before
-anything is written. ``--check-only`` reads no data: the recipes run it before their data
-stages, when the manifests of an earlier run may be stale and about to be rewritten. Training
-manifests may repeat cuts (oversampling, e.g. a manifest listed twice in ``data.train_cuts``):
-each repeat is trained as ``<id>_repeat<k>``, with its own augmentation draws
-(:mod:`asr.data.cut_ids`).
+A config error exits with 2 naming the key. After ``--check-only``'s stop, a missing or unreadable
+training, dev or noise manifest (or Shar directory) and a dev manifest (``data.dev_cuts``) that
+names a cut id twice exit with 2 naming the config field, before anything is written; a relative
+path of the config that is not found (``data.manifest_dir``, ``data.train_shar_dirs``,
+``tokenizer_dir``...) also names the working directory it was looked for in, and says to run from
+the one the config's paths are relative to (:func:`asr.config.config_path_hint`). ``--check-only``
+reads no data: the recipes run it before their data stages, when the manifests of an earlier run
+may be stale and about to be rewritten. Training manifests may repeat cuts (oversampling, e.g. a
+manifest listed twice in ``data.train_cuts``): each repeat is trained as ``<id>_repeat<k>``, with
+its own augmentation draws (:mod:`asr.data.cut_ids`).
 
 Preemption: SIGTERM (SLURM, Kubernetes, spot instances) or SIGUSR1 (SLURM's
 ``--signal=USR1@90``) during training lets the step in progress finish, writes the checkpoint of

@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from asr.fileio import relative_path_hint
+
 if TYPE_CHECKING:  # pragma: no cover
     from lhotse import SupervisionSegment
 
@@ -237,10 +239,8 @@ def unreadable_field(cut, fields: Collection[str]) -> tuple[str, str] | None:
 def _relative_hint(path: str) -> str:
     """For a missing file named by a relative path (as stage 3 stores features:
     ``data/fbank/...``), where it was looked for and what to do; empty for an absolute one."""
-    if Path(path).is_absolute():
-        return ""
-    return (f" in the working directory {Path.cwd()} (a relative path in the manifest: run from "
-            "the directory it is relative to, the one the manifest was written from)")
+    return relative_path_hint(path, "in the manifest", "the directory it is relative to, the "
+                              "one the manifest was written from")
 
 
 def _missing_file(cut, field: str) -> str | None:

@@ -57,6 +57,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from asr.config import config_path_hint
 from asr.constants import MAX_HOTWORD_SCORE, hotword_score_problem, hotwords_file
 from asr.decoding.config import SearchConfig
 from asr.fileio import read_text
@@ -394,7 +395,8 @@ def hotwords_of(cfg: SearchConfig) -> list[Hotword]:
     if cfg.hotwords_file is not None:
         path = Path(cfg.hotwords_file)
         if not path.is_file():
-            raise HotwordError(f"search.hotwords_file {path} does not exist")
+            raise HotwordError(f"search.hotwords_file {path} does not exist"
+                               f"{config_path_hint('search.hotwords_file', path)}")
         hotwords += parse_hotwords(read_text(path), source=path)
     if cfg.hotwords:
         hotwords += parse_hotwords(cfg.hotwords, INLINE_SEPARATORS)

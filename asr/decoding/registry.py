@@ -315,12 +315,19 @@ def select_searchers(
         ValueError: at the first name that is unknown, a role none of the heads has, or a
             searcher the heads do not support (naming the heads and the available searchers);
             with ``biasing``, at the first selected searcher that takes no hotwords.
+
+    For a config's heads, a selected searcher that reads a head of loss weight 0 (which
+    training keeps but does not train: e.g. ``aed_beam`` with ``heads.loss_weights.aed: 0``)
+    is logged as a warning, not refused: such a head may hold weights trained elsewhere.
     """
     configs = _head_configs(heads)
     selected: list[str] = []
     for name in names:
         selected += _available(configs) if name == "all" else [_select(name, configs)]
     selected = list(dict.fromkeys(selected))
+    if isinstance(heads, HeadsConfig):
+        for name in selected:
+            _warn_untrained(name, heads)
     if biasing:
         for name in selected:
             if not _BY_NAME[name].biases:
@@ -329,6 +336,20 @@ def select_searchers(
                     f"{', '.join(s.name for s in SEARCHERS if s.biases)}"
                 )
     return selected
+
+
+def _warn_untrained(name: str, heads: HeadsConfig) -> None:
+    """Logs a warning for each head that searcher ``name`` reads (its own, and a rescoring
+    searcher's first pass: the ``ctc`` head when there is one) and ``heads.loss_weights``
+    leaves at 0."""
+    spec = _BY_NAME[name]
+    weights = heads.weights()
+    first_pass = next((h for h in spec.also_needs if h in weights), None)
+    for head in dict.fromkeys(h for h in (spec.head, first_pass) if h is not None):
+        if weights.get(head, 1.0) == 0:
+            logger.warning("searcher %r decodes with the %s head, which heads.loss_weights.%s: 0 "
+                           "leaves untrained: give it a weight > 0, or choose another searcher",
+                           name, head, head)
 
 
 def select_searcher(name: str, heads: ASRModel | HeadsConfig) -> str:

@@ -100,7 +100,9 @@ class TransducerConfig:
         simple_loss_scale: final weight of the simple loss (after ``warm_step`` steps; >= 0).
         warm_step: warm-up steps (0 disables warm-up).
         durations: TDT durations (token durations may include 0; blank never takes 0;
-            ``pruned_tdt`` needs 0 and 1).
+            ``pruned_tdt`` needs 0 and 1). ``durations``, ``sigma`` and ``omega`` are TDT
+            settings: training refuses them with ``full`` or ``pruned`` unless they are the
+            defaults (:meth:`check_tdt_fields`).
         sigma: TDT logit under-normalisation (0 = off; NeMo uses 0.05).
         omega: TDT only: ``loss = (1 - omega) * tdt + omega * rnnt`` with the plain RNN-T loss
             on the token logits, in ``[0, 1)`` (0 = off; NeMo uses 0.1, sampled per batch: see
@@ -191,6 +193,30 @@ class TransducerConfig:
             check_backend(self.backend)
         except ImportError as err:
             raise ValueError(f"backend: {err}") from None
+
+    def check_tdt_fields(self) -> None:
+        """Checks that a plain RNN-T loss (``full``, ``pruned``) is not given TDT settings
+        (``durations``, ``sigma``, ``omega`` other than their defaults), which it would ignore:
+        e.g. a base config's TDT durations under a ``--set heads.transducer.loss=pruned``.
+        Training calls this before it builds anything; reading the config does not, so an
+        experiment trained so is still rebuilt for decoding. Defaults are what every saved
+        config holds, and mean nothing to those losses: they pass.
+
+        Raises:
+            ValueError: naming ``loss``, the field and both ways to make them agree.
+        """
+        if self.is_tdt:
+            return
+        defaults = TransducerConfig()
+        for name in ("durations", "sigma", "omega"):
+            value, default = getattr(self, name), getattr(defaults, name)
+            if value != default:
+                raise ValueError(
+                    f"{name}: {list(value) if name == 'durations' else value} is a TDT setting, "
+                    f"which loss: {self.loss} (plain RNN-T) ignores: set loss: tdt or "
+                    f"pruned_tdt to train TDT with it, or {name}: "
+                    f"{list(default) if name == 'durations' else default} (the default) for "
+                    f"{self.loss}")
 
     @property
     def runs_mutual_information(self) -> bool:

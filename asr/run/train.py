@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from lhotse import CutSet
 
-from asr.config import ConfigError, to_dict
+from asr.config import ConfigError, config_path_hint, to_dict
 from asr.data.cut_ids import DuplicateIdError, Repeats, load_eval_cuts
 from asr.data.dataset import (
     checked_manifests,
@@ -241,40 +241,42 @@ def check_data_inputs(cfg: ExperimentConfig) -> None:
     data = cfg.data
     if data.train_shar_dirs:
         for shar_dir in data.train_shar_dirs:
-            try:
+            with _naming_field("data.train_shar_dirs", shar_dir):
                 shar_fields(shar_dir)
-            except FileNotFoundError as err:
-                raise FileNotFoundError(f"data.train_shar_dirs: {err}") from None
-            except ValueError as err:
-                raise ValueError(f"data.train_shar_dirs: {err}") from None
     else:
-        _check_manifests(data.manifest_dir, data.train_cuts, "data.train_cuts")
+        _check_manifests(data.manifest_dir, data.train_cuts, "data.train_cuts",
+                         "data.manifest_dir")
     noise = data.noise.cuts_path
     if noise is not None:  # read once: its first line is a cut, so it holds one
         _check_manifests(Path(noise).parent, [Path(noise).name], "data.noise.cuts_path",
-                         allow_empty=False)
+                         "data.noise.cuts_path", allow_empty=False)
 
 
-def _check_manifests(manifest_dir: Path, names: Sequence[str], field: str,
+def _check_manifests(manifest_dir: Path, names: Sequence[str], field: str, dir_field: str,
                      allow_empty: bool = True) -> None:
     """The manifests ``names`` in ``manifest_dir`` checked as they will be loaded
     (:func:`asr.data.dataset.checked_manifests`: they exist, their first lines are cuts, and
-    unless ``allow_empty`` there is one), the error naming ``field``; no names: nothing to
-    check here."""
+    unless ``allow_empty`` there is one), the error naming ``field`` (and, for a relative
+    ``manifest_dir`` not found here, ``dir_field``, the field that gives it); no names: nothing
+    to check here."""
     if not names:
         return
-    with _naming_field(field):
+    with _naming_field(field, manifest_dir, dir_field):
         checked_manifests(manifest_dir, names, allow_empty=allow_empty)
 
 
 @contextlib.contextmanager
-def _naming_field(field: str) -> Iterator[None]:
+def _naming_field(field: str, path: str | Path | None = None,
+                  path_field: str | None = None) -> Iterator[None]:
     """Re-raises the block's FileNotFoundError or ValueError (a DuplicateIdError as one) with
-    the config field ``field`` before its message."""
+    the config field ``field`` before its message; a FileNotFoundError for the config's
+    ``path`` (of ``path_field``, default ``field``) with where a relative one was looked for
+    (:func:`asr.config.config_path_hint`)."""
     try:
         yield
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"{field}: {err}") from None
+        hint = "" if path is None else config_path_hint(path_field or field, path)
+        raise FileNotFoundError(f"{field}: {err}{hint}") from None
     except DuplicateIdError as err:
         raise DuplicateIdError(f"{field}: {err}") from None
     except ValueError as err:
@@ -300,7 +302,7 @@ def check_dev_cuts(cfg: ExperimentConfig) -> CutSet:
 
     Every message begins with the field, ``data.dev_cuts:``.
     """
-    with _naming_field("data.dev_cuts"):
+    with _naming_field("data.dev_cuts", cfg.data.manifest_dir, "data.manifest_dir"):
         return load_eval_cuts(cfg.data.manifest_dir, cfg.data.dev_cuts)
 
 
@@ -317,7 +319,9 @@ def _init_input_norm(model: ASRModel, cfg: ExperimentConfig, train_cuts) -> None
 def check_training_config(cfg: ExperimentConfig) -> None:
     """Checks what only training needs of ``cfg``, before any data is read or model built: the
     transducer loss' backend must run here (``backend: k2`` needs k2,
-    :meth:`asr.heads.transducer.TransducerConfig.check_backend`), the heads must be trainable
+    :meth:`asr.heads.transducer.TransducerConfig.check_backend`) and a plain RNN-T loss must
+    not be given TDT settings it would ignore
+    (:meth:`asr.heads.transducer.TransducerConfig.check_tdt_fields`), the heads must be trainable
     together (:meth:`asr.model.HeadsConfig.check_training`) and SpecAugment's masks must be able
     to mask (:meth:`asr.data.config.SpecAugmentConfig.check_masks`).
 
@@ -327,6 +331,7 @@ def check_training_config(cfg: ExperimentConfig) -> None:
     if cfg.heads.transducer is not None:
         try:
             cfg.heads.transducer.check_backend()
+            cfg.heads.transducer.check_tdt_fields()
         except ValueError as err:
             raise ConfigError(f"heads.transducer.{err}") from None
     try:
@@ -364,7 +369,12 @@ def train_experiment(
     dist = dist or setup_distributed(cfg.train.device)
     try:
         seed_everything(cfg.train.seed + dist.rank)
-        tokenizer = load_tokenizer(cfg.tokenizer_dir)
+        try:
+            tokenizer = load_tokenizer(cfg.tokenizer_dir)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(
+                f"tokenizer_dir: {err}{config_path_hint('tokenizer_dir', cfg.tokenizer_dir)}"
+            ) from None
         pieces = tokenizer.pieces()
         model = build_model(cfg, tokenizer.vocab_size)
         if dist.is_main:

@@ -317,6 +317,20 @@ def test_asr_average_writes_the_checkpoints_dtype(dtype, tmp_path):
     assert torch.equal(written, ((sds[0]["w"].double() + sds[1]["w"].double()) / 2).to(dtype))
 
 
+def test_asr_average_with_avg_above_epoch_names_both_options(tmp_path, caplog):
+    """``--epoch 4 --avg 5`` (more epochs than written) reported a missing ``epoch-0.pt``, a
+    file no training writes: it is refused as a bad option, naming both and the fix."""
+    from asr.cli.main import main
+
+    for epoch in range(1, 5):
+        atomic_torch_save({"model": {"w": torch.full((2,), float(epoch))}},
+                          tmp_path / f"epoch-{epoch}.pt")
+    assert main(["average", "--exp-dir", str(tmp_path), "--epoch", "4", "--avg", "5"]) == 2
+    assert "--avg 5 is more than --epoch 4" in caplog.text
+    assert "give --avg 4 or less" in caplog.text and "epoch-0.pt" not in caplog.text
+    assert not list(tmp_path.glob("averaged-*"))
+
+
 def test_running_average_equals_mean_of_sampled_models():
     model = torch.nn.Linear(2, 2)
     avg = RunningAverage(model, period=2)
@@ -367,6 +381,8 @@ def test_running_average_skips_step_zero_and_resumes_exactly(tmp_path):
     ({"epoch": 0}, "--epoch must be >= 1, got 0"),
     ({"avg": 2}, "--avg needs --epoch"),
     ({"use_averaged_model": True}, "--use-averaged-model needs --epoch"),
+    ({"epoch": 4, "avg": 5}, "--avg 5 is more than --epoch 4"),
+    ({"epoch": 2, "avg": 3, "use_averaged_model": True}, "--avg 3 is more than --epoch 2"),
 ])
 def test_a_selection_of_no_checkpoint_is_refused_as_such(tmp_path, kwargs, message):
     """``--last 0`` was reported as missing files ("holds 3 checkpoint-N.pt files, 0

@@ -48,6 +48,81 @@ def test_train_refuses_a_k2_backend_without_k2_before_reading_data(tmp_path, tin
     assert not (tmp_path / "k2").exists()
 
 
+def test_check_only_refuses_tdt_durations_under_a_plain_rnnt_loss(tmp_path, caplog):
+    """A base config's TDT ``durations`` under ``--set heads.transducer.loss=pruned`` were
+    silently ignored (a plain RNN-T trained): exit 2 naming both fields and both fixes. The
+    defaults, which every saved config holds, still pass with any loss."""
+    data = tiny_experiment(tmp_path)
+    data["heads"]["transducer"].update(loss="tdt", durations=[0, 1, 2], omega=0.1)
+    config = write_yaml(data, tmp_path / "tdt.yaml")
+    command = ["train", "--config", str(config), "--exp-dir", str(tmp_path / "exp"), "--check-only"]
+    assert main([*command, "--set", "heads.transducer.loss=pruned"]) == 2
+    assert ("heads.transducer.durations: [0, 1, 2] is a TDT setting, which loss: pruned (plain "
+            "RNN-T) ignores: set loss: tdt or pruned_tdt") in caplog.text
+    caplog.clear()
+    assert main([*command, "--set", "heads.transducer.loss=full",
+                 "heads.transducer.durations=[0, 1, 2, 3, 4]"]) == 2
+    assert "heads.transducer.omega: 0.1 is a TDT setting, which loss: full" in caplog.text
+    assert main([*command, "--set", "heads.transducer.loss=pruned",
+                 "heads.transducer.durations=[0, 1, 2, 3, 4]", "heads.transducer.omega=0"]) == 0
+    assert main(command) == 0 and not (tmp_path / "exp").exists()
+
+
+def test_check_only_warns_of_a_searcher_whose_head_weighs_0(tmp_path, caplog):
+    """``heads.loss_weights.ctc: 0`` with ``--searchers ctc_greedy`` (or a decode line's
+    ``--searcher``) passed without a word, the head built but never trained: a warning naming
+    the searcher and the field (not refused: such a head may hold weights trained elsewhere)."""
+    config = write_yaml(tiny_experiment(tmp_path), tmp_path / "tiny.yaml")
+    command = ["train", "--config", str(config), "--exp-dir", str(tmp_path / "exp"),
+               "--check-only", "--set", "heads.loss_weights={transducer: 1.0, ctc: 0.0}"]
+    warning = ("searcher 'ctc_greedy' decodes with the ctc head, which heads.loss_weights.ctc: 0 "
+               "leaves untrained")
+    assert main([*command, "--searchers", "transducer_greedy"]) == 0
+    assert "leaves untrained" not in caplog.text
+    assert main([*command, "--searchers", "ctc_greedy"]) == 0
+    assert warning in caplog.text
+    caplog.clear()
+    assert main([*command, "--decode-arg=--searcher", "--decode-arg=ctc_greedy"]) == 0
+    assert warning in caplog.text
+    assert not (tmp_path / "exp").exists()
+
+
+def test_train_names_the_working_directory_of_a_relative_config_path(tmp_path, tiny_corpus,
+                                                                    caplog, monkeypatch):
+    """A relative config path (``data.manifest_dir``, ``data.train_shar_dirs``,
+    ``tokenizer_dir``) run from another directory said only "... does not exist" (or "no
+    tokenizer found"), while the user could see it from the recipe's directory: the message
+    names the working directory it was looked for in and says to run from the directory the
+    config's paths are relative to. An absolute path gets no such advice."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    advice = (f" in the working directory {elsewhere} (a relative path in {{}}: run from the "
+              "directory the config's paths are relative to")
+    data = tiny_experiment(tiny_corpus)
+    data["data"]["manifest_dir"] = "fbank"
+    config = write_yaml(data, tmp_path / "relative.yaml")
+    command = ["train", "--config", str(config), "--exp-dir", str(tmp_path / "exp")]
+    assert main(command) == 2
+    assert ("data.train_cuts: cut manifest fbank/librispeech_cuts_train-clean-5.jsonl.gz does "
+            "not exist" + advice.format("data.manifest_dir")) in caplog.text
+    caplog.clear()
+    assert main([*command, "--set", "data.train_shar_dirs=[shar/train]"]) == 2
+    assert ("data.train_shar_dirs: Shar directory shar/train does not exist"
+            + advice.format("data.train_shar_dirs")) in caplog.text
+    caplog.clear()
+    absolute = tmp_path / "lang_char"
+    assert main([*command, "--set", f"data.manifest_dir={tiny_corpus / 'fbank'}",
+                 f"tokenizer_dir={absolute}"]) == 1
+    assert (f"tokenizer_dir: {absolute}: no tokenizer found" in caplog.text
+            and "a relative path" not in caplog.text)
+    caplog.clear()
+    assert main([*command, "--set", f"data.manifest_dir={tiny_corpus / 'fbank'}",
+                 "tokenizer_dir=lang_char"]) == 1
+    assert "tokenizer_dir: lang_char: no tokenizer found" in caplog.text
+    assert advice.format("tokenizer_dir") in caplog.text
+
+
 def test_train_refuses_cif_ctc_segments_of_an_untrained_ctc_head(tmp_path, tiny_corpus, caplog):
     """``heads.cif.segments: ctc`` with ``heads.loss_weights.ctc: 0``: the CIF head would train
     for the whole run on the segments of a CTC head that nothing trains (random paths); exit 2

@@ -189,6 +189,22 @@ def test_a_bad_phrase_of_a_hotword_file_names_the_file_and_line(tmp_path):
         load_hotwords(path)
 
 
+def test_a_relative_hotwords_file_not_found_names_the_working_directory(tmp_path, monkeypatch):
+    """``search.hotwords_file`` relative and run from another directory said only "does not
+    exist": it names the working directory, by the rule of every config path
+    (:func:`asr.config.config_path_hint`); an absolute one gets no such advice."""
+    tokenizer = build_char_tokenizer(["AB"])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(HotwordError, match=re.escape(
+            f"search.hotwords_file lists/hot.txt does not exist in the working directory "
+            f"{tmp_path} (a relative path in search.hotwords_file: run from the directory the "
+            f"config's paths are relative to")):
+        context_graph_for(SearchConfig(hotwords_file="lists/hot.txt"), tokenizer)
+    with pytest.raises(HotwordError, match=f"{re.escape(str(tmp_path / 'hot.txt'))} does not "
+                                           "exist$"):
+        context_graph_for(SearchConfig(hotwords_file=tmp_path / "hot.txt"), tokenizer)
+
+
 def test_size_limits_are_clear_errors():
     with pytest.raises(HotwordError, match="tokens long"):
         context_graph_for(SearchConfig(hotwords="A" * (MAX_HOTWORD_TOKENS + 1)), _CharTokenizer())
