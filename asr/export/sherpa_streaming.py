@@ -22,7 +22,16 @@ over the ready streams (sherpa-onnx batches their encoder states). What differs 
   endpointing with our :class:`asr.runtime.endpoint.EndpointConfig` rules (its three rules
   have our shapes), each duration given as :func:`sherpa_rule_seconds` so that a rule fires at
   the frame where ours does; after an endpoint sherpa-onnx keeps the predictor's context, we
-  start blank.
+  start blank;
+* after an endpoint that ended a segment without tokens, sherpa-onnx's greedy search starts the
+  next one from the blank context but keeps the predictor output it cached for the old one
+  (its ``Reset`` copies a result without that output over the stream's, which keeps it). A
+  ``decode_streams`` call uses the cached outputs only when every stream of the batch has one
+  and recomputes all of them from the contexts otherwise, so what such a stream recognized
+  depended on the streams it was batched with (a server's result differed from the same input
+  decoded alone). :meth:`~SherpaStreamingRecognizer.decode` adds a fresh silent stream to the
+  batch of such a stream's next chunk, which makes sherpa-onnx recompute them: the stream goes
+  on from the blank context, batched or alone.
 
 Example (the server, as ``asr serve --engine sherpa-onnx --model exp/onnx-streaming`` runs it):
     >>> recognizer = load_streaming_recognizer("exp/onnx-streaming", int8=True)
@@ -43,6 +52,7 @@ import numpy as np
 
 from asr.audio import StreamingResampler, to_model_rate
 from asr.encoders.subsampling import SUBSAMPLING_FACTOR, subsampled_length
+from asr.export.graphs import chunk_frames
 from asr.export.sherpa_decode import (
     ROOM_TONE_SECONDS,
     SherpaRecognizer,
@@ -116,6 +126,9 @@ class SherpaStream:
         finished_segments: final results of the segments ended by ``reset``.
         resampler: the stream's rate -> the model rate (an identity when they are equal), from
             its first piece.
+        stale_predictor: an endpoint ended a segment without tokens, and sherpa-onnx's greedy
+            search still holds the predictor output of the context before it (see the module's
+            notes); the next decode call makes it recompute it.
     """
 
     id: int
@@ -129,6 +142,7 @@ class SherpaStream:
     done: bool = False
     finished_segments: list[Segment] = field(default_factory=list)
     resampler: StreamingResampler | None = None
+    stale_predictor: bool = False
 
 
 class SherpaStreamingRecognizer:
@@ -236,12 +250,30 @@ class SherpaStreamingRecognizer:
             raise ValueError("decode: a stream is given twice; pass each stream once per call")
         ready = [s for s in streams if not s.done and self.online.is_ready(s.stream)]
         if ready:
-            self.online.decode_streams([s.stream for s in ready])
+            batch = [s.stream for s in ready]
+            if any(s.stale_predictor for s in ready):
+                batch.append(self._fresh_silent_stream())
+            self.online.decode_streams(batch)
             for stream in ready:
                 stream.chunks += 1
+                stream.stale_predictor = False
         for stream in streams:
             if stream.input_done and not stream.done:
                 stream.done = not self.online.is_ready(stream.stream)
+
+    def _fresh_silent_stream(self) -> Any:
+        """A new ``sherpa_onnx.OnlineStream`` holding one chunk of silence, ready to decode: in
+        a batch, a stream without a cached predictor output makes sherpa-onnx's greedy search
+        compute every stream's from its context (the decoded silence is thrown away)."""
+        window, _ = chunk_frames(self.chunk_size)
+        silent = self.online.create_stream()
+        silent.accept_waveform(self.sample_rate,
+                               np.zeros((window + 1) * self.fbank.hop_samples, np.float32))
+        silent.input_finished()
+        if not self.online.is_ready(silent):
+            raise RuntimeError(f"a silent stream of {window + 1} feature frames is not ready to "
+                               f"decode a chunk of {window}: sherpa-onnx's IsReady changed")
+        return silent
 
     # ------------------------------------------------------------------------- results
 
@@ -282,6 +314,8 @@ class SherpaStreamingRecognizer:
         stream.finished_segments.append(final)
         stream.segment += 1
         self.online.reset(stream.stream)
+        if not final.token_ids and self.sherpa.decoding_method == "greedy_search":
+            stream.stale_predictor = True
         return final
 
 

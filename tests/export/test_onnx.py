@@ -9,6 +9,7 @@ configured as sherpa's (at most one symbol per frame). The token sequences must 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 from pathlib import Path
@@ -335,6 +336,43 @@ def test_sherpa_streaming_recognizer_fed_in_pieces_equals_the_whole_decode(expor
         recognizer.reset(streams[0])
     assert streams[0].finished_segments == [] and recognizer.result(streams[0]) == results[0]
 
+
+
+def _decode_beside_new_streams(recognizer, wave: np.ndarray) -> list:
+    """decode_with_endpoints of the whole ``wave``, each chunk decoded in a batch with a stream
+    that starts there (as a server's newly connected client does)."""
+    stream = recognizer.new_stream()
+    recognizer.accept_waveform(stream, wave, RATE)
+    recognizer.input_finished(stream)
+    while recognizer.is_ready(stream):
+        beside = recognizer.new_stream()
+        recognizer.accept_waveform(beside, wave[:RATE], RATE)
+        recognizer.decode([stream, beside])
+        if recognizer.is_endpoint(stream):
+            recognizer.reset(stream)
+    return [*stream.finished_segments, recognizer.result(stream)]
+
+
+def test_a_segment_after_an_empty_one_is_decoded_alike_alone_and_batched(tiny, exported):
+    """Two sentences 2 s apart: endpoints end the first, then a segment of silence without
+    tokens. sherpa-onnx's greedy search started the next segment from the blank context but
+    kept the predictor output of the context before, and used it only while every stream of a
+    batch had one: decoded alone the stream went on from the old context, in a batch with a
+    new stream from the blank one, so a server's transcript depended on when other clients
+    connected (the two-sentence input of tests/serve came back as 'HELD S' or 'HELD'). The
+    engine now has sherpa-onnx recompute it: alone or batched, the blank context."""
+    directory = exported["streaming"]
+    base = [load_audio(w, RATE) for w in tiny.wavs]
+    gap = np.zeros(2 * RATE, np.float32)
+    recognizer = load_streaming_recognizer(directory)
+    after_empty = 0
+    for first, second in itertools.product(base, repeat=2):
+        wave = np.concatenate([gap[:4800], first, gap, second, gap[:4800]])
+        alone = decode_with_endpoints(recognizer, recognizer.new_stream(), wave, RATE)
+        batched = _decode_beside_new_streams(recognizer, wave)
+        assert [s.token_ids for s in batched] == [s.token_ids for s in alone]
+        after_empty += any(not a.token_ids and b.token_ids for a, b in zip(alone, alone[1:]))
+    assert after_empty  # the case in question was decoded
 
 def test_room_tone_is_the_quietest_stretch():
     wave = np.concatenate([np.full(300, 0.5), np.full(200, 0.01), np.full(300, -0.5)])
