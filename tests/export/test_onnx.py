@@ -337,7 +337,6 @@ def test_sherpa_streaming_recognizer_fed_in_pieces_equals_the_whole_decode(expor
     assert streams[0].finished_segments == [] and recognizer.result(streams[0]) == results[0]
 
 
-
 def _decode_beside_new_streams(recognizer, wave: np.ndarray) -> list:
     """decode_with_endpoints of the whole ``wave``, each chunk decoded in a batch with a stream
     that starts there (as a server's newly connected client does)."""
@@ -373,6 +372,7 @@ def test_a_segment_after_an_empty_one_is_decoded_alike_alone_and_batched(tiny, e
         assert [s.token_ids for s in batched] == [s.token_ids for s in alone]
         after_empty += any(not a.token_ids and b.token_ids for a, b in zip(alone, alone[1:]))
     assert after_empty  # the case in question was decoded
+
 
 def test_room_tone_is_the_quietest_stretch():
     wave = np.concatenate([np.full(300, 0.5), np.full(200, 0.01), np.full(300, -0.5)])
