@@ -123,6 +123,27 @@ def test_train_names_the_working_directory_of_a_relative_config_path(tmp_path, t
     assert advice.format("tokenizer_dir") in caplog.text
 
 
+def test_train_names_the_working_directory_of_a_relative_noise_manifest(tmp_path, tiny_corpus,
+                                                                       caplog, monkeypatch):
+    """``data.noise.cuts_path`` names a file: a relative one not found got the working
+    directory's advice only when its directory was missing too, so ``musan_cuts.jsonl.gz`` (its
+    directory ``.``, always there) run from the wrong directory said only "does not exist"."""
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "data").mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    data = tiny_experiment(tiny_corpus)
+    data["data"]["manifest_dir"] = str(tiny_corpus / "fbank")
+    config = write_yaml(data, tmp_path / "noise.yaml")
+    command = ["train", "--config", str(config), "--exp-dir", str(tmp_path / "exp")]
+    for noise in ("musan_cuts.jsonl.gz", "data/musan_cuts.jsonl.gz"):
+        caplog.clear()
+        assert main([*command, "--set", f"data.noise.cuts_path={noise}"]) == 2
+        assert (f"data.noise.cuts_path: cut manifest {noise} does not exist in the working "
+                f"directory {elsewhere} (a relative path in data.noise.cuts_path: run from the "
+                "directory the config's paths are relative to") in caplog.text
+    assert not (tmp_path / "exp").exists()
+
+
 def test_train_refuses_cif_ctc_segments_of_an_untrained_ctc_head(tmp_path, tiny_corpus, caplog):
     """``heads.cif.segments: ctc`` with ``heads.loss_weights.ctc: 0``: the CIF head would train
     for the whole run on the segments of a CTC head that nothing trains (random paths); exit 2
