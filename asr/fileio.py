@@ -729,9 +729,10 @@ def relative_path_hint(path: str | Path, source: str, relative_to: str) -> str:
 
     Returns:
         ``" in the working directory CWD (a relative path SOURCE: run from RELATIVE_TO)"``;
-        ``""`` for an absolute ``path`` or one that is there (what is missing is inside it).
+        ``""`` for an absolute ``path`` or a directory that is there (what is missing is
+        inside it; a file there cannot hold it, and gets the hint).
     """
-    if Path(path).is_absolute() or Path(path).exists():
+    if Path(path).is_absolute() or Path(path).is_dir():
         return ""
     return (f" in the working directory {Path.cwd()} (a relative path {source}: run from "
             f"{relative_to})")

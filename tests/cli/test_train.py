@@ -144,6 +144,26 @@ def test_train_names_the_working_directory_of_a_relative_noise_manifest(tmp_path
     assert not (tmp_path / "exp").exists()
 
 
+def test_train_names_the_working_directory_of_a_relative_dir_that_is_a_file(tmp_path,
+                                                                            tiny_corpus, caplog,
+                                                                            monkeypatch):
+    """A relative ``data.manifest_dir`` that is a file here (the wrong directory, holding a
+    file of that name) got no advice: the hint kept quiet for any path that exists, as if what
+    is missing were inside it, which a file cannot hold."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "fbank").write_text("not a directory\n")
+    monkeypatch.chdir(elsewhere)
+    data = tiny_experiment(tiny_corpus)
+    data["data"]["manifest_dir"] = "fbank"
+    config = write_yaml(data, tmp_path / "file.yaml")
+    assert main(["train", "--config", str(config), "--exp-dir", str(tmp_path / "exp")]) == 2
+    assert ("data.train_cuts: cut manifest fbank/librispeech_cuts_train-clean-5.jsonl.gz does "
+            f"not exist in the working directory {elsewhere} (a relative path in "
+            "data.manifest_dir: run from the directory the config's paths are relative to"
+            ) in caplog.text
+
+
 def test_train_refuses_cif_ctc_segments_of_an_untrained_ctc_head(tmp_path, tiny_corpus, caplog):
     """``heads.cif.segments: ctc`` with ``heads.loss_weights.ctc: 0``: the CIF head would train
     for the whole run on the segments of a CTC head that nothing trains (random paths); exit 2
