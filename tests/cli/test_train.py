@@ -87,6 +87,26 @@ def test_check_only_warns_of_a_searcher_whose_head_weighs_0(tmp_path, caplog):
     assert not (tmp_path / "exp").exists()
 
 
+def test_check_only_warns_of_aed_beam_scoring_with_an_untrained_ctc_head(tmp_path, caplog):
+    """``aed_beam`` scores with the ``ctc`` head while ``search.ctc_weight > 0``: with
+    ``heads.loss_weights.ctc: 0`` it is warned of, by the config's search settings (and a
+    decode line's own ``--set``): ``search.ctc_weight: 0`` reads no CTC, and nothing is said."""
+    config = write_yaml(tiny_experiment(tmp_path), tmp_path / "tiny.yaml")
+    command = ["train", "--config", str(config), "--exp-dir", str(tmp_path / "exp"),
+               "--check-only", "--searchers", "aed_beam", "--set", "heads.aed={}",
+               "heads.loss_weights={transducer: 1.0, ctc: 0.0, aed: 1.0}"]
+    warning = "searcher 'aed_beam' also scores with the ctc head (search.ctc_weight 0.5)"
+    assert main([*command, "search.ctc_weight=0.5"]) == 0
+    assert warning in caplog.text
+    caplog.clear()
+    assert main([*command, "search.ctc_weight=0"]) == 0
+    assert "leaves untrained" not in caplog.text
+    assert main([*command, "search.ctc_weight=0", "--decode-arg=--searcher",
+                 "--decode-arg=aed_beam", "--decode-arg=--set",
+                 "--decode-arg=search.ctc_weight=0.5"]) == 0
+    assert warning in caplog.text
+
+
 def test_train_names_the_working_directory_of_a_relative_config_path(tmp_path, tiny_corpus,
                                                                     caplog, monkeypatch):
     """A relative config path (``data.manifest_dir``, ``data.train_shar_dirs``,
