@@ -378,8 +378,8 @@ def config_path_hint(key: str, path: str | Path) -> str:
     """For a config field ``key`` whose path ``path`` is not found: a relative path of a config
     is read from the directory the command runs in, so this names that directory and says to
     run from the one the config's paths are relative to (:func:`asr.fileio.relative_path_hint`;
-    ``""`` for an absolute path or one that is there). Every check of a config's path appends it
-    to its "does not exist"."""
+    ``""`` for an absolute path or a directory that is there). Every check of a config's path
+    appends it to its "does not exist"."""
     return relative_path_hint(path, f"in {key}", "the directory the config's paths are relative "
                               "to (a recipe's --work-dir), or give an absolute path")
 

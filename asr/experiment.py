@@ -27,6 +27,7 @@ from asr.config import apply_overrides, from_dict, load_config, parse_override
 from asr.data.config import DataConfig
 from asr.decoding.config import SearchConfig
 from asr.encoders import EncoderConfig, build_encoder
+from asr.fileio import looked_for_here
 from asr.model import ASRModel, HeadsConfig, build_heads
 from asr.tokenizers import Tokenizer, load_tokenizer
 from asr.tokenizers.base import check_vocabulary
@@ -124,10 +125,10 @@ def relative_path_advice(exp_dir: str | Path, key: str, value: str | Path, fix: 
     Returns:
         ``" (...)"`` to append to the error: for the experiment's path, naming both
         directories and ``fix`` (the option that gives another path); for a ``--set`` path,
-        naming the current directory; ``""`` for an absolute ``value`` or one that is there
-        (what is missing is inside it).
+        naming the current directory; ``""`` for an absolute ``value`` or a directory that
+        is there (:func:`asr.fileio.looked_for_here`).
     """
-    if Path(value).is_absolute() or Path(value).exists():
+    if not looked_for_here(value):
         return ""
     if any(_gives_key(text, key) for text in overrides):
         return (f" ({key} {value} of this command line's --set is read from the current "

@@ -74,6 +74,7 @@ __all__ = [
     "current_umask",
     "is_control",
     "is_gzip",
+    "looked_for_here",
     "one_line",
     "open_maybe_gzip",
     "output_lock",
@@ -717,6 +718,14 @@ def is_control(ch: str) -> bool:
     return unicodedata.category(ch) in ("Cc", "Zl", "Zp")
 
 
+def looked_for_here(path: str | Path) -> bool:
+    """Whether a ``path`` that was not found calls for the relative-path advice: it is
+    relative, read from the current directory, and names no directory here (a directory here
+    is the right one: what is missing is inside it; a file here cannot hold it). The one test
+    of :func:`relative_path_hint` and :func:`asr.experiment.relative_path_advice`."""
+    return not Path(path).is_absolute() and not Path(path).is_dir()
+
+
 def relative_path_hint(path: str | Path, source: str, relative_to: str) -> str:
     """The one rule for the error of a path that is not found: for a relative ``path`` not
     found here, where it was looked for (the current directory) and what to do; the caller
@@ -729,9 +738,10 @@ def relative_path_hint(path: str | Path, source: str, relative_to: str) -> str:
 
     Returns:
         ``" in the working directory CWD (a relative path SOURCE: run from RELATIVE_TO)"``;
-        ``""`` for an absolute ``path`` or one that is there (what is missing is inside it).
+        ``""`` for an absolute ``path`` or a directory that is there (what is missing is
+        inside it; a file there cannot hold it, and gets the hint).
     """
-    if Path(path).is_absolute() or Path(path).exists():
+    if not looked_for_here(path):
         return ""
     return (f" in the working directory {Path.cwd()} (a relative path {source}: run from "
             f"{relative_to})")

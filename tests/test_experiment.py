@@ -106,3 +106,16 @@ def test_a_path_given_by_a_set_section_mapping_is_the_users_own(tmp_path, monkey
                                       overrides)
         assert "relative to the directory `asr train` ran in" in advice, overrides
 
+
+
+def test_a_relative_directory_that_is_a_file_here_gets_the_advice(tmp_path, monkeypatch):
+    """A relative ``data.manifest_dir`` / ``tokenizer_dir`` that names a file in the current
+    directory (the wrong one) got no advice, as if what is missing were inside it: the rule of
+    :func:`asr.fileio.relative_path_hint`, which keeps quiet only for a directory that is here."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine").write_text("a file\n")
+    advice = relative_path_advice("exp", "data.manifest_dir", "mine", "--manifest-dir DIR")
+    assert f"was looked for in the current directory {tmp_path}" in advice
+    (tmp_path / "mine").unlink()
+    (tmp_path / "mine").mkdir()
+    assert relative_path_advice("exp", "data.manifest_dir", "mine", "--manifest-dir DIR") == ""

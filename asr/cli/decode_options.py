@@ -113,7 +113,7 @@ def check_arguments(
     check_num_threads(args.num_threads)
     selection_from_args(args, check_dir=False)
     cfg = load_config(ExperimentConfig, config, [*train_overrides, *args.overrides])
-    select_searchers(args.searchers, cfg.heads)
+    select_searchers(args.searchers, cfg.heads, search=cfg.search)
     if args.epoch is not None and args.epoch > cfg.train.max_epochs:
         raise ValueError(f"argument --epoch: {args.epoch} is past train.max_epochs "
                          f"{cfg.train.max_epochs}: training writes no epoch-{args.epoch}.pt")

@@ -202,12 +202,12 @@ def run(args: argparse.Namespace) -> int:
         logger.error("asr train: %s", err)
         return 2
     try:
-        select_searchers(args.searchers, cfg.heads)
+        select_searchers(args.searchers, cfg.heads, search=cfg.search)
     except ValueError as err:
         logger.error("asr train: --searchers: %s", err)
         return 2
     try:
-        select_searchers(args.biasing_searchers, cfg.heads, biasing=True)
+        select_searchers(args.biasing_searchers, cfg.heads, biasing=True, search=cfg.search)
     except ValueError as err:
         logger.error("asr train: --biasing-searchers: %s", err)
         return 2

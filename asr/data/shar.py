@@ -205,10 +205,13 @@ def shar_fields(shar_dir: str | Path) -> dict[str, list[Path]]:
     """The shard files of one Shar directory: field -> paths sorted by shard index.
 
     Raises:
-        FileNotFoundError: when the directory or its cut manifests are missing.
+        FileNotFoundError: when the directory (a file of its name included) or its cut
+            manifests are missing.
         ValueError: when a field's shards do not match the cut manifests' shards one to one.
     """
     shar_dir = Path(shar_dir)
+    if shar_dir.is_file():
+        raise FileNotFoundError(f"Shar directory {shar_dir} is a file, not a directory")
     if not shar_dir.is_dir():
         raise FileNotFoundError(f"Shar directory {shar_dir} does not exist")
     found: dict[str, dict[int, Path]] = {}

@@ -115,6 +115,8 @@ class SearcherSpec:
         biases: whether it takes a hotword graph (``search.hotwords_file`` / ``hotwords``).
         token_times: whether its hypotheses give each token's frame (``Hypothesis.frames``):
             all but ``aed_beam``, whose tokens are not tied to frames.
+        joint_ctc: whether it also scores with the ``ctc`` head, where there is one, while
+            ``search.ctc_weight > 0`` (joint CTC scoring: ``aed_beam``, ``cif_beam``).
     """
 
     name: str
@@ -128,6 +130,7 @@ class SearcherSpec:
     also_needs: tuple[str, ...] = ()
     biases: bool = False
     token_times: bool = True
+    joint_ctc: bool = False
 
     def usable(self, kinds: Mapping[str, str]) -> bool:
         """Whether a model whose heads have ``kinds`` (name -> kind) supports this searcher."""
@@ -182,7 +185,7 @@ SEARCHERS: tuple[SearcherSpec, ...] = (
                  biases=True),
     SearcherSpec("aed_beam", "aed", ("aed",), "beam", False, False, "an 'aed' head",
                  lambda m, c, lm, tok, ctx: AedBeamSearch(m.heads["aed"], c, _ctc(m)),
-                 token_times=False),
+                 token_times=False, joint_ctc=True),
     SearcherSpec("attention_rescoring", "aed", ("aed",), "rescore", False, False,
                  "an 'aed' head and a 'ctc' or 'transducer' head",
                  lambda m, c, lm, tok, ctx: NbestRescoring(_first_pass(m, c, lm, tok, ctx),
@@ -191,7 +194,8 @@ SEARCHERS: tuple[SearcherSpec, ...] = (
     SearcherSpec("cif_greedy", "cif", ("cif",), "greedy", True, False, "a 'cif' head",
                  lambda m, c, lm, tok, ctx: CifGreedySearch(m.heads["cif"], c)),
     SearcherSpec("cif_beam", "cif", ("cif",), "beam", False, True, "a 'cif' head",
-                 lambda m, c, lm, tok, ctx: CifBeamSearch(m.heads["cif"], c, lm, _ctc(m))),
+                 lambda m, c, lm, tok, ctx: CifBeamSearch(m.heads["cif"], c, lm, _ctc(m)),
+                 joint_ctc=True),
     SearcherSpec("cif_rescoring", "cif", ("cif",), "rescore", False, False,
                  "a 'cif' head and a 'ctc' or 'transducer' head",
                  lambda m, c, lm, tok, ctx: NbestRescoring(_first_pass(m, c, lm, tok, ctx),
@@ -298,7 +302,8 @@ def resolve_searcher(name: str, model: ASRModel) -> str:
 
 
 def select_searchers(
-    names: Sequence[str], heads: ASRModel | HeadsConfig, *, biasing: bool = False
+    names: Sequence[str], heads: ASRModel | HeadsConfig, *, biasing: bool = False,
+    search: SearchConfig | None = None,
 ) -> list[str]:
     """The searchers that ``names`` select for a model, or for the heads of a config before a
     model is trained: each name as ``asr decode --searcher`` takes it (a searcher name, a role
@@ -310,6 +315,8 @@ def select_searchers(
         heads: a model, or a config's ``heads``.
         biasing: also require that every selected searcher takes hotwords (contextual biasing:
             the rows' ``biases``), as a decode with ``search.hotwords_file`` needs.
+        search: the search settings they will run with (None: the defaults), for the warning
+            below: ``search.ctc_weight`` tells whether a joint CTC search reads the ``ctc`` head.
 
     Raises:
         ValueError: at the first name that is unknown, a role none of the heads has, or a
@@ -317,7 +324,8 @@ def select_searchers(
             with ``biasing``, at the first selected searcher that takes no hotwords.
 
     For a config's heads, a selected searcher that reads a head of loss weight 0 (which
-    training keeps but does not train: e.g. ``aed_beam`` with ``heads.loss_weights.aed: 0``)
+    training keeps but does not train: e.g. ``aed_beam`` with ``heads.loss_weights.aed: 0``,
+    or with ``heads.loss_weights.ctc: 0`` and ``search.ctc_weight > 0``, its joint CTC scores)
     is logged as a warning, not refused: such a head may hold weights trained elsewhere.
     """
     configs = _head_configs(heads)
@@ -327,7 +335,7 @@ def select_searchers(
     selected = list(dict.fromkeys(selected))
     if isinstance(heads, HeadsConfig):
         for name in selected:
-            _warn_untrained(name, heads)
+            _warn_untrained(name, heads, search or SearchConfig())
     if biasing:
         for name in selected:
             if not _BY_NAME[name].biases:
@@ -338,12 +346,16 @@ def select_searchers(
     return selected
 
 
-def _warn_untrained(name: str, heads: HeadsConfig) -> None:
+def _warn_untrained(name: str, heads: HeadsConfig, search: SearchConfig) -> None:
     """Logs a warning for each head that searcher ``name`` reads (its own, and a rescoring
-    searcher's first pass: the ``ctc`` head when there is one) and ``heads.loss_weights``
-    leaves at 0."""
+    searcher's first pass: the ``ctc`` head when there is one; a joint CTC search's ``ctc``
+    head while ``search.ctc_weight > 0``) and ``heads.loss_weights`` leaves at 0."""
     spec = _BY_NAME[name]
     weights = heads.weights()
+    if spec.joint_ctc and search.ctc_weight > 0 and weights.get("ctc", 1.0) == 0:
+        logger.warning("searcher %r also scores with the ctc head (search.ctc_weight %g), which "
+                       "heads.loss_weights.ctc: 0 leaves untrained: give it a weight > 0, or "
+                       "set search.ctc_weight=0", name, search.ctc_weight)
     first_pass = next((h for h in spec.also_needs if h in weights), None)
     for head in dict.fromkeys(h for h in (spec.head, first_pass) if h is not None):
         if weights.get(head, 1.0) == 0:

@@ -249,19 +249,20 @@ def check_data_inputs(cfg: ExperimentConfig) -> None:
     noise = data.noise.cuts_path
     if noise is not None:  # read once: its first line is a cut, so it holds one
         _check_manifests(Path(noise).parent, [Path(noise).name], "data.noise.cuts_path",
-                         "data.noise.cuts_path", allow_empty=False)
+                         "data.noise.cuts_path", allow_empty=False, given=noise)
 
 
 def _check_manifests(manifest_dir: Path, names: Sequence[str], field: str, dir_field: str,
-                     allow_empty: bool = True) -> None:
+                     allow_empty: bool = True, given: str | Path | None = None) -> None:
     """The manifests ``names`` in ``manifest_dir`` checked as they will be loaded
     (:func:`asr.data.dataset.checked_manifests`: they exist, their first lines are cuts, and
-    unless ``allow_empty`` there is one), the error naming ``field`` (and, for a relative
-    ``manifest_dir`` not found here, ``dir_field``, the field that gives it); no names: nothing
-    to check here."""
+    unless ``allow_empty`` there is one), the error naming ``field`` (and, for a relative path
+    not found here, ``dir_field``, the field that gives it: ``given``, the path as the config
+    gives it, default ``manifest_dir``; a field that names the file itself gives its path, whose
+    directory may be ``.``, always there); no names: nothing to check here."""
     if not names:
         return
-    with _naming_field(field, manifest_dir, dir_field):
+    with _naming_field(field, manifest_dir if given is None else given, dir_field):
         checked_manifests(manifest_dir, names, allow_empty=allow_empty)
 
 

@@ -87,6 +87,26 @@ def test_check_only_warns_of_a_searcher_whose_head_weighs_0(tmp_path, caplog):
     assert not (tmp_path / "exp").exists()
 
 
+def test_check_only_warns_of_aed_beam_scoring_with_an_untrained_ctc_head(tmp_path, caplog):
+    """``aed_beam`` scores with the ``ctc`` head while ``search.ctc_weight > 0``: with
+    ``heads.loss_weights.ctc: 0`` it is warned of, by the config's search settings (and a
+    decode line's own ``--set``): ``search.ctc_weight: 0`` reads no CTC, and nothing is said."""
+    config = write_yaml(tiny_experiment(tmp_path), tmp_path / "tiny.yaml")
+    command = ["train", "--config", str(config), "--exp-dir", str(tmp_path / "exp"),
+               "--check-only", "--searchers", "aed_beam", "--set", "heads.aed={}",
+               "heads.loss_weights={transducer: 1.0, ctc: 0.0, aed: 1.0}"]
+    warning = "searcher 'aed_beam' also scores with the ctc head (search.ctc_weight 0.5)"
+    assert main([*command, "search.ctc_weight=0.5"]) == 0
+    assert warning in caplog.text
+    caplog.clear()
+    assert main([*command, "search.ctc_weight=0"]) == 0
+    assert "leaves untrained" not in caplog.text
+    assert main([*command, "search.ctc_weight=0", "--decode-arg=--searcher",
+                 "--decode-arg=aed_beam", "--decode-arg=--set",
+                 "--decode-arg=search.ctc_weight=0.5"]) == 0
+    assert warning in caplog.text
+
+
 def test_train_names_the_working_directory_of_a_relative_config_path(tmp_path, tiny_corpus,
                                                                     caplog, monkeypatch):
     """A relative config path (``data.manifest_dir``, ``data.train_shar_dirs``,
@@ -121,6 +141,47 @@ def test_train_names_the_working_directory_of_a_relative_config_path(tmp_path, t
                  "tokenizer_dir=lang_char"]) == 1
     assert "tokenizer_dir: lang_char: no tokenizer found" in caplog.text
     assert advice.format("tokenizer_dir") in caplog.text
+
+
+def test_train_names_the_working_directory_of_a_relative_noise_manifest(tmp_path, tiny_corpus,
+                                                                       caplog, monkeypatch):
+    """``data.noise.cuts_path`` names a file: a relative one not found got the working
+    directory's advice only when its directory was missing too, so ``musan_cuts.jsonl.gz`` (its
+    directory ``.``, always there) run from the wrong directory said only "does not exist"."""
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "data").mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    data = tiny_experiment(tiny_corpus)
+    data["data"]["manifest_dir"] = str(tiny_corpus / "fbank")
+    config = write_yaml(data, tmp_path / "noise.yaml")
+    command = ["train", "--config", str(config), "--exp-dir", str(tmp_path / "exp")]
+    for noise in ("musan_cuts.jsonl.gz", "data/musan_cuts.jsonl.gz"):
+        caplog.clear()
+        assert main([*command, "--set", f"data.noise.cuts_path={noise}"]) == 2
+        assert (f"data.noise.cuts_path: cut manifest {noise} does not exist in the working "
+                f"directory {elsewhere} (a relative path in data.noise.cuts_path: run from the "
+                "directory the config's paths are relative to") in caplog.text
+    assert not (tmp_path / "exp").exists()
+
+
+def test_train_names_the_working_directory_of_a_relative_dir_that_is_a_file(tmp_path,
+                                                                            tiny_corpus, caplog,
+                                                                            monkeypatch):
+    """A relative ``data.manifest_dir`` that is a file here (the wrong directory, holding a
+    file of that name) got no advice: the hint kept quiet for any path that exists, as if what
+    is missing were inside it, which a file cannot hold."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "fbank").write_text("not a directory\n")
+    monkeypatch.chdir(elsewhere)
+    data = tiny_experiment(tiny_corpus)
+    data["data"]["manifest_dir"] = "fbank"
+    config = write_yaml(data, tmp_path / "file.yaml")
+    assert main(["train", "--config", str(config), "--exp-dir", str(tmp_path / "exp")]) == 2
+    assert ("data.train_cuts: cut manifest fbank/librispeech_cuts_train-clean-5.jsonl.gz does "
+            f"not exist in the working directory {elsewhere} (a relative path in "
+            "data.manifest_dir: run from the directory the config's paths are relative to"
+            ) in caplog.text
 
 
 def test_train_refuses_cif_ctc_segments_of_an_untrained_ctc_head(tmp_path, tiny_corpus, caplog):

@@ -497,3 +497,14 @@ def test_speed_copies_in_shar_are_refused_for_on_the_fly_speed_perturbation(prep
     assert stats == FilterStats(kept=len(plain))
     # every cut of asr shar says whether it is a copy: no recording id is guessed at
     assert [c.custom[SPEED_COPY_FIELD] for c in shar.manifests] == [None] * len(plain)
+
+
+def test_a_shar_directory_that_is_a_file_is_named_so(tmp_path):
+    """A Shar directory path that names a file was reported as not existing, though the user
+    could see it there: the message says it is a file."""
+    (tmp_path / "shar").write_text("not a directory\n")
+    with pytest.raises(FileNotFoundError, match=r"Shar directory .*shar is a file, not a "
+                                                r"directory$"):
+        shar_fields(tmp_path / "shar")
+    with pytest.raises(FileNotFoundError, match=r"Shar directory .*missing does not exist$"):
+        shar_fields(tmp_path / "missing")

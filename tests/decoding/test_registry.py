@@ -339,3 +339,19 @@ def test_table_rows_agree_with_the_lists():
     for name in streaming:  # every streaming row really streams
         model = next(m for m in models if name in available_searchers(m))
         build_streaming_searcher(name, model)
+
+
+@pytest.mark.parametrize("searcher, head", [("aed_beam", "aed"), ("cif_beam", "cif")])
+def test_a_joint_ctc_search_warns_of_an_untrained_ctc_head(searcher, head, caplog):
+    """``aed_beam`` and ``cif_beam`` also score with the ``ctc`` head while
+    ``search.ctc_weight > 0`` (0.3 by default): with ``heads.loss_weights.ctc: 0`` that head is
+    untrained, and the warning of an untrained head said nothing of it; with
+    ``search.ctc_weight: 0`` it is not read, and nothing is said."""
+    heads = from_dict(HeadsConfig, {head: {}, "ctc": {}, "loss_weights": {head: 1.0, "ctc": 0.0}})
+    warning = (f"searcher '{searcher}' also scores with the ctc head (search.ctc_weight 0.3), "
+               "which heads.loss_weights.ctc: 0 leaves untrained")
+    assert select_searchers([searcher], heads, search=SearchConfig()) == [searcher]
+    assert warning in caplog.text
+    caplog.clear()
+    select_searchers([searcher], heads, search=SearchConfig(ctc_weight=0.0))
+    assert "leaves untrained" not in caplog.text
