@@ -31,7 +31,10 @@ over the ready streams (sherpa-onnx batches their encoder states). What differs 
   depended on the streams it was batched with (a server's result differed from the same input
   decoded alone). :meth:`~SherpaStreamingRecognizer.decode` adds a fresh silent stream to the
   batch of such a stream's next chunk, which makes sherpa-onnx recompute them: the stream goes
-  on from the blank context, batched or alone.
+  on from the blank context, batched or alone. That is one more row in one batch per such
+  reset (at most one per rule 1's trailing silence or rule 3's length, the shorter, of a
+  stream without tokens); ``modified_beam_search`` decodes such a stream alike alone and
+  batched without it.
 
 Example (the server, as ``asr serve --engine sherpa-onnx --model exp/onnx-streaming`` runs it):
     >>> recognizer = load_streaming_recognizer("exp/onnx-streaming", int8=True)
