@@ -180,7 +180,8 @@ def add_search_arguments(parser: argparse.ArgumentParser, searcher_default: str,
         "--set", dest="search_overrides", nargs="+", action="extend", default=[],
         metavar="search.FIELD=VALUE",
         help="search options, e.g. search.beam_size=8 search.lm_weight=0.3; in a command that "
-             "takes files, the first word after them without '=' (or naming a file) is a file "
+             "takes files, --set ends at the first word without '=' or that names a file, "
+             "which is a file "
              f"(default: {search_default})")
     # asr.constants.IntermixedParser: in a parser with positional arguments --set stops at the
     # first word that is no override, so a file after it stays in its place among the files

@@ -134,7 +134,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_streaming_arguments(parser)
     parser.add_argument("--no-endpoint", action="store_true",
                         help="streaming: one segment per input, the search never reset (by "
-                             "default a pause, or 20 s of speech, ends a segment and the next "
+                             "default a pause, or 20 s of audio, ends a segment and the next "
                              "is searched afresh); every streaming searcher then gives its "
                              "offline result under the same chunking")
     parser.add_argument("--window-seconds", type=float, default=None,

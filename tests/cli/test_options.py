@@ -151,7 +151,7 @@ def test_set_in_a_command_without_files_takes_every_word():
         [sub] = [a for a in build_parser(command[0])._actions
                  if isinstance(a, argparse._SubParsersAction)]
         help_text = sub.choices[command[0]]._option_string_actions["--set"].help
-        assert "in a command that takes files, the first word" in help_text, help_text
+        assert "in a command that takes files, --set ends at the first word" in help_text, help_text
 
 
 def _subcommand_parsers():
