@@ -52,6 +52,21 @@ def test_export_then_load_round_trip(exp_dir, tmp_path):
     assert (tmp_path / "pkg" / "config.yaml").read_text().count("tokenizer_dir: tokenizer") == 1
 
 
+def test_a_searcher_of_a_head_of_loss_weight_0_is_warned_of(tmp_path, caplog):
+    """A package whose default searcher reads a head that the experiment's
+    ``heads.loss_weights`` leaves at 0 (built, never trained) was written without a word, while
+    ``asr decode`` and ``asr train --check-only`` warn of it: the same warning."""
+    exp = random_experiment(tmp_path / "work", head="transducer")
+    checkpoint = torch.load(exp / "epoch-1.pt", weights_only=True)
+    checkpoint["extra"]["config"]["heads"]["loss_weights"] = {"transducer": 1.0, "ctc": 0.0}
+    torch.save(checkpoint, exp / "epoch-1.pt")  # its hard link checkpoint-1.pt too
+    export_package(exp, tmp_path / "pkg", WeightSelection(epoch=1))
+    assert "leaves untrained" not in caplog.text  # the default: transducer_greedy
+    export_package(exp, tmp_path / "ctc", WeightSelection(epoch=1), searcher="ctc_greedy")
+    assert ("searcher 'ctc_greedy' decodes with the ctc head, which heads.loss_weights.ctc: 0 "
+            "leaves untrained") in caplog.text
+
+
 def test_average_of_last_epochs(exp_dir, tmp_path):
     metadata = export_package(exp_dir, tmp_path / "pkg", WeightSelection(epoch=3, avg=2))
     assert metadata.checkpoints == ("epoch-2.pt", "epoch-3.pt")

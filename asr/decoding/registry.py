@@ -326,11 +326,12 @@ def select_searchers(
             searcher the heads do not support (naming the heads and the available searchers);
             with ``biasing``, at the first selected searcher that takes no hotwords.
 
-    For a config's heads (``asr train``'s checks; ``asr decode`` passes the experiment's,
-    which its model is built from), a selected searcher that reads a head of loss weight 0 (which
-    training keeps but does not train: e.g. ``aed_beam`` with ``heads.loss_weights.aed: 0``,
-    or with ``heads.loss_weights.ctc: 0`` and ``search.ctc_weight > 0``, its joint CTC scores)
-    is logged as a warning, not refused: such a head may hold weights trained elsewhere.
+    For a config's heads (``asr train``'s checks; ``asr decode`` and ``asr export-package``
+    pass the experiment's, which the model is built from), a selected searcher that reads a
+    head of loss weight 0 (which training keeps but does not train: e.g. ``aed_beam`` with
+    ``heads.loss_weights.aed: 0``, or with ``heads.loss_weights.ctc: 0`` and
+    ``search.ctc_weight > 0``, its joint CTC scores) is logged as a
+    warning, not refused: such a head may hold weights trained elsewhere.
     """
     configs = _head_configs(heads)
     selected: list[str] = []
