@@ -3,7 +3,8 @@ the heavy modules they describe, and the one check of a value that both make
 (:func:`hotword_score_problem`, and :func:`hotword_score`, the option type of every
 ``--hotwords-score``; :func:`hotwords_file`, whether a ``--hotwords`` value names a file, for
 ``asr transcribe`` and the server's torch-free client alike), the one ``--overwrite`` flag
-(:func:`add_overwrite_argument`), and the parser class of their command lines
+(:func:`add_overwrite_argument`), the one rule for an option's hidden old name
+(:class:`OldName`), and the parser class of their command lines
 (:class:`IntermixedParser`), kept here so that naming one imports neither torch nor a model:
 ``asr average --help`` or ``asr train`` need not import :mod:`asr.package` or
 :mod:`asr.runtime.streaming` to say a default or recognize a package. The modules that own each
@@ -18,8 +19,9 @@ from pathlib import Path
 
 __all__ = [
     "DEFAULT_MAX_LEFT_SECONDS", "DEFAULT_OVERLAP_SECONDS", "DEFAULT_WINDOW_SECONDS", "LOG_FORMAT",
-    "EXPORT_REPORT_FILE", "MAX_HOTWORD_SCORE", "METADATA_FILE", "IntermixedParser",
-    "add_overwrite_argument", "hotword_score", "hotword_score_problem", "hotwords_file",
+    "EXPORT_REPORT_FILE", "MAX_HOTWORD_SCORE", "METADATA_FILE", "OLD_NAMES", "IntermixedParser",
+    "OldName", "add_overwrite_argument", "hotword_score", "hotword_score_problem",
+    "hotwords_file",
 ]
 
 #: The format of every log line of the ``asr`` command (``logging.basicConfig``) and of the
@@ -83,11 +85,40 @@ def hotword_score(text: str) -> float:
     return value
 
 
+#: The namespace attribute where :class:`OldName` notes the old option names a command line
+#: used: ``[(old, new), ...]``, each once.
+OLD_NAMES = "old_option_names"
+
+
+class OldName(argparse.Action):
+    """The hidden old name of an option (``--out`` of ``--output-dir``, ``--force`` of
+    ``--overwrite``): it sets the option's ``dest`` as the new name does (its value, or
+    ``const`` for a flag: ``nargs=0``) and notes ``(old, new)`` in ``args.old_option_names``
+    (:data:`OLD_NAMES`), which ``asr`` logs as a warning once logging is set up (a log line
+    like any other, that ``--log-level`` governs; logged while parsing, it came before the log
+    format and level were set). The one rule for an option's old name.
+
+    Args:
+        new: the option's name now, for the warning.
+    """
+
+    def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+        noted = list(getattr(namespace, OLD_NAMES, []))
+        if (option_string, self.new) not in noted:
+            setattr(namespace, OLD_NAMES, [*noted, (option_string, self.new)])
+
+
 def add_overwrite_argument(parser: argparse.ArgumentParser, what: str) -> None:
     """``--overwrite``, the one name of every subcommand's "replace what an earlier run made"
     flag (``args.overwrite``), as NeMo's and the Hugging Face scripts' ``overwrite``; ``--force``,
-    the name ``asr bpe``, ``asr lm`` and ``asr export-onnx`` had, is kept as its alias (hidden
-    from the help, in every subcommand that has the flag).
+    the name ``asr bpe``, ``asr lm`` and ``asr export-onnx`` had, is kept as its old name
+    (:class:`OldName`: hidden from the help, warned of as deprecated, in every subcommand that
+    has the flag).
 
     Args:
         parser: the subcommand's parser.
@@ -95,7 +126,8 @@ def add_overwrite_argument(parser: argparse.ArgumentParser, what: str) -> None:
             --output-dir".
     """
     parser.add_argument("--overwrite", action="store_true", help=what)
-    parser.add_argument("--force", dest="overwrite", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--force", dest="overwrite", action=OldName, new="--overwrite", nargs=0,
+                        const=True, default=False)
 
 
 class IntermixedParser(argparse.ArgumentParser):

@@ -68,7 +68,7 @@ from asr.config import ConfigError, load_config, save_config
 from asr.constants import EXPORT_REPORT_FILE, METADATA_FILE
 from asr.decoding.config import override_search
 from asr.decoding.lm import check_lm_file
-from asr.decoding.registry import build_searcher, searcher_for, select_searcher
+from asr.decoding.registry import build_searcher, searcher_for, select_searcher, select_searchers
 from asr.encoders import is_streaming
 from asr.experiment import (
     CONFIG_FILE,
@@ -532,6 +532,8 @@ def export_package(
             another directory, nor the experiment or a directory that holds it).
         searcher: the package's default searcher: a name, or the role ``greedy`` / ``beam``
             (:func:`asr.decoding.registry.searcher_for`); default the model's greedy searcher.
+            One that reads a head of loss weight 0 (built, not trained) is warned of
+            (:func:`asr.decoding.registry.select_searchers`).
         search: changes to the experiment's ``search:`` options that the package keeps as its
             defaults (``{"beam_size": 8}`` or ``["search.beam_size=8", ...]``); the LM of
             ``lm_path`` and the phrase list of ``hotwords_file`` are copied into the package.
@@ -629,6 +631,9 @@ def _export_package(
             searcher = select_searcher(searcher, model)
         except ValueError as err:
             raise PackageError(f"--searcher {searcher}: {err}") from err
+    # its head (or first pass) may be one that heads.loss_weights leaves at 0, built and never
+    # trained: warned of, as asr decode and asr train --check-only do
+    select_searchers([searcher], cfg.heads, search=cfg.search)
     if any(getattr(cfg.search, name) is not None for name in (*SEARCH_FILES, "hotwords")):
         # the LM must load and fit the model's vocabulary, the tokenizer must spell the
         # hotwords, before they are packaged

@@ -22,6 +22,7 @@ from asr.package import (
     export_package,
     load_package,
 )
+from asr.runtime.offline import load_model
 from asr.testing.packages import random_experiment
 
 
@@ -50,6 +51,28 @@ def test_export_then_load_round_trip(exp_dir, tmp_path):
                    for p in (tmp_path / "pkg").rglob("*") if p.is_file())
     assert files == ["config.yaml", "metadata.json", "model.safetensors", "tokenizer/tokens.txt"]
     assert (tmp_path / "pkg" / "config.yaml").read_text().count("tokenizer_dir: tokenizer") == 1
+
+
+def test_a_searcher_of_a_head_of_loss_weight_0_is_warned_of(tmp_path, caplog):
+    """A package whose default searcher reads a head that the experiment's
+    ``heads.loss_weights`` leaves at 0 (built, never trained) was written without a word, and
+    such a searcher chosen when the package is loaded was used without one, while ``asr
+    decode`` and ``asr train --check-only`` warn of it: the same warning."""
+    exp = random_experiment(tmp_path / "work", head="transducer")
+    checkpoint = torch.load(exp / "epoch-1.pt", weights_only=True)
+    checkpoint["extra"]["config"]["heads"]["loss_weights"] = {"transducer": 1.0, "ctc": 0.0}
+    torch.save(checkpoint, exp / "epoch-1.pt")  # its hard link checkpoint-1.pt too
+    export_package(exp, tmp_path / "pkg", WeightSelection(epoch=1))
+    assert "leaves untrained" not in caplog.text  # the default: transducer_greedy
+    export_package(exp, tmp_path / "ctc", WeightSelection(epoch=1), searcher="ctc_greedy")
+    warning = ("searcher 'ctc_greedy' decodes with the ctc head, which heads.loss_weights.ctc: 0 "
+               "leaves untrained")
+    assert warning in caplog.text
+    caplog.clear()  # asr transcribe --searcher, asr.load_model(searcher=): the same warning
+    load_model(tmp_path / "pkg")
+    assert "leaves untrained" not in caplog.text
+    load_model(tmp_path / "pkg", searcher="ctc_greedy")
+    assert warning in caplog.text
 
 
 def test_average_of_last_epochs(exp_dir, tmp_path):

@@ -11,12 +11,13 @@ Examples::
 ``--searcher`` takes searcher names, the roles ``greedy`` / ``beam`` (the greedy or beam searcher
 of the model's main head: :func:`asr.decoding.registry.searcher_for`) or ``all`` (every searcher
 the heads support); a name the model's heads do not support is refused (exit 2) before anything
-is decoded. Per test set ``PART`` and searcher it writes, into ``<exp-dir>/<searcher>/``
-(icefall's layout; ``<searcher>-<tag>`` with ``--tag``), ``recogs-PART-<searcher>.txt``,
-``errs-PART-<searcher>.txt`` (alignments, per-utterance errors, most frequent errors) and
-``wer-summary-PART-<searcher>.txt``, logs the WER
-and prints the summary file's path. Test cuts are ``<manifest-dir>/librispeech_cuts_PART.jsonl.gz``,
-by default in the experiment's ``data.manifest_dir``. Relative paths of the experiment's config
+is decoded, and one whose head the experiment's ``heads.loss_weights`` leaves at 0 (built, not
+trained) is warned of, as ``asr train --check-only`` does. Per test set ``PART`` and searcher it
+writes, into ``<exp-dir>/<searcher>/`` (icefall's layout; ``<searcher>-<tag>`` with ``--tag``),
+``recogs-PART-<searcher>.txt``, ``errs-PART-<searcher>.txt`` (alignments, per-utterance errors,
+most frequent errors) and ``wer-summary-PART-<searcher>.txt``, logs the WER and prints the
+summary file's path. Test cuts are ``<manifest-dir>/librispeech_cuts_PART.jsonl.gz``, by default
+in the experiment's ``data.manifest_dir``. Relative paths of the experiment's config
 (the recipes' ``tokenizer_dir: data/lang_bpe_500``) are read from the current directory: one not
 found there is an error that says so, to run from the directory training ran in or to pass
 ``--set tokenizer_dir=DIR`` / ``--manifest-dir DIR`` (a relative path that this command line's
@@ -75,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
         device = device_from_args(args.device)
         cfg, tokenizer, model, tag = load_trained_model(
             args.exp_dir, selection_from_args(args), args.overrides, device)
-        names = select_searchers(args.searchers, model)  # all checked before any decoding
+        # all checked before any decoding; by the config the model is built from, whose
+        # heads.loss_weights tell a searcher of an untrained head (warned of)
+        names = select_searchers(args.searchers, cfg.heads, search=cfg.search)
         manifest_dir = args.manifest_dir or cfg.data.manifest_dir
         settings = {"weights": tag, **search_settings}
         labels = {name: f"{name}-{args.tag}" if args.tag else name for name in names}

@@ -67,6 +67,7 @@ def check_arguments(
     prepared_parts: Collection[str] = (),
     data_ready: bool = False,
     lm_made_by: tuple[str, str] | None = None,
+    warned: set[str] | None = None,
 ) -> None:
     """Checks an ``asr decode`` command line before the experiment it decodes is trained: what
     a recipe script will decode with, checked before its first stage (``asr train --check-only
@@ -98,6 +99,8 @@ def check_arguments(
         lm_made_by: (PATH, STAGE): the recipe's stage STAGE makes the LM file PATH; a missing
             ``search.lm_path`` (with ``data_ready``) that is PATH is named with STAGE, one of
             the line's own (e.g. a ``--set search.lm_path`` of the user's) as it is.
+        warned: the searchers already warned of for an untrained head
+            (:func:`asr.decoding.registry.select_searchers`): not warned of again.
 
     Raises:
         ValueError: for an option the command does not have or a bad value (argparse's
@@ -113,7 +116,7 @@ def check_arguments(
     check_num_threads(args.num_threads)
     selection_from_args(args, check_dir=False)
     cfg = load_config(ExperimentConfig, config, [*train_overrides, *args.overrides])
-    select_searchers(args.searchers, cfg.heads, search=cfg.search)
+    select_searchers(args.searchers, cfg.heads, search=cfg.search, warned=warned)
     if args.epoch is not None and args.epoch > cfg.train.max_epochs:
         raise ValueError(f"argument --epoch: {args.epoch} is past train.max_epochs "
                          f"{cfg.train.max_epochs}: training writes no epoch-{args.epoch}.pt")

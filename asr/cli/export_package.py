@@ -28,7 +28,7 @@ import logging
 import math
 
 from asr.cli.options import add_checkpoint_arguments, add_search_arguments, selection_from_args
-from asr.constants import add_overwrite_argument
+from asr.constants import OldName, add_overwrite_argument
 from asr.package import PackageError, export_package
 
 logger = logging.getLogger(__name__)
@@ -53,21 +53,13 @@ def _wer(text: str) -> tuple[str, float]:
             f"{text!r}") from None
 
 
-class _DeprecatedOut(argparse.Action):
-    """``--out``: the old name of ``--output-dir`` (hidden; says so)."""
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:
-        logger.warning("asr export-package: --out is deprecated; use --output-dir")
-        setattr(namespace, self.dest, values)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_arguments(parser)
     # required, and so in the usage line; --out, its hidden old name, stands for it there
     output = parser.add_mutually_exclusive_group(required=True)
     output.add_argument("--output-dir", metavar="PKG",
                         help="package directory to create (required)")
-    output.add_argument("--out", dest="output_dir", action=_DeprecatedOut, help=argparse.SUPPRESS)
+    output.add_argument("--out", dest="output_dir", action=OldName, new="--output-dir")
     parser.add_argument("--tokenizer-dir", help="tokenizer to package (default: the config's)")
     add_search_arguments(parser, "the model's greedy searcher",
                          "the experiment's search section; the LM of search.lm_path and the "

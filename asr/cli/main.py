@@ -25,7 +25,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from asr.constants import LOG_FORMAT, IntermixedParser
+from asr.constants import LOG_FORMAT, OLD_NAMES, IntermixedParser
 from asr.process_exit import exit_status
 from asr.version import __version__
 
@@ -153,6 +153,8 @@ def _main(argv: Sequence[str] | None) -> int:
         level=getattr(logging, args.log_level),
         format=LOG_FORMAT,
     )
+    for old, new in getattr(args, OLD_NAMES, ()):  # noted while parsing, before the logging
+        logger.warning("asr %s: %s is deprecated; use %s", args.command, old, new)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2

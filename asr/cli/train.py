@@ -27,7 +27,8 @@ its tokens, so a tokenizer made again with as many but other pieces is caught to
 The configuration is checked before anything is read or written (exit 2 naming the key): with
 ``--searchers`` also that its heads have those searchers (as ``asr decode --searcher`` takes them;
 :func:`asr.decoding.registry.select_searchers`; a searcher whose head has loss weight 0,
-untrained, is warned of), with ``--biasing-searchers`` also that those take
+untrained, is warned of, once per searcher of ``--searchers``, ``--biasing-searchers`` and
+``--decode-arg``), with ``--biasing-searchers`` also that those take
 hotwords, with ``--decode-arg`` an ``asr decode`` command line against this config
 (:func:`asr.cli.decode_options.check_arguments`: its own parser, its ``--set``, its searchers,
 its ``--device`` on this machine, its ``--num-threads`` and its ``--epoch`` against
@@ -201,13 +202,15 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as err:
         logger.error("asr train: %s", err)
         return 2
+    warned: set[str] = set()  # each searcher's untrained head is warned of once
     try:
-        select_searchers(args.searchers, cfg.heads, search=cfg.search)
+        select_searchers(args.searchers, cfg.heads, search=cfg.search, warned=warned)
     except ValueError as err:
         logger.error("asr train: --searchers: %s", err)
         return 2
     try:
-        select_searchers(args.biasing_searchers, cfg.heads, biasing=True, search=cfg.search)
+        select_searchers(args.biasing_searchers, cfg.heads, biasing=True, search=cfg.search,
+                         warned=warned)
     except ValueError as err:
         logger.error("asr train: --biasing-searchers: %s", err)
         return 2
@@ -216,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
             check_decode_arguments(args.decode_args, args.exp_dir, args.config, args.overrides,
                                    args.decode_prepared_parts, args.decode_data_ready,
                                    None if args.decode_lm_made_by is None
-                                   else tuple(args.decode_lm_made_by))
+                                   else tuple(args.decode_lm_made_by), warned)
     except ValueError as err:
         logger.error("asr train: --decode-arg: asr decode %s: %s", shlex.join(args.decode_args),
                      err)

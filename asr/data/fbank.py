@@ -288,8 +288,9 @@ def _stale_reason(src: Path, dst: Path, perturbed: bool, cfg: FbankConfig) -> st
     """Why the stored cuts ``dst`` are not those of the input ``src`` made with ``cfg`` (None:
     they are, or there is no input left to compare with). Compares the mel bins and frame
     shift of the stored features with ``cfg``'s (a run with another ``--num-mel-bins`` kept the
-    old features and said only that the part exists), cut ids: ``src``'s, and with
-    ``perturbed`` also their speed copies (lhotse's ``<id>_sp<factor>``), each cut's
+    old features and said only that the part exists), cut ids, as many of each: ``src``'s,
+    and with ``perturbed`` also their speed copies (lhotse's ``<id>_sp<factor>``; an input id
+    of that form, which the stored cuts then hold more of, is computed again), each cut's
     transcripts (a corrected transcript, which stage 1 takes into ``src``, would leave the
     stored references stale), each cut's audio (:func:`_audio`; the speed copies are made from
     it in the same run), and then the audio files' sizes and modification times with those
@@ -323,13 +324,20 @@ def _stale_reason(src: Path, dst: Path, perturbed: bool, cfg: FbankConfig) -> st
         wanted += [(f"{cut_id}_sp{factor}", texts) for factor in SPEED_FACTORS
                    for cut_id, texts in wanted]
     copies = " with speed copies" if perturbed else ""
-    if {i for i, _ in stored} != {i for i, _ in wanted} or len(stored) != len(wanted):
+    if len(stored) != len(wanted):
         return f"holds {len(stored)} cuts, not the {len(wanted)} of {src}{copies}"
-    changed = set(stored) ^ set(wanted)
+    # as many of each id, a repeated one too: the stored cuts less their speed copies are then
+    # as many as the input's, each of its audio paired with one stored cut below
+    ids, wanted_ids = Counter(i for i, _ in stored), Counter(i for i, _ in wanted)
+    if ids != wanted_ids:
+        example = min((ids - wanted_ids) + (wanted_ids - ids))
+        return (f"holds other cut ids than {src}{copies} (e.g. {example} {ids[example]} "
+                f"time(s), not {wanted_ids[example]})")
+    changed = Counter(wanted) - Counter(stored)
     if changed:
         example = min(cut_id for cut_id, _ in changed)
         return (f"holds other transcripts than {src}{copies} "
-                f"({len(changed) // 2} cut(s), e.g. {example})")
+                f"({changed.total()} cut(s), e.g. {example})")
     inputs = [(record["id"], _texts(record), _audio(record)) for record in records]
     plain = {cut_id for cut_id, _, _ in inputs}  # the stored cuts less their speed copies
     stored_plain = [cut for cut in stored_audio if cut[0] in plain]
@@ -337,6 +345,10 @@ def _stale_reason(src: Path, dst: Path, perturbed: bool, cfg: FbankConfig) -> st
         moves = _moved_audio_files(dst, stored_plain, inputs)
         if moves is None:
             other = Counter(inputs) - Counter(stored_plain)
+            if not other:  # more stored than input: a speed copy under an input's id
+                extra = min(cut_id for cut_id, _, _ in Counter(stored_plain) - Counter(inputs))
+                return (f"holds more cuts of id {extra} than {src}: a speed copy's id is also "
+                        "an input cut's (one that ends in _sp<factor>)")
             cut_id, _, new = min(other, key=lambda cut: cut[0])
             old = next(audio for i, _, audio in
                        [*(Counter(stored_plain) - Counter(inputs)), *stored_plain]

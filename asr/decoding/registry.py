@@ -303,7 +303,7 @@ def resolve_searcher(name: str, model: ASRModel) -> str:
 
 def select_searchers(
     names: Sequence[str], heads: ASRModel | HeadsConfig, *, biasing: bool = False,
-    search: SearchConfig | None = None,
+    search: SearchConfig | None = None, warned: set[str] | None = None,
 ) -> list[str]:
     """The searchers that ``names`` select for a model, or for the heads of a config before a
     model is trained: each name as ``asr decode --searcher`` takes it (a searcher name, a role
@@ -317,16 +317,21 @@ def select_searchers(
             the rows' ``biases``), as a decode with ``search.hotwords_file`` needs.
         search: the search settings they will run with (None: the defaults), for the warning
             below: ``search.ctc_weight`` tells whether a joint CTC search reads the ``ctc`` head.
+        warned: the searchers a run already warned of below (``asr train``'s ``--searchers``,
+            ``--biasing-searchers`` and ``--decode-arg``): not warned of again; those this call
+            warns of are added to it. None: each is checked.
 
     Raises:
         ValueError: at the first name that is unknown, a role none of the heads has, or a
             searcher the heads do not support (naming the heads and the available searchers);
             with ``biasing``, at the first selected searcher that takes no hotwords.
 
-    For a config's heads, a selected searcher that reads a head of loss weight 0 (which
-    training keeps but does not train: e.g. ``aed_beam`` with ``heads.loss_weights.aed: 0``,
-    or with ``heads.loss_weights.ctc: 0`` and ``search.ctc_weight > 0``, its joint CTC scores)
-    is logged as a warning, not refused: such a head may hold weights trained elsewhere.
+    For a config's heads (``asr train``'s checks; ``asr decode`` and ``asr export-package``
+    pass the experiment's, which the model is built from), a selected searcher that reads a
+    head of loss weight 0 (which training keeps but does not train: e.g. ``aed_beam`` with
+    ``heads.loss_weights.aed: 0``, or with ``heads.loss_weights.ctc: 0`` and
+    ``search.ctc_weight > 0``, its joint CTC scores) is logged as a
+    warning, not refused: such a head may hold weights trained elsewhere.
     """
     configs = _head_configs(heads)
     selected: list[str] = []
@@ -335,7 +340,10 @@ def select_searchers(
     selected = list(dict.fromkeys(selected))
     if isinstance(heads, HeadsConfig):
         for name in selected:
-            _warn_untrained(name, heads, search or SearchConfig())
+            if warned is not None and name in warned:
+                continue
+            if _warn_untrained(name, heads, search or SearchConfig()) and warned is not None:
+                warned.add(name)
     if biasing:
         for name in selected:
             if not _BY_NAME[name].biases:
@@ -346,13 +354,16 @@ def select_searchers(
     return selected
 
 
-def _warn_untrained(name: str, heads: HeadsConfig, search: SearchConfig) -> None:
+def _warn_untrained(name: str, heads: HeadsConfig, search: SearchConfig) -> bool:
     """Logs a warning for each head that searcher ``name`` reads (its own, and a rescoring
     searcher's first pass: the ``ctc`` head when there is one; a joint CTC search's ``ctc``
-    head while ``search.ctc_weight > 0``) and ``heads.loss_weights`` leaves at 0."""
+    head while ``search.ctc_weight > 0``) and ``heads.loss_weights`` leaves at 0; True if it
+    logged one."""
     spec = _BY_NAME[name]
     weights = heads.weights()
+    warned = False
     if spec.joint_ctc and search.ctc_weight > 0 and weights.get("ctc", 1.0) == 0:
+        warned = True
         logger.warning("searcher %r also scores with the ctc head (search.ctc_weight %g), which "
                        "heads.loss_weights.ctc: 0 leaves untrained: give it a weight > 0, or "
                        "set search.ctc_weight=0", name, search.ctc_weight)
@@ -362,6 +373,8 @@ def _warn_untrained(name: str, heads: HeadsConfig, search: SearchConfig) -> None
             logger.warning("searcher %r decodes with the %s head, which heads.loss_weights.%s: 0 "
                            "leaves untrained: give it a weight > 0, or choose another searcher",
                            name, head, head)
+            warned = True
+    return warned
 
 
 def select_searcher(name: str, heads: ASRModel | HeadsConfig) -> str:

@@ -36,6 +36,7 @@ from asr.decoding.registry import (
     searcher_lm,
     searcher_uses_lm,
     select_searcher,
+    select_searchers,
     streaming_searcher_for,
 )
 from asr.device import resolve_device
@@ -113,7 +114,8 @@ class Runtime:
             device: ``cpu``, ``cuda``, ``auto`` (:func:`resolve_device`), ...
             searcher: default searcher, a name or a role (``greedy``, ``beam``); default: the
                 package's ``metadata.searcher`` (and for streaming, when that one does not
-                stream, the model's streaming greedy searcher).
+                stream, the model's streaming greedy searcher). One that reads a head the
+                package's ``heads.loss_weights`` leaves at 0 (not trained) is warned of.
             search: search options: a :class:`SearchConfig`, or changes to the package's own
                 (its ``config.yaml`` ``search:`` section, with the packaged LM), as a mapping
                 ``{"beam_size": 8}`` or ``["search.beam_size=8"]``.
@@ -137,6 +139,9 @@ class Runtime:
             raise PackageError(  # the package's own searcher, e.g. one of a newer asr
                 f"{package.directory / METADATA_FILE}: searcher: {err}"
                 f"{newer_writer(package.metadata.asr_version)}") from err
+        if searcher is not None:  # one of a head of loss weight 0 is warned of (the package's
+            # own was, when it was exported)
+            select_searchers([name], cfg.heads, search=options)
         # the package's own default may not stream: then the model's streaming greedy one
         streaming = streaming_searcher_for(model, name) if searcher is None else name
         # without the training dither (it made transcripts random and OnlineFbank refuse)

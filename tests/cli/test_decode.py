@@ -39,6 +39,18 @@ def test_decode_writes_recogs_errs_and_wer_summary(trained, caplog):
     assert f"{PART} ctc_greedy (epoch-2-avg-2): WER" in caplog.text
 
 
+def test_decode_warns_of_a_searcher_whose_head_weighs_0(trained, caplog):
+    """A searcher of a head that the experiment's ``heads.loss_weights`` leaves at 0 (built,
+    never trained) decoded without a word, while ``asr train --check-only`` warned of it: the
+    same warning, and the decode goes on."""
+    assert _decode(trained, "--searcher", "ctc_greedy", "transducer_greedy", "--tag", "w0",
+                   "--set", "heads.loss_weights={transducer: 1.0, ctc: 0.0}") == 0
+    assert ("searcher 'ctc_greedy' decodes with the ctc head, which heads.loss_weights.ctc: 0 "
+            "leaves untrained") in caplog.text
+    assert "'transducer_greedy' decodes" not in caplog.text
+    assert (trained / "ctc_greedy-w0" / f"wer-summary-{PART}-ctc_greedy-w0.txt").is_file()
+
+
 def test_decode_search_overrides_and_checkpoint_file(trained):
     checkpoint = trained / "epoch-1.pt"
     assert _decode(trained, "--searcher", "ctc_prefix_beam", "--checkpoint", str(checkpoint),

@@ -200,7 +200,7 @@ def test_one_device_option_and_one_output_spelling():
 def test_one_overwrite_spelling_and_force_its_hidden_alias():
     """"Replace what an earlier run made" was --overwrite in asr export-package, synthesize and
     prepare fbank, and --force in asr bpe, lm and export-onnx. Every one shows --overwrite now,
-    and takes the old --force (hidden) for it."""
+    and takes the old --force (hidden, warned of as deprecated) for it."""
     having = {}
     for label, parser in _subcommand_parsers():
         shown = {o for a in parser._actions if a.help != argparse.SUPPRESS
@@ -214,6 +214,33 @@ def test_one_overwrite_spelling_and_force_its_hidden_alias():
         for option in ("--overwrite", "--force"):
             action = parser._option_string_actions[option]
             assert (action.dest, action.const, action.default) == ("overwrite", True, False), label
+
+
+def test_an_old_option_name_is_warned_of_as_a_log_line(tmp_path):
+    """``asr export-package --out`` logged its deprecation while the arguments were parsed,
+    before logging was set up: a bare line without the log prefix, even under ``--log-level
+    ERROR``. It is a log line like the others, that the level governs."""
+    command = [sys.executable, "-m", "asr.cli.main", "export-package", "--exp-dir",
+               str(tmp_path / "missing"), "--out", str(tmp_path / "pkg")]
+    shown = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert shown.returncode == 2
+    assert re.search(r"^\S+ \S+ WARNING asr\.cli: asr export-package: --out is deprecated; use "
+                     r"--output-dir$", shown.stderr, re.MULTILINE), shown.stderr
+    quiet = subprocess.run([*command, "--log-level", "ERROR"], capture_output=True, text=True,
+                           cwd=REPO)
+    assert quiet.returncode == 2 and "deprecated" not in quiet.stderr, quiet.stderr
+
+
+def test_force_is_warned_of_as_the_old_name_of_overwrite(tmp_path, caplog):
+    """``--force``, the hidden old name of ``--overwrite``, was taken without a word while
+    ``--out`` said it was deprecated: one rule for old names, each warned of once."""
+    assert main(["export-package", "--exp-dir", str(tmp_path / "missing"), "--output-dir",
+                 str(tmp_path / "pkg"), "--force", "--force"]) == 2
+    assert caplog.text.count("asr export-package: --force is deprecated; use --overwrite") == 1
+    caplog.clear()
+    assert main(["export-package", "--exp-dir", str(tmp_path / "missing"), "--output-dir",
+                 str(tmp_path / "pkg"), "--overwrite"]) == 2
+    assert "deprecated" not in caplog.text
 
 
 def test_transcribe_help_documents_the_output_shapes(capsys):

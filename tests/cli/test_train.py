@@ -87,6 +87,17 @@ def test_check_only_warns_of_a_searcher_whose_head_weighs_0(tmp_path, caplog):
     assert not (tmp_path / "exp").exists()
 
 
+def test_check_only_warns_once_of_a_searcher_given_twice(tmp_path, caplog):
+    """The same searcher of an untrained head in ``--searchers``, ``--biasing-searchers`` and
+    ``--decode-arg``: the warning came once for each option; it comes once."""
+    config = write_yaml(tiny_experiment(tmp_path), tmp_path / "tiny.yaml")
+    assert main(["train", "--config", str(config), "--exp-dir", str(tmp_path / "exp"),
+                 "--check-only", "--set", "heads.loss_weights={transducer: 1.0, ctc: 0.0}",
+                 "--searchers", "ctc_prefix_beam", "--biasing-searchers", "ctc_prefix_beam",
+                 "--decode-arg=--searcher", "--decode-arg=ctc_prefix_beam"]) == 0
+    assert caplog.text.count("searcher 'ctc_prefix_beam' decodes with the ctc head") == 1
+
+
 def test_check_only_warns_of_aed_beam_scoring_with_an_untrained_ctc_head(tmp_path, caplog):
     """``aed_beam`` scores with the ``ctc`` head while ``search.ctc_weight > 0``: with
     ``heads.loss_weights.ctc: 0`` it is warned of, by the config's search settings (and a

@@ -533,3 +533,46 @@ def test_a_moved_corpus_is_paired_by_path_where_cut_ids_repeat(tmp_path, pairing
         c.recording.sources[0].source for c in expected]
     assert all(np.array_equal(a.load_features(), b.load_features())
                for a, b in zip(stored, expected, strict=True))
+
+
+def _rewrite_ids(manifest: Path, ids: dict[int, str]) -> None:
+    """Gives the records of the gzipped cut manifest ``manifest`` at the line numbers of
+    ``ids`` those ids."""
+    records = [json.loads(line) for line in gzip.open(manifest, "rt")]
+    for line, cut_id in ids.items():
+        records[line]["id"] = cut_id
+    with gzip.open(manifest, "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+
+
+def test_stored_cut_ids_counted_otherwise_than_the_input_are_computed_again(tmp_path, caplog):
+    """An input that repeats a cut id (``dup`` twice) with speed copies, and stored cuts that
+    hold as many cuts under the same ids but ``dup`` three times (a speed copy renamed): the
+    check compared the sets of ids, and then crashed on ``min()`` of no differing input cut
+    (ValueError) instead of deciding. The part is computed again, saying why."""
+    _, manifests, src, out = _same_named_files_stored(tmp_path, seed=13)
+    fbank = tmp_path / "fbank"
+    _rewrite_ids(src, {0: "dup", 1: "dup"})
+    compute_fbank_for_parts(manifests, fbank, ["part"], perturb_parts=["part"])
+    line = next(i for i, c in enumerate(CutSet.from_file(out)) if c.id == "dup_sp0.9")
+    _rewrite_ids(out, {line: "dup"})
+    compute_fbank_for_parts(manifests, fbank, ["part"], perturb_parts=["part"])
+    assert f"holds other cut ids than {src} with speed copies (e.g. dup 3 time(s), not 2)" \
+        in caplog.text
+    assert sorted(c.id for c in CutSet.from_file(out)) == ["dup"] * 2 + ["dup_sp0.9"] * 2 + [
+        "dup_sp1.1"] * 2
+
+
+def test_an_input_id_that_reads_as_a_speed_copy_is_computed_again(tmp_path, caplog):
+    """Input cuts ``r`` and ``r_sp0.9`` with speed copies: a copy of ``r`` has the id of the
+    input's second cut, so the stored cuts hold more of that id than the input, and the check
+    crashed on ``min()`` of no differing input cut (ValueError). It decides to compute the part
+    again, naming the id."""
+    _, manifests, src, out = _same_named_files_stored(tmp_path, seed=17)
+    fbank = tmp_path / "fbank"
+    _rewrite_ids(src, {0: "r", 1: "r_sp0.9"})
+    compute_fbank_for_parts(manifests, fbank, ["part"], perturb_parts=["part"])
+    caplog.clear()
+    compute_fbank_for_parts(manifests, fbank, ["part"], perturb_parts=["part"])
+    assert f"holds more cuts of id r_sp0.9 than {src}: a speed copy's id is also" in caplog.text
+    assert "computing part part again" in caplog.text
