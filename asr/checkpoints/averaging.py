@@ -7,6 +7,7 @@ it. Both functions here work on plain state dicts so they apply to any model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,51 @@ def _existing_epoch_checkpoints(exp_dir: str | Path, epochs: Iterable[int]) -> l
             f"(found epochs {sorted(list_epoch_checkpoints(exp_dir))})"
         )
     return paths
+
+
+def best_valid_epoch_checkpoints(exp_dir: str | Path, count: int) -> list[tuple[int, float, Path]]:
+    """The ``count`` epoch checkpoints of lowest validation loss (WeNet's ``average_model.py
+    --val_best``), as ``(epoch, validation loss, epoch-N.pt)``, oldest epoch first.
+
+    The losses are those the trainer recorded at each epoch's end (the ``progress`` history of
+    the newest ``epoch-N.pt``, which holds every epoch's); an epoch counts when its
+    ``epoch-N.pt`` is there and its loss is finite. Equal losses prefer the later epoch.
+
+    Raises:
+        ValueError: for ``count < 1``, or when fewer than ``count`` epochs count (naming those
+            that do and their losses; a training without ``data.dev_cuts`` records none).
+        FileNotFoundError: when ``exp_dir`` holds no ``epoch-N.pt``.
+        asr.checkpoints.io.CheckpointError: naming the newest ``epoch-N.pt`` when it cannot be
+            read or is not a training checkpoint.
+    """
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    found = list_epoch_checkpoints(exp_dir)
+    if not found:
+        raise FileNotFoundError(f"{exp_dir} holds no epoch-N.pt")
+    newest = found[max(found)]
+    progress = training_checkpoint(safe_torch_load(newest), newest).get("progress")
+    history = progress.get("history") if isinstance(progress, dict) else None
+    if not isinstance(history, list):
+        raise CheckpointError(f"{newest}: records no epoch history ('progress'), so no "
+                              "validation losses: not a checkpoint of asr train")
+    losses: dict[int, float] = {}
+    for record in history:
+        if not isinstance(record, dict):
+            raise CheckpointError(f"{newest}: its epoch history holds {record!r}, not an epoch "
+                                  "record: not a checkpoint of asr train")
+        epoch, loss = record.get("epoch"), record.get("valid_loss")
+        if epoch in found and isinstance(loss, (int, float)) and math.isfinite(loss):
+            losses[int(epoch)] = float(loss)
+    if len(losses) < count:
+        known = ", ".join(f"{e}: {v:.4f}" for e, v in sorted(losses.items())) or "none"
+        raise ValueError(
+            f"{count} epochs of lowest validation loss requested, but only {len(losses)} epochs "
+            f"of {exp_dir} have an epoch-N.pt and a finite validation loss (epochs {known}; "
+            f"found epoch-N.pt of {sorted(found)}; a training without data.dev_cuts records "
+            "none)")
+    best = sorted(losses, key=lambda e: (losses[e], -e))[:count]
+    return [(e, losses[e], found[e]) for e in sorted(best)]
 
 
 def last_step_checkpoints(exp_dir: str | Path, count: int) -> list[Path]:

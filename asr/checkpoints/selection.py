@@ -6,12 +6,16 @@
 * ``--epoch E --avg N``: the average of ``epoch-(E-N+1).pt .. epoch-E.pt``, or with
   ``--use-averaged-model`` the running average over every sampled step of those epochs;
 * ``--last N``: the average of the newest ``N`` step checkpoints ``checkpoint-K.pt``;
+* ``--val-best N``: the average of the ``N`` epoch checkpoints of lowest validation loss
+  (WeNet's ``average_model.py --val_best``), the losses the trainer recorded at each epoch's
+  end;
 * nothing: the newest ``checkpoint-K.pt`` (every epoch end writes one, so it is at least as
   new as the newest ``epoch-E.pt``).
 
 Choosing is two steps: :func:`plan_weights` finds the files and the tag that names them from
-the directory listing alone, reading no checkpoint (so ``asr average`` can lock the output that
-the tag names before it reads any), and :func:`read_weights` reads (and averages) them;
+the directory listing alone, reading no checkpoint but, for ``--val-best``, the newest
+``epoch-N.pt``'s record of the validation losses (so ``asr average`` can lock the output that
+the tag names before it reads any weights), and :func:`read_weights` reads (and averages) them;
 :func:`select_weights` does both. A training that still runs prunes its step checkpoints to
 ``train.keep_last`` meanwhile, and may delete one that ``--last N`` (or the newest) chose between
 the listing and its reading: :func:`use_planned_weights` (which :func:`select_weights`, ``asr
@@ -33,6 +37,7 @@ from asr.checkpoints.averaging import (
     average_state_dicts,
     averaged_model_between,
     averaged_model_checkpoints,
+    best_valid_epoch_checkpoints,
     epoch_checkpoints,
     last_step_checkpoints,
 )
@@ -75,16 +80,18 @@ class WeightSelection:
     last: int | None = None
     checkpoint: Path | None = None
     use_averaged_model: bool = False
+    val_best: int | None = None
 
     def __post_init__(self) -> None:
-        ways = sum(x is not None for x in (self.epoch, self.last, self.checkpoint))
+        ways = sum(x is not None for x in (self.epoch, self.last, self.checkpoint, self.val_best))
         if ways > 1:
-            raise ValueError("choose one of --epoch/--avg, --last and --checkpoint")
+            raise ValueError("choose one of --epoch/--avg, --last, --val-best and --checkpoint")
         if self.use_averaged_model and self.epoch is None:
             raise ValueError("--use-averaged-model needs --epoch (and --avg)")
         if self.avg != 1 and self.epoch is None:
             raise ValueError("--avg needs --epoch")
-        for flag, value in (("--avg", self.avg), ("--last", self.last), ("--epoch", self.epoch)):
+        for flag, value in (("--avg", self.avg), ("--last", self.last), ("--epoch", self.epoch),
+                            ("--val-best", self.val_best)):
             if value is not None and value < 1:
                 raise ValueError(f"{flag} must be >= 1, got {value}")
         if self.epoch is not None and self.avg > self.epoch:  # epoch-1.pt is the first one
@@ -95,7 +102,8 @@ class WeightSelection:
 
     def is_default(self) -> bool:
         """Whether no way was chosen (the newest step checkpoint)."""
-        return self.epoch is None and self.last is None and self.checkpoint is None
+        return (self.epoch is None and self.last is None and self.checkpoint is None
+                and self.val_best is None)
 
 
 @dataclass(frozen=True)
@@ -123,7 +131,8 @@ class PlannedWeights:
     Attributes:
         exp_dir: the experiment directory.
         selection: the selection planned.
-        tag: names the selection, e.g. ``epoch-8-avg-3`` or ``checkpoint-4500``.
+        tag: names the selection, e.g. ``epoch-8-avg-3``, ``val-best-3-epochs-5-7-8`` or
+            ``checkpoint-4500``.
         sources: the files the weights come from, oldest first (for ``--use-averaged-model``
             the end epoch's checkpoint, whose running average is used).
     """
@@ -140,7 +149,10 @@ def plan_weights(exp_dir: str | Path, selection: WeightSelection) -> PlannedWeig
     Raises:
         FileNotFoundError: naming missing checkpoints (for ``--use-averaged-model`` both epoch
             checkpoints whose running averages it reads).
-        ValueError: for ``--use-averaged-model`` with ``--avg`` above ``--epoch``.
+        ValueError: for ``--use-averaged-model`` with ``--avg`` above ``--epoch``; for
+            ``--val-best N`` when fewer than N epochs have a checkpoint and a validation loss.
+        asr.checkpoints.io.CheckpointError: for ``--val-best``, naming the newest epoch
+            checkpoint when it cannot be read or records no epoch history.
     """
     exp_dir = Path(exp_dir)
     if selection.checkpoint is not None:
@@ -161,6 +173,14 @@ def plan_weights(exp_dir: str | Path, selection: WeightSelection) -> PlannedWeig
                                   f"epoch-{epoch}-avg-{avg}-use-averaged-model", (end,))
         return PlannedWeights(exp_dir, selection, f"epoch-{epoch}-avg-{avg}",
                               tuple(epoch_checkpoints(exp_dir, epoch, avg)))
+    if selection.val_best is not None:
+        best = best_valid_epoch_checkpoints(exp_dir, selection.val_best)
+        logger.info("--val-best %d: epochs %s (validation losses %s)", selection.val_best,
+                    ", ".join(str(e) for e, _, _ in best),
+                    ", ".join(f"{loss:.4f}" for _, loss, _ in best))
+        epochs = "-".join(str(e) for e, _, _ in best)
+        return PlannedWeights(exp_dir, selection, f"val-best-{selection.val_best}-epochs-{epochs}",
+                              tuple(path for _, _, path in best))
     if selection.last is not None:
         paths = last_step_checkpoints(exp_dir, selection.last)
         return PlannedWeights(exp_dir, selection, f"last-{selection.last}-{paths[-1].stem}",

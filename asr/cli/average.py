@@ -5,6 +5,7 @@ Examples::
     asr average --exp-dir exp/transducer --epoch 30 --avg 9          # epoch-22.pt .. epoch-30.pt
     asr average --exp-dir exp/transducer --epoch 30 --avg 9 --use-averaged-model
     asr average --exp-dir exp/transducer --last 5                    # newest 5 checkpoint-N.pt
+    asr average --exp-dir exp/ctc_aed --val-best 5     # 5 epochs of lowest validation loss
 
 ``--use-averaged-model`` uses the running parameter averages stored in ``epoch-30.pt`` and
 ``epoch-21.pt`` to average the model over every sampled training step of epochs 22..30 (icefall's
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         selection = selection_from_args(args)
         if selection.is_default():
-            raise ValueError("give --epoch E [--avg N], --last N or --checkpoint F")
+            raise ValueError("give --epoch E [--avg N], --last N, --val-best N or --checkpoint F")
         # plans from the listing before the lock, again if training pruned a chosen file
         output, tag = use_planned_weights(args.exp_dir, selection, average)
     except (FileNotFoundError, ValueError, CheckpointError, OutputBusyError) as err:

@@ -55,8 +55,9 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, newest_by_default:
             the help then says.
     """
     parser.add_argument("--exp-dir", type=Path, required=True, help="experiment directory")
-    default = ("default: without --epoch, --last and --checkpoint, the newest checkpoint-N.pt"
-               if newest_by_default else "required: this, --last or --checkpoint")
+    default = ("default: without --epoch, --last, --val-best and --checkpoint, the newest "
+               "checkpoint-N.pt" if newest_by_default
+               else "required: this, --last, --val-best or --checkpoint")
     parser.add_argument("--epoch", type=int, default=None,
                         help=f"last epoch to use, epoch-N.pt ({default})")
     parser.add_argument("--avg", type=int, default=1,
@@ -66,6 +67,10 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, newest_by_default:
     parser.add_argument("--last", type=int, default=None,
                         help="average the newest N step checkpoints, checkpoint-N.pt (default: "
                              "see --epoch)")
+    parser.add_argument("--val-best", type=int, default=None, metavar="N",
+                        help="average the N epoch checkpoints epoch-E.pt of lowest validation "
+                             "loss, as recorded at each epoch's end (WeNet's --val_best) "
+                             "(default: see --epoch)")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="one checkpoint (.pt) or weights file (.safetensors) instead "
                              "(default: see --epoch)")
@@ -242,7 +247,8 @@ def selection_from_args(args: argparse.Namespace, check_dir: bool = True) -> Wei
     if check_dir:
         check_experiment_dir(args.exp_dir)
     return WeightSelection(epoch=args.epoch, avg=args.avg, last=args.last,
-                           checkpoint=args.checkpoint, use_averaged_model=args.use_averaged_model)
+                           checkpoint=args.checkpoint, use_averaged_model=args.use_averaged_model,
+                           val_best=args.val_best)
 
 
 def attribute_docs(cls: type) -> dict[str, str]:

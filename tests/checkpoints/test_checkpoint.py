@@ -636,3 +636,54 @@ def test_a_checkpoint_deleted_while_its_read_fails_is_named_and_chosen_again(tmp
             r"training's train\.keep_last pruning\?\); the read failed with RuntimeError: "
             r"PytorchStreamReader failed reading file data/0: invalid header$")):
         safe_torch_load(checkpoint_path(tmp_path, 20))
+
+
+def _write_epochs_with_valid_losses(exp_dir: Path, losses: list[float | None]) -> None:
+    """``epoch-E.pt`` for each loss (weights ``[E, E]``), each holding the history of its
+    epochs as the trainer records it: ``progress.history`` of ``{"epoch", "valid_loss"}``."""
+    history = []
+    for epoch, loss in enumerate(losses, start=1):
+        history.append({"epoch": epoch, "train_loss": 1.0, "valid_loss": loss})
+        atomic_torch_save({"model": {"w": torch.full((2,), float(epoch))},
+                           "progress": {"step": 10 * epoch, "history": list(history)}},
+                          epoch_checkpoint_path(exp_dir, epoch))
+
+
+def test_val_best_averages_the_epochs_of_lowest_validation_loss(tmp_path):
+    """WeNet's ``average_model.py --val_best``: the N epochs of lowest validation loss, not
+    the last N; an epoch without a finite loss never counts, equal losses prefer the later."""
+    _write_epochs_with_valid_losses(tmp_path, [3.0, 1.5, 2.0, None, float("nan"), 1.5, 2.5])
+    chosen = select_weights(tmp_path, WeightSelection(val_best=3))
+    assert chosen.tag == "val-best-3-epochs-2-3-6"
+    assert chosen.sources == tuple(tmp_path / f"epoch-{e}.pt" for e in (2, 3, 6))
+    assert torch.equal(chosen.state_dict["w"], torch.full((2,), (2 + 3 + 6) / 3))
+    assert chosen.checkpoint["progress"]["step"] == 60  # the newest chosen one's
+    assert select_weights(tmp_path, WeightSelection(val_best=1)).tag == "val-best-1-epochs-6"
+    with pytest.raises(ValueError, match=r"only 5 epochs .* \(epochs 1: 3\.0000, 2: 1\.5000, "
+                                         r"3: 2\.0000, 6: 1\.5000, 7: 2\.5000;"):
+        select_weights(tmp_path, WeightSelection(val_best=6))
+    with pytest.raises(ValueError, match="choose one of --epoch/--avg, --last, --val-best"):
+        WeightSelection(epoch=3, val_best=2)
+    with pytest.raises(ValueError, match="--val-best must be >= 1, got 0"):
+        WeightSelection(val_best=0)
+
+
+def test_val_best_names_a_checkpoint_without_an_epoch_history(tmp_path):
+    atomic_torch_save({"model": {"w": torch.zeros(2)}}, tmp_path / "epoch-1.pt")
+    with pytest.raises(CheckpointError, match=r"epoch-1\.pt: records no epoch history"):
+        select_weights(tmp_path, WeightSelection(val_best=1))
+    with pytest.raises(FileNotFoundError, match="holds no epoch-N.pt"):
+        select_weights(tmp_path / "none", WeightSelection(val_best=1))
+
+
+def test_asr_average_val_best_writes_the_mean_of_the_best_epochs(tmp_path, caplog):
+    from asr.cli.main import main
+
+    caplog.set_level("INFO")
+    _write_epochs_with_valid_losses(tmp_path, [4.0, 1.0, 3.0, 2.0])
+    assert main(["average", "--exp-dir", str(tmp_path), "--val-best", "2"]) == 0
+    written = load_weights(tmp_path / "averaged-val-best-2-epochs-2-4.safetensors")["w"]
+    assert torch.equal(written, torch.full((2,), 3.0))
+    assert "--val-best 2: epochs 2, 4 (validation losses 1.0000, 2.0000)" in caplog.text
+    assert main(["average", "--exp-dir", str(tmp_path), "--val-best", "5"]) == 2
+    assert "only 4 epochs" in caplog.text

@@ -341,10 +341,10 @@ def test_average_help_says_a_selection_is_required_as_the_command_does(tmp_path,
         [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
         [epoch] = [a for a in sub.choices[command]._actions if "--epoch" in a.option_strings]
         helps[command] = epoch.help
-    assert helps["average"] == ("last epoch to use, epoch-N.pt (required: this, --last or "
-                                "--checkpoint)")
+    assert helps["average"] == ("last epoch to use, epoch-N.pt (required: this, --last, "
+                                "--val-best or --checkpoint)")
     assert helps["decode"] == helps["export-package"] == (
-        "last epoch to use, epoch-N.pt (default: without --epoch, --last and --checkpoint, the "
-        "newest checkpoint-N.pt)")
+        "last epoch to use, epoch-N.pt (default: without --epoch, --last, --val-best and "
+        "--checkpoint, the newest checkpoint-N.pt)")
     assert main(["average", "--exp-dir", str(tmp_path)]) == 2
-    assert "give --epoch E [--avg N], --last N or --checkpoint F" in caplog.text
+    assert "give --epoch E [--avg N], --last N, --val-best N or --checkpoint F" in caplog.text
