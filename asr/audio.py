@@ -8,7 +8,10 @@ to mono; resampling uses torchaudio's band-limited sinc interpolation
 :class:`StreamingResampler` applies exactly the same filter to a waveform that arrives in pieces, so
 streamed audio at 8 kHz gives the same 16 kHz samples as the whole file resampled at once.
 
-Every failure is an :class:`AudioError` whose message names the file (or ``<stdin>``).
+Every failure is an :class:`AudioError` whose message names the file (or ``<stdin>``), a file
+cut short too: one whose header declares more samples than it holds (a WAV, which libsndfile
+reads up to its end without a word, or one that libsndfile fails inside and ffmpeg decodes
+in part).
 
 Shape legend: N samples, C channels.
 """
@@ -41,6 +44,7 @@ __all__ = [
     "DecodedAudio",
     "StreamingResampler",
     "declared_length",
+    "wav_declared_frames",
     "decode_audio",
     "load_audio",
     "resample",
@@ -319,9 +323,18 @@ def _read(source: bytes | str, name: str) -> tuple[np.ndarray, int]:
     try:
         samples, rate = soundfile.read(io.BytesIO(source) if isinstance(source, bytes) else source,
                                        dtype="float32", always_2d=True)
-        return samples, int(rate)
     except Exception as err:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
         first = _reason(err)
+    else:
+        declared = wav_declared_frames(_head(source))
+        if declared is not None and samples.shape[0] < declared:
+            # libsndfile reads a WAV cut short (a copy or download stopped on the way) up to
+            # its end without a word: the transcript would be its first part's
+            raise AudioError(
+                f"{name}: truncated audio: its WAV header declares {declared} samples, "
+                f"{samples.shape[0]} are in the file"
+            )
+        return samples, int(rate)
     hint = f"; {RAW_PCM_HINT}" if name == STDIN_NAME else ""
     if _FFMPEG is None:
         raise AudioError(
@@ -343,6 +356,52 @@ def _read(source: bytes | str, name: str) -> tuple[np.ndarray, int]:
             f"{samples.shape[0]} decode (libsndfile: {first})"
         )
     return samples, rate
+
+
+#: Bytes of a file's start that :func:`wav_declared_frames` reads: its header chunks ('fmt ',
+#: 'LIST', 'fact', ...) up to the data chunk's size.
+WAV_HEADER_BYTES = 65536
+
+#: The smallest data chunk size that is a placeholder, not a length: a writer that cannot seek
+#: back to fill it in (a pipe) leaves 0x7FFFF000 (sox), 0x7FFFFFFF or 0xFFFFFFFF (ffmpeg); 0 is
+#: one too.
+WAV_UNKNOWN_SIZE = 0x7FFFF000
+
+
+def wav_declared_frames(head: bytes) -> int | None:
+    """The sample frames that a RIFF/WAVE header declares in its data chunk.
+
+    Args:
+        head: the file's first bytes (:data:`WAV_HEADER_BYTES` of them hold every common
+            header).
+
+    Returns:
+        The data chunk's size over the format's block size; None for another format, a header
+        whose data chunk lies beyond ``head``, or a size that is a placeholder of a writer that
+        could not seek back to fill it in (0, or at least :data:`WAV_UNKNOWN_SIZE`).
+    """
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    block = 0
+    pos = 12
+    while pos + 8 <= len(head):
+        chunk, size = head[pos: pos + 4], int.from_bytes(head[pos + 4: pos + 8], "little")
+        if chunk == b"fmt " and pos + 22 <= len(head):
+            block = int.from_bytes(head[pos + 20: pos + 22], "little")  # nBlockAlign
+        elif chunk == b"data":
+            if block <= 0 or size == 0 or size >= WAV_UNKNOWN_SIZE:
+                return None
+            return size // block
+        pos += 8 + size + (size & 1)  # chunks are padded to an even size
+    return None
+
+
+def _head(source: bytes | str) -> bytes:
+    """The first :data:`WAV_HEADER_BYTES` of a file (a path) or of its bytes."""
+    if isinstance(source, bytes):
+        return source[:WAV_HEADER_BYTES]
+    with open(source, "rb") as file:
+        return file.read(WAV_HEADER_BYTES)
 
 
 def declared_length(source: bytes | str) -> tuple[int, int] | None:
