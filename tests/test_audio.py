@@ -6,11 +6,13 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import tracemalloc
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+import asr.audio as audio_module
 from asr.audio import (
     AudioError,
     StreamingResampler,
@@ -233,3 +235,27 @@ def test_the_wav_header_gives_the_declared_frames_past_other_chunks(tmp_path) ->
     info = b"LIST" + (5).to_bytes(4, "little") + b"INFOx" + b"\0"  # odd size: padded
     assert wav_declared_frames(data[:at] + info + data[at:]) == 1000
     assert wav_declared_frames(b"fLaC" + data[4:]) is None
+
+
+def test_a_long_file_is_downmixed_and_resampled_block_by_block(tmp_path, monkeypatch) -> None:
+    """An hour of 44.1 kHz stereo is 1.3 GB of float32 samples, 0.23 GB at 16 kHz mono: a file
+    is read in blocks (here of 4096 frames), each averaged and resampled as it comes, so that
+    memory never holds it at its own rate and channels; its samples are those of the whole
+    file resampled at once (to float rounding)."""
+    rng = np.random.default_rng(0)
+    stereo = rng.uniform(-0.5, 0.5, (441000, 2)).astype(np.float32)  # 10 s, 3.5 MB
+    path = tmp_path / "podcast.flac"
+    sf.write(path, stereo, 44100, subtype="PCM_24")
+    whole = resample(sf.read(path, dtype="float32", always_2d=True)[0].mean(axis=1), 44100,
+                     16000)
+    monkeypatch.setattr(audio_module, "READ_BLOCK_FRAMES", 4096)
+    tracemalloc.start()
+    try:
+        decoded = decode_audio(path, 16000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (decoded.sample_rate, decoded.num_channels, decoded.original_rate) == (16000, 2, 44100)
+    assert decoded.samples.shape == whole.shape
+    np.testing.assert_allclose(decoded.samples, whole, atol=1e-6)
+    assert peak < 2 * decoded.samples.nbytes, f"{peak} bytes at the peak"
