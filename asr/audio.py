@@ -8,7 +8,10 @@ to mono; resampling uses torchaudio's band-limited sinc interpolation
 :class:`StreamingResampler` applies exactly the same filter to a waveform that arrives in pieces, so
 streamed audio at 8 kHz gives the same 16 kHz samples as the whole file resampled at once.
 
-Every failure is an :class:`AudioError` whose message names the file (or ``<stdin>``).
+Every failure is an :class:`AudioError` whose message names the file (or ``<stdin>``), a file
+cut short too: one whose header declares more samples than it holds (a WAV, which libsndfile
+reads up to its end without a word, or one that libsndfile fails inside and ffmpeg decodes
+in part).
 
 Shape legend: N samples, C channels.
 """
@@ -41,6 +44,7 @@ __all__ = [
     "DecodedAudio",
     "StreamingResampler",
     "declared_length",
+    "wav_declared_frames",
     "decode_audio",
     "load_audio",
     "resample",
@@ -312,16 +316,113 @@ def _ffmpeg(source: bytes | str) -> tuple[np.ndarray, int]:
 _FFMPEG = shutil.which("ffmpeg")
 
 
-def _read(source: bytes | str, name: str) -> tuple[np.ndarray, int]:
-    """Decodes with soundfile (libsndfile), else with ffmpeg when it is installed."""
+#: Frames that :func:`_read` takes from libsndfile at a time: a file is checked, averaged to
+#: mono and resampled block by block (:class:`_MonoSamples`), so that memory holds its samples at
+#: the model rate, not at its own rate and channels (an hour of 44.1 kHz stereo is 1.3 GB of
+#: float32, 0.23 GB at 16 kHz mono).
+READ_BLOCK_FRAMES = 1 << 20
+
+
+class _MonoSamples:
+    """A file's samples as they are decoded, in (n, C) blocks: refused when they are not audio
+    (NaN, infinite, beyond :data:`MAX_SAMPLE_MAGNITUDE`), averaged to mono and resampled to
+    ``target_rate`` (:class:`StreamingResampler`: the whole signal's samples, to float
+    rounding) into one (N,) float32 array.
+
+    Args:
+        name: the input's name for messages.
+        rate: the file's rate (Hz).
+        channels: the file's channel count.
+        target_rate: the output rate; None keeps ``rate``.
+        frames: the frames the file holds, when known: the output is allocated once for them.
+
+    Raises:
+        AudioError: naming the input, for a rate that cannot be resampled at a bounded cost.
+    """
+
+    def __init__(self, name: str, rate: int, channels: int, target_rate: int | None,
+                 frames: int = 0) -> None:
+        self.name, self.rate, self.channels = name, int(rate), int(channels)
+        self.out_rate = self.rate if target_rate is None else int(target_rate)
+        self.resampler = (StreamingResampler(self.rate, self.out_rate, name)
+                          if self.out_rate != self.rate else None)
+        self.frames = 0  # frames taken
+        self.peak = 0.0
+        self._out = np.empty(max(0, -(-self.out_rate * int(frames) // self.rate)), np.float32)
+        self._filled = 0
+
+    def add(self, block: np.ndarray) -> None:
+        """Takes the next (n, C) float32 samples."""
+        if not np.isfinite(block).all():
+            raise AudioError(f"{self.name}: the audio holds NaN or infinite samples")
+        self.peak = max(self.peak, check_magnitude(block, self.name))
+        self.frames += block.shape[0]
+        mono = to_mono(block)
+        self._put(mono if self.resampler is None else self.resampler.accept(mono))
+
+    def _put(self, piece: np.ndarray) -> None:
+        end = self._filled + piece.shape[0]
+        if end > self._out.shape[0]:  # more frames than declared (or none declared)
+            grown = np.empty(max(end, 2 * self._out.shape[0]), np.float32)
+            grown[: self._filled] = self._out[: self._filled]
+            self._out = grown
+        self._out[self._filled: end] = piece
+        self._filled = end
+
+    def finish(self) -> DecodedAudio:
+        """The mono waveform of every block taken.
+
+        Raises:
+            AudioError: naming the input, when it held no samples.
+        """
+        if self.frames == 0:
+            raise AudioError(f"{self.name}: the audio holds no samples")
+        # a float file may hold integer-scaled samples (its loudest channel's peak tells); named
+        # here, before its features would be
+        _check_scale(self.peak, self.name, "a float file written with integer-scaled samples? "
+                                           "divide them by 32768 (e.g. `sox -v "
+                                           "0.000030517578125 IN OUT`)")
+        if self.resampler is not None:
+            self._put(self.resampler.flush())
+        samples = self._out[: self._filled]
+        if self._filled < self._out.shape[0]:  # fewer than declared: not the whole buffer kept
+            samples = samples.copy()
+        return DecodedAudio(samples, self.out_rate, self.name, num_channels=self.channels,
+                            original_rate=self.rate)
+
+
+def _read(source: bytes | str, name: str, target_rate: int | None) -> DecodedAudio:
+    """Decodes with soundfile (libsndfile) block by block, else with ffmpeg when it is
+    installed, to mono at ``target_rate`` (None: the file's rate)."""
     import soundfile
 
     try:
-        samples, rate = soundfile.read(io.BytesIO(source) if isinstance(source, bytes) else source,
-                                       dtype="float32", always_2d=True)
-        return samples, int(rate)
+        file = soundfile.SoundFile(io.BytesIO(source) if isinstance(source, bytes) else source)
     except Exception as err:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
         first = _reason(err)
+    else:
+        with file:
+            mono = _MonoSamples(name, file.samplerate, file.channels, target_rate, file.frames)
+            try:
+                while True:
+                    block = file.read(READ_BLOCK_FRAMES, dtype="float32", always_2d=True)
+                    if block.shape[0] == 0:
+                        break
+                    mono.add(block)
+            except AudioError:  # samples that are not audio
+                raise
+            except Exception as err:  # noqa: BLE001 - libsndfile failed inside the data
+                first = _reason(err)
+            else:
+                declared = wav_declared_frames(_head(source))
+                if declared is not None and mono.frames < declared:
+                    # libsndfile reads a WAV cut short (a copy or download stopped on the way)
+                    # up to its end without a word: the transcript would be its first part's
+                    raise AudioError(
+                        f"{name}: truncated audio: its WAV header declares {declared} samples, "
+                        f"{mono.frames} are in the file"
+                    )
+                return mono.finish()
     hint = f"; {RAW_PCM_HINT}" if name == STDIN_NAME else ""
     if _FFMPEG is None:
         raise AudioError(
@@ -342,7 +443,56 @@ def _read(source: bytes | str, name: str) -> tuple[np.ndarray, int]:
             f"{name}: truncated or corrupt audio: its header declares {declared[0]} samples, "
             f"{samples.shape[0]} decode (libsndfile: {first})"
         )
-    return samples, rate
+    mono = _MonoSamples(name, rate, samples.shape[1], target_rate, samples.shape[0])
+    mono.add(samples)
+    del samples
+    return mono.finish()
+
+
+#: Bytes of a file's start that :func:`wav_declared_frames` reads: its header chunks ('fmt ',
+#: 'LIST', 'fact', ...) up to the data chunk's size.
+WAV_HEADER_BYTES = 65536
+
+#: The smallest data chunk size that is a placeholder, not a length: a writer that cannot seek
+#: back to fill it in (a pipe) leaves 0x7FFFF000 (sox), 0x7FFFFFFF or 0xFFFFFFFF (ffmpeg); 0 is
+#: one too.
+WAV_UNKNOWN_SIZE = 0x7FFFF000
+
+
+def wav_declared_frames(head: bytes) -> int | None:
+    """The sample frames that a RIFF/WAVE header declares in its data chunk.
+
+    Args:
+        head: the file's first bytes (:data:`WAV_HEADER_BYTES` of them hold every common
+            header).
+
+    Returns:
+        The data chunk's size over the format's block size; None for another format, a header
+        whose data chunk lies beyond ``head``, or a size that is a placeholder of a writer that
+        could not seek back to fill it in (0, or at least :data:`WAV_UNKNOWN_SIZE`).
+    """
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    block = 0
+    pos = 12
+    while pos + 8 <= len(head):
+        chunk, size = head[pos: pos + 4], int.from_bytes(head[pos + 4: pos + 8], "little")
+        if chunk == b"fmt " and pos + 22 <= len(head):
+            block = int.from_bytes(head[pos + 20: pos + 22], "little")  # nBlockAlign
+        elif chunk == b"data":
+            if block <= 0 or size == 0 or size >= WAV_UNKNOWN_SIZE:
+                return None
+            return size // block
+        pos += 8 + size + (size & 1)  # chunks are padded to an even size
+    return None
+
+
+def _head(source: bytes | str) -> bytes:
+    """The first :data:`WAV_HEADER_BYTES` of a file (a path) or of its bytes."""
+    if isinstance(source, bytes):
+        return source[:WAV_HEADER_BYTES]
+    with open(source, "rb") as file:
+        return file.read(WAV_HEADER_BYTES)
 
 
 def declared_length(source: bytes | str) -> tuple[int, int] | None:
@@ -380,7 +530,6 @@ def decode_audio(
         name = name or STDIN_NAME
         if not source:
             raise AudioError(f"{name}: empty input (0 bytes)")
-        samples, rate = _read(bytes(source), name)
     elif str(source) == "-":
         import sys
 
@@ -399,21 +548,8 @@ def decode_audio(
             raise AudioError(f"{name}: not a regular file")
         if path.stat().st_size == 0:
             raise AudioError(f"{name}: empty file (0 bytes)")
-        samples, rate = _read(str(path), name)
-    if samples.shape[0] == 0:
-        raise AudioError(f"{name}: the audio holds no samples")
-    if not np.isfinite(samples).all():
-        raise AudioError(f"{name}: the audio holds NaN or infinite samples")
-    peak = check_magnitude(samples, name)
-    mono = to_mono(samples)
-    # a float file may hold integer-scaled samples (its loudest channel's peak tells); named
-    # here, before its features would be
-    _check_scale(peak, name, "a float file written with integer-scaled samples? divide them by "
-                             "32768 (e.g. `sox -v 0.000030517578125 IN OUT`)")
-    out_rate = rate if target_rate is None else int(target_rate)
-    if out_rate != rate:
-        mono = resample(mono, rate, out_rate, name)
-    return DecodedAudio(mono, out_rate, name, num_channels=samples.shape[1], original_rate=rate)
+        return _read(str(path), name, target_rate)
+    return _read(bytes(source), name, target_rate)
 
 
 def load_audio(source: str | Path | bytes, target_rate: int = 16000) -> np.ndarray:

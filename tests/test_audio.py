@@ -6,17 +6,20 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import tracemalloc
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+import asr.audio as audio_module
 from asr.audio import (
     AudioError,
     StreamingResampler,
     decode_audio,
     resample,
     resampling_problem,
+    wav_declared_frames,
 )
 from asr.features.fbank import compute_fbank
 
@@ -183,3 +186,76 @@ def test_a_file_named_like_ffmpegs_no_stream_message_gets_ffmpegs_own_reason(tmp
         decode_audio(junk)
     assert "no audio stream" not in str(err.value), err.value
     assert "; ffmpeg: Invalid data found when processing input" in str(err.value), err.value
+
+
+def _wav_cut_to_a_third(path, samples: np.ndarray) -> bytes:
+    """A 16-bit WAV of ``samples`` at 16 kHz written to ``path``, then cut to its first third
+    (a copy stopped on the way: its header still declares every sample)."""
+    sf.write(path, samples, 16000, subtype="PCM_16")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    return data
+
+
+def test_a_truncated_wav_is_an_error_naming_it_not_the_transcript_of_its_first_part(
+        tmp_path) -> None:
+    """libsndfile reads a WAV cut short up to its end without a word; its header says how many
+    samples it should hold. A file or its bytes (stdin)."""
+    path = tmp_path / "meeting.wav"
+    _wav_cut_to_a_third(path, np.random.default_rng(0).uniform(-0.5, 0.5, 48000))
+    expected = r"truncated audio: its WAV header declares 48000 samples, \d+ are in the file"
+    with pytest.raises(AudioError, match=rf"meeting\.wav: {expected}"):
+        decode_audio(path)
+    with pytest.raises(AudioError, match=rf"<stdin>: {expected}"):
+        decode_audio(path.read_bytes())
+
+
+@pytest.mark.parametrize("placeholder", [0x7FFFF000, 0x7FFFFFFF, 0xFFFFFFFF])
+def test_a_wav_written_to_a_pipe_with_a_placeholder_length_is_read_whole(
+        tmp_path, placeholder: int) -> None:
+    """A writer that cannot seek back (sox or ffmpeg into a pipe) leaves a placeholder for the
+    data chunk's size, which is no length to hold the file to."""
+    samples = np.random.default_rng(0).uniform(-0.5, 0.5, 16000).astype(np.float32)
+    path = tmp_path / "piped.wav"
+    sf.write(path, samples, 16000, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    at = data.index(b"data") + 4
+    data[at: at + 4] = placeholder.to_bytes(4, "little")
+    data[4:8] = placeholder.to_bytes(4, "little")
+    assert wav_declared_frames(bytes(data)) is None
+    assert decode_audio(bytes(data)).samples.shape == (16000,)
+
+
+def test_the_wav_header_gives_the_declared_frames_past_other_chunks(tmp_path) -> None:
+    """Stereo 16-bit: 4 bytes a frame; a LIST chunk before the data chunk is skipped."""
+    path = tmp_path / "stereo.wav"
+    sf.write(path, np.zeros((1000, 2), np.float32), 44100, subtype="PCM_16")
+    data = path.read_bytes()
+    at = data.index(b"data")
+    info = b"LIST" + (5).to_bytes(4, "little") + b"INFOx" + b"\0"  # odd size: padded
+    assert wav_declared_frames(data[:at] + info + data[at:]) == 1000
+    assert wav_declared_frames(b"fLaC" + data[4:]) is None
+
+
+def test_a_long_file_is_downmixed_and_resampled_block_by_block(tmp_path, monkeypatch) -> None:
+    """An hour of 44.1 kHz stereo is 1.3 GB of float32 samples, 0.23 GB at 16 kHz mono: a file
+    is read in blocks (here of 4096 frames), each averaged and resampled as it comes, so that
+    memory never holds it at its own rate and channels; its samples are those of the whole
+    file resampled at once (to float rounding)."""
+    rng = np.random.default_rng(0)
+    stereo = rng.uniform(-0.5, 0.5, (441000, 2)).astype(np.float32)  # 10 s, 3.5 MB
+    path = tmp_path / "podcast.flac"
+    sf.write(path, stereo, 44100, subtype="PCM_24")
+    whole = resample(sf.read(path, dtype="float32", always_2d=True)[0].mean(axis=1), 44100,
+                     16000)
+    monkeypatch.setattr(audio_module, "READ_BLOCK_FRAMES", 4096)
+    tracemalloc.start()
+    try:
+        decoded = decode_audio(path, 16000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (decoded.sample_rate, decoded.num_channels, decoded.original_rate) == (16000, 2, 44100)
+    assert decoded.samples.shape == whole.shape
+    np.testing.assert_allclose(decoded.samples, whole, atol=1e-6)
+    assert peak < 2 * decoded.samples.nbytes, f"{peak} bytes at the peak"

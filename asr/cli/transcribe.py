@@ -35,10 +35,11 @@ Inputs are read and decoded in groups (about half an hour of audio each:
 its group is decoded, in input order: many or long inputs do not all sit in memory, and a run
 stopped on the way keeps the outputs it has written.
 
-A missing, empty, corrupt or non-audio input, or one whose decoding fails, is reported on stderr
-(naming it and why) and the exit status is 1, while the other inputs are still transcribed and
-written: a batch whose decoding raises is decoded input by input, so only the input at fault
-fails and the others get the results they have alone (``on_error="return"`` of
+A missing, empty, corrupt, truncated (its header declares more samples than it holds) or
+non-audio input, or one whose decoding fails, is reported on stderr (naming it and why) and
+the exit status is 1, while the other inputs are still transcribed and written: a batch
+whose decoding raises is decoded input by input, so only the input at fault fails and the
+others get the results they have alone (``on_error="return"`` of
 :meth:`asr.runtime.offline.Transcriber.transcribe`). A bad model package, searcher, search
 option or device exits with 2.
 
