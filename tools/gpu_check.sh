@@ -215,7 +215,7 @@ if [ "$MODE" = dry-run ]; then
   # The gpu tests run their code on the CPU at tiny sizes; Triton in its interpreter.
   run_step tests 240 env ASR_GPU_TESTS_ON_CPU=1 TRITON_INTERPRET=1 \
     "$PY" -m pytest "${PYTEST_ARGS[@]}" "${TESTS[@]}"
-  run_step rnnt_loss 120 "$PY" tools/bench/rnnt_loss.py --device cpu --batch 2 --frames 40 \
+  run_step rnnt_loss 120 "$PY" tools/bench/rnnt_loss.py --device cpu --batch 2 --frames 16 \
     --tokens 8 --vocab 500 --joiner-dim 16 --methods full pruned tdt tdt_triton pruned_tdt \
     --repeats 1 --threads 1 --case-timeout 60 --markdown "$OUT_DIR/rnnt_loss.md"
   run_step train_throughput 120 "$PY" tools/bench/train_throughput.py --device cpu --tiny \

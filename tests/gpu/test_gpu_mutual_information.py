@@ -5,7 +5,8 @@ wider than one block (several chunks per diagonal); a second run must be bit-ide
 between the threads that write and read a diagonal would not be). float64 must agree to rounding;
 float32 is compared with the float64 reference and may be at most a few times less accurate than the
 torch float32 reference itself (both round alpha values of magnitude ~1e3 at every diagonal).
-Dry run: the same code in the Triton interpreter (``TRITON_INTERPRET=1``) at tiny sizes.
+Dry run: the same code in the Triton interpreter (``TRITON_INTERPRET=1``) at tiny sizes, without
+the second run (the interpreter runs a program's lanes in lockstep: no race to show).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ CASES = {
     "small": ((4, 5, 7, None), (3, 4, 6, None)),
     "medium": ((8, 50, 150, None), (2, 6, 9, None)),
     "B32_T1000_U200": ((32, 200, 1000, None), (2, 8, 12, None)),
-    "chunked_diagonals": ((4, 200, 300, 64), (2, 20, 5, 16)),
+    "chunked_diagonals": ((4, 200, 300, 64), (2, 16, 3, 16)),  # S + 1 > BLOCK
 }
 
 
@@ -78,9 +79,11 @@ def test_compiled_kernels_equal_torch_reference(device, full_size, triton_ready,
 
     alpha = triton_ready.forward_triton(px64, py64)
     beta = triton_ready.backward_triton(px64, py64, s_lens, f_lens)
-    # No atomics: a second run is bit-identical unless threads race on the diagonals.
-    assert torch.equal(triton_ready.forward_triton(px64, py64), alpha)
-    assert torch.equal(triton_ready.backward_triton(px64, py64, s_lens, f_lens), beta)
+    if device.type == "cuda":
+        # No atomics: a second run is bit-identical unless threads race on the diagonals (the
+        # interpreter runs a program's lanes in lockstep, where no race can show: GPU only).
+        assert torch.equal(triton_ready.forward_triton(px64, py64), alpha)
+        assert torch.equal(triton_ready.backward_triton(px64, py64, s_lens, f_lens), beta)
     assert torch.equal(torch.isneginf(alpha), torch.isneginf(alpha_ref))
     assert torch.equal(torch.isneginf(beta), torch.isneginf(beta_ref))
     diffs64 = {"alpha": _max_diff(alpha, alpha_ref), "beta": _max_diff(beta, beta_ref)}

@@ -6,7 +6,8 @@ reference than torch's own float32 result, a second run bit-identical; ragged ba
 infeasible utterances, durations with and without 0, the issue's size (T=375, U=55) and a lattice
 wider than one block (several chunks per diagonal). Then the TDT loss (with sigma and omega) and its
 gradient through autograd, backend ``triton`` vs ``torch``. Dry run: the same code in the Triton
-interpreter (``TRITON_INTERPRET=1``) at tiny sizes.
+interpreter (``TRITON_INTERPRET=1``) at tiny sizes, without the second run (the interpreter
+runs a program's lanes in lockstep: no race to show).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.gpu
 CASES = {
     "issue_T375_U55": ((8, 375, 55, (0, 1, 2, 3, 4), None), (2, 9, 4, (0, 1, 2, 3, 4), None)),
     "no_zero_duration": ((8, 200, 40, (1, 2, 4), None), (3, 8, 3, (1, 2, 4), None)),
-    "chunked_rows": ((4, 120, 150, (0, 1, 2), 64), (2, 5, 20, (0, 1, 2), 16)),
+    "chunked_rows": ((4, 120, 150, (0, 1, 2), 64), (2, 3, 16, (0, 1, 2), 16)),  # U + 1 > BLOCK
 }
 
 
@@ -83,9 +84,11 @@ def test_compiled_tdt_kernels_equal_torch_reference(device, full_size, triton_re
 
     alpha = triton_ready.alpha_triton(tw64, bw64, durations)
     beta = triton_ready.beta_triton(tw64, bw64, durations, f_lens, u_lens)
-    # No atomics: a second run is bit-identical unless threads race on the diagonals.
-    assert torch.equal(triton_ready.alpha_triton(tw64, bw64, durations), alpha)
-    assert torch.equal(triton_ready.beta_triton(tw64, bw64, durations, f_lens, u_lens), beta)
+    if device.type == "cuda":
+        # No atomics: a second run is bit-identical unless threads race on the diagonals (the
+        # interpreter runs a program's lanes in lockstep, where no race can show: GPU only).
+        assert torch.equal(triton_ready.alpha_triton(tw64, bw64, durations), alpha)
+        assert torch.equal(triton_ready.beta_triton(tw64, bw64, durations, f_lens, u_lens), beta)
     assert torch.equal(alpha > NEG / 2, alpha_ref > NEG / 2)
     assert torch.equal(beta > NEG / 2, beta_ref > NEG / 2)
     diffs64 = {"alpha": _max_diff(alpha, alpha_ref), "beta": _max_diff(beta, beta_ref)}
