@@ -179,7 +179,7 @@ def test_cli_export_package_usage_says_output_dir_is_required(exp_dir, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["export-package", "--exp-dir", str(exp_dir)])
     assert stop.value.code == 2
-    assert "--output-dir is required" in capsys.readouterr().err
+    assert "the following arguments are required: --output-dir" in capsys.readouterr().err
 
 
 def test_package_directory_follows_the_umask(exp_dir, tmp_path):
