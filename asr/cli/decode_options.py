@@ -123,13 +123,14 @@ def check_arguments(
     _check_test_sets(args.parts, args.manifest_dir, Path(cfg.data.manifest_dir), prepared_parts,
                      data_ready)
     if data_ready:
-        try:
-            check_lm_file(cfg.search.lm_path)
-        except ValueError as err:
-            if lm_made_by is not None and Path(lm_made_by[0]) == Path(cfg.search.lm_path):
+        lm_path = cfg.search.lm_path
+        if lm_made_by is not None and lm_path is not None and Path(lm_made_by[0]) == Path(lm_path):
+            try:  # the recipe's own LM: the stage that makes it says where, not the config hint
+                check_lm_file(lm_path, hint=False)
+            except ValueError as err:
                 raise ValueError(f"{err} (in {Path.cwd()}), which {lm_made_by[1]} makes; this "
                                  "run starts after it") from None
-            raise
+        check_lm_file(lm_path)
 
 
 def _check_test_sets(parts: Sequence[str], manifest_dir: Path | None, prepared_dir: Path,
