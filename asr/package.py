@@ -531,8 +531,10 @@ def export_package(
         overwrite: replace an earlier package in ``out_dir`` (or an empty directory; never
             another directory, nor the experiment or a directory that holds it).
         searcher: the package's default searcher: a name, or the role ``greedy`` / ``beam``
-            (:func:`asr.decoding.registry.searcher_for`); default the model's greedy searcher.
-            One that reads a head of loss weight 0 (built, not trained) is warned of
+            (:func:`asr.decoding.registry.searcher_for`); default the greedy searcher of the
+            model's first trained head (``heads.loss_weights`` > 0; the dev WER's), else its
+            beam searcher: a head of loss weight 0 is built but not trained. A searcher given
+            that reads such a head is the user's choice, warned of
             (:func:`asr.decoding.registry.select_searchers`).
         search: changes to the experiment's ``search:`` options that the package keeps as its
             defaults (``{"beam_size": 8}`` or ``["search.beam_size=8", ...]``); the LM of
@@ -623,9 +625,10 @@ def _export_package(
             f"{weights.sources[-1]}: weights do not fit the experiment config: {err}"
         ) from err
     model.eval()
-    if searcher is None:
-        searcher = searcher_for("greedy", model) or searcher_for("beam", model)
-        assert searcher is not None, "every head has a greedy or a beam searcher"
+    if searcher is None:  # of a trained head: the package's default must decode
+        searcher = (searcher_for("greedy", model, trained_only=True)
+                    or searcher_for("beam", model, trained_only=True))
+        assert searcher is not None, "a head trains, and every head has a greedy or beam searcher"
     else:
         try:
             searcher = select_searcher(searcher, model)

@@ -528,3 +528,22 @@ def test_a_package_a_newer_asr_wrote_is_refused_saying_to_upgrade(exp_dir, tmp_p
     _edit_metadata(tmp_path / "pkg", lambda m: m.update(asr_version="0.0.1", new_field=1))
     with pytest.raises(PackageError, match=r"unknown metadata keys \['new_field'\]$"):
         load_package(tmp_path / "pkg")
+
+
+def test_the_default_searcher_is_of_a_trained_head(tmp_path, caplog):
+    """With ``heads.loss_weights.transducer: 0`` the package's default was still
+    ``transducer_greedy`` (the main head's), a head built and never trained, only warned of:
+    its transcripts are noise. The default is the first trained head's greedy searcher, as the
+    dev WER of training is; a searcher given, a role too, stays the user's, warned of."""
+    exp = random_experiment(tmp_path / "work", head="transducer")
+    checkpoint = torch.load(exp / "epoch-1.pt", weights_only=True)
+    checkpoint["extra"]["config"]["heads"]["loss_weights"] = {"transducer": 0.0, "ctc": 1.0}
+    torch.save(checkpoint, exp / "epoch-1.pt")
+    assert export_package(exp, tmp_path / "pkg", WeightSelection(epoch=1)).searcher == "ctc_greedy"
+    assert "leaves untrained" not in caplog.text
+    for given in ("transducer_greedy", "greedy"):
+        caplog.clear()
+        metadata = export_package(exp, tmp_path / given, WeightSelection(epoch=1), searcher=given)
+        assert metadata.searcher == "transducer_greedy"
+        assert ("searcher 'transducer_greedy' decodes with the transducer head, which "
+                "heads.loss_weights.transducer: 0 leaves untrained") in caplog.text

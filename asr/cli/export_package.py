@@ -60,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="package directory to create (required)")
     parser.add_argument("--out", dest="output_dir", action=OldName, new="--output-dir")
     parser.add_argument("--tokenizer-dir", help="tokenizer to package (default: the config's)")
-    add_search_arguments(parser, "the model's greedy searcher",
+    add_search_arguments(parser, "the greedy searcher of the model's first trained head (loss "
+                                 "weight > 0)",
                          "the experiment's search section; the LM of search.lm_path and the "
                          "phrases of search.hotwords_file are copied into the package")
     parser.add_argument("--wer", type=_wer, action="append", default=[], metavar="NAME=PERCENT",
