@@ -447,7 +447,7 @@ def check_output_dir(out_dir: Path, replace: bool, marker: str, inputs: Iterable
     """Raises ValueError unless :func:`publish_directory` may write ``out_dir``: it does not
     exist (and no file is in the way of its directory), or ``replace`` is set and it is an earlier
     output (it holds ``marker``) or an empty directory, and it is none of ``inputs`` nor a directory
-    holding one of them.
+    holding one of them. The message advises ``option`` only for an output it would replace.
 
     Args:
         out_dir: the directory to write.
@@ -459,8 +459,7 @@ def check_output_dir(out_dir: Path, replace: bool, marker: str, inputs: Iterable
     if not out_dir.exists() and not out_dir.is_symlink():
         check_writable_dir(out_dir, "--output-dir")  # no file above it
         return
-    if not replace:
-        raise ValueError(f"{out_dir}: already exists (pass {option} to replace it)")
+    # what the option would not replace first: advising it there only led to a second refusal
     for source in inputs:
         if _is_within(Path(source), out_dir):
             raise ValueError(f"{out_dir}: the output would replace {source}, which it is "
@@ -471,6 +470,8 @@ def check_output_dir(out_dir: Path, replace: bool, marker: str, inputs: Iterable
     if not (out_dir / marker).is_file() and any(out_dir.iterdir()):
         raise ValueError(f"{out_dir}: exists and holds no {marker}; {option} replaces only an "
                          "earlier output (or an empty directory), never other files")
+    if not replace:
+        raise ValueError(f"{out_dir}: already exists (pass {option} to replace it)")
 
 
 @contextmanager

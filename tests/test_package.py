@@ -286,6 +286,26 @@ def test_overwrite_replaces_only_an_earlier_package(exp_dir, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_overwrite_is_advised_only_for_an_output_it_would_replace(exp_dir, tmp_path):
+    """An output directory in the way said "already exists (pass --overwrite to replace it)"
+    whatever it was: for the experiment itself or a directory of other files, the user who
+    followed the advice was refused a second time, for a reason that held the first. Now it
+    says that reason at once; an earlier package is still advised --overwrite."""
+    with pytest.raises(PackageError, match="the output would replace .*which it is made from"):
+        export_package(exp_dir, exp_dir)
+    other = tmp_path / "data"
+    other.mkdir()
+    (other / "keep.txt").write_text("x")
+    with pytest.raises(PackageError, match="holds no metadata.json; --overwrite replaces only"):
+        export_package(exp_dir, other)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(PackageError, match="exists and is not a directory; --overwrite"):
+        export_package(exp_dir, tmp_path / "file")
+    export_package(exp_dir, tmp_path / "pkg")
+    with pytest.raises(PackageError, match=r"pkg: already exists \(pass --overwrite to replace"):
+        export_package(exp_dir, tmp_path / "pkg")
+
+
 def test_hotword_file_travels_with_the_package(tmp_path):
     """Like the LM, the phrase list of search.hotwords_file is copied into the package and
     found wherever the package is moved; a missing or unspellable list fails the export."""
