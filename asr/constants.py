@@ -98,6 +98,13 @@ class OldName(argparse.Action):
     like any other, that ``--log-level`` governs; logged while parsing, it came before the log
     format and level were set). The one rule for an option's old name.
 
+    The new name may be ``required=True``, as any required option (``--output-dir``): a
+    missing one gets argparse's "the following arguments are required: --output-dir", and the
+    old name given in its place meets the requirement for that parse (an
+    :class:`IntermixedParser` restores it after). A mutually exclusive group of the two names
+    said "one of the arguments --output-dir is required", naming a choice the user does not
+    have.
+
     Args:
         new: the option's name now, for the warning.
     """
@@ -108,6 +115,9 @@ class OldName(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
         setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+        renamed = parser._option_string_actions.get(self.new)
+        if renamed is not None and renamed.required:  # met by its old name, this parse only
+            renamed.required = False
         noted = list(getattr(namespace, OLD_NAMES, []))
         if (option_string, self.new) not in noted:
             setattr(namespace, OLD_NAMES, [*noted, (option_string, self.new)])
@@ -155,6 +165,17 @@ class IntermixedParser(argparse.ArgumentParser):
     _intermixing = False
 
     def parse_known_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201 - argparse's
+        if self._intermixing:
+            return self._parse_known_args_of(args, namespace)
+        # an option's old name (OldName) meets a required option's requirement for one parse
+        required = [(action, action.required) for action in self._actions]
+        try:
+            return self._parse_known_args_of(args, namespace)
+        finally:
+            for action, was in required:
+                action.required = was
+
+    def _parse_known_args_of(self, args, namespace):  # noqa: ANN001, ANN202 - argparse's
         words = sys.argv[1:] if args is None else list(args)
         if not self._intermixing:
             words = self._bound_tested_options(words)

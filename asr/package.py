@@ -447,7 +447,7 @@ def check_output_dir(out_dir: Path, replace: bool, marker: str, inputs: Iterable
     """Raises ValueError unless :func:`publish_directory` may write ``out_dir``: it does not
     exist (and no file is in the way of its directory), or ``replace`` is set and it is an earlier
     output (it holds ``marker``) or an empty directory, and it is none of ``inputs`` nor a directory
-    holding one of them.
+    holding one of them. The message advises ``option`` only for an output it would replace.
 
     Args:
         out_dir: the directory to write.
@@ -459,8 +459,7 @@ def check_output_dir(out_dir: Path, replace: bool, marker: str, inputs: Iterable
     if not out_dir.exists() and not out_dir.is_symlink():
         check_writable_dir(out_dir, "--output-dir")  # no file above it
         return
-    if not replace:
-        raise ValueError(f"{out_dir}: already exists (pass {option} to replace it)")
+    # what the option would not replace first: advising it there only led to a second refusal
     for source in inputs:
         if _is_within(Path(source), out_dir):
             raise ValueError(f"{out_dir}: the output would replace {source}, which it is "
@@ -471,6 +470,8 @@ def check_output_dir(out_dir: Path, replace: bool, marker: str, inputs: Iterable
     if not (out_dir / marker).is_file() and any(out_dir.iterdir()):
         raise ValueError(f"{out_dir}: exists and holds no {marker}; {option} replaces only an "
                          "earlier output (or an empty directory), never other files")
+    if not replace:
+        raise ValueError(f"{out_dir}: already exists (pass {option} to replace it)")
 
 
 @contextmanager
@@ -531,8 +532,10 @@ def export_package(
         overwrite: replace an earlier package in ``out_dir`` (or an empty directory; never
             another directory, nor the experiment or a directory that holds it).
         searcher: the package's default searcher: a name, or the role ``greedy`` / ``beam``
-            (:func:`asr.decoding.registry.searcher_for`); default the model's greedy searcher.
-            One that reads a head of loss weight 0 (built, not trained) is warned of
+            (:func:`asr.decoding.registry.searcher_for`); default the greedy searcher of the
+            model's first trained head (``heads.loss_weights`` > 0; the dev WER's), else its
+            beam searcher: a head of loss weight 0 is built but not trained. A searcher given
+            that reads such a head is the user's choice, warned of
             (:func:`asr.decoding.registry.select_searchers`).
         search: changes to the experiment's ``search:`` options that the package keeps as its
             defaults (``{"beam_size": 8}`` or ``["search.beam_size=8", ...]``); the LM of
@@ -623,9 +626,10 @@ def _export_package(
             f"{weights.sources[-1]}: weights do not fit the experiment config: {err}"
         ) from err
     model.eval()
-    if searcher is None:
-        searcher = searcher_for("greedy", model) or searcher_for("beam", model)
-        assert searcher is not None, "every head has a greedy or a beam searcher"
+    if searcher is None:  # of a trained head: the package's default must decode
+        searcher = (searcher_for("greedy", model, trained_only=True)
+                    or searcher_for("beam", model, trained_only=True))
+        assert searcher is not None, "a head trains, and every head has a greedy or beam searcher"
     else:
         try:
             searcher = select_searcher(searcher, model)

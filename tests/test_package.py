@@ -94,7 +94,7 @@ def test_checkpoint_selection_errors(exp_dir, tmp_path):
     newest = export_package(exp_dir, tmp_path / "d")  # default: the newest step checkpoint
     assert newest.checkpoints == (max(exp_dir.glob("checkpoint-*.pt"),
                                       key=lambda p: int(p.stem.split("-")[1])).name,)
-    with pytest.raises(PackageError, match="already exists"):
+    with pytest.raises(PackageError, match="which it is made from"):
         export_package(exp_dir, exp_dir, WeightSelection(epoch=1))
 
 
@@ -179,7 +179,7 @@ def test_cli_export_package_usage_says_output_dir_is_required(exp_dir, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["export-package", "--exp-dir", str(exp_dir)])
     assert stop.value.code == 2
-    assert "--output-dir is required" in capsys.readouterr().err
+    assert "the following arguments are required: --output-dir" in capsys.readouterr().err
 
 
 def test_package_directory_follows_the_umask(exp_dir, tmp_path):
@@ -286,6 +286,26 @@ def test_overwrite_replaces_only_an_earlier_package(exp_dir, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_overwrite_is_advised_only_for_an_output_it_would_replace(exp_dir, tmp_path):
+    """An output directory in the way said "already exists (pass --overwrite to replace it)"
+    whatever it was: for the experiment itself or a directory of other files, the user who
+    followed the advice was refused a second time, for a reason that held the first. Now it
+    says that reason at once; an earlier package is still advised --overwrite."""
+    with pytest.raises(PackageError, match="the output would replace .*which it is made from"):
+        export_package(exp_dir, exp_dir)
+    other = tmp_path / "data"
+    other.mkdir()
+    (other / "keep.txt").write_text("x")
+    with pytest.raises(PackageError, match="holds no metadata.json; --overwrite replaces only"):
+        export_package(exp_dir, other)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(PackageError, match="exists and is not a directory; --overwrite"):
+        export_package(exp_dir, tmp_path / "file")
+    export_package(exp_dir, tmp_path / "pkg")
+    with pytest.raises(PackageError, match=r"pkg: already exists \(pass --overwrite to replace"):
+        export_package(exp_dir, tmp_path / "pkg")
+
+
 def test_hotword_file_travels_with_the_package(tmp_path):
     """Like the LM, the phrase list of search.hotwords_file is copied into the package and
     found wherever the package is moved; a missing or unspellable list fails the export."""
@@ -338,7 +358,7 @@ def test_one_locked_output_wrapper_checks_before_and_under_the_lock(tmp_path, mo
     in_the_way = tmp_path / "in_the_way"
     in_the_way.mkdir()
     (in_the_way / "notes.txt").write_text("mine")
-    with pytest.raises(PackageError, match=r"already exists \(pass --overwrite"):
+    with pytest.raises(PackageError, match="holds no metadata.json"):  # --overwrite won't do
         with locked(in_the_way):
             raise AssertionError("the block ran")
     with pytest.raises(PackageError, match="holds no metadata.json"):
@@ -528,3 +548,22 @@ def test_a_package_a_newer_asr_wrote_is_refused_saying_to_upgrade(exp_dir, tmp_p
     _edit_metadata(tmp_path / "pkg", lambda m: m.update(asr_version="0.0.1", new_field=1))
     with pytest.raises(PackageError, match=r"unknown metadata keys \['new_field'\]$"):
         load_package(tmp_path / "pkg")
+
+
+def test_the_default_searcher_is_of_a_trained_head(tmp_path, caplog):
+    """With ``heads.loss_weights.transducer: 0`` the package's default was still
+    ``transducer_greedy`` (the main head's), a head built and never trained, only warned of:
+    its transcripts are noise. The default is the first trained head's greedy searcher, as the
+    dev WER of training is; a searcher given, a role too, stays the user's, warned of."""
+    exp = random_experiment(tmp_path / "work", head="transducer")
+    checkpoint = torch.load(exp / "epoch-1.pt", weights_only=True)
+    checkpoint["extra"]["config"]["heads"]["loss_weights"] = {"transducer": 0.0, "ctc": 1.0}
+    torch.save(checkpoint, exp / "epoch-1.pt")
+    assert export_package(exp, tmp_path / "pkg", WeightSelection(epoch=1)).searcher == "ctc_greedy"
+    assert "leaves untrained" not in caplog.text
+    for given in ("transducer_greedy", "greedy"):
+        caplog.clear()
+        metadata = export_package(exp, tmp_path / given, WeightSelection(epoch=1), searcher=given)
+        assert metadata.searcher == "transducer_greedy"
+        assert ("searcher 'transducer_greedy' decodes with the transducer head, which "
+                "heads.loss_weights.transducer: 0 leaves untrained") in caplog.text

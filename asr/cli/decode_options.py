@@ -23,14 +23,24 @@ from asr.cli.options import (
 from asr.config import load_config
 from asr.data.librispeech import cuts_path
 from asr.decoding.lm import check_lm_file
-from asr.decoding.registry import select_searchers
+from asr.decoding.registry import check_searcher_name, select_searchers
 from asr.experiment import ExperimentConfig
+
+
+def _searcher_name(text: str) -> str:
+    """``--searcher``'s words: a searcher name, a role or ``all``; another is a usage error
+    (exit 2) before the weights are read."""
+    try:
+        return check_searcher_name(text, also=("all",))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``asr decode``."""
     add_checkpoint_arguments(parser)
     parser.add_argument("--searcher", nargs="+", required=True, dest="searchers", metavar="NAME",
+                        type=_searcher_name,
                         help="searcher names (e.g. transducer_greedy ctc_prefix_beam aed_beam), "
                              "'greedy' / 'beam' for those of the model's main head, or 'all' "
                              "for every searcher the model's heads support")
@@ -123,13 +133,14 @@ def check_arguments(
     _check_test_sets(args.parts, args.manifest_dir, Path(cfg.data.manifest_dir), prepared_parts,
                      data_ready)
     if data_ready:
-        try:
-            check_lm_file(cfg.search.lm_path)
-        except ValueError as err:
-            if lm_made_by is not None and Path(lm_made_by[0]) == Path(cfg.search.lm_path):
+        lm_path = cfg.search.lm_path
+        if lm_made_by is not None and lm_path is not None and Path(lm_made_by[0]) == Path(lm_path):
+            try:  # the recipe's own LM: the stage that makes it says where, not the config hint
+                check_lm_file(lm_path, hint=False)
+            except ValueError as err:
                 raise ValueError(f"{err} (in {Path.cwd()}), which {lm_made_by[1]} makes; this "
                                  "run starts after it") from None
-            raise
+        check_lm_file(lm_path)
 
 
 def _check_test_sets(parts: Sequence[str], manifest_dir: Path | None, prepared_dir: Path,

@@ -55,13 +55,13 @@ def _wer(text: str) -> tuple[str, float]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_arguments(parser)
-    # required, and so in the usage line; --out, its hidden old name, stands for it there
-    output = parser.add_mutually_exclusive_group(required=True)
-    output.add_argument("--output-dir", metavar="PKG",
+    # required, as every required option (its hidden old name --out meets it: OldName)
+    parser.add_argument("--output-dir", metavar="PKG", required=True,
                         help="package directory to create (required)")
-    output.add_argument("--out", dest="output_dir", action=OldName, new="--output-dir")
+    parser.add_argument("--out", dest="output_dir", action=OldName, new="--output-dir")
     parser.add_argument("--tokenizer-dir", help="tokenizer to package (default: the config's)")
-    add_search_arguments(parser, "the model's greedy searcher",
+    add_search_arguments(parser, "the greedy searcher of the model's first trained head (loss "
+                                 "weight > 0)",
                          "the experiment's search section; the LM of search.lm_path and the "
                          "phrases of search.hotwords_file are copied into the package")
     parser.add_argument("--wer", type=_wer, action="append", default=[], metavar="NAME=PERCENT",

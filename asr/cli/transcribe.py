@@ -76,7 +76,7 @@ from asr.cli.options import (
 )
 from asr.constants import DEFAULT_OVERLAP_SECONDS, DEFAULT_WINDOW_SECONDS
 from asr.decoding.context_graph import as_hotwords
-from asr.decoding.registry import resolve_searcher, searcher_gives_times
+from asr.decoding.registry import ROLES, SEARCHER_NAMES, resolve_searcher, searcher_gives_times
 from asr.fileio import (
     OutputBusyError,
     OutputUnwritableError,
@@ -330,6 +330,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if files.count("-") > 1:
         logger.error("asr transcribe: '-' (stdin) can be given only once")
+        return 2
+    # asr decode --searcher takes several: here the second is an input, found missing only
+    # after the first inputs were decoded
+    stray = next((f for f in files if f in (*SEARCHER_NAMES, *ROLES) and not Path(f).exists()),
+                 None)
+    if stray is not None:
+        logger.error("asr transcribe: input %s is no file but a searcher's name: --searcher "
+                     "takes one searcher here (asr decode's takes several); give one, or "
+                     "./%s for a file of that name", stray, stray)
         return 2
     try:  # before the model is loaded
         check_chunking_options(args.streaming, args.chunk_size, args.left_chunks,

@@ -40,6 +40,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from asr.config import config_path_hint
 from asr.fileio import open_maybe_gzip
 from asr.tokenizers.base import check_text
 
@@ -98,17 +99,24 @@ def fusion_lm(
     return lm if lm_weight > 0 else None
 
 
-def check_lm_file(path: str | Path | None) -> None:
+def check_lm_file(path: str | Path | None, hint: bool = True) -> None:
     """Refuses a ``search.lm_path`` that names no file, before the work that would read it (the
     one check of ``asr export-package``, of ``asr train --decode-arg`` and of a searcher that
     loads its LM, :func:`asr.decoding.registry.build_searcher`); ``None``: no LM.
     Its format is checked by the reader (:meth:`NgramLM.from_arpa`), when the LM is loaded.
 
+    Args:
+        path: the LM file, or None.
+        hint: for a relative path not found, name the working directory it was looked for in
+            (:func:`asr.config.config_path_hint`, as every other path of a config); False for
+            a caller that says where itself (a recipe naming the stage that makes the LM).
+
     Raises:
         ValueError: naming ``search.lm_path`` and the path.
     """
     if path is not None and not Path(path).is_file():
-        raise ValueError(f"search.lm_path {path}: no such LM file")
+        where = config_path_hint("search.lm_path", path) if hint else ""
+        raise ValueError(f"search.lm_path {path}: no such LM file{where}")
 
 
 class NgramLM:

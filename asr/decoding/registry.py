@@ -73,6 +73,7 @@ __all__ = [
     "SearcherSpec",
     "available_searchers",
     "build_searcher",
+    "check_searcher_name",
     "build_streaming_searcher",
     "resolve_searcher",
     "searcher_biases",
@@ -418,12 +419,24 @@ def _resolve(name: str, configs: Mapping[str, Any]) -> str:
                 f"{_available(configs)}"
             )
         return resolved
-    if name not in _BY_NAME:
-        raise ValueError(
-            f"unknown searcher {name!r}; expected one of {list(SEARCHER_NAMES)} or a role "
-            f"({', '.join(ROLES)})"
-        )
-    return name
+    return check_searcher_name(name)
+
+
+def check_searcher_name(name: str, also: tuple[str, ...] = ()) -> str:
+    """``name`` when it is a searcher name, a role (``greedy``, ``beam``) or one of ``also``
+    (``asr decode --searcher all``): what any model's searcher could be, checked before a model
+    is loaded (``asr decode``'s parser: an unknown name is a usage error at once, not after the
+    weights are read and averaged).
+
+    Raises:
+        ValueError: naming the unknown name and the names and roles there are.
+    """
+    if name in _BY_NAME or name in ROLES or name in also:
+        return name
+    raise ValueError(
+        f"unknown searcher {name!r}; expected one of {list(SEARCHER_NAMES)} or a role "
+        f"({', '.join(ROLES)}){''.join(f' or {a!r}' for a in also)}"
+    )
 
 
 def _describe_heads(configs: Mapping[str, Any]) -> list[str]:

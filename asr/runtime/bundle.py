@@ -98,6 +98,7 @@ class Runtime:
     streaming_searcher: str | None = None
     _lms: dict[str, LanguageModel | None] = field(default_factory=dict, init=False, repr=False,
                                                   compare=False)
+    _checked: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
 
     @classmethod
     def from_package(
@@ -115,7 +116,8 @@ class Runtime:
             searcher: default searcher, a name or a role (``greedy``, ``beam``); default: the
                 package's ``metadata.searcher`` (and for streaming, when that one does not
                 stream, the model's streaming greedy searcher). One that reads a head the
-                package's ``heads.loss_weights`` leaves at 0 (not trained) is warned of.
+                package's ``heads.loss_weights`` leaves at 0 (not trained) is warned of, as a
+                searcher named per call is, once per name (:meth:`check_trained`).
             search: search options: a :class:`SearchConfig`, or changes to the package's own
                 (its ``config.yaml`` ``search:`` section, with the packaged LM), as a mapping
                 ``{"beam_size": 8}`` or ``["search.beam_size=8"]``.
@@ -139,14 +141,11 @@ class Runtime:
             raise PackageError(  # the package's own searcher, e.g. one of a newer asr
                 f"{package.directory / METADATA_FILE}: searcher: {err}"
                 f"{newer_writer(package.metadata.asr_version)}") from err
-        if searcher is not None:  # one of a head of loss weight 0 is warned of (the package's
-            # own was, when it was exported)
-            select_searchers([name], cfg.heads, search=options)
         # the package's own default may not stream: then the model's streaming greedy one
         streaming = streaming_searcher_for(model, name) if searcher is None else name
         # without the training dither (it made transcripts random and OnlineFbank refuse)
         fbank = cfg.data.fbank.for_recognition()
-        return cls(
+        runtime = cls(
             package=package,
             model=model,
             tokenizer=package.tokenizer,
@@ -161,6 +160,23 @@ class Runtime:
                                   encoder_frame_seconds(fbank, model.encoder.subsampling_factor)),
             streaming_searcher=streaming,
         )
+        if searcher is None:  # the package's own: warned of when it was exported
+            runtime._checked.add(name)
+        else:
+            runtime.check_trained(name)
+        return runtime
+
+    def check_trained(self, name: str) -> None:
+        """Warns, once per searcher ``name`` (a name, not a role) over this model, when it
+        reads a head that the package's ``heads.loss_weights`` leaves at 0 (built, not
+        trained; a joint CTC search's ``ctc`` head while its ``search.ctc_weight > 0``): the
+        rule of :func:`asr.decoding.registry.select_searchers`, as ``asr decode`` warns of
+        it. Every searcher a runtime builds, whether its default or one named per call
+        (``transcribe(searcher=...)``, a streaming recognizer's), is checked here."""
+        if name in self._checked:
+            return
+        self._checked.add(name)
+        select_searchers([name], self.package.config.heads, search=self.search_for(name))
 
     @property
     def sample_rate(self) -> int:
@@ -193,6 +209,7 @@ class Runtime:
         """
         context = self.hotword_graph(hotwords) if hotwords is not None else None
         name = resolve_searcher(name or self.searcher, self.model)
+        self.check_trained(name)
         search = self.search_for(name)
         if name not in self._lms:  # read once: every call with other hotwords rebuilds the rest
             self._lms[name] = searcher_lm(name, self.model, search, self.tokenizer)
@@ -248,5 +265,6 @@ class Runtime:
             ValueError: for a searcher that does not stream, naming those that do.
         """
         name = resolve_searcher(name or self.streaming_searcher or self.searcher, self.model)
+        self.check_trained(name)
         return _build_streaming_searcher(name, self.model, self.search_for(name),
                                          tokenizer=self.tokenizer)

@@ -59,9 +59,10 @@ def test_decode_search_overrides_and_checkpoint_file(trained):
     assert "weights-epoch-1_beam_size-2\t" in summary
 
 
-def test_decode_errors_name_the_problem(trained, caplog):
-    assert _decode(trained, "--searcher", "no_such_search") == 2
-    assert "unknown searcher" in caplog.text
+def test_decode_errors_name_the_problem(trained, caplog, capsys):
+    with pytest.raises(SystemExit, match="2"):  # a usage error
+        _decode(trained, "--searcher", "no_such_search")
+    assert "unknown searcher" in capsys.readouterr().err
     assert _decode(trained, "--searcher", "aed_beam") == 2  # the tiny model has no AED head
     # every name is checked before the first is decoded: ctc_greedy's results were written first
     assert _decode(trained, "--searcher", "ctc_greedy", "aed_beam", "--tag", "refused") == 2
@@ -209,3 +210,19 @@ def test_weights_of_another_vocabulary_of_the_same_size_are_refused(
     with pytest.raises(PackageError, match=r"epoch-2\.pt: it was trained with another vocabulary"):
         export_package(trained, tmp_path / "package", WeightSelection(epoch=2, avg=1),
                        tokenizer_dir=tmp_path / "lang_swapped")
+
+
+def test_an_unknown_searcher_is_a_usage_error_before_the_weights_are_read(tmp_path, capsys,
+                                                                          caplog):
+    """``asr decode --searcher greedy nonesuch`` read (and averaged) the weights, built the
+    model and only then said "unknown searcher": a name no model has is argparse's error now,
+    exit 2 at once, as any bad value of an option; ``all`` and the roles stay names."""
+    with pytest.raises(SystemExit) as stop:
+        main(["decode", "--exp-dir", str(tmp_path / "exp"), "--searcher", "greedy", "nonesuch"])
+    assert stop.value.code == 2
+    assert "argument --searcher: unknown searcher 'nonesuch'; expected one of [" in \
+        capsys.readouterr().err
+    assert caplog.text == ""  # nothing was read
+    for names in (["all"], ["greedy", "beam", "ctc_greedy"]):  # on to the experiment
+        assert main(["decode", "--exp-dir", str(tmp_path / "exp"), "--searcher", *names]) == 2
+    assert caplog.text.count("no such experiment directory") == 2

@@ -102,7 +102,7 @@ def test_export_onnx_bad_input(case, experiment, tmp_path, caplog):
 def test_export_onnx_output_in_the_way(experiment, caplog):
     package = experiment.parent / "package"
     _fails(["export-onnx", "--model", package, "--output-dir", package],
-           "already exists (pass --overwrite to replace it)", caplog)
+           "which it is made from; choose another output directory", caplog)
 
 
 def _cuts_of_missing_audio(path: Path, audio: Path) -> None:

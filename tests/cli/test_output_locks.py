@@ -260,7 +260,7 @@ def test_an_output_published_before_the_lock_is_taken_is_refused_under_it(
 
     monkeypatch.setattr(package_module, "output_lock", published_meanwhile)
     assert main([str(a) for a in args]) == 2
-    assert f"{output}: already exists" in caplog.text
+    assert f"{output}: exists and holds no " in caplog.text  # --overwrite would not replace it
     assert [p.name for p in output.iterdir()] == ["theirs.txt"]
     assert not _lock_of(output).exists()
 

@@ -643,7 +643,10 @@ def test_a_missing_lm_of_the_recipe_is_named_with_the_stage_that_makes_it(tmp_pa
         f"search.lm_path lang/token_4gram.arpa: no such LM file (in {tmp_path}), which stage 5 "
         "(the LMs, --lm-order 4) makes; this run starts after it")
     assert check("./lang/token_4gram.arpa").endswith("this run starts after it")
-    assert check("mine.arpa").endswith("search.lm_path mine.arpa: no such LM file")
+    assert check("mine.arpa").endswith(  # the config's hint, once, not the stage's
+        f"search.lm_path mine.arpa: no such LM file in the working directory {tmp_path} (a "
+        "relative path in search.lm_path: run from the directory the config's paths are "
+        "relative to (a recipe's --work-dir), or give an absolute path)")
     assert not (tmp_path / "exp").exists()
 
 

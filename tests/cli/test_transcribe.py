@@ -820,3 +820,23 @@ def test_no_endpoint_streams_one_segment_with_the_offline_transcript(tmp_path, c
     code, out, _ = _run([path, "--model", package, "--no-endpoint"], capsys)
     assert code == 2 and out == ""
     assert "--no-endpoint" in caplog.text and "--streaming" in caplog.text
+
+
+def test_a_second_searcher_after_searcher_is_refused_before_any_decoding(tmp_path, caplog,
+                                                                          monkeypatch):
+    """``asr transcribe --model PKG a.wav --searcher greedy beam`` (``asr decode --searcher``
+    takes several) decoded a.wav, then said "beam: no such file" and "1 of 2 inputs failed".
+    A missing input named as a searcher is refused before the model loads (exit 2), saying
+    that --searcher takes one; a file of that name is still an input."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.wav").write_bytes(b"")
+    command = ["transcribe", "--model", str(tmp_path / "none"), "a.wav", "--searcher", "greedy",
+               "beam"]
+    assert main(command) == 2
+    assert ("asr transcribe: input beam is no file but a searcher's name: --searcher takes one "
+            "searcher here (asr decode's takes several); give one, or ./beam for a file of that "
+            "name") in caplog.text
+    assert "cannot load model package" not in caplog.text
+    caplog.clear()
+    (tmp_path / "beam").write_bytes(b"")
+    assert main(command) == 2 and "cannot load model package" in caplog.text

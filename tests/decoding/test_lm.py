@@ -669,6 +669,22 @@ def test_check_lm_file_refuses_a_path_that_is_no_file_naming_the_option(tmp_path
             check_lm_file(path)
 
 
+def test_a_relative_lm_path_not_found_names_the_working_directory(tmp_path, monkeypatch):
+    """``search.lm_path`` was the one path of a config whose relative value not found said
+    nothing of the directory it was looked for in (``search.hotwords_file`` and the data paths
+    do: ``config_path_hint``); a caller that says where itself (the recipe) passes
+    ``hint=False``."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError) as caught:
+        check_lm_file("lang/none.arpa")
+    assert str(caught.value) == (
+        f"search.lm_path lang/none.arpa: no such LM file in the working directory {tmp_path} (a "
+        "relative path in search.lm_path: run from the directory the config's paths are "
+        "relative to (a recipe's --work-dir), or give an absolute path)")
+    with pytest.raises(ValueError, match=r"^search.lm_path lang/none.arpa: no such LM file$"):
+        check_lm_file("lang/none.arpa", hint=False)
+
+
 WITH_UNK_NGRAMS = """
 \\data\\
 ngram 1=5

@@ -936,11 +936,14 @@ def test_a_missing_lm_of_lm_unit_is_named_with_the_stage_that_makes_it(stub, tmp
     assert result.returncode == 2, result.stderr
     assert f"search.lm_path data/lang_bpe_500/{lm}: no such LM file (in {work}), which stage 5 " \
            f"(prepare.sh's LMs, with {options}) makes; this run starts after it" in result.stderr
+    assert "in the working directory" not in result.stderr  # the stage's hint alone
     assert "nothing was run" in result.stderr and calls() == []
     own = run(RUN, "--work-dir", str(work), "--stage", "6", "--lm-unit", lm_unit,
               "--decode-args", "--set search.lm_path=mine.arpa", env=REAL)
     assert own.returncode == 2, own.stderr
-    assert "search.lm_path mine.arpa: no such LM file\n" in own.stderr
+    assert f"search.lm_path mine.arpa: no such LM file in the working directory {work} (a " \
+           "relative path in search.lm_path: run from the directory the config's paths are " \
+           "relative to (a recipe's --work-dir), or give an absolute path)\n" in own.stderr
     assert "stage 5" not in own.stderr
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from asr.decoding.lm import NgramLM
 from asr.decoding.ngram_train import estimate_kneser_ney, write_arpa
@@ -88,6 +89,35 @@ def test_a_searcher_that_does_not_bias_is_not_warned_of_the_packages_own_hotword
     assert model.searcher().context is not None  # the package's own searcher still biases
     model.transcribe(wave, searcher="greedy", hotwords="SEVEN")
     assert "searcher 'transducer_greedy' does not use hotwords" in caplog.text
+
+
+def test_a_searcher_named_per_call_of_an_untrained_head_is_warned_of_once(tmp_path, caplog):
+    """``transcribe(searcher=...)`` (offline, streaming, with hotwords) of a head that
+    ``heads.loss_weights`` leaves at 0 decoded without a word, while ``load_model(searcher=)``,
+    ``asr decode`` and ``asr export-package`` warn of it: the same warning, once per searcher
+    over the model, not at every call."""
+    exp = random_experiment(tmp_path / "work", head="transducer")
+    checkpoint = torch.load(exp / "epoch-1.pt", weights_only=True)
+    checkpoint["extra"]["config"]["heads"]["loss_weights"] = {"transducer": 1.0, "ctc": 0.0}
+    torch.save(checkpoint, exp / "epoch-1.pt")
+    export_package(exp, tmp_path / "pkg")
+    wave = (np.random.default_rng(0).standard_normal(16000) * 0.1).astype(np.float32)
+    model = load_model(tmp_path / "pkg")
+    model.transcribe(wave)
+    model.transcribe(wave, searcher="transducer_beam", hotwords="OPEN DOOR")
+    assert "leaves untrained" not in caplog.text
+    warning = ("searcher 'ctc_greedy' decodes with the ctc head, which heads.loss_weights.ctc: 0 "
+               "leaves untrained")
+    model.transcribe(wave, searcher="ctc_greedy")
+    assert caplog.text.count(warning) == 1
+    model.transcribe(wave, searcher="ctc_greedy", streaming=True)
+    model.transcribe(wave, searcher="ctc_prefix_beam", hotwords="OPEN DOOR")
+    model.transcribe(wave, searcher="ctc_prefix_beam", hotwords="GREEN")
+    assert caplog.text.count(warning) == 1
+    assert caplog.text.count("searcher 'ctc_prefix_beam' decodes with the ctc head") == 1
+    caplog.clear()  # another model: warned of again
+    load_model(tmp_path / "pkg").transcribe(wave, searcher="ctc_greedy", streaming=True)
+    assert caplog.text.count(warning) == 1
 
 
 def test_a_model_trained_with_dither_recognizes_without_it(tmp_path):
