@@ -181,6 +181,7 @@ def _filter_or_fail(cfg: ExperimentConfig, model: ASRModel, cuts, tokenizer: Tok
         max_duration=cfg.data.max_cut_duration if train else float("inf"),
         frame_shift=cfg.data.fbank.frame_shift,
         apply_to=apply_to, speed_factors=speed_factors(cfg.data) if train else (1.0,),
+        name=f"{what} cuts",
     )
     if stats.kept == 0:
         raise ValueError(f"no {what} cuts left in {where} after filtering ({stats})")
