@@ -11,10 +11,18 @@ its positional arguments between its options too (:class:`asr.constants.Intermix
 failure ends in one ``asr NAME: ...`` line on stderr and a non-zero exit status: the subcommands
 report what a user can cause themselves (exit 2 for bad arguments, 1 for failed work); anything
 else they raise is reported here in one line (exit 1; ``--log-level DEBUG`` adds the traceback),
-and Ctrl-C exits with 130. A process that set up a torch process group (``asr train`` under
-``torchrun``) ends with that status without the interpreter's finalization, its ``atexit``
-handlers run and its logs and output flushed first (:mod:`asr.process_exit`: torch's threads
-could abort the finalization).
+and Ctrl-C exits with 130.
+
+Under ``torchrun`` (``asr train`` with DDP: ``RANK`` and ``WORLD_SIZE`` > 1 in the environment,
+as :func:`asr.train.distributed.setup_distributed` reads them) rank 0 alone logs INFO lines to
+the console (and to ``train.log``, :class:`asr.train.trainer.Trainer`); the other ranks log
+WARNING and above only, each line naming its rank (``WARNING rank 1 asr...``), so that the
+console holds each progress line once and a failure on any rank still says where it happened
+(:func:`console_logging`); any other process logs at ``--log-level``.
+
+A process that set up a torch process group (``asr train`` under ``torchrun``) ends with that
+status without the interpreter's finalization, its ``atexit`` handlers run and its logs and
+output flushed first (:mod:`asr.process_exit`: torch's threads could abort the finalization).
 """
 
 from __future__ import annotations
@@ -22,8 +30,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from asr.constants import LOG_FORMAT, OLD_NAMES, IntermixedParser
 from asr.process_exit import exit_status
@@ -133,6 +142,27 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def console_logging(level: int, environ: Mapping[str, str] | None = None) -> None:
+    """Sets up the console log (stderr, :data:`asr.constants.LOG_FORMAT`) at ``level``; under
+    ``torchrun`` (``environ``'s ``WORLD_SIZE`` > 1, default ``os.environ``) a rank other than
+    ``RANK`` 0 logs WARNING and above only, naming itself in each line (module docstring): its
+    INFO lines would repeat rank 0's on the console. The root logger keeps ``level``, so that
+    ``--log-level DEBUG`` still attaches the traceback of a failure on every rank."""
+    environ = os.environ if environ is None else environ
+    try:
+        rank, world_size = (int(environ.get(name) or default)
+                            for name, default in (("RANK", 0), ("WORLD_SIZE", 1)))
+    except ValueError:  # not torchrun's: left to setup_distributed, which says so
+        rank, world_size = 0, 1
+    handler = logging.StreamHandler()
+    fmt = LOG_FORMAT
+    if world_size > 1 and rank != 0:
+        handler.setLevel(max(level, logging.WARNING))
+        fmt = LOG_FORMAT.replace("%(levelname)s ", f"%(levelname)s rank {rank} ", 1)
+    handler.setFormatter(logging.Formatter(fmt))
+    logging.basicConfig(level=level, handlers=[handler])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``asr`` command line ``argv`` (default ``sys.argv[1:]``); returns its exit
     status, or ends the process with it where :func:`asr.process_exit.exit_status` does."""
@@ -149,10 +179,7 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"asr {command or ''}: interrupted".replace(" :", ":"), file=sys.stderr)
         return 130
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level),
-        format=LOG_FORMAT,
-    )
+    console_logging(getattr(logging, args.log_level))
     for old, new in getattr(args, OLD_NAMES, ()):  # noted while parsing, before the logging
         logger.warning("asr %s: %s is deprecated; use %s", args.command, old, new)
     if not getattr(args, "command", None):

@@ -33,7 +33,7 @@ import json
 import logging
 import re
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,35 +153,43 @@ class Repeats:
         copies: how many cuts repeat an id seen before (``0``: none).
         taken: (M,) uint64, sorted: the hashes of the set's ids that have the form of a
             renamed repeat, ``<id>_repeat<k>``: names a repeat must not take.
+        shared: the ids of ``watch`` (:meth:`of_ids`) that the set holds too, sorted.
     """
 
     keys: np.ndarray
     copies: int
     taken: np.ndarray
+    shared: tuple[str, ...] = ()
 
     @classmethod
-    def of_ids(cls, ids: Iterable[str]) -> Repeats:
-        """The repeats among ``ids`` (read once; 8 bytes kept per id)."""
+    def of_ids(cls, ids: Iterable[str], watch: Collection[str] = frozenset()) -> Repeats:
+        """The repeats among ``ids`` (read once; 8 bytes kept per id), and which ids of
+        ``watch`` (e.g. the dev set's) they hold."""
         keys = array("Q")
         taken = array("Q")
+        shared = set()
         for cut_id in ids:
             key = _id_key(cut_id)
             keys.append(key)
             if _REPEAT_NAME.search(cut_id):
                 taken.append(key)
+            if cut_id in watch:
+                shared.add(cut_id)
         unique, counts = np.unique(np.frombuffer(keys, dtype=np.uint64), return_counts=True)
         return cls(unique[counts > 1], len(keys) - len(unique),
-                   np.unique(np.frombuffer(taken, dtype=np.uint64)))
+                   np.unique(np.frombuffer(taken, dtype=np.uint64)), tuple(sorted(shared)))
 
     @classmethod
-    def of_manifests(cls, paths: Sequence[str | Path]) -> Repeats:
+    def of_manifests(cls, paths: Sequence[str | Path],
+                     watch: Collection[str] = frozenset()) -> Repeats:
         """The repeats of the training manifests ``paths`` (concatenated), logged when there are
-        any.
+        any, and the ids of ``watch`` they hold (:meth:`of_ids`).
 
         Raises:
             ValueError: as :func:`manifest_ids`.
         """
-        repeats = cls.of_ids(cut_id for path in paths for _, cut_id in manifest_ids(path))
+        repeats = cls.of_ids((cut_id for path in paths for _, cut_id in manifest_ids(path)),
+                             watch)
         repeats.log("the training manifests")
         return repeats
 

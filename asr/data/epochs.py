@@ -13,9 +13,11 @@ Resuming with another number of processes: ``skip`` counts GLOBAL batches (all r
 of the epoch's stream as ``skip_world_size`` processes sampled it (the stream depends on it:
 :mod:`asr.data.sampler`). With ``skip_world_size`` processes and ``skip`` a multiple of it,
 each rank skips ``skip / skip_world_size`` of its own batches; otherwise each rank replays that
-stream (one sampler per rank of ``skip_world_size``, over the epoch's cuts) and takes
-its share of the rest (:func:`asr.data.sampler.resumed_share`), so the batches before the stop
-and after the resumption are the epoch's, each once.
+stream (:func:`asr.data.sampler.stream_rounds`: one sampler of ``skip_world_size`` ranks, over
+the epoch's cuts) and takes its share of the rest (:func:`asr.data.sampler.resumed_share`): the
+cuts that the ``skip_world_size`` processes would still have trained on, each once (the old
+ranks' split of their stream's last round and its repeats are undone first), the batches that
+fill no round of the new ranks split among them as lhotse splits a last round.
 
 The count of batches to skip is a position in the epoch's stream as this sampler draws it:
 :attr:`EpochBatches.stream` names it (:func:`asr.data.sampler.sampler_stream`), the trainer
@@ -30,8 +32,9 @@ samples one bucket.
 What an epoch leaves out (lhotse's sampler with ``data.drop_last``, as in icefall): the cuts left
 in every duration bucket that no longer fill a batch (at most about ``num_buckets * max_duration``
 seconds), and with N ranks up to N - 1 more batches, so that every rank yields as many batches.
-An epoch resumed with another number of processes can leave out up to N - 1 more batches at
-its end (the last round of the old stream that does not fill the new ranks' round). Each rank
+An epoch resumed with another number of processes trains what the interrupted run would still
+have trained, but for fewer cuts than its ranks at the very end, which ``drop_last`` leaves out
+where the split would repeat them. Each rank
 logs at the end of an epoch what it trained on (and, alone, how many cuts were left
 out); an epoch that gives no batch at all (a corpus smaller than its buckets' batches) is an
 error, not a silent empty epoch.
@@ -50,9 +53,9 @@ from asr.data.filtering import TextEncoder
 from asr.data.sampler import (
     ONE_BUCKET,
     bucket_stream,
-    global_batches,
     resumed_share,
     sampler_stream,
+    stream_rounds,
 )
 from asr.data.shar import SharCuts
 from asr.types import Batch
@@ -92,9 +95,9 @@ class _ResumedShare:
         self.world_size = world_size
 
     def __iter__(self):
-        stream = global_batches(self.sampler, self.stream_world_size)
-        return resumed_share(stream, self.skip, self.rank, self.world_size,
-                             self.sampler.drop_last)
+        rounds = stream_rounds(self.sampler, self.stream_world_size)
+        return resumed_share(rounds, self.stream_world_size, self.skip, self.rank,
+                             self.world_size, self.sampler.drop_last)
 
 
 def _unrecorded_stream(stream: str, num_buckets: int, num_cuts: int | None) -> str:

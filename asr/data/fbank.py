@@ -289,11 +289,12 @@ def _stale_reason(src: Path, dst: Path, perturbed: bool, cfg: FbankConfig) -> st
     they are, or there is no input left to compare with). Compares the mel bins and frame
     shift of the stored features with ``cfg``'s (a run with another ``--num-mel-bins`` kept the
     old features and said only that the part exists), cut ids, as many of each: ``src``'s,
-    and with ``perturbed`` also their speed copies (lhotse's ``<id>_sp<factor>``; an input id
-    of that form, which the stored cuts then hold more of, is computed again), each cut's
+    and with ``perturbed`` also their speed copies (lhotse's ``<id>_sp<factor>``), each cut's
     transcripts (a corrected transcript, which stage 1 takes into ``src``, would leave the
-    stored references stale), each cut's audio (:func:`_audio`; the speed copies are made from
-    it in the same run), and then the audio files' sizes and modification times with those
+    stored references stale), each input cut's audio (:func:`_audio`; the speed copies are
+    made from it in the same run, and are told from the input's cuts by their audio's speed
+    transform, not by id: an input cut ``r_sp0.9`` beside ``r`` shares its id with a copy of
+    ``r``, :func:`_originals`), and then the audio files' sizes and modification times with those
     the part's fingerprint recorded (:func:`_changed_audio_files`): audio made again with
     the same ids and texts left the features of the old audio. A part that matches in all
     but has no fingerprint gets one here, of the files' current states; one whose audio
@@ -339,30 +340,43 @@ def _stale_reason(src: Path, dst: Path, perturbed: bool, cfg: FbankConfig) -> st
         return (f"holds other transcripts than {src}{copies} "
                 f"({changed.total()} cut(s), e.g. {example})")
     inputs = [(record["id"], _texts(record), _audio(record)) for record in records]
-    plain = {cut_id for cut_id, _, _ in inputs}  # the stored cuts less their speed copies
-    stored_plain = [cut for cut in stored_audio if cut[0] in plain]
-    if Counter(stored_plain) != Counter(inputs):
-        moves = _moved_audio_files(dst, stored_plain, inputs)
+    if _originals(stored_audio, inputs) != Counter(inputs):
+        moves = _moved_audio_files(dst, stored_audio, inputs)
         if moves is None:
-            other = Counter(inputs) - Counter(stored_plain)
-            if not other:  # more stored than input: a speed copy under an input's id
-                extra = min(cut_id for cut_id, _, _ in Counter(stored_plain) - Counter(inputs))
-                return (f"holds more cuts of id {extra} than {src}: a speed copy's id is also "
-                        "an input cut's (one that ends in _sp<factor>)")
-            cut_id, _, new = min(other, key=lambda cut: cut[0])
-            old = next(audio for i, _, audio in
-                       [*(Counter(stored_plain) - Counter(inputs)), *stored_plain]
-                       if i == cut_id)
-            return (f"holds features of other audio than {src} ({other.total()} cut(s), e.g. "
-                    f"{cut_id}: {_describe(old)}, now {_describe(new, files=new[0] != old[0])})")
+            return _other_audio(src, stored_audio, inputs)
         _relocate(dst, moves)
     return _changed_audio_files(dst, records)
+
+
+def _originals(stored: list[tuple[str, tuple, tuple]],
+               inputs: list[tuple[str, tuple, tuple]]) -> Counter:
+    """The stored cuts ``stored`` (id, transcripts, :func:`_audio`) that are input cuts of
+    ``inputs``, as many of each as both hold: the rest are the speed copies (their audio has a
+    speed transform, so that a copy is told from an input cut of its id, ``r_sp0.9`` beside
+    ``r``) or cuts of other audio."""
+    return Counter(stored) & Counter(inputs)
+
+
+def _other_audio(src: Path, stored: list[tuple[str, tuple, tuple]],
+                 inputs: list[tuple[str, tuple, tuple]]) -> str:
+    """Why the stored cuts ``stored`` hold features of other audio than those of ``src``,
+    ``inputs`` (both id, transcripts, :func:`_audio`), naming one input cut whose audio no
+    stored cut of its id has, and that of a stored cut of its id (one that is no input cut,
+    of the same speed transforms where one is)."""
+    other = Counter(inputs) - Counter(stored)
+    cut_id, _, new = min(other, key=lambda cut: cut[0])
+    left = Counter(stored) - _originals(stored, inputs)
+    candidates = [audio for i, _, audio in [*left, *stored] if i == cut_id]
+    old = next((audio for audio in candidates if audio[-1] == new[-1]), candidates[0])
+    return (f"holds features of other audio than {src} ({other.total()} cut(s), e.g. "
+            f"{cut_id}: {_describe(old)}, now {_describe(new, files=new[0] != old[0])})")
 
 
 def _moved_audio_files(dst: Path, stored: list[tuple[str, tuple, tuple]],
                        inputs: list[tuple[str, tuple, tuple]]) -> dict[str, str] | None:
     """The moves (stored path -> input path) that turn the stored cuts ``stored`` of ``dst``
-    (id, transcripts, :func:`_audio`; speed copies left out) into their input ``inputs``,
+    (id, transcripts, :func:`_audio`; with their speed copies, which name their originals'
+    files) into their input ``inputs`` (:func:`_originals`),
     when it is a moved corpus: the files the input names and the stored cuts do not are those
     the stored cuts name and the input does not, each moved with its path below one folder
     (:func:`_folder_move`, as ``mv corpus new_place`` leaves them), onto paths the part's
@@ -384,9 +398,9 @@ def _moved_audio_files(dst: Path, stored: list[tuple[str, tuple, tuple]],
     if not came or not came.isdisjoint(recorded):
         return None
     moves = _folder_move(before - after, came)
-    if moves is None or Counter(
-            (cut_id, texts, (tuple(moves.get(path, path) for path in audio[0]), *audio[1:]))
-            for cut_id, texts, audio in stored) != Counter(inputs):
+    if moves is None or _originals(
+            [(cut_id, texts, (tuple(moves.get(path, path) for path in audio[0]), *audio[1:]))
+             for cut_id, texts, audio in stored], inputs) != Counter(inputs):
         return None
     now = file_states(moves.values())
     if any(recorded.get(old) is None or now[new] != recorded[old] for old, new in moves.items()):
@@ -463,19 +477,24 @@ def _audio_files(cuts) -> list[str]:
 
 def _audio(record: dict) -> tuple:
     """What identifies the audio of a cut manifest's record: its recording's files, sampling
-    rate and number of samples, and the cut's start, duration and channel (a cut of another
-    kind, e.g. a mix, by its tracks); hashable."""
+    rate and number of samples, the cut's start, duration and channel, and last the
+    recording's transforms (a speed copy's ``Speed``; a cut of another kind, e.g. a mix, by its
+    tracks); hashable."""
     if "tracks" in record:
         return ("mix", tuple(_audio(track.get("cut", {})) for track in record["tracks"]))
     recording = record.get("recording") or {}
     return (tuple(source.get("source") for source in recording.get("sources", [])),
             recording.get("sampling_rate"), recording.get("num_samples"),
-            record.get("start"), record.get("duration"), _hashable(record.get("channel")))
+            record.get("start"), record.get("duration"), _hashable(record.get("channel")),
+            _hashable(recording.get("transforms") or []))
 
 
 def _hashable(value: object) -> object:
-    """``value`` read from JSON with its lists as tuples: a part of :func:`_audio`, which
-    counts cuts (a multichannel cut's ``channel`` is a list)."""
+    """``value`` read from JSON with its lists as tuples and its objects as sorted tuples of
+    items: a part of :func:`_audio`, which counts cuts (a multichannel cut's ``channel`` is a
+    list, a recording's ``transforms`` a list of objects)."""
+    if isinstance(value, dict):
+        return tuple(sorted((key, _hashable(item)) for key, item in value.items()))
     return tuple(map(_hashable, value)) if isinstance(value, list) else value
 
 
@@ -484,7 +503,7 @@ def _describe(audio: tuple, files: bool = True) -> str:
     (without ``files``, the part from ``" in"`` left out)."""
     if audio[0] == "mix":
         return f"a mix of {len(audio[1])} tracks"
-    paths, rate, samples, _, duration, _ = audio
+    paths, rate, samples, _, duration, _, _ = audio
     where = f" in {', '.join(map(str, paths))}" if files else ""
     return f"{duration:g} s of {samples} samples at {rate} Hz{where}"
 

@@ -49,7 +49,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SPEEDS_FIELD", "SPEED_COPY_FIELD", "SUPERVISION_TOLERANCE", "FilterStats",
+__all__ = ["DROP_REASONS", "SPEEDS_FIELD", "SPEED_COPY_FIELD", "SUPERVISION_TOLERANCE",
+           "FilterStats",
            "TextEncoder", "allowed_speeds", "check_cut_audio", "check_cut_files", "cut_files",
            "cut_text", "data_files", "encode_cut_text", "drop_reason", "error_reason",
            "filter_cuts", "is_speed_copy", "supervision_outside", "unreadable_cut_error",
@@ -80,6 +81,17 @@ class TextEncoder(Protocol):
     """Anything that turns a transcript into token ids (tokenizers implement it)."""
 
     def encode(self, text: str) -> list[int]: ...
+
+
+#: What each reason of :class:`FilterStats` to drop a cut means, in the words of the log.
+DROP_REASONS = {
+    "empty_text": "no transcript, or one that encodes to no token",
+    "outside_cut": "a supervision starts before the cut or ends after it",
+    "too_short": "shorter than the minimum duration (data.min_cut_duration)",
+    "too_long": "longer than the maximum duration (data.max_cut_duration)",
+    "too_many_tokens": "more tokens than encoder frames after subsampling (a cut shorter than "
+                       "the subsampling window has none)",
+}
 
 
 @dataclass(frozen=True)
@@ -569,6 +581,7 @@ def filter_cuts(
     frame_shift: float = 0.01,
     apply_to=None,
     speed_factors: tuple[float, ...] = (1.0,),
+    name: str = "cuts",
 ):
     """Drops cuts with empty text, a supervision outside the cut, duration out of range or
     more tokens than encoder frames; counts (and keeps) those with text that ``encoder`` turns
@@ -589,6 +602,8 @@ def filter_cuts(
             :func:`asr.data.dataset.speed_factors`); a cut is kept when every check passes at
             one of them at least, and marked with those it passes at when they are not all
             (:func:`allowed_speeds`; module docstring). Each dropped cut is counted once.
+        name: what the cuts are, e.g. ``"training cuts"``: each line logged begins with it,
+            and each reason to drop cuts is said in words (:data:`DROP_REASONS`).
 
     Returns:
         ``(kept_cuts, stats)``; see the module docstring for laziness.
@@ -637,15 +652,18 @@ def filter_cuts(
     stats = FilterStats(**counts)
     for why, example in examples.items():
         if why == "with_unk":
-            logger.warning("%d kept cuts have text the tokenizer encodes as <unk> (characters it "
-                           "was not trained on), e.g. %s", counts[why], example)
+            logger.warning("%s: %d kept cuts have text the tokenizer encodes as <unk> "
+                           "(characters it was not trained on), e.g. %s", name, counts[why],
+                           example)
         elif why == "some_speeds":
-            logger.info("%d cuts kept at only the speeds they pass at, e.g. %s", counts[why],
-                        example)
+            logger.info("%s: %d cuts kept at only the speeds they pass at, e.g. %s", name,
+                        counts[why], example)
         else:
-            logger.warning("dropped %d cuts: %s (e.g. %s)", counts[why], why, example)
+            logger.warning("%s: dropped %d cuts: %s (e.g. %s): %s", name, counts[why], why,
+                           example, DROP_REASONS[why])
     speeds = "" if speed_factors == (1.0,) else f" judged at each speed {speeds_text}"
-    logger.info("kept %d of %d cuts (dropped %d)%s", stats.kept, stats.total, stats.dropped, speeds)
+    logger.info("%s: kept %d of %d cuts (dropped %d)%s", name, stats.kept, stats.total,
+                stats.dropped, speeds)
     if apply_to is not None:
         return apply_to.map(keep).filter(_is_kept), stats
     if cuts.is_lazy:

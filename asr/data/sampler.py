@@ -29,8 +29,9 @@ cuts times its longest) is not bounded by ``max_duration``; no batch is empty.
 The epoch's global batch stream (every rank's batches, round by round: rank 0's, rank 1's...)
 depends on the number of ranks: lhotse's bucketing sampler draws one duration bucket per round
 of ``world_size`` batches, so that the ranks of a step get cuts of similar length.
-:func:`global_batches` replays the stream of any world size; :func:`resumed_share` gives one rank
-of another world size its share of the rest of it.
+:func:`stream_rounds` replays the stream of any world size (its last round as lhotse draws it,
+before :func:`split_round` splits it among the ranks); :func:`resumed_share` gives one rank of
+another world size its share of the cuts that stream holds after a position.
 
 Resuming: the trainer does not use lhotse's sampler state (which, with DataLoader workers, counts
 the prefetched batches as yielded). :class:`asr.data.epochs.EpochBatches` re-seeds the sampler
@@ -54,8 +55,8 @@ from asr.data.config import DataConfig
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "ONE_BUCKET", "bucket_stream", "global_batches", "lazy_view", "make_sampler",
-    "resolve_rank_world_size", "resumed_share", "sampler_stream",
+    "ONE_BUCKET", "bucket_stream", "lazy_view", "make_sampler",
+    "resolve_rank_world_size", "resumed_share", "sampler_stream", "split_round", "stream_rounds",
 ]
 
 #: :func:`sampler_stream` of a sampler without duration buckets (``DynamicCutSampler``).
@@ -224,8 +225,8 @@ def _sampler_for_rank(sampler, rank: int, world_size: int):
     return other
 
 
-def global_batches(sampler, world_size: int) -> Iterator:
-    """The current epoch's batches as ``world_size`` processes sample them, in global order.
+def stream_rounds(sampler, world_size: int) -> Iterator[list]:
+    """The current epoch's batches as ``world_size`` processes sample them, round by round.
 
     Args:
         sampler: a training sampler of :func:`make_sampler` (any rank and world size), its
@@ -233,50 +234,101 @@ def global_batches(sampler, world_size: int) -> Iterator:
         world_size: the number of processes whose stream to replay.
 
     Yields:
-        CutSets: round by round, the batch of rank 0, 1, ..., ``world_size - 1``; the epoch's
-        end is lhotse's for that many ranks (``drop_last``: no partial round; without it, the
-        last round's cuts split among the ranks).
+        lists of CutSets: each round's batches as lhotse draws them for rank 0, 1, ...,
+        ``world_size - 1`` (one sampler draws them all: each rank's draws every batch of a
+        round and keeps its own); the last list is shorter where the stream ends inside a round:
+        the batches that lhotse then drops (``drop_last``) or splits among the ranks
+        (:func:`split_round`).
     """
-    ranks = [iter(_sampler_for_rank(sampler, r, world_size)) for r in range(world_size)]
+    replay = iter(_sampler_for_rank(sampler, 0, world_size))
     while True:
-        batches = [next(it, None) for it in ranks]
-        if any(batch is None for batch in batches):  # the ranks end together
+        batches = []
+        for _ in range(world_size):
+            try:
+                batches.append(replay._next_batch())  # what lhotse's __next__ draws per rank
+            except StopIteration:
+                break
+        if batches:
+            yield batches
+        if len(batches) < world_size:
             return
-        yield from batches
 
 
-def resumed_share(stream: Iterator, skip: int, rank: int, world_size: int,
-                  drop_last: bool) -> Iterator:
-    """One rank's share of what is left of a global batch stream after ``skip`` batches.
+def split_round(batches: Sequence, world_size: int) -> list:
+    """The cuts of ``batches`` (fewer than ``world_size``, the end of an epoch's stream) split
+    among ``world_size`` ranks as lhotse's samplers split them without ``drop_last``: in
+    order, into contiguous parts, the first cuts repeated as ``<id>_dup<k>`` (at the end) when
+    fewer cuts than ranks are left."""
+    from lhotse.dataset.sampling.base import mark_as_duplicate
+    from lhotse.manipulation import combine
 
-    Rank ``rank`` of ``world_size`` takes batches ``skip + rank``, ``skip + rank + world_size``,
-    ...; every rank yields as many batches (a DDP step needs each). A last round of fewer than
-    ``world_size`` batches is left out with ``drop_last`` and otherwise split among the ranks
-    as lhotse splits it (a cut repeated as ``<id>_dup<k>`` when fewer cuts than ranks are left).
+    combined = combine(list(batches))
+    chunk = 0
+    while (missing := world_size - len(combined)) > 0:
+        combined = combined + combined.subset(first=missing).modify_ids(mark_as_duplicate(chunk))
+        chunk += 1
+    return combined.split(world_size)
+
+
+def _untrained_batches(rounds: Iterator[list], stream_world_size: int, skip: int,
+                       drop_last: bool) -> Iterator:
+    """The batches of an epoch's stream (``rounds`` of :func:`stream_rounds` for
+    ``stream_world_size`` processes) that its first ``skip`` global batches (lhotse's, the
+    last round split among those ranks) did not hold, lazily: each full round's batches from
+    position ``skip`` on; without ``drop_last`` then the cuts of its last, short round that
+    the split batches before ``skip`` did not hold (a prefix of them: the split is in order),
+    in the batches lhotse drew them in, the split's repeats left out."""
+    from lhotse import CutSet
+
+    position = 0
+    for batches in rounds:
+        if len(batches) == stream_world_size:
+            for batch in batches:
+                if position >= skip:
+                    yield batch
+                position += 1
+            continue
+        if drop_last:
+            return
+        done = sum(map(len, split_round(batches, stream_world_size)[:max(0, skip - position)]))
+        for batch in batches:
+            if done < len(batch):
+                yield batch if done == 0 else CutSet.from_cuts(list(batch)[done:])
+            done = max(0, done - len(batch))
+
+
+def resumed_share(rounds: Iterator[list], stream_world_size: int, skip: int, rank: int,
+                  world_size: int, drop_last: bool) -> Iterator:
+    """One rank's share of what is left of an epoch's stream after ``skip`` global batches.
+
+    What is left is what the ``stream_world_size`` processes that sampled the stream would
+    still have trained on (:func:`_untrained_batches`). Rank ``rank`` of ``world_size`` takes
+    its batches ``rank``, ``rank + world_size``, ...; every rank yields as many batches (a DDP
+    step needs each). The batches left that fill no round of ``world_size`` are split among
+    the ranks as lhotse splits a last round (:func:`split_round`: a cut repeated as
+    ``<id>_dup<k>`` when fewer cuts than ranks are left), so that no cut of the epoch is lost;
+    with ``drop_last``, fewer cuts than ranks are left out instead (logged) and none repeated.
 
     Args:
-        stream: a global batch stream (:func:`global_batches`), CutSets.
-        skip: the global batches already trained on.
+        rounds: the epoch's stream for ``stream_world_size`` processes (:func:`stream_rounds`).
+        stream_world_size: the number of processes the stream is sampled for.
+        skip: the global batches of that stream already trained on.
         rank: this process's rank.
         world_size: the number of processes sharing the rest.
         drop_last: the training sampler's ``drop_last``.
     """
-    from lhotse.dataset.sampling.base import mark_as_duplicate
-    from lhotse.manipulation import combine
-
-    rest = itertools.islice(stream, skip, None)
+    rest = _untrained_batches(rounds, stream_world_size, skip, drop_last)
     while True:
         batches = list(itertools.islice(rest, world_size))
         if len(batches) == world_size:
             yield batches[rank]
             continue
-        if not batches or drop_last:
+        if not batches:
             return
-        combined = combine(batches)
-        chunk = 0
-        while (missing := world_size - len(combined)) > 0:
-            repeated = combined.subset(first=missing).modify_ids(mark_as_duplicate(chunk))
-            combined = combined + repeated
-            chunk += 1
-        yield combined.split(world_size)[rank]
+        cuts = sum(map(len, batches))
+        if drop_last and cuts < world_size:
+            logger.info("the last %d cut(s) of the epoch's stream are left out: fewer than the "
+                        "%d processes that share it (data.drop_last)", cuts, world_size)
+            return
+        yield split_round(batches, world_size)[rank]
         return

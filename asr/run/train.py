@@ -181,6 +181,7 @@ def _filter_or_fail(cfg: ExperimentConfig, model: ASRModel, cuts, tokenizer: Tok
         max_duration=cfg.data.max_cut_duration if train else float("inf"),
         frame_shift=cfg.data.fbank.frame_shift,
         apply_to=apply_to, speed_factors=speed_factors(cfg.data) if train else (1.0,),
+        name=f"{what} cuts",
     )
     if stats.kept == 0:
         raise ValueError(f"no {what} cuts left in {where} after filtering ({stats})")
@@ -188,30 +189,45 @@ def _filter_or_fail(cfg: ExperimentConfig, model: ASRModel, cuts, tokenizer: Tok
 
 
 def _load_filtered(cfg: ExperimentConfig, model: ASRModel, names: Sequence[str],
-                   tokenizer: Tokenizer, what: str, train: bool = False, cuts=None):
+                   tokenizer: Tokenizer, what: str, train: bool = False, cuts=None,
+                   dev_ids: frozenset[str] = frozenset()):
     """The filtered cuts of the manifests ``names`` (eager; ``cuts``: theirs, loaded already).
     Dev cuts must name each utterance once (:func:`asr.data.cut_ids.load_eval_cuts`); training
     cuts that repeat an id get their own ids, and so their own augmentation
-    (:meth:`asr.data.cut_ids.Repeats.rename`)."""
+    (:meth:`asr.data.cut_ids.Repeats.rename`), and training cuts of the ids ``dev_ids`` are
+    warned of (:func:`_warn_of_dev_cuts_in_training`)."""
     manifest_dir = cfg.data.manifest_dir
     if cuts is None:
         cuts = load_cuts(manifest_dir, names) if train else load_eval_cuts(manifest_dir, names)
     where = f"{manifest_dir}/{list(names)}"
     kept = _filter_or_fail(cfg, model, cuts, tokenizer, where, what, train=train).to_eager()
     if train:  # the ids are in memory: no second read of the manifests (Shar's must stream)
-        repeats = Repeats.of_ids(cut.id for cut in kept)
+        repeats = Repeats.of_ids((cut.id for cut in kept), dev_ids)
         repeats.log("the training manifests")
+        _warn_of_dev_cuts_in_training(repeats.shared, len(dev_ids))
         kept = repeats.rename(kept)
     return kept
 
 
-def _load_shar(cfg: ExperimentConfig, model: ASRModel, tokenizer: Tokenizer):
+def _warn_of_dev_cuts_in_training(shared: Sequence[str], num_dev: int) -> None:
+    """Warns that the dev cuts of the ids ``shared`` (of ``num_dev``) are training cuts too:
+    the dev loss and WER, which choose checkpoints, are then not measured on held-out data
+    (a dev manifest listed in ``data.train_cuts``, or a corpus whose parts share ids)."""
+    if shared:
+        logger.warning("%d of the %d dev cuts have the id of a training cut (e.g. %s): the dev "
+                       "loss and WER are not measured on held-out data; check data.train_cuts "
+                       "and data.dev_cuts", len(shared), num_dev, shared[0])
+
+
+def _load_shar(cfg: ExperimentConfig, model: ASRModel, tokenizer: Tokenizer,
+               dev_ids: frozenset[str] = frozenset()):
     """Training cuts from ``data.train_shar_dirs``: (lazy filtered cuts, filtered SharCuts).
     Counting, filtering, the bucket estimate, the loaders' sample rate and feature checks and
     finding repeated ids read the cut manifests only, never the tar data; the filter applies to
     both views of the SharCuts (:meth:`asr.data.shar.SharCuts.filter`), so the checks and the
     buckets see the cuts that training does, as with manifests (:func:`_load_filtered`); repeats
-    are renamed as the cuts stream."""
+    are renamed as the cuts stream; training cuts of the ids ``dev_ids`` are warned of
+    (:func:`_warn_of_dev_cuts_in_training`)."""
     data = cfg.data
     field = "recording" if data.on_the_fly_feats else "features"
     shar = SharCuts(data.train_shar_dirs, field, shuffle=data.shuffle, seed=data.seed)
@@ -219,7 +235,9 @@ def _load_shar(cfg: ExperimentConfig, model: ASRModel, tokenizer: Tokenizer):
     kept = _filter_or_fail(cfg, model, shar.manifests, tokenizer, str(dirs), "training",
                            shar, train=True)
     logger.info("training from %d Lhotse Shar shards in %s", shar.num_shards, dirs)
-    return Repeats.of_manifests(shar.manifest_paths).rename(kept.cuts), kept
+    repeats = Repeats.of_manifests(shar.manifest_paths, dev_ids)
+    _warn_of_dev_cuts_in_training(repeats.shared, len(dev_ids))
+    return repeats.rename(kept.cuts), kept
 
 
 def check_data_inputs(cfg: ExperimentConfig) -> None:
@@ -382,14 +400,15 @@ def train_experiment(
             num_params = sum(p.numel() for p in model.parameters())
             logger.info("model: %.2fM parameters, vocab size %d, heads %s", num_params / 1e6,
                         tokenizer.vocab_size, list(cfg.heads.enabled()))
-        shar = None
-        if cfg.data.train_shar_dirs:
-            train_cuts, shar = _load_shar(cfg, model, tokenizer)
-        else:
-            train_cuts = _load_filtered(cfg, model, cfg.data.train_cuts, tokenizer, "training",
-                                        train=True)
         dev_cuts = _load_filtered(cfg, model, cfg.data.dev_cuts, tokenizer, "dev",
                                   cuts=dev_cuts)
+        dev_ids = frozenset(cut.id for cut in dev_cuts)
+        shar = None
+        if cfg.data.train_shar_dirs:
+            train_cuts, shar = _load_shar(cfg, model, tokenizer, dev_ids)
+        else:
+            train_cuts = _load_filtered(cfg, model, cfg.data.train_cuts, tokenizer, "training",
+                                        train=True, dev_ids=dev_ids)
 
         def valid_batches():
             return make_dataloader(dev_cuts, cfg.data, tokenizer, train=False, rank=dist.rank,

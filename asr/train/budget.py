@@ -166,7 +166,9 @@ def epoch_steps(progress: Progress, accum_grad: int, world_size: int) -> tuple[i
     of the latest epoch finished (``EpochRecord.batches``) and those the current one has taken
     (``Progress.batches_in_epoch``): right also when the world size changed at a resumption,
     where the steps that epochs took would count steps of another size. An epoch's last step
-    takes the batches left over (:class:`asr.train.trainer.Trainer`). Checkpoints written
+    takes the batches left over (:class:`asr.train.trainer.Trainer`), and the global batches
+    left that fill no round of the processes (an epoch resumed with another number of them)
+    are split among them, one more batch each. Checkpoints written
     before epochs recorded their batches give the steps the latest epoch took.
     """
     ends = [r for r in progress.history if r.step is not None]
@@ -178,7 +180,9 @@ def epoch_steps(progress: Progress, accum_grad: int, world_size: int) -> tuple[i
         return per_epoch, max(per_epoch - into // (accum_grad * world_size), 0)
 
     def steps(global_batches: int) -> int:  # each process' share, accum_grad batches a step
-        return -(-(max(global_batches, 0) // world_size) // accum_grad)
+        # batches that fill no round of the ranks are split among them, one batch each
+        # (asr.data.sampler.resumed_share): a resumed epoch of another world size
+        return math.ceil(math.ceil(max(global_batches, 0) / world_size) / accum_grad)
 
     return steps(last.batches), steps(last.batches - into)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import re
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from lhotse import CutSet
 from manifest_reads import count_manifest_opens, count_manifest_reads
 from train_helpers import tiny_experiment, train_tiny, write_yaml
 
@@ -711,3 +713,27 @@ def test_ctrl_c_names_the_checkpoint_the_same_command_resumes_from(saved, tmp_pa
         f"the same command resumes from {exp / 'checkpoint-40.pt'}, the newest checkpoint (the "
         "steps after it are trained again)" if saved else
         "nothing saved yet: the same command starts again"))
+
+
+@pytest.mark.parametrize("listed", [False, True])
+def test_dev_cuts_that_are_training_cuts_too_are_warned_of(tmp_path, tiny_corpus, caplog,
+                                                            monkeypatch, listed):
+    """A dev manifest listed in data.train_cuts (or a corpus whose parts share ids) trained on
+    the dev cuts without a word: the dev loss and WER, which choose the checkpoints, were not
+    of held-out data. Stopped once the data is loaded (the trainer is not needed)."""
+    import asr.run.train
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("stopped after loading the data")
+
+    monkeypatch.setattr(asr.run.train, "EpochBatches", stop)
+    train = [f"{tiny_corpus}/fbank/librispeech_cuts_train-clean-5.jsonl.gz"]
+    dev = f"{tiny_corpus}/fbank/librispeech_cuts_dev-clean-2.jsonl.gz"
+    train_cuts = f"data.train_cuts=[{','.join(train + [dev] * listed)}]"
+    with caplog.at_level(logging.WARNING, logger="asr.run.train"):
+        assert train_tiny(tmp_path, tiny_corpus, "overlap", train_cuts) == 1
+    assert "stopped after loading the data" in caplog.text
+    first = min(c.id for c in CutSet.from_file(dev))
+    warning = (f"4 of the 4 dev cuts have the id of a training cut (e.g. {first}): the dev loss "
+               "and WER are not measured on held-out data")
+    assert (warning in caplog.text) == listed

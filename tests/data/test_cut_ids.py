@@ -4,6 +4,7 @@ training, repeats (oversampling) renamed <id>_repeat<k> so each copy is augmente
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import re
 from types import SimpleNamespace
@@ -169,3 +170,13 @@ def test_dev_cuts_of_any_duration_are_validated(prepared):
     train = _load_filtered(cfg, MODEL, data.dev_cuts, CharEncoder(), "training", train=True)
     assert hi not in [cut.duration for cut in train]  # training keeps to the limits
 
+
+
+def test_repeats_name_the_watched_ids_the_training_manifests_hold(tmp_path) -> None:
+    """The one pass over the training ids (Shar's manifests too) says which dev ids they hold,
+    for ``asr train``'s warning of dev cuts trained on."""
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps({"id": i}) + "\n" for i in ("a", "b", "a", "c")))
+    repeats = Repeats.of_manifests([path], watch=frozenset({"c", "a", "z"}))
+    assert repeats.shared == ("a", "c") and repeats.copies == 1
+    assert Repeats.of_ids(["a"]).shared == ()

@@ -301,3 +301,18 @@ def test_a_shar_recording_id_ending_in_sp_is_a_copy_only_without_a_record() -> N
             ("meeting_sp1.5", "a_sp0.9", "a_tp1.1", "meeting_sp1", "meeting_sp12")] == [
         True, True, True, False, False]
     assert with_speed_copy_record(recorded[1]) is recorded[1]  # recorded once
+
+
+def test_the_filters_log_names_the_cuts_and_says_why_in_words(caplog) -> None:
+    """Training filtered its training and its dev cuts with the same unnamed lines ("dropped 1
+    cuts: too_many_tokens (e.g. x)"): a dev cut shorter than the subsampling window, which the
+    dev WER then never scores, read as one of the training cuts, and the reason as one of the
+    transcript's length."""
+    cuts = CutSet.from_cuts([_cut("ok", 1.0, "HELLO"), _cut("blip", 0.05, "A")])
+    with caplog.at_level(logging.INFO, logger="asr.data.filtering"):
+        kept, stats = filter_cuts(cuts, CharEncoder(), subsampled_length, name="dev cuts")
+    assert [c.id for c in kept] == ["ok"] and stats.too_many_tokens == 1
+    assert ("dev cuts: dropped 1 cuts: too_many_tokens (e.g. blip): more tokens than encoder "
+            "frames after subsampling (a cut shorter than the subsampling window has none)"
+            in caplog.text)
+    assert "dev cuts: kept 1 of 2 cuts (dropped 1)" in caplog.text

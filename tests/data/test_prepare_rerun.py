@@ -563,16 +563,46 @@ def test_stored_cut_ids_counted_otherwise_than_the_input_are_computed_again(tmp_
         "dup_sp1.1"] * 2
 
 
-def test_an_input_id_that_reads_as_a_speed_copy_is_computed_again(tmp_path, caplog):
+@pytest.mark.parametrize("moved", [False, True])
+def test_an_input_id_that_reads_as_a_speed_copy_keeps_its_features(tmp_path, caplog, moved):
     """Input cuts ``r`` and ``r_sp0.9`` with speed copies: a copy of ``r`` has the id of the
-    input's second cut, so the stored cuts hold more of that id than the input, and the check
-    crashed on ``min()`` of no differing input cut (ValueError). It decides to compute the part
-    again, naming the id."""
+    input's second cut. The stored cuts were split into input cuts and copies by id, so the
+    part held "more cuts of id r_sp0.9" than its input and was computed again on every run
+    (and so was the same corpus moved). The copies are told by their audio's speed transform:
+    an unchanged (or moved) input keeps its features, and a changed one is still computed
+    again, naming the cut."""
     _, manifests, src, out = _same_named_files_stored(tmp_path, seed=17)
     fbank = tmp_path / "fbank"
     _rewrite_ids(src, {0: "r", 1: "r_sp0.9"})
     compute_fbank_for_parts(manifests, fbank, ["part"], perturb_parts=["part"])
+    assert sorted(c.id for c in CutSet.from_file(out)) == [
+        "r", "r_sp0.9", "r_sp0.9", "r_sp0.9_sp0.9", "r_sp0.9_sp1.1", "r_sp1.1"]
+    stamp = _storage(out)
+    if moved:
+        shutil.move(tmp_path / "corpus", tmp_path / "moved")
+        records = [json.loads(line) for line in gzip.open(src, "rt")]
+        for record in records:
+            source = record["recording"]["sources"][0]
+            source["source"] = source["source"].replace(str(tmp_path / "corpus"),
+                                                        str(tmp_path / "moved"))
+        with gzip.open(src, "wt") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="asr.data.fbank"):
+        compute_fbank_for_parts(manifests, fbank, ["part"], perturb_parts=["part"])
+    assert "computing part part again" not in caplog.text
+    assert _storage(out) == stamp
+    folder = "moved" if moved else "corpus"
+    assert {c.id: c.recording.sources[0].source for c in CutSet.from_file(out)
+            if c.id in ("r", "r_sp0.9_sp1.1")} == {
+        "r": str(tmp_path / folder / "a" / "x.wav"),
+        "r_sp0.9_sp1.1": str(tmp_path / folder / "b" / "x.wav")}
+    records = [json.loads(line) for line in gzip.open(src, "rt")]
+    records[1]["recording"]["sources"][0]["source"] = records[0]["recording"]["sources"][0][
+        "source"]
+    with gzip.open(src, "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
     caplog.clear()
     compute_fbank_for_parts(manifests, fbank, ["part"], perturb_parts=["part"])
-    assert f"holds more cuts of id r_sp0.9 than {src}: a speed copy's id is also" in caplog.text
+    assert f"holds features of other audio than {src} (1 cut(s), e.g. r_sp0.9: " in caplog.text
     assert "computing part part again" in caplog.text

@@ -421,3 +421,18 @@ def test_a_run_resumed_with_another_world_size_plans_its_epochs_in_its_own_steps
     progress.batches_in_epoch += after
     assert budget.after_step(progress, spent=False) == expected_total
     assert progress.planned_steps == 0  # all of max_epochs fit: they end the run
+
+
+@pytest.mark.parametrize(("into", "world_size", "accum_grad", "left"),
+                         [(6, 3, 1, 3), (6, 2, 1, 4), (6, 3, 2, 2), (12, 3, 1, 1), (13, 3, 1, 0)])
+def test_the_steps_left_count_the_batches_split_among_the_ranks(into, world_size, accum_grad,
+                                                                  left):
+    """An epoch of 13 global batches resumed after ``into`` of them on ``world_size`` processes:
+    the batches that fill no round of them are split among them, one more step
+    (:func:`asr.data.sampler.resumed_share`), which the plan left out."""
+    from asr.train.budget import epoch_steps
+    from asr.train.state import EpochRecord, Progress
+
+    progress = Progress(epoch=2, step=20, batches_in_epoch=into, epoch_world_size=2,
+                        history=[EpochRecord(1, 1.0, step=10, batches=13)])
+    assert epoch_steps(progress, accum_grad, world_size)[1] == left
