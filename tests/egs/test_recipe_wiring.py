@@ -12,10 +12,8 @@ import stat
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
-import preloaded_asr
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,7 +21,6 @@ LIBRI = REPO / "egs" / "librispeech" / "ASR"
 RUN, PREPARE = LIBRI / "run.sh", LIBRI / "prepare.sh"
 MINI_TTS = REPO / "egs" / "mini_tts" / "ASR" / "run.sh"
 END = "@@end"
-PRELOADED = Path(preloaded_asr.__file__)
 
 # `asr`, `python`, `lhotse` and `torchrun` of the stub venv: records each call's arguments
 # (NUL-separated, END after the last), fails the subcommand named in $STUB_FAIL, and prints what the
@@ -235,28 +232,6 @@ def test_an_empty_list_option_is_refused(stub, tmp_path, script, args, option):
     assert calls(everything=True) == [] and "done (stages" not in result.stderr
 
 
-@pytest.fixture(scope="module")
-def real(tmp_path_factory):
-    """The environment of a run with the real ``asr`` of this checkout (and the real venv's
-    python, lhotse, torchrun): a stand-in venv whose ``asr`` runs in a server that imported
-    torch once (tests/egs/preloaded_asr.py: each call is a fork of it, with the call's own
-    arguments, directory, environment and streams); a process start each was 4-5 s of CPU."""
-    root = tmp_path_factory.mktemp("preloaded asr")
-    socket_path = root / "asr.sock"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    server = subprocess.Popen([sys.executable, str(PRELOADED), "serve", str(socket_path)],
-                              env=env, stdin=subprocess.DEVNULL)
-    try:
-        for _ in range(6000):  # its imports: at most 10 minutes on a loaded machine
-            if socket_path.exists() or server.poll() is not None:
-                break
-            time.sleep(0.1)
-        assert socket_path.exists(), f"the asr server did not start (status {server.poll()})"
-        preloaded_asr.write_venv(root / "venv", socket_path, Path(sys.prefix))
-        yield {"ASR_VENV": str(root / "venv"), "PYTHONPATH": str(REPO)}
-    finally:
-        server.kill()
-        server.wait()
 
 
 def _mini_tts_stage_3_outputs(work: Path) -> None:
