@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +24,9 @@ def real(tmp_path_factory):
     torch once (tests/egs/preloaded_asr.py: each call is a fork of it, with the call's own
     arguments, directory, environment and streams); a process start each was 4-5 s of CPU."""
     root = tmp_path_factory.mktemp("preloaded asr")
-    socket_path = root / "asr.sock"
+    # a Unix socket's path holds at most 107 bytes: not under a --basetemp of any length
+    socket_dir = Path(tempfile.mkdtemp(prefix="asr-"))
+    socket_path = socket_dir / "asr.sock"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     server = subprocess.Popen([sys.executable, str(PRELOADED), "serve", str(socket_path)],
                               env=env, stdin=subprocess.DEVNULL)
@@ -37,3 +41,4 @@ def real(tmp_path_factory):
     finally:
         server.kill()
         server.wait()
+        shutil.rmtree(socket_dir)
