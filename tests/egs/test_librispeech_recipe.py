@@ -30,9 +30,12 @@ TINY_MODEL = [
 ]
 
 
-def _bash(script: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    # this checkout's asr, also for the venv's console script
-    env = dict(os.environ, ASR_VENV=str(Path(sys.executable).parent.parent), PYTHONPATH=str(REPO))
+def _bash(script: Path, *args: str, timeout: float = 60,
+          venv: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Runs ``script`` with this checkout's asr, also for the venv's console script; ``venv``
+    (the ``real`` fixture's environment) for one whose asr is imported once."""
+    env = {**os.environ, "ASR_VENV": str(Path(sys.executable).parent.parent),
+           "PYTHONPATH": str(REPO), **(venv or {})}
     return subprocess.run(["bash", str(script), "--skip-setup", "true", *args], env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -45,18 +48,18 @@ def test_scripts_print_usage_and_reject_unknown_options(script):
     assert bad.returncode == 2 and "unknown option --stagee" in bad.stderr
 
 
-def test_download_stage_is_skipped_for_an_existing_tree(tmp_path):
+def test_download_stage_is_skipped_for_an_existing_tree(tmp_path, real):
     for part in PARTS:
         (tmp_path / "dl" / "LibriSpeech" / part).mkdir(parents=True)
     done = _bash(RUN, "--work-dir", str(tmp_path / "work"), "--dl-dir", str(tmp_path / "dl"),
-                 "--full-libri", "false", "--stage", "0", "--stop-stage", "0")
+                 "--full-libri", "false", "--stage", "0", "--stop-stage", "0", venv=real)
     assert done.returncode == 0, done.stderr
     assert "holds every part; no download" in done.stderr
-    missing = _bash(RUN, "--recipe", "no_such_recipe")
+    missing = _bash(RUN, "--recipe", "no_such_recipe", venv=real)
     assert missing.returncode == 2 and "no_such_recipe.yaml" in missing.stderr
 
 
-def test_full_libri_selects_the_training_parts_in_one_place(tmp_path):
+def test_full_libri_selects_the_training_parts_in_one_place(tmp_path, real):
     """prepare.sh (download, manifests, fbank) and run.sh (Shar shards) share one mapping."""
     parts = REPO / "egs" / "librispeech" / "ASR" / "train_parts.sh"
     for flag, expected in [("true", "train-clean-100 train-clean-360 train-other-500"),
@@ -69,10 +72,10 @@ def test_full_libri_selects_the_training_parts_in_one_place(tmp_path):
     for part in ("dev-clean", "dev-other", "test-clean", "test-other", "train-clean-100"):
         (tmp_path / "dl" / "LibriSpeech" / part).mkdir(parents=True)
     done = _bash(PREPARE, "--work-dir", str(tmp_path / "work"), "--dl-dir", str(tmp_path / "dl"),
-                 "--full-libri", "false", "--stage", "0", "--stop-stage", "0")
+                 "--full-libri", "false", "--stage", "0", "--stop-stage", "0", venv=real)
     assert done.returncode == 0 and "holds every part; no download" in done.stderr, done.stderr
     full = _bash(PREPARE, "--work-dir", str(tmp_path / "work"), "--dl-dir", str(tmp_path / "dl"),
-                 "--stage", "1", "--stop-stage", "1")
+                 "--stage", "1", "--stop-stage", "1", venv=real)
     assert "manifests of dev-clean dev-other test-clean test-other train-clean-100 " \
         "train-clean-360 train-other-500" in full.stderr, full.stderr
 
@@ -124,11 +127,11 @@ def test_every_stage_but_download_on_a_synthesized_tree(tmp_path):
     assert not list(offline_exp.glob("*-full-context"))  # already full context: decoded once
 
 
-def test_mini_tts_refuses_a_time_budget_too_small_for_training(tmp_path):
+def test_mini_tts_refuses_a_time_budget_too_small_for_training(tmp_path, real):
     (tmp_path / "data" / "lang_bpe_128").mkdir(parents=True)  # stage 3's tokenizer
     (tmp_path / "data" / "lang_bpe_128" / "bpe.model").write_bytes(b"")
     result = _bash(REPO / "egs" / "mini_tts" / "ASR" / "run.sh", "--work-dir", str(tmp_path),
-                   "--stage", "4", "--stop-stage", "4", "--time-budget", "100")
+                   "--stage", "4", "--stop-stage", "4", "--time-budget", "100", venv=real)
     assert result.returncode == 1
     assert "of the 100 s time budget left for training" in result.stderr
     assert not (tmp_path / "exp").exists()

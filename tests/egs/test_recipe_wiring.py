@@ -232,7 +232,6 @@ def test_an_empty_list_option_is_refused(stub, tmp_path, script, args, option):
     assert calls(everything=True) == [] and "done (stages" not in result.stderr
 
 
-REAL = {"ASR_VENV": sys.prefix, "PYTHONPATH": str(REPO)}  # this checkout's asr
 
 
 def _mini_tts_stage_3_outputs(work: Path) -> None:
@@ -253,7 +252,7 @@ def _mini_tts_stage_3_outputs(work: Path) -> None:
                 ("--package-searcher", "aed_beam", "searcher 'aed_beam' needs an 'aed' head"),
                 ("--beam-size", "0", "search.beam_size must be >= 1, got 0")]),
 ])
-def test_searchers_and_train_args_are_checked_before_the_first_stage(stub, tmp_path, script,
+def test_searchers_and_train_args_are_checked_before_the_first_stage(stub, real, tmp_path, script,
                                                                       refused):
     """A misspelt searcher, one the recipe's heads lack, a bad --train-args key or search option
     were found by the decode (or training) stage, after the data preparation and training; they
@@ -264,7 +263,7 @@ def test_searchers_and_train_args_are_checked_before_the_first_stage(stub, tmp_p
     for option, value, message in refused:
         if message is None:
             continue
-        result = run(script, "--work-dir", work, option, value, env=REAL)
+        result = run(script, "--work-dir", work, option, value, env=real)
         assert result.returncode == 2, (option, result.stderr)
         assert message in result.stderr and "nothing was run" in result.stderr
         assert "stage 0" not in result.stderr and "stage 4" not in result.stderr
@@ -273,16 +272,16 @@ def test_searchers_and_train_args_are_checked_before_the_first_stage(stub, tmp_p
         _prepared_test_sets(tmp_path / "work")  # what stage 7 would decode, with the LM
         (tmp_path / "work" / "data" / "lang_bpe_500" / "token_4gram.arpa").write_text("")
         result = run(RUN, "--work-dir", work, "--stage", "6", "--stop-stage", "7", "--lm-unit",
-                     "token", env=REAL)
+                     "token", env=real)
         assert "nothing was run" not in result.stderr and "stage 6: train" in result.stderr
     else:  # the default options pass; the time budget is then too small for training
         _mini_tts_stage_3_outputs(tmp_path / "work")
-        result = run(MINI_TTS, "--work-dir", work, "--stage", "4", "--time-budget", "100", env=REAL)
+        result = run(MINI_TTS, "--work-dir", work, "--stage", "4", "--time-budget", "100", env=real)
         assert result.returncode == 1 and "time budget left for training" in result.stderr
     # decode alone: `asr decode` checks the searchers against the trained model at once
     stage = "7" if script is RUN else "5"
     result = run(script, "--work-dir", work, "--stage", stage, "--stop-stage", stage,
-                 "--searchers", "trnasducer_beam", env=REAL)
+                 "--searchers", "trnasducer_beam", env=real)
     assert "nothing was run" not in result.stderr
 
 
@@ -851,7 +850,7 @@ def test_mini_tts_stage_5_averages_the_checkpoints_a_short_run_left(stub, tmp_pa
     ("--parts test-clena", "argument --parts: test-clena: not among the test sets the recipe "
                            "prepares in data/fbank (dev-clean, dev-other, test-clean, test-other)"),
 ])
-def test_decode_args_are_checked_before_the_first_stage(stub, tmp_path, decode_args, message):
+def test_decode_args_are_checked_before_the_first_stage(stub, real, tmp_path, decode_args, message):
     """A misspelt `asr decode` option or a bad value in --decode-args was found by stage 7, after
     the data preparation and training: asr decode's own parser and config check it now.
 
@@ -864,19 +863,20 @@ def test_decode_args_are_checked_before_the_first_stage(stub, tmp_path, decode_a
     for part in ("dev-clean", "dev-other", "test-clean", "test-other", "train-clean-100"):
         (dl_dir / "LibriSpeech" / part).mkdir(parents=True)
     result = run(RUN, "--work-dir", str(tmp_path / "work"), "--dl-dir", str(dl_dir),
-                 "--full-libri", "false", "--decode-args", decode_args, env=REAL)
+                 "--full-libri", "false", "--decode-args", decode_args, env=real)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "--decode-args (above); nothing was run" in result.stderr
     assert "stage 0" not in result.stderr and not (tmp_path / "work" / "data").exists()
 
 
-def test_an_epoch_that_training_does_not_reach_is_refused_before_the_first_stage(stub, tmp_path):
+def test_an_epoch_that_training_does_not_reach_is_refused_before_the_first_stage(stub, real,
+                                                                                 tmp_path):
     """Fewer epochs in --train-args with the default --epoch 30: stage 7 failed on a missing
     epoch-30.pt after the whole preparation and training."""
     run, calls = stub
     work = tmp_path / "work"
     result = run(RUN, "--work-dir", str(work), "--train-args", "--set train.max_epochs=10",
-                 env=REAL)
+                 env=real)
     assert result.returncode == 2, result.stderr
     assert "argument --epoch: 30 is past train.max_epochs 10: training writes no epoch-30.pt" \
         in result.stderr and "nothing was run" in result.stderr
@@ -897,7 +897,7 @@ def _prepared_test_sets(work: Path) -> None:
     ("--manifest-dir 'no sets'", "argument --manifest-dir: no directory no sets"),
     ("--manifest-dir 'my sets' --parts mine", None),
 ])
-def test_decode_test_sets_are_checked_when_the_run_starts_on_prepared_data(stub, tmp_path,
+def test_decode_test_sets_are_checked_when_the_run_starts_on_prepared_data(stub, real, tmp_path,
                                                                            decode_args, message):
     """--parts / --manifest-dir of --decode-args (and an LM) were checked by stage 7 only, after
     training: from stage 6 on the data is prepared, so their files must be there now.
@@ -912,7 +912,7 @@ def test_decode_test_sets_are_checked_when_the_run_starts_on_prepared_data(stub,
     (work / "my sets").mkdir()
     (work / "my sets" / "librispeech_cuts_mine.jsonl.gz").write_bytes(b"")
     result = run(RUN, "--work-dir", str(work), "--stage", "6", "--stop-stage", "7",
-                 "--decode-args", decode_args, env=REAL)
+                 "--decode-args", decode_args, env=real)
     if message is None:
         assert "nothing was run" not in result.stderr and "stage 6: train" in result.stderr
         return
@@ -925,21 +925,21 @@ def test_decode_test_sets_are_checked_when_the_run_starts_on_prepared_data(stub,
     ("token", "token_4gram.arpa", "--vocab-size 500 --lm-order 4"),
     ("word", "word_3gram.arpa", "--vocab-size 500 --word-lm-order 3"),
 ])
-def test_a_missing_lm_of_lm_unit_is_named_with_the_stage_that_makes_it(stub, tmp_path, lm_unit,
-                                                                      lm, options):
+def test_a_missing_lm_of_lm_unit_is_named_with_the_stage_that_makes_it(stub, real, tmp_path,
+                                                                      lm_unit, lm, options):
     """--stage 6 --lm-unit token|word without the LM was refused without a word on which stage
     makes it; an LM path of --decode-args' own is named as it is."""
     run, calls = stub
     work = tmp_path / "work"
     _prepared_test_sets(work)
-    result = run(RUN, "--work-dir", str(work), "--stage", "6", "--lm-unit", lm_unit, env=REAL)
+    result = run(RUN, "--work-dir", str(work), "--stage", "6", "--lm-unit", lm_unit, env=real)
     assert result.returncode == 2, result.stderr
     assert f"search.lm_path data/lang_bpe_500/{lm}: no such LM file (in {work}), which stage 5 " \
            f"(prepare.sh's LMs, with {options}) makes; this run starts after it" in result.stderr
     assert "in the working directory" not in result.stderr  # the stage's hint alone
     assert "nothing was run" in result.stderr and calls() == []
     own = run(RUN, "--work-dir", str(work), "--stage", "6", "--lm-unit", lm_unit,
-              "--decode-args", "--set search.lm_path=mine.arpa", env=REAL)
+              "--decode-args", "--set search.lm_path=mine.arpa", env=real)
     assert own.returncode == 2, own.stderr
     assert f"search.lm_path mine.arpa: no such LM file in the working directory {work} (a " \
            "relative path in search.lm_path: run from the directory the config's paths are " \
@@ -974,12 +974,12 @@ def test_a_run_from_stage_7_names_the_stage_that_makes_its_missing_lm(stub, tmp_
     assert made.returncode == 0, made.stderr
 
 
-def test_decode_args_that_fit_pass_the_check(stub, tmp_path):
+def test_decode_args_that_fit_pass_the_check(stub, real, tmp_path):
     run, _ = stub
     _prepared_test_sets(tmp_path / "work")
     result = run(RUN, "--work-dir", str(tmp_path / "work"), "--stage", "6", "--stop-stage", "7",
                  "--decode-args", "--set search.beam_size=8 --num-threads 2 --device cpu",
-                 env=REAL)
+                 env=real)
     assert "nothing was run" not in result.stderr and "stage 6: train" in result.stderr
 
 
@@ -1058,7 +1058,7 @@ printf '%s\\0' "${{#bash_words[@]}}" "${{bash_words[@]}}"
     assert out[1:count + 1] == out[count + 2:] and int(out[count + 1]) == count, out
 
 
-def test_mini_tts_refuses_biasing_with_a_beam_search_that_takes_no_hotwords(stub, tmp_path):
+def test_mini_tts_refuses_biasing_with_a_beam_search_that_takes_no_hotwords(stub, real, tmp_path):
     """--biasing N decodes stage 8 with the beam search and hotwords: a recipe whose beam search
     takes none (here aed_beam: a CTC/AED recipe without its CTC head) was checked only for having
     a beam search, and stage 8 compared two identical decodes after training."""
@@ -1068,14 +1068,14 @@ def test_mini_tts_refuses_biasing_with_a_beam_search_that_takes_no_hotwords(stub
                 "--searchers", "aed_beam", "--package-searcher", "aed_beam", "--stage", "4",
                 "--time-budget", "100",
                 "--train-args", "--set heads.ctc=null 'heads.loss_weights={aed: 1.0}'"]
-    result = run(MINI_TTS, *aed_only, "--biasing", "2", env=REAL)
+    result = run(MINI_TTS, *aed_only, "--biasing", "2", env=real)
     assert result.returncode == 2, result.stderr
     assert "--biasing-searchers: searcher 'aed_beam' takes no hotwords" in result.stderr
     assert "nothing was run" in result.stderr
-    result = run(MINI_TTS, *aed_only, env=REAL)  # no stage 8: the check passes
+    result = run(MINI_TTS, *aed_only, env=real)  # no stage 8: the check passes
     assert result.returncode == 1 and "time budget left for training" in result.stderr
     result = run(MINI_TTS, "--work-dir", str(tmp_path / "work"), "--stage", "4",
-                 "--time-budget", "100", "--biasing", "2", env=REAL)  # the default recipe biases
+                 "--time-budget", "100", "--biasing", "2", env=real)  # the default recipe biases
     assert result.returncode == 1 and "time budget left for training" in result.stderr
 
 
@@ -1083,7 +1083,7 @@ def test_mini_tts_refuses_biasing_with_a_beam_search_that_takes_no_hotwords(stub
     (MINI_TTS, "4", "stage 3 (BPE, --vocab-size 256)"),
     (RUN, "6", "stage 5 (BPE, --vocab-size 256)"),
 ])
-def test_a_run_from_training_on_needs_the_tokenizer_of_its_vocab_size(stub, tmp_path, script,
+def test_a_run_from_training_on_needs_the_tokenizer_of_its_vocab_size(stub, real, tmp_path, script,
                                                                       stage, made_by):
     """Starting at the training stage with a --vocab-size whose BPE stage never ran went into
     training (for LibriSpeech after writing the Shar shards of 960 h) and failed there; now the
@@ -1096,7 +1096,7 @@ def test_a_run_from_training_on_needs_the_tokenizer_of_its_vocab_size(stub, tmp_
     common = ["--work-dir", str(work), "--stage", stage, "--vocab-size", "256",
               *(["--stop-stage", "4", "--time-budget", "100"] if script is MINI_TTS
                 else ["--use-shar", "true"])]
-    result = run(script, *common, env=REAL)
+    result = run(script, *common, env=real)
     assert result.returncode == 2, result.stderr
     assert "tokenizer_dir: data/lang_bpe_256: no tokenizer found (expected " \
         f"data/lang_bpe_256/bpe.model or tokens.txt); {made_by} makes it" in result.stderr
@@ -1105,12 +1105,12 @@ def test_a_run_from_training_on_needs_the_tokenizer_of_its_vocab_size(stub, tmp_
     # a character tokenizer of one's own, through --train-args: taken
     (work / "chars").mkdir()
     (work / "chars" / "tokens.txt").write_text("")
-    own = run(script, *common, "--train-args", "--set tokenizer_dir=chars", env=REAL)
+    own = run(script, *common, "--train-args", "--set tokenizer_dir=chars", env=real)
     assert "nothing was run" not in own.stderr, own.stderr
     # the tokenizer of this --vocab-size there: the run goes on to training
     (work / "data" / "lang_bpe_256").mkdir()
     (work / "data" / "lang_bpe_256" / "bpe.model").write_bytes(b"")
-    result = run(script, *common, env=REAL)
+    result = run(script, *common, env=real)
     assert "nothing was run" not in result.stderr, result.stderr
     if script is MINI_TTS:
         assert result.returncode == 1 and "time budget left for training" in result.stderr
@@ -1165,14 +1165,14 @@ def _transcripts(part: Path, text: str) -> None:
     part.joinpath("1", "2", "1-2.trans.txt").write_text(f"1-2-0000 {text}\n")
 
 
-def test_a_vocab_size_too_small_is_refused_before_the_first_stage(stub, tmp_path):
+def test_a_vocab_size_too_small_is_refused_before_the_first_stage(stub, real, tmp_path):
     """sentencepiece refused a --vocab-size below what the text needs only at the BPE stage,
     after hours of downloads and fbank (prepare.sh checked only >= 1, mini_tts nothing)."""
     run, _ = stub
     dl_dir, work = tmp_path / "dl", tmp_path / "work"
     common = ["--work-dir", str(work), "--dl-dir", str(dl_dir), "--full-libri", "false"]
     # any text needs the 3 special pieces, the word-start mark and a character
-    result = run(PREPARE, *common, "--stage", "5", "--vocab-size", "4", env=REAL)
+    result = run(PREPARE, *common, "--stage", "5", "--vocab-size", "4", env=real)
     assert result.returncode == 2, result.stderr
     assert "--vocab-size 4: vocab_size must be at least 5" in result.stderr
     assert "nothing was run" in result.stderr and "stage 5" not in result.stderr
@@ -1180,16 +1180,16 @@ def test_a_vocab_size_too_small_is_refused_before_the_first_stage(stub, tmp_path
     _transcripts(dl_dir / "LibriSpeech" / "train-clean-100", "ABCDE FGHIJ")
     for script in (PREPARE, RUN):
         result = run(script, *common, "--stage", "5", "--stop-stage", "5", "--vocab-size", "13",
-                     env=REAL)
+                     env=real)
         assert result.returncode == 2, result.stderr
         assert "--vocab-size 13: vocab_size 13 is too small for the training text: its 10 " \
             "characters" in result.stderr and "need at least 14" in result.stderr
         assert "nothing was run" in result.stderr and "stage 5" not in result.stderr
     _transcripts(work / "data" / "LibriSpeech" / "train-clean-5", "ABCDE FGHIJ")
     result = run(MINI_TTS, "--work-dir", str(work), "--stage", "1", "--stop-stage", "3",
-                 "--vocab-size", "13", env=REAL)
+                 "--vocab-size", "13", env=real)
     assert result.returncode == 2 and "need at least 14" in result.stderr, result.stderr
     assert "stage 1" not in result.stderr
     result = run(PREPARE, *common, "--stage", "5", "--stop-stage", "5", "--vocab-size", "14",
-                 env=REAL)  # what it needs: trained
+                 env=real)  # what it needs: trained
     assert result.returncode == 0 and "stage 5: BPE" in result.stderr, result.stderr
