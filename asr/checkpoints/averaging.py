@@ -210,40 +210,64 @@ def _existing_epoch_checkpoints(exp_dir: str | Path, epochs: Iterable[int]) -> l
     return paths
 
 
+def epoch_valid_loss(path: str | Path, epoch: int) -> float | None:
+    """The validation loss that the epoch checkpoint ``path`` of ``epoch`` records for its own
+    epoch: the last record of its ``progress`` history, which the trainer appends at the
+    epoch's end before it writes the checkpoint. Only the file's plain fields are read (its
+    tensors are mapped, not read).
+
+    Returns:
+        the loss, or None when it is not a finite number (a training without
+        ``data.dev_cuts`` records none; NaN or inf: a diverged epoch).
+
+    Raises:
+        asr.checkpoints.io.CheckpointError: naming ``path`` when it cannot be read, is not a
+            training checkpoint, records no epoch history or its history does not end with
+            ``epoch`` (not the checkpoint of that epoch's end).
+    """
+    progress = training_checkpoint(safe_torch_load(path, mmap=True), path).get("progress")
+    history = progress.get("history") if isinstance(progress, dict) else None
+    if not isinstance(history, list) or not history:
+        raise CheckpointError(f"{path}: records no epoch history ('progress'), so no "
+                              "validation loss: not a checkpoint of asr train")
+    record = history[-1]
+    if not isinstance(record, dict) or record.get("epoch") != epoch:
+        ends = record.get("epoch") if isinstance(record, dict) else record
+        raise CheckpointError(f"{path}: its epoch history ends with epoch {ends!r}, not "
+                              f"{epoch}: not the checkpoint of epoch {epoch}'s end")
+    loss = record.get("valid_loss")
+    if isinstance(loss, bool) or not isinstance(loss, (int, float)) or not math.isfinite(loss):
+        return None
+    return float(loss)
+
+
 def best_valid_epoch_checkpoints(exp_dir: str | Path, count: int) -> list[tuple[int, float, Path]]:
     """The ``count`` epoch checkpoints of lowest validation loss (WeNet's ``average_model.py
     --val_best``), as ``(epoch, validation loss, epoch-N.pt)``, oldest epoch first.
 
-    The losses are those the trainer recorded at each epoch's end (the ``progress`` history of
-    the newest ``epoch-N.pt``, which holds every epoch's); an epoch counts when its
-    ``epoch-N.pt`` is there and its loss is finite. Equal losses prefer the later epoch.
+    Each ``epoch-N.pt`` counts with the loss it records for its own epoch
+    (:func:`epoch_valid_loss`), as WeNet reads each epoch's own ``epoch_N.yaml``: the loss of
+    the weights averaged, also where a training resumed from an earlier checkpoint wrote some
+    epochs again (another file's history would give those epochs' earlier losses). An epoch
+    without a finite loss never counts; equal losses prefer the later epoch.
 
     Raises:
         ValueError: for ``count < 1``, or when fewer than ``count`` epochs count (naming those
             that do and their losses; a training without ``data.dev_cuts`` records none).
         FileNotFoundError: when ``exp_dir`` holds no ``epoch-N.pt``.
-        asr.checkpoints.io.CheckpointError: naming the newest ``epoch-N.pt`` when it cannot be
-            read or is not a training checkpoint.
+        asr.checkpoints.io.CheckpointError: naming an ``epoch-N.pt`` that cannot be read or is
+            not the checkpoint of its epoch's end (:func:`epoch_valid_loss`).
     """
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
     found = list_epoch_checkpoints(exp_dir)
     if not found:
         raise FileNotFoundError(f"{exp_dir} holds no epoch-N.pt")
-    newest = found[max(found)]
-    progress = training_checkpoint(safe_torch_load(newest), newest).get("progress")
-    history = progress.get("history") if isinstance(progress, dict) else None
-    if not isinstance(history, list):
-        raise CheckpointError(f"{newest}: records no epoch history ('progress'), so no "
-                              "validation losses: not a checkpoint of asr train")
     losses: dict[int, float] = {}
-    for record in history:
-        if not isinstance(record, dict):
-            raise CheckpointError(f"{newest}: its epoch history holds {record!r}, not an epoch "
-                                  "record: not a checkpoint of asr train")
-        epoch, loss = record.get("epoch"), record.get("valid_loss")
-        if epoch in found and isinstance(loss, (int, float)) and math.isfinite(loss):
-            losses[int(epoch)] = float(loss)
+    for epoch, path in sorted(found.items()):
+        loss = epoch_valid_loss(path, epoch)
+        if loss is not None:
+            losses[epoch] = loss
     if len(losses) < count:
         known = ", ".join(f"{e}: {v:.4f}" for e, v in sorted(losses.items())) or "none"
         raise ValueError(

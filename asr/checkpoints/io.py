@@ -60,8 +60,16 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         ) from err
 
 
-def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu",
+                    mmap: bool = False) -> Any:
     """Loads a file written by :func:`atomic_torch_save` with ``weights_only=True``.
+
+    Args:
+        path: the file.
+        map_location: where its tensors go.
+        mmap: map the tensors' data from the file instead of reading it (``torch.load``'s
+            ``mmap``): a reader of the plain fields alone (the progress) reads little more than
+            them.
 
     Raises:
         CheckpointError: if the file is missing, truncated, holds anything but tensors and
@@ -71,7 +79,7 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except FileNotFoundError as err:  # deleted since is_file (a training's keep_last pruning)
         raise CheckpointError(f"checkpoint {path} does not exist") from err
     except Exception as err:  # torch raises several types for truncated / foreign files

@@ -12,11 +12,11 @@
 * nothing: the newest ``checkpoint-K.pt`` (every epoch end writes one, so it is at least as
   new as the newest ``epoch-E.pt``).
 
-Choosing is two steps: :func:`plan_weights` finds the files and the tag that names them from
-the directory listing alone, reading no checkpoint but, for ``--val-best``, the newest
-``epoch-N.pt``'s record of the validation losses (so ``asr average`` can lock the output that
-the tag names before it reads any weights), and :func:`read_weights` reads (and averages) them;
-:func:`select_weights` does both. A training that still runs prunes its step checkpoints to
+Choosing is two steps: :func:`plan_weights` finds the files and the tag that names them from the
+directory listing alone, reading no checkpoint but, for ``--val-best``, the validation loss each
+``epoch-N.pt`` records for its epoch (its plain fields only; so ``asr average`` can lock the output
+that the tag names before it reads any weights), and :func:`read_weights` reads (and averages)
+them; :func:`select_weights` does both. A training that still runs prunes its step checkpoints to
 ``train.keep_last`` meanwhile, and may delete one that ``--last N`` (or the newest) chose between
 the listing and its reading: :func:`use_planned_weights` (which :func:`select_weights`, ``asr
 average`` and ``asr export-package`` read through) then chooses again from a new listing (at most
@@ -151,8 +151,8 @@ def plan_weights(exp_dir: str | Path, selection: WeightSelection) -> PlannedWeig
             checkpoints whose running averages it reads).
         ValueError: for ``--use-averaged-model`` with ``--avg`` above ``--epoch``; for
             ``--val-best N`` when fewer than N epochs have a checkpoint and a validation loss.
-        asr.checkpoints.io.CheckpointError: for ``--val-best``, naming the newest epoch
-            checkpoint when it cannot be read or records no epoch history.
+        asr.checkpoints.io.CheckpointError: for ``--val-best``, naming an epoch checkpoint
+            that cannot be read or is not the checkpoint of its epoch's end.
     """
     exp_dir = Path(exp_dir)
     if selection.checkpoint is not None:

@@ -86,7 +86,9 @@ def check_arguments(
     The line (``--exp-dir`` may be left out: ``exp_dir``) is parsed by the command's own parser,
     its weight selection checked, its ``--set`` applied to the recipe ``config`` after
     ``train_overrides`` (as they will be applied to the trained experiment's config), its
-    ``--epoch`` checked to be one that training writes (not past ``train.max_epochs``) and its
+    ``--epoch`` checked to be one that training writes (not past ``train.max_epochs``), its
+    ``--val-best`` to choose among as many epochs and from validation losses that training
+    records (``data.dev_cuts`` not empty), and its
     ``--searcher`` selected for that config's heads. Its ``--device`` is resolved by the rule
     the decode applies (:func:`asr.device.resolve_device`: a name torch does not know, CUDA
     without a GPU, ``cuda:N`` past this machine's GPUs) and its ``--num-threads`` checked
@@ -115,9 +117,9 @@ def check_arguments(
     Raises:
         ValueError: for an option the command does not have or a bad value (argparse's
             message, or one naming ``--device`` / ``--num-threads`` / ``--epoch`` /
-            ``--parts`` / ``--manifest-dir`` / ``search.lm_path``), an inconsistent weight
-            selection, a bad ``--set`` key or value (ConfigError), or searchers the heads do
-            not have.
+            ``--val-best`` / ``--parts`` / ``--manifest-dir`` / ``search.lm_path``), an
+            inconsistent weight selection, a bad ``--set`` key or value (ConfigError), or
+            searchers the heads do not have.
     """
     parser = _RaisingParser(prog="asr decode", add_help=False)
     add_arguments(parser)
@@ -130,6 +132,14 @@ def check_arguments(
     if args.epoch is not None and args.epoch > cfg.train.max_epochs:
         raise ValueError(f"argument --epoch: {args.epoch} is past train.max_epochs "
                          f"{cfg.train.max_epochs}: training writes no epoch-{args.epoch}.pt")
+    if args.val_best is not None:
+        if args.val_best > cfg.train.max_epochs:
+            raise ValueError(f"argument --val-best: {args.val_best} is more epochs than "
+                             f"train.max_epochs {cfg.train.max_epochs}: training writes only "
+                             f"{cfg.train.max_epochs} epoch-N.pt")
+        if not cfg.data.dev_cuts:
+            raise ValueError("argument --val-best: data.dev_cuts is empty: training records no "
+                             "validation loss to choose its epochs by")
     _check_test_sets(args.parts, args.manifest_dir, Path(cfg.data.manifest_dir), prepared_parts,
                      data_ready)
     if data_ready:

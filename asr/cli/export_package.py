@@ -4,7 +4,7 @@ The package (see :mod:`asr.package`) holds ``config.yaml``, the tokenizer, ``mod
 (the chosen, possibly averaged, weights), the LM its search fuses and ``metadata.json``;
 ``asr transcribe --model PKG``, ``asr serve`` and ``asr.load_model`` use it. The weights are
 chosen as in ``asr average`` and ``asr decode`` (``--epoch E --avg N [--use-averaged-model]``,
-``--last N``, ``--checkpoint F``; default: the newest ``checkpoint-N.pt``).
+``--last N``, ``--val-best N``, ``--checkpoint F``; default: the newest ``checkpoint-N.pt``).
 
 The package decodes by default as the recipe tuned it: ``--searcher beam`` (or a name) and
 ``--set search.beam_size=8 search.lm_path=lm.arpa search.lm_weight=0.5 ...``, as given to

@@ -26,19 +26,19 @@ its tokens, so a tokenizer made again with as many but other pieces is caught to
 
 The configuration is checked before anything is read or written (exit 2 naming the key): with
 ``--searchers`` also that its heads have those searchers (as ``asr decode --searcher`` takes them;
-:func:`asr.decoding.registry.select_searchers`; a searcher whose head has loss weight 0,
-untrained, is warned of, once per searcher of ``--searchers``, ``--biasing-searchers`` and
-``--decode-arg``), with ``--biasing-searchers`` also that those take
-hotwords, with ``--decode-arg`` an ``asr decode`` command line against this config
-(:func:`asr.cli.decode_options.check_arguments`: its own parser, its ``--set``, its searchers,
-its ``--device`` on this machine, its ``--num-threads`` and its ``--epoch`` against
-``train.max_epochs``; with ``--decode-prepared-parts`` its
-``--parts`` against the test sets the recipe prepares, with ``--decode-data-ready`` that
-their manifests and its ``search.lm_path`` are there, a missing LM named with the stage that
-makes it where ``--decode-lm-made-by`` gives that path), with ``--tokenizer-made-by STAGE`` that
-``tokenizer_dir`` holds a tokenizer (a recipe that starts after STAGE, which makes it), and
-``--check-only`` stops there (exit 0 when it fits): the recipe scripts check a recipe, their
-``--train-args`` and their decoding options that way before their first stage.
+:func:`asr.decoding.registry.select_searchers`; a searcher whose head has loss weight 0, untrained,
+is warned of, once per searcher of ``--searchers``, ``--biasing-searchers`` and ``--decode-arg``),
+with ``--biasing-searchers`` also that those take hotwords, with ``--decode-arg`` an ``asr decode``
+command line against this config (:func:`asr.cli.decode_options.check_arguments`: its own parser,
+its ``--set``, its searchers, its ``--device`` on this machine, its ``--num-threads``, its
+``--epoch`` against ``train.max_epochs`` and its ``--val-best`` against it and an empty
+``data.dev_cuts``; with ``--decode-prepared-parts`` its ``--parts`` against the test sets the
+recipe prepares, with ``--decode-data-ready`` that their manifests and its ``search.lm_path`` are
+there, a missing LM named with the stage that makes it where ``--decode-lm-made-by`` gives that
+path), with ``--tokenizer-made-by STAGE`` that ``tokenizer_dir`` holds a tokenizer (a recipe that
+starts after STAGE, which makes it), and ``--check-only`` stops there (exit 0 when it fits): the
+recipe scripts check a recipe, their ``--train-args`` and their decoding options that way before
+their first stage.
 
 A config error exits with 2 naming the key. After ``--check-only``'s stop, a missing or unreadable
 training, dev or noise manifest (or Shar directory) and a dev manifest (``data.dev_cuts``) that

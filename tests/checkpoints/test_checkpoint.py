@@ -687,3 +687,28 @@ def test_asr_average_val_best_writes_the_mean_of_the_best_epochs(tmp_path, caplo
     assert "--val-best 2: epochs 2, 4 (validation losses 1.0000, 2.0000)" in caplog.text
     assert main(["average", "--exp-dir", str(tmp_path), "--val-best", "5"]) == 2
     assert "only 4 epochs" in caplog.text
+
+
+def test_val_best_takes_each_epoch_s_loss_from_its_own_checkpoint(tmp_path):
+    """A training resumed from epoch 2's checkpoint wrote epoch 3 again (loss 5.0) and left
+    the earlier run's epoch-4.pt, whose history still says epoch 3 had 1.0: reading the losses
+    from the highest epoch-N.pt chose the rewritten epoch 3 for a loss its weights never had."""
+    _write_epochs_with_valid_losses(tmp_path, [3.0, 2.0, 1.0, 0.5])
+    rewritten = {"epoch": 3, "train_loss": 1.0, "valid_loss": 5.0}
+    history = [{"epoch": e, "train_loss": 1.0, "valid_loss": v} for e, v in ((1, 3.0), (2, 2.0))]
+    atomic_torch_save({"model": {"w": torch.full((2,), 30.0)},
+                       "progress": {"step": 31, "history": [*history, rewritten]}},
+                      epoch_checkpoint_path(tmp_path, 3))
+    chosen = select_weights(tmp_path, WeightSelection(val_best=2))
+    assert chosen.tag == "val-best-2-epochs-2-4"
+    assert torch.equal(chosen.state_dict["w"], torch.full((2,), 3.0))
+
+
+def test_val_best_names_an_epoch_checkpoint_of_another_epoch(tmp_path):
+    """An epoch-N.pt whose history does not end with epoch N (a step checkpoint copied to
+    that name) holds no loss of epoch N: named, not read as one."""
+    _write_epochs_with_valid_losses(tmp_path, [3.0, 2.0])
+    os.replace(epoch_checkpoint_path(tmp_path, 2), epoch_checkpoint_path(tmp_path, 5))
+    with pytest.raises(CheckpointError, match=r"epoch-5\.pt: its epoch history ends with epoch "
+                                              r"2, not 5: not the checkpoint of epoch 5's end"):
+        select_weights(tmp_path, WeightSelection(val_best=1))

@@ -665,6 +665,22 @@ def test_a_decode_epoch_past_training_is_refused_before_training(tmp_path, caplo
     assert main([*base, "--decode-arg=10"]) == 0
 
 
+def test_a_decode_val_best_training_cannot_satisfy_is_refused_before_training(tmp_path, caplog):
+    """``run.sh --val-best 12`` with ten epochs, or with no dev set (no validation loss is
+    recorded), trained, then failed at the decode after training."""
+    recipe = Path(__file__).resolve().parents[2] / "recipes/librispeech/conformer_transducer.yaml"
+    base = ["train", "--config", str(recipe), "--exp-dir", str(tmp_path / "exp"), "--check-only",
+            "--set", "train.max_epochs=10", "--decode-arg=--searcher", "--decode-arg=greedy",
+            "--decode-arg=--val-best"]
+    assert main([*base, "--decode-arg=11"]) == 2
+    assert ("argument --val-best: 11 is more epochs than train.max_epochs 10: training writes "
+            "only 10 epoch-N.pt") in caplog.text
+    assert main([*base, "--decode-arg=10", "--set", "data.dev_cuts=[]"]) == 2
+    assert ("argument --val-best: data.dev_cuts is empty: training records no validation loss "
+            "to choose its epochs by") in caplog.text
+    assert main([*base, "--decode-arg=10"]) == 0
+
+
 def test_a_tokenizer_an_earlier_stage_makes_is_checked_before_training(tmp_path, caplog):
     """``--tokenizer-made-by STAGE``: a recipe run that starts after the stage making
     tokenizer_dir needs it there now; the error names the file and STAGE. The directory checked

@@ -6,6 +6,7 @@
 #   bash run.sh --recipe conformer_transducer --nproc 4          # 4 GPUs (torchrun DDP)
 #   bash run.sh --dl-dir /data/corpora --stage 1                 # existing LibriSpeech/, no download
 #   bash run.sh --stage 7 --epoch 30 --avg 9                     # decode / average / export only
+#   bash run.sh --stage 7 --val-best 5                           # the same, 5 best by valid loss
 #
 # Stages:
 #   0-5  prepare.sh: download, manifests, MUSAN, fbank with speed perturbation, MUSAN fbank, BPE
@@ -15,13 +16,15 @@
 #        --use-shar true the training cuts are first written as Lhotse Shar shards
 #        (data/shar/train-<parts>, features as lilcom; kept on a rerun while the cuts are the
 #        same) and training reads those sequentially
-#   7    decode test-clean and test-other with every searcher of the model (epoch/avg averaging);
+#   7    decode test-clean and test-other with every searcher of the model (epoch/avg averaging,
+#        or with --val-best N the average of the N epochs of lowest validation loss);
 #        a streaming recipe also at full context (results in <searcher>-full-context/); with
 #        --lm-unit token|word the beam searches fuse that LM of stage 5 (--lm-weight; not
 #        tuned on LibriSpeech: pick it on dev-clean)
 #   8    average epochs (epoch-avg+1)..epoch into
 #        exp/${recipe}/averaged-epoch-E-avg-N-use-averaged-model.safetensors (without the suffix
-#        with --use-averaged-model false)
+#        with --use-averaged-model false); with --val-best N the N epochs of lowest validation
+#        loss into exp/${recipe}/averaged-val-best-N.safetensors (its metadata names the epochs)
 #   9    export a model package exp/${recipe}/package from the averaged weights
 #   10   export it for sherpa-onnx (exp/${recipe}/onnx, and exp/${recipe}/onnx-streaming when the
 #        model streams and is an RNN-T transducer; fp32 and int8: each layout sherpa-onnx has for
@@ -49,6 +52,8 @@ nproc=1                        # training processes (torchrun --nproc-per-node) 
 epoch=30                       # last epoch decoded / averaged / exported
 avg=9                          # number of epochs averaged
 use_averaged_model=true        # average the running averages over the epochs' steps (icefall)
+val_best=0                     # N > 0: stages 7-9 average the N epochs of lowest validation loss
+                               # (WeNet's --val_best) instead of --epoch/--avg/--use-averaged-model
 searchers=all                  # decode with these searchers ("all": every one the heads support)
 test_parts="test-clean test-other"
 train_args=""                  # extra `asr train` arguments, e.g. "--set train.max_epochs=2"
@@ -62,7 +67,7 @@ use_shar=false                 # true: train from Lhotse Shar shards of the trai
 usage="Usage: $0 [--stage N] [--stop-stage N] [--dl-dir DIR] [--full-libri true|false]
   [--num-jobs N] [--vocab-size N] [--download-musan true|false] [--musan-url URL]
   [--lm-order N] [--word-lm-order N] [--lm-text F]... [--lm-unit none|token|word] [--lm-weight W] [--recipe NAME] [--nproc N]
-  [--epoch E] [--avg N] [--use-averaged-model true|false] [--searchers \"A B\"|all]
+  [--epoch E] [--avg N] [--use-averaged-model true|false] [--val-best N] [--searchers \"A B\"|all]
   [--test-parts \"P Q\"] [--train-args \"...\"] [--decode-args \"...\"] [--work-dir DIR] [--skip-setup true|false]
   [--use-shar true|false]
 --train-args / --decode-args are split into words as the shell splits them: quote a value with
@@ -86,10 +91,13 @@ if [ ! -f "$config" ]; then
 fi
 # what stages 7-10 would be the first to read, after training: checked now
 if [ $stage -le 9 ] && [ $stop_stage -ge 7 ]; then
-  check_at_least 1 epoch avg
-  if [ "$avg" -gt "$epoch" ]; then
-    echo "$0: --avg $avg averages more epochs than --epoch $epoch has" >&2
-    exit 2
+  check_at_least 0 val_best
+  if [ "$val_best" -eq 0 ]; then  # --epoch/--avg are not used with --val-best
+    check_at_least 1 epoch avg
+    if [ "$avg" -gt "$epoch" ]; then
+      echo "$0: --avg $avg averages more epochs than --epoch $epoch has" >&2
+      exit 2
+    fi
   fi
 fi
 [ $stage -le 7 ] && [ $stop_stage -ge 7 ] && check_not_empty searchers
@@ -121,10 +129,23 @@ if [ "$lm_unit" != none ]; then
 fi
 averaged=()
 [ "$use_averaged_model" = true ] && averaged=(--use-averaged-model)
+# the weights stages 7-9 use (asr average / decode / export-package options), and what stage 8
+# writes and stage 9 packages: the weights of exactly these settings
+if [ "$val_best" -gt 0 ]; then
+  selection=(--val-best "$val_best")
+  selection_words="the $val_best epochs of lowest validation loss"
+  averaged_weights=$exp_dir/averaged-val-best-$val_best.safetensors
+  same_settings="--val-best"
+else
+  selection=(--epoch "$epoch" --avg "$avg" "${averaged[@]}")
+  selection_words="epochs $(( epoch - avg + 1 ))..$epoch"
+  averaged_weights=$exp_dir/averaged-epoch-$epoch-avg-$avg${averaged[*]:+-use-averaged-model}.safetensors
+  same_settings="--epoch, --avg and --use-averaged-model"
+fi
 # stage 7's `asr decode` arguments (but --exp-dir), also checked before the first stage below
 read -ra searcher_names <<< "$searchers"
 read -ra parts_to_test <<< "$test_parts"
-decode_line=(--searcher "${searcher_names[@]}" --epoch "$epoch" --avg "$avg" "${averaged[@]}"
+decode_line=(--searcher "${searcher_names[@]}" "${selection[@]}"
   --parts "${parts_to_test[@]}" "${lm_args[@]}" "${decode_words[@]}")
 
 if [ "$skip_setup" != true ]; then
@@ -165,10 +186,6 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 0 ]; then
     --skip-setup true \
     --lm-order "$lm_order" --word-lm-order "$word_lm_order" "${lm_text_args[@]}"
 fi
-# what stage 8 writes and stage 9 packages: the weights of exactly these --epoch/--avg/
-# --use-averaged-model settings
-averaged_weights=$exp_dir/averaged-epoch-$epoch-avg-$avg${averaged[*]:+-use-averaged-model}.safetensors
-
 if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
   log "stage 6: train $recipe on $nproc process(es)"
   shuffled=$(librispeech_shuffled_cuts "$full_libri")
@@ -231,16 +248,14 @@ print('streaming' if c(sys.argv[1]).encoder.chunk_size > 0 else 'offline')" "$ex
 fi
 
 if [ $stage -le 8 ] && [ $stop_stage -ge 8 ]; then
-  log "stage 8: average epochs $(( epoch - avg + 1 ))..$epoch"
-  asr average --exp-dir "$exp_dir" --epoch "$epoch" --avg "$avg" "${averaged[@]}" \
-    --output "$averaged_weights"
+  log "stage 8: average $selection_words"
+  asr average --exp-dir "$exp_dir" "${selection[@]}" --output "$averaged_weights"
 fi
 
 if [ $stage -le 9 ] && [ $stop_stage -ge 9 ]; then
   log "stage 9: export a model package"
   if [ ! -f "$averaged_weights" ]; then
-    echo "$0: no $averaged_weights: run stage 8 with the same --epoch, --avg and" \
-      "--use-averaged-model first" >&2
+    echo "$0: no $averaged_weights: run stage 8 with the same $same_settings first" >&2
     exit 1
   fi
   asr export-package --exp-dir "$exp_dir" --checkpoint "$averaged_weights" \
