@@ -12,6 +12,11 @@ decoded in groups of about :data:`GROUP_SECONDS` of audio, in order
 (:meth:`Transcriber.transcribe_iter` gives each group's results before it reads the next), so
 that many or long inputs do not all sit in memory at once.
 
+The encoder runs under the package's chunk mask (``encoder.chunk_size`` / ``left_chunks``:
+full context for a model trained without chunks), or with ``chunk_size`` / ``left_chunks``
+(:meth:`Transcriber.with_chunking`, WeNet's ``decoding_chunk_size``) under that one, which then
+also sets the windows' grid and context below.
+
 Long inputs: windows of ``window_seconds`` overlapping by at least ``overlap_seconds``, whose
 starts lie on the encoder's chunk grid (:attr:`Transcriber.window_grid`: a whole number of
 encoder chunks of the offline chunk mask, ``chunk_size`` encoder frames of ``subsampling_factor``
