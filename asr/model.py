@@ -253,15 +253,29 @@ class ASRModel(nn.Module):
             if not trained_only or self.loss_weights[name] > 0
         }
 
-    def encode(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
+    def encode(
+        self,
+        feats: Tensor,
+        feat_lens: Tensor,
+        chunk_size: int | None = None,
+        left_chunks: int | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """(B, T, F), (B,) -> enc (B, T', D) zero beyond ``enc_lens``, enc_lens (B,).
+
+        ``chunk_size`` / ``left_chunks`` encode under that chunk mask (the encoder's
+        ``forward``; None: its own rule, in eval mode the config's ``encoder.chunk_size`` /
+        ``encoder.left_chunks``, which ``asr decode --set`` changes).
 
         The padding is set to zero here (:func:`asr.encoders.base.zero_padding`), once for every
         head and offline searcher, whatever the encoder leaves there: none of them reads it, but
         ``0 * nan`` in a masked attention or a joiner's backward would carry padding garbage
         into a loss, a gradient or a search.
         """
-        enc, enc_lens = self.encoder(feats, feat_lens)
+        if chunk_size is None and left_chunks is None:  # any encoder module
+            enc, enc_lens = self.encoder(feats, feat_lens)
+        else:
+            enc, enc_lens = self.encoder(feats, feat_lens, chunk_size=chunk_size,
+                                         left_chunks=left_chunks)
         # Not redundant with the encoders' own zeroing (ChunkedEncoder ends with zero_padding
         # too): theirs is the encoder's contract for its users alone (the ONNX export graphs,
         # tests/encoders), this one the model's for ANY encoder module it is given, which the

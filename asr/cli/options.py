@@ -203,13 +203,16 @@ def is_override_word(word: str) -> bool:
 def add_streaming_arguments(parser: argparse.ArgumentParser) -> None:
     """``--chunk-size N``, ``--left-chunks N`` and ``--max-left-seconds S``: the chunking of a
     streaming decode (``asr transcribe --streaming``, ``asr serve``), as WeNet's
-    ``--chunk_size`` and ``--num_decoding_left_chunks``; by default the package's own. The
-    bound of ``-1`` is checked by :class:`asr.runtime.streaming.StreamingRecognizer`."""
+    ``--chunk_size`` and ``--num_decoding_left_chunks``, and the first two the chunk mask of
+    an offline ``asr transcribe`` (WeNet's ``decoding_chunk_size``); by default the package's
+    own. The bound of ``-1`` is checked by :class:`asr.runtime.streaming.StreamingRecognizer`."""
     parser.add_argument("--chunk-size", type=int, default=None, metavar="N",
-                        help="streaming: encoder frames per chunk, > 0 (default: the package's)")
+                        help="encoder frames per chunk, > 0: the chunks of a stream, or the "
+                             "chunk mask of an offline transcribe (default: the package's)")
     parser.add_argument("--left-chunks", type=int, default=None, metavar="N",
-                        help="streaming: chunks of left context; -1 (any negative) keeps every "
-                             "earlier frame up to --max-left-seconds (default: the package's)")
+                        help="chunks of left context; -1 (any negative) keeps every earlier "
+                             "frame (streaming: up to --max-left-seconds) (default: the "
+                             "package's)")
     parser.add_argument("--max-left-seconds", type=float, default=None, metavar="S",
                         help="streaming with --left-chunks -1: the most left context a chunk "
                              "sees, in whole chunks (at least one); a stream of at most that "

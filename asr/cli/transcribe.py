@@ -8,6 +8,11 @@ recipe exported it with); ``--searcher`` and ``--set search.FIELD=VALUE`` change
 ``asr decode``. ``--streaming`` decodes chunk by chunk, a new segment searched afresh after each
 endpoint (sherpa-onnx's rules: a pause, and 20 s at least); with ``--no-endpoint`` an input is
 one segment, which every streaming searcher decodes as offline under the same chunking.
+Offline, ``--chunk-size`` / ``--left-chunks`` set the encoder's chunk mask (WeNet's
+``decoding_chunk_size`` / ``num_decoding_left_chunks``; default the package's), so that
+``--streaming --no-endpoint`` at a chunk size can be checked against the offline decode at it;
+long inputs' windows then lie on that chunking's grid (:meth:`asr.runtime.offline.Transcriber.
+with_chunking`). ``--max-left-seconds`` bounds a stream's cache and is refused offline.
 
 Output goes to stdout (or one file per input with ``--output-dir``: ``<stem>.<format>``, ``txt``
 for text, each control character, path separator or character Windows forbids in a file name

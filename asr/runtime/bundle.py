@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lhotse import Fbank
 
@@ -40,6 +41,7 @@ from asr.decoding.registry import (
     streaming_searcher_for,
 )
 from asr.device import resolve_device
+from asr.encoders.chunked import ChunkedEncoder
 from asr.features.fbank import (
     FbankConfig,
     encoder_frame_samples,
@@ -73,8 +75,9 @@ class Runtime:
         extractor: lhotse's fbank extractor for ``fbank``, shared by every stream.
         searcher: default searcher name.
         search: search options.
-        chunk_size: encoder frames per streaming chunk (the encoder config's).
-        left_chunks: chunks of left context when streaming.
+        chunk_size: encoder frames per chunk of the chunk mask, streaming and offline (the
+            encoder config's; 0: full context offline; :meth:`with_chunking` sets another).
+        left_chunks: chunks of left context (-1: every earlier frame).
         device: where the model runs.
         results: builds results from token ids and frames.
         streaming_searcher: default streaming searcher: :attr:`searcher` when it streams; for
@@ -178,6 +181,46 @@ class Runtime:
         self._checked.add(name)
         select_searchers([name], self.package.config.heads, search=self.search_for(name))
 
+    def chunking(
+        self, chunk_size: int | None = None, left_chunks: int | None = None
+    ) -> tuple[int, int]:
+        """The chunking ``(chunk_size, left_chunks)`` asked for, the runtime's own where None.
+
+        Args:
+            chunk_size: encoder frames per chunk, > 0 (``--chunk-size``).
+            left_chunks: chunks of left context, -1 (any negative) every earlier frame
+                (``--left-chunks``).
+
+        Raises:
+            ValueError: a value that is not a whole number, or a given ``chunk_size`` < 1,
+                naming the argument and its option.
+        """
+        size = _whole(self.chunk_size if chunk_size is None else chunk_size,
+                      "chunk_size (--chunk-size)")
+        if chunk_size is not None and size < 1:  # the encoder's words name no option
+            raise ValueError(f"chunk_size (--chunk-size) must be > 0 encoder frames, got {size}")
+        left = _whole(self.left_chunks if left_chunks is None else left_chunks,
+                      "left_chunks (--left-chunks)")
+        return size, left
+
+    def with_chunking(
+        self, chunk_size: int | None = None, left_chunks: int | None = None
+    ) -> Runtime:
+        """This runtime with the offline encoder under another chunk mask (WeNet's
+        ``decoding_chunk_size`` / ``num_decoding_left_chunks``): the same model, tokenizer and
+        features, ``chunk_size`` / ``left_chunks`` replaced (:meth:`chunking`), as
+        ``asr decode --set encoder.chunk_size=C encoder.left_chunks=L`` decodes a test set.
+
+        Raises:
+            ValueError: bad values (:meth:`chunking`), or an encoder without a chunk mask.
+        """
+        size, left = self.chunking(chunk_size, left_chunks)
+        encoder = self.model.encoder
+        if not isinstance(encoder, ChunkedEncoder):
+            raise ValueError(f"chunk_size/left_chunks (--chunk-size/--left-chunks): the "
+                             f"package's encoder ({type(encoder).__name__}) has no chunk mask")
+        return dataclasses.replace(self, chunk_size=size, left_chunks=left)
+
     @property
     def sample_rate(self) -> int:
         """Rate (Hz) the model's features expect."""
@@ -268,3 +311,10 @@ class Runtime:
         self.check_trained(name)
         return _build_streaming_searcher(name, self.model, self.search_for(name),
                                          tokenizer=self.tokenizer)
+
+
+def _whole(value: object, name: str) -> int:
+    """``value`` as an int when it is a whole number (not a bool), else a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return int(value)

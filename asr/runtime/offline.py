@@ -12,6 +12,11 @@ decoded in groups of about :data:`GROUP_SECONDS` of audio, in order
 (:meth:`Transcriber.transcribe_iter` gives each group's results before it reads the next), so
 that many or long inputs do not all sit in memory at once.
 
+The encoder runs under the package's chunk mask (``encoder.chunk_size`` / ``left_chunks``:
+full context for a model trained without chunks), or with ``chunk_size`` / ``left_chunks``
+(:meth:`Transcriber.with_chunking`, WeNet's ``decoding_chunk_size``) under that one, which then
+also sets the windows' grid and context below.
+
 Long inputs: windows of ``window_seconds`` overlapping by at least ``overlap_seconds``, whose
 starts lie on the encoder's chunk grid (:attr:`Transcriber.window_grid`: a whole number of
 encoder chunks of the offline chunk mask, ``chunk_size`` encoder frames of ``subsampling_factor``
@@ -305,6 +310,9 @@ class Transcriber:
         self.runtime = runtime
         self._searchers: dict[str, Searcher] = {}
         self._logged_windows: set[tuple[float, float]] = set()
+        #: The chunk mask the offline encoder is asked for (:meth:`with_chunking`); empty:
+        #: the encoder's own (in eval mode its config's, which ``runtime.chunk_size`` holds).
+        self._mask: dict[str, int] = {}
 
     @property
     def sample_rate(self) -> int:
@@ -343,6 +351,25 @@ class Transcriber:
         if name not in self._searchers:
             self._searchers[name] = self.runtime.build_searcher(name)
         return self._searchers[name]
+
+    def with_chunking(
+        self, chunk_size: int | None = None, left_chunks: int | None = None
+    ) -> Transcriber:
+        """A transcriber whose offline encoder runs under this chunk mask (WeNet's
+        ``decoding_chunk_size`` / ``num_decoding_left_chunks``; None: the package's own), on
+        the same model and searchers (:meth:`asr.runtime.bundle.Runtime.with_chunking`). Its
+        long-input windows start on that chunking's grid and cut by its left context.
+
+        Raises:
+            ValueError: a ``chunk_size`` that is not a whole number > 0, a ``left_chunks``
+                that is not a whole number, or an encoder without a chunk mask.
+        """
+        chunked = Transcriber(self.runtime.with_chunking(chunk_size, left_chunks))
+        chunked._searchers = self._searchers  # the same model: the searchers are shared
+        chunked._logged_windows = self._logged_windows
+        chunked._mask = {"chunk_size": chunked.runtime.chunk_size,
+                         "left_chunks": chunked.runtime.left_chunks}
+        return chunked
 
     def streaming_recognizer(
         self,
@@ -435,12 +462,16 @@ class Transcriber:
                 ``search.hotwords_score``. Streaming too, with those searchers (every stream
                 gets them). Another searcher ignores them with a warning, offline or
                 streaming (:func:`asr.decoding.registry.uses_given_hotwords`).
-            chunk_size, left_chunks: the streaming chunking (encoder frames per chunk, chunks
-                of left context, -1 every earlier frame); default the package's. Only with
-                ``streaming``.
+            chunk_size, left_chunks: the chunking (encoder frames per chunk, > 0; chunks of
+                left context, -1 every earlier frame); default the package's. Streaming, the
+                chunks the streams are fed in; offline, the encoder's chunk mask (WeNet's
+                ``decoding_chunk_size`` / ``num_decoding_left_chunks``, :meth:`with_chunking`),
+                so that a greedy search gives the tokens and times of a stream at that chunking
+                without endpoints. Offline, long-input windows start on that chunking's grid.
             max_left_seconds: with ``left_chunks`` -1, the most left context a chunk sees
                 (default 30 s; ``math.inf``: no bound; see
-                :class:`asr.runtime.streaming.StreamingRecognizer`). Only with ``streaming``.
+                :class:`asr.runtime.streaming.StreamingRecognizer`). Only with ``streaming``
+                (offline, ``left_chunks`` -1 sees every earlier frame of a window).
             endpoint: the endpoint rules that split a stream into segments, each searched
                 afresh (default: sherpa-onnx's, :class:`asr.runtime.endpoint.EndpointConfig`,
                 whose rule 3 ends a segment every 20 s); ``EndpointConfig(enabled=False)``:
@@ -453,8 +484,9 @@ class Transcriber:
                 decoding fails alone, and why (the decoder's exception is its cause).
             asr.decoding.context_graph.HotwordError: for phrases the tokenizer cannot spell (a
                 ValueError), too many or too long ones; ValueError for a bad ``sample_rate``,
-                ``batch_size`` or window, and for an input longer than a window with a searcher
-                that gives no token times (``aed_beam``), whose windows cannot be joined.
+                ``batch_size``, window or chunking (:meth:`with_chunking`), and for an input
+                longer than a window with a searcher that gives no token times (``aed_beam``),
+                whose windows cannot be joined.
 
         Returns:
             One :class:`asr.results.TranscriptionResult` (or ``FailedInput``) per input, in order.
@@ -498,8 +530,11 @@ class Transcriber:
         if endpoint is not None and not streaming:
             raise ValueError("endpoint sets the endpointing of a stream: pass streaming=True "
                              "(on the command line, --no-endpoint: add --streaming)")
+        offline = self
+        if not streaming and (chunk_size is not None or left_chunks is not None):
+            offline = self.with_chunking(chunk_size, left_chunks)  # bad values fail here
         if not streaming:  # a bad window fails before any input
-            window_samples(self.sample_rate, window_seconds, overlap_seconds, self.window_grid)
+            window_samples(self.sample_rate, window_seconds, overlap_seconds, offline.window_grid)
         recognizer = (self.streaming_recognizer(searcher, endpoint, chunk_size=chunk_size,
                                                 left_chunks=left_chunks,
                                                 max_left_seconds=max_left_seconds)
@@ -531,7 +566,7 @@ class Transcriber:
                                                        context=context, bar=bar,
                                                        on_error=on_error)
                     else:
-                        decoded = self._transcribe_offline(
+                        decoded = offline._transcribe_offline(
                             good, search, batch_size, window_seconds, overlap_seconds, bar,
                             searcher, on_error)
                     if bar.n < bar.total:  # a failed input's undecoded seconds: done with too
@@ -715,7 +750,7 @@ class Transcriber:
                  for w in waves]
         feat_lens = torch.tensor([f.shape[0] for f in feats], device=runtime.device)
         padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(runtime.device)
-        enc, enc_lens = runtime.model.encode(padded, feat_lens)
+        enc, enc_lens = runtime.model.encode(padded, feat_lens, **self._mask)
         return [nbest[0] for nbest in search(enc, enc_lens)]
 
 

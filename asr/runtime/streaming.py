@@ -187,13 +187,7 @@ class StreamingRecognizer:
         self.runtime = runtime
         self.encoder = runtime.model.encoder
         self.endpoint = endpoint or EndpointConfig()
-        self.chunk_size = _whole(runtime.chunk_size if chunk_size is None else chunk_size,
-                                 "chunk_size (--chunk-size)")
-        if chunk_size is not None and self.chunk_size < 1:  # the encoder's words name no option
-            raise ValueError(f"chunk_size (--chunk-size) must be > 0 encoder frames, got "
-                             f"{self.chunk_size}")
-        self.left_chunks = _whole(runtime.left_chunks if left_chunks is None else left_chunks,
-                                  "left_chunks (--left-chunks)")
+        self.chunk_size, self.left_chunks = runtime.chunking(chunk_size, left_chunks)
         self.searcher = runtime.build_streaming_searcher(searcher)
         self.searcher_name = resolve_searcher(
             searcher or runtime.streaming_searcher or runtime.searcher, runtime.model)
@@ -484,19 +478,20 @@ class StreamingRecognizer:
 def check_chunking_options(streaming: bool, chunk_size: int | None = None,
                            left_chunks: int | None = None,
                            max_left_seconds: float | None = None) -> None:
-    """Refuses a streaming chunking given for an offline decode (:meth:`Transcriber.transcribe
-    <asr.runtime.offline.Transcriber.transcribe>` and ``asr transcribe``, which calls it before
-    it loads the model), where it would be ignored.
+    """Refuses the bound of a stream's growing left context given for an offline decode
+    (:meth:`Transcriber.transcribe <asr.runtime.offline.Transcriber.transcribe>` and
+    ``asr transcribe``, which calls it before it loads the model), where it would be ignored.
+    ``chunk_size`` and ``left_chunks`` apply either way: offline they set the encoder's chunk
+    mask (:meth:`asr.runtime.bundle.Runtime.with_chunking`).
 
     Raises:
-        ValueError: ``chunk_size``, ``left_chunks`` or ``max_left_seconds`` set without
-            ``streaming``, naming the arguments and their options.
+        ValueError: ``max_left_seconds`` set without ``streaming``, naming it and its option.
     """
-    if not streaming and (chunk_size is not None or left_chunks is not None
-                          or max_left_seconds is not None):
-        raise ValueError("chunk_size, left_chunks and max_left_seconds set the streaming "
-                         "chunking: pass streaming=True (on the command line, --chunk-size, "
-                         "--left-chunks and --max-left-seconds: add --streaming)")
+    del chunk_size, left_chunks  # both decodes take them
+    if not streaming and max_left_seconds is not None:
+        raise ValueError("max_left_seconds bounds the left context a stream keeps: pass "
+                         "streaming=True (on the command line, --max-left-seconds: add "
+                         "--streaming; offline, --left-chunks -1 sees every earlier frame)")
 
 
 def left_context_bound(max_left_seconds: float, chunk_seconds: float) -> int | None:
@@ -515,13 +510,6 @@ def left_context_bound(max_left_seconds: float, chunk_seconds: float) -> int | N
         raise ValueError(f"max_left_seconds (--max-left-seconds) {seconds:g} is shorter than "
                          f"one chunk ({chunk_seconds:g} s): give at least {chunk_seconds:g}")
     return chunks
-
-
-def _whole(value: object, name: str) -> int:
-    """``value`` as an int when it is a whole number (not a bool), else a ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
-    return int(value)
 
 
 def _positive_seconds(max_left_seconds: float) -> float:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+import torch
 
 import asr.audio as audio_module
 from asr.audio import AudioError, load_audio, resample
@@ -694,8 +695,57 @@ def test_streaming_chunking_options_reach_the_recognizer(tiny, audio_dir, capsys
     assert out.splitlines() == [f"{f}\t{r.text}" for f, r in zip(files, expected)]
 
 
+@pytest.mark.parametrize("chunk_size, left_chunks", [(2, -1), (8, 1)])
+def test_offline_chunk_mask_gives_the_streams_tokens_and_times(tiny, audio_dir, capsys,
+                                                                 monkeypatch, chunk_size,
+                                                                 left_chunks):
+    """WeNet's ``decoding_chunk_size``: offline ``--chunk-size C --left-chunks L`` was refused
+    (exit 2), so a stream at chunk C could not be checked against the offline decode at chunk
+    C. Now the offline encoder runs under that chunk mask (the package streams chunks of 4
+    with 8 left chunks, so neither case is its own), and a greedy search gives a stream's
+    tokens and times at that chunking without endpoints."""
+    from asr.model import ASRModel
+
+    masks = []
+    encode = ASRModel.encode
+
+    def spy(self, feats, feat_lens, chunk_size=None, left_chunks=None):
+        masks.append((chunk_size, left_chunks))
+        return encode(self, feats, feat_lens, chunk_size, left_chunks)
+
+    monkeypatch.setattr(ASRModel, "encode", spy)
+    files = [audio_dir / f"utt{i}.wav" for i in range(len(tiny.texts))]
+    chunking = ["--chunk-size", chunk_size, "--left-chunks", left_chunks]
+    results = {}
+    for mode in ([], ["--streaming", "--no-endpoint"]):
+        code, out, _ = _run([*files, "--model", tiny.package_dir, "--searcher", "greedy",
+                             "--format", "json", *chunking, *mode], capsys)
+        assert code == 0
+        results[bool(mode)] = [json.loads(line) for line in out.splitlines()]
+    assert masks and set(masks) == {(chunk_size, left_chunks)}  # the offline encode's mask
+    offline, streamed = results[False], results[True]
+    assert len(offline) == len(files) and any(r["token_ids"] for r in offline)
+    for off, stream in zip(offline, streamed):
+        assert off["token_ids"] == stream["token_ids"]
+        assert off["timestamps"] == pytest.approx(stream["timestamps"])
+
+
+def test_offline_chunk_mask_refuses_an_encoder_without_one(tiny, audio_dir):
+    """An encoder module that has no chunk mask cannot apply ``--chunk-size``: a clear error
+    before any input is read, not a decode at full context that looks like one at chunk C."""
+    import asr
+
+    model = asr.load_model(tiny.package_dir)
+    model.runtime.model.encoder = torch.nn.Identity()
+    with pytest.raises(ValueError, match="encoder \\(Identity\\) has no chunk mask"):
+        model.transcribe([audio_dir / "utt0.wav"], chunk_size=2)
+    with pytest.raises(ValueError, match="left_chunks \\(--left-chunks\\) must be a whole"):
+        asr.load_model(tiny.package_dir).transcribe([audio_dir / "utt0.wav"], left_chunks=1.5)
+
+
 @pytest.mark.parametrize("options, message", [
-    (["--chunk-size", "2"], "add --streaming"),
+    (["--chunk-size", "0"], "chunk_size (--chunk-size) must be > 0 encoder frames, got 0"),
+    (["--chunk-size", "-3", "--left-chunks", "2"], "chunk_size (--chunk-size) must be > 0"),
     (["--streaming", "--chunk-size", "0"], "chunk_size (--chunk-size) must be > 0 encoder frames, "
                                            "got 0"),
     (["--max-left-seconds", "5"], "add --streaming"),
@@ -714,13 +764,12 @@ def test_bad_streaming_chunking_is_a_clear_error(tiny, audio_dir, capsys, caplog
 def test_chunking_without_streaming_is_the_runtimes_error_before_the_model_loads(
         tiny, audio_dir, tmp_path, capsys, caplog):
     """The CLI wrote its own copy of the Python API's check, in other words; it now reports the
-    runtime's one error, still before it reads the package (a missing one is not reached)."""
+    runtime's one error, still before it reads the package (a missing one is not reached).
+    Offline, only the bound of a stream's growing left context has no use."""
     import asr
 
     wav = audio_dir / "utt0.wav"
-    for options, kwargs in ((["--chunk-size", "2"], {"chunk_size": 2}),
-                            (["--left-chunks", "-1"], {"left_chunks": -1}),
-                            (["--max-left-seconds", "5"], {"max_left_seconds": 5.0})):
+    for options, kwargs in ((["--max-left-seconds", "5"], {"max_left_seconds": 5.0}),):
         with pytest.raises(ValueError) as err:
             asr.load_model(tiny.package_dir).transcribe([wav], **kwargs)
         caplog.clear()

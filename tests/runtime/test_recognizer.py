@@ -343,7 +343,7 @@ def test_max_left_seconds_default_and_errors(unlimited_model, transducer_model):
                 model.streaming_recognizer(max_left_seconds=bad)
     with pytest.raises(ValueError, match=r"0.05 is shorter than one chunk \(0.08 s\)"):
         unlimited_model.streaming_recognizer(max_left_seconds=0.05)
-    with pytest.raises(ValueError, match="max_left_seconds set the streaming chunking"):
+    with pytest.raises(ValueError, match="max_left_seconds bounds the left context a stream keeps"):
         unlimited_model.transcribe([np.zeros(1600, np.float32)], max_left_seconds=5)
 
 

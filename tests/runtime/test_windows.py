@@ -289,3 +289,31 @@ def test_every_frame_is_kept_by_exactly_one_window_at_the_one_window_time(name, 
         [result] = model.transcribe(wave, searcher=every_frame, window_seconds=window,
                                     overlap_seconds=overlap)
         assert list(result.timestamps) == expected, (window, overlap)
+
+
+def test_windows_under_a_chosen_chunking_lie_on_its_grid_and_join_to_its_one_window_decode(
+        conformer, monkeypatch):
+    """Offline ``chunk_size`` / ``left_chunks`` (WeNet's decoding chunk size) were refused; now
+    the encoder runs under that chunk mask, and long inputs' windows follow it: they start on
+    its grid (chunks of 4 frames, not the package's 2) and cut by its left context, so a greedy
+    search's tokens and times are those of one window over the input at that chunking."""
+    import numpy as np
+
+    planned, plan = [], offline.plan_windows
+
+    def spy(*args, **kwargs):
+        planned.append((args[5], plan(*args, **kwargs)))
+        return planned[-1][1]
+
+    monkeypatch.setattr(offline, "plan_windows", spy)
+    wave = (0.1 * np.random.default_rng(11).standard_normal(16000 * 5)).astype(np.float32)
+    chunking = {"chunk_size": 4, "left_chunks": 1, "searcher": "transducer_greedy"}
+    [one] = conformer.transcribe(wave, window_seconds=100, **chunking)
+    [windowed] = conformer.transcribe(wave, window_seconds=2.0, overlap_seconds=0.5,
+                                        batch_size=3, **chunking)
+    grid = conformer.window_grid * 2
+    assert conformer.with_chunking(4, 1).window_grid == grid
+    (_, [_]), (used, windows) = planned
+    assert used == grid and len(windows) >= 3 and all(w.start % grid == 0 for w in windows)
+    assert len(one.token_ids) > 5 and windowed.token_ids == one.token_ids
+    assert windowed.timestamps == pytest.approx(one.timestamps)
