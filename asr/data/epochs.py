@@ -15,9 +15,10 @@ of the epoch's stream as ``skip_world_size`` processes sampled it (the stream de
 each rank skips ``skip / skip_world_size`` of its own batches; otherwise each rank replays that
 stream (:func:`asr.data.sampler.stream_rounds`: one sampler of ``skip_world_size`` ranks, over
 the epoch's cuts) and takes its share of the rest (:func:`asr.data.sampler.resumed_share`): the
-cuts that the ``skip_world_size`` processes would still have trained on, each once (the old
-ranks' split of their stream's last round and its repeats are undone first), the batches that
-fill no round of the new ranks split among them as lhotse splits a last round.
+cuts that the ``skip_world_size`` processes would still have trained on, each once (their
+stream's last round by the parts those ranks split it into, less the split's repeats: each
+batch is one position of that stream, also for a run resumed again), the batches that fill no
+round of the new ranks split among them as lhotse splits a last round.
 
 The count of batches to skip is a position in the epoch's stream as this sampler draws it:
 :attr:`EpochBatches.stream` names it (:func:`asr.data.sampler.sampler_stream`), the trainer
@@ -36,8 +37,9 @@ An epoch resumed with another number of processes trains what the interrupted ru
 have trained, but for fewer cuts than its ranks at the very end, which ``drop_last`` leaves out
 where the split would repeat them. Each rank
 logs at the end of an epoch what it trained on (and, alone, how many cuts were left
-out); an epoch that gives no batch at all (a corpus smaller than its buckets' batches) is an
-error, not a silent empty epoch.
+out), at INFO: under ``torchrun`` the console shows rank 0's line only (``asr.cli.main``,
+``console_logging``); an epoch that gives no batch at all (a corpus smaller than its
+buckets' batches) is an error, not a silent empty epoch.
 """
 
 from __future__ import annotations

@@ -275,11 +275,10 @@ def _untrained_batches(rounds: Iterator[list], stream_world_size: int, skip: int
     """The batches of an epoch's stream (``rounds`` of :func:`stream_rounds` for
     ``stream_world_size`` processes) that its first ``skip`` global batches (lhotse's, the
     last round split among those ranks) did not hold, lazily: each full round's batches from
-    position ``skip`` on; without ``drop_last`` then the cuts of its last, short round that
-    the split batches before ``skip`` did not hold (a prefix of them: the split is in order),
-    in the batches lhotse drew them in, the split's repeats left out."""
-    from lhotse import CutSet
-
+    position ``skip`` on; without ``drop_last`` then the parts of its last, short round as
+    those ranks split it (:func:`split_round`) from position ``skip`` on, the split's repeats
+    left out. Each batch yielded is one position of the stream, so that a run that trained
+    some of them (counting one global batch each) is resumed from its count again exactly."""
     position = 0
     for batches in rounds:
         if len(batches) == stream_world_size:
@@ -290,11 +289,10 @@ def _untrained_batches(rounds: Iterator[list], stream_world_size: int, skip: int
             continue
         if drop_last:
             return
-        done = sum(map(len, split_round(batches, stream_world_size)[:max(0, skip - position)]))
-        for batch in batches:
-            if done < len(batch):
-                yield batch if done == 0 else CutSet.from_cuts(list(batch)[done:])
-            done = max(0, done - len(batch))
+        # the parts are the round's cuts in order, then the repeats: one cut each part where
+        # there are fewer cuts than ranks, and none otherwise
+        cuts = sum(map(len, batches))
+        yield from split_round(batches, stream_world_size)[max(0, skip - position):cuts]
 
 
 def resumed_share(rounds: Iterator[list], stream_world_size: int, skip: int, rank: int,

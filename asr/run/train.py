@@ -204,19 +204,20 @@ def _load_filtered(cfg: ExperimentConfig, model: ASRModel, names: Sequence[str],
     if train:  # the ids are in memory: no second read of the manifests (Shar's must stream)
         repeats = Repeats.of_ids((cut.id for cut in kept), dev_ids)
         repeats.log("the training manifests")
-        _warn_of_dev_cuts_in_training(repeats.shared, len(dev_ids))
+        _warn_of_dev_cuts_in_training(repeats.shared, len(dev_ids), "data.train_cuts")
         kept = repeats.rename(kept)
     return kept
 
 
-def _warn_of_dev_cuts_in_training(shared: Sequence[str], num_dev: int) -> None:
+def _warn_of_dev_cuts_in_training(shared: Sequence[str], num_dev: int, field: str) -> None:
     """Warns that the dev cuts of the ids ``shared`` (of ``num_dev``) are training cuts too:
     the dev loss and WER, which choose checkpoints, are then not measured on held-out data
-    (a dev manifest listed in ``data.train_cuts``, or a corpus whose parts share ids)."""
+    (a dev manifest listed in the training data's ``field``, ``data.train_cuts`` or
+    ``data.train_shar_dirs``, or a corpus whose parts share ids)."""
     if shared:
         logger.warning("%d of the %d dev cuts have the id of a training cut (e.g. %s): the dev "
-                       "loss and WER are not measured on held-out data; check data.train_cuts "
-                       "and data.dev_cuts", len(shared), num_dev, shared[0])
+                       "loss and WER are not measured on held-out data; check %s and "
+                       "data.dev_cuts", len(shared), num_dev, shared[0], field)
 
 
 def _load_shar(cfg: ExperimentConfig, model: ASRModel, tokenizer: Tokenizer,
@@ -236,7 +237,7 @@ def _load_shar(cfg: ExperimentConfig, model: ASRModel, tokenizer: Tokenizer,
                            shar, train=True)
     logger.info("training from %d Lhotse Shar shards in %s", shar.num_shards, dirs)
     repeats = Repeats.of_manifests(shar.manifest_paths, dev_ids)
-    _warn_of_dev_cuts_in_training(repeats.shared, len(dev_ids))
+    _warn_of_dev_cuts_in_training(repeats.shared, len(dev_ids), "data.train_shar_dirs")
     return repeats.rename(kept.cuts), kept
 
 

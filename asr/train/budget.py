@@ -166,9 +166,11 @@ def epoch_steps(progress: Progress, accum_grad: int, world_size: int) -> tuple[i
     of the latest epoch finished (``EpochRecord.batches``) and those the current one has taken
     (``Progress.batches_in_epoch``): right also when the world size changed at a resumption,
     where the steps that epochs took would count steps of another size. An epoch's last step
-    takes the batches left over (:class:`asr.train.trainer.Trainer`), and the global batches
-    left that fill no round of the processes (an epoch resumed with another number of them)
-    are split among them, one more batch each. Checkpoints written
+    takes the batches left over (:class:`asr.train.trainer.Trainer`). An epoch sampled for
+    ``world_size`` processes gives each the batches of its full rounds (lhotse's sampler with
+    ``data.drop_last``, the default; without it one more batch may come), while the global
+    batches left of an epoch resumed with another number of processes that fill no round of
+    them are split among them, one more batch each. Checkpoints written
     before epochs recorded their batches give the steps the latest epoch took.
     """
     ends = [r for r in progress.history if r.step is not None]
@@ -179,12 +181,15 @@ def epoch_steps(progress: Progress, accum_grad: int, world_size: int) -> tuple[i
         per_epoch = last.step - (ends[-2].step if len(ends) > 1 else 0)
         return per_epoch, max(per_epoch - into // (accum_grad * world_size), 0)
 
-    def steps(global_batches: int) -> int:  # each process' share, accum_grad batches a step
-        # batches that fill no round of the ranks are split among them, one batch each
-        # (asr.data.sampler.resumed_share): a resumed epoch of another world size
-        return math.ceil(math.ceil(max(global_batches, 0) / world_size) / accum_grad)
+    def steps(global_batches: int, split: bool) -> int:  # accum_grad batches a step
+        # each process' share: the full rounds of the processes, and with ``split`` one batch
+        # more each for the batches that fill no round, which a resumed epoch of another world
+        # size splits among them (asr.data.sampler.resumed_share)
+        rounds = max(global_batches, 0) / world_size
+        return math.ceil((math.ceil(rounds) if split else math.floor(rounds)) / accum_grad)
 
-    return steps(last.batches), steps(last.batches - into)
+    resumed = into > 0 and progress.epoch_world_size not in (None, world_size)
+    return steps(last.batches, False), steps(last.batches - into, resumed)
 
 
 def _mean(values: list[float]) -> float:

@@ -87,3 +87,26 @@ def test_nothing_left_after_filtering_names_the_source(tmp_path, tiny_corpus, ca
     caplog.clear()
     assert train_tiny(tmp_path, tiny_corpus, "shar", f"data.train_shar_dirs=[{shar}]", *too_short)
     assert f"no training cuts left in ['{shar}'] after filtering" in caplog.text
+
+
+def test_dev_cuts_in_the_training_shards_are_warned_of_naming_the_shar_field(
+        tmp_path, tiny_corpus, caplog, monkeypatch):
+    """Training from Shar shards of the dev cuts: the warning told to check data.train_cuts,
+    which this config does not use, instead of data.train_shar_dirs. Stopped once the data is
+    loaded."""
+    import asr.run.train
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("stopped after loading the data")
+
+    monkeypatch.setattr(asr.run.train, "EpochBatches", stop)
+    dev = tiny_corpus / "fbank" / "librispeech_cuts_dev-clean-2.jsonl.gz"
+    shar = tmp_path / "shar"
+    assert main(["shar", "--cuts", str(dev), "--output-dir", str(shar),
+                 "--fields", "features=numpy"]) == 0
+    with caplog.at_level(logging.WARNING, logger="asr.run.train"):
+        assert train_tiny(tmp_path, tiny_corpus, "overlap", f"data.train_shar_dirs=[{shar}]") == 1
+    assert "stopped after loading the data" in caplog.text
+    assert re.search(r"4 of the 4 dev cuts have the id of a training cut \(e\.g\. \S+\): the dev "
+                     r"loss and WER are not measured on held-out data; check "
+                     r"data\.train_shar_dirs and data\.dev_cuts", caplog.text), caplog.text

@@ -153,3 +153,37 @@ def test_the_epoch_stream_names_the_sampler_and_what_unrecorded_checkpoints_samp
                                         num_workers=0),
                        CharEncoder())
     assert one.stream == one.unrecorded_stream == ONE_BUCKET  # it never bucketed
+
+
+@pytest.mark.parametrize(("old_world", "first_world", "second_world"),
+                         [(4, 1, 1), (4, 1, 2), (3, 2, 1), (4, 3, 4)])
+def test_an_epoch_resumed_twice_with_other_numbers_of_processes_trains_what_was_left(
+        prepared, old_world: int, first_world: int, second_world: int) -> None:
+    """The stream of ``old_world`` processes stopped after ``skip`` global batches; a run of
+    ``first_world`` processes trains ``t`` batches each of the rest (counting ``t x
+    first_world`` more) and stops; a run of ``second_world`` resumes from that count. Where
+    the first resumed run had trained batches of the old stream's short last round, the
+    second read its count as the old ranks' parts of that round and trained cuts again (or
+    left some out). Every stop of both runs is tried."""
+    # seed 3: 4 processes' epoch 3 ends in a round of batches of 2, 1 and 3 cuts, which they
+    # split into parts of 2, 2, 1 and 1
+    cfg = DataConfig(max_duration=2.5, max_cut_duration=2.5, num_buckets=2, shuffle=True,
+                     drop_last=False, num_workers=0, seed=3)
+    paths = [prepared["fbank"]["train-clean-5"], prepared["fbank"]["dev-clean-2"]]
+
+    def shares(world_size: int, skip: int) -> list[list[list[str]]]:
+        cuts = CutSet.from_jsonl_lazy(paths[0]) + CutSet.from_jsonl_lazy(paths[1])
+        return [[b.cut_ids for b in EpochBatches(cuts, cfg, CharEncoder(), rank, world_size)(
+            3, skip, old_world)] for rank in range(world_size)]
+
+    old_full = shares(old_world, 0)
+    stream = [ids for i in range(len(old_full[0])) for share in old_full for ids in [share[i]]]
+    for k in range(1, len(old_full[0])):
+        skip = k * old_world
+        left = _real(c for ids in stream[skip:] for c in ids)
+        first = shares(first_world, skip)
+        for t in range(len(first[0])):
+            trained = [c for share in first for ids in share[:t] for c in ids]
+            second = shares(second_world, skip + t * first_world)
+            seen = trained + [c for share in second for ids in share for c in ids]
+            assert _real(seen) == left, (k, t)

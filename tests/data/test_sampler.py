@@ -282,3 +282,30 @@ def test_training_batches_keep_lhotses_bound_on_every_rank(world_size: int,
     assert len({len(batches) for batches in per_rank}) == 1
     ids = [cut_id for batches in per_rank for batch in batches for cut_id in batch]
     assert len(ids) == len(set(ids)) and "_dup" not in "".join(ids)
+
+
+def _batch(first: int, count: int) -> CutSet:
+    """A batch of ``count`` one-second cuts ``c<first>``, ``c<first + 1>``..."""
+    return CutSet.from_cuts(MonoCut(id=f"c{i}", start=0.0, duration=1.0, channel=0)
+                            for i in range(first, first + count))
+
+
+@pytest.mark.parametrize("second_world", [1, 2, 4])
+def test_a_resumed_epoch_resumed_again_inside_the_old_streams_last_round_trains_each_cut_once(
+        second_world: int) -> None:
+    """The stream of 4 processes ends in a short round of 2 batches (10 and 6 cuts), which those
+    4 ranks split into 4 parts. A run of 1 process resumed after the full round trains a batch of
+    that round, and counts it as one global batch of the stream; resumed from there again, that
+    position was read as one of the 4 ranks' parts (4 cuts) trained, and the 6 other cuts of
+    the batch trained were trained again."""
+    from asr.data.sampler import resumed_share
+
+    rounds = [[_batch(0, 3), _batch(3, 3), _batch(6, 3), _batch(9, 3)],
+              [_batch(12, 10), _batch(22, 6)]]
+    first = list(resumed_share(iter(rounds), 4, 4, 0, 1, drop_last=False))
+    trained = [c.id for c in first[0]]  # the first batch of the resumed run, then killed
+    rest = [c.id for rank in range(second_world)
+            for batch in resumed_share(iter(rounds), 4, 5, rank, second_world, drop_last=False)
+            for c in batch if "_dup" not in c.id]
+    assert sorted(trained + rest) == sorted(f"c{i}" for i in range(12, 28))
+    assert sorted(c.id for batch in first for c in batch) == sorted(f"c{i}" for i in range(12, 28))

@@ -424,15 +424,32 @@ def test_a_run_resumed_with_another_world_size_plans_its_epochs_in_its_own_steps
 
 
 @pytest.mark.parametrize(("into", "world_size", "accum_grad", "left"),
-                         [(6, 3, 1, 3), (6, 2, 1, 4), (6, 3, 2, 2), (12, 3, 1, 1), (13, 3, 1, 0)])
+                         [(6, 3, 1, 3), (6, 2, 1, 3), (6, 3, 2, 2), (12, 3, 1, 1), (13, 3, 1, 0)])
 def test_the_steps_left_count_the_batches_split_among_the_ranks(into, world_size, accum_grad,
                                                                   left):
-    """An epoch of 13 global batches resumed after ``into`` of them on ``world_size`` processes:
-    the batches that fill no round of them are split among them, one more step
-    (:func:`asr.data.sampler.resumed_share`), which the plan left out."""
+    """An epoch of 13 global batches of 2 processes resumed after ``into`` of them on
+    ``world_size`` processes: the batches that fill no round of another number of them are
+    split among them, one more step (:func:`asr.data.sampler.resumed_share`), which the plan
+    left out. The 2 processes that sampled it split none (lhotse's drop_last)."""
     from asr.train.budget import epoch_steps
     from asr.train.state import EpochRecord, Progress
 
     progress = Progress(epoch=2, step=20, batches_in_epoch=into, epoch_world_size=2,
                         history=[EpochRecord(1, 1.0, step=10, batches=13)])
     assert epoch_steps(progress, accum_grad, world_size)[1] == left
+
+
+@pytest.mark.parametrize(("into", "epoch_world_size", "expected"),
+                         [(0, 3, (3, 3)), (3, 3, (3, 2)), (4, 2, (3, 2))])
+def test_an_epoch_sampled_for_its_processes_counts_only_their_full_rounds(
+        into, epoch_world_size, expected):
+    """Epoch 1 took 10 global batches of 2 processes; the run goes on with 3. An epoch sampled
+    for the 3 (a new one, or one they began) gives each the batches of its full rounds
+    (lhotse's drop_last, the default): 3 steps, not the 4 of a ceiling that only the batches a
+    resumed epoch of another world size splits among them take (there: 6 left, 2 steps)."""
+    from asr.train.budget import epoch_steps
+    from asr.train.state import EpochRecord, Progress
+
+    progress = Progress(epoch=2, step=5, batches_in_epoch=into, epoch_world_size=epoch_world_size,
+                        history=[EpochRecord(1, 1.0, step=5, batches=10)])
+    assert epoch_steps(progress, 1, 3) == expected
