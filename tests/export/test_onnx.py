@@ -415,13 +415,13 @@ def test_int8_graphs_load_and_mostly_agree(tiny, exported, utterances):
     assert any(line.startswith("encoder.int8.onnx") for line in report["checks"])
 
 
-def test_int8_graphs_of_every_layout_keep_the_metadata_and_decode(tmp_path):
+def test_int8_graphs_of_every_layout_keep_the_metadata_and_decode(random_exports):
     """sherpa-onnx reads an int8 graph's own metadata: each one has its fp32 graph's metadata
     (onnxruntime's quantizer adds only ``onnx.infer``) and inputs and outputs, and every layout's
     int8 graphs decode in sherpa-onnx (CTC and TDT ones too, which no other test loads):
-    nothing for audio without an encoder frame, tokens for 2 s of noise."""
-    transducer = random_package(tmp_path / "rnnt", head="transducer", seed=2)
-    tdt = random_package(tmp_path / "tdt", head="tdt", seed=3)
+    nothing for audio without an encoder frame, tokens for 2 s of noise. (The shared exports of
+    tests/export/conftest.py are made with ``int8=True``.)"""
+    assert set(random_exports) == {"offline", "ctc", "streaming", "tdt"}
     rng = np.random.default_rng(0)
     waves = [(rng.standard_normal(n) * 0.1).astype(np.float32) for n in (640, 32000)]
 
@@ -433,12 +433,7 @@ def test_int8_graphs_of_every_layout_keep_the_metadata_and_decode(tmp_path):
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return [(v.name, v.type) for v in session.get_inputs() + session.get_outputs()]
 
-    for name, package, options in (("offline", transducer, {}),
-                                   ("ctc", transducer, {"head": "ctc"}),
-                                   ("streaming", transducer, {"streaming": True}),
-                                   ("tdt", tdt, {})):
-        out = tmp_path / f"onnx-{name}"
-        export_onnx(package, out, int8=True, **options)
+    for name, (_, out, _) in random_exports.items():
         graphs = sorted(p for p in out.glob("*.onnx") if not p.name.endswith(".int8.onnx"))
         assert len(graphs) == (1 if name == "ctc" else 3)
         for graph in graphs:
@@ -885,21 +880,6 @@ def test_unlimited_left_context_has_no_streaming_layout(tmp_path):
     assert not (tmp_path / "x").exists()
     report = export_onnx(package, tmp_path / "y", streaming=True, left_chunks=1)
     assert report.layout == "streaming_transducer"
-
-
-@pytest.fixture(scope="module")
-def random_exports(tmp_path_factory) -> dict[str, tuple[Path, Path, object]]:
-    """name -> (package, export directory, report): random-weight transducer (offline,
-    streaming), CTC and TDT packages exported."""
-    root = tmp_path_factory.mktemp("random_exports")
-    package = random_package(root / "rnnt", head="transducer", seed=2)
-    tdt = random_package(root / "tdt", head="tdt", seed=3)
-    out = {}
-    for name, source, options in (("offline", package, {}), ("ctc", package, {"head": "ctc"}),
-                                  ("tdt", tdt, {}), ("streaming", package, {"streaming": True})):
-        out[name] = (source, root / f"onnx-{name}",
-                     export_onnx(source, root / f"onnx-{name}", **options))
-    return out
 
 
 def test_inputs_shorter_than_the_subsampling_window_decode_to_nothing(random_exports):

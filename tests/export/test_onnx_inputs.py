@@ -18,16 +18,12 @@ UNWRITABLE = Path("/sys/asr-onnx-test")
 needs_sysfs = pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux sysfs")
 
 
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("onnx_inputs")
-    package = random_package(root / "rnnt", head="transducer", seed=3)
-    out = {"package": package}
-    for name, options in {"transducer": [], "ctc": ["--head", "ctc"]}.items():
-        out[name] = root / name
-        assert main(["export-onnx", "--model", str(package), "--output-dir", str(out[name]),
-                     *options]) == 0
-    return out
+@pytest.fixture
+def exports(random_exports) -> dict[str, Path]:
+    """The session's random transducer package and its offline transducer and CTC exports
+    (tests/export/conftest.py); read only."""
+    return {"package": random_exports["offline"][0], "transducer": random_exports["offline"][1],
+            "ctc": random_exports["ctc"][1]}
 
 
 def test_a_package_whose_weights_do_not_fit_its_config_is_a_bad_input(tmp_path, caplog):

@@ -9,6 +9,7 @@ Each wrong metadata value is planted as the graph file is written.
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,14 +17,12 @@ import torch
 
 from asr.export import OnnxExportError, export_onnx, graphs
 from asr.export import sherpa as sherpa_export
-from asr.testing.packages import random_package
 
 
-@pytest.fixture(scope="module")
-def packages(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("self_check")
-    return {"transducer": random_package(root / "rnnt", head="transducer", seed=2),
-            "tdt": random_package(root / "tdt", head="tdt", seed=3)}
+@pytest.fixture
+def packages(random_packages) -> dict[str, Path]:
+    """The session's random transducer and TDT packages (tests/export/conftest.py)."""
+    return random_packages
 
 
 def _wrap(monkeypatch, cls: type, change) -> None:
@@ -55,21 +54,20 @@ def _plant_streaming_cache_dropped(monkeypatch) -> None:  # attends to zeros, no
                                                          states[-1]))
 
 
-#: name -> (export options, graph the error names, what to patch).
+#: name -> (layout of the conftest's ``random_exports``, graph the error names, what to patch).
 WRONG_GRAPHS = {
-    "decoder context reversed": ({}, "decoder.onnx", _plant_decoder_reversed),
-    "joiner logits shifted": ({}, "joiner.onnx", lambda mp: _wrap(
+    "decoder context reversed": ("offline", "decoder.onnx", _plant_decoder_reversed),
+    "joiner logits shifted": ("offline", "joiner.onnx", lambda mp: _wrap(
         mp, graphs.Joiner, lambda self, out, *_: out + 0.05)),
-    "offline encoder ignores lengths": ({}, "encoder.onnx", _plant_offline_lengths_ignored),
-    "ctc probabilities, not log": ({"head": "ctc"}, "model.onnx", lambda mp: _wrap(
+    "offline encoder ignores lengths": ("offline", "encoder.onnx", _plant_offline_lengths_ignored),
+    "ctc probabilities, not log": ("ctc", "model.onnx", lambda mp: _wrap(
         mp, graphs.CtcModel, lambda self, out, *_: (out[0].exp(), out[1]))),
-    "streaming cache dropped": ({"streaming": True}, "encoder.onnx",
-                                _plant_streaming_cache_dropped),
-    "streaming processed_lens off by one": ({"streaming": True}, "encoder.onnx", lambda mp: _wrap(
+    "streaming cache dropped": ("streaming", "encoder.onnx", _plant_streaming_cache_dropped),
+    "streaming processed_lens off by one": ("streaming", "encoder.onnx", lambda mp: _wrap(
         mp, graphs.StreamingEncoder, lambda self, out, *_: (*out[:-1], out[-1] + 1))),
-    "tdt decoder forgets its context": ({"tdt": True}, "decoder.onnx", lambda mp: _wrap(
+    "tdt decoder forgets its context": ("tdt", "decoder.onnx", lambda mp: _wrap(
         mp, graphs.NemoDecoder, lambda self, out, *_: (out[0], out[1], out[2] * 0, out[3]))),
-    "tdt skips reversed": ({"tdt": True}, "joiner.onnx", lambda mp: _wrap(
+    "tdt skips reversed": ("tdt", "joiner.onnx", lambda mp: _wrap(
         mp, graphs.NemoJoiner, lambda self, out, *_: torch.cat(
             [out[:, :self.vocab_size], out[:, self.vocab_size:].flip(1)], dim=1))),
 }
@@ -83,14 +81,16 @@ def _snapshot(directory: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("name", list(WRONG_GRAPHS))
-def test_the_self_check_fails_on_a_wrong_graph(packages, tmp_path, monkeypatch, name):
+def test_the_self_check_fails_on_a_wrong_graph(random_exports, export_layouts, tmp_path,
+                                                monkeypatch, name):
     """A graph that computes something else than the model is refused, naming the graph, and a
-    forced export over an earlier one leaves that one as it was (nothing mixed, nothing left)."""
-    options, graph, plant = WRONG_GRAPHS[name]
-    options = dict(options)
-    package = packages["tdt" if options.pop("tdt", False) else "transducer"]
+    forced export over an earlier one leaves that one as it was (nothing mixed, nothing left).
+    The earlier export is a copy of the session's good export of that layout (fp32 and int8)."""
+    layout, graph, plant = WRONG_GRAPHS[name]
+    package, earlier, _ = random_exports[layout]
+    options = export_layouts[layout][1]
     out = tmp_path / "onnx"
-    export_onnx(package, out, **options)
+    shutil.copytree(earlier, out)
     before = _snapshot(out)
     plant(monkeypatch)
     with pytest.raises(OnnxExportError, match=rf"^{graph}: "):
