@@ -392,3 +392,22 @@ def test_an_old_name_of_a_required_option_is_refused_in_a_parser_that_would_not_
     assert intermixed.parse_args(["--out", "p"]).output_dir == "p"
     with pytest.raises(SystemExit):
         intermixed.parse_args([])
+
+
+@pytest.mark.parametrize(("command", "words"), [
+    ("transcribe", ["--model", "pkg", "a.wav"]),
+    ("serve", ["--model", "pkg"]),
+    ("export-package", ["--exp-dir", "e", "--output-dir", "p"]),
+])
+def test_an_unknown_searcher_name_is_a_usage_error_of_every_command_before_a_model_is_read(
+        capsys, command: str, words: list[str]) -> None:
+    """``asr decode --searcher`` refuses an unknown name when it parses its command line; the
+    commands of a package's search (add_search_arguments) read the model first and only then
+    said the name was unknown. All of them refuse it as argparse refuses a bad value."""
+    parser = build_parser(command)
+    with pytest.raises(SystemExit) as stop:
+        parser.parse_args([command, *words, "--searcher", "transducer_bean"])
+    assert stop.value.code == 2
+    assert "argument --searcher: unknown searcher 'transducer_bean'" in capsys.readouterr().err
+    args = parser.parse_args([command, *words, "--searcher", "beam"])
+    assert args.searcher == "beam"
