@@ -324,8 +324,9 @@ READ_BLOCK_FRAMES = 1 << 20
 
 
 #: The most output samples allocated for a file before they are decoded (1 GiB of float32, 4.7 h
-#: at 16 kHz): a longer file's array grows as its blocks come, so that a header declaring far
-#: more frames than a file holds cannot claim the memory for them.
+#: at 16 kHz): a longer file's array grows to its declared length once its samples fill this
+#: (doubling instead where that much memory cannot be had), so that a header declaring far more
+#: frames than a file holds cannot claim the memory for them before any is decoded.
 MAX_PREALLOCATED_SAMPLES = 1 << 28
 
 
@@ -356,8 +357,8 @@ class _MonoSamples:
         self.peak = 0.0
         # a header's count is only a claim (a corrupt FLAC may declare 2**36 frames): at most
         # MAX_PREALLOCATED_SAMPLES are allocated for it at once, the rest as the samples come
-        declared = max(0, -(-self.out_rate * int(frames) // self.rate))
-        self._out = np.empty(min(declared, MAX_PREALLOCATED_SAMPLES), np.float32)
+        self._declared = max(0, -(-self.out_rate * int(frames) // self.rate))
+        self._out = np.empty(min(self._declared, MAX_PREALLOCATED_SAMPLES), np.float32)
         self._filled = 0
 
     def add(self, block: np.ndarray) -> None:
@@ -371,8 +372,15 @@ class _MonoSamples:
 
     def _put(self, piece: np.ndarray) -> None:
         end = self._filled + piece.shape[0]
-        if end > self._out.shape[0]:  # more frames than declared (or none declared)
-            grown = np.empty(max(end, 2 * self._out.shape[0]), np.float32)
+        if end > self._out.shape[0]:  # past the allocation: to the declared count, else double
+            size = max(end, 2 * self._out.shape[0])
+            if self._declared > self._out.shape[0]:  # the header, plausible after that much
+                size = max(end, self._declared)
+            try:
+                grown = np.empty(size, np.float32)
+            except MemoryError:  # a header's count far beyond the memory: grow as they come
+                self._declared = 0
+                grown = np.empty(max(end, 2 * self._out.shape[0]), np.float32)
             grown[: self._filled] = self._out[: self._filled]
             self._out = grown
         self._out[self._filled: end] = piece

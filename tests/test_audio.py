@@ -261,12 +261,15 @@ def test_a_long_file_is_downmixed_and_resampled_block_by_block(tmp_path, monkeyp
     assert peak < 2 * decoded.samples.nbytes, f"{peak} bytes at the peak"
 
 
+@pytest.mark.parametrize("preallocated", [1 << 28, 1000])
 def test_a_header_declaring_far_more_frames_than_held_is_an_error_not_an_allocation(
-        tmp_path) -> None:
+        tmp_path, monkeypatch, preallocated: int) -> None:
     """A FLAC whose STREAMINFO claims 2**36 - 1 frames (a corrupt header) made the decoder
     allocate its output for them at once: a MemoryError ("Unable to allocate 256. GiB") naming
-    no file. The allocation made before decoding is bounded; the file is then refused naming
-    it, as any file holding fewer samples than its header declares."""
+    no file. The allocation made before decoding is bounded; growing past it to the declared
+    length, where that cannot be had, doubles instead. The file is then refused naming it, as
+    any file holding fewer samples than its header declares."""
+    monkeypatch.setattr(audio_module, "MAX_PREALLOCATED_SAMPLES", preallocated)
     path = tmp_path / "corrupt.flac"
     sf.write(path, np.random.default_rng(0).uniform(-0.5, 0.5, 16000), 16000)
     data = bytearray(path.read_bytes())
@@ -316,3 +319,23 @@ def test_an_rf64_or_extensible_wav_cut_short_is_refused(tmp_path, container: str
     with pytest.raises(AudioError, match=r"long\.wav: truncated audio: its WAV header declares "
                                          r"16000 samples, \d+ are in the file"):
         decode_audio(path)
+
+
+def test_a_file_longer_than_the_preallocation_grows_once_to_its_declared_length(
+        tmp_path, monkeypatch) -> None:
+    """Past :data:`MAX_PREALLOCATED_SAMPLES` (here 1000) the output grows to the length the
+    header declares, once, not by doubling (whose last array, twice the samples at most, was
+    copied again to its length at the end: about 2.5 times the samples at the peak)."""
+    samples = np.random.default_rng(0).uniform(-0.5, 0.5, 160000).astype(np.float32)
+    path = tmp_path / "long.wav"
+    sf.write(path, samples, 16000, subtype="FLOAT")
+    monkeypatch.setattr(audio_module, "READ_BLOCK_FRAMES", 4096)
+    monkeypatch.setattr(audio_module, "MAX_PREALLOCATED_SAMPLES", 1000)
+    tracemalloc.start()
+    try:
+        decoded = decode_audio(path, 16000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(decoded.samples, samples)
+    assert peak < 1.3 * samples.nbytes, f"{peak} bytes at the peak"
