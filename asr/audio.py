@@ -323,6 +323,13 @@ _FFMPEG = shutil.which("ffmpeg")
 READ_BLOCK_FRAMES = 1 << 20
 
 
+#: The most output samples allocated for a file before they are decoded (1 GiB of float32, 4.7 h
+#: at 16 kHz): a longer file's array grows to its declared length once its samples fill this
+#: (doubling instead where that much memory cannot be had), so that a header declaring far more
+#: frames than a file holds cannot claim the memory for them before any is decoded.
+MAX_PREALLOCATED_SAMPLES = 1 << 28
+
+
 class _MonoSamples:
     """A file's samples as they are decoded, in (n, C) blocks: refused when they are not audio
     (NaN, infinite, beyond :data:`MAX_SAMPLE_MAGNITUDE`), averaged to mono and resampled to
@@ -348,7 +355,10 @@ class _MonoSamples:
                           if self.out_rate != self.rate else None)
         self.frames = 0  # frames taken
         self.peak = 0.0
-        self._out = np.empty(max(0, -(-self.out_rate * int(frames) // self.rate)), np.float32)
+        # a header's count is only a claim (a corrupt FLAC may declare 2**36 frames): at most
+        # MAX_PREALLOCATED_SAMPLES are allocated for it at once, the rest as the samples come
+        self._declared = max(0, -(-self.out_rate * int(frames) // self.rate))
+        self._out = np.empty(min(self._declared, MAX_PREALLOCATED_SAMPLES), np.float32)
         self._filled = 0
 
     def add(self, block: np.ndarray) -> None:
@@ -362,8 +372,15 @@ class _MonoSamples:
 
     def _put(self, piece: np.ndarray) -> None:
         end = self._filled + piece.shape[0]
-        if end > self._out.shape[0]:  # more frames than declared (or none declared)
-            grown = np.empty(max(end, 2 * self._out.shape[0]), np.float32)
+        if end > self._out.shape[0]:  # past the allocation: to the declared count, else double
+            size = max(end, 2 * self._out.shape[0])
+            if self._declared > self._out.shape[0]:  # the header, plausible after that much
+                size = max(end, self._declared)
+            try:
+                grown = np.empty(size, np.float32)
+            except MemoryError:  # a header's count far beyond the memory: grow as they come
+                self._declared = 0
+                grown = np.empty(max(end, 2 * self._out.shape[0]), np.float32)
             grown[: self._filled] = self._out[: self._filled]
             self._out = grown
         self._out[self._filled: end] = piece
@@ -459,30 +476,63 @@ WAV_HEADER_BYTES = 65536
 WAV_UNKNOWN_SIZE = 0x7FFFF000
 
 
+#: WAV format tags whose frames are ``channels * ceil(bits / 8)`` bytes (PCM, IEEE float, A-law,
+#: mu-law; WAVE_FORMAT_EXTENSIBLE names one of them in its sub-format). Another tag's
+#: nBlockAlign is a codec block of many frames (ADPCM, GSM): its data size says no frame count.
+_WAV_FRAME_FORMATS = (0x0001, 0x0003, 0x0006, 0x0007)
+_WAV_EXTENSIBLE = 0xFFFE
+
+
+def _wav_frame_bytes(fmt: bytes) -> int:
+    """Bytes of one frame of a WAV 'fmt ' chunk's body, as libsndfile reads it (channels times
+    the container's bytes a sample, whatever nBlockAlign says); 0 for a compressed format or a
+    body too short to tell."""
+    if len(fmt) < 16:
+        return 0
+    tag = int.from_bytes(fmt[0:2], "little")
+    if tag == _WAV_EXTENSIBLE:
+        tag = int.from_bytes(fmt[24:26], "little") if len(fmt) >= 26 else 0
+    channels, bits = int.from_bytes(fmt[2:4], "little"), int.from_bytes(fmt[14:16], "little")
+    if tag not in _WAV_FRAME_FORMATS:
+        return 0
+    return channels * ((bits + 7) // 8)
+
+
 def wav_declared_frames(head: bytes) -> int | None:
-    """The sample frames that a RIFF/WAVE header declares in its data chunk.
+    """The sample frames that a RIFF/WAVE header (or an RF64/BW64 one, the WAV of files over
+    4 GiB, whose ds64 chunk holds the data size) declares in its data chunk.
 
     Args:
         head: the file's first bytes (:data:`WAV_HEADER_BYTES` of them hold every common
             header).
 
     Returns:
-        The data chunk's size over the format's block size; None for another format, a header
-        whose data chunk lies beyond ``head``, or a size that is a placeholder of a writer that
-        could not seek back to fill it in (0, or at least :data:`WAV_UNKNOWN_SIZE`).
+        The data chunk's size over the bytes of a frame (channels times the bytes of a
+        sample); None for another format, a compressed WAV (ADPCM, GSM: no frame size), a
+        header whose data chunk lies beyond ``head``, or a size that is a placeholder of a
+        writer that could not seek back to fill it in (0, or at least
+        :data:`WAV_UNKNOWN_SIZE`; in RF64, a ds64 data size of 0).
     """
-    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64", b"BW64") or head[8:12] != b"WAVE":
         return None
-    block = 0
+    rf64 = head[:4] != b"RIFF"
+    frame = 0
+    ds64_size = 0
     pos = 12
     while pos + 8 <= len(head):
         chunk, size = head[pos: pos + 4], int.from_bytes(head[pos + 4: pos + 8], "little")
-        if chunk == b"fmt " and pos + 22 <= len(head):
-            block = int.from_bytes(head[pos + 20: pos + 22], "little")  # nBlockAlign
+        if chunk == b"fmt ":
+            frame = _wav_frame_bytes(head[pos + 8: pos + 8 + size])
+        elif chunk == b"ds64" and rf64 and pos + 24 <= len(head):
+            ds64_size = int.from_bytes(head[pos + 16: pos + 24], "little")  # after riffSize
         elif chunk == b"data":
-            if block <= 0 or size == 0 or size >= WAV_UNKNOWN_SIZE:
+            if rf64 and size == 0xFFFFFFFF:  # the size is the ds64 chunk's
+                size = ds64_size
+            elif size >= WAV_UNKNOWN_SIZE:
                 return None
-            return size // block
+            if frame <= 0 or size == 0:
+                return None
+            return size // frame
         pos += 8 + size + (size & 1)  # chunks are padded to an even size
     return None
 

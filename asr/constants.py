@@ -101,9 +101,10 @@ class OldName(argparse.Action):
     The new name may be ``required=True``, as any required option (``--output-dir``): a
     missing one gets argparse's "the following arguments are required: --output-dir", and the
     old name given in its place meets the requirement for that parse (an
-    :class:`IntermixedParser` restores it after). A mutually exclusive group of the two names
-    said "one of the arguments --output-dir is required", naming a choice the user does not
-    have.
+    :class:`IntermixedParser` restores it after; the old name of a required option in another
+    parser, which would leave it unrequired for every later parse, is a TypeError). A mutually
+    exclusive group of the two names said "one of the arguments --output-dir is required",
+    naming a choice the user does not have.
 
     Args:
         new: the option's name now, for the warning.
@@ -117,6 +118,11 @@ class OldName(argparse.Action):
         setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
         renamed = parser._option_string_actions.get(self.new)
         if renamed is not None and renamed.required:  # met by its old name, this parse only
+            if not isinstance(parser, IntermixedParser):  # nothing would restore it after
+                raise TypeError(f"{self.option_strings[0]}, the old name of the required "
+                                f"{self.new}, needs an IntermixedParser, which requires it "
+                                f"again in the next parse; {parser.prog}'s parser is "
+                                f"{type(parser).__name__}")
             renamed.required = False
         noted = list(getattr(namespace, OLD_NAMES, []))
         if (option_string, self.new) not in noted:

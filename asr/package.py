@@ -467,7 +467,12 @@ def check_output_dir(out_dir: Path, replace: bool, marker: str, inputs: Iterable
     if not out_dir.is_dir() or out_dir.is_symlink():
         raise ValueError(f"{out_dir}: exists and is not a directory; {option} replaces only "
                          "an earlier output directory")
-    if not (out_dir / marker).is_file() and any(out_dir.iterdir()):
+    try:  # a directory this user may not list (another user's) is no output it may replace
+        foreign = not (out_dir / marker).is_file() and any(out_dir.iterdir())
+    except OSError as err:
+        raise ValueError(f"{out_dir}: exists and cannot be read ({err.strerror or err}); "
+                         "choose another output directory") from None
+    if foreign:
         raise ValueError(f"{out_dir}: exists and holds no {marker}; {option} replaces only an "
                          "earlier output (or an empty directory), never other files")
     if not replace:

@@ -259,3 +259,83 @@ def test_a_long_file_is_downmixed_and_resampled_block_by_block(tmp_path, monkeyp
     assert decoded.samples.shape == whole.shape
     np.testing.assert_allclose(decoded.samples, whole, atol=1e-6)
     assert peak < 2 * decoded.samples.nbytes, f"{peak} bytes at the peak"
+
+
+@pytest.mark.parametrize("preallocated", [1 << 28, 1000])
+def test_a_header_declaring_far_more_frames_than_held_is_an_error_not_an_allocation(
+        tmp_path, monkeypatch, preallocated: int) -> None:
+    """A FLAC whose STREAMINFO claims 2**36 - 1 frames (a corrupt header) made the decoder
+    allocate its output for them at once: a MemoryError ("Unable to allocate 256. GiB") naming
+    no file. The allocation made before decoding is bounded; growing past it to the declared
+    length, where that cannot be had, doubles instead. The file is then refused naming it, as
+    any file holding fewer samples than its header declares."""
+    monkeypatch.setattr(audio_module, "MAX_PREALLOCATED_SAMPLES", preallocated)
+    path = tmp_path / "corrupt.flac"
+    sf.write(path, np.random.default_rng(0).uniform(-0.5, 0.5, 16000), 16000)
+    data = bytearray(path.read_bytes())
+    at = 8 + 13  # 'fLaC', the STREAMINFO block header, then 36 bits of total samples
+    data[at] |= 0x0F
+    data[at + 1: at + 5] = b"\xff\xff\xff\xff"
+    path.write_bytes(bytes(data))
+    assert sf.info(path).frames == 2**36 - 1
+    with pytest.raises(AudioError, match=r"corrupt\.flac: truncated or corrupt audio: its "
+                                         r"header declares 68719476735 samples, 16000 decode"):
+        decode_audio(path)
+
+
+def test_a_pcm_wav_is_counted_in_frames_of_its_sample_width_not_of_its_block_align(
+        tmp_path) -> None:
+    """libsndfile reads PCM by channels and sample width, whatever nBlockAlign says: a 16-bit
+    mono WAV whose writer left nBlockAlign 1 holds 16000 frames, not 32000 (it was refused as
+    truncated). A compressed WAV's nBlockAlign is a codec block (IMA ADPCM: 505 frames in 256
+    bytes), which gives no frame count."""
+    samples = np.random.default_rng(0).uniform(-0.5, 0.5, 16000).astype(np.float32)
+    path = tmp_path / "align.wav"
+    sf.write(path, samples, 16000, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    fmt = data.index(b"fmt ") + 8
+    data[fmt + 12: fmt + 14] = (1).to_bytes(2, "little")  # nBlockAlign
+    assert wav_declared_frames(bytes(data)) == 16000
+    assert decode_audio(bytes(data)).samples.shape == (16000,)
+    sf.write(path, samples, 16000, subtype="IMA_ADPCM")
+    assert wav_declared_frames(path.read_bytes()) is None
+    assert decode_audio(path).samples.shape[0] >= 16000  # padded to whole blocks
+
+
+@pytest.mark.parametrize(("container", "subtype"), [("RF64", "PCM_16"), ("WAVEX", "PCM_24"),
+                                                    ("WAVEX", "FLOAT")])
+def test_an_rf64_or_extensible_wav_cut_short_is_refused(tmp_path, container: str,
+                                                        subtype: str) -> None:
+    """RF64, the WAV of recordings over 4 GiB, keeps its data size in its ds64 chunk (the data
+    chunk's own size is 0xFFFFFFFF): one cut short was read up to its end without a word.
+    WAVE_FORMAT_EXTENSIBLE (24-bit, float) gives its sample width as PCM does."""
+    stereo = np.random.default_rng(0).uniform(-0.5, 0.5, (16000, 2)).astype(np.float32)
+    path = tmp_path / "long.wav"
+    sf.write(path, stereo, 16000, format=container, subtype=subtype)
+    data = path.read_bytes()
+    assert wav_declared_frames(data) == 16000
+    assert decode_audio(path).samples.shape == (16000,)
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(AudioError, match=r"long\.wav: truncated audio: its WAV header declares "
+                                         r"16000 samples, \d+ are in the file"):
+        decode_audio(path)
+
+
+def test_a_file_longer_than_the_preallocation_grows_once_to_its_declared_length(
+        tmp_path, monkeypatch) -> None:
+    """Past :data:`MAX_PREALLOCATED_SAMPLES` (here 1000) the output grows to the length the
+    header declares, once, not by doubling (whose last array, twice the samples at most, was
+    copied again to its length at the end: about 2.5 times the samples at the peak)."""
+    samples = np.random.default_rng(0).uniform(-0.5, 0.5, 160000).astype(np.float32)
+    path = tmp_path / "long.wav"
+    sf.write(path, samples, 16000, subtype="FLOAT")
+    monkeypatch.setattr(audio_module, "READ_BLOCK_FRAMES", 4096)
+    monkeypatch.setattr(audio_module, "MAX_PREALLOCATED_SAMPLES", 1000)
+    tracemalloc.start()
+    try:
+        decoded = decode_audio(path, 16000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(decoded.samples, samples)
+    assert peak < 1.3 * samples.nbytes, f"{peak} bytes at the peak"

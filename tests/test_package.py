@@ -19,6 +19,7 @@ from asr.package import (
     METADATA_FILE,
     WEIGHTS_FILE,
     PackageError,
+    check_output_dir,
     export_package,
     load_package,
 )
@@ -567,3 +568,25 @@ def test_the_default_searcher_is_of_a_trained_head(tmp_path, caplog):
         assert metadata.searcher == "transducer_greedy"
         assert ("searcher 'transducer_greedy' decodes with the transducer head, which "
                 "heads.loss_weights.transducer: 0 leaves untrained") in caplog.text
+
+
+@pytest.mark.parametrize("replace", [False, True])
+def test_an_output_directory_that_cannot_be_listed_is_refused_naming_it(
+        tmp_path, monkeypatch, replace: bool) -> None:
+    """An existing --output-dir that this user may not list (another user's, mode 0711): the
+    checks of what --overwrite would replace list it, and their PermissionError reached the
+    command as "PermissionError: [Errno 13] ..." (exit 1; without --overwrite it had been
+    "already exists" before those checks came first). It is a refusal naming the directory."""
+    out = tmp_path / "pkg"
+    out.mkdir()
+    real_iterdir = Path.iterdir
+
+    def iterdir(self: Path):
+        if self == out:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    with pytest.raises(ValueError, match=r"pkg: exists and cannot be read \(Permission denied\); "
+                                         r"choose another output directory"):
+        check_output_dir(out, replace, METADATA_FILE, [tmp_path / "exp"], "--overwrite")

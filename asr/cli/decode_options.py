@@ -17,30 +17,22 @@ from asr.cli.options import (
     check_num_threads,
     device_from_args,
     part_name,
+    searcher_name_or_all,
     selection_from_args,
     tag_name,
 )
 from asr.config import load_config
 from asr.data.librispeech import cuts_path
 from asr.decoding.lm import check_lm_file
-from asr.decoding.registry import check_searcher_name, select_searchers
+from asr.decoding.registry import select_searchers
 from asr.experiment import ExperimentConfig
-
-
-def _searcher_name(text: str) -> str:
-    """``--searcher``'s words: a searcher name, a role or ``all``; another is a usage error
-    (exit 2) before the weights are read."""
-    try:
-        return check_searcher_name(text, also=("all",))
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``asr decode``."""
     add_checkpoint_arguments(parser)
     parser.add_argument("--searcher", nargs="+", required=True, dest="searchers", metavar="NAME",
-                        type=_searcher_name,
+                        type=searcher_name_or_all,
                         help="searcher names (e.g. transducer_greedy ctc_prefix_beam aed_beam), "
                              "'greedy' / 'beam' for those of the model's main head, or 'all' "
                              "for every searcher the model's heads support")

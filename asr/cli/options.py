@@ -17,6 +17,7 @@ import torch
 
 from asr.checkpoints.selection import WeightSelection
 from asr.constants import DEFAULT_MAX_LEFT_SECONDS, METADATA_FILE, hotword_score
+from asr.decoding.registry import check_searcher_name
 from asr.device import DEVICE_HELP, resolve_device
 from asr.fileio import is_control
 
@@ -167,6 +168,25 @@ def set_num_threads(num_threads: int) -> None:
         logger.debug("inter-op threads left at %d: %s", torch.get_num_interop_threads(), err)
 
 
+def searcher_name(text: str) -> str:
+    """The type of ``--searcher``: a searcher name or a role (``greedy``, ``beam``); another
+    is a usage error (exit 2) when the command line is parsed, before a model is read
+    (:func:`asr.decoding.registry.check_searcher_name`)."""
+    return _checked_searcher_name(text)
+
+
+def searcher_name_or_all(text: str) -> str:
+    """The type of ``asr decode --searcher``'s words: :func:`searcher_name`'s, or ``all``."""
+    return _checked_searcher_name(text, ("all",))
+
+
+def _checked_searcher_name(text: str, also: tuple[str, ...] = ()) -> str:
+    try:
+        return check_searcher_name(text, also=also)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def add_search_arguments(parser: argparse.ArgumentParser, searcher_default: str,
                          search_default: str = "the package's own, with its LM") -> None:
     """``--searcher NAME`` and ``--set search.FIELD=VALUE ...``: the search of a model package
@@ -177,7 +197,7 @@ def add_search_arguments(parser: argparse.ArgumentParser, searcher_default: str,
         searcher_default: the default searcher, said in the help (e.g. "the package's").
         search_default: the default options, said in the help.
     """
-    parser.add_argument("--searcher", default=None, metavar="NAME",
+    parser.add_argument("--searcher", default=None, metavar="NAME", type=searcher_name,
                         help="searcher: greedy / beam (those of the model's main head) or a name "
                              "such as transducer_beam, ctc_prefix_beam "
                              f"(default: {searcher_default})")

@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_dataclass_arguments(parser, ServerConfig)
     add_search_arguments(
-        parser, "the package's searcher if it streams, else the model's streaming greedy one; "
+        parser, "the package's searcher if it streams, else a trained head's streaming greedy one; "
         "--engine sherpa-onnx: greedy (sherpa-onnx's greedy_search) or beam / transducer_beam "
         "(its modified_beam_search), with only search.beam_size (its max_active_paths), "
         "search.blank_penalty, search.hotwords_file, search.hotwords_score and "

@@ -252,16 +252,23 @@ def _searcher_of_role(
 def streaming_searcher_for(model: ASRModel, preferred: str | None = None) -> str | None:
     """The searcher a streaming recognizer uses by default: ``preferred`` (a name or role, e.g. a
     package's default searcher) when it streams, else the model's greedy searcher when that
-    streams, else the first streaming searcher the heads support; None if none streams."""
+    streams, else the first streaming searcher the heads support; None if none streams. Of
+    those fallbacks, a trained head's (``heads.loss_weights`` > 0) comes first, as the default
+    searcher of a package is a trained head's: a head of loss weight 0 is built, not trained."""
     if preferred is not None:
         name = resolve_searcher(preferred, model)
         if _BY_NAME[name].streaming and _BY_NAME[name].usable(model.head_kinds()):
             return name
-    greedy = searcher_for("greedy", model)
-    if greedy is not None and _BY_NAME[greedy].streaming:
-        return greedy
     streaming = [n for n in available_searchers(model) if _BY_NAME[n].streaming]
-    return streaming[0] if streaming else None
+    for trained_only in (True, False):
+        heads = tuple(model.head_kinds(trained_only))
+        greedy = searcher_for("greedy", model, trained_only=trained_only)
+        if greedy is not None and _BY_NAME[greedy].streaming:
+            return greedy
+        of_heads = [n for n in streaming if _BY_NAME[n].head in heads]
+        if of_heads:
+            return of_heads[0]
+    return None
 
 
 def searcher_gives_times(name: str) -> bool:

@@ -82,7 +82,8 @@ class Runtime:
         results: builds results from token ids and frames.
         streaming_searcher: default streaming searcher: :attr:`searcher` when it streams; for
             a package's own default that does not stream (``aed_beam``, ``cif_beam``, a
-            rescoring searcher), the model's streaming greedy searcher. The transducer, TDT and
+            rescoring searcher), a trained head's streaming greedy searcher
+            (:func:`asr.decoding.registry.streaming_searcher_for`). The transducer, TDT and
             CTC beam searches stream: a package whose default is one of them streams with it
             (and its LM).
     """
@@ -118,7 +119,7 @@ class Runtime:
             device: ``cpu``, ``cuda``, ``auto`` (:func:`resolve_device`), ...
             searcher: default searcher, a name or a role (``greedy``, ``beam``); default: the
                 package's ``metadata.searcher`` (and for streaming, when that one does not
-                stream, the model's streaming greedy searcher). One that reads a head the
+                stream, a trained head's streaming greedy searcher). One that reads a head the
                 package's ``heads.loss_weights`` leaves at 0 (not trained) is warned of, as a
                 searcher named per call is, once per name (:meth:`check_trained`).
             search: search options: a :class:`SearchConfig`, or changes to the package's own
@@ -144,7 +145,7 @@ class Runtime:
             raise PackageError(  # the package's own searcher, e.g. one of a newer asr
                 f"{package.directory / METADATA_FILE}: searcher: {err}"
                 f"{newer_writer(package.metadata.asr_version)}") from err
-        # the package's own default may not stream: then the model's streaming greedy one
+        # the package's own default may not stream: then a trained head's streaming greedy one
         streaming = streaming_searcher_for(model, name) if searcher is None else name
         # without the training dither (it made transcripts random and OnlineFbank refuse)
         fbank = cfg.data.fbank.for_recognition()

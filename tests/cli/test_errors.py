@@ -99,15 +99,19 @@ def test_an_experiment_directory_points_to_its_package(trained, beam_package, wa
     assert code == 2 and "nothing: no such model package directory" in line
 
 
-def test_a_searcher_the_model_cannot_run(beam_package, wav):
-    """(Every searcher of this package streams now; asr.decoding tests the ones that do not.)"""
+def test_a_searcher_the_model_cannot_run(beam_package, wav, capsys):
+    """(Every searcher of this package streams now; asr.decoding tests the ones that do not.)
+    A name no model has is argparse's usage error, before the model is read."""
     code, [line] = _asr("transcribe", wav, "--model", beam_package, "--streaming",
                         "--searcher", "attention_rescoring")
     assert code == 2
     assert "searcher 'attention_rescoring' needs an 'aed' head" in line
     assert "available searchers: [" in line
-    code, [line] = _asr("transcribe", wav, "--model", beam_package, "--searcher", "nonesuch")
-    assert code == 2 and "unknown searcher 'nonesuch'" in line
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main(["transcribe", str(wav), "--model", str(beam_package), "--searcher", "nonesuch"])
+    assert stop.value.code == 2
+    assert "argument --searcher: unknown searcher 'nonesuch'" in capsys.readouterr().err
 
 
 def test_subtitles_from_a_searcher_without_token_times(wav, tmp_path):

@@ -14,6 +14,7 @@ import pytest
 
 from asr.cli.main import build_parser, main
 from asr.cli.options import add_dataclass_arguments, attribute_docs, dataclass_from_args
+from asr.constants import IntermixedParser, OldName
 from asr.serve.config import ServerConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -372,3 +373,41 @@ def test_a_required_option_with_an_old_name_is_missing_in_the_words_of_any_other
         for group in sub._mutually_exclusive_groups:
             assert not any(action.help == argparse.SUPPRESS for action in group._group_actions), \
                 label
+
+
+def test_an_old_name_of_a_required_option_is_refused_in_a_parser_that_would_not_require_it_again():
+    """``OldName`` meets a required option by setting its ``required`` to False for one parse;
+    only an ``IntermixedParser`` sets it back. In a plain parser the first parse with the old
+    name left the option unrequired for every later parse of that parser (a missing
+    ``--output-dir`` then parsed as None); that is now a TypeError naming the parser."""
+    plain = argparse.ArgumentParser(prog="tool")
+    plain.add_argument("--output-dir", required=True)
+    plain.add_argument("--out", dest="output_dir", action=OldName, new="--output-dir")
+    with pytest.raises(TypeError, match="--out, the old name of the required --output-dir, needs "
+                                        "an IntermixedParser.*tool's parser is ArgumentParser"):
+        plain.parse_args(["--out", "p"])
+    intermixed = IntermixedParser(prog="tool")
+    intermixed.add_argument("--output-dir", required=True)
+    intermixed.add_argument("--out", dest="output_dir", action=OldName, new="--output-dir")
+    assert intermixed.parse_args(["--out", "p"]).output_dir == "p"
+    with pytest.raises(SystemExit):
+        intermixed.parse_args([])
+
+
+@pytest.mark.parametrize(("command", "words"), [
+    ("transcribe", ["--model", "pkg", "a.wav"]),
+    ("serve", ["--model", "pkg"]),
+    ("export-package", ["--exp-dir", "e", "--output-dir", "p"]),
+])
+def test_an_unknown_searcher_name_is_a_usage_error_of_every_command_before_a_model_is_read(
+        capsys, command: str, words: list[str]) -> None:
+    """``asr decode --searcher`` refuses an unknown name when it parses its command line; the
+    commands of a package's search (add_search_arguments) read the model first and only then
+    said the name was unknown. All of them refuse it as argparse refuses a bad value."""
+    parser = build_parser(command)
+    with pytest.raises(SystemExit) as stop:
+        parser.parse_args([command, *words, "--searcher", "transducer_bean"])
+    assert stop.value.code == 2
+    assert "argument --searcher: unknown searcher 'transducer_bean'" in capsys.readouterr().err
+    args = parser.parse_args([command, *words, "--searcher", "beam"])
+    assert args.searcher == "beam"

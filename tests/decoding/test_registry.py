@@ -120,6 +120,21 @@ def test_streaming_default_falls_back_to_the_streaming_greedy_searcher():
         build_streaming_searcher("attention_rescoring", with_aed)
 
 
+def test_the_streaming_fallback_is_a_trained_heads_searcher():
+    """A package's default searcher is its first trained head's (loss weight > 0); when that
+    one (or the one an export named) does not stream, the streaming default fell back to the
+    model's first head's greedy searcher, trained or not: transducer_greedy over a transducer
+    of loss weight 0, warned of as untrained, while the trained CTC head streams."""
+    model = make_model(transducer="pruned", ctc=True, aed=True)
+    model.loss_weights["transducer"] = 0.0
+    assert streaming_searcher_for(model, "aed_beam") == "ctc_greedy"
+    assert streaming_searcher_for(model) == "ctc_greedy"
+    assert streaming_searcher_for(model, "transducer_beam") == "transducer_beam"  # named
+    untrained_only = make_model(transducer="pruned", aed=True)
+    untrained_only.loss_weights["transducer"] = 0.0  # nothing trained streams: the old rule
+    assert streaming_searcher_for(untrained_only, "aed_beam") == "transducer_greedy"
+
+
 @pytest.mark.parametrize(
     ("heads", "expected"),
     [
