@@ -237,6 +237,17 @@ def test_the_wav_header_gives_the_declared_frames_past_other_chunks(tmp_path) ->
     assert wav_declared_frames(b"fLaC" + data[4:]) is None
 
 
+def _decode_with_peak(path):
+    """``decode_audio(path, 16000)`` and the peak of the memory Python allocated meanwhile."""
+    tracemalloc.start()
+    try:
+        decoded = decode_audio(path, 16000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return decoded, peak
+
+
 def test_a_long_file_is_downmixed_and_resampled_block_by_block(tmp_path, monkeypatch) -> None:
     """An hour of 44.1 kHz stereo is 1.3 GB of float32 samples, 0.23 GB at 16 kHz mono: a file
     is read in blocks (here of 4096 frames), each averaged and resampled as it comes, so that
@@ -249,12 +260,7 @@ def test_a_long_file_is_downmixed_and_resampled_block_by_block(tmp_path, monkeyp
     whole = resample(sf.read(path, dtype="float32", always_2d=True)[0].mean(axis=1), 44100,
                      16000)
     monkeypatch.setattr(audio_module, "READ_BLOCK_FRAMES", 4096)
-    tracemalloc.start()
-    try:
-        decoded = decode_audio(path, 16000)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    decoded, peak = _decode_with_peak(path)
     assert (decoded.sample_rate, decoded.num_channels, decoded.original_rate) == (16000, 2, 44100)
     assert decoded.samples.shape == whole.shape
     np.testing.assert_allclose(decoded.samples, whole, atol=1e-6)
@@ -331,11 +337,6 @@ def test_a_file_longer_than_the_preallocation_grows_once_to_its_declared_length(
     sf.write(path, samples, 16000, subtype="FLOAT")
     monkeypatch.setattr(audio_module, "READ_BLOCK_FRAMES", 4096)
     monkeypatch.setattr(audio_module, "MAX_PREALLOCATED_SAMPLES", 1000)
-    tracemalloc.start()
-    try:
-        decoded = decode_audio(path, 16000)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    decoded, peak = _decode_with_peak(path)
     np.testing.assert_array_equal(decoded.samples, samples)
     assert peak < 1.3 * samples.nbytes, f"{peak} bytes at the peak"
