@@ -66,9 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-endpoint",
         action="store_true",
-        help="disable endpointing (one segment per connection; with cif_greedy the "
-             "connection's encoder frames are then all kept, memory growing with it, for its "
-             "final result)",
+        help="disable endpointing (one segment per connection; with cif_greedy, "
+             "attention_rescoring or cif_rescoring the connection's encoder frames are then all "
+             "kept, memory growing with it, for its final result)",
     )
 
 

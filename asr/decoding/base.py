@@ -208,7 +208,8 @@ class StreamingBeamSearch:
     """What the streaming beam searches share (a mixin): ``init_state`` gives each stream its
     hotword graph (``contexts``, else the searcher's ``context``) and the searcher's
     ``_new_beams(graphs, device)``; ``step`` checks a chunk and hands the stream beams to the
-    searcher's ``_step(enc, lens, beams)``."""
+    searcher's ``_step(enc, lens, beams)``; ``finalize_nbest`` gives each stream's n-best by
+    the searcher's ``_final_nbest(beam)``."""
 
     context: ContextGraph | None
 
@@ -238,7 +239,15 @@ class StreamingBeamSearch:
             raise ValueError(f"a state of {len(state.beams)} streams for a chunk of {enc.shape[0]}")
         return BeamState(self._step(enc, enc_lens.tolist(), state.beams))
 
+    def finalize_nbest(self, state: BeamState) -> list[list[Hypothesis]]:
+        """Per stream its n-best (at most ``nbest``, best first) if it ended now: what the
+        offline search gives for the same frames (the first pass of a streaming rescoring)."""
+        return [self._final_nbest(beam) for beam in state.beams]
+
     def _new_beams(self, graphs: list[ContextGraph | None], device: Any) -> tuple[StreamBeam, ...]:
+        raise NotImplementedError
+
+    def _final_nbest(self, beam: StreamBeam) -> list[Hypothesis]:
         raise NotImplementedError
 
     def _step(

@@ -63,7 +63,7 @@ from asr.heads.decoder_layers import lengths_to_mask
 from asr.state import state_field, stream_field
 from asr.types import Hypothesis
 
-__all__ = ["CifGreedySearch", "CifStreamState", "FrameChunks", "cif_hypotheses"]
+__all__ = ["CifGreedySearch", "CifStreamState", "FrameChunks", "cif_hypotheses", "last_frames"]
 
 
 def cif_hypotheses(
@@ -316,13 +316,20 @@ class CifGreedySearch:
         return self._search(self._last_frames(state.frames, num_frames), num_frames)
 
     def _last_frames(self, stores: Sequence[FrameChunks | None], lens: Tensor) -> Tensor:
-        """The last ``lens`` (B,) frames of each stream's store, left-aligned, as the offline
-        search reads them: (B, max(lens), D), zeros after them (one host transfer)."""
-        counts = lens.tolist()
+        """The last ``lens`` (B,) frames of each stream's store: :func:`last_frames`."""
         proj = self.head.input_proj
-        out = torch.zeros(len(counts), max(counts, default=0), proj.in_features,
-                          dtype=proj.weight.dtype, device=lens.device)
-        for row, (chunks, count) in enumerate(zip(stores, counts)):
-            if chunks is not None and count > 0:
-                out[row, :count] = chunks.last(count)
-        return out
+        return last_frames(stores, lens, proj.in_features, proj.weight.dtype)
+
+
+def last_frames(
+    stores: Sequence[FrameChunks | None], lens: Tensor, dim: int, dtype: torch.dtype
+) -> Tensor:
+    """The last ``lens`` (B,) frames of each stream's store, left-aligned, as an offline search
+    reads them: (B, max(lens), D = ``dim``) of ``dtype`` on ``lens``' device, zeros after them
+    (one host transfer)."""
+    counts = lens.tolist()
+    out = torch.zeros(len(counts), max(counts, default=0), dim, dtype=dtype, device=lens.device)
+    for row, (chunks, count) in enumerate(zip(stores, counts)):
+        if chunks is not None and count > 0:
+            out[row, :count] = chunks.last(count)
+    return out

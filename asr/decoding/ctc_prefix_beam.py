@@ -158,6 +158,9 @@ class CtcPrefixBeamSearch(StreamingBeamSearch):
         length-normalised)."""
         return [self._nbest(beam)[0] for beam in state.beams]
 
+    def _final_nbest(self, beam: StreamBeam) -> list[Hypothesis]:
+        return self._nbest(beam)
+
     def _new_beam(self, context: ContextGraph | None) -> StreamBeam:
         """The beam of a new stream: the empty prefix."""
         return StreamBeam(((EMPTY_CHAIN, self._root()),), 0, context)

@@ -18,16 +18,19 @@ tdt_greedy             greedy   yes       no     a ``transducer`` head with loss
 tdt_beam               beam     yes       yes    a ``transducer`` head with loss tdt|pruned_tdt
 aed_beam               beam     no        no     an ``aed`` head (CTC prefix scores when a ``ctc``
                                                  head exists and ``ctc_weight > 0``)
-attention_rescoring    rescore  no        no     an ``aed`` head and a first pass:
+attention_rescoring    rescore  yes       no     an ``aed`` head and a first pass:
                                                  ``ctc_prefix_beam`` with a ``ctc`` head, else
-                                                 ``transducer_beam`` / ``tdt_beam``
+                                                 ``transducer_beam`` / ``tdt_beam`` (streaming
+                                                 keeps the segment's frames, rescored at its
+                                                 end; partial results are the first pass's)
 cif_greedy             greedy   yes       no     a ``cif`` head (streaming keeps the segment's
                                                  frames for the final result; a partial result
                                                  decodes a window of the last ones)
 cif_beam               beam     no        yes    a ``cif`` head (CTC prefix scores when a ``ctc``
                                                  head exists and ``ctc_weight > 0``)
-cif_rescoring          rescore  no        no     a ``cif`` head and a first pass, as
-                                                 ``attention_rescoring`` (its LM fuses there)
+cif_rescoring          rescore  yes       no     a ``cif`` head and a first pass, as
+                                                 ``attention_rescoring`` (its LM fuses there;
+                                                 streaming as ``attention_rescoring``)
 =====================  =======  ========  =====  ===================================================
 
 Every searcher gives each token's encoder frame (``Hypothesis.frames``, token times) except
@@ -187,7 +190,7 @@ SEARCHERS: tuple[SearcherSpec, ...] = (
     SearcherSpec("aed_beam", "aed", ("aed",), "beam", False, False, "an 'aed' head",
                  lambda m, c, lm, tok, ctx: AedBeamSearch(m.heads["aed"], c, _ctc(m)),
                  token_times=False, joint_ctc=True),
-    SearcherSpec("attention_rescoring", "aed", ("aed",), "rescore", False, False,
+    SearcherSpec("attention_rescoring", "aed", ("aed",), "rescore", True, False,
                  "an 'aed' head and a 'ctc' or 'transducer' head",
                  lambda m, c, lm, tok, ctx: NbestRescoring(_first_pass(m, c, lm, tok, ctx),
                                                            m.heads["aed"], c),
@@ -197,7 +200,7 @@ SEARCHERS: tuple[SearcherSpec, ...] = (
     SearcherSpec("cif_beam", "cif", ("cif",), "beam", False, True, "a 'cif' head",
                  lambda m, c, lm, tok, ctx: CifBeamSearch(m.heads["cif"], c, lm, _ctc(m)),
                  joint_ctc=True),
-    SearcherSpec("cif_rescoring", "cif", ("cif",), "rescore", False, False,
+    SearcherSpec("cif_rescoring", "cif", ("cif",), "rescore", True, False,
                  "a 'cif' head and a 'ctc' or 'transducer' head",
                  lambda m, c, lm, tok, ctx: NbestRescoring(_first_pass(m, c, lm, tok, ctx),
                                                            m.heads["cif"], c),
@@ -254,12 +257,15 @@ def streaming_searcher_for(model: ASRModel, preferred: str | None = None) -> str
     package's default searcher) when it streams, else the model's greedy searcher when that
     streams, else the first streaming searcher the heads support; None if none streams. Of
     those fallbacks, a trained head's (``heads.loss_weights`` > 0) comes first, as the default
-    searcher of a package is a trained head's: a head of loss weight 0 is built, not trained."""
+    searcher of a package is a trained head's: a head of loss weight 0 is built, not trained.
+    A rescoring searcher streams when it is ``preferred`` but is no fallback (its first pass
+    searches another head, which may be the untrained one)."""
     if preferred is not None:
         name = resolve_searcher(preferred, model)
         if _BY_NAME[name].streaming and _BY_NAME[name].usable(model.head_kinds()):
             return name
-    streaming = [n for n in available_searchers(model) if _BY_NAME[n].streaming]
+    streaming = [n for n in available_searchers(model)
+                 if _BY_NAME[n].streaming and _BY_NAME[n].role != "rescore"]
     for trained_only in (True, False):
         heads = tuple(model.head_kinds(trained_only))
         greedy = searcher_for("greedy", model, trained_only=trained_only)

@@ -31,6 +31,18 @@ sides (every mixed score ``-inf``: say all longer than the AED's positions, or t
 scores all impossible in the first pass), the mixed scores rank nothing: the utterance keeps the
 first pass's n-best and scores (a warning is logged once per searcher).
 
+Streaming (WeNet's U2++ runtime: CTC prefix beam search chunk by chunk, attention rescoring at
+each endpoint and at the end of the input): the state (:class:`RescoringState`) is the first
+pass's streaming beam and the encoder frames of the segment so far, each stream's as the chunks
+they came in (:class:`~asr.decoding.cif_greedy.FrameChunks`, as ``cif_greedy`` keeps them). A
+partial result is the first pass's best hypothesis; :meth:`NbestRescoring.finalize` takes the
+first pass's n-best of the segment and rescores it over all its frames, exactly the offline
+search of those frames. The frames are not bounded here: they grow with the segment (``D``
+numbers per encoder frame, 2 KiB per frame of a 512-dim float32 encoder, some 1 MiB per 20 s at
+25 frames a second) and are dropped when it ends; the endpoint rules bound a segment (rule 3:
+20 s by default), so only a stream without endpointing (``--no-endpoint``) keeps them for its
+whole length, as WeNet's runtime keeps a segment's encoder output until its endpoint.
+
 Shape legend: B batch, N hypotheses of the whole batch, T frames, D encoder dims.
 """
 
@@ -38,22 +50,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
-from typing import Protocol
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
-from asr.decoding.base import Searcher, check_encoder_output
+from asr.decoding.base import Searcher, StreamingBeamSearch, check_encoder_output
+from asr.decoding.cif_greedy import FrameChunks, last_frames
 from asr.decoding.config import SearchConfig
 from asr.encoders.base import zero_padding
+from asr.state import stream_field
 from asr.types import Hypothesis
 
 NEG_INF = float("-inf")
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NbestRescoring", "SequenceScorer", "combined_score"]
+__all__ = ["NbestRescoring", "RescoringState", "SequenceScorer", "combined_score"]
 
 
 class SequenceScorer(Protocol):
@@ -74,8 +88,25 @@ def combined_score(first: float, second: float, ctc_weight: float) -> float:
     return (1.0 - ctc_weight) * second + ctc_weight * first
 
 
+@dataclass(frozen=True)
+class RescoringState:
+    """Streaming state of :class:`NbestRescoring`.
+
+    Attributes:
+        first: the first pass's state (a :class:`~asr.decoding.base.BeamState`).
+        frames: per stream, the encoder frames of its segment so far
+            (:class:`~asr.decoding.cif_greedy.FrameChunks`; None before the first frame), each
+            stream's own: stacking and splitting states moves them, never copies them.
+    """
+
+    first: Any
+    frames: tuple[FrameChunks | None, ...] = stream_field()
+
+
 class NbestRescoring:
-    """Re-ranks the n-best of ``first_pass`` with the scores of a second head.
+    """Re-ranks the n-best of ``first_pass`` with the scores of a second head; offline, and
+    streaming (``init_state`` / ``step`` / ``partial`` / ``finalize``, module docstring) when
+    the first pass is a streaming beam search.
 
     Args:
         first_pass: a searcher returning up to ``beam_size`` hypotheses per utterance.
@@ -93,7 +124,13 @@ class NbestRescoring:
     def __call__(self, enc: Tensor, enc_lens: Tensor) -> list[list[Hypothesis]]:
         """enc (B, T, D), enc_lens (B,) -> per utterance the re-ranked n-best, best first."""
         check_encoder_output(enc, enc_lens)
-        nbests = self.first_pass(enc, enc_lens)
+        return self._rescore(enc, enc_lens, self.first_pass(enc, enc_lens))
+
+    def _rescore(
+        self, enc: Tensor, enc_lens: Tensor, nbests: list[list[Hypothesis]]
+    ) -> list[list[Hypothesis]]:
+        """The first pass's n-best ``nbests`` of enc (B, T, D), enc_lens (B,) re-ranked by the
+        second head, best first (at most ``nbest`` each)."""
         scored = [b for b, n in enumerate(enc_lens.tolist()) if n > 0]
         owners = [b for b in scored for _ in nbests[b]]
         flat = [hyp for b in scored for hyp in nbests[b]]
@@ -124,6 +161,67 @@ class NbestRescoring:
             else sorted(hyps, key=lambda hyp: hyp.score, reverse=True)[: self.cfg.nbest]
             for b, hyps in enumerate(results)
         ]
+
+    # ------------------------------------------------------------------------- streaming
+
+    @torch.no_grad()
+    def init_state(
+        self, batch_size: int, device: torch.device | str, contexts: Any = None
+    ) -> RescoringState:
+        """State of ``batch_size`` new streams: the first pass's (``contexts``: per stream a
+        hotword graph or None, for a first pass that biases; default its own graph) and no
+        frame yet.
+
+        Raises:
+            TypeError: when the first pass does not stream.
+        """
+        first = self._streaming_first_pass()
+        state = (first.init_state(batch_size, device) if contexts is None
+                 else first.init_state(batch_size, device, contexts=contexts))
+        return RescoringState(state, (None,) * batch_size)
+
+    @torch.no_grad()
+    def step(self, enc: Tensor, enc_lens: Tensor, state: RescoringState) -> RescoringState:
+        """Consumes a chunk: enc (B, T, D), enc_lens (B,) valid frames of it (more may come):
+        the first pass steps, and each stream keeps a copy of its valid frames (one device
+        sync), its earlier frames not copied."""
+        check_encoder_output(enc, enc_lens)
+        if len(state.frames) != enc.shape[0]:
+            raise ValueError(f"a state of {len(state.frames)} streams for a chunk of "
+                             f"{enc.shape[0]}")
+        first = self._streaming_first_pass().step(enc, enc_lens, state.first)
+        frames = tuple(
+            FrameChunks.append(chunks, enc[row, :count].clone())
+            for row, (chunks, count) in enumerate(zip(state.frames, enc_lens.tolist()))
+        )
+        return RescoringState(first, frames)
+
+    def partial(self, state: RescoringState) -> list[Hypothesis]:
+        """Per stream the first pass's best hypothesis so far (not rescored)."""
+        return self._streaming_first_pass().partial(state.first)
+
+    @torch.no_grad()
+    def finalize(self, state: RescoringState) -> list[Hypothesis]:
+        """Per stream the best hypothesis of its segment: the first pass's n-best of it
+        rescored over all its frames, as the offline search of those frames."""
+        nbests = self._streaming_first_pass().finalize_nbest(state.first)
+        lens = torch.tensor(
+            [0 if chunks is None else chunks.num_frames for chunks in state.frames],
+            dtype=torch.int64,
+        )
+        held = [chunks for chunks in state.frames if chunks is not None]
+        if held:
+            sample = held[0].frames
+            lens = lens.to(sample.device)
+            enc = last_frames(state.frames, lens, sample.shape[-1], sample.dtype)
+            nbests = self._rescore(enc, lens, nbests)
+        return [hyps[0] if hyps else Hypothesis(tokens=()) for hyps in nbests]
+
+    def _streaming_first_pass(self) -> StreamingBeamSearch:
+        first = self.first_pass
+        if not isinstance(first, StreamingBeamSearch):
+            raise TypeError(f"the first pass {type(first).__name__} does not stream")
+        return first
 
     def _warn_unscored(self, count: int) -> None:
         """Logs, once per searcher, that no hypothesis of ``count`` utterances is possible on

@@ -216,6 +216,9 @@ class TdtBeamSearch(StreamingBeamSearch):
         """Per stream the best hypothesis, its end now known."""
         return [self._end(beam)[0] for beam in state.beams]
 
+    def _final_nbest(self, beam: StreamBeam) -> list[Hypothesis]:
+        return self._end(beam)
+
     def _advance(self, beam: StreamBeam, chunk: Tensor) -> StreamBeam:
         """``beam`` after the new projected frames ``chunk (n, J)``."""
         if not chunk.shape[0]:

@@ -321,6 +321,9 @@ class ModifiedBeamSearch(StreamingBeamSearch):
             score += context.finalize(hyp.context)
         return rank_score(score, len(hyp.tokens), self.cfg.length_norm)
 
+    def _final_nbest(self, beam: StreamBeam) -> list[Hypothesis]:
+        return self._nbest(beam)
+
     def _nbest(self, beam: StreamBeam) -> list[Hypothesis]:
         # best first; hypotheses that cannot end (-inf) after the others, by their score so far
         scored = sorted(

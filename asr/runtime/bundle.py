@@ -81,11 +81,12 @@ class Runtime:
         device: where the model runs.
         results: builds results from token ids and frames.
         streaming_searcher: default streaming searcher: :attr:`searcher` when it streams; for
-            a package's own default that does not stream (``aed_beam``, ``cif_beam``, a
-            rescoring searcher), a trained head's streaming greedy searcher
+            a package's own default that does not stream (``aed_beam``, ``cif_beam``), a
+            trained head's streaming greedy searcher
             (:func:`asr.decoding.registry.streaming_searcher_for`). The transducer, TDT and
-            CTC beam searches stream: a package whose default is one of them streams with it
-            (and its LM).
+            CTC beam searches stream, and the rescoring searchers over them (a segment
+            rescored at its end): a package whose default is one of them streams with it (and
+            its LM).
     """
 
     package: ModelPackage

@@ -88,7 +88,8 @@ def tiny_config(
     Args:
         tokenizer_dir: tokenizer directory.
         head: ``ctc``, ``transducer`` or ``tdt`` (each with a CTC head beside it), ``aed`` /
-            ``cif`` alone, or ``cif_ctc`` (a CIF head on the segments of a CTC head beside it).
+            ``cif`` alone, ``cif_ctc`` (a CIF head on the segments of a CTC head beside it) or
+            ``u2pp`` (a CTC head and an AED head with a right-to-left decoder, WeNet's U2++).
         chunk_size: encoder frames per chunk (training, eval and streaming).
         left_chunks: chunks of left context.
         d_model: model width.
@@ -120,9 +121,14 @@ def tiny_config(
         if head == "cif_ctc":
             heads["cif"]["segments"] = "ctc"
             heads["ctc"] = {}
+    elif head == "u2pp":  # WeNet's U2++: CTC, and an AED with a right-to-left decoder
+        heads["aed"] = {"d_model": d_model, "num_layers": 1, "ffn_dim": 2 * d_model,
+                        "dropout": 0.0, "reverse_weight": 0.3, "num_r2l_layers": 1}
+        heads["ctc"] = {}
     else:
         raise ValueError(
-            f"head={head!r}: expected 'ctc', 'transducer', 'tdt', 'aed', 'cif' or 'cif_ctc'"
+            f"head={head!r}: expected 'ctc', 'transducer', 'tdt', 'aed', 'cif', 'cif_ctc' or "
+            f"'u2pp'"
         )
     data = {"encoder": to_dict(encoder), "heads": heads, "tokenizer_dir": str(tokenizer_dir)}
     if fbank:

@@ -889,3 +889,29 @@ def test_a_second_searcher_after_searcher_is_refused_before_any_decoding(tmp_pat
     caplog.clear()
     (tmp_path / "beam").write_bytes(b"")
     assert main(command) == 2 and "cannot load model package" in caplog.text
+
+
+def test_streaming_attention_rescoring_gives_the_offline_transcript(tmp_path, capsys):
+    """WeNet U2++'s habit: ``--streaming --searcher attention_rescoring`` was refused (the
+    searcher did not stream); with ``--no-endpoint`` it now gives the tokens and times of the
+    offline ``attention_rescoring`` under the same ``--chunk-size`` / ``--left-chunks``."""
+    from asr.testing.packages import random_package
+
+    package = random_package(tmp_path / "pkg", head="u2pp", chunk_size=2, left_chunks=3, seed=1)
+    rng = np.random.default_rng(1)
+    files = []
+    for i, n in enumerate((9000, 13000)):
+        files.append(tmp_path / f"utt{i}.wav")
+        soundfile.write(files[-1], (rng.standard_normal(n) * 0.1).astype(np.float32), 16000)
+    results = {}
+    for mode in ([], ["--streaming", "--no-endpoint"]):
+        code, out, err = _run([*files, "--model", package, "--searcher", "attention_rescoring",
+                               "--format", "json", "--chunk-size", 4, "--left-chunks", 1,
+                               "--batch-size", 1, *mode], capsys)
+        assert code == 0, err
+        results[bool(mode)] = [json.loads(line) for line in out.splitlines()]
+    offline, streamed = results[False], results[True]
+    assert len(offline) == len(files) and any(r["token_ids"] for r in offline)
+    for off, stream in zip(offline, streamed):
+        assert off["token_ids"] == stream["token_ids"]
+        assert off["timestamps"] == pytest.approx(stream["timestamps"])

@@ -112,12 +112,28 @@ def test_streaming_default_falls_back_to_the_streaming_greedy_searcher():
     assert streaming_searcher_for(model, "beam") == "transducer_beam"
     assert streaming_searcher_for(model, "ctc_greedy") == "ctc_greedy"
     with_aed = make_model(transducer="pruned", aed=True)
-    assert streaming_searcher_for(with_aed, "attention_rescoring") == "transducer_greedy"
+    assert streaming_searcher_for(with_aed, "aed_beam") == "transducer_greedy"
     assert streaming_searcher_for(make_model(aed=True, cif=True), "aed_beam") == "cif_greedy"
     assert streaming_searcher_for(make_model(aed=True), "aed_beam") is None
     with pytest.raises(ValueError, match="does not stream; streaming searchers of this model: "
-                                         r"\['transducer_greedy', 'transducer_beam'\]"):
-        build_streaming_searcher("attention_rescoring", with_aed)
+                                         r"\['transducer_greedy', 'transducer_beam', "
+                                         r"'attention_rescoring'\]"):
+        build_streaming_searcher("aed_beam", with_aed)
+
+
+@pytest.mark.parametrize(("heads", "name", "first_pass"), [
+    (dict(ctc=True, aed=True), "attention_rescoring", "ctc_prefix_beam"),
+    (dict(transducer="pruned", aed=True), "attention_rescoring", "transducer_beam"),
+    (dict(transducer="tdt", cif=True), "cif_rescoring", "tdt_beam"),
+])
+def test_rescoring_streams_over_its_first_passs_streaming_beam(heads, name, first_pass):
+    """WeNet's U2++ runtime rescores at each endpoint: a package whose default searcher is a
+    rescoring one streams with it (it fell back to the greedy searcher), over a streaming
+    first pass."""
+    model = make_model(**heads)
+    assert streaming_searcher_for(model, name) == name
+    searcher = build_streaming_searcher(name, model)
+    assert type(searcher.first_pass).__name__ == type(build_searcher(first_pass, model)).__name__
 
 
 def test_the_streaming_fallback_is_a_trained_heads_searcher():
@@ -349,8 +365,10 @@ def test_table_rows_agree_with_the_lists():
     assert SEARCHER_NAMES == tuple(spec.name for spec in SEARCHERS)
     streaming = [s.name for s in SEARCHERS if s.streaming]
     assert streaming == ["ctc_greedy", "ctc_prefix_beam", "transducer_greedy", "transducer_beam",
-                         "tdt_greedy", "tdt_beam", "cif_greedy"]
-    models = [make_model(transducer="pruned", ctc=True, cif=True), make_model(transducer="tdt")]
+                         "tdt_greedy", "tdt_beam", "attention_rescoring", "cif_greedy",
+                         "cif_rescoring"]
+    models = [make_model(transducer="pruned", ctc=True, cif=True, aed=True),
+              make_model(transducer="tdt")]
     for name in streaming:  # every streaming row really streams
         model = next(m for m in models if name in available_searchers(m))
         build_streaming_searcher(name, model)

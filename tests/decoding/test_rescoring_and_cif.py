@@ -282,3 +282,34 @@ def test_attention_rescoring_keeps_the_first_pass_when_the_aed_scores_no_hypothe
     assert rescored[1][0].score > -INF and rescored[1] != first[1][:2]
     assert [r.getMessage() for r in caplog.records].count(
         caplog.records[0].getMessage()) == 1 and "1 utterance" in caplog.records[0].getMessage()
+
+
+@pytest.mark.parametrize(
+    ("heads", "name"),
+    [
+        (dict(ctc=True, aed=True), "attention_rescoring"),
+        (dict(aed=True, transducer="pruned"), "attention_rescoring"),
+        (dict(aed=True, transducer="tdt"), "attention_rescoring"),
+        (dict(cif=True, transducer="tdt"), "cif_rescoring"),
+    ],
+)
+def test_streaming_rescoring_in_chunks_equals_offline(heads, name):
+    """Fed in chunks of 2 frames (the streams of a batch at their own lengths), the final
+    hypothesis is the offline rescoring's over every first pass (the TDT one holds frames
+    until the end is known), and each stream keeps its own frames."""
+    from asr.decoding import build_streaming_searcher
+
+    model = make_model(**heads)
+    enc, enc_lens = encoder_output([9, 6])
+    cfg = SearchConfig(beam_size=4, nbest=4, ctc_weight=0.3)
+    offline = build_searcher(name, model, cfg)(enc, enc_lens)
+    searcher = build_streaming_searcher(name, model, cfg)
+    state = searcher.init_state(2, "cpu")
+    for start in range(0, enc.shape[1], 2):
+        lens = (enc_lens - start).clamp(0, 2)
+        state = searcher.step(enc[:, start: start + 2], lens, state)
+    final = searcher.finalize(state)
+    for got, expected in zip(final, offline):
+        assert (got.tokens, got.frames) == (expected[0].tokens, expected[0].frames)
+        assert got.score == pytest.approx(expected[0].score, abs=1e-5)
+    assert [h.num_frames for h in state.frames] == enc_lens.tolist()

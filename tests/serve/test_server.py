@@ -345,6 +345,38 @@ def test_a_model_with_unlimited_left_context_is_served(tmp_path):
     assert [r.text for r in results] == expected
 
 
+def test_attention_rescoring_is_served_with_each_segment_rescored(tmp_path):
+    """``asr serve --searcher attention_rescoring`` (WeNet U2++'s runtime) was refused: the
+    searcher did not stream. Concurrent clients now each get the recognizer's own rescored
+    segments, endpoints included, as their final results."""
+    import asr
+    from asr.runtime.endpoint import EndpointConfig, EndpointRule
+    from asr.serve.config import ServerConfig
+    from asr.serve.server import BackgroundServer
+    from asr.testing.packages import random_package
+    from asr.testing.streams import decode_with_endpoints
+
+    package = random_package(tmp_path, head="u2pp", chunk_size=2, left_chunks=3, seed=1)
+    endpoint = EndpointConfig(rule3=EndpointRule(False, 0.0, 0.4))
+    recognizer = asr.load_model(package).streaming_recognizer("attention_rescoring",
+                                                              endpoint=endpoint)
+    rng = np.random.default_rng(4)
+    waves = [(rng.standard_normal(n) * 0.1).astype(np.float32) for n in (20000, 9000)]
+    expected = [[s.text for s in decode_with_endpoints(
+        recognizer, recognizer.new_stream(), wave, 16000, 1000)] for wave in waves]
+    assert all(len(texts) > 1 and any(texts) for texts in expected)
+    with BackgroundServer(recognizer, ServerConfig(port=0)) as background:
+
+        async def main():
+            return await asyncio.gather(*(
+                stream_samples(background.url, wave, 16000, chunk_seconds=seconds, timeout=30)
+                for wave, seconds in zip(waves, (0.05, 0.13))))
+
+        results = _run(main(), 60)
+    assert [r.errors for r in results] == [[], []]
+    assert [r.segments for r in results] == expected
+
+
 class _Busy:
     """A recognizer on a busy machine: each decode step takes ``delay`` seconds; ``stalled``:
     once the input ended, the stream is never ready again (a decoder that hangs)."""
