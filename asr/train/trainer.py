@@ -267,7 +267,10 @@ class Trainer:
         self._saved_at: tuple[int, int, int] | None = None
         self._batches: _EpochIterator | None = None  # the epoch's, while _train_epoch runs
         self._agreed = StepReport()  # what the ranks agreed on at the latest step (_agree)
-        self.budget = TimeBudget(train_cfg, self.dist, clock)
+        # a source that says whether it drops an epoch's last, unfilled round (lhotse's
+        # drop_last, EpochBatches.drop_last) has its steps counted so; else as with it
+        self.budget = TimeBudget(train_cfg, self.dist, clock,
+                                 drop_last=getattr(train_batches, "drop_last", True))
 
     # ----------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

@@ -187,3 +187,61 @@ def test_an_epoch_resumed_twice_with_other_numbers_of_processes_trains_what_was_
             second = shares(second_world, skip + t * first_world)
             seen = trained + [c for share in second for ids in share for c in ids]
             assert _real(seen) == left, (k, t)
+
+
+@pytest.mark.parametrize("seed", [3, 5])
+def test_the_budget_counts_the_batches_each_rank_draws_after_a_world_size_change(
+        prepared, seed: int) -> None:
+    """Without drop_last, every rank draws ``ceil(G / N)`` of the ``G`` global batches left of
+    an epoch: a whole epoch sampled for its ``N`` processes (lhotse splits the last round they
+    do not fill), the rest of one resumed with another number of processes, and the rest of one
+    resumed again at a position of no round of its own processes. The budget
+    (:func:`asr.train.budget.epoch_steps`, fed the epoch's record of the ``old`` processes'
+    stream, which repeats no cut here) counted ``floor(G / N)`` for an epoch of its own
+    processes and for a resumed epoch back on the stream's number of processes: a step short
+    per epoch after the change, and at the end of such a twice-resumed epoch."""
+    from asr.train.budget import epoch_steps
+    from asr.train.state import EpochRecord, Progress
+
+    cfg = DataConfig(max_duration=2.5, max_cut_duration=2.5, num_buckets=2, shuffle=True,
+                     drop_last=False, num_workers=0, seed=seed)
+    paths = [prepared["fbank"]["train-clean-5"], prepared["fbank"]["dev-clean-2"]]
+
+    def drawn(world_size: int, skip: int, stream_world_size: int) -> list[int]:
+        """The batches each of ``world_size`` ranks draws of epoch 3 after ``skip``."""
+        cuts = CutSet.from_jsonl_lazy(paths[0]) + CutSet.from_jsonl_lazy(paths[1])
+        return [len(list(EpochBatches(cuts, cfg, CharEncoder(), rank, world_size)(
+            3, skip, stream_world_size))) for rank in range(world_size)]
+
+    def budget(batches: int, into: int, stream_world_size: int, world_size: int
+               ) -> tuple[int, int]:
+        progress = Progress(epoch=3, step=9, batches_in_epoch=into,
+                            epoch_world_size=stream_world_size,
+                            history=[EpochRecord(2, 1.0, step=9, batches=batches)])
+        return epoch_steps(progress, 1, world_size, drop_last=False)
+
+    checked = wholes = 0
+    for old, new in [(1, 2), (1, 3), (2, 3), (4, 3), (3, 4)]:
+        cuts = CutSet.from_jsonl_lazy(paths[0]) + CutSet.from_jsonl_lazy(paths[1])
+        old_full = [[b.cut_ids for b in EpochBatches(cuts, cfg, CharEncoder(), rank, old)(3, 0)]
+                    for rank in range(old)]
+        if not all(_real(ids) for share in old_full for ids in share):
+            continue  # a part of repeats alone: not trained again by other processes
+        total = old * len(old_full[0])  # the epoch's record: every rank's batches
+        cuts = CutSet.from_jsonl_lazy(paths[0]) + CutSet.from_jsonl_lazy(paths[1])
+        new_full = [[b.cut_ids for b in EpochBatches(cuts, cfg, CharEncoder(), rank, new)(3, 0)]
+                    for rank in range(new)]
+        if sum(bool(_real(ids)) for share in new_full for ids in share) == total:
+            # the new processes' stream as long as the old one's (it may not be: lhotse draws
+            # a bucket per round of them): each draws the whole epoch's share of the record
+            assert budget(total, 0, new, new)[0] == len(new_full[0]), (old, new)
+            wholes += 1
+        for k in range(1, len(old_full[0])):
+            rest = drawn(new, k * old, old)
+            assert budget(total, k * old, old, new)[1] == rest[0], (old, new, k)
+            for t in range(1, rest[0]):  # and back on the stream's processes
+                into = k * old + t * new
+                again = drawn(old, into, old)
+                assert budget(total, into, old, old)[1] == again[0], (old, new, k, t)
+                checked += 1
+    assert checked >= 3 and wholes >= (seed == 5), (checked, wholes)
