@@ -42,6 +42,7 @@ import numpy as np
 
 from asr.data.augment import draw_seed
 from asr.data.dataset import checked_manifests, numbered_cut_lines
+from asr.data.filtering import speed_copy_source
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +154,8 @@ class Repeats:
         copies: how many cuts repeat an id seen before (``0``: none).
         taken: (M,) uint64, sorted: the hashes of the set's ids that have the form of a
             renamed repeat, ``<id>_repeat<k>``: names a repeat must not take.
-        shared: the ids of ``watch`` (:meth:`of_ids`) that the set holds too, sorted.
+        shared: the ids of ``watch`` (:meth:`of_ids`) that the set holds too, sorted (with
+            :meth:`of_cuts`, as they are or as speed copies).
     """
 
     keys: np.ndarray
@@ -165,16 +167,31 @@ class Repeats:
     def of_ids(cls, ids: Iterable[str], watch: Collection[str] = frozenset()) -> Repeats:
         """The repeats among ``ids`` (read once; 8 bytes kept per id), and which ids of
         ``watch`` (e.g. the dev set's) they hold."""
+        return cls._of(((cut_id, None) for cut_id in ids), watch)
+
+    @classmethod
+    def of_cuts(cls, cuts: Iterable, watch: Collection[str] = frozenset()) -> Repeats:
+        """:meth:`of_ids` of the ids of ``cuts`` (read once), where a speed copy of a cut of
+        ``watch`` (``<id>_sp0.9``, :func:`asr.data.filtering.speed_copy_source`) holds that
+        cut too: the dev cuts that training holds, as they are or perturbed."""
+        return cls._of(((cut.id, speed_copy_source(cut)) for cut in cuts), watch)
+
+    @classmethod
+    def _of(cls, pairs: Iterable[tuple[str, str | None]],
+            watch: Collection[str] = frozenset()) -> Repeats:
+        """:meth:`of_ids` of ``(id, the id it is a speed copy of, or None)`` pairs."""
         keys = array("Q")
         taken = array("Q")
         shared = set()
-        for cut_id in ids:
+        for cut_id, source in pairs:
             key = _id_key(cut_id)
             keys.append(key)
             if _REPEAT_NAME.search(cut_id):
                 taken.append(key)
             if cut_id in watch:
                 shared.add(cut_id)
+            elif source is not None and source in watch:
+                shared.add(source)
         unique, counts = np.unique(np.frombuffer(keys, dtype=np.uint64), return_counts=True)
         return cls(unique[counts > 1], len(keys) - len(unique),
                    np.unique(np.frombuffer(taken, dtype=np.uint64)), tuple(sorted(shared)))
