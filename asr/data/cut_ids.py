@@ -23,8 +23,9 @@ size) only rename one of them, or skip one more suffix.
 Example:
     >>> dev = load_eval_cuts("data/fbank", ["librispeech_cuts_dev-clean.jsonl.gz"])
     >>> names = ["librispeech_cuts_train-clean-100.jsonl.gz"] * 2  # oversampled twice
-    >>> repeats = Repeats.of_manifests([Path("data/fbank") / name for name in names])
-    >>> train = repeats.rename(load_cuts("data/fbank", names))  # 2nd copies: <id>_repeat1
+    >>> train = load_cuts("data/fbank", names)
+    >>> repeats = Repeats.of_cuts(train, watch={cut.id for cut in dev})  # and dev cuts held
+    >>> train = repeats.rename(train)  # 2nd copies: <id>_repeat1
 """
 
 from __future__ import annotations
@@ -195,20 +196,6 @@ class Repeats:
         unique, counts = np.unique(np.frombuffer(keys, dtype=np.uint64), return_counts=True)
         return cls(unique[counts > 1], len(keys) - len(unique),
                    np.unique(np.frombuffer(taken, dtype=np.uint64)), tuple(sorted(shared)))
-
-    @classmethod
-    def of_manifests(cls, paths: Sequence[str | Path],
-                     watch: Collection[str] = frozenset()) -> Repeats:
-        """The repeats of the training manifests ``paths`` (concatenated), logged when there are
-        any, and the ids of ``watch`` they hold (:meth:`of_ids`).
-
-        Raises:
-            ValueError: as :func:`manifest_ids`.
-        """
-        repeats = cls.of_ids((cut_id for path in paths for _, cut_id in manifest_ids(path)),
-                             watch)
-        repeats.log("the training manifests")
-        return repeats
 
     def log(self, where: str) -> None:
         """Logs (at INFO) how many ids repeat in ``where`` and what training makes of them,

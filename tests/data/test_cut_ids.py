@@ -15,7 +15,7 @@ from lhotse import CutSet
 from librispeech_tree import CharEncoder
 
 from asr.data.config import DataConfig, SpecAugmentConfig
-from asr.data.cut_ids import DuplicateIdError, Repeats, load_eval_cuts
+from asr.data.cut_ids import DuplicateIdError, Repeats, load_eval_cuts, manifest_ids
 from asr.data.epochs import EpochBatches
 from asr.data.librispeech import load_test_part
 from asr.data.sampler import lazy_view
@@ -177,7 +177,8 @@ def test_repeats_name_the_watched_ids_the_training_manifests_hold(tmp_path) -> N
     for ``asr train``'s warning of dev cuts trained on."""
     path = tmp_path / "train.jsonl"
     path.write_text("".join(json.dumps({"id": i}) + "\n" for i in ("a", "b", "a", "c")))
-    repeats = Repeats.of_manifests([path], watch=frozenset({"c", "a", "z"}))
+    repeats = Repeats.of_ids((cut_id for _, cut_id in manifest_ids(path)),
+                             watch=frozenset({"c", "a", "z"}))
     assert repeats.shared == ("a", "c") and repeats.copies == 1
     assert Repeats.of_ids(["a"]).shared == ()
 
