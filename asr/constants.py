@@ -5,7 +5,9 @@ the heavy modules they describe, and the one check of a value that both make
 ``asr transcribe`` and the server's torch-free client alike), the one ``--overwrite`` flag
 (:func:`add_overwrite_argument`), the one rule for an option's hidden old name
 (:class:`OldName`), and the parser class of their command lines
-(:class:`IntermixedParser`), kept here so that naming one imports neither torch nor a model:
+(:class:`IntermixedParser`), where a process stands in a ``torchrun`` job
+(:func:`torchrun_place`) and which of its warnings each rank logs (:data:`PER_RANK`), kept
+here so that naming one imports neither torch nor a model:
 ``asr average --help`` or ``asr train`` need not import :mod:`asr.package` or
 :mod:`asr.runtime.streaming` to say a default or recognize a package. The modules that own each
 idea import it from here (and re-export it), so that there is one value.
@@ -14,19 +16,54 @@ idea import it from here (and re-export it), so that there is one value.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 __all__ = [
     "DEFAULT_MAX_LEFT_SECONDS", "DEFAULT_OVERLAP_SECONDS", "DEFAULT_WINDOW_SECONDS", "LOG_FORMAT",
-    "EXPORT_REPORT_FILE", "MAX_HOTWORD_SCORE", "METADATA_FILE", "OLD_NAMES", "IntermixedParser",
-    "OldName", "add_overwrite_argument", "hotword_score", "hotword_score_problem",
-    "hotwords_file",
+    "EXPORT_REPORT_FILE", "MAX_HOTWORD_SCORE", "METADATA_FILE", "OLD_NAMES", "PER_RANK",
+    "IntermixedParser", "OldName", "add_overwrite_argument", "hotword_score",
+    "hotword_score_problem", "hotwords_file", "torchrun_place",
 ]
 
 #: The format of every log line of the ``asr`` command (``logging.basicConfig``) and of the
 #: training log ``<exp-dir>/train.log`` (:class:`asr.train.trainer.Trainer`).
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+#: ``extra`` of a warning that says something of its own rank (``logger.warning(...,
+#: extra=PER_RANK)``), which every rank of a ``torchrun`` job logs; any other warning is the
+#: same on every rank (a config's, the data filter's, the dev/train overlap) and only rank 0
+#: logs it (:func:`asr.cli.main.console_logging`). Errors are logged by every rank.
+PER_RANK = {"per_rank": True}
+
+
+def torchrun_place(environ: Mapping[str, str] | None = None) -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` of this process as ``torchrun`` sets them in
+    ``environ`` (default ``os.environ``: ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``); ``(0, 1,
+    0)`` for a process started otherwise. The one reading of them: the process group's set-up
+    (:func:`asr.train.distributed.setup_distributed`) and the console log
+    (:func:`asr.cli.main.console_logging`) agree on which rank a process is.
+
+    Raises:
+        ValueError: naming the variable, when one is no integer or the rank is not below the
+            world size.
+    """
+    environ = os.environ if environ is None else environ
+    values = []
+    for name, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)):
+        text = environ.get(name) or str(default)
+        try:
+            values.append(int(text))
+        except ValueError:
+            raise ValueError(f"the environment variable {name}={text!r} is no integer "
+                             "(torchrun sets it)") from None
+    rank, world_size, local_rank = values
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"the environment's RANK={rank} is not a rank of WORLD_SIZE="
+                         f"{world_size}")
+    return rank, world_size, local_rank
 
 #: The file every model package holds (:mod:`asr.package`): its provenance, default searcher and
 #: the sha256 of each file; a directory holding it is a package, not an experiment.

@@ -15,10 +15,13 @@ and Ctrl-C exits with 130.
 
 Under ``torchrun`` (``asr train`` with DDP: ``RANK`` and ``WORLD_SIZE`` > 1 in the environment,
 as :func:`asr.train.distributed.setup_distributed` reads them) rank 0 alone logs INFO lines to
-the console (and to ``train.log``, :class:`asr.train.trainer.Trainer`); the other ranks log
-WARNING and above only, each line naming its rank (``WARNING rank 1 asr...``), so that the
-console holds each progress line once and a failure on any rank still says where it happened
-(:func:`console_logging`); any other process logs at ``--log-level``.
+the console (and to ``train.log``, :class:`asr.train.trainer.Trainer`), and alone the warnings
+that are the same on every rank (a config's, the data filter's counts, dev cuts that training
+holds too), as NeMo and Lightning warn on rank zero; the other ranks log their errors and the
+warnings of their own (``extra=``:data:`asr.constants.PER_RANK`, e.g. the batches of a skipped
+step that each saved) only, each line naming its rank (``WARNING rank 1 asr...``), so that the
+console holds each progress line and each warning once and a failure on any rank still says
+where it happened (:func:`console_logging`); any other process logs at ``--log-level``.
 
 A process that set up a torch process group (``asr train`` under ``torchrun``) ends with that
 status without the interpreter's finalization, its ``atexit`` handlers run and its logs and
@@ -30,11 +33,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from asr.constants import LOG_FORMAT, OLD_NAMES, IntermixedParser
+from asr.constants import LOG_FORMAT, OLD_NAMES, PER_RANK, IntermixedParser, torchrun_place
 from asr.process_exit import exit_status
 from asr.version import __version__
 
@@ -144,23 +146,32 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def console_logging(level: int, environ: Mapping[str, str] | None = None) -> None:
     """Sets up the console log (stderr, :data:`asr.constants.LOG_FORMAT`) at ``level``; under
-    ``torchrun`` (``environ``'s ``WORLD_SIZE`` > 1, default ``os.environ``) a rank other than
-    ``RANK`` 0 logs WARNING and above only, naming itself in each line (module docstring): its
-    INFO lines would repeat rank 0's on the console. The root logger keeps ``level``, so that
-    ``--log-level DEBUG`` still attaches the traceback of a failure on every rank."""
-    environ = os.environ if environ is None else environ
+    ``torchrun`` (``environ``'s, default ``os.environ``, as
+    :func:`asr.constants.torchrun_place` reads it: the rank the process group is set up with)
+    a rank other than 0 logs, naming itself in each line, its errors and the warnings marked
+    :data:`asr.constants.PER_RANK` only (module docstring): its INFO lines and its other
+    warnings, the same on every rank, would repeat rank 0's on the console. The root logger
+    keeps ``level``, so that ``--log-level DEBUG`` still attaches the traceback of a failure on
+    every rank."""
     try:
-        rank, world_size = (int(environ.get(name) or default)
-                            for name, default in (("RANK", 0), ("WORLD_SIZE", 1)))
+        rank, world_size, _ = torchrun_place(environ)
     except ValueError:  # not torchrun's: left to setup_distributed, which says so
         rank, world_size = 0, 1
     handler = logging.StreamHandler()
     fmt = LOG_FORMAT
     if world_size > 1 and rank != 0:
         handler.setLevel(max(level, logging.WARNING))
+        handler.addFilter(_this_ranks_own)
         fmt = LOG_FORMAT.replace("%(levelname)s ", f"%(levelname)s rank {rank} ", 1)
     handler.setFormatter(logging.Formatter(fmt))
     logging.basicConfig(level=level, handlers=[handler])
+
+
+def _this_ranks_own(record: logging.LogRecord) -> bool:
+    """Whether a rank other than 0 logs ``record``: an error, or a warning of its own
+    (:data:`asr.constants.PER_RANK`); rank 0 logs the others, the same on every rank."""
+    return record.levelno >= logging.ERROR or any(
+        getattr(record, key, False) for key in PER_RANK)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

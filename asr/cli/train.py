@@ -81,6 +81,7 @@ from asr.checkpoints.io import CheckpointError, latest_checkpoint, list_checkpoi
 from asr.cli.decode_options import check_arguments as check_decode_arguments
 from asr.cli.options import add_num_threads_argument, check_experiment_dir, set_num_threads
 from asr.config import ConfigError, load_config, save_config, to_dict
+from asr.constants import torchrun_place
 from asr.decoding.registry import select_searchers
 from asr.experiment import CONFIG_FILE, ExperimentConfig
 from asr.fileio import (
@@ -240,7 +241,11 @@ def run(args: argparse.Namespace) -> int:
     if args.check_only:
         logger.info("asr train: %s fits (--check-only: nothing trained)", args.config)
         return 0
-    main = int(os.environ.get("RANK", "0")) == 0
+    try:
+        main = torchrun_place()[0] == 0  # the rank setup_distributed sets the group up with
+    except ValueError as err:
+        logger.error("asr train: %s", err)
+        return 2
     try:
         # rank 0 holds the experiment directory's lock until training ends: a second run into
         # it (a stage rerun while the first one still trains) would resume from the same

@@ -23,8 +23,9 @@ size) only rename one of them, or skip one more suffix.
 Example:
     >>> dev = load_eval_cuts("data/fbank", ["librispeech_cuts_dev-clean.jsonl.gz"])
     >>> names = ["librispeech_cuts_train-clean-100.jsonl.gz"] * 2  # oversampled twice
-    >>> repeats = Repeats.of_manifests([Path("data/fbank") / name for name in names])
-    >>> train = repeats.rename(load_cuts("data/fbank", names))  # 2nd copies: <id>_repeat1
+    >>> train = load_cuts("data/fbank", names)
+    >>> repeats = Repeats.of_cuts(train, watch={cut.id for cut in dev})  # and dev cuts held
+    >>> train = repeats.rename(train)  # 2nd copies: <id>_repeat1
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import numpy as np
 
 from asr.data.augment import draw_seed
 from asr.data.dataset import checked_manifests, numbered_cut_lines
+from asr.data.filtering import speed_copy_source
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +155,8 @@ class Repeats:
         copies: how many cuts repeat an id seen before (``0``: none).
         taken: (M,) uint64, sorted: the hashes of the set's ids that have the form of a
             renamed repeat, ``<id>_repeat<k>``: names a repeat must not take.
-        shared: the ids of ``watch`` (:meth:`of_ids`) that the set holds too, sorted.
+        shared: the ids of ``watch`` (:meth:`of_ids`) that the set holds too, sorted (with
+            :meth:`of_cuts`, as they are or as speed copies).
     """
 
     keys: np.ndarray
@@ -165,33 +168,34 @@ class Repeats:
     def of_ids(cls, ids: Iterable[str], watch: Collection[str] = frozenset()) -> Repeats:
         """The repeats among ``ids`` (read once; 8 bytes kept per id), and which ids of
         ``watch`` (e.g. the dev set's) they hold."""
+        return cls._of(((cut_id, None) for cut_id in ids), watch)
+
+    @classmethod
+    def of_cuts(cls, cuts: Iterable, watch: Collection[str] = frozenset()) -> Repeats:
+        """:meth:`of_ids` of the ids of ``cuts`` (read once), where a speed copy of a cut of
+        ``watch`` (``<id>_sp0.9``, :func:`asr.data.filtering.speed_copy_source`) holds that
+        cut too: the dev cuts that training holds, as they are or perturbed."""
+        return cls._of(((cut.id, speed_copy_source(cut)) for cut in cuts), watch)
+
+    @classmethod
+    def _of(cls, pairs: Iterable[tuple[str, str | None]],
+            watch: Collection[str] = frozenset()) -> Repeats:
+        """:meth:`of_ids` of ``(id, the id it is a speed copy of, or None)`` pairs."""
         keys = array("Q")
         taken = array("Q")
         shared = set()
-        for cut_id in ids:
+        for cut_id, source in pairs:
             key = _id_key(cut_id)
             keys.append(key)
             if _REPEAT_NAME.search(cut_id):
                 taken.append(key)
             if cut_id in watch:
                 shared.add(cut_id)
+            elif source is not None and source in watch:
+                shared.add(source)
         unique, counts = np.unique(np.frombuffer(keys, dtype=np.uint64), return_counts=True)
         return cls(unique[counts > 1], len(keys) - len(unique),
                    np.unique(np.frombuffer(taken, dtype=np.uint64)), tuple(sorted(shared)))
-
-    @classmethod
-    def of_manifests(cls, paths: Sequence[str | Path],
-                     watch: Collection[str] = frozenset()) -> Repeats:
-        """The repeats of the training manifests ``paths`` (concatenated), logged when there are
-        any, and the ids of ``watch`` they hold (:meth:`of_ids`).
-
-        Raises:
-            ValueError: as :func:`manifest_ids`.
-        """
-        repeats = cls.of_ids((cut_id for path in paths for _, cut_id in manifest_ids(path)),
-                             watch)
-        repeats.log("the training manifests")
-        return repeats
 
     def log(self, where: str) -> None:
         """Logs (at INFO) how many ids repeat in ``where`` and what training makes of them,

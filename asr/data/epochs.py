@@ -139,6 +139,10 @@ class EpochBatches:
                                       bucket_cuts=shar.manifests if shar is not None else None)
         self.rank = rank
         self.world_size = world_size
+        #: whether an epoch sampled for ``world_size`` processes drops its last round where
+        #: they do not fill it (``data.drop_last``): the trainer's step count
+        #: (:func:`asr.train.budget.epoch_steps`) follows it
+        self.drop_last = cfg.drop_last
         # the count of training cuts, for the log of what an epoch left out (a lazy CutSet,
         # e.g. Shar, has none without reading it)
         self.num_cuts = None if getattr(cuts, "is_lazy", True) else len(cuts)

@@ -53,8 +53,8 @@ __all__ = ["DROP_REASONS", "SPEEDS_FIELD", "SPEED_COPY_FIELD", "SUPERVISION_TOLE
            "FilterStats",
            "TextEncoder", "allowed_speeds", "check_cut_audio", "check_cut_files", "cut_files",
            "cut_text", "data_files", "encode_cut_text", "drop_reason", "error_reason",
-           "filter_cuts", "is_speed_copy", "supervision_outside", "unreadable_cut_error",
-           "unreadable_field", "with_speed_copy_record"]
+           "filter_cuts", "is_speed_copy", "speed_copy_source", "supervision_outside",
+           "unreadable_cut_error", "unreadable_field", "with_speed_copy_record"]
 
 #: The custom field of a cut kept at only some of the speeds it was judged at: those speeds.
 SPEEDS_FIELD = "speed_factors"
@@ -547,6 +547,16 @@ def is_speed_copy(cut) -> bool:
     --speed-perturb`` writes beside each original; False for anything without a recording (a
     supervision)."""
     return _speed_transform(cut) is not None
+
+
+def speed_copy_source(cut) -> str | None:
+    """The id of the cut whose speed (or tempo) copy ``cut`` is (:func:`is_speed_copy`): its
+    id less lhotse's ``_sp<factor>`` / ``_tp<factor>`` suffix (``a_sp0.9`` -> ``a``); None for
+    a cut that is no copy, or a copy whose id has no such suffix."""
+    if not is_speed_copy(cut):
+        return None
+    suffix = _PERTURBED_ID.search(cut.id)
+    return None if suffix is None else cut.id[: suffix.start()]
 
 
 def with_speed_copy_record(cut):

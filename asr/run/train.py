@@ -202,7 +202,7 @@ def _load_filtered(cfg: ExperimentConfig, model: ASRModel, names: Sequence[str],
     where = f"{manifest_dir}/{list(names)}"
     kept = _filter_or_fail(cfg, model, cuts, tokenizer, where, what, train=train).to_eager()
     if train:  # the ids are in memory: no second read of the manifests (Shar's must stream)
-        repeats = Repeats.of_ids((cut.id for cut in kept), dev_ids)
+        repeats = Repeats.of_cuts(kept, dev_ids)
         repeats.log("the training manifests")
         _warn_of_dev_cuts_in_training(repeats.shared, len(dev_ids), "data.train_cuts")
         kept = repeats.rename(kept)
@@ -210,14 +210,16 @@ def _load_filtered(cfg: ExperimentConfig, model: ASRModel, names: Sequence[str],
 
 
 def _warn_of_dev_cuts_in_training(shared: Sequence[str], num_dev: int, field: str) -> None:
-    """Warns that the dev cuts of the ids ``shared`` (of ``num_dev``) are training cuts too:
+    """Warns that the dev cuts of the ids ``shared`` (of ``num_dev``) are training cuts too, as
+    they are or as speed copies (``<id>_sp0.9``), after the training filters:
     the dev loss and WER, which choose checkpoints, are then not measured on held-out data
     (a dev manifest listed in the training data's ``field``, ``data.train_cuts`` or
     ``data.train_shar_dirs``, or a corpus whose parts share ids)."""
     if shared:
-        logger.warning("%d of the %d dev cuts have the id of a training cut (e.g. %s): the dev "
-                       "loss and WER are not measured on held-out data; check %s and "
-                       "data.dev_cuts", len(shared), num_dev, shared[0], field)
+        logger.warning("%d of the %d dev cuts are training cuts too, by their id or as speed "
+                       "copies <id>_sp<factor> (e.g. %s): the dev loss and WER are not measured "
+                       "on held-out data; check %s and data.dev_cuts", len(shared), num_dev,
+                       shared[0], field)
 
 
 def _load_shar(cfg: ExperimentConfig, model: ASRModel, tokenizer: Tokenizer,
@@ -236,7 +238,9 @@ def _load_shar(cfg: ExperimentConfig, model: ASRModel, tokenizer: Tokenizer,
     kept = _filter_or_fail(cfg, model, shar.manifests, tokenizer, str(dirs), "training",
                            shar, train=True)
     logger.info("training from %d Lhotse Shar shards in %s", shar.num_shards, dirs)
-    repeats = Repeats.of_manifests(shar.manifest_paths, dev_ids)
+    # the cuts training keeps (their manifests alone), as the manifests' check counts them
+    repeats = Repeats.of_cuts(kept.manifests, dev_ids)
+    repeats.log(f"the training shards {dirs}")
     _warn_of_dev_cuts_in_training(repeats.shared, len(dev_ids), "data.train_shar_dirs")
     return repeats.rename(kept.cuts), kept
 

@@ -159,19 +159,28 @@ def plan_total_steps(inp: PlanInput) -> StepPlan:
 VALIDATION, CHECKPOINT, EPOCH_END = "validation", "checkpoint", "epoch end"
 
 
-def epoch_steps(progress: Progress, accum_grad: int, world_size: int) -> tuple[int, int]:
+def epoch_steps(progress: Progress, accum_grad: int, world_size: int,
+                drop_last: bool = True) -> tuple[int, int]:
     """``(steps of a whole epoch, steps left in the current one)`` in optimizer steps of
     ``world_size`` processes taking ``accum_grad`` batches each (``PlanInput.steps_per_epoch``
     and ``steps_left_in_epoch``; ``(0, 0)`` before an epoch has ended), from the global batches
-    of the latest epoch finished (``EpochRecord.batches``) and those the current one has taken
-    (``Progress.batches_in_epoch``): right also when the world size changed at a resumption,
-    where the steps that epochs took would count steps of another size. An epoch's last step
-    takes the batches left over (:class:`asr.train.trainer.Trainer`). An epoch sampled for
-    ``world_size`` processes gives each the batches of its full rounds (lhotse's sampler with
-    ``data.drop_last``, the default; without it one more batch may come), while the global
-    batches left of an epoch resumed with another number of processes that fill no round of
-    them are split among them, one more batch each. Checkpoints written
-    before epochs recorded their batches give the steps the latest epoch took.
+    of the latest epoch finished (``EpochRecord.batches``, the estimate of an epoch's stream)
+    and those the current one has taken (``Progress.batches_in_epoch``): right also when the
+    world size changed at a resumption, where the steps that epochs took would count steps of
+    another size. An epoch's last step takes the batches left over
+    (:class:`asr.train.trainer.Trainer`).
+
+    Each process draws, of ``G`` global batches left, ``ceil(G / world_size)``: without
+    ``drop_last`` (the batch source's ``data.drop_last``) lhotse splits the batches of a last
+    round that the processes do not fill among them, one part each, and so does an epoch
+    resumed with another number of processes, or at a position that is no multiple of theirs
+    (a resumed epoch resumed again), with ``drop_last`` too
+    (:func:`asr.data.sampler.resumed_share`); only an epoch sampled for ``world_size``
+    processes with ``drop_last`` (the default) gives each ``floor(G / world_size)``, its full
+    rounds. The parts of a last round with fewer cuts than processes repeat cuts, which an
+    epoch resumed with other processes does not train again (nor, with ``drop_last``, such a
+    round): there the count can be a step over. Checkpoints written before epochs recorded
+    their batches give the steps the latest epoch took.
     """
     ends = [r for r in progress.history if r.step is not None]
     if not ends:
@@ -183,13 +192,16 @@ def epoch_steps(progress: Progress, accum_grad: int, world_size: int) -> tuple[i
 
     def steps(global_batches: int, split: bool) -> int:  # accum_grad batches a step
         # each process' share: the full rounds of the processes, and with ``split`` one batch
-        # more each for the batches that fill no round, which a resumed epoch of another world
-        # size splits among them (asr.data.sampler.resumed_share)
+        # more each for the batches that fill no round
         rounds = max(global_batches, 0) / world_size
         return math.ceil((math.ceil(rounds) if split else math.floor(rounds)) / accum_grad)
 
-    resumed = into > 0 and progress.epoch_world_size not in (None, world_size)
-    return steps(last.batches, False), steps(last.batches - into, resumed)
+    # the rule of asr.data.epochs.EpochBatches: a resumed share unless the position is one of
+    # this world size's stream
+    resumed = into > 0 and (progress.epoch_world_size not in (None, world_size)
+                            or into % world_size != 0)
+    return (steps(last.batches, not drop_last),
+            steps(last.batches - into, resumed or not drop_last))
 
 
 def _mean(values: list[float]) -> float:
@@ -217,13 +229,16 @@ class TimeBudget:
         cfg: the loop settings.
         dist: this process' place in the job.
         clock: monotonic seconds (replaceable in tests).
+        drop_last: whether the batch source drops the batches of an epoch's last round that
+            its processes do not fill (:func:`epoch_steps`).
     """
 
     def __init__(self, cfg: TrainConfig, dist: DistInfo,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, drop_last: bool = True) -> None:
         self.cfg = cfg
         self.dist = dist
         self.clock = clock
+        self.drop_last = drop_last
         self.enabled = cfg.time_budget_s > 0
         self.spent = False
         self._run_start: float | None = None  # clock() when the run started
@@ -394,7 +409,8 @@ class TimeBudget:
             origin = (self._run_start, self._start_step, 0.0)
         timed_steps = p.step - origin[1]
         step_seconds = self.clock() - origin[0] - (self._between - origin[2])
-        steps_per_epoch, steps_left = epoch_steps(p, self.cfg.accum_grad, self.dist.world_size)
+        steps_per_epoch, steps_left = epoch_steps(p, self.cfg.accum_grad, self.dist.world_size,
+                                                  self.drop_last)
         valid_every, checkpoint_every = self.cfg.valid_interval, self.cfg.checkpoint_interval
         valid_s = _mean(self._work_seconds[VALIDATION])
         checkpoint_s = _mean(self._work_seconds[CHECKPOINT])

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
+from asr.constants import torchrun_place
 from asr.process_exit import skip_finalization
 
 logger = logging.getLogger(__name__)
@@ -61,10 +61,9 @@ def setup_distributed(device: str = "auto") -> DistInfo:
 
     Raises:
         RuntimeError: CUDA asked for and absent, or more local processes than GPUs.
+        ValueError: ``torchrun``'s variables unreadable (:func:`asr.constants.torchrun_place`).
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    rank, world_size, local_rank = torchrun_place()
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
         raise RuntimeError("device=cuda was requested but CUDA is not available")

@@ -73,7 +73,7 @@ from asr.checkpoints.io import (
     safe_torch_load,
     training_checkpoint,
 )
-from asr.constants import LOG_FORMAT
+from asr.constants import LOG_FORMAT, PER_RANK
 from asr.train.agreement import StepReport, agree
 from asr.train.budget import CHECKPOINT, EPOCH_END, VALIDATION, TimeBudget
 from asr.train.distributed import DistInfo, all_reduce_sum, average_gradients, barrier
@@ -267,7 +267,10 @@ class Trainer:
         self._saved_at: tuple[int, int, int] | None = None
         self._batches: _EpochIterator | None = None  # the epoch's, while _train_epoch runs
         self._agreed = StepReport()  # what the ranks agreed on at the latest step (_agree)
-        self.budget = TimeBudget(train_cfg, self.dist, clock)
+        # a source that says whether it drops an epoch's last, unfilled round (lhotse's
+        # drop_last, EpochBatches.drop_last) has its steps counted so; else as with it
+        self.budget = TimeBudget(train_cfg, self.dist, clock,
+                                 drop_last=getattr(train_batches, "drop_last", True))
 
     # ----------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -900,10 +903,10 @@ class Trainer:
         p.skipped_steps += 1
         p.skipped_in_a_row += 1
         path, cuts = self._save_bad_batches(batches)
-        logger.warning(
+        logger.warning(  # each rank's own batches: every rank logs it
             "non-finite gradients (norm %s) at step %d: step skipped (%d so far), its %d "
             "batch(es) saved to %s (cuts: %s)", norm, p.step, p.skipped_steps, len(batches), path,
-            ", ".join(cuts[:4]) + ("..." if len(cuts) > 4 else ""),
+            ", ".join(cuts[:4]) + ("..." if len(cuts) > 4 else ""), extra=PER_RANK,
         )
         if p.skipped_in_a_row > self.cfg.max_skipped_in_a_row:
             raise FloatingPointError(

@@ -44,3 +44,36 @@ def test_a_failure_on_another_rank_reaches_the_console_naming_the_rank(tmp_path)
     run = _wer(tmp_path, str(missing), RANK="3", WORLD_SIZE="4")
     assert run.returncode == 2
     assert f" ERROR rank 3 asr.cli.wer: asr wer: HYP {missing}: no such file" in run.stderr
+
+
+_LOG_THREE = (
+    "import logging\n"
+    "from asr.cli.main import console_logging\n"
+    "from asr.constants import PER_RANK\n"
+    "console_logging(logging.INFO)\n"
+    "log = logging.getLogger('asr.data.filtering')\n"
+    "log.warning('dropped 3 cuts: too short')\n"
+    "log.warning('my own batches saved', extra=PER_RANK)\n"
+    "log.error('failed here')\n"
+)
+
+
+@pytest.mark.parametrize(("rank", "shown"), [
+    ("0", ["WARNING asr.data.filtering: dropped 3 cuts", "WARNING asr.data.filtering: my own",
+           "ERROR asr.data.filtering: failed here"]),
+    ("1", ["WARNING rank 1 asr.data.filtering: my own",
+           "ERROR rank 1 asr.data.filtering: failed"])])
+def test_a_warning_the_same_on_every_rank_reaches_the_console_once(rank, shown):
+    """Every rank logged the warnings that are the same on all of them (the data filter's
+    counts, a config's, the dev/train overlap), tagged by rank: a 4-process job showed each 4
+    times. Rank 0 alone logs them now; the others log their errors and the warnings marked as
+    their own (:data:`asr.constants.PER_RANK`)."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), environ.get("PYTHONPATH")]))
+    run = subprocess.run([sys.executable, "-c", _LOG_THREE],
+                         env=dict(environ, RANK=rank, WORLD_SIZE="4"), capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    lines = run.stderr.splitlines()
+    assert len(lines) == len(shown), run.stderr
+    assert all(expected in line for line, expected in zip(lines, shown)), run.stderr

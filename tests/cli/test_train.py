@@ -750,6 +750,7 @@ def test_dev_cuts_that_are_training_cuts_too_are_warned_of(tmp_path, tiny_corpus
         assert train_tiny(tmp_path, tiny_corpus, "overlap", train_cuts) == 1
     assert "stopped after loading the data" in caplog.text
     first = min(c.id for c in CutSet.from_file(dev))
-    warning = (f"4 of the 4 dev cuts have the id of a training cut (e.g. {first}): the dev loss "
-               "and WER are not measured on held-out data")
+    warning = (f"4 of the 4 dev cuts are training cuts too, by their id or as speed copies "
+               f"<id>_sp<factor> (e.g. {first}): the dev loss and WER are not measured on "
+               "held-out data")
     assert (warning in caplog.text) == listed

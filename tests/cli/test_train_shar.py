@@ -107,6 +107,43 @@ def test_dev_cuts_in_the_training_shards_are_warned_of_naming_the_shar_field(
     with caplog.at_level(logging.WARNING, logger="asr.run.train"):
         assert train_tiny(tmp_path, tiny_corpus, "overlap", f"data.train_shar_dirs=[{shar}]") == 1
     assert "stopped after loading the data" in caplog.text
-    assert re.search(r"4 of the 4 dev cuts have the id of a training cut \(e\.g\. \S+\): the dev "
-                     r"loss and WER are not measured on held-out data; check "
-                     r"data\.train_shar_dirs and data\.dev_cuts", caplog.text), caplog.text
+    assert re.search(r"4 of the 4 dev cuts are training cuts too, by their id or as speed copies "
+                     r"<id>_sp<factor> \(e\.g\. \S+\): the dev loss and WER are not measured "
+                     r"on held-out data; check data\.train_shar_dirs and data\.dev_cuts",
+                     caplog.text), caplog.text
+
+
+def test_the_shards_overlap_with_the_dev_cuts_counts_what_training_keeps(
+        tmp_path, tiny_corpus, caplog, monkeypatch):
+    """Shards of a speed copy (``<id>_sp0.9``) of the shortest dev cut and of the other dev
+    cuts as they are, the 2 longest of which the training filter drops
+    (data.max_cut_duration): the warning counted every dev cut of the unfiltered manifests (3)
+    and no speed copy. Now it counts the dev cuts that training keeps, as they are or as speed
+    copies (2), as the check of data.train_cuts does."""
+    from lhotse import CutSet
+
+    import asr.run.train
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("stopped after loading the data")
+
+    monkeypatch.setattr(asr.run.train, "EpochBatches", stop)
+    dev_path = tiny_corpus / "fbank" / "librispeech_cuts_dev-clean-2.jsonl.gz"
+    dev = sorted(CutSet.from_file(dev_path), key=lambda c: c.duration)
+    # the filter keeps the copy and the second shortest, and drops the 2 longest
+    limit = max(dev[0].duration / 0.9, dev[1].duration) + 0.01
+    assert len(dev) == 4 and limit < dev[2].duration
+    copies = CutSet.from_cuts([dev[0].drop_features().perturb_speed(0.9)]
+                              + [cut.drop_features() for cut in dev[1:]])
+    assert copies[0].id == f"{dev[0].id}_sp0.9"
+    copies.to_file(tmp_path / "copies.jsonl.gz")
+    shar = tmp_path / "shar"
+    assert main(["shar", "--cuts", str(tmp_path / "copies.jsonl.gz"), "--output-dir", str(shar),
+                 "--fields", "recording=flac"]) == 0
+    settings = (f"data.train_shar_dirs=[{shar}]", "data.on_the_fly_feats=true",
+                f"data.max_cut_duration={limit}", "data.speed_perturb=false")
+    with caplog.at_level(logging.WARNING, logger="asr.run.train"):
+        assert train_tiny(tmp_path, tiny_corpus, "overlap", *settings) == 1
+    assert "stopped after loading the data" in caplog.text
+    assert (f"2 of the 4 dev cuts are training cuts too, by their id or as speed copies "
+            f"<id>_sp<factor> (e.g. {min(dev[0].id, dev[1].id)})") in caplog.text, caplog.text

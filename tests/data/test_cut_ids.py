@@ -15,7 +15,7 @@ from lhotse import CutSet
 from librispeech_tree import CharEncoder
 
 from asr.data.config import DataConfig, SpecAugmentConfig
-from asr.data.cut_ids import DuplicateIdError, Repeats, load_eval_cuts
+from asr.data.cut_ids import DuplicateIdError, Repeats, load_eval_cuts, manifest_ids
 from asr.data.epochs import EpochBatches
 from asr.data.librispeech import load_test_part
 from asr.data.sampler import lazy_view
@@ -177,6 +177,19 @@ def test_repeats_name_the_watched_ids_the_training_manifests_hold(tmp_path) -> N
     for ``asr train``'s warning of dev cuts trained on."""
     path = tmp_path / "train.jsonl"
     path.write_text("".join(json.dumps({"id": i}) + "\n" for i in ("a", "b", "a", "c")))
-    repeats = Repeats.of_manifests([path], watch=frozenset({"c", "a", "z"}))
+    repeats = Repeats.of_ids((cut_id for _, cut_id in manifest_ids(path)),
+                             watch=frozenset({"c", "a", "z"}))
     assert repeats.shared == ("a", "c") and repeats.copies == 1
     assert Repeats.of_ids(["a"]).shared == ()
+
+
+def test_a_speed_copy_of_a_dev_cut_in_the_training_manifests_is_a_dev_cut_trained_on(prepared):
+    """Training manifests of speed copies (``<id>_sp0.9``, as ``asr prepare fbank
+    --speed-perturb`` writes them) of dev cuts trained on the dev cuts perturbed without a
+    word: only a training cut of the dev id itself was counted. A cut whose id only looks like
+    a copy's, without a speed transform, is none."""
+    dev = list(CutSet.from_file(prepared["manifests"]["dev-clean-2"]))[:3]
+    train = [dev[0].perturb_speed(0.9), dev[1].perturb_speed(1.1), dev[2].with_id("x_sp0.9")]
+    watch = frozenset({dev[0].id, dev[1].id, "x"})
+    assert Repeats.of_cuts(train, watch).shared == tuple(sorted([dev[0].id, dev[1].id]))
+    assert Repeats.of_ids([c.id for c in train], watch).shared == ()

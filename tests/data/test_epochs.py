@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -187,3 +191,175 @@ def test_an_epoch_resumed_twice_with_other_numbers_of_processes_trains_what_was_
             second = shares(second_world, skip + t * first_world)
             seen = trained + [c for share in second for ids in share for c in ids]
             assert _real(seen) == left, (k, t)
+
+
+@pytest.mark.parametrize("seed", [3, 5])
+def test_the_budget_counts_the_batches_each_rank_draws_after_a_world_size_change(
+        prepared, seed: int) -> None:
+    """Without drop_last, every rank draws ``ceil(G / N)`` of the ``G`` global batches left of
+    an epoch: a whole epoch sampled for its ``N`` processes (lhotse splits the last round they
+    do not fill), the rest of one resumed with another number of processes, and the rest of one
+    resumed again at a position of no round of its own processes. The budget
+    (:func:`asr.train.budget.epoch_steps`, fed the epoch's record of the ``old`` processes'
+    stream, which repeats no cut here) counted ``floor(G / N)`` for an epoch of its own
+    processes and for a resumed epoch back on the stream's number of processes: a step short
+    per epoch after the change, and at the end of such a twice-resumed epoch."""
+    from asr.train.budget import epoch_steps
+    from asr.train.state import EpochRecord, Progress
+
+    cfg = DataConfig(max_duration=2.5, max_cut_duration=2.5, num_buckets=2, shuffle=True,
+                     drop_last=False, num_workers=0, seed=seed)
+    paths = [prepared["fbank"]["train-clean-5"], prepared["fbank"]["dev-clean-2"]]
+
+    def drawn(world_size: int, skip: int, stream_world_size: int) -> list[int]:
+        """The batches each of ``world_size`` ranks draws of epoch 3 after ``skip``."""
+        cuts = CutSet.from_jsonl_lazy(paths[0]) + CutSet.from_jsonl_lazy(paths[1])
+        return [len(list(EpochBatches(cuts, cfg, CharEncoder(), rank, world_size)(
+            3, skip, stream_world_size))) for rank in range(world_size)]
+
+    def budget(batches: int, into: int, stream_world_size: int, world_size: int
+               ) -> tuple[int, int]:
+        progress = Progress(epoch=3, step=9, batches_in_epoch=into,
+                            epoch_world_size=stream_world_size,
+                            history=[EpochRecord(2, 1.0, step=9, batches=batches)])
+        return epoch_steps(progress, 1, world_size, drop_last=False)
+
+    checked = wholes = 0
+    for old, new in [(1, 2), (1, 3), (2, 3), (4, 3), (3, 4)]:
+        cuts = CutSet.from_jsonl_lazy(paths[0]) + CutSet.from_jsonl_lazy(paths[1])
+        old_full = [[b.cut_ids for b in EpochBatches(cuts, cfg, CharEncoder(), rank, old)(3, 0)]
+                    for rank in range(old)]
+        if not all(_real(ids) for share in old_full for ids in share):
+            continue  # a part of repeats alone: not trained again by other processes
+        total = old * len(old_full[0])  # the epoch's record: every rank's batches
+        cuts = CutSet.from_jsonl_lazy(paths[0]) + CutSet.from_jsonl_lazy(paths[1])
+        new_full = [[b.cut_ids for b in EpochBatches(cuts, cfg, CharEncoder(), rank, new)(3, 0)]
+                    for rank in range(new)]
+        if sum(bool(_real(ids)) for share in new_full for ids in share) == total:
+            # the new processes' stream as long as the old one's (it may not be: lhotse draws
+            # a bucket per round of them): each draws the whole epoch's share of the record
+            assert budget(total, 0, new, new)[0] == len(new_full[0]), (old, new)
+            wholes += 1
+        for k in range(1, len(old_full[0])):
+            rest = drawn(new, k * old, old)
+            assert budget(total, k * old, old, new)[1] == rest[0], (old, new, k)
+            for t in range(1, rest[0]):  # and back on the stream's processes
+                into = k * old + t * new
+                again = drawn(old, into, old)
+                assert budget(total, into, old, old)[1] == again[0], (old, new, k, t)
+                checked += 1
+    assert checked >= 3 and wholes >= (seed == 5), (checked, wholes)
+
+
+#: A run of the real Trainer on EpochBatches of the prepared cuts (``MANIFESTS``), recording
+#: the batches each rank trained on: ``first`` (1 process) trains epoch 1 whole into ``full``
+#: and stops after 3 steps of it into ``exp``; ``resume`` (any number) resumes ``exp`` and
+#: trains epoch 2 too.
+WORLD_CHANGE_SCRIPT = r'''
+import json, os, sys, torch
+from torch import nn
+sys.path[:0] = [os.environ["TEST_DIR"], os.path.dirname(os.environ["TEST_DIR"])]
+from lhotse import CutSet
+from librispeech_tree import CharEncoder
+from torchrun_helpers import report_up
+from asr.data.config import DataConfig
+from asr.data.epochs import EpochBatches
+from asr.process_exit import end_process
+from asr.train.distributed import setup_distributed, cleanup_distributed
+from asr.train.optim import OptimConfig
+from asr.train.state import TrainConfig
+from asr.train.trainer import Trainer
+info = setup_distributed("cpu")
+report_up(info.rank)
+out, phase = os.environ["OUT_DIR"], os.environ["PHASE"]
+
+class Out:
+    def __init__(self, loss, num_utterances):
+        self.loss, self.num_utterances, self.metrics = loss, num_utterances, {}
+
+class Recording(nn.Module):
+    """Regresses mean features onto token counts; records the cuts it trains on."""
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Linear(80, 1)
+        self.seen = []
+
+    def forward(self, batch, step=0):
+        if self.training:
+            self.seen.append(list(batch.cut_ids))
+        pooled = batch.feats.sum(1) / batch.feat_lens[:, None].float()
+        loss = ((self.net(pooled).squeeze(-1) - batch.token_lens.float()) ** 2).sum()
+        return Out(loss, batch.batch_size)
+
+def fit(name, max_steps=0, resume=False, max_epochs=1):
+    torch.manual_seed(0)
+    cfg = DataConfig(max_duration=2.5, max_cut_duration=2.5, num_buckets=2, shuffle=True,
+                     drop_last=False, num_workers=0, seed=5)
+    cuts = CutSet.from_jsonl_lazy(os.environ["MANIFESTS"])
+    model = Recording()
+    trainer = Trainer(model, OptimConfig(lr=1e-3, warmup_steps=3),
+                      TrainConfig(max_epochs=max_epochs, max_steps=max_steps, checkpoint_interval=0,
+                                  average_period=0),
+                      os.path.join(out, name),
+                      EpochBatches(cuts, cfg, CharEncoder(), info.rank, info.world_size),
+                      dist=info)
+    if resume:
+        assert trainer.resume()
+    progress = trainer.fit()
+    with open(os.path.join(out, f"{name}-{phase}{info.rank}.json"), "w") as f:
+        json.dump({"seen": model.seen, "step": progress.step,
+                   "epochs": [(r.step, r.batches) for r in progress.history]}, f)
+
+if phase == "first":
+    fit("full")
+    fit("exp", max_steps=3)
+else:
+    fit("exp", resume=True, max_epochs=2)
+cleanup_distributed()
+end_process(0)
+'''
+
+
+def test_the_trainer_resumed_on_two_processes_trains_the_cuts_one_had_left(prepared, tmp_path):
+    """The real Trainer on EpochBatches: 1 process trains 3 steps of an epoch and stops; 2
+    processes resume its checkpoint and train, between them, exactly the cuts that the
+    uninterrupted 1-process run trained after those 3 steps, each once (the last batch left,
+    which fills no round of 2, split between them), in the steps the budget counts
+    (:func:`asr.train.budget.epoch_steps`)."""
+    from torchrun_helpers import UP_LINE, run_torchrun
+
+    from asr.train.budget import epoch_steps
+    from asr.train.state import EpochRecord, Progress
+
+    manifests = tmp_path / "cuts.jsonl.gz"
+    (CutSet.from_file(prepared["fbank"]["train-clean-5"])
+     + CutSet.from_file(prepared["fbank"]["dev-clean-2"])).to_file(manifests)
+    script = tmp_path / "world_change.py"
+    script.write_text(WORLD_CHANGE_SCRIPT)
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, TEST_DIR=str(Path(__file__).parent), OUT_DIR=str(tmp_path),
+               MANIFESTS=str(manifests), OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(repo),
+                                                        os.environ.get("PYTHONPATH")])))
+    first = subprocess.run([sys.executable, str(script)], env=dict(env, PHASE="first"),
+                           capture_output=True, text=True, timeout=180)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run_torchrun([str(script)], nproc=2, env=dict(env, PHASE="resume"), timeout=180,
+                 up=UP_LINE)
+    full = json.loads((tmp_path / "full-first0.json").read_text())
+    stop = json.loads((tmp_path / "exp-first0.json").read_text())
+    resumed = [json.loads((tmp_path / f"exp-resume{rank}.json").read_text()) for rank in (0, 1)]
+    assert stop["step"] == 3 and full["seen"][:3] == stop["seen"]
+    (end_1, batches_1), (end_2, _) = resumed[0]["epochs"]
+    left = end_1 - 3  # each resumed rank's batches of epoch 1 (a step each)
+    trained = _real(c for run in resumed for ids in run["seen"][:left] for c in ids)
+    assert trained == _real(c for ids in full["seen"][3:] for c in ids) and trained
+    assert max(trained.values()) == 1
+    # the steps the budget counts: the rest of epoch 1 at the resumption, from the
+    # uninterrupted run's record, and epoch 2, from epoch 1's (3 + 2 x 2 global batches of 7)
+    progress = Progress(epoch=1, step=3, batches_in_epoch=3, epoch_world_size=1,
+                        history=[EpochRecord(0, 1.0, step=0, batches=full["step"])])
+    assert epoch_steps(progress, 1, 2, drop_last=False)[1] == left
+    progress = Progress(epoch=2, step=end_1, batches_in_epoch=0, epoch_world_size=2,
+                        history=[EpochRecord(1, 1.0, step=end_1, batches=batches_1)])
+    assert epoch_steps(progress, 1, 2, drop_last=False)[0] == end_2 - end_1
