@@ -3,10 +3,15 @@ cost seconds and GBs to build is refused by name before any work."""
 
 from __future__ import annotations
 
+import io
+import os
 import re
 import shutil
 import subprocess
+import sys
+import threading
 import tracemalloc
+import types
 
 import numpy as np
 import pytest
@@ -104,10 +109,6 @@ def test_an_integer_scaled_float_file_is_warned_about_naming_it(tmp_path, monkey
 def test_a_named_pipe_is_read_and_a_directory_named_as_one(tmp_path) -> None:
     """``asr transcribe <(sox in.mp3 -t wav -)`` gives a named pipe, which was refused as 'not a
     regular file'; it is read like standard input. A directory says it is one."""
-    import io
-    import os
-    import threading
-
     speech = (np.sin(np.linspace(0, 400, 8000)) * 0.5).astype(np.float32)
     data = io.BytesIO()
     sf.write(data, speech, 8000, format="WAV", subtype="FLOAT")
@@ -340,3 +341,75 @@ def test_a_file_longer_than_the_preallocation_grows_once_to_its_declared_length(
     decoded, peak = _decode_with_peak(path)
     np.testing.assert_array_equal(decoded.samples, samples)
     assert peak < 1.3 * samples.nbytes, f"{peak} bytes at the peak"
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
+def test_a_format_only_ffmpeg_reads_is_decoded_block_by_block(tmp_path, monkeypatch) -> None:
+    """ffmpeg's output (float32 WAV at the file's rate and channels) was read whole into memory,
+    then into an array of the same size, before it was averaged and resampled: an hour of 44.1
+    kHz stereo m4a took 2.6 GB. It is read from ffmpeg's pipe a block at a time; its samples are
+    those of the whole output averaged and resampled at once (to float rounding)."""
+    rng = np.random.default_rng(0)
+    wav = tmp_path / "talk.wav"
+    sf.write(wav, rng.uniform(-0.5, 0.5, (441000, 2)).astype(np.float32), 44100)  # 10 s
+    path = tmp_path / "talk.m4a"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(wav), "-c:a", "aac",
+                    str(path)], check=True)
+    whole = subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(path), "-f",
+                            "wav", "-acodec", "pcm_f32le", "pipe:1"], capture_output=True,
+                           check=True).stdout
+    stereo, rate = sf.read(io.BytesIO(whole), dtype="float32", always_2d=True)
+    expected = resample(stereo.mean(axis=1), rate, 16000)
+    monkeypatch.setattr(audio_module, "READ_BLOCK_FRAMES", 4096)
+    decoded, peak = _decode_with_peak(path)
+    assert (decoded.num_channels, decoded.original_rate) == (2, 44100)
+    assert decoded.samples.shape == expected.shape
+    np.testing.assert_allclose(decoded.samples, expected, atol=1e-6)
+    assert peak < 2 * decoded.samples.nbytes, f"{peak} bytes at the peak"
+
+
+@pytest.mark.parametrize("pipe", ["stdin", "named pipe"])
+def test_a_pipe_is_not_held_whole_in_memory(tmp_path, monkeypatch, pipe: str) -> None:
+    """Standard input and a named pipe were read whole into one bytes object (an hour of 44.1
+    kHz stereo float WAV: 1.3 GB) before decoding. Their bytes go to a temporary file a block
+    at a time, which is read as any file: the same samples, a block of bytes in memory."""
+    stereo = np.random.default_rng(0).uniform(-0.5, 0.5, (441000, 2)).astype(np.float32)
+    data = io.BytesIO()
+    sf.write(data, stereo, 44100, format="WAV", subtype="FLOAT")
+    data = data.getvalue()
+    expected = resample(stereo.mean(axis=1), 44100, 16000)
+    monkeypatch.setattr(audio_module, "READ_BLOCK_FRAMES", 4096)
+    monkeypatch.setattr(audio_module, "PIPE_COPY_BYTES", 65536)
+    if pipe == "stdin":
+        read_end, write_end = os.pipe()
+        monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(buffer=os.fdopen(read_end, "rb")))
+        source, writer_path = "-", write_end
+    else:
+        source = writer_path = tmp_path / "pipe"
+        os.mkfifo(source)
+
+    def write() -> None:
+        with open(writer_path, "wb") as f:
+            f.write(data)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    decoded, peak = _decode_with_peak(source)
+    writer.join(timeout=10)
+    if pipe == "stdin":
+        sys.stdin.buffer.close()
+    assert decoded.source == ("<stdin>" if pipe == "stdin" else str(source))
+    np.testing.assert_allclose(decoded.samples, expected, atol=1e-6)
+    assert peak < 2 * decoded.samples.nbytes, f"{peak} bytes at the peak"
+
+
+def test_reading_tells_the_seconds_read_and_the_length_after_each_block(tmp_path,
+                                                                        monkeypatch) -> None:
+    """Reading and resampling an hour of 44.1 kHz audio takes minutes, which showed no
+    progress: the reader is told the seconds read after each block, and the file's length."""
+    path = tmp_path / "lecture.flac"
+    sf.write(path, np.random.default_rng(0).uniform(-0.5, 0.5, (44100, 2)), 44100)
+    monkeypatch.setattr(audio_module, "READ_BLOCK_FRAMES", 10000)
+    told = []
+    decode_audio(path, 16000, progress=lambda done, total: told.append((done, total)))
+    assert told == [(n / 44100, 1.0) for n in (10000, 20000, 30000, 40000, 44100)]
