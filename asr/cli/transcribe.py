@@ -162,10 +162,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "normalization, or a directory there has (logged) (default: stdout)")
     progress = parser.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_true", default=None,
-                          help="show a progress bar in audio seconds (default: when stderr is "
-                               "a terminal)")
+                          help="show progress bars in audio seconds on stderr: transcribed, "
+                               "and read of a file whose reading lasts over a second "
+                               "(default: when stderr is a terminal)")
     progress.add_argument("--no-progress", dest="progress", action="store_false",
-                          help="no progress bar")
+                          help="no progress bars")
 
 
 # ----------------------------------------------------------------------------- formats
