@@ -13,9 +13,10 @@ a block at a time, then read as a file.
 streamed audio at 8 kHz gives the same 16 kHz samples as the whole file resampled at once.
 
 Every failure is an :class:`AudioError` whose message names the file (or ``<stdin>``), a file
-cut short too: one whose header declares more samples than it holds (a WAV, which libsndfile
-reads up to its end without a word, or one that libsndfile fails inside and ffmpeg decodes
-in part).
+cut short too: one whose header declares more samples than it holds (a WAV, or an MP3 with a
+Xing/Info/VBRI header, which libsndfile reads up to its end without a word, or one that
+libsndfile fails inside and ffmpeg decodes in part). An Ogg Vorbis or Opus file cut short
+is read without an error: neither its header nor libsndfile nor ffmpeg says it was cut.
 
 Shape legend: N samples, C channels.
 """
@@ -538,12 +539,16 @@ def _read(source: bytes | str, name: str, target_rate: int | None,
             except Exception as err:  # noqa: BLE001 - libsndfile failed inside the data
                 first = _reason(err)
             else:
-                declared = wav_declared_frames(_head(source))
+                head = _head(source)
+                declared, header = wav_declared_frames(head), "WAV header"
+                if file.format == "MP3" and mp3_length_header(head):
+                    declared, header = file.frames, "MP3 Xing/Info header"
                 if declared is not None and mono.frames < declared:
-                    # libsndfile reads a WAV cut short (a copy or download stopped on the way)
-                    # up to its end without a word: the transcript would be its first part's
+                    # libsndfile reads a WAV or MP3 cut short (a copy or download stopped on
+                    # the way) up to its end without a word: the transcript would be its
+                    # first part's
                     raise AudioError(
-                        f"{name}: truncated audio: its WAV header declares {declared} samples, "
+                        f"{name}: truncated audio: its {header} declares {declared} samples, "
                         f"{mono.frames} are in the file"
                     )
                 return mono.finish()
@@ -640,6 +645,28 @@ def wav_declared_frames(head: bytes) -> int | None:
             return size // frame
         pos += 8 + size + (size & 1)  # chunks are padded to an even size
     return None
+
+
+def mp3_length_header(head: bytes) -> bool:
+    """Whether an MP3's first frame (after its ID3v2 tag) is a Xing, Info or VBRI header: the
+    stream's exact frame count, which libsndfile (mpg123) gives as the file's length. Without
+    one, that length is mpg123's estimate from the file's size and first bitrate, which misses a
+    whole file's (a variable bitrate's, or by its encoder's padding): no length to hold it to.
+
+    Args:
+        head: the file's first bytes (:data:`WAV_HEADER_BYTES`; a longer ID3v2 tag, such as
+            one holding cover art, leaves its first frame beyond them: False).
+    """
+    pos = 0
+    if head[:3] == b"ID3" and len(head) >= 10:
+        size = 0
+        for byte in head[6:10]:  # a syncsafe integer: 7 bits a byte
+            size = (size << 7) | (byte & 0x7F)
+        pos = 10 + size + (10 if head[5] & 0x10 else 0)  # a footer follows when flagged
+    if pos + 4 > len(head) or head[pos] != 0xFF or head[pos + 1] & 0xE0 != 0xE0:
+        return False
+    # the tag follows the frame header and side information (9, 17 or 32 bytes; VBRI: 32)
+    return any(tag in head[pos + 4: pos + 48] for tag in (b"Xing", b"Info", b"VBRI"))
 
 
 def _head(source: bytes | str) -> bytes:

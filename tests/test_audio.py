@@ -413,3 +413,47 @@ def test_reading_tells_the_seconds_read_and_the_length_after_each_block(tmp_path
     told = []
     decode_audio(path, 16000, progress=lambda done, total: told.append((done, total)))
     assert told == [(n / 44100, 1.0) for n in (10000, 20000, 30000, 40000, 44100)]
+
+
+def test_an_mp3_cut_short_is_refused_by_its_xing_header(tmp_path) -> None:
+    """libsndfile reads an MP3 cut short up to its end without a word; its Xing (libsndfile,
+    LAME) or Info (LAME at a constant bitrate) header holds the stream's frame count, which a
+    whole file's decoding gives exactly."""
+    path = tmp_path / "episode.mp3"
+    sf.write(path, np.random.default_rng(0).uniform(-0.5, 0.5, 48000 * 4), 48000,
+             format="MP3", subtype="MPEG_LAYER_III")
+    data = path.read_bytes()
+    assert decode_audio(path, None).samples.shape == (48000 * 4,)
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(AudioError, match=r"episode\.mp3: truncated audio: its MP3 Xing/Info "
+                                         r"header declares 192000 samples, \d+ are in the file"):
+        decode_audio(path)
+    with pytest.raises(AudioError, match=r"<stdin>: truncated audio: its MP3 Xing/Info header"):
+        decode_audio(path.read_bytes())
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
+@pytest.mark.parametrize("xing", ["1", "0"])
+def test_an_mp3_is_held_to_its_length_only_by_a_xing_or_info_header(tmp_path, xing) -> None:
+    """A whole MP3 without a Xing/Info header is longer by libsndfile's estimate (from its
+    size and first bitrate) than it decodes: no length to refuse it by. An ID3v2 tag before
+    the first frame is skipped."""
+    path = tmp_path / "id3.mp3"
+    result = subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                             "sine=f=300:d=7.3:r=44100", "-metadata", "title=x", "-c:a",
+                             "libmp3lame", "-b:a", "64k", "-write_xing", xing, str(path)],
+                            capture_output=True, check=False)
+    if result.returncode != 0:
+        pytest.skip(f"ffmpeg cannot encode MP3: {result.stderr.decode(errors='replace')}")
+    data = path.read_bytes()
+    assert data[:3] == b"ID3"
+    assert audio_module.mp3_length_header(data) == (xing == "1")
+    decoded = decode_audio(path, None)
+    if xing == "0":
+        assert sf.info(path).frames > decoded.samples.shape[0]  # the estimate: not a length
+    path.write_bytes(data[: len(data) // 2])
+    if xing == "1":
+        with pytest.raises(AudioError, match=r"id3\.mp3: truncated audio"):
+            decode_audio(path)
+    else:
+        decode_audio(path)
