@@ -145,7 +145,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "offline result under the same chunking")
     parser.add_argument("--window-seconds", type=float, default=None,
                         help="offline: long inputs are decoded in windows of this length (an "
-                             "error with --streaming, which has no windows) (default: "
+                             "error with --streaming, which has no windows); memory grows with "
+                             "its square (self-attention over its frames: the tiny test model "
+                             "peaks 0.07 GB above its load at 30 s, 2.26 GB at 200 s) (default: "
                              f"{DEFAULT_WINDOW_SECONDS})")
     parser.add_argument("--overlap-seconds", type=float, default=None,
                         help="offline: least overlap of consecutive windows, cut in its "
