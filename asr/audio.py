@@ -15,8 +15,9 @@ streamed audio at 8 kHz gives the same 16 kHz samples as the whole file resample
 Every failure is an :class:`AudioError` whose message names the file (or ``<stdin>``), a file
 cut short too: one whose header declares more samples than it holds (a WAV, or an MP3 with a
 Xing/Info/VBRI header, which libsndfile reads up to its end without a word, or one that
-libsndfile fails inside and ffmpeg decodes in part). An Ogg Vorbis or Opus file cut short
-is read without an error: neither its header nor libsndfile nor ffmpeg says it was cut.
+libsndfile fails inside and ffmpeg decodes in part, or one that ffmpeg says was cut short:
+:data:`FFMPEG_CUT_SIGNS`). An Ogg Vorbis or Opus file cut short is read without an error:
+neither its header nor libsndfile nor ffmpeg says it was cut.
 
 Shape legend: N samples, C channels.
 """
@@ -379,7 +380,14 @@ def _ffmpeg(path: str, name: str, target_rate: int | None, first: str,
         detail = reason[-1] if reason else f"exit status {proc.returncode}"
         detail = detail.replace(f"file:{path}: ", "").replace(f"{path}: ", "")
     else:
-        return mono
+        cut = [line for line in reason if any(word in line for word in FFMPEG_CUT_SIGNS)]
+        if not cut:
+            return mono
+        # ffmpeg decodes a file cut short up to the cut, says so and exits 0: the transcript
+        # would be its first part's
+        said = "; ".join(dict.fromkeys(re.sub(r"^\[[^\]]*\] ", "", line) for line in cut))
+        raise AudioError(f"{name}: truncated or corrupt audio: ffmpeg decoded "
+                         f"{mono.frames / mono.rate:.2f} s and said: {said}")
     raise AudioError(f"{name}: cannot decode audio (corrupt or not an audio file): libsndfile: "
                      f"{first}; ffmpeg: {detail}{hint}")
 
@@ -410,6 +418,13 @@ def declared_frames(path: str, rate: int) -> int:
     when libsndfile reads that header and its rate is ``rate``; else 0 (unknown)."""
     declared = declared_length(path)
     return declared[0] if declared is not None and declared[1] == rate else 0
+
+
+#: What ffmpeg says (at ``-loglevel error``, exiting 0 all the same) of a file cut short: the
+#: mp4/m4a demuxer's "partial file", Matroska/WebM's "File ended prematurely", and a decoder's
+#: "Error while decoding stream" for a packet cut in two (raw AAC, WMA). Ogg Vorbis/Opus and MP3
+#: cut short draw no word.
+FFMPEG_CUT_SIGNS = ("partial file", "File ended prematurely", "Error while decoding stream")
 
 
 #: The ffmpeg program, when installed: the decoder of every format libsndfile does not read.

@@ -457,3 +457,25 @@ def test_an_mp3_is_held_to_its_length_only_by_a_xing_or_info_header(tmp_path, xi
             decode_audio(path)
     else:
         decode_audio(path)
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
+@pytest.mark.parametrize(("suffix", "codec", "said"), [
+    ("m4a", "aac", "partial file"),
+    ("mka", "flac", "File ended prematurely"),
+    ("aac", "aac", "Error while decoding stream"),
+])
+def test_a_file_only_ffmpeg_reads_cut_short_is_refused_with_ffmpegs_words(
+        tmp_path, suffix: str, codec: str, said: str) -> None:
+    """ffmpeg decodes such a file up to the cut and exits 0, saying on stderr that it was cut:
+    the transcript was its first part's."""
+    path = tmp_path / f"call.{suffix}"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "sine=f=300:d=10:r=48000", "-c:a", codec, "-movflags", "+faststart",
+                    str(path)], check=True)
+    assert decode_audio(path).duration == pytest.approx(10.0, abs=0.05)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(AudioError, match=rf"call\.{suffix}: truncated or corrupt audio: ffmpeg "
+                                         rf"decoded [\d.]+ s and said: .*{said}"):
+        decode_audio(path)
