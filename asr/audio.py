@@ -338,7 +338,7 @@ def _wav_stream_format(stream: BinaryIO) -> tuple[int, int]:
 
 
 def _ffmpeg(path: str, name: str, target_rate: int | None, first: str,
-            progress: ReadProgress | None = None) -> _MonoSamples:
+            progress: ReadProgress | None = None) -> tuple[_MonoSamples, str]:
     """Decodes the first audio stream of the file ``path`` with the ``ffmpeg`` program, block
     by block: its float32 WAV output on a pipe, at the file's own rate and channels, is read
     :data:`READ_BLOCK_FRAMES` frames at a time into :class:`_MonoSamples` (mono at
@@ -352,6 +352,9 @@ def _ffmpeg(path: str, name: str, target_rate: int | None, first: str,
         target_rate: the output rate; None keeps the file's.
         first: libsndfile's reason for not reading it, for messages.
         progress: told the seconds read after each block.
+
+    Returns:
+        The samples, and what ffmpeg said of a cut (:data:`FFMPEG_CUT_SIGNS`; empty for none).
 
     Raises:
         AudioError: naming the input, when ffmpeg cannot decode it (its own reason in the
@@ -381,13 +384,8 @@ def _ffmpeg(path: str, name: str, target_rate: int | None, first: str,
         detail = detail.replace(f"file:{path}: ", "").replace(f"{path}: ", "")
     else:
         cut = [line for line in reason if any(word in line for word in FFMPEG_CUT_SIGNS)]
-        if not cut:
-            return mono
-        # ffmpeg decodes a file cut short up to the cut, says so and exits 0: the transcript
-        # would be its first part's
         said = "; ".join(dict.fromkeys(re.sub(r"^\[[^\]]*\] ", "", line) for line in cut))
-        raise AudioError(f"{name}: truncated or corrupt audio: ffmpeg decoded "
-                         f"{mono.frames / mono.rate:.2f} s and said: {said}")
+        return mono, said
     raise AudioError(f"{name}: cannot decode audio (corrupt or not an audio file): libsndfile: "
                      f"{first}; ffmpeg: {detail}{hint}")
 
@@ -580,7 +578,7 @@ def _read(source: bytes | str, name: str, target_rate: int | None,
             tmp.write(source)
             tmp.flush()
             path = tmp.name
-        mono = _ffmpeg(path, name, target_rate, first, progress)
+        mono, said = _ffmpeg(path, name, target_rate, first, progress)
         declared = declared_frames(path, mono.rate)
     if mono.frames < declared:
         # libsndfile knows the format but failed inside the data; ffmpeg decodes what it can
@@ -588,6 +586,9 @@ def _read(source: bytes | str, name: str, target_rate: int | None,
             f"{name}: truncated or corrupt audio: its header declares {declared} samples, "
             f"{mono.frames} decode (libsndfile: {first})"
         )
+    if said:  # ffmpeg decodes a file cut short up to the cut, says so and exits 0
+        raise AudioError(f"{name}: truncated or corrupt audio: ffmpeg decoded "
+                         f"{mono.frames / mono.rate:.2f} s and said: {said}")
     return mono.finish()
 
 
