@@ -5,13 +5,19 @@ and, when the ``ffmpeg`` program is installed, everything ffmpeg decodes (m4a/aa
 video files' first audio stream, ...), at any sample rate and channel count. Channels are averaged
 to mono; resampling uses torchaudio's band-limited sinc interpolation
 (:class:`torchaudio.transforms.Resample`, the same filter lhotse and the training pipeline use).
+A file is read block by block (by libsndfile, or from ffmpeg's output on a pipe), each block
+averaged and resampled as it comes, so that memory holds the result at the model rate, not the
+file at its own rate and channels; standard input and named pipes are copied to a temporary file
+a block at a time, then read as a file.
 :class:`StreamingResampler` applies exactly the same filter to a waveform that arrives in pieces, so
 streamed audio at 8 kHz gives the same 16 kHz samples as the whole file resampled at once.
 
 Every failure is an :class:`AudioError` whose message names the file (or ``<stdin>``), a file
-cut short too: one whose header declares more samples than it holds (a WAV, which libsndfile
-reads up to its end without a word, or one that libsndfile fails inside and ffmpeg decodes
-in part).
+cut short too: one whose header declares more samples than it holds (a WAV, or an MP3 with a
+Xing/Info/VBRI header, which libsndfile reads up to its end without a word, or one that
+libsndfile fails inside and ffmpeg decodes in part, or one that ffmpeg says was cut short:
+:data:`FFMPEG_CUT_SIGNS`). An Ogg Vorbis or Opus file cut short is read without an error:
+neither its header nor libsndfile nor ffmpeg says it was cut.
 
 Shape legend: N samples, C channels.
 """
@@ -26,9 +32,12 @@ import math
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -57,6 +66,10 @@ logger = logging.getLogger(__name__)
 
 #: Name used in messages for audio read from standard input.
 STDIN_NAME = "<stdin>"
+
+#: Told, as a file is read, the seconds of it read so far and its length in seconds (None when
+#: unknown: a format only ffmpeg reads whose header libsndfile cannot tell).
+ReadProgress = Callable[[float, float | None], None]
 
 
 class AudioError(ValueError):
@@ -277,39 +290,139 @@ def _reason(err: Exception) -> str:
     return re.sub(r"^Error opening .*?: ", "", str(err)).strip().rstrip(".") or type(err).__name__
 
 
-def _ffmpeg(source: bytes | str) -> tuple[np.ndarray, int]:
-    """Decodes the first audio stream of a file (or encoded bytes) with the ``ffmpeg`` program:
-    float32 WAV on a pipe, at the file's own rate and channels. No shell is involved; bytes go
-    through a temporary file so that containers whose index sits at their end (mp4/m4a) work.
+def _ffmpeg_command(path: str) -> list[str]:
+    """The ``ffmpeg`` command that writes the first audio stream of ``path`` as float32 WAV, at
+    the file's own rate and channels, on its standard output."""
+    return [_FFMPEG or "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error",
+            "-i", f"file:{path}", "-map", "0:a:0", "-f", "wav", "-acodec", "pcm_f32le", "pipe:1"]
+
+
+def _read_exactly(stream: BinaryIO, size: int) -> bytes:
+    """Up to ``size`` bytes of ``stream``: fewer only at its end (a pipe gives what it has)."""
+    parts, left = [], size
+    while left > 0:
+        part = stream.read(left)
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
+def _wav_stream_format(stream: BinaryIO) -> tuple[int, int]:
+    """(rate, channels) of the float32 WAV that ffmpeg writes on a pipe, its header read from
+    ``stream`` up to the start of its data (whose size is a placeholder: read to the end).
 
     Raises:
-        AudioError: when ffmpeg cannot decode it (its own reason in the message).
+        AudioError: when the stream holds no such header (ffmpeg wrote nothing).
     """
-    import soundfile
+    head = _read_exactly(stream, 12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        raise AudioError("no audio decoded")
+    rate = channels = bits = 0
+    while True:
+        chunk = _read_exactly(stream, 8)
+        if len(chunk) < 8:
+            raise AudioError("no audio decoded")
+        kind, size = chunk[:4], int.from_bytes(chunk[4:8], "little")
+        if kind == b"data":
+            break
+        body = _read_exactly(stream, size + (size & 1))
+        if kind == b"fmt " and len(body) >= 16:
+            channels = int.from_bytes(body[2:4], "little")
+            rate = int.from_bytes(body[4:8], "little")
+            bits = int.from_bytes(body[14:16], "little")
+    if rate <= 0 or channels <= 0 or bits != 32:
+        raise AudioError(f"unexpected ffmpeg output: {rate} Hz, {channels} channels, {bits} bits")
+    return rate, channels
 
-    with contextlib.ExitStack() as stack:
-        if isinstance(source, bytes):
-            tmp = stack.enter_context(tempfile.NamedTemporaryFile(prefix="asr-audio-"))
-            tmp.write(source)
-            tmp.flush()
-            source = tmp.name
-        cmd = [_FFMPEG or "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error",
-               "-i", f"file:{source}", "-map", "0:a:0", "-f", "wav", "-acodec", "pcm_f32le",
-               "pipe:1"]
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, check=False)
-    reason = proc.stderr.decode(errors="replace").strip().splitlines()
+
+def _ffmpeg(path: str, name: str, target_rate: int | None, first: str,
+            progress: ReadProgress | None = None) -> tuple[_MonoSamples, str]:
+    """Decodes the first audio stream of the file ``path`` with the ``ffmpeg`` program, block
+    by block: its float32 WAV output on a pipe, at the file's own rate and channels, is read
+    :data:`READ_BLOCK_FRAMES` frames at a time into :class:`_MonoSamples` (mono at
+    ``target_rate``), so that memory never holds the file at its own rate and channels. No
+    shell is involved.
+
+    Args:
+        path: the file (bytes go through a temporary file: containers whose index sits at
+            their end, mp4/m4a, need to seek).
+        name: the input's name for messages.
+        target_rate: the output rate; None keeps the file's.
+        first: libsndfile's reason for not reading it, for messages.
+        progress: told the seconds read after each block.
+
+    Returns:
+        The samples, and what ffmpeg said of a cut (:data:`FFMPEG_CUT_SIGNS`; empty for none).
+
+    Raises:
+        AudioError: naming the input, when ffmpeg cannot decode it (its own reason in the
+            message), or when its samples are not audio.
+    """
+    hint = f"; {RAW_PCM_HINT}" if name == STDIN_NAME else ""
+    with tempfile.TemporaryFile(prefix="asr-ffmpeg-") as errors:  # no pipe to fill and block
+        proc = subprocess.Popen(_ffmpeg_command(path), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=errors)
+        assert proc.stdout is not None
+        try:
+            mono = _read_wav_stream(proc.stdout, path, name, target_rate, progress)
+        except BaseException:  # samples that are not audio, an interrupt: ffmpeg is stopped
+            proc.kill()
+            raise
+        finally:
+            proc.stdout.close()
+            proc.wait()
+        errors.seek(0)
+        reason = errors.read().decode(errors="replace").strip().splitlines()
     # -map 0:a:0 matching nothing: ffmpeg's last line is "To ignore this, add a trailing '?' to
     # the map", which names neither cause nor file (told by its own words, not the file's name)
-    if any("matches no streams" in line.replace(source, "") for line in reason):
-        raise AudioError("it holds no audio stream (a video without sound?)")
-    if proc.returncode != 0 or not proc.stdout:
+    if any("matches no streams" in line.replace(path, "") for line in reason):
+        detail = "it holds no audio stream (a video without sound?)"
+    elif proc.returncode != 0 or mono is None:
         detail = reason[-1] if reason else f"exit status {proc.returncode}"
-        raise AudioError(detail.replace(f"file:{source}: ", "").replace(f"{source}: ", ""))
+        detail = detail.replace(f"file:{path}: ", "").replace(f"{path}: ", "")
+    else:
+        cut = [line for line in reason if any(word in line for word in FFMPEG_CUT_SIGNS)]
+        said = "; ".join(dict.fromkeys(re.sub(r"^\[[^\]]*\] ", "", line) for line in cut))
+        return mono, said
+    raise AudioError(f"{name}: cannot decode audio (corrupt or not an audio file): libsndfile: "
+                     f"{first}; ffmpeg: {detail}{hint}")
+
+
+def _read_wav_stream(stream: BinaryIO, path: str, name: str, target_rate: int | None,
+                     progress: ReadProgress | None = None) -> _MonoSamples | None:
+    """The samples of ffmpeg's float32 WAV output ``stream`` (of the file ``path``), read
+    :data:`READ_BLOCK_FRAMES` frames at a time into :class:`_MonoSamples`; None when it holds
+    no WAV header (ffmpeg decoded nothing)."""
     try:
-        samples, rate = soundfile.read(io.BytesIO(proc.stdout), dtype="float32", always_2d=True)
-    except Exception as err:  # noqa: BLE001 - an empty or cut-short stream
-        raise AudioError(_reason(err)) from err
-    return samples, int(rate)
+        rate, channels = _wav_stream_format(stream)
+    except AudioError:
+        return None
+    mono = _MonoSamples(name, rate, channels, target_rate, declared_frames(path, rate),
+                        progress)
+    block_bytes = READ_BLOCK_FRAMES * 4 * channels
+    while True:
+        data = _read_exactly(stream, block_bytes)
+        usable = len(data) - len(data) % (4 * channels)
+        if usable:
+            mono.add(np.frombuffer(data[:usable], "<f4").reshape(-1, channels))
+        if len(data) < block_bytes:
+            return mono
+
+
+def declared_frames(path: str, rate: int) -> int:
+    """The samples that the header of the file ``path`` declares (:func:`declared_length`),
+    when libsndfile reads that header and its rate is ``rate``; else 0 (unknown)."""
+    declared = declared_length(path)
+    return declared[0] if declared is not None and declared[1] == rate else 0
+
+
+#: What ffmpeg says (at ``-loglevel error``, exiting 0 all the same) of a file cut short: the
+#: mp4/m4a demuxer's "partial file", Matroska/WebM's "File ended prematurely", and a decoder's
+#: "Error while decoding stream" for a packet cut in two (raw AAC, WMA). Ogg Vorbis/Opus and MP3
+#: cut short draw no word.
+FFMPEG_CUT_SIGNS = ("partial file", "File ended prematurely", "Error while decoding stream")
 
 
 #: The ffmpeg program, when installed: the decoder of every format libsndfile does not read.
@@ -325,8 +438,9 @@ READ_BLOCK_FRAMES = 1 << 20
 
 #: The most output samples allocated for a file before they are decoded (1 GiB of float32, 4.7 h
 #: at 16 kHz): a longer file's array grows to its declared length once its samples fill this
-#: (doubling instead where that much memory cannot be had), so that a header declaring far more
-#: frames than a file holds cannot claim the memory for them before any is decoded.
+#: (a quarter more at a time, in place, where that much memory cannot be had, or where no length
+#: is known: ffmpeg's formats, standard input), so that a header declaring far more frames than a
+#: file holds cannot claim the memory for them before any is decoded.
 MAX_PREALLOCATED_SAMPLES = 1 << 28
 
 
@@ -342,14 +456,17 @@ class _MonoSamples:
         channels: the file's channel count.
         target_rate: the output rate; None keeps ``rate``.
         frames: the frames the file holds, when known: the output is allocated once for them.
+        progress: told the seconds read (and ``frames`` in seconds, when known) after each block.
 
     Raises:
         AudioError: naming the input, for a rate that cannot be resampled at a bounded cost.
     """
 
     def __init__(self, name: str, rate: int, channels: int, target_rate: int | None,
-                 frames: int = 0) -> None:
+                 frames: int = 0, progress: ReadProgress | None = None) -> None:
         self.name, self.rate, self.channels = name, int(rate), int(channels)
+        self.progress = progress
+        self.total_seconds = int(frames) / self.rate if frames > 0 else None
         self.out_rate = self.rate if target_rate is None else int(target_rate)
         self.resampler = (StreamingResampler(self.rate, self.out_rate, name)
                           if self.out_rate != self.rate else None)
@@ -369,20 +486,23 @@ class _MonoSamples:
         self.frames += block.shape[0]
         mono = to_mono(block)
         self._put(mono if self.resampler is None else self.resampler.accept(mono))
+        if self.progress is not None:
+            self.progress(self.frames / self.rate, self.total_seconds)
 
     def _put(self, piece: np.ndarray) -> None:
         end = self._filled + piece.shape[0]
-        if end > self._out.shape[0]:  # past the allocation: to the declared count, else double
-            size = max(end, 2 * self._out.shape[0])
-            if self._declared > self._out.shape[0]:  # the header, plausible after that much
-                size = max(end, self._declared)
-            try:
-                grown = np.empty(size, np.float32)
+        if end > self._out.shape[0] and self._declared > self._out.shape[0]:
+            try:  # past the allocation: to the count the header declares, plausible by now
+                grown = np.empty(max(end, self._declared), np.float32)
             except MemoryError:  # a header's count far beyond the memory: grow as they come
                 self._declared = 0
-                grown = np.empty(max(end, 2 * self._out.shape[0]), np.float32)
-            grown[: self._filled] = self._out[: self._filled]
-            self._out = grown
+            else:
+                grown[: self._filled] = self._out[: self._filled]
+                self._out = grown
+        if end > self._out.shape[0]:  # no length known: a quarter more, grown in place (the
+            # allocator's realloc moves no samples where it can: no second copy at the peak)
+            self._out.resize(max(end, self._out.shape[0] + self._out.shape[0] // 4),
+                             refcheck=False)
         self._out[self._filled: end] = piece
         self._filled = end
 
@@ -401,16 +521,16 @@ class _MonoSamples:
                                            "0.000030517578125 IN OUT`)")
         if self.resampler is not None:
             self._put(self.resampler.flush())
-        samples = self._out[: self._filled]
-        if self._filled < self._out.shape[0]:  # fewer than declared: not the whole buffer kept
-            samples = samples.copy()
-        return DecodedAudio(samples, self.out_rate, self.name, num_channels=self.channels,
+        if self._filled < self._out.shape[0]:  # fewer than allocated: shrunk in place
+            self._out.resize(self._filled, refcheck=False)
+        return DecodedAudio(self._out, self.out_rate, self.name, num_channels=self.channels,
                             original_rate=self.rate)
 
 
-def _read(source: bytes | str, name: str, target_rate: int | None) -> DecodedAudio:
+def _read(source: bytes | str, name: str, target_rate: int | None,
+          progress: ReadProgress | None = None) -> DecodedAudio:
     """Decodes with soundfile (libsndfile) block by block, else with ffmpeg when it is
-    installed, to mono at ``target_rate`` (None: the file's rate)."""
+    installed, to mono at ``target_rate`` (None: the file's rate), telling ``progress``."""
     import soundfile
 
     try:
@@ -419,7 +539,8 @@ def _read(source: bytes | str, name: str, target_rate: int | None) -> DecodedAud
         first = _reason(err)
     else:
         with file:
-            mono = _MonoSamples(name, file.samplerate, file.channels, target_rate, file.frames)
+            mono = _MonoSamples(name, file.samplerate, file.channels, target_rate, file.frames,
+                                progress)
             try:
                 while True:
                     block = file.read(READ_BLOCK_FRAMES, dtype="float32", always_2d=True)
@@ -431,12 +552,16 @@ def _read(source: bytes | str, name: str, target_rate: int | None) -> DecodedAud
             except Exception as err:  # noqa: BLE001 - libsndfile failed inside the data
                 first = _reason(err)
             else:
-                declared = wav_declared_frames(_head(source))
+                head = _head(source)
+                declared, header = wav_declared_frames(head), "WAV header"
+                if file.format == "MP3" and mp3_length_header(head):
+                    declared, header = file.frames, "MP3 Xing/Info header"
                 if declared is not None and mono.frames < declared:
-                    # libsndfile reads a WAV cut short (a copy or download stopped on the way)
-                    # up to its end without a word: the transcript would be its first part's
+                    # libsndfile reads a WAV or MP3 cut short (a copy or download stopped on
+                    # the way) up to its end without a word: the transcript would be its
+                    # first part's
                     raise AudioError(
-                        f"{name}: truncated audio: its WAV header declares {declared} samples, "
+                        f"{name}: truncated audio: its {header} declares {declared} samples, "
                         f"{mono.frames} are in the file"
                     )
                 return mono.finish()
@@ -446,23 +571,24 @@ def _read(source: bytes | str, name: str, target_rate: int | None) -> DecodedAud
             f"{name}: cannot decode audio (corrupt, not an audio file, or a format only ffmpeg "
             f"reads, such as m4a/aac: install ffmpeg): {first}{hint}"
         )
-    try:
-        samples, rate = _ffmpeg(source)
-    except AudioError as err:
-        raise AudioError(
-            f"{name}: cannot decode audio (corrupt or not an audio file): libsndfile: {first}; "
-            f"ffmpeg: {err}{hint}"
-        ) from None
-    declared = declared_length(source)
-    if declared is not None and declared[1] == rate and samples.shape[0] < declared[0]:
+    with contextlib.ExitStack() as stack:
+        path = source
+        if isinstance(source, bytes):  # ffmpeg seeks in some containers (mp4/m4a): a file
+            tmp = stack.enter_context(tempfile.NamedTemporaryFile(prefix="asr-audio-"))
+            tmp.write(source)
+            tmp.flush()
+            path = tmp.name
+        mono, said = _ffmpeg(path, name, target_rate, first, progress)
+        declared = declared_frames(path, mono.rate)
+    if mono.frames < declared:
         # libsndfile knows the format but failed inside the data; ffmpeg decodes what it can
         raise AudioError(
-            f"{name}: truncated or corrupt audio: its header declares {declared[0]} samples, "
-            f"{samples.shape[0]} decode (libsndfile: {first})"
+            f"{name}: truncated or corrupt audio: its header declares {declared} samples, "
+            f"{mono.frames} decode (libsndfile: {first})"
         )
-    mono = _MonoSamples(name, rate, samples.shape[1], target_rate, samples.shape[0])
-    mono.add(samples)
-    del samples
+    if said:  # ffmpeg decodes a file cut short up to the cut, says so and exits 0
+        raise AudioError(f"{name}: truncated or corrupt audio: ffmpeg decoded "
+                         f"{mono.frames / mono.rate:.2f} s and said: {said}")
     return mono.finish()
 
 
@@ -537,6 +663,28 @@ def wav_declared_frames(head: bytes) -> int | None:
     return None
 
 
+def mp3_length_header(head: bytes) -> bool:
+    """Whether an MP3's first frame (after its ID3v2 tag) is a Xing, Info or VBRI header: the
+    stream's exact frame count, which libsndfile (mpg123) gives as the file's length. Without
+    one, that length is mpg123's estimate from the file's size and first bitrate, which misses a
+    whole file's (a variable bitrate's, or by its encoder's padding): no length to hold it to.
+
+    Args:
+        head: the file's first bytes (:data:`WAV_HEADER_BYTES`; a longer ID3v2 tag, such as
+            one holding cover art, leaves its first frame beyond them: False).
+    """
+    pos = 0
+    if head[:3] == b"ID3" and len(head) >= 10:
+        size = 0
+        for byte in head[6:10]:  # a syncsafe integer: 7 bits a byte
+            size = (size << 7) | (byte & 0x7F)
+        pos = 10 + size + (10 if head[5] & 0x10 else 0)  # a footer follows when flagged
+    if pos + 4 > len(head) or head[pos] != 0xFF or head[pos + 1] & 0xE0 != 0xE0:
+        return False
+    # the tag follows the frame header and side information (9, 17 or 32 bytes; VBRI: 32)
+    return any(tag in head[pos + 4: pos + 48] for tag in (b"Xing", b"Info", b"VBRI"))
+
+
 def _head(source: bytes | str) -> bytes:
     """The first :data:`WAV_HEADER_BYTES` of a file (a path) or of its bytes."""
     if isinstance(source, bytes):
@@ -559,7 +707,8 @@ def declared_length(source: bytes | str) -> tuple[int, int] | None:
 
 
 def decode_audio(
-    source: str | Path | bytes, target_rate: int | None = 16000, name: str | None = None
+    source: str | Path | bytes, target_rate: int | None = 16000, name: str | None = None,
+    progress: ReadProgress | None = None,
 ) -> DecodedAudio:
     """Reads a file (or encoded bytes), downmixes to mono and resamples to ``target_rate``.
 
@@ -568,6 +717,8 @@ def decode_audio(
             input, or the encoded bytes of a file.
         target_rate: output rate in Hz; None keeps the file's rate.
         name: name used in messages (default: the path, or ``<stdin>`` for bytes).
+        progress: told, after each block read, the seconds of the input read so far and its
+            length in seconds (None when unknown), e.g. to draw a progress bar.
 
     Returns:
         The mono waveform.
@@ -581,16 +732,15 @@ def decode_audio(
         if not source:
             raise AudioError(f"{name}: empty input (0 bytes)")
     elif str(source) == "-":
-        import sys
-
-        return decode_audio(sys.stdin.buffer.read(), target_rate, name or STDIN_NAME)
+        return _read_pipe(sys.stdin.buffer, name or STDIN_NAME, target_rate, progress)
     else:
         path = Path(source)
         name = name or str(path)
         if not path.exists():
             raise AudioError(f"{name}: no such file")
         if path.is_fifo():  # a shell's process substitution, <(sox in.mp3 -t wav -): read once
-            return decode_audio(path.read_bytes(), target_rate, name)
+            with open(path, "rb") as pipe:
+                return _read_pipe(pipe, name, target_rate, progress)
         if path.is_dir():
             raise AudioError(f"{name}: a directory, not an audio file (give its files, e.g. "
                              f"{path / '*.wav'})")
@@ -598,8 +748,31 @@ def decode_audio(
             raise AudioError(f"{name}: not a regular file")
         if path.stat().st_size == 0:
             raise AudioError(f"{name}: empty file (0 bytes)")
-        return _read(str(path), name, target_rate)
-    return _read(bytes(source), name, target_rate)
+        return _read(str(path), name, target_rate, progress)
+    return _read(bytes(source), name, target_rate, progress)
+
+
+#: Bytes copied from a pipe to its temporary file at a time.
+PIPE_COPY_BYTES = 1 << 20
+
+
+def _read_pipe(pipe: BinaryIO, name: str, target_rate: int | None,
+               progress: ReadProgress | None = None) -> DecodedAudio:
+    """Decodes what a pipe (standard input, a named pipe) holds: its bytes are copied to a
+    temporary file :data:`PIPE_COPY_BYTES` at a time, which is then read as any file, block by
+    block (libsndfile, else ffmpeg, which seeks in some containers): memory holds no more than a
+    block of the pipe's bytes, not the whole encoded file.
+
+    Raises:
+        AudioError: naming ``name``, as :func:`decode_audio` does; for an empty pipe too.
+    """
+    with tempfile.NamedTemporaryFile(prefix="asr-pipe-") as spool:
+        while block := pipe.read(PIPE_COPY_BYTES):
+            spool.write(block)
+        if spool.tell() == 0:
+            raise AudioError(f"{name}: empty input (0 bytes)")
+        spool.flush()
+        return _read(spool.name, name, target_rate, progress)
 
 
 def load_audio(source: str | Path | bytes, target_rate: int = 16000) -> np.ndarray:

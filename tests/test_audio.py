@@ -3,10 +3,15 @@ cost seconds and GBs to build is refused by name before any work."""
 
 from __future__ import annotations
 
+import io
+import os
 import re
 import shutil
 import subprocess
+import sys
+import threading
 import tracemalloc
+import types
 
 import numpy as np
 import pytest
@@ -104,10 +109,6 @@ def test_an_integer_scaled_float_file_is_warned_about_naming_it(tmp_path, monkey
 def test_a_named_pipe_is_read_and_a_directory_named_as_one(tmp_path) -> None:
     """``asr transcribe <(sox in.mp3 -t wav -)`` gives a named pipe, which was refused as 'not a
     regular file'; it is read like standard input. A directory says it is one."""
-    import io
-    import os
-    import threading
-
     speech = (np.sin(np.linspace(0, 400, 8000)) * 0.5).astype(np.float32)
     data = io.BytesIO()
     sf.write(data, speech, 8000, format="WAV", subtype="FLOAT")
@@ -340,3 +341,141 @@ def test_a_file_longer_than_the_preallocation_grows_once_to_its_declared_length(
     decoded, peak = _decode_with_peak(path)
     np.testing.assert_array_equal(decoded.samples, samples)
     assert peak < 1.3 * samples.nbytes, f"{peak} bytes at the peak"
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
+def test_a_format_only_ffmpeg_reads_is_decoded_block_by_block(tmp_path, monkeypatch) -> None:
+    """ffmpeg's output (float32 WAV at the file's rate and channels) was read whole into memory,
+    then into an array of the same size, before it was averaged and resampled: an hour of 44.1
+    kHz stereo m4a took 2.6 GB. It is read from ffmpeg's pipe a block at a time; its samples are
+    those of the whole output averaged and resampled at once (to float rounding)."""
+    rng = np.random.default_rng(0)
+    wav = tmp_path / "talk.wav"
+    sf.write(wav, rng.uniform(-0.5, 0.5, (441000, 2)).astype(np.float32), 44100)  # 10 s
+    path = tmp_path / "talk.m4a"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(wav), "-c:a", "aac",
+                    str(path)], check=True)
+    whole = subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(path), "-f",
+                            "wav", "-acodec", "pcm_f32le", "pipe:1"], capture_output=True,
+                           check=True).stdout
+    stereo, rate = sf.read(io.BytesIO(whole), dtype="float32", always_2d=True)
+    expected = resample(stereo.mean(axis=1), rate, 16000)
+    monkeypatch.setattr(audio_module, "READ_BLOCK_FRAMES", 4096)
+    decoded, peak = _decode_with_peak(path)
+    assert (decoded.num_channels, decoded.original_rate) == (2, 44100)
+    assert decoded.samples.shape == expected.shape
+    np.testing.assert_allclose(decoded.samples, expected, atol=1e-6)
+    assert peak < 2 * decoded.samples.nbytes, f"{peak} bytes at the peak"
+
+
+@pytest.mark.parametrize("pipe", ["stdin", "named pipe"])
+def test_a_pipe_is_not_held_whole_in_memory(tmp_path, monkeypatch, pipe: str) -> None:
+    """Standard input and a named pipe were read whole into one bytes object (an hour of 44.1
+    kHz stereo float WAV: 1.3 GB) before decoding. Their bytes go to a temporary file a block
+    at a time, which is read as any file: the same samples, a block of bytes in memory."""
+    stereo = np.random.default_rng(0).uniform(-0.5, 0.5, (441000, 2)).astype(np.float32)
+    data = io.BytesIO()
+    sf.write(data, stereo, 44100, format="WAV", subtype="FLOAT")
+    data = data.getvalue()
+    expected = resample(stereo.mean(axis=1), 44100, 16000)
+    monkeypatch.setattr(audio_module, "READ_BLOCK_FRAMES", 4096)
+    monkeypatch.setattr(audio_module, "PIPE_COPY_BYTES", 65536)
+    if pipe == "stdin":
+        read_end, write_end = os.pipe()
+        monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(buffer=os.fdopen(read_end, "rb")))
+        source, writer_path = "-", write_end
+    else:
+        source = writer_path = tmp_path / "pipe"
+        os.mkfifo(source)
+
+    def write() -> None:
+        with open(writer_path, "wb") as f:
+            f.write(data)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    decoded, peak = _decode_with_peak(source)
+    writer.join(timeout=10)
+    if pipe == "stdin":
+        sys.stdin.buffer.close()
+    assert decoded.source == ("<stdin>" if pipe == "stdin" else str(source))
+    np.testing.assert_allclose(decoded.samples, expected, atol=1e-6)
+    assert peak < 2 * decoded.samples.nbytes, f"{peak} bytes at the peak"
+
+
+def test_reading_tells_the_seconds_read_and_the_length_after_each_block(tmp_path,
+                                                                        monkeypatch) -> None:
+    """Reading and resampling an hour of 44.1 kHz audio takes minutes, which showed no
+    progress: the reader is told the seconds read after each block, and the file's length."""
+    path = tmp_path / "lecture.flac"
+    sf.write(path, np.random.default_rng(0).uniform(-0.5, 0.5, (44100, 2)), 44100)
+    monkeypatch.setattr(audio_module, "READ_BLOCK_FRAMES", 10000)
+    told = []
+    decode_audio(path, 16000, progress=lambda done, total: told.append((done, total)))
+    assert told == [(n / 44100, 1.0) for n in (10000, 20000, 30000, 40000, 44100)]
+
+
+def test_an_mp3_cut_short_is_refused_by_its_xing_header(tmp_path) -> None:
+    """libsndfile reads an MP3 cut short up to its end without a word; its Xing (libsndfile,
+    LAME) or Info (LAME at a constant bitrate) header holds the stream's frame count, which a
+    whole file's decoding gives exactly."""
+    path = tmp_path / "episode.mp3"
+    sf.write(path, np.random.default_rng(0).uniform(-0.5, 0.5, 48000 * 4), 48000,
+             format="MP3", subtype="MPEG_LAYER_III")
+    data = path.read_bytes()
+    assert decode_audio(path, None).samples.shape == (48000 * 4,)
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(AudioError, match=r"episode\.mp3: truncated audio: its MP3 Xing/Info "
+                                         r"header declares 192000 samples, \d+ are in the file"):
+        decode_audio(path)
+    with pytest.raises(AudioError, match=r"<stdin>: truncated audio: its MP3 Xing/Info header"):
+        decode_audio(path.read_bytes())
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
+@pytest.mark.parametrize("xing", ["1", "0"])
+def test_an_mp3_is_held_to_its_length_only_by_a_xing_or_info_header(tmp_path, xing) -> None:
+    """A whole MP3 without a Xing/Info header is longer by libsndfile's estimate (from its
+    size and first bitrate) than it decodes: no length to refuse it by. An ID3v2 tag before
+    the first frame is skipped."""
+    path = tmp_path / "id3.mp3"
+    result = subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                             "sine=f=300:d=7.3:r=44100", "-metadata", "title=x", "-c:a",
+                             "libmp3lame", "-b:a", "64k", "-write_xing", xing, str(path)],
+                            capture_output=True, check=False)
+    if result.returncode != 0:
+        pytest.skip(f"ffmpeg cannot encode MP3: {result.stderr.decode(errors='replace')}")
+    data = path.read_bytes()
+    assert data[:3] == b"ID3"
+    assert audio_module.mp3_length_header(data) == (xing == "1")
+    decoded = decode_audio(path, None)
+    if xing == "0":
+        assert sf.info(path).frames > decoded.samples.shape[0]  # the estimate: not a length
+    path.write_bytes(data[: len(data) // 2])
+    if xing == "1":
+        with pytest.raises(AudioError, match=r"id3\.mp3: truncated audio"):
+            decode_audio(path)
+    else:
+        decode_audio(path)
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
+@pytest.mark.parametrize(("suffix", "codec", "said"), [
+    ("m4a", "aac", "partial file"),
+    ("mka", "flac", "File ended prematurely"),
+    ("aac", "aac", "Error while decoding stream"),
+])
+def test_a_file_only_ffmpeg_reads_cut_short_is_refused_with_ffmpegs_words(
+        tmp_path, suffix: str, codec: str, said: str) -> None:
+    """ffmpeg decodes such a file up to the cut and exits 0, saying on stderr that it was cut:
+    the transcript was its first part's."""
+    path = tmp_path / f"call.{suffix}"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "sine=f=300:d=10:r=48000", "-c:a", codec, "-movflags", "+faststart",
+                    str(path)], check=True)
+    assert decode_audio(path).duration == pytest.approx(10.0, abs=0.05)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(AudioError, match=rf"call\.{suffix}: truncated or corrupt audio: ffmpeg "
+                                         rf"decoded [\d.]+ s and said: .*{said}"):
+        decode_audio(path)

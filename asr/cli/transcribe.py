@@ -145,7 +145,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "offline result under the same chunking")
     parser.add_argument("--window-seconds", type=float, default=None,
                         help="offline: long inputs are decoded in windows of this length (an "
-                             "error with --streaming, which has no windows) (default: "
+                             "error with --streaming, which has no windows); memory grows with "
+                             "its square (self-attention over its frames: the tiny test model "
+                             "peaks 0.07 GB above its load at 30 s, 2.26 GB at 200 s) (default: "
                              f"{DEFAULT_WINDOW_SECONDS})")
     parser.add_argument("--overlap-seconds", type=float, default=None,
                         help="offline: least overlap of consecutive windows, cut in its "
@@ -162,10 +164,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "normalization, or a directory there has (logged) (default: stdout)")
     progress = parser.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_true", default=None,
-                          help="show a progress bar in audio seconds (default: when stderr is "
-                               "a terminal)")
+                          help="show progress bars in audio seconds on stderr: transcribed, "
+                               "and read of a file whose reading lasts over a second "
+                               "(default: when stderr is a terminal)")
     progress.add_argument("--no-progress", dest="progress", action="store_false",
-                          help="no progress bar")
+                          help="no progress bars")
 
 
 # ----------------------------------------------------------------------------- formats

@@ -419,10 +419,10 @@ def test_outputs_are_written_as_their_inputs_are_done(tiny, model, audio_dir, tm
 
     load = offline.Transcriber.load
 
-    def interrupted(self, item, sample_rate=None, index=0):
+    def interrupted(self, item, sample_rate=None, index=0, progress=None):
         if index == 2:
             raise KeyboardInterrupt
-        return load(self, item, sample_rate, index)
+        return load(self, item, sample_rate, index, progress)
 
     monkeypatch.setattr(offline.Transcriber, "load", interrupted)
     monkeypatch.setattr(offline, "GROUP_SECONDS", 0.1, raising=False)

@@ -157,9 +157,9 @@ def test_inputs_are_read_group_by_group_each_result_given_before_the_next_group(
     whole = model.transcribe(inputs, streaming=streaming)
     events, load = [], offline.Transcriber.load
 
-    def spy(self, item, sample_rate=None, index=0):
+    def spy(self, item, sample_rate=None, index=0, progress=None):
         events.append(f"read {index}")
-        return load(self, item, sample_rate, index)
+        return load(self, item, sample_rate, index, progress)
 
     monkeypatch.setattr(offline.Transcriber, "load", spy)
     monkeypatch.setattr(offline, "GROUP_SECONDS", 1.0)  # groups: inputs 0 and 1, then 2
@@ -237,6 +237,32 @@ def test_the_progress_bar_of_windowed_inputs_ends_at_their_duration(model, monke
     [bar] = bars
     assert bar.total == pytest.approx(3.9, abs=0.01)
     assert bar.n == pytest.approx(bar.total, abs=0.01)
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_a_file_being_read_shows_its_seconds_read_of_its_length(model, monkeypatch, tmp_path,
+                                                                 progress):
+    """Reading (decoding and resampling) an hour of 44.1 kHz audio takes minutes, in which no
+    bar moved: the file read for over ``READ_BAR_DELAY`` seconds has a bar of its seconds read
+    of its length, gone when it is read; none without ``progress`` (nor for an array input,
+    which the other progress tests hold)."""
+    import soundfile
+
+    from asr import audio
+    from asr.runtime import offline
+
+    path = tmp_path / "lecture.wav"
+    soundfile.write(path, _noise(3.0, 0), 16000)
+    monkeypatch.setattr(offline, "READ_BAR_DELAY", 0.0)
+    monkeypatch.setattr(audio, "READ_BLOCK_FRAMES", 4000)
+    bars = _recorded_bars(monkeypatch)
+    model.transcribe(path, progress=progress)
+    reading = [bar for bar in bars if getattr(bar, "desc", None) == f"read {path}"]
+    if progress:
+        assert len(reading) == 1 and len(bars) == 2
+        assert (reading[0].total, reading[0].n, reading[0].leave) == (3.0, 3.0, False)
+    else:
+        assert reading == [] and all(bar.disable for bar in bars)
 
 
 def _poison(monkeypatch, model, *waves: np.ndarray) -> None:
