@@ -9,7 +9,8 @@ Examples::
         --checkpoint exp/ctc_aed/averaged-epoch-30-avg-9.safetensors
 
 ``--searcher`` takes searcher names, the roles ``greedy`` / ``beam`` (the greedy or beam searcher
-of the model's main head: :func:`asr.decoding.registry.searcher_for`) or ``all`` (every searcher
+of the model's first trained head, ``heads.loss_weights`` > 0:
+:func:`asr.decoding.registry.searcher_for`) or ``all`` (every searcher
 the heads support); a name the model's heads do not support is refused (exit 2) before anything
 is decoded, and one whose head the experiment's ``heads.loss_weights`` leaves at 0 (built, not
 trained) is warned of, as ``asr train --check-only`` does. Per test set ``PART`` and searcher it

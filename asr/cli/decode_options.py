@@ -34,8 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--searcher", nargs="+", required=True, dest="searchers", metavar="NAME",
                         type=searcher_name_or_all,
                         help="searcher names (e.g. transducer_greedy ctc_prefix_beam aed_beam), "
-                             "'greedy' / 'beam' for those of the model's main head, or 'all' "
-                             "for every searcher the model's heads support")
+                             "'greedy' / 'beam' for those of the model's first trained head, or "
+                             "'all' for every searcher the model's heads support")
     parser.add_argument("--parts", nargs="+", type=part_name, default=["test-clean"],
                         help="test sets to decode (one without cuts, or with a cut id twice, is "
                              "an error)")
