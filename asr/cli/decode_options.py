@@ -10,6 +10,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from asr.cli.main import command_parser
 from asr.cli.options import (
     add_checkpoint_arguments,
     add_device_argument,
@@ -22,6 +23,7 @@ from asr.cli.options import (
     tag_name,
 )
 from asr.config import load_config
+from asr.constants import IntermixedParser
 from asr.data.librispeech import cuts_path
 from asr.decoding.lm import check_lm_file
 from asr.decoding.registry import select_searchers
@@ -54,8 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_num_threads_argument(parser)
 
 
-class _RaisingParser(argparse.ArgumentParser):
-    """A parser that raises ValueError with argparse's message where argparse would exit."""
+class _RaisingParser(IntermixedParser):
+    """``asr decode``'s kind of parser, raising ValueError with argparse's message where
+    argparse would exit."""
 
     def error(self, message: str) -> NoReturn:
         raise ValueError(message)
@@ -113,8 +116,8 @@ def check_arguments(
             inconsistent weight selection, a bad ``--set`` key or value (ConfigError), or
             searchers the heads do not have.
     """
-    parser = _RaisingParser(prog="asr decode", add_help=False)
-    add_arguments(parser)
+    # asr decode's own parser, by its rules (the --log-level it takes too), without --help
+    parser = command_parser("decode", _RaisingParser, add_help=False)
     args = parser.parse_args(["--exp-dir", str(exp_dir), *argv])
     device_from_args(args.device)
     check_num_threads(args.num_threads)
