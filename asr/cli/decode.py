@@ -12,8 +12,10 @@ Examples::
 of the model's first trained head, ``heads.loss_weights`` > 0:
 :func:`asr.decoding.registry.searcher_for`) or ``all`` (every searcher
 the heads support); a name the model's heads do not support is refused (exit 2) before anything
-is decoded, and one whose head the experiment's ``heads.loss_weights`` leaves at 0 (built, not
-trained) is warned of, as ``asr train --check-only`` does. Per test set ``PART`` and searcher it
+is decoded, and before any weights are read (checked against the experiment's ``config.yaml``
+first, then against the config of the weights read), and one whose head the experiment's
+``heads.loss_weights`` leaves at 0 (built, not trained) is warned of, as ``asr train
+--check-only`` does. Per test set ``PART`` and searcher it
 writes, into ``<exp-dir>/<searcher>/`` (icefall's layout; ``<searcher>-<tag>`` with ``--tag``),
 ``recogs-PART-<searcher>.txt``, ``errs-PART-<searcher>.txt`` (alignments, per-utterance errors,
 most frequent errors) and ``wer-summary-PART-<searcher>.txt``, logs the WER and prints the
@@ -56,7 +58,7 @@ from asr.data.filtering import check_cut_files
 from asr.data.librispeech import check_test_parts
 from asr.decoding import build_searcher
 from asr.decoding.registry import select_searchers
-from asr.experiment import load_trained_model, relative_path_advice
+from asr.experiment import load_experiment_config, load_trained_model, relative_path_advice
 from asr.fileio import OutputBusyError, output_locks
 from asr.run.evaluate import decode_part, result_paths, write_results
 
@@ -75,11 +77,19 @@ def run(args: argparse.Namespace) -> int:
                            if o.startswith("search.") and "=" in o)
     try:
         device = device_from_args(args.device)
+        selection = selection_from_args(args)
+        warned: set[str] = set()  # each searcher's untrained head is warned of once
+        try:  # the searchers fit the heads of config.yaml, before any weights are read
+            planned = load_experiment_config(args.exp_dir, args.overrides)
+        except FileNotFoundError:  # no config.yaml: the checkpoint's own config, below
+            pass
+        else:
+            select_searchers(args.searchers, planned.heads, search=planned.search, warned=warned)
         cfg, tokenizer, model, tag = load_trained_model(
-            args.exp_dir, selection_from_args(args), args.overrides, device)
+            args.exp_dir, selection, args.overrides, device)
         # all checked before any decoding; by the config the model is built from, whose
         # heads.loss_weights tell a searcher of an untrained head (warned of)
-        names = select_searchers(args.searchers, cfg.heads, search=cfg.search)
+        names = select_searchers(args.searchers, cfg.heads, search=cfg.search, warned=warned)
         manifest_dir = args.manifest_dir or cfg.data.manifest_dir
         settings = {"weights": tag, **search_settings}
         labels = {name: f"{name}-{args.tag}" if args.tag else name for name in names}
