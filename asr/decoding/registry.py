@@ -353,6 +353,7 @@ def select_searchers(
     configs = _head_configs(heads)
     selected: list[str] = []
     for name in names:
+        check_searcher_name(name, ("all",))  # its error names 'all' among what it could be
         selected += _available(configs) if name == "all" else [_select(name, heads)]
     selected = list(dict.fromkeys(selected))
     if isinstance(heads, HeadsConfig):

@@ -300,6 +300,10 @@ def test_a_config_selects_the_searchers_its_trained_model_will(heads):
                 select_searchers(["greedy", bad], heads_of)
     with pytest.raises(ValueError, match=r"no greedy searcher for heads \['aed'\]"):
         select_searchers(["greedy"], HeadsConfig(aed=from_dict(HeadsConfig, {"aed": {}}).aed))
+    # what a list takes, 'all' too (asr train --searchers nonesuch did not name it)
+    with pytest.raises(ValueError, match=r"expected one of \[.*\] or a role \(greedy, beam\) "
+                                         r"or 'all'$"):
+        select_searchers(["nonesuch"], config)
 
 
 def test_one_searcher_is_selected_by_the_rule_of_a_list():
