@@ -78,7 +78,8 @@ def check_arguments(
     a recipe script will decode with, checked before its first stage (``asr train --check-only
     --decode-arg``).
 
-    The line (``--exp-dir`` may be left out: ``exp_dir``) is parsed by the command's own parser,
+    The line (``--exp-dir`` may be left out: ``exp_dir``; another one is refused, as the line
+    would decode another experiment than the one checked) is parsed by the command's own parser,
     its weight selection checked, its ``--set`` applied to the recipe ``config`` after
     ``train_overrides`` (as they will be applied to the trained experiment's config), its
     ``--epoch`` checked to be one that training writes (not past ``train.max_epochs``), its
@@ -119,6 +120,10 @@ def check_arguments(
     # asr decode's own parser, by its rules (the --log-level it takes too), without --help
     parser = command_parser("decode", _RaisingParser, add_help=False)
     args = parser.parse_args(["--exp-dir", str(exp_dir), *argv])
+    if Path(args.exp_dir).resolve() != Path(exp_dir).resolve():  # its own, given after ours
+        raise ValueError(f"argument --exp-dir: {args.exp_dir} is not the experiment this run "
+                         f"trains ({exp_dir}), whose config the line is checked against: leave "
+                         "--exp-dir out of the line")
     device_from_args(args.device)
     check_num_threads(args.num_threads)
     selection_from_args(args, check_dir=False)

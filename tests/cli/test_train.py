@@ -576,6 +576,19 @@ def test_a_decode_line_is_parsed_as_asr_decode_parses_it(tmp_path, caplog):
                                 caplog)
 
 
+def test_a_decode_line_of_another_experiment_is_refused(tmp_path, caplog):
+    """A decode line's own ``--exp-dir`` (the recipes put theirs first: the line's wins) decodes
+    another experiment than the one trained, whose config the check had checked the line
+    against: refused, naming both; the same directory, written otherwise, passes."""
+    recipe = Path(__file__).resolve().parents[2] / "recipes/librispeech/conformer_transducer.yaml"
+    base = _assert_decode_line_refused(
+        recipe, ["--exp-dir", str(tmp_path / "other")],
+        f"argument --exp-dir: {tmp_path / 'other'} is not the experiment this run trains "
+        f"({tmp_path / 'exp'})", tmp_path, caplog)
+    same = str(tmp_path / "x" / ".." / "exp")
+    assert main([*base, "--decode-arg=--exp-dir", f"--decode-arg={same}"]) == 0
+
+
 def _assert_decode_line_refused(recipe: Path, args: list[str], message: str, tmp_path,
                                 caplog) -> list[str]:
     """``asr train --check-only`` of ``recipe`` with the decode line ``--searcher greedy`` +
