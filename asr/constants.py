@@ -141,7 +141,9 @@ class OldName(argparse.Action):
     :class:`IntermixedParser` restores it after; the old name of a required option in another
     parser, which would leave it unrequired for every later parse, is a TypeError). A mutually
     exclusive group of the two names said "one of the arguments --output-dir is required",
-    naming a choice the user does not have.
+    naming a choice the user does not have. Both names in one command line (``--out X
+    --output-dir Y``, ``--force --overwrite``) are a usage error of an
+    :class:`IntermixedParser`, naming both (the last of them won without a word).
 
     Args:
         new: the option's name now, for the warning.
@@ -207,16 +209,40 @@ class IntermixedParser(argparse.ArgumentParser):
 
     _intermixing = False
 
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - argparse's
+        super().__init__(*args, **kwargs)
+        self._given: set[argparse.Action] = set()  # given a value in the parse under way
+
     def parse_known_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201 - argparse's
         if self._intermixing:
             return self._parse_known_args_of(args, namespace)
         # an option's old name (OldName) meets a required option's requirement for one parse
         required = [(action, action.required) for action in self._actions]
+        self._given = set()
         try:
-            return self._parse_known_args_of(args, namespace)
+            parsed = self._parse_known_args_of(args, namespace)
         finally:
             for action, was in required:
                 action.required = was
+        self._refuse_old_and_new_names()
+        return parsed
+
+    def _get_values(self, action, arg_strings):  # noqa: ANN001, ANN202 - argparse's
+        # argparse calls it once for each option or positional argument of the command line
+        self._given.add(action)
+        return super()._get_values(action, arg_strings)
+
+    def _refuse_old_and_new_names(self) -> None:
+        """Exits (2, argparse's usage error) when an option and its hidden old name
+        (:class:`OldName`) were both given: ``--out X --output-dir Y`` took the last of them
+        without a word."""
+        for old in self._actions:
+            if not isinstance(old, OldName) or old not in self._given:
+                continue
+            new = self._option_string_actions.get(old.new)
+            if new is not None and new in self._given:
+                self.error(f"argument {old.new}: given with {'/'.join(old.option_strings)}, "
+                           f"its old name: give {old.new} alone")
 
     def _parse_known_args_of(self, args, namespace):  # noqa: ANN001, ANN202 - argparse's
         words = sys.argv[1:] if args is None else list(args)

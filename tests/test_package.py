@@ -555,19 +555,24 @@ def test_the_default_searcher_is_of_a_trained_head(tmp_path, caplog):
     """With ``heads.loss_weights.transducer: 0`` the package's default was still
     ``transducer_greedy`` (the main head's), a head built and never trained, only warned of:
     its transcripts are noise. The default is the first trained head's greedy searcher, as the
-    dev WER of training is; a searcher given, a role too, stays the user's, warned of."""
+    dev WER of training is; a searcher named stays the user's, warned of, and a role is the
+    trained head's, as ``asr decode --searcher greedy`` takes it."""
     exp = random_experiment(tmp_path / "work", head="transducer")
     checkpoint = torch.load(exp / "epoch-1.pt", weights_only=True)
     checkpoint["extra"]["config"]["heads"]["loss_weights"] = {"transducer": 0.0, "ctc": 1.0}
     torch.save(checkpoint, exp / "epoch-1.pt")
     assert export_package(exp, tmp_path / "pkg", WeightSelection(epoch=1)).searcher == "ctc_greedy"
     assert "leaves untrained" not in caplog.text
-    for given in ("transducer_greedy", "greedy"):
-        caplog.clear()
-        metadata = export_package(exp, tmp_path / given, WeightSelection(epoch=1), searcher=given)
-        assert metadata.searcher == "transducer_greedy"
-        assert ("searcher 'transducer_greedy' decodes with the transducer head, which "
-                "heads.loss_weights.transducer: 0 leaves untrained") in caplog.text
+    caplog.clear()
+    metadata = export_package(exp, tmp_path / "named", WeightSelection(epoch=1),
+                              searcher="transducer_greedy")
+    assert metadata.searcher == "transducer_greedy"
+    assert ("searcher 'transducer_greedy' decodes with the transducer head, which "
+            "heads.loss_weights.transducer: 0 leaves untrained") in caplog.text
+    caplog.clear()
+    metadata = export_package(exp, tmp_path / "role", WeightSelection(epoch=1), searcher="greedy")
+    assert metadata.searcher == "ctc_greedy"
+    assert "leaves untrained" not in caplog.text
 
 
 @pytest.mark.parametrize("replace", [False, True])

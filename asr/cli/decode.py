@@ -9,10 +9,13 @@ Examples::
         --checkpoint exp/ctc_aed/averaged-epoch-30-avg-9.safetensors
 
 ``--searcher`` takes searcher names, the roles ``greedy`` / ``beam`` (the greedy or beam searcher
-of the model's main head: :func:`asr.decoding.registry.searcher_for`) or ``all`` (every searcher
+of the model's first trained head, ``heads.loss_weights`` > 0:
+:func:`asr.decoding.registry.searcher_for`) or ``all`` (every searcher
 the heads support); a name the model's heads do not support is refused (exit 2) before anything
-is decoded, and one whose head the experiment's ``heads.loss_weights`` leaves at 0 (built, not
-trained) is warned of, as ``asr train --check-only`` does. Per test set ``PART`` and searcher it
+is decoded, and before any weights are read (checked against the experiment's ``config.yaml``
+first, then against the config of the weights read; a missing test set too), and one whose
+head the experiment's ``heads.loss_weights`` leaves at 0 (built, not trained) is warned of, as
+``asr train --check-only`` does. Per test set ``PART`` and searcher it
 writes, into ``<exp-dir>/<searcher>/`` (icefall's layout; ``<searcher>-<tag>`` with ``--tag``),
 ``recogs-PART-<searcher>.txt``, ``errs-PART-<searcher>.txt`` (alignments, per-utterance errors,
 most frequent errors) and ``wer-summary-PART-<searcher>.txt``, logs the WER and prints the
@@ -45,17 +48,21 @@ no model and no runtime.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+from collections.abc import Iterator
+from pathlib import Path
 
 from asr.checkpoints.io import CheckpointError
 from asr.cli.decode_options import add_arguments, check_arguments
 from asr.cli.options import device_from_args, selection_from_args, set_num_threads
 from asr.config import ConfigError
+from asr.data.dataset import checked_manifests
 from asr.data.filtering import check_cut_files
-from asr.data.librispeech import check_test_parts
+from asr.data.librispeech import check_test_parts, cuts_path
 from asr.decoding import build_searcher
 from asr.decoding.registry import select_searchers
-from asr.experiment import load_trained_model, relative_path_advice
+from asr.experiment import load_experiment_config, load_trained_model, relative_path_advice
 from asr.fileio import OutputBusyError, output_locks
 from asr.run.evaluate import decode_part, result_paths, write_results
 
@@ -74,26 +81,33 @@ def run(args: argparse.Namespace) -> int:
                            if o.startswith("search.") and "=" in o)
     try:
         device = device_from_args(args.device)
+        selection = selection_from_args(args)
+        warned: set[str] = set()  # each searcher's untrained head is warned of once
+        parts = list(dict.fromkeys(args.parts))  # one lock, and one decode, per part
+        try:  # before any weights are read: the searchers fit the heads of config.yaml, and
+            # the test sets' manifests are there (their first lines: they are read below)
+            planned = load_experiment_config(args.exp_dir, args.overrides)
+        except FileNotFoundError:  # no config.yaml: the checkpoint's own config, below
+            pass
+        else:
+            select_searchers(args.searchers, planned.heads, search=planned.search, warned=warned)
+            test_dir = args.manifest_dir or planned.data.manifest_dir
+            with _advised(args, test_dir):
+                checked_manifests(test_dir, [cuts_path(test_dir, part).name for part in parts],
+                                  read_by_lhotse=False)
         cfg, tokenizer, model, tag = load_trained_model(
-            args.exp_dir, selection_from_args(args), args.overrides, device)
+            args.exp_dir, selection, args.overrides, device)
         # all checked before any decoding; by the config the model is built from, whose
         # heads.loss_weights tell a searcher of an untrained head (warned of)
-        names = select_searchers(args.searchers, cfg.heads, search=cfg.search)
+        names = select_searchers(args.searchers, cfg.heads, search=cfg.search, warned=warned)
         manifest_dir = args.manifest_dir or cfg.data.manifest_dir
         settings = {"weights": tag, **search_settings}
         labels = {name: f"{name}-{args.tag}" if args.tag else name for name in names}
-        parts = list(dict.fromkeys(args.parts))  # one lock, and one decode, per part
         with output_locks(result_paths(args.exp_dir / label, part, label)["wer_summary"]
                           for label in labels.values() for part in parts):  # before any work
             # a repeated id, before any part is written; each manifest read once
-            try:
+            with _advised(args, manifest_dir):
                 test_sets = check_test_parts(manifest_dir, parts)
-            except FileNotFoundError as err:
-                if args.manifest_dir is not None:
-                    raise
-                advice = relative_path_advice(args.exp_dir, "data.manifest_dir", manifest_dir,
-                                              "--manifest-dir DIR", args.overrides)
-                raise FileNotFoundError(f"{err}{advice}") from err
             field = "recording" if cfg.data.on_the_fly_feats else "features"
             for part in parts:  # a missing audio or feature file, before any part is decoded
                 check_cut_files(test_sets[part], field, f"test set {part}")
@@ -111,3 +125,17 @@ def run(args: argparse.Namespace) -> int:
         logger.error("asr decode: %s", err, exc_info=logger.isEnabledFor(logging.DEBUG))
         return 2
     return 0
+
+
+@contextlib.contextmanager
+def _advised(args: argparse.Namespace, manifest_dir: str | Path) -> Iterator[None]:
+    """Adds to a missing test set of the experiment's ``data.manifest_dir`` (not of
+    ``--manifest-dir``) where its relative path was looked for, and what to pass."""
+    try:
+        yield
+    except FileNotFoundError as err:
+        if args.manifest_dir is not None:
+            raise
+        advice = relative_path_advice(args.exp_dir, "data.manifest_dir", manifest_dir,
+                                      "--manifest-dir DIR", args.overrides)
+        raise FileNotFoundError(f"{err}{advice}") from err

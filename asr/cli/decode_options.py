@@ -10,6 +10,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from asr.cli.main import command_parser
 from asr.cli.options import (
     add_checkpoint_arguments,
     add_device_argument,
@@ -22,6 +23,7 @@ from asr.cli.options import (
     tag_name,
 )
 from asr.config import load_config
+from asr.constants import IntermixedParser
 from asr.data.librispeech import cuts_path
 from asr.decoding.lm import check_lm_file
 from asr.decoding.registry import select_searchers
@@ -34,8 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--searcher", nargs="+", required=True, dest="searchers", metavar="NAME",
                         type=searcher_name_or_all,
                         help="searcher names (e.g. transducer_greedy ctc_prefix_beam aed_beam), "
-                             "'greedy' / 'beam' for those of the model's main head, or 'all' "
-                             "for every searcher the model's heads support")
+                             "'greedy' / 'beam' for those of the model's first trained head, or "
+                             "'all' for every searcher the model's heads support")
     parser.add_argument("--parts", nargs="+", type=part_name, default=["test-clean"],
                         help="test sets to decode (one without cuts, or with a cut id twice, is "
                              "an error)")
@@ -54,8 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_num_threads_argument(parser)
 
 
-class _RaisingParser(argparse.ArgumentParser):
-    """A parser that raises ValueError with argparse's message where argparse would exit."""
+class _RaisingParser(IntermixedParser):
+    """``asr decode``'s kind of parser, raising ValueError with argparse's message where
+    argparse would exit."""
 
     def error(self, message: str) -> NoReturn:
         raise ValueError(message)
@@ -75,7 +78,8 @@ def check_arguments(
     a recipe script will decode with, checked before its first stage (``asr train --check-only
     --decode-arg``).
 
-    The line (``--exp-dir`` may be left out: ``exp_dir``) is parsed by the command's own parser,
+    The line (``--exp-dir`` may be left out: ``exp_dir``; another one is refused, as the line
+    would decode another experiment than the one checked) is parsed by the command's own parser,
     its weight selection checked, its ``--set`` applied to the recipe ``config`` after
     ``train_overrides`` (as they will be applied to the trained experiment's config), its
     ``--epoch`` checked to be one that training writes (not past ``train.max_epochs``), its
@@ -113,9 +117,13 @@ def check_arguments(
             inconsistent weight selection, a bad ``--set`` key or value (ConfigError), or
             searchers the heads do not have.
     """
-    parser = _RaisingParser(prog="asr decode", add_help=False)
-    add_arguments(parser)
+    # asr decode's own parser, by its rules (the --log-level it takes too), without --help
+    parser = command_parser("decode", _RaisingParser, add_help=False)
     args = parser.parse_args(["--exp-dir", str(exp_dir), *argv])
+    if Path(args.exp_dir).resolve() != Path(exp_dir).resolve():  # its own, given after ours
+        raise ValueError(f"argument --exp-dir: {args.exp_dir} is not the experiment this run "
+                         f"trains ({exp_dir}), whose config the line is checked against: leave "
+                         "--exp-dir out of the line")
     device_from_args(args.device)
     check_num_threads(args.num_threads)
     selection_from_args(args, check_dir=False)

@@ -35,6 +35,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from asr.constants import LOG_FORMAT, OLD_NAMES, PER_RANK, IntermixedParser, torchrun_place
 from asr.process_exit import exit_status
@@ -131,17 +132,36 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", type=_log_level, help=_LOG_LEVEL_HELP)
     parser.add_argument("--version", action="version", version=f"asr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=IntermixedParser)
-    for name, (module_name, help_text) in SUBCOMMANDS.items():
+    for name, (_, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text,
                            formatter_class=HelpFormatter)
-        # accepted after the subcommand too; SUPPRESS keeps the value given before it
-        p.add_argument("--log-level", default=argparse.SUPPRESS, type=_log_level,
-                       help=_LOG_LEVEL_HELP)
-        if name == command:
-            module = importlib.import_module(module_name)
-            module.add_arguments(p)
-            p.set_defaults(_run=module.run)
+        _add_command_arguments(p, name, name == command)
     return parser
+
+
+def command_parser(name: str, parser_class: type[IntermixedParser] = IntermixedParser,
+                   **kwargs: Any) -> IntermixedParser:
+    """The parser of the words after ``asr NAME``, the subcommand's parser of
+    :func:`build_parser`, made alone as an instance of ``parser_class`` (with ``kwargs``): for
+    a check of a command line that a later ``asr NAME`` will run, parsed by its rules and with
+    its errors (``asr train --decode-arg``, :func:`asr.cli.decode_options.check_arguments`)."""
+    help_text = SUBCOMMANDS[name][1]
+    parser = parser_class(prog=f"asr {name}", description=help_text,
+                          formatter_class=HelpFormatter, **kwargs)
+    _add_command_arguments(parser, name, True)
+    return parser
+
+
+def _add_command_arguments(parser: argparse.ArgumentParser, name: str, options: bool) -> None:
+    """Adds to subcommand ``name``'s ``parser`` its ``--log-level``, and with ``options`` its
+    module's options and ``run`` (importing the module)."""
+    # accepted after the subcommand too; SUPPRESS keeps the value given before it
+    parser.add_argument("--log-level", default=argparse.SUPPRESS, type=_log_level,
+                        help=_LOG_LEVEL_HELP)
+    if options:
+        module = importlib.import_module(SUBCOMMANDS[name][0])
+        module.add_arguments(parser)
+        parser.set_defaults(_run=module.run)
 
 
 def console_logging(level: int, environ: Mapping[str, str] | None = None) -> None:

@@ -198,8 +198,8 @@ def add_search_arguments(parser: argparse.ArgumentParser, searcher_default: str,
         search_default: the default options, said in the help.
     """
     parser.add_argument("--searcher", default=None, metavar="NAME", type=searcher_name,
-                        help="searcher: greedy / beam (those of the model's main head) or a name "
-                             "such as transducer_beam, ctc_prefix_beam "
+                        help="searcher: greedy / beam (those of the model's first trained head) "
+                             "or a name such as transducer_beam, ctc_prefix_beam "
                              f"(default: {searcher_default})")
     overrides = parser.add_argument(
         "--set", dest="search_overrides", nargs="+", action="extend", default=[],

@@ -135,10 +135,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="one argument of an asr decode command line to check against this "
                              "config before training (repeat it for each, written "
                              "--decode-arg=--set for one that starts with -; --exp-dir is this "
-                             "one): parsed by asr decode's own parser, its --set applied after "
-                             "this --set, its --searcher selected for the heads, its --device "
-                             "resolved on this machine, its --epoch not past train.max_epochs; "
-                             "exit 2 otherwise (default: none)")
+                             "one, and another is refused): parsed by asr decode's own parser, "
+                             "its --set applied after this --set, its --searcher selected for "
+                             "the heads, its --device resolved on this machine, its --epoch not "
+                             "past train.max_epochs; exit 2 otherwise (default: none)")
     parser.add_argument("--decode-prepared-parts", nargs="+", default=[], metavar="PART",
                         help="the test sets a recipe's data stages will write into "
                              "data.manifest_dir: a --decode-arg line without --manifest-dir of "

@@ -349,8 +349,7 @@ def run(args: argparse.Namespace) -> int:
                      "./%s for a file of that name", stray, stray)
         return 2
     try:  # before the model is loaded
-        check_chunking_options(args.streaming, args.chunk_size, args.left_chunks,
-                               args.max_left_seconds)
+        check_chunking_options(args.streaming, args.max_left_seconds)
     except ValueError as err:
         logger.error("asr transcribe: %s", err)
         return 2

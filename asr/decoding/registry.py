@@ -1,7 +1,7 @@
 """The table of searchers: which head each one searches, its role, whether it streams and fuses
 an LM, and how it is built. Every question about searchers is answered from :data:`SEARCHERS`:
 the names a model supports (:func:`available_searchers`), the greedy or beam searcher of a model's
-main head (:func:`searcher_for`, the default of packages, the dev WER of training and
+first trained head (:func:`searcher_for`, the default of packages, the dev WER of training and
 ``asr decode --searcher greedy|beam``), the searchers a list of names and roles selects for a
 model or, before training, for a config's heads (:func:`select_searchers`: ``asr decode
 --searcher`` and ``asr train --searchers``; one name: :func:`select_searcher`, for packages and
@@ -46,7 +46,7 @@ hotword graph (:mod:`asr.decoding.context_graph`; the rows' ``biases``): that of
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -228,27 +228,35 @@ def available_searchers(model: ASRModel) -> list[str]:
 def searcher_for(
     role: Role, model: ASRModel, trained_only: bool = False, heads: tuple[str, ...] | None = None
 ) -> str | None:
-    """The ``role`` searcher of the model's first head that has one (heads in :data:`HEADS`
-    order: transducer, ctc, aed, cif), or None.
+    """The ``role`` searcher of the model's first trained head that has one (loss weight > 0;
+    heads in :data:`HEADS` order: transducer, ctc, aed, cif), else of its first head that has
+    one, or None: a head of loss weight 0 is built, not trained. The one rule of a role
+    (``asr decode --searcher greedy|beam``, a runtime's ``searcher="beam"``; a package's
+    default searcher and the streaming fallback prefer the trained heads by it too).
 
     Args:
         role: ``greedy`` or ``beam``.
         model: the model.
-        trained_only: skip heads of loss weight 0 (the dev WER of a training run).
+        trained_only: only the trained heads (the dev WER of a training run).
         heads: consider only these heads.
     """
-    return _searcher_of_role(role, model.head_kinds(trained_only), heads)
+    return _searcher_of_role(role, model.head_kinds(trained_only),
+                             model.head_kinds(trained_only=True), heads)
 
 
 def _searcher_of_role(
-    role: str, kinds: Mapping[str, str], heads: tuple[str, ...] | None = None
+    role: str, kinds: Mapping[str, str], trained: Collection[str],
+    heads: tuple[str, ...] | None = None,
 ) -> str | None:
-    for head in kinds:
-        if heads is not None and head not in heads:
-            continue
-        for spec in SEARCHERS:
-            if spec.head == head and spec.role == role and spec.usable(kinds):
-                return spec.name
+    """:func:`searcher_for`'s rule over heads of ``kinds`` (name -> kind), ``trained`` those
+    of loss weight > 0."""
+    for pool in ([h for h in kinds if h in trained], list(kinds)):
+        for head in pool:
+            if heads is not None and head not in heads:
+                continue
+            for spec in SEARCHERS:
+                if spec.head == head and spec.role == role and spec.usable(kinds):
+                    return spec.name
     return None
 
 
@@ -307,12 +315,13 @@ def uses_given_hotwords(name: str) -> bool:
 
 
 def resolve_searcher(name: str, model: ASRModel) -> str:
-    """``name`` itself, or for a role (``greedy``, ``beam``) the model's searcher of that role.
+    """``name`` itself, or for a role (``greedy``, ``beam``) the model's searcher of that role
+    (:func:`searcher_for`: a trained head's first).
 
     Raises:
         ValueError: for an unknown name, or a role none of the model's heads has.
     """
-    return _resolve(name, _head_configs(model))
+    return _resolve(name, model)
 
 
 def select_searchers(
@@ -321,8 +330,8 @@ def select_searchers(
 ) -> list[str]:
     """The searchers that ``names`` select for a model, or for the heads of a config before a
     model is trained: each name as ``asr decode --searcher`` takes it (a searcher name, a role
-    ``greedy`` / ``beam`` for the main head's, or ``all`` for every searcher the heads support),
-    in order, each searcher once.
+    ``greedy`` / ``beam`` for a trained head's (:func:`searcher_for`), or ``all`` for every
+    searcher the heads support), in order, each searcher once.
 
     Args:
         names: searcher names, roles or ``all``.
@@ -350,7 +359,8 @@ def select_searchers(
     configs = _head_configs(heads)
     selected: list[str] = []
     for name in names:
-        selected += _available(configs) if name == "all" else [_select(name, configs)]
+        check_searcher_name(name, ("all",))  # its error names 'all' among what it could be
+        selected += _available(configs) if name == "all" else [_select(name, heads)]
     selected = list(dict.fromkeys(selected))
     if isinstance(heads, HeadsConfig):
         for name in selected:
@@ -400,11 +410,11 @@ def select_searcher(name: str, heads: ASRModel | HeadsConfig) -> str:
         ValueError: for an unknown name, a role none of the heads has, or a searcher the heads
             do not support (naming the heads and the available searchers).
     """
-    return _select(name, _head_configs(heads))
+    return _select(name, heads)
 
 
-def _select(name: str, configs: Mapping[str, Any]) -> str:
-    return _check_configs(_resolve(name, configs), configs).name
+def _select(name: str, heads: ASRModel | HeadsConfig) -> str:
+    return _check_configs(_resolve(name, heads), _head_configs(heads)).name
 
 
 def _head_configs(heads: ASRModel | HeadsConfig) -> dict[str, Any]:
@@ -423,9 +433,16 @@ def _available(configs: Mapping[str, Any]) -> list[str]:
     return [spec.name for spec in SEARCHERS if spec.usable(kinds)]
 
 
-def _resolve(name: str, configs: Mapping[str, Any]) -> str:
+def _trained(heads: ASRModel | HeadsConfig) -> list[str]:
+    """The heads of loss weight > 0, of a model or of a config's ``heads``."""
+    weights = heads.weights() if isinstance(heads, HeadsConfig) else heads.loss_weights
+    return [name for name, weight in weights.items() if weight > 0]
+
+
+def _resolve(name: str, heads: ASRModel | HeadsConfig) -> str:
     if name in ROLES:
-        resolved = _searcher_of_role(name, _kinds(configs))
+        configs = _head_configs(heads)
+        resolved = _searcher_of_role(name, _kinds(configs), _trained(heads))
         if resolved is None:
             raise ValueError(
                 f"no {name} searcher for heads {_describe_heads(configs)}; available searchers: "

@@ -121,8 +121,10 @@ class Runtime:
             searcher: default searcher, a name or a role (``greedy``, ``beam``); default: the
                 package's ``metadata.searcher`` (and for streaming, when that one does not
                 stream, a trained head's streaming greedy searcher). One that reads a head the
-                package's ``heads.loss_weights`` leaves at 0 (not trained) is warned of, as a
-                searcher named per call is, once per name (:meth:`check_trained`).
+                package's ``heads.loss_weights`` leaves at 0 (not trained) with the search
+                options it runs with is warned of, as a searcher named per call is, once per
+                name (:meth:`check_trained`); the package's own, with its own options, was
+                warned of when it was exported.
             search: search options: a :class:`SearchConfig`, or changes to the package's own
                 (its ``config.yaml`` ``search:`` section, with the packaged LM), as a mapping
                 ``{"beam_size": 8}`` or ``["search.beam_size=8"]``.
@@ -165,19 +167,21 @@ class Runtime:
                                   encoder_frame_seconds(fbank, model.encoder.subsampling_factor)),
             streaming_searcher=streaming,
         )
-        if searcher is None:  # the package's own: warned of when it was exported
+        if searcher is None and options == cfg.search:  # warned of when it was exported
             runtime._checked.add(name)
-        else:
+        else:  # by the search it runs with: search.ctc_weight decides a joint CTC search's heads
             runtime.check_trained(name)
         return runtime
 
     def check_trained(self, name: str) -> None:
         """Warns, once per searcher ``name`` (a name, not a role) over this model, when it
         reads a head that the package's ``heads.loss_weights`` leaves at 0 (built, not
-        trained; a joint CTC search's ``ctc`` head while its ``search.ctc_weight > 0``): the
-        rule of :func:`asr.decoding.registry.select_searchers`, as ``asr decode`` warns of
-        it. Every searcher a runtime builds, whether its default or one named per call
-        (``transcribe(searcher=...)``, a streaming recognizer's), is checked here."""
+        trained; a joint CTC search's ``ctc`` head while its ``search.ctc_weight > 0``, in the
+        options it is built with, :meth:`search_for`, those of ``search=`` given to
+        :meth:`from_package`): the rule of :func:`asr.decoding.registry.select_searchers`, as
+        ``asr decode`` warns of it. Every searcher a runtime builds, whether its default or one
+        named per call (``transcribe(searcher=...)``, a streaming recognizer's), is checked
+        here."""
         if name in self._checked:
             return
         self._checked.add(name)

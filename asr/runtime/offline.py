@@ -542,7 +542,7 @@ class Transcriber:
         if on_error not in ("raise", "return"):
             raise ValueError(f"on_error must be 'raise' or 'return', got {on_error!r}")
         _array_rate(sample_rate, self.sample_rate)  # a bad rate fails before any input
-        check_chunking_options(streaming, chunk_size, left_chunks, max_left_seconds)
+        check_chunking_options(streaming, max_left_seconds)
         if endpoint is not None and not streaming:
             raise ValueError("endpoint sets the endpointing of a stream: pass streaming=True "
                              "(on the command line, --no-endpoint: add --streaming)")

@@ -475,19 +475,16 @@ class StreamingRecognizer:
         return final
 
 
-def check_chunking_options(streaming: bool, chunk_size: int | None = None,
-                           left_chunks: int | None = None,
-                           max_left_seconds: float | None = None) -> None:
+def check_chunking_options(streaming: bool, max_left_seconds: float | None = None) -> None:
     """Refuses the bound of a stream's growing left context given for an offline decode
     (:meth:`Transcriber.transcribe <asr.runtime.offline.Transcriber.transcribe>` and
     ``asr transcribe``, which calls it before it loads the model), where it would be ignored.
-    ``chunk_size`` and ``left_chunks`` apply either way: offline they set the encoder's chunk
-    mask (:meth:`asr.runtime.bundle.Runtime.with_chunking`).
+    A chunk size and left chunks need no such check: offline they set the encoder's chunk mask
+    (:meth:`asr.runtime.bundle.Runtime.with_chunking`).
 
     Raises:
         ValueError: ``max_left_seconds`` set without ``streaming``, naming it and its option.
     """
-    del chunk_size, left_chunks  # both decodes take them
     if not streaming and max_left_seconds is not None:
         raise ValueError("max_left_seconds bounds the left context a stream keeps: pass "
                          "streaming=True (on the command line, --max-left-seconds: add "

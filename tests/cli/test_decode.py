@@ -11,7 +11,9 @@ import shutil
 import pytest
 from manifest_reads import count_manifest_reads
 
+from asr.checkpoints import selection
 from asr.cli.main import main
+from asr.testing.packages import random_experiment
 
 PART = "test-clean"
 
@@ -226,3 +228,38 @@ def test_an_unknown_searcher_is_a_usage_error_before_the_weights_are_read(tmp_pa
     for names in (["all"], ["greedy", "beam", "ctc_greedy"]):  # on to the experiment
         assert main(["decode", "--exp-dir", str(tmp_path / "exp"), "--searcher", *names]) == 2
     assert caplog.text.count("no such experiment directory") == 2
+
+
+def test_a_searcher_the_heads_lack_is_refused_before_the_weights_are_read(tmp_path, caplog,
+                                                                        monkeypatch):
+    """``asr decode --epoch 2 --avg 2 --searcher aed_beam`` on a model without an AED head read
+    and averaged the weights, then said "needs an 'aed' head": the searchers are checked
+    against the heads of the experiment's config.yaml first, reading no weights, and so is a
+    missing test set; an untrained head's searcher is still warned of once."""
+    exp = random_experiment(tmp_path / "work", head="transducer", num_epochs=2)
+    reads = []
+    original = selection.read_weights
+
+    def counted(plan):
+        reads.append(plan.tag)
+        return original(plan)
+
+    monkeypatch.setattr(selection, "read_weights", counted)
+    assert main(["decode", "--exp-dir", str(exp), "--searcher", "ctc_greedy", "aed_beam",
+                 "--epoch", "2", "--avg", "2"]) == 2
+    assert "searcher 'aed_beam' needs an 'aed' head" in caplog.text
+    assert reads == []
+    assert main(["decode", "--exp-dir", str(exp), "--searcher", "ctc_greedy", "--parts", "none",
+                 "--manifest-dir", str(tmp_path)]) == 2
+    assert f"cut manifest {tmp_path / 'librispeech_cuts_none.jsonl.gz'} does not exist" in \
+        caplog.text
+    assert reads == []
+    caplog.clear()
+    with gzip.open(tmp_path / "librispeech_cuts_empty.jsonl.gz", "wt"):
+        pass
+    assert main(["decode", "--exp-dir", str(exp), "--searcher", "ctc_greedy", "--parts", "empty",
+                 "--manifest-dir", str(tmp_path),
+                 "--set", "heads.loss_weights={transducer: 1.0, ctc: 0.0}"]) == 2
+    assert reads == ["checkpoint-2"]  # on to the weights and the cuts of the test set
+    assert "test set empty" in caplog.text and "holds no cuts" in caplog.text
+    assert caplog.text.count("searcher 'ctc_greedy' decodes with the ctc head") == 1

@@ -320,7 +320,8 @@ def test_a_relative_path_of_the_experiment_not_found_here_says_what_to_do(traine
     own = ["decode", "--exp-dir", relative, "--checkpoint", weights, "--searcher", "greedy"]
     decode = ["decode", "--exp-dir", trained, "--searcher", "greedy"]
     monkeypatch.chdir(tmp_path)
-    code, [line] = _asr(*own)
+    # the test sets are checked first, before the weights are read: given here, to get on
+    code, [line] = _asr(*own, "--manifest-dir", root / "fbank")
     assert code == 2 and "lang_char: no tokenizer found" in line, line
     assert (f"(tokenizer_dir lang_char of {relative} is relative to the directory `asr train` "
             f"ran in, and was looked for in the current directory {tmp_path}: run from the "

@@ -375,6 +375,30 @@ def test_a_required_option_with_an_old_name_is_missing_in_the_words_of_any_other
                 label
 
 
+@pytest.mark.parametrize(("command", "words", "message"), [
+    ("export-package", ["--out", "a", "--output-dir", "b"],
+     "argument --output-dir: given with --out, its old name: give --output-dir alone"),
+    ("export-package", ["--output-dir", "b", "--out", "a"],
+     "argument --output-dir: given with --out, its old name: give --output-dir alone"),
+    ("export-package", ["--output-dir", "b", "--force", "--overwrite"],
+     "argument --overwrite: given with --force, its old name: give --overwrite alone"),
+    ("bpe", ["--overwrite", "--force"],
+     "argument --overwrite: given with --force, its old name: give --overwrite alone"),
+])
+def test_an_option_and_its_old_name_together_are_refused_naming_both(command, words, message,
+                                                                     capsys):
+    """``asr export-package --out X --output-dir Y`` wrote into whichever came last without a
+    word; an option given with its hidden old name (``OldName``) is a usage error now, in
+    every command that has one, whatever their order."""
+    parser = build_parser(command)
+    base = {"export-package": ["--exp-dir", "e"],
+            "bpe": ["--transcripts", "t", "--output-dir", "o"]}
+    with pytest.raises(SystemExit) as stop:
+        parser.parse_args([command, *base[command], *words])
+    assert stop.value.code == 2
+    assert f"asr {command}: error: {message}" in capsys.readouterr().err
+
+
 def test_an_old_name_of_a_required_option_is_refused_in_a_parser_that_would_not_require_it_again():
     """``OldName`` meets a required option by setting its ``required`` to False for one parse;
     only an ``IntermixedParser`` sets it back. In a plain parser the first parse with the old

@@ -14,6 +14,7 @@ live process holds.
 
 from __future__ import annotations
 
+import gzip
 import subprocess
 import sys
 import time
@@ -134,8 +135,12 @@ def test_an_output_that_cannot_be_written_is_a_bad_option(command, experiment, p
             (tmp_path / "exp" / name).symlink_to(experiment / name)
         output = tmp_path / "exp" / label / f"wer-summary-test-clean-{label}.txt"
         (tmp_path / "exp" / label).write_text("a file where the results' directory goes\n")
+        # a test set whose manifest is there (checked before the weights are read), never read
+        (tmp_path / "tests").mkdir()
+        with gzip.open(tmp_path / "tests" / "librispeech_cuts_test-clean.jsonl.gz", "wt"):
+            pass
         args = ["decode", "--exp-dir", tmp_path / "exp", "--searcher", "greedy", "--epoch", "1",
-                "--tag", "unwritable", "--manifest-dir", tmp_path / "none"]
+                "--tag", "unwritable", "--manifest-dir", tmp_path / "tests"]
         reason = f"{tmp_path / 'exp' / label} is a file, not a directory"
     else:
         args, output = _commands(tmp_path, experiment, package)[command]

@@ -19,7 +19,7 @@ from manifest_reads import count_manifest_opens, count_manifest_reads
 from train_helpers import tiny_experiment, train_tiny, write_yaml
 
 from asr.checkpoints.io import list_checkpoints, load_weights, safe_torch_load
-from asr.cli.main import main
+from asr.cli.main import build_parser, main
 
 
 def test_train_writes_resolved_config_checkpoints_logs_and_plot(trained):
@@ -560,6 +560,33 @@ def test_a_decode_line_asr_decode_refuses_is_refused_before_training(args, messa
     (That the recipes pass --decode-args to this check: tests/egs/test_recipe_wiring.py.)"""
     recipe = Path(__file__).resolve().parents[2] / "recipes/librispeech/conformer_transducer.yaml"
     _assert_decode_line_refused(recipe, args, message, tmp_path, caplog)
+
+
+def test_a_decode_line_is_parsed_as_asr_decode_parses_it(tmp_path, caplog):
+    """The check parsed a decode line with a parser of its own, not ``asr decode``'s: it
+    refused ``--log-level DEBUG``, which ``asr decode`` takes after its name, as "unrecognized
+    arguments". It is the decode's own parser now (the same rules and errors), less --help."""
+    recipe = Path(__file__).resolve().parents[2] / "recipes/librispeech/conformer_transducer.yaml"
+    base = ["train", "--config", str(recipe), "--exp-dir", str(tmp_path / "exp"), "--check-only"]
+    line = ["--searcher", "greedy", "--log-level", "debug", "--parts", "test-clean"]
+    assert build_parser("decode").parse_args(["decode", "--exp-dir", "e", *line]).searchers == [
+        "greedy"]
+    assert main([*base, *[f"--decode-arg={arg}" for arg in line]]) == 0, caplog.text
+    _assert_decode_line_refused(recipe, ["--help"], "unrecognized arguments: --help", tmp_path,
+                                caplog)
+
+
+def test_a_decode_line_of_another_experiment_is_refused(tmp_path, caplog):
+    """A decode line's own ``--exp-dir`` (the recipes put theirs first: the line's wins) decodes
+    another experiment than the one trained, whose config the check had checked the line
+    against: refused, naming both; the same directory, written otherwise, passes."""
+    recipe = Path(__file__).resolve().parents[2] / "recipes/librispeech/conformer_transducer.yaml"
+    base = _assert_decode_line_refused(
+        recipe, ["--exp-dir", str(tmp_path / "other")],
+        f"argument --exp-dir: {tmp_path / 'other'} is not the experiment this run trains "
+        f"({tmp_path / 'exp'})", tmp_path, caplog)
+    same = str(tmp_path / "x" / ".." / "exp")
+    assert main([*base, "--decode-arg=--exp-dir", f"--decode-arg={same}"]) == 0
 
 
 def _assert_decode_line_refused(recipe: Path, args: list[str], message: str, tmp_path,

@@ -316,6 +316,10 @@ def test_a_config_selects_the_searchers_its_trained_model_will(heads):
                 select_searchers(["greedy", bad], heads_of)
     with pytest.raises(ValueError, match=r"no greedy searcher for heads \['aed'\]"):
         select_searchers(["greedy"], HeadsConfig(aed=from_dict(HeadsConfig, {"aed": {}}).aed))
+    # what a list takes, 'all' too (asr train --searchers nonesuch did not name it)
+    with pytest.raises(ValueError, match=r"expected one of \[.*\] or a role \(greedy, beam\) "
+                                         r"or 'all'$"):
+        select_searchers(["nonesuch"], config)
 
 
 def test_one_searcher_is_selected_by_the_rule_of_a_list():
@@ -355,10 +359,37 @@ def test_a_selection_for_hotwords_refuses_a_searcher_that_cannot_bias(heads, bea
 
 
 def test_untrained_heads_are_skipped_for_the_dev_wer():
-    model = make_model(transducer="pruned", ctc=True)
+    model = make_model(transducer="pruned", ctc=True, aed=True)
     model.loss_weights["transducer"] = 0.0
-    assert searcher_for("greedy", model) == "transducer_greedy"
-    assert searcher_for("greedy", model, trained_only=True) == "ctc_greedy"
+    model.loss_weights["ctc"] = 0.0
+    assert searcher_for("greedy", model, trained_only=True) is None
+    assert searcher_for("beam", model, trained_only=True) == "aed_beam"
+
+
+def test_a_role_resolves_to_a_trained_heads_searcher(caplog):
+    """``--searcher greedy`` over a transducer of loss weight 0 and a trained CTC head decoded
+    with the untrained transducer (warned of), while the package's default and the streaming
+    fallback take the trained head's: a role is a trained head's searcher, by the one rule of
+    ``searcher_for``, for a model and a config alike; an untrained head's only when no trained
+    head has the role (warned of), and a searcher named stays the user's choice (warned of)."""
+    model = make_model(transducer="pruned", ctc=True, aed=True)
+    model.loss_weights["transducer"] = 0.0
+    config = from_dict(HeadsConfig, {"transducer": {"loss": "pruned"}, "ctc": {}, "aed": {},
+                                     "loss_weights": {"transducer": 0.0}})
+    assert searcher_for("greedy", model) == resolve_searcher("greedy", model) == "ctc_greedy"
+    assert searcher_for("beam", model) == resolve_searcher("beam", model) == "ctc_prefix_beam"
+    for heads in (model, config):
+        assert select_searchers(["greedy", "beam"], heads) == ["ctc_greedy", "ctc_prefix_beam"]
+        assert select_searcher("beam", heads) == "ctc_prefix_beam"
+    assert "leaves untrained" not in caplog.text
+    assert type(build_searcher("greedy", model)) is type(build_searcher("ctc_greedy", model))
+    assert select_searchers(["transducer_greedy"], config) == ["transducer_greedy"]  # named
+    assert "searcher 'transducer_greedy' decodes with the transducer head" in caplog.text
+    caplog.clear()
+    only_aed = from_dict(HeadsConfig, {"transducer": {"loss": "pruned"}, "aed": {},
+                                       "loss_weights": {"transducer": 0.0}})
+    assert select_searchers(["greedy", "beam"], only_aed) == ["transducer_greedy", "aed_beam"]
+    assert "searcher 'transducer_greedy' decodes with the transducer head" in caplog.text
 
 
 def test_table_rows_agree_with_the_lists():

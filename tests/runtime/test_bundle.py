@@ -120,6 +120,27 @@ def test_a_searcher_named_per_call_of_an_untrained_head_is_warned_of_once(tmp_pa
     assert caplog.text.count(warning) == 1
 
 
+def test_the_packages_own_searcher_is_checked_with_the_search_options_given(tmp_path, caplog):
+    """A package of ``cif_beam`` exported with ``search.ctc_weight=0`` reads no CTC head, and
+    its ``heads.loss_weights.ctc: 0`` is not warned of; loaded with ``search={"ctc_weight":
+    0.3}`` its default searcher scores with that untrained head, and the check of the package's
+    own searcher, skipped as "warned of when it was exported", said nothing: it is checked with
+    the options the runtime searches with."""
+    exp = random_experiment(tmp_path / "work", head="cif_ctc")
+    checkpoint = torch.load(exp / "epoch-1.pt", weights_only=True)
+    checkpoint["extra"]["config"]["heads"]["loss_weights"] = {"cif": 1.0, "ctc": 0.0}
+    torch.save(checkpoint, exp / "epoch-1.pt")
+    export_package(exp, tmp_path / "pkg", searcher="cif_beam", search=["search.ctc_weight=0"])
+    wave = (np.random.default_rng(0).standard_normal(16000) * 0.1).astype(np.float32)
+    load_model(tmp_path / "pkg").transcribe(wave)
+    load_model(tmp_path / "pkg", search={"beam_size": 2}).transcribe(wave)
+    assert "leaves untrained" not in caplog.text
+    load_model(tmp_path / "pkg", search={"ctc_weight": 0.3}).transcribe(wave)
+    assert caplog.text.count("searcher 'cif_beam' also scores with the ctc head "
+                             "(search.ctc_weight 0.3), which heads.loss_weights.ctc: 0 leaves "
+                             "untrained") == 1
+
+
 def test_a_model_trained_with_dither_recognizes_without_it(tmp_path):
     """data.fbank.dither is training noise; recognition used it too: the same audio gave other
     transcripts from call to call, and streaming refused (OnlineFbank needs dither 0)."""
