@@ -104,3 +104,14 @@ def test_a_negative_blank_penalty_is_refused_not_ignored(experiment, penalized, 
                             "applies a positive blank penalty only, so its results can differ "
                             "from asr's"]
     assert load_recognizer(tmp_path / "onnx-bonus").blank_penalty == 0.0
+
+
+def test_a_corrupt_recorded_penalty_is_named(penalized, tmp_path):
+    """An export.json whose search.blank_penalty is no number is refused naming the field."""
+    out = tmp_path / "onnx"
+    export_onnx(penalized, out)
+    report = json.loads((out / "export.json").read_text())
+    (out / "export.json").write_text(json.dumps({**report, "search": {"blank_penalty": "1"}}))
+    with pytest.raises(ValueError, match=r"export\.json: field search\.blank_penalty is no finite "
+                                         r"number: '1'$"):
+        load_recognizer(out)
