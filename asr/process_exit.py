@@ -27,6 +27,13 @@ ended inside torch's destructor; while the handlers run, a gloo or nccl thread t
 GIL just waits for it, as during training. Python threads still running are not waited for
 (``threading``'s shutdown, which ``Py_FinalizeEx`` runs before the handlers, is left out).
 
+Unlike ``Py_FinalizeEx``, :func:`end_process` bounds that last step: a handler that never returns
+(``multiprocessing``'s join of a non-daemonic child that cannot end, e.g. one whose queue's
+feeder thread waits on a pipe no one reads any more; a flush into a full pipe whose reader has
+stopped) would leave the process, and under ``torchrun`` the whole job, hanging after its work
+was done. After :data:`EXIT_TIMEOUT_SECONDS` a watchdog thread says so on stderr (itself bounded:
+stderr may be that pipe) and ends the process with the status it would have had.
+
 :func:`skip_finalization` marks the process (:func:`asr.train.distributed.setup_distributed`,
 when it sets up a group) and :func:`exit_status` is the command line's last step
 (:func:`asr.cli.main.main`): the status itself in an unmarked process, which exits as usual.
@@ -38,14 +45,20 @@ import atexit
 import logging
 import os
 import sys
+import threading
 from typing import NoReturn
 
-__all__ = ["end_process", "exit_status", "skip_finalization"]
+__all__ = ["EXIT_TIMEOUT_SECONDS", "end_process", "exit_status", "skip_finalization"]
 
 logger = logging.getLogger(__name__)
 
 #: Why this process must end without the interpreter's finalization (None: it ends as usual).
 _reason: str | None = None
+
+#: The longest :func:`end_process` waits for the ``atexit`` handlers and the flushes, seconds.
+EXIT_TIMEOUT_SECONDS = 120.0
+#: The longest the watchdog waits for its own message to reach stderr, seconds.
+_MESSAGE_TIMEOUT_SECONDS = 1.0
 
 
 def skip_finalization(reason: str) -> None:
@@ -58,18 +71,25 @@ def skip_finalization(reason: str) -> None:
     _reason = reason
 
 
-def end_process(status: int) -> NoReturn:
+def end_process(status: int, timeout: float | None = None) -> NoReturn:
     """Ends the process with ``status`` without the interpreter's finalization: the ``atexit``
     handlers run first, as at a normal exit (last registered first; one that raises is reported
     on stderr and the others still run), then logging is shut down (every handler flushed and
     closed: a log file's last lines, the command's on stderr) and ``sys.stdout`` and
-    ``sys.stderr`` are flushed.
+    ``sys.stderr`` are flushed. When that has not finished after ``timeout`` seconds (a handler
+    or a flush that blocks), the process ends all the same, with ``status``, saying so on
+    stderr (see the module doc).
 
     Args:
         status: the exit status (0-255).
+        timeout: the bound, seconds (default :data:`EXIT_TIMEOUT_SECONDS`).
     """
     logger.debug("ending with status %d without the interpreter's finalization: %s", status,
                  _reason or "asked for")
+    limit = EXIT_TIMEOUT_SECONDS if timeout is None else timeout
+    watchdog = threading.Thread(target=_end_after, args=(limit, status), daemon=True,
+                                name="asr-exit-watchdog")
+    watchdog.start()
     atexit._run_exitfuncs()  # what Py_FinalizeEx runs, before its race
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
@@ -79,6 +99,29 @@ def end_process(status: int) -> NoReturn:
         except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
             pass
     os._exit(status)
+
+
+def _end_after(seconds: float, status: int) -> None:
+    """The watchdog of :func:`end_process`: sleeps ``seconds`` (the process normally ends
+    meanwhile), then writes why it ends it to stderr, waiting at most
+    :data:`_MESSAGE_TIMEOUT_SECONDS` for the write, and ends the process with ``status``."""
+    threading.Event().wait(seconds)
+    message = (f"asr: the exit handlers (atexit, logging, flushing the output) did not finish in "
+               f"{seconds:g} s (a child process that does not end, or a full pipe?): ending "
+               f"with status {status} without them\n").encode()
+    writer = threading.Thread(target=_write_stderr, args=(message,), daemon=True)
+    writer.start()
+    writer.join(_MESSAGE_TIMEOUT_SECONDS)
+    os._exit(status)
+
+
+def _write_stderr(data: bytes) -> None:
+    """Writes ``data`` to file descriptor 2, past Python's buffers and locks (which a blocked
+    handler may hold); nothing where it is closed."""
+    try:
+        os.write(2, data)
+    except OSError:
+        pass
 
 
 def exit_status(status: int) -> int:

@@ -89,6 +89,42 @@ def test_end_process_runs_the_atexit_handlers_of_user_code_and_multiprocessing(t
     assert not (tmp_path / "finalized").exists()
 
 
+def test_end_process_bounds_a_handler_that_never_returns(tmp_path):
+    """``multiprocessing``'s handler joins a non-daemonic child; one that never ends (here it
+    sleeps; a child whose queue's feeder waits on a pipe no one reads does the same) kept the
+    process, done with its work, alive for as long: end_process hung. Past its bound it ends
+    with the status it was given, its output flushed where the handlers got that far, and says
+    why on stderr. The child, left running, is ended by the test."""
+    code = (
+        "import multiprocessing, os, sys, time\n"
+        "from asr import process_exit\n"
+        "process_exit.EXIT_TIMEOUT_SECONDS = 1.0\n"
+        "def stuck():\n"
+        "    os.close(1), os.close(2)\n"
+        "    time.sleep(600)\n"
+        "if __name__ == '__main__':\n"
+        "    child = multiprocessing.get_context('fork').Process(target=stuck)\n"
+        "    child.start()\n"
+        "    open('child.pid', 'w').write(str(child.pid))\n"
+        "    print('results written', flush=True)\n"
+        "    process_exit.end_process(3)\n")
+    try:
+        result = _python(tmp_path, code)
+    finally:
+        pid = tmp_path / "child.pid"
+        if pid.exists():
+            try:
+                os.kill(int(pid.read_text()), 9)
+            except ProcessLookupError:
+                pass
+    assert result.returncode == 3, result.stderr
+    assert result.stdout == "results written\n"
+    assert result.stderr.endswith(
+        "asr: the exit handlers (atexit, logging, flushing the output) did not finish in 1 s (a "
+        "child process that does not end, or a full pipe?): ending with status 3 without them\n")
+    assert not (tmp_path / "finalized").exists()
+
+
 @pytest.mark.parametrize(("words", "status", "stream", "line"), [
     (["wer", "same.txt", "same.txt"], 0, "stdout", "WER 0.00"),
     (["wer", "absent.txt", "same.txt"], 2, "stderr", "asr wer: "),

@@ -6,12 +6,16 @@ with ``name`` = ``sherpa-onnx-<layout>[-int8]``, e.g. ``sherpa-onnx-streaming-tr
 ``--output-dir`` (default: the ONNX directory) and prints each summary's path. Greedy search (at
 most one symbol per frame) unless ``--decoding-method modified_beam_search`` (transducers;
 ``--hotwords-file`` then biases it with sherpa-onnx's own hotwords, read with the export's
-``bpe.vocab``); streaming directories are decoded chunk by chunk with their chunk size.
+``bpe.vocab``); streaming directories are decoded chunk by chunk with their chunk size. A
+transducer export is decoded with the blank penalty its ``export.json`` records (its package's
+``search.blank_penalty``, as ``asr transcribe`` decodes the package) unless ``--blank-penalty``
+gives another; the summary's settings name the one applied.
 
 As ``asr decode``, a run takes the lock of each summary file it will write
 (:func:`asr.fileio.output_lock`) before it decodes anything: a second run on one of them is
 refused (exit 2, naming it), as is an ``--output-dir`` that cannot be written, a broken export
-directory, a search option its layout has not (a CTC export: greedy search, no blank penalty) or
+directory, a search option its layout has not (a CTC export: greedy search, no blank penalty; a
+negative ``--blank-penalty``, which sherpa-onnx would ignore) or
 that the search chosen would not use (``--max-active-paths`` with greedy search,
 ``--hotwords-score`` without ``--hotwords-file``: an option given is applied or refused),
 a test set without cuts (its WER would read ``0.00``; naming the file) or that holds a cut id
@@ -65,8 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hotwords-score", type=hotword_score, default=None,
                         help="sherpa-onnx's per-token hotword boost (default: 1.5; an error "
                              "without --hotwords-file)")
-    parser.add_argument("--blank-penalty", type=float, default=0.0,
-                        help="subtracted from the blank logit (transducers)")
+    parser.add_argument("--blank-penalty", type=float, default=None,
+                        help="subtracted from the blank logit (transducers; default: the "
+                             "export's, its package's search.blank_penalty)")
     parser.add_argument("--tag", type=tag_name, default="", help="suffix of the result files' name")
     parser.add_argument("--output-dir", type=Path, default=None,
                         help="where the result files go (default: --onnx-dir)")
@@ -84,8 +89,10 @@ def result_name(layout: str, args: argparse.Namespace) -> str:
     return name + (f"-{args.tag}" if args.tag else "")
 
 
-def result_settings(name: str, args: argparse.Namespace) -> dict[str, object]:
-    """The summary's settings column: the engine and every search option that was set."""
+def result_settings(name: str, args: argparse.Namespace,
+                    blank_penalty: float = 0.0) -> dict[str, object]:
+    """The summary's settings column: the engine and every search option that was set
+    (``blank_penalty``: the one the recognizer applies, given or the export's)."""
     settings: dict[str, object] = {"engine": name, "method": args.decoding_method}
     if args.decoding_method == "modified_beam_search":
         settings["max_active_paths"] = (DEFAULT_MAX_ACTIVE_PATHS if args.max_active_paths is None
@@ -94,8 +101,8 @@ def result_settings(name: str, args: argparse.Namespace) -> dict[str, object]:
         settings["hotwords"] = args.hotwords_file.name
         settings["hotwords_score"] = (DEFAULT_HOTWORDS_SCORE if args.hotwords_score is None
                                       else args.hotwords_score)
-    if args.blank_penalty:
-        settings["blank_penalty"] = args.blank_penalty
+    if blank_penalty:
+        settings["blank_penalty"] = blank_penalty
     return settings
 
 
@@ -119,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
                 recognitions = decode_part_sherpa(recognizer, args.manifest_dir, part,
                                                   args.batch_size, test_sets[part])
                 wer, paths = write_results(out_dir, part, name, recognitions,
-                                           result_settings(name, args))
+                                           result_settings(name, args,
+                                                           recognizer.blank_penalty))
                 logger.info("%s %s: WER %.2f%% -> %s", part, name, wer, paths["wer_summary"])
                 print(paths["wer_summary"], flush=True)
     except (FileNotFoundError, ValueError, KeyError, OutputBusyError) as err:

@@ -53,8 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--engine sherpa-onnx: greedy (sherpa-onnx's greedy_search) or beam / transducer_beam "
         "(its modified_beam_search), with only search.beam_size (its max_active_paths), "
         "search.blank_penalty, search.hotwords_file, search.hotwords_score and "
-        "search.max_symbols_per_frame=1 (others are an error; the package's search options are "
-        "not in the export)"
+        "search.max_symbols_per_frame=1 (others are an error; of the package's search options "
+        "the export carries only search.blank_penalty, the default of the one given here)"
     )
     add_device_argument(parser)
     add_streaming_arguments(parser)

@@ -21,8 +21,15 @@ plus ``tokens.txt`` (``piece id``, blank ``<blk>`` at 0), ``bpe.vocab`` for a BP
 (``piece<TAB>score``: what sherpa-onnx's hotwords need, ``modeling_unit="bpe"``,
 ``bpe_vocab=``; :func:`write_bpe_vocab`), ``*.int8.onnx`` with ``int8=True``
 (onnxruntime dynamic quantization, QInt8 weights: MatMul everywhere, and Gather in the decoder
-whose embedding is one), and ``export.json`` (what was exported, the front end it expects and
-the self-check's figures).
+whose embedding is one), and ``export.json`` (what was exported, the front end it expects, the
+search settings of the package that sherpa-onnx has too, and the self-check's figures).
+
+**Search settings.** A transducer layout records the package's ``search.blank_penalty`` in
+``export.json`` (``search``), and :func:`asr.export.sherpa_decode.load_recognizer` gives it to
+sherpa-onnx (its ``blank_penalty``) unless told another, so that sherpa-onnx decodes an export
+as our runtime decodes its package. sherpa-onnx's CTC search has no blank penalty, and its
+transducer searches ignore a negative one: such an export records none and says so in its
+notes (and a warning).
 
 **Self-check.** Before the output directory appears, every graph is run by onnxruntime on the
 same inputs as the PyTorch modules it came from (the model's own code paths, not the export
@@ -184,6 +191,9 @@ class ExportReport:
         checks: one line per self-check (graph, inputs, largest difference).
         metadata: graph file -> its metadata.
         loader: how sherpa-onnx loads the directory (Python).
+        notes: what the export could not keep of the package (logged as warnings too).
+        search: the package's search settings that sherpa-onnx applies (``blank_penalty``;
+            transducer layouts), recorded in ``export.json``.
     """
 
     out_dir: Path
@@ -194,11 +204,14 @@ class ExportReport:
     metadata: dict[str, dict[str, str]] = field(default_factory=dict)
     loader: str = ""
     notes: list[str] = field(default_factory=list)
+    search: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
         lines = [f"{self.out_dir}: {self.layout} ({self.head} head): {', '.join(self.files)}"]
         lines += [f"  check {line}" for line in self.checks]
         lines += [f"  note: {line}" for line in self.notes]
+        if self.search:
+            lines.append("  search: " + ", ".join(f"{k}={v:g}" for k, v in self.search.items()))
         lines.append(f"  load with: {self.loader}")
         return "\n".join(lines)
 
@@ -355,6 +368,7 @@ def _export(package: ModelPackage, out_dir: Path, streaming: bool, int8: bool, o
         else:
             chunking = (chunk_size, left_chunks) if streaming else None
             report = _export_transducer(model, package, head, tmp, opset, chunking, kept)
+        _record_search(report, package)
         if int8:
             _quantize_all(report, tmp, kept)
         kept.clear()  # every graph is checked: their sessions can go
@@ -367,6 +381,25 @@ def _export(package: ModelPackage, out_dir: Path, streaming: bool, int8: bool, o
         publish_directory(tmp, out_dir)
     logger.info("wrote %s", out_dir)
     return report
+
+
+def _record_search(report: ExportReport, package: ModelPackage) -> None:
+    """Puts the package's ``search.blank_penalty`` in ``report.search`` (a transducer layout,
+    whose sherpa-onnx searches take it), or a note and a warning where sherpa-onnx cannot apply
+    it: a CTC layout, whose search has none, and a negative penalty (a blank bonus), which its
+    searches ignore."""
+    penalty = float(package.config.search.blank_penalty)
+    if report.layout != "ctc" and penalty >= 0:
+        report.search["blank_penalty"] = penalty
+        return
+    if not penalty:
+        return
+    why = ("sherpa-onnx's CTC search has no blank penalty" if report.layout == "ctc" else
+           "sherpa-onnx applies a positive blank penalty only")
+    note = (f"the package's search.blank_penalty {penalty:g} is not applied: {why}, so its "
+            "results can differ from asr's")
+    logger.warning("%s: %s", package.directory, note)
+    report.notes.append(note)
 
 
 def _base_metadata(package: ModelPackage, model_type: str) -> dict[str, str]:
@@ -1124,6 +1157,7 @@ def _write_report(report: ExportReport, package: ModelPackage, path: Path) -> No
         "tolerance": {"atol": ATOL, "rtol": RTOL},
         "checks": report.checks,
         "notes": report.notes,
+        "search": report.search,
         "metadata": report.metadata,
     }
     path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n",

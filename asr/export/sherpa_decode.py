@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -139,13 +140,15 @@ class SherpaRecognizer:
         fbank: sherpa-onnx's front end for the model (the export's feature options).
         chunk_size: encoder frames per chunk of a streaming layout (0 otherwise).
         decoding_method: sherpa-onnx's search the recognizer was built with.
+        blank_penalty: the blank penalty it was built with.
     """
 
     def __init__(self, recognizer, layout: str, pieces: Sequence[str], sample_rate: int,
                  fbank: FbankConfig, chunk_size: int = 0,
-                 decoding_method: str = "greedy_search") -> None:
+                 decoding_method: str = "greedy_search", blank_penalty: float = 0.0) -> None:
         self.recognizer = recognizer
         self.decoding_method = decoding_method
+        self.blank_penalty = blank_penalty
         self.layout = layout
         self.streaming = layout == "streaming_transducer"
         self.sample_rate = sample_rate
@@ -213,7 +216,7 @@ def load_recognizer(
     onnx_dir: str | Path, int8: bool = False, num_threads: int = 1,
     decoding_method: str = "greedy_search", max_active_paths: int | None = None,
     hotwords_file: str | Path | None = None, hotwords_score: float | None = None,
-    blank_penalty: float = 0.0, online_options: dict | None = None,
+    blank_penalty: float | None = None, online_options: dict | None = None,
 ) -> SherpaRecognizer:
     """The sherpa-onnx recognizer of an ``asr export-onnx`` directory.
 
@@ -229,7 +232,10 @@ def load_recognizer(
             phrases are split into pieces with the directory's ``bpe.vocab``.
         hotwords_score: sherpa-onnx's per-token boost of a phrase without its own score
             (default 1.5); an error without ``hotwords_file``.
-        blank_penalty: subtracted from the blank logit (transducers), as ``search.blank_penalty``.
+        blank_penalty: subtracted from the blank logit (transducers), as ``search.blank_penalty``;
+            None: the export's (``export.json``'s ``search``, its package's
+            ``search.blank_penalty``; 0 for an export that records none), so that sherpa-onnx
+            decodes as our runtime decodes the package.
         online_options: more arguments of ``sherpa_onnx.OnlineRecognizer.from_transducer`` for a
             streaming export (e.g. its endpoint rules).
 
@@ -242,7 +248,8 @@ def load_recognizer(
             number of pieces than the graphs' ``vocab_size`` (naming it); hotwords with
             a CTC layout or greedy search; a hotword file ``asr decode`` would refuse (a bad
             ``:SCORE``) or with a phrase the model's pieces cannot spell (naming it); a CTC layout
-            with another ``decoding_method`` or a ``blank_penalty``; a ``decoding_method``
+            with another ``decoding_method`` or a ``blank_penalty``; a negative
+            ``blank_penalty`` (sherpa-onnx would ignore it); a ``decoding_method``
             sherpa-onnx has not; ``max_active_paths`` with greedy search or < 1 with a beam search;
             ``hotwords_score`` without ``hotwords_file`` (an option set is applied or refused,
             never dropped); graphs sherpa-onnx cannot load.
@@ -266,6 +273,11 @@ def load_recognizer(
     if layout == "ctc" and decoding_method != "greedy_search":
         raise ValueError(f"decoding_method {decoding_method!r} (--decoding-method): {onnx_dir} "
                          "is a CTC export, which sherpa-onnx decodes with greedy_search only")
+    if blank_penalty is None:
+        blank_penalty = _recorded_blank_penalty(report, onnx_dir / EXPORT_REPORT_FILE)
+    if blank_penalty < 0:  # its searches subtract it only when > 0
+        raise ValueError(f"blank_penalty {blank_penalty:g}: sherpa-onnx applies a positive blank "
+                         "penalty only (a negative one, a blank bonus, it would ignore)")
     if layout == "ctc" and blank_penalty:
         raise ValueError(f"blank_penalty {blank_penalty} (--blank-penalty): {onnx_dir} is a CTC "
                          "export; the blank penalty is a transducer search option")
@@ -326,7 +338,7 @@ def load_recognizer(
     fbank = FbankConfig(**{f.name: features[f.name] for f in dataclasses.fields(FbankConfig)
                            if f.name in features})
     return SherpaRecognizer(recognizer, layout, pieces, common["sample_rate"], fbank, chunk_size,
-                            decoding_method)
+                            decoding_method, blank_penalty)
 
 
 def sherpa_search_options(searcher: str | None, overrides: Sequence[str]) -> dict[str, Any]:
@@ -474,6 +486,23 @@ def _read_report(path: Path) -> dict:
                 raise ValueError(f"{path}: no field {'.'.join(names)}")
             value = value[name]
     return report
+
+
+def _recorded_blank_penalty(report: dict, path: Path) -> float:
+    """The ``search.blank_penalty`` that ``export.json`` (``path``, read as ``report``) records,
+    0 where it records none (a CTC export, or one made before the exports recorded it).
+
+    Raises:
+        ValueError: for a ``search`` that is no object or a penalty that is no finite number,
+            naming the file and field.
+    """
+    search = report.get("search", {})
+    if not isinstance(search, dict):
+        raise ValueError(f"{path}: field search is no object: {search!r}")
+    value = search.get("blank_penalty", 0.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{path}: field search.blank_penalty is no finite number: {value!r}")
+    return float(value)
 
 
 def check_part_audio(cuts: CutSet, part: str, sample_rate: int) -> None:

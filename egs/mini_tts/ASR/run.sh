@@ -325,10 +325,13 @@ if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
   timed "export onnx" sherpa_onnx_export "$exp_dir"  # sets onnx_dirs (egs/shared/sherpa_onnx.sh)
   for dir in "${onnx_dirs[@]}"; do
     for int8 in "" --int8; do
-      # asr decode-onnx prints the path of each WER summary it writes
+      # asr decode-onnx prints the path of each WER summary it writes. --blank-penalty 0: the
+      # greedy search of stage 5, without the package's penalty (its beam search's) that the
+      # export carries
       # shellcheck disable=SC2086
       summaries=$(timed "sherpa-onnx decode $(basename "$dir")${int8:+ int8}" asr decode-onnx \
-        --onnx-dir "$dir" $int8 --manifest-dir data/fbank --parts test-clean --num-threads 2)
+        --onnx-dir "$dir" $int8 --manifest-dir data/fbank --parts test-clean --num-threads 2 \
+        --blank-penalty 0)
       for summary in $summaries; do cat "$summary" >&2; done
     done
   done
