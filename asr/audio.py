@@ -388,7 +388,7 @@ def _ffmpeg(path: str, name: str, target_rate: int | None, first: str,
     else:
         cut = [line for line in reason if any(word in line for word in FFMPEG_CUT_SIGNS)]
         said = "; ".join(dict.fromkeys(re.sub(r"^\[[^\]]*\] ", "", line) for line in cut))
-        return mono, said, [line for line in reason if FFMPEG_DAMAGE_SIGN in line]
+        return mono, said, damaged_packets(reason)
     raise AudioError(f"{name}: cannot decode audio (corrupt or not an audio file): libsndfile: "
                      f"{first}; ffmpeg: {detail}{hint}")
 
@@ -433,6 +433,20 @@ FFMPEG_CUT_SIGNS = ("partial file", "File ended prematurely", "Input packet size
 #: The file is read, its skipped packets (a few ms of audio each) left out, and a warning names
 #: it (refusing hours of audio for one bad packet would lose its whole transcript).
 FFMPEG_DAMAGE_SIGN = "Error while decoding stream"
+
+
+def damaged_packets(lines: list[str]) -> list[str]:
+    """ffmpeg's line for each packet it could not decode (:data:`FFMPEG_DAMAGE_SIGN`), of its
+    stderr ``lines``: a line that ffmpeg folded into the next one's "Last message repeated N
+    times" counts N more times."""
+    found: list[str] = []
+    for index, line in enumerate(lines):
+        if FFMPEG_DAMAGE_SIGN in line:
+            found.append(line)
+        elif (repeated := re.search(r"Last message repeated (\d+) times", line)) and index > 0 \
+                and FFMPEG_DAMAGE_SIGN in lines[index - 1]:
+            found.extend([lines[index - 1]] * int(repeated.group(1)))
+    return found
 
 
 #: The ffmpeg program, when installed: the decoder of every format libsndfile does not read.
@@ -602,8 +616,9 @@ def _read(source: bytes | str, name: str, target_rate: int | None,
     if damaged:  # ffmpeg skips a packet it cannot decode and goes on
         logger.warning(
             "%s: ffmpeg could not decode %d packet(s) of it and left them out (damaged inside "
-            "the file, or its last one cut short: ffmpeg's words do not tell which); "
-            "%.2f s decoded; ffmpeg said: %s", name, len(damaged), mono.frames / mono.rate,
+            "the file, or its last one cut short: ffmpeg's words do not tell which; times "
+            "after one are early by its length, some ms); %.2f s decoded; ffmpeg said: %s",
+            name, len(damaged), mono.frames / mono.rate,
             "; ".join(dict.fromkeys(re.sub(r"^\[[^\]]*\] ", "", line) for line in damaged)))
     return mono.finish()
 

@@ -22,6 +22,7 @@ import asr.audio as audio_module
 from asr.audio import (
     AudioError,
     StreamingResampler,
+    damaged_packets,
     decode_audio,
     resample,
     resampling_problem,
@@ -506,3 +507,13 @@ def test_a_packet_ffmpeg_cannot_decode_is_left_out_with_a_warning_naming_the_fil
     assert record.levelno == logging.WARNING
     assert re.search(r"call\.aac: ffmpeg could not decode 1 packet\(s\) of it and left them "
                      r"out .*Error while decoding stream", record.getMessage())
+
+
+def test_a_damaged_packet_folded_into_ffmpegs_repeat_line_is_counted() -> None:
+    """ffmpeg folds a line said again and again into "Last message repeated N times": each
+    packet it stands for counts (the warning said 1 packet for 213)."""
+    bad = "Error while decoding stream #0:0: Invalid data found when processing input"
+    lines = ["[aac @ 0x1] Input buffer exhausted before END element found", bad,
+             "    Last message repeated 212 times", "[aac @ 0x1] other", bad,
+             "    Last message repeated 3 times"]
+    assert damaged_packets(lines) == [bad] * 217
