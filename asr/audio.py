@@ -17,7 +17,9 @@ cut short too: one whose header declares more samples than it holds (a WAV, or a
 Xing/Info/VBRI header, which libsndfile reads up to its end without a word, or one that
 libsndfile fails inside and ffmpeg decodes in part, or one that ffmpeg says was cut short:
 :data:`FFMPEG_CUT_SIGNS`). An Ogg Vorbis or Opus file cut short is read without an error:
-neither its header nor libsndfile nor ffmpeg says it was cut.
+neither its header nor libsndfile nor ffmpeg says it was cut. A packet that ffmpeg cannot decode
+(:data:`FFMPEG_DAMAGE_SIGN`: damaged, or a raw AAC file's last one cut short) is left out
+with a warning naming the file, not refused.
 
 Shape legend: N samples, C channels.
 """
@@ -338,7 +340,7 @@ def _wav_stream_format(stream: BinaryIO) -> tuple[int, int]:
 
 
 def _ffmpeg(path: str, name: str, target_rate: int | None, first: str,
-            progress: ReadProgress | None = None) -> tuple[_MonoSamples, str]:
+            progress: ReadProgress | None = None) -> tuple[_MonoSamples, str, list[str]]:
     """Decodes the first audio stream of the file ``path`` with the ``ffmpeg`` program, block
     by block: its float32 WAV output on a pipe, at the file's own rate and channels, is read
     :data:`READ_BLOCK_FRAMES` frames at a time into :class:`_MonoSamples` (mono at
@@ -354,7 +356,8 @@ def _ffmpeg(path: str, name: str, target_rate: int | None, first: str,
         progress: told the seconds read after each block.
 
     Returns:
-        The samples, and what ffmpeg said of a cut (:data:`FFMPEG_CUT_SIGNS`; empty for none).
+        The samples, what ffmpeg said of a cut (:data:`FFMPEG_CUT_SIGNS`; empty for none), and
+        its lines of each packet it could not decode (:data:`FFMPEG_DAMAGE_SIGN`), in order.
 
     Raises:
         AudioError: naming the input, when ffmpeg cannot decode it (its own reason in the
@@ -385,7 +388,7 @@ def _ffmpeg(path: str, name: str, target_rate: int | None, first: str,
     else:
         cut = [line for line in reason if any(word in line for word in FFMPEG_CUT_SIGNS)]
         said = "; ".join(dict.fromkeys(re.sub(r"^\[[^\]]*\] ", "", line) for line in cut))
-        return mono, said
+        return mono, said, damaged_packets(reason)
     raise AudioError(f"{name}: cannot decode audio (corrupt or not an audio file): libsndfile: "
                      f"{first}; ffmpeg: {detail}{hint}")
 
@@ -419,10 +422,31 @@ def declared_frames(path: str, rate: int) -> int:
 
 
 #: What ffmpeg says (at ``-loglevel error``, exiting 0 all the same) of a file cut short: the
-#: mp4/m4a demuxer's "partial file", Matroska/WebM's "File ended prematurely", and a decoder's
-#: "Error while decoding stream" for a packet cut in two (raw AAC, WMA). Ogg Vorbis/Opus and MP3
-#: cut short draw no word.
-FFMPEG_CUT_SIGNS = ("partial file", "File ended prematurely", "Error while decoding stream")
+#: mp4/m4a demuxer's "partial file", Matroska/WebM's "File ended prematurely", and the WMA
+#: decoder's "Input packet size too small" for the ASF packet cut in two. Ogg Vorbis/Opus, MP3
+#: and raw AAC cut short draw no such word (:data:`FFMPEG_DAMAGE_SIGN` at most).
+FFMPEG_CUT_SIGNS = ("partial file", "File ended prematurely", "Input packet size too small")
+
+#: What ffmpeg says (at ``-loglevel error``) of each packet it cannot decode and skips, going on
+#: with the next: the same words for a packet damaged inside a file and for the last one cut in
+#: two (raw AAC's "Input buffer exhausted before END element found" either way), with no time.
+#: The file is read, its skipped packets (a few ms of audio each) left out, and a warning names
+#: it (refusing hours of audio for one bad packet would lose its whole transcript).
+FFMPEG_DAMAGE_SIGN = "Error while decoding stream"
+
+
+def damaged_packets(lines: list[str]) -> list[str]:
+    """ffmpeg's line for each packet it could not decode (:data:`FFMPEG_DAMAGE_SIGN`), of its
+    stderr ``lines``: a line that ffmpeg folded into the next one's "Last message repeated N
+    times" counts N more times."""
+    found: list[str] = []
+    for index, line in enumerate(lines):
+        if FFMPEG_DAMAGE_SIGN in line:
+            found.append(line)
+        elif (repeated := re.search(r"Last message repeated (\d+) times", line)) and index > 0 \
+                and FFMPEG_DAMAGE_SIGN in lines[index - 1]:
+            found.extend([lines[index - 1]] * int(repeated.group(1)))
+    return found
 
 
 #: The ffmpeg program, when installed: the decoder of every format libsndfile does not read.
@@ -578,7 +602,7 @@ def _read(source: bytes | str, name: str, target_rate: int | None,
             tmp.write(source)
             tmp.flush()
             path = tmp.name
-        mono, said = _ffmpeg(path, name, target_rate, first, progress)
+        mono, said, damaged = _ffmpeg(path, name, target_rate, first, progress)
         declared = declared_frames(path, mono.rate)
     if mono.frames < declared:
         # libsndfile knows the format but failed inside the data; ffmpeg decodes what it can
@@ -589,6 +613,13 @@ def _read(source: bytes | str, name: str, target_rate: int | None,
     if said:  # ffmpeg decodes a file cut short up to the cut, says so and exits 0
         raise AudioError(f"{name}: truncated or corrupt audio: ffmpeg decoded "
                          f"{mono.frames / mono.rate:.2f} s and said: {said}")
+    if damaged:  # ffmpeg skips a packet it cannot decode and goes on
+        logger.warning(
+            "%s: ffmpeg could not decode %d packet(s) of it and left them out (damaged inside "
+            "the file, or its last one cut short: ffmpeg's words do not tell which; times "
+            "after one are early by its length, some ms); %.2f s decoded; ffmpeg said: %s",
+            name, len(damaged), mono.frames / mono.rate,
+            "; ".join(dict.fromkeys(re.sub(r"^\[[^\]]*\] ", "", line) for line in damaged)))
     return mono.finish()
 
 

@@ -4,6 +4,7 @@ cost seconds and GBs to build is refused by name before any work."""
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ import asr.audio as audio_module
 from asr.audio import (
     AudioError,
     StreamingResampler,
+    damaged_packets,
     decode_audio,
     resample,
     resampling_problem,
@@ -463,7 +465,7 @@ def test_an_mp3_is_held_to_its_length_only_by_a_xing_or_info_header(tmp_path, xi
 @pytest.mark.parametrize(("suffix", "codec", "said"), [
     ("m4a", "aac", "partial file"),
     ("mka", "flac", "File ended prematurely"),
-    ("aac", "aac", "Error while decoding stream"),
+    ("wma", "wmav2", "Input packet size too small"),
 ])
 def test_a_file_only_ffmpeg_reads_cut_short_is_refused_with_ffmpegs_words(
         tmp_path, suffix: str, codec: str, said: str) -> None:
@@ -479,3 +481,39 @@ def test_a_file_only_ffmpeg_reads_cut_short_is_refused_with_ffmpegs_words(
     with pytest.raises(AudioError, match=rf"call\.{suffix}: truncated or corrupt audio: ffmpeg "
                                          rf"decoded [\d.]+ s and said: .*{said}"):
         decode_audio(path)
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
+@pytest.mark.parametrize(("where", "seconds"), [("inside", 10.0), ("cut", 5.0)])
+def test_a_packet_ffmpeg_cannot_decode_is_left_out_with_a_warning_naming_the_file(
+        tmp_path, caplog, where: str, seconds: float) -> None:
+    """ffmpeg says the same words ("Error while decoding stream", no time) of a raw AAC packet
+    damaged inside a file and of its last one cut in two, and decodes the rest: one bad packet
+    refused the whole file, hours of audio. It is read, and a warning names the file."""
+    path = tmp_path / "call.aac"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "sine=f=300:d=10:r=48000", "-c:a", "aac", str(path)], check=True)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    if where == "inside":
+        data[middle: middle + 40] = bytes(b ^ 0x5A for b in data[middle: middle + 40])
+    else:
+        del data[middle:]
+    path.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="asr.audio"):
+        audio = decode_audio(path)
+    assert audio.duration == pytest.approx(seconds, abs=0.1)
+    (record,) = [r for r in caplog.records if r.name == "asr.audio"]
+    assert record.levelno == logging.WARNING
+    assert re.search(r"call\.aac: ffmpeg could not decode 1 packet\(s\) of it and left them "
+                     r"out .*Error while decoding stream", record.getMessage())
+
+
+def test_a_damaged_packet_folded_into_ffmpegs_repeat_line_is_counted() -> None:
+    """ffmpeg folds a line said again and again into "Last message repeated N times": each
+    packet it stands for counts (the warning said 1 packet for 213)."""
+    bad = "Error while decoding stream #0:0: Invalid data found when processing input"
+    lines = ["[aac @ 0x1] Input buffer exhausted before END element found", bad,
+             "    Last message repeated 212 times", "[aac @ 0x1] other", bad,
+             "    Last message repeated 3 times"]
+    assert damaged_packets(lines) == [bad] * 217

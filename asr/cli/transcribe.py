@@ -142,7 +142,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="streaming: one segment per input, the search never reset (by "
                              "default a pause, or 20 s of audio, ends a segment and the next "
                              "is searched afresh); every streaming searcher then gives its "
-                             "offline result under the same chunking")
+                             "offline result under the same chunking (cif_greedy, "
+                             "attention_rescoring and cif_rescoring then keep the input's "
+                             "encoder frames until its end, memory growing with it)")
     parser.add_argument("--window-seconds", type=float, default=None,
                         help="offline: long inputs are decoded in windows of this length (an "
                              "error with --streaming, which has no windows); memory grows with "

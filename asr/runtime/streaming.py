@@ -30,7 +30,8 @@ Endpointing (:mod:`asr.runtime.endpoint`): after ``decode``, a caller checks
 :meth:`~StreamingRecognizer.reset`, which finalizes the segment's search, returns its final
 result (an :class:`asr.results.Segment` with ``is_final`` True) and starts a new segment (a
 fresh search state; the encoder keeps its context). At an endpoint,
-:meth:`~StreamingRecognizer.result` already gives that final result. A stream that is done
+:meth:`~StreamingRecognizer.result` already gives that final result (the search finalized once
+for both: a rescoring searcher rescores a segment once). A stream that is done
 has no endpoint, and ``reset`` refuses it (ValueError): its last segment is already final.
 
 Example:
@@ -109,6 +110,10 @@ class Stream:
         done: every frame is decoded and the last segment finalized.
         finished_segments: final results of the segments ended by :meth:`StreamingRecognizer.reset`.
         context: the stream's hotword graph (beam searchers that bias), or None.
+        final_cache: the search state whose finalized hypothesis was last computed, and that
+            hypothesis: :meth:`StreamingRecognizer.result` at an endpoint and the
+            :meth:`~StreamingRecognizer.reset` after it finalize the search once (a rescoring
+            searcher's second pass runs once per segment); dropped when the state changes.
     """
 
     id: int
@@ -125,6 +130,7 @@ class Stream:
     finished_segments: list[Segment] = field(default_factory=list)
     resampler: StreamingResampler | None = None
     context: ContextGraph | None = None
+    final_cache: tuple[Any, Hypothesis] | None = None
 
     @property
     def num_samples(self) -> int:
@@ -277,6 +283,7 @@ class StreamingRecognizer:
             raise ValueError(f"stream {stream.id}: hotwords must come before its audio is decoded")
         stream.context = context
         stream.search_state = self._search_state(context)
+        stream.final_cache = None
 
     def _search_state(self, context: ContextGraph | None) -> Any:
         """A batch-1 search state; a biasing searcher's carries the stream's hotword graph."""
@@ -358,7 +365,7 @@ class StreamingRecognizer:
             # done with its last encoder frame: frames too few for another one end no segment
             if stream.input_done and left < self._frames_for_one_more(encoder_state):
                 state = step.search_state if step is not None else stream.search_state
-                finals[id(stream)] = self.searcher.finalize(state)[0]
+                finals[id(stream)] = self._finalized(stream, state)
         for stream in ready:  # nothing failed: every stream takes its step
             step = steps.get(id(stream))
             if step is not None:
@@ -367,6 +374,7 @@ class StreamingRecognizer:
                 stream.hypothesis = finals[id(stream)]
                 stream.feats = stream.feats[:0]
                 stream.done = True
+                stream.final_cache = None
 
     def _frames_for_one_more(self, encoder_state: Any) -> int:
         """New feature frames a stream of batch-1 ``encoder_state`` needs for one more encoder
@@ -403,6 +411,7 @@ class StreamingRecognizer:
         stream.feats = stream.feats[step.taken:]
         stream.encoder_state = step.encoder_state
         stream.search_state = step.search_state
+        stream.final_cache = None
         self._note_sliding(stream, step.num_new)
         stream.frames_decoded += step.num_new
         stream.hypothesis = step.partial
@@ -446,7 +455,17 @@ class StreamingRecognizer:
         they know where the stream ends)."""
         if stream.done:
             return stream.hypothesis
-        return self.searcher.finalize(stream.search_state)[0]
+        hyp = self._finalized(stream, stream.search_state)
+        stream.final_cache = (stream.search_state, hyp)
+        return hyp
+
+    def _finalized(self, stream: Stream, state: Any) -> Hypothesis:
+        """The batch-1 search ``state`` of ``stream`` finalized: the cached hypothesis when it
+        is the state last finalized (:attr:`Stream.final_cache`), else computed (not cached)."""
+        cached = stream.final_cache
+        if cached is not None and cached[0] is state:
+            return cached[1]
+        return self.searcher.finalize(state)[0]
 
     def _segment(self, stream: Stream, hyp: Hypothesis, is_final: bool) -> Segment:
         return self.runtime.results.hypothesis_segment(
@@ -471,6 +490,7 @@ class StreamingRecognizer:
         stream.segment += 1
         stream.segment_start_frame = stream.frames_decoded
         stream.search_state = self._search_state(stream.context)
+        stream.final_cache = None  # it holds the ended segment's state (its kept frames)
         stream.hypothesis = _EMPTY
         return final
 

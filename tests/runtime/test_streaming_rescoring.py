@@ -195,3 +195,45 @@ def test_a_reset_drops_the_segments_frames(u2pp):
     assert held is not None and held.num_frames == stream.frames_decoded
     recognizer.reset(stream)
     assert stream.search_state.frames == (None,)
+
+
+def test_an_endpoint_rescores_its_segment_once_for_result_and_reset(u2pp):
+    """The sherpa-onnx loop (``result`` at an endpoint, then ``reset``; ``result`` asked twice
+    too) runs the second pass once per segment, and both give the same final result; a later
+    chunk finalizes anew."""
+    endpoint = EndpointConfig(rule1=EndpointRule(False, 100.0, 0.0),
+                              rule2=EndpointRule(True, 100.0, 0.0),
+                              rule3=EndpointRule(False, 0.0, 0.5))
+    recognizer = u2pp.streaming_recognizer("attention_rescoring", endpoint=endpoint)
+    searcher = recognizer.searcher
+    calls, rescore = [], searcher._rescore
+
+    def counting(enc, enc_lens, nbests):
+        calls.append(int(enc_lens[0]))
+        return rescore(enc, enc_lens, nbests)
+
+    searcher._rescore = counting
+    try:
+        wave = _waves(6, (16000 * 2,))[0]
+        stream, endpoints = recognizer.new_stream(), 0
+        recognizer.accept_waveform(stream, wave, 16000)
+        recognizer.input_finished(stream)
+        while recognizer.is_ready(stream):
+            recognizer.decode([stream])
+            if recognizer.is_endpoint(stream):
+                endpoints += 1
+                shown = recognizer.result(stream)
+                assert recognizer.result(stream) == shown
+                assert len(calls) == endpoints
+                assert recognizer.reset(stream) == shown
+                assert len(calls) == endpoints
+            elif not stream.done:
+                before = len(calls)
+                recognizer.result(stream)  # a partial: no second pass
+                assert len(calls) == before
+        assert endpoints >= 2 and stream.done
+        assert len(calls) == endpoints + 1  # and the last segment's, at the end
+        final = recognizer.result(stream)
+        assert final.is_final and len(calls) == endpoints + 1
+    finally:
+        del searcher._rescore
