@@ -47,7 +47,7 @@ from asr.data.filtering import speed_copy_source
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["REPEAT_SUFFIX", "DuplicateIdError", "Repeats", "line_cut",
+__all__ = ["REPEAT_SUFFIX", "DuplicateIdError", "RepeatCounter", "Repeats", "line_cut",
            "line_cut_id", "load_eval_cuts", "manifest_ids"]
 
 #: What joins an id and its repeat number in the name of a repeated training cut (lhotse's).
@@ -168,34 +168,21 @@ class Repeats:
     def of_ids(cls, ids: Iterable[str], watch: Collection[str] = frozenset()) -> Repeats:
         """The repeats among ``ids`` (read once; 8 bytes kept per id), and which ids of
         ``watch`` (e.g. the dev set's) they hold."""
-        return cls._of(((cut_id, None) for cut_id in ids), watch)
+        counter = RepeatCounter(watch)
+        for cut_id in ids:
+            counter.add(cut_id)
+        return counter.repeats()
 
     @classmethod
     def of_cuts(cls, cuts: Iterable, watch: Collection[str] = frozenset()) -> Repeats:
         """:meth:`of_ids` of the ids of ``cuts`` (read once), where a speed copy of a cut of
         ``watch`` (``<id>_sp0.9``, :func:`asr.data.filtering.speed_copy_source`) holds that
-        cut too: the dev cuts that training holds, as they are or perturbed."""
-        return cls._of(((cut.id, speed_copy_source(cut)) for cut in cuts), watch)
-
-    @classmethod
-    def _of(cls, pairs: Iterable[tuple[str, str | None]],
-            watch: Collection[str] = frozenset()) -> Repeats:
-        """:meth:`of_ids` of ``(id, the id it is a speed copy of, or None)`` pairs."""
-        keys = array("Q")
-        taken = array("Q")
-        shared = set()
-        for cut_id, source in pairs:
-            key = _id_key(cut_id)
-            keys.append(key)
-            if _REPEAT_NAME.search(cut_id):
-                taken.append(key)
-            if cut_id in watch:
-                shared.add(cut_id)
-            elif source is not None and source in watch:
-                shared.add(source)
-        unique, counts = np.unique(np.frombuffer(keys, dtype=np.uint64), return_counts=True)
-        return cls(unique[counts > 1], len(keys) - len(unique),
-                   np.unique(np.frombuffer(taken, dtype=np.uint64)), tuple(sorted(shared)))
+        cut too: the dev cuts that training holds, as they are or perturbed
+        (:meth:`RepeatCounter.add_cut`)."""
+        counter = RepeatCounter(watch)
+        for cut in cuts:
+            counter.add_cut(cut)
+        return counter.repeats()
 
     def log(self, where: str) -> None:
         """Logs (at INFO) how many ids repeat in ``where`` and what training makes of them,
@@ -254,3 +241,44 @@ class _RenamedRepeats:
 
     def __iter__(self) -> Iterator:
         return _renamed(self.cuts, self.repeats)
+
+
+class RepeatCounter:
+    """:class:`Repeats` gathered one id at a time (8 bytes kept per id), so that a pass over
+    the cuts made for another purpose counts them too: the training filter's own pass over
+    Lhotse Shar manifests, which a second pass would parse (and judge) again.
+
+    Args:
+        watch: ids (e.g. the dev set's) whose presence is recorded (:attr:`Repeats.shared`).
+    """
+
+    def __init__(self, watch: Collection[str] = frozenset()) -> None:
+        self._watch = watch
+        self._keys = array("Q")
+        self._taken = array("Q")
+        self._shared: set[str] = set()
+
+    def add(self, cut_id: str, source: str | None = None) -> None:
+        """Counts the id ``cut_id``; ``source``: the id whose speed copy the cut is, if any."""
+        key = _id_key(cut_id)
+        self._keys.append(key)
+        if _REPEAT_NAME.search(cut_id):
+            self._taken.append(key)
+        if cut_id in self._watch:
+            self._shared.add(cut_id)
+        elif source is not None and source in self._watch:
+            self._shared.add(source)
+
+    def add_cut(self, cut) -> None:
+        """Counts ``cut``'s id, a speed copy of a watched cut as that cut too
+        (:func:`asr.data.filtering.speed_copy_source`, looked up only while anything is
+        watched)."""
+        self.add(cut.id, speed_copy_source(cut) if self._watch else None)
+
+    def repeats(self) -> Repeats:
+        """The :class:`Repeats` of the ids counted so far."""
+        unique, counts = np.unique(np.frombuffer(self._keys, dtype=np.uint64),
+                                   return_counts=True)
+        return Repeats(unique[counts > 1], len(self._keys) - len(unique),
+                       np.unique(np.frombuffer(self._taken, dtype=np.uint64)),
+                       tuple(sorted(self._shared)))

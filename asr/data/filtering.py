@@ -38,7 +38,7 @@ import re
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from asr.fileio import relative_path_hint
 
@@ -553,10 +553,8 @@ def speed_copy_source(cut) -> str | None:
     """The id of the cut whose speed (or tempo) copy ``cut`` is (:func:`is_speed_copy`): its
     id less lhotse's ``_sp<factor>`` / ``_tp<factor>`` suffix (``a_sp0.9`` -> ``a``); None for
     a cut that is no copy, or a copy whose id has no such suffix."""
-    if not is_speed_copy(cut):
-        return None
-    suffix = _PERTURBED_ID.search(cut.id)
-    return None if suffix is None else cut.id[: suffix.start()]
+    suffix = _PERTURBED_ID.search(cut.id)  # first: the transforms are looked up in depth
+    return None if suffix is None or not is_speed_copy(cut) else cut.id[: suffix.start()]
 
 
 def with_speed_copy_record(cut):
@@ -592,6 +590,7 @@ def filter_cuts(
     apply_to=None,
     speed_factors: tuple[float, ...] = (1.0,),
     name: str = "cuts",
+    on_kept: Callable[[Any], None] | None = None,
 ):
     """Drops cuts with empty text, a supervision outside the cut, duration out of range or
     more tokens than encoder frames; counts (and keeps) those with text that ``encoder`` turns
@@ -614,6 +613,10 @@ def filter_cuts(
             (:func:`allowed_speeds`; module docstring). Each dropped cut is counted once.
         name: what the cuts are, e.g. ``"training cuts"``: each line logged begins with it,
             and each reason to drop cuts is said in words (:data:`DROP_REASONS`).
+        on_kept: called with each cut kept (as read from ``cuts``), in this one counting pass:
+            for what else a pass over the kept cuts would learn (repeated ids and dev cuts in
+            training, :class:`asr.data.cut_ids.RepeatCounter`), where a second pass over lazy
+            ``cuts`` would parse and judge every cut again.
 
     Returns:
         ``(kept_cuts, stats)``; see the module docstring for laziness.
@@ -646,6 +649,8 @@ def filter_cuts(
         verdict = keep.judge(cut)
         if verdict.speeds:
             counts["kept"] += 1
+            if on_kept is not None:
+                on_kept(cut)
             if not cuts.is_lazy:
                 kept.append(keep.mark(cut, verdict.speeds))
             if unk_id is not None and unk_id in verdict.tokens:

@@ -18,15 +18,16 @@ import contextlib
 import dataclasses
 import logging
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from lhotse import CutSet
 
 from asr.config import ConfigError, config_path_hint, to_dict
-from asr.data.cut_ids import DuplicateIdError, Repeats, load_eval_cuts
+from asr.data.cut_ids import DuplicateIdError, RepeatCounter, Repeats, load_eval_cuts
 from asr.data.dataset import (
     checked_manifests,
     load_cuts,
@@ -168,20 +169,21 @@ def spread_subset(cuts: CutSet, count: int) -> CutSet:
 
 
 def _filter_or_fail(cfg: ExperimentConfig, model: ASRModel, cuts, tokenizer: Tokenizer,
-                    where: str, what: str, apply_to=None, train: bool = False):
+                    where: str, what: str, apply_to=None, train: bool = False,
+                    on_kept: Callable[[Any], None] | None = None):
     """``filter_cuts`` with the encoder's length rule; ``train`` cuts also with the data
     config's duration limits, judged at every speed on-the-fly perturbation can give them (and
     kept, marked, at those they pass at). Dev cuts of any duration are kept, as icefall
     validates on all of them (the limits are about training batches; LibriSpeech's dev sets
     hold utterances up to ~33 s, over the default 20 s). An error naming ``where`` if no cut is
-    left."""
+    left. ``on_kept``: as :func:`asr.data.filtering.filter_cuts`'s."""
     kept, stats = filter_cuts(
         cuts, tokenizer, model.encoder.output_length,
         min_duration=cfg.data.min_cut_duration if train else 0.0,
         max_duration=cfg.data.max_cut_duration if train else float("inf"),
         frame_shift=cfg.data.fbank.frame_shift,
         apply_to=apply_to, speed_factors=speed_factors(cfg.data) if train else (1.0,),
-        name=f"{what} cuts",
+        name=f"{what} cuts", on_kept=on_kept,
     )
     if stats.kept == 0:
         raise ValueError(f"no {what} cuts left in {where} after filtering ({stats})")
@@ -235,11 +237,13 @@ def _load_shar(cfg: ExperimentConfig, model: ASRModel, tokenizer: Tokenizer,
     field = "recording" if data.on_the_fly_feats else "features"
     shar = SharCuts(data.train_shar_dirs, field, shuffle=data.shuffle, seed=data.seed)
     dirs = [str(d) for d in data.train_shar_dirs]
+    # the cuts training keeps, as the manifests' check counts them, counted in the filter's
+    # own pass over the shards' manifests: a second pass would parse and judge each cut again
+    counter = RepeatCounter(dev_ids)
     kept = _filter_or_fail(cfg, model, shar.manifests, tokenizer, str(dirs), "training",
-                           shar, train=True)
+                           shar, train=True, on_kept=counter.add_cut)
     logger.info("training from %d Lhotse Shar shards in %s", shar.num_shards, dirs)
-    # the cuts training keeps (their manifests alone), as the manifests' check counts them
-    repeats = Repeats.of_cuts(kept.manifests, dev_ids)
+    repeats = counter.repeats()
     repeats.log(f"the training shards {dirs}")
     _warn_of_dev_cuts_in_training(repeats.shared, len(dev_ids), "data.train_shar_dirs")
     return repeats.rename(kept.cuts), kept

@@ -119,10 +119,24 @@ def test_the_shards_overlap_with_the_dev_cuts_counts_what_training_keeps(
     cuts as they are, the 2 longest of which the training filter drops
     (data.max_cut_duration): the warning counted every dev cut of the unfiltered manifests (3)
     and no speed copy. Now it counts the dev cuts that training keeps, as they are or as speed
-    copies (2), as the check of data.train_cuts does."""
+    copies (2), as the check of data.train_cuts does; counted in the training filter's own
+    pass over the shards' manifests, each cut judged once (a second pass, parsing and judging
+    every cut of the shards again, doubled the cost of loading a large corpus)."""
+    from collections import Counter
+
     from lhotse import CutSet
 
+    import asr.data.filtering
     import asr.run.train
+
+    judged = Counter()
+    judge = asr.data.filtering._judge
+
+    def counting_judge(cut, *args):
+        judged[cut.id] += 1
+        return judge(cut, *args)
+
+    monkeypatch.setattr(asr.data.filtering, "_judge", counting_judge)
 
     def stop(*args, **kwargs):
         raise RuntimeError("stopped after loading the data")
@@ -147,3 +161,4 @@ def test_the_shards_overlap_with_the_dev_cuts_counts_what_training_keeps(
     assert "stopped after loading the data" in caplog.text
     assert (f"2 of the 4 dev cuts are training cuts too, by their id or as speed copies "
             f"<id>_sp<factor> (e.g. {min(dev[0].id, dev[1].id)})") in caplog.text, caplog.text
+    assert judged[copies[0].id] == 1, judged  # in the shards alone, judged by one pass

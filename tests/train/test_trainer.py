@@ -18,6 +18,7 @@ from torch import nn
 from torchrun_helpers import UP_LINE, ScriptRuns, run_scripts, run_torchrun
 
 from asr.checkpoints.io import CheckpointError, list_checkpoints, safe_torch_load
+from asr.constants import PER_RANK
 from asr.train.distributed import DistInfo
 from asr.train.optim import OptimConfig, lr_factor
 from asr.train.preemption import TrainingPreempted
@@ -520,6 +521,18 @@ def test_non_finite_step_is_skipped_saved_and_training_goes_on(tmp_path, cpu_amp
     assert saved[0]["cut_ids"] == ["e1b2u0", "e1b2u1", "e1b2u2"]
     assert trainer.scheduler.step_count == 6  # the schedule did not move on the skipped step
 
+
+def test_a_skipped_steps_warning_is_logged_by_every_rank(tmp_path, caplog):
+    """Each rank saves its own batches of a skipped step: the warning naming them is marked
+    per rank (``PER_RANK``), else a torchrun job's console shows rank 0's file alone
+    (:func:`asr.cli.main.console_logging` keeps the other ranks' unmarked warnings off)."""
+    torch.manual_seed(0)
+    trainer = Trainer(NanAt(bad={3}), OptimConfig(), TrainConfig(max_epochs=1,
+                      checkpoint_interval=0), tmp_path, _named(batches))
+    with caplog.at_level(logging.WARNING, logger="asr.train.trainer"):
+        assert trainer.fit().skipped_steps == 1
+    skipped = [r for r in caplog.records if "step skipped" in r.getMessage()]
+    assert len(skipped) == 1 and all(getattr(skipped[0], key) for key in PER_RANK), skipped
 
 def test_each_skipped_step_keeps_its_own_saved_batches(tmp_path):
     """Two steps in a row with non-finite gradients: the step count stays where it was, and the

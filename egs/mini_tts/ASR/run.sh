@@ -50,7 +50,7 @@ stage=0
 stop_stage=100
 recipe=transformer_transducer   # recipes/mini_tts/<recipe>.yaml
 searchers="greedy beam"         # searcher names, or the roles greedy / beam: those of the
-                                # model's main head (asr decode --searcher); all but greedy ones
+                                # first trained head (asr decode --searcher); all but greedy ones
                                 # decode with the LM, beam size and blank penalty below
 avg=2                           # stage 5 averages the newest $avg step checkpoints
 num_jobs=2                      # synthesis / manifest processes
