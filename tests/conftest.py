@@ -27,6 +27,16 @@ torch.set_num_threads(1)
 SUBPROCESS_TAIL = 6000
 
 
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory) -> Path:
+    """Where the session fixtures keep :func:`asr.testing.packages.trained_tiny_package`'s
+    models: in the base temporary directory of the whole run, which the pytest-xdist workers
+    (``PYTEST_XDIST_WORKER`` set, each with a base directory of its own inside it) share, so a
+    model is trained once per run rather than once per worker."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "tiny_models"
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -29,12 +29,12 @@ class Speech:
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
+def tiny(tiny_models_dir):
     if not espeak_available():
         pytest.skip("needs espeak-ng to synthesize speech")
     from asr.testing.packages import trained_tiny_package
 
-    return trained_tiny_package(tmp_path_factory.getbasetemp() / "tiny_models")
+    return trained_tiny_package(tiny_models_dir)
 
 
 @pytest.fixture(scope="session")
@@ -72,13 +72,12 @@ def engine(request) -> str:
 
 
 @pytest.fixture(scope="session")
-def sherpa_dir(tiny, tmp_path_factory) -> Path:
+def sherpa_dir(tiny_models_dir, tiny, tmp_path_factory) -> Path:
     """The tiny transducer (the same sentences as ``tiny``) exported for sherpa-onnx."""
     from asr.export import export_onnx
     from asr.testing.packages import trained_tiny_package
 
-    transducer = trained_tiny_package(tmp_path_factory.getbasetemp() / "tiny_models",
-                                      head="transducer")
+    transducer = trained_tiny_package(tiny_models_dir, head="transducer")
     out = tmp_path_factory.mktemp("serve_onnx") / "onnx-streaming"
     export_onnx(transducer.package_dir, out, streaming=True)
     return out

@@ -460,7 +460,7 @@ def test_a_client_that_stops_reading_is_told_so_and_cut_off(tiny, speech, monkey
 
 
 def test_samples_that_overflow_the_features_fail_their_own_stream_only(
-    tiny, speech, tmp_path_factory
+    tiny_models_dir, tiny, speech
 ):
     """Finite samples far beyond [-1, 1] (3e38) passed the NaN check and gave NaN features; a
     transducer beam search lost every hypothesis of that stream and failed the decode step of
@@ -471,8 +471,7 @@ def test_samples_that_overflow_the_features_fail_their_own_stream_only(
     from asr.serve.server import BackgroundServer
     from asr.testing.packages import trained_tiny_package
 
-    transducer = trained_tiny_package(tmp_path_factory.getbasetemp() / "tiny_models",
-                                      head="transducer")
+    transducer = trained_tiny_package(tiny_models_dir, head="transducer")
     recognizer = asr.load_model(transducer.package_dir).streaming_recognizer("transducer_beam")
     good = speech[7]  # two sentences, two segments
     loud = np.full(1600, 3e38, "<f4").tobytes()
