@@ -28,13 +28,20 @@ SUBPROCESS_TAIL = 6000
 
 
 @pytest.fixture(scope="session")
-def tiny_models_dir(tmp_path_factory) -> Path:
-    """Where the session fixtures keep :func:`asr.testing.packages.trained_tiny_package`'s
-    models: in the base temporary directory of the whole run, which the pytest-xdist workers
-    (``PYTEST_XDIST_WORKER`` set, each with a base directory of its own inside it) share, so a
-    model is trained once per run rather than once per worker."""
+def run_tmp_path(tmp_path_factory) -> Path:
+    """The base temporary directory of the whole run, which its pytest-xdist workers
+    (``PYTEST_XDIST_WORKER`` set, each with a base directory of its own inside it) share: a
+    set-up kept there through :func:`asr.testing.once.made_once` is made once per run rather
+    than once per worker. Serially, the session's base directory."""
     base = tmp_path_factory.getbasetemp()
-    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "tiny_models"
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(run_tmp_path) -> Path:
+    """Where the session fixtures keep :func:`asr.testing.packages.trained_tiny_package`'s
+    models, once per run."""
+    return run_tmp_path / "tiny_models"
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""Model packages for tests: a trained tiny CTC model (cached per process), random-weight ones,
+"""Model packages for tests: a trained tiny CTC model (made once per folder), random-weight ones,
 and a hand-built one whose searches' outcome is known.
 
 ``trained_tiny_package(root)`` trains :func:`asr.testing.tiny.train_tiny_experiment` once per
@@ -11,10 +11,6 @@ search is biased toward, on any machine.
 
 from __future__ import annotations
 
-import fcntl
-import json
-import os
-import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +24,8 @@ from asr.checkpoints.io import (
 )
 from asr.config import save_config, to_dict
 from asr.experiment import CONFIG_FILE, build_model
-from asr.fileio import write_text_atomic
 from asr.package import export_package
+from asr.testing.once import made_once
 from asr.testing.tiny import TINY_SENTENCES, tiny_config, train_tiny_experiment
 from asr.tokenizers.base import BLANK_ID
 from asr.tokenizers.bpe import train_bpe
@@ -59,42 +55,23 @@ class TinyPackage:
 
 
 def trained_tiny_package(root: str | Path, head: str = "ctc", steps: int = 300) -> TinyPackage:
-    """Trains (once per ``root`` and arguments, however many processes ask) and exports a tiny
-    model under ``root``.
-
-    The first caller trains under an exclusive ``flock`` on ``<work>.lock`` and writes
-    ``<work>/made.json`` last; a caller that finds it (in this process, from the in-memory
-    cache) reads the package it names, and one that comes while the model is being made waits
-    for it. A directory left by a process killed mid-way (no ``made.json``) is made again.
-    """
+    """Trains (once per ``root`` and arguments, however many processes ask:
+    :func:`asr.testing.once.made_once`) and exports a tiny model under
+    ``root/tiny_<head>_<steps>``."""
     key = (str(root), head, steps)
     with _LOCK:
         if key not in _CACHE:
-            _CACHE[key] = _made_once(Path(root) / f"tiny_{head}_{steps}", head, steps)
+            def make(work: Path) -> dict:
+                exp = train_tiny_experiment(work, TINY_SENTENCES, head=head, steps=steps)
+                export_package(exp.exp_dir, work / "package", overwrite=True)
+                return {"package_dir": str(work / "package"), "exp_dir": str(exp.exp_dir),
+                        "wavs": [str(w) for w in exp.wavs], "texts": list(exp.texts)}
+
+            made = made_once(Path(root) / f"tiny_{head}_{steps}", make)
+            _CACHE[key] = TinyPackage(Path(made["package_dir"]), Path(made["exp_dir"]),
+                                      tuple(Path(w) for w in made["wavs"]),
+                                      tuple(made["texts"]))
         return _CACHE[key]
-
-
-def _made_once(work: Path, head: str, steps: int) -> TinyPackage:
-    """The package of :func:`trained_tiny_package` in ``work``: made there unless a process made
-    it before (``work/made.json``), under a lock that makes concurrent callers wait."""
-    made = work / "made.json"
-    work.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(work.with_name(f"{work.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        if not made.exists():
-            shutil.rmtree(work, ignore_errors=True)  # a killed maker's leftovers
-            exp = train_tiny_experiment(work, TINY_SENTENCES, head=head, steps=steps)
-            export_package(exp.exp_dir, work / "package", overwrite=True)
-            work.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(made, json.dumps({
-                "package_dir": str(work / "package"), "exp_dir": str(exp.exp_dir),
-                "wavs": [str(w) for w in exp.wavs], "texts": list(exp.texts)}))
-        fields = json.loads(made.read_text())
-    finally:
-        os.close(fd)  # releases the lock
-    return TinyPackage(Path(fields["package_dir"]), Path(fields["exp_dir"]),
-                       tuple(Path(w) for w in fields["wavs"]), tuple(fields["texts"]))
 
 
 def random_experiment(
