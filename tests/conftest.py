@@ -28,13 +28,15 @@ SUBPROCESS_TAIL = 6000
 
 
 @pytest.fixture(scope="session")
-def run_tmp_path(tmp_path_factory) -> Path:
-    """The base temporary directory of the whole run, which its pytest-xdist workers
-    (``PYTEST_XDIST_WORKER`` set, each with a base directory of its own inside it) share: a
-    set-up kept there through :func:`asr.testing.once.made_once` is made once per run rather
-    than once per worker. Serially, the session's base directory."""
+def run_tmp_path(tmp_path_factory, pytestconfig) -> Path:
+    """The base temporary directory of the whole run, which its pytest-xdist workers (each with
+    a base directory of its own inside it) share: a set-up kept there through
+    :func:`asr.testing.once.made_once` is made once per run rather than once per worker.
+    Serially, the session's base directory. A worker is told by its config (``workerinput``),
+    not by ``PYTEST_XDIST_WORKER``: a pytest that a worker's test starts (pytester) inherits
+    that variable but is no worker."""
     base = tmp_path_factory.getbasetemp()
-    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    return base.parent if hasattr(pytestconfig, "workerinput") else base
 
 
 @pytest.fixture(scope="session")

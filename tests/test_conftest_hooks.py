@@ -71,16 +71,18 @@ def test_a_started_process_runs_torch_with_one_thread(pytester):
 
 def test_the_tiny_models_folder_is_shared_by_the_xdist_workers_of_a_run(pytester):
     """Each xdist worker has a base temporary directory of its own: the tiny models kept there
-    were trained once per worker. ``tiny_models_dir`` is the run's, whichever worker asks."""
+    were trained once per worker. ``tiny_models_dir`` is the run's, whichever worker asks; a
+    serial pytest that a worker's test starts (here, under ``-n 2``) has its own, though it
+    inherits the worker's ``PYTEST_XDIST_WORKER``."""
     pytester.makeconftest(CONFTEST.read_text())
     pytester.makepyfile(
         """
-        import os
         import pytest
 
         @pytest.mark.parametrize("n", range(4))
-        def test_where(n, tiny_models_dir):
-            print("WHERE", os.environ.get("PYTEST_XDIST_WORKER", "-"), tiny_models_dir)
+        def test_where(n, tiny_models_dir, pytestconfig):
+            worker = getattr(pytestconfig, "workerinput", {}).get("workerid", "-")
+            print("WHERE", worker, tiny_models_dir)
         """
     )
     base = pytester.path / "base"
