@@ -66,10 +66,15 @@ def pytest_runtest_makereport(item, call):
     """A test that fails on ``subprocess.run(..., check=True, capture_output=True)`` reports the
     process' captured output (its tail), which ``CalledProcessError`` alone does not print."""
     outcome = yield
+    report = outcome.get_result()
+    # A captured log or output holding a name that is not UTF-8 (os.fsdecode's surrogates, as
+    # in tests/test_fileio.py) cannot be sent from an xdist worker: the run stopped with an
+    # INTERNALERROR (UnicodeEncodeError). Such characters are shown as escapes instead.
+    report.sections = [(title, text.encode("utf-8", "backslashreplace").decode("utf-8"))
+                       for title, text in report.sections]
     error = call.excinfo.value if call.excinfo is not None else None
     if not isinstance(error, subprocess.CalledProcessError):
         return
-    report = outcome.get_result()
     for name, data in (("stdout", error.stdout), ("stderr", error.stderr)):
         if isinstance(data, bytes):
             data = data.decode("utf-8", "replace")
