@@ -27,6 +27,25 @@ torch.set_num_threads(1)
 SUBPROCESS_TAIL = 6000
 
 
+@pytest.fixture(scope="session")
+def run_tmp_path(tmp_path_factory, pytestconfig) -> Path:
+    """The base temporary directory of the whole run, which its pytest-xdist workers (each with
+    a base directory of its own inside it) share: a set-up kept there through
+    :func:`asr.testing.once.made_once` is made once per run rather than once per worker.
+    Serially, the session's base directory. A worker is told by its config (``workerinput``),
+    not by ``PYTEST_XDIST_WORKER``: a pytest that a worker's test starts (pytester) inherits
+    that variable but is no worker."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if hasattr(pytestconfig, "workerinput") else base
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(run_tmp_path) -> Path:
+    """Where the session fixtures keep :func:`asr.testing.packages.trained_tiny_package`'s
+    models, once per run."""
+    return run_tmp_path / "tiny_models"
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
@@ -47,10 +66,15 @@ def pytest_runtest_makereport(item, call):
     """A test that fails on ``subprocess.run(..., check=True, capture_output=True)`` reports the
     process' captured output (its tail), which ``CalledProcessError`` alone does not print."""
     outcome = yield
+    report = outcome.get_result()
+    # A captured log or output holding a name that is not UTF-8 (os.fsdecode's surrogates, as
+    # in tests/test_fileio.py) cannot be sent from an xdist worker: the run stopped with an
+    # INTERNALERROR (UnicodeEncodeError). Such characters are shown as escapes instead.
+    report.sections = [(title, text.encode("utf-8", "backslashreplace").decode("utf-8"))
+                       for title, text in report.sections]
     error = call.excinfo.value if call.excinfo is not None else None
     if not isinstance(error, subprocess.CalledProcessError):
         return
-    report = outcome.get_result()
     for name, data in (("stdout", error.stdout), ("stderr", error.stderr)):
         if isinstance(data, bytes):
             data = data.decode("utf-8", "replace")

@@ -3,6 +3,7 @@ printed; every test, and every process a test starts, runs torch with one intra-
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 CONFTEST = Path(__file__).with_name("conftest.py")
@@ -66,3 +67,33 @@ def test_a_started_process_runs_torch_with_one_thread(pytester):
         """
     )
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_the_tiny_models_folder_is_shared_by_the_xdist_workers_of_a_run(pytester):
+    """Each xdist worker has a base temporary directory of its own: the tiny models kept there
+    were trained once per worker. ``tiny_models_dir`` is the run's, whichever worker asks; a
+    serial pytest that a worker's test starts (here, under ``-n 2``) has its own, though it
+    inherits the worker's ``PYTEST_XDIST_WORKER``."""
+    pytester.makeconftest(CONFTEST.read_text())
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.parametrize("n", range(4))
+        def test_where(n, tiny_models_dir, pytestconfig):
+            worker = getattr(pytestconfig, "workerinput", {}).get("workerid", "-")
+            print("WHERE", worker, tiny_models_dir)
+        """
+    )
+    base = pytester.path / "base"
+    serial = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:xdist", "-s",
+                                f"--basetemp={base}")
+    serial.assert_outcomes(passed=4)
+    assert set(re.findall(r"WHERE (\S+) (\S+)", serial.stdout.str())) == {
+        ("-", str(base / "tiny_models"))}
+    parallel = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2",
+                                             "--dist", "load", "-rA", f"--basetemp={base}")
+    parallel.assert_outcomes(passed=4)
+    shared = str(base / "tiny_models")
+    assert set(re.findall(r"WHERE (\S+) (\S+)", parallel.stdout.str())) == {
+        ("gw0", shared), ("gw1", shared)}

@@ -3,6 +3,7 @@ installs it, and as a wheel) gives no setuptools warnings, and the wheel holds t
 
 from __future__ import annotations
 
+import configparser
 import os
 import shutil
 import subprocess
@@ -103,3 +104,35 @@ def test_browser_test_packages_are_installed_only_for_the_tests(tmp_path):
     testing = _setup_installs(tmp_path / "test", "--test-deps")
     assert {"chromium", "nodejs", "ffmpeg", "espeak-ng"} <= set(testing.split())
     assert "setup.sh --test-deps" in (REPO / "tools" / "test.sh").read_text()
+
+
+def _test_command_runs(tmp_path: Path, *args: str, workers: str | None = None) -> str:
+    """The pytest command line tools/test.sh ARGS runs (with ``ASR_TEST_WORKERS=workers`` when
+    given), on the stubbed machine of :func:`_run_setup`: its venv's python prints its
+    arguments."""
+    _run_setup(tmp_path)
+    _stub(tmp_path / "venv" / "bin" / "python",
+          'if [ "$1" = -c ]; then echo "python 3.11 from /usr/bin/python3.11"; '
+          'else echo "$@"; fi')
+    bin_dir = tmp_path / "bin"
+    env = {"PATH": str(bin_dir), "ASR_VENV": str(tmp_path / "venv"), "HOME": str(tmp_path)}
+    if workers is not None:
+        env["ASR_TEST_WORKERS"] = workers
+    proc = subprocess.run([str(bin_dir / "bash"), str(REPO / "tools" / "test.sh"), *args],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def test_the_test_command_runs_the_suite_on_every_core_and_serially_when_asked(tmp_path):
+    """Serial pytest used one of the two cores most of the time: the README's test command
+    starts pytest-xdist workers (one per core), which the dev extra installs; a caller can ask
+    for a serial run either way, and extra arguments still reach pytest."""
+    dev = configparser.ConfigParser()
+    dev.read(REPO / "setup.cfg")
+    assert "pytest-xdist==3.8.0" in dev["options.extras_require"]["dev"].split()
+    assert _test_command_runs(tmp_path / "a", "-m", "slow") == \
+        "-m pytest -n auto --dist worksteal -m slow"
+    assert _test_command_runs(tmp_path / "b", "tests/x.py", workers="0") == \
+        "-m pytest -n 0 --dist worksteal tests/x.py"
+    assert _test_command_runs(tmp_path / "c", "-p", "no:xdist") == "-m pytest -p no:xdist"

@@ -1,9 +1,10 @@
-"""Model packages for tests: a trained tiny CTC model (cached per process), random-weight ones,
+"""Model packages for tests: a trained tiny CTC model (made once per folder), random-weight ones,
 and a hand-built one whose searches' outcome is known.
 
 ``trained_tiny_package(root)`` trains :func:`asr.testing.tiny.train_tiny_experiment` once per
-process (about 10-20 s on 2 CPU cores) and exports it; later calls return the cached result, so
-test modules share it through their own session fixtures. What a trained model hears depends
+``root`` (about 10-20 s on 2 CPU cores) and exports it; later calls, in this process or in another
+one (the pytest-xdist workers of one test run share a root), return the made package, so test
+modules share it through their own session fixtures. What a trained model hears depends
 on weights trained on the machine; :func:`constant_ctc_package` hears nothing but what its
 search is biased toward, on any machine.
 """
@@ -24,6 +25,7 @@ from asr.checkpoints.io import (
 from asr.config import save_config, to_dict
 from asr.experiment import CONFIG_FILE, build_model
 from asr.package import export_package
+from asr.testing.once import made_once
 from asr.testing.tiny import TINY_SENTENCES, tiny_config, train_tiny_experiment
 from asr.tokenizers.base import BLANK_ID
 from asr.tokenizers.bpe import train_bpe
@@ -53,15 +55,22 @@ class TinyPackage:
 
 
 def trained_tiny_package(root: str | Path, head: str = "ctc", steps: int = 300) -> TinyPackage:
-    """Trains (once per process and arguments) and exports a tiny model under ``root``."""
+    """Trains (once per ``root`` and arguments, however many processes ask:
+    :func:`asr.testing.once.made_once`) and exports a tiny model under
+    ``root/tiny_<head>_<steps>``."""
     key = (str(root), head, steps)
     with _LOCK:
         if key not in _CACHE:
-            work = Path(root) / f"tiny_{head}_{steps}"
-            exp = train_tiny_experiment(work, TINY_SENTENCES, head=head, steps=steps)
-            package_dir = work / "package"
-            export_package(exp.exp_dir, package_dir, overwrite=True)
-            _CACHE[key] = TinyPackage(package_dir, exp.exp_dir, exp.wavs, exp.texts)
+            def make(work: Path) -> dict:
+                exp = train_tiny_experiment(work, TINY_SENTENCES, head=head, steps=steps)
+                export_package(exp.exp_dir, work / "package", overwrite=True)
+                return {"package_dir": str(work / "package"), "exp_dir": str(exp.exp_dir),
+                        "wavs": [str(w) for w in exp.wavs], "texts": list(exp.texts)}
+
+            made = made_once(Path(root) / f"tiny_{head}_{steps}", make)
+            _CACHE[key] = TinyPackage(Path(made["package_dir"]), Path(made["exp_dir"]),
+                                      tuple(Path(w) for w in made["wavs"]),
+                                      tuple(made["texts"]))
         return _CACHE[key]
 
 

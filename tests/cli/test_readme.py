@@ -37,7 +37,7 @@ def use_it_blocks() -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def setting(tmp_path_factory, trained):
+def setting(tiny_models_dir, tmp_path_factory, trained):
     """What the README's placeholders stand for: PKG, EXP and speech.flac; and what the Python
     API hears in speech.flac, plainly (``text``) and biased by the README's phrases
     (``biased``). What the tiny model hears depends on its training, so the commands' outputs
@@ -45,7 +45,7 @@ def setting(tmp_path_factory, trained):
     import asr
     from asr.testing.packages import trained_tiny_package
 
-    tiny = trained_tiny_package(tmp_path_factory.getbasetemp() / "tiny_models")
+    tiny = trained_tiny_package(tiny_models_dir)
     work = tmp_path_factory.mktemp("readme")
     soundfile.write(work / "speech.flac", load_audio(tiny.wavs[2]), 16000)
     model = asr.load_model(tiny.package_dir, search={"hotwords_score": 3.0})

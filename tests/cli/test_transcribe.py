@@ -44,10 +44,10 @@ MIN_SNR_DB = 15.0
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
+def tiny(tiny_models_dir):
     from asr.testing.packages import trained_tiny_package
 
-    return trained_tiny_package(tmp_path_factory.getbasetemp() / "tiny_models")
+    return trained_tiny_package(tiny_models_dir)
 
 
 @pytest.fixture(scope="session")

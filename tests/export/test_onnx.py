@@ -51,12 +51,12 @@ GREEDY_ONE_PER_FRAME = SearchConfig(max_symbols_per_frame=1)
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
+def tiny(tiny_models_dir):
     from asr.testing.packages import trained_tiny_package
 
     if not espeak_available():
         pytest.skip("needs espeak-ng")
-    return trained_tiny_package(tmp_path_factory.getbasetemp() / "tiny_models", head="transducer")
+    return trained_tiny_package(tiny_models_dir, head="transducer")
 
 
 @pytest.fixture(scope="session")

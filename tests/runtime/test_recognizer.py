@@ -21,12 +21,12 @@ needs_espeak = pytest.mark.skipif(not espeak_available(), reason="needs espeak-n
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
+def tiny(tiny_models_dir):
     from asr.testing.packages import trained_tiny_package
 
     if not espeak_available():
         pytest.skip("needs espeak-ng")
-    return trained_tiny_package(tmp_path_factory.getbasetemp() / "tiny_models")
+    return trained_tiny_package(tiny_models_dir)
 
 
 @pytest.fixture(scope="session")

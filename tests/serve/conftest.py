@@ -29,12 +29,12 @@ class Speech:
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
+def tiny(tiny_models_dir):
     if not espeak_available():
         pytest.skip("needs espeak-ng to synthesize speech")
     from asr.testing.packages import trained_tiny_package
 
-    return trained_tiny_package(tmp_path_factory.getbasetemp() / "tiny_models")
+    return trained_tiny_package(tiny_models_dir)
 
 
 @pytest.fixture(scope="session")
@@ -72,16 +72,19 @@ def engine(request) -> str:
 
 
 @pytest.fixture(scope="session")
-def sherpa_dir(tiny, tmp_path_factory) -> Path:
-    """The tiny transducer (the same sentences as ``tiny``) exported for sherpa-onnx."""
+def sherpa_dir(tiny_models_dir, run_tmp_path, tiny) -> Path:
+    """The tiny transducer (the same sentences as ``tiny``) exported for sherpa-onnx, once per
+    run (:func:`asr.testing.once.made_once`)."""
     from asr.export import export_onnx
+    from asr.testing.once import made_once
     from asr.testing.packages import trained_tiny_package
 
-    transducer = trained_tiny_package(tmp_path_factory.getbasetemp() / "tiny_models",
-                                      head="transducer")
-    out = tmp_path_factory.mktemp("serve_onnx") / "onnx-streaming"
-    export_onnx(transducer.package_dir, out, streaming=True)
-    return out
+    def make(root: Path) -> str:
+        transducer = trained_tiny_package(tiny_models_dir, head="transducer")
+        export_onnx(transducer.package_dir, root / "onnx-streaming", streaming=True)
+        return str(root / "onnx-streaming")
+
+    return Path(made_once(run_tmp_path / "serve_onnx", make))
 
 
 @pytest.fixture(scope="session")
