@@ -185,3 +185,19 @@ def test_summary_help_exits_zero_and_bad_use_exits_two(tmp_path):
     proc = subprocess.run([sys.executable, script, "bogus", str(tmp_path)], capture_output=True,
                           text=True)
     assert proc.returncode == 2 and "summary OUT_DIR" in proc.stderr
+
+
+def test_the_bare_machine_lists_no_pytest_plugin_the_gpu_machine_lacks():
+    """pytest loads every installed plugin's entry point: under the bare machine, a plugin that is
+    installed here but not there (pytest-xdist, a dev dependency) is not listed, so the dry run's
+    pytest does not fail importing it; the check's own plugin (pytest-timeout) still is."""
+    import importlib.metadata
+
+    listed = {ep.name for dist in importlib.metadata.distributions()
+              for ep in dist.entry_points if ep.group == "pytest11"}
+    assert {"xdist", "timeout"} <= listed, "this environment should hold both plugins"
+    code = ("import importlib.metadata as m; print(sorted({ep.name for d in m.distributions() "
+            "for ep in d.entry_points if ep.group == 'pytest11'}))")
+    proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True,
+                          text=True, check=True)
+    assert proc.stdout.strip() == "['timeout']"

@@ -8,8 +8,10 @@ third-party module that is installed here (lhotse, scipy, soundfile, matplotlib,
 import with ``ModuleNotFoundError``, so a dry run that passes shows that the check imports
 nothing the GPU machine lacks. Standard-library modules, modules outside this interpreter's
 site-packages (the repository: ``asr``, ``tests``) and those of ``ASR_BARE_MACHINE_EXTRA``
-(comma-separated distribution names) stay importable; installed distributions stay visible to
-``importlib.metadata`` (so pytest still finds its plugins), only their modules are hidden.
+(comma-separated distribution names) stay importable. ``importlib.metadata.distributions()`` (what
+pytest's plugin loading walks for entry points) lists only the allowed distributions of this
+interpreter's site-packages: a pytest plugin installed here but absent there (pytest-xdist, a dev
+dependency) would otherwise be loaded and fail to import; ``distribution(name)`` still answers.
 """
 
 from __future__ import annotations
@@ -94,9 +96,28 @@ def _install() -> None:
         if any(_norm(d) in allowed for d in dists)
     }
     paths = sysconfig.get_paths()
-    for site in {paths["purelib"], paths["platlib"]}:
+    sites = {paths["purelib"], paths["platlib"]}
+    for site in sites:
         inner = sys.path_importer_cache.get(site) or _path_finder(site)
         sys.path_importer_cache[site] = _HidingFinder(inner, modules)
+    _hide_distributions(allowed, sites)
+
+
+def _hide_distributions(allowed: set[str], sites: set[str]) -> None:
+    """``importlib.metadata.distributions()`` leaves out the distributions of ``sites`` that are
+    not ``allowed`` (those outside them, such as the editable repository's, are kept)."""
+    listed = importlib.metadata.distributions
+    resolved = {str(Path(site).resolve()) for site in sites}
+
+    def distributions(**kwargs):
+        for dist in listed(**kwargs):
+            where = getattr(dist, "_path", None)
+            hidden = (where is not None and str(Path(where).resolve().parent) in resolved
+                      and _norm(dist.metadata["Name"] or "") not in allowed)
+            if not hidden:
+                yield dist
+
+    importlib.metadata.distributions = distributions
 
 
 def _path_finder(path: str):
