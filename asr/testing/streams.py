@@ -3,6 +3,8 @@
 :func:`decode_with_endpoints` drives our :class:`asr.runtime.streaming.StreamingRecognizer` and
 the sherpa-onnx engine's :class:`asr.export.sherpa_streaming.SherpaStreamingRecognizer` alike:
 both take audio, decode while a chunk is ready and start a new segment at each endpoint.
+:func:`decode_together` drives several streams of one recognizer in one ``decode`` call per tick,
+as a server batches its clients.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ if TYPE_CHECKING:
     from asr.results import Segment
     from asr.runtime.streaming import Stream, StreamingRecognizer
 
-__all__ = ["decode_with_endpoints"]
+__all__ = ["decode_together", "decode_with_endpoints"]
 
 
 def decode_with_endpoints(
@@ -51,3 +53,33 @@ def decode_with_endpoints(
             if recognizer.is_endpoint(stream):
                 recognizer.reset(stream)
     return [*stream.finished_segments, recognizer.result(stream)]
+
+
+def decode_together(
+    recognizer: StreamingRecognizer,
+    waves: list[np.ndarray],
+    pieces: list[int],
+    delays: list[int],
+) -> list[Stream]:
+    """Decodes ``waves`` (16 kHz) as streams of ``recognizer`` batched together: one
+    ``decode`` call per tick over all streams, stream ``i`` fed ``pieces[i]`` samples a tick
+    from tick ``delays[i]`` on (so streams join and finish at different ticks); no endpoint
+    handling (a recognizer without endpoints gives one segment each).
+
+    Returns:
+        The streams, done, in the order of ``waves``.
+    """
+    streams = [recognizer.new_stream() for _ in waves]
+    cursors = [0] * len(waves)
+    tick = 0
+    while not all(s.done for s in streams):
+        for i, (stream, wave) in enumerate(zip(streams, waves)):
+            if tick < delays[i] or stream.input_done:
+                continue
+            recognizer.accept_waveform(stream, wave[cursors[i]: cursors[i] + pieces[i]], 16000)
+            cursors[i] += pieces[i]
+            if cursors[i] >= wave.shape[0]:
+                recognizer.input_finished(stream)
+        recognizer.decode(streams)
+        tick += 1
+    return streams

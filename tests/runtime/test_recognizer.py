@@ -14,7 +14,7 @@ from asr.decoding.registry import STREAMING_SEARCHER_NAMES, available_searchers
 from asr.runtime.endpoint import EndpointConfig, EndpointRule, detect_endpoint
 from asr.runtime.offline import load_model
 from asr.runtime.streaming import left_context_bound, transcribe_streaming
-from asr.testing.streams import decode_with_endpoints
+from asr.testing.streams import decode_together, decode_with_endpoints
 from asr.testing.tiny import espeak_available
 
 needs_espeak = pytest.mark.skipif(not espeak_available(), reason="needs espeak-ng")
@@ -57,20 +57,7 @@ def _decode_alone(recognizer, samples: np.ndarray, piece: int, rate: int = 16000
 
 def _decode_together(recognizer, waves, pieces, delays):
     """One decode() call per tick over all streams; stream i starts at tick delays[i]."""
-    streams = [recognizer.new_stream() for _ in waves]
-    cursors = [0] * len(waves)
-    tick = 0
-    while not all(s.done for s in streams):
-        for i, (stream, wave) in enumerate(zip(streams, waves)):
-            if tick < delays[i] or stream.input_done:
-                continue
-            recognizer.accept_waveform(stream, wave[cursors[i]: cursors[i] + pieces[i]], 16000)
-            cursors[i] += pieces[i]
-            if cursors[i] >= wave.shape[0]:
-                recognizer.input_finished(stream)
-        recognizer.decode(streams)
-        tick += 1
-    return [recognizer.result(s) for s in streams]
+    return [recognizer.result(s) for s in decode_together(recognizer, waves, pieces, delays)]
 
 
 def _same(a, b) -> None:

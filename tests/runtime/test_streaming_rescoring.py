@@ -11,6 +11,7 @@ import torch
 from asr.runtime.endpoint import EndpointConfig, EndpointRule
 from asr.runtime.offline import load_model
 from asr.testing.packages import random_package
+from asr.testing.streams import decode_together
 
 NO_ENDPOINT = EndpointConfig(enabled=False)
 
@@ -119,18 +120,7 @@ def test_batched_streams_equal_one_by_one(u2pp):
     recognizer = u2pp.streaming_recognizer("attention_rescoring", endpoint=NO_ENDPOINT)
     waves = _waves(3)
     pieces, delays = [800, 2000, 555], [2, 0, 5]
-    streams = [recognizer.new_stream() for _ in waves]
-    cursors, tick = [0] * len(waves), 0
-    while not all(s.done for s in streams):
-        for i, (stream, wave) in enumerate(zip(streams, waves)):
-            if tick < delays[i] or stream.input_done:
-                continue
-            recognizer.accept_waveform(stream, wave[cursors[i]: cursors[i] + pieces[i]], 16000)
-            cursors[i] += pieces[i]
-            if cursors[i] >= wave.shape[0]:
-                recognizer.input_finished(stream)
-        recognizer.decode(streams)
-        tick += 1
+    streams = decode_together(recognizer, waves, pieces, delays)
     for stream, wave in zip(streams, waves):
         alone = _stream_alone(recognizer, wave, 1234)[0].hypothesis
         assert (stream.hypothesis.tokens, stream.hypothesis.frames) == (alone.tokens, alone.frames)

@@ -310,13 +310,27 @@ def test_http_paths_never_reach_the_file_system(server):
         conn.close()
 
 
+def _two_concurrent_clients(recognizer, waves):
+    """The results of two clients streaming ``waves`` (16 kHz) to one server at once, in
+    pieces of 0.05 s and 0.13 s."""
+    from asr.serve.config import ServerConfig
+    from asr.serve.server import BackgroundServer
+
+    with BackgroundServer(recognizer, ServerConfig(port=0)) as background:
+
+        async def main():
+            return await asyncio.gather(*(
+                stream_samples(background.url, wave, 16000, chunk_seconds=seconds, timeout=30)
+                for wave, seconds in zip(waves, (0.05, 0.13))))
+
+        return _run(main(), 60)
+
+
 def test_a_model_with_unlimited_left_context_is_served(tmp_path):
     """A model that streams with left_chunks -1 (every earlier frame cached) serves concurrent
     clients; each gets the transcript its whole input gives the recognizer alone."""
     import asr
     from asr.runtime.endpoint import EndpointConfig
-    from asr.serve.config import ServerConfig
-    from asr.serve.server import BackgroundServer
     from asr.testing.packages import random_package
 
     package = random_package(tmp_path, head="transducer", chunk_size=2, left_chunks=-1, seed=1)
@@ -333,14 +347,7 @@ def test_a_model_with_unlimited_left_context_is_served(tmp_path):
             recognizer.decode([stream])
         expected.append(recognizer.result(stream).text)
     assert any(expected)
-    with BackgroundServer(recognizer, ServerConfig(port=0)) as background:
-
-        async def main():
-            return await asyncio.gather(*(
-                stream_samples(background.url, wave, 16000, chunk_seconds=seconds, timeout=30)
-                for wave, seconds in zip(waves, (0.05, 0.13))))
-
-        results = _run(main(), 60)
+    results = _two_concurrent_clients(recognizer, waves)
     assert [r.errors for r in results] == [[], []]
     assert [r.text for r in results] == expected
 
@@ -351,8 +358,6 @@ def test_attention_rescoring_is_served_with_each_segment_rescored(tmp_path):
     segments, endpoints included, as their final results."""
     import asr
     from asr.runtime.endpoint import EndpointConfig, EndpointRule
-    from asr.serve.config import ServerConfig
-    from asr.serve.server import BackgroundServer
     from asr.testing.packages import random_package
     from asr.testing.streams import decode_with_endpoints
 
@@ -365,14 +370,7 @@ def test_attention_rescoring_is_served_with_each_segment_rescored(tmp_path):
     expected = [[s.text for s in decode_with_endpoints(
         recognizer, recognizer.new_stream(), wave, 16000, 1000)] for wave in waves]
     assert all(len(texts) > 1 and any(texts) for texts in expected)
-    with BackgroundServer(recognizer, ServerConfig(port=0)) as background:
-
-        async def main():
-            return await asyncio.gather(*(
-                stream_samples(background.url, wave, 16000, chunk_seconds=seconds, timeout=30)
-                for wave, seconds in zip(waves, (0.05, 0.13))))
-
-        results = _run(main(), 60)
+    results = _two_concurrent_clients(recognizer, waves)
     assert [r.errors for r in results] == [[], []]
     assert [r.segments for r in results] == expected
 
