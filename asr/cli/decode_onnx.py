@@ -70,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sherpa-onnx's per-token hotword boost (default: 1.5; an error "
                              "without --hotwords-file)")
     parser.add_argument("--blank-penalty", type=float, default=None,
-                        help="subtracted from the blank logit (transducers; default: the "
+                        help="subtracted from the blank logit, transducers only (default: the "
                              "export's, its package's search.blank_penalty)")
     parser.add_argument("--tag", type=tag_name, default="", help="suffix of the result files' name")
     parser.add_argument("--output-dir", type=Path, default=None,

@@ -199,14 +199,18 @@ def test_microphone_page_in_headless_chromium(engine, recognizer, offline_text, 
     assert re.fullmatch(r"recording \(\d+ Hz -> 16000 Hz\)", recording_status), recording_status
     assert {r for r, _ in recording.chunks} == {16000}
     received = np.concatenate([c for _, c in recording.chunks])
-    # block by block: under load the capture may drop a block (once 10.5 dB aligned whole), but
-    # every block the server got must be the microphone's, unscaled and in order
+    # block by block: under load the capture drops blocks (once 10.5 dB aligned whole; beside a
+    # second pytest worker and a training run, a quarter of the speech, each gap leaving one poor
+    # block that straddles it), but the blocks the server got must be the microphone's, unscaled
+    # (a scaled or resampled copy has every block poor: the median) and in order
     match = blockwise_snr_db(
         load_audio(fake_mic, 16000)[rate // 6: (rate // 2 + samples.size) // 3], received, 800)
-    assert match.share_above(15.0) >= 0.9 and match.in_order and match.coverage > 0.9, (
-        f"the server received other audio than the microphone's: {match.share_above(15.0):.0%} "
-        f"of its blocks above 15 dB, in order: {match.in_order}, "
-        f"{match.coverage:.0%} of the speech's energy")
+    median_db = float(np.median(match.snr_db)) if match.snr_db.size else float("-inf")
+    assert (median_db > 30.0 and match.share_above(15.0) >= 0.75 and match.in_order
+            and match.coverage > 0.6), (
+        f"the server received other audio than the microphone's: median block {median_db:.1f} "
+        f"dB, {match.share_above(15.0):.0%} of its blocks above 15 dB, in order: "
+        f"{match.in_order}, {match.coverage:.0%} of the speech's energy")
     assert shown, f"no final segment on the page (status {recording_status!r})"
     assert " ".join(shown) == offline_text(received, 16000)
 
